@@ -1,0 +1,649 @@
+"""Configuration profiles: select strictly, resolve every data root, check them, freeze.
+
+`load` builds a fresh Dynaconf on every call from an explicit settings directory and returns a
+frozen `Config`. Nothing in this module reads settings at import time, and there is no shared
+settings object to patch: the incident this project exists for began with a second copy of
+such a singleton.
+
+Source precedence, lowest to highest (written once, here; the docs quote it):
+
+1. the built-in default of a key (only for keys that have one);
+2. ``settings.toml``: ``[default]``, then the profile's own section, then ``[global]``;
+3. ``settings.local.toml`` (same sections), if present;
+4. ``.secrets.toml``, then ``.secrets.local.toml`` (same sections), if present;
+5. ``APP_<KEY>`` environment variables, for the selected profile only.
+
+Under pytest (while `SANDBOX_ENV` is set) the local files are not read, only ``testing`` (or a
+profile a test opted into) may be loaded, and every data root is mapped into the sandbox.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from app.errors import (
+    ConfigError,
+    ConfigProblems,
+    DataRootOverlapError,
+    DynaconfSwitchError,
+    InvalidSettingError,
+    SandboxViolationError,
+    SettingsNotFoundError,
+    SettingsSyntaxError,
+    UnknownProfileError,
+)
+
+PROFILE_ENV = "ENV_FOR_DYNACONF"
+SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
+ENV_PREFIX = "APP"
+DEFAULT_PROFILE = "development"
+#: The pytest plugin publishes the sandbox here; every copy of this code and every subprocess
+#: of a test run obeys it. It is deliberately not an ``APP_`` name, so dynaconf never reads it.
+SANDBOX_ENV = "PYTEST_APP_SANDBOX"
+#: Comma-separated profiles a test opted into (their roots are mapped into the sandbox).
+ALLOW_PROFILES_ENV = "PYTEST_APP_ALLOW_PROFILES"
+#: pytest sets this for the duration of every test, in the test process and its children.
+PYTEST_RUNNING_ENV = "PYTEST_CURRENT_TEST"
+
+SETTINGS_FILE = "settings.toml"
+SECRETS_FILE = ".secrets.toml"
+LOCAL_FILES = ("settings.local.toml", ".secrets.local.toml")
+NOT_PROFILES = frozenset({"default", "global", "dynaconf"})
+# dynaconf reads its env switcher from the environment and lets it beat the `env=` argument;
+# point it at a name nobody sets so that only this module decides the profile.
+_UNUSED_SWITCH = "APP_INTERNAL_NEVER_SET_ENV_SWITCH"
+_META_ENV = frozenset({SETTINGS_DIR_ENV, _UNUSED_SWITCH})
+
+
+# --- the schema ------------------------------------------------------------------------
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_REQUIRED = object()
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be a whole number between {low} and {high}"
+        if not low <= value <= high:
+            return f"must be between {low} and {high}"
+        return None
+
+    return check
+
+
+def _positive_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return "must be a number of seconds greater than 0"
+    return None
+
+
+def _non_empty_str(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _log_level(value: Any) -> str | None:
+    if isinstance(value, str) and value.lower() in _LOG_LEVELS:
+        return None
+    return f"must be one of {', '.join(_LOG_LEVELS)}"
+
+
+def _token(value: Any) -> str | None:
+    if value is None:
+        return None
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its check, built-in default and documentation."""
+
+    name: str
+    check: Callable[[Any], str | None]
+    default: Any
+    doc: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        """The environment variable that overrides this key for the selected profile."""
+        return f"{ENV_PREFIX}_{self.name.upper()}"
+
+
+KEYS: Mapping[str, Key] = MappingProxyType(
+    {
+        key.name: key
+        for key in (
+            Key("data_root", _non_empty_str, _REQUIRED, "directory that holds the profile's data"),
+            Key("host", _non_empty_str, "127.0.0.1", "address the server listens on"),
+            Key("port", _int_in(1, 65535), 8000, "TCP port the server listens on"),
+            Key("api_token", _token, None, "bearer token clients must send", secret=True),
+            Key("max_upload_bytes", _int_in(1, 2**50), 100 * 2**20, "largest accepted upload"),
+            Key("page_size", _int_in(1, 1000), 50, "default page size of GET /sessions"),
+            Key("lock_check_seconds", _positive_number, 5.0, "how often a server re-checks its lock"),
+            Key("log_level", _log_level, "info", "server log level"),
+            Key("protected", _bool, False, "removing data needs an explicit confirmation"),
+        )
+    }
+)
+_MIN_PRODUCTION_TOKEN = 16
+
+
+# --- the value object ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration of one profile. Immutable; pass it to what needs it.
+
+    Attributes:
+        profile: the selected profile, lower case.
+        profile_source: where the profile name came from (``--profile``, ``ENV_FOR_DYNACONF``,
+            ``default``, or ``load(profile=...)``).
+        data_root: the absolute, symlink-resolved data root of this profile.
+        sources: for every key, where its value came from.
+        roots: every known profile's data root (the files' values for the other profiles).
+        sandbox: the pytest sandbox this configuration was confined to, if any.
+        warnings: things worth saying that do not stop the app (unknown ``APP_*`` variables).
+    """
+
+    profile: str
+    profile_source: str
+    data_root: Path
+    host: str
+    port: int
+    api_token: str | None = field(repr=False)
+    max_upload_bytes: int
+    page_size: int
+    lock_check_seconds: float
+    log_level: str
+    protected: bool
+    settings_dir: Path
+    sources: Mapping[str, str]
+    roots: Mapping[str, Path]
+    sandbox: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+    def values(self, *, mask_secrets: bool = True) -> dict[str, Any]:
+        """The configured values by key, secrets masked unless asked otherwise."""
+        out: dict[str, Any] = {}
+        for name, key in KEYS.items():
+            value = getattr(self, name)
+            if key.secret and mask_secrets:
+                value = mask(value)
+            out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def mask(secret: str | None) -> str:
+    """How a secret is shown: whether it is set and how long it is, never its characters."""
+    return "(not set)" if secret is None else f"****** (set, {len(secret)} characters)"
+
+
+# --- the sandbox (layer 3, enforced here so every copy of the code obeys it) -----------------
+
+
+def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The pytest sandbox published in `SANDBOX_ENV`, resolved, or None outside tests.
+
+    Raises:
+        SandboxViolationError: the marker is set but is not an absolute path.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(SANDBOX_ENV)
+    if raw is None:
+        return None
+    path = Path(raw)
+    if not path.is_absolute():
+        raise SandboxViolationError(
+            f"{SANDBOX_ENV}={raw!r} is not an absolute path",
+            None,
+            f"let the app's pytest plugin set {SANDBOX_ENV}; do not set it by hand",
+        )
+    return path.resolve()
+
+
+def require_in_sandbox(path: Path, what: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse `path` if a pytest sandbox is active and `path` lies outside it.
+
+    Args:
+        path: the path about to be used (resolved here, symlinks included).
+        what: what the caller is about to do, for the message ("open data root").
+
+    Raises:
+        SandboxViolationError: naming the path, the sandbox and the fix.
+    """
+    sandbox = active_sandbox(environ)
+    if sandbox is None:
+        return
+    resolved = path.expanduser().resolve()
+    if not resolved.is_relative_to(sandbox):
+        raise SandboxViolationError(
+            f"{what} {resolved}, which lies outside the test sandbox",
+            sandbox,
+            "Tests may only touch data under the sandbox: use the app_config, store or "
+            "live_server fixtures, or a path under tmp_path",
+        )
+
+
+def sandbox_root(sandbox: Path, profile: str) -> Path:
+    """Where a profile's data root lives inside the sandbox."""
+    return sandbox / "data" / profile
+
+
+# --- reading the files ------------------------------------------------------------------
+
+
+def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The settings directory: ``$APP_SETTINGS_DIR``, else the project that holds this package.
+
+    No upward search and no dependence on the current directory.
+
+    Raises:
+        SettingsNotFoundError: naming the directory it looked in.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(SETTINGS_DIR_ENV)
+    if raw is not None:
+        where = Path(raw).expanduser()
+        if not where.is_absolute():
+            where = Path.cwd() / where  # an explicit relative path given by the user
+        reason = f"from {SETTINGS_DIR_ENV}"
+    else:
+        where = Path(__file__).resolve().parent.parent
+        reason = f"the project directory of the app package; {SETTINGS_DIR_ENV} is not set"
+    where = where.resolve()
+    if not (where / SETTINGS_FILE).is_file():
+        raise SettingsNotFoundError(where, reason)
+    return where
+
+
+def _toml_line(error: tomllib.TOMLDecodeError) -> tuple[int | None, str]:
+    lineno = getattr(error, "lineno", None)  # Python 3.14+
+    message = getattr(error, "msg", None) or str(error)
+    found = re.search(r"\(at line (\d+), column \d+\)", str(error))
+    if lineno is None and found:
+        lineno = int(found.group(1))
+    return lineno, re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        line, problem = _toml_line(error)
+        raise SettingsSyntaxError(path, line, problem) from None
+
+
+@dataclass(frozen=True)
+class _Files:
+    directory: Path
+    paths: tuple[Path, ...]  # what dynaconf loads, in order
+    skipped: tuple[Path, ...]  # local files present but not read (sandbox)
+    data: Mapping[Path, dict[str, Any]]
+    profiles: tuple[str, ...]
+
+
+def _read_files(environ: Mapping[str, str], sandboxed: bool) -> _Files:
+    directory = settings_dir(environ)
+    settings = directory / SETTINGS_FILE
+    candidates = [settings, directory / LOCAL_FILES[0], directory / SECRETS_FILE]
+    candidates.append(directory / LOCAL_FILES[1])
+    present = [path for path in candidates if path.is_file()]
+    skipped = tuple(p for p in present if p.name in LOCAL_FILES) if sandboxed else ()
+    paths = tuple(p for p in present if p not in skipped)
+    data = {path: _read_toml(path) for path in paths}
+    profiles = tuple(
+        name.lower()
+        for name, section in data[settings].items()
+        if isinstance(section, dict) and name.lower() not in NOT_PROFILES
+    )
+    return _Files(directory, paths, skipped, MappingProxyType(data), profiles)
+
+
+def _file_problems(files: _Files) -> Iterator[ConfigError]:
+    """Keys the app does not know, values outside any section, secrets-only profiles."""
+    for path, data in files.data.items():
+        for section, body in data.items():
+            if not isinstance(body, dict):
+                yield InvalidSettingError(
+                    "-", section, body, "keys must sit in a [section] (a profile, default "
+                    "or global); move it into one", f"{path}"
+                )
+                continue
+            name = section.lower()
+            if name not in NOT_PROFILES and name not in files.profiles:
+                yield UnknownProfileError(name, files.profiles, f"section [{section}] of {path}")
+            for key, value in body.items():
+                if key.lower() not in KEYS:
+                    near = difflib.get_close_matches(key.lower(), list(KEYS), n=1)
+                    hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(KEYS)}"
+                    yield InvalidSettingError(
+                        name, key, value, f"unknown key; {hint}", f"{path} [{section}]"
+                    )
+
+
+# --- selecting the profile ---------------------------------------------------------------
+
+
+def _select(
+    profile: str | None, source: str, environ: Mapping[str, str], known: tuple[str, ...]
+) -> tuple[str, str]:
+    if profile is not None:
+        name = profile
+    elif PROFILE_ENV in environ:
+        name, source = environ[PROFILE_ENV], PROFILE_ENV
+    else:
+        name, source = DEFAULT_PROFILE, "default"
+    normalised = name.strip().lower()
+    if not normalised or normalised not in known:
+        raise UnknownProfileError(name, known, source)
+    return normalised, source
+
+
+def _switch_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
+    switches = sorted(k for k in environ if k.endswith("_FOR_DYNACONF") and k != PROFILE_ENV)
+    if switches:
+        yield DynaconfSwitchError(switches)
+    for name in sorted(environ):
+        if name.startswith("DYNACONF_") and name[len("DYNACONF_") :].lower() in KEYS:
+            key = KEYS[name[len("DYNACONF_") :].lower()]
+            yield InvalidSettingError(
+                "-", name, environ[name], f"dynaconf would apply it to every profile; this app "
+                f"reads {key.env} for the selected profile only. Rename it to {key.env} "
+                f"or unset {name}", "the environment"
+            )
+
+
+# --- one profile's values ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One profile as the files (and, if selected, the environment) configure it."""
+
+    profile: str
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    problems: tuple[ConfigError, ...]
+
+    @property
+    def data_root(self) -> Path | None:
+        root = self.values.get("data_root")
+        return root if isinstance(root, Path) else None
+
+
+def _display(path: Path, directory: Path) -> str:
+    return path.name if path.parent == directory else str(path)
+
+
+def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | None) -> Resolved:
+    """Load one profile with dynaconf; `environ` given means APP_* variables apply."""
+    from dynaconf import Dynaconf  # imported here: `import app.config` stays cheap
+    from dynaconf.utils.inspect import get_history
+
+    settings = Dynaconf(
+        settings_files=[str(path) for path in files.paths],
+        skip_files=[str(path) for path in files.skipped],
+        environments=True,
+        env=profile,
+        env_switcher=_UNUSED_SWITCH,
+        envvar_prefix=ENV_PREFIX if environ is not None else None,
+        load_dotenv=False,
+    )
+    loaded = settings.as_dict()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for entry in get_history(settings):
+        value = entry.get("value")
+        if not isinstance(value, dict):
+            continue
+        loader, ident = entry.get("loader"), str(entry.get("identifier"))
+        if loader == "toml":
+            source = f"{_display(Path(ident), files.directory)} [{entry.get('env')}]"
+        elif str(loader).startswith("env"):
+            source = "environment {prefix}_{{key}}".format(prefix=ident)
+        else:
+            continue
+        for key in value:
+            if key.lower() in KEYS:
+                sources[key.lower()] = source.replace("{key}", key.upper())
+    problems: list[ConfigError] = []
+    for name, key in KEYS.items():
+        if name.upper() in loaded:
+            values[name] = loaded[name.upper()]
+        elif key.default is _REQUIRED:
+            problems.append(
+                InvalidSettingError(
+                    profile, name, None, f"is required; set it in [{profile}] of settings.toml "
+                    f"or with {key.env}", "nowhere"
+                )
+            )
+            continue
+        else:
+            values[name] = key.default
+            sources[name] = "built-in default"
+        problem = key.check(values[name])
+        if problem is not None:
+            problems.append(InvalidSettingError(profile, name, values[name], problem, sources[name]))
+            values.pop(name)
+    if isinstance(values.get("log_level"), str):
+        values["log_level"] = values["log_level"].lower()
+    if "lock_check_seconds" in values:
+        values["lock_check_seconds"] = float(values["lock_check_seconds"])
+    if "data_root" in values:
+        raw = Path(values["data_root"]).expanduser()
+        values["data_root"] = (raw if raw.is_absolute() else files.directory / raw).resolve()
+    return Resolved(profile, MappingProxyType(values), MappingProxyType(sources), tuple(problems))
+
+
+def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
+    names = [name for name, r in resolved.items() if r.data_root is not None]
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = resolved[first], resolved[second]
+            assert a.data_root is not None and b.data_root is not None
+            if a.data_root.is_relative_to(b.data_root) or b.data_root.is_relative_to(a.data_root):
+                yield DataRootOverlapError(
+                    first, a.data_root, a.sources["data_root"],
+                    second, b.data_root, b.sources["data_root"],
+                )
+
+
+def _runtime_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Iterator[ConfigError]:
+    """What the selected profile needs to actually run, beyond well-formed values."""
+    values, sources = selected.values, selected.sources
+    if selected.profile != "production":
+        return
+    token = values.get("api_token")
+    if token is None:
+        yield InvalidSettingError(
+            "production", "api_token", None, "production requires an API token; set "
+            "APP_API_TOKEN in the service's environment (or api_token in a secrets file that "
+            "is not committed)", sources.get("api_token", "built-in default")
+        )
+        return
+    placeholders = {r.values.get("api_token") for r in others.values()} - {None}
+    if token in placeholders:
+        yield InvalidSettingError(
+            "production", "api_token", mask(token), "is the token of another profile (a "
+            "committed placeholder); set a real one with APP_API_TOKEN", sources["api_token"]
+        )
+    elif len(token) < _MIN_PRODUCTION_TOKEN:
+        yield InvalidSettingError(
+            "production", "api_token", mask(token), f"is shorter than {_MIN_PRODUCTION_TOKEN} "
+            "characters; generate one with `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`", sources["api_token"]
+        )
+    if values.get("protected") is False:
+        yield InvalidSettingError(
+            "production", "protected", False, "production is always protected: commands that "
+            "remove its data need a confirmation option", sources["protected"]
+        )
+
+
+def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
+    out = []
+    for name in sorted(environ):
+        if name.startswith(f"{ENV_PREFIX}_") and name not in _META_ENV:
+            key = name[len(ENV_PREFIX) + 1 :].lower()
+            if key not in KEYS:
+                near = difflib.get_close_matches(key, list(KEYS), n=1)
+                hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
+                out.append(f"environment variable {name} is not an app setting; ignored{hint}")
+    return tuple(out)
+
+
+# --- the sandbox rules for load() ---------------------------------------------------------
+
+
+def _confine(
+    selected: Resolved, others: Mapping[str, Resolved], environ: Mapping[str, str]
+) -> tuple[Path | None, Path | None, dict[str, Path]]:
+    """Apply layer 3. Returns (sandbox, the selected root, every profile's root) to use."""
+    sandbox = active_sandbox(environ)
+    all_roots = {name: r.data_root for name, r in {**others, selected.profile: selected}.items()}
+    roots = {name: root for name, root in all_roots.items() if root is not None}
+    if sandbox is None:
+        if PYTEST_RUNNING_ENV in environ and selected.profile != "testing":
+            raise SandboxViolationError(
+                f"loading profile {selected.profile!r} while pytest runs without the app's "
+                f"sandbox ({PYTEST_RUNNING_ENV} is set, {SANDBOX_ENV} is not)",
+                None,
+                "Run the tests with the app's pytest plugin enabled (do not pass -p no:app)",
+            )
+        return None, selected.data_root, roots
+    allowed = {"testing"} | {
+        name.strip().lower() for name in environ.get(ALLOW_PROFILES_ENV, "").split(",") if name
+    }
+    if selected.profile not in allowed:
+        raise SandboxViolationError(
+            f"loading profile {selected.profile!r}; tests run on the 'testing' profile",
+            sandbox,
+            "To test another profile, mark the test @pytest.mark.app_profile("
+            f"{selected.profile!r}); its data root is then mapped into the sandbox",
+        )
+    mapped = {name: sandbox_root(sandbox, name) for name in roots}
+    root = mapped.get(selected.profile)
+    if selected.sources.get("data_root", "").startswith("environment"):
+        assert selected.data_root is not None
+        require_in_sandbox(selected.data_root, "data root from APP_DATA_ROOT", environ)
+        root = selected.data_root
+    return sandbox, root, mapped
+
+
+# --- public entry points ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything known about every profile: what `app config --all` and `app doctor` show."""
+
+    selected: str
+    profile_source: str
+    settings_dir: Path
+    files: tuple[Path, ...]
+    skipped_files: tuple[Path, ...]
+    profiles: Mapping[str, Resolved]
+    problems: tuple[ConfigError, ...]
+    warnings: tuple[str, ...]
+
+
+def inspect_profiles(
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    profile_source: str = "load(profile=...)",
+) -> Report:
+    """Resolve every profile and collect every problem instead of stopping at the first.
+
+    The selected profile gets the ``APP_*`` environment variables; the others are what the
+    files say. Runtime requirements (production's token) are checked for the selected one.
+
+    Raises:
+        ConfigError: only for what makes the rest meaningless: no settings directory, a
+            settings file that is not TOML, an unknown profile name.
+    """
+    env = os.environ if environ is None else environ
+    files = _read_files(env, sandboxed=active_sandbox(env) is not None)
+    selected, source = _select(profile, profile_source, env, files.profiles)
+    problems: list[ConfigError] = [*_switch_problems(env), *_file_problems(files)]
+    resolved = {
+        name: _resolve_profile(files, name, env if name == selected else None)
+        for name in files.profiles
+    }
+    for r in resolved.values():
+        problems.extend(r.problems)
+    problems.extend(_overlaps(resolved))
+    others = {name: r for name, r in resolved.items() if name != selected}
+    problems.extend(_runtime_problems(resolved[selected], others))
+    return Report(
+        selected, source, files.directory, files.paths, files.skipped,
+        MappingProxyType(resolved), tuple(problems), _env_warnings(env),
+    )
+
+
+def load(
+    profile: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    profile_source: str = "load(profile=...)",
+) -> Config:
+    """Load, validate and freeze the configuration of one profile.
+
+    Args:
+        profile: the profile to load; None selects ``ENV_FOR_DYNACONF``, else ``development``.
+            Names are case-insensitive.
+        environ: the environment to read (defaults to ``os.environ``); for tests.
+        profile_source: how to name an explicit `profile` in messages (``--profile``).
+
+    Returns:
+        A frozen `Config` whose ``data_root`` is absolute and checked against every other
+        profile's root.
+
+    Raises:
+        UnknownProfileError: the name is not a section of settings.toml.
+        SandboxViolationError: under pytest, a profile or root outside the sandbox.
+        ConfigError: any other problem; `ConfigProblems` lists several at once.
+
+    Examples:
+        >>> from app.config import load
+        >>> load().profile  # under pytest the plugin forces the testing profile
+        'testing'
+    """
+    env = os.environ if environ is None else environ
+    report = inspect_profiles(profile, env, profile_source=profile_source)
+    if report.problems:
+        raise report.problems[0] if len(report.problems) == 1 else ConfigProblems(report.problems)
+    selected = report.profiles[report.selected]
+    others = {name: r for name, r in report.profiles.items() if name != report.selected}
+    sandbox, root, roots = _confine(selected, others, env)
+    assert root is not None
+    sources = dict(selected.sources)
+    if sandbox is not None and root != selected.data_root:
+        sources["data_root"] = f"pytest sandbox (configured: {sources['data_root']})"
+    values = dict(selected.values)
+    values["data_root"] = root
+    return Config(
+        profile=report.selected,
+        profile_source=report.profile_source,
+        settings_dir=report.settings_dir,
+        sources=MappingProxyType(sources),
+        roots=MappingProxyType(roots),
+        sandbox=sandbox,
+        warnings=report.warnings,
+        **values,
+    )

@@ -1,0 +1,432 @@
+"""One small exception hierarchy for the whole app.
+
+Every error carries its data as attributes, builds a message that names the value,
+the reason and the fix, and knows the process exit code (sysexits) and, where it can
+reach a client, the HTTP status and a stable machine-readable ``code``.
+
+Errors pickle cleanly (they cross process boundaries under pytest-xdist), which the
+default ``Exception.__reduce__`` would not do for keyword-only constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+# sysexits.h, the exit codes the command line promises (see docs/reference/errors.md).
+EX_OK = 0
+EX_USAGE = 2  # click's own code for usage errors; sysexits' 64 is not used on purpose
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+
+def _restore(cls: type[AppError], state: dict[str, Any]) -> AppError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error.message)
+    return error
+
+
+class AppError(Exception):
+    """Base class of every error the app raises on purpose.
+
+    Attributes:
+        exit_code: the process exit code the command line uses for this error.
+        code: a stable identifier for machines (HTTP error bodies, ``--json`` output).
+        http_status: the HTTP status the server answers with.
+    """
+
+    exit_code: ClassVar[int] = EX_SOFTWARE
+    code: ClassVar[str] = "app_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), dict(self.__dict__)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a JSON-ready mapping: ``code`` and ``message``."""
+        return {"code": self.code, "message": self.message}
+
+
+# --- configuration (exit 78) -------------------------------------------------------
+
+
+class ConfigError(AppError):
+    """The configuration cannot be used as it stands."""
+
+    exit_code = EX_CONFIG
+    code = "config_error"
+
+
+class SettingsNotFoundError(ConfigError):
+    """The settings directory or its ``settings.toml`` does not exist."""
+
+    code = "settings_not_found"
+
+    def __init__(self, looked_in: Path, reason: str) -> None:
+        self.looked_in = looked_in
+        self.reason = reason
+        super().__init__(
+            f"no settings.toml found: looked in {looked_in} ({reason}); "
+            "set APP_SETTINGS_DIR to the directory that holds settings.toml"
+        )
+
+
+class SettingsSyntaxError(ConfigError):
+    """A settings file is not valid TOML."""
+
+    code = "settings_syntax"
+
+    def __init__(self, path: Path, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: invalid TOML: {problem}; fix the file and run `app doctor`")
+
+
+class UnknownProfileError(ConfigError):
+    """A profile name that is not a section of ``settings.toml``."""
+
+    code = "unknown_profile"
+
+    def __init__(self, name: str, known: Sequence[str], source: str) -> None:
+        self.name = name
+        self.known = tuple(known)
+        self.source = source
+        shown = repr(name) if name else "an empty name"
+        super().__init__(
+            f"unknown profile {shown} (from {source}); known profiles: "
+            f"{', '.join(self.known)}. Set ENV_FOR_DYNACONF or --profile to one of them, "
+            "or add a section to settings.toml"
+        )
+
+
+class DynaconfSwitchError(ConfigError):
+    """A dynaconf switch variable that would silently change how settings load."""
+
+    code = "dynaconf_switch"
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(
+            f"environment variable(s) {', '.join(self.names)} would change which files or "
+            "profile dynaconf loads behind the app's back; the app configures dynaconf itself "
+            "and selects the profile with ENV_FOR_DYNACONF or --profile only. "
+            f"Unset them: unset {' '.join(self.names)}"
+        )
+
+
+class InvalidSettingError(ConfigError):
+    """One setting has a value the app cannot use."""
+
+    code = "invalid_setting"
+
+    def __init__(self, profile: str, key: str, value: object, problem: str, source: str) -> None:
+        self.profile = profile
+        self.key = key
+        self.value = value
+        self.problem = problem
+        self.source = source
+        shown = "is not set" if value is None else f"= {value!r}"
+        super().__init__(f"profile {profile!r}: {key} {shown} (from {source}): {problem}")
+
+
+class DataRootOverlapError(ConfigError):
+    """Two profiles resolve to the same data root, or one root lies inside another."""
+
+    code = "data_root_overlap"
+
+    def __init__(
+        self,
+        first: str,
+        first_root: Path,
+        first_source: str,
+        second: str,
+        second_root: Path,
+        second_source: str,
+    ) -> None:
+        self.first = first
+        self.first_root = first_root
+        self.first_source = first_source
+        self.second = second
+        self.second_root = second_root
+        self.second_source = second_source
+        if first_root == second_root:
+            relation = "share the same data root"
+        elif second_root.is_relative_to(first_root):
+            relation = f"overlap: {second!r}'s data root lies inside {first!r}'s"
+        else:
+            relation = f"overlap: {first!r}'s data root lies inside {second!r}'s"
+        super().__init__(
+            f"profiles {first!r} and {second!r} {relation}: "
+            f"{first} -> {first_root} (from {first_source}), "
+            f"{second} -> {second_root} (from {second_source}). "
+            "Every profile needs its own data root, not nested in another; "
+            "change data_root for one of them"
+        )
+
+
+class ConfigProblems(ConfigError):
+    """Several configuration problems at once (what ``app doctor`` reports)."""
+
+    code = "config_problems"
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        self.problems = tuple(problems)
+        lines = [f"{len(self.problems)} configuration problem(s):"]
+        lines += [f"  - {problem.message}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# --- tests and sandbox (exit 78: the configuration was pointed somewhere it may not go) ---
+
+
+class SandboxViolationError(ConfigError):
+    """A test process tried to reach a data root or profile outside its sandbox."""
+
+    code = "sandbox_violation"
+
+    def __init__(self, what: str, sandbox: Path | None, fix: str) -> None:
+        self.what = what
+        self.sandbox = sandbox
+        self.fix = fix
+        inside = f" (sandbox: {sandbox})" if sandbox is not None else ""
+        super().__init__(f"refused under pytest{inside}: {what}. {fix}")
+
+
+# --- data roots ----------------------------------------------------------------------
+
+
+def describe_holder(holder: Mapping[str, Any] | None) -> str:
+    """One line naming a lock holder: pid, kind, profile, host, port and since when."""
+    if not holder:
+        return "a process that published no details (pid unknown)"
+    parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("kind"):
+        parts.append(f"kind {holder['kind']}")
+    if holder.get("profile"):
+        parts.append(f"profile {holder['profile']}")
+    if holder.get("host"):
+        parts.append(f"host {holder['host']}")
+    if holder.get("port"):
+        parts.append(f"port {holder['port']}")
+    if holder.get("started_at"):
+        parts.append(f"since {holder['started_at']}")
+    return ", ".join(parts)
+
+
+class DataRootInUseError(AppError):
+    """Another live process holds the data root's lock."""
+
+    exit_code = EX_TEMPFAIL
+    code = "data_root_in_use"
+    http_status = 409
+
+    def __init__(self, root: Path, holder: Mapping[str, Any] | None, wanted: str) -> None:
+        self.root = root
+        self.holder = dict(holder) if holder else None
+        self.wanted = wanted
+        stop = (
+            f"stop it (kill {self.holder['pid']}) or wait for it to finish and retry"
+            if self.holder and self.holder.get("pid")
+            else "stop that process or wait for it to finish and retry"
+        )
+        super().__init__(
+            f"cannot {wanted}: data root {root} is held by {describe_holder(self.holder)}; "
+            f"{stop}. `app status` shows the holder"
+        )
+
+
+class LockUnavailableError(AppError):
+    """The filesystem does not support the kernel lock the app relies on."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "lock_unavailable"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"cannot take an OS lock on {path}: {reason}. The app refuses to run without one; "
+            "put the data root on a local filesystem that supports flock"
+        )
+
+
+class LockLostError(AppError):
+    """The lock file a holder locked was deleted or replaced under it."""
+
+    exit_code = EX_SOFTWARE
+    code = "lock_lost"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"lock file {path} {reason}; another process could now take the data root, so this "
+            "one stops instead of sharing it. Never delete .server.lock; restart the server"
+        )
+
+
+class ProfileStampMismatchError(ConfigError):
+    """The data root is stamped with another profile than the one opening it."""
+
+    code = "profile_stamp_mismatch"
+
+    def __init__(self, root: Path, stamped: str, requested: str) -> None:
+        self.root = root
+        self.stamped = stamped
+        self.requested = requested
+        super().__init__(
+            f"data root {root} belongs to profile {stamped!r} (see {root}/.app-profile.json) "
+            f"but profile {requested!r} tried to open it. If that root really should now serve "
+            f"{requested!r}, re-stamp it explicitly: "
+            f"app data restamp --profile {requested} --from {stamped}"
+        )
+
+
+class ConfirmationRequiredError(AppError):
+    """A destructive command on a protected profile ran without its confirmation option."""
+
+    exit_code = EX_NOPERM
+    code = "confirmation_required"
+    http_status = 403
+
+    def __init__(self, operation: str, profile: str, option: str) -> None:
+        self.operation = operation
+        self.profile = profile
+        self.option = option
+        super().__init__(
+            f"refusing to {operation} on protected profile {profile!r} without confirmation; "
+            f"nothing was changed. Re-run with {option} if you mean it"
+        )
+
+
+class PortInUseError(AppError):
+    """The server's port is taken by another process."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "port_in_use"
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(
+            f"cannot listen on {host}:{port}: {reason}. Another process uses that port; "
+            f"stop it, or choose another port with APP_PORT or --port"
+        )
+
+
+# --- store (errors a client can cause) ---------------------------------------------
+
+
+class StoreError(AppError):
+    """A request against the store cannot be served."""
+
+    exit_code = EX_DATAERR
+    code = "store_error"
+    http_status = 400
+
+
+class SessionNotFoundError(StoreError):
+    """No session with that id (or not in the trash, for restore)."""
+
+    exit_code = EX_NOINPUT
+    code = "session_not_found"
+    http_status = 404
+
+    def __init__(self, session_id: str, where: str = "sessions") -> None:
+        self.session_id = session_id
+        self.where = where
+        hint = "`app sessions list` shows the sessions" if where == "sessions" else (
+            "`app sessions list --trash` shows what can be restored"
+        )
+        super().__init__(f"no session {session_id!r} in {where}; {hint}")
+
+
+class FileNotFoundInSessionError(StoreError):
+    """The session has no file of that name."""
+
+    exit_code = EX_NOINPUT
+    code = "file_not_found"
+    http_status = 404
+
+    def __init__(self, session_id: str, name: str) -> None:
+        self.session_id = session_id
+        self.name = name
+        super().__init__(
+            f"session {session_id!r} has no file {name!r}; "
+            f"GET /sessions/{session_id}/files lists its files"
+        )
+
+
+class InvalidNameError(StoreError):
+    """A session id or file name that could escape its directory or is otherwise unsafe."""
+
+    code = "invalid_name"
+    http_status = 400
+
+    def __init__(self, kind: str, name: str, problem: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.problem = problem
+        super().__init__(
+            f"invalid {kind} {name!r}: {problem}; use a plain name of printable characters "
+            "without '/', '\\\\' or '..'"
+        )
+
+
+class UploadTooLargeError(StoreError):
+    """An upload exceeded the configured size limit."""
+
+    code = "upload_too_large"
+    http_status = 413
+
+    def __init__(self, limit: int, received: int | None = None) -> None:
+        self.limit = limit
+        self.received = received
+        got = f" (received {received} bytes so far)" if received is not None else ""
+        super().__init__(
+            f"upload refused: larger than the limit of {limit} bytes{got}; nothing was kept. "
+            "Raise max_upload_bytes (APP_MAX_UPLOAD_BYTES) if the file is legitimate"
+        )
+
+
+class BadRequestError(StoreError):
+    """A malformed request body or parameter."""
+
+    code = "bad_request"
+    http_status = 400
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(problem)
+
+
+class FileExistsInSessionError(StoreError):
+    """A file of that name already exists and the request did not ask to replace it."""
+
+    code = "file_exists"
+    http_status = 409
+
+    def __init__(self, session_id: str, name: str) -> None:
+        self.session_id = session_id
+        self.name = name
+        super().__init__(
+            f"session {session_id!r} already has a file {name!r}; "
+            f"use PUT /sessions/{session_id}/files/{name} to replace it, or delete it first"
+        )
