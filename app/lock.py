@@ -1,0 +1,559 @@
+"""The data-root lock: one kernel lock per data root, held for a holder's whole life.
+
+Layer 4 of the design: a live holder owns its data root. A holder (a server, a test session
+or a maintenance command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
+:class:`filelock.UnixFileLock` and publishes who it is, as JSON, inside that file while it
+holds it. The kernel drops the lock when the holder's last descriptor closes, so a crash
+(even ``kill -9``) never leaves a stale lock behind.
+
+Lifecycle of ``<root>/.server.lock``:
+
+* **Created** by the first :meth:`RootLock.acquire` on a root (``O_CREAT`` without
+  ``O_TRUNC``, mode 0600). The root itself must already exist: :mod:`app.dataroot` creates
+  it, the lock never does.
+* **Written** only by the process that holds the lock, only after the lock is taken, in
+  place on the locked descriptor (never by rename: see below).
+* **Emptied** by the holder when it releases, while it still holds the lock. A holder that
+  crashed leaves its last JSON behind; that content means nothing once the lock is free,
+  and the next holder overwrites it.
+* **Removed or replaced by nobody**, ever. A second process that opened the path after a
+  deletion or a rename-over would lock a *different* inode and both would believe they own
+  the root. :meth:`RootLock.still_ours` and :class:`LockWatcher` detect that it happened
+  anyway, so the holder can stop instead of sharing the root.
+
+A :func:`probe` opens the file read-only, never creates anything, and describes one moment
+only: anything destructive must take the lock for the whole operation instead of probing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+from filelock import Timeout, UnixFileLock
+
+from app import __version__
+from app.errors import DataRootInUseError, LockUnavailableError
+
+__all__ = [
+    "BOOT_ID_FILE",
+    "KINDS",
+    "LOCK_FILE",
+    "HolderKind",
+    "LockWatcher",
+    "Probe",
+    "RootLock",
+    "holder_info",
+    "probe",
+    "read_holder",
+]
+
+LOCK_FILE: Final = ".server.lock"
+"""Name of the lock file inside a data root."""
+
+BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
+"""Where Linux publishes the boot id: a pid only names a process within one boot."""
+
+HolderKind = Literal["server", "tests", "maintenance"]
+KINDS: Final[tuple[str, ...]] = ("server", "tests", "maintenance")
+
+# flock errors that mean "this filesystem cannot lock", not "someone else holds it".
+# NFS mounted with nolock, some FUSE and overlay setups answer with these.
+_UNSUPPORTED_ERRNOS: Final = frozenset(
+    {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+)
+_CONTENDED_ERRNOS: Final = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+
+# A reader can catch the holder between truncating and writing its JSON (or, on update,
+# with a stale tail after a shorter record). A few short retries ride that window out.
+_READ_ATTEMPTS: Final = 5
+_READ_RETRY_DELAY: Final = 0.02
+_MAX_HOLDER_BYTES: Final = 64 * 1024
+
+_POLL_INTERVAL: Final = 0.05
+
+
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID_FILE.read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path) -> dict[str, Any]:
+    """The JSON a holder publishes in the lock file.
+
+    Args:
+        kind: ``"server"``, ``"tests"`` or ``"maintenance"``.
+        profile: the profile the holder runs on (lower case).
+        port: the port a server listens on; ``None`` until it is bound, and for other kinds.
+        root: the data root being held.
+
+    Returns:
+        A JSON-ready mapping with ``pid``, ``host``, ``boot_id``, ``profile``, ``kind``,
+        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port`` and ``root``.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`KINDS`.
+    """
+    if kind not in KINDS:
+        msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
+        raise ValueError(msg)
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "profile": profile,
+        "kind": kind,
+        "started_at": _now_iso(),
+        "argv": list(sys.argv),
+        "version": __version__,
+        "port": port if kind == "server" else None,
+        "root": str(root),
+    }
+
+
+def _parse_holder(raw: bytes) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_holder_fd(fd: int) -> dict[str, Any] | None:
+    for attempt in range(_READ_ATTEMPTS):
+        holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+        if holder is not None:
+            return holder
+        if attempt + 1 < _READ_ATTEMPTS:
+            time.sleep(_READ_RETRY_DELAY)
+    return None
+
+
+def _open_existing(path: Path) -> int | None:
+    # O_RDONLY without O_CREAT: looking must never create the file (or, via filelock's
+    # helpers, the directory) it looks at. O_NOFOLLOW: the lock file is never a symlink.
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def read_holder(root: Path) -> dict[str, Any] | None:
+    """The JSON the current holder of ``root`` published, without locking anything.
+
+    Tolerates a holder caught between truncating and rewriting the file by retrying
+    briefly. Content left by a holder that crashed is returned as is: only a lock attempt
+    (or :func:`probe`) can tell whether anybody holds the lock.
+
+    Args:
+        root: the data root.
+
+    Returns:
+        The parsed holder mapping, or ``None`` if the file is missing, empty or unreadable.
+    """
+    fd = _open_existing(root / LOCK_FILE)
+    if fd is None:
+        return None
+    try:
+        return _read_holder_fd(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What a probe saw: one moment only.
+
+    By the time a caller reads this, the holder may have gone or a new one may have
+    arrived. Use it to *report* (``app status``, the pytest header); anything destructive
+    must take the lock with :class:`RootLock` for the whole operation instead.
+
+    Attributes:
+        path: the lock file looked at.
+        held: whether a live process held the lock at that moment.
+        holder: the holder's published JSON while held, ``None`` if free or unreadable.
+    """
+
+    path: Path
+    held: bool
+    holder: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app status --json``)."""
+        return {"path": str(self.path), "held": self.held, "holder": self.holder}
+
+
+def probe(root: Path) -> Probe:
+    """Look at ``root``'s lock without creating or changing anything.
+
+    Takes a shared, non-blocking ``flock`` for an instant and releases it at once. A
+    missing root or lock file means nobody holds the root. A starting holder may see the
+    probe's momentary hold; :meth:`RootLock.acquire` retries for that reason.
+
+    Args:
+        root: the data root; it need not exist.
+
+    Returns:
+        A :class:`Probe` describing that one moment.
+
+    Raises:
+        LockUnavailableError: the filesystem does not support ``flock``.
+    """
+    path = root / LOCK_FILE
+    fd = _open_existing(path)
+    if fd is None:
+        return Probe(path=path, held=False, holder=None)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in _CONTENDED_ERRNOS:
+                return Probe(path=path, held=True, holder=_read_holder_fd(fd))
+            if error.errno in _UNSUPPORTED_ERRNOS:
+                raise LockUnavailableError(path, os.strerror(error.errno)) from error
+            raise
+        # Free: whatever the file still contains was left by a holder that crashed.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return Probe(path=path, held=False, holder=None)
+    finally:
+        os.close(fd)
+
+
+# Our duplicate of the locked descriptor must not keep the lock alive in a forked child
+# after the parent dies (flock belongs to the open file description, which fork shares).
+_LIVE_LOCKS: weakref.WeakSet[RootLock] = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:  # pragma: no cover - runs in a forked child
+    for lock in list(_LIVE_LOCKS):
+        lock._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+class RootLock:
+    """The exclusive lock on one data root, held by one holder.
+
+    One instance per holder. It is shared across threads (``thread_local=False``): a
+    server acquires it on the main thread and may release it from a signal handler or
+    another thread. It is not reentrant across instances: a second instance on the same
+    root, even in the same process, is refused like any other process.
+
+    The lock file is created if missing, never truncated on acquire (a failed attempt
+    must not erase the holder's JSON), emptied on release while still held, and never
+    deleted or replaced (see the module docstring).
+
+    Examples:
+        >>> with RootLock(root, kind="maintenance", profile="development") as lock:
+        ...     ...  # the root is ours until the block ends
+    """
+
+    def __init__(self, root: Path, *, kind: str, profile: str, port: int | None = None) -> None:
+        """Prepare a lock on ``root``; nothing is opened or created until :meth:`acquire`.
+
+        Args:
+            root: the data root (absolute); it must exist before :meth:`acquire`.
+            kind: ``"server"``, ``"tests"`` or ``"maintenance"``.
+            profile: the holder's profile.
+            port: a server's port, if already known (see :meth:`update`).
+
+        Raises:
+            ValueError: ``kind`` is not one of :data:`KINDS`.
+        """
+        if kind not in KINDS:
+            msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
+            raise ValueError(msg)
+        self.root = root
+        self.path = root / LOCK_FILE
+        self.kind = kind
+        self.profile = profile
+        self._port = port
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._holder: dict[str, Any] | None = None
+        self._guard = threading.RLock()
+        # Explicitly UnixFileLock: FileLock silently becomes a soft (existence) lock where
+        # fcntl is missing. preserve_lock_file and on_acquired both disable UnixFileLock's
+        # own soft fall-back on ENOSYS, so an unsupported filesystem surfaces as an error.
+        self._lock = UnixFileLock(
+            self.path,
+            mode=0o600,
+            thread_local=False,
+            fallback_to_soft=False,
+            preserve_lock_file=True,
+            poll_interval=_POLL_INTERVAL,
+            on_acquired=self._publish,
+        )
+
+    # -- acquisition -----------------------------------------------------------------
+
+    def acquire(self, wanted: str, timeout: float = 1.0) -> Self:
+        """Take the lock and publish the holder JSON, or refuse naming the current holder.
+
+        Non-blocking in spirit: it only retries for ``timeout`` seconds, so that a
+        concurrent :func:`probe`'s momentary shared hold does not refuse a starting server.
+
+        Args:
+            wanted: what the caller is trying to do, for the refusal message
+                (``"start the server"``, ``"purge sessions"``).
+            timeout: seconds to keep retrying while the lock is contended.
+
+        Returns:
+            This lock, held.
+
+        Raises:
+            DataRootInUseError: another holder has the lock; names it (exit 75).
+            LockUnavailableError: the filesystem does not support ``flock``.
+            FileNotFoundError: the data root does not exist (create it with
+                :func:`app.dataroot.open_root`; the lock never creates directories).
+            RuntimeError: this instance already holds the lock.
+        """
+        with self._guard:
+            if self.held:
+                msg = f"{self.path} is already held by this RootLock"
+                raise RuntimeError(msg)
+            if not self.root.is_dir():
+                # filelock would create missing parent directories; a data root is only
+                # ever created by app.dataroot, with mode 0700 and a profile stamp.
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    "data root does not exist (open it with open_root)",
+                    str(self.root),
+                )
+            try:
+                self._lock.acquire(timeout=timeout, poll_interval=_POLL_INTERVAL)
+            except Timeout:
+                raise DataRootInUseError(self.root, read_holder(self.root), wanted) from None
+            except OSError as error:
+                if error.errno in _UNSUPPORTED_ERRNOS:
+                    reason = os.strerror(error.errno) if error.errno else str(error)
+                    raise LockUnavailableError(self.path, reason) from error
+                raise
+            _LIVE_LOCKS.add(self)
+            return self
+
+    def _publish(self, fd: int) -> None:
+        # filelock calls this with its borrowed, locked descriptor after every physical
+        # acquire; raising here makes filelock release the lock again. We keep a duplicate
+        # (same open file description, so same lock) to write, truncate and fstat later.
+        own = os.dup(fd)
+        try:
+            stat = os.fstat(own)
+            holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
+            _write_in_place(own, holder)
+        except BaseException:
+            os.close(own)
+            raise
+        self._fd = own
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._holder = holder
+
+    def release(self) -> None:
+        """Empty the lock file while still holding it, then unlock. Idempotent.
+
+        The file itself stays: deleting it would let a newcomer lock a new inode while
+        someone still holds the old one.
+        """
+        with self._guard:
+            fd = self._fd
+            if fd is None:
+                return
+            try:
+                # Truncate first, while we still hold the lock: a reader never sees our
+                # JSON in a file nobody holds (apart from after a crash, which probe handles).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    os.fsync(fd)
+                self._lock.release()
+            finally:
+                self._fd = None
+                self._identity = None
+                self._holder = None
+                _LIVE_LOCKS.discard(self)
+                os.close(fd)
+
+    def _forget_after_fork(self) -> None:  # pragma: no cover - runs in a forked child
+        # The child must neither keep the parent's lock alive nor truncate its file.
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._identity = None
+        self._holder = None
+        self._guard = threading.RLock()
+
+    def __enter__(self) -> Self:
+        return self.acquire(f"take data root {self.root} for {self.kind}")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    # -- while held ------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Whether this instance holds the lock (as far as this process knows)."""
+        return self._fd is not None
+
+    @property
+    def holder(self) -> dict[str, Any] | None:
+        """A copy of the JSON this holder published, ``None`` when not held."""
+        return dict(self._holder) if self._holder is not None else None
+
+    def update(self, **fields: Any) -> None:
+        """Publish changed holder fields, e.g. ``port`` once the server socket is bound.
+
+        Args:
+            **fields: JSON-serialisable values merged into the published holder JSON.
+
+        Raises:
+            RuntimeError: the lock is not held.
+        """
+        with self._guard:
+            if self._fd is None or self._holder is None:
+                msg = f"cannot update {self.path}: the lock is not held"
+                raise RuntimeError(msg)
+            holder = {**self._holder, **fields}
+            _write_in_place(self._fd, holder)
+            self._holder = holder
+            if "port" in fields:
+                self._port = fields["port"]
+
+    def still_ours(self) -> str | None:
+        """Check that the lock path still names the inode this holder locked.
+
+        Returns:
+            ``None`` while it does; otherwise the reason, phrased to follow the path:
+            ``"was deleted"``, ``"was replaced by another file"`` or ``"is not held"``.
+        """
+        with self._guard:
+            if self._fd is None or self._identity is None:
+                return "is not held"
+            try:
+                current = os.lstat(self.path)
+            except FileNotFoundError:
+                return "was deleted"
+            if (current.st_dev, current.st_ino) != self._identity:
+                return "was replaced by another file"
+            return None
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else "not held"
+        return f"RootLock({str(self.root)!r}, kind={self.kind!r}, {state})"
+
+
+def _write_in_place(fd: int, holder: Mapping[str, Any]) -> None:
+    # In place on the locked descriptor, never write-temp-and-rename: a rename would put
+    # a different, unlocked inode at the lock path. Write first, then cut to length, so an
+    # update never shows readers an empty file; a stale tail fails to parse and readers
+    # retry (see _read_holder_fd).
+    data = (json.dumps(dict(holder), sort_keys=True) + "\n").encode()
+    view = memoryview(data)
+    offset = 0
+    while offset < len(data):
+        offset += os.pwrite(fd, view[offset:], offset)
+    os.ftruncate(fd, len(data))
+    os.fsync(fd)
+
+
+class LockWatcher:
+    """A daemon thread that checks :meth:`RootLock.still_ours` every ``interval`` seconds.
+
+    On the first failed check it calls ``on_lost(reason)`` once (the server logs the
+    reason and shuts down rather than share its root) and stops. A lock released on
+    purpose is not a loss: the watcher then ends quietly.
+
+    Examples:
+        >>> watcher = LockWatcher(lock, 5.0, on_lost=shutdown).start()
+        >>> ...
+        >>> watcher.stop()
+    """
+
+    def __init__(self, lock: RootLock, interval: float, on_lost: Callable[[str], object]) -> None:
+        """Prepare the watcher; :meth:`start` starts the thread.
+
+        Args:
+            lock: the held lock to watch.
+            interval: seconds between checks (positive).
+            on_lost: called once, from the watcher thread, with the reason.
+
+        Raises:
+            ValueError: ``interval`` is not positive.
+        """
+        if not interval > 0:
+            msg = f"interval must be a positive number of seconds, not {interval!r}"
+            raise ValueError(msg)
+        self.lock = lock
+        self.interval = interval
+        self.on_lost = on_lost
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lock-watcher {lock.path}", daemon=True
+        )
+
+    def start(self) -> Self:
+        """Start the watcher thread."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop watching and wait for the thread; safe to call from ``on_lost`` too."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the watcher thread is alive."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.lock.held:
+                return
+            reason = self.lock.still_ours()
+            if reason is not None and self.lock.held and not self._stop.is_set():
+                self.lost = reason
+                self.on_lost(reason)
+                return
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,378 @@
+"""The data-root lock: real flocks, real files, real subprocesses."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import app
+from app.errors import DataRootInUseError, LockUnavailableError
+from app.lock import LOCK_FILE, LockWatcher, RootLock, holder_info, probe, read_holder
+
+# A holder in another process: takes the lock, says so, then waits for stdin to close
+# (or for a signal). With "fork", it forks a child that outlives it and the child reports.
+HOLDER_SCRIPT = """
+import os, sys
+from pathlib import Path
+from app.lock import RootLock
+lock = RootLock(Path(sys.argv[1]), kind=sys.argv[2], profile="development")
+lock.acquire("hold the root for a test")
+if len(sys.argv) > 3 and sys.argv[3] == "fork":
+    if os.fork() == 0:
+        # Fork handlers have run by now: report, then linger without stdin.
+        print(os.getpid(), flush=True)
+        os.close(0)
+        while True:
+            os.pause()
+else:
+    print("locked", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+class Holder:
+    """A subprocess holding a root's lock until stopped or killed."""
+
+    def __init__(self, root: Path, kind: str = "server", *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER_SCRIPT, str(root), kind, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        # Blocks until the child has the lock; an empty line means it died first.
+        self.line = self.proc.stdout.readline().strip()
+        assert self.line, f"holder exited early with {self.proc.wait()}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def holder(root: Path):
+    held = Holder(root)
+    yield held
+    if held.proc.poll() is None:
+        held.kill()
+    assert held.proc.stdout is not None
+    held.proc.stdout.close()
+
+
+def test_it_refuses_a_data_root_held_by_a_live_server(root: Path, holder: Holder) -> None:
+    lock = RootLock(root, kind="maintenance", profile="development")
+    with pytest.raises(DataRootInUseError) as refused:
+        lock.acquire("purge sessions", timeout=0)
+    error = refused.value
+    assert error.exit_code == 75
+    assert error.holder is not None
+    assert error.holder["pid"] == holder.pid
+    message = str(error)
+    assert message.startswith(f"cannot purge sessions: data root {root} is held by ")
+    assert f"pid {holder.pid}, kind server, profile development" in message
+    assert f"kill {holder.pid}" in message
+    assert not lock.held
+
+
+def test_a_second_lock_in_the_same_process_is_refused_too(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development"):
+        second = RootLock(root, kind="tests", profile="development")
+        with pytest.raises(DataRootInUseError, match=f"pid {os.getpid()}, kind server"):
+            second.acquire("run the tests", timeout=0)
+
+
+def test_the_lock_is_free_again_after_its_holder_stops(root: Path, holder: Holder) -> None:
+    assert holder.stop() == 0
+    with RootLock(root, kind="maintenance", profile="development") as lock:
+        assert lock.held
+
+
+def test_a_holder_killed_with_sigkill_releases_the_lock_at_once(root: Path, holder: Holder) -> None:
+    holder.kill()
+    # No retry window: the kernel dropped the flock when the process died.
+    lock = RootLock(root, kind="server", profile="development").acquire("restart", timeout=0)
+    try:
+        assert lock.holder is not None
+        assert lock.holder["pid"] == os.getpid()
+        assert read_holder(root) == lock.holder
+    finally:
+        lock.release()
+
+
+def test_a_forked_child_does_not_keep_its_dead_parents_lock(root: Path) -> None:
+    parent = Holder(root, "server", "fork")
+    child_pid = int(parent.line)
+    try:
+        parent.kill()
+        lock = RootLock(root, kind="server", profile="development").acquire("restart", timeout=0)
+        lock.release()
+    finally:
+        os.kill(child_pid, signal.SIGKILL)
+        assert parent.proc.stdout is not None
+        parent.proc.stdout.close()
+
+
+def test_the_lock_file_is_never_deleted_on_release(root: Path) -> None:
+    lock = RootLock(root, kind="maintenance", profile="development").acquire("x")
+    inode = (root / LOCK_FILE).stat().st_ino
+    lock.release()
+    assert (root / LOCK_FILE).exists()
+    assert (root / LOCK_FILE).stat().st_ino == inode
+    assert (root / LOCK_FILE).read_bytes() == b""  # emptied while still held
+    again = RootLock(root, kind="maintenance", profile="development").acquire("x")
+    assert (root / LOCK_FILE).stat().st_ino == inode
+    again.release()
+
+
+def test_a_refused_attempt_leaves_the_holders_json_intact(root: Path, holder: Holder) -> None:
+    before = (root / LOCK_FILE).read_bytes()
+    assert json.loads(before)["pid"] == holder.pid
+    for _ in range(3):
+        with pytest.raises(DataRootInUseError):
+            RootLock(root, kind="tests", profile="testing").acquire("x", timeout=0)
+    assert (root / LOCK_FILE).read_bytes() == before
+
+
+def test_the_lock_file_holds_the_holders_json(root: Path) -> None:
+    with RootLock(root, kind="maintenance", profile="development") as lock:
+        published = json.loads((root / LOCK_FILE).read_text())
+        assert published == lock.holder
+    assert published["pid"] == os.getpid()
+    assert published["host"] == socket.gethostname()
+    assert published["kind"] == "maintenance"
+    assert published["profile"] == "development"
+    assert published["argv"] == sys.argv
+    assert published["version"] == app.__version__
+    assert published["port"] is None
+    assert published["root"] == str(root)
+    assert published["started_at"].endswith("+00:00")
+    boot_id = Path("/proc/sys/kernel/random/boot_id")
+    expected_boot = boot_id.read_text().strip() if boot_id.exists() else None
+    assert published["boot_id"] == expected_boot
+
+
+def test_a_server_publishes_its_port_once_bound(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development") as lock:
+        assert json.loads((root / LOCK_FILE).read_text())["port"] is None
+        before = lock.holder
+        lock.update(port=8123)
+        assert before is not None
+        assert probe(root).holder == {**before, "port": 8123}
+        assert lock.holder == {**before, "port": 8123}
+
+
+def test_holder_info_refuses_an_unknown_kind(root: Path) -> None:
+    with pytest.raises(ValueError, match="server, tests, maintenance"):
+        holder_info("prod-server", "production", root=root)
+    assert holder_info("tests", "testing", port=80, root=root)["port"] is None
+
+
+def test_a_probe_creates_nothing(tmp_path: Path, root: Path) -> None:
+    missing = tmp_path / "missing" / "root"
+    assert probe(missing).held is False
+    assert not (tmp_path / "missing").exists()
+
+    before = sorted(tmp_path.rglob("*"))
+    result = probe(root)
+    assert result.held is False
+    assert result.holder is None
+    assert result.path == root / LOCK_FILE
+    assert sorted(tmp_path.rglob("*")) == before
+    assert list(root.iterdir()) == []
+
+
+def test_a_probe_of_a_held_root_returns_the_holder(root: Path, holder: Holder) -> None:
+    result = probe(root)
+    assert result.held is True
+    assert result.holder is not None
+    assert result.holder["pid"] == holder.pid
+    assert result.holder["kind"] == "server"
+    assert result.to_dict()["held"] is True
+
+
+def test_a_probe_ignores_what_a_killed_holder_left_behind(root: Path, holder: Holder) -> None:
+    holder.kill()
+    assert json.loads((root / LOCK_FILE).read_text())["pid"] == holder.pid
+    result = probe(root)
+    assert result.held is False
+    assert result.holder is None
+
+
+def test_a_probe_does_not_take_the_lock_from_its_holder(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development") as lock:
+        assert probe(root).held is True
+        assert lock.still_ours() is None
+        assert json.loads((root / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_holder_that_published_nothing_is_reported_without_details(root: Path) -> None:
+    # Another flock user, or a holder caught between truncating and writing: held, no JSON.
+    import fcntl
+
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert probe(root).held is True
+        assert probe(root).holder is None
+        with pytest.raises(DataRootInUseError, match="published no details"):
+            RootLock(root, kind="tests", profile="testing").acquire("x", timeout=0)
+    finally:
+        os.close(fd)
+
+
+def test_a_half_written_holder_json_reads_as_unknown(root: Path) -> None:
+    (root / LOCK_FILE).write_text('{"pid": 12, "kind": "ser')
+    assert read_holder(root) is None
+    (root / LOCK_FILE).write_text('{"pid": 12}\n')
+    assert read_holder(root) == {"pid": 12}
+
+
+def test_still_ours_detects_that_the_lock_file_was_deleted(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development") as lock:
+        assert lock.still_ours() is None
+        (root / LOCK_FILE).unlink()
+        assert lock.still_ours() == "was deleted"
+
+
+def test_still_ours_detects_that_the_lock_file_was_replaced(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development") as lock:
+        (root / "impostor").write_text("")
+        (root / "impostor").replace(root / LOCK_FILE)
+        assert lock.still_ours() == "was replaced by another file"
+        # Why it matters: the new inode is free, so a second holder gets "the same" root.
+        intruder = RootLock(root, kind="maintenance", profile="development").acquire("x")
+        intruder.release()
+
+
+def test_still_ours_detects_deletion_followed_by_recreation(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development") as lock:
+        (root / LOCK_FILE).unlink()
+        (root / LOCK_FILE).write_text("")
+        assert lock.still_ours() == "was replaced by another file"
+
+
+def test_a_lock_taken_on_one_thread_can_be_released_on_another(root: Path) -> None:
+    lock = RootLock(root, kind="server", profile="development").acquire("serve")
+    releaser = threading.Thread(target=lock.release)
+    releaser.start()
+    releaser.join()
+    assert not lock.held
+    assert probe(root).held is False
+
+
+def test_acquiring_twice_with_one_instance_is_a_programming_error(root: Path) -> None:
+    with RootLock(root, kind="server", profile="development") as lock:
+        with pytest.raises(RuntimeError, match="already held"):
+            lock.acquire("x")
+        lock.release()
+        lock.release()  # idempotent
+
+
+def test_the_lock_never_creates_its_data_root(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        RootLock(tmp_path / "nope", kind="server", profile="development").acquire("x")
+    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_filesystem_without_flock_is_refused_rather_than_soft_locked(
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    import filelock._native._unix as unix
+
+    def no_flock(fd: int) -> bool:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(unix, "lock_fd_nonblocking", no_flock)
+    lock = RootLock(root, kind="server", profile="development")
+    with pytest.raises(LockUnavailableError) as refused:
+        lock.acquire("serve")
+    assert refused.value.path == root / LOCK_FILE
+    assert "flock" in str(refused.value)
+    assert not lock.held
+    # No soft-lock marker or other file took the lock's place.
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE]
+    assert (root / LOCK_FILE).read_bytes() == b""
+
+
+def test_the_watcher_reports_a_deleted_lock_file_once(root: Path) -> None:
+    reasons: list[str] = []
+    called = threading.Event()
+
+    def on_lost(reason: str) -> None:
+        reasons.append(reason)
+        called.set()
+
+    with RootLock(root, kind="server", profile="development") as lock:
+        watcher = LockWatcher(lock, 0.01, on_lost).start()
+        (root / LOCK_FILE).unlink()
+        called.wait()  # returns once the callback ran; the watcher then ends by itself
+        watcher.stop()
+        assert reasons == ["was deleted"]
+        assert watcher.lost == "was deleted"
+        assert not watcher.running
+
+
+def test_the_watcher_stays_quiet_while_the_lock_is_ours_and_stops_on_request(
+    root: Path,
+) -> None:
+    reasons: list[str] = []
+    with RootLock(root, kind="server", profile="development") as lock:
+        checks = 0
+        original = lock.still_ours
+        enough = threading.Event()
+
+        def counting() -> str | None:
+            nonlocal checks
+            checks += 1
+            if checks >= 3:
+                enough.set()
+            return original()
+
+        lock.still_ours = counting  # type: ignore[method-assign]
+        with LockWatcher(lock, 0.01, reasons.append) as watcher:
+            enough.wait()
+        assert not watcher.running
+    assert reasons == []
+
+
+def test_the_watcher_ends_quietly_when_the_lock_is_released_on_purpose(root: Path) -> None:
+    reasons: list[str] = []
+    lock = RootLock(root, kind="server", profile="development").acquire("serve")
+    watcher = LockWatcher(lock, 0.01, reasons.append).start()
+    lock.release()
+    watcher._thread.join()
+    assert reasons == []
+
+
+def test_the_watcher_refuses_a_non_positive_interval(root: Path) -> None:
+    lock = RootLock(root, kind="server", profile="development")
+    with pytest.raises(ValueError, match="positive"):
+        LockWatcher(lock, 0, print)
