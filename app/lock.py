@@ -267,6 +267,9 @@ class RootLock:
     must not erase the holder's JSON), emptied on release while still held, and never
     deleted or replaced (see the module docstring).
 
+    Entering the lock acquires it (with a generic refusal message) unless it is already
+    held; leaving releases it. So ``with lock.acquire("purge sessions"):`` works too.
+
     Examples:
         >>> with RootLock(root, kind="maintenance", profile="development") as lock:
         ...     ...  # the root is ours until the block ends
@@ -407,6 +410,9 @@ class RootLock:
         self._guard = threading.RLock()
 
     def __enter__(self) -> Self:
+        # Like filelock's proxy: `with lock.acquire(wanted):` must not try a second time.
+        if self.held:
+            return self
         return self.acquire(f"take data root {self.root} for {self.kind}")
 
     def __exit__(

@@ -287,6 +287,13 @@ def test_a_lock_taken_on_one_thread_can_be_released_on_another(root: Path) -> No
     assert probe(root).held is False
 
 
+def test_entering_a_lock_taken_by_acquire_does_not_take_it_twice(root: Path) -> None:
+    with RootLock(root, kind="maintenance", profile="development").acquire("purge") as lock:
+        assert lock.held
+    assert not lock.held
+    assert probe(root).held is False
+
+
 def test_acquiring_twice_with_one_instance_is_a_programming_error(root: Path) -> None:
     with RootLock(root, kind="server", profile="development") as lock:
         with pytest.raises(RuntimeError, match="already held"):
