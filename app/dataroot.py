@@ -1,0 +1,643 @@
+"""Opening a data root: sandbox check, creation, lock, profile stamp, layout, audit log.
+
+Layers 3 to 7 of the design meet here. :func:`open_root` is the only way the app gets a
+writable data root, and it checks in an order chosen so that each step is protected by
+the ones before it:
+
+1. the pytest sandbox (before touching the filesystem at all);
+2. create the root, mode 0700, if it is new;
+3. take the lock (so two writers never race on the stamp or on ``.tmp/``);
+4. check or write the profile stamp ``.app-profile.json``;
+5. create ``sessions/``, ``.trash/`` and ``.tmp/`` and clear ``.tmp/`` of a crash's leftovers.
+
+A reader (``write=False``) does 1 and 4 only: it creates nothing and takes no lock.
+
+Who owns which file:
+
+* ``.server.lock``: see :mod:`app.lock`; never removed by anybody.
+* ``.app-profile.json``: written once by the first writer (atomically), rewritten only by
+  :func:`restamp`, never removed.
+* ``audit.jsonl``: append-only, one JSON line per destructive operation; never rewritten.
+* ``.tmp/``: in-flight writes of the lock holder; anything found there when a writer opens
+  the root was left by a crash and is deleted (the lock guarantees nobody else writes there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Final, Self
+
+from app import __version__
+from app.config import require_in_sandbox
+from app.errors import InvalidSettingError, LockLostError, ProfileStampMismatchError
+from app.lock import LOCK_FILE, Probe, RootLock, probe
+
+if TYPE_CHECKING:
+    from app.config import Config
+
+__all__ = [
+    "AUDIT_FILE",
+    "DIR_MODE",
+    "SESSIONS_DIR",
+    "STAMP_FILE",
+    "TMP_DIR",
+    "TRASH_DIR",
+    "DataRoot",
+    "RootStatus",
+    "describe",
+    "open_root",
+    "read_stamp",
+    "restamp",
+]
+
+STAMP_FILE: Final = ".app-profile.json"
+AUDIT_FILE: Final = "audit.jsonl"
+SESSIONS_DIR: Final = "sessions"
+TRASH_DIR: Final = ".trash"
+TMP_DIR: Final = ".tmp"
+DIR_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+
+# What a data root may contain. A directory without a stamp that holds anything else is
+# not a data root (a data_root pointed at $HOME by mistake): adopting it would create our
+# layout there and clear its ".tmp/", so it is refused instead.
+_LAYOUT: Final = frozenset(
+    {LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR, "lost+found"}
+)
+# Entries that do not count as data when deciding whether an unstamped root is new.
+_NOT_DATA: Final = frozenset({LOCK_FILE, TMP_DIR, "lost+found"})
+
+_SETTING_SOURCE: Final = "the configuration; `app config` shows where it came from"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename or a new directory entry is only durable once its directory is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_new_file(dir_: Path, data: bytes) -> Path:
+    fd, name = tempfile.mkstemp(dir=dir_, prefix="write-", suffix=".part")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    try:
+        tmp.replace(dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+
+
+def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
+    path = root / AUDIT_FILE
+    existed = path.exists()
+    line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
+    # O_APPEND and one write() per line: concurrent appenders (there are none while the
+    # lock is held, but a reader's tooling may tail it) never interleave inside a line.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        written = os.write(fd, line)
+        if written != len(line):  # pragma: no cover - regular files do not short-write here
+            raise OSError(errno.EIO, f"short write to {path}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not existed:
+        _fsync_dir(root)
+
+
+def _audit_record(
+    profile: str, kind: str, operation: str, target: str | Path, details: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "time": _now_iso(),
+        "pid": os.getpid(),
+        "profile": profile,
+        "kind": kind,
+        "argv": list(sys.argv),
+        "operation": operation,
+        "target": str(target),
+        "details": dict(details),
+    }
+
+
+# --- the profile stamp -------------------------------------------------------------------
+
+
+def read_stamp(root: Path, *, profile: str = "?") -> dict[str, Any] | None:
+    """The profile stamp of ``root``, or ``None`` if it has none. Creates nothing.
+
+    Args:
+        root: the data root.
+        profile: the profile asking, for the error message only.
+
+    Returns:
+        The stamp mapping (``profile``, ``created_at``, ``app_version``), or ``None``.
+
+    Raises:
+        InvalidSettingError: the stamp exists but is not a JSON object with a ``profile``.
+    """
+    path = root / STAMP_FILE
+    try:
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        stamp = json.loads(raw)
+    except ValueError as error:
+        problem = f"its profile stamp {path} is not valid JSON ({error})"
+    else:
+        if isinstance(stamp, dict) and isinstance(stamp.get("profile"), str) and stamp["profile"]:
+            return stamp
+        problem = f"its profile stamp {path} names no profile"
+    raise InvalidSettingError(
+        profile,
+        "data_root",
+        str(root),
+        f"{problem}; restore the file from a backup, or write "
+        f'{{"profile": "<the profile this root belongs to>"}} into it by hand',
+        _SETTING_SOURCE,
+    )
+
+
+def _write_stamp(root: Path, profile: str, **extra: Any) -> dict[str, Any]:
+    stamp = {"profile": profile, "created_at": _now_iso(), "app_version": __version__, **extra}
+    tmp_dir = root / TMP_DIR
+    tmp_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+    data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
+    _replace(_write_new_file(tmp_dir, data), root / STAMP_FILE)
+    return stamp
+
+
+def _has_data(root: Path) -> bool:
+    for entry in os.scandir(root):
+        if entry.name in _NOT_DATA:
+            continue
+        if entry.is_dir(follow_symlinks=False) and entry.name in {SESSIONS_DIR, TRASH_DIR}:
+            if any(os.scandir(entry.path)):
+                return True
+            continue
+        return True
+    return False
+
+
+def _refuse_foreign_directory(config: Config, root: Path) -> None:
+    foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _LAYOUT)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise InvalidSettingError(
+            config.profile,
+            "data_root",
+            str(root),
+            f"the directory is not empty and has no profile stamp ({STAMP_FILE}), and it "
+            f"holds files that are not the app's ({shown}); refusing to adopt it as a data "
+            "root. Point data_root at a new or empty directory",
+            _SETTING_SOURCE,
+        )
+
+
+def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[str, Any] | None:
+    stamp = read_stamp(root, profile=config.profile)
+    if stamp is not None:
+        stamped = str(stamp["profile"]).lower()
+        if stamped != config.profile:
+            raise ProfileStampMismatchError(root, stamped, config.profile)
+        return stamp
+    if not write:
+        return None
+    _refuse_foreign_directory(config, root)
+    legacy = _has_data(root)
+    stamp = _write_stamp(root, config.profile)
+    if legacy:
+        # An unstamped root with data predates stamps; adopting it is worth a trace.
+        _append_audit(
+            root,
+            _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True}),
+        )
+    return stamp
+
+
+# --- opening -----------------------------------------------------------------------------
+
+
+def _create_root(root: Path) -> None:
+    try:
+        root.mkdir(mode=DIR_MODE)
+    except FileNotFoundError:
+        # Parents get the usual permissions; only the root itself is private.
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            return
+    except FileExistsError:
+        if not root.is_dir():
+            raise NotADirectoryError(
+                errno.ENOTDIR, "the data root exists but is not a directory", str(root)
+            ) from None
+        return
+    # mkdir's mode is filtered by the umask; the root we created must be exactly 0700.
+    # A root that already existed keeps the permissions its owner gave it.
+    root.chmod(DIR_MODE)
+    _fsync_dir(root.parent)
+
+
+def _clear_tmp(tmp_dir: Path) -> list[str]:
+    # Only the lock holder writes in .tmp/, and we hold the lock: everything here was
+    # left by a holder that crashed mid-write, and was never visible under its real name.
+    removed: list[str] = []
+    for entry in os.scandir(tmp_dir):
+        if entry.is_dir(follow_symlinks=False):
+            continue  # the app never creates directories here; leave them for a human
+        with contextlib.suppress(FileNotFoundError):
+            Path(entry.path).unlink()
+            removed.append(entry.name)
+    return removed
+
+
+def open_root(
+    config: Config,
+    *,
+    kind: str = "maintenance",
+    write: bool = True,
+    port: int | None = None,
+    wanted: str | None = None,
+    timeout: float = 1.0,
+) -> DataRoot:
+    """Open the configured profile's data root, as a writer (locked) or a reader.
+
+    Args:
+        config: the resolved configuration; its ``profile`` and ``data_root`` are used.
+        kind: the holder kind published in the lock: ``"server"``, ``"tests"`` or
+            ``"maintenance"``.
+        write: take the lock and create what is missing; ``False`` opens read-only,
+            creating nothing and taking no lock.
+        port: a server's port, if already bound (or publish it later with
+            ``root.lock.update(port=...)``).
+        wanted: what the caller is doing, for the refusal message (``"start the server"``).
+        timeout: seconds to retry a contended lock (see :meth:`RootLock.acquire`).
+
+    Returns:
+        An open :class:`DataRoot`; close it (or use ``with``) to release the lock.
+
+    Raises:
+        SandboxViolationError: under pytest, the root lies outside the sandbox.
+        DataRootInUseError: another live process holds the root (exit 75).
+        LockUnavailableError: the filesystem does not support ``flock``.
+        ProfileStampMismatchError: the root is stamped with another profile.
+        InvalidSettingError: the root has a broken stamp, or is an unstamped directory
+            holding files that are not the app's.
+    """
+    root = config.data_root
+    # Before anything touches the filesystem, so that even mkdir never happens outside.
+    require_in_sandbox(root, "open data root")
+    if not write:
+        stamp = _check_stamp(config, root, kind=kind, write=False)
+        return DataRoot(config, kind=kind, lock=None, stamp=stamp)
+
+    if root.is_dir() and not (root / STAMP_FILE).exists():
+        # Checked again under the lock; this early look only spares a directory that is
+        # not ours even the lock file.
+        _refuse_foreign_directory(config, root)
+    _create_root(root)
+    lock = RootLock(root, kind=kind, profile=config.profile, port=port)
+    lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
+    try:
+        stamp = _check_stamp(config, root, kind=kind, write=True)
+        for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+            (root / name).mkdir(mode=DIR_MODE, exist_ok=True)
+        opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
+        if removed := _clear_tmp(opened.tmp_dir):
+            opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
+    except BaseException:
+        lock.release()
+        raise
+    return opened
+
+
+def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
+    """Re-stamp the root of ``config.profile`` that is stamped ``from_profile``.
+
+    This is ``app data restamp --profile P --from Q``: the explicit, audited way to hand a
+    data root to another profile. It takes the lock for the whole operation.
+
+    Args:
+        config: the configuration of the profile that should own the root from now on.
+        from_profile: the profile the root must currently be stamped with.
+        timeout: seconds to retry a contended lock.
+
+    Returns:
+        The new stamp.
+
+    Raises:
+        SandboxViolationError: under pytest, the root lies outside the sandbox.
+        DataRootInUseError: another live process holds the root.
+        ProfileStampMismatchError: the root is stamped with neither profile given.
+        InvalidSettingError: the root does not exist or has no (or a broken) stamp.
+    """
+    root = config.data_root
+    require_in_sandbox(root, "re-stamp data root")
+    from_profile = from_profile.lower()
+    if not root.is_dir():
+        raise InvalidSettingError(
+            config.profile, "data_root", str(root), "the directory does not exist", _SETTING_SOURCE
+        )
+    with RootLock(root, kind="maintenance", profile=config.profile).acquire(
+        f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
+    ):
+        stamp = read_stamp(root, profile=config.profile)
+        if stamp is None:
+            raise InvalidSettingError(
+                config.profile,
+                "data_root",
+                str(root),
+                f"it has no profile stamp to change; opening it (any `app` command on profile "
+                f"{config.profile!r}) stamps it",
+                _SETTING_SOURCE,
+            )
+        stamped = str(stamp["profile"]).lower()
+        if stamped == config.profile:
+            return stamp  # already done (a repeated command); nothing to audit
+        if stamped != from_profile:
+            # Names the stamp actually found, so the message gives the right --from.
+            raise ProfileStampMismatchError(root, stamped, config.profile)
+        new = _write_stamp(root, config.profile, restamped_from=stamped)
+        _append_audit(
+            root,
+            _audit_record(
+                config.profile,
+                "maintenance",
+                "restamp",
+                root / STAMP_FILE,
+                {"from": stamped, "to": config.profile},
+            ),
+        )
+        return new
+
+
+# --- the open root -----------------------------------------------------------------------
+
+
+class DataRoot:
+    """An open data root. A writer holds its lock until :meth:`close`.
+
+    Obtain one with :func:`open_root`, never by constructing it directly.
+
+    Attributes:
+        path: the data root (absolute).
+        config: the configuration it was opened with.
+        kind: the holder kind (``"server"``, ``"tests"``, ``"maintenance"``).
+        lock: the held :class:`RootLock` of a writer; ``None`` for a reader.
+        stamp: the profile stamp read or written when opening (``None`` for a reader of an
+            unstamped root).
+    """
+
+    def __init__(
+        self, config: Config, *, kind: str, lock: RootLock | None, stamp: dict[str, Any] | None
+    ) -> None:
+        self.config = config
+        self.path: Path = config.data_root
+        self.kind = kind
+        self.lock = lock
+        self.stamp = stamp
+
+    @property
+    def writable(self) -> bool:
+        """Whether this root was opened as a writer and its lock is still held."""
+        return self.lock is not None and self.lock.held
+
+    @property
+    def sessions_dir(self) -> Path:
+        """``<root>/sessions``: one directory per session."""
+        return self.path / SESSIONS_DIR
+
+    @property
+    def trash_dir(self) -> Path:
+        """``<root>/.trash``: deleted sessions and files, until ``empty-trash``."""
+        return self.path / TRASH_DIR
+
+    @property
+    def tmp_dir(self) -> Path:
+        """``<root>/.tmp``: in-flight writes, renamed into place when complete."""
+        return self.path / TMP_DIR
+
+    @property
+    def audit_path(self) -> Path:
+        """``<root>/audit.jsonl``."""
+        return self.path / AUDIT_FILE
+
+    def _require_writer(self, doing: str) -> None:
+        if self.lock is None:
+            msg = f"cannot {doing}: data root {self.path} was opened read-only"
+            raise RuntimeError(msg)
+        if not self.lock.held:
+            msg = f"cannot {doing}: data root {self.path} is closed"
+            raise RuntimeError(msg)
+
+    def ensure_held(self) -> None:
+        """Check, before something destructive, that the lock file is still the one we hold.
+
+        Raises:
+            LockLostError: the lock file was deleted or replaced.
+            RuntimeError: the root was opened read-only or is closed.
+        """
+        self._require_writer("check the lock")
+        assert self.lock is not None
+        if (reason := self.lock.still_ours()) is not None:
+            raise LockLostError(self.lock.path, reason)
+
+    def audit(self, operation: str, target: str | Path, **details: Any) -> None:
+        """Append one JSON line to ``audit.jsonl`` and fsync it.
+
+        The line holds ``time`` (ISO 8601, UTC), ``pid``, ``profile``, ``kind``, ``argv``,
+        ``operation``, ``target`` and ``details``.
+
+        Args:
+            operation: what was done (``"trash-session"``, ``"empty-trash"``, ...).
+            target: what it was done to (a path or an id).
+            **details: anything else worth recording (JSON-serialisable, else ``str()``).
+        """
+        self._require_writer(f"audit {operation}")
+        _append_audit(
+            self.path, _audit_record(self.config.profile, self.kind, operation, target, details)
+        )
+
+    def _check_dest(self, dest: Path) -> Path:
+        # Resolved, so that a symlink inside the root cannot carry a write outside it.
+        dest = dest.resolve()
+        if not dest.is_relative_to(self.path) or dest == self.path:
+            msg = f"refusing to write {dest}: it is not inside data root {self.path}"
+            raise ValueError(msg)
+        if dest.is_relative_to(self.tmp_dir):
+            msg = f"refusing to write {dest}: {self.tmp_dir} holds only in-flight temporary files"
+            raise ValueError(msg)
+        return dest
+
+    def new_temp_file(self) -> tuple[IO[bytes], Path]:
+        """A new temporary file in ``.tmp/`` (mode 0600) for streaming a write into.
+
+        Write to it, close it, then :meth:`commit_temp_file` it into place, or delete it.
+        A crash leaves it in ``.tmp/``, where the next writer to open the root removes it.
+
+        Returns:
+            The open binary file and its path.
+        """
+        self._require_writer("create a temporary file")
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def commit_temp_file(self, tmp: Path, dest: Path) -> None:
+        """Make a closed temporary file durable and rename it to ``dest``.
+
+        fsyncs the file, replaces ``dest`` atomically and fsyncs ``dest``'s directory, so
+        after a crash ``dest`` is either its old content or the complete new one. On
+        failure the temporary file is removed.
+
+        Args:
+            tmp: a file from :meth:`new_temp_file`, already closed (or flushed).
+            dest: where it belongs, inside the data root.
+
+        Raises:
+            ValueError: ``dest`` is outside the data root or inside ``.tmp/``.
+        """
+        self._require_writer(f"write {dest}")
+        dest = self._check_dest(dest)
+        try:
+            _fsync_path(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _replace(tmp, dest)
+
+    def atomic_write_bytes(self, dest: Path, data: bytes) -> None:
+        """Write ``data`` to ``dest`` atomically and durably (temp file, fsync, rename, fsync).
+
+        Args:
+            dest: the destination, inside the data root (its directory must exist).
+            data: the complete new content.
+
+        Raises:
+            ValueError: ``dest`` is outside the data root or inside ``.tmp/``.
+        """
+        self._require_writer(f"write {dest}")
+        dest = self._check_dest(dest)
+        _replace(_write_new_file(self.tmp_dir, data), dest)
+
+    def atomic_write_json(self, dest: Path, obj: Any) -> None:
+        """Write ``obj`` as indented JSON to ``dest``, like :meth:`atomic_write_bytes`."""
+        data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        self.atomic_write_bytes(dest, data)
+
+    def close(self) -> None:
+        """Release the lock of a writer. Idempotent; a reader has nothing to release."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "writer" if self.lock is not None else "reader"
+        return f"DataRoot({str(self.path)!r}, profile={self.config.profile!r}, {mode})"
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RootStatus:
+    """What ``app status`` shows about a data root, at one moment.
+
+    Attributes:
+        path: the data root.
+        exists: whether the directory exists.
+        probe: the lock probe (who held the root at that moment).
+        stamp: the profile stamp, ``None`` if absent.
+        stamp_error: why the stamp could not be read, if it exists but is broken.
+    """
+
+    path: Path
+    exists: bool
+    probe: Probe
+    stamp: dict[str, Any] | None
+    stamp_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app status --json``)."""
+        return {
+            "path": str(self.path),
+            "exists": self.exists,
+            "held": self.probe.held,
+            "holder": self.probe.holder,
+            "lock_file": str(self.probe.path),
+            "stamp": self.stamp,
+            "stamp_error": self.stamp_error,
+        }
+
+
+def describe(root: Path) -> RootStatus:
+    """Describe ``root`` for ``app status``: who holds it and how it is stamped.
+
+    Creates nothing, takes no lasting lock, and is not confined to the pytest sandbox (the
+    plugin uses it to look at other profiles' roots for live servers). Like
+    :func:`app.lock.probe`, it describes one moment only.
+
+    Args:
+        root: a data root; it need not exist.
+
+    Returns:
+        A :class:`RootStatus`.
+    """
+    stamp: dict[str, Any] | None = None
+    stamp_error: str | None = None
+    try:
+        stamp = read_stamp(root)
+    except InvalidSettingError as error:
+        stamp_error = error.problem
+    return RootStatus(
+        path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
+    )
