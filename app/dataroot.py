@@ -205,15 +205,23 @@ def _write_stamp(root: Path, profile: str, **extra: Any) -> dict[str, Any]:
     return stamp
 
 
+def _is_empty_dir(path: str) -> bool:
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
 def _has_data(root: Path) -> bool:
-    for entry in os.scandir(root):
-        if entry.name in _NOT_DATA:
-            continue
-        if entry.is_dir(follow_symlinks=False) and entry.name in {SESSIONS_DIR, TRASH_DIR}:
-            if any(os.scandir(entry.path)):
-                return True
-            continue
-        return True
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name in _NOT_DATA:
+                continue
+            if (
+                entry.name in {SESSIONS_DIR, TRASH_DIR}
+                and entry.is_dir(follow_symlinks=False)
+                and _is_empty_dir(entry.path)
+            ):
+                continue
+            return True
     return False
 
 
@@ -282,12 +290,13 @@ def _clear_tmp(tmp_dir: Path) -> list[str]:
     # Only the lock holder writes in .tmp/, and we hold the lock: everything here was
     # left by a holder that crashed mid-write, and was never visible under its real name.
     removed: list[str] = []
-    for entry in os.scandir(tmp_dir):
-        if entry.is_dir(follow_symlinks=False):
-            continue  # the app never creates directories here; leave them for a human
-        with contextlib.suppress(FileNotFoundError):
-            Path(entry.path).unlink()
-            removed.append(entry.name)
+    with os.scandir(tmp_dir) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                continue  # the app never creates directories here; leave them for a human
+            with contextlib.suppress(FileNotFoundError):
+                Path(entry.path).unlink()
+                removed.append(entry.name)
     return removed
 
 

@@ -68,6 +68,13 @@ class Holder:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
@@ -80,10 +87,7 @@ def root(tmp_path: Path) -> Path:
 def holder(root: Path):
     held = Holder(root)
     yield held
-    if held.proc.poll() is None:
-        held.kill()
-    assert held.proc.stdout is not None
-    held.proc.stdout.close()
+    held.close()
 
 
 def test_it_refuses_a_data_root_held_by_a_live_server(root: Path, holder: Holder) -> None:
@@ -135,8 +139,7 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(root: Path) -> None:
         lock.release()
     finally:
         os.kill(child_pid, signal.SIGKILL)
-        assert parent.proc.stdout is not None
-        parent.proc.stdout.close()
+        parent.close()
 
 
 def test_the_lock_file_is_never_deleted_on_release(root: Path) -> None:
