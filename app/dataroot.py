@@ -510,10 +510,11 @@ class DataRoot:
     def _check_dest(self, dest: Path) -> Path:
         # Resolved, so that a symlink inside the root cannot carry a write outside it.
         dest = dest.resolve()
-        if not dest.is_relative_to(self.path) or dest == self.path:
+        root = self.path.resolve()  # Config resolves it already; cheap insurance
+        if not dest.is_relative_to(root) or dest == root:
             msg = f"refusing to write {dest}: it is not inside data root {self.path}"
             raise ValueError(msg)
-        if dest.is_relative_to(self.tmp_dir):
+        if dest.is_relative_to(root / TMP_DIR):
             msg = f"refusing to write {dest}: {self.tmp_dir} holds only in-flight temporary files"
             raise ValueError(msg)
         return dest
