@@ -1,0 +1,950 @@
+"""Sessions and their files on an open data root: atomic writes, streamed uploads, soft delete.
+
+Layout inside the data root (see :mod:`app.dataroot` for the root itself)::
+
+    sessions/<id>/session.json      the session: id, title, metadata, times, files
+    sessions/<id>/files/<name>      the uploaded files
+    sessions/.new-<id>/             a session being created (renamed to <id> when complete)
+    .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
+    .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
+    .tmp/                           uploads and metadata in flight
+
+Guarantees, and who provides them:
+
+* **Atomic.** Every byte is written to a temporary file in ``.tmp/`` (same filesystem),
+  fsynced, and renamed into place, and the directory is fsynced
+  (:meth:`app.dataroot.DataRoot.commit_temp_file`). A new session directory appears
+  complete, ``session.json`` included, by one rename. A crash leaves junk in ``.tmp/``
+  (removed by the next writer that opens the root) or a ``sessions/.new-*`` directory
+  (removed by the next :class:`Store` on a writable root), never a partial file under a
+  real name.
+* **Ordered by creation.** Session ids are time-ordered (UUIDv7 as 32 hex digits), so the
+  directory listing sorted by name is the creation order and ``GET /sessions`` reads only
+  the ``session.json`` files of the page it returns.
+* **Confined.** Session ids must be 32 lower-case hex digits and file names are checked by
+  :func:`check_file_name`; every path is also checked to lie inside its session directory.
+* **Reversible.** Deleting moves to ``.trash/``; replacing a file keeps the old bytes in
+  ``.trash/`` too; :meth:`Store.restore` brings a session or a file back; only
+  :meth:`Store.empty_trash` removes bytes. Every one of these appends a line to
+  ``audit.jsonl``.
+
+A :class:`Store` assumes its data root is held by this process (the lock guarantees no
+other process writes there). Within the process, it is safe to use from many threads:
+changes to one session are serialised by a per-session lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Final, Self
+
+from app.errors import (
+    BadRequestError,
+    FileExistsInSessionError,
+    FileNotFoundInSessionError,
+    InvalidNameError,
+    SessionNotFoundError,
+    UploadTooLargeError,
+)
+
+if TYPE_CHECKING:
+    from app.dataroot import DataRoot
+
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_TITLE_CHARS",
+    "Page",
+    "Store",
+    "TrashEntry",
+    "Upload",
+    "check_file_name",
+    "check_session_id",
+    "new_session_id",
+]
+
+SESSION_FILE: Final = "session.json"
+FILES_DIR: Final = "files"
+TRASH_MANIFEST: Final = "trash.json"
+TRASHED_SESSION: Final = "session"
+NEW_PREFIX: Final = ".new-"
+
+MAX_NAME_BYTES: Final = 255
+"""Longest file name, in UTF-8 bytes: what Linux filesystems allow for one path component."""
+MAX_TITLE_CHARS: Final = 1000
+"""Longest session title, in characters."""
+MAX_METADATA_BYTES: Final = 64 * 1024
+"""Largest session metadata, as compact JSON."""
+
+_ID_RE: Final = re.compile(r"[0-9a-f]{32}")
+_TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
+_TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
+# Bidirectional-text controls let a name display as something else ("exe.txt" shown for
+# "txt.exe"); they are format characters (Cf), which are otherwise harmless and needed for
+# some scripts and emoji, so only these are refused.
+_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e") | frozenset(
+    "\u2066\u2067\u2068\u2069"
+)
+_LOCK_STRIPES: Final = 64
+
+
+# --- ids and names --------------------------------------------------------------------------
+
+_id_guard = threading.Lock()
+_last_id: list[int] = [0, 0]  # [milliseconds, sequence] of the last id made in this process
+
+
+def new_session_id() -> str:
+    """A new session id: a UUIDv7 (RFC 9562) as 32 lower-case hex digits.
+
+    The first 48 bits are the Unix time in milliseconds and the next 12 a counter within
+    the millisecond, so ids made by one process sort in creation order, and ids made by
+    different processes sort by their millisecond.
+
+    Returns:
+        The id, for example ``"0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"``.
+    """
+    with _id_guard:
+        ms = time.time_ns() // 1_000_000
+        last_ms, seq = _last_id
+        if ms <= last_ms:
+            ms, seq = last_ms, seq + 1
+            if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                ms, seq = ms + 1, 0
+        else:
+            seq = secrets.randbelow(0x800)  # leave room to count up within the millisecond
+        _last_id[:] = [ms, seq]
+    rand_b = secrets.randbits(62)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
+    return f"{value:032x}"
+
+
+def check_session_id(value: str) -> str:
+    """Check that ``value`` is a session id (32 lower-case hex digits).
+
+    Args:
+        value: an id from a URL or a command line.
+
+    Returns:
+        The id, unchanged.
+
+    Raises:
+        InvalidNameError: it is not one (400 over HTTP, exit 65 from a command).
+    """
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise InvalidNameError("session id", str(value), "session ids are 32 lower-case hex digits")
+    return value
+
+
+def check_file_name(value: str) -> str:
+    """Check a file name and return it in Unicode normal form C.
+
+    Refused: empty names; names longer than 255 bytes in UTF-8; ``/`` and ``\\``; NUL and
+    every other control character (Unicode Cc), line and paragraph separators, unpaired
+    surrogates and bidirectional-text controls; and names starting with ``.``. The leading
+    dot rule covers ``.`` and ``..`` and also keeps hidden files (which ``ls`` and many
+    tools do not show, so a reviewer would not see them) out of sessions, and leaves
+    dot-names free for the store's own bookkeeping.
+
+    Names are normalised to NFC so that the same name typed on macOS (NFD) and on Linux
+    (NFC) names the same file.
+
+    Args:
+        value: a file name from a request.
+
+    Returns:
+        The name in NFC.
+
+    Raises:
+        InvalidNameError: naming the problem (400 over HTTP).
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError("file name", str(value), "it is empty")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise InvalidNameError("file name", value, "it is not valid Unicode")
+    name = unicodedata.normalize("NFC", value)
+    if "/" in name or "\\" in name:
+        raise InvalidNameError("file name", value, "it contains a path separator")
+    for ch in name:
+        if unicodedata.category(ch) in {"Cc", "Zl", "Zp"} or ch in _BIDI_CONTROLS:
+            raise InvalidNameError(
+                "file name", value, f"it contains the control character U+{ord(ch):04X}"
+            )
+    if name.startswith("."):
+        raise InvalidNameError("file name", value, "it starts with '.'")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise InvalidNameError(
+            "file name", value, f"it is {size} bytes long in UTF-8; the limit is {MAX_NAME_BYTES}"
+        )
+    return name
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
+
+
+# --- values returned -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of sessions, oldest first.
+
+    Attributes:
+        items: the sessions of this page, as in ``session.json``.
+        total: how many sessions exist at this moment.
+        next: the cursor of the next page (pass it as ``after``), ``None`` on the last page.
+    """
+
+    items: list[dict[str, Any]]
+    total: int
+    next: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (the body of ``GET /sessions``)."""
+        return {"items": self.items, "total": self.total, "next": self.next}
+
+
+@dataclass(frozen=True, slots=True)
+class TrashEntry:
+    """One entry of ``.trash/``: a deleted session, or a deleted or replaced file.
+
+    Attributes:
+        name: the entry's directory name in ``.trash/``.
+        path: the entry's directory.
+        kind: ``"session"`` or ``"file"``.
+        session_id: the session it came from.
+        file: the file name, for a file entry.
+        deleted_at: when it was moved to the trash (UTC).
+        reason: ``"delete"``, ``"purge"`` or ``"replace"``.
+        title: the session's title when it was deleted (session entries).
+    """
+
+    name: str
+    path: Path
+    kind: str
+    session_id: str
+    file: str | None
+    deleted_at: datetime
+    reason: str
+    title: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app sessions list --trash --json``)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "kind": self.kind,
+            "session_id": self.session_id,
+            "file": self.file,
+            "deleted_at": _iso(self.deleted_at),
+            "reason": self.reason,
+            "title": self.title,
+        }
+
+
+# --- uploads -------------------------------------------------------------------------------
+
+
+class Upload:
+    """A file being streamed into a session; create it with :meth:`Store.begin_upload`.
+
+    The bytes go to a new temporary file in ``.tmp/`` as they arrive, are hashed on the
+    way, and appear under their name only on :meth:`commit`. Nothing is ever visible
+    half-written. Used as a context manager, an upload not committed by the end of the
+    block is aborted.
+
+    Examples:
+        >>> with store.begin_upload(session_id, "notes.txt") as upload:
+        ...     for chunk in chunks:
+        ...         upload.write(chunk)
+        ...     entry = upload.commit()
+    """
+
+    def __init__(self, store: Store, session_id: str, name: str, *, replace: bool) -> None:
+        """Open the temporary file. Use :meth:`Store.begin_upload` rather than this."""
+        self.store = store
+        self.session_id = session_id
+        self.name = name
+        self.replace = replace
+        self.limit = store.max_upload_bytes
+        self.received = 0
+        self._hash = hashlib.sha256()
+        self._file: IO[bytes] | None
+        self._file, self.temp_path = store.root.new_temp_file()
+        self._done = False
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append ``chunk`` to the temporary file.
+
+        Args:
+            chunk: the next bytes of the file.
+
+        Raises:
+            UploadTooLargeError: the upload went over ``max_upload_bytes``; the temporary
+                file is already removed.
+            RuntimeError: the upload was committed or aborted.
+        """
+        if self._file is None:
+            msg = f"upload of {self.name!r} is already finished"
+            raise RuntimeError(msg)
+        self.received += len(chunk)
+        if self.received > self.limit:
+            received = self.received
+            self.abort()
+            raise UploadTooLargeError(self.limit, received)
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> dict[str, Any]:
+        """Make the file durable, rename it into the session and record it in session.json.
+
+        Returns:
+            The file's entry: ``name``, ``size``, ``sha256``, ``uploaded_at``.
+
+        Raises:
+            SessionNotFoundError: the session was deleted meanwhile (the upload is aborted).
+            FileExistsInSessionError: the name exists and ``replace`` was not asked for.
+            RuntimeError: the upload was already committed or aborted.
+        """
+        if self._file is None:
+            msg = f"upload of {self.name!r} is already finished"
+            raise RuntimeError(msg)
+        try:
+            self._file.close()  # flushes; commit_temp_file fsyncs
+            self._file = None
+            entry = {
+                "name": self.name,
+                "size": self.received,
+                "sha256": self._hash.hexdigest(),
+                "uploaded_at": _iso(_now()),
+            }
+            self.store._commit_upload(self, entry)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return entry
+
+    def abort(self) -> None:
+        """Forget the upload and remove its temporary file. Idempotent."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(FileNotFoundError):
+                self.temp_path.unlink()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the upload was committed or aborted."""
+        return self._done
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._done:
+            self.abort()
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+class Store:
+    """Sessions and their files on one open data root.
+
+    Args:
+        root: an open data root (:func:`app.dataroot.open_root`). Reading works on a
+            read-only root; every change needs a writer.
+    """
+
+    def __init__(self, root: DataRoot) -> None:
+        self.root = root
+        self.max_upload_bytes: int = root.config.max_upload_bytes
+        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        if root.writable:
+            self._clear_unfinished_sessions()
+
+    # -- paths ------------------------------------------------------------------------
+
+    @property
+    def sessions_dir(self) -> Path:
+        """``<root>/sessions``."""
+        return self.root.sessions_dir
+
+    def _session_dir(self, session_id: str) -> Path:
+        return self.sessions_dir / check_session_id(session_id)
+
+    def _file_path(self, session_id: str, name: str) -> Path:
+        files = self._session_dir(session_id) / FILES_DIR
+        path = files / check_file_name(name)
+        # The checks above already make escaping impossible; this says so at the place
+        # where a path is built, in case the rules ever loosen.
+        if path.parent != files or os.path.normpath(path) != str(path):
+            raise InvalidNameError("file name", name, "it does not name a file in the session")
+        return path
+
+    def _lock_for(self, session_id: str) -> threading.Lock:
+        return self._stripes[int(session_id[-4:], 16) % _LOCK_STRIPES]
+
+    def _clear_unfinished_sessions(self) -> None:
+        # A `.new-<id>` directory is a create that crashed before its rename: it was never
+        # acknowledged, and holds at most a session.json without files.
+        with os.scandir(self.sessions_dir) as entries:
+            stale = [e.path for e in entries if e.name.startswith(NEW_PREFIX)]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def create_session(
+        self, title: str = "", metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Create a session, durably, and return it.
+
+        Args:
+            title: a human title, at most :data:`MAX_TITLE_CHARS` characters.
+            metadata: any JSON object, at most :data:`MAX_METADATA_BYTES` as JSON.
+
+        Returns:
+            The session as stored in ``session.json``.
+
+        Raises:
+            BadRequestError: the title or metadata is too large or of the wrong type.
+        """
+        session = self._new_session_record(title, metadata)
+        staging = self.sessions_dir / f"{NEW_PREFIX}{session['id']}"
+        staging.mkdir(mode=0o700)
+        try:
+            self.root.atomic_write_json(staging / SESSION_FILE, session)
+            staging.rename(self.sessions_dir / session["id"])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(self.sessions_dir)
+        return session
+
+    def _new_session_record(self, title: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        if not isinstance(title, str):
+            raise BadRequestError("title must be a string")
+        if len(title) > MAX_TITLE_CHARS:
+            raise BadRequestError(
+                f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
+            )
+        metadata = {} if metadata is None else metadata
+        if not isinstance(metadata, dict):
+            raise BadRequestError("metadata must be a JSON object")
+        try:
+            size = len(json.dumps(metadata, separators=(",", ":")).encode())
+        except (TypeError, ValueError) as error:
+            raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
+        if size > MAX_METADATA_BYTES:
+            raise BadRequestError(
+                f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+            )
+        now = _iso(_now())
+        return {
+            "id": new_session_id(),
+            "title": title,
+            "metadata": metadata,
+            "created_at": now,
+            "updated_at": now,
+            "files": [],
+        }
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """The session with id ``session_id``, as stored.
+
+        Raises:
+            InvalidNameError: the id is malformed.
+            SessionNotFoundError: there is no such session.
+        """
+        return self._read_session(self._session_dir(session_id), session_id)
+
+    def _read_session(self, directory: Path, session_id: str) -> dict[str, Any]:
+        try:
+            raw = (directory / SESSION_FILE).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFoundError(session_id) from None
+        session: dict[str, Any] = json.loads(raw)
+        return session
+
+    def session_ids(self) -> list[str]:
+        """Every session id, oldest first (a directory listing; no session.json is read)."""
+        with os.scandir(self.sessions_dir) as entries:
+            names = [e.name for e in entries if len(e.name) == 32 and _ID_RE.fullmatch(e.name)]
+        names.sort()
+        return names
+
+    def list_sessions(self, *, limit: int = 50, after: str | None = None) -> Page:
+        """One page of sessions, oldest first, reading only that page's session.json files.
+
+        The cursor is the id of the last session already seen, so pages stay stable while
+        sessions are created (they are added at the end) or deleted.
+
+        Args:
+            limit: the page size (1 or more).
+            after: the ``next`` cursor of the previous page; ``None`` for the first page.
+
+        Returns:
+            The page, the total number of sessions and the next cursor.
+
+        Raises:
+            InvalidNameError: ``after`` is not a session id.
+            BadRequestError: ``limit`` is below 1.
+        """
+        if limit < 1:
+            raise BadRequestError(f"limit must be at least 1, not {limit}")
+        ids = self.session_ids()
+        start = 0 if after is None else bisect.bisect_right(ids, check_session_id(after))
+        chosen = ids[start : start + limit]
+        items = []
+        for session_id in chosen:
+            # A session deleted between the listing and this read is simply not shown.
+            with contextlib.suppress(SessionNotFoundError):
+                items.append(self._read_session(self.sessions_dir / session_id, session_id))
+        more = start + limit < len(ids)
+        return Page(items=items, total=len(ids), next=chosen[-1] if more and chosen else None)
+
+    def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
+        """Move a session, files and all, to ``.trash/``; audited.
+
+        Args:
+            session_id: the session.
+            reason: recorded in the trash entry and the audit line.
+
+        Returns:
+            The trash entry it became (restore it with :meth:`restore`).
+
+        Raises:
+            InvalidNameError: the id is malformed.
+            SessionNotFoundError: there is no such session.
+            LockLostError: the data root's lock file was deleted or replaced.
+        """
+        self.root.ensure_held()
+        entry = self._trash_session(session_id, reason)
+        self.root.audit(
+            "trash-session", session_id, trash=entry.name, reason=reason, title=entry.title
+        )
+        return entry
+
+    def _trash_session(self, session_id: str, reason: str) -> TrashEntry:
+        directory = self._session_dir(session_id)
+        with self._lock_for(session_id):
+            session = self._read_session(directory, session_id)
+            entry = self._new_trash_entry(
+                session_id, "session", None, reason, title=session.get("title")
+            )
+            # The data lives in sessions/ or in .trash/, never in .tmp/ (which a restart
+            # clears): the manifest is written first, then the directory moves in one rename.
+            try:
+                directory.rename(entry.path / TRASHED_SESSION)
+            except BaseException:
+                self._remove_empty_entry(entry)
+                raise
+        _fsync_dir(self.sessions_dir)
+        _fsync_dir(entry.path)
+        return entry
+
+    def purge(self) -> list[TrashEntry]:
+        """Move every session to ``.trash/`` (``app data purge``); one audit line.
+
+        Returns:
+            The trash entries made, one per session.
+
+        Raises:
+            LockLostError: the data root's lock file was deleted or replaced.
+        """
+        self.root.ensure_held()
+        entries = []
+        for session_id in self.session_ids():
+            with contextlib.suppress(SessionNotFoundError):
+                entries.append(self._trash_session(session_id, "purge"))
+        self.root.audit(
+            "purge",
+            self.sessions_dir,
+            count=len(entries),
+            sessions=[e.session_id for e in entries],
+        )
+        return entries
+
+    # -- files ------------------------------------------------------------------------
+
+    def list_files(self, session_id: str) -> list[dict[str, Any]]:
+        """The files of a session: ``name``, ``size``, ``sha256``, ``uploaded_at``.
+
+        Raises:
+            InvalidNameError: the id is malformed.
+            SessionNotFoundError: there is no such session.
+        """
+        files: list[dict[str, Any]] = self.get_session(session_id)["files"]
+        return files
+
+    def file_path(self, session_id: str, name: str) -> tuple[Path, dict[str, Any]]:
+        """Where a session's file is, and its entry, for sending it.
+
+        Returns:
+            The file's path and its entry from session.json.
+
+        Raises:
+            InvalidNameError: the id or the name is malformed.
+            SessionNotFoundError: there is no such session.
+            FileNotFoundInSessionError: the session has no such file.
+        """
+        path = self._file_path(session_id, name)
+        for entry in self.list_files(session_id):
+            if entry["name"] == path.name:
+                if path.is_symlink() or not path.is_file():
+                    break
+                return path, entry
+        raise FileNotFoundInSessionError(session_id, path.name)
+
+    def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload:
+        """Start streaming a file into a session.
+
+        Everything that can be refused before the first byte is checked here: the id, the
+        name, that the session exists, and (unless ``replace``) that the name is free.
+
+        Args:
+            session_id: the session.
+            name: the file name (see :func:`check_file_name`).
+            replace: allow replacing an existing file (its old content goes to the trash).
+
+        Returns:
+            An :class:`Upload`; write to it, then commit or abort it.
+
+        Raises:
+            InvalidNameError: the id or the name is malformed.
+            SessionNotFoundError: there is no such session.
+            FileExistsInSessionError: the name exists and ``replace`` is false.
+        """
+        path = self._file_path(session_id, name)
+        session = self.get_session(session_id)
+        if not replace and any(f["name"] == path.name for f in session["files"]):
+            raise FileExistsInSessionError(session_id, path.name)
+        return Upload(self, session_id, path.name, replace=replace)
+
+    def put_file(
+        self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
+    ) -> dict[str, Any]:
+        """Store a whole file at once (bytes, or an iterable of chunks).
+
+        Returns:
+            The file's entry.
+
+        Raises:
+            InvalidNameError: the id or the name is malformed.
+            SessionNotFoundError: there is no such session.
+            FileExistsInSessionError: the name exists and ``replace`` is false.
+            UploadTooLargeError: the data is larger than ``max_upload_bytes``.
+        """
+        with self.begin_upload(session_id, name, replace=replace) as upload:
+            for chunk in [data] if isinstance(data, bytes) else data:
+                upload.write(chunk)
+            return upload.commit()
+
+    def _commit_upload(self, upload: Upload, entry: dict[str, Any]) -> None:
+        session_id, name = upload.session_id, upload.name
+        directory = self._session_dir(session_id)
+        dest = self._file_path(session_id, name)
+        with self._lock_for(session_id):
+            session = self._read_session(directory, session_id)
+            existing = [f for f in session["files"] if f["name"] == name]
+            if existing and not upload.replace:
+                raise FileExistsInSessionError(session_id, name)
+            if not dest.parent.is_dir():
+                dest.parent.mkdir(mode=0o700)
+                _fsync_dir(directory)
+            trashed = None
+            if existing and dest.exists():
+                # Keep the old bytes: a hard link in the trash, then an atomic rename over
+                # the name. Readers see the old file or the new one, never neither.
+                trashed = self._new_trash_entry(
+                    session_id, "file", name, "replace", previous=existing[0]
+                )
+                os.link(dest, trashed.path / name, follow_symlinks=False)
+                _fsync_dir(trashed.path)
+            self.root.commit_temp_file(upload.temp_path, dest)
+            session["files"] = [f for f in session["files"] if f["name"] != name] + [entry]
+            session["updated_at"] = entry["uploaded_at"]
+            self.root.atomic_write_json(directory / SESSION_FILE, session)
+        if trashed is not None:
+            self.root.audit("replace-file", f"{session_id}/{name}", trash=trashed.name)
+
+    def delete_file(self, session_id: str, name: str) -> TrashEntry:
+        """Move one file of a session to ``.trash/``; audited.
+
+        Returns:
+            The trash entry it became.
+
+        Raises:
+            InvalidNameError: the id or the name is malformed.
+            SessionNotFoundError: there is no such session.
+            FileNotFoundInSessionError: the session has no such file.
+            LockLostError: the data root's lock file was deleted or replaced.
+        """
+        self.root.ensure_held()
+        path = self._file_path(session_id, name)
+        directory = self._session_dir(session_id)
+        with self._lock_for(session_id):
+            session = self._read_session(directory, session_id)
+            existing = [f for f in session["files"] if f["name"] == path.name]
+            if not existing or not path.exists():
+                raise FileNotFoundInSessionError(session_id, path.name)
+            entry = self._new_trash_entry(
+                session_id, "file", path.name, "delete", previous=existing[0]
+            )
+            path.rename(entry.path / path.name)
+            _fsync_dir(entry.path)
+            _fsync_dir(path.parent)
+            session["files"] = [f for f in session["files"] if f["name"] != path.name]
+            session["updated_at"] = _iso(_now())
+            self.root.atomic_write_json(directory / SESSION_FILE, session)
+        self.root.audit("trash-file", f"{session_id}/{path.name}", trash=entry.name)
+        return entry
+
+    # -- trash ------------------------------------------------------------------------
+
+    def _new_trash_entry(
+        self,
+        session_id: str,
+        kind: str,
+        file: str | None,
+        reason: str,
+        *,
+        title: str | None = None,
+        previous: dict[str, Any] | None = None,
+    ) -> TrashEntry:
+        moment = _now()
+        stamp = moment.strftime(_TRASH_TIME_FORMAT)
+        # File names can be 255 bytes on their own, so a file entry is named by a random
+        # suffix; the file keeps its name inside the entry, and trash.json says what it was.
+        suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
+        name = f"{stamp}-{session_id}{suffix}"
+        path = self.root.trash_dir / name
+        path.mkdir(mode=0o700)
+        manifest = {
+            "kind": kind,
+            "session_id": session_id,
+            "file": file,
+            "deleted_at": _iso(moment),
+            "reason": reason,
+            "title": title,
+            "entry": previous,
+        }
+        self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+        return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
+
+    def list_trash(self) -> list[TrashEntry]:
+        """Every entry of ``.trash/``, oldest first.
+
+        Entries whose manifest is missing or unreadable (a crash while trashing) are
+        listed with what their name tells.
+        """
+        out = []
+        with os.scandir(self.root.trash_dir) as entries:
+            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        for name in names:
+            entry = self._read_trash_entry(name)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    def _read_trash_entry(self, name: str) -> TrashEntry | None:
+        found = _TRASH_NAME_RE.fullmatch(name)
+        if found is None:
+            return None
+        path = self.root.trash_dir / name
+        deleted_at = datetime.strptime(found.group(1), _TRASH_TIME_FORMAT).replace(tzinfo=UTC)
+        kind = "file" if found.group(3) else "session"
+        try:
+            manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+        except (OSError, ValueError):
+            manifest = {}
+        return TrashEntry(
+            name=name,
+            path=path,
+            kind=kind,
+            session_id=found.group(2),
+            file=manifest.get("file"),
+            deleted_at=deleted_at,
+            reason=manifest.get("reason", "unknown"),
+            title=manifest.get("title"),
+        )
+
+    def restore(self, session_id: str, *, file: str | None = None) -> dict[str, Any]:
+        """Bring a session (or one of its files) back from ``.trash/``; audited.
+
+        The most recently deleted matching entry is restored.
+
+        Args:
+            session_id: the session.
+            file: a file name to restore into the (existing) session; ``None`` restores the
+                whole session.
+
+        Returns:
+            The session as it is after the restore.
+
+        Raises:
+            InvalidNameError: the id or the name is malformed.
+            SessionNotFoundError: nothing to restore (or, for a file, the session itself
+                is not there: restore the session first).
+            BadRequestError: the session or file exists again; restoring would overwrite it.
+            LockLostError: the data root's lock file was deleted or replaced.
+        """
+        self.root.ensure_held()
+        check_session_id(session_id)
+        name = None if file is None else check_file_name(file)
+        candidates = [
+            e
+            for e in self.list_trash()
+            if e.session_id == session_id
+            and (e.kind == "session" if name is None else (e.kind == "file" and e.file == name))
+        ]
+        source = (
+            [e for e in candidates if (e.path / TRASHED_SESSION).is_dir()]
+            if name is None
+            else [e for e in candidates if (e.path / name).is_file()]
+        )
+        if not source:
+            what = session_id if name is None else f"{session_id}/{name}"
+            raise SessionNotFoundError(what, where="the trash")
+        entry = source[-1]
+        if name is None:
+            session = self._restore_session(entry)
+            self.root.audit("restore-session", session_id, trash=entry.name)
+        else:
+            session = self._restore_file(entry, name)
+            self.root.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
+        return session
+
+    def _restore_session(self, entry: TrashEntry) -> dict[str, Any]:
+        dest = self.sessions_dir / entry.session_id
+        with self._lock_for(entry.session_id):
+            if dest.exists():
+                raise BadRequestError(
+                    f"session {entry.session_id!r} exists again; refusing to overwrite it with "
+                    f"the copy in {entry.path}. Delete the current one first if you mean it"
+                )
+            (entry.path / TRASHED_SESSION).rename(dest)
+            _fsync_dir(self.sessions_dir)
+            self._remove_empty_entry(entry)
+            return self._read_session(dest, entry.session_id)
+
+    def _restore_file(self, entry: TrashEntry, name: str) -> dict[str, Any]:
+        session_id = entry.session_id
+        directory = self._session_dir(session_id)
+        dest = self._file_path(session_id, name)
+        with self._lock_for(session_id):
+            try:
+                session = self._read_session(directory, session_id)
+            except SessionNotFoundError:
+                raise SessionNotFoundError(session_id) from None
+            if dest.exists() or any(f["name"] == name for f in session["files"]):
+                raise BadRequestError(
+                    f"session {session_id!r} has a file {name!r} again; refusing to overwrite "
+                    f"it with the copy in {entry.path}. Delete the current one first"
+                )
+            manifest = json.loads((entry.path / TRASH_MANIFEST).read_bytes())
+            record = manifest.get("entry") or {}
+            size = (entry.path / name).stat().st_size
+            if not dest.parent.is_dir():
+                dest.parent.mkdir(mode=0o700)
+            (entry.path / name).rename(dest)
+            _fsync_dir(dest.parent)
+            session["files"].append(
+                {
+                    "name": name,
+                    "size": size,
+                    "sha256": record.get("sha256"),
+                    "uploaded_at": record.get("uploaded_at"),
+                }
+            )
+            session["updated_at"] = _iso(_now())
+            self.root.atomic_write_json(directory / SESSION_FILE, session)
+            self._remove_empty_entry(entry)
+            return session
+
+    def _remove_empty_entry(self, entry: TrashEntry) -> None:
+        # Only the manifest is left; a directory with anything else in it stays.
+        with contextlib.suppress(FileNotFoundError):
+            (entry.path / TRASH_MANIFEST).unlink()
+        with contextlib.suppress(OSError):
+            entry.path.rmdir()
+        _fsync_dir(self.root.trash_dir)
+
+    def empty_trash(self, older_than: timedelta | None = None) -> list[TrashEntry]:
+        """Remove trash entries for good: the only operation that deletes bytes; audited.
+
+        Args:
+            older_than: only entries deleted longer ago than this; ``None`` for all.
+
+        Returns:
+            The entries removed.
+
+        Raises:
+            LockLostError: the data root's lock file was deleted or replaced.
+        """
+        self.root.ensure_held()
+        cutoff = None if older_than is None else _now() - older_than
+        removed = []
+        trash = self.root.trash_dir
+        for entry in self.list_trash():
+            if cutoff is not None and entry.deleted_at > cutoff:
+                continue
+            if entry.path.parent != trash or entry.path.is_symlink():
+                continue  # never follow anything out of the trash
+            shutil.rmtree(entry.path)
+            removed.append(entry)
+        if removed:
+            _fsync_dir(trash)
+        self.root.audit(
+            "empty-trash",
+            trash,
+            count=len(removed),
+            entries=[e.name for e in removed],
+            older_than=None if older_than is None else older_than.total_seconds(),
+        )
+        return removed
+
+    def iter_all(self) -> Iterator[dict[str, Any]]:
+        """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
+        for session_id in self.session_ids():
+            with contextlib.suppress(SessionNotFoundError):
+                yield self._read_session(self.sessions_dir / session_id, session_id)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

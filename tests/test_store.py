@@ -1,0 +1,343 @@
+"""The store: sessions and files on a data root, atomic writes, soft delete, the trash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from app.errors import (
+    BadRequestError,
+    FileExistsInSessionError,
+    FileNotFoundInSessionError,
+    InvalidNameError,
+    LockLostError,
+    SessionNotFoundError,
+    UploadTooLargeError,
+)
+from app.store import (
+    Store,
+    check_file_name,
+    check_session_id,
+    new_session_id,
+)
+
+
+def audit_lines(store: Store) -> list[dict[str, object]]:
+    path = store.root.audit_path
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+# --- ids and names ----------------------------------------------------------------------
+
+
+def test_session_ids_sort_in_creation_order() -> None:
+    ids = [new_session_id() for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(check_session_id(i) == i for i in ids)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "x", "../" + "0" * 29, "0" * 31, "0" * 33, "A" * 32, "g" * 32, "0" * 31 + "\0"]
+)
+def test_a_malformed_session_id_is_refused(bad: str) -> None:
+    with pytest.raises(InvalidNameError, match="session ids are 32 lower-case hex digits"):
+        check_session_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("", "empty"),
+        (".", "starts with '.'"),
+        ("..", "starts with '.'"),
+        (".hidden", "starts with '.'"),
+        ("../x", "path separator"),
+        ("/etc/passwd", "path separator"),
+        ("a\\b", "path separator"),
+        ("a\0b", "U+0000"),
+        ("a\nb", "U+000A"),
+        ("a\x7fb", "U+007F"),
+        ("evil\u202etxt.exe", "U+202E"),
+        ("x" * 256, "256 bytes"),
+        ("é" * 128, "256 bytes"),
+        ("\udcff", "not valid Unicode"),
+    ],
+)
+def test_an_unsafe_file_name_is_refused_with_the_reason(bad: str, problem: str) -> None:
+    with pytest.raises(InvalidNameError) as caught:
+        check_file_name(bad)
+    assert problem in caught.value.message
+    assert caught.value.http_status == 400
+
+
+def test_file_names_are_normalised_to_nfc() -> None:
+    assert check_file_name("cafe\u0301.txt") == "caf\u00e9.txt"
+    assert check_file_name("x" * 255) == "x" * 255
+    assert check_file_name("résumé final (2).pdf") == "résumé final (2).pdf"
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+def test_a_created_session_is_stored_and_read_back(store: Store) -> None:
+    session = store.create_session("first", {"reviewer": "ana"})
+    assert session["title"] == "first"
+    assert session["metadata"] == {"reviewer": "ana"}
+    assert session["files"] == []
+    assert store.get_session(session["id"]) == session
+    on_disk = json.loads((store.sessions_dir / session["id"] / "session.json").read_text())
+    assert on_disk == session
+
+
+def test_creating_a_session_leaves_nothing_in_tmp(store: Store) -> None:
+    store.create_session("x")
+    assert list(store.root.tmp_dir.iterdir()) == []
+    assert [p.name for p in store.sessions_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_missing_session_is_not_found(store: Store) -> None:
+    with pytest.raises(SessionNotFoundError, match="no session"):
+        store.get_session(new_session_id())
+
+
+@pytest.mark.parametrize(
+    ("title", "metadata", "problem"),
+    [
+        ("t" * 1001, None, "title is 1001 characters"),
+        ("", {"k": "v" * 70000}, "metadata is"),
+        ("", [1, 2], "metadata must be a JSON object"),
+    ],
+)
+def test_oversized_or_mistyped_session_fields_are_refused(
+    store: Store, title: str, metadata: object, problem: str
+) -> None:
+    with pytest.raises(BadRequestError, match=problem):
+        store.create_session(title, metadata)  # type: ignore[arg-type]
+
+
+def test_a_crashed_create_is_cleared_by_the_next_store(store: Store) -> None:
+    leftover = store.sessions_dir / f".new-{new_session_id()}"
+    leftover.mkdir()
+    (leftover / "session.json").write_text("{")
+    Store(store.root)
+    assert not leftover.exists()
+
+
+def test_listing_pages_through_every_session_in_creation_order(store: Store) -> None:
+    ids = [store.create_session(f"s{i}")["id"] for i in range(7)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list_sessions(limit=3, after=cursor)
+        assert page.total == 7
+        seen += [s["id"] for s in page.items]
+        cursor = page.next
+        if cursor is None:
+            break
+    assert seen == ids
+
+
+def test_a_listing_cursor_survives_deletion_of_the_cursor_session(store: Store) -> None:
+    ids = [store.create_session()["id"] for _ in range(4)]
+    page = store.list_sessions(limit=2)
+    assert page.next == ids[1]
+    store.delete_session(ids[1])
+    rest = store.list_sessions(limit=2, after=page.next)
+    assert [s["id"] for s in rest.items] == ids[2:]
+    assert rest.next is None
+
+
+def test_listing_refuses_a_bad_cursor_or_limit(store: Store) -> None:
+    with pytest.raises(InvalidNameError):
+        store.list_sessions(after="../../etc")
+    with pytest.raises(BadRequestError):
+        store.list_sessions(limit=0)
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def test_an_upload_streams_to_tmp_and_appears_only_on_commit(store: Store) -> None:
+    session = store.create_session()
+    final = store.sessions_dir / session["id"] / "files" / "a.bin"
+    with store.begin_upload(session["id"], "a.bin") as upload:
+        upload.write(b"hello ")
+        upload.write(b"world")
+        assert upload.temp_path.parent == store.root.tmp_dir
+        assert not final.exists()
+        entry = upload.commit()
+    assert final.read_bytes() == b"hello world"
+    assert entry["size"] == 11
+    assert entry["sha256"] == hashlib.sha256(b"hello world").hexdigest()
+    assert store.list_files(session["id"]) == [entry]
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(store: Store) -> None:
+    session = store.create_session()
+    store.max_upload_bytes = 10
+    upload = store.begin_upload(session["id"], "big")
+    upload.write(b"x" * 10)
+    with pytest.raises(UploadTooLargeError, match="limit of 10 bytes") as caught:
+        upload.write(b"y")
+    assert caught.value.http_status == 413
+    assert list(store.root.tmp_dir.iterdir()) == []
+    assert store.list_files(session["id"]) == []
+    assert not (store.sessions_dir / session["id"] / "files" / "big").exists()
+
+
+def test_an_aborted_upload_leaves_nothing(store: Store) -> None:
+    session = store.create_session()
+    with (
+        pytest.raises(RuntimeError, match="client went away"),
+        store.begin_upload(session["id"], "a") as upload,
+    ):
+        upload.write(b"partial")
+        raise RuntimeError("client went away")
+    assert list(store.root.tmp_dir.iterdir()) == []
+    assert store.list_files(session["id"]) == []
+
+
+def test_an_existing_file_is_not_overwritten_without_replace(store: Store) -> None:
+    session = store.create_session()
+    store.put_file(session["id"], "a", b"one")
+    with pytest.raises(FileExistsInSessionError, match="already has a file 'a'"):
+        store.put_file(session["id"], "a", b"two")
+    assert (store.sessions_dir / session["id"] / "files" / "a").read_bytes() == b"one"
+
+
+def test_replacing_a_file_keeps_the_old_bytes_in_the_trash(store: Store) -> None:
+    session = store.create_session()
+    store.put_file(session["id"], "a", b"one")
+    store.put_file(session["id"], "a", b"two", replace=True)
+    path, entry = store.file_path(session["id"], "a")
+    assert path.read_bytes() == b"two"
+    assert entry["size"] == 3
+    [trashed] = store.list_trash()
+    assert (trashed.kind, trashed.file, trashed.reason) == ("file", "a", "replace")
+    assert (trashed.path / "a").read_bytes() == b"one"
+    assert audit_lines(store)[-1]["operation"] == "replace-file"
+
+
+def test_a_file_in_a_missing_session_is_refused_before_any_byte(store: Store) -> None:
+    with pytest.raises(SessionNotFoundError):
+        store.begin_upload(new_session_id(), "a")
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "hostile", ["../x", "../../escape", "/tmp/abs", "a\0b", "x" * 300, "..", "files/../../x"]
+)
+def test_hostile_file_names_never_write_anything(store: Store, hostile: str) -> None:
+    session = store.create_session()
+    before = all_files(store.root.path.parent)
+    with pytest.raises(InvalidNameError):
+        store.put_file(session["id"], hostile, b"payload")
+    assert all_files(store.root.path.parent) == before
+
+
+def test_a_missing_file_is_not_found(store: Store) -> None:
+    session = store.create_session()
+    with pytest.raises(FileNotFoundInSessionError, match="has no file 'nope'"):
+        store.file_path(session["id"], "nope")
+
+
+# --- trash, restore, purge, empty-trash -------------------------------------------------
+
+
+def test_a_deleted_session_goes_to_the_trash_and_is_audited(store: Store) -> None:
+    sid = store.create_session("keep me")["id"]
+    store.put_file(sid, "f", b"data")
+    entry = store.delete_session(sid)
+    assert store.session_ids() == []
+    assert (entry.path / "session" / "files" / "f").read_bytes() == b"data"
+    assert entry.title == "keep me"
+    [line] = [x for x in audit_lines(store) if x["operation"] == "trash-session"]
+    assert line["target"] == sid
+    assert line["pid"] == os.getpid()
+
+
+def test_a_deleted_session_is_restored_with_its_files_and_audited(store: Store) -> None:
+    sid = store.create_session("back")["id"]
+    store.put_file(sid, "f", b"data")
+    store.delete_session(sid)
+    restored = store.restore(sid)
+    assert restored["title"] == "back"
+    assert store.file_path(sid, "f")[0].read_bytes() == b"data"
+    assert store.list_trash() == []
+    assert [x["operation"] for x in audit_lines(store)][-2:] == [
+        "trash-session",
+        "restore-session",
+    ]
+
+
+def test_restoring_what_is_not_in_the_trash_says_where_to_look(store: Store) -> None:
+    with pytest.raises(SessionNotFoundError, match="sessions list --trash"):
+        store.restore(new_session_id())
+
+
+def test_a_deleted_file_is_restorable(store: Store) -> None:
+    sid = store.create_session()["id"]
+    store.put_file(sid, "f", b"data")
+    store.delete_file(sid, "f")
+    assert store.list_files(sid) == []
+    session = store.restore(sid, file="f")
+    assert [f["name"] for f in session["files"]] == ["f"]
+    assert session["files"][0]["sha256"] == hashlib.sha256(b"data").hexdigest()
+    assert store.file_path(sid, "f")[0].read_bytes() == b"data"
+    assert [x["operation"] for x in audit_lines(store)][-2:] == ["trash-file", "restore-file"]
+
+
+def test_a_file_is_not_restored_over_a_newer_one(store: Store) -> None:
+    sid = store.create_session()["id"]
+    store.put_file(sid, "f", b"old")
+    store.delete_file(sid, "f")
+    store.put_file(sid, "f", b"new")
+    with pytest.raises(BadRequestError, match="has a file 'f' again"):
+        store.restore(sid, file="f")
+    assert store.file_path(sid, "f")[0].read_bytes() == b"new"
+
+
+def test_purge_moves_every_session_to_the_trash_in_one_audit_line(store: Store) -> None:
+    ids = [store.create_session()["id"] for _ in range(3)]
+    entries = store.purge()
+    assert sorted(e.session_id for e in entries) == ids
+    assert store.session_ids() == []
+    [line] = [x for x in audit_lines(store) if x["operation"] == "purge"]
+    assert line["details"]["count"] == 3  # type: ignore[index]
+    store.restore(ids[1])
+    assert store.session_ids() == [ids[1]]
+
+
+def test_empty_trash_is_the_only_thing_that_removes_bytes(store: Store) -> None:
+    sid = store.create_session()["id"]
+    store.put_file(sid, "f", b"data")
+    store.delete_session(sid)
+    assert store.empty_trash(older_than=timedelta(days=7)) == []
+    assert len(store.list_trash()) == 1
+    removed = store.empty_trash()
+    assert [e.session_id for e in removed] == [sid]
+    assert list(store.root.trash_dir.iterdir()) == []
+    lines = [x for x in audit_lines(store) if x["operation"] == "empty-trash"]
+    assert [x["details"]["count"] for x in lines] == [0, 1]  # type: ignore[index]
+
+
+def test_destructive_operations_stop_when_the_lock_file_is_gone(store: Store) -> None:
+    sid = store.create_session()["id"]
+    assert store.root.lock is not None
+    store.root.lock.path.unlink()
+    with pytest.raises(LockLostError, match="was deleted"):
+        store.delete_session(sid)
+    assert store.session_ids() == [sid]
