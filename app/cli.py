@@ -65,8 +65,10 @@ def _profile_table(report: appconfig.Report, names: list[str]) -> list[str]:
             row.append(f"{shown}  ({resolved.sources.get(key, 'invalid')})")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(names) + 1)]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 @cli.command("config")
@@ -124,8 +126,9 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
                 name: {
                     "data_root": str(r.data_root) if r.data_root else None,
                     "values": {
-                        k: appconfig.mask(v) if appconfig.KEYS[k].secret else
-                        (str(v) if k == "data_root" else v)
+                        k: appconfig.mask(v)
+                        if appconfig.KEYS[k].secret
+                        else (str(v) if k == "data_root" else v)
                         for k, v in r.values.items()
                     },
                     "sources": dict(r.sources),
@@ -136,8 +139,10 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(f"settings: {report.settings_dir}  (selected: {report.selected}, "
-               f"from {report.profile_source}; APP_* variables apply to it only)")
+    click.echo(
+        f"settings: {report.settings_dir}  (selected: {report.selected}, "
+        f"from {report.profile_source}; APP_* variables apply to it only)"
+    )
     for line in _profile_table(report, names):
         click.echo(line)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -132,7 +133,9 @@ KEYS: Mapping[str, Key] = MappingProxyType(
             Key("api_token", _token, None, "bearer token clients must send", secret=True),
             Key("max_upload_bytes", _int_in(1, 2**50), 100 * 2**20, "largest accepted upload"),
             Key("page_size", _int_in(1, 1000), 50, "default page size of GET /sessions"),
-            Key("lock_check_seconds", _positive_number, 5.0, "how often a server re-checks its lock"),
+            Key(
+                "lock_check_seconds", _positive_number, 5.0, "how often a server re-checks its lock"
+            ),
             Key("log_level", _log_level, "info", "server log level"),
             Key("protected", _bool, False, "removing data needs an explicit confirmation"),
         )
@@ -320,8 +323,11 @@ def _file_problems(files: _Files) -> Iterator[ConfigError]:
         for section, body in data.items():
             if not isinstance(body, dict):
                 yield InvalidSettingError(
-                    "-", section, body, "keys must sit in a [section] (a profile, default "
-                    "or global); move it into one", f"{path}"
+                    "-",
+                    section,
+                    body,
+                    "keys must sit in a [section] (a profile, default or global); move it into one",
+                    f"{path}",
                 )
                 continue
             name = section.lower()
@@ -330,7 +336,9 @@ def _file_problems(files: _Files) -> Iterator[ConfigError]:
             for key, value in body.items():
                 if key.lower() not in KEYS:
                     near = difflib.get_close_matches(key.lower(), list(KEYS), n=1)
-                    hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(KEYS)}"
+                    hint = (
+                        f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(KEYS)}"
+                    )
                     yield InvalidSettingError(
                         name, key, value, f"unknown key; {hint}", f"{path} [{section}]"
                     )
@@ -362,9 +370,13 @@ def _switch_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
         if name.startswith("DYNACONF_") and name[len("DYNACONF_") :].lower() in KEYS:
             key = KEYS[name[len("DYNACONF_") :].lower()]
             yield InvalidSettingError(
-                "-", name, environ[name], f"dynaconf would apply it to every profile; this app "
+                "-",
+                name,
+                environ[name],
+                f"dynaconf would apply it to every profile; this app "
                 f"reads {key.env} for the selected profile only. Rename it to {key.env} "
-                f"or unset {name}", "the environment"
+                f"or unset {name}",
+                "the environment",
             )
 
 
@@ -390,6 +402,24 @@ def _display(path: Path, directory: Path) -> str:
     return path.name if path.parent == directory else str(path)
 
 
+def _sources(history: list[dict[str, Any]], directory: Path) -> dict[str, str]:
+    """Where each key's value came from: the last loader that set it wins, as in dynaconf."""
+    sources: dict[str, str] = {}
+    for entry in history:
+        value = entry.get("value")
+        if not isinstance(value, dict):
+            continue
+        loader, ident = entry.get("loader"), str(entry.get("identifier"))
+        for key in value:
+            if key.lower() not in KEYS:
+                continue
+            if loader == "toml":
+                sources[key.lower()] = f"{_display(Path(ident), directory)} [{entry.get('env')}]"
+            elif str(loader).startswith("env"):
+                sources[key.lower()] = f"environment {ident}_{key.upper()}"
+    return sources
+
+
 def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | None) -> Resolved:
     """Load one profile with dynaconf; `environ` given means APP_* variables apply."""
     from dynaconf import Dynaconf  # imported here: `import app.config` stays cheap
@@ -406,21 +436,7 @@ def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | N
     )
     loaded = settings.as_dict()
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for entry in get_history(settings):
-        value = entry.get("value")
-        if not isinstance(value, dict):
-            continue
-        loader, ident = entry.get("loader"), str(entry.get("identifier"))
-        if loader == "toml":
-            source = f"{_display(Path(ident), files.directory)} [{entry.get('env')}]"
-        elif str(loader).startswith("env"):
-            source = "environment {prefix}_{{key}}".format(prefix=ident)
-        else:
-            continue
-        for key in value:
-            if key.lower() in KEYS:
-                sources[key.lower()] = source.replace("{key}", key.upper())
+    sources = _sources(get_history(settings), files.directory)
     problems: list[ConfigError] = []
     for name, key in KEYS.items():
         if name.upper() in loaded:
@@ -428,8 +444,11 @@ def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | N
         elif key.default is _REQUIRED:
             problems.append(
                 InvalidSettingError(
-                    profile, name, None, f"is required; set it in [{profile}] of settings.toml "
-                    f"or with {key.env}", "nowhere"
+                    profile,
+                    name,
+                    None,
+                    f"is required; set it in [{profile}] of settings.toml or with {key.env}",
+                    "nowhere",
                 )
             )
             continue
@@ -438,7 +457,9 @@ def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | N
             sources[name] = "built-in default"
         problem = key.check(values[name])
         if problem is not None:
-            problems.append(InvalidSettingError(profile, name, values[name], problem, sources[name]))
+            problems.append(
+                InvalidSettingError(profile, name, values[name], problem, sources[name])
+            )
             values.pop(name)
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].lower()
@@ -458,8 +479,12 @@ def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
             assert a.data_root is not None and b.data_root is not None
             if a.data_root.is_relative_to(b.data_root) or b.data_root.is_relative_to(a.data_root):
                 yield DataRootOverlapError(
-                    first, a.data_root, a.sources["data_root"],
-                    second, b.data_root, b.sources["data_root"],
+                    first,
+                    a.data_root,
+                    a.sources["data_root"],
+                    second,
+                    b.data_root,
+                    b.sources["data_root"],
                 )
 
 
@@ -471,27 +496,43 @@ def _runtime_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Ite
     token = values.get("api_token")
     if token is None:
         yield InvalidSettingError(
-            "production", "api_token", None, "production requires an API token; set "
+            "production",
+            "api_token",
+            None,
+            "production requires an API token; set "
             "APP_API_TOKEN in the service's environment (or api_token in a secrets file that "
-            "is not committed)", sources.get("api_token", "built-in default")
+            "is not committed)",
+            sources.get("api_token", "built-in default"),
         )
         return
     placeholders = {r.values.get("api_token") for r in others.values()} - {None}
     if token in placeholders:
         yield InvalidSettingError(
-            "production", "api_token", mask(token), "is the token of another profile (a "
-            "committed placeholder); set a real one with APP_API_TOKEN", sources["api_token"]
+            "production",
+            "api_token",
+            mask(token),
+            "is the token of another profile (a "
+            "committed placeholder); set a real one with APP_API_TOKEN",
+            sources["api_token"],
         )
     elif len(token) < _MIN_PRODUCTION_TOKEN:
         yield InvalidSettingError(
-            "production", "api_token", mask(token), f"is shorter than {_MIN_PRODUCTION_TOKEN} "
+            "production",
+            "api_token",
+            mask(token),
+            f"is shorter than {_MIN_PRODUCTION_TOKEN} "
             "characters; generate one with `python -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))'`", sources["api_token"]
+            "print(secrets.token_urlsafe(32))'`",
+            sources["api_token"],
         )
     if values.get("protected") is False:
         yield InvalidSettingError(
-            "production", "protected", False, "production is always protected: commands that "
-            "remove its data need a confirmation option", sources["protected"]
+            "production",
+            "protected",
+            False,
+            "production is always protected: commands that "
+            "remove its data need a confirmation option",
+            sources["protected"],
         )
 
 
@@ -507,50 +548,91 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-# --- the sandbox rules for load() ---------------------------------------------------------
+# --- the sandbox rules (layer 3) ----------------------------------------------------------
 
 
-def _confine(
-    selected: Resolved, others: Mapping[str, Resolved], environ: Mapping[str, str]
-) -> tuple[Path | None, Path | None, dict[str, Path]]:
-    """Apply layer 3. Returns (sandbox, the selected root, every profile's root) to use."""
-    sandbox = active_sandbox(environ)
-    all_roots = {name: r.data_root for name, r in {**others, selected.profile: selected}.items()}
-    roots = {name: root for name, root in all_roots.items() if root is not None}
+def _confine(resolved: Resolved, sandbox: Path) -> tuple[Resolved, ConfigError | None]:
+    """Map a profile's root into the sandbox, unless it already lies inside.
+
+    A root from the settings files moves to ``<sandbox>/data/<profile>``; a root from
+    ``APP_DATA_ROOT`` outside the sandbox is refused instead, because a test set it on purpose
+    and deserves to hear why it does not apply.
+    """
+    root = resolved.data_root
+    if root is None or root.is_relative_to(sandbox):
+        return resolved, None
+    source = resolved.sources["data_root"]
+    if source.startswith("environment"):
+        return resolved, SandboxViolationError(
+            f"data root {root} from {source}, which lies outside the test sandbox",
+            sandbox,
+            "Point APP_DATA_ROOT under tmp_path, or use the app_config fixture",
+        )
+    values = {**resolved.values, "data_root": sandbox_root(sandbox, resolved.profile)}
+    sources = {**resolved.sources, "data_root": f"pytest sandbox (configured: {root}, {source})"}
+    return Resolved(
+        resolved.profile, MappingProxyType(values), MappingProxyType(sources), resolved.problems
+    ), None
+
+
+def _allowed(profile: str, sandbox: Path | None) -> None:
+    """Under pytest, only the testing profile, or one a test opted into, may be loaded."""
     if sandbox is None:
-        if PYTEST_RUNNING_ENV in environ and selected.profile != "testing":
+        if PYTEST_RUNNING_ENV in os.environ and profile != "testing":
             raise SandboxViolationError(
-                f"loading profile {selected.profile!r} while pytest runs without the app's "
-                f"sandbox ({PYTEST_RUNNING_ENV} is set, {SANDBOX_ENV} is not)",
+                f"loading profile {profile!r} while pytest runs without the app's sandbox "
+                f"({PYTEST_RUNNING_ENV} is set, {SANDBOX_ENV} is not)",
                 None,
                 "Run the tests with the app's pytest plugin enabled (do not pass -p no:app)",
             )
-        return None, selected.data_root, roots
-    allowed = {"testing"} | {
-        name.strip().lower() for name in environ.get(ALLOW_PROFILES_ENV, "").split(",") if name
-    }
-    if selected.profile not in allowed:
+        return
+    opted_in = os.environ.get(ALLOW_PROFILES_ENV, "").split(",")
+    if profile != "testing" and profile not in {name.strip().lower() for name in opted_in}:
         raise SandboxViolationError(
-            f"loading profile {selected.profile!r}; tests run on the 'testing' profile",
+            f"loading profile {profile!r}; tests run on the 'testing' profile",
             sandbox,
-            "To test another profile, mark the test @pytest.mark.app_profile("
-            f"{selected.profile!r}); its data root is then mapped into the sandbox",
+            f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
+            "its data root is then mapped into the sandbox",
         )
-    mapped = {name: sandbox_root(sandbox, name) for name in roots}
-    root = mapped.get(selected.profile)
-    if selected.sources.get("data_root", "").startswith("environment"):
-        assert selected.data_root is not None
-        require_in_sandbox(selected.data_root, "data root from APP_DATA_ROOT", environ)
-        root = selected.data_root
-    return sandbox, root, mapped
 
 
 # --- public entry points ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class LoadRecord:
+    """A `load` made in this process outside any sandbox: who asked, and what they got."""
+
+    profile: str
+    data_root: Path
+    caller: str
+    sandbox: Path | None = None
+
+
+# Not settings, and not read by anything that decides a value: a diagnostic record of the
+# loads made without a sandbox, so the pytest plugin can name a load that ran before it did.
+_UNSANDBOXED_LOADS: list[LoadRecord] = []
+
+
+def loaded() -> tuple[LoadRecord, ...]:
+    """The loads this process made while no pytest sandbox was active (at most the first 8)."""
+    return tuple(_UNSANDBOXED_LOADS)
+
+
+def _record(config: Config) -> None:
+    if config.sandbox is None and len(_UNSANDBOXED_LOADS) < 8:
+        frame = sys._getframe(2)
+        caller = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        _UNSANDBOXED_LOADS.append(LoadRecord(config.profile, config.data_root, caller))
+
+
+@dataclass(frozen=True)
 class Report:
-    """Everything known about every profile: what `app config --all` and `app doctor` show."""
+    """Everything known about every profile: what `app config --all` and `app doctor` show.
+
+    Under pytest every root is already mapped into the sandbox; the overlap checks ran on the
+    roots the files configure.
+    """
 
     selected: str
     profile_source: str
@@ -560,6 +642,7 @@ class Report:
     profiles: Mapping[str, Resolved]
     problems: tuple[ConfigError, ...]
     warnings: tuple[str, ...]
+    sandbox: Path | None
 
 
 def inspect_profiles(
@@ -573,12 +656,20 @@ def inspect_profiles(
     The selected profile gets the ``APP_*`` environment variables; the others are what the
     files say. Runtime requirements (production's token) are checked for the selected one.
 
+    Args:
+        profile: the profile to select; None selects ``ENV_FOR_DYNACONF``, else development.
+        environ: where ``ENV_FOR_DYNACONF``, ``APP_*`` and ``APP_SETTINGS_DIR`` are read
+            (defaults to ``os.environ``). The pytest sandbox is always read from
+            ``os.environ``: it is a fact about this process, not a configuration value.
+        profile_source: how to name an explicit `profile` in messages (``--profile``).
+
     Raises:
         ConfigError: only for what makes the rest meaningless: no settings directory, a
             settings file that is not TOML, an unknown profile name.
     """
     env = os.environ if environ is None else environ
-    files = _read_files(env, sandboxed=active_sandbox(env) is not None)
+    sandbox = active_sandbox()
+    files = _read_files(env, sandboxed=sandbox is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
     problems: list[ConfigError] = [*_switch_problems(env), *_file_problems(files)]
     resolved = {
@@ -590,9 +681,21 @@ def inspect_profiles(
     problems.extend(_overlaps(resolved))
     others = {name: r for name, r in resolved.items() if name != selected}
     problems.extend(_runtime_problems(resolved[selected], others))
+    if sandbox is not None:
+        for name, r in resolved.items():
+            resolved[name], refused = _confine(r, sandbox)
+            if refused is not None:
+                problems.append(refused)
     return Report(
-        selected, source, files.directory, files.paths, files.skipped,
-        MappingProxyType(resolved), tuple(problems), _env_warnings(env),
+        selected,
+        source,
+        files.directory,
+        files.paths,
+        files.skipped,
+        MappingProxyType(resolved),
+        tuple(problems),
+        _env_warnings(env),
+        sandbox,
     )
 
 
@@ -607,7 +710,8 @@ def load(
     Args:
         profile: the profile to load; None selects ``ENV_FOR_DYNACONF``, else ``development``.
             Names are case-insensitive.
-        environ: the environment to read (defaults to ``os.environ``); for tests.
+        environ: the environment to read settings from (defaults to ``os.environ``). The
+            pytest sandbox is always read from ``os.environ``.
         profile_source: how to name an explicit `profile` in messages (``--profile``).
 
     Returns:
@@ -624,26 +728,21 @@ def load(
         >>> load().profile  # under pytest the plugin forces the testing profile
         'testing'
     """
-    env = os.environ if environ is None else environ
-    report = inspect_profiles(profile, env, profile_source=profile_source)
+    report = inspect_profiles(profile, environ, profile_source=profile_source)
+    _allowed(report.selected, report.sandbox)
     if report.problems:
         raise report.problems[0] if len(report.problems) == 1 else ConfigProblems(report.problems)
     selected = report.profiles[report.selected]
-    others = {name: r for name, r in report.profiles.items() if name != report.selected}
-    sandbox, root, roots = _confine(selected, others, env)
-    assert root is not None
-    sources = dict(selected.sources)
-    if sandbox is not None and root != selected.data_root:
-        sources["data_root"] = f"pytest sandbox (configured: {sources['data_root']})"
-    values = dict(selected.values)
-    values["data_root"] = root
-    return Config(
+    roots = {name: r.data_root for name, r in report.profiles.items() if r.data_root}
+    config = Config(
         profile=report.selected,
         profile_source=report.profile_source,
         settings_dir=report.settings_dir,
-        sources=MappingProxyType(sources),
+        sources=selected.sources,
         roots=MappingProxyType(roots),
-        sandbox=sandbox,
+        sandbox=report.sandbox,
         warnings=report.warnings,
-        **values,
+        **selected.values,
     )
+    _record(config)
+    return config

@@ -352,8 +352,10 @@ class SessionNotFoundError(StoreError):
     def __init__(self, session_id: str, where: str = "sessions") -> None:
         self.session_id = session_id
         self.where = where
-        hint = "`app sessions list` shows the sessions" if where == "sessions" else (
-            "`app sessions list --trash` shows what can be restored"
+        hint = (
+            "`app sessions list` shows the sessions"
+            if where == "sessions"
+            else ("`app sessions list --trash` shows what can be restored")
         )
         super().__init__(f"no session {session_id!r} in {where}; {hint}")
 

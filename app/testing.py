@@ -1,1 +1,460 @@
-"""The pytest plugin (placeholder until the guard lands in this session)."""
+"""The pytest plugin: tests run on the testing profile, inside a sandbox, next to live servers.
+
+Registered through the ``pytest11`` entry point, so it is active wherever the package is
+installed (disable with ``-p no:app``). Its earliest hook runs before any conftest or test
+module can import the app, and in this order:
+
+1. look at the user's shell: where would every profile's data root be, and does a live
+   process hold any of them? (probes only: nothing is created);
+2. neutralise what could point the testing profile elsewhere: ``APP_*`` and ``DYNACONF_*``
+   variables, every ``*_FOR_DYNACONF`` switch, a shell opt-in to other profiles; force
+   ``ENV_FOR_DYNACONF=testing``; local settings files are not read under the sandbox and
+   ``.env`` files never are (each is reported);
+3. create the sandbox (pytest's own base temporary directory, one per xdist worker) and
+   publish it in ``PYTEST_APP_SANDBOX``, which `app.config` and `app.dataroot` obey in every
+   copy of the code and every subprocess;
+4. load the testing profile and take the lock on its (sandboxed) data root for the whole run.
+
+Every conflict stops the run with a usage error (exit 4) that names it and its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from app import config as appconfig
+from app.errors import AppError, describe_holder
+
+if TYPE_CHECKING:
+    from app.dataroot import DataRoot
+    from app.store import Store
+
+#: What the plugin neutralises: settings overrides and dynaconf switches.
+_NEUTRALISED_PREFIXES = (f"{appconfig.ENV_PREFIX}_", "DYNACONF_")
+#: Kept: it says where settings.toml is, not where data goes (roots are sandboxed anyway).
+_KEPT = frozenset({appconfig.SETTINGS_DIR_ENV})
+
+
+@dataclass(frozen=True)
+class LiveHolder:
+    """A live process seen holding a data root when the run started."""
+
+    profile: str
+    root: Path
+    holder: dict[str, Any] | None
+
+
+@dataclass
+class GuardState:
+    """What the plugin decided, kept in ``config.stash`` (not in module globals)."""
+
+    sandbox: Path
+    config: appconfig.Config
+    shell_profile: str | None
+    neutralised: list[str] = field(default_factory=list)
+    live: list[LiveHolder] = field(default_factory=list)
+    settings_note: str = ""
+    session_root: DataRoot | None = None
+    factory: Any = None  # _pytest.tmpdir.TempPathFactory, private to pytest
+    roots: dict[str, Path] = field(default_factory=dict)
+
+
+STATE = pytest.StashKey[GuardState]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("app", "app: keep tests away from live data")
+    group.addoption(
+        "--app-strict",
+        action="store_true",
+        default=None,
+        help="refuse to run while a live server holds any profile's data root (ini: app_strict)",
+    )
+    parser.addini(
+        "app_strict",
+        type="bool",
+        default=False,
+        help="refuse to run while a live server holds any profile's data root",
+    )
+
+
+# --- step 1: what the user's shell points at ----------------------------------------------
+
+
+def _shell_roots() -> tuple[str | None, dict[str, Path], str]:
+    """Every profile's root as the shell would resolve it, before anything is neutralised."""
+    shell_profile = os.environ.get(appconfig.PROFILE_ENV)
+    try:
+        report = appconfig.inspect_profiles()
+    except AppError:
+        # The shell's profile name is unknown (a typo): its overrides cannot apply to any
+        # profile, so the files alone say where the roots are.
+        report = appconfig.inspect_profiles(
+            "testing",
+            environ={k: v for k, v in os.environ.items() if k == appconfig.SETTINGS_DIR_ENV},
+        )
+    roots = {name: r.data_root for name, r in report.profiles.items() if r.data_root}
+    return shell_profile, roots, str(report.settings_dir)
+
+
+def _probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
+    from app.lock import probe
+
+    live = []
+    for name, root in roots.items():
+        seen = probe(root)
+        if seen.held:
+            live.append(LiveHolder(name, root, seen.holder))
+    return live
+
+
+# --- step 2: neutralise -------------------------------------------------------------------
+
+
+def _neutralise(settings_dir: Path) -> list[str]:
+    """Remove every variable that could redirect the testing profile; say what was removed."""
+    removed = []
+    for name in sorted(os.environ):
+        if name in _KEPT:
+            continue
+        if (
+            name.startswith(_NEUTRALISED_PREFIXES)
+            or (name.endswith("_FOR_DYNACONF") and name != appconfig.PROFILE_ENV)
+            or name == appconfig.ALLOW_PROFILES_ENV
+        ):
+            del os.environ[name]
+            removed.append(name)
+    previous = os.environ.get(appconfig.PROFILE_ENV)
+    if previous is not None and previous.strip().lower() != "testing":
+        removed.append(f"{appconfig.PROFILE_ENV}={previous}")
+    os.environ[appconfig.PROFILE_ENV] = "testing"
+    for local in appconfig.LOCAL_FILES:
+        if (settings_dir / local).is_file():
+            removed.append(f"{local} (not read under the sandbox)")
+    if (settings_dir / ".env").is_file():
+        removed.append(".env (never read by the app)")
+    return removed
+
+
+# --- step 3: the sandbox ------------------------------------------------------------------
+
+
+def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
+    """pytest empties a given --basetemp before use: never let that be a data root."""
+    __tracebackhide__ = True
+    target = given.expanduser().resolve()
+    for name, root in roots.items():
+        if target == root or root.is_relative_to(target) or target.is_relative_to(root):
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: pytest empties it before the run, and it "
+                f"overlaps the data root of profile {name!r} ({root}). Choose a --basetemp "
+                "outside every data root, or omit it"
+            )
+    from app.lock import probe
+
+    seen = probe(appconfig.sandbox_root(target, "testing"))
+    if seen.held:
+        raise pytest.UsageError(
+            f"app: refusing --basetemp {given}: another run uses it; its testing data root is "
+            f"held by {describe_holder(seen.holder)}. pytest would empty it under that run. "
+            "Give each concurrent run its own --basetemp"
+        )
+
+
+def _make_sandbox(config: pytest.Config, given: str | None, roots: dict[str, Path]) -> Any:
+    """pytest's own base temporary directory, created now, as the factory tmp_path will use."""
+    from _pytest.tmpdir import TempPathFactory
+
+    if given:
+        _check_basetemp(Path(given), roots)
+    return TempPathFactory(
+        given_basetemp=Path(given) if given else None,
+        retention_count=int(config.getini("tmp_path_retention_count")),
+        retention_policy=config.getini("tmp_path_retention_policy"),
+        trace=config.trace.get("tmpdir"),
+        _ispytest=True,
+    )
+
+
+def _load_testing() -> appconfig.Config:
+    __tracebackhide__ = True
+    try:
+        return appconfig.load("testing", profile_source="forced by the app pytest plugin")
+    except AppError as error:
+        raise pytest.UsageError(
+            f"app: the testing profile cannot be used: {error}. Fix settings.toml "
+            "(see `app doctor`)"
+        ) from None
+
+
+# --- the hooks ----------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Decide everything before conftest files (and so the app) are imported."""
+    __tracebackhide__ = True
+    _refuse_early_loads()
+    try:
+        shell_profile, roots, settings_dir = _shell_roots()
+    except AppError as error:
+        raise pytest.UsageError(f"app: cannot read the settings before the run: {error}") from None
+    live = _probe_live(roots)
+    inherited = os.environ.get(appconfig.SANDBOX_ENV)
+    # An xdist worker learns its --basetemp only after this hook (xdist sets it once the
+    # config is parsed); until then it stays inside the controller's sandbox, which it
+    # inherited, and narrows to its own in pytest_configure.
+    worker = bool(os.environ.get("PYTEST_XDIST_WORKER")) and inherited is not None
+    factory = None
+    if worker:
+        assert inherited is not None
+        sandbox = Path(inherited)
+    else:
+        factory = _make_sandbox(early_config, early_config.known_args_namespace.basetemp, roots)
+        sandbox = factory.getbasetemp().resolve()
+    neutralised = _neutralise(Path(settings_dir))
+    os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
+    state = GuardState(sandbox, _load_testing(), shell_profile, neutralised, live, settings_dir)
+    state.factory = factory
+    state.roots = roots
+    early_config.stash[STATE] = state
+    strict = early_config.known_args_namespace.app_strict or early_config.getini("app_strict")
+    if strict and live and not worker:
+        seen = "; ".join(
+            f"profile {h.profile!r} at {h.root} held by {describe_holder(h.holder)}" for h in live
+        )
+        raise pytest.UsageError(
+            f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
+            "Stop it, or run without --app-strict (the tests would not touch it anyway)"
+        )
+
+
+def _refuse_early_loads() -> None:
+    """Someone loaded the configuration before the plugin could act (outside its sandbox)."""
+    __tracebackhide__ = True
+    early = appconfig.loaded()
+    if early:
+        first = early[0]
+        raise pytest.UsageError(
+            f"app: the configuration was loaded (profile {first.profile!r}, data root "
+            f"{first.data_root}) at {first.caller} before the app pytest plugin could confine "
+            "it to the test sandbox. Call app.config.load() inside a fixture or function, "
+            "never at import time of a plugin or conftest"
+        )
+
+
+def _hold_session_root(config: appconfig.Config) -> DataRoot:
+    __tracebackhide__ = True
+    from app.dataroot import open_root
+    from app.errors import DataRootInUseError
+
+    try:
+        return open_root(config, kind="tests", wanted="run the tests on it")
+    except DataRootInUseError as error:
+        raise pytest.UsageError(
+            f"app: the testing data root is held by a live process: {error}"
+        ) from None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    __tracebackhide__ = True
+    config.addinivalue_line(
+        "markers",
+        "app_profile(*names): allow this test to load those profiles; their data roots are "
+        "mapped into the test sandbox",
+    )
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    if state.factory is None:  # an xdist worker: its --basetemp is known now
+        state.factory = _make_sandbox(config, config.option.basetemp, state.roots)
+        state.sandbox = state.factory.getbasetemp().resolve()
+        os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
+        state.config = _load_testing()
+    # tmpdir's own pytest_configure made a second factory (a second numbered directory);
+    # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox.
+    config._tmp_path_factory = state.factory  # type: ignore[attr-defined]
+    state.session_root = _hold_session_root(state.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None and state.session_root is not None:
+        state.session_root.close()
+        state.session_root = None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return []
+    cfg = state.config
+    forced = "forced"
+    if state.shell_profile is not None and state.shell_profile.strip().lower() != "testing":
+        forced += f"; the shell asked for {state.shell_profile!r}"
+    lines = [
+        (
+            f"app: profile=testing ({forced}), data_root={cfg.data_root} "
+            f"(from {cfg.sources['data_root']})"
+        ),
+        (
+            f"app: sandbox={state.sandbox}, settings={state.settings_note}, "
+            f"neutralised: {', '.join(state.neutralised) or 'nothing'}"
+        ),
+    ]
+    for live in state.live:
+        lines.append(
+            f"app: live server on profile {live.profile!r} ({describe_holder(live.holder)}) "
+            f"at {live.root}: tests will not touch it"
+        )
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Apply ``app_profile`` marks and make sure no test removes the sandbox marker."""
+    state = request.config.stash.get(STATE, None)
+    if state is None:
+        yield
+        return
+    names = [name for mark in request.node.iter_markers("app_profile") for name in mark.args]
+    previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
+    if names:
+        os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
+        else:
+            os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
+        if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
+            os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
+            pytest.fail(
+                f"app: {request.node.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
+                "Tests must not leave the sandbox",
+                pytrace=False,
+            )
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> appconfig.Config:
+    """The testing configuration with a fresh data root of its own under ``tmp_path``.
+
+    The root is published as ``APP_DATA_ROOT`` for the test's duration, so subprocesses the
+    test starts use it too.
+    """
+    root = tmp_path / "app-data"
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    return appconfig.load("testing")
+
+
+@pytest.fixture
+def store(app_config: appconfig.Config) -> Iterator[Store]:
+    """An open, writable store on the test's own data root (lock held for the test)."""
+    from app.dataroot import open_root
+    from app.store import Store
+
+    with open_root(app_config, kind="tests", wanted="run a test on it") as root:
+        yield Store(root)
+
+
+@pytest.fixture
+def client(store: Store, app_config: appconfig.Config) -> Iterator[Any]:
+    """An httpx client (Starlette's TestClient) on the in-process app, token included."""
+    from starlette.testclient import TestClient
+
+    from app.server import create_app
+
+    headers = {"Authorization": f"Bearer {app_config.api_token}"} if app_config.api_token else {}
+    with TestClient(create_app(store, app_config), headers=headers) as test_client:
+        yield test_client
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A real ``app serve`` subprocess started by the `live_server` fixture."""
+
+    url: str
+    data_root: Path
+    pid: int
+    token: str | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header the server expects, if it has a token."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], attempts: int = 300) -> None:
+    """Poll ``GET /health`` until it answers; fail with the server's output if it exits."""
+    import httpx
+
+    for _ in range(attempts):
+        if process.poll() is not None:
+            out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"app serve did not answer {url}/health", pytrace=False)
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """A real ``app serve`` on a free 127.0.0.1 port and a data root of its own; stopped after."""
+    root = tmp_path / "live-data"
+    port = free_port()
+    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_PORT": str(port)}
+    env["APP_HOST"] = "127.0.0.1"
+    config = appconfig.load("testing", environ=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(url, process)
+        yield LiveServer(url, root, process.pid, config.api_token)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
