@@ -1,0 +1,830 @@
+"""Unit tests of `app.config`: strict profiles, checked data roots, validation (issue 2).
+
+Every test builds its own settings directory under ``tmp_path`` and points
+``APP_SETTINGS_DIR`` at it, so the project's own settings never matter here. Every data root
+lies under ``tmp_path``, which is inside the pytest sandbox, so `load` keeps the roots as
+configured instead of mapping them into ``<sandbox>/data/<profile>``; the sandbox rules
+themselves are tested at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from app import config as appconfig
+from app.config import (
+    ALLOW_PROFILES_ENV,
+    KEYS,
+    SANDBOX_ENV,
+    SETTINGS_DIR_ENV,
+    Config,
+    inspect_profiles,
+    load,
+)
+from app.errors import (
+    AppError,
+    ConfigError,
+    ConfigProblems,
+    DataRootOverlapError,
+    DynaconfSwitchError,
+    InvalidSettingError,
+    SandboxViolationError,
+    SettingsNotFoundError,
+    SettingsSyntaxError,
+    UnknownProfileError,
+)
+
+KNOWN = ("development", "testing", "production")
+DEV_TOKEN = "dev-token-not-secret"
+GOOD_TOKEN = "k3Jq9vXz-0aB7cD1eF2gH3iJ4kL5mN6o"  # 32 characters, not a placeholder
+
+
+def toml_str(value: object) -> str:
+    """A TOML basic string (JSON's escaping is a subset TOML accepts)."""
+    return json.dumps(str(value))
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                      ) -> None:
+    """What the app's pytest plugin guarantees, repeated so that each test states its own env.
+
+    The plugin publishes the sandbox and forces ENV_FOR_DYNACONF=testing; if it is not active
+    (or not finished), emulate its marker so that `load` behaves as it will under the plugin.
+    """
+    if SANDBOX_ENV not in os.environ:
+        monkeypatch.setenv(SANDBOX_ENV, str(tmp_path_factory.getbasetemp().resolve()))
+    for name in list(os.environ):
+        if name.startswith(("APP_", "DYNACONF_")) or (
+            name.endswith("_FOR_DYNACONF") and name != "ENV_FOR_DYNACONF"
+        ) or name == ALLOW_PROFILES_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+
+
+@pytest.fixture
+def sandbox() -> Path:
+    return Path(os.environ[SANDBOX_ENV]).resolve()
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> dict[str, Path]:
+    """Where each profile of the standard settings keeps its data (all under tmp_path)."""
+    base = tmp_path / "roots"
+    return {name: base / name for name in KNOWN}
+
+
+SettingsMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+                  ) -> SettingsMaker:
+    """Write a settings directory and point APP_SETTINGS_DIR at it.
+
+    By default it mirrors the project's files: three profiles with distinct roots, and a
+    ``.secrets.toml`` with the development and testing placeholders.
+    """
+
+    def make(
+        settings: str | None = None,
+        secrets: str | None = None,
+        *,
+        data_roots: Mapping[str, object] | None = None,
+        directory: Path | None = None,
+    ) -> Path:
+        where = directory or tmp_path / "settings"
+        where.mkdir(parents=True, exist_ok=True)
+        if settings is None:
+            chosen = {**roots, **(data_roots or {})}
+            settings = (
+                '[default]\nhost = "127.0.0.1"\nport = 8000\n\n'
+                + "".join(
+                    f"[{name}]\ndata_root = {toml_str(chosen[name])}\n"
+                    + ("protected = true\nport = 8080\n" if name == "production" else "")
+                    + "\n"
+                    for name in KNOWN
+                )
+            )
+        if secrets is None:
+            secrets = (
+                f'[development]\napi_token = "{DEV_TOKEN}"\n\n'
+                '[testing]\napi_token = "testing-token-not-secret"\n'
+            )
+        (where / "settings.toml").write_text(settings)
+        if secrets:
+            (where / ".secrets.toml").write_text(secrets)
+        monkeypatch.setenv(SETTINGS_DIR_ENV, str(where))
+        return where
+
+    return make
+
+
+def allow(monkeypatch: pytest.MonkeyPatch, *profiles: str) -> None:
+    """Opt this test into other profiles (what the app_profile marker does)."""
+    monkeypatch.setenv(ALLOW_PROFILES_ENV, ",".join(profiles))
+
+
+def problems_of(error: BaseException) -> tuple[ConfigError, ...]:
+    if isinstance(error, ConfigProblems):
+        return error.problems
+    assert isinstance(error, ConfigError)
+    return (error,)
+
+
+# --- profile selection is strict ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typo", ["prod", "Producton", "default", "global"])
+def test_a_typo_profile_is_refused_with_the_list_of_known_profiles(
+    make_settings: SettingsMaker, typo: str
+) -> None:
+    make_settings()
+    with pytest.raises(UnknownProfileError) as caught:
+        load(typo)
+    assert caught.value.name == typo
+    assert caught.value.known == KNOWN
+    assert "known profiles: development, testing, production" in str(caught.value)
+    assert caught.value.exit_code == 78
+
+
+def test_a_typo_in_env_for_dynaconf_is_refused_naming_the_variable(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "prod")
+    with pytest.raises(UnknownProfileError) as caught:
+        load()
+    assert caught.value.source == "ENV_FOR_DYNACONF"
+    assert "'prod' (from ENV_FOR_DYNACONF)" in str(caught.value)
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_env_for_dynaconf_is_an_unknown_profile_not_the_default_section(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, empty: str
+) -> None:
+    make_settings()
+    monkeypatch.setenv("ENV_FOR_DYNACONF", empty)
+    with pytest.raises(UnknownProfileError) as caught:
+        load()
+    assert caught.value.known == KNOWN
+    assert "development, testing, production" in str(caught.value)
+
+
+def test_an_upper_case_profile_name_is_normalised_to_lower_case(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    assert load("TESTING").profile == "testing"
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "Testing")
+    config = load()
+    assert config.profile == "testing"
+    assert config.data_root == roots["testing"]
+
+
+def test_an_upper_case_section_name_is_a_lower_case_profile(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    make_settings(
+        f"[Testing]\ndata_root = {toml_str(tmp_path / 't')}\n"
+        f"[Other]\ndata_root = {toml_str(tmp_path / 'o')}\n",
+        secrets="",
+    )
+    config = load("testing")
+    assert config.profile == "testing"
+    assert config.data_root == tmp_path / "t"
+    assert set(config.roots) == {"testing", "other"}
+
+
+def test_the_argument_wins_over_env_for_dynaconf(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    allow(monkeypatch, "development", "production")
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
+    config = load("development")
+    assert (config.profile, config.profile_source) == ("development", "load(profile=...)")
+    assert config.data_root == roots["development"]
+
+
+def test_env_for_dynaconf_selects_the_profile_when_no_argument_is_given(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    allow(monkeypatch, "development")
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "development")
+    config = load()
+    assert (config.profile, config.profile_source) == ("development", "ENV_FOR_DYNACONF")
+    assert config.data_root == roots["development"]
+
+
+def test_development_is_the_default_profile(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    allow(monkeypatch, "development")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    config = load()
+    assert (config.profile, config.profile_source) == ("development", "default")
+    assert config.data_root == roots["development"]
+
+
+# --- data roots: resolved once, absolutely ----------------------------------------------------
+
+
+def test_app_data_root_overrides_the_selected_root_and_is_reported_as_its_source(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    roots: dict[str, Path],
+) -> None:
+    make_settings()
+    override = tmp_path / "override"
+    monkeypatch.setenv("APP_DATA_ROOT", str(override))
+    config = load("testing")
+    assert config.data_root == override
+    assert config.sources["data_root"] == "environment APP_DATA_ROOT"
+    assert config.values()["data_root"] == str(override)
+
+
+def test_app_data_root_does_not_apply_to_the_other_profiles(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    roots: dict[str, Path],
+) -> None:
+    # dynaconf's from_env() would apply APP_* to every profile it builds: every root would
+    # then be the override, and the overlap check would refuse a perfectly valid setup.
+    make_settings()
+    override = tmp_path / "override"
+    monkeypatch.setenv("APP_DATA_ROOT", str(override))
+    monkeypatch.setenv("APP_PORT", "9123")
+    config = load("testing")
+    assert dict(config.roots) == {**roots, "testing": override}
+    report = inspect_profiles("testing")
+    assert not report.problems
+    for name in ("development", "production"):
+        other = report.profiles[name]
+        assert other.data_root == roots[name]
+        assert other.sources["data_root"] == f"settings.toml [{name}]"
+        assert other.values["port"] != 9123
+    assert report.profiles["testing"].values["port"] == 9123
+
+
+def test_app_data_root_onto_another_profiles_root_is_an_overlap(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    monkeypatch.setenv("APP_DATA_ROOT", str(roots["production"]))
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    assert {caught.value.first, caught.value.second} == {"testing", "production"}
+    assert "environment APP_DATA_ROOT" in str(caught.value)
+    assert "settings.toml [production]" in str(caught.value)
+
+
+def test_a_relative_root_resolves_against_the_settings_directory(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings(data_roots={"testing": "data/testing", "development": "../dev"})
+    config = load("testing")
+    assert config.data_root == where / "data" / "testing"
+    assert config.data_root.is_absolute()
+    assert config.roots["development"] == where.parent / "dev"
+
+
+def test_the_same_root_is_resolved_from_two_different_working_directories(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    where = make_settings(data_roots={"testing": "data/testing"})
+    seen = []
+    for cwd in (tmp_path / "one", tmp_path / "two" / "deeper"):
+        cwd.mkdir(parents=True)
+        monkeypatch.chdir(cwd)
+        seen.append(load("testing").data_root)
+    assert seen == [where / "data" / "testing"] * 2
+
+
+def test_a_tilde_in_a_root_is_expanded_to_the_home_directory(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    make_settings(data_roots={"testing": "~/app-testing"})
+    assert load("testing").data_root == home / "app-testing"
+
+
+def test_a_tilde_in_app_data_root_is_expanded_too(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    make_settings()
+    monkeypatch.setenv("APP_DATA_ROOT", "~/from-env")
+    assert load("testing").data_root == tmp_path / "home" / "from-env"
+
+
+def test_a_symlinked_root_is_resolved_to_its_target(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    target = tmp_path / "real"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    make_settings(data_roots={"testing": tmp_path / "link" / "testing"})
+    assert load("testing").data_root == target / "testing"
+
+
+def test_two_roots_equal_through_a_symlink_are_refused_naming_both_profiles_paths_and_sources(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    real = tmp_path / "shared"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    make_settings(data_roots={"development": real, "production": tmp_path / "alias"})
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    error = caught.value
+    assert (error.first, error.second) == ("development", "production")
+    assert error.first_root == error.second_root == real
+    assert (error.first_source, error.second_source) == (
+        "settings.toml [development]", "settings.toml [production]"
+    )
+    message = str(error)
+    assert "'development' and 'production' share the same data root" in message
+    assert f"development -> {real} (from settings.toml [development])" in message
+    assert f"production -> {real} (from settings.toml [production])" in message
+    assert error.exit_code == 78
+
+
+def test_a_root_nested_in_another_profiles_root_is_refused(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    outer = tmp_path / "all-data"
+    make_settings(data_roots={"development": outer, "production": outer / "production"})
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    assert "'production''s data root lies inside 'development''s" in str(caught.value)
+    assert str(outer / "production") in str(caught.value)
+
+
+def test_a_root_nested_in_another_through_a_symlink_is_refused(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (tmp_path / "looks-separate").symlink_to(outer)
+    make_settings(
+        data_roots={"development": outer, "production": tmp_path / "looks-separate" / "prod"}
+    )
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    assert caught.value.second_root == outer / "prod"
+    assert {caught.value.first, caught.value.second} == {"development", "production"}
+
+
+def test_every_overlap_is_reported_not_only_the_first(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    make_settings(data_roots={name: tmp_path / "same" for name in KNOWN})
+    with pytest.raises(ConfigProblems) as caught:
+        load("testing")
+    pairs = {(p.first, p.second) for p in caught.value.problems
+             if isinstance(p, DataRootOverlapError)}
+    assert pairs == {("development", "testing"), ("development", "production"),
+                     ("testing", "production")}
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def test_production_without_a_token_is_refused_naming_app_api_token(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    with pytest.raises(InvalidSettingError) as caught:
+        load("production")
+    assert (caught.value.profile, caught.value.key) == ("production", "api_token")
+    assert "APP_API_TOKEN" in str(caught.value)
+    assert caught.value.exit_code == 78
+
+
+def test_production_given_the_development_placeholder_token_is_refused(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", DEV_TOKEN)
+    with pytest.raises(InvalidSettingError) as caught:
+        load("production")
+    message = str(caught.value)
+    assert "placeholder" in message
+    assert "APP_API_TOKEN" in message
+    assert DEV_TOKEN not in message  # the refused token is masked, even a placeholder
+
+
+def test_production_given_a_short_token_is_refused(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", "short-token")
+    with pytest.raises(InvalidSettingError) as caught:
+        load("production")
+    assert "shorter than 16 characters" in str(caught.value)
+    assert "short-token" not in str(caught.value)
+
+
+def test_production_with_a_real_token_from_the_environment_loads(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", GOOD_TOKEN)
+    config = load("production")
+    assert config.api_token == GOOD_TOKEN
+    assert config.sources["api_token"] == "environment APP_API_TOKEN"
+    assert config.protected is True
+    assert config.data_root == roots["production"]
+
+
+def test_production_that_is_not_protected_is_refused(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", GOOD_TOKEN)
+    monkeypatch.setenv("APP_PROTECTED", "false")
+    with pytest.raises(InvalidSettingError) as caught:
+        load("production")
+    assert caught.value.key == "protected"
+
+
+def test_a_toml_syntax_error_names_the_file_and_the_line(make_settings: SettingsMaker) -> None:
+    where = make_settings('[default]\nport = 8000\n[testing]\ndata_root = "unterminated\n')
+    with pytest.raises(SettingsSyntaxError) as caught:
+        load("testing")
+    assert caught.value.path == where / "settings.toml"
+    assert caught.value.line == 4
+    assert f"{where / 'settings.toml'}, line 4: invalid TOML" in str(caught.value)
+    assert caught.value.exit_code == 78
+
+
+def test_a_toml_syntax_error_in_the_secrets_file_names_that_file(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings(secrets="[testing]\napi_token = = 'x'\n")
+    with pytest.raises(SettingsSyntaxError) as caught:
+        load("testing")
+    assert caught.value.path == where / ".secrets.toml"
+    assert caught.value.line == 2
+
+
+def test_an_unknown_key_is_reported_with_a_suggestion(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    make_settings(
+        f"[development]\ndata_rot = {toml_str(tmp_path / 'd')}\n"
+        f"[testing]\ndata_root = {toml_str(tmp_path / 't')}\n",
+        secrets="",
+    )
+    with pytest.raises(ConfigProblems) as caught:
+        load("testing")
+    unknown = [p for p in caught.value.problems if p.key == "data_rot"]  # type: ignore[attr-defined]
+    assert len(unknown) == 1
+    assert "unknown key; did you mean 'data_root'?" in str(unknown[0])
+    assert "settings.toml [development]" in str(unknown[0])
+    # and the profile that lost its root says so too
+    assert "profile 'development': data_root is not set" in str(caught.value)
+
+
+def test_a_key_outside_any_section_is_reported(make_settings: SettingsMaker, tmp_path: Path
+                                                ) -> None:
+    make_settings(f"port = 1\n[testing]\ndata_root = {toml_str(tmp_path / 't')}\n", secrets="")
+    with pytest.raises(InvalidSettingError, match=r"keys must sit in a \[section\]"):
+        load("testing")
+
+
+def test_a_profile_without_a_data_root_is_refused(make_settings: SettingsMaker) -> None:
+    make_settings("[default]\nport = 8000\n[testing]\nport = 8001\n", secrets="")
+    with pytest.raises(InvalidSettingError) as caught:
+        load("testing")
+    assert (caught.value.key, caught.value.value) == ("data_root", None)
+    assert "APP_DATA_ROOT" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key"),
+    [("APP_PORT", "eighty", "port"), ("APP_PORT", "70000", "port"),
+     ("APP_PAGE_SIZE", "0", "page_size"), ("APP_LOG_LEVEL", "loud", "log_level"),
+     ("APP_PROTECTED", "'yes'", "protected"), ("APP_LOCK_CHECK_SECONDS", "-1",
+                                               "lock_check_seconds")],
+)
+def test_a_value_of_the_wrong_type_or_range_is_refused_naming_key_value_and_source(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch,
+    variable: str, value: str, key: str,
+) -> None:
+    make_settings()
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingError) as caught:
+        load("testing")
+    assert caught.value.key == key
+    assert caught.value.source == f"environment {variable}"
+    assert f"{key} = " in str(caught.value)
+
+
+def test_the_values_have_the_right_types(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    monkeypatch.setenv("APP_PORT", "9001")
+    monkeypatch.setenv("APP_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("APP_LOCK_CHECK_SECONDS", "2")
+    config = load("testing")
+    assert isinstance(config.data_root, Path) and config.data_root.is_absolute()
+    assert type(config.port) is int and config.port == 9001
+    assert type(config.max_upload_bytes) is int
+    assert type(config.page_size) is int
+    assert type(config.lock_check_seconds) is float and config.lock_check_seconds == 2.0
+    assert type(config.protected) is bool
+    assert config.log_level == "debug"
+    assert isinstance(config.host, str)
+    assert isinstance(config.api_token, str)
+    assert isinstance(config.settings_dir, Path)
+
+
+def test_every_value_says_where_it_came_from(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    monkeypatch.setenv("APP_PAGE_SIZE", "10")
+    config = load("testing")
+    assert set(config.sources) == set(KEYS)
+    assert config.sources["host"] == "settings.toml [default]"
+    assert config.sources["data_root"] == "settings.toml [testing]"
+    assert config.sources["api_token"] == ".secrets.toml [testing]"
+    assert config.sources["page_size"] == "environment APP_PAGE_SIZE"
+    assert config.sources["log_level"] == "built-in default"
+
+
+def test_a_missing_settings_directory_names_where_it_looked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(SETTINGS_DIR_ENV, str(empty))
+    with pytest.raises(SettingsNotFoundError) as caught:
+        load("testing")
+    assert caught.value.looked_in == empty
+    assert str(empty) in str(caught.value)
+    assert "APP_SETTINGS_DIR" in str(caught.value)
+    monkeypatch.setenv(SETTINGS_DIR_ENV, str(tmp_path / "does-not-exist"))
+    with pytest.raises(SettingsNotFoundError, match="does-not-exist"):
+        load("testing")
+
+
+@pytest.mark.parametrize(
+    "switch",
+    ["FORCE_ENV_FOR_DYNACONF", "SETTINGS_FILE_FOR_DYNACONF", "INCLUDES_FOR_DYNACONF",
+     "PRELOAD_FOR_DYNACONF", "ENVVAR_PREFIX_FOR_DYNACONF", "ENVIRONMENTS_FOR_DYNACONF",
+     "ROOT_PATH_FOR_DYNACONF", "SECRETS_FOR_DYNACONF", "DEFAULT_ENV_FOR_DYNACONF",
+     "MERGE_ENABLED_FOR_DYNACONF"],
+)
+def test_a_dynaconf_switch_variable_is_refused_by_name(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, switch: str
+) -> None:
+    make_settings()
+    monkeypatch.setenv(switch, str(tmp_path / "elsewhere.toml"))
+    with pytest.raises(ConfigError) as caught:
+        load("testing")
+    # What the switch did to dynaconf may add problems; the switch itself is named first.
+    refusal = problems_of(caught.value)[0]
+    assert isinstance(refusal, DynaconfSwitchError)
+    assert refusal.names == (switch,)
+    assert f"unset {switch}" in str(refusal)
+
+
+def test_env_for_dynaconf_is_the_one_dynaconf_variable_that_is_allowed(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    assert load().profile == "testing"
+
+
+def test_dynaconf_data_root_is_refused_with_the_app_name_as_the_fix(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_settings()
+    monkeypatch.setenv("DYNACONF_DATA_ROOT", str(tmp_path / "everywhere"))
+    with pytest.raises(InvalidSettingError) as caught:
+        load("testing")
+    assert caught.value.key == "DYNACONF_DATA_ROOT"
+    assert "Rename it to APP_DATA_ROOT" in str(caught.value)
+
+
+def test_an_unknown_app_variable_is_a_warning_with_a_suggestion(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    roots: dict[str, Path],
+) -> None:
+    make_settings()
+    monkeypatch.setenv("APP_DATA_ROT", str(tmp_path / "typo"))
+    config = load("testing")
+    assert config.data_root == roots["testing"]
+    expected = (
+        "environment variable APP_DATA_ROT is not an app setting; ignored "
+        "(did you mean APP_DATA_ROOT?)"
+    )
+    assert config.warnings == (expected,)
+
+
+def test_app_settings_dir_is_not_reported_as_an_unknown_variable(
+    make_settings: SettingsMaker,
+) -> None:
+    make_settings()
+    assert load("testing").warnings == ()
+
+
+# --- the value object -------------------------------------------------------------------------
+
+
+def test_config_is_frozen(make_settings: SettingsMaker, tmp_path: Path) -> None:
+    make_settings()
+    config = load("testing")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.data_root = tmp_path / "elsewhere"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.sources["data_root"] = "patched"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        config.roots["production"] = tmp_path  # type: ignore[index]
+
+
+def test_every_load_builds_a_fresh_configuration(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    roots: dict[str, Path],
+) -> None:
+    make_settings()
+    first = load("testing")
+    monkeypatch.setenv("APP_DATA_ROOT", str(tmp_path / "second"))
+    second = load("testing")
+    assert (first.data_root, second.data_root) == (roots["testing"], tmp_path / "second")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: dynaconf reads APP_* from os.environ, not `environ`")
+def test_load_takes_overrides_from_the_environ_it_is_given_not_from_os_environ(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    roots: dict[str, Path],
+) -> None:
+    make_settings()
+    given = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "given"), "APP_PORT": "9002"}
+    config = load("testing", environ=given)
+    assert (config.data_root, config.port) == (tmp_path / "given", 9002)
+    assert config.sources["data_root"] == "environment APP_DATA_ROOT"
+    monkeypatch.setenv("APP_DATA_ROOT", str(tmp_path / "process"))
+    without = {k: v for k, v in os.environ.items() if k != "APP_DATA_ROOT"}
+    config = load("testing", environ=without)
+    assert config.data_root == roots["testing"]
+    assert config.sources["data_root"] == "settings.toml [testing]"
+
+
+def test_there_is_no_module_level_settings_object() -> None:
+    from dynaconf import Dynaconf, LazySettings
+
+    for name, value in vars(appconfig).items():
+        assert not isinstance(value, Dynaconf | LazySettings | Config), name
+    assert not hasattr(appconfig, "settings")
+
+
+def test_secrets_are_masked_in_values_and_repr(make_settings: SettingsMaker) -> None:
+    make_settings()
+    config = load("testing")
+    assert config.api_token == "testing-token-not-secret"
+    shown = config.values()
+    assert shown["api_token"] == "****** (set, 24 characters)"
+    assert "testing-token-not-secret" not in json.dumps(shown)
+    assert "testing-token-not-secret" not in repr(config)
+    assert config.values(mask_secrets=False)["api_token"] == "testing-token-not-secret"
+
+
+def test_an_unset_secret_is_shown_as_not_set(make_settings: SettingsMaker) -> None:
+    make_settings(secrets="")
+    assert load("testing").values()["api_token"] == "(not set)"
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _real_errors(make_settings: SettingsMaker, tmp_path: Path) -> list[AppError]:
+    make_settings(data_roots={name: tmp_path / "same" for name in KNOWN})
+    with pytest.raises(ConfigProblems) as caught:
+        load("testing")
+    return [caught.value, *caught.value.problems]
+
+
+def test_errors_survive_a_pickle_round_trip_with_their_attributes(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    errors: list[AppError] = [
+        *_real_errors(make_settings, tmp_path),
+        SettingsNotFoundError(tmp_path, "from APP_SETTINGS_DIR"),
+        SettingsSyntaxError(tmp_path / "settings.toml", 3, "Invalid value"),
+        UnknownProfileError("prod", KNOWN, "ENV_FOR_DYNACONF"),
+        DynaconfSwitchError(["FORCE_ENV_FOR_DYNACONF"]),
+        InvalidSettingError("production", "api_token", None, "required", "built-in default"),
+        SandboxViolationError("loading profile 'production'", tmp_path, "mark the test"),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert state(copy) == state(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert copy.exit_code == error.exit_code == 78
+
+
+def state(value: object) -> object:
+    """An error's type and attributes, recursively (exceptions compare by identity)."""
+    if isinstance(value, BaseException):
+        return type(value), {k: state(v) for k, v in vars(value).items()}
+    if isinstance(value, tuple | list):
+        return [state(v) for v in value]
+    return value
+
+
+# --- the sandbox rules (layer 3) --------------------------------------------------------------
+
+
+def test_under_the_sandbox_another_profile_is_refused_naming_the_marker(
+    make_settings: SettingsMaker, sandbox: Path
+) -> None:
+    make_settings()
+    with pytest.raises(SandboxViolationError) as caught:
+        load("production")
+    message = str(caught.value)
+    assert "loading profile 'production'" in message
+    assert "@pytest.mark.app_profile('production')" in message
+    assert caught.value.sandbox == sandbox
+
+
+def test_opting_into_one_profile_does_not_allow_another(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    allow(monkeypatch, "development")
+    assert load("Development").profile == "development"
+    with pytest.raises(SandboxViolationError):
+        load("production")
+
+
+def test_under_the_sandbox_app_data_root_outside_it_is_refused(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, sandbox: Path
+) -> None:
+    make_settings()
+    outside = sandbox.parent / "not-the-sandbox" / "data"
+    monkeypatch.setenv("APP_DATA_ROOT", str(outside))
+    with pytest.raises(SandboxViolationError) as caught:
+        load("testing")
+    assert str(outside) in str(caught.value)
+    assert "APP_DATA_ROOT" in str(caught.value)
+
+
+def test_under_the_sandbox_a_file_root_outside_it_is_mapped_inside_and_says_so(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, sandbox: Path
+) -> None:
+    outside = sandbox.parent / "not-the-sandbox"
+    make_settings(data_roots={"testing": outside / "testing", "production": outside / "prod"})
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", GOOD_TOKEN)
+    for name, configured in (("testing", outside / "testing"), ("production", outside / "prod")):
+        config = load(name)
+        assert config.data_root == sandbox / "data" / name
+        assert config.sources["data_root"] == (
+            f"pytest sandbox (configured: {configured}, settings.toml [{name}])"
+        )
+        assert config.sandbox == sandbox
+        assert all(root.is_relative_to(sandbox) for root in config.roots.values())
+    assert not outside.exists()
+
+
+def test_under_the_sandbox_overlaps_are_checked_on_the_configured_roots(
+    make_settings: SettingsMaker, sandbox: Path
+) -> None:
+    # Mapping would make every root distinct; the files' mistake must still be reported.
+    shared = sandbox.parent / "not-the-sandbox" / "shared"
+    make_settings(data_roots={"development": shared, "production": shared})
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    assert caught.value.first_root == caught.value.second_root == shared
+
+
+def test_under_pytest_without_the_sandbox_other_profiles_are_refused(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    monkeypatch.delenv(SANDBOX_ENV)
+    assert "PYTEST_CURRENT_TEST" in os.environ
+    with pytest.raises(SandboxViolationError) as caught:
+        load("development")
+    assert "do not pass -p no:app" in str(caught.value)
