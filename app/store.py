@@ -289,6 +289,8 @@ class Upload:
         self.replace = replace
         self.limit = store.max_upload_bytes
         self.received = 0
+        self.replaced = False
+        """Whether the commit replaced an existing file (its old bytes went to the trash)."""
         self._hash = hashlib.sha256()
         self._file: IO[bytes] | None
         self._file, self.temp_path = store.root.new_temp_file()
@@ -680,6 +682,7 @@ class Store:
             existing = [f for f in session["files"] if f["name"] == name]
             if existing and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
+            upload.replaced = bool(existing)
             if not dest.parent.is_dir():
                 dest.parent.mkdir(mode=0o700)
                 _fsync_dir(directory)

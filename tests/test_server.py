@@ -1,0 +1,344 @@
+"""The HTTP routes, in process (Starlette's TestClient): auth, errors, uploads, names, trash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.config import Config
+from app.server import create_app
+from app.store import Store, new_session_id
+
+LIMIT = 1000
+
+
+def files_under(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def small(store: Store, app_config: Config) -> Iterator[TestClient]:
+    """A client on an app whose upload limit is LIMIT bytes."""
+    store.max_upload_bytes = LIMIT
+    headers = {"Authorization": f"Bearer {app_config.api_token}"}
+    with TestClient(create_app(store, app_config), headers=headers) as client:
+        yield client
+
+
+@pytest.fixture
+def sid(client: TestClient) -> str:
+    response = client.post("/sessions", json={"title": "review", "metadata": {"k": 1}})
+    assert response.status_code == 201
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+def assert_error(response: Any, status: int, code: str, text: str = "") -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code
+    assert text in body["message"]
+
+
+# --- health, auth, errors ---------------------------------------------------------------
+
+
+def test_health_needs_no_token_and_does_not_reveal_the_data_root(
+    client: TestClient, app_config: Config
+) -> None:
+    response = client.get("/health", headers={"Authorization": ""})
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["profile"] == "testing"
+    assert str(app_config.data_root) not in response.text
+
+
+def test_a_request_without_the_token_is_401_with_a_bearer_challenge(client: TestClient) -> None:
+    response = client.get("/sessions", headers={"Authorization": ""})
+    assert_error(response, 401, "unauthorized", "missing bearer token")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_wrong_token_is_401(client: TestClient) -> None:
+    response = client.get("/sessions", headers={"Authorization": "Bearer nope"})
+    assert_error(response, 401, "unauthorized", "invalid bearer token")
+
+
+def test_an_upload_without_the_token_writes_nothing(client: TestClient, store: Store) -> None:
+    sid = store.create_session()["id"]
+    response = client.put(f"/sessions/{sid}/files/a", content=b"x", headers={"Authorization": ""})
+    assert response.status_code == 401
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found", "no route /nope")
+    assert_error(client.patch("/sessions"), 405, "method_not_allowed", "PATCH is not allowed")
+
+
+def test_validation_errors_answer_in_the_error_shape(client: TestClient) -> None:
+    assert_error(client.get("/sessions?limit=5000"), 422, "validation_error", "query.limit")
+    assert_error(client.post("/sessions", json={"title": 3}), 422, "validation_error", "title")
+
+
+def test_the_openapi_schema_is_served(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert "/sessions/{session_id}/files" in schema["paths"]
+    upload = schema["paths"]["/sessions/{session_id}/files"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+def test_a_created_session_is_returned_with_its_id(client: TestClient, sid: str) -> None:
+    session = client.get(f"/sessions/{sid}").json()
+    assert session["id"] == sid
+    assert session["title"] == "review"
+    assert session["metadata"] == {"k": 1}
+
+
+def test_a_session_can_be_created_without_a_body(client: TestClient) -> None:
+    response = client.post("/sessions")
+    assert response.status_code == 201
+    assert response.json()["title"] == ""
+
+
+def test_sessions_are_listed_in_pages_with_a_cursor_and_the_total(client: TestClient) -> None:
+    ids = [client.post("/sessions", json={}).json()["id"] for _ in range(5)]
+    first = client.get("/sessions?limit=2").json()
+    assert [s["id"] for s in first["items"]] == ids[:2]
+    assert first["total"] == 5
+    second = client.get(f"/sessions?limit=2&after={first['next']}").json()
+    assert [s["id"] for s in second["items"]] == ids[2:4]
+    last = client.get(f"/sessions?limit=2&after={second['next']}").json()
+    assert [s["id"] for s in last["items"]] == ids[4:]
+    assert last["next"] is None
+
+
+def test_a_malformed_session_id_is_400_and_a_missing_one_404(client: TestClient) -> None:
+    assert_error(client.get("/sessions/xyz"), 400, "invalid_name", "32 lower-case hex")
+    assert_error(client.get(f"/sessions/{new_session_id()}"), 404, "session_not_found")
+
+
+def test_deleting_a_session_moves_it_to_the_trash(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    response = client.delete(f"/sessions/{sid}")
+    assert response.status_code == 200
+    assert response.json()["id"] == sid
+    assert_error(client.get(f"/sessions/{sid}"), 404, "session_not_found")
+    [entry] = store.list_trash()
+    assert entry.session_id == sid
+    audit = [json.loads(x) for x in store.root.audit_path.read_text().splitlines()]
+    assert audit[-1]["operation"] == "trash-session"
+    assert audit[-1]["target"] == sid
+
+
+# --- uploads ----------------------------------------------------------------------------
+
+
+def test_a_multipart_upload_is_stored_under_its_filename(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    data = bytes(range(256)) * 100
+    response = client.post(f"/sessions/{sid}/files", files={"file": ("scan.pdf", data)})
+    assert response.status_code == 201, response.text
+    entry = response.json()
+    assert entry["name"] == "scan.pdf"
+    assert entry["size"] == len(data)
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert client.get(f"/sessions/{sid}/files").json()["items"] == [entry]
+    download = client.get(f"/sessions/{sid}/files/scan.pdf")
+    assert download.content == data
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_other_form_fields_are_ignored(client: TestClient, sid: str) -> None:
+    response = client.post(
+        f"/sessions/{sid}/files", data={"note": "hi"}, files={"file": ("a.txt", b"abc")}
+    )
+    assert response.status_code == 201
+    assert response.json()["name"] == "a.txt"
+
+
+def test_a_multipart_upload_of_an_existing_name_is_409(client: TestClient, sid: str) -> None:
+    client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"one")})
+    response = client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"two")})
+    assert_error(response, 409, "file_exists", "use PUT")
+    assert client.get(f"/sessions/{sid}/files/a.txt").content == b"one"
+
+
+def test_a_multipart_body_without_a_file_field_is_400(client: TestClient, sid: str) -> None:
+    response = client.post(f"/sessions/{sid}/files", data={"other": "x"}, files={"f": ("a", b"")})
+    assert_error(response, 400, "bad_request", "no form field 'file'")
+
+
+def test_a_body_that_is_not_multipart_is_400(client: TestClient, sid: str) -> None:
+    response = client.post(f"/sessions/{sid}/files", content=b"raw")
+    assert_error(response, 400, "bad_request", "multipart/form-data")
+
+
+def test_a_truncated_multipart_body_is_400_and_leaves_nothing(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    body = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\npartial'
+    response = client.post(
+        f"/sessions/{sid}/files",
+        content=body,
+        headers={"Content-Type": "multipart/form-data; boundary=B"},
+    )
+    assert_error(response, 400, "bad_request", "ended before its closing boundary")
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_put_creates_then_replaces_keeping_the_old_bytes_in_the_trash(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    assert client.put(f"/sessions/{sid}/files/notes.md", content=b"v1").status_code == 201
+    assert client.put(f"/sessions/{sid}/files/notes.md", content=b"v2").status_code == 200
+    assert client.get(f"/sessions/{sid}/files/notes.md").content == b"v2"
+    [old] = store.list_trash()
+    assert (old.path / "notes.md").read_bytes() == b"v1"
+
+
+def test_put_streams_a_chunked_body(client: TestClient, sid: str) -> None:
+    chunks = [b"a" * 100, b"b" * 100, b"c"]
+    response = client.put(f"/sessions/{sid}/files/x", content=iter(chunks))
+    assert response.status_code == 201
+    assert response.json()["size"] == 201
+
+
+def test_deleting_a_file_moves_it_to_the_trash(client: TestClient, store: Store, sid: str) -> None:
+    client.put(f"/sessions/{sid}/files/a", content=b"data")
+    response = client.delete(f"/sessions/{sid}/files/a")
+    assert response.status_code == 200
+    assert response.json()["name"] == "a"
+    assert_error(client.get(f"/sessions/{sid}/files/a"), 404, "file_not_found")
+    assert_error(client.delete(f"/sessions/{sid}/files/a"), 404, "file_not_found")
+    [entry] = store.list_trash()
+    assert (entry.path / "a").read_bytes() == b"data"
+
+
+def test_an_upload_to_a_missing_session_is_404(client: TestClient) -> None:
+    response = client.put(f"/sessions/{new_session_id()}/files/a", content=b"x")
+    assert_error(response, 404, "session_not_found")
+
+
+# --- limits -----------------------------------------------------------------------------
+
+
+def test_a_put_declared_over_the_limit_is_413_before_reading(
+    small: TestClient, store: Store
+) -> None:
+    sid = store.create_session()["id"]
+    response = small.put(f"/sessions/{sid}/files/big", content=b"x" * (LIMIT + 1))
+    assert_error(response, 413, "upload_too_large", f"limit of {LIMIT} bytes")
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_a_chunked_put_over_the_limit_is_413_and_leaves_no_temporary_file(
+    small: TestClient, store: Store
+) -> None:
+    sid = store.create_session()["id"]
+    body = iter([b"x" * 600, b"y" * 600])
+    response = small.put(f"/sessions/{sid}/files/big", content=body)
+    assert_error(response, 413, "upload_too_large", "received 1200 bytes so far")
+    assert list(store.root.tmp_dir.iterdir()) == []
+    assert not (store.sessions_dir / sid / "files" / "big").exists()
+
+
+def test_a_multipart_upload_over_the_limit_is_413_and_leaves_nothing(
+    small: TestClient, store: Store
+) -> None:
+    sid = store.create_session()["id"]
+    response = small.post(f"/sessions/{sid}/files", files={"file": ("big", b"x" * (LIMIT + 1))})
+    assert_error(response, 413, "upload_too_large")
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_an_upload_of_exactly_the_limit_is_accepted(small: TestClient, store: Store) -> None:
+    sid = store.create_session()["id"]
+    response = small.put(f"/sessions/{sid}/files/fits", content=b"x" * LIMIT)
+    assert response.status_code == 201
+
+
+# --- hostile names ----------------------------------------------------------------------
+
+HOSTILE = [
+    ("..%2Fx", "path separator"),
+    ("..%2F..%2F..%2Fescape", "path separator"),
+    ("%2Fetc%2Fpasswd", "path separator"),
+    ("a%00b", "U+0000"),
+    ("%2E%2E", "starts with '.'"),
+    ("x" * 300, "300 bytes"),
+    ("a%5Cb", "path separator"),
+]
+
+
+@pytest.mark.parametrize(("raw", "problem"), HOSTILE)
+def test_a_hostile_name_in_a_put_is_400_and_writes_nothing(
+    client: TestClient, store: Store, tmp_path: Path, raw: str, problem: str
+) -> None:
+    sid = store.create_session()["id"]
+    before = files_under(tmp_path)
+    response = client.put(f"/sessions/{sid}/files/{raw}", content=b"payload")
+    assert_error(response, 400, "invalid_name", problem)
+    assert files_under(tmp_path) == before
+
+
+def multipart(filename: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart body built by hand, so the filename's bytes reach the server unescaped."""
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="'
+        + filename
+        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        + data
+        + b"\r\n--B--\r\n"
+    )
+    return body, {"Content-Type": "multipart/form-data; boundary=B"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"../x", b"../../escape", b"/etc/passwd", b"a\0b", b"x" * 300, b"..", b"a\nb", b"\xff\xfe"],
+)
+def test_a_hostile_multipart_filename_is_400_and_writes_nothing(
+    client: TestClient, store: Store, tmp_path: Path, name: bytes
+) -> None:
+    sid = store.create_session()["id"]
+    before = files_under(tmp_path)
+    body, headers = multipart(name, b"payload")
+    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert files_under(tmp_path) == before
+
+
+def test_a_windows_path_as_filename_keeps_only_its_last_part(
+    client: TestClient, store: Store, tmp_path: Path
+) -> None:
+    # python-multipart drops the directories old browsers sent ("C:\\dir\\a"); the file
+    # still lands inside the session under a plain name.
+    sid = store.create_session()["id"]
+    before = files_under(tmp_path)
+    body, headers = multipart(b"C:\\dir\\a", b"payload")
+    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    assert response.json()["name"] == "a"
+    stored = store.sessions_dir / sid / "files" / "a"
+    assert files_under(tmp_path) - before == {str(stored.relative_to(tmp_path))}
+
+
+def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -> None:
+    response = client.get(f"/sessions/{sid}/files/..%2Fsession.json")
+    assert_error(response, 400, "invalid_name")
