@@ -113,7 +113,8 @@ def _probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
     live = []
     for name, root in roots.items():
         seen = probe(root)
-        if seen.held:
+        # Another test run's session root (seen from a nested run) is not a live server.
+        if seen.held and (seen.holder or {}).get("kind") != "tests":
             live.append(LiveHolder(name, root, seen.holder))
     return live
 

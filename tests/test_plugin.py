@@ -1,0 +1,370 @@
+"""The pytest guard, tested the way users meet it: pytest in a subprocess, with a hostile shell."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app.config import SANDBOX_ENV
+from app.lock import RootLock
+
+SETTINGS = """\
+[default]
+host = "127.0.0.1"
+port = 8000
+
+[development]
+data_root = "{root}/development"
+
+[testing]
+data_root = "{testing}"
+
+[production]
+data_root = "{root}/production"
+protected = true
+"""
+
+
+def write_settings(directory: Path, root: Path, testing: str | None = None) -> Path:
+    """A settings directory whose profiles keep their data under `root`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "settings.toml").write_text(
+        SETTINGS.format(root=root, testing=testing or f"{root}/testing")
+    )
+    return directory
+
+
+@pytest.fixture
+def settings_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A settings directory of the test's own, published as APP_SETTINGS_DIR."""
+    directory = write_settings(tmp_path / "settings", tmp_path / "roots")
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(directory))
+    return directory
+
+
+PROBE_TEST = """
+import json, os
+from app.config import load
+
+def test_probe():
+    config = load()
+    print("PROFILE", config.profile)
+    print("ROOT", config.data_root)
+    print("SANDBOX", config.sandbox)
+    assert config.profile == "testing"
+    assert config.data_root.is_relative_to(config.sandbox)
+"""
+
+
+def test_the_header_names_profile_data_root_source_and_sandbox(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "app: profile=testing (forced), data_root=*/data/testing "
+            "(from pytest sandbox (configured: *settings.toml [[]testing]))",
+            "app: sandbox=*, settings=*, neutralised: nothing",
+        ]
+    )
+
+
+def test_it_forces_testing_over_a_shell_that_exported_production(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
+    monkeypatch.setenv("FORCE_ENV_FOR_DYNACONF", "production")
+    monkeypatch.setenv("APP_DATA_ROOT", "/srv/app/production")
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "app: profile=testing (forced; the shell asked for 'production'), *",
+            "*neutralised: APP_DATA_ROOT, FORCE_ENV_FOR_DYNACONF, ENV_FOR_DYNACONF=production",
+            "*PROFILE testing",
+        ]
+    )
+    assert "/srv/app/production" not in result.stdout.str().split("neutralised")[-1]
+
+
+def test_it_reports_every_neutralised_source(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, settings_dir: Path
+) -> None:
+    (settings_dir / "settings.local.toml").write_text('[testing]\ndata_root = "/elsewhere"\n')
+    (settings_dir / ".secrets.local.toml").write_text('[testing]\napi_token = "x"\n')
+    (settings_dir / ".env").write_text("APP_DATA_ROOT=/elsewhere\n")
+    for name, value in {
+        "APP_DATA_ROOT": "/elsewhere",
+        "APP_PORT": "1",
+        "DYNACONF_DATA_ROOT": "/elsewhere",
+        "SETTINGS_FILE_FOR_DYNACONF": "/elsewhere/settings.toml",
+        "INCLUDES_FOR_DYNACONF": "/elsewhere/*.toml",
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }.items():
+        monkeypatch.setenv(name, value)
+    pytester.makepyfile(
+        test_env="""
+import os
+from app.config import load
+
+def test_nothing_is_left():
+    leftovers = [k for k in os.environ if k.startswith(("APP_", "DYNACONF_"))
+                 and k != "APP_SETTINGS_DIR"]
+    assert leftovers == []
+    assert "PYTEST_APP_ALLOW_PROFILES" not in os.environ
+    config = load()
+    assert config.data_root.is_relative_to(config.sandbox)
+    assert config.api_token is None  # .secrets.local.toml was not read
+"""
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*neutralised: APP_DATA_ROOT, APP_PORT, DYNACONF_DATA_ROOT, INCLUDES_FOR_DYNACONF, "
+            "PYTEST_APP_ALLOW_PROFILES, SETTINGS_FILE_FOR_DYNACONF, "
+            "settings.local.toml (not read under the sandbox), "
+            ".secrets.local.toml (not read under the sandbox), .env (never read by the app)"
+        ]
+    )
+
+
+def test_it_names_a_live_server_and_leaves_it_alone(
+    pytester: pytest.Pytester, settings_dir: Path, tmp_path: Path
+) -> None:
+    production = tmp_path / "roots" / "production"
+    production.mkdir(parents=True)
+    with RootLock(production, kind="server", profile="production", port=8080):
+        pytester.makepyfile(test_probe=PROBE_TEST)
+        result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"app: live server on profile 'production' (pid {os.getpid()}, kind server, "
+            f"profile production, host *, port 8080, since *) at {production}: "
+            "tests will not touch it"
+        ]
+    )
+
+
+@pytest.mark.parametrize("how", [["--app-strict"], ["-o", "app_strict=true"]])
+def test_strict_mode_refuses_to_run_while_a_server_is_live(
+    pytester: pytest.Pytester, settings_dir: Path, tmp_path: Path, how: list[str]
+) -> None:
+    production = tmp_path / "roots" / "production"
+    production.mkdir(parents=True)
+    with RootLock(production, kind="server", profile="production", port=8080):
+        pytester.makepyfile(test_probe=PROBE_TEST)
+        result = pytester.runpytest_subprocess(*how)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: app: strict mode refuses to run while a live process holds a data root: "
+            f"profile 'production' at {production} held by pid {os.getpid()}, kind server*"
+            "Stop it, or run without --app-strict*"
+        ]
+    )
+
+
+def test_strict_mode_runs_when_no_server_is_live(
+    pytester: pytest.Pytester, settings_dir: Path
+) -> None:
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    pytester.runpytest_subprocess("--app-strict").assert_outcomes(passed=1)
+
+
+def test_it_refuses_a_testing_root_that_overlaps_another_profile(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    roots = tmp_path / "roots"
+    directory = write_settings(tmp_path / "settings", roots, testing=f"{roots}/production/tests")
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(directory))
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: app: the testing profile cannot be used: profiles 'testing' and "
+            "'production' overlap: 'testing''s data root lies inside 'production''s*"
+            "change data_root for one of them*"
+        ]
+    )
+
+
+def test_it_refuses_a_basetemp_that_holds_a_data_root(
+    pytester: pytest.Pytester, settings_dir: Path, tmp_path: Path
+) -> None:
+    production = tmp_path / "roots" / "production"
+    production.mkdir(parents=True)
+    (production / "precious").write_text("keep me")
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    result = pytester.runpytest_subprocess(f"--basetemp={tmp_path / 'roots'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: app: refusing --basetemp {tmp_path / 'roots'}: pytest empties it before "
+            "the run, and it overlaps the data root of profile 'development'*"
+        ]
+    )
+    assert (production / "precious").read_text() == "keep me"
+
+
+def test_it_refuses_a_basetemp_that_another_live_run_uses(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    basetemp = tmp_path / "shared-basetemp"
+    held = basetemp / "data" / "testing"
+    held.mkdir(parents=True)
+    (basetemp / "other-run-file").write_text("in use")
+    with RootLock(held, kind="tests", profile="testing"):
+        pytester.makepyfile(test_probe=PROBE_TEST)
+        result = pytester.runpytest_subprocess(f"--basetemp={basetemp}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: app: refusing --basetemp {basetemp}: another run uses it; its testing data "
+            f"root is held by pid {os.getpid()}, kind tests*Give each concurrent run its own*"
+        ]
+    )
+    assert (basetemp / "other-run-file").read_text() == "in use"
+
+
+def test_it_refuses_a_configuration_loaded_before_it_could_act(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin that loads the settings at import time, as the incident's singleton did.
+    monkeypatch.delenv(SANDBOX_ENV)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")
+    pytester.makepyfile(
+        early_plugin="from app.config import load\nSETTINGS = load('testing')\n",
+        test_probe=PROBE_TEST,
+    )
+    result = pytester.runpytest_subprocess("-p", "early_plugin")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: app: the configuration was loaded (profile 'testing', data root *) at "
+            "*early_plugin.py:2 before the app pytest plugin could confine it*"
+            "never at import time of a plugin or conftest"
+        ]
+    )
+
+
+def test_a_test_may_not_load_production_without_opting_in(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_prod="""
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    assert "mark the test @pytest.mark.app_profile('production')" in str(refused.value)
+
+@pytest.mark.app_profile("production")
+def test_opted_in(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", "a-production-token-for-tests-only")
+    config = load("production")
+    assert config.data_root == config.sandbox / "data" / "production"
+    assert config.sources["data_root"].startswith("pytest sandbox (configured: ")
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+
+
+def test_a_data_root_outside_the_sandbox_is_refused_inside_a_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_escape="""
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv("APP_DATA_ROOT", "/srv/app/production")
+    with pytest.raises(SandboxViolationError, match="outside the test sandbox"):
+        load()
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_a_test_that_removes_the_sandbox_marker_fails_and_it_is_put_back(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_marker="""
+import os
+
+def test_removes_it():
+    del os.environ["PYTEST_APP_SANDBOX"]
+
+def test_after_it():
+    assert os.environ["PYTEST_APP_SANDBOX"]
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test_removes_it changed PYTEST_APP_SANDBOX; it was put back*"])
+
+
+def test_xdist_workers_get_distinct_roots_inside_the_sandbox(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "seen"
+    out.mkdir()
+    monkeypatch.setenv("SEEN_DIR", str(out))
+    pytester.makepyfile(
+        test_workers="""
+import os, time
+from pathlib import Path
+import pytest
+from app.config import load
+
+@pytest.mark.parametrize("n", range(4))
+def test_record(n, tmp_path):
+    config = load()
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    assert tmp_path.is_relative_to(config.sandbox)
+    assert config.data_root.is_relative_to(config.sandbox)
+    Path(os.environ["SEEN_DIR"], f"{worker}-{n}").write_text(f"{config.sandbox}\\n{config.data_root}")
+    time.sleep(0.2)  # keep both workers busy so that each records something
+"""
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=4)
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for path in out.iterdir():
+        sandbox, root = path.read_text().splitlines()
+        seen.setdefault(path.name.split("-")[0], set()).add((sandbox, root))
+    assert set(seen) == {"gw0", "gw1"}
+    ((sandbox0, root0),) = seen["gw0"]
+    ((sandbox1, root1),) = seen["gw1"]
+    assert root0 != root1
+    assert Path(sandbox0).name == "popen-gw0" and Path(sandbox1).name == "popen-gw1"
+    assert Path(sandbox0).parent == Path(sandbox1).parent
+
+
+def test_disabling_the_plugin_still_keeps_tests_off_other_profiles(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SANDBOX_ENV)
+    pytester.makepyfile(
+        test_bare="""
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_production_is_refused():
+    with pytest.raises(SandboxViolationError, match="without the app's sandbox"):
+        load("production")
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:app")
+    result.assert_outcomes(passed=1)
+    assert "app: profile=" not in result.stdout.str()
