@@ -1,0 +1,70 @@
+"""One example of every error the app raises on purpose, for the error catalogue.
+
+tests/test_docs_generated.py renders these into docs/generated/errors.md (the catalogue page
+includes that file) and fails when an error class in app.errors has no example here, so a new
+error cannot ship without its entry in the documentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app import errors
+
+ROOT = Path("/srv/app/data")
+
+EXAMPLES: list[errors.AppError] = [
+    errors.SettingsNotFoundError(Path("/opt/app"), "from APP_SETTINGS_DIR"),
+    errors.SettingsSyntaxError(Path("/opt/app/settings.toml"), 12, "Expected '=' after a key"),
+    errors.UnknownProfileError(
+        "prod", ["development", "production", "testing"], "ENV_FOR_DYNACONF"
+    ),
+    errors.DynaconfSwitchError(["FORCE_ENV_FOR_DYNACONF"]),
+    errors.InvalidSettingError(
+        "production", "port", 80000, "must be between 1 and 65535", "environment APP_PORT"
+    ),
+    errors.DataRootOverlapError(
+        "production", Path("/srv/app/data"), "environment APP_DATA_ROOT",
+        "testing", Path("/srv/app/data/testing"), "settings.toml [testing]",
+    ),
+    errors.ConfigProblems(
+        [
+            errors.InvalidSettingError(
+                "testing", "data_rot", "x", "unknown key; did you mean 'data_root'?",
+                "settings.toml [testing]",
+            ),
+            errors.UnknownProfileError(
+                "prod", ["development", "production", "testing"], "--profile"
+            ),
+        ]
+    ),
+    errors.SandboxViolationError(
+        "loading profile 'production'; tests run on the 'testing' profile",
+        Path("/tmp/pytest-of-dev/pytest-7/app-sandbox"),
+        "To test another profile, mark the test @pytest.mark.app_profile('production'); "
+        "its data root is then mapped into the sandbox",
+    ),
+    errors.DataRootInUseError(
+        ROOT,
+        {
+            "pid": 4242,
+            "kind": "server",
+            "profile": "production",
+            "host": "review-1",
+            "port": 8080,
+            "started_at": "2025-12-04T09:12:03+00:00",
+        },
+        "purge sessions",
+    ),
+    errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
+    errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
+    errors.ProfileStampMismatchError(ROOT, "production", "development"),
+    errors.ConfirmationRequiredError("purge sessions", "production", "--yes-i-mean-it"),
+    errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
+    errors.SessionNotFoundError("3f2a9c"),
+    errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
+    errors.InvalidNameError("file name", "../x", "contains '..'"),
+    errors.UploadTooLargeError(104857600, 104923136),
+    errors.BadRequestError("page_size must be between 1 and 1000"),
+    errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
+]

@@ -1,0 +1,216 @@
+"""The documentation site: it builds strictly, and it works in a real browser, offline.
+
+`built_site` builds the site once per session (per xdist worker) with `mkdocs build --strict`;
+`test_docs_build_strict` reports the build itself, and the browser tests serve the result on
+127.0.0.1 and open it in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright;
+no browser is ever downloaded). Deselect the browser part with `-m "not browser"`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = PROJECT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+MAIN_PAGES = [
+    "",
+    "tutorial/",
+    "how-to/",
+    "how-to/deploy-production/",
+    "reference/",
+    "reference/configuration/",
+    "reference/cli/",
+    "reference/python-api/",
+    "reference/errors/",
+    "explanation/",
+    "explanation/isolation/",
+    "explanation/comparison/",
+]
+
+
+class Build:
+    def __init__(self, site: Path, result: subprocess.CompletedProcess[str]) -> None:
+        self.site = site
+        self.result = result
+
+    @property
+    def output(self) -> str:
+        return f"{self.result.stdout}\n{self.result.stderr}"
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    site = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return Build(site, result)
+
+
+def test_docs_build_strict(built_site: Build) -> None:
+    assert built_site.result.returncode == 0, (
+        f"mkdocs build --strict failed:\n{built_site.output}"
+    )
+    assert "WARNING" not in built_site.output, built_site.output
+    assert (built_site.site / "index.html").is_file()
+    assert (built_site.site / "search" / "search_index.json").is_file()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def site_url(built_site: Build) -> Iterator[str]:
+    if built_site.result.returncode != 0:
+        pytest.fail(f"the site did not build:\n{built_site.output}", pytrace=False)
+
+    def handler(*args: object, **kwargs: object) -> _QuietHandler:
+        return _QuietHandler(*args, directory=str(built_site.site), **kwargs)  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class Browser:
+    """One Chromium context that records every request and blocks any that leaves 127.0.0.1."""
+
+    def __init__(self, context: object) -> None:
+        self.context = context
+        self.requests: list[str] = []
+        self.foreign: list[str] = []
+
+    def route(self, route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        self.requests.append(url)
+        parts = urlsplit(url)
+        if parts.scheme in {"data", "blob", "about"} or parts.hostname == "127.0.0.1":
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            self.foreign.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    def record(self, request: object) -> None:
+        url = request.url  # type: ignore[attr-defined]
+        parts = urlsplit(url)
+        if parts.scheme not in {"data", "blob", "about"} and parts.hostname != "127.0.0.1":
+            self.foreign.append(url)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        reason = f"{CHROMIUM} is missing; install Debian's package: apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser check: {reason}", pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+            service_workers="block",
+        )
+        recorder = Browser(context)
+        context.route("**/*", recorder.route)
+        context.on("request", recorder.record)
+        try:
+            yield recorder
+        finally:
+            context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("path", MAIN_PAGES)
+def test_main_pages_render_with_a_heading(browser: Browser, site_url: str, path: str) -> None:
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    try:
+        response = page.goto(site_url + path)
+        assert response is not None, path
+        assert response.status == 200, f"{path}: HTTP {response.status}"
+        heading = page.locator("article h1").first
+        assert heading.inner_text().strip(), f"{path} has an empty h1"
+        assert "404" not in page.title()
+    finally:
+        page.close()
+    assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
+
+
+@pytest.mark.browser
+def test_search_finds_the_profile_variable(browser: Browser, site_url: str) -> None:
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(site_url)
+        search = page.locator("input.md-search__input")
+        search.click()
+        # Material's search worker drops a query typed before its index is built; it shows
+        # "Initializing search" until then.
+        page.wait_for_function(
+            "() => { const m = document.querySelector('.md-search-result__meta');"
+            " return m && m.textContent.trim() !== '' && !/Initializing/i.test(m.textContent); }"
+        )
+        search.press_sequentially("ENV_FOR_DYNACONF")  # Material listens to key events
+        results = page.locator(".md-search-result__item")
+        results.first.wait_for()
+        assert results.count() > 0
+        assert "ENV_FOR_DYNACONF" in page.locator(".md-search-result").inner_text()
+    finally:
+        page.close()
+    assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
+
+
+@pytest.mark.browser
+def test_explanation_page_makes_no_outside_request_and_is_captured(
+    browser: Browser, site_url: str
+) -> None:
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(site_url + "explanation/isolation/")
+        page.wait_for_load_state("networkidle")
+        diagram = page.locator("img[src$='layers.svg']")
+        assert diagram.count() == 1
+        assert diagram.evaluate("img => img.complete && img.naturalWidth > 0"), "diagram not loaded"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "docs-explanation-isolation.png"), full_page=True)
+    finally:
+        page.close()
+    assert browser.requests, "the route recorded nothing; the check would be vacuous"
+    assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
