@@ -415,9 +415,18 @@ def _sources(history: list[dict[str, Any]], directory: Path) -> dict[str, str]:
                 continue
             if loader == "toml":
                 sources[key.lower()] = f"{_display(Path(ident), directory)} [{entry.get('env')}]"
-            elif str(loader).startswith("env"):
-                sources[key.lower()] = f"environment {ident}_{key.upper()}"
     return sources
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``APP_<KEY>`` variables in `environ`, TOML-parsed as dynaconf parses them."""
+    from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
+
+    return {
+        name: parse_conf_data(boolean_fix(environ[key.env]), tomlfy=True, box_settings={})
+        for name, key in KEYS.items()
+        if key.env in environ
+    }
 
 
 def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | None) -> Resolved:
@@ -425,18 +434,25 @@ def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | N
     from dynaconf import Dynaconf  # imported here: `import app.config` stays cheap
     from dynaconf.utils.inspect import get_history
 
+    # envvar_prefix=None: dynaconf's env loader reads os.environ itself, which would ignore
+    # the `environ` the caller passed (load(environ=...), the pytest plugin's live_server).
+    # The overrides are applied below from `environ`, parsed the way dynaconf parses them.
     settings = Dynaconf(
         settings_files=[str(path) for path in files.paths],
         skip_files=[str(path) for path in files.skipped],
         environments=True,
         env=profile,
         env_switcher=_UNUSED_SWITCH,
-        envvar_prefix=ENV_PREFIX if environ is not None else None,
+        envvar_prefix=None,
         load_dotenv=False,
     )
     loaded = settings.as_dict()
     values: dict[str, Any] = {}
     sources = _sources(get_history(settings), files.directory)
+    if environ is not None:
+        for name, value in _env_overrides(environ).items():
+            loaded[name.upper()] = value
+            sources[name] = f"environment {KEYS[name].env}"
     problems: list[ConfigError] = []
     for name, key in KEYS.items():
         if name.upper() in loaded:

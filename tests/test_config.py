@@ -673,7 +673,6 @@ def test_every_load_builds_a_fresh_configuration(
     assert (first.data_root, second.data_root) == (roots["testing"], tmp_path / "second")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: dynaconf reads APP_* from os.environ, not `environ`")
 def test_load_takes_overrides_from_the_environ_it_is_given_not_from_os_environ(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     roots: dict[str, Path],
