@@ -29,9 +29,24 @@ def fail(error: AppError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+def selected_profile(ctx: click.Context) -> str | None:
+    """The ``--profile`` given: after the command name (`profile_option`), else before it."""
+    own: str | None = ctx.params.get("profile")
+    return own if own is not None else ctx.find_root().params.get("profile")
+
+
+def profile_option(command: F) -> F:
+    """``app COMMAND --profile NAME``, the same option as ``app --profile NAME COMMAND``."""
+    return click.option(
+        "--profile",
+        metavar="NAME",
+        help="Profile to use (same as `app --profile NAME`); wins over it if both are given.",
+    )(command)
+
+
 def load_config(ctx: click.Context) -> appconfig.Config:
     """The selected profile's configuration; ``--profile`` wins over ``ENV_FOR_DYNACONF``."""
-    profile: str | None = ctx.find_root().params.get("profile")
+    profile = selected_profile(ctx)
     try:
         config = appconfig.load(profile, profile_source="--profile")
     except AppError as error:
@@ -74,8 +89,10 @@ def _profile_table(report: appconfig.Report, names: list[str]) -> list[str]:
 @cli.command("config")
 @click.option("--all", "show_all", is_flag=True, help="Show every profile side by side.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@profile_option
 @click.pass_context
-def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: str | None
+                   ) -> None:
     """Show the resolved configuration and where each value came from (secrets masked).
 
     Loading a single profile means intending to run it: a problem that would stop the app
@@ -108,7 +125,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 
 
 def _show_all(ctx: click.Context, as_json: bool) -> None:
-    profile: str | None = ctx.find_root().params.get("profile")
+    profile = selected_profile(ctx)
     try:
         report = appconfig.inspect_profiles(profile, profile_source="--profile")
     except AppError as error:
@@ -148,13 +165,14 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
+@profile_option
 @click.pass_context
-def doctor(ctx: click.Context) -> None:
+def doctor(ctx: click.Context, profile: str | None) -> None:
     """Check every profile (roots, types, unknown keys) and what the selected one needs to run.
 
     Lists every problem, not just the first; exits 78 if there is any.
     """
-    profile: str | None = ctx.find_root().params.get("profile")
+    profile = selected_profile(ctx)
     try:
         report = appconfig.inspect_profiles(profile, profile_source="--profile")
     except AppError as error:

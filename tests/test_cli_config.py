@@ -111,7 +111,6 @@ def test_config_all_json_gives_every_profile_its_own_root(
     assert payload["problems"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: --profile exists only before the command name")
 def test_config_profile_production_without_a_token_exits_78_naming_app_api_token(
     base_env: dict[str, str], project_copy: Path
 ) -> None:
