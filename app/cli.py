@@ -10,15 +10,21 @@ and ``app doctor`` start as fast as dynaconf allows.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from app import config as appconfig
-from app.errors import AppError
+from app.errors import AppError, ConfirmationRequiredError, describe_holder
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -196,3 +202,288 @@ def doctor(ctx: click.Context, profile: str | None) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="app")
+
+
+# --- serve, status, sessions, data (the data root and the server) ---------------------------
+
+
+def _reports_app_errors(func: F) -> F:
+    """Turn an `AppError` raised by a command into ``error: ...`` and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AppError as error:
+            fail(error)
+
+    return wrapper  # type: ignore[return-value]
+
+
+_CONFIRM_OPTION = "--yes-i-mean-it"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    found = _DURATION.fullmatch(value.strip().lower())
+    if found is None:
+        raise click.BadParameter(
+            f"{value!r} is not a duration; use a number and a unit: 30m, 12h, 7d, 2w",
+            param_hint="--older-than",
+        )
+    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+
+
+def _require_confirmation(config: appconfig.Config, operation: str, confirmed: bool) -> None:
+    # Checked before the data root is even opened: a refused command must not create the
+    # root, take the lock, or write an audit line. Production is always protected (config
+    # refuses protected = false there).
+    if (config.protected or config.profile == "production") and not confirmed:
+        raise ConfirmationRequiredError(operation, config.profile, _CONFIRM_OPTION)
+
+
+@cli.command()
+@click.option(
+    "--host", metavar="ADDRESS", help="Address to listen on. Default: the profile's host."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port). Default: the profile's port.",
+)
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def serve(ctx: click.Context, host: str | None, port: int | None, profile: str | None) -> None:
+    """Serve the HTTP API on the profile's data root, holding its lock until stopped.
+
+    The root is locked before the port is bound, so a second server on the same root exits
+    75 naming the first, and a port in use exits 69. SIGTERM or Ctrl-C stops the server
+    once in-flight requests finish, then releases the lock. If the lock file is deleted or
+    replaced while serving, the server logs why and exits 70.
+    """
+    config = load_config(ctx)
+    from app import server
+
+    server.serve(config, host=host, port=port)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
+    """Say who holds the profile's data root (or that nobody does), and its profile stamp.
+
+    Only looks: creates nothing and takes no lasting lock. What it shows is one moment; the
+    holder may be gone (or a new one there) by the time you read it. Exits 0 either way.
+    """
+    config = load_config(ctx)
+    from app.dataroot import describe
+
+    seen = describe(config.data_root)
+    if as_json:
+        click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
+        return
+    click.echo(f"profile: {config.profile}")
+    click.echo(f"data root: {seen.path}{'' if seen.exists else ' (does not exist yet)'}")
+    if seen.stamp_error:
+        click.echo(f"stamp: unreadable: {seen.stamp_error}")
+    elif seen.stamp is None:
+        click.echo("stamp: none (the first writer to open the root stamps it)")
+    else:
+        stamped = str(seen.stamp.get("profile"))
+        mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
+        click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
+    holder = seen.probe.holder
+    if not seen.probe.held:
+        click.echo("held by: nobody")
+        return
+    click.echo(f"held by: {describe_holder(holder)}")
+    if holder and holder.get("kind") == "server" and holder.get("port"):
+        click.echo(f"serving: http://{config.host}:{holder['port']}")
+
+
+@cli.group()
+def sessions() -> None:
+    """List, show and restore sessions. Listing reads; restore takes the data root's lock."""
+
+
+def _reader_store(config: appconfig.Config) -> Store:
+    from app.dataroot import open_root
+    from app.store import Store
+
+    return Store(open_root(config, write=False))
+
+
+@sessions.command("list")
+@click.option("--trash", is_flag=True, help="List the trash instead (what can be restored).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one per session or entry.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str | None) -> None:
+    """List the sessions (oldest first), or with --trash the deleted ones."""
+    store = _reader_store(load_config(ctx))
+    if trash:
+        for entry in store.list_trash():
+            if as_json:
+                click.echo(json.dumps(entry.to_dict()))
+                continue
+            what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
+            click.echo(
+                f"{entry.session_id}  {entry.deleted_at:%Y-%m-%d %H:%M:%S}Z  "
+                f"{entry.reason:<7}  {entry.kind:<7}  {what}"
+            )
+        return
+    for session in store.iter_all():
+        if as_json:
+            click.echo(json.dumps(session))
+            continue
+        click.echo(
+            f"{session['id']}  {session['created_at'][:19]}Z  "
+            f"{len(session['files']):>4} file(s)  {session['title']}"
+        )
+
+
+@sessions.command("show")
+@click.argument("session_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The session.json as stored.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: str | None) -> None:
+    """Show one session and its files."""
+    session = _reader_store(load_config(ctx)).get_session(session_id)
+    if as_json:
+        click.echo(json.dumps(session, indent=2, ensure_ascii=False))
+        return
+    for key in ("id", "title", "created_at", "updated_at"):
+        click.echo(f"{key}: {session[key]}")
+    click.echo(f"metadata: {json.dumps(session['metadata'], ensure_ascii=False)}")
+    click.echo(f"files: {len(session['files'])}")
+    for entry in session["files"]:
+        click.echo(f"  {entry['name']}  {entry['size']} bytes  sha256 {entry['sha256']}")
+
+
+@sessions.command("restore")
+@click.argument("session_id", metavar="ID")
+@click.option("--file", "file_name", metavar="NAME", help="Restore one deleted file instead.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def sessions_restore(
+    ctx: click.Context, session_id: str, file_name: str | None, profile: str | None
+) -> None:
+    """Bring a deleted session (or one file, with --file) back from the trash.
+
+    Takes the data root's lock, so it exits 75 while a server runs on it. Refuses to
+    overwrite a session or file that exists again.
+    """
+    config = load_config(ctx)
+    from app.dataroot import open_root
+    from app.store import Store
+
+    what = f"restore session {session_id}" + (f" file {file_name!r}" if file_name else "")
+    with open_root(config, kind="maintenance", wanted=what) as root:
+        session = Store(root).restore(session_id, file=file_name)
+    restored = f"file {file_name!r} of session" if file_name else "session"
+    click.echo(f"restored {restored} {session['id']} ({session['title'] or 'untitled'})")
+
+
+@cli.group()
+def data() -> None:
+    """Remove or re-stamp data. Each command takes the data root's lock for its whole run."""
+
+
+@data.command("purge")
+@click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None:
+    """Move every session to the trash (restorable until `app data empty-trash`).
+
+    Exits 75 and changes nothing while a server (or anything else) holds the data root.
+    On a protected profile (production always is) it needs --yes-i-mean-it, and without it
+    exits 77 before touching anything.
+    """
+    config = load_config(ctx)
+    _require_confirmation(config, "purge every session", confirmed)
+    from app.dataroot import open_root
+    from app.store import Store
+
+    with open_root(config, kind="maintenance", wanted="purge every session") as root:
+        entries = Store(root).purge()
+        trash = root.trash_dir
+    click.echo(
+        f"moved {len(entries)} session(s) to {trash}; `app sessions list --trash` shows them "
+        "and `app sessions restore ID` brings one back"
+    )
+
+
+@data.command("empty-trash")
+@click.option(
+    "--older-than",
+    metavar="AGE",
+    help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w). Default: all.",
+)
+@click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def data_empty_trash(
+    ctx: click.Context, older_than: str | None, confirmed: bool, profile: str | None
+) -> None:
+    """Delete the trash for good: the only command that removes bytes.
+
+    Exits 75 while the data root is held; on a protected profile needs --yes-i-mean-it
+    (exit 77 without it, before touching anything).
+    """
+    age = _duration(older_than)
+    config = load_config(ctx)
+    _require_confirmation(config, "empty the trash", confirmed)
+    from app.dataroot import open_root
+    from app.store import Store
+
+    with open_root(config, kind="maintenance", wanted="empty the trash") as root:
+        removed = Store(root).empty_trash(older_than=age)
+    click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+@data.command("restamp")
+@click.option(
+    "--from", "from_profile", metavar="NAME", required=True, help="The profile it is stamped with."
+)
+@click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
+@profile_option
+@click.pass_context
+@_reports_app_errors
+def data_restamp(
+    ctx: click.Context, from_profile: str, confirmed: bool, profile: str | None
+) -> None:
+    """Hand the data root of --profile, stamped with another profile, to it (audited).
+
+    For a root that really moved between profiles, e.g. a staging copy promoted to
+    development. Takes the lock (exit 75 while held). Handing a root to a protected profile
+    or taking one from production needs --yes-i-mean-it.
+    """
+    config = load_config(ctx)
+    source = from_profile.lower()
+    if ("production" in (source, config.profile) or config.protected) and not confirmed:
+        raise ConfirmationRequiredError(
+            f"re-stamp data root {config.data_root} from {source!r} to {config.profile!r}",
+            "production" if source == "production" else config.profile,
+            _CONFIRM_OPTION,
+        )
+    from app.dataroot import restamp
+
+    stamp = restamp(config, from_profile)
+    click.echo(
+        f"data root {config.data_root} is now stamped {stamp['profile']!r} "
+        f"(was {from_profile.lower()!r})"
+    )

@@ -501,8 +501,11 @@ class Store:
 
     def session_ids(self) -> list[str]:
         """Every session id, oldest first (a directory listing; no session.json is read)."""
-        with os.scandir(self.sessions_dir) as entries:
-            names = [e.name for e in entries if len(e.name) == 32 and _ID_RE.fullmatch(e.name)]
+        try:
+            with os.scandir(self.sessions_dir) as entries:
+                names = [e.name for e in entries if len(e.name) == 32 and _ID_RE.fullmatch(e.name)]
+        except FileNotFoundError:  # a reader on a root that was never opened as a writer
+            return []
         names.sort()
         return names
 
@@ -773,8 +776,11 @@ class Store:
         listed with what their name tells.
         """
         out = []
-        with os.scandir(self.root.trash_dir) as entries:
-            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        try:
+            with os.scandir(self.root.trash_dir) as entries:
+                names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
         for name in names:
             entry = self._read_trash_entry(name)
             if entry is not None:
