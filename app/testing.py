@@ -70,6 +70,8 @@ class GuardState:
 
 
 STATE = pytest.StashKey[GuardState]()
+#: The pid of the run that created the sandbox, so that its xdist workers recognise it.
+_OWNER_ENV = "PYTEST_APP_SANDBOX_OWNER"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -217,7 +219,13 @@ def pytest_load_initial_conftests(
     # An xdist worker learns its --basetemp only after this hook (xdist sets it once the
     # config is parsed); until then it stays inside the controller's sandbox, which it
     # inherited, and narrows to its own in pytest_configure.
-    worker = bool(os.environ.get("PYTEST_XDIST_WORKER")) and inherited is not None
+    # A worker's parent is the run that published the sandbox. A test that runs pytest from
+    # inside a worker inherits PYTEST_XDIST_WORKER too, but its parent is that worker.
+    worker = (
+        bool(os.environ.get("PYTEST_XDIST_WORKER"))
+        and inherited is not None
+        and os.environ.get(_OWNER_ENV) == str(os.getppid())
+    )
     factory = None
     if worker:
         assert inherited is not None
@@ -225,6 +233,7 @@ def pytest_load_initial_conftests(
     else:
         factory = _make_sandbox(early_config, early_config.known_args_namespace.basetemp, roots)
         sandbox = factory.getbasetemp().resolve()
+        os.environ[_OWNER_ENV] = str(os.getpid())
     neutralised = _neutralise(Path(settings_dir))
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
     state = GuardState(sandbox, _load_testing(), shell_profile, neutralised, live, settings_dir)

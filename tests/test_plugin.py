@@ -64,8 +64,10 @@ def test_the_header_names_profile_data_root_source_and_sandbox(pytester: pytest.
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "app: profile=testing (forced), data_root=*/data/testing "
-            "(from pytest sandbox (configured: *settings.toml [[]testing]))",
+            (
+                "app: profile=testing (forced), data_root=*/data/testing "
+                "(from pytest sandbox (configured: *settings.toml [[]testing]))"
+            ),
             "app: sandbox=*, settings=*, neutralised: nothing",
         ]
     )
@@ -124,10 +126,12 @@ def test_nothing_is_left():
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*neutralised: APP_DATA_ROOT, APP_PORT, DYNACONF_DATA_ROOT, INCLUDES_FOR_DYNACONF, "
-            "PYTEST_APP_ALLOW_PROFILES, SETTINGS_FILE_FOR_DYNACONF, "
-            "settings.local.toml (not read under the sandbox), "
-            ".secrets.local.toml (not read under the sandbox), .env (never read by the app)"
+            (
+                "*neutralised: APP_DATA_ROOT, APP_PORT, DYNACONF_DATA_ROOT, INCLUDES_FOR_DYNACONF, "
+                "PYTEST_APP_ALLOW_PROFILES, SETTINGS_FILE_FOR_DYNACONF, "
+                "settings.local.toml (not read under the sandbox), "
+                ".secrets.local.toml (not read under the sandbox), .env (never read by the app)"
+            )
         ]
     )
 
@@ -143,9 +147,11 @@ def test_it_names_a_live_server_and_leaves_it_alone(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            f"app: live server on profile 'production' (pid {os.getpid()}, kind server, "
-            f"profile production, host *, port 8080, since *) at {production}: "
-            "tests will not touch it"
+            (
+                f"app: live server on profile 'production' (pid {os.getpid()}, kind server, "
+                f"profile production, host *, port 8080, since *) at {production}: "
+                "tests will not touch it"
+            )
         ]
     )
 
@@ -162,9 +168,11 @@ def test_strict_mode_refuses_to_run_while_a_server_is_live(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: app: strict mode refuses to run while a live process holds a data root: "
-            f"profile 'production' at {production} held by pid {os.getpid()}, kind server*"
-            "Stop it, or run without --app-strict*"
+            (
+                "ERROR: app: strict mode refuses to run while a live process holds a data root: "
+                f"profile 'production' at {production} held by pid {os.getpid()}, kind server*"
+                "Stop it, or run without --app-strict*"
+            )
         ]
     )
 
@@ -187,9 +195,11 @@ def test_it_refuses_a_testing_root_that_overlaps_another_profile(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: app: the testing profile cannot be used: profiles 'testing' and "
-            "'production' overlap: 'testing''s data root lies inside 'production''s*"
-            "change data_root for one of them*"
+            (
+                "ERROR: app: the testing profile cannot be used: profiles 'testing' and "
+                "'production' overlap: 'testing''s data root lies inside 'production''s*"
+                "change data_root for one of them*"
+            )
         ]
     )
 
@@ -205,8 +215,10 @@ def test_it_refuses_a_basetemp_that_holds_a_data_root(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            f"ERROR: app: refusing --basetemp {tmp_path / 'roots'}: pytest empties it before "
-            "the run, and it overlaps the data root of profile 'development'*"
+            (
+                f"ERROR: app: refusing --basetemp {tmp_path / 'roots'}: pytest empties it before "
+                "the run, and it overlaps the data root of profile 'development'*"
+            )
         ]
     )
     assert (production / "precious").read_text() == "keep me"
@@ -225,8 +237,10 @@ def test_it_refuses_a_basetemp_that_another_live_run_uses(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            f"ERROR: app: refusing --basetemp {basetemp}: another run uses it; its testing data "
-            f"root is held by pid {os.getpid()}, kind tests*Give each concurrent run its own*"
+            (
+                f"ERROR: app: refusing --basetemp {basetemp}: another run uses it; its testing "
+                f"data root is held by pid {os.getpid()}, kind tests*Give each concurrent run*"
+            )
         ]
     )
     assert (basetemp / "other-run-file").read_text() == "in use"
@@ -246,9 +260,11 @@ def test_it_refuses_a_configuration_loaded_before_it_could_act(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: app: the configuration was loaded (profile 'testing', data root *) at "
-            "*early_plugin.py:2 before the app pytest plugin could confine it*"
-            "never at import time of a plugin or conftest"
+            (
+                "ERROR: app: the configuration was loaded (profile 'testing', data root *) at "
+                "*early_plugin.py:2 before the app pytest plugin could confine it*"
+                "never at import time of a plugin or conftest"
+            )
         ]
     )
 
@@ -332,7 +348,8 @@ def test_record(n, tmp_path):
     worker = os.environ["PYTEST_XDIST_WORKER"]
     assert tmp_path.is_relative_to(config.sandbox)
     assert config.data_root.is_relative_to(config.sandbox)
-    Path(os.environ["SEEN_DIR"], f"{worker}-{n}").write_text(f"{config.sandbox}\\n{config.data_root}")
+    seen = Path(os.environ["SEEN_DIR"], f"{worker}-{n}")
+    seen.write_text(f"{config.sandbox}\\n{config.data_root}")
     time.sleep(0.2)  # keep both workers busy so that each records something
 """
     )
