@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -229,3 +230,207 @@ def test_every_configuration_key_has_a_section_on_the_reference_page() -> None:
     page = (PROJECT / "docs" / "reference" / "configuration.md").read_text(encoding="utf-8")
     missing = [name for name in KEYS if f"### `{name}`" not in page]
     assert not missing, f"docs/reference/configuration.md has no section for {missing}"
+
+
+# --- command output shown in the pages ------------------------------------------------------
+
+EXAMPLE_PROJECT = "/home/you/app"
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    """A copy of the committed settings files in a fresh project directory."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("settings.toml", ".secrets.toml"):
+        (project / name).write_bytes((PROJECT / name).read_bytes())
+    return project
+
+
+def _run_app(project: Path, *args: str, **env: str) -> str:
+    """Run the real `app` command against a copy of the settings; return what a user sees.
+
+    The subprocess does not inherit the test sandbox: it shows what `app` prints in a shell.
+    That is safe because it only reads the copied settings (`config` and `doctor` open no
+    data root) and every root they name lies in this test's temporary directory.
+    """
+    import subprocess
+
+    clean = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
+        and not name.endswith("_FOR_DYNACONF")
+    }
+    clean.update({"APP_SETTINGS_DIR": str(project), "COLUMNS": "100", **env})
+    result = subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=clean,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    shown = " ".join(f"{k}={v}" for k, v in env.items())
+    command = f"$ {shown + ' ' if shown else ''}app {' '.join(args)}"
+    output = (result.stdout + result.stderr).replace(str(project), EXAMPLE_PROJECT)
+    lines = [command, *output.rstrip("\n").splitlines()]
+    if result.returncode:
+        lines += ["$ echo $?", str(result.returncode)]
+    return "\n".join(lines) + "\n"
+
+
+def _realign(text: str, first_row: str) -> str:
+    """Re-pad the columns of `app config --all` after the paths in it were shortened.
+
+    Cells are "value  (source)" and are separated by two or more spaces; the CLI pads every
+    column to its widest cell and joins them with two spaces, which this repeats.
+    """
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_row))
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("$ ")), len(lines))
+    rows = [
+        [cell.replace("\0", "  ") for cell in re.split(r" {2,}", line.replace("  (", "\0("))]
+        for line in lines[start:end]
+    ]
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    lines[start:end] = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_output_of_app_config_all(tmp_path: Path) -> None:
+    output = _run_app(_project_copy(tmp_path), "config", "--all")
+    check_generated("app-config-all.txt", _realign(output, "key "))
+
+
+def test_output_of_app_config(tmp_path: Path) -> None:
+    check_generated("app-config.txt", _run_app(_project_copy(tmp_path), "config"))
+
+
+def test_output_of_a_mistyped_profile(tmp_path: Path) -> None:
+    output = _run_app(_project_copy(tmp_path), "config", ENV_FOR_DYNACONF="prod")
+    assert output.endswith("$ echo $?\n78\n")
+    check_generated("app-config-typo.txt", output)
+
+
+def test_output_of_app_doctor(tmp_path: Path) -> None:
+    check_generated("app-doctor.txt", _run_app(_project_copy(tmp_path), "doctor"))
+
+
+def test_pytest_header_next_to_a_live_production_server(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The header of a run from a shell that exported production's settings, with a live
+    production server holding its root (here: a lock held by this process, kind server)."""
+    import socket
+
+    from app.lock import RootLock
+
+    production = tmp_path / "production-data"
+    production.mkdir()
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
+    monkeypatch.setenv("APP_DATA_ROOT", str(production))
+    pytester.makepyfile(test_example="def test_one():\n    pass\n")
+    with RootLock(production, kind="server", profile="production", port=8080).acquire("example"):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    text = "\n".join(line for line in result.outlines if line.startswith("app:"))
+    text = text.replace(str(production), "/srv/app/data")
+    sandbox = re.escape(str(pytester.path)) + r"/runpytest-\d+"
+    text = re.sub(sandbox, "/tmp/pytest-of-you/pytest-7", text)
+    text = text.replace(str(PROJECT), EXAMPLE_PROJECT)
+    text = re.sub(r"pid \d+", "pid 4242", text)
+    text = text.replace(f"host {socket.gethostname()}", "host review-1")
+    text = re.sub(r"since [0-9T:.+-]+", "since 2025-12-04T09:12:03.512113+00:00", text)
+    command = "$ ENV_FOR_DYNACONF=production APP_DATA_ROOT=/srv/app/data pytest"
+    check_generated("pytest-header.txt", f"{command}\n{text}\n")
+
+
+# --- the HTTP routes ------------------------------------------------------------------------
+
+
+def render_http_routes(openapi: dict) -> str:  # type: ignore[type-arg]
+    lines = [
+        "<!-- Generated by tests/test_docs_generated.py from the OpenAPI schema of",
+        "     app.server.create_app. Do not edit by hand. -->",
+        "",
+        "| method | path | token | success | summary |",
+        "|---|---|---|---|---|",
+    ]
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            success = sorted(code for code in operation.get("responses", {}) if code < "400")
+            needs_token = "yes" if operation.get("security") else "no"
+            summary = operation.get("description") or operation.get("summary") or ""
+            summary = summary.split("\n")[0]
+            lines.append(
+                f"| `{method.upper()}` | `{path}` | {needs_token} | {', '.join(success)} "
+                f"| {summary} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def test_http_route_table_matches_the_server(store, app_config) -> None:  # type: ignore[no-untyped-def]
+    from app.server import create_app
+
+    openapi = create_app(store, app_config).openapi()
+    check_generated("http-routes.md", render_http_routes(openapi))
+
+
+# --- the files inside a data root -----------------------------------------------------------
+
+
+def _normalise_record(record: dict, ids: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    """Replace what changes from run to run (times, pids, paths, ids) with fixed examples."""
+    fixed: dict[str, object] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            fixed[key] = _normalise_record(value, ids)
+        elif key in {"time", "started_at", "created_at", "uploaded_at", "deleted_at"}:
+            fixed[key] = "2025-12-04T09:12:03.512113+00:00"
+        elif key == "pid":
+            fixed[key] = 4242
+        elif key == "host":
+            fixed[key] = "review-1"
+        elif key == "boot_id":
+            fixed[key] = "5c1a7c1e-3e55-4d7a-9d53-0f0b8f7a1d2e"
+        elif key == "argv":
+            fixed[key] = ["/opt/app/.venv/bin/app", "serve"]
+        elif isinstance(value, str):
+            text = value
+            for real, example in ids.items():
+                text = text.replace(real, example)
+            fixed[key] = text
+        else:
+            fixed[key] = value
+    return fixed
+
+
+def test_data_root_files_match_what_the_app_writes(app_config) -> None:  # type: ignore[no-untyped-def]
+    """The lock file, stamp and audit lines shown on the on-disk layout page, from a real root."""
+    import json
+
+    from app.dataroot import open_root
+    from app.store import Store
+
+    with open_root(app_config, kind="server", port=8080, wanted="document the layout") as root:
+        store = Store(root)
+        session = store.create_session("site visit")
+        entry = store.delete_session(session["id"])
+        holder = json.loads((app_config.data_root / ".server.lock").read_text())
+        stamp = json.loads((app_config.data_root / ".app-profile.json").read_text())
+        audit = [json.loads(line) for line in (app_config.data_root / "audit.jsonl").open()]
+    ids = {  # longest first: the trash entry's name contains the session id
+        str(app_config.data_root): "/var/lib/app",
+        entry.name: "20251204T091203512113Z-0193a5f0c2d87b3e9a41c6d2e8f01b27",
+        session["id"]: "0193a5f0c2d87b3e9a41c6d2e8f01b27",
+    }
+    holder = _normalise_record(holder, ids)
+    check_generated("lock-file.json", json.dumps(holder, indent=2) + "\n")
+    check_generated("profile-stamp.json", json.dumps(_normalise_record(stamp, ids)) + "\n")
+    trashed = [r for r in audit if r["operation"] == "trash-session"]
+    assert len(trashed) == 1, audit
+    check_generated("audit-line.json", json.dumps(_normalise_record(trashed[0], ids)) + "\n")
