@@ -362,8 +362,22 @@ def _select(
     return normalised, source
 
 
+# Switches dynaconf honours that do not end in _FOR_DYNACONF: old spellings it still maps
+# (dynaconf.utils.RENAMED_VARS; DYNACONF_SILENT_ERRORS=false made it crash on a missing section)
+# and the env switcher this module points at a name nobody should set. SETTINGS_MODULE and
+# PROJECT_ROOT are left alone: common names elsewhere, and no effect on absolute files.
+_OTHER_SWITCHES = frozenset({
+    "DYNACONF_NAMESPACE", "DYNACONF_SETTINGS_MODULE", "DYNACONF_SETTINGS",
+    "DYNACONF_SILENT_ERRORS", "DYNACONF_ALWAYS_FRESH_VARS", _UNUSED_SWITCH,
+})
+
+
 def _switch_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
-    switches = sorted(k for k in environ if k.endswith("_FOR_DYNACONF") and k != PROFILE_ENV)
+    # dynaconf reads its switches from os.environ, whatever mapping the caller passed
+    switches = sorted(
+        k for k in {*environ, *os.environ}
+        if (k.endswith("_FOR_DYNACONF") and k != PROFILE_ENV) or k in _OTHER_SWITCHES
+    )
     if switches:
         yield DynaconfSwitchError(switches)
     for name in sorted(environ):
@@ -688,10 +702,18 @@ def inspect_profiles(
     files = _read_files(env, sandboxed=sandbox is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
     problems: list[ConfigError] = [*_switch_problems(env), *_file_problems(files)]
-    resolved = {
-        name: _resolve_profile(files, name, env if name == selected else None)
-        for name in files.profiles
-    }
+    try:
+        resolved = {
+            name: _resolve_profile(files, name, env if name == selected else None)
+            for name in files.profiles
+        }
+    except Exception:
+        # A switch can make dynaconf itself fail (DYNACONF_SILENT_ERRORS=false: KeyError on a
+        # missing section); name the switch instead of showing dynaconf's traceback.
+        switched = [p for p in problems if isinstance(p, DynaconfSwitchError)]
+        if switched:
+            raise switched[0] from None
+        raise
     for r in resolved.values():
         problems.extend(r.problems)
     problems.extend(_overlaps(resolved))

@@ -607,6 +607,38 @@ def test_a_dynaconf_switch_variable_is_refused_by_name(
     assert f"unset {switch}" in str(refusal)
 
 
+@pytest.mark.filterwarnings("ignore:DYNACONF_.* is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DYNACONF_SILENT_ERRORS", "false"), ("DYNACONF_NAMESPACE", "production"),
+     ("APP_INTERNAL_NEVER_SET_ENV_SWITCH", "production")],
+)
+def test_an_old_spelling_of_a_dynaconf_switch_is_refused_by_name_not_a_crash(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # dynaconf still honours these (dynaconf.utils.RENAMED_VARS, and the env switcher the app
+    # points at a name nobody should set); DYNACONF_SILENT_ERRORS=false made load() crash
+    # with a KeyError from inside dynaconf.
+    make_settings()
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load("testing")
+    refusal = problems_of(caught.value)[0]
+    assert isinstance(refusal, DynaconfSwitchError)
+    assert refusal.names == (variable,)
+
+
+def test_a_switch_in_the_process_environment_is_refused_even_if_environ_omits_it(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # dynaconf reads its switches from os.environ whatever mapping load() was given
+    make_settings()
+    monkeypatch.setenv("INCLUDES_FOR_DYNACONF", str(tmp_path / "more.toml"))
+    without = {k: v for k, v in os.environ.items() if k != "INCLUDES_FOR_DYNACONF"}
+    with pytest.raises(DynaconfSwitchError, match="INCLUDES_FOR_DYNACONF"):
+        load("testing", environ=without)
+
+
 def test_env_for_dynaconf_is_the_one_dynaconf_variable_that_is_allowed(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
