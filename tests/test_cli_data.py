@@ -1,0 +1,158 @@
+"""The data commands in process (click's CliRunner): sessions, purge, empty-trash, restamp."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.config import Config
+from app.dataroot import open_root
+from app.store import Store
+
+
+@pytest.fixture
+def seeded(app_config: Config) -> Iterator[tuple[str, str]]:
+    """Two sessions on the test's root, the second deleted; the root is left unlocked."""
+    with open_root(app_config, kind="tests") as root:
+        store = Store(root)
+        kept = store.create_session("kept")["id"]
+        store.put_file(kept, "a.txt", b"data")
+        gone = store.create_session("gone")["id"]
+        store.delete_session(gone)
+    yield kept, gone
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def audit(config: Config) -> list[dict[str, object]]:
+    lines = (config.data_root / "audit.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_sessions_list_shows_the_live_sessions_and_trash_the_deleted(
+    seeded: tuple[str, str],
+) -> None:
+    kept, gone = seeded
+    code, out, _ = invoke("sessions", "list")
+    assert code == 0
+    assert kept in out
+    assert gone not in out
+    code, out, _ = invoke("sessions", "list", "--trash", "--json")
+    assert code == 0
+    [entry] = [json.loads(line) for line in out.splitlines()]
+    assert (entry["session_id"], entry["kind"], entry["title"]) == (gone, "session", "gone")
+
+
+def test_sessions_show_prints_the_files(seeded: tuple[str, str]) -> None:
+    code, out, _ = invoke("sessions", "show", seeded[0])
+    assert code == 0
+    assert "title: kept" in out
+    assert "a.txt  4 bytes" in out
+    code, out, _ = invoke("sessions", "show", seeded[0], "--json")
+    assert json.loads(out)["files"][0]["name"] == "a.txt"
+
+
+def test_sessions_show_of_a_missing_session_exits_66(app_config: Config) -> None:
+    code, _, err = invoke("sessions", "show", "0" * 32)
+    assert code == 66
+    assert "error: no session" in err
+
+
+def test_sessions_show_of_a_malformed_id_exits_65(app_config: Config) -> None:
+    code, _, err = invoke("sessions", "show", "../../etc")
+    assert code == 65
+    assert "32 lower-case hex digits" in err
+
+
+def test_restore_brings_a_session_back_and_audits_it(
+    seeded: tuple[str, str], app_config: Config
+) -> None:
+    code, out, _ = invoke("sessions", "restore", seeded[1])
+    assert code == 0, out
+    assert "restored session" in out
+    assert (app_config.data_root / "sessions" / seeded[1] / "session.json").is_file()
+    assert audit(app_config)[-1]["operation"] == "restore-session"
+    code, _, err = invoke("sessions", "restore", seeded[1])
+    assert code == 66
+    assert "sessions list --trash" in err
+
+
+def test_restore_of_a_single_file(seeded: tuple[str, str], app_config: Config) -> None:
+    with open_root(app_config, kind="tests") as root:
+        Store(root).delete_file(seeded[0], "a.txt")
+    code, out, _ = invoke("sessions", "restore", seeded[0], "--file", "a.txt")
+    assert code == 0, out
+    assert (app_config.data_root / "sessions" / seeded[0] / "files" / "a.txt").read_bytes() == (
+        b"data"
+    )
+
+
+def test_purge_on_an_unprotected_profile_needs_no_confirmation(
+    seeded: tuple[str, str], app_config: Config
+) -> None:
+    code, out, _ = invoke("data", "purge")
+    assert code == 0
+    assert "moved 1 session(s)" in out
+    assert list((app_config.data_root / "sessions").iterdir()) == []
+    assert audit(app_config)[-1]["operation"] == "purge"
+
+
+def test_empty_trash_older_than_keeps_recent_entries(
+    seeded: tuple[str, str], app_config: Config
+) -> None:
+    code, out, _ = invoke("data", "empty-trash", "--older-than", "7d")
+    assert (code, out.strip()) == (0, "removed 0 trash entries")
+    code, out, _ = invoke("data", "empty-trash")
+    assert (code, out.strip()) == (0, "removed 1 trash entry")
+    assert list((app_config.data_root / ".trash").iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["7", "seven days", "7y", "-1d"])
+def test_empty_trash_refuses_a_malformed_age_as_a_usage_error(
+    seeded: tuple[str, str], bad: str
+) -> None:
+    result = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", bad])
+    assert result.exit_code == 2
+    assert "30m, 12h, 7d, 2w" in result.stderr
+
+
+def test_a_protected_profile_needs_confirmation_before_the_root_is_even_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "protected-root"
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    monkeypatch.setenv("APP_PROTECTED", "true")
+    for command in (["data", "purge"], ["data", "empty-trash"]):
+        code, _, err = invoke(*command)
+        assert code == 77
+        assert "refusing to" in err
+        assert "nothing was changed" in err
+    assert not root.exists()
+
+
+def test_status_of_a_free_root_says_nobody(seeded: tuple[str, str]) -> None:
+    code, out, _ = invoke("status", "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert status["held"] is False
+    assert status["stamp"]["profile"] == "testing"
+
+
+def test_restamp_of_a_root_already_stamped_for_the_profile_changes_nothing(
+    seeded: tuple[str, str], app_config: Config
+) -> None:
+    before = audit(app_config)
+    code, out, err = invoke("data", "restamp", "--from", "development")
+    assert code == 0, err
+    assert "is now stamped 'testing'" in out
+    stamp = json.loads((app_config.data_root / ".app-profile.json").read_text())
+    assert stamp["profile"] == "testing"
+    assert audit(app_config) == before
