@@ -116,6 +116,9 @@ class Key:
     default: Any
     doc: str
     secret: bool = False
+    #: Text keys take an environment variable's value as it is: ``APP_API_TOKEN=0123...``
+    #: is a token, not a number. Other keys are parsed as TOML, the way dynaconf does.
+    text: bool = False
 
     @property
     def env(self) -> str:
@@ -127,16 +130,29 @@ KEYS: Mapping[str, Key] = MappingProxyType(
     {
         key.name: key
         for key in (
-            Key("data_root", _non_empty_str, _REQUIRED, "directory that holds the profile's data"),
-            Key("host", _non_empty_str, "127.0.0.1", "address the server listens on"),
+            Key(
+                "data_root",
+                _non_empty_str,
+                _REQUIRED,
+                "directory that holds the profile's data",
+                text=True,
+            ),
+            Key("host", _non_empty_str, "127.0.0.1", "address the server listens on", text=True),
             Key("port", _int_in(1, 65535), 8000, "TCP port the server listens on"),
-            Key("api_token", _token, None, "bearer token clients must send", secret=True),
+            Key(
+                "api_token",
+                _token,
+                None,
+                "bearer token clients must send",
+                secret=True,
+                text=True,
+            ),
             Key("max_upload_bytes", _int_in(1, 2**50), 100 * 2**20, "largest accepted upload"),
             Key("page_size", _int_in(1, 1000), 50, "default page size of GET /sessions"),
             Key(
                 "lock_check_seconds", _positive_number, 5.0, "how often a server re-checks its lock"
             ),
-            Key("log_level", _log_level, "info", "server log level"),
+            Key("log_level", _log_level, "info", "server log level", text=True),
             Key("protected", _bool, False, "removing data needs an explicit confirmation"),
         )
     }
@@ -259,6 +275,10 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     """
     env = os.environ if environ is None else environ
     raw = env.get(SETTINGS_DIR_ENV)
+    if raw is not None and not raw.strip():
+        raise SettingsNotFoundError(
+            Path.cwd(), f"{SETTINGS_DIR_ENV} is set but empty; unset it or name a directory"
+        )
     if raw is not None:
         where = Path(raw).expanduser()
         if not where.is_absolute():
@@ -437,7 +457,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
 
     return {
-        name: parse_conf_data(boolean_fix(environ[key.env]), tomlfy=True, box_settings={})
+        name: environ[key.env]
+        if key.text
+        else parse_conf_data(boolean_fix(environ[key.env]), tomlfy=True, box_settings={})
         for name, key in KEYS.items()
         if key.env in environ
     }
@@ -724,6 +746,9 @@ def inspect_profiles(
             resolved[name], refused = _confine(r, sandbox)
             if refused is not None:
                 problems.append(refused)
+        # A root from APP_DATA_ROOT inside the sandbox may still contain the mapped ones.
+        seen = {problem.message for problem in problems}
+        problems.extend(p for p in _overlaps(resolved) if p.message not in seen)
     return Report(
         selected,
         source,

@@ -859,3 +859,37 @@ def test_under_pytest_without_the_sandbox_other_profiles_are_refused(
     with pytest.raises(SandboxViolationError) as caught:
         load("development")
     assert "do not pass -p no:app" in str(caught.value)
+
+
+def test_an_all_digit_token_from_the_environment_stays_a_string(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", "12345678901234567890")
+    monkeypatch.setenv("APP_PORT", "8443")
+    config = load("production")
+    assert config.api_token == "12345678901234567890"
+    assert config.port == 8443
+
+
+def test_under_the_sandbox_app_data_root_may_not_contain_the_mapped_roots(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, sandbox: Path
+) -> None:
+    # <sandbox>/data holds every mapped root: taking it as testing's root would nest them.
+    make_settings(data_roots={"production": sandbox.parent / "not-the-sandbox" / "prod"})
+    monkeypatch.setenv("APP_DATA_ROOT", str(sandbox / "data"))
+    with pytest.raises(DataRootOverlapError) as caught:
+        load("testing")
+    assert "'production''s data root lies inside 'testing''s" in str(caught.value)
+
+
+def test_an_empty_app_settings_dir_is_refused_not_taken_as_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "settings.toml").write_text('[testing]\ndata_root = "x"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(SETTINGS_DIR_ENV, "")
+    with pytest.raises(SettingsNotFoundError) as caught:
+        load("testing")
+    assert "APP_SETTINGS_DIR is set but empty" in str(caught.value)
