@@ -16,16 +16,10 @@ import shlex
 from typing import Any
 
 import click
-import pytest
 from sybil import Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
 FIXTURES = ["tmp_path", "monkeypatch"]
-
-# Commands that DESIGN.md promises and that are being written in parallel with these pages.
-# While one is missing from app.cli, examples that use it are skipped (not passed); once it
-# lands they are checked like every other. Empty this set when every command exists.
-PENDING_COMMANDS = {"serve", "status", "sessions", "data"}
 
 # Separators of a shell line; each part is checked on its own.
 _SHELL_SEPARATORS = {"&&", "||", "|", ";"}
@@ -91,8 +85,6 @@ def check_app_arguments(args: list[str]) -> None:
             continue
         if isinstance(command, click.Group):
             sub = command.get_command(ctx, word)
-            if sub is None and not path[1:] and word in PENDING_COMMANDS:
-                pytest.skip(f"`app {word}` is not in app.cli yet")
             if sub is None:
                 raise AssertionError(
                     f"`{' '.join(path)}` has no command {word!r} (shown in the docs as "

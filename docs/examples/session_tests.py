@@ -18,6 +18,7 @@ def test_the_testing_profile_is_forced(app_config: Config) -> None:
     assert app_config.data_root.is_relative_to(app_config.sandbox)
 
 
+# --8<-- [start:restore]
 def test_a_deleted_session_can_be_restored(store: Store) -> None:
     session = store.create_session("site visit", {"parcel": "A-17"})
     store.put_file(session["id"], "notes.txt", b"three oaks, one fence post\n")
@@ -30,6 +31,7 @@ def test_a_deleted_session_can_be_restored(store: Store) -> None:
     assert [f["name"] for f in restored["files"]] == ["notes.txt"]
     path, _ = store.file_path(session["id"], "notes.txt")
     assert path.read_bytes() == b"three oaks, one fence post\n"
+# --8<-- [end:restore]
 
 
 def test_upload_and_download_over_http(client) -> None:  # type: ignore[no-untyped-def]
