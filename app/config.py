@@ -392,14 +392,21 @@ _OTHER_SWITCHES = frozenset({
 })
 
 
-def _switch_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
-    # dynaconf reads its switches from os.environ, whatever mapping the caller passed
-    switches = sorted(
-        k for k in {*environ, *os.environ}
+def dynaconf_switches(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Variables that change how dynaconf loads, which it reads from ``os.environ`` itself.
+
+    They beat the explicit arguments this module passes (``FORCE_ENV_FOR_DYNACONF`` picks
+    the profile, ``INCLUDES_FOR_DYNACONF`` adds files), so the app refuses to load with any.
+    """
+    names = {*os.environ, *(environ or {})}
+    return sorted(
+        k
+        for k in names
         if (k.endswith("_FOR_DYNACONF") and k != PROFILE_ENV) or k in _OTHER_SWITCHES
     )
-    if switches:
-        yield DynaconfSwitchError(switches)
+
+
+def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
     for name in sorted(environ):
         if name.startswith("DYNACONF_") and name[len("DYNACONF_") :].lower() in KEYS:
             key = KEYS[name[len("DYNACONF_") :].lower()]
@@ -716,14 +723,17 @@ def inspect_profiles(
         profile_source: how to name an explicit `profile` in messages (``--profile``).
 
     Raises:
-        ConfigError: only for what makes the rest meaningless: no settings directory, a
-            settings file that is not TOML, an unknown profile name.
+        ConfigError: only for what makes the rest meaningless: a dynaconf switch variable,
+            no settings directory, a settings file that is not TOML, an unknown profile.
     """
     env = os.environ if environ is None else environ
+    switches = dynaconf_switches(env)
+    if switches:  # every profile built with them would be wrong, so stop here
+        raise DynaconfSwitchError(switches)
     sandbox = active_sandbox()
     files = _read_files(env, sandboxed=sandbox is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
-    problems: list[ConfigError] = [*_switch_problems(env), *_file_problems(files)]
+    problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     try:
         resolved = {
             name: _resolve_profile(files, name, env if name == selected else None)

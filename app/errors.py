@@ -388,7 +388,7 @@ class InvalidNameError(StoreError):
         self.problem = problem
         super().__init__(
             f"invalid {kind} {name!r}: {problem}; use a plain name of printable characters "
-            "without '/', '\\\\' or '..'"
+            "without '/', '\\' or '..'"
         )
 
 

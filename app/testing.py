@@ -124,29 +124,35 @@ def _probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
 # --- step 2: neutralise -------------------------------------------------------------------
 
 
-def _neutralise(settings_dir: Path) -> list[str]:
+def _remove_switches() -> list[str]:
+    """Remove dynaconf's switch variables first: with any of them set the app refuses to load,
+    so no live server can be using them, and the shell's roots are resolved without them."""
+    switches = appconfig.dynaconf_switches()
+    for name in switches:
+        del os.environ[name]
+    return switches
+
+
+def _neutralise(settings_dir: Path, switches: list[str]) -> list[str]:
     """Remove every variable that could redirect the testing profile; say what was removed."""
-    removed = []
-    for name in sorted(os.environ):
-        if name in _KEPT:
-            continue
-        if (
-            name.startswith(_NEUTRALISED_PREFIXES)
-            or (name.endswith("_FOR_DYNACONF") and name != appconfig.PROFILE_ENV)
-            or name == appconfig.ALLOW_PROFILES_ENV
+    removed = set(switches)
+    for name in list(os.environ):
+        if name not in _KEPT and (
+            name.startswith(_NEUTRALISED_PREFIXES) or name == appconfig.ALLOW_PROFILES_ENV
         ):
             del os.environ[name]
-            removed.append(name)
+            removed.add(name)
+    report = sorted(removed)
     previous = os.environ.get(appconfig.PROFILE_ENV)
     if previous is not None and previous.strip().lower() != "testing":
-        removed.append(f"{appconfig.PROFILE_ENV}={previous}")
+        report.append(f"{appconfig.PROFILE_ENV}={previous}")
     os.environ[appconfig.PROFILE_ENV] = "testing"
     for local in appconfig.LOCAL_FILES:
         if (settings_dir / local).is_file():
-            removed.append(f"{local} (not read under the sandbox)")
+            report.append(f"{local} (not read under the sandbox)")
     if (settings_dir / ".env").is_file():
-        removed.append(".env (never read by the app)")
-    return removed
+        report.append(".env (never read by the app)")
+    return report
 
 
 # --- step 3: the sandbox ------------------------------------------------------------------
@@ -211,6 +217,7 @@ def pytest_load_initial_conftests(
     __tracebackhide__ = True
     _refuse_early_loads()
     try:
+        switches = _remove_switches()
         shell_profile, roots, settings_dir = _shell_roots()
     except AppError as error:
         raise pytest.UsageError(f"app: cannot read the settings before the run: {error}") from None
@@ -234,7 +241,7 @@ def pytest_load_initial_conftests(
         factory = _make_sandbox(early_config, early_config.known_args_namespace.basetemp, roots)
         sandbox = factory.getbasetemp().resolve()
         os.environ[_OWNER_ENV] = str(os.getpid())
-    neutralised = _neutralise(Path(settings_dir))
+    neutralised = _neutralise(Path(settings_dir), switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
     state = GuardState(sandbox, _load_testing(), shell_profile, neutralised, live, settings_dir)
     state.factory = factory

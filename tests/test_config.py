@@ -893,3 +893,15 @@ def test_an_empty_app_settings_dir_is_refused_not_taken_as_the_current_directory
     with pytest.raises(SettingsNotFoundError) as caught:
         load("testing")
     assert "APP_SETTINGS_DIR is set but empty" in str(caught.value)
+
+
+def test_a_dynaconf_switch_is_the_only_problem_reported_not_false_overlaps(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dynaconf would apply FORCE_ENV_FOR_DYNACONF to every profile it builds, making all
+    # roots look equal; the switch must be reported alone.
+    make_settings()
+    monkeypatch.setenv("FORCE_ENV_FOR_DYNACONF", "production")
+    with pytest.raises(DynaconfSwitchError) as caught:
+        inspect_profiles()
+    assert caught.value.names == ("FORCE_ENV_FOR_DYNACONF",)

@@ -385,3 +385,28 @@ def test_production_is_refused():
     result = pytester.runpytest_subprocess("-p", "no:app")
     result.assert_outcomes(passed=1)
     assert "app: profile=" not in result.stdout.str()
+
+
+def test_a_live_server_is_found_even_when_the_shell_sets_dynaconf_switches(
+    pytester: pytest.Pytester,
+    settings_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FORCE_ENV_FOR_DYNACONF would make dynaconf resolve every profile as production.
+    monkeypatch.setenv("FORCE_ENV_FOR_DYNACONF", "production")
+    development = tmp_path / "roots" / "development"
+    development.mkdir(parents=True)
+    with RootLock(development, kind="server", profile="development", port=8000):
+        pytester.makepyfile(test_probe=PROBE_TEST)
+        result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*neutralised: FORCE_ENV_FOR_DYNACONF*",
+            (
+                f"app: live server on profile 'development' (*) at {development}: "
+                "tests will not touch it"
+            ),
+        ]
+    )
