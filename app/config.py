@@ -53,6 +53,8 @@ SANDBOX_ENV = "PYTEST_APP_SANDBOX"
 ALLOW_PROFILES_ENV = "PYTEST_APP_ALLOW_PROFILES"
 #: pytest sets this for the duration of every test, in the test process and its children.
 PYTEST_RUNNING_ENV = "PYTEST_CURRENT_TEST"
+#: pytest (8.2+) sets this for the whole session, from before plugins and conftests load.
+PYTEST_SESSION_ENV = "PYTEST_VERSION"
 
 SETTINGS_FILE = "settings.toml"
 SECRETS_FILE = ".secrets.toml"
@@ -634,15 +636,46 @@ def _confine(resolved: Resolved, sandbox: Path) -> tuple[Resolved, ConfigError |
     ), None
 
 
-def _allowed(profile: str, sandbox: Path | None) -> None:
+def _pytest_signal() -> str | None:
+    """The variable that says pytest runs in this process (or its parent), if any.
+
+    ``PYTEST_CURRENT_TEST`` is set only while a test runs; ``PYTEST_VERSION`` (pytest 8.2+)
+    for the whole session, so it also covers plugins and conftest files imported before any
+    test, with ``-p no:app``, where the incident's import-time settings were built.
+    """
+    for name in (PYTEST_RUNNING_ENV, PYTEST_SESSION_ENV):
+        if name in os.environ:
+            return name
+    return None
+
+
+def _allowed(selected: Resolved, sandbox: Path | None) -> None:
     """Under pytest, only the testing profile, or one a test opted into, may be loaded."""
+    profile = selected.profile
     if sandbox is None:
-        if PYTEST_RUNNING_ENV in os.environ and profile != "testing":
+        signal = _pytest_signal()
+        if signal is None:
+            return
+        without = (
+            f"while pytest runs without the app's sandbox ({signal} is set, {SANDBOX_ENV} is not)"
+        )
+        if profile != "testing":
             raise SandboxViolationError(
-                f"loading profile {profile!r} while pytest runs without the app's sandbox "
-                f"({PYTEST_RUNNING_ENV} is set, {SANDBOX_ENV} is not)",
+                f"loading profile {profile!r} {without}",
                 None,
                 "Run the tests with the app's pytest plugin enabled (do not pass -p no:app)",
+            )
+        source = selected.sources.get("data_root", "")
+        if source.startswith("environment"):
+            # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
+            # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
+            # docs suggest, does not change that).
+            raise SandboxViolationError(
+                f"data root {selected.data_root} from {source} {without}",
+                None,
+                "Run the tests with the app's pytest plugin enabled (it neutralises the "
+                "shell's APP_DATA_ROOT and maps every data root into a sandbox), or set "
+                "data_root in [testing] of settings.toml and unset APP_DATA_ROOT",
             )
         return
     opted_in = os.environ.get(ALLOW_PROFILES_ENV, "").split(",")
@@ -802,7 +835,7 @@ def load(
         'testing'
     """
     report = inspect_profiles(profile, environ, profile_source=profile_source)
-    _allowed(report.selected, report.sandbox)
+    _allowed(report.profiles[report.selected], report.sandbox)
     if report.problems:
         raise report.problems[0] if len(report.problems) == 1 else ConfigProblems(report.problems)
     selected = report.profiles[report.selected]
