@@ -70,6 +70,8 @@ class GuardState:
 
 
 STATE = pytest.StashKey[GuardState]()
+#: Written into every sandbox, so that a --basetemp reused from an earlier run is recognised.
+_SANDBOX_MARK = ".app-sandbox"
 #: The pid of the run that created the sandbox, so that its xdist workers recognise it.
 _OWNER_ENV = "PYTEST_APP_SANDBOX_OWNER"
 
@@ -178,6 +180,46 @@ def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
             f"held by {describe_holder(seen.holder)}. pytest would empty it under that run. "
             "Give each concurrent run its own --basetemp"
         )
+    if target.is_dir():
+        _refuse_data_roots_inside(given, target)
+
+
+def _refuse_data_roots_inside(given: Path, target: Path) -> None:
+    """Look through an existing --basetemp before pytest deletes all of it.
+
+    The roots the settings name are not the only ones: a service may get its data root from
+    its own environment, which this shell never saw. Any data root held by a live process is
+    refused, and so is any stamped data root unless the directory is a sandbox this plugin
+    made before (those hold the earlier run's stamped roots). Walking costs what pytest's
+    deletion of the same tree is about to cost anyway.
+    """
+    __tracebackhide__ = True
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE, probe
+
+    earlier_sandbox = (target / _SANDBOX_MARK).is_file()
+    for directory, _dirs, files in os.walk(target):
+        here = Path(directory)
+        what = "it is" if here == target else "it holds"
+        if LOCK_FILE in files and (seen := probe(here)).held:
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: {what} the data root {here}, held by "
+                f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
+                "run. Choose a --basetemp outside every data root"
+            )
+        if STAMP_FILE in files and not earlier_sandbox:
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: {what} the data root {here} (it has a "
+                f"profile stamp, {STAMP_FILE}), and pytest empties the --basetemp before the "
+                "run. Choose a --basetemp outside every data root, or a new directory"
+            )
+
+
+def _mark_sandbox(sandbox: Path) -> None:
+    """Say that this directory is a sandbox, so that a later run may empty it (see above)."""
+    (sandbox / _SANDBOX_MARK).write_text(
+        "A pytest sandbox of the app's plugin: pytest empties it when it is reused.\n"
+    )
 
 
 def _make_sandbox(config: pytest.Config, given: str | None, roots: dict[str, Path]) -> Any:
@@ -240,6 +282,7 @@ def pytest_load_initial_conftests(
     else:
         factory = _make_sandbox(early_config, early_config.known_args_namespace.basetemp, roots)
         sandbox = factory.getbasetemp().resolve()
+        _mark_sandbox(sandbox)
         os.environ[_OWNER_ENV] = str(os.getpid())
     neutralised = _neutralise(Path(settings_dir), switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
@@ -299,6 +342,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if state.factory is None:  # an xdist worker: its --basetemp is known now
         state.factory = _make_sandbox(config, config.option.basetemp, state.roots)
         state.sandbox = state.factory.getbasetemp().resolve()
+        _mark_sandbox(state.sandbox)
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
         state.config = _load_testing()
     # tmpdir's own pytest_configure made a second factory (a second numbered directory);
