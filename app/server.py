@@ -179,15 +179,23 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[Any]) -> None:
     @app.get("/health", tags=["server"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """Liveness: answers without a token. Says which profile runs, never where its data is."""
         return {"status": "ok", "profile": config.profile, "version": __version__}
 
-    @app.post("/sessions", status_code=201, dependencies=auth, tags=["sessions"])
-    def create_session(body: SessionCreate | None = None) -> dict[str, Any]:
+    @app.post(
+        "/sessions",
+        status_code=201,
+        dependencies=auth,
+        tags=["sessions"],
+        response_model=None,
+        responses={201: {"description": "The new session, with its `id`."}},
+    )
+    def create_session(body: SessionCreate | None = None) -> JSONResponse:
         """Create a session (durably: fsync before the answer)."""
         body = body or SessionCreate()
-        return store.create_session(body.title, body.metadata)
+        # JSONResponse directly: the store's dict needs no second validation pass.
+        return JSONResponse(store.create_session(body.title, body.metadata), status_code=201)
 
     @app.get("/sessions", dependencies=auth, tags=["sessions"])
     def list_sessions(
