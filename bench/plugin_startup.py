@@ -1,0 +1,146 @@
+"""Whole-process start-up of a one-test pytest run: what the app's pytest plugin adds.
+
+Usage (from the project directory)::
+
+    .venv/bin/python bench/plugin_startup.py [--rounds 20] [--warmup 3] [--json FILE]
+
+Every round runs each variant once, in an order rotated from round to round, in a temporary
+directory holding one trivial test. Reported: median and p90 wall time of each variant, and
+the paired ratio to bare pytest (the ratio of each round's two runs, then the median of those
+ratios), which cancels most of the drift in the machine's load. Target (issue 4): the plugin
+at most 1.35 times bare pytest.
+
+- ``pytest (plugin)``: ``python -m pytest -q -p no:cacheprovider test_one.py``, the plugin
+  active as installed: it resolves every profile (three Dynaconf loads), probes every root's
+  lock, neutralises the environment, creates the sandbox and holds the testing root's lock;
+- ``pytest -p no:app``: the same run without the plugin (the baseline);
+- ``dynaconf docs pattern``: the same run without the plugin, plus a conftest doing what
+  dynaconf's documentation suggests (``FORCE_ENV_FOR_DYNACONF=testing``, a ``Dynaconf`` with a
+  relative settings file, read a value) and probing a filelock, for reference.
+
+The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
+pytest's variables and ``PYTHONDONTWRITEBYTECODE``. Sandboxes go where pytest puts them
+(``/tmp/pytest-of-$USER``, three kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+TEST_ONE = "def test_one():\n    pass\n"
+
+DYNACONF_CONFTEST = """
+import os
+
+from dynaconf import Dynaconf
+from filelock import FileLock, Timeout
+
+os.environ["FORCE_ENV_FOR_DYNACONF"] = "testing"
+settings = Dynaconf(settings_files=["settings.toml"], environments=True)
+root = os.path.join(os.path.dirname(__file__), settings.DATA_ROOT)
+os.makedirs(root, exist_ok=True)
+try:
+    with FileLock(os.path.join(root, ".server.lock"), timeout=0):
+        pass
+except Timeout:
+    raise SystemExit("a live server holds the testing data root")
+"""
+
+
+def environment() -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
+        and not name.endswith("_FOR_DYNACONF")
+    }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def prepare(work: Path) -> dict[str, tuple[list[str], Path]]:
+    plain = work / "plain"
+    plain.mkdir()
+    (plain / "test_one.py").write_text(TEST_ONE)
+    docs = work / "dynaconf-docs"
+    docs.mkdir()
+    (docs / "test_one.py").write_text(TEST_ONE)
+    (docs / "conftest.py").write_text(DYNACONF_CONFTEST)
+    (docs / "settings.toml").write_text('[testing]\ndata_root = "data/testing"\n')
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_one.py"]
+    return {
+        "pytest (plugin)": (pytest, plain),
+        "pytest -p no:app": ([*pytest, "-p", "no:app"], plain),
+        "dynaconf docs pattern": ([*pytest, "-p", "no:app"], docs),
+    }
+
+
+def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{argv} exited {result.returncode}:\n{result.stdout.decode()}")
+    return elapsed
+
+
+def p90(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+
+    env = environment()
+    work = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
+    try:
+        variants = prepare(work)
+        names = list(variants)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for round_no in range(args.warmup + args.rounds):
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                argv, cwd = variants[name]
+                elapsed = run_once(argv, cwd, env)
+                if round_no >= args.warmup:
+                    times[name].append(elapsed)
+    finally:
+        shutil.rmtree(work)
+
+    base = "pytest -p no:app"
+    print(
+        f"{args.rounds} rounds (+{args.warmup} warm-up), interleaved; Python "
+        f"{sys.version.split()[0]}; {sys.executable}"
+    )
+    print(f"{'variant':24} {'median ms':>10} {'p90 ms':>8} {'paired ratio':>13}")
+    results = {}
+    for name in names:
+        paired = statistics.median(a / b for a, b in zip(times[name], times[base], strict=True))
+        median = statistics.median(times[name])
+        results[name] = {"median_s": median, "p90_s": p90(times[name]), "paired_ratio": paired}
+        print(f"{name:24} {median * 1000:10.1f} {p90(times[name]) * 1000:8.1f} {paired:13.2f}")
+    ratio = results["pytest (plugin)"]["paired_ratio"]
+    verdict = "within" if ratio <= 1.35 else "ABOVE"
+    print(f"plugin / bare pytest = {ratio:.2f} ({verdict} the 1.35 target)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

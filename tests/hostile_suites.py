@@ -1,0 +1,654 @@
+"""Hostile test suites for tests/test_incident.py: what a careless (or clever) suite does.
+
+Each suite is a set of files that `pytester` writes into a fresh directory and runs in a
+pytest subprocess whose shell points at a live production server's data root. The suites
+find production through ``HOSTILE_*`` variables (a test that hard-coded the path would do the
+same); the plugin leaves those alone because they configure nothing.
+
+Every inner test asserts on the refusal it meets, so an inner pass means "refused, with this
+message", and the outer test then checks that production is byte-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Imported by every hostile suite: where production is, and how to run the app.
+HELPERS = '''
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PRODUCTION = Path(os.environ["HOSTILE_PRODUCTION_ROOT"])
+TOKEN = os.environ["HOSTILE_PRODUCTION_TOKEN"]
+SERVER_PID = int(os.environ["HOSTILE_SERVER_PID"])
+SETTINGS_DIR = os.environ["APP_SETTINGS_DIR"]
+# What the shell exported before the plugin neutralised it.
+PRODUCTION_SHELL = {
+    "ENV_FOR_DYNACONF": "production",
+    "APP_DATA_ROOT": str(PRODUCTION),
+    "APP_API_TOKEN": TOKEN,
+    "APP_SETTINGS_DIR": SETTINGS_DIR,
+}
+
+
+def app(*args, env=None):
+    """Run the `app` command line; a safety timeout only, never an assertion."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+'''
+
+# (1) The incident's own fixture: clean `data_root / "sessions"` around every test.
+INCIDENT_CONFTEST = """
+import shutil
+
+import pytest
+
+from app.config import load
+
+
+@pytest.fixture(autouse=True)
+def clean_sessions():
+    sessions = load().data_root / "sessions"
+    shutil.rmtree(sessions, ignore_errors=True)
+    sessions.mkdir(parents=True, exist_ok=True)
+    yield
+    shutil.rmtree(sessions, ignore_errors=True)
+    sessions.mkdir(parents=True, exist_ok=True)
+"""
+
+INCIDENT_TESTS = """
+import pytest
+
+from app.config import load
+from hostile_helpers import PRODUCTION
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_the_cleanup_ran_in_the_sandbox(n):
+    config = load()
+    assert config.profile == "testing"
+    assert config.data_root.is_relative_to(config.sandbox)
+    assert not config.data_root.is_relative_to(PRODUCTION)
+    assert (config.data_root / "sessions").is_dir()
+"""
+
+# (2) load("production") and delete its data root.
+LOAD_PRODUCTION_TESTS = """
+import shutil
+
+import pytest
+
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from hostile_helpers import PRODUCTION, TOKEN
+
+
+def test_without_opting_in_it_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        shutil.rmtree(load("production").data_root)
+    message = str(refused.value)
+    assert message.startswith("refused under pytest (sandbox: ")
+    assert "loading profile 'production'; tests run on the 'testing' profile" in message
+    assert "mark the test @pytest.mark.app_profile('production')" in message
+
+
+@pytest.mark.app_profile("production")
+def test_opting_in_maps_the_root_into_the_sandbox(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    config = load("production")
+    assert config.data_root == config.sandbox / "data" / "production"
+    assert config.sources["data_root"] == (
+        f"pytest sandbox (configured: {PRODUCTION}, settings.toml [production])"
+    )
+    config.data_root.mkdir(parents=True)
+    shutil.rmtree(config.data_root)
+
+
+@pytest.mark.app_profile("production")
+def test_opting_in_with_the_production_root_in_the_environment_is_refused(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    monkeypatch.setenv("APP_DATA_ROOT", str(PRODUCTION))
+    with pytest.raises(ConfigError) as refused:
+        shutil.rmtree(load("production").data_root)
+    assert (
+        f"data root {PRODUCTION} from environment APP_DATA_ROOT, which lies outside the test "
+        "sandbox. Point APP_DATA_ROOT under tmp_path"
+    ) in str(refused.value)
+"""
+
+# (3) The maintenance commands in a subprocess, with the environment the test inherited.
+MAINTENANCE_TESTS = """
+import os
+
+from app.config import load
+from hostile_helpers import PRODUCTION_SHELL, app
+
+SANDBOXED = "error: refused under pytest (sandbox: "
+NOT_PRODUCTION = "loading profile 'production'; tests run on the 'testing' profile"
+
+
+def test_purge_on_production_is_refused():
+    done = app("--profile", "production", "data", "purge", "--yes-i-mean-it")
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.startswith(SANDBOXED) and NOT_PRODUCTION in done.stderr
+
+
+def test_empty_trash_lands_on_the_sandbox_root_this_run_holds():
+    done = app("data", "empty-trash")
+    assert done.returncode == 75, done.stderr
+    root = load().data_root
+    assert root.is_relative_to(load().sandbox)
+    assert (
+        f"error: cannot empty the trash: data root {root} is held by pid {os.getpid()}, "
+        "kind tests, profile testing"
+    ) in done.stderr
+
+
+def test_re_exporting_the_production_shell_is_refused():
+    env = {**os.environ, **PRODUCTION_SHELL}
+    for args in (["data", "purge", "--yes-i-mean-it"], ["data", "empty-trash", "--yes-i-mean-it"]):
+        done = app(*args, env=env)
+        assert done.returncode == 78, done.stderr
+        assert done.stderr.startswith(SANDBOXED) and NOT_PRODUCTION in done.stderr
+
+
+def test_forging_an_opt_in_still_keeps_the_production_root_out():
+    env = {**os.environ, **PRODUCTION_SHELL, "PYTEST_APP_ALLOW_PROFILES": "production"}
+    done = app("data", "purge", "--yes-i-mean-it", env=env)
+    assert done.returncode == 78, done.stderr
+    assert (
+        f"data root {PRODUCTION_SHELL['APP_DATA_ROOT']} from environment APP_DATA_ROOT, which "
+        "lies outside the test sandbox"
+    ) in done.stderr
+
+
+def test_serving_production_from_a_test_is_refused():
+    done = app("serve", "--port", "0", env={**os.environ, **PRODUCTION_SHELL})
+    assert done.returncode == 78, done.stderr
+    assert NOT_PRODUCTION in done.stderr
+"""
+
+# (3b) A subprocess with a cleared environment: no sandbox marker, no PYTEST_CURRENT_TEST.
+CLEARED_ENV_TESTS = """
+import os
+
+import pytest
+
+from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, SERVER_PID, app
+
+HELD = f"data root {PRODUCTION} is held by pid {SERVER_PID}, kind server, profile production"
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (["--profile", "production", "data", "purge", "--yes-i-mean-it"], "purge every session"),
+        (["data", "empty-trash", "--yes-i-mean-it"], "empty the trash"),
+        (["serve", "--port", "0"], "start the server on 127.0.0.1:0"),
+    ],
+)
+def test_the_live_server_lock_refuses_it(args, wanted):
+    env = {"PATH": os.environ["PATH"], **PRODUCTION_SHELL}
+    done = app(*args, env=env)
+    assert done.returncode == 75, done.stderr
+    assert f"error: cannot {wanted}: {HELD}" in done.stderr
+"""
+
+# (4) The incident's second copy: the config module imported under another name.
+SECOND_COPY_TESTS = """
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import app
+import app.config
+from app.errors import SandboxViolationError
+from hostile_helpers import PRODUCTION, TOKEN
+
+APP_DIR = Path(app.__file__).resolve().parent
+OUTSIDE = f"open data root {PRODUCTION}, which lies outside the test sandbox"
+
+
+def second_copy(name, filename):
+    spec = importlib.util.spec_from_file_location(name, APP_DIR / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_second_copy_of_config_refuses_production(monkeypatch):
+    config2 = second_copy("src.app.config", "config.py")
+    assert config2 is not app.config
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    with pytest.raises(SandboxViolationError) as refused:
+        config2.load("production")
+    assert "loading profile 'production'; tests run on the 'testing' profile" in str(
+        refused.value
+    )
+    testing = config2.load()
+    assert testing.data_root.is_relative_to(testing.sandbox)
+
+
+def test_a_second_copy_of_dataroot_refuses_the_production_root(monkeypatch):
+    config2 = second_copy("src.app.config", "config.py")
+    # The second dataroot imports `app.config`: make that the second copy as well.
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "app.config", config2)
+        dataroot2 = second_copy("src.app.dataroot", "dataroot.py")
+    assert dataroot2.require_in_sandbox is config2.require_in_sandbox
+    forged = dataclasses.replace(config2.load(), profile="production", data_root=PRODUCTION)
+    for write in (True, False):
+        with pytest.raises(SandboxViolationError) as refused:
+            dataroot2.open_root(forged, write=write)
+        assert OUTSIDE in str(refused.value)
+
+
+def test_the_src_spelling_of_the_incident_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "src").symlink_to(APP_DIR.parent, target_is_directory=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config2 = importlib.import_module("src.app.config")
+    dataroot2 = importlib.import_module("src.app.dataroot")
+    assert config2 is not app.config
+    with pytest.raises(SandboxViolationError):
+        config2.load("production")
+    forged = dataclasses.replace(config2.load(), data_root=PRODUCTION)
+    with pytest.raises(SandboxViolationError) as refused:
+        dataroot2.open_root(forged)
+    assert OUTSIDE in str(refused.value)
+"""
+
+# (5) A test that exports production itself, mid-test.
+EXPORTS_MID_TEST_TESTS = """
+import os
+import shutil
+
+import pytest
+
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from hostile_helpers import PRODUCTION, TOKEN
+
+
+@pytest.fixture
+def restore_environ():
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_exporting_production_is_refused(restore_environ):
+    os.environ.update(
+        ENV_FOR_DYNACONF="production", APP_DATA_ROOT=str(PRODUCTION), APP_API_TOKEN=TOKEN
+    )
+    with pytest.raises(SandboxViolationError) as refused:
+        shutil.rmtree(load().data_root / "sessions")
+    assert "loading profile 'production'; tests run on the 'testing' profile" in str(
+        refused.value
+    )
+
+
+def test_pointing_the_testing_profile_at_production_is_refused(restore_environ):
+    os.environ.update(ENV_FOR_DYNACONF="testing", APP_DATA_ROOT=str(PRODUCTION))
+    with pytest.raises(ConfigError) as refused:
+        shutil.rmtree(load().data_root / "sessions")
+    message = str(refused.value)
+    assert "profiles 'testing' and 'production' share the same data root" in message
+    assert (
+        f"data root {PRODUCTION} from environment APP_DATA_ROOT, which lies outside the test "
+        "sandbox"
+    ) in message
+
+
+def test_forging_the_opt_in_maps_production_into_the_sandbox(restore_environ):
+    os.environ.update(
+        ENV_FOR_DYNACONF="production", PYTEST_APP_ALLOW_PROFILES="production", APP_API_TOKEN=TOKEN
+    )
+    config = load()
+    assert config.profile == "production"
+    assert config.data_root == config.sandbox / "data" / "production"
+    shutil.rmtree(config.data_root, ignore_errors=True)
+"""
+
+# (6) A Config made by hand, and a DataRoot made by hand.
+HAND_MADE_TESTS = """
+import dataclasses
+
+import pytest
+
+from app.config import load
+from app.dataroot import DataRoot, open_root, restamp
+from app.errors import DataRootInUseError, SandboxViolationError
+from app.lock import RootLock
+from app.store import Store
+from hostile_helpers import PRODUCTION, SERVER_PID
+
+OUTSIDE = "lies outside the test sandbox"
+
+
+@pytest.fixture
+def forged():
+    return dataclasses.replace(load(), profile="production", data_root=PRODUCTION)
+
+
+def test_open_root_refuses_it(forged):
+    for write in (True, False):
+        with pytest.raises(SandboxViolationError) as refused:
+            Store(open_root(forged, write=write, kind="maintenance")).purge()
+        assert f"open data root {PRODUCTION}, which {OUTSIDE}" in str(refused.value)
+
+
+def test_restamp_refuses_it(forged):
+    with pytest.raises(SandboxViolationError) as refused:
+        restamp(dataclasses.replace(forged, profile="testing"), "production")
+    assert f"re-stamp data root {PRODUCTION}, which {OUTSIDE}" in str(refused.value)
+
+
+def test_a_hand_made_data_root_cannot_purge(forged):
+    store = Store(DataRoot(forged, kind="maintenance", lock=None, stamp=None))
+    for destroy in (store.purge, store.empty_trash):
+        with pytest.raises(RuntimeError) as refused:
+            destroy()
+        assert f"data root {PRODUCTION} was opened read-only" in str(refused.value)
+
+
+def test_a_hand_made_lock_is_refused_by_the_live_server(forged):
+    with pytest.raises(DataRootInUseError) as refused:
+        RootLock(PRODUCTION, kind="maintenance", profile="production").acquire("purge")
+    assert f"is held by pid {SERVER_PID}, kind server" in str(refused.value)
+"""
+
+# (7) A test that removes the sandbox marker, then loads production.
+MARKER_REMOVED_TESTS = """
+import dataclasses
+import os
+
+import pytest
+
+from app.config import load
+from app.dataroot import open_root
+from app.errors import DataRootInUseError, SandboxViolationError
+from hostile_helpers import PRODUCTION, SERVER_PID, TOKEN
+
+
+def test_removing_the_marker(monkeypatch):
+    del os.environ["PYTEST_APP_SANDBOX"]
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    assert (
+        "loading profile 'production' while pytest runs without the app's sandbox "
+        "(PYTEST_CURRENT_TEST is set, PYTEST_APP_SANDBOX is not)"
+    ) in str(refused.value)
+    # Without the marker nothing checks the path any more; the live server's lock does.
+    forged = dataclasses.replace(load(), profile="production", data_root=PRODUCTION)
+    with pytest.raises(DataRootInUseError) as held:
+        open_root(forged, kind="maintenance")
+    assert f"data root {PRODUCTION} is held by pid {SERVER_PID}, kind server" in str(held.value)
+"""
+
+# (8) A conftest that loads the configuration at import time, like the incident's singleton.
+IMPORT_TIME_CONFTEST = """
+import shutil
+
+import pytest
+
+from app.config import load
+
+SETTINGS = load()
+
+
+@pytest.fixture(autouse=True)
+def clean_sessions():
+    shutil.rmtree(SETTINGS.data_root / "sessions", ignore_errors=True)
+    (SETTINGS.data_root / "sessions").mkdir(parents=True)
+    yield
+"""
+
+IMPORT_TIME_TESTS = """
+from conftest import SETTINGS
+from hostile_helpers import PRODUCTION
+
+
+def test_the_import_time_settings_are_the_sandboxed_testing_ones():
+    assert SETTINGS.profile == "testing"
+    assert SETTINGS.data_root.is_relative_to(SETTINGS.sandbox)
+    assert not SETTINGS.data_root.is_relative_to(PRODUCTION)
+"""
+
+IMPORT_TIME_PRODUCTION_CONFTEST = """
+import shutil
+
+from app.config import load
+
+shutil.rmtree(load("production").data_root / "sessions")
+"""
+
+# (10) The dynaconf documentation's pattern: the conftest forces the testing environment.
+FORCE_TESTING_CONFTEST = """
+import os
+import shutil
+
+import pytest
+
+from app.config import load
+
+os.environ["ENV_FOR_DYNACONF"] = "testing"
+
+
+@pytest.fixture(autouse=True)
+def clean_sessions():
+    sessions = load().data_root / "sessions"
+    shutil.rmtree(sessions, ignore_errors=True)
+    sessions.mkdir(parents=True, exist_ok=True)
+    yield
+"""
+
+NOTHING_TESTS = """
+def test_something():
+    pass
+"""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One hostile suite and what the outer test expects of its run.
+
+    ``stdout`` and ``stderr`` are fnmatch patterns, formatted with ``root`` (the production
+    data root), ``pid`` and ``port`` (the production server's).
+    """
+
+    files: dict[str, str]
+    layer: str
+    args: tuple[str, ...] = ()
+    outcomes: dict[str, int] = field(default_factory=dict)
+    ret: int = 0
+    stdout: tuple[str, ...] = ()
+    stderr: tuple[str, ...] = ()
+    #: "production": the shell exported production's settings; "unaware": it exported
+    #: APP_DATA_ROOT but its settings files put production elsewhere (the root is known only
+    #: to the service's environment); "clean": it exported nothing about production at all.
+    shell: str = "production"
+
+
+HEADER = (
+    "app: profile=testing (forced; the shell asked for 'production'), data_root=*/data/testing *",
+    "*neutralised: APP_API_TOKEN, APP_DATA_ROOT, ENV_FOR_DYNACONF=production",
+    (
+        "app: live server on profile 'production' (pid {pid}, kind server, profile production, "
+        "host *, port {port}, since *) at {root}: tests will not touch it"
+    ),
+)
+NO_SANDBOX = "*loading profile 'production' while pytest runs without the app's sandbox*"
+ENV_ROOT_WITHOUT_SANDBOX = (
+    "*SandboxViolationError: refused under pytest: data root {root} from environment "
+    "APP_DATA_ROOT while pytest runs without the app's sandbox (PYTEST_CURRENT_TEST is set, "
+    "PYTEST_APP_SANDBOX is not). Run the tests with the app's pytest plugin enabled*"
+)
+
+SUITES: dict[str, Suite] = {
+    "the_incidents_autouse_cleanup_fixture": Suite(
+        {"conftest.py": INCIDENT_CONFTEST, "test_sessions.py": INCIDENT_TESTS},
+        "plugin: testing forced, APP_DATA_ROOT neutralised, root mapped into the sandbox",
+        outcomes={"passed": 2},
+        stdout=HEADER,
+    ),
+    "a_test_that_loads_production_and_deletes_its_root": Suite(
+        {"test_production.py": LOAD_PRODUCTION_TESTS},
+        "config: other profiles refused without app_profile; with it, mapped into the sandbox",
+        outcomes={"passed": 3},
+    ),
+    "maintenance_commands_in_a_subprocess": Suite(
+        {"test_maintenance.py": MAINTENANCE_TESTS},
+        "config in the child (inherited sandbox marker); the run's own lock for its testing root",
+        outcomes={"passed": 5},
+    ),
+    "maintenance_commands_with_a_cleared_environment": Suite(
+        {"test_cleared.py": CLEARED_ENV_TESTS},
+        "lock: the live production server holds its root (exit 75)",
+        outcomes={"passed": 3},
+    ),
+    "a_second_copy_of_the_config_module": Suite(
+        {"test_second_copy.py": SECOND_COPY_TESTS},
+        "config and dataroot read the marker from os.environ, in every copy of the code",
+        outcomes={"passed": 3},
+    ),
+    "a_test_that_exports_production_itself": Suite(
+        {"test_exports.py": EXPORTS_MID_TEST_TESTS},
+        "config: profile allow-list; an APP_DATA_ROOT outside the sandbox is refused",
+        outcomes={"passed": 3},
+    ),
+    "a_hand_made_config_and_data_root": Suite(
+        {"test_hand_made.py": HAND_MADE_TESTS},
+        "dataroot: every open checks the sandbox; store: only a lock holder writes; lock",
+        outcomes={"passed": 4},
+    ),
+    "a_test_that_removes_the_sandbox_marker": Suite(
+        {"test_marker.py": MARKER_REMOVED_TESTS},
+        "config: the PYTEST_CURRENT_TEST rule; lock; the plugin fails the test afterwards",
+        outcomes={"passed": 1, "errors": 1},
+        ret=1,
+        stdout=("*test_removing_the_marker changed PYTEST_APP_SANDBOX; it was put back*",),
+    ),
+    "a_conftest_that_loads_at_import_time": Suite(
+        {"conftest.py": IMPORT_TIME_CONFTEST, "test_import_time.py": IMPORT_TIME_TESTS},
+        "plugin: its first hook runs before conftest files are imported",
+        outcomes={"passed": 1},
+    ),
+    "a_conftest_that_loads_production_at_import_time": Suite(
+        {"conftest.py": IMPORT_TIME_PRODUCTION_CONFTEST, "test_nothing.py": NOTHING_TESTS},
+        "config: other profiles refused under the sandbox, even at conftest import",
+        ret=4,
+        stderr=(
+            "ImportError while loading conftest *",
+            (
+                "*SandboxViolationError: refused under pytest (sandbox: *): loading profile "
+                "'production'; tests run on the 'testing' profile*"
+            ),
+        ),
+    ),
+    "the_incident_under_xdist": Suite(
+        {"conftest.py": INCIDENT_CONFTEST, "test_sessions.py": INCIDENT_TESTS},
+        "plugin: every worker gets its own sandbox",
+        args=("-n", "2"),
+        outcomes={"passed": 2},
+        stdout=HEADER,
+    ),
+    "the_incident_with_the_plugin_disabled": Suite(
+        {"conftest.py": INCIDENT_CONFTEST, "test_sessions.py": INCIDENT_TESTS},
+        "config: the PYTEST_CURRENT_TEST rule refuses other profiles without the plugin",
+        args=("-p", "no:app"),
+        outcomes={"errors": 2},
+        ret=1,
+        stdout=(NO_SANDBOX,),
+    ),
+    "the_dynaconf_docs_pattern_with_the_plugin_disabled": Suite(
+        {"conftest.py": FORCE_TESTING_CONFTEST, "test_nothing.py": NOTHING_TESTS},
+        "config: without the sandbox, an APP_DATA_ROOT under pytest is refused (and it "
+        "overlaps production's root in the settings files)",
+        args=("-p", "no:app"),
+        outcomes={"errors": 1},
+        ret=1,
+        stdout=(ENV_ROOT_WITHOUT_SANDBOX,),
+    ),
+    "a_basetemp_on_the_production_root": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: a --basetemp that overlaps a known data root is refused",
+        args=("--basetemp={root}",),
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing --basetemp {root}: pytest empties it before the run, and it "
+                "overlaps the data root of profile 'production' ({root})*"
+            ),
+        ),
+    ),
+    "a_basetemp_above_the_production_root": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: a --basetemp that holds a known data root is refused",
+        args=("--basetemp={root}/..",),
+        ret=4,
+        stderr=("ERROR: app: refusing --basetemp {root}/..: pytest empties it before the run*",),
+    ),
+    "a_conftest_that_loads_at_import_time_with_the_plugin_disabled": Suite(
+        {"conftest.py": IMPORT_TIME_CONFTEST, "test_nothing.py": NOTHING_TESTS},
+        "config: the PYTEST_VERSION rule (no test runs yet, so no PYTEST_CURRENT_TEST)",
+        args=("-p", "no:app"),
+        ret=4,
+        stderr=(
+            "ImportError while loading conftest *",
+            (
+                "*loading profile 'production' while pytest runs without the app's sandbox "
+                "(PYTEST_VERSION is set, PYTEST_APP_SANDBOX is not)*"
+            ),
+        ),
+    ),
+    "the_dynaconf_docs_pattern_without_the_plugin_and_production_known_only_to_the_env": Suite(
+        {"conftest.py": FORCE_TESTING_CONFTEST, "test_nothing.py": NOTHING_TESTS},
+        "config: without the sandbox, an APP_DATA_ROOT under pytest is refused",
+        args=("-p", "no:app"),
+        outcomes={"errors": 1},
+        ret=1,
+        stdout=(ENV_ROOT_WITHOUT_SANDBOX,),
+        shell="unaware",
+    ),
+    "a_basetemp_on_a_production_root_the_shell_does_not_know": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: a --basetemp that is itself a data root (stamped, or held) is refused",
+        args=("--basetemp={root}",),
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing --basetemp {root}: it is the data root {root}, held by "
+                "pid {pid}, kind server, profile production*"
+            ),
+        ),
+        shell="clean",
+    ),
+    "a_basetemp_above_a_production_root_the_shell_does_not_know": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: a --basetemp that holds a live data root anywhere inside is refused",
+        args=("--basetemp={root}/..",),
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing --basetemp {root}/..: it holds the data root {root}, held by "
+                "pid {pid}, kind server*"
+            ),
+        ),
+        shell="clean",
+    ),
+}

@@ -1,0 +1,265 @@
+"""The incident, replayed: hostile test suites run next to a live production server.
+
+One real ``app serve`` on the production profile (module scope), with a token, on a data root
+of its own, filled over HTTP. Each hostile suite (tests/hostile_suites.py) then runs in a
+pytest subprocess from a shell that exported production's settings (ENV_FOR_DYNACONF,
+APP_DATA_ROOT, APP_API_TOKEN, and an APP_SETTINGS_DIR whose [production] data_root is that
+root), and afterwards every production file must be byte-identical and the server must
+still answer with the same sessions.
+
+Which layer stops each suite (the design's numbering):
+
+- the incident's autouse fixture that rmtree's ``load().data_root / "sessions"``: layer 3,
+  the plugin forces testing and neutralises APP_DATA_ROOT before any conftest is imported;
+  the root is mapped into the run's sandbox, and the header names the live server;
+- ``load("production")`` then rmtree: layer 3 in config (other profiles are refused without
+  ``app_profile``; with it the root is mapped into the sandbox; an APP_DATA_ROOT outside the
+  sandbox is refused even then);
+- ``app data purge`` / ``empty-trash`` / ``serve`` in a subprocess with the inherited
+  environment: layer 3 in the child's config (the marker is inherited; exit 78). With the
+  testing profile the child lands on the run's own root, which the run holds (layer 4, 75);
+- the same commands with a cleared environment (no marker, no PYTEST_CURRENT_TEST): layer 4,
+  the live server's lock (exit 75, naming the server);
+- a second copy of config (and of dataroot) imported under ``src.app``: layer 3, because the
+  rule lives in config and dataroot and reads the marker from ``os.environ``;
+- a test that exports production mid-test: layer 3 in config (profile allow-list; an
+  APP_DATA_ROOT outside the sandbox), and layer 2 (testing's root overlaps production's);
+- a Config or DataRoot made by hand: layer 3 in dataroot (every open checks the sandbox),
+  the store (only a lock holder writes) and layer 4 (the server holds the lock);
+- a test that deletes PYTEST_APP_SANDBOX: the PYTEST_CURRENT_TEST rule in config, layer 4
+  for a hand-made root, and the plugin fails the test and puts the marker back;
+- a conftest that loads at import time: layer 3, the plugin's first hook runs before any
+  conftest is imported (a production load there is refused outright);
+- the incident under ``-n 2``: layer 3, each worker has its own sandbox;
+- the incident with ``-p no:app``: the PYTEST_CURRENT_TEST rule in config; a conftest that
+  loads at import time with ``-p no:app`` (before any test runs): the PYTEST_VERSION rule in
+  config; the dynaconf docs' pattern (force ENV_FOR_DYNACONF=testing in a conftest) with
+  ``-p no:app``: config refuses a data root from APP_DATA_ROOT under pytest without the
+  sandbox (layer 2 would also see the overlap, but only where the settings files name
+  production's root; the "unaware" shell checks the case where they do not);
+- ``--basetemp`` on or above the production root: the plugin refuses it before pytest would
+  empty it, whether the shell's settings name that root (overlap) or not (the plugin walks an
+  existing --basetemp for live or stamped data roots).
+
+Known limits, not tested here because no app code runs or nothing can tell them apart from
+production: ``-p no:app --basetemp=<root>`` (pytest itself empties it), a test that deletes
+every pytest variable or points PYTEST_APP_SANDBOX at a directory above production, then
+``shutil.rmtree``'s a path it already knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hostile_suites import HELPERS, SUITES, Suite
+
+from app.lock import LOCK_FILE
+from app.testing import free_port, wait_until_serving
+
+SETTINGS = """\
+[default]
+host = "127.0.0.1"
+
+[development]
+data_root = "{base}/development"
+
+[testing]
+data_root = "{base}/testing"
+
+[production]
+data_root = "{root}"
+port = 8080
+protected = true
+"""
+
+
+@dataclass(frozen=True)
+class Production:
+    """The live production server and what it held before any hostile suite ran."""
+
+    root: Path
+    settings_dir: Path
+    unaware_settings_dir: Path
+    url: str
+    token: str
+    port: int
+    process: subprocess.Popen[bytes]
+    files: dict[str, str]
+    sessions: dict[str, Any]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """Every file and directory under `root`: a sha256 per file, "dir" per directory.
+
+    The lock file is left out: its content is the holder's, and changes only if the holder does.
+    """
+    seen: dict[str, str] = {}
+    for directory, dirs, files in os.walk(root):
+        here = Path(directory)
+        for name in dirs:
+            seen[str((here / name).relative_to(root))] = "dir"
+        for name in files:
+            path = here / name
+            if path == root / LOCK_FILE:
+                continue
+            seen[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return seen
+
+
+def list_sessions(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = httpx.get(f"{url}/sessions", params={"limit": 1000}, headers=headers)
+    assert response.status_code == 200, response.text
+    listing: dict[str, Any] = response.json()
+    return listing
+
+
+def fill(url: str, headers: dict[str, str]) -> None:
+    """Sessions with files, a deleted file and a deleted session (so the trash has data too)."""
+    with httpx.Client(base_url=url, headers=headers) as client:
+        ids = []
+        for n in range(4):
+            response = client.post("/sessions", json={"title": f"review {n}", "metadata": {"n": n}})
+            assert response.status_code == 201, response.text
+            session_id = response.json()["id"]
+            ids.append(session_id)
+            for k in range(3):
+                body = os.urandom(512 + 97 * k) + f"session {n} file {k}".encode()
+                uploaded = client.post(
+                    f"/sessions/{session_id}/files",
+                    files={"file": (f"upload-{k}.bin", body, "application/octet-stream")},
+                )
+                assert uploaded.status_code in (200, 201), uploaded.text
+            put = client.put(f"/sessions/{session_id}/files/notes.txt", content=b"notes %d" % n)
+            assert put.status_code in (200, 201), put.text
+        deleted = client.delete(f"/sessions/{ids[0]}/files/upload-1.bin")
+        assert deleted.status_code in (200, 204), deleted.text
+        deleted = client.delete(f"/sessions/{ids[3]}")
+        assert deleted.status_code in (200, 204), deleted.text
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    """A real production-profile server on a temporary root, filled over HTTP."""
+    base = tmp_path_factory.mktemp("production")
+    # The other profiles' roots live apart, so that production's parent holds only its own.
+    others = tmp_path_factory.mktemp("other-profiles")
+    root = base / "root"
+    settings_dir = base / "settings"
+    settings_dir.mkdir()
+    (settings_dir / "settings.toml").write_text(SETTINGS.format(base=others, root=root))
+    # Settings files that put production elsewhere: the service's environment alone knows.
+    unaware_settings_dir = base / "unaware-settings"
+    unaware_settings_dir.mkdir()
+    (unaware_settings_dir / "settings.toml").write_text(
+        SETTINGS.format(base=others, root=others / "production")
+    )
+    token = secrets.token_urlsafe(32)
+    port = free_port()
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_API_TOKEN": token,
+        "APP_DATA_ROOT": str(root),
+        "APP_PORT": str(port),
+        "APP_SETTINGS_DIR": str(settings_dir),
+        # Our own run is sandboxed and the production root lives inside that sandbox; the
+        # hostile runs get sandboxes of their own, which do not contain it.
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    log = (base / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_until_serving(url, process)
+        except pytest.fail.Exception:
+            log.flush()
+            pytest.fail((base / "server.log").read_text(errors="replace"), pytrace=False)
+        headers = {"Authorization": f"Bearer {token}"}
+        fill(url, headers)
+        yield Production(
+            root,
+            settings_dir,
+            unaware_settings_dir,
+            url,
+            token,
+            port,
+            process,
+            fingerprint(root),
+            list_sessions(url, headers),
+        )
+    finally:
+        process.terminate()
+        process.wait()
+        log.close()
+
+
+def export_shell(monkeypatch: pytest.MonkeyPatch, production: Production, shell: str) -> None:
+    """The shell of the incident: production's settings exported, no pytest of ours around."""
+    for name in ("PYTEST_APP_SANDBOX", "PYTEST_APP_SANDBOX_OWNER", "PYTEST_CURRENT_TEST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOSTILE_PRODUCTION_ROOT", str(production.root))
+    monkeypatch.setenv("HOSTILE_PRODUCTION_TOKEN", production.token)
+    monkeypatch.setenv("HOSTILE_SERVER_PID", str(production.process.pid))
+    if shell == "production":
+        monkeypatch.setenv("APP_SETTINGS_DIR", str(production.settings_dir))
+    else:
+        monkeypatch.setenv("APP_SETTINGS_DIR", str(production.unaware_settings_dir))
+    if shell in ("production", "unaware"):
+        monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
+        monkeypatch.setenv("APP_DATA_ROOT", str(production.root))
+        monkeypatch.setenv("APP_API_TOKEN", production.token)
+
+
+def test_the_production_server_is_live_and_filled(production: Production) -> None:
+    assert production.process.poll() is None
+    assert production.sessions["total"] == 3
+    assert any(name.startswith(".trash/") for name in production.files)
+    assert sum(name.endswith(".bin") for name in production.files) >= 9
+
+
+@pytest.mark.parametrize("suite", SUITES.values(), ids=SUITES.keys())
+def test_production_survives_a_hostile_suite(
+    production: Production,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    suite: Suite,
+) -> None:
+    export_shell(monkeypatch, production, suite.shell)
+    pytester.makepyfile(hostile_helpers=HELPERS, **_as_modules(suite.files))
+    fields = {"root": production.root, "pid": production.process.pid, "port": production.port}
+    result = pytester.runpytest_subprocess(*(arg.format(**fields) for arg in suite.args))
+    try:
+        assert result.ret == suite.ret
+        if suite.outcomes:
+            result.assert_outcomes(**suite.outcomes)
+        if suite.stdout:
+            result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
+        if suite.stderr:
+            result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
+    finally:
+        # Whatever the inner run reported, production must be untouched.
+        assert production.process.poll() is None, "the production server died"
+        assert fingerprint(production.root) == production.files
+        assert list_sessions(production.url, production.headers) == production.sessions
+
+
+def _as_modules(files: dict[str, str]) -> dict[str, str]:
+    """makepyfile's keyword form: file names without their ``.py``."""
+    return {name.removesuffix(".py"): source for name, source in files.items()}
