@@ -393,6 +393,11 @@ class Store:
         self.max_upload_bytes: int = root.config.max_upload_bytes
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._sessions_sync = _GroupSync(self.sessions_dir)
+        # The sorted ids, kept by a writer only: while this process holds the root's lock
+        # nobody else adds or removes sessions, so after one directory scan every change
+        # goes through this object. A reader (no lock) scans on every call instead.
+        self._index: list[str] | None = None
+        self._index_lock = threading.Lock()
         if root.writable:
             self._clear_unfinished_sessions()
 
@@ -470,6 +475,7 @@ class Store:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._sessions_sync.sync()
+        self._index_update(add=session["id"])
         return session
 
     def _new_session_record(self, title: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -519,6 +525,32 @@ class Store:
 
     def session_ids(self) -> list[str]:
         """Every session id, oldest first (a directory listing; no session.json is read)."""
+        with self._index_lock:
+            return list(self._ids())
+
+    def _ids(self) -> list[str]:
+        # Called with _index_lock held. The list returned must not be changed by the caller.
+        if self._index is not None:
+            return self._index
+        ids = self._scan_ids()
+        if self.root.writable:
+            self._index = ids
+        return ids
+
+    def _index_update(self, *, add: str | None = None, remove: str | None = None) -> None:
+        with self._index_lock:
+            if self._index is None:
+                return  # not built yet: the next scan sees the change
+            if add is not None:
+                position = bisect.bisect_left(self._index, add)
+                if position == len(self._index) or self._index[position] != add:
+                    self._index.insert(position, add)
+            if remove is not None:
+                position = bisect.bisect_left(self._index, remove)
+                if position < len(self._index) and self._index[position] == remove:
+                    del self._index[position]
+
+    def _scan_ids(self) -> list[str]:
         try:
             with os.scandir(self.sessions_dir) as entries:
                 names = [e.name for e in entries if len(e.name) == 32 and _ID_RE.fullmatch(e.name)]
@@ -546,16 +578,19 @@ class Store:
         """
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
-        ids = self.session_ids()
-        start = 0 if after is None else bisect.bisect_right(ids, check_session_id(after))
-        chosen = ids[start : start + limit]
+        cursor = None if after is None else check_session_id(after)
+        with self._index_lock:
+            ids = self._ids()
+            start = 0 if cursor is None else bisect.bisect_right(ids, cursor)
+            chosen = ids[start : start + limit]
+            total = len(ids)
         items = []
         for session_id in chosen:
             # A session deleted between the listing and this read is simply not shown.
             with contextlib.suppress(SessionNotFoundError):
                 items.append(self._read_session(self.sessions_dir / session_id, session_id))
-        more = start + limit < len(ids)
-        return Page(items=items, total=len(ids), next=chosen[-1] if more and chosen else None)
+        more = start + limit < total
+        return Page(items=items, total=total, next=chosen[-1] if more and chosen else None)
 
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
         """Move a session, files and all, to ``.trash/``; audited.
@@ -590,6 +625,7 @@ class Store:
             # clears): the manifest is written first, then the directory moves in one rename.
             try:
                 directory.rename(entry.path / TRASHED_SESSION)
+                self._index_update(remove=session_id)
             except BaseException:
                 self._remove_empty_entry(entry)
                 raise
@@ -882,6 +918,7 @@ class Store:
                     f"the copy in {entry.path}. Delete the current one first if you mean it"
                 )
             (entry.path / TRASHED_SESSION).rename(dest)
+            self._index_update(add=entry.session_id)
             _fsync_dir(self.sessions_dir)
             self._remove_empty_entry(entry)
             return self._read_session(dest, entry.session_id)

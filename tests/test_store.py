@@ -341,3 +341,15 @@ def test_destructive_operations_stop_when_the_lock_file_is_gone(store: Store) ->
     with pytest.raises(LockLostError, match="was deleted"):
         store.delete_session(sid)
     assert store.session_ids() == [sid]
+
+
+def test_the_listing_index_of_a_writer_matches_the_directory(store: Store) -> None:
+    ids = [store.create_session()["id"] for _ in range(6)]
+    assert store.list_sessions(limit=2).total == 6  # builds the index
+    store.delete_session(ids[0])
+    store.create_session()
+    store.restore(ids[0])
+    store.delete_session(ids[3])
+    assert store.session_ids() == store._scan_ids()
+    store.purge()
+    assert store.session_ids() == store._scan_ids() == []
