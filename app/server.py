@@ -18,6 +18,8 @@ SIGTERM and SIGINT stop it gracefully: in-flight requests finish, then the lock 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import hmac
 import logging
@@ -63,6 +65,8 @@ _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
 # refuses it: boundaries and part headers are small, other fields are capped above.
 _MULTIPART_OVERHEAD: Final = 2 * _MAX_OTHER_FIELD_BYTES
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 30
+# Uploads are hashed and written by a worker thread in batches of this size.
+_BATCH_BYTES: Final = 1024 * 1024
 
 _STATUS_CODES: Final = {
     400: "bad_request",
@@ -246,6 +250,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
             upload = sink.finish()
             return await run_in_threadpool(upload.commit)
         finally:
+            await sink.settle()
             sink.abort()
 
     @app.put("/sessions/{session_id}/files/{name:path}", dependencies=auth, tags=["files"])
@@ -256,12 +261,14 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         """
         _refuse_declared_length(request, limit, limit)
         upload = store.begin_upload(session_id, name, replace=True)
+        pipeline = _Pipeline(upload)
         try:
             async for chunk in request.stream():
-                if chunk:
-                    upload.write(chunk)
+                await pipeline.add(chunk)
+            await pipeline.drain()
             entry = await run_in_threadpool(upload.commit)
         finally:
+            await pipeline.settle()
             upload.abort()  # a no-op once committed
         return JSONResponse(entry, status_code=200 if upload.replaced else 201)
 
@@ -336,6 +343,78 @@ def _boundary(content_type: str | None) -> bytes:
     return boundary
 
 
+class _Pipeline:
+    """Hash and write an upload on a worker thread while the event loop receives more.
+
+    Chunks are collected into batches of about `_BATCH_BYTES`; one batch at a time is
+    written by a threadpool worker (hashlib and ``write`` release the GIL) while the next
+    one is received, so receiving, hashing and writing overlap on two cores. At most two
+    batches are held in memory. The size limit is checked as bytes arrive, not when they
+    are written.
+    """
+
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self.total = 0
+        self._batch: list[bytes | memoryview] = []
+        self._batch_bytes = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    def queue(self, data: bytes | memoryview) -> None:
+        """Add bytes to the current batch (synchronous: for parser callbacks).
+
+        Raises:
+            UploadTooLargeError: the upload is now over the limit.
+        """
+        self.total += len(data)
+        if self.total > self.upload.limit:
+            raise UploadTooLargeError(self.upload.limit, self.total)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+
+    async def add(self, data: bytes) -> None:
+        """Queue ``data`` and hand the batch to the worker once it is full."""
+        if data:
+            self.queue(data)
+            await self.flush_if_full()
+
+    async def flush_if_full(self) -> None:
+        """Hand the batch over if it reached `_BATCH_BYTES`."""
+        if self._batch_bytes >= _BATCH_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending  # one batch in flight at a time: memory stays bounded
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._pending = asyncio.ensure_future(run_in_threadpool(self.upload.write_all, batch))
+
+    async def drain(self) -> None:
+        """Write everything queued and wait for it (before commit)."""
+        await self._flush()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def settle(self) -> None:
+        """Wait for a write in flight, ignoring its outcome, so that abort never races it."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            with contextlib.suppress(Exception):
+                await pending
+
+
+def _parse(step: Callable[..., object], *args: bytes) -> None:
+    try:
+        step(*args)
+    except AppError:
+        raise  # from our callbacks: a bad name, a size over the limit, ...
+    except Exception as error:  # python-multipart's own parse errors
+        raise BadRequestError(f"malformed multipart body: {error}") from None
+
+
 class _MultipartSink:
     """python-multipart callbacks that stream the ``file`` part into an `Upload`."""
 
@@ -343,6 +422,7 @@ class _MultipartSink:
         self.store = store
         self.session_id = session_id
         self.upload: Upload | None = None
+        self.pipeline: _Pipeline | None = None
         self._current: Upload | None = None
         self._other_bytes = 0
         self._field = b""
@@ -366,17 +446,14 @@ class _MultipartSink:
                 "on_end": self._end,
             },
         )
-        try:
-            async for chunk in request.stream():
-                if chunk:
-                    parser.write(chunk)
-            parser.finalize()
-        except AppError:
-            raise
-        except ClientDisconnect:
-            raise
-        except Exception as error:  # python-multipart's own parse errors
-            raise BadRequestError(f"malformed multipart body: {error}") from None
+        async for chunk in request.stream():
+            if chunk:
+                _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                if self.pipeline is not None:
+                    await self.pipeline.flush_if_full()
+        _parse(parser.finalize)
+        if self.pipeline is not None:
+            await self.pipeline.drain()
 
     def finish(self) -> Upload:
         if not self._ended:
@@ -384,6 +461,10 @@ class _MultipartSink:
         if self.upload is None:
             raise BadRequestError("no form field 'file' with a filename in the multipart body")
         return self.upload
+
+    async def settle(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.settle()
 
     def abort(self) -> None:
         if self.upload is not None:
@@ -422,10 +503,12 @@ class _MultipartSink:
             raise BadRequestError(f"the filename {raw!r} is not UTF-8") from None
         check_file_name(name)
         self.upload = self._current = self.store.begin_upload(self.session_id, name)
+        self.pipeline = _Pipeline(self.upload)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is not None:
-            self._current.write(memoryview(data)[start:end])
+            assert self.pipeline is not None
+            self.pipeline.queue(memoryview(data)[start:end])
             return
         self._other_bytes += end - start
         if self._other_bytes > _MAX_OTHER_FIELD_BYTES:

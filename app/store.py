@@ -318,6 +318,15 @@ class Upload:
         self._hash.update(chunk)
         self._file.write(chunk)
 
+    def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Append every chunk in order (one call for a batch; see :meth:`write`).
+
+        Raises:
+            UploadTooLargeError: the upload went over ``max_upload_bytes``.
+        """
+        for chunk in chunks:
+            self.write(chunk)
+
     def commit(self) -> dict[str, Any]:
         """Make the file durable, rename it into the session and record it in session.json.
 

@@ -242,12 +242,12 @@ def test_a_server_killed_mid_upload_leaves_no_partial_file_visible(start: Any, r
     with server.client() as client:
         sid = client.post("/sessions", json={}).json()["id"]
     total = 32 * 2**20
-    put = open_upload(server, f"PUT /sessions/{sid}/files/raw.bin", b"\r\n" + b"r" * 2**20, total)
+    put = open_upload(server, f"PUT /sessions/{sid}/files/raw.bin", b"\r\n" + b"r" * 2**21, total)
     body_head = b'--B\r\nContent-Disposition: form-data; name="file"; filename="form.bin"\r\n\r\n'
     form = open_upload(
         server,
         f"POST /sessions/{sid}/files",
-        b"Content-Type: multipart/form-data; boundary=B\r\n\r\n" + body_head + b"m" * 2**20,
+        b"Content-Type: multipart/form-data; boundary=B\r\n\r\n" + body_head + b"m" * 2**21,
         total,
     )
     tmp = root / ".tmp"
