@@ -445,20 +445,48 @@ def _display(path: Path, directory: Path) -> str:
     return path.name if path.parent == directory else str(path)
 
 
-def _sources(history: list[dict[str, Any]], directory: Path) -> dict[str, str]:
-    """Where each key's value came from: the last loader that set it wins, as in dynaconf."""
-    sources: dict[str, str] = {}
-    for entry in history:
-        value = entry.get("value")
-        if not isinstance(value, dict):
-            continue
-        loader, ident = entry.get("loader"), str(entry.get("identifier"))
-        for key in value:
-            if key.lower() not in KEYS:
-                continue
-            if loader == "toml":
-                sources[key.lower()] = f"{_display(Path(ident), directory)} [{entry.get('env')}]"
-    return sources
+def _file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
+    """Every profile's values from the files, with their sources, from ONE dynaconf load.
+
+    dynaconf loads every file with ``environments=False`` and sections merged, so every
+    section stays visible, parsed, cast and formatted as dynaconf does it (``@int``,
+    ``@format``...). Which section of which file wins a key follows dynaconf's own layering
+    for ``environments=True``: file after file, ``[default]``, the profile, ``[global]``,
+    read from the files' own structure (dynaconf's history records merged sections, which
+    would credit a key to the last file that touched its section). The winning layer's value
+    is that section's merged value, since any later file that set the same key there would
+    itself be a later layer. One load for every profile, instead of one each, keeps `load`
+    (which checks every profile's root) close to the cost of a single dynaconf load.
+    """
+    from dynaconf import Dynaconf  # imported here: `import app.config` stays cheap
+
+    # envvar_prefix=None: dynaconf's env loader reads os.environ itself, which would ignore
+    # the `environ` the caller passed (load(environ=...), the pytest plugin's live_server).
+    # The overrides are applied by `_resolve_profile`, parsed the way dynaconf parses them.
+    settings = Dynaconf(
+        settings_files=[str(path) for path in files.paths],
+        skip_files=[str(path) for path in files.skipped],
+        environments=False,
+        merge_enabled=True,
+        envvar_prefix=None,
+        load_dotenv=False,
+    )
+    merged = {
+        str(name).lower(): {str(key).lower(): value for key, value in body.items()}
+        for name, body in settings.as_dict().items()
+        if isinstance(body, dict)
+    }
+    out: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in files.profiles}
+    for path, data in files.data.items():
+        where = _display(path, files.directory)
+        sections = {name.lower(): body for name, body in data.items() if isinstance(body, dict)}
+        for profile, values in out.items():
+            for section in ("default", profile, "global"):
+                for key in sections.get(section, {}):
+                    if key.lower() in KEYS:
+                        value = merged[section][key.lower()]
+                        values[key.lower()] = (value, f"{where} [{section}]")
+    return out
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -474,34 +502,23 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _resolve_profile(files: _Files, profile: str, environ: Mapping[str, str] | None) -> Resolved:
-    """Load one profile with dynaconf; `environ` given means APP_* variables apply."""
-    from dynaconf import Dynaconf  # imported here: `import app.config` stays cheap
-    from dynaconf.utils.inspect import get_history
-
-    # envvar_prefix=None: dynaconf's env loader reads os.environ itself, which would ignore
-    # the `environ` the caller passed (load(environ=...), the pytest plugin's live_server).
-    # The overrides are applied below from `environ`, parsed the way dynaconf parses them.
-    settings = Dynaconf(
-        settings_files=[str(path) for path in files.paths],
-        skip_files=[str(path) for path in files.skipped],
-        environments=True,
-        env=profile,
-        env_switcher=_UNUSED_SWITCH,
-        envvar_prefix=None,
-        load_dotenv=False,
-    )
-    loaded = settings.as_dict()
-    values: dict[str, Any] = {}
-    sources = _sources(get_history(settings), files.directory)
+def _resolve_profile(
+    files: _Files,
+    profile: str,
+    from_files: Mapping[str, tuple[Any, str]],
+    environ: Mapping[str, str] | None,
+) -> Resolved:
+    """One profile's typed values and sources; `environ` given means APP_* variables apply."""
+    loaded = {name: value for name, (value, _) in from_files.items()}
+    sources = {name: source for name, (_, source) in from_files.items()}
     if environ is not None:
         for name, value in _env_overrides(environ).items():
-            loaded[name.upper()] = value
-            sources[name] = f"environment {KEYS[name].env}"
+            loaded[name], sources[name] = value, f"environment {KEYS[name].env}"
+    values: dict[str, Any] = {}
     problems: list[ConfigError] = []
     for name, key in KEYS.items():
-        if name.upper() in loaded:
-            values[name] = loaded[name.upper()]
+        if name in loaded:
+            values[name] = loaded[name]
         elif key.default is _REQUIRED:
             problems.append(
                 InvalidSettingError(
@@ -767,18 +784,11 @@ def inspect_profiles(
     files = _read_files(env, sandboxed=sandbox is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
-    try:
-        resolved = {
-            name: _resolve_profile(files, name, env if name == selected else None)
-            for name in files.profiles
-        }
-    except Exception:
-        # A switch can make dynaconf itself fail (DYNACONF_SILENT_ERRORS=false: KeyError on a
-        # missing section); name the switch instead of showing dynaconf's traceback.
-        switched = [p for p in problems if isinstance(p, DynaconfSwitchError)]
-        if switched:
-            raise switched[0] from None
-        raise
+    from_files = _file_values(files)
+    resolved = {
+        name: _resolve_profile(files, name, from_files[name], env if name == selected else None)
+        for name in files.profiles
+    }
     for r in resolved.values():
         problems.extend(r.problems)
     problems.extend(_overlaps(resolved))

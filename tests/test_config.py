@@ -905,3 +905,43 @@ def test_a_dynaconf_switch_is_the_only_problem_reported_not_false_overlaps(
     with pytest.raises(DynaconfSwitchError) as caught:
         inspect_profiles()
     assert caught.value.names == ("FORCE_ENV_FOR_DYNACONF",)
+
+
+def test_profiles_resolve_exactly_as_dynaconf_environments_would_layer_them(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    # One load with every section visible must give what dynaconf's environments=True gives
+    # for each profile: file after file, [default] then the profile then [global].
+    from dynaconf import Dynaconf
+
+    settings = (
+        '[default]\nport = 8000\nhost = "a"\npage_size = "@int 20"\n'
+        f"[development]\ndata_root = {toml_str(roots['development'])}\nport = 1\n"
+        f"[testing]\ndata_root = {toml_str(roots['testing'])}\n"
+        f"[production]\ndata_root = {toml_str(roots['production'])}\nprotected = true\n"
+        '[global]\nhost = "g"\n'
+    )
+    secrets = (
+        '[default]\nport = 2\n[testing]\nhost = "@format {env[HOME]}-t"\npage_size = 7\n'
+    )
+    where = make_settings(settings, secrets)
+    report = inspect_profiles("testing")
+    assert report.files == (where / "settings.toml", where / ".secrets.toml")
+    for name in KNOWN:
+        expected = Dynaconf(
+            settings_files=[str(f) for f in report.files],
+            environments=True,
+            env=name,
+            env_switcher="NOT_SET_ANYWHERE",
+            envvar_prefix=None,
+            load_dotenv=False,
+        )
+        for key in ("port", "host", "page_size", "protected"):
+            want = expected.get(key.upper(), KEYS[key].default)
+            assert report.profiles[name].values[key] == want, (name, key)
+    testing = report.profiles["testing"]
+    assert testing.values["host"] == f"{os.environ['HOME']}-t"
+    assert testing.sources["host"] == ".secrets.toml [testing]"
+    assert testing.sources["page_size"] == ".secrets.toml [testing]"
+    assert testing.sources["port"] == ".secrets.toml [default]"
+    assert report.profiles["production"].sources["host"] == "settings.toml [global]"
