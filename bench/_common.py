@@ -1,0 +1,125 @@
+"""Shared helpers of the benchmarks: servers on 127.0.0.1 that stop by themselves.
+
+Every server a benchmark starts listens on 127.0.0.1 only, gets SIGTERM from the kernel if
+the benchmark process dies (``PR_SET_PDEATHSIG``), and is stopped by the benchmark when it
+is done. Data lives in a temporary directory removed at the end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PROJECT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token-" + "x" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class Server:
+    """A server subprocess on 127.0.0.1 (``app serve`` or a bare baseline)."""
+
+    def __init__(self, argv: list[str], port: int, env: dict[str, str], log: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=out,
+                stderr=out,
+                # Servers start before the benchmark starts threads; it only calls prctl.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        self.pid = self.process.pid
+        for _ in range(600):  # bounded: 30 s
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited {self.process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server on {self.url} did not answer /health")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def app_env(root: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("APP_", "PYTEST_", "DYNACONF_")) and k != "ENV_FOR_DYNACONF"
+    }
+    env.update(
+        {
+            "ENV_FOR_DYNACONF": "development",
+            "APP_DATA_ROOT": str(root),
+            "APP_HOST": "127.0.0.1",
+            "APP_PORT": str(port),
+            "APP_API_TOKEN": TOKEN,
+            "APP_LOG_LEVEL": "warning",  # no access log: measure the server, not its logging
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def app_server(root: Path, log: Path, **extra: str) -> Iterator[Server]:
+    port = free_port()
+    server = Server([sys.executable, "-m", "app", "serve"], port, app_env(root, port, **extra), log)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def io_write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc/<pid>/io")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/<pid>/status")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,144 @@
+"""Create-session throughput (durable: fsync) against ``GET /health`` on the same server.
+
+One ``app serve`` on 127.0.0.1. The client is a small keep-alive HTTP/1.1 client over raw
+sockets in ``--concurrency`` threads (cheaper per request than httpx, so that the client is
+not what is measured). Rounds alternate: ``GET /health`` for ``--requests`` requests, then
+``POST /sessions`` for as many; each round is also bounded by ``--max-seconds``. Reported:
+the median requests per second of each, and their ratio.
+
+Run: ``.venv/bin/python bench/create_sessions.py [--requests 3000] [--rounds 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TOKEN, app_server, median
+
+
+class Connection:
+    """One keep-alive connection that sends a fixed request and reads whole responses."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request = request
+        self.buffer = b""
+
+    def roundtrip(self) -> bytes:
+        self.sock.sendall(self.request)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return head.split(b" ", 2)[1]
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request(method: str, path: str, body: bytes = b"") -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def load(port: int, raw: bytes, total: int, concurrency: int, max_seconds: float) -> float:
+    """Send ``total`` requests over ``concurrency`` connections; return requests per second."""
+    connections = [Connection(port, raw) for _ in range(concurrency)]
+    done = [0] * concurrency
+    failures: list[str] = []
+    deadline = time.perf_counter() + max_seconds
+
+    def worker(index: int) -> None:
+        connection = connections[index]
+        share = total // concurrency
+        for _ in range(share):
+            status = connection.roundtrip()
+            if status not in (b"200", b"201"):
+                failures.append(status.decode())
+                return
+            done[index] += 1
+            if time.perf_counter() > deadline:
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    for connection in connections:
+        connection.close()
+    if failures:
+        raise RuntimeError(f"requests failed: {failures[:5]}")
+    return sum(done) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="per kind and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="per kind and round")
+    parser.add_argument("--work-dir", help="where the data root goes (default: the system temp)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    health_raw = request("GET", "/health")
+    create_raw = request("POST", "/sessions", b'{"title": "bench", "metadata": {"n": 1}}')
+    rates: dict[str, list[float]] = {"health": [], "create": []}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-create-", dir=args.work_dir) as work,
+        app_server(Path(work) / "data", Path(work) / "app.log") as app,
+    ):
+        load(app.port, health_raw, 200, args.concurrency, 5)  # warm-up
+        for round_ in range(args.rounds):
+            for kind, raw in (("health", health_raw), ("create", create_raw)):
+                rate = load(app.port, raw, args.requests, args.concurrency, args.max_seconds)
+                rates[kind].append(rate)
+                print(f"round {round_ + 1}: {kind:<6} {rate:8.0f} req/s", flush=True)
+        created = sum(1 for _ in (Path(work) / "data" / "sessions").iterdir())
+    result = {
+        "concurrency": args.concurrency,
+        "median_req_s": {kind: median(values) for kind, values in rates.items()},
+        "sessions_created": created,
+    }
+    ratio = result["median_req_s"]["create"] / result["median_req_s"]["health"]  # type: ignore[index]
+    result["ratio"] = ratio
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    m = result["median_req_s"]
+    assert isinstance(m, dict)
+    print(f"\nmedian of {args.rounds} rounds, {args.concurrency} keep-alive connections:")
+    print(f"  GET /health      {m['health']:8.0f} req/s")
+    print(f"  POST /sessions   {m['create']:8.0f} req/s (fsync)   ratio {ratio:.2f}")
+    print(f"  sessions created and listed on disk: {created}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Upload throughput of `app serve` against a bare Starlette endpoint, over loopback.
+
+Both servers run uvicorn with the same defaults (uvloop, httptools), listen on 127.0.0.1
+and fsync what they store. The baseline endpoint writes ``request.stream()`` straight to a
+file; the app streams the same bytes through its checks, a SHA-256 and ``.tmp/`` into the
+session (PUT: raw body; POST: multipart parsed as a stream). The client is a raw socket
+sending 1 MiB chunks, timed from the first byte sent to the last byte of the response.
+
+Also measured: bytes the server process wrote to storage per uploaded byte
+(``/proc/<pid>/io`` ``write_bytes``; 1.0 means each byte written once), and the server's
+RSS growth during one 1 GiB upload.
+
+Run: ``.venv/bin/python bench/upload.py [--size-mib 256] [--runs 5] [--big-mib 1024]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    TOKEN,
+    Server,
+    app_server,
+    free_port,
+    io_write_bytes,
+    median,
+    rss_bytes,
+)
+
+MIB = 2**20
+CHUNK = os.urandom(MIB)
+
+
+def serve_baseline(port: int, directory: str) -> None:
+    """The bare endpoint (run in a subprocess): raw body straight to a file, fsync."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    counter = [0]
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def upload(request: Request) -> JSONResponse:
+        counter[0] += 1
+        path = Path(directory) / f"upload-{counter[0]}"
+        size = 0
+        with path.open("wb") as out:
+            async for chunk in request.stream():
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        return JSONResponse({"size": size}, status_code=201)
+
+    app = Starlette(routes=[Route("/health", health), Route("/upload", upload, methods=["PUT"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def send(port: int, request_line: str, size: int, *, multipart: bool = False) -> float:
+    """Upload ``size`` bytes; return the seconds from the first byte to the full response."""
+    head = tail = b""
+    extra = ""
+    if multipart:
+        head = (
+            b'--BENCHBOUNDARY\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="upload.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        tail = b"\r\n--BENCHBOUNDARY--\r\n"
+        extra = "Content-Type: multipart/form-data; boundary=BENCHBOUNDARY\r\n"
+    length = len(head) + size + len(tail)
+    headers = (
+        f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Length: {length}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        start = time.perf_counter()
+        sock.sendall(headers + head)
+        left = size
+        while left:
+            piece = CHUNK if left >= MIB else CHUNK[:left]
+            sock.sendall(piece)
+            left -= len(piece)
+        sock.sendall(tail)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+        elapsed = time.perf_counter() - start
+    status = response.split(b" ", 2)[1]
+    if status not in (b"200", b"201"):
+        raise RuntimeError(f"upload failed: {response[:500]!r}")
+    return elapsed
+
+
+def new_session(port: int) -> str:
+    import httpx
+
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/sessions",
+        json={"title": "bench"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    response.raise_for_status()
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
+    size = args.size_mib * MIB
+    results: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
+    written: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
+    port = free_port()
+    baseline_dir = work / "baseline"
+    baseline_dir.mkdir()
+    baseline = Server(
+        [sys.executable, __file__, "--serve-baseline", str(port), str(baseline_dir)],
+        port,
+        dict(os.environ),
+        work / "baseline.log",
+    )
+    limit = str(max(size, args.big_mib * MIB) + MIB)
+    try:
+        with app_server(work / "data", work / "app.log", APP_MAX_UPLOAD_BYTES=limit) as app:
+            session = new_session(app.port)
+            kinds = ["baseline", "put", "multipart"]
+            for run in range(args.runs):
+                # Rotate the order so that no kind always follows the same one; start each
+                # upload with nothing dirty in the page cache. Nothing is deleted until the
+                # end: on this VM's disk (ext4 mounted with `discard`), rewriting blocks
+                # freed a moment ago runs at half speed, which would penalise whichever
+                # server writes next to a deleted file.
+                for kind in kinds[run % 3 :] + kinds[: run % 3]:
+                    os.sync()
+                    pid = baseline.pid if kind == "baseline" else app.pid
+                    before = io_write_bytes(pid)
+                    if kind == "baseline":
+                        seconds = send(baseline.port, "PUT /upload", size)
+                    elif kind == "put":
+                        line = f"PUT /sessions/{session}/files/put-{run}.bin"
+                        seconds = send(app.port, line, size)
+                    else:
+                        session = new_session(app.port)  # one file name per session
+                        line = f"POST /sessions/{session}/files"
+                        seconds = send(app.port, line, size, multipart=True)
+                    written[kind].append((io_write_bytes(pid) - before) / size)
+                    results[kind].append(size / MIB / seconds)
+                    print(f"run {run + 1}: {kind:<9} {results[kind][-1]:7.1f} MiB/s", flush=True)
+            big = measure_rss(app, args.big_mib * MIB)
+    finally:
+        baseline.stop()
+    medians = {kind: median(values) for kind, values in results.items()}
+    return {
+        "size_mib": args.size_mib,
+        "runs": args.runs,
+        "median_mib_s": medians,
+        "ratio_put": medians["put"] / medians["baseline"],
+        "ratio_multipart": medians["multipart"] / medians["baseline"],
+        "written_per_byte": {kind: median(values) for kind, values in written.items()},
+        "big_upload": big,
+    }
+
+
+def measure_rss(app: Server, size: int) -> dict[str, float]:
+    session = new_session(app.port)
+    os.sync()
+    start_rss = rss_bytes(app.pid)
+    peak = [start_rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], rss_bytes(app.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        seconds = send(app.port, f"PUT /sessions/{session}/files/big.bin", size)
+    finally:
+        done.set()
+        sampler.join()
+    return {
+        "size_mib": size / MIB,
+        "mib_s": size / MIB / seconds,
+        "rss_before_mib": start_rss / MIB,
+        "rss_growth_mib": (peak[0] - start_rss) / MIB,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "DIR"))
+    parser.add_argument("--work-dir", help="where the data goes (default: the system temp)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if args.serve_baseline:
+        serve_baseline(int(args.serve_baseline[0]), args.serve_baseline[1])
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-upload-", dir=args.work_dir) as work:
+        result = measure(args, Path(work))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    m = result["median_mib_s"]
+    assert isinstance(m, dict)
+    print(f"\n{args.size_mib} MiB upload, median of {args.runs} runs (MiB/s, fsync included):")
+    print(f"  bare Starlette endpoint  {m['baseline']:7.1f}")
+    print(f"  app PUT (raw body)       {m['put']:7.1f}   ratio {result['ratio_put']:.2f}")
+    ratio = result["ratio_multipart"]
+    print(f"  app POST (multipart)     {m['multipart']:7.1f}   ratio {ratio:.2f}")
+    w = result["written_per_byte"]
+    assert isinstance(w, dict)
+    print("  bytes written to storage per uploaded byte (/proc/<pid>/io write_bytes): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in w.items()))  # fmt: skip
+    big = result["big_upload"]
+    assert isinstance(big, dict)
+    print(
+        f"  {big['size_mib']:.0f} MiB PUT: {big['mib_s']:.1f} MiB/s, server RSS "
+        f"{big['rss_before_mib']:.1f} MiB before, grew by {big['rss_growth_mib']:.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
