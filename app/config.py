@@ -388,10 +388,16 @@ def _select(
 # (dynaconf.utils.RENAMED_VARS; DYNACONF_SILENT_ERRORS=false made it crash on a missing section)
 # and the env switcher this module points at a name nobody should set. SETTINGS_MODULE and
 # PROJECT_ROOT are left alone: common names elsewhere, and no effect on absolute files.
-_OTHER_SWITCHES = frozenset({
-    "DYNACONF_NAMESPACE", "DYNACONF_SETTINGS_MODULE", "DYNACONF_SETTINGS",
-    "DYNACONF_SILENT_ERRORS", "DYNACONF_ALWAYS_FRESH_VARS", _UNUSED_SWITCH,
-})
+_OTHER_SWITCHES = frozenset(
+    {
+        "DYNACONF_NAMESPACE",
+        "DYNACONF_SETTINGS_MODULE",
+        "DYNACONF_SETTINGS",
+        "DYNACONF_SILENT_ERRORS",
+        "DYNACONF_ALWAYS_FRESH_VARS",
+        _UNUSED_SWITCH,
+    }
+)
 
 
 def dynaconf_switches(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -544,26 +550,39 @@ def _resolve_profile(
     if "lock_check_seconds" in values:
         values["lock_check_seconds"] = float(values["lock_check_seconds"])
     if "data_root" in values:
-        raw = Path(values["data_root"]).expanduser()
-        values["data_root"] = (raw if raw.is_absolute() else files.directory / raw).resolve()
+        values["data_root"] = _absolute_root(values["data_root"], files.directory)
     return Resolved(profile, MappingProxyType(values), MappingProxyType(sources), tuple(problems))
 
 
-def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
-    names = [name for name, r in resolved.items() if r.data_root is not None]
+def _absolute_root(value: str, directory: Path) -> Path:
+    """A configured root made absolute: ``~`` expanded, relative to the settings directory
+    (never the current one), symlinks resolved."""
+    raw = Path(value).expanduser()
+    return (raw if raw.is_absolute() else directory / raw).resolve()
+
+
+def overlaps(roots: Mapping[str, tuple[Path, str]]) -> Iterator[DataRootOverlapError]:
+    """Every pair of profiles whose roots are equal or nested.
+
+    Args:
+        roots: ``{profile: (root, where the root came from)}``.
+    """
+    names = list(roots)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            a, b = resolved[first], resolved[second]
-            assert a.data_root is not None and b.data_root is not None
-            if a.data_root.is_relative_to(b.data_root) or b.data_root.is_relative_to(a.data_root):
-                yield DataRootOverlapError(
-                    first,
-                    a.data_root,
-                    a.sources["data_root"],
-                    second,
-                    b.data_root,
-                    b.sources["data_root"],
-                )
+            (a, a_source), (b, b_source) = roots[first], roots[second]
+            if a.is_relative_to(b) or b.is_relative_to(a):
+                yield DataRootOverlapError(first, a, a_source, second, b, b_source)
+
+
+def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
+    yield from overlaps(
+        {
+            name: (r.data_root, r.sources["data_root"])
+            for name, r in resolved.items()
+            if r.data_root is not None
+        }
+    )
 
 
 def _runtime_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Iterator[ConfigError]:
@@ -703,6 +722,81 @@ def _allowed(selected: Resolved, sandbox: Path | None) -> None:
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
             "its data root is then mapped into the sandbox",
         )
+
+
+# --- where the roots are, cheaply (the pytest plugin's start-up) -------------------------------
+
+
+def _plain_roots(files: _Files) -> dict[str, tuple[str, str]] | None:
+    """Every profile's configured ``data_root`` straight from the parsed TOML, or None.
+
+    None when any file writes a ``data_root`` in dynaconf's own syntax (``@format``...) or
+    merges with ``dynaconf_merge``: then only dynaconf can say what it means. Otherwise this
+    is exactly dynaconf's layering (file after file: ``[default]``, profile, ``[global]``;
+    the test suite compares the two), without importing dynaconf, which costs more than
+    everything else the pytest plugin does at start-up.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    for path, data in files.data.items():
+        sections = {
+            name.lower(): {key.lower(): value for key, value in body.items()}
+            for name, body in data.items()
+            if isinstance(body, dict)
+        }
+        for body in sections.values():
+            value = body.get("data_root")
+            if "dynaconf_merge" in body or (value is not None and not isinstance(value, str)):
+                return None
+            if isinstance(value, str) and value.lstrip().startswith("@"):
+                return None
+        for profile in files.profiles:
+            for section in ("default", profile, "global"):
+                value = sections.get(section, {}).get("data_root")
+                if value is not None:
+                    found[profile] = (value, f"{_display(path, files.directory)} [{section}]")
+    return found
+
+
+def configured_roots(
+    profile: str | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, tuple[Path, str]]:
+    """Every profile's data root as configured, with its source: no validation, no sandbox.
+
+    What the pytest plugin needs before it neutralises anything: where would the shell put
+    each profile's data? `profile` names the profile the environment selects (its
+    ``APP_DATA_ROOT`` applies to it alone); None applies no override. Roots that are not set
+    are left out (`load` reports those).
+
+    Raises:
+        ConfigError: a dynaconf switch, no settings directory, a file that is not TOML, an
+            unknown `profile`.
+    """
+    env = os.environ if environ is None else environ
+    switches = dynaconf_switches(env)
+    if switches:
+        raise DynaconfSwitchError(switches)
+    files = _read_files(env, sandboxed=False)
+    plain = _plain_roots(files)
+    if plain is None:
+        plain = {
+            name: (values["data_root"][0], values["data_root"][1])
+            for name, values in _file_values(files).items()
+            if "data_root" in values
+        }
+    roots = {
+        name: (_absolute_root(value, files.directory), source)
+        for name, (value, source) in plain.items()
+        if isinstance(value, str) and value.strip()
+    }
+    if profile is not None:
+        selected, _ = _select(profile, PROFILE_ENV, env, files.profiles)
+        override = env.get(KEYS["data_root"].env, "")
+        if override.strip():
+            roots[selected] = (
+                _absolute_root(override, files.directory),
+                f"environment {KEYS['data_root'].env}",
+            )
+    return roots
 
 
 # --- public entry points ---------------------------------------------------------------

@@ -13,7 +13,11 @@ module can import the app, and in this order:
 3. create the sandbox (pytest's own base temporary directory, one per xdist worker) and
    publish it in ``PYTEST_APP_SANDBOX``, which `app.config` and `app.dataroot` obey in every
    copy of the code and every subprocess;
-4. load the testing profile and take the lock on its (sandboxed) data root for the whole run.
+4. check that the testing root overlaps no other profile's, and take the lock on the session's
+   (sandboxed) testing data root for the whole run.
+
+None of this imports dynaconf when the settings files use plain values: the plugin runs on
+every pytest start, and the first test that calls `app.config.load` pays for dynaconf instead.
 
 Every conflict stops the run with a usage error (exit 4) that names it and its fix.
 """
@@ -33,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app import config as appconfig
-from app.errors import AppError, describe_holder
+from app.errors import AppError, UnknownProfileError, describe_holder
 
 if TYPE_CHECKING:
-    from app.dataroot import DataRoot
+    from app.lock import RootLock
     from app.store import Store
 
 #: What the plugin neutralises: settings overrides and dynaconf switches.
@@ -59,12 +63,13 @@ class GuardState:
     """What the plugin decided, kept in ``config.stash`` (not in module globals)."""
 
     sandbox: Path
-    config: appconfig.Config
+    data_root: Path
+    data_root_source: str
     shell_profile: str | None
     neutralised: list[str] = field(default_factory=list)
     live: list[LiveHolder] = field(default_factory=list)
     settings_note: str = ""
-    session_root: DataRoot | None = None
+    session_lock: RootLock | None = None
     factory: Any = None  # _pytest.tmpdir.TempPathFactory, private to pytest
     roots: dict[str, Path] = field(default_factory=dict)
 
@@ -95,20 +100,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # --- step 1: what the user's shell points at ----------------------------------------------
 
 
-def _shell_roots() -> tuple[str | None, dict[str, Path], str]:
-    """Every profile's root as the shell would resolve it, before anything is neutralised."""
+def _shell_roots() -> tuple[str | None, dict[str, Path], Path]:
+    """Every profile's root as the shell would resolve it, before anything is neutralised.
+
+    `app.config.configured_roots` reads them without dynaconf when the files allow it: the
+    plugin runs on every pytest start, and importing dynaconf would cost more than all the
+    rest of what it does. The testing profile itself is loaded by the first test that asks.
+    """
     shell_profile = os.environ.get(appconfig.PROFILE_ENV)
     try:
-        report = appconfig.inspect_profiles()
-    except AppError:
-        # The shell's profile name is unknown (a typo): its overrides cannot apply to any
-        # profile, so the files alone say where the roots are.
-        report = appconfig.inspect_profiles(
-            "testing",
-            environ={k: v for k, v in os.environ.items() if k == appconfig.SETTINGS_DIR_ENV},
-        )
-    roots = {name: r.data_root for name, r in report.profiles.items() if r.data_root}
-    return shell_profile, roots, str(report.settings_dir)
+        roots = appconfig.configured_roots(shell_profile or appconfig.DEFAULT_PROFILE)
+    except UnknownProfileError:
+        # The shell's profile name is a typo: its overrides apply to no profile, so the files
+        # alone say where the roots are.
+        roots = appconfig.configured_roots(None)
+    return shell_profile, {name: root for name, (root, _) in roots.items()}, _settings_dir()
+
+
+def _settings_dir() -> Path:
+    return appconfig.settings_dir()
 
 
 def _probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
@@ -237,15 +247,33 @@ def _make_sandbox(config: pytest.Config, given: str | None, roots: dict[str, Pat
     )
 
 
-def _load_testing() -> appconfig.Config:
+def _testing_root(sandbox: Path) -> tuple[Path, str]:
+    """The session's testing data root, as `load("testing")` will place it, and its source.
+
+    Refuses a testing root that overlaps another profile's: `load` would refuse it in every
+    test, and a root nested in production's is the incident's shape.
+    """
     __tracebackhide__ = True
     try:
-        return appconfig.load("testing", profile_source="forced by the app pytest plugin")
+        roots = appconfig.configured_roots(None)  # after neutralising: the files alone
     except AppError as error:
+        raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
+    for overlap in appconfig.overlaps(roots):
         raise pytest.UsageError(
-            f"app: the testing profile cannot be used: {error}. Fix settings.toml "
+            f"app: the testing profile cannot be used: {overlap}. Fix settings.toml "
             "(see `app doctor`)"
-        ) from None
+        )
+    if "testing" not in roots:
+        raise pytest.UsageError(
+            f"app: settings.toml in {appconfig.settings_dir()} has no [testing] profile with a "
+            "data_root; the tests run on it. Add one (see `app doctor`)"
+        )
+    configured, source = roots["testing"]
+    if configured.is_relative_to(sandbox):
+        return configured, source
+    return appconfig.sandbox_root(sandbox, "testing"), (
+        f"pytest sandbox (configured: {configured}, {source})"
+    )
 
 
 # --- the hooks ----------------------------------------------------------------------------
@@ -284,9 +312,12 @@ def pytest_load_initial_conftests(
         sandbox = factory.getbasetemp().resolve()
         _mark_sandbox(sandbox)
         os.environ[_OWNER_ENV] = str(os.getpid())
-    neutralised = _neutralise(Path(settings_dir), switches)
+    neutralised = _neutralise(settings_dir, switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
-    state = GuardState(sandbox, _load_testing(), shell_profile, neutralised, live, settings_dir)
+    data_root, source = _testing_root(sandbox)
+    state = GuardState(
+        sandbox, data_root, source, shell_profile, neutralised, live, str(settings_dir)
+    )
     state.factory = factory
     state.roots = roots
     early_config.stash[STATE] = state
@@ -315,13 +346,15 @@ def _refuse_early_loads() -> None:
         )
 
 
-def _hold_session_root(config: appconfig.Config) -> DataRoot:
+def _hold_session_root(root: Path) -> RootLock:
+    """Hold the session's testing root for the whole run, as a server holds its own."""
     __tracebackhide__ = True
-    from app.dataroot import open_root
     from app.errors import DataRootInUseError
+    from app.lock import RootLock
 
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        return open_root(config, kind="tests", wanted="run the tests on it")
+        return RootLock(root, kind="tests", profile="testing").acquire("run the tests on it")
     except DataRootInUseError as error:
         raise pytest.UsageError(
             f"app: the testing data root is held by a live process: {error}"
@@ -344,32 +377,31 @@ def pytest_configure(config: pytest.Config) -> None:
         state.sandbox = state.factory.getbasetemp().resolve()
         _mark_sandbox(state.sandbox)
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
-        state.config = _load_testing()
+        state.data_root, state.data_root_source = _testing_root(state.sandbox)
     # tmpdir's own pytest_configure made a second factory (a second numbered directory);
     # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox.
     config._tmp_path_factory = state.factory  # type: ignore[attr-defined]
-    state.session_root = _hold_session_root(state.config)
+    state.session_lock = _hold_session_root(state.data_root)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is not None and state.session_root is not None:
-        state.session_root.close()
-        state.session_root = None
+    if state is not None and state.session_lock is not None:
+        state.session_lock.release()
+        state.session_lock = None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(STATE, None)
     if state is None:
         return []
-    cfg = state.config
     forced = "forced"
     if state.shell_profile is not None and state.shell_profile.strip().lower() != "testing":
         forced += f"; the shell asked for {state.shell_profile!r}"
     lines = [
         (
-            f"app: profile=testing ({forced}), data_root={cfg.data_root} "
-            f"(from {cfg.sources['data_root']})"
+            f"app: profile=testing ({forced}), data_root={state.data_root} "
+            f"(from {state.data_root_source})"
         ),
         (
             f"app: sandbox={state.sandbox}, settings={state.settings_note}, "

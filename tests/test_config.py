@@ -945,3 +945,47 @@ def test_profiles_resolve_exactly_as_dynaconf_environments_would_layer_them(
     assert testing.sources["page_size"] == ".secrets.toml [testing]"
     assert testing.sources["port"] == ".secrets.toml [default]"
     assert report.profiles["production"].sources["host"] == "settings.toml [global]"
+
+
+def test_configured_roots_read_plainly_agree_with_a_full_dynaconf_load(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # The pytest plugin reads roots without dynaconf; the layering must be dynaconf's,
+    # including a later file's [default] beating an earlier file's profile section.
+    make_settings(
+        "[default]\nport = 1\n"
+        + "".join(f"[{n}]\ndata_root = {toml_str(roots[n])}\n" for n in KNOWN),
+        f"[default]\ndata_root = {toml_str(tmp_path / 'from-secrets-default')}\n"
+        f"[production]\ndata_root = {toml_str(tmp_path / 'from-secrets-production')}\n",
+    )
+    plain = appconfig.configured_roots()
+    full = inspect_profiles("testing").profiles
+    assert {name: root for name, (root, _) in plain.items()} == {
+        name: r.data_root for name, r in full.items()
+    }
+    assert {name: source for name, (_, source) in plain.items()} == {
+        name: r.sources["data_root"] for name, r in full.items()
+    }
+    assert plain["development"] == (tmp_path / "from-secrets-default", ".secrets.toml [default]")
+
+
+def test_configured_roots_let_dynaconf_read_a_root_written_in_its_syntax(
+    make_settings: SettingsMaker, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROOTS_BASE", str(roots["production"].parent))
+    make_settings(
+        "".join(f"[{n}]\ndata_root = {toml_str(roots[n])}\n" for n in ("development", "testing"))
+        + '[production]\ndata_root = "@format {env[ROOTS_BASE]}/production"\n'
+    )
+    assert appconfig.configured_roots()["production"][0] == roots["production"]
+
+
+def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(
+    make_settings: SettingsMaker, roots: dict[str, Path], tmp_path: Path
+) -> None:
+    make_settings()
+    shell = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "elsewhere")}
+    seen = appconfig.configured_roots("Production", shell)
+    assert seen["production"] == (tmp_path / "elsewhere", "environment APP_DATA_ROOT")
+    assert seen["development"][0] == roots["development"]
+    assert appconfig.configured_roots(None, shell)["production"][0] == roots["production"]

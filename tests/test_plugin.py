@@ -324,7 +324,7 @@ def test_after_it():
     assert os.environ["PYTEST_APP_SANDBOX"]
 """
     )
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*test_removes_it changed PYTEST_APP_SANDBOX; it was put back*"])
 
@@ -410,3 +410,16 @@ def test_a_live_server_is_found_even_when_the_shell_sets_dynaconf_switches(
             ),
         ]
     )
+
+
+def test_the_plugin_starts_without_importing_dynaconf(pytester: pytest.Pytester) -> None:
+    # Start-up cost: the plugin reads plain settings with tomllib; the first load() pays.
+    pytester.makepyfile(
+        test_modules="""
+import sys
+
+def test_dynaconf_was_not_needed_to_start():
+    assert "dynaconf" not in sys.modules
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
