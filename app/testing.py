@@ -488,6 +488,7 @@ class LiveServer:
     data_root: Path
     pid: int
     token: str | None
+    log: Path
 
     @property
     def headers(self) -> dict[str, str]:
@@ -506,13 +507,26 @@ def free_port() -> int:
         return port
 
 
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], attempts: int = 300) -> None:
-    """Poll ``GET /health`` until it answers; fail with the server's output if it exits."""
+def wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], attempts: int = 300, log: Path | None = None
+) -> None:
+    """Poll ``GET /health`` until it answers; fail with the server's output if it exits.
+
+    Args:
+        url: the server's base URL.
+        process: the ``app serve`` process.
+        attempts: how many polls, 50 ms apart, before giving up.
+        log: the file the server writes its output to, shown if it exits (else its stdout
+            pipe is read).
+    """
     import httpx
 
     for _ in range(attempts):
         if process.poll() is not None:
-            out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            if log is not None:
+                out = log.read_text(errors="replace")
+            else:
+                out = process.stdout.read().decode(errors="replace") if process.stdout else ""
             pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
         try:
             if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
@@ -532,16 +546,17 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_PORT": str(port)}
     env["APP_HOST"] = "127.0.0.1"
     config = appconfig.load("testing", environ=env)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "live-server.log"
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would
+    # block the server after a few hundred logged requests.
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve"], env=env, stdout=output, stderr=output
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(url, process)
-        yield LiveServer(url, root, process.pid, config.api_token)
+        wait_until_serving(url, process, log=log)
+        yield LiveServer(url, root, process.pid, config.api_token, log)
     finally:
         process.terminate()
         try:
@@ -549,5 +564,3 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stdout:
-            process.stdout.close()

@@ -1,0 +1,82 @@
+"""The plugin's fixtures, used the way the project's own tests and its users use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Config
+from app.store import Store
+from app.testing import LiveServer
+
+
+def test_app_config_gives_each_test_a_fresh_testing_root_under_tmp_path(
+    app_config: Config, tmp_path: Path
+) -> None:
+    assert app_config.profile == "testing"
+    assert app_config.data_root == tmp_path / "app-data"
+    assert app_config.sources["data_root"] == "environment APP_DATA_ROOT"
+    assert os.environ["APP_DATA_ROOT"] == str(app_config.data_root)
+
+
+def test_store_is_open_for_writing_and_holds_its_root(store: Store, app_config: Config) -> None:
+    session = store.create_session("fixture")
+    assert (app_config.data_root / "sessions" / session["id"] / "session.json").is_file()
+    holder = json.loads((app_config.data_root / ".server.lock").read_text())
+    assert (holder["pid"], holder["kind"]) == (os.getpid(), "tests")
+
+
+def test_client_talks_to_the_in_process_app_with_the_token(client: httpx.Client) -> None:
+    created = client.post("/sessions", json={"title": "over the client fixture"})
+    assert created.status_code == 201
+    assert client.get(f"/sessions/{created.json()['id']}").json()["title"] == (
+        "over the client fixture"
+    )
+    assert client.get("/sessions", headers={"Authorization": ""}).status_code == 401
+
+
+def test_live_server_is_a_real_server_holding_its_own_root(live_server: LiveServer) -> None:
+    assert str(live_server) == live_server.url
+    assert live_server.url.startswith("http://127.0.0.1:")
+    created = httpx.post(
+        f"{live_server.url}/sessions", json={"title": "live"}, headers=live_server.headers
+    )
+    assert created.status_code == 201
+    assert (live_server.data_root / "sessions" / created.json()["id"]).is_dir()
+    status = subprocess.run(
+        [sys.executable, "-m", "app", "status", "--json"],
+        env={**os.environ, "APP_DATA_ROOT": str(live_server.data_root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    holder = json.loads(status.stdout)["holder"]
+    assert (holder["pid"], holder["kind"]) == (live_server.pid, "server")
+
+
+def test_live_server_survives_many_requests_without_blocking_on_its_output(
+    live_server: LiveServer,
+) -> None:
+    # Its log goes to a file: a pipe nobody reads would fill and stall the server.
+    with httpx.Client(base_url=live_server.url, headers=live_server.headers) as http:
+        for _ in range(600):
+            assert http.get("/health").status_code == 200
+    assert live_server.log.stat().st_size > 64 * 1024
+
+
+@pytest.mark.app_profile("production")
+def test_an_opted_in_profile_is_mapped_into_the_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.config import load
+
+    monkeypatch.setenv("APP_API_TOKEN", "a-production-token-for-tests-only")
+    config = load("production")
+    assert config.sandbox is not None
+    assert config.data_root == config.sandbox / "data" / "production"
