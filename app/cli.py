@@ -97,8 +97,7 @@ def _profile_table(report: appconfig.Report, names: list[str]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @profile_option
 @click.pass_context
-def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: str | None
-                   ) -> None:
+def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: str | None) -> None:
     """Show the resolved configuration and where each value came from (secrets masked).
 
     Loading a single profile means intending to run it: a problem that would stop the app

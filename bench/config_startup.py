@@ -107,16 +107,22 @@ def main() -> None:
                 times[name].append(elapsed)
 
     floor = statistics.median(times["floor: dynaconf + one load"])
-    print(f"{args.rounds} rounds (+{args.warmup} warm-up), interleaved; Python "
-          f"{sys.version.split()[0]}; {sys.executable}")
+    print(
+        f"{args.rounds} rounds (+{args.warmup} warm-up), interleaved; Python "
+        f"{sys.version.split()[0]}; {sys.executable}"
+    )
     print(f"{'command':32} {'median ms':>10} {'p90 ms':>8} {'/ floor':>8}")
     results = {}
     for name in names:
         median = statistics.median(times[name])
-        results[name] = {"median_s": median, "p90_s": p90(times[name]),
-                         "ratio_to_floor": median / floor}
-        print(f"{name:32} {median * 1000:10.1f} {p90(times[name]) * 1000:8.1f} "
-              f"{median / floor:8.2f}")
+        results[name] = {
+            "median_s": median,
+            "p90_s": p90(times[name]),
+            "ratio_to_floor": median / floor,
+        }
+        print(
+            f"{name:32} {median * 1000:10.1f} {p90(times[name]) * 1000:8.1f} {median / floor:8.2f}"
+        )
     worst = max(results[n]["ratio_to_floor"] for n in names if "app" in n and "pass" not in n)
     verdict = "within" if worst <= 1.25 else "ABOVE"
     print(f"app config / floor = {worst:.2f} ({verdict} the 1.25 target)")

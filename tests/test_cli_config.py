@@ -105,8 +105,9 @@ def test_config_all_json_gives_every_profile_its_own_root(
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     roots = {name: p["data_root"] for name, p in payload["profiles"].items()}
-    assert roots == {name: str(project_copy / "data" / name)
-                     for name in ("development", "testing", "production")}
+    assert roots == {
+        name: str(project_copy / "data" / name) for name in ("development", "testing", "production")
+    }
     assert payload["profiles"]["production"]["values"]["api_token"] == "(not set)"
     assert payload["problems"] == []
 
@@ -160,9 +161,7 @@ def test_the_root_does_not_depend_on_the_working_directory(
     assert seen == [str(project_copy / "data" / "testing")] * 2
 
 
-def test_doctor_lists_every_problem_and_exits_78(
-    base_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_doctor_lists_every_problem_and_exits_78(base_env: dict[str, str], tmp_path: Path) -> None:
     settings = tmp_path / "settings"
     settings.mkdir()
     (settings / "settings.toml").write_text(

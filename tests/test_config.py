@@ -52,8 +52,9 @@ def toml_str(value: object) -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-                      ) -> None:
+def clean_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """What the app's pytest plugin guarantees, repeated so that each test states its own env.
 
     The plugin publishes the sandbox and forces ENV_FOR_DYNACONF=testing; if it is not active
@@ -62,9 +63,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
     if SANDBOX_ENV not in os.environ:
         monkeypatch.setenv(SANDBOX_ENV, str(tmp_path_factory.getbasetemp().resolve()))
     for name in list(os.environ):
-        if name.startswith(("APP_", "DYNACONF_")) or (
-            name.endswith("_FOR_DYNACONF") and name != "ENV_FOR_DYNACONF"
-        ) or name == ALLOW_PROFILES_ENV:
+        if (
+            name.startswith(("APP_", "DYNACONF_"))
+            or (name.endswith("_FOR_DYNACONF") and name != "ENV_FOR_DYNACONF")
+            or name == ALLOW_PROFILES_ENV
+        ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
 
@@ -85,8 +88,9 @@ SettingsMaker = Callable[..., Path]
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
-                  ) -> SettingsMaker:
+def make_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> SettingsMaker:
     """Write a settings directory and point APP_SETTINGS_DIR at it.
 
     By default it mirrors the project's files: three profiles with distinct roots, and a
@@ -104,14 +108,11 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, roots: dict[s
         where.mkdir(parents=True, exist_ok=True)
         if settings is None:
             chosen = {**roots, **(data_roots or {})}
-            settings = (
-                '[default]\nhost = "127.0.0.1"\nport = 8000\n\n'
-                + "".join(
-                    f"[{name}]\ndata_root = {toml_str(chosen[name])}\n"
-                    + ("protected = true\nport = 8080\n" if name == "production" else "")
-                    + "\n"
-                    for name in KNOWN
-                )
+            settings = '[default]\nhost = "127.0.0.1"\nport = 8000\n\n' + "".join(
+                f"[{name}]\ndata_root = {toml_str(chosen[name])}\n"
+                + ("protected = true\nport = 8080\n" if name == "production" else "")
+                + "\n"
+                for name in KNOWN
             )
         if secrets is None:
             secrets = (
@@ -240,7 +241,9 @@ def test_development_is_the_default_profile(
 
 
 def test_app_data_root_overrides_the_selected_root_and_is_reported_as_its_source(
-    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     roots: dict[str, Path],
 ) -> None:
     make_settings()
@@ -253,7 +256,9 @@ def test_app_data_root_overrides_the_selected_root_and_is_reported_as_its_source
 
 
 def test_app_data_root_does_not_apply_to_the_other_profiles(
-    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     roots: dict[str, Path],
 ) -> None:
     # dynaconf's from_env() would apply APP_* to every profile it builds: every root would
@@ -350,7 +355,8 @@ def test_two_roots_equal_through_a_symlink_are_refused_naming_both_profiles_path
     assert (error.first, error.second) == ("development", "production")
     assert error.first_root == error.second_root == real
     assert (error.first_source, error.second_source) == (
-        "settings.toml [development]", "settings.toml [production]"
+        "settings.toml [development]",
+        "settings.toml [production]",
     )
     message = str(error)
     assert "'development' and 'production' share the same data root" in message
@@ -391,10 +397,14 @@ def test_every_overlap_is_reported_not_only_the_first(
     make_settings(data_roots={name: tmp_path / "same" for name in KNOWN})
     with pytest.raises(ConfigProblems) as caught:
         load("testing")
-    pairs = {(p.first, p.second) for p in caught.value.problems
-             if isinstance(p, DataRootOverlapError)}
-    assert pairs == {("development", "testing"), ("development", "production"),
-                     ("testing", "production")}
+    pairs = {
+        (p.first, p.second) for p in caught.value.problems if isinstance(p, DataRootOverlapError)
+    }
+    assert pairs == {
+        ("development", "testing"),
+        ("development", "production"),
+        ("testing", "production"),
+    }
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -501,8 +511,9 @@ def test_an_unknown_key_is_reported_with_a_suggestion(
     assert "profile 'development': data_root is not set" in str(caught.value)
 
 
-def test_a_key_outside_any_section_is_reported(make_settings: SettingsMaker, tmp_path: Path
-                                                ) -> None:
+def test_a_key_outside_any_section_is_reported(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
     make_settings(f"port = 1\n[testing]\ndata_root = {toml_str(tmp_path / 't')}\n", secrets="")
     with pytest.raises(InvalidSettingError, match=r"keys must sit in a \[section\]"):
         load("testing")
@@ -518,14 +529,21 @@ def test_a_profile_without_a_data_root_is_refused(make_settings: SettingsMaker) 
 
 @pytest.mark.parametrize(
     ("variable", "value", "key"),
-    [("APP_PORT", "eighty", "port"), ("APP_PORT", "70000", "port"),
-     ("APP_PAGE_SIZE", "0", "page_size"), ("APP_LOG_LEVEL", "loud", "log_level"),
-     ("APP_PROTECTED", "'yes'", "protected"), ("APP_LOCK_CHECK_SECONDS", "-1",
-                                               "lock_check_seconds")],
+    [
+        ("APP_PORT", "eighty", "port"),
+        ("APP_PORT", "70000", "port"),
+        ("APP_PAGE_SIZE", "0", "page_size"),
+        ("APP_LOG_LEVEL", "loud", "log_level"),
+        ("APP_PROTECTED", "'yes'", "protected"),
+        ("APP_LOCK_CHECK_SECONDS", "-1", "lock_check_seconds"),
+    ],
 )
 def test_a_value_of_the_wrong_type_or_range_is_refused_naming_key_value_and_source(
-    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch,
-    variable: str, value: str, key: str,
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    key: str,
 ) -> None:
     make_settings()
     monkeypatch.setenv(variable, value)
@@ -588,10 +606,18 @@ def test_a_missing_settings_directory_names_where_it_looked(
 
 @pytest.mark.parametrize(
     "switch",
-    ["FORCE_ENV_FOR_DYNACONF", "SETTINGS_FILE_FOR_DYNACONF", "INCLUDES_FOR_DYNACONF",
-     "PRELOAD_FOR_DYNACONF", "ENVVAR_PREFIX_FOR_DYNACONF", "ENVIRONMENTS_FOR_DYNACONF",
-     "ROOT_PATH_FOR_DYNACONF", "SECRETS_FOR_DYNACONF", "DEFAULT_ENV_FOR_DYNACONF",
-     "MERGE_ENABLED_FOR_DYNACONF"],
+    [
+        "FORCE_ENV_FOR_DYNACONF",
+        "SETTINGS_FILE_FOR_DYNACONF",
+        "INCLUDES_FOR_DYNACONF",
+        "PRELOAD_FOR_DYNACONF",
+        "ENVVAR_PREFIX_FOR_DYNACONF",
+        "ENVIRONMENTS_FOR_DYNACONF",
+        "ROOT_PATH_FOR_DYNACONF",
+        "SECRETS_FOR_DYNACONF",
+        "DEFAULT_ENV_FOR_DYNACONF",
+        "MERGE_ENABLED_FOR_DYNACONF",
+    ],
 )
 def test_a_dynaconf_switch_variable_is_refused_by_name(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, switch: str
@@ -610,8 +636,11 @@ def test_a_dynaconf_switch_variable_is_refused_by_name(
 @pytest.mark.filterwarnings("ignore:DYNACONF_.* is deprecated:DeprecationWarning")
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("DYNACONF_SILENT_ERRORS", "false"), ("DYNACONF_NAMESPACE", "production"),
-     ("APP_INTERNAL_NEVER_SET_ENV_SWITCH", "production")],
+    [
+        ("DYNACONF_SILENT_ERRORS", "false"),
+        ("DYNACONF_NAMESPACE", "production"),
+        ("APP_INTERNAL_NEVER_SET_ENV_SWITCH", "production"),
+    ],
 )
 def test_an_old_spelling_of_a_dynaconf_switch_is_refused_by_name_not_a_crash(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
@@ -659,7 +688,9 @@ def test_dynaconf_data_root_is_refused_with_the_app_name_as_the_fix(
 
 
 def test_an_unknown_app_variable_is_a_warning_with_a_suggestion(
-    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     roots: dict[str, Path],
 ) -> None:
     make_settings()
@@ -695,7 +726,9 @@ def test_config_is_frozen(make_settings: SettingsMaker, tmp_path: Path) -> None:
 
 
 def test_every_load_builds_a_fresh_configuration(
-    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     roots: dict[str, Path],
 ) -> None:
     make_settings()
@@ -706,7 +739,9 @@ def test_every_load_builds_a_fresh_configuration(
 
 
 def test_load_takes_overrides_from_the_environ_it_is_given_not_from_os_environ(
-    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     roots: dict[str, Path],
 ) -> None:
     make_settings()
@@ -921,9 +956,7 @@ def test_profiles_resolve_exactly_as_dynaconf_environments_would_layer_them(
         f"[production]\ndata_root = {toml_str(roots['production'])}\nprotected = true\n"
         '[global]\nhost = "g"\n'
     )
-    secrets = (
-        '[default]\nport = 2\n[testing]\nhost = "@format {env[HOME]}-t"\npage_size = 7\n'
-    )
+    secrets = '[default]\nport = 2\n[testing]\nhost = "@format {env[HOME]}-t"\npage_size = 7\n'
     where = make_settings(settings, secrets)
     report = inspect_profiles("testing")
     assert report.files == (where / "settings.toml", where / ".secrets.toml")
