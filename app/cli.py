@@ -10,7 +10,6 @@ and ``app doctor`` start as fast as dynaconf allows.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
@@ -52,17 +51,31 @@ def profile_option(command: F) -> F:
 
 def load_config(ctx: click.Context) -> appconfig.Config:
     """The selected profile's configuration; ``--profile`` wins over ``ENV_FOR_DYNACONF``."""
-    profile = selected_profile(ctx)
-    try:
-        config = appconfig.load(profile, profile_source="--profile")
-    except AppError as error:
-        fail(error)
+    config = appconfig.load(selected_profile(ctx), profile_source="--profile")
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def inspect_profiles(ctx: click.Context) -> appconfig.Report:
+    """Every profile, for ``config --all`` and ``doctor``; warnings go to standard error."""
+    report = appconfig.inspect_profiles(selected_profile(ctx), profile_source="--profile")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return report
+
+
+class AppGroup(click.Group):
+    """The command group that turns every `AppError`, from any command, into its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AppError as error:
+            fail(error)
+
+
+@click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--profile",
     metavar="NAME",
@@ -130,14 +143,8 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: s
 
 
 def _show_all(ctx: click.Context, as_json: bool) -> None:
-    profile = selected_profile(ctx)
-    try:
-        report = appconfig.inspect_profiles(profile, profile_source="--profile")
-    except AppError as error:
-        fail(error)
+    report = inspect_profiles(ctx)
     names = list(report.profiles)
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
     for problem in report.problems:
         click.echo(f"problem: {problem.message}", err=True)
     if as_json:
@@ -177,13 +184,7 @@ def doctor(ctx: click.Context, profile: str | None) -> None:
 
     Lists every problem, not just the first; exits 78 if there is any.
     """
-    profile = selected_profile(ctx)
-    try:
-        report = appconfig.inspect_profiles(profile, profile_source="--profile")
-    except AppError as error:
-        fail(error)
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    report = inspect_profiles(ctx)
     click.echo(f"settings: {report.settings_dir}")
     for path in report.files:
         click.echo(f"  read {path}")
@@ -198,25 +199,7 @@ def doctor(ctx: click.Context, profile: str | None) -> None:
     click.echo("ok: every profile is valid and every data root is distinct")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="app")
-
-
 # --- serve, status, sessions, data (the data root and the server) ---------------------------
-
-
-def _reports_app_errors(func: F) -> F:
-    """Turn an `AppError` raised by a command into ``error: ...`` and its exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except AppError as error:
-            fail(error)
-
-    return wrapper  # type: ignore[return-value]
 
 
 _CONFIRM_OPTION = "--yes-i-mean-it"
@@ -255,7 +238,6 @@ def _require_confirmation(config: appconfig.Config, operation: str, confirmed: b
 )
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def serve(ctx: click.Context, host: str | None, port: int | None, profile: str | None) -> None:
     """Serve the HTTP API on the profile's data root, holding its lock until stopped.
 
@@ -274,7 +256,6 @@ def serve(ctx: click.Context, host: str | None, port: int | None, profile: str |
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
     """Say who holds the profile's data root (or that nobody does), and its profile stamp.
 
@@ -324,7 +305,6 @@ def _reader_store(config: appconfig.Config) -> Store:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per session or entry.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str | None) -> None:
     """List the sessions (oldest first), or with --trash the deleted ones."""
     store = _reader_store(load_config(ctx))
@@ -354,7 +334,6 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str |
 @click.option("--json", "as_json", is_flag=True, help="The session.json as stored.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: str | None) -> None:
     """Show one session and its files."""
     session = _reader_store(load_config(ctx)).get_session(session_id)
@@ -374,7 +353,6 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: s
 @click.option("--file", "file_name", metavar="NAME", help="Restore one deleted file instead.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def sessions_restore(
     ctx: click.Context, session_id: str, file_name: str | None, profile: str | None
 ) -> None:
@@ -403,7 +381,6 @@ def data() -> None:
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None:
     """Move every session to the trash (restorable until `app data empty-trash`).
 
@@ -434,7 +411,6 @@ def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def data_empty_trash(
     ctx: click.Context, older_than: str | None, confirmed: bool, profile: str | None
 ) -> None:
@@ -461,7 +437,6 @@ def data_empty_trash(
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
 @profile_option
 @click.pass_context
-@_reports_app_errors
 def data_restamp(
     ctx: click.Context, from_profile: str, confirmed: bool, profile: str | None
 ) -> None:
@@ -486,3 +461,8 @@ def data_restamp(
         f"data root {config.data_root} is now stamped {stamp['profile']!r} "
         f"(was {from_profile.lower()!r})"
     )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="app")
