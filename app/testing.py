@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app import config as appconfig
-from app.errors import AppError, UnknownProfileError, describe_holder
+from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, describe_holder
 
 if TYPE_CHECKING:
     from app.lock import RootLock
@@ -100,7 +100,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # --- step 1: what the user's shell points at ----------------------------------------------
 
 
-def _shell_roots() -> tuple[str | None, dict[str, Path], Path]:
+def _shell_roots() -> tuple[str | None, dict[str, Path], Path | None]:
     """Every profile's root as the shell would resolve it, before anything is neutralised.
 
     `app.config.configured_roots` reads them without dynaconf when the files allow it: the
@@ -114,6 +114,10 @@ def _shell_roots() -> tuple[str | None, dict[str, Path], Path]:
         # The shell's profile name is a typo: its overrides apply to no profile, so the files
         # alone say where the roots are.
         roots = appconfig.configured_roots(None)
+    except SettingsNotFoundError:
+        # The package is installed where it has no settings (a dependency of another
+        # project): nothing to probe, but the sandbox and the forcing still apply.
+        return shell_profile, {}, None
     return shell_profile, {name: root for name, (root, _) in roots.items()}, _settings_dir()
 
 
@@ -145,7 +149,7 @@ def _remove_switches() -> list[str]:
     return switches
 
 
-def _neutralise(settings_dir: Path, switches: list[str]) -> list[str]:
+def _neutralise(settings_dir: Path | None, switches: list[str]) -> list[str]:
     """Remove every variable that could redirect the testing profile; say what was removed."""
     removed = set(switches)
     for name in list(os.environ):
@@ -159,6 +163,8 @@ def _neutralise(settings_dir: Path, switches: list[str]) -> list[str]:
     if previous is not None and previous.strip().lower() != "testing":
         report.append(f"{appconfig.PROFILE_ENV}={previous}")
     os.environ[appconfig.PROFILE_ENV] = "testing"
+    if settings_dir is None:
+        return report
     for local in appconfig.LOCAL_FILES:
         if (settings_dir / local).is_file():
             report.append(f"{local} (not read under the sandbox)")
@@ -256,6 +262,8 @@ def _testing_root(sandbox: Path) -> tuple[Path, str]:
     __tracebackhide__ = True
     try:
         roots = appconfig.configured_roots(None)  # after neutralising: the files alone
+    except SettingsNotFoundError as error:
+        return appconfig.sandbox_root(sandbox, "testing"), f"pytest sandbox ({error})"
     except AppError as error:
         raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
     for overlap in appconfig.overlaps(roots):
@@ -315,9 +323,8 @@ def pytest_load_initial_conftests(
     neutralised = _neutralise(settings_dir, switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
     data_root, source = _testing_root(sandbox)
-    state = GuardState(
-        sandbox, data_root, source, shell_profile, neutralised, live, str(settings_dir)
-    )
+    note = str(settings_dir) if settings_dir else "none found"
+    state = GuardState(sandbox, data_root, source, shell_profile, neutralised, live, note)
     state.factory = factory
     state.roots = roots
     early_config.stash[STATE] = state

@@ -423,3 +423,33 @@ def test_dynaconf_was_not_needed_to_start():
 """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_without_any_settings_the_sandbox_and_forcing_still_apply(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Installed as a dependency of another project: no settings.toml to read, and that
+    # project's test runs must still start.
+    empty = tmp_path / "no-settings-here"
+    empty.mkdir()
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(empty))
+    pytester.makepyfile(
+        test_other="""
+import os
+
+def test_other_project():
+    assert os.environ["ENV_FOR_DYNACONF"] == "testing"
+    assert os.environ["PYTEST_APP_SANDBOX"]
+"""
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "app: profile=testing (forced), data_root=*/data/testing (from pytest sandbox "
+                f"(no settings.toml found: looked in {empty}*"
+            ),
+            "app: sandbox=*, settings=none found, neutralised: nothing",
+        ]
+    )
