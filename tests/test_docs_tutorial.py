@@ -1,0 +1,228 @@
+"""The tutorial's commands, run in order against a real server, read from the page itself.
+
+docs/tutorial.md sections 2 to 5 are executed: every ``$`` line of their console blocks is
+either run or named below as deliberately not run, so the page cannot show a step that no
+test has tried. ``curl`` lines are parsed and sent with httpx (same method, headers, body and
+URL, with the server's address and token put in): ``curl`` itself is not a dependency of the
+test suite. ``app`` lines run the real command in a subprocess on the server's data root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.testing import LiveServer
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "tutorial.md"
+PAGE_URL = "http://127.0.0.1:8000"
+STOP_MARKER = "<!-- tutorial-test: stop the server"
+#: Lines the test does not run, and why: the fixture stands for them, or another test runs them.
+NOT_RUN = {
+    "python3 -m venv": "installs and starts the server: the live_server fixture does that",
+    ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
+    "held root and checks the header this step shows",
+}
+
+
+@dataclass
+class Step:
+    line: str
+    status: int  # HTTP status for curl, exit code for app and echo $?
+    output: str
+
+
+def tutorial_steps() -> list[str]:
+    """The `$` lines of sections 2 to 5, continuations joined; STOP_MARKER kept as a step."""
+    text = PAGE.read_text(encoding="utf-8")
+    body = text[text.index("## 2.") : text.index("## What next")]
+    steps: list[str] = []
+    for block in re.finditer(r"(<!-- tutorial-test:[^\n]*\n)?```console\n(.*?)```", body, re.S):
+        if block.group(1):
+            steps.append(STOP_MARKER)
+        pending: str | None = None
+        for raw in block.group(2).splitlines():
+            if pending is not None:
+                pending += " " + raw.strip()
+            elif raw.startswith("$ "):
+                pending = raw[2:].strip()
+            else:
+                continue
+            if pending.endswith("\\"):
+                pending = pending[:-1].rstrip()
+                continue
+            steps.append(pending)
+            pending = None
+    return steps
+
+
+class Tutorial:
+    """A reader following the page, in a directory of their own, next to `server`."""
+
+    def __init__(self, server: LiveServer, cwd: Path) -> None:
+        self.server = server
+        self.cwd = cwd
+        self.vars: dict[str, str] = {}
+        self.last_created: str | None = None
+        self.last_exit = 0
+        self.steps: list[Step] = []
+
+    def expand(self, line: str) -> str:
+        for name, value in self.vars.items():
+            line = line.replace(f"${{{name}}}", value).replace(f"${name}", value)
+        return line
+
+    def run(self, line: str) -> None:
+        if line == STOP_MARKER:
+            self.stop_server()
+            return
+        if any(line.startswith(prefix) or f" {prefix}" in line for prefix in NOT_RUN):
+            return
+        assignment = re.fullmatch(r"([A-Z_]+)=(<the id>|\S+)", line)
+        if assignment:
+            name, value = assignment.groups()
+            if value == "<the id>":
+                assert self.last_created, "the page sets ID before creating a session"
+                value = self.last_created
+            self.vars[name] = value
+            return
+        words = shlex.split(self.expand(line))
+        if words[0] == "curl":
+            self.steps.append(self.curl(line, words[1:]))
+        elif words[0] == ".venv/bin/app":
+            self.steps.append(self.app(line, words[1:]))
+        elif words == ["echo", "$?"]:
+            self.steps.append(Step(line, self.last_exit, str(self.last_exit)))
+        elif words[0] == "echo" and len(words) >= 3 and words[-2] == ">":
+            (self.cwd / words[-1]).write_text(" ".join(words[1:-2]) + "\n")
+        else:
+            pytest.fail(
+                f"docs/tutorial.md shows `{line}`, which this test does not know how to run"
+            )
+
+    def curl(self, line: str, args: list[str]) -> Step:
+        method, url, headers = None, None, {}
+        content: bytes | None = None
+        files = None
+        words = iter(args)
+        for word in words:
+            if word == "-s":
+                continue
+            if word == "-X":
+                method = next(words)
+            elif word == "-H":
+                name, value = next(words).split(":", 1)
+                headers[name.strip()] = value.strip()
+            elif word == "-d":
+                content = next(words).encode()
+            elif word == "-F":
+                field, at = next(words).split("=", 1)
+                assert at.startswith("@"), f"`{line}`: only -F field=@file is supported"
+                path = self.cwd / at[1:]
+                files = {field: (path.name, path.read_bytes())}
+            elif word.startswith("-"):
+                pytest.fail(f"`{line}` uses the curl option {word}, which this test cannot send")
+            else:
+                url = word
+        assert url is not None and url.startswith(PAGE_URL), f"`{line}` names no page URL"
+        if method is None:
+            method = "POST" if content is not None or files else "GET"
+        token = headers.get("Authorization", "")
+        if token:  # the page's development token stands for the server's own
+            headers["Authorization"] = self.server.headers["Authorization"]
+        response = httpx.request(
+            method,
+            self.server.url + url[len(PAGE_URL) :],
+            headers=headers,
+            content=content,
+            files=files,
+            timeout=10,
+        )
+        if method == "POST" and url.endswith("/sessions") and response.status_code == 201:
+            self.last_created = response.json()["id"]
+        return Step(line, response.status_code, response.text)
+
+    def app(self, line: str, args: list[str]) -> Step:
+        env = {
+            **os.environ,
+            "ENV_FOR_DYNACONF": "testing",  # the live server's profile, and its root
+            "APP_DATA_ROOT": str(self.server.data_root),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            env=env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.last_exit = result.returncode
+        return Step(line, result.returncode, result.stdout + result.stderr)
+
+    def stop_server(self) -> None:
+        """What Ctrl-C does in the first terminal: SIGINT, then the lock is released."""
+        from app.lock import probe
+
+        os.kill(self.server.pid, signal.SIGINT)
+        for _ in range(300):
+            if not probe(self.server.data_root).held:
+                return
+            time.sleep(0.05)
+        pytest.fail("the server still held its data root 15 s after SIGINT")
+
+
+def test_the_tutorial_page_lists_the_steps_this_test_runs() -> None:
+    steps = tutorial_steps()
+    assert steps.count(STOP_MARKER) == 1
+    assert any(step.startswith("curl") for step in steps)
+    assert "ID=<the id>" in steps
+
+
+def test_the_tutorial_works_against_a_real_server(live_server: LiveServer, tmp_path: Path) -> None:
+    reader = Tutorial(live_server, tmp_path)
+    for line in tutorial_steps():
+        reader.run(line)
+    steps = reader.steps
+    session_id = reader.vars["ID"]
+    by_line = [(step.line, step.status) for step in steps]
+
+    curls = [step for step in steps if step.line.startswith("curl")]
+    assert [step.status for step in curls] == [201, 201, 200, 200], by_line
+    assert json.loads(curls[1].output)["name"] == "hello.txt"
+    assert curls[2].output == "hello\n"  # the file, untouched, after the "test run"
+    assert json.loads(curls[3].output)["trash"].endswith(session_id)
+
+    apps = [step for step in steps if step.line.startswith(".venv/bin/app")]
+    restores = [step for step in apps if " restore " in step.line]
+    assert len(restores) == 2
+    refused, restored = restores
+    assert refused.status == 75, refused.output
+    assert "kind server" in refused.output, refused.output
+    assert restored.status == 0, restored.output
+    assert [s.status for s in apps if s not in restores] == [0] * (len(apps) - 2), by_line
+    assert any(step.line == "echo $?" and step.output == "75" for step in steps)
+    status = next(step for step in apps if step.line.endswith("app status"))
+    assert "kind server" in status.output, status.output
+    listings = [step for step in apps if step.line.endswith("sessions list")]
+    assert all(session_id in step.output and "1 file(s)" in step.output for step in listings)
+    trash = next(step for step in apps if step.line.endswith("list --trash"))
+    assert session_id in trash.output
+
+    audit = [
+        json.loads(line)
+        for line in (live_server.data_root / "audit.jsonl").read_text().splitlines()
+    ]
+    operations = [(r["operation"], r["target"]) for r in audit if r["operation"] != "clear-tmp"]
+    assert ("trash-session", session_id) in operations, operations
+    assert ("restore-session", session_id) in operations, operations
