@@ -192,9 +192,11 @@ def render_configuration_keys() -> str:
         "|---|---|---|" + "---|" * len(profiles),
     ]
     for name, key in KEYS.items():
-        default = "(required)" if key.default is not None and not isinstance(
-            key.default, str | int | float | bool
-        ) else _cell(key.default)
+        default = (
+            "(required)"
+            if key.default is not None and not isinstance(key.default, str | int | float | bool)
+            else _cell(key.default)
+        )
         cells = []
         for profile in profiles:
             resolved = report.profiles[profile]
@@ -212,9 +214,7 @@ def render_configuration_keys() -> str:
                 shown = _cell(value)
             cells.append(shown)
         lines.append(
-            f"| [`{name}`](#{name}) | `{key.env}` | {default} | "
-            + " | ".join(cells)
-            + " |"
+            f"| [`{name}`](#{name}) | `{key.env}` | {default} | " + " | ".join(cells) + " |"
         )
     lines.append("")
     return "\n".join(lines)
@@ -246,12 +246,13 @@ def _project_copy(tmp_path: Path) -> Path:
     return project
 
 
-def _run_app(project: Path, *args: str, **env: str) -> str:
+def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **env: str) -> str:
     """Run the real `app` command against a copy of the settings; return what a user sees.
 
     The subprocess does not inherit the test sandbox: it shows what `app` prints in a shell.
-    That is safe because it only reads the copied settings (`config` and `doctor` open no
-    data root) and every root they name lies in this test's temporary directory.
+    That is safe because it only reads the copied settings and every data root it may open
+    lies in this test's temporary directory. `show` replaces the variables shown on the
+    command line (for example a token by ``$TOKEN``).
     """
     import subprocess
 
@@ -270,7 +271,7 @@ def _run_app(project: Path, *args: str, **env: str) -> str:
         text=True,
         check=False,
     )
-    shown = " ".join(f"{k}={v}" for k, v in env.items())
+    shown = " ".join(f"{k}={v}" for k, v in (env if show is None else show).items())
     command = f"$ {shown + ' ' if shown else ''}app {' '.join(args)}"
     output = (result.stdout + result.stderr).replace(str(project), EXAMPLE_PROJECT)
     lines = [command, *output.rstrip("\n").splitlines()]
@@ -434,3 +435,239 @@ def test_data_root_files_match_what_the_app_writes(app_config) -> None:  # type:
     trashed = [r for r in audit if r["operation"] == "trash-session"]
     assert len(trashed) == 1, audit
     check_generated("audit-line.json", json.dumps(_normalise_record(trashed[0], ids)) + "\n")
+
+
+# --- HTTP exchanges shown on the HTTP API page ----------------------------------------------
+
+EXAMPLE_IDS = [
+    "0193a5f0c2d87b3e9a41c6d2e8f01b27",
+    "0193a5f0c2d97c41b7e25f0a9d3c6e18",
+    "0193a5f0c2da7a0e8f3b1c64e2d9a750",
+]
+EXAMPLE_TIME = "2025-12-04T09:12:03.512113+00:00"
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
+_TRASH_TIME = re.compile(r"\d{8}T\d{12}Z")
+
+
+# Fixed here rather than taken from http.HTTPStatus, whose phrases change between Python
+# versions (413 and 422 were renamed in 3.13).
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    409: "Conflict",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+}
+
+
+class _Exchanges:
+    """Send real requests to the in-process app; write each exchange as a page shows it."""
+
+    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.client = client
+        self.ids: dict[str, str] = {}
+
+    def example_text(self, text: str) -> str:
+        for real, example in self.ids.items():
+            text = text.replace(real, example)
+        text = _TIME.sub(EXAMPLE_TIME, text)
+        return _TRASH_TIME.sub("20251204T091203512113Z", text)
+
+    def remember(self, session_id: str) -> None:
+        self.ids.setdefault(session_id, EXAMPLE_IDS[len(self.ids)])
+
+    def show(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        *,
+        shown_body: str | None = None,
+        **request: object,
+    ) -> object:
+        """Send the request, check the answer into docs/generated/http-<name>.txt, return it."""
+        import json
+
+        response = self.client.request(method, path, **request)
+        lines = [f"{method} {self.example_text(path)}"]
+        headers = request.get("headers") or {}
+        for header, value in headers.items():  # type: ignore[attr-defined]
+            if header.lower() != "authorization":
+                lines.append(f"{header}: {value}")
+        if shown_body is not None:
+            lines += ["", shown_body]
+        status = response.status_code
+        lines += ["", f"HTTP {status} {_REASONS[status]}"]
+        if response.headers.get("content-type", "").startswith("application/json"):
+            body = json.dumps(response.json(), indent=2, ensure_ascii=False)
+            lines.append(self.example_text(body))
+        else:
+            lines.append(response.text.rstrip("\n"))
+        check_generated(f"http-{name}.txt", "\n".join(lines) + "\n")
+        return response
+
+
+def test_http_exchanges_match_the_server(client, store, app_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every request and answer on the HTTP API page, sent to the real app in process."""
+    import json
+
+    show = _Exchanges(client)
+    health = show.show("health", "GET", "/health")
+    assert health.json()["profile"] == "testing"  # type: ignore[attr-defined]
+
+    body = {"title": "site visit", "metadata": {"parcel": "A-17"}}
+    created = client.post("/sessions", json=body)  # the id is needed before it is shown
+    first = created.json()["id"]
+    show.remember(first)
+    # Shown as sent, then the same request again for the page (a second session).
+    for title in ("fence survey", "final check"):
+        later = client.post("/sessions", json={"title": title})
+        show.remember(later.json()["id"])
+    check_generated(
+        "http-create-session.txt",
+        "POST /sessions\nContent-Type: application/json\n\n"
+        + json.dumps(body)
+        + "\n\nHTTP 201 Created\n"
+        + show.example_text(json.dumps(created.json(), indent=2, ensure_ascii=False))
+        + "\n",
+    )
+    assert created.status_code == 201
+
+    page = show.show("list-first-page", "GET", "/sessions?limit=2")
+    after = page.json()["next"]  # type: ignore[attr-defined]
+    assert after == list(show.ids)[1]
+    show.show("list-next-page", "GET", f"/sessions?limit=2&after={after}")
+
+    upload = show.show(
+        "upload-multipart",
+        "POST",
+        f"/sessions/{first}/files",
+        files={"file": ("notes.txt", b"three oaks, one fence post\n", "text/plain")},
+        shown_body="(multipart/form-data: the field `file`, filename notes.txt, 27 bytes)",
+    )
+    assert upload.status_code == 201  # type: ignore[attr-defined]
+    again = show.show(
+        "upload-multipart-exists",
+        "POST",
+        f"/sessions/{first}/files",
+        files={"file": ("notes.txt", b"again\n", "text/plain")},
+        shown_body="(multipart/form-data: the field `file`, filename notes.txt)",
+    )
+    assert again.status_code == 409  # type: ignore[attr-defined]
+    replaced = show.show(
+        "put-replace",
+        "PUT",
+        f"/sessions/{first}/files/notes.txt",
+        content=b"three oaks, two fence posts\n",
+        shown_body="three oaks, two fence posts",
+    )
+    assert replaced.status_code == 200  # type: ignore[attr-defined]
+    download = show.show("get-file", "GET", f"/sessions/{first}/files/notes.txt")
+    assert download.content == b"three oaks, two fence posts\n"  # type: ignore[attr-defined]
+
+    dot = show.show(
+        "put-dot-name", "PUT", f"/sessions/{first}/files/.env", content=b"x", shown_body="x"
+    )
+    assert dot.status_code == 400  # type: ignore[attr-defined]
+    missing = show.show("session-not-found", "GET", "/sessions/0193a5f0c2d87b3e9a41c6d2e8f0ffff")
+    assert missing.status_code == 404  # type: ignore[attr-defined]
+    bad_limit = show.show("validation-error", "GET", "/sessions?limit=0")
+    assert bad_limit.status_code == 422  # type: ignore[attr-defined]
+    deleted = show.show("delete-session", "DELETE", f"/sessions/{first}")
+    assert deleted.status_code == 200  # type: ignore[attr-defined]
+
+    token = client.headers.pop("Authorization")
+    try:
+        no_token = show.show("no-token", "GET", "/sessions")
+        assert no_token.status_code == 401  # type: ignore[attr-defined]
+    finally:
+        client.headers["Authorization"] = token
+
+    # The upload limit, on a store whose limit is small enough to show (1 KiB).
+    store.max_upload_bytes = 1024
+    from starlette.testclient import TestClient
+
+    from app.server import create_app
+
+    with TestClient(create_app(store, app_config), headers=dict(client.headers)) as small:
+        show.client = small
+        second = list(show.ids)[1]
+        too_large = show.show(
+            "put-too-large",
+            "PUT",
+            f"/sessions/{second}/files/scan.pdf",
+            content=b"%" * 2048,
+            headers={"Content-Length": "2048"},
+            shown_body="(2048 bytes; this server's max_upload_bytes is 1024)",
+        )
+    assert too_large.status_code == 413  # type: ignore[attr-defined]
+    assert store.list_files(second) == []
+
+
+# --- refusals shown on the "Resolve refusals" page -----------------------------------------
+
+PRODUCTION_TOKEN = "k3J9xQ2m8ZrT5vW1bN7cY4pL6dF0hS2a"
+PRODUCTION_ENV = {
+    "ENV_FOR_DYNACONF": "production",
+    "APP_DATA_ROOT": "/var/lib/app",
+    "APP_API_TOKEN": '"$TOKEN"',
+}
+
+
+def _example_holder(text: str, root: Path) -> str:
+    """A holder's run-to-run details (pid, host, start time, paths) as fixed examples."""
+    import socket
+
+    text = text.replace(str(root), "/var/lib/app")
+    text = re.sub(r"pid \d+", "pid 4242", text)
+    text = re.sub(r"kill \d+", "kill 4242", text)
+    text = text.replace(f"host {socket.gethostname()}", "host review-1")
+    text = re.sub(r"(since|created) [0-9T:.+-]+", r"\1 2025-12-04T09:12:03.512113+00:00", text)
+    return text
+
+
+def test_refusals_next_to_a_live_production_server(tmp_path: Path) -> None:
+    """`app status`, a purge refused for want of confirmation, and one refused by the lock.
+
+    The "server" is a lock held by this test process with kind server, exactly what
+    `app serve` holds; the commands run as a user would run them, in a subprocess.
+    """
+    from app.lock import RootLock
+
+    project = _project_copy(tmp_path)
+    root = tmp_path / "var-lib-app"
+    env = {**PRODUCTION_ENV, "APP_DATA_ROOT": str(root), "APP_API_TOKEN": PRODUCTION_TOKEN}
+    stamped = _run_app(project, "data", "empty-trash", "--yes-i-mean-it", **env)
+    assert "removed 0 trash entries" in stamped, stamped
+    with RootLock(root, kind="server", profile="production", port=8080).acquire("example"):
+        status = _run_app(project, "status", show=PRODUCTION_ENV, **env)
+        unconfirmed = _run_app(project, "data", "purge", show=PRODUCTION_ENV, **env)
+        held = _run_app(project, "data", "purge", "--yes-i-mean-it", show=PRODUCTION_ENV, **env)
+    assert "held by: pid" in status, status
+    assert unconfirmed.endswith("$ echo $?\n77\n"), unconfirmed
+    assert held.endswith("$ echo $?\n75\n"), held
+    assert list((root / "sessions").iterdir()) == []
+    check_generated("refusal-status.txt", _example_holder(status, root))
+    check_generated("refusal-confirmation.txt", _example_holder(unconfirmed, root))
+    check_generated("refusal-held.txt", _example_holder(held, root))
+
+
+def test_refusal_of_a_root_stamped_by_another_profile(tmp_path: Path) -> None:
+    """A development shell whose APP_DATA_ROOT names production's root, and the re-stamp."""
+    project = _project_copy(tmp_path)
+    root = tmp_path / "var-lib-app"
+    production = {**PRODUCTION_ENV, "APP_DATA_ROOT": str(root), "APP_API_TOKEN": PRODUCTION_TOKEN}
+    _run_app(project, "data", "empty-trash", "--yes-i-mean-it", **production)  # stamps it
+    shown = {"APP_DATA_ROOT": "/var/lib/app"}
+    refused = _run_app(project, "sessions", "list", show=shown, APP_DATA_ROOT=str(root))
+    assert refused.endswith("$ echo $?\n78\n"), refused
+    restamp = ("data", "restamp", "--from", "production")
+    unconfirmed = _run_app(project, *restamp, show=shown, APP_DATA_ROOT=str(root))
+    assert unconfirmed.endswith("$ echo $?\n77\n"), unconfirmed
+    done = _run_app(project, *restamp, "--yes-i-mean-it", show=shown, APP_DATA_ROOT=str(root))
+    assert "now stamped 'development'" in done, done
+    text = "".join(_example_holder(out, root) for out in (refused, unconfirmed, done))
+    check_generated("refusal-stamp.txt", text)
