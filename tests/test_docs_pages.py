@@ -33,3 +33,38 @@ def test_the_readme_links_to_the_documentation() -> None:
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     assert "mkdocs serve" in readme
     assert "docs/index.md" in readme
+
+
+def _error_messages() -> list[str]:
+    """One real message of every error (the catalogue's examples) and the captured outputs."""
+    import importlib.util
+    import sys
+
+    path = DOCS / "examples" / "error_examples.py"
+    spec = importlib.util.spec_from_file_location("_docs_example_error_examples", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    from app.errors import DataRootOverlapError
+
+    messages = [str(error) for error in module.EXAMPLES]
+    shared = Path("/srv/app/data")  # the catalogue shows the nested case; this is the other
+    messages.append(str(DataRootOverlapError("a", shared, "here", "b", shared, "there")))
+    messages += [p.read_text() for p in (DOCS / "generated").glob("refusal-*.txt")]
+    return messages
+
+
+def test_the_refusal_table_quotes_messages_the_code_produces() -> None:
+    page = (DOCS / "how-to" / "resolve-refusals.md").read_text(encoding="utf-8")
+    table = page[page.index("## Other refusals you may meet") :]
+    patterns = re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE)
+    assert len(patterns) >= 10, patterns
+    messages = _error_messages()
+    for pattern in patterns:
+        parts = [re.escape(part.strip()) for part in pattern.split("...")]
+        regex = re.compile(".+?".join(part for part in parts if part))
+        assert any(regex.search(message) for message in messages), (
+            f"docs/how-to/resolve-refusals.md quotes `{pattern}`, which no message of the "
+            "code matches (see docs/examples/error_examples.py)"
+        )

@@ -7,11 +7,23 @@ error cannot ship without its entry in the documentation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from app import errors
+from app.store import check_file_name
 
 ROOT = Path("/srv/app/data")
+
+
+def _raised(call: Callable[[], object]) -> errors.AppError:
+    """The error a real call raises, where one is cheap to provoke."""
+    try:
+        call()
+    except errors.AppError as error:
+        return error
+    raise AssertionError(f"{call} raised nothing")
+
 
 EXAMPLES: list[errors.AppError] = [
     errors.SettingsNotFoundError(Path("/opt/app"), "from APP_SETTINGS_DIR"),
@@ -63,8 +75,8 @@ EXAMPLES: list[errors.AppError] = [
     errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
     errors.SessionNotFoundError("3f2a9c"),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
-    errors.InvalidNameError("file name", "../x", "contains '..'"),
+    _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),
-    errors.BadRequestError("page_size must be between 1 and 1000"),
+    errors.BadRequestError("limit must be at least 1, not 0"),  # Store.list_sessions' words
     errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
 ]
