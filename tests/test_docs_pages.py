@@ -68,3 +68,23 @@ def test_the_refusal_table_quotes_messages_the_code_produces() -> None:
             f"docs/how-to/resolve-refusals.md quotes `{pattern}`, which no message of the "
             "code matches (see docs/examples/error_examples.py)"
         )
+
+
+_MEASURED = re.compile(r"\d[\d,]*\.\d+|\d{1,3}(?:,\d{3})+|\d+(?= MiB/s| req/s| us\b| ms\b)")
+
+
+def _measured_numbers(text: str) -> set[str]:
+    return set(_MEASURED.findall(text))
+
+
+def test_the_performance_numbers_are_the_ones_bench_readme_records() -> None:
+    """Numbers are copied from bench/README.md (the benchmarks' own record), never invented."""
+    bench = (PROJECT / "bench" / "README.md").read_text(encoding="utf-8")
+    performance = (DOCS / "reference" / "performance.md").read_text(encoding="utf-8")
+    isolation = (DOCS / "explanation" / "isolation.md").read_text(encoding="utf-8")
+    costs = isolation[isolation.index("## What it costs") : isolation.index("## The guarantees")]
+    for page, text in (("reference/performance.md", performance), ("isolation.md", costs)):
+        numbers = _measured_numbers(text)
+        assert len(numbers) > 5, numbers
+        missing = sorted(n for n in numbers if n not in bench)
+        assert not missing, f"docs/{page} cites {missing}, which bench/README.md does not record"
