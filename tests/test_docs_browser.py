@@ -73,9 +73,7 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Build:
 
 
 def test_docs_build_strict(built_site: Build) -> None:
-    assert built_site.result.returncode == 0, (
-        f"mkdocs build --strict failed:\n{built_site.output}"
-    )
+    assert built_site.result.returncode == 0, f"mkdocs build --strict failed:\n{built_site.output}"
     assert "WARNING" not in built_site.output, built_site.output
     assert (built_site.site / "index.html").is_file()
     assert (built_site.site / "search" / "search_index.json").is_file()

@@ -36,13 +36,20 @@ EXAMPLES: list[errors.AppError] = [
         "production", "port", 80000, "must be between 1 and 65535", "environment APP_PORT"
     ),
     errors.DataRootOverlapError(
-        "production", Path("/srv/app/data"), "environment APP_DATA_ROOT",
-        "testing", Path("/srv/app/data/testing"), "settings.toml [testing]",
+        "production",
+        Path("/srv/app/data"),
+        "environment APP_DATA_ROOT",
+        "testing",
+        Path("/srv/app/data/testing"),
+        "settings.toml [testing]",
     ),
     errors.ConfigProblems(
         [
             errors.InvalidSettingError(
-                "testing", "data_rot", "x", "unknown key; did you mean 'data_root'?",
+                "testing",
+                "data_rot",
+                "x",
+                "unknown key; did you mean 'data_root'?",
                 "settings.toml [testing]",
             ),
             errors.UnknownProfileError(

@@ -31,6 +31,8 @@ def test_a_deleted_session_can_be_restored(store: Store) -> None:
     assert [f["name"] for f in restored["files"]] == ["notes.txt"]
     path, _ = store.file_path(session["id"], "notes.txt")
     assert path.read_bytes() == b"three oaks, one fence post\n"
+
+
 # --8<-- [end:restore]
 
 
