@@ -27,11 +27,12 @@ import logging.config
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from copy import deepcopy
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
+import anyio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +42,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.errors import (
@@ -280,13 +282,17 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
     )
     def get_file(session_id: str, name: str) -> FileResponse:
         """The file's bytes, as an attachment."""
-        path, entry = store.file_path(session_id, name)
-        return FileResponse(
-            path,
-            media_type="application/octet-stream",
-            filename=entry["name"],
-            headers={"X-Content-Type-Options": "nosniff", "ETag": f'"{entry["sha256"]}"'},
-        )
+        file, entry = store.open_file(session_id, name)
+        try:
+            return _OpenFileResponse(
+                file,
+                media_type="application/octet-stream",
+                filename=entry["name"],
+                headers={"X-Content-Type-Options": "nosniff", "ETag": f'"{entry["sha256"]}"'},
+            )
+        except BaseException:
+            file.close()
+            raise
 
     @app.delete("/sessions/{session_id}/files/{name:path}", dependencies=auth, tags=["files"])
     def delete_file(session_id: str, name: str) -> dict[str, Any]:
@@ -298,6 +304,35 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
             "deleted_at": entry.to_dict()["deleted_at"],
             "trash": entry.name,
         }
+
+
+class _OpenFileResponse(FileResponse):
+    """A `FileResponse` that sends a file the route already opened, and closes it.
+
+    Starlette's `FileResponse` stats and opens its path only when it sends, after the route
+    returned: a file deleted (moved to the trash) in between made the download a 500. The
+    route opens the file instead (`Store.open_file`, which answers 404 for a file that is
+    gone); the open descriptor keeps its bytes whatever happens to the name afterwards.
+    Ranges work as in `FileResponse`, which reads through `_open_file`.
+    """
+
+    def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
+        self._file = file
+        super().__init__(file.name, stat_result=os.fstat(file.fileno()), **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # pathsend would hand the server the path to reopen: the very race this avoids.
+        extensions = dict(scope.get("extensions") or {})
+        extensions.pop("http.response.pathsend", None)
+        try:
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self._file.close()
+
+    @contextlib.asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        self._file.seek(0)
+        yield anyio.wrap_file(self._file)  # closed by __call__, once, whatever was sent
 
 
 _MULTIPART_SCHEMA: Final[dict[str, Any]] = {

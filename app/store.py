@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 import unicodedata
@@ -51,7 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Final, Self
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Self
 
 from app.errors import (
     BadRequestError,
@@ -695,6 +697,41 @@ class Store:
                 return path, entry
         raise FileNotFoundInSessionError(session_id, path.name)
 
+    def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
+        """Open a session's file for sending, with its entry; the caller closes the file.
+
+        The file is opened under the session's lock, so the entry describes exactly these
+        bytes. The open file keeps reading them even if the file is deleted or replaced a
+        moment later (both move it aside, never change it), so a download that found the
+        file sends it whole, and one that did not is :class:`FileNotFoundInSessionError`.
+
+        Returns:
+            The file, open for binary reading at offset 0, and its entry from session.json.
+
+        Raises:
+            InvalidNameError: the id or the name is malformed.
+            SessionNotFoundError: there is no such session.
+            FileNotFoundInSessionError: the session has no such regular file.
+        """
+        path = self._file_path(session_id, name)
+        directory = self._session_dir(session_id)
+        with self._lock_for(session_id):
+            session = self._read_session(directory, session_id)
+            for entry in session["files"]:
+                if entry["name"] != path.name:
+                    continue
+                try:
+                    file = open(path, "rb", opener=_open_regular)  # noqa: SIM115 - returned
+                except OSError as error:
+                    if error.errno in {errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO}:
+                        break
+                    raise
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    file.close()
+                    break
+                return file, entry
+        raise FileNotFoundInSessionError(session_id, path.name)
+
     def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload:
         """Start streaming a file into a session.
 
@@ -1052,6 +1089,12 @@ class _GroupSync:
             self._running = False
             self._completed = max(self._completed, covers)
             self._cond.notify_all()
+
+
+def _open_regular(path: str, flags: int) -> int:
+    # O_NOFOLLOW: a symlink planted at a file's name is not the session's file.
+    # O_NONBLOCK: nor is a FIFO, which must not hang the open (the caller checks S_ISREG).
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
 def _fsync_dir(path: Path | str) -> None:

@@ -342,3 +342,44 @@ def test_a_windows_path_as_filename_keeps_only_its_last_part(
 def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -> None:
     response = client.get(f"/sessions/{sid}/files/..%2Fsession.json")
     assert_error(response, 400, "invalid_name")
+
+
+# --- downloads racing deletes -----------------------------------------------------------
+
+
+def test_a_file_deleted_as_its_download_starts_is_never_a_500(
+    client: TestClient, store: Store, sid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The route has found the file; a DELETE lands before the response is sent. The bytes
+    # the route chose are sent whole (the delete came after the read), never a 500.
+    from starlette import responses
+
+    data = b"z" * 200_000
+    client.put(f"/sessions/{sid}/files/doomed", content=data)
+    send = responses.FileResponse.__call__
+
+    async def delete_first(self: Any, scope: Any, receive: Any, send_: Any) -> None:
+        store.delete_file(sid, "doomed")
+        await send(self, scope, receive, send_)
+
+    monkeypatch.setattr(responses.FileResponse, "__call__", delete_first)
+    download = client.get(f"/sessions/{sid}/files/doomed")
+    assert download.status_code == 200, download.text
+    assert download.content == data
+    assert download.headers["content-length"] == str(len(data))
+    assert client.get(f"/sessions/{sid}/files/doomed").status_code == 404
+
+
+def test_a_file_listed_but_gone_from_disk_is_404(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    client.put(f"/sessions/{sid}/files/gone", content=b"bytes")
+    (store.sessions_dir / sid / "files" / "gone").unlink()
+    assert_error(client.get(f"/sessions/{sid}/files/gone"), 404, "file_not_found", "'gone'")
+
+
+def test_a_ranged_download_is_served_from_the_opened_file(client: TestClient, sid: str) -> None:
+    client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
+    part = client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"})
+    assert part.status_code == 206
+    assert part.content == b"234"
