@@ -481,8 +481,15 @@ class _MultipartSink:
                 "on_end": self._end,
             },
         )
+        limit = self.store.max_upload_bytes
+        received = 0
         async for chunk in request.stream():
             if chunk:
+                # The same bound a Content-Length is held to (`_refuse_declared_length`), for
+                # a chunked body: the parser skips junk around the parts without a limit.
+                received += len(chunk)
+                if received > limit + _MULTIPART_OVERHEAD:
+                    raise UploadTooLargeError(limit, received)
                 _parse(parser.write, chunk)  # the callbacks queue the file's bytes
                 if self.pipeline is not None:
                     await self.pipeline.flush_if_full()

@@ -383,3 +383,32 @@ def test_a_ranged_download_is_served_from_the_opened_file(client: TestClient, si
     part = client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"})
     assert part.status_code == 206
     assert part.content == b"234"
+
+
+# --- multipart bodies without a Content-Length ------------------------------------------
+
+
+def chunked(*parts: bytes) -> Iterator[bytes]:
+    """A body sent with Transfer-Encoding: chunked (no Content-Length to refuse it by)."""
+    yield from parts
+
+
+def test_a_chunked_multipart_body_is_held_to_the_limit_a_content_length_would_be(
+    small: TestClient, store: Store
+) -> None:
+    # Junk after the closing boundary costs nothing to parse, but a body this size with a
+    # Content-Length would be refused up front; without one it must not be accepted.
+    sid = store.create_session()["id"]
+    body, headers = multipart(b"a", b"ok")
+    declared = small.post(
+        f"/sessions/{sid}/files", content=body + b"x" * (1024 * 1024), headers=headers
+    )
+    assert_error(declared, 413, "upload_too_large")
+    response = small.post(
+        f"/sessions/{sid}/files",
+        content=chunked(body, *[b"x" * 65536] * 16),
+        headers=headers,
+    )
+    assert_error(response, 413, "upload_too_large")
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []
