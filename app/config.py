@@ -60,10 +60,7 @@ SETTINGS_FILE = "settings.toml"
 SECRETS_FILE = ".secrets.toml"
 LOCAL_FILES = ("settings.local.toml", ".secrets.local.toml")
 NOT_PROFILES = frozenset({"default", "global", "dynaconf"})
-# dynaconf reads its env switcher from the environment and lets it beat the `env=` argument;
-# point it at a name nobody sets so that only this module decides the profile.
-_UNUSED_SWITCH = "APP_INTERNAL_NEVER_SET_ENV_SWITCH"
-_META_ENV = frozenset({SETTINGS_DIR_ENV, _UNUSED_SWITCH})
+_META_ENV = frozenset({SETTINGS_DIR_ENV})  # APP_ variables that are not settings
 
 
 # --- the schema ------------------------------------------------------------------------
@@ -385,8 +382,8 @@ def _select(
 
 
 # Switches dynaconf honours that do not end in _FOR_DYNACONF: old spellings it still maps
-# (dynaconf.utils.RENAMED_VARS; DYNACONF_SILENT_ERRORS=false made it crash on a missing section)
-# and the env switcher this module points at a name nobody should set. SETTINGS_MODULE and
+# (dynaconf.utils.RENAMED_VARS; DYNACONF_SILENT_ERRORS=false made it crash on a missing
+# section). The app loads with environments=False, so no env switcher applies. SETTINGS_MODULE and
 # PROJECT_ROOT are left alone: common names elsewhere, and no effect on absolute files.
 _OTHER_SWITCHES = frozenset(
     {
@@ -395,7 +392,6 @@ _OTHER_SWITCHES = frozenset(
         "DYNACONF_SETTINGS",
         "DYNACONF_SILENT_ERRORS",
         "DYNACONF_ALWAYS_FRESH_VARS",
-        _UNUSED_SWITCH,
     }
 )
 

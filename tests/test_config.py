@@ -639,7 +639,6 @@ def test_a_dynaconf_switch_variable_is_refused_by_name(
     [
         ("DYNACONF_SILENT_ERRORS", "false"),
         ("DYNACONF_NAMESPACE", "production"),
-        ("APP_INTERNAL_NEVER_SET_ENV_SWITCH", "production"),
     ],
 )
 def test_an_old_spelling_of_a_dynaconf_switch_is_refused_by_name_not_a_crash(
