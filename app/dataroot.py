@@ -28,6 +28,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -196,10 +197,35 @@ def read_stamp(root: Path, *, profile: str = "?") -> dict[str, Any] | None:
     )
 
 
+def _layout_dir(root: Path, name: str, profile: str) -> Path:
+    # A symlink here (even to a directory) would send writes, clearing .tmp/ and emptying
+    # the trash to wherever it points: files outside the data root would be deleted.
+    path = root / name
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+            what = (
+                f"is a symbolic link (to {path.readlink()})"
+                if stat.S_ISLNK(mode)
+                else "is not a directory"
+            )
+            raise InvalidSettingError(
+                profile,
+                "data_root",
+                str(root),
+                f"{path} {what}; the app's own directories must be real directories inside "
+                "the data root, or its writes and clean-ups could reach outside it. Move it "
+                "away and let the app create the directory",
+                _SETTING_SOURCE,
+            ) from None
+    return path
+
+
 def _write_stamp(root: Path, profile: str, **extra: Any) -> dict[str, Any]:
     stamp = {"profile": profile, "created_at": _now_iso(), "app_version": __version__, **extra}
-    tmp_dir = root / TMP_DIR
-    tmp_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+    tmp_dir = _layout_dir(root, TMP_DIR, profile)
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
     _replace(_write_new_file(tmp_dir, data), root / STAMP_FILE)
     return stamp
@@ -350,7 +376,7 @@ def open_root(
     try:
         stamp = _check_stamp(config, root, kind=kind, write=True)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
-            (root / name).mkdir(mode=DIR_MODE, exist_ok=True)
+            _layout_dir(root, name, config.profile)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
         if removed := _clear_tmp(opened.tmp_dir):
             opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
@@ -508,16 +534,30 @@ class DataRoot:
         )
 
     def _check_dest(self, dest: Path) -> Path:
-        # Resolved, so that a symlink inside the root cannot carry a write outside it.
-        dest = dest.resolve()
+        # Only the directory is resolved: the last component is replaced by the rename, so a
+        # symlink planted there is replaced too, never written through (it could point at
+        # another session's file, or out of the root).
         root = self.path.resolve()  # Config resolves it already; cheap insurance
-        if not dest.is_relative_to(root) or dest == root:
+        parent = dest.parent.resolve()
+        if not parent.is_relative_to(root) or dest.name in {"", ".", ".."}:
             msg = f"refusing to write {dest}: it is not inside data root {self.path}"
             raise ValueError(msg)
-        if dest.is_relative_to(root / TMP_DIR):
+        final = parent / dest.name
+        if final.is_relative_to(root / TMP_DIR):
             msg = f"refusing to write {dest}: {self.tmp_dir} holds only in-flight temporary files"
             raise ValueError(msg)
-        return dest
+        # A symlinked directory that stays inside the root still leads a write somewhere
+        # else than the path says, e.g. from one session into another.
+        lexical = Path(os.path.abspath(dest.parent))  # noqa: PTH100 - resolve() follows links
+        if lexical.is_relative_to(self.path):
+            lexical = root / lexical.relative_to(self.path)
+        if lexical != parent:
+            msg = (
+                f"refusing to write {dest}: its directory passes through a symbolic link "
+                f"(it resolves to {parent}); the data root holds no symbolic links"
+            )
+            raise ValueError(msg)
+        return final
 
     def new_temp_file(self) -> tuple[IO[bytes], Path]:
         """A new temporary file in ``.tmp/`` (mode 0600) for streaming a write into.

@@ -527,6 +527,9 @@ class Store:
         return self._read_session(self._session_dir(session_id), session_id)
 
     def _read_session(self, directory: Path, session_id: str) -> dict[str, Any]:
+        if directory.is_symlink():
+            # Not one of ours (a create renames a real directory): it could lead anywhere.
+            raise SessionNotFoundError(session_id)
         try:
             raw = (directory / SESSION_FILE).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
@@ -718,7 +721,7 @@ class Store:
         with self._lock_for(session_id):
             session = self._read_session(directory, session_id)
             for entry in session["files"]:
-                if entry["name"] != path.name:
+                if entry["name"] != path.name or path.parent.is_symlink():
                     continue
                 try:
                     file = open(path, "rb", opener=_open_regular)  # noqa: SIM115 - returned

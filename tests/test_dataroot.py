@@ -383,3 +383,45 @@ def test_describe_reports_a_broken_stamp_instead_of_failing(config: StubConfig) 
     with pytest.raises(InvalidSettingError, match="not valid JSON"):
         open_root(config)
     assert probe(config.data_root).held is False
+
+
+@pytest.mark.parametrize("name", [".tmp", ".trash", "sessions"])
+def test_a_layout_directory_that_is_a_symlink_is_refused_and_its_target_untouched(
+    config: StubConfig, tmp_path: Path, name: str
+) -> None:
+    open_root(config).close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep me")
+    (config.data_root / name).rmdir()
+    (config.data_root / name).symlink_to(elsewhere)
+    with pytest.raises(InvalidSettingError, match=f"{name} is a symbolic link"):
+        open_root(config)
+    assert (elsewhere / "precious.txt").read_text() == "keep me"
+    assert probe(config.data_root).held is False
+
+
+def test_a_write_replaces_a_symlink_at_its_name_rather_than_writing_through_it(
+    config: StubConfig,
+) -> None:
+    with open_root(config) as root:
+        other = root.sessions_dir / "other"
+        other.write_bytes(b"another session's bytes")
+        planted = root.sessions_dir / "planted"
+        planted.symlink_to(other)
+        root.atomic_write_bytes(planted, b"new")
+        assert other.read_bytes() == b"another session's bytes"
+        assert not planted.is_symlink()
+        assert planted.read_bytes() == b"new"
+
+
+def test_a_write_through_a_symlinked_directory_inside_the_root_is_refused(
+    config: StubConfig,
+) -> None:
+    with open_root(config) as root:
+        (root.sessions_dir / "a").mkdir()
+        (root.sessions_dir / "b").symlink_to(root.sessions_dir / "a")
+        with pytest.raises(ValueError, match="symbolic link"):
+            root.atomic_write_bytes(root.sessions_dir / "b" / "x", b"{}")
+        assert list((root.sessions_dir / "a").iterdir()) == []
+        assert list(root.tmp_dir.iterdir()) == []

@@ -353,3 +353,39 @@ def test_the_listing_index_of_a_writer_matches_the_directory(store: Store) -> No
     assert store.session_ids() == store._scan_ids()
     store.purge()
     assert store.session_ids() == store._scan_ids() == []
+
+
+def test_a_symlink_planted_at_a_file_name_does_not_carry_an_upload_elsewhere(
+    store: Store,
+) -> None:
+    a, b = store.create_session()["id"], store.create_session()["id"]
+    store.put_file(b, "y", b"b's bytes")
+    (store.sessions_dir / a / "files").mkdir()
+    (store.sessions_dir / a / "files" / "x").symlink_to(store.sessions_dir / b / "files" / "y")
+    store.put_file(a, "x", b"new", replace=True)
+    assert (store.sessions_dir / b / "files" / "y").read_bytes() == b"b's bytes"
+    assert not (store.sessions_dir / a / "files" / "x").is_symlink()
+
+
+def test_a_symlinked_session_or_files_directory_is_neither_read_nor_written(
+    store: Store, tmp_path: Path
+) -> None:
+    a, b = store.create_session()["id"], store.create_session()["id"]
+    store.put_file(b, "y", b"b's bytes")
+    (store.sessions_dir / a / "files").symlink_to(store.sessions_dir / b / "files")
+    with pytest.raises(ValueError, match="symbolic link"):
+        store.put_file(a, "z", b"into b")
+    assert sorted(p.name for p in (store.sessions_dir / b / "files").iterdir()) == ["y"]
+    json_a = json.loads((store.sessions_dir / a / "session.json").read_text())
+    json_a["files"] = [{"name": "y", "size": 9, "sha256": "", "uploaded_at": ""}]
+    (store.sessions_dir / a / "session.json").write_text(json.dumps(json_a))
+    with pytest.raises(FileNotFoundInSessionError):
+        store.open_file(a, "y")
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "session.json").write_text(json.dumps({"id": "x", "files": []}))
+    fake = new_session_id()
+    (store.sessions_dir / fake).symlink_to(outside)
+    with pytest.raises(SessionNotFoundError):
+        store.get_session(fake)
