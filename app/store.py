@@ -48,6 +48,7 @@ import stat
 import threading
 import time
 import unicodedata
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -402,13 +403,14 @@ class Store:
     def __init__(self, root: DataRoot) -> None:
         self.root = root
         self.max_upload_bytes: int = root.config.max_upload_bytes
-        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
-        self._sessions_sync = _GroupSync(self.sessions_dir)
-        # The sorted ids, kept by a writer only: while this process holds the root's lock
-        # nobody else adds or removes sessions, so after one directory scan every change
-        # goes through this object. A reader (no lock) scans on every call instead.
-        self._index: list[str] | None = None
-        self._index_lock = threading.Lock()
+        # The locks, the group commit and the listing index belong to the open root, not
+        # to this object: every Store on one root must serialise on the same session locks
+        # and see the same index, or one Store's changes would be missing from another's
+        # listing (and two could interleave changes to one session.json).
+        self._shared = _shared_state(root)
+        self._stripes = self._shared.stripes
+        self._sessions_sync = self._shared.sessions_sync
+        self._index_lock = self._shared.index_lock
         if root.writable:
             self._clear_unfinished_sessions()
 
@@ -436,11 +438,17 @@ class Store:
 
     def _clear_unfinished_sessions(self) -> None:
         # A `.new-<id>` directory is a create that crashed before its rename: it was never
-        # acknowledged, and holds at most a session.json without files.
-        with os.scandir(self.sessions_dir) as entries:
-            stale = [e.path for e in entries if e.name.startswith(NEW_PREFIX)]
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
+        # acknowledged, and holds at most a session.json without files. One that another
+        # Store on this root is creating right now is not a crash's.
+        with self._shared.creating_lock:
+            with os.scandir(self.sessions_dir) as entries:
+                stale = [
+                    e.path
+                    for e in entries
+                    if e.name.startswith(NEW_PREFIX) and e.name not in self._shared.creating
+                ]
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -466,7 +474,9 @@ class Store:
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
         # filesystem-wide lock, on the path every POST /sessions takes.
         staging = self.sessions_dir / f"{NEW_PREFIX}{session['id']}"
-        staging.mkdir(mode=0o700)
+        with self._shared.creating_lock:
+            self._shared.creating.add(staging.name)
+            staging.mkdir(mode=0o700)
         try:
             fd = os.open(
                 staging / SESSION_FILE,
@@ -485,6 +495,9 @@ class Store:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            with self._shared.creating_lock:
+                self._shared.creating.discard(staging.name)
         self._sessions_sync.sync()
         self._index_update(add=session["id"])
         return session
@@ -544,25 +557,26 @@ class Store:
 
     def _ids(self) -> list[str]:
         # Called with _index_lock held. The list returned must not be changed by the caller.
-        if self._index is not None:
-            return self._index
+        if self._shared.index is not None:
+            return self._shared.index
         ids = self._scan_ids()
         if self.root.writable:
-            self._index = ids
+            self._shared.index = ids
         return ids
 
     def _index_update(self, *, add: str | None = None, remove: str | None = None) -> None:
         with self._index_lock:
-            if self._index is None:
+            index = self._shared.index
+            if index is None:
                 return  # not built yet: the next scan sees the change
             if add is not None:
-                position = bisect.bisect_left(self._index, add)
-                if position == len(self._index) or self._index[position] != add:
-                    self._index.insert(position, add)
+                position = bisect.bisect_left(index, add)
+                if position == len(index) or index[position] != add:
+                    index.insert(position, add)
             if remove is not None:
-                position = bisect.bisect_left(self._index, remove)
-                if position < len(self._index) and self._index[position] == remove:
-                    del self._index[position]
+                position = bisect.bisect_left(index, remove)
+                if position < len(index) and index[position] == remove:
+                    del index[position]
 
     def _scan_ids(self) -> list[str]:
         try:
@@ -1053,6 +1067,34 @@ class Store:
         for session_id in self.session_ids():
             with contextlib.suppress(SessionNotFoundError):
                 yield self._read_session(self.sessions_dir / session_id, session_id)
+
+
+class _RootState:
+    """What every `Store` on one open data root shares (see `Store.__init__`)."""
+
+    def __init__(self, sessions_dir: Path) -> None:
+        self.stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self.sessions_sync = _GroupSync(sessions_dir)
+        # The sorted ids, kept for a writer only: while this process holds the root's lock
+        # nobody else adds or removes sessions, so after one directory scan every change
+        # goes through a Store on this root. A reader (no lock) scans on every call instead.
+        self.index: list[str] | None = None
+        self.index_lock = threading.Lock()
+        # The `.new-<id>` staging directories of creates in progress.
+        self.creating: set[str] = set()
+        self.creating_lock = threading.Lock()
+
+
+_ROOT_STATES: weakref.WeakKeyDictionary[DataRoot, _RootState] = weakref.WeakKeyDictionary()
+_ROOT_STATES_LOCK: Final = threading.Lock()
+
+
+def _shared_state(root: DataRoot) -> _RootState:
+    with _ROOT_STATES_LOCK:
+        state = _ROOT_STATES.get(root)
+        if state is None:
+            state = _ROOT_STATES[root] = _RootState(root.sessions_dir)
+        return state
 
 
 class _GroupSync:

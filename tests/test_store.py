@@ -389,3 +389,31 @@ def test_a_symlinked_session_or_files_directory_is_neither_read_nor_written(
     (store.sessions_dir / fake).symlink_to(outside)
     with pytest.raises(SessionNotFoundError):
         store.get_session(fake)
+
+
+def test_two_stores_on_one_open_root_list_each_others_sessions(store: Store) -> None:
+    other = Store(store.root)
+    assert store.list_sessions().total == 0  # builds the listing index
+    made = other.create_session()["id"]
+    assert [s["id"] for s in store.list_sessions().items] == [made]
+    store.delete_session(made)
+    assert other.list_sessions().total == 0
+    store.restore(made)
+    assert other.session_ids() == [made]
+
+
+def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.store
+
+    fsync_dir = app.store._fsync_dir
+
+    def open_another_store_midway(path: Path | str) -> None:
+        if Path(path).name.startswith(".new-"):
+            Store(store.root)  # e.g. a second app built on the same root by a test
+        fsync_dir(path)
+
+    monkeypatch.setattr(app.store, "_fsync_dir", open_another_store_midway)
+    session = store.create_session("in flight")
+    assert store.get_session(session["id"]) == session
