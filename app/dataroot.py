@@ -28,6 +28,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import stat
 import sys
 import tempfile
@@ -56,9 +57,11 @@ __all__ = [
     "DataRoot",
     "RootStatus",
     "describe",
+    "fsync_dir",
     "open_root",
     "read_stamp",
     "restamp",
+    "write_new_file",
 ]
 
 STAMP_FILE: Final = ".app-profile.json"
@@ -85,13 +88,38 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    # A rename or a new directory entry is only durable once its directory is synced.
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory: a rename into it, or a new entry, is durable only after this."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, fsynced; on failure it is removed.
+
+    The one write-and-fsync of the app's atomic writes: the temporary files of
+    :meth:`DataRoot.atomic_write_bytes` and the stamp, and the ``session.json`` that
+    :mod:`app.store` writes into a new session's staging directory. The caller renames
+    the file into place and fsyncs the directory (:func:`fsync_dir`).
+
+    Raises:
+        FileExistsError: ``path`` exists (``O_EXCL``: never write into someone's file).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_path(path: Path) -> None:
@@ -102,17 +130,9 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new_file(dir_: Path, data: bytes) -> Path:
-    fd, name = tempfile.mkstemp(dir=dir_, prefix="write-", suffix=".part")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_temp_file(dir_: Path, data: bytes) -> Path:
+    tmp = dir_ / f"write-{secrets.token_hex(8)}.part"
+    write_new_file(tmp, data)
     return tmp
 
 
@@ -122,7 +142,7 @@ def _replace(tmp: Path, dest: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
@@ -140,7 +160,7 @@ def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)
     if not existed:
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
 def _audit_record(
@@ -227,7 +247,7 @@ def _write_stamp(root: Path, profile: str, **extra: Any) -> dict[str, Any]:
     stamp = {"profile": profile, "created_at": _now_iso(), "app_version": __version__, **extra}
     tmp_dir = _layout_dir(root, TMP_DIR, profile)
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
-    _replace(_write_new_file(tmp_dir, data), root / STAMP_FILE)
+    _replace(_write_temp_file(tmp_dir, data), root / STAMP_FILE)
     return stamp
 
 
@@ -309,7 +329,7 @@ def _create_root(root: Path) -> None:
     # mkdir's mode is filtered by the umask; the root we created must be exactly 0700.
     # A root that already existed keeps the permissions its owner gave it.
     root.chmod(DIR_MODE)
-    _fsync_dir(root.parent)
+    fsync_dir(root.parent)
 
 
 def _clear_tmp(tmp_dir: Path) -> list[str]:
@@ -607,7 +627,7 @@ class DataRoot:
         """
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
-        _replace(_write_new_file(self.tmp_dir, data), dest)
+        _replace(_write_temp_file(self.tmp_dir, data), dest)
 
     def atomic_write_json(self, dest: Path, obj: Any) -> None:
         """Write ``obj`` as indented JSON to ``dest``, like :meth:`atomic_write_bytes`."""

@@ -56,6 +56,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Self
 
+from app.dataroot import fsync_dir, write_new_file
 from app.errors import (
     BadRequestError,
     FileExistsInSessionError,
@@ -478,19 +479,8 @@ class Store:
             self._shared.creating.add(staging.name)
             staging.mkdir(mode=0o700)
         try:
-            fd = os.open(
-                staging / SESSION_FILE,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                0o600,
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _fsync_dir(staging)
+            write_new_file(staging / SESSION_FILE, data)
+            fsync_dir(staging)
             staging.rename(self.sessions_dir / session["id"])
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -657,8 +647,8 @@ class Store:
             except BaseException:
                 self._remove_empty_entry(entry)
                 raise
-        _fsync_dir(self.sessions_dir)
-        _fsync_dir(entry.path)
+        fsync_dir(self.sessions_dir)
+        fsync_dir(entry.path)
         return entry
 
     def purge(self) -> list[TrashEntry]:
@@ -805,7 +795,7 @@ class Store:
             upload.replaced = bool(existing)
             if not dest.parent.is_dir():
                 dest.parent.mkdir(mode=0o700)
-                _fsync_dir(directory)
+                fsync_dir(directory)
             trashed = None
             if existing and dest.exists():
                 # Keep the old bytes: a hard link in the trash, then an atomic rename over
@@ -814,7 +804,7 @@ class Store:
                     session_id, "file", name, "replace", previous=existing[0]
                 )
                 os.link(dest, trashed.path / name, follow_symlinks=False)
-                _fsync_dir(trashed.path)
+                fsync_dir(trashed.path)
             self.root.commit_temp_file(upload.temp_path, dest)
             session["files"] = [f for f in session["files"] if f["name"] != name] + [entry]
             session["updated_at"] = entry["uploaded_at"]
@@ -846,8 +836,8 @@ class Store:
                 session_id, "file", path.name, "delete", previous=existing[0]
             )
             path.rename(entry.path / path.name)
-            _fsync_dir(entry.path)
-            _fsync_dir(path.parent)
+            fsync_dir(entry.path)
+            fsync_dir(path.parent)
             session["files"] = [f for f in session["files"] if f["name"] != path.name]
             session["updated_at"] = _iso(_now())
             self.root.atomic_write_json(directory / SESSION_FILE, session)
@@ -982,7 +972,7 @@ class Store:
                 )
             (entry.path / TRASHED_SESSION).rename(dest)
             self._index_update(add=entry.session_id)
-            _fsync_dir(self.sessions_dir)
+            fsync_dir(self.sessions_dir)
             self._remove_empty_entry(entry)
             return self._read_session(dest, entry.session_id)
 
@@ -1006,7 +996,7 @@ class Store:
             if not dest.parent.is_dir():
                 dest.parent.mkdir(mode=0o700)
             (entry.path / name).rename(dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             session["files"].append(
                 {
                     "name": name,
@@ -1026,7 +1016,7 @@ class Store:
             (entry.path / TRASH_MANIFEST).unlink()
         with contextlib.suppress(OSError):
             entry.path.rmdir()
-        _fsync_dir(self.root.trash_dir)
+        fsync_dir(self.root.trash_dir)
 
     def empty_trash(self, older_than: timedelta | None = None) -> list[TrashEntry]:
         """Remove trash entries for good: the only operation that deletes bytes; audited.
@@ -1052,7 +1042,7 @@ class Store:
             shutil.rmtree(entry.path)
             removed.append(entry)
         if removed:
-            _fsync_dir(trash)
+            fsync_dir(trash)
         self.root.audit(
             "empty-trash",
             trash,
@@ -1124,7 +1114,7 @@ class _GroupSync:
             self._running = True
             covers = self._requested
         try:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except BaseException:
             with self._cond:
                 self._running = False
@@ -1140,11 +1130,3 @@ def _open_regular(path: str, flags: int) -> int:
     # O_NOFOLLOW: a symlink planted at a file's name is not the session's file.
     # O_NONBLOCK: nor is a FIFO, which must not hang the open (the caller checks S_ISREG).
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-
-
-def _fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -407,13 +407,13 @@ def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
 ) -> None:
     import app.store
 
-    fsync_dir = app.store._fsync_dir
+    fsync_dir = app.store.fsync_dir
 
     def open_another_store_midway(path: Path | str) -> None:
         if Path(path).name.startswith(".new-"):
             Store(store.root)  # e.g. a second app built on the same root by a test
         fsync_dir(path)
 
-    monkeypatch.setattr(app.store, "_fsync_dir", open_another_store_midway)
+    monkeypatch.setattr(app.store, "fsync_dir", open_another_store_midway)
     session = store.create_session("in flight")
     assert store.get_session(session["id"]) == session
