@@ -466,7 +466,8 @@ class RootLock:
                 return "is not held"
             try:
                 current = os.lstat(self.path)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
+                # NotADirectoryError: the data root itself was replaced by a file.
                 return "was deleted"
             if (current.st_dev, current.st_ino) != self._identity:
                 return "was replaced by another file"
@@ -495,8 +496,9 @@ class LockWatcher:
     """A daemon thread that checks :meth:`RootLock.still_ours` every ``interval`` seconds.
 
     On the first failed check it calls ``on_lost(reason)`` once (the server logs the
-    reason and shuts down rather than share its root) and stops. A lock released on
-    purpose is not a loss: the watcher then ends quietly.
+    reason and shuts down rather than share its root) and stops. A check that raises
+    ``OSError`` counts as failed, with the reason ``"could not be checked (...)"``. A lock
+    released on purpose is not a loss: the watcher then ends quietly.
 
     Examples:
         >>> watcher = LockWatcher(lock, 5.0, on_lost=shutdown).start()
@@ -547,7 +549,12 @@ class LockWatcher:
         while not self._stop.wait(self.interval):
             if not self.lock.held:
                 return
-            reason = self.lock.still_ours()
+            try:
+                reason = self.lock.still_ours()
+            except OSError as error:
+                # A check that cannot be made proves nothing: an exception would end this
+                # thread silently and leave the server running unwatched.
+                reason = f"could not be checked ({error.strerror or error})"
             if reason is not None and self.lock.held and not self._stop.is_set():
                 self.lost = reason
                 self.on_lost(reason)

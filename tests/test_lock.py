@@ -386,3 +386,26 @@ def test_the_watcher_refuses_a_non_positive_interval(root: Path) -> None:
     lock = RootLock(root, kind="server", profile="development")
     with pytest.raises(ValueError, match="positive"):
         LockWatcher(lock, 0, print)
+
+
+def test_the_watcher_reports_a_data_root_replaced_by_a_file(root: Path, tmp_path: Path) -> None:
+    reasons: list[str] = []
+    with RootLock(root, kind="server", profile="development") as lock:
+        watcher = LockWatcher(lock, 0.01, reasons.append).start()
+        root.rename(tmp_path / "moved-away")
+        root.write_text("not a directory")
+        watcher._thread.join()  # ends after reporting (or, before, when the check raised)
+    assert reasons == ["was deleted"]
+
+
+def test_the_watcher_reports_a_check_that_fails_instead_of_dying_quietly(root: Path) -> None:
+    reasons: list[str] = []
+
+    def failing() -> str | None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with RootLock(root, kind="server", profile="development") as lock:
+        lock.still_ours = failing  # type: ignore[method-assign]
+        watcher = LockWatcher(lock, 0.01, reasons.append).start()
+        watcher._thread.join()  # ends after reporting (or, before, when the check raised)
+    assert reasons == ["could not be checked (Input/output error)"]
