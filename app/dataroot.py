@@ -291,7 +291,9 @@ def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[
     if stamp is not None:
         stamped = str(stamp["profile"]).lower()
         if stamped != config.profile:
-            raise ProfileStampMismatchError(root, stamped, config.profile)
+            raise ProfileStampMismatchError(
+                root, stamped, config.profile, protected=config.protected
+            )
         return stamp
     if not write:
         return None
@@ -451,7 +453,9 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             return stamp  # already done (a repeated command); nothing to audit
         if stamped != from_profile:
             # Names the stamp actually found, so the message gives the right --from.
-            raise ProfileStampMismatchError(root, stamped, config.profile)
+            raise ProfileStampMismatchError(
+                root, stamped, config.profile, protected=config.protected
+            )
         new = _write_stamp(root, config.profile, restamped_from=stamped)
         _append_audit(
             root,

@@ -286,15 +286,21 @@ class ProfileStampMismatchError(ConfigError):
 
     code = "profile_stamp_mismatch"
 
-    def __init__(self, root: Path, stamped: str, requested: str) -> None:
+    def __init__(
+        self, root: Path, stamped: str, requested: str, *, protected: bool = False
+    ) -> None:
         self.root = root
         self.stamped = stamped
         self.requested = requested
+        self.protected = protected
+        # The command it names must be one that runs: re-stamping to or from a protected
+        # profile (production always is) needs the confirmation option.
+        confirm = " --yes-i-mean-it" if protected or "production" in (stamped, requested) else ""
         super().__init__(
             f"data root {root} belongs to profile {stamped!r} (see {root}/.app-profile.json) "
             f"but profile {requested!r} tried to open it. If that root really should now serve "
             f"{requested!r}, re-stamp it explicitly: "
-            f"app data restamp --profile {requested} --from {stamped}"
+            f"app data restamp --profile {requested} --from {stamped}{confirm}"
         )
 
 

@@ -156,3 +156,25 @@ def test_restamp_of_a_root_already_stamped_for_the_profile_changes_nothing(
     stamp = json.loads((app_config.data_root / ".app-profile.json").read_text())
     assert stamp["profile"] == "testing"
     assert audit(app_config) == before
+
+
+def test_the_restamp_command_a_stamp_mismatch_names_is_one_that_runs(
+    app_config: Config,
+) -> None:
+    # The root was production's: handing it over needs the confirmation option, so the
+    # command the refusal suggests must carry it, or following the advice exits 77.
+    import dataclasses
+    import shlex
+
+    production = dataclasses.replace(app_config, profile="production", protected=True)
+    open_root(production, kind="tests").close()
+    code, _, err = invoke("sessions", "list")
+    assert code == 78
+    suggested = err.split("re-stamp it explicitly: ", 1)[1].strip()
+    assert suggested.endswith("--yes-i-mean-it")
+    program, *args = shlex.split(suggested)
+    assert program == "app"
+    code, out, err = invoke(*args)
+    assert code == 0, err
+    assert "is now stamped 'testing' (was 'production')" in out
+    assert invoke("sessions", "list")[0] == 0
