@@ -11,8 +11,8 @@ command and the ratio of `app config`'s median to the floor's. Target (issue 2):
 - floor: ``python -c`` importing dynaconf and doing one Dynaconf load of the project's
   ``settings.toml`` and ``.secrets.toml`` (absolute paths, ``environments=True``), reading one
   value: what any dynaconf-based CLI pays before doing anything.
-- ``python -m app config`` and the ``app`` console script: the real command, which loads every
-  profile (three Dynaconf loads here) to check that no two data roots overlap.
+- ``python -m app config`` and the ``app`` console script: the real command, which resolves
+  every profile (from one Dynaconf load) to check that no two data roots overlap.
 - ``python -c pass``: the interpreter alone, for reference.
 
 The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import PROJECT, clean_environment, p90, run_once
 
 FLOOR = """
 from dynaconf import Dynaconf
@@ -43,21 +42,6 @@ settings = Dynaconf(
 )
 settings.DATA_ROOT
 """
-
-
-def environment() -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
-        and not name.endswith("_FOR_DYNACONF")
-    }
-    env["ENV_FOR_DYNACONF"] = "development"
-    # Measure what users get: cached bytecode. With PYTHONDONTWRITEBYTECODE (set in some
-    # sandboxes and CI images) the app's own modules, unlike installed packages, are compiled
-    # from source on every start, about 12 ms; the warm-up runs write app/__pycache__.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
 
 
 def commands() -> dict[str, list[str]]:
@@ -75,19 +59,6 @@ def commands() -> dict[str, list[str]]:
     return found
 
 
-def run_once(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(argv, env=env, cwd=PROJECT, capture_output=True, check=False)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{argv} exited {result.returncode}:\n{result.stderr.decode()}")
-    return elapsed
-
-
-def p90(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -95,14 +66,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
 
-    env = environment()
+    env = {**clean_environment(), "ENV_FOR_DYNACONF": "development"}
     cmds = commands()
     names = list(cmds)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_no in range(args.warmup + args.rounds):
         shift = round_no % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed = run_once(cmds[name], env)
+            elapsed = run_once(cmds[name], PROJECT, env)
             if round_no >= args.warmup:
                 times[name].append(elapsed)
 

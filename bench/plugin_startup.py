@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import clean_environment, p90, run_once
 
 TEST_ONE = "def test_one():\n    pass\n"
 
@@ -58,17 +57,6 @@ except Timeout:
 """
 
 
-def environment() -> dict[str, str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
-        and not name.endswith("_FOR_DYNACONF")
-    }
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
-
-
 def prepare(work: Path) -> dict[str, tuple[list[str], Path]]:
     plain = work / "plain"
     plain.mkdir()
@@ -86,19 +74,6 @@ def prepare(work: Path) -> dict[str, tuple[list[str], Path]]:
     }
 
 
-def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=False)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{argv} exited {result.returncode}:\n{result.stdout.decode()}")
-    return elapsed
-
-
-def p90(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=10, method="inclusive")[-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -106,7 +81,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
 
-    env = environment()
+    env = clean_environment()
     work = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
     try:
         variants = prepare(work)
