@@ -118,11 +118,11 @@ def _shell_roots() -> tuple[str | None, dict[str, Path], Path | None]:
         # The package is installed where it has no settings (a dependency of another
         # project): nothing to probe, but the sandbox and the forcing still apply.
         return shell_profile, {}, None
-    return shell_profile, {name: root for name, (root, _) in roots.items()}, _settings_dir()
-
-
-def _settings_dir() -> Path:
-    return appconfig.settings_dir()
+    return (
+        shell_profile,
+        {name: root for name, (root, _) in roots.items()},
+        appconfig.settings_dir(),
+    )
 
 
 def _probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
