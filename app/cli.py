@@ -49,9 +49,13 @@ def profile_option(command: F) -> F:
     )(command)
 
 
-def load_config(ctx: click.Context) -> appconfig.Config:
-    """The selected profile's configuration; ``--profile`` wins over ``ENV_FOR_DYNACONF``."""
-    config = appconfig.load(selected_profile(ctx), profile_source="--profile")
+def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Config:
+    """The selected profile's configuration; ``--profile`` wins over ``ENV_FOR_DYNACONF``.
+
+    Only ``serve`` (and ``config``, which shows what serving would use) need what serving
+    needs: looking at or maintaining a root never asks for production's HTTP token.
+    """
+    config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -121,7 +125,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: s
     if show_all:
         _show_all(ctx, as_json)
         return
-    config = load_config(ctx)
+    config = load_config(ctx, serving=True)
     values = config.values()
     if as_json:
         payload = {
@@ -246,7 +250,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, profile: str |
     once in-flight requests finish, then releases the lock. If the lock file is deleted or
     replaced while serving, the server logs why and exits 70.
     """
-    config = load_config(ctx)
+    config = load_config(ctx, serving=True)
     from app import server
 
     server.serve(config, host=host, port=port)

@@ -266,6 +266,39 @@ class LockUnavailableError(AppError):
         )
 
 
+class LockFileAliasedError(AppError):
+    """The lock file is reachable by another path (a symbolic or hard link)."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "lock_file_aliased"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"refusing to lock {path}: it {reason}, so a lock taken on it would also lock "
+            "(and publish into) another data root's lock file. Remove the link, and let the "
+            "app create the data root's own .server.lock"
+        )
+
+
+class DataRootChangedError(AppError):
+    """The data root, or a directory of the app's in it, is no longer what was opened."""
+
+    exit_code = EX_SOFTWARE
+    code = "data_root_changed"
+    http_status = 503
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"data root {path} changed while open: {reason}. Nothing was changed; this "
+            "process stops writing to it. Put the directory back (the app never uses "
+            "symbolic links or mounts inside a data root) and restart"
+        )
+
+
 class LockLostError(AppError):
     """The lock file a holder locked was deleted or replaced under it."""
 

@@ -182,24 +182,25 @@ import os
 
 import pytest
 
-from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, SERVER_PID, app
+from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, app
 
-HELD = f"data root {PRODUCTION} is held by pid {SERVER_PID}, kind server, profile production"
+TREE = "this process belongs to the test run through the process tree (an ancestor process"
 
 
 @pytest.mark.parametrize(
-    ("args", "wanted"),
+    "args",
     [
-        (["--profile", "production", "data", "purge", "--yes-i-mean-it"], "purge every session"),
-        (["data", "empty-trash", "--yes-i-mean-it"], "empty the trash"),
-        (["serve", "--port", "0"], "start the server on 127.0.0.1:0"),
+        ["--profile", "production", "data", "purge", "--yes-i-mean-it"],
+        ["data", "empty-trash", "--yes-i-mean-it"],
+        ["serve", "--port", "0"],
     ],
 )
-def test_the_live_server_lock_refuses_it(args, wanted):
+def test_the_process_tree_refuses_it(args):
     env = {"PATH": os.environ["PATH"], **PRODUCTION_SHELL}
     done = app(*args, env=env)
-    assert done.returncode == 75, done.stderr
-    assert f"error: cannot {wanted}: {HELD}" in done.stderr
+    assert done.returncode == 78, done.stderr
+    assert "loading profile 'production'; tests run on the 'testing' profile" in done.stderr
+    assert TREE in done.stderr
 """
 
 # (4) The incident's second copy: the config module imported under another name.
@@ -244,11 +245,16 @@ def test_a_second_copy_of_config_refuses_production(monkeypatch):
 
 def test_a_second_copy_of_dataroot_refuses_the_production_root(monkeypatch):
     config2 = second_copy("src.app.config", "config.py")
-    # The second dataroot imports `app.config`: make that the second copy as well.
+    sandbox2 = second_copy("src.app.sandbox", "sandbox.py")
+    # The second dataroot imports `app.config` and `app.sandbox`: make those second copies.
     with monkeypatch.context() as patched:
         patched.setitem(sys.modules, "app.config", config2)
+        patched.setitem(sys.modules, "app.sandbox", sandbox2)
         dataroot2 = second_copy("src.app.dataroot", "dataroot.py")
-    assert dataroot2.require_in_sandbox is config2.require_in_sandbox
+    assert dataroot2.check_root is sandbox2.check_root
+    # The run is marked on `sys`, which every copy shares, even with the variables gone.
+    monkeypatch.delenv("PYTEST_APP_SANDBOX")
+    assert sandbox2.current_run().sandbox == config2.load().sandbox
     forged = dataclasses.replace(config2.load(), profile="production", data_root=PRODUCTION)
     for write in (True, False):
         with pytest.raises(SandboxViolationError) as refused:
@@ -380,8 +386,8 @@ import pytest
 
 from app.config import load
 from app.dataroot import open_root
-from app.errors import DataRootInUseError, SandboxViolationError
-from hostile_helpers import PRODUCTION, SERVER_PID, TOKEN
+from app.errors import SandboxViolationError
+from hostile_helpers import PRODUCTION, TOKEN
 
 
 def test_removing_the_marker(monkeypatch):
@@ -390,14 +396,16 @@ def test_removing_the_marker(monkeypatch):
     with pytest.raises(SandboxViolationError) as refused:
         load("production")
     assert (
-        "loading profile 'production' while pytest runs without the app's sandbox "
-        "(PYTEST_CURRENT_TEST is set, PYTEST_APP_SANDBOX is not)"
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through this process)"
     ) in str(refused.value)
-    # Without the marker nothing checks the path any more; the live server's lock does.
+    # The run is marked in the process, not only in the variable: the path is still checked.
     forged = dataclasses.replace(load(), profile="production", data_root=PRODUCTION)
-    with pytest.raises(DataRootInUseError) as held:
+    with pytest.raises(SandboxViolationError) as outside:
         open_root(forged, kind="maintenance")
-    assert f"data root {PRODUCTION} is held by pid {SERVER_PID}, kind server" in str(held.value)
+    assert f"open data root {PRODUCTION}, which lies outside the test sandbox" in str(
+        outside.value
+    )
 """
 
 # (8) A conftest that loads the configuration at import time, like the incident's singleton.
@@ -493,10 +501,12 @@ HEADER = (
     ),
 )
 NO_SANDBOX = "*loading profile 'production' while pytest runs without the app's sandbox*"
+BARE = "pytest is imported in this process, and the app's plugin did not start in it"
 ENV_ROOT_WITHOUT_SANDBOX = (
     "*SandboxViolationError: refused under pytest: data root {root} from environment "
-    "APP_DATA_ROOT while pytest runs without the app's sandbox (PYTEST_CURRENT_TEST is set, "
-    "PYTEST_APP_SANDBOX is not). Run the tests with the app's pytest plugin enabled*"
+    f"APP_DATA_ROOT while pytest runs without the app's sandbox ({BARE}). Run the tests with "
+    "the app's pytest plugin, which neutralises the shell's APP_DATA_ROOT (the plugin was "
+    "disabled (`-p no:app`)*"
 )
 
 SUITES: dict[str, Suite] = {
@@ -518,12 +528,12 @@ SUITES: dict[str, Suite] = {
     ),
     "maintenance_commands_with_a_cleared_environment": Suite(
         {"test_cleared.py": CLEARED_ENV_TESTS},
-        "lock: the live production server holds its root (exit 75)",
+        "sandbox: the child is part of the run through the process tree (exit 78)",
         outcomes={"passed": 3},
     ),
     "a_second_copy_of_the_config_module": Suite(
         {"test_second_copy.py": SECOND_COPY_TESTS},
-        "config and dataroot read the marker from os.environ, in every copy of the code",
+        "sandbox: the run is marked on sys, which every copy of the code shares",
         outcomes={"passed": 3},
     ),
     "a_test_that_exports_production_itself": Suite(
@@ -538,7 +548,7 @@ SUITES: dict[str, Suite] = {
     ),
     "a_test_that_removes_the_sandbox_marker": Suite(
         {"test_marker.py": MARKER_REMOVED_TESTS},
-        "config: the PYTEST_CURRENT_TEST rule; lock; the plugin fails the test afterwards",
+        "sandbox: the in-process marker; the plugin fails the test afterwards",
         outcomes={"passed": 1, "errors": 1},
         ret=1,
         stdout=("*test_removing_the_marker changed PYTEST_APP_SANDBOX; it was put back*",),
@@ -569,7 +579,7 @@ SUITES: dict[str, Suite] = {
     ),
     "the_incident_with_the_plugin_disabled": Suite(
         {"conftest.py": INCIDENT_CONFTEST, "test_sessions.py": INCIDENT_TESTS},
-        "config: the PYTEST_CURRENT_TEST rule refuses other profiles without the plugin",
+        "config: pytest imported without the plugin: other profiles refused",
         args=("-p", "no:app"),
         outcomes={"errors": 2},
         ret=1,
@@ -601,19 +611,16 @@ SUITES: dict[str, Suite] = {
         "plugin: a --basetemp that holds a known data root is refused",
         args=("--basetemp={root}/..",),
         ret=4,
-        stderr=("ERROR: app: refusing --basetemp {root}/..: pytest empties it before the run*",),
+        stderr=("ERROR: app: refusing --basetemp {root}/..: pytest empties it* before the run*",),
     ),
     "a_conftest_that_loads_at_import_time_with_the_plugin_disabled": Suite(
         {"conftest.py": IMPORT_TIME_CONFTEST, "test_nothing.py": NOTHING_TESTS},
-        "config: the PYTEST_VERSION rule (no test runs yet, so no PYTEST_CURRENT_TEST)",
+        "config: pytest imported without the plugin (no test runs yet)",
         args=("-p", "no:app"),
         ret=4,
         stderr=(
             "ImportError while loading conftest *",
-            (
-                "*loading profile 'production' while pytest runs without the app's sandbox "
-                "(PYTEST_VERSION is set, PYTEST_APP_SANDBOX is not)*"
-            ),
+            f"*loading profile 'production' while pytest runs without the app's sandbox ({BARE})*",
         ),
     ),
     "the_dynaconf_docs_pattern_without_the_plugin_and_production_known_only_to_the_env": Suite(

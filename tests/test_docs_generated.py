@@ -249,10 +249,11 @@ def _project_copy(tmp_path: Path) -> Path:
 def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **env: str) -> str:
     """Run the real `app` command against a copy of the settings; return what a user sees.
 
-    The subprocess does not inherit the test sandbox: it shows what `app` prints in a shell.
-    That is safe because it only reads the copied settings and every data root it may open
-    lies in this test's temporary directory. `show` replaces the variables shown on the
-    command line (for example a token by ``$TOKEN``).
+    The subprocess belongs to the test run (its process tree says so, whatever its
+    environment), so it gets a sandbox narrowed to this test's directory and every profile:
+    it then prints what `app` prints in a shell, because every data root it opens lies in
+    that directory anyway. `show` replaces the variables shown on the command line (for
+    example a token by ``$TOKEN``).
     """
     import subprocess
 
@@ -262,7 +263,15 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
         if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
         and not name.endswith("_FOR_DYNACONF")
     }
-    clean.update({"APP_SETTINGS_DIR": str(project), "COLUMNS": "100", **env})
+    clean.update(
+        {
+            "APP_SETTINGS_DIR": str(project),
+            "COLUMNS": "100",
+            "PYTEST_APP_SANDBOX": str(project.parent),
+            "PYTEST_APP_ALLOW_PROFILES": "development,testing,production",
+            **env,
+        }
+    )
     result = subprocess.run(
         [sys.executable, "-m", "app", *args],
         env=clean,
