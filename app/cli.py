@@ -149,7 +149,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: s
 def _show_all(ctx: click.Context, as_json: bool) -> None:
     report = inspect_profiles(ctx)
     names = list(report.profiles)
-    for problem in report.problems:
+    for problem in report.all_problems:
         click.echo(f"problem: {problem.message}", err=True)
     if as_json:
         payload = {
@@ -168,7 +168,7 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
                 }
                 for name, r in report.profiles.items()
             },
-            "problems": [p.to_dict() for p in report.problems],
+            "problems": [p.to_dict() for p in report.all_problems],
         }
         click.echo(json.dumps(payload, indent=2))
         return

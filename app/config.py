@@ -406,6 +406,9 @@ class Resolved:
     values: Mapping[str, Any]
     sources: Mapping[str, str]
     problems: tuple[ConfigError, ...]
+    #: Values the files leave to the environment (``@format {env[X]}``) that it does not
+    #: provide: they stop this profile only, when it is selected.
+    deferred: tuple[ConfigError, ...] = ()
 
     @property
     def data_root(self) -> Path | None:
@@ -443,22 +446,37 @@ def _file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
         envvar_prefix=None,
         load_dotenv=False,
     )
-    merged = {
-        str(name).lower(): {str(key).lower(): value for key, value in body.items()}
-        for name, body in settings.as_dict().items()
-        if isinstance(body, dict)
-    }
+    evaluated: dict[tuple[str, str], Any] = {}
+
+    def value_of(section: str, key: str, raw: Any) -> Any:
+        # One key at a time: a value that cannot be resolved here (`@format {env[X]}` with X
+        # unset) is a problem of the profiles that use it, not of every profile.
+        if (section, key) not in evaluated:
+            try:
+                evaluated[section, key] = settings.get(f"{section}.{key}")
+            except Exception as error:  # any of dynaconf's formatters and casts
+                evaluated[section, key] = Unresolved(raw, f"{type(error).__name__}: {error}")
+        return evaluated[section, key]
+
     out: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in files.profiles}
     for path, data in files.data.items():
         where = _display(path, files.directory)
         sections = {name.lower(): body for name, body in data.items() if isinstance(body, dict)}
         for profile, values in out.items():
             for section in ("default", profile, "global"):
-                for key in sections.get(section, {}):
+                for key, raw in sections.get(section, {}).items():
                     if key.lower() in KEYS:
-                        value = merged[section][key.lower()]
+                        value = value_of(section, key, raw)
                         values[key.lower()] = (value, f"{where} [{section}]")
     return out
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A value from the files that dynaconf could not resolve (its error kept for the message)."""
+
+    raw: Any
+    error: str
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -488,7 +506,22 @@ def _resolve_profile(
             loaded[name], sources[name] = value, f"environment {KEYS[name].env}"
     values: dict[str, Any] = {}
     problems: list[ConfigError] = []
+    deferred: list[ConfigError] = []
     for name, key in KEYS.items():
+        if isinstance(loaded.get(name), Unresolved):
+            unresolved = loaded[name]
+            deferred.append(
+                InvalidSettingError(
+                    profile,
+                    name,
+                    unresolved.raw,
+                    f"cannot be resolved ({unresolved.error}); set what it reads (for "
+                    f"`@format {{env[NAME]}}`, the variable NAME) in the environment of the "
+                    f"commands that use profile {profile!r}, or set {key.env}",
+                    sources[name],
+                )
+            )
+            continue
         if name in loaded:
             values[name] = loaded[name]
         elif key.default is _REQUIRED:
@@ -517,7 +550,13 @@ def _resolve_profile(
         values["lock_check_seconds"] = float(values["lock_check_seconds"])
     if "data_root" in values:
         values["data_root"] = _absolute_root(values["data_root"], files.directory)
-    return Resolved(profile, MappingProxyType(values), MappingProxyType(sources), tuple(problems))
+    return Resolved(
+        profile,
+        MappingProxyType(values),
+        MappingProxyType(sources),
+        tuple(problems),
+        tuple(deferred),
+    )
 
 
 def _absolute_root(value: str, directory: Path) -> Path:
@@ -731,7 +770,7 @@ def configured_roots(
         plain = {
             name: (values["data_root"][0], values["data_root"][1])
             for name, values in _file_values(files).items()
-            if "data_root" in values
+            if "data_root" in values and not isinstance(values["data_root"][0], Unresolved)
         }
     roots = {
         name: (_absolute_root(value, files.directory), source)
@@ -802,11 +841,14 @@ class Report:
     #: or maintaining its data root.
     serving_problems: tuple[ConfigError, ...] = ()
     where: sandboxing.Context = sandboxing.OUTSIDE
+    #: Other profiles' values that this environment cannot resolve (they would stop those
+    #: profiles, not the selected one).
+    elsewhere: tuple[ConfigError, ...] = ()
 
     @property
     def all_problems(self) -> tuple[ConfigError, ...]:
-        """Every problem, serving ones included."""
-        return self.problems + self.serving_problems
+        """Every problem: the selected profile's, serving's, and other profiles' deferred."""
+        return self.problems + self.serving_problems + self.elsewhere
 
 
 def inspect_profiles(
@@ -848,6 +890,8 @@ def inspect_profiles(
     }
     for r in resolved.values():
         problems.extend(r.problems)
+    problems.extend(resolved[selected].deferred)
+    elsewhere = tuple(p for name, r in resolved.items() if name != selected for p in r.deferred)
     problems.extend(_overlaps(resolved))
     others = {name: r for name, r in resolved.items() if name != selected}
     serving = tuple(_runtime_problems(resolved[selected], others))
@@ -871,6 +915,7 @@ def inspect_profiles(
         sandbox,
         serving,
         where,
+        elsewhere,
     )
 
 
@@ -908,7 +953,7 @@ def load(
     """
     report = inspect_profiles(profile, environ, profile_source=profile_source)
     _allowed(report.profiles[report.selected], report.where)
-    problems = report.all_problems if serving else report.problems
+    problems = report.problems + (report.serving_problems if serving else ())
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     selected = report.profiles[report.selected]

@@ -209,3 +209,67 @@ def test_config_and_doctor_do_not_import_the_server_stack(base_env: dict[str, st
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stderr.splitlines()[-1]) == []
+
+
+FORMAT_SETTINGS = """\
+[development]
+data_root = "data/development"
+
+[testing]
+data_root = "data/testing"
+
+[production]
+data_root = "@format {env[PROD_ROOT]}"
+protected = true
+"""
+
+
+def test_a_root_from_an_unset_variable_stops_only_the_profile_that_uses_it(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "settings.toml").write_text(FORMAT_SETTINGS)
+    env = {
+        **base_env,
+        SETTINGS_DIR_ENV: str(tmp_path),
+        ALLOW_PROFILES_ENV: "development,production",
+    }
+    env.pop("PROD_ROOT", None)
+    development = run("--profile", "development", "config", env=env)
+    assert development.returncode == 0, development.stderr
+    assert "Traceback" not in development.stderr
+    production = run("--profile", "production", "config", env=env)
+    assert production.returncode == 78
+    assert "Traceback" not in production.stderr
+    assert (
+        "profile 'production': data_root = '@format {env[PROD_ROOT]}' (from settings.toml "
+        "[production]): cannot be resolved (DynaconfFormatError: "
+    ) in production.stderr
+    assert "the variable NAME) in the environment of the commands that use profile" in (
+        production.stderr
+    )
+    every = run("config", "--all", env=env)
+    assert every.returncode == 0, every.stderr
+    assert "problem: profile 'production': data_root = '@format {env[PROD_ROOT]}'" in every.stderr
+    resolved = run("--profile", "production", "status", env={**env, "PROD_ROOT": "prod"})
+    assert resolved.returncode == 0, resolved.stderr
+
+
+def test_looking_at_or_maintaining_production_needs_no_http_token(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    env = {**base_env, SETTINGS_DIR_ENV: str(project_copy), ALLOW_PROFILES_ENV: "production"}
+    env.pop("APP_API_TOKEN", None)
+    for args in (
+        ["status"],
+        ["sessions", "list", "--trash"],
+        ["data", "purge", "--yes-i-mean-it"],
+        ["data", "empty-trash", "--yes-i-mean-it"],
+    ):
+        done = run("--profile", "production", *args, env=env)
+        assert done.returncode == 0, (args, done.stderr)
+    served = run("--profile", "production", "serve", "--port", "0", env=env)
+    assert served.returncode == 78
+    assert "production requires an API token" in served.stderr
+    shown = run("--profile", "production", "config", env=env)
+    assert shown.returncode == 78
+    assert "production requires an API token" in shown.stderr

@@ -545,3 +545,62 @@ def test_inner_run(pytester):
 """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_without_the_plugin_the_refusal_says_why_it_is_not_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    from app import sandbox
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    assert sandbox.why_no_plugin().startswith(
+        "the app's pytest plugin is not registered: the package is imported from "
+    )
+    assert "not installed in this Python environment; install it (`pip install -e .`)" in (
+        sandbox.why_no_plugin()
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert sandbox.why_no_plugin().startswith("PYTEST_DISABLE_PLUGIN_AUTOLOAD is set")
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    assert (
+        sandbox.why_no_plugin() == "the plugin was disabled (`-p no:app`); run without that option"
+    )
+
+
+def test_without_plugin_autoload_the_refusal_names_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(
+        test_bare="""
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_production_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    assert "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing`" in str(refused.value)
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_a_production_root_from_an_unset_variable_does_not_stop_the_tests(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "settings.toml").write_text(
+        f'[testing]\ndata_root = "{tmp_path}/testing"\n\n'
+        '[production]\ndata_root = "@format {env[PROD_ROOT]}"\nprotected = true\n'
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
+    monkeypatch.delenv("PROD_ROOT", raising=False)
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
