@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,21 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def copy_project_settings(directory: Path) -> Path:
+    """The project's settings files, copied into ``directory``; relative roots land there."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("settings.toml", ".secrets.toml"):
+        (directory / name).write_bytes((PROJECT / name).read_bytes())
+    return directory
+
+
 @pytest.fixture(autouse=True)
-def _inner_runs_use_this_project(request: pytest.FixtureRequest) -> None:
+def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureRequest) -> None:
     # A pytester run's rootdir is a temporary directory: another project, as far as the
-    # plugin can tell, so it would stay inactive. Say whose settings the inner run tests.
-    if "pytester" in request.fixturenames and "APP_SETTINGS_DIR" not in os.environ:
-        request.getfixturevalue("monkeypatch").setenv("APP_SETTINGS_DIR", str(PROJECT))
+    # plugin can tell, so it would stay inactive. Give the inner run the project's settings,
+    # copied, so that its roots are its own: a developer's live `app serve` on the project's
+    # development root must not change what the inner run sees (a test's own settings_dir
+    # fixture or setenv still wins, being set after this one).
+    if "pytester" in request.fixturenames:
+        copy = copy_project_settings(request.getfixturevalue("tmp_path") / "project-settings")
+        request.getfixturevalue("monkeypatch").setenv("APP_SETTINGS_DIR", str(copy))

@@ -340,6 +340,10 @@ def test_pytest_header_next_to_a_live_production_server(
 
     production = tmp_path / "production-data"
     production.mkdir()
+    # A copy of the settings: a developer's own live server on the project's roots is not
+    # part of this example (and must not change its output).
+    project = _project_copy(tmp_path)
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(project))
     monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
     monkeypatch.setenv("APP_DATA_ROOT", str(production))
     pytester.makepyfile(test_example="def test_one():\n    pass\n")
@@ -350,7 +354,7 @@ def test_pytest_header_next_to_a_live_production_server(
     text = text.replace(str(production), "/srv/app/data")
     sandbox = re.escape(str(pytester.path)) + r"/runpytest-\d+"
     text = re.sub(sandbox, "/tmp/pytest-of-you/pytest-7", text)
-    text = text.replace(str(PROJECT), EXAMPLE_PROJECT)
+    text = text.replace(str(project), EXAMPLE_PROJECT)
     text = re.sub(r"pid \d+", "pid 4242", text)
     text = text.replace(f"host {socket.gethostname()}", "host review-1")
     text = re.sub(r"since [0-9T:.+-]+", "since 2025-12-04T09:12:03.512113+00:00", text)
