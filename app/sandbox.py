@@ -29,7 +29,6 @@ import atexit
 import contextlib
 import json
 import os
-import secrets
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -408,7 +407,7 @@ def _publish(run: Run) -> None:
         "argv": list(sys.argv),
         "protected": [item.to_dict() for item in run.protected],
     }
-    temporary = directory / f".{secrets.token_hex(6)}.tmp"
+    temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     temporary.write_text(json.dumps(data))
     temporary.replace(directory / _entry_name(os.getpid(), started[1]))
 
