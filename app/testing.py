@@ -411,17 +411,26 @@ def pytest_load_initial_conftests(
     # inherited, and narrows to its own in pytest_configure.
     # A worker's parent is the run that published the sandbox. A test that runs pytest from
     # inside a worker inherits PYTEST_XDIST_WORKER too, but its parent is that worker.
+    # The variables alone can be forged by a test that starts pytest: a worker's sandbox
+    # must also lie in the run its parent registered (the controller's).
+    enclosing = sandboxing.current_run()
     worker = (
         bool(os.environ.get("PYTEST_XDIST_WORKER"))
         and inherited is not None
         and os.environ.get(_OWNER_ENV) == str(os.getppid())
+        and enclosing is not None
+        and enclosing.pid == os.getppid()
+        and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
     )
+    # A run started inside another (a test that runs pytest) keeps that run's protected roots.
+    inherited_protected = enclosing.protected if enclosing is not None else ()
+    guarded = {**{f"{p.profile} (enclosing run)": p.path for p in inherited_protected}, **roots}
     factory = None
     if worker:
         assert inherited is not None
         sandbox = Path(inherited)
     else:
-        factory = _make_sandbox(early_config, known.basetemp, roots)
+        factory = _make_sandbox(early_config, known.basetemp, guarded)
         sandbox = factory.getbasetemp().resolve()
         _mark_sandbox(sandbox)
         os.environ[_OWNER_ENV] = str(os.getpid())
@@ -433,7 +442,8 @@ def pytest_load_initial_conftests(
     state.factory = factory
     state.roots = roots
     state.saved_env = saved
-    state.run = sandboxing.register(sandbox, _protected(roots, files, live, sandbox))
+    protected = [*_protected(roots, files, live, sandbox), *inherited_protected]
+    state.run = sandboxing.register(sandbox, protected)
     early_config.stash[STATE] = state
     strict = known.app_strict or early_config.getini("app_strict")
     if strict and live and not worker:

@@ -760,6 +760,45 @@ def test_widening_the_marker_and_opting_in_by_hand(monkeypatch):
     assert config.data_root == config.sandbox / "data" / "production"
 
 
+# Loaded at conftest import: between the plugin's first hook and pytest_configure, where a
+# forged worker would still have its inherited sandbox.
+NESTED_CONFTEST = '''
+import os
+
+from app.config import load
+
+os.environ["PYTEST_APP_ALLOW_PROFILES"] = "production"
+os.environ["APP_DATA_ROOT"] = os.environ["HOSTILE_PRODUCTION_ROOT"]
+load("production")
+'''
+
+
+def test_a_pytest_started_as_a_forged_xdist_worker_with_a_sandbox_of_slash(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text(NESTED_CONFTEST)
+    (tmp_path / "test_nested.py").write_text("def test_nothing():\\n    pass\\n")
+    env = {
+        **os.environ,
+        "PYTEST_XDIST_WORKER": "gw0",
+        "PYTEST_APP_SANDBOX_OWNER": str(os.getpid()),
+        "PYTEST_APP_SANDBOX": "/",
+        "APP_API_TOKEN": TOKEN,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "which lies outside the test sandbox" in done.stdout + done.stderr
+
+
 def test_the_same_switches_in_a_child():
     env = {
         "PATH": os.environ["PATH"],
@@ -872,7 +911,7 @@ SUITES_WITHOUT_PROPS: dict[str, Suite] = {
     "the_guards_own_switches_set_by_hand": Suite(
         {"test_switches.py": SWITCHES_TESTS},
         "sandbox: the variable may narrow the run's sandbox, never widen it",
-        outcomes={"passed": 2},
+        outcomes={"passed": 3},
     ),
     "a_tmpdir_inside_the_production_root": Suite(
         {"test_nothing.py": NOTHING_TESTS},
