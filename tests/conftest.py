@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-PROJECT = Path(__file__).resolve().parent.parent
+from project_copy import copy_project_settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -15,14 +12,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "browser: opens the built documentation in headless Chromium (/usr/bin/chromium)"
     )
-
-
-def copy_project_settings(directory: Path) -> Path:
-    """The project's settings files, copied into ``directory``; relative roots land there."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("settings.toml", ".secrets.toml"):
-        (directory / name).write_bytes((PROJECT / name).read_bytes())
-    return directory
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PROJECT, copy_project_settings
+from project_copy import PROJECT, copy_project_settings
 
 from app.lock import read_holder
 from app.testing import wait_until_serving
