@@ -443,7 +443,13 @@ def pytest_load_initial_conftests(
     state.roots = roots
     state.saved_env = saved
     protected = [*_protected(roots, files, live, sandbox), *inherited_protected]
-    state.run = sandboxing.register(sandbox, protected)
+    try:
+        state.run = sandboxing.register(sandbox, protected)
+    except OSError as error:
+        raise pytest.UsageError(
+            f"app: cannot register the test run, so its subprocesses could not be told apart "
+            f"from a production shell: {error}"
+        ) from None
     early_config.stash[STATE] = state
     strict = known.app_strict or early_config.getini("app_strict")
     if strict and live and not worker:
