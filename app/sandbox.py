@@ -63,7 +63,15 @@ ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
 #: Where runs register, one file per live pytest process. A fixed path, not
 #: ``tempfile.gettempdir()``: a child with a hand-built environment (another ``TMPDIR``, or
 #: none) must look in the same place as the run that started it.
-RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{os.getuid()}"  # noqa: S108 - private, checked
+RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{os.getuid()}"  # noqa: S108 - checked owner
+
+
+def _runs_dir(uid: int) -> Path:
+    # One directory per user, written only by that user (checked), readable by all: a child
+    # that switched user (su, sudo -u) still finds the run of the user who started it.
+    return RUNS_DIR.with_name(f"app-pytest-runs-{uid}")
+
+
 #: The attribute of ``sys`` that holds this process's runs (innermost last).
 _MARKER: Final = "_app_pytest_runs"
 _PROC: Final = Path("/proc")
@@ -174,16 +182,16 @@ def _ancestry() -> Iterator[tuple[int, int]]:
         pid = parent
 
 
-def _runs_dir_trusted() -> bool:
-    # Anyone can create a directory in /tmp: entries count only from a private directory of
-    # our own, so another user cannot fake (or hide) a run.
+def _runs_dir_trusted(directory: Path, uid: int) -> bool:
+    # Anyone can create a directory in /tmp: entries count only from a directory that its
+    # user owns and nobody else may write, so another user cannot fake (or hide) a run.
     try:
-        found = os.lstat(RUNS_DIR)
+        found = os.lstat(directory)
     except OSError:
         return False
     return (
         stat.S_ISDIR(found.st_mode)
-        and found.st_uid == os.getuid()
+        and found.st_uid == uid
         and not found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     )
 
@@ -192,9 +200,9 @@ def _entry_name(pid: int, started: int) -> str:
     return f"{pid}-{started}.json"
 
 
-def _read_entry(name: str, pid: int, depth: int) -> Run | None:
+def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
     try:
-        data = json.loads((RUNS_DIR / name).read_bytes())
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
@@ -202,22 +210,35 @@ def _read_entry(name: str, pid: int, depth: int) -> Run | None:
         Path(data["sandbox"]),
         pid,
         tuple(Protected.from_dict(item) for item in data.get("protected", ())),
-        f"the process tree ({how}, registered in {RUNS_DIR})",
+        f"the process tree ({how}, registered in {path.parent})",
     )
+
+
+def _registered(uid: int, seen: dict[int, set[str]]) -> set[str]:
+    if uid not in seen:
+        directory = _runs_dir(uid)
+        seen[uid] = set()
+        if _runs_dir_trusted(directory, uid):
+            with contextlib.suppress(OSError):
+                seen[uid] = {entry.name for entry in directory.iterdir()}
+    return seen[uid]
 
 
 def _walk_tree() -> tuple[Run | None, str | None]:
     """The nearest registered run among this process and its ancestors, and whether a
     pytest without the plugin sits between (its rules then apply as well)."""
-    names: set[str] = set()
-    if _runs_dir_trusted():
-        with contextlib.suppress(OSError):
-            names = {entry.name for entry in RUNS_DIR.iterdir()}
+    seen: dict[int, set[str]] = {}
     bare = None
     for depth, (pid, started) in enumerate(_ancestry()):
         name = _entry_name(pid, started)
-        if name in names and (run := _read_entry(name, pid, depth)) is not None:
-            return run, bare
+        try:
+            uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
+        except OSError:
+            continue
+        if name in _registered(uid, seen):
+            run = _read_entry(_runs_dir(uid) / name, pid, depth)
+            if run is not None:
+                return run, bare
         if depth and bare is None and _looks_like_pytest(_cmdline(pid)):
             bare = f"an ancestor process (pid {pid}) runs pytest without the app's plugin"
     return None, bare
@@ -364,13 +385,15 @@ def sandbox_root(sandbox: Path, profile: str) -> Path:
 
 def _private_runs_dir() -> Path:
     with contextlib.suppress(FileExistsError):
-        RUNS_DIR.mkdir(mode=0o700)
-    if not _runs_dir_trusted():
+        RUNS_DIR.mkdir(mode=0o755)
+    if not _runs_dir_trusted(RUNS_DIR, os.getuid()):
         msg = (
-            f"{RUNS_DIR} is not a private directory of user {os.getuid()} (a symbolic link, "
-            "another owner, or writable by others); remove it and run again"
+            f"{RUNS_DIR} is not a directory that only user {os.getuid()} may write (a "
+            "symbolic link, another owner, or writable by others); remove it and run again"
         )
         raise PermissionError(msg)
+    with contextlib.suppress(OSError):
+        RUNS_DIR.chmod(0o755)  # an earlier version made it 0700: children of other users read it
     return RUNS_DIR
 
 
