@@ -88,3 +88,25 @@ def test_the_performance_numbers_are_the_ones_bench_readme_records() -> None:
         assert len(numbers) > 5, numbers
         missing = sorted(n for n in numbers if n not in bench)
         assert not missing, f"docs/{page} cites {missing}, which bench/README.md does not record"
+
+
+def test_pages_that_include_an_example_file_report_no_skip() -> None:
+    """`pytest -rs` showed three skips pointing into site-packages, one per page that
+    includes docs/examples/*.py: Sybil could not run a snippet include, so it was skipped."""
+    import subprocess
+    import sys
+
+    pages = ["how-to/restore-session.md", "how-to/switch-profiles.md", "reference/pytest-plugin.md"]
+    for page in pages:
+        assert '--8<-- "docs/examples/' in (DOCS / page).read_text(encoding="utf-8"), page
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider"]
+        + [str(DOCS / page) for page in pages],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipped" not in result.stdout.lower(), result.stdout
+    assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
