@@ -228,3 +228,26 @@ def test_the_servers_api_docs_render_offline(browser: Browser, live_server: obje
     finally:
         page.close()
     assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("path", ["", "tutorial/"])
+def test_the_readme_commands_fit_their_code_blocks(
+    browser: Browser, site_url: str, path: str
+) -> None:
+    """The README's two commands, on the home page and the tutorial, without sideways scrolling."""
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(site_url + path)
+        blocks = page.locator("article pre > code")
+        overflowing = [
+            text
+            for text, wide in blocks.evaluate_all(
+                "codes => codes.map(c => [c.innerText, c.scrollWidth > c.clientWidth])"
+            )
+            if wide and ("scripts/test" in text or "app serve" in text)
+        ]
+        assert any("app serve" in t for t in blocks.all_inner_texts()), path
+    finally:
+        page.close()
+    assert overflowing == [], f"{path or 'index'}: these code blocks scroll sideways: {overflowing}"
