@@ -85,7 +85,7 @@ class SettingsNotFoundError(ConfigError):
         )
 
 
-class SettingsDirEmptyError(ConfigError):
+class SettingsDirEmptyError(SettingsNotFoundError):
     """``APP_SETTINGS_DIR`` is set to an empty string, which names no directory."""
 
     code = "settings_dir_empty"
@@ -93,10 +93,13 @@ class SettingsDirEmptyError(ConfigError):
     def __init__(self, variable: str, project_dir: Path) -> None:
         self.variable = variable
         self.project_dir = project_dir
-        super().__init__(
+        self.looked_in = project_dir  # where unsetting the variable would look
+        self.reason = f"{variable} is set but empty"
+        ConfigError.__init__(
+            self,
             f"{variable} is set but empty, so it names no settings directory; unset it "
             f"(`unset {variable}`) to use the project directory {project_dir}, or set it to "
-            "the directory that holds settings.toml"
+            "the directory that holds settings.toml",
         )
 
 
