@@ -38,6 +38,7 @@ from app.errors import (
     DynaconfSwitchError,
     InvalidSettingError,
     SandboxViolationError,
+    SettingsDirEmptyError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     UnknownProfileError,
@@ -245,9 +246,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     raw = env.get(SETTINGS_DIR_ENV)
     if raw is not None and not raw.strip():
-        raise SettingsNotFoundError(
-            Path.cwd(), f"{SETTINGS_DIR_ENV} is set but empty; unset it or name a directory"
-        )
+        raise SettingsDirEmptyError(SETTINGS_DIR_ENV, Path(__file__).resolve().parent.parent)
     if raw is not None:
         where = Path(raw).expanduser()
         if not where.is_absolute():
@@ -312,7 +311,7 @@ def _file_problems(files: _Files) -> Iterator[ConfigError]:
         for section, body in data.items():
             if not isinstance(body, dict):
                 yield InvalidSettingError(
-                    "-",
+                    None,
                     section,
                     body,
                     "keys must sit in a [section] (a profile, default or global); move it into one",
@@ -385,7 +384,7 @@ def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
         if name.startswith("DYNACONF_") and name[len("DYNACONF_") :].lower() in KEYS:
             key = KEYS[name[len("DYNACONF_") :].lower()]
             yield InvalidSettingError(
-                "-",
+                None,
                 name,
                 environ[name],
                 f"dynaconf would apply it to every profile; this app "

@@ -281,7 +281,7 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
         check=False,
     )
     shown = " ".join(f"{k}={v}" for k, v in (env if show is None else show).items())
-    command = f"$ {shown + ' ' if shown else ''}app {' '.join(args)}"
+    command = f"$ {shown + ' ' if shown else ''}.venv/bin/app {' '.join(args)}"
     output = (result.stdout + result.stderr).replace(str(project), EXAMPLE_PROJECT)
     lines = [command, *output.rstrip("\n").splitlines()]
     if result.returncode:
