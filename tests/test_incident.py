@@ -270,13 +270,7 @@ def test_production_survives_a_hostile_suite(
     fields = {"root": production.root, "pid": production.process.pid, "port": production.port}
     result = pytester.runpytest_subprocess(*(arg.format(**fields) for arg in suite.args))
     try:
-        assert result.ret == suite.ret
-        if suite.outcomes:
-            result.assert_outcomes(**suite.outcomes)
-        if suite.stdout:
-            result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
-        if suite.stderr:
-            result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
+        check_run(result, suite, fields)
     finally:
         # Whatever the inner run reported, production must be untouched.
         assert production.process.poll() is None, "the production server died"
@@ -325,13 +319,7 @@ def test_production_and_development_survive_a_suite_without_props(
             result = pytester.runpytest_subprocess(*args)
         else:
             result = pytester.run(sys.executable, "-mpytest", "-p", "pytester", *args)
-        assert result.ret == suite.ret, result.stdout.str() + result.stderr.str()
-        if suite.outcomes:
-            result.assert_outcomes(**suite.outcomes)
-        if suite.stdout:
-            result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
-        if suite.stderr:
-            result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
+        check_run(result, suite, fields)
     finally:
         for link in links:
             link.unlink()
@@ -340,6 +328,17 @@ def test_production_and_development_survive_a_suite_without_props(
         assert fingerprint(production.others / "development") == production.development
         if production.live:
             assert list_sessions(production.url, production.headers) == production.sessions
+
+
+def check_run(result: pytest.RunResult, suite: Suite, fields: dict[str, Any]) -> None:
+    """The inner run ended as the suite says: exit code, outcomes, output lines."""
+    assert result.ret == suite.ret, result.stdout.str() + result.stderr.str()
+    if suite.outcomes:
+        result.assert_outcomes(**suite.outcomes)
+    if suite.stdout:
+        result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
+    if suite.stderr:
+        result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
 
 
 def _as_modules(files: dict[str, str]) -> dict[str, str]:
