@@ -649,11 +649,43 @@ class LiveServer:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Only right now: another process may take it before a server binds it. To start a server,
+    prefer ``app serve --port 0`` and :func:`published_port`.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def published_port(
+    root: Path, process: subprocess.Popen[bytes], log: Path, attempts: int = 600
+) -> int:
+    """The port an ``app serve --port 0`` bound, read from the holder JSON of its lock file.
+
+    The server binds the socket itself and then publishes the port, so nothing can take the
+    port between choosing and binding it (as with :func:`free_port`).
+
+    Args:
+        root: the server's data root.
+        process: the ``app serve`` process.
+        log: the file its output goes to, shown if it exits first.
+        attempts: how many polls, 50 ms apart, before giving up.
+    """
+    from app.lock import read_holder
+
+    for _ in range(attempts):
+        holder = read_holder(root)
+        if holder and holder.get("pid") == process.pid and holder.get("port"):
+            return int(holder["port"])
+        if process.poll() is not None:
+            out = log.read_text(errors="replace")
+            pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"app serve published no port in {root / '.server.lock'}", pytrace=False)
 
 
 def wait_until_serving(
@@ -691,19 +723,21 @@ def wait_until_serving(
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A real ``app serve`` on a free 127.0.0.1 port and a data root of its own; stopped after."""
     root = tmp_path / "live-data"
-    port = free_port()
-    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_PORT": str(port)}
-    env["APP_HOST"] = "127.0.0.1"
+    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}
     config = appconfig.load("testing", environ=env)
     log = tmp_path / "live-server.log"
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would
-    # block the server after a few hundred logged requests.
+    # block the server after a few hundred logged requests. Port 0: the server binds a free
+    # port itself and publishes it, so no other test can take it in between (-n 2).
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"], env=env, stdout=output, stderr=output
+            [sys.executable, "-m", "app", "serve", "--port", "0"],
+            env=env,
+            stdout=output,
+            stderr=output,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
         wait_until_serving(url, process, log=log)
         yield LiveServer(url, root, process.pid, config.api_token, log)
     finally:

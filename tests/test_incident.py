@@ -64,7 +64,7 @@ import pytest
 from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
 
 from app.lock import LOCK_FILE
-from app.testing import free_port, wait_until_serving
+from app.testing import published_port, wait_until_serving
 
 SETTINGS = """\
 [default]
@@ -186,13 +186,11 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
         SETTINGS.format(base=others, root=others / "production")
     )
     token = secrets.token_urlsafe(32)
-    port = free_port()
     env = {
         **os.environ,
         "ENV_FOR_DYNACONF": "production",
         "APP_API_TOKEN": token,
         "APP_DATA_ROOT": str(root),
-        "APP_PORT": str(port),
         "APP_SETTINGS_DIR": str(settings_dir),
         # Our own run is sandboxed and the production root lives inside that sandbox; the
         # hostile runs get sandboxes of their own, which do not contain it.
@@ -200,10 +198,14 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
     }
     log = (base / "server.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+        port = published_port(root, process, base / "server.log")
+        url = f"http://127.0.0.1:{port}"
         try:
             wait_until_serving(url, process)
         except pytest.fail.Exception:

@@ -11,7 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import httpx
 import pytest
 from project_copy import PROJECT, copy_project_settings
 
-from app.lock import read_holder
-from app.testing import wait_until_serving
+from app.testing import published_port, wait_until_serving
 
 PROFILES = ("development", "testing", "production")
 #: The tests that look at the settings' roots, the live holders and the header (the whole
@@ -33,18 +31,6 @@ REPRESENTATIVE = (
     "tests/test_cli_data.py",
     "tests/test_fixtures.py",
 )
-
-
-def _published_port(root: Path, process: subprocess.Popen[bytes], log: Path) -> int:
-    # port 0: the server binds a free port and publishes it in its lock file.
-    for _ in range(600):  # a safety bound while the server starts, not a time assertion
-        holder = read_holder(root)
-        if holder and holder.get("port"):
-            return int(holder["port"])
-        if process.poll() is not None:
-            pytest.fail(log.read_text(errors="replace"), pytrace=False)
-        time.sleep(0.05)
-    pytest.fail(f"no port published in {root}", pytrace=False)
 
 
 @pytest.fixture
@@ -73,7 +59,7 @@ def live_servers(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
                     stderr=output,
                 )
             processes.append(process)
-            port = _published_port(project / "data" / profile, process, log)
+            port = published_port(project / "data" / profile, process, log)
             urls[profile] = f"http://127.0.0.1:{port}"
             wait_until_serving(urls[profile], process, log=log)
         yield project, urls
