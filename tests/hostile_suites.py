@@ -867,6 +867,9 @@ SUITES_WITHOUT_PROPS: dict[str, Suite] = {
     "the_environment_wiped_inside_the_test_process": Suite(
         WIPED, "sandbox: the run is marked on sys", outcomes={"passed": 3}, stdout=ATEXIT_REFUSED
     ),
+    "the_environment_wiped_under_xdist": Suite(
+        WIPED, "sandbox: every worker is marked on sys", args=("-n", "2"), outcomes={"passed": 3}
+    ),
     "the_environment_wiped_with_the_plugin_disabled": Suite(
         WIPED,
         "config: pytest is imported in this process without the plugin",
