@@ -29,6 +29,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from copy import deepcopy
+from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
@@ -51,6 +52,7 @@ from app.errors import (
     LockLostError,
     PortInUseError,
     UploadTooLargeError,
+    storage_error,
 )
 from app.store import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Store, Upload, check_file_name
 
@@ -146,7 +148,22 @@ def create_app(store: Store, config: Config) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> JSONResponse:
+        if isinstance(error, LockLostError):
+            # Refused at once, and the server stops now rather than at its next poll.
+            stop = getattr(request.app.state, "on_lock_lost", None)
+            if stop is not None:
+                stop(error.reason)
         return JSONResponse(error.to_dict(), status_code=error.http_status)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, error: OSError) -> JSONResponse:
+        # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503,
+        # and never the path (OSError's message has it; /health hides it on purpose).
+        mapped = storage_error(error, f"{request.method} {request.url.path}")
+        if mapped is None:
+            raise error  # a 500 from the handler below, with the traceback in the log
+        log.warning("%s %s: %s", request.method, request.url.path, error)
+        return JSONResponse(mapped.to_dict(), status_code=mapped.http_status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -222,6 +239,24 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         entry = store.delete_session(session_id)
         return {"id": session_id, "deleted_at": entry.to_dict()["deleted_at"], "trash": entry.name}
 
+    @app.post("/trash/empty", dependencies=auth, tags=["trash"])
+    def empty_trash(
+        older_than: float | None = Query(
+            default=None,
+            ge=0,
+            description="Only entries deleted more than this many seconds ago. Default: all.",
+        ),
+    ) -> dict[str, Any]:
+        """Delete the trash for good, freeing its space while the server runs; audited.
+
+        The explicit way to recover space on a full disk without stopping the server: the
+        server holds the data root, so it does the removal itself (``app data empty-trash``
+        is refused while it runs). Deleting a session only moves it to the trash.
+        """
+        older = None if older_than is None else timedelta(seconds=older_than)
+        removed = store.empty_trash(older_than=older, via="http")
+        return {"removed": len(removed), "entries": [e.name for e in removed]}
+
 
 def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
     limit = store.max_upload_bytes
@@ -245,7 +280,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         """
         boundary = _boundary(request.headers.get("content-type"))
         _refuse_declared_length(request, limit + _MULTIPART_OVERHEAD, limit)
-        store.get_session(session_id)  # 404 before reading the body
+        store.require_session(session_id)  # 404 before reading the body
         sink = _MultipartSink(store, session_id)
         try:
             await sink.consume(request, boundary)
@@ -444,8 +479,8 @@ class _Pipeline:
 def _parse(step: Callable[..., object], *args: bytes) -> None:
     try:
         step(*args)
-    except AppError:
-        raise  # from our callbacks: a bad name, a size over the limit, ...
+    except (AppError, OSError):
+        raise  # from our callbacks: a bad name, a size over the limit, a full disk, ...
     except Exception as error:  # python-multipart's own parse errors
         raise BadRequestError(f"malformed multipart body: {error}") from None
 
@@ -638,9 +673,21 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             bound_port: int = sock.getsockname()[1]
             root.lock.update(port=bound_port)
             store = Store(root)
+            # Whatever a crash of the last holder left half done is finished or undone
+            # before the first request (#9, item 2); the audit log says what was done.
+            for finding in store.check(repair=True).findings:
+                log.warning(
+                    "start-up check: %s %s: %s; %s%s",
+                    finding.problem,
+                    finding.target,
+                    finding.detail,
+                    "" if finding.repaired else "NOT repaired: ",
+                    finding.repair,
+                )
+            application = create_app(store, config)
             server = uvicorn.Server(
                 uvicorn.Config(
-                    create_app(store, config),
+                    application,
                     log_config=log_config,
                     log_level=config.log_level,
                     lifespan="off",
@@ -651,6 +698,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             lost: list[str] = []
 
             def on_lost(reason: str) -> None:
+                if lost:
+                    return  # the watcher and a refused write may both report it
                 lost.append(reason)
                 log.error(
                     "stopping: lock file %s %s; another process could take the data root, so "
@@ -660,6 +709,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
                 )
                 server.should_exit = True
 
+            application.state.on_lock_lost = on_lost
             log.info(
                 "serving profile %s from data root %s on http://%s:%d (pid %d)",
                 config.profile,

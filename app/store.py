@@ -2,31 +2,42 @@
 
 Layout inside the data root (see :mod:`app.dataroot` for the root itself)::
 
-    sessions/<id>/session.json      the session: id, title, metadata, times, files
-    sessions/<id>/files/<name>      the uploaded files
+    sessions/<id>/session.json      the session: id, title, metadata, times (not its files)
+    sessions/<id>/records/<name>    one file's record (JSON): size, sha256, time, blob
+    sessions/<id>/blobs/<version>   the bytes a record names; never changed once written
     sessions/.new-<id>/             a session being created (renamed to <id> when complete)
     .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
     .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
-    .tmp/                           uploads and metadata in flight
+    .tmp/holder-<pid>-<hex>/        one writer's uploads and records in flight
 
 Guarantees, and who provides them:
 
+* **One commit point per change.** A file's bytes go to a new, immutable blob first; the
+  rename of its record (``records/<name>``) over the old one is the single instant the file
+  switches, bytes and record together. The old blob is retired to the trash only after that
+  switch, into a trash entry whose manifest was written before it, so a crash at any
+  instant leaves the old acknowledged state or the new one, and ``check`` can finish or
+  undo the retirement (#9, item 1). Chosen over an intent journal: the filesystem's
+  atomic rename is already the journal, and readers need no replay.
+* **Cost independent of the number of files.** An upload writes one blob and one small
+  record and reads one record; nothing rewrites a list of every file (#9, item 11).
 * **Atomic.** Every byte is written to a temporary file in ``.tmp/`` (same filesystem),
   fsynced, and renamed into place, and the directory is fsynced
   (:meth:`app.dataroot.DataRoot.commit_temp_file`). A new session directory appears
-  complete, ``session.json`` included, by one rename. A crash leaves junk in ``.tmp/``
-  (removed by the next writer that opens the root) or a ``sessions/.new-*`` directory
-  (removed by the next :class:`Store` on a writable root), never a partial file under a
-  real name.
+  complete, ``session.json`` included, by one rename. What a crash leaves behind is found
+  and reconciled by :meth:`Store.check` (``app data check``, and every server start-up).
 * **Ordered by creation.** Session ids are time-ordered (UUIDv7 as 32 hex digits), so the
   directory listing sorted by name is the creation order and ``GET /sessions`` reads only
-  the ``session.json`` files of the page it returns.
+  the sessions of the page it returns.
 * **Confined.** Session ids must be 32 lower-case hex digits and file names are checked by
   :func:`check_file_name`; every path is also checked to lie inside its session directory.
 * **Reversible.** Deleting moves to ``.trash/``; replacing a file keeps the old bytes in
   ``.trash/`` too; :meth:`Store.restore` brings a session or a file back; only
   :meth:`Store.empty_trash` removes bytes. Every one of these appends a line to
   ``audit.jsonl``.
+* **Held.** Every write first checks that the data root's lock file is still the one this
+  process locked (:meth:`app.dataroot.DataRoot.ensure_held`, one ``lstat``), and again just
+  before its commit point, so a process that lost its lock stops writing at once.
 
 A :class:`Store` assumes its data root is held by this process (the lock guarantees no
 other process writes there). Within the process, it is safe to use from many threads:
@@ -40,6 +51,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -56,7 +68,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, Self
 
-from app.dataroot import fsync_dir, write_new_file
+from app.dataroot import fsync_dir, tmp_in_flight, write_new_file
 from app.errors import (
     BadRequestError,
     FileExistsInSessionError,
@@ -73,6 +85,8 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_NAME_BYTES",
     "MAX_TITLE_CHARS",
+    "CheckReport",
+    "Finding",
     "Page",
     "Store",
     "TrashEntry",
@@ -83,7 +97,8 @@ __all__ = [
 ]
 
 SESSION_FILE: Final = "session.json"
-FILES_DIR: Final = "files"
+RECORDS_DIR: Final = "records"
+BLOBS_DIR: Final = "blobs"
 TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
 NEW_PREFIX: Final = ".new-"
@@ -105,6 +120,8 @@ _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u2
     "\u2066\u2067\u2068\u2069"
 )
 _LOCK_STRIPES: Final = 64
+
+log = logging.getLogger("app.store")
 
 
 # --- ids and names --------------------------------------------------------------------------
@@ -267,6 +284,64 @@ class TrashEntry:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing :meth:`Store.check` found that a consistent data root does not hold.
+
+    Attributes:
+        problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
+            ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
+            ``trash-unaudited``, ``trash-no-manifest``, ``record-without-file``,
+            ``file-without-record``, ``session-unreadable`` or ``unknown-entry``.
+        target: what it concerns, relative to the data root.
+        detail: what it is and how it came about.
+        repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
+        repaired: whether this run repaired it.
+    """
+
+    problem: str
+    target: str
+    detail: str
+    repair: str
+    repaired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app data check --json``, the audit line)."""
+        return {
+            "problem": self.problem,
+            "target": self.target,
+            "detail": self.detail,
+            "repair": self.repair,
+            "repaired": self.repaired,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """What :meth:`Store.check` found, and what it repaired.
+
+    Attributes:
+        findings: everything found, repaired or not.
+        repair: whether the check ran with repair.
+    """
+
+    findings: list[Finding]
+    repair: bool
+
+    @property
+    def unresolved(self) -> list[Finding]:
+        """The findings still there after this run."""
+        return [f for f in self.findings if not f.repaired]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app data check --json``)."""
+        return {
+            "repair": self.repair,
+            "clean": not self.unresolved,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
 # --- uploads -------------------------------------------------------------------------------
 
 
@@ -346,8 +421,9 @@ class Upload:
             msg = f"upload of {self.name!r} is already finished"
             raise RuntimeError(msg)
         try:
-            self._file.close()  # flushes; commit_temp_file fsyncs
-            self._file = None
+            # Flushed, not closed: the open file's flock marks it in flight until the
+            # rename (another writer's clean-up of .tmp/ skips it); commit_temp_file fsyncs.
+            self._file.flush()
             entry = {
                 "name": self.name,
                 "size": self.received,
@@ -359,6 +435,9 @@ class Upload:
             self.abort()
             raise
         self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
         return entry
 
     def abort(self) -> None:
@@ -425,12 +504,12 @@ class Store:
     def _session_dir(self, session_id: str) -> Path:
         return self.sessions_dir / check_session_id(session_id)
 
-    def _file_path(self, session_id: str, name: str) -> Path:
-        files = self._session_dir(session_id) / FILES_DIR
-        path = files / check_file_name(name)
+    def _record_path(self, session_id: str, name: str) -> Path:
+        records = self._session_dir(session_id) / RECORDS_DIR
+        path = records / check_file_name(name)
         # The checks above already make escaping impossible; this says so at the place
         # where a path is built, in case the rules ever loosen.
-        if path.parent != files or os.path.normpath(path) != str(path):
+        if path.parent != records or os.path.normpath(path) != str(path):
             raise InvalidNameError("file name", name, "it does not name a file in the session")
         return path
 
@@ -450,6 +529,12 @@ class Store:
                 ]
             for path in stale:
                 shutil.rmtree(path, ignore_errors=True)
+        if stale:
+            self.root.audit(
+                "clear-unfinished-create",
+                self.sessions_dir,
+                removed=sorted(Path(p).name for p in stale),
+            )
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -468,6 +553,7 @@ class Store:
         Raises:
             BadRequestError: the title or metadata is too large or of the wrong type.
         """
+        self.root.ensure_held()
         session = self._new_session_record(title, metadata)
         data = (json.dumps(session, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         # The staging directory is the temporary file here: it is complete and synced before
@@ -481,6 +567,7 @@ class Store:
         try:
             write_new_file(staging / SESSION_FILE, data)
             fsync_dir(staging)
+            self.root.ensure_held()  # the last moment before the session appears
             staging.rename(self.sessions_dir / session["id"])
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -530,6 +617,21 @@ class Store:
         return self._read_session(self._session_dir(session_id), session_id)
 
     def _read_session(self, directory: Path, session_id: str) -> dict[str, Any]:
+        session = self._read_meta(directory, session_id)
+        records = self._read_records(directory)
+        session["files"] = [_public(r) for r in records]
+        # Uploads and deletes never rewrite session.json (#9, item 11): the session changed
+        # last when its newest record did, or when a record was removed (the directory's
+        # modification time says when).
+        times = [session.get("updated_at") or "", *(r.get("uploaded_at") or "" for r in records)]
+        with contextlib.suppress(OSError):
+            mtime = (directory / RECORDS_DIR).lstat().st_mtime_ns
+            times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
+        session["updated_at"] = max(times)
+        return session
+
+    def _read_meta(self, directory: Path, session_id: str) -> dict[str, Any]:
+        """session.json alone: whether the session exists, without reading its files."""
         if directory.is_symlink():
             # Not one of ours (a create renames a real directory): it could lead anywhere.
             raise SessionNotFoundError(session_id)
@@ -539,6 +641,28 @@ class Store:
             raise SessionNotFoundError(session_id) from None
         session: dict[str, Any] = json.loads(raw)
         return session
+
+    def _read_records(self, directory: Path) -> list[dict[str, Any]]:
+        records_dir = directory / RECORDS_DIR
+        if records_dir.is_symlink():
+            return []
+        try:
+            with os.scandir(records_dir) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        records = [r for name in names if (r := _load_record(records_dir / name)) is not None]
+        records.sort(key=lambda r: (str(r.get("uploaded_at") or ""), r["name"]))
+        return records
+
+    def require_session(self, session_id: str) -> None:
+        """Check that the session exists, reading its session.json only.
+
+        Raises:
+            InvalidNameError: the id is malformed.
+            SessionNotFoundError: there is no such session.
+        """
+        self._read_meta(self._session_dir(session_id), session_id)
 
     def session_ids(self) -> list[str]:
         """Every session id, oldest first (a directory listing; no session.json is read)."""
@@ -686,64 +810,66 @@ class Store:
         return files
 
     def file_path(self, session_id: str, name: str) -> tuple[Path, dict[str, Any]]:
-        """Where a session's file is, and its entry, for sending it.
+        """Where a session's file's bytes are, and its entry (for tests and tools).
 
         Returns:
-            The file's path and its entry from session.json.
+            The path of the file's current blob and its entry.
 
         Raises:
             InvalidNameError: the id or the name is malformed.
             SessionNotFoundError: there is no such session.
             FileNotFoundInSessionError: the session has no such file.
         """
-        path = self._file_path(session_id, name)
-        for entry in self.list_files(session_id):
-            if entry["name"] == path.name:
-                if path.is_symlink() or not path.is_file():
-                    break
-                return path, entry
-        raise FileNotFoundInSessionError(session_id, path.name)
+        record_path = self._record_path(session_id, name)
+        directory = self._session_dir(session_id)
+        self._read_meta(directory, session_id)
+        record = _load_record(record_path)
+        if record is not None:
+            blob = directory / BLOBS_DIR / record["blob"]
+            if not blob.parent.is_symlink() and blob.is_file() and not blob.is_symlink():
+                return blob, _public(record)
+        raise FileNotFoundInSessionError(session_id, record_path.name)
 
     def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
         """Open a session's file for sending, with its entry; the caller closes the file.
 
-        The file is opened under the session's lock, so the entry describes exactly these
-        bytes. The open file keeps reading them even if the file is deleted or replaced a
-        moment later (both move it aside, never change it), so a download that found the
-        file sends it whole, and one that did not is :class:`FileNotFoundInSessionError`.
+        The record and its blob are read under the session's lock, so the entry describes
+        exactly these bytes. A blob never changes once written, and a replace or a delete
+        moves it aside rather than changing it, so a download that found the file sends it
+        whole, and one that did not is :class:`FileNotFoundInSessionError`.
 
         Returns:
-            The file, open for binary reading at offset 0, and its entry from session.json.
+            The file, open for binary reading at offset 0, and its entry.
 
         Raises:
             InvalidNameError: the id or the name is malformed.
             SessionNotFoundError: there is no such session.
             FileNotFoundInSessionError: the session has no such regular file.
         """
-        path = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
         directory = self._session_dir(session_id)
+        blobs = directory / BLOBS_DIR
         with self._lock_for(session_id):
-            session = self._read_session(directory, session_id)
-            for entry in session["files"]:
-                if entry["name"] != path.name or path.parent.is_symlink():
-                    continue
+            self._read_meta(directory, session_id)
+            record = None if record_path.parent.is_symlink() else _load_record(record_path)
+            if record is not None and not blobs.is_symlink():
                 try:
-                    file = open(path, "rb", opener=_open_regular)  # noqa: SIM115 - returned
+                    file = open(blobs / record["blob"], "rb", opener=_open_regular)  # noqa: SIM115
                 except OSError as error:
-                    if error.errno in {errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO}:
-                        break
-                    raise
-                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    if error.errno not in _MISSING_ERRNOS:
+                        raise
+                else:
+                    if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                        return file, _public(record)
                     file.close()
-                    break
-                return file, entry
-        raise FileNotFoundInSessionError(session_id, path.name)
+        raise FileNotFoundInSessionError(session_id, record_path.name)
 
     def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload:
         """Start streaming a file into a session.
 
-        Everything that can be refused before the first byte is checked here: the id, the
-        name, that the session exists, and (unless ``replace``) that the name is free.
+        Everything that can be refused before the first byte is checked here: the lock, the
+        id, the name, that the session exists, and (unless ``replace``) that the name is free.
+        Reads session.json and one record only, however many files the session has.
 
         Args:
             session_id: the session.
@@ -757,12 +883,14 @@ class Store:
             InvalidNameError: the id or the name is malformed.
             SessionNotFoundError: there is no such session.
             FileExistsInSessionError: the name exists and ``replace`` is false.
+            LockLostError: the data root's lock file was deleted or replaced.
         """
-        path = self._file_path(session_id, name)
-        session = self.get_session(session_id)
-        if not replace and any(f["name"] == path.name for f in session["files"]):
-            raise FileExistsInSessionError(session_id, path.name)
-        return Upload(self, session_id, path.name, replace=replace)
+        record_path = self._record_path(session_id, name)
+        self.root.ensure_held()
+        self._read_meta(self._session_dir(session_id), session_id)
+        if not replace and _load_record(record_path) is not None:
+            raise FileExistsInSessionError(session_id, record_path.name)
+        return Upload(self, session_id, record_path.name, replace=replace)
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
@@ -786,31 +914,66 @@ class Store:
     def _commit_upload(self, upload: Upload, entry: dict[str, Any]) -> None:
         session_id, name = upload.session_id, upload.name
         directory = self._session_dir(session_id)
-        dest = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
+        self.root.ensure_held()
+        retired: TrashEntry | None = None
         with self._lock_for(session_id):
-            session = self._read_session(directory, session_id)
-            existing = [f for f in session["files"] if f["name"] == name]
-            if existing and not upload.replace:
+            self._read_meta(directory, session_id)  # deleted meanwhile: 404
+            old = _load_record(record_path)
+            if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
-            upload.replaced = bool(existing)
-            if not dest.parent.is_dir():
-                dest.parent.mkdir(mode=0o700)
-                fsync_dir(directory)
-            trashed = None
-            if existing and dest.exists():
-                # Keep the old bytes: a hard link in the trash, then an atomic rename over
-                # the name. Readers see the old file or the new one, never neither.
-                trashed = self._new_trash_entry(
-                    session_id, "file", name, "replace", previous=existing[0]
-                )
-                os.link(dest, trashed.path / name, follow_symlinks=False)
-                fsync_dir(trashed.path)
-            self.root.commit_temp_file(upload.temp_path, dest)
-            session["files"] = [f for f in session["files"] if f["name"] != name] + [entry]
-            session["updated_at"] = entry["uploaded_at"]
-            self.root.atomic_write_json(directory / SESSION_FILE, session)
-        if trashed is not None:
-            self.root.audit("replace-file", f"{session_id}/{name}", trash=trashed.name)
+            upload.replaced = old is not None
+            blobs = self._ensure_dir(directory, BLOBS_DIR)
+            self._ensure_dir(directory, RECORDS_DIR)
+            version = new_session_id()
+            # The bytes go under a new, immutable name; nothing refers to them yet.
+            self.root.commit_temp_file(upload.temp_path, blobs / version)
+            try:
+                if old is not None:
+                    # Before the switch: a crash right after it leaves a manifest saying
+                    # where the old bytes go, and `check` finishes the move.
+                    retired = self._new_trash_entry(
+                        session_id, "file", name, "replace", previous=_public(old), blob=old["blob"]
+                    )
+                # The commit point: one rename switches bytes and record together.
+                self.root.atomic_write_json(record_path, {**entry, "blob": version})
+            except BaseException:
+                if _record_blob(record_path) != version:  # not switched: undo, then refuse
+                    with contextlib.suppress(OSError):
+                        (blobs / version).unlink()
+                    if retired is not None:
+                        self._remove_empty_entry(retired)
+                raise
+            if old is not None and retired is not None:
+                self._retire_blob(directory, old["blob"], retired, name)
+        if retired is not None:
+            self._audit_after_commit("replace-file", f"{session_id}/{name}", trash=retired.name)
+
+    def _ensure_dir(self, directory: Path, name: str) -> Path:
+        path = directory / name
+        if not path.is_dir():
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+            fsync_dir(directory)
+        return path
+
+    def _retire_blob(self, directory: Path, blob: str, entry: TrashEntry, name: str) -> None:
+        # After the switch the old blob is no longer the file; moving it into its trash entry
+        # may fail (a full disk) without undoing anything: `check` finishes the move.
+        try:
+            (directory / BLOBS_DIR / blob).rename(entry.path / name)
+            fsync_dir(entry.path)
+            fsync_dir(directory / BLOBS_DIR)
+        except OSError as error:
+            log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
+
+    def _audit_after_commit(self, operation: str, target: str, **details: Any) -> None:
+        # The change is made and must be acknowledged as made; a missing line is found and
+        # written by `check` (a trash entry without its audit line).
+        try:
+            self.root.audit(operation, target, **details)
+        except OSError as error:
+            log.warning("could not write the audit line of %s %s (%s)", operation, target, error)
 
     def delete_file(self, session_id: str, name: str) -> TrashEntry:
         """Move one file of a session to ``.trash/``; audited.
@@ -825,23 +988,26 @@ class Store:
             LockLostError: the data root's lock file was deleted or replaced.
         """
         self.root.ensure_held()
-        path = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
+        name = record_path.name
         directory = self._session_dir(session_id)
         with self._lock_for(session_id):
-            session = self._read_session(directory, session_id)
-            existing = [f for f in session["files"] if f["name"] == path.name]
-            if not existing or not path.exists():
-                raise FileNotFoundInSessionError(session_id, path.name)
+            self._read_meta(directory, session_id)
+            old = _load_record(record_path)
+            if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
+                raise FileNotFoundInSessionError(session_id, name)
             entry = self._new_trash_entry(
-                session_id, "file", path.name, "delete", previous=existing[0]
+                session_id, "file", name, "delete", previous=_public(old), blob=old["blob"]
             )
-            path.rename(entry.path / path.name)
-            fsync_dir(entry.path)
-            fsync_dir(path.parent)
-            session["files"] = [f for f in session["files"] if f["name"] != path.name]
-            session["updated_at"] = _iso(_now())
-            self.root.atomic_write_json(directory / SESSION_FILE, session)
-        self.root.audit("trash-file", f"{session_id}/{path.name}", trash=entry.name)
+            try:
+                self.root.ensure_held()
+                record_path.unlink()  # the commit point; needs no free space
+            except BaseException:
+                self._remove_empty_entry(entry)
+                raise
+            fsync_dir(record_path.parent)
+            self._retire_blob(directory, old["blob"], entry, name)
+        self._audit_after_commit("trash-file", f"{session_id}/{name}", trash=entry.name)
         return entry
 
     # -- trash ------------------------------------------------------------------------
@@ -855,6 +1021,7 @@ class Store:
         *,
         title: str | None = None,
         previous: dict[str, Any] | None = None,
+        blob: str | None = None,
     ) -> TrashEntry:
         moment = _now()
         stamp = moment.strftime(_TRASH_TIME_FORMAT)
@@ -863,7 +1030,6 @@ class Store:
         suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
         name = f"{stamp}-{session_id}{suffix}"
         path = self.root.trash_dir / name
-        path.mkdir(mode=0o700)
         manifest = {
             "kind": kind,
             "session_id": session_id,
@@ -873,7 +1039,18 @@ class Store:
             "title": title,
             "entry": previous,
         }
-        self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+        if blob is not None:
+            manifest["blob"] = blob  # which blob moves in (see `check` for a crash before)
+        path.mkdir(mode=0o700)
+        try:
+            self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+            fsync_dir(self.root.trash_dir)
+        except BaseException:
+            # A full disk must not leave an empty entry behind (#9, item 4).
+            with contextlib.suppress(OSError):
+                (path / TRASH_MANIFEST).unlink(missing_ok=True)
+                path.rmdir()
+            raise
         return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
 
     def list_trash(self) -> list[TrashEntry]:
@@ -979,36 +1156,46 @@ class Store:
     def _restore_file(self, entry: TrashEntry, name: str) -> dict[str, Any]:
         session_id = entry.session_id
         directory = self._session_dir(session_id)
-        dest = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
         with self._lock_for(session_id):
             try:
-                session = self._read_session(directory, session_id)
+                self._read_meta(directory, session_id)
             except SessionNotFoundError:
                 raise SessionNotFoundError(session_id) from None
-            if dest.exists() or any(f["name"] == name for f in session["files"]):
+            if _load_record(record_path) is not None:
                 raise BadRequestError(
                     f"session {session_id!r} has a file {name!r} again; refusing to overwrite "
                     f"it with the copy in {entry.path}. Delete the current one first"
                 )
             manifest = json.loads((entry.path / TRASH_MANIFEST).read_bytes())
-            record = manifest.get("entry") or {}
+            previous = manifest.get("entry") or {}
+            blobs = self._ensure_dir(directory, BLOBS_DIR)
+            self._ensure_dir(directory, RECORDS_DIR)
+            # Back under the blob name the manifest gives: a crash before the record is
+            # written leaves exactly what `check` moves back into this entry.
+            blob = manifest.get("blob")
+            if not (isinstance(blob, str) and _ID_RE.fullmatch(blob)) or (blobs / blob).exists():
+                blob = new_session_id()
             size = (entry.path / name).stat().st_size
-            if not dest.parent.is_dir():
-                dest.parent.mkdir(mode=0o700)
-            (entry.path / name).rename(dest)
-            fsync_dir(dest.parent)
-            session["files"].append(
-                {
-                    "name": name,
-                    "size": size,
-                    "sha256": record.get("sha256"),
-                    "uploaded_at": record.get("uploaded_at"),
-                }
-            )
-            session["updated_at"] = _iso(_now())
-            self.root.atomic_write_json(directory / SESSION_FILE, session)
+            (entry.path / name).rename(blobs / blob)
+            fsync_dir(blobs)
+            fsync_dir(entry.path)
+            record = {
+                "name": name,
+                "size": size,
+                "sha256": previous.get("sha256"),
+                "uploaded_at": previous.get("uploaded_at"),
+                "blob": blob,
+            }
+            try:
+                self.root.atomic_write_json(record_path, record)
+            except BaseException:
+                if _record_blob(record_path) != blob:
+                    with contextlib.suppress(OSError):
+                        (blobs / blob).rename(entry.path / name)
+                raise
             self._remove_empty_entry(entry)
-            return session
+            return self._read_session(directory, session_id)
 
     def _remove_empty_entry(self, entry: TrashEntry) -> None:
         # Only the manifest is left; a directory with anything else in it stays.
@@ -1018,11 +1205,14 @@ class Store:
             entry.path.rmdir()
         fsync_dir(self.root.trash_dir)
 
-    def empty_trash(self, older_than: timedelta | None = None) -> list[TrashEntry]:
+    def empty_trash(
+        self, older_than: timedelta | None = None, *, via: str = "command"
+    ) -> list[TrashEntry]:
         """Remove trash entries for good: the only operation that deletes bytes; audited.
 
         Args:
             older_than: only entries deleted longer ago than this; ``None`` for all.
+            via: how it was asked for (``"command"``, ``"http"``), for the audit line.
 
         Returns:
             The entries removed.
@@ -1049,14 +1239,313 @@ class Store:
             count=len(removed),
             entries=[e.name for e in removed],
             older_than=None if older_than is None else older_than.total_seconds(),
+            via=via,
         )
         return removed
+
+    # -- consistency --------------------------------------------------------------------
+
+    def check(self, *, repair: bool = False) -> CheckReport:
+        """Find (and with ``repair``, reconcile) what an interrupted write left behind.
+
+        Every write has one commit point (see the module docstring), so a crash leaves at
+        most: a file in ``.tmp/``; a ``sessions/.new-*`` directory; a trash entry that is
+        empty, holds only its manifest, still waits for the blob it names, or has no audit
+        line; a blob no record names. Repairing never deletes acknowledged bytes: a blob
+        without a record goes to the trash, a half trash entry whose bytes are still in the
+        session is removed (the session was never changed), one whose switch happened is
+        finished. Each repair is reported in one ``check-repair`` audit line, and a trash
+        entry that lacked its audit line gets the line it should have had.
+
+        Read-only (``repair=False``) it changes nothing and takes no lock; next to a live
+        server it describes one moment, and a write in flight can look like a leftover.
+
+        Args:
+            repair: fix what can be fixed; the root must be held by this process.
+
+        Returns:
+            The findings.
+
+        Raises:
+            LockLostError: with ``repair``, the data root's lock file was deleted or replaced.
+        """
+        if repair:
+            self.root.ensure_held()
+        checker = _Checker(self, repair)
+        checker.run()
+        if repair and checker.findings:
+            self.root.audit(
+                "check-repair",
+                self.root.path,
+                findings=[f.to_dict() for f in checker.findings],
+            )
+        return CheckReport(checker.findings, repair)
 
     def iter_all(self) -> Iterator[dict[str, Any]]:
         """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
         for session_id in self.session_ids():
             with contextlib.suppress(SessionNotFoundError):
                 yield self._read_session(self.sessions_dir / session_id, session_id)
+
+
+class _Checker:
+    """One run of `Store.check`: the passes, in an order where each relies on the last."""
+
+    def __init__(self, store: Store, repair: bool) -> None:
+        self.store = store
+        self.root = store.root
+        self.repair = repair
+        self.findings: list[Finding] = []
+        # Blobs a half trash entry still waits for: they are not files without records.
+        self.awaited: set[tuple[str, str]] = set()
+
+    def found(self, problem: str, target: Path | str, detail: str, repair: str) -> bool:
+        """Record a finding; returns whether to repair it now (the caller then does)."""
+        path = Path(target)
+        rel = path.relative_to(self.root.path) if path.is_absolute() else path
+        self.findings.append(Finding(problem, str(rel), detail, repair, repaired=self.repair))
+        return self.repair
+
+    def unrepaired(self, problem: str, target: Path, detail: str, repair: str) -> None:
+        self.findings.append(
+            Finding(problem, str(target.relative_to(self.root.path)), detail, repair)
+        )
+
+    def run(self) -> None:
+        self.check_tmp()
+        self.check_staging()
+        self.check_trash()
+        for session_id in self.store._scan_ids():
+            self.check_session(session_id)
+
+    def check_tmp(self) -> None:
+        if self.repair:
+            return  # the writer that opened the root cleared .tmp/ already (audited)
+        leftovers, _live = tmp_in_flight(self.root.tmp_dir)
+        for name in leftovers:
+            self.found(
+                "tmp-leftover",
+                self.root.tmp_dir / name,
+                "a write in flight when its process died; it was never visible",
+                "delete it (the next writer to open the root does)",
+            )
+
+    def check_staging(self) -> None:
+        try:
+            with os.scandir(self.store.sessions_dir) as entries:
+                names = sorted(e.name for e in entries)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.store.sessions_dir / name
+            if name.startswith(NEW_PREFIX):
+                if name in self.store._shared.creating:
+                    continue
+                if self.found(
+                    "unfinished-create",
+                    path,
+                    "a session create that crashed before its rename; it was never acknowledged",
+                    "delete it",
+                ):
+                    shutil.rmtree(path, ignore_errors=True)
+            elif not _ID_RE.fullmatch(name):
+                self.unrepaired(
+                    "unknown-entry", path, "not a session directory", "nothing: left for a human"
+                )
+
+    def _audited(self) -> tuple[set[str], set[str]]:
+        trash: set[str] = set()
+        purged: set[str] = set()
+        try:
+            lines = self.root.audit_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return trash, purged
+        for line in lines:
+            try:
+                record = json.loads(line)
+                details = record.get("details") or {}
+            except (ValueError, AttributeError):
+                continue  # a line torn by a crash mid-append names nothing
+            if isinstance(details.get("trash"), str):
+                trash.add(details["trash"])
+            if record.get("operation") == "purge":
+                purged.update(s for s in details.get("sessions") or () if isinstance(s, str))
+        return trash, purged
+
+    def check_trash(self) -> None:
+        audited, purged = self._audited()
+        try:
+            with os.scandir(self.root.trash_dir) as entries:
+                names = sorted(e.name for e in entries)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.root.trash_dir / name
+            found = _TRASH_NAME_RE.fullmatch(name)
+            if found is None or path.is_symlink() or not path.is_dir():
+                self.unrepaired(
+                    "unknown-entry", path, "not a trash entry", "nothing: left for a human"
+                )
+                continue
+            entry = self.store._read_trash_entry(name)
+            assert entry is not None
+            try:
+                manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+            except (OSError, ValueError):
+                manifest = None
+            contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
+            if not isinstance(manifest, dict):
+                if not contents:
+                    if self.found(
+                        "trash-empty",
+                        path,
+                        "an empty trash entry: a delete that stopped before its manifest",
+                        "remove the empty directory",
+                    ):
+                        self.store._remove_empty_entry(entry)
+                else:
+                    self.unrepaired(
+                        "trash-no-manifest",
+                        path,
+                        "a trash entry with data but no readable trash.json",
+                        "nothing: left for a human (its data is kept)",
+                    )
+                continue
+            if not self._complete(entry, manifest, contents):
+                continue
+            reason = manifest.get("reason")
+            if name in audited or (reason == "purge" and entry.session_id in purged):
+                continue
+            operation = (
+                "trash-session"
+                if entry.kind == "session"
+                else ("replace-file" if reason == "replace" else "trash-file")
+            )
+            if self.found(
+                "trash-unaudited",
+                path,
+                f"a complete trash entry ({reason}) without its audit line: the process "
+                "stopped between the move and the line",
+                f"append the {operation} line it should have had",
+            ):
+                target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
+                self.root.audit(operation, target, trash=name, reason=reason, recovered=True)
+
+    def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
+        """Whether a trash entry holds its data; repairs a half one. False: done with it."""
+        path = entry.path
+        session_dir = self.store.sessions_dir / entry.session_id
+        if entry.kind == "session":
+            if TRASHED_SESSION in contents:
+                return True
+            if self.found(
+                "trash-manifest-only",
+                path,
+                "a session delete that stopped before its move; the session "
+                + ("is unchanged" if session_dir.is_dir() else "is not there either"),
+                "remove the entry (it holds no data)",
+            ):
+                self.store._remove_empty_entry(entry)
+            return False
+        file, blob = manifest.get("file"), manifest.get("blob")
+        if isinstance(file, str) and file in contents:
+            return True
+        named = isinstance(blob, str) and _ID_RE.fullmatch(blob) is not None
+        blob_path = session_dir / BLOBS_DIR / str(blob)
+        switched = False
+        if named and isinstance(file, str) and blob_path.is_file() and not blob_path.is_symlink():
+            with contextlib.suppress(InvalidNameError):
+                current = _record_blob(session_dir / RECORDS_DIR / check_file_name(file))
+                switched = current != blob
+        if not switched:
+            if self.found(
+                "trash-manifest-only",
+                path,
+                f"a file {manifest.get('reason')} that stopped before its commit; the file "
+                "is unchanged",
+                "remove the entry (it holds no data)",
+            ):
+                self.store._remove_empty_entry(entry)
+            return False
+        assert isinstance(file, str) and isinstance(blob, str)
+        self.awaited.add((entry.session_id, blob))
+        if not self.found(
+            "trash-unfinished",
+            path,
+            f"a file {manifest.get('reason')} that stopped after its commit: the old bytes "
+            "are still among the session's blobs",
+            "move them into the entry and append its audit line",
+        ):
+            return False
+        blob_path.rename(path / file)
+        fsync_dir(path)
+        fsync_dir(blob_path.parent)
+        return True
+
+    def check_session(self, session_id: str) -> None:
+        directory = self.store.sessions_dir / session_id
+        try:
+            self.store._read_meta(directory, session_id)
+        except (SessionNotFoundError, ValueError):
+            self.unrepaired(
+                "session-unreadable",
+                directory,
+                "a session directory without a readable session.json",
+                "nothing: left for a human (restore session.json from a backup)",
+            )
+            return
+        referenced: set[str] = set()
+        records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
+        for path in _listing(records_dir):
+            record = _load_record(path)
+            if record is None:
+                self.unrepaired(
+                    "unknown-entry", path, "not a file record", "nothing: left for a human"
+                )
+                continue
+            blob = blobs_dir / record["blob"]
+            if blob.is_file() and not blob.is_symlink():
+                referenced.add(record["blob"])
+                continue
+            if self.found(
+                "record-without-file",
+                path,
+                f"the record of {path.name!r} names bytes that are not there",
+                "remove the record (the audit line keeps it); nothing is left to serve",
+            ):
+                path.unlink()
+                fsync_dir(records_dir)
+        for path in _listing(blobs_dir):
+            if path.name in referenced or (session_id, path.name) in self.awaited:
+                continue
+            if not _ID_RE.fullmatch(path.name):
+                self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
+                continue
+            name = f"orphan-{path.name}"
+            if self.found(
+                "file-without-record",
+                path,
+                "bytes no record names: an upload that stopped before its commit (never "
+                "acknowledged)",
+                f"move them to the trash as file {name!r} (reason 'orphan')",
+            ):
+                entry = self.store._new_trash_entry(session_id, "file", name, "orphan")
+                path.rename(entry.path / name)
+                fsync_dir(entry.path)
+                fsync_dir(blobs_dir)
+                self.root.audit(
+                    "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
+                )
+
+
+def _listing(directory: Path) -> list[Path]:
+    if directory.is_symlink():
+        return []
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(directory / e.name for e in entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 class _RootState:
@@ -1130,3 +1619,47 @@ def _open_regular(path: str, flags: int) -> int:
     # O_NOFOLLOW: a symlink planted at a file's name is not the session's file.
     # O_NONBLOCK: nor is a FIFO, which must not hang the open (the caller checks S_ISREG).
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+_MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
+_MAX_RECORD_BYTES: Final = 64 * 1024
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A file's entry as the API shows it: the record without its blob name."""
+    return {k: record.get(k) for k in ("name", "size", "sha256", "uploaded_at")}
+
+
+def _load_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
+    try:
+        fd = _open_regular(str(path), os.O_RDONLY)
+    except OSError as error:
+        if error.errno in _MISSING_ERRNOS:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = file.read(_MAX_RECORD_BYTES + 1)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("name") != path.name
+        or not isinstance(record.get("blob"), str)
+        or not _ID_RE.fullmatch(record["blob"])
+    ):
+        return None
+    return record
+
+
+def _record_blob(path: Path) -> str | None:
+    """The blob a record names now (after a failed write: did the switch happen?)."""
+    try:
+        record = _load_record(path)
+    except OSError:
+        return None
+    return None if record is None else str(record["blob"])

@@ -335,8 +335,9 @@ def test_a_windows_path_as_filename_keeps_only_its_last_part(
     body, headers = multipart(b"C:\\dir\\a", b"payload")
     response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
     assert response.json()["name"] == "a"
-    stored = store.sessions_dir / sid / "files" / "a"
-    assert files_under(tmp_path) - before == {str(stored.relative_to(tmp_path))}
+    blob, _ = store.file_path(sid, "a")
+    added = {store.sessions_dir / sid / "records" / "a", blob}
+    assert files_under(tmp_path) - before == {str(p.relative_to(tmp_path)) for p in added}
 
 
 def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -> None:
@@ -374,7 +375,7 @@ def test_a_file_listed_but_gone_from_disk_is_404(
     client: TestClient, store: Store, sid: str
 ) -> None:
     client.put(f"/sessions/{sid}/files/gone", content=b"bytes")
-    (store.sessions_dir / sid / "files" / "gone").unlink()
+    store.file_path(sid, "gone")[0].unlink()
     assert_error(client.get(f"/sessions/{sid}/files/gone"), 404, "file_not_found", "'gone'")
 
 
