@@ -99,6 +99,9 @@ __all__ = [
 SESSION_FILE: Final = "session.json"
 RECORDS_DIR: Final = "records"
 BLOBS_DIR: Final = "blobs"
+# Before issue 9: session.json listed every file, and the bytes were files/<name>.
+LEGACY_FILES_KEY: Final = "files"
+LEGACY_FILES_DIR: Final = "files"
 TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
 NEW_PREFIX: Final = ".new-"
@@ -292,7 +295,8 @@ class Finding:
         problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
             ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
             ``trash-unaudited``, ``trash-no-manifest``, ``record-without-file``,
-            ``file-without-record``, ``session-unreadable`` or ``unknown-entry``.
+            ``file-without-record``, ``legacy-layout``, ``session-unreadable`` or
+            ``unknown-entry``.
         target: what it concerns, relative to the data root.
         detail: what it is and how it came about.
         repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
@@ -555,7 +559,8 @@ class Store:
         """
         self.root.ensure_held()
         session = self._new_session_record(title, metadata)
-        data = (json.dumps(session, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
+        data = (json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         # The staging directory is the temporary file here: it is complete and synced before
         # one same-directory rename makes the session appear. Writing session.json inside it
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
@@ -618,6 +623,8 @@ class Store:
 
     def _read_session(self, directory: Path, session_id: str) -> dict[str, Any]:
         session = self._read_meta(directory, session_id)
+        if isinstance(session.get(LEGACY_FILES_KEY), list):
+            return session  # not migrated yet (a writer's start-up check migrates it)
         records = self._read_records(directory)
         session["files"] = [_public(r) for r in records]
         # Uploads and deletes never rewrite session.json (#9, item 11): the session changed
@@ -628,7 +635,31 @@ class Store:
             mtime = (directory / RECORDS_DIR).lstat().st_mtime_ns
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
         session["updated_at"] = max(times)
-        return session
+        return dict(sorted(session.items()))  # the key order session.json always had
+
+    def _migrate_legacy(self, directory: Path, session_id: str, meta: dict[str, Any]) -> None:
+        # Each step can be repeated after a crash: the record is written first (naming the
+        # blob the bytes will have), then the bytes are moved; session.json drops its list
+        # last, which is the migration's commit. Until then readers use the list.
+        legacy = directory / LEGACY_FILES_DIR
+        blobs = self._ensure_dir(directory, BLOBS_DIR)
+        self._ensure_dir(directory, RECORDS_DIR)
+        for old in meta[LEGACY_FILES_KEY]:
+            name = check_file_name(str(old.get("name")))
+            record_path = directory / RECORDS_DIR / name
+            record = _load_record(record_path)
+            if record is None:
+                record = {**_public(old), "name": name, "blob": new_session_id()}
+                self.root.atomic_write_json(record_path, record)
+            source = legacy / name
+            if not (blobs / record["blob"]).exists() and source.is_file():
+                source.rename(blobs / record["blob"])
+                fsync_dir(blobs)
+        fsync_dir(directory / RECORDS_DIR)
+        meta = {k: v for k, v in meta.items() if k != LEGACY_FILES_KEY}
+        self.root.atomic_write_json(directory / SESSION_FILE, meta)
+        with contextlib.suppress(OSError):
+            legacy.rmdir()  # anything left there was not listed: kept for a human
 
     def _read_meta(self, directory: Path, session_id: str) -> dict[str, Any]:
         """session.json alone: whether the session exists, without reading its files."""
@@ -1485,7 +1516,7 @@ class _Checker:
     def check_session(self, session_id: str) -> None:
         directory = self.store.sessions_dir / session_id
         try:
-            self.store._read_meta(directory, session_id)
+            meta = self.store._read_meta(directory, session_id)
         except (SessionNotFoundError, ValueError):
             self.unrepaired(
                 "session-unreadable",
@@ -1494,6 +1525,16 @@ class _Checker:
                 "nothing: left for a human (restore session.json from a backup)",
             )
             return
+        if isinstance(meta.get(LEGACY_FILES_KEY), list):
+            if not self.found(
+                "legacy-layout",
+                directory,
+                "a session written before records/ and blobs/ (its files listed in "
+                "session.json, their bytes in files/)",
+                "move each file's bytes to blobs/ and give it a record; then drop the list",
+            ):
+                return  # the rest of the checks assume the current layout
+            self.store._migrate_legacy(directory, session_id, meta)
         referenced: set[str] = set()
         records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
         for path in _listing(records_dir):

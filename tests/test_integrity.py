@@ -533,3 +533,38 @@ def test_kill_9_at_random_instants_loses_nothing_acknowledged(serve: Any, tmp_pa
         0,
         f"clean: data root {root} is consistent",
     ), check.stdout + check.stderr
+
+
+def test_a_session_written_before_records_and_blobs_is_migrated_by_the_repair(
+    app_config: Any,
+) -> None:
+    from app.dataroot import open_root
+    from app.store import Store
+
+    root = app_config.data_root
+    with open_root(app_config, kind="tests") as opened:
+        sid = Store(opened).create_session("old")["id"]
+    directory = root / "sessions" / sid
+    meta = json.loads((directory / "session.json").read_text())
+    (directory / "files").mkdir()
+    listed = []
+    for name, data in (("a.txt", b"first"), ("b.bin", b"second")):
+        (directory / "files" / name).write_bytes(data)
+        listed.append({"name": name, "size": len(data), "sha256": sha(data), "uploaded_at": "t"})
+    (directory / "session.json").write_text(json.dumps({**meta, "files": listed}))
+
+    code, out = invoke("data", "check")
+    assert code == 65
+    assert f"legacy-layout  sessions/{sid}" in out
+    code, out = invoke("data", "check", "--repair")
+    assert code == 0, out
+    assert invoke("data", "check")[0] == 0
+    with open_root(app_config, write=False) as opened:
+        store = Store(opened)
+        assert [f["sha256"] for f in store.get_session(sid)["files"]] == [
+            sha(b"first"),
+            sha(b"second"),
+        ]
+        assert store.file_path(sid, "b.bin")[0].read_bytes() == b"second"
+    assert not (directory / "files").exists()
+    assert "files" not in json.loads((directory / "session.json").read_text())
