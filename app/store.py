@@ -20,7 +20,9 @@ Guarantees, and who provides them:
   undo the retirement (#9, item 1). Chosen over an intent journal: the filesystem's
   atomic rename is already the journal, and readers need no replay.
 * **Cost independent of the number of files.** An upload writes one blob and one small
-  record and reads one record; nothing rewrites a list of every file (#9, item 11).
+  record and reads one record; nothing rewrites a list of every file (#9, item 11). A
+  writer keeps recently read sessions' records in memory (:class:`_RecordCache`), so
+  reading a session with many files does not reopen every record each time.
 * **Atomic.** Every byte is written to a temporary file in ``.tmp/`` (same filesystem),
   fsynced, and renamed into place, and the directory is fsynced
   (:meth:`app.dataroot.DataRoot.commit_temp_file`). A new session directory appears
@@ -61,6 +63,7 @@ import threading
 import time
 import unicodedata
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -123,6 +126,7 @@ _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u2
     "\u2066\u2067\u2068\u2069"
 )
 _LOCK_STRIPES: Final = 64
+_RECORD_CACHE_LIMIT: Final = 200_000  # records (a few hundred bytes each) a writer keeps
 
 log = logging.getLogger("app.store")
 
@@ -674,6 +678,18 @@ class Store:
         return session
 
     def _read_records(self, directory: Path) -> list[dict[str, Any]]:
+        cache = self._shared.records if self.root.writable else None
+        if cache is not None:
+            cached, token = cache.get(directory.name)
+            if cached is not None:
+                cached.sort(key=lambda r: (str(r.get("uploaded_at") or ""), r["name"]))
+                return cached
+        records = self._scan_records(directory)
+        if cache is not None:
+            cache.store(directory.name, records, token)
+        return records
+
+    def _scan_records(self, directory: Path) -> list[dict[str, Any]]:
         records_dir = directory / RECORDS_DIR
         if records_dir.is_symlink():
             return []
@@ -798,6 +814,7 @@ class Store:
             # clears): the manifest is written first, then the directory moves in one rename.
             try:
                 directory.rename(entry.path / TRASHED_SESSION)
+                self._shared.records.changed(session_id)
                 self._index_update(remove=session_id)
             except BaseException:
                 self._remove_empty_entry(entry)
@@ -969,12 +986,14 @@ class Store:
                 # The commit point: one rename switches bytes and record together.
                 self.root.atomic_write_json(record_path, {**entry, "blob": version})
             except BaseException:
+                self._shared.records.changed(session_id)  # whatever happened, read it again
                 if _record_blob(record_path) != version:  # not switched: undo, then refuse
                     with contextlib.suppress(OSError):
                         (blobs / version).unlink()
                     if retired is not None:
                         self._remove_empty_entry(retired)
                 raise
+            self._shared.records.changed(session_id, name, {**entry, "blob": version})
             if old is not None and retired is not None:
                 self._retire_blob(directory, old["blob"], retired, name)
         if retired is not None:
@@ -1036,6 +1055,7 @@ class Store:
             except BaseException:
                 self._remove_empty_entry(entry)
                 raise
+            self._shared.records.changed(session_id, name, None)
             fsync_dir(record_path.parent)
             self._retire_blob(directory, old["blob"], entry, name)
         self._audit_after_commit("trash-file", f"{session_id}/{name}", trash=entry.name)
@@ -1179,6 +1199,7 @@ class Store:
                     f"the copy in {entry.path}. Delete the current one first if you mean it"
                 )
             (entry.path / TRASHED_SESSION).rename(dest)
+            self._shared.records.changed(entry.session_id)
             self._index_update(add=entry.session_id)
             fsync_dir(self.sessions_dir)
             self._remove_empty_entry(entry)
@@ -1221,10 +1242,12 @@ class Store:
             try:
                 self.root.atomic_write_json(record_path, record)
             except BaseException:
+                self._shared.records.changed(session_id)
                 if _record_blob(record_path) != blob:
                     with contextlib.suppress(OSError):
                         (blobs / blob).rename(entry.path / name)
                 raise
+            self._shared.records.changed(session_id, name, record)
             self._remove_empty_entry(entry)
             return self._read_session(directory, session_id)
 
@@ -1303,7 +1326,11 @@ class Store:
         if repair:
             self.root.ensure_held()
         checker = _Checker(self, repair)
-        checker.run()
+        try:
+            checker.run()
+        finally:
+            if repair:
+                self._shared.records.clear()  # repairs change records behind the cache
         if repair and checker.findings:
             self.root.audit(
                 "check-repair",
@@ -1589,6 +1616,71 @@ def _listing(directory: Path) -> list[Path]:
         return []
 
 
+class _RecordCache:
+    """A writer's copy of each recently read session's records, so reads stay O(1) too.
+
+    Only the holder of the root writes, and every write updates (or drops) its session here
+    under a generation count: a reader that scanned a session while a write happened does
+    not store its possibly stale scan. Bounded by the number of records held (LRU).
+    """
+
+    def __init__(self, limit: int = _RECORD_CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+        self._generations: dict[str, int] = {}
+        self._epoch = 0
+        self._held = 0
+
+    def get(self, session_id: str) -> tuple[list[dict[str, Any]] | None, tuple[int, int]]:
+        with self._lock:
+            token = (self._epoch, self._generations.get(session_id, 0))
+            records = self._sessions.get(session_id)
+            if records is None:
+                return None, token
+            self._sessions.move_to_end(session_id)
+            return list(records.values()), token
+
+    def store(self, session_id: str, records: list[dict[str, Any]], token: tuple[int, int]) -> None:
+        with self._lock:
+            if token != (self._epoch, self._generations.get(session_id, 0)):
+                return  # a write happened during the scan
+            if len(records) > self.limit:
+                return
+            self._forget(session_id)
+            self._sessions[session_id] = {r["name"]: r for r in records}
+            self._held += len(records)
+            while self._held > self.limit:
+                _, evicted = self._sessions.popitem(last=False)
+                self._held -= len(evicted)
+
+    def changed(self, session_id: str, name: str | None = None, record: Any = None) -> None:
+        """A write changed ``name`` (now ``record``, ``None`` if gone); no name: drop all."""
+        with self._lock:
+            self._generations[session_id] = self._generations.get(session_id, 0) + 1
+            records = self._sessions.get(session_id)
+            if records is None:
+                return
+            if name is None:
+                self._forget(session_id)
+            elif record is None:
+                self._held -= records.pop(name, None) is not None
+            else:
+                self._held += name not in records
+                records[name] = record
+
+    def clear(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._sessions.clear()
+            self._held = 0
+
+    def _forget(self, session_id: str) -> None:
+        records = self._sessions.pop(session_id, None)
+        if records is not None:
+            self._held -= len(records)
+
+
 class _RootState:
     """What every `Store` on one open data root shares (see `Store.__init__`)."""
 
@@ -1600,6 +1692,7 @@ class _RootState:
         # goes through a Store on this root. A reader (no lock) scans on every call instead.
         self.index: list[str] | None = None
         self.index_lock = threading.Lock()
+        self.records = _RecordCache()
         # The `.new-<id>` staging directories of creates in progress.
         self.creating: set[str] = set()
         self.creating_lock = threading.Lock()

@@ -422,3 +422,33 @@ def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
     monkeypatch.setattr(app.store, "fsync_dir", open_another_store_midway)
     session = store.create_session("in flight")
     assert store.get_session(session["id"]) == session
+
+
+def test_a_writers_file_lists_stay_what_a_fresh_reader_of_the_disk_sees(store: Store) -> None:
+    # The writer keeps each session's records in memory (reads stay cheap with many files);
+    # every change must reach that copy, whichever Store on the root makes it.
+    from app.dataroot import open_root
+
+    reader = Store(open_root(store.root.config, write=False))
+    other = Store(store.root)
+    sid = store.create_session()["id"]
+
+    def same() -> None:
+        on_disk = reader.get_session(sid)["files"]
+        assert store.get_session(sid)["files"] == on_disk
+        assert other.get_session(sid)["files"] == on_disk
+
+    same()
+    other.put_file(sid, "a", b"one")
+    same()
+    store.put_file(sid, "a", b"two", replace=True)
+    other.put_file(sid, "b", b"bee")
+    same()
+    other.delete_file(sid, "a")
+    same()
+    store.restore(sid, file="a")
+    same()
+    assert {f["name"]: f["size"] for f in store.get_session(sid)["files"]} == {"a": 3, "b": 3}
+    other.delete_session(sid)
+    store.restore(sid)
+    same()
