@@ -675,7 +675,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             store = Store(root)
             # Whatever a crash of the last holder left half done is finished or undone
             # before the first request (#9, item 2); the audit log says what was done.
-            for finding in store.check(repair=True).findings:
+            for finding in store.check(repair=True, thorough=False).findings:
                 log.warning(
                     "start-up check: %s %s: %s; %s%s",
                     finding.problem,
