@@ -18,8 +18,10 @@ Who owns which file:
 * ``.app-profile.json``: written once by the first writer (atomically), rewritten only by
   :func:`restamp`, never removed.
 * ``audit.jsonl``: append-only, one JSON line per destructive operation; never rewritten.
-* ``.tmp/``: in-flight writes of the lock holder; anything found there when a writer opens
-  the root was left by a crash and is deleted (the lock guarantees nobody else writes there).
+* ``.tmp/``: in-flight writes of the lock holder, each under the writer's ``flock`` until
+  its rename; a file found there unlocked when a writer opens the root was left by a crash
+  and is deleted. A locked one belongs to a live process (one whose lock file was deleted
+  under it) and is left alone.
 """
 
 from __future__ import annotations
