@@ -24,6 +24,7 @@ from app.errors import (
     EX_DATAERR,
     AppError,
     ConfirmationRequiredError,
+    DataRootInUseError,
     describe_holder,
     storage_error,
 )
@@ -437,7 +438,21 @@ def data_empty_trash(
     from app.dataroot import open_root
     from app.store import Store
 
-    with open_root(config, kind="maintenance", wanted="empty the trash") as root:
+    try:
+        root = open_root(config, kind="maintenance", wanted="empty the trash")
+    except DataRootInUseError as error:
+        port = (error.holder or {}).get("port")
+        if (error.holder or {}).get("kind") == "server" and port:
+            # The server is the root's only writer: it empties its own trash when asked.
+            seconds = "" if age is None else f"?older_than={int(age.total_seconds())}"
+            click.echo(
+                "hint: to free space without stopping the server, ask it: curl -X POST "
+                f'-H "Authorization: Bearer $APP_API_TOKEN" '
+                f"http://{config.host}:{port}/trash/empty{seconds}",
+                err=True,
+            )
+        raise
+    with root:
         removed = Store(root).empty_trash(older_than=age)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 

@@ -156,6 +156,14 @@ def test_a_full_disk_is_507_changes_nothing_and_the_trash_can_be_emptied_while_s
         assert client.get(f"/sessions/{sid}").json() == before
 
         # Space comes back while the server runs: an explicit, audited, authenticated route.
+        # The command is refused (the server holds the root) and says how to ask the server.
+        command = run_app("data", "empty-trash", "--older-than", "1s", env=env)
+        assert command.returncode == 75, command.stderr
+        assert (
+            f"hint: to free space without stopping the server, ask it: curl -X POST "
+            f'-H "Authorization: Bearer $APP_API_TOKEN" '
+            f"http://127.0.0.1:{server.port}/trash/empty?older_than=1"
+        ) in command.stderr
         assert client.post("/trash/empty", headers={"Authorization": ""}).status_code == 401
         emptied = client.post("/trash/empty")
         assert emptied.status_code == 200, emptied.text
