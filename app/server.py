@@ -11,8 +11,11 @@ its own first, so each byte would be written to disk twice.
 
 ``serve`` opens the data root as a writer *before* binding the port, binds the socket
 itself (a port in use is `PortInUseError`, exit 69, with the lock released), publishes the
-port in the lock file, and runs uvicorn on that socket. A `LockWatcher` checks that the lock
-file is still the one it locked; if it is not, the server logs why, stops, and exits 70.
+port in the lock file, repairs what a crash of the previous holder left (`Store.check`), and
+runs uvicorn on that socket. Every write checks that the lock file is still the one it locked
+(answering 503 ``lock_lost`` if not, and stopping the server at once); a `LockWatcher` checks
+it between requests too. Either way the server logs why, stops, and exits 70. A full or
+read-only filesystem answers 507 or 503, never with a path.
 SIGTERM and SIGINT stop it gracefully: in-flight requests finish, then the lock is released.
 """
 
