@@ -444,11 +444,14 @@ def data_empty_trash(
         port = (error.holder or {}).get("port")
         if (error.holder or {}).get("kind") == "server" and port:
             # The server is the root's only writer: it empties its own trash when asked.
-            seconds = "" if age is None else f"?older_than={int(age.total_seconds())}"
+            query = [] if age is None else [f"older_than={int(age.total_seconds())}"]
+            if config.protected or config.profile == "production":
+                query.append("confirm=yes-i-mean-it")
+            seconds = f"?{'&'.join(query)}" if query else ""
             click.echo(
                 "hint: to free space without stopping the server, ask it: curl -X POST "
                 f'-H "Authorization: Bearer $APP_API_TOKEN" '
-                f"http://{config.host}:{port}/trash/empty{seconds}",
+                f'"http://{config.host}:{port}/trash/empty{seconds}"',
                 err=True,
             )
         raise

@@ -52,6 +52,7 @@ from app import __version__
 from app.errors import (
     AppError,
     BadRequestError,
+    ConfirmationRequiredError,
     LockLostError,
     PortInUseError,
     UploadTooLargeError,
@@ -72,6 +73,7 @@ _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
 # refuses it: boundaries and part headers are small, other fields are capped above.
 _MULTIPART_OVERHEAD: Final = 2 * _MAX_OTHER_FIELD_BYTES
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 30
+_CONFIRM: Final = "yes-i-mean-it"
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024
 
@@ -242,6 +244,8 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         entry = store.delete_session(session_id)
         return {"id": session_id, "deleted_at": entry.to_dict()["deleted_at"], "trash": entry.name}
 
+    protected = config.protected or config.profile == "production"
+
     @app.post("/trash/empty", dependencies=auth, tags=["trash"])
     def empty_trash(
         older_than: float | None = Query(
@@ -249,13 +253,23 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
             ge=0,
             description="Only entries deleted more than this many seconds ago. Default: all.",
         ),
+        confirm: str | None = Query(
+            default=None,
+            description=f"`{_CONFIRM}`: required on a protected profile (production always is).",
+        ),
     ) -> dict[str, Any]:
         """Delete the trash for good, freeing its space while the server runs; audited.
 
         The explicit way to recover space on a full disk without stopping the server: the
         server holds the data root, so it does the removal itself (``app data empty-trash``
-        is refused while it runs). Deleting a session only moves it to the trash.
+        is refused while it runs). Deleting a session only moves it to the trash. On a
+        protected profile it needs ``?confirm=yes-i-mean-it``, as the command needs
+        ``--yes-i-mean-it``.
         """
+        if protected and confirm != _CONFIRM:
+            raise ConfirmationRequiredError(
+                "empty the trash", config.profile, f"?confirm={_CONFIRM}"
+            )
         older = None if older_than is None else timedelta(seconds=older_than)
         removed = store.empty_trash(older_than=older, via="http")
         return {"removed": len(removed), "entries": [e.name for e in removed]}

@@ -162,7 +162,7 @@ def test_a_full_disk_is_507_changes_nothing_and_the_trash_can_be_emptied_while_s
         assert (
             f"hint: to free space without stopping the server, ask it: curl -X POST "
             f'-H "Authorization: Bearer $APP_API_TOKEN" '
-            f"http://127.0.0.1:{server.port}/trash/empty?older_than=1"
+            f'"http://127.0.0.1:{server.port}/trash/empty?older_than=1"'
         ) in command.stderr
         assert client.post("/trash/empty", headers={"Authorization": ""}).status_code == 401
         emptied = client.post("/trash/empty")

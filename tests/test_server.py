@@ -413,3 +413,26 @@ def test_a_chunked_multipart_body_is_held_to_the_limit_a_content_length_would_be
     assert_error(response, 413, "upload_too_large")
     assert store.list_files(sid) == []
     assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_emptying_the_trash_over_http_on_a_protected_profile_needs_its_confirmation(
+    store: Store, app_config: Config
+) -> None:
+    import dataclasses
+
+    protected = dataclasses.replace(app_config, protected=True)
+    headers = {"Authorization": f"Bearer {app_config.api_token}"}
+    sid = store.create_session()["id"]
+    store.delete_session(sid)
+    with TestClient(create_app(store, protected), headers=headers) as client:
+        refused = client.post("/trash/empty")
+        assert_error(refused, 403, "confirmation_required", "?confirm=yes-i-mean-it")
+        assert (
+            "refusing to empty the trash on protected profile 'testing'"
+            in (refused.json()["message"])
+        )
+        assert len(store.list_trash()) == 1
+        emptied = client.post("/trash/empty", params={"confirm": "yes-i-mean-it"})
+        assert emptied.status_code == 200, emptied.text
+        assert emptied.json()["removed"] == 1
+    assert store.list_trash() == []
