@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from app import config as appconfig
-from app.errors import AppError, ConfigError, ConfirmationRequiredError, describe_holder
+from app.errors import (
+    EX_DATAERR,
+    AppError,
+    ConfigError,
+    ConfirmationRequiredError,
+    DataRootInUseError,
+    describe_holder,
+    storage_error,
+)
 
 if TYPE_CHECKING:
     from app.store import Store
@@ -78,6 +86,12 @@ class AppGroup(click.Group):
             return super().invoke(ctx)
         except AppError as error:
             fail(error)
+        except OSError as error:
+            # A full or read-only filesystem: say so with its exit code, not a traceback.
+            mapped = storage_error(error, f"run `app {ctx.invoked_subcommand or ''}`".strip())
+            if mapped is None:
+                raise
+            fail(mapped)
 
 
 @click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -482,9 +496,82 @@ def data_empty_trash(
     from app.dataroot import open_root
     from app.store import Store
 
-    with open_root(config, kind="maintenance", wanted="empty the trash") as root:
+    try:
+        root = open_root(config, kind="maintenance", wanted="empty the trash")
+    except DataRootInUseError as error:
+        port = (error.holder or {}).get("port")
+        if (error.holder or {}).get("kind") == "server" and port:
+            # The server is the root's only writer: it empties its own trash when asked.
+            query = [] if age is None else [f"older_than={int(age.total_seconds())}"]
+            if config.protected or config.profile == "production":
+                query.append("confirm=yes-i-mean-it")
+            seconds = f"?{'&'.join(query)}" if query else ""
+            click.echo(
+                "hint: to free space without stopping the server, ask it: curl -X POST "
+                f'-H "Authorization: Bearer $APP_API_TOKEN" '
+                f'"http://{config.host}:{port}/trash/empty{seconds}"',
+                err=True,
+            )
+        raise
+    with root:
         removed = Store(root).empty_trash(older_than=age)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+@data.command("check")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Reconcile what is found (takes the data root's lock: exit 75 while a server runs).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
+@profile_option
+@click.pass_context
+def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | None) -> None:
+    """Find what an interrupted write left behind; with --repair, reconcile it (audited).
+
+    Looks for files left in .tmp/, unfinished session creates, trash entries that are
+    empty, hold only their manifest, wait for their bytes or lack their audit line, file
+    records without bytes, and bytes without a record. Read-only by default: changes
+    nothing and takes no lock, so it may run next to a live server (what it shows is then
+    one moment; a write in flight can look like a leftover). --repair never deletes
+    acknowledged bytes (bytes without a record go to the trash) and writes one
+    `check-repair` audit line; a server runs the same repair at every start-up.
+
+    Exits 0 when the root is consistent (or everything was repaired), 65 when something
+    is found (without --repair) or needs a human, 75 with --repair while the root is held.
+    """
+    config = load_config(ctx)
+    from app.dataroot import open_root
+    from app.store import Store
+
+    if repair:
+        with open_root(config, kind="maintenance", wanted="repair the data root") as root:
+            report = Store(root).check(repair=True)
+    else:
+        report = _reader_store(config).check()
+    if as_json:
+        click.echo(json.dumps({"profile": config.profile, **report.to_dict()}, indent=2))
+    else:
+        for finding in report.findings:
+            done = "repaired: " if finding.repaired else ("fix: " if repair else "--repair: ")
+            click.echo(
+                f"{finding.problem}  {finding.target}: {finding.detail}; {done}{finding.repair}"
+            )
+        unresolved = report.unresolved
+        if not report.findings:
+            click.echo(f"clean: data root {config.data_root} is consistent")
+        elif not unresolved:
+            click.echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
+        elif repair:
+            click.echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
+        else:
+            click.echo(
+                f"{len(unresolved)} finding(s); `app data check --repair` reconciles them "
+                "(stop the server first: it takes the lock; a server start-up repairs too)"
+            )
+    if report.unresolved:
+        sys.exit(EX_DATAERR)
 
 
 @data.command("restamp")

@@ -18,14 +18,17 @@ Who owns which file:
 * ``.app-profile.json``: written once by the first writer (atomically), rewritten only by
   :func:`restamp`, never removed.
 * ``audit.jsonl``: append-only, one JSON line per destructive operation; never rewritten.
-* ``.tmp/``: in-flight writes of the lock holder; anything found there when a writer opens
-  the root was left by a crash and is deleted (the lock guarantees nobody else writes there).
+* ``.tmp/``: in-flight writes of the lock holder, each under the writer's ``flock`` until
+  its rename; a file found there unlocked when a writer opens the root was left by a crash
+  and is deleted. A locked one belongs to a live process (one whose lock file was deleted
+  under it) and is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -66,6 +69,7 @@ __all__ = [
     "open_root",
     "read_stamp",
     "restamp",
+    "tmp_in_flight",
     "write_new_file",
 ]
 
@@ -365,17 +369,65 @@ def _create_root(root: Path) -> None:
 
 
 def _clear_tmp(tmp_dir: Path) -> list[str]:
-    # Only the lock holder writes in .tmp/, and we hold the lock: everything here was
-    # left by a holder that crashed mid-write, and was never visible under its real name.
+    # Only the lock holder writes in .tmp/, and we hold the lock: a file here whose flock
+    # nobody holds was left by a holder that crashed mid-write, and was never visible under
+    # its real name. A held one is another process's write in flight: a server whose lock
+    # file was deleted by hand may still be writing, and its upload is not ours (#9, 3).
     removed: list[str] = []
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 continue  # the app never creates directories here; leave them for a human
-            with contextlib.suppress(FileNotFoundError):
-                Path(entry.path).unlink()
-                removed.append(entry.name)
+            fd = _lock_file(entry.path)
+            if fd is None:
+                continue
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(entry.path).unlink()
+                    removed.append(entry.name)
+            finally:
+                os.close(fd)
     return removed
+
+
+def _lock_file(path: str, *, shared: bool = False) -> int | None:
+    """flock ``path`` without waiting: its descriptor, or ``None`` if someone holds it.
+
+    A file that cannot be opened (a symlink, gone meanwhile) is ``None`` too: not ours.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def tmp_in_flight(tmp_dir: Path) -> tuple[list[str], list[str]]:
+    """What ``.tmp/`` holds, for ``app data check``: (left by a crash, in flight now).
+
+    A file whose flock a live process holds is in flight; any other is a leftover.
+    Changes nothing (a shared flock is taken for an instant).
+    """
+    leftovers: list[str] = []
+    live: list[str] = []
+    try:
+        with os.scandir(tmp_dir) as entries:
+            names = sorted(e.name for e in entries if not e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return [], []
+    for name in names:
+        fd = _lock_file(str(tmp_dir / name), shared=True)
+        if fd is None:
+            live.append(name)
+        else:
+            os.close(fd)
+            leftovers.append(name)
+    return leftovers, live
 
 
 def open_root(
@@ -580,7 +632,7 @@ class DataRoot:
             raise RuntimeError(msg)
 
     def ensure_held(self) -> None:
-        """Check, before something destructive, that the lock file is still the one we hold.
+        """Check, before any write, that the lock file is still the one we hold (one lstat).
 
         Raises:
             LockLostError: the lock file was deleted or replaced.
@@ -647,14 +699,20 @@ class DataRoot:
     def new_temp_file(self) -> tuple[IO[bytes], Path]:
         """A new temporary file in ``.tmp/`` (mode 0600) for streaming a write into.
 
-        Write to it, close it, then :meth:`commit_temp_file` it into place, or delete it.
-        A crash leaves it in ``.tmp/``, where the next writer to open the root removes it.
+        Write to it, flush it, :meth:`commit_temp_file` it into place (or delete it), and
+        only then close it: the open file holds a ``flock`` that tells another writer's
+        clean-up of ``.tmp/`` it is in flight. A crash ends the flock and leaves the file
+        in ``.tmp/``, where the next writer to open the root removes it.
 
         Returns:
             The open binary file and its path.
+
+        Raises:
+            LockLostError: the lock file was deleted or replaced.
         """
-        self._require_writer("create a temporary file")
+        self.ensure_held()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
+        fcntl.flock(fd, fcntl.LOCK_EX)
         return os.fdopen(fd, "wb"), Path(name)
 
     def commit_temp_file(self, tmp: Path, dest: Path) -> None:
@@ -665,15 +723,18 @@ class DataRoot:
         failure the temporary file is removed.
 
         Args:
-            tmp: a file from :meth:`new_temp_file`, already closed (or flushed).
+            tmp: a file from :meth:`new_temp_file`, flushed and best still open (its
+                flock keeps another writer's clean-up away until the rename).
             dest: where it belongs, inside the data root.
 
         Raises:
             ValueError: ``dest`` is outside the data root or inside ``.tmp/``.
+            LockLostError: the lock file was deleted or replaced.
         """
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
         try:
+            self.ensure_held()  # the last moment before the write becomes visible
             _fsync_path(tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -689,10 +750,26 @@ class DataRoot:
 
         Raises:
             ValueError: ``dest`` is outside the data root or inside ``.tmp/``.
+            LockLostError: the lock file was deleted or replaced.
         """
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
-        _replace(_write_temp_file(self.tmp_dir, data), dest)
+        self.ensure_held()
+        tmp = self.tmp_dir / f"write-{secrets.token_hex(8)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            # Held until the rename: another writer's clean-up skips it (see _clear_tmp).
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            _replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
 
     def atomic_write_json(self, dest: Path, obj: Any) -> None:
         """Write ``obj`` as indented JSON to ``dest``, like :meth:`atomic_write_bytes`."""

@@ -10,6 +10,7 @@ default ``Exception.__reduce__`` would not do for keyword-only constructors.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
@@ -321,10 +323,11 @@ class DataRootChangedError(AppError):
 
 
 class LockLostError(AppError):
-    """The lock file a holder locked was deleted or replaced under it."""
+    """The lock file a holder locked was deleted or replaced under it; writes are refused."""
 
     exit_code = EX_SOFTWARE
     code = "lock_lost"
+    http_status = 503
 
     def __init__(self, path: Path, reason: str) -> None:
         self.path = path
@@ -333,6 +336,17 @@ class LockLostError(AppError):
             f"lock file {path} {reason}; another process could now take the data root, so this "
             "one stops instead of sharing it. Never delete .server.lock; restart the server"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
+        return {
+            "code": self.code,
+            "message": (
+                f"this server's data-root lock file {self.reason}, so it refuses every write "
+                "and is stopping rather than share its data with another process; nothing was "
+                "written. Retry once the server is restarted"
+            ),
+        }
 
 
 class ProfileStampMismatchError(ConfigError):
@@ -494,3 +508,69 @@ class FileExistsInSessionError(StoreError):
             f"session {session_id!r} already has a file {name!r}; "
             f"use PUT /sessions/{session_id}/files/{name} to replace it, or delete it first"
         )
+
+
+# --- the disk under the data root (a client cannot fix these; an operator can) ------
+
+
+class StorageError(AppError):
+    """The data root's filesystem refused a write; the request changed nothing."""
+
+    exit_code = EX_IOERR
+    code = "storage_error"
+    http_status = 500
+
+
+class StorageFullError(StorageError):
+    """The data root's filesystem is full (or the owner's quota is used up)."""
+
+    code = "storage_full"
+    http_status = 507
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+        # No path: the message reaches HTTP clients, and /health hides where the data is.
+        super().__init__(
+            f"cannot {doing}: the data root's filesystem is full; nothing was changed. "
+            "Free space, then retry: POST /trash/empty empties the trash without stopping the "
+            "server (`app data empty-trash` does it while no server runs), or grow the "
+            "filesystem"
+        )
+
+
+class ReadOnlyStorageError(StorageError):
+    """The data root's filesystem is mounted read-only."""
+
+    code = "storage_read_only"
+    http_status = 503
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+        super().__init__(
+            f"cannot {doing}: the data root's filesystem is read-only; nothing was changed. "
+            "Reads still work. Remount it read-write (and check why it went read-only), then "
+            "retry"
+        )
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_READ_ONLY_ERRNOS = frozenset({errno.EROFS})
+
+
+def storage_error(error: BaseException, doing: str) -> StorageError | None:
+    """The `StorageError` an ``OSError`` means (disk full, read-only), or ``None``.
+
+    Args:
+        error: any exception; only an ``OSError`` with a known errno maps.
+        doing: what was being done, for the message ("store the upload").
+
+    Returns:
+        A `StorageFullError` or a `ReadOnlyStorageError`, else ``None``.
+    """
+    if not isinstance(error, OSError):
+        return None
+    if error.errno in _FULL_ERRNOS:
+        return StorageFullError(doing)
+    if error.errno in _READ_ONLY_ERRNOS:
+        return ReadOnlyStorageError(doing)
+    return None

@@ -11,8 +11,11 @@ its own first, so each byte would be written to disk twice.
 
 ``serve`` opens the data root as a writer *before* binding the port, binds the socket
 itself (a port in use is `PortInUseError`, exit 69, with the lock released), publishes the
-port in the lock file, and runs uvicorn on that socket. A `LockWatcher` checks that the lock
-file is still the one it locked; if it is not, the server logs why, stops, and exits 70.
+port in the lock file, repairs what a crash of the previous holder left (`Store.check`), and
+runs uvicorn on that socket. Every write checks that the lock file is still the one it locked
+(answering 503 ``lock_lost`` if not, and stopping the server at once); a `LockWatcher` checks
+it between requests too. Either way the server logs why, stops, and exits 70. A full or
+read-only filesystem answers 507 or 503, never with a path.
 SIGTERM and SIGINT stop it gracefully: in-flight requests finish, then the lock is released.
 """
 
@@ -29,6 +32,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from copy import deepcopy
+from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
@@ -48,9 +52,11 @@ from app import __version__
 from app.errors import (
     AppError,
     BadRequestError,
+    ConfirmationRequiredError,
     LockLostError,
     PortInUseError,
     UploadTooLargeError,
+    storage_error,
 )
 from app.store import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Store, Upload, check_file_name
 
@@ -67,6 +73,7 @@ _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
 # refuses it: boundaries and part headers are small, other fields are capped above.
 _MULTIPART_OVERHEAD: Final = 2 * _MAX_OTHER_FIELD_BYTES
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 30
+_CONFIRM: Final = "yes-i-mean-it"
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024
 
@@ -181,7 +188,22 @@ def _add_api_docs(app: FastAPI) -> None:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> JSONResponse:
+        if isinstance(error, LockLostError):
+            # Refused at once, and the server stops now rather than at its next poll.
+            stop = getattr(request.app.state, "on_lock_lost", None)
+            if stop is not None:
+                stop(error.reason)
         return JSONResponse(error.to_dict(), status_code=error.http_status)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, error: OSError) -> JSONResponse:
+        # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503,
+        # and never the path (OSError's message has it; /health hides it on purpose).
+        mapped = storage_error(error, f"{request.method} {request.url.path}")
+        if mapped is None:
+            raise error  # a 500 from the handler below, with the traceback in the log
+        log.warning("%s %s: %s", request.method, request.url.path, error)
+        return JSONResponse(mapped.to_dict(), status_code=mapped.http_status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -257,6 +279,36 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         entry = store.delete_session(session_id)
         return {"id": session_id, "deleted_at": entry.to_dict()["deleted_at"], "trash": entry.name}
 
+    protected = config.protected or config.profile == "production"
+
+    @app.post("/trash/empty", dependencies=auth, tags=["trash"])
+    def empty_trash(
+        older_than: float | None = Query(
+            default=None,
+            ge=0,
+            description="Only entries deleted more than this many seconds ago. Default: all.",
+        ),
+        confirm: str | None = Query(
+            default=None,
+            description=f"`{_CONFIRM}`: required on a protected profile (production always is).",
+        ),
+    ) -> dict[str, Any]:
+        """Delete the trash for good, freeing its space while the server runs; audited.
+
+        The explicit way to recover space on a full disk without stopping the server: the
+        server holds the data root, so it does the removal itself (``app data empty-trash``
+        is refused while it runs). Deleting a session only moves it to the trash. On a
+        protected profile it needs ``?confirm=yes-i-mean-it``, as the command needs
+        ``--yes-i-mean-it``.
+        """
+        if protected and confirm != _CONFIRM:
+            raise ConfirmationRequiredError(
+                "empty the trash", config.profile, f"?confirm={_CONFIRM}"
+            )
+        older = None if older_than is None else timedelta(seconds=older_than)
+        removed = store.empty_trash(older_than=older, via="http")
+        return {"removed": len(removed), "entries": [e.name for e in removed]}
+
 
 def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
     limit = store.max_upload_bytes
@@ -280,7 +332,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         """
         boundary = _boundary(request.headers.get("content-type"))
         _refuse_declared_length(request, limit + _MULTIPART_OVERHEAD, limit)
-        store.get_session(session_id)  # 404 before reading the body
+        store.require_session(session_id)  # 404 before reading the body
         sink = _MultipartSink(store, session_id)
         try:
             await sink.consume(request, boundary)
@@ -479,8 +531,8 @@ class _Pipeline:
 def _parse(step: Callable[..., object], *args: bytes) -> None:
     try:
         step(*args)
-    except AppError:
-        raise  # from our callbacks: a bad name, a size over the limit, ...
+    except (AppError, OSError):
+        raise  # from our callbacks: a bad name, a size over the limit, a full disk, ...
     except Exception as error:  # python-multipart's own parse errors
         raise BadRequestError(f"malformed multipart body: {error}") from None
 
@@ -673,9 +725,21 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             bound_port: int = sock.getsockname()[1]
             root.lock.update(port=bound_port)
             store = Store(root)
+            # Whatever a crash of the last holder left half done is finished or undone
+            # before the first request (#9, item 2); the audit log says what was done.
+            for finding in store.check(repair=True, thorough=False).findings:
+                log.warning(
+                    "start-up check: %s %s: %s; %s%s",
+                    finding.problem,
+                    finding.target,
+                    finding.detail,
+                    "" if finding.repaired else "NOT repaired: ",
+                    finding.repair,
+                )
+            application = create_app(store, config)
             server = uvicorn.Server(
                 uvicorn.Config(
-                    create_app(store, config),
+                    application,
                     log_config=log_config,
                     log_level=config.log_level,
                     lifespan="off",
@@ -686,6 +750,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             lost: list[str] = []
 
             def on_lost(reason: str) -> None:
+                if lost:
+                    return  # the watcher and a refused write may both report it
                 lost.append(reason)
                 log.error(
                     "stopping: lock file %s %s; another process could take the data root, so "
@@ -695,6 +761,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
                 )
                 server.should_exit = True
 
+            application.state.on_lock_lost = on_lost
             log.info(
                 "serving profile %s from data root %s on http://%s:%d (pid %d)",
                 config.profile,

@@ -2,31 +2,44 @@
 
 Layout inside the data root (see :mod:`app.dataroot` for the root itself)::
 
-    sessions/<id>/session.json      the session: id, title, metadata, times, files
-    sessions/<id>/files/<name>      the uploaded files
+    sessions/<id>/session.json      the session: id, title, metadata, times (not its files)
+    sessions/<id>/records/<name>    one file's record (JSON): size, sha256, time, blob
+    sessions/<id>/blobs/<version>   the bytes a record names; never changed once written
     sessions/.new-<id>/             a session being created (renamed to <id> when complete)
     .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
     .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
-    .tmp/                           uploads and metadata in flight
+    .tmp/holder-<pid>-<hex>/        one writer's uploads and records in flight
 
 Guarantees, and who provides them:
 
+* **One commit point per change.** A file's bytes go to a new, immutable blob first; the
+  rename of its record (``records/<name>``) over the old one is the single instant the file
+  switches, bytes and record together. The old blob is retired to the trash only after that
+  switch, into a trash entry whose manifest was written before it, so a crash at any
+  instant leaves the old acknowledged state or the new one, and ``check`` can finish or
+  undo the retirement (#9, item 1). Chosen over an intent journal: the filesystem's
+  atomic rename is already the journal, and readers need no replay.
+* **Cost independent of the number of files.** An upload writes one blob and one small
+  record and reads one record; nothing rewrites a list of every file (#9, item 11). A
+  writer keeps recently read sessions' records in memory (:class:`_RecordCache`), so
+  reading a session with many files does not reopen every record each time.
 * **Atomic.** Every byte is written to a temporary file in ``.tmp/`` (same filesystem),
   fsynced, and renamed into place, and the directory is fsynced
   (:meth:`app.dataroot.DataRoot.commit_temp_file`). A new session directory appears
-  complete, ``session.json`` included, by one rename. A crash leaves junk in ``.tmp/``
-  (removed by the next writer that opens the root) or a ``sessions/.new-*`` directory
-  (removed by the next :class:`Store` on a writable root), never a partial file under a
-  real name.
+  complete, ``session.json`` included, by one rename. What a crash leaves behind is found
+  and reconciled by :meth:`Store.check` (``app data check``, and every server start-up).
 * **Ordered by creation.** Session ids are time-ordered (UUIDv7 as 32 hex digits), so the
   directory listing sorted by name is the creation order and ``GET /sessions`` reads only
-  the ``session.json`` files of the page it returns.
+  the sessions of the page it returns.
 * **Confined.** Session ids must be 32 lower-case hex digits and file names are checked by
   :func:`check_file_name`; every path is also checked to lie inside its session directory.
 * **Reversible.** Deleting moves to ``.trash/``; replacing a file keeps the old bytes in
   ``.trash/`` too; :meth:`Store.restore` brings a session or a file back; only
   :meth:`Store.empty_trash` removes bytes. Every one of these appends a line to
   ``audit.jsonl``.
+* **Held.** Every write first checks that the data root's lock file is still the one this
+  process locked (:meth:`app.dataroot.DataRoot.ensure_held`, one ``lstat``), and again just
+  before its commit point, so a process that lost its lock stops writing at once.
 
 A :class:`Store` assumes its data root is held by this process (the lock guarantees no
 other process writes there). Within the process, it is safe to use from many threads:
@@ -40,6 +53,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -49,6 +63,7 @@ import threading
 import time
 import unicodedata
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +82,7 @@ from app.errors import (
 )
 
 if TYPE_CHECKING:
+    from app.check import CheckReport
     from app.dataroot import DataRoot
 
 __all__ = [
@@ -83,7 +99,11 @@ __all__ = [
 ]
 
 SESSION_FILE: Final = "session.json"
-FILES_DIR: Final = "files"
+RECORDS_DIR: Final = "records"
+BLOBS_DIR: Final = "blobs"
+# Before issue 9: session.json listed every file, and the bytes were files/<name>.
+LEGACY_FILES_KEY: Final = "files"
+LEGACY_FILES_DIR: Final = "files"
 TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
 NEW_PREFIX: Final = ".new-"
@@ -105,6 +125,9 @@ _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u2
     "\u2066\u2067\u2068\u2069"
 )
 _LOCK_STRIPES: Final = 64
+_RECORD_CACHE_LIMIT: Final = 200_000  # records (a few hundred bytes each) a writer keeps
+
+log = logging.getLogger("app.store")
 
 
 # --- ids and names --------------------------------------------------------------------------
@@ -346,8 +369,9 @@ class Upload:
             msg = f"upload of {self.name!r} is already finished"
             raise RuntimeError(msg)
         try:
-            self._file.close()  # flushes; commit_temp_file fsyncs
-            self._file = None
+            # Flushed, not closed: the open file's flock marks it in flight until the
+            # rename (another writer's clean-up of .tmp/ skips it); commit_temp_file fsyncs.
+            self._file.flush()
             entry = {
                 "name": self.name,
                 "size": self.received,
@@ -359,6 +383,9 @@ class Upload:
             self.abort()
             raise
         self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
         return entry
 
     def abort(self) -> None:
@@ -425,12 +452,12 @@ class Store:
     def _session_dir(self, session_id: str) -> Path:
         return self.sessions_dir / check_session_id(session_id)
 
-    def _file_path(self, session_id: str, name: str) -> Path:
-        files = self._session_dir(session_id) / FILES_DIR
-        path = files / check_file_name(name)
+    def _record_path(self, session_id: str, name: str) -> Path:
+        records = self._session_dir(session_id) / RECORDS_DIR
+        path = records / check_file_name(name)
         # The checks above already make escaping impossible; this says so at the place
         # where a path is built, in case the rules ever loosen.
-        if path.parent != files or os.path.normpath(path) != str(path):
+        if path.parent != records or os.path.normpath(path) != str(path):
             raise InvalidNameError("file name", name, "it does not name a file in the session")
         return path
 
@@ -450,6 +477,12 @@ class Store:
                 ]
             for path in stale:
                 shutil.rmtree(path, ignore_errors=True)
+        if stale:
+            self.root.audit(
+                "clear-unfinished-create",
+                self.sessions_dir,
+                removed=sorted(Path(p).name for p in stale),
+            )
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -468,8 +501,10 @@ class Store:
         Raises:
             BadRequestError: the title or metadata is too large or of the wrong type.
         """
+        self.root.ensure_held()
         session = self._new_session_record(title, metadata)
-        data = (json.dumps(session, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
+        data = (json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         # The staging directory is the temporary file here: it is complete and synced before
         # one same-directory rename makes the session appear. Writing session.json inside it
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
@@ -481,6 +516,7 @@ class Store:
         try:
             write_new_file(staging / SESSION_FILE, data)
             fsync_dir(staging)
+            self.root.ensure_held()  # the last moment before the session appears
             staging.rename(self.sessions_dir / session["id"])
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -530,6 +566,47 @@ class Store:
         return self._read_session(self._session_dir(session_id), session_id)
 
     def _read_session(self, directory: Path, session_id: str) -> dict[str, Any]:
+        session = self._read_meta(directory, session_id)
+        if isinstance(session.get(LEGACY_FILES_KEY), list):
+            return session  # not migrated yet (a writer's start-up check migrates it)
+        records = self._read_records(directory)
+        session["files"] = [_public(r) for r in records]
+        # Uploads and deletes never rewrite session.json (#9, item 11): the session changed
+        # last when its newest record did, or when a record was removed (the directory's
+        # modification time says when).
+        times = [session.get("updated_at") or "", *(r.get("uploaded_at") or "" for r in records)]
+        with contextlib.suppress(OSError):
+            mtime = (directory / RECORDS_DIR).lstat().st_mtime_ns
+            times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
+        session["updated_at"] = max(times)
+        return dict(sorted(session.items()))  # the key order session.json always had
+
+    def _migrate_legacy(self, directory: Path, session_id: str, meta: dict[str, Any]) -> None:
+        # Each step can be repeated after a crash: the record is written first (naming the
+        # blob the bytes will have), then the bytes are moved; session.json drops its list
+        # last, which is the migration's commit. Until then readers use the list.
+        legacy = directory / LEGACY_FILES_DIR
+        blobs = self._ensure_dir(directory, BLOBS_DIR)
+        self._ensure_dir(directory, RECORDS_DIR)
+        for old in meta[LEGACY_FILES_KEY]:
+            name = check_file_name(str(old.get("name")))
+            record_path = directory / RECORDS_DIR / name
+            record = _load_record(record_path)
+            if record is None:
+                record = {**_public(old), "name": name, "blob": new_session_id()}
+                self.root.atomic_write_json(record_path, record)
+            source = legacy / name
+            if not (blobs / record["blob"]).exists() and source.is_file():
+                source.rename(blobs / record["blob"])
+                fsync_dir(blobs)
+        fsync_dir(directory / RECORDS_DIR)
+        meta = {k: v for k, v in meta.items() if k != LEGACY_FILES_KEY}
+        self.root.atomic_write_json(directory / SESSION_FILE, meta)
+        with contextlib.suppress(OSError):
+            legacy.rmdir()  # anything left there was not listed: kept for a human
+
+    def _read_meta(self, directory: Path, session_id: str) -> dict[str, Any]:
+        """session.json alone: whether the session exists, without reading its files."""
         if directory.is_symlink():
             # Not one of ours (a create renames a real directory): it could lead anywhere.
             raise SessionNotFoundError(session_id)
@@ -539,6 +616,40 @@ class Store:
             raise SessionNotFoundError(session_id) from None
         session: dict[str, Any] = json.loads(raw)
         return session
+
+    def _read_records(self, directory: Path) -> list[dict[str, Any]]:
+        cache = self._shared.records if self.root.writable else None
+        if cache is not None:
+            cached, token = cache.get(directory.name)
+            if cached is not None:
+                cached.sort(key=lambda r: (str(r.get("uploaded_at") or ""), r["name"]))
+                return cached
+        records = self._scan_records(directory)
+        if cache is not None:
+            cache.store(directory.name, records, token)
+        return records
+
+    def _scan_records(self, directory: Path) -> list[dict[str, Any]]:
+        records_dir = directory / RECORDS_DIR
+        if records_dir.is_symlink():
+            return []
+        try:
+            with os.scandir(records_dir) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        records = [r for name in names if (r := _load_record(records_dir / name)) is not None]
+        records.sort(key=lambda r: (str(r.get("uploaded_at") or ""), r["name"]))
+        return records
+
+    def require_session(self, session_id: str) -> None:
+        """Check that the session exists, reading its session.json only.
+
+        Raises:
+            InvalidNameError: the id is malformed.
+            SessionNotFoundError: there is no such session.
+        """
+        self._read_meta(self._session_dir(session_id), session_id)
 
     def session_ids(self) -> list[str]:
         """Every session id, oldest first (a directory listing; no session.json is read)."""
@@ -627,7 +738,7 @@ class Store:
         """
         self.root.ensure_held()
         entry = self._trash_session(session_id, reason)
-        self.root.audit(
+        self._audit_after_commit(
             "trash-session", session_id, trash=entry.name, reason=reason, title=entry.title
         )
         return entry
@@ -643,6 +754,7 @@ class Store:
             # clears): the manifest is written first, then the directory moves in one rename.
             try:
                 directory.rename(entry.path / TRASHED_SESSION)
+                self._shared.records.changed(session_id)
                 self._index_update(remove=session_id)
             except BaseException:
                 self._remove_empty_entry(entry)
@@ -686,64 +798,66 @@ class Store:
         return files
 
     def file_path(self, session_id: str, name: str) -> tuple[Path, dict[str, Any]]:
-        """Where a session's file is, and its entry, for sending it.
+        """Where a session's file's bytes are, and its entry (for tests and tools).
 
         Returns:
-            The file's path and its entry from session.json.
+            The path of the file's current blob and its entry.
 
         Raises:
             InvalidNameError: the id or the name is malformed.
             SessionNotFoundError: there is no such session.
             FileNotFoundInSessionError: the session has no such file.
         """
-        path = self._file_path(session_id, name)
-        for entry in self.list_files(session_id):
-            if entry["name"] == path.name:
-                if path.is_symlink() or not path.is_file():
-                    break
-                return path, entry
-        raise FileNotFoundInSessionError(session_id, path.name)
+        record_path = self._record_path(session_id, name)
+        directory = self._session_dir(session_id)
+        self._read_meta(directory, session_id)
+        record = _load_record(record_path)
+        if record is not None:
+            blob = directory / BLOBS_DIR / record["blob"]
+            if not blob.parent.is_symlink() and blob.is_file() and not blob.is_symlink():
+                return blob, _public(record)
+        raise FileNotFoundInSessionError(session_id, record_path.name)
 
     def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
         """Open a session's file for sending, with its entry; the caller closes the file.
 
-        The file is opened under the session's lock, so the entry describes exactly these
-        bytes. The open file keeps reading them even if the file is deleted or replaced a
-        moment later (both move it aside, never change it), so a download that found the
-        file sends it whole, and one that did not is :class:`FileNotFoundInSessionError`.
+        The record and its blob are read under the session's lock, so the entry describes
+        exactly these bytes. A blob never changes once written, and a replace or a delete
+        moves it aside rather than changing it, so a download that found the file sends it
+        whole, and one that did not is :class:`FileNotFoundInSessionError`.
 
         Returns:
-            The file, open for binary reading at offset 0, and its entry from session.json.
+            The file, open for binary reading at offset 0, and its entry.
 
         Raises:
             InvalidNameError: the id or the name is malformed.
             SessionNotFoundError: there is no such session.
             FileNotFoundInSessionError: the session has no such regular file.
         """
-        path = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
         directory = self._session_dir(session_id)
+        blobs = directory / BLOBS_DIR
         with self._lock_for(session_id):
-            session = self._read_session(directory, session_id)
-            for entry in session["files"]:
-                if entry["name"] != path.name or path.parent.is_symlink():
-                    continue
+            self._read_meta(directory, session_id)
+            record = None if record_path.parent.is_symlink() else _load_record(record_path)
+            if record is not None and not blobs.is_symlink():
                 try:
-                    file = open(path, "rb", opener=_open_regular)  # noqa: SIM115 - returned
+                    file = open(blobs / record["blob"], "rb", opener=_open_regular)  # noqa: SIM115
                 except OSError as error:
-                    if error.errno in {errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO}:
-                        break
-                    raise
-                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    if error.errno not in _MISSING_ERRNOS:
+                        raise
+                else:
+                    if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                        return file, _public(record)
                     file.close()
-                    break
-                return file, entry
-        raise FileNotFoundInSessionError(session_id, path.name)
+        raise FileNotFoundInSessionError(session_id, record_path.name)
 
     def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload:
         """Start streaming a file into a session.
 
-        Everything that can be refused before the first byte is checked here: the id, the
-        name, that the session exists, and (unless ``replace``) that the name is free.
+        Everything that can be refused before the first byte is checked here: the lock, the
+        id, the name, that the session exists, and (unless ``replace``) that the name is free.
+        Reads session.json and one record only, however many files the session has.
 
         Args:
             session_id: the session.
@@ -757,12 +871,14 @@ class Store:
             InvalidNameError: the id or the name is malformed.
             SessionNotFoundError: there is no such session.
             FileExistsInSessionError: the name exists and ``replace`` is false.
+            LockLostError: the data root's lock file was deleted or replaced.
         """
-        path = self._file_path(session_id, name)
-        session = self.get_session(session_id)
-        if not replace and any(f["name"] == path.name for f in session["files"]):
-            raise FileExistsInSessionError(session_id, path.name)
-        return Upload(self, session_id, path.name, replace=replace)
+        record_path = self._record_path(session_id, name)
+        self.root.ensure_held()
+        self._read_meta(self._session_dir(session_id), session_id)
+        if not replace and _load_record(record_path) is not None:
+            raise FileExistsInSessionError(session_id, record_path.name)
+        return Upload(self, session_id, record_path.name, replace=replace)
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
@@ -786,31 +902,68 @@ class Store:
     def _commit_upload(self, upload: Upload, entry: dict[str, Any]) -> None:
         session_id, name = upload.session_id, upload.name
         directory = self._session_dir(session_id)
-        dest = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
+        self.root.ensure_held()
+        retired: TrashEntry | None = None
         with self._lock_for(session_id):
-            session = self._read_session(directory, session_id)
-            existing = [f for f in session["files"] if f["name"] == name]
-            if existing and not upload.replace:
+            self._read_meta(directory, session_id)  # deleted meanwhile: 404
+            old = _load_record(record_path)
+            if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
-            upload.replaced = bool(existing)
-            if not dest.parent.is_dir():
-                dest.parent.mkdir(mode=0o700)
-                fsync_dir(directory)
-            trashed = None
-            if existing and dest.exists():
-                # Keep the old bytes: a hard link in the trash, then an atomic rename over
-                # the name. Readers see the old file or the new one, never neither.
-                trashed = self._new_trash_entry(
-                    session_id, "file", name, "replace", previous=existing[0]
-                )
-                os.link(dest, trashed.path / name, follow_symlinks=False)
-                fsync_dir(trashed.path)
-            self.root.commit_temp_file(upload.temp_path, dest)
-            session["files"] = [f for f in session["files"] if f["name"] != name] + [entry]
-            session["updated_at"] = entry["uploaded_at"]
-            self.root.atomic_write_json(directory / SESSION_FILE, session)
-        if trashed is not None:
-            self.root.audit("replace-file", f"{session_id}/{name}", trash=trashed.name)
+            upload.replaced = old is not None
+            blobs = self._ensure_dir(directory, BLOBS_DIR)
+            self._ensure_dir(directory, RECORDS_DIR)
+            version = new_session_id()
+            # The bytes go under a new, immutable name; nothing refers to them yet.
+            self.root.commit_temp_file(upload.temp_path, blobs / version)
+            try:
+                if old is not None:
+                    # Before the switch: a crash right after it leaves a manifest saying
+                    # where the old bytes go, and `check` finishes the move.
+                    retired = self._new_trash_entry(
+                        session_id, "file", name, "replace", previous=_public(old), blob=old["blob"]
+                    )
+                # The commit point: one rename switches bytes and record together.
+                self.root.atomic_write_json(record_path, {**entry, "blob": version})
+            except BaseException:
+                self._shared.records.changed(session_id)  # whatever happened, read it again
+                if _record_blob(record_path) != version:  # not switched: undo, then refuse
+                    with contextlib.suppress(OSError):
+                        (blobs / version).unlink()
+                    if retired is not None:
+                        self._remove_empty_entry(retired)
+                raise
+            self._shared.records.changed(session_id, name, {**entry, "blob": version})
+            if old is not None and retired is not None:
+                self._retire_blob(directory, old["blob"], retired, name)
+        if retired is not None:
+            self._audit_after_commit("replace-file", f"{session_id}/{name}", trash=retired.name)
+
+    def _ensure_dir(self, directory: Path, name: str) -> Path:
+        path = directory / name
+        if not path.is_dir():
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+            fsync_dir(directory)
+        return path
+
+    def _retire_blob(self, directory: Path, blob: str, entry: TrashEntry, name: str) -> None:
+        # After the switch the old blob is no longer the file; moving it into its trash entry
+        # may fail (a full disk) without undoing anything: `check` finishes the move.
+        try:
+            (directory / BLOBS_DIR / blob).rename(entry.path / name)
+            fsync_dir(entry.path)
+            fsync_dir(directory / BLOBS_DIR)
+        except OSError as error:
+            log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
+
+    def _audit_after_commit(self, operation: str, target: str, **details: Any) -> None:
+        # The change is made and must be acknowledged as made; a missing line is found and
+        # written by `check` (a trash entry without its audit line).
+        try:
+            self.root.audit(operation, target, **details)
+        except OSError as error:
+            log.warning("could not write the audit line of %s %s (%s)", operation, target, error)
 
     def delete_file(self, session_id: str, name: str) -> TrashEntry:
         """Move one file of a session to ``.trash/``; audited.
@@ -825,23 +978,27 @@ class Store:
             LockLostError: the data root's lock file was deleted or replaced.
         """
         self.root.ensure_held()
-        path = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
+        name = record_path.name
         directory = self._session_dir(session_id)
         with self._lock_for(session_id):
-            session = self._read_session(directory, session_id)
-            existing = [f for f in session["files"] if f["name"] == path.name]
-            if not existing or not path.exists():
-                raise FileNotFoundInSessionError(session_id, path.name)
+            self._read_meta(directory, session_id)
+            old = _load_record(record_path)
+            if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
+                raise FileNotFoundInSessionError(session_id, name)
             entry = self._new_trash_entry(
-                session_id, "file", path.name, "delete", previous=existing[0]
+                session_id, "file", name, "delete", previous=_public(old), blob=old["blob"]
             )
-            path.rename(entry.path / path.name)
-            fsync_dir(entry.path)
-            fsync_dir(path.parent)
-            session["files"] = [f for f in session["files"] if f["name"] != path.name]
-            session["updated_at"] = _iso(_now())
-            self.root.atomic_write_json(directory / SESSION_FILE, session)
-        self.root.audit("trash-file", f"{session_id}/{path.name}", trash=entry.name)
+            try:
+                self.root.ensure_held()
+                record_path.unlink()  # the commit point; needs no free space
+            except BaseException:
+                self._remove_empty_entry(entry)
+                raise
+            self._shared.records.changed(session_id, name, None)
+            fsync_dir(record_path.parent)
+            self._retire_blob(directory, old["blob"], entry, name)
+        self._audit_after_commit("trash-file", f"{session_id}/{name}", trash=entry.name)
         return entry
 
     # -- trash ------------------------------------------------------------------------
@@ -855,6 +1012,7 @@ class Store:
         *,
         title: str | None = None,
         previous: dict[str, Any] | None = None,
+        blob: str | None = None,
     ) -> TrashEntry:
         moment = _now()
         stamp = moment.strftime(_TRASH_TIME_FORMAT)
@@ -863,7 +1021,6 @@ class Store:
         suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
         name = f"{stamp}-{session_id}{suffix}"
         path = self.root.trash_dir / name
-        path.mkdir(mode=0o700)
         manifest = {
             "kind": kind,
             "session_id": session_id,
@@ -873,7 +1030,18 @@ class Store:
             "title": title,
             "entry": previous,
         }
-        self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+        if blob is not None:
+            manifest["blob"] = blob  # which blob moves in (see `check` for a crash before)
+        path.mkdir(mode=0o700)
+        try:
+            self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+            fsync_dir(self.root.trash_dir)
+        except BaseException:
+            # A full disk must not leave an empty entry behind (#9, item 4).
+            with contextlib.suppress(OSError):
+                (path / TRASH_MANIFEST).unlink(missing_ok=True)
+                path.rmdir()
+            raise
         return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
 
     def list_trash(self) -> list[TrashEntry]:
@@ -971,6 +1139,7 @@ class Store:
                     f"the copy in {entry.path}. Delete the current one first if you mean it"
                 )
             (entry.path / TRASHED_SESSION).rename(dest)
+            self._shared.records.changed(entry.session_id)
             self._index_update(add=entry.session_id)
             fsync_dir(self.sessions_dir)
             self._remove_empty_entry(entry)
@@ -979,36 +1148,48 @@ class Store:
     def _restore_file(self, entry: TrashEntry, name: str) -> dict[str, Any]:
         session_id = entry.session_id
         directory = self._session_dir(session_id)
-        dest = self._file_path(session_id, name)
+        record_path = self._record_path(session_id, name)
         with self._lock_for(session_id):
             try:
-                session = self._read_session(directory, session_id)
+                self._read_meta(directory, session_id)
             except SessionNotFoundError:
                 raise SessionNotFoundError(session_id) from None
-            if dest.exists() or any(f["name"] == name for f in session["files"]):
+            if _load_record(record_path) is not None:
                 raise BadRequestError(
                     f"session {session_id!r} has a file {name!r} again; refusing to overwrite "
                     f"it with the copy in {entry.path}. Delete the current one first"
                 )
             manifest = json.loads((entry.path / TRASH_MANIFEST).read_bytes())
-            record = manifest.get("entry") or {}
+            previous = manifest.get("entry") or {}
+            blobs = self._ensure_dir(directory, BLOBS_DIR)
+            self._ensure_dir(directory, RECORDS_DIR)
+            # Back under the blob name the manifest gives: a crash before the record is
+            # written leaves exactly what `check` moves back into this entry.
+            blob = manifest.get("blob")
+            if not (isinstance(blob, str) and _ID_RE.fullmatch(blob)) or (blobs / blob).exists():
+                blob = new_session_id()
             size = (entry.path / name).stat().st_size
-            if not dest.parent.is_dir():
-                dest.parent.mkdir(mode=0o700)
-            (entry.path / name).rename(dest)
-            fsync_dir(dest.parent)
-            session["files"].append(
-                {
-                    "name": name,
-                    "size": size,
-                    "sha256": record.get("sha256"),
-                    "uploaded_at": record.get("uploaded_at"),
-                }
-            )
-            session["updated_at"] = _iso(_now())
-            self.root.atomic_write_json(directory / SESSION_FILE, session)
+            (entry.path / name).rename(blobs / blob)
+            fsync_dir(blobs)
+            fsync_dir(entry.path)
+            record = {
+                "name": name,
+                "size": size,
+                "sha256": previous.get("sha256"),
+                "uploaded_at": previous.get("uploaded_at"),
+                "blob": blob,
+            }
+            try:
+                self.root.atomic_write_json(record_path, record)
+            except BaseException:
+                self._shared.records.changed(session_id)
+                if _record_blob(record_path) != blob:
+                    with contextlib.suppress(OSError):
+                        (blobs / blob).rename(entry.path / name)
+                raise
+            self._shared.records.changed(session_id, name, record)
             self._remove_empty_entry(entry)
-            return session
+            return self._read_session(directory, session_id)
 
     def _remove_empty_entry(self, entry: TrashEntry) -> None:
         # Only the manifest is left; a directory with anything else in it stays.
@@ -1018,11 +1199,14 @@ class Store:
             entry.path.rmdir()
         fsync_dir(self.root.trash_dir)
 
-    def empty_trash(self, older_than: timedelta | None = None) -> list[TrashEntry]:
+    def empty_trash(
+        self, older_than: timedelta | None = None, *, via: str = "command"
+    ) -> list[TrashEntry]:
         """Remove trash entries for good: the only operation that deletes bytes; audited.
 
         Args:
             older_than: only entries deleted longer ago than this; ``None`` for all.
+            via: how it was asked for (``"command"``, ``"http"``), for the audit line.
 
         Returns:
             The entries removed.
@@ -1049,14 +1233,128 @@ class Store:
             count=len(removed),
             entries=[e.name for e in removed],
             older_than=None if older_than is None else older_than.total_seconds(),
+            via=via,
         )
         return removed
+
+    # -- consistency --------------------------------------------------------------------
+
+    def check(self, *, repair: bool = False, thorough: bool = True) -> CheckReport:
+        """Find (and with ``repair``, reconcile) what an interrupted write left behind.
+
+        Every write has one commit point (see the module docstring), so a crash leaves at
+        most: a file in ``.tmp/``; a ``sessions/.new-*`` directory; a trash entry that is
+        empty, holds only its manifest, still waits for the blob it names, or has no audit
+        line; a blob no record names. Repairing never deletes acknowledged bytes: a blob
+        without a record goes to the trash, a half trash entry whose bytes are still in the
+        session is removed (the session was never changed), one whose switch happened is
+        finished. Each repair is reported in one ``check-repair`` audit line, and a trash
+        entry that lacked its audit line gets the line it should have had.
+
+        Read-only (``repair=False``) it changes nothing and takes no lock; next to a live
+        server it describes one moment, and a write in flight can look like a leftover.
+
+        Args:
+            repair: fix what can be fixed; the root must be held by this process.
+            thorough: read every file record. ``False`` (a server's start-up) reads only the
+                sessions whose number of records and blobs differ, which is where every
+                crash of a write leaves its trace; a record whose bytes were lost to damage
+                from outside the app, next to bytes without a record, then goes unseen.
+
+        Returns:
+            The findings.
+
+        Raises:
+            LockLostError: with ``repair``, the data root's lock file was deleted or replaced.
+        """
+        from app.check import Checker, CheckReport
+
+        if repair:
+            self.root.ensure_held()
+        checker = Checker(self, repair, thorough)
+        try:
+            checker.run()
+        finally:
+            if repair:
+                self._shared.records.clear()  # repairs change records behind the cache
+        if repair and checker.findings:
+            self.root.audit(
+                "check-repair",
+                self.root.path,
+                findings=[f.to_dict() for f in checker.findings],
+            )
+        return CheckReport(checker.findings, repair)
 
     def iter_all(self) -> Iterator[dict[str, Any]]:
         """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
         for session_id in self.session_ids():
             with contextlib.suppress(SessionNotFoundError):
                 yield self._read_session(self.sessions_dir / session_id, session_id)
+
+
+class _RecordCache:
+    """A writer's copy of each recently read session's records, so reads stay O(1) too.
+
+    Only the holder of the root writes, and every write updates (or drops) its session here
+    under a generation count: a reader that scanned a session while a write happened does
+    not store its possibly stale scan. Bounded by the number of records held (LRU).
+    """
+
+    def __init__(self, limit: int = _RECORD_CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+        self._generations: dict[str, int] = {}
+        self._epoch = 0
+        self._held = 0
+
+    def get(self, session_id: str) -> tuple[list[dict[str, Any]] | None, tuple[int, int]]:
+        with self._lock:
+            token = (self._epoch, self._generations.get(session_id, 0))
+            records = self._sessions.get(session_id)
+            if records is None:
+                return None, token
+            self._sessions.move_to_end(session_id)
+            return list(records.values()), token
+
+    def store(self, session_id: str, records: list[dict[str, Any]], token: tuple[int, int]) -> None:
+        with self._lock:
+            if token != (self._epoch, self._generations.get(session_id, 0)):
+                return  # a write happened during the scan
+            if len(records) > self.limit:
+                return
+            self._forget(session_id)
+            self._sessions[session_id] = {r["name"]: r for r in records}
+            self._held += len(records)
+            while self._held > self.limit:
+                _, evicted = self._sessions.popitem(last=False)
+                self._held -= len(evicted)
+
+    def changed(self, session_id: str, name: str | None = None, record: Any = None) -> None:
+        """A write changed ``name`` (now ``record``, ``None`` if gone); no name: drop all."""
+        with self._lock:
+            self._generations[session_id] = self._generations.get(session_id, 0) + 1
+            records = self._sessions.get(session_id)
+            if records is None:
+                return
+            if name is None:
+                self._forget(session_id)
+            elif record is None:
+                self._held -= records.pop(name, None) is not None
+            else:
+                self._held += name not in records
+                records[name] = record
+
+    def clear(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._sessions.clear()
+            self._held = 0
+
+    def _forget(self, session_id: str) -> None:
+        records = self._sessions.pop(session_id, None)
+        if records is not None:
+            self._held -= len(records)
 
 
 class _RootState:
@@ -1070,6 +1368,7 @@ class _RootState:
         # goes through a Store on this root. A reader (no lock) scans on every call instead.
         self.index: list[str] | None = None
         self.index_lock = threading.Lock()
+        self.records = _RecordCache()
         # The `.new-<id>` staging directories of creates in progress.
         self.creating: set[str] = set()
         self.creating_lock = threading.Lock()
@@ -1130,3 +1429,47 @@ def _open_regular(path: str, flags: int) -> int:
     # O_NOFOLLOW: a symlink planted at a file's name is not the session's file.
     # O_NONBLOCK: nor is a FIFO, which must not hang the open (the caller checks S_ISREG).
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+_MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
+_MAX_RECORD_BYTES: Final = 64 * 1024
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A file's entry as the API shows it: the record without its blob name."""
+    return {k: record.get(k) for k in ("name", "size", "sha256", "uploaded_at")}
+
+
+def _load_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
+    try:
+        fd = _open_regular(str(path), os.O_RDONLY)
+    except OSError as error:
+        if error.errno in _MISSING_ERRNOS:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = file.read(_MAX_RECORD_BYTES + 1)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("name") != path.name
+        or not isinstance(record.get("blob"), str)
+        or not _ID_RE.fullmatch(record["blob"])
+    ):
+        return None
+    return record
+
+
+def _record_blob(path: Path) -> str | None:
+    """The blob a record names now (after a failed write: did the switch happen?)."""
+    try:
+        record = _load_record(path)
+    except OSError:
+        return None
+    return None if record is None else str(record["blob"])

@@ -114,9 +114,8 @@ def test_restore_of_a_single_file(seeded: tuple[str, str], app_config: Config) -
         Store(root).delete_file(seeded[0], "a.txt")
     code, out, _ = invoke("sessions", "restore", seeded[0], "--file", "a.txt")
     assert code == 0, out
-    assert (app_config.data_root / "sessions" / seeded[0] / "files" / "a.txt").read_bytes() == (
-        b"data"
-    )
+    with open_root(app_config, write=False) as root:
+        assert Store(root).file_path(seeded[0], "a.txt")[0].read_bytes() == b"data"
 
 
 def test_purge_on_an_unprotected_profile_needs_no_confirmation(

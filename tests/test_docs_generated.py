@@ -73,7 +73,7 @@ def _load_example(name: str) -> object:
 
 # --- the error catalogue ------------------------------------------------------------------
 
-ABSTRACT_ERRORS = {"AppError", "ConfigError", "StoreError"}
+ABSTRACT_ERRORS = {"AppError", "ConfigError", "StoreError", "StorageError"}
 
 
 def _error_classes() -> list[type]:

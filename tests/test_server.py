@@ -335,8 +335,9 @@ def test_a_windows_path_as_filename_keeps_only_its_last_part(
     body, headers = multipart(b"C:\\dir\\a", b"payload")
     response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
     assert response.json()["name"] == "a"
-    stored = store.sessions_dir / sid / "files" / "a"
-    assert files_under(tmp_path) - before == {str(stored.relative_to(tmp_path))}
+    blob, _ = store.file_path(sid, "a")
+    added = {store.sessions_dir / sid / "records" / "a", blob}
+    assert files_under(tmp_path) - before == {str(p.relative_to(tmp_path)) for p in added}
 
 
 def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -> None:
@@ -374,7 +375,7 @@ def test_a_file_listed_but_gone_from_disk_is_404(
     client: TestClient, store: Store, sid: str
 ) -> None:
     client.put(f"/sessions/{sid}/files/gone", content=b"bytes")
-    (store.sessions_dir / sid / "files" / "gone").unlink()
+    store.file_path(sid, "gone")[0].unlink()
     assert_error(client.get(f"/sessions/{sid}/files/gone"), 404, "file_not_found", "'gone'")
 
 
@@ -436,3 +437,26 @@ def test_redoc_is_not_served(client: TestClient) -> None:
     # FastAPI's ReDoc page loads its script from a CDN, and ReDoc fetches its logo from
     # cdn.redoc.ly even when self-hosted; /docs is the one API page, and it works offline.
     assert client.get("/redoc").status_code == 404
+
+
+def test_emptying_the_trash_over_http_on_a_protected_profile_needs_its_confirmation(
+    store: Store, app_config: Config
+) -> None:
+    import dataclasses
+
+    protected = dataclasses.replace(app_config, protected=True)
+    headers = {"Authorization": f"Bearer {app_config.api_token}"}
+    sid = store.create_session()["id"]
+    store.delete_session(sid)
+    with TestClient(create_app(store, protected), headers=headers) as client:
+        refused = client.post("/trash/empty")
+        assert_error(refused, 403, "confirmation_required", "?confirm=yes-i-mean-it")
+        assert (
+            "refusing to empty the trash on protected profile 'testing'"
+            in (refused.json()["message"])
+        )
+        assert len(store.list_trash()) == 1
+        emptied = client.post("/trash/empty", params={"confirm": "yes-i-mean-it"})
+        assert emptied.status_code == 200, emptied.text
+        assert emptied.json()["removed"] == 1
+    assert store.list_trash() == []

@@ -259,11 +259,10 @@ def test_a_server_killed_mid_upload_leaves_no_partial_file_visible(start: Any, r
     server.kill()
     put.close()
     form.close()
-    files = root / "sessions" / sid / "files"
-    assert not (files / "raw.bin").exists()
-    assert not (files / "form.bin").exists()
-    session = json.loads((root / "sessions" / sid / "session.json").read_text())
-    assert session["files"] == []
+    records = root / "sessions" / sid / "records"
+    assert not (records / "raw.bin").exists()
+    assert not (records / "form.bin").exists()
+    assert not list((root / "sessions" / sid).glob("blobs/*"))
     assert not any(p.name.startswith(".") for p in (root / "sessions").iterdir())
     restarted = start(env)
     assert list(tmp.iterdir()) == []  # the crash's junk is cleared by the next writer
@@ -287,7 +286,8 @@ def test_sigterm_lets_an_in_flight_upload_finish_then_releases_the_lock(
     sock.close()
     assert response.startswith(b"HTTP/1.1 201"), response
     assert server.wait_exit() == 0
-    assert (root / "sessions" / sid / "files" / "late").read_bytes() == data
+    record = json.loads((root / "sessions" / sid / "records" / "late").read_text())
+    assert (root / "sessions" / sid / "blobs" / record["blob"]).read_bytes() == data
     assert probe(root).held is False
     assert (root / ".server.lock").read_bytes() == b""  # emptied before unlocking
 
@@ -431,7 +431,8 @@ def test_an_oversized_upload_is_413_and_leaves_no_temporary_file(start: Any, roo
         assert client.get(f"/sessions/{sid}/files").json()["items"] == []
         assert client.put(f"/sessions/{sid}/files/ok", content=b"x" * 4096).status_code == 201
     assert list((root / ".tmp").iterdir()) == []
-    assert sorted(p.name for p in (root / "sessions" / sid / "files").iterdir()) == ["ok"]
+    assert sorted(p.name for p in (root / "sessions" / sid / "records").iterdir()) == ["ok"]
+    assert len(list((root / "sessions" / sid / "blobs").iterdir())) == 1
 
 
 def test_hostile_file_names_never_write_outside_the_session(

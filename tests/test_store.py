@@ -98,7 +98,7 @@ def test_a_created_session_is_stored_and_read_back(store: Store) -> None:
     assert session["files"] == []
     assert store.get_session(session["id"]) == session
     on_disk = json.loads((store.sessions_dir / session["id"] / "session.json").read_text())
-    assert on_disk == session
+    assert on_disk == {k: v for k, v in session.items() if k != "files"}  # files: records/
 
 
 def test_creating_a_session_leaves_nothing_in_tmp(store: Store) -> None:
@@ -171,14 +171,14 @@ def test_listing_refuses_a_bad_cursor_or_limit(store: Store) -> None:
 
 def test_an_upload_streams_to_tmp_and_appears_only_on_commit(store: Store) -> None:
     session = store.create_session()
-    final = store.sessions_dir / session["id"] / "files" / "a.bin"
+    record = store.sessions_dir / session["id"] / "records" / "a.bin"
     with store.begin_upload(session["id"], "a.bin") as upload:
         upload.write(b"hello ")
         upload.write(b"world")
         assert upload.temp_path.parent == store.root.tmp_dir
-        assert not final.exists()
+        assert not record.exists()
         entry = upload.commit()
-    assert final.read_bytes() == b"hello world"
+    assert store.file_path(session["id"], "a.bin")[0].read_bytes() == b"hello world"
     assert entry["size"] == 11
     assert entry["sha256"] == hashlib.sha256(b"hello world").hexdigest()
     assert store.list_files(session["id"]) == [entry]
@@ -195,7 +195,8 @@ def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(store: Store) ->
     assert caught.value.http_status == 413
     assert list(store.root.tmp_dir.iterdir()) == []
     assert store.list_files(session["id"]) == []
-    assert not (store.sessions_dir / session["id"] / "files" / "big").exists()
+    assert not (store.sessions_dir / session["id"] / "records" / "big").exists()
+    assert not list((store.sessions_dir / session["id"]).glob("blobs/*"))
 
 
 def test_an_aborted_upload_leaves_nothing(store: Store) -> None:
@@ -215,7 +216,7 @@ def test_an_existing_file_is_not_overwritten_without_replace(store: Store) -> No
     store.put_file(session["id"], "a", b"one")
     with pytest.raises(FileExistsInSessionError, match="already has a file 'a'"):
         store.put_file(session["id"], "a", b"two")
-    assert (store.sessions_dir / session["id"] / "files" / "a").read_bytes() == b"one"
+    assert store.file_path(session["id"], "a")[0].read_bytes() == b"one"
 
 
 def test_replacing_a_file_keeps_the_old_bytes_in_the_trash(store: Store) -> None:
@@ -262,7 +263,9 @@ def test_a_deleted_session_goes_to_the_trash_and_is_audited(store: Store) -> Non
     store.put_file(sid, "f", b"data")
     entry = store.delete_session(sid)
     assert store.session_ids() == []
-    assert (entry.path / "session" / "files" / "f").read_bytes() == b"data"
+    assert (entry.path / "session" / "records" / "f").is_file()
+    [blob] = (entry.path / "session" / "blobs").iterdir()
+    assert blob.read_bytes() == b"data"
     assert entry.title == "keep me"
     [line] = [x for x in audit_lines(store) if x["operation"] == "trash-session"]
     assert line["target"] == sid
@@ -360,11 +363,14 @@ def test_a_symlink_planted_at_a_file_name_does_not_carry_an_upload_elsewhere(
 ) -> None:
     a, b = store.create_session()["id"], store.create_session()["id"]
     store.put_file(b, "y", b"b's bytes")
-    (store.sessions_dir / a / "files").mkdir()
-    (store.sessions_dir / a / "files" / "x").symlink_to(store.sessions_dir / b / "files" / "y")
+    b_record = (store.sessions_dir / b / "records" / "y").read_bytes()
+    (store.sessions_dir / a / "records").mkdir()
+    (store.sessions_dir / a / "records" / "x").symlink_to(store.sessions_dir / b / "records" / "y")
     store.put_file(a, "x", b"new", replace=True)
-    assert (store.sessions_dir / b / "files" / "y").read_bytes() == b"b's bytes"
-    assert not (store.sessions_dir / a / "files" / "x").is_symlink()
+    assert (store.sessions_dir / b / "records" / "y").read_bytes() == b_record
+    assert store.file_path(b, "y")[0].read_bytes() == b"b's bytes"
+    assert not (store.sessions_dir / a / "records" / "x").is_symlink()
+    assert store.file_path(a, "x")[0].read_bytes() == b"new"
 
 
 def test_a_symlinked_session_or_files_directory_is_neither_read_nor_written(
@@ -372,13 +378,12 @@ def test_a_symlinked_session_or_files_directory_is_neither_read_nor_written(
 ) -> None:
     a, b = store.create_session()["id"], store.create_session()["id"]
     store.put_file(b, "y", b"b's bytes")
-    (store.sessions_dir / a / "files").symlink_to(store.sessions_dir / b / "files")
+    (store.sessions_dir / a / "records").symlink_to(store.sessions_dir / b / "records")
     with pytest.raises(ValueError, match="symbolic link"):
         store.put_file(a, "z", b"into b")
-    assert sorted(p.name for p in (store.sessions_dir / b / "files").iterdir()) == ["y"]
-    json_a = json.loads((store.sessions_dir / a / "session.json").read_text())
-    json_a["files"] = [{"name": "y", "size": 9, "sha256": "", "uploaded_at": ""}]
-    (store.sessions_dir / a / "session.json").write_text(json.dumps(json_a))
+    assert sorted(p.name for p in (store.sessions_dir / b / "records").iterdir()) == ["y"]
+    assert list((store.sessions_dir / a / "blobs").iterdir()) == []  # undone
+    assert store.get_session(a)["files"] == []
     with pytest.raises(FileNotFoundInSessionError):
         store.open_file(a, "y")
 
@@ -417,3 +422,33 @@ def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
     monkeypatch.setattr(app.store, "fsync_dir", open_another_store_midway)
     session = store.create_session("in flight")
     assert store.get_session(session["id"]) == session
+
+
+def test_a_writers_file_lists_stay_what_a_fresh_reader_of_the_disk_sees(store: Store) -> None:
+    # The writer keeps each session's records in memory (reads stay cheap with many files);
+    # every change must reach that copy, whichever Store on the root makes it.
+    from app.dataroot import open_root
+
+    reader = Store(open_root(store.root.config, write=False))
+    other = Store(store.root)
+    sid = store.create_session()["id"]
+
+    def same() -> None:
+        on_disk = reader.get_session(sid)["files"]
+        assert store.get_session(sid)["files"] == on_disk
+        assert other.get_session(sid)["files"] == on_disk
+
+    same()
+    other.put_file(sid, "a", b"one")
+    same()
+    store.put_file(sid, "a", b"two", replace=True)
+    other.put_file(sid, "b", b"bee")
+    same()
+    other.delete_file(sid, "a")
+    same()
+    store.restore(sid, file="a")
+    same()
+    assert {f["name"]: f["size"] for f in store.get_session(sid)["files"]} == {"a": 3, "b": 3}
+    other.delete_session(sid)
+    store.restore(sid)
+    same()

@@ -91,4 +91,6 @@ EXAMPLES: list[errors.AppError] = [
     errors.UploadTooLargeError(104857600, 104923136),
     errors.BadRequestError("limit must be at least 1, not 0"),  # Store.list_sessions' words
     errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
+    errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
 ]

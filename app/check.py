@@ -1,0 +1,380 @@
+"""Consistency of a data root: what :meth:`app.store.Store.check` finds and repairs.
+
+Every write of :mod:`app.store` has one commit point, so a crash can only leave
+recognisable leftovers (a temporary file, a half-made trash entry, bytes without a record,
+...). :class:`Checker` walks the root once, in an order where each pass relies on the
+last (the trash before the sessions: a half trash entry may still wait for a blob that
+would otherwise look like an orphan), and with ``repair`` reconciles each finding without
+ever deleting acknowledged bytes.
+
+Kept apart from :mod:`app.store` (which it reads through the store's own helpers) because
+it runs at start-up and from ``app data check`` only, never on a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.dataroot import fsync_dir, tmp_in_flight
+from app.errors import InvalidNameError, SessionNotFoundError
+from app.store import (
+    _ID_RE,
+    _TRASH_NAME_RE,
+    BLOBS_DIR,
+    LEGACY_FILES_KEY,
+    NEW_PREFIX,
+    RECORDS_DIR,
+    TRASH_MANIFEST,
+    TRASHED_SESSION,
+    TrashEntry,
+    _load_record,
+    _record_blob,
+    check_file_name,
+)
+
+if TYPE_CHECKING:
+    from app.store import Store
+
+__all__ = ["CheckReport", "Checker", "Finding"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing :meth:`Store.check` found that a consistent data root does not hold.
+
+    Attributes:
+        problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
+            ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
+            ``trash-unaudited``, ``trash-no-manifest``, ``record-without-file``,
+            ``file-without-record``, ``legacy-layout``, ``session-unreadable`` or
+            ``unknown-entry``.
+        target: what it concerns, relative to the data root.
+        detail: what it is and how it came about.
+        repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
+        repaired: whether this run repaired it.
+    """
+
+    problem: str
+    target: str
+    detail: str
+    repair: str
+    repaired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app data check --json``, the audit line)."""
+        return {
+            "problem": self.problem,
+            "target": self.target,
+            "detail": self.detail,
+            "repair": self.repair,
+            "repaired": self.repaired,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """What :meth:`Store.check` found, and what it repaired.
+
+    Attributes:
+        findings: everything found, repaired or not.
+        repair: whether the check ran with repair.
+    """
+
+    findings: list[Finding]
+    repair: bool
+
+    @property
+    def unresolved(self) -> list[Finding]:
+        """The findings still there after this run."""
+        return [f for f in self.findings if not f.repaired]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app data check --json``)."""
+        return {
+            "repair": self.repair,
+            "clean": not self.unresolved,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+class Checker:
+    """One run of `Store.check`: the passes, in an order where each relies on the last."""
+
+    def __init__(self, store: Store, repair: bool, thorough: bool) -> None:
+        self.store = store
+        self.root = store.root
+        self.repair = repair
+        self.thorough = thorough
+        self.findings: list[Finding] = []
+        # Blobs a half trash entry still waits for: they are not files without records.
+        self.awaited: set[tuple[str, str]] = set()
+
+    def found(self, problem: str, target: Path | str, detail: str, repair: str) -> bool:
+        """Record a finding; returns whether to repair it now (the caller then does)."""
+        path = Path(target)
+        rel = path.relative_to(self.root.path) if path.is_absolute() else path
+        self.findings.append(Finding(problem, str(rel), detail, repair, repaired=self.repair))
+        return self.repair
+
+    def unrepaired(self, problem: str, target: Path, detail: str, repair: str) -> None:
+        self.findings.append(
+            Finding(problem, str(target.relative_to(self.root.path)), detail, repair)
+        )
+
+    def run(self) -> None:
+        self.check_tmp()
+        self.check_staging()
+        self.check_trash()
+        for session_id in self.store._scan_ids():
+            self.check_session(session_id)
+
+    def check_tmp(self) -> None:
+        if self.repair:
+            return  # the writer that opened the root cleared .tmp/ already (audited)
+        leftovers, _live = tmp_in_flight(self.root.tmp_dir)
+        for name in leftovers:
+            self.found(
+                "tmp-leftover",
+                self.root.tmp_dir / name,
+                "a write in flight when its process died; it was never visible",
+                "delete it (the next writer to open the root does)",
+            )
+
+    def check_staging(self) -> None:
+        try:
+            with os.scandir(self.store.sessions_dir) as entries:
+                names = sorted(e.name for e in entries)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.store.sessions_dir / name
+            if name.startswith(NEW_PREFIX):
+                if name in self.store._shared.creating:
+                    continue
+                if self.found(
+                    "unfinished-create",
+                    path,
+                    "a session create that crashed before its rename; it was never acknowledged",
+                    "delete it",
+                ):
+                    shutil.rmtree(path, ignore_errors=True)
+            elif not _ID_RE.fullmatch(name):
+                self.unrepaired(
+                    "unknown-entry", path, "not a session directory", "nothing: left for a human"
+                )
+
+    def _audited(self) -> tuple[set[str], set[str]]:
+        trash: set[str] = set()
+        purged: set[str] = set()
+        try:
+            lines = self.root.audit_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return trash, purged
+        for line in lines:
+            try:
+                record = json.loads(line)
+                details = record.get("details") or {}
+            except (ValueError, AttributeError):
+                continue  # a line torn by a crash mid-append names nothing
+            if isinstance(details.get("trash"), str):
+                trash.add(details["trash"])
+            if record.get("operation") == "purge":
+                purged.update(s for s in details.get("sessions") or () if isinstance(s, str))
+        return trash, purged
+
+    def check_trash(self) -> None:
+        audited, purged = self._audited()
+        try:
+            with os.scandir(self.root.trash_dir) as entries:
+                names = sorted(e.name for e in entries)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.root.trash_dir / name
+            found = _TRASH_NAME_RE.fullmatch(name)
+            if found is None or path.is_symlink() or not path.is_dir():
+                self.unrepaired(
+                    "unknown-entry", path, "not a trash entry", "nothing: left for a human"
+                )
+                continue
+            entry = self.store._read_trash_entry(name)
+            assert entry is not None
+            try:
+                manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+            except (OSError, ValueError):
+                manifest = None
+            contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
+            if not isinstance(manifest, dict):
+                if not contents:
+                    if self.found(
+                        "trash-empty",
+                        path,
+                        "an empty trash entry: a delete that stopped before its manifest",
+                        "remove the empty directory",
+                    ):
+                        self.store._remove_empty_entry(entry)
+                else:
+                    self.unrepaired(
+                        "trash-no-manifest",
+                        path,
+                        "a trash entry with data but no readable trash.json",
+                        "nothing: left for a human (its data is kept)",
+                    )
+                continue
+            if not self._complete(entry, manifest, contents):
+                continue
+            reason = manifest.get("reason")
+            if name in audited or (reason == "purge" and entry.session_id in purged):
+                continue
+            operation = (
+                "trash-session"
+                if entry.kind == "session"
+                else ("replace-file" if reason == "replace" else "trash-file")
+            )
+            if self.found(
+                "trash-unaudited",
+                path,
+                f"a complete trash entry ({reason}) without its audit line: the process "
+                "stopped between the move and the line",
+                f"append the {operation} line it should have had",
+            ):
+                target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
+                self.root.audit(operation, target, trash=name, reason=reason, recovered=True)
+
+    def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
+        """Whether a trash entry holds its data; repairs a half one. False: done with it."""
+        path = entry.path
+        session_dir = self.store.sessions_dir / entry.session_id
+        if entry.kind == "session":
+            if TRASHED_SESSION in contents:
+                return True
+            if self.found(
+                "trash-manifest-only",
+                path,
+                "a session delete that stopped before its move; the session "
+                + ("is unchanged" if session_dir.is_dir() else "is not there either"),
+                "remove the entry (it holds no data)",
+            ):
+                self.store._remove_empty_entry(entry)
+            return False
+        file, blob = manifest.get("file"), manifest.get("blob")
+        if isinstance(file, str) and file in contents:
+            return True
+        named = isinstance(blob, str) and _ID_RE.fullmatch(blob) is not None
+        blob_path = session_dir / BLOBS_DIR / str(blob)
+        switched = False
+        if named and isinstance(file, str) and blob_path.is_file() and not blob_path.is_symlink():
+            with contextlib.suppress(InvalidNameError):
+                current = _record_blob(session_dir / RECORDS_DIR / check_file_name(file))
+                switched = current != blob
+        if not switched:
+            if self.found(
+                "trash-manifest-only",
+                path,
+                f"a file {manifest.get('reason')} that stopped before its commit; the file "
+                "is unchanged",
+                "remove the entry (it holds no data)",
+            ):
+                self.store._remove_empty_entry(entry)
+            return False
+        assert isinstance(file, str) and isinstance(blob, str)
+        self.awaited.add((entry.session_id, blob))
+        if not self.found(
+            "trash-unfinished",
+            path,
+            f"a file {manifest.get('reason')} that stopped after its commit: the old bytes "
+            "are still among the session's blobs",
+            "move them into the entry and append its audit line",
+        ):
+            return False
+        blob_path.rename(path / file)
+        fsync_dir(path)
+        fsync_dir(blob_path.parent)
+        return True
+
+    def check_session(self, session_id: str) -> None:
+        directory = self.store.sessions_dir / session_id
+        try:
+            meta = self.store._read_meta(directory, session_id)
+        except (SessionNotFoundError, ValueError):
+            self.unrepaired(
+                "session-unreadable",
+                directory,
+                "a session directory without a readable session.json",
+                "nothing: left for a human (restore session.json from a backup)",
+            )
+            return
+        if isinstance(meta.get(LEGACY_FILES_KEY), list):
+            if not self.found(
+                "legacy-layout",
+                directory,
+                "a session written before records/ and blobs/ (its files listed in "
+                "session.json, their bytes in files/)",
+                "move each file's bytes to blobs/ and give it a record; then drop the list",
+            ):
+                return  # the rest of the checks assume the current layout
+            self.store._migrate_legacy(directory, session_id, meta)
+        referenced: set[str] = set()
+        records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
+        records, blobs = _listing(records_dir), _listing(blobs_dir)
+        if not self.thorough and len(records) == len(blobs):
+            # Every crash of a write leaves one blob more than records (an upload before its
+            # commit, an old blob not yet retired); only damage from outside the app (a
+            # partial restore) can hide behind equal counts, which the command reads for.
+            return
+        for path in records:
+            record = _load_record(path)
+            if record is None:
+                self.unrepaired(
+                    "unknown-entry", path, "not a file record", "nothing: left for a human"
+                )
+                continue
+            blob = blobs_dir / record["blob"]
+            if blob.is_file() and not blob.is_symlink():
+                referenced.add(record["blob"])
+                continue
+            if self.found(
+                "record-without-file",
+                path,
+                f"the record of {path.name!r} names bytes that are not there",
+                "remove the record (the audit line keeps it); nothing is left to serve",
+            ):
+                path.unlink()
+                fsync_dir(records_dir)
+        for path in blobs:
+            if path.name in referenced or (session_id, path.name) in self.awaited:
+                continue
+            if not _ID_RE.fullmatch(path.name):
+                self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
+                continue
+            name = f"orphan-{path.name}"
+            if self.found(
+                "file-without-record",
+                path,
+                "bytes no record names: an upload that stopped before its commit (never "
+                "acknowledged)",
+                f"move them to the trash as file {name!r} (reason 'orphan')",
+            ):
+                entry = self.store._new_trash_entry(session_id, "file", name, "orphan")
+                path.rename(entry.path / name)
+                fsync_dir(entry.path)
+                fsync_dir(blobs_dir)
+                self.root.audit(
+                    "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
+                )
+
+
+def _listing(directory: Path) -> list[Path]:
+    if directory.is_symlink():
+        return []
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(directory / e.name for e in entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
