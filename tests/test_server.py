@@ -325,18 +325,17 @@ def test_a_hostile_multipart_filename_is_400_and_writes_nothing(
     assert files_under(tmp_path) == before
 
 
-def test_a_windows_path_as_filename_keeps_only_its_last_part(
+def test_a_windows_path_as_filename_is_refused_like_a_unix_path(
     client: TestClient, store: Store, tmp_path: Path
 ) -> None:
-    # python-multipart drops the directories old browsers sent ("C:\\dir\\a"); the file
-    # still lands inside the session under a plain name.
+    # python-multipart drops the directories old browsers sent ("C:\\dir\\a"); a name that
+    # had them is refused like "dir/a", not stored under its last part.
     sid = store.create_session()["id"]
     before = files_under(tmp_path)
     body, headers = multipart(b"C:\\dir\\a", b"payload")
     response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
-    assert response.json()["name"] == "a"
-    stored = store.sessions_dir / sid / "files" / "a"
-    assert files_under(tmp_path) - before == {str(stored.relative_to(tmp_path))}
+    assert_error(response, 400, "invalid_name", "path separator")
+    assert files_under(tmp_path) == before
 
 
 def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -> None:
