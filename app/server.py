@@ -123,6 +123,10 @@ _TITLES: Final = {413: "Content Too Large", 422: "Unprocessable Content"}
 class SessionCreate(BaseModel):
     """The body of ``POST /sessions``."""
 
+    model_config = {
+        "json_schema_extra": {"examples": [{"title": "site visit", "metadata": {"parcel": "A-17"}}]}
+    }
+
     title: str = Field(default="", max_length=MAX_TITLE_CHARS, description="A human title.")
     metadata: dict[str, Any] = Field(
         default_factory=dict,
@@ -332,13 +336,13 @@ class _RefuseUndecodablePaths:
                 unquote_to_bytes(raw).decode("utf-8")
             except UnicodeDecodeError as error:
                 shown = raw.decode("ascii", "backslashreplace")
-                error_at = InvalidNameError(
+                refused = InvalidNameError(
                     "path",
                     shown,
                     f"it is not valid UTF-8 once percent-decoded (byte "
                     f"0x{error.object[error.start]:02X}); percent-encode the name's UTF-8 bytes",
                 )
-                response = _problem(400, error_at.code, error_at.message)
+                response = _problem(refused.http_status, refused.code, refused.message)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
