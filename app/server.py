@@ -111,6 +111,7 @@ _STATUS_CODES: Final = {
     411: "length_required",
     413: "upload_too_large",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     422: "validation_error",
 }
 # RFC 9110's phrases, fixed here: Python renamed 413 and 422 in 3.13.
@@ -572,6 +573,7 @@ _ERRORS: Final = {
     409: "A file of that name exists (`file_exists`).",
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
     415: "The body is not JSON (`unsupported_media_type`).",
+    416: "The `Range` is outside the file (`range_not_satisfiable`).",
     422: "The request did not validate (`validation_error`, with `errors`).",
 }
 
@@ -837,7 +839,13 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
                     }
                 },
             },
-            **_errors(400, 401, 404),
+            206: {
+                "description": "The part of the bytes a `Range` header asked for.",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            **_errors(400, 401, 404, 416),
         },
     }
 
@@ -943,9 +951,41 @@ class _OpenFileResponse(FileResponse):
         extensions = dict(scope.get("extensions") or {})
         extensions.pop("http.response.pathsend", None)
         try:
+            refusal = self._refuse_range(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
             await super().__call__({**scope, "extensions": extensions}, receive, send)
         finally:
             self._file.close()
+
+    def _refuse_range(self, scope: Scope) -> _ProblemResponse | None:
+        # FileResponse answers a Range it cannot serve in plain text; every error of this API
+        # is a problem document. The same conditions as FileResponse's, checked first.
+        from starlette.datastructures import Headers
+        from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+        headers = Headers(scope=scope)
+        wanted, if_range = headers.get("range"), headers.get("if-range")
+        if wanted is None or (if_range is not None and not self._should_use_range(if_range)):
+            return None
+        assert self.stat_result is not None  # given by __init__
+        size = self.stat_result.st_size
+        try:
+            self._parse_range_header(wanted, size)
+        except MalformedRangeHeader as error:
+            return _problem(
+                400, "bad_request", f"malformed Range header {wanted!r}: {error.content}"
+            )
+        except RangeNotSatisfiable:
+            return _problem(
+                416,
+                "range_not_satisfiable",
+                f"Range {wanted!r} is outside the file's {size} bytes; ask for bytes=0-{size - 1}"
+                " at most",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        return None
 
     @contextlib.asynccontextmanager
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:

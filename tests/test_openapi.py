@@ -172,3 +172,18 @@ def test_schemathesis_finds_nothing(live_server: LiveServer, tmp_path: Path) -> 
     # Every phase ran, the stateful one along the document's links included.
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in result.stdout, result.stdout
+
+
+def test_a_bad_range_is_answered_in_the_problem_shape(client: TestClient) -> None:
+    sid = client.post("/sessions").json()["id"]
+    client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
+    malformed = client.get(f"/sessions/{sid}/files/r", headers={"Range": "lines=1-2"})
+    assert malformed.status_code == 400
+    assert malformed.headers["content-type"] == "application/problem+json"
+    assert "Range" in malformed.json()["message"]
+    beyond = client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=50-60"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-type"] == "application/problem+json"
+    assert beyond.headers["content-range"] == "bytes */10"
+    assert beyond.json()["code"] == "range_not_satisfiable"
+    assert client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"}).content == b"234"
