@@ -78,6 +78,19 @@ def test_deeply_nested_metadata_is_422_and_never_stored(
     assert client.get("/sessions").json()["total"] == 0
 
 
+def test_a_deep_session_stored_before_the_bound_does_not_break_listings(
+    client: TestClient, store: Store
+) -> None:
+    # Written by an older server (or by hand): reading it must still work, page and all.
+    sid = store.create_session("old")["id"]
+    path = store.sessions_dir / sid / "session.json"
+    record = json.loads(path.read_text())
+    record["metadata"] = nested(255)
+    path.write_text(json.dumps(record))
+    assert client.get(f"/sessions/{sid}").json()["metadata"] == nested(255)
+    assert client.get("/sessions").json()["items"][0]["id"] == sid
+
+
 def test_metadata_at_the_depth_limit_is_stored_and_listed(client: TestClient) -> None:
     created = client.post("/sessions", json={"metadata": nested(32)})
     assert created.status_code == 201, created.text
