@@ -497,23 +497,19 @@ def _check_string(value: str, loc: tuple[str | int, ...]) -> None:
 def _check_metadata(metadata: dict[str, Any]) -> None:
     """Bound the metadata's shape and size, so no stored session can break a listing (#9)."""
     depth, keys = 0, 0
-    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    stack: list[tuple[Any, int]] = [(metadata, 1)]  # the body is bounded, so is this walk
     while stack:
         item, level = stack.pop()
-        if isinstance(item, dict | list):
+        if isinstance(item, dict):
+            depth, keys = max(depth, level), keys + len(item)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
             depth = max(depth, level)
-            if depth > MAX_METADATA_DEPTH:
-                break
-            if isinstance(item, dict):
-                keys += len(item)
-                stack.extend((child, level + 1) for child in item.values())
-            else:
-                stack.extend((child, level + 1) for child in item)
+            stack.extend((child, level + 1) for child in item)
     if depth > MAX_METADATA_DEPTH:
-        levels = _depth(metadata)
         raise _invalid(
             ("metadata",),
-            f"metadata is nested {levels} levels deep; the limit is {MAX_METADATA_DEPTH}",
+            f"metadata is nested {depth} levels deep; the limit is {MAX_METADATA_DEPTH}",
             "too_deep",
         )
     if keys > MAX_METADATA_KEYS:
@@ -527,16 +523,7 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise MetadataTooLargeError(size, MAX_METADATA_BYTES)
 
 
-def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            stack.extend(
-                (c, level + 1) for c in (item.values() if isinstance(item, dict) else item)
-            )
-    return deepest
+_JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
 async def _session_create(request: Request) -> SessionCreate:
@@ -548,8 +535,8 @@ async def _session_create(request: Request) -> SessionCreate:
     # is not, and "\x0b" is not even JSON whitespace).
     data = _parse_json(raw) if raw else {}
     if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise _invalid((), f"the body must be a JSON object, not a {kind}", "model_type")
+        kind = _JSON_TYPES.get(type(data), "a number")
+        raise _invalid((), f"the body must be a JSON object, not {kind}", "model_type")
     _check_text(data)
     try:
         body = SessionCreate.model_validate(data)
