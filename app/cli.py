@@ -11,6 +11,7 @@ and ``app doctor`` start as fast as dynaconf allows.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from app import config as appconfig
-from app.errors import AppError, ConfirmationRequiredError, describe_holder
+from app.errors import AppError, ConfigError, ConfirmationRequiredError, describe_holder
 
 if TYPE_CHECKING:
     from app.store import Store
@@ -49,9 +50,13 @@ def profile_option(command: F) -> F:
     )(command)
 
 
-def load_config(ctx: click.Context) -> appconfig.Config:
-    """The selected profile's configuration; ``--profile`` wins over ``ENV_FOR_DYNACONF``."""
-    config = appconfig.load(selected_profile(ctx), profile_source="--profile")
+def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Config:
+    """The selected profile's configuration; ``--profile`` wins over ``ENV_FOR_DYNACONF``.
+
+    Only ``serve`` (and ``config``, which shows what serving would use) need what serving
+    needs: looking at or maintaining a root never asks for production's HTTP token.
+    """
+    config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -121,7 +126,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: s
     if show_all:
         _show_all(ctx, as_json)
         return
-    config = load_config(ctx)
+    config = load_config(ctx, serving=True)
     values = config.values()
     if as_json:
         payload = {
@@ -145,7 +150,7 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: s
 def _show_all(ctx: click.Context, as_json: bool) -> None:
     report = inspect_profiles(ctx)
     names = list(report.profiles)
-    for problem in report.problems:
+    for problem in report.all_problems:
         click.echo(f"problem: {problem.message}", err=True)
     if as_json:
         payload = {
@@ -164,7 +169,7 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
                 }
                 for name, r in report.profiles.items()
             },
-            "problems": [p.to_dict() for p in report.problems],
+            "problems": [p.to_dict() for p in report.all_problems],
         }
         click.echo(json.dumps(payload, indent=2))
         return
@@ -180,23 +185,70 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
 @profile_option
 @click.pass_context
 def doctor(ctx: click.Context, profile: str | None) -> None:
-    """Check every profile (roots, types, unknown keys) and what the selected one needs to run.
+    """Check every profile (roots, types, unknown keys) and what each one needs to run.
 
-    Lists every problem, not just the first; exits 78 if there is any.
+    Lists every problem, not just the first. Exits 78 if the settings files have a problem
+    or the selected profile cannot run here. What another profile needs from the
+    environment it runs in (production's APP_API_TOKEN) is listed too, as mattering only
+    where that profile is served, and does not change the exit code: its token is never in
+    this shell, by design. Check those where that profile runs, by selecting it.
     """
     report = inspect_profiles(ctx)
+    failing = report.problems + report.serving_problems
+    elsewhere = _problems_where_served(report)
     click.echo(f"settings: {report.settings_dir}")
     for path in report.files:
         click.echo(f"  read {path}")
     for name, resolved in report.profiles.items():
         mark = " (selected)" if name == report.selected else ""
         click.echo(f"profile {name}{mark}: data_root = {resolved.data_root}")
-    if report.problems:
-        click.echo(f"{len(report.problems)} problem(s):", err=True)
-        for problem in report.problems:
+    if failing:
+        click.echo(f"{len(failing)} problem(s):", err=True)
+        for problem in failing:
             click.echo(f"  - {problem.message}", err=True)
-        sys.exit(report.problems[0].exit_code)
-    click.echo("ok: every profile is valid and every data root is distinct")
+    elif elsewhere:
+        click.echo(
+            f"ok for profile {report.selected}: the settings are valid and every data root "
+            "is distinct"
+        )
+    else:
+        click.echo("ok: every profile is valid and every data root is distinct")
+    to_stderr = bool(failing)  # next to the problems that fail the run
+    for name, problems in elsewhere.items():
+        click.echo(
+            f"{len(problems)} problem(s) that only matter where profile {name} is served "
+            "(its environment supplies them; not counted in the exit code):",
+            err=to_stderr,
+        )
+        for problem in problems:
+            click.echo(f"  - {problem.message}", err=to_stderr)
+        click.echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
+    if failing:
+        sys.exit(failing[0].exit_code)
+
+
+def _problems_where_served(report: appconfig.Report) -> dict[str, list[ConfigError]]:
+    """What each other profile would be refused for if selected with only the files' values.
+
+    Those come from the environment the profile runs in (production's token), which this
+    shell's APP_* variables do not describe: they configure the selected profile only.
+    """
+    settings_variables = {spec.env for spec in appconfig.KEYS.values()}
+    files_only = {k: v for k, v in os.environ.items() if k not in settings_variables}
+    known = {problem.message for problem in report.problems + report.serving_problems}
+    found: dict[str, list[ConfigError]] = {}
+    for name in report.profiles:
+        if name == report.selected:
+            continue
+        other = appconfig.inspect_profiles(name, files_only, profile_source="app doctor")
+        own = [
+            p
+            for p in other.problems + other.serving_problems
+            if p.message not in known and getattr(p, "profile", None) == name
+        ]
+        if own:
+            found[name] = own
+    return found
 
 
 # --- serve, status, sessions, data (the data root and the server) ---------------------------
@@ -246,7 +298,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, profile: str |
     once in-flight requests finish, then releases the lock. If the lock file is deleted or
     replaced while serving, the server logs why and exits 70.
     """
-    config = load_config(ctx)
+    config = load_config(ctx, serving=True)
     from app import server
 
     server.serve(config, host=host, port=port)
@@ -309,15 +361,20 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str |
     """List the sessions (oldest first), or with --trash the deleted ones."""
     store = _reader_store(load_config(ctx))
     if trash:
-        for entry in store.list_trash():
-            if as_json:
+        entries = store.list_trash()
+        if as_json:
+            for entry in entries:
                 click.echo(json.dumps(entry.to_dict()))
-                continue
+            return
+        if not entries:
+            click.echo("the trash is empty: nothing to restore")
+            return
+        row = "{:<32}  {:<20}  {:<7}  {:<7}  {}"
+        click.echo(row.format("SESSION", "DELETED (UTC)", "REASON", "KIND", "WHAT"))
+        for entry in entries:
             what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
-            click.echo(
-                f"{entry.session_id}  {entry.deleted_at:%Y-%m-%d %H:%M:%S}Z  "
-                f"{entry.reason:<7}  {entry.kind:<7}  {what}"
-            )
+            deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
+            click.echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
         return
     for session in store.iter_all():
         if as_json:

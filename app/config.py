@@ -30,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from app import sandbox as sandboxing
 from app.errors import (
     ConfigError,
     ConfigProblems,
@@ -37,6 +38,7 @@ from app.errors import (
     DynaconfSwitchError,
     InvalidSettingError,
     SandboxViolationError,
+    SettingsDirEmptyError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     UnknownProfileError,
@@ -46,15 +48,8 @@ PROFILE_ENV = "ENV_FOR_DYNACONF"
 SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
 ENV_PREFIX = "APP"
 DEFAULT_PROFILE = "development"
-#: The pytest plugin publishes the sandbox here; every copy of this code and every subprocess
-#: of a test run obeys it. It is deliberately not an ``APP_`` name, so dynaconf never reads it.
-SANDBOX_ENV = "PYTEST_APP_SANDBOX"
-#: Comma-separated profiles a test opted into (their roots are mapped into the sandbox).
-ALLOW_PROFILES_ENV = "PYTEST_APP_ALLOW_PROFILES"
-#: pytest sets this for the duration of every test, in the test process and its children.
-PYTEST_RUNNING_ENV = "PYTEST_CURRENT_TEST"
-#: pytest (8.2+) sets this for the whole session, from before plugins and conftests load.
-PYTEST_SESSION_ENV = "PYTEST_VERSION"
+SANDBOX_ENV = sandboxing.SANDBOX_ENV
+ALLOW_PROFILES_ENV = sandboxing.ALLOW_PROFILES_ENV
 
 SETTINGS_FILE = "settings.toml"
 SECRETS_FILE = ".secrets.toml"
@@ -210,55 +205,31 @@ def mask(secret: str | None) -> str:
     return "(not set)" if secret is None else f"****** (set, {len(secret)} characters)"
 
 
-# --- the sandbox (layer 3, enforced here so every copy of the code obeys it) -----------------
+# --- the sandbox (layer 3; the rules live in app.sandbox, so every copy of the code obeys them)
 
 
 def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
-    """The pytest sandbox published in `SANDBOX_ENV`, resolved, or None outside tests.
+    """The sandbox of the pytest run this process belongs to, or None outside tests.
 
     Raises:
-        SandboxViolationError: the marker is set but is not an absolute path.
+        SandboxViolationError: only the environment names a sandbox, and it is not one.
     """
-    env = os.environ if environ is None else environ
-    raw = env.get(SANDBOX_ENV)
-    if raw is None:
-        return None
-    path = Path(raw)
-    if not path.is_absolute():
-        raise SandboxViolationError(
-            f"{SANDBOX_ENV}={raw!r} is not an absolute path",
-            None,
-            f"let the app's pytest plugin set {SANDBOX_ENV}; do not set it by hand",
-        )
-    return path.resolve()
+    run = sandboxing.current_run(environ)
+    return run.sandbox if run is not None else None
 
 
 def require_in_sandbox(path: Path, what: str, environ: Mapping[str, str] | None = None) -> None:
-    """Refuse `path` if a pytest sandbox is active and `path` lies outside it.
+    """Refuse ``path`` if this process belongs to a test run that may not open it.
 
-    Args:
-        path: the path about to be used (resolved here, symlinks included).
-        what: what the caller is about to do, for the message ("open data root").
+    See `app.sandbox.check_root`.
 
     Raises:
         SandboxViolationError: naming the path, the sandbox and the fix.
     """
-    sandbox = active_sandbox(environ)
-    if sandbox is None:
-        return
-    resolved = path.expanduser().resolve()
-    if not resolved.is_relative_to(sandbox):
-        raise SandboxViolationError(
-            f"{what} {resolved}, which lies outside the test sandbox",
-            sandbox,
-            "Tests may only touch data under the sandbox: use the app_config, store or "
-            "live_server fixtures, or a path under tmp_path",
-        )
+    sandboxing.check_root(path, what, sandboxing.current_run(environ))
 
 
-def sandbox_root(sandbox: Path, profile: str) -> Path:
-    """Where a profile's data root lives inside the sandbox."""
-    return sandbox / "data" / profile
+sandbox_root = sandboxing.sandbox_root
 
 
 # --- reading the files ------------------------------------------------------------------
@@ -275,9 +246,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     raw = env.get(SETTINGS_DIR_ENV)
     if raw is not None and not raw.strip():
-        raise SettingsNotFoundError(
-            Path.cwd(), f"{SETTINGS_DIR_ENV} is set but empty; unset it or name a directory"
-        )
+        raise SettingsDirEmptyError(SETTINGS_DIR_ENV, Path(__file__).resolve().parent.parent)
     if raw is not None:
         where = Path(raw).expanduser()
         if not where.is_absolute():
@@ -342,7 +311,7 @@ def _file_problems(files: _Files) -> Iterator[ConfigError]:
         for section, body in data.items():
             if not isinstance(body, dict):
                 yield InvalidSettingError(
-                    "-",
+                    None,
                     section,
                     body,
                     "keys must sit in a [section] (a profile, default or global); move it into one",
@@ -415,7 +384,7 @@ def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
         if name.startswith("DYNACONF_") and name[len("DYNACONF_") :].lower() in KEYS:
             key = KEYS[name[len("DYNACONF_") :].lower()]
             yield InvalidSettingError(
-                "-",
+                None,
                 name,
                 environ[name],
                 f"dynaconf would apply it to every profile; this app "
@@ -436,6 +405,9 @@ class Resolved:
     values: Mapping[str, Any]
     sources: Mapping[str, str]
     problems: tuple[ConfigError, ...]
+    #: Values the files leave to the environment (``@format {env[X]}``) that it does not
+    #: provide: they stop this profile only, when it is selected.
+    deferred: tuple[ConfigError, ...] = ()
 
     @property
     def data_root(self) -> Path | None:
@@ -473,22 +445,37 @@ def _file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
         envvar_prefix=None,
         load_dotenv=False,
     )
-    merged = {
-        str(name).lower(): {str(key).lower(): value for key, value in body.items()}
-        for name, body in settings.as_dict().items()
-        if isinstance(body, dict)
-    }
+    evaluated: dict[tuple[str, str], Any] = {}
+
+    def value_of(section: str, key: str, raw: Any) -> Any:
+        # One key at a time: a value that cannot be resolved here (`@format {env[X]}` with X
+        # unset) is a problem of the profiles that use it, not of every profile.
+        if (section, key) not in evaluated:
+            try:
+                evaluated[section, key] = settings.get(f"{section}.{key}")
+            except Exception as error:  # any of dynaconf's formatters and casts
+                evaluated[section, key] = Unresolved(raw, f"{type(error).__name__}: {error}")
+        return evaluated[section, key]
+
     out: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in files.profiles}
     for path, data in files.data.items():
         where = _display(path, files.directory)
         sections = {name.lower(): body for name, body in data.items() if isinstance(body, dict)}
         for profile, values in out.items():
             for section in ("default", profile, "global"):
-                for key in sections.get(section, {}):
+                for key, raw in sections.get(section, {}).items():
                     if key.lower() in KEYS:
-                        value = merged[section][key.lower()]
+                        value = value_of(section, key, raw)
                         values[key.lower()] = (value, f"{where} [{section}]")
     return out
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A value from the files that dynaconf could not resolve (its error kept for the message)."""
+
+    raw: Any
+    error: str
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -518,7 +505,22 @@ def _resolve_profile(
             loaded[name], sources[name] = value, f"environment {KEYS[name].env}"
     values: dict[str, Any] = {}
     problems: list[ConfigError] = []
+    deferred: list[ConfigError] = []
     for name, key in KEYS.items():
+        if isinstance(loaded.get(name), Unresolved):
+            unresolved = loaded[name]
+            deferred.append(
+                InvalidSettingError(
+                    profile,
+                    name,
+                    unresolved.raw,
+                    f"cannot be resolved ({unresolved.error}); set what it reads (for "
+                    f"`@format {{env[NAME]}}`, the variable NAME) in the environment of the "
+                    f"commands that use profile {profile!r}, or set {key.env}",
+                    sources[name],
+                )
+            )
+            continue
         if name in loaded:
             values[name] = loaded[name]
         elif key.default is _REQUIRED:
@@ -547,7 +549,13 @@ def _resolve_profile(
         values["lock_check_seconds"] = float(values["lock_check_seconds"])
     if "data_root" in values:
         values["data_root"] = _absolute_root(values["data_root"], files.directory)
-    return Resolved(profile, MappingProxyType(values), MappingProxyType(sources), tuple(problems))
+    return Resolved(
+        profile,
+        MappingProxyType(values),
+        MappingProxyType(sources),
+        tuple(problems),
+        tuple(deferred),
+    )
 
 
 def _absolute_root(value: str, directory: Path) -> Path:
@@ -689,34 +697,16 @@ def _confine(resolved: Resolved, sandbox: Path) -> tuple[Resolved, ConfigError |
     ), None
 
 
-def _pytest_signal() -> str | None:
-    """The variable that says pytest runs in this process (or its parent), if any.
-
-    ``PYTEST_CURRENT_TEST`` is set only while a test runs; ``PYTEST_VERSION`` (pytest 8.2+)
-    for the whole session, so it also covers plugins and conftest files imported before any
-    test, with ``-p no:app``, where the incident's import-time settings were built.
-    """
-    for name in (PYTEST_RUNNING_ENV, PYTEST_SESSION_ENV):
-        if name in os.environ:
-            return name
-    return None
-
-
-def _allowed(selected: Resolved, sandbox: Path | None) -> None:
+def _allowed(selected: Resolved, where: sandboxing.Context) -> None:
     """Under pytest, only the testing profile, or one a test opted into, may be loaded."""
     profile = selected.profile
-    if sandbox is None:
-        signal = _pytest_signal()
-        if signal is None:
-            return
-        without = (
-            f"while pytest runs without the app's sandbox ({signal} is set, {SANDBOX_ENV} is not)"
-        )
+    if where.bare is not None:
+        without = f"while pytest runs without the app's sandbox ({where.bare})"
         if profile != "testing":
             raise SandboxViolationError(
                 f"loading profile {profile!r} {without}",
                 None,
-                "Run the tests with the app's pytest plugin enabled (do not pass -p no:app)",
+                f"Run the tests with the app's pytest plugin: {sandboxing.why_no_plugin()}",
             )
         source = selected.sources.get("data_root", "")
         if source.startswith("environment"):
@@ -726,16 +716,18 @@ def _allowed(selected: Resolved, sandbox: Path | None) -> None:
             raise SandboxViolationError(
                 f"data root {selected.data_root} from {source} {without}",
                 None,
-                "Run the tests with the app's pytest plugin enabled (it neutralises the "
-                "shell's APP_DATA_ROOT and maps every data root into a sandbox), or set "
-                "data_root in [testing] of settings.toml and unset APP_DATA_ROOT",
+                "Run the tests with the app's pytest plugin, which neutralises the shell's "
+                f"APP_DATA_ROOT ({sandboxing.why_no_plugin()}), or set data_root in [testing] "
+                "of settings.toml and unset APP_DATA_ROOT",
             )
+    run = where.run
+    if run is None:
         return
-    opted_in = os.environ.get(ALLOW_PROFILES_ENV, "").split(",")
-    if profile != "testing" and profile not in {name.strip().lower() for name in opted_in}:
+    if profile != "testing" and profile not in sandboxing.allowed_profiles(run):
         raise SandboxViolationError(
-            f"loading profile {profile!r}; tests run on the 'testing' profile",
-            sandbox,
+            f"loading profile {profile!r}; tests run on the 'testing' profile (this process "
+            f"belongs to the test run through {run.recognised_by})",
+            run.sandbox,
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
             "its data root is then mapped into the sandbox",
         )
@@ -798,7 +790,7 @@ def configured_roots(
         plain = {
             name: (values["data_root"][0], values["data_root"][1])
             for name, values in _file_values(files).items()
-            if "data_root" in values
+            if "data_root" in values and not isinstance(values["data_root"][0], Unresolved)
         }
     roots = {
         name: (_absolute_root(value, files.directory), source)
@@ -835,12 +827,14 @@ _UNSANDBOXED_LOADS: list[LoadRecord] = []
 
 
 def loaded() -> tuple[LoadRecord, ...]:
-    """The loads this process made while no pytest sandbox was active (at most the first 8)."""
+    """The loads this process made before its own pytest run marked it (at most 8)."""
     return tuple(_UNSANDBOXED_LOADS)
 
 
 def _record(config: Config) -> None:
-    if config.sandbox is None and len(_UNSANDBOXED_LOADS) < 8:
+    # Before the plugin marked this process, a load may still be confined by an enclosing
+    # run (a pytest started by a test), but not by this process's own run: record it too.
+    if not sandboxing.marked() and len(_UNSANDBOXED_LOADS) < 8:
         frame = sys._getframe(2)
         caller = f"{frame.f_code.co_filename}:{frame.f_lineno}"
         _UNSANDBOXED_LOADS.append(LoadRecord(config.profile, config.data_root, caller))
@@ -863,6 +857,18 @@ class Report:
     problems: tuple[ConfigError, ...]
     warnings: tuple[str, ...]
     sandbox: Path | None
+    #: What only stops serving the selected profile (production's token), not looking at
+    #: or maintaining its data root.
+    serving_problems: tuple[ConfigError, ...] = ()
+    where: sandboxing.Context = sandboxing.OUTSIDE
+    #: Other profiles' values that this environment cannot resolve (they would stop those
+    #: profiles, not the selected one).
+    elsewhere: tuple[ConfigError, ...] = ()
+
+    @property
+    def all_problems(self) -> tuple[ConfigError, ...]:
+        """Every problem: the selected profile's, serving's, and other profiles' deferred."""
+        return self.problems + self.serving_problems + self.elsewhere
 
 
 def inspect_profiles(
@@ -891,7 +897,9 @@ def inspect_profiles(
     switches = dynaconf_switches(env)
     if switches:  # every profile built with them would be wrong, so stop here
         raise DynaconfSwitchError(switches)
-    sandbox = active_sandbox()
+    where = sandboxing.context()
+    run = where.run
+    sandbox = run.sandbox if run is not None else None
     files = _read_files(env, sandboxed=sandbox is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
@@ -902,9 +910,11 @@ def inspect_profiles(
     }
     for r in resolved.values():
         problems.extend(r.problems)
+    problems.extend(resolved[selected].deferred)
+    elsewhere = tuple(p for name, r in resolved.items() if name != selected for p in r.deferred)
     problems.extend(_overlaps(resolved))
     others = {name: r for name, r in resolved.items() if name != selected}
-    problems.extend(_runtime_problems(resolved[selected], others))
+    serving = tuple(_runtime_problems(resolved[selected], others))
     if sandbox is not None:
         for name, r in resolved.items():
             resolved[name], refused = _confine(r, sandbox)
@@ -923,6 +933,9 @@ def inspect_profiles(
         tuple(problems),
         _env_warnings(env),
         sandbox,
+        serving,
+        where,
+        elsewhere,
     )
 
 
@@ -931,6 +944,7 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     profile_source: str = "load(profile=...)",
+    serving: bool = True,
 ) -> Config:
     """Load, validate and freeze the configuration of one profile.
 
@@ -940,6 +954,8 @@ def load(
         environ: the environment to read settings from (defaults to ``os.environ``). The
             pytest sandbox is always read from ``os.environ``.
         profile_source: how to name an explicit `profile` in messages (``--profile``).
+        serving: also require what serving needs (production's API token); commands that
+            only look at or maintain a data root pass False.
 
     Returns:
         A frozen `Config` whose ``data_root`` is absolute and checked against every other
@@ -956,9 +972,10 @@ def load(
         'testing'
     """
     report = inspect_profiles(profile, environ, profile_source=profile_source)
-    _allowed(report.profiles[report.selected], report.sandbox)
-    if report.problems:
-        raise report.problems[0] if len(report.problems) == 1 else ConfigProblems(report.problems)
+    _allowed(report.profiles[report.selected], report.where)
+    problems = report.problems + (report.serving_problems if serving else ())
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigProblems(problems)
     selected = report.profiles[report.selected]
     roots = {name: r.data_root for name, r in report.profiles.items() if r.data_root}
     config = Config(

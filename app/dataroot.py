@@ -40,9 +40,14 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from app import __version__
-from app.config import require_in_sandbox
-from app.errors import InvalidSettingError, LockLostError, ProfileStampMismatchError
+from app.errors import (
+    DataRootChangedError,
+    InvalidSettingError,
+    LockLostError,
+    ProfileStampMismatchError,
+)
 from app.lock import LOCK_FILE, Probe, RootLock, probe
+from app.sandbox import check_root
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -145,13 +150,38 @@ def _replace(tmp: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
+def _open_for_append(path: Path) -> int:
+    """Open ``path`` to append, after giving it an inode of its own if it shares one.
+
+    audit.jsonl is the one file the app changes in place. A hard link (or a symbolic link)
+    would carry those changes into another root's log, so a shared file is first replaced
+    by a private copy of what it held: rename changes only this path, never the other one.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        fd = None  # a symbolic link
+    if fd is not None:
+        found = os.fstat(fd)
+        if stat.S_ISREG(found.st_mode) and found.st_nlink == 1:
+            return fd
+        os.close(fd)
+    with path.open("rb") as shared:
+        content = shared.read()
+    _replace(_write_temp_file(path.parent / TMP_DIR, content), path)
+    return os.open(path, flags, FILE_MODE)
+
+
 def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     path = root / AUDIT_FILE
     existed = path.exists()
     line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
     # O_APPEND and one write() per line: concurrent appenders (there are none while the
     # lock is held, but a reader's tooling may tail it) never interleave inside a line.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = _open_for_append(path)
     try:
         written = os.write(fd, line)
         if written != len(line):  # pragma: no cover - regular files do not short-write here
@@ -383,7 +413,7 @@ def open_root(
     """
     root = config.data_root
     # Before anything touches the filesystem, so that even mkdir never happens outside.
-    require_in_sandbox(root, "open data root")
+    check_root(root, "open data root")
     if not write:
         stamp = _check_stamp(config, root, kind=kind, write=False)
         return DataRoot(config, kind=kind, lock=None, stamp=stamp)
@@ -429,7 +459,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         InvalidSettingError: the root does not exist or has no (or a broken) stamp.
     """
     root = config.data_root
-    require_in_sandbox(root, "re-stamp data root")
+    check_root(root, "re-stamp data root")
     from_profile = from_profile.lower()
     if not root.is_dir():
         raise InvalidSettingError(
@@ -473,6 +503,18 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
 # --- the open root -----------------------------------------------------------------------
 
 
+def _lstat_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _layout_identities(root: Path) -> dict[str, tuple[int, int] | None]:
+    return {name: _lstat_identity(root / name) for name in ("", SESSIONS_DIR, TRASH_DIR, TMP_DIR)}
+
+
 class DataRoot:
     """An open data root. A writer holds its lock until :meth:`close`.
 
@@ -491,10 +533,18 @@ class DataRoot:
         self, config: Config, *, kind: str, lock: RootLock | None, stamp: dict[str, Any] | None
     ) -> None:
         self.config = config
-        self.path: Path = config.data_root
+        self._path = config.data_root
         self.kind = kind
         self.lock = lock
         self.stamp = stamp
+        # What the root and the app's directories in it are, by identity, as opened: every
+        # destructive operation checks that the same paths still lead to the same places.
+        self._identities = _layout_identities(self._path) if lock is not None else {}
+
+    @property
+    def path(self) -> Path:
+        """The data root (absolute). Read-only: a root is opened, never re-pointed."""
+        return self._path
 
     @property
     def writable(self) -> bool:
@@ -540,6 +590,17 @@ class DataRoot:
         assert self.lock is not None
         if (reason := self.lock.still_ours()) is not None:
             raise LockLostError(self.lock.path, reason)
+        # Through this root's own path too: the lock must be the one in the directory the
+        # operation is about to change.
+        if _lstat_identity(self.path / LOCK_FILE) != self.lock.identity:
+            raise DataRootChangedError(self.path, f"{LOCK_FILE} is not the file it locked")
+        for name, opened in self._identities.items():
+            path = self.path / name
+            if _lstat_identity(path) != opened:  # lstat: a symbolic link is another inode
+                what = "the data root" if not name else f"{name}/"
+                raise DataRootChangedError(
+                    self.path, f"{what} was replaced or moved since it was opened ({path})"
+                )
 
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         """Append one JSON line to ``audit.jsonl`` and fsync it.

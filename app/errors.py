@@ -85,6 +85,24 @@ class SettingsNotFoundError(ConfigError):
         )
 
 
+class SettingsDirEmptyError(SettingsNotFoundError):
+    """``APP_SETTINGS_DIR`` is set to an empty string, which names no directory."""
+
+    code = "settings_dir_empty"
+
+    def __init__(self, variable: str, project_dir: Path) -> None:
+        self.variable = variable
+        self.project_dir = project_dir
+        self.looked_in = project_dir  # where unsetting the variable would look
+        self.reason = f"{variable} is set but empty"
+        ConfigError.__init__(
+            self,
+            f"{variable} is set but empty, so it names no settings directory; unset it "
+            f"(`unset {variable}`) to use the project directory {project_dir}, or set it to "
+            "the directory that holds settings.toml",
+        )
+
+
 class SettingsSyntaxError(ConfigError):
     """A settings file is not valid TOML."""
 
@@ -135,14 +153,17 @@ class InvalidSettingError(ConfigError):
 
     code = "invalid_setting"
 
-    def __init__(self, profile: str, key: str, value: object, problem: str, source: str) -> None:
-        self.profile = profile
+    def __init__(
+        self, profile: str | None, key: str, value: object, problem: str, source: str
+    ) -> None:
+        self.profile = profile  # None: the setting belongs to no profile (a stray variable)
         self.key = key
         self.value = value
         self.problem = problem
         self.source = source
         shown = "is not set" if value is None else f"= {value!r}"
-        super().__init__(f"profile {profile!r}: {key} {shown} (from {source}): {problem}")
+        where = f"profile {profile!r}: " if profile is not None else ""
+        super().__init__(f"{where}{key} {shown} (from {source}): {problem}")
 
 
 class DataRootOverlapError(ConfigError):
@@ -263,6 +284,39 @@ class LockUnavailableError(AppError):
         super().__init__(
             f"cannot take an OS lock on {path}: {reason}. The app refuses to run without one; "
             "put the data root on a local filesystem that supports flock"
+        )
+
+
+class LockFileAliasedError(AppError):
+    """The lock file is reachable by another path (a symbolic or hard link)."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "lock_file_aliased"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"refusing to lock {path}: it {reason}, so a lock taken on it would also lock "
+            "(and publish into) another data root's lock file. Remove the link, and let the "
+            "app create the data root's own .server.lock"
+        )
+
+
+class DataRootChangedError(AppError):
+    """The data root, or a directory of the app's in it, is no longer what was opened."""
+
+    exit_code = EX_SOFTWARE
+    code = "data_root_changed"
+    http_status = 503
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"data root {path} changed while open: {reason}. Nothing was changed; this "
+            "process stops writing to it. Put the directory back (the app never uses "
+            "symbolic links or mounts inside a data root) and restart"
         )
 
 
@@ -392,10 +446,12 @@ class InvalidNameError(StoreError):
         self.kind = kind
         self.name = name
         self.problem = problem
-        super().__init__(
-            f"invalid {kind} {name!r}: {problem}; use a plain name of printable characters "
-            "without '/', '\\' or '..'"
+        fix = (
+            "copy an id from `app sessions list` or GET /sessions"
+            if kind == "session id"
+            else "use a plain name of printable characters without '/', '\\' or '..'"
         )
+        super().__init__(f"invalid {kind} {name!r}: {problem}; {fix}")
 
 
 class UploadTooLargeError(StoreError):

@@ -47,7 +47,7 @@ from typing import Any, Final, Literal, Self
 from filelock import Timeout, UnixFileLock
 
 from app import __version__
-from app.errors import DataRootInUseError, LockUnavailableError
+from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
 
 __all__ = [
     "BOOT_ID_FILE",
@@ -366,6 +366,7 @@ class RootLock:
         own = os.dup(fd)
         try:
             stat = os.fstat(own)
+            _refuse_aliased(self.path, stat)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
             _write_in_place(own, holder)
         except BaseException:
@@ -431,6 +432,11 @@ class RootLock:
         return self._fd is not None
 
     @property
+    def identity(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the file this holder locked, None when not held."""
+        return self._identity
+
+    @property
     def holder(self) -> dict[str, Any] | None:
         """A copy of the JSON this holder published, ``None`` when not held."""
         return dict(self._holder) if self._holder is not None else None
@@ -476,6 +482,20 @@ class RootLock:
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"
         return f"RootLock({str(self.root)!r}, kind={self.kind!r}, {state})"
+
+
+def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
+    # filelock follows a symbolic link, and a hard link shares the inode: either way the
+    # holder JSON would be written into another root's lock file, and that root's holder
+    # would see its lock taken. Checked before anything is written.
+    try:
+        named = os.lstat(path)
+    except OSError:
+        return  # deleted already: still_ours reports it
+    if (named.st_dev, named.st_ino) != (locked.st_dev, locked.st_ino):
+        raise LockFileAliasedError(path, "is a symbolic link")
+    if locked.st_nlink > 1:
+        raise LockFileAliasedError(path, f"has {locked.st_nlink} hard links")
 
 
 def _write_in_place(fd: int, holder: Mapping[str, Any]) -> None:

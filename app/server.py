@@ -310,8 +310,11 @@ def create_app(store: Store, config: Config) -> FastAPI:
         title="app",
         version=__version__,
         summary="Review sessions: metadata and uploaded files.",
+        docs_url=None,  # served by _add_api_docs, without a CDN
+        redoc_url=None,  # ReDoc fetches its logo from cdn.redoc.ly even when self-hosted
     )
     auth = [Depends(_require_token(config))]
+    _add_api_docs(app)
     _add_error_handlers(app)
     _add_session_routes(app, store, config, auth)
     _add_file_routes(app, store, auth)
@@ -358,6 +361,38 @@ def _allowed_methods(request: Request) -> str:
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return ", ".join(sorted(methods))
+
+
+_DOCS_ASSETS: Final = "/docs-assets"
+
+
+def _add_api_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs``, with every asset served from here.
+
+    FastAPI's own page loads its script, style and favicon from a CDN, so it is blank
+    without internet. This is FastAPI's self-hosting recipe, with the files the
+    fastapi-offline package ships (a missing directory fails here, at start-up).
+    """
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    assets = StaticFiles(directory=str(files("fastapi_offline") / "static"))
+    app.mount(_DOCS_ASSETS, assets, name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png",
+        )
 
 
 def _add_error_handlers(app: FastAPI) -> None:

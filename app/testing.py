@@ -37,16 +37,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app import config as appconfig
+from app import sandbox as sandboxing
 from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, describe_holder
 
 if TYPE_CHECKING:
     from app.lock import RootLock
     from app.store import Store
 
-#: What the plugin neutralises: settings overrides and dynaconf switches.
-_NEUTRALISED_PREFIXES = (f"{appconfig.ENV_PREFIX}_", "DYNACONF_")
-#: Kept: it says where settings.toml is, not where data goes (roots are sandboxed anyway).
-_KEPT = frozenset({appconfig.SETTINGS_DIR_ENV})
+#: What the plugin neutralises: the app's own overrides (``APP_<KEY>``), dynaconf's names for
+#: the same keys (``DYNACONF_<KEY>``, which the app refuses), and a shell's opt-in. Other
+#: ``APP_*`` and ``DYNACONF_*`` names belong to other software and are left alone.
+_NEUTRALISED = frozenset(
+    {key.env for key in appconfig.KEYS.values()}
+    | {f"DYNACONF_{name.upper()}" for name in appconfig.KEYS}
+    | {appconfig.ALLOW_PROFILES_ENV}
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,14 @@ class GuardState:
     session_lock: RootLock | None = None
     factory: Any = None  # _pytest.tmpdir.TempPathFactory, private to pytest
     roots: dict[str, Path] = field(default_factory=dict)
+    run: sandboxing.Run | None = None
+    #: The variables the plugin changed, with their values before (None: unset), put back
+    #: when the run ends (a run inside a test, with pytester.runpytest, must leave no trace).
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+
+
+#: Why the plugin does nothing in this run (the settings found are not this run's).
+INACTIVE = pytest.StashKey[str]()
 
 
 STATE = pytest.StashKey[GuardState]()
@@ -153,9 +166,7 @@ def _neutralise(settings_dir: Path | None, switches: list[str]) -> list[str]:
     """Remove every variable that could redirect the testing profile; say what was removed."""
     removed = set(switches)
     for name in list(os.environ):
-        if name not in _KEPT and (
-            name.startswith(_NEUTRALISED_PREFIXES) or name == appconfig.ALLOW_PROFILES_ENV
-        ):
+        if name in _NEUTRALISED:
             del os.environ[name]
             removed.add(name)
     report = sorted(removed)
@@ -176,17 +187,31 @@ def _neutralise(settings_dir: Path | None, switches: list[str]) -> list[str]:
 # --- step 3: the sandbox ------------------------------------------------------------------
 
 
+def _overlapping(paths: list[Path], roots: dict[str, Path]) -> tuple[str, Path] | None:
+    for path in paths:
+        for name, root in roots.items():
+            if root.is_relative_to(path) or path.is_relative_to(root):
+                return name, root
+    return None
+
+
 def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
     """pytest empties a given --basetemp before use: never let that be a data root."""
     __tracebackhide__ = True
+    # pytest empties os.path.abspath(given), which reads `link/..` lexically, while resolve()
+    # follows the link first: check both spellings.
+    lexical = Path(os.path.abspath(given.expanduser()))  # noqa: PTH100 - what pytest uses
     target = given.expanduser().resolve()
-    for name, root in roots.items():
-        if target == root or root.is_relative_to(target) or target.is_relative_to(root):
-            raise pytest.UsageError(
-                f"app: refusing --basetemp {given}: pytest empties it before the run, and it "
-                f"overlaps the data root of profile {name!r} ({root}). Choose a --basetemp "
-                "outside every data root, or omit it"
-            )
+    found = _overlapping([lexical, lexical.resolve(), target], roots)
+    if found is not None:
+        name, root = found
+        spelled = f" (as {lexical})" if str(lexical) != str(given) else ""
+        raise pytest.UsageError(
+            f"app: refusing --basetemp {given}: pytest empties it{spelled} before the run, "
+            f"and it overlaps the data root of profile {name!r} ({root}). Choose a --basetemp "
+            "outside every data root, or omit it"
+        )
+    target = lexical
     from app.lock import probe
 
     seen = probe(appconfig.sandbox_root(target, "testing"))
@@ -231,6 +256,27 @@ def _refuse_data_roots_inside(given: Path, target: Path) -> None:
             )
 
 
+def _check_default_basetemp(roots: dict[str, Path]) -> None:
+    """pytest keeps its temporary directories in ``<TMPDIR>/pytest-of-<user>``, creating them
+    and deleting old ones there: a TMPDIR inside a data root would reach into it."""
+    __tracebackhide__ = True
+    import tempfile
+
+    from _pytest.tmpdir import get_user
+
+    temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()).resolve()
+    rootdir = temproot / f"pytest-of-{get_user() or 'unknown'}"
+    found = _overlapping([rootdir], roots)
+    if found is not None:
+        name, root = found
+        raise pytest.UsageError(
+            f"app: refusing to run: pytest would create (and clean up) its temporary "
+            f"directories in {rootdir}, which overlaps the data root of profile {name!r} "
+            f"({root}), because TMPDIR is {temproot}. Point TMPDIR outside every data root, "
+            "or pass --basetemp"
+        )
+
+
 def _mark_sandbox(sandbox: Path) -> None:
     """Say that this directory is a sandbox, so that a later run may empty it (see above)."""
     (sandbox / _SANDBOX_MARK).write_text(
@@ -244,6 +290,8 @@ def _make_sandbox(config: pytest.Config, given: str | None, roots: dict[str, Pat
 
     if given:
         _check_basetemp(Path(given), roots)
+    else:
+        _check_default_basetemp(roots)
     return TempPathFactory(
         given_basetemp=Path(given) if given else None,
         retention_count=int(config.getini("tmp_path_retention_count")),
@@ -253,8 +301,9 @@ def _make_sandbox(config: pytest.Config, given: str | None, roots: dict[str, Pat
     )
 
 
-def _testing_root(sandbox: Path) -> tuple[Path, str]:
-    """The session's testing data root, as `load("testing")` will place it, and its source.
+def _testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
+    """The session's testing data root, as `load("testing")` will place it, its source, and
+    every profile's root as the files alone configure them.
 
     Refuses a testing root that overlaps another profile's: `load` would refuse it in every
     test, and a root nested in production's is the incident's shape.
@@ -263,7 +312,7 @@ def _testing_root(sandbox: Path) -> tuple[Path, str]:
     try:
         roots = appconfig.configured_roots(None)  # after neutralising: the files alone
     except SettingsNotFoundError as error:
-        return appconfig.sandbox_root(sandbox, "testing"), f"pytest sandbox ({error})"
+        return appconfig.sandbox_root(sandbox, "testing"), f"pytest sandbox ({error})", {}
     except AppError as error:
         raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
     for overlap in appconfig.overlaps(roots):
@@ -277,14 +326,60 @@ def _testing_root(sandbox: Path) -> tuple[Path, str]:
             "data_root; the tests run on it. Add one (see `app doctor`)"
         )
     configured, source = roots["testing"]
+    files = {name: root for name, (root, _) in roots.items()}
     if configured.is_relative_to(sandbox):
-        return configured, source
-    return appconfig.sandbox_root(sandbox, "testing"), (
-        f"pytest sandbox (configured: {configured}, {source})"
+        return configured, source, files
+    return (
+        appconfig.sandbox_root(sandbox, "testing"),
+        f"pytest sandbox (configured: {configured}, {source})",
+        files,
     )
 
 
 # --- the hooks ----------------------------------------------------------------------------
+
+
+def _applies(config: pytest.Config) -> str | None:
+    """None if the plugin acts in this run, else why it does not.
+
+    Like pytest-django, which does nothing until Django is configured, the plugin acts only
+    where this app's settings are the run's: ``APP_SETTINGS_DIR`` names them, or the run's
+    rootdir and the settings directory are one project. In a virtual environment shared
+    with another project, that project's runs keep their environment untouched.
+    """
+    try:
+        directory = appconfig.settings_dir()
+    except SettingsNotFoundError as error:
+        return f"{error}"
+    except AppError:
+        return None  # settings that are this app's but broken: acting reports it
+    if os.environ.get(appconfig.SETTINGS_DIR_ENV):
+        return None
+    rootdir = config.rootpath.resolve()
+    if rootdir.is_relative_to(directory) or directory.is_relative_to(rootdir):
+        return None
+    return (
+        f"the settings in {directory} belong to another project than this run's rootdir "
+        f"({rootdir}); set {appconfig.SETTINGS_DIR_ENV} to use them"
+    )
+
+
+def _save_env(saved: dict[str, str | None], names: Any) -> None:
+    for name in names:
+        saved.setdefault(name, os.environ.get(name))
+
+
+def _protected(
+    shell: dict[str, Path], files: dict[str, Path], live: list[LiveHolder], sandbox: Path
+) -> list[sandboxing.Protected]:
+    """Every root the run must never open, by path and identity: the shell's view, the
+    files', and the live holders'. A root inside the sandbox is the run's own."""
+    found: dict[tuple[str, Path], sandboxing.Protected] = {}
+    pairs = [*shell.items(), *files.items(), *((h.profile, h.root) for h in live)]
+    for name, root in pairs:
+        if not root.is_relative_to(sandbox) and (name, root) not in found:
+            found[name, root] = sandboxing.Protected.of(name, root)
+    return list(found.values())
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -293,7 +388,17 @@ def pytest_load_initial_conftests(
 ) -> None:
     """Decide everything before conftest files (and so the app) are imported."""
     __tracebackhide__ = True
+    known = early_config.known_args_namespace
+    if getattr(known, "help", False) or getattr(known, "version", False):
+        return  # pytest --help / --version: read, create and lock nothing (pytest-django #235)
+    inactive = _applies(early_config)
+    if inactive is not None:
+        early_config.stash[INACTIVE] = inactive
+        return
     _refuse_early_loads()
+    saved: dict[str, str | None] = {}
+    _save_env(saved, [*_NEUTRALISED, *appconfig.dynaconf_switches(), appconfig.PROFILE_ENV])
+    _save_env(saved, [appconfig.SANDBOX_ENV, _OWNER_ENV])
     try:
         switches = _remove_switches()
         shell_profile, roots, settings_dir = _shell_roots()
@@ -306,29 +411,47 @@ def pytest_load_initial_conftests(
     # inherited, and narrows to its own in pytest_configure.
     # A worker's parent is the run that published the sandbox. A test that runs pytest from
     # inside a worker inherits PYTEST_XDIST_WORKER too, but its parent is that worker.
+    # The variables alone can be forged by a test that starts pytest: a worker's sandbox
+    # must also lie in the run its parent registered (the controller's).
+    enclosing = sandboxing.current_run()
     worker = (
         bool(os.environ.get("PYTEST_XDIST_WORKER"))
         and inherited is not None
         and os.environ.get(_OWNER_ENV) == str(os.getppid())
+        and enclosing is not None
+        and enclosing.pid == os.getppid()
+        and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
     )
+    # A run started inside another (a test that runs pytest) keeps that run's protected roots.
+    inherited_protected = enclosing.protected if enclosing is not None else ()
+    guarded = {**{f"{p.profile} (enclosing run)": p.path for p in inherited_protected}, **roots}
     factory = None
     if worker:
         assert inherited is not None
         sandbox = Path(inherited)
     else:
-        factory = _make_sandbox(early_config, early_config.known_args_namespace.basetemp, roots)
+        factory = _make_sandbox(early_config, known.basetemp, guarded)
         sandbox = factory.getbasetemp().resolve()
         _mark_sandbox(sandbox)
         os.environ[_OWNER_ENV] = str(os.getpid())
     neutralised = _neutralise(settings_dir, switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
-    data_root, source = _testing_root(sandbox)
+    data_root, source, files = _testing_root(sandbox)
     note = str(settings_dir) if settings_dir else "none found"
     state = GuardState(sandbox, data_root, source, shell_profile, neutralised, live, note)
     state.factory = factory
     state.roots = roots
+    state.saved_env = saved
+    protected = [*_protected(roots, files, live, sandbox), *inherited_protected]
+    try:
+        state.run = sandboxing.register(sandbox, protected)
+    except OSError as error:
+        raise pytest.UsageError(
+            f"app: cannot register the test run, so its subprocesses could not be told apart "
+            f"from a production shell: {error}"
+        ) from None
     early_config.stash[STATE] = state
-    strict = early_config.known_args_namespace.app_strict or early_config.getini("app_strict")
+    strict = known.app_strict or early_config.getini("app_strict")
     if strict and live and not worker:
         seen = "; ".join(
             f"profile {h.profile!r} at {h.root} held by {describe_holder(h.holder)}" for h in live
@@ -384,7 +507,9 @@ def pytest_configure(config: pytest.Config) -> None:
         state.sandbox = state.factory.getbasetemp().resolve()
         _mark_sandbox(state.sandbox)
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
-        state.data_root, state.data_root_source = _testing_root(state.sandbox)
+        state.data_root, state.data_root_source, _ = _testing_root(state.sandbox)
+        assert state.run is not None
+        state.run = sandboxing.register(state.sandbox, state.run.protected, replacing=state.run)
     # tmpdir's own pytest_configure made a second factory (a second numbered directory);
     # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox.
     config._tmp_path_factory = state.factory  # type: ignore[attr-defined]
@@ -393,15 +518,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is not None and state.session_lock is not None:
+    if state is None:
+        return
+    if state.session_lock is not None:
         state.session_lock.release()
         state.session_lock = None
+    if state.run is not None:
+        sandboxing.unregister(state.run)
+    for name, value in state.saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(STATE, None)
     if state is None:
-        return []
+        inactive = config.stash.get(INACTIVE, None)
+        return [f"app: inactive, nothing neutralised or forced: {inactive}"] if inactive else []
     forced = "forced"
     if state.shell_profile is not None and state.shell_profile.strip().lower() != "testing":
         forced += f"; the shell asked for {state.shell_profile!r}"
@@ -432,11 +567,18 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     names = [name for mark in request.node.iter_markers("app_profile") for name in mark.args]
     previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
-    if names:
+    marked = state.run
+    if names and state.run is not None:
+        # In this process, and for the children the test starts; either only maps those
+        # profiles' roots into the sandbox.
         os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
+        marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
+        sandboxing.swap(state.run, marked)
     try:
         yield
     finally:
+        if state.run is not None and marked is not None:
+            sandboxing.swap(marked, state.run)
         if previous is None:
             os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
         else:
@@ -507,11 +649,43 @@ class LiveServer:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Only right now: another process may take it before a server binds it. To start a server,
+    prefer ``app serve --port 0`` and :func:`published_port`.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def published_port(
+    root: Path, process: subprocess.Popen[bytes], log: Path, attempts: int = 600
+) -> int:
+    """The port an ``app serve --port 0`` bound, read from the holder JSON of its lock file.
+
+    The server binds the socket itself and then publishes the port, so nothing can take the
+    port between choosing and binding it (as with :func:`free_port`).
+
+    Args:
+        root: the server's data root.
+        process: the ``app serve`` process.
+        log: the file its output goes to, shown if it exits first.
+        attempts: how many polls, 50 ms apart, before giving up.
+    """
+    from app.lock import read_holder
+
+    for _ in range(attempts):
+        holder = read_holder(root)
+        if holder and holder.get("pid") == process.pid and holder.get("port"):
+            return int(holder["port"])
+        if process.poll() is not None:
+            out = log.read_text(errors="replace")
+            pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"app serve published no port in {root / '.server.lock'}", pytrace=False)
 
 
 def wait_until_serving(
@@ -549,19 +723,21 @@ def wait_until_serving(
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """A real ``app serve`` on a free 127.0.0.1 port and a data root of its own; stopped after."""
     root = tmp_path / "live-data"
-    port = free_port()
-    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_PORT": str(port)}
-    env["APP_HOST"] = "127.0.0.1"
+    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}
     config = appconfig.load("testing", environ=env)
     log = tmp_path / "live-server.log"
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would
-    # block the server after a few hundred logged requests.
+    # block the server after a few hundred logged requests. Port 0: the server binds a free
+    # port itself and publishes it, so no other test can take it in between (-n 2).
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"], env=env, stdout=output, stderr=output
+            [sys.executable, "-m", "app", "serve", "--port", "0"],
+            env=env,
+            stdout=output,
+            stderr=output,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
         wait_until_serving(url, process, log=log)
         yield LiveServer(url, root, process.pid, config.api_token, log)
     finally:

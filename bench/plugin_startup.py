@@ -7,8 +7,10 @@ Usage (from the project directory)::
 Every round runs each variant once, in an order rotated from round to round, in a temporary
 directory holding one trivial test. Reported: median and p90 wall time of each variant, and
 the paired ratio to bare pytest (the ratio of each round's two runs, then the median of those
-ratios), which cancels most of the drift in the machine's load. Target (issue 4): the plugin
-at most 1.35 times bare pytest.
+ratios), which cancels most of the drift in the machine's load. Target (issue 8): the plugin
+at most 1.15 times bare pytest. Every variant runs with ``APP_SETTINGS_DIR`` set to a copy of
+the project's settings, so that the plugin acts (it stays inactive in a directory that is not
+the settings' project).
 
 - ``pytest (plugin)``: ``python -m pytest -q -p no:cacheprovider test_one.py``, the plugin
   active as installed: it resolves every profile (three Dynaconf loads), probes every root's
@@ -29,6 +31,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import clean_environment, p90, run_once
 
 TEST_ONE = "def test_one():\n    pass\n"
+PROJECT = Path(__file__).resolve().parent.parent
+#: Issue 8: the plugin's one-test start-up at most 1.15 times bare pytest (issue 4 said 1.35).
+TARGET = 1.15
 
 DYNACONF_CONFTEST = """
 import os
@@ -74,6 +80,15 @@ def prepare(work: Path) -> dict[str, tuple[list[str], Path]]:
     }
 
 
+def check_active(variant: tuple[list[str], Path], env: dict[str, str]) -> None:
+    """Fail unless the plugin variant really runs the plugin (its header line)."""
+    argv, cwd = variant
+    argv = [arg for arg in argv if arg != "-q"]  # -q hides the header
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if "app: profile=testing" not in done.stdout:
+        raise SystemExit(f"the plugin did not act in the benchmark run:\n{done.stdout}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -83,8 +98,16 @@ def main() -> None:
 
     env = clean_environment()
     work = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
+    # The plugin acts where this app's settings are the run's; a run in a scratch directory
+    # names them, as a project that uses the app as a dependency would.
+    settings = work / "settings"
+    settings.mkdir()
+    for name in ("settings.toml", ".secrets.toml"):
+        shutil.copy(PROJECT / name, settings / name)
+    env["APP_SETTINGS_DIR"] = str(settings)
     try:
         variants = prepare(work)
+        check_active(variants["pytest (plugin)"], env)
         names = list(variants)
         times: dict[str, list[float]] = {name: [] for name in names}
         for round_no in range(args.warmup + args.rounds):
@@ -110,8 +133,8 @@ def main() -> None:
         results[name] = {"median_s": median, "p90_s": p90(times[name]), "paired_ratio": paired}
         print(f"{name:24} {median * 1000:10.1f} {p90(times[name]) * 1000:8.1f} {paired:13.2f}")
     ratio = results["pytest (plugin)"]["paired_ratio"]
-    verdict = "within" if ratio <= 1.35 else "ABOVE"
-    print(f"plugin / bare pytest = {ratio:.2f} ({verdict} the 1.35 target)")
+    verdict = "within" if ratio <= TARGET else "ABOVE"
+    print(f"plugin / bare pytest = {ratio:.2f} ({verdict} the {TARGET} target)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2))

@@ -7,16 +7,22 @@
 - ```console blocks are not run (they start servers and talk to production), but every
   ``$ app ...`` line in them is parsed against the real click commands, so a page cannot show
   a command or an option that does not exist.
+- A ```python block that only includes a file (``--8<-- "docs/examples/x.py"``, the snippets
+  syntax) is not run here: the check is that the file, and the section it names, exist and
+  that tests/test_docs_examples.py runs the file as tests.
 - ``<!-- skip: next -->`` before a block skips it; use it only with a reason next to it.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
-from sybil import Example, Sybil
+from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
 FIXTURES = ["tmp_path", "monkeypatch"]
@@ -120,13 +126,51 @@ def evaluate_console(example: Example) -> None:
             check_app_arguments(args)
 
 
+PROJECT = Path(__file__).resolve().parent.parent
+_INCLUDE = re.compile(r'--8<-- "([^":]+)(?::(\w+))?"')
+
+
+def _includes(source: str) -> list[re.Match[str]] | None:
+    """The snippet includes of a block made of nothing else, else None."""
+    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    found = [_INCLUDE.fullmatch(line) for line in lines]
+    if not lines or not all(found):
+        return None
+    return [match for match in found if match]
+
+
+def evaluate_include(example: Example) -> None:
+    """An included example file exists, has the section named, and runs as tests."""
+    runner = (PROJECT / "tests" / "test_docs_examples.py").read_text(encoding="utf-8")
+    for match in _includes(str(example.parsed)) or []:
+        path, section = PROJECT / match.group(1), match.group(2)
+        assert path.is_file(), f"the page includes {match.group(1)}, which does not exist"
+        if section:
+            text = path.read_text(encoding="utf-8")
+            assert f"--8<-- [start:{section}]" in text, f"{path} has no section {section!r}"
+        assert f'_import("{path.stem}")' in runner, (
+            f"the page includes {match.group(1)} as a tested example, but "
+            "tests/test_docs_examples.py does not run it"
+        )
+
+
+class PythonOrIncludeParser(PythonCodeBlockParser):
+    """Python blocks run; blocks that only include an example file are checked instead."""
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        for region in super().__call__(document):
+            if _includes(str(region.parsed)) is not None:
+                region.evaluator = evaluate_include
+            yield region
+
+
 def _setup(namespace: dict[str, Any]) -> None:
     namespace["__name__"] = "docs_example"
 
 
 pytest_collect_file = Sybil(
     parsers=[
-        PythonCodeBlockParser(),
+        PythonOrIncludeParser(),
         CodeBlockParser("console", evaluate_console),
         SkipParser(),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from project_copy import copy_project_settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -11,3 +12,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "browser: opens the built documentation in headless Chromium (/usr/bin/chromium)"
     )
+
+
+@pytest.fixture(autouse=True)
+def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureRequest) -> None:
+    # A pytester run's rootdir is a temporary directory: another project, as far as the
+    # plugin can tell, so it would stay inactive. Give the inner run the project's settings,
+    # copied, so that its roots are its own: a developer's live `app serve` on the project's
+    # development root must not change what the inner run sees (a test's own settings_dir
+    # fixture or setenv still wins, being set after this one).
+    if "pytester" in request.fixturenames:
+        copy = copy_project_settings(request.getfixturevalue("tmp_path") / "project-settings")
+        request.getfixturevalue("monkeypatch").setenv("APP_SETTINGS_DIR", str(copy))

@@ -182,24 +182,25 @@ import os
 
 import pytest
 
-from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, SERVER_PID, app
+from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, app
 
-HELD = f"data root {PRODUCTION} is held by pid {SERVER_PID}, kind server, profile production"
+TREE = "this process belongs to the test run through the process tree (an ancestor process"
 
 
 @pytest.mark.parametrize(
-    ("args", "wanted"),
+    "args",
     [
-        (["--profile", "production", "data", "purge", "--yes-i-mean-it"], "purge every session"),
-        (["data", "empty-trash", "--yes-i-mean-it"], "empty the trash"),
-        (["serve", "--port", "0"], "start the server on 127.0.0.1:0"),
+        ["--profile", "production", "data", "purge", "--yes-i-mean-it"],
+        ["data", "empty-trash", "--yes-i-mean-it"],
+        ["serve", "--port", "0"],
     ],
 )
-def test_the_live_server_lock_refuses_it(args, wanted):
+def test_the_process_tree_refuses_it(args):
     env = {"PATH": os.environ["PATH"], **PRODUCTION_SHELL}
     done = app(*args, env=env)
-    assert done.returncode == 75, done.stderr
-    assert f"error: cannot {wanted}: {HELD}" in done.stderr
+    assert done.returncode == 78, done.stderr
+    assert "loading profile 'production'; tests run on the 'testing' profile" in done.stderr
+    assert TREE in done.stderr
 """
 
 # (4) The incident's second copy: the config module imported under another name.
@@ -244,11 +245,16 @@ def test_a_second_copy_of_config_refuses_production(monkeypatch):
 
 def test_a_second_copy_of_dataroot_refuses_the_production_root(monkeypatch):
     config2 = second_copy("src.app.config", "config.py")
-    # The second dataroot imports `app.config`: make that the second copy as well.
+    sandbox2 = second_copy("src.app.sandbox", "sandbox.py")
+    # The second dataroot imports `app.config` and `app.sandbox`: make those second copies.
     with monkeypatch.context() as patched:
         patched.setitem(sys.modules, "app.config", config2)
+        patched.setitem(sys.modules, "app.sandbox", sandbox2)
         dataroot2 = second_copy("src.app.dataroot", "dataroot.py")
-    assert dataroot2.require_in_sandbox is config2.require_in_sandbox
+    assert dataroot2.check_root is sandbox2.check_root
+    # The run is marked on `sys`, which every copy shares, even with the variables gone.
+    monkeypatch.delenv("PYTEST_APP_SANDBOX")
+    assert sandbox2.current_run().sandbox == config2.load().sandbox
     forged = dataclasses.replace(config2.load(), profile="production", data_root=PRODUCTION)
     for write in (True, False):
         with pytest.raises(SandboxViolationError) as refused:
@@ -380,8 +386,8 @@ import pytest
 
 from app.config import load
 from app.dataroot import open_root
-from app.errors import DataRootInUseError, SandboxViolationError
-from hostile_helpers import PRODUCTION, SERVER_PID, TOKEN
+from app.errors import SandboxViolationError
+from hostile_helpers import PRODUCTION, TOKEN
 
 
 def test_removing_the_marker(monkeypatch):
@@ -390,14 +396,16 @@ def test_removing_the_marker(monkeypatch):
     with pytest.raises(SandboxViolationError) as refused:
         load("production")
     assert (
-        "loading profile 'production' while pytest runs without the app's sandbox "
-        "(PYTEST_CURRENT_TEST is set, PYTEST_APP_SANDBOX is not)"
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through this process)"
     ) in str(refused.value)
-    # Without the marker nothing checks the path any more; the live server's lock does.
+    # The run is marked in the process, not only in the variable: the path is still checked.
     forged = dataclasses.replace(load(), profile="production", data_root=PRODUCTION)
-    with pytest.raises(DataRootInUseError) as held:
+    with pytest.raises(SandboxViolationError) as outside:
         open_root(forged, kind="maintenance")
-    assert f"data root {PRODUCTION} is held by pid {SERVER_PID}, kind server" in str(held.value)
+    assert f"open data root {PRODUCTION}, which lies outside the test sandbox" in str(
+        outside.value
+    )
 """
 
 # (8) A conftest that loads the configuration at import time, like the incident's singleton.
@@ -463,6 +471,347 @@ def test_something():
 """
 
 
+# --- issue 8: the guarantee without props ------------------------------------------------
+
+# (11) The environment wiped inside the test process, then maintenance in-process.
+WIPED_ENV_TESTS = """
+import atexit
+import os
+import sys
+from unittest import mock
+
+from click.testing import CliRunner
+
+from app.cli import cli
+from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, SETTINGS_DIR, TOKEN
+
+REFUSED = (
+    "loading profile 'production'; tests run on the 'testing' profile",
+    "loading profile 'production' while pytest runs without the app's sandbox",
+    "from environment APP_DATA_ROOT, which lies outside the test sandbox",
+)
+
+
+def refused(output):
+    return any(reason in output for reason in REFUSED)
+
+
+def purge():
+    return CliRunner().invoke(cli, ["data", "purge", "--yes-i-mean-it"])
+
+
+def test_patch_dict_clear_then_purge_production():
+    wiped = {
+        "ENV_FOR_DYNACONF": "production",
+        "APP_API_TOKEN": TOKEN,
+        "APP_SETTINGS_DIR": SETTINGS_DIR,
+    }
+    with mock.patch.dict(os.environ, wiped, clear=True):
+        result = purge()
+    assert result.exit_code == 78, result.output
+    assert refused(result.output), result.output
+
+
+def test_a_cleared_environment_with_a_forged_opt_in_and_the_production_root():
+    forged = {
+        **PRODUCTION_SHELL,
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+        "PYTEST_APP_SANDBOX": "/",
+    }
+    with mock.patch.dict(os.environ, forged, clear=True):
+        result = purge()
+    assert result.exit_code == 78, result.output
+    assert refused(result.output), result.output
+
+
+def test_an_atexit_clean_up_after_pytest_is_gone():
+    def clean_up():
+        os.environ.clear()
+        os.environ.update(PRODUCTION_SHELL)
+        result = purge()
+        verdict = "refused" if refused(result.output) else "NOT REFUSED"
+        shown = f"ATEXIT exit={result.exit_code} {verdict}: {result.output.strip()}"
+        print(shown, file=sys.__stdout__)
+
+    atexit.register(clean_up)
+"""
+
+# (12) A child started with a hand-built environment, at any depth.
+HAND_BUILT_CHILD_TESTS = """
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hostile_helpers import PRODUCTION, SETTINGS_DIR, TOKEN, app
+
+TREE = "belongs to the test run through the process tree (an ancestor process, pytest pid"
+BARE_TREE = "runs pytest without the app's plugin"
+HAND_BUILT = {
+    "PATH": os.environ["PATH"],
+    "PYTHONPATH": os.pathsep.join(sys.path),
+    "APP_SETTINGS_DIR": SETTINGS_DIR,
+    "APP_API_TOKEN": "t" * 32,
+}
+PURGES = [
+    ["data", "purge", "--yes-i-mean-it"],
+    ["--profile", "production", "data", "purge", "--yes-i-mean-it"],
+    ["--profile", "testing", "data", "purge", "--yes-i-mean-it"],
+]
+
+
+def refused(done):
+    assert done.returncode in (75, 78), done.stderr
+    reasons = (TREE, BARE_TREE, "is held by")
+    assert any(reason in done.stderr for reason in reasons), done.stderr
+
+
+@pytest.mark.parametrize("args", PURGES, ids=["development", "production", "testing"])
+def test_a_child_with_a_hand_built_environment(args):
+    done = app(*args, env=HAND_BUILT)
+    if args[1:2] == ["testing"]:
+        # The testing profile lands on the run's own sandboxed root, which the run holds.
+        assert done.returncode in (0, 75, 78), done.stderr
+    else:
+        refused(done)
+
+
+def test_the_production_root_in_a_hand_built_environment():
+    env = {
+        **HAND_BUILT,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_DATA_ROOT": str(PRODUCTION),
+        "APP_API_TOKEN": TOKEN,
+    }
+    refused(app("data", "purge", "--yes-i-mean-it", env=env))
+
+
+def test_a_grandchild_through_a_shell_with_env_i():
+    command = " ".join(
+        [
+            "env -i",
+            *(f"{name}={value}" for name, value in HAND_BUILT.items()),
+            f"APP_API_TOKEN={TOKEN}",
+            sys.executable,
+            "-m app --profile production data purge --yes-i-mean-it",
+        ]
+    )
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, check=False, timeout=120
+    )
+    refused(done)
+
+
+def test_a_daemon_that_detaches_from_its_parent(tmp_path):
+    out = tmp_path / "daemon.out"
+    daemon = Path(__file__).with_name("daemon.py")
+    subprocess.run([sys.executable, str(daemon), str(out)], env=HAND_BUILT, check=True, timeout=120)
+    for _ in range(1200):  # a safety bound while the daemon runs, not a time assertion
+        if out.exists():
+            break
+        time.sleep(0.05)
+    code, _, stderr = out.read_text().partition(" ")
+    assert code in ("75", "78"), stderr
+    assert TREE in stderr or BARE_TREE in stderr or "is held by" in stderr, stderr
+"""
+
+# Run as a script by the test above: double-forks away from its parent, then purges.
+DAEMON = """
+import os
+import subprocess
+import sys
+
+out = sys.argv[1]
+if os.fork():
+    os._exit(0)
+os.setsid()
+args = ["--profile", "production", "data", "purge", "--yes-i-mean-it"]
+done = subprocess.run(
+    [sys.executable, "-m", "app", *args], env=dict(os.environ), capture_output=True, text=True
+)
+with open(out + ".part", "w") as handle:
+    handle.write(f"{done.returncode} {done.stderr}")
+os.rename(out + ".part", out)
+"""
+
+# (13) Aliases a path comparison does not see.
+ALIAS_TESTS = """
+import dataclasses
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.config import load
+from app.dataroot import open_root
+from app.errors import (
+    DataRootChangedError,
+    DataRootInUseError,
+    LockFileAliasedError,
+    SandboxViolationError,
+)
+from app.store import Store
+from hostile_helpers import PRODUCTION
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    monkeypatch.setenv("APP_DATA_ROOT", str(tmp_path / "mine"))
+    return load()
+
+
+def test_a_bind_mount_of_the_production_root_inside_the_sandbox(config, tmp_path):
+    mount = tmp_path / "mounted"
+    mount.mkdir()
+    bind = ["mount", "--bind", str(PRODUCTION), str(mount)]
+    done = subprocess.run(bind, capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        for path in (mount, mount / "sessions"):
+            with pytest.raises(SandboxViolationError) as refused:
+                open_root(dataclasses.replace(config, data_root=path))
+            assert "is another path to the data root of profile 'production'" in str(refused.value)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_symbolic_link_to_the_production_root(config, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(PRODUCTION, target_is_directory=True)
+    with pytest.raises(SandboxViolationError) as refused:
+        open_root(dataclasses.replace(config, data_root=link))
+    assert "lies outside the test sandbox" in str(refused.value)
+
+
+def test_a_hard_linked_audit_log_is_not_written_through(config):
+    before = (PRODUCTION / "audit.jsonl").read_bytes()
+    with open_root(config) as root:
+        store = Store(root)
+        session = store.create_session("doomed")
+        (root.path / "audit.jsonl").unlink(missing_ok=True)
+        os.link(PRODUCTION / "audit.jsonl", root.path / "audit.jsonl")
+        store.delete_session(session["id"])
+        assert (root.path / "audit.jsonl").stat().st_nlink == 1
+        assert b"trash-session" in (root.path / "audit.jsonl").read_bytes()
+    assert (PRODUCTION / "audit.jsonl").read_bytes() == before
+
+
+def test_a_hard_linked_lock_file_is_refused(config):
+    config.data_root.mkdir(parents=True)
+    os.link(PRODUCTION / ".server.lock", config.data_root / ".server.lock")
+    try:
+        with pytest.raises((LockFileAliasedError, DataRootInUseError)) as refused:
+            open_root(config)
+        assert "has 2 hard links" in str(refused.value) or "is held by" in str(refused.value)
+    finally:
+        (config.data_root / ".server.lock").unlink()
+
+
+def test_sessions_swapped_for_a_link_after_the_root_was_opened(config):
+    with open_root(config) as root:
+        store = Store(root)
+        store.create_session("mine")
+        sessions = root.path / "sessions"
+        sessions.rename(root.path / "sessions.old")
+        sessions.symlink_to(PRODUCTION / "sessions", target_is_directory=True)
+        for destroy in (store.purge, store.empty_trash):
+            with pytest.raises(DataRootChangedError) as refused:
+                destroy()
+            assert "sessions/ was replaced or moved since it was opened" in str(refused.value)
+
+
+def test_a_data_root_whose_path_is_reassigned(config):
+    with open_root(config) as root:
+        with pytest.raises(AttributeError):
+            root.path = PRODUCTION
+        root._path = PRODUCTION
+        with pytest.raises(DataRootChangedError) as refused:
+            Store(root).purge()
+        assert "is not the file it locked" in str(refused.value)
+"""
+
+# (14) The guard's own switches, set by hand.
+SWITCHES_TESTS = """
+import os
+
+import pytest
+
+from app.config import load
+from app.errors import ConfigError
+from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, TOKEN, app
+
+
+def test_widening_the_marker_and_opting_in_by_hand(monkeypatch):
+    monkeypatch.setenv("PYTEST_APP_SANDBOX", "/")
+    monkeypatch.setenv("PYTEST_APP_ALLOW_PROFILES", "production")
+    monkeypatch.setenv("APP_DATA_ROOT", str(PRODUCTION))
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    with pytest.raises(ConfigError) as refused:
+        load("production")
+    assert "which lies outside the test sandbox" in str(refused.value)
+    monkeypatch.delenv("APP_DATA_ROOT")
+    config = load("production")
+    assert config.data_root == config.sandbox / "data" / "production"
+
+
+# Loaded at conftest import: between the plugin's first hook and pytest_configure, where a
+# forged worker would still have its inherited sandbox.
+NESTED_CONFTEST = '''
+import os
+
+from app.config import load
+
+os.environ["PYTEST_APP_ALLOW_PROFILES"] = "production"
+os.environ["APP_DATA_ROOT"] = os.environ["HOSTILE_PRODUCTION_ROOT"]
+load("production")
+'''
+
+
+def test_a_pytest_started_as_a_forged_xdist_worker_with_a_sandbox_of_slash(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text(NESTED_CONFTEST)
+    (tmp_path / "test_nested.py").write_text("def test_nothing():\\n    pass\\n")
+    env = {
+        **os.environ,
+        "PYTEST_XDIST_WORKER": "gw0",
+        "PYTEST_APP_SANDBOX_OWNER": str(os.getpid()),
+        "PYTEST_APP_SANDBOX": "/",
+        "APP_API_TOKEN": TOKEN,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "which lies outside the test sandbox" in done.stdout + done.stderr
+
+
+def test_the_same_switches_in_a_child():
+    env = {
+        "PATH": os.environ["PATH"],
+        **PRODUCTION_SHELL,
+        "PYTEST_APP_SANDBOX": "/",
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    done = app("data", "purge", "--yes-i-mean-it", env=env)
+    assert done.returncode == 78, done.stderr
+    assert "which lies outside the test sandbox" in done.stderr
+"""
+
+
 @dataclass(frozen=True)
 class Suite:
     """One hostile suite and what the outer test expects of its run.
@@ -482,6 +831,13 @@ class Suite:
     #: APP_DATA_ROOT but its settings files put production elsewhere (the root is known only
     #: to the service's environment); "clean": it exported nothing about production at all.
     shell: str = "production"
+    #: More variables for the inner run's shell, formatted like ``stdout``.
+    env: dict[str, str] = field(default_factory=dict)
+    #: Symbolic links made before the run (link: target, formatted like ``stdout``, with
+    #: ``others``: the other profiles' roots' directory), removed after it.
+    links: dict[str, str] = field(default_factory=dict)
+    #: False: run without pytester's --basetemp, so that pytest picks its default one.
+    basetemp: bool = True
 
 
 HEADER = (
@@ -493,11 +849,99 @@ HEADER = (
     ),
 )
 NO_SANDBOX = "*loading profile 'production' while pytest runs without the app's sandbox*"
+BARE = "pytest is imported in this process, and the app's plugin did not start in it"
 ENV_ROOT_WITHOUT_SANDBOX = (
     "*SandboxViolationError: refused under pytest: data root {root} from environment "
-    "APP_DATA_ROOT while pytest runs without the app's sandbox (PYTEST_CURRENT_TEST is set, "
-    "PYTEST_APP_SANDBOX is not). Run the tests with the app's pytest plugin enabled*"
+    f"APP_DATA_ROOT while pytest runs without the app's sandbox ({BARE}). Run the tests with "
+    "the app's pytest plugin, which neutralises the shell's APP_DATA_ROOT (the plugin was "
+    "disabled (`-p no:app`)*"
 )
+
+WIPED = {"conftest.py": "", "test_wiped.py": WIPED_ENV_TESTS}
+ATEXIT_REFUSED = ("ATEXIT exit=78 refused: *",)
+CHILDREN = {"test_children.py": HAND_BUILT_CHILD_TESTS, "daemon.py": DAEMON}
+NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+#: Issue 8's classes: each runs next to a live production server and next to a stopped one.
+SUITES_WITHOUT_PROPS: dict[str, Suite] = {
+    "the_environment_wiped_inside_the_test_process": Suite(
+        WIPED, "sandbox: the run is marked on sys", outcomes={"passed": 3}, stdout=ATEXIT_REFUSED
+    ),
+    "the_environment_wiped_with_the_plugin_disabled": Suite(
+        WIPED,
+        "config: pytest is imported in this process without the plugin",
+        args=("-p", "no:app"),
+        outcomes={"passed": 3},
+        stdout=ATEXIT_REFUSED,
+    ),
+    "the_environment_wiped_without_plugin_autoload": Suite(
+        WIPED,
+        "config: pytest is imported in this process without the plugin",
+        outcomes={"passed": 3},
+        stdout=ATEXIT_REFUSED,
+        env=NO_AUTOLOAD,
+    ),
+    "children_with_hand_built_environments": Suite(
+        CHILDREN,
+        "sandbox: the process tree (the run is the daemon's subreaper)",
+        outcomes={"passed": 6},
+    ),
+    "children_with_hand_built_environments_under_xdist": Suite(
+        CHILDREN,
+        "sandbox: the process tree, from a worker",
+        args=("-n", "2"),
+        outcomes={"passed": 6},
+    ),
+    "children_with_hand_built_environments_with_the_plugin_disabled": Suite(
+        CHILDREN,
+        "config: an ancestor runs pytest without the plugin",
+        args=("-p", "no:app"),
+        outcomes={"passed": 6},
+    ),
+    "children_with_hand_built_environments_without_plugin_autoload": Suite(
+        CHILDREN,
+        "config: an ancestor runs pytest without the plugin",
+        outcomes={"passed": 6},
+        env=NO_AUTOLOAD,
+    ),
+    "aliases_of_the_production_root": Suite(
+        {"test_aliases.py": ALIAS_TESTS},
+        "sandbox: identities of protected roots; dataroot: identities of what was opened",
+    ),
+    "the_guards_own_switches_set_by_hand": Suite(
+        {"test_switches.py": SWITCHES_TESTS},
+        "sandbox: the variable may narrow the run's sandbox, never widen it",
+        outcomes={"passed": 3},
+    ),
+    "a_tmpdir_inside_the_production_root": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: the default basetemp's directory is checked against data roots",
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing to run: pytest would create (and clean up) its temporary "
+                "directories in {root}/pytest-of-*, which overlaps the data root of profile "
+                "'production' ({root}), because TMPDIR is {root}*"
+            ),
+        ),
+        env={"TMPDIR": "{root}"},
+        basetemp=False,
+    ),
+    "a_basetemp_through_a_link_and_dotdot": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: --basetemp is checked as pytest spells it (os.path.abspath)",
+        args=("--basetemp={root}/../hop/..",),
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing --basetemp {root}/../hop/..: pytest empties it (as *) "
+                "before the run, and it overlaps the data root of profile 'production' ({root})*"
+            ),
+        ),
+        # Resolved, the link leads somewhere harmless; pytest empties the lexical {root}/..
+        links={"{root}/../hop": "{root}/../../elsewhere/deeper"},
+    ),
+}
 
 SUITES: dict[str, Suite] = {
     "the_incidents_autouse_cleanup_fixture": Suite(
@@ -518,12 +962,12 @@ SUITES: dict[str, Suite] = {
     ),
     "maintenance_commands_with_a_cleared_environment": Suite(
         {"test_cleared.py": CLEARED_ENV_TESTS},
-        "lock: the live production server holds its root (exit 75)",
+        "sandbox: the child is part of the run through the process tree (exit 78)",
         outcomes={"passed": 3},
     ),
     "a_second_copy_of_the_config_module": Suite(
         {"test_second_copy.py": SECOND_COPY_TESTS},
-        "config and dataroot read the marker from os.environ, in every copy of the code",
+        "sandbox: the run is marked on sys, which every copy of the code shares",
         outcomes={"passed": 3},
     ),
     "a_test_that_exports_production_itself": Suite(
@@ -538,7 +982,7 @@ SUITES: dict[str, Suite] = {
     ),
     "a_test_that_removes_the_sandbox_marker": Suite(
         {"test_marker.py": MARKER_REMOVED_TESTS},
-        "config: the PYTEST_CURRENT_TEST rule; lock; the plugin fails the test afterwards",
+        "sandbox: the in-process marker; the plugin fails the test afterwards",
         outcomes={"passed": 1, "errors": 1},
         ret=1,
         stdout=("*test_removing_the_marker changed PYTEST_APP_SANDBOX; it was put back*",),
@@ -569,7 +1013,7 @@ SUITES: dict[str, Suite] = {
     ),
     "the_incident_with_the_plugin_disabled": Suite(
         {"conftest.py": INCIDENT_CONFTEST, "test_sessions.py": INCIDENT_TESTS},
-        "config: the PYTEST_CURRENT_TEST rule refuses other profiles without the plugin",
+        "config: pytest imported without the plugin: other profiles refused",
         args=("-p", "no:app"),
         outcomes={"errors": 2},
         ret=1,
@@ -601,19 +1045,16 @@ SUITES: dict[str, Suite] = {
         "plugin: a --basetemp that holds a known data root is refused",
         args=("--basetemp={root}/..",),
         ret=4,
-        stderr=("ERROR: app: refusing --basetemp {root}/..: pytest empties it before the run*",),
+        stderr=("ERROR: app: refusing --basetemp {root}/..: pytest empties it* before the run*",),
     ),
     "a_conftest_that_loads_at_import_time_with_the_plugin_disabled": Suite(
         {"conftest.py": IMPORT_TIME_CONFTEST, "test_nothing.py": NOTHING_TESTS},
-        "config: the PYTEST_VERSION rule (no test runs yet, so no PYTEST_CURRENT_TEST)",
+        "config: pytest imported without the plugin (no test runs yet)",
         args=("-p", "no:app"),
         ret=4,
         stderr=(
             "ImportError while loading conftest *",
-            (
-                "*loading profile 'production' while pytest runs without the app's sandbox "
-                "(PYTEST_VERSION is set, PYTEST_APP_SANDBOX is not)*"
-            ),
+            f"*loading profile 'production' while pytest runs without the app's sandbox ({BARE})*",
         ),
     ),
     "the_dynaconf_docs_pattern_without_the_plugin_and_production_known_only_to_the_env": Suite(

@@ -178,10 +178,84 @@ def test_doctor_lists_every_problem_and_exits_78(base_env: dict[str, str], tmp_p
     assert f"profile development: data_root = {settings / 'data' / 'dev'}" in result.stdout
 
 
-def test_doctor_on_the_project_settings_is_clean(base_env: dict[str, str]) -> None:
-    result = run("doctor", env=base_env)
+def test_doctor_on_the_project_settings_names_production_s_missing_token_for_serving(
+    base_env: dict[str, str],
+) -> None:
+    # `app config --all` shows production's token as not set; doctor said "ok: every profile
+    # is valid". It now lists it as a problem of where production is served, and exits 0:
+    # the token is never in a development shell, by design.
+    result = run("doctor", env={**base_env, "APP_API_TOKEN": "x" * 40})  # testing's own
+    assert result.returncode == 0, result.stderr
+    assert "ok: every profile is valid" not in result.stdout
+    assert "ok for profile testing: the settings are valid" in result.stdout
+    assert (
+        "1 problem(s) that only matter where profile production is served (its environment "
+        "supplies them; not counted in the exit code):\n"
+        "  - profile 'production': api_token is not set (from built-in default): "
+        "production requires an API token; set APP_API_TOKEN in the service's environment"
+    ) in result.stdout
+    assert "check them where it runs: ENV_FOR_DYNACONF=production app doctor" in result.stdout
+    assert result.stderr == ""
+
+
+def test_doctor_is_clean_when_every_profile_can_run(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    token = "p" * 40
+    with (project_copy / ".secrets.toml").open("a") as secrets:
+        secrets.write(f"\n[production]\napi_token = '{token}'\n")
+    result = run("doctor", env={**base_env, SETTINGS_DIR_ENV: str(project_copy)})
     assert result.returncode == 0, result.stderr
     assert "ok: every profile is valid and every data root is distinct" in result.stdout
+    assert "only matter" not in result.stdout
+
+
+def test_doctor_lists_serving_problems_next_to_the_ones_that_exit_78(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    settings = project_copy / "settings.toml"
+    settings.write_text(settings.read_text().replace("port = 8001", "port = 8001\nprot = 1"))
+    result = run("doctor", env={**base_env, SETTINGS_DIR_ENV: str(project_copy)})
+    assert result.returncode == 78, result.stderr
+    assert "1 problem(s):\n  - profile 'testing': prot = 1" in result.stderr
+    assert "only matter where profile production is served" in result.stderr
+    assert "api_token is not set" in result.stderr
+
+
+def test_doctor_with_production_selected_and_no_token_exits_78(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    env = {**base_env, SETTINGS_DIR_ENV: str(project_copy), "ENV_FOR_DYNACONF": "production"}
+    result = run("doctor", env=env)
+    assert result.returncode == 78, result.stderr
+    assert "1 problem(s):\n  - profile 'production': api_token is not set" in result.stderr
+    assert "only matter" not in result.stdout + result.stderr
+
+
+def test_a_dynaconf_variable_is_refused_without_naming_a_profile(
+    base_env: dict[str, str],
+) -> None:
+    result = run("config", env={**base_env, "DYNACONF_PORT": "9"})
+    assert result.returncode == 78
+    assert "profile '-'" not in result.stderr
+    assert result.stderr == (
+        "error: DYNACONF_PORT = '9' (from the environment): dynaconf would apply it to every "
+        "profile; this app reads APP_PORT for the selected profile only. Rename it to "
+        "APP_PORT or unset DYNACONF_PORT\n"
+    )
+
+
+def test_an_empty_settings_dir_variable_says_it_is_empty_and_what_to_do(
+    base_env: dict[str, str],
+) -> None:
+    result = run("config", env={**base_env, SETTINGS_DIR_ENV: ""}, cwd=PROJECT)
+    assert result.returncode == 78
+    assert "no settings.toml found" not in result.stderr
+    assert result.stderr == (
+        f"error: {SETTINGS_DIR_ENV} is set but empty, so it names no settings directory; "
+        f"unset it (`unset {SETTINGS_DIR_ENV}`) to use the project directory {PROJECT}, or "
+        "set it to the directory that holds settings.toml\n"
+    )
 
 
 @pytest.mark.parametrize("args", [["config", "--bogus"], ["no-such-command"]])
@@ -209,3 +283,67 @@ def test_config_and_doctor_do_not_import_the_server_stack(base_env: dict[str, st
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stderr.splitlines()[-1]) == []
+
+
+FORMAT_SETTINGS = """\
+[development]
+data_root = "data/development"
+
+[testing]
+data_root = "data/testing"
+
+[production]
+data_root = "@format {env[PROD_ROOT]}"
+protected = true
+"""
+
+
+def test_a_root_from_an_unset_variable_stops_only_the_profile_that_uses_it(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "settings.toml").write_text(FORMAT_SETTINGS)
+    env = {
+        **base_env,
+        SETTINGS_DIR_ENV: str(tmp_path),
+        ALLOW_PROFILES_ENV: "development,production",
+    }
+    env.pop("PROD_ROOT", None)
+    development = run("--profile", "development", "config", env=env)
+    assert development.returncode == 0, development.stderr
+    assert "Traceback" not in development.stderr
+    production = run("--profile", "production", "config", env=env)
+    assert production.returncode == 78
+    assert "Traceback" not in production.stderr
+    assert (
+        "profile 'production': data_root = '@format {env[PROD_ROOT]}' (from settings.toml "
+        "[production]): cannot be resolved (DynaconfFormatError: "
+    ) in production.stderr
+    assert "the variable NAME) in the environment of the commands that use profile" in (
+        production.stderr
+    )
+    every = run("config", "--all", env=env)
+    assert every.returncode == 0, every.stderr
+    assert "problem: profile 'production': data_root = '@format {env[PROD_ROOT]}'" in every.stderr
+    resolved = run("--profile", "production", "status", env={**env, "PROD_ROOT": "prod"})
+    assert resolved.returncode == 0, resolved.stderr
+
+
+def test_looking_at_or_maintaining_production_needs_no_http_token(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    env = {**base_env, SETTINGS_DIR_ENV: str(project_copy), ALLOW_PROFILES_ENV: "production"}
+    env.pop("APP_API_TOKEN", None)
+    for args in (
+        ["status"],
+        ["sessions", "list", "--trash"],
+        ["data", "purge", "--yes-i-mean-it"],
+        ["data", "empty-trash", "--yes-i-mean-it"],
+    ):
+        done = run("--profile", "production", *args, env=env)
+        assert done.returncode == 0, (args, done.stderr)
+    served = run("--profile", "production", "serve", "--port", "0", env=env)
+    assert served.returncode == 78
+    assert "production requires an API token" in served.stderr
+    shown = run("--profile", "production", "config", env=env)
+    assert shown.returncode == 78
+    assert "production requires an API token" in shown.stderr

@@ -51,6 +51,30 @@ def test_sessions_list_shows_the_live_sessions_and_trash_the_deleted(
     assert (entry["session_id"], entry["kind"], entry["title"]) == (gone, "session", "gone")
 
 
+def test_sessions_list_trash_has_a_header_row(seeded: tuple[str, str]) -> None:
+    code, out, _ = invoke("sessions", "list", "--trash")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["SESSION", "DELETED", "(UTC)", "REASON", "KIND", "WHAT"]
+    assert row.startswith(f"{seeded[1]}  ")
+    assert row.split()[3:] == ["delete", "session", "session", "gone"]
+    assert header.index("REASON") == row.index("delete")
+
+
+def test_sessions_list_trash_says_when_the_trash_is_empty(app_config: Config) -> None:
+    code, out, _ = invoke("sessions", "list", "--trash")
+    assert (code, out) == (0, "the trash is empty: nothing to restore\n")
+
+
+def test_sessions_show_of_a_malformed_id_gives_session_advice_only(app_config: Config) -> None:
+    result = CliRunner().invoke(cli, ["sessions", "show", "nope"])
+    assert result.exit_code == 65
+    assert result.stderr == (
+        "error: invalid session id 'nope': session ids are 32 lower-case hex digits; "
+        "copy an id from `app sessions list` or GET /sessions\n"
+    )
+
+
 def test_sessions_show_prints_the_files(seeded: tuple[str, str]) -> None:
     code, out, _ = invoke("sessions", "show", seeded[0])
     assert code == 0

@@ -15,6 +15,7 @@ import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -25,6 +26,7 @@ from app.config import (
     SANDBOX_ENV,
     SETTINGS_DIR_ENV,
     Config,
+    active_sandbox,
     inspect_profiles,
     load,
 )
@@ -914,15 +916,30 @@ def test_under_the_sandbox_overlaps_are_checked_on_the_configured_roots(
     assert caught.value.first_root == caught.value.second_root == shared
 
 
-def test_under_pytest_without_the_sandbox_other_profiles_are_refused(
+def test_a_test_that_removes_every_variable_is_still_in_the_run(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_settings()
-    monkeypatch.delenv(SANDBOX_ENV)
-    assert "PYTEST_CURRENT_TEST" in os.environ
-    with pytest.raises(SandboxViolationError) as caught:
-        load("development")
-    assert "do not pass -p no:app" in str(caught.value)
+    sandbox = active_sandbox()
+    with mock.patch.dict(os.environ, {"ENV_FOR_DYNACONF": "development"}, clear=True):
+        assert SANDBOX_ENV not in os.environ
+        assert active_sandbox() == sandbox
+        with pytest.raises(SandboxViolationError) as caught:
+            load()
+    message = str(caught.value)
+    assert "loading profile 'development'; tests run on the 'testing' profile" in message
+    assert "belongs to the test run through this process" in message
+
+
+def test_the_sandbox_variable_narrows_the_run_but_never_widens_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sandbox = active_sandbox()
+    assert sandbox is not None
+    monkeypatch.setenv(SANDBOX_ENV, "/")
+    assert active_sandbox() == sandbox
+    monkeypatch.setenv(SANDBOX_ENV, str(tmp_path))
+    assert active_sandbox() == tmp_path.resolve()
 
 
 def test_an_all_digit_token_from_the_environment_stays_a_string(

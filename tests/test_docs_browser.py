@@ -212,3 +212,42 @@ def test_explanation_page_makes_no_outside_request_and_is_captured(
         page.close()
     assert browser.requests, "the route recorded nothing; the check would be vacuous"
     assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
+
+
+@pytest.mark.browser
+def test_the_servers_api_docs_render_offline(browser: Browser, live_server: object) -> None:
+    """FastAPI's /docs loads Swagger UI from a CDN by default: blank without internet."""
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    try:
+        response = page.goto(live_server.url + "/docs")  # type: ignore[attr-defined]
+        assert response is not None and response.status == 200
+        title = page.locator(".swagger-ui .info .title").first
+        title.wait_for()
+        assert title.inner_text().startswith("app"), title.inner_text()
+        page.wait_for_load_state("networkidle")
+    finally:
+        page.close()
+    assert not browser.foreign, f"requests left 127.0.0.1: {browser.foreign}"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("path", ["", "tutorial/"])
+def test_the_readme_commands_fit_their_code_blocks(
+    browser: Browser, site_url: str, path: str
+) -> None:
+    """The README's two commands, on the home page and the tutorial, without sideways scrolling."""
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(site_url + path)
+        blocks = page.locator("article pre > code")
+        overflowing = [
+            text
+            for text, wide in blocks.evaluate_all(
+                "codes => codes.map(c => [c.innerText, c.scrollWidth > c.clientWidth])"
+            )
+            if wide and ("scripts/test" in text or "app serve" in text)
+        ]
+        assert any("app serve" in t for t in blocks.all_inner_texts()), path
+    finally:
+        page.close()
+    assert overflowing == [], f"{path or 'index'}: these code blocks scroll sideways: {overflowing}"

@@ -249,10 +249,11 @@ def _project_copy(tmp_path: Path) -> Path:
 def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **env: str) -> str:
     """Run the real `app` command against a copy of the settings; return what a user sees.
 
-    The subprocess does not inherit the test sandbox: it shows what `app` prints in a shell.
-    That is safe because it only reads the copied settings and every data root it may open
-    lies in this test's temporary directory. `show` replaces the variables shown on the
-    command line (for example a token by ``$TOKEN``).
+    The subprocess belongs to the test run (its process tree says so, whatever its
+    environment), so it gets a sandbox narrowed to this test's directory and every profile:
+    it then prints what `app` prints in a shell, because every data root it opens lies in
+    that directory anyway. `show` replaces the variables shown on the command line (for
+    example a token by ``$TOKEN``).
     """
     import subprocess
 
@@ -262,7 +263,15 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
         if not name.startswith(("APP_", "DYNACONF_", "PYTEST_"))
         and not name.endswith("_FOR_DYNACONF")
     }
-    clean.update({"APP_SETTINGS_DIR": str(project), "COLUMNS": "100", **env})
+    clean.update(
+        {
+            "APP_SETTINGS_DIR": str(project),
+            "COLUMNS": "100",
+            "PYTEST_APP_SANDBOX": str(project.parent),
+            "PYTEST_APP_ALLOW_PROFILES": "development,testing,production",
+            **env,
+        }
+    )
     result = subprocess.run(
         [sys.executable, "-m", "app", *args],
         env=clean,
@@ -272,7 +281,7 @@ def _run_app(project: Path, *args: str, show: dict[str, str] | None = None, **en
         check=False,
     )
     shown = " ".join(f"{k}={v}" for k, v in (env if show is None else show).items())
-    command = f"$ {shown + ' ' if shown else ''}app {' '.join(args)}"
+    command = f"$ {shown + ' ' if shown else ''}.venv/bin/app {' '.join(args)}"
     output = (result.stdout + result.stderr).replace(str(project), EXAMPLE_PROJECT)
     lines = [command, *output.rstrip("\n").splitlines()]
     if result.returncode:
@@ -331,6 +340,10 @@ def test_pytest_header_next_to_a_live_production_server(
 
     production = tmp_path / "production-data"
     production.mkdir()
+    # A copy of the settings: a developer's own live server on the project's roots is not
+    # part of this example (and must not change its output).
+    project = _project_copy(tmp_path)
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(project))
     monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
     monkeypatch.setenv("APP_DATA_ROOT", str(production))
     pytester.makepyfile(test_example="def test_one():\n    pass\n")
@@ -341,7 +354,7 @@ def test_pytest_header_next_to_a_live_production_server(
     text = text.replace(str(production), "/srv/app/data")
     sandbox = re.escape(str(pytester.path)) + r"/runpytest-\d+"
     text = re.sub(sandbox, "/tmp/pytest-of-you/pytest-7", text)
-    text = text.replace(str(PROJECT), EXAMPLE_PROJECT)
+    text = text.replace(str(project), EXAMPLE_PROJECT)
     text = re.sub(r"pid \d+", "pid 4242", text)
     text = text.replace(f"host {socket.gethostname()}", "host review-1")
     text = re.sub(r"since [0-9T:.+-]+", "since 2025-12-04T09:12:03.512113+00:00", text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 PROJECT = Path(__file__).resolve().parent.parent
 DOCS = PROJECT / "docs"
 
@@ -21,12 +23,32 @@ def _readme_commands() -> list[str]:
     ]
 
 
+def console_commands(markdown: str) -> list[str]:
+    """The `$ ` lines of a page's console blocks, with `\\` continuation lines joined."""
+    commands: list[str] = []
+    for block in re.findall(r"```console\n(.*?)```", markdown, re.DOTALL):
+        pending: str | None = None
+        for raw in block.splitlines():
+            if pending is not None:
+                pending += " " + raw.strip()
+            elif raw.lstrip().startswith("$ "):
+                pending = raw.lstrip()[2:].strip()
+            else:
+                continue
+            if pending.endswith("\\"):
+                pending = pending[:-1].rstrip()
+                continue
+            commands.append(pending)
+            pending = None
+    return commands
+
+
 def test_the_home_page_shows_the_readme_commands_verbatim() -> None:
-    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    shown = console_commands((DOCS / "index.md").read_text(encoding="utf-8"))
     commands = _readme_commands()
     assert len(commands) == 2, commands
     for command in commands:
-        assert f"$ {command}\n" in index, f"docs/index.md does not show the README's `{command}`"
+        assert command in shown, f"docs/index.md does not show the README's `{command}`"
 
 
 def test_the_readme_links_to_the_documentation() -> None:
@@ -88,3 +110,125 @@ def test_the_performance_numbers_are_the_ones_bench_readme_records() -> None:
         assert len(numbers) > 5, numbers
         missing = sorted(n for n in numbers if n not in bench)
         assert not missing, f"docs/{page} cites {missing}, which bench/README.md does not record"
+
+
+def test_pages_that_include_an_example_file_report_no_skip() -> None:
+    """`pytest -rs` showed three skips pointing into site-packages, one per page that
+    includes docs/examples/*.py: Sybil could not run a snippet include, so it was skipped."""
+    import subprocess
+    import sys
+
+    pages = ["how-to/restore-session.md", "how-to/switch-profiles.md", "reference/pytest-plugin.md"]
+    for page in pages:
+        assert '--8<-- "docs/examples/' in (DOCS / page).read_text(encoding="utf-8"), page
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider"]
+        + [str(DOCS / page) for page in pages],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipped" not in result.stdout.lower(), result.stdout
+    assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
+
+
+def _normalised(title: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", title.lower()).strip()
+
+
+def _layer_headings() -> dict[int, str]:
+    """The seven layers, as docs/explanation/isolation.md names them (DESIGN.md's list)."""
+    page = (DOCS / "explanation" / "isolation.md").read_text(encoding="utf-8")
+    found = {int(n): title for n, title in re.findall(r"^## Layer (\d): (.+)$", page, re.M)}
+    assert list(found) == list(range(1, 8)), found
+    return found
+
+
+def test_the_readme_numbers_the_layers_as_the_docs_do() -> None:
+    """The README listed five layers, the docs seven."""
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    listed = {int(n): title for n, title in re.findall(r"^(\d)\. \*\*(.+?)\*\*", readme, re.M)}
+    headings = _layer_headings()
+    assert list(listed) == list(headings), listed
+    for number, title in headings.items():
+        assert _normalised(listed[number]) == _normalised(title), (number, listed[number], title)
+
+
+def test_layer_numbers_in_the_explanations_link_to_the_layer_they_name() -> None:
+    """incident.md cited bare numbers that no page defined; every mention is now a link."""
+    from markdown.extensions.toc import slugify
+
+    anchors = {n: slugify(f"Layer {n}: {t}", "-") for n, t in _layer_headings().items()}
+    link = re.compile(r"\[layer (\d)\]\((?:\.\./explanation/)?isolation\.md#([\w-]+)\)")
+    pages = [DOCS / "explanation" / "incident.md", DOCS / "explanation" / "comparison.md"]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        links = link.findall(text)
+        assert links, page
+        for number, anchor in links:
+            assert anchors[int(number)] == anchor, f"{page.name}: layer {number} -> #{anchor}"
+        bare = re.findall(r"\blayers? \d", link.sub("", text), re.I)
+        assert bare == [], f"{page.name} names layers by number without a link: {bare}"
+
+
+def _app_exit_codes() -> set[int]:
+    """Every exit code `app` can end with: the sysexits constants and every error's code."""
+    import app.errors as errors
+
+    constants = {v for k, v in vars(errors).items() if k.startswith("EX_")}
+    classes: list[type[errors.AppError]] = [errors.AppError]
+    for cls in classes:
+        classes.extend(cls.__subclasses__())
+    assert {cls.exit_code for cls in classes} <= constants
+    cli = (PROJECT / "app" / "cli.py").read_text(encoding="utf-8")
+    exits = re.findall(r"sys\.exit\(([^)]*)\)", cli)
+    assert exits and all(arg.endswith("exit_code") for arg in exits), exits
+    return constants
+
+
+def test_the_readme_lists_every_exit_code_the_program_uses() -> None:
+    """The README's list missed 70 (lock lost) and pytest's 4 (the plugin refuses a run)."""
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("Exit codes of `app`:") :].split("\n\n")[0]
+    app_part, pytest_part = sentence.split("A test run", 1)
+    assert {int(n) for n in re.findall(r"\b(\d+) ", app_part)} == _app_exit_codes()
+    assert "exits 4 (pytest's usage error)" in pytest_part
+    assert int(pytest.ExitCode.USAGE_ERROR) == 4
+    assert "pytest.UsageError(" in (PROJECT / "app" / "testing.py").read_text(encoding="utf-8")
+    cli_page = (DOCS / "reference" / "cli.md").read_text(encoding="utf-8")
+    table = {int(n) for n in re.findall(r"^\| (\d+) \|", cli_page, re.M)}
+    assert table == _app_exit_codes(), "docs/reference/cli.md's exit code table"
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """(where, command) for every README shell line and every `$` line of the docs."""
+    found = []
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", readme, re.DOTALL):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        found += [("README.md", line) for line in joined.splitlines()]
+    for page in sorted(DOCS.rglob("*.md")) + sorted((DOCS / "generated").glob("*.txt")):
+        text = page.read_text(encoding="utf-8")
+        lines = console_commands(text) if page.suffix == ".md" else []
+        lines += [ln[2:] for ln in text.splitlines() if page.suffix == ".txt" and ln[:2] == "$ "]
+        found += [(str(page.relative_to(PROJECT)), line) for line in lines]
+    return found
+
+
+def test_commands_name_the_app_by_its_path_as_the_readme_does() -> None:
+    """The how-tos wrote a bare `app`, the README `.venv/bin/app` without saying why."""
+    import shlex
+
+    bare = []
+    for where, line in _command_lines():
+        words = shlex.split(line, comments=True)
+        for index, word in enumerate(words):
+            starts_command = index == 0 or words[index - 1] in {"&&", "||", "|", ";"}
+            if word == "app" and (starts_command or "=" in words[index - 1]):
+                bare.append(f"{where}: {line}")
+    assert bare == [], "write .venv/bin/app (or /opt/app/.venv/bin/app):\n" + "\n".join(bare)
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    assert ". .venv/bin/activate" in readme
+    assert ". .venv/bin/activate" in (DOCS / "how-to" / "index.md").read_text(encoding="utf-8")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,11 +69,16 @@ def tutorial_steps() -> list[str]:
 
 
 class Tutorial:
-    """A reader following the page, in a directory of their own, next to `server`."""
+    """A reader following the page in their clone (`cwd`), next to `server`.
 
-    def __init__(self, server: LiveServer, cwd: Path) -> None:
+    ``mktemp -d`` runs for real, with ``TMPDIR`` set to `scratch`; ``rm -r`` only removes
+    what it made there.
+    """
+
+    def __init__(self, server: LiveServer, cwd: Path, scratch: Path) -> None:
         self.server = server
         self.cwd = cwd
+        self.scratch = scratch
         self.vars: dict[str, str] = {}
         self.last_created: str | None = None
         self.last_exit = 0
@@ -88,6 +94,14 @@ class Tutorial:
             self.stop_server()
             return
         if any(line.startswith(prefix) or f" {prefix}" in line for prefix in NOT_RUN):
+            return
+        made = re.fullmatch(r"([A-Z_]+)=\$\(mktemp -d\)", line)
+        if made:
+            env = {**os.environ, "TMPDIR": str(self.scratch)}
+            result = subprocess.run(
+                ["mktemp", "-d"], env=env, capture_output=True, text=True, check=True
+            )
+            self.vars[made.group(1)] = result.stdout.strip()
             return
         assignment = re.fullmatch(r"([A-Z_]+)=(<the id>|\S+)", line)
         if assignment:
@@ -106,6 +120,10 @@ class Tutorial:
             self.steps.append(Step(line, self.last_exit, str(self.last_exit)))
         elif words[0] == "echo" and len(words) >= 3 and words[-2] == ">":
             (self.cwd / words[-1]).write_text(" ".join(words[1:-2]) + "\n")
+        elif words[:2] == ["rm", "-r"] and len(words) == 3:
+            target = (self.cwd / words[2]).resolve()
+            assert target.is_relative_to(self.scratch.resolve()), f"`{line}` removes {target}"
+            shutil.rmtree(target)
         else:
             pytest.fail(
                 f"docs/tutorial.md shows `{line}`, which this test does not know how to run"
@@ -190,9 +208,15 @@ def test_the_tutorial_page_lists_the_steps_this_test_runs() -> None:
 
 
 def test_the_tutorial_works_against_a_real_server(live_server: LiveServer, tmp_path: Path) -> None:
-    reader = Tutorial(live_server, tmp_path)
+    clone, scratch = tmp_path / "clone", tmp_path / "tmp"
+    clone.mkdir()
+    scratch.mkdir()
+    reader = Tutorial(live_server, clone, scratch)
     for line in tutorial_steps():
         reader.run(line)
+    # It used to leave hello.txt in the clone; its scratch directory is removed at the end.
+    assert list(clone.iterdir()) == []
+    assert list(scratch.iterdir()) == []
     steps = reader.steps
     session_id = reader.vars["ID"]
     by_line = [(step.line, step.status) for step in steps]

@@ -61,10 +61,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hostile_suites import HELPERS, SUITES, Suite
+from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
 
 from app.lock import LOCK_FILE
-from app.testing import free_port, wait_until_serving
+from app.testing import published_port, wait_until_serving
 
 SETTINGS = """\
 [default]
@@ -85,7 +85,8 @@ protected = true
 
 @dataclass(frozen=True)
 class Production:
-    """The live production server and what it held before any hostile suite ran."""
+    """A production server (live, or stopped after it was filled) and what it held before
+    any hostile suite ran."""
 
     root: Path
     settings_dir: Path
@@ -96,6 +97,13 @@ class Production:
     process: subprocess.Popen[bytes]
     files: dict[str, str]
     sessions: dict[str, Any]
+    #: Where the settings put the other profiles' roots (development's among them).
+    others: Path
+    development: dict[str, str]
+
+    @property
+    def live(self) -> bool:
+        return self.process.poll() is None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -154,6 +162,16 @@ def fill(url: str, headers: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
     """A real production-profile server on a temporary root, filled over HTTP."""
+    yield from _production(tmp_path_factory, stop=False)
+
+
+@pytest.fixture(scope="module")
+def stopped_production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]:
+    """The same, stopped once filled: nobody holds the root, no lock can refuse anything."""
+    yield from _production(tmp_path_factory, stop=True)
+
+
+def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iterator[Production]:
     base = tmp_path_factory.mktemp("production")
     # The other profiles' roots live apart, so that production's parent holds only its own.
     others = tmp_path_factory.mktemp("other-profiles")
@@ -168,13 +186,11 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
         SETTINGS.format(base=others, root=others / "production")
     )
     token = secrets.token_urlsafe(32)
-    port = free_port()
     env = {
         **os.environ,
         "ENV_FOR_DYNACONF": "production",
         "APP_API_TOKEN": token,
         "APP_DATA_ROOT": str(root),
-        "APP_PORT": str(port),
         "APP_SETTINGS_DIR": str(settings_dir),
         # Our own run is sandboxed and the production root lives inside that sandbox; the
         # hostile runs get sandboxes of their own, which do not contain it.
@@ -182,10 +198,14 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
     }
     log = (base / "server.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+        port = published_port(root, process, base / "server.log")
+        url = f"http://127.0.0.1:{port}"
         try:
             wait_until_serving(url, process)
         except pytest.fail.Exception:
@@ -193,6 +213,10 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             pytest.fail((base / "server.log").read_text(errors="replace"), pytrace=False)
         headers = {"Authorization": f"Bearer {token}"}
         fill(url, headers)
+        sessions = list_sessions(url, headers)
+        if stop:
+            process.terminate()
+            process.wait()
         yield Production(
             root,
             settings_dir,
@@ -202,7 +226,9 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             port,
             process,
             fingerprint(root),
-            list_sessions(url, headers),
+            sessions,
+            others,
+            fingerprint(others / "development"),
         )
     finally:
         process.terminate()
@@ -246,18 +272,75 @@ def test_production_survives_a_hostile_suite(
     fields = {"root": production.root, "pid": production.process.pid, "port": production.port}
     result = pytester.runpytest_subprocess(*(arg.format(**fields) for arg in suite.args))
     try:
-        assert result.ret == suite.ret
-        if suite.outcomes:
-            result.assert_outcomes(**suite.outcomes)
-        if suite.stdout:
-            result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
-        if suite.stderr:
-            result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
+        check_run(result, suite, fields)
     finally:
         # Whatever the inner run reported, production must be untouched.
         assert production.process.poll() is None, "the production server died"
         assert fingerprint(production.root) == production.files
         assert list_sessions(production.url, production.headers) == production.sessions
+
+
+@pytest.mark.parametrize("state", ["live", "stopped"])
+@pytest.mark.parametrize("suite", SUITES_WITHOUT_PROPS.values(), ids=SUITES_WITHOUT_PROPS.keys())
+def test_production_and_development_survive_a_suite_without_props(
+    production: Production,
+    stopped_production: Production,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    suite: Suite,
+    state: str,
+) -> None:
+    """Issue 8's classes: whatever a test does to its environment or its children's, next to
+    a live production server and next to a stopped one (where no lock can help).
+
+    Both servers are fixtures of the test (not looked up inside it), so that they start
+    before pytester snapshots ``sys.modules``.
+    """
+    if state == "stopped":
+        production = stopped_production
+    assert production.live == (state == "live")
+    export_shell(monkeypatch, production, suite.shell)
+    fields = {
+        "root": production.root,
+        "pid": production.process.pid,
+        "port": production.port,
+        "others": production.others,
+    }
+    for name, value in suite.env.items():
+        monkeypatch.setenv(name, value.format(**fields))
+    if not suite.basetemp:
+        # pytester points pytest's default temporary root elsewhere; let TMPDIR decide.
+        monkeypatch.delenv("PYTEST_DEBUG_TEMPROOT", raising=False)
+    links = [Path(link.format(**fields)) for link in suite.links]
+    for link, target in zip(links, suite.links.values(), strict=True):
+        link.symlink_to(target.format(**fields), target_is_directory=True)
+    pytester.makepyfile(hostile_helpers=HELPERS, **_as_modules(suite.files))
+    args = [arg.format(**fields) for arg in suite.args]
+    try:
+        if suite.basetemp:
+            result = pytester.runpytest_subprocess(*args)
+        else:
+            result = pytester.run(sys.executable, "-mpytest", "-p", "pytester", *args)
+        check_run(result, suite, fields)
+    finally:
+        for link in links:
+            link.unlink()
+        assert production.live == (state == "live"), "the production server died"
+        assert fingerprint(production.root) == production.files
+        assert fingerprint(production.others / "development") == production.development
+        if production.live:
+            assert list_sessions(production.url, production.headers) == production.sessions
+
+
+def check_run(result: pytest.RunResult, suite: Suite, fields: dict[str, Any]) -> None:
+    """The inner run ended as the suite says: exit code, outcomes, output lines."""
+    assert result.ret == suite.ret, result.stdout.str() + result.stderr.str()
+    if suite.outcomes:
+        result.assert_outcomes(**suite.outcomes)
+    if suite.stdout:
+        result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
+    if suite.stderr:
+        result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
 
 
 def _as_modules(files: dict[str, str]) -> dict[str, str]:

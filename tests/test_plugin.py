@@ -425,21 +425,25 @@ def test_dynaconf_was_not_needed_to_start():
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
 
 
-def test_without_any_settings_the_sandbox_and_forcing_still_apply(
+def test_in_another_project_without_settings_it_changes_nothing(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Installed as a dependency of another project: no settings.toml to read, and that
-    # project's test runs must still start.
+    # Installed in a virtual environment shared with another project: that project's
+    # variables, its own APP_* and DYNACONF_* included, are its business.
     empty = tmp_path / "no-settings-here"
     empty.mkdir()
     monkeypatch.setenv("APP_SETTINGS_DIR", str(empty))
+    monkeypatch.setenv("APP_DATA_ROOT", "/srv/other-project")
+    monkeypatch.setenv("DYNACONF_DEBUG", "1")
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "staging")
     pytester.makepyfile(
         test_other="""
 import os
 
 def test_other_project():
-    assert os.environ["ENV_FOR_DYNACONF"] == "testing"
-    assert os.environ["PYTEST_APP_SANDBOX"]
+    assert os.environ["APP_DATA_ROOT"] == "/srv/other-project"
+    assert os.environ["DYNACONF_DEBUG"] == "1"
+    assert os.environ["ENV_FOR_DYNACONF"] == "staging"
 """
     )
     result = pytester.runpytest_subprocess()
@@ -447,9 +451,156 @@ def test_other_project():
     result.stdout.fnmatch_lines(
         [
             (
-                "app: profile=testing (forced), data_root=*/data/testing (from pytest sandbox "
-                f"(no settings.toml found: looked in {empty}*"
-            ),
-            "app: sandbox=*, settings=none found, neutralised: nothing",
+                "app: inactive, nothing neutralised or forced: no settings.toml found: "
+                f"looked in {empty}*"
+            )
         ]
     )
+
+
+def test_in_another_project_sharing_the_environment_it_changes_nothing(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An editable install finds this project's settings, but the run belongs to a project
+    # elsewhere (its rootdir): leave it alone.
+    monkeypatch.delenv("APP_SETTINGS_DIR", raising=False)
+    monkeypatch.setenv("APP_DATA_ROOT", "/srv/other-project")
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(
+        test_other="""
+import os
+
+def test_other_project():
+    assert os.environ["APP_DATA_ROOT"] == "/srv/other-project"
+"""
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "app: inactive, nothing neutralised or forced: the settings in * belong to "
+                "another project than this run's rootdir (*); set APP_SETTINGS_DIR to use them"
+            )
+        ]
+    )
+
+
+def test_it_neutralises_only_the_names_that_affect_the_app(
+    pytester: pytest.Pytester, settings_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APP_DATA_ROOT", "/srv/production")
+    monkeypatch.setenv("APP_NAME", "someone else's")
+    monkeypatch.setenv("DYNACONF_DEBUG", "1")
+    pytester.makepyfile(
+        test_env="""
+import os
+
+def test_env():
+    assert "APP_DATA_ROOT" not in os.environ
+    assert os.environ["APP_NAME"] == "someone else's"
+    assert os.environ["DYNACONF_DEBUG"] == "1"
+"""
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["app: sandbox=*, neutralised: APP_DATA_ROOT"])
+
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_help_and_version_work_with_broken_settings_and_touch_nothing(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "settings.toml").write_text("[testing\ndata_root = \n")
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(broken))
+    basetemp = tmp_path / "basetemp"
+    result = pytester.runpytest_subprocess(option, f"--basetemp={basetemp}")
+    assert result.ret == 0
+    assert not basetemp.exists()
+    assert sorted(p.name for p in broken.iterdir()) == ["settings.toml"]
+
+
+def test_a_pytest_run_inside_a_test_leaves_the_outer_run_as_it_was(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest("pytest_plugins = ['pytester']")
+    pytester.makepyfile(
+        test_outer="""
+import os
+
+from app.config import load
+
+
+def test_inner_run(pytester):
+    before = dict(os.environ)
+    sandbox = load().sandbox
+    pytester.makepyfile(test_inner="def test_ok():\\n    pass\\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == {
+        k: v for k, v in before.items() if k != "PYTEST_CURRENT_TEST"
+    }
+    assert load().sandbox == sandbox
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_without_the_plugin_the_refusal_says_why_it_is_not_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    from app import sandbox
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    assert sandbox.why_no_plugin().startswith(
+        "the app's pytest plugin is not registered: the package is imported from "
+    )
+    assert "not installed in this Python environment; install it (`pip install -e .`)" in (
+        sandbox.why_no_plugin()
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert sandbox.why_no_plugin().startswith("PYTEST_DISABLE_PLUGIN_AUTOLOAD is set")
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    assert (
+        sandbox.why_no_plugin() == "the plugin was disabled (`-p no:app`); run without that option"
+    )
+
+
+def test_without_plugin_autoload_the_refusal_names_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(
+        test_bare="""
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_production_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    assert "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing`" in str(refused.value)
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_a_production_root_from_an_unset_variable_does_not_stop_the_tests(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "settings.toml").write_text(
+        f'[testing]\ndata_root = "{tmp_path}/testing"\n\n'
+        '[production]\ndata_root = "@format {env[PROD_ROOT]}"\nprotected = true\n'
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
+    monkeypatch.delenv("PROD_ROOT", raising=False)
+    pytester.makepyfile(test_probe=PROBE_TEST)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

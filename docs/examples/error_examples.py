@@ -27,6 +27,7 @@ def _raised(call: Callable[[], object]) -> errors.AppError:
 
 EXAMPLES: list[errors.AppError] = [
     errors.SettingsNotFoundError(Path("/opt/app"), "from APP_SETTINGS_DIR"),
+    errors.SettingsDirEmptyError("APP_SETTINGS_DIR", Path("/opt/app/src")),
     errors.SettingsSyntaxError(Path("/opt/app/settings.toml"), 12, "Expected '=' after a key"),
     errors.UnknownProfileError(
         "prod", ["development", "production", "testing"], "ENV_FOR_DYNACONF"
@@ -76,7 +77,11 @@ EXAMPLES: list[errors.AppError] = [
         "purge sessions",
     ),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
+    errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
+    errors.DataRootChangedError(
+        ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
+    ),
     errors.ProfileStampMismatchError(ROOT, "production", "development"),
     errors.ConfirmationRequiredError("purge sessions", "production", "--yes-i-mean-it"),
     errors.PortInUseError("127.0.0.1", 8080, "address already in use"),

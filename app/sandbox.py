@@ -1,0 +1,546 @@
+"""What marks a test process, and which data roots a test process may open.
+
+A pytest run with the app's plugin is recognised in three places, strongest first:
+
+1. **In the process.** The plugin leaves a marker on the :mod:`sys` module for the rest of
+   the process's life. Every copy of this code (a second import under another name, the
+   incident's shape) sees the same ``sys``, and a test that clears ``os.environ``, or an
+   ``atexit`` clean-up that runs after pytest removed its own variables, cannot remove it.
+2. **In the process tree.** The plugin registers the run in :data:`RUNS_DIR` under its pid
+   and start time. Every process walks its ancestors (Linux ``/proc``) to the nearest
+   registered run, so a child started with a hand-built environment, a grandchild, or a
+   double-forked daemon (the run is its subreaper) is part of the run that started it.
+3. **In the environment.** ``PYTEST_APP_SANDBOX``, inherited by children. Alone it is only
+   honoured where 1 and 2 find nothing (a system without ``/proc``); it never widens them.
+
+pytest without the plugin (``-p no:app``, ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) is recognised
+too, by :func:`bare_pytest`: ``_pytest`` imported in this process, pytest's own variables, or
+an ancestor whose command line runs pytest.
+
+A run publishes its sandbox and the data roots it must never touch (every profile's root as
+its shell and settings resolve them, with their device and inode). :func:`check_root` refuses
+a root outside the sandbox, and one inside it that is another path to a protected root (a bind
+mount, a symbolic link resolved elsewhere) or contains one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import stat
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from app.errors import SandboxViolationError
+
+__all__ = [
+    "ALLOW_PROFILES_ENV",
+    "RUNS_DIR",
+    "SANDBOX_ENV",
+    "Context",
+    "Protected",
+    "Run",
+    "check_root",
+    "context",
+    "current_run",
+    "identity",
+    "register",
+    "sandbox_root",
+    "unregister",
+]
+
+#: The sandbox, inherited by children. Deliberately not an ``APP_`` name: dynaconf never
+#: reads it, and the plugin's neutralising never removes it.
+SANDBOX_ENV: Final = "PYTEST_APP_SANDBOX"
+#: Comma-separated profiles a test opted into. It can only add profiles whose roots are
+#: mapped into the sandbox, so a test that sets it by hand gains nothing outside it.
+ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
+#: Where runs register, one file per live pytest process. A fixed path, not
+#: ``tempfile.gettempdir()``: a child with a hand-built environment (another ``TMPDIR``, or
+#: none) must look in the same place as the run that started it.
+RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{os.getuid()}"  # noqa: S108 - checked owner
+
+
+def _runs_dir(uid: int) -> Path:
+    # One directory per user, written only by that user (checked), readable by all: a child
+    # that switched user (su, sudo -u) still finds the run of the user who started it.
+    return RUNS_DIR.with_name(f"app-pytest-runs-{uid}")
+
+
+#: The attribute of ``sys`` that holds this process's runs (innermost last).
+_MARKER: Final = "_app_pytest_runs"
+_PROC: Final = Path("/proc")
+_MAX_DEPTH: Final = 128
+#: pytest's own variables: set for a test (``PYTEST_CURRENT_TEST``) or the whole session
+#: (``PYTEST_VERSION``, pytest 8.2+), in the process and the children that inherit them.
+_PYTEST_VARIABLES: Final = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
+_PYTEST_COMMANDS: Final = frozenset({"pytest", "py.test"})
+
+
+def identity(path: Path | str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path`` (following symbolic links), or None if it is not there.
+
+    Two paths with one identity are one directory, however they are spelled: bind mounts,
+    symbolic links and hard links all share it.
+    """
+    try:
+        found = Path(path).stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A data root that a test run must never open: another profile's, or a live holder's."""
+
+    profile: str
+    path: Path
+    #: The identities of the root and of the app's directories in it, where they exist.
+    identities: frozenset[tuple[int, int]] = frozenset()
+    #: The identities of the root's ancestors: a directory with one of them holds the root.
+    ancestors: frozenset[tuple[int, int]] = frozenset()
+
+    @classmethod
+    def of(cls, profile: str, path: Path) -> Protected:
+        """Record ``path`` as it is now (what does not exist yet has no identity)."""
+        own = {identity(path / name) for name in ("", "sessions", ".trash", ".tmp")}
+        above = {identity(parent) for parent in path.parents}
+        return cls(profile, path, frozenset(own - {None}), frozenset(above - {None}))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "path": str(self.path),
+            "identities": sorted(self.identities),
+            "ancestors": sorted(self.ancestors),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Protected:
+        return cls(
+            str(data["profile"]),
+            Path(data["path"]),
+            frozenset((int(a), int(b)) for a, b in data.get("identities", ())),
+            frozenset((int(a), int(b)) for a, b in data.get("ancestors", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """A pytest run with the app's plugin, as one process sees it.
+
+    Attributes:
+        sandbox: the only directory tree the run may open data roots in.
+        pid: the pytest process (an xdist worker is a run of its own), None if only the
+            environment says so.
+        protected: roots the run must never open, however they are reached.
+        recognised_by: how this process knows it belongs to the run, for messages.
+    """
+
+    sandbox: Path
+    pid: int | None
+    protected: tuple[Protected, ...] = ()
+    recognised_by: str = "this process"
+    #: Profiles the current test opted into (in the pytest process only).
+    allowed: frozenset[str] = field(default_factory=frozenset)
+
+
+# --- the process tree (Linux /proc) -------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> tuple[int, int] | None:
+    """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart."""
+    try:
+        raw = (_PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[1]), int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _ancestry() -> Iterator[tuple[int, int]]:
+    """``(pid, start time)`` of this process, then of its parent, and so on up to pid 1."""
+    pid = os.getpid()
+    for _ in range(_MAX_DEPTH):
+        fields = _stat_fields(pid)
+        if fields is None:
+            return
+        parent, started = fields
+        yield pid, started
+        if parent <= 1:
+            return
+        pid = parent
+
+
+def _runs_dir_trusted(directory: Path, uid: int) -> bool:
+    # Anyone can create a directory in /tmp: entries count only from a directory that its
+    # user owns and nobody else may write, so another user cannot fake (or hide) a run.
+    try:
+        found = os.lstat(directory)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(found.st_mode)
+        and found.st_uid == uid
+        and not found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def _entry_name(pid: int, started: int) -> str:
+    return f"{pid}-{started}.json"
+
+
+def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
+    return Run(
+        Path(data["sandbox"]),
+        pid,
+        tuple(Protected.from_dict(item) for item in data.get("protected", ())),
+        f"the process tree ({how}, registered in {path.parent})",
+    )
+
+
+def _registered(uid: int, seen: dict[int, set[str]]) -> set[str]:
+    if uid not in seen:
+        directory = _runs_dir(uid)
+        seen[uid] = set()
+        if _runs_dir_trusted(directory, uid):
+            with contextlib.suppress(OSError):
+                seen[uid] = {entry.name for entry in directory.iterdir()}
+    return seen[uid]
+
+
+def _walk_tree() -> tuple[Run | None, str | None]:
+    """The nearest registered run among this process and its ancestors, and whether a
+    pytest without the plugin sits between (its rules then apply as well)."""
+    seen: dict[int, set[str]] = {}
+    bare = None
+    for depth, (pid, started) in enumerate(_ancestry()):
+        name = _entry_name(pid, started)
+        try:
+            uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
+        except OSError:
+            continue
+        if name in _registered(uid, seen):
+            run = _read_entry(_runs_dir(uid) / name, pid, depth)
+            if run is not None:
+                return run, bare
+        if depth and bare is None and _looks_like_pytest(_cmdline(pid)):
+            bare = f"an ancestor process (pid {pid}) runs pytest without the app's plugin"
+    return None, bare
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0")]
+
+
+def _looks_like_pytest(argv: list[str]) -> bool:
+    if not argv:
+        return False
+    if Path(argv[0]).name in _PYTEST_COMMANDS:
+        return True
+    if len(argv) > 1 and Path(argv[1]).name in _PYTEST_COMMANDS:
+        return True  # python /path/to/bin/pytest
+    for index, arg in enumerate(argv[1:4], start=1):
+        if arg == "-m" and index + 1 < len(argv) and argv[index + 1] in _PYTEST_COMMANDS:
+            return True
+        if arg in ("-mpytest", "-mpy.test"):
+            return True
+    return False
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def _in_process() -> Run | None:
+    runs: list[Run] | None = getattr(sys, _MARKER, None)
+    return runs[-1] if runs else None
+
+
+def marked() -> bool:
+    """Whether the app's pytest plugin marked this very process (see :func:`register`)."""
+    return _in_process() is not None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What this process knows about the tests it may be part of.
+
+    Attributes:
+        run: the nearest run of the app's plugin, if any.
+        bare: how a pytest without the plugin is seen, nearer than ``run`` (or alone); its
+            rules apply on top of the run's.
+    """
+
+    run: Run | None
+    bare: str | None
+
+
+OUTSIDE: Final = Context(None, None)
+
+
+def context(environ: Mapping[str, str] | None = None) -> Context:
+    """Where this process stands: in a run, under a pytest without the plugin, or neither.
+
+    The environment (``os.environ`` unless ``environ`` is given) counts only where neither
+    the process nor its ancestry says anything.
+
+    Raises:
+        SandboxViolationError: only the environment names a sandbox, and it is not absolute
+            or is the filesystem's root.
+    """
+    env = os.environ if environ is None else environ
+    run = _in_process()
+    if run is not None:
+        return Context(_narrowed(run, env), None)
+    run, bare = _walk_tree()
+    if "_pytest.main" in sys.modules:
+        bare = "pytest is imported in this process, and the app's plugin did not start in it"
+    if run is not None:
+        return Context(_narrowed(run, env), bare)
+    raw = env.get(SANDBOX_ENV)
+    if raw is not None:
+        path = Path(raw)
+        if not path.is_absolute() or path.resolve() == Path(path.anchor):
+            raise SandboxViolationError(
+                f"{SANDBOX_ENV}={raw!r} is not a test sandbox",
+                None,
+                f"let the app's pytest plugin set {SANDBOX_ENV}; do not set it by hand",
+            )
+        return Context(Run(path.resolve(), None, (), f"the environment ({SANDBOX_ENV})"), bare)
+    if bare is None:
+        for name in _PYTEST_VARIABLES:
+            if name in env or name in os.environ:
+                bare = f"{name} is set"
+                break
+    return Context(None, bare)
+
+
+def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
+    # The environment may narrow the run's sandbox (a directory inside it), never widen it
+    # or move it elsewhere: a test that points the variable at / gains nothing.
+    raw = environ.get(SANDBOX_ENV)
+    if not raw or not Path(raw).is_absolute():
+        return run
+    inner = Path(raw).resolve()
+    if inner == run.sandbox or not inner.is_relative_to(run.sandbox):
+        return run
+    how = f"{run.recognised_by}, narrowed by {SANDBOX_ENV}"
+    return Run(inner, run.pid, run.protected, how, run.allowed)
+
+
+def current_run(environ: Mapping[str, str] | None = None) -> Run | None:
+    """The pytest run this process belongs to, or None outside any (see :func:`context`)."""
+    return context(environ).run
+
+
+def why_no_plugin() -> str:
+    """Why the app's pytest plugin is not running here, and what to do about it."""
+    from importlib.metadata import entry_points
+
+    registered = any(ep.value == "app.testing" for ep in entry_points(group="pytest11"))
+    if not registered:
+        where = Path(__file__).resolve().parent
+        return (
+            f"the app's pytest plugin is not registered: the package is imported from {where} "
+            "but not installed in this Python environment; install it (`pip install -e .`)"
+        )
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing`, or unset it"
+    return "the plugin was disabled (`-p no:app`); run without that option"
+
+
+def allowed_profiles(run: Run, environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The profiles besides ``testing`` that the current test opted into."""
+    env = os.environ if environ is None else environ
+    names = {name.strip().lower() for name in env.get(ALLOW_PROFILES_ENV, "").split(",")}
+    return frozenset(run.allowed | (names - {""}))
+
+
+def sandbox_root(sandbox: Path, profile: str) -> Path:
+    """Where a profile's data root lives inside the sandbox."""
+    return sandbox / "data" / profile
+
+
+# --- registering (the pytest plugin) -------------------------------------------------------
+
+
+def _private_runs_dir() -> Path:
+    with contextlib.suppress(FileExistsError):
+        RUNS_DIR.mkdir(mode=0o755)
+    if not _runs_dir_trusted(RUNS_DIR, os.getuid()):
+        msg = (
+            f"{RUNS_DIR} is not a directory that only user {os.getuid()} may write (a "
+            "symbolic link, another owner, or writable by others); remove it and run again"
+        )
+        raise PermissionError(msg)
+    with contextlib.suppress(OSError):
+        RUNS_DIR.chmod(0o755)  # an earlier version made it 0700: children of other users read it
+    return RUNS_DIR
+
+
+def _forget_dead_runs(directory: Path) -> None:
+    for name in (entry.name for entry in directory.iterdir()):
+        pid, _, _ = name.partition("-")
+        if not pid.isdigit():
+            continue
+        fields = _stat_fields(int(pid))
+        if fields is None or _entry_name(int(pid), fields[1]) != name:
+            with contextlib.suppress(OSError):
+                (directory / name).unlink()
+
+
+def _become_subreaper() -> None:
+    # A child that double-forks would be re-parented to init and leave the run's tree; as
+    # the run's subreaper, the pytest process adopts it instead (Linux only, best effort).
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _publish(run: Run) -> None:
+    """Write ``run`` as this process's registry entry (atomically: readers never see half)."""
+    started = _stat_fields(os.getpid())
+    if started is None:
+        return  # no /proc: children fall back to the environment
+    directory = _private_runs_dir()
+    data = {
+        "pid": os.getpid(),
+        "sandbox": str(run.sandbox),
+        "argv": list(sys.argv),
+        "protected": [item.to_dict() for item in run.protected],
+    }
+    temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
+    temporary.write_text(json.dumps(data))
+    temporary.replace(directory / _entry_name(os.getpid(), started[1]))
+
+
+def _forget_own_entry() -> None:
+    started = _stat_fields(os.getpid())
+    if started is not None:
+        with contextlib.suppress(OSError):
+            (RUNS_DIR / _entry_name(os.getpid(), started[1])).unlink()
+
+
+def register(sandbox: Path, protected: Iterable[Protected], *, replacing: Run | None = None) -> Run:
+    """Mark this process, and every process it starts, as part of a run on ``sandbox``.
+
+    The marker stays for the life of the process (see :func:`unregister` for nested runs);
+    the registry entry goes when the process exits, or when a later run finds it stale.
+
+    Args:
+        sandbox: the run's sandbox.
+        protected: the roots the run must never open.
+        replacing: this process's run to narrow (an xdist worker learns its own sandbox late).
+
+    Raises:
+        PermissionError: the registry directory is not private to this user.
+    """
+    run = Run(sandbox, os.getpid(), tuple(protected))
+    runs: list[Run] = getattr(sys, _MARKER, None) or []
+    if replacing is not None and runs and runs[-1] is replacing:
+        runs[-1] = run
+    else:
+        first = not runs
+        runs.append(run)
+        if first:
+            _forget_dead_runs(_private_runs_dir())
+            _become_subreaper()
+            atexit.register(_forget_own_entry)
+    setattr(sys, _MARKER, runs)
+    _publish(run)
+    return run
+
+
+def unregister(run: Run) -> None:
+    """End a run nested in this process (an in-process ``pytester.runpytest``).
+
+    The outermost run stays marked until the process exits: code that runs after pytest
+    (``atexit`` handlers registered after it started) is still part of it.
+    """
+    runs: list[Run] = getattr(sys, _MARKER, None) or []
+    if len(runs) > 1 and runs[-1] is run:
+        runs.pop()
+        with contextlib.suppress(OSError):
+            _publish(runs[-1])
+
+
+def swap(current: Run, new: Run) -> None:
+    """Put ``new`` in place of this process's ``current`` run (a test's ``app_profile``
+    mark allows more profiles for the test's duration; the same sandbox, either way)."""
+    runs: list[Run] = getattr(sys, _MARKER, None) or []
+    if runs and runs[-1] is current:
+        runs[-1] = new
+
+
+def allowing(run: Run, profiles: Iterable[str]) -> Run:
+    """``run``, also allowing ``profiles`` (their roots mapped into the same sandbox)."""
+    return Run(run.sandbox, run.pid, run.protected, run.recognised_by, frozenset(profiles))
+
+
+# --- checking a root ----------------------------------------------------------------------
+
+
+def check_root(path: Path, what: str, run: Run | None = None) -> None:
+    """Refuse ``path`` if this process belongs to a run and ``path`` is not the run's to open.
+
+    Refused: a path that resolves outside the sandbox; a path inside it that is one of the
+    run's protected roots (or lies in one, or contains one) under another name.
+
+    Args:
+        path: the data root about to be opened.
+        what: what the caller is about to do, for the message ("open data root").
+        run: the run, if the caller already has it.
+
+    Raises:
+        SandboxViolationError: naming the path, the protected root and the fix.
+    """
+    run = run or current_run()
+    if run is None:
+        return
+    resolved = path.expanduser().resolve()
+    sandbox = run.sandbox
+    if not resolved.is_relative_to(sandbox):
+        raise SandboxViolationError(
+            f"{what} {resolved}, which lies outside the test sandbox (this process belongs "
+            f"to the test run through {run.recognised_by})",
+            sandbox,
+            "Tests may only touch data under the sandbox: use the app_config, store or "
+            "live_server fixtures, or a path under tmp_path",
+        )
+    if not run.protected:
+        return
+    # The path and its existing ancestors inside the sandbox, by identity.
+    chain = [resolved, *(p for p in resolved.parents if p.is_relative_to(sandbox))]
+    seen = {ident for p in chain if (ident := identity(p)) is not None}
+    own = identity(resolved)
+    for item in run.protected:
+        if seen & item.identities or (own is not None and own in item.ancestors):
+            raise SandboxViolationError(
+                f"{what} {resolved}: it is another path to the data root of profile "
+                f"{item.profile!r} ({item.path}), or lies in it or holds it (same device and "
+                "inode, through a bind mount or link)",
+                sandbox,
+                "Tests get data roots of their own under tmp_path; never mount or link a "
+                "real data root into the sandbox",
+            )

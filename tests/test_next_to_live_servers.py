@@ -1,0 +1,105 @@
+"""The README's first ten minutes: start `app serve`, then run the tests. The suite must be
+green next to a live server of every profile, and leave them alone.
+
+A representative part of the suite runs in a pytest subprocess whose settings are a copy of
+the project's, while a real `app serve` of each profile holds that copy's roots.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from project_copy import PROJECT, copy_project_settings
+
+from app.testing import published_port, wait_until_serving
+
+PROFILES = ("development", "testing", "production")
+#: The tests that look at the settings' roots, the live holders and the header (the whole
+#: suite would double its time; these are the ones a live server could disturb).
+REPRESENTATIVE = (
+    "tests/test_plugin.py::test_the_header_names_profile_data_root_source_and_sandbox",
+    "tests/test_plugin.py::test_strict_mode_runs_when_no_server_is_live",
+    "tests/test_plugin.py::test_it_forces_testing_over_a_shell_that_exported_production",
+    "tests/test_docs_generated.py",
+    "tests/test_cli_data.py",
+    "tests/test_fixtures.py",
+)
+
+
+@pytest.fixture
+def live_servers(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A live `app serve` of every profile on a copy of the project's settings."""
+    project = copy_project_settings(tmp_path / "project")
+    base = {
+        **os.environ,
+        "APP_SETTINGS_DIR": str(project),
+        # The servers are children of this run: their roots lie in its sandbox, opted in.
+        "PYTEST_APP_ALLOW_PROFILES": ",".join(PROFILES),
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    urls: dict[str, str] = {}
+    try:
+        for profile in PROFILES:
+            env = {**base, "ENV_FOR_DYNACONF": profile}
+            if profile == "production":
+                env["APP_API_TOKEN"] = secrets.token_urlsafe(32)
+            log = tmp_path / f"{profile}.log"
+            with log.open("wb") as output:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "app", "serve", "--port", "0"],
+                    env=env,
+                    stdout=output,
+                    stderr=output,
+                )
+            processes.append(process)
+            port = published_port(project / "data" / profile, process, log)
+            urls[profile] = f"http://127.0.0.1:{port}"
+            wait_until_serving(urls[profile], process, log=log)
+        yield project, urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def test_the_suite_passes_next_to_a_live_server_of_every_profile(
+    live_servers: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    project, urls = live_servers
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PYTEST_", "APP_")) and name != "ENV_FOR_DYNACONF"
+    }
+    env["APP_SETTINGS_DIR"] = str(project)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *REPRESENTATIVE,
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={tmp_path / 'inner'}",
+        ],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    for profile in PROFILES:
+        assert f"app: live server on profile '{profile}'" in done.stdout
+    for url in urls.values():
+        assert httpx.get(f"{url}/health").status_code == 200
