@@ -606,25 +606,10 @@ def _runtime_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Ite
             sources.get("api_token", "built-in default"),
         )
         return
-    placeholders = {r.values.get("api_token") for r in others.values()} - {None}
-    if token in placeholders:
+    problem = _weak_token(token, [r.values.get("api_token") for r in others.values()])
+    if problem is not None:
         yield InvalidSettingError(
-            "production",
-            "api_token",
-            mask(token),
-            "is the token of another profile (a "
-            "committed placeholder); set a real one with APP_API_TOKEN",
-            sources["api_token"],
-        )
-    elif len(token) < _MIN_PRODUCTION_TOKEN:
-        yield InvalidSettingError(
-            "production",
-            "api_token",
-            mask(token),
-            f"is shorter than {_MIN_PRODUCTION_TOKEN} "
-            "characters; generate one with `python -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))'`",
-            sources["api_token"],
+            "production", "api_token", mask(token), problem, sources["api_token"]
         )
     if values.get("protected") is False:
         yield InvalidSettingError(
@@ -635,6 +620,42 @@ def _runtime_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Ite
             "remove its data need a confirmation option",
             sources["protected"],
         )
+
+
+# What a production token must resist: about 10^20 guesses (66 bits), by zxcvbn's estimate,
+# which sees through repeats, sequences, keyboard walks, words and the other profiles' tokens.
+_MIN_TOKEN_GUESSES_LOG10 = 20
+_GENERATE_HINT = (
+    "set a real one with APP_API_TOKEN, generated with "
+    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+)
+
+
+def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
+    """Why ``token`` must not guard production, or ``None`` if it may."""
+    if token != token.strip():
+        # The server would compare the padded value and nobody could authenticate (#9).
+        return (
+            "has leading or trailing whitespace (a newline from `echo` or a secrets file?); "
+            "remove it where the token is set: clients send it without, so nobody could "
+            "authenticate"
+        )
+    known = [p for p in placeholders if p]
+    if token.casefold() in {p.strip().casefold() for p in known}:
+        return f"is the token of another profile (a committed placeholder); {_GENERATE_HINT}"
+    if len(token) < _MIN_PRODUCTION_TOKEN:
+        return f"is shorter than {_MIN_PRODUCTION_TOKEN} characters; {_GENERATE_HINT}"
+    from zxcvbn import zxcvbn
+
+    # zxcvbn refuses long inputs (its cost grows with length); a strong prefix is enough.
+    guesses: float = zxcvbn(token[:64], user_inputs=known)["guesses_log10"]
+    if guesses < _MIN_TOKEN_GUESSES_LOG10:
+        return (
+            f"is too easy to guess (about 10^{guesses:.0f} guesses; at least "
+            f"10^{_MIN_TOKEN_GUESSES_LOG10} are needed: no repeats, sequences, words or "
+            f"placeholders); {_GENERATE_HINT}"
+        )
+    return None
 
 
 def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -484,6 +484,38 @@ class UploadTooLargeError(StoreError):
         )
 
 
+class BodyTooLargeError(StoreError):
+    """A request body (other than an upload's) exceeded what the route reads."""
+
+    code = "body_too_large"
+    http_status = 413
+
+    def __init__(self, what: str, limit: int, received: int | None = None) -> None:
+        self.what = what
+        self.limit = limit
+        self.received = received
+        got = f" (received {received} bytes so far)" if received is not None else ""
+        super().__init__(
+            f"{what} refused: the request body is larger than {limit} bytes{got}; nothing was "
+            "written. Send less, and keep large data in files (PUT /sessions/{id}/files/{name})"
+        )
+
+
+class MetadataTooLargeError(StoreError):
+    """A session's metadata is larger, as compact JSON, than a session may hold."""
+
+    code = "metadata_too_large"
+    http_status = 413
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"metadata is {size} bytes as compact JSON; the limit is {limit} bytes, and nothing "
+            "was written. Keep large data in files (PUT /sessions/{id}/files/{name})"
+        )
+
+
 class BadRequestError(StoreError):
     """A malformed request body or parameter."""
 

@@ -25,45 +25,64 @@ import asyncio
 import contextlib
 import errno
 import hmac
+import json
 import logging
 import logging.config
+import math
 import os
+import re
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from copy import deepcopy
 from datetime import timedelta
+from http import HTTPStatus
 from types import FrameType
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Final
+from urllib.parse import unquote_to_bytes
 
 import anyio
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.errors import (
     AppError,
     BadRequestError,
+    BodyTooLargeError,
     ConfirmationRequiredError,
+    InvalidNameError,
     LockLostError,
+    MetadataTooLargeError,
     PortInUseError,
     UploadTooLargeError,
     storage_error,
 )
-from app.store import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Store, Upload, check_file_name
+from app.names import FILE_NAME_PATTERN, MAX_NAME_BYTES, check_file_name
+from app.store import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Store, Upload
 
 if TYPE_CHECKING:
     from app.config import Config
 
-__all__ = ["SessionCreate", "bind", "create_app", "serve"]
+__all__ = [
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_KEYS",
+    "MAX_SESSION_BODY_BYTES",
+    "SessionCreate",
+    "bind",
+    "create_app",
+    "serve",
+]
 
 log = logging.getLogger("app.server")
 
@@ -72,10 +91,23 @@ _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
 # How far a multipart body may exceed max_upload_bytes before its Content-Length alone
 # refuses it: boundaries and part headers are small, other fields are capped above.
 _MULTIPART_OVERHEAD: Final = 2 * _MAX_OTHER_FIELD_BYTES
+# RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
+_MAX_BOUNDARY_CHARS: Final = 70
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 30
 _CONFIRM: Final = "yes-i-mean-it"
+_MAX_AGE_SECONDS: Final = 100 * 365 * 86400
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024
+
+MAX_SESSION_BODY_BYTES: Final = 256 * 1024
+"""Largest body of ``POST /sessions``: room for the metadata limit written out loosely."""
+MAX_METADATA_DEPTH: Final = 32
+"""Deepest nesting of objects and arrays in a session's metadata (``{}`` is one level)."""
+MAX_METADATA_KEYS: Final = 1000
+"""Most keys in a session's metadata, counting those of every nested object."""
+
+_SESSION_ID_PATTERN: Final = "^[0-9a-f]{32}$"
+_PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 
 _STATUS_CODES: Final = {
     400: "bad_request",
@@ -87,22 +119,172 @@ _STATUS_CODES: Final = {
     411: "length_required",
     413: "upload_too_large",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     422: "validation_error",
 }
+# RFC 9110's phrases, fixed here: Python renamed 413 and 422 in 3.13.
+_TITLES: Final = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+# --- the models the OpenAPI document shows ---------------------------------------------------
 
 
 class SessionCreate(BaseModel):
     """The body of ``POST /sessions``."""
 
+    model_config = {
+        "json_schema_extra": {"examples": [{"title": "site visit", "metadata": {"parcel": "A-17"}}]}
+    }
+
     title: str = Field(default="", max_length=MAX_TITLE_CHARS, description="A human title.")
     metadata: dict[str, Any] = Field(
         default_factory=dict,
-        description=f"Any JSON object, at most {MAX_METADATA_BYTES} bytes as JSON.",
+        description=(
+            f"Any JSON object: at most {MAX_METADATA_BYTES} bytes as compact JSON (413 "
+            f"beyond), nested at most {MAX_METADATA_DEPTH} levels deep and with at most "
+            f"{MAX_METADATA_KEYS} keys in all (422 beyond). NaN and Infinity are not JSON."
+        ),
     )
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+class FileEntry(BaseModel):
+    """One file of a session."""
+
+    name: str
+    size: int = Field(ge=0)
+    sha256: str | None = Field(description="Hex SHA-256 of the bytes (null if unknown).")
+    uploaded_at: str | None
+
+
+class Session(BaseModel):
+    """A session as stored in ``session.json``."""
+
+    id: str = Field(pattern=_SESSION_ID_PATTERN)
+    title: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    files: list[FileEntry]
+
+
+class SessionPage(BaseModel):
+    """One page of ``GET /sessions``."""
+
+    items: list[Session]
+    total: int = Field(ge=0)
+    next: str | None = Field(description="Pass as `after` for the next page; null on the last.")
+
+
+class FileList(BaseModel):
+    """The files of a session."""
+
+    items: list[FileEntry]
+
+
+class SessionDeleted(BaseModel):
+    """A session moved to the trash."""
+
+    id: str
+    deleted_at: str
+    trash: str = Field(description="The trash entry's name (`app sessions restore` takes it).")
+
+
+class FileDeleted(BaseModel):
+    """A file moved to the trash."""
+
+    id: str
+    name: str
+    deleted_at: str
+    trash: str
+
+
+class TrashEmptied(BaseModel):
+    """What ``POST /trash/empty`` removed for good."""
+
+    removed: int = Field(description="How many trash entries were deleted.")
+    entries: list[str] = Field(description="Their names under `.trash/`.")
+
+
+class Health(BaseModel):
+    """``GET /health``."""
+
+    status: str
+    profile: str
+    version: str
+
+
+class Problem(BaseModel):
+    """Every error: RFC 9457 problem details, with the app's stable ``code`` and ``message``."""
+
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What was refused, why, and the fix (same as `message`).")
+    code: str = Field(description="A stable identifier for programs, e.g. `invalid_name`.")
+    message: str = Field(description="What was refused, why, and the fix.")
+
+
+class ValidationIssue(BaseModel):
+    """One problem of a request that did not validate."""
+
+    loc: list[str | int] = Field(description='Where: ["body", "metadata"], ["query", "limit"]...')
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """A 422: the problem details with every validation issue."""
+
+    errors: list[ValidationIssue]
+
+
+# --- answers in the problem shape -------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    # An unpaired surrogate (from a JSON "\ud800" escape) cannot be encoded as UTF-8; an error
+    # that quoted one made the error handler itself fail with a 500 (#9). Show it escaped.
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool | int | None) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return _text(str(value))
+
+
+class _ProblemResponse(JSONResponse):
+    media_type = _PROBLEM_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        # Never fails: whatever an error quotes is made encodable first.
+        return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _problem(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> _ProblemResponse:
+    title = _TITLES.get(status) or HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "title": title,
+        "status": status,
+        "detail": message,
+        "code": code,
+        "message": message,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return _ProblemResponse(body, status_code=status, headers=headers)
 
 
 def _require_token(config: Config) -> Callable[..., None]:
@@ -129,7 +311,8 @@ def create_app(store: Store, config: Config) -> FastAPI:
     """Build the FastAPI application over an open store.
 
     Every route but ``GET /health`` (and the OpenAPI schema and docs) requires the bearer
-    token when ``config.api_token`` is set. Errors are JSON ``{"code", "message"}``.
+    token when ``config.api_token`` is set. Errors are RFC 9457 problem details
+    (``application/problem+json``) with a stable ``code`` and a ``message``.
 
     Args:
         store: the store on the data root this server holds.
@@ -150,7 +333,49 @@ def create_app(store: Store, config: Config) -> FastAPI:
     _add_error_handlers(app)
     _add_session_routes(app, store, config, auth)
     _add_file_routes(app, store, auth)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(_RefuseUndecodablePaths)
     return app
+
+
+class _RefuseUndecodablePaths:
+    """Answer 400 to a path that is not UTF-8 once percent-decoded, before any route runs.
+
+    The HTTP server decodes such a path with replacement: ``a%FF`` and ``a%FE`` both became
+    ``a\\ufffd``, one name for two different files (#9). A name must be valid text.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw:
+            try:
+                unquote_to_bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as error:
+                shown = raw.decode("ascii", "backslashreplace")
+                refused = InvalidNameError(
+                    "path",
+                    shown,
+                    f"it is not valid UTF-8 once percent-decoded (byte "
+                    f"0x{error.object[error.start]:02X}); percent-encode the name's UTF-8 bytes",
+                )
+                response = _problem(refused.http_status, refused.code, refused.message)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette's 405 names the methods of the first route that matched the path only; the
+    # path may have several (GET and POST /sessions), and a client needs them all.
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 _DOCS_ASSETS: Final = "/docs-assets"
@@ -187,61 +412,296 @@ def _add_api_docs(app: FastAPI) -> None:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def app_error(request: Request, error: AppError) -> JSONResponse:
+    async def app_error(request: Request, error: AppError) -> _ProblemResponse:
         if isinstance(error, LockLostError):
             # Refused at once, and the server stops now rather than at its next poll.
             stop = getattr(request.app.state, "on_lock_lost", None)
             if stop is not None:
                 stop(error.reason)
-        return JSONResponse(error.to_dict(), status_code=error.http_status)
+        return _problem(error.http_status, error.code, error.message)
 
     @app.exception_handler(OSError)
-    async def os_error(request: Request, error: OSError) -> JSONResponse:
+    async def os_error(request: Request, error: OSError) -> _ProblemResponse:
         # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503,
         # and never the path (OSError's message has it; /health hides it on purpose).
         mapped = storage_error(error, f"{request.method} {request.url.path}")
         if mapped is None:
             raise error  # a 500 from the handler below, with the traceback in the log
         log.warning("%s %s: %s", request.method, request.url.path, error)
-        return JSONResponse(mapped.to_dict(), status_code=mapped.http_status)
+        return _problem(mapped.http_status, mapped.code, mapped.message)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> _ProblemResponse:
         code = _STATUS_CODES.get(error.status_code, "http_error")
         message = str(error.detail)
+        headers = dict(error.headers or {})
         # The router's own answers name neither the route nor where to look.
         if error.status_code == 404 and message == "Not Found":
             message = f"no route {request.url.path}; GET /docs lists the API"
-        elif error.status_code == 405 and message == "Method Not Allowed":
+        elif error.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
             message = (
-                f"{request.method} is not allowed on {request.url.path}; GET /docs lists the API"
+                f"{request.method} is not allowed on {request.url.path}; allowed: "
+                f"{headers['Allow']}. GET /docs lists the API"
             )
-        return _error(error.status_code, code, message, **(error.headers or {}))
+        return _problem(error.status_code, code, message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in error.errors()
-        )
-        body = {
-            "code": "validation_error",
-            "message": f"invalid request: {problems}",
-            "errors": jsonable_encoder(error.errors()),
-        }
-        return JSONResponse(body, status_code=422)
+    async def validation_error(request: Request, error: RequestValidationError) -> _ProblemResponse:
+        issues = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            for e in error.errors()
+        ]
+        problems = "; ".join(f"{'.'.join(str(p) for p in i['loc'])}: {i['msg']}" for i in issues)
+        return _problem(422, "validation_error", f"invalid request: {problems}", errors=issues)
 
     @app.exception_handler(ClientDisconnect)
-    async def client_disconnect(request: Request, error: ClientDisconnect) -> JSONResponse:
-        return _error(400, "client_disconnected", "the client closed the connection mid-request")
+    async def client_disconnect(request: Request, error: ClientDisconnect) -> _ProblemResponse:
+        return _problem(400, "client_disconnected", "the client closed the connection mid-request")
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # Starlette re-raises after this answer, and uvicorn logs the traceback.
-        return _error(500, "internal_error", "internal server error; the server log has details")
+    async def internal_error(request: Request, error: Exception) -> _ProblemResponse:
+        # Starlette re-raises after this answer, and uvicorn logs the traceback, then closes
+        # the connection: say so, or the client's next request meets a reset socket (#9).
+        return _problem(
+            500,
+            "internal_error",
+            "internal server error; the server log has details",
+            headers={"Connection": "close"},
+        )
+
+
+# --- POST /sessions: strict JSON, bounded -------------------------------------------------------
+
+
+def _invalid(loc: tuple[str | int, ...], message: str, kind: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *loc), "msg": message, "type": kind}])
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _invalid((), f"{name} is not JSON (RFC 8259 has no NaN or Infinity)", "json_invalid")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _invalid((), f"the number {text} does not fit a 64-bit float", "json_invalid")
+    return value
+
+
+async def _read_body(request: Request, limit: int, what: str) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(what, limit)
+    chunks, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLargeError(what, limit, received)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """Parse a request body as strict JSON text: UTF-8, no NaN or Infinity, finite numbers."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _invalid(
+            (),
+            f"the body is not UTF-8 (byte 0x{raw[error.start]:02X} at {error.start})",
+            "json_invalid",
+        ) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise _invalid(
+            (),
+            "the body is nested too deep to parse; metadata may be nested "
+            f"{MAX_METADATA_DEPTH} levels",
+            "json_invalid",
+        ) from None
+    except json.JSONDecodeError as error:
+        raise _invalid(
+            (), f"the body is not JSON: {error.msg} at {error.pos}", "json_invalid"
+        ) from None
+    except ValueError:  # an integer with more digits than Python converts
+        digits = sys.get_int_max_str_digits()
+        raise _invalid((), f"a number has more than {digits} digits", "json_invalid") from None
+
+
+def _check_text(value: Any) -> None:
+    """Refuse unpaired surrogates anywhere (keys too): they are not text and cannot be stored."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_string(key, (*loc, _text(key)))
+                stack.append((child, (*loc, _text(key))))
+        elif isinstance(item, list):
+            stack.extend((child, (*loc, i)) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_string(item, loc)
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _check_string(value: str, loc: tuple[str | int, ...]) -> None:
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise _invalid(
+            loc,
+            f"contains the unpaired surrogate U+{ord(found.group()):04X}, which is not text; "
+            "send valid UTF-16 pairs or the character itself",
+            "string_unicode",
+        )
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    """Bound the metadata's shape and size, so no stored session can break a listing (#9)."""
+    depth, keys = 0, 0
+    stack: list[tuple[Any, int]] = [(metadata, 1)]  # the body is bounded, so is this walk
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            depth, keys = max(depth, level), keys + len(item)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            depth = max(depth, level)
+            stack.extend((child, level + 1) for child in item)
+    if depth > MAX_METADATA_DEPTH:
+        raise _invalid(
+            ("metadata",),
+            f"metadata is nested {depth} levels deep; the limit is {MAX_METADATA_DEPTH}",
+            "too_deep",
+        )
+    if keys > MAX_METADATA_KEYS:
+        raise _invalid(
+            ("metadata",),
+            f"metadata has {keys} keys (in all its objects); the limit is {MAX_METADATA_KEYS}",
+            "too_many_keys",
+        )
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise MetadataTooLargeError(size, MAX_METADATA_BYTES)
+
+
+_JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+async def _session_create(request: Request) -> SessionCreate:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type.lower() != "application/json" and not content_type.lower().endswith("+json"):
+        raise HTTPException(415, f"POST /sessions takes application/json, not {content_type!r}")
+    raw = await _read_body(request, MAX_SESSION_BODY_BYTES, "creating a session")
+    # No body at all is no title and no metadata; anything else must be JSON (whitespace alone
+    # is not, and "\x0b" is not even JSON whitespace).
+    data = _parse_json(raw) if raw else {}
+    if not isinstance(data, dict):
+        kind = _JSON_TYPES.get(type(data), "a number")
+        raise _invalid((), f"the body must be a JSON object, not {kind}", "model_type")
+    _check_text(data)
+    try:
+        body = SessionCreate.model_validate(data)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in error.errors(include_url=False)
+            ]
+        ) from None
+    _check_metadata(body.metadata)
+    return body
+
+
+# --- the routes -----------------------------------------------------------------------------
+
+_ERRORS: Final = {
+    400: "Malformed id or name, or a malformed body (`invalid_name`, `bad_request`).",
+    401: "Missing or wrong bearer token (`unauthorized`).",
+    404: "No such session or file.",
+    409: "A file of that name exists (`file_exists`).",
+    413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
+    415: "The body is not JSON (`unsupported_media_type`).",
+    416: "The `Range` is outside the file (`range_not_satisfiable`).",
+    422: "The request did not validate (`validation_error`, with `errors`).",
+    403: "A protected profile needs the confirmation (`confirmation_required`).",
+    503: (
+        "The data root cannot be written now: read-only (`storage_read_only`), or the server "
+        "lost its lock (`lock_lost`, it stops) or its directories changed (`data_root_changed`)."
+    ),
+    507: "The data root's filesystem is full (`storage_full`); nothing was changed.",
+}
+#: What any write may answer besides its own errors: the storage said no.
+_STORAGE: Final = (503, 507)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": _ERRORS[status]} for status in statuses}
+
+
+def _session_id() -> Any:
+    # Documented, not enforced by FastAPI: the store answers a malformed id with 400
+    # `invalid_name` and a message, as the command line does.
+    return Path(
+        description="32 lower-case hex digits.",
+        json_schema_extra={"pattern": _SESSION_ID_PATTERN},
+    )
+
+
+def _file_name() -> Any:
+    return Path(
+        description=(
+            "The file's name: letters, marks, numbers, punctuation, symbols and spaces; not "
+            "starting with '.', no '/' or '\\' or look-alikes, no leading or trailing space, at "
+            f"most {MAX_NAME_BYTES} bytes in UTF-8 (see the HTTP reference)."
+        ),
+        json_schema_extra={"pattern": FILE_NAME_PATTERN, "maxLength": MAX_NAME_BYTES},
+    )
+
+
+SessionId = Annotated[str, _session_id()]
+FileName = Annotated[str, _file_name()]
+
+
+def _links(**targets: dict[str, str]) -> dict[str, Any]:
+    return {
+        name: {"operationId": target.pop("operationId"), "parameters": target}
+        for name, target in targets.items()
+    }
+
+
+_SESSION_LINKS: Final = _links(
+    GetSession={"operationId": "getSession", "session_id": "$response.body#/id"},
+    ListFiles={"operationId": "listFiles", "session_id": "$response.body#/id"},
+    UploadFile={"operationId": "uploadFile", "session_id": "$response.body#/id"},
+    PutFile={"operationId": "putFile", "session_id": "$response.body#/id"},
+    DeleteSession={"operationId": "deleteSession", "session_id": "$response.body#/id"},
+)
+
+
+def _file_links() -> dict[str, Any]:
+    return _links(
+        GetFile={
+            "operationId": "getFile",
+            "session_id": "$request.path.session_id",
+            "name": "$response.body#/name",
+        },
+        DeleteFile={
+            "operationId": "deleteFile",
+            "session_id": "$request.path.session_id",
+            "name": "$response.body#/name",
+        },
+    )
+
+
+_LOCATION: Final = {"Location": {"description": "The new resource.", "schema": {"type": "string"}}}
 
 
 def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[Any]) -> None:
-    @app.get("/health", tags=["server"])
+    @app.get("/health", tags=["server"], operation_id="health", response_model=Health)
     async def health() -> dict[str, str]:
         """Liveness: answers without a token. Says which profile runs, never where its data is."""
         return {"status": "ok", "profile": config.profile, "version": __version__}
@@ -251,42 +711,99 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         status_code=201,
         dependencies=auth,
         tags=["sessions"],
+        operation_id="createSession",
         response_model=None,
-        responses={201: {"description": "The new session, with its `id`."}},
+        responses={
+            201: {
+                "model": Session,
+                "description": "The new session, with its `id`.",
+                "headers": _LOCATION,
+                "links": _SESSION_LINKS,
+            },
+            **_errors(401, 413, 415, 422, *_STORAGE),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/SessionCreate"}}
+                },
+            }
+        },
     )
-    def create_session(body: SessionCreate | None = None) -> JSONResponse:
+    async def create_session(request: Request) -> JSONResponse:
         """Create a session (durably: fsync before the answer)."""
-        body = body or SessionCreate()
+        body = await _session_create(request)
+        session = await run_in_threadpool(store.create_session, body.title, body.metadata)
         # JSONResponse directly: the store's dict needs no second validation pass.
-        return JSONResponse(store.create_session(body.title, body.metadata), status_code=201)
+        return JSONResponse(
+            session, status_code=201, headers={"Location": f"/sessions/{session['id']}"}
+        )
 
-    @app.get("/sessions", dependencies=auth, tags=["sessions"])
+    @app.get(
+        "/sessions",
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="listSessions",
+        response_model=None,
+        responses={200: {"model": SessionPage}, **_errors(400, 401, 422)},
+    )
     def list_sessions(
         limit: int = Query(default=config.page_size, ge=1, le=1000),
-        after: str | None = Query(default=None, description="The `next` of the previous page."),
-    ) -> dict[str, Any]:
+        after: str | None = Query(
+            default=None,
+            description="The `next` of the previous page.",
+            json_schema_extra={"pattern": _SESSION_ID_PATTERN},
+        ),
+    ) -> JSONResponse:
         """One page of sessions, oldest first, with the total and the next page's cursor."""
-        return store.list_sessions(limit=limit, after=after).to_dict()
+        return JSONResponse(store.list_sessions(limit=limit, after=after).to_dict())
 
-    @app.get("/sessions/{session_id}", dependencies=auth, tags=["sessions"])
-    def get_session(session_id: str) -> dict[str, Any]:
+    @app.get(
+        "/sessions/{session_id}",
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="getSession",
+        response_model=None,
+        responses={200: {"model": Session}, **_errors(400, 401, 404)},
+    )
+    def get_session(session_id: SessionId) -> JSONResponse:
         """One session with its list of files."""
-        return store.get_session(session_id)
+        return JSONResponse(store.get_session(session_id))
 
-    @app.delete("/sessions/{session_id}", dependencies=auth, tags=["sessions"])
-    def delete_session(session_id: str) -> dict[str, Any]:
+    @app.delete(
+        "/sessions/{session_id}",
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="deleteSession",
+        response_model=None,
+        responses={200: {"model": SessionDeleted}, **_errors(400, 401, 404, *_STORAGE)},
+    )
+    def delete_session(session_id: SessionId) -> JSONResponse:
         """Move a session to the trash (``app sessions restore`` brings it back)."""
         entry = store.delete_session(session_id)
-        return {"id": session_id, "deleted_at": entry.to_dict()["deleted_at"], "trash": entry.name}
+        deleted_at = entry.to_dict()["deleted_at"]
+        return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
 
     protected = config.protected or config.profile == "production"
 
-    @app.post("/trash/empty", dependencies=auth, tags=["trash"])
+    @app.post(
+        "/trash/empty",
+        dependencies=auth,
+        tags=["trash"],
+        operation_id="emptyTrash",
+        response_model=TrashEmptied,
+        responses=_errors(401, 403, 422, *_STORAGE),
+    )
     def empty_trash(
         older_than: float | None = Query(
             default=None,
             ge=0,
-            description="Only entries deleted more than this many seconds ago. Default: all.",
+            le=_MAX_AGE_SECONDS,  # a timedelta cannot hold 1e308 seconds (a 500 the fuzzer found)
+            description=(
+                "Only entries deleted more than this many seconds ago (at most 100 years). "
+                "Default: all."
+            ),
         ),
         confirm: str | None = Query(
             default=None,
@@ -313,19 +830,37 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
 def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
     limit = store.max_upload_bytes
 
-    @app.get("/sessions/{session_id}/files", dependencies=auth, tags=["files"])
-    def list_files(session_id: str) -> dict[str, Any]:
+    @app.get(
+        "/sessions/{session_id}/files",
+        dependencies=auth,
+        tags=["files"],
+        operation_id="listFiles",
+        response_model=None,
+        responses={200: {"model": FileList}, **_errors(400, 401, 404)},
+    )
+    def list_files(session_id: SessionId) -> JSONResponse:
         """The files of a session."""
-        return {"items": store.list_files(session_id)}
+        return JSONResponse({"items": store.list_files(session_id)})
 
     @app.post(
         "/sessions/{session_id}/files",
         status_code=201,
         dependencies=auth,
         tags=["files"],
+        operation_id="uploadFile",
+        response_model=None,
+        responses={
+            201: {
+                "model": FileEntry,
+                "description": "The new file.",
+                "headers": _LOCATION,
+                "links": _file_links(),
+            },
+            **_errors(400, 401, 404, 409, 413, *_STORAGE),
+        },
         openapi_extra=_MULTIPART_SCHEMA,
     )
-    async def upload_multipart(session_id: str, request: Request) -> dict[str, Any]:
+    async def upload_multipart(session_id: SessionId, request: Request) -> JSONResponse:
         """Upload one file as ``multipart/form-data`` in the field ``file``, streamed to disk.
 
         The part's filename is the file's name; an existing name is refused (409).
@@ -337,13 +872,39 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         try:
             await sink.consume(request, boundary)
             upload = sink.finish()
-            return await run_in_threadpool(upload.commit)
+            entry = await run_in_threadpool(upload.commit)
         finally:
             await sink.settle()
             sink.abort()
+        return _created_file(session_id, entry, 201)
 
-    @app.put("/sessions/{session_id}/files/{name:path}", dependencies=auth, tags=["files"])
-    async def put_file(session_id: str, name: str, request: Request) -> JSONResponse:
+    @app.put(
+        "/sessions/{session_id}/files/{name:path}",
+        dependencies=auth,
+        tags=["files"],
+        operation_id="putFile",
+        response_model=None,
+        responses={
+            200: {"model": FileEntry, "description": "The file replaced an existing one."},
+            201: {
+                "model": FileEntry,
+                "description": "A new file.",
+                "headers": _LOCATION,
+                "links": _file_links(),
+            },
+            **_errors(400, 401, 404, 413, *_STORAGE),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "description": "The file's bytes, whatever their type.",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def put_file(session_id: SessionId, name: FileName, request: Request) -> JSONResponse:
         """Create or replace a file from the raw request body, streamed to disk.
 
         Answers 201 for a new file and 200 for a replaced one (the old bytes go to the trash).
@@ -359,38 +920,117 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         finally:
             await pipeline.settle()
             upload.abort()  # a no-op once committed
-        return JSONResponse(entry, status_code=200 if upload.replaced else 201)
+        return _created_file(session_id, entry, 200 if upload.replaced else 201)
 
-    @app.get(
-        "/sessions/{session_id}/files/{name:path}",
-        dependencies=auth,
-        tags=["files"],
-        response_class=FileResponse,
-    )
-    def get_file(session_id: str, name: str) -> FileResponse:
+    download: dict[str, Any] = {
+        "response_class": FileResponse,
+        "dependencies": auth,
+        "tags": ["files"],
+        "response_model": None,
+        "responses": {
+            200: {
+                "description": "The file's bytes (ranges are served with 206).",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+                "headers": {
+                    "ETag": {
+                        "description": "The SHA-256 of the bytes.",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
+            206: {
+                "description": "The part of the bytes a `Range` header asked for.",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            **_errors(400, 401, 404, 416),
+        },
+    }
+
+    def get_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's bytes, as an attachment."""
         file, entry = store.open_file(session_id, name)
         try:
+            headers = {"X-Content-Type-Options": "nosniff"}
+            if entry.get("sha256"):
+                headers["ETag"] = f'"{entry["sha256"]}"'
             return _OpenFileResponse(
                 file,
                 media_type="application/octet-stream",
                 filename=entry["name"],
-                headers={"X-Content-Type-Options": "nosniff", "ETag": f'"{entry["sha256"]}"'},
+                headers=headers,
             )
         except BaseException:
             file.close()
             raise
 
-    @app.delete("/sessions/{session_id}/files/{name:path}", dependencies=auth, tags=["files"])
-    def delete_file(session_id: str, name: str) -> dict[str, Any]:
+    path = "/sessions/{session_id}/files/{name:path}"
+    app.get(path, operation_id="getFile", **download)(get_file)
+
+    def head_file(session_id: SessionId, name: FileName) -> FileResponse:
+        """The file's headers (size, ETag) without its bytes."""
+        return get_file(session_id, name)
+
+    app.head(path, operation_id="headFile", **download)(head_file)
+
+    @app.delete(
+        path,
+        dependencies=auth,
+        tags=["files"],
+        operation_id="deleteFile",
+        response_model=None,
+        responses={200: {"model": FileDeleted}, **_errors(400, 401, 404, *_STORAGE)},
+    )
+    def delete_file(session_id: SessionId, name: FileName) -> JSONResponse:
         """Move a file to the trash."""
         entry = store.delete_file(session_id, name)
-        return {
-            "id": session_id,
-            "name": entry.file,
-            "deleted_at": entry.to_dict()["deleted_at"],
-            "trash": entry.name,
-        }
+        return JSONResponse(
+            {
+                "id": session_id,
+                "name": entry.file,
+                "deleted_at": entry.to_dict()["deleted_at"],
+                "trash": entry.name,
+            }
+        )
+
+
+def _created_file(session_id: str, entry: dict[str, Any], status: int) -> JSONResponse:
+    from urllib.parse import quote
+
+    headers = {"Location": f"/sessions/{session_id}/files/{quote(entry['name'])}"}
+    return JSONResponse(entry, status_code=status, headers=headers if status == 201 else None)
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document, with one error shape for every 4xx and 5xx answer."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        for model in (SessionCreate, Problem, ValidationIssue, ValidationProblem):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if status[0] in "45":
+                        shape = "ValidationProblem" if status == "422" else "Problem"
+                        ref = {"$ref": f"#/components/schemas/{shape}"}
+                        response["content"] = {_PROBLEM_MEDIA_TYPE: {"schema": ref}}
+        app.openapi_schema = document
+        return document
+
+    return build
 
 
 class _OpenFileResponse(FileResponse):
@@ -412,9 +1052,41 @@ class _OpenFileResponse(FileResponse):
         extensions = dict(scope.get("extensions") or {})
         extensions.pop("http.response.pathsend", None)
         try:
+            refusal = self._refuse_range(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
             await super().__call__({**scope, "extensions": extensions}, receive, send)
         finally:
             self._file.close()
+
+    def _refuse_range(self, scope: Scope) -> _ProblemResponse | None:
+        # FileResponse answers a Range it cannot serve in plain text; every error of this API
+        # is a problem document. The same conditions as FileResponse's, checked first.
+        from starlette.datastructures import Headers
+        from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+        headers = Headers(scope=scope)
+        wanted, if_range = headers.get("range"), headers.get("if-range")
+        if wanted is None or (if_range is not None and not self._should_use_range(if_range)):
+            return None
+        assert self.stat_result is not None  # given by __init__
+        size = self.stat_result.st_size
+        try:
+            self._parse_range_header(wanted, size)
+        except MalformedRangeHeader as error:
+            return _problem(
+                400, "bad_request", f"malformed Range header {wanted!r}: {error.content}"
+            )
+        except RangeNotSatisfiable:
+            return _problem(
+                416,
+                "range_not_satisfiable",
+                f"Range {wanted!r} is outside the file's {size} bytes; ask for bytes=0-{size - 1}"
+                " at most",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        return None
 
     @contextlib.asynccontextmanager
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
@@ -461,6 +1133,11 @@ def _boundary(content_type: str | None) -> bytes:
             f"expected a multipart/form-data body with a boundary, got Content-Type "
             f"{content_type!r}; send the file in the form field 'file', or use "
             "PUT /sessions/{id}/files/{name} with the raw bytes"
+        )
+    if len(boundary) > _MAX_BOUNDARY_CHARS:
+        raise BadRequestError(
+            f"the multipart boundary is {len(boundary)} characters long; RFC 2046 allows at most "
+            f"{_MAX_BOUNDARY_CHARS}. Let the HTTP client choose the boundary"
         )
     return boundary
 
@@ -528,13 +1205,27 @@ class _Pipeline:
                 await pending
 
 
-def _parse(step: Callable[..., object], *args: bytes) -> None:
+def _parse(step: Callable[..., object], *args: Any) -> object:
     try:
-        step(*args)
+        return step(*args)
     except (AppError, OSError):
         raise  # from our callbacks: a bad name, a size over the limit, a full disk, ...
     except Exception as error:  # python-multipart's own parse errors
         raise BadRequestError(f"malformed multipart body: {error}") from None
+
+
+_QUOTED_FILENAME: Final = re.compile(rb'filename="((?:[^"\\\\]|\\\\.)*)"')
+
+
+def _refuse_a_cut_path(disposition: bytes) -> None:
+    # python-multipart keeps only what follows the last backslash of "C:\\dir\\a" (an old
+    # browser's full path), so "C:\\x\\evil.txt" became "evil.txt" while "dir/evil.txt" was
+    # refused (#9). A backslash is a path separator here too: refuse the name it was part of.
+    found = _QUOTED_FILENAME.search(disposition)
+    value = found.group(1).replace(b'\\"', b'"') if found else disposition
+    if b"\\" in value:
+        shown = value.replace(b"\\\\", b"\\").decode("utf-8", "backslashreplace")
+        raise InvalidNameError("file name", shown, "it contains a path separator")
 
 
 class _MultipartSink:
@@ -555,7 +1246,8 @@ class _MultipartSink:
     async def consume(self, request: Request, boundary: bytes) -> None:
         from python_multipart.multipart import MultipartParser
 
-        parser = MultipartParser(
+        parser = _parse(
+            MultipartParser,
             boundary,
             {
                 "on_part_begin": self._part_begin,
@@ -568,6 +1260,7 @@ class _MultipartSink:
                 "on_end": self._end,
             },
         )
+        assert isinstance(parser, MultipartParser)
         limit = self.store.max_upload_bytes
         received = 0
         async for chunk in request.stream():
@@ -629,7 +1322,8 @@ class _MultipartSink:
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequestError(f"the filename {raw!r} is not UTF-8") from None
+            raise InvalidNameError("file name", repr(raw), "it is not valid UTF-8") from None
+        _refuse_a_cut_path(self._headers.get(b"content-disposition", b""))
         check_file_name(name)
         self.upload = self._current = self.store.begin_upload(self.session_id, name)
         self.pipeline = _Pipeline(self.upload)

@@ -61,7 +61,6 @@ import shutil
 import stat
 import threading
 import time
-import unicodedata
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -80,6 +79,7 @@ from app.errors import (
     SessionNotFoundError,
     UploadTooLargeError,
 )
+from app.names import MAX_NAME_BYTES, check_file_name
 
 if TYPE_CHECKING:
     from app.check import CheckReport
@@ -108,8 +108,6 @@ TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
 NEW_PREFIX: Final = ".new-"
 
-MAX_NAME_BYTES: Final = 255
-"""Longest file name, in UTF-8 bytes: what Linux filesystems allow for one path component."""
 MAX_TITLE_CHARS: Final = 1000
 """Longest session title, in characters."""
 MAX_METADATA_BYTES: Final = 64 * 1024
@@ -118,12 +116,6 @@ MAX_METADATA_BYTES: Final = 64 * 1024
 _ID_RE: Final = re.compile(r"[0-9a-f]{32}")
 _TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 _TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
-# Bidirectional-text controls let a name display as something else ("exe.txt" shown for
-# "txt.exe"); they are format characters (Cf), which are otherwise harmless and needed for
-# some scripts and emoji, so only these are refused.
-_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e") | frozenset(
-    "\u2066\u2067\u2068\u2069"
-)
 _LOCK_STRIPES: Final = 64
 _RECORD_CACHE_LIMIT: Final = 200_000  # records (a few hundred bytes each) a writer keeps
 
@@ -176,50 +168,6 @@ def check_session_id(value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise InvalidNameError("session id", str(value), "session ids are 32 lower-case hex digits")
     return value
-
-
-def check_file_name(value: str) -> str:
-    """Check a file name and return it in Unicode normal form C.
-
-    Refused: empty names; names longer than 255 bytes in UTF-8; ``/`` and ``\\``; NUL and
-    every other control character (Unicode Cc), line and paragraph separators, unpaired
-    surrogates and bidirectional-text controls; and names starting with ``.``. The leading
-    dot rule covers ``.`` and ``..`` and also keeps hidden files (which ``ls`` and many
-    tools do not show, so a reviewer would not see them) out of sessions, and leaves
-    dot-names free for the store's own bookkeeping.
-
-    Names are normalised to NFC so that the same name typed on macOS (NFD) and on Linux
-    (NFC) names the same file.
-
-    Args:
-        value: a file name from a request.
-
-    Returns:
-        The name in NFC.
-
-    Raises:
-        InvalidNameError: naming the problem (400 over HTTP).
-    """
-    if not isinstance(value, str) or not value:
-        raise InvalidNameError("file name", str(value), "it is empty")
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
-        raise InvalidNameError("file name", value, "it is not valid Unicode")
-    name = unicodedata.normalize("NFC", value)
-    if "/" in name or "\\" in name:
-        raise InvalidNameError("file name", value, "it contains a path separator")
-    for ch in name:
-        if unicodedata.category(ch) in {"Cc", "Zl", "Zp"} or ch in _BIDI_CONTROLS:
-            raise InvalidNameError(
-                "file name", value, f"it contains the control character U+{ord(ch):04X}"
-            )
-    if name.startswith("."):
-        raise InvalidNameError("file name", value, "it starts with '.'")
-    size = len(name.encode("utf-8"))
-    if size > MAX_NAME_BYTES:
-        raise InvalidNameError(
-            "file name", value, f"it is {size} bytes long in UTF-8; the limit is {MAX_NAME_BYTES}"
-        )
-    return name
 
 
 def _now() -> datetime:

@@ -201,7 +201,7 @@ def test_doctor_on_the_project_settings_names_production_s_missing_token_for_ser
 def test_doctor_is_clean_when_every_profile_can_run(
     base_env: dict[str, str], project_copy: Path
 ) -> None:
-    token = "p" * 40
+    token = "k3Jq9vXz-0aB7cD1eF2gH3iJ4kL5mN6o"  # strong: "p" * 40 is refused as guessable
     with (project_copy / ".secrets.toml").open("a") as secrets:
         secrets.write(f"\n[production]\napi_token = '{token}'\n")
     result = run("doctor", env={**base_env, SETTINGS_DIR_ENV: str(project_copy)})

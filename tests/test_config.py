@@ -46,6 +46,7 @@ from app.errors import (
 KNOWN = ("development", "testing", "production")
 DEV_TOKEN = "dev-token-not-secret"
 GOOD_TOKEN = "k3Jq9vXz-0aB7cD1eF2gH3iJ4kL5mN6o"  # 32 characters, not a placeholder
+DIGITS_TOKEN = "7391402856193740285617385920461738592047"  # random digits: strong enough
 
 
 def toml_str(value: object) -> str:
@@ -448,6 +449,35 @@ def test_production_given_a_short_token_is_refused(
         load("production")
     assert "shorter than 16 characters" in str(caught.value)
     assert "short-token" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("DEV-TOKEN-NOT-SECRET", "placeholder"),  # another profile's token, upper-cased
+        ("Testing-Token-Not-Secret", "placeholder"),
+        ("aaaaaaaaaaaaaaaa", "too easy to guess"),
+        ("abcdefghijklmnopqrstuvwxyz", "too easy to guess"),
+        ("12345678901234567890", "too easy to guess"),
+        (f"  {GOOD_TOKEN}", "whitespace"),
+        (f"{GOOD_TOKEN}\n", "whitespace"),
+        (" dev-token-not-secret ", "whitespace"),
+    ],
+)
+def test_production_refuses_a_weak_or_padded_token_with_exit_78(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, token: str, problem: str
+) -> None:
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", token)
+    with pytest.raises(InvalidSettingError) as caught:
+        load("production")
+    message = str(caught.value)
+    assert (caught.value.key, caught.value.exit_code) == ("api_token", 78)
+    assert problem in message
+    assert "APP_API_TOKEN" in message
+    assert "secrets.token_urlsafe(32)" in message or "remove" in message
+    assert token.strip() not in message  # never echoed, even a weak one
 
 
 def test_production_with_a_real_token_from_the_environment_loads(
@@ -917,10 +947,10 @@ def test_an_all_digit_token_from_the_environment_stays_a_string(
 ) -> None:
     make_settings()
     allow(monkeypatch, "production")
-    monkeypatch.setenv("APP_API_TOKEN", "12345678901234567890")
+    monkeypatch.setenv("APP_API_TOKEN", DIGITS_TOKEN)
     monkeypatch.setenv("APP_PORT", "8443")
     config = load("production")
-    assert config.api_token == "12345678901234567890"
+    assert config.api_token == DIGITS_TOKEN
     assert config.port == 8443
 
 

@@ -514,7 +514,10 @@ class _Exchanges:
             lines += ["", shown_body]
         status = response.status_code
         lines += ["", f"HTTP {status} {_REASONS[status]}"]
-        if response.headers.get("content-type", "").startswith("application/json"):
+        content_type = response.headers.get("content-type", "")
+        if content_type.startswith("application/problem+json"):
+            lines.append(f"Content-Type: {content_type}")
+        if content_type.startswith(("application/json", "application/problem+json")):
             body = json.dumps(response.json(), indent=2, ensure_ascii=False)
             lines.append(self.example_text(body))
         else:
@@ -587,6 +590,18 @@ def test_http_exchanges_match_the_server(client, store, app_config, tmp_path: Pa
     assert dot.status_code == 400  # type: ignore[attr-defined]
     missing = show.show("session-not-found", "GET", "/sessions/0193a5f0c2d87b3e9a41c6d2e8f0ffff")
     assert missing.status_code == 404  # type: ignore[attr-defined]
+    deep: dict[str, object] = {}
+    for _ in range(32):
+        deep = {"a": deep}
+    too_deep = show.show(
+        "metadata-too-deep",
+        "POST",
+        "/sessions",
+        json={"title": "nested", "metadata": deep},
+        headers={"Content-Type": "application/json"},
+        shown_body='{"title": "nested", "metadata": {"a": {"a": ... 33 levels ... }}}',
+    )
+    assert too_deep.status_code == 422  # type: ignore[attr-defined]
     bad_limit = show.show("validation-error", "GET", "/sessions?limit=0")
     assert bad_limit.status_code == 422  # type: ignore[attr-defined]
     deleted = show.show("delete-session", "DELETE", f"/sessions/{first}")

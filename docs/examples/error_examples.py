@@ -89,6 +89,8 @@ EXAMPLES: list[errors.AppError] = [
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),
+    errors.BodyTooLargeError("creating a session", 262144, 262145),
+    errors.MetadataTooLargeError(70012, 65536),
     errors.BadRequestError("limit must be at least 1, not 0"),  # Store.list_sessions' words
     errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),

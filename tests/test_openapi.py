@@ -1,0 +1,189 @@
+"""The OpenAPI document matches the server: shapes, statuses, methods (issue 9, items 13-14).
+
+The in-process tests pin what the document promises; `test_schemathesis_finds_nothing`
+runs schemathesis, with every check it has, against a real ``app serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.testing import LiveServer
+
+
+@pytest.fixture
+def openapi(client: TestClient) -> dict[str, Any]:
+    document: dict[str, Any] = client.get("/openapi.json").json()
+    return document
+
+
+def operations(openapi: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method, path, operation)
+        for path, methods in openapi["paths"].items()
+        for method, operation in methods.items()
+    ]
+
+
+def test_every_error_status_has_the_one_problem_shape(openapi: dict[str, Any]) -> None:
+    for method, path, operation in operations(openapi):
+        for status, response in operation["responses"].items():
+            if status[0] not in "45":
+                continue
+            shape = "ValidationProblem" if status == "422" else "Problem"
+            assert response["content"] == {
+                "application/problem+json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+            }, (method, path, status)
+    problem = openapi["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) >= {"code", "message", "title", "status", "detail"}
+    assert "HTTPValidationError" not in openapi["components"]["schemas"]
+
+
+def test_every_status_the_routes_answer_is_documented(openapi: dict[str, Any]) -> None:
+    documented = {
+        (method, path): set(operation["responses"])
+        for method, path, operation in operations(openapi)
+    }
+    session, files, file = (
+        "/sessions/{session_id}",
+        "/sessions/{session_id}/files",
+        "/sessions/{session_id}/files/{name}",
+    )
+    assert documented["post", "/sessions"] >= {"201", "401", "413", "415", "422"}
+    assert documented["get", "/sessions"] >= {"200", "400", "401", "422"}
+    assert documented["get", session] >= {"200", "400", "401", "404"}
+    assert documented["post", files] >= {"201", "400", "401", "404", "409", "413"}
+    assert documented["put", file] >= {"200", "201", "400", "401", "404", "413"}
+    assert documented["head", file] >= {"200", "400", "401", "404"}
+
+
+def test_responses_have_real_schemas(openapi: dict[str, Any]) -> None:
+    create = openapi["paths"]["/sessions"]["post"]
+    created = create["responses"]["201"]
+    assert created["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Session"
+    }
+    assert "getSession" in {link["operationId"] for link in created["links"].values()}
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SessionCreate"}
+    page = openapi["paths"]["/sessions"]["get"]["responses"]["200"]
+    assert page["content"]["application/json"]["schema"]["$ref"].endswith("/SessionPage")
+
+
+def test_path_parameters_state_the_rules_the_server_applies(openapi: dict[str, Any]) -> None:
+    get = openapi["paths"]["/sessions/{session_id}/files/{name}"]["get"]
+    parameters = {p["name"]: p["schema"] for p in get["parameters"]}
+    assert parameters["session_id"]["pattern"] == "^[0-9a-f]{32}$"
+    assert "\\p{L}" in parameters["name"]["pattern"]
+    assert parameters["name"]["maxLength"] == 255
+
+
+def test_put_declares_its_raw_body(openapi: dict[str, Any]) -> None:
+    put = openapi["paths"]["/sessions/{session_id}/files/{name}"]["put"]
+    content = put["requestBody"]["content"]
+    assert content == {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+    }
+
+
+def test_a_405_names_every_method_the_path_allows(client: TestClient) -> None:
+    response = client.patch("/sessions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "allowed: GET, POST" in response.json()["message"]
+    sid = client.post("/sessions").json()["id"]
+    file = client.post(f"/sessions/{sid}/files/x")
+    assert file.headers["allow"] == "DELETE, GET, HEAD, PUT"
+
+
+def test_head_on_a_download_sends_its_headers_without_the_bytes(client: TestClient) -> None:
+    sid = client.post("/sessions").json()["id"]
+    client.put(f"/sessions/{sid}/files/notes.txt", content=b"three oaks")
+    head = client.head(f"/sessions/{sid}/files/notes.txt")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == "10"
+    assert head.headers["etag"] == client.get(f"/sessions/{sid}/files/notes.txt").headers["etag"]
+    assert client.head(f"/sessions/{sid}/files/missing").status_code == 404
+
+
+def test_created_resources_say_where_they_are(client: TestClient) -> None:
+    created = client.post("/sessions")
+    sid = created.json()["id"]
+    assert created.headers["location"] == f"/sessions/{sid}"
+    put = client.put(f"/sessions/{sid}/files/a b.txt", content=b"x")
+    assert put.headers["location"] == f"/sessions/{sid}/files/a%20b.txt"
+    assert client.get(put.headers["location"]).content == b"x"
+
+
+# --- schemathesis against a real server ------------------------------------------------------
+
+#: What the suite runs: every check, every phase (examples, coverage, fuzzing, stateful), a
+#: fixed seed so that a finding reproduces, and few examples per operation so that it stays
+#: within a minute on a busy two-core machine. `bash bench/fuzz.sh` runs the long version.
+FUZZ_ARGS = [
+    "--checks=all",
+    "--max-examples=12",
+    "--seed=20261201",
+    "--generation-database=none",
+    "--workers=1",
+    "--no-color",
+]
+
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def schemathesis_command(server: LiveServer, *extra: str) -> list[str]:
+    # Its own environment (see the `fuzz` extra in pyproject.toml), or one on PATH.
+    cli = PROJECT / ".venv-fuzz" / "bin" / "schemathesis"
+    found = str(cli) if cli.is_file() else shutil.which("schemathesis")
+    if found is None:
+        pytest.fail(
+            f"schemathesis is not installed: {cli} is missing. `bash scripts/test` installs it "
+            "(python3 -m venv .venv-fuzz && .venv-fuzz/bin/pip install 'schemathesis>=4.32,<5')",
+            pytrace=False,
+        )
+    auth = f"Authorization: Bearer {server.token}"
+    return [found, "run", f"{server.url}/openapi.json", f"--header={auth}", *extra]
+
+
+def test_schemathesis_finds_nothing(live_server: LiveServer, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
+    result = subprocess.run(
+        schemathesis_command(live_server, *FUZZ_ARGS),
+        cwd=tmp_path,  # its reports and caches stay out of the project
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"schemathesis found something:\n{result.stdout}\n{result.stderr}"
+    )
+    # Every phase ran, the stateful one along the document's links included.
+    for phase in ("Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in result.stdout, result.stdout
+
+
+def test_a_bad_range_is_answered_in_the_problem_shape(client: TestClient) -> None:
+    sid = client.post("/sessions").json()["id"]
+    client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
+    malformed = client.get(f"/sessions/{sid}/files/r", headers={"Range": "lines=1-2"})
+    assert malformed.status_code == 400
+    assert malformed.headers["content-type"] == "application/problem+json"
+    assert "Range" in malformed.json()["message"]
+    beyond = client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=50-60"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-type"] == "application/problem+json"
+    assert beyond.headers["content-range"] == "bytes */10"
+    assert beyond.json()["code"] == "range_not_satisfiable"
+    assert client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"}).content == b"234"
