@@ -245,7 +245,9 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         """
         boundary = _boundary(request.headers.get("content-type"))
         _refuse_declared_length(request, limit + _MULTIPART_OVERHEAD, limit)
-        store.get_session(session_id)  # 404 before reading the body
+        # File work on a worker thread: on the event loop it would stall every other
+        # request (GET /health included) while the disk is busy (issue 11).
+        await run_in_threadpool(store.get_session, session_id)  # 404 before reading the body
         sink = _MultipartSink(store, session_id)
         try:
             await sink.consume(request, boundary)
@@ -262,7 +264,8 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         Answers 201 for a new file and 200 for a replaced one (the old bytes go to the trash).
         """
         _refuse_declared_length(request, limit, limit)
-        upload = store.begin_upload(session_id, name, replace=True)
+        # Reads session.json and creates the temporary file: a worker thread's job (issue 11).
+        upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
         pipeline = _Pipeline(upload)
         try:
             async for chunk in request.stream():
