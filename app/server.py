@@ -461,7 +461,12 @@ class _MultipartSink:
         self.session_id = session_id
         self.upload: Upload | None = None
         self.pipeline: _Pipeline | None = None
-        self._current: Upload | None = None
+        self._in_file = False  # the part being parsed is the field `file`
+        # A `file` part begins inside a parser callback, which cannot wait for a worker
+        # thread: its name waits here, and its first bytes in `_early`, until `consume`
+        # starts the upload off the event loop (issue 11).
+        self._pending_name: str | None = None
+        self._early: list[memoryview] = []
         self._other_bytes = 0
         self._field = b""
         self._value = b""
@@ -494,11 +499,24 @@ class _MultipartSink:
                 if received > limit + _MULTIPART_OVERHEAD:
                     raise UploadTooLargeError(limit, received)
                 _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                await self._begin_pending()
                 if self.pipeline is not None:
                     await self.pipeline.flush_if_full()
         _parse(parser.finalize)
+        await self._begin_pending()
         if self.pipeline is not None:
             await self.pipeline.drain()
+
+    async def _begin_pending(self) -> None:
+        if self._pending_name is None:
+            return
+        name, self._pending_name = self._pending_name, None
+        # Reads session.json and creates the temporary file: not on the event loop.
+        self.upload = await run_in_threadpool(self.store.begin_upload, self.session_id, name)
+        self.pipeline = _Pipeline(self.upload)
+        early, self._early = self._early, []
+        for piece in early:
+            self.pipeline.queue(piece)
 
     def finish(self) -> Upload:
         if not self._ended:
@@ -535,9 +553,9 @@ class _MultipartSink:
 
         disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or params.get(b"name") != b"file":
-            self._current = None
+            self._in_file = False
             return
-        if self.upload is not None:
+        if self.upload is not None or self._pending_name is not None:
             raise BadRequestError("more than one form field 'file'; upload one file per request")
         raw = params.get(b"filename")
         if not raw:
@@ -547,13 +565,14 @@ class _MultipartSink:
         except UnicodeDecodeError:
             raise BadRequestError(f"the filename {raw!r} is not UTF-8") from None
         check_file_name(name)
-        self.upload = self._current = self.store.begin_upload(self.session_id, name)
-        self.pipeline = _Pipeline(self.upload)
+        self._pending_name, self._in_file = name, True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current is not None:
-            assert self.pipeline is not None
-            self.pipeline.queue(memoryview(data)[start:end])
+        if self._in_file:
+            if self.pipeline is None:
+                self._early.append(memoryview(data)[start:end])
+            else:
+                self.pipeline.queue(memoryview(data)[start:end])
             return
         self._other_bytes += end - start
         if self._other_bytes > _MAX_OTHER_FIELD_BYTES:
@@ -562,7 +581,7 @@ class _MultipartSink:
             )
 
     def _part_end(self) -> None:
-        self._current = None
+        self._in_file = False
 
     def _end(self) -> None:
         self._ended = True

@@ -412,3 +412,31 @@ def test_a_chunked_multipart_body_is_held_to_the_limit_a_content_length_would_be
     assert_error(response, 413, "upload_too_large")
     assert store.list_files(sid) == []
     assert list(store.root.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_a_multipart_body_cut_anywhere_into_chunks_is_stored_whole(
+    client: TestClient, store: Store, sid: str, size: int
+) -> None:
+    # The upload begins on a worker thread after the chunk holding the part's headers is
+    # parsed; the file's first bytes in that same chunk must not be lost or reordered.
+    data = bytes(range(256)) * 40
+    body, headers = multipart(b"cut.bin", data)
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    response = client.post(f"/sessions/{sid}/files", content=chunked(*pieces), headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert client.get(f"/sessions/{sid}/files/cut.bin").content == data
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_a_second_file_field_in_the_same_chunk_is_400(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    one, headers = multipart(b"one.txt", b"1")
+    two, _ = multipart(b"two.txt", b"2")
+    body = one.removesuffix(b"--B--\r\n") + two
+    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    assert_error(response, 400, "bad_request", "more than one form field 'file'")
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []
