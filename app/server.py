@@ -27,7 +27,7 @@ import logging.config
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from copy import deepcopy
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -98,11 +98,15 @@ def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
-def _require_token(config: Config) -> Callable[..., None]:
+def _require_token(config: Config) -> Callable[..., Awaitable[None]]:
     bearer = HTTPBearer(auto_error=False, description="The profile's api_token.")
     expected = config.api_token.encode() if config.api_token else None
 
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    # async: FastAPI runs a plain `def` dependency on a worker thread, one more thread hop
+    # (and GIL hand-over) per request for a comparison that takes microseconds (issue 11).
+    async def check(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
         if expected is None:
             return
         given = credentials.credentials.encode() if credentials else b""
