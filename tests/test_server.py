@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,19 @@ def test_sessions_are_listed_in_pages_with_a_cursor_and_the_total(client: TestCl
     last = client.get(f"/sessions?limit=2&after={second['next']}").json()
     assert [s["id"] for s in last["items"]] == ids[4:]
     assert last["next"] is None
+
+
+def test_large_pages_read_concurrently_are_each_complete(client: TestClient, store: Store) -> None:
+    # Pages over 100 wait for one of a few listing slots; none may be lost or mixed up.
+    ids = [store.create_session(f"s{n}")["id"] for n in range(120)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        pages = list(pool.map(lambda _: client.get("/sessions?limit=1000").json(), range(6)))
+    for page in pages:
+        assert [s["id"] for s in page["items"]] == ids
+        assert (page["total"], page["next"]) == (120, None)
+    tail = client.get(f"/sessions?limit=101&after={ids[0]}").json()
+    assert [s["id"] for s in tail["items"]] == ids[1:102]
+    assert tail["next"] == ids[101]
 
 
 def test_a_malformed_session_id_is_400_and_a_missing_one_404(client: TestClient) -> None:
