@@ -1,9 +1,10 @@
 """Configuration profiles: select strictly, resolve every data root, check them, freeze.
 
-`load` builds a fresh Dynaconf on every call from an explicit settings directory and returns a
+`load` reads the files of an explicit settings directory on every call and returns a new
 frozen `Config`. Nothing in this module reads settings at import time, and there is no shared
 settings object to patch: the incident this project exists for began with a second copy of
-such a singleton.
+such a singleton. (What dynaconf makes of the files' bytes is memoised, see `_file_values`:
+values only, copied out, never for files that use dynaconf's ``@`` syntax.)
 
 Source precedence, lowest to highest (written once, here; the docs quote it):
 
