@@ -25,6 +25,7 @@ import difflib
 import os
 import re
 import sys
+import threading
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -504,6 +505,7 @@ def _display(path: Path, directory: Path) -> str:
 # `load` still reads the files, applies the environment and builds a new frozen `Config`.
 _FILE_VALUES_MEMO: dict[tuple[Any, ...], dict[str, dict[str, tuple[Any, str]]]] = {}
 _FILE_VALUES_MEMO_SIZE = 8
+_FILE_VALUES_MEMO_LOCK = threading.Lock()
 
 
 def _fresh(values: dict[str, dict[str, tuple[Any, str]]]) -> dict[str, dict[str, tuple[Any, str]]]:
@@ -528,10 +530,11 @@ def _file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
         return _dynaconf_file_values(files)
     cached = _FILE_VALUES_MEMO.get(files.content_key)
     if cached is None:
-        cached = _dynaconf_file_values(files)
-        while len(_FILE_VALUES_MEMO) >= _FILE_VALUES_MEMO_SIZE:
-            del _FILE_VALUES_MEMO[next(iter(_FILE_VALUES_MEMO))]
-        _FILE_VALUES_MEMO[files.content_key] = _fresh(cached)
+        cached = _fresh(_dynaconf_file_values(files))
+        with _FILE_VALUES_MEMO_LOCK:  # loads may run on several threads (a server's, tests')
+            while len(_FILE_VALUES_MEMO) >= _FILE_VALUES_MEMO_SIZE:
+                del _FILE_VALUES_MEMO[next(iter(_FILE_VALUES_MEMO))]
+            _FILE_VALUES_MEMO[files.content_key] = cached
     return _fresh(cached)
 
 
