@@ -304,13 +304,27 @@ def _toml_line(error: tomllib.TOMLDecodeError) -> tuple[int | None, str]:
     return lineno, re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
 
 
+# Parsed TOML by the file's bytes: every `load` reads the files, but the same bytes need not be
+# parsed again (a fifth of what `load` cost once dynaconf's reading was memoised, issue 11).
+_TOML_MEMO: dict[bytes, dict[str, Any]] = {}
+_TOML_MEMO_SIZE = 16
+_MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
+
+
 def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     raw = path.read_bytes()
-    try:
-        return raw, tomllib.loads(raw.decode())
-    except tomllib.TOMLDecodeError as error:
-        line, problem = _toml_line(error)
-        raise SettingsSyntaxError(path, line, problem) from None
+    parsed = _TOML_MEMO.get(raw)
+    if parsed is None:
+        try:
+            parsed = tomllib.loads(raw.decode())
+        except tomllib.TOMLDecodeError as error:
+            line, problem = _toml_line(error)
+            raise SettingsSyntaxError(path, line, problem) from None
+        with _MEMO_LOCK:
+            while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:
+                del _TOML_MEMO[next(iter(_TOML_MEMO))]
+            _TOML_MEMO[raw] = parsed
+    return raw, copy.deepcopy(parsed)  # callers get tables of their own
 
 
 @dataclass(frozen=True)
@@ -358,8 +372,8 @@ def _content_key(
         return None
     switches = tuple(
         sorted(
-            (name, value)
-            for name, value in os.environ.items()
+            (name, os.environ[name])
+            for name in os.environ
             if name.endswith("_FOR_DYNACONF") or name.startswith("DYNACONF_")
         )
     )
@@ -505,7 +519,6 @@ def _display(path: Path, directory: Path) -> str:
 # `load` still reads the files, applies the environment and builds a new frozen `Config`.
 _FILE_VALUES_MEMO: dict[tuple[Any, ...], dict[str, dict[str, tuple[Any, str]]]] = {}
 _FILE_VALUES_MEMO_SIZE = 8
-_FILE_VALUES_MEMO_LOCK = threading.Lock()
 
 
 def _fresh(values: dict[str, dict[str, tuple[Any, str]]]) -> dict[str, dict[str, tuple[Any, str]]]:
@@ -531,7 +544,7 @@ def _file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
     cached = _FILE_VALUES_MEMO.get(files.content_key)
     if cached is None:
         cached = _fresh(_dynaconf_file_values(files))
-        with _FILE_VALUES_MEMO_LOCK:  # loads may run on several threads (a server's, tests')
+        with _MEMO_LOCK:
             while len(_FILE_VALUES_MEMO) >= _FILE_VALUES_MEMO_SIZE:
                 del _FILE_VALUES_MEMO[next(iter(_FILE_VALUES_MEMO))]
             _FILE_VALUES_MEMO[files.content_key] = cached
