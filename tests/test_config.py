@@ -1065,3 +1065,15 @@ def test_loads_of_the_same_files_share_no_mutable_state(
     assert first.sources is not second.sources
     assert second.data_root == tmp_path / "own"
     assert first.sources["data_root"] == "settings.toml [testing]"
+
+
+def test_the_memo_keeps_the_files_read_with_and_without_the_local_ones_apart(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings()
+    (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
+    for _ in range(2):  # the second round is answered from the memo
+        shell = appconfig._file_values(appconfig._read_files(os.environ, sandboxed=False))
+        tests = appconfig._file_values(appconfig._read_files(os.environ, sandboxed=True))
+        assert shell["testing"]["port"] == (8111, "settings.local.toml [testing]")
+        assert tests["testing"]["port"] == (8000, "settings.toml [default]")
