@@ -1,9 +1,10 @@
 """Configuration profiles: select strictly, resolve every data root, check them, freeze.
 
-`load` builds a fresh Dynaconf on every call from an explicit settings directory and returns a
+`load` reads the files of an explicit settings directory on every call and returns a new
 frozen `Config`. Nothing in this module reads settings at import time, and there is no shared
 settings object to patch: the incident this project exists for began with a second copy of
-such a singleton.
+such a singleton. (What dynaconf makes of the files' bytes is memoised, see `_file_values`:
+values only, copied out, never for files that use dynaconf's ``@`` syntax.)
 
 Source precedence, lowest to highest (written once, here; the docs quote it):
 
@@ -19,10 +20,12 @@ profile a test opted into) may be loaded, and every data root is mapped into the
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
 import sys
+import threading
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -270,13 +273,27 @@ def _toml_line(error: tomllib.TOMLDecodeError) -> tuple[int | None, str]:
     return lineno, re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        line, problem = _toml_line(error)
-        raise SettingsSyntaxError(path, line, problem) from None
+# Parsed TOML by the file's bytes: every `load` reads the files, but the same bytes need not be
+# parsed again (a fifth of what `load` cost once dynaconf's reading was memoised, issue 11).
+_TOML_MEMO: dict[bytes, dict[str, Any]] = {}
+_TOML_MEMO_SIZE = 16
+_MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
+
+
+def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+    raw = path.read_bytes()
+    parsed = _TOML_MEMO.get(raw)
+    if parsed is None:
+        try:
+            parsed = tomllib.loads(raw.decode())
+        except tomllib.TOMLDecodeError as error:
+            line, problem = _toml_line(error)
+            raise SettingsSyntaxError(path, line, problem) from None
+        with _MEMO_LOCK:
+            while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:
+                del _TOML_MEMO[next(iter(_TOML_MEMO))]
+            _TOML_MEMO[raw] = parsed
+    return raw, copy.deepcopy(parsed)  # callers get tables of their own
 
 
 @dataclass(frozen=True)
@@ -286,6 +303,51 @@ class _Files:
     skipped: tuple[Path, ...]  # local files present but not read (sandbox)
     data: Mapping[Path, dict[str, Any]]
     profiles: tuple[str, ...]
+    #: Everything dynaconf's reading of these files depends on, or None when that is more
+    #: than their bytes (see `_content_key`): the key of `_file_values`' memo.
+    content_key: tuple[Any, ...] | None = None
+
+
+def _dynaconf_syntax(value: Any) -> bool:
+    """Whether a parsed TOML value uses dynaconf's own syntax anywhere in it.
+
+    ``@``-strings are evaluated by dynaconf (``@format {env[HOME]}`` reads the environment,
+    ``@read_file`` another file, ``@jinja`` whatever its template does) and ``dynaconf_*``
+    keys (``dynaconf_include``, ``dynaconf_merge``) pull in or merge other sources.
+    """
+    if isinstance(value, str):
+        return value.lstrip().startswith("@")
+    if isinstance(value, dict):
+        return any(
+            str(key).lower().startswith("dynaconf") or _dynaconf_syntax(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_dynaconf_syntax(item) for item in value)
+    return False
+
+
+def _content_key(
+    directory: Path,
+    raw: Mapping[Path, bytes],
+    data: Mapping[Path, dict[str, Any]],
+    skipped: tuple[Path, ...],
+) -> tuple[Any, ...] | None:
+    """What dynaconf's reading of plain files depends on: their paths and bytes, the files
+    it skips, and its own ``*_FOR_DYNACONF``/``DYNACONF_*`` variables (which it reads from
+    ``os.environ`` whatever `environ` says). None when a file uses dynaconf's syntax: its
+    values may depend on anything, so they are read afresh every time."""
+    if any(_dynaconf_syntax(body) for body in data.values()):
+        return None
+    switches = tuple(
+        sorted(
+            (name, os.environ[name])
+            for name in os.environ
+            if name.endswith("_FOR_DYNACONF") or name.startswith("DYNACONF_")
+        )
+    )
+    files = tuple((str(path), content) for path, content in raw.items())
+    return (str(directory), files, tuple(str(path) for path in skipped), switches)
 
 
 def _read_files(environ: Mapping[str, str], sandboxed: bool) -> _Files:
@@ -296,13 +358,17 @@ def _read_files(environ: Mapping[str, str], sandboxed: bool) -> _Files:
     present = [path for path in candidates if path.is_file()]
     skipped = tuple(p for p in present if p.name in LOCAL_FILES) if sandboxed else ()
     paths = tuple(p for p in present if p not in skipped)
-    data = {path: _read_toml(path) for path in paths}
+    raw: dict[Path, bytes] = {}
+    data: dict[Path, dict[str, Any]] = {}
+    for path in paths:
+        raw[path], data[path] = _read_toml(path)
     profiles = tuple(
         name.lower()
         for name, section in data[settings].items()
         if isinstance(section, dict) and name.lower() not in NOT_PROFILES
     )
-    return _Files(directory, paths, skipped, MappingProxyType(data), profiles)
+    key = _content_key(directory, raw, data, skipped)
+    return _Files(directory, paths, skipped, MappingProxyType(data), profiles, key)
 
 
 def _file_problems(files: _Files) -> Iterator[ConfigError]:
@@ -419,8 +485,46 @@ def _display(path: Path, directory: Path) -> str:
     return path.name if path.parent == directory else str(path)
 
 
+# `_file_values` by `_Files.content_key`: a few entries (one per settings directory and
+# sandboxing a process reads), so that `load` in every test (the `app_config` fixture) does
+# not pay for a dynaconf load of files it has read before. Only file values are kept; every
+# `load` still reads the files, applies the environment and builds a new frozen `Config`.
+_FILE_VALUES_MEMO: dict[tuple[Any, ...], dict[str, dict[str, tuple[Any, str]]]] = {}
+_FILE_VALUES_MEMO_SIZE = 8
+
+
+def _fresh(values: dict[str, dict[str, tuple[Any, str]]]) -> dict[str, dict[str, tuple[Any, str]]]:
+    """A copy that shares nothing mutable with the memo (TOML values can be lists, tables)."""
+    scalar = (str, int, float, bool, type(None))
+    return {
+        profile: {
+            key: (value if isinstance(value, scalar) else copy.deepcopy(value), source)
+            for key, (value, source) in by_key.items()
+        }
+        for profile, by_key in values.items()
+    }
+
+
 def _file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
     """Every profile's values from the files, with their sources, from ONE dynaconf load.
+
+    Memoised on everything the result depends on (`_Files.content_key`): the files' bytes,
+    not their times, so a file rewritten within one clock tick is read again.
+    """
+    if files.content_key is None:
+        return _dynaconf_file_values(files)
+    cached = _FILE_VALUES_MEMO.get(files.content_key)
+    if cached is None:
+        cached = _fresh(_dynaconf_file_values(files))
+        with _MEMO_LOCK:
+            while len(_FILE_VALUES_MEMO) >= _FILE_VALUES_MEMO_SIZE:
+                del _FILE_VALUES_MEMO[next(iter(_FILE_VALUES_MEMO))]
+            _FILE_VALUES_MEMO[files.content_key] = cached
+    return _fresh(cached)
+
+
+def _dynaconf_file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]]:
+    """`_file_values` without the memo.
 
     dynaconf loads every file with ``environments=False`` and sections merged, so every
     section stays visible, parsed, cast and formatted as dynaconf does it (``@int``,

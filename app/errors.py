@@ -321,6 +321,17 @@ class DataRootChangedError(AppError):
             "symbolic links or mounts inside a data root) and restart"
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
+        return {
+            "code": self.code,
+            "message": (
+                "this server's data root, or a directory of the app's in it, was replaced or "
+                "moved while the server ran, so it refuses every write; nothing was written. "
+                "The operator must put it back and restart the server"
+            ),
+        }
+
 
 class LockLostError(AppError):
     """The lock file a holder locked was deleted or replaced under it; writes are refused."""

@@ -34,7 +34,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from copy import deepcopy
 from datetime import timedelta
 from http import HTTPStatus
@@ -98,6 +98,10 @@ _CONFIRM: Final = "yes-i-mean-it"
 _MAX_AGE_SECONDS: Final = 100 * 365 * 86400
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024
+# Pages of more than _UNBOUNDED_PAGE sessions are read by at most _LISTING_SLOTS worker
+# threads at once (see list_sessions).
+_LISTING_SLOTS: Final = 2
+_UNBOUNDED_PAGE: Final = 100
 
 MAX_SESSION_BODY_BYTES: Final = 256 * 1024
 """Largest body of ``POST /sessions``: room for the metadata limit written out loosely."""
@@ -287,11 +291,15 @@ def _problem(
     return _ProblemResponse(body, status_code=status, headers=headers)
 
 
-def _require_token(config: Config) -> Callable[..., None]:
+def _require_token(config: Config) -> Callable[..., Awaitable[None]]:
     bearer = HTTPBearer(auto_error=False, description="The profile's api_token.")
     expected = config.api_token.encode() if config.api_token else None
 
-    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    # async: FastAPI runs a plain `def` dependency on a worker thread, one more thread hop
+    # (and GIL hand-over) per request for a comparison that takes microseconds (issue 11).
+    async def check(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
         if expected is None:
             return
         given = credentials.credentials.encode() if credentials else b""
@@ -418,7 +426,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             stop = getattr(request.app.state, "on_lock_lost", None)
             if stop is not None:
                 stop(error.reason)
-        return _problem(error.http_status, error.code, error.message)
+        shown = error.to_dict()  # some errors say less over HTTP (no data-root path)
+        return _problem(error.http_status, shown["code"], shown["message"])
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, error: OSError) -> _ProblemResponse:
@@ -740,6 +749,8 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
             session, status_code=201, headers={"Location": f"/sessions/{session['id']}"}
         )
 
+    listing_slots = anyio.Semaphore(_LISTING_SLOTS)
+
     @app.get(
         "/sessions",
         dependencies=auth,
@@ -748,7 +759,7 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         response_model=None,
         responses={200: {"model": SessionPage}, **_errors(400, 401, 422)},
     )
-    def list_sessions(
+    async def list_sessions(
         limit: int = Query(default=config.page_size, ge=1, le=1000),
         after: str | None = Query(
             default=None,
@@ -757,7 +768,17 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         ),
     ) -> JSONResponse:
         """One page of sessions, oldest first, with the total and the next page's cursor."""
-        return JSONResponse(store.list_sessions(limit=limit, after=after).to_dict())
+        # A large page reads and parses up to 1,000 session.json files, Python work that
+        # holds the GIL: more of them at once on worker threads finish no sooner, but each
+        # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms
+        # behind ten clients listing 1,000-item pages, 12 ms with two slots: bench/load.py).
+        # The others wait here, without a thread. Pages of 100 or fewer are not held back.
+        if limit <= _UNBOUNDED_PAGE:
+            page = await run_in_threadpool(store.list_sessions, limit=limit, after=after)
+        else:
+            async with listing_slots:
+                page = await run_in_threadpool(store.list_sessions, limit=limit, after=after)
+        return JSONResponse(page.to_dict())
 
     @app.get(
         "/sessions/{session_id}",
@@ -867,7 +888,9 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         """
         boundary = _boundary(request.headers.get("content-type"))
         _refuse_declared_length(request, limit + _MULTIPART_OVERHEAD, limit)
-        store.require_session(session_id)  # 404 before reading the body
+        # File work on a worker thread: on the event loop it would stall every other
+        # request (GET /health included) while the disk is busy (issue 11).
+        await run_in_threadpool(store.require_session, session_id)  # 404 before the body
         sink = _MultipartSink(store, session_id)
         try:
             await sink.consume(request, boundary)
@@ -910,7 +933,8 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         Answers 201 for a new file and 200 for a replaced one (the old bytes go to the trash).
         """
         _refuse_declared_length(request, limit, limit)
-        upload = store.begin_upload(session_id, name, replace=True)
+        # Reads session.json and creates the temporary file: a worker thread's job (issue 11).
+        upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
         pipeline = _Pipeline(upload)
         try:
             async for chunk in request.stream():
@@ -1236,7 +1260,12 @@ class _MultipartSink:
         self.session_id = session_id
         self.upload: Upload | None = None
         self.pipeline: _Pipeline | None = None
-        self._current: Upload | None = None
+        self._in_file = False  # the part being parsed is the field `file`
+        # A `file` part begins inside a parser callback, which cannot wait for a worker
+        # thread: its name waits here, and its first bytes in `_early`, until `consume`
+        # starts the upload off the event loop (issue 11).
+        self._pending_name: str | None = None
+        self._early: list[memoryview] = []
         self._other_bytes = 0
         self._field = b""
         self._value = b""
@@ -1271,11 +1300,24 @@ class _MultipartSink:
                 if received > limit + _MULTIPART_OVERHEAD:
                     raise UploadTooLargeError(limit, received)
                 _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                await self._begin_pending()
                 if self.pipeline is not None:
                     await self.pipeline.flush_if_full()
         _parse(parser.finalize)
+        await self._begin_pending()
         if self.pipeline is not None:
             await self.pipeline.drain()
+
+    async def _begin_pending(self) -> None:
+        if self._pending_name is None:
+            return
+        name, self._pending_name = self._pending_name, None
+        # Reads session.json and creates the temporary file: not on the event loop.
+        self.upload = await run_in_threadpool(self.store.begin_upload, self.session_id, name)
+        self.pipeline = _Pipeline(self.upload)
+        early, self._early = self._early, []
+        for piece in early:
+            self.pipeline.queue(piece)
 
     def finish(self) -> Upload:
         if not self._ended:
@@ -1312,9 +1354,9 @@ class _MultipartSink:
 
         disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or params.get(b"name") != b"file":
-            self._current = None
+            self._in_file = False
             return
-        if self.upload is not None:
+        if self.upload is not None or self._pending_name is not None:
             raise BadRequestError("more than one form field 'file'; upload one file per request")
         raw = params.get(b"filename")
         if not raw:
@@ -1325,13 +1367,14 @@ class _MultipartSink:
             raise InvalidNameError("file name", repr(raw), "it is not valid UTF-8") from None
         _refuse_a_cut_path(self._headers.get(b"content-disposition", b""))
         check_file_name(name)
-        self.upload = self._current = self.store.begin_upload(self.session_id, name)
-        self.pipeline = _Pipeline(self.upload)
+        self._pending_name, self._in_file = name, True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._current is not None:
-            assert self.pipeline is not None
-            self.pipeline.queue(memoryview(data)[start:end])
+        if self._in_file:
+            if self.pipeline is None:
+                self._early.append(memoryview(data)[start:end])
+            else:
+                self.pipeline.queue(memoryview(data)[start:end])
             return
         self._other_bytes += end - start
         if self._other_bytes > _MAX_OTHER_FIELD_BYTES:
@@ -1340,7 +1383,7 @@ class _MultipartSink:
             )
 
     def _part_end(self) -> None:
-        self._current = None
+        self._in_file = False
 
     def _end(self) -> None:
         self._ended = True

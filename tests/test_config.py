@@ -1068,3 +1068,59 @@ def test_configured_roots_apply_app_data_root_to_the_selected_profile_only(
     assert seen["production"] == (tmp_path / "elsewhere", "environment APP_DATA_ROOT")
     assert seen["development"][0] == roots["development"]
     assert appconfig.configured_roots(None, shell)["production"][0] == roots["production"]
+
+
+# --- the file values are read once per content (the app_config fixture's cost, issue 11) ---
+
+
+def test_a_settings_file_rewritten_in_place_with_the_same_size_and_time_is_read_again(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings()
+    settings = where / "settings.toml"
+    before = settings.stat()
+    assert load("testing").port == 8000
+    settings.write_text(settings.read_text().replace("port = 8000", "port = 8009", 1))
+    os.utime(settings, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = settings.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert load("testing").port == 8009
+
+
+def test_a_format_value_follows_the_environment_of_every_load(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings(secrets='[testing]\nhost = "@format {env[SERVE_ON]}"\n')
+    monkeypatch.setenv("SERVE_ON", "first.example")
+    assert load("testing").host == "first.example"
+    monkeypatch.setenv("SERVE_ON", "second.example")
+    assert load("testing").host == "second.example"
+
+
+def test_loads_of_the_same_files_share_no_mutable_state(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_settings()
+    first = load("testing")
+    monkeypatch.setenv("APP_DATA_ROOT", str(tmp_path / "own"))
+    second = load("testing")
+    assert first is not second
+    assert first.sources is not second.sources
+    assert second.data_root == tmp_path / "own"
+    assert first.sources["data_root"] == "settings.toml [testing]"
+
+
+def test_the_memo_keeps_the_files_read_with_and_without_the_local_ones_apart(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings()
+    (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
+    for _ in range(2):  # the second round is answered from the memo
+        shell = appconfig._file_values(appconfig._read_files(os.environ, sandboxed=False))
+        tests = appconfig._file_values(appconfig._read_files(os.environ, sandboxed=True))
+        assert shell["testing"]["port"] == (8111, "settings.local.toml [testing]")
+        assert tests["testing"]["port"] == (8000, "settings.toml [default]")

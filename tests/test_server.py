@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,19 @@ def test_sessions_are_listed_in_pages_with_a_cursor_and_the_total(client: TestCl
     last = client.get(f"/sessions?limit=2&after={second['next']}").json()
     assert [s["id"] for s in last["items"]] == ids[4:]
     assert last["next"] is None
+
+
+def test_large_pages_read_concurrently_are_each_complete(client: TestClient, store: Store) -> None:
+    # Pages over 100 wait for one of a few listing slots; none may be lost or mixed up.
+    ids = [store.create_session(f"s{n}")["id"] for n in range(120)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        pages = list(pool.map(lambda _: client.get("/sessions?limit=1000").json(), range(6)))
+    for page in pages:
+        assert [s["id"] for s in page["items"]] == ids
+        assert (page["total"], page["next"]) == (120, None)
+    tail = client.get(f"/sessions?limit=101&after={ids[0]}").json()
+    assert [s["id"] for s in tail["items"]] == ids[1:102]
+    assert tail["next"] == ids[101]
 
 
 def test_a_malformed_session_id_is_400_and_a_missing_one_404(client: TestClient) -> None:
@@ -464,3 +478,31 @@ def test_emptying_the_trash_older_than_forever_is_a_422_not_a_500(client: TestCl
     # schemathesis: ?older_than=9.5e307 overflowed timedelta.
     response = client.post("/trash/empty", params={"older_than": 9.5e307})
     assert_error(response, 422, "validation_error", "older_than")
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_a_multipart_body_cut_anywhere_into_chunks_is_stored_whole(
+    client: TestClient, store: Store, sid: str, size: int
+) -> None:
+    # The upload begins on a worker thread after the chunk holding the part's headers is
+    # parsed; the file's first bytes in that same chunk must not be lost or reordered.
+    data = bytes(range(256)) * 40
+    body, headers = multipart(b"cut.bin", data)
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    response = client.post(f"/sessions/{sid}/files", content=chunked(*pieces), headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert client.get(f"/sessions/{sid}/files/cut.bin").content == data
+    assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_a_second_file_field_in_the_same_chunk_is_400(
+    client: TestClient, store: Store, sid: str
+) -> None:
+    one, headers = multipart(b"one.txt", b"1")
+    two, _ = multipart(b"two.txt", b"2")
+    body = one.removesuffix(b"--B--\r\n") + two
+    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    assert_error(response, 400, "bad_request", "more than one form field 'file'")
+    assert store.list_files(sid) == []
+    assert list(store.root.tmp_dir.iterdir()) == []

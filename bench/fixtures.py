@@ -1,0 +1,165 @@
+"""Marginal cost per test of the plugin's `app_config` and `store` fixtures above `tmp_path`.
+
+Usage (from the project directory)::
+
+    .venv/bin/python bench/fixtures.py [--rounds 5] [--small 50] [--large 250] [--json FILE]
+
+Three generated test modules, each in a suite of ``--small`` and of ``--large`` tests:
+
+- ``tmp_path`` (the baseline): every test takes ``tmp_path`` and writes a small file in it;
+- ``app_config``: every test takes ``app_config`` and reads its ``data_root``;
+- ``store``: every test takes ``store`` and lists its sessions (an open, locked root).
+
+Each suite runs as a whole pytest process (``python -m pytest -q -p no:cacheprovider``, no
+xdist, a fresh ``--basetemp`` per run, removed outside the timing). A round runs all six
+once, in an order rotated from round to round. Per round, a fixture's marginal cost per
+test is ``(time(large) - time(small)) / (large - small)``, which cancels every one-time cost
+(interpreter and pytest start-up, importing dynaconf, the first load); its cost above the
+baseline is that minus the ``tmp_path`` suite's marginal cost of the same round. Reported:
+the medians over the rounds. Targets (issue 11): ``app_config`` at most 1 ms and ``store``
+at most 2 ms above ``tmp_path``.
+
+The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
+pytest's variables and ``PYTHONDONTWRITEBYTECODE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import clean_environment, run_once
+
+BODIES = {
+    "tmp_path": (
+        "tmp_path",
+        '    (tmp_path / "note.txt").write_text("x")\n',
+    ),
+    "app_config": (
+        "app_config",
+        '    assert app_config.data_root.name == "app-data"\n',
+    ),
+    "store": (
+        "store",
+        "    assert store.session_ids() == []\n",
+    ),
+}
+BASELINE = "tmp_path"
+TARGETS_MS = {"app_config": 1.0, "store": 2.0}
+
+
+def write_suite(directory: Path, fixture: str, count: int) -> None:
+    """A directory holding one module of ``count`` tests that each take ``fixture``."""
+    argument, body = BODIES[fixture]
+    directory.mkdir(parents=True)
+    lines = ["from __future__ import annotations\n\n"]
+    for number in range(count):
+        lines.append(f"\ndef test_{number:04d}({argument}):\n{body}")
+    (directory / f"test_{fixture}.py").write_text("".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="at least 3")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--small", type=int, default=50)
+    parser.add_argument("--large", type=int, default=250)
+    parser.add_argument(
+        "--work-dir", help="where the suites and their --basetemp go (default: the system temp)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    if args.rounds < 3 or args.large <= args.small:
+        parser.error("use --rounds 3 or more and --large above --small")
+
+    env = clean_environment()
+    work = Path(tempfile.mkdtemp(prefix="bench-fixtures-", dir=args.work_dir))
+    runs = [(fixture, size) for fixture in BODIES for size in (args.small, args.large)]
+    times: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
+    try:
+        for fixture, size in runs:
+            write_suite(work / f"{fixture}-{size}", fixture, size)
+        for round_no in range(args.warmup + args.rounds):
+            shift = round_no % len(runs)
+            for fixture, size in runs[shift:] + runs[:shift]:
+                basetemp = work / "basetemp"
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    f"--basetemp={basetemp}",
+                    f"test_{fixture}.py",
+                ]
+                elapsed = run_once(argv, work / f"{fixture}-{size}", env)
+                shutil.rmtree(basetemp, ignore_errors=True)
+                if round_no >= args.warmup:
+                    times[(fixture, size)].append(elapsed)
+                    print(
+                        f"round {round_no - args.warmup + 1}: {fixture:<10} x{size:<4} "
+                        f"{elapsed * 1000:8.0f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    extra = args.large - args.small
+    marginal = {
+        fixture: [
+            (big - small) / extra
+            for small, big in zip(
+                times[(fixture, args.small)], times[(fixture, args.large)], strict=True
+            )
+        ]
+        for fixture in BODIES
+    }
+    results: dict[str, dict[str, float]] = {}
+    print(
+        f"{args.rounds} rounds (+{args.warmup} warm-up), interleaved, {args.small} vs "
+        f"{args.large} tests; Python {sys.version.split()[0]}; in {work.parent}"
+    )
+    print(
+        f"{'fixture':12} {'suite ' + str(args.small):>10} {'suite ' + str(args.large):>10} "
+        f"{'per test':>9} {'above tmp_path':>15}"
+    )
+    for fixture in BODIES:
+        above = [m - b for m, b in zip(marginal[fixture], marginal[BASELINE], strict=True)]
+        results[fixture] = {
+            "median_small_s": statistics.median(times[(fixture, args.small)]),
+            "median_large_s": statistics.median(times[(fixture, args.large)]),
+            "marginal_ms": statistics.median(marginal[fixture]) * 1000,
+            "above_baseline_ms": statistics.median(above) * 1000,
+            "above_baseline_min_ms": min(above) * 1000,
+            "above_baseline_max_ms": max(above) * 1000,
+        }
+        r = results[fixture]
+        shown = "(baseline)" if fixture == BASELINE else f"{r['above_baseline_ms']:.2f} ms"
+        print(
+            f"{fixture:12} {r['median_small_s'] * 1000:8.0f}ms {r['median_large_s'] * 1000:8.0f}ms "
+            f"{r['marginal_ms']:7.2f}ms {shown:>15}"
+        )
+    for fixture, target in TARGETS_MS.items():
+        r = results[fixture]
+        verdict = "within" if r["above_baseline_ms"] <= target else "ABOVE"
+        print(
+            f"{fixture}: {r['above_baseline_ms']:.2f} ms per test above tmp_path (rounds ranged "
+            f"{r['above_baseline_min_ms']:.2f} to {r['above_baseline_max_ms']:.2f}; {verdict} "
+            f"the {target:g} ms target)"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Latency under mixed load: 50 clients creating, listing, uploading, downloading, deleting.
+
+One ``app serve`` on 127.0.0.1 (development profile, a temporary data root seeded with
+``--seed`` sessions through the `Store`, as ``bench/listing.py`` does). Three phases:
+
+1. **idle**: only the ``/health`` probe runs, for ``--idle-seconds``;
+2. **mixed**: ``--clients`` keep-alive clients (asyncio, raw HTTP/1.1) each loop over a mix of
+   small calls on their own sessions: create, get, list a page of 100 (after a random
+   cursor), upload 4 KiB (``PUT``, and multipart ``POST`` every other time), download it,
+   delete a session. The phase ends after ``--seconds`` or ``--max-requests``, whichever
+   comes first;
+3. **big lists**: ``--big-list-clients`` clients send ``--big-lists`` requests in all for
+   pages of 1,000 sessions.
+
+Throughout, a separate process probes ``GET /health`` every ``--probe-interval`` seconds
+over its own keep-alive connection (a process of its own, so that the load generator's
+event loop does not delay it). Reported per phase: throughput, and p50/p99 latency per kind
+of call; ``/health``'s p50/p99 idle, under the mix and during the big lists, and the ratio
+of its p99 under load to its p99 idle. Targets (issue 11): ``/health`` p99 under load
+within 3 times idle; no small call (create, get, list of 100, delete) above 100 ms at p99.
+
+Every request goes to 127.0.0.1, has a 30 s timeout, and the whole run is bounded in time
+and count. The client shares the machine's cores with the server, as a real one would not:
+compare runs on one machine, not across machines.
+
+Run: ``.venv/bin/python bench/load.py [--seconds 30] [--clients 50] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import random
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TOKEN, app_server
+from listing import seed
+
+REQUEST_TIMEOUT = 30.0
+UPLOAD = bytes(range(256)) * 16  # 4 KiB
+BOUNDARY = "bench-load-boundary-7d3f"
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+# --- the /health probe, in a process of its own ----------------------------------------------
+
+
+def _probe(port: int, interval: float, stop: Any, marks: Any, out: Any) -> None:
+    """Send GET /health every `interval` s until `stop`; tag each sample with the phase."""
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    samples: list[tuple[str, float]] = []
+    buffer = b""
+    next_at = time.perf_counter()
+    while not stop.is_set() and len(samples) < 200_000:
+        start = time.perf_counter()
+        sock.sendall(request)
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        buffer = rest[length:]
+        samples.append((marks.value.decode(), time.perf_counter() - start))
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+    sock.close()
+    out.send(samples)
+
+
+# --- the load clients (asyncio, raw HTTP/1.1 over keep-alive connections) ----------------------
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader
+        self.writer: asyncio.StreamWriter
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def call(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length) if length else b""
+        return status, payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = {}
+        self.errors: dict[str, list[int]] = {}
+        self.count = 0
+
+    async def timed(
+        self, kind: str, client: Client, method: str, path: str, body: bytes = b"", **kw: str
+    ) -> tuple[int, bytes]:
+        start = time.perf_counter()
+        status, payload = await asyncio.wait_for(
+            client.call(method, path, body, **kw), REQUEST_TIMEOUT
+        )
+        self.latencies.setdefault(kind, []).append(time.perf_counter() - start)
+        self.count += 1
+        if status >= 300:
+            self.errors.setdefault(kind, []).append(status)
+        return status, payload
+
+
+def multipart(name: str, data: bytes) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+async def mixed_client(
+    port: int, recorder: Recorder, deadline: float, budget: list[int], ids: list[str], seed_: int
+) -> None:
+    rng = random.Random(seed_)
+    client = Client(port)
+    await client.connect()
+    own: list[str] = []
+    files: list[tuple[str, str]] = []
+    uploads = 0
+    try:
+        while time.perf_counter() < deadline and budget[0] > 0:
+            budget[0] -= 1
+            roll = rng.random()
+            if not own or roll < 0.20:
+                status, body = await recorder.timed(
+                    "create", client, "POST", "/sessions", b'{"title": "load", "metadata": {}}'
+                )
+                if status == 201:
+                    own.append(json.loads(body)["id"])
+            elif roll < 0.40:
+                await recorder.timed("get", client, "GET", f"/sessions/{rng.choice(own)}")
+            elif roll < 0.60:
+                await recorder.timed(
+                    "list 100", client, "GET", f"/sessions?limit=100&after={rng.choice(ids)}"
+                )
+            elif roll < 0.75:
+                session, uploads = rng.choice(own), uploads + 1
+                name = f"f{uploads}.bin"
+                if uploads % 2:
+                    status, _ = await recorder.timed(
+                        "upload 4 KiB", client, "PUT", f"/sessions/{session}/files/{name}", UPLOAD
+                    )
+                else:
+                    status, _ = await recorder.timed(
+                        "upload 4 KiB",
+                        client,
+                        "POST",
+                        f"/sessions/{session}/files",
+                        multipart(name, UPLOAD),
+                        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+                    )
+                if status in (200, 201):
+                    files.append((session, name))
+            elif roll < 0.90:
+                if files:
+                    session, name = rng.choice(files)
+                    await recorder.timed(
+                        "download", client, "GET", f"/sessions/{session}/files/{name}"
+                    )
+            elif len(own) > 1:
+                session = own.pop(rng.randrange(len(own)))
+                files = [f for f in files if f[0] != session]
+                await recorder.timed("delete", client, "DELETE", f"/sessions/{session}")
+    finally:
+        client.close()
+
+
+async def big_list_client(
+    port: int, recorder: Recorder, budget: list[int], deadline: float
+) -> None:
+    client = Client(port)
+    await client.connect()
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            await recorder.timed("list 1000", client, "GET", "/sessions?limit=1000")
+    finally:
+        client.close()
+
+
+async def run_mixed(port: int, args: argparse.Namespace, ids: list[str]) -> tuple[Recorder, float]:
+    recorder = Recorder()
+    budget = [args.max_requests]
+    start = time.perf_counter()
+    deadline = start + args.seconds
+    await asyncio.gather(
+        *(mixed_client(port, recorder, deadline, budget, ids, n) for n in range(args.clients))
+    )
+    return recorder, time.perf_counter() - start
+
+
+async def run_big_lists(port: int, args: argparse.Namespace) -> tuple[Recorder, float]:
+    recorder = Recorder()
+    budget = [args.big_lists]
+    start = time.perf_counter()
+    deadline = start + args.seconds
+    await asyncio.gather(
+        *(big_list_client(port, recorder, budget, deadline) for _ in range(args.big_list_clients))
+    )
+    return recorder, time.perf_counter() - start
+
+
+def summary(recorder: Recorder, elapsed: float) -> dict[str, Any]:
+    kinds = {
+        kind: {
+            "count": len(values),
+            "per_s": round(len(values) / elapsed, 1),
+            "p50_ms": round(quantile(values, 0.50) * 1000, 1),
+            "p99_ms": round(quantile(values, 0.99) * 1000, 1),
+            "errors": recorder.errors.get(kind, []),
+        }
+        for kind, values in sorted(recorder.latencies.items())
+    }
+    return {
+        "seconds": round(elapsed, 1),
+        "per_s": round(recorder.count / elapsed, 1),
+        "calls": kinds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="mixed phase, at most")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="mixed phase, at most")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1200, help="sessions before the run")
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--probe-interval", type=float, default=0.01)
+    parser.add_argument("--big-lists", type=int, default=100)
+    parser.add_argument("--big-list-clients", type=int, default=10)
+    parser.add_argument("--work-dir", help="where the data root goes (default: the system temp)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not 0 < args.seconds <= 600 or args.clients > 200:
+        parser.error("keep the run bounded: --seconds in (0, 600], --clients at most 200")
+
+    with tempfile.TemporaryDirectory(prefix="bench-load-", dir=args.work_dir) as work:
+        root = Path(work) / "data"
+        seed(root, args.seed)
+        ids = sorted(p.name for p in (root / "sessions").iterdir() if len(p.name) == 32)
+        with app_server(root, Path(work) / "app.log") as app:
+            context = multiprocessing.get_context("spawn")
+            stop = context.Event()
+            marks = context.Array("c", 16)
+            marks.value = b"idle"
+            receive, send = context.Pipe(duplex=False)
+            prober = context.Process(
+                target=_probe, args=(app.port, args.probe_interval, stop, marks, send)
+            )
+            prober.start()
+            try:
+                time.sleep(args.idle_seconds)
+                marks.value = b"mixed"
+                mixed, mixed_s = asyncio.run(run_mixed(app.port, args, ids))
+                marks.value = b"big lists"
+                big, big_s = asyncio.run(run_big_lists(app.port, args))
+                marks.value = b"after"
+                time.sleep(0.2)
+            finally:
+                stop.set()
+                samples = receive.recv() if receive.poll(60) else []
+                prober.join(10)
+                if prober.is_alive():
+                    prober.terminate()
+    health: dict[str, dict[str, float]] = {}
+    for phase in ("idle", "mixed", "big lists"):
+        values = [v for p, v in samples if p == phase]
+        health[phase] = {
+            "count": len(values),
+            "p50_ms": round(quantile(values, 0.50) * 1000, 1),
+            "p99_ms": round(quantile(values, 0.99) * 1000, 1),
+        }
+    result = {
+        "clients": args.clients,
+        "mixed": summary(mixed, mixed_s),
+        "big_lists": summary(big, big_s),
+        "health": health,
+        "health_p99_ratio_mixed": round(health["mixed"]["p99_ms"] / health["idle"]["p99_ms"], 1),
+        "health_p99_ratio_big_lists": round(
+            health["big lists"]["p99_ms"] / health["idle"]["p99_ms"], 1
+        ),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"mixed phase: {args.clients} clients, {result['mixed']['seconds']} s, "
+        f"{result['mixed']['per_s']} calls/s in all"
+    )
+    print(f"  {'call':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  errors")
+    for phase in ("mixed", "big_lists"):
+        for kind, row in result[phase]["calls"].items():  # type: ignore[index]
+            errors = ",".join(str(e) for e in sorted(set(row["errors"]))) or "-"
+            print(
+                f"  {kind:<14} {row['count']:>7} {row['per_s']:>7} {row['p50_ms']:>8} "
+                f"{row['p99_ms']:>8}  {errors}"
+            )
+    print("GET /health (probe every %.0f ms):" % (args.probe_interval * 1000))
+    for phase, row in health.items():
+        print(
+            f"  {phase:<10} n={row['count']:<6} p50 {row['p50_ms']:>7} ms  "
+            f"p99 {row['p99_ms']:>7} ms"
+        )
+    print(
+        f"  p99 under the mix / idle: {result['health_p99_ratio_mixed']}; during 1,000-item "
+        f"pages / idle: {result['health_p99_ratio_big_lists']} (target: at most 3)"
+    )
+
+
+if __name__ == "__main__":
+    main()
