@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from app import sandbox as sandboxing
 from app.errors import (
@@ -574,8 +574,7 @@ def _dynaconf_file_values(files: _Files) -> dict[str, dict[str, tuple[Any, str]]
     return out
 
 
-@dataclass(frozen=True)
-class Unresolved:
+class Unresolved(NamedTuple):  # not a dataclass: cheaper to create at import
     """A value from the files that dynaconf could not resolve (its error kept for the message)."""
 
     raw: Any
