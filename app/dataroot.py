@@ -584,6 +584,8 @@ class DataRoot:
     def __init__(
         self, config: Config, *, kind: str, lock: RootLock | None, stamp: dict[str, Any] | None
     ) -> None:
+        # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
+        check_root(config.data_root, "use data root")
         self.config = config
         self._path = config.data_root
         self.kind = kind

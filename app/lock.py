@@ -48,6 +48,7 @@ from filelock import Timeout, UnixFileLock
 
 from app import __version__
 from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
+from app.sandbox import check_root
 
 __all__ = [
     "BOOT_ID_FILE",
@@ -339,6 +340,9 @@ class RootLock:
             if self.held:
                 msg = f"{self.path} is already held by this RootLock"
                 raise RuntimeError(msg)
+            # A lock taken by hand is refused outside a test run's sandbox like an open_root:
+            # even with no server to refuse it, it would write into that root's lock file.
+            check_root(self.root, "lock data root")
             if not self.root.is_dir():
                 # filelock would create missing parent directories; a data root is only
                 # ever created by app.dataroot, with mode 0700 and a profile stamp.

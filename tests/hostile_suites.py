@@ -336,8 +336,8 @@ import dataclasses
 import pytest
 
 from app.config import load
-from app.dataroot import DataRoot, open_root, restamp
-from app.errors import DataRootInUseError, SandboxViolationError
+from app.dataroot import DataRoot, describe, open_root, restamp
+from app.errors import SandboxViolationError
 from app.lock import RootLock
 from app.store import Store
 from hostile_helpers import PRODUCTION, SERVER_PID
@@ -363,18 +363,18 @@ def test_restamp_refuses_it(forged):
     assert f"re-stamp data root {PRODUCTION}, which {OUTSIDE}" in str(refused.value)
 
 
-def test_a_hand_made_data_root_cannot_purge(forged):
-    store = Store(DataRoot(forged, kind="maintenance", lock=None, stamp=None))
-    for destroy in (store.purge, store.empty_trash):
-        with pytest.raises(RuntimeError) as refused:
-            destroy()
-        assert f"data root {PRODUCTION} was opened read-only" in str(refused.value)
+def test_a_hand_made_data_root_is_refused(forged):
+    with pytest.raises(SandboxViolationError) as refused:
+        Store(DataRoot(forged, kind="maintenance", lock=None, stamp=None)).purge()
+    assert f"use data root {PRODUCTION}, which {OUTSIDE}" in str(refused.value)
 
 
-def test_a_hand_made_lock_is_refused_by_the_live_server(forged):
-    with pytest.raises(DataRootInUseError) as refused:
+def test_a_hand_made_lock_is_refused_before_the_live_server_would(forged):
+    with pytest.raises(SandboxViolationError) as refused:
         RootLock(PRODUCTION, kind="maintenance", profile="production").acquire("purge")
-    assert f"is held by pid {SERVER_PID}, kind server" in str(refused.value)
+    assert f"lock data root {PRODUCTION}, which {OUTSIDE}" in str(refused.value)
+    # Without the sandbox the live server's lock would still refuse it (layer 4).
+    assert describe(PRODUCTION).probe.holder["pid"] == SERVER_PID
 """
 
 # (7) A test that removes the sandbox marker, then loads production.
@@ -736,6 +736,38 @@ def test_a_data_root_whose_path_is_reassigned(config):
         assert "is not the file it locked" in str(refused.value)
 """
 
+# (13b) A lock and a data root made by hand, next to a stopped server: no lock refuses them.
+HAND_MADE_LOCK_TESTS = """
+import dataclasses
+
+import pytest
+
+from app.config import load
+from app.dataroot import DataRoot
+from app.errors import SandboxViolationError
+from app.lock import RootLock
+from app.store import Store
+from hostile_helpers import PRODUCTION
+
+
+def test_a_lock_taken_by_hand_on_the_production_root():
+    with pytest.raises(SandboxViolationError) as refused:
+        RootLock(PRODUCTION, kind="maintenance", profile="production").acquire("purge")
+    assert f"lock data root {PRODUCTION}, which lies outside the test sandbox" in str(
+        refused.value
+    )
+
+
+def test_a_data_root_made_by_hand_around_a_lock_made_by_hand(tmp_path):
+    forged = dataclasses.replace(load(), profile="production", data_root=PRODUCTION)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with RootLock(mine, kind="maintenance", profile="testing").acquire("forge") as lock:
+        with pytest.raises(SandboxViolationError) as refused:
+            Store(DataRoot(forged, kind="maintenance", lock=lock, stamp=None)).purge()
+    assert "lies outside the test sandbox" in str(refused.value)
+"""
+
 # (14) The guard's own switches, set by hand.
 SWITCHES_TESTS = """
 import os
@@ -910,6 +942,11 @@ SUITES_WITHOUT_PROPS: dict[str, Suite] = {
     "aliases_of_the_production_root": Suite(
         {"test_aliases.py": ALIAS_TESTS},
         "sandbox: identities of protected roots; dataroot: identities of what was opened",
+    ),
+    "a_lock_and_a_data_root_made_by_hand": Suite(
+        {"test_hand_made_lock.py": HAND_MADE_LOCK_TESTS},
+        "sandbox: RootLock and DataRoot check the run's sandbox themselves",
+        outcomes={"passed": 2},
     ),
     "the_guards_own_switches_set_by_hand": Suite(
         {"test_switches.py": SWITCHES_TESTS},
