@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -688,6 +688,34 @@ def published_port(
     pytest.fail(f"app serve published no port in {root / '.server.lock'}", pytrace=False)
 
 
+def start_server(
+    env: Mapping[str, str], root: Path, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``app serve --port 0`` with ``env``, its output in ``log``; return it and its URL
+    once it answers. The caller stops it (``terminate()``, then ``wait()``).
+
+    Args:
+        env: the server's whole environment (its profile, root and token come from it).
+        root: the data root that environment gives it, where it publishes its port.
+        log: the file its output goes to: a file, not a pipe, which nobody would read.
+    """
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", "0"],
+            env=dict(env),
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        wait_until_serving(url, process, log=log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url
+
+
 def wait_until_serving(
     url: str, process: subprocess.Popen[bytes], attempts: int = 300, log: Path | None = None
 ) -> None:
@@ -729,16 +757,8 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     # A file, not a pipe: nobody reads a pipe while the test runs, and a full one would
     # block the server after a few hundred logged requests. Port 0: the server binds a free
     # port itself and publishes it, so no other test can take it in between (-n 2).
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", "0"],
-            env=env,
-            stdout=output,
-            stderr=output,
-        )
+    process, url = start_server(env, root, log)
     try:
-        url = f"http://127.0.0.1:{published_port(root, process, log)}"
-        wait_until_serving(url, process, log=log)
         yield LiveServer(url, root, process.pid, config.api_token, log)
     finally:
         process.terminate()

@@ -64,7 +64,7 @@ import pytest
 from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
 
 from app.lock import LOCK_FILE
-from app.testing import published_port, wait_until_serving
+from app.testing import start_server
 
 SETTINGS = """\
 [default]
@@ -196,21 +196,9 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
         # hostile runs get sandboxes of their own, which do not contain it.
         "PYTEST_APP_ALLOW_PROFILES": "production",
     }
-    log = (base / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", "0"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process, url = start_server(env, root, base / "server.log")
+    port = int(url.rsplit(":", 1)[1])
     try:
-        port = published_port(root, process, base / "server.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_serving(url, process)
-        except pytest.fail.Exception:
-            log.flush()
-            pytest.fail((base / "server.log").read_text(errors="replace"), pytrace=False)
         headers = {"Authorization": f"Bearer {token}"}
         fill(url, headers)
         sessions = list_sessions(url, headers)
@@ -233,7 +221,6 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
     finally:
         process.terminate()
         process.wait()
-        log.close()
 
 
 def export_shell(monkeypatch: pytest.MonkeyPatch, production: Production, shell: str) -> None:

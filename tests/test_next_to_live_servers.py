@@ -18,7 +18,7 @@ import httpx
 import pytest
 from project_copy import PROJECT, copy_project_settings
 
-from app.testing import published_port, wait_until_serving
+from app.testing import start_server
 
 PROFILES = ("development", "testing", "production")
 #: The tests that look at the settings' roots, the live holders and the header (the whole
@@ -51,17 +51,8 @@ def live_servers(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
             if profile == "production":
                 env["APP_API_TOKEN"] = secrets.token_urlsafe(32)
             log = tmp_path / f"{profile}.log"
-            with log.open("wb") as output:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "app", "serve", "--port", "0"],
-                    env=env,
-                    stdout=output,
-                    stderr=output,
-                )
+            process, urls[profile] = start_server(env, project / "data" / profile, log)
             processes.append(process)
-            port = published_port(project / "data" / profile, process, log)
-            urls[profile] = f"http://127.0.0.1:{port}"
-            wait_until_serving(urls[profile], process, log=log)
         yield project, urls
     finally:
         for process in processes:
