@@ -104,8 +104,10 @@ def _token(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
 
-@dataclass(frozen=True)
-class Key:
+# The records below are NamedTuples, not frozen dataclasses: as immutable, and this module is
+# imported on every pytest start and `app` command, where creating a dataclass costs about
+# half a millisecond (bench/plugin_startup.py). `Config`, the public value, stays a dataclass.
+class Key(NamedTuple):
     """One configuration key: its check, built-in default and documentation."""
 
     name: str
@@ -296,8 +298,7 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     return raw, copy.deepcopy(parsed)  # callers get tables of their own
 
 
-@dataclass(frozen=True)
-class _Files:
+class _Files(NamedTuple):
     directory: Path
     paths: tuple[Path, ...]  # what dynaconf loads, in order
     skipped: tuple[Path, ...]  # local files present but not read (sandbox)
@@ -463,8 +464,7 @@ def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
 # --- one profile's values ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Resolved:
+class Resolved(NamedTuple):
     """One profile as the files (and, if selected, the environment) configure it."""
 
     profile: str
@@ -914,8 +914,7 @@ def configured_roots(
 # --- public entry points ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LoadRecord:
+class LoadRecord(NamedTuple):
     """A `load` made in this process outside any sandbox: who asked, and what they got."""
 
     profile: str
@@ -943,8 +942,7 @@ def _record(config: Config) -> None:
         _UNSANDBOXED_LOADS.append(LoadRecord(config.profile, config.data_root, caller))
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     """Everything known about every profile: what `app config --all` and `app doctor` show.
 
     Under pytest every root is already mapped into the sandbox; the overlap checks ran on the

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
@@ -54,8 +54,7 @@ _NEUTRALISED = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class LiveHolder:
+class LiveHolder(NamedTuple):
     """A live process seen holding a data root when the run started."""
 
     profile: str
