@@ -595,12 +595,21 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def app_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> appconfig.Config:
+def app_config(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> appconfig.Config:
     """The testing configuration with a fresh data root of its own under ``tmp_path``.
 
     The root is published as ``APP_DATA_ROOT`` for the test's duration, so subprocesses the
     test starts use it too.
     """
+    inactive = request.config.stash.get(INACTIVE, None)
+    if inactive is not None:
+        pytest.fail(
+            f"app: the app_config fixture needs the app's pytest plugin, which is inactive in "
+            f"this run: {inactive}",
+            pytrace=False,
+        )
     root = tmp_path / "app-data"
     monkeypatch.setenv("APP_DATA_ROOT", str(root))
     return appconfig.load("testing")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -126,6 +127,19 @@ def median(values: list[float]) -> float:
 
 
 # --- whole-process start-up timings (config_startup.py, plugin_startup.py) -------------------
+
+
+def name_the_settings(env: dict[str, str], work: Path) -> None:
+    """Point ``env`` at a copy of the project's settings in ``work``.
+
+    The pytest plugin acts only where this app's settings are the run's; a suite generated in
+    a scratch directory names them, as a project that uses the app as a dependency would.
+    """
+    settings = work / "settings"
+    settings.mkdir(exist_ok=True)
+    for name in ("settings.toml", ".secrets.toml"):
+        shutil.copy(PROJECT / name, settings / name)
+    env["APP_SETTINGS_DIR"] = str(settings)
 
 
 def clean_environment() -> dict[str, str]:

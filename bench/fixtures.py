@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, run_once
+from _common import clean_environment, name_the_settings, run_once
 
 BODIES = {
     "tmp_path": (
@@ -81,6 +81,7 @@ def main() -> None:
 
     env = clean_environment()
     work = Path(tempfile.mkdtemp(prefix="bench-fixtures-", dir=args.work_dir))
+    name_the_settings(env, work)
     runs = [(fixture, size) for fixture in BODIES for size in (args.small, args.large)]
     times: dict[tuple[str, int], list[float]] = {run: [] for run in runs}
     try:

@@ -38,10 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, p90, run_once
+from _common import clean_environment, name_the_settings, p90, run_once
 
 TEST_ONE = "def test_one():\n    pass\n"
-PROJECT = Path(__file__).resolve().parent.parent
 #: Issue 8: the plugin's one-test start-up at most 1.15 times bare pytest (issue 4 said 1.35).
 TARGET = 1.15
 
@@ -98,13 +97,7 @@ def main() -> None:
 
     env = clean_environment()
     work = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
-    # The plugin acts where this app's settings are the run's; a run in a scratch directory
-    # names them, as a project that uses the app as a dependency would.
-    settings = work / "settings"
-    settings.mkdir()
-    for name in ("settings.toml", ".secrets.toml"):
-        shutil.copy(PROJECT / name, settings / name)
-    env["APP_SETTINGS_DIR"] = str(settings)
+    name_the_settings(env, work)
     try:
         variants = prepare(work)
         check_active(variants["pytest (plugin)"], env)

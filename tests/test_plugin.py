@@ -604,3 +604,21 @@ def test_a_production_root_from_an_unset_variable_does_not_stop_the_tests(
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_fixtures_say_why_they_cannot_work_where_the_plugin_is_inactive(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("APP_SETTINGS_DIR", raising=False)
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(test_fixture="def test_it(app_config):\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*app: the app_config fixture needs the app's pytest plugin, which is inactive in "
+                "this run: the settings in * belong to another project*"
+            )
+        ]
+    )
