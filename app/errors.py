@@ -553,6 +553,57 @@ class FileExistsInSessionError(StoreError):
         )
 
 
+# --- a client that holds the server's resources (#9, item 9) ---------------------------
+
+
+class RequestTimeoutError(StoreError):
+    """A request's head or body arrived too slowly; the server closed the connection."""
+
+    code = "request_timeout"
+    http_status = 408
+
+    def __init__(self, what: str, seconds: float, setting: str) -> None:
+        self.what = what
+        self.seconds = seconds
+        self.setting = setting
+        super().__init__(
+            f"request refused: {what} within {seconds:g} seconds; nothing was kept and the "
+            f"connection is closed. Send the request without pauses (the server's {setting} "
+            f"setting, APP_{setting.upper()}, sets the bound)"
+        )
+
+
+class HeaderTooLargeError(StoreError):
+    """A request line and headers larger than the server reads."""
+
+    code = "header_too_large"
+    http_status = 431
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"request refused: its request line and headers are larger than {limit} bytes; the "
+            "connection is closed. Send shorter headers (large data belongs in the body); the "
+            "server's max_header_bytes setting (APP_MAX_HEADER_BYTES) sets the bound"
+        )
+
+
+class TooManyUploadsError(StoreError):
+    """As many uploads as the server receives at once are in flight already."""
+
+    code = "too_many_uploads"
+    http_status = 503
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"upload refused: the server already receives {limit} uploads at once, its limit; "
+            f"nothing was kept. Retry after {retry_after} seconds (see Retry-After); an operator "
+            "can raise max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
+        )
+
+
 # --- the disk under the data root (a client cannot fix these; an operator can) ------
 
 
