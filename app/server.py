@@ -361,15 +361,23 @@ def create_app(store: Store, config: Config) -> FastAPI:
     return app
 
 
+class _SlowReader(Exception):
+    """The client read nothing of the response for ``request_idle_seconds``."""
+
+
 class _BoundRequestBodies:
-    """Cut off a request whose body stops or trickles: 408 ``request_timeout``, then close.
+    """Cut off a client that stops sending its request or reading its response.
 
     Every wait for a piece of the body is bounded by ``request_idle_seconds``, and the whole
-    request by ``request_seconds`` from the moment its head arrived. 150 slow uploads once
-    held the server's file descriptors for ever, and other clients got 500 (#9, item 9).
-    The route sees the refusal as an error from ``receive``, so it cleans up as for any
-    other (an upload's temporary file is removed). Once the body is complete, ``receive``
-    is not bounded: a download may take as long as the client reads.
+    request by ``request_seconds`` from the moment its head arrived: 408 ``request_timeout``,
+    then the connection closes. 150 slow uploads once held the server's file descriptors for
+    ever, and other clients got 500 (#9, item 9). The route sees the refusal as an error from
+    ``receive``, so it cleans up as for any other (an upload's temporary file is removed).
+    Once the body is complete, ``receive`` is not bounded (it waits for a disconnect).
+
+    A response the client does not read for ``request_idle_seconds`` (its socket buffers
+    full) is abandoned and the connection closed: a slow reader holds an open file too. A
+    download may take as long as it needs, as long as the client keeps reading.
     """
 
     def __init__(self, app: ASGIApp, *, idle: float, total: float) -> None:
@@ -405,7 +413,26 @@ class _BoundRequestBodies:
                 complete = True
             return message
 
-        await self.app(scope, bounded, send)
+        async def bounded_send(message: Any) -> None:
+            # uvicorn's send waits while the transport's buffer is over its high-water mark.
+            try:
+                async with asyncio.timeout(self.idle):
+                    await send(message)
+            except TimeoutError:
+                raise _SlowReader from None
+
+        try:
+            await self.app(scope, bounded, bounded_send)
+        except _SlowReader:
+            # The answer has begun, so nothing more can be said to this client: uvicorn
+            # closes a connection whose response the application left unfinished.
+            log.warning(
+                "%s %s: the client read nothing of the response for %g seconds "
+                "(request_idle_seconds); closing its connection",
+                scope.get("method"),
+                scope.get("path"),
+                self.idle,
+            )
 
 
 class _RefuseUndecodablePaths:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,6 +201,35 @@ def test_an_upload_that_trickles_past_request_seconds_is_408(tight: LiveServer) 
     problem(body, "request_timeout", "in full", "1 seconds", "request_seconds")
     files = httpx.get(f"{tight.url}/sessions/{session_id}/files", headers=tight.headers)
     assert files.json()["items"] == []
+
+
+@pytest.mark.parametrize("tight", [_QUICK], indirect=True)
+def test_a_client_that_stops_reading_a_download_is_disconnected(tight: LiveServer) -> None:
+    session_id = a_session(tight)
+    size = 16 * 2**20  # more than the socket buffers on both sides hold
+    url = f"{tight.url}/sessions/{session_id}/files/big.bin"
+    assert httpx.put(url, content=b"b" * size, headers=tight.headers).status_code == 201
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(_WAIT)
+    with sock:
+        sock.connect(address(tight))
+        sock.sendall(
+            f"GET /sessions/{session_id}/files/big.bin HTTP/1.1\r\nHost: x\r\n".encode()
+            + token_header(tight)
+            + b"\r\n"
+        )
+        others_still_served(tight)
+        # Read nothing until the server says it gave up on this client (a bounded wait).
+        for _ in range(1200):
+            if "read nothing of the response" in tight.log.read_text(errors="replace"):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the server kept waiting for a client that reads nothing")
+        _, _, body = read_answer(sock)
+    assert len(body) < size  # the connection was closed mid-download
+    assert "request_idle_seconds" in tight.log.read_text(errors="replace")
 
 
 # --- uploads in flight are bounded (9) ----------------------------------------------------
