@@ -25,7 +25,7 @@ _WAIT = 15.0
 
 @pytest.fixture
 def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server with small resource bounds, from ``@pytest.mark.parametrize``-free env."""
+    """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
     for name, value in getattr(request, "param", {}).items():
         monkeypatch.setenv(name, value)
     yield request.getfixturevalue("live_server")
