@@ -168,7 +168,7 @@ KEYS: Mapping[str, Key] = MappingProxyType(
                 "request_seconds",
                 _positive_number,
                 600.0,
-                "longest a request may take to arrive in full, head and body (408 beyond)",
+                "longest a request body may take to arrive, once its head came (408 beyond)",
             ),
             Key(
                 "max_uploads_in_flight",

@@ -342,3 +342,27 @@ def test_a_session_larger_than_page_max_bytes_still_gets_a_page_of_its_own(
     ).json()
     assert [item["id"] for item in second["items"]] == ids[1:]
     assert second["next"] is None
+
+
+# --- the OpenAPI document says so ------------------------------------------------------------
+
+
+def test_the_openapi_document_declares_the_bounds_of_every_request(live_server: LiveServer) -> None:
+    document = httpx.get(f"{live_server.url}/openapi.json").json()
+    operations = {
+        operation["operationId"]: operation
+        for path in document["paths"].values()
+        for operation in path.values()
+    }
+    for name, operation in operations.items():
+        for status in ("408", "431"):
+            declared = operation["responses"].get(status)
+            assert declared is not None, (name, status)
+            schema = declared["content"]["application/problem+json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Problem"}
+    for name in ("uploadFile", "putFile"):
+        busy = operations[name]["responses"]["503"]
+        assert "too_many_uploads" in busy["description"]
+        assert "Retry-After" in busy["headers"]
+    listing = document["components"]["schemas"]["SessionPage"]["properties"]["next"]
+    assert "page_max_bytes" in listing["description"]
