@@ -647,7 +647,27 @@ class ReadOnlyStorageError(StorageError):
         )
 
 
+class TooManyOpenFilesError(StorageError):
+    """The process (or the system) has as many files open as its limit allows."""
+
+    code = "too_many_open_files"
+    http_status = 503
+
+    def __init__(self, doing: str, retry_after: int = 5) -> None:
+        self.doing = doing
+        self.retry_after = retry_after
+        super().__init__(
+            f"cannot {doing}: the process has as many files open as its limit allows; nothing "
+            f"was changed. Retry after {retry_after} seconds; an operator can raise the file "
+            "limit (systemd's LimitNOFILE=, `ulimit -n`) or, for a server, lower "
+            "max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
+        )
+
+
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Every connection and open file counts against the limit: 150 slow uploads once used up
+# 256 and others got 500 (#9, item 9).
+_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 
 
@@ -659,7 +679,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         doing: what was being done, for the message ("store the upload").
 
     Returns:
-        A `StorageFullError` or a `ReadOnlyStorageError`, else ``None``.
+        A `StorageFullError`, a `ReadOnlyStorageError` or a `TooManyOpenFilesError`, else
+        ``None``.
     """
     if not isinstance(error, OSError):
         return None
@@ -667,4 +688,6 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         return StorageFullError(doing)
     if error.errno in _READ_ONLY_ERRNOS:
         return ReadOnlyStorageError(doing)
+    if error.errno in _DESCRIPTOR_ERRNOS:
+        return TooManyOpenFilesError(doing)
     return None

@@ -532,7 +532,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if mapped is None:
             raise error  # a 500 from the handler below, with the traceback in the log
         log.warning("%s %s: %s", request.method, request.url.path, error)
-        return _problem(mapped.http_status, mapped.code, mapped.message)
+        retry = getattr(mapped, "retry_after", None)
+        headers = None if retry is None else {"Retry-After": str(retry)}
+        return _problem(mapped.http_status, mapped.code, mapped.message, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> _ProblemResponse:
@@ -748,17 +750,23 @@ _STORAGE: Final = (503, 507)
 #: What the server answers on any route, before routing: the request's head was too slow or
 #: too large (the HTTP protocol class, see `_bounded_h11`).
 _EVERY_REQUEST: Final = (408, 431)
+_RETRY_AFTER: Final = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (`too_many_uploads`, "
+        "`too_many_open_files`).",
+        "schema": {"type": "string"},
+    }
+}
+#: What every route's 503 may also be (added to each by `_openapi`).
+_OUT_OF_FILES: Final = (
+    "Or the server has as many files open as its limit allows (`too_many_open_files`, with "
+    "`Retry-After`)."
+)
 #: The 503 of an upload route: the storage, or too many uploads in flight.
 _BUSY: Final[dict[str, Any]] = {
     "description": _ERRORS[503]
     + " Or the server receives `max_uploads_in_flight` uploads already (`too_many_uploads`, "
-    "with `Retry-After`).",
-    "headers": {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying (with `too_many_uploads`).",
-            "schema": {"type": "string"},
-        }
-    },
+    "with `Retry-After`)."
 }
 
 
@@ -1205,6 +1213,10 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 responses = operation.setdefault("responses", {})
                 for status in _EVERY_REQUEST:
                     responses.setdefault(str(status), {"description": _ERRORS[status]})
+                # Any route opens files, and may find the process out of descriptors.
+                busy = responses.setdefault("503", {"description": ""})
+                busy["description"] = f"{busy['description']} {_OUT_OF_FILES}".strip()
+                busy.setdefault("headers", {}).update(_RETRY_AFTER)
                 for status, response in responses.items():
                     if status[0] in "45":
                         shape = "ValidationProblem" if status == "422" else "Problem"

@@ -9,6 +9,8 @@ normal client's request must succeed. Waits are bounded by a condition, never by
 from __future__ import annotations
 
 import json
+import os
+import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -16,7 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
+from app.store import Store
 from app.testing import LiveServer
 
 # Generous bounds for the socket operations: they fail a hung test, they measure nothing.
@@ -360,9 +364,34 @@ def test_the_openapi_document_declares_the_bounds_of_every_request(live_server: 
             assert declared is not None, (name, status)
             schema = declared["content"]["application/problem+json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/Problem"}
+        busy = operation["responses"]["503"]  # any route may be out of file descriptors
+        assert "too_many_open_files" in busy["description"], name
+        assert "Retry-After" in busy["headers"], name
     for name in ("uploadFile", "putFile"):
-        busy = operations[name]["responses"]["503"]
-        assert "too_many_uploads" in busy["description"]
-        assert "Retry-After" in busy["headers"]
+        assert "too_many_uploads" in operations[name]["responses"]["503"]["description"]
     listing = document["components"]["schemas"]["SessionPage"]["properties"]["next"]
     assert "page_max_bytes" in listing["description"]
+
+
+# --- out of file descriptors: 503, never 500 (9) ------------------------------------------------
+
+
+def test_an_upload_when_the_process_is_out_of_file_descriptors_is_503_not_500(
+    client: TestClient, store: Store
+) -> None:
+    session_id = client.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/report.txt"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # The limit where this process stands now: the next open() is EMFILE, as when 150 slow
+    # uploads had used up a server's 256 descriptors (#9).
+    # (listdir's own descriptor is listed too, and closed again: hence the - 1.)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+    try:
+        refused = client.put(url, content=b"report")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "5"
+    problem(refused.content, "too_many_open_files", "files open", "LimitNOFILE")
+    assert store.list_files(session_id) == []
+    assert client.put(url, content=b"report").status_code == 201

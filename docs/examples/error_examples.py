@@ -98,4 +98,5 @@ EXAMPLES: list[errors.AppError] = [
     errors.TooManyUploadsError(32, 5),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
+    errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
 ]
