@@ -149,6 +149,36 @@ KEYS: Mapping[str, Key] = MappingProxyType(
             Key("max_upload_bytes", _int_in(1, 2**50), 100 * 2**20, "largest accepted upload"),
             Key("page_size", _int_in(1, 1000), 50, "default page size of GET /sessions"),
             Key(
+                "page_max_bytes",
+                _int_in(1024, 2**30),
+                2**20,
+                "most bytes of sessions in one page of GET /sessions",
+            ),
+            Key(
+                "max_header_bytes",
+                _int_in(1024, 2**20),
+                32 * 1024,
+                "largest request line and headers the server reads (431 beyond)",
+            ),
+            Key(
+                "request_idle_seconds",
+                _positive_number,
+                30.0,
+                "longest silence while a request's head or body arrives (408 beyond)",
+            ),
+            Key(
+                "request_seconds",
+                _positive_number,
+                600.0,
+                "longest a request body may take to arrive, once its head came (408 beyond)",
+            ),
+            Key(
+                "max_uploads_in_flight",
+                _int_in(1, 100_000),
+                32,
+                "most uploads received at once (503 with Retry-After beyond)",
+            ),
+            Key(
                 "lock_check_seconds", _positive_number, 5.0, "how often a server re-checks its lock"
             ),
             Key("log_level", _log_level, "info", "server log level", text=True),
@@ -188,6 +218,11 @@ class Config:
     lock_check_seconds: float
     log_level: str
     protected: bool
+    page_max_bytes: int
+    max_header_bytes: int
+    request_idle_seconds: float
+    request_seconds: float
+    max_uploads_in_flight: int
     settings_dir: Path
     sources: Mapping[str, str]
     roots: Mapping[str, Path]
@@ -648,8 +683,9 @@ def _resolve_profile(
             values.pop(name)
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].lower()
-    if "lock_check_seconds" in values:
-        values["lock_check_seconds"] = float(values["lock_check_seconds"])
+    for seconds in ("lock_check_seconds", "request_idle_seconds", "request_seconds"):
+        if seconds in values:
+            values[seconds] = float(values[seconds])
     if "data_root" in values:
         values["data_root"] = _absolute_root(values["data_root"], files.directory)
     return Resolved(

@@ -553,6 +553,57 @@ class FileExistsInSessionError(StoreError):
         )
 
 
+# --- a client that holds the server's resources (#9, item 9) ---------------------------
+
+
+class RequestTimeoutError(StoreError):
+    """A request's head or body arrived too slowly; the server closed the connection."""
+
+    code = "request_timeout"
+    http_status = 408
+
+    def __init__(self, what: str, seconds: float, setting: str) -> None:
+        self.what = what
+        self.seconds = seconds
+        self.setting = setting
+        super().__init__(
+            f"request refused: {what} within {seconds:g} seconds; nothing was kept and the "
+            f"connection is closed. Send the request without pauses (the server's {setting} "
+            f"setting, APP_{setting.upper()}, sets the bound)"
+        )
+
+
+class HeaderTooLargeError(StoreError):
+    """A request line and headers larger than the server reads."""
+
+    code = "header_too_large"
+    http_status = 431
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"request refused: its request line and headers are larger than {limit} bytes; the "
+            "connection is closed. Send shorter headers (large data belongs in the body); the "
+            "server's max_header_bytes setting (APP_MAX_HEADER_BYTES) sets the bound"
+        )
+
+
+class TooManyUploadsError(StoreError):
+    """As many uploads as the server receives at once are in flight already."""
+
+    code = "too_many_uploads"
+    http_status = 503
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"upload refused: the server already receives {limit} uploads at once, its limit; "
+            f"nothing was kept. Retry after {retry_after} seconds (see Retry-After); an operator "
+            "can raise max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
+        )
+
+
 # --- the disk under the data root (a client cannot fix these; an operator can) ------
 
 
@@ -596,7 +647,27 @@ class ReadOnlyStorageError(StorageError):
         )
 
 
+class TooManyOpenFilesError(StorageError):
+    """The process (or the system) has as many files open as its limit allows."""
+
+    code = "too_many_open_files"
+    http_status = 503
+
+    def __init__(self, doing: str, retry_after: int = 5) -> None:
+        self.doing = doing
+        self.retry_after = retry_after
+        super().__init__(
+            f"cannot {doing}: the process has as many files open as its limit allows; nothing "
+            f"was changed. Retry after {retry_after} seconds; an operator can raise the file "
+            "limit (systemd's LimitNOFILE=, `ulimit -n`) or, for a server, lower "
+            "max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
+        )
+
+
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Every connection and open file counts against the limit: 150 slow uploads once used up
+# 256 and others got 500 (#9, item 9).
+_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 
 
@@ -608,7 +679,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         doing: what was being done, for the message ("store the upload").
 
     Returns:
-        A `StorageFullError` or a `ReadOnlyStorageError`, else ``None``.
+        A `StorageFullError`, a `ReadOnlyStorageError` or a `TooManyOpenFilesError`, else
+        ``None``.
     """
     if not isinstance(error, OSError):
         return None
@@ -616,4 +688,6 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         return StorageFullError(doing)
     if error.errno in _READ_ONLY_ERRNOS:
         return ReadOnlyStorageError(doing)
+    if error.errno in _DESCRIPTOR_ERRNOS:
+        return TooManyOpenFilesError(doing)
     return None

@@ -34,7 +34,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from copy import deepcopy
 from datetime import timedelta
 from http import HTTPStatus
@@ -61,10 +61,13 @@ from app.errors import (
     BadRequestError,
     BodyTooLargeError,
     ConfirmationRequiredError,
+    HeaderTooLargeError,
     InvalidNameError,
     LockLostError,
     MetadataTooLargeError,
     PortInUseError,
+    RequestTimeoutError,
+    TooManyUploadsError,
     UploadTooLargeError,
     storage_error,
 )
@@ -102,6 +105,9 @@ _BATCH_BYTES: Final = 1024 * 1024
 # threads at once (see list_sessions).
 _LISTING_SLOTS: Final = 2
 _UNBOUNDED_PAGE: Final = 100
+# What a 503 `too_many_uploads` asks a client to wait: uploads in flight end within seconds
+# unless they stall, and a stalled one is cut off after request_idle_seconds.
+_UPLOAD_RETRY_AFTER_SECONDS: Final = 5
 
 MAX_SESSION_BODY_BYTES: Final = 256 * 1024
 """Largest body of ``POST /sessions``: room for the metadata limit written out loosely."""
@@ -176,7 +182,13 @@ class SessionPage(BaseModel):
 
     items: list[Session]
     total: int = Field(ge=0)
-    next: str | None = Field(description="Pass as `after` for the next page; null on the last.")
+    next: str | None = Field(
+        description=(
+            "Pass as `after` for the next page; null on the last. A page stops early, with "
+            "fewer than `limit` items and a `next`, once its items reach the server's "
+            "`page_max_bytes`."
+        )
+    )
 
 
 class FileList(BaseModel):
@@ -340,10 +352,87 @@ def create_app(store: Store, config: Config) -> FastAPI:
     _add_api_docs(app)
     _add_error_handlers(app)
     _add_session_routes(app, store, config, auth)
-    _add_file_routes(app, store, auth)
+    _add_file_routes(app, store, auth, _UploadSlots(config.max_uploads_in_flight))
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_RefuseUndecodablePaths)
+    app.add_middleware(
+        _BoundRequestBodies, idle=config.request_idle_seconds, total=config.request_seconds
+    )
     return app
+
+
+class _SlowReader(Exception):
+    """The client read nothing of the response for ``request_idle_seconds``."""
+
+
+class _BoundRequestBodies:
+    """Cut off a client that stops sending its request or reading its response.
+
+    Every wait for a piece of the body is bounded by ``request_idle_seconds``, and the whole
+    request by ``request_seconds`` from the moment its head arrived: 408 ``request_timeout``,
+    then the connection closes. 150 slow uploads once held the server's file descriptors for
+    ever, and other clients got 500 (#9, item 9). The route sees the refusal as an error from
+    ``receive``, so it cleans up as for any other (an upload's temporary file is removed).
+    Once the body is complete, ``receive`` is not bounded (it waits for a disconnect).
+
+    A response the client does not read for ``request_idle_seconds`` (its socket buffers
+    full) is abandoned and the connection closed: a slow reader holds an open file too. A
+    download may take as long as it needs, as long as the client keeps reading.
+    """
+
+    def __init__(self, app: ASGIApp, *, idle: float, total: float) -> None:
+        self.app = app
+        self.idle = idle
+        self.total = total
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total
+        complete = False
+
+        async def bounded() -> Any:
+            nonlocal complete
+            if complete:
+                return await receive()
+            left = deadline - loop.time()
+            try:
+                async with asyncio.timeout(min(self.idle, max(left, 0))):
+                    message = await receive()
+            except TimeoutError:
+                if left <= self.idle:
+                    raise RequestTimeoutError(
+                        "the request did not arrive in full", self.total, "request_seconds"
+                    ) from None
+                raise RequestTimeoutError(
+                    "the client sent no more of its body", self.idle, "request_idle_seconds"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        async def bounded_send(message: Any) -> None:
+            # uvicorn's send waits while the transport's buffer is over its high-water mark.
+            try:
+                async with asyncio.timeout(self.idle):
+                    await send(message)
+            except TimeoutError:
+                raise _SlowReader from None
+
+        try:
+            await self.app(scope, bounded, bounded_send)
+        except _SlowReader:
+            # The answer has begun, so nothing more can be said to this client: uvicorn
+            # closes a connection whose response the application left unfinished.
+            log.warning(
+                "%s %s: the client read nothing of the response for %g seconds "
+                "(request_idle_seconds); closing its connection",
+                scope.get("method"),
+                scope.get("path"),
+                self.idle,
+            )
 
 
 class _RefuseUndecodablePaths:
@@ -427,7 +516,13 @@ def _add_error_handlers(app: FastAPI) -> None:
             if stop is not None:
                 stop(error.reason)
         shown = error.to_dict()  # some errors say less over HTTP (no data-root path)
-        return _problem(error.http_status, shown["code"], shown["message"])
+        headers = None
+        if isinstance(error, RequestTimeoutError):
+            # The rest of the body may still come: the connection cannot carry another request.
+            headers = {"Connection": "close"}
+        elif isinstance(error, TooManyUploadsError):
+            headers = {"Retry-After": str(error.retry_after)}
+        return _problem(error.http_status, shown["code"], shown["message"], headers=headers)
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, error: OSError) -> _ProblemResponse:
@@ -437,7 +532,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if mapped is None:
             raise error  # a 500 from the handler below, with the traceback in the log
         log.warning("%s %s: %s", request.method, request.url.path, error)
-        return _problem(mapped.http_status, mapped.code, mapped.message)
+        retry = getattr(mapped, "retry_after", None)
+        headers = None if retry is None else {"Retry-After": str(retry)}
+        return _problem(mapped.http_status, mapped.code, mapped.message, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> _ProblemResponse:
@@ -641,10 +738,36 @@ _ERRORS: Final = {
         "The data root cannot be written now: read-only (`storage_read_only`), or the server "
         "lost its lock (`lock_lost`, it stops) or its directories changed (`data_root_changed`)."
     ),
+    408: (
+        "The request's head or body stopped arriving for `request_idle_seconds`, or took "
+        "longer than `request_seconds` (`request_timeout`); the connection is closed."
+    ),
+    431: "The request line and headers exceed `max_header_bytes` (`header_too_large`).",
     507: "The data root's filesystem is full (`storage_full`); nothing was changed.",
 }
 #: What any write may answer besides its own errors: the storage said no.
 _STORAGE: Final = (503, 507)
+#: What the server answers on any route, before routing: the request's head was too slow or
+#: too large (the HTTP protocol class, see `_bounded_h11`).
+_EVERY_REQUEST: Final = (408, 431)
+_RETRY_AFTER: Final = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (`too_many_uploads`, "
+        "`too_many_open_files`).",
+        "schema": {"type": "string"},
+    }
+}
+#: What every route's 503 may also be (added to each by `_openapi`).
+_OUT_OF_FILES: Final = (
+    "Or the server has as many files open as its limit allows (`too_many_open_files`, with "
+    "`Retry-After`)."
+)
+#: The 503 of an upload route: the storage, or too many uploads in flight.
+_BUSY: Final[dict[str, Any]] = {
+    "description": _ERRORS[503]
+    + " Or the server receives `max_uploads_in_flight` uploads already (`too_many_uploads`, "
+    "with `Retry-After`)."
+}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -767,17 +890,25 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
             json_schema_extra={"pattern": _SESSION_ID_PATTERN},
         ),
     ) -> JSONResponse:
-        """One page of sessions, oldest first, with the total and the next page's cursor."""
+        """One page of sessions, oldest first, with the total and the next page's cursor.
+
+        A page holds at most `limit` sessions, and stops early (with a `next` cursor) once its
+        sessions take the server's `page_max_bytes` as JSON; it always holds at least one.
+        """
         # A large page reads and parses up to 1,000 session.json files, Python work that
         # holds the GIL: more of them at once on worker threads finish no sooner, but each
         # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms
         # behind ten clients listing 1,000-item pages, 12 ms with two slots: bench/load.py).
         # The others wait here, without a thread. Pages of 100 or fewer are not held back.
         if limit <= _UNBOUNDED_PAGE:
-            page = await run_in_threadpool(store.list_sessions, limit=limit, after=after)
+            page = await run_in_threadpool(
+                store.list_sessions, limit=limit, after=after, max_bytes=config.page_max_bytes
+            )
         else:
             async with listing_slots:
-                page = await run_in_threadpool(store.list_sessions, limit=limit, after=after)
+                page = await run_in_threadpool(
+                    store.list_sessions, limit=limit, after=after, max_bytes=config.page_max_bytes
+                )
         return JSONResponse(page.to_dict())
 
     @app.get(
@@ -848,9 +979,38 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         return {"removed": len(removed), "entries": [e.name for e in removed]}
 
 
-def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
-    limit = store.max_upload_bytes
+_FILE_PATH: Final = "/sessions/{session_id}/files/{name:path}"
 
+
+class _UploadSlots:
+    """How many uploads are received at once; one more is refused, never queued.
+
+    Each upload in flight holds a connection and a temporary file: 150 slow ones used up a
+    256-descriptor limit and other requests got 500 (#9, item 9). The count lives on the
+    event loop, which is the only place it changes, so it needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """One slot for the block.
+
+        Raises:
+            TooManyUploadsError: every slot is taken (503 with ``Retry-After``).
+        """
+        if self.used >= self.limit:
+            raise TooManyUploadsError(self.limit, _UPLOAD_RETRY_AFTER_SECONDS)
+        self.used += 1
+        try:
+            yield
+        finally:
+            self.used -= 1
+
+
+def _add_file_routes(app: FastAPI, store: Store, auth: list[Any], slots: _UploadSlots) -> None:
     @app.get(
         "/sessions/{session_id}/files",
         dependencies=auth,
@@ -878,6 +1038,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
                 "links": _file_links(),
             },
             **_errors(400, 401, 404, 409, 413, *_STORAGE),
+            503: _BUSY,
         },
         openapi_extra=_MULTIPART_SCHEMA,
     )
@@ -887,18 +1048,20 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
         The part's filename is the file's name; an existing name is refused (409).
         """
         boundary = _boundary(request.headers.get("content-type"))
-        _refuse_declared_length(request, limit + _MULTIPART_OVERHEAD, limit)
-        # File work on a worker thread: on the event loop it would stall every other
-        # request (GET /health included) while the disk is busy (issue 11).
-        await run_in_threadpool(store.require_session, session_id)  # 404 before the body
-        sink = _MultipartSink(store, session_id)
-        try:
-            await sink.consume(request, boundary)
-            upload = sink.finish()
-            entry = await run_in_threadpool(upload.commit)
-        finally:
-            await sink.settle()
-            sink.abort()
+        most = store.max_upload_bytes
+        _refuse_declared_length(request, most + _MULTIPART_OVERHEAD, most)
+        with slots.hold():
+            # File work on a worker thread: on the event loop it would stall every other
+            # request (GET /health included) while the disk is busy (issue 11).
+            await run_in_threadpool(store.require_session, session_id)  # 404 before the body
+            sink = _MultipartSink(store, session_id)
+            try:
+                await sink.consume(request, boundary)
+                upload = sink.finish()
+                entry = await run_in_threadpool(upload.commit)
+            finally:
+                await sink.settle()
+                sink.abort()
         return _created_file(session_id, entry, 201)
 
     @app.put(
@@ -916,6 +1079,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
                 "links": _file_links(),
             },
             **_errors(400, 401, 404, 413, *_STORAGE),
+            503: _BUSY,
         },
         openapi_extra={
             "requestBody": {
@@ -932,18 +1096,19 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
 
         Answers 201 for a new file and 200 for a replaced one (the old bytes go to the trash).
         """
-        _refuse_declared_length(request, limit, limit)
-        # Reads session.json and creates the temporary file: a worker thread's job (issue 11).
-        upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
-        pipeline = _Pipeline(upload)
-        try:
-            async for chunk in request.stream():
-                await pipeline.add(chunk)
-            await pipeline.drain()
-            entry = await run_in_threadpool(upload.commit)
-        finally:
-            await pipeline.settle()
-            upload.abort()  # a no-op once committed
+        _refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
+        with slots.hold():
+            # Reads session.json, creates the temporary file: a worker thread's job (issue 11).
+            upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
+            pipeline = _Pipeline(upload)
+            try:
+                async for chunk in request.stream():
+                    await pipeline.add(chunk)
+                await pipeline.drain()
+                entry = await run_in_threadpool(upload.commit)
+            finally:
+                await pipeline.settle()
+                upload.abort()  # a no-op once committed
         return _created_file(session_id, entry, 200 if upload.replaced else 201)
 
     download: dict[str, Any] = {
@@ -991,17 +1156,16 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any]) -> None:
             file.close()
             raise
 
-    path = "/sessions/{session_id}/files/{name:path}"
-    app.get(path, operation_id="getFile", **download)(get_file)
+    app.get(_FILE_PATH, operation_id="getFile", **download)(get_file)
 
     def head_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's headers (size, ETag) without its bytes."""
         return get_file(session_id, name)
 
-    app.head(path, operation_id="headFile", **download)(head_file)
+    app.head(_FILE_PATH, operation_id="headFile", **download)(head_file)
 
     @app.delete(
-        path,
+        _FILE_PATH,
         dependencies=auth,
         tags=["files"],
         operation_id="deleteFile",
@@ -1046,7 +1210,14 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             schemas[model.__name__] = schema
         for operations in document["paths"].values():
             for operation in operations.values():
-                for status, response in operation.get("responses", {}).items():
+                responses = operation.setdefault("responses", {})
+                for status in _EVERY_REQUEST:
+                    responses.setdefault(str(status), {"description": _ERRORS[status]})
+                # Any route opens files, and may find the process out of descriptors.
+                busy = responses.setdefault("503", {"description": ""})
+                busy["description"] = f"{busy['description']} {_OUT_OF_FILES}".strip()
+                busy.setdefault("headers", {}).update(_RETRY_AFTER)
+                for status, response in responses.items():
                     if status[0] in "45":
                         shape = "ValidationProblem" if status == "422" else "Problem"
                         ref = {"$ref": f"#/components/schemas/{shape}"}
@@ -1423,6 +1594,97 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _raw_problem(error: AppError) -> bytes:
+    """A whole HTTP/1.1 response carrying ``error``, for answers given before any request."""
+    response = _problem(error.http_status, error.code, error.message)
+    status = error.http_status
+    head = (
+        f"HTTP/1.1 {status} {_TITLES.get(status) or HTTPStatus(status).phrase}\r\n"
+        f"content-type: {_PROBLEM_MEDIA_TYPE}\r\n"
+        f"content-length: {len(response.body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + bytes(response.body)
+
+
+def _bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, with a bound on how long a request's head may take to arrive.
+
+    h11 is chosen over httptools (uvicorn's default) because it bounds the request line and
+    headers (``h11_max_incomplete_event_size``); httptools has no limit, and a 64 MiB header
+    stalled the event loop for seconds and cost 110 MiB (#9, item 9). uvicorn bounds the
+    wait between requests (``timeout_keep_alive``) but not for a head once its first byte
+    came, nor on a new connection: a client that connects and sends nothing, or a header a
+    byte at a time, held its connection for ever. Here the head must arrive within
+    `idle_seconds` of the connection opening or of its first byte; then the body is the
+    application's to bound (`_BoundRequestBodies`). Both refusals are problem documents.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    too_large = _raw_problem(HeaderTooLargeError(max_header_bytes))
+    malformed = _raw_problem(
+        BadRequestError(
+            "malformed HTTP request: it is not HTTP/1.1 as RFC 9112 describes it (request line, "
+            "header syntax, framing); the connection is closed. Check the client"
+        )
+    )
+    too_slow = _raw_problem(
+        RequestTimeoutError(
+            "the request line and headers did not arrive", idle_seconds, "request_idle_seconds"
+        )
+    )
+
+    class BoundedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._wait_for_head()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self._between_requests():
+                self._wait_for_head()  # the first byte of the next request on a kept-alive one
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            self._stop_waiting()  # uvicorn's keep-alive timeout bounds the wait for the next
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            # h11 refuses a head over its bound as a protocol error; uvicorn answers every one
+            # with the same plain-text 400. Say which, in the problem shape of every error.
+            received = len(self.conn.trailing_data[0])
+            if received > max_header_bytes:
+                log.warning("refused a request head over %d bytes (max_header_bytes)", received)
+            self.transport.write(too_large if received > max_header_bytes else malformed)
+            self.transport.close()
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _wait_for_head(self) -> None:
+            self._head_timer = self.loop.call_later(idle_seconds, self._head_timed_out)
+
+        def _stop_waiting(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._between_requests() or self.transport.is_closing():
+                return  # a request is running: its body is bounded by the application
+            if self.conn.trailing_data[0]:
+                self.transport.write(too_slow)  # part of a head came: say why it is refused
+            self.transport.close()
+
+    return BoundedH11Protocol
+
+
 def _log_config(level: str) -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
@@ -1482,6 +1744,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
                     lifespan="off",
                     timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
                     server_header=False,
+                    http=_bounded_h11(config.max_header_bytes, config.request_idle_seconds),
+                    h11_max_incomplete_event_size=config.max_header_bytes,
                 )
             )
             lost: list[str] = []

@@ -568,6 +568,12 @@ def test_a_profile_without_a_data_root_is_refused(make_settings: SettingsMaker) 
         ("APP_LOG_LEVEL", "loud", "log_level"),
         ("APP_PROTECTED", "'yes'", "protected"),
         ("APP_LOCK_CHECK_SECONDS", "-1", "lock_check_seconds"),
+        ("APP_PAGE_MAX_BYTES", "100", "page_max_bytes"),
+        ("APP_MAX_HEADER_BYTES", "'big'", "max_header_bytes"),
+        ("APP_MAX_HEADER_BYTES", "1073741824", "max_header_bytes"),
+        ("APP_REQUEST_IDLE_SECONDS", "0", "request_idle_seconds"),
+        ("APP_REQUEST_SECONDS", "'forever'", "request_seconds"),
+        ("APP_MAX_UPLOADS_IN_FLIGHT", "0", "max_uploads_in_flight"),
     ],
 )
 def test_a_value_of_the_wrong_type_or_range_is_refused_naming_key_value_and_source(
@@ -593,12 +599,17 @@ def test_the_values_have_the_right_types(
     monkeypatch.setenv("APP_PORT", "9001")
     monkeypatch.setenv("APP_LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("APP_LOCK_CHECK_SECONDS", "2")
+    monkeypatch.setenv("APP_REQUEST_SECONDS", "90")
     config = load("testing")
     assert isinstance(config.data_root, Path) and config.data_root.is_absolute()
     assert type(config.port) is int and config.port == 9001
     assert type(config.max_upload_bytes) is int
     assert type(config.page_size) is int
     assert type(config.lock_check_seconds) is float and config.lock_check_seconds == 2.0
+    assert type(config.request_seconds) is float and config.request_seconds == 90.0
+    assert type(config.request_idle_seconds) is float
+    for whole in ("page_max_bytes", "max_header_bytes", "max_uploads_in_flight"):
+        assert type(getattr(config, whole)) is int
     assert type(config.protected) is bool
     assert config.log_level == "debug"
     assert isinstance(config.host, str)

@@ -93,6 +93,10 @@ EXAMPLES: list[errors.AppError] = [
     errors.MetadataTooLargeError(70012, 65536),
     errors.BadRequestError("limit must be at least 1, not 0"),  # Store.list_sessions' words
     errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
+    errors.RequestTimeoutError("the client sent no byte of its body", 30, "request_idle_seconds"),
+    errors.HeaderTooLargeError(32768),
+    errors.TooManyUploadsError(32, 5),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
+    errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
 ]
