@@ -146,12 +146,23 @@ def _write_temp_file(dir_: Path, data: bytes) -> Path:
 
 
 def _replace(tmp: Path, dest: Path) -> None:
+    # The directory is opened before the rename: a process out of file descriptors then fails
+    # while nothing has changed, instead of after the new file is already visible (an error
+    # that says "nothing was changed" must be true).
     try:
-        tmp.replace(dest)
+        fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(dest.parent)
+    try:
+        try:
+            tmp.replace(dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_for_append(path: Path) -> int:
