@@ -147,13 +147,8 @@ class Checker:
             )
 
     def check_staging(self) -> None:
-        try:
-            with os.scandir(self.store.sessions_dir) as entries:
-                names = sorted(e.name for e in entries)
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = self.store.sessions_dir / name
+        for path in _listing(self.store.sessions_dir):
+            name = path.name
             if name.startswith(NEW_PREFIX):
                 if name in self.store._shared.creating:
                     continue
@@ -190,13 +185,8 @@ class Checker:
 
     def check_trash(self) -> None:
         audited, purged = self._audited()
-        try:
-            with os.scandir(self.root.trash_dir) as entries:
-                names = sorted(e.name for e in entries)
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = self.root.trash_dir / name
+        for path in _listing(self.root.trash_dir):
+            name = path.name
             found = _TRASH_NAME_RE.fullmatch(name)
             if found is None or path.is_symlink() or not path.is_dir():
                 self.unrepaired(
