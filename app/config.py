@@ -179,6 +179,12 @@ KEYS: Mapping[str, Key] = MappingProxyType(
                 "most uploads received at once (503 with Retry-After beyond)",
             ),
             Key(
+                "max_files_per_session",
+                _int_in(1, 10_000_000),
+                10_000,
+                "most files one session holds (a new name beyond it is 409 too_many_files)",
+            ),
+            Key(
                 "lock_check_seconds", _positive_number, 5.0, "how often a server re-checks its lock"
             ),
             Key("log_level", _log_level, "info", "server log level", text=True),
@@ -223,6 +229,7 @@ class Config:
     request_idle_seconds: float
     request_seconds: float
     max_uploads_in_flight: int
+    max_files_per_session: int
     settings_dir: Path
     sources: Mapping[str, str]
     roots: Mapping[str, Path]

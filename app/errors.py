@@ -588,6 +588,23 @@ class HeaderTooLargeError(StoreError):
         )
 
 
+class TooManyFilesError(StoreError):
+    """A new file name for a session that holds as many files as one session may."""
+
+    code = "too_many_files"
+    http_status = 409
+
+    def __init__(self, session_id: str, limit: int) -> None:
+        self.session_id = session_id
+        self.limit = limit
+        super().__init__(
+            f"refusing a new file in session {session_id}: it holds {limit} files, the most one "
+            "session may hold (max_files_per_session), and every read of the session lists "
+            "them all; nothing was kept. Replace or delete a file, start another session, or "
+            "have an operator raise max_files_per_session (APP_MAX_FILES_PER_SESSION)"
+        )
+
+
 class TooManyUploadsError(StoreError):
     """As many uploads as the server receives at once are in flight already."""
 

@@ -728,7 +728,10 @@ _ERRORS: Final = {
     400: "Malformed id or name, or a malformed body (`invalid_name`, `bad_request`).",
     401: "Missing or wrong bearer token (`unauthorized`).",
     404: "No such session or file.",
-    409: "A file of that name exists (`file_exists`).",
+    409: (
+        "A file of that name exists (`file_exists`), or the session holds "
+        "`max_files_per_session` files already (`too_many_files`)."
+    ),
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
     415: "The body is not JSON (`unsupported_media_type`).",
     416: "The `Range` is outside the file (`range_not_satisfiable`).",
@@ -1078,7 +1081,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any], slots: _Upload
                 "headers": _LOCATION,
                 "links": _file_links(),
             },
-            **_errors(400, 401, 404, 413, *_STORAGE),
+            **_errors(400, 401, 404, 409, 413, *_STORAGE),
             503: _BUSY,
         },
         openapi_extra={

@@ -77,6 +77,7 @@ from app.errors import (
     FileNotFoundInSessionError,
     InvalidNameError,
     SessionNotFoundError,
+    TooManyFilesError,
     UploadTooLargeError,
 )
 from app.names import MAX_NAME_BYTES, check_file_name
@@ -379,6 +380,7 @@ class Store:
     def __init__(self, root: DataRoot) -> None:
         self.root = root
         self.max_upload_bytes: int = root.config.max_upload_bytes
+        self.max_files: int = root.config.max_files_per_session
         # The locks, the group commit and the listing index belong to the open root, not
         # to this object: every Store on one root must serialise on the same session locks
         # and see the same index, or one Store's changes would be missing from another's
@@ -839,9 +841,23 @@ class Store:
         record_path = self._record_path(session_id, name)
         self.root.ensure_held()
         self._read_meta(self._session_dir(session_id), session_id)
-        if not replace and _load_record(record_path) is not None:
-            raise FileExistsInSessionError(session_id, record_path.name)
+        if _load_record(record_path) is not None:
+            if not replace:
+                raise FileExistsInSessionError(session_id, record_path.name)
+        else:
+            self._refuse_one_file_too_many(session_id, record_path.parent)
         return Upload(self, session_id, record_path.name, replace=replace)
+
+    def _refuse_one_file_too_many(self, session_id: str, records: Path) -> None:
+        # Counted only for a new name (a directory listing, not a read of the records), once
+        # before the bytes arrive and again under the session lock before the commit.
+        try:
+            with os.scandir(records) as entries:
+                count = sum(1 for entry in entries if not entry.name.startswith("."))
+        except FileNotFoundError:
+            return
+        if count >= self.max_files:
+            raise TooManyFilesError(session_id, self.max_files)
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
@@ -873,6 +889,8 @@ class Store:
             old = _load_record(record_path)
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
+            if old is None:
+                self._refuse_one_file_too_many(session_id, record_path.parent)
             upload.replaced = old is not None
             blobs = self._ensure_dir(directory, BLOBS_DIR)
             self._ensure_dir(directory, RECORDS_DIR)

@@ -506,3 +506,29 @@ def test_a_second_file_field_in_the_same_chunk_is_400(
     assert_error(response, 400, "bad_request", "more than one form field 'file'")
     assert store.list_files(sid) == []
     assert list(store.root.tmp_dir.iterdir()) == []
+
+
+def test_a_session_holds_at_most_max_files_per_session_files(app_config: Config) -> None:
+    import dataclasses
+
+    from app.dataroot import open_root
+
+    config = dataclasses.replace(app_config, max_files_per_session=2)
+    headers = {"Authorization": f"Bearer {config.api_token}"}
+    with (
+        open_root(config, kind="tests") as root,
+        TestClient(create_app(Store(root), config), headers=headers) as client,
+    ):
+        sid = client.post("/sessions", json={"title": "full"}).json()["id"]
+        for name in ("a.txt", "b.txt"):
+            assert client.put(f"/sessions/{sid}/files/{name}", content=b"x").status_code == 201
+        before = sorted(p.name for p in (root.path / "sessions" / sid).rglob("*"))
+        refused = client.put(f"/sessions/{sid}/files/c.txt", content=b"x")
+        assert_error(refused, 409, "too_many_files", "it holds 2 files, the most one session")
+        multipart = client.post(f"/sessions/{sid}/files", files={"file": ("d.txt", b"x")})
+        assert_error(multipart, 409, "too_many_files", "max_files_per_session")
+        assert sorted(p.name for p in (root.path / "sessions" / sid).rglob("*")) == before
+        # A replace is always allowed; so is a new name once a file is deleted.
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"y").status_code == 200
+        assert client.delete(f"/sessions/{sid}/files/b.txt").status_code == 200
+        assert client.put(f"/sessions/{sid}/files/c.txt", content=b"z").status_code == 201
