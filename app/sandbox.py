@@ -13,9 +13,9 @@ A pytest run with the app's plugin is recognised in three places, strongest firs
 3. **In the environment.** ``PYTEST_APP_SANDBOX``, inherited by children. Alone it is only
    honoured where 1 and 2 find nothing (a system without ``/proc``); it never widens them.
 
-pytest without the plugin (``-p no:app``, ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) is recognised
-too, by :func:`bare_pytest`: ``_pytest`` imported in this process, pytest's own variables, or
-an ancestor whose command line runs pytest.
+pytest without the plugin (``-p no:app``, ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``, not installed)
+is recognised too, by :func:`context`: ``_pytest`` imported in this process, an ancestor whose
+command line runs pytest, or pytest's own variables.
 
 A run publishes its sandbox and the data roots it must never touch (every profile's root as
 its shell and settings resolve them, with their device and inode). :func:`check_root` refuses
@@ -44,13 +44,18 @@ __all__ = [
     "Context",
     "Protected",
     "Run",
+    "allowed_profiles",
+    "allowing",
     "check_root",
     "context",
     "current_run",
     "identity",
+    "marked",
     "register",
     "sandbox_root",
+    "swap",
     "unregister",
+    "why_no_plugin",
 ]
 
 #: The sandbox, inherited by children. Deliberately not an ``APP_`` name: dynaconf never
@@ -381,7 +386,7 @@ def sandbox_root(sandbox: Path, profile: str) -> Path:
 # --- registering (the pytest plugin) -------------------------------------------------------
 
 
-def _private_runs_dir() -> Path:
+def _own_runs_dir() -> Path:
     with contextlib.suppress(FileExistsError):
         RUNS_DIR.mkdir(mode=0o755)
     if not _runs_dir_trusted(RUNS_DIR, os.getuid()):
@@ -416,12 +421,11 @@ def _become_subreaper() -> None:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def _publish(run: Run) -> None:
+def _publish(run: Run, directory: Path = RUNS_DIR) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half)."""
     started = _stat_fields(os.getpid())
     if started is None:
         return  # no /proc: children fall back to the environment
-    directory = _private_runs_dir()
     data = {
         "pid": os.getpid(),
         "sandbox": str(run.sandbox),
@@ -452,19 +456,18 @@ def register(sandbox: Path, protected: Iterable[Protected], *, replacing: Run | 
         replacing: this process's run to narrow (an xdist worker learns its own sandbox late).
 
     Raises:
-        PermissionError: the registry directory is not private to this user.
+        PermissionError: the registry directory may be written by another user.
     """
     run = Run(sandbox, os.getpid(), tuple(protected))
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:
         runs[-1] = run
     else:
-        first = not runs
-        runs.append(run)
-        if first:
-            _forget_dead_runs(_private_runs_dir())
+        if not runs:  # the first run of this process
+            _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_forget_own_entry)
+        runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)
     return run
