@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -363,7 +363,7 @@ def _applies(config: pytest.Config) -> str | None:
     )
 
 
-def _save_env(saved: dict[str, str | None], names: Any) -> None:
+def _save_env(saved: dict[str, str | None], names: Iterable[str]) -> None:
     for name in names:
         saved.setdefault(name, os.environ.get(name))
 
