@@ -524,6 +524,17 @@ def test_a_cleared_environment_with_a_forged_opt_in_and_the_production_root():
     assert refused(result.output), result.output
 
 
+def test_a_forked_child_that_clears_the_environment():
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, so it keeps the parent's memory, and so its mark
+        os.environ.clear()
+        os.environ.update(PRODUCTION_SHELL)
+        result = purge()
+        os._exit(0 if result.exit_code == 78 and refused(result.output) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_an_atexit_clean_up_after_pytest_is_gone():
     def clean_up():
         os.environ.clear()
@@ -889,7 +900,7 @@ ENV_ROOT_WITHOUT_SANDBOX = (
     "disabled (`-p no:app`)*"
 )
 
-WIPED = {"conftest.py": "", "test_wiped.py": WIPED_ENV_TESTS}
+WIPED = {"test_wiped.py": WIPED_ENV_TESTS}
 ATEXIT_REFUSED = ("ATEXIT exit=78 refused: *",)
 CHILDREN = {"test_children.py": HAND_BUILT_CHILD_TESTS, "daemon.py": DAEMON}
 NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -897,22 +908,22 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 #: Issue 8's classes: each runs next to a live production server and next to a stopped one.
 SUITES_WITHOUT_PROPS: dict[str, Suite] = {
     "the_environment_wiped_inside_the_test_process": Suite(
-        WIPED, "sandbox: the run is marked on sys", outcomes={"passed": 3}, stdout=ATEXIT_REFUSED
+        WIPED, "sandbox: the run is marked on sys", outcomes={"passed": 4}, stdout=ATEXIT_REFUSED
     ),
     "the_environment_wiped_under_xdist": Suite(
-        WIPED, "sandbox: every worker is marked on sys", args=("-n", "2"), outcomes={"passed": 3}
+        WIPED, "sandbox: every worker is marked on sys", args=("-n", "2"), outcomes={"passed": 4}
     ),
     "the_environment_wiped_with_the_plugin_disabled": Suite(
         WIPED,
         "config: pytest is imported in this process without the plugin",
         args=("-p", "no:app"),
-        outcomes={"passed": 3},
+        outcomes={"passed": 4},
         stdout=ATEXIT_REFUSED,
     ),
     "the_environment_wiped_without_plugin_autoload": Suite(
         WIPED,
         "config: pytest is imported in this process without the plugin",
-        outcomes={"passed": 3},
+        outcomes={"passed": 4},
         stdout=ATEXIT_REFUSED,
         env=NO_AUTOLOAD,
     ),
