@@ -265,17 +265,6 @@ def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
     return run.sandbox if run is not None else None
 
 
-def require_in_sandbox(path: Path, what: str, environ: Mapping[str, str] | None = None) -> None:
-    """Refuse ``path`` if this process belongs to a test run that may not open it.
-
-    See `app.sandbox.check_root`.
-
-    Raises:
-        SandboxViolationError: naming the path, the sandbox and the fix.
-    """
-    sandboxing.check_root(path, what, sandboxing.current_run(environ))
-
-
 sandbox_root = sandboxing.sandbox_root
 
 

@@ -655,9 +655,10 @@ class DataRoot:
         assert self.lock is not None
         if (reason := self.lock.still_ours()) is not None:
             raise LockLostError(self.lock.path, reason)
-        # Through this root's own path too: the lock must be the one in the directory the
-        # operation is about to change.
-        if _lstat_identity(self.path / LOCK_FILE) != self.lock.identity:
+        # Through this root's own path too, where it is not the lock's (a path re-pointed by
+        # hand): the lock must be the one in the directory the operation is about to change.
+        moved = self.path != self.lock.root
+        if moved and _lstat_identity(self.path / LOCK_FILE) != self.lock.identity:
             raise DataRootChangedError(self.path, f"{LOCK_FILE} is not the file it locked")
         for name, opened in self._identities.items():
             path = self.path / name
