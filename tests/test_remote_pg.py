@@ -300,3 +300,16 @@ def test_a_replica_notices_that_the_server_stopped(postgres_engine: PostgresEngi
         holder.close()
     finally:
         engine.stop()
+
+
+def test_a_scratch_database_is_created_beside_testing_and_dropped(database_url: str) -> None:
+    url = pg.create_scratch_database(database_url, "_gw0_1234")
+    assert pg.database_addresses(url)[0].dbname.endswith("_gw0_1234")
+    assert not pg.same_database(url, database_url)
+    assert pg.open_database(url, "testing").profile == "testing"
+    with pg.Holder(url, "testing"):
+        pg.drop_scratch_database(database_url, "_gw0_1234")  # even while connected
+    with pytest.raises(DatabaseUnavailableError, match="_gw0_1234"):
+        pg.connect(url)
+    with pytest.raises(ValueError, match="not a scratch database"):
+        pg.drop_scratch_database(database_url, "")

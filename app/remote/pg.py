@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any, Self
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -516,3 +517,42 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
         finally:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", HOLDERS_LOCK)
+
+
+# --- per-run databases (the pytest plugin's) ----------------------------------------------
+
+
+def scratch_url(database_url: str, suffix: str) -> str:
+    """The URL of the database named like ``database_url``'s, plus ``suffix``, on the same
+    server: where one pytest run (or xdist worker) keeps its data."""
+    name = database_addresses(database_url)[0].dbname + suffix
+    return make_conninfo(database_url, dbname=name)
+
+
+def create_scratch_database(database_url: str, suffix: str) -> str:
+    """Create :func:`scratch_url`'s database (empty; the app stamps it on first open).
+
+    Returns:
+        Its URL.
+    """
+    url = scratch_url(database_url, suffix)
+    name = database_addresses(url)[0].dbname
+    # CREATE DATABASE runs outside a transaction, connected to another database of the server.
+    with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return url
+
+
+def drop_scratch_database(database_url: str, suffix: str) -> None:
+    """Drop the database that :func:`create_scratch_database` made for ``suffix``.
+
+    Only a name that ends with the suffix is ever dropped, so that no mistake in the caller
+    can turn this into a drop of the database a profile names.
+    """
+    name = database_addresses(scratch_url(database_url, suffix))[0].dbname
+    if not suffix or not name.endswith(suffix):
+        raise ValueError(f"refusing to drop {name!r}: not a scratch database ending in {suffix!r}")
+    with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
