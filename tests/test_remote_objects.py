@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from datetime import timedelta
 
 import psycopg
@@ -97,6 +98,36 @@ def test_the_prefix_is_stamped_and_another_profile_is_refused(store: ObjectStore
     )
     assert store.restamp("production", "staging")["restamped_from"] == "production"
     store.open("staging")
+
+
+def test_of_two_profiles_stamping_an_empty_prefix_at_once_one_wins(
+    s3_engine: S3Engine, blob_url: str
+) -> None:
+    stores = [
+        ObjectStore(
+            blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+        )
+        for _ in range(2)
+    ]
+    outcomes: list[str] = []
+
+    def open_as(store: ObjectStore, profile: str) -> None:
+        try:
+            outcomes.append(store.open(profile)["profile"])
+        except RemoteStampMismatchError as error:
+            outcomes.append(f"refused: {error.stamped}")
+
+    threads = [
+        threading.Thread(target=open_as, args=(store, profile))
+        for store, profile in zip(stores, ("production", "testing"), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winner = stores[0].read_stamp()
+    assert winner is not None
+    assert sorted(outcomes) == sorted([winner["profile"], f"refused: {winner['profile']}"])
 
 
 def test_a_prefix_with_other_objects_and_no_stamp_is_refused(store: ObjectStore) -> None:

@@ -374,13 +374,34 @@ class ObjectStore:
                     profile, "blob_url", f"object prefix {self.where}", foreign
                 )
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
-            self.put(STAMP_NAME, json.dumps(stamp).encode())
+            if not self._create_stamp(stamp):
+                stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
             raise RemoteStampMismatchError(
                 f"object prefix {self.where}", f"its object {STAMP_NAME}",
                 str(stamp.get("profile")), profile, protected=protected,
             )  # fmt: skip
         return stamp
+
+    def _create_stamp(self, stamp: dict[str, Any]) -> bool:
+        # If-None-Match: of two processes stamping an empty prefix at once, one wins and the
+        # other reads the winner's stamp, rather than both believing they own it.
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.put_object(
+                Bucket=self.location.bucket,
+                Key=self.location.key(STAMP_NAME),
+                Body=json.dumps(stamp).encode(),
+                IfNoneMatch="*",
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise self._fail(error) from error
+        except BotoCoreError as error:
+            raise self._fail(error) from error
+        return True
 
     def restamp(self, from_profile: str, profile: str) -> dict[str, Any]:
         """Hand the prefix stamped ``from_profile`` to ``profile`` (under maintenance)."""
