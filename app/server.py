@@ -1,4 +1,4 @@
-"""The HTTP server: a FastAPI app over a `Store`, and `serve`, which holds the data root for life.
+"""The HTTP server: a FastAPI app over a `Storage`, and `serve`, which holds it for life.
 
 Imported lazily (by ``app serve`` and by tests), so that ``app config`` never pays for
 FastAPI and uvicorn.
@@ -34,7 +34,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from copy import deepcopy
 from datetime import timedelta
 from http import HTTPStatus
@@ -72,7 +72,7 @@ from app.errors import (
     storage_error,
 )
 from app.names import FILE_NAME_PATTERN, MAX_NAME_BYTES, check_file_name
-from app.store import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Store, Upload
+from app.storage import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Storage, Upload, open_storage
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -327,7 +327,7 @@ def _require_token(config: Config) -> Callable[..., Awaitable[None]]:
     return check
 
 
-def create_app(store: Store, config: Config) -> FastAPI:
+def create_app(store: Storage, config: Config) -> FastAPI:
     """Build the FastAPI application over an open store.
 
     Every route but ``GET /health`` (and the OpenAPI schema and docs) requires the bearer
@@ -835,7 +835,7 @@ def _file_links() -> dict[str, Any]:
 _LOCATION: Final = {"Location": {"description": "The new resource.", "schema": {"type": "string"}}}
 
 
-def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[Any]) -> None:
+def _add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[Any]) -> None:
     @app.get("/health", tags=["server"], operation_id="health", response_model=Health)
     async def health() -> dict[str, str]:
         """Liveness: answers without a token. Says which profile runs, never where its data is."""
@@ -1013,7 +1013,7 @@ class _UploadSlots:
             self.used -= 1
 
 
-def _add_file_routes(app: FastAPI, store: Store, auth: list[Any], slots: _UploadSlots) -> None:
+def _add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: _UploadSlots) -> None:
     @app.get(
         "/sessions/{session_id}/files",
         dependencies=auth,
@@ -1188,7 +1188,7 @@ def _add_file_routes(app: FastAPI, store: Store, auth: list[Any], slots: _Upload
         )
 
 
-def _created_file(session_id: str, entry: dict[str, Any], status: int) -> JSONResponse:
+def _created_file(session_id: str, entry: Mapping[str, Any], status: int) -> JSONResponse:
     from urllib.parse import quote
 
     headers = {"Location": f"/sessions/{session_id}/files/{quote(entry['name'])}"}
@@ -1429,7 +1429,7 @@ def _refuse_a_cut_path(disposition: bytes) -> None:
 class _MultipartSink:
     """python-multipart callbacks that stream the ``file`` part into an `Upload`."""
 
-    def __init__(self, store: Store, session_id: str) -> None:
+    def __init__(self, store: Storage, session_id: str) -> None:
         self.store = store
         self.session_id = session_id
         self.upload: Upload | None = None
@@ -1713,20 +1713,16 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     """
     import uvicorn
 
-    from app.dataroot import open_root
-    from app.lock import LockWatcher
-
     host = config.host if host is None else host
     port = config.port if port is None else port
     log_config = _log_config(config.log_level)
     logging.config.dictConfig(log_config)
-    with open_root(config, kind="server", wanted=f"start the server on {host}:{port}") as root:
-        assert root.lock is not None
+    wanted = f"start the server on {host}:{port}"
+    with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
         sock = bind(host, port)
         try:
             bound_port: int = sock.getsockname()[1]
-            root.lock.update(port=bound_port)
-            store = Store(root)
+            store.publish(port=bound_port)
             # Whatever a crash of the last holder left half done is finished or undone
             # before the first request (#9, item 2); the audit log says what was done.
             for finding in store.check(repair=True, thorough=False).findings:
@@ -1757,24 +1753,19 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
                 if lost:
                     return  # the watcher and a refused write may both report it
                 lost.append(reason)
-                log.error(
-                    "stopping: lock file %s %s; another process could take the data root, so "
-                    "this server stops instead of sharing it",
-                    root.lock.path if root.lock else "?",
-                    reason,
-                )
+                log.error("stopping: %s", store.lost_error(reason))
                 server.should_exit = True
 
             application.state.on_lock_lost = on_lost
             log.info(
                 "serving profile %s from data root %s on http://%s:%d (pid %d)",
                 config.profile,
-                root.path,
+                store.location,
                 host,
                 bound_port,
                 os.getpid(),
             )
-            watcher = LockWatcher(root.lock, config.lock_check_seconds, on_lost).start()
+            watcher = store.watch(config.lock_check_seconds, on_lost)
             stop_signals = _quiet_signals()
             try:
                 server.run(sockets=[sock])
@@ -1784,8 +1775,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         finally:
             sock.close()
         if lost:
-            raise LockLostError(root.lock.path, lost[0])
-        log.info("stopped; releasing the lock on %s", root.path)
+            raise store.lost_error(lost[0])
+        log.info("stopped; releasing the lock on %s", store.location)
 
 
 def _quiet_signals() -> Callable[[], None]:

@@ -353,9 +353,9 @@ def test_the_listing_index_of_a_writer_matches_the_directory(store: Store) -> No
     store.create_session()
     store.restore(ids[0])
     store.delete_session(ids[3])
-    assert store.session_ids() == store._scan_ids()
+    assert store.session_ids() == store.scan_ids()
     store.purge()
-    assert store.session_ids() == store._scan_ids() == []
+    assert store.session_ids() == store.scan_ids() == []
 
 
 def test_a_symlink_planted_at_a_file_name_does_not_carry_an_upload_elsewhere(
@@ -410,16 +410,16 @@ def test_two_stores_on_one_open_root_list_each_others_sessions(store: Store) -> 
 def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.store
+    from app.store import store as store_module
 
-    fsync_dir = app.store.fsync_dir
+    fsync_dir = store_module.fsync_dir
 
     def open_another_store_midway(path: Path | str) -> None:
         if Path(path).name.startswith(".new-"):
             Store(store.root)  # e.g. a second app built on the same root by a test
         fsync_dir(path)
 
-    monkeypatch.setattr(app.store, "fsync_dir", open_another_store_midway)
+    monkeypatch.setattr(store_module, "fsync_dir", open_another_store_midway)
     session = store.create_session("in flight")
     assert store.get_session(session["id"]) == session
 
