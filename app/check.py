@@ -73,7 +73,7 @@ class Checker:
         self.check_tmp()
         self.check_staging()
         self.check_trash()
-        for session_id in self.store.scan_ids():
+        for session_id in self.store.sessions.scan_ids():
             self.check_session(session_id)
 
     def check_tmp(self) -> None:
@@ -92,7 +92,7 @@ class Checker:
         for path in _listing(self.store.sessions_dir):
             name = path.name
             if name.startswith(NEW_PREFIX):
-                if name in self.store.state.creating:
+                if name in self.root.store_state.creating:
                     continue
                 if self.found(
                     "unfinished-create",
@@ -251,7 +251,7 @@ class Checker:
                 "move each file's bytes to blobs/ and give it a record; then drop the list",
             ):
                 return  # the rest of the checks assume the current layout
-            self.store.migrate_legacy(directory, session_id, meta)
+            self.store.sessions.migrate_legacy(directory, meta)
         referenced: set[str] = set()
         records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
         records, blobs = _listing(records_dir), _listing(blobs_dir)

@@ -410,16 +410,16 @@ def test_two_stores_on_one_open_root_list_each_others_sessions(store: Store) -> 
 def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.store import store as store_module
+    from app.store import sessions as sessions_module
 
-    fsync_dir = store_module.fsync_dir
+    fsync_dir = sessions_module.fsync_dir
 
     def open_another_store_midway(path: Path | str) -> None:
         if Path(path).name.startswith(".new-"):
             Store(store.root)  # e.g. a second app built on the same root by a test
         fsync_dir(path)
 
-    monkeypatch.setattr(store_module, "fsync_dir", open_another_store_midway)
+    monkeypatch.setattr(sessions_module, "fsync_dir", open_another_store_midway)
     session = store.create_session("in flight")
     assert store.get_session(session["id"]) == session
 

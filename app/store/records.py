@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -19,6 +20,7 @@ import stat
 from pathlib import Path
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
+from app.dataroot import fsync_dir
 from app.errors import SessionNotFoundError
 from app.storage import FileEntry
 from app.store.ids import ID_RE
@@ -35,12 +37,14 @@ __all__ = [
     "TRASH_MANIFEST",
     "FileRecord",
     "TrashManifest",
+    "ensure_dir",
     "load_record",
     "open_regular",
     "public",
     "read_meta",
     "record_blob",
     "scan_records",
+    "upload_order",
 ]
 
 SESSION_FILE: Final = "session.json"
@@ -159,3 +163,13 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
         raise SessionNotFoundError(session_id) from None
     session: dict[str, Any] = json.loads(raw)
     return session
+
+
+def ensure_dir(directory: Path, name: str) -> Path:
+    """``directory / name``, made (durably) if it is not there yet."""
+    path = directory / name
+    if not path.is_dir():
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        fsync_dir(directory)
+    return path

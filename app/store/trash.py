@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from app.dataroot import fsync_dir
 from app.storage import FileEntry, TrashEntry
-from app.store.records import TRASH_MANIFEST, TrashManifest
+from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -31,6 +32,8 @@ __all__ = ["TRASH_NAME_RE", "Trash"]
 _TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
 """An entry's name: when it was made, the session, and for a file a random suffix."""
+
+log = logging.getLogger("app.store")
 
 
 class Trash:
@@ -80,6 +83,27 @@ class Trash:
                 path.rmdir()
             raise
         return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
+
+    def audit_move(self, operation: str, target: str, **details: Any) -> None:
+        """Audit a move into the trash that is made: a failure to write the line is logged."""
+        # The change is made and must be acknowledged as made; a missing line is found and
+        # written by `check` (a trash entry without its audit line).
+        try:
+            self.root.audit(operation, target, **details)
+        except OSError as error:
+            log.warning("could not write the audit line of %s %s (%s)", operation, target, error)
+
+    def latest(self, session_id: str, file: str | None) -> TrashEntry | None:
+        """The most recent entry that still holds the session (or its ``file``)."""
+        for entry in reversed(self.entries()):
+            if entry.session_id != session_id:
+                continue
+            if file is None:
+                if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
+                    return entry
+            elif entry.kind == "file" and entry.file == file and (entry.path / file).is_file():
+                return entry
+        return None
 
     def remove_empty(self, entry: TrashEntry) -> None:
         """Remove an entry that holds only its manifest (a change that did not happen)."""

@@ -13,7 +13,7 @@ from app.errors import UploadTooLargeError
 
 if TYPE_CHECKING:
     from app.storage import FileEntry
-    from app.store.store import Store
+    from app.store.files import Files
 
 __all__ = ["Upload"]
 
@@ -32,18 +32,18 @@ class Upload:
         ...     entry = upload.commit()
     """
 
-    def __init__(self, store: Store, session_id: str, name: str, *, replace: bool) -> None:
-        self.store = store
+    def __init__(self, files: Files, session_id: str, name: str, *, replace: bool) -> None:
+        self.files = files
         self.session_id = session_id
         self.name = name
         self.replace = replace
-        self.limit = store.max_upload_bytes
+        self.limit = files.max_upload_bytes
         self.received = 0
         self.replaced = False
         """Whether the commit replaced an existing file (its old bytes went to the trash)."""
         self._hash = hashlib.sha256()
         self._file: IO[bytes] | None
-        self._file, self.temp_path = store.root.new_temp_file()
+        self._file, self.temp_path = files.root.new_temp_file()
         self._done = False
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
@@ -83,7 +83,7 @@ class Upload:
                 "sha256": self._hash.hexdigest(),
                 "uploaded_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             }
-            self.store.commit_upload(self, entry)
+            self.files.commit_upload(self, entry)
         except BaseException:
             self.abort()
             raise
