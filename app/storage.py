@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, Self,
 
 if TYPE_CHECKING:
     from app.config import Config
-    from app.dataroot import RootStatus
     from app.errors import AppError
 
 __all__ = [
@@ -38,6 +37,7 @@ __all__ = [
     "HolderWatch",
     "Page",
     "SessionRecord",
+    "Status",
     "Storage",
     "TrashEntry",
     "Upload",
@@ -218,6 +218,24 @@ class Upload(Protocol):
     ) -> None: ...
 
 
+class Status(Protocol):
+    """Who holds a profile's storage and how it is stamped, at one moment (``app status``)."""
+
+    @property
+    def exists(self) -> bool: ...
+    @property
+    def held(self) -> bool: ...
+    @property
+    def holder(self) -> dict[str, Any] | None: ...
+    @property
+    def stamp(self) -> dict[str, Any] | None: ...
+    @property
+    def stamp_error(self) -> str | None: ...
+    @property
+    def path(self) -> Path: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class HolderWatch(Protocol):
     """A running check that this process still owns its storage (see :meth:`Storage.watch`)."""
 
@@ -339,7 +357,7 @@ def open_storage(
         raise
 
 
-def status(config: Config) -> RootStatus:
+def status(config: Config) -> Status:
     """Who holds the profile's storage and how it is stamped, at one moment (``app status``)."""
     from app.dataroot import describe
 

@@ -168,8 +168,10 @@ def test_a_directory_of_unrelated_files_is_not_adopted_as_a_data_root(
     (config.data_root / ".tmp").mkdir()
     (config.data_root / ".tmp" / "notes").write_text("also precious")
 
-    with pytest.raises(DataRootStateError, match=r"not the app's \(thesis.tex\)"):
+    with pytest.raises(DataRootStateError, match=r"not the app's \(thesis.tex\)") as caught:
         open_root(config)
+    assert str(caught.value).startswith(f"data root {config.data_root}: the directory is not")
+    assert caught.value.fix.startswith(f"point data_root of profile {config.profile!r} at a new")
 
     assert sorted(p.name for p in config.data_root.iterdir()) == [".tmp", "thesis.tex"]
     assert (config.data_root / ".tmp" / "notes").read_text() == "also precious"

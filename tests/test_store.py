@@ -16,6 +16,7 @@ from app.errors import (
     FileNotFoundInSessionError,
     InvalidNameError,
     LockLostError,
+    NotInTrashError,
     SessionNotFoundError,
     UploadTooLargeError,
 )
@@ -289,6 +290,43 @@ def test_a_deleted_session_is_restored_with_its_files_and_audited(store: Store) 
 def test_restoring_what_is_not_in_the_trash_says_where_to_look(store: Store) -> None:
     with pytest.raises(SessionNotFoundError, match="sessions list --trash"):
         store.restore(new_session_id())
+
+
+def test_restoring_a_file_that_is_not_in_the_trash_names_the_file_not_a_session(
+    store: Store,
+) -> None:
+    sid = store.create_session()["id"]
+    with pytest.raises(NotInTrashError) as caught:
+        store.restore(sid, file="notes.txt")
+    assert str(caught.value) == (
+        f"no file 'notes.txt' of session {sid!r} in the trash; "
+        "`app sessions list --trash` shows what can be restored"
+    )
+
+
+def test_the_server_and_the_command_line_reach_storage_through_the_seam_only() -> None:
+    import ast
+
+    import app
+
+    backend = {"app.store", "app.dataroot", "app.lock", "app.check"}
+    for module in ("server", "cli"):
+        tree = ast.parse((Path(app.__file__).parent / f"{module}.py").read_text())
+        imported = {
+            name
+            for node in ast.walk(tree)
+            for name in (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
+        reached = sorted(
+            name for name in imported if any(name == b or name.startswith(f"{b}.") for b in backend)
+        )
+        assert not reached, f"app/{module}.py imports {reached}; use app.storage"
 
 
 def test_a_deleted_file_is_restorable(store: Store) -> None:

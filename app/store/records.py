@@ -17,8 +17,9 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, NotRequired, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict, cast
 
 from app.dataroot import fsync_dir
 from app.errors import SessionNotFoundError
@@ -81,14 +82,9 @@ class TrashManifest(TypedDict):
     blob: NotRequired[str]  # a file entry: the blob that moves in (`check` finishes a move)
 
 
-def public(record: FileRecord | dict[str, Any]) -> FileEntry:
+def public(record: Mapping[str, Any]) -> FileEntry:
     """A file's entry as the API shows it: the record without its blob name."""
-    return {
-        "name": record.get("name"),  # type: ignore[typeddict-item]
-        "size": record.get("size"),  # type: ignore[typeddict-item]
-        "sha256": record.get("sha256"),
-        "uploaded_at": record.get("uploaded_at"),
-    }
+    return cast(FileEntry, {k: record.get(k) for k in ("name", "size", "sha256", "uploaded_at")})
 
 
 def open_regular(path: str, flags: int) -> int:
@@ -121,7 +117,7 @@ def load_record(path: Path) -> FileRecord | None:
         or not ID_RE.fullmatch(record["blob"])
     ):
         return None
-    return record  # type: ignore[return-value]  # checked where it matters: name and blob
+    return cast(FileRecord, record)  # what the code relies on, name and blob, is checked
 
 
 def record_blob(path: Path) -> str | None:
