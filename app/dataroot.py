@@ -835,7 +835,7 @@ def describe(root: Path) -> RootStatus:
     try:
         stamp = read_stamp(root)
     except DataRootStateError as error:
-        stamp_error = error.problem
+        stamp_error = f"{error.problem}; {error.fix}"
     return RootStatus(
         path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
     )
