@@ -32,7 +32,7 @@ from app.errors import (
 )
 
 if TYPE_CHECKING:
-    from app.store import Store
+    from app.storage import Storage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -329,9 +329,9 @@ def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
     holder may be gone (or a new one there) by the time you read it. Exits 0 either way.
     """
     config = load_config(ctx)
-    from app.dataroot import describe
+    from app.storage import status as storage_status
 
-    seen = describe(config.data_root)
+    seen = storage_status(config)
     if as_json:
         click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
         return
@@ -345,8 +345,8 @@ def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
         click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
-    holder = seen.probe.holder
-    if not seen.probe.held:
+    holder = seen.holder
+    if not seen.held:
         click.echo("held by: nobody")
         return
     click.echo(f"held by: {describe_holder(holder)}")
@@ -359,11 +359,10 @@ def sessions() -> None:
     """List, show and restore sessions. Listing reads; restore takes the data root's lock."""
 
 
-def _reader_store(config: appconfig.Config) -> Store:
-    from app.dataroot import open_root
-    from app.store import Store
+def _reader_store(config: appconfig.Config) -> Storage:
+    from app.storage import open_storage
 
-    return Store(open_root(config, write=False))
+    return open_storage(config, writer=False)
 
 
 @sessions.command("list")
@@ -433,12 +432,11 @@ def sessions_restore(
     overwrite a session or file that exists again.
     """
     config = load_config(ctx)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     what = f"restore session {session_id}" + (f" file {file_name!r}" if file_name else "")
-    with open_root(config, kind="maintenance", wanted=what) as root:
-        session = Store(root).restore(session_id, file=file_name)
+    with open_storage(config, writer=True, wanted=what) as store:
+        session = store.restore(session_id, file=file_name)
     restored = f"file {file_name!r} of session" if file_name else "session"
     click.echo(f"restored {restored} {session['id']} ({session['title'] or 'untitled'})")
 
@@ -461,12 +459,11 @@ def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None
     """
     config = load_config(ctx)
     _require_confirmation(config, "purge every session", confirmed)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
-    with open_root(config, kind="maintenance", wanted="purge every session") as root:
-        entries = Store(root).purge()
-        trash = root.trash_dir
+    with open_storage(config, writer=True, wanted="purge every session") as store:
+        entries = store.purge()
+        trash = store.trash_location
     click.echo(
         f"moved {len(entries)} session(s) to {trash}; `app sessions list --trash` shows them "
         "and `app sessions restore ID` brings one back"
@@ -493,11 +490,10 @@ def data_empty_trash(
     age = _duration(older_than)
     config = load_config(ctx)
     _require_confirmation(config, "empty the trash", confirmed)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     try:
-        root = open_root(config, kind="maintenance", wanted="empty the trash")
+        store = open_storage(config, writer=True, wanted="empty the trash")
     except DataRootInUseError as error:
         port = (error.holder or {}).get("port")
         if (error.holder or {}).get("kind") == "server" and port:
@@ -513,8 +509,8 @@ def data_empty_trash(
                 err=True,
             )
         raise
-    with root:
-        removed = Store(root).empty_trash(older_than=age)
+    with store:
+        removed = store.empty_trash(older_than=age)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 
 
@@ -542,12 +538,11 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | N
     is found (without --repair) or needs a human, 75 with --repair while the root is held.
     """
     config = load_config(ctx)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     if repair:
-        with open_root(config, kind="maintenance", wanted="repair the data root") as root:
-            report = Store(root).check(repair=True)
+        with open_storage(config, writer=True, wanted="repair the data root") as store:
+            report = store.check(repair=True)
     else:
         report = _reader_store(config).check()
     if as_json:
@@ -598,7 +593,7 @@ def data_restamp(
             "production" if source == "production" else config.profile,
             _CONFIRM_OPTION,
         )
-    from app.dataroot import restamp
+    from app.storage import restamp
 
     stamp = restamp(config, from_profile)
     click.echo(
