@@ -940,7 +940,7 @@ def _add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[A
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
 
-    protected = config.protected or config.profile == "production"
+    protected = config.protected
 
     @app.post(
         "/trash/empty",
