@@ -435,7 +435,9 @@ def _resolve_profile(
         elif key.type == "Path":
             value = _absolute_root(value, files.directory)
         values[name] = value
-    serving = []
+    serving: list[ConfigError] = []
+    # Resolved here, so that whatever removes data asks `Config.protected` and nothing else;
+    # an explicit false only stops serving, and maintenance still needs its confirmation.
     if profile == ALWAYS_PROTECTED and values.get("protected") is False:
         if sources["protected"] != "built-in default":
             serving.append(
