@@ -287,9 +287,8 @@ def _duration(value: str | None) -> timedelta | None:
 
 def _require_confirmation(config: appconfig.Config, operation: str, confirmed: bool) -> None:
     # Checked before the data root is even opened: a refused command must not create the
-    # root, take the lock, or write an audit line. Production is always protected (config
-    # refuses protected = false there).
-    if (config.protected or config.profile == "production") and not confirmed:
+    # root, take the lock, or write an audit line.
+    if config.protected and not confirmed:
         raise ConfirmationRequiredError(operation, config.profile, _CONFIRM_OPTION)
 
 
@@ -499,7 +498,7 @@ def data_empty_trash(
         if (error.holder or {}).get("kind") == "server" and port:
             # The server is the root's only writer: it empties its own trash when asked.
             query = [] if age is None else [f"older_than={int(age.total_seconds())}"]
-            if config.protected or config.profile == "production":
+            if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
             click.echo(
@@ -582,15 +581,15 @@ def data_restamp(
     """Hand the data root of --profile, stamped with another profile, to it (audited).
 
     For a root that really moved between profiles, e.g. a staging copy promoted to
-    development. Takes the lock (exit 75 while held). Handing a root to a protected profile
-    or taking one from production needs --yes-i-mean-it.
+    development. Takes the lock (exit 75 while held). Handing a root to or from a protected
+    profile (production always is) needs --yes-i-mean-it.
     """
     config = load_config(ctx)
     source = from_profile.lower()
-    if ("production" in (source, config.profile) or config.protected) and not confirmed:
+    if (config.protected or source in config.protected_profiles) and not confirmed:
         raise ConfirmationRequiredError(
             f"re-stamp data root {config.data_root} from {source!r} to {config.profile!r}",
-            "production" if source == "production" else config.profile,
+            source if source in config.protected_profiles else config.profile,
             _CONFIRM_OPTION,
         )
     from app.storage import restamp

@@ -314,13 +314,19 @@ def _refuse_foreign_directory(config: Config, root: Path) -> None:
         )
 
 
+def _taking_needs_confirmation(config: Config, stamped: str) -> bool:
+    # A root stamped by a profile these settings do not know may be another deployment's
+    # production: taking it is treated like taking a protected profile's.
+    return config.protected or stamped in config.protected_profiles or stamped not in config.roots
+
+
 def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[str, Any] | None:
     stamp = read_stamp(root)
     if stamp is not None:
         stamped = str(stamp["profile"]).lower()
         if stamped != config.profile:
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=config.protected
+                root, stamped, config.profile, protected=_taking_needs_confirmation(config, stamped)
             )
         return stamp
     if not write:
@@ -516,7 +522,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         if stamped != from_profile:
             # Names the stamp actually found, so the message gives the right --from.
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=config.protected
+                root, stamped, config.profile, protected=_taking_needs_confirmation(config, stamped)
             )
         new = _write_stamp(root, config.profile, restamped_from=stamped)
         _append_audit(

@@ -6,7 +6,8 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,15 @@ from app.lock import LOCK_FILE, probe
 
 @dataclass(frozen=True)
 class StubConfig:
-    """The three fields of app.config.Config that dataroot relies on."""
+    """The fields of app.config.Config that dataroot relies on."""
 
     profile: str
     data_root: Path
     protected: bool = False
+    protected_profiles: frozenset[str] = frozenset({"production"})
+    roots: Mapping[str, Path] = field(
+        default_factory=lambda: dict.fromkeys(("development", "production", "testing"), Path("/"))
+    )
 
 
 @pytest.fixture

@@ -140,7 +140,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
 
-    protected = config.protected or config.profile == "production"
+    protected = config.protected
 
     @app.post(
         "/trash/empty",
