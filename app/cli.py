@@ -26,7 +26,6 @@ from app.errors import (
     ConfigError,
     ConfirmationRequiredError,
     DataRootInUseError,
-    describe_holder,
     storage_error,
 )
 
@@ -372,6 +371,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """
     config = load_config(ctx)
     from app.dataroot import describe
+    from app.lock import describe_holder
 
     seen = describe(config.data_root)
     if as_json:

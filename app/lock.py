@@ -58,6 +58,7 @@ __all__ = [
     "LockWatcher",
     "Probe",
     "RootLock",
+    "describe_holder",
     "holder_info",
     "probe",
     "read_holder",
@@ -130,6 +131,24 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
         "port": port if kind == "server" else None,
         "root": str(root),
     }
+
+
+def describe_holder(holder: Mapping[str, Any] | None) -> str:
+    """One line naming a lock holder: pid, kind, profile, host, port and since when."""
+    if not holder:
+        return "a process that published no details (pid unknown)"
+    parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("kind"):
+        parts.append(f"kind {holder['kind']}")
+    if holder.get("profile"):
+        parts.append(f"profile {holder['profile']}")
+    if holder.get("host"):
+        parts.append(f"host {holder['host']}")
+    if holder.get("port"):
+        parts.append(f"port {holder['port']}")
+    if holder.get("started_at"):
+        parts.append(f"since {holder['started_at']}")
+    return ", ".join(parts)
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any] | None:
@@ -354,7 +373,10 @@ class RootLock:
             try:
                 self._lock.acquire(timeout=timeout, poll_interval=_POLL_INTERVAL)
             except Timeout:
-                raise DataRootInUseError(self.root, read_holder(self.root), wanted) from None
+                holder = read_holder(self.root)
+                raise DataRootInUseError(
+                    self.root, holder, wanted, held_by=describe_holder(holder)
+                ) from None
             except OSError as error:
                 if error.errno in _UNSUPPORTED_ERRNOS:
                     reason = os.strerror(error.errno) if error.errno else str(error)
