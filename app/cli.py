@@ -1,8 +1,6 @@
 """The ``app`` command line: parse, call, print, exit. Thin on purpose.
 
-Exit codes follow sysexits (see `app.errors`): 0 success, 2 usage, 65 bad data, 66 not found,
-69 port or lock unavailable, 75 data root held by a live process (retry later), 77 confirmation
-required on a protected profile, 78 configuration error.
+Exit codes follow sysexits; `app.errors` defines them and docs/reference/cli.md lists them.
 
 Heavy imports (FastAPI, uvicorn) happen inside the commands that need them, so ``app config``
 and ``app doctor`` start as fast as dynaconf allows.
@@ -97,11 +95,16 @@ class AppCommand(click.Command):
         )
 
 
-class AppGroup(click.Group):
-    """The command group that turns every `AppError`, from any command, into its exit code."""
+class CommandGroup(click.Group):
+    """A group whose commands are `AppCommand`s (``sessions``, ``data``)."""
 
     command_class = AppCommand
-    group_class = type  # `sessions` and `data` make AppCommands too
+
+
+class AppGroup(CommandGroup):
+    """The root group: it turns every `AppError`, from any command, into its exit code."""
+
+    group_class = CommandGroup
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

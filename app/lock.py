@@ -1,7 +1,7 @@
 """The data-root lock: one kernel lock per data root, held for a holder's whole life.
 
-Layer 4 of the design: a live holder owns its data root. A holder (a server, a test session
-or a maintenance command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
+A live holder owns its data root. A holder (a server, a test session or a maintenance
+command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
 :class:`filelock.UnixFileLock` and publishes who it is, as JSON, inside that file while it
 holds it. The kernel drops the lock when the holder's last descriptor closes, so a crash
 (even ``kill -9``) never leaves a stale lock behind.
@@ -112,9 +112,6 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
     Returns:
         A JSON-ready mapping with ``pid``, ``host``, ``boot_id``, ``profile``, ``kind``,
         ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port`` and ``root``.
-
-    Raises:
-        ValueError: ``kind`` is not one of :data:`KINDS`.
     """
     if kind not in KINDS:
         msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -303,9 +300,6 @@ class RootLock:
             kind: ``"server"``, ``"tests"`` or ``"maintenance"``.
             profile: the holder's profile.
             port: a server's port, if already known (see :meth:`update`).
-
-        Raises:
-            ValueError: ``kind`` is not one of :data:`KINDS`.
         """
         if kind not in KINDS:
             msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -472,9 +466,6 @@ class RootLock:
 
         Args:
             **fields: JSON-serialisable values merged into the published holder JSON.
-
-        Raises:
-            RuntimeError: the lock is not held.
         """
         with self._guard:
             if self._fd is None or self._holder is None:
@@ -559,9 +550,6 @@ class LockWatcher:
             lock: the held lock to watch.
             interval: seconds between checks (positive).
             on_lost: called once, from the watcher thread, with the reason.
-
-        Raises:
-            ValueError: ``interval`` is not positive.
         """
         if not interval > 0:
             msg = f"interval must be a positive number of seconds, not {interval!r}"
