@@ -6,7 +6,8 @@ reach a client, the HTTP status and a stable machine-readable ``code``.
 
 An error class declares its data once, as annotated fields (dataclass-style): they are the
 constructor's arguments, its attributes, and what a pickled copy is rebuilt from (errors
-cross process boundaries under pytest-xdist). Its ``message`` property words the refusal.
+cross process boundaries under pytest-xdist). Its ``template`` words the refusal from those
+fields; an error whose wording depends on their values overrides ``message`` instead.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ EX_CONFIG = 78
 class AppError(Exception):
     """Base class of every error the app raises on purpose.
 
-    A subclass declares its data as annotated fields and words the refusal in ``message``;
-    normalising a field belongs in ``__post_init__`` (calling the base's last).
+    A subclass declares its data as annotated fields and words the refusal in ``template``
+    (or ``message``); normalising a field belongs in ``__post_init__``, which ends by calling
+    the base's.
 
     Attributes:
         exit_code: the process exit code the command line uses for this error.
@@ -47,6 +49,7 @@ class AppError(Exception):
     exit_code: ClassVar[int] = EX_SOFTWARE
     code: ClassVar[str] = "app_error"
     http_status: ClassVar[int] = 500
+    template: ClassVar[str]  # str.format()ted with the fields, like pydantic v1's msg_template
     __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # written for every subclass
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -54,7 +57,8 @@ class AppError(Exception):
         if "__init__" in vars(cls):
             msg = (
                 f"{cls.__name__} defines __init__: declare its data as annotated fields and "
-                "word the refusal in a `message` property; AppError writes the constructor"
+                "word the refusal in `template` (or a `message` property); AppError writes the "
+                "constructor"
             )
             raise TypeError(msg)
         # eq=False: exceptions compare by identity; repr=False keeps Exception's repr.
@@ -66,7 +70,7 @@ class AppError(Exception):
     @property
     def message(self) -> str:
         """What was refused, why, and the command or setting that resolves it."""
-        raise NotImplementedError
+        return self.template.format_map(vars(self))
 
     def __str__(self) -> str:
         return self.message
@@ -95,22 +99,24 @@ class SettingsNotFoundError(ConfigError):
     """The settings directory or its ``settings.toml`` does not exist."""
 
     code = "settings_not_found"
+    template = (
+        "no settings.toml found: looked in {looked_in} ({reason}); "
+        "set APP_SETTINGS_DIR to the directory that holds settings.toml"
+    )
 
     looked_in: Path
     reason: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"no settings.toml found: looked in {self.looked_in} ({self.reason}); "
-            "set APP_SETTINGS_DIR to the directory that holds settings.toml"
-        )
 
 
 class SettingsDirEmptyError(SettingsNotFoundError):
     """``APP_SETTINGS_DIR`` is set to an empty string, which names no directory."""
 
     code = "settings_dir_empty"
+    template = (
+        "{variable} is set but empty, so it names no settings directory; unset it "
+        "(`unset {variable}`) to use the project directory {project_dir}, or "
+        "set it to the directory that holds settings.toml"
+    )
 
     looked_in: Path = field(init=False)  # where unsetting the variable would look
     reason: str = field(init=False)
@@ -121,14 +127,6 @@ class SettingsDirEmptyError(SettingsNotFoundError):
         self.looked_in = self.project_dir
         self.reason = f"{self.variable} is set but empty"
         super().__post_init__()
-
-    @property
-    def message(self) -> str:
-        return (
-            f"{self.variable} is set but empty, so it names no settings directory; unset it "
-            f"(`unset {self.variable}`) to use the project directory {self.project_dir}, or "
-            "set it to the directory that holds settings.toml"
-        )
 
 
 class SettingsSyntaxError(ConfigError):
@@ -321,16 +319,13 @@ class LockUnavailableError(AppError):
 
     exit_code = EX_UNAVAILABLE
     code = "lock_unavailable"
+    template = (
+        "cannot take an OS lock on {path}: {reason}. The app refuses to run "
+        "without one; put the data root on a local filesystem that supports flock"
+    )
 
     path: Path
     reason: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"cannot take an OS lock on {self.path}: {self.reason}. The app refuses to run "
-            "without one; put the data root on a local filesystem that supports flock"
-        )
 
 
 class LockFileAliasedError(AppError):
@@ -338,17 +333,14 @@ class LockFileAliasedError(AppError):
 
     exit_code = EX_UNAVAILABLE
     code = "lock_file_aliased"
+    template = (
+        "refusing to lock {path}: it {reason}, so a lock taken on it would also "
+        "lock (and publish into) another data root's lock file. Remove the link, and let "
+        "the app create the data root's own .server.lock"
+    )
 
     path: Path
     reason: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"refusing to lock {self.path}: it {self.reason}, so a lock taken on it would also "
-            "lock (and publish into) another data root's lock file. Remove the link, and let "
-            "the app create the data root's own .server.lock"
-        )
 
 
 class DataRootChangedError(AppError):
@@ -357,17 +349,14 @@ class DataRootChangedError(AppError):
     exit_code = EX_SOFTWARE
     code = "data_root_changed"
     http_status = 503
+    template = (
+        "data root {path} changed while open: {reason}. Nothing was changed; "
+        "this process stops writing to it. Put the directory back (the app never uses "
+        "symbolic links or mounts inside a data root) and restart"
+    )
 
     path: Path
     reason: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"data root {self.path} changed while open: {self.reason}. Nothing was changed; "
-            "this process stops writing to it. Put the directory back (the app never uses "
-            "symbolic links or mounts inside a data root) and restart"
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
@@ -387,17 +376,14 @@ class LockLostError(AppError):
     exit_code = EX_SOFTWARE
     code = "lock_lost"
     http_status = 503
+    template = (
+        "lock file {path} {reason}; another process could now take the data "
+        "root, so this one stops instead of sharing it. Never delete .server.lock; restart "
+        "the server"
+    )
 
     path: Path
     reason: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"lock file {self.path} {self.reason}; another process could now take the data "
-            "root, so this one stops instead of sharing it. Never delete .server.lock; restart "
-            "the server"
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
@@ -442,17 +428,14 @@ class ConfirmationRequiredError(AppError):
     exit_code = EX_NOPERM
     code = "confirmation_required"
     http_status = 403
+    template = (
+        "refusing to {operation} on protected profile {profile!r} without "
+        "confirmation; nothing was changed. Re-run with {option} if you mean it"
+    )
 
     operation: str
     profile: str
     option: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"refusing to {self.operation} on protected profile {self.profile!r} without "
-            f"confirmation; nothing was changed. Re-run with {self.option} if you mean it"
-        )
 
 
 class PortInUseError(AppError):
@@ -460,17 +443,14 @@ class PortInUseError(AppError):
 
     exit_code = EX_UNAVAILABLE
     code = "port_in_use"
+    template = (
+        "cannot listen on {host}:{port}: {reason}. Another process uses "
+        "that port; stop it, or choose another port with APP_PORT or --port"
+    )
 
     host: str
     port: int
     reason: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"cannot listen on {self.host}:{self.port}: {self.reason}. Another process uses "
-            "that port; stop it, or choose another port with APP_PORT or --port"
-        )
 
 
 # --- store (errors a client can cause) ---------------------------------------------
@@ -510,16 +490,13 @@ class FileNotFoundInSessionError(StoreError):
     exit_code = EX_NOINPUT
     code = "file_not_found"
     http_status = 404
+    template = (
+        "session {session_id!r} has no file {name!r}; "
+        "GET /sessions/{session_id}/files lists its files"
+    )
 
     session_id: str
     name: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"session {self.session_id!r} has no file {self.name!r}; "
-            f"GET /sessions/{self.session_id}/files lists its files"
-        )
 
 
 class InvalidNameError(StoreError):
@@ -585,16 +562,13 @@ class MetadataTooLargeError(StoreError):
 
     code = "metadata_too_large"
     http_status = 413
+    template = (
+        "metadata is {size} bytes as compact JSON; the limit is {limit} bytes, "
+        "and nothing was written. Keep large data in files (PUT /sessions/{{id}}/files/{{name}})"
+    )
 
     size: int
     limit: int
-
-    @property
-    def message(self) -> str:
-        return (
-            f"metadata is {self.size} bytes as compact JSON; the limit is {self.limit} bytes, "
-            "and nothing was written. Keep large data in files (PUT /sessions/{id}/files/{name})"
-        )
 
 
 class BadRequestError(StoreError):
@@ -605,9 +579,7 @@ class BadRequestError(StoreError):
 
     problem: str
 
-    @property
-    def message(self) -> str:
-        return self.problem
+    template = "{problem}"
 
 
 class FileExistsInSessionError(StoreError):
@@ -615,17 +587,14 @@ class FileExistsInSessionError(StoreError):
 
     code = "file_exists"
     http_status = 409
+    template = (
+        "session {session_id!r} already has a file {name!r}; use "
+        "PUT /sessions/{session_id}/files/{name} to replace it, or delete it "
+        "first"
+    )
 
     session_id: str
     name: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"session {self.session_id!r} already has a file {self.name!r}; use "
-            f"PUT /sessions/{self.session_id}/files/{self.name} to replace it, or delete it "
-            "first"
-        )
 
 
 # --- a client that holds more of the server than it may ----------------------------------
@@ -655,16 +624,13 @@ class HeaderTooLargeError(StoreError):
 
     code = "header_too_large"
     http_status = 431
+    template = (
+        "request refused: its request line and headers are larger than {limit} "
+        "bytes; the connection is closed. Send shorter headers (large data belongs in the "
+        "body); the server's max_header_bytes setting (APP_MAX_HEADER_BYTES) sets the bound"
+    )
 
     limit: int
-
-    @property
-    def message(self) -> str:
-        return (
-            f"request refused: its request line and headers are larger than {self.limit} "
-            "bytes; the connection is closed. Send shorter headers (large data belongs in the "
-            "body); the server's max_header_bytes setting (APP_MAX_HEADER_BYTES) sets the bound"
-        )
 
 
 class TooManyFilesError(StoreError):
@@ -672,19 +638,16 @@ class TooManyFilesError(StoreError):
 
     code = "too_many_files"
     http_status = 409
+    template = (
+        "refusing a new file in session {session_id}: it holds {limit} files, "
+        "the most one session may hold (max_files_per_session), and every read of the "
+        "session lists them all; nothing was kept. Replace or delete a file, start another "
+        "session, or have an operator raise max_files_per_session "
+        "(APP_MAX_FILES_PER_SESSION)"
+    )
 
     session_id: str
     limit: int
-
-    @property
-    def message(self) -> str:
-        return (
-            f"refusing a new file in session {self.session_id}: it holds {self.limit} files, "
-            "the most one session may hold (max_files_per_session), and every read of the "
-            "session lists them all; nothing was kept. Replace or delete a file, start another "
-            "session, or have an operator raise max_files_per_session "
-            "(APP_MAX_FILES_PER_SESSION)"
-        )
 
 
 class TooManyUploadsError(StoreError):
@@ -692,18 +655,15 @@ class TooManyUploadsError(StoreError):
 
     code = "too_many_uploads"
     http_status = 503
+    template = (
+        "upload refused: the server already receives {limit} uploads at once, its "
+        "limit; nothing was kept. Retry after {retry_after} seconds (see "
+        "Retry-After); an operator can raise max_uploads_in_flight "
+        "(APP_MAX_UPLOADS_IN_FLIGHT)"
+    )
 
     limit: int
     retry_after: int
-
-    @property
-    def message(self) -> str:
-        return (
-            f"upload refused: the server already receives {self.limit} uploads at once, its "
-            f"limit; nothing was kept. Retry after {self.retry_after} seconds (see "
-            "Retry-After); an operator can raise max_uploads_in_flight "
-            "(APP_MAX_UPLOADS_IN_FLIGHT)"
-        )
 
 
 # --- the disk under the data root (a client cannot fix these; an operator can) ------
@@ -722,18 +682,15 @@ class StorageFullError(StorageError):
 
     code = "storage_full"
     http_status = 507
+    # No path: the message reaches HTTP clients, and /health hides where the data is.
+    template = (
+        "cannot {doing}: the data root's filesystem is full; nothing was changed. "
+        "Free space, then retry: POST /trash/empty empties the trash without stopping the "
+        "server (`app data empty-trash` does it while no server runs), or grow the "
+        "filesystem"
+    )
 
     doing: str
-
-    @property
-    def message(self) -> str:
-        # No path: the message reaches HTTP clients, and /health hides where the data is.
-        return (
-            f"cannot {self.doing}: the data root's filesystem is full; nothing was changed. "
-            "Free space, then retry: POST /trash/empty empties the trash without stopping the "
-            "server (`app data empty-trash` does it while no server runs), or grow the "
-            "filesystem"
-        )
 
 
 class ReadOnlyStorageError(StorageError):
@@ -741,16 +698,13 @@ class ReadOnlyStorageError(StorageError):
 
     code = "storage_read_only"
     http_status = 503
+    template = (
+        "cannot {doing}: the data root's filesystem is read-only; nothing was "
+        "changed. Reads still work. Remount it read-write (and check why it went "
+        "read-only), then retry"
+    )
 
     doing: str
-
-    @property
-    def message(self) -> str:
-        return (
-            f"cannot {self.doing}: the data root's filesystem is read-only; nothing was "
-            "changed. Reads still work. Remount it read-write (and check why it went "
-            "read-only), then retry"
-        )
 
 
 class TooManyOpenFilesError(StorageError):
@@ -758,18 +712,15 @@ class TooManyOpenFilesError(StorageError):
 
     code = "too_many_open_files"
     http_status = 503
+    template = (
+        "cannot {doing}: the process has as many files open as its limit allows; "
+        "nothing was changed. Retry after {retry_after} seconds; an operator can "
+        "raise the file limit (systemd's LimitNOFILE=, `ulimit -n`) or, for a server, "
+        "lower max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
+    )
 
     doing: str
     retry_after: int = 5
-
-    @property
-    def message(self) -> str:
-        return (
-            f"cannot {self.doing}: the process has as many files open as its limit allows; "
-            f"nothing was changed. Retry after {self.retry_after} seconds; an operator can "
-            "raise the file limit (systemd's LimitNOFILE=, `ulimit -n`) or, for a server, "
-            "lower max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
-        )
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
