@@ -1,8 +1,6 @@
 """The ``app`` command line: parse, call, print, exit. Thin on purpose.
 
-Exit codes follow sysexits (see `app.errors`): 0 success, 2 usage, 65 bad data, 66 not found,
-69 port or lock unavailable, 75 data root held by a live process (retry later), 77 confirmation
-required on a protected profile, 78 configuration error.
+Exit codes follow sysexits; `app.errors` defines them and docs/reference/cli.md lists them.
 
 Heavy imports (FastAPI, uvicorn) happen inside the commands that need them, so ``app config``
 and ``app doctor`` start as fast as dynaconf allows.
@@ -14,9 +12,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import click
 
@@ -27,14 +24,11 @@ from app.errors import (
     ConfigError,
     ConfirmationRequiredError,
     DataRootInUseError,
-    describe_holder,
     storage_error,
 )
 
 if TYPE_CHECKING:
     from app.storage import Storage
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(error: AppError) -> NoReturn:
@@ -43,19 +37,30 @@ def fail(error: AppError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def selected_profile(ctx: click.Context) -> str | None:
-    """The ``--profile`` given: after the command name (`profile_option`), else before it."""
-    own: str | None = ctx.params.get("profile")
-    return own if own is not None else ctx.find_root().params.get("profile")
+_PROFILE_KEY = "app.profile"
 
 
-def profile_option(command: F) -> F:
-    """``app COMMAND --profile NAME``, the same option as ``app --profile NAME COMMAND``."""
-    return click.option(
-        "--profile",
+def _remember_profile(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    # ctx.meta is shared by the whole context chain; the command's own --profile is parsed
+    # after the group's, so it wins when both are given.
+    if value is not None:
+        ctx.meta[_PROFILE_KEY] = value
+
+
+def _profile_option(help_text: str) -> click.Option:
+    return click.Option(
+        ["--profile"],
         metavar="NAME",
-        help="Profile to use (same as `app --profile NAME`); wins over it if both are given.",
-    )(command)
+        expose_value=False,
+        callback=_remember_profile,
+        help=help_text,
+    )
+
+
+def selected_profile(ctx: click.Context) -> str | None:
+    """The ``--profile`` given, before or after the command name."""
+    profile: str | None = ctx.meta.get(_PROFILE_KEY)
+    return profile
 
 
 def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Config:
@@ -78,8 +83,28 @@ def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     return report
 
 
-class AppGroup(click.Group):
-    """The command group that turns every `AppError`, from any command, into its exit code."""
+class AppCommand(click.Command):
+    """A command that also takes ``--profile`` after its name: ``app config --profile X``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            _profile_option(
+                "Profile to use (same as `app --profile NAME`); wins over it if both are given."
+            )
+        )
+
+
+class CommandGroup(click.Group):
+    """A group whose commands are `AppCommand`s (``sessions``, ``data``)."""
+
+    command_class = AppCommand
+
+
+class AppGroup(CommandGroup):
+    """The root group: it turns every `AppError`, from any command, into its exit code."""
+
+    group_class = CommandGroup
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -94,15 +119,18 @@ class AppGroup(click.Group):
             fail(mapped)
 
 
-@click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--profile",
-    metavar="NAME",
-    help="Profile to use (a section of settings.toml). Default: $ENV_FOR_DYNACONF, "
-    "else development.",
+@click.group(
+    cls=AppGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    params=[
+        _profile_option(
+            "Profile to use (a section of settings.toml). Default: $ENV_FOR_DYNACONF, "
+            "else development."
+        )
+    ],
 )
 @click.version_option(package_name="app")
-def cli(profile: str | None) -> None:
+def cli() -> None:
     """Review sessions over HTTP, with profiles that keep tests away from production data."""
 
 
@@ -127,9 +155,8 @@ def _profile_table(report: appconfig.Report, names: list[str]) -> list[str]:
 @cli.command("config")
 @click.option("--all", "show_all", is_flag=True, help="Show every profile side by side.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-@profile_option
 @click.pass_context
-def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: str | None) -> None:
+def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """Show the resolved configuration and where each value came from (secrets masked).
 
     Loading a single profile means intending to run it: a problem that would stop the app
@@ -196,9 +223,8 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@profile_option
 @click.pass_context
-def doctor(ctx: click.Context, profile: str | None) -> None:
+def doctor(ctx: click.Context) -> None:
     """Check every profile (roots, types, unknown keys) and what each one needs to run.
 
     Lists every problem, not just the first. Exits 78 if the settings files have a problem
@@ -269,20 +295,40 @@ def _problems_where_served(report: appconfig.Report) -> dict[str, list[ConfigErr
 
 
 _CONFIRM_OPTION = "--yes-i-mean-it"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _duration(value: str | None) -> timedelta | None:
-    if value is None:
-        return None
-    found = _DURATION.fullmatch(value.strip().lower())
-    if found is None:
-        raise click.BadParameter(
-            f"{value!r} is not a duration; use a number and a unit: 30m, 12h, 7d, 2w",
-            param_hint="--older-than",
-        )
-    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+# Not ParamType[timedelta]: it is generic only in recent click, and click 8.1 is supported.
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """An age such as ``30m``, ``12h``, ``7d`` or ``2w``, as a `timedelta`."""
+
+    name = "duration"
+    _FORM = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+    _UNIT_SECONDS: ClassVar[dict[str, int]] = {
+        "s": 1,
+        "m": 60,
+        "h": 3600,
+        "d": 86400,
+        "w": 7 * 86400,
+    }
+
+    def convert(
+        self, value: str | timedelta, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        found = self._FORM.fullmatch(value.strip().lower())
+        if found is None:
+            self.fail(
+                f"{value!r} is not a duration; use a number and a unit: 30m, 12h, 7d, 2w",
+                param,
+                ctx,
+            )
+        try:
+            return timedelta(seconds=float(found.group(1)) * self._UNIT_SECONDS[found.group(2)])
+        except OverflowError:
+            self.fail(
+                f"{value!r} is longer than any date the trash can hold; leave it out", param, ctx
+            )
 
 
 def _require_confirmation(config: appconfig.Config, operation: str, confirmed: bool) -> None:
@@ -301,9 +347,8 @@ def _require_confirmation(config: appconfig.Config, operation: str, confirmed: b
     type=click.IntRange(0, 65535),
     help="Port to listen on (0: any free port). Default: the profile's port.",
 )
-@profile_option
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, profile: str | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the HTTP API on the profile's data root, holding its lock until stopped.
 
     The root is locked before the port is bound, so a second server on the same root exits
@@ -319,9 +364,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, profile: str |
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-@profile_option
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
+def status(ctx: click.Context, as_json: bool) -> None:
     """Say who holds the profile's data root (or that nobody does), and its profile stamp.
 
     Only looks: creates nothing and takes no lasting lock. What it shows is one moment; the
@@ -348,7 +392,7 @@ def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
     if not seen.held:
         click.echo("held by: nobody")
         return
-    click.echo(f"held by: {describe_holder(holder)}")
+    click.echo(f"held by: {seen.held_by}")
     if holder and holder.get("kind") == "server" and holder.get("port"):
         click.echo(f"serving: http://{config.host}:{holder['port']}")
 
@@ -367,9 +411,8 @@ def _reader_store(config: appconfig.Config) -> Storage:
 @sessions.command("list")
 @click.option("--trash", is_flag=True, help="List the trash instead (what can be restored).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per session or entry.")
-@profile_option
 @click.pass_context
-def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str | None) -> None:
+def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
     """List the sessions (oldest first), or with --trash the deleted ones."""
     store = _reader_store(load_config(ctx))
     if trash:
@@ -401,9 +444,8 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str |
 @sessions.command("show")
 @click.argument("session_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="The session.json as stored.")
-@profile_option
 @click.pass_context
-def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: str | None) -> None:
+def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
     """Show one session and its files."""
     session = _reader_store(load_config(ctx)).get_session(session_id)
     if as_json:
@@ -420,11 +462,8 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: s
 @sessions.command("restore")
 @click.argument("session_id", metavar="ID")
 @click.option("--file", "file_name", metavar="NAME", help="Restore one deleted file instead.")
-@profile_option
 @click.pass_context
-def sessions_restore(
-    ctx: click.Context, session_id: str, file_name: str | None, profile: str | None
-) -> None:
+def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None) -> None:
     """Bring a deleted session (or one file, with --file) back from the trash.
 
     Takes the data root's lock, so it exits 75 while a server runs on it. Refuses to
@@ -447,9 +486,8 @@ def data() -> None:
 
 @data.command("purge")
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
-@profile_option
 @click.pass_context
-def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None:
+def data_purge(ctx: click.Context, confirmed: bool) -> None:
     """Move every session to the trash (restorable until `app data empty-trash`).
 
     Exits 75 and changes nothing while a server (or anything else) holds the data root.
@@ -472,21 +510,18 @@ def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None
 @data.command("empty-trash")
 @click.option(
     "--older-than",
+    type=Duration(),
     metavar="AGE",
     help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w). Default: all.",
 )
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
-@profile_option
 @click.pass_context
-def data_empty_trash(
-    ctx: click.Context, older_than: str | None, confirmed: bool, profile: str | None
-) -> None:
+def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed: bool) -> None:
     """Delete the trash for good: the only command that removes bytes.
 
     Exits 75 while the data root is held; on a protected profile needs --yes-i-mean-it
     (exit 77 without it, before touching anything).
     """
-    age = _duration(older_than)
     config = load_config(ctx)
     _require_confirmation(config, "empty the trash", confirmed)
     from app.storage import open_storage
@@ -497,7 +532,7 @@ def data_empty_trash(
         port = (error.holder or {}).get("port")
         if (error.holder or {}).get("kind") == "server" and port:
             # The server is the root's only writer: it empties its own trash when asked.
-            query = [] if age is None else [f"older_than={int(age.total_seconds())}"]
+            query = [] if older_than is None else [f"older_than={int(older_than.total_seconds())}"]
             if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
@@ -509,7 +544,7 @@ def data_empty_trash(
             )
         raise
     with store:
-        removed = store.empty_trash(older_than=age)
+        removed = store.empty_trash(older_than=older_than)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 
 
@@ -520,9 +555,8 @@ def data_empty_trash(
     help="Reconcile what is found (takes the data root's lock: exit 75 while a server runs).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-@profile_option
 @click.pass_context
-def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | None) -> None:
+def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
     """Find what an interrupted write left behind; with --repair, reconcile it (audited).
 
     Looks for files left in .tmp/, unfinished session creates, trash entries that are
@@ -573,11 +607,8 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | N
     "--from", "from_profile", metavar="NAME", required=True, help="The profile it is stamped with."
 )
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
-@profile_option
 @click.pass_context
-def data_restamp(
-    ctx: click.Context, from_profile: str, confirmed: bool, profile: str | None
-) -> None:
+def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None:
     """Hand the data root of --profile, stamped with another profile, to it (audited).
 
     For a root that really moved between profiles, e.g. a staging copy promoted to

@@ -49,7 +49,7 @@ from app.errors import (
     LockLostError,
     ProfileStampMismatchError,
 )
-from app.lock import LOCK_FILE, Probe, RootLock, probe
+from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe
 from app.sandbox import check_root
 
 if TYPE_CHECKING:
@@ -809,6 +809,11 @@ class RootStatus:
     def holder(self) -> dict[str, Any] | None:
         """What the holder published about itself (pid, host, kind, port...), if anything."""
         return self.probe.holder
+
+    @property
+    def held_by(self) -> str:
+        """The holder in words (pid, host, since, for what), for a person to act on."""
+        return describe_holder(self.probe.holder)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``app status --json``)."""

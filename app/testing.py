@@ -38,7 +38,8 @@ import pytest
 
 from app import config as appconfig
 from app import sandbox as sandboxing
-from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, describe_holder
+from app.errors import AppError, SettingsNotFoundError, UnknownProfileError
+from app.lock import describe_holder
 
 if TYPE_CHECKING:
     from app.lock import RootLock

@@ -38,8 +38,10 @@ from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
+    Protection,
     RemoteStampMismatchError,
     UnstampedNotEmptyError,
+    needs_confirmation,
 )
 
 STAMP_NAME = ".app-profile.json"
@@ -358,7 +360,7 @@ class ObjectStore:
             return None
         return stamp
 
-    def open(self, profile: str, *, protected: bool = False) -> dict[str, Any]:
+    def open(self, profile: str, *, protected: Protection = False) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
         Raises:
@@ -379,7 +381,8 @@ class ObjectStore:
         if stamp.get("profile") != profile:
             raise RemoteStampMismatchError(
                 f"object prefix {self.where}", f"its object {STAMP_NAME}",
-                str(stamp.get("profile")), profile, protected=protected,
+                str(stamp.get("profile")), profile,
+                protected=needs_confirmation(protected, str(stamp.get("profile"))),
             )  # fmt: skip
         return stamp
 
