@@ -96,8 +96,8 @@ def test_tmp_path_and_tmp_path_factory_lie_in_the_sandbox(
 
 
 def test_the_bare_fixture_names_are_left_to_other_plugins(pytester: pytest.Pytester) -> None:
-    # pytest-django and pytest-flask define `client` and `live_server`; a shared environment
-    # must see theirs, and the app's under their prefixed names.
+    # pytest-django and pytest-flask define client and live_server: a shared environment must
+    # see theirs under the bare names, and the app's under the prefixed ones.
     pytester.makeconftest(
         """
 import pytest

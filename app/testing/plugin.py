@@ -1,20 +1,9 @@
-"""The pytest plugin's hooks: tests run on the testing profile, inside a sandbox, next to live
-servers (registered as ``pytest11`` entry point ``app``; disable with ``-p no:app``).
+"""The pytest plugin's hooks (``pytest11`` entry point ``app``; disable with ``-p no:app``).
 
-Its earliest hook runs before any conftest or test module can import the app, and:
-
-1. looks at the user's shell: where would every profile's data root be, and does a live
-   process hold any of them? (probes only: nothing is created);
-2. creates the sandbox (pytest's own base temporary directory, one per xdist worker) and
-   registers the run, which `app.config` and `app.dataroot` obey in every copy of the code
-   and every subprocess;
-3. neutralises what could point the testing profile elsewhere and forces
-   ``ENV_FOR_DYNACONF=testing``, then publishes the sandbox in ``PYTEST_APP_SANDBOX``;
-4. checks that the testing root overlaps no other profile's, and takes the lock on the run's
-   (sandboxed) testing data root for the whole run.
-
-Every conflict stops the run with a usage error (exit 4) that names it and its fix. See the
-pytest plugin reference page for the whole contract.
+Its first hook acts before any conftest or test module can import the app, since the
+incident this guards against was a settings object built at import time: it looks at the
+shell's roots, creates the sandbox, neutralises the environment and holds the testing root,
+in the order and with the refusals the pytest plugin reference page gives.
 """
 
 from __future__ import annotations
