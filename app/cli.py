@@ -32,7 +32,7 @@ from app.errors import (
 )
 
 if TYPE_CHECKING:
-    from app.store import Store
+    from app.storage import Storage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -287,9 +287,8 @@ def _duration(value: str | None) -> timedelta | None:
 
 def _require_confirmation(config: appconfig.Config, operation: str, confirmed: bool) -> None:
     # Checked before the data root is even opened: a refused command must not create the
-    # root, take the lock, or write an audit line. Production is always protected (config
-    # refuses protected = false there).
-    if (config.protected or config.profile == "production") and not confirmed:
+    # root, take the lock, or write an audit line.
+    if config.protected and not confirmed:
         raise ConfirmationRequiredError(operation, config.profile, _CONFIRM_OPTION)
 
 
@@ -329,9 +328,9 @@ def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
     holder may be gone (or a new one there) by the time you read it. Exits 0 either way.
     """
     config = load_config(ctx)
-    from app.dataroot import describe
+    from app.storage import status as storage_status
 
-    seen = describe(config.data_root)
+    seen = storage_status(config)
     if as_json:
         click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
         return
@@ -345,8 +344,8 @@ def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
         click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
-    holder = seen.probe.holder
-    if not seen.probe.held:
+    holder = seen.holder
+    if not seen.held:
         click.echo("held by: nobody")
         return
     click.echo(f"held by: {describe_holder(holder)}")
@@ -359,11 +358,10 @@ def sessions() -> None:
     """List, show and restore sessions. Listing reads; restore takes the data root's lock."""
 
 
-def _reader_store(config: appconfig.Config) -> Store:
-    from app.dataroot import open_root
-    from app.store import Store
+def _reader_store(config: appconfig.Config) -> Storage:
+    from app.storage import open_storage
 
-    return Store(open_root(config, write=False))
+    return open_storage(config, writer=False)
 
 
 @sessions.command("list")
@@ -433,12 +431,11 @@ def sessions_restore(
     overwrite a session or file that exists again.
     """
     config = load_config(ctx)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     what = f"restore session {session_id}" + (f" file {file_name!r}" if file_name else "")
-    with open_root(config, kind="maintenance", wanted=what) as root:
-        session = Store(root).restore(session_id, file=file_name)
+    with open_storage(config, writer=True, wanted=what) as store:
+        session = store.restore(session_id, file=file_name)
     restored = f"file {file_name!r} of session" if file_name else "session"
     click.echo(f"restored {restored} {session['id']} ({session['title'] or 'untitled'})")
 
@@ -461,12 +458,11 @@ def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None
     """
     config = load_config(ctx)
     _require_confirmation(config, "purge every session", confirmed)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
-    with open_root(config, kind="maintenance", wanted="purge every session") as root:
-        entries = Store(root).purge()
-        trash = root.trash_dir
+    with open_storage(config, writer=True, wanted="purge every session") as store:
+        entries = store.purge()
+        trash = store.trash_location
     click.echo(
         f"moved {len(entries)} session(s) to {trash}; `app sessions list --trash` shows them "
         "and `app sessions restore ID` brings one back"
@@ -493,17 +489,16 @@ def data_empty_trash(
     age = _duration(older_than)
     config = load_config(ctx)
     _require_confirmation(config, "empty the trash", confirmed)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     try:
-        root = open_root(config, kind="maintenance", wanted="empty the trash")
+        store = open_storage(config, writer=True, wanted="empty the trash")
     except DataRootInUseError as error:
         port = (error.holder or {}).get("port")
         if (error.holder or {}).get("kind") == "server" and port:
             # The server is the root's only writer: it empties its own trash when asked.
             query = [] if age is None else [f"older_than={int(age.total_seconds())}"]
-            if config.protected or config.profile == "production":
+            if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
             click.echo(
@@ -513,8 +508,8 @@ def data_empty_trash(
                 err=True,
             )
         raise
-    with root:
-        removed = Store(root).empty_trash(older_than=age)
+    with store:
+        removed = store.empty_trash(older_than=age)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 
 
@@ -542,12 +537,11 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | N
     is found (without --repair) or needs a human, 75 with --repair while the root is held.
     """
     config = load_config(ctx)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     if repair:
-        with open_root(config, kind="maintenance", wanted="repair the data root") as root:
-            report = Store(root).check(repair=True)
+        with open_storage(config, writer=True, wanted="repair the data root") as store:
+            report = store.check(repair=True)
     else:
         report = _reader_store(config).check()
     if as_json:
@@ -587,18 +581,18 @@ def data_restamp(
     """Hand the data root of --profile, stamped with another profile, to it (audited).
 
     For a root that really moved between profiles, e.g. a staging copy promoted to
-    development. Takes the lock (exit 75 while held). Handing a root to a protected profile
-    or taking one from production needs --yes-i-mean-it.
+    development. Takes the lock (exit 75 while held). Handing a root to or from a protected
+    profile (production always is) needs --yes-i-mean-it.
     """
     config = load_config(ctx)
     source = from_profile.lower()
-    if ("production" in (source, config.profile) or config.protected) and not confirmed:
+    if (config.protected or source in config.protected_profiles) and not confirmed:
         raise ConfirmationRequiredError(
             f"re-stamp data root {config.data_root} from {source!r} to {config.profile!r}",
-            "production" if source == "production" else config.profile,
+            source if source in config.protected_profiles else config.profile,
             _CONFIRM_OPTION,
         )
-    from app.dataroot import restamp
+    from app.storage import restamp
 
     stamp = restamp(config, from_profile)
     click.echo(

@@ -274,6 +274,18 @@ class DataRootInUseError(AppError):
         )
 
 
+class DataRootStateError(ConfigError):
+    """A data root's directory is in a state the app cannot use (a broken stamp, say)."""
+
+    code = "data_root_state"
+
+    def __init__(self, root: Path, problem: str, fix: str) -> None:
+        self.root = root
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"data root {root}: {problem}; {fix}")
+
+
 class LockUnavailableError(AppError):
     """The filesystem does not support the kernel lock the app relies on."""
 
@@ -443,6 +455,21 @@ class SessionNotFoundError(StoreError):
             else ("`app sessions list --trash` shows what can be restored")
         )
         super().__init__(f"no session {session_id!r} in {where}; {hint}")
+
+
+class NotInTrashError(SessionNotFoundError):
+    """Nothing in the trash to restore: no deleted session, or no deleted file of it."""
+
+    code = "not_in_trash"
+
+    def __init__(self, session_id: str, file: str | None = None) -> None:
+        super().__init__(session_id, where="the trash")
+        self.file = file
+        if file is not None:
+            self.message = (
+                f"no file {file!r} of session {session_id!r} in the trash; "
+                "`app sessions list --trash` shows what can be restored"
+            )
 
 
 class FileNotFoundInSessionError(StoreError):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from project_copy import copy_project_settings
 
+# Real PostgreSQL and S3 servers, started only by the tests that ask for them.
+pytest_plugins = ["engines"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Registered here (and not only in docs/conftest.py) so that `pytest tests/...` alone

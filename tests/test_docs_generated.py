@@ -192,11 +192,7 @@ def render_configuration_keys() -> str:
         "|---|---|---|" + "---|" * len(profiles),
     ]
     for name, key in KEYS.items():
-        default = (
-            "(required)"
-            if key.default is not None and not isinstance(key.default, str | int | float | bool)
-            else _cell(key.default)
-        )
+        default = "(required)" if key.required else _cell(key.default)
         cells = []
         for profile in profiles:
             resolved = report.profiles[profile]

@@ -291,10 +291,10 @@ def crash_leftovers(config: Any) -> dict[str, Any]:
         [replaced] = [e for e in store.list_trash() if e.kind == "file"]
         [deleted] = [e for e in store.list_trash() if e.kind == "session"]
         # A session delete that stopped before its move: the manifest alone.
-        half = store._new_trash_entry(sid, "session", None, "delete", title="kept")
+        half = store.trash.new_entry(sid, "session", None, "delete", title="kept")
         # A file delete that stopped before its commit: the manifest names the live blob.
         record = json.loads((root / "sessions" / sid / "records" / "kept.txt").read_text())
-        store._new_trash_entry(sid, "file", "kept.txt", "delete", blob=record["blob"])
+        store.trash.new_entry(sid, "file", "kept.txt", "delete", blob=record["blob"])
     # A replace that stopped after its switch: the old bytes still among the blobs.
     manifest = json.loads((replaced.path / "trash.json").read_text())
     (replaced.path / "r.txt").rename(root / "sessions" / sid / "blobs" / manifest["blob"])

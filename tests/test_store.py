@@ -16,6 +16,7 @@ from app.errors import (
     FileNotFoundInSessionError,
     InvalidNameError,
     LockLostError,
+    NotInTrashError,
     SessionNotFoundError,
     UploadTooLargeError,
 )
@@ -291,6 +292,44 @@ def test_restoring_what_is_not_in_the_trash_says_where_to_look(app_store: Store)
         app_store.restore(new_session_id())
 
 
+def test_restoring_a_file_that_is_not_in_the_trash_names_the_file_not_a_session(
+    app_store: Store,
+) -> None:
+    sid = app_store.create_session()["id"]
+    with pytest.raises(NotInTrashError) as caught:
+        app_store.restore(sid, file="notes.txt")
+    assert str(caught.value) == (
+        f"no file 'notes.txt' of session {sid!r} in the trash; "
+        "`app sessions list --trash` shows what can be restored"
+    )
+
+
+def test_the_server_and_the_command_line_reach_storage_through_the_seam_only() -> None:
+    import ast
+
+    import app
+
+    backend = {"app.store", "app.dataroot", "app.lock", "app.check"}
+    package = Path(app.__file__).parent
+    for source in [package / "cli.py", *sorted((package / "server").glob("*.py"))]:
+        tree = ast.parse(source.read_text())
+        imported = {
+            name
+            for node in ast.walk(tree)
+            for name in (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
+        reached = sorted(
+            name for name in imported if any(name == b or name.startswith(f"{b}.") for b in backend)
+        )
+        assert not reached, f"{source.name} imports {reached}; use app.storage"
+
+
 def test_a_deleted_file_is_restorable(app_store: Store) -> None:
     sid = app_store.create_session()["id"]
     app_store.put_file(sid, "f", b"data")
@@ -353,9 +392,9 @@ def test_the_listing_index_of_a_writer_matches_the_directory(app_store: Store) -
     app_store.create_session()
     app_store.restore(ids[0])
     app_store.delete_session(ids[3])
-    assert app_store.session_ids() == app_store._scan_ids()
+    assert app_store.session_ids() == app_store.scan_ids()
     app_store.purge()
-    assert app_store.session_ids() == app_store._scan_ids() == []
+    assert app_store.session_ids() == app_store.scan_ids() == []
 
 
 def test_a_symlink_planted_at_a_file_name_does_not_carry_an_upload_elsewhere(
@@ -412,16 +451,16 @@ def test_two_stores_on_one_open_root_list_each_others_sessions(app_store: Store)
 def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
     app_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.store
+    from app.store import sessions as sessions_module
 
-    fsync_dir = app.store.fsync_dir
+    fsync_dir = sessions_module.fsync_dir
 
     def open_another_store_midway(path: Path | str) -> None:
         if Path(path).name.startswith(".new-"):
             Store(app_store.root)  # e.g. a second app built on the same root by a test
         fsync_dir(path)
 
-    monkeypatch.setattr(app.store, "fsync_dir", open_another_store_midway)
+    monkeypatch.setattr(sessions_module, "fsync_dir", open_another_store_midway)
     session = app_store.create_session("in flight")
     assert app_store.get_session(session["id"]) == session
 

@@ -83,9 +83,16 @@ EXAMPLES: list[errors.AppError] = [
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
     errors.ProfileStampMismatchError(ROOT, "production", "development"),
+    errors.DataRootStateError(
+        ROOT,
+        f"its profile stamp {ROOT / '.app-profile.json'} names no profile",
+        "restore the file from a backup, or write "
+        '{"profile": "<the profile this root belongs to>"} into it by hand',
+    ),
     errors.ConfirmationRequiredError("purge sessions", "production", "--yes-i-mean-it"),
     errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
     errors.SessionNotFoundError("3f2a9c"),
+    errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),

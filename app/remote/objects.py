@@ -1,0 +1,422 @@
+"""The object store of the remote backend: files as objects under ``s3://bucket/prefix``.
+
+**How a file becomes visible.** An upload is written once, straight to a fresh, immutable key
+(``blobs/<random hex>``) that nothing references yet; it becomes visible only when the
+transaction that inserts (or switches) the database row naming that key commits. Readers
+reach objects only through rows, so an object whose transaction rolled back, or whose
+process died mid-upload, is an orphan that nobody can see, and :meth:`ObjectStore.orphans`
+finds it for ``app data check``. The alternative, a temporary key copied to the final key
+("promoted"), costs a second write of every byte (S3 copies server-side, but still copies),
+and copying *after* the commit would leave a committed row naming a key that a crash
+could leave missing; copying *before* the commit is this design at twice the cost. Keys are
+never overwritten, so a reader holding a row never sees a half-replaced file, and a replace
+is one transaction that switches the row to the new key (the old object goes with the trash).
+
+**Stamp.** ``<prefix>/.app-profile.json`` names the profile, like the local root's stamp; a
+prefix with other objects and no stamp is refused.
+
+**Client.** boto3: AWS's own SDK, which every S3-compatible server (SeaweedFS, MinIO, Ceph,
+R2) tests against; its s3transfer layer streams a non-seekable upload in parts and aborts a
+failed multipart upload. Its import costs 0.3-0.5 s, so it happens in
+:class:`ObjectStore`'s constructor, never when this module is imported (``app config`` and
+``app doctor`` import the configuration only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from app.errors import InvalidSettingError, UploadTooLargeError
+from app.remote.errors import (
+    ObjectMissingError,
+    ObjectStoreUnavailableError,
+    RemoteStampMismatchError,
+    UnstampedNotEmptyError,
+)
+
+STAMP_NAME = ".app-profile.json"
+BLOBS = "blobs/"
+_CHUNK = 1024 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Errors that mean "this store cannot be used as configured", not "this object".
+_UNUSABLE = frozenset(
+    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
+)
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+# --- locations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    """Where a profile's objects live: endpoint (normalised), bucket, prefix (no slashes at
+    either end; ``""`` is the whole bucket)."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        at = f" at {self.endpoint}" if self.endpoint else ""
+        return f"s3://{self.bucket}/{self.prefix}{at}"
+
+    def key(self, name: str) -> str:
+        """The object key of ``name`` under the prefix."""
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+def _normal_endpoint(endpoint_url: str | None) -> str:
+    if not endpoint_url:
+        return ""  # the client's default (AWS)
+    parts = urlsplit(endpoint_url)
+    scheme = parts.scheme.lower() or "https"
+    host = (parts.hostname or "").lower()
+    if host in {"localhost", "127.0.0.1", "::1"}:
+        host = "localhost"
+    return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
+
+
+def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocation:
+    """``s3://bucket/prefix`` (and the endpoint) as a :class:`BlobLocation`.
+
+    Raises:
+        InvalidSettingError: not an ``s3://`` URL with a bucket.
+    """
+    parts = urlsplit(blob_url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, "expected s3://bucket/prefix (a bucket, then an "
+            "optional prefix; no query)", "blob_url",
+        )  # fmt: skip
+    prefix = "/".join(segment for segment in parts.path.split("/") if segment)
+    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
+
+
+def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
+    """Whether one location's objects could lie under the other's (equal, or nested whole
+    path segments, in one bucket on one endpoint)."""
+    if (first.endpoint, first.bucket) != (second.endpoint, second.bucket):
+        return False
+    a, b = f"{first.prefix}/" if first.prefix else "", f"{second.prefix}/" if second.prefix else ""
+    return a.startswith(b) or b.startswith(a)
+
+
+# --- objects -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """A written object: its name under the prefix, size and SHA-256."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object."""
+
+    name: str
+    size: int
+    last_modified: datetime
+
+
+class ObjectStream:
+    """An object (or a range of it) being read: ``size`` is the whole object's, ``length``
+    the bytes this stream yields. Iterate it, then close it (or use ``with``)."""
+
+    def __init__(self, body: Any, size: int, length: int) -> None:
+        self._body = body
+        self.size = size
+        self.length = length
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._body.iter_chunks(_CHUNK)
+
+    def read(self) -> bytes:
+        """The whole stream at once (small objects: stamps, tests)."""
+        return b"".join(self)
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> ObjectStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _CountingReader(io.RawIOBase):
+    # Gives s3transfer a file over an iterable of chunks, hashing and counting on the way,
+    # and stops an upload past max_bytes (s3transfer then aborts the multipart upload).
+    def __init__(self, chunks: Iterable[bytes], max_bytes: int | None) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+        self._max = max_bytes
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = bytes(chunk)
+            self.size += len(chunk)
+            if self._max is not None and self.size > self._max:
+                raise UploadTooLargeError(self._max, self.size)
+            self.sha256.update(chunk)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
+    while chunk := file.read(_CHUNK):
+        yield chunk
+
+
+class ObjectStore:
+    """One profile's objects: ``s3://bucket/prefix`` on an S3-compatible endpoint.
+
+    Names passed to the methods are relative to the prefix. The credentials are kept by the
+    client only; ``repr`` and every message show the location alone.
+    """
+
+    def __init__(
+        self,
+        blob_url: str,
+        endpoint_url: str | None,
+        access_key_id: str | None,
+        secret_access_key: str | None,
+        *,
+        region: str = "us-east-1",
+        part_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.location = parse_blob_url(blob_url, endpoint_url)
+        self.where = str(self.location)
+        self._client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            region_name=region,
+            config=Config(
+                # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                retries={"mode": "standard", "max_attempts": 3},
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=part_bytes, multipart_chunksize=part_bytes
+        )
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.where})"
+
+    def _fail(self, error: Exception, name: str | None = None) -> Exception:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if name is not None and code in _MISSING:
+                return ObjectMissingError(f"{self.where}/{name}")
+            if code in _UNUSABLE or name is None:
+                return ObjectStoreUnavailableError(self.where, f"{code}: {error}")
+        if isinstance(error, BotoCoreError):
+            return ObjectStoreUnavailableError(self.where, str(error))
+        return error
+
+    @staticmethod
+    def new_blob_name() -> str:
+        """A fresh, never reused name for an upload's object (``blobs/<hex>``)."""
+        return BLOBS + secrets.token_hex(16)
+
+    def put(
+        self, name: str, data: bytes | IO[bytes] | Iterable[bytes], *, max_bytes: int | None = None
+    ) -> PutResult:
+        """Write an object, streamed (in parts past ``part_bytes``), hashing on the way.
+
+        Raises:
+            UploadTooLargeError: more than ``max_bytes`` arrived; nothing was kept.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(data, bytes):
+            chunks: Iterable[bytes] = (data,)
+        elif hasattr(data, "read"):
+            chunks = _file_chunks(data)  # type: ignore[arg-type]
+        else:
+            chunks = data
+        reader = _CountingReader(chunks, max_bytes)
+        try:
+            self._client.upload_fileobj(
+                io.BufferedReader(reader, _CHUNK),
+                self.location.bucket,
+                self.location.key(name),
+                Config=self._transfer,
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error) from error
+        return PutResult(name, reader.size, reader.sha256.hexdigest())
+
+    def get(self, name: str, start: int | None = None, end: int | None = None) -> ObjectStream:
+        """Open an object for streaming; ``start``/``end`` (inclusive) ask for a range.
+
+        Raises:
+            ObjectMissingError: no such object.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        extra = {}
+        if start is not None or end is not None:
+            extra["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
+        try:
+            answer = self._client.get_object(
+                Bucket=self.location.bucket, Key=self.location.key(name), **extra
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error, name) from error
+        length = int(answer["ContentLength"])
+        total = answer.get("ContentRange", "").rpartition("/")[2]
+        return ObjectStream(answer["Body"], int(total) if total.isdigit() else length, length)
+
+    def delete(self, *names: str) -> None:
+        """Delete objects (a missing one is no error: deletes are retried after crashes)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for start in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": self.location.key(name)} for name in names[start : start + 1000]]
+            try:
+                answer = self._client.delete_objects(
+                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except (BotoCoreError, ClientError) as error:
+                raise self._fail(error) from error
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise ObjectStoreUnavailableError(
+                    self.where, f"could not delete {first.get('Key')}: {first.get('Message')}"
+                )
+
+    def objects(self, under: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose name starts with ``under``, in key order."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self.location.key("")
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.location.bucket, Prefix=self.location.key(under)
+            ):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        item["Key"][len(base) :], int(item["Size"]), item["LastModified"]
+                    )
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error) from error
+
+    def orphans(self, referenced: set[str], *, older_than: timedelta) -> list[ObjectInfo]:
+        """Blobs that no row names and that are older than ``older_than`` (younger ones may
+        belong to an upload whose transaction has not committed yet)."""
+        cutoff = datetime.now(UTC) - older_than
+        return [
+            info
+            for info in self.objects(BLOBS)
+            if info.name not in referenced and info.last_modified < cutoff
+        ]
+
+    # --- the stamp ---------------------------------------------------------------------
+
+    def read_stamp(self) -> dict[str, Any] | None:
+        """The stamp object's content, or ``None`` where there is none."""
+        try:
+            with self.get(STAMP_NAME) as stream:
+                stamp: dict[str, Any] = json.loads(stream.read())
+        except ObjectMissingError:
+            return None
+        return stamp
+
+    def open(self, profile: str, *, protected: bool = False) -> dict[str, Any]:
+        """Check (or, on an empty prefix, write) the stamp for ``profile``.
+
+        Raises:
+            RemoteStampMismatchError: the prefix belongs to another profile.
+            UnstampedNotEmptyError: it holds objects and no stamp.
+            ObjectStoreUnavailableError: the bucket or the credentials cannot be used.
+        """
+        stamp = self.read_stamp()
+        if stamp is None:
+            foreign = [info.name for _, info in zip(range(6), self.objects(), strict=False)]
+            if foreign:
+                raise UnstampedNotEmptyError(
+                    profile, "blob_url", f"object prefix {self.where}", foreign
+                )
+            stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
+            if not self._create_stamp(stamp):
+                stamp = self.read_stamp() or {}  # another process stamped it first: that one
+        if stamp.get("profile") != profile:
+            raise RemoteStampMismatchError(
+                f"object prefix {self.where}", f"its object {STAMP_NAME}",
+                str(stamp.get("profile")), profile, protected=protected,
+            )  # fmt: skip
+        return stamp
+
+    def _create_stamp(self, stamp: dict[str, Any]) -> bool:
+        # If-None-Match: of two processes stamping an empty prefix at once, one wins and the
+        # other reads the winner's stamp, rather than both believing they own it.
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.put_object(
+                Bucket=self.location.bucket,
+                Key=self.location.key(STAMP_NAME),
+                Body=json.dumps(stamp).encode(),
+                IfNoneMatch="*",
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
+                return False
+            raise self._fail(error) from error
+        except BotoCoreError as error:
+            raise self._fail(error) from error
+        return True
+
+    def restamp(self, from_profile: str, profile: str) -> dict[str, Any]:
+        """Hand the prefix stamped ``from_profile`` to ``profile`` (under maintenance)."""
+        stamp = self.read_stamp()
+        if stamp is not None and stamp.get("profile") == profile:
+            return stamp
+        if stamp is None or stamp.get("profile") != from_profile:
+            raise RemoteStampMismatchError(
+                f"object prefix {self.where}", f"its object {STAMP_NAME}",
+                str((stamp or {}).get("profile")), profile,
+            )  # fmt: skip
+        new = {
+            "profile": profile,
+            "created": datetime.now(UTC).isoformat(),
+            "restamped_from": from_profile,
+        }
+        self.put(STAMP_NAME, json.dumps(new).encode())
+        return new

@@ -1,0 +1,558 @@
+"""PostgreSQL primitives of the remote backend: connections, the stamp, live replicas.
+
+The layers of the local data root, mapped onto one database (see the design's "Beyond one
+machine"):
+
+- **Stamp.** Table ``app_stamp`` holds one row: the profile and the schema version. The app's
+  tables are created, with the stamp, in one transaction on the first open of an empty
+  database; a database with other tables and no stamp is refused.
+- **Live holders.** Every replica holds, on a connection of its own and for its whole life, a
+  *shared* advisory lock on :data:`HOLDERS_LOCK`, and a row in ``app_holders`` saying who it
+  is. The row is live only while its backend holds the row's own advisory lock
+  (``ROW_LOCK_CLASS``, row id), as ``pg_locks`` shows: so a row left by a replica that was
+  SIGKILLed, or whose connection dropped, stops counting the moment PostgreSQL closes the
+  connection, and a backend pid reused by another connection cannot revive it.
+- **Maintenance** takes :data:`HOLDERS_LOCK` *exclusively*, with a try: refused while any
+  replica lives, naming each one.
+- **Audit.** ``app_audit`` is append-only (a trigger refuses UPDATE, DELETE and TRUNCATE);
+  callers append in the transaction of the change they record.
+
+psycopg 3: the maintained PostgreSQL driver, typed, with binary wheels (``psycopg[binary]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import select
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Self
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app.remote.errors import (
+    DatabaseUnavailableError,
+    HolderLostError,
+    MaintenanceRunningError,
+    RemoteStampMismatchError,
+    ReplicasLiveError,
+    SchemaTooNewError,
+    UnstampedNotEmptyError,
+)
+
+SCHEMA_VERSION = 1
+
+# Advisory locks in the two-int4 form, so they cannot collide with another application's
+# single-bigint keys; the class is derived from the app's name.
+LOCK_CLASS = zlib.crc32(b"app") & 0x7FFFFFFF
+HOLDERS_LOCK = (LOCK_CLASS, 1)
+_SCHEMA_LOCK = (LOCK_CLASS, 2)  # serialises two first opens of an empty database
+ROW_LOCK_CLASS = zlib.crc32(b"app:holder-row") & 0x7FFFFFFF
+
+# Half-open connections (a partitioned network) must end in bounded time, or a dead replica
+# would hold its lock: libpq's TCP keepalives and user timeout, unless the URL sets them.
+_CONNECT_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+    "connect_timeout": "10",
+}
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+_SCHEMA = """
+CREATE TABLE app_stamp (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    profile text NOT NULL,
+    schema_version integer NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(),
+    restamped_from text
+);
+CREATE TABLE app_holders (
+    id serial PRIMARY KEY,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    profile text NOT NULL,
+    since timestamptz NOT NULL DEFAULT now(),
+    url text,
+    backend_pid integer NOT NULL DEFAULT pg_backend_pid()
+);
+CREATE TABLE app_audit (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    profile text NOT NULL,
+    kind text NOT NULL,
+    operation text NOT NULL,
+    target text NOT NULL,
+    detail jsonb NOT NULL DEFAULT '{}',
+    host text NOT NULL,
+    pid integer NOT NULL
+);
+CREATE FUNCTION app_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'app_audit is append-only: % refused', TG_OP;
+END $$;
+CREATE TRIGGER app_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON app_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION app_audit_append_only();
+"""
+
+# A row is live while the backend it names holds both the shared lock and the row's own lock.
+# (Formatted from integer constants only.)
+_LIVE = f"""
+SELECT h.id, h.host, h.pid, h.profile, h.since, h.url, h.backend_pid FROM app_holders h
+WHERE EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid = h.backend_pid AND l.classid = {ROW_LOCK_CLASS} AND l.objid = h.id
+) AND EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid = h.backend_pid AND l.classid = {HOLDERS_LOCK[0]} AND l.objid = {HOLDERS_LOCK[1]}
+)
+ORDER BY h.since, h.id
+"""  # noqa: S608
+
+
+# --- addresses ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class DatabaseAddress:
+    """A database, normalised for distinctness checks: host, port, database name.
+
+    Loopback names and Unix-socket directories all become ``localhost``: on one machine they
+    usually reach the same server, and a false "same database" is a refusal that a setting
+    fixes, while a false "different" is the incident.
+    """
+
+    host: str
+    port: int
+    dbname: str
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+
+def _params(database_url: str) -> dict[str, Any]:
+    try:
+        return dict(conninfo_to_dict(database_url))
+    except psycopg.ProgrammingError as error:
+        raise DatabaseUnavailableError("(unparsable database_url)", str(error).strip()) from None
+
+
+def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
+    """The databases a URL may connect to (one per host it lists), normalised.
+
+    Unset parts take libpq's defaults, from ``PG*`` variables like libpq itself.
+    """
+    params = _params(database_url)
+    hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
+    ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+    host_list = hosts.split(",") if hosts else [""]
+    port_list = ports.split(",")
+    if len(port_list) == 1:
+        port_list *= len(host_list)
+    addresses = set()
+    for host, port in zip(host_list, port_list, strict=False):
+        name = host.strip().lower()
+        if not name or name.startswith("/") or name in _LOOPBACK:
+            name = "localhost"
+        addresses.add(DatabaseAddress(name, int(port or 5432), dbname))
+    return tuple(sorted(addresses))
+
+
+def same_database(first_url: str, second_url: str) -> bool:
+    """Whether two URLs may name one database (any normalised address in common)."""
+    return bool(set(database_addresses(first_url)) & set(database_addresses(second_url)))
+
+
+def mask_url(database_url: str) -> str:
+    """The URL as shown in messages: ``postgresql://user@host:port/dbname``, no password."""
+    params = _params(database_url)
+    user = f"{params['user']}@" if params.get("user") else ""
+    address = database_addresses(database_url)[0]
+    host = params.get("host") or address.host
+    return f"postgresql://{user}{host}:{address.port}/{address.dbname}"
+
+
+# --- connections -------------------------------------------------------------------------
+
+
+def connect(
+    database_url: str, *, purpose: str = "app", autocommit: bool = False
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``."""
+    params = _params(database_url)
+    extra = {key: value for key, value in _CONNECT_DEFAULTS.items() if key not in params}
+    name = f"{purpose} ({socket.gethostname()} pid {os.getpid()})"[:63]
+    extra.setdefault("application_name", params.get("application_name") or name)
+    try:
+        return psycopg.connect(make_conninfo(database_url, **extra), autocommit=autocommit)
+    except psycopg.OperationalError as error:
+        raise DatabaseUnavailableError(mask_url(database_url), _reason(error)) from None
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# --- the stamp and the schema -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What ``app_stamp`` says: which profile the database belongs to, and since when."""
+
+    profile: str
+    schema_version: int
+    created: datetime
+    restamped_from: str | None = None
+
+
+def _foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        """
+        SELECT n.nspname || '.' || c.relname FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+        ORDER BY 1
+        """
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
+    """The stamp, or ``None`` for a database the app never opened."""
+    if conn.execute("SELECT to_regclass('app_stamp')").fetchone() == (None,):
+        return None
+    row = conn.execute(
+        "SELECT profile, schema_version, created, restamped_from FROM app_stamp"
+    ).fetchone()
+    return Stamp(*row) if row else None
+
+
+def open_database(database_url: str, profile: str, *, protected: bool = False) -> Stamp:
+    """Check (or, on an empty database, create) the app's tables and stamp for ``profile``.
+
+    Two processes opening one empty database at once create it once: the check runs under a
+    transaction-level advisory lock.
+
+    Returns:
+        The stamp, which names ``profile``.
+
+    Raises:
+        RemoteStampMismatchError: the database belongs to another profile.
+        UnstampedNotEmptyError: it has tables of its own and no stamp.
+        SchemaTooNewError: a newer release of the app created it.
+        DatabaseUnavailableError: the server cannot be reached.
+    """
+    where = mask_url(database_url)
+    with connect(database_url, purpose="app open") as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
+        stamp = read_stamp(conn)
+        if stamp is None:
+            foreign = _foreign_tables(conn)
+            if foreign:
+                raise UnstampedNotEmptyError(profile, "database_url", f"database {where}", foreign)
+            conn.execute(_SCHEMA)
+            conn.execute(
+                "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
+                (profile, SCHEMA_VERSION),
+            )
+            audit(conn, profile, "open", "stamp", where, {"schema_version": SCHEMA_VERSION})
+            stamp = read_stamp(conn)
+            assert stamp is not None
+        if stamp.schema_version > SCHEMA_VERSION:
+            raise SchemaTooNewError(f"database {where}", stamp.schema_version, SCHEMA_VERSION)
+        if stamp.profile != profile:
+            raise RemoteStampMismatchError(
+                f"database {where}", "its table app_stamp", stamp.profile, profile,
+                protected=protected,
+            )  # fmt: skip
+        return stamp
+
+
+def audit(
+    conn: psycopg.Connection[Any],
+    profile: str,
+    kind: str,
+    operation: str,
+    target: str,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Append one record to ``app_audit``, in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO app_audit (profile, kind, operation, target, detail, host, pid)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            profile,
+            kind,
+            operation,
+            target,
+            Jsonb(dict(detail or {})),
+            socket.gethostname(),
+            os.getpid(),
+        ),
+    )
+
+
+# --- live replicas -----------------------------------------------------------------------
+
+
+def live_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every live replica's row: id, host, pid, profile, since, url, backend_pid."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return list(cursor.execute(_LIVE).fetchall())
+
+
+def clean_stale_holders(conn: psycopg.Connection[Any]) -> int:
+    """Delete rows whose replica is gone; returns how many."""
+    cursor = conn.execute(f"DELETE FROM app_holders WHERE id NOT IN (SELECT id FROM ({_LIVE}) l)")  # noqa: S608
+    return cursor.rowcount
+
+
+def _lock_holders(conn: psycopg.Connection[Any], mode: str) -> str:
+    # Who holds HOLDERS_LOCK in `mode` without a row: a maintenance command, named by the
+    # application_name that connect() gives it.
+    rows = conn.execute(
+        """
+        SELECT l.pid, coalesce(a.application_name, '') FROM pg_locks l
+        LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.mode = %s
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = %s AND l.objid = %s AND l.pid <> pg_backend_pid()
+        """,
+        (mode, *HOLDERS_LOCK),
+    ).fetchall()
+    named = [f"backend pid {pid}" + (f", {name}" if name else "") for pid, name in rows]
+    return "; ".join(named) or "a connection that has since gone"
+
+
+class Holder:
+    """A replica's hold on the database: shared lock + row, for the process's whole life.
+
+    ``start()`` refuses while maintenance holds the database. A thread watches the
+    connection: when it breaks (the server stopped, ``pg_terminate_backend``, keepalives
+    gave up), ``lost`` is set, :meth:`check` raises :class:`HolderLostError` from then on,
+    and ``on_lost`` is called once, from that thread, so that the server can stop.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        profile: str,
+        url: str | None = None,
+        *,
+        on_lost: Callable[[HolderLostError], None] | None = None,
+        ping_seconds: float = 1.0,
+    ) -> None:
+        self.database_url = database_url
+        self.where = mask_url(database_url)
+        self.profile = profile
+        self.url = url
+        self.on_lost = on_lost
+        self.ping_seconds = ping_seconds
+        self.row: dict[str, Any] = {}
+        self.error: HolderLostError | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection, and with it the hold, is gone."""
+        return self.error is not None
+
+    def start(self) -> Self:
+        conn = connect(self.database_url, purpose="app serve", autocommit=True)
+        try:
+            taken = conn.execute(
+                "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
+            ).fetchone()
+            if taken != (True,):
+                raise MaintenanceRunningError(self.where, _lock_holders(conn, "ExclusiveLock"))
+            with conn.transaction():
+                # The row and its lock commit together, so that no cleaner sees the row
+                # before its lock exists.
+                with conn.cursor(row_factory=dict_row) as cursor:
+                    row = cursor.execute(
+                        "INSERT INTO app_holders (host, pid, profile, url) VALUES (%s, %s, %s, %s)"
+                        " RETURNING id, host, pid, profile, since, url, backend_pid",
+                        (socket.gethostname(), os.getpid(), self.profile, self.url),
+                    ).fetchone()
+                assert row is not None
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (ROW_LOCK_CLASS, row["id"]))
+            clean_stale_holders(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.row, self._conn = row, conn
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._watch, name="app-holder-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            # Readable with no query in flight means the server spoke first (it terminated
+            # the backend, or shut down); the periodic ping catches a silent loss.
+            ready, _, _ = select.select([self._wake_r, conn.fileno()], [], [], self.ping_seconds)
+            if self._wake_r in ready:
+                return
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error as error:
+                self._lose(_reason(error))
+                return
+
+    def _lose(self, reason: str) -> None:
+        self.error = HolderLostError(self.where, reason)
+        if self.on_lost is not None:
+            self.on_lost(self.error)
+
+    def check(self) -> None:
+        """Raise :class:`HolderLostError` if the hold is gone (call before every write)."""
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Delete the row and end the connection (which releases both locks)."""
+        if self._thread is not None:
+            os.write(self._wake_w, b"x")
+            self._thread.join()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._thread = None
+        if self._conn is not None:
+            if not self.lost:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.execute("DELETE FROM app_holders WHERE id = %s", (self.row["id"],))
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- maintenance -------------------------------------------------------------------------
+
+
+class Maintenance:
+    """The database held exclusively, for a destructive command; see :func:`maintenance`."""
+
+    def __init__(self, conn: psycopg.Connection[Any], profile: str, where: str) -> None:
+        self.conn = conn
+        self.profile = profile
+        self.where = where
+
+    def audit(self, operation: str, target: str, detail: Mapping[str, Any] | None = None) -> None:
+        """Append a maintenance record (in the current transaction, if any)."""
+        audit(self.conn, self.profile, "maintenance", operation, target, detail)
+
+    def restamp(self, from_profile: str, *, protected: bool = False) -> Stamp:
+        """Hand the database stamped ``from_profile`` to this profile (audited)."""
+        with self.conn.transaction():
+            stamp = read_stamp(self.conn)
+            if stamp is None:
+                raise UnstampedNotEmptyError(
+                    self.profile, "database_url", f"database {self.where}", ["no app_stamp"]
+                )
+            if stamp.profile == self.profile:
+                return stamp  # a repeated command: nothing to do, nothing to audit
+            if stamp.profile != from_profile:
+                raise RemoteStampMismatchError(
+                    f"database {self.where}", "its table app_stamp", stamp.profile,
+                    self.profile, protected=protected,
+                )  # fmt: skip
+            self.conn.execute(
+                "UPDATE app_stamp SET profile = %s, restamped_from = %s",
+                (self.profile, from_profile),
+            )
+            self.audit("restamp", self.where, {"from": from_profile, "to": self.profile})
+            new = read_stamp(self.conn)
+        assert new is not None
+        return new
+
+
+@contextlib.contextmanager
+def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Maintenance]:
+    """Hold the database exclusively for ``wanted`` ("empty the trash"), or refuse at once.
+
+    Raises:
+        ReplicasLiveError: a replica (or another maintenance command) holds it (exit 75);
+            the message names every live replica.
+    """
+    where = mask_url(database_url)
+    with connect(database_url, purpose=f"app maintenance: {wanted}", autocommit=True) as conn:
+        taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
+        if taken != (True,):
+            replicas = live_holders(conn) if read_stamp(conn) is not None else []
+            others = "" if replicas else _lock_holders(conn, "ExclusiveLock")
+            raise ReplicasLiveError(wanted, where, replicas, others)
+        try:
+            clean_stale_holders(conn)
+            yield Maintenance(conn, profile, where)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", HOLDERS_LOCK)
+
+
+# --- per-run databases (the pytest plugin's) ----------------------------------------------
+
+
+def scratch_url(database_url: str, suffix: str) -> str:
+    """The URL of the database named like ``database_url``'s, plus ``suffix``, on the same
+    server: where one pytest run (or xdist worker) keeps its data."""
+    name = database_addresses(database_url)[0].dbname + suffix
+    return make_conninfo(database_url, dbname=name)
+
+
+def create_scratch_database(database_url: str, suffix: str) -> str:
+    """Create :func:`scratch_url`'s database (empty; the app stamps it on first open).
+
+    Returns:
+        Its URL.
+    """
+    url = scratch_url(database_url, suffix)
+    name = database_addresses(url)[0].dbname
+    # CREATE DATABASE runs outside a transaction, connected to another database of the server.
+    with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return url
+
+
+def drop_scratch_database(database_url: str, suffix: str) -> None:
+    """Drop the database that :func:`create_scratch_database` made for ``suffix``.
+
+    Only a name that ends with the suffix is ever dropped, so that no mistake in the caller
+    can turn this into a drop of the database a profile names.
+    """
+    name = database_addresses(scratch_url(database_url, suffix))[0].dbname
+    if not suffix or not name.endswith(suffix):
+        raise ValueError(f"refusing to drop {name!r}: not a scratch database ending in {suffix!r}")
+    with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

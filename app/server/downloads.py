@@ -1,0 +1,75 @@
+"""A download sent from the file the route opened, so that a delete in between cannot break it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+import anyio
+from fastapi.responses import FileResponse
+from starlette.datastructures import Headers
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
+
+from app.server.problems import ProblemResponse, problem
+
+
+class OpenFileResponse(FileResponse):
+    """A `FileResponse` that sends a file the route already opened, and closes it.
+
+    Starlette's `FileResponse` stats and opens its path only when it sends, after the route
+    returned: a file deleted (moved to the trash) in between made the download a 500. The
+    route opens the file instead (`Store.open_file`, which answers 404 for a file that is
+    gone); the open descriptor keeps its bytes whatever happens to the name afterwards.
+    Ranges work as in `FileResponse`, which reads through `_open_file` (a private method:
+    pyproject.toml bounds starlette's major release for that reason).
+    """
+
+    def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
+        self._file = file
+        super().__init__(file.name, stat_result=os.fstat(file.fileno()), **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # pathsend would hand the server the path to reopen: the very race this avoids.
+        extensions = dict(scope.get("extensions") or {})
+        extensions.pop("http.response.pathsend", None)
+        try:
+            refusal = self._refuse_range(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
+        finally:
+            self._file.close()
+
+    def _refuse_range(self, scope: Scope) -> ProblemResponse | None:
+        # FileResponse answers a Range it cannot serve in plain text; every error of this API
+        # is a problem document. The same conditions as FileResponse's, checked first.
+        headers = Headers(scope=scope)
+        wanted, if_range = headers.get("range"), headers.get("if-range")
+        if wanted is None or (if_range is not None and not self._should_use_range(if_range)):
+            return None
+        assert self.stat_result is not None  # given by __init__
+        size = self.stat_result.st_size
+        try:
+            self._parse_range_header(wanted, size)
+        except MalformedRangeHeader as error:
+            return problem(
+                400, "bad_request", f"malformed Range header {wanted!r}: {error.content}"
+            )
+        except RangeNotSatisfiable:
+            return problem(
+                416,
+                "range_not_satisfiable",
+                f"Range {wanted!r} is outside the file's {size} bytes; ask for bytes=0-{size - 1}"
+                " at most",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        self._file.seek(0)
+        yield anyio.wrap_file(self._file)  # closed by __call__, once, whatever was sent

@@ -1,0 +1,54 @@
+"""`create_app`: the FastAPI application over an open store, with its routes and bounds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import Depends, FastAPI
+
+from app import __version__
+from app.server.auth import require_token
+from app.server.limits import BoundRequestBodies, RefuseUndecodablePaths
+from app.server.openapi import add_api_docs, openapi
+from app.server.problems import add_error_handlers
+from app.server.routes_files import add_file_routes
+from app.server.routes_sessions import add_session_routes
+from app.server.uploads import UploadSlots
+from app.storage import Storage
+
+if TYPE_CHECKING:
+    from app.config import Config
+
+
+def create_app(store: Storage, config: Config) -> FastAPI:
+    """Build the FastAPI application over an open store.
+
+    Every route but ``GET /health`` (and the OpenAPI schema and docs) requires the bearer
+    token when ``config.api_token`` is set. Errors are RFC 9457 problem details
+    (``application/problem+json``) with a stable ``code`` and a ``message``.
+
+    Args:
+        store: the store on the data root this server holds.
+        config: the configuration (token, page size, upload limit, profile).
+
+    Returns:
+        The application; run it with uvicorn (see `serve`) or a test client.
+    """
+    app = FastAPI(
+        title="app",
+        version=__version__,
+        summary="Review sessions: metadata and uploaded files.",
+        docs_url=None,  # served by add_api_docs, without a CDN
+        redoc_url=None,  # ReDoc fetches its logo from cdn.redoc.ly even when self-hosted
+    )
+    auth = [Depends(require_token(config))]
+    add_api_docs(app)
+    add_error_handlers(app)
+    add_session_routes(app, store, config, auth)
+    add_file_routes(app, store, auth, UploadSlots(config.max_uploads_in_flight))
+    app.openapi = openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(RefuseUndecodablePaths)
+    app.add_middleware(
+        BoundRequestBodies, idle=config.request_idle_seconds, total=config.request_seconds
+    )
+    return app

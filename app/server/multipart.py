@@ -1,0 +1,201 @@
+"""The multipart body of ``POST /sessions/{id}/files``, parsed as a stream into an upload.
+
+python-multipart's low-level parser calls back for each piece; the ``file`` part's bytes go
+straight into the upload's `Pipeline`, and everything else is bounded and dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import AppError, BadRequestError, InvalidNameError, UploadTooLargeError
+from app.names import check_file_name
+from app.server.uploads import Pipeline
+from app.storage import Storage, Upload
+
+# Form fields other than `file` are ignored, but they still cost memory while parsed.
+_MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
+MULTIPART_OVERHEAD: Final = 2 * _MAX_OTHER_FIELD_BYTES
+"""How far a multipart body may exceed max_upload_bytes before its size alone refuses it.
+
+Boundaries and part headers are small, and other fields are capped.
+"""
+# RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
+_MAX_BOUNDARY_CHARS: Final = 70
+_QUOTED_FILENAME: Final = re.compile(rb'filename="((?:[^"\\\\]|\\\\.)*)"')
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    kind, params = parse_options_header(content_type)
+    found = params.get(b"boundary")
+    if kind != b"multipart/form-data" or not found:
+        raise BadRequestError(
+            f"expected a multipart/form-data body with a boundary, got Content-Type "
+            f"{content_type!r}; send the file in the form field 'file', or use "
+            "PUT /sessions/{id}/files/{name} with the raw bytes"
+        )
+    if len(found) > _MAX_BOUNDARY_CHARS:
+        raise BadRequestError(
+            f"the multipart boundary is {len(found)} characters long; RFC 2046 allows at most "
+            f"{_MAX_BOUNDARY_CHARS}. Let the HTTP client choose the boundary"
+        )
+    return found
+
+
+def _parse(step: Callable[..., object], *args: Any) -> object:
+    try:
+        return step(*args)
+    except (AppError, OSError):
+        raise  # from our callbacks: a bad name, a size over the limit, a full disk, ...
+    except Exception as error:  # python-multipart's own parse errors
+        raise BadRequestError(f"malformed multipart body: {error}") from None
+
+
+def _refuse_a_cut_path(disposition: bytes) -> None:
+    # python-multipart keeps only what follows the last backslash of "C:\\dir\\a" (an old
+    # browser's full path), so "C:\\x\\evil.txt" became "evil.txt" while "dir/evil.txt" was
+    # refused. A backslash is a path separator here too: refuse the name it was part of.
+    found = _QUOTED_FILENAME.search(disposition)
+    value = found.group(1).replace(b'\\"', b'"') if found else disposition
+    if b"\\" in value:
+        shown = value.replace(b"\\\\", b"\\").decode("utf-8", "backslashreplace")
+        raise InvalidNameError("file name", shown, "it contains a path separator")
+
+
+class MultipartSink:
+    """python-multipart callbacks that stream the ``file`` part into an `Upload`."""
+
+    def __init__(self, store: Storage, session_id: str) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.upload: Upload | None = None
+        self.pipeline: Pipeline | None = None
+        self._in_file = False  # the part being parsed is the field `file`
+        # A `file` part begins inside a parser callback, which cannot wait for a worker
+        # thread: its name waits here, and its first bytes in `_early`, until `consume`
+        # starts the upload off the event loop.
+        self._pending_name: str | None = None
+        self._early: list[memoryview] = []
+        self._other_bytes = 0
+        self._field = b""
+        self._value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._ended = False
+
+    async def consume(self, request: Request, boundary: bytes) -> None:
+        parser = _parse(
+            MultipartParser,
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
+        assert isinstance(parser, MultipartParser)
+        limit = self.store.max_upload_bytes
+        received = 0
+        async for chunk in request.stream():
+            if chunk:
+                # The same bound a Content-Length is held to (`refuse_declared_length`), for
+                # a chunked body: the parser skips junk around the parts without a limit.
+                received += len(chunk)
+                if received > limit + MULTIPART_OVERHEAD:
+                    raise UploadTooLargeError(limit, received)
+                _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                await self._begin_pending()
+                if self.pipeline is not None:
+                    await self.pipeline.flush_if_full()
+        _parse(parser.finalize)
+        await self._begin_pending()
+        if self.pipeline is not None:
+            await self.pipeline.drain()
+
+    async def _begin_pending(self) -> None:
+        if self._pending_name is None:
+            return
+        name, self._pending_name = self._pending_name, None
+        # Reads session.json and creates the temporary file: not on the event loop.
+        self.upload = await run_in_threadpool(self.store.begin_upload, self.session_id, name)
+        self.pipeline = Pipeline(self.upload)
+        early, self._early = self._early, []
+        for piece in early:
+            self.pipeline.queue(piece)
+
+    def finish(self) -> Upload:
+        if not self._ended:
+            raise BadRequestError("the multipart body ended before its closing boundary")
+        if self.upload is None:
+            raise BadRequestError("no form field 'file' with a filename in the multipart body")
+        return self.upload
+
+    async def settle(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.settle()
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            self.upload.abort()  # a no-op once committed
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+        if len(self._value) > _MAX_OTHER_FIELD_BYTES:
+            raise BadRequestError("a multipart part header is too long")
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
+        if disposition != b"form-data" or params.get(b"name") != b"file":
+            self._in_file = False
+            return
+        if self.upload is not None or self._pending_name is not None:
+            raise BadRequestError("more than one form field 'file'; upload one file per request")
+        raw = params.get(b"filename")
+        if not raw:
+            raise BadRequestError("the form field 'file' has no filename; name the file")
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidNameError("file name", repr(raw), "it is not valid UTF-8") from None
+        _refuse_a_cut_path(self._headers.get(b"content-disposition", b""))
+        check_file_name(name)
+        self._pending_name, self._in_file = name, True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            if self.pipeline is None:
+                self._early.append(memoryview(data)[start:end])
+            else:
+                self.pipeline.queue(memoryview(data)[start:end])
+            return
+        self._other_bytes += end - start
+        if self._other_bytes > _MAX_OTHER_FIELD_BYTES:
+            raise BadRequestError(
+                f"form fields other than 'file' are larger than {_MAX_OTHER_FIELD_BYTES} bytes"
+            )
+
+    def _part_end(self) -> None:
+        self._in_file = False
+
+    def _end(self) -> None:
+        self._ended = True

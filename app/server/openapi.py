@@ -1,0 +1,157 @@
+"""What the API says about itself: the OpenAPI document's shared parts, and the docs page.
+
+Every 4xx and 5xx answer is documented with one problem shape; the descriptions of each error
+status live here once, and each route names the statuses it may answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.server.models import Problem, SessionCreate, ValidationIssue, ValidationProblem
+from app.server.problems import PROBLEM_MEDIA_TYPE
+
+_ERRORS: Final = {
+    400: "Malformed id or name, or a malformed body (`invalid_name`, `bad_request`).",
+    401: "Missing or wrong bearer token (`unauthorized`).",
+    404: "No such session or file.",
+    409: (
+        "A file of that name exists (`file_exists`), or the session holds "
+        "`max_files_per_session` files already (`too_many_files`)."
+    ),
+    413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
+    415: "The body is not JSON (`unsupported_media_type`).",
+    416: "The `Range` is outside the file (`range_not_satisfiable`).",
+    422: "The request did not validate (`validation_error`, with `errors`).",
+    403: "A protected profile needs the confirmation (`confirmation_required`).",
+    503: (
+        "The data root cannot be written now: read-only (`storage_read_only`), or the server "
+        "lost its lock (`lock_lost`, it stops) or its directories changed (`data_root_changed`)."
+    ),
+    408: (
+        "The request's head or body stopped arriving for `request_idle_seconds`, or took "
+        "longer than `request_seconds` (`request_timeout`); the connection is closed."
+    ),
+    431: "The request line and headers exceed `max_header_bytes` (`header_too_large`).",
+    507: "The data root's filesystem is full (`storage_full`); nothing was changed.",
+}
+# What any write may answer besides its own errors: the storage said no.
+STORAGE: Final = (503, 507)
+# What the server answers on any route, before routing: the request's head was too slow or
+# too large (app.server.protocol).
+_EVERY_REQUEST: Final = (408, 431)
+_RETRY_AFTER: Final = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying (`too_many_uploads`, "
+        "`too_many_open_files`).",
+        "schema": {"type": "string"},
+    }
+}
+# Any route opens files, and may find the process out of descriptors.
+_OUT_OF_FILES: Final = (
+    "Or the server has as many files open as its limit allows (`too_many_open_files`, with "
+    "`Retry-After`)."
+)
+# The 503 of an upload route: the storage, or too many uploads in flight.
+BUSY: Final[dict[str, Any]] = {
+    "description": _ERRORS[503]
+    + " Or the server receives `max_uploads_in_flight` uploads already (`too_many_uploads`, "
+    "with `Retry-After`)."
+}
+LOCATION: Final = {"Location": {"description": "The new resource.", "schema": {"type": "string"}}}
+BINARY: Final = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": _ERRORS[status]} for status in statuses}
+
+
+def _links(parameters: dict[str, str], **operations: str) -> dict[str, Any]:
+    return {
+        link: {"operationId": operation, "parameters": parameters}
+        for link, operation in operations.items()
+    }
+
+
+SESSION_LINKS: Final = _links(
+    {"session_id": "$response.body#/id"},
+    GetSession="getSession",
+    ListFiles="listFiles",
+    UploadFile="uploadFile",
+    PutFile="putFile",
+    DeleteSession="deleteSession",
+)
+FILE_LINKS: Final = _links(
+    {"session_id": "$request.path.session_id", "name": "$response.body#/name"},
+    GetFile="getFile",
+    DeleteFile="deleteFile",
+)
+
+
+def openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document, with one error shape for every 4xx and 5xx answer."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        for model in (SessionCreate, Problem, ValidationIssue, ValidationProblem):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status in _EVERY_REQUEST:
+                    responses.setdefault(str(status), {"description": _ERRORS[status]})
+                busy = responses.setdefault("503", {"description": ""})
+                busy["description"] = f"{busy['description']} {_OUT_OF_FILES}".strip()
+                busy.setdefault("headers", {}).update(_RETRY_AFTER)
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        shape = "ValidationProblem" if status == "422" else "Problem"
+                        ref = {"$ref": f"#/components/schemas/{shape}"}
+                        response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": ref}}
+        app.openapi_schema = document
+        return document
+
+    return build
+
+
+_DOCS_ASSETS: Final = "/docs-assets"
+
+
+def add_api_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs``, with every asset served from here.
+
+    FastAPI's own page loads its script, style and favicon from a CDN, so it is blank
+    without internet. This is FastAPI's self-hosting recipe, with the files the
+    fastapi-offline package ships (a missing directory fails here, at start-up).
+    """
+    assets = StaticFiles(directory=str(files("fastapi_offline") / "static"))
+    app.mount(_DOCS_ASSETS, assets, name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png",
+        )

@@ -1,0 +1,171 @@
+"""Every error answer as an RFC 9457 problem document, with the app's ``code`` and ``message``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from http import HTTPStatus
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
+
+from app.errors import AppError, LockLostError, RequestTimeoutError, storage_error
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+
+_STATUS_CODES: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "validation_error",
+}
+# RFC 9110's phrases, fixed here: Python renamed 413 and 422 in 3.13.
+_TITLES: Final = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def title(status: int) -> str:
+    return _TITLES.get(status) or HTTPStatus(status).phrase
+
+
+def encodable(value: str) -> str:
+    # An unpaired surrogate (from a JSON "\ud800" escape) cannot be encoded as UTF-8; an error
+    # that quoted one made the error handler itself fail with a 500. Show it escaped.
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, dict):
+        return {encodable(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool | int | None) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return encodable(str(value))
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        # Never fails: whatever an error quotes is made encodable first.
+        return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False).encode()
+
+
+def problem(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    body: dict[str, Any] = {
+        "title": title(status),
+        "status": status,
+        "detail": message,
+        "code": code,
+        "message": message,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def problem_of(error: AppError, headers: dict[str, str] | None = None) -> ProblemResponse:
+    shown = error.to_dict()  # some errors say less over HTTP (no data-root path)
+    retry = getattr(error, "retry_after", None)
+    if retry is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry)}
+    return problem(error.http_status, shown["code"], shown["message"], headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette's 405 names the methods of the first route that matched the path only; the
+    # path may have several (GET and POST /sessions), and a client needs them all.
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(request: Request, error: AppError) -> ProblemResponse:
+        if isinstance(error, LockLostError):
+            # Refused at once, and the server stops now rather than at its next poll.
+            stop = getattr(request.app.state, "on_lock_lost", None)
+            if stop is not None:
+                stop(error.reason)
+        if isinstance(error, RequestTimeoutError):
+            # The rest of the body may still come: the connection cannot carry another request.
+            return problem_of(error, {"Connection": "close"})
+        return problem_of(error)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, error: OSError) -> ProblemResponse:
+        # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503,
+        # and never the path (OSError's message has it; /health hides it on purpose).
+        mapped = storage_error(error, f"{request.method} {request.url.path}")
+        if mapped is None:
+            raise error  # a 500 from the handler below, with the traceback in the log
+        log.warning("%s %s: %s", request.method, request.url.path, error)
+        return problem_of(mapped)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> ProblemResponse:
+        code = _STATUS_CODES.get(error.status_code, "http_error")
+        message = str(error.detail)
+        headers = dict(error.headers or {})
+        # The router's own answers name neither the route nor where to look.
+        if error.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path}; GET /docs lists the API"
+        elif error.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; allowed: "
+                f"{headers['Allow']}. GET /docs lists the API"
+            )
+        return problem(error.status_code, code, message, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> ProblemResponse:
+        issues = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            for e in error.errors()
+        ]
+        problems = "; ".join(f"{'.'.join(str(p) for p in i['loc'])}: {i['msg']}" for i in issues)
+        return problem(422, "validation_error", f"invalid request: {problems}", errors=issues)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(request: Request, error: ClientDisconnect) -> ProblemResponse:
+        return problem(400, "client_disconnected", "the client closed the connection mid-request")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> ProblemResponse:
+        # Starlette re-raises after this answer, and uvicorn logs the traceback, then closes
+        # the connection: say so, or the client's next request meets a reset socket.
+        return problem(
+            500,
+            "internal_error",
+            "internal server error; the server log has details",
+            headers={"Connection": "close"},
+        )

