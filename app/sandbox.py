@@ -380,7 +380,7 @@ def why_no_plugin() -> str:
     """Why the app's pytest plugin is not running here, and what to do about it."""
     from importlib.metadata import entry_points
 
-    registered = any(ep.value == "app.testing" for ep in entry_points(group="pytest11"))
+    registered = any(ep.value == "app.testing.plugin" for ep in entry_points(group="pytest11"))
     if not registered:
         where = Path(__file__).resolve().parent
         return (
@@ -388,7 +388,7 @@ def why_no_plugin() -> str:
             "but not installed in this Python environment; install it (`pip install -e .`)"
         )
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing`, or unset it"
+        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing.plugin`, or unset it"
     return "the plugin was disabled (`-p no:app`); run without that option"
 
 
@@ -547,8 +547,8 @@ def check_root(path: Path, what: str, run: Run | None = None) -> None:
             f"{what} {resolved}, which lies outside the test sandbox (this process belongs "
             f"to the test run through {run.recognised_by})",
             sandbox,
-            "Tests may only touch data under the sandbox: use the app_config, store or "
-            "live_server fixtures, or a path under tmp_path",
+            "Tests may only touch data under the sandbox: use the app_config, app_store or "
+            "app_live_server fixtures, or a path under tmp_path",
         )
     if not run.protected:
         return
