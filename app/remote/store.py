@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Self, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Self, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -691,7 +691,7 @@ class RemoteStore:
     def _entry(
         self,
         name: str,
-        kind: str,
+        kind: Literal["session", "file"],
         session_id: str,
         file: str | None,
         deleted_at: datetime,
@@ -861,7 +861,7 @@ class RemoteStore:
         return [
             self._entry(
                 r["trash_name"],
-                r["kind"],
+                "session" if r["kind"] == "session" else "file",
                 r["session_id"],
                 r["file"],
                 r["deleted_at"].astimezone(UTC),
