@@ -108,6 +108,15 @@ def test_sessions_have_the_local_backends_shape(store: RemoteStore) -> None:
         store.get_session("../etc")
     with pytest.raises(BadRequestError, match="limit is 1000"):
         store.create_session("x" * 1001)
+    # Kept as sent, like session.json: key order, U+0000 in a string (jsonb would not).
+    odd = store.create_session("", {"zeta": 1, "alpha": "a\u0000b", "mid": [1.5]})
+    assert list(store.get_session(odd["id"])["metadata"].items()) == [
+        ("zeta", 1),
+        ("alpha", "a\u0000b"),
+        ("mid", [1.5]),
+    ]
+    with pytest.raises(BadRequestError, match="U\\+0000"):
+        store.create_session("a\u0000b")
     with pytest.raises(BadRequestError, match="JSON object"):
         store.create_session("", [1])  # type: ignore[arg-type]
 
@@ -207,7 +216,10 @@ def test_a_session_made_by_one_replica_is_listed_read_and_deleted_by_the_other(
     first.put_file(created["id"], "notes.txt", b"hello")
     assert [s["id"] for s in second.list_sessions().items] == [created["id"]]
     assert _read(second, created["id"], "notes.txt") == b"hello"
+    reading, _ = first.open_file(created["id"], "notes.txt")
     second.delete_session(created["id"])
+    with reading:  # a download in flight finishes: the object stays until empty-trash
+        assert reading.read() == b"hello"
     with pytest.raises(SessionNotFoundError):
         first.get_session(created["id"])
     assert first.list_sessions().items == []
@@ -468,6 +480,9 @@ def test_a_replica_that_lost_its_connection_refuses_writes(
     with _replica(s3_engine, opened, holder=holder) as store:
         session_id = store.create_session()["id"]
         store.put_file(session_id, "a", b"a")
+        store.publish(url="http://10.0.0.7:8000")
+        with psycopg.connect(database_url) as conn:
+            assert [h["url"] for h in pg.live_holders(conn)] == ["http://10.0.0.7:8000"]
         reasons: list[str] = []
         noticed = threading.Event()
 

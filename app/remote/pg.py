@@ -104,7 +104,7 @@ CREATE TABLE app_audit (
 CREATE TABLE app_sessions (
     id text PRIMARY KEY CHECK (id ~ '^[0-9a-f]{32}$'),
     title text NOT NULL,
-    metadata jsonb NOT NULL DEFAULT '{}',
+    metadata json NOT NULL DEFAULT '{}',  -- json, not jsonb: kept as sent (key order, U+0000)
     created_at timestamptz NOT NULL,
     updated_at timestamptz NOT NULL,
     deleted_at timestamptz,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Self, cast
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 
 from app.check import CheckReport, Finding
 from app.errors import (
@@ -136,8 +136,9 @@ class ObjectFile(io.RawIOBase):
     """A file's object, readable and seekable, fetched with ranged GETs as it is read.
 
     It has no ``fileno``: the server's download sends it as a stream (honouring ``Range``).
-    A seek closes the stream in flight; the next read opens one from the new position.
-    ``size`` and ``mtime`` come from the file's row.
+    A seek only moves the position; a read from anywhere but where the open stream stands
+    closes it and opens one from there (so seeking to the end for the size and back costs
+    no request). ``size`` and ``mtime`` come from the file's row.
     """
 
     def __init__(self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str) -> None:
@@ -148,6 +149,7 @@ class ObjectFile(io.RawIOBase):
         self.mtime = mtime
         self.name = name
         self._position = 0
+        self._at = 0  # where the open stream stands
         self._stream: ObjectStream | None = None
         self._chunks: Iterator[bytes] | None = None
         self._pending = memoryview(b"")
@@ -157,6 +159,7 @@ class ObjectFile(io.RawIOBase):
         self._stream = self._objects.get(self._blob, start=start or None)
         self._chunks = iter(self._stream)
         self._pending = memoryview(b"")
+        self._at = start
 
     def _drop(self) -> None:
         if self._stream is not None:
@@ -174,17 +177,16 @@ class ObjectFile(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self.size}[whence]
-        position = max(0, base + offset)
-        if position != self._position:
-            self._drop()
-            self._position = position
-        return position
+        self._position = max(0, base + offset)
+        return self._position
 
     def readinto(self, buffer: Any) -> int:
         # Fills the whole buffer unless the object ends: the server's sender takes a short
         # read for the end of the file.
         view = memoryview(buffer).cast("B")
         filled = 0
+        if self._chunks is not None and self._at != self._position:
+            self._drop()
         while filled < len(view) and self._position < self.size:
             if not self._pending:
                 if self._chunks is None:
@@ -199,6 +201,7 @@ class ObjectFile(io.RawIOBase):
             self._pending = self._pending[count:]
             filled += count
             self._position += count
+            self._at += count
         return filled
 
     def close(self) -> None:
@@ -535,6 +538,9 @@ class RemoteStore:
         """Create a session (one committed row) and return it."""
         if not isinstance(title, str):
             raise BadRequestError("title must be a string")
+        if "\x00" in title:
+            # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
+            raise BadRequestError("title must not contain the character U+0000 (NUL)")
         if len(title) > MAX_TITLE_CHARS:
             raise BadRequestError(
                 f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
@@ -556,7 +562,7 @@ class RemoteStore:
             conn.execute(
                 "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s)",
-                (session_id, title, Jsonb(metadata), moment, moment),
+                (session_id, title, Json(metadata), moment, moment),
             )
         when = moment.isoformat(timespec="microseconds")
         return _session(
