@@ -7,9 +7,9 @@ and objects (see the design's "Beyond one machine"):
   :func:`app.remote.pg.open_database`) say which sessions and files exist; an object is
   reachable only through a row that names it.
 * **A file appears in one transaction.** An upload streams straight to a fresh, immutable
-  object (``blobs/<hex>``, :meth:`ObjectStore.put`); the row that names it is inserted in one
-  transaction at :meth:`RemoteUpload.commit`. A replace switches in the same transaction: the
-  old row goes to the trash state and the new one becomes the live row. An upload that never
+  object (:mod:`app.remote.transfer`); the row that names it is inserted in one transaction
+  when the upload commits. A replace switches in that same transaction: the old row goes to
+  the trash state and the new one becomes the live row. An upload that never
   commits leaves an object no row names, which :meth:`RemoteStore.check` finds and removes.
 * **Several replicas.** Every change to a session's files first locks the session's row
   (``SELECT ... FOR NO KEY UPDATE``), so that two replicas serialise on it in the database,
@@ -17,7 +17,8 @@ and objects (see the design's "Beyond one machine"):
   calls, so what one replica commits the next read of any other sees.
 * **Soft deletes, audited.** Deleting a session or a file sets its row's trash state; the
   objects stay until :meth:`RemoteStore.empty_trash` deletes the rows (and then the
-  objects). Every destructive operation appends to ``app_audit`` in its own transaction.
+  objects). Every destructive operation appends to ``app_audit`` in the transaction of the
+  change, so the record and the change commit together.
 * **Held.** Given a :class:`~app.remote.pg.Holder` (a server replica's), every write first
   checks that it is live, so a replica that lost its connection refuses writes at once.
 
@@ -30,11 +31,8 @@ broken connection per thread.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
-import os
-import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -54,12 +52,12 @@ from app.errors import (
     FileNotFoundInSessionError,
     SessionNotFoundError,
     TooManyFilesError,
-    UploadTooLargeError,
 )
 from app.names import check_file_name
 from app.remote import pg
 from app.remote.errors import DatabaseUnavailableError, HolderLostError
-from app.remote.objects import BLOBS, ObjectStore, ObjectStream, PutResult
+from app.remote.objects import BLOBS, ObjectStore, PutResult
+from app.remote.transfer import ObjectFile, RemoteUpload
 from app.store import (
     MAX_METADATA_BYTES,
     MAX_TITLE_CHARS,
@@ -72,7 +70,7 @@ from app.store import (
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-__all__ = ["ObjectFile", "RemoteStore", "RemoteUpload"]
+__all__ = ["RemoteStore"]
 
 log = logging.getLogger("app.remote.store")
 
@@ -127,225 +125,6 @@ def _session(row: dict[str, Any]) -> dict[str, Any]:
 
 def _reason(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-# --- reading a file ---------------------------------------------------------------------------
-
-
-class ObjectFile(io.RawIOBase):
-    """A file's object, readable and seekable, fetched with ranged GETs as it is read.
-
-    It has no ``fileno``: the server's download sends it as a stream (honouring ``Range``).
-    A seek only moves the position; a read from anywhere but where the open stream stands
-    closes it and opens one from there (so seeking to the end for the size and back costs
-    no request). ``size`` and ``mtime`` come from the file's row.
-    """
-
-    def __init__(self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str) -> None:
-        super().__init__()
-        self._objects = objects
-        self._blob = blob
-        self.size = size
-        self.mtime = mtime
-        self.name = name
-        self._position = 0
-        self._at = 0  # where the open stream stands
-        self._stream: ObjectStream | None = None
-        self._chunks: Iterator[bytes] | None = None
-        self._pending = memoryview(b"")
-
-    def _open(self, start: int) -> None:
-        # No Range for the start: an empty object has no byte 0 to ask for (416).
-        self._stream = self._objects.get(self._blob, start=start or None)
-        self._chunks = iter(self._stream)
-        self._pending = memoryview(b"")
-        self._at = start
-
-    def _drop(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._stream, self._chunks, self._pending = None, None, memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self.size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        # Fills the whole buffer unless the object ends: the server's sender takes a short
-        # read for the end of the file.
-        view = memoryview(buffer).cast("B")
-        filled = 0
-        if self._chunks is not None and self._at != self._position:
-            self._drop()
-        while filled < len(view) and self._position < self.size:
-            if not self._pending:
-                if self._chunks is None:
-                    self._open(self._position)
-                assert self._chunks is not None
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._pending = memoryview(chunk)
-            count = min(len(view) - filled, len(self._pending))
-            view[filled : filled + count] = self._pending[:count]
-            self._pending = self._pending[count:]
-            filled += count
-            self._position += count
-            self._at += count
-        return filled
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
-
-
-# --- uploads ----------------------------------------------------------------------------------
-
-
-class RemoteUpload:
-    """A file being streamed into a session; create it with :meth:`RemoteStore.begin_upload`.
-
-    The bytes go to a new object as they arrive (a thread runs :meth:`ObjectStore.put` over
-    a bounded queue, so memory stays bounded and the object store sees one streamed write);
-    the row naming the object is written by :meth:`commit`, in one transaction. Used as a
-    context manager, an upload not committed by the end of the block is aborted.
-    """
-
-    def __init__(self, store: RemoteStore, session_id: str, name: str, *, replace: bool) -> None:
-        self.store = store
-        self.session_id = session_id
-        self.name = name
-        self.replace = replace
-        self.limit = store.max_upload_bytes
-        self.received = 0
-        self.replaced = False
-        """After :meth:`commit`: whether it replaced a file (whose row went to the trash)."""
-        self.blob = store.objects.new_blob_name()
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_FEED_DEPTH)
-        self._result: PutResult | None = None
-        self._error: BaseException | None = None
-        self._done = False
-        self._thread = threading.Thread(target=self._put, name="app-upload", daemon=True)
-        self._thread.start()
-
-    def _chunks(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def _put(self) -> None:
-        try:
-            self._result = self.store.objects.put(self.blob, self._chunks())
-        except BaseException as error:  # handed to the writer, which raises it
-            self._error = error
-
-    def _feed(self, item: bytes | BaseException | None) -> None:
-        while True:
-            if self._error is not None or not self._thread.is_alive():
-                break  # the writer has stopped reading: nothing more to hand it
-            with contextlib.suppress(queue.Full):
-                self._queue.put(item, timeout=0.2)
-                return
-        if self._error is not None and not isinstance(item, BaseException):
-            error = self._error
-            self.abort()
-            raise error
-
-    def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Send ``chunk`` on to the object.
-
-        Raises:
-            UploadTooLargeError: the upload went over ``max_upload_bytes`` (it is aborted).
-        """
-        if self._done:
-            msg = f"upload of {self.name!r} is already finished"
-            raise RuntimeError(msg)
-        self.received += len(chunk)
-        if self.received > self.limit:
-            received = self.received
-            self.abort()
-            raise UploadTooLargeError(self.limit, received)
-        if chunk:
-            self._feed(bytes(chunk))
-
-    def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-        """Send every chunk in order (see :meth:`write`)."""
-        for chunk in chunks:
-            self.write(chunk)
-
-    def commit(self) -> dict[str, Any]:
-        """Finish the object, then record it in one transaction.
-
-        Returns:
-            The file's entry: ``name``, ``size``, ``sha256``, ``uploaded_at``.
-
-        Raises:
-            SessionNotFoundError: the session was deleted meanwhile.
-            FileExistsInSessionError: the name exists and ``replace`` was not asked for.
-            TooManyFilesError: the session filled up meanwhile.
-            HolderLostError: this replica lost its hold on the database.
-        """
-        if self._done:
-            msg = f"upload of {self.name!r} is already finished"
-            raise RuntimeError(msg)
-        try:
-            self._feed(None)
-            self._thread.join()
-            if self._error is not None:
-                raise self._error
-            assert self._result is not None
-            entry = self.store._record_upload(self, self._result)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        return entry
-
-    def abort(self) -> None:
-        """Forget the upload and delete its object, if it got that far. Idempotent."""
-        if self._done:
-            return
-        self._done = True
-        if self._thread.is_alive():
-            self._feed(RuntimeError(f"upload of {self.name!r} aborted"))
-            self._thread.join()
-        if self._result is not None:
-            # Never recorded, so nobody can see it; if this delete fails, `check` removes it.
-            try:
-                self.store.objects.delete(self.blob)
-            except Exception as error:
-                log.warning("could not delete the aborted upload's object %s: %s", self.blob, error)
-
-    @property
-    def finished(self) -> bool:
-        """Whether the upload was committed or aborted."""
-        return self._done
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._done:
-            self.abort()
 
 
 class _Watch:
@@ -772,7 +551,14 @@ class RemoteStore:
             raise FileExistsInSessionError(session_id, name)
         if not row["taken"] and row["live"] >= self.max_files:
             raise TooManyFilesError(session_id, self.max_files)
-        return RemoteUpload(self, session_id, name, replace=replace)
+        return RemoteUpload(
+            self.objects,
+            self._record_upload,
+            session_id,
+            name,
+            replace=replace,
+            limit=self.max_upload_bytes,
+        )
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
