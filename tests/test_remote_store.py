@@ -6,6 +6,7 @@ nothing is shared between them but the engines.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -33,7 +34,12 @@ from app.errors import (
     UploadTooLargeError,
 )
 from app.remote import pg
-from app.remote.errors import HolderLostError, ObjectMissingError
+from app.remote.errors import (
+    HolderLostError,
+    MaintenanceRunningError,
+    ObjectMissingError,
+    ReplicasLiveError,
+)
 from app.remote.objects import BLOBS, ObjectStore
 from app.remote.store import RemoteStore
 from app.server.downloads import OpenFileResponse
@@ -508,6 +514,32 @@ def test_a_replica_that_lost_its_connection_refuses_writes(
         watch.stop()
         assert reasons and "terminat" in reasons[0]
         assert isinstance(store.lost_error("gone"), HolderLostError)
+
+
+def test_maintenance_empties_the_trash_only_once_no_replica_lives(
+    s3_engine: S3Engine, opened: tuple[str, str]
+) -> None:
+    database_url = opened[0]
+    with _replica(s3_engine, opened, holder=pg.Holder(database_url, PROFILE).start()) as replica:
+        session_id = replica.create_session()["id"]
+        replica.put_file(session_id, "a", b"a")
+        replica.delete_session(session_id)
+        with (
+            pytest.raises(ReplicasLiveError, match="1 live replica"),
+            pg.maintenance(database_url, PROFILE, "empty the trash"),
+        ):
+            pass
+    hold = contextlib.ExitStack()
+    hold.enter_context(pg.maintenance(database_url, PROFILE, "empty the trash"))
+    with _replica(s3_engine, opened, kind="maintenance", on_close=hold.close) as maintenance:
+        with pytest.raises(MaintenanceRunningError):
+            pg.Holder(database_url, PROFILE).start()
+        assert [e.session_id for e in maintenance.empty_trash()] == [session_id]
+        assert _blobs(maintenance) == set()
+    pg.Holder(database_url, PROFILE).start().close()  # closing the store ended the hold
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT kind FROM app_audit WHERE operation = 'empty-trash'").fetchone()
+    assert row == ("maintenance",)
 
 
 # --- downloads ---------------------------------------------------------------------------------

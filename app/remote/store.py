@@ -169,6 +169,8 @@ class RemoteStore:
         orphan_grace: how old an object without a row must be before :meth:`check` calls it
             an orphan (younger ones may belong to an upload about to commit).
         pool_size: the most connections this process opens.
+        on_close: called last by :meth:`close` (a maintenance command's exclusive hold,
+            :func:`app.remote.pg.maintenance`, ends there).
     """
 
     def __init__(
@@ -183,6 +185,7 @@ class RemoteStore:
         max_files_per_session: int = 10_000,
         orphan_grace: timedelta = timedelta(hours=1),
         pool_size: int = 8,
+        on_close: Callable[[], object] | None = None,
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -195,6 +198,7 @@ class RemoteStore:
         self.max_upload_bytes = max_upload_bytes
         self.max_files = max_files_per_session
         self.orphan_grace = orphan_grace
+        self._on_close = on_close
         self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
             min_size=1,
@@ -293,10 +297,14 @@ class RemoteStore:
         return HolderLostError(self.where, reason)
 
     def close(self) -> None:
-        """Close the pool, and the holder (which releases this replica's hold)."""
-        self._pool.close()
-        if self.holder is not None:
-            self.holder.close()
+        """Close the pool, then the holder (which releases this replica's hold)."""
+        try:
+            self._pool.close()
+        finally:
+            if self.holder is not None:
+                self.holder.close()
+            if self._on_close is not None:
+                self._on_close()
 
     def __enter__(self) -> Self:
         return self
