@@ -518,6 +518,21 @@ def test_a_replica_that_lost_its_connection_refuses_writes(
         assert isinstance(store.lost_error("gone"), HolderLostError)
 
 
+def test_a_write_commits_only_while_the_holders_lock_is_held_in_the_database(
+    s3_engine: S3Engine, opened: tuple[str, str]
+) -> None:
+    database_url = opened[0]
+    holder = pg.Holder(database_url, PROFILE).start()
+    with _replica(s3_engine, opened, holder=holder) as store:
+        store.create_session()
+        # What the database says, before this process has noticed anything: the row's lock
+        # is not held by the backend the row names.
+        holder.row = {**holder.row, "id": holder.row["id"] + 1000}
+        with pytest.raises(HolderLostError, match="no longer holds its lock"):
+            store.create_session("never")
+        assert [s["title"] for s in store.list_sessions().items] == [""]
+
+
 def test_maintenance_empties_the_trash_only_once_no_replica_lives(
     s3_engine: S3Engine, opened: tuple[str, str]
 ) -> None:

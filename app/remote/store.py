@@ -76,7 +76,6 @@ log = logging.getLogger("app.remote.store")
 
 _TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 _ITER_BATCH: Final = 500
-_FEED_DEPTH: Final = 16  # chunks an upload may queue ahead of the object store
 
 
 def _utc(column: str) -> str:
@@ -232,6 +231,23 @@ class RemoteStore:
         self.ensure_held()
         with self._conn() as conn, conn.transaction():
             yield conn
+            self._still_held(conn)
+
+    def _still_held(self, conn: psycopg.Connection[Any]) -> None:
+        # Again at the commit point, and in the database rather than in this process: the
+        # holder's watch notices a lost connection within a ping, and a change must not
+        # commit in that window, when maintenance may already hold the database.
+        if self.holder is None or not self.holder.row:
+            return
+        held = conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+            " AND pid = %s AND classid = %s AND objid = %s",
+            (self.holder.row["backend_pid"], pg.ROW_LOCK_CLASS, self.holder.row["id"]),
+        ).fetchone()
+        if held is None:
+            raise HolderLostError(
+                self.where, f"backend {self.holder.row['backend_pid']} no longer holds its lock"
+            )
 
     def _audit(
         self, conn: psycopg.Connection[Any], operation: str, target: str, **details: Any
