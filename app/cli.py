@@ -142,7 +142,7 @@ def _profile_table(report: appconfig.Report, names: list[str]) -> list[str]:
         for name in names:
             resolved = report.profiles[name]
             value = resolved.values.get(key)
-            shown = appconfig.mask(value) if spec.secret else str(value)
+            shown = str(spec.show(value))
             row.append(f"{shown}  ({resolved.sources.get(key, 'invalid')})")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(names) + 1)]
@@ -173,7 +173,8 @@ def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
         payload = {
             "profile": config.profile,
             "profile_source": config.profile_source,
-            "data_root": str(config.data_root),
+            "backend": config.backend,
+            "data_root": str(config.data_root) if config.data_root else None,
             "settings_dir": str(config.settings_dir),
             "values": values,
             "sources": dict(config.sources),
@@ -200,12 +201,7 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
             "profiles": {
                 name: {
                     "data_root": str(r.data_root) if r.data_root else None,
-                    "values": {
-                        k: appconfig.mask(v)
-                        if appconfig.KEYS[k].secret
-                        else (str(v) if k == "data_root" else v)
-                        for k, v in r.values.items()
-                    },
+                    "values": {k: appconfig.KEYS[k].show(v) for k, v in r.values.items()},
                     "sources": dict(r.sources),
                 }
                 for name, r in report.profiles.items()
@@ -241,7 +237,7 @@ def doctor(ctx: click.Context) -> None:
         click.echo(f"  read {path}")
     for name, resolved in report.profiles.items():
         mark = " (selected)" if name == report.selected else ""
-        click.echo(f"profile {name}{mark}: data_root = {resolved.data_root}")
+        click.echo(f"profile {name}{mark}: {_storage_line(resolved)}")
     if failing:
         click.echo(f"{len(failing)} problem(s):", err=True)
         for problem in failing:
@@ -265,6 +261,18 @@ def doctor(ctx: click.Context) -> None:
         click.echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
     if failing:
         sys.exit(failing[0].exit_code)
+
+
+def _storage_line(resolved: appconfig.Resolved) -> str:
+    """Where a profile keeps its data, as `app doctor` lists it (no password, no key)."""
+    values = resolved.values
+    if values.get("database_url") is not None or values.get("blob_url") is not None:
+        database = appconfig.KEYS["database_url"].show(values.get("database_url"))
+        return (
+            f"database_url = {database}, blob_url = {values.get('blob_url')} "
+            f"at {values.get('s3_endpoint_url')}"
+        )
+    return f"data_root = {resolved.data_root}"
 
 
 def _problems_where_served(report: appconfig.Report) -> dict[str, list[ConfigError]]:

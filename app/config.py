@@ -30,24 +30,29 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from app import config_files
 from app import sandbox as sandboxing
 from app.config_files import Files, Unresolved
 from app.errors import (
+    AppError,
     ConfigError,
     ConfigProblems,
     DataRootOverlapError,
     DynaconfSwitchError,
     InvalidSettingError,
+    RemoteBackendError,
     SandboxViolationError,
     UnknownProfileError,
 )
+from app.remote.errors import ResourceOverlapError
 
 PROFILE_ENV = "ENV_FOR_DYNACONF"
 # Imported from here by the pytest plugin, the CLI and the tests; they live where they are used.
@@ -107,6 +112,77 @@ def _token(value: Any) -> str | None:
     return None if value is None else _non_empty_str(value)
 
 
+def _database_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = _non_empty_str(value)
+    if problem is not None:
+        return problem
+    # Imported only when a profile names a database: psycopg's import is not free, and a
+    # local profile never pays it.
+    from app.remote.pg import database_addresses
+
+    try:
+        database_addresses(value)
+    except AppError:
+        # Not psycopg's own words: they may quote the part of the string that holds the
+        # password.
+        return (
+            "is neither a PostgreSQL URL (postgresql://user@host:port/dbname) nor a "
+            "key=value connection string"
+        )
+    return None
+
+
+def _blob_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = _non_empty_str(value)
+    if problem is not None:
+        return problem
+    from app.remote.objects import parse_blob_url
+
+    try:
+        parse_blob_url(value)
+    except InvalidSettingError as error:
+        return error.problem
+    return None
+
+
+def _endpoint_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = _non_empty_str(value)
+    if problem is not None:
+        return problem
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL of the S3 server (https://s3.example.com)"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
+            ".secrets.toml or APP_S3_ACCESS_KEY_ID / APP_S3_SECRET_ACCESS_KEY instead"
+        )
+    return None
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*:)[^/@]*@")
+_PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_database_url(value: Any) -> Any:
+    """How a ``database_url`` is shown: without its password (`app.remote.pg.mask_url`),
+    or, when it cannot be parsed, with anything that looks like a password starred."""
+    if not isinstance(value, str):
+        return value
+    try:
+        from app.remote.pg import mask_url
+
+        return mask_url(value)
+    except (AppError, ValueError):
+        return _PASSWORD_PAIR.sub(r"\1******", _PASSWORD_IN_URL.sub(r"\1******@", value))
+
+
 # --- the schema -------------------------------------------------------------------------
 
 _SETTING = "app.setting"
@@ -120,6 +196,7 @@ class _Setting(NamedTuple):
     doc: str
     secret: bool
     normalise: Callable[[Any], Any] | None
+    display: Callable[[Any], Any] | None
 
 
 def setting(
@@ -129,11 +206,14 @@ def setting(
     *,
     secret: bool = False,
     normalise: Callable[[Any], Any] | None = None,
+    display: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Declare a field of `Config` as a configuration key (the default is the key's, not the
-    field's: `load` always passes every field)."""
+    field's: `load` always passes every field). `display` shows a value that is partly
+    secret (a URL's password); `secret` masks all of it."""
     return field(
-        repr=not secret, metadata={_SETTING: _Setting(check, default, doc, secret, normalise)}
+        repr=not secret and display is None,
+        metadata={_SETTING: _Setting(check, default, doc, secret, normalise, display)},
     )
 
 
@@ -150,7 +230,10 @@ class Config:
         roots: every known profile's data root (the files' values for the other profiles).
         protected_profiles: every known profile whose data needs a confirmation to remove
             (production always); a root stamped with one of them too.
-        data_root: the absolute, symlink-resolved data root of this profile.
+        data_root: the absolute, symlink-resolved data root of this profile, or None when
+            it uses PostgreSQL and object storage (`backend`).
+        database_url: the profile's PostgreSQL database (the remote backend), or None.
+        blob_url: ``s3://bucket/prefix``, where the profile's files live (remote), or None.
         protected: removing data needs an explicit confirmation; always True on production.
         sandbox: the pytest sandbox this configuration was confined to, if any.
         warnings: things worth saying that do not stop the app (unknown ``APP_*`` variables).
@@ -162,7 +245,27 @@ class Config:
     sources: Mapping[str, str]
     roots: Mapping[str, Path]
     protected_profiles: frozenset[str]
-    data_root: Path = setting(_non_empty_str, "directory that holds the profile's data")
+    data_root: Path | None = setting(
+        _token, "directory that holds the profile's data (the local backend)", None
+    )
+    database_url: str | None = setting(
+        _database_url,
+        "PostgreSQL database of the profile's metadata (the remote backend; password masked)",
+        None,
+        display=mask_database_url,
+    )
+    blob_url: str | None = setting(
+        _blob_url, "s3://bucket/prefix of the profile's files (the remote backend)", None
+    )
+    s3_endpoint_url: str | None = setting(
+        _endpoint_url, "URL of the S3-compatible server that holds blob_url's bucket", None
+    )
+    s3_access_key_id: str | None = setting(
+        _token, "S3 access key id (a secret: .secrets.toml or APP_*)", None, secret=True
+    )
+    s3_secret_access_key: str | None = setting(
+        _token, "S3 secret access key (a secret: .secrets.toml or APP_*)", None, secret=True
+    )
     host: str = setting(_non_empty_str, "address the server listens on", "127.0.0.1")
     port: int = setting(_int_in(1, 65535), "TCP port the server listens on", 8000)
     api_token: str | None = setting(_token, "bearer token clients must send", None, secret=True)
@@ -202,15 +305,48 @@ class Config:
     sandbox: Path | None = None
     warnings: tuple[str, ...] = ()
 
+    @property
+    def backend(self) -> str:
+        """``"local"`` (a data root) or ``"remote"`` (PostgreSQL and object storage)."""
+        return REMOTE if self.database_url is not None else LOCAL
+
+    @property
+    def storage(self) -> str:
+        """Where the profile keeps its data, as messages name it (no password, no key)."""
+        if self.data_root is not None:
+            return f"data root {self.data_root}"
+        return f"database {mask_database_url(self.database_url)}, objects {self.blob_url}"
+
+    def local_root(self, wanted: str) -> Path:
+        """The data root, for what only works on the local backend.
+
+        Raises:
+            RemoteBackendError: the profile uses PostgreSQL and object storage; names
+                `wanted` and what the profile uses instead.
+        """
+        if self.data_root is None:
+            raise RemoteBackendError(
+                self.profile, wanted, mask_database_url(self.database_url), str(self.blob_url)
+            )
+        return self.data_root
+
     def values(self, *, mask_secrets: bool = True) -> dict[str, Any]:
         """The configured values by key, secrets masked unless asked otherwise."""
-        out: dict[str, Any] = {}
-        for name, key in KEYS.items():
-            value = getattr(self, name)
-            if key.secret and mask_secrets:
-                value = mask(value)
-            out[name] = str(value) if isinstance(value, Path) else value
-        return out
+        return {
+            name: key.show(getattr(self, name)) if mask_secrets else _plain(getattr(self, name))
+            for name, key in KEYS.items()
+        }
+
+
+LOCAL = "local"
+REMOTE = "remote"
+#: The keys that choose the remote backend, and every key it needs.
+REMOTE_CHOOSERS = ("database_url", "blob_url")
+REMOTE_KEYS = (*REMOTE_CHOOSERS, "s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key")
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
 
 
 class Key(NamedTuple):
@@ -224,6 +360,16 @@ class Key(NamedTuple):
     doc: str
     secret: bool = False
     normalise: Callable[[Any], Any] | None = None
+    display: Callable[[Any], Any] | None = None
+
+    def show(self, value: Any) -> Any:
+        """`value` as every output shows it: secrets masked, a database URL's password left
+        out, a path as text."""
+        if self.secret:
+            return mask(value)
+        if self.display is not None and value is not None:
+            return self.display(value)
+        return _plain(value)
 
     @property
     def env(self) -> str:
@@ -239,7 +385,7 @@ class Key(NamedTuple):
     def text(self) -> bool:
         """Whether an environment value is taken as it is: ``APP_API_TOKEN=0123...`` is a
         token, not a number. Other keys are parsed as TOML, the way dynaconf does."""
-        return self.type in ("str", "str | None", "Path")
+        return self.type in ("str", "str | None", "Path", "Path | None")
 
 
 KEYS: Mapping[str, Key] = MappingProxyType(
@@ -426,15 +572,17 @@ def _resolve_profile(
         sources.setdefault(name, "built-in default")
         problem = key.check(value)
         if problem is not None:
-            problems.append(InvalidSettingError(profile, name, value, problem, sources[name]))
+            shown = key.show(value) if isinstance(value, str) else value
+            problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
             continue
         if key.normalise is not None:
             value = key.normalise(value)
         elif key.type == "float":
             value = float(value)
-        elif key.type == "Path":
+        elif key.type.startswith("Path") and value is not None:
             value = _absolute_root(value, files.directory)
         values[name] = value
+    problems.extend(_backend_problems(profile, given, sources))
     serving: list[ConfigError] = []
     # Resolved here, so that whatever removes data asks `Config.protected` and nothing else;
     # an explicit false only stops serving, and maintenance still needs its confirmation.
@@ -461,6 +609,57 @@ def _resolve_profile(
     )
 
 
+def _backend_problems(
+    profile: str, given: Mapping[str, Any], sources: Mapping[str, str]
+) -> Iterator[ConfigError]:
+    """The backend rule: `data_root` (local) or every remote key, never both, never neither.
+
+    `given` holds what the files and the environment set, valid or not: a key set to a bad
+    value is reported once, by its own check, not again as missing.
+    """
+    chosen = [name for name in REMOTE_CHOOSERS if given.get(name) is not None]
+    if given.get("data_root") is not None and chosen:
+        named = ", ".join(f"{name} (from {sources[name]})" for name in chosen)
+        yield InvalidSettingError(
+            profile,
+            "data_root",
+            str(given["data_root"]),
+            f"is set together with {named}: a profile keeps its data either in a data root "
+            "(the local backend) or in PostgreSQL and object storage, never both. Remove "
+            "data_root or the remote keys from this profile",
+            sources["data_root"],
+        )
+        return
+    if not chosen:
+        if given.get("data_root") is None:
+            yield InvalidSettingError(
+                profile,
+                "data_root",
+                None,
+                f"is required: set data_root in [{profile}] of settings.toml (or "
+                f"{KEYS['data_root'].env}) for the local backend, or database_url, blob_url, "
+                "s3_endpoint_url and the S3 credentials for PostgreSQL and object storage",
+                "nowhere",
+            )
+        return
+    why = ", ".join(f"{name} (from {sources[name]})" for name in chosen)
+    for name in REMOTE_KEYS:
+        if given.get(name) is None:
+            where = (
+                f".secrets.toml [{profile}] or {KEYS[name].env}"
+                if KEYS[name].secret
+                else f"[{profile}] of settings.toml or {KEYS[name].env}"
+            )
+            yield InvalidSettingError(
+                profile,
+                name,
+                None,
+                f"is required by the PostgreSQL and object storage backend, which this "
+                f"profile uses because it sets {why}; set it in {where}",
+                "nowhere",
+            )
+
+
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved."""
@@ -482,6 +681,41 @@ def overlaps(roots: Mapping[str, tuple[Path, str]]) -> Iterator[DataRootOverlapE
                 yield DataRootOverlapError(first, a, a_source, second, b, b_source)
 
 
+def remote_overlaps(
+    databases: Mapping[str, tuple[str, str]], blobs: Mapping[str, tuple[str, str | None, str]]
+) -> Iterator[ResourceOverlapError]:
+    """Every pair of profiles that name one database, or overlapping object prefixes.
+
+    Args:
+        databases: ``{profile: (database_url, where it came from)}``.
+        blobs: ``{profile: (blob_url, s3_endpoint_url, where blob_url came from)}``.
+    """
+    from app.remote.objects import parse_blob_url, prefixes_overlap
+    from app.remote.pg import same_database
+
+    names = list(databases)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            (a, a_source), (b, b_source) = databases[first], databases[second]
+            if same_database(a, b):
+                yield ResourceOverlapError(
+                    "database", first, mask_database_url(a), a_source,
+                    second, mask_database_url(b), b_source,
+                )  # fmt: skip
+    located = {
+        name: (parse_blob_url(url, endpoint), src) for name, (url, endpoint, src) in blobs.items()
+    }
+    names = list(located)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            (here, here_source), (there, there_source) = located[first], located[second]
+            if prefixes_overlap(here, there):
+                yield ResourceOverlapError(
+                    "object prefix", first, str(here), here_source,
+                    second, str(there), there_source,
+                )  # fmt: skip
+
+
 def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
     yield from overlaps(
         {
@@ -490,6 +724,18 @@ def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
             if r.data_root is not None
         }
     )
+    databases = {
+        name: (r.values["database_url"], r.sources["database_url"])
+        for name, r in resolved.items()
+        if r.values.get("database_url") is not None
+    }
+    blobs = {
+        name: (r.values["blob_url"], r.values.get("s3_endpoint_url"), r.sources["blob_url"])
+        for name, r in resolved.items()
+        if r.values.get("blob_url") is not None
+    }
+    if databases or blobs:
+        yield from remote_overlaps(databases, blobs)
 
 
 def _serving_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Iterator[ConfigError]:
@@ -773,5 +1019,5 @@ def load(
         warnings=report.warnings,
         **selected.values,
     )
-    sandboxing.record_load(config.profile, config.data_root)
+    sandboxing.record_load(config.profile, config.storage)
     return config

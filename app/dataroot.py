@@ -455,7 +455,7 @@ def open_root(
     Returns:
         An open :class:`DataRoot`; close it (or use ``with``) to release the lock.
     """
-    root = config.data_root
+    root = config.local_root(wanted or f"open a data root as a {kind} process")
     # Before anything touches the filesystem, so that even mkdir never happens outside.
     check_root(root, "open data root")
     if not write:
@@ -496,7 +496,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     Returns:
         The new stamp.
     """
-    root = config.data_root
+    root = config.local_root("re-stamp a data root")
     check_root(root, "re-stamp data root")
     from_profile = from_profile.lower()
     if not root.is_dir():
@@ -573,9 +573,9 @@ class DataRoot:
         self, config: Config, *, kind: str, lock: RootLock | None, stamp: dict[str, Any] | None
     ) -> None:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
-        check_root(config.data_root, "use data root")
+        self._path = config.local_root("use a data root")
+        check_root(self._path, "use data root")
         self.config = config
-        self._path = config.data_root
         self.kind = kind
         self.lock = lock
         self.stamp = stamp

@@ -236,6 +236,22 @@ class DataRootOverlapError(ConfigError):
         )
 
 
+class RemoteBackendError(ConfigError):
+    """A command that works on a local data root, run for a profile that has none."""
+
+    code = "remote_backend"
+    template = (
+        "cannot {wanted}: profile {profile!r} keeps its data in PostgreSQL ({database}) and "
+        "object storage ({blobs}), not in a data root. Run it for a profile with a data_root, "
+        "or use the command's counterpart for this backend (`app --help` lists them)"
+    )
+
+    profile: str
+    wanted: str
+    database: str
+    blobs: str
+
+
 class ConfigProblems(ConfigError):
     """Several configuration problems at once (what ``app doctor`` reports)."""
 

@@ -635,7 +635,9 @@ class LoadRecord(NamedTuple):
     """A profile loaded in this process outside any sandbox: who asked, and what they got."""
 
     profile: str
-    data_root: Path
+    #: Where the profile keeps its data, as messages name it: ``data root /srv/app`` or
+    #: ``database postgresql://app@db:5432/app`` (never with a password).
+    storage: str
     caller: str
     sandbox: Path | None = None
 
@@ -650,7 +652,7 @@ def loaded() -> tuple[LoadRecord, ...]:
     return tuple(_UNSANDBOXED_LOADS)
 
 
-def record_load(profile: str, data_root: Path) -> None:
+def record_load(profile: str, storage: str) -> None:
     """Remember a load made before this process's run marked it, with its caller's caller
     (the code that called `app.config.load`)."""
     # Such a load may still be confined by an enclosing run (a pytest started by a test),
@@ -658,4 +660,4 @@ def record_load(profile: str, data_root: Path) -> None:
     if not marked() and len(_UNSANDBOXED_LOADS) < 8:
         frame = sys._getframe(2)
         caller = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-        _UNSANDBOXED_LOADS.append(LoadRecord(profile, data_root, caller))
+        _UNSANDBOXED_LOADS.append(LoadRecord(profile, storage, caller))

@@ -363,7 +363,7 @@ def status(config: Config) -> Status:
     """Who holds the profile's storage and how it is stamped, at one moment (``app status``)."""
     from app.dataroot import describe
 
-    return describe(config.data_root)
+    return describe(config.local_root("show the status of a data root"))
 
 
 def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:

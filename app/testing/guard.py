@@ -100,8 +100,8 @@ def refuse_early_loads() -> None:
     if early:
         first = early[0]
         raise pytest.UsageError(
-            f"app: the configuration was loaded (profile {first.profile!r}, data root "
-            f"{first.data_root}) at {first.caller} before the app pytest plugin could confine "
+            f"app: the configuration was loaded (profile {first.profile!r}, "
+            f"{first.storage}) at {first.caller} before the app pytest plugin could confine "
             "it to the test sandbox. Call app.config.load() inside a fixture or function, "
             "never at import time of a plugin or conftest"
         )

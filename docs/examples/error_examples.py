@@ -53,6 +53,12 @@ EXAMPLES: list[errors.AppError] = [
         Path("/srv/app/data/testing"),
         "settings.toml [testing]",
     ),
+    errors.RemoteBackendError(
+        "production",
+        "open a data root as a maintenance process",
+        "postgresql://app@db.internal:5432/app_production",
+        "s3://app-data/production at https://s3.example.com:443",
+    ),
     errors.ConfigProblems(
         [
             errors.InvalidSettingError(
