@@ -386,12 +386,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
         return
+    remote = config.backend == appconfig.REMOTE
     click.echo(f"profile: {config.profile}")
-    click.echo(f"data root: {seen.path}{'' if seen.exists else ' (does not exist yet)'}")
+    if remote:
+        missing = "" if seen.exists else " (not stamped yet)"
+        click.echo(f"storage: {seen.location}{missing}")
+    else:
+        missing = "" if seen.exists else " (does not exist yet)"
+        click.echo(f"data root: {seen.location}{missing}")
     if seen.stamp_error:
         click.echo(f"stamp: unreadable: {seen.stamp_error}")
     elif seen.stamp is None:
-        click.echo("stamp: none (the first writer to open the root stamps it)")
+        first = "the first open of the database" if remote else "the first writer to open the root"
+        click.echo(f"stamp: none ({first} stamps it)")
     else:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
@@ -399,6 +406,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
     holder = seen.holder
     if not seen.held:
         click.echo("held by: nobody")
+        return
+    if remote:
+        from app.remote.errors import describe_replica
+
+        click.echo(f"served by {len(seen.holders)} live replica(s):")
+        for replica in seen.holders:
+            click.echo(f"  {describe_replica(replica)}")
         return
     click.echo(f"held by: {seen.held_by}")
     if holder and holder.get("kind") == "server" and holder.get("port"):
@@ -532,14 +546,15 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
     """
     config = load_config(ctx)
     _require_confirmation(config, "empty the trash", confirmed)
+    from app.remote.errors import ReplicasLiveError
     from app.storage import open_storage
 
     try:
         store = open_storage(config, writer=True, wanted="empty the trash")
-    except DataRootInUseError as error:
-        port = (error.holder or {}).get("port")
-        if (error.holder or {}).get("kind") == "server" and port:
-            # The server is the root's only writer: it empties its own trash when asked.
+    except (DataRootInUseError, ReplicasLiveError) as error:
+        server = _serving_url(config, error)
+        if server is not None:
+            # A server writes to its storage: it empties the trash itself when asked.
             query = [] if older_than is None else [f"older_than={int(older_than.total_seconds())}"]
             if config.protected:
                 query.append("confirm=yes-i-mean-it")
@@ -547,13 +562,30 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
             click.echo(
                 "hint: to free space without stopping the server, ask it: curl -X POST "
                 f'-H "Authorization: Bearer $APP_API_TOKEN" '
-                f'"http://{config.host}:{port}/trash/empty{seconds}"',
+                f'"{server}/trash/empty{seconds}"',
                 err=True,
             )
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+def _named(config: appconfig.Config, location: str) -> str:
+    # A local root is named as such (the messages always did); a remote location says itself.
+    return location if config.backend == appconfig.REMOTE else f"data root {location}"
+
+
+def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
+    """The URL of a server that holds the storage ``error`` refused, if one published it."""
+    replicas = getattr(error, "replicas", ())
+    for replica in replicas:
+        if str(replica.get("url") or "").startswith("http"):
+            return str(replica["url"])
+    holder = getattr(error, "holder", None) or {}
+    if holder.get("kind") == "server" and holder.get("port"):
+        return f"http://{config.host}:{holder['port']}"
+    return None
 
 
 @data.command("check")
@@ -582,10 +614,13 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
     from app.storage import open_storage
 
     if repair:
-        with open_storage(config, writer=True, wanted="repair the data root") as store:
+        with open_storage(config, writer=True, wanted="repair the data") as store:
             report = store.check(repair=True)
+            location = store.location
     else:
-        report = _reader_store(config).check()
+        with _reader_store(config) as store:
+            report = store.check()
+            location = store.location
     if as_json:
         click.echo(json.dumps({"profile": config.profile, **report.to_dict()}, indent=2))
     else:
@@ -596,7 +631,7 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
             )
         unresolved = report.unresolved
         if not report.findings:
-            click.echo(f"clean: data root {config.data_root} is consistent")
+            click.echo(f"clean: {_named(config, location)} is consistent")
         elif not unresolved:
             click.echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
         elif repair:
@@ -625,19 +660,21 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
     """
     config = load_config(ctx)
     source = from_profile.lower()
+    where = (
+        "the database and the object prefix"
+        if config.backend == appconfig.REMOTE
+        else f"data root {config.data_root}"
+    )
     if (config.protected or source in config.protected_profiles) and not confirmed:
         raise ConfirmationRequiredError(
-            f"re-stamp data root {config.data_root} from {source!r} to {config.profile!r}",
+            f"re-stamp {where} from {source!r} to {config.profile!r}",
             source if source in config.protected_profiles else config.profile,
             _CONFIRM_OPTION,
         )
     from app.storage import restamp
 
     stamp = restamp(config, from_profile)
-    click.echo(
-        f"data root {config.data_root} is now stamped {stamp['profile']!r} "
-        f"(was {from_profile.lower()!r})"
-    )
+    click.echo(f"{where} is now stamped {stamp['profile']!r} (was {from_profile.lower()!r})")
 
 
 def main() -> None:

@@ -801,9 +801,19 @@ class RootStatus:
     stamp_error: str | None = None
 
     @property
+    def location(self) -> str:
+        """The data root, as ``app status`` names it."""
+        return str(self.path)
+
+    @property
     def held(self) -> bool:
         """Whether a live process held the root at that moment."""
         return self.probe.held
+
+    @property
+    def holders(self) -> list[dict[str, Any]]:
+        """The holder, as a list (a remote profile has one per replica): empty if none."""
+        return [self.probe.holder or {}] if self.probe.held else []
 
     @property
     def holder(self) -> dict[str, Any] | None:

@@ -1,9 +1,11 @@
 """The storage seam: the one interface the server and the command line use.
 
 A profile's data lives in one backend; :func:`open_storage` picks it from the
-:class:`~app.config.Config` and returns a :class:`Storage`. Today that is the local data root
-(:class:`app.store.Store` on an :class:`app.dataroot.DataRoot`); PostgreSQL plus object
-storage will be a second branch of :func:`open_storage`, implementing the same protocol.
+:class:`~app.config.Config` and returns a :class:`Storage`: the local data root
+(:class:`app.store.Store` on an :class:`app.dataroot.DataRoot`) for a profile that sets
+``data_root``, PostgreSQL plus object storage (:class:`app.remote.store.RemoteStore`, opened
+by :mod:`app.remote.storage`) for one that sets ``database_url`` and ``blob_url``. The
+configuration refuses a profile that sets both.
 
 Why a :class:`typing.Protocol` rather than an abstract base class: the backends share no
 code, so a base class would carry nothing but abstract stubs, and the local one would have
@@ -24,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, Self, TypedDict
 
+from app.config import REMOTE
+
 if TYPE_CHECKING:
     from app.config import Config
     from app.errors import AppError
@@ -41,6 +45,7 @@ __all__ = [
     "Storage",
     "TrashEntry",
     "Upload",
+    "holder_lost",
     "open_storage",
     "restamp",
     "status",
@@ -219,7 +224,16 @@ class Upload(Protocol):
 
 
 class Status(Protocol):
-    """Who holds a profile's storage and how it is stamped, at one moment (``app status``)."""
+    """Who holds a profile's storage and how it is stamped, at one moment (``app status``).
+
+    A local root has at most one holder (its lock's); a remote profile has one per live
+    replica, all listed in :attr:`holders`.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for a person: the data root, or the database and prefix."""
+        ...
 
     @property
     def exists(self) -> bool: ...
@@ -228,13 +242,13 @@ class Status(Protocol):
     @property
     def holder(self) -> dict[str, Any] | None: ...
     @property
+    def holders(self) -> list[dict[str, Any]]: ...
+    @property
     def held_by(self) -> str: ...
     @property
     def stamp(self) -> dict[str, Any] | None: ...
     @property
     def stamp_error(self) -> str | None: ...
-    @property
-    def path(self) -> Path: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -347,7 +361,11 @@ def open_storage(
     Returns:
         The storage; close it (or use ``with``) to give up ownership.
     """
-    # The local data root is the only backend yet; PostgreSQL plus objects adds a branch.
+    if config.backend == REMOTE:
+        from app.remote.storage import open_remote
+
+        return open_remote(config, writer=writer, kind=kind, wanted=wanted, timeout=timeout)
+
     from app.dataroot import open_root
     from app.store import Store
 
@@ -361,6 +379,11 @@ def open_storage(
 
 def status(config: Config) -> Status:
     """Who holds the profile's storage and how it is stamped, at one moment (``app status``)."""
+    if config.backend == REMOTE:
+        from app.remote.storage import describe as describe_remote
+
+        return describe_remote(config)
+
     from app.dataroot import describe
 
     return describe(config.local_root("show the status of a data root"))
@@ -368,6 +391,20 @@ def status(config: Config) -> Status:
 
 def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     """Hand the storage stamped ``from_profile`` to ``config.profile`` (``app data restamp``)."""
+    if config.backend == REMOTE:
+        from app.remote import storage as remote
+
+        return remote.restamp(config, from_profile)
+
     from app import dataroot
 
     return dataroot.restamp(config, from_profile)
+
+
+def holder_lost(error: BaseException) -> bool:
+    """Whether ``error`` says this process no longer owns its storage: a local lock file
+    deleted or replaced, or a replica's database connection gone. A server stops on it."""
+    from app.errors import LockLostError
+    from app.remote.errors import HolderLostError
+
+    return isinstance(error, LockLostError | HolderLostError)

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from app.errors import AppError, LockLostError, RequestTimeoutError, storage_error
+from app.errors import AppError, RequestTimeoutError, storage_error
+from app.storage import holder_lost
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,11 @@ def _allowed_methods(request: Request) -> str:
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> ProblemResponse:
-        if isinstance(error, LockLostError):
+        if holder_lost(error):
             # Refused at once, and the server stops now rather than at its next poll.
             stop = getattr(request.app.state, "on_lock_lost", None)
             if stop is not None:
-                stop(error.reason)
+                stop(getattr(error, "reason", error.message))
         if isinstance(error, RequestTimeoutError):
             # The rest of the body may still come: the connection cannot carry another request.
             return problem_of(error, {"Connection": "close"})

@@ -1,13 +1,14 @@
-"""`serve`: hold the data root, bind the port, and run uvicorn until told to stop.
+"""`serve`: hold the profile's storage, bind the port, and run uvicorn until told to stop.
 
-The data root is opened as a writer *before* the port is bound, so a second server on the
-same root is refused naming the first; the socket is bound here (a port in use is
-`PortInUseError`, exit 69, with the lock released) and its port published in the lock file.
-What a crash of the previous holder left half done is repaired (`Store.check`) before the
-first request. Every write checks that the lock file is still the one it locked (503
-``lock_lost`` if not), and a `LockWatcher` checks between requests; either way the server
-logs why, stops, and exits 70. SIGTERM and SIGINT stop it gracefully: in-flight requests
-finish, then the lock is released.
+The storage is opened as a writer *before* the port is bound: on a local data root, a second
+server on the same root is refused naming the first; on PostgreSQL + object storage, the
+server becomes one more replica (refused only while maintenance holds the database). The
+socket is bound here (a port in use is `PortInUseError`, exit 69, with the hold released) and
+its port and URL published (in the lock file, or the replica's row). What a crash left half
+done is repaired (`Storage.check`) before the first request. Every write checks that this
+process still holds its storage (503 ``lock_lost`` or ``holder_lost`` if not), and a watcher
+checks between requests; either way the server logs why, stops, and exits 70. SIGTERM and
+SIGINT stop it gracefully: in-flight requests finish, then the hold is released.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 30
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (names, not a bind)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -76,7 +78,7 @@ def _log_config(level: str) -> dict[str, Any]:
 
 
 def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
-    """Run the server until SIGTERM or SIGINT; hold the data root's lock all along.
+    """Run the server until SIGTERM or SIGINT; hold the profile's storage all along.
 
     Args:
         config: the configuration of the profile to serve.
@@ -85,10 +87,13 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
 
     Raises:
         DataRootInUseError: another process holds the data root (exit 75).
+        MaintenanceRunningError: a maintenance command holds the database (exit 75).
         PortInUseError: the port is taken (exit 69); the lock is released first.
         ProfileStampMismatchError: the root belongs to another profile (exit 78).
         LockLostError: the lock file was deleted or replaced while serving; the server
             stopped instead of sharing its root (exit 70).
+        HolderLostError: the replica's database connection was lost while serving; the
+            server stopped, since maintenance could take the database (exit 70).
     """
     import uvicorn
 
@@ -101,7 +106,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         sock = bind(host, port)
         try:
             bound_port: int = sock.getsockname()[1]
-            store.publish(port=bound_port)
+            store.publish(port=bound_port, url=_public_url(host, bound_port))
             # Whatever a crash of the last holder left half done is finished or undone
             # before the first request; the audit log says what was done.
             for finding in store.check(repair=True, thorough=False).findings:
@@ -137,7 +142,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
 
             application.state.on_lock_lost = on_lost
             log.info(
-                "serving profile %s from data root %s on http://%s:%d (pid %d)",
+                "serving profile %s from %s on http://%s:%d (pid %d)",
                 config.profile,
                 store.location,
                 host,
@@ -155,7 +160,16 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             sock.close()
         if lost:
             raise store.lost_error(lost[0])
-        log.info("stopped; releasing the lock on %s", store.location)
+        log.info("stopped; releasing the hold on %s", store.location)
+
+
+def _public_url(host: str, port: int) -> str:
+    """The URL other machines can reach this server at, as far as this process knows."""
+    if host in _WILDCARDS:
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _quiet_signals() -> Callable[[], None]:

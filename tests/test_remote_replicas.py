@@ -1,0 +1,368 @@
+"""Replicas end to end: real `app serve` processes sharing one production profile on a real
+PostgreSQL cluster and a real S3 server (tests/engines.py), and the commands next to them.
+
+The production profile comes from a settings.toml in ``tmp_path`` (``APP_SETTINGS_DIR``) that
+names the test's own fresh database and object prefix; the credentials come from ``APP_*``
+variables, as a deployment's would. Each server binds port 0 and publishes its URL in its
+holder row, which is where the tests find it. Waiting is bounded polling, never a sleep taken
+as an assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from engines import S3Engine
+
+from app.testing import wait_until_serving
+
+POLL = 0.05
+ATTEMPTS = 600  # bounded: 30 s at most for anything to happen
+
+SETTINGS = """\
+[default]
+host = "127.0.0.1"
+
+[development]
+data_root = "{base}/development"
+
+[testing]
+data_root = "{base}/testing"
+
+[production]
+database_url = "{database_url}"
+blob_url = "{blob_url}"
+s3_endpoint_url = "{endpoint}"
+protected = true
+"""
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    for _ in range(ATTEMPTS):
+        value = condition()
+        if value:
+            return value
+        time.sleep(POLL)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+@dataclass
+class Replica:
+    """One `app serve` subprocess on the production profile."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=60)
+
+
+@dataclass
+class Production:
+    """A production profile on the engines, and the replicas a test started on it."""
+
+    tmp_path: Path
+    database_url: str
+    env: dict[str, str]
+    token: str
+    replicas: list[Replica] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, replica: Replica) -> httpx.Client:
+        return httpx.Client(base_url=replica.url, headers=self.headers, timeout=30)
+
+    def holders(self) -> list[dict[str, Any]]:
+        """The holder rows of live replicas, as the database shows them."""
+        from app.remote import pg
+
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return pg.live_holders(conn)
+
+    def start(self, *args: str, ready: bool = True, **extra: str) -> Replica:
+        log = self.tmp_path / f"replica-{len(self.replicas)}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", "0", *args],
+                env={**self.env, **extra},
+                stdout=output,
+                stderr=output,
+            )
+        replica = Replica(process, log)
+        self.replicas.append(replica)
+        if ready:
+            replica.url = self._published_url(replica)
+            wait_until_serving(replica.url, process, log=log)
+        return replica
+
+    def _published_url(self, replica: Replica) -> str:
+        def published() -> str | None:
+            if replica.process.poll() is not None:
+                pytest.fail(f"app serve exited {replica.process.returncode}:\n{replica.output}")
+            try:
+                rows = self.holders()
+            except psycopg.Error:
+                return None  # the first replica is still creating the tables
+            urls = [str(r["url"]) for r in rows if r["pid"] == replica.pid and r["url"]]
+            return urls[0] if urls else None
+
+        url: str = wait_for(published, f"replica {replica.pid} to publish its URL")
+        return url
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+@pytest.fixture
+def production(
+    tmp_path: Path, database_url: str, blob_url: str, s3_engine: S3Engine
+) -> Iterator[Production]:
+    settings_dir = tmp_path / "settings"
+    settings_dir.mkdir()
+    (settings_dir / "settings.toml").write_text(
+        SETTINGS.format(
+            base=tmp_path / "other-profiles",
+            database_url=database_url,
+            blob_url=blob_url,
+            endpoint=s3_engine.endpoint_url,
+        )
+    )
+    token = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_SETTINGS_DIR": str(settings_dir),
+        "APP_API_TOKEN": token,
+        "APP_S3_ACCESS_KEY_ID": s3_engine.access_key_id,
+        "APP_S3_SECRET_ACCESS_KEY": s3_engine.secret_access_key,
+        # Opt in the way @pytest.mark.app_profile does; the database and the prefix are
+        # this test's own.
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    env.pop("APP_DATA_ROOT", None)
+    prod = Production(tmp_path, database_url, env, token)
+    try:
+        yield prod
+    finally:
+        for replica in prod.replicas:
+            if replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait()
+
+
+# --- several replicas, one profile ------------------------------------------------------
+
+
+def test_a_session_made_through_one_replica_is_listed_read_and_deleted_through_the_other(
+    production: Production,
+) -> None:
+    first, second = production.start(), production.start()
+    assert first.url != second.url
+    with production.client(first) as one, production.client(second) as other:
+        created = one.post("/sessions", json={"title": "review", "metadata": {"n": 1}})
+        assert created.status_code == 201, created.text
+        session_id = created.json()["id"]
+        body = os.urandom(300_000)
+        uploaded = one.put(f"/sessions/{session_id}/files/scan.bin", content=body)
+        assert uploaded.status_code in (200, 201), uploaded.text
+
+        listed = other.get("/sessions").json()
+        assert [s["id"] for s in listed["items"]] == [session_id]
+        shown = other.get(f"/sessions/{session_id}")
+        assert shown.status_code == 200
+        assert shown.json()["title"] == "review"
+        assert [f["name"] for f in shown.json()["files"]] == ["scan.bin"]
+        downloaded = other.get(f"/sessions/{session_id}/files/scan.bin")
+        assert downloaded.status_code == 200
+        assert downloaded.content == body
+
+        assert other.delete(f"/sessions/{session_id}").status_code in (200, 204)
+        assert one.get(f"/sessions/{session_id}").status_code == 404
+        assert one.get("/sessions").json()["items"] == []
+
+
+def test_pages_are_stable_across_replicas(production: Production) -> None:
+    replicas = [production.start(), production.start()]
+    clients = [production.client(replica) for replica in replicas]
+    try:
+        made = []
+        for n in range(7):
+            response = clients[n % 2].post("/sessions", json={"title": f"s{n}"})
+            assert response.status_code == 201, response.text
+            made.append(response.json()["id"])
+        seen: list[str] = []
+        after: str | None = None
+        for turn in range(10):
+            params: dict[str, Any] = {"limit": 3}
+            if after is not None:
+                params["after"] = after
+            page = clients[turn % 2].get("/sessions", params=params).json()
+            seen += [item["id"] for item in page["items"]]
+            assert page["total"] == 7 + turn
+            after = page["next"]
+            if after is None:
+                break
+            # Created meanwhile, through the other replica: after every page seen so far.
+            clients[(turn + 1) % 2].post("/sessions", json={"title": "late"})
+        assert seen[:7] == made
+        assert len(seen) == len(set(seen))
+        everything = [
+            [item["id"] for item in client.get("/sessions", params={"limit": 100}).json()["items"]]
+            for client in clients
+        ]
+        assert everything[0] == everything[1] == seen
+    finally:
+        for client in clients:
+            client.close()
+
+
+# --- maintenance, live replicas ----------------------------------------------------------
+
+
+def test_maintenance_is_refused_while_either_replica_lives_and_done_once_both_stopped(
+    production: Production,
+) -> None:
+    first, second = production.start(), production.start()
+    with production.client(first) as client:
+        session_id = client.post("/sessions", json={"title": "keep"}).json()["id"]
+        assert client.delete(f"/sessions/{session_id}").status_code in (200, 204)
+        client.post("/sessions", json={"title": "live"})
+
+    purge = ("data", "purge", "--profile", "production", "--yes-i-mean-it")
+    empty = ("data", "empty-trash", "--profile", "production", "--yes-i-mean-it")
+    for command in (purge, empty, ("data", "check", "--repair")):
+        refused = production.run(*command)
+        assert refused.returncode == 75, refused.stderr
+        assert "2 live replica(s)" in refused.stderr
+        assert f"pid {first.pid}" in refused.stderr
+        assert f"pid {second.pid}" in refused.stderr
+        assert "Nothing was changed" in refused.stderr
+    hint = production.run(*empty)
+    assert "/trash/empty?confirm=yes-i-mean-it" in hint.stderr
+
+    assert first.stop() == 0
+    refused = production.run(*purge)
+    assert refused.returncode == 75, refused.stderr
+    assert "1 live replica(s)" in refused.stderr
+    assert f"pid {second.pid}" in refused.stderr
+    assert f"pid {first.pid}" not in refused.stderr
+    with production.client(second) as client:
+        assert len(client.get("/sessions").json()["items"]) == 1  # nothing was purged
+
+    assert second.stop() == 0
+    purged = production.run(*purge)
+    assert purged.returncode == 0, purged.stderr
+    assert "moved 1 session(s)" in purged.stdout
+    emptied = production.run(*empty)
+    assert emptied.returncode == 0, emptied.stderr
+    assert "removed 2 trash entries" in emptied.stdout
+    with psycopg.connect(production.database_url) as conn:
+        audit = [row[0] for row in conn.execute("SELECT operation FROM app_audit ORDER BY id")]
+    assert "empty-trash" in audit
+
+
+def test_a_replica_cannot_start_while_maintenance_holds_the_database(
+    production: Production,
+) -> None:
+    from app.remote import pg
+
+    production.start().stop()  # stamps the database and the prefix
+    with pg.maintenance(production.database_url, "production", "hold it for a test"):
+        refused = production.start(ready=False)
+        assert refused.process.wait(timeout=60) == 75
+    assert "a maintenance command holds it exclusively" in refused.output
+    production.start()
+
+
+# --- live, killed, lost -----------------------------------------------------------------
+
+
+def test_status_lists_every_live_replica_and_forgets_one_killed_with_sigkill(
+    production: Production,
+) -> None:
+    first, second = production.start(), production.start()
+    shown = production.run("status")
+    assert shown.returncode == 0, shown.stderr
+    assert "served by 2 live replica(s):" in shown.stdout
+    assert f"pid {first.pid}, profile production" in shown.stdout
+    assert f"serving {second.url}" in shown.stdout
+    assert "stamp: profile production" in shown.stdout
+    assert "storage: database postgresql://" in shown.stdout
+
+    os.kill(first.pid, signal.SIGKILL)
+    first.process.wait()
+
+    def only_second() -> bool:
+        return [holder["pid"] for holder in production.holders()] == [second.pid]
+
+    wait_for(only_second, "PostgreSQL to drop the killed replica's locks")
+    as_json = json.loads(production.run("status", "--json").stdout)
+    assert [holder["pid"] for holder in as_json["holders"]] == [second.pid]
+    assert as_json["held"] is True
+    refused = production.run("data", "purge", "--yes-i-mean-it")
+    assert refused.returncode == 75
+    assert f"pid {first.pid}" not in refused.stderr
+
+    assert second.stop() == 0
+    assert "held by: nobody" in production.run("status").stdout
+
+
+def test_a_replica_whose_connection_is_terminated_refuses_writes_and_stops(
+    production: Production,
+) -> None:
+    # The first checks its hold only when a write comes (its watcher would take an hour);
+    # the second has no request at all, and its watcher stops it.
+    first = production.start(APP_LOCK_CHECK_SECONDS="3600")
+    second = production.start(APP_LOCK_CHECK_SECONDS="0.2")
+    rows = {holder["pid"]: holder for holder in production.holders()}
+    with psycopg.connect(production.database_url, autocommit=True) as conn:
+        for replica in (first, second):
+            backend = rows[replica.pid]["backend_pid"]
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+
+    with production.client(first) as client:
+        refused = client.post("/sessions", json={"title": "must not exist"})
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "holder_lost"
+    assert "postgresql://" not in refused.text  # the address stays in the server's log
+    assert first.process.wait(timeout=60) == 70
+    assert second.process.wait(timeout=60) == 70
+    for replica in (first, second):
+        assert "lost the connection that holds database" in replica.output
+    assert production.holders() == []
+    with psycopg.connect(production.database_url) as conn:
+        titles = [row[0] for row in conn.execute("SELECT title FROM app_sessions")]
+    assert titles == []
