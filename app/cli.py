@@ -355,19 +355,34 @@ def _require_confirmation(config: appconfig.Config, operation: str, confirmed: b
     type=click.IntRange(0, 65535),
     help="Port to listen on (0: any free port). Default: the profile's port.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 512),
+    default=1,
+    show_default=True,
+    help="Server processes on the port, each a replica with its own hold on the database "
+    "(PostgreSQL and object storage only: a data root has one holder).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API on the profile's data root, holding its lock until stopped.
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) -> None:
+    """Serve the HTTP API on the profile's storage, holding it until stopped.
 
-    The root is locked before the port is bound, so a second server on the same root exits
-    75 naming the first, and a port in use exits 69. SIGTERM or Ctrl-C stops the server
-    once in-flight requests finish, then releases the lock. If the lock file is deleted or
-    replaced while serving, the server logs why and exits 70.
+    On a data root, the root is locked before the port is bound, so a second server on the
+    same root exits 75 naming the first. On PostgreSQL and object storage, any number of
+    servers (on any machines) serve the profile together, each a replica that holds the
+    database shared; it exits 75 while a maintenance command holds it. A port in use exits
+    69. SIGTERM or Ctrl-C stops the server once in-flight requests finish, then releases its
+    hold. If the lock file is deleted or replaced, or the database connection is lost, while
+    serving, the server logs why and exits 70.
     """
     config = load_config(ctx, serving=True)
+    if workers > 1 and config.backend != appconfig.REMOTE:
+        from app.server.run import WORKERS_NEED_REMOTE
+
+        raise click.UsageError(WORKERS_NEED_REMOTE.format(profile=config.profile), ctx)
     from app import server
 
-    server.serve(config, host=host, port=port)
+    server.serve(config, host=host, port=port, workers=workers)
 
 
 @cli.command()

@@ -366,3 +366,70 @@ def test_a_replica_whose_connection_is_terminated_refuses_writes_and_stops(
     with psycopg.connect(production.database_url) as conn:
         titles = [row[0] for row in conn.execute("SELECT title FROM app_sessions")]
     assert titles == []
+
+
+# --- serve --workers ---------------------------------------------------------------------
+
+
+def _workers_rows(production: Production, server: Replica, count: int) -> list[dict[str, Any]]:
+    def rows() -> list[dict[str, Any]] | None:
+        if server.process.poll() is not None:
+            pytest.fail(f"app serve exited {server.process.returncode}:\n{server.output}")
+        try:
+            found = [row for row in production.holders() if row["url"]]
+        except psycopg.Error:
+            return None  # the first worker is still creating the tables
+        return found if len(found) == count else None
+
+    found: list[dict[str, Any]] = wait_for(rows, f"{count} workers to publish their rows")
+    return found
+
+
+def test_serve_with_workers_runs_one_replica_per_worker_on_one_port(
+    production: Production,
+) -> None:
+    server = production.start("--workers", "2", ready=False)
+    rows = _workers_rows(production, server, 2)
+    assert len({row["url"] for row in rows}) == 1
+    workers = sorted(row["pid"] for row in rows)
+    assert server.pid not in workers
+    server.url = rows[0]["url"]
+    wait_until_serving(server.url, server.process, log=server.log)
+    with production.client(server) as client:
+        made = [client.post("/sessions", json={"title": f"w{n}"}).json()["id"] for n in range(6)]
+        assert [s["id"] for s in client.get("/sessions").json()["items"]] == made
+    refused = production.run("data", "purge", "--yes-i-mean-it")
+    assert refused.returncode == 75
+    assert "2 live replica(s)" in refused.stderr
+    assert all(f"pid {pid}" in refused.stderr for pid in workers)
+    assert server.stop() == 0
+    assert production.holders() == []
+
+
+def test_a_worker_that_loses_its_connection_stops_every_worker_with_exit_70(
+    production: Production,
+) -> None:
+    server = production.start("--workers", "2", ready=False, APP_LOCK_CHECK_SECONDS="0.2")
+    rows = _workers_rows(production, server, 2)
+    with psycopg.connect(production.database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (rows[0]["backend_pid"],))
+    assert server.process.wait(timeout=60) == 70
+    assert "lost the connection that holds database" in server.output
+    assert f"worker {rows[0]['pid']} stopped (exit 70); stopping the others" in server.output
+    assert production.holders() == []
+
+
+def test_a_data_root_refuses_several_workers(tmp_path: Path) -> None:
+    env = {**os.environ, "ENV_FOR_DYNACONF": "testing", "APP_DATA_ROOT": str(tmp_path / "root")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "0", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--workers above 1 needs a profile on PostgreSQL and object storage" in result.stderr
+    assert "profile 'testing' uses a local data root" in result.stderr
+    assert not (tmp_path / "root").exists()

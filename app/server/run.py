@@ -19,15 +19,16 @@ import logging.config
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from copy import deepcopy
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from app.errors import PortInUseError
+from app.errors import EX_SOFTWARE, AppError, PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
-from app.storage import open_storage
+from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRACEFUL_SHUTDOWN_SECONDS: Final = 30
+WORKERS_NEED_REMOTE: Final = (
+    "--workers above 1 needs a profile on PostgreSQL and object storage: profile {profile!r} "
+    "uses a local data root, which has one holder (its lock file), so a second worker "
+    "would be refused. Serve it with one worker, or set database_url and blob_url"
+)
+"""Why a local data root refuses several workers (``app serve --workers N``)."""
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (names, not a bind)
 
 
@@ -77,13 +84,17 @@ def _log_config(level: str) -> dict[str, Any]:
     return config
 
 
-def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
+def serve(
+    config: Config, *, host: str | None = None, port: int | None = None, workers: int = 1
+) -> None:
     """Run the server until SIGTERM or SIGINT; hold the profile's storage all along.
 
     Args:
         config: the configuration of the profile to serve.
         host: the address to listen on; ``config.host`` if ``None``.
         port: the port; ``config.port`` if ``None`` (0 picks a free one).
+        workers: server processes sharing the socket, each a replica with its own hold on
+            the database (PostgreSQL + object storage only; see :func:`serve_workers`).
 
     Raises:
         DataRootInUseError: another process holds the data root (exit 75).
@@ -94,73 +105,172 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
             stopped instead of sharing its root (exit 70).
         HolderLostError: the replica's database connection was lost while serving; the
             server stopped, since maintenance could take the database (exit 70).
+        ValueError: ``workers`` above 1 on a local data root (the command line refuses it
+            first, as a usage error).
     """
-    import uvicorn
-
     host = config.host if host is None else host
     port = config.port if port is None else port
-    log_config = _log_config(config.log_level)
-    logging.config.dictConfig(log_config)
+    logging.config.dictConfig(_log_config(config.log_level))
+    if workers > 1:
+        serve_workers(config, host=host, port=port, workers=workers)
+        return
     wanted = f"start the server on {host}:{port}"
     with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
         sock = bind(host, port)
         try:
-            bound_port: int = sock.getsockname()[1]
-            store.publish(port=bound_port, url=_public_url(host, bound_port))
-            # Whatever a crash of the last holder left half done is finished or undone
-            # before the first request; the audit log says what was done.
-            for finding in store.check(repair=True, thorough=False).findings:
-                log.warning(
-                    "start-up check: %s %s: %s; %s%s",
-                    finding.problem,
-                    finding.target,
-                    finding.detail,
-                    "" if finding.repaired else "NOT repaired: ",
-                    finding.repair,
-                )
-            application = create_app(store, config)
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    application,
-                    log_config=log_config,
-                    log_level=config.log_level,
-                    lifespan="off",
-                    timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-                    server_header=False,
-                    http=bounded_h11(config.max_header_bytes, config.request_idle_seconds),
-                    h11_max_incomplete_event_size=config.max_header_bytes,
-                )
-            )
-            lost: list[str] = []
-
-            def on_lost(reason: str) -> None:
-                if lost:
-                    return  # the watcher and a refused write may both report it
-                lost.append(reason)
-                log.error("stopping: %s", store.lost_error(reason))
-                server.should_exit = True
-
-            application.state.on_lock_lost = on_lost
-            log.info(
-                "serving profile %s from %s on http://%s:%d (pid %d)",
-                config.profile,
-                store.location,
-                host,
-                bound_port,
-                os.getpid(),
-            )
-            watcher = store.watch(config.lock_check_seconds, on_lost)
-            stop_signals = _quiet_signals()
-            try:
-                server.run(sockets=[sock])
-            finally:
-                watcher.stop()
-                stop_signals()
+            _run(config, store, sock, host)
         finally:
             sock.close()
+
+
+def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None:
+    """Serve on a bound socket until told to stop; raise the store's lost error if it lost
+    its hold meanwhile."""
+    import uvicorn
+
+    log_config = _log_config(config.log_level)
+    bound_port: int = sock.getsockname()[1]
+    store.publish(port=bound_port, url=_public_url(host, bound_port))
+    # Whatever a crash of the last holder left half done is finished or undone before the
+    # first request; the audit log says what was done.
+    for finding in store.check(repair=True, thorough=False).findings:
+        log.warning(
+            "start-up check: %s %s: %s; %s%s",
+            finding.problem,
+            finding.target,
+            finding.detail,
+            "" if finding.repaired else "NOT repaired: ",
+            finding.repair,
+        )
+    application = create_app(store, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application,
+            log_config=log_config,
+            log_level=config.log_level,
+            lifespan="off",
+            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+            server_header=False,
+            http=bounded_h11(config.max_header_bytes, config.request_idle_seconds),
+            h11_max_incomplete_event_size=config.max_header_bytes,
+        )
+    )
+    lost: list[str] = []
+
+    def on_lost(reason: str) -> None:
         if lost:
-            raise store.lost_error(lost[0])
-        log.info("stopped; releasing the hold on %s", store.location)
+            return  # the watcher and a refused write may both report it
+        lost.append(reason)
+        log.error("stopping: %s", store.lost_error(reason))
+        server.should_exit = True
+
+    application.state.on_lock_lost = on_lost
+    log.info(
+        "serving profile %s from %s on http://%s:%d (pid %d)",
+        config.profile,
+        store.location,
+        host,
+        bound_port,
+        os.getpid(),
+    )
+    watcher = store.watch(config.lock_check_seconds, on_lost)
+    stop_signals = _quiet_signals()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        watcher.stop()
+        stop_signals()
+    if lost:
+        raise store.lost_error(lost[0])
+    log.info("stopped; releasing the hold on %s", store.location)
+
+
+# --- several worker processes (the remote backend) -------------------------------------------
+
+
+def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None:
+    """Serve with ``workers`` processes on one socket, each one replica of its own.
+
+    Not uvicorn's ``--workers`` supervisor: its workers build the application in the child
+    from an import string and never tell the parent why they stopped, and it restarts a dead
+    worker; here each worker is a whole ``serve`` (its own holder row and advisory lock, its
+    own watcher, exit 70 when its connection is lost), and when one stops, all stop, with its
+    exit code, as a single server would (a process manager restarts the service).
+
+    Raises:
+        ValueError: the profile uses a local data root (:data:`WORKERS_NEED_REMOTE`).
+        SystemExit: a worker stopped with an error; its exit code (it logged why).
+    """
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    from app.config import REMOTE
+
+    if config.backend != REMOTE:
+        raise ValueError(WORKERS_NEED_REMOTE.format(profile=config.profile))
+    sock = bind(host, port)
+    # spawn, not fork: a forked child would share this process's threads' state and any
+    # connection opened before; each worker opens its own.
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(config.profile, config.profile_source, host, sock),
+            name=f"app-worker-{n}",
+        )
+        for n in range(workers)
+    ]
+    stopping: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: stopping.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    code = 0
+    try:
+        for process in processes:
+            process.start()
+        log.info(
+            "started %d workers on http://%s:%d (pids %s), each a replica of profile %s",
+            workers,
+            host,
+            sock.getsockname()[1],
+            ", ".join(str(p.pid) for p in processes),
+            config.profile,
+        )
+        while not stopping:
+            ended = wait([p.sentinel for p in processes], timeout=0.5)
+            if ended:
+                first = next(p for p in processes if p.sentinel in ended)
+                first.join()
+                code = first.exitcode or 0
+                log.error("worker %s stopped (exit %s); stopping the others", first.pid, code)
+                break
+    finally:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join()
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code:
+        sys.exit(code if code > 0 else EX_SOFTWARE)
+
+
+def _worker(profile: str, profile_source: str, host: str, sock: socket.socket) -> None:
+    """One worker of :func:`serve_workers`: a replica on the inherited socket."""
+    from app import config as appconfig
+
+    try:
+        config = appconfig.load(profile, profile_source=profile_source, serving=True)
+        logging.config.dictConfig(_log_config(config.log_level))
+        wanted = f"start worker {os.getpid()} on {host}:{sock.getsockname()[1]}"
+        with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
+            _run(config, store, sock, host)
+    except AppError as error:
+        log.error("worker %d: %s", os.getpid(), error.message)
+        sys.exit(error.exit_code)
 
 
 def _public_url(host: str, port: int) -> str:
