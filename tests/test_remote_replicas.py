@@ -433,3 +433,58 @@ def test_a_data_root_refuses_several_workers(tmp_path: Path) -> None:
     assert "--workers above 1 needs a profile on PostgreSQL and object storage" in result.stderr
     assert "profile 'testing' uses a local data root" in result.stderr
     assert not (tmp_path / "root").exists()
+
+
+# --- stamps ------------------------------------------------------------------------------
+
+
+def test_storage_stamped_for_another_profile_is_refused_until_restamped(
+    production: Production, blob_url: str, s3_engine: S3Engine
+) -> None:
+    from app.remote import pg
+    from app.remote.objects import ObjectStore
+
+    pg.open_database(production.database_url, "development")
+    objects = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    objects.open("development")
+    refused = production.start(ready=False)
+    assert refused.process.wait(timeout=60) == 78
+    assert "belongs to profile 'development'" in refused.output
+    command = "app data restamp --profile production --from development --yes-i-mean-it"
+    assert command in refused.output
+    assert "NOT 'production': refused" in production.run("status").stdout
+
+    unconfirmed = production.run("data", "restamp", "--from", "development")
+    assert unconfirmed.returncode == 77, unconfirmed.stderr
+    done = production.run("data", "restamp", "--from", "development", "--yes-i-mean-it")
+    assert done.returncode == 0, done.stderr
+    assert "is now stamped 'production' (was 'development')" in done.stdout
+    assert (objects.read_stamp() or {})["profile"] == "production"
+    with psycopg.connect(production.database_url) as conn:
+        audited = conn.execute(
+            "SELECT target FROM app_audit WHERE operation = 'restamp' ORDER BY id"
+        ).fetchall()
+    assert len(audited) == 2  # the database, then the prefix
+    production.start()
+    again = production.run("data", "restamp", "--from", "development", "--yes-i-mean-it")
+    assert again.returncode == 75  # a replica lives
+    assert "live replica(s)" in again.stderr
+
+
+def test_a_database_with_tables_of_its_own_and_no_stamp_is_refused(
+    production: Production,
+) -> None:
+    with psycopg.connect(production.database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id integer)")
+    refused = production.start(ready=False)
+    assert refused.process.wait(timeout=60) == 78
+    assert "is not empty and has no profile stamp" in refused.output
+    assert "public.invoices" in refused.output
+    shown = production.run("status")
+    assert shown.returncode == 0, shown.stderr
+    assert "stamp: none" in shown.stdout
+    with psycopg.connect(production.database_url) as conn:
+        tables = conn.execute("SELECT to_regclass('app_stamp')").fetchone()
+    assert tables == (None,)
