@@ -94,6 +94,15 @@ def _audit(database_url: str) -> list[tuple[str, str]]:
     return [(operation, target) for operation, target in rows]
 
 
+def _total_is_counted(store: RemoteStore) -> int:
+    # The page's total comes from counters kept by a trigger; it must equal a real count.
+    with psycopg.connect(store.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM app_sessions WHERE deleted_at IS NULL").fetchone()
+    assert row is not None
+    assert store.list_sessions().total == row[0]
+    return int(row[0])
+
+
 def _blobs(store: RemoteStore) -> set[str]:
     return {info.name for info in store.objects.objects(BLOBS)}
 
@@ -253,6 +262,8 @@ def test_pages_are_stable_while_the_other_replica_creates(
     assert seen == made[: len(seen)]
     assert len(seen) == len(set(seen)) >= 7
     assert page.total == len(made) - 1
+    second.delete_session(made[0])
+    assert _total_is_counted(first) == len(made) - 1
     small = second.list_sessions(limit=5, max_bytes=1)
     assert len(small.items) == 1
     assert small.next == small.items[0]["id"]
@@ -373,9 +384,12 @@ def test_purge_and_empty_trash_remove_rows_then_objects(store: RemoteStore) -> N
     store.put_file(kept, "a", b"b", replace=True)
     gone = [store.create_session(f"g{i}")["id"] for i in range(2)]
     store.put_file(gone[0], "x", b"x")
+    assert _total_is_counted(store) == 3
     entries = store.purge()
     assert sorted(e.session_id for e in entries) == sorted([kept, *gone])
+    assert _total_is_counted(store) == 0
     store.restore(kept)
+    assert _total_is_counted(store) == 1
     assert store.empty_trash(timedelta(days=1)) == []  # nothing is that old
     assert len(_blobs(store)) == 3
     removed = store.empty_trash()
@@ -384,6 +398,7 @@ def test_purge_and_empty_trash_remove_rows_then_objects(store: RemoteStore) -> N
     )
     assert store.list_trash() == []
     assert len(_blobs(store)) == 1  # only the live file's object
+    assert _total_is_counted(store) == 1
     assert _read(store, kept, "a") == b"b"
     audit = _audit(store.database_url)
     assert ("purge", store.where) in audit

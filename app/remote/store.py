@@ -433,9 +433,7 @@ class RemoteStore:
                 " LIMIT %s",
                 (cursor, limit + 1),
             ).fetchall()
-            count = conn.execute(
-                "SELECT count(*) AS n FROM app_sessions WHERE deleted_at IS NULL"
-            ).fetchone()
+            count = conn.execute("SELECT sum(live) AS n FROM app_session_counts").fetchone()
         total = int(count["n"]) if count else 0
         more = len(rows) > limit
         items: list[dict[str, Any]] = []
