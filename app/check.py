@@ -7,8 +7,8 @@ last (the trash before the sessions: a half trash entry may still wait for a blo
 would otherwise look like an orphan), and with ``repair`` reconciles each finding without
 ever deleting acknowledged bytes.
 
-Kept apart from :mod:`app.store` (which it reads through the store's own helpers) because
-it runs at start-up and from ``app data check`` only, never on a request.
+Kept apart from :mod:`app.store` because it runs at start-up and from ``app data check``
+only, never on a request.
 """
 
 from __future__ import annotations
@@ -17,90 +17,32 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.dataroot import fsync_dir, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError
-from app.store import (
-    _ID_RE,
-    _TRASH_NAME_RE,
+from app.names import check_file_name
+from app.storage import CheckReport, Finding, TrashEntry
+from app.store.ids import ID_RE
+from app.store.records import (
     BLOBS_DIR,
     LEGACY_FILES_KEY,
     NEW_PREFIX,
     RECORDS_DIR,
     TRASH_MANIFEST,
     TRASHED_SESSION,
-    TrashEntry,
-    _load_record,
-    _record_blob,
-    check_file_name,
+    load_record,
+    read_meta,
+    record_blob,
 )
+from app.store.trash import TRASH_NAME_RE
 
 if TYPE_CHECKING:
     from app.store import Store
 
+# Finding and CheckReport are the seam's (every backend reports its check the same way).
 __all__ = ["CheckReport", "Checker", "Finding"]
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing :meth:`Store.check` found that a consistent data root does not hold.
-
-    Attributes:
-        problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
-            ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
-            ``trash-unaudited``, ``trash-no-manifest``, ``record-without-file``,
-            ``file-without-record``, ``legacy-layout``, ``session-unreadable`` or
-            ``unknown-entry``.
-        target: what it concerns, relative to the data root.
-        detail: what it is and how it came about.
-        repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
-        repaired: whether this run repaired it.
-    """
-
-    problem: str
-    target: str
-    detail: str
-    repair: str
-    repaired: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (``app data check --json``, the audit line)."""
-        return {
-            "problem": self.problem,
-            "target": self.target,
-            "detail": self.detail,
-            "repair": self.repair,
-            "repaired": self.repaired,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class CheckReport:
-    """What :meth:`Store.check` found, and what it repaired.
-
-    Attributes:
-        findings: everything found, repaired or not.
-        repair: whether the check ran with repair.
-    """
-
-    findings: list[Finding]
-    repair: bool
-
-    @property
-    def unresolved(self) -> list[Finding]:
-        """The findings still there after this run."""
-        return [f for f in self.findings if not f.repaired]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (``app data check --json``)."""
-        return {
-            "repair": self.repair,
-            "clean": not self.unresolved,
-            "findings": [f.to_dict() for f in self.findings],
-        }
 
 
 class Checker:
@@ -131,7 +73,7 @@ class Checker:
         self.check_tmp()
         self.check_staging()
         self.check_trash()
-        for session_id in self.store._scan_ids():
+        for session_id in self.store.sessions.scan_ids():
             self.check_session(session_id)
 
     def check_tmp(self) -> None:
@@ -150,7 +92,7 @@ class Checker:
         for path in _listing(self.store.sessions_dir):
             name = path.name
             if name.startswith(NEW_PREFIX):
-                if name in self.store._shared.creating:
+                if name in self.root.store_state.creating:
                     continue
                 if self.found(
                     "unfinished-create",
@@ -159,7 +101,7 @@ class Checker:
                     "delete it",
                 ):
                     shutil.rmtree(path, ignore_errors=True)
-            elif not _ID_RE.fullmatch(name):
+            elif not ID_RE.fullmatch(name):
                 self.unrepaired(
                     "unknown-entry", path, "not a session directory", "nothing: left for a human"
                 )
@@ -187,13 +129,13 @@ class Checker:
         audited, purged = self._audited()
         for path in _listing(self.root.trash_dir):
             name = path.name
-            found = _TRASH_NAME_RE.fullmatch(name)
+            found = TRASH_NAME_RE.fullmatch(name)
             if found is None or path.is_symlink() or not path.is_dir():
                 self.unrepaired(
                     "unknown-entry", path, "not a trash entry", "nothing: left for a human"
                 )
                 continue
-            entry = self.store._read_trash_entry(name)
+            entry = self.store.trash.read_entry(name)
             assert entry is not None
             try:
                 manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
@@ -208,7 +150,7 @@ class Checker:
                         "an empty trash entry: a delete that stopped before its manifest",
                         "remove the empty directory",
                     ):
-                        self.store._remove_empty_entry(entry)
+                        self.store.trash.remove_empty(entry)
                 else:
                     self.unrepaired(
                         "trash-no-manifest",
@@ -251,17 +193,17 @@ class Checker:
                 + ("is unchanged" if session_dir.is_dir() else "is not there either"),
                 "remove the entry (it holds no data)",
             ):
-                self.store._remove_empty_entry(entry)
+                self.store.trash.remove_empty(entry)
             return False
         file, blob = manifest.get("file"), manifest.get("blob")
         if isinstance(file, str) and file in contents:
             return True
-        named = isinstance(blob, str) and _ID_RE.fullmatch(blob) is not None
+        named = isinstance(blob, str) and ID_RE.fullmatch(blob) is not None
         blob_path = session_dir / BLOBS_DIR / str(blob)
         switched = False
         if named and isinstance(file, str) and blob_path.is_file() and not blob_path.is_symlink():
             with contextlib.suppress(InvalidNameError):
-                current = _record_blob(session_dir / RECORDS_DIR / check_file_name(file))
+                current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
                 switched = current != blob
         if not switched:
             if self.found(
@@ -271,7 +213,7 @@ class Checker:
                 "is unchanged",
                 "remove the entry (it holds no data)",
             ):
-                self.store._remove_empty_entry(entry)
+                self.store.trash.remove_empty(entry)
             return False
         assert isinstance(file, str) and isinstance(blob, str)
         self.awaited.add((entry.session_id, blob))
@@ -291,7 +233,7 @@ class Checker:
     def check_session(self, session_id: str) -> None:
         directory = self.store.sessions_dir / session_id
         try:
-            meta = self.store._read_meta(directory, session_id)
+            meta = read_meta(directory, session_id)
         except (SessionNotFoundError, ValueError):
             self.unrepaired(
                 "session-unreadable",
@@ -309,7 +251,7 @@ class Checker:
                 "move each file's bytes to blobs/ and give it a record; then drop the list",
             ):
                 return  # the rest of the checks assume the current layout
-            self.store._migrate_legacy(directory, session_id, meta)
+            self.store.sessions.migrate_legacy(directory, meta)
         referenced: set[str] = set()
         records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
         records, blobs = _listing(records_dir), _listing(blobs_dir)
@@ -319,7 +261,7 @@ class Checker:
             # partial restore) can hide behind equal counts, which the command reads for.
             return
         for path in records:
-            record = _load_record(path)
+            record = load_record(path)
             if record is None:
                 self.unrepaired(
                     "unknown-entry", path, "not a file record", "nothing: left for a human"
@@ -340,7 +282,7 @@ class Checker:
         for path in blobs:
             if path.name in referenced or (session_id, path.name) in self.awaited:
                 continue
-            if not _ID_RE.fullmatch(path.name):
+            if not ID_RE.fullmatch(path.name):
                 self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
                 continue
             name = f"orphan-{path.name}"
@@ -351,7 +293,7 @@ class Checker:
                 "acknowledged)",
                 f"move them to the trash as file {name!r} (reason 'orphan')",
             ):
-                entry = self.store._new_trash_entry(session_id, "file", name, "orphan")
+                entry = self.store.trash.new_entry(session_id, "file", name, "orphan")
                 path.rename(entry.path / name)
                 fsync_dir(entry.path)
                 fsync_dir(blobs_dir)

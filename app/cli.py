@@ -1,8 +1,6 @@
 """The ``app`` command line: parse, call, print, exit. Thin on purpose.
 
-Exit codes follow sysexits (see `app.errors`): 0 success, 2 usage, 65 bad data, 66 not found,
-69 port or lock unavailable, 75 data root held by a live process (retry later), 77 confirmation
-required on a protected profile, 78 configuration error.
+Exit codes follow sysexits; `app.errors` defines them and docs/reference/cli.md lists them.
 
 Heavy imports (FastAPI, uvicorn) happen inside the commands that need them, so ``app config``
 and ``app doctor`` start as fast as dynaconf allows.
@@ -14,9 +12,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import click
 
@@ -27,14 +24,11 @@ from app.errors import (
     ConfigError,
     ConfirmationRequiredError,
     DataRootInUseError,
-    describe_holder,
     storage_error,
 )
 
 if TYPE_CHECKING:
-    from app.store import Store
-
-F = TypeVar("F", bound=Callable[..., Any])
+    from app.storage import Storage
 
 
 def fail(error: AppError) -> NoReturn:
@@ -43,19 +37,30 @@ def fail(error: AppError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def selected_profile(ctx: click.Context) -> str | None:
-    """The ``--profile`` given: after the command name (`profile_option`), else before it."""
-    own: str | None = ctx.params.get("profile")
-    return own if own is not None else ctx.find_root().params.get("profile")
+_PROFILE_KEY = "app.profile"
 
 
-def profile_option(command: F) -> F:
-    """``app COMMAND --profile NAME``, the same option as ``app --profile NAME COMMAND``."""
-    return click.option(
-        "--profile",
+def _remember_profile(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    # ctx.meta is shared by the whole context chain; the command's own --profile is parsed
+    # after the group's, so it wins when both are given.
+    if value is not None:
+        ctx.meta[_PROFILE_KEY] = value
+
+
+def _profile_option(help_text: str) -> click.Option:
+    return click.Option(
+        ["--profile"],
         metavar="NAME",
-        help="Profile to use (same as `app --profile NAME`); wins over it if both are given.",
-    )(command)
+        expose_value=False,
+        callback=_remember_profile,
+        help=help_text,
+    )
+
+
+def selected_profile(ctx: click.Context) -> str | None:
+    """The ``--profile`` given, before or after the command name."""
+    profile: str | None = ctx.meta.get(_PROFILE_KEY)
+    return profile
 
 
 def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Config:
@@ -78,8 +83,28 @@ def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     return report
 
 
-class AppGroup(click.Group):
-    """The command group that turns every `AppError`, from any command, into its exit code."""
+class AppCommand(click.Command):
+    """A command that also takes ``--profile`` after its name: ``app config --profile X``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            _profile_option(
+                "Profile to use (same as `app --profile NAME`); wins over it if both are given."
+            )
+        )
+
+
+class CommandGroup(click.Group):
+    """A group whose commands are `AppCommand`s (``sessions``, ``data``)."""
+
+    command_class = AppCommand
+
+
+class AppGroup(CommandGroup):
+    """The root group: it turns every `AppError`, from any command, into its exit code."""
+
+    group_class = CommandGroup
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -94,15 +119,18 @@ class AppGroup(click.Group):
             fail(mapped)
 
 
-@click.group(cls=AppGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--profile",
-    metavar="NAME",
-    help="Profile to use (a section of settings.toml). Default: $ENV_FOR_DYNACONF, "
-    "else development.",
+@click.group(
+    cls=AppGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    params=[
+        _profile_option(
+            "Profile to use (a section of settings.toml). Default: $ENV_FOR_DYNACONF, "
+            "else development."
+        )
+    ],
 )
 @click.version_option(package_name="app")
-def cli(profile: str | None) -> None:
+def cli() -> None:
     """Review sessions over HTTP, with profiles that keep tests away from production data."""
 
 
@@ -127,9 +155,8 @@ def _profile_table(report: appconfig.Report, names: list[str]) -> list[str]:
 @cli.command("config")
 @click.option("--all", "show_all", is_flag=True, help="Show every profile side by side.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-@profile_option
 @click.pass_context
-def config_command(ctx: click.Context, show_all: bool, as_json: bool, profile: str | None) -> None:
+def config_command(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """Show the resolved configuration and where each value came from (secrets masked).
 
     Loading a single profile means intending to run it: a problem that would stop the app
@@ -196,9 +223,8 @@ def _show_all(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@profile_option
 @click.pass_context
-def doctor(ctx: click.Context, profile: str | None) -> None:
+def doctor(ctx: click.Context) -> None:
     """Check every profile (roots, types, unknown keys) and what each one needs to run.
 
     Lists every problem, not just the first. Exits 78 if the settings files have a problem
@@ -269,27 +295,46 @@ def _problems_where_served(report: appconfig.Report) -> dict[str, list[ConfigErr
 
 
 _CONFIRM_OPTION = "--yes-i-mean-it"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _duration(value: str | None) -> timedelta | None:
-    if value is None:
-        return None
-    found = _DURATION.fullmatch(value.strip().lower())
-    if found is None:
-        raise click.BadParameter(
-            f"{value!r} is not a duration; use a number and a unit: 30m, 12h, 7d, 2w",
-            param_hint="--older-than",
-        )
-    return timedelta(seconds=float(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+# Not ParamType[timedelta]: it is generic only in recent click, and click 8.1 is supported.
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """An age such as ``30m``, ``12h``, ``7d`` or ``2w``, as a `timedelta`."""
+
+    name = "duration"
+    _FORM = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+    _UNIT_SECONDS: ClassVar[dict[str, int]] = {
+        "s": 1,
+        "m": 60,
+        "h": 3600,
+        "d": 86400,
+        "w": 7 * 86400,
+    }
+
+    def convert(
+        self, value: str | timedelta, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        found = self._FORM.fullmatch(value.strip().lower())
+        if found is None:
+            self.fail(
+                f"{value!r} is not a duration; use a number and a unit: 30m, 12h, 7d, 2w",
+                param,
+                ctx,
+            )
+        try:
+            return timedelta(seconds=float(found.group(1)) * self._UNIT_SECONDS[found.group(2)])
+        except OverflowError:
+            self.fail(
+                f"{value!r} is longer than any date the trash can hold; leave it out", param, ctx
+            )
 
 
 def _require_confirmation(config: appconfig.Config, operation: str, confirmed: bool) -> None:
     # Checked before the data root is even opened: a refused command must not create the
-    # root, take the lock, or write an audit line. Production is always protected (config
-    # refuses protected = false there).
-    if (config.protected or config.profile == "production") and not confirmed:
+    # root, take the lock, or write an audit line.
+    if config.protected and not confirmed:
         raise ConfirmationRequiredError(operation, config.profile, _CONFIRM_OPTION)
 
 
@@ -302,9 +347,8 @@ def _require_confirmation(config: appconfig.Config, operation: str, confirmed: b
     type=click.IntRange(0, 65535),
     help="Port to listen on (0: any free port). Default: the profile's port.",
 )
-@profile_option
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, profile: str | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the HTTP API on the profile's data root, holding its lock until stopped.
 
     The root is locked before the port is bound, so a second server on the same root exits
@@ -320,18 +364,17 @@ def serve(ctx: click.Context, host: str | None, port: int | None, profile: str |
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-@profile_option
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
+def status(ctx: click.Context, as_json: bool) -> None:
     """Say who holds the profile's data root (or that nobody does), and its profile stamp.
 
     Only looks: creates nothing and takes no lasting lock. What it shows is one moment; the
     holder may be gone (or a new one there) by the time you read it. Exits 0 either way.
     """
     config = load_config(ctx)
-    from app.dataroot import describe
+    from app.storage import status as storage_status
 
-    seen = describe(config.data_root)
+    seen = storage_status(config)
     if as_json:
         click.echo(json.dumps({"profile": config.profile, **seen.to_dict()}, indent=2))
         return
@@ -345,11 +388,11 @@ def status(ctx: click.Context, as_json: bool, profile: str | None) -> None:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
         click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
-    holder = seen.probe.holder
-    if not seen.probe.held:
+    holder = seen.holder
+    if not seen.held:
         click.echo("held by: nobody")
         return
-    click.echo(f"held by: {describe_holder(holder)}")
+    click.echo(f"held by: {seen.held_by}")
     if holder and holder.get("kind") == "server" and holder.get("port"):
         click.echo(f"serving: http://{config.host}:{holder['port']}")
 
@@ -359,19 +402,17 @@ def sessions() -> None:
     """List, show and restore sessions. Listing reads; restore takes the data root's lock."""
 
 
-def _reader_store(config: appconfig.Config) -> Store:
-    from app.dataroot import open_root
-    from app.store import Store
+def _reader_store(config: appconfig.Config) -> Storage:
+    from app.storage import open_storage
 
-    return Store(open_root(config, write=False))
+    return open_storage(config, writer=False)
 
 
 @sessions.command("list")
 @click.option("--trash", is_flag=True, help="List the trash instead (what can be restored).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per session or entry.")
-@profile_option
 @click.pass_context
-def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str | None) -> None:
+def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
     """List the sessions (oldest first), or with --trash the deleted ones."""
     store = _reader_store(load_config(ctx))
     if trash:
@@ -403,9 +444,8 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool, profile: str |
 @sessions.command("show")
 @click.argument("session_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="The session.json as stored.")
-@profile_option
 @click.pass_context
-def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: str | None) -> None:
+def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
     """Show one session and its files."""
     session = _reader_store(load_config(ctx)).get_session(session_id)
     if as_json:
@@ -422,23 +462,19 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool, profile: s
 @sessions.command("restore")
 @click.argument("session_id", metavar="ID")
 @click.option("--file", "file_name", metavar="NAME", help="Restore one deleted file instead.")
-@profile_option
 @click.pass_context
-def sessions_restore(
-    ctx: click.Context, session_id: str, file_name: str | None, profile: str | None
-) -> None:
+def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None) -> None:
     """Bring a deleted session (or one file, with --file) back from the trash.
 
     Takes the data root's lock, so it exits 75 while a server runs on it. Refuses to
     overwrite a session or file that exists again.
     """
     config = load_config(ctx)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     what = f"restore session {session_id}" + (f" file {file_name!r}" if file_name else "")
-    with open_root(config, kind="maintenance", wanted=what) as root:
-        session = Store(root).restore(session_id, file=file_name)
+    with open_storage(config, writer=True, wanted=what) as store:
+        session = store.restore(session_id, file=file_name)
     restored = f"file {file_name!r} of session" if file_name else "session"
     click.echo(f"restored {restored} {session['id']} ({session['title'] or 'untitled'})")
 
@@ -450,9 +486,8 @@ def data() -> None:
 
 @data.command("purge")
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
-@profile_option
 @click.pass_context
-def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None:
+def data_purge(ctx: click.Context, confirmed: bool) -> None:
     """Move every session to the trash (restorable until `app data empty-trash`).
 
     Exits 75 and changes nothing while a server (or anything else) holds the data root.
@@ -461,12 +496,11 @@ def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None
     """
     config = load_config(ctx)
     _require_confirmation(config, "purge every session", confirmed)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
-    with open_root(config, kind="maintenance", wanted="purge every session") as root:
-        entries = Store(root).purge()
-        trash = root.trash_dir
+    with open_storage(config, writer=True, wanted="purge every session") as store:
+        entries = store.purge()
+        trash = store.trash_location
     click.echo(
         f"moved {len(entries)} session(s) to {trash}; `app sessions list --trash` shows them "
         "and `app sessions restore ID` brings one back"
@@ -476,34 +510,30 @@ def data_purge(ctx: click.Context, confirmed: bool, profile: str | None) -> None
 @data.command("empty-trash")
 @click.option(
     "--older-than",
+    type=Duration(),
     metavar="AGE",
     help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w). Default: all.",
 )
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
-@profile_option
 @click.pass_context
-def data_empty_trash(
-    ctx: click.Context, older_than: str | None, confirmed: bool, profile: str | None
-) -> None:
+def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed: bool) -> None:
     """Delete the trash for good: the only command that removes bytes.
 
     Exits 75 while the data root is held; on a protected profile needs --yes-i-mean-it
     (exit 77 without it, before touching anything).
     """
-    age = _duration(older_than)
     config = load_config(ctx)
     _require_confirmation(config, "empty the trash", confirmed)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     try:
-        root = open_root(config, kind="maintenance", wanted="empty the trash")
+        store = open_storage(config, writer=True, wanted="empty the trash")
     except DataRootInUseError as error:
         port = (error.holder or {}).get("port")
         if (error.holder or {}).get("kind") == "server" and port:
             # The server is the root's only writer: it empties its own trash when asked.
-            query = [] if age is None else [f"older_than={int(age.total_seconds())}"]
-            if config.protected or config.profile == "production":
+            query = [] if older_than is None else [f"older_than={int(older_than.total_seconds())}"]
+            if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
             click.echo(
@@ -513,8 +543,8 @@ def data_empty_trash(
                 err=True,
             )
         raise
-    with root:
-        removed = Store(root).empty_trash(older_than=age)
+    with store:
+        removed = store.empty_trash(older_than=older_than)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
 
 
@@ -525,9 +555,8 @@ def data_empty_trash(
     help="Reconcile what is found (takes the data root's lock: exit 75 while a server runs).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
-@profile_option
 @click.pass_context
-def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | None) -> None:
+def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
     """Find what an interrupted write left behind; with --repair, reconcile it (audited).
 
     Looks for files left in .tmp/, unfinished session creates, trash entries that are
@@ -542,12 +571,11 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | N
     is found (without --repair) or needs a human, 75 with --repair while the root is held.
     """
     config = load_config(ctx)
-    from app.dataroot import open_root
-    from app.store import Store
+    from app.storage import open_storage
 
     if repair:
-        with open_root(config, kind="maintenance", wanted="repair the data root") as root:
-            report = Store(root).check(repair=True)
+        with open_storage(config, writer=True, wanted="repair the data root") as store:
+            report = store.check(repair=True)
     else:
         report = _reader_store(config).check()
     if as_json:
@@ -579,26 +607,23 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool, profile: str | N
     "--from", "from_profile", metavar="NAME", required=True, help="The profile it is stamped with."
 )
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
-@profile_option
 @click.pass_context
-def data_restamp(
-    ctx: click.Context, from_profile: str, confirmed: bool, profile: str | None
-) -> None:
+def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None:
     """Hand the data root of --profile, stamped with another profile, to it (audited).
 
     For a root that really moved between profiles, e.g. a staging copy promoted to
-    development. Takes the lock (exit 75 while held). Handing a root to a protected profile
-    or taking one from production needs --yes-i-mean-it.
+    development. Takes the lock (exit 75 while held). Handing a root to or from a protected
+    profile (production always is) needs --yes-i-mean-it.
     """
     config = load_config(ctx)
     source = from_profile.lower()
-    if ("production" in (source, config.profile) or config.protected) and not confirmed:
+    if (config.protected or source in config.protected_profiles) and not confirmed:
         raise ConfirmationRequiredError(
             f"re-stamp data root {config.data_root} from {source!r} to {config.profile!r}",
-            "production" if source == "production" else config.profile,
+            source if source in config.protected_profiles else config.profile,
             _CONFIRM_OPTION,
         )
-    from app.dataroot import restamp
+    from app.storage import restamp
 
     stamp = restamp(config, from_profile)
     click.echo(

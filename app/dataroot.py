@@ -1,8 +1,8 @@
 """Opening a data root: sandbox check, creation, lock, profile stamp, layout, audit log.
 
-Layers 3 to 7 of the design meet here. :func:`open_root` is the only way the app gets a
-writable data root, and it checks in an order chosen so that each step is protected by
-the ones before it:
+The sandbox, the lock, the stamp, the trash and the audit log meet here. :func:`open_root`
+is the only way the app gets a writable data root, and it checks in an order chosen so that
+each step is protected by the ones before it:
 
 1. the pytest sandbox (before touching the filesystem at all);
 2. create the root, mode 0700, if it is new;
@@ -45,15 +45,16 @@ from typing import IO, TYPE_CHECKING, Any, Final, Self
 from app import __version__
 from app.errors import (
     DataRootChangedError,
-    InvalidSettingError,
+    DataRootStateError,
     LockLostError,
     ProfileStampMismatchError,
 )
-from app.lock import LOCK_FILE, Probe, RootLock, probe
+from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe
 from app.sandbox import check_root
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.store.concurrency import RootState
 
 __all__ = [
     "AUDIT_FILE",
@@ -90,8 +91,6 @@ _LAYOUT: Final = frozenset(
 # Entries that do not count as data when deciding whether an unstamped root is new.
 _NOT_DATA: Final = frozenset({LOCK_FILE, TMP_DIR, "lost+found"})
 
-_SETTING_SOURCE: Final = "the configuration; `app config` shows where it came from"
-
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
@@ -112,10 +111,8 @@ def write_new_file(path: Path, data: bytes) -> None:
     The one write-and-fsync of the app's atomic writes: the temporary files of
     :meth:`DataRoot.atomic_write_bytes` and the stamp, and the ``session.json`` that
     :mod:`app.store` writes into a new session's staging directory. The caller renames
-    the file into place and fsyncs the directory (:func:`fsync_dir`).
-
-    Raises:
-        FileExistsError: ``path`` exists (``O_EXCL``: never write into someone's file).
+    the file into place and fsyncs the directory (:func:`fsync_dir`). ``O_EXCL``: it never
+    writes into a file that exists (someone else's).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -226,18 +223,11 @@ def _audit_record(
 # --- the profile stamp -------------------------------------------------------------------
 
 
-def read_stamp(root: Path, *, profile: str = "?") -> dict[str, Any] | None:
-    """The profile stamp of ``root``, or ``None`` if it has none. Creates nothing.
+def read_stamp(root: Path) -> dict[str, Any] | None:
+    """The profile stamp of ``root`` (``profile``, ``created_at``, ``app_version``), or ``None``.
 
-    Args:
-        root: the data root.
-        profile: the profile asking, for the error message only.
-
-    Returns:
-        The stamp mapping (``profile``, ``created_at``, ``app_version``), or ``None``.
-
-    Raises:
-        InvalidSettingError: the stamp exists but is not a JSON object with a ``profile``.
+    Creates nothing. A stamp that is not a JSON object naming a profile is refused
+    (:class:`DataRootStateError`).
     """
     path = root / STAMP_FILE
     try:
@@ -252,17 +242,15 @@ def read_stamp(root: Path, *, profile: str = "?") -> dict[str, Any] | None:
         if isinstance(stamp, dict) and isinstance(stamp.get("profile"), str) and stamp["profile"]:
             return stamp
         problem = f"its profile stamp {path} names no profile"
-    raise InvalidSettingError(
-        profile,
-        "data_root",
-        str(root),
-        f"{problem}; restore the file from a backup, or write "
-        f'{{"profile": "<the profile this root belongs to>"}} into it by hand',
-        _SETTING_SOURCE,
+    raise DataRootStateError(
+        root,
+        problem,
+        "restore the file from a backup, or write "
+        '{"profile": "<the profile this root belongs to>"} into it by hand',
     )
 
 
-def _layout_dir(root: Path, name: str, profile: str) -> Path:
+def _layout_dir(root: Path, name: str) -> Path:
     # A symlink here (even to a directory) would send writes, clearing .tmp/ and emptying
     # the trash to wherever it points: files outside the data root would be deleted.
     path = root / name
@@ -276,21 +264,18 @@ def _layout_dir(root: Path, name: str, profile: str) -> Path:
                 if stat.S_ISLNK(mode)
                 else "is not a directory"
             )
-            raise InvalidSettingError(
-                profile,
-                "data_root",
-                str(root),
+            raise DataRootStateError(
+                root,
                 f"{path} {what}; the app's own directories must be real directories inside "
-                "the data root, or its writes and clean-ups could reach outside it. Move it "
-                "away and let the app create the directory",
-                _SETTING_SOURCE,
+                "the data root, or its writes and clean-ups could reach outside it",
+                "move it away and let the app create the directory",
             ) from None
     return path
 
 
 def _write_stamp(root: Path, profile: str, **extra: Any) -> dict[str, Any]:
     stamp = {"profile": profile, "created_at": _now_iso(), "app_version": __version__, **extra}
-    tmp_dir = _layout_dir(root, TMP_DIR, profile)
+    tmp_dir = _layout_dir(root, TMP_DIR)
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
     _replace(_write_temp_file(tmp_dir, data), root / STAMP_FILE)
     return stamp
@@ -320,24 +305,28 @@ def _refuse_foreign_directory(config: Config, root: Path) -> None:
     foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _LAYOUT)
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise InvalidSettingError(
-            config.profile,
-            "data_root",
-            str(root),
+        raise DataRootStateError(
+            root,
             f"the directory is not empty and has no profile stamp ({STAMP_FILE}), and it "
-            f"holds files that are not the app's ({shown}); refusing to adopt it as a data "
-            "root. Point data_root at a new or empty directory",
-            _SETTING_SOURCE,
+            f"holds files that are not the app's ({shown}); refusing to adopt it as a data root",
+            f"point data_root of profile {config.profile!r} at a new or empty directory "
+            "(`app config` shows where it is set)",
         )
 
 
+def _taking_needs_confirmation(config: Config, stamped: str) -> bool:
+    # A root stamped by a profile these settings do not know may be another deployment's
+    # production: taking it is treated like taking a protected profile's.
+    return config.protected or stamped in config.protected_profiles or stamped not in config.roots
+
+
 def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[str, Any] | None:
-    stamp = read_stamp(root, profile=config.profile)
+    stamp = read_stamp(root)
     if stamp is not None:
         stamped = str(stamp["profile"]).lower()
         if stamped != config.profile:
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=config.protected
+                root, stamped, config.profile, protected=_taking_needs_confirmation(config, stamped)
             )
         return stamp
     if not write:
@@ -383,7 +372,7 @@ def _clear_tmp(tmp_dir: Path) -> list[str]:
     # Only the lock holder writes in .tmp/, and we hold the lock: a file here whose flock
     # nobody holds was left by a holder that crashed mid-write, and was never visible under
     # its real name. A held one is another process's write in flight: a server whose lock
-    # file was deleted by hand may still be writing, and its upload is not ours (#9, 3).
+    # file was deleted by hand may still be writing, and its upload is not ours.
     removed: list[str] = []
     with os.scandir(tmp_dir) as entries:
         for entry in entries:
@@ -465,14 +454,6 @@ def open_root(
 
     Returns:
         An open :class:`DataRoot`; close it (or use ``with``) to release the lock.
-
-    Raises:
-        SandboxViolationError: under pytest, the root lies outside the sandbox.
-        DataRootInUseError: another live process holds the root (exit 75).
-        LockUnavailableError: the filesystem does not support ``flock``.
-        ProfileStampMismatchError: the root is stamped with another profile.
-        InvalidSettingError: the root has a broken stamp, or is an unstamped directory
-            holding files that are not the app's.
     """
     root = config.data_root
     # Before anything touches the filesystem, so that even mkdir never happens outside.
@@ -491,7 +472,7 @@ def open_root(
     try:
         stamp = _check_stamp(config, root, kind=kind, write=True)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
-            _layout_dir(root, name, config.profile)
+            _layout_dir(root, name)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
         if removed := _clear_tmp(opened.tmp_dir):
             opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
@@ -514,32 +495,26 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
 
     Returns:
         The new stamp.
-
-    Raises:
-        SandboxViolationError: under pytest, the root lies outside the sandbox.
-        DataRootInUseError: another live process holds the root.
-        ProfileStampMismatchError: the root is stamped with neither profile given.
-        InvalidSettingError: the root does not exist or has no (or a broken) stamp.
     """
     root = config.data_root
     check_root(root, "re-stamp data root")
     from_profile = from_profile.lower()
     if not root.is_dir():
-        raise InvalidSettingError(
-            config.profile, "data_root", str(root), "the directory does not exist", _SETTING_SOURCE
+        raise DataRootStateError(
+            root,
+            "the directory does not exist, so there is no stamp to change",
+            f"check data_root of profile {config.profile!r} (`app config` shows where it is set)",
         )
     with RootLock(root, kind="maintenance", profile=config.profile).acquire(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):
-        stamp = read_stamp(root, profile=config.profile)
+        stamp = read_stamp(root)
         if stamp is None:
-            raise InvalidSettingError(
-                config.profile,
-                "data_root",
-                str(root),
-                f"it has no profile stamp to change; opening it (any `app` command on profile "
-                f"{config.profile!r}) stamps it",
-                _SETTING_SOURCE,
+            raise DataRootStateError(
+                root,
+                "it has no profile stamp to change",
+                f"opening it (any `app` command on profile {config.profile!r}, such as "
+                f"`app sessions list --profile {config.profile}`) stamps it",
             )
         stamped = str(stamp["profile"]).lower()
         if stamped == config.profile:
@@ -547,7 +522,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         if stamped != from_profile:
             # Names the stamp actually found, so the message gives the right --from.
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=config.protected
+                root, stamped, config.profile, protected=_taking_needs_confirmation(config, stamped)
             )
         new = _write_stamp(root, config.profile, restamped_from=stamped)
         _append_audit(
@@ -590,6 +565,8 @@ class DataRoot:
         lock: the held :class:`RootLock` of a writer; ``None`` for a reader.
         stamp: the profile stamp read or written when opening (``None`` for a reader of an
             unstamped root).
+        store_state: what every :class:`app.store.Store` on this root shares (its session
+            locks, listing index and record cache), made with the root and gone with it.
     """
 
     def __init__(
@@ -605,6 +582,9 @@ class DataRoot:
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         self._identities = _layout_identities(self._path) if lock is not None else {}
+        from app.store.concurrency import RootState  # app.store builds on this module
+
+        self.store_state: RootState = RootState(self.sessions_dir)
 
     @property
     def path(self) -> Path:
@@ -647,9 +627,8 @@ class DataRoot:
     def ensure_held(self) -> None:
         """Check, before any write, that the lock file is still the one we hold (one lstat).
 
-        Raises:
-            LockLostError: the lock file was deleted or replaced.
-            RuntimeError: the root was opened read-only or is closed.
+        A lock file deleted or replaced is :class:`LockLostError`; the root or a directory
+        of the app's in it replaced is :class:`DataRootChangedError`.
         """
         self._require_writer("check the lock")
         assert self.lock is not None
@@ -720,9 +699,6 @@ class DataRoot:
 
         Returns:
             The open binary file and its path.
-
-        Raises:
-            LockLostError: the lock file was deleted or replaced.
         """
         self.ensure_held()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
@@ -739,11 +715,7 @@ class DataRoot:
         Args:
             tmp: a file from :meth:`new_temp_file`, flushed and best still open (its
                 flock keeps another writer's clean-up away until the rename).
-            dest: where it belongs, inside the data root.
-
-        Raises:
-            ValueError: ``dest`` is outside the data root or inside ``.tmp/``.
-            LockLostError: the lock file was deleted or replaced.
+            dest: where it belongs, inside the data root (never in ``.tmp/``).
         """
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
@@ -761,10 +733,6 @@ class DataRoot:
         Args:
             dest: the destination, inside the data root (its directory must exist).
             data: the complete new content.
-
-        Raises:
-            ValueError: ``dest`` is outside the data root or inside ``.tmp/``.
-            LockLostError: the lock file was deleted or replaced.
         """
         self._require_writer(f"write {dest}")
         dest = self._check_dest(dest)
@@ -832,6 +800,21 @@ class RootStatus:
     stamp: dict[str, Any] | None
     stamp_error: str | None = None
 
+    @property
+    def held(self) -> bool:
+        """Whether a live process held the root at that moment."""
+        return self.probe.held
+
+    @property
+    def holder(self) -> dict[str, Any] | None:
+        """What the holder published about itself (pid, host, kind, port...), if anything."""
+        return self.probe.holder
+
+    @property
+    def held_by(self) -> str:
+        """The holder in words (pid, host, since, for what), for a person to act on."""
+        return describe_holder(self.probe.holder)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``app status --json``)."""
         return {
@@ -862,8 +845,8 @@ def describe(root: Path) -> RootStatus:
     stamp_error: str | None = None
     try:
         stamp = read_stamp(root)
-    except InvalidSettingError as error:
-        stamp_error = error.problem
+    except DataRootStateError as error:
+        stamp_error = f"{error.problem}; {error.fix}"
     return RootStatus(
         path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
     )

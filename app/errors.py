@@ -4,16 +4,20 @@ Every error carries its data as attributes, builds a message that names the valu
 the reason and the fix, and knows the process exit code (sysexits) and, where it can
 reach a client, the HTTP status and a stable machine-readable ``code``.
 
-Errors pickle cleanly (they cross process boundaries under pytest-xdist), which the
-default ``Exception.__reduce__`` would not do for keyword-only constructors.
+An error class declares its data once, as annotated fields (dataclass-style): they are the
+constructor's arguments, its attributes, and what a pickled copy is rebuilt from (errors
+cross process boundaries under pytest-xdist). Its ``template`` words the refusal from those
+fields; an error whose wording depends on their values overrides ``message`` instead.
 """
 
 from __future__ import annotations
 
 import errno
 from collections.abc import Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 # sysexits.h, the exit codes the command line promises (see docs/reference/errors.md).
 EX_OK = 0
@@ -28,15 +32,13 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
-def _restore(cls: type[AppError], state: dict[str, Any]) -> AppError:
-    error = cls.__new__(cls)
-    error.__dict__.update(state)
-    Exception.__init__(error, error.message)
-    return error
-
-
+@dataclass_transform(eq_default=False, field_specifiers=(field,))
 class AppError(Exception):
     """Base class of every error the app raises on purpose.
+
+    A subclass declares its data as annotated fields and words the refusal in ``template``
+    (or ``message``); normalising a field belongs in ``__post_init__``, which ends by calling
+    the base's.
 
     Attributes:
         exit_code: the process exit code the command line uses for this error.
@@ -47,16 +49,36 @@ class AppError(Exception):
     exit_code: ClassVar[int] = EX_SOFTWARE
     code: ClassVar[str] = "app_error"
     http_status: ClassVar[int] = 500
+    template: ClassVar[str]  # str.format()ted with the fields, like pydantic v1's msg_template
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # written for every subclass
 
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            msg = (
+                f"{cls.__name__} defines __init__: declare its data as annotated fields and "
+                "word the refusal in `template` (or a `message` property); AppError writes the "
+                "constructor"
+            )
+            raise TypeError(msg)
+        # eq=False: exceptions compare by identity; repr=False keeps Exception's repr.
+        dataclass(eq=False, repr=False)(cls)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        """What was refused, why, and the command or setting that resolves it."""
+        return self.template.format_map(vars(self))
 
     def __str__(self) -> str:
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore, (type(self), dict(self.__dict__)))
+        # Default exception pickling would call the class with `args`, the message alone.
+        arguments = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return (partial(type(self), **arguments), (), dict(vars(self)))
 
     def to_dict(self) -> dict[str, Any]:
         """The error as a JSON-ready mapping: ``code`` and ``message``."""
@@ -77,32 +99,34 @@ class SettingsNotFoundError(ConfigError):
     """The settings directory or its ``settings.toml`` does not exist."""
 
     code = "settings_not_found"
+    template = (
+        "no settings.toml found: looked in {looked_in} ({reason}); "
+        "set APP_SETTINGS_DIR to the directory that holds settings.toml"
+    )
 
-    def __init__(self, looked_in: Path, reason: str) -> None:
-        self.looked_in = looked_in
-        self.reason = reason
-        super().__init__(
-            f"no settings.toml found: looked in {looked_in} ({reason}); "
-            "set APP_SETTINGS_DIR to the directory that holds settings.toml"
-        )
+    looked_in: Path
+    reason: str
 
 
 class SettingsDirEmptyError(SettingsNotFoundError):
     """``APP_SETTINGS_DIR`` is set to an empty string, which names no directory."""
 
     code = "settings_dir_empty"
+    template = (
+        "{variable} is set but empty, so it names no settings directory; unset it "
+        "(`unset {variable}`) to use the project directory {project_dir}, or "
+        "set it to the directory that holds settings.toml"
+    )
 
-    def __init__(self, variable: str, project_dir: Path) -> None:
-        self.variable = variable
-        self.project_dir = project_dir
-        self.looked_in = project_dir  # where unsetting the variable would look
-        self.reason = f"{variable} is set but empty"
-        ConfigError.__init__(
-            self,
-            f"{variable} is set but empty, so it names no settings directory; unset it "
-            f"(`unset {variable}`) to use the project directory {project_dir}, or set it to "
-            "the directory that holds settings.toml",
-        )
+    looked_in: Path = field(init=False)  # where unsetting the variable would look
+    reason: str = field(init=False)
+    variable: str
+    project_dir: Path
+
+    def __post_init__(self) -> None:
+        self.looked_in = self.project_dir
+        self.reason = f"{self.variable} is set but empty"
+        super().__post_init__()
 
 
 class SettingsSyntaxError(ConfigError):
@@ -110,12 +134,14 @@ class SettingsSyntaxError(ConfigError):
 
     code = "settings_syntax"
 
-    def __init__(self, path: Path, line: int | None, problem: str) -> None:
-        self.path = path
-        self.line = line
-        self.problem = problem
-        where = f"{path}, line {line}" if line is not None else str(path)
-        super().__init__(f"{where}: invalid TOML: {problem}; fix the file and run `app doctor`")
+    path: Path
+    line: int | None
+    problem: str
+
+    @property
+    def message(self) -> str:
+        where = f"{self.path}, line {self.line}" if self.line is not None else str(self.path)
+        return f"{where}: invalid TOML: {self.problem}; fix the file and run `app doctor`"
 
 
 class UnknownProfileError(ConfigError):
@@ -123,13 +149,19 @@ class UnknownProfileError(ConfigError):
 
     code = "unknown_profile"
 
-    def __init__(self, name: str, known: Sequence[str], source: str) -> None:
-        self.name = name
-        self.known = tuple(known)
-        self.source = source
-        shown = repr(name) if name else "an empty name"
-        super().__init__(
-            f"unknown profile {shown} (from {source}); known profiles: "
+    name: str
+    known: Sequence[str]
+    source: str
+
+    def __post_init__(self) -> None:
+        self.known = tuple(self.known)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        shown = repr(self.name) if self.name else "an empty name"
+        return (
+            f"unknown profile {shown} (from {self.source}); known profiles: "
             f"{', '.join(self.known)}. Set ENV_FOR_DYNACONF or --profile to one of them, "
             "or add a section to settings.toml"
         )
@@ -140,9 +172,15 @@ class DynaconfSwitchError(ConfigError):
 
     code = "dynaconf_switch"
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = tuple(names)
-        super().__init__(
+    names: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.names = tuple(self.names)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        return (
             f"environment variable(s) {', '.join(self.names)} would change which files or "
             "profile dynaconf loads behind the app's back; the app configures dynaconf itself "
             "and selects the profile with ENV_FOR_DYNACONF or --profile only. "
@@ -155,17 +193,17 @@ class InvalidSettingError(ConfigError):
 
     code = "invalid_setting"
 
-    def __init__(
-        self, profile: str | None, key: str, value: object, problem: str, source: str
-    ) -> None:
-        self.profile = profile  # None: the setting belongs to no profile (a stray variable)
-        self.key = key
-        self.value = value
-        self.problem = problem
-        self.source = source
-        shown = "is not set" if value is None else f"= {value!r}"
-        where = f"profile {profile!r}: " if profile is not None else ""
-        super().__init__(f"{where}{key} {shown} (from {source}): {problem}")
+    profile: str | None  # None: the setting belongs to no profile (a stray variable)
+    key: str
+    value: object
+    problem: str
+    source: str
+
+    @property
+    def message(self) -> str:
+        shown = "is not set" if self.value is None else f"= {self.value!r}"
+        where = f"profile {self.profile!r}: " if self.profile is not None else ""
+        return f"{where}{self.key} {shown} (from {self.source}): {self.problem}"
 
 
 class DataRootOverlapError(ConfigError):
@@ -173,31 +211,26 @@ class DataRootOverlapError(ConfigError):
 
     code = "data_root_overlap"
 
-    def __init__(
-        self,
-        first: str,
-        first_root: Path,
-        first_source: str,
-        second: str,
-        second_root: Path,
-        second_source: str,
-    ) -> None:
-        self.first = first
-        self.first_root = first_root
-        self.first_source = first_source
-        self.second = second
-        self.second_root = second_root
-        self.second_source = second_source
-        if first_root == second_root:
+    first: str
+    first_root: Path
+    first_source: str
+    second: str
+    second_root: Path
+    second_source: str
+
+    @property
+    def message(self) -> str:
+        first, second = self.first, self.second
+        if self.first_root == self.second_root:
             relation = "share the same data root"
-        elif second_root.is_relative_to(first_root):
+        elif self.second_root.is_relative_to(self.first_root):
             relation = f"overlap: {second!r}'s data root lies inside {first!r}'s"
         else:
             relation = f"overlap: {first!r}'s data root lies inside {second!r}'s"
-        super().__init__(
+        return (
             f"profiles {first!r} and {second!r} {relation}: "
-            f"{first} -> {first_root} (from {first_source}), "
-            f"{second} -> {second_root} (from {second_source}). "
+            f"{first} -> {self.first_root} (from {self.first_source}), "
+            f"{second} -> {self.second_root} (from {self.second_source}). "
             "Every profile needs its own data root, not nested in another; "
             "change data_root for one of them"
         )
@@ -208,11 +241,17 @@ class ConfigProblems(ConfigError):
 
     code = "config_problems"
 
-    def __init__(self, problems: Sequence[ConfigError]) -> None:
-        self.problems = tuple(problems)
+    problems: Sequence[ConfigError]
+
+    def __post_init__(self) -> None:
+        self.problems = tuple(self.problems)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
         lines = [f"{len(self.problems)} configuration problem(s):"]
         lines += [f"  - {problem.message}" for problem in self.problems]
-        super().__init__("\n".join(lines))
+        return "\n".join(lines)
 
 
 # --- tests and sandbox (exit 78: the configuration was pointed somewhere it may not go) ---
@@ -223,33 +262,17 @@ class SandboxViolationError(ConfigError):
 
     code = "sandbox_violation"
 
-    def __init__(self, what: str, sandbox: Path | None, fix: str) -> None:
-        self.what = what
-        self.sandbox = sandbox
-        self.fix = fix
-        inside = f" (sandbox: {sandbox})" if sandbox is not None else ""
-        super().__init__(f"refused under pytest{inside}: {what}. {fix}")
+    what: str
+    sandbox: Path | None
+    fix: str
+
+    @property
+    def message(self) -> str:
+        inside = f" (sandbox: {self.sandbox})" if self.sandbox is not None else ""
+        return f"refused under pytest{inside}: {self.what}. {self.fix}"
 
 
 # --- data roots ----------------------------------------------------------------------
-
-
-def describe_holder(holder: Mapping[str, Any] | None) -> str:
-    """One line naming a lock holder: pid, kind, profile, host, port and since when."""
-    if not holder:
-        return "a process that published no details (pid unknown)"
-    parts = [f"pid {holder.get('pid', '?')}"]
-    if holder.get("kind"):
-        parts.append(f"kind {holder['kind']}")
-    if holder.get("profile"):
-        parts.append(f"profile {holder['profile']}")
-    if holder.get("host"):
-        parts.append(f"host {holder['host']}")
-    if holder.get("port"):
-        parts.append(f"port {holder['port']}")
-    if holder.get("started_at"):
-        parts.append(f"since {holder['started_at']}")
-    return ", ".join(parts)
 
 
 class DataRootInUseError(AppError):
@@ -259,19 +282,40 @@ class DataRootInUseError(AppError):
     code = "data_root_in_use"
     http_status = 409
 
-    def __init__(self, root: Path, holder: Mapping[str, Any] | None, wanted: str) -> None:
-        self.root = root
-        self.holder = dict(holder) if holder else None
-        self.wanted = wanted
+    root: Path
+    holder: Mapping[str, Any] | None
+    wanted: str
+    # app.lock.describe_holder(holder): the lock, which raises this, knows what a holder
+    # publishes, and errors must not import the lock that imports them.
+    held_by: str = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.holder = dict(self.holder) if self.holder else None
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        pid = self.holder.get("pid") if self.holder else None
         stop = (
-            f"stop it (kill {self.holder['pid']}) or wait for it to finish and retry"
-            if self.holder and self.holder.get("pid")
+            f"stop it (kill {pid}) or wait for it to finish and retry"
+            if pid
             else "stop that process or wait for it to finish and retry"
         )
-        super().__init__(
-            f"cannot {wanted}: data root {root} is held by {describe_holder(self.holder)}; "
+        return (
+            f"cannot {self.wanted}: data root {self.root} is held by {self.held_by}; "
             f"{stop}. `app status` shows the holder"
         )
+
+
+class DataRootStateError(ConfigError):
+    """A data root's directory is in a state the app cannot use (a broken stamp, say)."""
+
+    code = "data_root_state"
+    template = "data root {root}: {problem}; {fix}"
+
+    root: Path
+    problem: str
+    fix: str
 
 
 class LockUnavailableError(AppError):
@@ -279,14 +323,13 @@ class LockUnavailableError(AppError):
 
     exit_code = EX_UNAVAILABLE
     code = "lock_unavailable"
+    template = (
+        "cannot take an OS lock on {path}: {reason}. The app refuses to run "
+        "without one; put the data root on a local filesystem that supports flock"
+    )
 
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(
-            f"cannot take an OS lock on {path}: {reason}. The app refuses to run without one; "
-            "put the data root on a local filesystem that supports flock"
-        )
+    path: Path
+    reason: str
 
 
 class LockFileAliasedError(AppError):
@@ -294,15 +337,14 @@ class LockFileAliasedError(AppError):
 
     exit_code = EX_UNAVAILABLE
     code = "lock_file_aliased"
+    template = (
+        "refusing to lock {path}: it {reason}, so a lock taken on it would also "
+        "lock (and publish into) another data root's lock file. Remove the link, and let "
+        "the app create the data root's own .server.lock"
+    )
 
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(
-            f"refusing to lock {path}: it {reason}, so a lock taken on it would also lock "
-            "(and publish into) another data root's lock file. Remove the link, and let the "
-            "app create the data root's own .server.lock"
-        )
+    path: Path
+    reason: str
 
 
 class DataRootChangedError(AppError):
@@ -311,15 +353,14 @@ class DataRootChangedError(AppError):
     exit_code = EX_SOFTWARE
     code = "data_root_changed"
     http_status = 503
+    template = (
+        "data root {path} changed while open: {reason}. Nothing was changed; "
+        "this process stops writing to it. Put the directory back (the app never uses "
+        "symbolic links or mounts inside a data root) and restart"
+    )
 
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(
-            f"data root {path} changed while open: {reason}. Nothing was changed; this "
-            "process stops writing to it. Put the directory back (the app never uses "
-            "symbolic links or mounts inside a data root) and restart"
-        )
+    path: Path
+    reason: str
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
@@ -339,14 +380,14 @@ class LockLostError(AppError):
     exit_code = EX_SOFTWARE
     code = "lock_lost"
     http_status = 503
+    template = (
+        "lock file {path} {reason}; another process could now take the data "
+        "root, so this one stops instead of sharing it. Never delete .server.lock; restart "
+        "the server"
+    )
 
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(
-            f"lock file {path} {reason}; another process could now take the data root, so this "
-            "one stops instead of sharing it. Never delete .server.lock; restart the server"
-        )
+    path: Path
+    reason: str
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
@@ -365,17 +406,18 @@ class ProfileStampMismatchError(ConfigError):
 
     code = "profile_stamp_mismatch"
 
-    def __init__(
-        self, root: Path, stamped: str, requested: str, *, protected: bool = False
-    ) -> None:
-        self.root = root
-        self.stamped = stamped
-        self.requested = requested
-        self.protected = protected
+    root: Path
+    stamped: str
+    requested: str
+    protected: bool = field(default=False, kw_only=True)
+
+    @property
+    def message(self) -> str:
+        root, stamped, requested = self.root, self.stamped, self.requested
         # The command it names must be one that runs: re-stamping to or from a protected
         # profile (production always is) needs the confirmation option.
-        confirm = " --yes-i-mean-it" if protected or "production" in (stamped, requested) else ""
-        super().__init__(
+        confirm = " --yes-i-mean-it" if self.protected else ""
+        return (
             f"data root {root} belongs to profile {stamped!r} (see {root}/.app-profile.json) "
             f"but profile {requested!r} tried to open it. If that root really should now serve "
             f"{requested!r}, re-stamp it explicitly: "
@@ -389,15 +431,14 @@ class ConfirmationRequiredError(AppError):
     exit_code = EX_NOPERM
     code = "confirmation_required"
     http_status = 403
+    template = (
+        "refusing to {operation} on protected profile {profile!r} without "
+        "confirmation; nothing was changed. Re-run with {option} if you mean it"
+    )
 
-    def __init__(self, operation: str, profile: str, option: str) -> None:
-        self.operation = operation
-        self.profile = profile
-        self.option = option
-        super().__init__(
-            f"refusing to {operation} on protected profile {profile!r} without confirmation; "
-            f"nothing was changed. Re-run with {option} if you mean it"
-        )
+    operation: str
+    profile: str
+    option: str
 
 
 class PortInUseError(AppError):
@@ -405,15 +446,14 @@ class PortInUseError(AppError):
 
     exit_code = EX_UNAVAILABLE
     code = "port_in_use"
+    template = (
+        "cannot listen on {host}:{port}: {reason}. Another process uses "
+        "that port; stop it, or choose another port with APP_PORT or --port"
+    )
 
-    def __init__(self, host: str, port: int, reason: str) -> None:
-        self.host = host
-        self.port = port
-        self.reason = reason
-        super().__init__(
-            f"cannot listen on {host}:{port}: {reason}. Another process uses that port; "
-            f"stop it, or choose another port with APP_PORT or --port"
-        )
+    host: str
+    port: int
+    reason: str
 
 
 # --- store (errors a client can cause) ---------------------------------------------
@@ -434,15 +474,35 @@ class SessionNotFoundError(StoreError):
     code = "session_not_found"
     http_status = 404
 
-    def __init__(self, session_id: str, where: str = "sessions") -> None:
-        self.session_id = session_id
-        self.where = where
+    session_id: str
+    where: str = "sessions"
+
+    @property
+    def message(self) -> str:
         hint = (
             "`app sessions list` shows the sessions"
-            if where == "sessions"
-            else ("`app sessions list --trash` shows what can be restored")
+            if self.where == "sessions"
+            else "`app sessions list --trash` shows what can be restored"
         )
-        super().__init__(f"no session {session_id!r} in {where}; {hint}")
+        return f"no session {self.session_id!r} in {self.where}; {hint}"
+
+
+class NotInTrashError(SessionNotFoundError):
+    """Nothing in the trash to restore: no deleted session, or no deleted file of it."""
+
+    code = "not_in_trash"
+
+    file: str | None = None
+    where: str = field(default="the trash", kw_only=True)
+
+    @property
+    def message(self) -> str:
+        if self.file is None:
+            return super().message
+        return (
+            f"no file {self.file!r} of session {self.session_id!r} in the trash; "
+            "`app sessions list --trash` shows what can be restored"
+        )
 
 
 class FileNotFoundInSessionError(StoreError):
@@ -451,14 +511,13 @@ class FileNotFoundInSessionError(StoreError):
     exit_code = EX_NOINPUT
     code = "file_not_found"
     http_status = 404
+    template = (
+        "session {session_id!r} has no file {name!r}; "
+        "GET /sessions/{session_id}/files lists its files"
+    )
 
-    def __init__(self, session_id: str, name: str) -> None:
-        self.session_id = session_id
-        self.name = name
-        super().__init__(
-            f"session {session_id!r} has no file {name!r}; "
-            f"GET /sessions/{session_id}/files lists its files"
-        )
+    session_id: str
+    name: str
 
 
 class InvalidNameError(StoreError):
@@ -467,16 +526,18 @@ class InvalidNameError(StoreError):
     code = "invalid_name"
     http_status = 400
 
-    def __init__(self, kind: str, name: str, problem: str) -> None:
-        self.kind = kind
-        self.name = name
-        self.problem = problem
+    kind: str
+    name: str
+    problem: str
+
+    @property
+    def message(self) -> str:
         fix = (
             "copy an id from `app sessions list` or GET /sessions"
-            if kind == "session id"
+            if self.kind == "session id"
             else "use a plain name of printable characters without '/', '\\' or '..'"
         )
-        super().__init__(f"invalid {kind} {name!r}: {problem}; {fix}")
+        return f"invalid {self.kind} {self.name!r}: {self.problem}; {fix}"
 
 
 class UploadTooLargeError(StoreError):
@@ -485,13 +546,15 @@ class UploadTooLargeError(StoreError):
     code = "upload_too_large"
     http_status = 413
 
-    def __init__(self, limit: int, received: int | None = None) -> None:
-        self.limit = limit
-        self.received = received
-        got = f" (received {received} bytes so far)" if received is not None else ""
-        super().__init__(
-            f"upload refused: larger than the limit of {limit} bytes{got}; nothing was kept. "
-            "Raise max_upload_bytes (APP_MAX_UPLOAD_BYTES) if the file is legitimate"
+    limit: int
+    received: int | None = None
+
+    @property
+    def message(self) -> str:
+        got = f" (received {self.received} bytes so far)" if self.received is not None else ""
+        return (
+            f"upload refused: larger than the limit of {self.limit} bytes{got}; nothing was "
+            "kept. Raise max_upload_bytes (APP_MAX_UPLOAD_BYTES) if the file is legitimate"
         )
 
 
@@ -501,14 +564,17 @@ class BodyTooLargeError(StoreError):
     code = "body_too_large"
     http_status = 413
 
-    def __init__(self, what: str, limit: int, received: int | None = None) -> None:
-        self.what = what
-        self.limit = limit
-        self.received = received
-        got = f" (received {received} bytes so far)" if received is not None else ""
-        super().__init__(
-            f"{what} refused: the request body is larger than {limit} bytes{got}; nothing was "
-            "written. Send less, and keep large data in files (PUT /sessions/{id}/files/{name})"
+    what: str
+    limit: int
+    received: int | None = None
+
+    @property
+    def message(self) -> str:
+        got = f" (received {self.received} bytes so far)" if self.received is not None else ""
+        return (
+            f"{self.what} refused: the request body is larger than {self.limit} bytes{got}; "
+            "nothing was written. Send less, and keep large data in files "
+            "(PUT /sessions/{id}/files/{name})"
         )
 
 
@@ -517,14 +583,13 @@ class MetadataTooLargeError(StoreError):
 
     code = "metadata_too_large"
     http_status = 413
+    template = (
+        "metadata is {size} bytes as compact JSON; the limit is {limit} bytes, "
+        "and nothing was written. Keep large data in files (PUT /sessions/{{id}}/files/{{name}})"
+    )
 
-    def __init__(self, size: int, limit: int) -> None:
-        self.size = size
-        self.limit = limit
-        super().__init__(
-            f"metadata is {size} bytes as compact JSON; the limit is {limit} bytes, and nothing "
-            "was written. Keep large data in files (PUT /sessions/{id}/files/{name})"
-        )
+    size: int
+    limit: int
 
 
 class BadRequestError(StoreError):
@@ -533,9 +598,9 @@ class BadRequestError(StoreError):
     code = "bad_request"
     http_status = 400
 
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-        super().__init__(problem)
+    problem: str
+
+    template = "{problem}"
 
 
 class FileExistsInSessionError(StoreError):
@@ -543,17 +608,17 @@ class FileExistsInSessionError(StoreError):
 
     code = "file_exists"
     http_status = 409
+    template = (
+        "session {session_id!r} already has a file {name!r}; use "
+        "PUT /sessions/{session_id}/files/{name} to replace it, or delete it "
+        "first"
+    )
 
-    def __init__(self, session_id: str, name: str) -> None:
-        self.session_id = session_id
-        self.name = name
-        super().__init__(
-            f"session {session_id!r} already has a file {name!r}; "
-            f"use PUT /sessions/{session_id}/files/{name} to replace it, or delete it first"
-        )
+    session_id: str
+    name: str
 
 
-# --- a client that holds the server's resources (#9, item 9) ---------------------------
+# --- a client that holds more of the server than it may ----------------------------------
 
 
 class RequestTimeoutError(StoreError):
@@ -562,14 +627,16 @@ class RequestTimeoutError(StoreError):
     code = "request_timeout"
     http_status = 408
 
-    def __init__(self, what: str, seconds: float, setting: str) -> None:
-        self.what = what
-        self.seconds = seconds
-        self.setting = setting
-        super().__init__(
-            f"request refused: {what} within {seconds:g} seconds; nothing was kept and the "
-            f"connection is closed. Send the request without pauses (the server's {setting} "
-            f"setting, APP_{setting.upper()}, sets the bound)"
+    what: str
+    seconds: float
+    setting: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"request refused: {self.what} within {self.seconds:g} seconds; nothing was kept "
+            "and the connection is closed. Send the request without pauses (the server's "
+            f"{self.setting} setting, APP_{self.setting.upper()}, sets the bound)"
         )
 
 
@@ -578,14 +645,13 @@ class HeaderTooLargeError(StoreError):
 
     code = "header_too_large"
     http_status = 431
+    template = (
+        "request refused: its request line and headers are larger than {limit} "
+        "bytes; the connection is closed. Send shorter headers (large data belongs in the "
+        "body); the server's max_header_bytes setting (APP_MAX_HEADER_BYTES) sets the bound"
+    )
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(
-            f"request refused: its request line and headers are larger than {limit} bytes; the "
-            "connection is closed. Send shorter headers (large data belongs in the body); the "
-            "server's max_header_bytes setting (APP_MAX_HEADER_BYTES) sets the bound"
-        )
+    limit: int
 
 
 class TooManyFilesError(StoreError):
@@ -593,16 +659,16 @@ class TooManyFilesError(StoreError):
 
     code = "too_many_files"
     http_status = 409
+    template = (
+        "refusing a new file in session {session_id}: it holds {limit} files, "
+        "the most one session may hold (max_files_per_session), and every read of the "
+        "session lists them all; nothing was kept. Replace or delete a file, start another "
+        "session, or have an operator raise max_files_per_session "
+        "(APP_MAX_FILES_PER_SESSION)"
+    )
 
-    def __init__(self, session_id: str, limit: int) -> None:
-        self.session_id = session_id
-        self.limit = limit
-        super().__init__(
-            f"refusing a new file in session {session_id}: it holds {limit} files, the most one "
-            "session may hold (max_files_per_session), and every read of the session lists "
-            "them all; nothing was kept. Replace or delete a file, start another session, or "
-            "have an operator raise max_files_per_session (APP_MAX_FILES_PER_SESSION)"
-        )
+    session_id: str
+    limit: int
 
 
 class TooManyUploadsError(StoreError):
@@ -610,15 +676,15 @@ class TooManyUploadsError(StoreError):
 
     code = "too_many_uploads"
     http_status = 503
+    template = (
+        "upload refused: the server already receives {limit} uploads at once, its "
+        "limit; nothing was kept. Retry after {retry_after} seconds (see "
+        "Retry-After); an operator can raise max_uploads_in_flight "
+        "(APP_MAX_UPLOADS_IN_FLIGHT)"
+    )
 
-    def __init__(self, limit: int, retry_after: int) -> None:
-        self.limit = limit
-        self.retry_after = retry_after
-        super().__init__(
-            f"upload refused: the server already receives {limit} uploads at once, its limit; "
-            f"nothing was kept. Retry after {retry_after} seconds (see Retry-After); an operator "
-            "can raise max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
-        )
+    limit: int
+    retry_after: int
 
 
 # --- the disk under the data root (a client cannot fix these; an operator can) ------
@@ -637,16 +703,15 @@ class StorageFullError(StorageError):
 
     code = "storage_full"
     http_status = 507
+    # No path: the message reaches HTTP clients, and /health hides where the data is.
+    template = (
+        "cannot {doing}: the data root's filesystem is full; nothing was changed. "
+        "Free space, then retry: POST /trash/empty empties the trash without stopping the "
+        "server (`app data empty-trash` does it while no server runs), or grow the "
+        "filesystem"
+    )
 
-    def __init__(self, doing: str) -> None:
-        self.doing = doing
-        # No path: the message reaches HTTP clients, and /health hides where the data is.
-        super().__init__(
-            f"cannot {doing}: the data root's filesystem is full; nothing was changed. "
-            "Free space, then retry: POST /trash/empty empties the trash without stopping the "
-            "server (`app data empty-trash` does it while no server runs), or grow the "
-            "filesystem"
-        )
+    doing: str
 
 
 class ReadOnlyStorageError(StorageError):
@@ -654,14 +719,13 @@ class ReadOnlyStorageError(StorageError):
 
     code = "storage_read_only"
     http_status = 503
+    template = (
+        "cannot {doing}: the data root's filesystem is read-only; nothing was "
+        "changed. Reads still work. Remount it read-write (and check why it went "
+        "read-only), then retry"
+    )
 
-    def __init__(self, doing: str) -> None:
-        self.doing = doing
-        super().__init__(
-            f"cannot {doing}: the data root's filesystem is read-only; nothing was changed. "
-            "Reads still work. Remount it read-write (and check why it went read-only), then "
-            "retry"
-        )
+    doing: str
 
 
 class TooManyOpenFilesError(StorageError):
@@ -669,21 +733,20 @@ class TooManyOpenFilesError(StorageError):
 
     code = "too_many_open_files"
     http_status = 503
+    template = (
+        "cannot {doing}: the process has as many files open as its limit allows; "
+        "nothing was changed. Retry after {retry_after} seconds; an operator can "
+        "raise the file limit (systemd's LimitNOFILE=, `ulimit -n`) or, for a server, "
+        "lower max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
+    )
 
-    def __init__(self, doing: str, retry_after: int = 5) -> None:
-        self.doing = doing
-        self.retry_after = retry_after
-        super().__init__(
-            f"cannot {doing}: the process has as many files open as its limit allows; nothing "
-            f"was changed. Retry after {retry_after} seconds; an operator can raise the file "
-            "limit (systemd's LimitNOFILE=, `ulimit -n`) or, for a server, lower "
-            "max_uploads_in_flight (APP_MAX_UPLOADS_IN_FLIGHT)"
-        )
+    doing: str
+    retry_after: int = 5
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Every connection and open file counts against the limit: 150 slow uploads once used up
-# 256 and others got 500 (#9, item 9).
+# 256 descriptors, and other requests got 500 instead of a refusal that says why.
 _DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 

@@ -1,7 +1,7 @@
 """The data-root lock: one kernel lock per data root, held for a holder's whole life.
 
-Layer 4 of the design: a live holder owns its data root. A holder (a server, a test session
-or a maintenance command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
+A live holder owns its data root. A holder (a server, a test session or a maintenance
+command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
 :class:`filelock.UnixFileLock` and publishes who it is, as JSON, inside that file while it
 holds it. The kernel drops the lock when the holder's last descriptor closes, so a crash
 (even ``kill -9``) never leaves a stale lock behind.
@@ -58,6 +58,7 @@ __all__ = [
     "LockWatcher",
     "Probe",
     "RootLock",
+    "describe_holder",
     "holder_info",
     "probe",
     "read_holder",
@@ -111,9 +112,6 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
     Returns:
         A JSON-ready mapping with ``pid``, ``host``, ``boot_id``, ``profile``, ``kind``,
         ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port`` and ``root``.
-
-    Raises:
-        ValueError: ``kind`` is not one of :data:`KINDS`.
     """
     if kind not in KINDS:
         msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -130,6 +128,24 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
         "port": port if kind == "server" else None,
         "root": str(root),
     }
+
+
+def describe_holder(holder: Mapping[str, Any] | None) -> str:
+    """One line naming a lock holder: pid, kind, profile, host, port and since when."""
+    if not holder:
+        return "a process that published no details (pid unknown)"
+    parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("kind"):
+        parts.append(f"kind {holder['kind']}")
+    if holder.get("profile"):
+        parts.append(f"profile {holder['profile']}")
+    if holder.get("host"):
+        parts.append(f"host {holder['host']}")
+    if holder.get("port"):
+        parts.append(f"port {holder['port']}")
+    if holder.get("started_at"):
+        parts.append(f"since {holder['started_at']}")
+    return ", ".join(parts)
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any] | None:
@@ -284,9 +300,6 @@ class RootLock:
             kind: ``"server"``, ``"tests"`` or ``"maintenance"``.
             profile: the holder's profile.
             port: a server's port, if already known (see :meth:`update`).
-
-        Raises:
-            ValueError: ``kind`` is not one of :data:`KINDS`.
         """
         if kind not in KINDS:
             msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -354,7 +367,10 @@ class RootLock:
             try:
                 self._lock.acquire(timeout=timeout, poll_interval=_POLL_INTERVAL)
             except Timeout:
-                raise DataRootInUseError(self.root, read_holder(self.root), wanted) from None
+                holder = read_holder(self.root)
+                raise DataRootInUseError(
+                    self.root, holder, wanted, held_by=describe_holder(holder)
+                ) from None
             except OSError as error:
                 if error.errno in _UNSUPPORTED_ERRNOS:
                     reason = os.strerror(error.errno) if error.errno else str(error)
@@ -450,9 +466,6 @@ class RootLock:
 
         Args:
             **fields: JSON-serialisable values merged into the published holder JSON.
-
-        Raises:
-            RuntimeError: the lock is not held.
         """
         with self._guard:
             if self._fd is None or self._holder is None:
@@ -537,9 +550,6 @@ class LockWatcher:
             lock: the held lock to watch.
             interval: seconds between checks (positive).
             on_lost: called once, from the watcher thread, with the reason.
-
-        Raises:
-            ValueError: ``interval`` is not positive.
         """
         if not interval > 0:
             msg = f"interval must be a positive number of seconds, not {interval!r}"

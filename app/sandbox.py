@@ -21,6 +21,11 @@ A run publishes its sandbox and the data roots it must never touch (every profil
 its shell and settings resolve them, with their device and inode). :func:`check_root` refuses
 a root outside the sandbox, and one inside it that is another path to a protected root (a bind
 mount, a symbolic link resolved elsewhere) or contains one.
+
+What a test process may load: :func:`check_profile` allows only ``testing`` (or a profile the
+test opted into), and :func:`confine` maps every profile's configured root into the sandbox.
+:func:`loaded` remembers the loads made before the plugin marked the process, so it can name
+a module that loaded a profile at import time.
 """
 
 from __future__ import annotations
@@ -42,15 +47,21 @@ __all__ = [
     "RUNS_DIR",
     "SANDBOX_ENV",
     "Context",
+    "LoadRecord",
     "Protected",
     "Run",
+    "active_sandbox",
     "allowed_profiles",
     "allowing",
+    "check_profile",
     "check_root",
+    "confine",
     "context",
     "current_run",
     "identity",
+    "loaded",
     "marked",
+    "record_load",
     "register",
     "sandbox_root",
     "swap",
@@ -355,11 +366,21 @@ def current_run(environ: Mapping[str, str] | None = None) -> Run | None:
     return context(environ).run
 
 
+def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The sandbox of the pytest run this process belongs to, or None outside tests.
+
+    Raises:
+        SandboxViolationError: only the environment names a sandbox, and it is not one.
+    """
+    run = current_run(environ)
+    return run.sandbox if run is not None else None
+
+
 def why_no_plugin() -> str:
     """Why the app's pytest plugin is not running here, and what to do about it."""
     from importlib.metadata import entry_points
 
-    registered = any(ep.value == "app.testing" for ep in entry_points(group="pytest11"))
+    registered = any(ep.value == "app.testing.plugin" for ep in entry_points(group="pytest11"))
     if not registered:
         where = Path(__file__).resolve().parent
         return (
@@ -367,7 +388,7 @@ def why_no_plugin() -> str:
             "but not installed in this Python environment; install it (`pip install -e .`)"
         )
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing`, or unset it"
+        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing.plugin`, or unset it"
     return "the plugin was disabled (`-p no:app`); run without that option"
 
 
@@ -526,8 +547,8 @@ def check_root(path: Path, what: str, run: Run | None = None) -> None:
             f"{what} {resolved}, which lies outside the test sandbox (this process belongs "
             f"to the test run through {run.recognised_by})",
             sandbox,
-            "Tests may only touch data under the sandbox: use the app_config, store or "
-            "live_server fixtures, or a path under tmp_path",
+            "Tests may only touch data under the sandbox: use the app_config, app_store or "
+            "app_live_server fixtures, or a path under tmp_path",
         )
     if not run.protected:
         return
@@ -545,3 +566,96 @@ def check_root(path: Path, what: str, run: Run | None = None) -> None:
                 "Tests get data roots of their own under tmp_path; never mount or link a "
                 "real data root into the sandbox",
             )
+
+
+# --- loading a profile ----------------------------------------------------------------------
+
+
+def check_profile(profile: str, root: Path | None, source: str, where: Context) -> None:
+    """Refuse to load `profile` (its data root `root` from `source`) where tests forbid it:
+    under pytest only ``testing``, or a profile the current test opted into.
+
+    Raises:
+        SandboxViolationError: naming the profile, how the run was recognised, and the fix.
+    """
+    if where.bare is not None:
+        without = f"while pytest runs without the app's sandbox ({where.bare})"
+        if profile != "testing":
+            raise SandboxViolationError(
+                f"loading profile {profile!r} {without}",
+                None,
+                f"Run the tests with the app's pytest plugin: {why_no_plugin()}",
+            )
+        if source.startswith("environment"):
+            # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
+            # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
+            # docs suggest, does not change that).
+            raise SandboxViolationError(
+                f"data root {root} from {source} {without}",
+                None,
+                "Run the tests with the app's pytest plugin, which neutralises the shell's "
+                f"APP_DATA_ROOT ({why_no_plugin()}), or set data_root in [testing] "
+                "of settings.toml and unset APP_DATA_ROOT",
+            )
+    run = where.run
+    if run is None:
+        return
+    if profile != "testing" and profile not in allowed_profiles(run):
+        raise SandboxViolationError(
+            f"loading profile {profile!r}; tests run on the 'testing' profile (this process "
+            f"belongs to the test run through {run.recognised_by})",
+            run.sandbox,
+            f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
+            "its data root is then mapped into the sandbox",
+        )
+
+
+def confine(profile: str, root: Path, source: str, sandbox: Path) -> tuple[Path, str]:
+    """A profile's data root (and its source) as a test run sees it: inside the sandbox.
+
+    A root from the settings files moves to ``<sandbox>/data/<profile>``; a root from
+    ``APP_DATA_ROOT`` outside the sandbox is refused instead, because a test set it on purpose
+    and deserves to hear why it does not apply.
+
+    Raises:
+        SandboxViolationError: `root` came from the environment and lies outside `sandbox`.
+    """
+    if root.is_relative_to(sandbox):
+        return root, source
+    if source.startswith("environment"):
+        raise SandboxViolationError(
+            f"data root {root} from {source}, which lies outside the test sandbox",
+            sandbox,
+            "Point APP_DATA_ROOT under tmp_path, or use the app_config fixture",
+        )
+    return sandbox_root(sandbox, profile), f"pytest sandbox (configured: {root}, {source})"
+
+
+class LoadRecord(NamedTuple):
+    """A profile loaded in this process outside any sandbox: who asked, and what they got."""
+
+    profile: str
+    data_root: Path
+    caller: str
+    sandbox: Path | None = None
+
+
+# A diagnostic record, read by nothing that decides a value: the loads made before this
+# process's own run marked it, so the pytest plugin can name a load that ran before it did.
+_UNSANDBOXED_LOADS: list[LoadRecord] = []
+
+
+def loaded() -> tuple[LoadRecord, ...]:
+    """The loads this process made before its own pytest run marked it (at most 8)."""
+    return tuple(_UNSANDBOXED_LOADS)
+
+
+def record_load(profile: str, data_root: Path) -> None:
+    """Remember a load made before this process's run marked it, with its caller's caller
+    (the code that called `app.config.load`)."""
+    # Such a load may still be confined by an enclosing run (a pytest started by a test),
+    # but not by this process's own run: record it too.
+    if not marked() and len(_UNSANDBOXED_LOADS) < 8:
+        frame = sys._getframe(2)
+        caller = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        _UNSANDBOXED_LOADS.append(LoadRecord(profile, data_root, caller))

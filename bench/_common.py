@@ -26,13 +26,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-" + "x" * 24
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
@@ -42,20 +35,30 @@ def _die_with_parent() -> None:
 class Server:
     """A server subprocess on 127.0.0.1 (``app serve`` or a bare baseline)."""
 
-    def __init__(self, argv: list[str], port: int, env: dict[str, str], log: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, listening: socket.socket | Path
+    ) -> None:
+        """``listening``: a bound socket the server inherits, or the data root in which
+        ``app serve --port 0`` publishes the port it bound. Either way nothing can take the
+        port between its choice and its use, as it could with a port picked in advance."""
         self.log = log
+        inherited = (listening.fileno(),) if isinstance(listening, socket.socket) else ()
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 argv,
                 env=env,
                 stdout=out,
                 stderr=out,
+                pass_fds=inherited,
                 # Servers start before the benchmark starts threads; it only calls prctl.
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         self.pid = self.process.pid
+        if isinstance(listening, socket.socket):
+            self.port: int = listening.getsockname()[1]
+        else:
+            self.port = self._published_port(listening)
+        self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(600):  # bounded: 30 s
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited {self.process.returncode}:\n{log.read_text()}")
@@ -68,6 +71,23 @@ class Server:
         self.stop()
         raise RuntimeError(f"server on {self.url} did not answer /health")
 
+    def _published_port(self, root: Path) -> int:
+        # Not app.testing.published_port: importing pytest here would make app.config treat
+        # the benchmark as a test run and refuse its development profile.
+        from app.lock import read_holder
+
+        for _ in range(600):  # bounded: 30 s
+            holder = read_holder(root)
+            if holder and holder.get("pid") == self.pid and holder.get("port"):
+                return int(holder["port"])
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server published no port in {root / '.server.lock'}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -78,7 +98,7 @@ class Server:
                 self.process.wait()
 
 
-def app_env(root: Path, port: int, **extra: str) -> dict[str, str]:
+def app_env(root: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -89,7 +109,6 @@ def app_env(root: Path, port: int, **extra: str) -> dict[str, str]:
             "ENV_FOR_DYNACONF": "development",
             "APP_DATA_ROOT": str(root),
             "APP_HOST": "127.0.0.1",
-            "APP_PORT": str(port),
             "APP_API_TOKEN": TOKEN,
             "APP_LOG_LEVEL": "warning",  # no access log: measure the server, not its logging
         }
@@ -100,8 +119,8 @@ def app_env(root: Path, port: int, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def app_server(root: Path, log: Path, **extra: str) -> Iterator[Server]:
-    port = free_port()
-    server = Server([sys.executable, "-m", "app", "serve"], port, app_env(root, port, **extra), log)
+    argv = [sys.executable, "-m", "app", "serve", "--port", "0"]
+    server = Server(argv, app_env(root, **extra), log, root)
     try:
         yield server
     finally:

@@ -1,4 +1,4 @@
-"""Marginal cost per test of the plugin's `app_config` and `store` fixtures above `tmp_path`.
+"""Marginal cost per test of the plugin's `app_config` and `app_store` fixtures above `tmp_path`.
 
 Usage (from the project directory)::
 
@@ -8,7 +8,7 @@ Three generated test modules, each in a suite of ``--small`` and of ``--large`` 
 
 - ``tmp_path`` (the baseline): every test takes ``tmp_path`` and writes a small file in it;
 - ``app_config``: every test takes ``app_config`` and reads its ``data_root``;
-- ``store``: every test takes ``store`` and lists its sessions (an open, locked root).
+- ``app_store``: every test takes ``app_store`` and lists its sessions (an open, locked root).
 
 Each suite runs as a whole pytest process (``python -m pytest -q -p no:cacheprovider``, no
 xdist, a fresh ``--basetemp`` per run, removed outside the timing). A round runs all six
@@ -16,7 +16,7 @@ once, in an order rotated from round to round. Per round, a fixture's marginal c
 test is ``(time(large) - time(small)) / (large - small)``, which cancels every one-time cost
 (interpreter and pytest start-up, importing dynaconf, the first load); its cost above the
 baseline is that minus the ``tmp_path`` suite's marginal cost of the same round. Reported:
-the medians over the rounds. Targets (issue 11): ``app_config`` at most 1 ms and ``store``
+the medians over the rounds. Targets (issue 11): ``app_config`` at most 1 ms and ``app_store``
 at most 2 ms above ``tmp_path``.
 
 The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
@@ -46,13 +46,13 @@ BODIES = {
         "app_config",
         '    assert app_config.data_root.name == "app-data"\n',
     ),
-    "store": (
-        "store",
-        "    assert store.session_ids() == []\n",
+    "app_store": (
+        "app_store",
+        "    assert app_store.session_ids() == []\n",
     ),
 }
 BASELINE = "tmp_path"
-TARGETS_MS = {"app_config": 1.0, "store": 2.0}
+TARGETS_MS = {"app_config": 1.0, "app_store": 2.0}
 
 
 def write_suite(directory: Path, fixture: str, count: int) -> None:

@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, app_env, app_server, free_port, median
+from _common import TOKEN, app_env, app_server, median
 
 
 def seed(root: Path, count: int) -> None:
@@ -36,7 +36,7 @@ def seed(root: Path, count: int) -> None:
     from app.dataroot import open_root
     from app.store import Store
 
-    config = load("development", environ=app_env(root, free_port()))
+    config = load("development", environ=app_env(root))
     real_fsync = os.fsync
     os.fsync = lambda fd: None  # seeding only: durability is not what is measured here
     try:
@@ -63,7 +63,7 @@ def in_process(root: Path, requests: int) -> list[float]:
     from app.dataroot import open_root
     from app.store import Store
 
-    config = load("development", environ=app_env(root, free_port()))
+    config = load("development", environ=app_env(root))
     store = Store(open_root(config, write=False))
     ids = store.session_ids()
     times = []
@@ -81,7 +81,7 @@ def over_http(url: str, root: Path, requests: int) -> tuple[list[float], list[fl
     from app.dataroot import open_root
     from app.store import Store
 
-    config = load("development", environ=app_env(root, free_port()))
+    config = load("development", environ=app_env(root))
     ids = Store(open_root(config, write=False)).session_ids()
     first, cursor = [], []
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:

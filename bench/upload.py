@@ -31,7 +31,6 @@ from _common import (
     TOKEN,
     Server,
     app_server,
-    free_port,
     io_write_bytes,
     median,
     rss_bytes,
@@ -41,8 +40,9 @@ MIB = 2**20
 CHUNK = os.urandom(MIB)
 
 
-def serve_baseline(port: int, directory: str) -> None:
-    """The bare endpoint (run in a subprocess): raw body straight to a file, fsync."""
+def serve_baseline(fd: int, directory: str) -> None:
+    """The bare endpoint (run in a subprocess, on the socket ``fd`` it inherited): raw body
+    straight to a file, fsync."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -67,7 +67,8 @@ def serve_baseline(port: int, directory: str) -> None:
         return JSONResponse({"size": size}, status_code=201)
 
     app = Starlette(routes=[Route("/health", health), Route("/upload", upload, methods=["PUT"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, log_level="warning")
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
 def send(port: int, request_line: str, size: int, *, multipart: bool = False) -> float:
@@ -122,15 +123,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     size = args.size_mib * MIB
     results: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
     written: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
-    port = free_port()
     baseline_dir = work / "baseline"
     baseline_dir.mkdir()
-    baseline = Server(
-        [sys.executable, __file__, "--serve-baseline", str(port), str(baseline_dir)],
-        port,
-        dict(os.environ),
-        work / "baseline.log",
-    )
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        argv = [sys.executable, __file__, "--serve-baseline", str(listening.fileno())]
+        argv.append(str(baseline_dir))
+        baseline = Server(argv, dict(os.environ), work / "baseline.log", listening)
     limit = str(max(size, args.big_mib * MIB) + MIB)
     try:
         with app_server(work / "data", work / "app.log", APP_MAX_UPLOAD_BYTES=limit) as app:
@@ -211,7 +209,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-mib", type=int, default=1024)
-    parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "DIR"))
+    parser.add_argument("--serve-baseline", nargs=2, metavar=("FD", "DIR"))
     parser.add_argument("--work-dir", help="where the data goes (default: the system temp)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()

@@ -133,6 +133,21 @@ def test_profile_production_before_the_command_without_a_token_exits_78(
     assert result.stdout == ""
 
 
+def test_the_profile_after_the_command_name_wins_over_the_one_before_it(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    env = {**base_env, SETTINGS_DIR_ENV: str(project_copy), ALLOW_PROFILES_ENV: "production"}
+    for args in (
+        ["--profile", "production", "config", "--profile", "testing", "--json"],
+        ["config", "--profile", "testing", "--json"],
+        ["--profile", "testing", "config", "--json"],
+    ):
+        result = run(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        payload = json.loads(result.stdout)
+        assert (payload["profile"], payload["profile_source"]) == ("testing", "--profile")
+
+
 def test_config_json_is_one_object_on_stdout_and_warnings_go_to_stderr(
     base_env: dict[str, str], project_copy: Path, tmp_path: Path
 ) -> None:

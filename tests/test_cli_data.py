@@ -147,6 +147,14 @@ def test_empty_trash_refuses_a_malformed_age_as_a_usage_error(
     assert "30m, 12h, 7d, 2w" in result.stderr
 
 
+def test_empty_trash_refuses_an_age_beyond_any_date_as_a_usage_error(
+    seeded: tuple[str, str],
+) -> None:
+    result = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", "99999999999w"])
+    assert result.exit_code == 2
+    assert "'99999999999w' is longer than any date the trash can hold" in result.stderr
+
+
 def test_a_protected_profile_needs_confirmation_before_the_root_is_even_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

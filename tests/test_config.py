@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 
 from app import config as appconfig
+from app import config_files
 from app.config import (
     ALLOW_PROFILES_ENV,
     KEYS,
@@ -503,6 +504,32 @@ def test_production_that_is_not_protected_is_refused(
     with pytest.raises(InvalidSettingError) as caught:
         load("production")
     assert caught.value.key == "protected"
+
+
+def test_production_is_protected_where_its_files_do_not_say_so(
+    make_settings: SettingsMaker, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_settings("".join(f"[{name}]\ndata_root = {toml_str(roots[name])}\n" for name in KNOWN))
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_API_TOKEN", GOOD_TOKEN)
+    production = load("production")
+    assert production.protected is True
+    assert production.sources["protected"] == "built-in default"
+    testing = load("testing")
+    assert testing.protected is False
+    assert testing.protected_profiles == {"production"}
+
+
+def test_production_set_unprotected_stays_protected_for_maintenance(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Serving refuses it; a maintenance command still needs its confirmation option.
+    make_settings()
+    allow(monkeypatch, "production")
+    monkeypatch.setenv("APP_PROTECTED", "false")
+    config = load("production", serving=False)
+    assert config.protected is True
+    assert "production" in config.protected_profiles
 
 
 def test_a_toml_syntax_error_names_the_file_and_the_line(make_settings: SettingsMaker) -> None:
@@ -1131,7 +1158,7 @@ def test_the_memo_keeps_the_files_read_with_and_without_the_local_ones_apart(
     where = make_settings()
     (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
     for _ in range(2):  # the second round is answered from the memo
-        shell = appconfig._file_values(appconfig._read_files(os.environ, sandboxed=False))
-        tests = appconfig._file_values(appconfig._read_files(os.environ, sandboxed=True))
+        shell = config_files.file_values(config_files.read_files(os.environ, sandboxed=False), KEYS)
+        tests = config_files.file_values(config_files.read_files(os.environ, sandboxed=True), KEYS)
         assert shell["testing"]["port"] == (8111, "settings.local.toml [testing]")
         assert tests["testing"]["port"] == (8000, "settings.toml [default]")

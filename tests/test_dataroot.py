@@ -6,7 +6,8 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from app.dataroot import (
 )
 from app.errors import (
     DataRootInUseError,
-    InvalidSettingError,
+    DataRootStateError,
     LockLostError,
     ProfileStampMismatchError,
     SandboxViolationError,
@@ -32,11 +33,15 @@ from app.lock import LOCK_FILE, probe
 
 @dataclass(frozen=True)
 class StubConfig:
-    """The three fields of app.config.Config that dataroot relies on."""
+    """The fields of app.config.Config that dataroot relies on."""
 
     profile: str
     data_root: Path
     protected: bool = False
+    protected_profiles: frozenset[str] = frozenset({"production"})
+    roots: Mapping[str, Path] = field(
+        default_factory=lambda: dict.fromkeys(("development", "production", "testing"), Path("/"))
+    )
 
 
 @pytest.fixture
@@ -168,8 +173,10 @@ def test_a_directory_of_unrelated_files_is_not_adopted_as_a_data_root(
     (config.data_root / ".tmp").mkdir()
     (config.data_root / ".tmp" / "notes").write_text("also precious")
 
-    with pytest.raises(InvalidSettingError, match=r"not the app's \(thesis.tex\)"):
+    with pytest.raises(DataRootStateError, match=r"not the app's \(thesis.tex\)") as caught:
         open_root(config)
+    assert str(caught.value).startswith(f"data root {config.data_root}: the directory is not")
+    assert caught.value.fix.startswith(f"point data_root of profile {config.profile!r} at a new")
 
     assert sorted(p.name for p in config.data_root.iterdir()) == [".tmp", "thesis.tex"]
     assert (config.data_root / ".tmp" / "notes").read_text() == "also precious"
@@ -380,7 +387,7 @@ def test_describe_reports_a_broken_stamp_instead_of_failing(config: StubConfig) 
     assert status.stamp is None
     assert status.stamp_error is not None
     assert "not valid JSON" in status.stamp_error
-    with pytest.raises(InvalidSettingError, match="not valid JSON"):
+    with pytest.raises(DataRootStateError, match="not valid JSON"):
         open_root(config)
     assert probe(config.data_root).held is False
 
@@ -395,7 +402,7 @@ def test_a_layout_directory_that_is_a_symlink_is_refused_and_its_target_untouche
     (elsewhere / "precious.txt").write_text("keep me")
     (config.data_root / name).rmdir()
     (config.data_root / name).symlink_to(elsewhere)
-    with pytest.raises(InvalidSettingError, match=f"{name} is a symbolic link"):
+    with pytest.raises(DataRootStateError, match=f"{name} is a symbolic link"):
         open_root(config)
     assert (elsewhere / "precious.txt").read_text() == "keep me"
     assert probe(config.data_root).held is False

@@ -215,11 +215,11 @@ def test_explanation_page_makes_no_outside_request_and_is_captured(
 
 
 @pytest.mark.browser
-def test_the_servers_api_docs_render_offline(browser: Browser, live_server: object) -> None:
+def test_the_servers_api_docs_render_offline(browser: Browser, app_live_server: object) -> None:
     """FastAPI's /docs loads Swagger UI from a CDN by default: blank without internet."""
     page = browser.context.new_page()  # type: ignore[attr-defined]
     try:
-        response = page.goto(live_server.url + "/docs")  # type: ignore[attr-defined]
+        response = page.goto(app_live_server.url + "/docs")  # type: ignore[attr-defined]
         assert response is not None and response.status == 200
         title = page.locator(".swagger-ui .info .title").first
         title.wait_for()

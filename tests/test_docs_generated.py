@@ -192,11 +192,7 @@ def render_configuration_keys() -> str:
         "|---|---|---|" + "---|" * len(profiles),
     ]
     for name, key in KEYS.items():
-        default = (
-            "(required)"
-            if key.default is not None and not isinstance(key.default, str | int | float | bool)
-            else _cell(key.default)
-        )
+        default = "(required)" if key.required else _cell(key.default)
         cells = []
         for profile in profiles:
             resolved = report.profiles[profile]
@@ -387,10 +383,10 @@ def render_http_routes(openapi: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def test_http_route_table_matches_the_server(store, app_config) -> None:  # type: ignore[no-untyped-def]
+def test_http_route_table_matches_the_server(app_store, app_config) -> None:  # type: ignore[no-untyped-def]
     from app.server import create_app
 
-    openapi = create_app(store, app_config).openapi()
+    openapi = create_app(app_store, app_config).openapi()
     check_generated("http-routes.md", render_http_routes(openapi))
 
 
@@ -526,21 +522,21 @@ class _Exchanges:
         return response
 
 
-def test_http_exchanges_match_the_server(client, store, app_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_http_exchanges_match_the_server(app_client, app_store, app_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Every request and answer on the HTTP API page, sent to the real app in process."""
     import json
 
-    show = _Exchanges(client)
+    show = _Exchanges(app_client)
     health = show.show("health", "GET", "/health")
     assert health.json()["profile"] == "testing"  # type: ignore[attr-defined]
 
     body = {"title": "site visit", "metadata": {"parcel": "A-17"}}
-    created = client.post("/sessions", json=body)  # the id is needed before it is shown
+    created = app_client.post("/sessions", json=body)  # the id is needed before it is shown
     first = created.json()["id"]
     show.remember(first)
     # Shown as sent, then the same request again for the page (a second session).
     for title in ("fence survey", "final check"):
-        later = client.post("/sessions", json={"title": title})
+        later = app_client.post("/sessions", json={"title": title})
         show.remember(later.json()["id"])
     check_generated(
         "http-create-session.txt",
@@ -607,20 +603,20 @@ def test_http_exchanges_match_the_server(client, store, app_config, tmp_path: Pa
     deleted = show.show("delete-session", "DELETE", f"/sessions/{first}")
     assert deleted.status_code == 200  # type: ignore[attr-defined]
 
-    token = client.headers.pop("Authorization")
+    token = app_client.headers.pop("Authorization")
     try:
         no_token = show.show("no-token", "GET", "/sessions")
         assert no_token.status_code == 401  # type: ignore[attr-defined]
     finally:
-        client.headers["Authorization"] = token
+        app_client.headers["Authorization"] = token
 
     # The upload limit, on a store whose limit is small enough to show (1 KiB).
-    store.max_upload_bytes = 1024
+    app_store.max_upload_bytes = 1024
     from starlette.testclient import TestClient
 
     from app.server import create_app
 
-    with TestClient(create_app(store, app_config), headers=dict(client.headers)) as small:
+    with TestClient(create_app(app_store, app_config), headers=dict(app_client.headers)) as small:
         show.client = small
         second = list(show.ids)[1]
         too_large = show.show(
@@ -632,7 +628,7 @@ def test_http_exchanges_match_the_server(client, store, app_config, tmp_path: Pa
             shown_body="(2048 bytes; this server's max_upload_bytes is 1024)",
         )
     assert too_large.status_code == 413  # type: ignore[attr-defined]
-    assert store.list_files(second) == []
+    assert app_store.list_files(second) == []
 
 
 # --- refusals shown on the "Resolve refusals" page -----------------------------------------

@@ -146,7 +146,7 @@ def test_the_readme_server_line_names_the_development_server() -> None:
 
 
 def test_the_readme_http_commands_run_as_written(
-    live_server: LiveServer, clone: Path, tmp_path: Path
+    app_live_server: LiveServer, clone: Path, tmp_path: Path
 ) -> None:
     if shutil.which("curl") is None:
         reason = "curl is missing; install Debian's package: apt-get install curl"
@@ -157,7 +157,7 @@ def test_the_readme_http_commands_run_as_written(
     scratch.mkdir()
     lines = http_block()
     assert lines[0] == SERVER_LINE
-    lines[0] = f"TOKEN={live_server.token} URL={live_server.url}"
+    lines[0] = f"TOKEN={app_live_server.token} URL={app_live_server.url}"
     env = {**os.environ, "TMPDIR": str(scratch)}
     result, out = run_block(lines, clone, env)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"

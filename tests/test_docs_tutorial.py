@@ -207,11 +207,13 @@ def test_the_tutorial_page_lists_the_steps_this_test_runs() -> None:
     assert "ID=<the id>" in steps
 
 
-def test_the_tutorial_works_against_a_real_server(live_server: LiveServer, tmp_path: Path) -> None:
+def test_the_tutorial_works_against_a_real_server(
+    app_live_server: LiveServer, tmp_path: Path
+) -> None:
     clone, scratch = tmp_path / "clone", tmp_path / "tmp"
     clone.mkdir()
     scratch.mkdir()
-    reader = Tutorial(live_server, clone, scratch)
+    reader = Tutorial(app_live_server, clone, scratch)
     for line in tutorial_steps():
         reader.run(line)
     # It used to leave hello.txt in the clone; its scratch directory is removed at the end.
@@ -245,7 +247,7 @@ def test_the_tutorial_works_against_a_real_server(live_server: LiveServer, tmp_p
 
     audit = [
         json.loads(line)
-        for line in (live_server.data_root / "audit.jsonl").read_text().splitlines()
+        for line in (app_live_server.data_root / "audit.jsonl").read_text().splitlines()
     ]
     operations = [(r["operation"], r["target"]) for r in audit if r["operation"] != "clear-tmp"]
     assert ("trash-session", session_id) in operations, operations

@@ -25,49 +25,51 @@ def test_app_config_gives_each_test_a_fresh_testing_root_under_tmp_path(
     assert os.environ["APP_DATA_ROOT"] == str(app_config.data_root)
 
 
-def test_store_is_open_for_writing_and_holds_its_root(store: Store, app_config: Config) -> None:
-    session = store.create_session("fixture")
+def test_app_store_is_open_for_writing_and_holds_its_root(
+    app_store: Store, app_config: Config
+) -> None:
+    session = app_store.create_session("fixture")
     assert (app_config.data_root / "sessions" / session["id"] / "session.json").is_file()
     holder = json.loads((app_config.data_root / ".server.lock").read_text())
     assert (holder["pid"], holder["kind"]) == (os.getpid(), "tests")
 
 
-def test_client_talks_to_the_in_process_app_with_the_token(client: httpx.Client) -> None:
-    created = client.post("/sessions", json={"title": "over the client fixture"})
+def test_app_client_talks_to_the_in_process_app_with_the_token(app_client: httpx.Client) -> None:
+    created = app_client.post("/sessions", json={"title": "over the client fixture"})
     assert created.status_code == 201
-    assert client.get(f"/sessions/{created.json()['id']}").json()["title"] == (
+    assert app_client.get(f"/sessions/{created.json()['id']}").json()["title"] == (
         "over the client fixture"
     )
-    assert client.get("/sessions", headers={"Authorization": ""}).status_code == 401
+    assert app_client.get("/sessions", headers={"Authorization": ""}).status_code == 401
 
 
-def test_live_server_is_a_real_server_holding_its_own_root(live_server: LiveServer) -> None:
-    assert str(live_server) == live_server.url
-    assert live_server.url.startswith("http://127.0.0.1:")
+def test_app_live_server_is_a_real_server_holding_its_own_root(app_live_server: LiveServer) -> None:
+    assert str(app_live_server) == app_live_server.url
+    assert app_live_server.url.startswith("http://127.0.0.1:")
     created = httpx.post(
-        f"{live_server.url}/sessions", json={"title": "live"}, headers=live_server.headers
+        f"{app_live_server.url}/sessions", json={"title": "live"}, headers=app_live_server.headers
     )
     assert created.status_code == 201
-    assert (live_server.data_root / "sessions" / created.json()["id"]).is_dir()
+    assert (app_live_server.data_root / "sessions" / created.json()["id"]).is_dir()
     status = subprocess.run(
         [sys.executable, "-m", "app", "status", "--json"],
-        env={**os.environ, "APP_DATA_ROOT": str(live_server.data_root)},
+        env={**os.environ, "APP_DATA_ROOT": str(app_live_server.data_root)},
         capture_output=True,
         text=True,
         check=True,
     )
     holder = json.loads(status.stdout)["holder"]
-    assert (holder["pid"], holder["kind"]) == (live_server.pid, "server")
+    assert (holder["pid"], holder["kind"]) == (app_live_server.pid, "server")
 
 
-def test_live_server_survives_many_requests_without_blocking_on_its_output(
-    live_server: LiveServer,
+def test_app_live_server_survives_many_requests_without_blocking_on_its_output(
+    app_live_server: LiveServer,
 ) -> None:
     # Its log goes to a file: a pipe nobody reads would fill and stall the server.
-    with httpx.Client(base_url=live_server.url, headers=live_server.headers) as http:
+    with httpx.Client(base_url=app_live_server.url, headers=app_live_server.headers) as http:
         for _ in range(1500):  # about 85 KB of access log, more than a pipe holds
             assert http.get("/health").status_code == 200
-    assert live_server.log.stat().st_size > 64 * 1024
+    assert app_live_server.log.stat().st_size > 64 * 1024
 
 
 @pytest.mark.app_profile("production")
@@ -80,3 +82,47 @@ def test_an_opted_in_profile_is_mapped_into_the_sandbox(
     config = load("production")
     assert config.sandbox is not None
     assert config.data_root == config.sandbox / "data" / "production"
+
+
+def test_tmp_path_and_tmp_path_factory_lie_in_the_sandbox(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The plugin installs its own TempPathFactory through pytest's private attribute (see the
+    # pytest bound in pyproject.toml): a pytest release that moved it would fail here.
+    sandbox = Path(os.environ["PYTEST_APP_SANDBOX"])
+    assert tmp_path_factory.getbasetemp() == sandbox
+    assert tmp_path.is_relative_to(sandbox)
+    assert (sandbox / ".app-sandbox").is_file()
+
+
+def test_the_bare_fixture_names_are_left_to_other_plugins(pytester: pytest.Pytester) -> None:
+    # pytest-django and pytest-flask define client and live_server: a shared environment must
+    # see theirs under the bare names, and the app's under the prefixed ones.
+    pytester.makeconftest(
+        """
+import pytest
+
+@pytest.fixture
+def client():
+    return "another plugin's client"
+
+@pytest.fixture
+def live_server():
+    return "another plugin's live_server"
+
+@pytest.fixture
+def store():
+    return "another plugin's store"
+"""
+    )
+    pytester.makepyfile(
+        test_both="""
+def test_both(client, live_server, store, app_client, app_store):
+    assert (client, live_server, store) == (
+        "another plugin's client", "another plugin's live_server", "another plugin's store"
+    )
+    assert app_client.get("/health").status_code == 200
+    assert app_store.session_ids() == []
+"""
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)

@@ -249,23 +249,23 @@ def test_a_server_that_lost_its_lock_refuses_writes_at_once_and_a_second_one_spa
 
 
 def test_an_upload_does_not_rewrite_anything_that_grows_with_the_number_of_files(
-    store: Any,
+    app_store: Any,
 ) -> None:
-    sid = store.create_session("many")["id"]
+    sid = app_store.create_session("many")["id"]
     for i in range(40):
-        store.put_file(sid, f"f{i}", b"x")
-    session_json = store.sessions_dir / sid / "session.json"
+        app_store.put_file(sid, f"f{i}", b"x")
+    session_json = app_store.sessions_dir / sid / "session.json"
     before = session_json.stat()
-    store.put_file(sid, "one-more", b"y")
-    store.put_file(sid, "f0", b"z", replace=True)
-    store.delete_file(sid, "f1")
+    app_store.put_file(sid, "one-more", b"y")
+    app_store.put_file(sid, "f0", b"z", replace=True)
+    app_store.delete_file(sid, "f1")
     after = session_json.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
         before.st_ino,
         before.st_mtime_ns,
         before.st_size,
     )
-    files = {f["name"]: f for f in store.get_session(sid)["files"]}
+    files = {f["name"]: f for f in app_store.get_session(sid)["files"]}
     assert len(files) == 40
     assert files["f0"]["sha256"] == sha(b"z")
     assert "f1" not in files
@@ -291,10 +291,10 @@ def crash_leftovers(config: Any) -> dict[str, Any]:
         [replaced] = [e for e in store.list_trash() if e.kind == "file"]
         [deleted] = [e for e in store.list_trash() if e.kind == "session"]
         # A session delete that stopped before its move: the manifest alone.
-        half = store._new_trash_entry(sid, "session", None, "delete", title="kept")
+        half = store.trash.new_entry(sid, "session", None, "delete", title="kept")
         # A file delete that stopped before its commit: the manifest names the live blob.
         record = json.loads((root / "sessions" / sid / "records" / "kept.txt").read_text())
-        store._new_trash_entry(sid, "file", "kept.txt", "delete", blob=record["blob"])
+        store.trash.new_entry(sid, "file", "kept.txt", "delete", blob=record["blob"])
     # A replace that stopped after its switch: the old bytes still among the blobs.
     manifest = json.loads((replaced.path / "trash.json").read_text())
     (replaced.path / "r.txt").rename(root / "sessions" / sid / "blobs" / manifest["blob"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -16,7 +17,15 @@ import pytest
 
 import app
 from app.errors import DataRootInUseError, LockUnavailableError
-from app.lock import LOCK_FILE, LockWatcher, RootLock, holder_info, probe, read_holder
+from app.lock import (
+    LOCK_FILE,
+    LockWatcher,
+    RootLock,
+    describe_holder,
+    holder_info,
+    probe,
+    read_holder,
+)
 
 # A holder in another process: takes the lock, says so, then waits for stdin to close
 # (or for a signal). With "fork", it forks a child that outlives it and the child reports.
@@ -103,6 +112,23 @@ def test_it_refuses_a_data_root_held_by_a_live_server(root: Path, holder: Holder
     assert f"pid {holder.pid}, kind server, profile development" in message
     assert f"kill {holder.pid}" in message
     assert not lock.held
+
+
+def test_the_refusal_survives_a_pickle_round_trip_with_its_holder(
+    root: Path, holder: Holder
+) -> None:
+    # pytest-xdist sends errors back from its workers as pickles.
+    with pytest.raises(DataRootInUseError) as refused:
+        RootLock(root, kind="maintenance", profile="development").acquire("purge", timeout=0)
+    copy = pickle.loads(pickle.dumps(refused.value))
+    assert (str(copy), copy.args) == (str(refused.value), refused.value.args)
+    assert (copy.root, copy.holder, copy.wanted) == (root, refused.value.holder, "purge")
+
+
+def test_a_holder_is_described_by_what_it_published() -> None:
+    assert describe_holder(None) == "a process that published no details (pid unknown)"
+    published = {"pid": 7, "kind": "server", "port": 8080, "host": "", "argv": ["app"]}
+    assert describe_holder(published) == "pid 7, kind server, port 8080"
 
 
 def test_a_second_lock_in_the_same_process_is_refused_too(root: Path) -> None:

@@ -19,8 +19,8 @@ from app.testing import LiveServer
 
 
 @pytest.fixture
-def openapi(client: TestClient) -> dict[str, Any]:
-    document: dict[str, Any] = client.get("/openapi.json").json()
+def openapi(app_client: TestClient) -> dict[str, Any]:
+    document: dict[str, Any] = app_client.get("/openapi.json").json()
     return document
 
 
@@ -93,35 +93,37 @@ def test_put_declares_its_raw_body(openapi: dict[str, Any]) -> None:
     }
 
 
-def test_a_405_names_every_method_the_path_allows(client: TestClient) -> None:
-    response = client.patch("/sessions")
+def test_a_405_names_every_method_the_path_allows(app_client: TestClient) -> None:
+    response = app_client.patch("/sessions")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
     assert response.headers["content-type"] == "application/problem+json"
     assert "allowed: GET, POST" in response.json()["message"]
-    sid = client.post("/sessions").json()["id"]
-    file = client.post(f"/sessions/{sid}/files/x")
+    sid = app_client.post("/sessions").json()["id"]
+    file = app_client.post(f"/sessions/{sid}/files/x")
     assert file.headers["allow"] == "DELETE, GET, HEAD, PUT"
 
 
-def test_head_on_a_download_sends_its_headers_without_the_bytes(client: TestClient) -> None:
-    sid = client.post("/sessions").json()["id"]
-    client.put(f"/sessions/{sid}/files/notes.txt", content=b"three oaks")
-    head = client.head(f"/sessions/{sid}/files/notes.txt")
+def test_head_on_a_download_sends_its_headers_without_the_bytes(app_client: TestClient) -> None:
+    sid = app_client.post("/sessions").json()["id"]
+    app_client.put(f"/sessions/{sid}/files/notes.txt", content=b"three oaks")
+    head = app_client.head(f"/sessions/{sid}/files/notes.txt")
     assert head.status_code == 200
     assert head.content == b""
     assert head.headers["content-length"] == "10"
-    assert head.headers["etag"] == client.get(f"/sessions/{sid}/files/notes.txt").headers["etag"]
-    assert client.head(f"/sessions/{sid}/files/missing").status_code == 404
+    assert (
+        head.headers["etag"] == app_client.get(f"/sessions/{sid}/files/notes.txt").headers["etag"]
+    )
+    assert app_client.head(f"/sessions/{sid}/files/missing").status_code == 404
 
 
-def test_created_resources_say_where_they_are(client: TestClient) -> None:
-    created = client.post("/sessions")
+def test_created_resources_say_where_they_are(app_client: TestClient) -> None:
+    created = app_client.post("/sessions")
     sid = created.json()["id"]
     assert created.headers["location"] == f"/sessions/{sid}"
-    put = client.put(f"/sessions/{sid}/files/a b.txt", content=b"x")
+    put = app_client.put(f"/sessions/{sid}/files/a b.txt", content=b"x")
     assert put.headers["location"] == f"/sessions/{sid}/files/a%20b.txt"
-    assert client.get(put.headers["location"]).content == b"x"
+    assert app_client.get(put.headers["location"]).content == b"x"
 
 
 # --- schemathesis against a real server ------------------------------------------------------
@@ -156,10 +158,10 @@ def schemathesis_command(server: LiveServer, *extra: str) -> list[str]:
     return [found, "run", f"{server.url}/openapi.json", f"--header={auth}", *extra]
 
 
-def test_schemathesis_finds_nothing(live_server: LiveServer, tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(app_live_server: LiveServer, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
     result = subprocess.run(
-        schemathesis_command(live_server, *FUZZ_ARGS),
+        schemathesis_command(app_live_server, *FUZZ_ARGS),
         cwd=tmp_path,  # its reports and caches stay out of the project
         env=env,
         capture_output=True,
@@ -174,16 +176,18 @@ def test_schemathesis_finds_nothing(live_server: LiveServer, tmp_path: Path) -> 
         assert f"✅ {phase}" in result.stdout, result.stdout
 
 
-def test_a_bad_range_is_answered_in_the_problem_shape(client: TestClient) -> None:
-    sid = client.post("/sessions").json()["id"]
-    client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
-    malformed = client.get(f"/sessions/{sid}/files/r", headers={"Range": "lines=1-2"})
+def test_a_bad_range_is_answered_in_the_problem_shape(app_client: TestClient) -> None:
+    sid = app_client.post("/sessions").json()["id"]
+    app_client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
+    malformed = app_client.get(f"/sessions/{sid}/files/r", headers={"Range": "lines=1-2"})
     assert malformed.status_code == 400
     assert malformed.headers["content-type"] == "application/problem+json"
     assert "Range" in malformed.json()["message"]
-    beyond = client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=50-60"})
+    beyond = app_client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=50-60"})
     assert beyond.status_code == 416
     assert beyond.headers["content-type"] == "application/problem+json"
     assert beyond.headers["content-range"] == "bytes */10"
     assert beyond.json()["code"] == "range_not_satisfiable"
-    assert client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"}).content == b"234"
+    assert (
+        app_client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"}).content == b"234"
+    )

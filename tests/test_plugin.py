@@ -583,7 +583,7 @@ from app.errors import SandboxViolationError
 def test_production_is_refused():
     with pytest.raises(SandboxViolationError) as refused:
         load("production")
-    assert "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing`" in str(refused.value)
+    assert "is set: add `-p app.testing.plugin`" in str(refused.value)
 """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)

@@ -95,7 +95,7 @@ def test_the_first_open_creates_the_tables_and_stamps_the_profile(database_url: 
 
 def test_another_profile_is_refused_with_the_restamp_command(stamped: str) -> None:
     with pytest.raises(RemoteStampMismatchError) as caught:
-        pg.open_database(stamped, "testing")
+        pg.open_database(stamped, "testing", protected=lambda stamped: stamped == "production")
     message = str(caught.value)
     assert "belongs to profile 'production'" in message
     assert "app data restamp --profile testing --from production --yes-i-mean-it" in message

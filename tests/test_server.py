@@ -24,17 +24,17 @@ def files_under(path: Path) -> set[str]:
 
 
 @pytest.fixture
-def small(store: Store, app_config: Config) -> Iterator[TestClient]:
+def small(app_store: Store, app_config: Config) -> Iterator[TestClient]:
     """A client on an app whose upload limit is LIMIT bytes."""
-    store.max_upload_bytes = LIMIT
+    app_store.max_upload_bytes = LIMIT
     headers = {"Authorization": f"Bearer {app_config.api_token}"}
-    with TestClient(create_app(store, app_config), headers=headers) as client:
+    with TestClient(create_app(app_store, app_config), headers=headers) as client:
         yield client
 
 
 @pytest.fixture
-def sid(client: TestClient) -> str:
-    response = client.post("/sessions", json={"title": "review", "metadata": {"k": 1}})
+def sid(app_client: TestClient) -> str:
+    response = app_client.post("/sessions", json={"title": "review", "metadata": {"k": 1}})
     assert response.status_code == 201
     session_id: str = response.json()["id"]
     return session_id
@@ -51,46 +51,50 @@ def assert_error(response: Any, status: int, code: str, text: str = "") -> None:
 
 
 def test_health_needs_no_token_and_does_not_reveal_the_data_root(
-    client: TestClient, app_config: Config
+    app_client: TestClient, app_config: Config
 ) -> None:
-    response = client.get("/health", headers={"Authorization": ""})
+    response = app_client.get("/health", headers={"Authorization": ""})
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
     assert response.json()["profile"] == "testing"
     assert str(app_config.data_root) not in response.text
 
 
-def test_a_request_without_the_token_is_401_with_a_bearer_challenge(client: TestClient) -> None:
-    response = client.get("/sessions", headers={"Authorization": ""})
+def test_a_request_without_the_token_is_401_with_a_bearer_challenge(app_client: TestClient) -> None:
+    response = app_client.get("/sessions", headers={"Authorization": ""})
     assert_error(response, 401, "unauthorized", "missing bearer token")
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-def test_a_wrong_token_is_401(client: TestClient) -> None:
-    response = client.get("/sessions", headers={"Authorization": "Bearer nope"})
+def test_a_wrong_token_is_401(app_client: TestClient) -> None:
+    response = app_client.get("/sessions", headers={"Authorization": "Bearer nope"})
     assert_error(response, 401, "unauthorized", "invalid bearer token")
 
 
-def test_an_upload_without_the_token_writes_nothing(client: TestClient, store: Store) -> None:
-    sid = store.create_session()["id"]
-    response = client.put(f"/sessions/{sid}/files/a", content=b"x", headers={"Authorization": ""})
+def test_an_upload_without_the_token_writes_nothing(
+    app_client: TestClient, app_store: Store
+) -> None:
+    sid = app_store.create_session()["id"]
+    response = app_client.put(
+        f"/sessions/{sid}/files/a", content=b"x", headers={"Authorization": ""}
+    )
     assert response.status_code == 401
-    assert store.list_files(sid) == []
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(sid) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
-def test_unknown_routes_and_methods_answer_in_the_error_shape(client: TestClient) -> None:
-    assert_error(client.get("/nope"), 404, "not_found", "no route /nope")
-    assert_error(client.patch("/sessions"), 405, "method_not_allowed", "PATCH is not allowed")
+def test_unknown_routes_and_methods_answer_in_the_error_shape(app_client: TestClient) -> None:
+    assert_error(app_client.get("/nope"), 404, "not_found", "no route /nope")
+    assert_error(app_client.patch("/sessions"), 405, "method_not_allowed", "PATCH is not allowed")
 
 
-def test_validation_errors_answer_in_the_error_shape(client: TestClient) -> None:
-    assert_error(client.get("/sessions?limit=5000"), 422, "validation_error", "query.limit")
-    assert_error(client.post("/sessions", json={"title": 3}), 422, "validation_error", "title")
+def test_validation_errors_answer_in_the_error_shape(app_client: TestClient) -> None:
+    assert_error(app_client.get("/sessions?limit=5000"), 422, "validation_error", "query.limit")
+    assert_error(app_client.post("/sessions", json={"title": 3}), 422, "validation_error", "title")
 
 
-def test_the_openapi_schema_is_served(client: TestClient) -> None:
-    schema = client.get("/openapi.json").json()
+def test_the_openapi_schema_is_served(app_client: TestClient) -> None:
+    schema = app_client.get("/openapi.json").json()
     assert "/sessions/{session_id}/files" in schema["paths"]
     upload = schema["paths"]["/sessions/{session_id}/files"]["post"]
     assert "multipart/form-data" in upload["requestBody"]["content"]
@@ -99,59 +103,61 @@ def test_the_openapi_schema_is_served(client: TestClient) -> None:
 # --- sessions ---------------------------------------------------------------------------
 
 
-def test_a_created_session_is_returned_with_its_id(client: TestClient, sid: str) -> None:
-    session = client.get(f"/sessions/{sid}").json()
+def test_a_created_session_is_returned_with_its_id(app_client: TestClient, sid: str) -> None:
+    session = app_client.get(f"/sessions/{sid}").json()
     assert session["id"] == sid
     assert session["title"] == "review"
     assert session["metadata"] == {"k": 1}
 
 
-def test_a_session_can_be_created_without_a_body(client: TestClient) -> None:
-    response = client.post("/sessions")
+def test_a_session_can_be_created_without_a_body(app_client: TestClient) -> None:
+    response = app_client.post("/sessions")
     assert response.status_code == 201
     assert response.json()["title"] == ""
 
 
-def test_sessions_are_listed_in_pages_with_a_cursor_and_the_total(client: TestClient) -> None:
-    ids = [client.post("/sessions", json={}).json()["id"] for _ in range(5)]
-    first = client.get("/sessions?limit=2").json()
+def test_sessions_are_listed_in_pages_with_a_cursor_and_the_total(app_client: TestClient) -> None:
+    ids = [app_client.post("/sessions", json={}).json()["id"] for _ in range(5)]
+    first = app_client.get("/sessions?limit=2").json()
     assert [s["id"] for s in first["items"]] == ids[:2]
     assert first["total"] == 5
-    second = client.get(f"/sessions?limit=2&after={first['next']}").json()
+    second = app_client.get(f"/sessions?limit=2&after={first['next']}").json()
     assert [s["id"] for s in second["items"]] == ids[2:4]
-    last = client.get(f"/sessions?limit=2&after={second['next']}").json()
+    last = app_client.get(f"/sessions?limit=2&after={second['next']}").json()
     assert [s["id"] for s in last["items"]] == ids[4:]
     assert last["next"] is None
 
 
-def test_large_pages_read_concurrently_are_each_complete(client: TestClient, store: Store) -> None:
+def test_large_pages_read_concurrently_are_each_complete(
+    app_client: TestClient, app_store: Store
+) -> None:
     # Pages over 100 wait for one of a few listing slots; none may be lost or mixed up.
-    ids = [store.create_session(f"s{n}")["id"] for n in range(120)]
+    ids = [app_store.create_session(f"s{n}")["id"] for n in range(120)]
     with ThreadPoolExecutor(max_workers=6) as pool:
-        pages = list(pool.map(lambda _: client.get("/sessions?limit=1000").json(), range(6)))
+        pages = list(pool.map(lambda _: app_client.get("/sessions?limit=1000").json(), range(6)))
     for page in pages:
         assert [s["id"] for s in page["items"]] == ids
         assert (page["total"], page["next"]) == (120, None)
-    tail = client.get(f"/sessions?limit=101&after={ids[0]}").json()
+    tail = app_client.get(f"/sessions?limit=101&after={ids[0]}").json()
     assert [s["id"] for s in tail["items"]] == ids[1:102]
     assert tail["next"] == ids[101]
 
 
-def test_a_malformed_session_id_is_400_and_a_missing_one_404(client: TestClient) -> None:
-    assert_error(client.get("/sessions/xyz"), 400, "invalid_name", "32 lower-case hex")
-    assert_error(client.get(f"/sessions/{new_session_id()}"), 404, "session_not_found")
+def test_a_malformed_session_id_is_400_and_a_missing_one_404(app_client: TestClient) -> None:
+    assert_error(app_client.get("/sessions/xyz"), 400, "invalid_name", "32 lower-case hex")
+    assert_error(app_client.get(f"/sessions/{new_session_id()}"), 404, "session_not_found")
 
 
 def test_deleting_a_session_moves_it_to_the_trash(
-    client: TestClient, store: Store, sid: str
+    app_client: TestClient, app_store: Store, sid: str
 ) -> None:
-    response = client.delete(f"/sessions/{sid}")
+    response = app_client.delete(f"/sessions/{sid}")
     assert response.status_code == 200
     assert response.json()["id"] == sid
-    assert_error(client.get(f"/sessions/{sid}"), 404, "session_not_found")
-    [entry] = store.list_trash()
+    assert_error(app_client.get(f"/sessions/{sid}"), 404, "session_not_found")
+    [entry] = app_store.list_trash()
     assert entry.session_id == sid
-    audit = [json.loads(x) for x in store.root.audit_path.read_text().splitlines()]
+    audit = [json.loads(x) for x in app_store.root.audit_path.read_text().splitlines()]
     assert audit[-1]["operation"] == "trash-session"
     assert audit[-1]["target"] == sid
 
@@ -160,91 +166,95 @@ def test_deleting_a_session_moves_it_to_the_trash(
 
 
 def test_a_multipart_upload_is_stored_under_its_filename(
-    client: TestClient, store: Store, sid: str
+    app_client: TestClient, app_store: Store, sid: str
 ) -> None:
     data = bytes(range(256)) * 100
-    response = client.post(f"/sessions/{sid}/files", files={"file": ("scan.pdf", data)})
+    response = app_client.post(f"/sessions/{sid}/files", files={"file": ("scan.pdf", data)})
     assert response.status_code == 201, response.text
     entry = response.json()
     assert entry["name"] == "scan.pdf"
     assert entry["size"] == len(data)
     assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    assert client.get(f"/sessions/{sid}/files").json()["items"] == [entry]
-    download = client.get(f"/sessions/{sid}/files/scan.pdf")
+    assert app_client.get(f"/sessions/{sid}/files").json()["items"] == [entry]
+    download = app_client.get(f"/sessions/{sid}/files/scan.pdf")
     assert download.content == data
     assert download.headers["content-type"] == "application/octet-stream"
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
-def test_other_form_fields_are_ignored(client: TestClient, sid: str) -> None:
-    response = client.post(
+def test_other_form_fields_are_ignored(app_client: TestClient, sid: str) -> None:
+    response = app_client.post(
         f"/sessions/{sid}/files", data={"note": "hi"}, files={"file": ("a.txt", b"abc")}
     )
     assert response.status_code == 201
     assert response.json()["name"] == "a.txt"
 
 
-def test_a_multipart_upload_of_an_existing_name_is_409(client: TestClient, sid: str) -> None:
-    client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"one")})
-    response = client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"two")})
+def test_a_multipart_upload_of_an_existing_name_is_409(app_client: TestClient, sid: str) -> None:
+    app_client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"one")})
+    response = app_client.post(f"/sessions/{sid}/files", files={"file": ("a.txt", b"two")})
     assert_error(response, 409, "file_exists", "use PUT")
-    assert client.get(f"/sessions/{sid}/files/a.txt").content == b"one"
+    assert app_client.get(f"/sessions/{sid}/files/a.txt").content == b"one"
 
 
-def test_a_multipart_body_without_a_file_field_is_400(client: TestClient, sid: str) -> None:
-    response = client.post(f"/sessions/{sid}/files", data={"other": "x"}, files={"f": ("a", b"")})
+def test_a_multipart_body_without_a_file_field_is_400(app_client: TestClient, sid: str) -> None:
+    response = app_client.post(
+        f"/sessions/{sid}/files", data={"other": "x"}, files={"f": ("a", b"")}
+    )
     assert_error(response, 400, "bad_request", "no form field 'file'")
 
 
-def test_a_body_that_is_not_multipart_is_400(client: TestClient, sid: str) -> None:
-    response = client.post(f"/sessions/{sid}/files", content=b"raw")
+def test_a_body_that_is_not_multipart_is_400(app_client: TestClient, sid: str) -> None:
+    response = app_client.post(f"/sessions/{sid}/files", content=b"raw")
     assert_error(response, 400, "bad_request", "multipart/form-data")
 
 
 def test_a_truncated_multipart_body_is_400_and_leaves_nothing(
-    client: TestClient, store: Store, sid: str
+    app_client: TestClient, app_store: Store, sid: str
 ) -> None:
     body = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\npartial'
-    response = client.post(
+    response = app_client.post(
         f"/sessions/{sid}/files",
         content=body,
         headers={"Content-Type": "multipart/form-data; boundary=B"},
     )
     assert_error(response, 400, "bad_request", "ended before its closing boundary")
-    assert store.list_files(sid) == []
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(sid) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 def test_put_creates_then_replaces_keeping_the_old_bytes_in_the_trash(
-    client: TestClient, store: Store, sid: str
+    app_client: TestClient, app_store: Store, sid: str
 ) -> None:
-    assert client.put(f"/sessions/{sid}/files/notes.md", content=b"v1").status_code == 201
-    assert client.put(f"/sessions/{sid}/files/notes.md", content=b"v2").status_code == 200
-    assert client.get(f"/sessions/{sid}/files/notes.md").content == b"v2"
-    [old] = store.list_trash()
+    assert app_client.put(f"/sessions/{sid}/files/notes.md", content=b"v1").status_code == 201
+    assert app_client.put(f"/sessions/{sid}/files/notes.md", content=b"v2").status_code == 200
+    assert app_client.get(f"/sessions/{sid}/files/notes.md").content == b"v2"
+    [old] = app_store.list_trash()
     assert (old.path / "notes.md").read_bytes() == b"v1"
 
 
-def test_put_streams_a_chunked_body(client: TestClient, sid: str) -> None:
+def test_put_streams_a_chunked_body(app_client: TestClient, sid: str) -> None:
     chunks = [b"a" * 100, b"b" * 100, b"c"]
-    response = client.put(f"/sessions/{sid}/files/x", content=iter(chunks))
+    response = app_client.put(f"/sessions/{sid}/files/x", content=iter(chunks))
     assert response.status_code == 201
     assert response.json()["size"] == 201
 
 
-def test_deleting_a_file_moves_it_to_the_trash(client: TestClient, store: Store, sid: str) -> None:
-    client.put(f"/sessions/{sid}/files/a", content=b"data")
-    response = client.delete(f"/sessions/{sid}/files/a")
+def test_deleting_a_file_moves_it_to_the_trash(
+    app_client: TestClient, app_store: Store, sid: str
+) -> None:
+    app_client.put(f"/sessions/{sid}/files/a", content=b"data")
+    response = app_client.delete(f"/sessions/{sid}/files/a")
     assert response.status_code == 200
     assert response.json()["name"] == "a"
-    assert_error(client.get(f"/sessions/{sid}/files/a"), 404, "file_not_found")
-    assert_error(client.delete(f"/sessions/{sid}/files/a"), 404, "file_not_found")
-    [entry] = store.list_trash()
+    assert_error(app_client.get(f"/sessions/{sid}/files/a"), 404, "file_not_found")
+    assert_error(app_client.delete(f"/sessions/{sid}/files/a"), 404, "file_not_found")
+    [entry] = app_store.list_trash()
     assert (entry.path / "a").read_bytes() == b"data"
 
 
-def test_an_upload_to_a_missing_session_is_404(client: TestClient) -> None:
-    response = client.put(f"/sessions/{new_session_id()}/files/a", content=b"x")
+def test_an_upload_to_a_missing_session_is_404(app_client: TestClient) -> None:
+    response = app_client.put(f"/sessions/{new_session_id()}/files/a", content=b"x")
     assert_error(response, 404, "session_not_found")
 
 
@@ -252,38 +262,38 @@ def test_an_upload_to_a_missing_session_is_404(client: TestClient) -> None:
 
 
 def test_a_put_declared_over_the_limit_is_413_before_reading(
-    small: TestClient, store: Store
+    small: TestClient, app_store: Store
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     response = small.put(f"/sessions/{sid}/files/big", content=b"x" * (LIMIT + 1))
     assert_error(response, 413, "upload_too_large", f"limit of {LIMIT} bytes")
-    assert store.list_files(sid) == []
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(sid) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 def test_a_chunked_put_over_the_limit_is_413_and_leaves_no_temporary_file(
-    small: TestClient, store: Store
+    small: TestClient, app_store: Store
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     body = iter([b"x" * 600, b"y" * 600])
     response = small.put(f"/sessions/{sid}/files/big", content=body)
     assert_error(response, 413, "upload_too_large", "received 1200 bytes so far")
-    assert list(store.root.tmp_dir.iterdir()) == []
-    assert not (store.sessions_dir / sid / "files" / "big").exists()
+    assert list(app_store.root.tmp_dir.iterdir()) == []
+    assert not (app_store.sessions_dir / sid / "files" / "big").exists()
 
 
 def test_a_multipart_upload_over_the_limit_is_413_and_leaves_nothing(
-    small: TestClient, store: Store
+    small: TestClient, app_store: Store
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     response = small.post(f"/sessions/{sid}/files", files={"file": ("big", b"x" * (LIMIT + 1))})
     assert_error(response, 413, "upload_too_large")
-    assert store.list_files(sid) == []
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(sid) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
-def test_an_upload_of_exactly_the_limit_is_accepted(small: TestClient, store: Store) -> None:
-    sid = store.create_session()["id"]
+def test_an_upload_of_exactly_the_limit_is_accepted(small: TestClient, app_store: Store) -> None:
+    sid = app_store.create_session()["id"]
     response = small.put(f"/sessions/{sid}/files/fits", content=b"x" * LIMIT)
     assert response.status_code == 201
 
@@ -303,11 +313,11 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("raw", "problem"), HOSTILE)
 def test_a_hostile_name_in_a_put_is_400_and_writes_nothing(
-    client: TestClient, store: Store, tmp_path: Path, raw: str, problem: str
+    app_client: TestClient, app_store: Store, tmp_path: Path, raw: str, problem: str
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     before = files_under(tmp_path)
-    response = client.put(f"/sessions/{sid}/files/{raw}", content=b"payload")
+    response = app_client.put(f"/sessions/{sid}/files/{raw}", content=b"payload")
     assert_error(response, 400, "invalid_name", problem)
     assert files_under(tmp_path) == before
 
@@ -329,31 +339,31 @@ def multipart(filename: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
     [b"../x", b"../../escape", b"/etc/passwd", b"a\0b", b"x" * 300, b"..", b"a\nb", b"\xff\xfe"],
 )
 def test_a_hostile_multipart_filename_is_400_and_writes_nothing(
-    client: TestClient, store: Store, tmp_path: Path, name: bytes
+    app_client: TestClient, app_store: Store, tmp_path: Path, name: bytes
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     before = files_under(tmp_path)
     body, headers = multipart(name, b"payload")
-    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    response = app_client.post(f"/sessions/{sid}/files", content=body, headers=headers)
     assert response.status_code == 400, response.text
     assert files_under(tmp_path) == before
 
 
 def test_a_windows_path_as_filename_is_refused_like_a_unix_path(
-    client: TestClient, store: Store, tmp_path: Path
+    app_client: TestClient, app_store: Store, tmp_path: Path
 ) -> None:
     # python-multipart drops the directories old browsers sent ("C:\\dir\\a"); a name that
     # had them is refused like "dir/a", not stored under its last part.
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     before = files_under(tmp_path)
     body, headers = multipart(b"C:\\dir\\a", b"payload")
-    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    response = app_client.post(f"/sessions/{sid}/files", content=body, headers=headers)
     assert_error(response, 400, "invalid_name", "path separator")
     assert files_under(tmp_path) == before
 
 
-def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -> None:
-    response = client.get(f"/sessions/{sid}/files/..%2Fsession.json")
+def test_a_path_in_the_download_route_is_refused(app_client: TestClient, sid: str) -> None:
+    response = app_client.get(f"/sessions/{sid}/files/..%2Fsession.json")
     assert_error(response, 400, "invalid_name")
 
 
@@ -361,39 +371,39 @@ def test_a_path_in_the_download_route_is_refused(client: TestClient, sid: str) -
 
 
 def test_a_file_deleted_as_its_download_starts_is_never_a_500(
-    client: TestClient, store: Store, sid: str, monkeypatch: pytest.MonkeyPatch
+    app_client: TestClient, app_store: Store, sid: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The route has found the file; a DELETE lands before the response is sent. The bytes
     # the route chose are sent whole (the delete came after the read), never a 500.
     from starlette import responses
 
     data = b"z" * 200_000
-    client.put(f"/sessions/{sid}/files/doomed", content=data)
+    app_client.put(f"/sessions/{sid}/files/doomed", content=data)
     send = responses.FileResponse.__call__
 
     async def delete_first(self: Any, scope: Any, receive: Any, send_: Any) -> None:
-        store.delete_file(sid, "doomed")
+        app_store.delete_file(sid, "doomed")
         await send(self, scope, receive, send_)
 
     monkeypatch.setattr(responses.FileResponse, "__call__", delete_first)
-    download = client.get(f"/sessions/{sid}/files/doomed")
+    download = app_client.get(f"/sessions/{sid}/files/doomed")
     assert download.status_code == 200, download.text
     assert download.content == data
     assert download.headers["content-length"] == str(len(data))
-    assert client.get(f"/sessions/{sid}/files/doomed").status_code == 404
+    assert app_client.get(f"/sessions/{sid}/files/doomed").status_code == 404
 
 
 def test_a_file_listed_but_gone_from_disk_is_404(
-    client: TestClient, store: Store, sid: str
+    app_client: TestClient, app_store: Store, sid: str
 ) -> None:
-    client.put(f"/sessions/{sid}/files/gone", content=b"bytes")
-    store.file_path(sid, "gone")[0].unlink()
-    assert_error(client.get(f"/sessions/{sid}/files/gone"), 404, "file_not_found", "'gone'")
+    app_client.put(f"/sessions/{sid}/files/gone", content=b"bytes")
+    app_store.file_path(sid, "gone")[0].unlink()
+    assert_error(app_client.get(f"/sessions/{sid}/files/gone"), 404, "file_not_found", "'gone'")
 
 
-def test_a_ranged_download_is_served_from_the_opened_file(client: TestClient, sid: str) -> None:
-    client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
-    part = client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"})
+def test_a_ranged_download_is_served_from_the_opened_file(app_client: TestClient, sid: str) -> None:
+    app_client.put(f"/sessions/{sid}/files/r", content=b"0123456789")
+    part = app_client.get(f"/sessions/{sid}/files/r", headers={"Range": "bytes=2-4"})
     assert part.status_code == 206
     assert part.content == b"234"
 
@@ -407,11 +417,11 @@ def chunked(*parts: bytes) -> Iterator[bytes]:
 
 
 def test_a_chunked_multipart_body_is_held_to_the_limit_a_content_length_would_be(
-    small: TestClient, store: Store
+    small: TestClient, app_store: Store
 ) -> None:
     # Junk after the closing boundary costs nothing to parse, but a body this size with a
     # Content-Length would be refused up front; without one it must not be accepted.
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     body, headers = multipart(b"a", b"ok")
     declared = small.post(
         f"/sessions/{sid}/files", content=body + b"x" * (1024 * 1024), headers=headers
@@ -423,18 +433,18 @@ def test_a_chunked_multipart_body_is_held_to_the_limit_a_content_length_would_be
         headers=headers,
     )
     assert_error(response, 413, "upload_too_large")
-    assert store.list_files(sid) == []
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(sid) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 _URL_IN_PAGE = r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']|(https?://[^\s"'<>)]+)"""
 
 
-def test_the_api_docs_page_loads_nothing_from_another_host(client: TestClient) -> None:
+def test_the_api_docs_page_loads_nothing_from_another_host(app_client: TestClient) -> None:
     """/docs was blank offline: FastAPI's page loads Swagger UI from a CDN."""
     import re
 
-    response = client.get("/docs", headers={"Authorization": ""})  # the page needs no token
+    response = app_client.get("/docs", headers={"Authorization": ""})  # the page needs no token
     assert response.status_code == 200
     found = [next(g for g in m.groups() if g) for m in re.finditer(_URL_IN_PAGE, response.text)]
     external = [url for url in found if "//" in url]
@@ -442,70 +452,70 @@ def test_the_api_docs_page_loads_nothing_from_another_host(client: TestClient) -
     local = [url for url in found if url.startswith("/")]
     assert {url.rsplit(".", 1)[-1] for url in local} >= {"js", "css", "json"}, found
     for url in local:
-        assert client.get(url).status_code == 200, url
+        assert app_client.get(url).status_code == 200, url
 
 
-def test_redoc_is_not_served(client: TestClient) -> None:
+def test_redoc_is_not_served(app_client: TestClient) -> None:
     # FastAPI's ReDoc page loads its script from a CDN, and ReDoc fetches its logo from
     # cdn.redoc.ly even when self-hosted; /docs is the one API page, and it works offline.
-    assert client.get("/redoc").status_code == 404
+    assert app_client.get("/redoc").status_code == 404
 
 
 def test_emptying_the_trash_over_http_on_a_protected_profile_needs_its_confirmation(
-    store: Store, app_config: Config
+    app_store: Store, app_config: Config
 ) -> None:
     import dataclasses
 
     protected = dataclasses.replace(app_config, protected=True)
     headers = {"Authorization": f"Bearer {app_config.api_token}"}
-    sid = store.create_session()["id"]
-    store.delete_session(sid)
-    with TestClient(create_app(store, protected), headers=headers) as client:
+    sid = app_store.create_session()["id"]
+    app_store.delete_session(sid)
+    with TestClient(create_app(app_store, protected), headers=headers) as client:
         refused = client.post("/trash/empty")
         assert_error(refused, 403, "confirmation_required", "?confirm=yes-i-mean-it")
         assert (
             "refusing to empty the trash on protected profile 'testing'"
             in (refused.json()["message"])
         )
-        assert len(store.list_trash()) == 1
+        assert len(app_store.list_trash()) == 1
         emptied = client.post("/trash/empty", params={"confirm": "yes-i-mean-it"})
         assert emptied.status_code == 200, emptied.text
         assert emptied.json()["removed"] == 1
-    assert store.list_trash() == []
+    assert app_store.list_trash() == []
 
 
-def test_emptying_the_trash_older_than_forever_is_a_422_not_a_500(client: TestClient) -> None:
+def test_emptying_the_trash_older_than_forever_is_a_422_not_a_500(app_client: TestClient) -> None:
     # schemathesis: ?older_than=9.5e307 overflowed timedelta.
-    response = client.post("/trash/empty", params={"older_than": 9.5e307})
+    response = app_client.post("/trash/empty", params={"older_than": 9.5e307})
     assert_error(response, 422, "validation_error", "older_than")
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096])
 def test_a_multipart_body_cut_anywhere_into_chunks_is_stored_whole(
-    client: TestClient, store: Store, sid: str, size: int
+    app_client: TestClient, app_store: Store, sid: str, size: int
 ) -> None:
     # The upload begins on a worker thread after the chunk holding the part's headers is
     # parsed; the file's first bytes in that same chunk must not be lost or reordered.
     data = bytes(range(256)) * 40
     body, headers = multipart(b"cut.bin", data)
     pieces = [body[i : i + size] for i in range(0, len(body), size)]
-    response = client.post(f"/sessions/{sid}/files", content=chunked(*pieces), headers=headers)
+    response = app_client.post(f"/sessions/{sid}/files", content=chunked(*pieces), headers=headers)
     assert response.status_code == 201, response.text
     assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
-    assert client.get(f"/sessions/{sid}/files/cut.bin").content == data
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_client.get(f"/sessions/{sid}/files/cut.bin").content == data
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 def test_a_second_file_field_in_the_same_chunk_is_400(
-    client: TestClient, store: Store, sid: str
+    app_client: TestClient, app_store: Store, sid: str
 ) -> None:
     one, headers = multipart(b"one.txt", b"1")
     two, _ = multipart(b"two.txt", b"2")
     body = one.removesuffix(b"--B--\r\n") + two
-    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    response = app_client.post(f"/sessions/{sid}/files", content=body, headers=headers)
     assert_error(response, 400, "bad_request", "more than one form field 'file'")
-    assert store.list_files(sid) == []
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(sid) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 def test_a_session_holds_at_most_max_files_per_session_files(app_config: Config) -> None:

@@ -2,8 +2,9 @@
 
 Each test starts its own servers (``python -m app serve``) and commands (``python -m app
 ...``) with ``APP_DATA_ROOT`` under ``tmp_path`` (inside the pytest sandbox, which every
-subprocess obeys) and a free port. Waiting is bounded polling, never a sleep taken as an
-assertion.
+subprocess obeys) and port 0: each server binds a free port itself and publishes it in its
+lock file, so parallel tests never race for one. Waiting is bounded polling, never a sleep
+taken as an assertion.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from app.lock import probe
-from app.testing import free_port
+from app.testing import published_port
 
 POLL = 0.02
 ATTEMPTS = 1500  # bounded: 30 s at most for anything to happen
@@ -44,7 +45,8 @@ def app_env(
 ) -> dict[str, str]:
     env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}
     env["ENV_FOR_DYNACONF"] = profile
-    env["APP_PORT"] = str(port if port is not None else free_port())
+    if port is not None:
+        env["APP_PORT"] = str(port)
     if profile != "testing":
         # Opt in the way @pytest.mark.app_profile does: the root stays inside the sandbox.
         allowed = {p for p in env.get("PYTEST_APP_ALLOW_PROFILES", "").split(",") if p}
@@ -78,19 +80,30 @@ class Server:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = env
-        self.port = int(env["APP_PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Without a port of its own it gets `--port 0`, which overrides the profile's.
+        self._port = int(env["APP_PORT"]) if "APP_PORT" in env else None
         self.root = Path(env["APP_DATA_ROOT"])
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
+        port_zero = ["--port", "0"] if self._port is None else []
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve"], env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "app", "serve", *port_zero], env=env, stdout=out, stderr=out
             )
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            self._port = published_port(self.root, self.process, self.log)
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def output(self) -> str:
@@ -218,7 +231,7 @@ def test_kill_9_then_an_immediate_restart_keeps_every_acknowledged_write(
             acknowledged[sid] = data
     server.process.send_signal(signal.SIGKILL)
     server.wait_exit()
-    restarted = start(env)  # same root, same port, at once
+    restarted = start({**env, "APP_PORT": str(server.port)})  # same root, same port, at once
     with restarted.client() as client:
         listing = client.get("/sessions", params={"limit": 100}).json()
         assert [s["id"] for s in listing["items"]] == list(acknowledged)

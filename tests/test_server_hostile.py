@@ -1,7 +1,7 @@
 """Hostile input over HTTP: every bad request is a 4xx with a message, and nothing is written.
 
 In process (Starlette's TestClient) for the request bodies and names; against a real
-``app serve`` (the `live_server` fixture) where the HTTP server itself takes part: raw
+``app serve`` (the `app_live_server` fixture) where the HTTP server itself takes part: raw
 bytes in the request line, and what a client's connection looks like after a 500.
 """
 
@@ -34,17 +34,17 @@ def assert_error(response: Any, status: int, code: str, *texts: str) -> None:
 # --- a 500 never leaves a broken keep-alive connection -----------------------------------
 
 
-def test_after_a_500_the_client_keeps_a_working_connection(live_server: LiveServer) -> None:
+def test_after_a_500_the_client_keeps_a_working_connection(app_live_server: LiveServer) -> None:
     # A session.json that no longer parses (a disk fault, a hand edit) makes a real 500.
-    host, port = live_server.url.removeprefix("http://").split(":")
+    host, port = app_live_server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port))
-    headers = {**live_server.headers, "Content-Type": "application/json"}
+    headers = {**app_live_server.headers, "Content-Type": "application/json"}
     connection.request("POST", "/sessions", body=b"{}", headers=headers)
     created = connection.getresponse()
     session_id = json.loads(created.read())["id"]
-    (live_server.data_root / "sessions" / session_id / "session.json").write_bytes(b"{not json")
+    (app_live_server.data_root / "sessions" / session_id / "session.json").write_bytes(b"{not json")
 
-    connection.request("GET", f"/sessions/{session_id}", headers=live_server.headers)
+    connection.request("GET", f"/sessions/{session_id}", headers=app_live_server.headers)
     broken = connection.getresponse()
     body = json.loads(broken.read())
     assert broken.status == 500
@@ -68,66 +68,70 @@ def nested(depth: int) -> dict[str, Any]:
 
 
 def test_deeply_nested_metadata_is_422_and_never_stored(
-    client: TestClient, store: Store, tmp_path: Path
+    app_client: TestClient, app_store: Store, tmp_path: Path
 ) -> None:
     before = files_under(tmp_path)
     # 255 levels in a 1.5 KB body once was stored with 201, and broke every listing after.
-    response = client.post("/sessions", json={"metadata": nested(255)})
+    response = app_client.post("/sessions", json={"metadata": nested(255)})
     assert_error(response, 422, "validation_error", "metadata", "nested 255 levels deep", "32")
     assert files_under(tmp_path) == before
-    assert client.get("/sessions").json()["total"] == 0
+    assert app_client.get("/sessions").json()["total"] == 0
 
 
 def test_a_deep_session_stored_before_the_bound_does_not_break_listings(
-    client: TestClient, store: Store
+    app_client: TestClient, app_store: Store
 ) -> None:
     # Written by an older server (or by hand): reading it must still work, page and all.
-    sid = store.create_session("old")["id"]
-    path = store.sessions_dir / sid / "session.json"
+    sid = app_store.create_session("old")["id"]
+    path = app_store.sessions_dir / sid / "session.json"
     record = json.loads(path.read_text())
     record["metadata"] = nested(255)
     path.write_text(json.dumps(record))
-    assert client.get(f"/sessions/{sid}").json()["metadata"] == nested(255)
-    assert client.get("/sessions").json()["items"][0]["id"] == sid
+    assert app_client.get(f"/sessions/{sid}").json()["metadata"] == nested(255)
+    assert app_client.get("/sessions").json()["items"][0]["id"] == sid
 
 
-def test_metadata_at_the_depth_limit_is_stored_and_listed(client: TestClient) -> None:
-    created = client.post("/sessions", json={"metadata": nested(32)})
+def test_metadata_at_the_depth_limit_is_stored_and_listed(app_client: TestClient) -> None:
+    created = app_client.post("/sessions", json={"metadata": nested(32)})
     assert created.status_code == 201, created.text
-    assert client.get("/sessions").status_code == 200
-    assert client.get(f"/sessions/{created.json()['id']}").json()["metadata"] == nested(32)
+    assert app_client.get("/sessions").status_code == 200
+    assert app_client.get(f"/sessions/{created.json()['id']}").json()["metadata"] == nested(32)
 
 
-def test_nesting_too_deep_for_the_json_parser_is_422_not_500(client: TestClient) -> None:
+def test_nesting_too_deep_for_the_json_parser_is_422_not_500(app_client: TestClient) -> None:
     body = b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    response = client.post("/sessions", content=body, headers={"Content-Type": "application/json"})
+    response = app_client.post(
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 422, "validation_error", "nested", "32")
 
 
-def test_metadata_with_too_many_keys_is_422(client: TestClient) -> None:
+def test_metadata_with_too_many_keys_is_422(app_client: TestClient) -> None:
     metadata = {f"k{i}": [{"a": 1, "b": 2}] for i in range(400)}  # 1,200 keys in all
-    response = client.post("/sessions", json={"metadata": metadata})
+    response = app_client.post("/sessions", json={"metadata": metadata})
     assert_error(response, 422, "validation_error", "1200 keys", "1000")
-    assert client.get("/sessions").json()["total"] == 0
+    assert app_client.get("/sessions").json()["total"] == 0
 
 
-def test_metadata_over_64_kib_is_413(client: TestClient) -> None:
-    response = client.post("/sessions", json={"metadata": {"blob": "x" * 70_000}})
+def test_metadata_over_64_kib_is_413(app_client: TestClient) -> None:
+    response = app_client.post("/sessions", json={"metadata": {"blob": "x" * 70_000}})
     assert_error(response, 413, "metadata_too_large", "65536")
-    assert client.get("/sessions").json()["total"] == 0
+    assert app_client.get("/sessions").json()["total"] == 0
 
 
-def test_a_session_body_over_the_limit_is_413_before_it_is_parsed(client: TestClient) -> None:
+def test_a_session_body_over_the_limit_is_413_before_it_is_parsed(app_client: TestClient) -> None:
     body = b'{"title": "' + b" " * (300 * 1024) + b'"}'
-    response = client.post("/sessions", content=body, headers={"Content-Type": "application/json"})
+    response = app_client.post(
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 413, "body_too_large", "262144")
-    chunked = client.post(
+    chunked = app_client.post(
         "/sessions",
         content=iter([body[:1000], body[1000:]]),
         headers={"Content-Type": "application/json"},
     )
     assert_error(chunked, 413, "body_too_large")
-    assert client.get("/sessions").json()["total"] == 0
+    assert app_client.get("/sessions").json()["total"] == 0
 
 
 # --- bad JSON is a 4xx, the error handler never fails (6) -----------------------------------
@@ -152,36 +156,40 @@ def test_a_session_body_over_the_limit_is_413_before_it_is_parsed(client: TestCl
     ],
 )
 def test_a_body_that_is_not_strict_json_text_is_a_4xx_and_writes_nothing(
-    client: TestClient, tmp_path: Path, body: bytes, text: str
+    app_client: TestClient, tmp_path: Path, body: bytes, text: str
 ) -> None:
     before = files_under(tmp_path)
-    response = client.post("/sessions", content=body, headers={"Content-Type": "application/json"})
+    response = app_client.post(
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
+    )
     assert 400 <= response.status_code < 500, response.text
     assert text in response.json()["message"]
     assert files_under(tmp_path) == before
-    assert client.get("/sessions").json()["total"] == 0
+    assert app_client.get("/sessions").json()["total"] == 0
 
 
 def test_a_lone_surrogate_next_to_other_errors_is_still_a_422_naming_it(
-    client: TestClient,
+    app_client: TestClient,
 ) -> None:
     # Quoting the surrogate in the answer once made the error handler itself fail (a 500).
     body = b'{"title": 5, "x": "\\udc00"}'
-    response = client.post("/sessions", content=body, headers={"Content-Type": "application/json"})
+    response = app_client.post(
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 422, "validation_error", "body.x", "unpaired surrogate U+DC00")
 
 
 def test_a_multipart_boundary_longer_than_70_characters_is_400(
-    client: TestClient, store: Store, tmp_path: Path
+    app_client: TestClient, app_store: Store, tmp_path: Path
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     before = files_under(tmp_path)
     boundary = "b" * 300
     body = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
         f"x\r\n--{boundary}--\r\n"
     ).encode()
-    response = client.post(
+    response = app_client.post(
         f"/sessions/{sid}/files",
         content=body,
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
@@ -217,12 +225,12 @@ def multipart(filename: bytes, data: bytes) -> tuple[bytes, dict[str, str]]:
     ],
 )
 def test_a_multipart_filename_with_a_path_or_an_invisible_character_is_400(
-    client: TestClient, store: Store, tmp_path: Path, filename: bytes, problem: str
+    app_client: TestClient, app_store: Store, tmp_path: Path, filename: bytes, problem: str
 ) -> None:
-    sid = store.create_session()["id"]
+    sid = app_store.create_session()["id"]
     before = files_under(tmp_path)
     body, headers = multipart(filename, b"payload")
-    response = client.post(f"/sessions/{sid}/files", content=body, headers=headers)
+    response = app_client.post(f"/sessions/{sid}/files", content=body, headers=headers)
     assert_error(response, 400, "invalid_name", problem)
     assert files_under(tmp_path) == before
 
@@ -232,12 +240,12 @@ def test_a_multipart_filename_with_a_path_or_an_invisible_character_is_400(
     [("a%E2%80%8Bb", "U+200B"), ("%EF%BB%BFnotes", "U+FEFF"), ("dir%EF%BC%8Fevil", "U+FF0F")],
 )
 def test_a_put_name_with_an_invisible_or_lookalike_character_is_400(
-    client: TestClient, store: Store, raw: str, problem: str
+    app_client: TestClient, app_store: Store, raw: str, problem: str
 ) -> None:
-    sid = store.create_session()["id"]
-    response = client.put(f"/sessions/{sid}/files/{raw}", content=b"payload")
+    sid = app_store.create_session()["id"]
+    response = app_client.put(f"/sessions/{sid}/files/{raw}", content=b"payload")
     assert_error(response, 400, "invalid_name", problem)
-    assert store.list_files(sid) == []
+    assert app_store.list_files(sid) == []
 
 
 def raw_request(server: LiveServer, method: str, target: str, body: bytes = b"") -> tuple[int, Any]:
@@ -255,16 +263,16 @@ def raw_request(server: LiveServer, method: str, target: str, body: bytes = b"")
     return response.status, payload
 
 
-def test_names_that_are_not_utf8_are_refused_never_replaced(live_server: LiveServer) -> None:
+def test_names_that_are_not_utf8_are_refused_never_replaced(app_live_server: LiveServer) -> None:
     # Decoded with replacement, %FF and %FE both became U+FFFD: one name, and the second PUT
     # silently replaced the first file.
-    status, created = raw_request(live_server, "POST", "/sessions")
+    status, created = raw_request(app_live_server, "POST", "/sessions")
     sid = created["id"]
     for raw in ("a%FF", "a%FE", "caf%E9.txt", "%C0%AE%C0%AE"):
-        status, body = raw_request(live_server, "PUT", f"/sessions/{sid}/files/{raw}", b"x")
+        status, body = raw_request(app_live_server, "PUT", f"/sessions/{sid}/files/{raw}", b"x")
         assert status == 400, (raw, body)
         assert body["code"] == "invalid_name"
         assert "not valid UTF-8" in body["message"]
-    status, files = raw_request(live_server, "GET", f"/sessions/{sid}/files")
+    status, files = raw_request(app_live_server, "GET", f"/sessions/{sid}/files")
     assert files["items"] == []
-    assert list((live_server.data_root / ".tmp").iterdir()) == []
+    assert list((app_live_server.data_root / ".tmp").iterdir()) == []

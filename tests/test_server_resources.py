@@ -1,6 +1,6 @@
 """What one client may hold of a real server, and that nobody else notices (#9, items 9, 10).
 
-Every test runs a real ``app serve`` (the `live_server` fixture) with tight bounds set through
+Every test runs a real ``app serve`` (the `app_live_server` fixture) with tight bounds set through
 ``APP_*`` variables, and plays the slow or greedy client with a raw socket: a header that never
 ends, a body that stops or trickles, more uploads at once than the server takes. Meanwhile a
 normal client's request must succeed. Waits are bounded by a condition, never by a duration.
@@ -32,7 +32,7 @@ def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> It
     """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
     for name, value in getattr(request, "param", {}).items():
         monkeypatch.setenv(name, value)
-    yield request.getfixturevalue("live_server")
+    yield request.getfixturevalue("app_live_server")
 
 
 def address(server: LiveServer) -> tuple[str, int]:
@@ -110,16 +110,16 @@ def test_a_header_larger_than_max_header_bytes_is_431_and_others_are_served(
     problem(body, "header_too_large", "larger than 8192 bytes", "max_header_bytes")
 
 
-def test_headers_are_bounded_by_default(live_server: LiveServer) -> None:
-    with connect(live_server) as sock:
+def test_headers_are_bounded_by_default(app_live_server: LiveServer) -> None:
+    with connect(app_live_server) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000)
         status, _, body = read_answer(sock)
     assert status == 431
     problem(body, "header_too_large", "larger than 32768 bytes")
 
 
-def test_a_request_that_is_not_http_is_a_400_problem_document(live_server: LiveServer) -> None:
-    with connect(live_server) as sock:
+def test_a_request_that_is_not_http_is_a_400_problem_document(app_live_server: LiveServer) -> None:
+    with connect(app_live_server) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
         status, headers, body = read_answer(sock)
     assert status == 400
@@ -351,8 +351,10 @@ def test_a_session_larger_than_page_max_bytes_still_gets_a_page_of_its_own(
 # --- the OpenAPI document says so ------------------------------------------------------------
 
 
-def test_the_openapi_document_declares_the_bounds_of_every_request(live_server: LiveServer) -> None:
-    document = httpx.get(f"{live_server.url}/openapi.json").json()
+def test_the_openapi_document_declares_the_bounds_of_every_request(
+    app_live_server: LiveServer,
+) -> None:
+    document = httpx.get(f"{app_live_server.url}/openapi.json").json()
     operations = {
         operation["operationId"]: operation
         for path in document["paths"].values()
@@ -377,9 +379,9 @@ def test_the_openapi_document_declares_the_bounds_of_every_request(live_server: 
 
 
 def test_an_upload_when_the_process_is_out_of_file_descriptors_is_503_not_500(
-    client: TestClient, store: Store
+    app_client: TestClient, app_store: Store
 ) -> None:
-    session_id = client.post("/sessions", json={}).json()["id"]
+    session_id = app_client.post("/sessions", json={}).json()["id"]
     url = f"/sessions/{session_id}/files/report.txt"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # The limit where this process stands now: the next open() is EMFILE, as when 150 slow
@@ -387,11 +389,11 @@ def test_an_upload_when_the_process_is_out_of_file_descriptors_is_503_not_500(
     # (listdir's own descriptor is listed too, and closed again: hence the - 1.)
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
     try:
-        refused = client.put(url, content=b"report")
+        refused = app_client.put(url, content=b"report")
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert refused.status_code == 503, refused.text
     assert refused.headers["retry-after"] == "5"
     problem(refused.content, "too_many_open_files", "files open", "LimitNOFILE")
-    assert store.list_files(session_id) == []
-    assert client.put(url, content=b"report").status_code == 201
+    assert app_store.list_files(session_id) == []
+    assert app_client.put(url, content=b"report").status_code == 201

@@ -16,6 +16,7 @@ from app.errors import (
     FileNotFoundInSessionError,
     InvalidNameError,
     LockLostError,
+    NotInTrashError,
     SessionNotFoundError,
     UploadTooLargeError,
 )
@@ -91,25 +92,25 @@ def test_file_names_are_normalised_to_nfc() -> None:
 # --- sessions ---------------------------------------------------------------------------
 
 
-def test_a_created_session_is_stored_and_read_back(store: Store) -> None:
-    session = store.create_session("first", {"reviewer": "ana"})
+def test_a_created_session_is_stored_and_read_back(app_store: Store) -> None:
+    session = app_store.create_session("first", {"reviewer": "ana"})
     assert session["title"] == "first"
     assert session["metadata"] == {"reviewer": "ana"}
     assert session["files"] == []
-    assert store.get_session(session["id"]) == session
-    on_disk = json.loads((store.sessions_dir / session["id"] / "session.json").read_text())
+    assert app_store.get_session(session["id"]) == session
+    on_disk = json.loads((app_store.sessions_dir / session["id"] / "session.json").read_text())
     assert on_disk == {k: v for k, v in session.items() if k != "files"}  # files: records/
 
 
-def test_creating_a_session_leaves_nothing_in_tmp(store: Store) -> None:
-    store.create_session("x")
-    assert list(store.root.tmp_dir.iterdir()) == []
-    assert [p.name for p in store.sessions_dir.iterdir() if p.name.startswith(".")] == []
+def test_creating_a_session_leaves_nothing_in_tmp(app_store: Store) -> None:
+    app_store.create_session("x")
+    assert list(app_store.root.tmp_dir.iterdir()) == []
+    assert [p.name for p in app_store.sessions_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_missing_session_is_not_found(store: Store) -> None:
+def test_a_missing_session_is_not_found(app_store: Store) -> None:
     with pytest.raises(SessionNotFoundError, match="no session"):
-        store.get_session(new_session_id())
+        app_store.get_session(new_session_id())
 
 
 @pytest.mark.parametrize(
@@ -121,26 +122,26 @@ def test_a_missing_session_is_not_found(store: Store) -> None:
     ],
 )
 def test_oversized_or_mistyped_session_fields_are_refused(
-    store: Store, title: str, metadata: object, problem: str
+    app_store: Store, title: str, metadata: object, problem: str
 ) -> None:
     with pytest.raises(BadRequestError, match=problem):
-        store.create_session(title, metadata)  # type: ignore[arg-type]
+        app_store.create_session(title, metadata)  # type: ignore[arg-type]
 
 
-def test_a_crashed_create_is_cleared_by_the_next_store(store: Store) -> None:
-    leftover = store.sessions_dir / f".new-{new_session_id()}"
+def test_a_crashed_create_is_cleared_by_the_next_store(app_store: Store) -> None:
+    leftover = app_store.sessions_dir / f".new-{new_session_id()}"
     leftover.mkdir()
     (leftover / "session.json").write_text("{")
-    Store(store.root)
+    Store(app_store.root)
     assert not leftover.exists()
 
 
-def test_listing_pages_through_every_session_in_creation_order(store: Store) -> None:
-    ids = [store.create_session(f"s{i}")["id"] for i in range(7)]
+def test_listing_pages_through_every_session_in_creation_order(app_store: Store) -> None:
+    ids = [app_store.create_session(f"s{i}")["id"] for i in range(7)]
     seen: list[str] = []
     cursor = None
     while True:
-        page = store.list_sessions(limit=3, after=cursor)
+        page = app_store.list_sessions(limit=3, after=cursor)
         assert page.total == 7
         seen += [s["id"] for s in page.items]
         cursor = page.next
@@ -149,306 +150,346 @@ def test_listing_pages_through_every_session_in_creation_order(store: Store) -> 
     assert seen == ids
 
 
-def test_a_listing_cursor_survives_deletion_of_the_cursor_session(store: Store) -> None:
-    ids = [store.create_session()["id"] for _ in range(4)]
-    page = store.list_sessions(limit=2)
+def test_a_listing_cursor_survives_deletion_of_the_cursor_session(app_store: Store) -> None:
+    ids = [app_store.create_session()["id"] for _ in range(4)]
+    page = app_store.list_sessions(limit=2)
     assert page.next == ids[1]
-    store.delete_session(ids[1])
-    rest = store.list_sessions(limit=2, after=page.next)
+    app_store.delete_session(ids[1])
+    rest = app_store.list_sessions(limit=2, after=page.next)
     assert [s["id"] for s in rest.items] == ids[2:]
     assert rest.next is None
 
 
-def test_listing_refuses_a_bad_cursor_or_limit(store: Store) -> None:
+def test_listing_refuses_a_bad_cursor_or_limit(app_store: Store) -> None:
     with pytest.raises(InvalidNameError):
-        store.list_sessions(after="../../etc")
+        app_store.list_sessions(after="../../etc")
     with pytest.raises(BadRequestError):
-        store.list_sessions(limit=0)
+        app_store.list_sessions(limit=0)
 
 
 # --- files ------------------------------------------------------------------------------
 
 
-def test_an_upload_streams_to_tmp_and_appears_only_on_commit(store: Store) -> None:
-    session = store.create_session()
-    record = store.sessions_dir / session["id"] / "records" / "a.bin"
-    with store.begin_upload(session["id"], "a.bin") as upload:
+def test_an_upload_streams_to_tmp_and_appears_only_on_commit(app_store: Store) -> None:
+    session = app_store.create_session()
+    record = app_store.sessions_dir / session["id"] / "records" / "a.bin"
+    with app_store.begin_upload(session["id"], "a.bin") as upload:
         upload.write(b"hello ")
         upload.write(b"world")
-        assert upload.temp_path.parent == store.root.tmp_dir
+        assert upload.temp_path.parent == app_store.root.tmp_dir
         assert not record.exists()
         entry = upload.commit()
-    assert store.file_path(session["id"], "a.bin")[0].read_bytes() == b"hello world"
+    assert app_store.file_path(session["id"], "a.bin")[0].read_bytes() == b"hello world"
     assert entry["size"] == 11
     assert entry["sha256"] == hashlib.sha256(b"hello world").hexdigest()
-    assert store.list_files(session["id"]) == [entry]
-    assert list(store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(session["id"]) == [entry]
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
-def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(store: Store) -> None:
-    session = store.create_session()
-    store.max_upload_bytes = 10
-    upload = store.begin_upload(session["id"], "big")
+def test_an_upload_over_the_limit_is_refused_and_leaves_nothing(app_store: Store) -> None:
+    session = app_store.create_session()
+    app_store.max_upload_bytes = 10
+    upload = app_store.begin_upload(session["id"], "big")
     upload.write(b"x" * 10)
     with pytest.raises(UploadTooLargeError, match="limit of 10 bytes") as caught:
         upload.write(b"y")
     assert caught.value.http_status == 413
-    assert list(store.root.tmp_dir.iterdir()) == []
-    assert store.list_files(session["id"]) == []
-    assert not (store.sessions_dir / session["id"] / "records" / "big").exists()
-    assert not list((store.sessions_dir / session["id"]).glob("blobs/*"))
+    assert list(app_store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(session["id"]) == []
+    assert not (app_store.sessions_dir / session["id"] / "records" / "big").exists()
+    assert not list((app_store.sessions_dir / session["id"]).glob("blobs/*"))
 
 
-def test_an_aborted_upload_leaves_nothing(store: Store) -> None:
-    session = store.create_session()
+def test_an_aborted_upload_leaves_nothing(app_store: Store) -> None:
+    session = app_store.create_session()
     with (
         pytest.raises(RuntimeError, match="client went away"),
-        store.begin_upload(session["id"], "a") as upload,
+        app_store.begin_upload(session["id"], "a") as upload,
     ):
         upload.write(b"partial")
         raise RuntimeError("client went away")
-    assert list(store.root.tmp_dir.iterdir()) == []
-    assert store.list_files(session["id"]) == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
+    assert app_store.list_files(session["id"]) == []
 
 
-def test_an_existing_file_is_not_overwritten_without_replace(store: Store) -> None:
-    session = store.create_session()
-    store.put_file(session["id"], "a", b"one")
+def test_an_existing_file_is_not_overwritten_without_replace(app_store: Store) -> None:
+    session = app_store.create_session()
+    app_store.put_file(session["id"], "a", b"one")
     with pytest.raises(FileExistsInSessionError, match="already has a file 'a'"):
-        store.put_file(session["id"], "a", b"two")
-    assert store.file_path(session["id"], "a")[0].read_bytes() == b"one"
+        app_store.put_file(session["id"], "a", b"two")
+    assert app_store.file_path(session["id"], "a")[0].read_bytes() == b"one"
 
 
-def test_replacing_a_file_keeps_the_old_bytes_in_the_trash(store: Store) -> None:
-    session = store.create_session()
-    store.put_file(session["id"], "a", b"one")
-    store.put_file(session["id"], "a", b"two", replace=True)
-    path, entry = store.file_path(session["id"], "a")
+def test_replacing_a_file_keeps_the_old_bytes_in_the_trash(app_store: Store) -> None:
+    session = app_store.create_session()
+    app_store.put_file(session["id"], "a", b"one")
+    app_store.put_file(session["id"], "a", b"two", replace=True)
+    path, entry = app_store.file_path(session["id"], "a")
     assert path.read_bytes() == b"two"
     assert entry["size"] == 3
-    [trashed] = store.list_trash()
+    [trashed] = app_store.list_trash()
     assert (trashed.kind, trashed.file, trashed.reason) == ("file", "a", "replace")
     assert (trashed.path / "a").read_bytes() == b"one"
-    assert audit_lines(store)[-1]["operation"] == "replace-file"
+    assert audit_lines(app_store)[-1]["operation"] == "replace-file"
 
 
-def test_a_file_in_a_missing_session_is_refused_before_any_byte(store: Store) -> None:
+def test_a_file_in_a_missing_session_is_refused_before_any_byte(app_store: Store) -> None:
     with pytest.raises(SessionNotFoundError):
-        store.begin_upload(new_session_id(), "a")
-    assert list(store.root.tmp_dir.iterdir()) == []
+        app_store.begin_upload(new_session_id(), "a")
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(
     "hostile", ["../x", "../../escape", "/tmp/abs", "a\0b", "x" * 300, "..", "files/../../x"]
 )
-def test_hostile_file_names_never_write_anything(store: Store, hostile: str) -> None:
-    session = store.create_session()
-    before = all_files(store.root.path.parent)
+def test_hostile_file_names_never_write_anything(app_store: Store, hostile: str) -> None:
+    session = app_store.create_session()
+    before = all_files(app_store.root.path.parent)
     with pytest.raises(InvalidNameError):
-        store.put_file(session["id"], hostile, b"payload")
-    assert all_files(store.root.path.parent) == before
+        app_store.put_file(session["id"], hostile, b"payload")
+    assert all_files(app_store.root.path.parent) == before
 
 
-def test_a_missing_file_is_not_found(store: Store) -> None:
-    session = store.create_session()
+def test_a_missing_file_is_not_found(app_store: Store) -> None:
+    session = app_store.create_session()
     with pytest.raises(FileNotFoundInSessionError, match="has no file 'nope'"):
-        store.file_path(session["id"], "nope")
+        app_store.file_path(session["id"], "nope")
 
 
 # --- trash, restore, purge, empty-trash -------------------------------------------------
 
 
-def test_a_deleted_session_goes_to_the_trash_and_is_audited(store: Store) -> None:
-    sid = store.create_session("keep me")["id"]
-    store.put_file(sid, "f", b"data")
-    entry = store.delete_session(sid)
-    assert store.session_ids() == []
+def test_a_deleted_session_goes_to_the_trash_and_is_audited(app_store: Store) -> None:
+    sid = app_store.create_session("keep me")["id"]
+    app_store.put_file(sid, "f", b"data")
+    entry = app_store.delete_session(sid)
+    assert app_store.session_ids() == []
     assert (entry.path / "session" / "records" / "f").is_file()
     [blob] = (entry.path / "session" / "blobs").iterdir()
     assert blob.read_bytes() == b"data"
     assert entry.title == "keep me"
-    [line] = [x for x in audit_lines(store) if x["operation"] == "trash-session"]
+    [line] = [x for x in audit_lines(app_store) if x["operation"] == "trash-session"]
     assert line["target"] == sid
     assert line["pid"] == os.getpid()
 
 
-def test_a_deleted_session_is_restored_with_its_files_and_audited(store: Store) -> None:
-    sid = store.create_session("back")["id"]
-    store.put_file(sid, "f", b"data")
-    store.delete_session(sid)
-    restored = store.restore(sid)
+def test_a_deleted_session_is_restored_with_its_files_and_audited(app_store: Store) -> None:
+    sid = app_store.create_session("back")["id"]
+    app_store.put_file(sid, "f", b"data")
+    app_store.delete_session(sid)
+    restored = app_store.restore(sid)
     assert restored["title"] == "back"
-    assert store.file_path(sid, "f")[0].read_bytes() == b"data"
-    assert store.list_trash() == []
-    assert [x["operation"] for x in audit_lines(store)][-2:] == [
+    assert app_store.file_path(sid, "f")[0].read_bytes() == b"data"
+    assert app_store.list_trash() == []
+    assert [x["operation"] for x in audit_lines(app_store)][-2:] == [
         "trash-session",
         "restore-session",
     ]
 
 
-def test_restoring_what_is_not_in_the_trash_says_where_to_look(store: Store) -> None:
+def test_restoring_what_is_not_in_the_trash_says_where_to_look(app_store: Store) -> None:
     with pytest.raises(SessionNotFoundError, match="sessions list --trash"):
-        store.restore(new_session_id())
+        app_store.restore(new_session_id())
 
 
-def test_a_deleted_file_is_restorable(store: Store) -> None:
-    sid = store.create_session()["id"]
-    store.put_file(sid, "f", b"data")
-    store.delete_file(sid, "f")
-    assert store.list_files(sid) == []
-    session = store.restore(sid, file="f")
+def test_restoring_a_file_that_is_not_in_the_trash_names_the_file_not_a_session(
+    app_store: Store,
+) -> None:
+    sid = app_store.create_session()["id"]
+    with pytest.raises(NotInTrashError) as caught:
+        app_store.restore(sid, file="notes.txt")
+    assert str(caught.value) == (
+        f"no file 'notes.txt' of session {sid!r} in the trash; "
+        "`app sessions list --trash` shows what can be restored"
+    )
+
+
+def test_the_server_and_the_command_line_reach_storage_through_the_seam_only() -> None:
+    import ast
+
+    import app
+
+    backend = {"app.store", "app.dataroot", "app.lock", "app.check"}
+    package = Path(app.__file__).parent
+    for source in [package / "cli.py", *sorted((package / "server").glob("*.py"))]:
+        tree = ast.parse(source.read_text())
+        imported = {
+            name
+            for node in ast.walk(tree)
+            for name in (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
+        reached = sorted(
+            name for name in imported if any(name == b or name.startswith(f"{b}.") for b in backend)
+        )
+        assert not reached, f"{source.name} imports {reached}; use app.storage"
+
+
+def test_a_deleted_file_is_restorable(app_store: Store) -> None:
+    sid = app_store.create_session()["id"]
+    app_store.put_file(sid, "f", b"data")
+    app_store.delete_file(sid, "f")
+    assert app_store.list_files(sid) == []
+    session = app_store.restore(sid, file="f")
     assert [f["name"] for f in session["files"]] == ["f"]
     assert session["files"][0]["sha256"] == hashlib.sha256(b"data").hexdigest()
-    assert store.file_path(sid, "f")[0].read_bytes() == b"data"
-    assert [x["operation"] for x in audit_lines(store)][-2:] == ["trash-file", "restore-file"]
+    assert app_store.file_path(sid, "f")[0].read_bytes() == b"data"
+    assert [x["operation"] for x in audit_lines(app_store)][-2:] == ["trash-file", "restore-file"]
 
 
-def test_a_file_is_not_restored_over_a_newer_one(store: Store) -> None:
-    sid = store.create_session()["id"]
-    store.put_file(sid, "f", b"old")
-    store.delete_file(sid, "f")
-    store.put_file(sid, "f", b"new")
+def test_a_file_is_not_restored_over_a_newer_one(app_store: Store) -> None:
+    sid = app_store.create_session()["id"]
+    app_store.put_file(sid, "f", b"old")
+    app_store.delete_file(sid, "f")
+    app_store.put_file(sid, "f", b"new")
     with pytest.raises(BadRequestError, match="has a file 'f' again"):
-        store.restore(sid, file="f")
-    assert store.file_path(sid, "f")[0].read_bytes() == b"new"
+        app_store.restore(sid, file="f")
+    assert app_store.file_path(sid, "f")[0].read_bytes() == b"new"
 
 
-def test_purge_moves_every_session_to_the_trash_in_one_audit_line(store: Store) -> None:
-    ids = [store.create_session()["id"] for _ in range(3)]
-    entries = store.purge()
+def test_purge_moves_every_session_to_the_trash_in_one_audit_line(app_store: Store) -> None:
+    ids = [app_store.create_session()["id"] for _ in range(3)]
+    entries = app_store.purge()
     assert sorted(e.session_id for e in entries) == ids
-    assert store.session_ids() == []
-    [line] = [x for x in audit_lines(store) if x["operation"] == "purge"]
+    assert app_store.session_ids() == []
+    [line] = [x for x in audit_lines(app_store) if x["operation"] == "purge"]
     assert line["details"]["count"] == 3  # type: ignore[index]
-    store.restore(ids[1])
-    assert store.session_ids() == [ids[1]]
+    app_store.restore(ids[1])
+    assert app_store.session_ids() == [ids[1]]
 
 
-def test_empty_trash_is_the_only_thing_that_removes_bytes(store: Store) -> None:
-    sid = store.create_session()["id"]
-    store.put_file(sid, "f", b"data")
-    store.delete_session(sid)
-    assert store.empty_trash(older_than=timedelta(days=7)) == []
-    assert len(store.list_trash()) == 1
-    removed = store.empty_trash()
+def test_empty_trash_is_the_only_thing_that_removes_bytes(app_store: Store) -> None:
+    sid = app_store.create_session()["id"]
+    app_store.put_file(sid, "f", b"data")
+    app_store.delete_session(sid)
+    assert app_store.empty_trash(older_than=timedelta(days=7)) == []
+    assert len(app_store.list_trash()) == 1
+    removed = app_store.empty_trash()
     assert [e.session_id for e in removed] == [sid]
-    assert list(store.root.trash_dir.iterdir()) == []
-    lines = [x for x in audit_lines(store) if x["operation"] == "empty-trash"]
+    assert list(app_store.root.trash_dir.iterdir()) == []
+    lines = [x for x in audit_lines(app_store) if x["operation"] == "empty-trash"]
     assert [x["details"]["count"] for x in lines] == [0, 1]  # type: ignore[index]
 
 
-def test_destructive_operations_stop_when_the_lock_file_is_gone(store: Store) -> None:
-    sid = store.create_session()["id"]
-    assert store.root.lock is not None
-    store.root.lock.path.unlink()
+def test_destructive_operations_stop_when_the_lock_file_is_gone(app_store: Store) -> None:
+    sid = app_store.create_session()["id"]
+    assert app_store.root.lock is not None
+    app_store.root.lock.path.unlink()
     with pytest.raises(LockLostError, match="was deleted"):
-        store.delete_session(sid)
-    assert store.session_ids() == [sid]
+        app_store.delete_session(sid)
+    assert app_store.session_ids() == [sid]
 
 
-def test_the_listing_index_of_a_writer_matches_the_directory(store: Store) -> None:
-    ids = [store.create_session()["id"] for _ in range(6)]
-    assert store.list_sessions(limit=2).total == 6  # builds the index
-    store.delete_session(ids[0])
-    store.create_session()
-    store.restore(ids[0])
-    store.delete_session(ids[3])
-    assert store.session_ids() == store._scan_ids()
-    store.purge()
-    assert store.session_ids() == store._scan_ids() == []
+def test_the_listing_index_of_a_writer_matches_the_directory(app_store: Store) -> None:
+    ids = [app_store.create_session()["id"] for _ in range(6)]
+    assert app_store.list_sessions(limit=2).total == 6  # builds the index
+    app_store.delete_session(ids[0])
+    app_store.create_session()
+    app_store.restore(ids[0])
+    app_store.delete_session(ids[3])
+    assert app_store.session_ids() == app_store.scan_ids()
+    app_store.purge()
+    assert app_store.session_ids() == app_store.scan_ids() == []
 
 
 def test_a_symlink_planted_at_a_file_name_does_not_carry_an_upload_elsewhere(
-    store: Store,
+    app_store: Store,
 ) -> None:
-    a, b = store.create_session()["id"], store.create_session()["id"]
-    store.put_file(b, "y", b"b's bytes")
-    b_record = (store.sessions_dir / b / "records" / "y").read_bytes()
-    (store.sessions_dir / a / "records").mkdir()
-    (store.sessions_dir / a / "records" / "x").symlink_to(store.sessions_dir / b / "records" / "y")
-    store.put_file(a, "x", b"new", replace=True)
-    assert (store.sessions_dir / b / "records" / "y").read_bytes() == b_record
-    assert store.file_path(b, "y")[0].read_bytes() == b"b's bytes"
-    assert not (store.sessions_dir / a / "records" / "x").is_symlink()
-    assert store.file_path(a, "x")[0].read_bytes() == b"new"
+    a, b = app_store.create_session()["id"], app_store.create_session()["id"]
+    app_store.put_file(b, "y", b"b's bytes")
+    b_record = (app_store.sessions_dir / b / "records" / "y").read_bytes()
+    (app_store.sessions_dir / a / "records").mkdir()
+    (app_store.sessions_dir / a / "records" / "x").symlink_to(
+        app_store.sessions_dir / b / "records" / "y"
+    )
+    app_store.put_file(a, "x", b"new", replace=True)
+    assert (app_store.sessions_dir / b / "records" / "y").read_bytes() == b_record
+    assert app_store.file_path(b, "y")[0].read_bytes() == b"b's bytes"
+    assert not (app_store.sessions_dir / a / "records" / "x").is_symlink()
+    assert app_store.file_path(a, "x")[0].read_bytes() == b"new"
 
 
 def test_a_symlinked_session_or_files_directory_is_neither_read_nor_written(
-    store: Store, tmp_path: Path
+    app_store: Store, tmp_path: Path
 ) -> None:
-    a, b = store.create_session()["id"], store.create_session()["id"]
-    store.put_file(b, "y", b"b's bytes")
-    (store.sessions_dir / a / "records").symlink_to(store.sessions_dir / b / "records")
+    a, b = app_store.create_session()["id"], app_store.create_session()["id"]
+    app_store.put_file(b, "y", b"b's bytes")
+    (app_store.sessions_dir / a / "records").symlink_to(app_store.sessions_dir / b / "records")
     with pytest.raises(ValueError, match="symbolic link"):
-        store.put_file(a, "z", b"into b")
-    assert sorted(p.name for p in (store.sessions_dir / b / "records").iterdir()) == ["y"]
-    assert list((store.sessions_dir / a / "blobs").iterdir()) == []  # undone
-    assert store.get_session(a)["files"] == []
+        app_store.put_file(a, "z", b"into b")
+    assert sorted(p.name for p in (app_store.sessions_dir / b / "records").iterdir()) == ["y"]
+    assert list((app_store.sessions_dir / a / "blobs").iterdir()) == []  # undone
+    assert app_store.get_session(a)["files"] == []
     with pytest.raises(FileNotFoundInSessionError):
-        store.open_file(a, "y")
+        app_store.open_file(a, "y")
 
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "session.json").write_text(json.dumps({"id": "x", "files": []}))
     fake = new_session_id()
-    (store.sessions_dir / fake).symlink_to(outside)
+    (app_store.sessions_dir / fake).symlink_to(outside)
     with pytest.raises(SessionNotFoundError):
-        store.get_session(fake)
+        app_store.get_session(fake)
 
 
-def test_two_stores_on_one_open_root_list_each_others_sessions(store: Store) -> None:
-    other = Store(store.root)
-    assert store.list_sessions().total == 0  # builds the listing index
+def test_two_stores_on_one_open_root_list_each_others_sessions(app_store: Store) -> None:
+    other = Store(app_store.root)
+    assert app_store.list_sessions().total == 0  # builds the listing index
     made = other.create_session()["id"]
-    assert [s["id"] for s in store.list_sessions().items] == [made]
-    store.delete_session(made)
+    assert [s["id"] for s in app_store.list_sessions().items] == [made]
+    app_store.delete_session(made)
     assert other.list_sessions().total == 0
-    store.restore(made)
+    app_store.restore(made)
     assert other.session_ids() == [made]
 
 
 def test_a_new_store_does_not_clear_a_create_in_flight_on_the_same_root(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import app.store
+    from app.store import sessions as sessions_module
 
-    fsync_dir = app.store.fsync_dir
+    fsync_dir = sessions_module.fsync_dir
 
     def open_another_store_midway(path: Path | str) -> None:
         if Path(path).name.startswith(".new-"):
-            Store(store.root)  # e.g. a second app built on the same root by a test
+            Store(app_store.root)  # e.g. a second app built on the same root by a test
         fsync_dir(path)
 
-    monkeypatch.setattr(app.store, "fsync_dir", open_another_store_midway)
-    session = store.create_session("in flight")
-    assert store.get_session(session["id"]) == session
+    monkeypatch.setattr(sessions_module, "fsync_dir", open_another_store_midway)
+    session = app_store.create_session("in flight")
+    assert app_store.get_session(session["id"]) == session
 
 
-def test_a_writers_file_lists_stay_what_a_fresh_reader_of_the_disk_sees(store: Store) -> None:
+def test_a_writers_file_lists_stay_what_a_fresh_reader_of_the_disk_sees(app_store: Store) -> None:
     # The writer keeps each session's records in memory (reads stay cheap with many files);
     # every change must reach that copy, whichever Store on the root makes it.
     from app.dataroot import open_root
 
-    reader = Store(open_root(store.root.config, write=False))
-    other = Store(store.root)
-    sid = store.create_session()["id"]
+    reader = Store(open_root(app_store.root.config, write=False))
+    other = Store(app_store.root)
+    sid = app_store.create_session()["id"]
 
     def same() -> None:
         on_disk = reader.get_session(sid)["files"]
-        assert store.get_session(sid)["files"] == on_disk
+        assert app_store.get_session(sid)["files"] == on_disk
         assert other.get_session(sid)["files"] == on_disk
 
     same()
     other.put_file(sid, "a", b"one")
     same()
-    store.put_file(sid, "a", b"two", replace=True)
+    app_store.put_file(sid, "a", b"two", replace=True)
     other.put_file(sid, "b", b"bee")
     same()
     other.delete_file(sid, "a")
     same()
-    store.restore(sid, file="a")
+    app_store.restore(sid, file="a")
     same()
-    assert {f["name"]: f["size"] for f in store.get_session(sid)["files"]} == {"a": 3, "b": 3}
+    assert {f["name"]: f["size"] for f in app_store.get_session(sid)["files"]} == {"a": 3, "b": 3}
     other.delete_session(sid)
-    store.restore(sid)
+    app_store.restore(sid)
     same()

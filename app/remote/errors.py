@@ -7,7 +7,8 @@ locations without credentials.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import field
 from typing import Any
 
 from app.errors import (
@@ -20,6 +21,14 @@ from app.errors import (
 )
 
 _CONFIRM = " --yes-i-mean-it"
+
+Protection = bool | Callable[[str], bool]
+"""Whether taking storage from the profile it is stamped with needs ``--yes-i-mean-it``: a
+flag, or a function of the stamped profile (the caller's `Config` knows which are protected)."""
+
+
+def needs_confirmation(protection: Protection, stamped: str) -> bool:
+    return protection(stamped) if callable(protection) else protection
 
 
 def describe_replica(holder: Mapping[str, Any]) -> str:
@@ -39,30 +48,23 @@ class ResourceOverlapError(ConfigError):
 
     code = "resource_overlap"
 
-    def __init__(
-        self,
-        kind: str,
-        first: str,
-        first_value: str,
-        first_source: str,
-        second: str,
-        second_value: str,
-        second_source: str,
-    ) -> None:
-        self.kind = kind
-        self.first = first
-        self.first_value = first_value
-        self.first_source = first_source
-        self.second = second
-        self.second_value = second_value
-        self.second_source = second_source
-        key = "database_url" if kind == "database" else "blob_url"
-        relation = "the same database" if kind == "database" else "overlapping object prefixes"
-        super().__init__(
-            f"profiles {first!r} and {second!r} name {relation}: "
-            f"{first} -> {first_value} (from {first_source}), "
-            f"{second} -> {second_value} (from {second_source}). "
-            f"Every profile needs its own {kind}; change {key} for one of them"
+    kind: str
+    first: str
+    first_value: str
+    first_source: str
+    second: str
+    second_value: str
+    second_source: str
+
+    @property
+    def message(self) -> str:
+        key = "database_url" if self.kind == "database" else "blob_url"
+        relation = "the same database" if self.kind == "database" else "overlapping object prefixes"
+        return (
+            f"profiles {self.first!r} and {self.second!r} name {relation}: "
+            f"{self.first} -> {self.first_value} (from {self.first_source}), "
+            f"{self.second} -> {self.second_value} (from {self.second_source}). "
+            f"Every profile needs its own {self.kind}; change {key} for one of them"
         )
 
 
@@ -71,19 +73,20 @@ class RemoteStampMismatchError(ConfigError):
 
     code = "profile_stamp_mismatch"
 
-    def __init__(
-        self, what: str, where: str, stamped: str, requested: str, *, protected: bool = False
-    ) -> None:
-        self.what = what
-        self.where = where
-        self.stamped = stamped
-        self.requested = requested
-        self.protected = protected
-        confirm = _CONFIRM if protected or "production" in (stamped, requested) else ""
-        super().__init__(
-            f"{what} belongs to profile {stamped!r} (see {where}) but profile {requested!r} "
-            f"tried to open it. If it really should now serve {requested!r}, re-stamp it "
-            f"explicitly: app data restamp --profile {requested} --from {stamped}{confirm}"
+    what: str
+    where: str
+    stamped: str
+    requested: str
+    protected: bool = field(default=False, kw_only=True)
+
+    @property
+    def message(self) -> str:
+        confirm = _CONFIRM if self.protected else ""
+        return (
+            f"{self.what} belongs to profile {self.stamped!r} (see {self.where}) but profile "
+            f"{self.requested!r} tried to open it. If it really should now serve "
+            f"{self.requested!r}, re-stamp it explicitly: app data restamp --profile "
+            f"{self.requested} --from {self.stamped}{confirm}"
         )
 
 
@@ -92,16 +95,22 @@ class UnstampedNotEmptyError(ConfigError):
 
     code = "unstamped_not_empty"
 
-    def __init__(self, profile: str, key: str, what: str, found: Sequence[str]) -> None:
-        self.profile = profile
-        self.key = key
-        self.what = what
-        self.found = tuple(found)
+    profile: str
+    key: str
+    what: str
+    found: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.found = tuple(self.found)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
         shown = ", ".join(self.found[:5]) + (", ..." if len(self.found) > 5 else "")
-        super().__init__(
-            f"profile {profile!r}: {what} is not empty and has no profile stamp, and it holds "
-            f"things that are not the app's ({shown}); refusing to adopt it. "
-            f"Point {key} at a new or empty one"
+        return (
+            f"profile {self.profile!r}: {self.what} is not empty and has no profile stamp, and "
+            f"it holds things that are not the app's ({shown}); refusing to adopt it. "
+            f"Point {self.key} at a new or empty one"
         )
 
 
@@ -109,15 +118,14 @@ class SchemaTooNewError(ConfigError):
     """The database was stamped by a newer release of the app."""
 
     code = "schema_too_new"
+    template = (
+        "{what} has schema version {found}, this release of the app knows up to {known}; "
+        "nothing was changed. Upgrade the app (every replica) to the release that wrote it"
+    )
 
-    def __init__(self, what: str, found: int, known: int) -> None:
-        self.what = what
-        self.found = found
-        self.known = known
-        super().__init__(
-            f"{what} has schema version {found}, this release of the app knows up to {known}; "
-            "nothing was changed. Upgrade the app (every replica) to the release that wrote it"
-        )
+    what: str
+    found: int
+    known: int
 
 
 class DatabaseUnavailableError(AppError):
@@ -126,14 +134,13 @@ class DatabaseUnavailableError(AppError):
     exit_code = EX_UNAVAILABLE
     code = "database_unavailable"
     http_status = 503
+    template = (
+        "cannot connect to database {where}: {reason}. Check that the server runs and "
+        "that database_url (APP_DATABASE_URL) names it; `app doctor` checks the settings"
+    )
 
-    def __init__(self, where: str, reason: str) -> None:
-        self.where = where
-        self.reason = reason
-        super().__init__(
-            f"cannot connect to database {where}: {reason}. Check that the server runs and "
-            "that database_url (APP_DATABASE_URL) names it; `app doctor` checks the settings"
-        )
+    where: str
+    reason: str
 
 
 class ObjectStoreUnavailableError(AppError):
@@ -142,27 +149,25 @@ class ObjectStoreUnavailableError(AppError):
     exit_code = EX_UNAVAILABLE
     code = "object_store_unavailable"
     http_status = 503
+    template = (
+        "cannot use object store {where}: {reason}. Check s3_endpoint_url, blob_url and "
+        "the credentials s3_access_key_id / s3_secret_access_key; `app doctor` checks them"
+    )
 
-    def __init__(self, where: str, reason: str) -> None:
-        self.where = where
-        self.reason = reason
-        super().__init__(
-            f"cannot use object store {where}: {reason}. Check s3_endpoint_url, blob_url and "
-            "the credentials s3_access_key_id / s3_secret_access_key; `app doctor` checks them"
-        )
+    where: str
+    reason: str
 
 
 class ObjectMissingError(StorageError):
     """A row names an object that the object store does not have."""
 
     code = "object_missing"
+    template = (
+        "object {where} is recorded but missing from the object store; nothing was "
+        "changed. `app data check` lists such rows and objects"
+    )
 
-    def __init__(self, where: str) -> None:
-        self.where = where
-        super().__init__(
-            f"object {where} is recorded but missing from the object store; nothing was "
-            "changed. `app data check` lists such rows and objects"
-        )
+    where: str
 
 
 class ReplicasLiveError(AppError):
@@ -172,23 +177,28 @@ class ReplicasLiveError(AppError):
     code = "replicas_live"
     http_status = 409
 
-    def __init__(
-        self, wanted: str, where: str, replicas: Sequence[Mapping[str, Any]], others: str = ""
-    ) -> None:
-        self.wanted = wanted
-        self.where = where
-        self.replicas = tuple(dict(replica) for replica in replicas)
-        self.others = others
+    wanted: str
+    where: str
+    replicas: Sequence[Mapping[str, Any]]
+    others: str = ""
+
+    def __post_init__(self) -> None:
+        self.replicas = tuple(dict(replica) for replica in self.replicas)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
         if self.replicas:
             named = "; ".join(describe_replica(replica) for replica in self.replicas)
             stop = "stop every one of them (on its own machine), then retry"
             held = f"{len(self.replicas)} live replica(s) hold it: {named}"
         else:
-            held = f"it is held by {others or 'another connection that published no details'}"
+            by = self.others or "another connection that published no details"
+            held = f"it is held by {by}"
             stop = "wait for that maintenance command to finish, then retry"
-        super().__init__(
-            f"cannot {wanted}: database {where} is in use; {held}. Nothing was changed; {stop}. "
-            "`app status` lists the live replicas"
+        return (
+            f"cannot {self.wanted}: database {self.where} is in use; {held}. Nothing was "
+            f"changed; {stop}. `app status` lists the live replicas"
         )
 
 
@@ -198,14 +208,13 @@ class MaintenanceRunningError(AppError):
     exit_code = EX_TEMPFAIL
     code = "maintenance_running"
     http_status = 503
+    template = (
+        "cannot serve database {where}: a maintenance command holds it exclusively "
+        "({holder}). Wait for it to finish, then start the server again"
+    )
 
-    def __init__(self, where: str, holder: str) -> None:
-        self.where = where
-        self.holder = holder
-        super().__init__(
-            f"cannot serve database {where}: a maintenance command holds it exclusively "
-            f"({holder}). Wait for it to finish, then start the server again"
-        )
+    where: str
+    holder: str
 
 
 class HolderLostError(AppError):
@@ -214,15 +223,14 @@ class HolderLostError(AppError):
     exit_code = EX_SOFTWARE
     code = "holder_lost"
     http_status = 503
+    template = (
+        "lost the connection that holds database {where} ({reason}); maintenance could "
+        "now take it, so this server refuses every write and stops. Restart the server "
+        "once the database is reachable"
+    )
 
-    def __init__(self, where: str, reason: str) -> None:
-        self.where = where
-        self.reason = reason
-        super().__init__(
-            f"lost the connection that holds database {where} ({reason}); maintenance could "
-            "now take it, so this server refuses every write and stops. Restart the server "
-            "once the database is reachable"
-        )
+    where: str
+    reason: str
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the refusal without the database's address."""

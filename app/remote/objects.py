@@ -38,8 +38,10 @@ from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
+    Protection,
     RemoteStampMismatchError,
     UnstampedNotEmptyError,
+    needs_confirmation,
 )
 
 STAMP_NAME = ".app-profile.json"
@@ -358,7 +360,7 @@ class ObjectStore:
             return None
         return stamp
 
-    def open(self, profile: str, *, protected: bool = False) -> dict[str, Any]:
+    def open(self, profile: str, *, protected: Protection = False) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
         Raises:
@@ -368,7 +370,11 @@ class ObjectStore:
         """
         stamp = self.read_stamp()
         if stamp is None:
-            foreign = [info.name for _, info in zip(range(6), self.objects(), strict=False)]
+            # The stamp itself may appear between the read above and this listing (another
+            # process stamping the empty prefix): it is the app's, and the create below
+            # then loses the race and reads the winner's.
+            names = (info.name for info in self.objects() if info.name != STAMP_NAME)
+            foreign = [name for _, name in zip(range(6), names, strict=False)]
             if foreign:
                 raise UnstampedNotEmptyError(
                     profile, "blob_url", f"object prefix {self.where}", foreign
@@ -379,7 +385,8 @@ class ObjectStore:
         if stamp.get("profile") != profile:
             raise RemoteStampMismatchError(
                 f"object prefix {self.where}", f"its object {STAMP_NAME}",
-                str(stamp.get("profile")), profile, protected=protected,
+                str(stamp.get("profile")), profile,
+                protected=needs_confirmation(protected, str(stamp.get("profile"))),
             )  # fmt: skip
         return stamp
 

@@ -44,10 +44,12 @@ from app.remote.errors import (
     DatabaseUnavailableError,
     HolderLostError,
     MaintenanceRunningError,
+    Protection,
     RemoteStampMismatchError,
     ReplicasLiveError,
     SchemaTooNewError,
     UnstampedNotEmptyError,
+    needs_confirmation,
 )
 
 SCHEMA_VERSION = 1
@@ -309,7 +311,7 @@ def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     return Stamp(*row) if row else None
 
 
-def open_database(database_url: str, profile: str, *, protected: bool = False) -> Stamp:
+def open_database(database_url: str, profile: str, *, protected: Protection = False) -> Stamp:
     """Check (or, on an empty database, create) the app's tables and stamp for ``profile``.
 
     Two processes opening one empty database at once create it once: the check runs under a
@@ -345,7 +347,7 @@ def open_database(database_url: str, profile: str, *, protected: bool = False) -
         if stamp.profile != profile:
             raise RemoteStampMismatchError(
                 f"database {where}", "its table app_stamp", stamp.profile, profile,
-                protected=protected,
+                protected=needs_confirmation(protected, stamp.profile),
             )  # fmt: skip
         return stamp
 
@@ -532,7 +534,7 @@ class Maintenance:
         """Append a maintenance record (in the current transaction, if any)."""
         audit(self.conn, self.profile, "maintenance", operation, target, detail)
 
-    def restamp(self, from_profile: str, *, protected: bool = False) -> Stamp:
+    def restamp(self, from_profile: str, *, protected: Protection = False) -> Stamp:
         """Hand the database stamped ``from_profile`` to this profile (audited)."""
         with self.conn.transaction():
             stamp = read_stamp(self.conn)
@@ -545,7 +547,7 @@ class Maintenance:
             if stamp.profile != from_profile:
                 raise RemoteStampMismatchError(
                     f"database {self.where}", "its table app_stamp", stamp.profile,
-                    self.profile, protected=protected,
+                    self.profile, protected=needs_confirmation(protected, stamp.profile),
                 )  # fmt: skip
             self.conn.execute(
                 "UPDATE app_stamp SET profile = %s, restamped_from = %s",

@@ -1,4 +1,4 @@
-"""The HTTP server: a FastAPI app over a `Store`, and `serve`, which holds the data root for life.
+"""The HTTP server: a FastAPI app over a `Storage`, and `serve`, which holds it for life.
 
 Imported lazily (by ``app serve`` and by tests), so that ``app config`` never pays for
 FastAPI and uvicorn. One concern per module:

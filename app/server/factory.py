@@ -14,13 +14,13 @@ from app.server.problems import add_error_handlers
 from app.server.routes_files import add_file_routes
 from app.server.routes_sessions import add_session_routes
 from app.server.uploads import UploadSlots
-from app.store import Store
+from app.storage import Storage
 
 if TYPE_CHECKING:
     from app.config import Config
 
 
-def create_app(store: Store, config: Config) -> FastAPI:
+def create_app(store: Storage, config: Config) -> FastAPI:
     """Build the FastAPI application over an open store.
 
     Every route but ``GET /health`` (and the OpenAPI schema and docs) requires the bearer

@@ -12,7 +12,7 @@ from fastapi import Path
 from pydantic import BaseModel, Field
 
 from app.names import FILE_NAME_PATTERN, MAX_NAME_BYTES
-from app.store import MAX_METADATA_BYTES, MAX_TITLE_CHARS
+from app.storage import MAX_METADATA_BYTES, MAX_TITLE_CHARS
 
 MAX_SESSION_BODY_BYTES: Final = 256 * 1024
 """Largest body of ``POST /sessions``: room for the metadata limit written out loosely."""

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app.errors import AppError, BadRequestError, InvalidNameError, UploadTooLargeError
 from app.names import check_file_name
 from app.server.uploads import Pipeline
-from app.store import Store, Upload
+from app.storage import Storage, Upload
 
 # Form fields other than `file` are ignored, but they still cost memory while parsed.
 _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
@@ -71,7 +71,7 @@ def _refuse_a_cut_path(disposition: bytes) -> None:
 class MultipartSink:
     """python-multipart callbacks that stream the ``file`` part into an `Upload`."""
 
-    def __init__(self, store: Store, session_id: str) -> None:
+    def __init__(self, store: Storage, session_id: str) -> None:
         self.store = store
         self.session_id = session_id
         self.upload: Upload | None = None

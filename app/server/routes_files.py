@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -14,7 +15,7 @@ from app.server.models import FileDeleted, FileEntry, FileList, FileName, Sessio
 from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, boundary_of
 from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, errors
 from app.server.uploads import Pipeline, UploadSlots, refuse_declared_length
-from app.store import Store
+from app.storage import Storage
 
 _FILE_PATH: Final = "/sessions/{session_id}/files/{name:path}"
 _MULTIPART_SCHEMA: Final[dict[str, Any]] = {
@@ -33,7 +34,7 @@ _MULTIPART_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
-def add_file_routes(app: FastAPI, store: Store, auth: list[Any], slots: UploadSlots) -> None:
+def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: UploadSlots) -> None:
     @app.get(
         "/sessions/{session_id}/files",
         dependencies=auth,
@@ -202,6 +203,6 @@ def add_file_routes(app: FastAPI, store: Store, auth: list[Any], slots: UploadSl
         )
 
 
-def _created_file(session_id: str, entry: dict[str, Any], status: int) -> JSONResponse:
+def _created_file(session_id: str, entry: Mapping[str, Any], status: int) -> JSONResponse:
     headers = {"Location": f"/sessions/{session_id}/files/{quote(entry['name'])}"}
     return JSONResponse(entry, status_code=status, headers=headers if status == 201 else None)

@@ -24,7 +24,7 @@ from app.server.models import (
 )
 from app.server.openapi import LOCATION, SESSION_LINKS, STORAGE, errors
 from app.server.session_body import session_create
-from app.store import Store
+from app.storage import Storage
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -38,7 +38,7 @@ _LISTING_SLOTS: Final = 2
 _UNBOUNDED_PAGE: Final = 100
 
 
-def add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[Any]) -> None:
+def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[Any]) -> None:
     @app.get("/health", tags=["server"], operation_id="health", response_model=Health)
     async def health() -> dict[str, str]:
         """Liveness: answers without a token. Says which profile runs, never where its data is."""
@@ -140,7 +140,7 @@ def add_session_routes(app: FastAPI, store: Store, config: Config, auth: list[An
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
 
-    protected = config.protected or config.profile == "production"
+    protected = config.protected
 
     @app.post(
         "/trash/empty",

@@ -23,10 +23,10 @@ from copy import deepcopy
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from app.errors import LockLostError, PortInUseError
+from app.errors import PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
-from app.store import Store
+from app.storage import open_storage
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -92,20 +92,16 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
     """
     import uvicorn
 
-    from app.dataroot import open_root
-    from app.lock import LockWatcher
-
     host = config.host if host is None else host
     port = config.port if port is None else port
     log_config = _log_config(config.log_level)
     logging.config.dictConfig(log_config)
-    with open_root(config, kind="server", wanted=f"start the server on {host}:{port}") as root:
-        assert root.lock is not None
+    wanted = f"start the server on {host}:{port}"
+    with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
         sock = bind(host, port)
         try:
             bound_port: int = sock.getsockname()[1]
-            root.lock.update(port=bound_port)
-            store = Store(root)
+            store.publish(port=bound_port)
             # Whatever a crash of the last holder left half done is finished or undone
             # before the first request; the audit log says what was done.
             for finding in store.check(repair=True, thorough=False).findings:
@@ -136,24 +132,19 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
                 if lost:
                     return  # the watcher and a refused write may both report it
                 lost.append(reason)
-                log.error(
-                    "stopping: lock file %s %s; another process could take the data root, so "
-                    "this server stops instead of sharing it",
-                    root.lock.path if root.lock else "?",
-                    reason,
-                )
+                log.error("stopping: %s", store.lost_error(reason))
                 server.should_exit = True
 
             application.state.on_lock_lost = on_lost
             log.info(
                 "serving profile %s from data root %s on http://%s:%d (pid %d)",
                 config.profile,
-                root.path,
+                store.location,
                 host,
                 bound_port,
                 os.getpid(),
             )
-            watcher = LockWatcher(root.lock, config.lock_check_seconds, on_lost).start()
+            watcher = store.watch(config.lock_check_seconds, on_lost)
             stop_signals = _quiet_signals()
             try:
                 server.run(sockets=[sock])
@@ -163,8 +154,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         finally:
             sock.close()
         if lost:
-            raise LockLostError(root.lock.path, lost[0])
-        log.info("stopped; releasing the lock on %s", root.path)
+            raise store.lost_error(lost[0])
+        log.info("stopped; releasing the lock on %s", store.location)
 
 
 def _quiet_signals() -> Callable[[], None]:

@@ -25,7 +25,7 @@ from app.server.models import (
     SessionCreate,
 )
 from app.server.problems import encodable
-from app.store import MAX_METADATA_BYTES
+from app.storage import MAX_METADATA_BYTES
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}

@@ -16,7 +16,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
-from app.store import Upload
+from app.storage import Upload
 
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024

@@ -11,9 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app import errors
+from app.lock import describe_holder
 from app.store import check_file_name
 
 ROOT = Path("/srv/app/data")
+HOLDER = {
+    "pid": 4242,
+    "kind": "server",
+    "profile": "production",
+    "host": "review-1",
+    "port": 8080,
+    "started_at": "2025-12-04T09:12:03+00:00",
+}
 
 
 def _raised(call: Callable[[], object]) -> errors.AppError:
@@ -64,28 +73,24 @@ EXAMPLES: list[errors.AppError] = [
         "To test another profile, mark the test @pytest.mark.app_profile('production'); "
         "its data root is then mapped into the sandbox",
     ),
-    errors.DataRootInUseError(
-        ROOT,
-        {
-            "pid": 4242,
-            "kind": "server",
-            "profile": "production",
-            "host": "review-1",
-            "port": 8080,
-            "started_at": "2025-12-04T09:12:03+00:00",
-        },
-        "purge sessions",
-    ),
+    errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
     errors.DataRootChangedError(
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
-    errors.ProfileStampMismatchError(ROOT, "production", "development"),
+    errors.ProfileStampMismatchError(ROOT, "production", "development", protected=True),
+    errors.DataRootStateError(
+        ROOT,
+        f"its profile stamp {ROOT / '.app-profile.json'} names no profile",
+        "restore the file from a backup, or write "
+        '{"profile": "<the profile this root belongs to>"} into it by hand',
+    ),
     errors.ConfirmationRequiredError("purge sessions", "production", "--yes-i-mean-it"),
     errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
     errors.SessionNotFoundError("3f2a9c"),
+    errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),

@@ -1,0 +1,301 @@
+"""The settings files: where they are, what they hold, and which section wins a key.
+
+The layering, lowest to highest, file after file (``settings.toml``, ``settings.local.toml``,
+``.secrets.toml``, ``.secrets.local.toml``): ``[default]``, then the profile's own section, then
+``[global]``. It is written once, in :func:`layers`; dynaconf's ``environments=True`` layers the
+same way, and the test suite compares the two.
+
+Plain values are read straight from the parsed TOML, without importing dynaconf (which costs
+more than everything else the pytest plugin does at start-up). Values in dynaconf's own syntax
+(``@format``, ``@int``, ``dynaconf_merge``...) are left to dynaconf, in :func:`file_values`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import threading
+import tomllib
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from app.errors import SettingsDirEmptyError, SettingsNotFoundError, SettingsSyntaxError
+
+SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
+SETTINGS_FILE = "settings.toml"
+SECRETS_FILE = ".secrets.toml"
+LOCAL_FILES = ("settings.local.toml", ".secrets.local.toml")
+NOT_PROFILES = frozenset({"default", "global", "dynaconf"})
+_PROJECT = Path(__file__).resolve().parent.parent
+
+#: ``{profile: {key: (value, source)}}``, the source naming the file and section.
+Values = dict[str, dict[str, tuple[Any, str]]]
+
+
+def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The settings directory: ``$APP_SETTINGS_DIR``, else the project that holds this package.
+
+    No upward search and no dependence on the current directory.
+
+    Raises:
+        SettingsNotFoundError: naming the directory it looked in.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(SETTINGS_DIR_ENV)
+    if raw is not None and not raw.strip():
+        raise SettingsDirEmptyError(SETTINGS_DIR_ENV, _PROJECT)
+    if raw is not None:
+        where = Path(raw).expanduser()
+        if not where.is_absolute():
+            where = Path.cwd() / where  # an explicit relative path given by the user
+        reason = f"from {SETTINGS_DIR_ENV}"
+    else:
+        where = _PROJECT
+        reason = f"the project directory of the app package; {SETTINGS_DIR_ENV} is not set"
+    where = where.resolve()
+    if not (where / SETTINGS_FILE).is_file():
+        raise SettingsNotFoundError(where, reason)
+    return where
+
+
+def _toml_line(error: tomllib.TOMLDecodeError) -> tuple[int | None, str]:
+    lineno = getattr(error, "lineno", None)  # Python 3.14+
+    message = getattr(error, "msg", None) or str(error)
+    found = re.search(r"\(at line (\d+), column \d+\)", str(error))
+    if lineno is None and found:
+        lineno = int(found.group(1))
+    return lineno, re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+
+
+# Parsed TOML by the file's bytes: every `load` reads the files, but the same bytes need not be
+# parsed again (a fifth of what `load` cost once dynaconf's reading was memoised).
+_TOML_MEMO: dict[bytes, dict[str, Any]] = {}
+_TOML_MEMO_SIZE = 16
+_MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
+
+
+def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+    raw = path.read_bytes()
+    parsed = _TOML_MEMO.get(raw)
+    if parsed is None:
+        try:
+            parsed = tomllib.loads(raw.decode())
+        except tomllib.TOMLDecodeError as error:
+            line, problem = _toml_line(error)
+            raise SettingsSyntaxError(path, line, problem) from None
+        with _MEMO_LOCK:
+            while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:
+                del _TOML_MEMO[next(iter(_TOML_MEMO))]
+            _TOML_MEMO[raw] = parsed
+    return raw, copy.deepcopy(parsed)  # callers get tables of their own
+
+
+class Files(NamedTuple):
+    """The settings files one load reads, parsed, in the order they are layered."""
+
+    directory: Path
+    paths: tuple[Path, ...]
+    #: Local files present but not read (under pytest).
+    skipped: tuple[Path, ...]
+    data: Mapping[Path, dict[str, Any]]
+    profiles: tuple[str, ...]
+    #: Everything dynaconf's reading of these files depends on, or None when that is more
+    #: than their bytes (see `_content_key`): the key of `file_values`' memo.
+    content_key: tuple[Any, ...] | None = None
+
+
+def dynaconf_syntax(value: Any) -> bool:
+    """Whether a parsed TOML value uses dynaconf's own syntax anywhere in it.
+
+    ``@``-strings are evaluated by dynaconf (``@format {env[HOME]}`` reads the environment,
+    ``@read_file`` another file, ``@jinja`` whatever its template does) and ``dynaconf_*``
+    keys (``dynaconf_include``, ``dynaconf_merge``) pull in or merge other sources.
+    """
+    if isinstance(value, str):
+        return value.lstrip().startswith("@")
+    if isinstance(value, dict):
+        return any(
+            str(key).lower().startswith("dynaconf") or dynaconf_syntax(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(dynaconf_syntax(item) for item in value)
+    return False
+
+
+def _content_key(
+    directory: Path,
+    raw: Mapping[Path, bytes],
+    data: Mapping[Path, dict[str, Any]],
+    skipped: tuple[Path, ...],
+) -> tuple[Any, ...] | None:
+    # What dynaconf's reading of plain files depends on: their paths and bytes, the files it
+    # skips, and its own variables (which it reads from os.environ whatever `environ` says).
+    # None when a file uses dynaconf's syntax: its values may depend on anything.
+    if any(dynaconf_syntax(body) for body in data.values()):
+        return None
+    switches = tuple(
+        sorted(
+            (name, os.environ[name])
+            for name in os.environ
+            if name.endswith("_FOR_DYNACONF") or name.startswith("DYNACONF_")
+        )
+    )
+    files = tuple((str(path), content) for path, content in raw.items())
+    return (str(directory), files, tuple(str(path) for path in skipped), switches)
+
+
+def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
+    """Read and parse the settings files; `sandboxed` leaves the local ones out."""
+    directory = settings_dir(environ)
+    settings = directory / SETTINGS_FILE
+    candidates = (settings, directory / LOCAL_FILES[0], directory / SECRETS_FILE)
+    present = [path for path in (*candidates, directory / LOCAL_FILES[1]) if path.is_file()]
+    skipped = tuple(p for p in present if p.name in LOCAL_FILES) if sandboxed else ()
+    paths = tuple(p for p in present if p not in skipped)
+    raw: dict[Path, bytes] = {}
+    data: dict[Path, dict[str, Any]] = {}
+    for path in paths:
+        raw[path], data[path] = _read_toml(path)
+    profiles = tuple(
+        name.lower()
+        for name, section in data[settings].items()
+        if isinstance(section, dict) and name.lower() not in NOT_PROFILES
+    )
+    key = _content_key(directory, raw, data, skipped)
+    return Files(directory, paths, skipped, MappingProxyType(data), profiles, key)
+
+
+def display(path: Path, directory: Path) -> str:
+    """A settings file as messages name it: its bare name when it sits in `directory`."""
+    return path.name if path.parent == directory else str(path)
+
+
+class Layer(NamedTuple):
+    """One section of one file, as it applies to a profile."""
+
+    path: Path
+    section: str
+    #: The section's keys, lower case, as the file writes them (not evaluated).
+    body: Mapping[str, Any]
+    #: How a value from this layer names its source: ``settings.toml [default]``.
+    source: str
+
+
+def layers(files: Files, profile: str) -> Iterator[Layer]:
+    """The sections that configure `profile`, lowest first: a later layer's key wins."""
+    for path, data in files.data.items():
+        sections = {name.lower(): body for name, body in data.items() if isinstance(body, dict)}
+        where = display(path, files.directory)
+        for section in ("default", profile, "global"):
+            if section in sections:
+                body = {key.lower(): value for key, value in sections[section].items()}
+                yield Layer(path, section, body, f"{where} [{section}]")
+
+
+class Unresolved(NamedTuple):
+    """A value from the files that dynaconf could not resolve (its error kept for the message)."""
+
+    raw: Any
+    error: str
+
+
+def plain_roots(files: Files) -> dict[str, tuple[str, str]] | None:
+    """Every profile's configured ``data_root`` straight from the parsed TOML, or None.
+
+    None when any file writes a ``data_root`` in dynaconf's own syntax or merges with
+    ``dynaconf_merge``: then only dynaconf can say what it means (see :func:`file_values`).
+    """
+    for data in files.data.values():
+        for body in (b for b in data.values() if isinstance(b, dict)):
+            lowered = {str(key).lower(): value for key, value in body.items()}
+            value = lowered.get("data_root")
+            if "dynaconf_merge" in lowered or not isinstance(value, str | None):
+                return None
+            if isinstance(value, str) and value.lstrip().startswith("@"):
+                return None
+    found: dict[str, tuple[str, str]] = {}
+    for profile in files.profiles:
+        for layer in layers(files, profile):
+            if "data_root" in layer.body:
+                found[profile] = (layer.body["data_root"], layer.source)
+    return found
+
+
+# `file_values` by `Files.content_key`: a few entries (one per settings directory and
+# sandboxing a process reads), so that `load` in every test (the `app_config` fixture) does
+# not pay for a dynaconf load of files it has read before. Only file values are kept.
+_FILE_VALUES_MEMO: dict[tuple[Any, ...], Values] = {}
+_FILE_VALUES_MEMO_SIZE = 8
+
+
+def _fresh(values: Values) -> Values:
+    # A copy that shares nothing mutable with the memo (TOML values can be lists, tables).
+    scalar = (str, int, float, bool, type(None))
+    return {
+        profile: {
+            key: (value if isinstance(value, scalar) else copy.deepcopy(value), source)
+            for key, (value, source) in by_key.items()
+        }
+        for profile, by_key in values.items()
+    }
+
+
+def file_values(files: Files, keys: Collection[str]) -> Values:
+    """Every profile's values of `keys` from the files, with their sources, from ONE dynaconf
+    load; memoised on the files' bytes (not their times: a file rewritten within one clock
+    tick is read again), never for files in dynaconf's syntax."""
+    if files.content_key is None:
+        return _dynaconf_file_values(files, keys)
+    memo_key = (*files.content_key, tuple(keys))
+    cached = _FILE_VALUES_MEMO.get(memo_key)
+    if cached is None:
+        cached = _fresh(_dynaconf_file_values(files, keys))
+        with _MEMO_LOCK:
+            while len(_FILE_VALUES_MEMO) >= _FILE_VALUES_MEMO_SIZE:
+                del _FILE_VALUES_MEMO[next(iter(_FILE_VALUES_MEMO))]
+            _FILE_VALUES_MEMO[memo_key] = cached
+    return _fresh(cached)
+
+
+def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
+    # dynaconf loads every file with environments=False and sections merged, so every section
+    # stays visible, parsed, cast and formatted as dynaconf does it. Which layer wins is read
+    # from the files' own structure (`layers`): dynaconf's history records merged sections,
+    # which would credit a key to the last file that touched its section. The winning layer's
+    # value is that section's merged value: a later file that set the key there would itself
+    # be a later layer. One load for every profile keeps `load` close to one dynaconf load.
+    from dynaconf import Dynaconf  # imported here: the pytest plugin's start-up never pays it
+
+    # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
+    # `environ` a caller passed; the app applies APP_* variables itself.
+    settings = Dynaconf(
+        settings_files=[str(path) for path in files.paths],
+        skip_files=[str(path) for path in files.skipped],
+        environments=False,
+        merge_enabled=True,
+        envvar_prefix=None,
+        load_dotenv=False,
+    )
+    evaluated: dict[tuple[str, str], Any] = {}
+
+    def value_of(section: str, key: str, raw: Any) -> Any:
+        # One key at a time: a value that cannot be resolved here (`@format {env[X]}` with X
+        # unset) is a problem of the profiles that use it, not of every profile.
+        if (section, key) not in evaluated:
+            try:
+                evaluated[section, key] = settings.get(f"{section}.{key}")
+            except Exception as error:  # any of dynaconf's formatters and casts
+                evaluated[section, key] = Unresolved(raw, f"{type(error).__name__}: {error}")
+        return evaluated[section, key]
+
+    out: Values = {name: {} for name in files.profiles}
+    for profile, values in out.items():
+        for layer in layers(files, profile):
+            for key, raw in layer.body.items():
+                if key in keys:
+                    values[key] = (value_of(layer.section, key, raw), layer.source)
+    return out

@@ -1,0 +1,373 @@
+"""The storage seam: the one interface the server and the command line use.
+
+A profile's data lives in one backend; :func:`open_storage` picks it from the
+:class:`~app.config.Config` and returns a :class:`Storage`. Today that is the local data root
+(:class:`app.store.Store` on an :class:`app.dataroot.DataRoot`); PostgreSQL plus object
+storage will be a second branch of :func:`open_storage`, implementing the same protocol.
+
+Why a :class:`typing.Protocol` rather than an abstract base class: the backends share no
+code, so a base class would carry nothing but abstract stubs, and the local one would have
+to import this module to inherit from it. A protocol is checked by mypy wherever a backend
+is returned as a :class:`Storage` (in :func:`open_storage`), and neither the server nor the
+command line needs to know which class it got.
+
+The values that cross the seam (:class:`SessionRecord`, :class:`FileEntry`, :class:`Page`,
+:class:`TrashEntry`, :class:`CheckReport`) are defined here, once, for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, Self, TypedDict
+
+if TYPE_CHECKING:
+    from app.config import Config
+    from app.errors import AppError
+
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_TITLE_CHARS",
+    "CheckReport",
+    "FileEntry",
+    "Finding",
+    "HolderWatch",
+    "Page",
+    "SessionRecord",
+    "Status",
+    "Storage",
+    "TrashEntry",
+    "Upload",
+    "open_storage",
+    "restamp",
+    "status",
+]
+
+
+# --- the values that cross the seam ------------------------------------------------------
+
+MAX_TITLE_CHARS: Final = 1000
+"""Longest session title, in characters (every backend enforces it)."""
+MAX_METADATA_BYTES: Final = 64 * 1024
+"""Largest session metadata, as compact JSON (every backend enforces it)."""
+
+
+class FileEntry(TypedDict):
+    """A file of a session, as the API shows it."""
+
+    name: str
+    size: int
+    sha256: str | None
+    uploaded_at: str | None
+
+
+class SessionRecord(TypedDict):
+    """A session, as the API shows it (the local backend's ``session.json`` plus its files)."""
+
+    id: str
+    title: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    files: list[FileEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of sessions, oldest first.
+
+    Attributes:
+        items: the sessions of this page.
+        total: how many sessions exist at this moment.
+        next: the cursor of the next page (pass it as ``after``), ``None`` on the last page.
+    """
+
+    items: list[SessionRecord]
+    total: int
+    next: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (the body of ``GET /sessions``)."""
+        return {"items": self.items, "total": self.total, "next": self.next}
+
+
+@dataclass(frozen=True, slots=True)
+class TrashEntry:
+    """A deleted session, or a deleted or replaced file, kept until ``empty-trash``.
+
+    Attributes:
+        name: the entry's name (``app sessions list --trash`` shows it).
+        path: where it is (the local backend: its directory in ``.trash/``).
+        kind: ``"session"`` or ``"file"``.
+        session_id: the session it came from.
+        file: the file name, for a file entry.
+        deleted_at: when it was moved to the trash (UTC).
+        reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``.
+        title: the session's title when it was deleted (session entries).
+    """
+
+    name: str
+    path: Path
+    kind: Literal["session", "file"]
+    session_id: str
+    file: str | None
+    deleted_at: datetime
+    reason: str
+    title: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app sessions list --trash --json``)."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "kind": self.kind,
+            "session_id": self.session_id,
+            "file": self.file,
+            "deleted_at": self.deleted_at.isoformat(timespec="microseconds"),
+            "reason": self.reason,
+            "title": self.title,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing a check found that consistent storage does not hold.
+
+    Attributes:
+        problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
+            ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
+            ``trash-unaudited``, ``trash-no-manifest``, ``record-without-file``,
+            ``file-without-record``, ``legacy-layout``, ``session-unreadable`` or
+            ``unknown-entry``.
+        target: what it concerns, relative to the data root.
+        detail: what it is and how it came about.
+        repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
+        repaired: whether this run repaired it.
+    """
+
+    problem: str
+    target: str
+    detail: str
+    repair: str
+    repaired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app data check --json``, the audit line)."""
+        return {
+            "problem": self.problem,
+            "target": self.target,
+            "detail": self.detail,
+            "repair": self.repair,
+            "repaired": self.repaired,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """What a check found, and what it repaired.
+
+    Attributes:
+        findings: everything found, repaired or not.
+        repair: whether the check ran with repair.
+    """
+
+    findings: list[Finding]
+    repair: bool
+
+    @property
+    def unresolved(self) -> list[Finding]:
+        """The findings still there after this run."""
+        return [f for f in self.findings if not f.repaired]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (``app data check --json``)."""
+        return {
+            "repair": self.repair,
+            "clean": not self.unresolved,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+# --- the interface ------------------------------------------------------------------------
+
+
+class Upload(Protocol):
+    """A file being streamed into a session; visible only once :meth:`commit` returns.
+
+    Used as a context manager, an upload not committed by the end of the block is aborted.
+    """
+
+    limit: int
+    """The most bytes it accepts; one more raises :class:`~app.errors.UploadTooLargeError`."""
+    replaced: bool
+    """After :meth:`commit`: whether it replaced a file (whose old bytes went to the trash)."""
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None: ...
+    def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None: ...
+    def commit(self) -> FileEntry: ...
+    def abort(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Status(Protocol):
+    """Who holds a profile's storage and how it is stamped, at one moment (``app status``)."""
+
+    @property
+    def exists(self) -> bool: ...
+    @property
+    def held(self) -> bool: ...
+    @property
+    def holder(self) -> dict[str, Any] | None: ...
+    @property
+    def held_by(self) -> str: ...
+    @property
+    def stamp(self) -> dict[str, Any] | None: ...
+    @property
+    def stamp_error(self) -> str | None: ...
+    @property
+    def path(self) -> Path: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class HolderWatch(Protocol):
+    """A running check that this process still owns its storage (see :meth:`Storage.watch`)."""
+
+    def stop(self) -> None: ...
+
+
+class Storage(Protocol):
+    """Sessions, their files, the trash, the audit trail and the holder of one profile's data.
+
+    A writer (``open_storage(..., writer=True)``) owns the data until :meth:`close`: every
+    change first checks that it still does. A reader changes nothing and owns nothing.
+    """
+
+    max_upload_bytes: int
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for messages (the local backend: the data root)."""
+        ...
+
+    @property
+    def trash_location(self) -> str:
+        """Where deleted sessions and files are kept, for messages."""
+        ...
+
+    # sessions
+    def create_session(
+        self, title: str = "", metadata: dict[str, Any] | None = None
+    ) -> SessionRecord: ...
+    def get_session(self, session_id: str) -> SessionRecord: ...
+    def require_session(self, session_id: str) -> None: ...
+    def list_sessions(
+        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
+    ) -> Page: ...
+    def iter_all(self) -> Iterator[SessionRecord]: ...
+    def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry: ...
+    def purge(self) -> list[TrashEntry]: ...
+
+    # files
+    def list_files(self, session_id: str) -> list[FileEntry]: ...
+    def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]: ...
+    def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload: ...
+    def put_file(
+        self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
+    ) -> FileEntry: ...
+    def delete_file(self, session_id: str, name: str) -> TrashEntry: ...
+
+    # trash
+    def list_trash(self) -> list[TrashEntry]: ...
+    def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord: ...
+    def empty_trash(
+        self, older_than: timedelta | None = None, *, via: str = "command"
+    ) -> list[TrashEntry]: ...
+
+    # consistency
+    def check(self, *, repair: bool = False, thorough: bool = True) -> CheckReport: ...
+
+    # the holder
+    def ensure_held(self) -> None:
+        """Raise unless this process still owns the data (a writer's lock, or connection)."""
+        ...
+
+    def audit(self, operation: str, target: str | Path, **details: Any) -> None: ...
+    def publish(self, **fields: Any) -> None:
+        """Add to what this holder publishes about itself (a server's ``port``)."""
+        ...
+
+    def watch(self, interval: float, on_lost: Callable[[str], object]) -> HolderWatch:
+        """Check every ``interval`` seconds that this process still owns the data."""
+        ...
+
+    def lost_error(self, reason: str) -> AppError:
+        """The error a holder that lost its data stops with (exit 70)."""
+        ...
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+# --- choosing the backend -----------------------------------------------------------------
+
+
+def open_storage(
+    config: Config,
+    *,
+    writer: bool,
+    kind: str = "maintenance",
+    wanted: str | None = None,
+    timeout: float = 1.0,
+) -> Storage:
+    """Open the profile's storage, as a writer that owns it, or as a reader.
+
+    Args:
+        config: the profile's configuration; it says which backend holds the data.
+        writer: own the data (refused while another live process does) so as to change it.
+        kind: the holder kind a writer publishes: ``"server"``, ``"tests"``,
+            ``"maintenance"``.
+        wanted: what the caller is doing, for the refusal message.
+        timeout: seconds to retry an owner that is contended.
+
+    Returns:
+        The storage; close it (or use ``with``) to give up ownership.
+    """
+    # The local data root is the only backend yet; PostgreSQL plus objects adds a branch.
+    from app.dataroot import open_root
+    from app.store import Store
+
+    root = open_root(config, kind=kind, write=writer, wanted=wanted, timeout=timeout)
+    try:
+        return Store(root)
+    except BaseException:
+        root.close()
+        raise
+
+
+def status(config: Config) -> Status:
+    """Who holds the profile's storage and how it is stamped, at one moment (``app status``)."""
+    from app.dataroot import describe
+
+    return describe(config.data_root)
+
+
+def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
+    """Hand the storage stamped ``from_profile`` to ``config.profile`` (``app data restamp``)."""
+    from app import dataroot
+
+    return dataroot.restamp(config, from_profile)

@@ -1,0 +1,190 @@
+"""What every `Store` on one open data root shares: session locks, group commit, caches.
+
+One :class:`RootState` belongs to each open :class:`app.dataroot.DataRoot` (it makes it).
+Every Store on that root must serialise on the same session locks and see the same listing
+index, or one Store's changes would be missing from another's listing, and two could
+interleave changes to one session.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from app.dataroot import fsync_dir
+
+if TYPE_CHECKING:
+    from app.store.records import FileRecord
+
+__all__ = ["GroupSync", "RecordCache", "RootState"]
+
+_LOCK_STRIPES: Final = 64
+_RECORD_CACHE_LIMIT: Final = 200_000  # records (a few hundred bytes each) a writer keeps
+
+
+class RootState:
+    """The shared state of one open data root (see the module docstring)."""
+
+    def __init__(self, sessions_dir: Path) -> None:
+        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self.sessions_sync = GroupSync(sessions_dir)
+        self.records = RecordCache()
+        # The sorted ids, kept for a writer only: while this process holds the root's lock
+        # nobody else adds or removes sessions, so after one directory scan every change
+        # goes through a Store on this root. A reader (no lock) scans on every call instead.
+        self._index: list[str] | None = None
+        self._index_lock = threading.Lock()
+        # The `.new-<id>` staging directories of creates in progress.
+        self.creating: set[str] = set()
+        self.creating_lock = threading.Lock()
+
+    def lock_for(self, session_id: str) -> threading.Lock:
+        """The lock that serialises changes to ``session_id`` (one of a fixed set of stripes)."""
+        return self._stripes[int(session_id[-4:], 16) % _LOCK_STRIPES]
+
+    def ids(self, scan: Callable[[], list[str]], *, keep: bool) -> list[str]:
+        """The sorted session ids (a copy): the index, or ``scan()`` (kept if ``keep``)."""
+        with self._index_lock:
+            return list(self._ids(scan, keep))
+
+    def window(
+        self, scan: Callable[[], list[str]], *, keep: bool, after: str | None, limit: int
+    ) -> tuple[list[str], int, int]:
+        """Up to ``limit`` ids after ``after``, the position of the first, and the total."""
+        with self._index_lock:
+            ids = self._ids(scan, keep)
+            start = 0 if after is None else bisect.bisect_right(ids, after)
+            return ids[start : start + limit], start, len(ids)
+
+    def _ids(self, scan: Callable[[], list[str]], keep: bool) -> list[str]:
+        if self._index is not None:
+            return self._index
+        ids = scan()
+        if keep:
+            self._index = ids
+        return ids
+
+    def index_update(self, *, add: str | None = None, remove: str | None = None) -> None:
+        """Record a session created (``add``) or moved away (``remove``) in the index."""
+        with self._index_lock:
+            index = self._index
+            if index is None:
+                return  # not built yet: the next scan sees the change
+            if add is not None:
+                position = bisect.bisect_left(index, add)
+                if position == len(index) or index[position] != add:
+                    index.insert(position, add)
+            if remove is not None:
+                position = bisect.bisect_left(index, remove)
+                if position < len(index) and index[position] == remove:
+                    del index[position]
+
+
+class RecordCache:
+    """A writer's copy of each recently read session's records, so reads stay O(1) too.
+
+    Only the holder of the root writes, and every write updates (or drops) its session here
+    under a generation count: a reader that scanned a session while a write happened does
+    not store its possibly stale scan. Bounded by the number of records held (LRU).
+    """
+
+    def __init__(self, limit: int = _RECORD_CACHE_LIMIT) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, dict[str, FileRecord]] = OrderedDict()
+        self._generations: dict[str, int] = {}
+        self._epoch = 0
+        self._held = 0
+
+    def get(self, session_id: str) -> tuple[list[FileRecord] | None, tuple[int, int]]:
+        with self._lock:
+            token = (self._epoch, self._generations.get(session_id, 0))
+            records = self._sessions.get(session_id)
+            if records is None:
+                return None, token
+            self._sessions.move_to_end(session_id)
+            return list(records.values()), token
+
+    def store(self, session_id: str, records: list[FileRecord], token: tuple[int, int]) -> None:
+        with self._lock:
+            if token != (self._epoch, self._generations.get(session_id, 0)):
+                return  # a write happened during the scan
+            if len(records) > self.limit:
+                return
+            self._forget(session_id)
+            self._sessions[session_id] = {r["name"]: r for r in records}
+            self._held += len(records)
+            while self._held > self.limit:
+                _, evicted = self._sessions.popitem(last=False)
+                self._held -= len(evicted)
+
+    def changed(
+        self, session_id: str, name: str | None = None, record: FileRecord | None = None
+    ) -> None:
+        """A write changed ``name`` (now ``record``, ``None`` if gone); no name: drop all."""
+        with self._lock:
+            self._generations[session_id] = self._generations.get(session_id, 0) + 1
+            records = self._sessions.get(session_id)
+            if records is None:
+                return
+            if name is None:
+                self._forget(session_id)
+            elif record is None:
+                self._held -= records.pop(name, None) is not None
+            else:
+                self._held += name not in records
+                records[name] = record
+
+    def clear(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._sessions.clear()
+            self._held = 0
+
+    def _forget(self, session_id: str) -> None:
+        records = self._sessions.pop(session_id, None)
+        if records is not None:
+            self._held -= len(records)
+
+
+class GroupSync:
+    """Group commit for one directory: concurrent callers share one ``fsync``.
+
+    A caller's change (a rename into the directory) is made before it calls :meth:`sync`;
+    it returns once an fsync that *started* after the call has completed. While one fsync
+    runs, later callers queue and the next fsync covers all of them, so N concurrent
+    creates cost about two directory syncs instead of N.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._completed = 0
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._completed < ticket and self._running:
+                self._cond.wait()
+            if self._completed >= ticket:
+                return
+            self._running = True
+            covers = self._requested
+        try:
+            fsync_dir(self.path)
+        except BaseException:
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._running = False
+            self._completed = max(self._completed, covers)
+            self._cond.notify_all()

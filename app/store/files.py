@@ -1,0 +1,267 @@
+"""The files of a session: one immutable blob and one small record per file.
+
+A file's bytes go to a new blob first (``blobs/<version>``, never changed once written); the
+rename of its record (``records/<name>``) over the old one is the single instant the file
+switches, bytes and record together. The old blob is retired to the trash only after that
+switch, into a trash entry whose manifest was written before it, so a crash at any instant
+leaves the old acknowledged state or the new one, and ``check`` can finish or undo the
+retirement. Chosen over an intent journal: the filesystem's atomic rename is already the
+journal, and readers need no replay. An upload writes one blob and one record and reads one
+record, however many files the session has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from app.dataroot import fsync_dir
+from app.errors import (
+    BadRequestError,
+    FileExistsInSessionError,
+    FileNotFoundInSessionError,
+    InvalidNameError,
+    TooManyFilesError,
+)
+from app.names import check_file_name
+from app.storage import FileEntry, SessionRecord, TrashEntry
+from app.store.ids import ID_RE, new_session_id
+from app.store.records import (
+    BLOBS_DIR,
+    MISSING_ERRNOS,
+    RECORDS_DIR,
+    FileRecord,
+    ensure_dir,
+    load_record,
+    open_regular,
+    public,
+    read_meta,
+    record_blob,
+)
+from app.store.upload import Upload
+
+if TYPE_CHECKING:
+    from app.store.sessions import Sessions
+    from app.store.trash import Trash
+
+__all__ = ["Files"]
+
+log = logging.getLogger("app.store")
+
+
+class Files:
+    """The files of the sessions of one open data root."""
+
+    def __init__(
+        self, sessions: Sessions, trash: Trash, *, max_upload_bytes: int, max_files: int
+    ) -> None:
+        self.sessions = sessions
+        self.trash = trash
+        self.root = sessions.root
+        self.records = sessions.state.records
+        self.max_upload_bytes = max_upload_bytes
+        self.max_files = max_files
+
+    def record_path(self, session_id: str, name: str) -> Path:
+        """Where the record of ``name`` is, once the id and the name are checked."""
+        records = self.sessions.directory(session_id) / RECORDS_DIR
+        path = records / check_file_name(name)
+        # The checks above already make escaping impossible; this says so at the place
+        # where a path is built, in case the rules ever loosen.
+        if path.parent != records or os.path.normpath(path) != str(path):
+            raise InvalidNameError("file name", name, "it does not name a file in the session")
+        return path
+
+    def path(self, session_id: str, name: str) -> tuple[Path, FileEntry]:
+        """Where a file's bytes are, and its entry (for tests and tools)."""
+        record_path = self.record_path(session_id, name)
+        directory = self.sessions.directory(session_id)
+        read_meta(directory, session_id)
+        record = load_record(record_path)
+        if record is not None:
+            blob = directory / BLOBS_DIR / record["blob"]
+            if not blob.parent.is_symlink() and blob.is_file() and not blob.is_symlink():
+                return blob, public(record)
+        raise FileNotFoundInSessionError(session_id, record_path.name)
+
+    def open(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]:
+        """Open a file for sending, with the entry that describes exactly these bytes.
+
+        The record and its blob are read under the session's lock. A blob never changes
+        once written, and a replace or a delete moves it aside rather than changing it, so
+        a download that found the file sends it whole.
+        """
+        record_path = self.record_path(session_id, name)
+        with self.sessions.locked(session_id) as directory:
+            blobs = directory / BLOBS_DIR
+            record = None if record_path.parent.is_symlink() else load_record(record_path)
+            if record is not None and not blobs.is_symlink():
+                try:
+                    file = open(blobs / record["blob"], "rb", opener=open_regular)  # noqa: SIM115
+                except OSError as error:
+                    if error.errno not in MISSING_ERRNOS:
+                        raise
+                else:
+                    if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                        return file, public(record)
+                    file.close()
+        raise FileNotFoundInSessionError(session_id, record_path.name)
+
+    def begin_upload(self, session_id: str, name: str, *, replace: bool) -> Upload:
+        """Check all that can be refused before the first byte; then start the upload."""
+        record_path = self.record_path(session_id, name)
+        self.root.ensure_held()
+        read_meta(self.sessions.directory(session_id), session_id)
+        if load_record(record_path) is not None:
+            if not replace:
+                raise FileExistsInSessionError(session_id, record_path.name)
+        else:
+            self._refuse_one_file_too_many(session_id, record_path.parent)
+        return Upload(self, session_id, record_path.name, replace=replace)
+
+    def _refuse_one_file_too_many(self, session_id: str, records: Path) -> None:
+        # Counted only for a new name (a directory listing, not a read of the records), once
+        # before the bytes arrive and again under the session lock before the commit.
+        try:
+            with os.scandir(records) as entries:
+                count = sum(1 for entry in entries if not entry.name.startswith("."))
+        except FileNotFoundError:
+            return
+        if count >= self.max_files:
+            raise TooManyFilesError(session_id, self.max_files)
+
+    def commit_upload(self, upload: Upload, entry: FileEntry) -> None:
+        """Switch a complete upload into its session (:meth:`Upload.commit` calls it)."""
+        session_id, name = upload.session_id, upload.name
+        record_path = self.record_path(session_id, name)
+        self.root.ensure_held()
+        retired: TrashEntry | None = None
+        with self.sessions.locked(session_id) as directory:  # deleted meanwhile: 404
+            old = load_record(record_path)
+            if old is not None and not upload.replace:
+                raise FileExistsInSessionError(session_id, name)
+            if old is None:
+                self._refuse_one_file_too_many(session_id, record_path.parent)
+            upload.replaced = old is not None
+            blobs = ensure_dir(directory, BLOBS_DIR)
+            ensure_dir(directory, RECORDS_DIR)
+            version = new_session_id()
+            # The bytes go under a new, immutable name; nothing refers to them yet.
+            self.root.commit_temp_file(upload.temp_path, blobs / version)
+
+            def undo() -> None:
+                with contextlib.suppress(OSError):
+                    (blobs / version).unlink()
+                if retired is not None:
+                    self.trash.remove_empty(retired)
+
+            if old is not None:
+                # Before the switch: a crash right after it leaves a manifest saying where
+                # the old bytes go, and `check` finishes the move.
+                try:
+                    retired = self.trash.new_entry(
+                        session_id, "file", name, "replace", previous=public(old), blob=old["blob"]
+                    )
+                except BaseException:
+                    undo()
+                    raise
+            self._switch_record(session_id, record_path, {**entry, "blob": version}, undo)
+            if old is not None and retired is not None:
+                self._retire_blob(directory, old["blob"], retired, name)
+        if retired is not None:
+            self.trash.audit_move("replace-file", f"{session_id}/{name}", trash=retired.name)
+
+    def _switch_record(
+        self, session_id: str, path: Path, record: FileRecord, undo: Callable[[], None]
+    ) -> None:
+        """The commit point of a file change: write its record; on failure, undo if unswitched.
+
+        Whatever happens, the record cache learns of it. A failure after the rename (an
+        fsync of the directory) leaves the switch made, and it must then stay made.
+        """
+        try:
+            self.root.atomic_write_json(path, record)
+        except BaseException:
+            self.records.changed(session_id)  # whatever happened, read it again
+            if record_blob(path) != record["blob"]:
+                undo()
+            raise
+        self.records.changed(session_id, path.name, record)
+
+    def _retire_blob(self, directory: Path, blob: str, entry: TrashEntry, name: str) -> None:
+        # After the switch the old blob is no longer the file; moving it into its trash entry
+        # may fail (a full disk) without undoing anything: `check` finishes the move.
+        try:
+            (directory / BLOBS_DIR / blob).rename(entry.path / name)
+            fsync_dir(entry.path)
+            fsync_dir(directory / BLOBS_DIR)
+        except OSError as error:
+            log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
+
+    def delete(self, session_id: str, name: str) -> TrashEntry:
+        """Move one file to the trash; audited."""
+        self.root.ensure_held()
+        record_path = self.record_path(session_id, name)
+        name = record_path.name
+        with self.sessions.locked(session_id) as directory:
+            old = load_record(record_path)
+            if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
+                raise FileNotFoundInSessionError(session_id, name)
+            entry = self.trash.new_entry(
+                session_id, "file", name, "delete", previous=public(old), blob=old["blob"]
+            )
+            try:
+                self.root.ensure_held()
+                record_path.unlink()  # the commit point; needs no free space
+            except BaseException:
+                self.trash.remove_empty(entry)
+                raise
+            self.records.changed(session_id, name, None)
+            fsync_dir(record_path.parent)
+            self._retire_blob(directory, old["blob"], entry, name)
+        self.trash.audit_move("trash-file", f"{session_id}/{name}", trash=entry.name)
+        return entry
+
+    def restore(self, entry: TrashEntry, name: str) -> SessionRecord:
+        """Move a trashed file back into its session, which must be there."""
+        session_id = entry.session_id
+        record_path = self.record_path(session_id, name)
+        with self.sessions.locked(session_id) as directory:
+            if load_record(record_path) is not None:
+                raise BadRequestError(
+                    f"session {session_id!r} has a file {name!r} again; refusing to overwrite "
+                    f"it with the copy in {entry.path}. Delete the current one first"
+                )
+            manifest = self.trash.read_manifest(entry)
+            previous: FileEntry | dict[str, Any] = manifest.get("entry") or {}
+            blobs = ensure_dir(directory, BLOBS_DIR)
+            ensure_dir(directory, RECORDS_DIR)
+            # Back under the blob name the manifest gives: a crash before the record is
+            # written leaves exactly what `check` moves back into this entry.
+            blob = manifest.get("blob")
+            if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
+                blob = new_session_id()
+            size = (entry.path / name).stat().st_size
+            (entry.path / name).rename(blobs / blob)
+            fsync_dir(blobs)
+            fsync_dir(entry.path)
+            record: FileRecord = {
+                "name": name,
+                "size": size,
+                "sha256": previous.get("sha256"),
+                "uploaded_at": previous.get("uploaded_at"),
+                "blob": blob,
+            }
+
+            def undo() -> None:
+                with contextlib.suppress(OSError):
+                    (blobs / blob).rename(entry.path / name)
+
+            self._switch_record(session_id, record_path, record, undo)
+            self.trash.remove_empty(entry)
+            return self.sessions.read(directory, session_id)

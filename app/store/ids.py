@@ -1,0 +1,51 @@
+"""Session ids: time-ordered, so a directory listing sorted by name is the creation order."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from typing import Final
+
+from app.errors import InvalidNameError
+
+__all__ = ["ID_RE", "check_session_id", "new_session_id"]
+
+ID_RE: Final = re.compile(r"[0-9a-f]{32}")
+"""32 lower-case hex digits: a session id, and also a blob's name."""
+
+_id_guard = threading.Lock()
+_last_id: list[int] = [0, 0]  # [milliseconds, sequence] of the last id made in this process
+
+
+def new_session_id() -> str:
+    """A new session id: a UUIDv7 (RFC 9562) as 32 lower-case hex digits.
+
+    The first 48 bits are the Unix time in milliseconds and the next 12 a counter within
+    the millisecond, so ids made by one process sort in creation order, and ids made by
+    different processes sort by their millisecond.
+
+    Returns:
+        The id, for example ``"0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"``.
+    """
+    with _id_guard:
+        ms = time.time_ns() // 1_000_000
+        last_ms, seq = _last_id
+        if ms <= last_ms:
+            ms, seq = last_ms, seq + 1
+            if seq > 0xFFF:  # 4096 ids in one millisecond: borrow the next one
+                ms, seq = ms + 1, 0
+        else:
+            seq = secrets.randbelow(0x800)  # leave room to count up within the millisecond
+        _last_id[:] = [ms, seq]
+    rand_b = secrets.randbits(62)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
+    return f"{value:032x}"
+
+
+def check_session_id(value: str) -> str:
+    """Return ``value`` if it is a session id; raise :class:`InvalidNameError` if not."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise InvalidNameError("session id", str(value), "session ids are 32 lower-case hex digits")
+    return value

@@ -1,0 +1,171 @@
+"""The layout of a session on disk, its typed records, and reading them safely.
+
+::
+
+    sessions/<id>/session.json      the session: id, title, metadata, times (not its files)
+    sessions/<id>/records/<name>    one file's record (JSON): size, sha256, time, blob
+    sessions/<id>/blobs/<version>   the bytes a record names; never changed once written
+    sessions/.new-<id>/             a session being created (renamed to <id> when complete)
+    .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
+    .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, NotRequired, TypedDict, cast
+
+from app.dataroot import fsync_dir
+from app.errors import SessionNotFoundError
+from app.storage import FileEntry
+from app.store.ids import ID_RE
+
+__all__ = [
+    "BLOBS_DIR",
+    "LEGACY_FILES_DIR",
+    "LEGACY_FILES_KEY",
+    "MISSING_ERRNOS",
+    "NEW_PREFIX",
+    "RECORDS_DIR",
+    "SESSION_FILE",
+    "TRASHED_SESSION",
+    "TRASH_MANIFEST",
+    "FileRecord",
+    "TrashManifest",
+    "ensure_dir",
+    "load_record",
+    "open_regular",
+    "public",
+    "read_meta",
+    "record_blob",
+    "scan_records",
+    "upload_order",
+]
+
+SESSION_FILE: Final = "session.json"
+RECORDS_DIR: Final = "records"
+BLOBS_DIR: Final = "blobs"
+# Sessions written before records/ and blobs/ listed their files in session.json, and kept
+# the bytes in files/<name>; a writer's start-up check migrates them.
+LEGACY_FILES_KEY: Final = "files"
+LEGACY_FILES_DIR: Final = "files"
+TRASH_MANIFEST: Final = "trash.json"
+TRASHED_SESSION: Final = "session"
+NEW_PREFIX: Final = ".new-"
+
+MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
+_MAX_RECORD_BYTES: Final = 64 * 1024
+
+
+class FileRecord(FileEntry):
+    """``records/<name>``: a file's entry and the blob that holds its bytes."""
+
+    blob: str
+
+
+class TrashManifest(TypedDict):
+    """``trash.json``: what a trash entry holds, written before anything moves into it."""
+
+    kind: Literal["session", "file"]
+    session_id: str
+    file: str | None
+    deleted_at: str
+    reason: str
+    title: str | None
+    entry: FileEntry | None
+    blob: NotRequired[str]  # a file entry: the blob that moves in (`check` finishes a move)
+
+
+def public(record: Mapping[str, Any]) -> FileEntry:
+    """A file's entry as the API shows it: the record without its blob name."""
+    return cast(FileEntry, {k: record.get(k) for k in ("name", "size", "sha256", "uploaded_at")})
+
+
+def open_regular(path: str, flags: int) -> int:
+    """``os.open`` for a file of ours: never through a symlink, never blocking on a FIFO."""
+    # O_NOFOLLOW: a symlink planted at a file's name is not the session's file.
+    # O_NONBLOCK: nor is a FIFO, which must not hang the open (the caller checks S_ISREG).
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def load_record(path: Path) -> FileRecord | None:
+    """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
+    try:
+        fd = open_regular(str(path), os.O_RDONLY)
+    except OSError as error:
+        if error.errno in MISSING_ERRNOS:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = file.read(_MAX_RECORD_BYTES + 1)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("name") != path.name
+        or not isinstance(record.get("blob"), str)
+        or not ID_RE.fullmatch(record["blob"])
+    ):
+        return None
+    return cast(FileRecord, record)  # what the code relies on, name and blob, is checked
+
+
+def record_blob(path: Path) -> str | None:
+    """The blob a record names now (after a failed write: did the switch happen?)."""
+    try:
+        record = load_record(path)
+    except OSError:
+        return None
+    return None if record is None else str(record["blob"])
+
+
+def scan_records(directory: Path) -> list[FileRecord]:
+    """Every record of the session in ``directory``, oldest upload first."""
+    records_dir = directory / RECORDS_DIR
+    if records_dir.is_symlink():
+        return []
+    try:
+        with os.scandir(records_dir) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    records = [r for name in names if (r := load_record(records_dir / name)) is not None]
+    records.sort(key=upload_order)
+    return records
+
+
+def upload_order(record: FileRecord) -> tuple[str, str]:
+    return str(record.get("uploaded_at") or ""), record["name"]
+
+
+def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
+    """``session.json`` as on disk: whether the session exists, without reading its files."""
+    if directory.is_symlink():
+        # Not one of ours (a create renames a real directory): it could lead anywhere.
+        raise SessionNotFoundError(session_id)
+    try:
+        raw = (directory / SESSION_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise SessionNotFoundError(session_id) from None
+    session: dict[str, Any] = json.loads(raw)
+    return session
+
+
+def ensure_dir(directory: Path, name: str) -> Path:
+    """``directory / name``, made (durably) if it is not there yet."""
+    path = directory / name
+    if not path.is_dir():
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        fsync_dir(directory)
+    return path

@@ -1,0 +1,291 @@
+"""The sessions of a data root: create, read, page through, move to the trash and back.
+
+A session is ``sessions/<id>/session.json`` (id, title, metadata, times) plus its files'
+records; reading one never rewrites it. Ids are time-ordered, so the directory listing
+sorted by name is the creation order and a page reads only its own sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from app.dataroot import fsync_dir, write_new_file
+from app.errors import BadRequestError, SessionNotFoundError
+from app.names import check_file_name
+from app.storage import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Page, SessionRecord, TrashEntry
+from app.store.ids import ID_RE, check_session_id, new_session_id
+from app.store.records import (
+    BLOBS_DIR,
+    LEGACY_FILES_DIR,
+    LEGACY_FILES_KEY,
+    NEW_PREFIX,
+    RECORDS_DIR,
+    SESSION_FILE,
+    TRASHED_SESSION,
+    FileRecord,
+    ensure_dir,
+    load_record,
+    public,
+    read_meta,
+    scan_records,
+    upload_order,
+)
+
+if TYPE_CHECKING:
+    from app.dataroot import DataRoot
+    from app.store.trash import Trash
+
+__all__ = ["Sessions"]
+
+
+class Sessions:
+    """The sessions of one open data root (``<root>/sessions/``)."""
+
+    def __init__(self, root: DataRoot, trash: Trash) -> None:
+        self.root = root
+        self.state = root.store_state
+        self.trash = trash
+        self.path = root.sessions_dir
+
+    def directory(self, session_id: str) -> Path:
+        """The directory of ``session_id``, once the id is checked."""
+        return self.path / check_session_id(session_id)
+
+    @contextlib.contextmanager
+    def locked(self, session_id: str) -> Iterator[Path]:
+        """Hold the session's lock, with the session there (else SessionNotFoundError).
+
+        Every change to a session happens inside this block, so changes to one session
+        never interleave; the session's directory is what it yields.
+        """
+        directory = self.directory(session_id)
+        with self.state.lock_for(session_id):
+            read_meta(directory, session_id)
+            yield directory
+
+    def clear_unfinished(self) -> None:
+        """Remove the staging directories of creates that crashed (audited)."""
+        # A `.new-<id>` directory is a create that crashed before its rename: it was never
+        # acknowledged, and holds at most a session.json without files. One that another
+        # Store on this root is creating right now is not a crash's.
+        with self.state.creating_lock:
+            with os.scandir(self.path) as entries:
+                stale = [
+                    e.path
+                    for e in entries
+                    if e.name.startswith(NEW_PREFIX) and e.name not in self.state.creating
+                ]
+            for path in stale:
+                shutil.rmtree(path, ignore_errors=True)
+        if stale:
+            self.root.audit(
+                "clear-unfinished-create", self.path, removed=sorted(Path(p).name for p in stale)
+            )
+
+    def create(self, title: str, metadata: dict[str, Any] | None) -> SessionRecord:
+        self.root.ensure_held()
+        session = _new_session(title, metadata)
+        stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
+        data = (json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        # The staging directory is the temporary file here: it is complete and synced before
+        # one same-directory rename makes the session appear. Writing session.json inside it
+        # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
+        # filesystem-wide lock, on the path every POST /sessions takes.
+        staging = self.path / f"{NEW_PREFIX}{session['id']}"
+        with self.state.creating_lock:
+            self.state.creating.add(staging.name)
+            staging.mkdir(mode=0o700)
+        try:
+            write_new_file(staging / SESSION_FILE, data)
+            fsync_dir(staging)
+            self.root.ensure_held()  # the last moment before the session appears
+            staging.rename(self.path / session["id"])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            with self.state.creating_lock:
+                self.state.creating.discard(staging.name)
+        self.state.sessions_sync.sync()
+        self.state.index_update(add=session["id"])
+        return session
+
+    def get(self, session_id: str) -> SessionRecord:
+        return self.read(self.directory(session_id), session_id)
+
+    def require(self, session_id: str) -> None:
+        read_meta(self.directory(session_id), session_id)
+
+    def read(self, directory: Path, session_id: str) -> SessionRecord:
+        """The session in ``directory``, with its files, as the API shows it."""
+        session = read_meta(directory, session_id)
+        if isinstance(session.get(LEGACY_FILES_KEY), list):
+            return cast(SessionRecord, session)  # not migrated yet (a writer's check does)
+        records = self._records(directory)
+        session["files"] = [public(r) for r in records]
+        # Uploads and deletes never rewrite session.json: the session changed last when its
+        # newest record did, or when a record was removed (the directory's mtime says when).
+        times = [session.get("updated_at") or "", *(r.get("uploaded_at") or "" for r in records)]
+        with contextlib.suppress(OSError):
+            mtime = (directory / RECORDS_DIR).lstat().st_mtime_ns
+            times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
+        session["updated_at"] = max(times)
+        return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
+
+    def _records(self, directory: Path) -> list[FileRecord]:
+        cache = self.state.records if self.root.writable else None
+        if cache is not None:
+            cached, token = cache.get(directory.name)
+            if cached is not None:
+                cached.sort(key=upload_order)
+                return cached
+        records = scan_records(directory)
+        if cache is not None:
+            cache.store(directory.name, records, token)
+        return records
+
+    def migrate_legacy(self, directory: Path, meta: dict[str, Any]) -> None:
+        """Give each file of a session written before records/ and blobs/ its record and blob."""
+        # Each step can be repeated after a crash: the record is written first (naming the
+        # blob the bytes will have), then the bytes are moved; session.json drops its list
+        # last, which is the migration's commit. Until then readers use the list.
+        legacy = directory / LEGACY_FILES_DIR
+        blobs = ensure_dir(directory, BLOBS_DIR)
+        ensure_dir(directory, RECORDS_DIR)
+        for old in meta[LEGACY_FILES_KEY]:
+            name = check_file_name(str(old.get("name")))
+            record_path = directory / RECORDS_DIR / name
+            record = load_record(record_path)
+            if record is None:
+                record = {**public(old), "name": name, "blob": new_session_id()}
+                self.root.atomic_write_json(record_path, record)
+            source = legacy / name
+            if not (blobs / record["blob"]).exists() and source.is_file():
+                source.rename(blobs / record["blob"])
+                fsync_dir(blobs)
+        fsync_dir(directory / RECORDS_DIR)
+        meta = {k: v for k, v in meta.items() if k != LEGACY_FILES_KEY}
+        self.root.atomic_write_json(directory / SESSION_FILE, meta)
+        with contextlib.suppress(OSError):
+            legacy.rmdir()  # anything left there was not listed: kept for a human
+
+    def ids(self) -> list[str]:
+        """Every session id, oldest first (the writer's index, or a directory listing)."""
+        return self.state.ids(self.scan_ids, keep=self.root.writable)
+
+    def scan_ids(self) -> list[str]:
+        """Every session id, oldest first, from the directory itself (never the index)."""
+        try:
+            with os.scandir(self.path) as entries:
+                names = [e.name for e in entries if len(e.name) == 32 and ID_RE.fullmatch(e.name)]
+        except FileNotFoundError:  # a reader on a root that was never opened as a writer
+            return []
+        names.sort()
+        return names
+
+    def page(self, limit: int, after: str | None, max_bytes: int | None) -> Page:
+        if limit < 1:
+            raise BadRequestError(f"limit must be at least 1, not {limit}")
+        cursor = None if after is None else check_session_id(after)
+        chosen, start, total = self.state.window(
+            self.scan_ids, keep=self.root.writable, after=cursor, limit=limit
+        )
+        items: list[SessionRecord] = []
+        size = 0
+        for session_id in chosen:
+            try:
+                session = self.read(self.path / session_id, session_id)
+            except SessionNotFoundError:
+                continue  # deleted between the listing and this read: simply not shown
+            if max_bytes is not None:
+                # ASCII-escaped JSON is never shorter than the UTF-8 of the answer, and this is
+                # json's C encoder: the bound holds, cheaply. 1,000 sessions of 62 KB metadata
+                # once made one 62 MB page.
+                size += len(json.dumps(session))
+                if items and size > max_bytes:
+                    return Page(items=items, total=total, next=items[-1]["id"])
+            items.append(session)
+        more = start + limit < total
+        return Page(items=items, total=total, next=chosen[-1] if more and chosen else None)
+
+    def iter_all(self) -> Iterator[SessionRecord]:
+        for session_id in self.ids():
+            with contextlib.suppress(SessionNotFoundError):
+                yield self.read(self.path / session_id, session_id)
+
+    def move_to_trash(self, session_id: str, reason: str) -> TrashEntry:
+        """Move a session, files and all, into a new trash entry (not audited here)."""
+        directory = self.directory(session_id)
+        with self.state.lock_for(session_id):
+            session = self.read(directory, session_id)
+            entry = self.trash.new_entry(
+                session_id, "session", None, reason, title=session.get("title")
+            )
+            # The data lives in sessions/ or in .trash/, never in .tmp/ (which a restart
+            # clears): the manifest is written first, then the directory moves in one rename.
+            try:
+                directory.rename(entry.path / TRASHED_SESSION)
+                self.state.records.changed(session_id)
+                self.state.index_update(remove=session_id)
+            except BaseException:
+                self.trash.remove_empty(entry)
+                raise
+        fsync_dir(self.path)
+        fsync_dir(entry.path)
+        return entry
+
+    def restore(self, entry: TrashEntry) -> SessionRecord:
+        """Move a trashed session back; refused if a session with its id exists again."""
+        dest = self.path / entry.session_id
+        with self.state.lock_for(entry.session_id):
+            if dest.exists():
+                raise BadRequestError(
+                    f"session {entry.session_id!r} exists again; refusing to overwrite it with "
+                    f"the copy in {entry.path}. Delete the current one first if you mean it"
+                )
+            (entry.path / TRASHED_SESSION).rename(dest)
+            self.state.records.changed(entry.session_id)
+            self.state.index_update(add=entry.session_id)
+            fsync_dir(self.path)
+            self.trash.remove_empty(entry)
+            return self.read(dest, entry.session_id)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds")
+
+
+def _new_session(title: str, metadata: dict[str, Any] | None) -> SessionRecord:
+    if not isinstance(title, str):
+        raise BadRequestError("title must be a string")
+    if len(title) > MAX_TITLE_CHARS:
+        raise BadRequestError(
+            f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
+        )
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise BadRequestError("metadata must be a JSON object")
+    try:
+        size = len(json.dumps(metadata, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as error:
+        raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
+    if size > MAX_METADATA_BYTES:
+        raise BadRequestError(
+            f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+        )
+    now = _iso(datetime.now(UTC))
+    return {
+        "id": new_session_id(),
+        "title": title,
+        "metadata": metadata,
+        "created_at": now,
+        "updated_at": now,
+        "files": [],
+    }

@@ -1,0 +1,331 @@
+"""`Store`: the local backend of the seam, a data root's sessions, files and trash in one.
+
+Guarantees, and who provides them:
+
+* **One commit point per change** (:mod:`app.store.files`): a file switches by one rename of
+  its record; the old bytes go to the trash after it, and ``check`` finishes or undoes what
+  a crash interrupted.
+* **Atomic.** Every byte is written to a temporary file in ``.tmp/`` (same filesystem),
+  fsynced, and renamed into place, and the directory is fsynced
+  (:meth:`app.dataroot.DataRoot.commit_temp_file`). A new session directory appears
+  complete, ``session.json`` included, by one rename. What a crash leaves behind is found
+  and reconciled by :meth:`Store.check` (``app data check``, and every server start-up).
+* **Confined.** Session ids must be 32 lower-case hex digits and file names are checked by
+  :func:`app.names.check_file_name`; every path is also checked to lie inside its session.
+* **Reversible.** Deleting moves to ``.trash/``; replacing a file keeps the old bytes in
+  ``.trash/`` too; :meth:`Store.restore` brings a session or a file back; only
+  :meth:`Store.empty_trash` removes bytes. Every one of these appends a line to
+  ``audit.jsonl``.
+* **Held.** Every write first checks that the data root's lock file is still the one this
+  process locked (:meth:`app.dataroot.DataRoot.ensure_held`, one ``lstat``), and again just
+  before its commit point, so a process that lost its lock stops writing at once.
+
+A :class:`Store` assumes its data root is held by this process (the lock guarantees no
+other process writes there). Within the process, it is safe to use from many threads:
+changes to one session are serialised by a per-session lock shared by every Store on the
+root (:mod:`app.store.concurrency`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
+
+from app.errors import AppError, LockLostError, NotInTrashError, SessionNotFoundError
+from app.names import check_file_name
+from app.storage import (
+    MAX_METADATA_BYTES,
+    MAX_TITLE_CHARS,
+    CheckReport,
+    FileEntry,
+    Page,
+    SessionRecord,
+    TrashEntry,
+)
+from app.store.files import Files
+from app.store.ids import check_session_id
+from app.store.sessions import Sessions
+from app.store.trash import Trash
+
+if TYPE_CHECKING:
+    from app.dataroot import DataRoot
+    from app.storage import HolderWatch
+    from app.store.upload import Upload
+
+__all__ = ["MAX_METADATA_BYTES", "MAX_TITLE_CHARS", "Store"]
+
+
+class Store:
+    """Sessions, their files and the trash of one open data root (a :class:`~app.storage.Storage`).
+
+    Args:
+        root: an open data root (:func:`app.dataroot.open_root`). Reading works on a
+            read-only root; every change needs a writer. Closing the store closes the root.
+    """
+
+    def __init__(self, root: DataRoot) -> None:
+        self.root = root
+        self.trash = Trash(root)
+        self.sessions = Sessions(root, self.trash)
+        self.files = Files(
+            self.sessions,
+            self.trash,
+            max_upload_bytes=root.config.max_upload_bytes,
+            max_files=root.config.max_files_per_session,
+        )
+        if root.writable:
+            self.sessions.clear_unfinished()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest file accepted, in bytes (the profile's ``max_upload_bytes``)."""
+        return self.files.max_upload_bytes
+
+    @max_upload_bytes.setter
+    def max_upload_bytes(self, value: int) -> None:
+        self.files.max_upload_bytes = value
+
+    @property
+    def max_files(self) -> int:
+        """The most files a session holds (the profile's ``max_files_per_session``)."""
+        return self.files.max_files
+
+    @max_files.setter
+    def max_files(self, value: int) -> None:
+        self.files.max_files = value
+
+    # -- the root and its holder ---------------------------------------------------------
+
+    @property
+    def sessions_dir(self) -> Path:
+        """``<root>/sessions``."""
+        return self.root.sessions_dir
+
+    @property
+    def location(self) -> str:
+        return str(self.root.path)
+
+    @property
+    def trash_location(self) -> str:
+        return str(self.root.trash_dir)
+
+    def ensure_held(self) -> None:
+        self.root.ensure_held()
+
+    def audit(self, operation: str, target: str | Path, **details: Any) -> None:
+        self.root.audit(operation, target, **details)
+
+    def publish(self, **fields: Any) -> None:
+        assert self.root.lock is not None, "only a writer publishes"
+        self.root.lock.update(**fields)
+
+    def watch(self, interval: float, on_lost: Callable[[str], object]) -> HolderWatch:
+        from app.lock import LockWatcher
+
+        assert self.root.lock is not None, "only a writer is watched"
+        return LockWatcher(self.root.lock, interval, on_lost).start()
+
+    def lost_error(self, reason: str) -> AppError:
+        assert self.root.lock is not None, "only a writer holds a lock to lose"
+        return LockLostError(self.root.lock.path, reason)
+
+    def close(self) -> None:
+        self.root.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def create_session(
+        self, title: str = "", metadata: dict[str, Any] | None = None
+    ) -> SessionRecord:
+        """Create a session, durably, and return it.
+
+        Args:
+            title: a human title, at most :data:`MAX_TITLE_CHARS` characters.
+            metadata: any JSON object, at most :data:`MAX_METADATA_BYTES` as JSON.
+        """
+        return self.sessions.create(title, metadata)
+
+    def get_session(self, session_id: str) -> SessionRecord:
+        """The session with id ``session_id``, with its files."""
+        return self.sessions.get(session_id)
+
+    def require_session(self, session_id: str) -> None:
+        """Check that the session exists, reading its session.json only."""
+        self.sessions.require(session_id)
+
+    def session_ids(self) -> list[str]:
+        """Every session id, oldest first (a directory listing; no session.json is read)."""
+        return self.sessions.ids()
+
+    def scan_ids(self) -> list[str]:
+        """Every session id, oldest first, from the directory itself (never the index)."""
+        return self.sessions.scan_ids()
+
+    def list_sessions(
+        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
+    ) -> Page:
+        """One page of sessions, oldest first, reading only that page's session.json files.
+
+        The cursor is the id of the last session already seen, so pages stay stable while
+        sessions are created (they are added at the end) or deleted.
+
+        Args:
+            limit: the page size (1 or more).
+            after: the ``next`` cursor of the previous page; ``None`` for the first page.
+            max_bytes: stop the page early, with a ``next`` cursor, once its sessions take
+                this many bytes as JSON; a page always holds at least one session. ``None``:
+                no bound but ``limit``.
+        """
+        return self.sessions.page(limit, after, max_bytes)
+
+    def iter_all(self) -> Iterator[SessionRecord]:
+        """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
+        return self.sessions.iter_all()
+
+    def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
+        """Move a session, files and all, to ``.trash/``; audited. :meth:`restore` undoes it."""
+        self.root.ensure_held()
+        entry = self.sessions.move_to_trash(session_id, reason)
+        self.trash.audit_move(
+            "trash-session", session_id, trash=entry.name, reason=reason, title=entry.title
+        )
+        return entry
+
+    def purge(self) -> list[TrashEntry]:
+        """Move every session to ``.trash/`` (``app data purge``); one audit line."""
+        self.root.ensure_held()
+        entries = []
+        for session_id in self.sessions.ids():
+            with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile
+                entries.append(self.sessions.move_to_trash(session_id, "purge"))
+        self.root.audit(
+            "purge", self.sessions_dir, count=len(entries), sessions=[e.session_id for e in entries]
+        )
+        return entries
+
+    # -- files --------------------------------------------------------------------------
+
+    def list_files(self, session_id: str) -> list[FileEntry]:
+        """The files of a session: ``name``, ``size``, ``sha256``, ``uploaded_at``."""
+        return self.sessions.get(session_id)["files"]
+
+    def file_path(self, session_id: str, name: str) -> tuple[Path, FileEntry]:
+        """Where a session's file's bytes are, and its entry (for tests and tools)."""
+        return self.files.path(session_id, name)
+
+    def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]:
+        """Open a session's file for sending, with its entry; the caller closes the file."""
+        return self.files.open(session_id, name)
+
+    def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload:
+        """Start streaming a file into a session (``replace``: an existing one goes to the trash).
+
+        Everything that can be refused before the first byte is checked here: the lock, the
+        id, the name, that the session exists, and (unless ``replace``) that the name is free.
+        """
+        return self.files.begin_upload(session_id, name, replace=replace)
+
+    def put_file(
+        self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
+    ) -> FileEntry:
+        """Store a whole file at once (bytes, or an iterable of chunks)."""
+        with self.begin_upload(session_id, name, replace=replace) as upload:
+            for chunk in [data] if isinstance(data, bytes) else data:
+                upload.write(chunk)
+            return upload.commit()
+
+    def delete_file(self, session_id: str, name: str) -> TrashEntry:
+        """Move one file of a session to ``.trash/``; audited."""
+        return self.files.delete(session_id, name)
+
+    # -- trash --------------------------------------------------------------------------
+
+    def list_trash(self) -> list[TrashEntry]:
+        """Every entry of ``.trash/``, oldest first (one with a broken manifest by its name)."""
+        return self.trash.entries()
+
+    def empty_trash(
+        self, older_than: timedelta | None = None, *, via: str = "command"
+    ) -> list[TrashEntry]:
+        """Remove trash entries for good: the only operation that deletes bytes; audited.
+
+        Args:
+            older_than: only entries deleted longer ago than this; ``None`` for all.
+            via: how it was asked for (``"command"``, ``"http"``), for the audit line.
+        """
+        return self.trash.empty(older_than, via=via)
+
+    def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord:
+        """Bring back the most recently deleted session (or one of its files); audited.
+
+        A file goes back into its session, which must be there (restore the session first).
+        Restoring over a session or file that exists again is refused.
+        """
+        self.root.ensure_held()
+        check_session_id(session_id)
+        name = None if file is None else check_file_name(file)
+        entry = self.trash.latest(session_id, name)
+        if entry is None:
+            raise NotInTrashError(session_id, name)
+        if name is None:
+            session = self.sessions.restore(entry)
+            self.root.audit("restore-session", session_id, trash=entry.name)
+        else:
+            session = self.files.restore(entry, name)
+            self.root.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
+        return session
+
+    # -- consistency --------------------------------------------------------------------
+
+    def check(self, *, repair: bool = False, thorough: bool = True) -> CheckReport:
+        """Find (and with ``repair``, reconcile) what an interrupted write left behind.
+
+        Every write has one commit point, so a crash leaves at most: a file in ``.tmp/``; a
+        ``sessions/.new-*`` directory; a trash entry that is empty, holds only its manifest,
+        still waits for the blob it names, or has no audit line; a blob no record names.
+        Repairing never deletes acknowledged bytes: a blob without a record goes to the
+        trash, a half trash entry whose bytes are still in the session is removed (the
+        session was never changed), one whose switch happened is finished. Each repair is
+        reported in one ``check-repair`` audit line, and a trash entry that lacked its audit
+        line gets the line it should have had.
+
+        Read-only (``repair=False``) it changes nothing and takes no lock; next to a live
+        server it describes one moment, and a write in flight can look like a leftover.
+
+        Args:
+            repair: fix what can be fixed; the root must be held by this process.
+            thorough: read every file record. ``False`` (a server's start-up) reads only the
+                sessions whose number of records and blobs differ, which is where every
+                crash of a write leaves its trace; a record whose bytes were lost to damage
+                from outside the app, next to bytes without a record, then goes unseen.
+        """
+        from app.check import Checker
+
+        if repair:
+            self.root.ensure_held()
+        checker = Checker(self, repair, thorough)
+        try:
+            checker.run()
+        finally:
+            if repair:
+                self.root.store_state.records.clear()  # repairs change records behind it
+        if repair and checker.findings:
+            self.root.audit(
+                "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
+            )
+        return CheckReport(checker.findings, repair)

@@ -1,0 +1,172 @@
+"""The trash of a data root: entries made before anything moves in, listed, emptied.
+
+Deleting a session, deleting a file and replacing a file each move the old data into a new
+entry of ``.trash/`` whose manifest (``trash.json``) was written first; only
+:meth:`Trash.empty` removes bytes. Putting an entry back into a session is the session's
+business (:meth:`app.store.Store.restore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from app.dataroot import fsync_dir
+from app.storage import FileEntry, TrashEntry
+from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from app.dataroot import DataRoot
+
+__all__ = ["TRASH_NAME_RE", "Trash"]
+
+_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
+TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
+"""An entry's name: when it was made, the session, and for a file a random suffix."""
+
+log = logging.getLogger("app.store")
+
+
+class Trash:
+    """The entries of ``<root>/.trash/``."""
+
+    def __init__(self, root: DataRoot) -> None:
+        self.root = root
+        self.path = root.trash_dir
+
+    def new_entry(
+        self,
+        session_id: str,
+        kind: Literal["session", "file"],
+        file: str | None,
+        reason: str,
+        *,
+        title: str | None = None,
+        previous: FileEntry | None = None,
+        blob: str | None = None,
+    ) -> TrashEntry:
+        """Make an empty entry with its manifest, durably, for data about to move in."""
+        moment = datetime.now(UTC)
+        # File names can be 255 bytes on their own, so a file entry is named by a random
+        # suffix; the file keeps its name inside the entry, and trash.json says what it was.
+        suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
+        name = f"{moment.strftime(_TIME_FORMAT)}-{session_id}{suffix}"
+        path = self.path / name
+        manifest: TrashManifest = {
+            "kind": kind,
+            "session_id": session_id,
+            "file": file,
+            "deleted_at": moment.isoformat(timespec="microseconds"),
+            "reason": reason,
+            "title": title,
+            "entry": previous,
+        }
+        if blob is not None:
+            manifest["blob"] = blob
+        path.mkdir(mode=0o700)
+        try:
+            self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+            fsync_dir(self.path)
+        except BaseException:
+            # A full disk must not leave an empty entry behind.
+            with contextlib.suppress(OSError):
+                (path / TRASH_MANIFEST).unlink(missing_ok=True)
+                path.rmdir()
+            raise
+        return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
+
+    def audit_move(self, operation: str, target: str, **details: Any) -> None:
+        """Audit a move into the trash that is made: a failure to write the line is logged."""
+        # The change is made and must be acknowledged as made; a missing line is found and
+        # written by `check` (a trash entry without its audit line).
+        try:
+            self.root.audit(operation, target, **details)
+        except OSError as error:
+            log.warning("could not write the audit line of %s %s (%s)", operation, target, error)
+
+    def latest(self, session_id: str, file: str | None) -> TrashEntry | None:
+        """The most recent entry that still holds the session (or its ``file``)."""
+        for entry in reversed(self.entries()):
+            if entry.session_id != session_id:
+                continue
+            if file is None:
+                if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
+                    return entry
+            elif entry.kind == "file" and entry.file == file and (entry.path / file).is_file():
+                return entry
+        return None
+
+    def remove_empty(self, entry: TrashEntry) -> None:
+        """Remove an entry that holds only its manifest (a change that did not happen)."""
+        with contextlib.suppress(FileNotFoundError):
+            (entry.path / TRASH_MANIFEST).unlink()
+        with contextlib.suppress(OSError):
+            entry.path.rmdir()  # anything else in it: it stays
+        fsync_dir(self.path)
+
+    def entries(self) -> list[TrashEntry]:
+        """Every entry, oldest first; one without a readable manifest, by what its name says."""
+        try:
+            with os.scandir(self.path) as entries:
+                names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+        return [entry for name in names if (entry := self.read_entry(name)) is not None]
+
+    def read_entry(self, name: str) -> TrashEntry | None:
+        """The entry called ``name``, or ``None`` if that is not an entry's name."""
+        found = TRASH_NAME_RE.fullmatch(name)
+        if found is None:
+            return None
+        path = self.path / name
+        try:
+            manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+        except (OSError, ValueError):
+            manifest = {}
+        return TrashEntry(
+            name=name,
+            path=path,
+            kind="file" if found.group(3) else "session",
+            session_id=found.group(2),
+            file=manifest.get("file"),
+            deleted_at=datetime.strptime(found.group(1), _TIME_FORMAT).replace(tzinfo=UTC),
+            reason=manifest.get("reason", "unknown"),
+            title=manifest.get("title"),
+        )
+
+    def read_manifest(self, entry: TrashEntry) -> TrashManifest:
+        manifest: TrashManifest = json.loads((entry.path / TRASH_MANIFEST).read_bytes())
+        return manifest
+
+    def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
+        """Remove entries for good (all, or those deleted longer ago than ``older_than``)."""
+        self.root.ensure_held()
+        cutoff = None if older_than is None else datetime.now(UTC) - older_than
+        removed = []
+        for entry in self.entries():
+            if cutoff is not None and entry.deleted_at > cutoff:
+                continue
+            if entry.path.parent != self.path or entry.path.is_symlink():
+                continue  # never follow anything out of the trash
+            shutil.rmtree(entry.path)
+            removed.append(entry)
+        if removed:
+            fsync_dir(self.path)
+        self.root.audit(
+            "empty-trash",
+            self.path,
+            count=len(removed),
+            entries=[e.name for e in removed],
+            older_than=None if older_than is None else older_than.total_seconds(),
+            via=via,
+        )
+        return removed

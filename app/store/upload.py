@@ -1,0 +1,122 @@
+"""An upload: a file streamed into ``.tmp/``, hashed on the way, visible only on commit."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Self
+
+from app.errors import UploadTooLargeError
+
+if TYPE_CHECKING:
+    from app.storage import FileEntry
+    from app.store.files import Files
+
+__all__ = ["Upload"]
+
+
+class Upload:
+    """A file being streamed into a session; create it with :meth:`Store.begin_upload`.
+
+    The bytes go to a new temporary file in ``.tmp/`` as they arrive, are hashed on the
+    way, and appear under their name only on :meth:`commit`. Used as a context manager, an
+    upload not committed by the end of the block is aborted.
+
+    Examples:
+        >>> with store.begin_upload(session_id, "notes.txt") as upload:
+        ...     for chunk in chunks:
+        ...         upload.write(chunk)
+        ...     entry = upload.commit()
+    """
+
+    def __init__(self, files: Files, session_id: str, name: str, *, replace: bool) -> None:
+        self.files = files
+        self.session_id = session_id
+        self.name = name
+        self.replace = replace
+        self.limit = files.max_upload_bytes
+        self.received = 0
+        self.replaced = False
+        """Whether the commit replaced an existing file (its old bytes went to the trash)."""
+        self._hash = hashlib.sha256()
+        self._file: IO[bytes] | None
+        self._file, self.temp_path = files.root.new_temp_file()
+        self._done = False
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append ``chunk``; over ``max_upload_bytes``, abort and raise UploadTooLargeError."""
+        if self._file is None:
+            msg = f"upload of {self.name!r} is already finished"
+            raise RuntimeError(msg)
+        self.received += len(chunk)
+        if self.received > self.limit:
+            received = self.received
+            self.abort()
+            raise UploadTooLargeError(self.limit, received)
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Append every chunk in order (one call for a batch; see :meth:`write`)."""
+        for chunk in chunks:
+            self.write(chunk)
+
+    def commit(self) -> FileEntry:
+        """Make the file durable and switch it into the session; returns its entry.
+
+        On any refusal (the session was deleted meanwhile, the name was taken and
+        ``replace`` was not asked for) the upload is aborted.
+        """
+        if self._file is None:
+            msg = f"upload of {self.name!r} is already finished"
+            raise RuntimeError(msg)
+        try:
+            # Flushed, not closed: the open file's flock marks it in flight until the
+            # rename (another writer's clean-up of .tmp/ skips it); commit_temp_file fsyncs.
+            self._file.flush()
+            entry: FileEntry = {
+                "name": self.name,
+                "size": self.received,
+                "sha256": self._hash.hexdigest(),
+                "uploaded_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+            }
+            self.files.commit_upload(self, entry)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
+        return entry
+
+    def abort(self) -> None:
+        """Forget the upload and remove its temporary file. Idempotent."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(FileNotFoundError):
+                self.temp_path.unlink()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the upload was committed or aborted."""
+        return self._done
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._done:
+            self.abort()

@@ -1,0 +1,358 @@
+"""What the plugin decides before any conftest imports the app: the sandbox, what it
+neutralises, and which runs it refuses. The hooks in `app.testing.plugin` call these in order.
+
+Nothing here imports dynaconf when the settings files use plain values: the plugin runs on
+every pytest start, and the first test that calls `app.config.load` pays for dynaconf instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pytest
+
+from app import config as appconfig
+from app import sandbox as sandboxing
+from app.errors import AppError, SettingsNotFoundError, UnknownProfileError
+from app.lock import describe_holder
+
+if TYPE_CHECKING:
+    from app.lock import RootLock
+
+#: The app's own overrides (``APP_<KEY>``), dynaconf's names for the same keys
+#: (``DYNACONF_<KEY>``, which the app refuses), and a shell's opt-in. Other ``APP_*`` and
+#: ``DYNACONF_*`` names belong to other software and are left alone.
+NEUTRALISED = frozenset(
+    {key.env for key in appconfig.KEYS.values()}
+    | {f"DYNACONF_{name.upper()}" for name in appconfig.KEYS}
+    | {appconfig.ALLOW_PROFILES_ENV}
+)
+#: Written into every sandbox, so that a --basetemp reused from an earlier run is recognised.
+SANDBOX_MARK = ".app-sandbox"
+#: The pid of the run that created the sandbox, so that its xdist workers recognise it.
+OWNER_ENV = "PYTEST_APP_SANDBOX_OWNER"
+
+
+class LiveHolder(NamedTuple):
+    """A live process seen holding a data root when the run started."""
+
+    profile: str
+    root: Path
+    holder: dict[str, Any] | None
+
+
+@dataclass
+class GuardState:
+    """What the plugin decided, kept in ``config.stash``."""
+
+    sandbox: Path
+    data_root: Path
+    data_root_source: str
+    shell_profile: str | None
+    neutralised: list[str] = field(default_factory=list)
+    live: list[LiveHolder] = field(default_factory=list)
+    settings_note: str = ""
+    session_lock: RootLock | None = None
+    factory: pytest.TempPathFactory | None = None
+    roots: dict[str, Path] = field(default_factory=dict)
+    run: sandboxing.Run | None = None
+    #: The variables the plugin changed, with their values before (None: unset), put back
+    #: when the run ends (a run inside a test, with pytester.runpytest, must leave no trace).
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+
+
+STATE = pytest.StashKey[GuardState]()
+#: Why the plugin does nothing in this run (the settings found are not this run's).
+INACTIVE = pytest.StashKey[str]()
+
+
+def applies(config: pytest.Config) -> str | None:
+    """None if the plugin acts in this run, else why it does not.
+
+    Like pytest-django, which does nothing until Django is configured, the plugin acts only
+    where this app's settings are the run's: ``APP_SETTINGS_DIR`` names them, or the run's
+    rootdir and the settings directory are one project. In a virtual environment shared
+    with another project, that project's runs keep their environment untouched.
+    """
+    try:
+        directory = appconfig.settings_dir()
+    except SettingsNotFoundError as error:
+        return f"{error}"
+    except AppError:
+        return None  # settings that are this app's but broken: acting reports it
+    if os.environ.get(appconfig.SETTINGS_DIR_ENV):
+        return None
+    rootdir = config.rootpath.resolve()
+    if rootdir.is_relative_to(directory) or directory.is_relative_to(rootdir):
+        return None
+    return (
+        f"the settings in {directory} belong to another project than this run's rootdir "
+        f"({rootdir}); set {appconfig.SETTINGS_DIR_ENV} to use them"
+    )
+
+
+def refuse_early_loads() -> None:
+    __tracebackhide__ = True
+    early = appconfig.loaded()
+    if early:
+        first = early[0]
+        raise pytest.UsageError(
+            f"app: the configuration was loaded (profile {first.profile!r}, data root "
+            f"{first.data_root}) at {first.caller} before the app pytest plugin could confine "
+            "it to the test sandbox. Call app.config.load() inside a fixture or function, "
+            "never at import time of a plugin or conftest"
+        )
+
+
+# --- what the user's shell points at ------------------------------------------------------
+
+
+def shell_roots() -> tuple[str | None, dict[str, Path], Path | None]:
+    """Every profile's root as the shell would resolve it, before anything is neutralised."""
+    shell_profile = os.environ.get(appconfig.PROFILE_ENV)
+    try:
+        roots = appconfig.configured_roots(shell_profile or appconfig.DEFAULT_PROFILE)
+    except UnknownProfileError:
+        # The shell's profile name is a typo: its overrides apply to no profile, so the files
+        # alone say where the roots are.
+        roots = appconfig.configured_roots(None)
+    except SettingsNotFoundError:
+        # The package is installed where it has no settings (a dependency of another
+        # project): nothing to probe, but the sandbox and the forcing still apply.
+        return shell_profile, {}, None
+    return (
+        shell_profile,
+        {name: root for name, (root, _) in roots.items()},
+        appconfig.settings_dir(),
+    )
+
+
+def probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
+    from app.lock import probe
+
+    live = []
+    for name, root in roots.items():
+        seen = probe(root)
+        # Another test run's session root (seen from a nested run) is not a live server.
+        if seen.held and (seen.holder or {}).get("kind") != "tests":
+            live.append(LiveHolder(name, root, seen.holder))
+    return live
+
+
+# --- neutralising -------------------------------------------------------------------------
+
+
+def remove_switches() -> list[str]:
+    # First: with any of dynaconf's switches set the app refuses to load, so no live server
+    # can be using them, and the shell's roots are then resolved without them.
+    switches = appconfig.dynaconf_switches()
+    for name in switches:
+        del os.environ[name]
+    return switches
+
+
+def neutralise(settings_dir: Path | None, switches: list[str]) -> list[str]:
+    """Remove every variable that could redirect the testing profile; return what to report."""
+    removed = set(switches)
+    for name in list(os.environ):
+        if name in NEUTRALISED:
+            del os.environ[name]
+            removed.add(name)
+    report = sorted(removed)
+    previous = os.environ.get(appconfig.PROFILE_ENV)
+    if previous is not None and previous.strip().lower() != "testing":
+        report.append(f"{appconfig.PROFILE_ENV}={previous}")
+    os.environ[appconfig.PROFILE_ENV] = "testing"
+    if settings_dir is None:
+        return report
+    for local in appconfig.LOCAL_FILES:
+        if (settings_dir / local).is_file():
+            report.append(f"{local} (not read under the sandbox)")
+    if (settings_dir / ".env").is_file():
+        report.append(".env (never read by the app)")
+    return report
+
+
+# --- the sandbox --------------------------------------------------------------------------
+
+
+def _overlapping(paths: list[Path], roots: dict[str, Path]) -> tuple[str, Path] | None:
+    for path in paths:
+        for name, root in roots.items():
+            if root.is_relative_to(path) or path.is_relative_to(root):
+                return name, root
+    return None
+
+
+def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
+    """pytest empties a given --basetemp before use: never let that be a data root."""
+    __tracebackhide__ = True
+    # pytest empties os.path.abspath(given), which reads `link/..` lexically, while resolve()
+    # follows the link first: check both spellings.
+    lexical = Path(os.path.abspath(given.expanduser()))  # noqa: PTH100 - what pytest uses
+    target = given.expanduser().resolve()
+    found = _overlapping([lexical, lexical.resolve(), target], roots)
+    if found is not None:
+        name, root = found
+        spelled = f" (as {lexical})" if str(lexical) != str(given) else ""
+        raise pytest.UsageError(
+            f"app: refusing --basetemp {given}: pytest empties it{spelled} before the run, "
+            f"and it overlaps the data root of profile {name!r} ({root}). Choose a --basetemp "
+            "outside every data root, or omit it"
+        )
+    from app.lock import probe
+
+    seen = probe(appconfig.sandbox_root(lexical, "testing"))
+    if seen.held:
+        raise pytest.UsageError(
+            f"app: refusing --basetemp {given}: another run uses it; its testing data root is "
+            f"held by {describe_holder(seen.holder)}. pytest would empty it under that run. "
+            "Give each concurrent run its own --basetemp"
+        )
+    if lexical.is_dir():
+        _refuse_data_roots_inside(given, lexical)
+
+
+def _refuse_data_roots_inside(given: Path, target: Path) -> None:
+    """Look through an existing --basetemp before pytest deletes all of it.
+
+    The roots the settings name are not the only ones: a service may get its data root from
+    its own environment, which this shell never saw. Any data root held by a live process is
+    refused, and so is any stamped data root unless the directory is a sandbox this plugin
+    made before (those hold the earlier run's stamped roots). Walking costs what pytest's
+    deletion of the same tree is about to cost anyway.
+    """
+    __tracebackhide__ = True
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE, probe
+
+    earlier_sandbox = (target / SANDBOX_MARK).is_file()
+    for directory, _dirs, files in os.walk(target):
+        here = Path(directory)
+        what = "it is" if here == target else "it holds"
+        if LOCK_FILE in files and (seen := probe(here)).held:
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: {what} the data root {here}, held by "
+                f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
+                "run. Choose a --basetemp outside every data root"
+            )
+        if STAMP_FILE in files and not earlier_sandbox:
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: {what} the data root {here} (it has a "
+                f"profile stamp, {STAMP_FILE}), and pytest empties the --basetemp before the "
+                "run. Choose a --basetemp outside every data root, or a new directory"
+            )
+
+
+def _check_default_basetemp(roots: dict[str, Path]) -> None:
+    """pytest keeps its temporary directories in ``<TMPDIR>/pytest-of-<user>``, creating them
+    and deleting old ones there: a TMPDIR inside a data root would reach into it."""
+    __tracebackhide__ = True
+    import tempfile
+
+    from _pytest.tmpdir import get_user  # private: see the pytest bound in pyproject.toml
+
+    temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()).resolve()
+    rootdir = temproot / f"pytest-of-{get_user() or 'unknown'}"
+    found = _overlapping([rootdir], roots)
+    if found is not None:
+        name, root = found
+        raise pytest.UsageError(
+            f"app: refusing to run: pytest would create (and clean up) its temporary "
+            f"directories in {rootdir}, which overlaps the data root of profile {name!r} "
+            f"({root}), because TMPDIR is {temproot}. Point TMPDIR outside every data root, "
+            "or pass --basetemp"
+        )
+
+
+def make_sandbox(
+    config: pytest.Config, given: str | None, roots: dict[str, Path]
+) -> tuple[pytest.TempPathFactory, Path]:
+    """pytest's own base temporary directory, created now, and the factory tmp_path must use.
+
+    The sandbox has to exist before any conftest imports the app, while pytest makes its
+    factory only in its own pytest_configure, too late: so the plugin builds it (pytest offers
+    no public constructor; see the pytest bound in pyproject.toml).
+    """
+    if given:
+        _check_basetemp(Path(given), roots)
+    else:
+        _check_default_basetemp(roots)
+    factory = pytest.TempPathFactory(
+        given_basetemp=Path(given) if given else None,
+        retention_count=int(config.getini("tmp_path_retention_count")),
+        retention_policy=config.getini("tmp_path_retention_policy"),
+        trace=config.trace.get("tmpdir"),
+        _ispytest=True,
+    )
+    sandbox = factory.getbasetemp().resolve()
+    (sandbox / SANDBOX_MARK).write_text(
+        "A pytest sandbox of the app's plugin: pytest empties it when it is reused.\n"
+    )
+    return factory, sandbox
+
+
+def testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
+    """The session's testing data root, as `load("testing")` will place it, its source, and
+    every profile's root as the files alone configure them.
+
+    A testing root that overlaps another profile's is refused: `load` would refuse it in every
+    test, and a root nested in production's is the incident's shape.
+    """
+    __tracebackhide__ = True
+    try:
+        roots = appconfig.configured_roots(None)  # after neutralising: the files alone
+    except SettingsNotFoundError as error:
+        return appconfig.sandbox_root(sandbox, "testing"), f"pytest sandbox ({error})", {}
+    except AppError as error:
+        raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
+    for overlap in appconfig.overlaps(roots):
+        raise pytest.UsageError(
+            f"app: the testing profile cannot be used: {overlap}. Fix settings.toml "
+            "(see `app doctor`)"
+        )
+    if "testing" not in roots:
+        raise pytest.UsageError(
+            f"app: settings.toml in {appconfig.settings_dir()} has no [testing] profile with a "
+            "data_root; the tests run on it. Add one (see `app doctor`)"
+        )
+    configured, source = roots["testing"]
+    files = {name: root for name, (root, _) in roots.items()}
+    if configured.is_relative_to(sandbox):
+        return configured, source, files
+    return (
+        appconfig.sandbox_root(sandbox, "testing"),
+        f"pytest sandbox (configured: {configured}, {source})",
+        files,
+    )
+
+
+def protected(
+    shell: dict[str, Path], files: dict[str, Path], live: list[LiveHolder], sandbox: Path
+) -> list[sandboxing.Protected]:
+    """Every root the run must never open, by path and identity: the shell's view, the
+    files', and the live holders'. A root inside the sandbox is the run's own."""
+    found: dict[tuple[str, Path], sandboxing.Protected] = {}
+    pairs = [*shell.items(), *files.items(), *((h.profile, h.root) for h in live)]
+    for name, root in pairs:
+        if not root.is_relative_to(sandbox) and (name, root) not in found:
+            found[name, root] = sandboxing.Protected.of(name, root)
+    return list(found.values())
+
+
+def hold_session_root(root: Path) -> RootLock:
+    """Hold the session's testing root for the whole run, as a server holds its own."""
+    __tracebackhide__ = True
+    from app.errors import DataRootInUseError
+    from app.lock import RootLock
+
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        return RootLock(root, kind="tests", profile="testing").acquire("run the tests on it")
+    except DataRootInUseError as error:
+        raise pytest.UsageError(
+            f"app: the testing data root is held by a live process: {error}"
+        ) from None

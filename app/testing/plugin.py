@@ -1,0 +1,228 @@
+"""The pytest plugin's hooks (``pytest11`` entry point ``app``; disable with ``-p no:app``).
+
+Its first hook acts before any conftest or test module can import the app, since the
+incident this guards against was a settings object built at import time: it looks at the
+shell's roots, creates the sandbox, neutralises the environment and holds the testing root,
+in the order and with the refusals the pytest plugin reference page gives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app import config as appconfig
+from app import sandbox as sandboxing
+from app.errors import AppError
+from app.lock import describe_holder
+from app.testing import guard
+from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
+    app_client,
+    app_config,
+    app_live_server,
+    app_store,
+)
+from app.testing.guard import INACTIVE, STATE, GuardState
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("app", "app: keep tests away from live data")
+    group.addoption(
+        "--app-strict",
+        action="store_true",
+        default=None,
+        help="refuse to run while a live server holds any profile's data root (ini: app_strict)",
+    )
+    parser.addini(
+        "app_strict",
+        type="bool",
+        default=False,
+        help="refuse to run while a live server holds any profile's data root",
+    )
+
+
+def _save_env(saved: dict[str, str | None], names: Iterable[str]) -> None:
+    for name in names:
+        saved.setdefault(name, os.environ.get(name))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    __tracebackhide__ = True
+    known = early_config.known_args_namespace
+    if getattr(known, "help", False) or getattr(known, "version", False):
+        return  # pytest --help / --version: read, create and lock nothing (pytest-django #235)
+    inactive = guard.applies(early_config)
+    if inactive is not None:
+        early_config.stash[INACTIVE] = inactive
+        return
+    guard.refuse_early_loads()
+    saved: dict[str, str | None] = {}
+    _save_env(saved, [*guard.NEUTRALISED, *appconfig.dynaconf_switches(), appconfig.PROFILE_ENV])
+    _save_env(saved, [appconfig.SANDBOX_ENV, guard.OWNER_ENV])
+    try:
+        switches = guard.remove_switches()
+        shell_profile, roots, settings_dir = guard.shell_roots()
+    except AppError as error:
+        raise pytest.UsageError(f"app: cannot read the settings before the run: {error}") from None
+    live = guard.probe_live(roots)
+    inherited = os.environ.get(appconfig.SANDBOX_ENV)
+    # An xdist worker learns its --basetemp only after this hook (xdist sets it once the
+    # config is parsed); until then it stays inside the controller's sandbox, which it
+    # inherited, and narrows to its own in pytest_configure.
+    # A worker's parent is the run that published the sandbox. A test that runs pytest from
+    # inside a worker inherits PYTEST_XDIST_WORKER too, but its parent is that worker.
+    # The variables alone can be forged by a test that starts pytest: a worker's sandbox
+    # must also lie in the run its parent registered (the controller's).
+    enclosing = sandboxing.current_run()
+    worker = (
+        bool(os.environ.get("PYTEST_XDIST_WORKER"))
+        and inherited is not None
+        and os.environ.get(guard.OWNER_ENV) == str(os.getppid())
+        and enclosing is not None
+        and enclosing.pid == os.getppid()
+        and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
+    )
+    # A run started inside another (a test that runs pytest) keeps that run's protected roots.
+    inherited_protected = enclosing.protected if enclosing is not None else ()
+    guarded = {**{f"{p.profile} (enclosing run)": p.path for p in inherited_protected}, **roots}
+    factory = None
+    if worker:
+        assert inherited is not None
+        sandbox = Path(inherited)
+    else:
+        factory, sandbox = guard.make_sandbox(early_config, known.basetemp, guarded)
+        os.environ[guard.OWNER_ENV] = str(os.getpid())
+    neutralised = guard.neutralise(settings_dir, switches)
+    os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
+    data_root, source, files = guard.testing_root(sandbox)
+    note = str(settings_dir) if settings_dir else "none found"
+    state = GuardState(sandbox, data_root, source, shell_profile, neutralised, live, note)
+    state.factory = factory
+    state.roots = roots
+    state.saved_env = saved
+    protected = [*guard.protected(roots, files, live, sandbox), *inherited_protected]
+    try:
+        state.run = sandboxing.register(sandbox, protected)
+    except OSError as error:
+        raise pytest.UsageError(
+            f"app: cannot register the test run, so its subprocesses could not be told apart "
+            f"from a production shell: {error}"
+        ) from None
+    early_config.stash[STATE] = state
+    strict = known.app_strict or early_config.getini("app_strict")
+    if strict and live and not worker:
+        seen = "; ".join(
+            f"profile {h.profile!r} at {h.root} held by {describe_holder(h.holder)}" for h in live
+        )
+        raise pytest.UsageError(
+            f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
+            "Stop it, or run without --app-strict (the tests would not touch it anyway)"
+        )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    __tracebackhide__ = True
+    config.addinivalue_line(
+        "markers",
+        "app_profile(*names): allow this test to load those profiles; their data roots are "
+        "mapped into the test sandbox",
+    )
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    if state.factory is None:  # an xdist worker: its --basetemp is known now
+        state.factory, state.sandbox = guard.make_sandbox(
+            config, config.option.basetemp, state.roots
+        )
+        os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
+        state.data_root, state.data_root_source, _ = guard.testing_root(state.sandbox)
+        assert state.run is not None
+        state.run = sandboxing.register(state.sandbox, state.run.protected, replacing=state.run)
+    # tmpdir's own pytest_configure made a second factory (a second numbered directory);
+    # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox. Private:
+    # see the pytest bound in pyproject.toml.
+    config._tmp_path_factory = state.factory  # type: ignore[attr-defined]
+    state.session_lock = guard.hold_session_root(state.data_root)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    if state.session_lock is not None:
+        state.session_lock.release()
+        state.session_lock = None
+    if state.run is not None:
+        sandboxing.unregister(state.run)
+    for name, value in state.saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        inactive = config.stash.get(INACTIVE, None)
+        return [f"app: inactive, nothing neutralised or forced: {inactive}"] if inactive else []
+    forced = "forced"
+    if state.shell_profile is not None and state.shell_profile.strip().lower() != "testing":
+        forced += f"; the shell asked for {state.shell_profile!r}"
+    lines = [
+        (
+            f"app: profile=testing ({forced}), data_root={state.data_root} "
+            f"(from {state.data_root_source})"
+        ),
+        (
+            f"app: sandbox={state.sandbox}, settings={state.settings_note}, "
+            f"neutralised: {', '.join(state.neutralised) or 'nothing'}"
+        ),
+    ]
+    for live in state.live:
+        lines.append(
+            f"app: live server on profile {live.profile!r} ({describe_holder(live.holder)}) "
+            f"at {live.root}: tests will not touch it"
+        )
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Apply ``app_profile`` marks and make sure no test removes the sandbox marker."""
+    state = request.config.stash.get(STATE, None)
+    if state is None:
+        yield
+        return
+    names = [name for mark in request.node.iter_markers("app_profile") for name in mark.args]
+    previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
+    marked = state.run
+    if names and state.run is not None:
+        # In this process, and for the children the test starts; either only maps those
+        # profiles' roots into the sandbox.
+        os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
+        marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
+        sandboxing.swap(state.run, marked)
+    try:
+        yield
+    finally:
+        if state.run is not None and marked is not None:
+            sandboxing.swap(marked, state.run)
+        if previous is None:
+            os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
+        else:
+            os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
+        if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
+            os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
+            pytest.fail(
+                f"app: {request.node.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
+                "Tests must not leave the sandbox",
+                pytrace=False,
+            )
