@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -45,6 +45,7 @@ from app.remote.objects import BLOBS, ObjectStore
 from app.remote.store import RemoteStore
 from app.server import create_app
 from app.server.downloads import OpenFileResponse
+from app.storage import Storage
 
 PROFILE = "production"
 
@@ -108,6 +109,12 @@ def _blobs(store: RemoteStore) -> set[str]:
 
 
 # --- sessions ----------------------------------------------------------------------------
+
+
+def test_it_implements_the_storage_seam(store: RemoteStore) -> None:
+    storage: Storage = store  # checked by mypy: the protocol the server and the CLI use
+    assert storage.location.startswith("database ")
+    assert "empty-trash" in storage.trash_location
 
 
 def test_sessions_have_the_local_backends_shape(store: RemoteStore) -> None:
@@ -617,9 +624,7 @@ def test_downloads_of_objects_honour_ranges(store: RemoteStore) -> None:
 
 
 def test_the_http_routes_over_a_remote_store(store: RemoteStore, app_config: Config) -> None:
-    # The server's routes take the local Store's type until the storage seam lands; the
-    # remote store has the same methods.
-    app = create_app(cast(Any, store), app_config)
+    app = create_app(store, app_config)
     headers = {"Authorization": f"Bearer {app_config.api_token}"}
     with TestClient(app, headers=headers) as client:
         created = client.post("/sessions", json={"title": "t", "metadata": {"b": 1, "a": 2}})
