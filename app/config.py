@@ -583,6 +583,7 @@ def _resolve_profile(
             value = _absolute_root(value, files.directory)
         values[name] = value
     problems.extend(_backend_problems(profile, given, sources))
+    problems.extend(_committed_secrets(profile, values, sources))
     serving: list[ConfigError] = []
     # Resolved here, so that whatever removes data asks `Config.protected` and nothing else;
     # an explicit false only stops serving, and maintenance still needs its confirmation.
@@ -658,6 +659,39 @@ def _backend_problems(
                 f"profile uses because it sets {why}; set it in {where}",
                 "nowhere",
             )
+
+
+def _committed_secrets(
+    profile: str, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> Iterator[ConfigError]:
+    """The remote backend's secrets written into settings.toml, the file that is committed."""
+    for name in REMOTE_KEYS:
+        value = values.get(name)
+        if value is None or not sources[name].startswith(f"{config_files.SETTINGS_FILE} "):
+            continue
+        if name == "database_url":
+            if not _has_password(value):
+                continue
+            what = "has a password"
+        elif KEYS[name].secret:
+            what = "is a secret"
+        else:
+            continue
+        yield InvalidSettingError(
+            profile,
+            name,
+            KEYS[name].show(value),
+            f"{what}, and {config_files.SETTINGS_FILE} is committed with the code; move it "
+            f"to [{profile}] of {config_files.SECRETS_FILE} (not committed) or set "
+            f"{KEYS[name].env} in the environment of the commands that use it",
+            sources[name],
+        )
+
+
+def _has_password(database_url: str) -> bool:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return bool(conninfo_to_dict(database_url).get("password"))
 
 
 def _absolute_root(value: str, directory: Path) -> Path:

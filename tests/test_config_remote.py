@@ -296,3 +296,34 @@ def test_config_repr_never_shows_a_secret(settings) -> None:
     shown = repr(config) + str(config.values()) + config.storage
     for secret in SECRETS:
         assert secret not in shown
+
+
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        ("s3_secret_access_key", f's3_secret_access_key = "{SECRET_KEY}"'),
+        ("s3_access_key_id", f's3_access_key_id = "{ACCESS_KEY}"'),
+        (
+            "database_url",
+            f'database_url = "postgresql://app:{PASSWORD}@db.internal:5432/app_testing"',
+        ),
+    ],
+)
+def test_a_secret_in_the_committed_settings_file_is_refused_without_showing_it(
+    settings, key: str, line: str
+) -> None:
+    text = REMOTE.replace(
+        'database_url = "postgresql://app@db.internal:5432/app_testing"\n', ""
+    ).replace("[testing]\n", f"[testing]\n{line}\n", 1)
+    if key != "database_url":
+        text = text.replace("[testing]\n", '[testing]\ndatabase_url = "postgresql://db/t"\n', 1)
+    settings(text, secrets="")
+    with pytest.raises(ConfigError) as refused:
+        load("testing")
+    found = [p for p in _problems(refused.value) if getattr(p, "key", None) == key]
+    assert found, refused.value
+    assert "settings.toml is committed with the code; move it to [testing] of .secrets.toml" in (
+        found[0].message
+    )
+    for secret in SECRETS:
+        assert secret not in str(refused.value)

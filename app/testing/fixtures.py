@@ -131,9 +131,21 @@ def app_client(app_store: Store, app_config: appconfig.Config) -> Iterator[Any]:
 
 
 @pytest.fixture
-def app_live_server(tmp_path: Path) -> Iterator[LiveServer]:
+def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
     """A real ``app serve`` on 127.0.0.1 and a data root of its own; stopped after the test."""
     from app.testing.live_server import LiveServer, start_server
+
+    state = request.config.stash.get(STATE, None)
+    if state is not None and state.remote is not None:
+        # The server publishes its port in its data root's lock file; a replica on the
+        # remote backend publishes it in the database instead, which this fixture does not
+        # read yet.
+        pytest.fail(
+            "app: the app_live_server fixture needs a testing profile with a data_root; this "
+            "run's testing profile uses PostgreSQL and object storage. Start `app serve` "
+            "yourself with the environment of the app_config fixture",
+            pytrace=False,
+        )
 
     root = tmp_path / "live-data"
     env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}
