@@ -15,7 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
+from engines import PostgresEngine, S3Engine
 
 from app import config as appconfig
 from app import sandbox as sandboxing
@@ -327,3 +329,57 @@ def test_a_secret_in_the_committed_settings_file_is_refused_without_showing_it(
     )
     for secret in SECRETS:
         assert secret not in str(refused.value)
+
+
+def test_two_spellings_of_a_real_database_are_one_database(
+    settings, postgres_engine: PostgresEngine
+) -> None:
+    name = postgres_engine.create_database("spelled")
+    try:
+        url = postgres_engine.url(name)
+        other = f"host=localhost port={postgres_engine.port} dbname={name} user=app"
+        with psycopg.connect(url), psycopg.connect(other):
+            pass  # both reach the server: the same database, however spelled
+        settings(
+            REMOTE.replace("postgresql://app@db.internal:5432/app_testing", url).replace(
+                "postgresql://app@db.internal:5432/app_production", other
+            ),
+            secrets=SECRETS_FILE.split("[production]", maxsplit=1)[0],
+        )
+        overlaps = [
+            p for p in inspect_profiles("development").problems
+            if isinstance(p, ResourceOverlapError)
+        ]  # fmt: skip
+        assert [o.kind for o in overlaps] == ["database"]
+    finally:
+        postgres_engine.drop_database(name)
+
+
+def test_under_pytest_an_allowed_production_profile_reaches_no_real_database(
+    settings, postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    name = postgres_engine.create_database("production")
+    with postgres_engine.connect(name) as conn:
+        conn.execute("CREATE TABLE ledger (n int)")
+        conn.execute("INSERT INTO ledger VALUES (1)")
+    try:
+        settings(
+            REMOTE.replace(
+                "postgresql://app@db.internal:5432/app_production", postgres_engine.url(name)
+            ).replace("http://127.0.0.1:8333", s3_engine.endpoint_url),
+            secrets=SECRETS_FILE.split("[production]", maxsplit=1)[0],
+        )
+        os.environ[appconfig.ALLOW_PROFILES_ENV] = "production"
+        try:
+            config = load("production", serving=False)
+        finally:
+            del os.environ[appconfig.ALLOW_PROFILES_ENV]
+        assert config.database_url is not None
+        # The configured database exists; the one a test gets is the run's scratch name,
+        # which this run never created for production: nothing reaches the real one.
+        with pytest.raises(psycopg.OperationalError, match="does not exist"):
+            psycopg.connect(config.database_url).close()
+        with postgres_engine.connect(name) as conn:
+            assert conn.execute("SELECT n FROM ledger").fetchall() == [(1,)]
+    finally:
+        postgres_engine.drop_database(name)
