@@ -12,9 +12,28 @@ from pathlib import Path
 
 from app import errors
 from app.lock import describe_holder
+from app.remote import errors as remote
 from app.store import check_file_name
 
 ROOT = Path("/srv/app/data")
+DATABASE = "postgresql://app@db.internal:5432/app_production"
+OBJECTS = "s3://app-data/production at https://s3.example.com:443"
+REPLICAS = [
+    {
+        "host": "review-1",
+        "pid": 4242,
+        "profile": "production",
+        "since": "2025-12-04T09:12:03.512113+00:00",
+        "url": "http://review-1:8080",
+    },
+    {
+        "host": "review-2",
+        "pid": 5151,
+        "profile": "production",
+        "since": "2025-12-04T09:13:40.077215+00:00",
+        "url": "http://review-2:8080",
+    },
+]
 HOLDER = {
     "pid": 4242,
     "kind": "server",
@@ -111,4 +130,29 @@ EXAMPLES: list[errors.AppError] = [
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
+    # The PostgreSQL + object storage backend (app.remote.errors).
+    remote.ResourceOverlapError(
+        "database",
+        "production",
+        DATABASE,
+        "environment APP_DATABASE_URL",
+        "staging",
+        "postgresql://app@127.0.0.1:5432/app_production",
+        ".secrets.toml [staging]",
+    ),
+    remote.RemoteStampMismatchError(
+        f"database {DATABASE}", "its table app_stamp", "staging", "production", protected=True
+    ),
+    remote.UnstampedNotEmptyError(
+        "production", "database_url", f"database {DATABASE}", ["public.orders", "public.users"]
+    ),
+    remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
+    remote.DatabaseUnavailableError(
+        DATABASE, "connection refused: is the server running on that host and port?"
+    ),
+    remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
+    remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
+    remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
+    remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
+    remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
 ]
