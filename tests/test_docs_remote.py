@@ -113,13 +113,13 @@ def test_the_postgresql_how_to_runs_as_written(
     _needs("curl", "apt-get install curl")
     _needs("aws", "pip install awscli")
     settings = _settings_dir(tmp_path / "settings", s3_engine, postgres_engine)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    app = bin_dir / "app"
+    # The directory the page's commands run in stands for the project: `.venv/bin/app` runs
+    # this interpreter's `python -m app`.
+    work = tmp_path / "work"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    app = work / ".venv" / "bin" / "app"
     app.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m app "$@"\n')
     app.chmod(0o755)
-    work = tmp_path / "work"
-    work.mkdir()
 
     env = {
         name: value
@@ -128,7 +128,7 @@ def test_the_postgresql_how_to_runs_as_written(
         and not name.endswith("_FOR_DYNACONF")
     }
     # psql, pg_dump and pg_restore of the cluster's own version come first.
-    env["PATH"] = f"{bin_dir}:{postgres_engine.bindir}:{env['PATH']}"
+    env["PATH"] = f"{postgres_engine.bindir}:{env['PATH']}"
     env["APP_SETTINGS_DIR"] = str(settings)
     env["HOME"] = str(work)  # aws reads ~/.aws; nothing of the user's
     # The commands are part of this test run (their process tree says so): a sandbox narrowed
