@@ -124,7 +124,7 @@ def _database_url(value: Any) -> str | None:
 
     try:
         database_addresses(value)
-    except AppError:
+    except (AppError, ValueError):  # ValueError: a port that is not a number
         # Not psycopg's own words: they may quote the part of the string that holds the
         # password.
         return (
@@ -583,6 +583,7 @@ def _resolve_profile(
             value = _absolute_root(value, files.directory)
         values[name] = value
     problems.extend(_backend_problems(profile, given, sources))
+    problems.extend(_committed_secrets(profile, values, sources))
     serving: list[ConfigError] = []
     # Resolved here, so that whatever removes data asks `Config.protected` and nothing else;
     # an explicit false only stops serving, and maintenance still needs its confirmation.
@@ -658,6 +659,39 @@ def _backend_problems(
                 f"profile uses because it sets {why}; set it in {where}",
                 "nowhere",
             )
+
+
+def _committed_secrets(
+    profile: str, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> Iterator[ConfigError]:
+    """The remote backend's secrets written into settings.toml, the file that is committed."""
+    for name in REMOTE_KEYS:
+        value = values.get(name)
+        if value is None or not sources[name].startswith(f"{config_files.SETTINGS_FILE} "):
+            continue
+        if name == "database_url":
+            if not _has_password(value):
+                continue
+            what = "has a password"
+        elif KEYS[name].secret:
+            what = "is a secret"
+        else:
+            continue
+        yield InvalidSettingError(
+            profile,
+            name,
+            KEYS[name].show(value),
+            f"{what}, and {config_files.SETTINGS_FILE} is committed with the code; move it "
+            f"to [{profile}] of {config_files.SECRETS_FILE} (not committed) or set "
+            f"{KEYS[name].env} in the environment of the commands that use it",
+            sources[name],
+        )
+
+
+def _has_password(database_url: str) -> bool:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return bool(conninfo_to_dict(database_url).get("password"))
 
 
 def _absolute_root(value: str, directory: Path) -> Path:
@@ -854,6 +888,33 @@ def configured_roots(
     return roots
 
 
+def configured_remote(
+    environ: Mapping[str, str] | None = None, *, sandboxed: bool = True
+) -> dict[str, dict[str, tuple[str, str]]]:
+    """Every profile's ``database_url``, ``blob_url`` and ``s3_endpoint_url`` as the files
+    alone configure them, with their sources: no validation, no sandbox mapping, no
+    environment overrides. What the pytest plugin reads, after neutralising, to name the
+    run's scratch database and prefix; profiles that set none are left out.
+
+    Args:
+        sandboxed: leave the local files out, as `load` does under pytest.
+
+    Raises:
+        ConfigError: no settings directory, a file that is not TOML.
+    """
+    env = os.environ if environ is None else environ
+    files = config_files.read_files(env, sandboxed=sandboxed)
+    keys = (*REMOTE_CHOOSERS, "s3_endpoint_url")
+    found = config_files.plain_values(files, keys)
+    if found is None:
+        found = config_files.file_values(files, keys)
+    return {
+        name: {key: (value, source) for key, (value, source) in values.items() if value}
+        for name, values in found.items()
+        if any(values.get(key, (None, ""))[0] for key in REMOTE_CHOOSERS)
+    }
+
+
 class Report(NamedTuple):
     """Everything known about every profile: what `app config --all` and `app doctor` show.
 
@@ -885,16 +946,70 @@ class Report(NamedTuple):
 
 
 def _confined(resolved: Resolved, run: sandboxing.Run) -> Resolved:
+    values, sources = dict(resolved.values), dict(resolved.sources)
     root = resolved.data_root
-    if root is None:
+    if root is not None:
+        values["data_root"], sources["data_root"] = sandboxing.confine(
+            resolved.profile, root, resolved.sources["data_root"], run.sandbox
+        )
+    for key in REMOTE_CHOOSERS:
+        value = values.get(key)
+        if value is not None:
+            values[key], sources[key] = sandboxing.confine_remote(
+                resolved.profile, key, value, sources[key], run, str(KEYS[key].show(value))
+            )
+    if values == resolved.values:
         return resolved
-    root, source = sandboxing.confine(
-        resolved.profile, root, resolved.sources["data_root"], run.sandbox
-    )
-    return resolved._replace(
-        values=MappingProxyType({**resolved.values, "data_root": root}),
-        sources=MappingProxyType({**resolved.sources, "data_root": source}),
-    )
+    return resolved._replace(values=MappingProxyType(values), sources=MappingProxyType(sources))
+
+
+def _scratch_clashes(
+    confined: Mapping[str, Resolved], configured: Mapping[str, Resolved]
+) -> Iterator[ConfigError]:
+    """A scratch database or prefix that is another profile's configured one: only a
+    scratch suffix chosen to hit it could do that, and it would be the incident."""
+    mark = " (under pytest)"
+    databases: dict[str, tuple[str, str]] = {}
+    blobs: dict[str, tuple[str, str | None, str]] = {}
+    for suffix, profiles in (("", configured), (mark, confined)):
+        for name, r in profiles.items():
+            if suffix and r is configured.get(name):
+                continue  # not confined: compared as configured already
+            if r.values.get("database_url") is not None:
+                databases[name + suffix] = (r.values["database_url"], r.sources["database_url"])
+            if r.values.get("blob_url") is not None:
+                endpoint = r.values.get("s3_endpoint_url")
+                blobs[name + suffix] = (r.values["blob_url"], endpoint, r.sources["blob_url"])
+    refused = {
+        frozenset((clash.first, clash.second))
+        for clash in remote_overlaps(
+            {n: v for n, v in databases.items() if not n.endswith(mark)},
+            {n: v for n, v in blobs.items() if not n.endswith(mark)},
+        )
+    }
+    for clash in remote_overlaps(databases, blobs):
+        ours = [n for n in (clash.first, clash.second) if n.endswith(mark)]
+        pair = frozenset(n.removesuffix(mark) for n in (clash.first, clash.second))
+        if len(ours) == 1 and len(pair) == 2 and pair not in refused:
+            yield clash
+
+
+def _pair(problem: ConfigError) -> tuple[Any, ...]:
+    if isinstance(problem, DataRootOverlapError | ResourceOverlapError):
+        return (type(problem), problem.first, problem.second)
+    return (problem.message,)
+
+
+def _storage(resolved: Resolved) -> tuple[str, str]:
+    """Where a profile keeps its data, as messages name it, and where that came from (a
+    value from the environment first: that is what a test run without the plugin refuses)."""
+    if resolved.data_root is not None:
+        return f"data root {resolved.data_root}", resolved.sources["data_root"]
+    present = [key for key in REMOTE_CHOOSERS if resolved.values.get(key) is not None]
+    present.sort(key=lambda key: not resolved.sources[key].startswith("environment"))
+    for key in present:
+        return f"{key} {KEYS[key].show(resolved.values[key])}", resolved.sources[key]
+    return "no storage", "nowhere"
 
 
 def inspect_profiles(
@@ -941,14 +1056,17 @@ def inspect_profiles(
     others = {name: r for name, r in resolved.items() if name != selected}
     serving = tuple(_serving_problems(resolved[selected], others))
     if run is not None:
+        configured = dict(resolved)
         for name, r in resolved.items():
             try:
                 resolved[name] = _confined(r, run)
             except SandboxViolationError as refused:
                 problems.append(refused)
         # A root from APP_DATA_ROOT inside the sandbox may still contain the mapped ones.
-        seen = {problem.message for problem in problems}
-        problems.extend(p for p in _overlaps(resolved) if p.message not in seen)
+        # A pair already refused as configured is not refused again as mapped.
+        seen = {_pair(problem) for problem in problems}
+        problems.extend(p for p in _overlaps(resolved) if _pair(p) not in seen)
+        problems.extend(_scratch_clashes(resolved, configured))
     return Report(
         selected,
         source,
@@ -999,9 +1117,7 @@ def load(
     """
     report = inspect_profiles(profile, environ, profile_source=profile_source)
     selected = report.profiles[report.selected]
-    sandboxing.check_profile(
-        selected.profile, selected.data_root, selected.sources.get("data_root", ""), report.where
-    )
+    sandboxing.check_profile(selected.profile, *_storage(selected), report.where)
     problems = report.problems + (report.serving_problems if serving else ())
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigProblems(problems)

@@ -209,19 +209,35 @@ def plain_roots(files: Files) -> dict[str, tuple[str, str]] | None:
     None when any file writes a ``data_root`` in dynaconf's own syntax or merges with
     ``dynaconf_merge``: then only dynaconf can say what it means (see :func:`file_values`).
     """
+    found = plain_values(files, ("data_root",))
+    if found is None:
+        return None
+    return {profile: values["data_root"] for profile, values in found.items() if values}
+
+
+def plain_values(files: Files, keys: Collection[str]) -> Values | None:
+    """Every profile's configured `keys` straight from the parsed TOML, or None when any
+    file writes one of them in dynaconf's own syntax or merges with ``dynaconf_merge``.
+
+    What the pytest plugin reads before the run, without importing dynaconf.
+    """
     for data in files.data.values():
         for body in (b for b in data.values() if isinstance(b, dict)):
             lowered = {str(key).lower(): value for key, value in body.items()}
-            value = lowered.get("data_root")
-            if "dynaconf_merge" in lowered or not isinstance(value, str | None):
+            if "dynaconf_merge" in lowered:
                 return None
-            if isinstance(value, str) and value.lstrip().startswith("@"):
-                return None
-    found: dict[str, tuple[str, str]] = {}
+            for key in keys:
+                value = lowered.get(key)
+                if not isinstance(value, str | None):
+                    return None
+                if isinstance(value, str) and value.lstrip().startswith("@"):
+                    return None
+    found: Values = {profile: {} for profile in files.profiles}
     for profile in files.profiles:
         for layer in layers(files, profile):
-            if "data_root" in layer.body:
-                found[profile] = (layer.body["data_root"], layer.source)
+            for key in keys:
+                if key in layer.body:
+                    found[profile][key] = (layer.body[key], layer.source)
     return found
 
 

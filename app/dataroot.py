@@ -430,6 +430,12 @@ def tmp_in_flight(tmp_dir: Path) -> tuple[list[str], list[str]]:
     return leftovers, live
 
 
+def _local_root(config: Config, wanted: str) -> Path:
+    # A profile on PostgreSQL and object storage has no data root: refused by name, rather
+    # than failing on None somewhere below.
+    return config.data_root if config.data_root is not None else config.local_root(wanted)
+
+
 def open_root(
     config: Config,
     *,
@@ -455,7 +461,7 @@ def open_root(
     Returns:
         An open :class:`DataRoot`; close it (or use ``with``) to release the lock.
     """
-    root = config.local_root(wanted or f"open a data root as a {kind} process")
+    root = _local_root(config, wanted or f"open a data root as a {kind} process")
     # Before anything touches the filesystem, so that even mkdir never happens outside.
     check_root(root, "open data root")
     if not write:
@@ -496,7 +502,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     Returns:
         The new stamp.
     """
-    root = config.local_root("re-stamp a data root")
+    root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
     from_profile = from_profile.lower()
     if not root.is_dir():
@@ -573,7 +579,7 @@ class DataRoot:
         self, config: Config, *, kind: str, lock: RootLock | None, stamp: dict[str, Any] | None
     ) -> None:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
-        self._path = config.local_root("use a data root")
+        self._path = _local_root(config, "use a data root")
         check_root(self._path, "use data root")
         self.config = config
         self.kind = kind

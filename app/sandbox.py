@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -46,6 +47,7 @@ __all__ = [
     "ALLOW_PROFILES_ENV",
     "RUNS_DIR",
     "SANDBOX_ENV",
+    "SCRATCH_ENV",
     "Context",
     "LoadRecord",
     "Protected",
@@ -56,6 +58,7 @@ __all__ = [
     "check_profile",
     "check_root",
     "confine",
+    "confine_remote",
     "context",
     "current_run",
     "identity",
@@ -64,6 +67,9 @@ __all__ = [
     "record_load",
     "register",
     "sandbox_root",
+    "scratch_blob_url",
+    "scratch_database_url",
+    "scratch_suffix",
     "swap",
     "unregister",
     "why_no_plugin",
@@ -75,6 +81,10 @@ SANDBOX_ENV: Final = "PYTEST_APP_SANDBOX"
 #: Comma-separated profiles a test opted into. It can only add profiles whose roots are
 #: mapped into the sandbox, so a test that sets it by hand gains nothing outside it.
 ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
+#: The run's scratch suffix (see `Run.scratch`), inherited by children: read only where the
+#: process tree says nothing, like `SANDBOX_ENV`.
+SCRATCH_ENV: Final = "PYTEST_APP_SCRATCH"
+_SCRATCH_FORM: Final = re.compile(r"_pytest_\d+_[0-9a-f]{4}(_gw\d+)?")
 #: Where runs register, one file per live pytest process. A fixed path, not
 #: ``tempfile.gettempdir()``: a child with a hand-built environment (another ``TMPDIR``, or
 #: none) must look in the same place as the run that started it.
@@ -164,6 +174,9 @@ class Run(NamedTuple):
     recognised_by: str = "this process"
     #: Profiles the current test opted into (in the pytest process only).
     allowed: frozenset[str] = frozenset()
+    #: The suffix of the run's scratch databases and object prefixes (remote profiles):
+    #: ``_pytest_<pid>_<hex>``, and ``_gw<N>`` more for an xdist worker.
+    scratch: str = ""
 
 
 # --- the process tree (Linux /proc) -------------------------------------------------------
@@ -226,6 +239,7 @@ def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
         pid,
         tuple(Protected.from_dict(item) for item in data.get("protected", ())),
         f"the process tree ({how}, registered in {path.parent})",
+        scratch=_scratch_suffix(data.get("scratch")),
     )
 
 
@@ -339,7 +353,9 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
                 None,
                 f"let the app's pytest plugin set {SANDBOX_ENV}; do not set it by hand",
             )
-        return Context(Run(path.resolve(), None, (), f"the environment ({SANDBOX_ENV})"), bare)
+        how = f"the environment ({SANDBOX_ENV})"
+        scratch = _scratch_suffix(env.get(SCRATCH_ENV))
+        return Context(Run(path.resolve(), None, (), how, scratch=scratch), bare)
     if bare is None:
         for name in _PYTEST_VARIABLES:
             if name in env or name in os.environ:
@@ -358,7 +374,7 @@ def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
     if inner == run.sandbox or not inner.is_relative_to(run.sandbox):
         return run
     how = f"{run.recognised_by}, narrowed by {SANDBOX_ENV}"
-    return Run(inner, run.pid, run.protected, how, run.allowed)
+    return run._replace(sandbox=inner, recognised_by=how)
 
 
 def current_run(environ: Mapping[str, str] | None = None) -> Run | None:
@@ -402,6 +418,34 @@ def allowed_profiles(run: Run, environ: Mapping[str, str] | None = None) -> froz
 def sandbox_root(sandbox: Path, profile: str) -> Path:
     """Where a profile's data root lives inside the sandbox."""
     return sandbox / "data" / profile
+
+
+def scratch_suffix(worker: str | None = None, run: str | None = None) -> str:
+    """A new run's scratch suffix (``_pytest_<pid>_<hex>``), or an xdist worker's: its run's
+    suffix (`run`) and ``_<worker id>``. Random, so that a killed run's leftovers never
+    collide with a new run's, and recognisable, so that only such names are ever dropped."""
+    if worker is not None and _scratch_suffix(run) and re.fullmatch(r"gw\d+", worker):
+        return f"{run}_{worker}"
+    return f"_pytest_{os.getpid()}_{os.urandom(2).hex()}"
+
+
+def _scratch_suffix(raw: object) -> str:
+    # Anything else is ignored: a suffix that could make a scratch name equal to a real
+    # database (`_prod`) must not come from an environment a test can write.
+    return raw if isinstance(raw, str) and _SCRATCH_FORM.fullmatch(raw) else ""
+
+
+def scratch_database_url(database_url: str, suffix: str) -> str:
+    """The URL of the run's scratch database: `database_url`'s, named with `suffix` added
+    (`app.remote.pg.scratch_url`, which the plugin creates and drops it with)."""
+    from app.remote.pg import scratch_url
+
+    return scratch_url(database_url, suffix)
+
+
+def scratch_blob_url(blob_url: str, suffix: str) -> str:
+    """The scratch prefix of `blob_url` (``s3://bucket/prefix``): ``<prefix>/pytest_...``."""
+    return f"{blob_url.rstrip('/')}/{suffix.lstrip('_')}"
 
 
 # --- registering (the pytest plugin) -------------------------------------------------------
@@ -452,6 +496,7 @@ def _publish(run: Run, directory: Path = RUNS_DIR) -> None:
         "sandbox": str(run.sandbox),
         "argv": list(sys.argv),
         "protected": [item.to_dict() for item in run.protected],
+        "scratch": run.scratch,
     }
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     temporary.write_text(json.dumps(data))
@@ -465,7 +510,13 @@ def _forget_own_entry() -> None:
             (RUNS_DIR / _entry_name(os.getpid(), started[1])).unlink()
 
 
-def register(sandbox: Path, protected: Iterable[Protected], *, replacing: Run | None = None) -> Run:
+def register(
+    sandbox: Path,
+    protected: Iterable[Protected],
+    *,
+    replacing: Run | None = None,
+    scratch: str = "",
+) -> Run:
     """Mark this process, and every process it starts, as part of a run on ``sandbox``.
 
     The marker stays for the life of the process (see :func:`unregister` for nested runs);
@@ -475,11 +526,12 @@ def register(sandbox: Path, protected: Iterable[Protected], *, replacing: Run | 
         sandbox: the run's sandbox.
         protected: the roots the run must never open.
         replacing: this process's run to narrow (an xdist worker learns its own sandbox late).
+        scratch: the suffix of the run's scratch databases and prefixes (`scratch_suffix`).
 
     Raises:
         PermissionError: the registry directory may be written by another user.
     """
-    run = Run(sandbox, os.getpid(), tuple(protected))
+    run = Run(sandbox, os.getpid(), tuple(protected), scratch=scratch)
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:
         runs[-1] = run
@@ -517,7 +569,7 @@ def swap(current: Run, new: Run) -> None:
 
 def allowing(run: Run, profiles: Iterable[str]) -> Run:
     """``run``, also allowing ``profiles`` (their roots mapped into the same sandbox)."""
-    return Run(run.sandbox, run.pid, run.protected, run.recognised_by, frozenset(profiles))
+    return run._replace(allowed=frozenset(profiles))
 
 
 # --- checking a root ----------------------------------------------------------------------
@@ -571,9 +623,10 @@ def check_root(path: Path, what: str, run: Run | None = None) -> None:
 # --- loading a profile ----------------------------------------------------------------------
 
 
-def check_profile(profile: str, root: Path | None, source: str, where: Context) -> None:
-    """Refuse to load `profile` (its data root `root` from `source`) where tests forbid it:
-    under pytest only ``testing``, or a profile the current test opted into.
+def check_profile(profile: str, storage: str, source: str, where: Context) -> None:
+    """Refuse to load `profile` (its `storage`, ``data root /x`` or ``database ...``, from
+    `source`) where tests forbid it: under pytest only ``testing``, or a profile the current
+    test opted into.
 
     Raises:
         SandboxViolationError: naming the profile, how the run was recognised, and the fix.
@@ -590,12 +643,13 @@ def check_profile(profile: str, root: Path | None, source: str, where: Context) 
             # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
             # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
             # docs suggest, does not change that).
+            variable = source.removeprefix("environment ")
             raise SandboxViolationError(
-                f"data root {root} from {source} {without}",
+                f"{storage} from {source} {without}",
                 None,
                 "Run the tests with the app's pytest plugin, which neutralises the shell's "
-                f"APP_DATA_ROOT ({why_no_plugin()}), or set data_root in [testing] "
-                "of settings.toml and unset APP_DATA_ROOT",
+                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
+                f"and unset {variable}",
             )
     run = where.run
     if run is None:
@@ -629,6 +683,62 @@ def confine(profile: str, root: Path, source: str, sandbox: Path) -> tuple[Path,
             "Point APP_DATA_ROOT under tmp_path, or use the app_config fixture",
         )
     return sandbox_root(sandbox, profile), f"pytest sandbox (configured: {root}, {source})"
+
+
+_REMOTE_KEYS: Final = {"database_url": "database", "blob_url": "object prefix"}
+
+
+def _is_scratch(key: str, value: str, suffix: str) -> bool:
+    if key == "database_url":
+        from app.remote.pg import database_addresses
+
+        return all(a.dbname.endswith(suffix) for a in database_addresses(value))
+    return value.rstrip("/").rpartition("/")[2] == suffix.lstrip("_")
+
+
+def confine_remote(
+    profile: str, key: str, value: str, source: str, run: Run, shown: str
+) -> tuple[str, str]:
+    """A profile's ``database_url`` or ``blob_url`` (and its source) as a test run sees it:
+    the run's scratch database or prefix, named from the configured one with the run's
+    suffix. The pytest plugin creates testing's and drops it at the end; nothing else is
+    ever opened, so another profile's database or prefix is never reached from a test.
+
+    A value from the environment is kept only if it already is one of the run's scratch
+    names; otherwise it is refused, because a test set it on purpose (an exported
+    ``APP_DATABASE_URL`` of production is the incident's shape).
+
+    Args:
+        shown: `value` as messages may show it (no password).
+
+    Raises:
+        SandboxViolationError: the run has no scratch suffix, or the value came from the
+            environment and is not the run's.
+    """
+    what = _REMOTE_KEYS[key]
+    if not run.scratch:
+        raise SandboxViolationError(
+            f"profile {profile!r} uses {key} {shown} (from {source}), and this process "
+            f"belongs to a test run ({run.recognised_by}) that named no scratch {what}",
+            run.sandbox,
+            f"Run the tests with the app's pytest plugin, which creates one per run; do not "
+            f"start test processes with a hand-built {SANDBOX_ENV}",
+        )
+    if _is_scratch(key, value, run.scratch):
+        return value, source
+    if source.startswith("environment"):
+        raise SandboxViolationError(
+            f"{key} {shown} from {source}: under pytest, profile {profile!r} uses this "
+            f"run's scratch {what} (suffix {run.scratch}), never a configured one",
+            run.sandbox,
+            f"Unset {source.removeprefix('environment ')}; the app_config fixture, and every "
+            "process the test starts, get the scratch one",
+        )
+    if key == "database_url":
+        scratch = scratch_database_url(value, run.scratch)
+    else:
+        scratch = scratch_blob_url(value, run.scratch)
+    return scratch, f"pytest scratch {what} (configured: {shown}, {source})"
 
 
 class LoadRecord(NamedTuple):

@@ -13,11 +13,69 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app import config as appconfig
-from app.testing.guard import INACTIVE
+from app.errors import AppError
+from app.testing.guard import INACTIVE, STATE, scratch_names
 
 if TYPE_CHECKING:
     from app.store import Store
     from app.testing.live_server import LiveServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With a remote testing profile: create this process's scratch database (and use a
+    fresh prefix) before its first test, drop both after its last (``--app-keep-remote``
+    keeps them). Session-scoped in every process that runs tests: each xdist worker has
+    its own; a controller that only distributes creates nothing."""
+    state = request.config.stash.get(STATE, None)
+    if state is None or state.remote is None or state.run is None:
+        yield
+        return
+    from app.remote.pg import create_scratch_database, drop_scratch_database
+
+    suffix = state.run.scratch
+    database, prefix = scratch_names(state.remote, suffix)
+    try:
+        create_scratch_database(state.remote.database_url, suffix)
+    except Exception as error:  # psycopg's errors, and the app's (server unreachable)
+        pytest.fail(
+            f"app: cannot create the run's scratch database {database} on the testing "
+            f"profile's server: {_reason(error)}. Check database_url of [testing] "
+            "(`app doctor`); the user needs CREATEDB",
+            pytrace=False,
+        )
+    try:
+        yield
+    finally:
+        if not request.config.getoption("app_keep_remote"):
+            # Only names that end with the run's suffix: never a configured database.
+            drop_scratch_database(state.remote.database_url, suffix)
+            _empty_scratch_prefix(prefix, suffix)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, AppError):
+        return error.message
+    # psycopg's own words name the database, never the password.
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _empty_scratch_prefix(prefix: str, suffix: str) -> None:
+    """Delete every object under the run's scratch prefix (the scratch one alone: its last
+    segment is the run's suffix, checked again here)."""
+    from app.remote.objects import ObjectStore
+
+    if prefix.rstrip("/").rpartition("/")[2] != suffix.lstrip("_"):
+        raise ValueError(f"refusing to empty {prefix}: not a scratch prefix of {suffix!r}")
+    config = appconfig.load("testing", serving=False)
+    if config.blob_url != prefix:
+        raise ValueError(f"refusing to empty {prefix}: the run's testing profile uses another")
+    store = ObjectStore(
+        prefix, config.s3_endpoint_url, config.s3_access_key_id, config.s3_secret_access_key
+    )
+    names = [info.name for info in store.objects()]
+    if names:
+        store.delete(*names)
 
 
 @pytest.fixture
@@ -27,7 +85,9 @@ def app_config(
     """The testing configuration with a fresh data root of its own under ``tmp_path``.
 
     The root is published as ``APP_DATA_ROOT`` for the test's duration, so subprocesses the
-    test starts use it too.
+    test starts use it too. With a remote testing profile it is the run's scratch database
+    and prefix instead (shared by the tests of one process), published as
+    ``APP_DATABASE_URL`` and ``APP_BLOB_URL``.
     """
     inactive = request.config.stash.get(INACTIVE, None)
     if inactive is not None:
@@ -36,6 +96,13 @@ def app_config(
             f"this run: {inactive}",
             pytrace=False,
         )
+    state = request.config.stash.get(STATE, None)
+    if state is not None and state.remote is not None:
+        config = appconfig.load("testing")
+        assert config.database_url is not None and config.blob_url is not None
+        monkeypatch.setenv("APP_DATABASE_URL", config.database_url)
+        monkeypatch.setenv("APP_BLOB_URL", config.blob_url)
+        return config
     root = tmp_path / "app-data"
     monkeypatch.setenv("APP_DATA_ROOT", str(root))
     return appconfig.load("testing")
@@ -64,9 +131,21 @@ def app_client(app_store: Store, app_config: appconfig.Config) -> Iterator[Any]:
 
 
 @pytest.fixture
-def app_live_server(tmp_path: Path) -> Iterator[LiveServer]:
+def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
     """A real ``app serve`` on 127.0.0.1 and a data root of its own; stopped after the test."""
     from app.testing.live_server import LiveServer, start_server
+
+    state = request.config.stash.get(STATE, None)
+    if state is not None and state.remote is not None:
+        # The server publishes its port in its data root's lock file; a replica on the
+        # remote backend publishes it in the database instead, which this fixture does not
+        # read yet.
+        pytest.fail(
+            "app: the app_live_server fixture needs a testing profile with a data_root; this "
+            "run's testing profile uses PostgreSQL and object storage. Start `app serve` "
+            "yourself with the environment of the app_config fixture",
+            pytrace=False,
+        )
 
     root = tmp_path / "live-data"
     env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}

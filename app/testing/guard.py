@@ -36,6 +36,16 @@ SANDBOX_MARK = ".app-sandbox"
 OWNER_ENV = "PYTEST_APP_SANDBOX_OWNER"
 
 
+class RemoteTesting(NamedTuple):
+    """The testing profile's database and object prefix as the files configure them: what
+    the run's scratch ones are named from (the configured ones are never opened)."""
+
+    #: May hold a password: shown only through `app.config.mask_database_url`.
+    database_url: str
+    blob_url: str
+    source: str
+
+
 class LiveHolder(NamedTuple):
     """A live process seen holding a data root when the run started."""
 
@@ -49,6 +59,8 @@ class GuardState:
     """What the plugin decided, kept in ``config.stash``."""
 
     sandbox: Path
+    #: The session's testing data root; with a remote testing profile, a root in the
+    #: sandbox that only marks the run (concurrent runs on one --basetemp see it held).
     data_root: Path
     data_root_source: str
     shell_profile: str | None
@@ -62,6 +74,8 @@ class GuardState:
     #: The variables the plugin changed, with their values before (None: unset), put back
     #: when the run ends (a run inside a test, with pytester.runpytest, must leave no trace).
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    #: The testing profile's configured database and prefix, when it uses them.
+    remote: RemoteTesting | None = None
 
 
 STATE = pytest.StashKey[GuardState]()
@@ -295,6 +309,11 @@ def make_sandbox(
     return factory, sandbox
 
 
+_MARKS_THE_RUN = (
+    "pytest sandbox (it only marks the run: the testing profile uses PostgreSQL and object storage)"
+)
+
+
 def testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
     """The session's testing data root, as `load("testing")` will place it, its source, and
     every profile's root as the files alone configure them.
@@ -315,9 +334,13 @@ def testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
             "(see `app doctor`)"
         )
     if "testing" not in roots:
+        if testing_remote() is not None:
+            files = {name: root for name, (root, _) in roots.items()}
+            return appconfig.sandbox_root(sandbox, "testing"), _MARKS_THE_RUN, files
         raise pytest.UsageError(
             f"app: settings.toml in {appconfig.settings_dir()} has no [testing] profile with a "
-            "data_root; the tests run on it. Add one (see `app doctor`)"
+            "data_root, or a database_url and blob_url; the tests run on it. Add one (see "
+            "`app doctor`)"
         )
     configured, source = roots["testing"]
     files = {name: root for name, (root, _) in roots.items()}
@@ -327,6 +350,46 @@ def testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
         appconfig.sandbox_root(sandbox, "testing"),
         f"pytest sandbox (configured: {configured}, {source})",
         files,
+    )
+
+
+def testing_remote() -> RemoteTesting | None:
+    """The testing profile's configured database and prefix, or None if it uses a data root.
+
+    Any two profiles naming one database or overlapping prefixes are refused here, as
+    `load` would refuse them in every test; the settings.local.toml's values count too.
+    """
+    __tracebackhide__ = True
+    try:
+        every = appconfig.configured_remote(sandboxed=False)
+        testing = appconfig.configured_remote(sandboxed=True).get("testing", {})
+        databases = {n: v["database_url"] for n, v in every.items() if "database_url" in v}
+        blobs = {
+            name: (v["blob_url"][0], v.get("s3_endpoint_url", (None, ""))[0], v["blob_url"][1])
+            for name, v in every.items()
+            if "blob_url" in v
+        }
+        clashes = list(appconfig.remote_overlaps(databases, blobs))
+    except SettingsNotFoundError:
+        return None
+    except AppError as error:
+        raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
+    for clash in clashes:
+        raise pytest.UsageError(
+            f"app: the testing profile cannot be used: {clash}. Fix settings.toml "
+            "(see `app doctor`)"
+        )
+    if "database_url" not in testing or "blob_url" not in testing:
+        return None
+    (database_url, source), (blob_url, _) = testing["database_url"], testing["blob_url"]
+    return RemoteTesting(database_url, blob_url, source)
+
+
+def scratch_names(remote: RemoteTesting, suffix: str) -> tuple[str, str]:
+    """The run's scratch database (its URL masked) and prefix, as the header names them."""
+    database = sandboxing.scratch_database_url(remote.database_url, suffix)
+    return appconfig.mask_database_url(database), sandboxing.scratch_blob_url(
+        remote.blob_url, suffix
     )
 
 

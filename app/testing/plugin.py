@@ -20,6 +20,7 @@ from app.errors import AppError
 from app.lock import describe_holder
 from app.testing import guard
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
+    _app_remote_scratch,
     app_client,
     app_config,
     app_live_server,
@@ -35,6 +36,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=None,
         help="refuse to run while a live server holds any profile's data root (ini: app_strict)",
+    )
+    group.addoption(
+        "--app-keep-remote",
+        action="store_true",
+        default=False,
+        help="keep the run's scratch database and object prefix (a remote testing profile) "
+        "instead of dropping them at the end, to look at them; the header names them",
     )
     parser.addini(
         "app_strict",
@@ -64,7 +72,7 @@ def pytest_load_initial_conftests(
     guard.refuse_early_loads()
     saved: dict[str, str | None] = {}
     _save_env(saved, [*guard.NEUTRALISED, *appconfig.dynaconf_switches(), appconfig.PROFILE_ENV])
-    _save_env(saved, [appconfig.SANDBOX_ENV, guard.OWNER_ENV])
+    _save_env(saved, [appconfig.SANDBOX_ENV, sandboxing.SCRATCH_ENV, guard.OWNER_ENV])
     try:
         switches = guard.remove_switches()
         shell_profile, roots, settings_dir = guard.shell_roots()
@@ -106,9 +114,17 @@ def pytest_load_initial_conftests(
     state.factory = factory
     state.roots = roots
     state.saved_env = saved
+    state.remote = guard.testing_remote()
+    # A worker's scratch names are its controller's with its id: the controller's header
+    # can name them all, and each worker drops its own.
+    scratch = sandboxing.scratch_suffix(
+        os.environ.get("PYTEST_XDIST_WORKER") if worker else None,
+        os.environ.get(sandboxing.SCRATCH_ENV),
+    )
+    os.environ[sandboxing.SCRATCH_ENV] = scratch
     protected = [*guard.protected(roots, files, live, sandbox), *inherited_protected]
     try:
-        state.run = sandboxing.register(sandbox, protected)
+        state.run = sandboxing.register(sandbox, protected, scratch=scratch)
     except OSError as error:
         raise pytest.UsageError(
             f"app: cannot register the test run, so its subprocesses could not be told apart "
@@ -144,7 +160,9 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
         state.data_root, state.data_root_source, _ = guard.testing_root(state.sandbox)
         assert state.run is not None
-        state.run = sandboxing.register(state.sandbox, state.run.protected, replacing=state.run)
+        state.run = sandboxing.register(
+            state.sandbox, state.run.protected, replacing=state.run, scratch=state.run.scratch
+        )
     # tmpdir's own pytest_configure made a second factory (a second numbered directory);
     # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox. Private:
     # see the pytest bound in pyproject.toml.
@@ -176,11 +194,26 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     forced = "forced"
     if state.shell_profile is not None and state.shell_profile.strip().lower() != "testing":
         forced += f"; the shell asked for {state.shell_profile!r}"
-    lines = [
-        (
+    if state.remote is not None and state.run is not None:
+        database, prefix = guard.scratch_names(state.remote, state.run.scratch)
+        workers = " (+ _gw<N> per xdist worker)" if _distributing(config) else ""
+        fate = (
+            "kept at the end (--app-keep-remote)"
+            if config.getoption("app_keep_remote")
+            else "dropped at the end"
+        )
+        where = (
+            f"app: profile=testing ({forced}), database={database}{workers}, "
+            f"prefix={prefix}{workers}: scratch, created for this run on testing's server "
+            f"and bucket (from {state.remote.source}), {fate}"
+        )
+    else:
+        where = (
             f"app: profile=testing ({forced}), data_root={state.data_root} "
             f"(from {state.data_root_source})"
-        ),
+        )
+    lines = [
+        where,
         (
             f"app: sandbox={state.sandbox}, settings={state.settings_note}, "
             f"neutralised: {', '.join(state.neutralised) or 'nothing'}"
@@ -192,6 +225,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"at {live.root}: tests will not touch it"
         )
     return lines
+
+
+def _distributing(config: pytest.Config) -> bool:
+    # pytest-xdist's controller: its workers run the tests, each on scratch names of its own.
+    return bool(getattr(config.option, "numprocesses", None)) and not os.environ.get(
+        "PYTEST_XDIST_WORKER"
+    )
 
 
 @pytest.fixture(autouse=True)

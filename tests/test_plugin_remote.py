@@ -1,0 +1,274 @@
+"""The pytest plugin with a testing profile on PostgreSQL and object storage, against real
+engines: a scratch database and prefix per run (and per xdist worker), dropped at the end,
+and production's database and objects untouched by a run that tries to reach them.
+
+Each test runs pytest in a subprocess with a settings directory whose testing profile names
+a database on the engine's cluster (it need not exist: only its scratch copies are made)
+and whose production profile names another, real one, with a row and an object in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engines import PostgresEngine, S3Engine
+
+SETTINGS = """\
+[default]
+s3_endpoint_url = "{endpoint}"
+
+[development]
+data_root = "roots/development"
+
+[testing]
+database_url = "{testing_url}"
+blob_url = "s3://{bucket}/{testing_prefix}"
+
+[production]
+database_url = "{production_url}"
+blob_url = "s3://{bucket}/{production_prefix}"
+protected = true
+"""
+
+SECRETS = """\
+[default]
+s3_access_key_id = "{key}"
+s3_secret_access_key = "{secret}"
+"""
+
+# The inner run: every test records where it ran, writes into the database and the prefix,
+# and says whether the scratch database exists while it runs.
+INNER = """
+import json, os
+import psycopg
+from app.config import load
+from app.remote.objects import ObjectStore
+
+def test_writes_into_the_scratch_database_and_prefix():
+    config = load()
+    assert config.backend == "remote"
+    with psycopg.connect(config.database_url, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (n int)")
+        conn.execute("INSERT INTO probe VALUES (1)")
+    store = ObjectStore(config.blob_url, config.s3_endpoint_url,
+                        config.s3_access_key_id, config.s3_secret_access_key)
+    store.put("probe.txt", b"written by a test")
+    out = os.environ["PROBE_OUT"]
+    with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
+        json.dump({"database": name, "blob_url": config.blob_url}, f)
+"""
+
+HOSTILE = """
+import os, subprocess, sys
+import pytest
+from app.config import load
+from app.errors import ConfigError
+
+PRODUCTION = os.environ["PRODUCTION_URL"]
+
+def test_the_incident_s_clean_up_cannot_reach_production(monkeypatch):
+    monkeypatch.setenv("APP_DATABASE_URL", PRODUCTION)
+    with pytest.raises(ConfigError, match="Unset APP_DATABASE_URL"):
+        load("testing")
+
+def test_a_child_with_a_wiped_environment_still_gets_the_scratch_database():
+    code = "from app.config import load; print(load('testing').database_url)"
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "_pytest_" in out, out
+"""
+
+
+@dataclass
+class Remote:
+    """A settings directory for the inner run, and what the outer test checks."""
+
+    directory: Path
+    engine: PostgresEngine
+    s3: S3Engine
+    testing_db: str
+    production_db: str
+    production_url: str
+    production_prefix: str
+    testing_prefix: str
+
+    def scratch_databases(self) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                (self.testing_db + "_pytest_%",),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def production_state(self) -> tuple[Any, ...]:
+        with self.engine.connect(self.production_db) as conn:
+            rows = conn.execute("SELECT * FROM ledger ORDER BY id").fetchall()
+            tables = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            ).fetchall()
+        client = self.s3.client()
+        listed = client.list_objects_v2(Bucket=self.s3.bucket, Prefix=self.production_prefix)
+        objects = []
+        for item in listed.get("Contents", []):
+            body = client.get_object(Bucket=self.s3.bucket, Key=item["Key"])["Body"].read()
+            objects.append((item["Key"], body))
+        return rows, tables, objects
+
+    def testing_objects(self) -> list[str]:
+        client = self.s3.client()
+        listed = client.list_objects_v2(Bucket=self.s3.bucket, Prefix=self.testing_prefix + "/")
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+
+@pytest.fixture
+def remote(
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Remote]:
+    production_db = postgres_engine.create_database("production")
+    with postgres_engine.connect(production_db) as conn:
+        conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, what text)")
+        conn.execute("INSERT INTO ledger VALUES (1, 'a production row')")
+    tag = f"{os.getpid()}-{tmp_path.name}".replace("_", "-").lower()
+    production_prefix = f"production-{tag}"
+    s3_engine.client().put_object(
+        Bucket=s3_engine.bucket, Key=f"{production_prefix}/blob", Body=b"production bytes"
+    )
+    testing_db = f"testing_{os.getpid()}_{abs(hash(tmp_path.name)) % 10**6}"
+    directory = tmp_path / "settings"
+    directory.mkdir()
+    (directory / "settings.toml").write_text(
+        SETTINGS.format(
+            endpoint=s3_engine.endpoint_url,
+            testing_url=postgres_engine.url(testing_db),
+            production_url=postgres_engine.url(production_db),
+            bucket=s3_engine.bucket,
+            testing_prefix=f"testing-{tag}",
+            production_prefix=production_prefix,
+        )
+    )
+    (directory / ".secrets.toml").write_text(
+        SECRETS.format(key=s3_engine.access_key_id, secret=s3_engine.secret_access_key)
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(directory))
+    monkeypatch.setenv("PROBE_OUT", str(tmp_path))
+    monkeypatch.setenv("PRODUCTION_URL", postgres_engine.url(production_db))
+    found = Remote(
+        directory,
+        postgres_engine,
+        s3_engine,
+        testing_db,
+        production_db,
+        postgres_engine.url(production_db),
+        production_prefix,
+        f"testing-{tag}",
+    )
+    yield found
+    for name in found.scratch_databases():  # only what a failing test left behind
+        postgres_engine.drop_database(name)
+    postgres_engine.drop_database(production_db)
+
+
+def _probes(directory: Path) -> list[dict[str, str]]:
+    return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+
+
+def test_a_run_gets_a_scratch_database_and_prefix_and_drops_both(
+    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
+) -> None:
+    before = remote.production_state()
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                f"app: profile=testing (forced), database=postgresql://app@127.0.0.1:*/"
+                f"{remote.testing_db}_pytest_*, prefix=s3://*/{remote.testing_prefix}/pytest_*: "
+                "scratch, created for this run on testing's server and bucket "
+                "(from settings.toml [[]testing]), dropped at the end"
+            ),
+        ]
+    )
+    (probe,) = _probes(tmp_path)
+    # It ran on a database named from testing's, with the run's suffix, on testing's server.
+    assert probe["database"].startswith(f"{remote.testing_db}_pytest_")
+    assert f"/{remote.testing_prefix}/pytest_" in probe["blob_url"]
+    # ... which is gone now, with its objects; production is as it was.
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_keep_remote_keeps_the_scratch_database_and_prefix(
+    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--app-keep-remote")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["app: profile=testing *kept at the end (--app-keep-remote)"])
+    (probe,) = _probes(tmp_path)
+    assert remote.scratch_databases() == [probe["database"]]
+    assert any(key.endswith("/probe.txt") for key in remote.testing_objects())
+
+
+def test_every_xdist_worker_has_a_scratch_database_of_its_own(
+    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
+) -> None:
+    before = remote.production_state()
+    tests = {f"test_inner_{n}": INNER for n in range(4)}
+    pytester.makepyfile(**tests)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["app: profile=testing *(+ _gw<N> per xdist worker)*"])
+    databases = {probe["database"] for probe in _probes(tmp_path)}
+    assert len(databases) == 2
+    assert {name.rsplit("_", 1)[1] for name in databases} == {"gw0", "gw1"}
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_a_hostile_run_cannot_reach_production_s_database(
+    pytester: pytest.Pytester, remote: Remote
+) -> None:
+    before = remote.production_state()
+    pytester.makepyfile(test_hostile=HOSTILE)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert remote.scratch_databases() == []
+    assert remote.production_state() == before
+
+
+def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(
+    pytester: pytest.Pytester, remote: Remote
+) -> None:
+    settings = remote.directory / "settings.toml"
+    text = settings.read_text().replace(
+        remote.engine.url(remote.testing_db),
+        remote.production_url.replace("127.0.0.1", "localhost"),
+    )
+    settings.write_text(text)
+    before = remote.production_state()
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            (
+                "*app: the testing profile cannot be used: profiles 'testing' and 'production' "
+                "name the same database*"
+            )
+        ]
+    )
+    assert remote.production_state() == before
