@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -45,6 +45,7 @@ from app.remote.objects import BLOBS, ObjectStore
 from app.remote.store import RemoteStore
 from app.server import create_app
 from app.server.downloads import OpenFileResponse
+from app.storage import Storage
 
 PROFILE = "production"
 
@@ -94,11 +95,26 @@ def _audit(database_url: str) -> list[tuple[str, str]]:
     return [(operation, target) for operation, target in rows]
 
 
+def _total_is_counted(store: RemoteStore) -> int:
+    # The page's total comes from counters kept by a trigger; it must equal a real count.
+    with psycopg.connect(store.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM app_sessions WHERE deleted_at IS NULL").fetchone()
+    assert row is not None
+    assert store.list_sessions().total == row[0]
+    return int(row[0])
+
+
 def _blobs(store: RemoteStore) -> set[str]:
     return {info.name for info in store.objects.objects(BLOBS)}
 
 
 # --- sessions ----------------------------------------------------------------------------
+
+
+def test_it_implements_the_storage_seam(store: RemoteStore) -> None:
+    storage: Storage = store  # checked by mypy: the protocol the server and the CLI use
+    assert storage.location.startswith("database ")
+    assert "empty-trash" in storage.trash_location
 
 
 def test_sessions_have_the_local_backends_shape(store: RemoteStore) -> None:
@@ -253,6 +269,8 @@ def test_pages_are_stable_while_the_other_replica_creates(
     assert seen == made[: len(seen)]
     assert len(seen) == len(set(seen)) >= 7
     assert page.total == len(made) - 1
+    second.delete_session(made[0])
+    assert _total_is_counted(first) == len(made) - 1
     small = second.list_sessions(limit=5, max_bytes=1)
     assert len(small.items) == 1
     assert small.next == small.items[0]["id"]
@@ -373,9 +391,12 @@ def test_purge_and_empty_trash_remove_rows_then_objects(store: RemoteStore) -> N
     store.put_file(kept, "a", b"b", replace=True)
     gone = [store.create_session(f"g{i}")["id"] for i in range(2)]
     store.put_file(gone[0], "x", b"x")
+    assert _total_is_counted(store) == 3
     entries = store.purge()
     assert sorted(e.session_id for e in entries) == sorted([kept, *gone])
+    assert _total_is_counted(store) == 0
     store.restore(kept)
+    assert _total_is_counted(store) == 1
     assert store.empty_trash(timedelta(days=1)) == []  # nothing is that old
     assert len(_blobs(store)) == 3
     removed = store.empty_trash()
@@ -384,6 +405,7 @@ def test_purge_and_empty_trash_remove_rows_then_objects(store: RemoteStore) -> N
     )
     assert store.list_trash() == []
     assert len(_blobs(store)) == 1  # only the live file's object
+    assert _total_is_counted(store) == 1
     assert _read(store, kept, "a") == b"b"
     audit = _audit(store.database_url)
     assert ("purge", store.where) in audit
@@ -602,9 +624,7 @@ def test_downloads_of_objects_honour_ranges(store: RemoteStore) -> None:
 
 
 def test_the_http_routes_over_a_remote_store(store: RemoteStore, app_config: Config) -> None:
-    # The server's routes take the local Store's type until the storage seam lands; the
-    # remote store has the same methods.
-    app = create_app(cast(Any, store), app_config)
+    app = create_app(store, app_config)
     headers = {"Authorization": f"Bearer {app_config.api_token}"}
     with TestClient(app, headers=headers) as client:
         created = client.post("/sessions", json={"title": "t", "metadata": {"b": 1, "a": 2}})

@@ -45,7 +45,6 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json
 
-from app.check import CheckReport, Finding
 from app.errors import (
     BadRequestError,
     FileExistsInSessionError,
@@ -58,14 +57,17 @@ from app.remote import pg
 from app.remote.errors import DatabaseUnavailableError, HolderLostError
 from app.remote.objects import BLOBS, ObjectStore, PutResult
 from app.remote.transfer import ObjectFile, RemoteUpload
-from app.store import (
+from app.storage import (
     MAX_METADATA_BYTES,
     MAX_TITLE_CHARS,
+    CheckReport,
+    FileEntry,
+    Finding,
     Page,
+    SessionRecord,
     TrashEntry,
-    check_session_id,
-    new_session_id,
 )
+from app.store.ids import check_session_id, new_session_id
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -118,8 +120,9 @@ def _trash_name(moment: datetime, session_id: str, *, file: bool) -> str:
     return f"{moment.strftime(_TRASH_TIME_FORMAT)}-{session_id}{suffix}"
 
 
-def _session(row: dict[str, Any]) -> dict[str, Any]:
-    return dict(sorted(row.items()))  # the key order session.json always had
+def _session(row: dict[str, Any]) -> SessionRecord:
+    # The key order session.json always had.
+    return cast(SessionRecord, dict(sorted(row.items())))
 
 
 def _reason(error: BaseException) -> str:
@@ -337,7 +340,7 @@ class RemoteStore:
 
     def create_session(
         self, title: str = "", metadata: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> SessionRecord:
         """Create a session (one committed row) and return it."""
         if not isinstance(title, str):
             raise BadRequestError("title must be a string")
@@ -379,7 +382,7 @@ class RemoteStore:
             }
         )
 
-    def get_session(self, session_id: str) -> dict[str, Any]:
+    def get_session(self, session_id: str) -> SessionRecord:
         """The session with its files.
 
         Raises:
@@ -433,12 +436,10 @@ class RemoteStore:
                 " LIMIT %s",
                 (cursor, limit + 1),
             ).fetchall()
-            count = conn.execute(
-                "SELECT count(*) AS n FROM app_sessions WHERE deleted_at IS NULL"
-            ).fetchone()
+            count = conn.execute("SELECT sum(live) AS n FROM app_session_counts").fetchone()
         total = int(count["n"]) if count else 0
         more = len(rows) > limit
-        items: list[dict[str, Any]] = []
+        items: list[SessionRecord] = []
         size = 0
         for row in rows[:limit]:
             session = _session(row)
@@ -450,7 +451,7 @@ class RemoteStore:
             items.append(session)
         return Page(items=items, total=total, next=items[-1]["id"] if more and items else None)
 
-    def iter_all(self) -> Iterator[dict[str, Any]]:
+    def iter_all(self) -> Iterator[SessionRecord]:
         """Every live session, oldest first, read page by page."""
         after: str | None = None
         while True:
@@ -512,12 +513,11 @@ class RemoteStore:
 
     # -- files ------------------------------------------------------------------------
 
-    def list_files(self, session_id: str) -> list[dict[str, Any]]:
+    def list_files(self, session_id: str) -> list[FileEntry]:
         """The live files of a live session: ``name``, ``size``, ``sha256``, ``uploaded_at``."""
-        files: list[dict[str, Any]] = self.get_session(session_id)["files"]
-        return files
+        return self.get_session(session_id)["files"]
 
-    def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, dict[str, Any]]:
+    def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]:
         """Open a file's object for reading, with its entry; the caller closes it.
 
         Objects are never changed and a replace or a delete keeps the old one (until
@@ -547,12 +547,12 @@ class RemoteStore:
         except BaseException:
             file.close()
             raise
-        entry = {
-            "name": row["name"],
-            "size": int(row["size"]),
-            "sha256": row["sha256"],
-            "uploaded_at": row["uploaded_iso"],
-        }
+        entry = FileEntry(
+            name=row["name"],
+            size=int(row["size"]),
+            sha256=row["sha256"],
+            uploaded_at=row["uploaded_iso"],
+        )
         return cast(BinaryIO, file), entry
 
     def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> RemoteUpload:
@@ -586,14 +586,14 @@ class RemoteStore:
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
-    ) -> dict[str, Any]:
+    ) -> FileEntry:
         """Store a whole file at once (bytes, or an iterable of chunks)."""
         with self.begin_upload(session_id, name, replace=replace) as upload:
             for chunk in [data] if isinstance(data, bytes) else data:
                 upload.write(chunk)
             return upload.commit()
 
-    def _record_upload(self, upload: RemoteUpload, result: PutResult) -> dict[str, Any]:
+    def _record_upload(self, upload: RemoteUpload, result: PutResult) -> FileEntry:
         session_id, name = upload.session_id, upload.name
         moment = _now()
         with self._write() as conn:
@@ -687,7 +687,7 @@ class RemoteStore:
             for r in rows
         ]
 
-    def restore(self, session_id: str, *, file: str | None = None) -> dict[str, Any]:
+    def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord:
         """Bring a session (or the most recently trashed version of a file) back; audited.
 
         Raises:

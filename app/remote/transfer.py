@@ -19,6 +19,7 @@ from typing import Any, Final, Self
 
 from app.errors import UploadTooLargeError
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
+from app.storage import FileEntry
 
 __all__ = ["ObjectFile", "RemoteUpload"]
 
@@ -124,7 +125,7 @@ class RemoteUpload:
     def __init__(
         self,
         objects: ObjectStore,
-        record: Callable[[RemoteUpload, PutResult], dict[str, Any]],
+        record: Callable[[RemoteUpload, PutResult], FileEntry],
         session_id: str,
         name: str,
         *,
@@ -197,7 +198,7 @@ class RemoteUpload:
         for chunk in chunks:
             self.write(chunk)
 
-    def commit(self) -> dict[str, Any]:
+    def commit(self) -> FileEntry:
         """Finish the object, then record it in one transaction.
 
         Returns:
