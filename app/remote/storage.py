@@ -36,6 +36,7 @@ from app.remote.errors import (
     RemoteStampMismatchError,
     ReplicasLiveError,
     describe_replica,
+    needs_confirmation,
 )
 from app.remote.objects import STAMP_NAME
 
@@ -177,7 +178,8 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
             # Refused before the database changes, so that nothing is left half handed over.
             raise RemoteStampMismatchError(
                 f"object prefix {objects.where}", f"its object {STAMP_NAME}",
-                str(before.get("profile")), config.profile, protected=protection(source),
+                str(before.get("profile")), config.profile,
+                protected=needs_confirmation(protection, source),
             )  # fmt: skip
         stamp = maintenance.restamp(source, protected=protection)
         if before is None:
