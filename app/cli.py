@@ -629,7 +629,9 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
     from app.storage import open_storage
 
     if repair:
-        with open_storage(config, writer=True, wanted="repair the data") as store:
+        remote = config.backend == appconfig.REMOTE
+        wanted = "repair the database and its objects" if remote else "repair the data root"
+        with open_storage(config, writer=True, wanted=wanted) as store:
             report = store.check(repair=True)
             location = store.location
     else:

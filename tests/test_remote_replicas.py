@@ -2,7 +2,8 @@
 PostgreSQL cluster and a real S3 server (tests/engines.py), and the commands next to them.
 
 The production profile comes from a settings.toml in ``tmp_path`` (``APP_SETTINGS_DIR``) that
-names the test's own fresh database and object prefix; the credentials come from ``APP_*``
+names a fresh database and object prefix; under pytest the processes open the run's scratch
+copies of those (see the ``production`` fixture); the credentials come from ``APP_*``
 variables, as a deployment's would. Each server binds port 0 and publishes its URL in its
 holder row, which is where the tests find it. Waiting is bounded polling, never a sleep taken
 as an assertion.
@@ -10,6 +11,7 @@ as an assertion.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -25,7 +27,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from engines import S3Engine
+from engines import PostgresEngine, S3Engine
 
 from app.testing import wait_until_serving
 
@@ -87,6 +89,7 @@ class Production:
 
     tmp_path: Path
     database_url: str
+    blob_url: str
     env: dict[str, str]
     token: str
     replicas: list[Replica] = field(default_factory=list)
@@ -146,16 +149,35 @@ class Production:
         )
 
 
+_databases = itertools.count()
+
+
 @pytest.fixture
 def production(
-    tmp_path: Path, database_url: str, blob_url: str, s3_engine: S3Engine
+    tmp_path: Path, postgres_engine: PostgresEngine, blob_url: str, s3_engine: S3Engine
 ) -> Iterator[Production]:
+    """Production on the engines, as the test run's processes see it.
+
+    Under pytest every remote profile is confined to the run's scratch database and prefix
+    (the configured names plus the run's suffix; app.sandbox.confine_remote), production
+    included: the replicas this test starts open those, never the configured ones. So the
+    test creates the scratch database that production's configured one maps to, and talks
+    to it directly.
+    """
+    from app import sandbox
+
+    run = sandbox.current_run()
+    assert run is not None and run.scratch, "the app plugin names a scratch suffix per run"
+    configured = f"prod_{os.getpid()}_{next(_databases)}"
+    scratch = configured + run.scratch
+    with postgres_engine.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{scratch}"')
     settings_dir = tmp_path / "settings"
     settings_dir.mkdir()
     (settings_dir / "settings.toml").write_text(
         SETTINGS.format(
             base=tmp_path / "other-profiles",
-            database_url=database_url,
+            database_url=postgres_engine.url(configured),
             blob_url=blob_url,
             endpoint=s3_engine.endpoint_url,
         )
@@ -168,12 +190,17 @@ def production(
         "APP_API_TOKEN": token,
         "APP_S3_ACCESS_KEY_ID": s3_engine.access_key_id,
         "APP_S3_SECRET_ACCESS_KEY": s3_engine.secret_access_key,
-        # Opt in the way @pytest.mark.app_profile does; the database and the prefix are
-        # this test's own.
+        # Opt in the way @pytest.mark.app_profile does.
         "PYTEST_APP_ALLOW_PROFILES": "production",
     }
     env.pop("APP_DATA_ROOT", None)
-    prod = Production(tmp_path, database_url, env, token)
+    prod = Production(
+        tmp_path,
+        postgres_engine.url(scratch),
+        sandbox.scratch_blob_url(blob_url, run.scratch),
+        env,
+        token,
+    )
     try:
         yield prod
     finally:
@@ -181,6 +208,7 @@ def production(
             if replica.process.poll() is None:
                 replica.process.kill()
                 replica.process.wait()
+        postgres_engine.drop_database(scratch)
 
 
 # --- several replicas, one profile ------------------------------------------------------
@@ -439,14 +467,17 @@ def test_a_data_root_refuses_several_workers(tmp_path: Path) -> None:
 
 
 def test_storage_stamped_for_another_profile_is_refused_until_restamped(
-    production: Production, blob_url: str, s3_engine: S3Engine
+    production: Production, s3_engine: S3Engine
 ) -> None:
     from app.remote import pg
     from app.remote.objects import ObjectStore
 
     pg.open_database(production.database_url, "development")
     objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+        production.blob_url,
+        s3_engine.endpoint_url,
+        s3_engine.access_key_id,
+        s3_engine.secret_access_key,
     )
     objects.open("development")
     refused = production.start(ready=False)

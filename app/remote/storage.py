@@ -33,9 +33,12 @@ from typing import TYPE_CHECKING, Any
 from app.remote import pg
 from app.remote.errors import (
     Protection,
+    RemoteStampMismatchError,
     ReplicasLiveError,
     describe_replica,
+    needs_confirmation,
 )
+from app.remote.objects import STAMP_NAME
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -170,8 +173,15 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     objects = _objects(config)
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
     with _exclusive(database_url, config.profile, wanted, 1.0) as maintenance:
-        stamp = maintenance.restamp(source, protected=protection)
         before = objects.read_stamp()
+        if before is not None and before.get("profile") not in (source, config.profile):
+            # Refused before the database changes, so that nothing is left half handed over.
+            raise RemoteStampMismatchError(
+                f"object prefix {objects.where}", f"its object {STAMP_NAME}",
+                str(before.get("profile")), config.profile,
+                protected=needs_confirmation(protection, source),
+            )  # fmt: skip
+        stamp = maintenance.restamp(source, protected=protection)
         if before is None:
             objects.open(config.profile, protected=protection)
         elif before.get("profile") != config.profile:
