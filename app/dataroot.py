@@ -113,7 +113,8 @@ def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     :meth:`DataRoot.atomic_write_bytes` and the stamp, and the ``session.json`` that
     :mod:`app.store` writes into a new session's staging directory. The caller renames
     the file into place and fsyncs the directory (:func:`fsync_dir`). ``O_EXCL``: it never
-    writes into a file that exists (someone else's).
+    writes into a file that exists (someone else's). ``durable=False`` skips the fsync, for
+    a test run's throw-away root only (see :func:`open_root`).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
