@@ -370,7 +370,11 @@ class ObjectStore:
         """
         stamp = self.read_stamp()
         if stamp is None:
-            foreign = [info.name for _, info in zip(range(6), self.objects(), strict=False)]
+            # The stamp itself may appear between the read above and this listing (another
+            # process stamping the empty prefix): it is the app's, and the create below
+            # then loses the race and reads the winner's.
+            names = (info.name for info in self.objects() if info.name != STAMP_NAME)
+            foreign = [name for _, name in zip(range(6), names, strict=False)]
             if foreign:
                 raise UnstampedNotEmptyError(
                     profile, "blob_url", f"object prefix {self.where}", foreign

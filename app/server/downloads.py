@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
@@ -25,11 +26,20 @@ class OpenFileResponse(FileResponse):
     gone); the open descriptor keeps its bytes whatever happens to the name afterwards.
     Ranges work as in `FileResponse`, which reads through `_open_file` (a private method:
     pyproject.toml bounds starlette's major release for that reason).
+
+    A file without a descriptor (an object in object storage, read through ranged GETs:
+    :class:`app.remote.store.ObjectFile`) is sent the same way: `FileResponse` needs only its
+    size and time, which :func:`_object_stat` gives it, and it streams by seeking and reading,
+    so a ``Range`` gets its 206 (or 416) and the headers are those of a local file.
     """
 
     def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
         self._file = file
-        super().__init__(file.name, stat_result=os.fstat(file.fileno()), **kwargs)
+        try:
+            stat_result = os.fstat(file.fileno())
+        except (OSError, AttributeError):  # io.UnsupportedOperation is an OSError
+            stat_result = _object_stat(file)
+        super().__init__(str(getattr(file, "name", "")), stat_result=stat_result, **kwargs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # pathsend would hand the server the path to reopen: the very race this avoids.
@@ -73,3 +83,12 @@ class OpenFileResponse(FileResponse):
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
         self._file.seek(0)
         yield anyio.wrap_file(self._file)  # closed by __call__, once, whatever was sent
+
+
+def _object_stat(file: BinaryIO) -> os.stat_result:
+    # What FileResponse reads of a stat: the size (Content-Length, ranges) and the time
+    # (Last-Modified). A seekable object knows its size; its `mtime` is the upload's time.
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    mtime = float(getattr(file, "mtime", 0.0))
+    return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, size, mtime, mtime, mtime))

@@ -1,0 +1,259 @@
+"""Bytes in and out of the object store for :mod:`app.remote.store`: a file read through
+ranged GETs, and an upload streamed into a new object.
+
+Both work on immutable objects (``blobs/<hex>``): a reader never sees an object change, and an
+upload's object is seen by nobody until the transaction that records it commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Final, Self
+
+from app.errors import UploadTooLargeError
+from app.remote.objects import ObjectStore, ObjectStream, PutResult
+from app.storage import FileEntry
+
+__all__ = ["ObjectFile", "RemoteUpload"]
+
+log = logging.getLogger("app.remote.store")
+
+_FEED_DEPTH: Final = 16  # chunks an upload may queue ahead of the object store
+
+
+# --- reading a file ---------------------------------------------------------------------------
+
+
+class ObjectFile(io.RawIOBase):
+    """A file's object, readable and seekable, fetched with ranged GETs as it is read.
+
+    It has no ``fileno``: the server's download sends it as a stream (honouring ``Range``).
+    A seek only moves the position; a read from anywhere but where the open stream stands
+    closes it and opens one from there (so seeking to the end for the size and back costs
+    no request). ``size`` and ``mtime`` come from the file's row.
+    """
+
+    def __init__(self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str) -> None:
+        super().__init__()
+        self._objects = objects
+        self._blob = blob
+        self.size = size
+        self.mtime = mtime
+        self.name = name
+        self._position = 0
+        self._at = 0  # where the open stream stands
+        self._stream: ObjectStream | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._pending = memoryview(b"")
+
+    def _open(self, start: int) -> None:
+        # No Range for the start: an empty object has no byte 0 to ask for (416).
+        self._stream = self._objects.get(self._blob, start=start or None)
+        self._chunks = iter(self._stream)
+        self._pending = memoryview(b"")
+        self._at = start
+
+    def _drop(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._stream, self._chunks, self._pending = None, None, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self.size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        # Fills the whole buffer unless the object ends: the server's sender takes a short
+        # read for the end of the file.
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        if self._chunks is not None and self._at != self._position:
+            self._drop()
+        while filled < len(view) and self._position < self.size:
+            if not self._pending:
+                if self._chunks is None:
+                    self._open(self._position)
+                assert self._chunks is not None
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk)
+            count = min(len(view) - filled, len(self._pending))
+            view[filled : filled + count] = self._pending[:count]
+            self._pending = self._pending[count:]
+            filled += count
+            self._position += count
+            self._at += count
+        return filled
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+# --- uploads ----------------------------------------------------------------------------------
+
+
+class RemoteUpload:
+    """A file being streamed into a session; create it with
+    :meth:`app.remote.store.RemoteStore.begin_upload`.
+
+    The bytes go to a new object as they arrive (a thread runs :meth:`ObjectStore.put` over
+    a bounded queue, so memory stays bounded and the object store sees one streamed write);
+    :meth:`commit` finishes the object, then calls ``record``, which writes the row naming
+    it in one transaction. Used as a context manager, an upload not committed by the end of
+    the block is aborted.
+    """
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        record: Callable[[RemoteUpload, PutResult], FileEntry],
+        session_id: str,
+        name: str,
+        *,
+        replace: bool,
+        limit: int,
+    ) -> None:
+        self.objects = objects
+        self._record = record
+        self.session_id = session_id
+        self.name = name
+        self.replace = replace
+        self.limit = limit
+        self.received = 0
+        self.replaced = False
+        """After :meth:`commit`: whether it replaced a file (whose row went to the trash)."""
+        self.blob = objects.new_blob_name()
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_FEED_DEPTH)
+        self._result: PutResult | None = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._thread = threading.Thread(target=self._put, name="app-upload", daemon=True)
+        self._thread.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self) -> None:
+        try:
+            self._result = self.objects.put(self.blob, self._chunks())
+        except BaseException as error:  # handed to the writer, which raises it
+            self._error = error
+
+    def _feed(self, item: bytes | BaseException | None) -> None:
+        while True:
+            if self._error is not None or not self._thread.is_alive():
+                break  # the writer has stopped reading: nothing more to hand it
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.2)
+                return
+        if self._error is not None and not isinstance(item, BaseException):
+            error = self._error
+            self.abort()
+            raise error
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Send ``chunk`` on to the object.
+
+        Raises:
+            UploadTooLargeError: the upload went over ``max_upload_bytes`` (it is aborted).
+        """
+        if self._done:
+            msg = f"upload of {self.name!r} is already finished"
+            raise RuntimeError(msg)
+        self.received += len(chunk)
+        if self.received > self.limit:
+            received = self.received
+            self.abort()
+            raise UploadTooLargeError(self.limit, received)
+        if chunk:
+            self._feed(bytes(chunk))
+
+    def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send every chunk in order (see :meth:`write`)."""
+        for chunk in chunks:
+            self.write(chunk)
+
+    def commit(self) -> FileEntry:
+        """Finish the object, then record it in one transaction.
+
+        Returns:
+            The file's entry: ``name``, ``size``, ``sha256``, ``uploaded_at``.
+
+        Raises:
+            SessionNotFoundError: the session was deleted meanwhile.
+            FileExistsInSessionError: the name exists and ``replace`` was not asked for.
+            TooManyFilesError: the session filled up meanwhile.
+            HolderLostError: this replica lost its hold on the database.
+        """
+        if self._done:
+            msg = f"upload of {self.name!r} is already finished"
+            raise RuntimeError(msg)
+        try:
+            self._feed(None)
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            assert self._result is not None
+            entry = self._record(self, self._result)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return entry
+
+    def abort(self) -> None:
+        """Forget the upload and delete its object, if it got that far. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        if self._thread.is_alive():
+            self._feed(RuntimeError(f"upload of {self.name!r} aborted"))
+            self._thread.join()
+        if self._result is not None:
+            # Never recorded, so nobody can see it; if this delete fails, `check` removes it.
+            try:
+                self.objects.delete(self.blob)
+            except Exception as error:  # the abort itself must not fail
+                log.warning("could not delete the aborted upload's object %s: %s", self.blob, error)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the upload was committed or aborted."""
+        return self._done
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._done:
+            self.abort()
