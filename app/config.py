@@ -724,6 +724,8 @@ def remote_overlaps(
         databases: ``{profile: (database_url, where it came from)}``.
         blobs: ``{profile: (blob_url, s3_endpoint_url, where blob_url came from)}``.
     """
+    if not databases and not blobs:
+        return  # a local-only configuration never imports psycopg (every pytest start)
     from app.remote.objects import parse_blob_url, prefixes_overlap
     from app.remote.pg import same_database
 

@@ -23,7 +23,9 @@ a root outside the sandbox, and one inside it that is another path to a protecte
 mount, a symbolic link resolved elsewhere) or contains one.
 
 What a test process may load: :func:`check_profile` allows only ``testing`` (or a profile the
-test opted into), and :func:`confine` maps every profile's configured root into the sandbox.
+test opted into), and :func:`confine` maps every profile's configured root into the sandbox;
+:func:`confine_remote` maps a remote profile's database and object prefix to the run's scratch
+ones (named with the run's suffix, :attr:`Run.scratch`), which only the plugin creates.
 :func:`loaded` remembers the loads made before the plugin marked the process, so it can name
 a module that loaded a profile at import time.
 """

@@ -78,6 +78,20 @@ def test_the_incident_s_clean_up_cannot_reach_production(monkeypatch):
     with pytest.raises(ConfigError, match="Unset APP_DATABASE_URL"):
         load("testing")
 
+def test_a_subprocess_running_maintenance_on_production_is_refused():
+    for env in (
+        {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATABASE_URL": PRODUCTION},
+        {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"],
+         "ENV_FOR_DYNACONF": "production"},
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "data", "empty-trash", "--older-than", "0s",
+             "--yes-i-mean-it"],
+            env=env, capture_output=True, text=True,
+        )
+        assert done.returncode == 78, done.stderr
+        assert "refused under pytest" in done.stderr
+
 def test_a_child_with_a_wiped_environment_still_gets_the_scratch_database():
     code = "from app.config import load; print(load('testing').database_url)"
     env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
@@ -135,7 +149,10 @@ def remote(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Remote]:
+    from app.remote import pg
+
     production_db = postgres_engine.create_database("production")
+    pg.open_database(postgres_engine.url(production_db), "production")  # stamped, like a real one
     with postgres_engine.connect(production_db) as conn:
         conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, what text)")
         conn.execute("INSERT INTO ledger VALUES (1, 'a production row')")
@@ -242,12 +259,22 @@ def test_every_xdist_worker_has_a_scratch_database_of_its_own(
 def test_a_hostile_run_cannot_reach_production_s_database(
     pytester: pytest.Pytester, remote: Remote
 ) -> None:
-    before = remote.production_state()
-    pytester.makepyfile(test_hostile=HOSTILE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(passed=2)
-    assert remote.scratch_databases() == []
-    assert remote.production_state() == before
+    from app.remote import pg
+
+    # Production, held by two live replicas (what `app serve` holds on this backend: a
+    # shared advisory lock and a row each).
+    with (
+        pg.Holder(remote.production_url, "production", "http://replica-1"),
+        pg.Holder(remote.production_url, "production", "http://replica-2"),
+    ):
+        before = remote.production_state()
+        pytester.makepyfile(test_hostile=HOSTILE)
+        result = pytester.runpytest_subprocess("-p", "no:randomly")
+        result.assert_outcomes(passed=3)
+        assert remote.scratch_databases() == []
+        assert remote.production_state() == before
+        with pg.connect(remote.production_url) as conn:
+            assert len(pg.live_holders(conn)) == 2
 
 
 def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(

@@ -76,6 +76,8 @@ class GuardState:
     saved_env: dict[str, str | None] = field(default_factory=dict)
     #: The testing profile's configured database and prefix, when it uses them.
     remote: RemoteTesting | None = None
+    #: Whether this process is an xdist worker of the run (not a run a worker started).
+    worker: bool = False
 
 
 STATE = pytest.StashKey[GuardState]()

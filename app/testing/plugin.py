@@ -115,6 +115,7 @@ def pytest_load_initial_conftests(
     state.roots = roots
     state.saved_env = saved
     state.remote = guard.testing_remote()
+    state.worker = worker
     # A worker's scratch names are its controller's with its id: the controller's header
     # can name them all, and each worker drops its own.
     scratch = sandboxing.scratch_suffix(
@@ -196,7 +197,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         forced += f"; the shell asked for {state.shell_profile!r}"
     if state.remote is not None and state.run is not None:
         database, prefix = guard.scratch_names(state.remote, state.run.scratch)
-        workers = " (+ _gw<N> per xdist worker)" if _distributing(config) else ""
+        distributing = bool(getattr(config.option, "numprocesses", None)) and not state.worker
+        workers = " (+ _gw<N> per xdist worker)" if distributing else ""
         fate = (
             "kept at the end (--app-keep-remote)"
             if config.getoption("app_keep_remote")
@@ -225,13 +227,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"at {live.root}: tests will not touch it"
         )
     return lines
-
-
-def _distributing(config: pytest.Config) -> bool:
-    # pytest-xdist's controller: its workers run the tests, each on scratch names of its own.
-    return bool(getattr(config.option, "numprocesses", None)) and not os.environ.get(
-        "PYTEST_XDIST_WORKER"
-    )
 
 
 @pytest.fixture(autouse=True)
