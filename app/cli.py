@@ -389,10 +389,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Say who holds the profile's data root (or that nobody does), and its profile stamp.
+    """Say who holds the profile's storage (or that nobody does), and its profile stamp.
 
-    Only looks: creates nothing and takes no lasting lock. What it shows is one moment; the
-    holder may be gone (or a new one there) by the time you read it. Exits 0 either way.
+    On a data root, the lock's holder; on PostgreSQL and object storage, every live replica
+    (host, pid, since, URL). Only looks: creates nothing and takes no lasting lock. What it
+    shows is one moment; a holder may be gone (or a new one there) by the time you read it.
+    Exits 0 either way.
     """
     config = load_config(ctx)
     from app.storage import status as storage_status
