@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from app import config_files
@@ -52,7 +52,11 @@ from app.errors import (
     SandboxViolationError,
     UnknownProfileError,
 )
-from app.remote.errors import ResourceOverlapError
+
+if TYPE_CHECKING:
+    # Imported where used: the remote backend's modules come after this one (and
+    # app.remote.errors' import is paid only by configurations that name a database).
+    from app.remote.errors import ResourceOverlapError
 
 PROFILE_ENV = "ENV_FOR_DYNACONF"
 # Imported from here by the pytest plugin, the CLI and the tests; they live where they are used.
@@ -726,6 +730,7 @@ def remote_overlaps(
     """
     if not databases and not blobs:
         return  # a local-only configuration never imports psycopg (every pytest start)
+    from app.remote.errors import ResourceOverlapError
     from app.remote.objects import parse_blob_url, prefixes_overlap
     from app.remote.pg import same_database
 
@@ -997,8 +1002,10 @@ def _scratch_clashes(
 
 
 def _pair(problem: ConfigError) -> tuple[Any, ...]:
-    if isinstance(problem, DataRootOverlapError | ResourceOverlapError):
-        return (type(problem), problem.first, problem.second)
+    # An overlap (of data roots, databases or prefixes) by the two profiles it names.
+    first, second = getattr(problem, "first", None), getattr(problem, "second", None)
+    if isinstance(first, str) and isinstance(second, str):
+        return (problem.code, first, second)
     return (problem.message,)
 
 

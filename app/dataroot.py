@@ -50,10 +50,11 @@ from app.errors import (
     ProfileStampMismatchError,
 )
 from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe
-from app.sandbox import check_root
+from app.sandbox import check_root, checked, current_run
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.sandbox import Run
     from app.store.concurrency import RootState
 
 __all__ = [
@@ -105,14 +106,15 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, data: bytes) -> None:
+def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Create ``path`` (it must not exist) holding ``data``, fsynced; on failure it is removed.
 
     The one write-and-fsync of the app's atomic writes: the temporary files of
     :meth:`DataRoot.atomic_write_bytes` and the stamp, and the ``session.json`` that
     :mod:`app.store` writes into a new session's staging directory. The caller renames
     the file into place and fsyncs the directory (:func:`fsync_dir`). ``O_EXCL``: it never
-    writes into a file that exists (someone else's).
+    writes into a file that exists (someone else's). ``durable=False`` skips the fsync, for
+    a test run's throw-away root only (see :func:`open_root`).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -120,7 +122,8 @@ def write_new_file(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except BaseException:
@@ -136,13 +139,13 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp_file(dir_: Path, data: bytes) -> Path:
+def _write_temp_file(dir_: Path, data: bytes, *, durable: bool = True) -> Path:
     tmp = dir_ / f"write-{secrets.token_hex(8)}.part"
-    write_new_file(tmp, data)
+    write_new_file(tmp, data, durable=durable)
     return tmp
 
 
-def _replace(tmp: Path, dest: Path) -> None:
+def _replace(tmp: Path, dest: Path, *, durable: bool = True) -> None:
     # The directory is opened before the rename: a process out of file descriptors then fails
     # while nothing has changed, instead of after the new file is already visible (an error
     # that says "nothing was changed" must be true).
@@ -157,7 +160,8 @@ def _replace(tmp: Path, dest: Path) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -273,11 +277,12 @@ def _layout_dir(root: Path, name: str) -> Path:
     return path
 
 
-def _write_stamp(root: Path, profile: str, **extra: Any) -> dict[str, Any]:
+def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any) -> dict[str, Any]:
     stamp = {"profile": profile, "created_at": _now_iso(), "app_version": __version__, **extra}
     tmp_dir = _layout_dir(root, TMP_DIR)
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
-    _replace(_write_temp_file(tmp_dir, data), root / STAMP_FILE)
+    tmp = _write_temp_file(tmp_dir, data, durable=durable)
+    _replace(tmp, root / STAMP_FILE, durable=durable)
     return stamp
 
 
@@ -320,7 +325,9 @@ def _taking_needs_confirmation(config: Config, stamped: str) -> bool:
     return config.protected or stamped in config.protected_profiles or stamped not in config.roots
 
 
-def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[str, Any] | None:
+def _check_stamp(
+    config: Config, root: Path, *, kind: str, write: bool, durable: bool = True
+) -> dict[str, Any] | None:
     stamp = read_stamp(root)
     if stamp is not None:
         stamped = str(stamp["profile"]).lower()
@@ -333,7 +340,7 @@ def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[
         return None
     _refuse_foreign_directory(config, root)
     legacy = _has_data(root)
-    stamp = _write_stamp(root, config.profile)
+    stamp = _write_stamp(root, config.profile, durable=durable)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.
         _append_audit(
@@ -346,7 +353,7 @@ def _check_stamp(config: Config, root: Path, *, kind: str, write: bool) -> dict[
 # --- opening -----------------------------------------------------------------------------
 
 
-def _create_root(root: Path) -> None:
+def _create_root(root: Path, *, durable: bool = True) -> None:
     try:
         root.mkdir(mode=DIR_MODE)
     except FileNotFoundError:
@@ -365,7 +372,8 @@ def _create_root(root: Path) -> None:
     # mkdir's mode is filtered by the umask; the root we created must be exactly 0700.
     # A root that already existed keeps the permissions its owner gave it.
     root.chmod(DIR_MODE)
-    fsync_dir(root.parent)
+    if durable:
+        fsync_dir(root.parent)
 
 
 def _clear_tmp(tmp_dir: Path) -> list[str]:
@@ -460,10 +468,34 @@ def open_root(
 
     Returns:
         An open :class:`DataRoot`; close it (or use ``with``) to release the lock.
+
+    Inside a test run (the process, or one of its ancestors, is a pytest run of the app's
+    plugin) the root lies in the run's sandbox, which pytest throws away: creating it,
+    stamping it and publishing and removing the lock's holder skip their fsyncs there (five
+    journal commits, most of what a fresh test root cost on ext4). Every write of the
+    store on that root stays as durable as anywhere else, and a root outside a test run,
+    or in one that only the environment (``PYTEST_APP_SANDBOX``) names, is always synced.
     """
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
+    run = current_run()
     # Before anything touches the filesystem, so that even mkdir never happens outside.
-    check_root(root, "open data root")
+    with checked(root, "open data root", run):
+        return _open_checked(config, run, kind, write, port, wanted, timeout)
+
+
+def _open_checked(
+    config: Config,
+    run: Run | None,
+    kind: str,
+    write: bool,
+    port: int | None,
+    wanted: str | None,
+    timeout: float,
+) -> DataRoot:
+    root = _local_root(config, wanted or f"open a data root as a {kind} process")
+    # A power loss ends the test run with it: nothing will open its sandbox again. Only a
+    # run found in the process tree counts; the variable alone could be set by anyone.
+    durable = run is None or run.pid is None
     if not write:
         stamp = _check_stamp(config, root, kind=kind, write=False)
         return DataRoot(config, kind=kind, lock=None, stamp=stamp)
@@ -472,11 +504,11 @@ def open_root(
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
         _refuse_foreign_directory(config, root)
-    _create_root(root)
-    lock = RootLock(root, kind=kind, profile=config.profile, port=port)
+    _create_root(root, durable=durable)
+    lock = RootLock(root, kind=kind, profile=config.profile, port=port, durable=durable)
     lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
     try:
-        stamp = _check_stamp(config, root, kind=kind, write=True)
+        stamp = _check_stamp(config, root, kind=kind, write=True, durable=durable)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)

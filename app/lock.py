@@ -292,7 +292,15 @@ class RootLock:
         ...     ...  # the root is ours until the block ends
     """
 
-    def __init__(self, root: Path, *, kind: str, profile: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        kind: str,
+        profile: str,
+        port: int | None = None,
+        durable: bool = True,
+    ) -> None:
         """Prepare a lock on ``root``; nothing is opened or created until :meth:`acquire`.
 
         Args:
@@ -300,6 +308,9 @@ class RootLock:
             kind: ``"server"``, ``"tests"`` or ``"maintenance"``.
             profile: the holder's profile.
             port: a server's port, if already known (see :meth:`update`).
+            durable: fsync the holder JSON and its removal. Only a throw-away root (one
+                inside a test run's sandbox, see :func:`app.dataroot.open_root`) passes
+                ``False``: the flock and what live processes read never depend on it.
         """
         if kind not in KINDS:
             msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -309,6 +320,7 @@ class RootLock:
         self.kind = kind
         self.profile = profile
         self._port = port
+        self._durable = durable
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
@@ -388,7 +400,7 @@ class RootLock:
             stat = os.fstat(own)
             _refuse_aliased(self.path, stat)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
-            _write_in_place(own, holder)
+            _write_in_place(own, holder, durable=self._durable)
         except BaseException:
             os.close(own)
             raise
@@ -411,7 +423,8 @@ class RootLock:
                 # JSON in a file nobody holds (apart from after a crash, which probe handles).
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
-                    os.fsync(fd)
+                    if self._durable:
+                        os.fsync(fd)
                 self._lock.release()
             finally:
                 self._fd = None
@@ -472,7 +485,7 @@ class RootLock:
                 msg = f"cannot update {self.path}: the lock is not held"
                 raise RuntimeError(msg)
             holder = {**self._holder, **fields}
-            _write_in_place(self._fd, holder)
+            _write_in_place(self._fd, holder, durable=self._durable)
             self._holder = holder
             if "port" in fields:
                 self._port = fields["port"]
@@ -515,7 +528,7 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
         raise LockFileAliasedError(path, f"has {locked.st_nlink} hard links")
 
 
-def _write_in_place(fd: int, holder: Mapping[str, Any]) -> None:
+def _write_in_place(fd: int, holder: Mapping[str, Any], *, durable: bool = True) -> None:
     # In place on the locked descriptor, never write-temp-and-rename: a rename would put
     # a different, unlocked inode at the lock path. Write first, then cut to length, so an
     # update never shows readers an empty file; a stale tail fails to parse and readers
@@ -526,7 +539,8 @@ def _write_in_place(fd: int, holder: Mapping[str, Any]) -> None:
     while offset < len(data):
         offset += os.pwrite(fd, view[offset:], offset)
     os.ftruncate(fd, len(data))
-    os.fsync(fd)
+    if durable:
+        os.fsync(fd)
 
 
 class LockWatcher:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import app
+from app.config import Config
 from app.dataroot import (
     AUDIT_FILE,
     STAMP_FILE,
@@ -432,3 +433,55 @@ def test_a_write_through_a_symlinked_directory_inside_the_root_is_refused(
             root.atomic_write_bytes(root.sessions_dir / "b" / "x", b"{}")
         assert list((root.sessions_dir / "a").iterdir()) == []
         assert list(root.tmp_dir.iterdir()) == []
+
+
+def _counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the process's fsyncs from now on (each still reaches the disk)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_a_test_runs_root_is_opened_without_fsyncs_and_written_durably(
+    app_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.store import Store
+
+    config = app_config
+    fsyncs = _counting_fsyncs(monkeypatch)
+    with open_root(config, kind="tests") as root:
+        # Creating, stamping and locking a root in the run's sandbox: nothing to survive a
+        # power loss for, the run ends with it. Its lock and stamp are there all the same.
+        assert fsyncs == []
+        assert probe(config.data_root).holder is not None
+        assert json.loads((config.data_root / STAMP_FILE).read_text())["profile"] == "testing"
+        Store(root).create_session("durable", None)
+        # session.json, its staging directory, sessions/: as on any root.
+        assert len(fsyncs) == 3
+    assert len(fsyncs) == 3  # the lock emptied on release, unsynced
+    assert probe(config.data_root).holder is None
+
+
+def test_a_root_in_a_sandbox_only_the_environment_names_is_opened_durably(
+    config: StubConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The variable alone may come from anyone's shell: it never turns fsyncs off.
+    from app import sandbox as sandboxing
+
+    run = sandboxing.current_run()
+    assert run is not None and run.pid is not None
+    named_only = sandboxing.Run(run.sandbox, None, run.protected, "the environment")
+    fsyncs = _counting_fsyncs(monkeypatch)
+    sandboxing.swap(run, named_only)
+    try:
+        open_root(config, kind="tests").close()
+    finally:
+        sandboxing.swap(named_only, run)
+    # The root's parent, the lock's holder, the stamp and its rename, the lock's release.
+    assert len(fsyncs) == 5
