@@ -99,8 +99,12 @@ def _settings_dir(where: Path, s3_engine: S3Engine, postgres_engine: PostgresEng
     return where
 
 
+# The project's environment first: the tests extra installs awscli there.
+_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def _needs(program: str, install: str) -> None:
-    if shutil.which(program) is None:
+    if shutil.which(program, path=_PATH) is None:
         reason = f"{program} is missing; {install}"
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the PostgreSQL how-to's commands: {reason}", pytrace=False)
@@ -128,7 +132,7 @@ def test_the_postgresql_how_to_runs_as_written(
         and not name.endswith("_FOR_DYNACONF")
     }
     # psql, pg_dump and pg_restore of the cluster's own version come first.
-    env["PATH"] = f"{postgres_engine.bindir}:{env['PATH']}"
+    env["PATH"] = f"{postgres_engine.bindir}:{_PATH}"
     env["APP_SETTINGS_DIR"] = str(settings)
     env["HOME"] = str(work)  # aws reads ~/.aws; nothing of the user's
     # The commands are part of this test run (their process tree says so): a sandbox narrowed

@@ -509,11 +509,16 @@ class Holder:
             if not self.lost:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.execute("DELETE FROM app_holders WHERE id = %s", (self.row["id"],))
+                    # Released before the close returns: the backend ends a moment after
+                    # the client hangs up, and a maintenance command started right after a
+                    # replica stopped must not find its locks still there.
+                    self._conn.execute("SELECT pg_advisory_unlock_all()")
             self._conn.close()
             self._conn = None
 
     def __enter__(self) -> Self:
-        return self.start()
+        # `with Holder(...).start():` must not take a second row and lock.
+        return self if self._conn is not None else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
