@@ -406,9 +406,10 @@ def test_an_upload_when_the_process_is_out_of_file_descriptors_is_503_not_500(
 def test_bodies_split_across_packets_and_a_pipelined_request_arrive_whole(
     app_live_server: LiveServer,
 ) -> None:
-    # app.server.protocol intercepts data_received (to bound the wait for a head): the head
-    # and the first bytes in one packet, a body's end and the next head in another, a client
-    # that asks for 100 Continue and sends its body anyway, then a pipelined GET.
+    # app.server.protocol hands a Content-Length body past h11's parser, counting it off
+    # h11's reader: the head and the first bytes in one packet, a body's end and the next
+    # head in another, a client that asks for 100 Continue and sends its body anyway (its
+    # first bytes go through h11), then a pipelined GET.
     server = app_live_server
     session_id = a_session(server)
     body = os.urandom(300_000)
