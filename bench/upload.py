@@ -1,14 +1,17 @@
 """Upload throughput of `app serve` against a bare Starlette endpoint, over loopback.
 
-Both servers run uvicorn with the same defaults (uvloop, httptools), listen on 127.0.0.1
-and fsync what they store. The baseline endpoint writes ``request.stream()`` straight to a
-file; the app streams the same bytes through its checks, a SHA-256 and ``.tmp/`` into the
-session (PUT: raw body; POST: multipart parsed as a stream). The client is a raw socket
-sending 1 MiB chunks, timed from the first byte sent to the last byte of the response.
+Both servers run uvicorn with uvloop, listen on 127.0.0.1 and fsync what they store; the
+baseline parses HTTP with httptools (uvicorn's default), ``app serve`` with h11 (which bounds
+the request head: `app.server.protocol`). The baseline endpoint writes ``request.stream()``
+straight to a file; the app streams the same bytes through its checks, a SHA-256 and
+``.tmp/`` into the session (PUT: raw body; POST: multipart parsed as a stream). The client
+is a raw socket sending 1 MiB chunks, timed from the first byte sent to the last byte of the
+response.
 
 Also measured: bytes the server process wrote to storage per uploaded byte
-(``/proc/<pid>/io`` ``write_bytes``; 1.0 means each byte written once), and the server's
-RSS growth during one 1 GiB upload.
+(``/proc/<pid>/io`` ``write_bytes``; 1.0 means each byte written once), each server's CPU
+time per MiB (all threads, user and system: what the code costs, which other work on the
+cores moves far less than the rates), and the server's RSS growth during one 1 GiB upload.
 
 Run: ``.venv/bin/python bench/upload.py [--size-mib 256] [--runs 5] [--big-mib 1024]``
 """
@@ -71,6 +74,12 @@ def serve_baseline(fd: int, directory: str) -> None:
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
 
+def cpu_seconds(pid: int) -> float:
+    # Fields 14 and 15 of /proc/<pid>/stat, after the parenthesised command name.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def send(port: int, request_line: str, size: int, *, multipart: bool = False) -> float:
     """Upload ``size`` bytes; return the seconds from the first byte to the full response."""
     head = tail = b""
@@ -123,6 +132,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     size = args.size_mib * MIB
     results: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
     written: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
+    cpu: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
     baseline_dir = work / "baseline"
     baseline_dir.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as listening:
@@ -144,6 +154,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
                     os.sync()
                     pid = baseline.pid if kind == "baseline" else app.pid
                     before = io_write_bytes(pid)
+                    cpu_before = cpu_seconds(pid)
                     if kind == "baseline":
                         seconds = send(baseline.port, "PUT /upload", size)
                     elif kind == "put":
@@ -154,6 +165,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
                         line = f"POST /sessions/{session}/files"
                         seconds = send(app.port, line, size, multipart=True)
                     written[kind].append((io_write_bytes(pid) - before) / size)
+                    cpu[kind].append((cpu_seconds(pid) - cpu_before) * 1000 / (size / MIB))
                     results[kind].append(size / MIB / seconds)
                     print(f"run {run + 1}: {kind:<9} {results[kind][-1]:7.1f} MiB/s", flush=True)
             big = measure_rss(app, args.big_mib * MIB)
@@ -174,6 +186,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
             [m / b for m, b in zip(results["multipart"], results["baseline"], strict=True)]
         ),
         "written_per_byte": {kind: median(values) for kind, values in written.items()},
+        # The server's CPU time (all its threads, user and system) per MiB: what the code
+        # costs, much less moved by other processes on the cores than the rates are.
+        "cpu_ms_per_mib": {kind: median(values) for kind, values in cpu.items()},
         "big_upload": big,
     }
 
@@ -235,6 +250,10 @@ def main() -> None:
     assert isinstance(w, dict)
     print("  bytes written to storage per uploaded byte (/proc/<pid>/io write_bytes): "
           + ", ".join(f"{k} {v:.3f}" for k, v in w.items()))  # fmt: skip
+    c = result["cpu_ms_per_mib"]
+    assert isinstance(c, dict)
+    print("  server CPU time per MiB (/proc/<pid>/stat utime + stime): "
+          + ", ".join(f"{k} {v:.2f} ms" for k, v in c.items()))  # fmt: skip
     big = result["big_upload"]
     assert isinstance(big, dict)
     print(

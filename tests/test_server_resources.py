@@ -8,6 +8,7 @@ normal client's request must succeed. Waits are bounded by a condition, never by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -397,3 +398,48 @@ def test_an_upload_when_the_process_is_out_of_file_descriptors_is_503_not_500(
     problem(refused.content, "too_many_open_files", "files open", "LimitNOFILE")
     assert app_store.list_files(session_id) == []
     assert app_client.put(url, content=b"report").status_code == 201
+
+
+# --- a body arrives whole however the packets split it ---------------------------------------
+
+
+def test_bodies_split_across_packets_and_a_pipelined_request_arrive_whole(
+    app_live_server: LiveServer,
+) -> None:
+    # app.server.protocol hands a Content-Length body past h11's parser, counting it off
+    # h11's reader: the head and the first bytes in one packet, a body's end and the next
+    # head in another, a client that asks for 100 Continue and sends its body anyway (its
+    # first bytes go through h11), then a pipelined GET.
+    server = app_live_server
+    session_id = a_session(server)
+    body = os.urandom(300_000)
+
+    def put(name: str, extra: bytes = b"") -> bytes:
+        return (
+            f"PUT /sessions/{session_id}/files/{name} HTTP/1.1\r\nHost: x\r\n".encode()
+            + token_header(server)
+            + f"Content-Length: {len(body)}\r\n".encode()
+            + extra
+            + b"\r\n"
+        )
+
+    listing = (
+        f"GET /sessions/{session_id}/files HTTP/1.1\r\nHost: x\r\n".encode()
+        + token_header(server)
+        + b"Connection: close\r\n\r\n"
+    )
+    with connect(server) as sock:
+        sock.sendall(put("a.bin") + body[:7])
+        sock.sendall(body[7:200_000])
+        sock.sendall(body[200_000:] + put("b.bin", b"Expect: 100-continue\r\n") + body[:5])
+        sock.sendall(body[5:] + listing)
+        status, _, answers = read_answer(sock)
+    assert status in (201, 100)
+    assert answers.count(b"HTTP/1.1 201 ") + (status == 201) == 2, answers[:2000]
+    files = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
+    digest = hashlib.sha256(body).hexdigest()
+    assert sorted((f["name"], f["size"], f["sha256"]) for f in files.json()["items"]) == [
+        ("a.bin", len(body), digest),
+        ("b.bin", len(body), digest),
+    ]
+    assert b'"a.bin"' in answers.rsplit(b"HTTP/1.1 200 ", 1)[1]

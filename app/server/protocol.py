@@ -9,8 +9,16 @@ connection for ever. Here the head must arrive within ``request_idle_seconds`` o
 connection opening or of its first byte; then the body is the application's to bound
 (`app.server.limits.BoundRequestBodies`). Both refusals are problem documents.
 
-This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``): pyproject.toml
-pins uvicorn's minor release for that reason.
+The body of a request with a ``Content-Length`` bypasses h11's parser (`_body_taken`): h11
+copied each received chunk three times (into its buffer, out of it twice) and uvicorn once
+more, on the event loop, about a third of the server's CPU time per uploaded MiB (see
+docs/reference/performance.md). The bytes and h11's own count of what is left are the same
+either way; the request head, chunked bodies and everything after the body still go through
+h11.
+
+This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``) and reads
+h11's (``_reader``, ``_receive_buffer``): pyproject.toml pins both minor releases for that
+reason.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ def _raw_problem(error: AppError) -> bytes:
 
 def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Protocol]:
     # Imported here: only `serve` needs uvicorn, and the in-process test client does not.
+    import h11
+    from h11._readers import ContentLengthReader
+    from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     too_large = _raw_problem(HeaderTooLargeError(max_header_bytes))
@@ -64,7 +75,43 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
         def data_received(self, data: bytes) -> None:
             if self._head_timer is None and self._between_requests():
                 self._wait_for_head()  # the first byte of the next request on a kept-alive one
-            super().data_received(data)
+            taken = self._body_taken(data)
+            if taken == len(data):
+                return
+            super().data_received(data[taken:] if taken else data)
+
+        def _body_taken(self, data: bytes) -> int:
+            """Hand the body bytes in ``data`` to the request as they are; return how many.
+
+            What h11 would do for a ``Data`` event of a ``Content-Length`` body, less its
+            copies: count them off its reader, then as uvicorn does, add them to the cycle's
+            body, pause reading over the high-water mark and wake the application. Only when
+            h11 has nothing buffered (the head and any earlier bytes went through it) and is
+            not waiting to send ``100 Continue`` (its first body event clears that).
+            """
+            conn, cycle = self.conn, self.cycle
+            reader = conn._reader
+            if (
+                cycle is None
+                or type(reader) is not ContentLengthReader
+                or conn.their_state is not h11.SEND_BODY
+                or conn.our_state is h11.DONE
+                or conn.client_is_waiting_for_100_continue
+                or conn._receive_buffer
+            ):
+                return 0
+            taken = min(len(data), reader._remaining)
+            if taken == 0:
+                return 0
+            reader._remaining -= taken
+            self._unset_keepalive_if_required()
+            cycle.body += data if taken == len(data) else data[:taken]
+            if len(cycle.body) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+            if reader._remaining == 0:
+                self.handle_events()  # h11 reports the end of the message
+            return taken
 
         def on_response_complete(self) -> None:
             self._stop_waiting()  # uvicorn's keep-alive timeout bounds the wait for the next
