@@ -19,6 +19,7 @@ The values that cross the seam (:class:`SessionRecord`, :class:`FileEntry`, :cla
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, Self, TypedDict
 
 from app.config import REMOTE
+from app.errors import BadRequestError
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -45,6 +47,7 @@ __all__ = [
     "Storage",
     "TrashEntry",
     "Upload",
+    "checked_session_fields",
     "holder_lost",
     "open_storage",
     "restamp",
@@ -58,6 +61,28 @@ MAX_TITLE_CHARS: Final = 1000
 """Longest session title, in characters (every backend enforces it)."""
 MAX_METADATA_BYTES: Final = 64 * 1024
 """Largest session metadata, as compact JSON (every backend enforces it)."""
+
+
+def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
+    """Refuse a title or metadata that no backend may store; return the metadata to store."""
+    if not isinstance(title, str):
+        raise BadRequestError("title must be a string")
+    if len(title) > MAX_TITLE_CHARS:
+        raise BadRequestError(
+            f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
+        )
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise BadRequestError("metadata must be a JSON object")
+    try:
+        size = len(json.dumps(metadata, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as error:
+        raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
+    if size > MAX_METADATA_BYTES:
+        raise BadRequestError(
+            f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+        )
+    return metadata
 
 
 class FileEntry(TypedDict):

@@ -58,14 +58,13 @@ from app.remote.errors import DatabaseUnavailableError, HolderLostError
 from app.remote.objects import BLOBS, ObjectStore, PutResult
 from app.remote.transfer import ObjectFile, RemoteUpload
 from app.storage import (
-    MAX_METADATA_BYTES,
-    MAX_TITLE_CHARS,
     CheckReport,
     FileEntry,
     Finding,
     Page,
     SessionRecord,
     TrashEntry,
+    checked_session_fields,
 )
 from app.store.ids import check_session_id, new_session_id
 
@@ -342,26 +341,10 @@ class RemoteStore:
         self, title: str = "", metadata: dict[str, Any] | None = None
     ) -> SessionRecord:
         """Create a session (one committed row) and return it."""
-        if not isinstance(title, str):
-            raise BadRequestError("title must be a string")
-        if "\x00" in title:
+        if isinstance(title, str) and "\x00" in title:
             # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
             raise BadRequestError("title must not contain the character U+0000 (NUL)")
-        if len(title) > MAX_TITLE_CHARS:
-            raise BadRequestError(
-                f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
-            )
-        metadata = {} if metadata is None else metadata
-        if not isinstance(metadata, dict):
-            raise BadRequestError("metadata must be a JSON object")
-        try:
-            size = len(json.dumps(metadata, separators=(",", ":")).encode())
-        except (TypeError, ValueError) as error:
-            raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
-        if size > MAX_METADATA_BYTES:
-            raise BadRequestError(
-                f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
-            )
+        metadata = checked_session_fields(title, metadata)
         session_id = new_session_id()
         moment = _now()
         with self._write() as conn:

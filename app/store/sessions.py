@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from app.dataroot import fsync_dir, write_new_file
 from app.errors import BadRequestError, SessionNotFoundError
 from app.names import check_file_name
-from app.storage import MAX_METADATA_BYTES, MAX_TITLE_CHARS, Page, SessionRecord, TrashEntry
+from app.storage import Page, SessionRecord, TrashEntry, checked_session_fields
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -263,23 +263,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _new_session(title: str, metadata: dict[str, Any] | None) -> SessionRecord:
-    if not isinstance(title, str):
-        raise BadRequestError("title must be a string")
-    if len(title) > MAX_TITLE_CHARS:
-        raise BadRequestError(
-            f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
-        )
-    metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, dict):
-        raise BadRequestError("metadata must be a JSON object")
-    try:
-        size = len(json.dumps(metadata, separators=(",", ":")).encode())
-    except (TypeError, ValueError) as error:
-        raise BadRequestError(f"metadata is not JSON-serialisable: {error}") from None
-    if size > MAX_METADATA_BYTES:
-        raise BadRequestError(
-            f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
-        )
+    metadata = checked_session_fields(title, metadata)
     now = _iso(datetime.now(UTC))
     return {
         "id": new_session_id(),
