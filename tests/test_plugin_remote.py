@@ -65,6 +65,20 @@ def test_writes_into_the_scratch_database_and_prefix():
         json.dump({"database": name, "blob_url": config.blob_url}, f)
 """
 
+# The plugin's own fixtures on the remote backend: the store and the in-process client.
+FIXTURES = """
+def test_the_store_fixture_writes_to_the_scratch_database(app_store):
+    session = app_store.create_session("on the scratch database")
+    app_store.put_file(session["id"], "notes.txt", b"hello")
+    assert app_store.get_session(session["id"])["files"][0]["size"] == 5
+
+def test_the_client_fixture_serves_the_scratch_database(app_client):
+    created = app_client.post("/sessions", json={"title": "through http"})
+    assert created.status_code == 201, created.text
+    listed = app_client.get("/sessions").json()
+    assert created.json()["id"] in [item["id"] for item in listed["items"]]
+"""
+
 HOSTILE = """
 import os, subprocess, sys
 import pytest
@@ -222,6 +236,18 @@ def test_a_run_gets_a_scratch_database_and_prefix_and_drops_both(
     assert probe["database"].startswith(f"{remote.testing_db}_pytest_")
     assert f"/{remote.testing_prefix}/pytest_" in probe["blob_url"]
     # ... which is gone now, with its objects; production is as it was.
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_the_store_and_client_fixtures_work_on_the_scratch_database(
+    pytester: pytest.Pytester, remote: Remote
+) -> None:
+    before = remote.production_state()
+    pytester.makepyfile(test_fixtures=FIXTURES)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
     assert remote.scratch_databases() == []
     assert remote.testing_objects() == []
     assert remote.production_state() == before

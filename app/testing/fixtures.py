@@ -17,7 +17,7 @@ from app.errors import AppError
 from app.testing.guard import INACTIVE, STATE, scratch_names
 
 if TYPE_CHECKING:
-    from app.store import Store
+    from app.storage import Storage
     from app.testing.live_server import LiveServer
 
 
@@ -109,17 +109,18 @@ def app_config(
 
 
 @pytest.fixture
-def app_store(app_config: appconfig.Config) -> Iterator[Store]:
-    """An open, writable store on the test's own data root (lock held for the test)."""
-    from app.dataroot import open_root
-    from app.store import Store
+def app_store(app_config: appconfig.Config) -> Iterator[Storage]:
+    """An open, writable store on the test's own storage: a data root of its own, held for
+    the test; or, with a remote testing profile, the run's scratch database and prefix, held
+    like a replica for the test."""
+    from app.storage import open_storage
 
-    with open_root(app_config, kind="tests", wanted="run a test on it") as root:
-        yield Store(root)
+    with open_storage(app_config, writer=True, kind="tests", wanted="run a test on it") as store:
+        yield store
 
 
 @pytest.fixture
-def app_client(app_store: Store, app_config: appconfig.Config) -> Iterator[Any]:
+def app_client(app_store: Storage, app_config: appconfig.Config) -> Iterator[Any]:
     """An httpx client (Starlette's TestClient) on the in-process app, token included."""
     from starlette.testclient import TestClient
 
