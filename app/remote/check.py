@@ -1,0 +1,92 @@
+"""The consistency check of :class:`app.remote.store.RemoteStore`: rows against objects.
+
+Rows are the truth: an object is reachable only through a row that names it. An upload that
+never commits leaves an object no row names; bytes lost outside the app leave a row naming
+nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from app.remote.db import Database
+from app.remote.objects import BLOBS, ObjectStore
+from app.storage import CheckReport, Finding
+
+__all__ = ["check"]
+
+
+def check(
+    db: Database,
+    objects: ObjectStore,
+    *,
+    orphan_grace: timedelta,
+    repair: bool,
+    thorough: bool,
+) -> CheckReport:
+    """Reconcile rows and objects.
+
+    Finds objects that no row names and that are older than ``orphan_grace`` (an upload
+    whose transaction never committed: nobody ever saw them, so ``repair`` deletes them),
+    and, with ``thorough``, rows whose object is missing (bytes lost outside the app:
+    reported, never repaired, since only a backup has them).
+    """
+    if repair:
+        db.ensure_held()
+    # Only a maintenance command holds the database exclusively. Under a replica's shared
+    # hold, an object without a row may be another replica's upload still streaming (for
+    # longer than orphan_grace, on a slow link): deleting it would lose that upload. Row
+    # and object switch atomically, so a replica's start-up has nothing to finish; it
+    # skips the scan, which lists every object.
+    exclusive = db.kind == "maintenance"
+    if not thorough and not exclusive:
+        return CheckReport([], repair)
+    with db.conn() as conn:
+        rows = conn.execute(
+            "SELECT blob, session_id, name, deleted_at IS NOT NULL AS trashed FROM app_files"
+        ).fetchall()
+    referenced = {row["blob"] for row in rows}
+    findings: list[Finding] = []
+    orphans = objects.orphans(referenced, older_than=orphan_grace)
+    for info in orphans:
+        findings.append(
+            Finding(
+                "object-without-record",
+                info.name,
+                f"object {info.name} ({info.size} bytes, written "
+                f"{info.last_modified:%Y-%m-%d %H:%M:%S}) is named by no row: an upload "
+                "whose transaction never committed",
+                "delete the object (nobody could ever read it)"
+                if exclusive
+                else "`app data check --repair` deletes it once no replica is live "
+                "(a live replica may still be uploading it)",
+            )
+        )
+    if not exclusive:
+        orphans = []
+    if thorough:
+        present = {info.name for info in objects.objects(BLOBS)}
+        for row in rows:
+            if row["blob"] not in present:
+                state = "a trashed version of" if row["trashed"] else "the live"
+                findings.append(
+                    Finding(
+                        "record-without-object",
+                        f"{row['session_id']}/{row['name']}",
+                        f"the row for {state} file {row['name']!r} of session "
+                        f"{row['session_id']} names object {row['blob']}, which is missing",
+                        "nothing: the bytes are gone; restore them from a backup of the "
+                        "object store, or delete the file",
+                    )
+                )
+    if repair and orphans:
+        objects.delete(*(info.name for info in orphans))
+        findings = [
+            Finding(f.problem, f.target, f.detail, f.repair, True)
+            if f.problem == "object-without-record"
+            else f
+            for f in findings
+        ]
+    if repair and findings:
+        db.audit_alone("check-repair", db.where, findings=[f.to_dict() for f in findings])
+    return CheckReport(findings, repair)

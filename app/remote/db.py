@@ -1,0 +1,195 @@
+"""The connections of :class:`app.remote.store.RemoteStore`, and the one way it changes rows.
+
+Every change goes through :meth:`Database.write` (or :meth:`Database.change`, which also
+locks the session's row and bumps its ``updated_at``): it checks that this replica still holds
+the database before the transaction and again at its commit point, so a replica that lost
+its hold commits nothing. Audit rows go into the transaction of the change they record.
+
+Connections: a :class:`psycopg_pool.ConnectionPool` (psycopg's own pool), because the server
+calls the store from many threads; the pool bounds the connections a replica opens and checks
+each one before lending it, so a database restart costs one failed request at most, not a
+broken connection per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from app.errors import SessionNotFoundError
+from app.remote import pg
+from app.remote.errors import DatabaseUnavailableError, HolderLostError
+from app.storage import TrashEntry
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["TRASH_TIME_FORMAT", "Connection", "Database", "now", "trash_entry", "trash_name", "utc"]
+
+TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+def utc(column: str) -> str:
+    """SQL for ``column`` as Python's ``isoformat(timespec="microseconds")`` of a UTC time.
+
+    The local backend returns exactly that, whatever the connection's ``TimeZone``.
+    """
+    return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+
+
+def now() -> datetime:
+    """The current time, in UTC."""
+    return datetime.now(UTC)
+
+
+def trash_name(moment: datetime, session_id: str, *, file: bool) -> str:
+    """The name of a trash entry made at ``moment``."""
+    # The local backend's names, so that `app sessions list --trash` reads the same; a file
+    # entry has a random suffix (one file can be replaced many times in a microsecond).
+    suffix = f"-file-{secrets.token_hex(4)}" if file else ""
+    return f"{moment.strftime(TRASH_TIME_FORMAT)}-{session_id}{suffix}"
+
+
+def trash_entry(
+    name: str,
+    kind: Literal["session", "file"],
+    session_id: str,
+    file: str | None,
+    deleted_at: datetime,
+    reason: str,
+    title: str | None = None,
+) -> TrashEntry:
+    """A trash entry of this backend."""
+    # `path` has no meaning here beyond naming the entry (the local backend: a directory).
+    return TrashEntry(name, Path(name), kind, session_id, file, deleted_at, reason, title)
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class Database:
+    """A pool of connections to one database, held (or not) by this replica.
+
+    Args:
+        database_url: the database (already opened, hence stamped).
+        profile: the profile, for audit rows.
+        holder: this replica's live hold on the database, or ``None`` (maintenance).
+        kind: who writes, for audit rows.
+        pool_size: the most connections this process opens.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        profile: str,
+        *,
+        holder: pg.Holder | None,
+        kind: str,
+        pool_size: int,
+    ) -> None:
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self.where = pg.mask_url(database_url)
+        self.profile = profile
+        self.holder = holder
+        self.kind = kind
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            pg.conninfo(database_url, purpose=f"app {kind}"),
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            check=ConnectionPool.check_connection,
+            name=f"app-{kind}",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=10)
+        except PoolTimeout as error:
+            self._pool.close()
+            raise DatabaseUnavailableError(self.where, _reason(error)) from None
+
+    def close(self) -> None:
+        """Close the pool (not the holder)."""
+        self._pool.close()
+
+    @contextlib.contextmanager
+    def conn(self) -> Iterator[Connection]:
+        """A connection from the pool, in autocommit mode."""
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            raise DatabaseUnavailableError(self.where, _reason(error)) from None
+
+    def ensure_held(self) -> None:
+        """Raise :class:`HolderLostError` if this replica's hold on the database is gone."""
+        if self.holder is not None:
+            self.holder.check()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction for a change, after checking that this replica still holds."""
+        self.ensure_held()
+        with self.conn() as conn, conn.transaction():
+            yield conn
+            self._still_held(conn)
+
+    @contextlib.contextmanager
+    def change(self, session_id: str, moment: datetime | None = None) -> Iterator[Connection]:
+        """:meth:`write` a change to a live session's files, then bump its ``updated_at``.
+
+        The session's row is locked first: replicas serialise on it, and a session deleted
+        meanwhile is refused here (:class:`~app.errors.SessionNotFoundError`).
+        """
+        with self.write() as conn:
+            row = conn.execute(
+                "SELECT id FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
+                " FOR NO KEY UPDATE",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            yield conn
+            conn.execute(
+                "UPDATE app_sessions SET updated_at = %s WHERE id = %s",
+                (moment or now(), session_id),
+            )
+
+    def _still_held(self, conn: psycopg.Connection[Any]) -> None:
+        # Again at the commit point, and in the database rather than in this process: the
+        # holder's watch notices a lost connection within a ping, and a change must not
+        # commit in that window, when maintenance may already hold the database.
+        if self.holder is None or not self.holder.row:
+            return
+        held = conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+            " AND pid = %s AND classid = %s AND objid = %s",
+            (self.holder.row["backend_pid"], pg.ROW_LOCK_CLASS, self.holder.row["id"]),
+        ).fetchone()
+        if held is None:
+            raise HolderLostError(
+                self.where, f"backend {self.holder.row['backend_pid']} no longer holds its lock"
+            )
+
+    def audit(
+        self, conn: psycopg.Connection[Any], operation: str, target: str, **details: Any
+    ) -> None:
+        """Append one row to ``app_audit`` in the transaction of ``conn``."""
+        pg.audit(conn, self.profile, self.kind, operation, target, details)
+
+    def audit_alone(self, operation: str, target: str, **details: Any) -> None:
+        """Append one row to ``app_audit`` in its own transaction."""
+        with self.conn() as conn:
+            self.audit(conn, operation, target, **details)

@@ -1,0 +1,185 @@
+"""The files of :class:`app.remote.store.RemoteStore`: rows of ``app_files`` naming objects.
+
+An upload streams straight to a fresh, immutable object (:mod:`app.remote.transfer`); the
+row that names it is inserted in one transaction when the upload commits. A replace switches
+in that same transaction: the old row goes to the trash state and the new one becomes the
+live row; a unique index allows one live file per name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import BinaryIO, Final, cast
+
+from app.errors import (
+    FileExistsInSessionError,
+    FileNotFoundInSessionError,
+    SessionNotFoundError,
+    TooManyFilesError,
+)
+from app.names import check_file_name
+from app.remote.db import Database, now, trash_entry, trash_name, utc
+from app.remote.objects import ObjectStore, PutResult
+from app.remote.transfer import ObjectFile, RemoteUpload
+from app.storage import FileEntry, TrashEntry
+from app.store.ids import check_session_id
+
+__all__ = ["RemoteFiles"]
+
+_FILE_SELECT: Final = f"""
+SELECT s.id AS session, f.name, f.size, f.sha256, f.blob, f.uploaded_at,
+       {utc("f.uploaded_at")} AS uploaded_iso
+FROM app_sessions s LEFT JOIN app_files f
+  ON f.session_id = s.id AND f.name = %s AND f.deleted_at IS NULL
+WHERE s.id = %s AND s.deleted_at IS NULL
+"""  # noqa: S608 (formatted from constants only)
+
+
+class RemoteFiles:
+    """The files of one database's sessions, their bytes in one object prefix.
+
+    Args:
+        max_upload_bytes: the largest file accepted.
+        max_files: the most live files one session may hold.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        objects: ObjectStore,
+        *,
+        max_upload_bytes: int,
+        max_files: int,
+    ) -> None:
+        self.db = db
+        self.objects = objects
+        self.max_upload_bytes = max_upload_bytes
+        self.max_files = max_files
+
+    def open(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]:
+        """Open a file's object for reading, with its entry; the caller closes it.
+
+        Objects are never changed and a replace or a delete keeps the old one (until
+        empty-trash), so the bytes read are those the entry describes.
+        """
+        check_session_id(session_id)
+        name = check_file_name(name)
+        with self.db.conn() as conn:
+            row = conn.execute(_FILE_SELECT, (name, session_id)).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        if row["name"] is None:
+            raise FileNotFoundInSessionError(session_id, name)
+        file = ObjectFile(
+            self.objects, row["blob"], int(row["size"]), row["uploaded_at"].timestamp(), name
+        )
+        try:
+            file.seek(0)
+            file._open(0)  # now, so that a missing object is refused before a response starts
+        except BaseException:
+            file.close()
+            raise
+        entry = FileEntry(
+            name=row["name"],
+            size=int(row["size"]),
+            sha256=row["sha256"],
+            uploaded_at=row["uploaded_iso"],
+        )
+        return cast(BinaryIO, file), entry
+
+    def begin_upload(self, session_id: str, name: str, *, replace: bool) -> RemoteUpload:
+        """Start streaming a file into a session (refused at once if it cannot commit)."""
+        check_session_id(session_id)
+        name = check_file_name(name)
+        self.db.ensure_held()
+        with self.db.conn() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM app_files f WHERE f.session_id = s.id"
+                "        AND f.deleted_at IS NULL) AS live,"
+                "       EXISTS (SELECT 1 FROM app_files f WHERE f.session_id = s.id"
+                "        AND f.name = %s AND f.deleted_at IS NULL) AS taken"
+                " FROM app_sessions s WHERE s.id = %s AND s.deleted_at IS NULL",
+                (name, session_id),
+            ).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        if row["taken"] and not replace:
+            raise FileExistsInSessionError(session_id, name)
+        if not row["taken"] and row["live"] >= self.max_files:
+            raise TooManyFilesError(session_id, self.max_files)
+        return RemoteUpload(
+            self.objects,
+            self._record_upload,
+            session_id,
+            name,
+            replace=replace,
+            limit=self.max_upload_bytes,
+        )
+
+    def put(
+        self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool
+    ) -> FileEntry:
+        """Store a whole file at once (bytes, or an iterable of chunks)."""
+        with self.begin_upload(session_id, name, replace=replace) as upload:
+            for chunk in [data] if isinstance(data, bytes) else data:
+                upload.write(chunk)
+            return upload.commit()
+
+    def _record_upload(self, upload: RemoteUpload, result: PutResult) -> FileEntry:
+        session_id, name = upload.session_id, upload.name
+        moment = now()
+        with self.db.change(session_id, moment) as conn:
+            old = conn.execute(
+                "SELECT id FROM app_files WHERE session_id = %s AND name = %s"
+                " AND deleted_at IS NULL FOR UPDATE",
+                (session_id, name),
+            ).fetchone()
+            if old is not None and not upload.replace:
+                raise FileExistsInSessionError(session_id, name)
+            trash = None
+            if old is None:
+                live = conn.execute(
+                    "SELECT count(*) AS n FROM app_files WHERE session_id = %s"
+                    " AND deleted_at IS NULL",
+                    (session_id,),
+                ).fetchone()
+                if live is not None and live["n"] >= self.max_files:
+                    raise TooManyFilesError(session_id, self.max_files)
+            else:
+                trash = trash_name(moment, session_id, file=True)
+                conn.execute(
+                    "UPDATE app_files SET deleted_at = %s, deleted_reason = 'replace',"
+                    " trash_name = %s WHERE id = %s",
+                    (moment, trash, old["id"]),
+                )
+            conn.execute(
+                "INSERT INTO app_files (session_id, name, blob, size, sha256, uploaded_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (session_id, name, result.name, result.size, result.sha256, moment),
+            )
+            if trash is not None:
+                self.db.audit(conn, "replace-file", f"{session_id}/{name}", trash=trash)
+        upload.replaced = trash is not None
+        return {
+            "name": name,
+            "size": result.size,
+            "sha256": result.sha256,
+            "uploaded_at": moment.isoformat(timespec="microseconds"),
+        }
+
+    def delete(self, session_id: str, name: str) -> TrashEntry:
+        """Move one file to the trash state (its object stays); audited."""
+        check_session_id(session_id)
+        name = check_file_name(name)
+        moment = now()
+        trash = trash_name(moment, session_id, file=True)
+        with self.db.change(session_id, moment) as conn:
+            row = conn.execute(
+                "UPDATE app_files SET deleted_at = %s, deleted_reason = 'delete', trash_name = %s"
+                " WHERE session_id = %s AND name = %s AND deleted_at IS NULL RETURNING id",
+                (moment, trash, session_id, name),
+            ).fetchone()
+            if row is None:
+                raise FileNotFoundInSessionError(session_id, name)
+            self.db.audit(conn, "trash-file", f"{session_id}/{name}", trash=trash)
+        return trash_entry(trash, "file", session_id, name, moment, "delete")

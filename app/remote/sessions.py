@@ -1,0 +1,179 @@
+"""The sessions of :class:`app.remote.store.RemoteStore`: rows of ``app_sessions``.
+
+A session's files are read in the statement that reads the session, so that both come from
+one snapshot. Ids are time-ordered, so a page is ``WHERE id > cursor ORDER BY id LIMIT n``
+on any replica.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Final, cast
+
+from psycopg.types.json import Json
+
+from app.errors import BadRequestError, SessionNotFoundError
+from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
+from app.storage import Page, SessionRecord, TrashEntry, checked_session_fields
+from app.store.ids import check_session_id, new_session_id
+
+__all__ = ["RemoteSessions"]
+
+_ITER_BATCH: Final = 500
+
+_FILE_JSON: Final = (
+    "json_build_object('name', f.name, 'size', f.size, 'sha256', f.sha256, "
+    f"'uploaded_at', {utc('f.uploaded_at')})"
+)
+# One statement per read, so that a session and its files come from one snapshot.
+_SESSION_SELECT: Final = f"""
+SELECT s.id, s.title, s.metadata, {utc("s.created_at")} AS created_at,
+       {utc("s.updated_at")} AS updated_at,
+       coalesce((SELECT json_agg({_FILE_JSON} ORDER BY f.uploaded_at, f.name)
+                 FROM app_files f WHERE f.session_id = s.id AND f.deleted_at IS NULL),
+                '[]'::json) AS files
+FROM app_sessions s
+"""  # noqa: S608 (formatted from constants only)
+
+
+def _session(row: dict[str, Any]) -> SessionRecord:
+    # The key order session.json always had.
+    return cast(SessionRecord, dict(sorted(row.items())))
+
+
+class RemoteSessions:
+    """The sessions of one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, title: str, metadata: dict[str, Any] | None) -> SessionRecord:
+        """Create a session (one committed row) and return it."""
+        if isinstance(title, str) and "\x00" in title:
+            # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
+            raise BadRequestError("title must not contain the character U+0000 (NUL)")
+        metadata = checked_session_fields(title, metadata)
+        session_id = new_session_id()
+        moment = now()
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (session_id, title, Json(metadata), moment, moment),
+            )
+        when = moment.isoformat(timespec="microseconds")
+        return _session(
+            {
+                "id": session_id,
+                "title": title,
+                "metadata": metadata,
+                "created_at": when,
+                "updated_at": when,
+                "files": [],
+            }
+        )
+
+    def get(self, session_id: str) -> SessionRecord:
+        """The live session with its files."""
+        check_session_id(session_id)
+        with self.db.conn() as conn:
+            row = conn.execute(
+                _SESSION_SELECT + " WHERE s.id = %s AND s.deleted_at IS NULL", (session_id,)
+            ).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+        return _session(row)
+
+    def require(self, session_id: str) -> None:
+        """Check that the live session exists (its row only)."""
+        check_session_id(session_id)
+        with self.db.conn() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM app_sessions WHERE id = %s AND deleted_at IS NULL", (session_id,)
+            ).fetchone()
+        if row is None:
+            raise SessionNotFoundError(session_id)
+
+    def ids(self) -> list[str]:
+        """Every live session id, oldest first."""
+        with self.db.conn() as conn:
+            rows = conn.execute(
+                "SELECT id FROM app_sessions WHERE deleted_at IS NULL ORDER BY id"
+            ).fetchall()
+        return [row["id"] for row in rows]
+
+    def page(self, limit: int, after: str | None, max_bytes: int | None) -> Page:
+        """One page of live sessions, oldest first (stable while others create or delete)."""
+        if limit < 1:
+            raise BadRequestError(f"limit must be at least 1, not {limit}")
+        cursor = "" if after is None else check_session_id(after)
+        with self.db.conn() as conn, conn.transaction():
+            # One snapshot for the page and its total.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            rows = conn.execute(
+                _SESSION_SELECT + " WHERE s.id > %s AND s.deleted_at IS NULL ORDER BY s.id"
+                " LIMIT %s",
+                (cursor, limit + 1),
+            ).fetchall()
+            count = conn.execute("SELECT sum(live) AS n FROM app_session_counts").fetchone()
+        total = int(count["n"]) if count else 0
+        more = len(rows) > limit
+        items: list[SessionRecord] = []
+        size = 0
+        for row in rows[:limit]:
+            session = _session(row)
+            if max_bytes is not None:
+                # ASCII-escaped JSON bounds the UTF-8 answer from above, as in the local store.
+                size += len(json.dumps(session))
+                if items and size > max_bytes:
+                    return Page(items=items, total=total, next=items[-1]["id"])
+            items.append(session)
+        return Page(items=items, total=total, next=items[-1]["id"] if more and items else None)
+
+    def iter_all(self) -> Iterator[SessionRecord]:
+        """Every live session, oldest first, read page by page."""
+        after: str | None = None
+        while True:
+            page = self.page(_ITER_BATCH, after, None)
+            yield from page.items
+            if page.next is None:
+                return
+            after = page.next
+
+    def move_to_trash(self, session_id: str, reason: str) -> TrashEntry:
+        """Move a session, files and all, to the trash state; audited."""
+        check_session_id(session_id)
+        moment = now()
+        name = trash_name(moment, session_id, file=False)
+        with self.db.write() as conn:
+            row = conn.execute(
+                "UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
+                " WHERE id = %s AND deleted_at IS NULL RETURNING title",
+                (moment, reason, name, session_id),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            self.db.audit(
+                conn, "trash-session", session_id, trash=name, reason=reason, title=row["title"]
+            )
+        return trash_entry(name, "session", session_id, None, moment, reason, row["title"])
+
+    def purge(self) -> list[TrashEntry]:
+        """Move every live session to the trash state, in one transaction; one audit row."""
+        moment = now()
+        prefix = moment.strftime(TRASH_TIME_FORMAT) + "-"
+        with self.db.write() as conn:
+            rows = conn.execute(
+                "UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
+                " trash_name = %s || id WHERE deleted_at IS NULL RETURNING id, title, trash_name",
+                (moment, prefix),
+            ).fetchall()
+            rows.sort(key=lambda row: row["id"])
+            self.db.audit(
+                conn, "purge", self.db.where, count=len(rows), sessions=[r["id"] for r in rows]
+            )
+        return [
+            trash_entry(r["trash_name"], "session", r["id"], None, moment, "purge", r["title"])
+            for r in rows
+        ]

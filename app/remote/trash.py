@@ -1,0 +1,182 @@
+"""The trash of :class:`app.remote.store.RemoteStore`: rows in the trash state, and their objects.
+
+Deleting a session or a file only sets its row's trash state; the objects stay until
+:meth:`RemoteTrash.empty` deletes the rows (and then the objects). Every one of these is
+audited in the transaction of the change.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from app.errors import BadRequestError, SessionNotFoundError
+from app.names import check_file_name
+from app.remote.db import Database, now, trash_entry
+from app.remote.objects import ObjectStore
+from app.storage import TrashEntry
+from app.store.ids import check_session_id
+
+__all__ = ["RemoteTrash"]
+
+# The backend's logger, shared with app.remote.transfer.
+log = logging.getLogger("app.remote.store")
+
+
+class RemoteTrash:
+    """The trashed sessions and files of one database."""
+
+    def __init__(self, db: Database, objects: ObjectStore) -> None:
+        self.db = db
+        self.objects = objects
+
+    @property
+    def location(self) -> str:
+        """Where deleted sessions and files are kept, for messages."""
+        return (
+            f"the trash state of rows in database {self.db.where} (their objects stay in "
+            f"{self.objects.where} until empty-trash)"
+        )
+
+    def entries(self) -> list[TrashEntry]:
+        """Every trashed session and file, oldest first."""
+        with self.db.conn() as conn:
+            rows = conn.execute(
+                "SELECT trash_name, 'session' AS kind, id AS session_id, NULL AS file,"
+                "       deleted_at, deleted_reason, title"
+                " FROM app_sessions WHERE deleted_at IS NOT NULL"
+                " UNION ALL"
+                " SELECT trash_name, 'file', session_id, name, deleted_at, deleted_reason, NULL"
+                " FROM app_files WHERE deleted_at IS NOT NULL"
+                " ORDER BY deleted_at, trash_name"
+            ).fetchall()
+        return [
+            trash_entry(
+                r["trash_name"],
+                "session" if r["kind"] == "session" else "file",
+                r["session_id"],
+                r["file"],
+                r["deleted_at"].astimezone(UTC),
+                r["deleted_reason"],
+                r["title"],
+            )
+            for r in rows
+        ]
+
+    def restore(self, session_id: str, file: str | None) -> None:
+        """Bring a session (or the most recently trashed version of a file) back; audited.
+
+        Raises:
+            SessionNotFoundError: nothing to restore (or, for a file, its session is not live:
+                restore the session first).
+            BadRequestError: a live file has that name again.
+        """
+        check_session_id(session_id)
+        if file is None:
+            self._restore_session(session_id)
+        else:
+            self._restore_file(session_id, check_file_name(file))
+
+    def _restore_session(self, session_id: str) -> None:
+        with self.db.write() as conn:
+            row = conn.execute(
+                "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL"
+                " FOR NO KEY UPDATE",
+                (session_id,),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(session_id, where="the trash")
+            conn.execute(
+                "UPDATE app_sessions SET deleted_at = NULL, deleted_reason = NULL,"
+                " trash_name = NULL WHERE id = %s",
+                (session_id,),
+            )
+            self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
+
+    def _restore_file(self, session_id: str, name: str) -> None:
+        with self.db.change(session_id) as conn:
+            if conn.execute(
+                "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s"
+                " AND deleted_at IS NULL",
+                (session_id, name),
+            ).fetchone():
+                raise BadRequestError(
+                    f"session {session_id!r} has a file {name!r} again; refusing to "
+                    "overwrite it with the copy in the trash. Delete the current one first"
+                )
+            row = conn.execute(
+                "SELECT id, trash_name FROM app_files WHERE session_id = %s AND name = %s"
+                " AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id DESC LIMIT 1"
+                " FOR UPDATE",
+                (session_id, name),
+            ).fetchone()
+            if row is None:
+                raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
+            conn.execute(
+                "UPDATE app_files SET deleted_at = NULL, deleted_reason = NULL,"
+                " trash_name = NULL WHERE id = %s",
+                (row["id"],),
+            )
+            self.db.audit(conn, "restore-file", f"{session_id}/{name}", trash=row["trash_name"])
+
+    def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
+        """Delete trashed rows for good, then their objects: the only way bytes go; audited.
+
+        The rows go first, in one transaction: a crash after it leaves objects that no row
+        names, which the check removes; the other order could leave rows naming nothing.
+        """
+        cutoff = datetime.max.replace(tzinfo=UTC) if older_than is None else now() - older_than
+        with self.db.write() as conn:
+            sessions = conn.execute(
+                "SELECT id, trash_name, deleted_at, deleted_reason, title FROM app_sessions"
+                " WHERE deleted_at <= %s ORDER BY deleted_at, trash_name FOR UPDATE",
+                (cutoff,),
+            ).fetchall()
+            ids = [row["id"] for row in sessions]
+            files = conn.execute(
+                "DELETE FROM app_files WHERE deleted_at <= %s OR session_id = ANY(%s)"
+                " RETURNING blob, trash_name, session_id, name, deleted_at, deleted_reason",
+                (cutoff, ids),
+            ).fetchall()
+            conn.execute("DELETE FROM app_sessions WHERE id = ANY(%s)", (ids,))
+            removed = [
+                trash_entry(
+                    r["trash_name"],
+                    "session",
+                    r["id"],
+                    None,
+                    r["deleted_at"].astimezone(UTC),
+                    r["deleted_reason"],
+                    r["title"],
+                )
+                for r in sessions
+            ] + [
+                trash_entry(
+                    r["trash_name"],
+                    "file",
+                    r["session_id"],
+                    r["name"],
+                    r["deleted_at"].astimezone(UTC),
+                    r["deleted_reason"],
+                )
+                for r in files
+                if r["trash_name"] is not None
+            ]
+            removed.sort(key=lambda e: (e.deleted_at, e.name))
+            self.db.audit(
+                conn,
+                "empty-trash",
+                self.location,
+                count=len(removed),
+                entries=[e.name for e in removed],
+                objects=len(files),
+                older_than=None if older_than is None else older_than.total_seconds(),
+                via=via,
+            )
+        try:
+            self.objects.delete(*(row["blob"] for row in files))
+        except Exception as error:  # the rows are gone, so the trash is emptied all the same
+            log.warning(
+                "trash emptied, but some objects remain (%s); `app data check` removes them", error
+            )
+        return removed
