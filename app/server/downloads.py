@@ -28,7 +28,7 @@ class OpenFileResponse(FileResponse):
     pyproject.toml bounds starlette's major release for that reason).
 
     A file without a descriptor (an object in object storage, read through ranged GETs:
-    :class:`app.remote.store.ObjectFile`) is sent the same way: `FileResponse` needs only its
+    :class:`app.remote.transfer.ObjectFile`) is sent the same way: `FileResponse` needs only its
     size and time, which :func:`_object_stat` gives it, and it streams by seeking and reading,
     so a ``Range`` gets its 206 (or 416) and the headers are those of a local file.
     """
