@@ -675,7 +675,8 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
     For a root that really moved between profiles, e.g. a staging copy promoted to
     development. Takes the lock (exit 75 while held). Handing a root to or from a protected
-    profile (production always is) needs --yes-i-mean-it.
+    profile (production always is), or from one these settings do not define, needs
+    --yes-i-mean-it.
     """
     config = load_config(ctx)
     source = from_profile.lower()
@@ -684,10 +685,12 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
         if config.backend == appconfig.REMOTE
         else f"data root {config.data_root}"
     )
-    if (config.protected or source in config.protected_profiles) and not confirmed:
+    if config.taking_needs_confirmation(source) and not confirmed:
         raise ConfirmationRequiredError(
             f"re-stamp {where} from {source!r} to {config.profile!r}",
-            source if source in config.protected_profiles else config.profile,
+            source
+            if source in config.protected_profiles or source not in config.profiles
+            else config.profile,
             _CONFIRM_OPTION,
         )
     from app.storage import restamp

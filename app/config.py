@@ -234,6 +234,7 @@ class Config:
         roots: every known profile's data root (the files' values for the other profiles).
         protected_profiles: every known profile whose data needs a confirmation to remove
             (production always); a root stamped with one of them too.
+        profiles: every profile these settings define.
         data_root: the absolute, symlink-resolved data root of this profile, or None when
             it uses PostgreSQL and object storage (`backend`).
         database_url: the profile's PostgreSQL database (the remote backend), or None.
@@ -249,6 +250,7 @@ class Config:
     sources: Mapping[str, str]
     roots: Mapping[str, Path]
     protected_profiles: frozenset[str]
+    profiles: frozenset[str]
     data_root: Path | None = setting(
         _token, "directory that holds the profile's data (the local backend)", None
     )
@@ -308,6 +310,12 @@ class Config:
     protected: bool = setting(_bool, "removing data needs an explicit confirmation", False)
     sandbox: Path | None = None
     warnings: tuple[str, ...] = ()
+
+    def taking_needs_confirmation(self, stamped: str) -> bool:
+        """Whether handing storage stamped by profile ``stamped`` to this profile needs
+        ``--yes-i-mean-it``: this profile or that one is protected, or these settings do not
+        know that one (it may be another deployment's production). Both backends ask this."""
+        return self.protected or stamped in self.protected_profiles or stamped not in self.profiles
 
     @property
     def backend(self) -> str:
@@ -1140,6 +1148,7 @@ def load(
         protected_profiles=frozenset(
             name for name, r in report.profiles.items() if r.values.get("protected")
         ),
+        profiles=frozenset(report.profiles),
         sandbox=report.sandbox,
         warnings=report.warnings,
         **selected.values,

@@ -319,12 +319,6 @@ def _refuse_foreign_directory(config: Config, root: Path) -> None:
         )
 
 
-def _taking_needs_confirmation(config: Config, stamped: str) -> bool:
-    # A root stamped by a profile these settings do not know may be another deployment's
-    # production: taking it is treated like taking a protected profile's.
-    return config.protected or stamped in config.protected_profiles or stamped not in config.roots
-
-
 def _check_stamp(
     config: Config, root: Path, *, kind: str, write: bool, durable: bool = True
 ) -> dict[str, Any] | None:
@@ -333,7 +327,7 @@ def _check_stamp(
         stamped = str(stamp["profile"]).lower()
         if stamped != config.profile:
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=_taking_needs_confirmation(config, stamped)
+                root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
         return stamp
     if not write:
@@ -560,7 +554,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         if stamped != from_profile:
             # Names the stamp actually found, so the message gives the right --from.
             raise ProfileStampMismatchError(
-                root, stamped, config.profile, protected=_taking_needs_confirmation(config, stamped)
+                root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
         new = _write_stamp(root, config.profile, restamped_from=stamped)
         _append_audit(

@@ -209,3 +209,29 @@ def test_the_restamp_command_a_stamp_mismatch_names_is_one_that_runs(
     assert code == 0, err
     assert "is now stamped 'testing' (was 'production')" in out
     assert invoke("sessions", "list")[0] == 0
+
+
+def test_a_root_stamped_by_a_profile_these_settings_do_not_know_is_taken_only_with_confirmation(
+    app_config: Config,
+) -> None:
+    # Another deployment's production may call itself anything: a stamp naming a profile
+    # these settings do not define is treated like a protected one's, in the refusal's
+    # advice and in the restamp command alike.
+    import dataclasses
+    import shlex
+
+    elsewhere = dataclasses.replace(app_config, profile="prod-eu")
+    open_root(elsewhere, kind="tests").close()
+    code, _, err = invoke("sessions", "list")
+    assert code == 78
+    suggested = err.split("re-stamp it explicitly: ", 1)[1].strip()
+    assert suggested.endswith("--from prod-eu --yes-i-mean-it")
+    code, _, err = invoke("data", "restamp", "--from", "prod-eu")
+    assert code == 77
+    assert "on protected profile 'prod-eu'" in err
+    assert json.loads((app_config.data_root / ".app-profile.json").read_text())["profile"] == (
+        "prod-eu"
+    )
+    code, out, err = invoke(*shlex.split(suggested)[1:])
+    assert code == 0, err
+    assert "is now stamped 'testing' (was 'prod-eu')" in out

@@ -6,8 +6,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,9 +39,11 @@ class StubConfig:
     data_root: Path
     protected: bool = False
     protected_profiles: frozenset[str] = frozenset({"production"})
-    roots: Mapping[str, Path] = field(
-        default_factory=lambda: dict.fromkeys(("development", "production", "testing"), Path("/"))
-    )
+    profiles: frozenset[str] = frozenset({"development", "production", "testing"})
+
+    def taking_needs_confirmation(self, stamped: str) -> bool:
+        # The rule itself, not a copy of it.
+        return Config.taking_needs_confirmation(self, stamped)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from app.remote import pg
 from app.remote.errors import (
-    Protection,
     RemoteStampMismatchError,
     ReplicasLiveError,
     describe_replica,
@@ -55,11 +54,6 @@ def _urls(config: Config) -> tuple[str, str]:
     # The configuration refuses a profile that sets one of the two without the other.
     assert config.database_url is not None and config.blob_url is not None
     return config.database_url, config.blob_url
-
-
-def _protection(config: Config) -> Protection:
-    # Taking storage from a protected profile needs --yes-i-mean-it, like a local root's.
-    return lambda stamped: config.protected or stamped in config.protected_profiles
 
 
 def _objects(config: Config) -> ObjectStore:
@@ -124,7 +118,7 @@ def open_remote(
     from app.remote.store import RemoteStore
 
     database_url, _ = _urls(config)
-    protection = _protection(config)
+    protection = config.taking_needs_confirmation
     pg.open_database(database_url, config.profile, protected=protection)
     objects = _objects(config)
     objects.open(config.profile, protected=protection)
@@ -163,7 +157,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     """
     database_url, _ = _urls(config)
     source = from_profile.lower()
-    protection = _protection(config)
+    protection = config.taking_needs_confirmation
     with pg.connect(database_url, purpose="app restamp") as conn:
         stamped = pg.read_stamp(conn) is not None
     if not stamped:
