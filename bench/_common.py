@@ -89,13 +89,7 @@ class Server:
         raise RuntimeError(f"server published no port in {root / '.server.lock'}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 def app_env(root: Path, **extra: str) -> dict[str, str]:
@@ -193,3 +187,14 @@ def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
 def p90(samples: list[float]) -> float:
     """The 90th percentile."""
     return statistics.quantiles(samples, n=10, method="inclusive")[-1]
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a graceful shutdown), then SIGKILL after a minute."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

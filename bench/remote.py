@@ -43,7 +43,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 
 import create_sessions  # noqa: E402
 import upload  # noqa: E402
-from _common import PROJECT, _die_with_parent, median, p90  # noqa: E402
+from _common import PROJECT, _die_with_parent, median, p90, stop  # noqa: E402
 from create_sessions import Connection, request  # noqa: E402
 from upload import MIB, send  # noqa: E402
 
@@ -117,13 +117,7 @@ class Replica:
         raise RuntimeError(f"replica {self.process.pid} published no URL")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 def durable(engine: Any) -> None:
