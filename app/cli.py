@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 import click
 
@@ -237,8 +237,8 @@ def doctor(ctx: click.Context) -> None:
     stamped by the first open, not by doctor.
     """
     report = inspect_profiles(ctx)
-    failing: list[tuple[str, int]] = [
-        (problem.message, problem.exit_code)
+    failing = [
+        _Problem(problem.message, problem.exit_code)
         for problem in report.problems + report.serving_problems
     ]
     elsewhere = _problems_where_served(report)
@@ -251,8 +251,8 @@ def doctor(ctx: click.Context) -> None:
     reached = _reach_selected(report, failing)
     if failing:
         click.echo(f"{len(failing)} problem(s):", err=True)
-        for message, _ in failing:
-            click.echo(f"  - {message}", err=True)
+        for listed in failing:
+            click.echo(f"  - {listed.message}", err=True)
     elif elsewhere:
         click.echo(
             f"ok for profile {report.selected}: the settings are valid and every data root "
@@ -271,14 +271,22 @@ def doctor(ctx: click.Context) -> None:
             click.echo(f"  - {problem.message}", err=to_stderr)
         click.echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
     if failing:
-        sys.exit(failing[0][1])
+        sys.exit(failing[0].exit_code)
+
+
+class _Problem(NamedTuple):
+    """A problem doctor lists: the settings' (a `ConfigError`) or what reaching the storage
+    found (an `app.storage.Probe`); the first one's code is doctor's exit code."""
+
+    message: str
+    exit_code: int
 
 
 def _is_remote(resolved: appconfig.Resolved) -> bool:
     return any(resolved.values.get(key) is not None for key in appconfig.REMOTE_CHOOSERS)
 
 
-def _reach_selected(report: appconfig.Report, failing: list[tuple[str, int]]) -> str:
+def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
     """Connect to the selected profile's database and bucket, if it has them, and list what
     answered; add what stops it to ``failing``. Returns the words for doctor's "ok" line.
 
@@ -305,7 +313,7 @@ def _reach_selected(report: appconfig.Report, failing: list[tuple[str, int]]) ->
     try:
         config = appconfig.load(selected, profile_source="--profile", serving=False)
     except AppError as error:
-        failing.append((error.message, error.exit_code))
+        failing.append(_Problem(error.message, error.exit_code))
         return ""
     # Imported here: only a remote profile pays for the seam and, through it, the drivers.
     from app.storage import probe
@@ -315,7 +323,7 @@ def _reach_selected(report: appconfig.Report, failing: list[tuple[str, int]]) ->
     for found in probe(config):
         click.echo(f"  {found.subject}: {found.found}")
         if found.problem is not None:
-            failing.append((found.problem, found.exit_code))
+            failing.append(_Problem(found.problem, found.exit_code))
     return "" if len(failing) > count else f"; profile {selected}'s database and bucket answer"
 
 
