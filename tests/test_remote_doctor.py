@@ -337,6 +337,8 @@ def test_output_of_app_doctor_on_postgresql_and_object_storage(doctor, s3_engine
     ):
         done = found.run()
     assert done.returncode == 0, done.stdout + done.stderr
+    for secret in (TOKEN, s3_engine.access_key_id, s3_engine.secret_access_key):
+        assert secret not in done.stdout + done.stderr
     shown = _as_documented(done.stdout, found, bucket, s3_engine.endpoint_url)
     check_generated("app-doctor-remote.txt", "$ .venv/bin/app doctor\n" + shown)
 
