@@ -286,10 +286,11 @@ _SHOWN_NAMES = 6
 
 
 def _secrets(config: Config) -> list[str]:
+    from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     found = [config.s3_access_key_id, config.s3_secret_access_key, config.api_token]
-    with contextlib.suppress(Exception):  # an unparsable URL has no password to hide
+    with contextlib.suppress(ProgrammingError):  # unparsable: the configuration refuses it
         found.append(str(conninfo_to_dict(_urls(config)[0]).get("password") or ""))
     return [secret for secret in found if secret]
 

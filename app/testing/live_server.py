@@ -103,8 +103,8 @@ def published_url(
 
     A replica on PostgreSQL and object storage has no lock file: it publishes host, pid,
     profile, since and URL in the database's ``app_holders`` table, live while its
-    connection holds its advisory locks. The row of this process is found by its pid
-    (other replicas, and a test's own ``app_store``, may hold the database too).
+    connection holds its advisory locks. The row of this process is found by its host and
+    pid (other replicas, and a test's own ``app_store``, may hold the database too).
 
     Args:
         database_url: the database the server opens (the run's scratch database).
@@ -113,15 +113,18 @@ def published_url(
         attempts: how many polls, 50 ms apart, before giving up (more than for a data root:
             a replica also imports the database and S3 clients and checks both stamps).
     """
+    import socket
+
     from app.remote import pg
 
+    ours = (socket.gethostname(), process.pid)
     with pg.connect(database_url, purpose="app_live_server", autocommit=True) as conn:
         for _ in range(attempts):
             # The table appears when the server's first open creates the app's tables.
             if conn.execute("SELECT to_regclass('app_holders')").fetchone() != (None,):
                 for row in pg.live_holders(conn):
                     url = str(row.get("url") or "")
-                    if row["pid"] == process.pid and url.startswith("http"):
+                    if (row["host"], row["pid"]) == ours and url.startswith("http"):
                         return url
             _exited(process, log)
             time.sleep(_POLL_SECONDS)
