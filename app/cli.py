@@ -300,8 +300,9 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
     ]
     if others:
         click.echo(
-            f"not connected to the database and bucket of {', '.join(others)}: doctor reaches "
-            "the selected profile's only; where one runs: ENV_FOR_DYNACONF=NAME app doctor"
+            f"not reached from here: the database and bucket of profile(s) {', '.join(others)}"
+            " (doctor connects to the selected profile's only; check one where it runs: "
+            "ENV_FOR_DYNACONF=NAME app doctor)"
         )
     if not _is_remote(report.profiles[report.selected]):
         return ""

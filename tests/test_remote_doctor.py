@@ -225,6 +225,27 @@ def test_a_versioned_bucket_says_so(doctor, s3_engine: S3Engine) -> None:
     assert ": reachable, versioning on" in done.stdout
 
 
+def test_doctor_reaches_only_the_selected_profile_s_database_and_bucket(doctor) -> None:
+    found = doctor(profile="production")
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "development", "doctor"],
+        env={
+            **{n: v for n, v in os.environ.items() if not n.startswith("APP_")},
+            "APP_SETTINGS_DIR": str(found.directory),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reached from here (read-only)" not in done.stdout
+    assert (
+        "not reached from here: the database and bucket of profile(s) production (doctor "
+        "connects to the selected profile's only; check one where it runs: "
+        "ENV_FOR_DYNACONF=NAME app doctor)"
+    ) in done.stdout
+
+
 def test_a_down_database_and_endpoint_exit_69_naming_both_without_a_secret(
     doctor, postgres_engine: PostgresEngine
 ) -> None:
