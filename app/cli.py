@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 import click
 
@@ -228,9 +228,19 @@ def doctor(ctx: click.Context) -> None:
     environment it runs in (production's APP_API_TOKEN) is listed too, as mattering only
     where that profile is served, and does not change the exit code: its token is never in
     this shell, by design. Check those where that profile runs, by selecting it.
+
+    When the selected profile uses PostgreSQL and object storage, doctor also connects to
+    them, read-only and with bounded waits: the database (its stamp, schema version and
+    live replicas) and the bucket (versioning, the prefix's stamp object). One it cannot
+    reach exits 69; one that opening would refuse (another profile's stamp, things of
+    another application) exits 78. It creates nothing: an empty database or prefix is
+    stamped by the first open, not by doctor.
     """
     report = inspect_profiles(ctx)
-    failing = report.problems + report.serving_problems
+    failing = [
+        _Problem(problem.message, problem.exit_code)
+        for problem in report.problems + report.serving_problems
+    ]
     elsewhere = _problems_where_served(report)
     click.echo(f"settings: {report.settings_dir}")
     for path in report.files:
@@ -238,17 +248,18 @@ def doctor(ctx: click.Context) -> None:
     for name, resolved in report.profiles.items():
         mark = " (selected)" if name == report.selected else ""
         click.echo(f"profile {name}{mark}: {_storage_line(resolved)}")
+    reached = _reach_selected(report, failing)
     if failing:
         click.echo(f"{len(failing)} problem(s):", err=True)
-        for problem in failing:
-            click.echo(f"  - {problem.message}", err=True)
+        for listed in failing:
+            click.echo(f"  - {listed.message}", err=True)
     elif elsewhere:
         click.echo(
             f"ok for profile {report.selected}: the settings are valid and every data root "
-            "is distinct"
+            f"is distinct{reached}"
         )
     else:
-        click.echo("ok: every profile is valid and every data root is distinct")
+        click.echo(f"ok: every profile is valid and every data root is distinct{reached}")
     to_stderr = bool(failing)  # next to the problems that fail the run
     for name, problems in elsewhere.items():
         click.echo(
@@ -261,6 +272,60 @@ def doctor(ctx: click.Context) -> None:
         click.echo(f"  check them where it runs: ENV_FOR_DYNACONF={name} app doctor", err=to_stderr)
     if failing:
         sys.exit(failing[0].exit_code)
+
+
+class _Problem(NamedTuple):
+    """A problem doctor lists: the settings' (a `ConfigError`) or what reaching the storage
+    found (an `app.storage.Probe`); the first one's code is doctor's exit code."""
+
+    message: str
+    exit_code: int
+
+
+def _is_remote(resolved: appconfig.Resolved) -> bool:
+    return any(resolved.values.get(key) is not None for key in appconfig.REMOTE_CHOOSERS)
+
+
+def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
+    """Connect to the selected profile's database and bucket, if it has them, and list what
+    answered; add what stops it to ``failing``. Returns the words for doctor's "ok" line.
+
+    Only the selected profile's: another profile's credentials and network are those of the
+    place it is served, like its token.
+    """
+    others = [
+        name
+        for name, resolved in report.profiles.items()
+        if name != report.selected and _is_remote(resolved)
+    ]
+    if others:
+        click.echo(
+            f"not reached from here: the database and bucket of profile(s) {', '.join(others)}"
+            " (doctor connects to the selected profile's only; check one where it runs: "
+            "ENV_FOR_DYNACONF=NAME app doctor)"
+        )
+    if not _is_remote(report.profiles[report.selected]):
+        return ""
+    selected = report.selected
+    if report.problems:
+        click.echo(f"profile {selected}: database and bucket not checked until the settings' "
+                   "problems below are fixed")  # fmt: skip
+        return ""
+    try:
+        config = appconfig.load(selected, profile_source="--profile", serving=False)
+    except AppError as error:
+        failing.append(_Problem(error.message, error.exit_code))
+        return ""
+    # Imported here: only a remote profile pays for the seam and, through it, the drivers.
+    from app.storage import probe
+
+    click.echo(f"profile {selected}, reached from here (read-only):")
+    count = len(failing)
+    for found in probe(config):
+        click.echo(f"  {found.subject}: {found.found}")
+        if found.problem is not None:
+            failing.append(_Problem(found.problem, found.exit_code))
+    return "" if len(failing) > count else f"; profile {selected}'s database and bucket answer"
 
 
 def _storage_line(resolved: appconfig.Resolved) -> str:

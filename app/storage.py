@@ -42,6 +42,7 @@ __all__ = [
     "Finding",
     "HolderWatch",
     "Page",
+    "Probe",
     "SessionRecord",
     "Status",
     "Storage",
@@ -50,6 +51,7 @@ __all__ = [
     "checked_session_fields",
     "holder_lost",
     "open_storage",
+    "probe",
     "restamp",
     "status",
 ]
@@ -219,6 +221,25 @@ class CheckReport:
             "clean": not self.unresolved,
             "findings": [f.to_dict() for f in self.findings],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One thing ``app doctor`` found by reaching a profile's storage (read-only).
+
+    Attributes:
+        subject: what was reached: ``database``, ``stamp``, ``replica``, ``maintenance``,
+            ``bucket`` or ``prefix``.
+        found: what it found, for a person; never a password or a key.
+        problem: why the profile cannot run on it (``None`` if it can); doctor lists it
+            with the settings' problems and exits with its code.
+        exit_code: the code of ``problem`` (sysexits: 69 unreachable, 78 configuration).
+    """
+
+    subject: str
+    found: str
+    problem: str | None = None
+    exit_code: int = 0
 
 
 # --- the interface ------------------------------------------------------------------------
@@ -412,6 +433,21 @@ def status(config: Config) -> Status:
     from app.dataroot import describe
 
     return describe(config.local_root("show the status of a data root"))
+
+
+def probe(config: Config) -> list[Probe]:
+    """Reach the profile's storage as ``app doctor`` does: read-only, each wait bounded.
+
+    On PostgreSQL and object storage: the database (reachable, its stamp and schema
+    version, live replicas, a maintenance command) and the bucket (reachable, versioning,
+    the prefix's stamp object). A data root is on this machine, and ``app status`` shows
+    its holder and stamp: nothing to reach, so nothing is probed.
+    """
+    if config.backend == REMOTE:
+        from app.remote.storage import diagnose
+
+        return diagnose(config)
+    return []
 
 
 def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:

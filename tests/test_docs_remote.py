@@ -182,6 +182,12 @@ def test_the_postgresql_how_to_runs_as_written(
     ) = out
 
     assert "profile: production" in configured, configured
+    # What the page says doctor shows before the first start: it reached both, created nothing.
+    assert "profile production, reached from here (read-only):" in configured, configured
+    assert "  stamp: none yet: the database is empty" in configured, configured
+    assert ": reachable, versioning on" in configured, configured
+    assert ": empty; the first open stamps it for 'production'" in configured, configured
+    assert "profile production's database and bucket answer" in configured, configured
     assert "correct-horse-battery-staple" not in configured + first_start + replicas
     assert s3_engine.secret_access_key not in result.stdout + result.stderr
     assert "stamp: profile production" in first_start, first_start

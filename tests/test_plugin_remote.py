@@ -325,3 +325,73 @@ def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(
         ]
     )
     assert remote.production_state() == before
+
+
+# The live-server fixture on the remote backend: a real `app serve` replica on the scratch
+# database, found through its holder row. Each test records its server's pid and URL; the
+# last one (the run is in file order) checks that the earlier servers and their rows are gone.
+LIVE = """
+import json, os
+import httpx
+import psycopg
+from app.config import load
+
+def _record(server):
+    out = os.path.join(os.environ["PROBE_OUT"], f"live-{server.pid}.json")
+    with open(out, "w") as f:
+        json.dump({"pid": server.pid, "url": server.url}, f)
+
+def test_a_session_created_over_http_reads_back(app_live_server):
+    assert app_live_server.data_root is None
+    assert app_live_server.config.backend == "remote"
+    assert "_pytest_" in app_live_server.location
+    created = httpx.post(f"{app_live_server.url}/sessions", json={"title": "live"},
+                         headers=app_live_server.headers)
+    assert created.status_code == 201, created.text
+    read = httpx.get(f"{app_live_server.url}/sessions/{created.json()['id']}",
+                     headers=app_live_server.headers)
+    assert read.json()["title"] == "live"
+    _record(app_live_server)
+
+def test_the_store_sees_what_the_live_server_wrote(app_live_server, app_store):
+    created = httpx.post(f"{app_live_server.url}/sessions", json={"title": "seen"},
+                         headers=app_live_server.headers)
+    assert app_store.get_session(created.json()["id"])["title"] == "seen"
+    _record(app_live_server)
+
+def test_the_servers_of_earlier_tests_stopped_and_left_no_row():
+    seen = [json.load(open(os.path.join(os.environ["PROBE_OUT"], name)))
+            for name in os.listdir(os.environ["PROBE_OUT"]) if name.startswith("live-")]
+    assert len(seen) == 2 and seen[0]["url"] != seen[1]["url"], seen
+    with psycopg.connect(load("testing").database_url) as conn:
+        rows = conn.execute("SELECT pid FROM app_holders").fetchall()
+    for server in seen:
+        assert (server["pid"],) not in rows, rows
+        assert not os.path.exists(f"/proc/{server['pid']}"), server
+"""
+
+
+def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
+    pytester: pytest.Pytester, remote: Remote
+) -> None:
+    before = remote.production_state()
+    pytester.makepyfile(test_live=LIVE)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_live_servers_of_two_xdist_workers_do_not_collide(
+    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
+) -> None:
+    before = remote.production_state()
+    test = LIVE.split("def test_the_store_sees", maxsplit=1)[0]
+    pytester.makepyfile(**{f"test_live_{n}": test for n in range(4)})
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2")
+    result.assert_outcomes(passed=4)
+    urls = {json.loads(path.read_text())["url"] for path in tmp_path.glob("live-*.json")}
+    assert len(urls) == 4, urls
+    assert remote.scratch_databases() == []
+    assert remote.production_state() == before

@@ -209,6 +209,9 @@ class ObjectStore:
         *,
         region: str = "us-east-1",
         part_bytes: int = 8 * 1024 * 1024,
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
+        max_attempts: int = 3,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -225,9 +228,9 @@ class ObjectStore:
             config=Config(
                 # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
                 s3={"addressing_style": "path" if endpoint_url else "auto"},
-                retries={"mode": "standard", "max_attempts": 3},
-                connect_timeout=10,
-                read_timeout=60,
+                retries={"mode": "standard", "max_attempts": max_attempts},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
             ),
         )
         self._transfer = TransferConfig(
@@ -348,6 +351,53 @@ class ObjectStore:
             for info in self.objects(BLOBS)
             if info.name not in referenced and info.last_modified < cutoff
         ]
+
+    def bucket_versioning(self) -> str | None:
+        """Check that the bucket exists and these credentials may use it; return its
+        versioning state: ``"Enabled"``, ``"Suspended"``, ``None`` if never enabled (or the
+        server does not say). Reads only (``app doctor``).
+
+        Raises:
+            ObjectStoreUnavailableError: the endpoint does not answer, the bucket does not
+                exist, or the credentials are refused; the reason says which.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket = self.location.bucket
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in {"404", "NoSuchBucket", "NotFound"}:
+                raise ObjectStoreUnavailableError(
+                    self.where, f"bucket {bucket!r} does not exist on this endpoint"
+                ) from None
+            if code in {"403", "AccessDenied", "Forbidden"}:
+                raise ObjectStoreUnavailableError(
+                    self.where, f"the credentials may not use bucket {bucket!r} ({code})"
+                ) from None
+            raise self._fail(error) from None
+        except BotoCoreError as error:
+            raise self._fail(error) from None
+        try:
+            answer = self._client.get_bucket_versioning(Bucket=bucket)
+        except (BotoCoreError, ClientError):
+            return None  # some S3-compatible servers do not implement it
+        status = answer.get("Status")
+        return str(status) if status else None
+
+    def first_names(self, count: int) -> list[str]:
+        """Up to ``count`` names under the prefix, in key order (one listing request)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self._client.list_objects_v2(
+                Bucket=self.location.bucket, Prefix=self.location.key(""), MaxKeys=count
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error) from None
+        base = len(self.location.key(""))
+        return [item["Key"][base:] for item in answer.get("Contents", ())]
 
     # --- the stamp ---------------------------------------------------------------------
 

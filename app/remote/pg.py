@@ -249,21 +249,30 @@ def mask_url(database_url: str) -> str:
 # --- connections -------------------------------------------------------------------------
 
 
-def conninfo(database_url: str, *, purpose: str = "app") -> str:
+def conninfo(database_url: str, *, purpose: str = "app", connect_timeout: int | None = None) -> str:
     """The connection string :func:`connect` uses (keepalives, ``application_name``); for a
-    pool, which opens its connections itself."""
+    pool, which opens its connections itself. ``connect_timeout`` (seconds) replaces the
+    default one, unless the URL sets its own."""
     params = _params(database_url)
-    extra = {key: value for key, value in _CONNECT_DEFAULTS.items() if key not in params}
+    defaults = dict(_CONNECT_DEFAULTS)
+    if connect_timeout is not None:
+        defaults["connect_timeout"] = str(connect_timeout)
+    extra = {key: value for key, value in defaults.items() if key not in params}
     name = f"{purpose} ({socket.gethostname()} pid {os.getpid()})"[:63]
     extra.setdefault("application_name", params.get("application_name") or name)
     return make_conninfo(database_url, **extra)
 
 
 def connect(
-    database_url: str, *, purpose: str = "app", autocommit: bool = False
+    database_url: str,
+    *,
+    purpose: str = "app",
+    autocommit: bool = False,
+    connect_timeout: int | None = None,
 ) -> psycopg.Connection[tuple[Any, ...]]:
-    """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``."""
-    info = conninfo(database_url, purpose=purpose)
+    """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``
+    (``connect_timeout``: as for :func:`conninfo`)."""
+    info = conninfo(database_url, purpose=purpose, connect_timeout=connect_timeout)
     try:
         return psycopg.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
@@ -287,7 +296,9 @@ class Stamp:
     restamped_from: str | None = None
 
 
-def _foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
+def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    """The tables, views and foreign tables of the database, outside PostgreSQL's own
+    schemas: on a database without the app's stamp, what makes it not the app's to adopt."""
     rows = conn.execute(
         """
         SELECT n.nspname || '.' || c.relname FROM pg_class c
@@ -331,7 +342,7 @@ def open_database(database_url: str, profile: str, *, protected: Protection = Fa
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
         stamp = read_stamp(conn)
         if stamp is None:
-            foreign = _foreign_tables(conn)
+            foreign = foreign_tables(conn)
             if foreign:
                 raise UnstampedNotEmptyError(profile, "database_url", f"database {where}", foreign)
             conn.execute(_SCHEMA)
@@ -392,8 +403,13 @@ def clean_stale_holders(conn: psycopg.Connection[Any]) -> int:
 
 
 def _lock_holders(conn: psycopg.Connection[Any], mode: str) -> str:
-    # Who holds HOLDERS_LOCK in `mode` without a row: a maintenance command, named by the
-    # application_name that connect() gives it.
+    return "; ".join(lock_holders(conn, mode)) or "a connection that has since gone"
+
+
+def lock_holders(conn: psycopg.Connection[Any], mode: str = "ExclusiveLock") -> list[str]:
+    """Who else holds :data:`HOLDERS_LOCK` in ``mode``, by backend pid and
+    ``application_name``; in ``ExclusiveLock`` mode, a running maintenance command. Only
+    reads ``pg_locks``: takes no lock."""
     rows = conn.execute(
         """
         SELECT l.pid, coalesce(a.application_name, '') FROM pg_locks l
@@ -404,8 +420,7 @@ def _lock_holders(conn: psycopg.Connection[Any], mode: str) -> str:
         """,
         (mode, *HOLDERS_LOCK),
     ).fetchall()
-    named = [f"backend pid {pid}" + (f", {name}" if name else "") for pid, name in rows]
-    return "; ".join(named) or "a connection that has since gone"
+    return [f"backend pid {pid}" + (f", {name}" if name else "") for pid, name in rows]
 
 
 class Holder:

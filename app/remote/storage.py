@@ -32,19 +32,22 @@ from typing import TYPE_CHECKING, Any
 
 from app.remote import pg
 from app.remote.errors import (
+    DatabaseUnavailableError,
     RemoteStampMismatchError,
     ReplicasLiveError,
     describe_replica,
     needs_confirmation,
 )
 from app.remote.objects import STAMP_NAME
+from app.storage import Probe
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.errors import AppError
     from app.remote.objects import ObjectStore
     from app.remote.store import RemoteStore
 
-__all__ = ["RemoteStatus", "describe", "open_remote", "restamp"]
+__all__ = ["RemoteStatus", "describe", "diagnose", "open_remote", "restamp"]
 
 _REPLICA_KINDS = frozenset({"server", "tests"})
 _RETRY_SECONDS = 0.05
@@ -253,8 +256,6 @@ def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def describe(config: Config) -> RemoteStatus:
     """Who serves a remote profile and how its database is stamped; creates nothing."""
-    from app.remote.errors import DatabaseUnavailableError
-
     database_url, _ = _urls(config)
     location = _describe_location(config)
     try:
@@ -272,3 +273,248 @@ def describe(config: Config) -> RemoteStatus:
         "restamped_from": stamp.restamped_from,
     }
     return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown)
+
+
+# --- app doctor -----------------------------------------------------------------------------
+
+# Bounds of doctor's waits: a database or an endpoint that does not answer is reported
+# after this long, not after the serving defaults (10 s, and three S3 attempts).
+_DOCTOR_CONNECT_SECONDS = 5
+_DOCTOR_READ_SECONDS = 10
+# A few names are enough to say that an unstamped prefix is not empty.
+_SHOWN_NAMES = 6
+
+
+def _secrets(config: Config) -> list[str]:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    found = [config.s3_access_key_id, config.s3_secret_access_key, config.api_token]
+    with contextlib.suppress(ProgrammingError):  # unparsable: the configuration refuses it
+        found.append(str(conninfo_to_dict(_urls(config)[0]).get("password") or ""))
+    return [secret for secret in found if secret]
+
+
+def _scrubbed(text: str, secrets: list[str]) -> str:
+    # The drivers' messages name hosts and users, not passwords; this holds even if one
+    # someday echoes a URL or a key back.
+    for secret in secrets:
+        text = text.replace(secret, "******")
+    return text
+
+
+def _sentence(reason: str) -> str:
+    # The drivers' reasons may end with their own punctuation ("...connections?").
+    reason = reason.strip()
+    return reason if reason.endswith((".", "?", "!")) else f"{reason}."
+
+
+def diagnose(config: Config) -> list[Probe]:
+    """What ``app doctor`` finds by reaching a remote profile's database and bucket.
+
+    Read-only: the connection is put in read-only mode before anything is read, and the
+    bucket is only asked (head, versioning, the stamp object, a listing of a few names).
+    Nothing is created: an empty database or prefix is reported as "the first open stamps
+    it". A database or endpoint that does not answer is a problem (exit 69) naming what,
+    where its URL came from, and what to check; the other problems are what opening the
+    storage would refuse (another profile's stamp, things of its own and no stamp, a newer
+    schema: exit 78).
+    """
+    secrets = _secrets(config)
+    probes = _diagnose_database(config) + _diagnose_objects(config)
+    return [
+        Probe(
+            p.subject,
+            _scrubbed(p.found, secrets),
+            None if p.problem is None else _scrubbed(p.problem, secrets),
+            p.exit_code,
+        )
+        for p in probes
+    ]
+
+
+def _diagnose_database(config: Config) -> list[Probe]:
+    import psycopg
+
+    from app.errors import EX_UNAVAILABLE
+
+    database_url, _ = _urls(config)
+    where = pg.mask_url(database_url)
+    source = config.sources.get("database_url", "?")
+    try:
+        conn = pg.connect(
+            database_url,
+            purpose="app doctor",
+            autocommit=True,
+            connect_timeout=_DOCTOR_CONNECT_SECONDS,
+        )
+    except DatabaseUnavailableError as error:
+        return [
+            Probe(
+                "database",
+                f"{where}: cannot connect",
+                f"profile {config.profile!r}: cannot connect to database {where} "
+                f"(database_url from {source}): {_sentence(error.reason)} Check that "
+                "PostgreSQL runs and accepts connections from this machine, and that "
+                "database_url names it (host, port, database, user, password); nothing was "
+                "changed",
+                EX_UNAVAILABLE,
+            )
+        ]
+    with conn:
+        try:
+            # Doctor looks; should any statement below ever write, PostgreSQL refuses it.
+            conn.execute("SET default_transaction_read_only = on")
+            return _database_state(conn, config, where)
+        except psycopg.Error as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            return [
+                Probe(
+                    "database",
+                    f"{where}: connected, but could not read it",
+                    f"profile {config.profile!r}: connected to database {where} (database_url "
+                    f"from {source}) but could not read the app's tables: {_sentence(reason)} "
+                    "Check that database_url's user owns the database (or may read it); "
+                    "nothing was changed",
+                    EX_UNAVAILABLE,
+                )
+            ]
+
+
+def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
+    from app.remote.errors import SchemaTooNewError, UnstampedNotEmptyError
+
+    source = config.sources.get("database_url", "?")
+    version = conn.info.server_version
+    server = f"PostgreSQL {version // 10000}.{version % 10000}"
+    probes = [Probe("database", f"{where}: reachable, {server} (database_url from {source})")]
+    stamp = pg.read_stamp(conn)
+    if stamp is None:
+        foreign = pg.foreign_tables(conn)
+        if foreign:
+            error: AppError = UnstampedNotEmptyError(
+                config.profile, "database_url", f"database {where}", foreign
+            )
+            probes.append(
+                Probe("stamp", "none, and tables of another application", error.message,
+                      error.exit_code)
+            )  # fmt: skip
+        else:
+            probes.append(
+                Probe(
+                    "stamp",
+                    "none yet: the database is empty; the first open creates the app's "
+                    f"tables and stamps it for {config.profile!r}",
+                )
+            )
+        return probes
+    stamped = (
+        f"profile {stamp.profile}, schema version {stamp.schema_version} (this release: "
+        f"{pg.SCHEMA_VERSION}), created {stamp.created.isoformat()}"
+        + (f", re-stamped from {stamp.restamped_from}" if stamp.restamped_from else "")
+    )
+    if stamp.profile != config.profile:
+        error = RemoteStampMismatchError(
+            f"database {where}", "its table app_stamp", stamp.profile, config.profile,
+            protected=needs_confirmation(config.taking_needs_confirmation, stamp.profile),
+        )  # fmt: skip
+        probes.append(Probe("stamp", stamped, error.message, error.exit_code))
+    elif stamp.schema_version > pg.SCHEMA_VERSION:
+        error = SchemaTooNewError(f"database {where}", stamp.schema_version, pg.SCHEMA_VERSION)
+        probes.append(Probe("stamp", stamped, error.message, error.exit_code))
+    else:
+        probes.append(Probe("stamp", stamped))
+    replicas = pg.live_holders(conn)
+    if not replicas:
+        probes.append(Probe("replicas", "none live"))
+    for replica in replicas:
+        probes.append(Probe("replica", describe_replica(_jsonable(replica))))
+    for holder in pg.lock_holders(conn, "ExclusiveLock"):
+        probes.append(
+            Probe("maintenance", f"holds the database exclusively now ({holder}); replicas "
+                  "cannot start until it ends")
+        )  # fmt: skip
+    return probes
+
+
+def _diagnose_objects(config: Config) -> list[Probe]:
+    from app.errors import EX_UNAVAILABLE
+    from app.remote.errors import ObjectStoreUnavailableError, UnstampedNotEmptyError
+    from app.remote.objects import ObjectStore
+
+    _, blob_url = _urls(config)
+    source = config.sources.get("blob_url", "?")
+    endpoint = config.s3_endpoint_url or "the client's default (AWS)"
+    endpoint_source = config.sources.get("s3_endpoint_url", "?")
+    objects = ObjectStore(
+        blob_url,
+        config.s3_endpoint_url,
+        config.s3_access_key_id,
+        config.s3_secret_access_key,
+        connect_timeout=_DOCTOR_CONNECT_SECONDS,
+        read_timeout=_DOCTOR_READ_SECONDS,
+        max_attempts=1,
+    )
+    shown = f"{objects.location.bucket} at {endpoint}"
+    bucket = f"bucket {shown}"
+    try:
+        versioning = objects.bucket_versioning()
+    except ObjectStoreUnavailableError as error:
+        return [
+            Probe(
+                "bucket",
+                f"{shown}: cannot use it",
+                f"profile {config.profile!r}: cannot use {bucket} (blob_url from {source}, "
+                f"s3_endpoint_url from {endpoint_source}): {_sentence(error.reason)} Check "
+                "that the endpoint answers from this machine, that the bucket exists, and "
+                "that s3_access_key_id / s3_secret_access_key may use it; nothing was changed",
+                EX_UNAVAILABLE,
+            )
+        ]
+    state = {"Enabled": "versioning on", "Suspended": "versioning suspended"}.get(
+        str(versioning), "versioning off"
+    )
+    probes = [Probe("bucket", f"{shown}: reachable, {state}")]
+    try:
+        stamp = objects.read_stamp()
+        names = [] if stamp is not None else objects.first_names(_SHOWN_NAMES + 1)
+    except ObjectStoreUnavailableError as error:
+        probes.append(
+            Probe(
+                "prefix",
+                f"{objects.where}: cannot read it",
+                f"profile {config.profile!r}: cannot read object prefix {objects.where} "
+                f"(blob_url from {source}): {_sentence(error.reason)} Check that the "
+                "credentials may read and list it; nothing was changed",
+                EX_UNAVAILABLE,
+            )
+        )
+        return probes
+    if stamp is not None:
+        stamped = str(stamp.get("profile"))
+        found = f"{objects.where}: stamp object {STAMP_NAME} names profile {stamped}"
+        if stamped == config.profile:
+            probes.append(Probe("prefix", found))
+        else:
+            mismatch = RemoteStampMismatchError(
+                f"object prefix {objects.where}", f"its object {STAMP_NAME}", stamped,
+                config.profile,
+                protected=needs_confirmation(config.taking_needs_confirmation, stamped),
+            )  # fmt: skip
+            probes.append(Probe("prefix", found, mismatch.message, mismatch.exit_code))
+    elif names:
+        refused = UnstampedNotEmptyError(
+            config.profile, "blob_url", f"object prefix {objects.where}", names
+        )
+        probes.append(
+            Probe("prefix", f"{objects.where}: no stamp object, and objects of another "
+                  "application", refused.message, refused.exit_code)
+        )  # fmt: skip
+    else:
+        probes.append(
+            Probe(
+                "prefix",
+                f"{objects.where}: empty; the first open stamps it for {config.profile!r}",
+            )
+        )
+    return probes

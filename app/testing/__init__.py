@@ -10,11 +10,22 @@ if TYPE_CHECKING:
     from app.testing.live_server import (
         LiveServer,
         published_port,
+        published_url,
+        start_replica,
         start_server,
+        stop_server,
         wait_until_serving,
     )
 
-__all__ = ["LiveServer", "published_port", "start_server", "wait_until_serving"]
+__all__ = [
+    "LiveServer",
+    "published_port",
+    "published_url",
+    "start_replica",
+    "start_server",
+    "stop_server",
+    "wait_until_serving",
+]
 
 
 def __getattr__(name: str) -> Any:

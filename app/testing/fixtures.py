@@ -5,7 +5,6 @@ with pytest-django's and pytest-flask's ``client`` and ``live_server`` in a shar
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,32 +132,37 @@ def app_client(app_store: Storage, app_config: appconfig.Config) -> Iterator[Any
 
 @pytest.fixture
 def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
-    """A real ``app serve`` on 127.0.0.1 and a data root of its own; stopped after the test."""
-    from app.testing.live_server import LiveServer, start_server
+    """A real ``app serve`` on 127.0.0.1, on a port it binds itself; stopped after the test.
+
+    With a local testing profile it serves a data root of its own (``tmp_path /
+    "live-data"``). With a remote one it is a replica on the run's scratch database and
+    prefix (those of ``app_config`` and ``app_store``: shared by the tests of one process,
+    so sessions earlier tests created are there too), found by the row it publishes in the
+    database; after the test it is stopped and its row is gone.
+    """
+    from app.testing.live_server import LiveServer, start_replica, start_server, stop_server
 
     state = request.config.stash.get(STATE, None)
+    log = tmp_path / "live-server.log"
+    env = {**os.environ, "APP_HOST": "127.0.0.1"}
     if state is not None and state.remote is not None:
-        # The server publishes its port in its data root's lock file; a replica on the
-        # remote backend publishes it in the database instead, which this fixture does not
-        # read yet.
-        pytest.fail(
-            "app: the app_live_server fixture needs a testing profile with a data_root; this "
-            "run's testing profile uses PostgreSQL and object storage. Start `app serve` "
-            "yourself with the environment of the app_config fixture",
-            pytrace=False,
-        )
+        # Every process of the run maps testing's database and prefix to the run's scratch
+        # ones; exporting them says so to the server explicitly, as app_config does.
+        config = appconfig.load("testing", environ=env)
+        assert config.database_url is not None and config.blob_url is not None
+        env |= {"APP_DATABASE_URL": config.database_url, "APP_BLOB_URL": config.blob_url}
+        process, url = start_replica(env, config.database_url, log)
+        try:
+            yield LiveServer(url, None, process.pid, config.api_token, log, config)
+        finally:
+            stop_server(process, config.database_url)
+        return
 
     root = tmp_path / "live-data"
-    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}
+    env["APP_DATA_ROOT"] = str(root)
     config = appconfig.load("testing", environ=env)
-    log = tmp_path / "live-server.log"
     process, url = start_server(env, root, log)
     try:
-        yield LiveServer(url, root, process.pid, config.api_token, log)
+        yield LiveServer(url, root, process.pid, config.api_token, log, config)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)

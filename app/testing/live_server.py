@@ -1,34 +1,72 @@
-"""Start a real ``app serve`` for a test, on a port the server binds itself."""
+"""Start a real ``app serve`` for a test, on a port the server binds itself.
+
+The server publishes where it listens as its storage's holder does: on a data root, the port
+in the holder JSON of the root's lock file (:func:`published_port`); on PostgreSQL and object
+storage, the URL in its replica row (:func:`published_url`). Either way it binds port 0
+itself first, so that no other process can take the port between its choice and its use.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from app.config import Config
+
+_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
 class LiveServer:
-    """A real ``app serve`` subprocess started by the `app_live_server` fixture."""
+    """A real ``app serve`` subprocess started by the `app_live_server` fixture.
+
+    Attributes:
+        url: where it serves, ``http://127.0.0.1:<port>``.
+        data_root: its data root (a fresh one of its own), or ``None`` when the testing
+            profile uses PostgreSQL and object storage: the server is then a replica on the
+            run's scratch database and prefix, which ``config`` names.
+        pid: the ``app serve`` process.
+        token: the bearer token it requires, if any.
+        log: the file its output goes to.
+        config: the configuration it was started with (its profile and storage;
+            ``open_storage(server.config, writer=False)`` reads what it wrote). Its repr
+            shows no secret.
+    """
 
     url: str
-    data_root: Path
+    data_root: Path | None
     pid: int
     token: str | None
     log: Path
+    config: Config = field(repr=False)
 
     @property
     def headers(self) -> dict[str, str]:
         """The Authorization header the server expects, if it has a token."""
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    @property
+    def location(self) -> str:
+        """Where its data lives, for messages: the data root, or the database and prefix
+        (no password)."""
+        return self.config.storage
+
     def __str__(self) -> str:
         return self.url
+
+
+def _exited(process: subprocess.Popen[bytes], log: Path) -> None:
+    if process.poll() is not None:
+        out = log.read_text(errors="replace")
+        pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
 
 
 def published_port(
@@ -51,27 +89,57 @@ def published_port(
         holder = read_holder(root)
         if holder and holder.get("pid") == process.pid and holder.get("port"):
             return int(holder["port"])
-        if process.poll() is not None:
-            out = log.read_text(errors="replace")
-            pytest.fail(f"app serve exited with {process.returncode}:\n{out}", pytrace=False)
-        time.sleep(0.05)
+        _exited(process, log)
+        time.sleep(_POLL_SECONDS)
     process.kill()
-    pytest.fail(f"app serve published no port in {root / '.server.lock'}", pytrace=False)
+    out = log.read_text(errors="replace")
+    pytest.fail(f"app serve published no port in {root / '.server.lock'}:\n{out}", pytrace=False)
 
 
-def start_server(
-    env: Mapping[str, str], root: Path, log: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``app serve --port 0`` with ``env``; return it and its URL once it answers.
+def published_url(
+    database_url: str, process: subprocess.Popen[bytes], log: Path, attempts: int = 1200
+) -> str:
+    """The URL an ``app serve --port 0`` replica published in its holder row.
 
-    The caller stops it (``terminate()``, then ``wait()``).
+    A replica on PostgreSQL and object storage has no lock file: it publishes host, pid,
+    profile, since and URL in the database's ``app_holders`` table, live while its
+    connection holds its advisory locks. The row of this process is found by its host and
+    pid (other replicas, and a test's own ``app_store``, may hold the database too).
 
     Args:
-        env: the server's whole environment (its profile, root and token come from it).
-        root: the data root that environment gives it, where it publishes its port.
-        log: where its output goes: a file, not a pipe, which nobody would read while the
-            test runs, and which would block the server once full.
+        database_url: the database the server opens (the run's scratch database).
+        process: the ``app serve`` process.
+        log: the file its output goes to, shown if it exits first or never publishes.
+        attempts: how many polls, 50 ms apart, before giving up (more than for a data root:
+            a replica also imports the database and S3 clients and checks both stamps).
     """
+    import socket
+
+    from app.remote import pg
+
+    ours = (socket.gethostname(), process.pid)
+    with pg.connect(database_url, purpose="app_live_server", autocommit=True) as conn:
+        for _ in range(attempts):
+            # The table appears when the server's first open creates the app's tables.
+            if conn.execute("SELECT to_regclass('app_holders')").fetchone() != (None,):
+                for row in pg.live_holders(conn):
+                    url = str(row.get("url") or "")
+                    if (row["host"], row["pid"]) == ours and url.startswith("http"):
+                        return url
+            _exited(process, log)
+            time.sleep(_POLL_SECONDS)
+    process.kill()
+    out = log.read_text(errors="replace")
+    pytest.fail(
+        f"app serve published no URL in app_holders of database {pg.mask_url(database_url)}"
+        f":\n{out}",
+        pytrace=False,
+    )
+
+
+def _start(
+    env: Mapping[str, str], log: Path, published: Callable[[subprocess.Popen[bytes]], str]
+) -> tuple[subprocess.Popen[bytes], str]:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", "0"],
@@ -80,13 +148,84 @@ def start_server(
             stderr=output,
         )
     try:
-        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        url = published(process)
         wait_until_serving(url, process, log=log)
     except BaseException:
         process.kill()
         process.wait()
         raise
     return process, url
+
+
+def start_server(
+    env: Mapping[str, str], root: Path, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``app serve --port 0`` on a data root; return it and its URL once it answers.
+
+    The caller stops it (:func:`stop_server`).
+
+    Args:
+        env: the server's whole environment (its profile, root and token come from it).
+        root: the data root that environment gives it, where it publishes its port.
+        log: where its output goes: a file, not a pipe, which nobody would read while the
+            test runs, and which would block the server once full.
+    """
+
+    def port(process: subprocess.Popen[bytes]) -> str:
+        return f"http://127.0.0.1:{published_port(root, process, log)}"
+
+    return _start(env, log, port)
+
+
+def start_replica(
+    env: Mapping[str, str], database_url: str, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``app serve --port 0`` as a replica on PostgreSQL and object storage; return it
+    and its URL (from its holder row) once it answers.
+
+    The caller stops it (:func:`stop_server`, which also waits for its row to go).
+
+    Args:
+        env: the server's whole environment (its profile, database and prefix come from it;
+            ``APP_HOST=127.0.0.1`` makes the URL it publishes one this machine can reach).
+        database_url: the database that environment gives it, where it publishes its URL.
+        log: where its output goes (a file, as for :func:`start_server`).
+    """
+    return _start(env, log, lambda process: published_url(database_url, process, log))
+
+
+def stop_server(
+    process: subprocess.Popen[bytes], database_url: str | None = None, attempts: int = 600
+) -> None:
+    """Stop a server started by :func:`start_server` or :func:`start_replica`: SIGTERM, so
+    that it finishes in-flight requests and gives up its hold in order (a replica deletes its
+    holder row); SIGKILL if it has not exited 30 s later.
+
+    Args:
+        process: the ``app serve`` process.
+        database_url: a replica's database: once the process is gone, wait until no live
+            row names its pid, and delete a row that a killed replica left (not live, but
+            ``app status`` would count it until the next replica's start cleans it).
+        attempts: polls, 50 ms apart, for PostgreSQL to see a killed replica's connection go.
+    """
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if database_url is None:
+        return
+    from app.remote import pg
+
+    with pg.connect(database_url, purpose="app_live_server", autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('app_holders')").fetchone() == (None,):
+            return
+        for _ in range(attempts):
+            if not any(row["pid"] == process.pid for row in pg.live_holders(conn)):
+                break
+            time.sleep(_POLL_SECONDS)
+        pg.clean_stale_holders(conn)
 
 
 def wait_until_serving(
@@ -115,6 +254,6 @@ def wait_until_serving(
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.05)
+        time.sleep(_POLL_SECONDS)
     process.kill()
     pytest.fail(f"app serve did not answer {url}/health", pytrace=False)
