@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import socket
 import sys
@@ -48,6 +49,12 @@ from listing import seed
 REQUEST_TIMEOUT = 30.0
 UPLOAD = bytes(range(256)) * 16  # 4 KiB
 BOUNDARY = "bench-load-boundary-7d3f"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -243,7 +250,7 @@ async def run_big_lists(port: int, args: argparse.Namespace) -> tuple[Recorder, 
     return recorder, time.perf_counter() - start
 
 
-def summary(recorder: Recorder, elapsed: float) -> dict[str, Any]:
+def summary(recorder: Recorder, elapsed: float, server_cpu: float) -> dict[str, Any]:
     kinds = {
         kind: {
             "count": len(values),
@@ -257,6 +264,9 @@ def summary(recorder: Recorder, elapsed: float) -> dict[str, Any]:
     return {
         "seconds": round(elapsed, 1),
         "per_s": round(recorder.count / elapsed, 1),
+        # The server's CPU per call: what the code costs, whatever else the machine runs.
+        "server_cpu_ms_per_call": round(server_cpu / max(recorder.count, 1) * 1000, 2),
+        "server_cpu_share": round(server_cpu / elapsed, 2),
         "calls": kinds,
     }
 
@@ -294,9 +304,13 @@ def main() -> None:
             try:
                 time.sleep(args.idle_seconds)
                 marks.value = b"mixed"
+                cpu = cpu_seconds(app.process.pid)
                 mixed, mixed_s = asyncio.run(run_mixed(app.port, args, ids))
+                mixed_cpu = cpu_seconds(app.process.pid) - cpu
                 marks.value = b"big lists"
+                cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
+                big_cpu = cpu_seconds(app.process.pid) - cpu
                 marks.value = b"after"
                 time.sleep(0.2)
             finally:
@@ -315,8 +329,9 @@ def main() -> None:
         }
     result = {
         "clients": args.clients,
-        "mixed": summary(mixed, mixed_s),
-        "big_lists": summary(big, big_s),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "mixed": summary(mixed, mixed_s, mixed_cpu),
+        "big_lists": summary(big, big_s, big_cpu),
         "health": health,
         "health_p99_ratio_mixed": round(health["mixed"]["p99_ms"] / health["idle"]["p99_ms"], 1),
         "health_p99_ratio_big_lists": round(
@@ -328,7 +343,10 @@ def main() -> None:
         return
     print(
         f"mixed phase: {args.clients} clients, {result['mixed']['seconds']} s, "
-        f"{result['mixed']['per_s']} calls/s in all"
+        f"{result['mixed']['per_s']} calls/s in all; server CPU "
+        f"{result['mixed']['server_cpu_ms_per_call']} ms per call "
+        f"({result['mixed']['server_cpu_share']} of a core); load average "
+        f"{', '.join(map(str, result['load_average']))}"
     )
     print(f"  {'call':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  errors")
     for phase in ("mixed", "big_lists"):
