@@ -539,3 +539,21 @@ def test_a_session_directory_replaced_by_a_symlink_is_not_read_through_it(
     with pytest.raises(SessionNotFoundError):
         app_store.get_session(session["id"])
     assert app_store.list_sessions(limit=10).items == []
+
+
+def test_deleting_a_session_syncs_sessions_the_trash_entry_and_the_audit_log(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = app_store.create_session("going")
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    entry = app_store.delete_session(session["id"])
+    assert str(app_store.sessions_dir) in synced  # the rename out of sessions/ (shared)
+    assert str(entry.path) in synced
+    assert str(app_store.root.path / "audit.jsonl") in synced

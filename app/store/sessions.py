@@ -245,7 +245,9 @@ class Sessions:
             except BaseException:
                 self.trash.remove_empty(entry)
                 raise
-        fsync_dir(self.path)
+        # The rename out of sessions/ is durable once an fsync of sessions/ that began after
+        # it completes: concurrent deletes and creates share that fsync (group commit).
+        self.state.sessions_sync.sync()
         fsync_dir(entry.path)
         return entry
 
