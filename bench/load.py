@@ -14,10 +14,12 @@ One ``app serve`` on 127.0.0.1 (development profile, a temporary data root seede
 
 Throughout, a separate process probes ``GET /health`` every ``--probe-interval`` seconds
 over its own keep-alive connection (a process of its own, so that the load generator's
-event loop does not delay it). Reported per phase: throughput, and p50/p99 latency per kind
-of call; ``/health``'s p50/p99 idle, under the mix and during the big lists, and the ratio
-of its p99 under load to its p99 idle. Targets (issue 11): ``/health`` p99 under load
-within 3 times idle; no small call (create, get, list of 100, delete) above 100 ms at p99.
+event loop does not delay it). Reported per phase: throughput, the server's CPU time per call
+(user + system, from ``/proc``: less at the mercy of whatever else the machine runs than the
+latencies are), and p50/p99 latency per kind of call; ``/health``'s p50/p99 idle, under the
+mix and during the big lists, and the ratio of its p99 under load to its p99 idle. Targets
+(issue 11): ``/health`` p99 under load within 3 times idle; no small call (create, get, list
+of 100, delete) above 100 ms at p99.
 
 Every request goes to 127.0.0.1, has a 30 s timeout, and the whole run is bounded in time
 and count. The client shares the machine's cores with the server, as a real one would not:
