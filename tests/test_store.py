@@ -557,3 +557,15 @@ def test_deleting_a_session_syncs_sessions_the_trash_entry_and_the_audit_log(
     assert str(app_store.sessions_dir) in synced  # the rename out of sessions/ (shared)
     assert str(entry.path) in synced
     assert str(app_store.root.path / "audit.jsonl") in synced
+
+
+def test_a_fifo_planted_as_session_json_is_not_a_session_and_does_not_hang_a_read(
+    app_store: Store,
+) -> None:
+    session = app_store.create_session("planted")
+    path = app_store.sessions_dir / session["id"] / "session.json"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SessionNotFoundError):
+        app_store.get_session(session["id"])
+    assert app_store.list_sessions(limit=10).items == []

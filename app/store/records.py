@@ -194,7 +194,9 @@ class MetaCache:
             info = os.stat(f"{directory}/{SESSION_FILE}")  # noqa: PTH116 (no Path: see _read)
         except (FileNotFoundError, NotADirectoryError):
             raise SessionNotFoundError(session_id) from None
-        if is_link:  # as in read_meta
+        # Not one of ours: a symlinked directory could lead anywhere (as in read_meta), and
+        # opening a FIFO would wait for a writer, on the server's event loop.
+        if is_link or not stat.S_ISREG(info.st_mode):
             raise SessionNotFoundError(session_id)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         with self._lock:
@@ -211,8 +213,9 @@ class MetaCache:
 
     def _load(self, directory: str, session_id: str, key: tuple[int, ...]) -> bytes:
         try:
-            with open(f"{directory}/{SESSION_FILE}", "rb") as file:  # noqa: PTH123
-                info = os.fstat(file.fileno())
+            fd = os.open(f"{directory}/{SESSION_FILE}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as file:
+                info = os.fstat(fd)
                 raw = file.read()
         except (FileNotFoundError, NotADirectoryError):
             raise SessionNotFoundError(session_id) from None
