@@ -14,10 +14,12 @@ One ``app serve`` on 127.0.0.1 (development profile, a temporary data root seede
 
 Throughout, a separate process probes ``GET /health`` every ``--probe-interval`` seconds
 over its own keep-alive connection (a process of its own, so that the load generator's
-event loop does not delay it). Reported per phase: throughput, and p50/p99 latency per kind
-of call; ``/health``'s p50/p99 idle, under the mix and during the big lists, and the ratio
-of its p99 under load to its p99 idle. Targets (issue 11): ``/health`` p99 under load
-within 3 times idle; no small call (create, get, list of 100, delete) above 100 ms at p99.
+event loop does not delay it). Reported per phase: throughput, the server's CPU time per call
+(user + system, from ``/proc``: less at the mercy of whatever else the machine runs than the
+latencies are), and p50/p99 latency per kind of call; ``/health``'s p50/p99 idle, under the
+mix and during the big lists, and the ratio of its p99 under load to its p99 idle. Targets
+(issue 11): ``/health`` p99 under load within 3 times idle; no small call (create, get, list
+of 100, delete) above 100 ms at p99.
 
 Every request goes to 127.0.0.1, has a 30 s timeout, and the whole run is bounded in time
 and count. The client shares the machine's cores with the server, as a real one would not:
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import socket
 import sys
@@ -48,6 +51,12 @@ from listing import seed
 REQUEST_TIMEOUT = 30.0
 UPLOAD = bytes(range(256)) * 16  # 4 KiB
 BOUNDARY = "bench-load-boundary-7d3f"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -243,7 +252,7 @@ async def run_big_lists(port: int, args: argparse.Namespace) -> tuple[Recorder, 
     return recorder, time.perf_counter() - start
 
 
-def summary(recorder: Recorder, elapsed: float) -> dict[str, Any]:
+def summary(recorder: Recorder, elapsed: float, server_cpu: float) -> dict[str, Any]:
     kinds = {
         kind: {
             "count": len(values),
@@ -257,6 +266,9 @@ def summary(recorder: Recorder, elapsed: float) -> dict[str, Any]:
     return {
         "seconds": round(elapsed, 1),
         "per_s": round(recorder.count / elapsed, 1),
+        # The server's CPU per call: what the code costs, whatever else the machine runs.
+        "server_cpu_ms_per_call": round(server_cpu / max(recorder.count, 1) * 1000, 2),
+        "server_cpu_share": round(server_cpu / elapsed, 2),
         "calls": kinds,
     }
 
@@ -294,9 +306,13 @@ def main() -> None:
             try:
                 time.sleep(args.idle_seconds)
                 marks.value = b"mixed"
+                cpu = cpu_seconds(app.process.pid)
                 mixed, mixed_s = asyncio.run(run_mixed(app.port, args, ids))
+                mixed_cpu = cpu_seconds(app.process.pid) - cpu
                 marks.value = b"big lists"
+                cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
+                big_cpu = cpu_seconds(app.process.pid) - cpu
                 marks.value = b"after"
                 time.sleep(0.2)
             finally:
@@ -315,8 +331,9 @@ def main() -> None:
         }
     result = {
         "clients": args.clients,
-        "mixed": summary(mixed, mixed_s),
-        "big_lists": summary(big, big_s),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "mixed": summary(mixed, mixed_s, mixed_cpu),
+        "big_lists": summary(big, big_s, big_cpu),
         "health": health,
         "health_p99_ratio_mixed": round(health["mixed"]["p99_ms"] / health["idle"]["p99_ms"], 1),
         "health_p99_ratio_big_lists": round(
@@ -328,7 +345,10 @@ def main() -> None:
         return
     print(
         f"mixed phase: {args.clients} clients, {result['mixed']['seconds']} s, "
-        f"{result['mixed']['per_s']} calls/s in all"
+        f"{result['mixed']['per_s']} calls/s in all; server CPU "
+        f"{result['mixed']['server_cpu_ms_per_call']} ms per call "
+        f"({result['mixed']['server_cpu_share']} of a core); load average "
+        f"{', '.join(map(str, result['load_average']))}"
     )
     print(f"  {'call':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  errors")
     for phase in ("mixed", "big_lists"):

@@ -493,3 +493,79 @@ def test_a_writers_file_lists_stay_what_a_fresh_reader_of_the_disk_sees(app_stor
     other.delete_session(sid)
     app_store.restore(sid)
     same()
+
+
+def test_a_session_json_changed_on_disk_is_read_afresh_even_with_its_size_and_mtime(
+    app_store: Store,
+) -> None:
+    # The cache of session.json files keeps one as soon as it is read here (in a server,
+    # only once it is two seconds old), so every read below after the first could be served
+    # from it if its key missed a change.
+    app_store.sessions.meta.settled_ns = 0
+    session = app_store.create_session("aaaa")
+    path = app_store.sessions_dir / session["id"] / "session.json"
+    assert app_store.get_session(session["id"])["title"] == "aaaa"
+    before = path.stat()
+
+    # Rewritten in place, same size, its mtime put back: only the ctime tells.
+    path.write_bytes(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert app_store.get_session(session["id"])["title"] == "bbbb"
+    page = app_store.list_sessions(limit=10)
+    assert [s["title"] for s in page.items] == ["bbbb"]
+
+    # Replaced by a rename, as the store writes: another inode.
+    replacement = path.with_name("replacement")
+    replacement.write_bytes(path.read_bytes().replace(b'"bbbb"', b'"cccc"'))
+    replacement.rename(path)
+    assert app_store.get_session(session["id"])["title"] == "cccc"
+
+    # Gone: not found, not a remembered copy.
+    path.unlink()
+    with pytest.raises(SessionNotFoundError):
+        app_store.get_session(session["id"])
+
+
+def test_a_session_directory_replaced_by_a_symlink_is_not_read_through_it(
+    app_store: Store, tmp_path: Path
+) -> None:
+    app_store.sessions.meta.settled_ns = 0
+    session = app_store.create_session("kept")
+    app_store.get_session(session["id"])  # remembered
+    directory = app_store.sessions_dir / session["id"]
+    elsewhere = tmp_path / "elsewhere"
+    directory.rename(elsewhere)
+    directory.symlink_to(elsewhere)
+    with pytest.raises(SessionNotFoundError):
+        app_store.get_session(session["id"])
+    assert app_store.list_sessions(limit=10).items == []
+
+
+def test_deleting_a_session_syncs_sessions_the_trash_entry_and_the_audit_log(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = app_store.create_session("going")
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    entry = app_store.delete_session(session["id"])
+    assert str(app_store.sessions_dir) in synced  # the rename out of sessions/ (shared)
+    assert str(entry.path) in synced
+    assert str(app_store.root.path / "audit.jsonl") in synced
+
+
+def test_a_fifo_planted_as_session_json_is_not_a_session_and_does_not_hang_a_read(
+    app_store: Store,
+) -> None:
+    session = app_store.create_session("planted")
+    path = app_store.sessions_dir / session["id"] / "session.json"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SessionNotFoundError):
+        app_store.get_session(session["id"])
+    assert app_store.list_sessions(limit=10).items == []

@@ -40,6 +40,9 @@ def create_app(store: Storage, config: Config) -> FastAPI:
         summary="Review sessions: metadata and uploaded files.",
         docs_url=None,  # served by add_api_docs, without a CDN
         redoc_url=None,  # ReDoc fetches its logo from cdn.redoc.ly even when self-hosted
+        # FastAPI's own OpenTelemetry asks the global providers on every request whether
+        # anyone listens (2% of the server's time under bench/load.py); nothing here does.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     auth = [Depends(require_token(config))]
     add_api_docs(app)

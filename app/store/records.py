@@ -17,6 +17,9 @@ import errno
 import json
 import os
 import stat
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, NotRequired, TypedDict, cast
@@ -37,6 +40,7 @@ __all__ = [
     "TRASHED_SESSION",
     "TRASH_MANIFEST",
     "FileRecord",
+    "MetaCache",
     "TrashManifest",
     "ensure_dir",
     "load_record",
@@ -61,6 +65,11 @@ NEW_PREFIX: Final = ".new-"
 
 MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
 _MAX_RECORD_BYTES: Final = 64 * 1024
+_META_CACHE_BYTES: Final = 64 * 1024 * 1024
+# A file whose inode changed less than this long ago is not kept: a later version written
+# within the same clock tick could have the same size and times (the "racily clean" entries
+# of git's index), and its ctime could not tell them apart yet.
+_SETTLED_NS: Final = 2_000_000_000
 
 
 class FileRecord(FileEntry):
@@ -159,6 +168,68 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
         raise SessionNotFoundError(session_id) from None
     session: dict[str, Any] = json.loads(raw)
     return session
+
+
+class MetaCache:
+    """The bytes of recently read ``session.json`` files, each valid while its stat is unchanged.
+
+    A page of 100 sessions read each file whole (open, fstat, read, close); with this, a
+    file read before costs one ``stat``. An entry is used only while the file's device,
+    inode, size, mtime and ctime are all as they were when it was read, so any change to
+    the file, by this process or any other, is read afresh; files changed in the last two
+    seconds are not kept (see ``_SETTLED_NS``). Bounded by the bytes it holds (LRU).
+    """
+
+    def __init__(self, limit: int = _META_CACHE_BYTES, settled_ns: int = _SETTLED_NS) -> None:
+        self.limit = limit
+        self.settled_ns = settled_ns
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[tuple[int, ...], bytes]] = OrderedDict()
+        self._held = 0
+
+    def read(self, directory: str, session_id: str) -> dict[str, Any]:
+        """:func:`read_meta`, for the session directory ``directory`` (a string path)."""
+        try:
+            is_link = stat.S_ISLNK(os.lstat(directory).st_mode)
+            info = os.stat(f"{directory}/{SESSION_FILE}")  # noqa: PTH116 (no Path: see _read)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFoundError(session_id) from None
+        # Not one of ours: a symlinked directory could lead anywhere (as in read_meta), and
+        # opening a FIFO would wait for a writer, on the server's event loop.
+        if is_link or not stat.S_ISREG(info.st_mode):
+            raise SessionNotFoundError(session_id)
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        with self._lock:
+            entry = self._entries.get(directory)
+            if entry is not None and entry[0] == key:
+                self._entries.move_to_end(directory)
+                raw = entry[1]
+            else:
+                raw = None
+        if raw is None:
+            raw = self._load(directory, session_id, key)
+        session: dict[str, Any] = json.loads(raw)
+        return session
+
+    def _load(self, directory: str, session_id: str, key: tuple[int, ...]) -> bytes:
+        try:
+            fd = os.open(f"{directory}/{SESSION_FILE}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as file:
+                info = os.fstat(fd)
+                raw = file.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise SessionNotFoundError(session_id) from None
+        settled = time.time_ns() - info.st_ctime_ns > self.settled_ns
+        same = key == (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if settled and same and len(raw) <= self.limit:
+            with self._lock:
+                old = self._entries.pop(directory, None)
+                self._held += len(raw) - (0 if old is None else len(old[1]))
+                self._entries[directory] = (key, raw)
+                while self._held > self.limit:
+                    _, (_, evicted) = self._entries.popitem(last=False)
+                    self._held -= len(evicted)
+        return raw
 
 
 def ensure_dir(directory: Path, name: str) -> Path:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Self
 
 from app.errors import AppError, LockLostError, NotInTrashError, SessionNotFoundError
 from app.names import check_file_name
@@ -66,6 +66,10 @@ class Store:
         root: an open data root (:func:`app.dataroot.open_root`). Reading works on a
             read-only root; every change needs a writer. Closing the store closes the root.
     """
+
+    reads_from_local_files: Final = True
+    """Reading a session or a page costs local file reads (the server does those on its
+    event loop, not on a worker thread); a remote backend has no such attribute."""
 
     def __init__(self, root: DataRoot) -> None:
         self.root = root
