@@ -1591,7 +1591,7 @@ def test_load_given_production_s_environment_is_refused():
 
 #: The suites run again under ``-n 2``: what a worker must refuse on its own (its mark on
 #: sys, its process tree, its scratch suffix). Not the ones that write shared files.
-REMOTE_XDIST_SUITES = ("incident", "cleared_env", "wiped_env", "hand_made")
+REMOTE_XDIST_SUITES = ("incident", "wiped_env", "hand_made")
 
 #: One inner run, each suite in a directory of its own (a conftest applies to its directory).
 REMOTE_SUITES: dict[str, dict[str, str]] = {

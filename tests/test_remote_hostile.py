@@ -2,18 +2,19 @@
 live production replica pair, and production's rows and objects stay byte-identical.
 
 Two real ``app serve`` replicas of one production profile (tests/replicas.py, on the engines
-of tests/engines.py) are started once for the module and filled over HTTP. The hostile
-suites of tests/hostile_suites.py (``REMOTE_SUITES``) then run in a pytest subprocess whose
-shell exported production (ENV_FOR_DYNACONF, APP_DATABASE_URL, APP_BLOB_URL, the S3
-credentials and the API token) and whose settings name, for production, the very database
-and prefix the replicas serve; its testing profile is on the same PostgreSQL server and
-bucket. Every inner test asserts on the refusal it meets. Afterwards every row of every
-table (and every sequence) of production's database, and every object version under its
-prefix, must be as before; both replicas must still serve, and still be listed as holders.
+of tests/engines.py) are started and filled over HTTP (through one replica, read back through
+the other). The hostile suites of tests/hostile_suites.py (``REMOTE_SUITES``) then run in a
+pytest subprocess whose shell exported production (ENV_FOR_DYNACONF, APP_DATABASE_URL,
+APP_BLOB_URL, the S3 credentials and the API token) and whose settings name, for production,
+the very database and prefix the replicas serve; its testing profile is on the same
+PostgreSQL server and bucket. Every inner test asserts on the refusal it meets. Afterwards
+every row of every table (and every sequence) of production's database, and every object
+version under its prefix, must be as before; both replicas must still serve the same
+sessions, and still be listed as holders.
 
 The suites run once serially, and those a worker must refuse on its own again under ``-n 2``,
-on the same pair: starting replicas per case would cost seconds each, and the cases need only
-that the pair is live.
+next to the same pair, in one test: starting replicas per case would cost seconds each, and
+the cases need only that the pair is live.
 
 What is not replayed, because no code of the app runs and nothing could refuse it: a test
 that hard-codes ``psycopg.connect(<production's URL>)`` or an S3 client on production's
@@ -51,6 +52,9 @@ database_url = "{production_url}"
 blob_url = "{production_blob}"
 protected = true
 """
+
+#: How many inner tests pass in each run.
+PASSED = {"serial": 39, "xdist": 12}
 
 SECRETS = """\
 [default]
@@ -142,14 +146,12 @@ class Pair:
         assert all(f"pid {pid}, profile production" in status.stdout for pid in pids)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pair(
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres_engine: PostgresEngine,
-    s3_engine: S3Engine,
+    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
 ) -> Iterator[Pair]:
-    base = tmp_path_factory.mktemp("remote-production")
-    blob_url = f"s3://{s3_engine.bucket}/hostile-{os.getpid()}-{base.name}"
+    base = tmp_path / "remote-production"
+    base.mkdir()
     with production_on(base, postgres_engine, s3_engine, blob_url) as production:
         production.start()
         production.start()
@@ -161,7 +163,7 @@ def pair(
                 others=base / "other-profiles",
                 testing_url=postgres_engine.url(f"hostile_testing_{os.getpid()}"),
                 bucket=s3_engine.bucket,
-                testing_prefix=f"hostile-testing-{os.getpid()}-{base.name}",
+                testing_prefix=f"{blob_url.rsplit('/', 1)[1]}-testing",
                 production_url=production.database_url,
                 production_blob=production.blob_url,
             )
@@ -198,73 +200,69 @@ def export_production(monkeypatch: pytest.MonkeyPatch, pair: Pair) -> None:
         monkeypatch.setenv(name, value)
 
 
-def write_suites(pytester: pytest.Pytester, suites: tuple[str, ...]) -> None:
+def write_suites(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(hostile_helpers=REMOTE_HELPERS)
-    for directory in suites:
+    for directory, files in REMOTE_SUITES.items():
         package = pytester.mkpydir(directory)
-        for name, source in REMOTE_SUITES[directory].items():
+        for name, source in files.items():
             (package / name).write_text(source)
 
 
-# Every inner test passes: each asserts on the refusal it meets.
-@pytest.mark.parametrize(
-    ("args", "suites", "passed"),
-    [((), tuple(REMOTE_SUITES), 39), (("-n", "2"), REMOTE_XDIST_SUITES, 17)],
-    ids=["serial", "xdist"],
+HEADER = (
+    "app: profile=testing (forced; the shell asked for 'production'), database=*",
+    (
+        "*neutralised: APP_API_TOKEN, APP_BLOB_URL, APP_DATABASE_URL, APP_S3_ACCESS_KEY_ID, "
+        "APP_S3_ENDPOINT_URL, APP_S3_SECRET_ACCESS_KEY, ENV_FOR_DYNACONF=production*"
+    ),
 )
-def test_a_hostile_run_leaves_production_s_replica_pair_byte_identical(
-    pair: Pair,
-    pytester: pytest.Pytester,
-    monkeypatch: pytest.MonkeyPatch,
-    args: tuple[str, ...],
-    suites: tuple[str, ...],
-    passed: int,
+
+
+def test_hostile_runs_leave_production_s_replica_pair_byte_identical(
+    pair: Pair, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One test for both runs: one pair, on one xdist worker of the outer run.
     export_production(monkeypatch, pair)
-    write_suites(pytester, suites)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", *args)
-    try:
-        assert result.ret == 0, result.stdout.str() + result.stderr.str()
-        result.assert_outcomes(passed=passed)
-        result.stdout.fnmatch_lines(
-            [
-                "app: profile=testing (forced; the shell asked for 'production'), database=*",
-                (
-                    "*neutralised: APP_API_TOKEN, APP_BLOB_URL, APP_DATABASE_URL, "
-                    "APP_S3_ACCESS_KEY_ID, APP_S3_ENDPOINT_URL, APP_S3_SECRET_ACCESS_KEY, "
-                    "ENV_FOR_DYNACONF=production*"
-                ),
-            ]
-        )
-        if not args:  # under xdist a worker's atexit output is not the run's stdout
-            result.stdout.fnmatch_lines(["ATEXIT exit=78 refused: *"])
-    finally:
-        # Whatever the inner run reported, production must be untouched and still served.
-        pair.assert_untouched()
+    write_suites(pytester)
+    runs = {"serial": (), "xdist": ("-n", "2", *REMOTE_XDIST_SUITES)}
+    for name, args in runs.items():
+        result = pytester.runpytest_subprocess("-p", "no:randomly", *args)
+        try:
+            # Every inner test passes: each asserts on the refusal it meets.
+            assert result.ret == 0, f"{name}: {result.stdout.str()}{result.stderr.str()}"
+            result.assert_outcomes(passed=PASSED[name])
+            result.stdout.fnmatch_lines(HEADER)
+            if name == "serial":  # under xdist a worker's atexit output is not the run's
+                result.stdout.fnmatch_lines(["ATEXIT exit=78 refused: *"])
+        finally:
+            # Whatever the inner run reported, production must be untouched and still served.
+            pair.assert_untouched()
 
 
 @pytest.mark.app_profile("production")
-def test_a_reader_of_production_s_database_refuses_every_change(pair: Pair) -> None:
+def test_a_reader_of_production_s_database_refuses_every_change(
+    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
+) -> None:
     from app.config import load
-    from app.remote.pg import same_database
     from app.storage import open_storage
 
     # A reader holds no lock: neither the replicas' nor maintenance's could stop its writes.
-    config = load("production", environ=pair.production.env, serving=False)
-    assert config.database_url is not None
-    assert same_database(config.database_url, pair.production.database_url)
-    session_id = pair.sessions["items"][1]["id"]
-    with open_storage(config, writer=False) as reader:
-        assert session_id in [s["id"] for s in reader.list_sessions(limit=100).items]
-        changes = {
-            "purge": reader.purge,
-            "delete": lambda: reader.delete_session(session_id),
-            "upload": lambda: reader.put_file(session_id, "new.txt", b"new"),
-            "empty-trash": reader.empty_trash,
-            "audit": lambda: reader.audit("purge", "everything"),
-        }
-        for what, change in changes.items():
-            with pytest.raises(RuntimeError, match="it was opened read-only") as refused:
-                change()
-            assert "open it with writer=True, which takes its lock" in str(refused.value), what
-    pair.assert_untouched()
+    with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as production:
+        config = load("production", environ=production.env, serving=False)
+        with open_storage(config, writer=True) as writer:
+            session_id = writer.create_session("kept")["id"]
+            writer.put_file(session_id, "notes.txt", b"notes")
+        before = (database_state(production), object_state(s3_engine, production))
+        with open_storage(config, writer=False) as reader:
+            assert reader.get_session(session_id)["files"][0]["name"] == "notes.txt"
+            changes = {
+                "purge": reader.purge,
+                "delete": lambda: reader.delete_session(session_id),
+                "upload": lambda: reader.put_file(session_id, "new.txt", b"new"),
+                "empty-trash": reader.empty_trash,
+                "audit": lambda: reader.audit("purge", "everything"),
+            }
+            for what, change in changes.items():
+                with pytest.raises(RuntimeError, match="it was opened read-only") as refused:
+                    change()
+                assert "open it with writer=True, which takes its lock" in str(refused.value), what
+        assert (database_state(production), object_state(s3_engine, production)) == before
