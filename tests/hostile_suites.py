@@ -1593,6 +1593,50 @@ def test_load_given_production_s_environment_is_refused():
     assert NOT_PRODUCTION in str(refused.value)
 """
 
+# (R9) The same shell with the plugin disabled (``-p no:app``): nothing is neutralised or
+# confined, and app.config refuses what pytest without the app's sandbox must not load.
+REMOTE_WITHOUT_PLUGIN_TESTS = """
+import os
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.config import load
+from app.errors import SandboxViolationError
+from hostile_helpers import PRODUCTION_SHELL, app
+
+BARE = "while pytest runs without the app's sandbox"
+PURGE = ["data", "purge", "--yes-i-mean-it"]
+
+
+def test_the_shell_s_production_is_refused():
+    with pytest.raises(SandboxViolationError, match="loading profile 'production' " + BARE):
+        load()
+
+
+def test_the_dynaconf_docs_pattern_is_refused(monkeypatch):
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    with pytest.raises(SandboxViolationError) as refused:
+        load()
+    assert f"from environment APP_DATABASE_URL {BARE}" in str(refused.value)
+    assert "neutralises the shell's APP_DATABASE_URL" in str(refused.value)
+
+
+def test_a_cleared_environment_then_purge_in_process_is_refused():
+    with mock.patch.dict(os.environ, PRODUCTION_SHELL, clear=True):
+        result = CliRunner().invoke(cli, PURGE)
+    assert result.exit_code == 78, result.output
+    assert "loading profile 'production' " + BARE in result.output
+
+
+def test_a_child_with_a_hand_built_environment_is_refused():
+    done = app(*PURGE, env={"PATH": os.environ["PATH"], **PRODUCTION_SHELL})
+    assert done.returncode == 78, done.stderr
+    assert "runs pytest without the app's plugin" in done.stderr
+"""
+
 #: The suites run again under ``-n 2``: what a worker must refuse on its own (its mark on
 #: sys, its process tree, its scratch suffix). Not the ones that write shared files.
 REMOTE_XDIST_SUITES = ("incident", "wiped_env", "hand_made")
@@ -1608,3 +1652,5 @@ REMOTE_SUITES: dict[str, dict[str, str]] = {
     "hand_made": {"test_hand_made.py": REMOTE_HAND_MADE_TESTS},
     "unnamed": {"test_unnamed.py": REMOTE_UNNAMED_TESTS},
 }
+#: Run with ``-p no:app``, apart from the others.
+REMOTE_WITHOUT_PLUGIN = {"without_plugin": {"test_without_plugin.py": REMOTE_WITHOUT_PLUGIN_TESTS}}

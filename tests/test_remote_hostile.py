@@ -12,8 +12,8 @@ every row of every table (and every sequence) of production's database, and ever
 version under its prefix, must be as before; both replicas must still serve the same
 sessions, and still be listed as holders.
 
-The suites run once serially, and those a worker must refuse on its own again under ``-n 2``,
-next to the same pair, in one test: starting replicas per case would cost seconds each, and
+The suites run once serially, those a worker must refuse on its own again under ``-n 2``, and
+a suite of its own with ``-p no:app``, next to the same pair, in one test: starting replicas per case would cost seconds each, and
 the cases need only that the pair is live.
 
 What is not replayed, because no code of the app runs and nothing could refuse it: a test
@@ -31,7 +31,12 @@ from typing import Any
 
 import pytest
 from engines import PostgresEngine, S3Engine
-from hostile_suites import REMOTE_HELPERS, REMOTE_SUITES, REMOTE_XDIST_SUITES
+from hostile_suites import (
+    REMOTE_HELPERS,
+    REMOTE_SUITES,
+    REMOTE_WITHOUT_PLUGIN,
+    REMOTE_XDIST_SUITES,
+)
 from replicas import Production, production_on
 from test_incident import fill, list_sessions
 
@@ -54,7 +59,7 @@ protected = true
 """
 
 #: How many inner tests pass in each run.
-PASSED = {"serial": 39, "xdist": 12}
+PASSED = {"serial": 39, "xdist": 12, "without the plugin": 4}
 
 SECRETS = """\
 [default]
@@ -202,7 +207,7 @@ def export_production(monkeypatch: pytest.MonkeyPatch, pair: Pair) -> None:
 
 def write_suites(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(hostile_helpers=REMOTE_HELPERS)
-    for directory, files in REMOTE_SUITES.items():
+    for directory, files in {**REMOTE_SUITES, **REMOTE_WITHOUT_PLUGIN}.items():
         package = pytester.mkpydir(directory)
         for name, source in files.items():
             (package / name).write_text(source)
@@ -223,14 +228,19 @@ def test_hostile_runs_leave_production_s_replica_pair_byte_identical(
     # One test for both runs: one pair, on one xdist worker of the outer run.
     export_production(monkeypatch, pair)
     write_suites(pytester)
-    runs = {"serial": (), "xdist": ("-n", "2", *REMOTE_XDIST_SUITES)}
+    runs = {
+        "serial": tuple(REMOTE_SUITES),
+        "xdist": ("-n", "2", *REMOTE_XDIST_SUITES),
+        "without the plugin": ("-p", "no:app", *REMOTE_WITHOUT_PLUGIN),
+    }
     for name, args in runs.items():
         result = pytester.runpytest_subprocess("-p", "no:randomly", *args)
         try:
             # Every inner test passes: each asserts on the refusal it meets.
             assert result.ret == 0, f"{name}: {result.stdout.str()}{result.stderr.str()}"
             result.assert_outcomes(passed=PASSED[name])
-            result.stdout.fnmatch_lines(HEADER)
+            if name != "without the plugin":
+                result.stdout.fnmatch_lines(HEADER)
             if name == "serial":  # under xdist a worker's atexit output is not the run's
                 result.stdout.fnmatch_lines(["ATEXIT exit=78 refused: *"])
         finally:
