@@ -13,8 +13,8 @@ version under its prefix, must be as before; both replicas must still serve the 
 sessions, and still be listed as holders.
 
 The suites run once serially, those a worker must refuse on its own again under ``-n 2``, and
-a suite of its own with ``-p no:app``, next to the same pair, in one test: starting replicas per case would cost seconds each, and
-the cases need only that the pair is live.
+a suite of its own with ``-p no:app``, next to the same pair, in one test: starting replicas
+per case would cost seconds each, and the cases need only that the pair is live.
 
 What is not replayed, because no code of the app runs and nothing could refuse it: a test
 that hard-codes ``psycopg.connect(<production's URL>)`` or an S3 client on production's
