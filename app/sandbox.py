@@ -59,6 +59,7 @@ __all__ = [
     "allowed_profiles",
     "allowing",
     "check_profile",
+    "check_remote",
     "check_root",
     "checked",
     "confine",
@@ -449,9 +450,20 @@ def scratch_database_url(database_url: str, suffix: str) -> str:
     return scratch_url(database_url, suffix)
 
 
-def scratch_blob_url(blob_url: str, suffix: str) -> str:
-    """The scratch prefix of `blob_url` (``s3://bucket/prefix``): ``<prefix>/pytest_...``."""
-    return f"{blob_url.rstrip('/')}/{suffix.lstrip('_')}"
+def scratch_blob_url(blob_url: str, suffix: str, profile: str = "testing") -> str:
+    """The scratch prefix of `profile`'s `blob_url` (``s3://bucket/prefix``).
+
+    Testing's lies inside testing's own prefix, ``<prefix>/pytest_...``, where the plugin
+    empties it at the end. Another profile's (a test opted into it) is a sibling of that
+    profile's prefix, ``<prefix>_pytest_...``, never inside it: a live server of that
+    profile lists, checks and repairs everything under its prefix, and a test's objects
+    there would change production's objects (and be deleted as orphans by its repair).
+    """
+    base = blob_url.rstrip("/")
+    _, _, prefix = base.removeprefix("s3://").partition("/")
+    if profile == "testing" or not prefix:
+        return f"{base}/{suffix.lstrip('_')}"  # a whole bucket has no sibling
+    return f"{base}{suffix}"
 
 
 # --- registering (the pytest plugin) -------------------------------------------------------
@@ -727,7 +739,8 @@ def _is_scratch(key: str, value: str, suffix: str) -> bool:
         from app.remote.pg import database_addresses
 
         return all(a.dbname.endswith(suffix) for a in database_addresses(value))
-    return value.rstrip("/").rpartition("/")[2] == suffix.lstrip("_")
+    last = value.rstrip("/").rpartition("/")[2]
+    return last == suffix.lstrip("_") or (last.endswith(suffix) and last != suffix)
 
 
 def confine_remote(
@@ -771,8 +784,48 @@ def confine_remote(
     if key == "database_url":
         scratch = scratch_database_url(value, run.scratch)
     else:
-        scratch = scratch_blob_url(value, run.scratch)
+        scratch = scratch_blob_url(value, run.scratch, profile)
     return scratch, f"pytest scratch {what} (configured: {shown}, {source})"
+
+
+def check_remote(database_url: str, blob_url: str, what: str, run: Run | None = None) -> None:
+    """Refuse a database or object prefix that is not one of this run's scratch ones, if
+    this process belongs to a run: what :func:`check_root` is to a data root.
+
+    `app.config.load` already maps every remote profile to the run's scratch names
+    (:func:`confine_remote`); this catches what never went through it: a ``Config`` made by
+    hand, or by a second copy of the config module, that names a configured database.
+
+    Args:
+        database_url: the database about to be opened.
+        blob_url: its ``s3://bucket/prefix``.
+        what: what the caller is about to do, for the message ("open").
+        run: the run, if the caller already has it.
+
+    Raises:
+        SandboxViolationError: naming the database or prefix, the run's suffix and the fix.
+    """
+    run = run or current_run()
+    if run is None:
+        return
+    from app.remote.pg import mask_url
+
+    checks = (
+        ("database_url", database_url, f"database {mask_url(database_url)}", "database"),
+        ("blob_url", blob_url, f"object prefix {blob_url}", "object prefix"),
+    )
+    for key, value, shown, kind in checks:
+        if run.scratch and _is_scratch(key, value, run.scratch):
+            continue
+        raise SandboxViolationError(
+            f"{what} {shown}, which is not a scratch {kind} of this test run (suffix "
+            f"{run.scratch or 'none'}; this process belongs to the run through "
+            f"{run.recognised_by})",
+            run.sandbox,
+            "Tests open only the run's scratch database and prefix, which app.config.load() "
+            "gives every remote profile under pytest: use the app_config or app_store "
+            f"fixtures, never a Config made by hand with another {key}",
+        )
 
 
 class LoadRecord(NamedTuple):

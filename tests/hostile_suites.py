@@ -13,8 +13,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+_RUN_APP = '''
+
+def second_copy(name, filename):
+    """The incident's second copy: a module of the app imported again under another name."""
+    import importlib.util
+
+    import app as package
+
+    spec = importlib.util.spec_from_file_location(name, Path(package.__file__).parent / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def app(*args, env=None):
+    """Run the `app` command line; a safety timeout only, never an assertion."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+'''
+
 #: Imported by every hostile suite: where production is, and how to run the app.
-HELPERS = '''
+HELPERS = (
+    """
 import os
 import subprocess
 import sys
@@ -31,19 +59,9 @@ PRODUCTION_SHELL = {
     "APP_API_TOKEN": TOKEN,
     "APP_SETTINGS_DIR": SETTINGS_DIR,
 }
-
-
-def app(*args, env=None):
-    """Run the `app` command line; a safety timeout only, never an assertion."""
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-'''
+"""
+    + _RUN_APP
+)
 
 # (1) The incident's own fixture: clean `data_root / "sessions"` around every test.
 INCIDENT_CONFTEST = """
@@ -207,7 +225,6 @@ def test_the_process_tree_refuses_it(args):
 SECOND_COPY_TESTS = """
 import dataclasses
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -216,18 +233,10 @@ import pytest
 import app
 import app.config
 from app.errors import SandboxViolationError
-from hostile_helpers import PRODUCTION, TOKEN
+from hostile_helpers import PRODUCTION, TOKEN, second_copy
 
 APP_DIR = Path(app.__file__).resolve().parent
 OUTSIDE = f"open data root {PRODUCTION}, which lies outside the test sandbox"
-
-
-def second_copy(name, filename):
-    spec = importlib.util.spec_from_file_location(name, APP_DIR / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_second_copy_of_config_refuses_production(monkeypatch):
@@ -489,6 +498,7 @@ REFUSED = (
     "loading profile 'production'; tests run on the 'testing' profile",
     "loading profile 'production' while pytest runs without the app's sandbox",
     "from environment APP_DATA_ROOT, which lies outside the test sandbox",
+    "from environment APP_DATABASE_URL: under pytest, profile 'production' uses this run's",
 )
 
 
@@ -1144,3 +1154,503 @@ SUITES: dict[str, Suite] = {
         shell="clean",
     ),
 }
+
+
+# --- the remote backend: a live production replica pair on PostgreSQL and S3 ---------------
+
+#: Imported by every remote suite (as ``hostile_helpers``, like `HELPERS`, so that a local
+#: suite that needs only what both define runs on either backend): production's database and
+#: prefix (what the replicas serve), its replicas, and the shell that exported it.
+#: ``HOSTILE_*`` configure nothing, so the plugin leaves them alone; the ``APP_*`` copies are
+#: what the plugin neutralises.
+REMOTE_HELPERS = (
+    '''
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from app.config import load
+from app.remote.pg import database_addresses, same_database
+from app.sandbox import current_run
+
+PRODUCTION_URL = PRODUCTION = os.environ["HOSTILE_DATABASE_URL"]
+PRODUCTION_BLOB = os.environ["HOSTILE_BLOB_URL"]
+TOKEN = os.environ["HOSTILE_PRODUCTION_TOKEN"]
+REPLICA_PIDS = [int(pid) for pid in os.environ["HOSTILE_REPLICA_PIDS"].split(",")]
+SETTINGS_DIR = os.environ["APP_SETTINGS_DIR"]
+CREDENTIALS = {
+    "APP_S3_ENDPOINT_URL": os.environ["HOSTILE_S3_ENDPOINT_URL"],
+    "APP_S3_ACCESS_KEY_ID": os.environ["HOSTILE_S3_ACCESS_KEY_ID"],
+    "APP_S3_SECRET_ACCESS_KEY": os.environ["HOSTILE_S3_SECRET_ACCESS_KEY"],
+}
+# What the shell exported before the plugin neutralised it.
+PRODUCTION_SHELL = {
+    "ENV_FOR_DYNACONF": "production",
+    "APP_DATABASE_URL": PRODUCTION_URL,
+    "APP_BLOB_URL": PRODUCTION_BLOB,
+    "APP_API_TOKEN": TOKEN,
+    "APP_SETTINGS_DIR": SETTINGS_DIR,
+    **CREDENTIALS,
+}
+NOT_PRODUCTION = "loading profile 'production'; tests run on the 'testing' profile"
+TREE = "belongs to the test run through the process tree (an ancestor process, pytest pid"
+ENV_URL = (
+    "from environment APP_DATABASE_URL: under pytest, profile '{}' uses this run's scratch "
+    "database (suffix {}), never a configured one"
+)
+NOT_SCRATCH = "which is not a scratch database of this test run (suffix {};"
+
+
+def scratch():
+    return current_run().scratch
+
+
+def on_scratch(config):
+    """The config's database is this run's scratch one, and not production's."""
+    name = database_addresses(config.database_url)[0].dbname
+    return name.endswith(scratch()) and not same_database(config.database_url, PRODUCTION_URL)
+
+
+def forged(config=None):
+    """A Config made by hand that names production's database and prefix."""
+    return dataclasses.replace(
+        config or load(), profile="production", database_url=PRODUCTION_URL,
+        blob_url=PRODUCTION_BLOB,
+    )
+'''
+    + _RUN_APP
+)
+
+# (R1) The incident's clean-up on this backend: every row of every table of the database the
+# configuration names, and every object under its prefix, around every test.
+REMOTE_INCIDENT_CONFTEST = """
+import psycopg
+import pytest
+
+from app.config import load
+from app.remote.objects import ObjectStore
+
+
+@pytest.fixture(autouse=True)
+def wipe_everything():
+    config = load()
+    with psycopg.connect(config.database_url, autocommit=True) as conn:
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        for (table,) in tables.fetchall():
+            conn.execute(f'TRUNCATE "{table}" CASCADE')
+    objects = ObjectStore(
+        config.blob_url, config.s3_endpoint_url, config.s3_access_key_id,
+        config.s3_secret_access_key,
+    )
+    objects.put("left-by-the-clean-up", b"x")
+    names = [info.name for info in objects.objects()]
+    objects.delete(*names)
+    yield
+"""
+
+REMOTE_INCIDENT_TESTS = """
+import psycopg
+import pytest
+
+from app.config import load
+from hostile_helpers import on_scratch, scratch
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_the_clean_up_ran_on_the_run_s_scratch_database_and_prefix(n):
+    config = load()
+    assert config.profile == "testing"
+    assert on_scratch(config)
+    assert config.sources["database_url"].startswith("pytest scratch database (configured: ")
+    assert config.blob_url.endswith("/" + scratch().lstrip("_"))
+    with psycopg.connect(config.database_url) as conn:
+        assert conn.execute("SELECT current_database()").fetchone()[0].endswith(scratch())
+"""
+
+# (R2) load("production"): refused; opted into, it is mapped to a scratch database that only
+# the test could have created; with production's URL exported, refused even then.
+REMOTE_LOAD_PRODUCTION_TESTS = """
+import os
+
+import pytest
+
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from app.remote.objects import ObjectStore, parse_blob_url, prefixes_overlap
+from app.storage import open_storage
+from hostile_helpers import ENV_URL, NOT_PRODUCTION, PRODUCTION_BLOB, PRODUCTION_URL, TOKEN
+from hostile_helpers import app, on_scratch, scratch
+
+
+def test_without_opting_in_it_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        open_storage(load("production"), writer=True, wanted="purge every session").purge()
+    assert str(refused.value).startswith("refused under pytest (sandbox: ")
+    assert NOT_PRODUCTION in str(refused.value)
+    assert "mark the test @pytest.mark.app_profile('production')" in str(refused.value)
+
+
+@pytest.mark.app_profile("production")
+def test_opting_in_maps_production_to_a_scratch_database_of_the_run(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    config = load("production")
+    assert on_scratch(config)
+    assert config.sources["database_url"].startswith("pytest scratch database (configured: ")
+    assert config.blob_url != PRODUCTION_BLOB
+
+
+@pytest.mark.app_profile("production")
+def test_opting_in_keeps_the_scratch_prefix_out_of_production_s_prefix(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    config = load("production")
+    here = parse_blob_url(config.blob_url, config.s3_endpoint_url)
+    assert not prefixes_overlap(here, parse_blob_url(PRODUCTION_BLOB, config.s3_endpoint_url))
+    objects = ObjectStore(
+        config.blob_url, config.s3_endpoint_url, config.s3_access_key_id,
+        config.s3_secret_access_key,
+    )
+    objects.put("written-by-a-test", b"not production's")
+    objects.delete("written-by-a-test")
+
+
+def test_serving_production_with_a_forged_opt_in_finds_no_database():
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+        "APP_API_TOKEN": TOKEN,
+    }
+    done = app("serve", "--port", "0", env=env)
+    assert done.returncode == 69, done.stderr
+    assert scratch() + '" does not exist' in done.stderr
+
+
+@pytest.mark.app_profile("production")
+def test_opting_in_with_production_s_url_exported_is_refused(monkeypatch):
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    monkeypatch.setenv("APP_DATABASE_URL", PRODUCTION_URL)
+    with pytest.raises(ConfigError) as refused:
+        load("production")
+    assert ENV_URL.format("production", scratch()) in str(refused.value)
+    assert "Unset APP_DATABASE_URL" in str(refused.value)
+"""
+
+# (R3) Maintenance and serving in a subprocess, with the environment the test inherited.
+REMOTE_MAINTENANCE_TESTS = """
+import os
+
+import pytest
+
+from hostile_helpers import ENV_URL, NOT_PRODUCTION, PRODUCTION_SHELL, app, scratch
+
+SANDBOXED = "refused under pytest (sandbox: "
+MAINTENANCE = [
+    ["data", "purge", "--yes-i-mean-it"],
+    ["data", "empty-trash", "--older-than", "0s", "--yes-i-mean-it"],
+    ["data", "check", "--repair"],
+    ["data", "restamp", "--from", "development", "--yes-i-mean-it"],
+    ["sessions", "list"],
+    ["serve", "--port", "0"],
+]
+
+
+SHELL = {**os.environ, **PRODUCTION_SHELL}
+FORGED = {**SHELL, "PYTEST_APP_ALLOW_PROFILES": "production"}
+TESTING_ON_PRODUCTION = {**SHELL, "ENV_FOR_DYNACONF": "testing"}
+CASES = {
+    **{
+        f"profile-production-{'-'.join(args[:2])}": (
+            ["--profile", "production", *args], None, NOT_PRODUCTION
+        )
+        for args in MAINTENANCE
+    },
+    "production-shell-purge": (MAINTENANCE[0], SHELL, NOT_PRODUCTION),
+    "production-shell-serve": (MAINTENANCE[-1], SHELL, NOT_PRODUCTION),
+    "forged-opt-in": (MAINTENANCE[0], FORGED, ENV_URL.format("production", scratch())),
+    "testing-on-production": (
+        MAINTENANCE[0], TESTING_ON_PRODUCTION, ENV_URL.format("testing", scratch())
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "env", "reason"), CASES.values(), ids=CASES.keys())
+def test_the_child_refuses_production(args, env, reason):
+    done = app(*args, env=env)
+    assert done.returncode == 78, done.stderr
+    assert SANDBOXED in done.stderr and reason in done.stderr
+"""
+
+# (R4) The same commands from a child whose environment was wiped or built by hand: the
+# process tree still says it belongs to the run.
+REMOTE_CLEARED_ENV_TESTS = """
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hostile_helpers import NOT_PRODUCTION, PRODUCTION_SHELL, TREE, app
+
+PURGE = ["--profile", "production", "data", "purge", "--yes-i-mean-it"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [PURGE, ["data", "empty-trash", "--yes-i-mean-it"], ["serve", "--port", "0"]],
+    ids=["purge", "empty-trash", "serve"],
+)
+def test_a_hand_built_environment_with_production_s_settings(args):
+    done = app(*args, env={"PATH": os.environ["PATH"], **PRODUCTION_SHELL})
+    assert done.returncode == 78, done.stderr
+    assert NOT_PRODUCTION in done.stderr and TREE in done.stderr
+
+
+def test_an_empty_environment():
+    # No APP_SETTINGS_DIR either: the project's own settings, whose production is elsewhere.
+    done = app(*PURGE, env={})
+    assert done.returncode == 78, done.stderr
+    assert NOT_PRODUCTION in done.stderr and TREE in done.stderr
+
+
+def test_a_grandchild_through_a_shell_with_env_i():
+    exported = " ".join(f"{name}='{value}'" for name, value in PRODUCTION_SHELL.items())
+    command = f"env -i {exported} {sys.executable} -m app {' '.join(PURGE)}"
+    done = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 78, done.stderr
+    assert NOT_PRODUCTION in done.stderr and TREE in done.stderr
+"""
+
+# (R6) Production exported by the test itself, mid-test; the testing profile pointed at
+# production's database and prefix.
+REMOTE_EXPORTS_MID_TEST_TESTS = """
+import os
+from unittest import mock
+
+import pytest
+
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from app.storage import open_storage
+from hostile_helpers import ENV_URL, NOT_PRODUCTION, PRODUCTION_SHELL, TOKEN, on_scratch, scratch
+
+FORGED_OPT_IN = {
+    "ENV_FOR_DYNACONF": "production",
+    "PYTEST_APP_ALLOW_PROFILES": "production",
+    "APP_API_TOKEN": TOKEN,
+}
+
+
+def purge():
+    open_storage(load(), writer=True, wanted="purge every session").purge()
+
+
+def test_exporting_production_is_refused():
+    with mock.patch.dict(os.environ, PRODUCTION_SHELL), pytest.raises(SandboxViolationError) as no:
+        purge()
+    assert NOT_PRODUCTION in str(no.value)
+
+
+def test_pointing_the_testing_profile_at_production_is_refused():
+    exported = {**PRODUCTION_SHELL, "ENV_FOR_DYNACONF": "testing"}
+    with mock.patch.dict(os.environ, exported), pytest.raises(ConfigError) as refused:
+        purge()
+    message = str(refused.value)
+    assert "profiles 'testing' and 'production' name the same database" in message
+    assert ENV_URL.format("testing", scratch()) in message
+
+
+def test_forging_the_opt_in_maps_production_to_a_scratch_database():
+    with mock.patch.dict(os.environ, FORGED_OPT_IN):
+        config = load()
+    assert config.profile == "production"
+    assert on_scratch(config)
+"""
+
+# (R7) The incident's second copy of the configuration module, and a Config made by hand
+# (with production's URL from the settings file, read with dynaconf itself).
+REMOTE_HAND_MADE_TESTS = """
+import dataclasses
+
+import pytest
+from dynaconf import Dynaconf
+
+import app
+import app.config
+from app.config import load
+from app.errors import SandboxViolationError
+from app.remote import pg
+from app.remote.errors import ReplicasLiveError
+from app.remote.storage import restamp
+from app.storage import open_storage
+from hostile_helpers import NOT_PRODUCTION, NOT_SCRATCH, PRODUCTION_URL, REPLICA_PIDS, SETTINGS_DIR
+from hostile_helpers import forged, on_scratch, scratch, second_copy
+
+
+def test_the_incident_s_second_copy_of_config_refuses_production():
+    config2 = second_copy("src.app.config", "config.py")
+    assert config2 is not app.config and on_scratch(config2.load())
+    with pytest.raises(SandboxViolationError, match=NOT_PRODUCTION):
+        config2.load("production", serving=False)
+
+
+@pytest.mark.parametrize("writer", [True, False], ids=["writer", "reader"])
+def test_a_config_made_by_hand_is_refused_when_opened(writer):
+    with pytest.raises(SandboxViolationError) as refused:
+        open_storage(forged(), writer=writer, wanted="purge every session").purge()
+    assert NOT_SCRATCH.format(scratch()) in str(refused.value)
+
+
+def test_production_s_url_read_with_dynaconf_itself_is_refused_when_opened():
+    files = Dynaconf(settings_files=[f"{SETTINGS_DIR}/settings.toml"], environments=True)
+    production = files.from_env("production")
+    assert pg.same_database(production.database_url, PRODUCTION_URL)
+    by_hand = dataclasses.replace(
+        load(), database_url=production.database_url, blob_url=production.blob_url
+    )
+    with pytest.raises(SandboxViolationError) as refused:
+        open_storage(by_hand, writer=True, wanted="purge every session")
+    assert NOT_SCRATCH.format(scratch()) in str(refused.value)
+
+
+def test_a_restamp_made_by_hand_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        restamp(forged(), "production")
+    assert NOT_SCRATCH.format(scratch()) in str(refused.value)
+
+
+def test_maintenance_taken_by_hand_is_refused_by_the_live_replicas():
+    # Below the configuration: only the replicas' shared locks stand here (layer 4).
+    with pytest.raises(ReplicasLiveError) as refused:
+        with pg.maintenance(PRODUCTION_URL, "production", "purge every session"):
+            pass
+    message = str(refused.value)
+    assert "2 live replica(s)" in message
+    assert all(f"pid {pid}" in message for pid in REPLICA_PIDS)
+"""
+
+# (R8) Cases nobody named: variables other software reads (DATABASE_URL, libpq's PG*),
+# dynaconf's own names for the app's keys, a settings.local.toml written by the test, and
+# load() given an environment of its own.
+REMOTE_UNNAMED_TESTS = """
+from pathlib import Path
+
+import pytest
+
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from app.remote import pg
+from hostile_helpers import NOT_PRODUCTION, PRODUCTION_BLOB, PRODUCTION_SHELL, PRODUCTION_URL
+from hostile_helpers import SETTINGS_DIR, app, on_scratch
+
+
+def test_database_url_and_libpq_variables_change_nothing(monkeypatch):
+    production = pg.database_addresses(PRODUCTION_URL)[0]
+    monkeypatch.setenv("DATABASE_URL", PRODUCTION_URL)
+    monkeypatch.setenv("PGDATABASE", production.dbname)
+    monkeypatch.setenv("PGHOST", str(production.host))
+    monkeypatch.setenv("PGPORT", str(production.port))
+    config = load()
+    assert on_scratch(config)
+    with pg.connect(config.database_url) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+    assert name != production.dbname
+
+
+def test_dynaconf_s_names_for_the_app_s_keys_are_refused(monkeypatch):
+    monkeypatch.setenv("DYNACONF_DATABASE_URL", PRODUCTION_URL)
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert "DYNACONF_DATABASE_URL" in str(refused.value)
+
+
+def test_a_local_settings_file_that_points_testing_at_production_never_reaches_it():
+    local = Path(SETTINGS_DIR) / "settings.local.toml"
+    local.write_text(
+        f'[testing]\\ndatabase_url = "{PRODUCTION_URL}"\\nblob_url = "{PRODUCTION_BLOB}"\\n'
+    )
+    try:
+        try:
+            assert on_scratch(load())  # not read under the sandbox, as the header says
+        except ConfigError as refused:
+            # Read after all (dynaconf loads *.local.* beside every file it is given): then
+            # refused, as testing's database is production's.
+            assert "profiles 'testing' and 'production' name the same database" in str(refused)
+        done = app("data", "purge", "--yes-i-mean-it")
+    finally:
+        local.unlink()
+    assert done.returncode in (0, 78), done.stderr
+    if done.returncode == 78:
+        assert "profiles 'testing' and 'production' name the same database" in done.stderr
+
+
+def test_load_given_production_s_environment_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        load(environ=PRODUCTION_SHELL)
+    assert NOT_PRODUCTION in str(refused.value)
+"""
+
+# (R9) The same shell with the plugin disabled (``-p no:app``): nothing is neutralised or
+# confined, and app.config refuses what pytest without the app's sandbox must not load.
+REMOTE_WITHOUT_PLUGIN_TESTS = """
+import os
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.config import load
+from app.errors import SandboxViolationError
+from hostile_helpers import PRODUCTION_SHELL, app
+
+BARE = "while pytest runs without the app's sandbox"
+PURGE = ["data", "purge", "--yes-i-mean-it"]
+
+
+def test_the_shell_s_production_is_refused():
+    with pytest.raises(SandboxViolationError, match="loading profile 'production' " + BARE):
+        load()
+
+
+def test_the_dynaconf_docs_pattern_is_refused(monkeypatch):
+    monkeypatch.setenv("ENV_FOR_DYNACONF", "testing")
+    with pytest.raises(SandboxViolationError) as refused:
+        load()
+    assert f"from environment APP_DATABASE_URL {BARE}" in str(refused.value)
+    assert "neutralises the shell's APP_DATABASE_URL" in str(refused.value)
+
+
+def test_a_cleared_environment_then_purge_in_process_is_refused():
+    with mock.patch.dict(os.environ, PRODUCTION_SHELL, clear=True):
+        result = CliRunner().invoke(cli, PURGE)
+    assert result.exit_code == 78, result.output
+    assert "loading profile 'production' " + BARE in result.output
+
+
+def test_a_child_with_a_hand_built_environment_is_refused():
+    done = app(*PURGE, env={"PATH": os.environ["PATH"], **PRODUCTION_SHELL})
+    assert done.returncode == 78, done.stderr
+    assert "runs pytest without the app's plugin" in done.stderr
+"""
+
+#: The suites run again under ``-n 2``: what a worker must refuse on its own (its mark on
+#: sys, its process tree, its scratch suffix). Not the ones that write shared files.
+REMOTE_XDIST_SUITES = ("incident", "wiped_env", "hand_made")
+
+#: One inner run, each suite in a directory of its own (a conftest applies to its directory).
+REMOTE_SUITES: dict[str, dict[str, str]] = {
+    "incident": {"conftest.py": REMOTE_INCIDENT_CONFTEST, "test_cleanup.py": REMOTE_INCIDENT_TESTS},
+    "load_production": {"test_load_production.py": REMOTE_LOAD_PRODUCTION_TESTS},
+    "maintenance": {"test_maintenance.py": REMOTE_MAINTENANCE_TESTS},
+    "cleared_env": {"test_cleared_env.py": REMOTE_CLEARED_ENV_TESTS},
+    "wiped_env": WIPED,
+    "exports": {"test_exports.py": REMOTE_EXPORTS_MID_TEST_TESTS},
+    "hand_made": {"test_hand_made.py": REMOTE_HAND_MADE_TESTS},
+    "unnamed": {"test_unnamed.py": REMOTE_UNNAMED_TESTS},
+}
+#: Run with ``-p no:app``, apart from the others.
+REMOTE_WITHOUT_PLUGIN = {"without_plugin": {"test_without_plugin.py": REMOTE_WITHOUT_PLUGIN_TESTS}}

@@ -246,7 +246,9 @@ def test_under_pytest_another_profile_is_never_its_configured_database(settings)
         del os.environ[appconfig.ALLOW_PROFILES_ENV]
     assert config.database_url is not None
     assert "dbname=app_production_pytest_" in config.database_url
-    assert "/production/pytest_" in str(config.blob_url)
+    # Beside production's prefix, never inside it: a live production server lists (and
+    # repairs) everything under its own prefix.
+    assert "/production_pytest_" in str(config.blob_url)
 
 
 def test_a_forged_scratch_suffix_cannot_name_a_real_database() -> None:

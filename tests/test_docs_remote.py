@@ -148,12 +148,14 @@ def test_the_postgresql_how_to_runs_as_written(
         f"export AWS_ACCESS_KEY_ID={s3_engine.access_key_id} "
         f"AWS_SECRET_ACCESS_KEY={s3_engine.secret_access_key}\n"
     )
-    from app.sandbox import context
+    from app.sandbox import context, scratch_blob_url
 
     this_run = context().run
     assert this_run is not None and this_run.scratch, "the suite runs under the app's plugin"
     scratch_name = PAGE_DATABASE_NAME + this_run.scratch
-    scratch_prefix = f"production/{this_run.scratch.lstrip('_')}"
+    scratch_prefix = scratch_blob_url(
+        "s3://app-data/production", this_run.scratch, "production"
+    ).removeprefix("s3://app-data/")
     run = [engines, *(b.replace(PAGE_DATABASE_NAME, scratch_name) for b in blocks("sh")[1:])]
     ports = [str(port) for port in _free_ports(len(PAGE_PORTS))]
     for page_port, port in zip(PAGE_PORTS, ports, strict=True):

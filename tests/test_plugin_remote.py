@@ -1,6 +1,7 @@
 """The pytest plugin with a testing profile on PostgreSQL and object storage, against real
 engines: a scratch database and prefix per run (and per xdist worker), dropped at the end,
-and production's database and objects untouched by a run that tries to reach them.
+and production's database and objects untouched. The hostile runs, next to a live
+production replica pair, are in tests/test_remote_hostile.py.
 
 Each test runs pytest in a subprocess with a settings directory whose testing profile names
 a database on the engine's cluster (it need not exist: only its scratch copies are made)
@@ -77,41 +78,6 @@ def test_the_client_fixture_serves_the_scratch_database(app_client):
     assert created.status_code == 201, created.text
     listed = app_client.get("/sessions").json()
     assert created.json()["id"] in [item["id"] for item in listed["items"]]
-"""
-
-HOSTILE = """
-import os, subprocess, sys
-import pytest
-from app.config import load
-from app.errors import ConfigError
-
-PRODUCTION = os.environ["PRODUCTION_URL"]
-
-def test_the_incident_s_clean_up_cannot_reach_production(monkeypatch):
-    monkeypatch.setenv("APP_DATABASE_URL", PRODUCTION)
-    with pytest.raises(ConfigError, match="Unset APP_DATABASE_URL"):
-        load("testing")
-
-def test_a_subprocess_running_maintenance_on_production_is_refused():
-    for env in (
-        {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATABASE_URL": PRODUCTION},
-        {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"],
-         "ENV_FOR_DYNACONF": "production"},
-    ):
-        done = subprocess.run(
-            [sys.executable, "-m", "app", "data", "empty-trash", "--older-than", "0s",
-             "--yes-i-mean-it"],
-            env=env, capture_output=True, text=True,
-        )
-        assert done.returncode == 78, done.stderr
-        assert "refused under pytest" in done.stderr
-
-def test_a_child_with_a_wiped_environment_still_gets_the_scratch_database():
-    code = "from app.config import load; print(load('testing').database_url)"
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout
-    assert "_pytest_" in out, out
 """
 
 
@@ -193,7 +159,6 @@ def remote(
     )
     monkeypatch.setenv("APP_SETTINGS_DIR", str(directory))
     monkeypatch.setenv("PROBE_OUT", str(tmp_path))
-    monkeypatch.setenv("PRODUCTION_URL", postgres_engine.url(production_db))
     found = Remote(
         directory,
         postgres_engine,
@@ -280,27 +245,6 @@ def test_every_xdist_worker_has_a_scratch_database_of_its_own(
     assert remote.scratch_databases() == []
     assert remote.testing_objects() == []
     assert remote.production_state() == before
-
-
-def test_a_hostile_run_cannot_reach_production_s_database(
-    pytester: pytest.Pytester, remote: Remote
-) -> None:
-    from app.remote import pg
-
-    # Production, held by two live replicas (what `app serve` holds on this backend: a
-    # shared advisory lock and a row each).
-    with (
-        pg.Holder(remote.production_url, "production", "http://replica-1"),
-        pg.Holder(remote.production_url, "production", "http://replica-2"),
-    ):
-        before = remote.production_state()
-        pytester.makepyfile(test_hostile=HOSTILE)
-        result = pytester.runpytest_subprocess("-p", "no:randomly")
-        result.assert_outcomes(passed=3)
-        assert remote.scratch_databases() == []
-        assert remote.production_state() == before
-        with pg.connect(remote.production_url) as conn:
-            assert len(pg.live_holders(conn)) == 2
 
 
 def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(

@@ -132,7 +132,7 @@ def doctor(
             directory,
             profile,
             scratch,
-            sandboxing.scratch_blob_url(blob_url, run.scratch),
+            sandboxing.scratch_blob_url(blob_url, run.scratch, profile),
             postgres_engine,
             s3_engine,
         )
@@ -313,9 +313,7 @@ def _versioned_bucket(s3_engine: S3Engine) -> str:
 def _as_documented(text: str, found: Doctor, bucket: str, endpoint: str) -> str:
     """What a user with the how-to's addresses sees: this test's engines, names, paths and
     the run's scratch mapping replaced by the page's."""
-    run = sandboxing.context().run
-    assert run is not None
-    configured_prefix = found.blob_url.rsplit("/", 1)[0].split("/", 3)[3]
+    scratch_prefix = found.blob_url.split("/", 3)[3]
     database = pg.database_addresses(found.database_url)[0].dbname
     host = f"{found.engine.host}:{found.engine.port}"
     s3_port = endpoint.rsplit(":", 1)[1]
@@ -324,7 +322,7 @@ def _as_documented(text: str, found: Doctor, bucket: str, endpoint: str) -> str:
     )
     for old, new in (
         (str(found.directory), "/home/you/app"),
-        (f"{configured_prefix}/{run.scratch.lstrip('_')}", "production"),
+        (scratch_prefix, "production"),
         (database, "app_production"),
         (f"postgresql://app@{host}", "postgresql://review@db.internal:5432"),
         (f"http://localhost:{s3_port}", "https://s3.example.com:443"),
@@ -385,10 +383,9 @@ def test_output_of_app_doctor_with_the_database_and_the_endpoint_down(
         r"\1",
         done.stdout + done.stderr + "$ echo $?\n69\n",
     )
-    configured_prefix = found.blob_url.rsplit("/", 1)[0].split("/", 3)[3]
     for old, new in (
         (str(found.directory), "/home/you/app"),
-        (f"{configured_prefix}/{run.scratch.lstrip('_')}", "production"),
+        (found.blob_url.split("/", 3)[3], "production"),
         (f"app_production{run.scratch}", "app_production"),
         (str(port), "5432"),
         (endpoint.rsplit(":", 1)[1], "8333"),

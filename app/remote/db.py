@@ -86,6 +86,8 @@ class Database:
         holder: this replica's live hold on the database, or ``None`` (maintenance).
         kind: who writes, for audit rows.
         pool_size: the most connections this process opens.
+        read_only: opened by a reader, which holds neither a replica's lock nor
+            maintenance's: every change is refused.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Database:
         holder: pg.Holder | None,
         kind: str,
         pool_size: int,
+        read_only: bool = False,
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -103,6 +106,7 @@ class Database:
         self.profile = profile
         self.holder = holder
         self.kind = kind
+        self.read_only = read_only
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
             min_size=1,
@@ -134,7 +138,20 @@ class Database:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
 
     def ensure_held(self) -> None:
-        """Raise :class:`HolderLostError` if this replica's hold on the database is gone."""
+        """Raise :class:`HolderLostError` if this replica's hold on the database is gone.
+
+        Raises:
+            RuntimeError: the store was opened read-only, like a local data root's.
+        """
+        if self.read_only:
+            # A reader takes no lock: a change through it would race live replicas and
+            # maintenance alike, unseen by both.
+            msg = (
+                f"cannot change database {self.where}: it was opened read-only "
+                "(open_storage(..., writer=False)); open it with writer=True, which takes "
+                "its lock"
+            )
+            raise RuntimeError(msg)
         if self.holder is not None:
             self.holder.check()
 
@@ -191,5 +208,6 @@ class Database:
 
     def audit_alone(self, operation: str, target: str, **details: Any) -> None:
         """Append one row to ``app_audit`` in its own transaction."""
+        self.ensure_held()
         with self.conn() as conn:
             self.audit(conn, operation, target, **details)

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app import sandbox
 from app.remote import pg
 from app.remote.errors import (
     DatabaseUnavailableError,
@@ -120,7 +121,8 @@ def open_remote(
     """
     from app.remote.store import RemoteStore
 
-    database_url, _ = _urls(config)
+    database_url, blob_url = _urls(config)
+    sandbox.check_remote(database_url, blob_url, "open")
     protection = config.taking_needs_confirmation
     pg.open_database(database_url, config.profile, protected=protection)
     objects = _objects(config)
@@ -142,6 +144,7 @@ def open_remote(
             config.profile,
             holder=holder,
             kind=kind,
+            read_only=not writer,
             max_upload_bytes=config.max_upload_bytes,
             max_files_per_session=config.max_files_per_session,
             on_close=None if holder is not None else release.close,
@@ -158,7 +161,8 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     database first, then the prefix, so that a run interrupted between the two is finished
     by running the same command again.
     """
-    database_url, _ = _urls(config)
+    database_url, blob_url = _urls(config)
+    sandbox.check_remote(database_url, blob_url, "re-stamp")
     source = from_profile.lower()
     protection = config.taking_needs_confirmation
     with pg.connect(database_url, purpose="app restamp") as conn:

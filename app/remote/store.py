@@ -85,6 +85,8 @@ class RemoteStore:
             ``None`` for maintenance commands, which hold the database exclusively instead.
             The store closes it in :meth:`close`.
         kind: who writes, for audit rows (``"server"``, ``"maintenance"``, ``"tests"``).
+        read_only: a reader's store (it holds nothing, so it must change nothing): every
+            write is refused.
         max_upload_bytes: the largest file accepted.
         max_files_per_session: the most live files one session may hold.
         orphan_grace: how old an object without a row must be before :meth:`check` calls it
@@ -102,6 +104,7 @@ class RemoteStore:
         *,
         holder: pg.Holder | None = None,
         kind: str = "server",
+        read_only: bool = False,
         max_upload_bytes: int = 100 * 1024 * 1024,
         max_files_per_session: int = 10_000,
         orphan_grace: timedelta = timedelta(hours=1),
@@ -109,7 +112,14 @@ class RemoteStore:
         on_close: Callable[[], object] | None = None,
     ) -> None:
         self.database_url = database_url
-        self.db = Database(database_url, profile, holder=holder, kind=kind, pool_size=pool_size)
+        self.db = Database(
+            database_url,
+            profile,
+            holder=holder,
+            kind=kind,
+            pool_size=pool_size,
+            read_only=read_only,
+        )
         self.objects = objects
         self.orphan_grace = orphan_grace
         self._on_close = on_close

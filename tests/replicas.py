@@ -1,0 +1,214 @@
+"""Production replicas for the tests: real `app serve` processes of one production profile
+on the engines of tests/engines.py, and the commands next to them.
+
+The production profile comes from a settings.toml in a directory of the test's
+(``APP_SETTINGS_DIR``) that names a fresh database and object prefix; under pytest the
+processes open the run's scratch copies of those (see :func:`production_on`); the
+credentials come from ``APP_*`` variables, as a deployment's would. Each server binds port 0
+and publishes its URL in its holder row, which is where the tests find it. Waiting is bounded
+polling, never a sleep taken as an assertion.
+
+Shared by tests/test_remote_replicas.py (a pair per test) and tests/test_remote_hostile.py
+(one pair for a whole hostile run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine
+
+from app.testing import wait_until_serving
+
+POLL = 0.05
+ATTEMPTS = 600  # bounded: 30 s at most for anything to happen
+
+SETTINGS = """\
+[production]
+database_url = "{database_url}"
+blob_url = "{blob_url}"
+s3_endpoint_url = "{endpoint}"
+protected = true
+
+[default]
+host = "127.0.0.1"
+
+[testing]
+data_root = "{base}/testing"
+
+[development]
+data_root = "{base}/development"
+"""
+
+
+def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    for _ in range(ATTEMPTS):
+        value = condition()
+        if value:
+            return value
+        time.sleep(POLL)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+@dataclass
+class Replica:
+    """One `app serve` subprocess on the production profile."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout=60)
+
+
+@dataclass
+class Production:
+    """A production profile on the engines, and the replicas a test started on it."""
+
+    tmp_path: Path
+    database_url: str
+    blob_url: str
+    env: dict[str, str]
+    token: str
+    replicas: list[Replica] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, replica: Replica) -> httpx.Client:
+        return httpx.Client(base_url=replica.url, headers=self.headers, timeout=30)
+
+    def holders(self) -> list[dict[str, Any]]:
+        """The holder rows of live replicas, as the database shows them."""
+        from app.remote import pg
+
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return pg.live_holders(conn)
+
+    def start(self, *args: str, ready: bool = True, **extra: str) -> Replica:
+        log = self.tmp_path / f"replica-{len(self.replicas)}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", "0", *args],
+                env={**self.env, **extra},
+                stdout=output,
+                stderr=output,
+            )
+        replica = Replica(process, log)
+        self.replicas.append(replica)
+        if ready:
+            replica.url = self._published_url(replica)
+            wait_until_serving(replica.url, process, log=log)
+        return replica
+
+    def _published_url(self, replica: Replica) -> str:
+        def published() -> str | None:
+            if replica.process.poll() is not None:
+                pytest.fail(f"app serve exited {replica.process.returncode}:\n{replica.output}")
+            try:
+                rows = self.holders()
+            except psycopg.Error:
+                return None  # the first replica is still creating the tables
+            urls = [str(r["url"]) for r in rows if r["pid"] == replica.pid and r["url"]]
+            return urls[0] if urls else None
+
+        url: str = wait_for(published, f"replica {replica.pid} to publish its URL")
+        return url
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+_databases = itertools.count()
+
+
+@contextlib.contextmanager
+def production_on(
+    base: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
+) -> Iterator[Production]:
+    """Production on the engines, as the test run's processes see it; the replicas started
+    on it are killed at the end, and its database dropped.
+
+    Under pytest every remote profile is confined to the run's scratch database and prefix
+    (the configured names plus the run's suffix; app.sandbox.confine_remote), production
+    included: the replicas a test starts open those, never the configured ones. So this
+    creates the scratch database that production's configured one maps to, and the tests
+    talk to it directly.
+    """
+    from app import sandbox
+
+    run = sandbox.current_run()
+    assert run is not None and run.scratch, "the app plugin names a scratch suffix per run"
+    configured = f"prod_{os.getpid()}_{next(_databases)}"
+    scratch = configured + run.scratch
+    with postgres_engine.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{scratch}"')
+    settings_dir = base / "settings"
+    settings_dir.mkdir()
+    (settings_dir / "settings.toml").write_text(
+        SETTINGS.format(
+            base=base / "other-profiles",
+            database_url=postgres_engine.url(configured),
+            blob_url=blob_url,
+            endpoint=s3_engine.endpoint_url,
+        )
+    )
+    token = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "ENV_FOR_DYNACONF": "production",
+        "APP_SETTINGS_DIR": str(settings_dir),
+        "APP_API_TOKEN": token,
+        "APP_S3_ACCESS_KEY_ID": s3_engine.access_key_id,
+        "APP_S3_SECRET_ACCESS_KEY": s3_engine.secret_access_key,
+        # Opt in the way @pytest.mark.app_profile does.
+        "PYTEST_APP_ALLOW_PROFILES": "production",
+    }
+    env.pop("APP_DATA_ROOT", None)
+    prod = Production(
+        base,
+        postgres_engine.url(scratch),
+        sandbox.scratch_blob_url(blob_url, run.scratch, "production"),
+        env,
+        token,
+    )
+    try:
+        yield prod
+    finally:
+        for replica in prod.replicas:
+            if replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait()
+        postgres_engine.drop_database(scratch)
