@@ -284,18 +284,26 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # which would credit a key to the last file that touched its section. The winning layer's
     # value is that section's merged value: a later file that set the key there would itself
     # be a later layer. One load for every profile keeps `load` close to one dynaconf load.
-    from dynaconf import Dynaconf  # imported here: the pytest plugin's start-up never pays it
+    # Imported here: the pytest plugin's start-up never pays for them.
+    from dynaconf import Dynaconf
+    from dynaconf.loaders import toml_loader
 
     # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
     # `environ` a caller passed; the app applies APP_* variables itself.
     settings = Dynaconf(
-        settings_files=[str(path) for path in files.paths],
-        skip_files=[str(path) for path in files.skipped],
+        settings_files=[],
         environments=False,
         merge_enabled=True,
         envvar_prefix=None,
         load_dotenv=False,
     )
+    # Each file is handed to dynaconf's TOML loader itself, in the order `layers` reads them.
+    # Given as `settings_files`, dynaconf adds `<name>.local.toml` next to every file it finds,
+    # whatever `skip_files` says, so the sandbox's load read settings.local.toml after all,
+    # and loads the local files after both shared ones, so a key set in settings.local.toml
+    # and .secrets.toml was credited to the wrong file.
+    for path in files.paths:
+        toml_loader.load(settings, filename=str(path))
     evaluated: dict[tuple[str, str], Any] = {}
 
     def value_of(section: str, key: str, raw: Any) -> Any:

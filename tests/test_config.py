@@ -1162,3 +1162,26 @@ def test_the_memo_keeps_the_files_read_with_and_without_the_local_ones_apart(
         tests = config_files.file_values(config_files.read_files(os.environ, sandboxed=True), KEYS)
         assert shell["testing"]["port"] == (8111, "settings.local.toml [testing]")
         assert tests["testing"]["port"] == (8000, "settings.toml [default]")
+
+
+def test_under_the_sandbox_a_local_file_s_value_never_applies(
+    make_settings: SettingsMaker,
+) -> None:
+    # dynaconf adds settings.local.toml next to every file it is given, whatever
+    # skip_files says: a section that both files set must still come from settings.toml.
+    where = make_settings()
+    (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
+    text = (where / "settings.toml").read_text().replace("[testing]", "[testing]\nport = 8222", 1)
+    (where / "settings.toml").write_text(text)
+    tests = config_files.file_values(config_files.read_files(os.environ, sandboxed=True), KEYS)
+    assert tests["testing"]["port"] == (8222, "settings.toml [testing]")
+    assert load("testing").port == 8222
+
+
+def test_secrets_toml_wins_over_settings_local_toml_and_is_named_for_it(
+    make_settings: SettingsMaker,
+) -> None:
+    where = make_settings(secrets='[testing]\nport = 8333\napi_token = "testing-token"\n')
+    (where / "settings.local.toml").write_text("[testing]\nport = 8111\n")
+    shell = config_files.file_values(config_files.read_files(os.environ, sandboxed=False), KEYS)
+    assert shell["testing"]["port"] == (8333, ".secrets.toml [testing]")
