@@ -789,15 +789,18 @@ def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
 
 def _serving_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Iterator[ConfigError]:
     """What the selected profile needs to serve, beyond well-formed values."""
-    if selected.profile == "production":
+    # Keyed on `protected`, not on the name: a profile that guards data worth a confirmation
+    # guards it over HTTP too (production is always protected).
+    if selected.values.get("protected"):
+        name = selected.profile
         token = selected.values.get("api_token")
         source = selected.sources.get("api_token", "built-in default")
         if token is None:
             yield InvalidSettingError(
-                "production",
+                name,
                 "api_token",
                 None,
-                "production requires an API token; set "
+                f"{name} is protected and requires an API token; set "
                 "APP_API_TOKEN in the service's environment (or api_token in a secrets file "
                 "that is not committed)",
                 source,
@@ -805,14 +808,14 @@ def _serving_problems(selected: Resolved, others: Mapping[str, Resolved]) -> Ite
         else:
             problem = _weak_token(token, [r.values.get("api_token") for r in others.values()])
             if problem is not None:
-                yield InvalidSettingError("production", "api_token", mask(token), problem, source)
+                yield InvalidSettingError(name, "api_token", mask(token), problem, source)
     yield from selected.serving
 
 
 # What a production token must resist: about 10^20 guesses (66 bits), by zxcvbn's estimate,
 # which sees through repeats, sequences, keyboard walks, words and the other profiles' tokens.
 _MIN_TOKEN_GUESSES_LOG10 = 20
-_MIN_PRODUCTION_TOKEN = 16
+_MIN_PROTECTED_TOKEN = 16
 _GENERATE_HINT = (
     "set a real one with APP_API_TOKEN, generated with "
     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
@@ -820,7 +823,7 @@ _GENERATE_HINT = (
 
 
 def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
-    """Why ``token`` must not guard production, or ``None`` if it may."""
+    """Why ``token`` must not guard a protected profile, or ``None`` if it may."""
     if token != token.strip():
         # The server would compare the padded value and nobody could authenticate (#9).
         return (
@@ -831,8 +834,8 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
     known = [p for p in placeholders if p]
     if token.casefold() in {p.strip().casefold() for p in known}:
         return f"is the token of another profile (a committed placeholder); {_GENERATE_HINT}"
-    if len(token) < _MIN_PRODUCTION_TOKEN:
-        return f"is shorter than {_MIN_PRODUCTION_TOKEN} characters; {_GENERATE_HINT}"
+    if len(token) < _MIN_PROTECTED_TOKEN:
+        return f"is shorter than {_MIN_PROTECTED_TOKEN} characters; {_GENERATE_HINT}"
     from zxcvbn import zxcvbn
 
     # zxcvbn refuses long inputs (its cost grows with length); a strong prefix is enough.

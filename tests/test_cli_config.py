@@ -207,7 +207,8 @@ def test_doctor_on_the_project_settings_names_production_s_missing_token_for_ser
         "1 problem(s) that only matter where profile production is served (its environment "
         "supplies them; not counted in the exit code):\n"
         "  - profile 'production': api_token is not set (from built-in default): "
-        "production requires an API token; set APP_API_TOKEN in the service's environment"
+        "production is protected and requires an API token; set APP_API_TOKEN in the service's "
+        "environment"
     ) in result.stdout
     assert "check them where it runs: ENV_FOR_DYNACONF=production app doctor" in result.stdout
     assert result.stderr == ""
@@ -358,7 +359,7 @@ def test_looking_at_or_maintaining_production_needs_no_http_token(
         assert done.returncode == 0, (args, done.stderr)
     served = run("--profile", "production", "serve", "--port", "0", env=env)
     assert served.returncode == 78
-    assert "production requires an API token" in served.stderr
+    assert "production is protected and requires an API token" in served.stderr
     shown = run("--profile", "production", "config", env=env)
     assert shown.returncode == 78
-    assert "production requires an API token" in shown.stderr
+    assert "production is protected and requires an API token" in shown.stderr

@@ -481,6 +481,36 @@ def test_production_refuses_a_weak_or_padded_token_with_exit_78(
     assert token.strip() not in message  # never echoed, even a weak one
 
 
+@pytest.mark.parametrize(("protected", "refused"), [(True, True), (False, False)])
+def test_serving_a_protected_profile_needs_a_strong_token_whatever_its_name(
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    protected: bool,
+    refused: bool,
+) -> None:
+    where = make_settings()
+    text = (where / "settings.toml").read_text()
+    staging = toml_str(tmp_path / "roots" / "staging")
+    (where / "settings.toml").write_text(
+        f"{text}[staging]\ndata_root = {staging}\nprotected = {str(protected).lower()}\n"
+    )
+    allow(monkeypatch, "staging")
+    monkeypatch.setenv("APP_API_TOKEN", "short-token")
+    if not refused:
+        assert load("staging").api_token == "short-token"
+        return
+    with pytest.raises(InvalidSettingError) as caught:
+        load("staging")
+    assert (caught.value.profile, caught.value.key) == ("staging", "api_token")
+    assert "shorter than 16 characters" in str(caught.value)
+    monkeypatch.delenv("APP_API_TOKEN")
+    with pytest.raises(InvalidSettingError) as caught:
+        load("staging")
+    assert "staging is protected and requires an API token" in str(caught.value)
+    assert load("staging", serving=False).protected is True  # maintenance still loads it
+
+
 def test_production_with_a_real_token_from_the_environment_loads(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
 ) -> None:
