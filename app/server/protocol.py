@@ -14,7 +14,9 @@ copied each received chunk three times (into its buffer, out of it twice) and uv
 more, on the event loop, about a third of the server's CPU time per uploaded MiB (see
 docs/reference/performance.md). The bytes and h11's own count of what is left are the same
 either way; the request head, chunked bodies and everything after the body still go through
-h11.
+h11. The bytes taken are handed to the application as the transport read them (`_Taken`):
+uvicorn's own ``receive`` copies every chunk twice more (into a ``bytearray``, then out of it
+with ``bytes()``).
 
 This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``) and reads
 h11's (``_reader``, ``_receive_buffer``): pyproject.toml pins both minor releases for that
@@ -25,11 +27,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING, Any, Final
 
 from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTimeoutError
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
 log = logging.getLogger(__name__)
+
+READ_AHEAD: Final = "app.read_ahead"
+"""The scope key by which a route that streams its body lets this protocol read further ahead.
+
+Its value is how many body bytes may wait for the application before reading pauses
+(uvicorn's mark is 64 KiB). The upload routes set it while they hold an upload slot, so
+their number bounds the memory it takes; with 64 KiB every ``receive`` handed over about
+one read, and the loop woke and paused and resumed reading for each.
+"""
+
+
+class _Taken:
+    """The body bytes `_body_taken` took for one request, until its application receives them.
+
+    It wraps the request cycle's ``receive``: uvicorn's own runs as before (the ``100
+    Continue``, the wait, the bytes h11 delivered, the disconnect), then the bytes taken
+    meanwhile follow, as the transport read them (joined only when several wait).
+    """
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self._receive = cycle.receive
+        # The application's task has not run yet (uvicorn creates it, the loop starts it
+        # later), and uvicorn's run_asgi looks ``self.receive`` up when it starts.
+        cycle.receive = self.receive  # type: ignore[method-assign]
+
+    def add(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.size += len(data)
+
+    async def receive(self) -> Any:
+        message = await self._receive()
+        if self.pieces and message["type"] == "http.request":
+            # h11's bytes come first: the body is taken only once h11 holds none of it.
+            pieces, self.pieces, self.size = self.pieces, [], 0
+            if message["body"]:
+                pieces.insert(0, message["body"])
+            message["body"] = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return message
 
 
 def _raw_problem(error: AppError) -> bytes:
@@ -67,6 +114,13 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
 
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _taken: _Taken | None = None
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before and self.cycle is not None:
+                self._taken = _Taken(self.cycle)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -84,15 +138,18 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
             """Hand the body bytes in ``data`` to the request as they are; return how many.
 
             What h11 would do for a ``Data`` event of a ``Content-Length`` body, less its
-            copies: count them off its reader, then as uvicorn does, add them to the cycle's
-            body, pause reading over the high-water mark and wake the application. Only when
+            copies: count them off its reader, then as uvicorn does, hold them for the
+            request (`_Taken`), pause reading over the high-water mark (`READ_AHEAD`) and wake
+            the application. Only when
             h11 has nothing buffered (the head and any earlier bytes went through it) and is
             not waiting to send ``100 Continue`` (its first body event clears that).
             """
-            conn, cycle = self.conn, self.cycle
+            conn, cycle, held = self.conn, self.cycle, self._taken
             reader = conn._reader
             if (
                 cycle is None
+                or held is None
+                or held.cycle is not cycle
                 or type(reader) is not ContentLengthReader
                 or conn.their_state is not h11.SEND_BODY
                 or conn.our_state is h11.DONE
@@ -105,8 +162,11 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
                 return 0
             reader._remaining -= taken
             self._unset_keepalive_if_required()
-            cycle.body += data if taken == len(data) else data[:taken]
-            if len(cycle.body) > HIGH_WATER_LIMIT:
+            held.add(data if taken == len(data) else data[:taken])
+            read_ahead = cycle.scope.get(READ_AHEAD)
+            if not isinstance(read_ahead, int):
+                read_ahead = HIGH_WATER_LIMIT
+            if held.size + len(cycle.body) > read_ahead:
                 self.flow.pause_reading()
             cycle.message_event.set()
             if reader._remaining == 0:
