@@ -119,8 +119,15 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
         def handle_events(self) -> None:
             before = self.cycle
             super().handle_events()
-            if self.cycle is not before and self.cycle is not None:
-                self._taken = _Taken(self.cycle)
+            cycle = self.cycle
+            if cycle is not before and cycle is not None:
+                # Only a request whose Content-Length body has not all come with its head
+                # can have bytes taken: the others (GET /health) keep uvicorn's receive.
+                pending = (
+                    self.conn.their_state is h11.SEND_BODY
+                    and type(self.conn._reader) is ContentLengthReader
+                )
+                self._taken = _Taken(cycle) if pending else None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
