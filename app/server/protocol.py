@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTimeoutError
@@ -50,14 +51,16 @@ one read, and the loop woke and paused and resumed reading for each.
 class _Taken:
     """The body bytes `_body_taken` took for one request, until its application receives them.
 
-    It wraps the request cycle's ``receive``: uvicorn's own runs as before (the ``100
-    Continue``, the wait, the bytes h11 delivered, the disconnect), then the bytes taken
-    meanwhile follow, as the transport read them (joined only when several wait).
+    It stands in for the request cycle's ``receive``. With nothing taken, uvicorn's own
+    runs (the ``100 Continue``, the wait, the bytes h11 delivered, the disconnect); the bytes
+    taken are then handed out one read at a time, as the transport read them: never joined,
+    so no large buffer is allocated and freed per batch (on ext4 that cost more than the
+    copies it saved).
     """
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
         self.cycle = cycle
-        self.pieces: list[bytes] = []
+        self.pieces: deque[bytes] = deque()
         self.size = 0
         self._receive = cycle.receive
         # The application's task has not run yet (uvicorn creates it, the loop starts it
@@ -69,14 +72,30 @@ class _Taken:
         self.size += len(data)
 
     async def receive(self) -> Any:
-        message = await self._receive()
-        if self.pieces and message["type"] == "http.request":
-            # h11's bytes come first: the body is taken only once h11 holds none of it.
-            pieces, self.pieces, self.size = self.pieces, [], 0
+        cycle = self.cycle
+        if (
+            not self.pieces
+            or cycle.body  # h11's bytes come first: the body is taken only after them
+            or cycle.waiting_for_100_continue
+            or cycle.disconnected
+            or cycle.response_complete
+        ):
+            message = await self._receive()
+            if not self.pieces or message["type"] != "http.request":
+                return message
             if message["body"]:
-                pieces.insert(0, message["body"])
-            message["body"] = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        return message
+                return {**message, "more_body": True}
+        else:
+            cycle.flow.resume_reading()  # as uvicorn's receive does on every call
+        piece = self.pieces.popleft()
+        self.size -= len(piece)
+        if not self.pieces:
+            cycle.message_event.clear()  # the next receive waits, in uvicorn's
+        return {
+            "type": "http.request",
+            "body": piece,
+            "more_body": bool(self.pieces) or cycle.more_body,
+        }
 
 
 def _raw_problem(error: AppError) -> bytes:
