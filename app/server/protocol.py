@@ -166,9 +166,9 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
             What h11 would do for a ``Data`` event of a ``Content-Length`` body, less its
             copies: count them off its reader, then as uvicorn does, hold them for the
             request (`_Taken`), pause reading over the high-water mark (`READ_AHEAD`) and wake
-            the application. Only when
-            h11 has nothing buffered (the head and any earlier bytes went through it) and is
-            not waiting to send ``100 Continue`` (its first body event clears that).
+            the application. Only when h11 has nothing buffered (the head and any earlier
+            bytes went through it) and is not waiting to send ``100 Continue`` (its first body
+            event clears that).
             """
             conn, cycle, held = self.conn, self.cycle, self._taken
             reader = conn._reader
