@@ -43,8 +43,8 @@ READ_AHEAD: Final = "app.read_ahead"
 
 Its value is how many body bytes may wait for the application before reading pauses
 (uvicorn's mark is 64 KiB). The upload routes set it while they hold an upload slot, so
-their number bounds the memory it takes; with 64 KiB every ``receive`` handed over about
-one read, and the loop woke and paused and resumed reading for each.
+their number bounds the memory it takes. With 64 KiB a single read (up to 256 KiB with
+uvloop) paused the transport, to be resumed at the next ``receive``.
 """
 
 

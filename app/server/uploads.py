@@ -42,8 +42,8 @@ class UploadSlots:
     def hold(self, request: Request) -> Iterator[None]:
         """Take a slot for ``request``'s upload, and let the server read its body ahead.
 
-        The read-ahead is one batch (`app.server.protocol.READ_AHEAD`): the slots bound
-        the memory it takes, and the loop then handles about one ``receive`` per batch.
+        The read-ahead is one batch (`app.server.protocol.READ_AHEAD`): the next batch
+        arrives while the worker thread writes the last one, and the slots bound the memory.
         """
         if self.used >= self.limit:
             raise TooManyUploadsError(self.limit, _RETRY_AFTER_SECONDS)
