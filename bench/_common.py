@@ -128,6 +128,13 @@ def io_write_bytes(pid: int) -> int:
     raise RuntimeError("no write_bytes in /proc/<pid>/io")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time of process ``pid`` so far: all its threads, user and system."""
+    # Fields 14 and 15 of /proc/<pid>/stat, after the parenthesised command name.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -4,7 +4,9 @@ One ``app serve`` on 127.0.0.1. The client is a small keep-alive HTTP/1.1 client
 sockets in ``--concurrency`` threads (cheaper per request than httpx, so that the client is
 not what is measured). Rounds alternate: ``GET /health`` for ``--requests`` requests, then
 ``POST /sessions`` for as many; each round is also bounded by ``--max-seconds``. Reported:
-the median requests per second of each, and their ratio.
+the median requests per second of each, and their ratio; and the server's CPU time per
+request of each kind (all its threads, user and system, from ``/proc/<pid>/stat``), which
+other work on the cores moves far less than the rates.
 
 Run: ``.venv/bin/python bench/create_sessions.py [--requests 3000] [--rounds 5]``
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, app_server, median
+from _common import TOKEN, app_server, cpu_seconds, median
 
 
 class Connection:
@@ -66,8 +68,10 @@ def request(method: str, path: str, body: bytes = b"") -> bytes:
     ).encode() + body
 
 
-def load(port: int, raw: bytes, total: int, concurrency: int, max_seconds: float) -> float:
-    """Send ``total`` requests over ``concurrency`` connections; return requests per second."""
+def load(
+    port: int, raw: bytes, total: int, concurrency: int, max_seconds: float
+) -> tuple[float, int]:
+    """Send ``total`` requests over ``concurrency`` connections; the rate and the count."""
     connections = [Connection(port, raw) for _ in range(concurrency)]
     done = [0] * concurrency
     failures: list[str] = []
@@ -96,7 +100,7 @@ def load(port: int, raw: bytes, total: int, concurrency: int, max_seconds: float
         connection.close()
     if failures:
         raise RuntimeError(f"requests failed: {failures[:5]}")
-    return sum(done) / elapsed
+    return sum(done) / elapsed, sum(done)
 
 
 def main() -> None:
@@ -111,6 +115,7 @@ def main() -> None:
     health_raw = request("GET", "/health")
     create_raw = request("POST", "/sessions", b'{"title": "bench", "metadata": {"n": 1}}')
     rates: dict[str, list[float]] = {"health": [], "create": []}
+    cpu_us: dict[str, list[float]] = {"health": [], "create": []}
     with (
         tempfile.TemporaryDirectory(prefix="bench-create-", dir=args.work_dir) as work,
         app_server(Path(work) / "data", Path(work) / "app.log") as app,
@@ -118,17 +123,25 @@ def main() -> None:
         load(app.port, health_raw, 200, args.concurrency, 5)  # warm-up
         for round_ in range(args.rounds):
             for kind, raw in (("health", health_raw), ("create", create_raw)):
-                rate = load(app.port, raw, args.requests, args.concurrency, args.max_seconds)
+                before = cpu_seconds(app.pid)
+                rate, count = load(app.port, raw, args.requests, args.concurrency, args.max_seconds)
+                cpu_us[kind].append((cpu_seconds(app.pid) - before) * 1e6 / count)
                 rates[kind].append(rate)
-                print(f"round {round_ + 1}: {kind:<6} {rate:8.0f} req/s", flush=True)
+                print(
+                    f"round {round_ + 1}: {kind:<6} {rate:8.0f} req/s, "
+                    f"server CPU {cpu_us[kind][-1]:6.0f} us/request",
+                    flush=True,
+                )
         created = sum(1 for _ in (Path(work) / "data" / "sessions").iterdir())
-    result = {
+    medians = {kind: median(values) for kind, values in rates.items()}
+    ratio = medians["create"] / medians["health"]
+    result: dict[str, object] = {
         "concurrency": args.concurrency,
-        "median_req_s": {kind: median(values) for kind, values in rates.items()},
+        "median_req_s": medians,
+        "ratio": ratio,
+        "server_cpu_us_per_request": {kind: median(values) for kind, values in cpu_us.items()},
         "sessions_created": created,
     }
-    ratio = result["median_req_s"]["create"] / result["median_req_s"]["health"]  # type: ignore[index]
-    result["ratio"] = ratio
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -137,6 +150,9 @@ def main() -> None:
     print(f"\nmedian of {args.rounds} rounds, {args.concurrency} keep-alive connections:")
     print(f"  GET /health      {m['health']:8.0f} req/s")
     print(f"  POST /sessions   {m['create']:8.0f} req/s (fsync)   ratio {ratio:.2f}")
+    c = result["server_cpu_us_per_request"]
+    assert isinstance(c, dict)
+    print(f"  server CPU per request: health {c['health']:.0f} us, create {c['create']:.0f} us")
     print(f"  sessions created and listed on disk: {created}")
 
 

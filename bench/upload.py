@@ -34,6 +34,7 @@ from _common import (
     TOKEN,
     Server,
     app_server,
+    cpu_seconds,
     io_write_bytes,
     median,
     rss_bytes,
@@ -72,12 +73,6 @@ def serve_baseline(fd: int, directory: str) -> None:
     app = Starlette(routes=[Route("/health", health), Route("/upload", upload, methods=["PUT"])])
     config = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
-
-
-def cpu_seconds(pid: int) -> float:
-    # Fields 14 and 15 of /proc/<pid>/stat, after the parenthesised command name.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def send(port: int, request_line: str, size: int, *, multipart: bool = False) -> float:

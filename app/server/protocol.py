@@ -14,7 +14,9 @@ copied each received chunk three times (into its buffer, out of it twice) and uv
 more, on the event loop, about a third of the server's CPU time per uploaded MiB (see
 docs/reference/performance.md). The bytes and h11's own count of what is left are the same
 either way; the request head, chunked bodies and everything after the body still go through
-h11.
+h11. The bytes taken are handed to the application as the transport read them (`_Taken`):
+uvicorn's own ``receive`` copies every chunk twice more (into a ``bytearray``, then out of it
+with ``bytes()``).
 
 This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``) and reads
 h11's (``_reader``, ``_receive_buffer``): pyproject.toml pins both minor releases for that
@@ -25,11 +27,75 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
 
 from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTimeoutError
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
 log = logging.getLogger(__name__)
+
+READ_AHEAD: Final = "app.read_ahead"
+"""The scope key by which a route that streams its body lets this protocol read further ahead.
+
+Its value is how many body bytes may wait for the application before reading pauses
+(uvicorn's mark is 64 KiB). The upload routes set it while they hold an upload slot, so
+their number bounds the memory it takes. With 64 KiB a single read (up to 256 KiB with
+uvloop) paused the transport, to be resumed at the next ``receive``.
+"""
+
+
+class _Taken:
+    """The body bytes `_body_taken` took for one request, until its application receives them.
+
+    It stands in for the request cycle's ``receive``. With nothing taken, uvicorn's own
+    runs (the ``100 Continue``, the wait, the bytes h11 delivered, the disconnect); the bytes
+    taken are then handed out one read at a time, as the transport read them: never joined,
+    so no large buffer is allocated and freed per batch (on ext4 that cost more than the
+    copies it saved).
+    """
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self.cycle = cycle
+        self.pieces: deque[bytes] = deque()
+        self.size = 0
+        self._receive = cycle.receive
+        # The application's task has not run yet (uvicorn creates it, the loop starts it
+        # later), and uvicorn's run_asgi looks ``self.receive`` up when it starts.
+        cycle.receive = self.receive  # type: ignore[method-assign]
+
+    def add(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.size += len(data)
+
+    async def receive(self) -> Any:
+        cycle = self.cycle
+        if (
+            not self.pieces
+            or cycle.body  # h11's bytes come first: the body is taken only after them
+            or cycle.waiting_for_100_continue
+            or cycle.disconnected
+            or cycle.response_complete
+        ):
+            message = await self._receive()
+            if not self.pieces or message["type"] != "http.request":
+                return message
+            if message["body"]:
+                return {**message, "more_body": True}
+        else:
+            cycle.flow.resume_reading()  # as uvicorn's receive does on every call
+        piece = self.pieces.popleft()
+        self.size -= len(piece)
+        if not self.pieces:
+            cycle.message_event.clear()  # the next receive waits, in uvicorn's
+        return {
+            "type": "http.request",
+            "body": piece,
+            "more_body": bool(self.pieces) or cycle.more_body,
+        }
 
 
 def _raw_problem(error: AppError) -> bytes:
@@ -67,6 +133,20 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
 
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _taken: _Taken | None = None
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            cycle = self.cycle
+            if cycle is not before and cycle is not None:
+                # Only a request whose Content-Length body has not all come with its head
+                # can have bytes taken: the others (GET /health) keep uvicorn's receive.
+                pending = (
+                    self.conn.their_state is h11.SEND_BODY
+                    and type(self.conn._reader) is ContentLengthReader
+                )
+                self._taken = _Taken(cycle) if pending else None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -84,15 +164,18 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
             """Hand the body bytes in ``data`` to the request as they are; return how many.
 
             What h11 would do for a ``Data`` event of a ``Content-Length`` body, less its
-            copies: count them off its reader, then as uvicorn does, add them to the cycle's
-            body, pause reading over the high-water mark and wake the application. Only when
-            h11 has nothing buffered (the head and any earlier bytes went through it) and is
-            not waiting to send ``100 Continue`` (its first body event clears that).
+            copies: count them off its reader, then as uvicorn does, hold them for the
+            request (`_Taken`), pause reading over the high-water mark (`READ_AHEAD`) and wake
+            the application. Only when h11 has nothing buffered (the head and any earlier
+            bytes went through it) and is not waiting to send ``100 Continue`` (its first body
+            event clears that).
             """
-            conn, cycle = self.conn, self.cycle
+            conn, cycle, held = self.conn, self.cycle, self._taken
             reader = conn._reader
             if (
                 cycle is None
+                or held is None
+                or held.cycle is not cycle
                 or type(reader) is not ContentLengthReader
                 or conn.their_state is not h11.SEND_BODY
                 or conn.our_state is h11.DONE
@@ -105,8 +188,11 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
                 return 0
             reader._remaining -= taken
             self._unset_keepalive_if_required()
-            cycle.body += data if taken == len(data) else data[:taken]
-            if len(cycle.body) > HIGH_WATER_LIMIT:
+            held.add(data if taken == len(data) else data[:taken])
+            read_ahead = cycle.scope.get(READ_AHEAD)
+            if not isinstance(read_ahead, int):
+                read_ahead = HIGH_WATER_LIMIT
+            if held.size + len(cycle.body) > read_ahead:
                 self.flow.pause_reading()
             cycle.message_event.set()
             if reader._remaining == 0:

@@ -74,7 +74,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         boundary = boundary_of(request.headers.get("content-type"))
         most = store.max_upload_bytes
         refuse_declared_length(request, most + MULTIPART_OVERHEAD, most)
-        with slots.hold():
+        with slots.hold(request):
             # File work on a worker thread: on the event loop it would stall every other
             # request (GET /health included) while the disk is busy.
             await run_in_threadpool(store.require_session, session_id)  # 404 before the body
@@ -119,7 +119,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         Answers 201 for a new file and 200 for a replaced one (the old bytes go to the trash).
         """
         refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
-        with slots.hold():
+        with slots.hold(request):
             # Reads session.json, creates the temporary file: a worker thread's job.
             upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
             pipeline = Pipeline(upload)

@@ -16,6 +16,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
+from app.server.protocol import READ_AHEAD
 from app.storage import Upload
 
 # Uploads are hashed and written by a worker thread in batches of this size.
@@ -38,10 +39,16 @@ class UploadSlots:
         self.used = 0
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self, request: Request) -> Iterator[None]:
+        """Take a slot for ``request``'s upload, and let the server read its body ahead.
+
+        The read-ahead is one batch (`app.server.protocol.READ_AHEAD`): the next batch
+        arrives while the worker thread writes the last one, and the slots bound the memory.
+        """
         if self.used >= self.limit:
             raise TooManyUploadsError(self.limit, _RETRY_AFTER_SECONDS)
         self.used += 1
+        request.scope[READ_AHEAD] = _BATCH_BYTES
         try:
             yield
         finally:
