@@ -3,7 +3,7 @@
 Usage (from the project directory)::
 
     .venv/bin/python bench/config_startup.py [--rounds 30] [--warmup 3] [--json FILE]
-        [--against DIR]
+        [--against DIR] [--in-process]
 
 Every round runs each command once, in an order rotated from round to round, so that drift
 in the machine's load hits every command alike. Reported: median and p90 wall time of each
@@ -19,6 +19,10 @@ command and the ratio of `app config`'s median to the floor's. Target (issue 2):
   of the project that has its own ``.venv`` (say the main branch, in a git worktree), in the
   same rotation: before and after a change, measured side by side.
 
+``--in-process`` times instead, inside fresh processes that have imported click, dynaconf
+and tomllib already, what the app's own code costs: ``import app.cli``, then the first
+``load()`` (medians over the rounds, this checkout and ``--against``'s alternately).
+
 The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
 pytest's variables and ``PYTHONDONTWRITEBYTECODE``, with ``ENV_FOR_DYNACONF=development``.
 Nothing is written except the app's bytecode cache (``app/__pycache__``, ignored by git).
@@ -30,6 +34,7 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,6 +91,44 @@ def commands(against: Path | None) -> dict[str, tuple[list[str], Path]]:
     return found
 
 
+IN_PROCESS = """
+import time, click, dynaconf, tomllib
+start = time.perf_counter()
+import app.cli
+imported = time.perf_counter()
+from app.config import load
+load(serving=True)
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def in_process(trees: list[Path], rounds: int, warmup: int, env: dict[str, str]) -> None:
+    """Print the medians of importing the app's modules and of its first load, per checkout."""
+    found: dict[Path, list[tuple[float, float]]] = {tree: [] for tree in trees}
+    for round_no in range(warmup + rounds):
+        for tree in trees if round_no % 2 == 0 else trees[::-1]:
+            python = str(tree / ".venv" / "bin" / "python")
+            done = subprocess.run(
+                [python, "-c", IN_PROCESS],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"{tree}: {done.stderr}")
+            if round_no >= warmup:
+                imported, loaded = (float(word) for word in done.stdout.split())
+                found[tree].append((imported, loaded))
+    print(f"{rounds} rounds (+{warmup} warm-up), in process; Python {sys.version.split()[0]}")
+    print(f"{'checkout':40} {'import app.cli ms':>18} {'first load ms':>14}")
+    for tree, times in found.items():
+        imported = statistics.median(t[0] for t in times) * 1000
+        loaded = statistics.median(t[1] for t in times) * 1000
+        print(f"{tree!s:40} {imported:18.2f} {loaded:14.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -94,12 +137,18 @@ def main() -> None:
     parser.add_argument(
         "--against", type=Path, help="another checkout (with its .venv) to time side by side"
     )
+    parser.add_argument(
+        "--in-process", action="store_true", help="time the app's own imports and first load"
+    )
     args = parser.parse_args()
 
     env = {**clean_environment(), "ENV_FOR_DYNACONF": "development"}
     against = args.against.resolve() if args.against else None
     if against is not None and not (against / ".venv" / "bin" / "app").is_file():
         raise SystemExit(f"{against} has no .venv/bin/app: install it there first")
+    if args.in_process:
+        in_process([PROJECT, *([against] if against else [])], args.rounds, args.warmup, env)
+        return
     cmds = commands(against)
     names = list(cmds)
     times: dict[str, list[float]] = {name: [] for name in names}
