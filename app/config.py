@@ -28,7 +28,6 @@ plugin reads the roots without importing dynaconf, and every profile is checked 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -170,8 +169,10 @@ def _endpoint_url(value: Any) -> str | None:
     return None
 
 
-_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*:)[^/@]*@")
-_PASSWORD_PAIR = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# Patterns, not compiled ones: `re` compiles them on first use (a URL psycopg cannot parse),
+# not on every start.
+_URL_USERINFO = r"(://[^/@:]*:)[^/@]*@"
+_CONNINFO_PAIR = r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)"
 
 
 def mask_database_url(value: Any) -> Any:
@@ -184,7 +185,7 @@ def mask_database_url(value: Any) -> Any:
 
         return mask_url(value)
     except (AppError, ValueError):
-        return _PASSWORD_PAIR.sub(r"\1******", _PASSWORD_IN_URL.sub(r"\1******@", value))
+        return re.sub(_CONNINFO_PAIR, r"\1******", re.sub(_URL_USERINFO, r"\1******@", value))
 
 
 # --- the schema -------------------------------------------------------------------------
@@ -435,6 +436,8 @@ def _file_problems(files: Files) -> Iterator[ConfigError]:
                 yield UnknownProfileError(name, files.profiles, f"section [{section}] of {path}")
             for key, value in body.items():
                 if key.lower() not in KEYS:
+                    import difflib  # here: only a typo pays for it
+
                     near = difflib.get_close_matches(key.lower(), list(KEYS), n=1)
                     hint = (
                         f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(KEYS)}"
@@ -855,6 +858,8 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
         if name.startswith(f"{ENV_PREFIX}_") and name not in _META_ENV:
             key = name[len(ENV_PREFIX) + 1 :].lower()
             if key not in KEYS:
+                import difflib  # here: only a typo pays for it
+
                 near = difflib.get_close_matches(key, list(KEYS), n=1)
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
                 out.append(f"environment variable {name} is not an app setting; ignored{hint}")

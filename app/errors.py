@@ -13,11 +13,12 @@ fields; an error whose wording depends on their values overrides ``message`` ins
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, Self, dataclass_transform
 
 # sysexits.h, the exit codes the command line promises (see docs/reference/errors.md).
 EX_OK = 0
@@ -50,7 +51,7 @@ class AppError(Exception):
     code: ClassVar[str] = "app_error"
     http_status: ClassVar[int] = 500
     template: ClassVar[str]  # str.format()ted with the fields, like pydantic v1's msg_template
-    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # written for every subclass
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every subclass, once raised
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,8 +62,16 @@ class AppError(Exception):
                 "constructor"
             )
             raise TypeError(msg)
-        # eq=False: exceptions compare by identity; repr=False keeps Exception's repr.
-        dataclass(eq=False, repr=False)(cls)
+        # The dataclass code is written when the class is first raised, in __new__: writing
+        # it here for every error class cost about 4 ms of every `app` command's and pytest
+        # run's start-up (bench/config_startup.py), and most runs raise none of them.
+
+    if not TYPE_CHECKING:  # type checkers see the dataclass_transform constructor
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+            if cls not in _WRITTEN and cls is not AppError:
+                _write_dataclass_code(cls)
+            return super().__new__(cls, *args, **kwargs)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -83,6 +92,25 @@ class AppError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """The error as a JSON-ready mapping: ``code`` and ``message``."""
         return {"code": self.code, "message": self.message}
+
+
+#: Error classes that are dataclasses already; the others are made so by `AppError.__new__`.
+_WRITTEN: set[type[AppError]] = set()
+_WRITING = threading.Lock()  # errors are raised on several threads (a server's, tests')
+
+
+def _write_dataclass_code(cls: type[AppError]) -> None:
+    """Make `cls` and its error bases dataclasses, bases first (a subclass's fields follow
+    its bases'). eq=False: exceptions compare by identity; repr=False keeps Exception's.
+
+    The class counts as written only once its ``__init__`` is: another thread that raises it
+    meanwhile waits here instead of using a base's constructor.
+    """
+    with _WRITING:
+        for klass in reversed(cls.__mro__):
+            if issubclass(klass, AppError) and klass is not AppError and klass not in _WRITTEN:
+                dataclass(eq=False, repr=False)(klass)
+                _WRITTEN.add(klass)
 
 
 # --- configuration (exit 78) -------------------------------------------------------

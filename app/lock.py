@@ -42,13 +42,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self
-
-from filelock import Timeout, UnixFileLock
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from app import __version__
 from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
 from app.sandbox import check_root
+
+if TYPE_CHECKING:
+    from filelock import UnixFileLock
 
 __all__ = [
     "BOOT_ID_FILE",
@@ -325,10 +326,14 @@ class RootLock:
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
         self._guard = threading.RLock()
+        # Imported here: probes, holder descriptions and a pytest run where the plugin stays
+        # inactive need no filelock, whose import costs several ms (bench/plugin_startup.py).
+        from filelock import UnixFileLock
+
         # Explicitly UnixFileLock: FileLock silently becomes a soft (existence) lock where
         # fcntl is missing. preserve_lock_file and on_acquired both disable UnixFileLock's
         # own soft fall-back on ENOSYS, so an unsupported filesystem surfaces as an error.
-        self._lock = UnixFileLock(
+        self._lock: UnixFileLock = UnixFileLock(
             self.path,
             mode=0o600,
             thread_local=False,
@@ -376,6 +381,8 @@ class RootLock:
                     "data root does not exist (open it with open_root)",
                     str(self.root),
                 )
+            from filelock import Timeout  # imported by __init__ already
+
             try:
                 self._lock.acquire(timeout=timeout, poll_interval=_POLL_INTERVAL)
             except Timeout:

@@ -3,6 +3,7 @@
 Usage (from the project directory)::
 
     .venv/bin/python bench/plugin_startup.py [--rounds 20] [--warmup 3] [--json FILE]
+        [--against DIR]
 
 Every round runs each variant once, in an order rotated from round to round, in a temporary
 directory holding one trivial test. Reported: median and p90 wall time of each variant, and
@@ -18,7 +19,11 @@ the settings' project).
 - ``pytest -p no:app``: the same run without the plugin (the baseline);
 - ``dynaconf docs pattern``: the same run without the plugin, plus a conftest doing what
   dynaconf's documentation suggests (``FORCE_ENV_FOR_DYNACONF=testing``, a ``Dynaconf`` with a
-  relative settings file, read a value) and probing a filelock, for reference.
+  relative settings file, read a value) and probing a filelock, for reference;
+- with ``--against DIR``, ``against: pytest (plugin)``: the plugin variant run by the
+  interpreter of another checkout of the project that has its own ``.venv`` (say the main
+  branch, in a git worktree), whose plugin is that checkout's: before and after a change,
+  side by side in the same rotation.
 
 The environment is this process's without ``APP_*``, ``DYNACONF_*``, ``*_FOR_DYNACONF``,
 pytest's variables and ``PYTHONDONTWRITEBYTECODE``. Sandboxes go where pytest puts them
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,7 +68,19 @@ except Timeout:
 """
 
 
-def prepare(work: Path) -> dict[str, tuple[list[str], Path]]:
+def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one whole process, in seconds.
+
+    CPU time moves far less than wall time when other work shares the cores: the wall time
+    is the figure users feel, the CPU time says whether a difference is real.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = run_once(argv, cwd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def prepare(work: Path, against: Path | None) -> dict[str, tuple[list[str], Path]]:
     plain = work / "plain"
     plain.mkdir()
     (plain / "test_one.py").write_text(TEST_ONE)
@@ -72,11 +90,15 @@ def prepare(work: Path) -> dict[str, tuple[list[str], Path]]:
     (docs / "conftest.py").write_text(DYNACONF_CONFTEST)
     (docs / "settings.toml").write_text('[testing]\ndata_root = "data/testing"\n')
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_one.py"]
-    return {
+    variants = {
         "pytest (plugin)": (pytest, plain),
         "pytest -p no:app": ([*pytest, "-p", "no:app"], plain),
         "dynaconf docs pattern": ([*pytest, "-p", "no:app"], docs),
     }
+    if against is not None:
+        python = str(against / ".venv" / "bin" / "python")
+        variants["against: pytest (plugin)"] = ([python, *pytest[1:]], plain)
+    return variants
 
 
 def check_active(variant: tuple[list[str], Path], env: dict[str, str]) -> None:
@@ -93,23 +115,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--against", type=Path, help="another checkout (with its .venv) to time side by side"
+    )
     args = parser.parse_args()
+    against = args.against.resolve() if args.against else None
+    if against is not None and not (against / ".venv" / "bin" / "python").is_file():
+        raise SystemExit(f"{against} has no .venv/bin/python: make its venv first")
 
     env = clean_environment()
     work = Path(tempfile.mkdtemp(prefix="bench-plugin-"))
     name_the_settings(env, work)
     try:
-        variants = prepare(work)
-        check_active(variants["pytest (plugin)"], env)
+        variants = prepare(work, against)
+        for name in variants:
+            if "plugin" in name:
+                check_active(variants[name], env)
         names = list(variants)
         times: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         for round_no in range(args.warmup + args.rounds):
             shift = round_no % len(names)
             for name in names[shift:] + names[:shift]:
                 argv, cwd = variants[name]
-                elapsed = run_once(argv, cwd, env)
+                elapsed, used = run_timed(argv, cwd, env)
                 if round_no >= args.warmup:
                     times[name].append(elapsed)
+                    cpu[name].append(used)
     finally:
         shutil.rmtree(work)
 
@@ -118,19 +150,39 @@ def main() -> None:
         f"{args.rounds} rounds (+{args.warmup} warm-up), interleaved; Python "
         f"{sys.version.split()[0]}; {sys.executable}"
     )
-    print(f"{'variant':24} {'median ms':>10} {'p90 ms':>8} {'paired ratio':>13}")
+    if against is not None:
+        print(f"against: {against}")
+    print(
+        f"{'variant':26} {'median ms':>10} {'p90 ms':>8} {'paired ratio':>13} {'CPU ms':>8} "
+        f"{'CPU paired':>11}"
+    )
     results = {}
     for name in names:
         paired = statistics.median(a / b for a, b in zip(times[name], times[base], strict=True))
+        cpu_paired = statistics.median(a / b for a, b in zip(cpu[name], cpu[base], strict=True))
         median = statistics.median(times[name])
-        results[name] = {"median_s": median, "p90_s": p90(times[name]), "paired_ratio": paired}
-        print(f"{name:24} {median * 1000:10.1f} {p90(times[name]) * 1000:8.1f} {paired:13.2f}")
+        results[name] = {
+            "median_s": median,
+            "p90_s": p90(times[name]),
+            "paired_ratio": paired,
+            "cpu_median_s": statistics.median(cpu[name]),
+            "cpu_paired_ratio": cpu_paired,
+        }
+        print(
+            f"{name:26} {median * 1000:10.1f} {p90(times[name]) * 1000:8.1f} {paired:13.2f} "
+            f"{statistics.median(cpu[name]) * 1000:8.1f} {cpu_paired:11.2f}"
+        )
     ratio = results["pytest (plugin)"]["paired_ratio"]
     verdict = "within" if ratio <= TARGET else "ABOVE"
     print(f"plugin / bare pytest = {ratio:.2f} ({verdict} the {TARGET} target)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"rounds": args.rounds, "against": against and str(against), "results": results},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

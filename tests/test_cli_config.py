@@ -281,7 +281,11 @@ def test_a_usage_error_exits_2(base_env: dict[str, str], args: list[str]) -> Non
     assert "Usage: app" in result.stderr
 
 
-def test_config_and_doctor_do_not_import_the_server_stack(base_env: dict[str, str]) -> None:
+def test_config_and_doctor_do_not_import_the_server_stack_or_the_remote_backend(
+    base_env: dict[str, str],
+) -> None:
+    # What a local configuration's `app config` and `app doctor` never need: they start as
+    # fast as dynaconf allows (bench/config_startup.py).
     code = (
         "import json, sys\n"
         "from app.cli import main\n"
@@ -291,7 +295,8 @@ def test_config_and_doctor_do_not_import_the_server_stack(base_env: dict[str, st
         "        main()\n"
         "    except SystemExit as exit:\n"
         "        assert exit.code in (0, None), exit.code\n"
-        "heavy = ('fastapi', 'uvicorn', 'starlette', 'httpx', 'app.server', 'app.store')\n"
+        "heavy = ('fastapi', 'uvicorn', 'starlette', 'httpx', 'app.server', 'app.store',\n"
+        "         'app.storage', 'app.remote', 'psycopg', 'boto3', 'botocore', 'filelock')\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)\n"
     )
     result = subprocess.run(
