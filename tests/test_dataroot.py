@@ -469,6 +469,21 @@ def test_a_test_runs_root_is_opened_without_fsyncs_and_written_durably(
     assert probe(config.data_root).holder is None
 
 
+def test_the_run_s_own_root_is_held_without_fsyncs_only_inside_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.testing.guard import hold_session_root
+
+    sandbox = tmp_path / "sandbox"
+    fsyncs = _counting_fsyncs(monkeypatch)
+    inside = hold_session_root(sandbox / "testing", sandbox)
+    assert probe(sandbox / "testing").holder is not None  # published all the same
+    inside.release()
+    assert fsyncs == []
+    hold_session_root(tmp_path / "elsewhere", sandbox).release()
+    assert len(fsyncs) == 2  # the holder written, then emptied on release
+
+
 def test_a_root_in_a_sandbox_only_the_environment_names_is_opened_durably(
     config: StubConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

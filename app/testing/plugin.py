@@ -168,7 +168,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox. Private:
     # see the pytest bound in pyproject.toml.
     config._tmp_path_factory = state.factory  # type: ignore[attr-defined]
-    state.session_lock = guard.hold_session_root(state.data_root)
+    state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
