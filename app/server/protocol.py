@@ -18,10 +18,6 @@ h11. The bytes taken are handed to the application as the transport read them (`
 uvicorn's own ``receive`` copies every chunk twice more (into a ``bytearray``, then out of it
 with ``bytes()``).
 
-A response's head waits for its body (`_OneWrite`): uvicorn writes the head and each body
-message apart, a ``send`` syscall each, so a small JSON answer cost two; here it leaves in
-one write. The bytes on the wire are uvicorn's, in uvicorn's order.
-
 This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``) and reads
 h11's (``_reader``, ``_receive_buffer``): pyproject.toml pins both minor releases for that
 reason.
@@ -38,7 +34,6 @@ from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTi
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGISendEvent
     from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 
 log = logging.getLogger(__name__)
@@ -103,84 +98,6 @@ class _Taken:
         }
 
 
-_JOINED_BODY_MAX: Final = 16 * 1024
-"""The largest body message joined to the head it follows: copying more costs more than the
-``send`` syscall that joining saves; a larger one (a download's chunk) goes out on its own."""
-
-
-class _OneWrite:
-    """Holds a response's head until its first body message, to write both at once.
-
-    It stands in for the request cycle's ``send`` and ``transport``; uvicorn's ``send`` still
-    does all the work (h11's framing, keep-alive, ``Connection: close``, the access log, flow
-    control, HEAD), its writes are only gathered here between ``http.response.start`` and the
-    end of the next ``send``. A head whose body is not sent in the same step of the
-    application's task (a streamed download reading its file in a thread) is written alone
-    at the event loop's next turn, as uvicorn would have: no response waits on this. Whatever
-    ends the response or the connection (``close`` on an error after the head, the next
-    pipelined request taking over in ``on_response``) writes the held bytes first.
-    """
-
-    __slots__ = ("_loop", "_on_response", "_send", "held", "transport")
-
-    def __init__(self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = cycle.transport
-        self.held: list[bytes] | None = None
-        self._send = cycle.send
-        self._on_response = cycle.on_response
-        self._loop = loop
-        # uvicorn's run_asgi looks ``self.send`` up when the application's task starts.
-        cycle.send = self.send  # type: ignore[method-assign]
-        cycle.transport = self  # type: ignore[assignment]
-        cycle.on_response = self.on_response
-
-    async def send(self, message: ASGISendEvent) -> None:
-        if self.held is None:
-            if message["type"] != "http.response.start":
-                await self._send(message)
-                return
-            self.held = []
-            try:
-                await self._send(message)
-            finally:
-                if self.held:
-                    self._loop.call_soon(self.flush)
-                else:
-                    self.held = None  # nothing written: disconnected, or refused
-            return
-        if len(message.get("body", b"")) > _JOINED_BODY_MAX:  # type: ignore[arg-type]
-            self.flush()
-        try:
-            await self._send(message)
-        finally:
-            self.flush()
-
-    def on_response(self) -> None:
-        self.flush()
-        self._on_response()
-
-    def flush(self) -> None:
-        held, self.held = self.held, None
-        if held:
-            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
-
-    def write(self, data: bytes) -> None:
-        if self.held is None:
-            self.transport.write(data)
-        else:
-            self.held.append(data)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
 def _raw_problem(error: AppError) -> bytes:
     """A whole HTTP/1.1 response carrying ``error``, for answers given before any request."""
     response = problem_of(error)
@@ -230,7 +147,6 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
                     and type(self.conn._reader) is ContentLengthReader
                 )
                 self._taken = _Taken(cycle) if pending else None
-                _OneWrite(cycle, self.loop)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
