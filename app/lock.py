@@ -2,9 +2,10 @@
 
 A live holder owns its data root. A holder (a server, a test session or a maintenance
 command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
-:class:`filelock.UnixFileLock` and publishes who it is, as JSON, inside that file while it
-holds it. The kernel drops the lock when the holder's last descriptor closes, so a crash
-(even ``kill -9``) never leaves a stale lock behind.
+:class:`filelock.UnixFileLock` (the pytest session's own root, inside the sandbox pytest made
+for the run, takes the same flock directly: see `_SandboxFlock`) and publishes who it is, as
+JSON, inside that file while it holds it. The kernel drops the lock when the holder's last
+descriptor closes, so a crash (even ``kill -9``) never leaves a stale lock behind.
 
 Lifecycle of ``<root>/.server.lock``:
 
