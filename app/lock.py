@@ -2,9 +2,10 @@
 
 A live holder owns its data root. A holder (a server, a test session or a maintenance
 command) takes an exclusive ``flock`` on ``<root>/.server.lock`` through
-:class:`filelock.UnixFileLock` and publishes who it is, as JSON, inside that file while it
-holds it. The kernel drops the lock when the holder's last descriptor closes, so a crash
-(even ``kill -9``) never leaves a stale lock behind.
+:class:`filelock.UnixFileLock` (the pytest session's own root, inside the sandbox pytest made
+for the run, takes the same flock directly: see `_SandboxFlock`) and publishes who it is, as
+JSON, inside that file while it holds it. The kernel drops the lock when the holder's last
+descriptor closes, so a crash (even ``kill -9``) never leaves a stale lock behind.
 
 Lifecycle of ``<root>/.server.lock``:
 
@@ -301,6 +302,7 @@ class RootLock:
         profile: str,
         port: int | None = None,
         durable: bool = True,
+        own_sandbox: bool = False,
     ) -> None:
         """Prepare a lock on ``root``; nothing is opened or created until :meth:`acquire`.
 
@@ -312,6 +314,8 @@ class RootLock:
             durable: fsync the holder JSON and its removal. Only a throw-away root (one
                 inside a test run's sandbox, see :func:`app.dataroot.open_root`) passes
                 ``False``: the flock and what live processes read never depend on it.
+            own_sandbox: the root is the pytest session's own, in the sandbox pytest just
+                created for the run: take the flock without filelock (see `_SandboxFlock`).
         """
         if kind not in KINDS:
             msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -326,6 +330,11 @@ class RootLock:
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
         self._guard = threading.RLock()
+        self._lock: UnixFileLock | None = None
+        self._sandbox_flock: _SandboxFlock | None = None
+        if own_sandbox:
+            self._sandbox_flock = _SandboxFlock(self.path, self._publish)
+            return
         # Imported here: probes, holder descriptions and a pytest run where the plugin stays
         # inactive need no filelock, whose import costs several ms (bench/plugin_startup.py).
         from filelock import UnixFileLock
@@ -333,7 +342,7 @@ class RootLock:
         # Explicitly UnixFileLock: FileLock silently becomes a soft (existence) lock where
         # fcntl is missing. preserve_lock_file and on_acquired both disable UnixFileLock's
         # own soft fall-back on ENOSYS, so an unsupported filesystem surfaces as an error.
-        self._lock: UnixFileLock = UnixFileLock(
+        self._lock = UnixFileLock(
             self.path,
             mode=0o600,
             thread_local=False,
@@ -381,22 +390,30 @@ class RootLock:
                     "data root does not exist (open it with open_root)",
                     str(self.root),
                 )
-            from filelock import Timeout  # imported by __init__ already
-
             try:
-                self._lock.acquire(timeout=timeout, poll_interval=_POLL_INTERVAL)
-            except Timeout:
-                holder = read_holder(self.root)
-                raise DataRootInUseError(
-                    self.root, holder, wanted, held_by=describe_holder(holder)
-                ) from None
+                taken = self._take(timeout)
             except OSError as error:
                 if error.errno in _UNSUPPORTED_ERRNOS:
                     reason = os.strerror(error.errno) if error.errno else str(error)
                     raise LockUnavailableError(self.path, reason) from error
                 raise
+            if not taken:
+                holder = read_holder(self.root)
+                raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
             _LIVE_LOCKS.add(self)
             return self
+
+    def _take(self, timeout: float) -> bool:
+        if self._sandbox_flock is not None:
+            return self._sandbox_flock.acquire(timeout)
+        from filelock import Timeout  # imported by __init__ already
+
+        assert self._lock is not None
+        try:
+            self._lock.acquire(timeout=timeout, poll_interval=_POLL_INTERVAL)
+        except Timeout:
+            return False
+        return True
 
     def _publish(self, fd: int) -> None:
         # filelock calls this with its borrowed, locked descriptor after every physical
@@ -432,7 +449,11 @@ class RootLock:
                     os.ftruncate(fd, 0)
                     if self._durable:
                         os.fsync(fd)
-                self._lock.release()
+                if self._sandbox_flock is not None:
+                    self._sandbox_flock.release()
+                else:
+                    assert self._lock is not None
+                    self._lock.release()
             finally:
                 self._fd = None
                 self._identity = None
@@ -445,6 +466,8 @@ class RootLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+        if self._sandbox_flock is not None:
+            self._sandbox_flock.forget()
         self._fd = None
         self._identity = None
         self._holder = None
@@ -519,6 +542,80 @@ class RootLock:
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"
         return f"RootLock({str(self.root)!r}, kind={self.kind!r}, {state})"
+
+
+class _SandboxFlock:
+    """The same exclusive ``flock`` on the same file as filelock's `UnixFileLock` takes, for
+    the one root filelock's extra machinery has nothing to guard: the pytest session's own,
+    in the numbered directory pytest has just created (mode 0700) for this run alone.
+
+    Not filelock, because its import is about 9 ms of every pytest start with the plugin
+    (a third of what the plugin adds to bare pytest, bench/plugin_startup.py). What the app
+    relies on from filelock is kept: one flock per open file, so servers, probes and other
+    `RootLock`s see this one; the file created mode 0600 without ``O_TRUNC`` and never
+    removed; a symbolic link refused (``O_NOFOLLOW``); a filesystem without flock refused,
+    never soft-locked (`_UNSUPPORTED_ERRNOS`, in `RootLock.acquire`); retries until the
+    timeout (a probe's momentary shared hold); an inode unlinked before the flock was won
+    is not taken; and a forked child closes its copy without unlocking (`forget`), so it
+    neither releases the run's lock nor keeps it alive after the run. What filelock adds
+    for directories other accounts write (hard links planted there, soft markers, leased
+    files) has no such directory to guard here.
+    """
+
+    def __init__(self, path: Path, on_acquired: Callable[[int], None]) -> None:
+        self._path = path
+        self._on_acquired = on_acquired
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock, retrying for `timeout` seconds; False if it stayed contended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                os.close(fd)
+                if error.errno not in _CONTENDED_ERRNOS:
+                    raise
+            else:
+                if os.fstat(fd).st_nlink > 0:
+                    try:
+                        self._on_acquired(fd)
+                    except BaseException:
+                        os.close(fd)  # closing the only descriptor drops the lock
+                        raise
+                    self._fd = fd
+                    return True
+                os.close(fd)  # unlinked before the flock was won: open the path again
+                continue
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_INTERVAL)
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            return os.open(self._path, flags, 0o600)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise LockFileAliasedError(self._path, "is a symbolic link") from None
+            raise
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def forget(self) -> None:  # pragma: no cover - runs in a forked child
+        # Closing is not unlocking: the parent's open file description keeps its flock.
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _refuse_aliased(path: Path, locked: os.stat_result) -> None:

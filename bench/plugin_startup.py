@@ -14,7 +14,7 @@ the project's settings, so that the plugin acts (it stays inactive in a director
 the settings' project).
 
 - ``pytest (plugin)``: ``python -m pytest -q -p no:cacheprovider test_one.py``, the plugin
-  active as installed: it resolves every profile (three Dynaconf loads), probes every root's
+  active as installed: it reads every profile's root from the settings, probes every root's
   lock, neutralises the environment, creates the sandbox and holds the testing root's lock;
 - ``pytest -p no:app``: the same run without the plugin (the baseline);
 - ``dynaconf docs pattern``: the same run without the plugin, plus a conftest doing what

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import app
-from app.errors import DataRootInUseError, LockUnavailableError
+from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
 from app.lock import (
     LOCK_FILE,
     LockWatcher,
@@ -33,9 +33,10 @@ HOLDER_SCRIPT = """
 import os, sys
 from pathlib import Path
 from app.lock import RootLock
-lock = RootLock(Path(sys.argv[1]), kind=sys.argv[2], profile="development")
+own = "own-sandbox" in sys.argv[3:]
+lock = RootLock(Path(sys.argv[1]), kind=sys.argv[2], profile="development", own_sandbox=own)
 lock.acquire("hold the root for a test")
-if len(sys.argv) > 3 and sys.argv[3] == "fork":
+if "fork" in sys.argv[3:]:
     if os.fork() == 0:
         # Fork handlers have run by now: report, then linger without stdin.
         print(os.getpid(), flush=True)
@@ -166,6 +167,66 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(root: Path) -> None:
     finally:
         os.kill(child_pid, signal.SIGKILL)
         parent.close()
+
+
+def test_a_forked_child_does_not_keep_its_dead_parents_session_lock(root: Path) -> None:
+    # The session's own root is locked without filelock: its fork handling must hold too.
+    parent = Holder(root, "tests", "fork", "own-sandbox")
+    child_pid = int(parent.line)
+    try:
+        parent.kill()
+        lock = RootLock(root, kind="server", profile="development").acquire("restart", timeout=0)
+        lock.release()
+    finally:
+        os.kill(child_pid, signal.SIGKILL)
+        parent.close()
+
+
+def test_a_session_lock_and_a_server_lock_refuse_each_other(root: Path, holder: Holder) -> None:
+    session = RootLock(root, kind="tests", profile="testing", own_sandbox=True)
+    with pytest.raises(DataRootInUseError, match=f"pid {holder.pid}, kind server"):
+        session.acquire("run the tests", timeout=0)
+    assert not session.held
+    holder.stop()
+    with RootLock(root, kind="tests", profile="testing", own_sandbox=True) as session:
+        assert probe(root).holder == session.holder
+        server = RootLock(root, kind="server", profile="testing")
+        with pytest.raises(DataRootInUseError, match=f"pid {os.getpid()}, kind tests"):
+            server.acquire("start the server", timeout=0)
+    assert (root / LOCK_FILE).read_bytes() == b""
+    assert probe(root).held is False
+
+
+def test_a_session_lock_refuses_a_lock_file_that_is_a_symbolic_link(
+    root: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "other.lock"
+    elsewhere.write_text("another root's holder\n")
+    (root / LOCK_FILE).symlink_to(elsewhere)
+    lock = RootLock(root, kind="tests", profile="testing", own_sandbox=True)
+    with pytest.raises(LockFileAliasedError, match="is a symbolic link"):
+        lock.acquire("run the tests")
+    assert not lock.held
+    assert elsewhere.read_text() == "another root's holder\n"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_session_lock_on_a_filesystem_without_flock_is_refused(
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    import fcntl
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = RootLock(root, kind="tests", profile="testing", own_sandbox=True)
+    with pytest.raises(LockUnavailableError) as refused:
+        lock.acquire("run the tests")
+    assert refused.value.path == root / LOCK_FILE
+    assert not lock.held
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE]
+    assert (root / LOCK_FILE).read_bytes() == b""
 
 
 def test_the_lock_file_is_never_deleted_on_release(root: Path) -> None:

@@ -412,17 +412,24 @@ def test_a_live_server_is_found_even_when_the_shell_sets_dynaconf_switches(
     )
 
 
-def test_the_plugin_starts_without_importing_dynaconf(pytester: pytest.Pytester) -> None:
+def test_the_plugin_starts_without_importing_dynaconf_or_filelock(
+    pytester: pytest.Pytester,
+) -> None:
     # Start-up cost: the plugin reads plain settings with tomllib; the first load() pays.
+    # The session's own root, in the sandbox, is flocked without filelock; the first
+    # server or store a test opens pays for it.
     pytester.makepyfile(
         test_modules="""
 import sys
 
 def test_dynaconf_was_not_needed_to_start():
     assert "dynaconf" not in sys.modules
+
+def test_filelock_was_not_needed_to_start():
+    assert "filelock" not in sys.modules
 """
     )
-    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
 
 
 def test_in_another_project_without_settings_it_changes_nothing(

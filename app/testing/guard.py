@@ -417,10 +417,11 @@ def hold_session_root(root: Path, sandbox: Path) -> RootLock:
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # A root inside the run's sandbox is thrown away with it: nothing reads its holder after
     # a power loss, so its two fsyncs (up to 11 ms each on a busy disk) buy nothing. The
-    # flock, which is what other processes check, does not depend on them.
-    durable = not root.is_relative_to(sandbox)
+    # flock, which is what other processes check, does not depend on them; it is taken
+    # without importing filelock there (see `app.lock._SandboxFlock`).
+    own = root.is_relative_to(sandbox)
     try:
-        lock = RootLock(root, kind="tests", profile="testing", durable=durable)
+        lock = RootLock(root, kind="tests", profile="testing", durable=not own, own_sandbox=own)
         return lock.acquire("run the tests on it")
     except DataRootInUseError as error:
         raise pytest.UsageError(
