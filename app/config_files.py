@@ -77,7 +77,8 @@ _TOML_MEMO_SIZE = 16
 _MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
 
 
-def _parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+    raw = path.read_bytes()
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
         try:
@@ -89,7 +90,7 @@ def _parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
             while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:
                 del _TOML_MEMO[next(iter(_TOML_MEMO))]
             _TOML_MEMO[raw] = parsed
-    return copy.deepcopy(parsed)  # a table of its own for each Files
+    return raw, copy.deepcopy(parsed)  # callers get tables of their own
 
 
 class Files(NamedTuple):
@@ -147,52 +148,25 @@ def _content_key(
     return (str(directory), files, tuple(str(path) for path in skipped), switches)
 
 
-# `read_files` by what it read: the pytest plugin reads the same files four times before the
-# run (the shell's view, the files' alone, the remote settings with and without the local
-# files), and `load` once per test. The files are still listed and read every time, so an
-# edit is seen at once; only the same bytes are not copied, layered and keyed again.
-_FILES_MEMO: dict[tuple[Any, ...], Files] = {}
-_FILES_MEMO_SIZE = 8
-
-
 def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
-    """Read and parse the settings files; `sandboxed` leaves the local ones out.
-
-    The `Files` returned may be shared with other callers in this process: read it, never
-    change its tables.
-    """
+    """Read and parse the settings files; `sandboxed` leaves the local ones out."""
     directory = settings_dir(environ)
     settings = directory / SETTINGS_FILE
     candidates = (settings, directory / LOCAL_FILES[0], directory / SECRETS_FILE)
     present = [path for path in (*candidates, directory / LOCAL_FILES[1]) if path.is_file()]
     skipped = tuple(p for p in present if p.name in LOCAL_FILES) if sandboxed else ()
     paths = tuple(p for p in present if p not in skipped)
-    raw = {path: path.read_bytes() for path in paths}
-    # dynaconf's own variables are part of the key: `_content_key` depends on them.
-    switches = tuple(
-        sorted(
-            (name, value)
-            for name, value in os.environ.items()
-            if name.endswith("_FOR_DYNACONF") or name.startswith("DYNACONF_")
-        )
-    )
-    memo_key = (str(directory), skipped, tuple(raw.items()), switches)
-    cached = _FILES_MEMO.get(memo_key)
-    if cached is not None:
-        return cached
-    data = {path: _parse_toml(path, content) for path, content in raw.items()}
+    raw: dict[Path, bytes] = {}
+    data: dict[Path, dict[str, Any]] = {}
+    for path in paths:
+        raw[path], data[path] = _read_toml(path)
     profiles = tuple(
         name.lower()
         for name, section in data[settings].items()
         if isinstance(section, dict) and name.lower() not in NOT_PROFILES
     )
     key = _content_key(directory, raw, data, skipped)
-    files = Files(directory, paths, skipped, MappingProxyType(data), profiles, key)
-    with _MEMO_LOCK:
-        while len(_FILES_MEMO) >= _FILES_MEMO_SIZE:
-            del _FILES_MEMO[next(iter(_FILES_MEMO))]
-        _FILES_MEMO[memo_key] = files
-    return files
+    return Files(directory, paths, skipped, MappingProxyType(data), profiles, key)
 
 
 def display(path: Path, directory: Path) -> str:
