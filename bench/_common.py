@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -189,6 +190,18 @@ def run_once(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
         output = (result.stdout + result.stderr).decode(errors="replace")
         raise SystemExit(f"{argv} exited {result.returncode}:\n{output}")
     return elapsed
+
+
+def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one whole process, in seconds.
+
+    CPU time moves far less than wall time when other work shares the cores: the wall time
+    is the figure users feel, the CPU time says whether a difference is real.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = run_once(argv, cwd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def p90(samples: list[float]) -> float:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PROJECT, clean_environment, p90, run_once
+from _common import PROJECT, clean_environment, p90, run_timed
 
 FLOOR = """
 from dynaconf import Dynaconf
@@ -52,18 +51,6 @@ settings = Dynaconf(
 )
 settings.DATA_ROOT
 """
-
-
-def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Wall time and CPU time (user + system) of one whole process, in seconds.
-
-    CPU time moves far less than wall time when other work shares the cores: the wall time
-    is the figure users feel, the CPU time says whether a difference is real.
-    """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = run_once(argv, cwd, env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def commands(against: Path | None) -> dict[str, tuple[list[str], Path]]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, name_the_settings, p90, run_once
+from _common import clean_environment, name_the_settings, p90, run_timed
 
 TEST_ONE = "def test_one():\n    pass\n"
 #: Issue 8: the plugin's one-test start-up at most 1.15 times bare pytest (issue 4 said 1.35).
@@ -66,18 +65,6 @@ try:
 except Timeout:
     raise SystemExit("a live server holds the testing data root")
 """
-
-
-def run_timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Wall time and CPU time (user + system) of one whole process, in seconds.
-
-    CPU time moves far less than wall time when other work shares the cores: the wall time
-    is the figure users feel, the CPU time says whether a difference is real.
-    """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = run_once(argv, cwd, env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def prepare(work: Path, against: Path | None) -> dict[str, tuple[list[str], Path]]:
