@@ -157,21 +157,14 @@ def test_a_holder_killed_with_sigkill_releases_the_lock_at_once(root: Path, hold
         lock.release()
 
 
-def test_a_forked_child_does_not_keep_its_dead_parents_lock(root: Path) -> None:
-    parent = Holder(root, "server", "fork")
-    child_pid = int(parent.line)
-    try:
-        parent.kill()
-        lock = RootLock(root, kind="server", profile="development").acquire("restart", timeout=0)
-        lock.release()
-    finally:
-        os.kill(child_pid, signal.SIGKILL)
-        parent.close()
-
-
-def test_a_forked_child_does_not_keep_its_dead_parents_session_lock(root: Path) -> None:
-    # The session's own root is locked without filelock: its fork handling must hold too.
-    parent = Holder(root, "tests", "fork", "own-sandbox")
+# The session's own root is locked without filelock: its fork handling must hold too.
+@pytest.mark.parametrize(
+    "holder_args", [("server", "fork"), ("tests", "fork", "own-sandbox")], ids=["server", "session"]
+)
+def test_a_forked_child_does_not_keep_its_dead_parents_lock(
+    root: Path, holder_args: tuple[str, ...]
+) -> None:
+    parent = Holder(root, *holder_args)
     child_pid = int(parent.line)
     try:
         parent.kill()
