@@ -260,13 +260,24 @@ class Upload(Protocol):
     def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None: ...
     def commit(self) -> FileEntry: ...
     def abort(self) -> None: ...
-    def __enter__(self) -> Self: ...
+
+    @property
+    def finished(self) -> bool:
+        """Whether the upload was committed or aborted."""
+        ...
+
+    # Both backends' uploads subclass this protocol for the one `with` behaviour below.
+    def __enter__(self) -> Self:
+        return self
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        if not self.finished:
+            self.abort()
 
 
 class Status(Protocol):
@@ -374,13 +385,18 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None: ...
-    def __enter__(self) -> Self: ...
+
+    # Both backends' stores subclass this protocol for the one `with` behaviour below.
+    def __enter__(self) -> Self:
+        return self
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        self.close()
 
 
 # --- choosing the backend -----------------------------------------------------------------

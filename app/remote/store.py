@@ -34,8 +34,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 
 from app.remote import pg
 from app.remote.check import check
@@ -46,7 +45,7 @@ from app.remote.objects import ObjectStore
 from app.remote.sessions import RemoteSessions
 from app.remote.transfer import RemoteUpload
 from app.remote.trash import RemoteTrash
-from app.storage import CheckReport, FileEntry, Page, SessionRecord, TrashEntry
+from app.storage import CheckReport, FileEntry, Page, SessionRecord, Storage, TrashEntry
 
 __all__ = ["RemoteStore"]
 
@@ -73,7 +72,7 @@ class _Watch:
         self._thread.join()
 
 
-class RemoteStore:
+class RemoteStore(Storage):
     """Sessions and their files in one database and one object prefix, shared by replicas.
 
     Args:
@@ -220,17 +219,6 @@ class RemoteStore:
                 self.holder.close()
             if self._on_close is not None:
                 self._on_close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- sessions ---------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
+from app import storage
 from app.errors import UploadTooLargeError
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
 from app.storage import FileEntry
@@ -111,7 +111,7 @@ class ObjectFile(io.RawIOBase):
 # --- uploads ----------------------------------------------------------------------------------
 
 
-class RemoteUpload:
+class RemoteUpload(storage.Upload):
     """A file being streamed into a session; create it with
     :meth:`app.remote.store.RemoteStore.begin_upload`.
 
@@ -245,15 +245,3 @@ class RemoteUpload:
     def finished(self) -> bool:
         """Whether the upload was committed or aborted."""
         return self._done
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._done:
-            self.abort()

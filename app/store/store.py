@@ -32,8 +32,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from app.errors import AppError, LockLostError, NotInTrashError, SessionNotFoundError
 from app.names import check_file_name
@@ -44,6 +43,7 @@ from app.storage import (
     FileEntry,
     Page,
     SessionRecord,
+    Storage,
     TrashEntry,
 )
 from app.store.files import Files
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_METADATA_BYTES", "MAX_TITLE_CHARS", "Store"]
 
 
-class Store:
+class Store(Storage):
     """Sessions, their files and the trash of one open data root (a :class:`~app.storage.Storage`).
 
     Args:
@@ -139,17 +139,6 @@ class Store:
 
     def close(self) -> None:
         self.root.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- sessions -----------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ import contextlib
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Self
+from typing import IO, TYPE_CHECKING
 
+from app import storage
 from app.errors import UploadTooLargeError
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Upload"]
 
 
-class Upload:
+class Upload(storage.Upload):
     """A file being streamed into a session; create it with :meth:`Store.begin_upload`.
 
     The bytes go to a new temporary file in ``.tmp/`` as they arrive, are hashed on the
@@ -108,15 +108,3 @@ class Upload:
     def finished(self) -> bool:
         """Whether the upload was committed or aborted."""
         return self._done
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._done:
-            self.abort()
