@@ -33,6 +33,21 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Return once ``url``'s ``/health`` answers 200; RuntimeError (with the server's log if
+    it exited) when the process dies or 30 s pass."""
+    for _ in range(600):  # bounded: 30 s
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on {url} did not answer /health")
+
+
 class Server:
     """A server subprocess on 127.0.0.1 (``app serve`` or a bare baseline)."""
 
@@ -60,17 +75,11 @@ class Server:
         else:
             self.port = self._published_port(listening)
         self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(600):  # bounded: 30 s
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server on {self.url} did not answer /health")
+        try:
+            wait_for_health(self.url, self.process, log)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def _published_port(self, root: Path) -> int:
         # Not app.testing.published_port: importing pytest here would make app.config treat

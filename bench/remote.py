@@ -43,7 +43,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 
 import create_sessions  # noqa: E402
 import upload  # noqa: E402
-from _common import PROJECT, _die_with_parent, median, p90, stop  # noqa: E402
+from _common import PROJECT, _die_with_parent, median, p90, stop, wait_for_health  # noqa: E402
 from create_sessions import Connection, request  # noqa: E402
 from upload import MIB, send  # noqa: E402
 
@@ -85,16 +85,7 @@ class Replica:
         self.log = log
         self.url = self._published(database_url)
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
-        import httpx
-
-        for _ in range(600):  # bounded: 30 s
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"replica on {self.url} did not answer /health")
+        wait_for_health(self.url, self.process, log)
 
     def _published(self, database_url: str) -> str:
         import psycopg

@@ -59,7 +59,7 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     # Bound all at once so that they differ; a race with another process is possible and
     # shows as a start that fails, which the callers retry with new ports.
     sockets = [socket.socket() for _ in range(count)]
@@ -194,7 +194,7 @@ def start_postgres() -> PostgresEngine:
         _unavailable(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
     last = ""
     for _ in range(3):  # a free port can be taken between choosing and binding it
-        engine.port = _free_ports(1)[0]
+        engine.port = free_ports(1)[0]
         # fsync off: a throwaway cluster; the durability under test is the app's ordering.
         options = (
             f"-h 127.0.0.1 -p {engine.port} -k {base} -c fsync=off -c synchronous_commit=off "
@@ -294,7 +294,7 @@ def start_s3(base: Path) -> S3Engine:
     for attempt in range(3):
         # weed mini's every component listens (HTTP + gRPC); all are pinned to loopback and
         # to ports chosen here, WebDAV and the admin UI are off.
-        ports = _free_ports(9)
+        ports = free_ports(9)
         names = [
             "master.port",
             "master.port.grpc",

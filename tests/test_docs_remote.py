@@ -31,13 +31,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from engines import PostgresEngine, S3Engine
+from engines import PostgresEngine, S3Engine, free_ports
 
 PROJECT = Path(__file__).resolve().parent.parent
 PAGE = PROJECT / "docs" / "how-to" / "run-on-postgresql.md"
@@ -54,17 +53,6 @@ PAGE_DATABASE_NAME = "app_production"
 def blocks(kind: str) -> list[str]:
     text = PAGE.read_text(encoding="utf-8")
     return re.findall(rf"```{kind}\n(.*?)```", text, re.DOTALL)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def test_the_page_names_its_engines_in_its_first_block_and_sets_two_toml_sections() -> None:
@@ -157,7 +145,7 @@ def test_the_postgresql_how_to_runs_as_written(
         "s3://app-data/production", this_run.scratch, "production"
     ).removeprefix("s3://app-data/")
     run = [engines, *(b.replace(PAGE_DATABASE_NAME, scratch_name) for b in blocks("sh")[1:])]
-    ports = [str(port) for port in _free_ports(len(PAGE_PORTS))]
+    ports = [str(port) for port in free_ports(len(PAGE_PORTS))]
     for page_port, port in zip(PAGE_PORTS, ports, strict=True):
         run = [block.replace(page_port, port) for block in run]
     # Whatever happens, no replica outlives the script.
