@@ -263,6 +263,7 @@ def _walk_tree() -> tuple[Run | None, str | None]:
     pytest without the plugin sits between (its rules then apply as well)."""
     seen: dict[int, set[str]] = {}
     bare = None
+    bare_argv: list[str] = []
     for depth, (pid, started) in enumerate(_ancestry()):
         name = _entry_name(pid, started)
         try:
@@ -272,9 +273,14 @@ def _walk_tree() -> tuple[Run | None, str | None]:
         if name in _registered(uid, seen):
             run = _read_entry(_runs_dir(uid) / name, pid, depth)
             if run is not None:
+                # A fork of the run's own process (a test's os.fork, a daemon it double-forked)
+                # has the run's command line: it is the run, not a pytest without the plugin.
+                if bare is not None and bare_argv == _cmdline(pid):
+                    bare = None
                 return run, bare
-        if depth and bare is None and _looks_like_pytest(_cmdline(pid)):
+        if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid)):
             bare = f"an ancestor process (pid {pid}) runs pytest without the app's plugin"
+            bare_argv = argv
     return None, bare
 
 
@@ -412,7 +418,16 @@ def why_no_plugin() -> str:
         )
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing.plugin`, or unset it"
-    return "the plugin was disabled (`-p no:app`); run without that option"
+    from app.config_files import SETTINGS_DIR_ENV
+
+    # The plugin also stays inactive, and says so in pytest's header, when the run's rootdir
+    # is another project than these settings' (`guard.applies`): a child cannot tell which.
+    return (
+        "the plugin was disabled (`-p no:app`), or stayed inactive because the run's rootdir "
+        "is another project than these settings' (pytest's header then says `app: inactive`); "
+        f"run without `-p no:app`, from the project, or with {SETTINGS_DIR_ENV} naming its "
+        "settings directory"
+    )
 
 
 def allowed_profiles(run: Run, environ: Mapping[str, str] | None = None) -> frozenset[str]:

@@ -486,11 +486,14 @@ def test_something():
 WIPED_ENV_TESTS = """
 import atexit
 import os
+import subprocess
 import sys
+import time
 from unittest import mock
 
 from click.testing import CliRunner
 
+from app import sandbox
 from app.cli import cli
 from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, SETTINGS_DIR, TOKEN
 
@@ -543,6 +546,35 @@ def test_a_forked_child_that_clears_the_environment():
         os._exit(0 if result.exit_code == 78 and refused(result.output) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_daemon_double_forked_from_the_test_process_itself(tmp_path):
+    # No exec between: the daemon has pytest's command line, and pytest's run is its
+    # ancestor (the subreaper) once its parent is gone. It is the run, not a bare pytest.
+    out = tmp_path / "daemon.out"
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
+             "--yes-i-mean-it"],
+            env=PRODUCTION_SHELL, capture_output=True, text=True,
+        )
+        (tmp_path / "daemon.part").write_text(f"{done.returncode} {done.stderr}")
+        os.rename(tmp_path / "daemon.part", out)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    for _ in range(1200):  # a safety bound while the daemon runs, not a time assertion
+        if out.exists():
+            break
+        time.sleep(0.05)
+    code, _, stderr = out.read_text().partition(" ")
+    assert code == "78", stderr
+    assert refused(stderr), stderr
+    if sandbox.marked():  # the plugin runs: refused by the run, not as a bare pytest
+        assert "without the app's sandbox" not in stderr, stderr
 
 
 def test_an_atexit_clean_up_after_pytest_is_gone():
@@ -918,22 +950,22 @@ NO_AUTOLOAD = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 #: Issue 8's classes: each runs next to a live production server and next to a stopped one.
 SUITES_WITHOUT_PROPS: dict[str, Suite] = {
     "the_environment_wiped_inside_the_test_process": Suite(
-        WIPED, "sandbox: the run is marked on sys", outcomes={"passed": 4}, stdout=ATEXIT_REFUSED
+        WIPED, "sandbox: the run is marked on sys", outcomes={"passed": 5}, stdout=ATEXIT_REFUSED
     ),
     "the_environment_wiped_under_xdist": Suite(
-        WIPED, "sandbox: every worker is marked on sys", args=("-n", "2"), outcomes={"passed": 4}
+        WIPED, "sandbox: every worker is marked on sys", args=("-n", "2"), outcomes={"passed": 5}
     ),
     "the_environment_wiped_with_the_plugin_disabled": Suite(
         WIPED,
         "config: pytest is imported in this process without the plugin",
         args=("-p", "no:app"),
-        outcomes={"passed": 4},
+        outcomes={"passed": 5},
         stdout=ATEXIT_REFUSED,
     ),
     "the_environment_wiped_without_plugin_autoload": Suite(
         WIPED,
         "config: pytest is imported in this process without the plugin",
-        outcomes={"passed": 4},
+        outcomes={"passed": 5},
         stdout=ATEXIT_REFUSED,
         env=NO_AUTOLOAD,
     ),

@@ -572,8 +572,11 @@ def test_without_the_plugin_the_refusal_says_why_it_is_not_running(
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert sandbox.why_no_plugin().startswith("PYTEST_DISABLE_PLUGIN_AUTOLOAD is set")
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
-    assert (
-        sandbox.why_no_plugin() == "the plugin was disabled (`-p no:app`); run without that option"
+    assert sandbox.why_no_plugin() == (
+        "the plugin was disabled (`-p no:app`), or stayed inactive because the run's rootdir "
+        "is another project than these settings' (pytest's header then says `app: inactive`); "
+        "run without `-p no:app`, from the project, or with APP_SETTINGS_DIR naming its "
+        "settings directory"
     )
 
 
