@@ -869,9 +869,9 @@ def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> No
         f"{run.recognised_by}), so it may be another profile's, production's included",
         run.sandbox,
         f"Tests reach only the run's scratch databases and prefixes: take {key} from the "
-        "app_config "
-        f"fixture (app.config.load() names the scratch one), or name a throwaway one with "
-        f"app.sandbox.{scratch}(<url>, app.sandbox.current_run().scratch)",
+        "app_config fixture (app.config.load() names the scratch one); on a throwaway server "
+        f"the test started itself, name one with app.sandbox.{scratch}(<that server's "
+        "url>, app.sandbox.current_run().scratch)",
     )
 
 
