@@ -61,6 +61,7 @@ __all__ = [
     "check_profile",
     "check_remote",
     "check_root",
+    "check_scratch",
     "checked",
     "confine",
     "confine_remote",
@@ -841,6 +842,37 @@ def check_remote(database_url: str, blob_url: str, what: str, run: Run | None = 
             "gives every remote profile under pytest: use the app_config or app_store "
             f"fixtures, never a Config made by hand with another {key}",
         )
+
+
+def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> None:
+    """Refuse one database (`key` ``"database_url"``) or object prefix (``"blob_url"``) that
+    is not one of this run's scratch ones, if this process belongs to a run.
+
+    :func:`check_remote` for the classes of `app.remote` that a test can build by hand
+    (``RemoteStore``, ``pg.Holder``, ``pg.maintenance``, ``ObjectStore``), each of which
+    calls this where it connects, so no Config and no seam stands between a test and them.
+
+    Raises:
+        SandboxViolationError: naming the database or prefix, the run, and the fix.
+    """
+    run = run or current_run()
+    if run is None or (run.scratch and _is_scratch(key, value, run.scratch)):
+        return
+    from app.remote.pg import mask_url
+
+    kind = _REMOTE_KEYS[key]
+    shown = mask_url(value) if key == "database_url" else value
+    scratch = "scratch_database_url" if key == "database_url" else "scratch_blob_url"
+    raise SandboxViolationError(
+        f"{what} {kind} {shown}, which is not a scratch {kind} of this test run (suffix "
+        f"{run.scratch or 'none'}; this process belongs to the run through "
+        f"{run.recognised_by}), so it may be another profile's, production's included",
+        run.sandbox,
+        f"Tests reach only the run's scratch databases and prefixes: take {key} from the "
+        "app_config fixture (app.config.load() names the scratch one); on a throwaway server "
+        f"the test started itself, name one with app.sandbox.{scratch}(<that server's "
+        "url>, app.sandbox.current_run().scratch)",
+    )
 
 
 class LoadRecord(NamedTuple):

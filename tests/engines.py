@@ -72,6 +72,21 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def scratch() -> str:
+    """The test run's scratch suffix (``""`` outside a run, for the benchmarks).
+
+    Under pytest, the app connects only to databases and object prefixes whose names end
+    with it (`app.sandbox.check_scratch`): a database or prefix made here for a test, which
+    is the run's own throwaway, is named so. Everything these engines hold is thrown away,
+    but the check cannot know which server it talks to; a name is what it can check, and
+    giving these names a way around the check would give it to every test.
+    """
+    from app import sandbox
+
+    run = sandbox.current_run()
+    return run.scratch if run is not None else ""
+
+
 # --- PostgreSQL --------------------------------------------------------------------------
 
 
@@ -96,8 +111,12 @@ class PostgresEngine:
 
         return psycopg.connect(self.url(dbname), autocommit=True, **kwargs)
 
-    def create_database(self, prefix: str = "t") -> str:
-        name = f"{prefix}_{os.getpid()}_{next(self._databases)}"
+    def create_database(self, prefix: str = "t", *, outside_the_run: bool = False) -> str:
+        """A new, empty database, named as one of the test run's scratch databases (see
+        `scratch`): the only databases the app's own code connects to under pytest.
+        ``outside_the_run``: named as none of them, as production's is (the app refuses it)."""
+        suffix = "" if outside_the_run else scratch()
+        name = f"{prefix}_{os.getpid()}_{next(self._databases)}{suffix}"
         with self.connect() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return name
@@ -372,5 +391,5 @@ _prefixes = itertools.count()
 @pytest.fixture
 def blob_url(s3_engine: S3Engine) -> str:
     """A fresh ``s3://bucket/prefix`` on the engine, nothing under it (left for the engine's
-    removal at the end of the session)."""
-    return f"s3://{s3_engine.bucket}/t{os.getpid()}-{next(_prefixes)}"
+    removal at the end of the session), named as one of the run's scratch prefixes."""
+    return f"s3://{s3_engine.bucket}/t{os.getpid()}-{next(_prefixes)}{scratch()}"

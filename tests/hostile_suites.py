@@ -1515,10 +1515,9 @@ import app.config
 from app.config import load
 from app.errors import SandboxViolationError
 from app.remote import pg
-from app.remote.errors import ReplicasLiveError
 from app.remote.storage import restamp
 from app.storage import open_storage
-from hostile_helpers import NOT_PRODUCTION, NOT_SCRATCH, PRODUCTION_URL, REPLICA_PIDS, SETTINGS_DIR
+from hostile_helpers import NOT_PRODUCTION, NOT_SCRATCH, PRODUCTION_URL, SETTINGS_DIR
 from hostile_helpers import forged, on_scratch, scratch, second_copy
 
 
@@ -1552,16 +1551,127 @@ def test_a_restamp_made_by_hand_is_refused():
     with pytest.raises(SandboxViolationError) as refused:
         restamp(forged(), "production")
     assert NOT_SCRATCH.format(scratch()) in str(refused.value)
+"""
+
+# (R10) Below the seam: the remote backend's own classes and functions, built by hand on
+# production's URL (each would change production's rows or objects, or drop its database),
+# in the test process and in a child with a hand-built environment.
+REMOTE_BELOW_SEAM_TESTS = """
+import os
+import subprocess
+import sys
+
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from app.config import load
+from app.errors import SandboxViolationError
+from app.remote import pg
+from app.remote.db import Database
+from app.remote.objects import ObjectStore
+from app.remote.store import RemoteStore
+from hostile_helpers import CREDENTIALS, NOT_SCRATCH, PRODUCTION_BLOB, PRODUCTION_URL, scratch
+
+FIX = "Tests reach only the run's scratch databases and prefixes"
 
 
-def test_maintenance_taken_by_hand_is_refused_by_the_live_replicas():
-    # Below the configuration: only the replicas' shared locks stand here (layer 4).
-    with pytest.raises(ReplicasLiveError) as refused:
-        with pg.maintenance(PRODUCTION_URL, "production", "purge every session"):
-            pass
-    message = str(refused.value)
-    assert "2 live replica(s)" in message
-    assert all(f"pid {pid}" in message for pid in REPLICA_PIDS)
+def refused(attempt):
+    with pytest.raises(SandboxViolationError) as caught:
+        attempt()
+    message = str(caught.value)
+    assert FIX in message
+    return message
+
+
+def objects(blob_url):
+    return ObjectStore(
+        blob_url, CREDENTIALS["APP_S3_ENDPOINT_URL"], CREDENTIALS["APP_S3_ACCESS_KEY_ID"],
+        CREDENTIALS["APP_S3_SECRET_ACCESS_KEY"],
+    )
+
+
+def purge_with_a_store_by_hand():
+    # The run's own scratch prefix, production's database: only the database is refused.
+    with RemoteStore(PRODUCTION_URL, objects(load().blob_url), "production") as store:
+        store.purge()
+
+
+def a_holder_row_by_hand():
+    pg.Holder(PRODUCTION_URL, "production", "http://hostile:1").start()
+
+
+def maintenance_by_hand():
+    with pg.maintenance(PRODUCTION_URL, "production", "purge every session") as held:
+        held.conn.execute("UPDATE app_sessions SET deleted_at = now(), trash_name = id")
+
+
+def a_pool_by_hand():
+    db = Database(PRODUCTION_URL, "production", holder=None, kind="maintenance", pool_size=1)
+    with db.write() as conn:
+        conn.execute("UPDATE app_sessions SET title = 'hostile'")
+
+
+def the_app_s_connect():
+    with pg.connect(PRODUCTION_URL) as conn:
+        conn.execute("UPDATE app_sessions SET title = 'hostile'")
+
+
+def a_stamp_by_hand():
+    pg.open_database(PRODUCTION_URL, "testing")
+
+
+def drop_it_as_a_scratch_database():
+    # Its name split into a "URL" and a "suffix": the scratch name is production's whole one.
+    name = pg.database_addresses(PRODUCTION_URL)[0].dbname
+    pg.drop_scratch_database(make_conninfo(PRODUCTION_URL, dbname=name[:5]), name[5:])
+
+
+DATABASE = {
+    "RemoteStore": purge_with_a_store_by_hand,
+    "Holder": a_holder_row_by_hand,
+    "maintenance": maintenance_by_hand,
+    "Database": a_pool_by_hand,
+    "connect": the_app_s_connect,
+    "open_database": a_stamp_by_hand,
+    "drop_scratch_database": drop_it_as_a_scratch_database,
+}
+
+
+@pytest.mark.parametrize("attempt", DATABASE.values(), ids=DATABASE.keys())
+def test_production_s_database_by_hand_is_refused(attempt):
+    assert NOT_SCRATCH.format(scratch()) in refused(attempt)
+
+
+def test_an_object_store_by_hand_on_production_s_prefix_is_refused():
+    def delete_everything():
+        store = objects(PRODUCTION_BLOB)
+        store.delete(*[info.name for info in store.objects()])
+
+    message = refused(delete_everything)
+    assert f"opening object prefix {PRODUCTION_BLOB}, which is not a scratch object" in message
+
+
+CHILD = '''
+import sys
+from app.remote.objects import ObjectStore
+from app.remote.store import RemoteStore
+objects = ObjectStore(*sys.argv[2:6])
+RemoteStore(sys.argv[1], objects, "production").purge()
+'''
+
+
+def test_a_child_with_a_hand_built_environment_is_refused():
+    # The environment says nothing of the run; the process tree does.
+    endpoint, key, secret = CREDENTIALS.values()
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, PRODUCTION_URL, PRODUCTION_BLOB, endpoint, key, secret],
+        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=False,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "SandboxViolationError: refused under pytest" in done.stderr
+    assert "belongs to the run through the process tree (an ancestor process" in done.stderr
+    assert f"opening object prefix {PRODUCTION_BLOB}, which is not a scratch" in done.stderr
 """
 
 # (R8) Cases nobody named: variables other software reads (DATABASE_URL, libpq's PG*),
@@ -1664,7 +1774,7 @@ def test_a_child_with_a_hand_built_environment_is_refused():
 
 #: The suites run again under ``-n 2``: what a worker must refuse on its own (its mark on
 #: sys, its process tree, its scratch suffix). Not the ones that write shared files.
-REMOTE_XDIST_SUITES = ("incident", "wiped_env", "hand_made")
+REMOTE_XDIST_SUITES = ("incident", "wiped_env", "hand_made", "below_the_seam")
 
 #: One inner run, each suite in a directory of its own (a conftest applies to its directory).
 REMOTE_SUITES: dict[str, dict[str, str]] = {
@@ -1675,6 +1785,7 @@ REMOTE_SUITES: dict[str, dict[str, str]] = {
     "wiped_env": WIPED,
     "exports": {"test_exports.py": REMOTE_EXPORTS_MID_TEST_TESTS},
     "hand_made": {"test_hand_made.py": REMOTE_HAND_MADE_TESTS},
+    "below_the_seam": {"test_below_the_seam.py": REMOTE_BELOW_SEAM_TESTS},
     "unnamed": {"test_unnamed.py": REMOTE_UNNAMED_TESTS},
 }
 #: Run with ``-p no:app``, apart from the others.

@@ -173,6 +173,9 @@ def production_on(
     assert run is not None and run.scratch, "the app plugin names a scratch suffix per run"
     configured = f"prod_{os.getpid()}_{next(_databases)}"
     scratch = configured + run.scratch
+    # Not the fixture's prefix itself, which is a scratch one already (and would be kept
+    # as it is): production's configured prefix, a sibling, maps to a scratch one of its own.
+    configured_blob = f"{blob_url}-production"
     with postgres_engine.connect() as conn:
         conn.execute(f'CREATE DATABASE "{scratch}"')
     settings_dir = base / "settings"
@@ -181,7 +184,7 @@ def production_on(
         SETTINGS.format(
             base=base / "other-profiles",
             database_url=postgres_engine.url(configured),
-            blob_url=blob_url,
+            blob_url=configured_blob,
             endpoint=s3_engine.endpoint_url,
         )
     )
@@ -200,7 +203,7 @@ def production_on(
     prod = Production(
         base,
         postgres_engine.url(scratch),
-        sandbox.scratch_blob_url(blob_url, run.scratch, "production"),
+        sandbox.scratch_blob_url(configured_blob, run.scratch, "production"),
         env,
         token,
     )

@@ -360,7 +360,7 @@ def test_two_spellings_of_a_real_database_are_one_database(
 def test_under_pytest_an_allowed_production_profile_reaches_no_real_database(
     settings, postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> None:
-    name = postgres_engine.create_database("production")
+    name = postgres_engine.create_database("production", outside_the_run=True)
     with postgres_engine.connect(name) as conn:
         conn.execute("CREATE TABLE ledger (n int)")
         conn.execute("INSERT INTO ledger VALUES (1)")

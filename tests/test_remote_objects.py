@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from engines import S3Engine
+from engines import S3Engine, scratch
 
 from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote import pg
@@ -145,7 +145,7 @@ def test_wrong_credentials_or_bucket_are_refused_by_name(
         wrong.open("production")
     assert "wrong" not in str(caught.value)
     nobucket = ObjectStore(
-        "s3://no-such-bucket/p",
+        f"s3://no-such-bucket/p{scratch()}",
         s3_engine.endpoint_url,
         s3_engine.access_key_id,
         s3_engine.secret_access_key,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from engines import PostgresEngine
+from engines import PostgresEngine, scratch
 
 from app.errors import EX_TEMPFAIL
 from app.remote import pg
@@ -177,8 +177,8 @@ def test_an_unreachable_server_is_named_without_its_password(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         with pytest.raises(DatabaseUnavailableError) as caught:
-            pg.connect(f"postgresql://app:hunter2@127.0.0.1:{port}/nowhere")
-    assert f"127.0.0.1:{port}/nowhere" in str(caught.value)
+            pg.connect(f"postgresql://app:hunter2@127.0.0.1:{port}/nowhere{scratch()}")
+    assert f"127.0.0.1:{port}/nowhere{scratch()}" in str(caught.value)
     assert "hunter2" not in str(caught.value)
     assert caught.value.exit_code == 69
 
@@ -290,7 +290,7 @@ def test_a_replica_notices_that_the_server_stopped(postgres_engine: PostgresEngi
 
     engine = start_postgres()
     try:
-        url = engine.url("postgres")
+        url = engine.url(engine.create_database())
         pg.open_database(url, "production")
         noticed = threading.Event()
         holder = pg.Holder(url, "production", on_lost=lambda error: noticed.set()).start()
@@ -303,13 +303,14 @@ def test_a_replica_notices_that_the_server_stopped(postgres_engine: PostgresEngi
 
 
 def test_a_scratch_database_is_created_beside_testing_and_dropped(database_url: str) -> None:
-    url = pg.create_scratch_database(database_url, "_gw0_1234")
-    assert pg.database_addresses(url)[0].dbname.endswith("_gw0_1234")
+    suffix = f"_gw0{scratch()}"  # an xdist worker's, ending with the run's own suffix
+    url = pg.create_scratch_database(database_url, suffix)
+    assert pg.database_addresses(url)[0].dbname.endswith(suffix)
     assert not pg.same_database(url, database_url)
     assert pg.open_database(url, "testing").profile == "testing"
     with pg.Holder(url, "testing"):
-        pg.drop_scratch_database(database_url, "_gw0_1234")  # even while connected
-    with pytest.raises(DatabaseUnavailableError, match="_gw0_1234"):
+        pg.drop_scratch_database(database_url, suffix)  # even while connected
+    with pytest.raises(DatabaseUnavailableError, match=suffix):
         pg.connect(url)
     with pytest.raises(ValueError, match="not a scratch database"):
         pg.drop_scratch_database(database_url, "")

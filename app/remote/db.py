@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from app import sandbox
 from app.errors import SessionNotFoundError
 from app.remote import pg
 from app.remote.errors import DatabaseUnavailableError, HolderLostError
@@ -88,6 +89,10 @@ class Database:
         pool_size: the most connections this process opens.
         read_only: opened by a reader, which holds neither a replica's lock nor
             maintenance's: every change is refused.
+
+    Raises:
+        SandboxViolationError: under pytest, a database that is not the run's scratch one.
+        DatabaseUnavailableError: the server cannot be reached.
     """
 
     def __init__(
@@ -102,6 +107,8 @@ class Database:
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
+        # The pool opens its connections itself, past pg.connect: refused here instead.
+        sandbox.check_scratch("database_url", database_url, f"connecting (app {kind}) to")
         self.where = pg.mask_url(database_url)
         self.profile = profile
         self.holder = holder

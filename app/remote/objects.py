@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from app import sandbox
 from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     ObjectMissingError,
@@ -198,6 +199,11 @@ class ObjectStore:
 
     Names passed to the methods are relative to the prefix. The credentials are kept by the
     client only; ``repr`` and every message show the location alone.
+
+    Raises:
+        SandboxViolationError: under pytest, a prefix that is not one of the run's scratch
+            prefixes (:func:`app.sandbox.check_scratch`).
+        InvalidSettingError: ``blob_url`` is not ``s3://bucket/prefix``.
     """
 
     def __init__(
@@ -218,6 +224,9 @@ class ObjectStore:
         from botocore.config import Config
 
         self.location = parse_blob_url(blob_url, endpoint_url)
+        # Before the client exists: every request goes through it, so none can reach a
+        # prefix that the test run does not own.
+        sandbox.check_scratch("blob_url", blob_url, "opening")
         self.where = str(self.location)
         self._client = boto3.session.Session().client(
             "s3",

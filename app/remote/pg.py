@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from app import sandbox
 from app.remote.errors import (
     DatabaseUnavailableError,
     HolderLostError,
@@ -271,7 +272,24 @@ def connect(
     connect_timeout: int | None = None,
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``
-    (``connect_timeout``: as for :func:`conninfo`)."""
+    (``connect_timeout``: as for :func:`conninfo`).
+
+    Every connection of the app's own code (the stamp, a replica's :class:`Holder`,
+    :func:`maintenance`, ``app status`` and ``app doctor``) opens here, so under a test run
+    this is where a database that is not one of the run's scratch ones is refused, however
+    the caller came by its URL (:func:`app.sandbox.check_scratch`).
+
+    Raises:
+        SandboxViolationError: under pytest, a database that is not the run's scratch one.
+        DatabaseUnavailableError: the server cannot be reached.
+    """
+    sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
+    return _connect(database_url, purpose, autocommit, connect_timeout)
+
+
+def _connect(
+    database_url: str, purpose: str, autocommit: bool, connect_timeout: int | None
+) -> psycopg.Connection[tuple[Any, ...]]:
     info = conninfo(database_url, purpose=purpose, connect_timeout=connect_timeout)
     try:
         return psycopg.connect(info, autocommit=autocommit)
@@ -336,6 +354,7 @@ def open_database(database_url: str, profile: str, *, protected: Protection = Fa
         UnstampedNotEmptyError: it has tables of its own and no stamp.
         SchemaTooNewError: a newer release of the app created it.
         DatabaseUnavailableError: the server cannot be reached.
+        SandboxViolationError: under pytest, a database that is not the run's scratch one.
     """
     where = mask_url(database_url)
     with connect(database_url, purpose="app open") as conn, conn.transaction():
@@ -426,7 +445,8 @@ def lock_holders(conn: psycopg.Connection[Any], mode: str = "ExclusiveLock") -> 
 class Holder:
     """A replica's hold on the database: shared lock + row, for the process's whole life.
 
-    ``start()`` refuses while maintenance holds the database. A thread watches the
+    ``start()`` refuses while maintenance holds the database, and under pytest a database
+    that is not one of the run's scratch ones (:func:`connect`). A thread watches the
     connection: when it breaks (the server stopped, ``pg_terminate_backend``, keepalives
     gave up), ``lost`` is set, :meth:`check` raises :class:`HolderLostError` from then on,
     and ``on_lost`` is called once, from that thread, so that the server can stop.
@@ -586,6 +606,7 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
     Raises:
         ReplicasLiveError: a replica (or another maintenance command) holds it (exit 75);
             the message names every live replica.
+        SandboxViolationError: under pytest, a database that is not the run's scratch one.
     """
     where = mask_url(database_url)
     with connect(database_url, purpose=f"app maintenance: {wanted}", autocommit=True) as conn:
@@ -615,13 +636,14 @@ def scratch_url(database_url: str, suffix: str) -> str:
 def create_scratch_database(database_url: str, suffix: str) -> str:
     """Create :func:`scratch_url`'s database (empty; the app stamps it on first open).
 
+    Under pytest only the run's own: ``suffix`` must end with the run's scratch suffix.
+
     Returns:
         Its URL.
     """
     url = scratch_url(database_url, suffix)
     name = database_addresses(url)[0].dbname
-    # CREATE DATABASE runs outside a transaction, connected to another database of the server.
-    with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+    with _server(url, "creating") as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return url
 
@@ -630,12 +652,24 @@ def drop_scratch_database(database_url: str, suffix: str) -> None:
     """Drop the database that :func:`create_scratch_database` made for ``suffix``.
 
     Only a name that ends with the suffix is ever dropped, so that no mistake in the caller
-    can turn this into a drop of the database a profile names.
+    can turn this into a drop of the database a profile names; under pytest, only a name that
+    ends with the run's own suffix, so that no test can either.
     """
-    name = database_addresses(scratch_url(database_url, suffix))[0].dbname
+    url = scratch_url(database_url, suffix)
+    name = database_addresses(url)[0].dbname
     if not suffix or not name.endswith(suffix):
         raise ValueError(f"refusing to drop {name!r}: not a scratch database ending in {suffix!r}")
-    with connect(make_conninfo(database_url, dbname="postgres"), autocommit=True) as conn:
+    with _server(url, "dropping") as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def _server(scratch: str, verb: str) -> psycopg.Connection[tuple[Any, ...]]:
+    # CREATE and DROP DATABASE run outside a transaction, connected to another database of
+    # the server (``postgres``), which is no run's scratch: under a test run the database
+    # to be made or dropped must be the run's instead, so a suffix that completes another
+    # name ("rev" + "iew") cannot drop production's.
+    sandbox.check_scratch("database_url", scratch, verb)
+    admin = make_conninfo(scratch, dbname="postgres")
+    return _connect(admin, f"app {verb} a scratch database", True, None)

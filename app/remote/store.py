@@ -93,6 +93,10 @@ class RemoteStore(Storage):
         pool_size: the most connections this process opens.
         on_close: called last by :meth:`close` (a maintenance command's exclusive hold,
             :func:`app.remote.pg.maintenance`, ends there).
+
+    Raises:
+        SandboxViolationError: under pytest, a database that is not one of the run's scratch
+            ones (its pool checks, as ``objects`` checked its prefix when it was made).
     """
 
     def __init__(
