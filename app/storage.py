@@ -50,7 +50,9 @@ __all__ = [
     "Upload",
     "checked_session_fields",
     "holder_lost",
+    "json_body",
     "open_storage",
+    "page_body",
     "probe",
     "restamp",
     "status",
@@ -105,6 +107,26 @@ class SessionRecord(TypedDict):
     created_at: str
     updated_at: str
     files: list[FileEntry]
+
+
+def json_body(value: Any) -> bytes:
+    """``value`` as the server's JSON answers are encoded (as Starlette's ``JSONResponse``).
+
+    UTF-8, compact, no NaN or Infinity (refused with ValueError, as the server always has).
+    """
+    return json.dumps(
+        value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def page_body(items: Iterable[bytes], total: int, next: str | None) -> bytes:
+    """The :func:`json_body` of a :class:`Page` whose items are already encoded.
+
+    The same bytes as ``json_body(page.to_dict())``, by joining the items' bytes instead of
+    encoding them again.
+    """
+    cursor = b"null" if next is None else json_body(next)
+    return b'{"items":[%s],"total":%d,"next":%s}' % (b",".join(items), total, cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +366,21 @@ class Storage(Protocol):
         self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
     ) -> Page: ...
     def iter_all(self) -> Iterator[SessionRecord]: ...
+
+    # The server answers GET /sessions/{id} and GET /sessions with these bytes as they are.
+    # A backend that keeps its sessions encoded overrides them (the local store does); the
+    # rest inherit these, which encode what get_session and list_sessions return.
+    def get_session_json(self, session_id: str) -> bytes:
+        """:meth:`get_session`'s session as :func:`json_body` encodes it."""
+        return json_body(self.get_session(session_id))
+
+    def list_sessions_json(
+        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        """:meth:`list_sessions`'s page as :func:`json_body` encodes its ``to_dict()``."""
+        page = self.list_sessions(limit=limit, after=after, max_bytes=max_bytes)
+        return json_body(page.to_dict())
+
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry: ...
     def purge(self) -> list[TrashEntry]: ...
 
