@@ -15,6 +15,13 @@ command line needs to know which class it got.
 
 The values that cross the seam (:class:`SessionRecord`, :class:`FileEntry`, :class:`Page`,
 :class:`TrashEntry`, :class:`CheckReport`) are defined here, once, for every backend.
+
+The server sends ``GET /sessions/{id}`` and ``GET /sessions`` as the bytes
+:meth:`Storage.get_session_json` and :meth:`Storage.list_sessions_json` return. The
+protocol implements both by encoding what :meth:`Storage.get_session` and
+:meth:`Storage.list_sessions` return (:func:`json_body`), so every backend answers them; one
+that keeps its sessions encoded overrides them with those bytes (the local store does), and
+must return the same bytes as the encoding would.
 """
 
 from __future__ import annotations
@@ -367,9 +374,8 @@ class Storage(Protocol):
     ) -> Page: ...
     def iter_all(self) -> Iterator[SessionRecord]: ...
 
-    # The server answers GET /sessions/{id} and GET /sessions with these bytes as they are.
-    # A backend that keeps its sessions encoded overrides them (the local store does); the
-    # rest inherit these, which encode what get_session and list_sessions return.
+    # What the server sends as it is (see the module docstring): encoded here for backends
+    # that keep nothing encoded (the remote store); the local store overrides both.
     def get_session_json(self, session_id: str) -> bytes:
         """:meth:`get_session`'s session as :func:`json_body` encodes it."""
         return json_body(self.get_session(session_id))
