@@ -230,3 +230,17 @@ def test_a_reader_answers_the_writers_bytes_without_keeping_any(store: Store) ->
         assert reader.get_session_json(session_id) == store.get_session_json(session_id)
         assert reader.list_sessions_json() == store.list_sessions_json()
         assert len(reader.sessions.bodies) == 0
+
+
+def test_the_kept_bodies_are_bounded_in_bytes_and_answer_only_their_validator() -> None:
+    from app.store.records import ValidatedCache
+
+    cache: ValidatedCache[bytes] = ValidatedCache(limit=10)
+    cache.put("a", 1, b"aaaa", 4)
+    cache.put("b", 1, b"bbbb", 4)
+    assert cache.get("a", 2) is None  # another validator: changed since
+    assert cache.get("a", 1) == b"aaaa"  # and now the most recently used
+    cache.put("c", 1, b"cccc", 4)
+    assert (cache.get("a", 1), cache.get("b", 1), cache.get("c", 1)) == (b"aaaa", None, b"cccc")
+    cache.put("a", 2, b"a" * 11, 11)  # too large to keep: and the old one goes too
+    assert (cache.get("a", 1), cache.get("a", 2), len(cache)) == (None, None, 1)

@@ -92,10 +92,11 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         )
 
     listing_slots = anyio.Semaphore(_LISTING_SLOTS)
-    # The local store answers a get or a page of up to 100 from the page cache and its own
-    # caches in well under a millisecond (a page of 100: about 1.5 ms): less than handing
-    # it to a worker thread costs, two GIL hand-overs that can each wait for the switch
-    # interval while the loop and the threads take turns. So those run on the event loop.
+    # The local store answers a get or a page of up to 100 from bytes it keeps encoded, at
+    # three stat calls a session (a page of 100: under 1 ms, bench/session_reads.py): less
+    # than handing it to a worker thread costs, two GIL hand-overs that can each wait for
+    # the switch interval while the loop and the threads take turns. So those run on the
+    # event loop.
     # A remote store waits on the network for them: a worker thread, as every other call.
     on_loop = getattr(store, "reads_from_local_files", False) is True
 

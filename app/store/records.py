@@ -199,11 +199,12 @@ class ValidatedCache(Generic[V]):
             return entry[1]
 
     def put(self, name: str, validator: Hashable, value: V, size: int) -> None:
-        if size > self.limit:
-            return
         with self._lock:
             old = self._entries.pop(name, None)
-            self._held += size - (0 if old is None else old[2])
+            self._held -= 0 if old is None else old[2]
+            if size > self.limit:
+                return
+            self._held += size
             self._entries[name] = (validator, value, size)
             while self._held > self.limit:
                 _, (_, _, evicted) = self._entries.popitem(last=False)
