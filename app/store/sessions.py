@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from app.dataroot import DataRoot
     from app.store.trash import Trash
 
-__all__ = ["Sessions", "page_size_bound"]
+__all__ = ["Sessions"]
 
 _BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
 
@@ -66,8 +66,9 @@ class Sessions:
         self.state = root.store_state
         self.trash = trash
         self.path = root.sessions_dir
+        self.where = os.fspath(self.path)  # string paths on the read paths: see _read
         self.meta = MetaCache()
-        # Each session as the server answers it (see _encoded), with its page_size_bound.
+        # Each session as the server answers it (see _encoded), with its _page_size_bound.
         self.bodies: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_BODY_CACHE_BYTES)
 
     def directory(self, session_id: str) -> Path:
@@ -138,7 +139,7 @@ class Sessions:
 
     def get_json(self, session_id: str) -> bytes:
         """:meth:`get`'s session as :func:`app.storage.json_body` encodes it."""
-        return self._encoded(os.fspath(self.directory(session_id)), session_id)[0]
+        return self._encoded(f"{self.where}/{check_session_id(session_id)}", session_id)[0]
 
     def require(self, session_id: str) -> None:
         read_meta(self.directory(session_id), session_id)
@@ -165,7 +166,7 @@ class Sessions:
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
 
     def _encoded(self, directory: str, session_id: str) -> tuple[bytes, int]:
-        """The session's :func:`json_body` and its :func:`page_size_bound`, kept while fresh.
+        """The session's :func:`json_body` and its ``_page_size_bound``, kept while fresh.
 
         Kept under everything the answer is made of: session.json's stat key (as the
         MetaCache keeps that file, and only once it has settled), the record cache's token
@@ -240,7 +241,7 @@ class Sessions:
     def page(self, limit: int, after: str | None, max_bytes: int | None) -> Page:
         def read(directory: str, session_id: str) -> tuple[SessionRecord, int]:
             session = self._read(directory, session_id)
-            return session, 0 if max_bytes is None else page_size_bound(session)
+            return session, 0 if max_bytes is None else _page_size_bound(session)
 
         items, total, cursor = self._page(limit, after, max_bytes, read)
         return Page(items=[session for _, session in items], total=total, next=cursor)
@@ -266,10 +267,9 @@ class Sessions:
         )
         items: list[tuple[str, T]] = []
         size = 0
-        where = os.fspath(self.path)
         for session_id in chosen:
             try:
-                item, bound = read(f"{where}/{session_id}", session_id)
+                item, bound = read(f"{self.where}/{session_id}", session_id)
             except SessionNotFoundError:
                 continue  # deleted between the listing and this read: simply not shown
             if max_bytes is not None:
@@ -325,7 +325,7 @@ class Sessions:
             return self.read(dest, entry.session_id)
 
 
-def page_size_bound(session: SessionRecord) -> int:
+def _page_size_bound(session: SessionRecord) -> int:
     """What a session counts for against a page's ``max_bytes``.
 
     ASCII-escaped JSON is never shorter than the UTF-8 of the answer, and this is json's C
@@ -336,7 +336,7 @@ def page_size_bound(session: SessionRecord) -> int:
 
 
 def _encode(session: SessionRecord) -> tuple[bytes, int]:
-    return json_body(session), page_size_bound(session)
+    return json_body(session), _page_size_bound(session)
 
 
 def _mtime_ns(path: str) -> int | None:
