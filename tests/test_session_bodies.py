@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from starlette.responses import JSONResponse
+from starlette.testclient import TestClient
 
+from app.config import Config
 from app.errors import SessionNotFoundError
 from app.storage import json_body, page_body
 from app.store import Store
@@ -97,6 +99,26 @@ def test_page_body_joins_encoded_items_into_the_pages_json() -> None:
         joined = page_body([json_body(i) for i in items], 7, cursor)
         assert joined == json_body({"items": items, "total": 7, "next": cursor})
     assert page_body([], 0, None) == json_body({"items": [], "total": 0, "next": None})
+
+
+def test_the_routes_send_the_stores_bytes_as_json(
+    store: Store, app_client: TestClient, app_config: Config
+) -> None:
+    session_id = store.create_session("ü", {"n": 2**70})["id"]
+    store.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        got = app_client.get(f"/sessions/{session_id}")
+        assert got.status_code == 200
+        assert got.headers["content-type"] == "application/json"
+        assert got.content == json_body(store.get_session(session_id))
+        for limit in ("1", "100", "1000"):
+            page = app_client.get("/sessions", params={"limit": limit})
+            assert page.headers["content-type"] == "application/json"
+            expected = store.list_sessions(limit=int(limit), max_bytes=app_config.page_max_bytes)
+            assert page.content == json_body(expected.to_dict())
+    missing = app_client.get(f"/sessions/{'0' * 32}")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
 
 
 # --- never stale ---------------------------------------------------------------------------
