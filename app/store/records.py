@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
@@ -184,13 +184,13 @@ class ValidatedCache(Generic[V]):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[Hashable, V, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[object, V, int]] = OrderedDict()
         self._held = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, name: str, validator: Hashable) -> V | None:
+    def get(self, name: str, validator: object) -> V | None:
         with self._lock:
             entry = self._entries.get(name)
             if entry is None or entry[0] != validator:
@@ -198,7 +198,7 @@ class ValidatedCache(Generic[V]):
             self._entries.move_to_end(name)
             return entry[1]
 
-    def put(self, name: str, validator: Hashable, value: V, size: int) -> None:
+    def put(self, name: str, validator: object, value: V, size: int) -> None:
         with self._lock:
             old = self._entries.pop(name, None)
             self._held -= 0 if old is None else old[2]
