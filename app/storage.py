@@ -15,6 +15,13 @@ command line needs to know which class it got.
 
 The values that cross the seam (:class:`SessionRecord`, :class:`FileEntry`, :class:`Page`,
 :class:`TrashEntry`, :class:`CheckReport`) are defined here, once, for every backend.
+
+The server sends ``GET /sessions/{id}`` and ``GET /sessions`` as the bytes
+:meth:`Storage.get_session_json` and :meth:`Storage.list_sessions_json` return. The
+protocol implements both by encoding what :meth:`Storage.get_session` and
+:meth:`Storage.list_sessions` return (:func:`json_body`), so every backend answers them; one
+that keeps its sessions encoded overrides them with those bytes (the local store does), and
+must return the same bytes as the encoding would.
 """
 
 from __future__ import annotations
@@ -50,7 +57,9 @@ __all__ = [
     "Upload",
     "checked_session_fields",
     "holder_lost",
+    "json_body",
     "open_storage",
+    "page_body",
     "probe",
     "restamp",
     "status",
@@ -105,6 +114,26 @@ class SessionRecord(TypedDict):
     created_at: str
     updated_at: str
     files: list[FileEntry]
+
+
+def json_body(value: Any) -> bytes:
+    """``value`` as the server's JSON answers are encoded (as Starlette's ``JSONResponse``).
+
+    UTF-8, compact, no NaN or Infinity (refused with ValueError, as the server always has).
+    """
+    return json.dumps(
+        value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def page_body(items: Iterable[bytes], total: int, next: str | None) -> bytes:
+    """The :func:`json_body` of a :class:`Page` whose items are already encoded.
+
+    The same bytes as ``json_body(page.to_dict())``, by joining the items' bytes instead of
+    encoding them again.
+    """
+    cursor = b"null" if next is None else json_body(next)
+    return b'{"items":[%s],"total":%d,"next":%s}' % (b",".join(items), total, cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +373,20 @@ class Storage(Protocol):
         self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
     ) -> Page: ...
     def iter_all(self) -> Iterator[SessionRecord]: ...
+
+    # What the server sends as it is (see the module docstring): encoded here for backends
+    # that keep nothing encoded (the remote store); the local store overrides both.
+    def get_session_json(self, session_id: str) -> bytes:
+        """:meth:`get_session`'s session as :func:`json_body` encodes it."""
+        return json_body(self.get_session(session_id))
+
+    def list_sessions_json(
+        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        """:meth:`list_sessions`'s page as :func:`json_body` encodes its ``to_dict()``."""
+        page = self.list_sessions(limit=limit, after=after, max_bytes=max_bytes)
+        return json_body(page.to_dict())
+
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry: ...
     def purge(self) -> list[TrashEntry]: ...
 

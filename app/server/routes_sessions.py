@@ -38,6 +38,14 @@ _LISTING_SLOTS: Final = 2
 _UNBOUNDED_PAGE: Final = 100
 
 
+class _EncodedJSON(JSONResponse):
+    """A JSON answer whose body the store already encoded (as JSONResponse would have)."""
+
+    def render(self, content: Any) -> bytes:
+        assert isinstance(content, bytes)
+        return content
+
+
 def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[Any]) -> None:
     # Rendered once: the answer never changes while the server runs, and FastAPI validated and
     # encoded it again on every probe. `response_model` still documents it.
@@ -84,10 +92,11 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         )
 
     listing_slots = anyio.Semaphore(_LISTING_SLOTS)
-    # The local store answers a get or a page of up to 100 from the page cache and its own
-    # caches in well under a millisecond (a page of 100: about 1.5 ms): less than handing
-    # it to a worker thread costs, two GIL hand-overs that can each wait for the switch
-    # interval while the loop and the threads take turns. So those run on the event loop.
+    # The local store answers a get or a page of up to 100 from bytes it keeps encoded, at
+    # three stat calls a session (a page of 100: under 1 ms, bench/session_reads.py): less
+    # than handing it to a worker thread costs, two GIL hand-overs that can each wait for
+    # the switch interval while the loop and the threads take turns. So those run on the
+    # event loop.
     # A remote store waits on the network for them: a worker thread, as every other call.
     on_loop = getattr(store, "reads_from_local_files", False) is True
 
@@ -113,8 +122,10 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         sessions take the server's `page_max_bytes` as JSON; it always holds at least one.
         """
         if on_loop and limit <= _UNBOUNDED_PAGE:
-            page = store.list_sessions(limit=limit, after=after, max_bytes=config.page_max_bytes)
-            return JSONResponse(page.to_dict())
+            body = store.list_sessions_json(
+                limit=limit, after=after, max_bytes=config.page_max_bytes
+            )
+            return _EncodedJSON(body)
         # A large page reads and parses up to 1,000 session.json files, Python work that
         # holds the GIL: more of them at once on worker threads finish no sooner, but each
         # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms
@@ -123,10 +134,10 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         slot: contextlib.AbstractAsyncContextManager[Any]
         slot = listing_slots if limit > _UNBOUNDED_PAGE else contextlib.nullcontext()
         async with slot:
-            page = await run_in_threadpool(
-                store.list_sessions, limit=limit, after=after, max_bytes=config.page_max_bytes
+            body = await run_in_threadpool(
+                store.list_sessions_json, limit=limit, after=after, max_bytes=config.page_max_bytes
             )
-        return JSONResponse(page.to_dict())
+        return _EncodedJSON(body)
 
     @app.get(
         "/sessions/{session_id}",
@@ -139,8 +150,8 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     async def get_session(session_id: SessionId) -> JSONResponse:
         """One session with its list of files."""
         if on_loop:
-            return JSONResponse(store.get_session(session_id))
-        return JSONResponse(await run_in_threadpool(store.get_session, session_id))
+            return _EncodedJSON(store.get_session_json(session_id))
+        return _EncodedJSON(await run_in_threadpool(store.get_session_json, session_id))
 
     @app.delete(
         "/sessions/{session_id}",

@@ -100,6 +100,15 @@ class RecordCache:
         self._epoch = 0
         self._held = 0
 
+    def token(self, session_id: str) -> tuple[int, int]:
+        """A value every write of ``session_id``'s records through this root changes.
+
+        What is derived from records read while the token held can be kept under it: it is
+        as fresh as the records here while the token is unchanged (:meth:`get` gives both).
+        """
+        with self._lock:
+            return self._epoch, self._generations.get(session_id, 0)
+
     def get(self, session_id: str) -> tuple[list[FileRecord] | None, tuple[int, int]]:
         with self._lock:
             token = (self._epoch, self._generations.get(session_id, 0))

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, NotRequired, TypedDict, cast
+from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 from app.dataroot import fsync_dir
 from app.errors import SessionNotFoundError
@@ -42,6 +42,7 @@ __all__ = [
     "FileRecord",
     "MetaCache",
     "TrashManifest",
+    "ValidatedCache",
     "ensure_dir",
     "load_record",
     "open_regular",
@@ -70,6 +71,8 @@ _META_CACHE_BYTES: Final = 64 * 1024 * 1024
 # within the same clock tick could have the same size and times (the "racily clean" entries
 # of git's index), and its ctime could not tell them apart yet.
 _SETTLED_NS: Final = 2_000_000_000
+
+V = TypeVar("V")
 
 
 class FileRecord(FileEntry):
@@ -170,25 +173,64 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     return session
 
 
+class ValidatedCache(Generic[V]):
+    """Values each kept under a validator, LRU, bounded by the bytes they hold.
+
+    A value is returned only to a caller that presents the validator it was stored with:
+    the caller computes the validator from what decides freshness (a file's stat, a
+    generation count), so a changed source is never answered from here.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[object, V, int]] = OrderedDict()
+        self._held = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, validator: object) -> V | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry[0] != validator:
+                return None
+            self._entries.move_to_end(name)
+            return entry[1]
+
+    def put(self, name: str, validator: object, value: V, size: int) -> None:
+        with self._lock:
+            old = self._entries.pop(name, None)
+            self._held -= 0 if old is None else old[2]
+            if size > self.limit:
+                return
+            self._held += size
+            self._entries[name] = (validator, value, size)
+            while self._held > self.limit:
+                _, (_, _, evicted) = self._entries.popitem(last=False)
+                self._held -= evicted
+
+
 class MetaCache:
     """The bytes of recently read ``session.json`` files, each valid while its stat is unchanged.
 
     A page of 100 sessions read each file whole (open, fstat, read, close); with this, a
     file read before costs one ``stat``. An entry is used only while the file's device,
-    inode, size, mtime and ctime are all as they were when it was read, so any change to
-    the file, by this process or any other, is read afresh; files changed in the last two
-    seconds are not kept (see ``_SETTLED_NS``). Bounded by the bytes it holds (LRU).
+    inode, size, mtime and ctime (its :meth:`stat` key) are all as they were when it was
+    read, so any change to the file, by this process or any other, is read afresh; files
+    changed in the last two seconds are not kept (see ``_SETTLED_NS``, :meth:`settled`).
+    Bounded by the bytes it holds (LRU).
     """
 
     def __init__(self, limit: int = _META_CACHE_BYTES, settled_ns: int = _SETTLED_NS) -> None:
-        self.limit = limit
         self.settled_ns = settled_ns
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[tuple[int, ...], bytes]] = OrderedDict()
-        self._held = 0
+        self._files: ValidatedCache[bytes] = ValidatedCache(limit)
 
-    def read(self, directory: str, session_id: str) -> dict[str, Any]:
-        """:func:`read_meta`, for the session directory ``directory`` (a string path)."""
+    def stat(self, directory: str, session_id: str) -> tuple[int, ...]:
+        """The key of ``directory``'s session.json: device, inode, size, mtime, ctime.
+
+        Raises SessionNotFoundError where :func:`read_meta` would find no session.
+        """
         try:
             is_link = stat.S_ISLNK(os.lstat(directory).st_mode)
             info = os.stat(f"{directory}/{SESSION_FILE}")  # noqa: PTH116 (no Path: see _read)
@@ -198,14 +240,16 @@ class MetaCache:
         # opening a FIFO would wait for a writer, on the server's event loop.
         if is_link or not stat.S_ISREG(info.st_mode):
             raise SessionNotFoundError(session_id)
-        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        with self._lock:
-            entry = self._entries.get(directory)
-            if entry is not None and entry[0] == key:
-                self._entries.move_to_end(directory)
-                raw = entry[1]
-            else:
-                raw = None
+        return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+    def settled(self, key: tuple[int, ...]) -> bool:
+        """Whether a file with this :meth:`stat` key may be kept: its ctime is old enough."""
+        return time.time_ns() - key[4] > self.settled_ns
+
+    def read(self, directory: str, session_id: str) -> dict[str, Any]:
+        """:func:`read_meta`, for the session directory ``directory`` (a string path)."""
+        key = self.stat(directory, session_id)
+        raw = self._files.get(directory, key)
         if raw is None:
             raw = self._load(directory, session_id, key)
         session: dict[str, Any] = json.loads(raw)
@@ -219,16 +263,9 @@ class MetaCache:
                 raw = file.read()
         except (FileNotFoundError, NotADirectoryError):
             raise SessionNotFoundError(session_id) from None
-        settled = time.time_ns() - info.st_ctime_ns > self.settled_ns
-        same = key == (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if settled and same and len(raw) <= self.limit:
-            with self._lock:
-                old = self._entries.pop(directory, None)
-                self._held += len(raw) - (0 if old is None else len(old[1]))
-                self._entries[directory] = (key, raw)
-                while self._held > self.limit:
-                    _, (_, evicted) = self._entries.popitem(last=False)
-                    self._held -= len(evicted)
+        opened = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if opened == key and self.settled(opened):
+            self._files.put(directory, key, raw, len(raw))
         return raw
 
 

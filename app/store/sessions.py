@@ -11,15 +11,22 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from app.dataroot import fsync_dir, write_new_file
 from app.errors import BadRequestError, SessionNotFoundError
 from app.names import check_file_name
-from app.storage import Page, SessionRecord, TrashEntry, checked_session_fields
+from app.storage import (
+    Page,
+    SessionRecord,
+    TrashEntry,
+    checked_session_fields,
+    json_body,
+    page_body,
+)
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -31,6 +38,7 @@ from app.store.records import (
     TRASHED_SESSION,
     FileRecord,
     MetaCache,
+    ValidatedCache,
     ensure_dir,
     load_record,
     public,
@@ -45,6 +53,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Sessions"]
 
+_BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
+
+T = TypeVar("T")
+
 
 class Sessions:
     """The sessions of one open data root (``<root>/sessions/``)."""
@@ -54,7 +66,10 @@ class Sessions:
         self.state = root.store_state
         self.trash = trash
         self.path = root.sessions_dir
+        self.where = os.fspath(self.path)  # string paths on the read paths: see _read
         self.meta = MetaCache()
+        # Each session as the server answers it (see _encoded), with its _page_size_bound.
+        self.bodies: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_BODY_CACHE_BYTES)
 
     def directory(self, session_id: str) -> Path:
         """The directory of ``session_id``, once the id is checked."""
@@ -122,6 +137,10 @@ class Sessions:
     def get(self, session_id: str) -> SessionRecord:
         return self.read(self.directory(session_id), session_id)
 
+    def get_json(self, session_id: str) -> bytes:
+        """:meth:`get`'s session as :func:`app.storage.json_body` encodes it."""
+        return self._encoded(f"{self.where}/{check_session_id(session_id)}", session_id)[0]
+
     def require(self, session_id: str) -> None:
         read_meta(self.directory(session_id), session_id)
 
@@ -145,6 +164,28 @@ class Sessions:
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
         session["updated_at"] = max(times)
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
+
+    def _encoded(self, directory: str, session_id: str) -> tuple[bytes, int]:
+        """The session's :func:`json_body` and its ``_page_size_bound``, kept while fresh.
+
+        Kept under everything the answer is made of: session.json's stat key (as the
+        MetaCache keeps that file, and only once it has settled), the record cache's token
+        (every write of records through this root changes it), and the mtime of records/
+        (the answer's `updated_at`). Each is taken before the session is read, so what is
+        kept is never older than its validator says; a change after that only makes the
+        next validator differ.
+        """
+        cache = self.state.records if self.root.writable else None
+        if cache is None:  # a reader scans records/ on every read: nothing tells a change
+            return _encode(self._read(directory, session_id))
+        key = self.meta.stat(directory, session_id)
+        validator = (key, cache.token(session_id), _mtime_ns(f"{directory}/{RECORDS_DIR}"))
+        encoded = self.bodies.get(directory, validator)
+        if encoded is None:
+            encoded = _encode(self._read(directory, session_id))
+            if self.meta.settled(key):
+                self.bodies.put(directory, validator, encoded, len(encoded[0]))
+        return encoded
 
     def _records(self, directory: str, session_id: str) -> list[FileRecord]:
         cache = self.state.records if self.root.writable else None
@@ -198,30 +239,46 @@ class Sessions:
         return names
 
     def page(self, limit: int, after: str | None, max_bytes: int | None) -> Page:
+        def read(directory: str, session_id: str) -> tuple[SessionRecord, int]:
+            session = self._read(directory, session_id)
+            return session, 0 if max_bytes is None else _page_size_bound(session)
+
+        items, total, cursor = self._page(limit, after, max_bytes, read)
+        return Page(items=[session for _, session in items], total=total, next=cursor)
+
+    def page_json(self, limit: int, after: str | None, max_bytes: int | None) -> bytes:
+        """:meth:`page` as :func:`app.storage.json_body` encodes it, joined from kept bytes."""
+        items, total, cursor = self._page(limit, after, max_bytes, self._encoded)
+        return page_body([body for _, body in items], total, cursor)
+
+    def _page(
+        self,
+        limit: int,
+        after: str | None,
+        max_bytes: int | None,
+        read: Callable[[str, str], tuple[T, int]],
+    ) -> tuple[list[tuple[str, T]], int, str | None]:
+        """A page's sessions as ``read`` gives them (with their bound), its total and cursor."""
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = None if after is None else check_session_id(after)
         chosen, start, total = self.state.window(
             self.scan_ids, keep=self.root.writable, after=cursor, limit=limit
         )
-        items: list[SessionRecord] = []
+        items: list[tuple[str, T]] = []
         size = 0
-        where = os.fspath(self.path)
         for session_id in chosen:
             try:
-                session = self._read(f"{where}/{session_id}", session_id)
+                item, bound = read(f"{self.where}/{session_id}", session_id)
             except SessionNotFoundError:
                 continue  # deleted between the listing and this read: simply not shown
             if max_bytes is not None:
-                # ASCII-escaped JSON is never shorter than the UTF-8 of the answer, and this is
-                # json's C encoder: the bound holds, cheaply. 1,000 sessions of 62 KB metadata
-                # once made one 62 MB page.
-                size += len(json.dumps(session))
+                size += bound
                 if items and size > max_bytes:
-                    return Page(items=items, total=total, next=items[-1]["id"])
-            items.append(session)
+                    return items, total, items[-1][0]
+            items.append((session_id, item))
         more = start + limit < total
-        return Page(items=items, total=total, next=chosen[-1] if more and chosen else None)
+        return items, total, chosen[-1] if more and chosen else None
 
     def iter_all(self) -> Iterator[SessionRecord]:
         for session_id in self.ids():
@@ -266,6 +323,27 @@ class Sessions:
             fsync_dir(self.path)
             self.trash.remove_empty(entry)
             return self.read(dest, entry.session_id)
+
+
+def _page_size_bound(session: SessionRecord) -> int:
+    """What a session counts for against a page's ``max_bytes``.
+
+    ASCII-escaped JSON is never shorter than the UTF-8 of the answer, and this is json's C
+    encoder: the bound holds, cheaply. 1,000 sessions of 62 KB metadata once made one 62 MB
+    page. (The remote store measures its sessions the same way.)
+    """
+    return len(json.dumps(session))
+
+
+def _encode(session: SessionRecord) -> tuple[bytes, int]:
+    return json_body(session), _page_size_bound(session)
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def _iso(moment: datetime) -> str:

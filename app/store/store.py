@@ -157,6 +157,10 @@ class Store(Storage):
         """The session with id ``session_id``, with its files."""
         return self.sessions.get(session_id)
 
+    def get_session_json(self, session_id: str) -> bytes:
+        """:meth:`get_session` as the server's JSON body, kept encoded while it is fresh."""
+        return self.sessions.get_json(session_id)
+
     def require_session(self, session_id: str) -> None:
         """Check that the session exists, reading its session.json only."""
         self.sessions.require(session_id)
@@ -185,6 +189,17 @@ class Store(Storage):
                 no bound but ``limit``.
         """
         return self.sessions.page(limit, after, max_bytes)
+
+    def list_sessions_json(
+        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        """:meth:`list_sessions` as the server's JSON body, joined from sessions kept encoded.
+
+        A writer keeps each session's encoded bytes while session.json (its stat), its
+        records (their cache's token) and records/ (its mtime) are unchanged, so a page of
+        sessions read before costs three ``stat`` calls per session and one join.
+        """
+        return self.sessions.page_json(limit, after, max_bytes)
 
     def iter_all(self) -> Iterator[SessionRecord]:
         """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
