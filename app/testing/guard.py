@@ -219,6 +219,8 @@ def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
             f"and it overlaps the data root of profile {name!r} ({root}). Choose a --basetemp "
             "outside every data root, or omit it"
         )
+    for spelling in dict.fromkeys((lexical, lexical.resolve(), target)):
+        _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", spelling)
     from app.lock import probe
 
     seen = probe(appconfig.sandbox_root(lexical, "testing"))
@@ -230,6 +232,33 @@ def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
         )
     if lexical.is_dir():
         _refuse_data_roots_inside(given, lexical)
+
+
+def _enclosing_data_root(path: Path) -> tuple[Path, str] | None:
+    """The data root that ``path`` lies in (held by a live process, or stamped), if any,
+    with who holds it: by what is on disk, not by what the settings say."""
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE, probe
+
+    for directory in path.parents:
+        if (directory / LOCK_FILE).is_file() and (seen := probe(directory)).held:
+            return directory, f"held by {describe_holder(seen.holder)}"
+        if (directory / STAMP_FILE).is_file():
+            return directory, f"it has a profile stamp, {STAMP_FILE}"
+    return None
+
+
+def _refuse_enclosing_data_root(what: str, does: str, path: Path) -> None:
+    """Refuse a temporary directory inside a data root that the settings do not name (a
+    service's root set in its own environment): pytest would create or empty it in there."""
+    __tracebackhide__ = True
+    found = _enclosing_data_root(path)
+    if found is not None:
+        root, who = found
+        raise pytest.UsageError(
+            f"app: refusing {what}: pytest {does} in {path}, which lies inside the data root "
+            f"{root} ({who}). Choose a temporary directory outside every data root"
+        )
 
 
 def _refuse_data_roots_inside(given: Path, target: Path) -> None:
@@ -281,6 +310,15 @@ def _check_default_basetemp(roots: dict[str, Path]) -> None:
             f"directories in {rootdir}, which overlaps the data root of profile {name!r} "
             f"({root}), because TMPDIR is {temproot}. Point TMPDIR outside every data root, "
             "or pass --basetemp"
+        )
+    found_on_disk = _enclosing_data_root(rootdir)
+    if found_on_disk is not None:
+        root, who = found_on_disk
+        raise pytest.UsageError(
+            f"app: refusing to run: pytest would create (and clean up) its temporary "
+            f"directories in {rootdir}, which lies inside the data root {root} ({who}), "
+            f"because TMPDIR is {temproot}. Point TMPDIR outside every data root, or pass "
+            "--basetemp"
         )
 
 
