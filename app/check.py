@@ -201,7 +201,9 @@ class Checker:
         named = isinstance(blob, str) and ID_RE.fullmatch(blob) is not None
         blob_path = session_dir / BLOBS_DIR / str(blob)
         switched = False
-        if named and isinstance(file, str) and blob_path.is_file() and not blob_path.is_symlink():
+        # Neither the blob nor blobs/ a link: a rename follows every directory in its path.
+        linked = blob_path.is_symlink() or blob_path.parent.is_symlink()
+        if named and isinstance(file, str) and blob_path.is_file() and not linked:
             with contextlib.suppress(InvalidNameError):
                 current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
                 switched = current != blob

@@ -1106,6 +1106,13 @@ def test_a_link_planted_in_a_session_s_directory(app_config):
             assert f"{mine / 'records'} is a symbolic link or another non-directory" in str(
                 refused.value
             )
+        # A repair that finds a replace stopped after its commit moves the old blob named
+        # in the trash entry's manifest into the entry: never through a linked blobs/.
+        (mine / "records").unlink()
+        (mine / "records.away").rename(mine / "records")
+        blob = sorted(p.name for p in (victim / "blobs").iterdir())[0]
+        store.trash.new_entry(sid, "file", "x.bin", "replace", blob=blob)
+        store.check(repair=True)
         store.delete_session(sid)  # moves the links themselves, never what they lead to
         store.empty_trash()
 """
