@@ -8,6 +8,7 @@ file streams.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import resource
 import threading
@@ -193,3 +194,45 @@ def test_deleting_a_session_while_its_upload_streams_acknowledges_neither_half(
             assert client.get(f"/sessions/{sid}/files/kept.txt").content == b"kept"
     finally:
         assert again.stop() == 0
+
+
+def test_kill_9_in_the_middle_of_a_streamed_replace_keeps_the_acknowledged_version(
+    server: Server, tmp_path: Path
+) -> None:
+    old = b"acknowledged " * 5000
+    with server.client() as client:
+        sid = client.post("/sessions", json={"title": "t"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.bin", content=old).status_code == 201
+    halfway, killed = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"half of a new version " * 50_000
+        halfway.set()
+        killed.wait()  # the server dies under it
+        yield b"the rest, to a dead server"
+
+    def upload() -> None:
+        with server.client() as client, contextlib.suppress(httpx.TransportError):
+            client.put(f"/sessions/{sid}/files/a.bin", content=body())
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    halfway.wait()
+    # The first half is in .tmp/ (or in a socket buffer) when the server dies.
+    server.kill()
+    server.wait_exit()
+    killed.set()
+    thread.join()
+    again = Server(server.env, tmp_path / "again.log").wait_ready()
+    try:
+        with again.client() as client:
+            got = client.get(f"/sessions/{sid}/files/a.bin")
+            assert (got.status_code, got.content) == (200, old)
+            assert [f["sha256"] for f in client.get(f"/sessions/{sid}").json()["files"]] == [
+                sha(old)
+            ]
+    finally:
+        assert again.stop() == 0
+    assert list((server.root / ".tmp").iterdir()) == []  # the half upload was cleared
+    check = run_app("data", "check", env=server.env)
+    assert check.returncode == 0, check.stdout + check.stderr
