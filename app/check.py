@@ -27,6 +27,7 @@ from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
 from app.store.records import (
     BLOBS_DIR,
+    LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     NEW_PREFIX,
     RECORDS_DIR,
@@ -232,8 +233,26 @@ class Checker:
         fsync_dir(blob_path.parent)
         return True
 
-    def check_session(self, session_id: str) -> None:
-        directory = self.store.sessions_dir / session_id
+    def _linked(self, directory: Path) -> bool:
+        """Whether a link stands where the session keeps its files (reported, left alone).
+
+        The app never makes one, and it could lead anywhere, another data root included:
+        the migration and the repairs rename through every directory of a path.
+        """
+        for name in (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR):
+            if (directory / name).is_symlink():
+                self.unrepaired(
+                    "unknown-entry",
+                    directory / name,
+                    "a symbolic link where the session keeps its files; nothing is read or "
+                    "moved through it",
+                    "nothing: left for a human (put the directory back from a backup)",
+                )
+                return True
+        return False
+
+    def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
+        """``session.json``, or None (reported) for a session the checks must leave alone."""
         try:
             meta = read_meta(directory, session_id)
         except (SessionNotFoundError, ValueError):
@@ -243,6 +262,13 @@ class Checker:
                 "a session directory without a readable session.json",
                 "nothing: left for a human (restore session.json from a backup)",
             )
+            return None
+        return None if self._linked(directory) else meta
+
+    def check_session(self, session_id: str) -> None:
+        directory = self.store.sessions_dir / session_id
+        meta = self._session_meta(directory, session_id)
+        if meta is None:
             return
         if isinstance(meta.get(LEGACY_FILES_KEY), list):
             if not self.found(

@@ -903,6 +903,7 @@ def test_the_same_switches_in_a_child():
 UNNAMED_TESTS = """
 import dataclasses
 import importlib
+import json
 import multiprocessing
 import os
 import subprocess
@@ -1153,7 +1154,20 @@ def test_a_link_planted_in_a_session_s_directory(app_config):
         blob = sorted(p.name for p in (victim / "blobs").iterdir())[0]
         store.trash.new_entry(sid, "file", "x.bin", "replace", blob=blob)
         store.check(repair=True)
+        # A session in the layout before records/ and blobs/, whose files/ is a link to
+        # production's blobs: the repair's migration would move them into this root.
+        old = store.create_session("legacy", {})["id"]
+        (store.sessions_dir / old / "files").symlink_to(victim / "blobs")
+        meta = json.loads((store.sessions_dir / old / "session.json").read_text())
+        meta["files"] = [{"name": blob, "size": 1, "sha256": None, "uploaded_at": None}]
+        (store.sessions_dir / old / "session.json").write_text(json.dumps(meta))
+        report = store.check(repair=True)
+        links = sorted([f"sessions/{sid}/blobs", f"sessions/{old}/files"])
+        assert sorted(f.target for f in report.unresolved) == links, report
+        for finding in report.unresolved:
+            assert "a symbolic link where the session keeps its files" in finding.detail
         store.delete_session(sid)  # moves the links themselves, never what they lead to
+        store.delete_session(old)
         store.empty_trash()
 """
 
