@@ -27,6 +27,7 @@ from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
 from app.store.records import (
     BLOBS_DIR,
+    LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     NEW_PREFIX,
     RECORDS_DIR,
@@ -201,7 +202,9 @@ class Checker:
         named = isinstance(blob, str) and ID_RE.fullmatch(blob) is not None
         blob_path = session_dir / BLOBS_DIR / str(blob)
         switched = False
-        if named and isinstance(file, str) and blob_path.is_file() and not blob_path.is_symlink():
+        # Neither the blob nor blobs/ a link: a rename follows every directory in its path.
+        linked = blob_path.is_symlink() or blob_path.parent.is_symlink()
+        if named and isinstance(file, str) and blob_path.is_file() and not linked:
             with contextlib.suppress(InvalidNameError):
                 current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
                 switched = current != blob
@@ -230,8 +233,26 @@ class Checker:
         fsync_dir(blob_path.parent)
         return True
 
-    def check_session(self, session_id: str) -> None:
-        directory = self.store.sessions_dir / session_id
+    def _linked(self, directory: Path) -> bool:
+        """Whether a link stands where the session keeps its files (reported, left alone).
+
+        The app never makes one, and it could lead anywhere, another data root included:
+        the migration and the repairs rename through every directory of a path.
+        """
+        for name in (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR):
+            if (directory / name).is_symlink():
+                self.unrepaired(
+                    "unknown-entry",
+                    directory / name,
+                    "a symbolic link where the session keeps its files; nothing is read or "
+                    "moved through it",
+                    "nothing: left for a human (put the directory back from a backup)",
+                )
+                return True
+        return False
+
+    def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
+        """``session.json``, or None (reported) for a session the checks must leave alone."""
         try:
             meta = read_meta(directory, session_id)
         except (SessionNotFoundError, ValueError):
@@ -241,6 +262,13 @@ class Checker:
                 "a session directory without a readable session.json",
                 "nothing: left for a human (restore session.json from a backup)",
             )
+            return None
+        return None if self._linked(directory) else meta
+
+    def check_session(self, session_id: str) -> None:
+        directory = self.store.sessions_dir / session_id
+        meta = self._session_meta(directory, session_id)
+        if meta is None:
             return
         if isinstance(meta.get(LEGACY_FILES_KEY), list):
             if not self.found(

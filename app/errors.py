@@ -758,6 +758,22 @@ class StorageFullError(StorageError):
     doing: str
 
 
+class FileTooLargeForServerError(StorageError):
+    """A file grew past the server process's file size limit (``RLIMIT_FSIZE``)."""
+
+    code = "file_too_large_for_server"
+    http_status = 507
+    # The kernel answers EFBIG (Python ignores SIGXFSZ) at the limit: a 500 said nothing.
+    template = (
+        "cannot {doing}: the file is larger than this process may write (its file size "
+        "limit: systemd's LimitFSIZE=, `ulimit -f`); nothing was changed. Send a smaller "
+        "file, or have an operator raise that limit, or set max_upload_bytes "
+        "(APP_MAX_UPLOAD_BYTES) below it so that uploads are refused before they start"
+    )
+
+    doing: str
+
+
 class ReadOnlyStorageError(StorageError):
     """The data root's filesystem is mounted read-only."""
 
@@ -793,6 +809,7 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # 256 descriptors, and other requests got 500 instead of a refusal that says why.
 _DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
+_FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
 
 
 def storage_error(error: BaseException, doing: str) -> StorageError | None:
@@ -803,8 +820,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         doing: what was being done, for the message ("store the upload").
 
     Returns:
-        A `StorageFullError`, a `ReadOnlyStorageError` or a `TooManyOpenFilesError`, else
-        ``None``.
+        A `StorageFullError`, a `ReadOnlyStorageError`, a `TooManyOpenFilesError` or a
+        `FileTooLargeForServerError`, else ``None``.
     """
     if not isinstance(error, OSError):
         return None
@@ -814,4 +831,6 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         return ReadOnlyStorageError(doing)
     if error.errno in _DESCRIPTOR_ERRNOS:
         return TooManyOpenFilesError(doing)
+    if error.errno in _FILE_SIZE_ERRNOS:
+        return FileTooLargeForServerError(doing)
     return None

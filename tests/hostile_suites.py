@@ -897,6 +897,281 @@ def test_the_same_switches_in_a_child():
 """
 
 
+# (16) Cases nobody had named: the profile's spelling, dynaconf's own switches, reloaded
+# modules, multiprocessing's start methods, exec, pytest.main in-process, cwd tricks and a
+# link planted inside a sandboxed session. Each inner test passes only if it was refused.
+UNNAMED_TESTS = """
+import dataclasses
+import importlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.config import load
+from app.errors import AppError, SandboxViolationError
+from hostile_helpers import PRODUCTION, PRODUCTION_SHELL, SETTINGS_DIR, TOKEN, app
+
+PURGE = ["data", "purge", "--yes-i-mean-it"]
+REFUSALS = (
+    "loading profile 'production'; tests run on the 'testing' profile",
+    "which lies outside the test sandbox",
+    "variables that change how dynaconf loads",
+    "is held by pid",
+    "without the app's sandbox",
+)
+
+
+def refused(code, output):
+    assert code in (75, 78), output
+    assert any(reason in output for reason in REFUSALS), output
+
+
+SPELLINGS = ["Production", " production", "production\\n", "PRODUCTION\\t"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_the_production_profile_spelled_otherwise_in_a_child(spelling):
+    done = app(*PURGE, env={**os.environ, **PRODUCTION_SHELL, "ENV_FOR_DYNACONF": spelling})
+    refused(done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("spelling", ["Production", " production", "production\\n"])
+def test_the_production_profile_spelled_otherwise_in_process(spelling, monkeypatch):
+    monkeypatch.setenv("ENV_FOR_DYNACONF", spelling)
+    monkeypatch.setenv("APP_API_TOKEN", TOKEN)
+    with pytest.raises(SandboxViolationError):
+        load()
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "DEFAULT", "global", "dynaconf", "testing,production"]
+)
+def test_dynaconf_s_special_environment_names_are_unknown_profiles(name, monkeypatch):
+    from app.errors import UnknownProfileError
+
+    monkeypatch.setenv("ENV_FOR_DYNACONF", name)
+    with pytest.raises(UnknownProfileError):
+        load()
+
+
+THREAD_RESULT = {}
+TEST_OVER = threading.Event()
+
+
+@pytest.mark.app_profile("production")
+def test_a_thread_started_by_an_opted_in_test(monkeypatch):
+    def later():
+        TEST_OVER.wait()
+        try:
+            THREAD_RESULT["config"] = load("production", serving=False)
+        except Exception as error:  # whatever it is, the next test shows it
+            THREAD_RESULT["refused"] = repr(error)
+
+    threading.Thread(target=later, daemon=True).start()
+    config = load("production", serving=False)
+    assert config.data_root.is_relative_to(config.sandbox)
+
+
+def test_outlives_its_test_and_loses_the_opt_in():
+    TEST_OVER.set()
+    while not THREAD_RESULT:  # a safety-free wait: the thread always writes a result
+        threading.Event().wait(0.01)
+    assert "mark the test @pytest.mark.app_profile('production')" in THREAD_RESULT.get(
+        "refused", ""
+    ), THREAD_RESULT
+
+
+def dynaconf_switches(tmp_path):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    toml = f'[testing]\\ndata_root = "{PRODUCTION}"\\n[production]\\ndata_root = "{PRODUCTION}"\\n'
+    (evil / "settings.toml").write_text(toml)
+    (evil / "evil.toml").write_text(toml)
+    return {
+        "SETTINGS_FILE_FOR_DYNACONF": str(evil / "evil.toml"),
+        "SETTINGS_FILES_FOR_DYNACONF": str(evil / "evil.toml"),
+        "INCLUDES_FOR_DYNACONF": str(evil / "evil.toml"),
+        "ROOT_PATH_FOR_DYNACONF": str(evil),
+        "ENVVAR_PREFIX_FOR_DYNACONF": "HOSTILE",
+        "DYNACONF_DATA_ROOT": str(PRODUCTION),
+        "DYNACONF_TESTING__DATA_ROOT": str(PRODUCTION),
+        "APP_TESTING__DATA_ROOT": str(PRODUCTION),
+        "HOSTILE_DATA_ROOT": str(PRODUCTION),
+    }
+
+
+def test_dynaconf_s_own_switches_in_a_child(tmp_path):
+    # The testing profile: had a switch worked, its root would be production's. Each child
+    # is refused for the switch (78), or lands on the run's own root, which the run holds.
+    root = load().data_root
+    for name, value in dynaconf_switches(tmp_path).items():
+        done = app(*PURGE, env={**os.environ, name: value})
+        if done.returncode == 75:
+            assert f"data root {root} is held by pid {os.getpid()}" in done.stderr, name
+        else:
+            assert done.returncode == 78, (name, done.stdout, done.stderr)
+            assert name in done.stderr, (name, done.stderr)
+
+
+def test_dynaconf_s_own_switches_in_process(tmp_path, monkeypatch):
+    for name, value in dynaconf_switches(tmp_path).items():
+        with monkeypatch.context() as patched:
+            patched.setenv(name, value)
+            try:
+                config = load()
+            except AppError:
+                continue
+            assert config.data_root.is_relative_to(config.sandbox), name
+
+
+def test_reloading_the_app_s_modules_keeps_the_run(monkeypatch):
+    import app.config
+    import app.dataroot
+    import app.lock
+    import app.sandbox
+
+    for module in (app.sandbox, app.lock, app.config, app.dataroot):
+        importlib.reload(module)
+    monkeypatch.delenv("PYTEST_APP_SANDBOX")
+    for name, value in PRODUCTION_SHELL.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SandboxViolationError):
+        app.config.load("production")
+    result = CliRunner().invoke(cli, PURGE)
+    refused(result.exit_code, result.output)
+    forged = dataclasses.replace(app.config.load("testing", environ={}), data_root=PRODUCTION)
+    with pytest.raises(SandboxViolationError):
+        app.dataroot.open_root(forged)
+
+
+def purge_in_child(queue):
+    os.environ.clear()
+    os.environ.update(PRODUCTION_SHELL)
+    result = CliRunner().invoke(cli, PURGE)
+    queue.put((result.exit_code, result.output))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_multiprocessing_children_with_a_cleared_environment(method):
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=purge_in_child, args=(queue,))
+    child.start()
+    code, output = queue.get(timeout=120)
+    child.join()
+    refused(code, output)
+
+
+def test_a_forked_child_that_execs_the_app_with_an_empty_environment():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(write, 2)
+        os.execve(sys.executable, [sys.executable, "-m", "app", *PURGE], PRODUCTION_SHELL)
+    os.close(write)
+    with os.fdopen(read) as stderr:
+        output = stderr.read()
+    _, status = os.waitpid(pid, 0)
+    refused(os.waitstatus_to_exitcode(status), output)
+
+
+def test_pytest_main_in_process_on_production_s_root(tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "test_inner.py").write_text(
+        "from click.testing import CliRunner\\n"
+        "from app.cli import cli\\n"
+        "def test_purge(monkeypatch):\\n"
+        f"    monkeypatch.setenv('APP_DATA_ROOT', {str(PRODUCTION)!r})\\n"
+        "    result = CliRunner().invoke(cli, ['data', 'purge', '--yes-i-mean-it'])\\n"
+        "    assert result.exit_code in (75, 78), result.output\\n"
+    )
+    code = pytest.main([str(inner), "-p", "no:randomly", "-p", "no:cacheprovider",
+                        f"--basetemp={tmp_path / 'bt'}", f"--rootdir={inner}", "-q"])
+    assert code == 0
+    for basetemp in (PRODUCTION / "sessions", PRODUCTION / ".trash"):
+        code = pytest.main([str(inner), "-p", "no:cacheprovider", f"--basetemp={basetemp}", "-q"])
+        assert code == 4  # usage error: refused before pytest empties it
+
+
+def test_a_test_inside_production_s_root_with_relative_paths(monkeypatch):
+    monkeypatch.chdir(PRODUCTION)
+    for spelling in (".", "sessions/..", "/proc/self/cwd", f"/proc/{os.getpid()}/cwd"):
+        monkeypatch.setenv("APP_DATA_ROOT", spelling)
+        try:
+            config = load()
+        except AppError:
+            pass
+        else:
+            assert config.data_root.is_relative_to(config.sandbox), spelling
+        forged = dataclasses.replace(load("testing", environ={}), data_root=Path(spelling))
+        from app.dataroot import open_root
+
+        with pytest.raises(SandboxViolationError):
+            open_root(forged)
+
+
+def test_a_link_planted_in_a_session_s_directory(app_config):
+    # records/ and blobs/ of a sandboxed session made links to a production session's: a
+    # delete would unlink production's record and move its bytes into this run's trash.
+    from app.errors import DataRootChangedError
+    from app.storage import open_storage
+
+    sessions = sorted((PRODUCTION / "sessions").iterdir())
+    victim = next(p for p in sessions if (p / "records").is_dir())
+    name = sorted(p.name for p in (victim / "records").iterdir())[0]
+    with open_storage(app_config, writer=True, kind="tests", wanted="t") as store:
+        sid = store.create_session("mine", {})["id"]
+        store.put_file(sid, name, b"mine")
+        store.delete_file(sid, name)  # a trash entry to restore from, below
+        mine = store.sessions_dir / sid
+        for part in ("records", "blobs"):
+            (mine / part).rename(mine / (part + ".away"))
+            (mine / part).symlink_to(victim / part, target_is_directory=True)
+        for action in (
+            lambda: store.delete_file(sid, name),
+            lambda: store.put_file(sid, name, b"replaced", replace=True),
+            lambda: store.put_file(sid, "new.txt", b"new"),
+            lambda: store.restore(sid, file=name),
+        ):
+            with pytest.raises(DataRootChangedError) as refused:
+                action()
+            assert f"{mine / 'records'} is a symbolic link or another non-directory" in str(
+                refused.value
+            )
+        # A repair that finds a replace stopped after its commit moves the old blob named
+        # in the trash entry's manifest into the entry: never through a linked blobs/.
+        (mine / "records").unlink()
+        (mine / "records.away").rename(mine / "records")
+        blob = sorted(p.name for p in (victim / "blobs").iterdir())[0]
+        store.trash.new_entry(sid, "file", "x.bin", "replace", blob=blob)
+        store.check(repair=True)
+        # A session in the layout before records/ and blobs/, whose files/ is a link to
+        # production's blobs: the repair's migration would move them into this root.
+        old = store.create_session("legacy", {})["id"]
+        (store.sessions_dir / old / "files").symlink_to(victim / "blobs")
+        meta = json.loads((store.sessions_dir / old / "session.json").read_text())
+        meta["files"] = [{"name": blob, "size": 1, "sha256": None, "uploaded_at": None}]
+        (store.sessions_dir / old / "session.json").write_text(json.dumps(meta))
+        report = store.check(repair=True)
+        links = sorted([f"sessions/{sid}/blobs", f"sessions/{old}/files"])
+        assert sorted(f.target for f in report.unresolved) == links, report
+        for finding in report.unresolved:
+            assert "a symbolic link where the session keeps its files" in finding.detail
+        store.delete_session(sid)  # moves the links themselves, never what they lead to
+        store.delete_session(old)
+        store.empty_trash()
+"""
+
+
 @dataclass(frozen=True)
 class Suite:
     """One hostile suite and what the outer test expects of its run.
@@ -1033,6 +1308,40 @@ SUITES_WITHOUT_PROPS: dict[str, Suite] = {
         ),
         # Resolved, the link leads somewhere harmless; pytest empties the lexical {root}/..
         links={"{root}/../hop": "{root}/../../elsewhere/deeper"},
+    ),
+    "cases_nobody_had_named": Suite(
+        {"test_unnamed.py": UNNAMED_TESTS},
+        "config, sandbox, dataroot, store: see docs/explanation/isolation.md, the list of cases",
+    ),
+    "a_basetemp_inside_a_production_root_the_shell_does_not_know": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: a --basetemp inside a data root (stamped, or held) is refused",
+        args=("--basetemp={root}/sessions",),
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing --basetemp {root}/sessions: pytest empties it in "
+                "{root}/sessions, which lies inside the data root {root} (*). Choose a temporary "
+                "directory outside every data root"
+            ),
+        ),
+        shell="clean",
+    ),
+    "a_tmpdir_inside_a_production_root_the_shell_does_not_know": Suite(
+        {"test_nothing.py": NOTHING_TESTS},
+        "plugin: pytest's temporary root inside a data root (stamped, or held) is refused",
+        ret=4,
+        stderr=(
+            (
+                "ERROR: app: refusing to run: pytest would create (and clean up) its temporary "
+                "directories in {root}/sessions/pytest-of-*, which lies inside the data root "
+                "{root} (*), because TMPDIR is {root}/sessions. Point TMPDIR outside every data "
+                "root, or pass --basetemp"
+            ),
+        ),
+        env={"TMPDIR": "{root}/sessions"},
+        basetemp=False,
+        shell="clean",
     ),
 }
 

@@ -39,7 +39,13 @@ Which layer stops each suite (the design's numbering):
   production's root; the "unaware" shell checks the case where they do not);
 - ``--basetemp`` on or above the production root: the plugin refuses it before pytest would
   empty it, whether the shell's settings name that root (overlap) or not (the plugin walks an
-  existing --basetemp for live or stamped data roots).
+  existing --basetemp for live or stamped data roots); *inside* a root the settings do not
+  name (``{root}/sessions``, and a ``TMPDIR`` there): the plugin looks above the directory
+  for a held lock or a stamp;
+- the cases nobody had named (a profile spelled ``" production"``, dynaconf's own switches,
+  reloaded modules, multiprocessing's start methods, exec, ``pytest.main()``, ``chdir`` and
+  ``/proc/self/cwd``, a thread that outlives its opt-in, links planted inside a sandboxed
+  session): each refused by the layer named in docs/explanation/isolation.md.
 
 Known limits, not tested here because no app code runs or nothing can tell them apart from
 production: ``-p no:app --basetemp=<root>`` (pytest itself empties it), a test that deletes

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from app.dataroot import fsync_dir
 from app.errors import (
     BadRequestError,
+    DataRootChangedError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
     InvalidNameError,
@@ -66,6 +67,27 @@ class Files:
         self.records = sessions.state.records
         self.max_upload_bytes = max_upload_bytes
         self.max_files = max_files
+
+    def _own_dirs(self, directory: Path) -> None:
+        """Refuse a session whose ``records/`` or ``blobs/`` is not a real directory.
+
+        A symbolic link there (planted by hand: the app never makes one) would lead a delete,
+        a replace or a restore into whatever it points at, another data root included: an
+        ``unlink`` or a ``rename`` follows every directory in its path, and only the last
+        component is the session's own.
+        """
+        for name in (RECORDS_DIR, BLOBS_DIR):
+            path = directory / name
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue  # made by the first upload
+            if not stat.S_ISDIR(mode):
+                raise DataRootChangedError(
+                    self.root.path,
+                    f"{path} is a symbolic link or another non-directory where the session "
+                    "keeps its files, so nothing in this session is changed through it",
+                )
 
     def record_path(self, session_id: str, name: str) -> Path:
         """Where the record of ``name`` is, once the id and the name are checked."""
@@ -116,7 +138,9 @@ class Files:
         """Check all that can be refused before the first byte; then start the upload."""
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
-        read_meta(self.sessions.directory(session_id), session_id)
+        directory = self.sessions.directory(session_id)
+        read_meta(directory, session_id)
+        self._own_dirs(directory)
         if load_record(record_path) is not None:
             if not replace:
                 raise FileExistsInSessionError(session_id, record_path.name)
@@ -142,6 +166,7 @@ class Files:
         self.root.ensure_held()
         retired: TrashEntry | None = None
         with self.sessions.locked(session_id) as directory:  # deleted meanwhile: 404
+            self._own_dirs(directory)
             old = load_record(record_path)
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
@@ -209,6 +234,7 @@ class Files:
         record_path = self.record_path(session_id, name)
         name = record_path.name
         with self.sessions.locked(session_id) as directory:
+            self._own_dirs(directory)
             old = load_record(record_path)
             if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
                 raise FileNotFoundInSessionError(session_id, name)
@@ -232,6 +258,7 @@ class Files:
         session_id = entry.session_id
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
+            self._own_dirs(directory)
             if load_record(record_path) is not None:
                 raise BadRequestError(
                     f"session {session_id!r} has a file {name!r} again; refusing to overwrite "

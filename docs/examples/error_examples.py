@@ -130,6 +130,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
     # The PostgreSQL + object storage backend (app.remote.errors).
     remote.ResourceOverlapError(
         "database",
