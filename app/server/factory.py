@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI
 
 from app import __version__
 from app.server.auth import require_token
-from app.server.limits import BoundRequestBodies, RefuseUndecodablePaths
+from app.server.limits import RequestGuard
 from app.server.openapi import add_api_docs, openapi
 from app.server.problems import add_error_handlers
 from app.server.routes_files import add_file_routes
@@ -50,8 +50,5 @@ def create_app(store: Storage, config: Config) -> FastAPI:
     add_session_routes(app, store, config, auth)
     add_file_routes(app, store, auth, UploadSlots(config.max_uploads_in_flight))
     app.openapi = openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(RefuseUndecodablePaths)
-    app.add_middleware(
-        BoundRequestBodies, idle=config.request_idle_seconds, total=config.request_seconds
-    )
+    app.add_middleware(RequestGuard)
     return app

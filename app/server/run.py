@@ -151,7 +151,9 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             lifespan="off",
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
             server_header=False,
-            http=bounded_h11(config.max_header_bytes, config.request_idle_seconds),
+            http=bounded_h11(
+                config.max_header_bytes, config.request_idle_seconds, config.request_seconds
+            ),
             h11_max_incomplete_event_size=config.max_header_bytes,
         )
     )
