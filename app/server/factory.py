@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.server.auth import require_token
+from app.server.auth import TokenRoute, require_token
 from app.server.limits import RequestGuard
 from app.server.openapi import add_api_docs, openapi
 from app.server.problems import add_error_handlers
@@ -44,6 +44,7 @@ def create_app(store: Storage, config: Config) -> FastAPI:
         # anyone listens (2% of the server's time under bench/load.py); nothing here does.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = TokenRoute  # the routes below check their token first
     auth = [Depends(require_token(config))]
     add_api_docs(app)
     add_error_handlers(app)
