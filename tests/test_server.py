@@ -71,6 +71,17 @@ def test_a_wrong_token_is_401(app_client: TestClient) -> None:
     assert_error(response, 401, "unauthorized", "invalid bearer token")
 
 
+def test_a_request_without_the_token_is_401_before_its_parameters_are_checked(
+    app_client: TestClient,
+) -> None:
+    # The token is checked first, as FastAPI solved it first as a dependency: a client
+    # without it learns nothing of what else was wrong.
+    bad = app_client.get("/sessions?limit=5000", headers={"Authorization": ""})
+    assert_error(bad, 401, "unauthorized", "missing bearer token")
+    trash = app_client.post("/trash/empty?older_than=-1", headers={"Authorization": "Bearer x"})
+    assert_error(trash, 401, "unauthorized", "invalid bearer token")
+
+
 def test_an_upload_without_the_token_writes_nothing(
     app_client: TestClient, app_store: Store
 ) -> None:

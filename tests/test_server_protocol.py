@@ -117,7 +117,7 @@ def _serving(protocol: type[asyncio.Protocol], finished: _Finished) -> Iterator[
 @contextmanager
 def _both() -> Iterator[tuple[int, int]]:
     """uvicorn's protocol and the project's."""
-    ours = bounded_h11(16 * 1024, 30.0)
+    ours = bounded_h11(16 * 1024, 30.0, 600.0)
     with _serving(H11Protocol, _Finished()) as theirs, _serving(ours, _Finished()) as port:
         yield theirs, port
 
@@ -189,7 +189,7 @@ def test_a_malformed_request_after_a_good_one_gets_its_answer_after_the_good_one
 
 def test_a_client_gone_mid_response_leaves_the_server_serving() -> None:
     finished = _Finished()
-    with _serving(bounded_h11(16 * 1024, 30.0), finished) as port:
+    with _serving(bounded_h11(16 * 1024, 30.0, 600.0), finished) as port:
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(_get("/long-stream", close=False))
             assert client.recv(1 << 16).startswith(b"HTTP/1.1 200 OK\r\n")

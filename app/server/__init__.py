@@ -6,8 +6,8 @@ FastAPI and uvicorn. One concern per module:
 - `models`: the bodies and path parameters of the HTTP contract.
 - `problems`: every error as an RFC 9457 problem document; the error handlers.
 - `auth`: the bearer token.
-- `limits`: ASGI middlewares bounding a request's time and refusing undecodable paths.
-- `protocol`: uvicorn's h11 protocol, bounding a request's head.
+- `limits`: the ASGI middleware refusing undecodable paths.
+- `protocol`: uvicorn's h11 protocol, bounding a request's head, body and response in time.
 - `session_body`: the strict JSON body of ``POST /sessions``.
 - `uploads`, `multipart`, `downloads`: file bytes in and out, streamed.
 - `openapi`: the OpenAPI document's shared parts and the offline docs page.

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.server.auth import require_token
-from app.server.limits import BoundRequestBodies, RefuseUndecodablePaths
+from app.server.auth import TokenRoute, require_token
+from app.server.limits import RequestGuard
 from app.server.openapi import add_api_docs, openapi
 from app.server.problems import add_error_handlers
 from app.server.routes_files import add_file_routes
@@ -44,14 +44,12 @@ def create_app(store: Storage, config: Config) -> FastAPI:
         # anyone listens (2% of the server's time under bench/load.py); nothing here does.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = TokenRoute  # the routes below check their token first
     auth = [Depends(require_token(config))]
     add_api_docs(app)
     add_error_handlers(app)
     add_session_routes(app, store, config, auth)
     add_file_routes(app, store, auth, UploadSlots(config.max_uploads_in_flight))
     app.openapi = openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(RefuseUndecodablePaths)
-    app.add_middleware(
-        BoundRequestBodies, idle=config.request_idle_seconds, total=config.request_seconds
-    )
+    app.add_middleware(RequestGuard)
     return app

@@ -1,4 +1,4 @@
-"""uvicorn's h11 protocol, bounding how large a request's head may be and how long it may take.
+"""uvicorn's h11 protocol, bounding how large a request may be and how long it may take.
 
 h11 is chosen over httptools (uvicorn's default) because it bounds the request line and
 headers (``h11_max_incomplete_event_size``); httptools has no limit, and a 64 MiB header
@@ -6,8 +6,19 @@ stalled the event loop for seconds and cost 110 MiB. uvicorn bounds the wait bet
 requests (``timeout_keep_alive``) but not for a head once its first byte came, nor on a new
 connection: a client that connects and sends nothing, or a header a byte at a time, held its
 connection for ever. Here the head must arrive within ``request_idle_seconds`` of the
-connection opening or of its first byte; then the body is the application's to bound
-(`app.server.limits.BoundRequestBodies`). Both refusals are problem documents.
+connection opening or of its first byte. Both refusals are problem documents.
+
+The body and the response are bounded here too (`_Exchange`), where it is known whether a
+``receive`` or a ``send`` will wait at all: a timer is armed only then. As ASGI middleware,
+every ``receive`` and every ``send`` of every request armed and cancelled one (two
+``asyncio.timeout`` per response, about 10 of the 210 µs of CPU a ``GET /health`` took). A
+body that pauses for ``request_idle_seconds``, or is not complete ``request_seconds`` after
+its head, is refused with 408 from the application's ``receive``, so that the route cleans
+up as for any other error; a response its client reads nothing of for
+``request_idle_seconds`` is abandoned (`SlowReader`).
+
+A response's head is written with the first piece of its body, in one write: uvicorn wrote
+them separately, two system calls and two segments for every small answer.
 
 The body of a request with a ``Content-Length`` bypasses h11's parser (`_body_taken`): h11
 copied each received chunk three times (into its buffer, out of it twice) and uvicorn once
@@ -34,6 +45,8 @@ from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTi
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 
 log = logging.getLogger(__name__)
@@ -98,6 +111,111 @@ class _Taken:
         }
 
 
+class SlowReader(Exception):
+    """The client read nothing of its response for ``request_idle_seconds``: it is abandoned.
+
+    Raised from the application's ``send`` (so that a download stops reading its file);
+    `app.server.limits.RequestGuard` ends the request quietly, and uvicorn closes a
+    connection whose response was left unfinished. Already logged.
+    """
+
+
+class _Exchange:
+    """One request's ``receive`` and ``send``, bounded in time, and its transport.
+
+    It stands in for the request cycle's ``receive`` and ``send`` (uvicorn's, or `_Taken`'s
+    receive), and for its ``transport``, whose writes it passes on, except the response's
+    head: that waits for the first piece of the body (or for the transport's closing) and
+    leaves with it. The body's write comes before uvicorn's ``on_response`` callback, so a
+    pipelined request's answer still follows this one.
+    """
+
+    def __init__(self, cycle: RequestResponseCycle, idle: float, total: float, now: float) -> None:
+        self.cycle = cycle
+        self.idle = idle
+        self.total = total
+        self.deadline = now + total  # from the end of the request's head
+        self.transport = cycle.transport
+        self.head: bytes | None = None
+        self._holding = False
+        self._receive = cycle.receive
+        self._send = cycle.send
+        # As in `_Taken`: the application's task has not started, and uvicorn's run_asgi
+        # looks ``self.receive`` and ``self.send`` up when it does.
+        cycle.receive = self.receive  # type: ignore[method-assign]
+        cycle.send = self.send  # type: ignore[method-assign]
+        cycle.transport = self  # type: ignore[assignment]
+
+    async def receive(self) -> Any:
+        cycle = self.cycle
+        if (
+            not cycle.more_body  # all of the body came: only a disconnect is left to wait for
+            or cycle.message_event.is_set()  # some of it is here
+            or cycle.disconnected
+            or cycle.response_complete
+        ):
+            return await self._receive()
+        left = self.deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(min(self.idle, max(left, 0))):
+                return await self._receive()
+        except TimeoutError:
+            if left <= self.idle:
+                raise RequestTimeoutError(
+                    "the request did not arrive in full", self.total, "request_seconds"
+                ) from None
+            raise RequestTimeoutError(
+                "the client sent no more of its body", self.idle, "request_idle_seconds"
+            ) from None
+
+    async def send(self, message: Any) -> None:
+        cycle = self.cycle
+        # uvicorn's send waits while the transport's buffer is over its high-water mark.
+        if cycle.flow.write_paused and not cycle.disconnected:
+            try:
+                async with asyncio.timeout(self.idle):
+                    await cycle.flow.drain()
+            except TimeoutError:
+                log.warning(
+                    "%s %s: the client read nothing of the response for %g seconds "
+                    "(request_idle_seconds); closing its connection",
+                    cycle.scope["method"],
+                    cycle.scope["path"],
+                    self.idle,
+                )
+                raise SlowReader from None
+        self._holding = message["type"] == "http.response.start"
+        try:
+            await self._send(message)
+        finally:
+            self._holding = False
+
+    # --- the cycle's transport ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._holding:
+            self.head = data
+            self._holding = False
+        elif self.head is not None:
+            head, self.head = self.head, None
+            self.transport.writelines((head, data))
+        else:
+            self.transport.write(data)
+
+    def writelines(self, pieces: Iterable[bytes]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def close(self) -> None:
+        if self.head is not None:  # the application failed after its head: send what it sent
+            self.transport.write(self.head)
+            self.head = None
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
 def _raw_problem(error: AppError) -> bytes:
     """A whole HTTP/1.1 response carrying ``error``, for answers given before any request."""
     response = problem_of(error)
@@ -111,7 +229,9 @@ def _raw_problem(error: AppError) -> bytes:
     return head.encode("latin-1") + bytes(response.body)
 
 
-def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Protocol]:
+def bounded_h11(
+    max_header_bytes: int, idle_seconds: float, request_seconds: float
+) -> type[asyncio.Protocol]:
     # Imported here: only `serve` needs uvicorn, and the in-process test client does not.
     import h11
     from h11._readers import ContentLengthReader
@@ -147,18 +267,21 @@ def bounded_h11(max_header_bytes: int, idle_seconds: float) -> type[asyncio.Prot
                     and type(self.conn._reader) is ContentLengthReader
                 )
                 self._taken = _Taken(cycle) if pending else None
+                _Exchange(cycle, idle_seconds, request_seconds, self.loop.time())
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
             self._wait_for_head()
 
         def data_received(self, data: bytes) -> None:
-            if self._head_timer is None and self._between_requests():
-                self._wait_for_head()  # the first byte of the next request on a kept-alive one
             taken = self._body_taken(data)
             if taken == len(data):
                 return
             super().data_received(data[taken:] if taken else data)
+            # A head that came whole started its request: no timer for it. One that did not
+            # (h11 holds its first bytes) has request_idle_seconds from now to come whole.
+            if self._head_timer is None and self._between_requests() and self.conn.trailing_data[0]:
+                self._wait_for_head()
 
         def _body_taken(self, data: bytes) -> int:
             """Hand the body bytes in ``data`` to the request as they are; return how many.

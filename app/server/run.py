@@ -14,6 +14,7 @@ SIGINT stop it gracefully: in-flight requests finish, then the hold is released.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import logging.config
 import os
@@ -151,7 +152,9 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             lifespan="off",
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
             server_header=False,
-            http=bounded_h11(config.max_header_bytes, config.request_idle_seconds),
+            http=bounded_h11(
+                config.max_header_bytes, config.request_idle_seconds, config.request_seconds
+            ),
             h11_max_incomplete_event_size=config.max_header_bytes,
         )
     )
@@ -173,6 +176,11 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         bound_port,
         os.getpid(),
     )
+    server.config.load()  # what server.run does first: the protocol, the wrapped application
+    # Everything built so far lives as long as the server: out of the cyclic collector's
+    # sight, so that its full collections scan only what requests leave behind. Each one
+    # scanned the whole start-up heap (about 75,000 objects, tens of ms on the event loop).
+    gc.freeze()
     watcher = store.watch(config.lock_check_seconds, on_lost)
     stop_signals = _quiet_signals()
     try:
