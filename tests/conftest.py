@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import httpcore  # noqa: F401  (see below)
 import pytest
 from project_copy import copy_project_settings
+
+# httpx imports httpcore only when it first sends a request, and keeps httpcore's exception
+# classes from then on. When that first request came from a pytester run in process, pytester
+# removed that httpcore from sys.modules afterwards: the next import made new classes, which
+# httpx no longer recognised, and a refused connection escaped `except httpx.TransportError`
+# (a server's readiness poll failed at once instead of retrying). Imported here, httpcore
+# predates every inner run.
 
 # Real PostgreSQL and S3 servers, started only by the tests that ask for them.
 pytest_plugins = ["engines"]
