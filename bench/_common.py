@@ -131,6 +131,62 @@ def app_server(root: Path, log: Path, **extra: str) -> Iterator[Server]:
         server.stop()
 
 
+class Connection:
+    """One blocking keep-alive HTTP/1.1 connection to 127.0.0.1, one call at a time.
+
+    Raw sockets rather than httpx: a client this small costs a fraction of the server's time
+    per request, so the benchmarks measure the server, not their client.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def call(
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+    ) -> tuple[int, bytes]:
+        """Send one request with the benchmarks' token; its status and body."""
+        return self.send(request_bytes(method, path, body, content_type))
+
+    def send(self, raw: bytes) -> tuple[int, bytes]:
+        """Send a request already encoded (see `request_bytes`); its status and body."""
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return int(lines[0].split(b" ", 2)[1]), rest[:length]
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request_bytes(
+    method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+) -> bytes:
+    """One HTTP/1.1 request to 127.0.0.1 with the benchmarks' bearer token, encoded."""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 def io_write_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         if line.startswith("write_bytes:"):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -24,55 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, app_server, cpu_seconds, median
-
-
-class Connection:
-    """One keep-alive connection that sends a fixed request and reads whole responses."""
-
-    def __init__(self, port: int, request: bytes) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.request = request
-        self.buffer = b""
-
-    def roundtrip(self) -> bytes:
-        self.sock.sendall(self.request)
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self._recv()
-        head, _, rest = self.buffer.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(rest) < length:
-            rest += self._recv()
-        self.buffer = rest[length:]
-        return head.split(b" ", 2)[1]
-
-    def _recv(self) -> bytes:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("server closed the connection")
-        return data
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def request(method: str, path: str, body: bytes = b"") -> bytes:
-    return (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+from _common import Connection, app_server, cpu_seconds, median, request_bytes
 
 
 def load(
     port: int, raw: bytes, total: int, concurrency: int, max_seconds: float
 ) -> tuple[float, int]:
     """Send ``total`` requests over ``concurrency`` connections; the rate and the count."""
-    connections = [Connection(port, raw) for _ in range(concurrency)]
+    connections = [Connection(port) for _ in range(concurrency)]
     done = [0] * concurrency
     failures: list[str] = []
     deadline = time.perf_counter() + max_seconds
@@ -81,9 +39,9 @@ def load(
         connection = connections[index]
         share = total // concurrency
         for _ in range(share):
-            status = connection.roundtrip()
-            if status not in (b"200", b"201"):
-                failures.append(status.decode())
+            status, _ = connection.send(raw)
+            if status not in (200, 201):
+                failures.append(str(status))
                 return
             done[index] += 1
             if time.perf_counter() > deadline:
@@ -112,8 +70,8 @@ def main() -> None:
     parser.add_argument("--work-dir", help="where the data root goes (default: the system temp)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    health_raw = request("GET", "/health")
-    create_raw = request("POST", "/sessions", b'{"title": "bench", "metadata": {"n": 1}}')
+    health_raw = request_bytes("GET", "/health")
+    create_raw = request_bytes("POST", "/sessions", b'{"title": "bench", "metadata": {"n": 1}}')
     rates: dict[str, list[float]] = {"health": [], "create": []}
     cpu_us: dict[str, list[float]] = {"health": [], "create": []}
     with (

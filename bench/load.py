@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, app_server
+from _common import app_server, request_bytes
 from listing import seed
 
 REQUEST_TIMEOUT = 30.0
@@ -108,11 +108,7 @@ class Client:
     async def call(
         self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
     ) -> tuple[int, bytes]:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
+        self.writer.write(request_bytes(method, path, body, content_type))
         await self.writer.drain()
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw.split(b"\r\n")

@@ -23,7 +23,6 @@ import argparse
 import ctypes
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, Server, app_env, stop
+from _common import Connection, Server, app_env, stop
 from listing import seed
 from load import BOUNDARY, UPLOAD, multipart
 
@@ -51,46 +50,6 @@ def cpu_ns(pid: int) -> int:
     if _libc.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
         raise OSError(ctypes.get_errno(), f"clock_getcpuclockid({pid})")
     return time.clock_gettime_ns(clock.value)
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection, blocking, one call at a time."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = b""
-
-    def call(
-        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
-    ) -> tuple[int, bytes]:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.sock.sendall(head + body)
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self._recv()
-        raw, _, rest = self.buffer.partition(b"\r\n\r\n")
-        lines = raw.split(b"\r\n")
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(rest) < length:
-            rest += self._recv()
-        self.buffer = rest[length:]
-        return int(lines[0].split(b" ", 2)[1]), rest[:length]
-
-    def _recv(self) -> bytes:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        return data
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Target:
