@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import httpcore  # noqa: F401  (see below)
 import pytest
 from project_copy import copy_project_settings
+
+if TYPE_CHECKING:
+    from test_server_e2e import Server
 
 # httpx imports httpcore only when it first sends a request, and keeps httpcore's exception
 # classes from then on. When that first request came from a pytester run in process, pytester
@@ -35,3 +41,14 @@ def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureReques
     if "pytester" in request.fixturenames:
         copy = copy_project_settings(request.getfixturevalue("tmp_path") / "project-settings")
         request.getfixturevalue("monkeypatch").setenv("APP_SETTINGS_DIR", str(copy))
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """`app serve` processes a test starts (`test_server_e2e.Server`): killed after it if
+    still running."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()

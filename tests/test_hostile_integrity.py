@@ -27,15 +27,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        if server.process.poll() is None:
-            server.kill()
-
-
 def start_with_file_size_limit(env: dict[str, str], log: Path, limit: int) -> Server:
     """`app serve` with RLIMIT_FSIZE set to `limit` (inherited from this process, which
     lowers its own soft limit only for the instant of the fork)."""
