@@ -576,3 +576,39 @@ def test_a_session_written_before_records_and_blobs_is_migrated_by_the_repair(
         assert store.file_path(sid, "b.bin")[0].read_bytes() == b"second"
     assert not (directory / "files").exists()
     assert "files" not in json.loads((directory / "session.json").read_text())
+
+
+@pytest.mark.parametrize("linked", ["files", "blobs", "records"])
+def test_the_migration_itself_refuses_a_linked_directory_and_moves_nothing(
+    app_config: Any, tmp_path: Path, linked: str
+) -> None:
+    """`app data check` reports such a session and leaves it alone; the migration holds on
+    its own too, for any other caller: it renames through every directory of a path."""
+    from app.dataroot import open_root
+    from app.errors import DataRootChangedError
+    from app.store import Store
+
+    elsewhere = tmp_path / "another-root"
+    (elsewhere / "files").mkdir(parents=True)
+    (elsewhere / "files" / "a.txt").write_bytes(b"theirs")
+    for name in ("blobs", "records"):
+        (elsewhere / name).mkdir()
+    with open_root(app_config, kind="tests") as opened:
+        store = Store(opened)
+        sid = store.create_session("old")["id"]
+        directory = app_config.data_root / "sessions" / sid
+        meta = json.loads((directory / "session.json").read_text())
+        listed = [{"name": "a.txt", "size": 6, "sha256": sha(b"theirs"), "uploaded_at": "t"}]
+        meta = {**meta, "files": listed}
+        (directory / "session.json").write_text(json.dumps(meta))
+        for name in ("files", "blobs", "records"):
+            if name == linked:
+                (directory / name).symlink_to(elsewhere / name)
+            elif name == "files":
+                (directory / name).mkdir()
+                (directory / name / "a.txt").write_bytes(b"theirs")
+        before = sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*"))
+        with pytest.raises(DataRootChangedError, match=f"{linked} is a symbolic link"):
+            store.sessions.migrate_legacy(directory, meta)
+    assert sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*")) == before
+    assert (elsewhere / "files" / "a.txt").read_bytes() == b"theirs"

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from app.dataroot import fsync_dir
 from app.errors import (
     BadRequestError,
-    DataRootChangedError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
     InvalidNameError,
@@ -43,6 +42,7 @@ from app.store.records import (
     public,
     read_meta,
     record_blob,
+    refuse_linked_dirs,
 )
 from app.store.upload import Upload
 
@@ -69,25 +69,7 @@ class Files:
         self.max_files = max_files
 
     def _own_dirs(self, directory: Path) -> None:
-        """Refuse a session whose ``records/`` or ``blobs/`` is not a real directory.
-
-        A symbolic link there (planted by hand: the app never makes one) would lead a delete,
-        a replace or a restore into whatever it points at, another data root included: an
-        ``unlink`` or a ``rename`` follows every directory in its path, and only the last
-        component is the session's own.
-        """
-        for name in (RECORDS_DIR, BLOBS_DIR):
-            path = directory / name
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                continue  # made by the first upload
-            if not stat.S_ISDIR(mode):
-                raise DataRootChangedError(
-                    self.root.path,
-                    f"{path} is a symbolic link or another non-directory where the session "
-                    "keeps its files, so nothing in this session is changed through it",
-                )
+        refuse_linked_dirs(self.root.path, directory, (RECORDS_DIR, BLOBS_DIR))
 
     def record_path(self, session_id: str, name: str) -> Path:
         """Where the record of ``name`` is, once the id and the name are checked."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 from app.dataroot import fsync_dir
-from app.errors import SessionNotFoundError
+from app.errors import DataRootChangedError, SessionNotFoundError
 from app.storage import FileEntry
 from app.store.ids import ID_RE
 
@@ -49,6 +49,7 @@ __all__ = [
     "public",
     "read_meta",
     "record_blob",
+    "refuse_linked_dirs",
     "scan_records",
     "upload_order",
 ]
@@ -277,3 +278,26 @@ def ensure_dir(directory: Path, name: str) -> Path:
             path.mkdir(mode=0o700)
         fsync_dir(directory)
     return path
+
+
+def refuse_linked_dirs(root: Path, directory: Path, names: tuple[str, ...]) -> None:
+    """Refuse a session whose ``names`` (its ``records/``, ``blobs/``, legacy ``files/``) are
+    not real directories.
+
+    A symbolic link there (planted by hand: the app never makes one) would lead a delete, a
+    replace, a restore or a migration into whatever it points at, another data root
+    included: an ``unlink`` or a ``rename`` follows every directory in its path, and only
+    the last component is the session's own.
+    """
+    for name in names:
+        path = directory / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue  # made by the first upload
+        if not stat.S_ISDIR(mode):
+            raise DataRootChangedError(
+                root,
+                f"{path} is a symbolic link or another non-directory where the session "
+                "keeps its files, so nothing in this session is changed through it",
+            )

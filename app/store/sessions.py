@@ -43,6 +43,7 @@ from app.store.records import (
     load_record,
     public,
     read_meta,
+    refuse_linked_dirs,
     scan_records,
     upload_order,
 )
@@ -204,6 +205,7 @@ class Sessions:
         # Each step can be repeated after a crash: the record is written first (naming the
         # blob the bytes will have), then the bytes are moved; session.json drops its list
         # last, which is the migration's commit. Until then readers use the list.
+        refuse_linked_dirs(self.root.path, directory, (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR))
         legacy = directory / LEGACY_FILES_DIR
         blobs = ensure_dir(directory, BLOBS_DIR)
         ensure_dir(directory, RECORDS_DIR)
