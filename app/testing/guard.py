@@ -402,23 +402,20 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
 
     temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()).resolve()
     rootdir = temproot / f"pytest-of-{get_user() or 'unknown'}"
-    found = _overlapping([rootdir], roots)
-    if found is not None:
-        name, root = found
+    # A root the settings name, else one found on disk (a service's root set in its own
+    # environment): the same refusal, saying how the root was recognised.
+    where = None
+    if (named := _overlapping([rootdir], roots)) is not None:
+        name, root = named
+        where = f"overlaps the data root of profile {name!r} ({root})"
+    elif (on_disk := _enclosing_data_root(rootdir)) is not None:
+        root, who = on_disk
+        where = f"lies inside the data root {root} ({who})"
+    if where is not None:
         raise pytest.UsageError(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
-            f"directories in {rootdir}, which overlaps the data root of profile {name!r} "
-            f"({root}), because TMPDIR is {temproot}. Point TMPDIR outside every data root, "
-            "or pass --basetemp"
-        )
-    found_on_disk = _enclosing_data_root(rootdir)
-    if found_on_disk is not None:
-        root, who = found_on_disk
-        raise pytest.UsageError(
-            f"app: refusing to run: pytest would create (and clean up) its temporary "
-            f"directories in {rootdir}, which lies inside the data root {root} ({who}), "
-            f"because TMPDIR is {temproot}. Point TMPDIR outside every data root, or pass "
-            "--basetemp"
+            f"directories in {rootdir}, which {where}, because TMPDIR is {temproot}. Point "
+            "TMPDIR outside every data root, or pass --basetemp"
         )
     _refuse_live_roots_in_old_directories(config, rootdir)
 
