@@ -9,6 +9,7 @@ and checks the scratch prefix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -94,6 +95,19 @@ class Doctor:
         with pg.connect(self.database_url) as conn:
             return pg.foreign_tables(conn)
 
+    def stamp(self, profile: str) -> None:
+        """Stamp the database and the prefix for `profile`, as its first replica would."""
+        pg.open_database(self.database_url, profile)
+        self.objects().open(profile)
+
+    def run_with_replicas(self, profile: str, *urls: str) -> subprocess.CompletedProcess[str]:
+        """Stamp for `profile`, then run doctor while a replica publishing each URL holds."""
+        self.stamp(profile)
+        with contextlib.ExitStack() as replicas:
+            for url in urls:
+                replicas.enter_context(pg.Holder(self.database_url, profile, url))
+            return self.run()
+
 
 @pytest.fixture
 def doctor(
@@ -162,13 +176,7 @@ def test_doctor_reaches_an_empty_database_and_prefix_and_creates_nothing(doctor)
 
 def test_doctor_shows_the_stamp_and_every_live_replica(doctor) -> None:
     found = doctor()
-    pg.open_database(found.database_url, "testing")
-    found.objects().open("testing")
-    with (
-        pg.Holder(found.database_url, "testing", "http://replica-1:8080"),
-        pg.Holder(found.database_url, "testing", "http://replica-2:8080"),
-    ):
-        done = found.run()
+    done = found.run_with_replicas("testing", "http://replica-1:8080", "http://replica-2:8080")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "  stamp: profile testing, schema version 1 (this release: 1), created " in out
@@ -183,8 +191,7 @@ def test_doctor_refuses_a_database_and_prefix_of_another_profile_with_the_restam
     doctor,
 ) -> None:
     found = doctor()
-    pg.open_database(found.database_url, "staging")
-    found.objects().open("staging")
+    found.stamp("staging")
     done = found.run()
     assert done.returncode == 78, done.stdout + done.stderr
     assert "2 problem(s):" in done.stderr
@@ -348,13 +355,7 @@ def test_output_of_app_doctor_on_postgresql_and_object_storage(doctor, s3_engine
 
     bucket = _versioned_bucket(s3_engine)
     found = doctor(profile="production", bucket=bucket)
-    pg.open_database(found.database_url, "production")
-    found.objects().open("production")
-    with (
-        pg.Holder(found.database_url, "production", "http://review-1:8080"),
-        pg.Holder(found.database_url, "production", "http://review-2:8080"),
-    ):
-        done = found.run()
+    done = found.run_with_replicas("production", "http://review-1:8080", "http://review-2:8080")
     assert done.returncode == 0, done.stdout + done.stderr
     for secret in (TOKEN, s3_engine.access_key_id, s3_engine.secret_access_key):
         assert secret not in done.stdout + done.stderr
