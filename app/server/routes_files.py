@@ -8,13 +8,13 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 
-from app.server.downloads import OpenFileResponse
+from app.server.downloads import file_response
 from app.server.models import FileDeleted, FileEntry, FileList, FileName, SessionId
 from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, boundary_of
 from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, errors
-from app.server.uploads import Pipeline, UploadSlots, refuse_declared_length
+from app.server.threads import run_on_worker
+from app.server.uploads import Pipeline, UploadSlots, put_whole, refuse_declared_length, small_body
 from app.storage import Storage
 
 _FILE_PATH: Final = "/sessions/{session_id}/files/{name:path}"
@@ -43,9 +43,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         response_model=None,
         responses={200: {"model": FileList}, **errors(400, 401, 404)},
     )
-    def list_files(session_id: SessionId) -> JSONResponse:
+    async def list_files(session_id: SessionId) -> JSONResponse:
         """The files of a session."""
-        return JSONResponse({"items": store.list_files(session_id)})
+        return JSONResponse({"items": await run_on_worker(store.list_files, session_id)})
 
     @app.post(
         "/sessions/{session_id}/files",
@@ -75,14 +75,20 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         most = store.max_upload_bytes
         refuse_declared_length(request, most + MULTIPART_OVERHEAD, most)
         with slots.hold(request):
+            sink = MultipartSink(store, session_id)
+            whole = await small_body(request)
+            if whole is not None:
+                # Received already: parsed, written and committed in one call on a worker
+                # thread, in the streaming path's order of checks.
+                entry = await run_on_worker(sink.commit_whole, whole, boundary)
+                return _created_file(session_id, entry, 201)
             # File work on a worker thread: on the event loop it would stall every other
             # request (GET /health included) while the disk is busy.
-            await run_in_threadpool(store.require_session, session_id)  # 404 before the body
-            sink = MultipartSink(store, session_id)
+            await run_on_worker(store.require_session, session_id)  # 404 before the body
             try:
                 await sink.consume(request, boundary)
                 upload = sink.finish()
-                entry = await run_in_threadpool(upload.commit)
+                entry = await run_on_worker(upload.commit)
             finally:
                 await sink.settle()
                 sink.abort()
@@ -120,14 +126,18 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         """
         refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
         with slots.hold(request):
+            whole = await small_body(request)
+            if whole is not None:
+                entry, replaced = await run_on_worker(put_whole, store, session_id, name, whole)
+                return _created_file(session_id, entry, 200 if replaced else 201)
             # Reads session.json, creates the temporary file: a worker thread's job.
-            upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
+            upload = await run_on_worker(store.begin_upload, session_id, name, replace=True)
             pipeline = Pipeline(upload)
             try:
                 async for chunk in request.stream():
                     await pipeline.add(chunk)
                 await pipeline.drain()
-                entry = await run_in_threadpool(upload.commit)
+                entry = await run_on_worker(upload.commit)
             finally:
                 await pipeline.settle()
                 upload.abort()  # a no-op once committed
@@ -157,28 +167,15 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         },
     }
 
-    def get_file(session_id: SessionId, name: FileName) -> FileResponse:
+    async def get_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's bytes, as an attachment."""
-        file, entry = store.open_file(session_id, name)
-        try:
-            headers = {"X-Content-Type-Options": "nosniff"}
-            if entry.get("sha256"):
-                headers["ETag"] = f'"{entry["sha256"]}"'
-            return OpenFileResponse(
-                file,
-                media_type="application/octet-stream",
-                filename=entry["name"],
-                headers=headers,
-            )
-        except BaseException:
-            file.close()
-            raise
+        return await file_response(store, session_id, name, read=True)
 
     app.get(_FILE_PATH, operation_id="getFile", **download)(get_file)
 
-    def head_file(session_id: SessionId, name: FileName) -> FileResponse:
+    async def head_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's headers (size, ETag) without its bytes."""
-        return get_file(session_id, name)
+        return await file_response(store, session_id, name, read=False)
 
     app.head(_FILE_PATH, operation_id="headFile", **download)(head_file)
 
@@ -190,9 +187,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         response_model=None,
         responses={200: {"model": FileDeleted}, **errors(400, 401, 404, *STORAGE)},
     )
-    def delete_file(session_id: SessionId, name: FileName) -> JSONResponse:
+    async def delete_file(session_id: SessionId, name: FileName) -> JSONResponse:
         """Move a file to the trash."""
-        entry = store.delete_file(session_id, name)
+        entry = await run_on_worker(store.delete_file, session_id, name)
         return JSONResponse(
             {
                 "id": session_id,

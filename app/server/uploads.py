@@ -7,20 +7,24 @@ temporary file of its own first, so each byte would be written to disk twice.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Final
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
 from app.server.protocol import READ_AHEAD
-from app.storage import Upload
+from app.server.threads import outcome, start_on_worker
+from app.storage import FileEntry, Storage, Upload
 
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024
+# A body declared this small is read whole before its upload begins, so that one call on a
+# worker thread begins, writes and commits it: each call costs two turns of the event loop,
+# and a streamed upload makes at least three.
+_WHOLE_BODY_BYTES: Final = 64 * 1024
 # What a 503 `too_many_uploads` asks a client to wait: uploads in flight end within seconds
 # unless they stall, and a stalled one is cut off after request_idle_seconds.
 _RETRY_AFTER_SECONDS: Final = 5
@@ -68,6 +72,33 @@ def refuse_declared_length(request: Request, allowed: int, limit: int) -> None:
         raise UploadTooLargeError(limit)
 
 
+async def small_body(request: Request) -> bytes | None:
+    """The whole body, if its ``Content-Length`` says it is small; else ``None`` (stream it).
+
+    Not for a client that sent ``Expect: 100-continue``: it waits to hear that the upload
+    can go ahead, and a refusal (no such session, say) must come before its body.
+    """
+    declared = request.headers.get("content-length")
+    if declared is None or "expect" in request.headers:
+        return None
+    try:
+        if int(declared) > _WHOLE_BODY_BYTES:
+            return None
+    except ValueError:
+        return None  # refuse_declared_length refused it already
+    return await request.body()
+
+
+def put_whole(store: Storage, session_id: str, name: str, data: bytes) -> tuple[FileEntry, bool]:
+    """Begin, write and commit a body received whole (`small_body`); whether it replaced one.
+
+    A refusal aborts the upload, as the streamed path's does.
+    """
+    with store.begin_upload(session_id, name, replace=True) as upload:
+        upload.write(data)
+        return upload.commit(), upload.replaced
+
+
 class Pipeline:
     """Hash and write an upload on a worker thread while the event loop receives more.
 
@@ -83,7 +114,7 @@ class Pipeline:
         self.total = 0
         self._batch: list[bytes | memoryview] = []
         self._batch_bytes = 0
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: Future[None] | None = None
 
     def queue(self, data: bytes | memoryview) -> None:
         """Add bytes to the current batch (synchronous: for parser callbacks)."""
@@ -116,9 +147,9 @@ class Pipeline:
         await self._wait()  # one batch in flight at a time: memory stays bounded
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
-            self._pending = asyncio.ensure_future(run_in_threadpool(self.upload.write_all, batch))
+            self._pending = start_on_worker(self.upload.write_all, batch)
 
     async def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            await pending
+            await outcome(pending)
