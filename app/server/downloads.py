@@ -6,7 +6,7 @@ import contextlib
 import os
 import stat
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 from fastapi.responses import FileResponse
@@ -18,10 +18,7 @@ from app.server.problems import ProblemResponse, problem
 from app.server.threads import run_on_worker
 
 if TYPE_CHECKING:
-    from app.storage import FileEntry, Storage
-
-# FileResponse's chunk: a file no larger is sent in one piece either way.
-_CHUNK: Final = FileResponse.chunk_size
+    from app.storage import Storage
 
 
 class OpenFileResponse(FileResponse):
@@ -40,9 +37,8 @@ class OpenFileResponse(FileResponse):
     so a ``Range`` gets its 206 (or 416) and the headers are those of a local file.
     """
 
-    def __init__(self, file: BinaryIO, *, data: bytes | None = None, **kwargs: Any) -> None:
+    def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
         self._file = file
-        self._data = data
         try:
             stat_result = os.fstat(file.fileno())
         except (OSError, AttributeError):  # io.UnsupportedOperation is an OSError
@@ -58,26 +54,9 @@ class OpenFileResponse(FileResponse):
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
-            if self._data is not None and self._sent_whole(scope):
-                head_only = scope["method"] == "HEAD"
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-                )
-                body = b"" if head_only else self._data
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-                return
             await super().__call__({**scope, "extensions": extensions}, receive, send)
         finally:
             self._file.close()
-
-    def _sent_whole(self, scope: Scope) -> bool:
-        # The cases in which FileResponse sends the whole file, one chunk of it here: no
-        # Range, or an If-Range that no longer matches. It would also start a task to watch
-        # for a disconnect while it streams, and read on a worker thread: two more turns of
-        # the event loop for bytes that are in memory already.
-        headers = Headers(scope=scope)
-        wanted, if_range = headers.get("range"), headers.get("if-range")
-        return wanted is None or (if_range is not None and not self._should_use_range(if_range))
 
     def _refuse_range(self, scope: Scope) -> ProblemResponse | None:
         # FileResponse answers a Range it cannot serve in plain text; every error of this API
@@ -110,45 +89,19 @@ class OpenFileResponse(FileResponse):
         yield anyio.wrap_file(self._file)  # closed by __call__, once, whatever was sent
 
 
-async def file_response(store: Storage, session_id: str, name: str, *, read: bool) -> FileResponse:
-    """The response of a download (``read``) or of its ``HEAD``: the file opened to send."""
-    file, entry, data = await run_on_worker(_open_for_sending, store, session_id, name, read)
+async def file_response(store: Storage, session_id: str, name: str) -> FileResponse:
+    """The response of a download or of its ``HEAD``: the file, opened on a worker thread."""
+    file, entry = await run_on_worker(store.open_file, session_id, name)
     try:
         headers = {"X-Content-Type-Options": "nosniff"}
         if entry.get("sha256"):
             headers["ETag"] = f'"{entry["sha256"]}"'
         return OpenFileResponse(
-            file,
-            data=data,
-            media_type="application/octet-stream",
-            filename=entry["name"],
-            headers=headers,
+            file, media_type="application/octet-stream", filename=entry["name"], headers=headers
         )
     except BaseException:
         file.close()
         raise
-
-
-def _open_for_sending(
-    store: Storage, session_id: str, name: str, read: bool
-) -> tuple[BinaryIO, FileEntry, bytes | None]:
-    """Open a file to send, and read it if it is one chunk at most (``read``); one call.
-
-    Made on a worker thread: the open and a small file's read together cost
-    one hand-over to the thread instead of two, and the response sends the bytes as they
-    are. A larger file is streamed from the descriptor, a chunk at a time.
-    """
-    file, entry = store.open_file(session_id, name)
-    try:
-        if not read or entry.get("size", _CHUNK + 1) > _CHUNK:
-            return file, entry, None
-        data = file.read(_CHUNK + 1)
-    except BaseException:
-        file.close()
-        raise
-    # A file whose bytes are not what its entry says (not a size the read confirms) is
-    # streamed as before, from the descriptor.
-    return file, entry, data if len(data) <= _CHUNK else None
 
 
 def _object_stat(file: BinaryIO) -> os.stat_result:

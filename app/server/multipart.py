@@ -6,7 +6,6 @@ straight into the upload's `Pipeline`, and everything else is bounded and droppe
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -18,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app.errors import AppError, BadRequestError, InvalidNameError, UploadTooLargeError
 from app.names import check_file_name
 from app.server.uploads import Pipeline
-from app.storage import FileEntry, Storage, Upload
+from app.storage import Storage, Upload
 
 # Form fields other than `file` are ignored, but they still cost memory while parsed.
 _MAX_OTHER_FIELD_BYTES: Final = 64 * 1024
@@ -127,25 +126,6 @@ class MultipartSink:
         if self.pipeline is not None:
             await self.pipeline.drain()
 
-    def commit_whole(self, body: bytes, boundary: bytes) -> FileEntry:
-        """`consume`, `finish` and the commit in one call, for a body received whole.
-
-        Made on a worker thread. The checks come in the streamed path's order (the session
-        first, then the body's parts as they are parsed), so each refusal is the same.
-        """
-        self.store.require_session(self.session_id)
-        parser = self._parser(boundary)
-        _parse(parser.write, body)
-        self._begin_here()
-        _parse(parser.finalize)
-        self._begin_here()
-        with contextlib.ExitStack() as cleanup:
-            if self.upload is not None:
-                cleanup.callback(self.upload.abort)  # a no-op once committed
-            upload = self.finish()
-            upload.write_all(self._early)
-            return upload.commit()
-
     async def _begin_pending(self) -> None:
         if self._pending_name is None:
             return
@@ -156,12 +136,6 @@ class MultipartSink:
         early, self._early = self._early, []
         for piece in early:
             self.pipeline.queue(piece)
-
-    def _begin_here(self) -> None:
-        # `_begin_pending` for `commit_whole`, which is on a worker thread already.
-        if self._pending_name is not None:
-            name, self._pending_name = self._pending_name, None
-            self.upload = self.store.begin_upload(self.session_id, name)
 
     def finish(self) -> Upload:
         if not self._ended:

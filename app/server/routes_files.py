@@ -14,7 +14,7 @@ from app.server.models import FileDeleted, FileEntry, FileList, FileName, Sessio
 from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, boundary_of
 from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, errors
 from app.server.threads import run_on_worker
-from app.server.uploads import Pipeline, UploadSlots, put_whole, refuse_declared_length, small_body
+from app.server.uploads import Pipeline, UploadSlots, refuse_declared_length
 from app.storage import Storage
 
 _FILE_PATH: Final = "/sessions/{session_id}/files/{name:path}"
@@ -75,16 +75,10 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         most = store.max_upload_bytes
         refuse_declared_length(request, most + MULTIPART_OVERHEAD, most)
         with slots.hold(request):
-            sink = MultipartSink(store, session_id)
-            whole = await small_body(request)
-            if whole is not None:
-                # Received already: parsed, written and committed in one call on a worker
-                # thread, in the streaming path's order of checks.
-                entry = await run_on_worker(sink.commit_whole, whole, boundary)
-                return _created_file(session_id, entry, 201)
             # File work on a worker thread: on the event loop it would stall every other
             # request (GET /health included) while the disk is busy.
             await run_on_worker(store.require_session, session_id)  # 404 before the body
+            sink = MultipartSink(store, session_id)
             try:
                 await sink.consume(request, boundary)
                 upload = sink.finish()
@@ -126,10 +120,6 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         """
         refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
         with slots.hold(request):
-            whole = await small_body(request)
-            if whole is not None:
-                entry, replaced = await run_on_worker(put_whole, store, session_id, name, whole)
-                return _created_file(session_id, entry, 200 if replaced else 201)
             # Reads session.json, creates the temporary file: a worker thread's job.
             upload = await run_on_worker(store.begin_upload, session_id, name, replace=True)
             pipeline = Pipeline(upload)
@@ -169,13 +159,13 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
 
     async def get_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's bytes, as an attachment."""
-        return await file_response(store, session_id, name, read=True)
+        return await file_response(store, session_id, name)
 
     app.get(_FILE_PATH, operation_id="getFile", **download)(get_file)
 
     async def head_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's headers (size, ETag) without its bytes."""
-        return await file_response(store, session_id, name, read=False)
+        return await file_response(store, session_id, name)
 
     app.head(_FILE_PATH, operation_id="headFile", **download)(head_file)
 

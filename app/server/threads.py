@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final, ParamSpec, TypeVar
@@ -37,6 +38,10 @@ WORKER_THREADS: Final = 40
 def _executor() -> ThreadPoolExecutor:
     # Made on first use, so a process that never serves starts no threads.
     return ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="app-worker")
+
+
+# A forked child has none of its parent's threads: it makes a pool of its own.
+os.register_at_fork(after_in_child=_executor.cache_clear)
 
 
 def start_on_worker(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:

@@ -17,14 +17,10 @@ from fastapi import Request
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
 from app.server.protocol import READ_AHEAD
 from app.server.threads import outcome, start_on_worker
-from app.storage import FileEntry, Storage, Upload
+from app.storage import Upload
 
 # Uploads are hashed and written by a worker thread in batches of this size.
 _BATCH_BYTES: Final = 1024 * 1024
-# A body declared this small is read whole before its upload begins, so that one call on a
-# worker thread begins, writes and commits it: each call costs two turns of the event loop,
-# and a streamed upload makes at least three.
-_WHOLE_BODY_BYTES: Final = 64 * 1024
 # What a 503 `too_many_uploads` asks a client to wait: uploads in flight end within seconds
 # unless they stall, and a stalled one is cut off after request_idle_seconds.
 _RETRY_AFTER_SECONDS: Final = 5
@@ -70,33 +66,6 @@ def refuse_declared_length(request: Request, allowed: int, limit: int) -> None:
         raise BadRequestError(f"Content-Length {declared!r} is not a number") from None
     if length > allowed:
         raise UploadTooLargeError(limit)
-
-
-async def small_body(request: Request) -> bytes | None:
-    """The whole body, if its ``Content-Length`` says it is small; else ``None`` (stream it).
-
-    Not for a client that sent ``Expect: 100-continue``: it waits to hear that the upload
-    can go ahead, and a refusal (no such session, say) must come before its body.
-    """
-    declared = request.headers.get("content-length")
-    if declared is None or "expect" in request.headers:
-        return None
-    try:
-        if int(declared) > _WHOLE_BODY_BYTES:
-            return None
-    except ValueError:
-        return None  # refuse_declared_length refused it already
-    return await request.body()
-
-
-def put_whole(store: Storage, session_id: str, name: str, data: bytes) -> tuple[FileEntry, bool]:
-    """Begin, write and commit a body received whole (`small_body`); whether it replaced one.
-
-    A refusal aborts the upload, as the streamed path's does.
-    """
-    with store.begin_upload(session_id, name, replace=True) as upload:
-        upload.write(data)
-        return upload.commit(), upload.replaced
 
 
 class Pipeline:
