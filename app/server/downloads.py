@@ -6,7 +6,7 @@ import contextlib
 import os
 import stat
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 from fastapi.responses import FileResponse
@@ -15,10 +15,6 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
 
 from app.server.problems import ProblemResponse, problem
-from app.server.threads import run_on_worker
-
-if TYPE_CHECKING:
-    from app.storage import Storage
 
 
 class OpenFileResponse(FileResponse):
@@ -87,21 +83,6 @@ class OpenFileResponse(FileResponse):
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
         self._file.seek(0)
         yield anyio.wrap_file(self._file)  # closed by __call__, once, whatever was sent
-
-
-async def file_response(store: Storage, session_id: str, name: str) -> FileResponse:
-    """The response of a download or of its ``HEAD``: the file, opened on a worker thread."""
-    file, entry = await run_on_worker(store.open_file, session_id, name)
-    try:
-        headers = {"X-Content-Type-Options": "nosniff"}
-        if entry.get("sha256"):
-            headers["ETag"] = f'"{entry["sha256"]}"'
-        return OpenFileResponse(
-            file, media_type="application/octet-stream", filename=entry["name"], headers=headers
-        )
-    except BaseException:
-        file.close()
-        raise
 
 
 def _object_stat(file: BinaryIO) -> os.stat_result:

@@ -88,7 +88,7 @@ class MultipartSink:
         self._headers: dict[bytes, bytes] = {}
         self._ended = False
 
-    def _parser(self, boundary: bytes) -> MultipartParser:
+    async def consume(self, request: Request, boundary: bytes) -> None:
         parser = _parse(
             MultipartParser,
             boundary,
@@ -104,10 +104,6 @@ class MultipartSink:
             },
         )
         assert isinstance(parser, MultipartParser)
-        return parser
-
-    async def consume(self, request: Request, boundary: bytes) -> None:
-        parser = self._parser(boundary)
         limit = self.store.max_upload_bytes
         received = 0
         async for chunk in request.stream():

@@ -8,12 +8,12 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from app.server.downloads import file_response
+from app.server.downloads import OpenFileResponse
 from app.server.models import FileDeleted, FileEntry, FileList, FileName, SessionId
 from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, boundary_of
 from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, errors
-from app.server.threads import run_on_worker
 from app.server.uploads import Pipeline, UploadSlots, refuse_declared_length
 from app.storage import Storage
 
@@ -43,9 +43,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         response_model=None,
         responses={200: {"model": FileList}, **errors(400, 401, 404)},
     )
-    async def list_files(session_id: SessionId) -> JSONResponse:
+    def list_files(session_id: SessionId) -> JSONResponse:
         """The files of a session."""
-        return JSONResponse({"items": await run_on_worker(store.list_files, session_id)})
+        return JSONResponse({"items": store.list_files(session_id)})
 
     @app.post(
         "/sessions/{session_id}/files",
@@ -77,12 +77,12 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         with slots.hold(request):
             # File work on a worker thread: on the event loop it would stall every other
             # request (GET /health included) while the disk is busy.
-            await run_on_worker(store.require_session, session_id)  # 404 before the body
+            await run_in_threadpool(store.require_session, session_id)  # 404 before the body
             sink = MultipartSink(store, session_id)
             try:
                 await sink.consume(request, boundary)
                 upload = sink.finish()
-                entry = await run_on_worker(upload.commit)
+                entry = await run_in_threadpool(upload.commit)
             finally:
                 await sink.settle()
                 sink.abort()
@@ -121,13 +121,13 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
         with slots.hold(request):
             # Reads session.json, creates the temporary file: a worker thread's job.
-            upload = await run_on_worker(store.begin_upload, session_id, name, replace=True)
+            upload = await run_in_threadpool(store.begin_upload, session_id, name, replace=True)
             pipeline = Pipeline(upload)
             try:
                 async for chunk in request.stream():
                     await pipeline.add(chunk)
                 await pipeline.drain()
-                entry = await run_on_worker(upload.commit)
+                entry = await run_in_threadpool(upload.commit)
             finally:
                 await pipeline.settle()
                 upload.abort()  # a no-op once committed
@@ -157,15 +157,28 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         },
     }
 
-    async def get_file(session_id: SessionId, name: FileName) -> FileResponse:
+    def get_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's bytes, as an attachment."""
-        return await file_response(store, session_id, name)
+        file, entry = store.open_file(session_id, name)
+        try:
+            headers = {"X-Content-Type-Options": "nosniff"}
+            if entry.get("sha256"):
+                headers["ETag"] = f'"{entry["sha256"]}"'
+            return OpenFileResponse(
+                file,
+                media_type="application/octet-stream",
+                filename=entry["name"],
+                headers=headers,
+            )
+        except BaseException:
+            file.close()
+            raise
 
     app.get(_FILE_PATH, operation_id="getFile", **download)(get_file)
 
-    async def head_file(session_id: SessionId, name: FileName) -> FileResponse:
+    def head_file(session_id: SessionId, name: FileName) -> FileResponse:
         """The file's headers (size, ETag) without its bytes."""
-        return await file_response(store, session_id, name)
+        return get_file(session_id, name)
 
     app.head(_FILE_PATH, operation_id="headFile", **download)(head_file)
 
@@ -177,9 +190,9 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         response_model=None,
         responses={200: {"model": FileDeleted}, **errors(400, 401, 404, *STORAGE)},
     )
-    async def delete_file(session_id: SessionId, name: FileName) -> JSONResponse:
+    def delete_file(session_id: SessionId, name: FileName) -> JSONResponse:
         """Move a file to the trash."""
-        entry = await run_on_worker(store.delete_file, session_id, name)
+        entry = store.delete_file(session_id, name)
         return JSONResponse(
             {
                 "id": session_id,

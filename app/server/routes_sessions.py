@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.errors import ConfirmationRequiredError
@@ -23,7 +24,6 @@ from app.server.models import (
 )
 from app.server.openapi import LOCATION, SESSION_LINKS, STORAGE, errors
 from app.server.session_body import session_create
-from app.server.threads import run_on_worker
 from app.storage import Storage
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     async def create_session(request: Request) -> JSONResponse:
         """Create a session (durably: fsync before the answer)."""
         body = await session_create(request)
-        session = await run_on_worker(store.create_session, body.title, body.metadata)
+        session = await run_in_threadpool(store.create_session, body.title, body.metadata)
         # JSONResponse directly: the store's dict needs no second validation pass.
         return JSONResponse(
             session, status_code=201, headers={"Location": f"/sessions/{session['id']}"}
@@ -134,7 +134,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         slot: contextlib.AbstractAsyncContextManager[Any]
         slot = listing_slots if limit > _UNBOUNDED_PAGE else contextlib.nullcontext()
         async with slot:
-            body = await run_on_worker(
+            body = await run_in_threadpool(
                 store.list_sessions_json, limit=limit, after=after, max_bytes=config.page_max_bytes
             )
         return _EncodedJSON(body)
@@ -151,7 +151,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         """One session with its list of files."""
         if on_loop:
             return _EncodedJSON(store.get_session_json(session_id))
-        return _EncodedJSON(await run_on_worker(store.get_session_json, session_id))
+        return _EncodedJSON(await run_in_threadpool(store.get_session_json, session_id))
 
     @app.delete(
         "/sessions/{session_id}",
@@ -161,9 +161,9 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         response_model=None,
         responses={200: {"model": SessionDeleted}, **errors(400, 401, 404, *STORAGE)},
     )
-    async def delete_session(session_id: SessionId) -> JSONResponse:
+    def delete_session(session_id: SessionId) -> JSONResponse:
         """Move a session to the trash (``app sessions restore`` brings it back)."""
-        entry = await run_on_worker(store.delete_session, session_id)
+        entry = store.delete_session(session_id)
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
 

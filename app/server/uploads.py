@@ -7,16 +7,16 @@ temporary file of its own first, so each byte would be written to disk twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Final
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
 from app.server.protocol import READ_AHEAD
-from app.server.threads import outcome, start_on_worker
 from app.storage import Upload
 
 # Uploads are hashed and written by a worker thread in batches of this size.
@@ -83,7 +83,7 @@ class Pipeline:
         self.total = 0
         self._batch: list[bytes | memoryview] = []
         self._batch_bytes = 0
-        self._pending: Future[None] | None = None
+        self._pending: asyncio.Future[None] | None = None
 
     def queue(self, data: bytes | memoryview) -> None:
         """Add bytes to the current batch (synchronous: for parser callbacks)."""
@@ -116,9 +116,9 @@ class Pipeline:
         await self._wait()  # one batch in flight at a time: memory stays bounded
         if self._batch:
             batch, self._batch, self._batch_bytes = self._batch, [], 0
-            self._pending = start_on_worker(self.upload.write_all, batch)
+            self._pending = asyncio.ensure_future(run_in_threadpool(self.upload.write_all, batch))
 
     async def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            await outcome(pending)
+            await pending
