@@ -664,3 +664,53 @@ def test_the_http_routes_over_a_remote_store(store: RemoteStore, app_config: Con
         assert client.delete(f"/sessions/{session_id}").status_code == 200
         assert client.get(f"/sessions/{session_id}").status_code == 404
     assert {e.kind for e in store.list_trash()} == {"session", "file"}
+
+
+def test_uploads_and_downloads_over_a_remote_store_answer_however_the_body_is_framed(
+    store: RemoteStore, app_config: Config
+) -> None:
+    # Over objects as over a data root (tests/test_server_transfers.py): a refusal is the
+    # same for a body with a Content-Length and a chunked one, and a download's GET and HEAD
+    # have the same headers, its ETag the bytes' SHA-256, a Range its 206.
+    store.max_upload_bytes = 1000
+    app = create_app(store, app_config)
+    headers = {"Authorization": f"Bearer {app_config.api_token}"}
+    multipart = {"Content-Type": "multipart/form-data; boundary=B"}
+
+    def part(name: bytes, data: bytes) -> bytes:
+        disposition = b'Content-Disposition: form-data; name="file"; filename="' + name + b'"'
+        return b"--B\r\n" + disposition + b"\r\n\r\n" + data + b"\r\n"
+
+    with TestClient(app, headers=headers) as client:
+        session_id = client.post("/sessions", json={}).json()["id"]
+        files = f"/sessions/{session_id}/files"
+        data = os.urandom(700)
+        assert client.put(f"{files}/put.bin", content=data).status_code == 201
+        assert client.put(f"{files}/put.bin", content=data).status_code == 200
+        posted = client.post(
+            files, content=part(b"post.bin", data) + b"--B--\r\n", headers=multipart
+        )
+        assert posted.status_code == 201, posted.text
+        for name in ("put.bin", "post.bin"):
+            got, head = client.get(f"{files}/{name}"), client.head(f"{files}/{name}")
+            assert (got.status_code, got.content) == (200, data)
+            assert got.headers == head.headers
+            assert got.headers["content-length"] == "700"
+            assert got.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+            part_of = client.get(f"{files}/{name}", headers={"Range": "bytes=2-5"})
+            assert (part_of.status_code, part_of.content) == (206, data[2:6])
+        for body, status in (
+            (part(b"put.bin", b"x") + b"--B--\r\n", 409),
+            (part(b"big.bin", b"x" * 1001), 413),  # and no closing boundary: the size first
+            (part(b"open.bin", b"x"), 400),
+        ):
+            answers = [
+                client.post(files, content=body, headers=multipart),
+                client.post(files, content=iter([body]), headers=multipart),
+            ]
+            assert [a.status_code for a in answers] == [status, status], answers[0].text
+            assert answers[0].json() == answers[1].json()
+        assert sorted(f["name"] for f in client.get(files).json()["items"]) == [
+            "post.bin",
+            "put.bin",
+        ]
