@@ -1,0 +1,166 @@
+"""A streamed multipart body's ``file`` part skips the parser between delimiters, whole.
+
+A chunk inside the ``file`` part that holds no delimiter, and does not end in the beginning
+of one, is queued without python-multipart (`app.server.multipart`). These tests send bodies
+over 64 KiB (smaller ones are read whole) in packets cut where that decision matters: after
+part of a delimiter, through the closing delimiter, before a delimiter inside a packet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+
+import httpx
+import pytest
+
+from app.server.multipart import occurs
+from app.testing import LiveServer
+
+_WAIT = 30.0
+_BOUNDARY = b"STREAMBOUNDARY"
+_DELIMITER = b"\r\n--" + _BOUNDARY
+_CLOSING = _DELIMITER + b"--\r\n"
+_CONTENT_TYPE = f"Content-Type: multipart/form-data; boundary={_BOUNDARY.decode()}\r\n"
+
+
+def _part_head(field: bytes, filename: bytes | None) -> bytes:
+    named = b'; filename="%s"' % filename if filename is not None else b""
+    return b'Content-Disposition: form-data; name="%s"%s\r\n\r\n' % (field, named)
+
+
+def _session(server: LiveServer) -> str:
+    response = httpx.post(f"{server.url}/sessions", json={}, headers=server.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _post_in_pieces(
+    server: LiveServer, session_id: str, body: bytes, cuts: list[int]
+) -> tuple[int, bytes]:
+    """POST ``body`` cut at ``cuts`` (offsets in the body), each piece its own packet.
+
+    Returns the status and the response's body.
+    """
+    headers = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    head = (
+        f"POST /sessions/{session_id}/files HTTP/1.1\r\nHost: x\r\n{headers}"
+        f"Content-Length: {len(body)}\r\n{_CONTENT_TYPE}Connection: close\r\n\r\n"
+    ).encode()
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=_WAIT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head)
+        start = 0
+        for cut in [*cuts, len(body)]:
+            sock.sendall(body[start:cut])
+            start = cut
+            time.sleep(0.002)  # let the server read this piece on its own (not a bound)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split(b" ", 2)[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def _stored(server: LiveServer, session_id: str) -> dict[str, tuple[int, str]]:
+    listing = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
+    return {f["name"]: (f["size"], f["sha256"]) for f in listing.json()["items"]}
+
+
+def _digest(content: bytes) -> tuple[int, str]:
+    return len(content), hashlib.sha256(content).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("needle", "haystack"),
+    [
+        (_DELIMITER, b""),
+        (_DELIMITER, _DELIMITER[:-1]),
+        (_DELIMITER, _DELIMITER),
+        (_DELIMITER, b"\x00" * 1000 + _DELIMITER),
+        (_DELIMITER, _DELIMITER + b"\x00" * 1000),
+        (_DELIMITER, b"x" * 5000 + _DELIMITER[:-1] + b"x" + _DELIMITER[1:]),
+        (b"\x00\r\x00", b"a\x00\r\x00b"),
+        (b"\x00\r\x00", b"a\x00\r\x01b"),
+    ],
+)
+def test_the_delimiter_search_agrees_with_bytes_find(needle: bytes, haystack: bytes) -> None:
+    assert occurs(needle, haystack) is (haystack.find(needle) != -1)
+
+
+def test_a_file_part_whose_packets_end_in_part_of_the_delimiter_arrives_whole(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    # Each near-miss ends a packet: the start of a delimiter whose next byte is not its own.
+    # The packet after it holds neither a delimiter nor the start of one, but must still go
+    # through the parser, which holds the near-miss's bytes until it knows what they are.
+    content, cuts_in_content = os.urandom(70_000), []
+    for k in range(1, len(_DELIMITER)):
+        content += _DELIMITER[:k]
+        cuts_in_content.append(len(content))
+        content += bytes([_DELIMITER[k] ^ 1]) + os.urandom(20_000) + b"x" * 16
+        cuts_in_content.append(len(content))
+    head = b"--" + _BOUNDARY + b"\r\n" + _part_head(b"file", b"near.bin")
+    body = head + content + _CLOSING
+    status, answer = _post_in_pieces(
+        server, session_id, body, [len(head) + cut for cut in cuts_in_content]
+    )
+    assert status == 201, answer
+    assert _stored(server, session_id) == {"near.bin": _digest(content)}
+
+
+def test_a_closing_delimiter_cut_at_every_position_ends_a_streamed_file(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    content = os.urandom(100_000)
+    sent = {}
+    for offset in range(len(_CLOSING) + 1):
+        name = f"closing-{offset:02d}.bin"
+        head = b"--" + _BOUNDARY + b"\r\n" + _part_head(b"file", name.encode())
+        body = head + content + _CLOSING
+        # A packet of content alone before the cut, so the parser is skipped up to it.
+        cuts = [len(head) + 80_000, len(head) + len(content) + offset]
+        status, answer = _post_in_pieces(server, session_id, body, cuts)
+        assert status == 201, (name, answer)
+        sent[name] = _digest(content)
+    assert _stored(server, session_id) == sent
+
+
+def test_a_delimiter_inside_a_packet_ends_the_file_part_there(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    content = os.urandom(200_000)
+    head = b"--" + _BOUNDARY + b"\r\n" + _part_head(b"file", b"first.bin")
+    other = _DELIMITER + b"\r\n" + _part_head(b"note", None) + b"x" * 1_000
+    body = head + content + other + _CLOSING
+    # The delimiter is 50,000 bytes into a packet that does not end in a delimiter's CR, after
+    # two packets of content alone; the closing delimiter comes in a packet of its own.
+    cuts = [len(head) + 50_000, len(head) + 150_000, len(body) - len(_CLOSING)]
+    status, answer = _post_in_pieces(server, session_id, body, cuts)
+    assert status == 201, answer
+    assert _stored(server, session_id) == {"first.bin": _digest(content)}
+
+
+def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    head = b"--" + _BOUNDARY + b"\r\n" + _part_head(b"file", b"one.bin")
+    second = _DELIMITER + b"\r\n" + _part_head(b"file", b"two.bin") + b"2"
+    # An epilogue after the closing delimiter (RFC 2046 allows one): the last packet, which
+    # holds both delimiters after content alone, does not end in a delimiter's CR.
+    body = head + os.urandom(200_000) + second + _CLOSING + b"epilogue"
+    status, answer = _post_in_pieces(server, session_id, body, [len(head) + 100_000])
+    assert status == 400, answer
+    assert b"more than one form field 'file'" in answer
+    assert _stored(server, session_id) == {}
