@@ -14,7 +14,9 @@ import socket
 import time
 
 import httpx
+import pytest
 
+from app.server.multipart import occurs
 from app.testing import LiveServer
 
 _WAIT = 30.0
@@ -35,8 +37,8 @@ def _head(server: LiveServer, line: str, length: int, extra: str = "") -> bytes:
     ).encode()
 
 
-def _send_in_pieces(server: LiveServer, request: bytes, cuts: list[int]) -> int:
-    """Send ``request`` cut at ``cuts``, each piece its own packet; return the status."""
+def _send_in_pieces(server: LiveServer, request: bytes, cuts: list[int]) -> tuple[int, bytes]:
+    """Send ``request`` cut at ``cuts``, each piece its own packet; the status and the body."""
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=_WAIT) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -48,7 +50,8 @@ def _send_in_pieces(server: LiveServer, request: bytes, cuts: list[int]) -> int:
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-    return int(answer.split(b" ", 2)[1])
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split(b" ", 2)[1]), rest.partition(b"\r\n\r\n")[2]
 
 
 def _stored(server: LiveServer, session_id: str) -> dict[str, tuple[int, str]]:
@@ -74,7 +77,7 @@ def test_a_put_body_cut_anywhere_arrives_whole(app_live_server: LiveServer) -> N
     }
     for name, cuts in cuts_of.items():
         request = _head(server, f"PUT /sessions/{session_id}/files/{name}", len(body)) + body
-        assert _send_in_pieces(server, request, cuts) == 201
+        assert _send_in_pieces(server, request, cuts)[0] == 201
         sent[name] = (len(body), hashlib.sha256(body).hexdigest())
     assert _stored(server, session_id) == sent
 
@@ -102,6 +105,133 @@ def test_a_multipart_body_cut_at_every_position_around_its_boundaries_arrives_wh
                 cut = len(head) + offset
             else:
                 cut = len(head) + len(body) - len(tail) - 4 + offset
-            assert _send_in_pieces(server, head + body, [cut]) == 201, name
+            assert _send_in_pieces(server, head + body, [cut])[0] == 201, name
             sent[name] = (len(content), hashlib.sha256(content).hexdigest())
         assert _stored(server, session_id) == sent
+
+
+# --- a streamed file part skips the parser between delimiters (`MultipartSink._content_only`) --
+#
+# A chunk inside the ``file`` part that holds no delimiter, and does not end in the beginning
+# of one, is queued without python-multipart. These bodies arrive in packets cut where that
+# decision matters: after part of a delimiter, through the closing delimiter, before a
+# delimiter inside a packet.
+
+_STREAM_BOUNDARY = b"STREAMBOUNDARY"
+_DELIMITER = b"\r\n--" + _STREAM_BOUNDARY
+_CLOSING = _DELIMITER + b"--\r\n"
+
+
+def _part_head(field: bytes, filename: bytes | None) -> bytes:
+    named = b'; filename="%s"' % filename if filename is not None else b""
+    return b'Content-Disposition: form-data; name="%s"%s\r\n\r\n' % (field, named)
+
+
+def _post_in_pieces(
+    server: LiveServer, session_id: str, body: bytes, cuts: list[int]
+) -> tuple[int, bytes]:
+    """POST ``body`` as multipart, cut at ``cuts`` (offsets in the body); status and body."""
+    content_type = f"Content-Type: multipart/form-data; boundary={_STREAM_BOUNDARY.decode()}\r\n"
+    head = _head(server, f"POST /sessions/{session_id}/files", len(body), content_type)
+    return _send_in_pieces(server, head + body, [len(head) + cut for cut in cuts])
+
+
+def _stored(server: LiveServer, session_id: str) -> dict[str, tuple[int, str]]:
+    listing = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
+    return {f["name"]: (f["size"], f["sha256"]) for f in listing.json()["items"]}
+
+
+def _digest(content: bytes) -> tuple[int, str]:
+    return len(content), hashlib.sha256(content).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("needle", "haystack"),
+    [
+        (_DELIMITER, b""),
+        (_DELIMITER, _DELIMITER[:-1]),
+        (_DELIMITER, _DELIMITER),
+        (_DELIMITER, b"\x00" * 1000 + _DELIMITER),
+        (_DELIMITER, _DELIMITER + b"\x00" * 1000),
+        (_DELIMITER, b"x" * 5000 + _DELIMITER[:-1] + b"x" + _DELIMITER[1:]),
+        (b"\x00\r\x00", b"a\x00\r\x00b"),
+        (b"\x00\r\x00", b"a\x00\r\x01b"),
+    ],
+)
+def test_the_delimiter_search_agrees_with_bytes_find(needle: bytes, haystack: bytes) -> None:
+    assert occurs(needle, haystack) is (haystack.find(needle) != -1)
+
+
+def test_a_file_part_whose_packets_end_in_part_of_the_delimiter_arrives_whole(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    # Each near-miss ends a packet: the start of a delimiter whose next byte is not its own.
+    # The packet after it holds neither a delimiter nor the start of one, but must still go
+    # through the parser, which holds the near-miss's bytes until it knows what they are.
+    content, cuts_in_content = os.urandom(70_000), []
+    for k in range(1, len(_DELIMITER)):
+        content += _DELIMITER[:k]
+        cuts_in_content.append(len(content))
+        content += bytes([_DELIMITER[k] ^ 1]) + os.urandom(20_000) + b"x" * 16
+        cuts_in_content.append(len(content))
+    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"near.bin")
+    body = head + content + _CLOSING
+    status, answer = _post_in_pieces(
+        server, session_id, body, [len(head) + cut for cut in cuts_in_content]
+    )
+    assert status == 201, answer
+    assert _stored(server, session_id) == {"near.bin": _digest(content)}
+
+
+def test_a_closing_delimiter_cut_at_every_position_ends_a_streamed_file(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    content = os.urandom(100_000)
+    sent = {}
+    for offset in range(len(_CLOSING) + 1):
+        name = f"closing-{offset:02d}.bin"
+        head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", name.encode())
+        body = head + content + _CLOSING
+        # A packet of content alone before the cut, so the parser is skipped up to it.
+        cuts = [len(head) + 80_000, len(head) + len(content) + offset]
+        status, answer = _post_in_pieces(server, session_id, body, cuts)
+        assert status == 201, (name, answer)
+        sent[name] = _digest(content)
+    assert _stored(server, session_id) == sent
+
+
+def test_a_delimiter_inside_a_packet_ends_the_file_part_there(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    content = os.urandom(200_000)
+    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"first.bin")
+    other = _DELIMITER + b"\r\n" + _part_head(b"note", None) + b"x" * 1_000
+    body = head + content + other + _CLOSING
+    # The delimiter is 50,000 bytes into a packet that does not end in a delimiter's CR, after
+    # two packets of content alone; the closing delimiter comes in a packet of its own.
+    cuts = [len(head) + 50_000, len(head) + 150_000, len(body) - len(_CLOSING)]
+    status, answer = _post_in_pieces(server, session_id, body, cuts)
+    assert status == 201, answer
+    assert _stored(server, session_id) == {"first.bin": _digest(content)}
+
+
+def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
+    app_live_server: LiveServer,
+) -> None:
+    server = app_live_server
+    session_id = _session(server)
+    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"one.bin")
+    second = _DELIMITER + b"\r\n" + _part_head(b"file", b"two.bin") + b"2"
+    # An epilogue after the closing delimiter (RFC 2046 allows one): the last packet, which
+    # holds both delimiters after content alone, does not end in a delimiter's CR.
+    body = head + os.urandom(200_000) + second + _CLOSING + b"epilogue"
+    status, answer = _post_in_pieces(server, session_id, body, [len(head) + 100_000])
+    assert status == 400, answer
+    assert b"more than one form field 'file'" in answer
+    assert _stored(server, session_id) == {}
