@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
 import time
 
@@ -235,3 +236,38 @@ def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
     assert status == 400, answer
     assert b"more than one form field 'file'" in answer
     assert _stored(server, session_id) == {}
+
+
+def test_random_file_parts_cut_at_random_arrive_whole(app_live_server: LiveServer) -> None:
+    # Differential, seeded: contents strewn with beginnings of the delimiter (each followed by
+    # a byte that breaks it) and lone CRs, sometimes followed by another field, cut into
+    # packets at random, at the strewn bytes and through the part's real delimiter. The
+    # parser decides where the part ends; skipping it must never change a stored byte.
+    server = app_live_server
+    session_id = _session(server)
+    rng = random.Random(20261202)
+    sent = {}
+    for case in range(40):
+        content, marks = bytearray(rng.randbytes(rng.randint(0, 90_000))), []
+        for _ in range(rng.randint(0, 12)):
+            at = rng.randint(0, len(content))
+            k = rng.randint(1, len(_DELIMITER) - 1)
+            strewn = _DELIMITER[:k] + bytes([_DELIMITER[k] ^ 0x40]) if rng.random() < 0.8 else b"\r"
+            content[at:at] = strewn
+            # A packet that ends in the beginning (the parser holds it) or just after it.
+            marks.append(at + rng.choice((len(strewn) - 1, len(strewn))))
+        name = f"random-{case:02d}.bin"
+        head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", name.encode())
+        other = b""
+        if rng.random() < 0.3:
+            other = _DELIMITER + b"\r\n" + _part_head(b"note", None) + rng.randbytes(500)
+        body = head + bytes(content) + other + _CLOSING
+        end = len(head) + len(content)  # where the part's real delimiter begins
+        cuts = {len(head) + m for m in marks if m} | {
+            rng.randint(1, len(body) - 1) for _ in range(rng.randint(0, 6))
+        }
+        cuts.add(end + rng.randint(1, len(_DELIMITER) - 1))  # through the real delimiter
+        status, answer = _post_in_pieces(server, session_id, body, sorted(cuts))
+        assert status == 201, (name, answer)
+        sent[name] = _digest(bytes(content))
+    assert _stored(server, session_id) == sent
