@@ -16,8 +16,11 @@ Throughout, a separate process probes ``GET /health`` every ``--probe-interval``
 over its own keep-alive connection (a process of its own, so that the load generator's
 event loop does not delay it). Reported per phase: throughput, the server's CPU time per call
 (user + system, from ``/proc``: less at the mercy of whatever else the machine runs than the
-latencies are), and p50/p99 latency per kind of call; ``/health``'s p50/p99 idle, under the
-mix and during the big lists, and the ratio of its p99 under load to its p99 idle. Targets
+latencies are), p50/p99 latency per kind of call, and the mean over every call next to
+clients / throughput (in a closed loop without pauses they are equal, Little's law: a kind of
+call can be faster only if others are slower, unless throughput rises); ``/health``'s p50/p99
+idle, under the mix and during the big lists, and the ratio of its p99 under load to its p99
+idle. Targets
 (issue 11): ``/health`` p99 under load within 3 times idle; no small call (create, get, list
 of 100, delete) above 100 ms at p99.
 
@@ -248,7 +251,7 @@ async def run_big_lists(port: int, args: argparse.Namespace) -> tuple[Recorder, 
     return recorder, time.perf_counter() - start
 
 
-def summary(recorder: Recorder, elapsed: float, server_cpu: float) -> dict[str, Any]:
+def summary(recorder: Recorder, elapsed: float, server_cpu: float, clients: int) -> dict[str, Any]:
     kinds = {
         kind: {
             "count": len(values),
@@ -259,9 +262,15 @@ def summary(recorder: Recorder, elapsed: float, server_cpu: float) -> dict[str, 
         }
         for kind, values in sorted(recorder.latencies.items())
     }
+    every = [value for values in recorder.latencies.values() for value in values]
+    per_s = recorder.count / elapsed
     return {
         "seconds": round(elapsed, 1),
-        "per_s": round(recorder.count / elapsed, 1),
+        "per_s": round(per_s, 1),
+        # Little's law: in a closed loop without pauses the mean time of a call over all kinds
+        # is clients / throughput, whatever the server does with it; the kinds only share it.
+        "mean_ms": round(sum(every) / max(len(every), 1) * 1000, 1),
+        "clients_over_rate_ms": round(clients / per_s * 1000, 1) if per_s else None,
         # The server's CPU per call: what the code costs, whatever else the machine runs.
         "server_cpu_ms_per_call": round(server_cpu / max(recorder.count, 1) * 1000, 2),
         "server_cpu_share": round(server_cpu / elapsed, 2),
@@ -328,8 +337,8 @@ def main() -> None:
     result = {
         "clients": args.clients,
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "mixed": summary(mixed, mixed_s, mixed_cpu),
-        "big_lists": summary(big, big_s, big_cpu),
+        "mixed": summary(mixed, mixed_s, mixed_cpu, args.clients),
+        "big_lists": summary(big, big_s, big_cpu, args.big_list_clients),
         "health": health,
         "health_p99_ratio_mixed": round(health["mixed"]["p99_ms"] / health["idle"]["p99_ms"], 1),
         "health_p99_ratio_big_lists": round(
@@ -345,6 +354,10 @@ def main() -> None:
         f"{result['mixed']['server_cpu_ms_per_call']} ms per call "
         f"({result['mixed']['server_cpu_share']} of a core); load average "
         f"{', '.join(map(str, result['load_average']))}"
+    )
+    print(
+        f"  mean over every call {result['mixed']['mean_ms']} ms; clients / calls per s "
+        f"{result['mixed']['clients_over_rate_ms']} ms (Little's law: the kinds share this mean)"
     )
     print(f"  {'call':<14} {'count':>7} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8}  errors")
     for phase in ("mixed", "big_lists"):
