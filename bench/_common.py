@@ -122,9 +122,25 @@ def app_env(root: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def app_server(root: Path, log: Path, **extra: str) -> Iterator[Server]:
-    argv = [sys.executable, "-m", "app", "serve", "--port", "0"]
-    server = Server(argv, app_env(root, **extra), log, root)
+def app_server(
+    root: Path, log: Path, checkout: Path | None = None, **extra: str
+) -> Iterator[Server]:
+    """``app serve`` on ``root``; with ``checkout``, that checkout's code (and its ``.venv``).
+
+    ``-m app`` imports the package of the directory the server starts in, so a checkout's
+    server starts there; without one, in the benchmark's working directory.
+    """
+    python = sys.executable
+    if checkout is not None and (checkout / ".venv" / "bin" / "python").exists():
+        python = str(checkout / ".venv" / "bin" / "python")
+    argv = [python, "-m", "app", "serve", "--port", "0"]
+    cwd = Path.cwd()
+    if checkout is not None:
+        os.chdir(checkout)
+    try:
+        server = Server(argv, app_env(root, **extra), log, root)
+    finally:
+        os.chdir(cwd)
     try:
         yield server
     finally:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Connection, Server, app_env, stop
+from _common import PROJECT, Connection, Server, app_server
 from listing import seed
 from load import BOUNDARY, UPLOAD, multipart
 
@@ -151,23 +151,12 @@ def started(name: str, work: Path, checkout: Path | None) -> Iterator[Target]:
     root = work / name / "data"
     root.parent.mkdir(parents=True)
     seed(root, 200)  # list 100 lists a full page
-    python = sys.executable
-    if checkout is not None and (checkout / ".venv" / "bin" / "python").exists():
-        python = str(checkout / ".venv" / "bin" / "python")
-    argv = [python, "-m", "app", "serve", "--port", "0"]
-    log = work / name / "app.log"
-    cwd = Path.cwd()
-    os.chdir(checkout or Path(__file__).resolve().parent.parent)
-    try:
-        server = Server(argv, app_env(root), log, root)
-    finally:
-        os.chdir(cwd)
-    target = Target(name, server)
-    try:
-        yield target
-    finally:
-        target.connection.close()
-        stop(server.process)
+    with app_server(root, work / name / "app.log", checkout or PROJECT) as server:
+        target = Target(name, server)
+        try:
+            yield target
+        finally:
+            target.connection.close()
 
 
 def main() -> None:

@@ -13,7 +13,13 @@ Also measured: bytes the server process wrote to storage per uploaded byte
 time per MiB (all threads, user and system: what the code costs, which other work on the
 cores moves far less than the rates), and the server's RSS growth during one 1 GiB upload.
 
-Run: ``.venv/bin/python bench/upload.py [--size-mib 256] [--runs 5] [--big-mib 1024]``
+With ``--against DIR`` a second ``app serve`` runs from another checkout (its ``.venv`` if it
+has one), and every run also uploads to it: its ratios to the bare endpoint, and this
+checkout's rate over its own, per run, compare two versions on the same disk in the same
+minutes.
+
+Run: ``.venv/bin/python bench/upload.py [--size-mib 256] [--runs 5] [--big-mib 1024]
+[--against DIR]``
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -125,9 +132,12 @@ def new_session(port: int) -> str:
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     size = args.size_mib * MIB
-    results: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
-    written: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
-    cpu: dict[str, list[float]] = {"baseline": [], "put": [], "multipart": []}
+    kinds = ["baseline", "put", "multipart"]
+    if args.against:
+        kinds += ["against put", "against multipart"]
+    results: dict[str, list[float]] = {kind: [] for kind in kinds}
+    written: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu: dict[str, list[float]] = {kind: [] for kind in kinds}
     baseline_dir = work / "baseline"
     baseline_dir.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as listening:
@@ -136,56 +146,78 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
         baseline = Server(argv, dict(os.environ), work / "baseline.log", listening)
     limit = str(max(size, args.big_mib * MIB) + MIB)
     try:
-        with app_server(work / "data", work / "app.log", APP_MAX_UPLOAD_BYTES=limit) as app:
-            session = new_session(app.port)
-            kinds = ["baseline", "put", "multipart"]
+        with ExitStack() as stack:
+            app = stack.enter_context(
+                app_server(work / "data", work / "app.log", APP_MAX_UPLOAD_BYTES=limit)
+            )
+            servers = {"": app}
+            if args.against:
+                servers["against "] = stack.enter_context(
+                    app_server(
+                        work / "against-data",
+                        work / "against.log",
+                        args.against.resolve(),
+                        APP_MAX_UPLOAD_BYTES=limit,
+                    )
+                )
             for run in range(args.runs):
                 # Rotate the order so that no kind always follows the same one; start each
                 # upload with nothing dirty in the page cache. Nothing is deleted until the
                 # end: on this VM's disk (ext4 mounted with `discard`), rewriting blocks
                 # freed a moment ago runs at half speed, which would penalise whichever
                 # server writes next to a deleted file.
-                for kind in kinds[run % 3 :] + kinds[: run % 3]:
+                shift = run % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
                     os.sync()
-                    pid = baseline.pid if kind == "baseline" else app.pid
-                    before = io_write_bytes(pid)
-                    cpu_before = cpu_seconds(pid)
+                    server = baseline
+                    if kind != "baseline":
+                        server = servers["against " if kind.startswith("against ") else ""]
+                    before = io_write_bytes(server.pid)
+                    cpu_before = cpu_seconds(server.pid)
                     if kind == "baseline":
                         seconds = send(baseline.port, "PUT /upload", size)
-                    elif kind == "put":
-                        line = f"PUT /sessions/{session}/files/put-{run}.bin"
-                        seconds = send(app.port, line, size)
                     else:
-                        session = new_session(app.port)  # one file name per session
-                        line = f"POST /sessions/{session}/files"
-                        seconds = send(app.port, line, size, multipart=True)
-                    written[kind].append((io_write_bytes(pid) - before) / size)
-                    cpu[kind].append((cpu_seconds(pid) - cpu_before) * 1000 / (size / MIB))
+                        session = new_session(server.port)  # one file name per session
+                        if kind.endswith("put"):
+                            line = f"PUT /sessions/{session}/files/put-{run}.bin"
+                            seconds = send(server.port, line, size)
+                        else:
+                            line = f"POST /sessions/{session}/files"
+                            seconds = send(server.port, line, size, multipart=True)
+                    written[kind].append((io_write_bytes(server.pid) - before) / size)
+                    cpu[kind].append((cpu_seconds(server.pid) - cpu_before) * 1000 / (size / MIB))
                     results[kind].append(size / MIB / seconds)
-                    print(f"run {run + 1}: {kind:<9} {results[kind][-1]:7.1f} MiB/s", flush=True)
+                    print(f"run {run + 1}: {kind:<17} {results[kind][-1]:7.1f} MiB/s", flush=True)
             big = measure_rss(app, args.big_mib * MIB)
     finally:
         baseline.stop()
-    medians = {kind: median(values) for kind, values in results.items()}
-    return {
+
+    def per_run(kind: str, base: str) -> float:
+        # Each run measures every kind back to back; the disk's speed drifts between runs
+        # (this VM's host cache absorbs the first gigabytes), so a ratio is taken per run,
+        # then the median of those.
+        return median([k / b for k, b in zip(results[kind], results[base], strict=True)])
+
+    result: dict[str, object] = {
         "size_mib": args.size_mib,
         "runs": args.runs,
-        "median_mib_s": medians,
-        # Each run measures the three back to back; the disk's speed drifts between runs
-        # (this VM's host cache absorbs the first gigabytes), so the ratio is taken per
-        # run, then the median of those.
-        "ratio_put": median(
-            [p / b for p, b in zip(results["put"], results["baseline"], strict=True)]
-        ),
-        "ratio_multipart": median(
-            [m / b for m, b in zip(results["multipart"], results["baseline"], strict=True)]
-        ),
+        "median_mib_s": {kind: median(values) for kind, values in results.items()},
+        "ratio_put": per_run("put", "baseline"),
+        "ratio_multipart": per_run("multipart", "baseline"),
         "written_per_byte": {kind: median(values) for kind, values in written.items()},
         # The server's CPU time (all its threads, user and system) per MiB: what the code
         # costs, much less moved by other processes on the cores than the rates are.
         "cpu_ms_per_mib": {kind: median(values) for kind, values in cpu.items()},
         "big_upload": big,
     }
+    if args.against:
+        result["against"] = str(args.against)
+        result["against_ratio_put"] = per_run("against put", "baseline")
+        result["against_ratio_multipart"] = per_run("against multipart", "baseline")
+        # This checkout against the other in the same runs, the baseline left out.
+        result["put_over_against"] = per_run("put", "against put")
+        result["multipart_over_against"] = per_run("multipart", "against multipart")
+    return result
 
 
 def measure_rss(app: Server, size: int) -> dict[str, float]:
@@ -221,6 +253,7 @@ def main() -> None:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--serve-baseline", nargs=2, metavar=("FD", "DIR"))
     parser.add_argument("--work-dir", help="where the data goes (default: the system temp)")
+    parser.add_argument("--against", type=Path, help="another checkout, measured in every run")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.serve_baseline:
@@ -241,6 +274,17 @@ def main() -> None:
     print(f"  app PUT (raw body)       {m['put']:7.1f}   ratio {result['ratio_put']:.2f}")
     ratio = result["ratio_multipart"]
     print(f"  app POST (multipart)     {m['multipart']:7.1f}   ratio {ratio:.2f}")
+    if args.against:
+        print(f"  {args.against} in the same runs:")
+        print(
+            f"    PUT        {m['against put']:7.1f}   ratio {result['against_ratio_put']:.2f};"
+            f" this checkout's per run: {result['put_over_against']:.2f} of it"
+        )
+        print(
+            f"    multipart  {m['against multipart']:7.1f}   ratio "
+            f"{result['against_ratio_multipart']:.2f}; this checkout's per run: "
+            f"{result['multipart_over_against']:.2f} of it"
+        )
     w = result["written_per_byte"]
     assert isinstance(w, dict)
     print("  bytes written to storage per uploaded byte (/proc/<pid>/io write_bytes): "
