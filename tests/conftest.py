@@ -12,6 +12,8 @@ from project_copy import copy_project_settings
 if TYPE_CHECKING:
     from test_server_e2e import Server
 
+    from app.testing import LiveServer
+
 # httpx imports httpcore only when it first sends a request, and keeps httpcore's exception
 # classes from then on. When that first request came from a pytester run in process, pytester
 # removed that httpcore from sys.modules afterwards: the next import made new classes, which
@@ -52,3 +54,11 @@ def servers() -> Iterator[list[Server]]:
     for server in started:
         if server.process.poll() is None:
             server.kill()
+
+
+@pytest.fixture
+def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
+    for name, value in getattr(request, "param", {}).items():
+        monkeypatch.setenv(name, value)
+    yield request.getfixturevalue("app_live_server")

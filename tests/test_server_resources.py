@@ -14,36 +14,15 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from live_http import WAIT, a_session, address, connect
 from starlette.testclient import TestClient
 
 from app.store import Store
 from app.testing import LiveServer
-
-# Generous bounds for the socket operations: they fail a hung test, they measure nothing.
-_WAIT = 15.0
-
-
-@pytest.fixture
-def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
-    for name, value in getattr(request, "param", {}).items():
-        monkeypatch.setenv(name, value)
-    yield request.getfixturevalue("app_live_server")
-
-
-def address(server: LiveServer) -> tuple[str, int]:
-    host, port = server.url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def connect(server: LiveServer) -> socket.socket:
-    sock = socket.create_connection(address(server), timeout=_WAIT)
-    return sock
 
 
 def read_answer(sock: socket.socket, data: bytes = b"") -> tuple[int, dict[str, str], bytes]:
@@ -65,12 +44,6 @@ def read_answer(sock: socket.socket, data: bytes = b"") -> tuple[int, dict[str, 
 
 def token_header(server: LiveServer) -> bytes:
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in server.headers.items())
-
-
-def a_session(server: LiveServer) -> str:
-    response = httpx.post(f"{server.url}/sessions", json={}, headers=server.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 def others_still_served(server: LiveServer) -> None:
@@ -200,7 +173,7 @@ def test_an_upload_that_trickles_past_request_seconds_is_408(tight: LiveServer) 
         else:
             pytest.fail("the server never cut the trickling upload off")
         others_still_served(tight)
-        sock.settimeout(_WAIT)
+        sock.settimeout(WAIT)
         status, _, body = read_answer(sock, first)
     assert status == 408
     problem(body, "request_timeout", "in full", "1 seconds", "request_seconds")
@@ -216,7 +189,7 @@ def test_a_client_that_stops_reading_a_download_is_disconnected(tight: LiveServe
     assert httpx.put(url, content=b"b" * size, headers=tight.headers).status_code == 201
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(_WAIT)
+    sock.settimeout(WAIT)
     with sock:
         sock.connect(address(tight))
         sock.sendall(

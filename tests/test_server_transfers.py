@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live_http import a_session, connect
 from starlette.testclient import TestClient
 
 from app.config import Config
@@ -38,7 +39,6 @@ from app.testing import LiveServer
 
 LIMIT = 1000
 CHUNK = 64 * 1024  # FileResponse's chunk: a file of at most this much is sent in one read
-_WAIT = 15.0  # bounds a socket operation of a broken server; measures nothing
 _POLL = 0.05
 
 
@@ -601,19 +601,6 @@ def test_a_head_does_not_read_the_file(
 # --- a real server: what a client declares and what it sends ----------------------------------
 
 
-@pytest.fixture
-def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
-    for name, value in getattr(request, "param", {}).items():
-        monkeypatch.setenv(name, value)
-    yield request.getfixturevalue("app_live_server")
-
-
-def connect(server: LiveServer) -> socket.socket:
-    host, port = server.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=_WAIT)
-
-
 def head_of(server: LiveServer, line: str, extra: str) -> bytes:
     token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
     return f"{line} HTTP/1.1\r\nHost: x\r\n{token}{extra}\r\n".encode()
@@ -653,12 +640,6 @@ class Answers:
         while self._more():
             pass
         return self.data
-
-
-def a_session(server: LiveServer) -> str:
-    response = httpx.post(f"{server.url}/sessions", json={}, headers=server.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 def files_of(server: LiveServer, session_id: str) -> dict[str, int]:

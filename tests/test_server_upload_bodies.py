@@ -16,18 +16,13 @@ import time
 
 import httpx
 import pytest
+from live_http import a_session
 
 from app.server.multipart import occurs
 from app.testing import LiveServer
 
 _WAIT = 30.0
 _BOUNDARY = b"SPLITBOUNDARY"
-
-
-def _session(server: LiveServer) -> str:
-    response = httpx.post(f"{server.url}/sessions", json={}, headers=server.headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
 
 
 def _head(server: LiveServer, line: str, length: int, extra: str = "") -> bytes:
@@ -62,7 +57,7 @@ def _stored(server: LiveServer, session_id: str) -> dict[str, tuple[int, str]]:
 
 def test_a_put_body_cut_anywhere_arrives_whole(app_live_server: LiveServer) -> None:
     server = app_live_server
-    session_id = _session(server)
+    session_id = a_session(server)
     # Over a batch (1 MiB), so reading pauses at the read-ahead and resumes.
     body = os.urandom(3 * 2**20 + 12_345)
     sent = {}
@@ -90,7 +85,7 @@ def test_a_multipart_body_cut_at_every_position_around_its_boundaries_arrives_wh
     content = os.urandom(5_000) + b"\r\n--" + _BOUNDARY[:-1] + os.urandom(3_000)  # near-miss
     extra = f"Content-Type: multipart/form-data; boundary={_BOUNDARY.decode()}\r\n"
     for region in ("opening", "closing"):
-        session_id = _session(server)
+        session_id = a_session(server)
         sent = {}
         part_head = (
             b"--" + _BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; '
@@ -137,11 +132,6 @@ def _post_in_pieces(
     return _send_in_pieces(server, head + body, [len(head) + cut for cut in cuts])
 
 
-def _stored(server: LiveServer, session_id: str) -> dict[str, tuple[int, str]]:
-    listing = httpx.get(f"{server.url}/sessions/{session_id}/files", headers=server.headers)
-    return {f["name"]: (f["size"], f["sha256"]) for f in listing.json()["items"]}
-
-
 def _digest(content: bytes) -> tuple[int, str]:
     return len(content), hashlib.sha256(content).hexdigest()
 
@@ -167,7 +157,7 @@ def test_a_file_part_whose_packets_end_in_part_of_the_delimiter_arrives_whole(
     app_live_server: LiveServer,
 ) -> None:
     server = app_live_server
-    session_id = _session(server)
+    session_id = a_session(server)
     # Each near-miss ends a packet: the start of a delimiter whose next byte is not its own.
     # The packet after it holds neither a delimiter nor the start of one, but must still go
     # through the parser, which holds the near-miss's bytes until it knows what they are.
@@ -190,7 +180,7 @@ def test_a_closing_delimiter_cut_at_every_position_ends_a_streamed_file(
     app_live_server: LiveServer,
 ) -> None:
     server = app_live_server
-    session_id = _session(server)
+    session_id = a_session(server)
     content = os.urandom(100_000)
     sent = {}
     for offset in range(len(_CLOSING) + 1):
@@ -209,7 +199,7 @@ def test_a_delimiter_inside_a_packet_ends_the_file_part_there(
     app_live_server: LiveServer,
 ) -> None:
     server = app_live_server
-    session_id = _session(server)
+    session_id = a_session(server)
     content = os.urandom(200_000)
     head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"first.bin")
     other = _DELIMITER + b"\r\n" + _part_head(b"note", None) + b"x" * 1_000
@@ -226,7 +216,7 @@ def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
     app_live_server: LiveServer,
 ) -> None:
     server = app_live_server
-    session_id = _session(server)
+    session_id = a_session(server)
     head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"one.bin")
     second = _DELIMITER + b"\r\n" + _part_head(b"file", b"two.bin") + b"2"
     # An epilogue after the closing delimiter (RFC 2046 allows one): the last packet, which
@@ -244,7 +234,7 @@ def test_random_file_parts_cut_at_random_arrive_whole(app_live_server: LiveServe
     # packets at random, at the strewn bytes and through the part's real delimiter. The
     # parser decides where the part ends; skipping it must never change a stored byte.
     server = app_live_server
-    session_id = _session(server)
+    session_id = a_session(server)
     rng = random.Random(20261202)
     sent = {}
     for case in range(40):
