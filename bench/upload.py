@@ -150,9 +150,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
             app = stack.enter_context(
                 app_server(work / "data", work / "app.log", APP_MAX_UPLOAD_BYTES=limit)
             )
-            servers = {"": app}
+            server_of = {"baseline": baseline, "put": app, "multipart": app}
             if args.against:
-                servers["against "] = stack.enter_context(
+                other = stack.enter_context(
                     app_server(
                         work / "against-data",
                         work / "against.log",
@@ -160,6 +160,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
                         APP_MAX_UPLOAD_BYTES=limit,
                     )
                 )
+                server_of |= {"against put": other, "against multipart": other}
             for run in range(args.runs):
                 # Rotate the order so that no kind always follows the same one; start each
                 # upload with nothing dirty in the page cache. Nothing is deleted until the
@@ -169,9 +170,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 shift = run % len(kinds)
                 for kind in kinds[shift:] + kinds[:shift]:
                     os.sync()
-                    server = baseline
-                    if kind != "baseline":
-                        server = servers["against " if kind.startswith("against ") else ""]
+                    server = server_of[kind]
                     before = io_write_bytes(server.pid)
                     cpu_before = cpu_seconds(server.pid)
                     if kind == "baseline":
