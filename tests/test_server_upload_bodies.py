@@ -261,3 +261,19 @@ def test_random_file_parts_cut_at_random_arrive_whole(app_live_server: LiveServe
         assert status == 201, (name, answer)
         sent[name] = _digest(bytes(content))
     assert _stored(server, session_id) == sent
+
+
+def test_a_streamed_file_part_that_never_closes_is_400_and_stores_nothing(
+    app_live_server: LiveServer,
+) -> None:
+    # The last packets hold content alone (skipped past the parser), then the beginning of a
+    # delimiter that the body ends inside: the parser, not the skip, must see the body end.
+    server = app_live_server
+    session_id = a_session(server)
+    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"open.bin")
+    for tail in (b"", _DELIMITER[:1], _DELIMITER[:-1], _DELIMITER, _DELIMITER + b"-"):
+        body = head + os.urandom(200_000) + tail
+        status, answer = _post_in_pieces(server, session_id, body, [len(head) + 100_000])
+        assert status == 400, (tail, answer)
+        assert b"the multipart body ended before its closing boundary" in answer, answer
+    assert _stored(server, session_id) == {}
