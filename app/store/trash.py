@@ -33,6 +33,8 @@ _TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
 """An entry's name: when it was made, the session, and for a file a random suffix."""
 
+_NEVER: Final = datetime.min.replace(tzinfo=UTC)
+
 log = logging.getLogger("app.store")
 
 
@@ -55,7 +57,7 @@ class Trash:
         blob: str | None = None,
     ) -> TrashEntry:
         """Make an empty entry with its manifest, durably, for data about to move in."""
-        moment = datetime.now(UTC)
+        moment = self.moment()
         # File names can be 255 bytes on their own, so a file entry is named by a random
         # suffix; the file keeps its name inside the entry, and trash.json says what it was.
         suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
@@ -83,6 +85,41 @@ class Trash:
                 path.rmdir()
             raise
         return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
+
+    def moment(self) -> datetime:
+        """The time a new entry is named by: now, or just after the newest entry if later.
+
+        Entries sort by the time in their name, and that order is what :meth:`latest`
+        restores and ``empty-trash --older-than`` reads. A clock stepped back since the
+        newest entry was made (a restored VM snapshot, a board that boots before NTP) would
+        otherwise name a later deletion before an earlier one, and a restore would bring
+        back an older version. Erring later only keeps an entry longer.
+        """
+        state = self.root.store_state
+        with state.trash_moment_lock:
+            newest = state.trash_moment
+            if newest is None:
+                newest = max((moment for moment, _ in self._names()), default=_NEVER)
+            moment = max(datetime.now(UTC), newest + timedelta(microseconds=1))
+            state.trash_moment = moment
+            return moment
+
+    def newest_session_id(self) -> str | None:
+        """The newest session id among the entries (by id, not by when it was deleted)."""
+        return max((session_id for _, session_id in self._names()), default=None)
+
+    def _names(self) -> list[tuple[datetime, str]]:
+        """Each entry's time and session, from its name alone (no manifest is read)."""
+        try:
+            with os.scandir(self.path) as entries:
+                names = [e.name for e in entries]
+        except FileNotFoundError:
+            return []
+        return [
+            (datetime.strptime(found.group(1), _TIME_FORMAT).replace(tzinfo=UTC), found.group(2))
+            for name in names
+            if (found := TRASH_NAME_RE.fullmatch(name)) is not None
+        ]
 
     def audit_move(self, operation: str, target: str, **details: Any) -> None:
         """Audit a move into the trash that is made: a failure to write the line is logged."""
