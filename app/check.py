@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import fsync_dir, tmp_in_flight
+from app.dataroot import fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError
 from app.names import check_file_name
 from app.storage import CheckReport, Finding, TrashEntry
@@ -111,7 +111,7 @@ class Checker:
         trash: set[str] = set()
         purged: set[str] = set()
         try:
-            lines = self.root.audit_path.read_bytes().splitlines()
+            lines = read_regular(self.root.audit_path).splitlines()
         except FileNotFoundError:
             return trash, purged
         for line in lines:
@@ -139,7 +139,7 @@ class Checker:
             entry = self.store.trash.read_entry(name)
             assert entry is not None
             try:
-                manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
             except (OSError, ValueError):
                 manifest = None
             contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}

@@ -18,7 +18,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from app.dataroot import fsync_dir
+from app.dataroot import fsync_dir, read_regular
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -166,7 +166,7 @@ class Trash:
             return None
         path = self.path / name
         try:
-            manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
         except (OSError, ValueError):
             manifest = {}
         return TrashEntry(
@@ -181,7 +181,7 @@ class Trash:
         )
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
-        manifest: TrashManifest = json.loads((entry.path / TRASH_MANIFEST).read_bytes())
+        manifest: TrashManifest = json.loads(read_regular(entry.path / TRASH_MANIFEST))
         return manifest
 
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
