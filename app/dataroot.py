@@ -580,12 +580,27 @@ def _open_checked(
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
+        _refuse_swapped_while_opening(opened, lock, run)
         if removed := _clear_tmp(opened.tmp_dir):
             opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
     except BaseException:
         lock.release()
         raise
     return opened
+
+
+def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | None) -> None:
+    # The path was checked before the lock was taken, and a directory on it can be replaced
+    # in between (by a link to another root, in a race a test can time with an audit hook).
+    # Checked again once the identities that every later write compares with are taken:
+    # the path must still be the sandbox's, and the lock the file the path leads to now.
+    check_root(opened.path, "open data root", run, again=True)
+    if _lstat_identity(opened.path.resolve() / LOCK_FILE) != lock.identity:
+        raise DataRootChangedError(
+            opened.path,
+            f"{LOCK_FILE} is not the file it locked: a directory on the path was replaced "
+            "while the root was being opened",
+        )
 
 
 def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
