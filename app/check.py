@@ -37,7 +37,7 @@ from app.store.records import (
     read_meta,
     record_blob,
 )
-from app.store.trash import TRASH_NAME_RE
+from app.store.trash import EMPTYING_PREFIX, TRASH_NAME_RE
 
 if TYPE_CHECKING:
     from app.store import Store
@@ -131,6 +131,15 @@ class Checker:
         for path in _listing(self.root.trash_dir):
             name = path.name
             found = TRASH_NAME_RE.fullmatch(name)
+            if name.startswith(EMPTYING_PREFIX) and path.is_dir() and not path.is_symlink():
+                if self.found(
+                    "trash-emptying",
+                    path,
+                    "an entry that `empty-trash` had taken out of the trash when it was stopped",
+                    "finish removing it",
+                ):
+                    shutil.rmtree(path)
+                continue
             if found is None or path.is_symlink() or not path.is_dir():
                 self.unrepaired(
                     "unknown-entry", path, "not a trash entry", "nothing: left for a human"

@@ -27,13 +27,15 @@ if TYPE_CHECKING:
 
     from app.dataroot import DataRoot
 
-__all__ = ["TRASH_NAME_RE", "Trash"]
+__all__ = ["EMPTYING_PREFIX", "TRASH_NAME_RE", "Trash"]
 
 _TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
 """An entry's name: when it was made, the session, and for a file a random suffix."""
 
 _NEVER: Final = datetime.min.replace(tzinfo=UTC)
+EMPTYING_PREFIX: Final = ".emptying-"
+"""An entry ``empty-trash`` took out of the trash and is removing (``check`` finishes it)."""
 
 log = logging.getLogger("app.store")
 
@@ -194,10 +196,18 @@ class Trash:
                 continue
             if entry.path.parent != self.path or entry.path.is_symlink():
                 continue  # never follow anything out of the trash
-            shutil.rmtree(entry.path)
+            # One rename takes the whole entry out of the trash before any byte of it goes:
+            # a crash in the middle of rmtree left a restorable half (a session missing some
+            # of its files) that `check` could only leave for a human; now it finishes it.
+            entry.path.rename(self.path / f"{EMPTYING_PREFIX}{entry.name}")
             removed.append(entry)
         if removed:
             fsync_dir(self.path)
+        for entry in removed:
+            shutil.rmtree(self.path / f"{EMPTYING_PREFIX}{entry.name}")
+        if removed:
+            fsync_dir(self.path)
+        # After the bytes are gone: on a full disk, the line needs the space this freed.
         self.root.audit(
             "empty-trash",
             self.path,
