@@ -282,8 +282,8 @@ _WRITE_STAMP: Final = (
 
 
 def _refuse_special_audit_log(root: Path) -> None:
-    # Every destructive operation appends to it: one that is a FIFO or a directory would
-    # fail each of them after its change was made, or hang it until something read the FIFO.
+    # Every destructive operation appends to it after its change is made: a FIFO or a
+    # directory there would fail that line every time, or hand it to whatever reads the FIFO.
     path = root / AUDIT_FILE
     try:
         mode = path.stat().st_mode
