@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import fsync_dir, tmp_in_flight
+from app.dataroot import fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError
 from app.names import check_file_name
 from app.storage import CheckReport, Finding, TrashEntry
@@ -37,7 +37,7 @@ from app.store.records import (
     read_meta,
     record_blob,
 )
-from app.store.trash import TRASH_NAME_RE
+from app.store.trash import EMPTYING_PREFIX, TRASH_NAME_RE
 
 if TYPE_CHECKING:
     from app.store import Store
@@ -111,7 +111,7 @@ class Checker:
         trash: set[str] = set()
         purged: set[str] = set()
         try:
-            lines = self.root.audit_path.read_bytes().splitlines()
+            lines = read_regular(self.root.audit_path).splitlines()
         except FileNotFoundError:
             return trash, purged
         for line in lines:
@@ -131,6 +131,15 @@ class Checker:
         for path in _listing(self.root.trash_dir):
             name = path.name
             found = TRASH_NAME_RE.fullmatch(name)
+            if name.startswith(EMPTYING_PREFIX) and path.is_dir() and not path.is_symlink():
+                if self.found(
+                    "trash-emptying",
+                    path,
+                    "an entry that `empty-trash` had taken out of the trash when it was stopped",
+                    "finish removing it",
+                ):
+                    shutil.rmtree(path)
+                continue
             if found is None or path.is_symlink() or not path.is_dir():
                 self.unrepaired(
                     "unknown-entry", path, "not a trash entry", "nothing: left for a human"
@@ -139,7 +148,7 @@ class Checker:
             entry = self.store.trash.read_entry(name)
             assert entry is not None
             try:
-                manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
             except (OSError, ValueError):
                 manifest = None
             contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}

@@ -65,10 +65,12 @@ __all__ = [
     "TMP_DIR",
     "TRASH_DIR",
     "DataRoot",
+    "NotRegularFileError",
     "RootStatus",
     "describe",
     "fsync_dir",
     "open_root",
+    "read_regular",
     "read_stamp",
     "restamp",
     "tmp_in_flight",
@@ -95,6 +97,47 @@ _NOT_DATA: Final = frozenset({LOCK_FILE, TMP_DIR, "lost+found"})
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+_KINDS_OF_FILE: Final = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+class NotRegularFileError(OSError):
+    """One of the app's own files is something else at its name: a FIFO, a directory..."""
+
+    def __init__(self, path: Path | str, mode: int) -> None:
+        kind = next((name for test, name in _KINDS_OF_FILE if test(mode)), "something else")
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path = Path(path)
+        self.kind = kind
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The bytes of one of the app's own files, which must be a regular file.
+
+    Opened without blocking and checked before it is read: a FIFO at the name (a log
+    shipper's, a test's ``os.mkfifo``) would otherwise wait for a writer for good, hanging
+    a request, a start-up or ``app data check``, and then hand over whatever the other end
+    sent as the file's content.
+
+    Raises:
+        NotRegularFileError: the name is a FIFO, a directory, a socket or a device.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -173,10 +216,14 @@ def _open_for_append(path: Path) -> int:
     would carry those changes into another root's log, so a shared file is first replaced
     by a private copy of what it held: rename changes only this path, never the other one.
     """
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    # O_NONBLOCK: a FIFO there must not hang the operation until something reads it (ENXIO
+    # while nothing does); it is refused below like a FIFO that something reads.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, FILE_MODE)
     except OSError as error:
+        if error.errno == errno.ENXIO:
+            raise NotRegularFileError(path, stat.S_IFIFO) from None
         if error.errno != errno.ELOOP:
             raise
         fd = None  # a symbolic link
@@ -185,8 +232,9 @@ def _open_for_append(path: Path) -> int:
         if stat.S_ISREG(found.st_mode) and found.st_nlink == 1:
             return fd
         os.close(fd)
-    with path.open("rb") as shared:
-        content = shared.read()
+        if not stat.S_ISREG(found.st_mode):
+            raise NotRegularFileError(path, found.st_mode)
+    content = read_regular(path)
     _replace(_write_temp_file(path.parent / TMP_DIR, content), path)
     return os.open(path, flags, FILE_MODE)
 
@@ -227,6 +275,29 @@ def _audit_record(
 # --- the profile stamp -------------------------------------------------------------------
 
 
+_WRITE_STAMP: Final = (
+    'restore the file from a backup, or write {"profile": "<the profile this root belongs '
+    'to>"} into it by hand'
+)
+
+
+def _refuse_special_audit_log(root: Path) -> None:
+    # Every destructive operation appends to it after its change is made: a FIFO or a
+    # directory there would fail that line every time, or hand it to whatever reads the FIFO.
+    path = root / AUDIT_FILE
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        raise DataRootStateError(
+            root,
+            str(NotRegularFileError(path, mode)),
+            "move it away (the app starts a new audit.jsonl; keep the old one's lines, "
+            "they are the record of what was deleted)",
+        )
+
+
 def read_stamp(root: Path) -> dict[str, Any] | None:
     """The profile stamp of ``root`` (``profile``, ``created_at``, ``app_version``), or ``None``.
 
@@ -235,9 +306,11 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
     """
     path = root / STAMP_FILE
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except NotRegularFileError as error:
+        raise DataRootStateError(root, str(error), f"move it away, then {_WRITE_STAMP}") from None
     try:
         stamp = json.loads(raw)
     except ValueError as error:
@@ -249,8 +322,7 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
     raise DataRootStateError(
         root,
         problem,
-        "restore the file from a backup, or write "
-        '{"profile": "<the profile this root belongs to>"} into it by hand',
+        _WRITE_STAMP,
     )
 
 
@@ -492,6 +564,7 @@ def _open_checked(
     durable = run is None or run.pid is None
     if not write:
         stamp = _check_stamp(config, root, kind=kind, write=False)
+        _refuse_special_audit_log(root)
         return DataRoot(config, kind=kind, lock=None, stamp=stamp)
 
     if root.is_dir() and not (root / STAMP_FILE).exists():
@@ -503,15 +576,31 @@ def _open_checked(
     lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
     try:
         stamp = _check_stamp(config, root, kind=kind, write=True, durable=durable)
+        _refuse_special_audit_log(root)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
+        _refuse_swapped_while_opening(opened, lock, run)
         if removed := _clear_tmp(opened.tmp_dir):
             opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
     except BaseException:
         lock.release()
         raise
     return opened
+
+
+def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | None) -> None:
+    # The path was checked before the lock was taken, and a directory on it can be replaced
+    # in between (by a link to another root, in a race a test can time with an audit hook).
+    # Checked again once the identities that every later write compares with are taken:
+    # the path must still be the sandbox's, and the lock the file the path leads to now.
+    check_root(opened.path, "open data root", run, again=True)
+    if _lstat_identity(opened.path.resolve() / LOCK_FILE) != lock.identity:
+        raise DataRootChangedError(
+            opened.path,
+            f"{LOCK_FILE} is not the file it locked: a directory on the path was replaced "
+            "while the root was being opened",
+        )
 
 
 def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:

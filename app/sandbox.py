@@ -633,7 +633,7 @@ def checked(path: Path, what: str, run: Run | None = None) -> Iterator[None]:
         _CHECKED.reset(token)
 
 
-def check_root(path: Path, what: str, run: Run | None = None) -> None:
+def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = False) -> None:
     """Refuse ``path`` if this process belongs to a run and ``path`` is not the run's to open.
 
     Refused: a path that resolves outside the sandbox; a path inside it that is one of the
@@ -643,11 +643,13 @@ def check_root(path: Path, what: str, run: Run | None = None) -> None:
         path: the data root about to be opened.
         what: what the caller is about to do, for the message ("open data root").
         run: the run, if the caller already has it.
+        again: check even inside a :func:`checked` block for ``path`` (the path may lead
+            elsewhere since: a directory on it replaced by a link).
 
     Raises:
         SandboxViolationError: naming the path, the protected root and the fix.
     """
-    if _CHECKED.get() == path:
+    if not again and _CHECKED.get() == path:
         return  # inside a `checked` block for this path: checked a moment ago
     run = run or current_run()
     if run is None:

@@ -200,9 +200,9 @@ class Finding:
     Attributes:
         problem: a stable identifier: ``tmp-leftover``, ``unfinished-create``,
             ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
-            ``trash-unaudited``, ``trash-no-manifest``, ``record-without-file``,
-            ``file-without-record``, ``legacy-layout``, ``session-unreadable`` or
-            ``unknown-entry``.
+            ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``,
+            ``record-without-file``, ``file-without-record``, ``legacy-layout``,
+            ``session-unreadable`` or ``unknown-entry``.
         target: what it concerns, relative to the data root.
         detail: what it is and how it came about.
         repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).

@@ -1083,6 +1083,42 @@ def test_a_forked_child_that_execs_the_app_with_an_empty_environment():
     refused(os.waitstatus_to_exitcode(status), output)
 
 
+def test_posix_spawn_of_the_app_with_production_s_environment_only():
+    # posix_spawn: no fork in Python, so no at-fork hook of the app's runs in between.
+    read, write = os.pipe()
+    pid = os.posix_spawn(
+        sys.executable,
+        [sys.executable, "-m", "app", *PURGE],
+        PRODUCTION_SHELL,
+        file_actions=[(os.POSIX_SPAWN_DUP2, write, 2)],
+    )
+    os.close(write)
+    with os.fdopen(read) as stderr:
+        output = stderr.read()
+    _, status = os.waitpid(pid, 0)
+    refused(os.waitstatus_to_exitcode(status), output)
+
+
+def test_a_child_on_a_new_terminal_and_session_with_production_s_environment_only():
+    import pty
+
+    pid, terminal = pty.fork()  # setsid() and a new controlling terminal, as `pty.spawn`
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "app", *PURGE], PRODUCTION_SHELL)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    refused(os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace"))
+
+
 def test_pytest_main_in_process_on_production_s_root(tmp_path):
     inner = tmp_path / "inner"
     inner.mkdir()

@@ -12,6 +12,7 @@ import bisect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -41,6 +42,9 @@ class RootState:
         # The `.new-<id>` staging directories of creates in progress.
         self.creating: set[str] = set()
         self.creating_lock = threading.Lock()
+        # The time in the newest trash entry's name (see app.store.trash.Trash.moment).
+        self.trash_moment: datetime | None = None
+        self.trash_moment_lock = threading.Lock()
 
     def lock_for(self, session_id: str) -> threading.Lock:
         """The lock that serialises changes to ``session_id`` (one of a fixed set of stripes)."""

@@ -10,13 +10,16 @@ from typing import Final
 
 from app.errors import InvalidNameError
 
-__all__ = ["ID_RE", "check_session_id", "new_session_id"]
+__all__ = ["ID_RE", "check_session_id", "make_later_than", "new_session_id"]
 
 ID_RE: Final = re.compile(r"[0-9a-f]{32}")
 """32 lower-case hex digits: a session id, and also a blob's name."""
 
 _id_guard = threading.Lock()
 _last_id: list[int] = [0, 0]  # [milliseconds, sequence] of the last id made in this process
+# Ids this close to the end of UUIDv7's 48-bit clock are not followed (only a hand-made
+# name has one): counting on from there would overflow the id's 32 digits.
+_LATEST_FOLLOWED_MS: Final = (1 << 48) - (1 << 36)
 
 
 def new_session_id() -> str:
@@ -42,6 +45,25 @@ def new_session_id() -> str:
     rand_b = secrets.randbits(62)
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand_b
     return f"{value:032x}"
+
+
+def make_later_than(newest: str) -> None:
+    """Make every id this process makes from now on sort after ``newest``.
+
+    A writer calls it with the newest id on its data root when it opens it: its clock may
+    have been stepped back since that id was made (a restored VM snapshot, a board that boots
+    before NTP), and a session made then would otherwise sort, and list, before older ones.
+    Ids then count on from ``newest``'s millisecond until the clock passes it.
+    """
+    if not ID_RE.fullmatch(newest):
+        return
+    value = int(newest, 16)
+    ms, seq = value >> 80, (value >> 64) & 0xFFF
+    if ms >= _LATEST_FOLLOWED_MS:
+        return
+    with _id_guard:
+        if [ms, seq] > _last_id:
+            _last_id[:] = [ms, seq]
 
 
 def check_session_id(value: str) -> str:

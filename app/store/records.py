@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
-from app.dataroot import fsync_dir
+from app.dataroot import NotRegularFileError, fsync_dir, read_regular
 from app.errors import DataRootChangedError, SessionNotFoundError
 from app.storage import FileEntry
 from app.store.ids import ID_RE
@@ -167,8 +167,9 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
         # Not one of ours (a create renames a real directory): it could lead anywhere.
         raise SessionNotFoundError(session_id)
     try:
-        raw = (directory / SESSION_FILE).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
+        raw = read_regular(directory / SESSION_FILE)
+    except (FileNotFoundError, NotADirectoryError, NotRegularFileError):
+        # A session.json that is no file is no session, as MetaCache.stat says too.
         raise SessionNotFoundError(session_id) from None
     session: dict[str, Any] = json.loads(raw)
     return session

@@ -47,7 +47,7 @@ from app.storage import (
     TrashEntry,
 )
 from app.store.files import Files
-from app.store.ids import check_session_id
+from app.store.ids import check_session_id, make_later_than
 from app.store.sessions import Sessions
 from app.store.trash import Trash
 
@@ -83,6 +83,10 @@ class Store(Storage):
         )
         if root.writable:
             self.sessions.clear_unfinished()
+            # New sessions list after every one already made here, in the sessions or in the
+            # trash, even if this machine's clock was stepped back since (see make_later_than).
+            newest = max([*self.sessions.ids()[-1:], self.trash.newest_session_id() or ""])
+            make_later_than(newest)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -18,7 +18,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from app.dataroot import fsync_dir
+from app.dataroot import fsync_dir, read_regular
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -27,11 +27,15 @@ if TYPE_CHECKING:
 
     from app.dataroot import DataRoot
 
-__all__ = ["TRASH_NAME_RE", "Trash"]
+__all__ = ["EMPTYING_PREFIX", "TRASH_NAME_RE", "Trash"]
 
 _TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
 """An entry's name: when it was made, the session, and for a file a random suffix."""
+
+_NEVER: Final = datetime.min.replace(tzinfo=UTC)
+EMPTYING_PREFIX: Final = ".emptying-"
+"""An entry ``empty-trash`` took out of the trash and is removing (``check`` finishes it)."""
 
 log = logging.getLogger("app.store")
 
@@ -55,7 +59,7 @@ class Trash:
         blob: str | None = None,
     ) -> TrashEntry:
         """Make an empty entry with its manifest, durably, for data about to move in."""
-        moment = datetime.now(UTC)
+        moment = self.moment()
         # File names can be 255 bytes on their own, so a file entry is named by a random
         # suffix; the file keeps its name inside the entry, and trash.json says what it was.
         suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
@@ -83,6 +87,41 @@ class Trash:
                 path.rmdir()
             raise
         return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
+
+    def moment(self) -> datetime:
+        """The time a new entry is named by: now, or just after the newest entry if later.
+
+        Entries sort by the time in their name, and that order is what :meth:`latest`
+        restores and ``empty-trash --older-than`` reads. A clock stepped back since the
+        newest entry was made (a restored VM snapshot, a board that boots before NTP) would
+        otherwise name a later deletion before an earlier one, and a restore would bring
+        back an older version. Erring later only keeps an entry longer.
+        """
+        state = self.root.store_state
+        with state.trash_moment_lock:
+            newest = state.trash_moment
+            if newest is None:
+                newest = max((moment for moment, _ in self._names()), default=_NEVER)
+            moment = max(datetime.now(UTC), newest + timedelta(microseconds=1))
+            state.trash_moment = moment
+            return moment
+
+    def newest_session_id(self) -> str | None:
+        """The newest session id among the entries (by id, not by when it was deleted)."""
+        return max((session_id for _, session_id in self._names()), default=None)
+
+    def _names(self) -> list[tuple[datetime, str]]:
+        """Each entry's time and session, from its name alone (no manifest is read)."""
+        try:
+            with os.scandir(self.path) as entries:
+                names = [e.name for e in entries]
+        except FileNotFoundError:
+            return []
+        return [
+            (datetime.strptime(found.group(1), _TIME_FORMAT).replace(tzinfo=UTC), found.group(2))
+            for name in names
+            if (found := TRASH_NAME_RE.fullmatch(name)) is not None
+        ]
 
     def audit_move(self, operation: str, target: str, **details: Any) -> None:
         """Audit a move into the trash that is made: a failure to write the line is logged."""
@@ -129,7 +168,7 @@ class Trash:
             return None
         path = self.path / name
         try:
-            manifest = json.loads((path / TRASH_MANIFEST).read_bytes())
+            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
         except (OSError, ValueError):
             manifest = {}
         return TrashEntry(
@@ -144,7 +183,7 @@ class Trash:
         )
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
-        manifest: TrashManifest = json.loads((entry.path / TRASH_MANIFEST).read_bytes())
+        manifest: TrashManifest = json.loads(read_regular(entry.path / TRASH_MANIFEST))
         return manifest
 
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
@@ -157,10 +196,18 @@ class Trash:
                 continue
             if entry.path.parent != self.path or entry.path.is_symlink():
                 continue  # never follow anything out of the trash
-            shutil.rmtree(entry.path)
+            # One rename takes the whole entry out of the trash before any byte of it goes:
+            # a crash in the middle of rmtree left a restorable half (a session missing some
+            # of its files) that `check` could only leave for a human; now it finishes it.
+            entry.path.rename(self.path / f"{EMPTYING_PREFIX}{entry.name}")
             removed.append(entry)
         if removed:
             fsync_dir(self.path)
+        for entry in removed:
+            shutil.rmtree(self.path / f"{EMPTYING_PREFIX}{entry.name}")
+        if removed:
+            fsync_dir(self.path)
+        # After the bytes are gone: on a full disk, the line needs the space this freed.
         self.root.audit(
             "empty-trash",
             self.path,
