@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -350,8 +351,12 @@ def test_purge_while_a_server_runs_exits_75_and_changes_nothing(start: Any, root
             sid = client.post("/sessions", json={}).json()["id"]
             client.put(f"/sessions/{sid}/files/a", content=b"keep")
     before = snapshot(root)
-    for command in (["data", "purge"], ["data", "empty-trash"], ["sessions", "restore", sid]):
-        result = run_app(*command, env=app_env(root))
+    commands = (["data", "purge"], ["data", "empty-trash"], ["sessions", "restore", sid])
+    # Side by side: each first retries the server's lock for a second, then is refused.
+    with ThreadPoolExecutor(len(commands)) as pool:
+        results = [pool.submit(run_app, *command, env=app_env(root)) for command in commands]
+    for command, running in zip(commands, results, strict=True):
+        result = running.result()
         assert result.returncode == 75, (command, result.stderr)
         assert f"held by pid {server.pid}, kind server" in result.stderr
     assert snapshot(root) == before
