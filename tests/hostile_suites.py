@@ -909,6 +909,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -1012,8 +1013,15 @@ def test_dynaconf_s_own_switches_in_a_child(tmp_path):
     # The testing profile: had a switch worked, its root would be production's. Each child
     # is refused for the switch (78), or lands on the run's own root, which the run holds.
     root = load().data_root
-    for name, value in dynaconf_switches(tmp_path).items():
-        done = app(*PURGE, env={**os.environ, name: value})
+    switches = dynaconf_switches(tmp_path)
+    # Side by side: a child refused by the run's lock first retries it for a second.
+    with ThreadPoolExecutor(len(switches)) as pool:
+        children = {
+            name: pool.submit(app, *PURGE, env={**os.environ, name: value})
+            for name, value in switches.items()
+        }
+    for name, child in children.items():
+        done = child.result()
         if done.returncode == 75:
             assert f"data root {root} is held by pid {os.getpid()}" in done.stderr, name
         else:

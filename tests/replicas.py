@@ -33,8 +33,8 @@ from engines import PostgresEngine, S3Engine
 
 from app.testing import wait_until_serving
 
-POLL = 0.05
-ATTEMPTS = 600  # bounded: 30 s at most for anything to happen
+POLL = 0.01  # a query or a request per poll: cheap next to a replica's start
+ATTEMPTS = 3000  # bounded: 30 s at most for anything to happen
 
 SETTINGS = """\
 [production]

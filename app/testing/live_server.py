@@ -21,7 +21,10 @@ import pytest
 if TYPE_CHECKING:
     from app.config import Config
 
-_POLL_SECONDS = 0.05
+# Each poll is a read of the lock file or a refused connection: cheap. A server starts in
+# about 0.45 s, which polls 50 ms apart lengthened by 25 ms at each of its two waits. The
+# attempts below keep the bounds they had (30 s, 60 s, 30 s and 15 s).
+_POLL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def _exited(process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def published_port(
-    root: Path, process: subprocess.Popen[bytes], log: Path, attempts: int = 600
+    root: Path, process: subprocess.Popen[bytes], log: Path, attempts: int = 3000
 ) -> int:
     """The port an ``app serve --port 0`` bound, read from the holder JSON of its lock file.
 
@@ -81,7 +84,7 @@ def published_port(
         root: the server's data root.
         process: the ``app serve`` process.
         log: the file its output goes to, shown if it exits first.
-        attempts: how many polls, 50 ms apart, before giving up.
+        attempts: how many polls, 10 ms apart, before giving up.
     """
     from app.lock import read_holder
 
@@ -97,7 +100,7 @@ def published_port(
 
 
 def published_url(
-    database_url: str, process: subprocess.Popen[bytes], log: Path, attempts: int = 1200
+    database_url: str, process: subprocess.Popen[bytes], log: Path, attempts: int = 6000
 ) -> str:
     """The URL an ``app serve --port 0`` replica published in its holder row.
 
@@ -110,7 +113,7 @@ def published_url(
         database_url: the database the server opens (the run's scratch database).
         process: the ``app serve`` process.
         log: the file its output goes to, shown if it exits first or never publishes.
-        attempts: how many polls, 50 ms apart, before giving up (more than for a data root:
+        attempts: how many polls, 10 ms apart, before giving up (more than for a data root:
             a replica also imports the database and S3 clients and checks both stamps).
     """
     import socket
@@ -195,7 +198,7 @@ def start_replica(
 
 
 def stop_server(
-    process: subprocess.Popen[bytes], database_url: str | None = None, attempts: int = 600
+    process: subprocess.Popen[bytes], database_url: str | None = None, attempts: int = 3000
 ) -> None:
     """Stop a server started by :func:`start_server` or :func:`start_replica`: SIGTERM, so
     that it finishes in-flight requests and gives up its hold in order (a replica deletes its
@@ -206,7 +209,7 @@ def stop_server(
         database_url: a replica's database: once the process is gone, wait until no live
             row names its pid, and delete a row that a killed replica left (not live, but
             ``app status`` would count it until the next replica's start cleans it).
-        attempts: polls, 50 ms apart, for PostgreSQL to see a killed replica's connection go.
+        attempts: polls, 10 ms apart, for PostgreSQL to see a killed replica's connection go.
     """
     process.terminate()
     try:
@@ -229,14 +232,14 @@ def stop_server(
 
 
 def wait_until_serving(
-    url: str, process: subprocess.Popen[bytes], attempts: int = 300, log: Path | None = None
+    url: str, process: subprocess.Popen[bytes], attempts: int = 1500, log: Path | None = None
 ) -> None:
     """Poll ``GET /health`` until it answers; fail with the server's output if it exits.
 
     Args:
         url: the server's base URL.
         process: the ``app serve`` process.
-        attempts: how many polls, 50 ms apart, before giving up.
+        attempts: how many polls, 10 ms apart, before giving up.
         log: the file the server writes its output to, shown if it exits (else its stdout
             pipe is read).
     """
