@@ -18,7 +18,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from app.dataroot import fsync_dir, read_regular
+from app.dataroot import fsync_dir, read_regular, write_new_file
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -76,10 +76,20 @@ class Trash:
         }
         if blob is not None:
             manifest["blob"] = blob
+        data = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         path.mkdir(mode=0o700)
         try:
-            self.root.atomic_write_json(path / TRASH_MANIFEST, manifest)
+            # Written in place, not through .tmp/ and a rename: the entry is new, ours, and
+            # empty, so a partial manifest is what a missing one already was to a reader and
+            # to `app check` (an entry without a readable trash.json and no data: removed).
+            # That saves, on every delete, a cross-directory rename (a filesystem-wide lock),
+            # a flock, and the resolve() of the destination's every parent.
+            write_new_file(path / TRASH_MANIFEST, data)
+            fsync_dir(path)
             fsync_dir(self.path)
+            # The last moment before the caller moves data in (the check the atomic write
+            # made): the root and .trash/ must still be the ones this process holds.
+            self.root.ensure_held()
         except BaseException:
             # A full disk must not leave an empty entry behind.
             with contextlib.suppress(OSError):
