@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,15 +36,6 @@ _MAX_AGE_SECONDS: Final = 100 * 365 * 86400
 # threads at once (see list_sessions).
 _LISTING_SLOTS: Final = 2
 _UNBOUNDED_PAGE: Final = 100
-# Creates and deletes go to these threads with `loop.run_in_executor` rather than anyio's
-# `run_in_threadpool`: the same hop at about half the server's CPU (28 against 60 to 75 us
-# per call, measured with 8 callers on uvloop), anyio's capacity limiter, cancel scope and
-# context copy being Python work on the event loop for every call. What anyio's shield gave,
-# the executor gives too: a create or delete that started runs to its end, answered or not.
-# As many threads as anyio's default limiter, for a remote store's calls that wait on the
-# network; shared by every app of the process, so that tests that make many apps do not
-# leave idle threads behind each one. A thread starts at the first call that finds none idle.
-_WRITES: Final = ThreadPoolExecutor(max_workers=40, thread_name_prefix="app-session-writes")
 
 
 class _EncodedJSON(JSONResponse):
@@ -96,9 +85,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     async def create_session(request: Request) -> JSONResponse:
         """Create a session (durably: fsync before the answer)."""
         body = await session_create(request)
-        session = await asyncio.get_running_loop().run_in_executor(
-            _WRITES, store.create_session, body.title, body.metadata
-        )
+        session = await run_in_threadpool(store.create_session, body.title, body.metadata)
         # JSONResponse directly: the store's dict needs no second validation pass.
         return JSONResponse(
             session, status_code=201, headers={"Location": f"/sessions/{session['id']}"}
@@ -174,13 +161,9 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         response_model=None,
         responses={200: {"model": SessionDeleted}, **errors(400, 401, 404, *STORAGE)},
     )
-    async def delete_session(session_id: SessionId) -> JSONResponse:
+    def delete_session(session_id: SessionId) -> JSONResponse:
         """Move a session to the trash (``app sessions restore`` brings it back)."""
-        # async, with its own hop: as a plain `def` FastAPI ran it through anyio's
-        # (see _WRITES).
-        entry = await asyncio.get_running_loop().run_in_executor(
-            _WRITES, store.delete_session, session_id
-        )
+        entry = store.delete_session(session_id)
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})
 
