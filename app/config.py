@@ -299,6 +299,12 @@ class Config:
     max_uploads_in_flight: int = setting(
         _int_in(1, 100_000), "most uploads received at once (503 with Retry-After beyond)", 32
     )
+    max_transfers_at_once: int = setting(
+        _int_in(1, 10_000),
+        "most uploads and downloads a server on a local data root works on at once; "
+        "the others wait their turn",
+        4,
+    )
     max_files_per_session: int = setting(
         _int_in(1, 10_000_000),
         "most files one session holds (a new name beyond it is 409 too_many_files)",

@@ -179,6 +179,37 @@ def _open_existing(path: Path) -> int | None:
         return None
 
 
+def _published_by_live_process(path: Path) -> bool:
+    """Whether the lock file at ``path`` names a process alive on this host and boot.
+
+    Read once, without the retries of `read_holder`: an empty or half-written file is a
+    holder that has not published yet, and the caller keeps retrying for it.
+    """
+    fd = _open_existing(path)
+    if fd is None:
+        return False
+    try:
+        holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+    finally:
+        os.close(fd)
+    pid = holder.get("pid") if holder else None
+    if (
+        holder is None
+        or type(pid) is not int
+        or pid <= 0
+        or holder.get("boot_id") != _boot_id()
+        or holder.get("host") != socket.gethostname()
+    ):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
 def read_holder(root: Path) -> dict[str, Any] | None:
     """The JSON the current holder of ``root`` published, without locking anything.
 
@@ -404,6 +435,18 @@ class RootLock:
             return self
 
     def _take(self, timeout: float) -> bool:
+        if self._try(0.0):
+            return True
+        # The retries are for a probe's instant of shared hold and for a holder caught
+        # between its flock and its JSON: neither publishes a live process. A holder that
+        # did (a server, a test run) will not let go within the timeout, and every refusal
+        # waited for all of it. One more try after a poll interval still lets a probe pass
+        # when a crashed holder's JSON names a pid that was reused since.
+        if _published_by_live_process(self.path):
+            timeout = min(timeout, _POLL_INTERVAL)
+        return timeout > 0 and self._try(timeout)
+
+    def _try(self, timeout: float) -> bool:
         if self._sandbox_flock is not None:
             return self._sandbox_flock.acquire(timeout)
         from filelock import Timeout  # imported by __init__ already

@@ -631,6 +631,7 @@ def test_a_profile_without_a_data_root_is_refused(make_settings: SettingsMaker) 
         ("APP_REQUEST_IDLE_SECONDS", "0", "request_idle_seconds"),
         ("APP_REQUEST_SECONDS", "'forever'", "request_seconds"),
         ("APP_MAX_UPLOADS_IN_FLIGHT", "0", "max_uploads_in_flight"),
+        ("APP_MAX_TRANSFERS_AT_ONCE", "0", "max_transfers_at_once"),
     ],
 )
 def test_a_value_of_the_wrong_type_or_range_is_refused_naming_key_value_and_source(
@@ -665,7 +666,12 @@ def test_the_values_have_the_right_types(
     assert type(config.lock_check_seconds) is float and config.lock_check_seconds == 2.0
     assert type(config.request_seconds) is float and config.request_seconds == 90.0
     assert type(config.request_idle_seconds) is float
-    for whole in ("page_max_bytes", "max_header_bytes", "max_uploads_in_flight"):
+    for whole in (
+        "page_max_bytes",
+        "max_header_bytes",
+        "max_uploads_in_flight",
+        "max_transfers_at_once",
+    ):
         assert type(getattr(config, whole)) is int
     assert type(config.protected) is bool
     assert config.log_level == "debug"

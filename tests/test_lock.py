@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from live_http import WAIT
 
 import app
 from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
@@ -489,3 +490,49 @@ def test_the_watcher_reports_a_check_that_fails_instead_of_dying_quietly(root: P
         watcher = LockWatcher(lock, 0.01, reasons.append).start()
         watcher._thread.join()  # ends after reporting (or, before, when the check raised)
     assert reasons == ["could not be checked (Input/output error)"]
+
+
+def test_a_live_published_holder_is_refused_without_waiting_out_the_timeout(
+    root: Path, holder: Holder
+) -> None:
+    # The retries are for a probe's instant; a server that published itself is not going
+    # away. Were the whole timeout waited for, the thread would still be waiting below.
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            RootLock(root, kind="tests", profile="testing").acquire("run tests", timeout=1e9)
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(WAIT)
+    assert not thread.is_alive(), "acquire waited for its whole timeout"
+    assert isinstance(outcome[0], DataRootInUseError)
+    assert f"pid {holder.pid}" in str(outcome[0])
+
+
+def test_a_holder_that_has_not_published_yet_is_waited_for(root: Path) -> None:
+    # Between its flock and its JSON a starting holder looks like a probe: retried, so a
+    # holder that lets go within the timeout does not refuse the next one.
+    import fcntl
+
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    released = threading.Event()
+
+    def let_go() -> None:
+        released.wait(WAIT)
+        os.close(fd)
+
+    thread = threading.Thread(target=let_go)
+    thread.start()
+    lock = RootLock(root, kind="tests", profile="testing")
+    try:
+        released.set()
+        lock.acquire("run tests", timeout=WAIT)
+        assert lock.held
+    finally:
+        lock.release()
+        thread.join()

@@ -51,5 +51,10 @@ def create_app(store: Storage, config: Config) -> FastAPI:
     add_session_routes(app, store, config, auth)
     add_file_routes(app, store, auth, UploadSlots(config.max_uploads_in_flight))
     app.openapi = openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(RequestGuard)
+    # A remote store's transfers wait on the network in worker threads, and its servers scale
+    # by processes (--workers): they are not queued.
+    local = getattr(store, "reads_from_local_files", False) is True
+    app.add_middleware(
+        RequestGuard, transfers_at_once=config.max_transfers_at_once if local else None
+    )
     return app

@@ -1,19 +1,81 @@
-"""The ASGI middleware that refuses a request before any route does its work.
+"""The ASGI middleware that refuses a request before any route does its work, or queues it.
 
 The request's head, body and response are bounded by the HTTP protocol
 (`app.server.protocol`), where it is known whether a wait is coming at all; this refuses what
-the path says, and ends quietly a request whose response the protocol abandoned.
+the path says, lets a few uploads and downloads at a time be worked on (`Turn`), and ends
+quietly a request whose response the protocol abandoned.
 """
 
 from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
+import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import InvalidNameError
 from app.server.problems import problem_of
-from app.server.protocol import SlowReader
+from app.server.protocol import TURN, SlowReader
+
+
+class Turn:
+    """One transfer's place among those the server works on at once (``max_transfers_at_once``).
+
+    Every request is a task on one event loop, and the worker threads it hands its file work
+    to share one interpreter lock with that loop. Each transfer in progress adds its steps to
+    every turn of the loop, and the small calls (create, get, list, delete) wait for them all:
+    under ``bench/load.py``'s 50 clients, with every transfer at once, a create waited about
+    100 ms at the median. With a few at a time, the others wait without costing anything,
+    and the small calls and ``GET /health`` pass between them (docs/reference/performance.md).
+
+    A transfer gives its place up while it waits for its client (`app.server.protocol`), so a
+    client that sends or reads slowly holds none: it cannot keep the others waiting. It
+    queues behind those that came meanwhile when it goes on. Transfers are queued, never
+    refused, in the order they came; ``max_uploads_in_flight`` still bounds the uploads
+    received at once (503 beyond).
+    """
+
+    __slots__ = ("_entering", "_held", "_places")
+
+    def __init__(self, places: anyio.Semaphore) -> None:
+        self._places = places
+        self._held = False
+        self._entering = False
+
+    async def enter(self) -> None:
+        # One place per request: a second task of it that waits for its client at the same
+        # time goes on with the first's (it would otherwise wait for a place of its own,
+        # which, with one place, only its own request could give back).
+        if self._held or self._entering:
+            return
+        self._entering = True
+        try:
+            await self._places.acquire()
+        finally:
+            self._entering = False
+        self._held = True
+
+    def leave(self) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+
+def is_transfer(scope: Scope) -> bool:
+    """Whether the request uploads or downloads a file's bytes.
+
+    ``PUT``, ``GET`` or ``HEAD`` of ``/sessions/{id}/files/{name}``, and ``POST`` of
+    ``/sessions/{id}/files``. Listing a session's files and deleting one are small calls.
+    """
+    path: str = scope["path"]
+    if not path.startswith("/sessions/"):
+        return False
+    parts = path.split("/", 5)  # "", "sessions", id, "files", name...
+    if len(parts) < 4 or parts[3] != "files":
+        return False
+    if len(parts) == 4:
+        return bool(scope["method"] == "POST")
+    return scope["method"] in ("PUT", "GET", "HEAD")
 
 
 class RequestGuard:
@@ -29,8 +91,13 @@ class RequestGuard:
     on every request.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, transfers_at_once: int | None = None) -> None:
         self.app = app
+        self.places = (
+            None
+            if transfers_at_once is None
+            else anyio.Semaphore(transfers_at_once, fast_acquire=True)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
@@ -47,7 +114,14 @@ class RequestGuard:
                 )
                 await problem_of(refused)(scope, receive, send)
                 return
+        turn = None
+        if self.places is not None and scope["type"] == "http" and is_transfer(scope):
+            turn = scope[TURN] = Turn(self.places)
+            await turn.enter()
         try:
             await self.app(scope, receive, send)
         except SlowReader:
             return  # logged by the protocol; uvicorn closes the connection
+        finally:
+            if turn is not None:
+                turn.leave()

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTimeoutError
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
@@ -59,6 +59,20 @@ Its value is how many body bytes may wait for the application before reading pau
 their number bounds the memory it takes. With 64 KiB a single read (up to 256 KiB with
 uvloop) paused the transport, to be resumed at the next ``receive``.
 """
+
+
+TURN: Final = "app.turn"
+"""The scope key of a request's place among the transfers the server works on at once.
+
+Its value (`app.server.limits.Turn`) is given up while the request waits for its client,
+for more of the body or for room to send, and taken again before the request goes on, so a
+client that reads or sends slowly holds no place while it does (`_Exchange`).
+"""
+
+
+class _Turn(Protocol):
+    async def enter(self) -> None: ...
+    def leave(self) -> None: ...
 
 
 class _Taken:
@@ -156,9 +170,12 @@ class _Exchange:
         ):
             return await self._receive()
         left = self.deadline - asyncio.get_running_loop().time()
+        turn = cast("_Turn | None", cycle.scope.get(TURN))
+        if turn is not None:
+            turn.leave()
         try:
             async with asyncio.timeout(min(self.idle, max(left, 0))):
-                return await self._receive()
+                message = await self._receive()
         except TimeoutError:
             if left <= self.idle:
                 raise RequestTimeoutError(
@@ -167,11 +184,17 @@ class _Exchange:
             raise RequestTimeoutError(
                 "the client sent no more of its body", self.idle, "request_idle_seconds"
             ) from None
+        if turn is not None:
+            await turn.enter()
+        return message
 
     async def send(self, message: Any) -> None:
         cycle = self.cycle
         # uvicorn's send waits while the transport's buffer is over its high-water mark.
         if cycle.flow.write_paused and not cycle.disconnected:
+            turn = cast("_Turn | None", cycle.scope.get(TURN))
+            if turn is not None:
+                turn.leave()
             try:
                 async with asyncio.timeout(self.idle):
                     await cycle.flow.drain()
@@ -184,6 +207,8 @@ class _Exchange:
                     self.idle,
                 )
                 raise SlowReader from None
+            if turn is not None:
+                await turn.enter()
         self._holding = message["type"] == "http.response.start"
         try:
             await self._send(message)
