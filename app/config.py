@@ -303,7 +303,7 @@ class Config:
         _int_in(1, 10_000),
         "most uploads and downloads a server on a local data root works on at once; "
         "the others wait their turn",
-        4,
+        2,
     )
     max_files_per_session: int = setting(
         _int_in(1, 10_000_000),

@@ -335,10 +335,19 @@ def main() -> None:
     parser.add_argument("--big-lists", type=int, default=100)
     parser.add_argument("--big-list-clients", type=int, default=10)
     parser.add_argument("--work-dir", help="where the data root goes (default: the system temp)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="APP_KEY=VALUE",
+        help="a setting for the server, e.g. APP_MAX_TRANSFERS_AT_ONCE=8 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not 0 < args.seconds <= 600 or args.clients > 200:
         parser.error("keep the run bounded: --seconds in (0, 600], --clients at most 200")
+    if any(not setting.startswith("APP_") or "=" not in setting for setting in args.setting):
+        parser.error("--setting takes APP_KEY=VALUE")
     if not 0 <= args.warmup < args.seconds:
         parser.error("--warmup must be shorter than --seconds")
 
@@ -346,7 +355,8 @@ def main() -> None:
         root = Path(work) / "data"
         seed(root, args.seed)
         ids = sorted(p.name for p in (root / "sessions").iterdir() if len(p.name) == 32)
-        with app_server(root, Path(work) / "app.log") as app:
+        settings = dict(setting.split("=", 1) for setting in args.setting)
+        with app_server(root, Path(work) / "app.log", **settings) as app:
             context = multiprocessing.get_context("spawn")
             stop = context.Event()
             marks = context.Array("c", 16)

@@ -244,3 +244,47 @@ def test_no_failed_or_abandoned_transfer_keeps_its_turn(tight: LiveServer) -> No
     # Had any of them kept its turn, these would wait for ever (and fail after WAIT).
     for n in range(3):
         normal_transfers(tight, session_id, f"after{n}.txt")
+
+
+@pytest.mark.parametrize(
+    "tight", [{**ONE_AT_A_TIME, "APP_MAX_UPLOAD_BYTES": str(2**30)}], indirect=True
+)
+def test_a_large_upload_whose_client_never_waits_lets_a_small_download_through(
+    tight: LiveServer,
+) -> None:
+    # Over loopback the uploading client stays ahead of the server, so the upload never waits
+    # for it and would keep its turn to the end; after a quantum it lets a waiting one in.
+    session_id = a_session(tight)
+    small = f"{tight.url}/sessions/{session_id}/files/small.txt"
+    assert httpx.put(small, content=b"small", headers=tight.headers).status_code == 201
+    size, piece = 256 * 2**20, memoryview(b"u" * 2**20)
+    answered = threading.Event()
+    status: list[bytes] = []
+
+    def upload() -> None:
+        with connect(tight) as sock:
+            sock.sendall(
+                f"PUT /sessions/{session_id}/files/large.bin HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {size}\r\n".encode()
+                + token_header(tight)
+                + b"\r\n"
+            )
+            for _ in range(size // len(piece)):
+                sock.sendall(piece)
+            status.append(sock.recv(100))
+            answered.set()
+
+    uploading = threading.Thread(target=upload)
+    uploading.start()
+    try:
+        # Wait until the upload holds the turn: its temporary file is growing.
+        for _ in range(int(WAIT / 0.01)):
+            if any(p.stat().st_size for p in (tight.data_root / ".tmp").rglob("*") if p.is_file()):
+                break
+            threading.Event().wait(0.01)
+        got = httpx.get(small, headers=tight.headers, timeout=WAIT)
+        assert got.status_code == 200 and got.content == b"small"
+        assert not answered.is_set(), "the download waited for the whole upload"
+    finally:
+        uploading.join(WAIT * 4)
+    assert status and status[0].startswith(b"HTTP/1.1 201"), status

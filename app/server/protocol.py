@@ -73,6 +73,7 @@ client that reads or sends slowly holds no place while it does (`_Exchange`).
 class _Turn(Protocol):
     async def enter(self) -> None: ...
     def leave(self) -> None: ...
+    async def yield_if_others_wait(self) -> None: ...
 
 
 class _Taken:
@@ -168,6 +169,11 @@ class _Exchange:
             or cycle.disconnected
             or cycle.response_complete
         ):
+            turn = cast("_Turn | None", cycle.scope.get(TURN))
+            # Only for body that is here: a task that only waits for a disconnect while the
+            # response is sent (Starlette's) must not give the request's turn away.
+            if turn is not None and cycle.message_event.is_set():
+                await turn.yield_if_others_wait()
             return await self._receive()
         left = self.deadline - asyncio.get_running_loop().time()
         turn = cast("_Turn | None", cycle.scope.get(TURN))
@@ -209,6 +215,10 @@ class _Exchange:
                 raise SlowReader from None
             if turn is not None:
                 await turn.enter()
+        else:
+            turn = cast("_Turn | None", cycle.scope.get(TURN))
+            if turn is not None:
+                await turn.yield_if_others_wait()
         self._holding = message["type"] == "http.response.start"
         try:
             await self._send(message)
