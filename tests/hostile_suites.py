@@ -1078,17 +1078,22 @@ def test_multiprocessing_children_with_a_cleared_environment(method):
     refused(code, output)
 
 
+def child_refused(pid, read, write):
+    # The child `pid`, its stderr on the pipe (`read`, `write`), was refused.
+    os.close(write)
+    with os.fdopen(read) as stderr:
+        output = stderr.read()
+    _, status = os.waitpid(pid, 0)
+    refused(os.waitstatus_to_exitcode(status), output)
+
+
 def test_a_forked_child_that_execs_the_app_with_an_empty_environment():
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.dup2(write, 2)
         os.execve(sys.executable, [sys.executable, "-m", "app", *PURGE], PRODUCTION_SHELL)
-    os.close(write)
-    with os.fdopen(read) as stderr:
-        output = stderr.read()
-    _, status = os.waitpid(pid, 0)
-    refused(os.waitstatus_to_exitcode(status), output)
+    child_refused(pid, read, write)
 
 
 def test_posix_spawn_of_the_app_with_production_s_environment_only():
@@ -1100,11 +1105,7 @@ def test_posix_spawn_of_the_app_with_production_s_environment_only():
         PRODUCTION_SHELL,
         file_actions=[(os.POSIX_SPAWN_DUP2, write, 2)],
     )
-    os.close(write)
-    with os.fdopen(read) as stderr:
-        output = stderr.read()
-    _, status = os.waitpid(pid, 0)
-    refused(os.waitstatus_to_exitcode(status), output)
+    child_refused(pid, read, write)
 
 
 def test_a_child_on_a_new_terminal_and_session_with_production_s_environment_only():
