@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from live_http import WAIT
 
 from app.config import Config
 from app.errors import DataRootStateError, SessionNotFoundError
@@ -47,11 +48,26 @@ class Fifo:
             os.close(fd)
 
     def release(self) -> None:
-        """End the writer whatever the app did: be the reader it waits for, once more."""
+        """End the writer whatever the app did: be the reader it waits for, once more.
+
+        And read what it wrote: a writer that had passed its check before the flag was set
+        may be blocked in ``write`` on a full pipe (it loops while any reader holds the FIFO
+        open), which only a read ends. Bounded by `WAIT`: a FIFO the app moved away leaves
+        a writer that nothing will ever open, a daemon thread.
+        """
         self._released = True
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         try:
-            self.thread.join()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return
+        try:
+            for _ in range(int(WAIT / 0.01)):
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(fd, 65536):
+                        pass
+                self.thread.join(0.01)
+                if not self.thread.is_alive():
+                    return
         finally:
             os.close(fd)
 

@@ -266,6 +266,8 @@ class MetaCache:
         # lseek per read, on every get, page and delete of a session not kept yet.
         try:
             info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # swapped for a FIFO or a directory since `stat`
+                raise SessionNotFoundError(session_id)
             chunks = [os.read(fd, info.st_size + 1)]
             while chunks[-1]:  # the file grew since the fstat: read to its end
                 chunks.append(os.read(fd, 65536))
