@@ -135,7 +135,6 @@ class Client:
 
 class Recorder:
     def __init__(self) -> None:
-        self.latencies: dict[str, list[float]] = {}
         self.errors: dict[str, list[int]] = {}
         self.count = 0
         self.started: list[tuple[str, float, float]] = []  # kind, start, latency
@@ -148,7 +147,6 @@ class Recorder:
             client.call(method, path, body, **kw), REQUEST_TIMEOUT
         )
         latency = time.perf_counter() - start
-        self.latencies.setdefault(kind, []).append(latency)
         self.started.append((kind, start, latency))
         self.count += 1
         if status >= 300:
@@ -291,15 +289,13 @@ def summary(
 ) -> dict[str, Any]:
     kinds = {
         kind: {
-            "count": len(values),
-            "per_s": round(len(values) / elapsed, 1),
-            "p50_ms": round(quantile(values, 0.50) * 1000, 1),
-            "p99_ms": round(quantile(values, 0.99) * 1000, 1),
+            **row,
+            "per_s": round(row["count"] / elapsed, 1),
             "errors": recorder.errors.get(kind, []),
         }
-        for kind, values in sorted(recorder.latencies.items())
+        for kind, row in per_kind(recorder, float("-inf")).items()
     }
-    every = [value for values in recorder.latencies.values() for value in values]
+    every = [latency for _, _, latency in recorder.started]
     per_s = recorder.count / elapsed
     return {
         "seconds": round(elapsed, 1),
