@@ -161,6 +161,10 @@ class _Exchange:
         cycle.send = self.send  # type: ignore[method-assign]
         cycle.transport = self  # type: ignore[assignment]
 
+    def _turn(self) -> _Turn | None:
+        """The request's place among the transfers (`TURN`), if it is one."""
+        return cast("_Turn | None", self.cycle.scope.get(TURN))
+
     async def receive(self) -> Any:
         cycle = self.cycle
         if (
@@ -169,14 +173,14 @@ class _Exchange:
             or cycle.disconnected
             or cycle.response_complete
         ):
-            turn = cast("_Turn | None", cycle.scope.get(TURN))
+            turn = self._turn()
             # Only for body that is here: a task that only waits for a disconnect while the
             # response is sent (Starlette's) must not give the request's turn away.
             if turn is not None and cycle.message_event.is_set():
                 await turn.yield_if_others_wait()
             return await self._receive()
         left = self.deadline - asyncio.get_running_loop().time()
-        turn = cast("_Turn | None", cycle.scope.get(TURN))
+        turn = self._turn()
         if turn is not None:
             turn.leave()
         try:
@@ -198,7 +202,7 @@ class _Exchange:
         cycle = self.cycle
         # uvicorn's send waits while the transport's buffer is over its high-water mark.
         if cycle.flow.write_paused and not cycle.disconnected:
-            turn = cast("_Turn | None", cycle.scope.get(TURN))
+            turn = self._turn()
             if turn is not None:
                 turn.leave()
             try:
@@ -216,7 +220,7 @@ class _Exchange:
             if turn is not None:
                 await turn.enter()
         else:
-            turn = cast("_Turn | None", cycle.scope.get(TURN))
+            turn = self._turn()
             if turn is not None:
                 await turn.yield_if_others_wait()
         self._holding = message["type"] == "http.response.start"
