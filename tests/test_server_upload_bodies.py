@@ -123,6 +123,11 @@ def _part_head(field: bytes, filename: bytes | None) -> bytes:
     return b'Content-Disposition: form-data; name="%s"%s\r\n\r\n' % (field, named)
 
 
+def _first_file_part(filename: bytes) -> bytes:
+    """The opening delimiter and the head of a ``file`` part: what its content follows."""
+    return b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", filename)
+
+
 def _post_in_pieces(
     server: LiveServer, session_id: str, body: bytes, cuts: list[int]
 ) -> tuple[int, bytes]:
@@ -167,7 +172,7 @@ def test_a_file_part_whose_packets_end_in_part_of_the_delimiter_arrives_whole(
         cuts_in_content.append(len(content))
         content += bytes([_DELIMITER[k] ^ 1]) + os.urandom(20_000) + b"x" * 16
         cuts_in_content.append(len(content))
-    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"near.bin")
+    head = _first_file_part(b"near.bin")
     body = head + content + _CLOSING
     status, answer = _post_in_pieces(
         server, session_id, body, [len(head) + cut for cut in cuts_in_content]
@@ -185,7 +190,7 @@ def test_a_closing_delimiter_cut_at_every_position_ends_a_streamed_file(
     sent = {}
     for offset in range(len(_CLOSING) + 1):
         name = f"closing-{offset:02d}.bin"
-        head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", name.encode())
+        head = _first_file_part(name.encode())
         body = head + content + _CLOSING
         # A packet of content alone before the cut, so the parser is skipped up to it.
         cuts = [len(head) + 80_000, len(head) + len(content) + offset]
@@ -201,7 +206,7 @@ def test_a_delimiter_inside_a_packet_ends_the_file_part_there(
     server = app_live_server
     session_id = a_session(server)
     content = os.urandom(200_000)
-    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"first.bin")
+    head = _first_file_part(b"first.bin")
     other = _DELIMITER + b"\r\n" + _part_head(b"note", None) + b"x" * 1_000
     body = head + content + other + _CLOSING
     # The delimiter is 50,000 bytes into a packet that does not end in a delimiter's CR, after
@@ -217,7 +222,7 @@ def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
 ) -> None:
     server = app_live_server
     session_id = a_session(server)
-    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"one.bin")
+    head = _first_file_part(b"one.bin")
     second = _DELIMITER + b"\r\n" + _part_head(b"file", b"two.bin") + b"2"
     # An epilogue after the closing delimiter (RFC 2046 allows one): the last packet, which
     # holds both delimiters after content alone, does not end in a delimiter's CR.
@@ -247,7 +252,7 @@ def test_random_file_parts_cut_at_random_arrive_whole(app_live_server: LiveServe
             # A packet that ends in the beginning (the parser holds it) or just after it.
             marks.append(at + rng.choice((len(strewn) - 1, len(strewn))))
         name = f"random-{case:02d}.bin"
-        head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", name.encode())
+        head = _first_file_part(name.encode())
         other = b""
         if rng.random() < 0.3:
             other = _DELIMITER + b"\r\n" + _part_head(b"note", None) + rng.randbytes(500)
@@ -270,7 +275,7 @@ def test_a_streamed_file_part_that_never_closes_is_400_and_stores_nothing(
     # delimiter that the body ends inside: the parser, not the skip, must see the body end.
     server = app_live_server
     session_id = a_session(server)
-    head = b"--" + _STREAM_BOUNDARY + b"\r\n" + _part_head(b"file", b"open.bin")
+    head = _first_file_part(b"open.bin")
     for tail in (b"", _DELIMITER[:1], _DELIMITER[:-1], _DELIMITER, _DELIMITER + b"-"):
         body = head + os.urandom(200_000) + tail
         status, answer = _post_in_pieces(server, session_id, body, [len(head) + 100_000])
