@@ -10,8 +10,11 @@ import pytest
 from project_copy import copy_project_settings
 
 if TYPE_CHECKING:
+    from starlette.testclient import TestClient
     from test_server_e2e import Server
 
+    from app.config import Config
+    from app.store import Store
     from app.testing import LiveServer
 
 # httpx imports httpcore only when it first sends a request, and keeps httpcore's exception
@@ -54,6 +57,21 @@ def servers() -> Iterator[list[Server]]:
     for server in started:
         if server.process.poll() is None:
             server.kill()
+
+
+@pytest.fixture
+def small(
+    request: pytest.FixtureRequest, app_store: Store, app_config: Config
+) -> Iterator[TestClient]:
+    """The in-process app, its upload limit the requesting test module's ``LIMIT`` bytes."""
+    from starlette.testclient import TestClient
+
+    from app.server import create_app
+
+    app_store.max_upload_bytes = request.module.LIMIT
+    headers = {"Authorization": f"Bearer {app_config.api_token}"}
+    with TestClient(create_app(app_store, app_config), headers=headers) as client:
+        yield client
 
 
 @pytest.fixture

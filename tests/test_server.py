@@ -24,15 +24,6 @@ def files_under(path: Path) -> set[str]:
 
 
 @pytest.fixture
-def small(app_store: Store, app_config: Config) -> Iterator[TestClient]:
-    """A client on an app whose upload limit is LIMIT bytes."""
-    app_store.max_upload_bytes = LIMIT
-    headers = {"Authorization": f"Bearer {app_config.api_token}"}
-    with TestClient(create_app(app_store, app_config), headers=headers) as client:
-        yield client
-
-
-@pytest.fixture
 def sid(app_client: TestClient) -> str:
     response = app_client.post("/sessions", json={"title": "review", "metadata": {"k": 1}})
     assert response.status_code == 201

@@ -43,12 +43,9 @@ _POLL = 0.05
 
 
 @pytest.fixture
-def client(app_store: Store, app_config: Config) -> Iterator[TestClient]:
-    """The in-process app with an upload limit of LIMIT bytes."""
-    app_store.max_upload_bytes = LIMIT
-    headers = {"Authorization": f"Bearer {app_config.api_token}"}
-    with TestClient(create_app(app_store, app_config), headers=headers) as test_client:
-        yield test_client
+def client(small: TestClient) -> TestClient:
+    """The in-process app with an upload limit of LIMIT bytes (conftest's `small`)."""
+    return small
 
 
 @pytest.fixture
