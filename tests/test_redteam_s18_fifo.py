@@ -132,3 +132,24 @@ def test_a_root_whose_stamp_or_audit_log_is_a_fifo_is_refused_naming_it(
     message = str(refused.value)
     assert f"{root / name} is a FIFO, not a regular file" in message
     assert "move it away" in message
+
+
+def test_a_file_record_that_is_a_fifo_is_not_read_as_one(
+    app_config: Config, fifos: list[Fifo]
+) -> None:
+    # The same class, at a name the red team did not try: a record under records/.
+    with open_store(app_config) as store:
+        sid = store.create_session("records")["id"]
+        store.put_file(sid, "kept.txt", b"kept")
+        store.put_file(sid, "planted.txt", b"planted")
+        records = store.sessions_dir / sid / "records"
+        [planted] = [p for p in records.iterdir() if b"planted.txt" in p.read_bytes()]
+        record = planted.read_bytes()
+        planted.unlink()
+        fifos.append(Fifo(planted, record))
+        names = [entry["name"] for entry in store.get_session(sid)["files"]]
+        assert names == ["kept.txt"]
+        handle, entry = store.open_file(sid, "kept.txt")
+        with handle:
+            assert handle.read() == b"kept"
+        assert entry["size"] == 4
