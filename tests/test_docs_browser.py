@@ -43,6 +43,7 @@ MAIN_PAGES = [
     "reference/errors/",
     "explanation/",
     "explanation/isolation/",
+    "explanation/attacks/",
     "explanation/comparison/",
 ]
 

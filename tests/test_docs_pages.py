@@ -235,3 +235,39 @@ def test_commands_name_the_app_by_its_path_as_the_readme_does() -> None:
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     assert ". .venv/bin/activate" in readme
     assert ". .venv/bin/activate" in (DOCS / "how-to" / "index.md").read_text(encoding="utf-8")
+
+
+def _words(page: str) -> int:
+    return len((DOCS / page).read_text(encoding="utf-8").split())
+
+
+def test_the_isolation_page_reads_in_ten_minutes() -> None:
+    """It had grown to 6,968 words, most of them a catalogue of attacks; that lives in
+    explanation/attacks.md, and this page keeps the layers (about 250 words a minute)."""
+    assert _words("explanation/isolation.md") <= 2500
+
+
+_STATUS = re.compile(r"^- \*(held|broke, now refused|broke, now held|not stopped)\*", re.M)
+
+
+def test_the_attacks_page_has_a_section_per_layer_and_a_verdict_per_attack() -> None:
+    """The catalogue moved out of isolation.md; red teams add to it, one bullet per attack."""
+    page = (DOCS / "explanation" / "attacks.md").read_text(encoding="utf-8")
+    found = {int(n): title for n, title in re.findall(r"^## Layer (\d): (.+)$", page, re.M)}
+    assert found == _layer_headings()
+    bullets = re.findall(r"^- .*$", page, re.M)
+    unmarked = [bullet for bullet in bullets if not _STATUS.match(bullet)]
+    assert unmarked == [], "each attack starts with its verdict, e.g. `- *held*: ...`"
+    assert len(bullets) > 40, len(bullets)
+
+
+def test_the_home_page_has_a_reading_path_of_twenty_minutes() -> None:
+    """index.md's "Read this first" numbers the newcomer's pages; together they stay short
+    (about 6,000 words, with the tutorial's commands to type)."""
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    section = index[index.index("## Read this first") :].split("\n## ", 1)[0]
+    steps = "\n".join(re.findall(r"^\d+\. .*(?:\n {3}.*)*", section, re.M))
+    pages = re.findall(r"\]\(([\w/-]+\.md)(?:#[\w-]+)?\)", steps)
+    assert "explanation/isolation.md" in pages and "tutorial.md" in pages, pages
+    total = sum(_words(page) for page in dict.fromkeys(["index.md", *pages]))
+    assert total <= 6000, total
