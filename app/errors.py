@@ -187,9 +187,9 @@ class UnknownProfileError(ConfigError):
 
     @property
     def message(self) -> str:
-        shown = repr(self.name) if self.name else "an empty name"
+        what = f"unknown profile {self.name!r}" if self.name else "an empty profile name"
         return (
-            f"unknown profile {shown} (from {self.source}); known profiles: "
+            f"{what} (from {self.source}); known profiles: "
             f"{', '.join(self.known)}. Set ENV_FOR_DYNACONF or --profile to one of them, "
             "or add a section to settings.toml"
         )

@@ -180,6 +180,8 @@ def test_an_empty_env_for_dynaconf_is_an_unknown_profile_not_the_default_section
     with pytest.raises(UnknownProfileError) as caught:
         load()
     assert caught.value.known == KNOWN
+    named = "an empty profile name" if not empty else f"unknown profile {empty!r}"
+    assert str(caught.value).startswith(f"{named} (from ENV_FOR_DYNACONF)")
     assert "development, testing, production" in str(caught.value)
 
 
