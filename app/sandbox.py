@@ -326,22 +326,72 @@ class Context(NamedTuple):
 
     Attributes:
         run: the nearest run of the app's plugin, if any.
-        bare: how a pytest without the plugin is seen, nearer than ``run`` (or alone); its
+        bare: how a pytest without the plugin is seen, nearer than ``run`` (or alone), as
+            refusals name it ("while pytest runs without the app's sandbox (...)"); its
             rules apply on top of the run's.
+        remedy: what resolves a refusal under `bare`, besides running the app's plugin
+            (empty where a pytest without the plugin surely runs).
     """
 
     run: Run | None
     bare: str | None
+    remedy: str = ""
 
 
 OUTSIDE: Final = Context(None, None)
+
+_RUNS_HERE: Final = (
+    "while pytest runs without the app's sandbox (pytest is imported in this process, and "
+    "the app's plugin did not start in it)"
+)
+
+
+def _runs_pytest() -> bool:
+    """Whether pytest runs in this process, not merely is imported: its command line is
+    pytest's, or pytest's code is on this thread's stack (``pytest.main()`` in a script)."""
+    if _looks_like_pytest(_cmdline(os.getpid())):
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("_pytest."):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _pytest_importers() -> str:
+    # Who brought pytest in, for the message: the modules that hold it as a global. Read
+    # only when refusing, from a process where no test runs (so few modules hold it).
+    pytest_module = sys.modules.get("pytest")
+    names = [
+        name
+        for name, module in list(sys.modules.items())
+        if pytest_module is not None
+        and not name.startswith(("pytest", "_pytest"))
+        and getattr(module, "pytest", None) is pytest_module
+    ]
+    return ", ".join(names[:3]) if names else "a library that imports _pytest"
+
+
+def _imported_only() -> Context:
+    # pytest imported by a library (time-machine, a package's own pytest plugin) looks the
+    # same as a run with `-p no:app` from in here: say both, and what resolves each.
+    by = _pytest_importers()
+    return Context(
+        None,
+        f"while pytest is imported in this process (pid {os.getpid()}) and no run of the "
+        "app's pytest plugin marked it or an ancestor: it may be a test run with the plugin "
+        f"switched off (pytest imported by {by})",
+        f"if it runs none, keep pytest out of it ({by} imported it)",
+    )
 
 
 def context(environ: Mapping[str, str] | None = None) -> Context:
     """Where this process stands: in a run, under a pytest without the plugin, or neither.
 
     The environment (``os.environ`` unless ``environ`` is given) counts only where neither
-    the process nor its ancestry says anything.
+    the process nor its ancestry says anything. A process inside a run that merely imports
+    pytest (a library did) is the run's: its rules apply, not a bare pytest's.
 
     Raises:
         SandboxViolationError: only the environment names a sandbox, and it is not absolute
@@ -351,9 +401,11 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     run = _in_process()
     if run is not None:
         return Context(_narrowed(run, env), None)
-    run, bare = _walk_tree()
-    if "_pytest.main" in sys.modules:
-        bare = "pytest is imported in this process, and the app's plugin did not start in it"
+    run, ancestor = _walk_tree()
+    bare = f"while pytest runs without the app's sandbox ({ancestor})" if ancestor else None
+    imported = "_pytest.main" in sys.modules
+    if imported and _runs_pytest():
+        bare = _RUNS_HERE
     if run is not None:
         return Context(_narrowed(run, env), bare)
     raw = env.get(SANDBOX_ENV)
@@ -368,11 +420,18 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
         how = f"the environment ({SANDBOX_ENV})"
         scratch = _scratch_suffix(env.get(SCRATCH_ENV))
         return Context(Run(path.resolve(), None, (), how, scratch=scratch), bare)
+    if bare is None and imported:
+        return _imported_only()
     if bare is None:
         for name in _PYTEST_VARIABLES:
             if name in env or name in os.environ:
-                bare = f"{name} is set"
-                break
+                return Context(
+                    None,
+                    f"while pytest's variable {name} is set in this process's environment, "
+                    "and no run of the app's pytest plugin marked it or an ancestor",
+                    f"if it runs none, unset {name} (pytest sets it for its tests and the "
+                    "processes they start)",
+                )
     return Context(None, bare)
 
 
@@ -696,24 +755,33 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
         SandboxViolationError: naming the profile, how the run was recognised, and the fix.
     """
     if where.bare is not None:
-        without = f"while pytest runs without the app's sandbox ({where.bare})"
+        without = where.bare
         if profile != "testing":
+            plugin = f"the app's pytest plugin: {why_no_plugin()}"
             raise SandboxViolationError(
                 f"loading profile {profile!r} {without}",
                 None,
-                f"Run the tests with the app's pytest plugin: {why_no_plugin()}",
+                # pytest imported, or its variable set: maybe no test runs here at all
+                f"If it runs tests, run them with {plugin}; {where.remedy}"
+                if where.remedy
+                else f"Run the tests with {plugin}",
             )
         if source.startswith("environment"):
             # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
             # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
             # docs suggest, does not change that).
             variable = source.removeprefix("environment ")
+            fix = (
+                "Run the tests with the app's pytest plugin, which neutralises the shell's "
+                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
+                f"and unset {variable}"
+            )
             raise SandboxViolationError(
                 f"{storage} from {source} {without}",
                 None,
-                "Run the tests with the app's pytest plugin, which neutralises the shell's "
-                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
-                f"and unset {variable}",
+                f"If it runs tests: {fix[0].lower()}{fix[1:]}; {where.remedy}"
+                if where.remedy
+                else fix,
             )
     run = where.run
     if run is None:

@@ -1,0 +1,130 @@
+"""The guard's explanations, and cases of the guard nobody named before (red team 19).
+
+A process that merely imports pytest (``time-machine`` does, and so does any library that
+ships a pytest plugin in its own package) is not a pytest run without the app's plugin:
+inside a run it is sandboxed by the run, and outside any run the app cannot tell which it
+is. Each refusal must say which of these it saw, and what resolves it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from app import sandbox
+from app.config import load
+from app.errors import SandboxViolationError
+
+#: A child of the run that imports pytest through a library, as a test's helper script
+#: would: testing on a root of the test's own (from APP_DATA_ROOT), then production.
+CHILD = """
+import sys
+import time_machine  # imports _pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+assert "_pytest.main" in sys.modules
+print("testing", load("testing").data_root)
+try:
+    load("production")
+except SandboxViolationError as refused:
+    print("refused", refused)
+"""
+
+
+def _child(tmp_path: Path) -> list[str]:
+    env = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "mine"), "ENV_FOR_DYNACONF": "testing"}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_child_of_the_run_that_imports_pytest_is_sandboxed_by_the_run(tmp_path: Path) -> None:
+    testing, refused = _child(tmp_path)
+    # A root of the test's own, inside the sandbox, is the run's to allow.
+    assert testing == f"testing {tmp_path / 'mine'}"
+    # Another profile is refused by the run's own rule, naming the run and the mark.
+    assert refused.startswith("refused refused under pytest (sandbox: "), refused
+    assert (
+        "loading profile 'production'; tests run on the "
+        "'testing' profile (this process belongs to the test run through the process tree "
+        f"(an ancestor process, pytest pid {os.getpid()}, registered in "
+    ) in refused
+    assert "@pytest.mark.app_profile('production')" in refused
+    assert "-p no:app" not in refused
+    assert "plugin was disabled" not in refused
+
+
+def _outside_any_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `sandbox.context()` see this process as one that no run marked: no mark on
+    ``sys``, no ``/proc`` to find an ancestor (or this process's command line) by, and no
+    pytest variables."""
+    monkeypatch.delattr(sys, "_app_pytest_runs")
+    monkeypatch.setattr(sandbox, "_PROC", Path("/nonexistent-proc"))
+    for name in ("PYTEST_CURRENT_TEST", "PYTEST_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _in_a_thread_of_its_own() -> sandbox.Context:
+    # A thread's stack holds no pytest code: pytest is imported here, not running.
+    seen: list[sandbox.Context] = []
+    thread = threading.Thread(target=lambda: seen.append(sandbox.context({})))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_a_process_that_only_imports_pytest_is_told_so_and_what_resolves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time_machine  # noqa: F401 - one module that imports pytest, to be named
+
+    _outside_any_run(monkeypatch)
+    where = _in_a_thread_of_its_own()
+    assert where.run is None
+    with pytest.raises(SandboxViolationError) as refused:
+        sandbox.check_profile("development", "data root /srv/dev", "settings.toml", where)
+    message = str(refused.value)
+    assert message.startswith(
+        "refused under pytest: loading profile 'development' while pytest is imported in "
+        f"this process (pid {os.getpid()}) and no run of the app's pytest plugin marked it "
+        "or an ancestor: it may be a test run with the plugin switched off"
+    ), message
+    assert "pytest runs without" not in message
+    # The modules that brought pytest in are named (here the app's plugin's come first).
+    named = re.search(r"\(pytest imported by ([\w., ]+)\)", message)
+    assert named is not None, message
+    for name in named.group(1).split(", "):
+        assert sys.modules[name].pytest is pytest
+    assert "If it runs tests, run them with the app's pytest plugin: " in message
+    assert "if it runs none, keep pytest out of it" in message
+
+
+def test_a_pytest_variable_left_in_a_shell_is_named_with_what_resolves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _outside_any_run(monkeypatch)
+    monkeypatch.delitem(sys.modules, "_pytest.main")
+    where = sandbox.context({"PYTEST_VERSION": "9.2.0"})
+    with pytest.raises(SandboxViolationError) as refused:
+        sandbox.check_profile("development", "data root /srv/dev", "settings.toml", where)
+    message = str(refused.value)
+    assert "while pytest's variable PYTEST_VERSION is set in this process's environment" in (
+        message
+    )
+    assert "if it runs none, unset PYTEST_VERSION" in message
+
+
+def test_load_names_the_run_in_this_process_not_a_disabled_plugin() -> None:
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    assert "plugin was disabled" not in str(refused.value)
+    assert "this process belongs to the test run through" in str(refused.value)
