@@ -293,18 +293,24 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
 
 
+_PYTEST_CODE: Final = re.compile(r"\bpytest\b")
+
+
 def _looks_like_pytest(argv: list[str]) -> bool:
-    if not argv:
-        return False
-    if Path(argv[0]).name in _PYTEST_COMMANDS:
-        return True
-    if len(argv) > 1 and Path(argv[1]).name in _PYTEST_COMMANDS:
-        return True  # python /path/to/bin/pytest
-    for index, arg in enumerate(argv[1:4], start=1):
-        if arg == "-m" and index + 1 < len(argv) and argv[index + 1] in _PYTEST_COMMANDS:
+    # Anywhere in the command line, not at a fixed place: interpreter options come first
+    # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
+    # process (`coverage run --source app -m pytest`, `coverage run .venv/bin/pytest`).
+    # Missing one lets a child with a hand-built environment of a run with `-p no:app` load
+    # any profile; taking a stray command for pytest only refuses other profiles to the
+    # app processes started under it.
+    for index, arg in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if Path(arg).name in _PYTEST_COMMANDS or arg in ("-mpytest", "-mpy.test"):
             return True
-        if arg in ("-mpytest", "-mpy.test"):
+        if arg == "-m" and following in _PYTEST_COMMANDS:
             return True
+        if arg == "-c" and _PYTEST_CODE.search(following):
+            return True  # python -c "import pytest; pytest.main()"
     return False
 
 

@@ -128,3 +128,47 @@ def test_load_names_the_run_in_this_process_not_a_disabled_plugin() -> None:
         load("production")
     assert "plugin was disabled" not in str(refused.value)
     assert "this process belongs to the test run through" in str(refused.value)
+
+
+#: A test of a run with the plugin switched off: a child with a hand-built environment
+#: (no pytest variable, no sandbox) asks for production.
+HAND_BUILT_CHILD = """
+import os
+import subprocess
+import sys
+
+def test_a_child_with_a_hand_built_environment_is_refused_production():
+    env = {"PATH": os.environ["PATH"], "ENV_FOR_DYNACONF": "production",
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    code = "from app.config import load; print(load().data_root)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout
+    print("CHILD", done.stderr.strip().splitlines()[-1])
+"""
+
+
+ANCESTOR_REFUSED = (
+    "CHILD *SandboxViolationError: refused under pytest: loading profile 'production' while "
+    "pytest runs without the app's sandbox (an ancestor process (pid *) runs pytest without "
+    "the app's plugin)*"
+)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("-X", "dev", "-W", "default", "-m", "pytest"), id="interpreter-options"),
+        pytest.param(("-c", "import sys, pytest; sys.exit(pytest.main())"), id="pytest.main"),
+    ],
+)
+def test_pytest_behind_interpreter_options_is_recognised_as_an_ancestor(
+    pytester: pytest.Pytester, command: tuple[str, ...]
+) -> None:
+    # Inside this suite the child also belongs to this run, which refuses production on its
+    # own; the message tells which rule saw it: the inner pytest without the plugin must be
+    # seen, as it must be where no outer run exists (a developer's `python -X dev -m pytest
+    # -p no:app`, `coverage run --source app -m pytest -p no:app`).
+    pytester.makepyfile(test_child=HAND_BUILT_CHILD)
+    result = pytester.run(sys.executable, *command, "-p", "no:app", "-s", "-q")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([ANCESTOR_REFUSED])
