@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import inspect
 import json
 import os
 import re
@@ -70,6 +71,7 @@ __all__ = [
     "identity",
     "loaded",
     "marked",
+    "note_inactive",
     "record_load",
     "register",
     "sandbox_root",
@@ -293,7 +295,9 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
 
 
-_PYTEST_CODE: Final = re.compile(r"\bpytest\b")
+#: What `python -c` code that runs pytest calls (a bare word would match a path such as
+#: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold).
+_PYTEST_CODE: Final = re.compile(r"\bpytest\.(?:main|console_main)\b")
 
 
 def _looks_like_pytest(argv: list[str]) -> bool:
@@ -310,7 +314,7 @@ def _looks_like_pytest(argv: list[str]) -> bool:
         if arg == "-m" and following in _PYTEST_COMMANDS:
             return True
         if arg == "-c" and _PYTEST_CODE.search(following):
-            return True  # python -c "import pytest; pytest.main()"
+            return True  # python -c "import pytest; sys.exit(pytest.main())"
     return False
 
 
@@ -349,6 +353,10 @@ OUTSIDE: Final = Context(None, None)
 _RUNS_HERE: Final = (
     "while pytest runs without the app's sandbox (pytest is imported in this process, and "
     "the app's plugin did not start in it)"
+)
+_RUNS_HERE_INACTIVE: Final = (
+    "while pytest runs without the app's sandbox (pytest runs in this process, and the app's "
+    "plugin, loaded, stayed inactive in it)"
 )
 
 
@@ -411,7 +419,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     bare = f"while pytest runs without the app's sandbox ({ancestor})" if ancestor else None
     imported = "_pytest.main" in sys.modules
     if imported and _runs_pytest():
-        bare = _RUNS_HERE
+        bare = _RUNS_HERE if not _PLUGIN_INACTIVE else _RUNS_HERE_INACTIVE
     if run is not None:
         return Context(_narrowed(run, env), bare)
     raw = env.get(SANDBOX_ENV)
@@ -471,6 +479,27 @@ def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
     return run.sandbox if run is not None else None
 
 
+#: Why the app's plugin, loaded in this process, stayed inactive (`note_inactive`).
+_PLUGIN_INACTIVE: list[str] = []
+
+
+def note_inactive(reason: str) -> None:
+    """Remember that the app's plugin was loaded in this process and stayed inactive, and
+    why, so that a refusal says so instead of guessing that it was disabled."""
+    _PLUGIN_INACTIVE.append(reason)
+
+
+def _plugin_option() -> str:
+    # `-p app` (the entry point's name) works with autoload on and off where pytest reads
+    # entry points for -p (8.4 and later); `-p app.testing.plugin` with autoload on stops
+    # the run ("Plugin already registered under a different name"), so advise it only where
+    # nothing else works.
+    from _pytest.config import PytestPluginManager
+
+    signature = inspect.signature(PytestPluginManager.import_plugin)
+    return "-p app" if "consider_entry_points" in signature.parameters else "-p app.testing.plugin"
+
+
 def why_no_plugin() -> str:
     """Why the app's pytest plugin is not running here, and what to do about it."""
     from importlib.metadata import entry_points
@@ -482,8 +511,10 @@ def why_no_plugin() -> str:
             f"the app's pytest plugin is not registered: the package is imported from {where} "
             "but not installed in this Python environment; install it (`pip install -e .`)"
         )
+    if _PLUGIN_INACTIVE:
+        return f"it is loaded in this process but stayed inactive: {_PLUGIN_INACTIVE[-1]}"
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing.plugin`, or unset it"
+        return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
     from app.config_files import SETTINGS_DIR_ENV
 
     # The plugin also stays inactive, and says so in pytest's header, when the run's rootdir

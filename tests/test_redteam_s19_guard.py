@@ -172,3 +172,61 @@ def test_pytest_behind_interpreter_options_is_recognised_as_an_ancestor(
     result = pytester.run(sys.executable, *command, "-p", "no:app", "-s", "-q")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([ANCESTOR_REFUSED])
+
+
+PRODUCTION_REFUSED = """
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+def test_production_is_refused():
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production")
+    print("REFUSED", refused.value)
+"""
+
+
+def test_a_plugin_added_with_autoload_off_but_inactive_is_not_said_to_be_missing(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plugin was added as the refusal used to advise; it stayed inactive because the
+    # run's rootdir is another project than the settings'. The refusal said to add it.
+    monkeypatch.delenv("APP_SETTINGS_DIR")
+    monkeypatch.delenv(sandbox.SANDBOX_ENV)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_refused=PRODUCTION_REFUSED)
+    result = pytester.runpytest_subprocess("-p", "app", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "app: inactive, nothing neutralised or forced: the settings in * belong to "
+                "another project than this run's rootdir *"
+            ),
+            (
+                "*REFUSED refused under pytest: loading profile 'production' while pytest runs "
+                "without the app's sandbox (pytest runs in this process, and the app's plugin, "
+                "loaded, stayed inactive in it). Run the tests with the app's pytest plugin: it "
+                "is loaded in this process but stayed inactive: the settings in * belong to "
+                "another project than this run's rootdir (*); set APP_SETTINGS_DIR to use them*"
+            ),
+        ]
+    )
+    assert "add `-p" not in result.stdout.str()
+
+
+def test_with_autoload_off_the_refusal_advises_the_option_that_also_works_with_it_on(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `-p app.testing.plugin` (the old advice), kept in addopts for a CI without autoload,
+    # stops every run with autoload on: pytest refuses one module under two names.
+    monkeypatch.delenv(sandbox.SANDBOX_ENV)
+    pytester.makepyfile(test_refused=PRODUCTION_REFUSED)
+    crashed = pytester.runpytest_subprocess("-p", "app.testing.plugin")
+    assert "Plugin already registered under a different name" in crashed.stderr.str()
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*REFUSED *PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app`*"])
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    pytester.runpytest_subprocess("-p", "app", "-s").assert_outcomes(passed=1)
