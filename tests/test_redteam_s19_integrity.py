@@ -1,0 +1,73 @@
+"""The store's promises under cases nobody named before (red team 19).
+
+Each test runs on a real data root of its own, in this process; a file size limit
+(``RLIMIT_FSIZE``, systemd's ``LimitFSIZE=``) is the kernel's own refusal of a write part
+of the way through, as a full disk is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.store import Store
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """This process may write files up to `size` bytes (Python ignores SIGXFSZ: the write
+    that crosses it is cut short, and the next one fails with EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _lines(audit: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in audit.read_bytes().splitlines()]
+
+
+def test_an_audit_line_cut_short_by_the_file_size_limit_never_swallows_the_next(
+    app_store: Store,
+) -> None:
+    session = app_store.create_session("audited")["id"]
+    for name in ("a", "b", "c"):
+        app_store.put_file(session, name, name.encode())
+    app_store.put_file(session, "a", b"a2", replace=True)  # the first audit line
+    audit = Path(app_store.location) / "audit.jsonl"
+    # A longer log (as a server's grows), so that the limit cuts only the audit line, not
+    # the trash entry's manifest written before it.
+    with audit.open("ab") as log:
+        log.write(
+            json.dumps({"operation": "earlier", "details": {"padding": "x" * 16384}}).encode()
+            + b"\n"
+        )
+    with file_size_limit(audit.stat().st_size + 10):
+        # The delete is made and acknowledged; its audit line does not fit.
+        app_store.delete_file(session, "b")
+    app_store.delete_file(session, "c")
+    # Every line is whole: the one that did not fit left nothing the next was glued to.
+    operations = [line["operation"] for line in _lines(audit)]
+    assert operations == ["replace-file", "earlier", "trash-file"], operations
+    # The missing line is the one `check` writes; after that the root checks clean.
+    repaired = app_store.check(repair=True)
+    assert [f.problem for f in repaired.findings] == ["trash-unaudited"]
+    assert app_store.check().findings == []
+    assert [line["operation"] for line in _lines(audit)][-2:] == ["trash-file", "check-repair"]
+
+
+def test_a_fragment_left_at_the_end_of_the_audit_log_is_not_glued_to_the_next_line(
+    app_store: Store,
+) -> None:
+    # What a power loss in the middle of an append can leave (the app syncs whole lines).
+    session = app_store.create_session("audited")["id"]
+    app_store.put_file(session, "a", b"a")
+    audit = Path(app_store.location) / "audit.jsonl"
+    audit.write_bytes(b'{"argv": [')
+    app_store.delete_file(session, "a")
+    assert json.loads(audit.read_bytes().splitlines()[-1])["operation"] == "trash-file"
