@@ -71,3 +71,21 @@ def test_a_fragment_left_at_the_end_of_the_audit_log_is_not_glued_to_the_next_li
     audit.write_bytes(b'{"argv": [')
     app_store.delete_file(session, "a")
     assert json.loads(audit.read_bytes().splitlines()[-1])["operation"] == "trash-file"
+
+
+def test_audit_lines_of_another_shape_do_not_stop_the_check(app_store: Store) -> None:
+    # JSON, but not the app's shape: a hand-written note, a log shipper's marker, a line
+    # edited by hand. `check` runs at every server start-up, so it must read past them.
+    session = app_store.create_session("audited")["id"]
+    app_store.put_file(session, "a", b"a")
+    audit = Path(app_store.location) / "audit.jsonl"
+    with audit.open("ab") as log:
+        for odd in (
+            [1, 2],
+            "note",
+            {"details": "x"},
+            {"operation": "purge", "details": {"sessions": 5}},
+        ):
+            log.write(json.dumps(odd).encode() + b"\n")
+    app_store.delete_file(session, "a")
+    assert app_store.check().findings == []
