@@ -13,6 +13,9 @@ import resource
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from app.errors import SessionNotFoundError
 from app.store import Store
 
 
@@ -89,3 +92,30 @@ def test_audit_lines_of_another_shape_do_not_stop_the_check(app_store: Store) ->
             log.write(json.dumps(odd).encode() + b"\n")
     app_store.delete_file(session, "a")
     assert app_store.check().findings == []
+
+
+@pytest.mark.parametrize("content", [b"null", b"[]", b"{torn"], ids=["null", "list", "torn"])
+def test_a_session_json_or_trash_manifest_that_is_not_an_object_stops_nothing_else(
+    app_store: Store, content: bytes
+) -> None:
+    # Damage from outside the app (it replaces these files whole): JSON of another shape
+    # made every page of GET /sessions that held the session a 500, and the trash listing,
+    # restore, empty-trash and `check` (so every server start-up) an AttributeError.
+    damaged = app_store.create_session("damaged")["id"]
+    kept = app_store.create_session("kept")["id"]
+    app_store.put_file(kept, "a", b"a1")
+    app_store.put_file(kept, "a", b"a2", replace=True)
+    root = Path(app_store.location)
+    (root / "sessions" / damaged / "session.json").write_bytes(content)
+    (entry,) = app_store.list_trash()
+    (entry.path / "trash.json").write_bytes(content)
+
+    assert [s["id"] for s in app_store.list_sessions().items] == [kept]
+    assert [s["id"] for s in json.loads(app_store.list_sessions_json())["items"]] == [kept]
+    with pytest.raises(SessionNotFoundError):
+        app_store.get_session(damaged)
+    (listed,) = app_store.list_trash()
+    assert (listed.name, listed.file) == (entry.name, None)
+    found = {(f.problem, Path(f.target).name) for f in app_store.check().findings}
+    assert found == {("trash-no-manifest", entry.name), ("session-unreadable", damaged)}
+    assert [e.name for e in app_store.empty_trash()] == [entry.name]

@@ -171,7 +171,20 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     except (FileNotFoundError, NotADirectoryError, NotRegularFileError):
         # A session.json that is no file is no session, as MetaCache.stat says too.
         raise SessionNotFoundError(session_id) from None
-    session: dict[str, Any] = json.loads(raw)
+    return session_object(raw, session_id)
+
+
+def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
+    """``session.json``'s content, parsed; a session whose file is not a JSON object (damage
+    from outside the app: the app replaces it whole) is not found, as one whose file is not
+    a regular file, and ``check`` reports it (``session-unreadable``)."""
+    try:
+        session = json.loads(raw)
+    except ValueError:
+        session = None
+    if not isinstance(session, dict):
+        # Not a crash of every page of GET /sessions that holds it (a 500 for everyone).
+        raise SessionNotFoundError(session_id)
     return session
 
 
@@ -254,8 +267,7 @@ class MetaCache:
         raw = self._files.get(directory, key)
         if raw is None:
             raw = self._load(directory, session_id, key)
-        session: dict[str, Any] = json.loads(raw)
-        return session
+        return session_object(raw, session_id)
 
     def _load(self, directory: str, session_id: str, key: tuple[int, ...]) -> bytes:
         try:
