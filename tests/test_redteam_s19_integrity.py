@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import SessionNotFoundError
 from app.store import Store
 
 
@@ -98,9 +97,9 @@ def test_audit_lines_of_another_shape_do_not_stop_the_check(app_store: Store) ->
 def test_a_session_json_or_trash_manifest_that_is_not_an_object_stops_nothing_else(
     app_store: Store, content: bytes
 ) -> None:
-    # Damage from outside the app (it replaces these files whole): JSON of another shape
-    # made every page of GET /sessions that held the session a 500, and the trash listing,
-    # restore, empty-trash and `check` (so every server start-up) an AttributeError.
+    # Damage from outside the app (it replaces these files whole) made every page of GET
+    # /sessions that held the session a 500, and JSON of another shape made the trash
+    # listing, restore, empty-trash and `check` (so every server start-up) crash.
     damaged = app_store.create_session("damaged")["id"]
     kept = app_store.create_session("kept")["id"]
     app_store.put_file(kept, "a", b"a1")
@@ -112,7 +111,8 @@ def test_a_session_json_or_trash_manifest_that_is_not_an_object_stops_nothing_el
 
     assert [s["id"] for s in app_store.list_sessions().items] == [kept]
     assert [s["id"] for s in json.loads(app_store.list_sessions_json())["items"]] == [kept]
-    with pytest.raises(SessionNotFoundError):
+    # Reading that one session says it is damaged (a 500 over HTTP), not that it is gone.
+    with pytest.raises(ValueError, match=f"session.json of session {damaged} is not a JSON"):
         app_store.get_session(damaged)
     (listed,) = app_store.list_trash()
     assert (listed.name, listed.file) == (entry.name, None)

@@ -174,17 +174,21 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     return session_object(raw, session_id)
 
 
+class UnreadableSessionError(ValueError):
+    """A ``session.json`` that is not a JSON object: damage from outside the app, which
+    replaces the file whole. Reading that session fails (a 500 over HTTP); a page of
+    sessions leaves it out, and ``check`` reports it (``session-unreadable``)."""
+
+
 def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
-    """``session.json``'s content, parsed; a session whose file is not a JSON object (damage
-    from outside the app: the app replaces it whole) is not found, as one whose file is not
-    a regular file, and ``check`` reports it (``session-unreadable``)."""
+    """``session.json``'s content, parsed: a JSON object, else `UnreadableSessionError`."""
     try:
         session = json.loads(raw)
     except ValueError:
         session = None
     if not isinstance(session, dict):
-        # Not a crash of every page of GET /sessions that holds it (a 500 for everyone).
-        raise SessionNotFoundError(session_id)
+        msg = f"session.json of session {session_id} is not a JSON object"
+        raise UnreadableSessionError(msg)
     return session
 
 
