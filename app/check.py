@@ -117,13 +117,18 @@ class Checker:
         for line in lines:
             try:
                 record = json.loads(line)
-                details = record.get("details") or {}
-            except (ValueError, AttributeError):
+            except ValueError:
                 continue  # a line torn by a crash mid-append names nothing
+            # Only the app's shape counts: a line of another (a note appended by hand, a log
+            # shipper's marker) names nothing, and must not stop a server's start-up check.
+            details = record.get("details") if isinstance(record, dict) else None
+            if not isinstance(details, dict):
+                continue
             if isinstance(details.get("trash"), str):
                 trash.add(details["trash"])
-            if record.get("operation") == "purge":
-                purged.update(s for s in details.get("sessions") or () if isinstance(s, str))
+            sessions = details.get("sessions")
+            if record.get("operation") == "purge" and isinstance(sessions, list):
+                purged.update(s for s in sessions if isinstance(s, str))
         return trash, purged
 
     def check_trash(self) -> None:

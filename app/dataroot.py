@@ -216,9 +216,10 @@ def _open_for_append(path: Path) -> int:
     would carry those changes into another root's log, so a shared file is first replaced
     by a private copy of what it held: rename changes only this path, never the other one.
     """
-    # O_NONBLOCK: a FIFO there must not hang the operation until something reads it (ENXIO
-    # while nothing does); it is refused below like a FIFO that something reads.
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    # O_NONBLOCK: a FIFO there must not hang the operation until something reads it; opened
+    # read-write it never waits, and it is refused below as not a regular file.
+    # O_RDWR, not O_WRONLY: the append reads the last byte (see _append_audit).
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, FILE_MODE)
     except OSError as error:
@@ -247,14 +248,32 @@ def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     # lock is held, but a reader's tooling may tail it) never interleave inside a line.
     fd = _open_for_append(path)
     try:
-        written = os.write(fd, line)
-        if written != len(line):  # pragma: no cover - regular files do not short-write here
-            raise OSError(errno.EIO, f"short write to {path}")
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            # A fragment a crash left (a power loss mid-write): glued to it, this line would
+            # be lost with it, and `check` would find its trash entry unaudited for ever.
+            line = b"\n" + line
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError:
+            # A write cut short (the file size limit, a full disk) leaves a fragment: take
+            # it back, so that the log holds whole lines only.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
     if not existed:
         fsync_dir(root)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # A regular file takes part of a write where the file size limit or a full disk cuts
+    # it; the next write then fails with the errno that says which (EFBIG, ENOSPC).
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _audit_record(

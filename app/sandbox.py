@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import inspect
 import json
 import os
 import re
@@ -70,6 +71,7 @@ __all__ = [
     "identity",
     "loaded",
     "marked",
+    "note_inactive",
     "record_load",
     "register",
     "sandbox_root",
@@ -293,18 +295,26 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
 
 
+#: What `python -c` code that runs pytest calls (a bare word would match a path such as
+#: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold).
+_PYTEST_CODE: Final = re.compile(r"\bpytest\.(?:main|console_main)\b")
+
+
 def _looks_like_pytest(argv: list[str]) -> bool:
-    if not argv:
-        return False
-    if Path(argv[0]).name in _PYTEST_COMMANDS:
-        return True
-    if len(argv) > 1 and Path(argv[1]).name in _PYTEST_COMMANDS:
-        return True  # python /path/to/bin/pytest
-    for index, arg in enumerate(argv[1:4], start=1):
-        if arg == "-m" and index + 1 < len(argv) and argv[index + 1] in _PYTEST_COMMANDS:
+    # Anywhere in the command line, not at a fixed place: interpreter options come first
+    # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
+    # process (`coverage run --source app -m pytest`, `coverage run .venv/bin/pytest`).
+    # Missing one lets a child with a hand-built environment of a run with `-p no:app` load
+    # any profile; taking a stray command for pytest only refuses other profiles to the
+    # app processes started under it.
+    for index, arg in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if Path(arg).name in _PYTEST_COMMANDS or arg in ("-mpytest", "-mpy.test"):
             return True
-        if arg in ("-mpytest", "-mpy.test"):
+        if arg == "-m" and following in _PYTEST_COMMANDS:
             return True
+        if arg == "-c" and _PYTEST_CODE.search(following):
+            return True  # python -c "import pytest; sys.exit(pytest.main())"
     return False
 
 
@@ -326,22 +336,76 @@ class Context(NamedTuple):
 
     Attributes:
         run: the nearest run of the app's plugin, if any.
-        bare: how a pytest without the plugin is seen, nearer than ``run`` (or alone); its
+        bare: how a pytest without the plugin is seen, nearer than ``run`` (or alone), as
+            refusals name it ("while pytest runs without the app's sandbox (...)"); its
             rules apply on top of the run's.
+        remedy: what resolves a refusal under `bare`, besides running the app's plugin
+            (empty where a pytest without the plugin surely runs).
     """
 
     run: Run | None
     bare: str | None
+    remedy: str = ""
 
 
 OUTSIDE: Final = Context(None, None)
+
+_RUNS_HERE: Final = (
+    "while pytest runs without the app's sandbox (pytest is imported in this process, and "
+    "the app's plugin did not start in it)"
+)
+_RUNS_HERE_INACTIVE: Final = (
+    "while pytest runs without the app's sandbox (pytest runs in this process, and the app's "
+    "plugin, loaded, stayed inactive in it)"
+)
+
+
+def _runs_pytest() -> bool:
+    """Whether pytest runs in this process, not merely is imported: its command line is
+    pytest's, or pytest's code is on this thread's stack (``pytest.main()`` in a script)."""
+    if _looks_like_pytest(_cmdline(os.getpid())):
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("_pytest."):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def _pytest_importers() -> str:
+    # Who brought pytest in, for the message: the modules that hold it as a global. Read
+    # only when refusing, from a process where no test runs (so few modules hold it).
+    pytest_module = sys.modules.get("pytest")
+    names = [
+        name
+        for name, module in list(sys.modules.items())
+        if pytest_module is not None
+        and not name.startswith(("pytest", "_pytest"))
+        and getattr(module, "pytest", None) is pytest_module
+    ]
+    return ", ".join(names[:3]) if names else "a library that imports _pytest"
+
+
+def _imported_only() -> Context:
+    # pytest imported by a library (time-machine, a package's own pytest plugin) looks the
+    # same as a run with `-p no:app` from in here: say both, and what resolves each.
+    by = _pytest_importers()
+    return Context(
+        None,
+        f"while pytest is imported in this process (pid {os.getpid()}) and no run of the "
+        "app's pytest plugin marked it or an ancestor: it may be a test run with the plugin "
+        f"switched off (pytest imported by {by})",
+        f"if it runs none, keep pytest out of it ({by} imported it)",
+    )
 
 
 def context(environ: Mapping[str, str] | None = None) -> Context:
     """Where this process stands: in a run, under a pytest without the plugin, or neither.
 
     The environment (``os.environ`` unless ``environ`` is given) counts only where neither
-    the process nor its ancestry says anything.
+    the process nor its ancestry says anything. A process inside a run that merely imports
+    pytest (a library did) is the run's: its rules apply, not a bare pytest's.
 
     Raises:
         SandboxViolationError: only the environment names a sandbox, and it is not absolute
@@ -351,9 +415,11 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     run = _in_process()
     if run is not None:
         return Context(_narrowed(run, env), None)
-    run, bare = _walk_tree()
-    if "_pytest.main" in sys.modules:
-        bare = "pytest is imported in this process, and the app's plugin did not start in it"
+    run, ancestor = _walk_tree()
+    bare = f"while pytest runs without the app's sandbox ({ancestor})" if ancestor else None
+    imported = "_pytest.main" in sys.modules
+    if imported and _runs_pytest():
+        bare = _RUNS_HERE if not _PLUGIN_INACTIVE else _RUNS_HERE_INACTIVE
     if run is not None:
         return Context(_narrowed(run, env), bare)
     raw = env.get(SANDBOX_ENV)
@@ -368,11 +434,18 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
         how = f"the environment ({SANDBOX_ENV})"
         scratch = _scratch_suffix(env.get(SCRATCH_ENV))
         return Context(Run(path.resolve(), None, (), how, scratch=scratch), bare)
+    if bare is None and imported:
+        return _imported_only()
     if bare is None:
         for name in _PYTEST_VARIABLES:
             if name in env or name in os.environ:
-                bare = f"{name} is set"
-                break
+                return Context(
+                    None,
+                    f"while pytest's variable {name} is set in this process's environment, "
+                    "and no run of the app's pytest plugin marked it or an ancestor",
+                    f"if it runs none, unset {name} (pytest sets it for its tests and the "
+                    "processes they start)",
+                )
     return Context(None, bare)
 
 
@@ -406,6 +479,27 @@ def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
     return run.sandbox if run is not None else None
 
 
+#: Why the app's plugin, loaded in this process, stayed inactive (`note_inactive`).
+_PLUGIN_INACTIVE: list[str] = []
+
+
+def note_inactive(reason: str) -> None:
+    """Remember that the app's plugin was loaded in this process and stayed inactive, and
+    why, so that a refusal says so instead of guessing that it was disabled."""
+    _PLUGIN_INACTIVE.append(reason)
+
+
+def _plugin_option() -> str:
+    # `-p app` (the entry point's name) works with autoload on and off where pytest reads
+    # entry points for -p (8.4 and later); `-p app.testing.plugin` with autoload on stops
+    # the run ("Plugin already registered under a different name"), so advise it only where
+    # nothing else works.
+    from _pytest.config import PytestPluginManager
+
+    signature = inspect.signature(PytestPluginManager.import_plugin)
+    return "-p app" if "consider_entry_points" in signature.parameters else "-p app.testing.plugin"
+
+
 def why_no_plugin() -> str:
     """Why the app's pytest plugin is not running here, and what to do about it."""
     from importlib.metadata import entry_points
@@ -417,8 +511,10 @@ def why_no_plugin() -> str:
             f"the app's pytest plugin is not registered: the package is imported from {where} "
             "but not installed in this Python environment; install it (`pip install -e .`)"
         )
+    if _PLUGIN_INACTIVE:
+        return f"it is loaded in this process but stayed inactive: {_PLUGIN_INACTIVE[-1]}"
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `-p app.testing.plugin`, or unset it"
+        return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
     from app.config_files import SETTINGS_DIR_ENV
 
     # The plugin also stays inactive, and says so in pytest's header, when the run's rootdir
@@ -696,24 +792,33 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
         SandboxViolationError: naming the profile, how the run was recognised, and the fix.
     """
     if where.bare is not None:
-        without = f"while pytest runs without the app's sandbox ({where.bare})"
+        without = where.bare
         if profile != "testing":
+            plugin = f"the app's pytest plugin: {why_no_plugin()}"
             raise SandboxViolationError(
                 f"loading profile {profile!r} {without}",
                 None,
-                f"Run the tests with the app's pytest plugin: {why_no_plugin()}",
+                # pytest imported, or its variable set: maybe no test runs here at all
+                f"If it runs tests, run them with {plugin}; {where.remedy}"
+                if where.remedy
+                else f"Run the tests with {plugin}",
             )
         if source.startswith("environment"):
             # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
             # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
             # docs suggest, does not change that).
             variable = source.removeprefix("environment ")
+            fix = (
+                "Run the tests with the app's pytest plugin, which neutralises the shell's "
+                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
+                f"and unset {variable}"
+            )
             raise SandboxViolationError(
                 f"{storage} from {source} {without}",
                 None,
-                "Run the tests with the app's pytest plugin, which neutralises the shell's "
-                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
-                f"and unset {variable}",
+                f"If it runs tests: {fix[0].lower()}{fix[1:]}; {where.remedy}"
+                if where.remedy
+                else fix,
             )
     run = where.run
     if run is None:

@@ -593,7 +593,7 @@ from app.errors import SandboxViolationError
 def test_production_is_refused():
     with pytest.raises(SandboxViolationError) as refused:
         load("production")
-    assert "is set: add `-p app.testing.plugin`" in str(refused.value)
+    assert "is set: add `-p app`, or unset it" in str(refused.value)
 """
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)

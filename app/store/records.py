@@ -171,7 +171,24 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     except (FileNotFoundError, NotADirectoryError, NotRegularFileError):
         # A session.json that is no file is no session, as MetaCache.stat says too.
         raise SessionNotFoundError(session_id) from None
-    session: dict[str, Any] = json.loads(raw)
+    return session_object(raw, session_id)
+
+
+class UnreadableSessionError(ValueError):
+    """A ``session.json`` that is not a JSON object: damage from outside the app, which
+    replaces the file whole. Reading that session fails (a 500 over HTTP); a page of
+    sessions leaves it out, and ``check`` reports it (``session-unreadable``)."""
+
+
+def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
+    """``session.json``'s content, parsed: a JSON object, else `UnreadableSessionError`."""
+    try:
+        session = json.loads(raw)
+    except ValueError:
+        session = None
+    if not isinstance(session, dict):
+        msg = f"session.json of session {session_id} is not a JSON object"
+        raise UnreadableSessionError(msg)
     return session
 
 
@@ -254,8 +271,7 @@ class MetaCache:
         raw = self._files.get(directory, key)
         if raw is None:
             raw = self._load(directory, session_id, key)
-        session: dict[str, Any] = json.loads(raw)
-        return session
+        return session_object(raw, session_id)
 
     def _load(self, directory: str, session_id: str, key: tuple[int, ...]) -> bytes:
         try:

@@ -38,6 +38,7 @@ from app.store.records import (
     TRASHED_SESSION,
     FileRecord,
     MetaCache,
+    UnreadableSessionError,
     ValidatedCache,
     ensure_dir,
     load_record,
@@ -274,6 +275,10 @@ class Sessions:
                 item, bound = read(f"{self.where}/{session_id}", session_id)
             except SessionNotFoundError:
                 continue  # deleted between the listing and this read: simply not shown
+            except UnreadableSessionError:
+                # One damaged session.json must not fail every page that holds it, for
+                # every client; reading that session says so, and `check` reports it.
+                continue
             if max_bytes is not None:
                 size += bound
                 if items and size > max_bytes:
@@ -284,7 +289,7 @@ class Sessions:
 
     def iter_all(self) -> Iterator[SessionRecord]:
         for session_id in self.ids():
-            with contextlib.suppress(SessionNotFoundError):
+            with contextlib.suppress(SessionNotFoundError, UnreadableSessionError):
                 yield self.read(self.path / session_id, session_id)
 
     def move_to_trash(self, session_id: str, reason: str) -> TrashEntry:

@@ -181,6 +181,11 @@ class Trash:
             manifest = json.loads(read_regular(path / TRASH_MANIFEST))
         except (OSError, ValueError):
             manifest = {}
+        if not isinstance(manifest, dict):
+            # JSON of another shape is as unreadable as a torn file: listed by its name, not
+            # a crash of the trash listing, of restore, of empty-trash and of `check` (which
+            # every server start-up runs).
+            manifest = {}
         return TrashEntry(
             name=name,
             path=path,

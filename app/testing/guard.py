@@ -111,6 +111,13 @@ def applies(config: pytest.Config) -> str | None:
     )
 
 
+def stay_inactive(config: pytest.Config, reason: str) -> None:
+    """Leave this run alone, saying why: in the header, to the fixtures, and to a refusal
+    of `app.config` in this process (which would otherwise guess that it was disabled)."""
+    config.stash[INACTIVE] = reason
+    sandboxing.note_inactive(reason)
+
+
 def refuse_early_loads() -> None:
     __tracebackhide__ = True
     early = appconfig.loaded()

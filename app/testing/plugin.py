@@ -67,7 +67,7 @@ def pytest_load_initial_conftests(
         return  # pytest --help / --version: read, create and lock nothing (pytest-django #235)
     inactive = guard.applies(early_config)
     if inactive is not None:
-        early_config.stash[INACTIVE] = inactive
+        guard.stay_inactive(early_config, inactive)
         return
     guard.refuse_early_loads()
     saved: dict[str, str | None] = {}
