@@ -88,10 +88,14 @@ def test_uploads_acknowledged_before_a_sigterm_and_a_sigkill_survive_both(root: 
             sock = _begin_put(url, root.headers, f"{files}/during.bin", during[: SIZE // 2])
             _wait_for_a_temp_file(root)
             process.send_signal(signal.SIGTERM)
+            # uvicorn logs this, then marks every connection to close after its answer
+            while "Shutting down" not in log.read_text():  # a poll on a condition
+                time.sleep(0.01)
             sock.sendall(during[SIZE // 2 :])
             answer = _answer(sock)
             sock.close()
         assert answer.startswith(b"HTTP/1.1 201 "), answer
+        assert b"\r\nconnection: close\r\n" in answer.lower(), answer  # it closes after it
         assert process.wait() == 0, log.read_text()
     finally:
         stop_server(process)
