@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -71,3 +72,33 @@ def test_a_download_resumed_with_the_current_etag_gets_the_rest(http: httpx.Clie
     assert rest.status_code == 206, rest.text
     assert rest.content == data[HALF:]
     assert rest.headers["content-range"] == f"bytes {HALF}-{SIZE - 1}/{SIZE}"
+
+
+def test_downloads_during_a_storm_of_replaces_are_each_one_version_whole(
+    http: httpx.Client,
+) -> None:
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/storm.bin"
+    # Versions of different sizes, so that a mix of two would show in the length as well.
+    versions = [os.urandom(SIZE + 1000 * n) for n in range(12)]
+    assert http.put(url, content=versions[0]).status_code == 201
+    known = {hashlib.sha256(v).hexdigest(): v for v in versions}
+
+    def replace() -> None:
+        for version in versions[1:]:
+            assert http.put(url, content=version).status_code == 200
+
+    def download() -> list[httpx.Response]:
+        return [http.get(url) for _ in range(12)]
+
+    with ThreadPoolExecutor(3) as pool:
+        writer = pool.submit(replace)
+        readers = [pool.submit(download) for _ in range(2)]
+        writer.result()
+        answers = [answer for reader in readers for answer in reader.result()]
+    for answer in answers:
+        assert answer.status_code == 200
+        digest = hashlib.sha256(answer.content).hexdigest()
+        assert answer.headers["etag"] == f'"{digest}"'
+        assert answer.headers["content-length"] == str(len(answer.content))
+        assert known[digest] == answer.content
