@@ -493,7 +493,7 @@ def test_a_range_on_a_download_is_answered_as_file_response_answers_it(
         head = unlimited.head(url, headers=headers)
         assert got.status_code == head.status_code, case
         answers[case] = got
-    for case in ("one range", "If-Range with the ETag", "If-Range with Last-Modified"):
+    for case in ("one range", "If-Range with the ETag"):
         assert answers[case].status_code == 206, case
         assert answers[case].content == data[2:5], case
         assert answers[case].headers["content-range"] == f"bytes 2-4/{size}", case
@@ -504,7 +504,13 @@ def test_a_range_on_a_download_is_answered_as_file_response_answers_it(
     assert two.status_code == 206
     assert two.headers["content-type"].startswith("multipart/byteranges")
     assert data[0:2] in two.content and data[4:6] in two.content
-    for case in ("If-Range with another ETag", "If-Range without a Range"):
+    # A date is not a strong validator: a version replaced within its second has the same one
+    # (tests/test_redteam_s19_http_ranges.py).
+    for case in (
+        "If-Range with another ETag",
+        "If-Range with Last-Modified",
+        "If-Range without a Range",
+    ):
         assert answers[case].status_code == 200, case
         assert answers[case].content == data, case
         assert answers[case].headers["content-length"] == str(size), case

@@ -79,6 +79,15 @@ class OpenFileResponse(FileResponse):
             )
         return None
 
+    def _should_use_range(self, http_if_range: str) -> bool:
+        # Only the ETag (the bytes' SHA-256) may let a Range through an If-Range. Starlette
+        # also honours the Last-Modified date, which has whole seconds: a file replaced
+        # within the second of a partial download kept its date, and the resumed download
+        # got the new version's tail after the old one's head. RFC 9110 (13.1.5) lets a
+        # date count only when it is known to be strong, which a second is not here;
+        # without a match the whole file is sent, which is always correct.
+        return http_if_range == self.headers.get("etag")
+
     @contextlib.asynccontextmanager
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
         self._file.seek(0)

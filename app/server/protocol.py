@@ -224,6 +224,13 @@ class _Exchange:
             if turn is not None:
                 await turn.yield_if_others_wait()
         self._holding = message["type"] == "http.response.start"
+        if self._holding and not cycle.keep_alive:
+            # A stopping server (SIGTERM) finishes the requests in flight, then closes their
+            # connections; uvicorn's answer did not say so, and a client that sent its next
+            # request on the connection lost it. The header tells it to open a new one.
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"connection" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
         try:
             await self._send(message)
         finally:

@@ -46,6 +46,13 @@ class RootState:
         self.trash_moment: datetime | None = None
         self.trash_moment_lock = threading.Lock()
 
+    def creation_frontier(self, prefix: int) -> str | None:
+        """The lowest id of a session in creation (its staging name minus ``prefix``
+        characters), if any."""
+        with self.creating_lock:
+            lowest = min(self.creating, default=None)
+        return None if lowest is None else lowest[prefix:]
+
     def lock_for(self, session_id: str) -> threading.Lock:
         """The lock that serialises changes to ``session_id`` (one of a fixed set of stripes)."""
         return self._stripes[int(session_id[-4:], 16) % _LOCK_STRIPES]

@@ -7,6 +7,7 @@ sorted by name is the creation order and a page reads only its own sessions.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -110,30 +111,36 @@ class Sessions:
 
     def create(self, title: str, metadata: dict[str, Any] | None) -> SessionRecord:
         self.root.ensure_held()
-        session = _new_session(title, metadata)
+        metadata = checked_session_fields(title, metadata)
+        # The id is made and registered as in creation in one step, and stays registered
+        # until the session is in the index: listings show no id above one still in creation
+        # (`_page`), so a client that pages or polls with the last id it saw never misses a
+        # session that appears later with a smaller id (creates finish in any order).
+        with self.state.creating_lock:
+            session = _new_session(title, metadata)
+            staging = self.path / f"{NEW_PREFIX}{session['id']}"
+            self.state.creating.add(staging.name)
         stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
         data = (json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         # The staging directory is the temporary file here: it is complete and synced before
         # one same-directory rename makes the session appear. Writing session.json inside it
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
         # filesystem-wide lock, on the path every POST /sessions takes.
-        staging = self.path / f"{NEW_PREFIX}{session['id']}"
-        with self.state.creating_lock:
-            self.state.creating.add(staging.name)
-            staging.mkdir(mode=0o700)
         try:
-            write_new_file(staging / SESSION_FILE, data)
-            fsync_dir(staging)
-            self.root.ensure_held()  # the last moment before the session appears
-            staging.rename(self.path / session["id"])
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            try:
+                staging.mkdir(mode=0o700)
+                write_new_file(staging / SESSION_FILE, data)
+                fsync_dir(staging)
+                self.root.ensure_held()  # the last moment before the session appears
+                staging.rename(self.path / session["id"])
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            self.state.sessions_sync.sync()
+            self.state.index_update(add=session["id"])
         finally:
             with self.state.creating_lock:
                 self.state.creating.discard(staging.name)
-        self.state.sessions_sync.sync()
-        self.state.index_update(add=session["id"])
         return session
 
     def get(self, session_id: str) -> SessionRecord:
@@ -265,9 +272,17 @@ class Sessions:
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = None if after is None else check_session_id(after)
+        # Read before the ids: a create that is not in creation now either is in the index
+        # already or will get an id above every id this page can show.
+        frontier = self.state.creation_frontier(len(NEW_PREFIX))
         chosen, start, total = self.state.window(
             self.scan_ids, keep=self.root.writable, after=cursor, limit=limit
         )
+        if frontier is not None and chosen and chosen[-1] >= frontier:
+            # What sorts after a session still in creation waits for it: shown now, it would
+            # let a cursor pass the one in creation, which then appears behind it.
+            chosen = chosen[: bisect.bisect_left(chosen, frontier)]
+            total = start + len(chosen)
         items: list[tuple[str, T]] = []
         size = 0
         for session_id in chosen:
@@ -359,8 +374,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
-def _new_session(title: str, metadata: dict[str, Any] | None) -> SessionRecord:
-    metadata = checked_session_fields(title, metadata)
+def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
     now = _iso(datetime.now(UTC))
     return {
         "id": new_session_id(),

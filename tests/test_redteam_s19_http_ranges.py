@@ -1,0 +1,104 @@
+"""Red team over HTTP: a resumed download across a replace of its file (a real ``app serve``).
+
+A client that lost a download part-way resumes it with ``Range: bytes=<got>-`` and
+``If-Range: <validator of what it got>``; the server sends the rest only if the file is still
+the version the validator names, and the whole new file otherwise (RFC 9110, 13.1.5). The
+attack: replace the file within the second of the first download, so that its
+``Last-Modified`` (whole seconds) is the same for both versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from redteam_s19_http import one_server
+
+SIZE = 4096
+HALF = SIZE // 2
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """One server for the module: each test works in a session of its own."""
+    with (
+        one_server(tmp_path_factory) as server,
+        httpx.Client(base_url=server.url, headers=server.headers) as client,
+    ):
+        yield client
+
+
+def _replaced_within_one_second(http: httpx.Client, url: str) -> tuple[httpx.Response, bytes]:
+    """The first half of a download of one version, and the next version's bytes, written
+    within the same second (tried again in the rare case that a second boundary fell between)."""
+    while True:
+        old, new = os.urandom(SIZE), os.urandom(SIZE)
+        assert http.put(url, content=old).status_code in (200, 201)
+        first = http.get(url, headers={"Range": f"bytes=0-{HALF - 1}"})
+        assert first.status_code == 206, first.text
+        assert first.content == old[:HALF]
+        assert http.put(url, content=new).status_code == 200
+        if http.head(url).headers["last-modified"] == first.headers["last-modified"]:
+            return first, new
+
+
+@pytest.mark.parametrize("validator", ["last-modified", "etag"])
+def test_a_download_resumed_after_a_replace_is_never_the_old_head_and_the_new_tail(
+    http: httpx.Client, validator: str
+) -> None:
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/resumed.bin"
+    first, new = _replaced_within_one_second(http, url)
+    rest = http.get(url, headers={"Range": f"bytes={HALF}-", "If-Range": first.headers[validator]})
+    # The validator names the old version: the answer is the whole new file, with the ETag
+    # and length of exactly those bytes, never a 206 of the new file's tail.
+    assert rest.status_code == 200, (rest.status_code, rest.headers)
+    assert rest.content == new
+    assert rest.headers["content-length"] == str(SIZE)
+    assert rest.headers["etag"] == f'"{hashlib.sha256(new).hexdigest()}"'
+
+
+def test_a_download_resumed_with_the_current_etag_gets_the_rest(http: httpx.Client) -> None:
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/kept.bin"
+    data = os.urandom(SIZE)
+    assert http.put(url, content=data).status_code == 201
+    etag = http.head(url).headers["etag"]
+    rest = http.get(url, headers={"Range": f"bytes={HALF}-", "If-Range": etag})
+    assert rest.status_code == 206, rest.text
+    assert rest.content == data[HALF:]
+    assert rest.headers["content-range"] == f"bytes {HALF}-{SIZE - 1}/{SIZE}"
+
+
+def test_downloads_during_a_storm_of_replaces_are_each_one_version_whole(
+    http: httpx.Client,
+) -> None:
+    session_id = http.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/storm.bin"
+    # Versions of different sizes, so that a mix of two would show in the length as well.
+    versions = [os.urandom(SIZE + 1000 * n) for n in range(12)]
+    assert http.put(url, content=versions[0]).status_code == 201
+    known = {hashlib.sha256(v).hexdigest(): v for v in versions}
+
+    def replace() -> None:
+        for version in versions[1:]:
+            assert http.put(url, content=version).status_code == 200
+
+    def download() -> list[httpx.Response]:
+        return [http.get(url) for _ in range(12)]
+
+    with ThreadPoolExecutor(3) as pool:
+        writer = pool.submit(replace)
+        readers = [pool.submit(download) for _ in range(2)]
+        writer.result()
+        answers = [answer for reader in readers for answer in reader.result()]
+    for answer in answers:
+        assert answer.status_code == 200
+        digest = hashlib.sha256(answer.content).hexdigest()
+        assert answer.headers["etag"] == f'"{digest}"'
+        assert answer.headers["content-length"] == str(len(answer.content))
+        assert known[digest] == answer.content
