@@ -41,15 +41,23 @@ sys.path.insert(0, str(BENCH))
 # skip/fail helpers, which here just end the benchmark with the reason.
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
-import create_sessions  # noqa: E402
+import _common  # noqa: E402
 import upload  # noqa: E402
-from _common import PROJECT, _die_with_parent, median, p90, stop, wait_for_health  # noqa: E402
-from create_sessions import Connection, request  # noqa: E402
+from _common import (  # noqa: E402
+    PROJECT,
+    Connection,
+    _die_with_parent,
+    median,
+    p90,
+    request_bytes,
+    stop,
+    wait_for_health,
+)
 from upload import MIB, send  # noqa: E402
 
 # A production profile refuses the other benchmarks' guessable token; the helpers borrowed
 # from them read it from their module.
-TOKEN = create_sessions.TOKEN = upload.TOKEN = secrets.token_urlsafe(32)
+TOKEN = _common.TOKEN = upload.TOKEN = secrets.token_urlsafe(32)
 
 SETTINGS = """\
 [default]
@@ -159,15 +167,15 @@ def measure_upload(replica: Replica, s3: Any, runs: int, size: int) -> dict[str,
 
 def create_rate(ports: list[int], total: int, concurrency: int) -> float:
     """``total`` POST /sessions over ``concurrency`` connections spread over ``ports``."""
-    raw = request("POST", "/sessions", b'{"title": "bench", "metadata": {"n": 1}}')
-    connections = [Connection(ports[i % len(ports)], raw) for i in range(concurrency)]
+    raw = request_bytes("POST", "/sessions", b'{"title": "bench", "metadata": {"n": 1}}')
+    connections = [Connection(ports[i % len(ports)]) for i in range(concurrency)]
     failures: list[str] = []
 
     def worker(connection: Connection) -> None:
         for _ in range(total // concurrency):
-            status = connection.roundtrip()
-            if status != b"201":
-                failures.append(status.decode())
+            status, body = connection.send(raw)
+            if status != 201:
+                failures.append(f"{status} {body[:200]!r}")
                 return
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in connections]

@@ -46,6 +46,7 @@ from app.remote.store import RemoteStore
 from app.server import create_app
 from app.server.downloads import OpenFileResponse
 from app.storage import Storage
+from app.store.ids import new_session_id
 
 PROFILE = "production"
 
@@ -714,3 +715,63 @@ def test_uploads_and_downloads_over_a_remote_store_answer_however_the_body_is_fr
             "post.bin",
             "put.bin",
         ]
+
+
+def _walk_ids(store: RemoteStore, after: str | None) -> tuple[list[str], str | None]:
+    """Every id listed after ``after``, following ``next``; and the last id seen."""
+    seen: list[str] = []
+    while True:
+        page = store.list_sessions(limit=7, after=after)
+        seen += [s["id"] for s in page.items]
+        after = seen[-1] if seen else after
+        if page.next is None:
+            return seen, after
+        after = page.next
+
+
+def test_a_session_made_by_a_replica_whose_clock_is_behind_lists_after_the_newest(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    # Another replica, its clock a minute ahead, made the newest session.
+    ahead = f"{int(new_session_id(), 16) + (60_000 << 80):032x}"
+    with psycopg.connect(first.database_url) as conn:
+        conn.execute(
+            "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
+            " VALUES (%s, 'ahead', '{}', now(), now())",
+            (ahead,),
+        )
+    seen, cursor = _walk_ids(second, None)
+    assert seen == [ahead]
+    made = first.create_session("after it")["id"]
+    assert made > ahead
+    assert _walk_ids(second, cursor)[0] == [made]
+
+
+def test_a_walk_that_polls_with_its_cursor_sees_every_session_created_meanwhile_once(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    created: list[str] = []
+    done = threading.Event()
+
+    def create(store: RemoteStore) -> None:
+        for _ in range(20):
+            created.append(store.create_session()["id"])
+
+    threads = [threading.Thread(target=create, args=(store,)) for store in (first, second) * 2]
+    for thread in threads:
+        thread.start()
+    waiter = threading.Thread(target=lambda: ([t.join() for t in threads], done.set()))
+    waiter.start()
+    seen: list[str] = []
+    cursor = None
+    while not done.is_set():
+        more, cursor = _walk_ids(second, cursor)
+        seen += more
+    more, cursor = _walk_ids(second, cursor)  # once more after the last create returned
+    seen += more
+    waiter.join()
+    # Ids made and committed out of order would have appeared behind the cursor, unseen.
+    assert sorted(seen) == seen
+    assert sorted(seen) == sorted(created)

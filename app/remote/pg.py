@@ -60,6 +60,7 @@ SCHEMA_VERSION = 1
 LOCK_CLASS = zlib.crc32(b"app") & 0x7FFFFFFF
 HOLDERS_LOCK = (LOCK_CLASS, 1)
 _SCHEMA_LOCK = (LOCK_CLASS, 2)  # serialises two first opens of an empty database
+CREATE_LOCK = (LOCK_CLASS, 3)  # pages wait for the creates under way (app.remote.sessions)
 ROW_LOCK_CLASS = zlib.crc32(b"app:holder-row") & 0x7FFFFFFF
 
 # Half-open connections (a partitioned network) must end in bounded time, or a dead replica

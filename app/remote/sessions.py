@@ -15,8 +15,9 @@ from psycopg.types.json import Json
 
 from app.errors import BadRequestError, SessionNotFoundError
 from app.remote.db import TRASH_TIME_FORMAT, Database, now, trash_entry, trash_name, utc
+from app.remote.pg import CREATE_LOCK
 from app.storage import Page, SessionRecord, TrashEntry, checked_session_fields
-from app.store.ids import check_session_id, new_session_id
+from app.store.ids import check_session_id, make_later_than, new_session_id
 
 __all__ = ["RemoteSessions"]
 
@@ -54,9 +55,19 @@ class RemoteSessions:
             # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
             raise BadRequestError("title must not contain the character U+0000 (NUL)")
         metadata = checked_session_fields(title, metadata)
-        session_id = new_session_id()
-        moment = now()
         with self.db.write() as conn:
+            # A page is `id > cursor`, so a page must never show a session while one with a
+            # lower id is still to commit: that one would appear behind a walker's cursor and
+            # never be listed to it. A create holds CREATE_LOCK shared from taking its id,
+            # after every id in the table (another replica's clock may be behind), to its
+            # commit; a page takes it exclusively before its snapshot (`page`), so it waits
+            # for the creates under way and no create takes an id meanwhile.
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", CREATE_LOCK)
+            newest = conn.execute("SELECT max(id) AS id FROM app_sessions").fetchone()
+            if newest is not None and newest["id"] is not None:
+                make_later_than(newest["id"])
+            session_id = new_session_id()
+            moment = now()
             conn.execute(
                 "INSERT INTO app_sessions (id, title, metadata, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s)",
@@ -108,15 +119,22 @@ class RemoteSessions:
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = "" if after is None else check_session_id(after)
-        with self.db.conn() as conn, conn.transaction():
-            # One snapshot for the page and its total.
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            rows = conn.execute(
-                _SESSION_SELECT + " WHERE s.id > %s AND s.deleted_at IS NULL ORDER BY s.id"
-                " LIMIT %s",
-                (cursor, limit + 1),
-            ).fetchall()
-            count = conn.execute("SELECT sum(live) AS n FROM app_session_counts").fetchone()
+        with self.db.conn() as conn:
+            # Taken before the transaction: its snapshot is taken at its first statement,
+            # which must come after the creates under way have committed (see `create`).
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", CREATE_LOCK)
+            try:
+                with conn.transaction():
+                    # One snapshot for the page and its total.
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    rows = conn.execute(
+                        _SESSION_SELECT
+                        + " WHERE s.id > %s AND s.deleted_at IS NULL ORDER BY s.id LIMIT %s",
+                        (cursor, limit + 1),
+                    ).fetchall()
+                    count = conn.execute("SELECT sum(live) AS n FROM app_session_counts").fetchone()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", CREATE_LOCK)
         total = int(count["n"]) if count else 0
         more = len(rows) > limit
         items: list[SessionRecord] = []
