@@ -8,6 +8,7 @@ no browser is ever downloaded). Deselect the browser part with `-m "not browser"
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import subprocess
@@ -129,7 +130,11 @@ class Browser:
             self.foreign.append(url)
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: between two of its sync calls Playwright marks its event
+# loop as running on this thread (asyncio._set_running_loop, on purpose), so while the browser
+# is open, anyio.run on the test thread refuses to start ("Already running asyncio in this
+# thread"); a later test file's anyio.run failed in serial runs. Closing it unmarks the loop.
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     if not CHROMIUM.is_file():
         reason = f"{CHROMIUM} is missing; install Debian's package: apt-get install chromium"
@@ -155,6 +160,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
             yield recorder
         finally:
             context.close()
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        asyncio.get_running_loop()  # nothing left marked running for the tests that follow
 
 
 @pytest.mark.browser

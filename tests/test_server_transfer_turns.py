@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -70,7 +69,7 @@ def test_a_turn_is_held_once_however_often_it_is_entered_or_left() -> None:
         turn.leave()
         assert places.value == 1
 
-    in_a_new_thread(main)
+    anyio.run(main)
 
 
 def test_two_tasks_of_one_request_entering_at_once_hold_one_place() -> None:
@@ -88,7 +87,7 @@ def test_two_tasks_of_one_request_entering_at_once_hold_one_place() -> None:
         turn.leave()
         assert places.value == 1
 
-    in_a_new_thread(main)
+    anyio.run(main)
 
 
 def test_a_request_cancelled_while_it_waits_for_its_turn_takes_no_place() -> None:
@@ -107,30 +106,7 @@ def test_a_request_cancelled_while_it_waits_for_its_turn_takes_no_place() -> Non
             await last.enter()
         last.leave()
 
-    in_a_new_thread(main)
-
-
-def in_a_new_thread(main: Callable[[], Awaitable[None]]) -> None:
-    """``anyio.run(main)`` on a thread of its own.
-
-    On the test's thread, after the whole suite ran serially, anyio found an async library
-    already marked as running there (left by an earlier test, through sniffio's per-thread
-    and context state), and refused to start.
-    """
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            anyio.run(main)
-        except BaseException as error:
-            failures.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(WAIT)
-    assert not thread.is_alive(), "the event loop did not finish"
-    if failures:
-        raise failures[0]
+    anyio.run(main)
 
 
 def normal_transfers(server: LiveServer, session_id: str, name: str) -> None:
