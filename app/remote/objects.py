@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,22 @@ _UNUSABLE = frozenset(
     {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
 )
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+
+# One boto3 session for every store of the process: each new session parses botocore's JSON
+# service models again (about 0.2 s), which every replica start and every test store paid.
+# The stores pass their own credentials and settings to their clients; a session is not safe
+# to make clients from in two threads at once (boto3's documentation), hence the lock.
+_session_lock = threading.Lock()
+_sessions: list[Any] = []
+
+
+def _new_client(**kwargs: Any) -> Any:
+    import boto3
+
+    with _session_lock:
+        if not _sessions:
+            _sessions.append(boto3.session.Session())
+        return _sessions[0].client(**kwargs)
 
 
 # --- locations ---------------------------------------------------------------------------
@@ -219,7 +236,6 @@ class ObjectStore:
         read_timeout: float = 60,
         max_attempts: int = 3,
     ) -> None:
-        import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
@@ -228,8 +244,8 @@ class ObjectStore:
         # prefix that the test run does not own.
         sandbox.check_scratch("blob_url", blob_url, "opening")
         self.where = str(self.location)
-        self._client = boto3.session.Session().client(
-            "s3",
+        self._client = _new_client(
+            service_name="s3",
             endpoint_url=endpoint_url or None,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
