@@ -60,8 +60,8 @@ class RemoteSessions:
             # lower id is still to commit: that one would appear behind a walker's cursor and
             # never be listed to it. A create holds CREATE_LOCK shared from taking its id,
             # after every id in the table (another replica's clock may be behind), to its
-            # commit; a page takes it exclusively before its snapshot (`page`), so it waits
-            # for the creates under way and no create takes an id meanwhile.
+            # commit; a page holds it exclusively until its snapshot is taken (`page`), so it
+            # waits for the creates under way and no create takes an id meanwhile.
             conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", CREATE_LOCK)
             newest = conn.execute("SELECT max(id) AS id FROM app_sessions").fetchone()
             if newest is not None and newest["id"] is not None:
@@ -120,13 +120,17 @@ class RemoteSessions:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = "" if after is None else check_session_id(after)
         with self.db.conn() as conn:
-            # Taken before the transaction: its snapshot is taken at its first statement,
-            # which must come after the creates under way have committed (see `create`).
+            # Taken before the transaction and given up by its first statement, at whose start
+            # the snapshot is taken: the creates under way have committed by then (see
+            # `create`), and pages wait for each other only that long.
             conn.execute("SELECT pg_advisory_lock(%s, %s)", CREATE_LOCK)
+            held = True
             try:
                 with conn.transaction():
                     # One snapshot for the page and its total.
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", CREATE_LOCK)
+                    held = False
                     rows = conn.execute(
                         _SESSION_SELECT
                         + " WHERE s.id > %s AND s.deleted_at IS NULL ORDER BY s.id LIMIT %s",
@@ -134,7 +138,8 @@ class RemoteSessions:
                     ).fetchall()
                     count = conn.execute("SELECT sum(live) AS n FROM app_session_counts").fetchone()
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", CREATE_LOCK)
+                if held:
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", CREATE_LOCK)
         total = int(count["n"]) if count else 0
         more = len(rows) > limit
         items: list[SessionRecord] = []
