@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from app import config as appconfig
@@ -27,3 +28,13 @@ def one_server(factory: pytest.TempPathFactory, **settings: str) -> Iterator[Liv
         yield LiveServer(url, root, process.pid, config.api_token, log, config)
     finally:
         stop_server(process)
+
+
+@contextlib.contextmanager
+def one_client(factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """An HTTP client of `one_server`, with its token."""
+    with (
+        one_server(factory) as server,
+        httpx.Client(base_url=server.url, headers=server.headers) as client,
+    ):
+        yield client

@@ -13,17 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from redteam_s19_http import one_server
+from redteam_s19_http import one_client
 
 ROUNDS = 15
 
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    with (
-        one_server(tmp_path_factory) as server,
-        httpx.Client(base_url=server.url, headers=server.headers) as client,
-    ):
+    with one_client(tmp_path_factory) as client:
         yield client
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from redteam_s19_http import one_server
+from redteam_s19_http import one_client
 
 SIZE = 4096
 HALF = SIZE // 2
@@ -25,10 +25,7 @@ HALF = SIZE // 2
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """One server for the module: each test works in a session of its own."""
-    with (
-        one_server(tmp_path_factory) as server,
-        httpx.Client(base_url=server.url, headers=server.headers) as client,
-    ):
+    with one_client(tmp_path_factory) as client:
         yield client
 
 
