@@ -69,6 +69,7 @@ __all__ = [
     "RootStatus",
     "describe",
     "fsync_dir",
+    "json_bytes",
     "open_root",
     "read_regular",
     "read_stamp",
@@ -149,6 +150,19 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    # A regular file takes part of a write where the file size limit or a full disk cuts
+    # it; the next write then fails with the errno that says which (EFBIG, ENOSPC).
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the app's files hold JSON: indented, keys sorted, UTF-8, a final newline."""
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
 def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Create ``path`` (it must not exist) holding ``data``, fsynced; on failure it is removed.
 
@@ -162,9 +176,7 @@ def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -266,14 +278,6 @@ def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
         os.close(fd)
     if not existed:
         fsync_dir(root)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    # A regular file takes part of a write where the file size limit or a full disk cuts
-    # it; the next write then fails with the errno that says which (EFBIG, ENOSPC).
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _audit_record(
@@ -882,9 +886,7 @@ class DataRoot:
         try:
             # Held until the rename: another writer's clean-up skips it (see _clear_tmp).
             fcntl.flock(fd, fcntl.LOCK_EX)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fsync(fd)
             _replace(tmp, dest)
         except BaseException:
@@ -895,8 +897,7 @@ class DataRoot:
 
     def atomic_write_json(self, dest: Path, obj: Any) -> None:
         """Write ``obj`` as indented JSON to ``dest``, like :meth:`atomic_write_bytes`."""
-        data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-        self.atomic_write_bytes(dest, data)
+        self.atomic_write_bytes(dest, json_bytes(obj))
 
     def close(self) -> None:
         """Release the lock of a writer. Idempotent; a reader has nothing to release."""

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from app.dataroot import fsync_dir, write_new_file
+from app.dataroot import fsync_dir, json_bytes, write_new_file
 from app.errors import BadRequestError, SessionNotFoundError
 from app.names import check_file_name
 from app.storage import (
@@ -121,7 +121,7 @@ class Sessions:
             staging = self.path / f"{NEW_PREFIX}{session['id']}"
             self.state.creating.add(staging.name)
         stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
-        data = (json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        data = json_bytes(stored)
         # The staging directory is the temporary file here: it is complete and synced before
         # one same-directory rename makes the session appear. Writing session.json inside it
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a

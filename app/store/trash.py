@@ -18,7 +18,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from app.dataroot import fsync_dir, read_regular, write_new_file
+from app.dataroot import fsync_dir, json_bytes, read_regular, write_new_file
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -76,7 +76,7 @@ class Trash:
         }
         if blob is not None:
             manifest["blob"] = blob
-        data = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        data = json_bytes(manifest)
         path.mkdir(mode=0o700)
         try:
             # Written in place, not through .tmp/ and a rename: the entry is new, ours, and
