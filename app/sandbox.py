@@ -375,7 +375,8 @@ def _runs_pytest() -> bool:
 
 def _pytest_importers() -> str:
     # Who brought pytest in, for the message: the modules that hold it as a global. Read
-    # only when refusing, from a process where no test runs (so few modules hold it).
+    # where pytest is imported and no run or ancestor marks this process, so no test runs
+    # in it, and few modules hold pytest.
     pytest_module = sys.modules.get("pytest")
     names = [
         name
