@@ -298,6 +298,10 @@ def _cmdline(pid: int) -> list[str]:
 #: What `python -c` code that runs pytest calls (a bare word would match a path such as
 #: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold).
 _PYTEST_CODE: Final = re.compile(r"\bpytest\.(?:main|console_main)\b")
+#: `-m` or `-c`, after any of Python's short options that take no value run together with
+#: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word.
+_MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqsSuvVx]*([mc])(.*)", re.S)
+_PYTEST_MODULES: Final = frozenset({"pytest", "py.test", "pytest.__main__"})
 
 
 def _looks_like_pytest(argv: list[str]) -> bool:
@@ -308,12 +312,15 @@ def _looks_like_pytest(argv: list[str]) -> bool:
     # any profile; taking a stray command for pytest only refuses other profiles to the
     # app processes started under it.
     for index, arg in enumerate(argv):
-        following = argv[index + 1] if index + 1 < len(argv) else ""
-        if Path(arg).name in _PYTEST_COMMANDS or arg in ("-mpytest", "-mpy.test"):
+        if Path(arg).name in _PYTEST_COMMANDS:
             return True
-        if arg == "-m" and following in _PYTEST_COMMANDS:
+        option = _MODULE_OR_CODE.fullmatch(arg)
+        if option is None:
+            continue
+        value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
+        if option[1] == "m" and value in _PYTEST_MODULES:
             return True
-        if arg == "-c" and _PYTEST_CODE.search(following):
+        if option[1] == "c" and _PYTEST_CODE.search(value):
             return True  # python -c "import pytest; sys.exit(pytest.main())"
     return False
 

@@ -159,6 +159,9 @@ ANCESTOR_REFUSED = (
     [
         pytest.param(("-X", "dev", "-W", "default", "-m", "pytest"), id="interpreter-options"),
         pytest.param(("-c", "import sys, pytest; sys.exit(pytest.main())"), id="pytest.main"),
+        # Short options run together, the module or the code glued on or following.
+        pytest.param(("-bBmpytest",), id="clustered-module"),
+        pytest.param(("-Ic", "import sys, pytest; sys.exit(pytest.main())"), id="clustered-code"),
     ],
 )
 def test_pytest_behind_interpreter_options_is_recognised_as_an_ancestor(
