@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.dataroot import fsync_dir, read_regular, tmp_in_flight
-from app.errors import InvalidNameError, SessionNotFoundError
+from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
 from app.names import check_file_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -269,7 +269,7 @@ class Checker:
         """``session.json``, or None (reported) for a session the checks must leave alone."""
         try:
             meta = read_meta(directory, session_id)
-        except (SessionNotFoundError, ValueError):
+        except (SessionNotFoundError, UnreadableSessionError):
             self.unrepaired(
                 "session-unreadable",
                 directory,

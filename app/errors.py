@@ -549,6 +549,27 @@ class NotInTrashError(SessionNotFoundError):
         )
 
 
+class UnreadableSessionError(StoreError):
+    """A ``session.json`` that is not a JSON object, or holds a field of another type than
+    the app writes: damage from outside the app, which replaces the file whole. Reading that
+    session fails; a page of sessions leaves it out, a delete moves it to the trash as it
+    is, and ``check`` reports it (``session-unreadable``)."""
+
+    code = "session_unreadable"
+    http_status = 500
+    # No path: the message reaches HTTP clients. A 500 of its own, not `internal_error`:
+    # the server is sound and keeps the connection; only this session's file is not.
+    template = (
+        "cannot read session {session_id}: its session.json {damage} (it was changed "
+        "outside the app). `app data check` reports it as session-unreadable. Put "
+        "session.json back from a backup, or delete the session (DELETE "
+        "/sessions/{session_id}) to move it to the trash as it is"
+    )
+
+    session_id: str
+    damage: str = "is not a JSON object"
+
+
 class FileNotFoundInSessionError(StoreError):
     """The session has no file of that name."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import UnreadableSessionError
 from app.store import Store
 
 
@@ -112,7 +113,7 @@ def test_a_session_json_or_trash_manifest_that_is_not_an_object_stops_nothing_el
     assert [s["id"] for s in app_store.list_sessions().items] == [kept]
     assert [s["id"] for s in json.loads(app_store.list_sessions_json())["items"]] == [kept]
     # Reading that one session says it is damaged (a 500 over HTTP), not that it is gone.
-    with pytest.raises(ValueError, match=f"session.json of session {damaged} is not a JSON"):
+    with pytest.raises(UnreadableSessionError, match=f"cannot read session {damaged}: its"):
         app_store.get_session(damaged)
     (listed,) = app_store.list_trash()
     assert (listed.name, listed.file) == (entry.name, None)

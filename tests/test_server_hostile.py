@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +38,56 @@ def assert_error(response: Any, status: int, code: str, *texts: str) -> None:
 # --- a 500 never leaves a broken keep-alive connection -----------------------------------
 
 
-def test_after_a_500_the_client_keeps_a_working_connection(app_live_server: LiveServer) -> None:
-    # A session.json that no longer parses (a disk fault, a hand edit) makes a real 500.
-    host, port = app_live_server.url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port))
-    headers = {**app_live_server.headers, "Content-Type": "application/json"}
-    connection.request("POST", "/sessions", body=b"{}", headers=headers)
-    created = connection.getresponse()
-    session_id = json.loads(created.read())["id"]
-    (app_live_server.data_root / "sessions" / session_id / "session.json").write_bytes(b"{not json")
+# A real uvicorn over the app, with one route that fails as only a bug can: every fault the
+# app knows of (a damaged session.json included) has an answer of its own.
+_FAULTY_SERVER = """
+import socket, sys
+import uvicorn
+from app.config import load
+from app.server import create_app
+from app.storage import open_storage
 
-    connection.request("GET", f"/sessions/{session_id}", headers=app_live_server.headers)
-    broken = connection.getresponse()
-    body = json.loads(broken.read())
-    assert broken.status == 500
-    assert body["code"] == "internal_error"
-    # The server says it closes the connection, so the client opens a new one instead of
-    # sending its next request into a socket the server already reset.
-    assert broken.getheader("connection") == "close"
-    connection.request("GET", "/health")
-    assert connection.getresponse().status == 200
-    connection.close()
+config = load()
+app = create_app(open_storage(config, writer=True, kind="server"), config)
+
+@app.get("/fault")
+def fault() -> None:
+    raise RuntimeError("a bug")
+
+listener = socket.socket(fileno=int(sys.argv[1]))
+uvicorn.run(app, fd=listener.fileno(), log_level="warning")
+"""
+
+
+def test_after_a_500_the_client_keeps_a_working_connection(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    env = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "root")}
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-c", _FAULTY_SERVER, str(listener.fileno())],
+            env=env,
+            pass_fds=[listener.fileno()],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        connection = http.client.HTTPConnection(*listener.getsockname())
+        listener.close()
+        connection.request("GET", "/fault")
+        broken = connection.getresponse()
+        body = json.loads(broken.read())
+        assert (broken.status, body["code"]) == (500, "internal_error"), body
+        assert body["message"] == "internal server error; the server log has details"
+        # The server says it closes the connection, so the client opens a new one instead of
+        # sending its next request into a socket the server already reset.
+        assert broken.getheader("connection") == "close"
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "RuntimeError: a bug" in (tmp_path / "server.log").read_text()
 
 
 # --- metadata is bounded at the door (5) --------------------------------------------------

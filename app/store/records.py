@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 from app.dataroot import NotRegularFileError, fsync_dir, read_regular
-from app.errors import DataRootChangedError, SessionNotFoundError
+from app.errors import DataRootChangedError, SessionNotFoundError, UnreadableSessionError
 from app.storage import FileEntry
 from app.store.ids import ID_RE
 
@@ -174,21 +174,30 @@ def read_meta(directory: Path, session_id: str) -> dict[str, Any]:
     return session_object(raw, session_id)
 
 
-class UnreadableSessionError(ValueError):
-    """A ``session.json`` that is not a JSON object: damage from outside the app, which
-    replaces the file whole. Reading that session fails (a 500 over HTTP); a page of
-    sessions leaves it out, and ``check`` reports it (``session-unreadable``)."""
+#: What the app writes in ``session.json``, by type: another type there is not ours.
+_SESSION_FIELDS: Final = {
+    "id": (str,),
+    "title": (str, type(None)),
+    "metadata": (dict,),
+    "created_at": (str,),
+    "updated_at": (str,),
+}
 
 
 def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
-    """``session.json``'s content, parsed: a JSON object, else `UnreadableSessionError`."""
+    """``session.json``'s content, parsed: a JSON object whose fields have the types the app
+    writes, else `UnreadableSessionError` (a number in ``updated_at`` once failed every page
+    that held a session with files)."""
     try:
         session = json.loads(raw)
     except ValueError:
         session = None
     if not isinstance(session, dict):
-        msg = f"session.json of session {session_id} is not a JSON object"
-        raise UnreadableSessionError(msg)
+        raise UnreadableSessionError(session_id=session_id, damage="is not a JSON object")
+    for key, types in _SESSION_FIELDS.items():
+        if key in session and not isinstance(session[key], types):
+            damage = f"has a {type(session[key]).__name__} in {key!r}, which the app never writes"
+            raise UnreadableSessionError(session_id=session_id, damage=damage)
     return session
 
 

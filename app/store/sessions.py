@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from app.dataroot import fsync_dir, json_bytes, write_new_file
-from app.errors import BadRequestError, SessionNotFoundError
+from app.errors import BadRequestError, SessionNotFoundError, UnreadableSessionError
 from app.names import check_file_name
 from app.storage import (
     Page,
@@ -39,7 +39,6 @@ from app.store.records import (
     TRASHED_SESSION,
     FileRecord,
     MetaCache,
-    UnreadableSessionError,
     ValidatedCache,
     ensure_dir,
     load_record,
@@ -313,10 +312,13 @@ class Sessions:
         with self.state.lock_for(session_id):
             # session.json alone: the title is all the entry needs, and the whole session
             # (its records listed and sorted, its times) was read for nothing on each delete.
-            session = self.meta.read(os.fspath(directory), session_id)
-            entry = self.trash.new_entry(
-                session_id, "session", None, reason, title=session.get("title")
-            )
+            try:
+                title = self.meta.read(os.fspath(directory), session_id).get("title")
+            except UnreadableSessionError:
+                # Damaged from outside the app: it moves as it is, so that a client can clear
+                # it from the listing (and a purge is whole) while its bytes stay for a human.
+                title = None
+            entry = self.trash.new_entry(session_id, "session", None, reason, title=title)
             # The data lives in sessions/ or in .trash/, never in .tmp/ (which a restart
             # clears): the manifest is written first, then the directory moves in one rename.
             try:
@@ -332,8 +334,9 @@ class Sessions:
         fsync_dir(entry.path)
         return entry
 
-    def restore(self, entry: TrashEntry) -> SessionRecord:
-        """Move a trashed session back; refused if a session with its id exists again."""
+    def restore(self, entry: TrashEntry) -> Path:
+        """Move a trashed session back (to the path returned); refused if a session with its
+        id exists again."""
         dest = self.path / entry.session_id
         with self.state.lock_for(entry.session_id):
             if dest.exists():
@@ -346,7 +349,7 @@ class Sessions:
             self.state.index_update(add=entry.session_id)
             fsync_dir(self.path)
             self.trash.remove_empty(entry)
-            return self.read(dest, entry.session_id)
+            return dest
 
 
 def _page_size_bound(session: SessionRecord) -> int:

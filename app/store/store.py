@@ -295,8 +295,11 @@ class Store(Storage):
         if entry is None:
             raise NotInTrashError(session_id, name)
         if name is None:
-            session = self.sessions.restore(entry)
+            restored = self.sessions.restore(entry)
             self.root.audit("restore-session", session_id, trash=entry.name)
+            # Read after the audit line: a session.json damaged from outside still comes
+            # back (and is said to be unreadable), and the log has the move.
+            session = self.sessions.read(restored, session_id)
         else:
             session = self.files.restore(entry, name)
             self.root.audit("restore-file", f"{session_id}/{name}", trash=entry.name)

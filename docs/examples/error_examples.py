@@ -117,6 +117,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
+    errors.UnreadableSessionError("3f2a9c"),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),
     errors.BodyTooLargeError("creating a session", 262144, 262145),
