@@ -310,6 +310,13 @@ class Config:
         "most files one session holds (a new name beyond it is 409 too_many_files)",
         10_000,
     )
+    shutdown_grace_seconds: int = setting(
+        _int_in(1, 86_400),
+        "how long requests in flight may still run once the server is told to stop; longer "
+        "ones are answered 503 server_stopped, and a write they began ends before the "
+        "server gives up its data root",
+        30,
+    )
     lock_check_seconds: float = setting(
         _positive_number, "how often a server re-checks its lock", 5.0
     )

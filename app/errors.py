@@ -500,6 +500,27 @@ class PortInUseError(AppError):
     reason: str
 
 
+class RequestCutShortError(AppError):
+    """The server was told to stop, and a request ran past its shutdown grace."""
+
+    exit_code = EX_TEMPFAIL
+    code = "server_stopped"
+    http_status = 503
+    # Said to the client instead of uvicorn's bare "Internal Server Error". The write is not
+    # undone: the server waits for it before it gives up its data root.
+    template = (
+        "{method} {path} was cut short: the server was told to stop, and this request ran "
+        "past the {grace} s it gives requests in flight (shutdown_grace_seconds, "
+        "APP_SHUTDOWN_GRACE_SECONDS). A write it began still ends before the server gives up "
+        "its data root, so it may have taken effect: read the resource (GET) before you "
+        "retry, once a server runs again"
+    )
+
+    method: str
+    path: str
+    grace: int
+
+
 # --- store (errors a client can cause) ---------------------------------------------
 
 

@@ -55,6 +55,8 @@ def create_app(store: Storage, config: Config) -> FastAPI:
     # by processes (--workers): they are not queued.
     local = getattr(store, "reads_from_local_files", False) is True
     app.add_middleware(
-        RequestGuard, transfers_at_once=config.max_transfers_at_once if local else None
+        RequestGuard,
+        transfers_at_once=config.max_transfers_at_once if local else None,
+        shutdown_grace=config.shutdown_grace_seconds,
     )
     return app

@@ -8,6 +8,8 @@ quietly a request whose response the protocol abandoned.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -15,9 +17,11 @@ from urllib.parse import unquote_to_bytes
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import InvalidNameError
+from app.errors import InvalidNameError, RequestCutShortError
 from app.server.problems import problem_of
 from app.server.protocol import TURN, SlowReader
+
+log = logging.getLogger(__name__)
 
 QUANTUM: Final = 0.02
 """How long a transfer keeps its place while others wait, at most, if its client never waits.
@@ -111,12 +115,19 @@ class RequestGuard:
     A response whose client read nothing of it for ``request_idle_seconds`` (`SlowReader`,
     logged by the protocol) ends the request here without a traceback: the answer has
     begun, so nothing more can be said to this client, and uvicorn closes a connection whose
-    response the application left unfinished. One middleware for both: each layer is paid
-    on every request.
+    response the application left unfinished.
+
+    A request that uvicorn cancels, past the shutdown grace of a server told to stop, is
+    answered 503 `RequestCutShortError` if its answer has not begun (uvicorn's own is a bare
+    "Internal Server Error"). One middleware for all three: each layer is paid on every
+    request.
     """
 
-    def __init__(self, app: ASGIApp, transfers_at_once: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, transfers_at_once: int | None = None, shutdown_grace: int = 30
+    ) -> None:
         self.app = app
+        self.shutdown_grace = shutdown_grace
         self.places = (
             None
             if transfers_at_once is None
@@ -146,6 +157,19 @@ class RequestGuard:
             await self.app(scope, receive, send)
         except SlowReader:
             return  # logged by the protocol; uvicorn closes the connection
+        except asyncio.CancelledError as cancelled:
+            # Only the server's shutdown cancels a request's task (a disconnected client is
+            # told by `receive`). Answered, the request is over: uvicorn has already logged
+            # why it cancelled. If the answer had begun, sending another start fails, and
+            # uvicorn closes the connection.
+            if scope["type"] != "http":
+                raise
+            cut = RequestCutShortError(scope["method"], scope["path"], self.shutdown_grace)
+            try:
+                await problem_of(cut, {"Connection": "close"})(scope, receive, send)
+            except Exception:
+                raise cancelled from None
+            log.warning("%s", cut)
         finally:
             if turn is not None:
                 turn.leave()

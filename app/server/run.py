@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from copy import deepcopy
 from types import FrameType
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_GRACEFUL_SHUTDOWN_SECONDS: Final = 30
 WORKERS_NEED_REMOTE: Final = (
     "--workers above 1 needs a profile on PostgreSQL and object storage: profile {profile!r} "
     "uses a local data root, which has one holder (its lock file), so a second worker "
@@ -150,7 +150,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             log_config=log_config,
             log_level=config.log_level,
             lifespan="off",
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+            timeout_graceful_shutdown=config.shutdown_grace_seconds,
             server_header=False,
             http=bounded_h11(
                 config.max_header_bytes, config.request_idle_seconds, config.request_seconds
@@ -185,12 +185,35 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
     stop_signals = _quiet_signals()
     try:
         server.run(sockets=[sock])
+        _wait_for_request_threads(store.location)
     finally:
         watcher.stop()
         stop_signals()
     if lost:
         raise store.lost_error(lost[0])
     log.info("stopped; releasing the hold on %s", store.location)
+
+
+def _wait_for_request_threads(location: str) -> None:
+    """Return once no worker thread runs a request's work any more.
+
+    Past the shutdown grace uvicorn cancels the requests still running, but not the worker
+    threads they wait on: a create's rename, an upload's commit go on. Released before they
+    end, the hold would let a maintenance command take the data root while this process
+    still writes to it. The threads left are those interpreter exit waits for (non-daemon:
+    anyio's workers, which leave once their job is done since the event loop ended).
+    """
+    current = threading.current_thread()
+    running = [t for t in threading.enumerate() if t is not current and not t.daemon]
+    if running:
+        log.warning(
+            "waiting for %d request(s) still at work in worker threads before releasing the "
+            "hold on %s",
+            len(running),
+            location,
+        )
+    for thread in running:
+        thread.join()
 
 
 # --- several worker processes (the remote backend) -------------------------------------------
