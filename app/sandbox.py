@@ -213,7 +213,9 @@ def _ancestry() -> Iterator[tuple[int, int]]:
             return
         parent, started = fields
         yield pid, started
-        if parent <= 1:
+        # Pid 1 is read too: in a container, pytest is often pid 1 (`docker run image
+        # pytest`), and its children were not part of its run. Its parent is 0.
+        if parent <= 0:
             return
         pid = parent
 
