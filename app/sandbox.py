@@ -112,7 +112,11 @@ _MAX_DEPTH: Final = 128
 #: pytest's own variables: set for a test (``PYTEST_CURRENT_TEST``) or the whole session
 #: (``PYTEST_VERSION``, pytest 8.2+), in the process and the children that inherit them.
 _PYTEST_VARIABLES: Final = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
-_PYTEST_COMMANDS: Final = frozenset({"pytest", "py.test"})
+#: pytest's scripts: pip's, and Debian's (`pytest-3`, `py.test-3`).
+_PYTEST_COMMAND: Final = re.compile(r"(?:pytest|py\.test)(?:-3)?")
+#: A Python interpreter's name (`python3.12`, `python3.13t`, `pypy3`, `python3-dbg`): only its
+#: `-m` and `-c` are Python's own; another program's `-m pytest` is a value of its own.
+_PYTHON: Final = re.compile(r"(?:python|pypy|graalpy)[\w.-]*")
 
 
 def identity(path: Path | str) -> tuple[int, int] | None:
@@ -284,9 +288,20 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                     bare = None
                 return run, bare
         if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid)):
-            bare = f"an ancestor process (pid {pid}) runs pytest without the app's plugin"
+            bare = (
+                f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
+                "app's plugin"
+            )
             bare_argv = argv
     return None, bare
+
+
+def _shown(argv: list[str]) -> str:
+    # The command line that was taken for pytest, so that a wrong guess can be seen as one.
+    import shlex
+
+    shown = shlex.join(argv)
+    return shown if len(shown) <= 160 else f"{shown[:157]}..."
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -311,12 +326,20 @@ def _looks_like_pytest(argv: list[str]) -> bool:
     # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
     # process (`coverage run --source app -m pytest`, `coverage run .venv/bin/pytest`).
     # Missing one lets a child with a hand-built environment of a run with `-p no:app` load
-    # any profile; taking a stray command for pytest only refuses other profiles to the
-    # app processes started under it.
+    # any profile. But only where pytest is what runs: the program, a script given by its
+    # path (a script run through its `#!` line shows its path after the interpreter), or
+    # Python's `-m`/`-c`. A word that only names pytest (`make pytest`, `git commit -m
+    # pytest`, `conda run -n pytest`, `screen -S pytest`) runs none, and the app processes
+    # started under such a command were refused other profiles, told that pytest ran.
+    if not argv:
+        return False
+    python = _PYTHON.fullmatch(Path(argv[0]).name) is not None
     for index, arg in enumerate(argv):
-        if Path(arg).name in _PYTEST_COMMANDS:
+        if _PYTEST_COMMAND.fullmatch(Path(arg).name) and (
+            index == 0 or "/" in arg or (python and index == 1)
+        ):
             return True
-        option = _MODULE_OR_CODE.fullmatch(arg)
+        option = _MODULE_OR_CODE.fullmatch(arg) if python else None
         if option is None:
             continue
         value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
@@ -605,15 +628,30 @@ def _own_runs_dir() -> Path:
     return RUNS_DIR
 
 
+def _pid_namespace() -> int | None:
+    try:
+        return (_PROC / "self" / "ns" / "pid").stat().st_ino
+    except OSError:
+        return None
+
+
 def _forget_dead_runs(directory: Path) -> None:
+    ours = _pid_namespace()
     for name in (entry.name for entry in directory.iterdir()):
         pid, _, _ = name.partition("-")
         if not pid.isdigit():
             continue
         fields = _stat_fields(int(pid))
         if fields is None or _entry_name(int(pid), fields[1]) != name:
-            with contextlib.suppress(OSError):
-                (directory / name).unlink()
+            # Only a run of this PID namespace is known dead by its pid: a run in another
+            # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
+            # forgetting its live entry took its children out of it.
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads((directory / name).read_bytes()).get("pid_namespace") in (
+                    None,
+                    ours,
+                ):
+                    (directory / name).unlink()
 
 
 def _become_subreaper() -> None:
@@ -637,6 +675,7 @@ def _publish(run: Run, directory: Path = RUNS_DIR) -> None:
         "argv": list(sys.argv),
         "protected": [item.to_dict() for item in run.protected],
         "scratch": run.scratch,
+        "pid_namespace": _pid_namespace(),
     }
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     temporary.write_text(json.dumps(data))
