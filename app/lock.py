@@ -232,6 +232,60 @@ def read_holder(root: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+_PROC_LOCKS: Final = Path("/proc/locks")
+
+
+def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
+    """The live process that still holds the flock of a lock file once at ``path``, deleted
+    (or replaced) since, as its published JSON; None if there is none.
+
+    The holder keeps its flock on the deleted inode, and a newcomer would lock a new file at
+    the path: the kernel no longer keeps them apart. Found through Linux's ``/proc``: the
+    exclusive flocks on the root's device (``/proc/locks``), then those processes'
+    descriptors that name ``<path> (deleted)``. Another user's process is not visible (its
+    descriptors are not ours to read); neither is anything on a system without ``/proc``.
+    """
+    try:
+        lines = _PROC_LOCKS.read_text().splitlines()
+        device = path.parent.stat().st_dev
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 15858 fe:00:2371224 0 EOF" ("->" marks a waiter)
+    on_device = f"{os.major(device):02x}:{os.minor(device):02x}:"
+    locked: dict[int, set[int]] = {}
+    for line in lines:
+        parts = line.split()
+        if (
+            len(parts) > 5
+            and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+            and parts[4].isdigit()
+            and parts[5].startswith(on_device)
+        ):
+            locked.setdefault(int(parts[4]), set()).add(int(parts[5].rpartition(":")[2]))
+    deleted = f"{path.parent.resolve() / path.name} (deleted)"  # as the kernel names it
+    for pid, inodes in locked.items():
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    if str(Path(descriptor.path).readlink()) != deleted:
+                        continue
+                    fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                    try:
+                        if os.fstat(fd).st_ino in inodes:
+                            return _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0)) or {"pid": pid}
+                    finally:
+                        os.close(fd)
+    return None
+
+
+def _through_deleted(path: Path) -> str:
+    # Appended to the holder's description: why a root with a free (or no) lock file is held.
+    return (
+        f", through its lock file {path}, which was deleted while it held it (never delete "
+        "the lock file: a free one is never in the way)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """What a probe saw: one moment only.
@@ -274,7 +328,7 @@ def probe(root: Path) -> Probe:
     path = root / LOCK_FILE
     fd = _open_existing(path)
     if fd is None:
-        return Probe(path=path, held=False, holder=None)
+        return _deleted_or_free(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -286,9 +340,16 @@ def probe(root: Path) -> Probe:
             raise
         # Free: whatever the file still contains was left by a holder that crashed.
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return Probe(path=path, held=False, holder=None)
+        return _deleted_or_free(path)
     finally:
         os.close(fd)
+
+
+def _deleted_or_free(path: Path) -> Probe:
+    # A free (or missing) lock file does not make a free root: its holder may hold the
+    # file that was at the path before someone deleted it.
+    holder = _deleted_lock_holder(path)
+    return Probe(path=path, held=holder is not None, holder=holder)
 
 
 # Our duplicate of the locked descriptor must not keep the lock alive in a forked child
@@ -361,6 +422,7 @@ class RootLock:
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
         self._guard = threading.RLock()
+        self._wanted = ""
         self._lock: UnixFileLock | None = None
         self._sandbox_flock: _SandboxFlock | None = None
         if own_sandbox:
@@ -421,6 +483,7 @@ class RootLock:
                     "data root does not exist (open it with open_root)",
                     str(self.root),
                 )
+            self._wanted = wanted
             try:
                 taken = self._take(timeout)
             except OSError as error:
@@ -466,6 +529,11 @@ class RootLock:
         try:
             stat = os.fstat(own)
             _refuse_aliased(self.path, stat)
+            # A root of the run's own sandbox is held only by the run's processes; looking
+            # through /proc there would cost every test's root for nothing.
+            if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
+                described = describe_holder(holder) + _through_deleted(self.path)
+                raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
             _write_in_place(own, holder, durable=self._durable)
         except BaseException:

@@ -7,11 +7,19 @@ only names pytest.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from project_copy import copy_project_settings
+
+from app import sandbox
+from app.errors import DataRootInUseError
+from app.lock import LOCK_FILE, RootLock, probe
 
 #: A test of the inner run: a child with a hand-built environment (no pytest variable, no
 #: sandbox; production's token, so that nothing else stops the load) asks for production.
@@ -30,11 +38,14 @@ def test_a_child_with_a_hand_built_environment_asks_for_production():
 """
 
 
+NAMESPACE = ("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc")
+
+
 def _unshare_allowed() -> bool:
     if shutil.which("unshare") is None:
         return False
     done = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "true"],
+        [*NAMESPACE, "true"],
         capture_output=True,
         check=False,
     )
@@ -54,7 +65,7 @@ def _unshare_allowed() -> bool:
         pytest.param(
             ("-p", "no:app"),
             "CHILD *SandboxViolationError: refused under pytest: loading profile 'production' "
-            "while pytest runs without the app's sandbox (an ancestor process (pid 1) runs "
+            "while pytest runs without the app's sandbox (an ancestor process (pid 1: *) runs "
             "pytest without the app's plugin)*",
             id="without-the-plugin",
         ),
@@ -69,10 +80,9 @@ def test_a_child_of_pytest_running_as_pid_1_of_a_container_belongs_to_its_run(
     if not _unshare_allowed():
         pytest.skip("this machine does not let an unprivileged user make a PID namespace")
     pytester.makepyfile(test_child=HAND_BUILT_CHILD)
-    namespace = ("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc")
     basetemp = f"--basetemp={pytester.path / 'basetemp'}"
     result = pytester.run(
-        *namespace,
+        *NAMESPACE,
         sys.executable,
         "-m",
         "pytest",
@@ -86,3 +96,136 @@ def test_a_child_of_pytest_running_as_pid_1_of_a_container_belongs_to_its_run(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([refused])
     assert "LOADED" not in result.stdout.str()
+
+
+#: A run in a PID namespace of its own that shares /tmp (a container with the host's /tmp,
+#: `unshare`): it registers as the plugin does, says its entry, and lives until told.
+REGISTERS = """
+import os, sys
+from pathlib import Path
+from app import sandbox
+sandbox.register(Path(sys.argv[1]), ())
+print(sandbox.RUNS_DIR / f"{os.getpid()}-{sandbox._stat_fields(os.getpid())[1]}.json", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _own_entry() -> Path:
+    started = sandbox._stat_fields(os.getpid())
+    assert started is not None
+    return sandbox.RUNS_DIR / f"{os.getpid()}-{started[1]}.json"
+
+
+def test_runs_in_two_pid_namespaces_that_share_tmp_leave_each_other_registered(
+    tmp_path: Path,
+) -> None:
+    # A run forgets the registry entries of runs that are gone, by looking their pids up in
+    # /proc. A run in another PID namespace sees other pids there: each took the other's
+    # live entries for dead ones and deleted them, and the children of the run it deleted
+    # (given a hand-built environment) were no longer part of any run.
+    if not _unshare_allowed():
+        pytest.skip("this machine does not let an unprivileged user make a PID namespace")
+    ours = _own_entry()
+    assert ours.is_file()
+    inner = subprocess.Popen(
+        [*NAMESPACE, sys.executable, "-c", REGISTERS, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert inner.stdin is not None
+    assert inner.stdout is not None
+    try:
+        theirs = Path(inner.stdout.readline().strip())
+        assert theirs.is_file(), theirs
+        assert ours.is_file(), "the run in the namespace deleted this run's entry"
+        # What every run does when it starts, here from outside the namespace.
+        sandbox._forget_dead_runs(sandbox.RUNS_DIR)
+        assert theirs.is_file(), "this run deleted the entry of the run in the namespace"
+    finally:
+        inner.stdin.close()
+        inner.wait()
+
+
+# --- a holder whose lock file was deleted -------------------------------------------------
+
+
+@pytest.mark.parametrize("recreated", [False, True], ids=["deleted", "deleted-and-recreated"])
+def test_a_holder_whose_lock_file_was_deleted_still_holds_its_root(
+    tmp_path: Path, recreated: bool
+) -> None:
+    # Deleting a "stale" lock file, as one would a pid file, while its server runs: the
+    # server keeps its flock on the deleted inode (and stops within lock_check_seconds), but
+    # until then a newcomer locked a new file at the path and got the root beside it, and
+    # `app status` (a probe) said that nobody held it.
+    root = tmp_path / "production"
+    root.mkdir()
+    with RootLock(root, kind="server", profile="production", port=8080):
+        (root / LOCK_FILE).unlink()
+        if recreated:
+            (root / LOCK_FILE).write_text("")  # by hand: a second inode at the path
+        seen = probe(root)
+        assert seen.held
+        assert seen.holder is not None
+        assert (seen.holder["pid"], seen.holder["kind"], seen.holder["port"]) == (
+            os.getpid(),
+            "server",
+            8080,
+        )
+        newcomer = RootLock(root, kind="maintenance", profile="production")
+        with pytest.raises(DataRootInUseError) as refused:
+            newcomer.acquire("purge sessions")
+        assert not newcomer.held
+        assert str(refused.value) == (
+            f"cannot purge sessions: data root {root} is held by pid {os.getpid()}, kind "
+            f"server, profile production, host {socket.gethostname()}, port 8080, since "
+            f"{seen.holder['started_at']}, through its lock file {root / LOCK_FILE}, which "
+            "was deleted while it held it (never delete the lock file: a free one is never "
+            f"in the way); stop it (kill {os.getpid()}) or wait for it to finish and retry. "
+            "`app status` shows the holder"
+        )
+    # Once the holder is gone, the root is free again.
+    assert not probe(root).held
+    RootLock(root, kind="maintenance", profile="production").acquire("purge sessions").release()
+
+
+# --- a command line that only names pytest ------------------------------------------------
+
+LOAD_DEVELOPMENT = "from app.config import load; print('LOADED', load('development').data_root)"
+
+
+def _in_a_namespace(command: list[str], tmp_path: Path) -> str:
+    """`command` as pid 1 of a PID namespace of its own (outside this run), with a
+    hand-built environment; what it printed."""
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(copy_project_settings(tmp_path))}
+    done = subprocess.run(
+        [*NAMESPACE, *command], env=env, cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("runner", ["make", "git"])
+def test_a_command_that_only_names_pytest_is_not_taken_for_a_pytest_run(
+    tmp_path: Path, runner: str
+) -> None:
+    # A Makefile target called `pytest` that starts a development server beside the tests,
+    # and a git hook run by `git commit -m pytest`: neither runs pytest, but every word of
+    # an ancestor's command line was read, and the app refused development there, saying
+    # that an ancestor ran pytest without the app's plugin.
+    if not _unshare_allowed():
+        pytest.skip("this machine does not let an unprivileged user make a PID namespace")
+    load = f'{sys.executable} -c "{LOAD_DEVELOPMENT}"'
+    if runner == "make":
+        (tmp_path / "Makefile").write_text(f"pytest:\n\t{load}\n")
+        command = ["make", "-s", "pytest"]
+    else:
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        hook = tmp_path / "hooks" / "post-commit"
+        hook.parent.mkdir()
+        hook.write_text(f"#!/bin/sh\n{load}\n")
+        hook.chmod(0o755)
+        identity = ["-c", "user.name=dev", "-c", "user.email=dev@example.org"]
+        hooks = ["-c", f"core.hooksPath={hook.parent}"]
+        command = ["git", *identity, *hooks, "commit", "-q", "--allow-empty", "-m", "pytest"]
+    printed = _in_a_namespace(command, tmp_path)
+    assert f"LOADED {tmp_path / 'data' / 'development'}" in printed, printed
