@@ -267,6 +267,26 @@ def _registered(uid: int, seen: dict[int, set[str]]) -> set[str]:
     return seen[uid]
 
 
+def _mount_namespace(pid: int | str) -> int | None:
+    try:
+        return (_PROC / str(pid) / "ns" / "mnt").stat().st_ino
+    except OSError:
+        return None
+
+
+def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
+    """The registry entry of ancestor `pid` as that process sees its /tmp, where it is not
+    ours: a child with a /tmp of its own (bwrap, firejail --private-tmp, a tool's own
+    sandbox) cannot read the run's registry at its path, only through ``/proc/<pid>/root``."""
+    theirs = _mount_namespace(pid)
+    if theirs is None or theirs == _mount_namespace("self"):
+        return None
+    directory = _PROC / str(pid) / "root" / _runs_dir(uid).relative_to("/")
+    if _runs_dir_trusted(directory, uid) and (directory / name).is_file():
+        return directory / name
+    return None
+
+
 def _walk_tree() -> tuple[Run | None, str | None]:
     """The nearest registered run among this process and its ancestors, and whether a
     pytest without the plugin sits between (its rules then apply as well)."""
@@ -279,8 +299,11 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
         except OSError:
             continue
-        if name in _registered(uid, seen):
-            run = _read_entry(_runs_dir(uid) / name, pid, depth)
+        entry: Path | None = _runs_dir(uid) / name
+        if name not in _registered(uid, seen):
+            entry = _entry_in_its_own_tmp(pid, uid, name)
+        if entry is not None:
+            run = _read_entry(entry, pid, depth)
             if run is not None:
                 # A fork of the run's own process (a test's os.fork, a daemon it double-forked)
                 # has the run's command line: it is the run, not a pytest without the plugin.

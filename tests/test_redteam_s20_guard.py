@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from project_copy import copy_project_settings
+from project_copy import PROJECT, copy_project_settings
 
 from app import sandbox
 from app.errors import DataRootInUseError
@@ -31,7 +31,7 @@ import sys
 def test_a_child_with_a_hand_built_environment_asks_for_production():
     assert os.getpid() == 1
     env = {"PATH": os.environ["PATH"], "ENV_FOR_DYNACONF": "production",
-           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"], "APP_API_TOKEN": "t" * 32}
+           "APP_SETTINGS_DIR": str(PROJECT), "APP_API_TOKEN": "t" * 32}
     code = "from app.config import load; print('LOADED', load().data_root)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     print("CHILD", (done.stdout + done.stderr).strip().splitlines()[-1])
@@ -145,6 +145,55 @@ def test_runs_in_two_pid_namespaces_that_share_tmp_leave_each_other_registered(
     finally:
         inner.stdin.close()
         inner.wait()
+
+
+LOAD_PRODUCTION = (
+    "from app.config import load\n"
+    "from app.errors import SandboxViolationError\n"
+    "try:\n"
+    "    print('LOADED', load('production').data_root)\n"
+    "except SandboxViolationError as refused:\n"
+    "    print('REFUSED', refused)\n"
+)
+
+
+def test_a_child_with_a_private_tmp_still_finds_its_run() -> None:
+    # A child that runs in a mount namespace with a /tmp of its own (bwrap, firejail
+    # --private-tmp, a tool's own sandbox) cannot read the run's registry there. With a
+    # hand-built environment it was outside the run: refused here only because this run's
+    # command line shows pytest, and told that the plugin was off; under a run started by a
+    # script that calls pytest.main(), it loaded production.
+    # Root's: an unprivileged user needs a user namespace for a mount namespace, and from
+    # one, /proc/<pid>/root of a process outside is not readable (attacks.md says so).
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root makes a mount namespace without a user namespace")
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_SETTINGS_DIR": str(PROJECT),
+        "APP_API_TOKEN": "t" * 32,
+    }
+    private_tmp = f'mount -t tmpfs none /tmp && exec {sys.executable} -c "$0"'
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            private_tmp,
+            LOAD_PRODUCTION,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    printed = done.stdout + done.stderr
+    assert "REFUSED" in printed, printed
+    assert (
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through the process tree (an ancestor process, pytest pid "
+        f"{os.getpid()}, registered in /proc/{os.getpid()}/root{sandbox.RUNS_DIR})"
+    ) in printed, printed
 
 
 # --- a holder whose lock file was deleted -------------------------------------------------
