@@ -137,6 +137,14 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
     if not holder:
         return "a process that published no details (pid unknown)"
     parts = [f"pid {holder.get('pid', '?')}"]
+    if "pid_in_its_namespace" in holder:  # see `_seen_here`
+        theirs = holder["pid_in_its_namespace"]
+        parts = [
+            f"pid {holder['pid']} (pid {theirs} in a PID namespace of its own)"
+            if holder.get("pid")
+            else f"pid {theirs} in a PID namespace this process cannot see (another "
+            "container's, or the host's: stop it there)"
+        ]
     if holder.get("kind"):
         parts.append(f"kind {holder['kind']}")
     if holder.get("profile"):
@@ -235,6 +243,32 @@ def read_holder(root: Path) -> dict[str, Any] | None:
 _PROC_LOCKS: Final = Path("/proc/locks")
 
 
+def _flock_pid_here(fd: int) -> int | None:
+    """The pid, as this process's PID namespace numbers it, of the process that holds the
+    exclusive flock on `fd`'s file: 0 if none is listed (the kernel leaves out holders in a
+    PID namespace it cannot see), None where ``/proc/locks`` cannot be read."""
+    try:
+        found = os.fstat(fd)
+        lines = _PROC_LOCKS.read_text().splitlines()
+    except OSError:
+        return None
+    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and parts[5] == key:
+            return int(parts[4]) if parts[4].isdigit() else None
+    return 0
+
+
+def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
+    # A holder publishes its pid as its own PID namespace numbers it: a server in a
+    # container is pid 1 there, and advising `kill 1` (or the pid of an unrelated process
+    # here) would stop the wrong process. The pid the kernel lists for the flock is ours.
+    if holder is None or pid_here is None or holder.get("pid") == pid_here:
+        return holder
+    return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
+
+
 def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
     """The live process that still holds the flock of a lock file once at ``path``, deleted
     (or replaced) since, as its published JSON; None if there is none.
@@ -272,7 +306,8 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
                     fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                     try:
                         if os.fstat(fd).st_ino in inodes:
-                            return _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0)) or {"pid": pid}
+                            holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+                            return _seen_here(holder, pid) or {"pid": pid}
                     finally:
                         os.close(fd)
     return None
@@ -284,6 +319,17 @@ def _through_deleted(path: Path) -> str:
         f", through its lock file {path}, which was deleted while it held it (never delete "
         "the lock file: a free one is never in the way)"
     )
+
+
+def _holder_here(path: Path) -> dict[str, Any] | None:
+    """The holder JSON of the lock file at `path`, its pid as this process numbers it."""
+    fd = _open_existing(path)
+    if fd is None:
+        return None
+    try:
+        return _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +380,8 @@ def probe(root: Path) -> Probe:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno in _CONTENDED_ERRNOS:
-                return Probe(path=path, held=True, holder=_read_holder_fd(fd))
+                holder = _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
+                return Probe(path=path, held=True, holder=holder)
             if error.errno in _UNSUPPORTED_ERRNOS:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise
@@ -492,7 +539,7 @@ class RootLock:
                     raise LockUnavailableError(self.path, reason) from error
                 raise
             if not taken:
-                holder = read_holder(self.root)
+                holder = _holder_here(self.path)
                 raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
             _LIVE_LOCKS.add(self)
             return self

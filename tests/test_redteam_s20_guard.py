@@ -278,3 +278,92 @@ def test_a_command_that_only_names_pytest_is_not_taken_for_a_pytest_run(
         command = ["git", *identity, *hooks, "commit", "-q", "--allow-empty", "-m", "pytest"]
     printed = _in_a_namespace(command, tmp_path)
     assert f"LOADED {tmp_path / 'data' / 'development'}" in printed, printed
+
+
+# --- a holder in another PID namespace ------------------------------------------------------
+
+#: A server's lock, taken in a PID namespace of its own (a container on the same kernel,
+#: sharing the data root's directory), held until told.
+HOLDS = """
+import sys
+from pathlib import Path
+from app.lock import RootLock
+RootLock(Path(sys.argv[1]), kind="server", profile="production", port=8080).acquire("serve")
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+#: The same root wanted from inside a PID namespace of its own.
+WANTS = """
+import sys
+from pathlib import Path
+from app.errors import DataRootInUseError
+from app.lock import RootLock
+try:
+    RootLock(Path(sys.argv[1]), kind="maintenance", profile="production").acquire("purge sessions")
+except DataRootInUseError as refused:
+    print(refused)
+"""
+
+
+def test_a_holder_in_another_pid_namespace_is_named_by_a_pid_that_stops_it(
+    tmp_path: Path,
+) -> None:
+    # A holder publishes its pid as its PID namespace numbers it: a server in a container is
+    # pid 1 there. The refusal advised `kill 1` (init, run as root) or the pid of whatever
+    # unrelated process has that number here; inside a container, the same for a holder on
+    # the host.
+    if not _unshare_allowed():
+        pytest.skip("this machine does not let an unprivileged user make a PID namespace")
+    root = tmp_path / "production"
+    root.mkdir()
+    holder = subprocess.Popen(
+        [*NAMESPACE, sys.executable, "-c", HOLDS, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        pid = next(int(p.name) for p in Path("/proc").iterdir() if _is_child_of(p, holder.pid))
+        seen = probe(root)
+        assert seen.holder is not None
+        assert (seen.holder["pid"], seen.holder["pid_in_its_namespace"]) == (pid, 1)
+        with pytest.raises(DataRootInUseError) as refused:
+            RootLock(root, kind="maintenance", profile="production").acquire("purge sessions")
+        message = str(refused.value)
+        assert f"is held by pid {pid} (pid 1 in a PID namespace of its own), kind server" in (
+            message
+        )
+        assert f"stop it (kill {pid})" in message
+        assert "kill 1)" not in message
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    # The other way round: this process holds the root, a process in a namespace wants it.
+    with RootLock(root, kind="server", profile="production", port=8080):
+        done = subprocess.run(
+            [*NAMESPACE, sys.executable, "-c", WANTS, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert (
+        f"is held by pid {os.getpid()} in a PID namespace this process cannot see (another "
+        "container's, or the host's: stop it there), kind server"
+    ) in done.stdout, done.stdout + done.stderr
+    assert "stop that process or wait for it to finish and retry" in done.stdout
+    assert f"kill {os.getpid()}" not in done.stdout
+
+
+def _is_child_of(entry: Path, parent: int) -> bool:
+    # The namespace's pid 1, as this PID namespace numbers it: unshare's forked child.
+    if not entry.name.isdigit():
+        return False
+    try:
+        stat = (entry / "stat").read_bytes()
+    except OSError:
+        return False
+    return int(stat[stat.rfind(b")") + 2 :].split()[1]) == parent
