@@ -31,7 +31,7 @@ import sys
 def test_a_child_with_a_hand_built_environment_asks_for_production():
     assert os.getpid() == 1
     env = {"PATH": os.environ["PATH"], "ENV_FOR_DYNACONF": "production",
-           "APP_SETTINGS_DIR": str(PROJECT), "APP_API_TOKEN": "t" * 32}
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"], "APP_API_TOKEN": "t" * 32}
     code = "from app.config import load; print('LOADED', load().data_root)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     print("CHILD", (done.stdout + done.stderr).strip().splitlines()[-1])
