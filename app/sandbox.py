@@ -702,6 +702,9 @@ def _publish(run: Run, directory: Path = RUNS_DIR) -> None:
     }
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     temporary.write_text(json.dumps(data))
+    # Readable by all whatever the umask (077 on hardened systems), as the directory is: a
+    # child that switched user (sudo -u) must read its run's entry to stay in the run.
+    temporary.chmod(0o644)
     temporary.replace(directory / _entry_name(os.getpid(), started[1]))
 
 

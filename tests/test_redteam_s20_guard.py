@@ -196,6 +196,50 @@ def test_a_child_with_a_private_tmp_still_finds_its_run() -> None:
     ) in printed, printed
 
 
+#: A run started under a strict umask (077, as hardened systems set): it registers as the
+#: plugin does, then (as root) starts a child as another user, with a hand-built
+#: environment, that asks for production, as `sudo -u <service user> app ...` would.
+REGISTERS_UNDER_A_STRICT_UMASK = """
+import os, stat, subprocess, sys
+from pathlib import Path
+os.umask(0o077)
+from app import sandbox
+sandbox.register(Path(sys.argv[1]), ())
+entry = sandbox.RUNS_DIR / f"{os.getpid()}-{sandbox._stat_fields(os.getpid())[1]}.json"
+print("MODE", oct(stat.S_IMODE(entry.stat().st_mode)))
+if os.geteuid() == 0:
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": sys.argv[2], "APP_API_TOKEN": "t" * 32}
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = "from app.config import load; print(load('production').data_root)"
+    done = subprocess.run([*user, sys.executable, "-c", code], env=env, cwd="/",
+                          capture_output=True, text=True)
+    print("CHILD", (done.stdout + done.stderr).strip().splitlines()[-1])
+print("PID", os.getpid())
+"""
+
+
+def test_a_run_under_a_strict_umask_is_found_by_a_child_that_switched_user(
+    tmp_path: Path,
+) -> None:
+    # The registry directory is readable by all, so that a child that switched user still
+    # finds its run; the entries took the umask's mode, and under 077 such a child could
+    # not read its run's entry: refused only where an ancestor's command line showed
+    # pytest (told that the plugin was off), and outside the run where none did.
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTERS_UNDER_A_STRICT_UMASK, str(tmp_path), str(PROJECT)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines["MODE"] == "0o644"
+    if "CHILD" in lines:
+        assert (
+            "this process belongs to the test run through the process tree (an ancestor "
+            f"process, pytest pid {lines['PID']}, registered in {sandbox.RUNS_DIR})"
+        ) in lines["CHILD"], lines["CHILD"]
+
+
 # --- a holder whose lock file was deleted -------------------------------------------------
 
 
