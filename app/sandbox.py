@@ -833,7 +833,7 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             f"to the test run through {run.recognised_by})",
             sandbox,
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
-            "app_live_server fixtures, or a path under tmp_path",
+            f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
         )
     if not run.protected:
         return
@@ -853,6 +853,17 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
                 "Tests get data roots of their own under tmp_path; never mount or link a "
                 "real data root into the sandbox",
             )
+
+
+def _left_over(run: Run) -> str:
+    # Known only from the environment: a shell, terminal multiplexer or daemon started by a
+    # test keeps the variable after the run, and everything started from it inherits it.
+    if run.pid is not None:
+        return ""
+    return (
+        f". If this process runs no test, unset {SANDBOX_ENV}: it was inherited from a test "
+        "run (a shell, terminal multiplexer or daemon started by a test keeps it)"
+    )
 
 
 # --- loading a profile ----------------------------------------------------------------------
@@ -904,7 +915,7 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"belongs to the test run through {run.recognised_by})",
             run.sandbox,
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
-            "its data root is then mapped into the sandbox",
+            f"its data root is then mapped into the sandbox{_left_over(run)}",
         )
 
 

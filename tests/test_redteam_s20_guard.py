@@ -240,6 +240,51 @@ def test_a_run_under_a_strict_umask_is_found_by_a_child_that_switched_user(
         ) in lines["CHILD"], lines["CHILD"]
 
 
+#: What a shell that inherited a run's sandbox variable asks for, outside any run.
+OUTSIDE_WITH_THE_VARIABLE = """
+from pathlib import Path
+from app.config import load
+from app.errors import SandboxViolationError
+from app.sandbox import check_root
+for attempt in (lambda: load("development"), lambda: check_root(Path("/srv"), "open data root")):
+    try:
+        attempt()
+    except SandboxViolationError as refused:
+        print("REFUSED", refused)
+"""
+
+
+def test_a_shell_that_inherited_the_sandbox_variable_is_told_how_to_leave_it(
+    tmp_path: Path,
+) -> None:
+    # A terminal multiplexer or daemon started by a test keeps PYTEST_APP_SANDBOX after the
+    # run, and so does every shell started from it. Outside any run, the variable alone
+    # still refuses (a system without /proc has nothing else), but the refusal only said to
+    # mark the test, in a shell where no test runs.
+    if not _unshare_allowed():
+        pytest.skip("this machine does not let an unprivileged user make a PID namespace")
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_SETTINGS_DIR": str(copy_project_settings(tmp_path)),
+        "PYTEST_APP_SANDBOX": str(tmp_path / "an-old-sandbox"),
+    }
+    done = subprocess.run(
+        [*NAMESPACE, sys.executable, "-c", OUTSIDE_WITH_THE_VARIABLE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    refusals = done.stdout.splitlines()
+    assert len(refusals) == 2, done.stdout + done.stderr
+    for refused in refusals:
+        assert "this process belongs to the test run through the environment" in refused
+        assert refused.endswith(
+            ". If this process runs no test, unset PYTEST_APP_SANDBOX: it was inherited from "
+            "a test run (a shell, terminal multiplexer or daemon started by a test keeps it)"
+        ), refused
+
+
 # --- a holder whose lock file was deleted -------------------------------------------------
 
 
