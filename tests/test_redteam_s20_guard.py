@@ -20,6 +20,7 @@ from project_copy import PROJECT, copy_project_settings
 from app import sandbox
 from app.errors import DataRootInUseError
 from app.lock import LOCK_FILE, RootLock, probe
+from app.testing import guard
 
 #: A test of the inner run: a child with a hand-built environment (no pytest variable, no
 #: sandbox; production's token, so that nothing else stops the load) asks for production.
@@ -367,6 +368,21 @@ def test_a_command_that_only_names_pytest_is_not_taken_for_a_pytest_run(
         command = ["git", *identity, *hooks, "commit", "-q", "--allow-empty", "-m", "pytest"]
     printed = _in_a_namespace(command, tmp_path)
     assert f"LOADED {tmp_path / 'data' / 'development'}" in printed, printed
+
+
+def test_a_root_whose_lock_file_was_deleted_is_held_among_pytest_s_old_directories(
+    tmp_path: Path,
+) -> None:
+    # What the plugin looks for before pytest deletes its older numbered directories: the
+    # lock files held open there. A holder's deleted lock file is named "<path> (deleted)"
+    # by the kernel, so its root was not seen, and pytest deleted it under the holder.
+    old = tmp_path / "pytest-0"
+    root = old / "test_failed0" / "data"
+    root.mkdir(parents=True)
+    with RootLock(root, kind="server", profile="development", port=8000):
+        (root / LOCK_FILE).unlink()
+        assert guard._lock_files_under([old]) == {root / LOCK_FILE}
+        assert probe(root).held
 
 
 # --- a holder in another PID namespace ------------------------------------------------------
