@@ -642,13 +642,35 @@ def _own_runs_dir() -> Path:
         RUNS_DIR.mkdir(mode=0o755)
     if not _runs_dir_trusted(RUNS_DIR, os.getuid()):
         msg = (
-            f"{RUNS_DIR} is not a directory that only user {os.getuid()} may write (a "
-            "symbolic link, another owner, or writable by others); remove it and run again"
+            f"{RUNS_DIR} is not a directory that only user {os.getuid()} may write, so "
+            f"another user could fake or hide this user's test runs in it: {_untrusted()}"
         )
         raise PermissionError(msg)
     with contextlib.suppress(OSError):
         RUNS_DIR.chmod(0o755)  # an earlier version made it 0700: children of other users read it
     return RUNS_DIR
+
+
+def _untrusted() -> str:
+    # Why, and the fix that works: /tmp's sticky bit lets only the owner (or root) remove a
+    # directory there, so "remove it" is no advice for one that another user made.
+    try:
+        found = os.lstat(RUNS_DIR)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror}); remove it and run again"
+    if found.st_uid != os.getuid():
+        import pwd
+
+        owner = f"user {found.st_uid}"
+        with contextlib.suppress(KeyError):
+            owner += f" ({pwd.getpwuid(found.st_uid).pw_name})"
+        return (
+            f"it is owned by {owner}, and only that user or root may remove it from /tmp: "
+            "ask them or an administrator to"
+        )
+    if not stat.S_ISDIR(found.st_mode):
+        return f"it is not a directory; remove it (rm {RUNS_DIR}) and run again"
+    return f"others may write it; run chmod go-w {RUNS_DIR} and run again"
 
 
 def _pid_namespace() -> int | None:

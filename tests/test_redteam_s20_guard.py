@@ -286,6 +286,48 @@ def test_a_shell_that_inherited_the_sandbox_variable_is_told_how_to_leave_it(
         ), refused
 
 
+#: A user's first test run, where another user already made that user's registry directory.
+REGISTERS_AS_NOBODY = """
+import sys
+from pathlib import Path
+from app import sandbox
+try:
+    sandbox.register(Path(sys.argv[1]), ())
+except PermissionError as refused:
+    print(refused)
+"""
+
+
+def test_a_registry_directory_another_user_made_is_refused_with_a_fix_that_works(
+    tmp_path: Path,
+) -> None:
+    # Another local user can make /tmp/app-pytest-runs-<uid> first. The run is rightly
+    # refused (that user could fake or hide runs there), but it said "remove it and run
+    # again", which /tmp's sticky bit does not let the refused user do.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root can run a process as another user here")
+    squatted = sandbox.RUNS_DIR.with_name("app-pytest-runs-65534")
+    if squatted.exists():
+        pytest.skip(f"{squatted} exists already")
+    squatted.mkdir(mode=0o755)  # made by root, for user 65534 (nobody)
+    try:
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        done = subprocess.run(
+            [*user, sys.executable, "-c", REGISTERS_AS_NOBODY, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+        )
+    finally:
+        squatted.rmdir()
+    assert done.stdout.strip() == (
+        f"{squatted} is not a directory that only user 65534 may write, so another user could "
+        "fake or hide this user's test runs in it: it is owned by user 0 (root), and only "
+        "that user or root may remove it from /tmp: ask them or an administrator to"
+    ), done.stdout + done.stderr
+
+
 # --- a holder whose lock file was deleted -------------------------------------------------
 
 
