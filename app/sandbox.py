@@ -691,11 +691,12 @@ def _forget_dead_runs(directory: Path) -> None:
             # Only a run of this PID namespace is known dead by its pid: a run in another
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads((directory / name).read_bytes()).get("pid_namespace") in (
-                    None,
-                    ours,
-                ):
+            try:
+                recorded = json.loads((directory / name).read_bytes()).get("pid_namespace")
+            except (OSError, ValueError, AttributeError):
+                recorded = None  # unreadable, or written before entries named their namespace
+            if recorded in (None, ours):
+                with contextlib.suppress(OSError):
                     (directory / name).unlink()
 
 
