@@ -137,6 +137,14 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
     if not holder:
         return "a process that published no details (pid unknown)"
     parts = [f"pid {holder.get('pid', '?')}"]
+    if "pid_in_its_namespace" in holder:  # see `_seen_here`
+        theirs = holder["pid_in_its_namespace"]
+        parts = [
+            f"pid {holder['pid']} (pid {theirs} in a PID namespace of its own)"
+            if holder.get("pid")
+            else f"pid {theirs} in a PID namespace this process cannot see (another "
+            "container's, or the host's: stop it there)"
+        ]
     if holder.get("kind"):
         parts.append(f"kind {holder['kind']}")
     if holder.get("profile"):
@@ -232,6 +240,98 @@ def read_holder(root: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+_PROC_LOCKS: Final = Path("/proc/locks")
+
+
+def _flock_pid_here(fd: int) -> int | None:
+    """The pid, as this process's PID namespace numbers it, of the process that holds the
+    exclusive flock on `fd`'s file: 0 if none is listed (the kernel leaves out holders in a
+    PID namespace it cannot see), None where ``/proc/locks`` cannot be read."""
+    try:
+        found = os.fstat(fd)
+        lines = _PROC_LOCKS.read_text().splitlines()
+    except OSError:
+        return None
+    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 5 and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and parts[5] == key:
+            return int(parts[4]) if parts[4].isdigit() else None
+    return 0
+
+
+def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
+    # A holder publishes its pid as its own PID namespace numbers it: a server in a
+    # container is pid 1 there, and advising `kill 1` (or the pid of an unrelated process
+    # here) would stop the wrong process. The pid the kernel lists for the flock is ours.
+    if holder is None or pid_here is None or holder.get("pid") == pid_here:
+        return holder
+    return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
+
+
+def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
+    """The live process that still holds the flock of a lock file once at ``path``, deleted
+    (or replaced) since, as its published JSON; None if there is none.
+
+    The holder keeps its flock on the deleted inode, and a newcomer would lock a new file at
+    the path: the kernel no longer keeps them apart. Found through Linux's ``/proc``: the
+    exclusive flocks on the root's device (``/proc/locks``), then those processes'
+    descriptors that name ``<path> (deleted)``. Another user's process is not visible (its
+    descriptors are not ours to read); neither is anything on a system without ``/proc``.
+    """
+    try:
+        lines = _PROC_LOCKS.read_text().splitlines()
+        device = path.parent.stat().st_dev
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 15858 fe:00:2371224 0 EOF" ("->" marks a waiter)
+    on_device = f"{os.major(device):02x}:{os.minor(device):02x}:"
+    locked: dict[int, set[int]] = {}
+    for line in lines:
+        parts = line.split()
+        if (
+            len(parts) > 5
+            and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+            and parts[4].isdigit()
+            and parts[5].startswith(on_device)
+        ):
+            locked.setdefault(int(parts[4]), set()).add(int(parts[5].rpartition(":")[2]))
+    deleted = f"{path.parent.resolve() / path.name} (deleted)"  # as the kernel names it
+    for pid, inodes in locked.items():
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    if str(Path(descriptor.path).readlink()) != deleted:
+                        continue
+                    fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                    try:
+                        if os.fstat(fd).st_ino in inodes:
+                            holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+                            return _seen_here(holder, pid) or {"pid": pid}
+                    finally:
+                        os.close(fd)
+    return None
+
+
+def _through_deleted(path: Path) -> str:
+    # Appended to the holder's description: why a root with a free (or no) lock file is held.
+    return (
+        f", through its lock file {path}, which was deleted while it held it (never delete "
+        "the lock file: a free one is never in the way)"
+    )
+
+
+def _holder_here(path: Path) -> dict[str, Any] | None:
+    """The holder JSON of the lock file at `path`, its pid as this process numbers it."""
+    fd = _open_existing(path)
+    if fd is None:
+        return None
+    try:
+        return _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """What a probe saw: one moment only.
@@ -274,21 +374,29 @@ def probe(root: Path) -> Probe:
     path = root / LOCK_FILE
     fd = _open_existing(path)
     if fd is None:
-        return Probe(path=path, held=False, holder=None)
+        return _deleted_or_free(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno in _CONTENDED_ERRNOS:
-                return Probe(path=path, held=True, holder=_read_holder_fd(fd))
+                holder = _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
+                return Probe(path=path, held=True, holder=holder)
             if error.errno in _UNSUPPORTED_ERRNOS:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise
         # Free: whatever the file still contains was left by a holder that crashed.
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return Probe(path=path, held=False, holder=None)
+        return _deleted_or_free(path)
     finally:
         os.close(fd)
+
+
+def _deleted_or_free(path: Path) -> Probe:
+    # A free (or missing) lock file does not make a free root: its holder may hold the
+    # file that was at the path before someone deleted it.
+    holder = _deleted_lock_holder(path)
+    return Probe(path=path, held=holder is not None, holder=holder)
 
 
 # Our duplicate of the locked descriptor must not keep the lock alive in a forked child
@@ -361,6 +469,7 @@ class RootLock:
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
         self._guard = threading.RLock()
+        self._wanted = ""
         self._lock: UnixFileLock | None = None
         self._sandbox_flock: _SandboxFlock | None = None
         if own_sandbox:
@@ -421,6 +530,7 @@ class RootLock:
                     "data root does not exist (open it with open_root)",
                     str(self.root),
                 )
+            self._wanted = wanted
             try:
                 taken = self._take(timeout)
             except OSError as error:
@@ -429,7 +539,7 @@ class RootLock:
                     raise LockUnavailableError(self.path, reason) from error
                 raise
             if not taken:
-                holder = read_holder(self.root)
+                holder = _holder_here(self.path)
                 raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
             _LIVE_LOCKS.add(self)
             return self
@@ -466,6 +576,11 @@ class RootLock:
         try:
             stat = os.fstat(own)
             _refuse_aliased(self.path, stat)
+            # A root of the run's own sandbox is held only by the run's processes; looking
+            # through /proc there would cost every test's root for nothing.
+            if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
+                described = describe_holder(holder) + _through_deleted(self.path)
+                raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
             _write_in_place(own, holder, durable=self._durable)
         except BaseException:

@@ -112,7 +112,11 @@ _MAX_DEPTH: Final = 128
 #: pytest's own variables: set for a test (``PYTEST_CURRENT_TEST``) or the whole session
 #: (``PYTEST_VERSION``, pytest 8.2+), in the process and the children that inherit them.
 _PYTEST_VARIABLES: Final = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
-_PYTEST_COMMANDS: Final = frozenset({"pytest", "py.test"})
+#: pytest's scripts: pip's, and Debian's (`pytest-3`, `py.test-3`).
+_PYTEST_COMMAND: Final = re.compile(r"(?:pytest|py\.test)(?:-3)?")
+#: A Python interpreter's name (`python3.12`, `python3.13t`, `pypy3`, `python3-dbg`): only its
+#: `-m` and `-c` are Python's own; another program's `-m pytest` is a value of its own.
+_PYTHON: Final = re.compile(r"(?:python|pypy|graalpy)[\w.-]*")
 
 
 def identity(path: Path | str) -> tuple[int, int] | None:
@@ -213,7 +217,9 @@ def _ancestry() -> Iterator[tuple[int, int]]:
             return
         parent, started = fields
         yield pid, started
-        if parent <= 1:
+        # Pid 1 is read too: in a container, pytest is often pid 1 (`docker run image
+        # pytest`), and its children were not part of its run. Its parent is 0.
+        if parent <= 0:
             return
         pid = parent
 
@@ -261,6 +267,26 @@ def _registered(uid: int, seen: dict[int, set[str]]) -> set[str]:
     return seen[uid]
 
 
+def _mount_namespace(pid: int | str) -> int | None:
+    try:
+        return (_PROC / str(pid) / "ns" / "mnt").stat().st_ino
+    except OSError:
+        return None
+
+
+def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
+    """The registry entry of ancestor `pid` as that process sees its /tmp, where it is not
+    ours: a child with a /tmp of its own (bwrap, firejail --private-tmp, a tool's own
+    sandbox) cannot read the run's registry at its path, only through ``/proc/<pid>/root``."""
+    theirs = _mount_namespace(pid)
+    if theirs is None or theirs == _mount_namespace("self"):
+        return None
+    directory = _PROC / str(pid) / "root" / _runs_dir(uid).relative_to("/")
+    if _runs_dir_trusted(directory, uid) and (directory / name).is_file():
+        return directory / name
+    return None
+
+
 def _walk_tree() -> tuple[Run | None, str | None]:
     """The nearest registered run among this process and its ancestors, and whether a
     pytest without the plugin sits between (its rules then apply as well)."""
@@ -273,8 +299,11 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
         except OSError:
             continue
-        if name in _registered(uid, seen):
-            run = _read_entry(_runs_dir(uid) / name, pid, depth)
+        entry: Path | None = _runs_dir(uid) / name
+        if name not in _registered(uid, seen):
+            entry = _entry_in_its_own_tmp(pid, uid, name)
+        if entry is not None:
+            run = _read_entry(entry, pid, depth)
             if run is not None:
                 # A fork of the run's own process (a test's os.fork, a daemon it double-forked)
                 # has the run's command line: it is the run, not a pytest without the plugin.
@@ -282,9 +311,20 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                     bare = None
                 return run, bare
         if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid)):
-            bare = f"an ancestor process (pid {pid}) runs pytest without the app's plugin"
+            bare = (
+                f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
+                "app's plugin"
+            )
             bare_argv = argv
     return None, bare
+
+
+def _shown(argv: list[str]) -> str:
+    # The command line that was taken for pytest, so that a wrong guess can be seen as one.
+    import shlex
+
+    shown = shlex.join(argv)
+    return shown if len(shown) <= 160 else f"{shown[:157]}..."
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -309,12 +349,20 @@ def _looks_like_pytest(argv: list[str]) -> bool:
     # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
     # process (`coverage run --source app -m pytest`, `coverage run .venv/bin/pytest`).
     # Missing one lets a child with a hand-built environment of a run with `-p no:app` load
-    # any profile; taking a stray command for pytest only refuses other profiles to the
-    # app processes started under it.
+    # any profile. But only where pytest is what runs: the program, a script given by its
+    # path (a script run through its `#!` line shows its path after the interpreter), or
+    # Python's `-m`/`-c`. A word that only names pytest (`make pytest`, `git commit -m
+    # pytest`, `conda run -n pytest`, `screen -S pytest`) runs none, and the app processes
+    # started under such a command were refused other profiles, told that pytest ran.
+    if not argv:
+        return False
+    python = _PYTHON.fullmatch(Path(argv[0]).name) is not None
     for index, arg in enumerate(argv):
-        if Path(arg).name in _PYTEST_COMMANDS:
+        if _PYTEST_COMMAND.fullmatch(Path(arg).name) and (
+            index == 0 or "/" in arg or (python and index == 1)
+        ):
             return True
-        option = _MODULE_OR_CODE.fullmatch(arg)
+        option = _MODULE_OR_CODE.fullmatch(arg) if python else None
         if option is None:
             continue
         value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
@@ -594,8 +642,8 @@ def _own_runs_dir() -> Path:
         RUNS_DIR.mkdir(mode=0o755)
     if not _runs_dir_trusted(RUNS_DIR, os.getuid()):
         msg = (
-            f"{RUNS_DIR} is not a directory that only user {os.getuid()} may write (a "
-            "symbolic link, another owner, or writable by others); remove it and run again"
+            f"{RUNS_DIR} is not a directory that only user {os.getuid()} may write, so "
+            f"another user could fake or hide this user's test runs in it: {_untrusted()}"
         )
         raise PermissionError(msg)
     with contextlib.suppress(OSError):
@@ -603,15 +651,53 @@ def _own_runs_dir() -> Path:
     return RUNS_DIR
 
 
+def _untrusted() -> str:
+    # Why, and the fix that works: /tmp's sticky bit lets only the owner (or root) remove a
+    # directory there, so "remove it" is no advice for one that another user made.
+    try:
+        found = os.lstat(RUNS_DIR)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror}); remove it and run again"
+    if found.st_uid != os.getuid():
+        import pwd
+
+        owner = f"user {found.st_uid}"
+        with contextlib.suppress(KeyError):
+            owner += f" ({pwd.getpwuid(found.st_uid).pw_name})"
+        return (
+            f"it is owned by {owner}, and only that user or root may remove it from /tmp: "
+            "ask them or an administrator to"
+        )
+    if not stat.S_ISDIR(found.st_mode):
+        return f"it is not a directory; remove it (rm {RUNS_DIR}) and run again"
+    return f"others may write it; run chmod go-w {RUNS_DIR} and run again"
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return (_PROC / "self" / "ns" / "pid").stat().st_ino
+    except OSError:
+        return None
+
+
 def _forget_dead_runs(directory: Path) -> None:
+    ours = _pid_namespace()
     for name in (entry.name for entry in directory.iterdir()):
         pid, _, _ = name.partition("-")
         if not pid.isdigit():
             continue
         fields = _stat_fields(int(pid))
         if fields is None or _entry_name(int(pid), fields[1]) != name:
-            with contextlib.suppress(OSError):
-                (directory / name).unlink()
+            # Only a run of this PID namespace is known dead by its pid: a run in another
+            # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
+            # forgetting its live entry took its children out of it.
+            try:
+                recorded = json.loads((directory / name).read_bytes()).get("pid_namespace")
+            except (OSError, ValueError, AttributeError):
+                recorded = None  # unreadable, or written before entries named their namespace
+            if recorded in (None, ours):
+                with contextlib.suppress(OSError):
+                    (directory / name).unlink()
 
 
 def _become_subreaper() -> None:
@@ -635,9 +721,13 @@ def _publish(run: Run, directory: Path = RUNS_DIR) -> None:
         "argv": list(sys.argv),
         "protected": [item.to_dict() for item in run.protected],
         "scratch": run.scratch,
+        "pid_namespace": _pid_namespace(),
     }
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     temporary.write_text(json.dumps(data))
+    # Readable by all whatever the umask (077 on hardened systems), as the directory is: a
+    # child that switched user (sudo -u) must read its run's entry to stay in the run.
+    temporary.chmod(0o644)
     temporary.replace(directory / _entry_name(os.getpid(), started[1]))
 
 
@@ -766,7 +856,7 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             f"to the test run through {run.recognised_by})",
             sandbox,
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
-            "app_live_server fixtures, or a path under tmp_path",
+            f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
         )
     if not run.protected:
         return
@@ -786,6 +876,17 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
                 "Tests get data roots of their own under tmp_path; never mount or link a "
                 "real data root into the sandbox",
             )
+
+
+def _left_over(run: Run) -> str:
+    # Known only from the environment: a shell, terminal multiplexer or daemon started by a
+    # test keeps the variable after the run, and everything started from it inherits it.
+    if run.pid is not None:
+        return ""
+    return (
+        f". If this process runs no test, unset {SANDBOX_ENV}: it was inherited from a test "
+        "run (a shell, terminal multiplexer or daemon started by a test keeps it)"
+    )
 
 
 # --- loading a profile ----------------------------------------------------------------------
@@ -837,7 +938,7 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"belongs to the test run through {run.recognised_by})",
             run.sandbox,
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
-            "its data root is then mapped into the sandbox",
+            f"its data root is then mapped into the sandbox{_left_over(run)}",
         )
 
 

@@ -350,9 +350,10 @@ def test_still_ours_detects_that_the_lock_file_was_replaced(root: Path) -> None:
         (root / "impostor").write_text("")
         (root / "impostor").replace(root / LOCK_FILE)
         assert lock.still_ours() == "was replaced by another file"
-        # Why it matters: the new inode is free, so a second holder gets "the same" root.
-        intruder = RootLock(root, kind="maintenance", profile="development").acquire("x")
-        intruder.release()
+        # Why it matters: the new inode is free, and only the holder's descriptor of the
+        # replaced one, found through /proc, keeps a second holder out of "the same" root.
+        with pytest.raises(DataRootInUseError, match="which was deleted while it held it"):
+            RootLock(root, kind="maintenance", profile="development").acquire("x")
 
 
 def test_still_ours_detects_deletion_followed_by_recreation(root: Path) -> None:

@@ -366,7 +366,9 @@ def _lock_files_under(directories: list[Path]) -> set[Path]:
         with contextlib.suppress(OSError):  # gone meanwhile, or another user's
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
-                    target = fd.readlink()
+                    # A lock file deleted under its holder still holds its root (app.lock
+                    # finds that holder): the kernel names it "<path> (deleted)".
+                    target = Path(str(fd.readlink()).removesuffix(" (deleted)"))
                     if target.name == LOCK_FILE and any(
                         target.is_relative_to(old) for old in directories
                     ):
