@@ -391,6 +391,21 @@ class LockFileAliasedError(AppError):
     reason: str
 
 
+class LockFileKindError(AppError):
+    """Something other than a file sits where the data root's lock file belongs."""
+
+    exit_code = EX_UNAVAILABLE
+    code = "lock_file_not_a_file"
+    template = (
+        "refusing to lock {path}: it is {kind}, not the lock file the app makes, so no "
+        "process can hold this data root; nothing was changed. See what put it there, move "
+        "it out of the data root, and let the app create the data root's own .server.lock"
+    )
+
+    path: Path
+    kind: str
+
+
 class DataRootChangedError(AppError):
     """The data root, or a directory of the app's in it, is no longer what was opened."""
 

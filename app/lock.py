@@ -34,6 +34,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -46,7 +47,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from app import __version__
-from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
+from app.errors import (
+    DataRootInUseError,
+    LockFileAliasedError,
+    LockFileKindError,
+    LockUnavailableError,
+)
 from app.sandbox import check_root
 
 if TYPE_CHECKING:
@@ -531,6 +537,7 @@ class RootLock:
                     str(self.root),
                 )
             self._wanted = wanted
+            _refuse_other_kinds(self.path, os.lstat)
             try:
                 taken = self._take(timeout)
             except OSError as error:
@@ -574,8 +581,9 @@ class RootLock:
         # (same open file description, so same lock) to write, truncate and fstat later.
         own = os.dup(fd)
         try:
-            stat = os.fstat(own)
-            _refuse_aliased(self.path, stat)
+            found = os.fstat(own)
+            _refuse_other_kinds(self.path, lambda _: found)  # swapped in since the check
+            _refuse_aliased(self.path, found)
             # A root of the run's own sandbox is held only by the run's processes; looking
             # through /proc there would cost every test's root for nothing.
             if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
@@ -587,7 +595,7 @@ class RootLock:
             os.close(own)
             raise
         self._fd = own
-        self._identity = (stat.st_dev, stat.st_ino)
+        self._identity = (found.st_dev, found.st_ino)
         self._holder = holder
 
     def release(self) -> None:
@@ -774,6 +782,28 @@ class _SandboxFlock:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+_OTHER_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _refuse_other_kinds(path: Path, stat_of: Callable[[Path], os.stat_result]) -> None:
+    # filelock's open of a directory failed with a bare IsADirectoryError, and a FIFO was
+    # locked, then the holder's JSON failed with ESPIPE: both were tracebacks. A symbolic
+    # link is `_refuse_aliased`'s to name.
+    try:
+        mode = stat_of(path).st_mode
+    except FileNotFoundError:
+        return  # the lock creates it
+    for is_kind, kind in _OTHER_KINDS:
+        if is_kind(mode):
+            raise LockFileKindError(path, kind)
 
 
 def _refuse_aliased(path: Path, locked: os.stat_result) -> None:

@@ -8,6 +8,7 @@ import os
 import pickle
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -17,7 +18,12 @@ import pytest
 from live_http import WAIT
 
 import app
-from app.errors import DataRootInUseError, LockFileAliasedError, LockUnavailableError
+from app.errors import (
+    DataRootInUseError,
+    LockFileAliasedError,
+    LockFileKindError,
+    LockUnavailableError,
+)
 from app.lock import (
     LOCK_FILE,
     LockWatcher,
@@ -202,6 +208,30 @@ def test_a_session_lock_refuses_a_lock_file_that_is_a_symbolic_link(
         lock.acquire("run the tests")
     assert not lock.held
     assert elsewhere.read_text() == "another root's holder\n"
+
+
+@pytest.mark.parametrize("own_sandbox", [True, False], ids=["sandbox-flock", "filelock"])
+@pytest.mark.parametrize("kind", ["a directory", "a FIFO (named pipe)"])
+def test_something_other_than_a_file_at_the_lock_path_is_refused_by_name(
+    root: Path, kind: str, own_sandbox: bool
+) -> None:
+    # filelock raised a bare IsADirectoryError for a directory; a FIFO was locked, and the
+    # holder's JSON then failed with ESPIPE (Illegal seek).
+    path = root / LOCK_FILE
+    if kind == "a directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    lock = RootLock(root, kind="tests", profile="testing", own_sandbox=own_sandbox)
+    with pytest.raises(LockFileKindError) as refused:
+        lock.acquire("run the tests")
+    assert str(refused.value) == (
+        f"refusing to lock {path}: it is {kind}, not the lock file the app makes, so no "
+        "process can hold this data root; nothing was changed. See what put it there, move "
+        "it out of the data root, and let the app create the data root's own .server.lock"
+    )
+    assert not lock.held
+    assert path.is_dir() if kind == "a directory" else stat.S_ISFIFO(path.lstat().st_mode)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])

@@ -101,6 +101,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
     errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
+    errors.LockFileKindError(ROOT / ".server.lock", "a directory"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
     errors.DataRootChangedError(
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
