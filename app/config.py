@@ -556,6 +556,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _dynaconf_token(value: str) -> str | None:
+    """The dynaconf ``@token`` a text value starts with (``@format``, ``@jinja``...), if any."""
+    if not value.lstrip().startswith("@"):
+        return None
+    from dynaconf.utils.parse_conf import converters  # only for such a value
+
+    token = value.split(maxsplit=1)[0]
+    return token if token in converters else None
+
+
 def _resolve_profile(
     files: Files,
     profile: str,
@@ -565,11 +575,23 @@ def _resolve_profile(
     """One profile's typed values and sources; `environ` given means APP_* variables apply."""
     given = {name: value for name, (value, _) in from_files.items()}
     sources = {name: source for name, (_, source) in from_files.items()}
+    problems: list[ConfigError] = []
     if environ is not None:
         for name, value in _env_overrides(environ).items():
-            given[name], sources[name] = value, f"environment {KEYS[name].env}"
+            source = f"environment {KEYS[name].env}"
+            if KEYS[name].text and (token := _dynaconf_token(value)) is not None:
+                refusal = (
+                    f"is dynaconf's `{token}` syntax, which the app does not evaluate in an "
+                    "environment variable: APP_* values are used as they are, so that what the "
+                    "guard checks is what is opened. Give the value itself, or write the "
+                    "@-string in settings.toml, where dynaconf evaluates it"
+                )
+                problems.append(
+                    InvalidSettingError(profile, name, KEYS[name].show(value), refusal, source)
+                )
+                continue
+            given[name], sources[name] = value, source
     values: dict[str, Any] = {}
-    problems: list[ConfigError] = []
     deferred: list[ConfigError] = []
     for name, key in KEYS.items():
         value = given.get(name, key.default)

@@ -863,6 +863,32 @@ def test_load_takes_overrides_from_the_environ_it_is_given_not_from_os_environ(
     assert config.sources["data_root"] == "settings.toml [testing]"
 
 
+@pytest.mark.parametrize(
+    "value", ["@format {env[HOME]}/data", "@jinja {{ env.HOME }}", " @read_file /etc/hostname"]
+)
+def test_dynaconf_syntax_in_an_environment_value_is_refused_not_taken_as_a_path(
+    make_settings: SettingsMaker, tmp_path: Path, value: str
+) -> None:
+    # APP_* values are used as they are: `@format {env[HOME]}/data` was a relative data
+    # root named after the formula, silently, where a dynaconf user expects it evaluated.
+    make_settings()
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing", environ={**os.environ, "APP_DATA_ROOT": value})
+    token = value.split(maxsplit=1)[0]
+    assert str(refused.value) == (
+        f"profile 'testing': data_root = {value!r} (from environment APP_DATA_ROOT): is "
+        f"dynaconf's `{token}` syntax, which the app does not evaluate in an environment "
+        "variable: APP_* values are used as they are, so that what the guard checks is what "
+        "is opened. Give the value itself, or write the @-string in settings.toml, where "
+        "dynaconf evaluates it"
+    )
+    # A secret stays masked in the refusal; an @ that is no dynaconf token is a value.
+    with pytest.raises(InvalidSettingError, match=r"api_token = '\*\*\*\*\*\* \(set"):
+        load("testing", environ={**os.environ, "APP_API_TOKEN": "@format s3cr3t-" + "x" * 30})
+    plain = load("testing", environ={**os.environ, "APP_DATA_ROOT": str(tmp_path / "@format")})
+    assert plain.data_root == tmp_path / "@format"
+
+
 def test_there_is_no_module_level_settings_object() -> None:
     from dynaconf import Dynaconf, LazySettings
 
