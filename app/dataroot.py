@@ -66,6 +66,7 @@ __all__ = [
     "TRASH_DIR",
     "DataRoot",
     "NotRegularFileError",
+    "Prepared",
     "RootStatus",
     "describe",
     "fsync_dir",
@@ -255,29 +256,33 @@ def _open_for_append(path: Path) -> int:
 def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     path = root / AUDIT_FILE
     existed = path.exists()
-    line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
     # O_APPEND and one write() per line: concurrent appenders (there are none while the
     # lock is held, but a reader's tooling may tail it) never interleave inside a line.
     fd = _open_for_append(path)
     try:
-        start = os.fstat(fd).st_size
-        if start and os.pread(fd, 1, start - 1) != b"\n":
-            # A fragment a crash left (a power loss mid-write): glued to it, this line would
-            # be lost with it, and `check` would find its trash entry unaudited for ever.
-            line = b"\n" + line
-        try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        except OSError:
-            # A write cut short (the file size limit, a full disk) leaves a fragment: take
-            # it back, so that the log holds whole lines only.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
+        _write_audit_line(fd, record)
     finally:
         os.close(fd)
     if not existed:
         fsync_dir(root)
+
+
+def _write_audit_line(fd: int, record: Mapping[str, Any]) -> None:
+    line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        # A fragment a crash left (a power loss mid-write): glued to it, this line would
+        # be lost with it, and `check` would find its trash entry unaudited for ever.
+        line = b"\n" + line
+    try:
+        _write_all(fd, line)
+        os.fsync(fd)
+    except OSError:
+        # A write cut short (the file size limit, a full disk) leaves a fragment: take
+        # it back, so that the log holds whole lines only.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _audit_record(
@@ -293,6 +298,79 @@ def _audit_record(
         "target": str(target),
         "details": dict(details),
     }
+
+
+class Prepared:
+    """What a change needs after its commit point, opened before it: directories, the audit log.
+
+    A commit point (a rename, an unlink) needs no file descriptor, but the fsyncs that make
+    it durable and the audit line that records it do. Opened after it, a process at its
+    descriptor limit (EMFILE: a server's connections count against it too) failed once the
+    change was made, and answered "nothing was changed" while the disk said otherwise, with
+    no audit line and a stale listing. Opened before it, the limit refuses the change while
+    nothing has changed, as :func:`_replace` does for the atomic writes. Get one from
+    :meth:`DataRoot.prepare`; close it (``with``) when the change is recorded.
+    """
+
+    def __init__(self, root: DataRoot, dirs: tuple[Path, ...], *, audit: bool) -> None:
+        self._root = root
+        self._dirs: dict[Path, int] = {}
+        self._audit: int | None = None
+        self._audit_new = False
+        try:
+            for path in dirs:
+                self.open(path)
+            if audit:
+                root._require_writer("audit")
+                log = root.audit_path
+                self._audit_new = not log.exists()
+                if self._audit_new:
+                    self.open(root.path)  # its new entry is synced after the line
+                self._audit = _open_for_append(log)
+        except BaseException:
+            self.close()
+            raise
+
+    def open(self, path: Path) -> int:
+        """Open one more directory (before the commit point); its descriptor."""
+        fd = self._dirs.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._dirs[path] = fd
+        return fd
+
+    def fd(self, path: Path) -> int:
+        """The descriptor of a directory opened here."""
+        return self._dirs[path]
+
+    def sync(self, *paths: Path) -> None:
+        """fsync these directories (all opened here), or every one."""
+        for path in paths or tuple(self._dirs):
+            os.fsync(self._dirs[path])
+
+    def audit(self, operation: str, target: str | Path, **details: Any) -> None:
+        """Append the change's line through the log opened before it (see DataRoot.audit)."""
+        assert self._audit is not None, "prepared without the audit log"
+        root = self._root
+        _write_audit_line(
+            self._audit, _audit_record(root.config.profile, root.kind, operation, target, details)
+        )
+        if self._audit_new:
+            os.fsync(self._dirs[root.path])
+            self._audit_new = False
+
+    def close(self) -> None:
+        for fd in [*self._dirs.values(), *([] if self._audit is None else [self._audit])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._dirs.clear()
+        self._audit = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- the profile stamp -------------------------------------------------------------------
@@ -806,6 +884,15 @@ class DataRoot:
         _append_audit(
             self.path, _audit_record(self.config.profile, self.kind, operation, target, details)
         )
+
+    def prepare(self, *dirs: Path, audit: bool = False) -> Prepared:
+        """Open, before a change's commit point, what the change needs after it.
+
+        Args:
+            dirs: the directories the change will fsync.
+            audit: open ``audit.jsonl`` too, for :meth:`Prepared.audit`.
+        """
+        return Prepared(self, dirs, audit=audit)
 
     def _check_dest(self, dest: Path) -> Path:
         # Only the directory is resolved: the last component is replaced by the rename, so a

@@ -825,6 +825,27 @@ class TooManyOpenFilesError(StorageError):
     retry_after: int = 5
 
 
+class StoppedPartwayError(StorageError):
+    """A command over many items met a storage error after it had changed some of them.
+
+    Said as such: the storage errors above promise that nothing was changed, and here the
+    items already done stay done (and audited), as each is complete on its own.
+    """
+
+    code = "stopped_partway"
+    template = (
+        "{doing} stopped after {done} of {total} ({cause}): the {done} done are {where}, "
+        "and audited; the rest are unchanged. {fix}"
+    )
+
+    doing: str
+    done: int
+    total: int
+    cause: str
+    where: str
+    fix: str
+
+
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Every connection and open file counts against the limit: 150 slow uploads once used up
 # 256 descriptors, and other requests got 500 instead of a refusal that says why.
