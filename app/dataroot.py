@@ -50,6 +50,7 @@ from app.errors import (
     ProfileStampMismatchError,
 )
 from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe
+from app.names import MAX_NAME_BYTES
 from app.sandbox import check_root, checked, current_run
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_FILE",
+    "DEEPEST_INSIDE",
     "DIR_MODE",
     "SESSIONS_DIR",
     "STAMP_FILE",
@@ -605,6 +607,36 @@ def tmp_in_flight(tmp_dir: Path) -> tuple[list[str], list[str]]:
     return leftovers, live
 
 
+# Linux's PATH_MAX, the final NUL included: a longer path is ENAMETOOLONG, whatever the
+# filesystem (the app's own renames and unlinks go by path, not relative to a directory).
+_PATH_MAX: Final = 4096
+# The longest path the app opens by name inside a root: a file's record in a session in the
+# trash (a restore reads the session there before it moves it back), of the longest name.
+# Emptying the trash goes deeper (.emptying-<entry>), but rmtree opens relative to each
+# directory, as `rm -rf` does.
+DEEPEST_INSIDE: Final = (
+    len("/.trash/") + len("20261202T084803573233Z-") + 32 + len("/session/records/")
+) + MAX_NAME_BYTES
+
+
+def _refuse_too_deep(config: Config, root: Path) -> None:
+    # Past the limit, a file is accepted into a session and its delete, replace or restore
+    # then fails for good (its trash entry's path is longer), and `check` calls its bytes an
+    # upload never acknowledged: refused when the root is opened instead.
+    length = len(os.fsencode(root))
+    room = _PATH_MAX - 1 - DEEPEST_INSIDE
+    if length > room:
+        raise DataRootStateError(
+            root,
+            f"its path is {length} bytes long, and the deepest path the app makes in it (a "
+            f"session in the trash with a file of a {MAX_NAME_BYTES}-byte name) would be "
+            f"{length + DEEPEST_INSIDE}, past the system's limit of {_PATH_MAX - 1}: files "
+            "could be stored there that could never be deleted or restored",
+            f"point data_root of profile {config.profile!r} at a path of at most {room} bytes "
+            "(`app config` shows where it is set)",
+        )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -660,6 +692,7 @@ def _open_checked(
     timeout: float,
 ) -> DataRoot:
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
+    _refuse_too_deep(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
     durable = run is None or run.pid is None
