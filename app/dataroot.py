@@ -31,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import stat
 import sys
@@ -637,6 +638,53 @@ def _refuse_too_deep(config: Config, root: Path) -> None:
         )
 
 
+_MOUNTINFO: Final = Path("/proc/self/mountinfo")
+
+
+def _mounts_inside(root: Path) -> list[Path]:
+    """The mount points strictly inside ``root`` (Linux's mountinfo; none known elsewhere)."""
+    try:
+        lines = _MOUNTINFO.read_bytes().splitlines()
+    except OSError:
+        return []
+    inside = []
+    prefix = os.fsencode(root).rstrip(b"/") + b"/"
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        # The fifth field is the mount point, with space, tab, newline and \ octal-escaped.
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        if point.startswith(prefix):
+            inside.append(Path(os.fsdecode(point)))
+    return sorted(set(inside))
+
+
+def _refuse_mounts_inside(config: Config, root: Path) -> None:
+    # The app moves data between sessions/, .trash/ and .tmp/ by rename, which the kernel
+    # refuses across mount points (EXDEV), even two of one filesystem. With .trash/ on a
+    # tmpfs, replaces and deletes were acknowledged with their old bytes left behind, a
+    # session's delete was a bare 500, and the repair that finishes the moves failed every
+    # server start-up. The root itself may be a mount point; nothing inside it may be.
+    mounts = _mounts_inside(root)
+    for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+        path = root / name
+        with contextlib.suppress(OSError):
+            if path.lstat().st_dev != root.lstat().st_dev and path not in mounts:
+                mounts.append(path)
+    if mounts:
+        shown = ", ".join(str(m) for m in mounts[:3]) + (", ..." if len(mounts) > 3 else "")
+        raise DataRootStateError(
+            root,
+            f"a filesystem is mounted inside it ({shown}); the app moves sessions, files and "
+            "trash entries within the root by rename, which cannot cross a mount point "
+            "(EXDEV), so deletes and replaces would fail or leave their bytes behind",
+            f"unmount it (`umount {mounts[0]}`) and keep the whole data root on one "
+            f"filesystem; to keep the data elsewhere, point data_root of profile "
+            f"{config.profile!r} there (`app config` shows where it is set)",
+        )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -713,6 +761,7 @@ def _open_checked(
         _refuse_special_audit_log(root)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
+        _refuse_mounts_inside(config, root)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
         _refuse_swapped_while_opening(opened, lock, run)
         if removed := _clear_tmp(opened.tmp_dir):
