@@ -304,7 +304,7 @@ class Files:
                 "blob": blob,
             }
             self._switch_record(session_id, record_path, record, undo)
-            self.trash.remove_empty(entry, prepared)
+            self.trash.remove_restored(entry, prepared)
             return self.sessions.with_file(before, directory, record)
 
 

@@ -382,7 +382,7 @@ class Sessions:
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
-            self.trash.remove_empty(entry, prepared)
+            self.trash.remove_restored(entry, prepared)
             return session, unreadable
 
     def with_file(

@@ -256,8 +256,9 @@ class Store(Storage):
                     total=len(ids),
                     cause=str(error),
                     where=f"in the trash ({self.trash_location})",
-                    fix="Resolve the cause (`ulimit -n`, free space), then run `app data "
-                    "purge` again to move the rest; `app sessions restore ID` brings one back",
+                    fix="Resolve the cause (`ulimit -n`, free space, permissions), then run "
+                    "`app data purge` again to move the rest; `app sessions restore ID` brings "
+                    "one back",
                 ) from error
             prepared.audit(
                 "purge",

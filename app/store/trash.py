@@ -183,6 +183,15 @@ class Trash:
         else:
             prepared.sync(self.path)
 
+    def remove_restored(self, entry: TrashEntry, prepared: Prepared) -> None:
+        """Remove an entry whose data a restore has moved back: a failure is logged."""
+        # The restore is made and must be answered as made; what is left (the manifest
+        # alone) holds no data, and `check` removes it (`trash-manifest-only`).
+        try:
+            self.remove_empty(entry, prepared)
+        except OSError as error:
+            log.warning("could not remove the emptied trash entry %s (%s)", entry.name, error)
+
     def entries(self) -> list[TrashEntry]:
         """Every entry, oldest first; one without a readable manifest, by what its name says."""
         try:
@@ -280,7 +289,7 @@ class Trash:
                 total=len(chosen),
                 cause=str(stopped),
                 where="removed for good",
-                fix="Resolve the cause (`ulimit -n`, free space), then empty the trash again "
-                "to remove the rest",
+                fix="Resolve the cause (`ulimit -n`, free space, permissions), then empty "
+                "the trash again to remove the rest",
             ) from stopped
         return removed

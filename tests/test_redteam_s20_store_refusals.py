@@ -1,21 +1,28 @@
-"""A process out of file descriptors at every open of every store operation (red team 20).
+"""A refusal from the kernel at every step of every store operation (red team 20).
 
-A server near its ``LimitNOFILE`` (every connection and upload holds a descriptor) gets
-EMFILE from whichever ``open`` comes next, at a point the code did not choose. Each
-operation runs in a child whose audit hook lowers ``RLIMIT_NOFILE`` to the descriptors it
-already has, just before its N-th open (a file, a directory to fsync, a listing), for every
-N until the operation completes. The kernel then refuses that open, and every later one of
-the operation ("starved"), or only that one ("once"). Then the limit goes back up and the
-same process, with the same Store, answers again.
+Two refusals the code did not choose the place of, produced for real, in a child forked per
+case, for every N until the operation completes:
 
-The promise checked: an operation that failed changed nothing a client can see (the server
-answers EMFILE as "too_many_open_files ... nothing was changed. Retry"), and one that
-succeeded is seen whole; the Store's own view (its listing index, its caches) matches what
-a fresh process reads from the disk; no byte is lost; and a repair leaves a clean root.
+* out of descriptors: a server near its ``LimitNOFILE`` (every connection and upload holds
+  one) gets EMFILE from whichever ``open`` comes next. The child's audit hook lowers
+  ``RLIMIT_NOFILE`` to the descriptors it has, just before its N-th open (a file, a directory
+  to fsync, a listing), and the rest of the operation gets no new one;
+* immutable: an operator's ``chattr +i`` (or a read-only bind, a permissions slip) makes a
+  change fail with EPERM. Just before its N-th change (a rename, an unlink, a mkdir, an open
+  to write), the hook makes the directory it changes, or the file it writes, immutable.
+
+Then the limit goes back up (the flags come off), and the same process, with the same Store,
+answers again. The promise checked: an operation that failed changed nothing a client can
+see (the server answers EMFILE "too_many_open_files ... nothing was changed. Retry"), or, for
+a purge or an empty-trash, says how far it got; one that succeeded is seen whole; the Store's
+own view (its listing index, its caches) matches what a fresh process reads from the disk;
+no byte is lost; and a repair leaves a clean root.
 """
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import shutil
@@ -28,14 +35,15 @@ from typing import Any
 import pytest
 from test_redteam_s18_crash_points import contents
 
-from app.config import Config
+from app.config import Config, load
 from app.storage import open_storage
 from app.store import Store
 
 _ZYGOTE = r"""
-import errno, json, os, resource, sys, traceback
+import array, errno, fcntl, json, os, resource, sys, traceback
 
 from app.config import load
+from app.errors import storage_error
 from app.storage import open_storage
 
 import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
@@ -77,12 +85,67 @@ def view(store):
     return {"listed": listed, "sessions": sessions, "restorable": sorted(restorable)}
 
 
+CHANGES = {"os.rename", "os.remove", "os.mkdir", "os.rmdir"}
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def immutable(fd, on):
+    flags = array.array("i", [0])
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+    flags[0] = flags[0] | FS_IMMUTABLE_FL if on else flags[0] & ~FS_IMMUTABLE_FL
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags)
+
+
+def targets(event, details):
+    # What to make immutable so that this change fails with EPERM: the directory it changes,
+    # or, for a file opened to write that is there already, the file itself.
+    if event == "open":
+        path, _, flags = details
+        if not isinstance(flags, int) or not flags & WRITES or not isinstance(path, str):
+            return None
+        return [(path, None) if os.path.isfile(path) else (os.path.dirname(path), None)]
+    if event == "os.rename":
+        src, dst, src_fd, dst_fd = details
+        return [(os.path.dirname(src) or ".", src_fd), (os.path.dirname(dst) or ".", dst_fd)]
+    path, dir_fd = details[0], details[-1]
+    return [(os.path.dirname(os.fsdecode(path)) or ".", dir_fd)]
+
+
 def child(op, at, mode, args):
     opens = 0
     starved = False
+    frozen = []
+    busy = False
+
+    def thaw():
+        while frozen:
+            fd = frozen.pop()
+            immutable(fd, False)
+            os.close(fd)
 
     def starve(event, details):
-        nonlocal opens, starved
+        nonlocal opens, starved, busy
+        if busy:
+            return
+        if mode == "immutable":
+            if event not in CHANGES and event != "open":
+                return
+            found = targets(event, details)
+            if found is None:
+                return
+            opens += 1
+            busy = True
+            try:
+                if opens == at + 1:
+                    for path, dir_fd in found:
+                        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+                        immutable(fd, True)
+                        frozen.append(fd)
+                    starved = True
+            finally:
+                busy = False
+            return
         if event not in FD_EVENTS:
             return
         opens += 1
@@ -91,8 +154,6 @@ def child(op, at, mode, args):
             os.close(free)
             resource.setrlimit(resource.RLIMIT_NOFILE, (free, HARD))
             starved = True
-        elif mode == "once" and opens == at + 2:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
 
     store = open_storage(load(), writer=True, kind="tests", wanted="run one operation")
     before = view(store)
@@ -120,13 +181,19 @@ def child(op, at, mode, args):
     except Exception as error:
         # EMFILE is the one right refusal: the server answers it "too_many_open_files ...
         # nothing was changed. Retry"; any other is a wrong answer (a 404, a 500).
-        emfile = getattr(error, "errno", None) == errno.EMFILE
-        partway = type(error).__name__ == "StoppedPartwayError" and "Too many open" in str(error)
+        expected = errno.EPERM if mode == "immutable" else errno.EMFILE
+        emfile = getattr(error, "errno", None) == expected
+        partway = type(error).__name__ == "StoppedPartwayError"
+        partway = partway and os.strerror(expected) in str(error)
         tag = "" if emfile else "PARTWAY " if partway else "WRONG "
-        answer = f"{tag}{type(error).__name__}: {error}"
+        mapped = storage_error(error, "run it")
+        code = error.code if mapped is None and hasattr(error, "code") else mapped and mapped.code
+        answer = f"{tag}{type(error).__name__} ({code}): {error}"
     finally:
         at = 1 << 30  # disarmed
         resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
+        busy = True
+        thaw()
     after = view(store)
     store.close()
     # What a process that starts now reads from the disk, before any repair.
@@ -186,6 +253,23 @@ class Zygote:
         assert self.process.wait() == 0
 
 
+def can_make_immutable(directory: Path) -> bool:
+    probe = directory / "immutable-probe"
+    probe.mkdir()
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+        fcntl.ioctl(fd, 0x40086602, array.array("i", [flags[0] | 0x10]))  # +i
+        fcntl.ioctl(fd, 0x40086602, flags)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.rmdir()
+    return True
+
+
 @pytest.fixture(scope="module")
 def zygote() -> Iterator[Zygote]:
     started = Zygote()
@@ -199,11 +283,18 @@ def open_store(config: Config) -> Store:
     return store
 
 
-@pytest.fixture
-def template(app_config: Config, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
     """A root with a session of two files, a replaced version and a deleted file, an empty
-    session, and a deleted session."""
-    with open_store(app_config) as store:
+    session, and a deleted session (made once, copied for each case)."""
+    saved = tmp_path_factory.mktemp("template") / "app-data"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("APP_DATA_ROOT", str(saved))
+        return _fill(load("testing")), saved
+
+
+def _fill(config: Config) -> dict[str, str]:
+    with open_store(config) as store:
         keep = store.create_session("kept")["id"]
         store.put_file(keep, "a.txt", b"a, version 1")
         store.put_file(keep, "a.txt", b"a, version 2", replace=True)
@@ -214,9 +305,7 @@ def template(app_config: Config, tmp_path: Path) -> tuple[Path, dict[str, str]]:
         gone = store.create_session("deleted")["id"]
         store.put_file(gone, "c.txt", b"in a deleted session")
         store.delete_session(gone)
-    saved = tmp_path / "template"
-    shutil.copytree(app_config.data_root, saved, symlinks=True)
-    return saved, {"keep": keep, "gone": gone}
+    return {"keep": keep, "gone": gone}
 
 
 OPERATIONS: dict[str, list[str]] = {
@@ -232,30 +321,38 @@ OPERATIONS: dict[str, list[str]] = {
 }
 
 
-@pytest.mark.parametrize("mode", ["starved", "once"])
+@pytest.mark.parametrize("mode", ["out-of-descriptors", "immutable"])
 @pytest.mark.parametrize("op", OPERATIONS)
-def test_an_operation_refused_a_descriptor_at_any_open_changed_nothing_or_everything(
+def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
     app_config: Config,
-    template: tuple[Path, dict[str, str]],
+    template: tuple[dict[str, str], Path],
     zygote: Zygote,
     op: str,
     mode: str,
 ) -> None:
-    saved, ids = template
+    if mode == "immutable" and not can_make_immutable(app_config.data_root.parent):
+        pytest.skip("making a directory immutable takes root and a filesystem with chattr +i")
+    ids, saved = template
     args = [arg.format(**ids) for arg in OPERATIONS[op]]
     kept = contents(saved, trash=op != "empty-trash")
     root = app_config.data_root
     at = 0
     problems = []
     while True:
-        shutil.rmtree(root)
+        shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(saved, root, symlinks=True)
         result = zygote.run(op, at, mode, args)
-        what = f"{op}, EMFILE ({mode}) at open {at}: {result['answer']}"
+        what = f"{op}, {mode} at {at}: {result['answer']}"
         before, after = result["before"], result["after"]
         if result["answer"].startswith("WRONG"):
             problems.append(f"{what}: the wrong refusal")
         refused = result["answer"] != "ok" and not result["answer"].startswith("PARTWAY")
+        if refused:
+            # Said to the client in the house form, which promises "nothing was changed".
+            code = "storage_permission_denied" if mode == "immutable" else "too_many_open_files"
+            assert f"({code})" in result["answer"], what
+        elif result["answer"] != "ok":
+            assert "(stopped_partway)" in result["answer"], what
         if refused and after != before:
             problems.append(f"{what}: failed, but changed what clients see")
         if after != result["disk"]:
@@ -266,11 +363,15 @@ def test_an_operation_refused_a_descriptor_at_any_open_changed_nothing_or_everyt
             )
         if result["answer"].startswith("PARTWAY"):
             # The one refusal that may leave a change: it must say which part was made.
-            moved = len(before["listed"]) - len(after["listed"])
-            assert f"purge stopped after {moved} of {len(before['listed'])} (" in result["answer"]
-            assert f"the {moved} done are in the trash" in result["answer"]
+            if op == "purge":
+                done, total = len(before["listed"]) - len(after["listed"]), len(before["listed"])
+                where = "in the trash"
+            else:
+                done = len(before["restorable"]) - len(after["restorable"])
+                total, where = len(before["restorable"]), "removed for good"
+            assert f"{op} stopped after {done} of {total} (" in result["answer"]
+            assert f"the {done} done are {where}" in result["answer"]
             assert "the rest are unchanged. Resolve the cause (`ulimit -n`" in result["answer"]
-            assert "run `app data purge` again" in result["answer"]
         with open_store(app_config) as store:
             store.check(repair=True)
             second = store.check(repair=False)
