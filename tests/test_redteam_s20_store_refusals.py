@@ -72,7 +72,11 @@ def view(store):
             continue
         shown = []
         for entry in files:
-            handle, served = store.open_file(sid, entry["name"])
+            try:
+                handle, served = store.open_file(sid, entry["name"])
+            except Exception as error:  # listed, and not served: what a client sees
+                shown.append([entry["name"], type(error).__name__, ""])
+                continue
             with handle:
                 shown.append([entry["name"], served["sha256"], handle.read().decode()])
         sessions[sid] = sorted(shown)
@@ -178,6 +182,8 @@ def child(op, at, mode, args):
             store.create_session(*args)
         elif op == "empty-trash":
             store.empty_trash()
+        elif op == "repair":
+            store.check(repair=True)
     except Exception as error:
         # EMFILE is the one right refusal: the server answers it "too_many_open_files ...
         # nothing was changed. Retry"; any other is a wrong answer (a 404, a 500).
@@ -318,12 +324,41 @@ OPERATIONS: dict[str, list[str]] = {
     "purge": [],
     "create": ["new session"],
     "empty-trash": [],
+    "repair": [],
 }
+
+
+@pytest.fixture(scope="module")
+def damaged(template: tuple[dict[str, str], Path]) -> Path:
+    """The template with what interrupted writes leave for `check --repair`: a replace that
+    stopped after its switch (the old bytes still among the session's blobs), bytes that no
+    record names, a trash entry with only its manifest, and a trash entry without its audit
+    line."""
+    ids, saved = template
+    root = saved.with_name("damaged")
+    shutil.copytree(saved, root, symlinks=True)
+    trash = root / ".trash"
+    blobs = root / "sessions" / ids["keep"] / "blobs"
+    for entry in sorted(trash.iterdir()):
+        manifest = json.loads((entry / "trash.json").read_text())
+        if manifest.get("reason") == "replace":
+            (entry / "a.txt").rename(blobs / manifest["blob"])
+            # And one that stopped before its switch: the record still names its blob.
+            half = entry.with_name(entry.name[:-8] + "0badcafe")
+            half.mkdir()
+            current = json.loads((blobs.parent / "records" / "a.txt").read_text())["blob"]
+            (half / "trash.json").write_text(json.dumps({**manifest, "blob": current}))
+    (blobs / "01a20000000070008000000000000001").write_bytes(b"bytes no record names")
+    audit = root / "audit.jsonl"
+    lines = audit.read_text().splitlines(keepends=True)
+    audit.write_text("".join(line for line in lines if '"trash-session"' not in line))
+    return root
 
 
 @pytest.mark.parametrize("mode", ["out-of-descriptors", "immutable"])
 @pytest.mark.parametrize("op", OPERATIONS)
 def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
+    request: pytest.FixtureRequest,
     app_config: Config,
     template: tuple[dict[str, str], Path],
     zygote: Zygote,
@@ -333,6 +368,8 @@ def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
     if mode == "immutable" and not can_make_immutable(app_config.data_root.parent):
         pytest.skip("making a directory immutable takes root and a filesystem with chattr +i")
     ids, saved = template
+    if op == "repair":
+        saved = request.getfixturevalue("damaged")
     args = [arg.format(**ids) for arg in OPERATIONS[op]]
     kept = contents(saved, trash=op != "empty-trash")
     root = app_config.data_root
@@ -353,7 +390,12 @@ def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
             assert f"({code})" in result["answer"], what
         elif result["answer"] != "ok":
             assert "(stopped_partway)" in result["answer"], what
-        if refused and after != before:
+        if op == "repair":
+            # Each repair is whole on its own, so a stopped one may have made some; none
+            # changes what a session serves.
+            if (after["listed"], after["sessions"]) != (before["listed"], before["sessions"]):
+                problems.append(f"{what}: the repair changed what sessions serve")
+        elif refused and after != before:
             problems.append(f"{what}: failed, but changed what clients see")
         if after != result["disk"]:
             problems.append(f"{what}: the Store shows {after}, the disk {result['disk']}")
