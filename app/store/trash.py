@@ -161,8 +161,16 @@ class Trash:
 
     def latest(self, session_id: str, file: str | None) -> TrashEntry | None:
         """The most recent entry that still holds the session (or its ``file``)."""
-        for entry in reversed(self.entries()):
-            if entry.session_id != session_id:
+        # By name first (it says the session and the kind): only this session's manifests
+        # are read. Reading every one made a restore cost 0.4 s next to 10,000 entries.
+        for name in reversed(self._entry_names()):
+            found = TRASH_NAME_RE.fullmatch(name)
+            if found is None or found.group(2) != session_id:
+                continue
+            if (found.group(3) is None) != (file is None):
+                continue
+            entry = self.read_entry(name)
+            if entry is None:
                 continue
             if file is None:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
@@ -194,12 +202,16 @@ class Trash:
 
     def entries(self) -> list[TrashEntry]:
         """Every entry, oldest first; one without a readable manifest, by what its name says."""
+        return [
+            entry for name in self._entry_names() if (entry := self.read_entry(name)) is not None
+        ]
+
+    def _entry_names(self) -> list[str]:
         try:
             with os.scandir(self.path) as entries:
-                names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
-        return [entry for name in names if (entry := self.read_entry(name)) is not None]
 
     def read_entry(self, name: str) -> TrashEntry | None:
         """The entry called ``name``, or ``None`` if that is not an entry's name."""
