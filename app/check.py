@@ -37,7 +37,7 @@ from app.store.records import (
     read_meta,
     record_blob,
 )
-from app.store.trash import EMPTYING_PREFIX, TRASH_NAME_RE
+from app.store.trash import EMPTYING_PREFIX, MISSING_MANIFEST, TRASH_NAME_RE
 
 if TYPE_CHECKING:
     from app.store import Store
@@ -154,7 +154,7 @@ class Checker:
             assert entry is not None
             try:
                 manifest = json.loads(read_regular(path / TRASH_MANIFEST))
-            except (OSError, ValueError):
+            except (*MISSING_MANIFEST, ValueError):
                 manifest = None
             contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
             if not isinstance(manifest, dict):

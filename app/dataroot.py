@@ -31,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import stat
 import sys
@@ -50,6 +51,7 @@ from app.errors import (
     ProfileStampMismatchError,
 )
 from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe
+from app.names import MAX_NAME_BYTES
 from app.sandbox import check_root, checked, current_run
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_FILE",
+    "DEEPEST_INSIDE",
     "DIR_MODE",
     "SESSIONS_DIR",
     "STAMP_FILE",
@@ -66,6 +69,7 @@ __all__ = [
     "TRASH_DIR",
     "DataRoot",
     "NotRegularFileError",
+    "Prepared",
     "RootStatus",
     "describe",
     "fsync_dir",
@@ -255,29 +259,33 @@ def _open_for_append(path: Path) -> int:
 def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     path = root / AUDIT_FILE
     existed = path.exists()
-    line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
     # O_APPEND and one write() per line: concurrent appenders (there are none while the
     # lock is held, but a reader's tooling may tail it) never interleave inside a line.
     fd = _open_for_append(path)
     try:
-        start = os.fstat(fd).st_size
-        if start and os.pread(fd, 1, start - 1) != b"\n":
-            # A fragment a crash left (a power loss mid-write): glued to it, this line would
-            # be lost with it, and `check` would find its trash entry unaudited for ever.
-            line = b"\n" + line
-        try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        except OSError:
-            # A write cut short (the file size limit, a full disk) leaves a fragment: take
-            # it back, so that the log holds whole lines only.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            raise
+        _write_audit_line(fd, record)
     finally:
         os.close(fd)
     if not existed:
         fsync_dir(root)
+
+
+def _write_audit_line(fd: int, record: Mapping[str, Any]) -> None:
+    line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        # A fragment a crash left (a power loss mid-write): glued to it, this line would
+        # be lost with it, and `check` would find its trash entry unaudited for ever.
+        line = b"\n" + line
+    try:
+        _write_all(fd, line)
+        os.fsync(fd)
+    except OSError:
+        # A write cut short (the file size limit, a full disk) leaves a fragment: take
+        # it back, so that the log holds whole lines only.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _audit_record(
@@ -293,6 +301,79 @@ def _audit_record(
         "target": str(target),
         "details": dict(details),
     }
+
+
+class Prepared:
+    """What a change needs after its commit point, opened before it: directories, the audit log.
+
+    A commit point (a rename, an unlink) needs no file descriptor, but the fsyncs that make
+    it durable and the audit line that records it do. Opened after it, a process at its
+    descriptor limit (EMFILE: a server's connections count against it too) failed once the
+    change was made, and answered "nothing was changed" while the disk said otherwise, with
+    no audit line and a stale listing. Opened before it, the limit refuses the change while
+    nothing has changed, as :func:`_replace` does for the atomic writes. Get one from
+    :meth:`DataRoot.prepare`; close it (``with``) when the change is recorded.
+    """
+
+    def __init__(self, root: DataRoot, dirs: tuple[Path, ...], *, audit: bool) -> None:
+        self._root = root
+        self._dirs: dict[Path, int] = {}
+        self._audit: int | None = None
+        self._audit_new = False
+        try:
+            for path in dirs:
+                self.open(path)
+            if audit:
+                root._require_writer("audit")
+                log = root.audit_path
+                self._audit_new = not log.exists()
+                if self._audit_new:
+                    self.open(root.path)  # its new entry is synced after the line
+                self._audit = _open_for_append(log)
+        except BaseException:
+            self.close()
+            raise
+
+    def open(self, path: Path) -> int:
+        """Open one more directory (before the commit point); its descriptor."""
+        fd = self._dirs.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._dirs[path] = fd
+        return fd
+
+    def fd(self, path: Path) -> int:
+        """The descriptor of a directory opened here."""
+        return self._dirs[path]
+
+    def sync(self, *paths: Path) -> None:
+        """fsync these directories (all opened here), or every one."""
+        for path in paths or tuple(self._dirs):
+            os.fsync(self._dirs[path])
+
+    def audit(self, operation: str, target: str | Path, **details: Any) -> None:
+        """Append the change's line through the log opened before it (see DataRoot.audit)."""
+        assert self._audit is not None, "prepared without the audit log"
+        root = self._root
+        _write_audit_line(
+            self._audit, _audit_record(root.config.profile, root.kind, operation, target, details)
+        )
+        if self._audit_new:
+            os.fsync(self._dirs[root.path])
+            self._audit_new = False
+
+    def close(self) -> None:
+        for fd in [*self._dirs.values(), *([] if self._audit is None else [self._audit])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._dirs.clear()
+        self._audit = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- the profile stamp -------------------------------------------------------------------
@@ -527,6 +608,83 @@ def tmp_in_flight(tmp_dir: Path) -> tuple[list[str], list[str]]:
     return leftovers, live
 
 
+# Linux's PATH_MAX, the final NUL included: a longer path is ENAMETOOLONG, whatever the
+# filesystem (the app's own renames and unlinks go by path, not relative to a directory).
+_PATH_MAX: Final = 4096
+# The longest path the app opens by name inside a root: a file's record in a session in the
+# trash (a restore reads the session there before it moves it back), of the longest name.
+# Emptying the trash goes deeper (.emptying-<entry>), but rmtree opens relative to each
+# directory, as `rm -rf` does.
+DEEPEST_INSIDE: Final = (
+    len("/.trash/") + len("20261202T084803573233Z-") + 32 + len("/session/records/")
+) + MAX_NAME_BYTES
+
+
+def _refuse_too_deep(config: Config, root: Path) -> None:
+    # Past the limit, a file is accepted into a session and its delete, replace or restore
+    # then fails for good (its trash entry's path is longer), and `check` calls its bytes an
+    # upload never acknowledged: refused when the root is opened instead.
+    length = len(os.fsencode(root))
+    room = _PATH_MAX - 1 - DEEPEST_INSIDE
+    if length > room:
+        raise DataRootStateError(
+            root,
+            f"its path is {length} bytes long, and the deepest path the app makes in it (a "
+            f"session in the trash with a file of a {MAX_NAME_BYTES}-byte name) would be "
+            f"{length + DEEPEST_INSIDE}, past the system's limit of {_PATH_MAX - 1}: files "
+            "could be stored there that could never be deleted or restored",
+            f"point data_root of profile {config.profile!r} at a path of at most {room} bytes "
+            "(`app config` shows where it is set)",
+        )
+
+
+_MOUNTINFO: Final = Path("/proc/self/mountinfo")
+
+
+def _mounts_inside(root: Path) -> list[Path]:
+    """The mount points strictly inside ``root`` (Linux's mountinfo; none known elsewhere)."""
+    try:
+        lines = _MOUNTINFO.read_bytes().splitlines()
+    except OSError:
+        return []
+    inside = []
+    prefix = os.fsencode(root).rstrip(b"/") + b"/"
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        # The fifth field is the mount point, with space, tab, newline and \ octal-escaped.
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        if point.startswith(prefix):
+            inside.append(Path(os.fsdecode(point)))
+    return sorted(set(inside))
+
+
+def _refuse_mounts_inside(config: Config, root: Path) -> None:
+    # The app moves data between sessions/, .trash/ and .tmp/ by rename, which the kernel
+    # refuses across mount points (EXDEV), even two of one filesystem. With .trash/ on a
+    # tmpfs, replaces and deletes were acknowledged with their old bytes left behind, a
+    # session's delete was a bare 500, and the repair that finishes the moves failed every
+    # server start-up. The root itself may be a mount point; nothing inside it may be.
+    mounts = _mounts_inside(root)
+    for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+        path = root / name
+        with contextlib.suppress(OSError):
+            if path.lstat().st_dev != root.lstat().st_dev and path not in mounts:
+                mounts.append(path)
+    if mounts:
+        shown = ", ".join(str(m) for m in mounts[:3]) + (", ..." if len(mounts) > 3 else "")
+        raise DataRootStateError(
+            root,
+            f"a filesystem is mounted inside it ({shown}); the app moves sessions, files and "
+            "trash entries within the root by rename, which cannot cross a mount point "
+            "(EXDEV), so deletes and replaces would fail or leave their bytes behind",
+            f"unmount it (`umount {mounts[0]}`) and keep the whole data root on one "
+            f"filesystem; to keep the data elsewhere, point data_root of profile "
+            f"{config.profile!r} there (`app config` shows where it is set)",
+        )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -582,6 +740,7 @@ def _open_checked(
     timeout: float,
 ) -> DataRoot:
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
+    _refuse_too_deep(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
     durable = run is None or run.pid is None
@@ -602,6 +761,7 @@ def _open_checked(
         _refuse_special_audit_log(root)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
+        _refuse_mounts_inside(config, root)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
         _refuse_swapped_while_opening(opened, lock, run)
         if removed := _clear_tmp(opened.tmp_dir):
@@ -806,6 +966,15 @@ class DataRoot:
         _append_audit(
             self.path, _audit_record(self.config.profile, self.kind, operation, target, details)
         )
+
+    def prepare(self, *dirs: Path, audit: bool = False) -> Prepared:
+        """Open, before a change's commit point, what the change needs after it.
+
+        Args:
+            dirs: the directories the change will fsync.
+            audit: open ``audit.jsonl`` too, for :meth:`Prepared.audit`.
+        """
+        return Prepared(self, dirs, audit=audit)
 
     def _check_dest(self, dest: Path) -> Path:
         # Only the directory is resolved: the last component is replaced by the rename, so a

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -861,12 +861,60 @@ class TooManyOpenFilesError(StorageError):
     retry_after: int = 5
 
 
+class PermissionDeniedStorageError(StorageError):
+    """The data root's filesystem refused a change: permission denied (EACCES, EPERM)."""
+
+    code = "storage_permission_denied"
+    http_status = 503
+    template = (
+        "cannot {doing}: the data root's filesystem refused it (permission denied: a file or "
+        "directory in the data root is immutable, read-only or owned by another user); "
+        "nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the data "
+        "root) and undoes it (`chattr -i`, `chown` to the user the app runs as), then retries"
+    )
+
+    doing: str
+
+
+class StoppedPartwayError(StorageError):
+    """A command over many items met a storage error after it had changed some of them.
+
+    Said as such: the storage errors above promise that nothing was changed, and here the
+    items already done stay done (and audited), as each is complete on its own.
+    """
+
+    code = "stopped_partway"
+    template = (
+        "{doing} stopped after {done} of {total} ({cause}): the {done} done are {where}, "
+        "and audited; the rest are unchanged. {fix}"
+    )
+
+    doing: str
+    done: int
+    total: int
+    cause: str
+    where: str
+    fix: str
+
+
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Every connection and open file counts against the limit: 150 slow uploads once used up
 # 256 descriptors, and other requests got 500 instead of a refusal that says why.
 _DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 _FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
+# `chattr +i` by an operator, a read-only bind mount of one directory, a chown slip: a bare
+# 500 said nothing of it.
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+_STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...] = (
+    (_FULL_ERRNOS, StorageFullError),
+    (_READ_ONLY_ERRNOS, ReadOnlyStorageError),
+    (_DESCRIPTOR_ERRNOS, TooManyOpenFilesError),
+    (_FILE_SIZE_ERRNOS, FileTooLargeForServerError),
+    (_PERMISSION_ERRNOS, PermissionDeniedStorageError),
+)
 
 
 def storage_error(error: BaseException, doing: str) -> StorageError | None:
@@ -877,17 +925,12 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         doing: what was being done, for the message ("store the upload").
 
     Returns:
-        A `StorageFullError`, a `ReadOnlyStorageError`, a `TooManyOpenFilesError` or a
-        `FileTooLargeForServerError`, else ``None``.
+        A `StorageFullError`, a `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a
+        `FileTooLargeForServerError` or a `PermissionDeniedStorageError`, else ``None``.
     """
     if not isinstance(error, OSError):
         return None
-    if error.errno in _FULL_ERRNOS:
-        return StorageFullError(doing)
-    if error.errno in _READ_ONLY_ERRNOS:
-        return ReadOnlyStorageError(doing)
-    if error.errno in _DESCRIPTOR_ERRNOS:
-        return TooManyOpenFilesError(doing)
-    if error.errno in _FILE_SIZE_ERRNOS:
-        return FileTooLargeForServerError(doing)
+    for errnos, kind in _STORAGE_ERRORS:
+        if error.errno in errnos:
+            return kind(doing)
     return None

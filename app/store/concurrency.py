@@ -9,14 +9,13 @@ interleave changes to one session.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
-
-from app.dataroot import fsync_dir
 
 if TYPE_CHECKING:
     from app.store.records import FileRecord
@@ -187,7 +186,13 @@ class GroupSync:
         self._completed = 0
         self._running = False
 
-    def sync(self) -> None:
+    def sync(self, fd: int) -> None:
+        """Return once an fsync of the directory that started after this call completed.
+
+        Args:
+            fd: the caller's descriptor of the directory, opened before its change (see
+                :class:`app.dataroot.Prepared`): whoever runs the fsync uses its own.
+        """
         with self._cond:
             self._requested += 1
             ticket = self._requested
@@ -198,7 +203,7 @@ class GroupSync:
             self._running = True
             covers = self._requested
         try:
-            fsync_dir(self.path)
+            os.fsync(fd)
         except BaseException:
             with self._cond:
                 self._running = False

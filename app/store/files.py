@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from app.dataroot import fsync_dir
 from app.errors import (
     BadRequestError,
     FileExistsInSessionError,
@@ -41,12 +40,12 @@ from app.store.records import (
     open_regular,
     public,
     read_meta,
-    record_blob,
     refuse_linked_dirs,
 )
 from app.store.upload import Upload
 
 if TYPE_CHECKING:
+    from app.dataroot import Prepared
     from app.store.sessions import Sessions
     from app.store.trash import Trash
 
@@ -167,6 +166,7 @@ class Files:
                 if retired is not None:
                     self.trash.remove_empty(retired)
 
+            prepared = None
             if old is not None:
                 # Before the switch: a crash right after it leaves a manifest saying where
                 # the old bytes go, and `check` finishes the move.
@@ -174,14 +174,17 @@ class Files:
                     retired = self.trash.new_entry(
                         session_id, "file", name, "replace", previous=public(old), blob=old["blob"]
                     )
+                    prepared = self.root.prepare(retired.path, blobs, audit=True)
                 except BaseException:
                     undo()
                     raise
-            self._switch_record(session_id, record_path, {**entry, "blob": version}, undo)
-            if old is not None and retired is not None:
-                self._retire_blob(directory, old["blob"], retired, name)
-        if retired is not None:
-            self.trash.audit_move("replace-file", f"{session_id}/{name}", trash=retired.name)
+            with prepared or contextlib.nullcontext():
+                self._switch_record(session_id, record_path, {**entry, "blob": version}, undo)
+                if old is not None and retired is not None and prepared is not None:
+                    self._retire_blob(directory, old["blob"], retired, name, prepared)
+                    self.trash.audit_move(
+                        prepared, "replace-file", f"{session_id}/{name}", trash=retired.name
+                    )
 
     def _switch_record(
         self, session_id: str, path: Path, record: FileRecord, undo: Callable[[], None]
@@ -191,22 +194,28 @@ class Files:
         Whatever happens, the record cache learns of it. A failure after the rename (an
         fsync of the directory) leaves the switch made, and it must then stay made.
         """
+        before = _inode(path)
         try:
             self.root.atomic_write_json(path, record)
         except BaseException:
             self.records.changed(session_id)  # whatever happened, read it again
-            if record_blob(path) != record["blob"]:
-                undo()
+            # Told by lstat, which needs no descriptor: reading the record back (as this
+            # did) fails too in a process out of them, and a failed read once counted as
+            # "not switched", undoing a switch that was made.
+            with contextlib.suppress(OSError):
+                if _inode(path) == before:
+                    undo()
             raise
         self.records.changed(session_id, path.name, record)
 
-    def _retire_blob(self, directory: Path, blob: str, entry: TrashEntry, name: str) -> None:
+    def _retire_blob(
+        self, directory: Path, blob: str, entry: TrashEntry, name: str, prepared: Prepared
+    ) -> None:
         # After the switch the old blob is no longer the file; moving it into its trash entry
         # may fail (a full disk) without undoing anything: `check` finishes the move.
         try:
             (directory / BLOBS_DIR / blob).rename(entry.path / name)
-            fsync_dir(entry.path)
-            fsync_dir(directory / BLOBS_DIR)
+            prepared.sync(entry.path, directory / BLOBS_DIR)
         except OSError as error:
             log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
 
@@ -224,19 +233,36 @@ class Files:
                 session_id, "file", name, "delete", previous=public(old), blob=old["blob"]
             )
             try:
-                self.root.ensure_held()
-                record_path.unlink()  # the commit point; needs no free space
+                # What the delete needs after its commit point, opened before it.
+                prepared = self.root.prepare(
+                    record_path.parent, entry.path, directory / BLOBS_DIR, audit=True
+                )
             except BaseException:
                 self.trash.remove_empty(entry)
                 raise
-            self.records.changed(session_id, name, None)
-            fsync_dir(record_path.parent)
-            self._retire_blob(directory, old["blob"], entry, name)
-        self.trash.audit_move("trash-file", f"{session_id}/{name}", trash=entry.name)
+            with prepared:
+                try:
+                    self.root.ensure_held()
+                    record_path.unlink()  # the commit point; needs no free space
+                except BaseException:
+                    self.trash.remove_empty(entry)
+                    raise
+                self.records.changed(session_id, name, None)
+                prepared.sync(record_path.parent)
+                self._retire_blob(directory, old["blob"], entry, name, prepared)
+                self.trash.audit_move(
+                    prepared, "trash-file", f"{session_id}/{name}", trash=entry.name
+                )
         return entry
 
-    def restore(self, entry: TrashEntry, name: str) -> SessionRecord:
-        """Move a trashed file back into its session, which must be there."""
+    def restore(self, entry: TrashEntry, name: str, prepared: Prepared) -> SessionRecord:
+        """Move a trashed file back into its session, which must be there.
+
+        ``prepared`` holds the audit log (opened before); the directories the move needs
+        after it is made are opened into it before it, and the answer is the session read
+        before it, with the file added: a failure after the move (EMFILE) would otherwise
+        answer "nothing was changed" for a file that is back.
+        """
         session_id = entry.session_id
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
@@ -250,6 +276,9 @@ class Files:
             previous: FileEntry | dict[str, Any] = manifest.get("entry") or {}
             blobs = ensure_dir(directory, BLOBS_DIR)
             ensure_dir(directory, RECORDS_DIR)
+            before = self.sessions.read(directory, session_id)
+            for path in (blobs, entry.path, self.trash.path):
+                prepared.open(path)
             # Back under the blob name the manifest gives: a crash before the record is
             # written leaves exactly what `check` moves back into this entry.
             blob = manifest.get("blob")
@@ -257,8 +286,16 @@ class Files:
                 blob = new_session_id()
             size = (entry.path / name).stat().st_size
             (entry.path / name).rename(blobs / blob)
-            fsync_dir(blobs)
-            fsync_dir(entry.path)
+
+            def undo() -> None:
+                with contextlib.suppress(OSError):
+                    (blobs / blob).rename(entry.path / name)
+
+            try:
+                prepared.sync(blobs, entry.path)
+            except BaseException:
+                undo()
+                raise
             record: FileRecord = {
                 "name": name,
                 "size": size,
@@ -266,11 +303,15 @@ class Files:
                 "uploaded_at": previous.get("uploaded_at"),
                 "blob": blob,
             }
-
-            def undo() -> None:
-                with contextlib.suppress(OSError):
-                    (blobs / blob).rename(entry.path / name)
-
             self._switch_record(session_id, record_path, record, undo)
-            self.trash.remove_empty(entry)
-            return self.sessions.read(directory, session_id)
+            self.trash.remove_restored(entry, prepared)
+            return self.sessions.with_file(before, directory, record)
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    """What ``path`` is (device, inode), or ``None`` if nothing is there; lstat only."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino

@@ -134,11 +134,12 @@ def load_record(path: Path) -> FileRecord | None:
 
 
 def record_blob(path: Path) -> str | None:
-    """The blob a record names now (after a failed write: did the switch happen?)."""
-    try:
-        record = load_record(path)
-    except OSError:
-        return None
+    """The blob a record names now, ``None`` if there is no record (of ours) there.
+
+    A read that fails for another reason (EMFILE, EIO) raises: "no record" would tell
+    `check` that a switch happened, and it would move the file's own bytes to the trash.
+    """
+    record = load_record(path)
     return None if record is None else str(record["blob"])
 
 

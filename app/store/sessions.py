@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from app.dataroot import fsync_dir, json_bytes, write_new_file
-from app.errors import BadRequestError, SessionNotFoundError, UnreadableSessionError
+from app.errors import (
+    BadRequestError,
+    SessionNotFoundError,
+    StoreError,
+    UnreadableSessionError,
+)
 from app.names import check_file_name
 from app.storage import (
     Page,
@@ -50,7 +55,7 @@ from app.store.records import (
 )
 
 if TYPE_CHECKING:
-    from app.dataroot import DataRoot
+    from app.dataroot import DataRoot, Prepared
     from app.store.trash import Trash
 
 __all__ = ["Sessions"]
@@ -126,17 +131,22 @@ class Sessions:
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
         # filesystem-wide lock, on the path every POST /sessions takes.
         try:
-            try:
-                staging.mkdir(mode=0o700)
-                write_new_file(staging / SESSION_FILE, data)
-                fsync_dir(staging)
-                self.root.ensure_held()  # the last moment before the session appears
-                staging.rename(self.path / session["id"])
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            self.state.sessions_sync.sync()
-            self.state.index_update(add=session["id"])
+            with self.root.prepare(self.path) as prepared:
+                try:
+                    staging.mkdir(mode=0o700)
+                    write_new_file(staging / SESSION_FILE, data)
+                    fsync_dir(staging)
+                    self.root.ensure_held()  # the last moment before the session appears
+                    staging.rename(self.path / session["id"])
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                try:
+                    self.state.sessions_sync.sync(prepared.fd(self.path))
+                finally:
+                    # Listed as the disk has it, even if the sync failed (EIO): a process
+                    # that starts now lists it too.
+                    self.state.index_update(add=session["id"])
         finally:
             with self.state.creating_lock:
                 self.state.creating.discard(staging.name)
@@ -322,34 +332,70 @@ class Sessions:
             # The data lives in sessions/ or in .trash/, never in .tmp/ (which a restart
             # clears): the manifest is written first, then the directory moves in one rename.
             try:
-                directory.rename(entry.path / TRASHED_SESSION)
-                self.state.records.changed(session_id)
-                self.state.index_update(remove=session_id)
+                prepared = self.root.prepare(self.path, entry.path)
             except BaseException:
                 self.trash.remove_empty(entry)
                 raise
-        # The rename out of sessions/ is durable once an fsync of sessions/ that began after
-        # it completes: concurrent deletes and creates share that fsync (group commit).
-        self.state.sessions_sync.sync()
-        fsync_dir(entry.path)
+            try:
+                directory.rename(entry.path / TRASHED_SESSION)
+            except BaseException:
+                prepared.close()
+                self.trash.remove_empty(entry)
+                raise
+            self.state.records.changed(session_id)
+            self.state.index_update(remove=session_id)
+        with prepared:
+            # The rename out of sessions/ is durable once an fsync of sessions/ that began
+            # after it completes: concurrent deletes and creates share it (group commit).
+            self.state.sessions_sync.sync(prepared.fd(self.path))
+            prepared.sync(entry.path)
         return entry
 
-    def restore(self, entry: TrashEntry) -> Path:
-        """Move a trashed session back (to the path returned); refused if a session with its
-        id exists again."""
+    def restore(
+        self, entry: TrashEntry, prepared: Prepared
+    ) -> tuple[SessionRecord | None, StoreError | None]:
+        """Move a trashed session back; refused if a session with its id exists again.
+
+        Returns the session as it now reads, or, for one damaged from outside the app, the
+        error reading it gives (it moves back all the same, to be cleared or mended).
+        """
         dest = self.path / entry.session_id
+        source = entry.path / TRASHED_SESSION
         with self.state.lock_for(entry.session_id):
             if dest.exists():
                 raise BadRequestError(
                     f"session {entry.session_id!r} exists again; refusing to overwrite it with "
                     f"the copy in {entry.path}. Delete the current one first if you mean it"
                 )
-            (entry.path / TRASHED_SESSION).rename(dest)
+            # The answer is read before the move (the directory moves whole, its times
+            # too): read after it, a failure (EMFILE) would report a restore that happened
+            # as one that did not.
+            session: SessionRecord | None = None
+            unreadable: StoreError | None = None
+            try:
+                session = self._read(os.fspath(source), entry.session_id)
+            except (SessionNotFoundError, UnreadableSessionError) as error:
+                unreadable = error
+            prepared.open(self.path)
+            prepared.open(self.trash.path)
+            source.rename(dest)
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
-            fsync_dir(self.path)
-            self.trash.remove_empty(entry)
-            return dest
+            prepared.sync(self.path)
+            self.trash.remove_restored(entry, prepared)
+            return session, unreadable
+
+    def with_file(
+        self, before: SessionRecord, directory: Path, record: FileRecord
+    ) -> SessionRecord:
+        """``before`` (read under the session's lock) with ``record`` added, as a read now
+        gives it, without opening a file: for the answer to a change already made."""
+        files = sorted([*before["files"], public(record)], key=upload_order)  # type: ignore[arg-type]
+        times = [before["updated_at"], record.get("uploaded_at") or ""]
+        with contextlib.suppress(OSError):  # lstat: no descriptor needed
+            mtime = os.lstat(directory / RECORDS_DIR).st_mtime_ns
+            times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
+        return cast(SessionRecord, {**before, "files": files, "updated_at": max(times)})
 
 
 def _page_size_bound(session: SessionRecord) -> int:

@@ -34,7 +34,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from app.errors import AppError, LockLostError, NotInTrashError, SessionNotFoundError
+from app.errors import (
+    AppError,
+    LockLostError,
+    NotInTrashError,
+    SessionNotFoundError,
+    StoppedPartwayError,
+)
 from app.names import check_file_name
 from app.storage import (
     MAX_METADATA_BYTES,
@@ -212,22 +218,54 @@ class Store(Storage):
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
         """Move a session, files and all, to ``.trash/``; audited. :meth:`restore` undoes it."""
         self.root.ensure_held()
-        entry = self.sessions.move_to_trash(session_id, reason)
-        self.trash.audit_move(
-            "trash-session", session_id, trash=entry.name, reason=reason, title=entry.title
-        )
+        with self.root.prepare(audit=True) as prepared:
+            entry = self.sessions.move_to_trash(session_id, reason)
+            self.trash.audit_move(
+                prepared,
+                "trash-session",
+                session_id,
+                trash=entry.name,
+                reason=reason,
+                title=entry.title,
+            )
         return entry
 
     def purge(self) -> list[TrashEntry]:
         """Move every session to ``.trash/`` (``app data purge``); one audit line."""
         self.root.ensure_held()
-        entries = []
-        for session_id in self.sessions.ids():
-            with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile
-                entries.append(self.sessions.move_to_trash(session_id, "purge"))
-        self.root.audit(
-            "purge", self.sessions_dir, count=len(entries), sessions=[e.session_id for e in entries]
-        )
+        entries: list[TrashEntry] = []
+        ids = self.sessions.ids()
+        with self.root.prepare(audit=True) as prepared:
+            try:
+                for session_id in ids:
+                    with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile
+                        entries.append(self.sessions.move_to_trash(session_id, "purge"))
+            except OSError as error:
+                if not entries:
+                    raise  # nothing moved: the storage error says so
+                prepared.audit(
+                    "purge",
+                    self.sessions_dir,
+                    count=len(entries),
+                    sessions=[e.session_id for e in entries],
+                    stopped=str(error),
+                )
+                raise StoppedPartwayError(
+                    doing="purge",
+                    done=len(entries),
+                    total=len(ids),
+                    cause=str(error),
+                    where=f"in the trash ({self.trash_location})",
+                    fix="Resolve the cause (`ulimit -n`, free space, permissions), then run "
+                    "`app data purge` again to move the rest; `app sessions restore ID` brings "
+                    "one back",
+                ) from error
+            prepared.audit(
+                "purge",
+                self.sessions_dir,
+                count=len(entries),
+                sessions=[e.session_id for e in entries],
+            )
         return entries
 
     # -- files --------------------------------------------------------------------------
@@ -294,15 +332,22 @@ class Store(Storage):
         entry = self.trash.latest(session_id, name)
         if entry is None:
             raise NotInTrashError(session_id, name)
-        if name is None:
-            restored = self.sessions.restore(entry)
-            self.root.audit("restore-session", session_id, trash=entry.name)
-            # Read after the audit line: a session.json damaged from outside still comes
-            # back (and is said to be unreadable), and the log has the move.
-            session = self.sessions.read(restored, session_id)
-        else:
-            session = self.files.restore(entry, name)
-            self.root.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
+        # Everything the restore needs once its move is made is opened before it, the
+        # audit log included: a restore that happened is answered as one.
+        with self.root.prepare(audit=True) as prepared:
+            if name is None:
+                session, unreadable = self.sessions.restore(entry, prepared)
+                self.trash.audit_move(prepared, "restore-session", session_id, trash=entry.name)
+                # Raised after the audit line: a session.json damaged from outside still
+                # comes back (and is said to be unreadable), and the log has the move.
+                if unreadable is not None:
+                    raise unreadable
+                assert session is not None
+            else:
+                session = self.files.restore(entry, name, prepared)
+                self.trash.audit_move(
+                    prepared, "restore-file", f"{session_id}/{name}", trash=entry.name
+                )
         return session
 
     # -- consistency --------------------------------------------------------------------

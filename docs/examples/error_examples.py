@@ -134,6 +134,16 @@ EXAMPLES: list[errors.AppError] = [
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.StoppedPartwayError(
+        doing="purge",
+        done=120,
+        total=300,
+        cause="[Errno 24] Too many open files: '/srv/app-data/.trash'",
+        where="in the trash (/srv/app-data/.trash)",
+        fix="Resolve the cause (`ulimit -n`, free space, permissions), then run `app data "
+        "purge` again to move the rest; `app sessions restore ID` brings one back",
+    ),
     # The PostgreSQL + object storage backend (app.remote.errors).
     remote.ResourceOverlapError(
         "database",

@@ -1,0 +1,436 @@
+"""A refusal from the kernel at every step of every store operation (red team 20).
+
+Two refusals the code did not choose the place of, produced for real, in a child forked per
+case, for every N until the operation completes:
+
+* out of descriptors: a server near its ``LimitNOFILE`` (every connection and upload holds
+  one) gets EMFILE from whichever ``open`` comes next. The child's audit hook lowers
+  ``RLIMIT_NOFILE`` to the descriptors it has, just before its N-th open (a file, a directory
+  to fsync, a listing), and the rest of the operation gets no new one;
+* immutable: an operator's ``chattr +i`` (or a read-only bind, a permissions slip) makes a
+  change fail with EPERM. Just before its N-th change (a rename, an unlink, a mkdir, an open
+  to write), the hook makes the directory it changes, or the file it writes, immutable.
+
+Then the limit goes back up (the flags come off), and the same process, with the same Store,
+answers again. The promise checked: an operation that failed changed nothing a client can
+see (the server answers EMFILE "too_many_open_files ... nothing was changed. Retry"), or, for
+a purge or an empty-trash, says how far it got; one that succeeded is seen whole; the Store's
+own view (its listing index, its caches) matches what a fresh process reads from the disk;
+no byte is lost; and a repair leaves a clean root.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_redteam_s18_crash_points import contents
+
+from app.config import Config, load
+from app.storage import open_storage
+from app.store import Store
+
+_ZYGOTE = r"""
+import array, errno, fcntl, json, os, resource, sys, traceback
+
+from app.config import load
+from app.errors import storage_error
+from app.storage import open_storage
+
+import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
+import app.dataroot, app.store.concurrency, app.check
+
+FD_EVENTS = {"open", "os.scandir", "os.listdir"}
+SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def view(store):
+    # What a client can see: the listing (the index), each session and its files' bytes,
+    # and what the trash can give back.
+    listed, after = [], None
+    while True:
+        page = store.list_sessions(limit=500, after=after)
+        listed += [s["id"] for s in page.items]
+        if page.next is None:
+            break
+        after = page.next
+    sessions = {}
+    for sid in store.scan_ids():
+        try:
+            files = store.get_session(sid)["files"]
+        except Exception as error:
+            sessions[sid] = type(error).__name__
+            continue
+        shown = []
+        for entry in files:
+            try:
+                handle, served = store.open_file(sid, entry["name"])
+            except Exception as error:  # listed, and not served: what a client sees
+                shown.append([entry["name"], type(error).__name__, ""])
+                continue
+            with handle:
+                shown.append([entry["name"], served["sha256"], handle.read().decode()])
+        sessions[sid] = sorted(shown)
+    restorable = []
+    for entry in store.list_trash():
+        if entry.kind == "session" and (entry.path / "session").is_dir():
+            restorable.append([entry.session_id, ""])
+        elif entry.kind == "file" and entry.file and (entry.path / entry.file).is_file():
+            restorable.append([entry.session_id, entry.file])
+    return {"listed": listed, "sessions": sessions, "restorable": sorted(restorable)}
+
+
+CHANGES = {"os.rename", "os.remove", "os.mkdir", "os.rmdir"}
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def immutable(fd, on):
+    flags = array.array("i", [0])
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+    flags[0] = flags[0] | FS_IMMUTABLE_FL if on else flags[0] & ~FS_IMMUTABLE_FL
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags)
+
+
+def targets(event, details):
+    # What to make immutable so that this change fails with EPERM: the directory it changes,
+    # or, for a file opened to write that is there already, the file itself.
+    if event == "open":
+        path, _, flags = details
+        if not isinstance(flags, int) or not flags & WRITES or not isinstance(path, str):
+            return None
+        return [(path, None) if os.path.isfile(path) else (os.path.dirname(path), None)]
+    if event == "os.rename":
+        src, dst, src_fd, dst_fd = details
+        return [(os.path.dirname(src) or ".", src_fd), (os.path.dirname(dst) or ".", dst_fd)]
+    path, dir_fd = details[0], details[-1]
+    return [(os.path.dirname(os.fsdecode(path)) or ".", dir_fd)]
+
+
+def child(op, at, mode, args):
+    opens = 0
+    starved = False
+    frozen = []
+    busy = False
+
+    def thaw():
+        while frozen:
+            fd = frozen.pop()
+            immutable(fd, False)
+            os.close(fd)
+
+    def starve(event, details):
+        nonlocal opens, starved, busy
+        if busy:
+            return
+        if mode == "immutable":
+            if event not in CHANGES and event != "open":
+                return
+            found = targets(event, details)
+            if found is None:
+                return
+            opens += 1
+            busy = True
+            try:
+                if opens == at + 1:
+                    for path, dir_fd in found:
+                        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+                        immutable(fd, True)
+                        frozen.append(fd)
+                    starved = True
+            finally:
+                busy = False
+            return
+        if event not in FD_EVENTS:
+            return
+        opens += 1
+        if opens == at + 1:
+            free = os.dup(0)  # the lowest free descriptor: no new one from here on
+            os.close(free)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (free, HARD))
+            starved = True
+
+    store = open_storage(load(), writer=True, kind="tests", wanted="run one operation")
+    before = view(store) if at == 0 else None  # each case starts from the same root
+    sys.addaudithook(starve)
+    answer = "ok"
+    try:
+        if op == "replace":
+            store.put_file(args[0], args[1], args[2].encode(), replace=True)
+        elif op == "upload":
+            store.put_file(args[0], args[1], args[2].encode())
+        elif op == "delete-file":
+            store.delete_file(*args)
+        elif op == "delete-session":
+            store.delete_session(*args)
+        elif op == "restore-file":
+            store.restore(args[0], file=args[1])
+        elif op == "restore-session":
+            store.restore(args[0])
+        elif op == "purge":
+            store.purge()
+        elif op == "create":
+            store.create_session(*args)
+        elif op == "empty-trash":
+            store.empty_trash()
+        elif op == "repair":
+            store.check(repair=True)
+    except Exception as error:
+        # EMFILE is the one right refusal: the server answers it "too_many_open_files ...
+        # nothing was changed. Retry"; any other is a wrong answer (a 404, a 500).
+        expected = errno.EPERM if mode == "immutable" else errno.EMFILE
+        emfile = getattr(error, "errno", None) == expected
+        partway = type(error).__name__ == "StoppedPartwayError"
+        partway = partway and os.strerror(expected) in str(error)
+        tag = "" if emfile else "PARTWAY " if partway else "WRONG "
+        mapped = storage_error(error, "run it")
+        code = error.code if mapped is None and hasattr(error, "code") else mapped and mapped.code
+        answer = f"{tag}{type(error).__name__} ({code}): {error}"
+    finally:
+        at = 1 << 30  # disarmed
+        resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
+        busy = True
+        thaw()
+    after = view(store)
+    store.close()
+    # What a process that starts now reads from the disk, before any repair.
+    with open_storage(load(), writer=True, kind="tests", wanted="read it again") as fresh:
+        disk = view(fresh)
+        # Then as a server's start-up finds it: repaired, and clean after.
+        fresh.check(repair=True)
+        left = [f.to_dict() for f in fresh.check(repair=False).findings]
+    return {
+        "answer": answer,
+        "starved": starved,
+        "before": before,
+        "after": after,
+        "disk": disk,
+        "left": left,
+    }
+
+
+for line in sys.stdin:
+    request = json.loads(line)
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(out_r)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        try:
+            result = child(request["op"], request["at"], request["mode"], request["args"])
+        except BaseException:
+            result = {"crash": traceback.format_exc()}
+        with os.fdopen(out_w, "w") as out:
+            json.dump(result, out)
+        os._exit(0)
+    os.close(out_w)
+    with os.fdopen(out_r) as out:
+        result = out.read()
+    os.waitpid(pid, 0)
+    print(result.replace("\n", " "), flush=True)
+"""
+
+
+class Zygote:
+    """A Python process that has imported the app and forks one child per `run`."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, op: str, at: int, mode: str, args: list[str]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        request = {"op": op, "at": at, "mode": mode, "args": args, "env": dict(os.environ)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the zygote exited with {self.process.wait()}"
+        result: dict[str, Any] = json.loads(line)
+        assert "crash" not in result, result["crash"]
+        return result
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        assert self.process.wait() == 0
+
+
+def can_make_immutable(directory: Path) -> bool:
+    probe = directory / "immutable-probe"
+    probe.mkdir()
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+        fcntl.ioctl(fd, 0x40086602, array.array("i", [flags[0] | 0x10]))  # +i
+        fcntl.ioctl(fd, 0x40086602, flags)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.rmdir()
+    return True
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[Zygote]:
+    started = Zygote()
+    yield started
+    started.close()
+
+
+def open_store(config: Config) -> Store:
+    store = open_storage(config, writer=True, kind="tests", wanted="look after EMFILE")
+    assert isinstance(store, Store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    """A root with a session of two files, a replaced version and a deleted file, an empty
+    session, and a deleted session (made once, copied for each case)."""
+    saved = tmp_path_factory.mktemp("template") / "app-data"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("APP_DATA_ROOT", str(saved))
+        return _fill(load("testing")), saved
+
+
+def _fill(config: Config) -> dict[str, str]:
+    with open_store(config) as store:
+        keep = store.create_session("kept")["id"]
+        store.put_file(keep, "a.txt", b"a, version 1")
+        store.put_file(keep, "a.txt", b"a, version 2", replace=True)
+        store.put_file(keep, "b.txt", b"b")
+        store.put_file(keep, "gone.txt", b"deleted file")
+        store.delete_file(keep, "gone.txt")
+        store.create_session("another")
+        gone = store.create_session("deleted")["id"]
+        store.put_file(gone, "c.txt", b"in a deleted session")
+        store.delete_session(gone)
+    return {"keep": keep, "gone": gone}
+
+
+OPERATIONS: dict[str, list[str]] = {
+    "replace": ["{keep}", "a.txt", "a, version 3"],
+    "upload": ["{keep}", "new.txt", "a new file"],
+    "delete-file": ["{keep}", "b.txt"],
+    "delete-session": ["{keep}"],
+    "restore-file": ["{keep}", "gone.txt"],
+    "restore-session": ["{gone}"],
+    "purge": [],
+    "create": ["new session"],
+    "empty-trash": [],
+    "repair": [],
+}
+
+
+@pytest.fixture(scope="module")
+def damaged(template: tuple[dict[str, str], Path]) -> Path:
+    """The template with what interrupted writes leave for `check --repair`: a replace that
+    stopped after its switch (the old bytes still among the session's blobs), bytes that no
+    record names, a trash entry with only its manifest, and a trash entry without its audit
+    line."""
+    ids, saved = template
+    root = saved.with_name("damaged")
+    shutil.copytree(saved, root, symlinks=True)
+    trash = root / ".trash"
+    blobs = root / "sessions" / ids["keep"] / "blobs"
+    for entry in sorted(trash.iterdir()):
+        manifest = json.loads((entry / "trash.json").read_text())
+        if manifest.get("reason") == "replace":
+            (entry / "a.txt").rename(blobs / manifest["blob"])
+            # And one that stopped before its switch: the record still names its blob.
+            half = entry.with_name(entry.name[:-8] + "0badcafe")
+            half.mkdir()
+            current = json.loads((blobs.parent / "records" / "a.txt").read_text())["blob"]
+            (half / "trash.json").write_text(json.dumps({**manifest, "blob": current}))
+    (blobs / "01a20000000070008000000000000001").write_bytes(b"bytes no record names")
+    audit = root / "audit.jsonl"
+    lines = audit.read_text().splitlines(keepends=True)
+    audit.write_text("".join(line for line in lines if '"trash-session"' not in line))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["out-of-descriptors", "immutable"])
+@pytest.mark.parametrize("op", OPERATIONS)
+def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
+    request: pytest.FixtureRequest,
+    app_config: Config,
+    template: tuple[dict[str, str], Path],
+    zygote: Zygote,
+    op: str,
+    mode: str,
+) -> None:
+    if mode == "immutable" and not can_make_immutable(app_config.data_root.parent):
+        pytest.skip("making a directory immutable takes root and a filesystem with chattr +i")
+    ids, saved = template
+    if op == "repair":
+        saved = request.getfixturevalue("damaged")
+    args = [arg.format(**ids) for arg in OPERATIONS[op]]
+    kept = contents(saved, trash=op != "empty-trash")
+    root = app_config.data_root
+    at = 0
+    problems = []
+    while True:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(saved, root, symlinks=True)
+        result = zygote.run(op, at, mode, args)
+        what = f"{op}, {mode} at {at}: {result['answer']}"
+        if at == 0:
+            before = result["before"]
+        after = result["after"]
+        if result["answer"].startswith("WRONG"):
+            problems.append(f"{what}: the wrong refusal")
+        refused = result["answer"] != "ok" and not result["answer"].startswith("PARTWAY")
+        if refused:
+            # Said to the client in the house form, which promises "nothing was changed".
+            code = "storage_permission_denied" if mode == "immutable" else "too_many_open_files"
+            assert f"({code})" in result["answer"], what
+        elif result["answer"] != "ok":
+            assert "(stopped_partway)" in result["answer"], what
+        if op == "repair":
+            # Each repair is whole on its own, so a stopped one may have made some; none
+            # changes what a session serves.
+            if (after["listed"], after["sessions"]) != (before["listed"], before["sessions"]):
+                problems.append(f"{what}: the repair changed what sessions serve")
+        elif refused and after != before:
+            problems.append(f"{what}: failed, but changed what clients see")
+        if after != result["disk"]:
+            problems.append(f"{what}: the Store shows {after}, the disk {result['disk']}")
+        if after["listed"] != sorted(after["sessions"]):
+            problems.append(
+                f"{what}: listed {after['listed']}, on disk {sorted(after['sessions'])}"
+            )
+        if result["answer"].startswith("PARTWAY"):
+            # The one refusal that may leave a change: it must say which part was made.
+            if op == "purge":
+                done, total = len(before["listed"]) - len(after["listed"]), len(before["listed"])
+                where = "in the trash"
+            else:
+                done = len(before["restorable"]) - len(after["restorable"])
+                total, where = len(before["restorable"]), "removed for good"
+            assert f"{op} stopped after {done} of {total} (" in result["answer"]
+            assert f"the {done} done are {where}" in result["answer"]
+            assert "the rest are unchanged. Resolve the cause (`ulimit -n`" in result["answer"]
+        if result["left"]:
+            problems.append(f"{what}: not clean after repair: {result['left']}")
+        if not kept <= contents(root):
+            problems.append(f"{what}: bytes lost")
+        if not result["starved"]:
+            break
+        at += 1
+    assert not problems, "\n".join(problems)
