@@ -13,6 +13,7 @@ fields; an error whose wording depends on their values overrides ``message`` ins
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
@@ -339,12 +340,19 @@ class DataRootInUseError(AppError):
 
     @property
     def message(self) -> str:
+        import socket  # here: start-ups that raise nothing do not pay for it
+
         pid = self.holder.get("pid") if self.holder else None
-        stop = (
-            f"stop it (kill {pid}) or wait for it to finish and retry"
-            if pid
-            else "stop that process or wait for it to finish and retry"
-        )
+        if pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
+            # `kill` would stop the very process that asks: the first writer is its own.
+            stop = (
+                "that is this process: close the storage it opened first (`.close()`, or "
+                "leave its `with` block) before opening it again, or use that one"
+            )
+        elif pid:
+            stop = f"stop it (kill {pid}) or wait for it to finish and retry"
+        else:
+            stop = "stop that process or wait for it to finish and retry"
         return (
             f"cannot {self.wanted}: data root {self.root} is held by {self.held_by}; "
             f"{stop}. `app status` shows the holder"

@@ -567,3 +567,19 @@ def test_a_holder_that_has_not_published_yet_is_waited_for(root: Path) -> None:
     finally:
         lock.release()
         thread.join()
+
+
+def test_a_second_writer_in_the_holding_process_is_told_to_close_the_first_not_to_kill(
+    root: Path,
+) -> None:
+    # `kill <pid>` named the very process that asked.
+    with RootLock(root, kind="maintenance", profile="testing", own_sandbox=True):
+        second = RootLock(root, kind="maintenance", profile="testing", own_sandbox=True)
+        with pytest.raises(DataRootInUseError) as refused:
+            second.acquire("purge sessions", timeout=0)
+    message = str(refused.value)
+    assert message.endswith(
+        "that is this process: close the storage it opened first (`.close()`, or leave its "
+        "`with` block) before opening it again, or use that one. `app status` shows the holder"
+    )
+    assert "kill" not in message

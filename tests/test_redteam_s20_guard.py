@@ -362,8 +362,9 @@ def test_a_holder_whose_lock_file_was_deleted_still_holds_its_root(
             f"server, profile production, host {socket.gethostname()}, port 8080, since "
             f"{seen.holder['started_at']}, through its lock file {root / LOCK_FILE}, which "
             "was deleted while it held it (never delete the lock file: a free one is never "
-            f"in the way); stop it (kill {os.getpid()}) or wait for it to finish and retry. "
-            "`app status` shows the holder"
+            "in the way); that is this process: close the storage it opened first "
+            "(`.close()`, or leave its `with` block) before opening it again, or use that "
+            "one. `app status` shows the holder"
         )
     # Once the holder is gone, the root is free again.
     assert not probe(root).held
