@@ -181,6 +181,8 @@ class ReplicasLiveError(AppError):
     where: str
     replicas: Sequence[Mapping[str, Any]]
     others: str = ""
+    writing: str = ""
+    """Who holds it shared without a live row: a write whose replica has just stopped."""
 
     def __post_init__(self) -> None:
         self.replicas = tuple(dict(replica) for replica in self.replicas)
@@ -192,6 +194,9 @@ class ReplicasLiveError(AppError):
             named = "; ".join(describe_replica(replica) for replica in self.replicas)
             stop = "stop every one of them (on its own machine), then retry"
             held = f"{len(self.replicas)} live replica(s) hold it: {named}"
+        elif self.writing:
+            held = f"a write of a replica that has stopped is still committing ({self.writing})"
+            stop = "retry in a moment"
         else:
             by = self.others or "another connection that published no details"
             held = f"it is held by {by}"
@@ -241,3 +246,40 @@ class HolderLostError(AppError):
                 "is stopping; nothing was written. Retry once the server is restarted"
             ),
         }
+
+
+class CommitUnknownError(DatabaseUnavailableError):
+    """A change lost its connection while committing, and whether it was saved is unknown.
+
+    Raised only when the database cannot be asked afterwards: when it can, the change is
+    answered as the database decided (``pg_xact_status``).
+    """
+
+    code = "commit_outcome_unknown"
+    template = (
+        "lost the connection to database {where} while committing {what} ({reason}), and "
+        "could not reach it again to learn the outcome: whether it was saved is unknown. "
+        "Its bytes, if any, were kept. Once the database answers, read it back before "
+        "retrying (a retry of a create may make a second one); `app data check` lists an "
+        "upload's object that no row names, and --repair deletes it"
+    )
+
+    what: str
+
+
+class MaintenanceLostError(AppError):
+    """A maintenance command lost the connection that held the database exclusively."""
+
+    exit_code = EX_SOFTWARE
+    code = "maintenance_lost"
+    http_status = 503
+    template = (
+        "cannot {wanted}: lost the connection that holds database {where} exclusively "
+        "({reason}), so a replica may have started since; nothing more was changed (what "
+        "this command committed before is kept, and audited). Check `app status`, then "
+        "run it again once no replica is live"
+    )
+
+    wanted: str
+    where: str
+    reason: str

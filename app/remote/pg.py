@@ -44,6 +44,7 @@ from app import sandbox
 from app.remote.errors import (
     DatabaseUnavailableError,
     HolderLostError,
+    MaintenanceLostError,
     MaintenanceRunningError,
     Protection,
     RemoteStampMismatchError,
@@ -564,12 +565,46 @@ class Holder:
 
 
 class Maintenance:
-    """The database held exclusively, for a destructive command; see :func:`maintenance`."""
+    """The database held exclusively, for a destructive command; see :func:`maintenance`.
 
-    def __init__(self, conn: psycopg.Connection[Any], profile: str, where: str) -> None:
+    The hold lives as long as :attr:`conn`: a connection terminated, or a server restarted,
+    ends it, and a replica may start at once. :meth:`check` (before a step) and
+    :meth:`held_sql` (in a write's transaction, at its commit point) notice that.
+    """
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], profile: str, where: str, wanted: str = "maintain"
+    ) -> None:
         self.conn = conn
         self.profile = profile
         self.where = where
+        self.wanted = wanted
+        self.backend_pid: int = conn.info.backend_pid
+
+    def lost(self, reason: str) -> MaintenanceLostError:
+        """The error this command stops with once its hold is gone (exit 70)."""
+        return MaintenanceLostError(self.wanted, self.where, reason)
+
+    def check(self) -> None:
+        """Raise :class:`MaintenanceLostError` if the connection holding the database is gone.
+
+        A live connection still holds its session-level lock: only it can release it.
+        """
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error as error:
+            raise self.lost(_reason(error)) from None
+
+    def still_held(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise :class:`MaintenanceLostError` unless this command's backend still holds the
+        database exclusively, as seen from ``conn`` (another connection, in its transaction)."""
+        held = conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+            " AND mode = 'ExclusiveLock' AND pid = %s AND classid = %s AND objid = %s",
+            (self.backend_pid, *HOLDERS_LOCK),
+        ).fetchone()
+        if held is None:
+            raise self.lost(f"backend {self.backend_pid} no longer holds its exclusive lock")
 
     def audit(self, operation: str, target: str, detail: Mapping[str, Any] | None = None) -> None:
         """Append a maintenance record (in the current transaction, if any)."""
@@ -614,11 +649,17 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
         taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
             replicas = live_holders(conn) if read_stamp(conn) is not None else []
-            others = "" if replicas else _lock_holders(conn, "ExclusiveLock")
-            raise ReplicasLiveError(wanted, where, replicas, others)
+            others = writing = ""
+            if not replicas:
+                others = "; ".join(lock_holders(conn, "ExclusiveLock"))
+                # A replica's write holds the lock shared to its commit (app.remote.db), so
+                # that no maintenance begins between its check and its commit.
+                writing = "" if others else "; ".join(lock_holders(conn, "ShareLock"))
+                others = others or ("" if writing else "a connection that has since gone")
+            raise ReplicasLiveError(wanted, where, replicas, others, writing)
         try:
             clean_stale_holders(conn)
-            yield Maintenance(conn, profile, where)
+            yield Maintenance(conn, profile, where, wanted)
         finally:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", HOLDERS_LOCK)

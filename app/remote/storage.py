@@ -129,11 +129,14 @@ def open_remote(
     objects.open(config.profile, protected=protection)
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
+        maintenance: pg.Maintenance | None = None
         if writer and kind in _REPLICA_KINDS:
             holder = held.enter_context(pg.Holder(database_url, config.profile))
         elif writer:
             wanted = wanted or f"open the database as a {kind} process"
-            held.enter_context(_exclusive(database_url, config.profile, wanted, timeout))
+            maintenance = held.enter_context(
+                _exclusive(database_url, config.profile, wanted, timeout)
+            )
         # The store ends the hold when it closes: the holder itself, the exclusive lock
         # through on_close.
         release = held.pop_all()
@@ -148,6 +151,7 @@ def open_remote(
             max_upload_bytes=config.max_upload_bytes,
             max_files_per_session=config.max_files_per_session,
             on_close=None if holder is not None else release.close,
+            maintenance=maintenance,
         )
     except BaseException:
         release.close()

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from app import storage
 from app.errors import UploadTooLargeError
+from app.remote.errors import CommitUnknownError
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
 from app.storage import FileEntry
 
@@ -209,6 +210,8 @@ class RemoteUpload(storage.Upload):
             FileExistsInSessionError: the name exists and ``replace`` was not asked for.
             TooManyFilesError: the session filled up meanwhile.
             HolderLostError: this replica lost its hold on the database.
+            CommitUnknownError: the connection broke while the row committed, and the
+                database could not say whether it did; the object is kept.
         """
         if self._done:
             msg = f"upload of {self.name!r} is already finished"
@@ -220,6 +223,11 @@ class RemoteUpload(storage.Upload):
                 raise self._error
             assert self._result is not None
             entry = self._record(self, self._result)
+        except CommitUnknownError:
+            # A row may name the object: deleting it could lose a saved file. If the commit
+            # did not happen, `app data check` finds the object that no row names.
+            self._done = True
+            raise
         except BaseException:
             self.abort()
             raise

@@ -157,4 +157,12 @@ EXAMPLES: list[errors.AppError] = [
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
+    remote.CommitUnknownError(
+        DATABASE,
+        "server closed the connection unexpectedly; then: connection refused",
+        "the upload of 'notes.txt' into session 0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
+    ),
+    remote.MaintenanceLostError(
+        "empty the trash", DATABASE, "terminating connection due to administrator command"
+    ),
 ]
