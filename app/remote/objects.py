@@ -94,12 +94,22 @@ class BlobLocation:
         return f"{self.prefix}/{name}" if self.prefix else name
 
 
+# AWS keeps one namespace of bucket names per partition: every S3 endpoint of it (regional,
+# dual-stack, FIPS, virtual-hosted) reaches the same bucket as the client's default does, so
+# they are one endpoint here. Erring towards "same" (GovCloud counted with the rest) costs a
+# setting; "different" would let two profiles share a prefix.
+_AWS_PARTITIONS = (("amazonaws.com.cn", "aws-cn"), ("amazonaws.com", ""))
+
+
 def _normal_endpoint(endpoint_url: str | None) -> str:
     if not endpoint_url:
         return ""  # the client's default (AWS)
     parts = urlsplit(endpoint_url)
     scheme = parts.scheme.lower() or "https"
-    host = (parts.hostname or "").lower()
+    host = (parts.hostname or "").lower().rstrip(".")
+    for domain, partition in _AWS_PARTITIONS:
+        if host == domain or host.endswith(f".{domain}"):
+            return partition
     if host in {"localhost", "127.0.0.1", "::1"}:
         host = "localhost"
     return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
