@@ -326,3 +326,45 @@ def test_a_replica_whose_database_restarted_refuses_writes_until_it_holds_again(
         store.delete_session(session)
     assert store.session_ids() == [session]
     store.close()
+
+
+# --- an upload cut off in the object store -----------------------------------------------
+
+
+def test_the_parts_of_an_upload_cut_off_mid_way_are_found_by_check_and_removed_by_repair(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # What a replica killed in the middle of a large (multipart) upload leaves, or one whose
+    # object store went away before the upload could be aborted: parts, and no object. No
+    # listing of objects shows them, and the object store keeps (and bills) them for good.
+    pg.open_database(database_url, PROFILE)
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as replica:
+        session = replica.create_session("big uploads")["id"]
+        replica.put_file(session, "kept.bin", b"kept")
+    key = objects.location.key(objects.new_blob_name())
+    client = s3_engine.client()
+    started = client.create_multipart_upload(Bucket=s3_engine.bucket, Key=key)
+    client.upload_part(
+        Bucket=s3_engine.bucket, Key=key, UploadId=started["UploadId"], PartNumber=1,
+        Body=b"x" * 1024,
+    )  # fmt: skip
+    with pg.maintenance(database_url, PROFILE, "check") as held:
+        store = RemoteStore(
+            database_url, objects, PROFILE, kind="maintenance", maintenance=held,
+            orphan_grace=timedelta(0),
+        )  # fmt: skip
+        with store:
+            found = store.check().findings
+            assert [(f.problem, f.target) for f in found] == [
+                ("upload-without-object", key.rsplit("/", 2)[-2] + "/" + key.rsplit("/", 1)[-1])
+            ]
+            assert "never finished" in found[0].detail and "abort the upload" in found[0].repair
+            repaired = store.check(repair=True)
+            assert [f.repaired for f in repaired.findings] == [True]
+            assert store.check().findings == []
+            handle, _ = store.open_file(session, "kept.bin")
+            with handle:
+                assert handle.read() == b"kept"
+    listed = client.list_multipart_uploads(Bucket=s3_engine.bucket, Prefix=key)
+    assert listed.get("Uploads", []) == []

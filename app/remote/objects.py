@@ -161,6 +161,15 @@ class ObjectInfo:
     last_modified: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class UnfinishedUpload:
+    """A multipart upload begun and never completed nor aborted."""
+
+    name: str
+    upload_id: str
+    initiated: datetime
+
+
 class ObjectStream:
     """An object (or a range of it) being read: ``size`` is the whole object's, ``length``
     the bytes this stream yields. Iterate it, then close it (or use ``with``)."""
@@ -386,6 +395,53 @@ class ObjectStore:
             for info in self.objects(BLOBS)
             if info.name not in referenced and info.last_modified < cutoff
         ]
+
+    def unfinished_uploads(self, *, older_than: timedelta) -> list[UnfinishedUpload]:
+        """Multipart uploads under ``blobs/`` begun more than ``older_than`` ago and never
+        completed nor aborted: what a process killed mid-upload (or whose abort failed)
+        leaves. No listing of objects shows them, and the object store keeps their parts
+        until they are aborted. ``[]`` where the server does not list them."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self.location.key("")
+        cutoff = datetime.now(UTC) - older_than
+        found = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.location.bucket, Prefix=self.location.key(BLOBS)
+            ):
+                for item in page.get("Uploads", ()):
+                    if item["Initiated"] < cutoff:
+                        found.append(
+                            UnfinishedUpload(
+                                item["Key"][len(base) :], item["UploadId"], item["Initiated"]
+                            )
+                        )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "NotImplemented":
+                return []
+            raise self._fail(error) from error
+        except BotoCoreError as error:
+            raise self._fail(error) from error
+        return found
+
+    def abort_uploads(self, *uploads: UnfinishedUpload) -> None:
+        """Abort unfinished multipart uploads (their parts go; one already gone is no error)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for upload in uploads:
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.location.bucket,
+                    Key=self.location.key(upload.name),
+                    UploadId=upload.upload_id,
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in {"NoSuchUpload", "404"}:
+                    raise self._fail(error) from error
+            except BotoCoreError as error:
+                raise self._fail(error) from error
 
     def bucket_versioning(self) -> str | None:
         """Check that the bucket exists and these credentials may use it; return its
