@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -27,6 +29,7 @@ from app.remote.errors import (
     DatabaseUnavailableError,
     HolderLostError,
     MaintenanceLostError,
+    ObjectStoreUnavailableError,
     ReplicasLiveError,
 )
 from app.remote.objects import BLOBS, ObjectStore
@@ -368,3 +371,45 @@ def test_the_parts_of_an_upload_cut_off_mid_way_are_found_by_check_and_removed_b
                 assert handle.read() == b"kept"
     listed = client.list_multipart_uploads(Bucket=s3_engine.bucket, Prefix=key)
     assert listed.get("Uploads", []) == []
+
+
+def test_an_object_store_that_stops_mid_replace_keeps_the_old_version_and_says_so(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Its own `weed`, stopped mid-upload and started again on the same data and ports.
+    from engines import _s3_ready, scratch, start_s3
+
+    engine = start_s3(tmp_path / "weed")
+    try:
+        pg.open_database(database_url, PROFILE)
+        objects = ObjectStore(
+            f"s3://{engine.bucket}/own{scratch()}", engine.endpoint_url,
+            engine.access_key_id, engine.secret_access_key, max_attempts=1,
+        )  # fmt: skip
+        objects.open(PROFILE)
+        with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+            session = store.create_session("outage")["id"]
+            old = store.put_file(session, "a.bin", b"old version " * 1000)
+            upload = store.begin_upload(session, "a.bin", replace=True)
+            upload.write(b"new version " * 1000)
+            argv = engine.process.args
+            engine.process.kill()  # as a crash would; what it acknowledged is on its disk
+            engine.process.wait()
+            with pytest.raises(ObjectStoreUnavailableError) as caught:
+                upload.commit()
+            message = caught.value.message
+            assert caught.value.http_status == 503
+            assert f"cannot use object store {objects.where}" in message
+            assert f"the upload of 'a.bin' into session {session} was not saved" in message
+            assert "the file is as it was" in message and "retry" in message
+            with (tmp_path / "weed" / "again.log").open("wb") as log:
+                engine.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            while not _s3_ready(engine):
+                assert engine.process.poll() is None, (tmp_path / "weed" / "again.log").read_text()
+            assert store.get_session(session)["files"] == [old]
+            handle, _ = store.open_file(session, "a.bin")
+            with handle:
+                assert handle.read() == b"old version " * 1000
+            assert store.check().findings == []
+    finally:
+        engine.stop()
