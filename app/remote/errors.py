@@ -283,3 +283,39 @@ class MaintenanceLostError(AppError):
     wanted: str
     where: str
     reason: str
+
+
+class StorageMismatchError(ConfigError):
+    """A profile's database and object prefix do not belong together."""
+
+    code = "storage_mismatch"
+
+    kind: str
+    """``"prefix"``: the database keeps its bytes in another prefix; ``"database"``: the
+    prefix belongs to another database."""
+    database: str
+    objects: str
+    bound: str
+    """What the other side recorded: the prefix the database is bound to, or the id of the
+    database the prefix belongs to."""
+    database_id: str = ""
+
+    @property
+    def message(self) -> str:
+        if self.kind == "prefix":
+            return (
+                f"database {self.database} keeps its files' bytes in {self.bound} (recorded on "
+                f"its first open), but blob_url names {self.objects}: its rows name objects "
+                "under that prefix, so this process would find none of them, and would put new "
+                "ones where the other replicas cannot read them. Every replica and command of "
+                "a profile must name the same prefix: fix blob_url here (`app config` shows "
+                "where it came from). Nothing was changed"
+            )
+        return (
+            f"object prefix {self.objects} belongs to another database (its stamp object "
+            f"names database id {self.bound}; database {self.database} has id "
+            f"{self.database_id}): this database's rows name none of its objects, so its "
+            "`app data check --repair` would delete them all. Every replica and command of a "
+            "profile must name the same database: fix database_url here (`app config` shows "
+            "where it came from). Nothing was changed"
+        )

@@ -42,6 +42,7 @@ from app.remote.errors import (
     ObjectStoreUnavailableError,
     Protection,
     RemoteStampMismatchError,
+    StorageMismatchError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -501,8 +502,18 @@ class ObjectStore:
             return None
         return stamp
 
-    def open(self, profile: str, *, protected: Protection = False) -> dict[str, Any]:
+    def open(
+        self,
+        profile: str,
+        *,
+        protected: Protection = False,
+        database: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
+
+        ``database`` (its id, and its address as messages show it): the database whose rows
+        name this prefix's objects. The stamp records the first; another is refused, since
+        its rows name none of the objects here and its repair would delete them all.
 
         Raises:
             RemoteStampMismatchError: the prefix belongs to another profile.
@@ -521,6 +532,8 @@ class ObjectStore:
                     profile, "blob_url", f"object prefix {self.where}", foreign
                 )
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
+            if database is not None:
+                stamp["database"] = database[0]
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
@@ -529,6 +542,19 @@ class ObjectStore:
                 str(stamp.get("profile")), profile,
                 protected=needs_confirmation(protected, str(stamp.get("profile"))),
             )  # fmt: skip
+        if database is None:
+            return stamp
+        bound = stamp.get("database")
+        if bound is None:
+            # Stamped before stamps named their database: this one, the first to open it
+            # since, claims it (a plain PUT; two databases claiming one prefix in the same
+            # instant is the race of two first stamps, see remote.md).
+            stamp = {**stamp, "database": database[0]}
+            self.put(STAMP_NAME, json.dumps(stamp).encode())
+        elif bound != database[0]:
+            raise StorageMismatchError(
+                "database", database[1], self.where, str(bound), database_id=database[0]
+            )
         return stamp
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
@@ -566,5 +592,7 @@ class ObjectStore:
             "created": datetime.now(UTC).isoformat(),
             "restamped_from": from_profile,
         }
+        if "database" in stamp:
+            new["database"] = stamp["database"]
         self.put(STAMP_NAME, json.dumps(new).encode())
         return new

@@ -23,6 +23,7 @@ psycopg 3: the maintained PostgreSQL driver, typed, with binary wheels (``psycop
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import os
 import select
@@ -50,6 +51,7 @@ from app.remote.errors import (
     RemoteStampMismatchError,
     ReplicasLiveError,
     SchemaTooNewError,
+    StorageMismatchError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -158,6 +160,14 @@ BEGIN
 END $$;
 CREATE TRIGGER app_session_count AFTER INSERT OR DELETE OR UPDATE OF deleted_at
     ON app_sessions FOR EACH ROW EXECUTE FUNCTION app_session_count();
+-- Which object prefix this database's rows name their objects under (app.remote.storage).
+CREATE TABLE app_binding (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    database_id uuid NOT NULL DEFAULT gen_random_uuid(),
+    bucket text NOT NULL,
+    prefix text NOT NULL,
+    bound timestamptz NOT NULL DEFAULT now()
+);
 CREATE FUNCTION app_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'app_audit is append-only: % refused', TG_OP;
@@ -165,6 +175,11 @@ END $$;
 CREATE TRIGGER app_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON app_audit
     FOR EACH STATEMENT EXECUTE FUNCTION app_audit_append_only();
 """
+
+# Databases stamped before app_binding existed get it on their next open.
+_BINDING = _SCHEMA[
+    _SCHEMA.index("CREATE TABLE app_binding") : _SCHEMA.index("CREATE FUNCTION app_audit")
+]
 
 # A row is live while the backend it names holds both the shared lock and the row's own lock.
 # (Formatted from integer constants only.)
@@ -314,6 +329,9 @@ class Stamp:
     schema_version: int
     created: datetime
     restamped_from: str | None = None
+    database_id: str | None = None
+    """The database's own id, which its object prefix's stamp records (:func:`open_database`
+    with ``objects``)."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -342,11 +360,22 @@ def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     return Stamp(*row) if row else None
 
 
-def open_database(database_url: str, profile: str, *, protected: Protection = False) -> Stamp:
+def open_database(
+    database_url: str,
+    profile: str,
+    *,
+    protected: Protection = False,
+    objects: tuple[str, str, str] | None = None,
+) -> Stamp:
     """Check (or, on an empty database, create) the app's tables and stamp for ``profile``.
 
     Two processes opening one empty database at once create it once: the check runs under a
     transaction-level advisory lock.
+
+    ``objects`` (bucket, prefix, and the location as messages show it): the object prefix
+    this process names. The first open records it; a later one naming another is refused,
+    since every row names its object relative to it. The returned stamp carries the
+    database's id, for the prefix's own stamp.
 
     Returns:
         The stamp, which names ``profile``.
@@ -381,7 +410,29 @@ def open_database(database_url: str, profile: str, *, protected: Protection = Fa
                 f"database {where}", "its table app_stamp", stamp.profile, profile,
                 protected=needs_confirmation(protected, stamp.profile),
             )  # fmt: skip
-        return stamp
+        if objects is None:
+            return stamp
+        return dataclasses.replace(stamp, database_id=_bind(conn, where, objects))
+
+
+def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]) -> str:
+    # Under the caller's schema lock. Two machines whose settings disagree would otherwise
+    # split one profile's files between two prefixes, or run one database's repair over
+    # another's objects.
+    if conn.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
+        conn.execute(_BINDING)
+    bucket, prefix, shown = objects
+    row = conn.execute("SELECT database_id::text, bucket, prefix FROM app_binding").fetchone()
+    if row is None:
+        row = conn.execute(
+            "INSERT INTO app_binding (bucket, prefix) VALUES (%s, %s)"
+            " RETURNING database_id::text, bucket, prefix",
+            (bucket, prefix),
+        ).fetchone()
+        assert row is not None
+    if (row[1], row[2]) != (bucket, prefix):
+        raise StorageMismatchError("prefix", where, shown, f"s3://{row[1]}/{row[2]}")
+    return str(row[0])
 
 
 def audit(

@@ -124,9 +124,22 @@ def open_remote(
     database_url, blob_url = _urls(config)
     sandbox.check_remote(database_url, blob_url, "open")
     protection = config.taking_needs_confirmation
-    pg.open_database(database_url, config.profile, protected=protection)
     objects = _objects(config)
-    objects.open(config.profile, protected=protection)
+    location = objects.location
+    # The database and the prefix are bound to each other on their first open: another
+    # machine's settings naming one of them with another of the other are refused.
+    stamp = pg.open_database(
+        database_url,
+        config.profile,
+        protected=protection,
+        objects=(location.bucket, location.prefix, objects.where),
+    )
+    assert stamp.database_id is not None
+    objects.open(
+        config.profile,
+        protected=protection,
+        database=(stamp.database_id, pg.mask_url(database_url)),
+    )
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
         maintenance: pg.Maintenance | None = None
