@@ -53,6 +53,7 @@ class Relay:
         self.reached = threading.Event()  # the armed COMMIT arrived
         self.done = threading.Event()  # ... and was dealt with
         self._sockets: list[socket.socket] = []
+        self.held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, engine: PostgresEngine, dbname: str) -> str:
@@ -60,7 +61,8 @@ class Relay:
 
     def arm(self, mode: str, *, then_refuse: bool = False) -> None:
         """``after``: forward the next COMMIT, cut before its answer; ``before``: cut instead
-        of forwarding it; ``hold``: forward it once :attr:`release` is set. ``then_refuse``:
+        of forwarding it; ``half-open``: cut the client's side only, leaving the server's open;
+        ``hold``: forward it once :attr:`release` is set. ``then_refuse``:
         refuse every new connection from that moment (the database unreachable)."""
         self._refuse = then_refuse
         self.reached.clear()
@@ -91,6 +93,13 @@ class Relay:
                     self.reached.set()
                     if mode == "before":
                         _close(client, server)
+                        self.done.set()
+                        return
+                    if mode == "half-open":
+                        # The client's side goes; the server's stays open, its backend
+                        # idle in the transaction, as behind a partition.
+                        self.held.append(server)
+                        _close(client)
                         self.done.set()
                         return
                     if mode == "hold":
@@ -215,6 +224,25 @@ def test_an_upload_whose_commit_never_reached_the_server_changes_nothing_and_say
         assert handle.read() == b"first version"
     assert _blobs(store) == before  # the upload's object went with it
     assert store.list_trash() == []
+
+
+def test_a_commit_lost_on_a_half_open_connection_is_settled_by_ending_its_backend(
+    through_relay: tuple[RemoteStore, str], relay: Relay
+) -> None:
+    store, direct = through_relay
+    session = store.create_session("half-open")["id"]
+    relay.arm("half-open")
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        store.put_file(session, "a.txt", b"never committed")
+    # The backend, still in the transaction, was ended, so its COMMIT can never arrive.
+    assert "the database says it was not saved" in caught.value.message
+    with psycopg.connect(direct, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM app_files").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'"
+            " AND datname = current_database()"
+        ).fetchone() == (0,)
+    assert list(store.objects.objects(BLOBS)) == []
 
 
 def test_an_outcome_that_cannot_be_learnt_keeps_the_object_and_says_what_to_check(
