@@ -620,7 +620,7 @@ class Maintenance:
 
     The hold lives as long as :attr:`conn`: a connection terminated, or a server restarted,
     ends it, and a replica may start at once. :meth:`check` (before a step) and
-    :meth:`held_sql` (in a write's transaction, at its commit point) notice that.
+    :meth:`still_held` (in a write's transaction, at its commit point) notice that.
     """
 
     def __init__(
