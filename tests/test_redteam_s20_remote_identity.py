@@ -173,3 +173,11 @@ def test_a_replica_that_names_another_prefix_for_the_same_database_is_refused(
     assert f"keeps its files' bytes in s3://{blob_url[5:]}" in message
     assert f"but blob_url names s3://{other[5:]}" in message
     assert "fix blob_url" in message and "Nothing was changed" in message
+
+
+def test_bucket_names_that_differ_only_in_case_are_one_bucket(
+    settings: Callable[..., None],
+) -> None:
+    # Virtual-hosted addressing puts the bucket in a host name, where case does not count.
+    settings({"blob_url": "s3://App-Data/production"})
+    assert [o.kind for o in _overlaps()] == ["object prefix"]

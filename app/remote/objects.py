@@ -135,7 +135,9 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
 def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
     """Whether one location's objects could lie under the other's (equal, or nested whole
     path segments, in one bucket on one endpoint)."""
-    if (first.endpoint, first.bucket) != (second.endpoint, second.bucket):
+    # Case folded: virtual-hosted addressing puts the bucket in a host name, where case does
+    # not count (keys keep theirs: S3 compares them exactly).
+    if (first.endpoint, first.bucket.lower()) != (second.endpoint, second.bucket.lower()):
         return False
     a, b = f"{first.prefix}/" if first.prefix else "", f"{second.prefix}/" if second.prefix else ""
     return a.startswith(b) or b.startswith(a)
