@@ -294,7 +294,10 @@ class ObjectStore:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if name is not None and code in _MISSING:
                 return ObjectMissingError(f"{self.where}/{name}")
-            if code in _UNUSABLE or name is None:
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            # A 5xx (InternalError, SlowDown, a server still starting) left after the
+            # client's retries is the store's trouble, not this object's: a 503, not a 500.
+            if code in _UNUSABLE or name is None or status >= 500:
                 return ObjectStoreUnavailableError(self.where, f"{code}: {error}")
         if isinstance(error, BotoCoreError):
             return ObjectStoreUnavailableError(self.where, str(error))
