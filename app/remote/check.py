@@ -62,8 +62,24 @@ def check(
                 "(a live replica may still be uploading it)",
             )
         )
+    unfinished = objects.unfinished_uploads(older_than=orphan_grace)
+    for upload in unfinished:
+        findings.append(
+            Finding(
+                "upload-without-object",
+                upload.name,
+                f"an upload into object {upload.name} (begun "
+                f"{upload.initiated:%Y-%m-%d %H:%M:%S}) never finished: its process died or "
+                "lost the object store mid-way; the object store keeps its parts, which no "
+                "listing of objects shows",
+                "abort the upload (its parts are deleted; nobody could ever read them)"
+                if exclusive
+                else "`app data check --repair` aborts it once no replica is live "
+                "(a live replica may still be uploading it)",
+            )
+        )
     if not exclusive:
-        orphans = []
+        orphans, unfinished = [], []
     if thorough:
         present = {info.name for info in objects.objects(BLOBS)}
         for row in rows:
@@ -79,11 +95,12 @@ def check(
                         "object store, or delete the file",
                     )
                 )
-    if repair and orphans:
+    if repair and (orphans or unfinished):
         objects.delete(*(info.name for info in orphans))
+        objects.abort_uploads(*unfinished)
         findings = [
             Finding(f.problem, f.target, f.detail, f.repair, True)
-            if f.problem == "object-without-record"
+            if f.problem in {"object-without-record", "upload-without-object"}
             else f
             for f in findings
         ]

@@ -1,9 +1,19 @@
 """The connections of :class:`app.remote.store.RemoteStore`, and the one way it changes rows.
 
 Every change goes through :meth:`Database.write` (or :meth:`Database.change`, which also
-locks the session's row and bumps its ``updated_at``): it checks that this replica still holds
-the database before the transaction and again at its commit point, so a replica that lost
-its hold commits nothing. Audit rows go into the transaction of the change they record.
+locks the session's row and bumps its ``updated_at``): it checks that this replica (or this
+maintenance command) still holds the database before the transaction and again at its commit
+point, so a process that lost its hold commits nothing. A replica's write also holds the
+database's lock shared until it commits, so that no maintenance command can begin between
+that check and the commit. Audit rows go into the transaction of the change they record.
+
+A connection that breaks while its ``COMMIT`` is on the way leaves the outcome unknown to the
+client: the server may have committed. :meth:`Database.write` then asks the database
+(``pg_xact_status`` of the transaction's id, the tool PostgreSQL provides for exactly this),
+and answers as it was decided, or says that the outcome is unknown
+(:class:`~app.remote.errors.CommitUnknownError`); it never reports a failure for a change
+that was saved, which would make a client retry a create, or an upload delete the object a
+committed row names.
 
 Connections: a :class:`psycopg_pool.ConnectionPool` (psycopg's own pool), because the server
 calls the store from many threads; the pool bounds the connections a replica opens and checks
@@ -26,7 +36,7 @@ from psycopg.rows import dict_row
 from app import sandbox
 from app.errors import SessionNotFoundError
 from app.remote import pg
-from app.remote.errors import DatabaseUnavailableError, HolderLostError
+from app.remote.errors import CommitUnknownError, DatabaseUnavailableError, HolderLostError
 from app.storage import TrashEntry
 
 if TYPE_CHECKING:
@@ -85,6 +95,7 @@ class Database:
         database_url: the database (already opened, hence stamped).
         profile: the profile, for audit rows.
         holder: this replica's live hold on the database, or ``None`` (maintenance).
+        maintenance: a maintenance command's exclusive hold, which every change checks.
         kind: who writes, for audit rows.
         pool_size: the most connections this process opens.
         read_only: opened by a reader, which holds neither a replica's lock nor
@@ -104,14 +115,17 @@ class Database:
         kind: str,
         pool_size: int,
         read_only: bool = False,
+        maintenance: pg.Maintenance | None = None,
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
         # The pool opens its connections itself, past pg.connect: refused here instead.
         sandbox.check_scratch("database_url", database_url, f"connecting (app {kind}) to")
+        self.database_url = database_url
         self.where = pg.mask_url(database_url)
         self.profile = profile
         self.holder = holder
+        self.maintenance = maintenance
         self.kind = kind
         self.read_only = read_only
         self._pool: ConnectionPool[Connection] = ConnectionPool(
@@ -161,23 +175,102 @@ class Database:
             raise RuntimeError(msg)
         if self.holder is not None:
             self.holder.check()
+        if self.maintenance is not None:
+            self.maintenance.check()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A transaction for a change, after checking that this replica still holds."""
+    def write(self, what: str = "a change") -> Iterator[Connection]:
+        """A transaction for a change, after checking that this process still holds.
+
+        ``what`` names the change if the connection breaks while it commits.
+        """
         self.ensure_held()
-        with self.conn() as conn, conn.transaction():
-            yield conn
-            self._still_held(conn)
+        begun: dict[str, Any] = {}
+        committing = False
+        try:
+            with self.conn() as conn, conn.transaction():
+                begun = self._begin(conn)
+                yield conn
+                self._still_held(conn)
+                committing = True
+        except DatabaseUnavailableError as error:
+            if not committing:
+                raise
+            self._settle(begun, what, error)
+
+    def _begin(self, conn: Connection) -> dict[str, Any]:
+        # The transaction's id now, so that a commit whose answer is lost can be looked up.
+        if self.holder is None:
+            row = conn.execute(
+                "SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid"
+            ).fetchone()
+            assert row is not None
+            return row
+        # Held to the commit: maintenance, which asks for the lock exclusively, cannot begin
+        # between `_still_held` and the commit, when this replica's own lock may be gone.
+        row = conn.execute(
+            "SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid,"
+            " pg_try_advisory_xact_lock_shared(%s, %s) AS shared",
+            pg.HOLDERS_LOCK,
+        ).fetchone()
+        assert row is not None
+        if not row["shared"]:
+            raise HolderLostError(
+                self.where,
+                "a maintenance command holds the database exclusively, "
+                + "; ".join(pg.lock_holders(conn)),
+            )
+        return row
+
+    def _settle(self, begun: dict[str, Any], what: str, error: DatabaseUnavailableError) -> None:
+        """Return if the transaction that lost its connection while committing was saved;
+        raise what a caller must know if it was not, or if nobody can say."""
+        try:
+            with pg.connect(
+                self.database_url, purpose=f"app {self.kind}: outcome of a commit", autocommit=True
+            ) as conn:
+                status = self._xact_status(conn, begun)
+        except (DatabaseUnavailableError, psycopg.Error) as again:
+            raise CommitUnknownError(
+                self.where, f"{error.reason}; then: {_reason(again)}", what
+            ) from None
+        if status == "committed":
+            return
+        if status == "aborted":
+            raise DatabaseUnavailableError(
+                self.where,
+                f"the connection broke while committing {what} ({error.reason}); the "
+                "database says it was not saved, so nothing was changed: retry it",
+            ) from None
+        raise CommitUnknownError(self.where, f"{error.reason}; then: status {status}", what)
+
+    @staticmethod
+    def _xact_status(conn: psycopg.Connection[Any], begun: dict[str, Any]) -> str | None:
+        query = "SELECT pg_xact_status(%s::xid8) AS status"
+        row = conn.execute(query, (begun["xid"],)).fetchone()
+        if row is None or row[0] != "in progress":
+            return None if row is None else row[0]
+        # Its backend still runs (a half-open connection: the COMMIT may yet arrive). Ended
+        # here, the transaction's outcome is final; the xid names the backend, not a pid
+        # that may have been reused.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE pid = %s"
+            " AND backend_xid = (%s::xid8::text::numeric %% 4294967296)::text::xid",
+            (begun["pid"], begun["xid"]),
+        )
+        row = conn.execute(query, (begun["xid"],)).fetchone()
+        return None if row is None else row[0]
 
     @contextlib.contextmanager
-    def change(self, session_id: str, moment: datetime | None = None) -> Iterator[Connection]:
+    def change(
+        self, session_id: str, moment: datetime | None = None, what: str = "a change"
+    ) -> Iterator[Connection]:
         """:meth:`write` a change to a live session's files, then bump its ``updated_at``.
 
         The session's row is locked first: replicas serialise on it, and a session deleted
         meanwhile is refused here (:class:`~app.errors.SessionNotFoundError`).
         """
-        with self.write() as conn:
+        with self.write(what) as conn:
             row = conn.execute(
                 "SELECT id FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
                 " FOR NO KEY UPDATE",
@@ -195,6 +288,8 @@ class Database:
         # Again at the commit point, and in the database rather than in this process: the
         # holder's watch notices a lost connection within a ping, and a change must not
         # commit in that window, when maintenance may already hold the database.
+        if self.maintenance is not None:
+            self.maintenance.still_held(conn)
         if self.holder is None or not self.holder.row:
             return
         held = conn.execute(
@@ -215,6 +310,5 @@ class Database:
 
     def audit_alone(self, operation: str, target: str, **details: Any) -> None:
         """Append one row to ``app_audit`` in its own transaction."""
-        self.ensure_held()
-        with self.conn() as conn:
+        with self.write(f"the audit record of {operation}") as conn:
             self.audit(conn, operation, target, **details)

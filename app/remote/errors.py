@@ -181,6 +181,8 @@ class ReplicasLiveError(AppError):
     where: str
     replicas: Sequence[Mapping[str, Any]]
     others: str = ""
+    writing: str = ""
+    """Who holds it shared without a live row: a write whose replica has just stopped."""
 
     def __post_init__(self) -> None:
         self.replicas = tuple(dict(replica) for replica in self.replicas)
@@ -192,6 +194,9 @@ class ReplicasLiveError(AppError):
             named = "; ".join(describe_replica(replica) for replica in self.replicas)
             stop = "stop every one of them (on its own machine), then retry"
             held = f"{len(self.replicas)} live replica(s) hold it: {named}"
+        elif self.writing:
+            held = f"a write of a replica that has stopped is still committing ({self.writing})"
+            stop = "retry in a moment"
         else:
             by = self.others or "another connection that published no details"
             held = f"it is held by {by}"
@@ -241,3 +246,76 @@ class HolderLostError(AppError):
                 "is stopping; nothing was written. Retry once the server is restarted"
             ),
         }
+
+
+class CommitUnknownError(DatabaseUnavailableError):
+    """A change lost its connection while committing, and whether it was saved is unknown.
+
+    Raised only when the database cannot be asked afterwards: when it can, the change is
+    answered as the database decided (``pg_xact_status``).
+    """
+
+    code = "commit_outcome_unknown"
+    template = (
+        "lost the connection to database {where} while committing {what} ({reason}), and "
+        "could not reach it again to learn the outcome: whether it was saved is unknown. "
+        "Its bytes, if any, were kept. Once the database answers, read it back before "
+        "retrying (a retry of a create may make a second one); `app data check` lists an "
+        "upload's object that no row names, and --repair deletes it"
+    )
+
+    what: str
+
+
+class MaintenanceLostError(AppError):
+    """A maintenance command lost the connection that held the database exclusively."""
+
+    exit_code = EX_SOFTWARE
+    code = "maintenance_lost"
+    http_status = 503
+    template = (
+        "cannot {wanted}: lost the connection that holds database {where} exclusively "
+        "({reason}), so a replica may have started since; nothing more was changed (what "
+        "this command committed before is kept, and audited). Check `app status`, then "
+        "run it again once no replica is live"
+    )
+
+    wanted: str
+    where: str
+    reason: str
+
+
+class StorageMismatchError(ConfigError):
+    """A profile's database and object prefix do not belong together."""
+
+    code = "storage_mismatch"
+
+    kind: str
+    """``"prefix"``: the database keeps its bytes in another prefix; ``"database"``: the
+    prefix belongs to another database."""
+    database: str
+    objects: str
+    bound: str
+    """What the other side recorded: the prefix the database is bound to, or the id of the
+    database the prefix belongs to."""
+    database_id: str = ""
+
+    @property
+    def message(self) -> str:
+        if self.kind == "prefix":
+            return (
+                f"database {self.database} keeps its files' bytes in {self.bound} (recorded on "
+                f"its first open), but blob_url names {self.objects}: its rows name objects "
+                "under that prefix, so this process would find none of them, and would put new "
+                "ones where the other replicas cannot read them. Every replica and command of "
+                "a profile must name the same prefix: fix blob_url here (`app config` shows "
+                "where it came from). Nothing was changed"
+            )
+        return (
+            f"object prefix {self.objects} belongs to another database (its stamp object "
+            f"names database id {self.bound}; database {self.database} has id "
+            f"{self.database_id}): this database's rows name none of its objects, so its "
+            "`app data check --repair` would delete them all. Every replica and command of a "
+            "profile must name the same database: fix database_url here (`app config` shows "
+            "where it came from). Nothing was changed"
+        )

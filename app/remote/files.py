@@ -128,7 +128,8 @@ class RemoteFiles:
     def _record_upload(self, upload: RemoteUpload, result: PutResult) -> FileEntry:
         session_id, name = upload.session_id, upload.name
         moment = now()
-        with self.db.change(session_id, moment) as conn:
+        what = f"the upload of {name!r} into session {session_id}"
+        with self.db.change(session_id, moment, what) as conn:
             old = conn.execute(
                 "SELECT id FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NULL FOR UPDATE",

@@ -42,6 +42,7 @@ from app.remote.errors import (
     ObjectStoreUnavailableError,
     Protection,
     RemoteStampMismatchError,
+    StorageMismatchError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -94,12 +95,22 @@ class BlobLocation:
         return f"{self.prefix}/{name}" if self.prefix else name
 
 
+# AWS keeps one namespace of bucket names per partition: every S3 endpoint of it (regional,
+# dual-stack, FIPS, virtual-hosted) reaches the same bucket as the client's default does, so
+# they are one endpoint here. Erring towards "same" (GovCloud counted with the rest) costs a
+# setting; "different" would let two profiles share a prefix.
+_AWS_PARTITIONS = (("amazonaws.com.cn", "aws-cn"), ("amazonaws.com", ""))
+
+
 def _normal_endpoint(endpoint_url: str | None) -> str:
     if not endpoint_url:
         return ""  # the client's default (AWS)
     parts = urlsplit(endpoint_url)
     scheme = parts.scheme.lower() or "https"
-    host = (parts.hostname or "").lower()
+    host = (parts.hostname or "").lower().rstrip(".")
+    for domain, partition in _AWS_PARTITIONS:
+        if host == domain or host.endswith(f".{domain}"):
+            return partition
     if host in {"localhost", "127.0.0.1", "::1"}:
         host = "localhost"
     return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
@@ -124,7 +135,9 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
 def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
     """Whether one location's objects could lie under the other's (equal, or nested whole
     path segments, in one bucket on one endpoint)."""
-    if (first.endpoint, first.bucket) != (second.endpoint, second.bucket):
+    # Case folded: virtual-hosted addressing puts the bucket in a host name, where case does
+    # not count (keys keep theirs: S3 compares them exactly).
+    if (first.endpoint, first.bucket.lower()) != (second.endpoint, second.bucket.lower()):
         return False
     a, b = f"{first.prefix}/" if first.prefix else "", f"{second.prefix}/" if second.prefix else ""
     return a.startswith(b) or b.startswith(a)
@@ -149,6 +162,15 @@ class ObjectInfo:
     name: str
     size: int
     last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UnfinishedUpload:
+    """A multipart upload begun and never completed nor aborted."""
+
+    name: str
+    upload_id: str
+    initiated: datetime
 
 
 class ObjectStream:
@@ -272,7 +294,10 @@ class ObjectStore:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if name is not None and code in _MISSING:
                 return ObjectMissingError(f"{self.where}/{name}")
-            if code in _UNUSABLE or name is None:
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            # A 5xx (InternalError, SlowDown, a server still starting) left after the
+            # client's retries is the store's trouble, not this object's: a 503, not a 500.
+            if code in _UNUSABLE or name is None or status >= 500:
                 return ObjectStoreUnavailableError(self.where, f"{code}: {error}")
         if isinstance(error, BotoCoreError):
             return ObjectStoreUnavailableError(self.where, str(error))
@@ -377,6 +402,53 @@ class ObjectStore:
             if info.name not in referenced and info.last_modified < cutoff
         ]
 
+    def unfinished_uploads(self, *, older_than: timedelta) -> list[UnfinishedUpload]:
+        """Multipart uploads under ``blobs/`` begun more than ``older_than`` ago and never
+        completed nor aborted: what a process killed mid-upload (or whose abort failed)
+        leaves. No listing of objects shows them, and the object store keeps their parts
+        until they are aborted. ``[]`` where the server does not list them."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self.location.key("")
+        cutoff = datetime.now(UTC) - older_than
+        found = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.location.bucket, Prefix=self.location.key(BLOBS)
+            ):
+                for item in page.get("Uploads", ()):
+                    if item["Initiated"] < cutoff:
+                        found.append(
+                            UnfinishedUpload(
+                                item["Key"][len(base) :], item["UploadId"], item["Initiated"]
+                            )
+                        )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "NotImplemented":
+                return []
+            raise self._fail(error) from error
+        except BotoCoreError as error:
+            raise self._fail(error) from error
+        return found
+
+    def abort_uploads(self, *uploads: UnfinishedUpload) -> None:
+        """Abort unfinished multipart uploads (their parts go; one already gone is no error)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for upload in uploads:
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.location.bucket,
+                    Key=self.location.key(upload.name),
+                    UploadId=upload.upload_id,
+                )
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in {"NoSuchUpload", "404"}:
+                    raise self._fail(error) from error
+            except BotoCoreError as error:
+                raise self._fail(error) from error
+
     def bucket_versioning(self) -> str | None:
         """Check that the bucket exists and these credentials may use it; return its
         versioning state: ``"Enabled"``, ``"Suspended"``, ``None`` if never enabled (or the
@@ -435,8 +507,18 @@ class ObjectStore:
             return None
         return stamp
 
-    def open(self, profile: str, *, protected: Protection = False) -> dict[str, Any]:
+    def open(
+        self,
+        profile: str,
+        *,
+        protected: Protection = False,
+        database: tuple[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
+
+        ``database`` (its id, and its address as messages show it): the database whose rows
+        name this prefix's objects. The stamp records the first; another is refused, since
+        its rows name none of the objects here and its repair would delete them all.
 
         Raises:
             RemoteStampMismatchError: the prefix belongs to another profile.
@@ -455,6 +537,8 @@ class ObjectStore:
                     profile, "blob_url", f"object prefix {self.where}", foreign
                 )
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
+            if database is not None:
+                stamp["database"] = database[0]
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
@@ -463,6 +547,19 @@ class ObjectStore:
                 str(stamp.get("profile")), profile,
                 protected=needs_confirmation(protected, str(stamp.get("profile"))),
             )  # fmt: skip
+        if database is None:
+            return stamp
+        bound = stamp.get("database")
+        if bound is None:
+            # Stamped before stamps named their database: this one, the first to open it
+            # since, claims it (a plain PUT; two databases claiming one prefix in the same
+            # instant is the race of two first stamps, see remote.md).
+            stamp = {**stamp, "database": database[0]}
+            self.put(STAMP_NAME, json.dumps(stamp).encode())
+        elif bound != database[0]:
+            raise StorageMismatchError(
+                "database", database[1], self.where, str(bound), database_id=database[0]
+            )
         return stamp
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
@@ -500,5 +597,7 @@ class ObjectStore:
             "created": datetime.now(UTC).isoformat(),
             "restamped_from": from_profile,
         }
+        if "database" in stamp:
+            new["database"] = stamp["database"]
         self.put(STAMP_NAME, json.dumps(new).encode())
         return new

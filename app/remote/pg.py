@@ -23,6 +23,7 @@ psycopg 3: the maintained PostgreSQL driver, typed, with binary wheels (``psycop
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import os
 import select
@@ -44,11 +45,13 @@ from app import sandbox
 from app.remote.errors import (
     DatabaseUnavailableError,
     HolderLostError,
+    MaintenanceLostError,
     MaintenanceRunningError,
     Protection,
     RemoteStampMismatchError,
     ReplicasLiveError,
     SchemaTooNewError,
+    StorageMismatchError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -157,6 +160,14 @@ BEGIN
 END $$;
 CREATE TRIGGER app_session_count AFTER INSERT OR DELETE OR UPDATE OF deleted_at
     ON app_sessions FOR EACH ROW EXECUTE FUNCTION app_session_count();
+-- Which object prefix this database's rows name their objects under (app.remote.storage).
+CREATE TABLE app_binding (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    database_id uuid NOT NULL DEFAULT gen_random_uuid(),
+    bucket text NOT NULL,
+    prefix text NOT NULL,
+    bound timestamptz NOT NULL DEFAULT now()
+);
 CREATE FUNCTION app_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'app_audit is append-only: % refused', TG_OP;
@@ -164,6 +175,11 @@ END $$;
 CREATE TRIGGER app_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON app_audit
     FOR EACH STATEMENT EXECUTE FUNCTION app_audit_append_only();
 """
+
+# Databases stamped before app_binding existed get it on their next open.
+_BINDING = _SCHEMA[
+    _SCHEMA.index("CREATE TABLE app_binding") : _SCHEMA.index("CREATE FUNCTION app_audit")
+]
 
 # A row is live while the backend it names holds both the shared lock and the row's own lock.
 # (Formatted from integer constants only.)
@@ -313,6 +329,9 @@ class Stamp:
     schema_version: int
     created: datetime
     restamped_from: str | None = None
+    database_id: str | None = None
+    """The database's own id, which its object prefix's stamp records (:func:`open_database`
+    with ``objects``)."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -341,11 +360,22 @@ def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
     return Stamp(*row) if row else None
 
 
-def open_database(database_url: str, profile: str, *, protected: Protection = False) -> Stamp:
+def open_database(
+    database_url: str,
+    profile: str,
+    *,
+    protected: Protection = False,
+    objects: tuple[str, str, str] | None = None,
+) -> Stamp:
     """Check (or, on an empty database, create) the app's tables and stamp for ``profile``.
 
     Two processes opening one empty database at once create it once: the check runs under a
     transaction-level advisory lock.
+
+    ``objects`` (bucket, prefix, and the location as messages show it): the object prefix
+    this process names. The first open records it; a later one naming another is refused,
+    since every row names its object relative to it. The returned stamp carries the
+    database's id, for the prefix's own stamp.
 
     Returns:
         The stamp, which names ``profile``.
@@ -380,7 +410,29 @@ def open_database(database_url: str, profile: str, *, protected: Protection = Fa
                 f"database {where}", "its table app_stamp", stamp.profile, profile,
                 protected=needs_confirmation(protected, stamp.profile),
             )  # fmt: skip
-        return stamp
+        if objects is None:
+            return stamp
+        return dataclasses.replace(stamp, database_id=_bind(conn, where, objects))
+
+
+def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]) -> str:
+    # Under the caller's schema lock. Two machines whose settings disagree would otherwise
+    # split one profile's files between two prefixes, or run one database's repair over
+    # another's objects.
+    if conn.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
+        conn.execute(_BINDING)
+    bucket, prefix, shown = objects
+    row = conn.execute("SELECT database_id::text, bucket, prefix FROM app_binding").fetchone()
+    if row is None:
+        row = conn.execute(
+            "INSERT INTO app_binding (bucket, prefix) VALUES (%s, %s)"
+            " RETURNING database_id::text, bucket, prefix",
+            (bucket, prefix),
+        ).fetchone()
+        assert row is not None
+    if (row[1], row[2]) != (bucket, prefix):
+        raise StorageMismatchError("prefix", where, shown, f"s3://{row[1]}/{row[2]}")
+    return str(row[0])
 
 
 def audit(
@@ -564,12 +616,46 @@ class Holder:
 
 
 class Maintenance:
-    """The database held exclusively, for a destructive command; see :func:`maintenance`."""
+    """The database held exclusively, for a destructive command; see :func:`maintenance`.
 
-    def __init__(self, conn: psycopg.Connection[Any], profile: str, where: str) -> None:
+    The hold lives as long as :attr:`conn`: a connection terminated, or a server restarted,
+    ends it, and a replica may start at once. :meth:`check` (before a step) and
+    :meth:`still_held` (in a write's transaction, at its commit point) notice that.
+    """
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], profile: str, where: str, wanted: str = "maintain"
+    ) -> None:
         self.conn = conn
         self.profile = profile
         self.where = where
+        self.wanted = wanted
+        self.backend_pid: int = conn.info.backend_pid
+
+    def lost(self, reason: str) -> MaintenanceLostError:
+        """The error this command stops with once its hold is gone (exit 70)."""
+        return MaintenanceLostError(self.wanted, self.where, reason)
+
+    def check(self) -> None:
+        """Raise :class:`MaintenanceLostError` if the connection holding the database is gone.
+
+        A live connection still holds its session-level lock: only it can release it.
+        """
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error as error:
+            raise self.lost(_reason(error)) from None
+
+    def still_held(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise :class:`MaintenanceLostError` unless this command's backend still holds the
+        database exclusively, as seen from ``conn`` (another connection, in its transaction)."""
+        held = conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+            " AND mode = 'ExclusiveLock' AND pid = %s AND classid = %s AND objid = %s",
+            (self.backend_pid, *HOLDERS_LOCK),
+        ).fetchone()
+        if held is None:
+            raise self.lost(f"backend {self.backend_pid} no longer holds its exclusive lock")
 
     def audit(self, operation: str, target: str, detail: Mapping[str, Any] | None = None) -> None:
         """Append a maintenance record (in the current transaction, if any)."""
@@ -614,11 +700,17 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
         taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
             replicas = live_holders(conn) if read_stamp(conn) is not None else []
-            others = "" if replicas else _lock_holders(conn, "ExclusiveLock")
-            raise ReplicasLiveError(wanted, where, replicas, others)
+            others = writing = ""
+            if not replicas:
+                others = "; ".join(lock_holders(conn, "ExclusiveLock"))
+                # A replica's write holds the lock shared to its commit (app.remote.db), so
+                # that no maintenance begins between its check and its commit.
+                writing = "" if others else "; ".join(lock_holders(conn, "ShareLock"))
+                others = others or ("" if writing else "a connection that has since gone")
+            raise ReplicasLiveError(wanted, where, replicas, others, writing)
         try:
             clean_stale_holders(conn)
-            yield Maintenance(conn, profile, where)
+            yield Maintenance(conn, profile, where, wanted)
         finally:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", HOLDERS_LOCK)

@@ -55,7 +55,7 @@ class RemoteSessions:
             # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
             raise BadRequestError("title must not contain the character U+0000 (NUL)")
         metadata = checked_session_fields(title, metadata)
-        with self.db.write() as conn:
+        with self.db.write(f"the creation of a session titled {title!r}") as conn:
             # A page is `id > cursor`, so a page must never show a session while one with a
             # lower id is still to commit: that one would appear behind a walker's cursor and
             # never be listed to it. A create holds CREATE_LOCK shared from taking its id,

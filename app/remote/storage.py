@@ -124,16 +124,32 @@ def open_remote(
     database_url, blob_url = _urls(config)
     sandbox.check_remote(database_url, blob_url, "open")
     protection = config.taking_needs_confirmation
-    pg.open_database(database_url, config.profile, protected=protection)
     objects = _objects(config)
-    objects.open(config.profile, protected=protection)
+    location = objects.location
+    # The database and the prefix are bound to each other on their first open: another
+    # machine's settings naming one of them with another of the other are refused.
+    stamp = pg.open_database(
+        database_url,
+        config.profile,
+        protected=protection,
+        objects=(location.bucket, location.prefix, objects.where),
+    )
+    assert stamp.database_id is not None
+    objects.open(
+        config.profile,
+        protected=protection,
+        database=(stamp.database_id, pg.mask_url(database_url)),
+    )
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
+        maintenance: pg.Maintenance | None = None
         if writer and kind in _REPLICA_KINDS:
             holder = held.enter_context(pg.Holder(database_url, config.profile))
         elif writer:
             wanted = wanted or f"open the database as a {kind} process"
-            held.enter_context(_exclusive(database_url, config.profile, wanted, timeout))
+            maintenance = held.enter_context(
+                _exclusive(database_url, config.profile, wanted, timeout)
+            )
         # The store ends the hold when it closes: the holder itself, the exclusive lock
         # through on_close.
         release = held.pop_all()
@@ -148,6 +164,7 @@ def open_remote(
             max_upload_bytes=config.max_upload_bytes,
             max_files_per_session=config.max_files_per_session,
             on_close=None if holder is not None else release.close,
+            maintenance=maintenance,
         )
     except BaseException:
         release.close()

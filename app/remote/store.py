@@ -83,6 +83,9 @@ class RemoteStore(Storage):
         holder: this replica's live hold on the database; every write checks it first.
             ``None`` for maintenance commands, which hold the database exclusively instead.
             The store closes it in :meth:`close`.
+        maintenance: a maintenance command's exclusive hold (:func:`app.remote.pg.maintenance`),
+            which every write checks, before it and at its commit point, as a replica's
+            checks its holder; ended by ``on_close``, not by the store.
         kind: who writes, for audit rows (``"server"``, ``"maintenance"``, ``"tests"``).
         read_only: a reader's store (it holds nothing, so it must change nothing): every
             write is refused.
@@ -113,6 +116,7 @@ class RemoteStore(Storage):
         orphan_grace: timedelta = timedelta(hours=1),
         pool_size: int = 8,
         on_close: Callable[[], object] | None = None,
+        maintenance: pg.Maintenance | None = None,
     ) -> None:
         self.database_url = database_url
         self.db = Database(
@@ -122,6 +126,7 @@ class RemoteStore(Storage):
             kind=kind,
             pool_size=pool_size,
             read_only=read_only,
+            maintenance=maintenance,
         )
         self.objects = objects
         self.orphan_grace = orphan_grace

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from app import storage
 from app.errors import UploadTooLargeError
+from app.remote.errors import CommitUnknownError, ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
 from app.storage import FileEntry
 
@@ -172,9 +173,20 @@ class RemoteUpload(storage.Upload):
                 self._queue.put(item, timeout=0.2)
                 return
         if self._error is not None and not isinstance(item, BaseException):
-            error = self._error
+            error = self._refusal(self._error)
             self.abort()
             raise error
+
+    def _refusal(self, error: BaseException) -> BaseException:
+        # The object store's own words name the store, not what it refused: say which upload
+        # went, and that the file (a replace's old version) is untouched.
+        if not isinstance(error, ObjectStoreUnavailableError):
+            return error
+        return ObjectStoreUnavailableError(
+            error.where,
+            f"{error.reason}; the upload of {self.name!r} into session {self.session_id} was "
+            "not saved, and the file is as it was: retry once the object store answers",
+        )
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Send ``chunk`` on to the object.
@@ -209,6 +221,8 @@ class RemoteUpload(storage.Upload):
             FileExistsInSessionError: the name exists and ``replace`` was not asked for.
             TooManyFilesError: the session filled up meanwhile.
             HolderLostError: this replica lost its hold on the database.
+            CommitUnknownError: the connection broke while the row committed, and the
+                database could not say whether it did; the object is kept.
         """
         if self._done:
             msg = f"upload of {self.name!r} is already finished"
@@ -217,9 +231,14 @@ class RemoteUpload(storage.Upload):
             self._feed(None)
             self._thread.join()
             if self._error is not None:
-                raise self._error
+                raise self._refusal(self._error) from self._error
             assert self._result is not None
             entry = self._record(self, self._result)
+        except CommitUnknownError:
+            # A row may name the object: deleting it could lose a saved file. If the commit
+            # did not happen, `app data check` finds the object that no row names.
+            self._done = True
+            raise
         except BaseException:
             self.abort()
             raise

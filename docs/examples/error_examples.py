@@ -169,4 +169,19 @@ EXAMPLES: list[errors.AppError] = [
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
+    remote.CommitUnknownError(
+        DATABASE,
+        "server closed the connection unexpectedly; then: connection refused",
+        "the upload of 'notes.txt' into session 0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
+    ),
+    remote.StorageMismatchError(
+        "database",
+        DATABASE,
+        OBJECTS,
+        "6f1c0a52-3d5e-4b1a-9a63-0c1f2e7d8b94",
+        database_id="0b7e2c41-93aa-4c0e-8f5d-2a6b1c9e3f70",
+    ),
+    remote.MaintenanceLostError(
+        "empty the trash", DATABASE, "terminating connection due to administrator command"
+    ),
 ]
