@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import httpcore  # noqa: F401  (see below)
 import pytest
 from project_copy import copy_project_settings
+from side_by_side import NEXT_ITEM
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -49,6 +50,13 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
         return
     os.environ["PYTHONPYCACHEPREFIX"] = str(cache.mkdir("pycache"))
     del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # Kept for tests that start the next test's child while theirs runs (side_by_side.py);
+    # returning None leaves the protocol to pytest.
+    item.stash[NEXT_ITEM] = nextitem
 
 
 @pytest.fixture(autouse=True)

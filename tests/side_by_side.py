@@ -1,5 +1,8 @@
 """Inner pytest runs started at the same time, each still a pytest subprocess of its own.
 
+`NEXT_ITEM` (kept by tests/conftest.py) is the test this process runs after an item, when
+pytest knows it: a test may start its successor's child while its own runs.
+
 `pytester.runpytest_subprocess` waits for each run before the next one starts, and writes
 every run's output to the same two files; the runs of one test that do not depend on each
 other start here together, so that a serial outer run's idle core takes one of them.
@@ -16,6 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+#: The item that runs next in this process (pytest's ``nextitem``), None at the end of a run
+#: or of an xdist worker's current batch.
+NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
 
 
 def runpytest_side_by_side(
