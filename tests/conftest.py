@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpcore  # noqa: F401  (see below)
 import pytest
 from project_copy import copy_project_settings
 from side_by_side import NEXT_ITEM
+from standby import serve
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -98,8 +100,31 @@ def small(
 
 
 @pytest.fixture
-def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
+def tight(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[LiveServer]:
+    """A live server with the ``APP_*`` settings given as the test's indirect parameter.
+
+    On a local testing profile it is `app_live_server`'s server (``app serve --port 0`` on
+    ``tmp_path / "live-data"``, found by its published port, stopped after the test),
+    started from a standby interpreter when one fits (tests/standby.py); on a remote one,
+    `app_live_server` itself.
+    """
+    from app.config import load
+    from app.testing import LiveServer, published_port, stop_server, wait_until_serving
+
     for name, value in getattr(request, "param", {}).items():
         monkeypatch.setenv(name, value)
-    yield request.getfixturevalue("app_live_server")
+    if load("testing").database_url is not None:
+        yield request.getfixturevalue("app_live_server")
+        return
+    root, log = tmp_path / "live-data", tmp_path / "live-server.log"
+    env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
+    config = load("testing", environ=env)
+    process = serve(env, log, ["serve", "--port", "0"])
+    try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        wait_until_serving(url, process, log=log)
+        yield LiveServer(url, root, process.pid, config.api_token, log, config)
+    finally:
+        stop_server(process)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import secrets
 import signal
 import socket
@@ -25,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from standby import STANDBY, release, serve
 
 from app.lock import probe
 from app.testing import published_port
@@ -76,94 +76,10 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-# `python -m app serve`, once its environment and log arrive on stdin (a JSON line): what the
-# app imports first (0.4 s of a 0.45 s start on this machine) is imported before. See
-# `Server`'s ``standby``. Python reads no variable of the test's (APP_*, ENV_FOR_DYNACONF,
-# PYTEST_*) at start-up, and the app reads them only once it runs; `_Spare.fits` checks that
-# every other one is the interpreter's already.
-_STANDBY = """
-import json
-import os
-import runpy
-import sys
-
-import app.cli
-import app.server.run
-
-line = sys.stdin.readline()
-if not line.strip():
-    sys.exit(0)  # the test (or the run) ended without releasing it: serve nothing
-given = json.loads(line)
-output = os.open(given["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-os.dup2(output, 1)
-os.dup2(output, 2)
-os.environ.clear()
-os.environ.update(given["env"])
-sys.argv[1:] = given["args"]
-runpy.run_module("app", run_name="__main__", alter_sys=True)
-"""
-
-#: Variables a released standby takes from the test (the app reads them when it runs); a
-#: spare whose other variables or working directory differ is not used.
-_GIVEN_AT_RELEASE = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_")
-
-
-def _inherited() -> tuple[object, ...]:
-    """What a child inherits besides its environment, and a test may set for its server
-    (a lowered RLIMIT_FSIZE, a umask, an ignored signal, a nice value): a spare started
-    under other values does not fit."""
-    umask = os.umask(0o22)
-    os.umask(umask)
-    limits = [
-        resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")
-    ]
-    ignored = [s for s in signal.valid_signals() if signal.getsignal(s) is signal.SIG_IGN]
-    return os.getcwd(), umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0)
-
-
-class _Spare:
-    """A standby interpreter started before any test asked for a server (at most one waits):
-    the next `Server` takes it instead of starting an interpreter of its own."""
-
-    waiting: _Spare | None = None
-
-    def __init__(self) -> None:
-        self.environ = dict(os.environ)
-        self.inherited = _inherited()
-        # Its stdin is a pipe of this process: when the run ends, it reads EOF and exits.
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _STANDBY, "serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def fits(self, env: dict[str, str]) -> bool:
-        def own(environ: dict[str, str]) -> dict[str, str]:
-            return {k: v for k, v in environ.items() if not k.startswith(_GIVEN_AT_RELEASE)}
-
-        return (
-            self.process.poll() is None
-            and _inherited() == self.inherited
-            and own(env) == own(self.environ)
-        )
-
-    @classmethod
-    def take(cls, env: dict[str, str]) -> subprocess.Popen[bytes] | None:
-        """The waiting spare if it fits `env` (a new one starts meanwhile for the next)."""
-        spare, cls.waiting = cls.waiting, cls()
-        if spare is not None and spare.fits(env):
-            return spare.process
-        if spare is not None:
-            spare.process.kill()
-            spare.process.wait()
-        return None
-
-
 class Server:
     """One `app serve` subprocess; its output goes to a file (a full pipe would block it).
 
-    The interpreter is a standby (see ``_STANDBY``) that imported the app while an earlier
+    The interpreter is a standby (tests/standby.py) that imported the app while an earlier
     test ran, when one fits the environment (else ``python -m app serve``); it then runs
     ``app serve`` as ``python -m app`` would, with the same ``sys.argv`` and environment, as
     a process of its own.
@@ -182,27 +98,21 @@ class Server:
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
         self._args = ["serve", *(["--port", "0"] if self._port is None else [])]
-        spare = None if standby else _Spare.take(env)
-        if spare is not None:
-            self.process = spare
-            self.release()
-            return
-        start = ["-c", _STANDBY] if standby else ["-m", "app"]
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, *start, *self._args],
-                env=env,
-                stdin=subprocess.PIPE if standby else None,
-                stdout=out,
-                stderr=out,
-            )
+        if standby:
+            with log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", STANDBY, *self._args],
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=out,
+                )
+        else:
+            self.process = serve(env, log, self._args)
 
     def release(self) -> Server:
         """Let a ``standby`` server start serving."""
-        assert self.process.stdin is not None, "only a standby server waits to be released"
-        given = {"env": self.env, "log": str(self.log), "args": self._args}
-        self.process.stdin.write(json.dumps(given).encode() + b"\n")
-        self.process.stdin.close()
+        release(self.process, self.env, self.log, self._args)
         return self
 
     @property
