@@ -100,21 +100,24 @@ def small(
 
 
 @pytest.fixture
-def tight(
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[LiveServer]:
-    """A live server with the ``APP_*`` settings given as the test's indirect parameter.
+def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """A live server (`standby_server`) with the ``APP_*`` settings given as the test's
+    indirect parameter."""
+    for name, value in getattr(request, "param", {}).items():
+        monkeypatch.setenv(name, value)
+    yield request.getfixturevalue("standby_server")
 
-    On a local testing profile it is `app_live_server`'s server (``app serve --port 0`` on
-    ``tmp_path / "live-data"``, found by its published port, stopped after the test),
-    started from a standby interpreter when one fits (tests/standby.py); on a remote one,
-    `app_live_server` itself.
+
+@pytest.fixture
+def standby_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    """`app_live_server`'s server, started from a standby interpreter when one fits
+    (tests/standby.py): on a local testing profile, ``app serve --port 0`` on ``tmp_path /
+    "live-data"``, found by its published port, stopped after the test; on a remote one,
+    `app_live_server` itself. tests/test_fixtures.py covers `app_live_server`.
     """
     from app.config import load
     from app.testing import LiveServer, published_port, stop_server, wait_until_serving
 
-    for name, value in getattr(request, "param", {}).items():
-        monkeypatch.setenv(name, value)
     if load("testing").database_url is not None:
         yield request.getfixturevalue("app_live_server")
         return

@@ -1,8 +1,9 @@
 """Hostile input over HTTP: every bad request is a 4xx with a message, and nothing is written.
 
 In process (Starlette's TestClient) for the request bodies and names; against a real
-``app serve`` (the `app_live_server` fixture) where the HTTP server itself takes part: raw
-bytes in the request line, and what a client's connection looks like after a 500.
+``app serve`` (the `standby_server` fixture: `app_live_server`'s server) where the HTTP server
+itself takes part: raw bytes in the request line, and what a client's connection looks like
+after a 500.
 """
 
 from __future__ import annotations
@@ -34,17 +35,17 @@ def assert_error(response: Any, status: int, code: str, *texts: str) -> None:
 # --- a 500 never leaves a broken keep-alive connection -----------------------------------
 
 
-def test_after_a_500_the_client_keeps_a_working_connection(app_live_server: LiveServer) -> None:
+def test_after_a_500_the_client_keeps_a_working_connection(standby_server: LiveServer) -> None:
     # A session.json that no longer parses (a disk fault, a hand edit) makes a real 500.
-    host, port = app_live_server.url.removeprefix("http://").split(":")
+    host, port = standby_server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port))
-    headers = {**app_live_server.headers, "Content-Type": "application/json"}
+    headers = {**standby_server.headers, "Content-Type": "application/json"}
     connection.request("POST", "/sessions", body=b"{}", headers=headers)
     created = connection.getresponse()
     session_id = json.loads(created.read())["id"]
-    (app_live_server.data_root / "sessions" / session_id / "session.json").write_bytes(b"{not json")
+    (standby_server.data_root / "sessions" / session_id / "session.json").write_bytes(b"{not json")
 
-    connection.request("GET", f"/sessions/{session_id}", headers=app_live_server.headers)
+    connection.request("GET", f"/sessions/{session_id}", headers=standby_server.headers)
     broken = connection.getresponse()
     body = json.loads(broken.read())
     assert broken.status == 500
@@ -263,16 +264,16 @@ def raw_request(server: LiveServer, method: str, target: str, body: bytes = b"")
     return response.status, payload
 
 
-def test_names_that_are_not_utf8_are_refused_never_replaced(app_live_server: LiveServer) -> None:
+def test_names_that_are_not_utf8_are_refused_never_replaced(standby_server: LiveServer) -> None:
     # Decoded with replacement, %FF and %FE both became U+FFFD: one name, and the second PUT
     # silently replaced the first file.
-    status, created = raw_request(app_live_server, "POST", "/sessions")
+    status, created = raw_request(standby_server, "POST", "/sessions")
     sid = created["id"]
     for raw in ("a%FF", "a%FE", "caf%E9.txt", "%C0%AE%C0%AE"):
-        status, body = raw_request(app_live_server, "PUT", f"/sessions/{sid}/files/{raw}", b"x")
+        status, body = raw_request(standby_server, "PUT", f"/sessions/{sid}/files/{raw}", b"x")
         assert status == 400, (raw, body)
         assert body["code"] == "invalid_name"
         assert "not valid UTF-8" in body["message"]
-    status, files = raw_request(app_live_server, "GET", f"/sessions/{sid}/files")
+    status, files = raw_request(standby_server, "GET", f"/sessions/{sid}/files")
     assert files["items"] == []
-    assert list((app_live_server.data_root / ".tmp").iterdir()) == []
+    assert list((standby_server.data_root / ".tmp").iterdir()) == []
