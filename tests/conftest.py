@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpcore  # noqa: F401  (see below)
 import pytest
 from project_copy import copy_project_settings
+from side_by_side import NEXT_ITEM
+from standby import serve
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -51,6 +54,13 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
     del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # Kept for tests that start the next test's child while theirs runs (side_by_side.py);
+    # returning None leaves the protocol to pytest.
+    item.stash[NEXT_ITEM] = nextitem
+
+
 @pytest.fixture(autouse=True)
 def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureRequest) -> None:
     # A pytester run's rootdir is a temporary directory: another project, as far as the
@@ -91,7 +101,33 @@ def small(
 
 @pytest.fixture
 def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server with the ``APP_*`` settings given as the test's indirect parameter."""
+    """A live server (`standby_server`) with the ``APP_*`` settings given as the test's
+    indirect parameter."""
     for name, value in getattr(request, "param", {}).items():
         monkeypatch.setenv(name, value)
-    yield request.getfixturevalue("app_live_server")
+    yield request.getfixturevalue("standby_server")
+
+
+@pytest.fixture
+def standby_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    """`app_live_server`'s server, started from a standby interpreter when one fits
+    (tests/standby.py): on a local testing profile, ``app serve --port 0`` on ``tmp_path /
+    "live-data"``, found by its published port, stopped after the test; on a remote one,
+    `app_live_server` itself. tests/test_fixtures.py covers `app_live_server`.
+    """
+    from app.config import load
+    from app.testing import LiveServer, published_port, stop_server, wait_until_serving
+
+    if load("testing").database_url is not None:
+        yield request.getfixturevalue("app_live_server")
+        return
+    root, log = tmp_path / "live-data", tmp_path / "live-server.log"
+    env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
+    config = load("testing", environ=env)
+    process = serve(env, log, ["serve", "--port", "0"])
+    try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        wait_until_serving(url, process, log=log)
+        yield LiveServer(url, root, process.pid, config.api_token, log, config)
+    finally:
+        stop_server(process)

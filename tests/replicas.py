@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,18 @@ class Production:
         replica = Replica(process, log)
         self.replicas.append(replica)
         if ready:
-            replica.url = self._published_url(replica)
-            wait_until_serving(replica.url, process, log=log)
+            self.wait_ready(replica)
+        return replica
+
+    def start_pair(self) -> tuple[Replica, Replica]:
+        """Two replicas started side by side (as a deployment starts them), once both serve:
+        the second one's imports no longer wait for the first one's start-up."""
+        first, second = self.start(ready=False), self.start(ready=False)
+        return self.wait_ready(first), self.wait_ready(second)
+
+    def wait_ready(self, replica: Replica) -> Replica:
+        replica.url = self._published_url(replica)
+        wait_until_serving(replica.url, replica.process, log=replica.log)
         return replica
 
     def _published_url(self, replica: Replica) -> str:
@@ -149,6 +160,14 @@ class Production:
             timeout=120,
             check=False,
         )
+
+    def run_side_by_side(
+        self, *commands: tuple[str, ...]
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Commands that must each be refused (and so change nothing), run at the same time:
+        their start-ups overlap instead of adding up."""
+        with ThreadPoolExecutor(len(commands)) as pool:
+            return list(pool.map(lambda args: self.run(*args), commands))
 
 
 _databases = itertools.count()

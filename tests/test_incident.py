@@ -5,7 +5,8 @@ of its own, filled over HTTP. Each hostile suite (tests/hostile_suites.py) then 
 pytest subprocess from a shell that exported production's settings (ENV_FOR_DYNACONF,
 APP_DATA_ROOT, APP_API_TOKEN, and an APP_SETTINGS_DIR whose [production] data_root is that
 root), and afterwards every production file must be byte-identical and the server must
-still answer with the same sessions.
+still answer with the same sessions. The case that runs next starts its pytest while the
+current one runs (`Launcher`): two inner runs side by side, each checked by its own test.
 
 Which layer stops each suite (the design's numbering):
 
@@ -60,6 +61,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,7 @@ from typing import Any
 import httpx
 import pytest
 from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
+from side_by_side import NEXT_ITEM
 
 from app.lock import LOCK_FILE
 from app.testing import start_server
@@ -229,21 +232,141 @@ def _production(tmp_path_factory: pytest.TempPathFactory, *, stop: bool) -> Iter
         process.wait()
 
 
-def export_shell(monkeypatch: pytest.MonkeyPatch, production: Production, shell: str) -> None:
-    """The shell of the incident: production's settings exported, no pytest of ours around."""
-    for name in ("PYTEST_APP_SANDBOX", "PYTEST_APP_SANDBOX_OWNER", "PYTEST_CURRENT_TEST"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOSTILE_PRODUCTION_ROOT", str(production.root))
-    monkeypatch.setenv("HOSTILE_PRODUCTION_TOKEN", production.token)
-    monkeypatch.setenv("HOSTILE_SERVER_PID", str(production.process.pid))
-    if shell == "production":
-        monkeypatch.setenv("APP_SETTINGS_DIR", str(production.settings_dir))
-    else:
-        monkeypatch.setenv("APP_SETTINGS_DIR", str(production.unaware_settings_dir))
-    if shell in ("production", "unaware"):
-        monkeypatch.setenv("ENV_FOR_DYNACONF", "production")
-        monkeypatch.setenv("APP_DATA_ROOT", str(production.root))
-        monkeypatch.setenv("APP_API_TOKEN", production.token)
+@dataclass(frozen=True)
+class Case:
+    """One parametrized case of this module: a suite, next to which production."""
+
+    suite: Suite
+    production: Production
+    #: Whether the suite's props (env, links, a run without --basetemp) apply: the cases of
+    #: `test_production_and_development_survive_a_suite_without_props` only.
+    props: bool
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        production = self.production
+        fields = {"root": production.root, "pid": production.process.pid, "port": production.port}
+        return {**fields, "others": production.others} if self.props else fields
+
+
+@dataclass
+class Launch:
+    """A case's inner pytest, started: its links, and where its output goes."""
+
+    process: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+    links: list[Path]
+    began: float
+
+    def result(self) -> pytest.RunResult:
+        ret = self.process.wait()
+        lines = [path.read_text(encoding="utf8").splitlines() for path in (self.out, self.err)]
+        return pytest.RunResult(ret, *lines, time.monotonic() - self.began)
+
+
+class Launcher:
+    """Starts each case's inner pytest as `pytester.runpytest_subprocess` would (a directory
+    of its own holding the suite's files, ``python -mpytest`` with a ``--basetemp`` in it,
+    pytester's variables), from the shell of the incident, and starts the case that runs next
+    in this process while the current one runs: two inner runs side by side instead of one
+    after the other. Each still runs alone in its pytest, next to its own production, and
+    is checked by its own test."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        # The outer run's environment before any test changed it (each builds its own).
+        self.environ = dict(os.environ)
+        self.started: dict[str, Launch] = {}
+
+    def start(self, nodeid: str, case: Case) -> Launch:
+        suite, fields = case.suite, case.fields
+        directory = self.factory.mktemp("case", numbered=True)
+        (directory / "hostile_helpers.py").write_text(HELPERS)
+        for name, source in suite.files.items():
+            (directory / name).write_text(source)
+        env = self._shell(case, directory)
+        links = [Path(link.format(**fields)) for link in suite.links] if case.props else []
+        for link, target in zip(links, suite.links.values(), strict=True):
+            link.symlink_to(target.format(**fields), target_is_directory=True)
+        args = [arg.format(**fields) for arg in suite.args]
+        if case.props and not suite.basetemp:
+            argv = [sys.executable, "-mpytest", "-p", "pytester", *args]
+        else:
+            argv = [sys.executable, "-mpytest", f"--basetemp={directory / 'runpytest-0'}", *args]
+        out, err = directory / "stdout", directory / "stderr"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            process = subprocess.Popen(
+                argv, cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+            )
+        self.started[nodeid] = Launch(process, out, err, links, time.monotonic())
+        return self.started[nodeid]
+
+    def _shell(self, case: Case, directory: Path) -> dict[str, str]:
+        """The shell of the incident: production's settings exported, no pytest of ours
+        around; and what pytester changes for an inner run (its home, no outer options)."""
+        production, suite = case.production, case.suite
+        env = dict(self.environ)
+        for name in ("TOX_ENV_DIR", "PYTEST_ADDOPTS"):
+            env.pop(name, None)
+        env |= {"HOME": str(directory), "USERPROFILE": str(directory), "PY_COLORS": "0"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
+        env["PYTEST_DEBUG_TEMPROOT"] = str(self.factory.mktemp("tmp-case", numbered=True))
+        if case.props and not suite.basetemp:
+            # pytester points pytest's default temporary root elsewhere; let TMPDIR decide.
+            del env["PYTEST_DEBUG_TEMPROOT"]
+        for name in ("PYTEST_APP_SANDBOX", "PYTEST_APP_SANDBOX_OWNER", "PYTEST_CURRENT_TEST"):
+            env.pop(name, None)
+        env["HOSTILE_PRODUCTION_ROOT"] = str(production.root)
+        env["HOSTILE_PRODUCTION_TOKEN"] = production.token
+        env["HOSTILE_SERVER_PID"] = str(production.process.pid)
+        if suite.shell == "production":
+            env["APP_SETTINGS_DIR"] = str(production.settings_dir)
+        else:
+            env["APP_SETTINGS_DIR"] = str(production.unaware_settings_dir)
+        if suite.shell in ("production", "unaware"):
+            env["ENV_FOR_DYNACONF"] = "production"
+            env["APP_DATA_ROOT"] = str(production.root)
+            env["APP_API_TOKEN"] = production.token
+        if case.props:
+            env |= {name: value.format(**case.fields) for name, value in suite.env.items()}
+        return env
+
+    def run(self, request: pytest.FixtureRequest, case: Case) -> tuple[pytest.RunResult, Launch]:
+        """This case's run (started now, unless the case before started it), once the case
+        after it, if it runs next in this process, has been started."""
+        launch = self.started.pop(request.node.nodeid, None) or self.start(
+            request.node.nodeid, case
+        )
+        following = next_case(request)
+        if following is not None and following[0] not in self.started:
+            self.start(*following)
+        return launch.result(), launch
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path_factory)
+    yield launcher
+    for launch in launcher.started.values():  # started for a case that then did not run
+        launch.process.kill()
+        launch.process.wait()
+        for link in launch.links:
+            link.unlink()
+
+
+def next_case(request: pytest.FixtureRequest) -> tuple[str, Case] | None:
+    """The case that this process runs right after the current test (tests/conftest.py
+    keeps pytest's `nextitem`), if it is one of this module's, and its productions are up."""
+    item = request.node.stash.get(NEXT_ITEM, None)
+    if item is None or item.module is not request.module or not hasattr(item, "callspec"):
+        return None
+    params = item.callspec.params
+    state = params.get("state", "live")
+    production = request.getfixturevalue("production" if state == "live" else "stopped_production")
+    if item.originalname == "test_production_survives_a_hostile_suite":
+        return item.nodeid, Case(params["suite"], production, props=False)
+    return item.nodeid, Case(params["suite"], production, props=True)
 
 
 def test_the_production_server_is_live_and_filled(production: Production) -> None:
@@ -256,16 +379,16 @@ def test_the_production_server_is_live_and_filled(production: Production) -> Non
 @pytest.mark.parametrize("suite", SUITES.values(), ids=SUITES.keys())
 def test_production_survives_a_hostile_suite(
     production: Production,
-    pytester: pytest.Pytester,
-    monkeypatch: pytest.MonkeyPatch,
+    stopped_production: Production,
+    launcher: Launcher,
+    request: pytest.FixtureRequest,
     suite: Suite,
 ) -> None:
-    export_shell(monkeypatch, production, suite.shell)
-    pytester.makepyfile(hostile_helpers=HELPERS, **_as_modules(suite.files))
-    fields = {"root": production.root, "pid": production.process.pid, "port": production.port}
-    result = pytester.runpytest_subprocess(*(arg.format(**fields) for arg in suite.args))
+    # Both productions are fixtures of every case, so that the case after this one (started
+    # while this one runs) finds its own up, whichever it is.
+    result, _ = launcher.run(request, Case(suite, production, props=False))
     try:
-        check_run(result, suite, fields)
+        check_run(result, suite, Case(suite, production, props=False).fields)
     finally:
         # Whatever the inner run reported, production must be untouched.
         assert production.process.poll() is None, "the production server died"
@@ -278,45 +401,22 @@ def test_production_survives_a_hostile_suite(
 def test_production_and_development_survive_a_suite_without_props(
     production: Production,
     stopped_production: Production,
-    pytester: pytest.Pytester,
-    monkeypatch: pytest.MonkeyPatch,
+    launcher: Launcher,
+    request: pytest.FixtureRequest,
     suite: Suite,
     state: str,
 ) -> None:
     """Issue 8's classes: whatever a test does to its environment or its children's, next to
-    a live production server and next to a stopped one (where no lock can help).
-
-    Both servers are fixtures of the test (not looked up inside it), so that they start
-    before pytester snapshots ``sys.modules``.
-    """
+    a live production server and next to a stopped one (where no lock can help)."""
     if state == "stopped":
         production = stopped_production
     assert production.live == (state == "live")
-    export_shell(monkeypatch, production, suite.shell)
-    fields = {
-        "root": production.root,
-        "pid": production.process.pid,
-        "port": production.port,
-        "others": production.others,
-    }
-    for name, value in suite.env.items():
-        monkeypatch.setenv(name, value.format(**fields))
-    if not suite.basetemp:
-        # pytester points pytest's default temporary root elsewhere; let TMPDIR decide.
-        monkeypatch.delenv("PYTEST_DEBUG_TEMPROOT", raising=False)
-    links = [Path(link.format(**fields)) for link in suite.links]
-    for link, target in zip(links, suite.links.values(), strict=True):
-        link.symlink_to(target.format(**fields), target_is_directory=True)
-    pytester.makepyfile(hostile_helpers=HELPERS, **_as_modules(suite.files))
-    args = [arg.format(**fields) for arg in suite.args]
+    case = Case(suite, production, props=True)
+    result, launch = launcher.run(request, case)
     try:
-        if suite.basetemp:
-            result = pytester.runpytest_subprocess(*args)
-        else:
-            result = pytester.run(sys.executable, "-mpytest", "-p", "pytester", *args)
-        check_run(result, suite, fields)
+        check_run(result, suite, case.fields)
     finally:
-        for link in links:
+        for link in launch.links:
             link.unlink()
         assert production.live == (state == "live"), "the production server died"
         assert fingerprint(production.root) == production.files
@@ -334,8 +434,3 @@ def check_run(result: pytest.RunResult, suite: Suite, fields: dict[str, Any]) ->
         result.stdout.fnmatch_lines([line.format(**fields) for line in suite.stdout])
     if suite.stderr:
         result.stderr.fnmatch_lines([line.format(**fields) for line in suite.stderr])
-
-
-def _as_modules(files: dict[str, str]) -> dict[str, str]:
-    """makepyfile's keyword form: file names without their ``.py``."""
-    return {name.removesuffix(".py"): source for name, source in files.items()}

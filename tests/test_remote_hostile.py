@@ -40,6 +40,7 @@ from hostile_suites import (
     REMOTE_XDIST_SUITES,
 )
 from replicas import Production, production_on
+from side_by_side import runpytest_side_by_side
 from test_incident import fill, list_sessions
 
 SETTINGS = """\
@@ -160,8 +161,7 @@ def pair(
     base = tmp_path / "remote-production"
     base.mkdir()
     with production_on(base, postgres_engine, s3_engine, blob_url) as production:
-        production.start()
-        production.start()
+        production.start_pair()
         settings_dir = base / "hostile-settings"
         settings_dir.mkdir()
         (settings_dir / "settings.toml").write_text(
@@ -235,8 +235,9 @@ def test_hostile_runs_leave_production_s_replica_pair_byte_identical(
         "xdist": ("-n", "2", *REMOTE_XDIST_SUITES),
         "without the plugin": ("-p", "no:app", *REMOTE_WITHOUT_PLUGIN),
     }
-    for name, args in runs.items():
-        result = pytester.runpytest_subprocess("-p", "no:randomly", *args)
+    # Side by side: the runs share nothing but the pair they must leave alone.
+    results = runpytest_side_by_side(pytester, *(("-p", "no:randomly", *a) for a in runs.values()))
+    for name, result in zip(runs, results, strict=True):
         try:
             # Every inner test passes: each asserts on the refusal it meets.
             assert result.ret == 0, f"{name}: {result.stdout.str()}{result.stderr.str()}"

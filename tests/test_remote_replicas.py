@@ -37,7 +37,7 @@ def production(
 def test_a_session_made_through_one_replica_is_listed_read_and_deleted_through_the_other(
     production: Production,
 ) -> None:
-    first, second = production.start(), production.start()
+    first, second = production.start_pair()
     assert first.url != second.url
     with production.client(first) as one, production.client(second) as other:
         created = one.post("/sessions", json={"title": "review", "metadata": {"n": 1}})
@@ -63,7 +63,7 @@ def test_a_session_made_through_one_replica_is_listed_read_and_deleted_through_t
 
 
 def test_pages_are_stable_across_replicas(production: Production) -> None:
-    replicas = [production.start(), production.start()]
+    replicas = list(production.start_pair())
     clients = [production.client(replica) for replica in replicas]
     try:
         made = []
@@ -103,7 +103,7 @@ def test_pages_are_stable_across_replicas(production: Production) -> None:
 def test_maintenance_is_refused_while_either_replica_lives_and_done_once_both_stopped(
     production: Production,
 ) -> None:
-    first, second = production.start(), production.start()
+    first, second = production.start_pair()
     with production.client(first) as client:
         session_id = client.post("/sessions", json={"title": "keep"}).json()["id"]
         assert client.delete(f"/sessions/{session_id}").status_code in (200, 204)
@@ -111,14 +111,15 @@ def test_maintenance_is_refused_while_either_replica_lives_and_done_once_both_st
 
     purge = ("data", "purge", "--profile", "production", "--yes-i-mean-it")
     empty = ("data", "empty-trash", "--profile", "production", "--yes-i-mean-it")
-    for command in (purge, empty, ("data", "check", "--repair")):
-        refused = production.run(*command)
+    *refusals, hint = production.run_side_by_side(
+        purge, empty, ("data", "check", "--repair"), empty
+    )
+    for refused in refusals:
         assert refused.returncode == 75, refused.stderr
         assert "2 live replica(s)" in refused.stderr
         assert f"pid {first.pid}" in refused.stderr
         assert f"pid {second.pid}" in refused.stderr
         assert "Nothing was changed" in refused.stderr
-    hint = production.run(*empty)
     assert "/trash/empty?confirm=yes-i-mean-it" in hint.stderr
 
     assert first.stop() == 0
@@ -161,7 +162,7 @@ def test_a_replica_cannot_start_while_maintenance_holds_the_database(
 def test_status_lists_every_live_replica_and_forgets_one_killed_with_sigkill(
     production: Production,
 ) -> None:
-    first, second = production.start(), production.start()
+    first, second = production.start_pair()
     shown = production.run("status")
     assert shown.returncode == 0, shown.stderr
     assert "served by 2 live replica(s):" in shown.stdout
@@ -177,10 +178,12 @@ def test_status_lists_every_live_replica_and_forgets_one_killed_with_sigkill(
         return [holder["pid"] for holder in production.holders()] == [second.pid]
 
     wait_for(only_second, "PostgreSQL to drop the killed replica's locks")
-    as_json = json.loads(production.run("status", "--json").stdout)
+    shown, refused = production.run_side_by_side(
+        ("status", "--json"), ("data", "purge", "--yes-i-mean-it")
+    )
+    as_json = json.loads(shown.stdout)
     assert [holder["pid"] for holder in as_json["holders"]] == [second.pid]
     assert as_json["held"] is True
-    refused = production.run("data", "purge", "--yes-i-mean-it")
     assert refused.returncode == 75
     assert f"pid {first.pid}" not in refused.stderr
 
@@ -193,8 +196,10 @@ def test_a_replica_whose_connection_is_terminated_refuses_writes_and_stops(
 ) -> None:
     # The first checks its hold only when a write comes (its watcher would take an hour);
     # the second has no request at all, and its watcher stops it.
-    first = production.start(APP_LOCK_CHECK_SECONDS="3600")
-    second = production.start(APP_LOCK_CHECK_SECONDS="0.2")
+    first = production.start(ready=False, APP_LOCK_CHECK_SECONDS="3600")
+    second = production.start(ready=False, APP_LOCK_CHECK_SECONDS="0.2")
+    production.wait_ready(first)
+    production.wait_ready(second)
     rows = {holder["pid"]: holder for holder in production.holders()}
     with psycopg.connect(production.database_url, autocommit=True) as conn:
         for replica in (first, second):

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from standby import STANDBY, release, serve
 
 from app.lock import probe
 from app.testing import published_port
@@ -75,28 +76,18 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-# `python -m app serve`, once a line arrives on stdin: what the app imports first (0.4 s of a
-# 0.45 s start on this machine) is imported before. See `Server`'s ``standby``.
-_STANDBY = """
-import runpy
-import sys
-
-import app.cli
-import app.server.run
-
-if sys.stdin.readline().strip() != "go":
-    sys.exit(0)  # the test ended (or died) without releasing it: serve nothing
-runpy.run_module("app", run_name="__main__", alter_sys=True)
-"""
-
-
 class Server:
     """One `app serve` subprocess; its output goes to a file (a full pipe would block it).
 
+    The interpreter is a standby (tests/standby.py) that imported the app while an earlier
+    test ran, when one fits the environment (else ``python -m app serve``); it then runs
+    ``app serve`` as ``python -m app`` would, with the same ``sys.argv`` and environment, as
+    a process of its own.
+
     ``standby``: the interpreter starts and imports the app, then waits for `release` to run
-    ``app serve`` as ``python -m app`` would. A test that restarts a server many times (the
-    kill -9 replay) starts the next one while the current one works, so that its time goes
-    to the cases rather than to imports; the served process is still a new one.
+    ``app serve``. A test that restarts a server many times (the kill -9 replay) starts the
+    next one while the current one works, so that its time goes to the cases rather than to
+    imports; the served process is still a new one.
     """
 
     def __init__(self, env: dict[str, str], log: Path, *, standby: bool = False) -> None:
@@ -106,22 +97,22 @@ class Server:
         self.root = Path(env["APP_DATA_ROOT"])
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
-        port_zero = ["--port", "0"] if self._port is None else []
-        start = ["-c", _STANDBY] if standby else ["-m", "app"]
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, *start, "serve", *port_zero],
-                env=env,
-                stdin=subprocess.PIPE if standby else None,
-                stdout=out,
-                stderr=out,
-            )
+        self._args = ["serve", *(["--port", "0"] if self._port is None else [])]
+        if standby:
+            with log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-c", STANDBY, *self._args],
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=out,
+                )
+        else:
+            self.process = serve(env, log, self._args)
 
     def release(self) -> Server:
         """Let a ``standby`` server start serving."""
-        assert self.process.stdin is not None, "only a standby server waits to be released"
-        self.process.stdin.write(b"go\n")
-        self.process.stdin.close()
+        release(self.process, self.env, self.log, self._args)
         return self
 
     @property

@@ -1,0 +1,54 @@
+"""Inner pytest runs started at the same time, each still a pytest subprocess of its own.
+
+`NEXT_ITEM` (kept by tests/conftest.py) is the test this process runs after an item, when
+pytest knows it: a test may start its successor's child while its own runs.
+
+`pytester.runpytest_subprocess` waits for each run before the next one starts, and writes
+every run's output to the same two files; the runs of one test that do not depend on each
+other start here together, so that a serial outer run's idle core takes one of them.
+Each run is what ``runpytest_subprocess`` would start: ``python -mpytest``, a numbered
+``--basetemp`` under the test's directory, pytester's environment (`Pytester.popen`).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+#: The item that runs next in this process (pytest's ``nextitem``), None at the end of a run
+#: or of an xdist worker's current batch.
+NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
+
+
+def runpytest_side_by_side(
+    pytester: pytest.Pytester, *runs: Sequence[str]
+) -> list[pytest.RunResult]:
+    """Start one ``runpytest_subprocess`` per argument list at once; their results in order."""
+    started = []
+    for args in runs:
+        directory = Path(tempfile.mkdtemp(prefix="runpytest-", dir=pytester.path))  # 0700
+        out, err = directory.with_suffix(".stdout"), directory.with_suffix(".stderr")
+        with out.open("w", encoding="utf8") as stdout, err.open("w", encoding="utf8") as stderr:
+            process = pytester.popen(
+                [sys.executable, "-mpytest", f"--basetemp={directory}", *args],
+                stdout=stdout,
+                stderr=stderr,
+            )
+        started.append((process, out, err, time.monotonic()))
+    results = []
+    for process, out, err, began in started:
+        ret = process.wait()
+        results.append(
+            pytest.RunResult(
+                ret,
+                out.read_text(encoding="utf8").splitlines(),
+                err.read_text(encoding="utf8").splitlines(),
+                time.monotonic() - began,
+            )
+        )
+    return results
