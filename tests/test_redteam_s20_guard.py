@@ -42,6 +42,20 @@ def test_a_child_with_a_hand_built_environment_asks_for_production():
 NAMESPACE = ("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc")
 
 
+def _others_can_run_the_app() -> str | None:
+    """Why user 65534 cannot import the app from this checkout, or None if it can (a clone in
+    a directory only root may enter, as `mktemp -d` makes, cannot)."""
+    user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        [*user, sys.executable, "-c", "import app"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+    )
+    return None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
+
+
 def _unshare_allowed() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -173,7 +187,12 @@ def test_a_child_with_a_private_tmp_still_finds_its_run() -> None:
         "APP_SETTINGS_DIR": str(PROJECT),
         "APP_API_TOKEN": "t" * 32,
     }
-    private_tmp = f'mount -t tmpfs none /tmp && exec {sys.executable} -c "$0"'
+    # A tmpfs on the registry alone: the child sees an empty registry, as it would in a /tmp
+    # of its own, and still sees a checkout that lives under /tmp (a CI's clone).
+    private_tmp = (
+        f"mkdir -p {sandbox.RUNS_DIR} && mount -t tmpfs none {sandbox.RUNS_DIR} && "
+        f'exec {sys.executable} -c "$0"'
+    )
     done = subprocess.run(
         [
             "unshare",
@@ -226,6 +245,8 @@ def test_a_run_under_a_strict_umask_is_found_by_a_child_that_switched_user(
     # finds its run; the entries took the umask's mode, and under 077 such a child could
     # not read its run's entry: refused only where an ancestor's command line showed
     # pytest (told that the plugin was off), and outside the run where none did.
+    if os.geteuid() == 0 and (why := _others_can_run_the_app()) is not None:
+        pytest.skip(f"the child switches to user 65534, who cannot import the app: {why}")
     done = subprocess.run(
         [sys.executable, "-c", REGISTERS_UNDER_A_STRICT_UMASK, str(tmp_path), str(PROJECT)],
         capture_output=True,
@@ -306,6 +327,8 @@ def test_a_registry_directory_another_user_made_is_refused_with_a_fix_that_works
     # again", which /tmp's sticky bit does not let the refused user do.
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("only root can run a process as another user here")
+    if (why := _others_can_run_the_app()) is not None:
+        pytest.skip(f"user 65534 cannot import the app from this checkout: {why}")
     squatted = sandbox.RUNS_DIR.with_name("app-pytest-runs-65534")
     if squatted.exists():
         pytest.skip(f"{squatted} exists already")
