@@ -26,12 +26,41 @@ from app.config import Config
 from app.storage import open_storage
 from app.store import Store
 
+#: One store operation by name, as the red teams' children run it (their code includes it).
+RUN_OPERATION = """
+def run_operation(store, op, args):
+    if op == "replace":
+        store.put_file(args[0], args[1], args[2].encode(), replace=True)
+    elif op == "upload":
+        store.put_file(args[0], args[1], args[2].encode())
+    elif op == "delete-file":
+        store.delete_file(*args)
+    elif op == "delete-session":
+        store.delete_session(*args)
+    elif op == "restore-file":
+        store.restore(args[0], file=args[1])
+    elif op == "restore-session":
+        store.restore(args[0])
+    elif op == "purge":
+        store.purge()
+    elif op == "empty-trash":
+        store.empty_trash()
+    elif op == "create":
+        store.create_session(*args)
+    elif op == "repair":
+        store.check(repair=True)
+    else:
+        raise ValueError(f"no store operation {op!r}")
+"""
+
 # Each case runs in a child forked from one "zygote" that has already imported the app: a
 # fresh interpreter per case (~0.4 s of start-up, 176 cases) made this file the slowest
 # of the suite. The child is still a process of its own, with the test's environment, that
 # SIGKILLs itself in its audit hook, just before the syscall of its N-th change; the zygote only
 # imports, so every child starts from the state a fresh interpreter has after its imports.
-_ZYGOTE = """
+_ZYGOTE = (
+    RUN_OPERATION
+    + """
 import json, os, signal, sys, traceback
 
 from app.config import load
@@ -62,24 +91,8 @@ def child(op, crash_at, args):
     if op == "start":
         store = open_storage(load(), writer=True, kind="tests", wanted="start as a server does")
         store.check(repair=True, thorough=False)
-    elif op == "replace":
-        store.put_file(args[0], args[1], args[2].encode(), replace=True)
-    elif op == "upload":
-        store.put_file(args[0], args[1], args[2].encode())
-    elif op == "delete-file":
-        store.delete_file(*args)
-    elif op == "delete-session":
-        store.delete_session(*args)
-    elif op == "restore-file":
-        store.restore(args[0], file=args[1])
-    elif op == "restore-session":
-        store.restore(args[0])
-    elif op == "purge":
-        store.purge()
-    elif op == "empty-trash":
-        store.empty_trash()
-    elif op == "create":
-        store.create_session(*args)
+    else:
+        run_operation(store, op, args)
     store.close()
 
 
@@ -112,6 +125,7 @@ for line in sys.stdin:
     answer = {"returncode": os.waitstatus_to_exitcode(status), "stderr": stderr}
     print(json.dumps(answer), flush=True)
 """
+)
 
 
 class Zygote:

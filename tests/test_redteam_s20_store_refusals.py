@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_redteam_s18_crash_points import contents
+from test_redteam_s18_crash_points import RUN_OPERATION, contents
 
 from app.config import Config, load
 from app.storage import open_storage
 from app.store import Store
 
-_ZYGOTE = r"""
+_ZYGOTE = (
+    RUN_OPERATION
+    + r"""
 import array, errno, fcntl, json, os, resource, sys, traceback
 
 from app.config import load
@@ -164,26 +166,7 @@ def child(op, at, mode, args):
     sys.addaudithook(starve)
     answer = "ok"
     try:
-        if op == "replace":
-            store.put_file(args[0], args[1], args[2].encode(), replace=True)
-        elif op == "upload":
-            store.put_file(args[0], args[1], args[2].encode())
-        elif op == "delete-file":
-            store.delete_file(*args)
-        elif op == "delete-session":
-            store.delete_session(*args)
-        elif op == "restore-file":
-            store.restore(args[0], file=args[1])
-        elif op == "restore-session":
-            store.restore(args[0])
-        elif op == "purge":
-            store.purge()
-        elif op == "create":
-            store.create_session(*args)
-        elif op == "empty-trash":
-            store.empty_trash()
-        elif op == "repair":
-            store.check(repair=True)
+        run_operation(store, op, args)
     except Exception as error:
         # EMFILE is the one right refusal: the server answers it "too_many_open_files ...
         # nothing was changed. Retry"; any other is a wrong answer (a 404, a 500).
@@ -239,6 +222,7 @@ for line in sys.stdin:
     os.waitpid(pid, 0)
     print(result.replace("\n", " "), flush=True)
 """
+)
 
 
 class Zygote:
