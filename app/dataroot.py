@@ -50,7 +50,7 @@ from app.errors import (
     LockLostError,
     ProfileStampMismatchError,
 )
-from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe
+from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe, special_kind
 from app.names import MAX_NAME_BYTES
 from app.sandbox import check_root, checked, current_run
 
@@ -104,20 +104,11 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-_KINDS_OF_FILE: Final = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-)
-
-
 class NotRegularFileError(OSError):
     """One of the app's own files is something else at its name: a FIFO, a directory..."""
 
     def __init__(self, path: Path | str, mode: int) -> None:
-        kind = next((name for test, name in _KINDS_OF_FILE if test(mode)), "something else")
+        kind = special_kind(mode) or "something else"
         super().__init__(f"{path} is {kind}, not a regular file")
         self.path = Path(path)
         self.kind = kind

@@ -540,7 +540,8 @@ class RootLock:
                     str(self.root),
                 )
             self._wanted = wanted
-            _refuse_other_kinds(self.path, os.lstat)
+            with contextlib.suppress(FileNotFoundError):  # none yet: the lock creates it
+                _refuse_other_kinds(self.path, os.lstat(self.path).st_mode)
             try:
                 taken = self._take(timeout)
             except OSError as error:
@@ -585,7 +586,7 @@ class RootLock:
         own = os.dup(fd)
         try:
             found = os.fstat(own)
-            _refuse_other_kinds(self.path, lambda _: found)  # swapped in since the check
+            _refuse_other_kinds(self.path, found.st_mode)  # swapped in since the check
             _refuse_aliased(self.path, found)
             # A root of the run's own sandbox is held only by the run's processes; looking
             # through /proc there would cost every test's root for nothing.
@@ -787,26 +788,28 @@ class _SandboxFlock:
                 os.close(fd)
 
 
-_OTHER_KINDS: Final = (
+#: What else than a file can sit at a file's name, as messages name it.
+_KINDS_OF_FILE: Final = (
+    (stat.S_ISFIFO, "a FIFO"),
     (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
 )
 
 
-def _refuse_other_kinds(path: Path, stat_of: Callable[[Path], os.stat_result]) -> None:
+def special_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is ("a FIFO", "a directory"...), or None for a regular
+    file or a symbolic link."""
+    return next((name for is_kind, name in _KINDS_OF_FILE if is_kind(mode)), None)
+
+
+def _refuse_other_kinds(path: Path, mode: int) -> None:
     # filelock's open of a directory failed with a bare IsADirectoryError, and a FIFO was
     # locked, then the holder's JSON failed with ESPIPE: both were tracebacks. A symbolic
     # link is `_refuse_aliased`'s to name.
-    try:
-        mode = stat_of(path).st_mode
-    except FileNotFoundError:
-        return  # the lock creates it
-    for is_kind, kind in _OTHER_KINDS:
-        if is_kind(mode):
-            raise LockFileKindError(path, kind)
+    if (kind := special_kind(mode)) is not None:
+        raise LockFileKindError(path, kind)
 
 
 def _refuse_aliased(path: Path, locked: os.stat_result) -> None:

@@ -211,7 +211,7 @@ def test_a_session_lock_refuses_a_lock_file_that_is_a_symbolic_link(
 
 
 @pytest.mark.parametrize("own_sandbox", [True, False], ids=["sandbox-flock", "filelock"])
-@pytest.mark.parametrize("kind", ["a directory", "a FIFO (named pipe)"])
+@pytest.mark.parametrize("kind", ["a directory", "a FIFO"])
 def test_something_other_than_a_file_at_the_lock_path_is_refused_by_name(
     root: Path, kind: str, own_sandbox: bool
 ) -> None:
