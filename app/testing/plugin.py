@@ -93,7 +93,7 @@ def pytest_load_initial_conftests(
         and inherited is not None
         and os.environ.get(guard.OWNER_ENV) == str(os.getppid())
         and enclosing is not None
-        and enclosing.pid == os.getppid()
+        and enclosing.pid == sandboxing.parent_pid()
         and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
     )
     # A run started inside another (a test that runs pytest) keeps that run's protected roots.

@@ -1,0 +1,160 @@
+"""Processes the guard must see as part of a test run, and processes it must not (red team 21).
+
+Each case is a real process arrangement: a PID namespace that still sees the run's ``/proc``
+(``unshare --pid --fork`` without ``--mount-proc``), a daemon that outlives its run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from project_copy import PROJECT
+
+from app import sandbox
+
+#: A PID namespace of its own that keeps the /proc it was started under (no --mount-proc):
+#: its processes are numbered one way by os.getpid(), another by /proc.
+OWN_PIDS_SHARED_PROC = ("unshare", "--user", "--map-current-user", "--pid", "--fork")
+
+#: Production's token must pass its strength check, so that nothing but the guard refuses.
+HAND_BUILT_ENV = {
+    "PATH": os.environ["PATH"],
+    "APP_SETTINGS_DIR": str(PROJECT),
+    "APP_API_TOKEN": "Zq8vN3xR7kLp2WmC9tYb4HsD6fJg1QeA",
+}
+
+LOAD_PRODUCTION = (
+    "from app.config import load\n"
+    "from app.errors import SandboxViolationError\n"
+    "try:\n"
+    "    print('LOADED', load('production').data_root)\n"
+    "except SandboxViolationError as refused:\n"
+    "    print('REFUSED', refused)\n"
+)
+
+
+def _namespaces_allowed() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run([*OWN_PIDS_SHARED_PROC, "true"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+needs_namespaces = pytest.mark.skipif(
+    not _namespaces_allowed(), reason="this machine does not let this user make a PID namespace"
+)
+
+
+@needs_namespaces
+def test_a_child_in_a_pid_namespace_that_shares_the_run_s_proc_belongs_to_the_run() -> None:
+    # `unshare --pid --fork` without --mount-proc (a tool's sandbox, a container given the
+    # host's /proc): the child is pid 1 to itself, and it read /proc/1 (the host's init)
+    # as itself, so it walked none of its real ancestors, and with a hand-built
+    # environment it loaded production. The run is in plain sight in that /proc.
+    done = subprocess.run(
+        [*OWN_PIDS_SHARED_PROC, sys.executable, "-c", LOAD_PRODUCTION],
+        env=HAND_BUILT_ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    printed = done.stdout + done.stderr
+    assert "REFUSED" in printed, printed
+    assert (
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through the process tree (an ancestor process, pytest pid "
+        f"{os.getpid()}, registered in {sandbox.RUNS_DIR})"
+    ) in printed, printed
+
+
+#: A run in such a namespace: it registers as the plugin does, says its entry and its pid as
+#: /proc numbers it, and lives until told.
+REGISTERS = """
+import os, sys
+from pathlib import Path
+from app import sandbox
+sandbox.register(Path(sys.argv[1]), ())
+print(os.getpid(), os.readlink("/proc/self"), *sorted(os.listdir(sandbox.RUNS_DIR)), flush=True)
+sys.stdin.readline()
+"""
+
+
+@needs_namespaces
+def test_a_run_in_a_pid_namespace_that_shares_proc_claims_only_its_own_processes(
+    tmp_path: Path,
+) -> None:
+    # The reverse: such a run registered under its pid as its namespace numbers it, 1, and
+    # /proc's start time of pid 1, the host's init. Every process of its user on the machine
+    # has init among its ancestors, so each was taken for part of that run: a developer's
+    # `app serve --profile production` was refused, told that tests run on 'testing'.
+    inner = subprocess.Popen(
+        [*OWN_PIDS_SHARED_PROC, sys.executable, "-c", REGISTERS, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert inner.stdin is not None
+    assert inner.stdout is not None
+    try:
+        own_pid, proc_pid, *entries = inner.stdout.readline().split()
+        assert own_pid == "1"
+        init = sandbox._stat_fields(1)
+        assert init is not None
+        assert sandbox._entry_name(1, init[1]) not in entries
+        started = sandbox._stat_fields(int(proc_pid))
+        assert started is not None
+        assert sandbox._entry_name(int(proc_pid), started[1]) in entries
+    finally:
+        inner.stdin.close()
+        inner.wait()
+
+
+#: A run (registered as the plugin does) whose test starts a daemon as `( cmd & )` in `sh -c`
+#: does, with a hand-built environment, and ends. The daemon waits for the run's end (the
+#: pipe's other end closes), then asks for production.
+DAEMON_AFTER_THE_RUN = """
+import json, os, shlex, subprocess, sys
+from pathlib import Path
+from app import sandbox
+sandbox.register(Path(sys.argv[1]), ())
+ended, running = os.pipe()
+env = {**json.loads(sys.argv[2]), "LOAD": sys.argv[3]}
+daemon = f"import os; os.read({ended}, 1); exec(os.environ['LOAD'])"
+shell = f"({shlex.quote(sys.executable)} -c {shlex.quote(daemon)} &)"
+subprocess.run(["sh", "-c", shell], env=env, pass_fds=[ended], check=True)
+"""
+
+
+def test_a_daemon_that_outlives_its_run_still_belongs_to_it(tmp_path: Path) -> None:
+    # A daemon a test starts (double-forked, so the run adopts it as its subreaper) is
+    # re-parented to init when the run's process exits: it left the run's tree, and with a
+    # hand-built environment it loaded production a moment after the run had ended. Here
+    # the run that ends is an inner one: the daemon must still belong to it, not merely to
+    # this run (which adopts it in turn), nor, as outside any test, to none.
+    import json
+
+    inner_sandbox = tmp_path / "inner-sandbox"
+    inner_sandbox.mkdir()
+    args = [str(inner_sandbox), json.dumps(HAND_BUILT_ENV), LOAD_PRODUCTION]
+    with subprocess.Popen(
+        [sys.executable, "-c", DAEMON_AFTER_THE_RUN, *args], stdout=subprocess.PIPE, text=True
+    ) as inner:
+        # The daemon holds the pipe too: EOF once it has answered and exited.
+        printed = inner.communicate()[0]
+    assert "REFUSED" in printed, printed
+    assert f"(sandbox: {inner_sandbox})" in printed, printed
+    assert (
+        "this process, started by the test run of pytest pid "
+        f"{inner.pid}, which has ended, registered in {sandbox.RUNS_DIR})"
+    ) in printed, printed
+    assert re.search(
+        rf"This process outlived the test run that started it \(pytest pid {inner.pid}\) and "
+        r"stays under its rules while it runs: if no test needs it, stop it \(kill \d+\)$",
+        printed.rstrip(),
+    ), printed
