@@ -771,11 +771,17 @@ def _publish(run: Run, directory: Path = RUNS_DIR, *, outlived: int | None = Non
     if outlived is not None:
         data["outlived"] = _proc_self()
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
-    temporary.write_text(json.dumps(data))
-    # Readable by all whatever the umask (077 on hardened systems), as the directory is: a
-    # child that switched user (sudo -u) must read its run's entry to stay in the run.
-    temporary.chmod(0o644)
-    temporary.replace(directory / _entry_name(pid, started[1]))
+    try:
+        temporary.write_text(json.dumps(data))
+        # Readable by all whatever the umask (077 on hardened systems), as the directory is:
+        # a child that switched user (sudo -u) must read its run's entry to stay in the run.
+        temporary.chmod(0o644)
+        temporary.replace(directory / _entry_name(pid, started[1]))
+    except OSError:
+        # A full /tmp left an empty file per refused run, which nothing ever removed.
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def _children(pid: int) -> set[int]:

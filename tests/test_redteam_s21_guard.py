@@ -158,3 +158,48 @@ def test_a_daemon_that_outlives_its_run_still_belongs_to_it(tmp_path: Path) -> N
         r"stays under its rules while it runs: if no test needs it, stop it \(kill \d+\)$",
         printed.rstrip(),
     ), printed
+
+
+#: A run that registers as the plugin does, in a /tmp with no space left on the registry.
+REGISTERS_ON_A_FULL_TMP = """
+import sys
+from pathlib import Path
+import pytest
+from app import sandbox
+from app.testing import guard
+try:
+    guard.register(Path(sys.argv[1]), ())
+except pytest.UsageError as refused:
+    print("REFUSED", refused)
+print("LEFT", *sorted(p.name for p in sandbox.RUNS_DIR.iterdir()))
+"""
+
+
+def test_a_run_whose_registry_is_full_is_refused_saying_what_frees_it(tmp_path: Path) -> None:
+    # /tmp full (ENOSPC) when the run writes its entry: the run was refused, but said only
+    # "[Errno 28] No space left on device", neither where nor what to do, and each refused
+    # run left an empty temporary file in the registry that nothing ever removed.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root mounts a tmpfs without a user namespace")
+    full = (
+        f"mount -t tmpfs -o size=4k,mode=755 none {sandbox.RUNS_DIR} && "
+        f"(head -c 65536 /dev/zero > {sandbox.RUNS_DIR}/filler; "
+        f'exec {sys.executable} -c "$0" "$1")'
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", full, REGISTERS_ON_A_FULL_TMP, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    printed = done.stdout + done.stderr
+    assert (
+        f"REFUSED app: refusing to run: the test run cannot be registered in {sandbox.RUNS_DIR} "
+        f"(No space left on device, writing {sandbox.RUNS_DIR}"
+    ) in printed, printed
+    assert (
+        "); without its entry there, a process its tests start with a hand-built environment "
+        "could not be told apart from a production shell. Free space in /tmp (`df -h /tmp`) and "
+        "run again\n"
+    ) in printed, printed
+    assert "LEFT filler\n" in printed, printed

@@ -124,13 +124,7 @@ def pytest_load_initial_conftests(
     )
     os.environ[sandboxing.SCRATCH_ENV] = scratch
     protected = [*guard.protected(roots, files, live, sandbox), *inherited_protected]
-    try:
-        state.run = sandboxing.register(sandbox, protected, scratch=scratch)
-    except OSError as error:
-        raise pytest.UsageError(
-            f"app: cannot register the test run, so its subprocesses could not be told apart "
-            f"from a production shell: {error}"
-        ) from None
+    state.run = guard.register(sandbox, protected, scratch=scratch)
     early_config.stash[STATE] = state
     strict = known.app_strict or early_config.getini("app_strict")
     if strict and live and not worker:
@@ -161,7 +155,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
         state.data_root, state.data_root_source, _ = guard.testing_root(state.sandbox)
         assert state.run is not None
-        state.run = sandboxing.register(
+        state.run = guard.register(
             state.sandbox, state.run.protected, replacing=state.run, scratch=state.run.scratch
         )
     # tmpdir's own pytest_configure made a second factory (a second numbered directory);
