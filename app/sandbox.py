@@ -75,6 +75,7 @@ __all__ = [
     "parent_pid",
     "record_load",
     "register",
+    "restore_entry",
     "sandbox_root",
     "scratch_blob_url",
     "scratch_database_url",
@@ -851,6 +852,42 @@ def register(
     setattr(sys, _MARKER, runs)
     _publish(run)
     return run
+
+
+def restore_entry(run: Run) -> str | None:
+    """Put this process's registry entry back as `run` if it is gone, or if its directory
+    is gone or writable by others (which makes every entry in it ignored); say which.
+
+    A test that cleans up ``/tmp/app-*``, or its run's entry, took the processes its run
+    starts afterwards out of the run. The plugin calls this after each test: the test that
+    did it is named, and the next one runs guarded again. Two ``stat`` calls when nothing
+    is wrong. A rewritten entry is not noticed (see the attacks page).
+    """
+    pid = _proc_self()
+    started = _stat_fields(pid) if pid is not None else None
+    if pid is None or started is None:
+        return None
+    try:
+        found = os.lstat(RUNS_DIR)
+    except OSError:
+        problem = f"the registry {RUNS_DIR} was removed"
+    else:
+        if _runs_dir_trusted(RUNS_DIR, os.getuid()):
+            if (RUNS_DIR / _entry_name(pid, started[1])).is_file():
+                return None
+            problem = f"this run's entry in {RUNS_DIR} was removed"
+        elif found.st_uid == os.getuid() and stat.S_ISDIR(found.st_mode):
+            mode = stat.filemode(found.st_mode)
+            problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
+            with contextlib.suppress(OSError):
+                RUNS_DIR.chmod(0o755)
+        else:
+            return f"the registry {RUNS_DIR} was replaced: {_untrusted()}"
+    try:
+        _publish(run, _own_runs_dir())
+    except OSError as error:
+        return f"{problem}, and it cannot be put back: {error}"
+    return f"{problem}; it was put back"
 
 
 def unregister(run: Run) -> None:

@@ -203,3 +203,78 @@ def test_a_run_whose_registry_is_full_is_refused_saying_what_frees_it(tmp_path: 
         "run again\n"
     ) in printed, printed
     assert "LEFT filler\n" in printed, printed
+
+
+#: Tests of an inner run, in a mount namespace with a /tmp of its own (the registry the
+#: tests damage is that run's alone): each breaks the registry as a clean-up of /tmp would;
+#: the last starts a child with a hand-built environment that asks for production.
+DAMAGES_THE_REGISTRY = """
+import os, shutil, subprocess, sys
+from app import sandbox
+
+def _entry():
+    return sandbox.RUNS_DIR / f"{os.getpid()}-{sandbox._stat_fields(os.getpid())[1]}.json"
+
+def test_1_removes_its_entry():
+    _entry().unlink()
+
+def test_2_removes_the_registry():
+    shutil.rmtree(sandbox.RUNS_DIR)
+
+def test_3_makes_the_registry_writable_by_all():
+    sandbox.RUNS_DIR.chmod(0o777)
+
+def test_4_a_child_with_a_hand_built_environment_asks_for_production():
+    assert _entry().is_file()
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"],
+           "APP_API_TOKEN": "Zq8vN3xR7kLp2WmC9tYb4HsD6fJg1QeA"}
+    code = "from app.config import load; print('LOADED', load('production').data_root)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "LOADED" not in done.stdout
+    assert "tests run on the 'testing' profile" in done.stderr, done.stderr
+"""
+
+
+def test_a_test_that_damages_the_run_s_registry_fails_and_the_run_stays_guarded(
+    pytester: pytest.Pytester,
+) -> None:
+    # A test that cleans up /tmp/app-* (or its run's entry, or makes the directory writable
+    # by all, after which its entries are ignored) took every process the run started from
+    # then on, given a hand-built environment, out of the run, silently.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root mounts a tmpfs without a user namespace")
+    pytester.makepyfile(test_damage=DAMAGES_THE_REGISTRY)
+    # A /tmp of its own, where this run's sandbox (the inner run's directory, and its
+    # settings) stays visible at its path.
+    run = sandbox.current_run()
+    assert run is not None
+    keep = run.sandbox
+    private_tmp = 'mount -t tmpfs none /tmp && exec "$@"'
+    if keep.is_relative_to("/tmp"):
+        private_tmp = (
+            'set -e; old=$(mktemp -d /run/app-s21-tmp.XXXXXX); mount --bind /tmp "$old"; '
+            f"mount -t tmpfs none /tmp; mkdir -p {keep}; "
+            f'mount --bind "$old"/{keep.relative_to("/tmp")} {keep}; '
+            'umount "$old"; rmdir "$old"; exec "$@"'
+        )
+    result = pytester.run(
+        *("unshare", "--mount", "sh", "-c", private_tmp, "sh"),
+        *(sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"),
+    )
+    result.assert_outcomes(passed=4, errors=3)
+    entry = f"this run's entry in {sandbox.RUNS_DIR} was removed"
+    removed = f"the registry {sandbox.RUNS_DIR} was removed"
+    writable = f"the registry {sandbox.RUNS_DIR} was made writable by others (drwxrwxrwx)"
+    result.stdout.fnmatch_lines(
+        [
+            (
+                f"*app: after test_damage.py::test_1_removes_its_entry, {entry}; it was put "
+                "back. Until then, a process started with a hand-built environment (and any "
+                "after the run) was not part of the run. Tests must not remove or change "
+                f"{sandbox.RUNS_DIR}"
+            ),
+            f"*app: after test_damage.py::test_2_removes_the_registry, {removed}; it was put*",
+            f"*app: after test_damage.py::test_3_*_by_all, {writable}; it was put back.*",
+        ],
+        consecutive=False,
+    )

@@ -248,10 +248,19 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
             os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
         else:
             os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
+        failures = []
         if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
             os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
-            pytest.fail(
+            failures.append(
                 f"app: {request.node.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
-                "Tests must not leave the sandbox",
-                pytrace=False,
+                "Tests must not leave the sandbox"
             )
+        # A test that cleans up /tmp/app-* took the run's later children out of it.
+        if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
+            failures.append(
+                f"app: after {request.node.nodeid}, {lost}. Until then, a process started "
+                "with a hand-built environment (and any after the run) was not part of the "
+                f"run. Tests must not remove or change {sandboxing.RUNS_DIR}"
+            )
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
