@@ -278,3 +278,33 @@ def test_a_test_that_damages_the_run_s_registry_fails_and_the_run_stays_guarded(
         ],
         consecutive=False,
     )
+
+
+@needs_namespaces
+def test_a_conftest_that_loads_the_configuration_under_pytest_help_is_told_why(
+    tmp_path: Path,
+) -> None:
+    # `pytest --help` imports the conftests (for their options) while the plugin, as
+    # pytest-django does, sets nothing up. A conftest that loads the configuration was
+    # refused (rightly: no sandbox), but told that the plugin was disabled with `-p no:app`
+    # or that the run's rootdir was another project: neither was so. (Outside this run: a
+    # PID namespace with its own /proc, and a hand-built environment.)
+    (tmp_path / "conftest.py").write_text("from app.config import load\nload()\n")
+    done = subprocess.run(
+        [
+            *(*OWN_PIDS_SHARED_PROC, "--mount-proc", sys.executable, "-m", "pytest", "--help"),
+            *("-W", "error::pytest.PytestConfigWarning", "-p", "no:cacheprovider"),
+        ],
+        env={"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(PROJECT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (
+        "refused under pytest: loading profile 'development' while pytest runs without the "
+        "app's sandbox (pytest runs in this process, and the app's plugin, loaded, stayed "
+        "inactive in it). Run the tests with the app's pytest plugin: it is loaded in this "
+        "process but stayed inactive: pytest --help imports the conftests but runs no test, "
+        "so the plugin makes no sandbox; run the tests to load the configuration under it"
+    ) in done.stderr, done.stderr

@@ -64,7 +64,15 @@ def pytest_load_initial_conftests(
     __tracebackhide__ = True
     known = early_config.known_args_namespace
     if getattr(known, "help", False) or getattr(known, "version", False):
-        return  # pytest --help / --version: read, create and lock nothing (pytest-django #235)
+        # pytest --help / --version: read, create and lock nothing (pytest-django #235). It
+        # still imports the conftests, and a load there was refused as if the plugin were
+        # disabled (`-p no:app`): say why it is not running.
+        option = "--help" if getattr(known, "help", False) else "--version"
+        sandboxing.note_inactive(
+            f"pytest {option} imports the conftests but runs no test, so the plugin makes no "
+            "sandbox; run the tests to load the configuration under it"
+        )
+        return
     inactive = guard.applies(early_config)
     if inactive is not None:
         guard.stay_inactive(early_config, inactive)
