@@ -199,8 +199,31 @@ class Run(NamedTuple):
 # --- the process tree (Linux /proc) -------------------------------------------------------
 
 
+#: This process's time namespace's boot-time offset, in clock ticks (read once).
+_BOOT_OFFSET: list[int] = []
+
+
+def _boot_offset() -> int:
+    """How much later than the machine's this process's time namespace says it booted, in
+    the clock ticks of ``/proc/<pid>/stat`` (0 outside a time namespace)."""
+    if not _BOOT_OFFSET:
+        offset = 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in (_PROC / "self" / "timens_offsets").read_text().splitlines():
+                clock, seconds, nanoseconds = line.split()
+                if clock in ("boottime", "7"):  # older kernels name clocks by number
+                    ticks = os.sysconf("SC_CLK_TCK")
+                    offset = (int(seconds) * 10**9 + int(nanoseconds)) * ticks // 10**9
+        _BOOT_OFFSET.append(offset)
+    return _BOOT_OFFSET[0]
+
+
 def _stat_fields(pid: int) -> tuple[int, int] | None:
-    """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart."""
+    """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart.
+
+    The start time as the machine counts it: ``/proc`` shows it shifted by the reader's
+    time namespace (``unshare --time``), where a child then found no ancestor's entry.
+    """
     try:
         raw = (_PROC / str(pid) / "stat").read_bytes()
     except OSError:
@@ -208,7 +231,7 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return int(rest[1]), int(rest[19])
+        return int(rest[1]), int(rest[19]) - _boot_offset()
     except (IndexError, ValueError):
         return None
 

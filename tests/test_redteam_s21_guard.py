@@ -308,3 +308,31 @@ def test_a_conftest_that_loads_the_configuration_under_pytest_help_is_told_why(
         "process but stayed inactive: pytest --help imports the conftests but runs no test, "
         "so the plugin makes no sandbox; run the tests to load the configuration under it"
     ) in done.stderr, done.stderr
+
+
+#: A time namespace whose boot time is a day later (`unshare --time`, as checkpoint and
+#: restore tools make one): the kernel shows every process's start time shifted by it.
+LATER_BOOT = ("unshare", "--user", "--map-current-user", "--time", "--boottime", "86400")
+
+
+def test_a_child_in_a_time_namespace_still_finds_its_run() -> None:
+    # Registry entries are named by pid and start time, and /proc shows a start time in the
+    # reader's time namespace: a child whose boot time is moved saw another start time for
+    # every ancestor, found no entry, and with a hand-built environment was outside the run
+    # (refused here only because this run's command line shows pytest, and told that the
+    # plugin was off; under a script that calls pytest.main(), it loaded production).
+    done = subprocess.run(
+        [*LATER_BOOT, sys.executable, "-c", LOAD_PRODUCTION],
+        env=HAND_BUILT_ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if "unshare failed" in done.stderr or "unshare: " in done.stderr:
+        pytest.skip(f"this machine does not let this user make a time namespace: {done.stderr}")
+    printed = done.stdout + done.stderr
+    assert (
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through the process tree (an ancestor process, pytest pid "
+        f"{os.getpid()}, registered in {sandbox.RUNS_DIR})"
+    ) in printed, printed
