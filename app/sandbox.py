@@ -835,6 +835,11 @@ def _end_entry() -> None:
     run = _in_process()
     if run is not None:
         for child in _children(pid):
+            fields = _stat_fields(child)
+            # A child with an entry of its own (an xdist worker still exiting, a pytest a
+            # test started) is a run of its own: its entry stays as it wrote it.
+            if fields is None or (RUNS_DIR / _entry_name(child, fields[1])).exists():
+                continue
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child)
     with contextlib.suppress(OSError):
