@@ -72,8 +72,10 @@ __all__ = [
     "loaded",
     "marked",
     "note_inactive",
+    "parent_pid",
     "record_load",
     "register",
+    "restore_entry",
     "sandbox_root",
     "scratch_blob_url",
     "scratch_database_url",
@@ -174,8 +176,8 @@ class Run(NamedTuple):
 
     Attributes:
         sandbox: the only directory tree the run may open data roots in.
-        pid: the pytest process (an xdist worker is a run of its own), None if only the
-            environment says so.
+        pid: the pytest process (an xdist worker is a run of its own), as ``/proc`` numbers
+            it (see `parent_pid`), None if only the environment says so.
         protected: roots the run must never open, however they are reached.
         recognised_by: how this process knows it belongs to the run, for messages.
     """
@@ -189,13 +191,39 @@ class Run(NamedTuple):
     #: The suffix of the run's scratch databases and object prefixes (remote profiles):
     #: ``_pytest_<pid>_<hex>``, and ``_gw<N>`` more for an xdist worker.
     scratch: str = ""
+    #: The pytest process whose run this was, for a process that outlived it (its entry
+    #: was handed on when the run ended), else None.
+    ended: int | None = None
 
 
 # --- the process tree (Linux /proc) -------------------------------------------------------
 
 
+#: This process's time namespace's boot-time offset, in clock ticks (read once).
+_BOOT_OFFSET: list[int] = []
+
+
+def _boot_offset() -> int:
+    """How much later than the machine's this process's time namespace says it booted, in
+    the clock ticks of ``/proc/<pid>/stat`` (0 outside a time namespace)."""
+    if not _BOOT_OFFSET:
+        offset = 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in (_PROC / "self" / "timens_offsets").read_text().splitlines():
+                clock, seconds, nanoseconds = line.split()
+                if clock in ("boottime", "7"):  # older kernels name clocks by number
+                    ticks = os.sysconf("SC_CLK_TCK")
+                    offset = (int(seconds) * 10**9 + int(nanoseconds)) * ticks // 10**9
+        _BOOT_OFFSET.append(offset)
+    return _BOOT_OFFSET[0]
+
+
 def _stat_fields(pid: int) -> tuple[int, int] | None:
-    """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart."""
+    """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart.
+
+    The start time as the machine counts it: ``/proc`` shows it shifted by the reader's
+    time namespace (``unshare --time``), where a child then found no ancestor's entry.
+    """
     try:
         raw = (_PROC / str(pid) / "stat").read_bytes()
     except OSError:
@@ -203,14 +231,39 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return int(rest[1]), int(rest[19])
+        return int(rest[1]), int(rest[19]) - _boot_offset()
     except (IndexError, ValueError):
         return None
 
 
+def _proc_self() -> int | None:
+    """This process's pid as ``/proc`` numbers it, or None without ``/proc``.
+
+    Not ``os.getpid()``: that numbers it in the process's own PID namespace, and ``/proc``
+    may have been mounted in an enclosing one (``unshare --pid --fork`` without
+    ``--mount-proc``, a container given the host's ``/proc``). Read with the other
+    numbering, pid 1 was the host's init: a child there walked no ancestor of its run,
+    and a run there registered under init's pid, claiming every process of its user.
+    """
+    try:
+        return int((_PROC / "self").readlink().name)
+    except (OSError, ValueError):
+        return None
+
+
+def parent_pid() -> int | None:
+    """The parent of this process as ``/proc`` numbers it (see `Run.pid`), or None."""
+    own = _proc_self()
+    fields = _stat_fields(own) if own is not None else None
+    return fields[0] if fields is not None else None
+
+
 def _ancestry() -> Iterator[tuple[int, int]]:
-    """``(pid, start time)`` of this process, then of its parent, and so on up to pid 1."""
-    pid = os.getpid()
+    """``(pid, start time)`` of this process, then of its parent, and so on up to pid 1,
+    numbered as ``/proc`` numbers them."""
+    pid = _proc_self()
+    if pid is None:
+        return
     for _ in range(_MAX_DEPTH):
         fields = _stat_fields(pid)
         if fields is None:
@@ -248,12 +301,17 @@ def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
     except (OSError, ValueError):
         return None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
+    ended = data.get("outlived")
+    if isinstance(ended, int):
+        who = "this process" if depth == 0 else f"an ancestor process, pid {pid}"
+        how = f"{who}, started by the test run of pytest pid {ended}, which has ended"
     return Run(
         Path(data["sandbox"]),
         pid,
         tuple(Protected.from_dict(item) for item in data.get("protected", ())),
         f"the process tree ({how}, registered in {path.parent})",
         scratch=_scratch_suffix(data.get("scratch")),
+        ended=ended if isinstance(ended, int) else None,
     )
 
 
@@ -327,7 +385,7 @@ def _shown(argv: list[str]) -> str:
     return shown if len(shown) <= 160 else f"{shown[:157]}..."
 
 
-def _cmdline(pid: int) -> list[str]:
+def _cmdline(pid: int | str) -> list[str]:
     try:
         raw = (_PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
@@ -418,7 +476,7 @@ _RUNS_HERE_INACTIVE: Final = (
 def _runs_pytest() -> bool:
     """Whether pytest runs in this process, not merely is imported: its command line is
     pytest's, or pytest's code is on this thread's stack (``pytest.main()`` in a script)."""
-    if _looks_like_pytest(_cmdline(os.getpid())):
+    if _looks_like_pytest(_cmdline("self")):
         return True
     frame = sys._getframe(1)
     while frame is not None:
@@ -674,10 +732,19 @@ def _untrusted() -> str:
 
 
 def _pid_namespace() -> int | None:
+    """The PID namespace that numbers the pids ``/proc`` shows (and entries are named by)."""
     try:
-        return (_PROC / "self" / "ns" / "pid").stat().st_ino
+        own = (_PROC / "self" / "ns" / "pid").stat().st_ino
     except OSError:
         return None
+    if _proc_self() == os.getpid():
+        return own
+    # /proc numbers an enclosing namespace's pids (see `_proc_self`): its pid 1 is that
+    # namespace's. Unreadable, this one's: another run then never forgets the entry.
+    try:
+        return (_PROC / "1" / "ns" / "pid").stat().st_ino
+    except OSError:
+        return own
 
 
 def _forget_dead_runs(directory: Path) -> None:
@@ -710,32 +777,73 @@ def _become_subreaper() -> None:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def _publish(run: Run, directory: Path = RUNS_DIR) -> None:
-    """Write ``run`` as this process's registry entry (atomically: readers never see half)."""
-    started = _stat_fields(os.getpid())
-    if started is None:
+def _publish(run: Run, directory: Path = RUNS_DIR, *, outlived: int | None = None) -> None:
+    """Write ``run`` as this process's registry entry (atomically: readers never see half),
+    or, given `outlived` (a child of this process), as that child's."""
+    pid = outlived or _proc_self()
+    started = _stat_fields(pid) if pid is not None else None
+    if pid is None or started is None:
         return  # no /proc: children fall back to the environment
     data = {
-        "pid": os.getpid(),
+        "pid": pid,
         "sandbox": str(run.sandbox),
         "argv": list(sys.argv),
         "protected": [item.to_dict() for item in run.protected],
         "scratch": run.scratch,
         "pid_namespace": _pid_namespace(),
     }
+    if outlived is not None:
+        data["outlived"] = _proc_self()
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
-    temporary.write_text(json.dumps(data))
-    # Readable by all whatever the umask (077 on hardened systems), as the directory is: a
-    # child that switched user (sudo -u) must read its run's entry to stay in the run.
-    temporary.chmod(0o644)
-    temporary.replace(directory / _entry_name(os.getpid(), started[1]))
-
-
-def _forget_own_entry() -> None:
-    started = _stat_fields(os.getpid())
-    if started is not None:
+    try:
+        temporary.write_text(json.dumps(data))
+        # Readable by all whatever the umask (077 on hardened systems), as the directory is:
+        # a child that switched user (sudo -u) must read its run's entry to stay in the run.
+        temporary.chmod(0o644)
+        temporary.replace(directory / _entry_name(pid, started[1]))
+    except OSError:
+        # A full /tmp left an empty file per refused run, which nothing ever removed.
         with contextlib.suppress(OSError):
-            (RUNS_DIR / _entry_name(os.getpid(), started[1])).unlink()
+            temporary.unlink()
+        raise
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    with contextlib.suppress(OSError), os.scandir(_PROC / str(pid) / "task") as tasks:
+        for task in tasks:  # a child is listed under the thread that started it
+            with contextlib.suppress(OSError, ValueError):
+                found.update(map(int, Path(task.path, "children").read_text().split()))
+    return found
+
+
+def _end_entry() -> None:
+    """At exit: hand the run's entry on to the processes that outlive it, then remove it.
+
+    A process a test started that is still running when the run ends (a daemon it
+    double-forked, which the run adopted as its subreaper, or a child it never waited for)
+    would be re-parented to init, out of the run's tree: with a hand-built environment, it
+    could load production a second later. Each gets an entry of its own, with the run's
+    sandbox and protected roots, so it and everything it starts stay in the run until it
+    exits (the next run forgets the entry then). Only this process's children: no walk of
+    /proc, so a run ends at the cost of one read per thread.
+    """
+    pid = _proc_self()
+    started = _stat_fields(pid) if pid is not None else None
+    if pid is None or started is None:
+        return
+    run = _in_process()
+    if run is not None:
+        for child in _children(pid):
+            fields = _stat_fields(child)
+            # A child with an entry of its own (an xdist worker still exiting, a pytest a
+            # test started) is a run of its own: its entry stays as it wrote it.
+            if fields is None or (RUNS_DIR / _entry_name(child, fields[1])).exists():
+                continue
+            with contextlib.suppress(OSError):
+                _publish(run, outlived=child)
+    with contextlib.suppress(OSError):
+        (RUNS_DIR / _entry_name(pid, started[1])).unlink()
 
 
 def register(
@@ -759,7 +867,7 @@ def register(
     Raises:
         PermissionError: the registry directory may be written by another user.
     """
-    run = Run(sandbox, os.getpid(), tuple(protected), scratch=scratch)
+    run = Run(sandbox, _proc_self() or os.getpid(), tuple(protected), scratch=scratch)
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:
         runs[-1] = run
@@ -767,11 +875,47 @@ def register(
         if not runs:  # the first run of this process
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
-            atexit.register(_forget_own_entry)
+            atexit.register(_end_entry)
         runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)
     return run
+
+
+def restore_entry(run: Run) -> str | None:
+    """Put this process's registry entry back as `run` if it is gone, or if its directory
+    is gone or writable by others (which makes every entry in it ignored); say which.
+
+    A test that cleans up ``/tmp/app-*``, or its run's entry, took the processes its run
+    starts afterwards out of the run. The plugin calls this after each test: the test that
+    did it is named, and the next one runs guarded again. Two ``stat`` calls when nothing
+    is wrong. A rewritten entry is not noticed (see the attacks page).
+    """
+    pid = _proc_self()
+    started = _stat_fields(pid) if pid is not None else None
+    if pid is None or started is None:
+        return None
+    try:
+        found = os.lstat(RUNS_DIR)
+    except OSError:
+        problem = f"the registry {RUNS_DIR} was removed"
+    else:
+        if _runs_dir_trusted(RUNS_DIR, os.getuid()):
+            if (RUNS_DIR / _entry_name(pid, started[1])).is_file():
+                return None
+            problem = f"this run's entry in {RUNS_DIR} was removed"
+        elif found.st_uid == os.getuid() and stat.S_ISDIR(found.st_mode):
+            mode = stat.filemode(found.st_mode)
+            problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
+            with contextlib.suppress(OSError):
+                RUNS_DIR.chmod(0o755)
+        else:
+            return f"the registry {RUNS_DIR} was replaced: {_untrusted()}"
+    try:
+        _publish(run, _own_runs_dir())
+    except OSError as error:
+        return f"{problem}, and it cannot be put back: {error}"
+    return f"{problem}; it was put back"
 
 
 def unregister(run: Run) -> None:
@@ -881,6 +1025,12 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
 def _left_over(run: Run) -> str:
     # Known only from the environment: a shell, terminal multiplexer or daemon started by a
     # test keeps the variable after the run, and everything started from it inherits it.
+    if run.ended is not None:
+        return (
+            f". This process outlived the test run that started it (pytest pid {run.ended}) "
+            f"and stays under its rules while it runs: if no test needs it, stop it "
+            f"(kill {run.pid})"
+        )
     if run.pid is not None:
         return ""
     return (

@@ -8,6 +8,7 @@ every pytest start, and the first test that calls `app.config.load` pays for dyn
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -551,6 +552,43 @@ def protected(
         if not root.is_relative_to(sandbox) and (name, root) not in found:
             found[name, root] = sandboxing.Protected.of(name, root)
     return list(found.values())
+
+
+#: What lets the registry take an entry again, by errno; anything else: its mode.
+_REGISTRY_FIXES = {
+    errno.ENOSPC: "Free space in {tmp} (`df -h {tmp}`) and run again",
+    errno.EDQUOT: "Free space in {tmp} within this user's quota (`quota`) and run again",
+    errno.EROFS: "{tmp} is mounted read-only: the run needs it writable",
+    errno.EMFILE: "Raise this process's limit of open files (`ulimit -n`) and run again",
+}
+
+
+def register(
+    sandbox: Path,
+    protected: list[sandboxing.Protected] | tuple[sandboxing.Protected, ...],
+    *,
+    replacing: sandboxing.Run | None = None,
+    scratch: str = "",
+) -> sandboxing.Run:
+    """`app.sandbox.register`, refusing the run, with the fix, where the registry cannot
+    take its entry: running on would leave every process a test starts with a hand-built
+    environment (or after the run) outside the run, silently."""
+    __tracebackhide__ = True
+    try:
+        return sandboxing.register(sandbox, protected, replacing=replacing, scratch=scratch)
+    except OSError as error:
+        tmp = sandboxing.RUNS_DIR.parent
+        if error.strerror is None:  # the registry's own refusal (another user's directory)
+            why, fix = str(error), ""
+        else:
+            why = f"{error.strerror}, writing {error.filename or sandboxing.RUNS_DIR}"
+            default = f"Make {sandboxing.RUNS_DIR} writable by this user and run again"
+            fix = ". " + _REGISTRY_FIXES.get(error.errno or 0, default).format(tmp=tmp)
+        raise pytest.UsageError(
+            f"app: refusing to run: the test run cannot be registered in {sandboxing.RUNS_DIR} "
+            f"({why}); without its entry there, a process its tests start with a hand-built "
+            f"environment could not be told apart from a production shell{fix}"
+        ) from None
 
 
 def hold_session_root(root: Path, sandbox: Path) -> RootLock:

@@ -64,7 +64,15 @@ def pytest_load_initial_conftests(
     __tracebackhide__ = True
     known = early_config.known_args_namespace
     if getattr(known, "help", False) or getattr(known, "version", False):
-        return  # pytest --help / --version: read, create and lock nothing (pytest-django #235)
+        # pytest --help / --version: read, create and lock nothing (pytest-django #235). It
+        # still imports the conftests, and a load there was refused as if the plugin were
+        # disabled (`-p no:app`): say why it is not running.
+        option = "--help" if getattr(known, "help", False) else "--version"
+        sandboxing.note_inactive(
+            f"pytest {option} imports the conftests but runs no test, so the plugin makes no "
+            "sandbox; run the tests to load the configuration under it"
+        )
+        return
     inactive = guard.applies(early_config)
     if inactive is not None:
         guard.stay_inactive(early_config, inactive)
@@ -93,7 +101,7 @@ def pytest_load_initial_conftests(
         and inherited is not None
         and os.environ.get(guard.OWNER_ENV) == str(os.getppid())
         and enclosing is not None
-        and enclosing.pid == os.getppid()
+        and enclosing.pid == sandboxing.parent_pid()
         and Path(inherited).resolve().is_relative_to(enclosing.sandbox)
     )
     # A run started inside another (a test that runs pytest) keeps that run's protected roots.
@@ -124,13 +132,7 @@ def pytest_load_initial_conftests(
     )
     os.environ[sandboxing.SCRATCH_ENV] = scratch
     protected = [*guard.protected(roots, files, live, sandbox), *inherited_protected]
-    try:
-        state.run = sandboxing.register(sandbox, protected, scratch=scratch)
-    except OSError as error:
-        raise pytest.UsageError(
-            f"app: cannot register the test run, so its subprocesses could not be told apart "
-            f"from a production shell: {error}"
-        ) from None
+    state.run = guard.register(sandbox, protected, scratch=scratch)
     early_config.stash[STATE] = state
     strict = known.app_strict or early_config.getini("app_strict")
     if strict and live and not worker:
@@ -161,7 +163,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
         state.data_root, state.data_root_source, _ = guard.testing_root(state.sandbox)
         assert state.run is not None
-        state.run = sandboxing.register(
+        state.run = guard.register(
             state.sandbox, state.run.protected, replacing=state.run, scratch=state.run.scratch
         )
     # tmpdir's own pytest_configure made a second factory (a second numbered directory);
@@ -254,10 +256,19 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
             os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
         else:
             os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
+        failures = []
         if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
             os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
-            pytest.fail(
+            failures.append(
                 f"app: {request.node.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
-                "Tests must not leave the sandbox",
-                pytrace=False,
+                "Tests must not leave the sandbox"
             )
+        # A test that cleans up /tmp/app-* took the run's later children out of it.
+        if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
+            failures.append(
+                f"app: after {request.node.nodeid}, {lost}. Until then, a process started "
+                "with a hand-built environment (and any after the run) was not part of the "
+                f"run. Tests must not remove or change {sandboxing.RUNS_DIR}"
+            )
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
