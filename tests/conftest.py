@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import head_start
 import httpcore  # noqa: F401  (see below)
 import pytest
+from docs_site import build
 from project_copy import copy_project_settings
 from side_by_side import NEXT_ITEM
 from standby import serve
@@ -52,6 +54,22 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
         return
     os.environ["PYTHONPYCACHEPREFIX"] = str(cache.mkdir("pycache"))
     del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # What the collected tests will ask for, started now on the idle core (tests/head_start.py).
+    # engines is imported here, not above: as a plugin (pytest_plugins) its asserts are
+    # rewritten only if pytest imports it first.
+    from engines import start_postgres, start_s3
+
+    config, factory = session.config, session.config._tmp_path_factory  # type: ignore[attr-defined]
+    if head_start.wanted(session, "built_site"):
+        head_start.begin(config, "docs-site", lambda: build(factory), lambda _: None)
+    if head_start.wanted(session, "postgres_engine"):
+        head_start.begin(config, "postgres", start_postgres, lambda engine: engine.stop())
+    if head_start.wanted(session, "s3_engine"):
+        start = lambda: start_s3(factory.mktemp("seaweedfs"))  # noqa: E731
+        head_start.begin(config, "s3", start, lambda engine: engine.stop())
 
 
 @pytest.hookimpl(tryfirst=True)

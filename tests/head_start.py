@@ -1,0 +1,63 @@
+"""Slow set-ups a serial run starts when collection ends, on the core its tests leave idle.
+
+A serial run's tests keep one core busy; what a session fixture would otherwise start when
+its first test asks (the docs site's ``mkdocs build``, ~5 s; the engines' start-ups,
+PostgreSQL ~0.7 s and ``weed mini`` ~1 s) runs meanwhile in a thread of this process, for
+the collected tests that need it. The fixture then takes the result (`result`): the same
+objects it would have made itself, and an engine that cannot start raises its skip or
+failure there, in the test that asked. Under xdist both cores are busy with tests, so
+nothing starts early (the fixtures start what they need, as before).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+_STARTED = pytest.StashKey[dict[str, "Future[Any]"]]()
+
+
+def wanted(session: pytest.Session, fixture: str) -> bool:
+    """Whether a collected test uses `fixture`, and this run has a core to spare for it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return False
+    return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+
+
+def begin(
+    config: pytest.Config, name: str, start: Callable[[], T], stop: Callable[[T], None]
+) -> None:
+    """Run `start` in a thread now; `stop` its result at the end of the run if no fixture
+    took it."""
+    started = config.stash.setdefault(_STARTED, {})
+    if name in started:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"head-start-{name}")
+    started[name] = future = pool.submit(start)
+    pool.shutdown(wait=False)
+
+    def untaken() -> None:
+        if config.stash[_STARTED].pop(name, None) is None:
+            return  # a fixture took it, and stops it itself
+        try:
+            value = future.result()
+        except BaseException:  # a skip or a failure that no test asked to see
+            return
+        stop(value)
+
+    config.add_cleanup(untaken)
+
+
+def result(config: pytest.Config, name: str, start: Callable[[], T]) -> T:
+    """What `begin` started under `name` (waited for), or `start()` now if nothing was."""
+    future = config.stash.get(_STARTED, {}).pop(name, None)
+    if future is None:
+        return start()
+    value: T = future.result()
+    return value
