@@ -31,6 +31,7 @@ import httpx
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
+from standby import serve
 
 from app.testing import wait_until_serving
 
@@ -113,13 +114,9 @@ class Production:
 
     def start(self, *args: str, ready: bool = True, **extra: str) -> Replica:
         log = self.tmp_path / f"replica-{len(self.replicas)}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", "0", *args],
-                env={**self.env, **extra},
-                stdout=output,
-                stderr=output,
-            )
+        # ``python -m app serve``, from a standby interpreter that imported the app while an
+        # earlier test ran, when one fits (tests/standby.py): a process of its own all the same.
+        process = serve({**self.env, **extra}, log, ["serve", "--port", "0", *args])
         replica = Replica(process, log)
         self.replicas.append(replica)
         if ready:
