@@ -56,15 +56,29 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
     del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 
+#: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
+FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # What the collected tests will ask for, started now on the idle core (tests/head_start.py).
     # engines is imported here, not above: as a plugin (pytest_plugins) its asserts are
     # rewritten only if pytest imports it first.
     from engines import start_postgres, start_s3
 
+    from app.config import load
+
     config, factory = session.config, session.config._tmp_path_factory  # type: ignore[attr-defined]
+    # The environment is copied here, before a test can change it under the threads.
+    environ = dict(os.environ)
     if head_start.wanted(session, "built_site"):
-        head_start.begin(config, "docs-site", lambda: build(factory), lambda _: None)
+        head_start.begin(config, "docs-site", lambda: build(factory, environ), lambda _: None)
+    fuzzing = head_start.collected(session, FUZZING)
+    if isinstance(fuzzing, pytest.Function) and load("testing").database_url is None:
+        # Its own server, as app_live_server starts a local one: only on a local profile.
+        fuzz = fuzzing.module.fuzz_a_server_of_its_own
+        start = lambda: fuzz(factory, environ)  # noqa: E731
+        head_start.begin(config, "schemathesis", start, lambda _: None)
     if head_start.wanted(session, "postgres_engine"):
         head_start.begin(config, "postgres", start_postgres, lambda engine: engine.stop())
     if head_start.wanted(session, "s3_engine"):

@@ -40,14 +40,15 @@ def _shared(factory: pytest.TempPathFactory) -> Path:
     return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
 
 
-def build(factory: pytest.TempPathFactory) -> Build:
-    """The run's build of the site: made now, unless another worker of the run made it."""
+def build(factory: pytest.TempPathFactory, environ: dict[str, str]) -> Build:
+    """The run's build of the site: made now (in `environ`), unless another worker of the
+    run made it."""
     directory = _shared(factory) / "docs-site"
     record = directory / "build.json"
     with FileLock(directory.with_suffix(".lock")):
         if not record.exists():
             directory.mkdir(exist_ok=True)
-            env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+            env = {**environ, "NO_MKDOCS_2_WARNING": "1"}
             site = directory / "site"
             result = subprocess.run(
                 [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],

@@ -2,11 +2,12 @@
 
 A serial run's tests keep one core busy; what a session fixture would otherwise start when
 its first test asks (the docs site's ``mkdocs build``, ~5 s; the engines' start-ups,
-PostgreSQL ~0.7 s and ``weed mini`` ~1 s) runs meanwhile in a thread of this process, for
-the collected tests that need it. The fixture then takes the result (`result`): the same
-objects it would have made itself, and an engine that cannot start raises its skip or
-failure there, in the test that asked. Under xdist both cores are busy with tests, so
-nothing starts early (the fixtures start what they need, as before).
+PostgreSQL ~0.7 s and ``weed mini`` ~1 s; schemathesis against a server of its own, ~9 s)
+runs meanwhile in a thread of this process, for the collected tests that need it. The
+fixture then takes the result (`result`): the same objects it would have made itself, and
+an engine that cannot start raises its skip or failure there, in the test that asked.
+Under xdist both cores are busy with tests, so nothing starts early (the fixtures start
+what they need, as before).
 """
 
 from __future__ import annotations
@@ -23,11 +24,22 @@ T = TypeVar("T")
 _STARTED = pytest.StashKey[dict[str, "Future[Any]"]]()
 
 
+def spare_core() -> bool:
+    """Whether this run leaves a core idle: a serial one, not an xdist worker."""
+    return not os.environ.get("PYTEST_XDIST_WORKER")
+
+
 def wanted(session: pytest.Session, fixture: str) -> bool:
     """Whether a collected test uses `fixture`, and this run has a core to spare for it."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return False
-    return any(fixture in getattr(item, "fixturenames", ()) for item in session.items)
+    return spare_core() and any(
+        fixture in getattr(item, "fixturenames", ()) for item in session.items
+    )
+
+
+def collected(session: pytest.Session, nodeid: str) -> pytest.Item | None:
+    """The collected test `nodeid`, if this run has a core to spare for it."""
+    found = [item for item in session.items if item.nodeid == nodeid]
+    return found[0] if found and spare_core() else None
 
 
 def begin(

@@ -51,7 +51,9 @@ MAIN_PAGES = [
 
 @pytest.fixture(scope="session")
 def built_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Build:
-    return head_start.result(request.config, "docs-site", lambda: build(tmp_path_factory))
+    return head_start.result(
+        request.config, "docs-site", lambda: build(tmp_path_factory, dict(os.environ))
+    )
 
 
 def test_docs_build_strict(built_site: Build) -> None:
