@@ -58,6 +58,11 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
 
 #: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
 FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
+#: A part of the suite in a pytest subprocess next to live servers of every profile.
+NEXT_TO_LIVE_SERVERS = (
+    "tests/test_next_to_live_servers.py::"
+    "test_the_suite_passes_next_to_a_live_server_of_every_profile"
+)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -71,19 +76,28 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config, factory = session.config, session.config._tmp_path_factory  # type: ignore[attr-defined]
     # The environment is copied here, before a test can change it under the threads.
     environ = dict(os.environ)
+    # In the order the tests need them (alphabetical files): one runs at a time.
+    if head_start.wanted(session, "postgres_engine"):
+        head_start.begin(config, "postgres", start_postgres, lambda engine: engine.stop())
+    if head_start.wanted(session, "s3_engine"):
+        start_s3_here = lambda: start_s3(factory.mktemp("seaweedfs"))  # noqa: E731
+        head_start.begin(config, "s3", start_s3_here, lambda engine: engine.stop())
     if head_start.wanted(session, "built_site"):
-        head_start.begin(config, "docs-site", lambda: build(factory, environ), lambda _: None)
+        head_start.begin(config, "docs-site", lambda: build(factory, environ), _nothing)
+    beside = head_start.collected(session, NEXT_TO_LIVE_SERVERS)
+    if isinstance(beside, pytest.Function):
+        run = beside.module.run_next_to_live_servers
+        where = lambda: factory.mktemp("next-to-live-servers")  # noqa: E731
+        head_start.begin(config, "next-to-live-servers", lambda: run(where(), environ), _nothing)
     fuzzing = head_start.collected(session, FUZZING)
     if isinstance(fuzzing, pytest.Function) and load("testing").database_url is None:
         # Its own server, as app_live_server starts a local one: only on a local profile.
         fuzz = fuzzing.module.fuzz_a_server_of_its_own
-        start = lambda: fuzz(factory, environ)  # noqa: E731
-        head_start.begin(config, "schemathesis", start, lambda _: None)
-    if head_start.wanted(session, "postgres_engine"):
-        head_start.begin(config, "postgres", start_postgres, lambda engine: engine.stop())
-    if head_start.wanted(session, "s3_engine"):
-        start = lambda: start_s3(factory.mktemp("seaweedfs"))  # noqa: E731
-        head_start.begin(config, "s3", start, lambda engine: engine.stop())
+        head_start.begin(config, "schemathesis", lambda: fuzz(factory, environ), _nothing)
+
+
+def _nothing(_: object) -> None:
+    pass  # what the head start returned holds nothing to stop
 
 
 @pytest.hookimpl(tryfirst=True)

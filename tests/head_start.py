@@ -1,13 +1,14 @@
 """Slow set-ups a serial run starts when collection ends, on the core its tests leave idle.
 
-A serial run's tests keep one core busy; what a session fixture would otherwise start when
-its first test asks (the docs site's ``mkdocs build``, ~5 s; the engines' start-ups,
-PostgreSQL ~0.7 s and ``weed mini`` ~1 s; schemathesis against a server of its own, ~9 s)
-runs meanwhile in a thread of this process, for the collected tests that need it. The
-fixture then takes the result (`result`): the same objects it would have made itself, and
-an engine that cannot start raises its skip or failure there, in the test that asked.
-Under xdist both cores are busy with tests, so nothing starts early (the fixtures start
-what they need, as before).
+A serial run's tests keep one core busy. What a fixture or a test would otherwise start
+when it is reached (the engines' start-ups, PostgreSQL ~0.7 s and ``weed mini`` ~1 s; the
+docs site's ``mkdocs build``, ~5 s; part of the suite in a pytest subprocess next to live
+servers, ~10 s; schemathesis against a server of its own, ~9 s) runs meanwhile, one after
+the other, in a thread of this process, for the collected tests that need it. The test or
+fixture then takes the result (`result`): the same objects or outcome it would have made
+itself, and an engine that cannot start raises its skip or failure there, in the test that
+asked. Under xdist both cores are busy with tests, so nothing starts early (the fixtures
+and tests start what they need, as before).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 T = TypeVar("T")
 
 _STARTED = pytest.StashKey[dict[str, "Future[Any]"]]()
+_POOL = pytest.StashKey[ThreadPoolExecutor]()
 
 
 def spare_core() -> bool:
@@ -45,18 +47,20 @@ def collected(session: pytest.Session, nodeid: str) -> pytest.Item | None:
 def begin(
     config: pytest.Config, name: str, start: Callable[[], T], stop: Callable[[T], None]
 ) -> None:
-    """Run `start` in a thread now; `stop` its result at the end of the run if no fixture
+    """Queue `start` for the run's one head-start thread (one at a time: a second would
+    take a core from the tests); `stop` its result at the end of the run if no fixture
     took it."""
+    if _POOL not in config.stash:
+        config.stash[_POOL] = pool = ThreadPoolExecutor(1, thread_name_prefix="head-start")
+        config.add_cleanup(lambda: pool.shutdown(wait=True, cancel_futures=True))
     started = config.stash.setdefault(_STARTED, {})
     if name in started:
         return
-    pool = ThreadPoolExecutor(1, thread_name_prefix=f"head-start-{name}")
-    started[name] = future = pool.submit(start)
-    pool.shutdown(wait=False)
+    started[name] = future = config.stash[_POOL].submit(start)
 
     def untaken() -> None:
-        if config.stash[_STARTED].pop(name, None) is None:
-            return  # a fixture took it, and stops it itself
+        if config.stash[_STARTED].pop(name, None) is None or future.cancel():
+            return  # a fixture took it (and stops it itself), or it never started
         try:
             value = future.result()
         except BaseException:  # a skip or a failure that no test asked to see
