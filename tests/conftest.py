@@ -58,6 +58,8 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
 
 #: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
 FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
+#: The PostgreSQL how-to's commands, run as written on the engines.
+POSTGRESQL_HOW_TO = "tests/test_docs_remote.py::test_the_postgresql_how_to_runs_as_written"
 #: A part of the suite in a pytest subprocess next to live servers of every profile.
 NEXT_TO_LIVE_SERVERS = (
     "tests/test_next_to_live_servers.py::"
@@ -84,6 +86,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         head_start.begin(config, "s3", start_s3_here, lambda engine: engine.stop())
     if head_start.wanted(session, "built_site"):
         head_start.begin(config, "docs-site", lambda: build(factory, environ), _nothing)
+    how_to = head_start.collected(session, POSTGRESQL_HOW_TO)
+    if isinstance(how_to, pytest.Function):  # it asks for both engines, queued above
+        run_how_to = how_to.module.run_the_how_to
+
+        def run_the_how_to() -> object:
+            postgres, s3 = (head_start.shared(config, name) for name in ("postgres", "s3"))
+            return run_how_to(postgres, s3, factory.mktemp("postgresql-how-to"), environ)
+
+        head_start.begin(config, "postgresql-how-to", run_the_how_to, _nothing)
     beside = head_start.collected(session, NEXT_TO_LIVE_SERVERS)
     if isinstance(beside, pytest.Function):
         run = beside.module.run_next_to_live_servers

@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 _STARTED = pytest.StashKey[dict[str, "Future[Any]"]]()
 _POOL = pytest.StashKey[ThreadPoolExecutor]()
+#: Every head start by name, taken or not (`shared`).
+_EVERY = pytest.StashKey[dict[str, "Future[Any]"]]()
 
 
 def spare_core() -> bool:
@@ -57,6 +59,7 @@ def begin(
     if name in started:
         return
     started[name] = future = config.stash[_POOL].submit(start)
+    config.stash.setdefault(_EVERY, {})[name] = future
 
     def untaken() -> None:
         if config.stash[_STARTED].pop(name, None) is None or future.cancel():
@@ -77,3 +80,9 @@ def result(config: pytest.Config, name: str, start: Callable[[], T]) -> T:
         return start()
     value: T = future.result()
     return value
+
+
+def shared(config: pytest.Config, name: str) -> Any:
+    """What the head start `name` made, for a later head start that uses it too (an
+    engine): it stays the fixture's to take and to stop. Queued earlier, it is done."""
+    return config.stash[_EVERY][name].result()
