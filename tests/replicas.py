@@ -19,7 +19,6 @@ import itertools
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import standby
 from engines import PostgresEngine, S3Engine
 from standby import serve
 
@@ -149,14 +149,9 @@ class Production:
         return url
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "app", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        """``python -m app *args`` in production's environment (from a standby interpreter
+        when one fits: tests/standby.py), its output captured."""
+        return standby.run(self.env, list(args))
 
     def run_side_by_side(
         self, *commands: tuple[str, ...]
