@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import head_start
 import httpcore  # noqa: F401  (see below)
 import pytest
+from docs_site import build
 from project_copy import copy_project_settings
 from side_by_side import NEXT_ITEM
 from standby import serve
@@ -52,6 +54,61 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
         return
     os.environ["PYTHONPYCACHEPREFIX"] = str(cache.mkdir("pycache"))
     del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+#: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
+FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
+#: The PostgreSQL how-to's commands, run as written on the engines.
+POSTGRESQL_HOW_TO = "tests/test_docs_remote.py::test_the_postgresql_how_to_runs_as_written"
+#: A part of the suite in a pytest subprocess next to live servers of every profile.
+NEXT_TO_LIVE_SERVERS = (
+    "tests/test_next_to_live_servers.py::"
+    "test_the_suite_passes_next_to_a_live_server_of_every_profile"
+)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # What the collected tests will ask for, started now on the idle core (tests/head_start.py).
+    # engines is imported here, not above: as a plugin (pytest_plugins) its asserts are
+    # rewritten only if pytest imports it first.
+    from engines import start_postgres, start_s3
+
+    from app.config import load
+
+    config, factory = session.config, session.config._tmp_path_factory  # type: ignore[attr-defined]
+    # The environment is copied here, before a test can change it under the threads.
+    environ = dict(os.environ)
+    # In the order the tests need them (alphabetical files): one runs at a time.
+    if head_start.wanted(session, "postgres_engine"):
+        head_start.begin(config, "postgres", start_postgres, lambda engine: engine.stop())
+    if head_start.wanted(session, "s3_engine"):
+        start_s3_here = lambda: start_s3(factory.mktemp("seaweedfs"))  # noqa: E731
+        head_start.begin(config, "s3", start_s3_here, lambda engine: engine.stop())
+    if head_start.wanted(session, "built_site"):
+        head_start.begin(config, "docs-site", lambda: build(factory, environ), _nothing)
+    how_to = head_start.collected(session, POSTGRESQL_HOW_TO)
+    if isinstance(how_to, pytest.Function):  # it asks for both engines, queued above
+        run_how_to = how_to.module.run_the_how_to
+
+        def run_the_how_to() -> object:
+            postgres, s3 = (head_start.shared(config, name) for name in ("postgres", "s3"))
+            return run_how_to(postgres, s3, factory.mktemp("postgresql-how-to"), environ)
+
+        head_start.begin(config, "postgresql-how-to", run_the_how_to, _nothing)
+    beside = head_start.collected(session, NEXT_TO_LIVE_SERVERS)
+    if isinstance(beside, pytest.Function):
+        run = beside.module.run_next_to_live_servers
+        where = lambda: factory.mktemp("next-to-live-servers")  # noqa: E731
+        head_start.begin(config, "next-to-live-servers", lambda: run(where(), environ), _nothing)
+    fuzzing = head_start.collected(session, FUZZING)
+    if isinstance(fuzzing, pytest.Function) and load("testing").database_url is None:
+        # Its own server, as app_live_server starts a local one: only on a local profile.
+        fuzz = fuzzing.module.fuzz_a_server_of_its_own
+        head_start.begin(config, "schemathesis", lambda: fuzz(factory, environ), _nothing)
+
+
+def _nothing(_: object) -> None:
+    pass  # what the head start returned holds nothing to stop
 
 
 @pytest.hookimpl(tryfirst=True)

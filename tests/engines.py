@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import head_start
 import pytest
 
 # Bounds for an engine's start-up, not for a test: past them the engine "cannot start".
@@ -362,9 +363,10 @@ def start_s3(base: Path) -> S3Engine:
 
 
 @pytest.fixture(scope="session")
-def postgres_engine() -> Iterator[PostgresEngine]:
-    """This process's throwaway PostgreSQL cluster (started on first use)."""
-    engine = start_postgres()
+def postgres_engine(request: pytest.FixtureRequest) -> Iterator[PostgresEngine]:
+    """This process's throwaway PostgreSQL cluster (started on first use, or when a serial
+    run's collection ends: tests/head_start.py)."""
+    engine = head_start.result(request.config, "postgres", start_postgres)
     yield engine
     engine.stop()
 
@@ -378,9 +380,14 @@ def database_url(postgres_engine: PostgresEngine) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def s3_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Engine]:
-    """This process's throwaway S3 server (started on first use)."""
-    engine = start_s3(tmp_path_factory.mktemp("seaweedfs"))
+def s3_engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3Engine]:
+    """This process's throwaway S3 server (started on first use, or when a serial run's
+    collection ends: tests/head_start.py)."""
+    engine = head_start.result(
+        request.config, "s3", lambda: start_s3(tmp_path_factory.mktemp("seaweedfs"))
+    )
     yield engine
     engine.stop()
 

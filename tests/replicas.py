@@ -19,7 +19,6 @@ import itertools
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import standby
 from engines import PostgresEngine, S3Engine
+from standby import serve
 
 from app.testing import wait_until_serving
 
@@ -113,13 +114,9 @@ class Production:
 
     def start(self, *args: str, ready: bool = True, **extra: str) -> Replica:
         log = self.tmp_path / f"replica-{len(self.replicas)}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", "0", *args],
-                env={**self.env, **extra},
-                stdout=output,
-                stderr=output,
-            )
+        # ``python -m app serve``, from a standby interpreter that imported the app while an
+        # earlier test ran, when one fits (tests/standby.py): a process of its own all the same.
+        process = serve({**self.env, **extra}, log, ["serve", "--port", "0", *args])
         replica = Replica(process, log)
         self.replicas.append(replica)
         if ready:
@@ -152,14 +149,9 @@ class Production:
         return url
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "app", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        """``python -m app *args`` in production's environment (from a standby interpreter
+        when one fits: tests/standby.py), its output captured."""
+        return standby.run(self.env, list(args))
 
     def run_side_by_side(
         self, *commands: tuple[str, ...]

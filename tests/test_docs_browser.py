@@ -1,6 +1,6 @@
 """The documentation site: it builds strictly, and it works in a real browser, offline.
 
-`built_site` builds the site once per session (per xdist worker) with `mkdocs build --strict`;
+`built_site` is the site built once per run with `mkdocs build --strict` (tests/docs_site.py);
 `test_docs_build_strict` reports the build itself, and the browser tests serve the result on
 127.0.0.1 and open it in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright;
 no browser is ever downloaded). Deselect the browser part with `-m "not browser"`.
@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import http.server
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import head_start
 import pytest
+from docs_site import Build, build
 
 PROJECT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -49,33 +49,15 @@ MAIN_PAGES = [
 ]
 
 
-class Build:
-    def __init__(self, site: Path, result: subprocess.CompletedProcess[str]) -> None:
-        self.site = site
-        self.result = result
-
-    @property
-    def output(self) -> str:
-        return f"{self.result.stdout}\n{self.result.stderr}"
-
-
 @pytest.fixture(scope="session")
-def built_site(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    site = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+def built_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Build:
+    return head_start.result(
+        request.config, "docs-site", lambda: build(tmp_path_factory, dict(os.environ))
     )
-    return Build(site, result)
 
 
 def test_docs_build_strict(built_site: Build) -> None:
-    assert built_site.result.returncode == 0, f"mkdocs build --strict failed:\n{built_site.output}"
+    assert built_site.returncode == 0, f"mkdocs build --strict failed:\n{built_site.output}"
     assert "WARNING" not in built_site.output, built_site.output
     assert (built_site.site / "index.html").is_file()
     assert (built_site.site / "search" / "search_index.json").is_file()
@@ -88,7 +70,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="session")
 def site_url(built_site: Build) -> Iterator[str]:
-    if built_site.result.returncode != 0:
+    if built_site.returncode != 0:
         pytest.fail(f"the site did not build:\n{built_site.output}", pytrace=False)
 
     def handler(*args: object, **kwargs: object) -> _QuietHandler:

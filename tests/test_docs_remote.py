@@ -33,8 +33,10 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import head_start
 import pytest
 from engines import PostgresEngine, S3Engine, free_ports
 
@@ -99,9 +101,20 @@ def _needs(program: str, install: str) -> None:
         pytest.skip(reason)
 
 
-def test_the_postgresql_how_to_runs_as_written(
-    postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class HowTo:
+    """The page's commands, run: their outcome, the ports they served on, the prefix."""
+
+    result: subprocess.CompletedProcess[str]
+    ports: list[str]
+    scratch_prefix: str
+
+
+def run_the_how_to(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path, environ: dict[str, str]
+) -> HowTo:
+    """The page's blocks in one bash, as the module's docstring says, in `environ` (the
+    test's): a serial run starts this when collection ends (tests/head_start.py)."""
     _needs("curl", "apt-get install curl")
     _needs("aws", "pip install awscli")
     settings = _settings_dir(tmp_path / "settings", s3_engine, postgres_engine)
@@ -115,7 +128,7 @@ def test_the_postgresql_how_to_runs_as_written(
 
     env = {
         name: value
-        for name, value in os.environ.items()
+        for name, value in environ.items()
         if not name.startswith(("APP_", "DYNACONF_", "PYTEST_", "AWS_", "PG"))
         and not name.endswith("_FOR_DYNACONF")
     }
@@ -155,6 +168,21 @@ def test_the_postgresql_how_to_runs_as_written(
     result = subprocess.run(
         ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, check=False
     )
+    return HowTo(result, ports, scratch_prefix)
+
+
+def test_the_postgresql_how_to_runs_as_written(
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    how_to = head_start.result(
+        request.config,
+        "postgresql-how-to",
+        lambda: run_the_how_to(postgres_engine, s3_engine, tmp_path, dict(os.environ)),
+    )
+    result, ports, scratch_prefix = how_to.result, how_to.ports, how_to.scratch_prefix
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     out = [o.strip("\n") for o in result.stdout.split(f"\n{SEPARATOR}\n")]
     (

@@ -2,11 +2,13 @@
 green next to a live server of every profile, and leave them alone.
 
 A representative part of the suite runs in a pytest subprocess whose settings are a copy of
-the project's, while a real `app serve` of each profile holds that copy's roots.
+the project's, while a real `app serve` of each profile holds that copy's roots (a serial
+run starts both when collection ends: tests/head_start.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import head_start
 import httpx
 import pytest
 from project_copy import PROJECT, copy_project_settings
@@ -34,12 +37,12 @@ REPRESENTATIVE = (
 )
 
 
-@pytest.fixture
-def live_servers(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+@contextlib.contextmanager
+def live_servers(tmp_path: Path, environ: dict[str, str]) -> Iterator[tuple[Path, dict[str, str]]]:
     """A live `app serve` of every profile on a copy of the project's settings."""
     project = copy_project_settings(tmp_path / "project")
     base = {
-        **os.environ,
+        **environ,
         "APP_SETTINGS_DIR": str(project),
         # The servers are children of this run: their roots lie in its sandbox, opted in.
         "PYTEST_APP_ALLOW_PROFILES": ",".join(PROFILES),
@@ -74,36 +77,49 @@ def live_servers(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
             process.wait(timeout=60)
 
 
+def run_next_to_live_servers(
+    tmp_path: Path, environ: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    """The representative tests' run next to `live_servers`, and each server's /health
+    status after it. A serial run starts this when collection ends (tests/head_start.py)."""
+    with live_servers(tmp_path, environ) as (project, urls):
+        env = {
+            name: value
+            for name, value in environ.items()
+            if not name.startswith(("PYTEST_", "APP_")) and name != "ENV_FOR_DYNACONF"
+        }
+        env["APP_SETTINGS_DIR"] = str(project)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *REPRESENTATIVE,
+                "-p",
+                "no:randomly",
+                "-p",
+                "no:cacheprovider",
+                f"--basetemp={tmp_path / 'inner'}",
+            ],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        health = {profile: httpx.get(f"{url}/health").status_code for profile, url in urls.items()}
+    return done, health
+
+
 def test_the_suite_passes_next_to_a_live_server_of_every_profile(
-    live_servers: tuple[Path, dict[str, str]], tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    project, urls = live_servers
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PYTEST_", "APP_")) and name != "ENV_FOR_DYNACONF"
-    }
-    env["APP_SETTINGS_DIR"] = str(project)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            *REPRESENTATIVE,
-            "-p",
-            "no:randomly",
-            "-p",
-            "no:cacheprovider",
-            f"--basetemp={tmp_path / 'inner'}",
-        ],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    done, health = head_start.result(
+        request.config,
+        "next-to-live-servers",
+        lambda: run_next_to_live_servers(tmp_path, dict(os.environ)),
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     for profile in PROFILES:
         assert f"app: live server on profile '{profile}'" in done.stdout
-    for url in urls.values():
-        assert httpx.get(f"{url}/health").status_code == 200
+    assert health == dict.fromkeys(PROFILES, 200)

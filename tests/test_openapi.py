@@ -1,7 +1,8 @@
 """The OpenAPI document matches the server: shapes, statuses, methods (issue 9, items 13-14).
 
 The in-process tests pin what the document promises; `test_schemathesis_finds_nothing`
-runs schemathesis, with every check it has, against a real ``app serve``.
+runs schemathesis, with every check it has, against a real ``app serve`` (a serial run
+starts it when collection ends: tests/head_start.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import head_start
 import pytest
 from starlette.testclient import TestClient
 
@@ -158,15 +160,50 @@ def schemathesis_command(server: LiveServer, *extra: str) -> list[str]:
     return [found, "run", f"{server.url}/openapi.json", f"--header={auth}", *extra]
 
 
-def test_schemathesis_finds_nothing(app_live_server: LiveServer, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEMATHESIS_")}
-    result = subprocess.run(
-        schemathesis_command(app_live_server, *FUZZ_ARGS),
-        cwd=tmp_path,  # its reports and caches stay out of the project
+def fuzz(
+    server: LiveServer, where: Path, environ: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """schemathesis run against `server`, from `where` (its reports and caches stay out of
+    the project), in `environ` without schemathesis' own variables."""
+    env = {k: v for k, v in environ.items() if not k.startswith("SCHEMATHESIS_")}
+    return subprocess.run(
+        schemathesis_command(server, *FUZZ_ARGS),
+        cwd=where,
         env=env,
         capture_output=True,
         text=True,
         check=False,
+    )
+
+
+def fuzz_a_server_of_its_own(
+    factory: pytest.TempPathFactory, environ: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`fuzz` against a server started as `app_live_server` starts a local one (``app serve
+    --port 0`` on a fresh root, found by its published port): what a serial run starts
+    when collection ends (tests/head_start.py), next to the tests that run first."""
+    from app.config import load
+    from app.testing import start_server, stop_server
+
+    base = factory.mktemp("schemathesis")
+    root, log = base / "live-data", base / "live-server.log"
+    env = {**environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
+    config = load("testing", environ=env)
+    process, url = start_server(env, root, log)
+    try:
+        return fuzz(
+            LiveServer(url, root, process.pid, config.api_token, log, config), base, environ
+        )
+    finally:
+        stop_server(process)
+
+
+def test_schemathesis_finds_nothing(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # The run a serial session started when collection ended, or one against app_live_server.
+    result = head_start.result(
+        request.config,
+        "schemathesis",
+        lambda: fuzz(request.getfixturevalue("app_live_server"), tmp_path, dict(os.environ)),
     )
     assert result.returncode == 0, (
         f"schemathesis found something:\n{result.stdout}\n{result.stderr}"

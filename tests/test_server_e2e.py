@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import standby
 from standby import STANDBY, release, serve
 
 from app.lock import probe
@@ -57,14 +58,9 @@ def app_env(
 
 
 def run_app(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """``python -m app *args`` run to its end, its output captured (from a standby
+    interpreter when one fits: tests/standby.py)."""
+    return standby.run(env, list(args))
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -1,0 +1,64 @@
+"""The documentation site, built once per run with ``mkdocs build --strict``.
+
+Under xdist the workers share one build: the first to take the lock beside it builds, the
+others wait for that lock and read the same result (before, each worker that ran a browser
+test built the site again). A serial run starts the build when collection ends
+(tests/head_start.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+class Build:
+    """The built site and what ``mkdocs build`` said."""
+
+    def __init__(self, site: Path, returncode: int, stdout: str, stderr: str) -> None:
+        self.site = site
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def output(self) -> str:
+        return f"{self.stdout}\n{self.stderr}"
+
+
+def _shared(factory: pytest.TempPathFactory) -> Path:
+    """The run's temporary root: the workers' basetemps are directories of it under xdist."""
+    basetemp = factory.getbasetemp()
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
+def build(factory: pytest.TempPathFactory, environ: dict[str, str]) -> Build:
+    """The run's build of the site: made now (in `environ`), unless another worker of the
+    run made it."""
+    directory = _shared(factory) / "docs-site"
+    record = directory / "build.json"
+    with FileLock(directory.with_suffix(".lock")):
+        if not record.exists():
+            directory.mkdir(exist_ok=True)
+            env = {**environ, "NO_MKDOCS_2_WARNING": "1"}
+            site = directory / "site"
+            result = subprocess.run(
+                [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
+                cwd=PROJECT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            made = {"returncode": result.returncode, "stdout": result.stdout}
+            record.write_text(json.dumps({**made, "stderr": result.stderr}))
+        given = json.loads(record.read_text())
+    return Build(directory / "site", given["returncode"], given["stdout"], given["stderr"])
