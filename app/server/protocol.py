@@ -230,7 +230,7 @@ class _Exchange:
             if turn is not None:
                 await turn.yield_if_others_wait()
         self._holding = message["type"] == "http.response.start"
-        if self._holding and cycle.waiting_for_100_continue:
+        if self._holding and cycle.waiting_for_100_continue and cycle.more_body:
             # A final answer before "100 Continue": the client may send its body or not
             # (RFC 9110, 10.1.1), so what it sends next cannot be told from a request.
             cycle.keep_alive = False
@@ -326,9 +326,11 @@ def bounded_h11(
             if cycle is not before and cycle is not None:
                 # Only a request whose Content-Length body has not all come with its head
                 # can have bytes taken: the others (GET /health) keep uvicorn's receive.
-                pending = self.conn.their_state is h11.SEND_BODY
-                reader = type(self.conn._reader)
-                self._taken = _Taken(cycle) if pending and reader is ContentLengthReader else None
+                pending = (
+                    self.conn.their_state is h11.SEND_BODY
+                    and type(self.conn._reader) is ContentLengthReader
+                )
+                self._taken = _Taken(cycle) if pending else None
                 if _framed_twice(cycle.scope["headers"]):
                     # RFC 9112, 6.3: the chunks frame the body, and the connection closes
                     # after the answer: a proxy in front may have framed it by the length
