@@ -451,24 +451,26 @@ def bounded_h11(
 
         def _wait_for_rest(self) -> None:
             left = self._deadline - self.loop.time()
+            why = (
+                f"did not arrive within {request_seconds:g} seconds (request_seconds)"
+                if left <= idle_seconds
+                else f"paused for {idle_seconds:g} seconds (request_idle_seconds)"
+            )
             self._head_timer = self.loop.call_later(
-                max(min(idle_seconds, left), 0), self._rest_timed_out
+                max(min(idle_seconds, left), 0), self._rest_timed_out, why
             )
 
-        def _rest_timed_out(self) -> None:
+        def _rest_timed_out(self, why: str) -> None:
             self._head_timer = None
             self._refused = None
             if self.transport.is_closing():
                 return
             # Its answer is sent; nothing more can be said to this client.
             log.warning(
-                "%s %s: the rest of a refused request's body paused for %g seconds "
-                "(request_idle_seconds) or did not arrive within %g seconds "
-                "(request_seconds); closing its connection",
+                "%s %s: the rest of the body of this refused request %s; closing its connection",
                 self.scope["method"],
                 self.scope["path"],
-                idle_seconds,
-                request_seconds,
+                why,
             )
             self.transport.close()
 
