@@ -98,9 +98,9 @@ def test_put_declares_its_raw_body(openapi: dict[str, Any]) -> None:
 def test_a_405_names_every_method_the_path_allows(app_client: TestClient) -> None:
     response = app_client.patch("/sessions")
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "GET, HEAD, POST"
     assert response.headers["content-type"] == "application/problem+json"
-    assert "allowed: GET, POST" in response.json()["message"]
+    assert "allowed: GET, HEAD, POST" in response.json()["message"]
     sid = app_client.post("/sessions").json()["id"]
     file = app_client.post(f"/sessions/{sid}/files/x")
     assert file.headers["allow"] == "DELETE, GET, HEAD, PUT"

@@ -39,6 +39,7 @@ def create_app(store: Storage, config: Config) -> FastAPI:
         version=__version__,
         summary="Review sessions: metadata and uploaded files.",
         docs_url=None,  # served by add_api_docs, without a CDN
+        redirect_slashes=False,  # a 404 that names the path without its slash (problems.py)
         redoc_url=None,  # ReDoc fetches its logo from cdn.redoc.ly even when self-hosted
         # FastAPI's own OpenTelemetry asks the global providers on every request whether
         # anyone listens (2% of the server's time under bench/load.py); nothing here does.

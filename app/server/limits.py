@@ -89,6 +89,14 @@ class Turn:
             await self.enter()
 
 
+def is_file(scope: Scope) -> bool:
+    """Whether the path is a file's, ``/sessions/{id}/files/{name}``."""
+    path: str = scope["path"]
+    return (
+        path.startswith("/sessions/") and path.count("/") >= 4 and path.split("/", 4)[3] == "files"
+    )
+
+
 def is_transfer(scope: Scope) -> bool:
     """Whether the request uploads or downloads a file's bytes.
 
@@ -108,6 +116,8 @@ def is_transfer(scope: Scope) -> bool:
 
 class RequestGuard:
     """Answer 400 to a path that is not UTF-8 once percent-decoded, before any route runs.
+
+    A ``HEAD`` is routed as the ``GET`` of its path, but for a file's (which has its own).
 
     The HTTP server decodes such a path with replacement: ``a%FF`` and ``a%FE`` both became
     ``a\\ufffd``, one name for two different files. A name must be valid text.
@@ -153,6 +163,12 @@ class RequestGuard:
         if self.places is not None and scope["type"] == "http" and is_transfer(scope):
             turn = scope[TURN] = Turn(self.places)
             await turn.enter()
+        elif scope.get("method") == "HEAD" and not is_file(scope):
+            # RFC 9110, 9.1: every GET route answers HEAD. FastAPI routes GET alone, and a
+            # monitor's `HEAD /health` was a 405. The route answers as to a GET; uvicorn,
+            # which reads the method from its own scope, sends the headers and no body.
+            # A file's HEAD has a route of its own, which does not read the file.
+            scope = {**scope, "method": "GET"}
         try:
             await self.app(scope, receive, send)
         except SlowReader:

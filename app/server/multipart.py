@@ -35,6 +35,8 @@ Boundaries and part headers are small, and other fields are capped.
 # RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
 _MAX_BOUNDARY_CHARS: Final = 70
 _QUOTED_FILENAME: Final = re.compile(rb'filename="((?:[^"\\\\]|\\\\.)*)"')
+_QUOTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_PARAMETER: Final = re.compile(rb";\s*([^\s=;]+)\s*=")
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -103,6 +105,24 @@ def _refuse_a_cut_path(disposition: bytes) -> None:
     if b"\\" in value:
         shown = value.replace(b"\\\\", b"\\").decode("utf-8", "backslashreplace")
         raise InvalidNameError("file name", shown, "it contains a path separator")
+
+
+def _refuse_a_second_name(disposition: bytes) -> None:
+    # python-multipart keeps the last of two `filename` (or `name`) parameters and takes no
+    # notice of `filename*`: a proxy or a scanner that read another one checked another name
+    # than the one stored.
+    names = [n.lower() for n in _PARAMETER.findall(_QUOTED.sub(b'""', disposition))]
+    if b"filename*" in names:
+        raise BadRequestError(
+            "a multipart part names its file with filename*=, which RFC 7578 (4.2) does not "
+            'allow in a form; send the name, UTF-8 encoded, as filename="..."'
+        )
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise BadRequestError(
+            f"a multipart part gives {twice.decode('ascii', 'replace')!r} twice in its "
+            "Content-Disposition, so it names its field or file more than once; send it once"
+        )
 
 
 class MultipartSink:
@@ -226,10 +246,17 @@ class MultipartSink:
             raise BadRequestError("a multipart part header is too long")
 
     def _header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
+        field = self._field.lower()
+        if field == b"content-disposition" and field in self._headers:
+            raise BadRequestError(
+                "a multipart part has two Content-Disposition headers, so it names its field "
+                "and file more than once; send one"
+            )
+        self._headers[field] = self._value
         self._field = self._value = b""
 
     def _headers_finished(self) -> None:
+        _refuse_a_second_name(self._headers.get(b"content-disposition", b""))
         disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or params.get(b"name") != b"file":
             self._in_file = False

@@ -105,6 +105,8 @@ def _allowed_methods(request: Request) -> str:
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # answered as the GET (`app.server.limits.RequestGuard`)
     return ", ".join(sorted(methods))
 
 
@@ -138,7 +140,11 @@ def add_error_handlers(app: FastAPI) -> None:
         headers = dict(error.headers or {})
         # The router's own answers name neither the route nor where to look.
         if error.status_code == 404 and message == "Not Found":
-            message = f"no route {request.url.path}; GET /docs lists the API"
+            path = request.url.path
+            # No redirect to the path without its slash: Starlette's named the host of the
+            # request's Host header (an open redirect, before any token was asked for).
+            bare = f"; without the trailing slash: {path.rstrip('/')}" if path.endswith("/") else ""
+            message = f"no route {path}{bare}; GET /docs lists the API"
         elif error.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
             message = (

@@ -8,6 +8,12 @@ connection: a client that connects and sends nothing, or a header a byte at a ti
 connection for ever. Here the head must arrive within ``request_idle_seconds`` of the
 connection opening or of its first byte. Both refusals are problem documents.
 
+A request answered before its body came (a refusal) has the rest of its body read and
+dropped, so that a request pipelined after it is read as one, within the same bounds as a
+body, and the connection closes beyond them. Where what follows the answer cannot be told
+from a request, the answer says ``Connection: close`` and the connection closes: a body framed
+both by ``Content-Length`` and by chunks, and a refusal sent before ``100 Continue``.
+
 The body and the response are bounded here too (`_Exchange`), where it is known whether a
 ``receive`` or a ``send`` will wait at all: a timer is armed only then. As ASGI middleware,
 every ``receive`` and every ``send`` of every request armed and cancelled one (two
@@ -224,6 +230,10 @@ class _Exchange:
             if turn is not None:
                 await turn.yield_if_others_wait()
         self._holding = message["type"] == "http.response.start"
+        if self._holding and cycle.waiting_for_100_continue and cycle.more_body:
+            # A final answer before "100 Continue": the client may send its body or not
+            # (RFC 9110, 10.1.1), so what it sends next cannot be told from a request.
+            cycle.keep_alive = False
         if self._holding and not cycle.keep_alive:
             # A stopping server (SIGTERM) finishes the requests in flight, then closes their
             # connections; uvicorn's answer did not say so, and a client that sent its next
@@ -275,6 +285,12 @@ def _raw_problem(error: AppError) -> bytes:
     return head.encode("latin-1") + bytes(response.body)
 
 
+def _framed_twice(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request has both a ``Content-Length`` and a ``Transfer-Encoding``."""
+    names = {name for name, _ in headers}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
 def bounded_h11(
     max_header_bytes: int, idle_seconds: float, request_seconds: float
 ) -> type[asyncio.Protocol]:
@@ -300,6 +316,8 @@ def bounded_h11(
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
         _taken: _Taken | None = None
+        _deadline = 0.0  # when the current request's body must have come whole
+        _refused: RequestResponseCycle | None = None  # answered before its body came
 
         def handle_events(self) -> None:
             before = self.cycle
@@ -313,6 +331,12 @@ def bounded_h11(
                     and type(self.conn._reader) is ContentLengthReader
                 )
                 self._taken = _Taken(cycle) if pending else None
+                if _framed_twice(cycle.scope["headers"]):
+                    # RFC 9112, 6.3: the chunks frame the body, and the connection closes
+                    # after the answer: a proxy in front may have framed it by the length
+                    # and taken what follows for another request (request smuggling).
+                    cycle.keep_alive = False
+                self._deadline = self.loop.time() + request_seconds
                 _Exchange(cycle, idle_seconds, request_seconds, self.loop.time())
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -324,6 +348,8 @@ def bounded_h11(
             if taken == len(data):
                 return
             super().data_received(data[taken:] if taken else data)
+            if self._refused is not None:
+                self._read_past_refused()
             # A head that came whole started its request: no timer for it. One that did not
             # (h11 holds its first bytes) has request_idle_seconds from now to come whole.
             if self._head_timer is None and self._between_requests() and self.conn.trailing_data[0]:
@@ -371,6 +397,15 @@ def bounded_h11(
         def on_response_complete(self) -> None:
             self._stop_waiting()  # uvicorn's keep-alive timeout bounds the wait for the next
             super().on_response_complete()
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # Answered before its body came (a refusal: 413, 404, 409...). h11 reads the
+                # rest and drops it, so that a request pipelined after it is read as one;
+                # every byte that comes cancelled uvicorn's keep-alive timer, so that reading
+                # was bounded by nothing, and nothing waited for the next request after it.
+                # The rest is held to the bounds of a body (`_read_past_refused`).
+                self._unset_keepalive_if_required()
+                self._refused = self.cycle
+                self._wait_for_rest()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_waiting()
@@ -395,6 +430,49 @@ def bounded_h11(
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+        def _read_past_refused(self) -> None:
+            """After bytes of a refused request's body: wait for more, or for the next request."""
+            self._stop_waiting()
+            if self.transport.is_closing():
+                self._refused = None
+            elif self.cycle is self._refused and self.conn.their_state is h11.SEND_BODY:
+                self._wait_for_rest()
+            else:
+                # Its body has all come. Either the next request started (its cycle bounds
+                # it), part of its head came (`data_received` arms the head's timer), or
+                # nothing yet: uvicorn's keep-alive timeout bounds that wait, as after a
+                # response to a request read whole.
+                self._refused = None
+                if self._between_requests() and not self.conn.trailing_data[0]:
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler
+                    )
+
+        def _wait_for_rest(self) -> None:
+            left = self._deadline - self.loop.time()
+            why = (
+                f"did not arrive within {request_seconds:g} seconds (request_seconds)"
+                if left <= idle_seconds
+                else f"paused for {idle_seconds:g} seconds (request_idle_seconds)"
+            )
+            self._head_timer = self.loop.call_later(
+                max(min(idle_seconds, left), 0), self._rest_timed_out, why
+            )
+
+        def _rest_timed_out(self, why: str) -> None:
+            self._head_timer = None
+            self._refused = None
+            if self.transport.is_closing():
+                return
+            # Its answer is sent; nothing more can be said to this client.
+            log.warning(
+                "%s %s: the rest of the body of this refused request %s; closing its connection",
+                self.scope["method"],
+                self.scope["path"],
+                why,
+            )
+            self.transport.close()
 
         def _head_timed_out(self) -> None:
             self._head_timer = None

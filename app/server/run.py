@@ -43,6 +43,7 @@ WORKERS_NEED_REMOTE: Final = (
     "would be refused. Serve it with one worker, or set database_url and blob_url"
 )
 """Why a local data root refuses several workers (``app serve --workers N``)."""
+_KEEP_ALIVE_SECONDS: Final = 5  # uvicorn's default wait for a connection's next request
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (names, not a bind)
 
 
@@ -151,6 +152,9 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             log_level=config.log_level,
             lifespan="off",
             timeout_graceful_shutdown=config.shutdown_grace_seconds,
+            # No wait for a client is longer than request_idle_seconds, the one between two
+            # requests of a connection included. Typed int, used as call_later's float.
+            timeout_keep_alive=min(_KEEP_ALIVE_SECONDS, config.request_idle_seconds),  # type: ignore[arg-type]
             server_header=False,
             http=bounded_h11(
                 config.max_header_bytes, config.request_idle_seconds, config.request_seconds

@@ -1,7 +1,8 @@
 """The body of ``POST /sessions``: strict JSON, bounded in size, depth and keys.
 
-Parsed here rather than by FastAPI, whose JSON parser accepts NaN and Infinity, reads any
-size of body into memory, and lets through unpaired surrogates that cannot be stored.
+Parsed here rather than by FastAPI, whose JSON parser accepts NaN and Infinity and a key given
+twice, reads any size of body into memory, and lets through unpaired surrogates that cannot be
+stored.
 """
 
 from __future__ import annotations
@@ -64,6 +65,23 @@ def _refuse_constant(name: str) -> Any:
     raise _invalid((), f"{name} is not JSON (RFC 8259 has no NaN or Infinity)", "json_invalid")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys, and a proxy or a validator in front may keep the
+    # first (RFC 8259, 4: their behaviour is unpredictable): one body, two meanings.
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _invalid(
+                    (),
+                    f"the key {encodable(key)!r} appears twice in one object; send each key once",
+                    "json_invalid",
+                )
+            seen.add(key)
+    return found
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -94,7 +112,12 @@ def _parse_json(raw: bytes) -> Any:
             "json_invalid",
         ) from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        return json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite,
+            object_pairs_hook=_unique_keys,
+        )
     except RecursionError:
         raise _invalid(
             (),
