@@ -36,7 +36,12 @@ from psycopg.rows import dict_row
 from app import sandbox
 from app.errors import SessionNotFoundError
 from app.remote import pg
-from app.remote.errors import CommitUnknownError, DatabaseUnavailableError, HolderLostError
+from app.remote.errors import (
+    CommitUnknownError,
+    DatabaseRefusedError,
+    DatabaseUnavailableError,
+    HolderLostError,
+)
 from app.storage import TrashEntry
 
 if TYPE_CHECKING:
@@ -163,7 +168,7 @@ class Database:
         from psycopg_pool import PoolTimeout
 
         try:
-            with self._pool.connection() as conn:
+            with pg.refusals(self.where), self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
@@ -212,6 +217,11 @@ class Database:
                     raise
                 committing = True
                 conn.commit()
+        except DatabaseRefusedError as error:
+            # An answer, even to the COMMIT: the transaction was rolled back.
+            raise DatabaseRefusedError(
+                error.where, error.reason, error.sqlstate, error.remedy, what
+            ) from None
         except DatabaseUnavailableError as error:
             if not committing:
                 raise

@@ -43,6 +43,7 @@ from psycopg.types.json import Jsonb
 
 from app import sandbox
 from app.remote.errors import (
+    DatabaseRefusedError,
     DatabaseUnavailableError,
     HolderLostError,
     MaintenanceLostError,
@@ -318,6 +319,73 @@ def _reason(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+_RETRY = "retry; if it recurs, ask the database's administrator"
+_TIMEOUT = (
+    "another transaction may hold what it waited for: `SELECT pid, state, wait_event, query "
+    "FROM pg_stat_activity WHERE datname = current_database()` shows who; retry once it is "
+    "done, or raise {setting} for the app's role (ALTER ROLE <role> SET {setting} = ...)"
+)
+# By SQLSTATE (or its class, the first two characters): how a server that was reached refuses
+# a statement, and what resolves it. Everything else is not a refusal: a broken connection
+# (class 08, 57P01-57P03: DatabaseUnavailableError) or a bug (a raw psycopg error).
+_REFUSALS: dict[str, str] = {
+    "25006": (
+        "The database is read-only for the app: default_transaction_read_only is on for it "
+        "or for the app's role (`ALTER DATABASE {dbname} RESET default_transaction_read_only`, "
+        "and the same for the role, from a session that ran `SET "
+        "default_transaction_read_only = off` first), or database_url names a standby: "
+        "point it at the primary"
+    ),
+    "25P03": (
+        "The server ended the connection, idle in its transaction longer than "
+        "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting for "
+        "the app's role"
+    ),
+    "57014": "A statement ran past statement_timeout, or was cancelled: "
+    + _TIMEOUT.replace("{setting}", "statement_timeout"),
+    "55P03": "A lock was not granted within lock_timeout: "
+    + _TIMEOUT.replace("{setting}", "lock_timeout"),
+    "53100": (
+        "The database server's disk is full: free space on the volume of its data directory "
+        "(or its WAL), then retry"
+    ),
+    "53200": "The database server is out of memory: " + _RETRY,
+    "53300": (
+        "The database server has no connection to spare (max_connections): stop idle "
+        "clients, lower pool sizes, or raise max_connections, then retry"
+    ),
+    "53": "The database server is out of a resource: " + _RETRY,
+    "54": "The statement is past one of the server's limits: " + _RETRY,
+    "58": "The database server failed to read or write its files: " + _RETRY,
+    "40": "It conflicted with another transaction: retry",
+}
+
+
+def refusal(
+    where: str, error: psycopg.Error, what: str = "a statement"
+) -> DatabaseRefusedError | None:
+    """:class:`DatabaseRefusedError` for an error by which the server refused a statement,
+    naming why and what resolves it; ``None`` for any other error."""
+    state = error.sqlstate or ""
+    remedy = _REFUSALS.get(state) or _REFUSALS.get(state[:2])
+    if remedy is None:
+        return None
+    dbname = where.rpartition("/")[2]  # mask_url's form
+    return DatabaseRefusedError(where, _reason(error), state, remedy.format(dbname=dbname), what)
+
+
+@contextlib.contextmanager
+def refusals(where: str, what: str = "a statement") -> Iterator[None]:
+    """Raise the server's refusals of a statement as :class:`DatabaseRefusedError`."""
+    try:
+        yield
+    except psycopg.Error as error:
+        refused = refusal(where, error, what)
+        if refused is None:
+            raise
+        raise refused from None
+
+
 # --- the stamp and the schema -------------------------------------------------------------
 
 
@@ -388,7 +456,11 @@ def open_database(
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
     """
     where = mask_url(database_url)
-    with connect(database_url, purpose="app open") as conn, conn.transaction():
+    with (
+        refusals(where, f"opening it for profile {profile!r}"),
+        connect(database_url, purpose="app open") as conn,
+        conn.transaction(),
+    ):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
         stamp = read_stamp(conn)
         if stamp is None:
@@ -534,23 +606,25 @@ class Holder:
     def start(self) -> Self:
         conn = connect(self.database_url, purpose="app serve", autocommit=True)
         try:
-            taken = conn.execute(
-                "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
-            ).fetchone()
-            if taken != (True,):
-                raise MaintenanceRunningError(self.where, _lock_holders(conn, "ExclusiveLock"))
-            with conn.transaction():
-                # The row and its lock commit together, so that no cleaner sees the row
-                # before its lock exists.
-                with conn.cursor(row_factory=dict_row) as cursor:
-                    row = cursor.execute(
-                        "INSERT INTO app_holders (host, pid, profile, url) VALUES (%s, %s, %s, %s)"
-                        " RETURNING id, host, pid, profile, since, url, backend_pid",
-                        (socket.gethostname(), os.getpid(), self.profile, self.url),
-                    ).fetchone()
-                assert row is not None
-                conn.execute("SELECT pg_advisory_lock(%s, %s)", (ROW_LOCK_CLASS, row["id"]))
-            clean_stale_holders(conn)
+            with refusals(self.where, "this replica's hold (its row in app_holders)"):
+                taken = conn.execute(
+                    "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
+                ).fetchone()
+                if taken != (True,):
+                    raise MaintenanceRunningError(self.where, _lock_holders(conn, "ExclusiveLock"))
+                with conn.transaction():
+                    # The row and its lock commit together, so that no cleaner sees the row
+                    # before its lock exists.
+                    with conn.cursor(row_factory=dict_row) as cursor:
+                        row = cursor.execute(
+                            "INSERT INTO app_holders (host, pid, profile, url)"
+                            " VALUES (%s, %s, %s, %s)"
+                            " RETURNING id, host, pid, profile, since, url, backend_pid",
+                            (socket.gethostname(), os.getpid(), self.profile, self.url),
+                        ).fetchone()
+                    assert row is not None
+                    conn.execute("SELECT pg_advisory_lock(%s, %s)", (ROW_LOCK_CLASS, row["id"]))
+                clean_stale_holders(conn)
         except BaseException:
             conn.close()
             raise
@@ -697,7 +771,8 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
     """
     where = mask_url(database_url)
     with connect(database_url, purpose=f"app maintenance: {wanted}", autocommit=True) as conn:
-        taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
+        with refusals(where, f"the hold to {wanted}"):
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
             replicas = live_holders(conn) if read_stamp(conn) is not None else []
             others = writing = ""
@@ -709,7 +784,8 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
                 others = others or ("" if writing else "a connection that has since gone")
             raise ReplicasLiveError(wanted, where, replicas, others, writing)
         try:
-            clean_stale_holders(conn)
+            with refusals(where, f"the hold to {wanted}"):
+                clean_stale_holders(conn)
             yield Maintenance(conn, profile, where, wanted)
         finally:
             with contextlib.suppress(psycopg.Error):

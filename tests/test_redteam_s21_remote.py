@@ -1,0 +1,141 @@
+"""Red team, round four, on PostgreSQL and object storage: a database that answers but
+refuses (read-only, a statement timeout), and an object rewritten by hand under its row.
+
+The refusals come from the real cluster, set per connection through the URL's ``options``
+(as an operator's ``ALTER DATABASE ... SET`` or ``ALTER ROLE ... SET`` would, for every new
+connection); the object is rewritten through the real S3 server's own API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from engines import S3Engine
+from fastapi.testclient import TestClient
+
+from app.config import Config
+from app.remote import pg
+from app.remote.errors import DatabaseRefusedError, ObjectChangedError
+from app.remote.objects import BLOBS, ObjectStore
+from app.remote.store import RemoteStore
+from app.server import create_app
+
+PROFILE = "production"
+
+
+def _objects(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
+    objects = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    objects.open(PROFILE)
+    return objects
+
+
+def _with(database_url: str, setting: str) -> str:
+    """``database_url`` with a server setting for each of its connections."""
+    return f"{database_url}?options={quote(f'-c {setting}')}"
+
+
+@pytest.fixture
+def store(database_url: str, s3_engine: S3Engine, blob_url: str) -> Iterator[RemoteStore]:
+    pg.open_database(database_url, PROFILE)
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as opened:
+        yield opened
+
+
+def _blobs(store: RemoteStore) -> set[str]:
+    return {info.name for info in store.objects.objects(BLOBS)}
+
+
+# --- PostgreSQL answers, and refuses ---------------------------------------------------------
+
+
+def test_a_read_only_database_refuses_every_write_saying_so_and_keeps_nothing(
+    store: RemoteStore, s3_engine: S3Engine, app_config: Config
+) -> None:
+    # The database was writable when the profile first opened it; then an operator (or a
+    # failover onto a standby) made it read-only. Every write was a bare psycopg error: a
+    # 500 `internal_error` over HTTP, a traceback from `app serve` when it took its hold.
+    session_id = store.create_session("before")["id"]
+    store.put_file(session_id, "a.txt", b"first version")
+    before = _blobs(store)
+    read_only = _with(store.database_url, "default_transaction_read_only=on")
+    with RemoteStore(read_only, store.objects, PROFILE, pool_size=2) as refused:
+        with pytest.raises(DatabaseRefusedError) as caught:
+            refused.create_session("after")
+        message = caught.value.message
+        assert "refused the creation of a session titled 'after'" in message
+        assert "read-only transaction (SQLSTATE 25006); nothing was changed" in message
+        assert "default_transaction_read_only" in message and "primary" in message
+        dbname = store.database_url.rsplit("/", 1)[1]
+        assert f"ALTER DATABASE {dbname} RESET default_transaction_read_only" in message
+        with pytest.raises(DatabaseRefusedError, match=r"refused the upload of 'a\.txt'"):
+            refused.put_file(session_id, "a.txt", b"second version", replace=True)
+        assert _blobs(store) == before  # the upload's object went with it
+        app = create_app(refused, app_config)
+        headers = {"Authorization": f"Bearer {app_config.api_token}"}
+        with TestClient(app, headers=headers) as client:
+            answer = client.post("/sessions", json={"title": "over http"})
+        assert (answer.status_code, answer.json()["code"]) == (503, "database_refused")
+    with pytest.raises(DatabaseRefusedError, match="refused this replica's hold"):
+        pg.Holder(read_only, PROFILE).start()
+    assert store.session_ids() == [session_id]
+    with store.open_file(session_id, "a.txt")[0] as handle:
+        assert handle.read() == b"first version"
+
+
+def test_a_statement_past_statement_timeout_is_not_called_a_lost_connection(
+    store: RemoteStore,
+) -> None:
+    # It was DatabaseUnavailableError's "cannot connect to database ...; check that the
+    # server runs": the server ran, and answered.
+    impatient = _with(store.database_url, "statement_timeout=200")
+    with (
+        RemoteStore(impatient, store.objects, PROFILE, pool_size=1) as hurried,
+        psycopg.connect(store.database_url, autocommit=True) as other,
+    ):
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE app_sessions IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(DatabaseRefusedError) as caught:
+            hurried.create_session("waits")
+        other.execute("ROLLBACK")
+        assert caught.value.code == "database_refused"
+        message = caught.value.message
+        assert "statement timeout (SQLSTATE 57014); nothing was changed" in message
+        assert "cannot connect" not in message
+        assert "pg_stat_activity" in message and "statement_timeout" in message
+        assert hurried.create_session("now it can")["title"] == "now it can"
+
+
+# --- an object rewritten by hand ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bytes_now", [b"short", b"a longer body than the one saved"])
+def test_an_object_overwritten_by_hand_is_refused_not_served_as_the_file(
+    store: RemoteStore, s3_engine: S3Engine, bytes_now: bytes
+) -> None:
+    # A shorter object ended the download early (the response had promised the recorded
+    # length), a longer one was served cut to it: bytes that are not the file, under its
+    # recorded SHA-256. And `check` found nothing.
+    session_id = store.create_session()["id"]
+    store.put_file(session_id, "a.txt", b"the saved bytes")
+    [blob] = _blobs(store)
+    key = store.objects.location.key(blob)
+    s3_engine.client().put_object(Bucket=s3_engine.bucket, Key=key, Body=bytes_now)
+    with pytest.raises(ObjectChangedError) as caught:
+        store.open_file(session_id, "a.txt")
+    assert caught.value.message == (
+        f"object {store.objects.where}/{blob} is {len(bytes_now)} bytes, but file 'a.txt' of "
+        f"session {session_id} was saved as 15 bytes: the object was overwritten outside "
+        "the app, which never rewrites one; nothing was sent. Bring back its version of 15 "
+        "bytes (the bucket's versioning keeps it, or a backup), or delete the file; `app data "
+        "check` lists every such file"
+    )
+    [finding] = store.check().findings
+    assert (finding.problem, finding.target) == ("record-object-changed", f"{session_id}/a.txt")
+    assert f"is {len(bytes_now)} bytes" in finding.detail
