@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from engines import S3Engine
+from engines import PostgresEngine, S3Engine
 from fastapi.testclient import TestClient
 
+from app import sandbox
 from app.config import Config
+from app.errors import SandboxViolationError
 from app.remote import pg
 from app.remote.errors import DatabaseRefusedError, ObjectChangedError
 from app.remote.objects import BLOBS, ObjectStore
@@ -139,3 +142,66 @@ def test_an_object_overwritten_by_hand_is_refused_not_served_as_the_file(
     [finding] = store.check().findings
     assert (finding.problem, finding.target) == ("record-object-changed", f"{session_id}/a.txt")
     assert f"is {len(bytes_now)} bytes" in finding.detail
+
+
+# --- a database named through libpq's service file ---------------------------------------------
+
+
+def _service_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    (tmp_path / "pg_service.conf").write_text(text)
+    monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
+    monkeypatch.setenv("PGSYSCONFDIR", str(tmp_path))  # no system file of this machine's
+    monkeypatch.delenv("PGSERVICE", raising=False)
+
+
+def test_a_service_file_names_the_database_libpq_will_connect_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq fills what the URL leaves out from the service's section before the environment.
+    # The overlap check read neither: two profiles each naming a service were one database
+    # (localhost:5432/<user>) to it, and `service=review` was not the review database.
+    _service_file(
+        tmp_path,
+        monkeypatch,
+        "# production and staging\n[review]\nhost=db.internal\ndbname=review\n\n"
+        "[staging]\nhost=db.internal\nport=5433\ndbname=review\n",
+    )
+    monkeypatch.setenv("PGDATABASE", "elsewhere")
+    assert [str(a) for a in pg.database_addresses("service=review")] == ["db.internal:5432/review"]
+    assert pg.same_database("service=review", "postgresql://app@DB.internal/review")
+    assert not pg.same_database("service=review", "service=staging")
+    # What the URL says wins over the service, as in libpq.
+    assert not pg.same_database("service=review dbname=other", "service=review")
+    assert pg.mask_url("postgresql://app@/?service=staging") == (
+        "postgresql://app@db.internal:5433/review"
+    )
+
+
+def test_a_test_cannot_reach_a_database_through_a_service_file(
+    postgres_engine: PostgresEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sandbox read the database's name from the URL and PGDATABASE, so a URL that names
+    # a service, with PGDATABASE ending in the run's suffix, passed it, and libpq connected
+    # to the service's database: production's, for a service file that names it.
+    outside = postgres_engine.create_database("production", outside_the_run=True)
+    ours = postgres_engine.create_database("ours")
+    _service_file(
+        tmp_path,
+        monkeypatch,
+        f"[production]\ndbname={outside}\n\n[ours]\ndbname={ours}\n",
+    )
+    run = sandbox.current_run()
+    assert run is not None
+    monkeypatch.setenv("PGDATABASE", f"anything{run.scratch}")
+    address = f"postgresql://{postgres_engine.user}@127.0.0.1:{postgres_engine.port}/"
+    try:
+        with pytest.raises(SandboxViolationError) as caught:
+            pg.connect(f"{address}?service=production", purpose="a hostile test")
+        assert f"127.0.0.1:{postgres_engine.port}/{outside}, which is not a scratch" in str(
+            caught.value
+        )
+        with pg.connect(f"{address}?service=ours", autocommit=True) as conn:
+            assert conn.info.dbname == ours
+    finally:
+        postgres_engine.drop_database(outside)
+        postgres_engine.drop_database(ours)

@@ -22,6 +22,7 @@ psycopg 3: the maintained PostgreSQL driver, typed, with binary wheels (``psycop
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import dataclasses
 import getpass
@@ -33,6 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Self
 
 import psycopg
@@ -228,12 +230,41 @@ def _params(database_url: str) -> dict[str, Any]:
         raise DatabaseUnavailableError("(unparsable database_url)", str(error).strip()) from None
 
 
+def _service(params: Mapping[str, Any]) -> dict[str, str]:
+    """The parameters of the connection service that ``params`` (or ``PGSERVICE``) names,
+    found as libpq finds them: its section of the user's service file, else of the system's.
+    """
+    # libpq applies a service only inside a connection attempt, and has no call that resolves
+    # one without connecting (PQconndefaults reads PGSERVICE alone); the file is the INI
+    # format that configparser reads.
+    name = params.get("service") or os.environ.get("PGSERVICE")
+    if not name:
+        return {}
+    mine = Path(os.environ.get("PGSERVICEFILE") or Path("~/.pg_service.conf").expanduser())
+    # PGSYSCONFDIR, else the directory Debian's libpq was built with.
+    system = Path(os.environ.get("PGSYSCONFDIR") or "/etc/postgresql-common") / "pg_service.conf"
+    for path in (mine, system):
+        parser = configparser.ConfigParser(
+            interpolation=None, delimiters=("=",), comment_prefixes=("#",), strict=False
+        )
+        try:
+            parser.read(path, encoding="utf-8")  # a file that is not there reads as empty
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        if parser.has_section(str(name)):
+            return dict(parser[str(name)])
+    return {}
+
+
 def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     """The databases a URL may connect to (one per host it lists), normalised.
 
-    Unset parts take libpq's defaults, from ``PG*`` variables like libpq itself.
+    Unset parts are filled as libpq fills them: from the connection service the URL or
+    ``PGSERVICE`` names (``service=``, a section of ``pg_service.conf``), then from ``PG*``
+    variables, then libpq's defaults.
     """
-    params = _params(database_url)
+    explicit = _params(database_url)
+    params = {**_service(explicit), **explicit}
     hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
@@ -302,7 +333,17 @@ def connect(
         DatabaseUnavailableError: the server cannot be reached.
     """
     sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
-    return _connect(database_url, purpose, autocommit, connect_timeout)
+    conn = _connect(database_url, purpose, autocommit, connect_timeout)
+    # Again with what libpq connected to, after its service file and the environment, which
+    # may differ from what the URL seemed to name.
+    info = conn.info
+    reached = make_conninfo("", host=info.host, port=str(info.port), dbname=info.dbname)
+    try:
+        sandbox.check_scratch("database_url", reached, f"connecting ({purpose}) to")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _connect(
