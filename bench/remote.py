@@ -349,20 +349,27 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             APP_S3_SECRET_ACCESS_KEY=s3.secret_access_key,
         )
         replicas.append(Replica(env, database_url, work / "replica-1.log"))
-        upload = measure_upload(replicas[0], s3, args.runs, size)
-        one = measure_create(engine, work, replicas, args.runs, args.creates, args.concurrency)
-        replicas.append(Replica(env, database_url, work / "replica-2.log"))
-        two = measure_create(engine, work, replicas, args.runs, args.creates, args.concurrency)
-        ids = fill(database_url, args.sessions)
-        pages = measure_pages(replicas[0], ids, args.page_requests)
+        result: dict[str, Any] = {}
+        if args.only in (None, "upload"):
+            result["upload"] = measure_upload(replicas[0], s3, args.runs, size)
+        if args.only in (None, "create"):
+            result["create_one_replica"] = measure_create(
+                engine, work, replicas, args.runs, args.creates, args.concurrency
+            )
+            replicas.append(Replica(env, database_url, work / "replica-2.log"))
+            result["create_two_replicas"] = measure_create(
+                engine, work, replicas, args.runs, args.creates, args.concurrency
+            )
+        if args.only in (None, "pages"):
+            ids = fill(database_url, args.sessions)
+            result["pages"] = measure_pages(replicas[0], ids, args.page_requests)
     finally:
         for replica in replicas:
             replica.stop()
         if s3 is not None:
             s3.stop()
         engine.stop()
-    return {"upload": upload, "create_one_replica": one, "create_two_replicas": two,
-            "pages": pages}  # fmt: skip
+    return result
 
 
 def main() -> None:
@@ -374,6 +381,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--page-requests", type=int, default=300)
     parser.add_argument("--work-dir", help="where the S3 data goes (default: the system temp)")
+    parser.add_argument(
+        "--only", choices=["upload", "create", "pages"], help="measure this part alone"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     os.chdir(PROJECT)
@@ -382,20 +392,24 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    up, one, two, pages = (result[k] for k in ("upload", "create_one_replica",
-                                                 "create_two_replicas", "pages"))  # fmt: skip
-    print(f"\nupload of {up['size_mib']} MiB, median of {up['runs']} runs (MiB/s):")
-    print(f"  boto3 put_object            {up['median_mib_s']['boto3']:7.1f}")
-    print(f"  app PUT .../files/{{name}}    {up['median_mib_s']['app']:7.1f}   "
-          f"ratio {up['ratio']:.2f}")  # fmt: skip
-    print(f"durable creates, {one['concurrency']} clients, median of {args.runs} rounds (/s):")
-    for row in (one, two):
-        m = row["median_per_s"]
-        print(f"  {row['replicas']} replica(s): app {m['app']:7.0f}, pgbench {m['pgbench']:7.0f}"
-              f"   ratio {row['ratio']:.2f}")  # fmt: skip
-    print(f"GET /sessions?limit=100 deep in {pages['sessions']} sessions, "
-          f"{pages['requests']} requests: median {pages['median_ms']:.1f} ms, "
-          f"p90 {pages['p90_ms']:.1f} ms")  # fmt: skip
+    if "upload" in result:
+        up = result["upload"]
+        print(f"\nupload of {up['size_mib']} MiB, median of {up['runs']} runs (MiB/s):")
+        print(f"  boto3 put_object            {up['median_mib_s']['boto3']:7.1f}")
+        print(f"  app PUT .../files/{{name}}    {up['median_mib_s']['app']:7.1f}   "
+              f"ratio {up['ratio']:.2f}")  # fmt: skip
+    if "create_one_replica" in result:
+        one, two = result["create_one_replica"], result["create_two_replicas"]
+        print(f"durable creates, {one['concurrency']} clients, median of {args.runs} rounds (/s):")
+        for row in (one, two):
+            m = row["median_per_s"]
+            print(f"  {row['replicas']} replica(s): app {m['app']:7.0f}, "
+                  f"pgbench {m['pgbench']:7.0f}   ratio {row['ratio']:.2f}")  # fmt: skip
+    if "pages" in result:
+        pages = result["pages"]
+        print(f"GET /sessions?limit=100 deep in {pages['sessions']} sessions, "
+              f"{pages['requests']} requests: median {pages['median_ms']:.1f} ms, "
+              f"p90 {pages['p90_ms']:.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

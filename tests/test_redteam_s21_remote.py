@@ -205,3 +205,27 @@ def test_a_test_cannot_reach_a_database_through_a_service_file(
     finally:
         postgres_engine.drop_database(outside)
         postgres_engine.drop_database(ours)
+
+
+def test_a_name_past_postgresqls_limit_is_checked_as_the_server_cuts_it(
+    postgres_engine: PostgresEngine,
+) -> None:
+    # The server cuts a database name to 63 bytes. The sandbox checked the whole name, so a
+    # URL naming a 63-byte database plus the run's suffix passed it, and reached that
+    # database; and a scratch name cut so lost its suffix, or its worker's id (`_gw1`), and
+    # two workers' names were one.
+    run = sandbox.current_run()
+    assert run is not None
+    outside = "p" * 63
+    with postgres_engine.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{outside}"')
+    try:
+        with pytest.raises(SandboxViolationError) as caught:
+            pg.connect(postgres_engine.url(outside + run.scratch), purpose="a hostile test")
+        assert f"/{outside}, which is not a scratch database" in str(caught.value)
+    finally:
+        postgres_engine.drop_database(outside)
+    long = postgres_engine.url("q" * 50)
+    with pytest.raises(ValueError, match="which would cut the run's suffix off") as refused:
+        pg.create_scratch_database(long, run.scratch)
+    assert f"name a database of at most {63 - len(run.scratch)} bytes" in str(refused.value)

@@ -80,6 +80,7 @@ _CONNECT_DEFAULTS = {
     "connect_timeout": "10",
 }
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 _SCHEMA = """
 CREATE TABLE app_stamp (
@@ -256,6 +257,12 @@ def _service(params: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+def _server_name(name: str) -> str:
+    # The server cuts a longer database name to this many bytes, and connects to, creates or
+    # drops the database so named: the name to check is the one it will use.
+    return name.encode()[:_NAME_BYTES].decode(errors="ignore")
+
+
 def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     """The databases a URL may connect to (one per host it lists), normalised.
 
@@ -268,7 +275,7 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
-    dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+    dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
     host_list = hosts.split(",") if hosts else [""]
     port_list = ports.split(",")
     if len(port_list) == 1:
@@ -853,6 +860,15 @@ def create_scratch_database(database_url: str, suffix: str) -> str:
     """
     url = scratch_url(database_url, suffix)
     name = database_addresses(url)[0].dbname
+    full = database_addresses(database_url)[0].dbname + suffix
+    if name != full:
+        room = _NAME_BYTES - len(suffix.encode())
+        msg = (
+            f"the scratch database's name {full!r} is {len(full.encode())} bytes, and "
+            f"PostgreSQL cuts a name to {_NAME_BYTES}, which would cut the run's suffix off it "
+            f"({name!r}): name a database of at most {room} bytes in database_url"
+        )
+        raise ValueError(msg)
     with _server(url, "creating") as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return url
