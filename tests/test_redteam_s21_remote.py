@@ -8,6 +8,7 @@ connection); the object is rewritten through the real S3 server's own API.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -229,3 +230,36 @@ def test_a_name_past_postgresqls_limit_is_checked_as_the_server_cuts_it(
     with pytest.raises(ValueError, match="which would cut the run's suffix off") as refused:
         pg.create_scratch_database(long, run.scratch)
     assert f"name a database of at most {63 - len(run.scratch)} bytes" in str(refused.value)
+
+
+def test_a_prefix_nested_among_another_profiles_uploads_is_never_repaired_away(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Two sets of settings (two machines, two apps) see no overlap between `<p>` and
+    # `<p>/blobs/staging`. The outer profile's `check --repair` took every object under its
+    # `blobs/` that no row named for an upload that never committed: the inner profile's
+    # stamp and files, all deleted.
+    run = sandbox.current_run()
+    assert run is not None
+    pg.open_database(database_url, PROFILE)
+    outer = _objects(s3_engine, blob_url)
+    inner = ObjectStore(
+        f"{blob_url}/blobs/staging{run.scratch}",
+        s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key,
+    )  # fmt: skip
+    inner.open("staging")
+    inner.put(inner.new_blob_name(), b"staging's file")
+    inner.put("blobs/" + "0" * 31, b"a name one short of the app's")
+    theirs = {info.name for info in inner.objects()}
+    hold = contextlib.ExitStack()
+    hold.enter_context(pg.maintenance(database_url, PROFILE, "check and repair"))
+    with RemoteStore(
+        database_url, outer, PROFILE, kind="maintenance", orphan_grace=timedelta(0),
+        on_close=hold.close,
+    ) as store:  # fmt: skip
+        store.objects.put(store.objects.new_blob_name(), b"an upload that never committed")
+        report = store.check(repair=True)
+    problems = sorted((f.problem, f.repaired) for f in report.findings)
+    assert problems == [("object-not-the-apps", False)] * 3 + [("object-without-record", True)]
+    assert {info.name for info in inner.objects()} == theirs
+    assert inner.read_stamp() is not None

@@ -82,6 +82,18 @@ def check(
         orphans, unfinished = [], []
     if thorough:
         present = {info.name: info.size for info in objects.objects(BLOBS)}
+        for name in sorted(n for n in present if not objects.is_blob_name(n)):
+            findings.append(
+                Finding(
+                    "object-not-the-apps",
+                    name,
+                    f"object {name} lies among the uploads but is not named as the app names "
+                    "them: another profile's prefix nested inside this one, or a copy made by "
+                    "hand; no row names it, and the app never deletes it",
+                    "nothing: move the other prefix out of this one (`app config` shows each "
+                    "profile's blob_url), or delete the object by hand if it is no one's",
+                )
+            )
         for row in rows:
             found = present.get(row["blob"])
             if found is not None and found != row["size"]:
