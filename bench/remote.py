@@ -14,7 +14,9 @@ Measures, each against a baseline taken in the same run:
   (``pgbench_history``, after ``pgbench -i``) with as many clients, on the same cluster;
 - page latency: ``GET /sessions?limit=100&after=<cursor>`` at cursors spread through
   100,000 sessions (inserted with COPY in the app's table, ids from the app's own
-  ``new_session_id``, so they sort the way the server's do), one keep-alive client.
+  ``new_session_id``, so they sort the way the server's do), one keep-alive client;
+- round trips: how many one create, upload, delete and read of a replica's store make to
+  PostgreSQL (libpq's protocol trace; a count, not a time).
 
 Run: ``.venv/bin/python bench/remote.py [--size-mib 64] [--runs 5] [--creates 2000]``
 """
@@ -306,6 +308,45 @@ def measure_pages(replica: Replica, ids: list[str], requests: int) -> dict[str, 
     }
 
 
+# --- (d) round trips ---------------------------------------------------------------------
+
+
+def count_round_trips(database_url: str, s3: Any, work: Path) -> dict[str, int]:
+    """Round trips to PostgreSQL of one operation of each kind, on a replica's store in this
+    process: libpq's protocol trace of its one pooled connection, one per ReadyForQuery."""
+    from app.remote import pg
+    from app.remote.objects import ObjectStore
+    from app.remote.store import RemoteStore
+
+    objects = ObjectStore(
+        f"s3://{s3.bucket}/trips", s3.endpoint_url, s3.access_key_id, s3.secret_access_key
+    )
+    objects.open("production")
+    trace = work / "libpq.trace"
+    trace.touch()
+    counts = {}
+    with (
+        pg.Holder(database_url, "production") as holder,
+        RemoteStore(database_url, objects, "production", holder=holder, pool_size=1) as store,
+    ):
+        session_id = store.create_session("warm-up")["id"]
+        with store.db._pool.connection() as conn:  # the pool's only connection
+            conn.pgconn.trace(os.open(trace, os.O_WRONLY | os.O_APPEND))
+        operations = {
+            "create_session": lambda: store.create_session("trips"),
+            "put_file": lambda: store.put_file(session_id, "a.txt", b"bytes"),
+            "delete_file": lambda: store.delete_file(session_id, "a.txt"),
+            "get_session": lambda: store.get_session(session_id),
+        }
+        for name, operation in operations.items():
+            before = trace.stat().st_size
+            operation()
+            with trace.open("rb") as lines:
+                lines.seek(before)
+                counts[name] = sum(b"\tB\t" in line and b"ReadyForQuery" in line for line in lines)
+    return counts
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -349,20 +390,29 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             APP_S3_SECRET_ACCESS_KEY=s3.secret_access_key,
         )
         replicas.append(Replica(env, database_url, work / "replica-1.log"))
-        upload = measure_upload(replicas[0], s3, args.runs, size)
-        one = measure_create(engine, work, replicas, args.runs, args.creates, args.concurrency)
-        replicas.append(Replica(env, database_url, work / "replica-2.log"))
-        two = measure_create(engine, work, replicas, args.runs, args.creates, args.concurrency)
-        ids = fill(database_url, args.sessions)
-        pages = measure_pages(replicas[0], ids, args.page_requests)
+        result: dict[str, Any] = {}
+        if args.only in (None, "upload"):
+            result["upload"] = measure_upload(replicas[0], s3, args.runs, size)
+        if args.only in (None, "create"):
+            result["create_one_replica"] = measure_create(
+                engine, work, replicas, args.runs, args.creates, args.concurrency
+            )
+            replicas.append(Replica(env, database_url, work / "replica-2.log"))
+            result["create_two_replicas"] = measure_create(
+                engine, work, replicas, args.runs, args.creates, args.concurrency
+            )
+        if args.only in (None, "trips"):
+            result["round_trips"] = count_round_trips(database_url, s3, work)
+        if args.only in (None, "pages"):
+            ids = fill(database_url, args.sessions)
+            result["pages"] = measure_pages(replicas[0], ids, args.page_requests)
     finally:
         for replica in replicas:
             replica.stop()
         if s3 is not None:
             s3.stop()
         engine.stop()
-    return {"upload": upload, "create_one_replica": one, "create_two_replicas": two,
-            "pages": pages}  # fmt: skip
+    return result
 
 
 def main() -> None:
@@ -374,6 +424,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--page-requests", type=int, default=300)
     parser.add_argument("--work-dir", help="where the S3 data goes (default: the system temp)")
+    parser.add_argument(
+        "--only", choices=["upload", "create", "trips", "pages"], help="measure this part alone"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     os.chdir(PROJECT)
@@ -382,20 +435,27 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    up, one, two, pages = (result[k] for k in ("upload", "create_one_replica",
-                                                 "create_two_replicas", "pages"))  # fmt: skip
-    print(f"\nupload of {up['size_mib']} MiB, median of {up['runs']} runs (MiB/s):")
-    print(f"  boto3 put_object            {up['median_mib_s']['boto3']:7.1f}")
-    print(f"  app PUT .../files/{{name}}    {up['median_mib_s']['app']:7.1f}   "
-          f"ratio {up['ratio']:.2f}")  # fmt: skip
-    print(f"durable creates, {one['concurrency']} clients, median of {args.runs} rounds (/s):")
-    for row in (one, two):
-        m = row["median_per_s"]
-        print(f"  {row['replicas']} replica(s): app {m['app']:7.0f}, pgbench {m['pgbench']:7.0f}"
-              f"   ratio {row['ratio']:.2f}")  # fmt: skip
-    print(f"GET /sessions?limit=100 deep in {pages['sessions']} sessions, "
-          f"{pages['requests']} requests: median {pages['median_ms']:.1f} ms, "
-          f"p90 {pages['p90_ms']:.1f} ms")  # fmt: skip
+    if "upload" in result:
+        up = result["upload"]
+        print(f"\nupload of {up['size_mib']} MiB, median of {up['runs']} runs (MiB/s):")
+        print(f"  boto3 put_object            {up['median_mib_s']['boto3']:7.1f}")
+        print(f"  app PUT .../files/{{name}}    {up['median_mib_s']['app']:7.1f}   "
+              f"ratio {up['ratio']:.2f}")  # fmt: skip
+    if "create_one_replica" in result:
+        one, two = result["create_one_replica"], result["create_two_replicas"]
+        print(f"durable creates, {one['concurrency']} clients, median of {args.runs} rounds (/s):")
+        for row in (one, two):
+            m = row["median_per_s"]
+            print(f"  {row['replicas']} replica(s): app {m['app']:7.0f}, "
+                  f"pgbench {m['pgbench']:7.0f}   ratio {row['ratio']:.2f}")  # fmt: skip
+    if "round_trips" in result:
+        print("round trips to PostgreSQL: " + ", ".join(
+            f"{name} {count}" for name, count in result["round_trips"].items()))  # fmt: skip
+    if "pages" in result:
+        pages = result["pages"]
+        print(f"GET /sessions?limit=100 deep in {pages['sessions']} sessions, "
+              f"{pages['requests']} requests: median {pages['median_ms']:.1f} ms, "
+              f"p90 {pages['p90_ms']:.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def check(
         return CheckReport([], repair)
     with db.conn() as conn:
         rows = conn.execute(
-            "SELECT blob, session_id, name, deleted_at IS NOT NULL AS trashed FROM app_files"
+            "SELECT blob, session_id, name, size, deleted_at IS NOT NULL AS trashed FROM app_files"
         ).fetchall()
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
@@ -81,9 +81,35 @@ def check(
     if not exclusive:
         orphans, unfinished = [], []
     if thorough:
-        present = {info.name for info in objects.objects(BLOBS)}
+        present = {info.name: info.size for info in objects.objects(BLOBS)}
+        for name in sorted(n for n in present if not objects.is_blob_name(n)):
+            findings.append(
+                Finding(
+                    "object-not-the-apps",
+                    name,
+                    f"object {name} lies among the uploads but is not named as the app names "
+                    "them: another profile's prefix nested inside this one, or a copy made by "
+                    "hand; no row names it, and the app never deletes it",
+                    "nothing: move the other prefix out of this one (`app config` shows each "
+                    "profile's blob_url), or delete the object by hand if it is no one's",
+                )
+            )
         for row in rows:
-            if row["blob"] not in present:
+            found = present.get(row["blob"])
+            if found is not None and found != row["size"]:
+                findings.append(
+                    Finding(
+                        "record-object-changed",
+                        f"{row['session_id']}/{row['name']}",
+                        f"file {row['name']!r} of session {row['session_id']} was saved as "
+                        f"{row['size']} bytes, but its object {row['blob']} is {found} bytes: "
+                        "it was overwritten outside the app, and downloads of it are refused",
+                        "nothing: bring back the object's version of "
+                        f"{row['size']} bytes from the bucket's versioning or a backup, or "
+                        "delete the file",
+                    )
+                )
+            elif found is None:
                 state = "a trashed version of" if row["trashed"] else "the live"
                 findings.append(
                     Finding(

@@ -36,7 +36,12 @@ from psycopg.rows import dict_row
 from app import sandbox
 from app.errors import SessionNotFoundError
 from app.remote import pg
-from app.remote.errors import CommitUnknownError, DatabaseUnavailableError, HolderLostError
+from app.remote.errors import (
+    CommitUnknownError,
+    DatabaseRefusedError,
+    DatabaseUnavailableError,
+    HolderLostError,
+)
 from app.storage import TrashEntry
 
 if TYPE_CHECKING:
@@ -82,6 +87,16 @@ def trash_entry(
     """A trash entry of this backend."""
     # `path` has no meaning here beyond naming the entry (the local backend: a directory).
     return TrashEntry(name, Path(name), kind, session_id, file, deleted_at, reason, title)
+
+
+_BEGIN: Final = "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid"
+# A replica's write holds the database's lock shared to its commit: maintenance, which asks
+# for it exclusively, cannot begin between `_still_held` and the commit, when this replica's
+# own lock may be gone. (Formatted from integer constants only.)
+_BEGIN_HELD: Final = (
+    f"{_BEGIN}, pg_try_advisory_xact_lock_shared({pg.HOLDERS_LOCK[0]}, {pg.HOLDERS_LOCK[1]})"
+    " AS shared"
+)
 
 
 def _reason(error: BaseException) -> str:
@@ -153,7 +168,7 @@ class Database:
         from psycopg_pool import PoolTimeout
 
         try:
-            with self._pool.connection() as conn:
+            with pg.refusals(self.where), self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
@@ -179,42 +194,51 @@ class Database:
             self.maintenance.check()
 
     @contextlib.contextmanager
-    def write(self, what: str = "a change") -> Iterator[Connection]:
+    def write(
+        self, what: str = "a change", *, lock: tuple[int, int] | None = None
+    ) -> Iterator[Connection]:
         """A transaction for a change, after checking that this process still holds.
 
-        ``what`` names the change if the connection breaks while it commits.
+        ``what`` names the change if the connection breaks while it commits. ``lock``: an
+        advisory lock taken shared, to the commit, before the first statement of the change.
         """
         self.ensure_held()
         begun: dict[str, Any] = {}
         committing = False
         try:
-            with self.conn() as conn, conn.transaction():
-                begun = self._begin(conn)
-                yield conn
-                self._still_held(conn)
+            with self.conn() as conn:
+                try:
+                    begun = self._begin(conn, lock)
+                    yield conn
+                    self._still_held(conn)
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                    raise
                 committing = True
+                conn.commit()
+        except DatabaseRefusedError as error:
+            # An answer, even to the COMMIT: the transaction was rolled back.
+            raise DatabaseRefusedError(
+                error.where, error.reason, error.sqlstate, error.remedy, what
+            ) from None
         except DatabaseUnavailableError as error:
             if not committing:
                 raise
             self._settle(begun, what, error)
 
-    def _begin(self, conn: Connection) -> dict[str, Any]:
+    def _begin(self, conn: Connection, lock: tuple[int, int] | None) -> dict[str, Any]:
         # The transaction's id now, so that a commit whose answer is lost can be looked up.
-        if self.holder is None:
-            row = conn.execute(
-                "SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid"
-            ).fetchone()
-            assert row is not None
-            return row
-        # Held to the commit: maintenance, which asks for the lock exclusively, cannot begin
-        # between `_still_held` and the commit, when this replica's own lock may be gone.
-        row = conn.execute(
-            "SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid,"
-            " pg_try_advisory_xact_lock_shared(%s, %s) AS shared",
-            pg.HOLDERS_LOCK,
-        ).fetchone()
+        # Sent with its BEGIN as one message (the simple protocol, hence no parameters): a
+        # write then makes no more round trips than before it kept its id.
+        query = _BEGIN if self.holder is None else _BEGIN_HELD
+        if lock is not None:
+            query += f", pg_advisory_xact_lock_shared({lock[0]:d}, {lock[1]:d}) AS locked"
+        cursor = conn.execute(query.encode())
+        cursor.nextset()  # past BEGIN's result
+        row = cursor.fetchone()
         assert row is not None
-        if not row["shared"]:
+        if self.holder is not None and not row["shared"]:
             raise HolderLostError(
                 self.where,
                 "a maintenance command holds the database exclusively, "

@@ -143,6 +143,21 @@ class DatabaseUnavailableError(AppError):
     reason: str
 
 
+class DatabaseRefusedError(DatabaseUnavailableError):
+    """The database server was reached and refused a statement: read-only, out of disk, a
+    timeout, a conflict (:func:`app.remote.pg.refusals` reads its SQLSTATE)."""
+
+    code = "database_refused"
+    template = (
+        "database {where} refused {what}: {reason} (SQLSTATE {sqlstate}); nothing was "
+        "changed. {remedy}"
+    )
+
+    sqlstate: str
+    remedy: str
+    what: str = "a statement"
+
+
 class ObjectStoreUnavailableError(AppError):
     """The object store cannot be reached, or refused the credentials or the bucket."""
 
@@ -168,6 +183,25 @@ class ObjectMissingError(StorageError):
     )
 
     where: str
+
+
+class ObjectChangedError(StorageError):
+    """A file's object is not the size its row recorded: it was rewritten outside the app."""
+
+    code = "object_changed"
+    template = (
+        "object {where} is {found} bytes, but file {name!r} of session {session_id} was saved "
+        "as {recorded} bytes: the object was overwritten outside the app, which never "
+        "rewrites one; nothing was sent. Bring back its version of {recorded} bytes (the "
+        "bucket's versioning keeps it, or a backup), or delete the file; `app data check` "
+        "lists every such file"
+    )
+
+    where: str
+    found: int
+    recorded: int
+    name: str
+    session_id: str
 
 
 class ReplicasLiveError(AppError):

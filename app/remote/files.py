@@ -71,7 +71,12 @@ class RemoteFiles:
         if row["name"] is None:
             raise FileNotFoundInSessionError(session_id, name)
         file = ObjectFile(
-            self.objects, row["blob"], int(row["size"]), row["uploaded_at"].timestamp(), name
+            self.objects,
+            row["blob"],
+            int(row["size"]),
+            row["uploaded_at"].timestamp(),
+            name,
+            session_id,
         )
         try:
             file.seek(0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
@@ -49,6 +50,10 @@ from app.remote.errors import (
 
 STAMP_NAME = ".app-profile.json"
 BLOBS = "blobs/"
+# The names `new_blob_name` makes. Nothing else under blobs/ is the app's to delete: another
+# profile's prefix nested there (`<prefix>/blobs/...`, which no overlap check sees across two
+# sets of settings), or a copy made by hand.
+_BLOB_NAME = re.compile(r"blobs/[0-9a-f]{32}")
 _CHUNK = 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Errors that mean "this store cannot be used as configured", not "this object".
@@ -304,6 +309,11 @@ class ObjectStore:
         return error
 
     @staticmethod
+    def is_blob_name(name: str) -> bool:
+        """Whether ``name`` is one that :meth:`new_blob_name` makes."""
+        return _BLOB_NAME.fullmatch(name) is not None
+
+    @staticmethod
     def new_blob_name() -> str:
         """A fresh, never reused name for an upload's object (``blobs/<hex>``)."""
         return BLOBS + secrets.token_hex(16)
@@ -399,7 +409,9 @@ class ObjectStore:
         return [
             info
             for info in self.objects(BLOBS)
-            if info.name not in referenced and info.last_modified < cutoff
+            if info.name not in referenced
+            and info.last_modified < cutoff
+            and self.is_blob_name(info.name)
         ]
 
     def unfinished_uploads(self, *, older_than: timedelta) -> list[UnfinishedUpload]:
@@ -418,7 +430,7 @@ class ObjectStore:
                 Bucket=self.location.bucket, Prefix=self.location.key(BLOBS)
             ):
                 for item in page.get("Uploads", ()):
-                    if item["Initiated"] < cutoff:
+                    if item["Initiated"] < cutoff and self.is_blob_name(item["Key"][len(base) :]):
                         found.append(
                             UnfinishedUpload(
                                 item["Key"][len(base) :], item["UploadId"], item["Initiated"]

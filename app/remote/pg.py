@@ -22,6 +22,7 @@ psycopg 3: the maintained PostgreSQL driver, typed, with binary wheels (``psycop
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import dataclasses
 import getpass
@@ -33,6 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Self
 
 import psycopg
@@ -43,6 +45,7 @@ from psycopg.types.json import Jsonb
 
 from app import sandbox
 from app.remote.errors import (
+    DatabaseRefusedError,
     DatabaseUnavailableError,
     HolderLostError,
     MaintenanceLostError,
@@ -77,6 +80,7 @@ _CONNECT_DEFAULTS = {
     "connect_timeout": "10",
 }
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 _SCHEMA = """
 CREATE TABLE app_stamp (
@@ -227,16 +231,51 @@ def _params(database_url: str) -> dict[str, Any]:
         raise DatabaseUnavailableError("(unparsable database_url)", str(error).strip()) from None
 
 
+def _service(params: Mapping[str, Any]) -> dict[str, str]:
+    """The parameters of the connection service that ``params`` (or ``PGSERVICE``) names,
+    found as libpq finds them: its section of the user's service file, else of the system's.
+    """
+    # libpq applies a service only inside a connection attempt, and has no call that resolves
+    # one without connecting (PQconndefaults reads PGSERVICE alone); the file is the INI
+    # format that configparser reads.
+    name = params.get("service") or os.environ.get("PGSERVICE")
+    if not name:
+        return {}
+    mine = Path(os.environ.get("PGSERVICEFILE") or Path("~/.pg_service.conf").expanduser())
+    # PGSYSCONFDIR, else the directory Debian's libpq was built with.
+    system = Path(os.environ.get("PGSYSCONFDIR") or "/etc/postgresql-common") / "pg_service.conf"
+    for path in (mine, system):
+        parser = configparser.ConfigParser(
+            interpolation=None, delimiters=("=",), comment_prefixes=("#",), strict=False
+        )
+        try:
+            parser.read(path, encoding="utf-8")  # a file that is not there reads as empty
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        if parser.has_section(str(name)):
+            return dict(parser[str(name)])
+    return {}
+
+
+def _server_name(name: str) -> str:
+    # The server cuts a longer database name to this many bytes, and connects to, creates or
+    # drops the database so named: the name to check is the one it will use.
+    return name.encode()[:_NAME_BYTES].decode(errors="ignore")
+
+
 def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     """The databases a URL may connect to (one per host it lists), normalised.
 
-    Unset parts take libpq's defaults, from ``PG*`` variables like libpq itself.
+    Unset parts are filled as libpq fills them: from the connection service the URL or
+    ``PGSERVICE`` names (``service=``, a section of ``pg_service.conf``), then from ``PG*``
+    variables, then libpq's defaults.
     """
-    params = _params(database_url)
+    explicit = _params(database_url)
+    params = {**_service(explicit), **explicit}
     hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
-    dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+    dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
     host_list = hosts.split(",") if hosts else [""]
     port_list = ports.split(",")
     if len(port_list) == 1:
@@ -301,7 +340,17 @@ def connect(
         DatabaseUnavailableError: the server cannot be reached.
     """
     sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
-    return _connect(database_url, purpose, autocommit, connect_timeout)
+    conn = _connect(database_url, purpose, autocommit, connect_timeout)
+    # Again with what libpq connected to, after its service file and the environment, which
+    # may differ from what the URL seemed to name.
+    info = conn.info
+    reached = make_conninfo("", host=info.host, port=str(info.port), dbname=info.dbname)
+    try:
+        sandbox.check_scratch("database_url", reached, f"connecting ({purpose}) to")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _connect(
@@ -316,6 +365,73 @@ def _connect(
 
 def _reason(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+_RETRY = "retry; if it recurs, ask the database's administrator"
+_TIMEOUT = (
+    "another transaction may hold what it waited for: `SELECT pid, state, wait_event, query "
+    "FROM pg_stat_activity WHERE datname = current_database()` shows who; retry once it is "
+    "done, or raise {setting} for the app's role (ALTER ROLE <role> SET {setting} = ...)"
+)
+# By SQLSTATE (or its class, the first two characters): how a server that was reached refuses
+# a statement, and what resolves it. Everything else is not a refusal: a broken connection
+# (class 08, 57P01-57P03: DatabaseUnavailableError) or a bug (a raw psycopg error).
+_REFUSALS: dict[str, str] = {
+    "25006": (
+        "The database is read-only for the app: default_transaction_read_only is on for it "
+        "or for the app's role (`ALTER DATABASE {dbname} RESET default_transaction_read_only`, "
+        "and the same for the role, from a session that ran `SET "
+        "default_transaction_read_only = off` first), or database_url names a standby: "
+        "point it at the primary"
+    ),
+    "25P03": (
+        "The server ended the connection, idle in its transaction longer than "
+        "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting for "
+        "the app's role"
+    ),
+    "57014": "A statement ran past statement_timeout, or was cancelled: "
+    + _TIMEOUT.replace("{setting}", "statement_timeout"),
+    "55P03": "A lock was not granted within lock_timeout: "
+    + _TIMEOUT.replace("{setting}", "lock_timeout"),
+    "53100": (
+        "The database server's disk is full: free space on the volume of its data directory "
+        "(or its WAL), then retry"
+    ),
+    "53200": "The database server is out of memory: " + _RETRY,
+    "53300": (
+        "The database server has no connection to spare (max_connections): stop idle "
+        "clients, lower pool sizes, or raise max_connections, then retry"
+    ),
+    "53": "The database server is out of a resource: " + _RETRY,
+    "54": "The statement is past one of the server's limits: " + _RETRY,
+    "58": "The database server failed to read or write its files: " + _RETRY,
+    "40": "It conflicted with another transaction: retry",
+}
+
+
+def refusal(
+    where: str, error: psycopg.Error, what: str = "a statement"
+) -> DatabaseRefusedError | None:
+    """:class:`DatabaseRefusedError` for an error by which the server refused a statement,
+    naming why and what resolves it; ``None`` for any other error."""
+    state = error.sqlstate or ""
+    remedy = _REFUSALS.get(state) or _REFUSALS.get(state[:2])
+    if remedy is None:
+        return None
+    dbname = where.rpartition("/")[2]  # mask_url's form
+    return DatabaseRefusedError(where, _reason(error), state, remedy.format(dbname=dbname), what)
+
+
+@contextlib.contextmanager
+def refusals(where: str, what: str = "a statement") -> Iterator[None]:
+    """Raise the server's refusals of a statement as :class:`DatabaseRefusedError`."""
+    try:
+        yield
+    except psycopg.Error as error:
+        refused = refusal(where, error, what)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 # --- the stamp and the schema -------------------------------------------------------------
@@ -388,7 +504,11 @@ def open_database(
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
     """
     where = mask_url(database_url)
-    with connect(database_url, purpose="app open") as conn, conn.transaction():
+    with (
+        refusals(where, f"opening it for profile {profile!r}"),
+        connect(database_url, purpose="app open") as conn,
+        conn.transaction(),
+    ):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
         stamp = read_stamp(conn)
         if stamp is None:
@@ -534,23 +654,25 @@ class Holder:
     def start(self) -> Self:
         conn = connect(self.database_url, purpose="app serve", autocommit=True)
         try:
-            taken = conn.execute(
-                "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
-            ).fetchone()
-            if taken != (True,):
-                raise MaintenanceRunningError(self.where, _lock_holders(conn, "ExclusiveLock"))
-            with conn.transaction():
-                # The row and its lock commit together, so that no cleaner sees the row
-                # before its lock exists.
-                with conn.cursor(row_factory=dict_row) as cursor:
-                    row = cursor.execute(
-                        "INSERT INTO app_holders (host, pid, profile, url) VALUES (%s, %s, %s, %s)"
-                        " RETURNING id, host, pid, profile, since, url, backend_pid",
-                        (socket.gethostname(), os.getpid(), self.profile, self.url),
-                    ).fetchone()
-                assert row is not None
-                conn.execute("SELECT pg_advisory_lock(%s, %s)", (ROW_LOCK_CLASS, row["id"]))
-            clean_stale_holders(conn)
+            with refusals(self.where, "this replica's hold (its row in app_holders)"):
+                taken = conn.execute(
+                    "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
+                ).fetchone()
+                if taken != (True,):
+                    raise MaintenanceRunningError(self.where, _lock_holders(conn, "ExclusiveLock"))
+                with conn.transaction():
+                    # The row and its lock commit together, so that no cleaner sees the row
+                    # before its lock exists.
+                    with conn.cursor(row_factory=dict_row) as cursor:
+                        row = cursor.execute(
+                            "INSERT INTO app_holders (host, pid, profile, url)"
+                            " VALUES (%s, %s, %s, %s)"
+                            " RETURNING id, host, pid, profile, since, url, backend_pid",
+                            (socket.gethostname(), os.getpid(), self.profile, self.url),
+                        ).fetchone()
+                    assert row is not None
+                    conn.execute("SELECT pg_advisory_lock(%s, %s)", (ROW_LOCK_CLASS, row["id"]))
+                clean_stale_holders(conn)
         except BaseException:
             conn.close()
             raise
@@ -697,7 +819,8 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
     """
     where = mask_url(database_url)
     with connect(database_url, purpose=f"app maintenance: {wanted}", autocommit=True) as conn:
-        taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
+        with refusals(where, f"the hold to {wanted}"):
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
             replicas = live_holders(conn) if read_stamp(conn) is not None else []
             others = writing = ""
@@ -709,7 +832,8 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
                 others = others or ("" if writing else "a connection that has since gone")
             raise ReplicasLiveError(wanted, where, replicas, others, writing)
         try:
-            clean_stale_holders(conn)
+            with refusals(where, f"the hold to {wanted}"):
+                clean_stale_holders(conn)
             yield Maintenance(conn, profile, where, wanted)
         finally:
             with contextlib.suppress(psycopg.Error):
@@ -736,6 +860,15 @@ def create_scratch_database(database_url: str, suffix: str) -> str:
     """
     url = scratch_url(database_url, suffix)
     name = database_addresses(url)[0].dbname
+    full = database_addresses(database_url)[0].dbname + suffix
+    if name != full:
+        room = _NAME_BYTES - len(suffix.encode())
+        msg = (
+            f"the scratch database's name {full!r} is {len(full.encode())} bytes, and "
+            f"PostgreSQL cuts a name to {_NAME_BYTES}, which would cut the run's suffix off it "
+            f"({name!r}): name a database of at most {room} bytes in database_url"
+        )
+        raise ValueError(msg)
     with _server(url, "creating") as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return url

@@ -55,14 +55,15 @@ class RemoteSessions:
             # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
             raise BadRequestError("title must not contain the character U+0000 (NUL)")
         metadata = checked_session_fields(title, metadata)
-        with self.db.write(f"the creation of a session titled {title!r}") as conn:
-            # A page is `id > cursor`, so a page must never show a session while one with a
-            # lower id is still to commit: that one would appear behind a walker's cursor and
-            # never be listed to it. A create holds CREATE_LOCK shared from taking its id,
-            # after every id in the table (another replica's clock may be behind), to its
-            # commit; a page holds it exclusively until its snapshot is taken (`page`), so it
-            # waits for the creates under way and no create takes an id meanwhile.
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", CREATE_LOCK)
+        # A page is `id > cursor`, so a page must never show a session while one with a
+        # lower id is still to commit: that one would appear behind a walker's cursor and
+        # never be listed to it. A create holds CREATE_LOCK shared from taking its id, after
+        # every id in the table (another replica's clock may be behind), to its commit; a page
+        # holds it exclusively until its snapshot is taken (`page`), so it waits for the
+        # creates under way and no create takes an id meanwhile. The write takes it with its
+        # BEGIN, before the statement below, whose snapshot is therefore taken after it.
+        what = f"the creation of a session titled {title!r}"
+        with self.db.write(what, lock=CREATE_LOCK) as conn:
             newest = conn.execute("SELECT max(id) AS id FROM app_sessions").fetchone()
             if newest is not None and newest["id"] is not None:
                 make_later_than(newest["id"])

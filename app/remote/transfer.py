@@ -18,7 +18,11 @@ from typing import Any, Final
 
 from app import storage
 from app.errors import UploadTooLargeError
-from app.remote.errors import CommitUnknownError, ObjectStoreUnavailableError
+from app.remote.errors import (
+    CommitUnknownError,
+    ObjectChangedError,
+    ObjectStoreUnavailableError,
+)
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
 from app.storage import FileEntry
 
@@ -41,8 +45,11 @@ class ObjectFile(io.RawIOBase):
     no request). ``size`` and ``mtime`` come from the file's row.
     """
 
-    def __init__(self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str) -> None:
+    def __init__(
+        self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str, session_id: str
+    ) -> None:
         super().__init__()
+        self.session_id = session_id
         self._objects = objects
         self._blob = blob
         self.size = size
@@ -57,6 +64,15 @@ class ObjectFile(io.RawIOBase):
     def _open(self, start: int) -> None:
         # No Range for the start: an empty object has no byte 0 to ask for (416).
         self._stream = self._objects.get(self._blob, start=start or None)
+        found = self._stream.size
+        if found != self.size:
+            # Rewritten by hand: the bytes are not those the row describes (a shorter object
+            # would end a response early, a longer one be cut at the recorded size).
+            self._drop()
+            raise ObjectChangedError(
+                f"{self._objects.where}/{self._blob}", found, self.size,
+                self.name, self.session_id,
+            )  # fmt: skip
         self._chunks = iter(self._stream)
         self._pending = memoryview(b"")
         self._at = start

@@ -164,8 +164,26 @@ EXAMPLES: list[errors.AppError] = [
     remote.DatabaseUnavailableError(
         DATABASE, "connection refused: is the server running on that host and port?"
     ),
+    remote.DatabaseRefusedError(
+        DATABASE,
+        "cannot execute INSERT in a read-only transaction",
+        "25006",
+        "The database is read-only for the app: default_transaction_read_only is on for it or "
+        "for the app's role (`ALTER DATABASE app_production RESET "
+        "default_transaction_read_only`, and the same for the role, from a session that ran "
+        "`SET default_transaction_read_only = off` first), or database_url names a standby: "
+        "point it at the primary",
+        "the creation of a session titled 'review of 4.2'",
+    ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
+    remote.ObjectChangedError(
+        "s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
+        5,
+        15,
+        "notes.txt",
+        "0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
+    ),
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
