@@ -14,9 +14,11 @@ only, never on a request.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +77,44 @@ class Checker:
         self.check_staging()
         self.check_trash()
         for session_id in self.store.sessions.scan_ids():
-            self.check_session(session_id)
+            with self.item():
+                self.check_session(session_id)
+
+    @contextlib.contextmanager
+    def item(self) -> Iterator[None]:
+        """One entry's checks: a repair the filesystem refuses is reported as not made.
+
+        Each repair is whole on its own, so the others still run: a full disk (which a
+        repair's new trash entry, or its audit line, needs room on) once stopped the
+        whole run, and so every server's start-up, with "nothing was changed" said of
+        repairs already made.
+        """
+        start = len(self.findings)
+        try:
+            yield
+        except OSError as error:
+            tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
+            if not tried:
+                if isinstance(error, PermissionError) and error.filename:
+                    # One file this process may not read (mode 000, another user's) once
+                    # stopped every check, and so every server's start-up, at it.
+                    self.unrepaired(
+                        "permission-denied",
+                        Path(os.fsdecode(error.filename)),
+                        f"this process may not read or change it ({error.strerror}), so "
+                        "what holds it was not checked",
+                        "nothing: an operator gives it back to the user the app runs as "
+                        "(`ls -l`, `chown`, `chmod u+rw`), then checks again",
+                    )
+                    return
+                raise  # a read failed, not a repair: the check cannot say what it missed
+            finding = self.findings[tried[-1]]
+            self.findings[tried[-1]] = dataclasses.replace(
+                finding,
+                repaired=False,
+                repair=f"{finding.repair} (not done: {error.strerror or error}; resolve "
+                "that, then run `app data check --repair` again)",
+            )
 
     def check_tmp(self) -> None:
         if self.repair:
@@ -134,65 +173,68 @@ class Checker:
     def check_trash(self) -> None:
         audited, purged = self._audited()
         for path in _listing(self.root.trash_dir):
-            name = path.name
-            found = TRASH_NAME_RE.fullmatch(name)
-            if name.startswith(EMPTYING_PREFIX) and path.is_dir() and not path.is_symlink():
-                if self.found(
-                    "trash-emptying",
-                    path,
-                    "an entry that `empty-trash` had taken out of the trash when it was stopped",
-                    "finish removing it",
-                ):
-                    shutil.rmtree(path)
-                continue
-            if found is None or path.is_symlink() or not path.is_dir():
-                self.unrepaired(
-                    "unknown-entry", path, "not a trash entry", "nothing: left for a human"
-                )
-                continue
-            entry = self.store.trash.read_entry(name)
-            assert entry is not None
-            try:
-                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
-            except (*MISSING_MANIFEST, ValueError):
-                manifest = None
-            contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
-            if not isinstance(manifest, dict):
-                if not contents:
-                    if self.found(
-                        "trash-empty",
-                        path,
-                        "an empty trash entry: a delete that stopped before its manifest",
-                        "remove the empty directory",
-                    ):
-                        self.store.trash.remove_empty(entry)
-                else:
-                    self.unrepaired(
-                        "trash-no-manifest",
-                        path,
-                        "a trash entry with data but no readable trash.json",
-                        "nothing: left for a human (its data is kept)",
-                    )
-                continue
-            if not self._complete(entry, manifest, contents):
-                continue
-            reason = manifest.get("reason")
-            if name in audited or (reason == "purge" and entry.session_id in purged):
-                continue
-            operation = (
-                "trash-session"
-                if entry.kind == "session"
-                else ("replace-file" if reason == "replace" else "trash-file")
-            )
+            with self.item():
+                self.check_trash_entry(path, audited, purged)
+
+    def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
+        name = path.name
+        found = TRASH_NAME_RE.fullmatch(name)
+        if name.startswith(EMPTYING_PREFIX) and path.is_dir() and not path.is_symlink():
             if self.found(
-                "trash-unaudited",
+                "trash-emptying",
                 path,
-                f"a complete trash entry ({reason}) without its audit line: the process "
-                "stopped between the move and the line",
-                f"append the {operation} line it should have had",
+                "an entry that `empty-trash` had taken out of the trash when it was stopped",
+                "finish removing it",
             ):
-                target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
-                self.root.audit(operation, target, trash=name, reason=reason, recovered=True)
+                shutil.rmtree(path)
+            return
+        if found is None or path.is_symlink() or not path.is_dir():
+            self.unrepaired("unknown-entry", path, "not a trash entry", "nothing: left for a human")
+            return
+        entry = self.store.trash.read_entry(name)
+        assert entry is not None
+        try:
+            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+        except (*MISSING_MANIFEST, ValueError):
+            manifest = None
+        contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
+        if not isinstance(manifest, dict):
+            if not contents:
+                if self.found(
+                    "trash-empty",
+                    path,
+                    "an empty trash entry: a delete that stopped before its manifest",
+                    "remove the empty directory",
+                ):
+                    self.store.trash.remove_empty(entry)
+            else:
+                self.unrepaired(
+                    "trash-no-manifest",
+                    path,
+                    "a trash entry with data but no readable trash.json",
+                    "nothing: left for a human (its data is kept)",
+                )
+            return
+        if not self._complete(entry, manifest, contents):
+            return
+        reason = manifest.get("reason")
+        if name in audited or (reason == "purge" and entry.session_id in purged):
+            return
+        operation = (
+            "trash-session"
+            if entry.kind == "session"
+            else ("replace-file" if reason == "replace" else "trash-file")
+        )
+        if self.found(
+            "trash-unaudited",
+            path,
+            f"a complete trash entry ({reason}) without its audit line: the process "
+            "stopped between the move and the line",
+            f"append the {operation} line it should have had",
+        ):
+            target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
+            details = {"trash": name, "reason": reason, "recovered": True}
+            self.root.append_audit_line(operation, target, details)
 
     def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
         """Whether a trash entry holds its data; repairs a half one. False: done with it."""
