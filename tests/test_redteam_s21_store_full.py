@@ -201,10 +201,39 @@ def unreadable(root, session_id):
         attempt("list", lambda: store.list_sessions())
         attempt("restore", lambda: store.restore(session_id))
         listed = [session["id"] for session in store.list_sessions().items]
+    # And on the command line, which may name the file (HTTP never names a path).
+    from click.testing import CliRunner
+    from app.cli import cli
+
+    os.chmod(os.path.join(root, ".app-profile.json"), 0)
+    said.append(CliRunner().invoke(cli, ["data", "check"], prog_name="app").output)
     return {"said": said, "listed": listed}
 
 
+def stream(root, session_id, name):
+    # The disk fills while an upload of a new version streams in: refused, the old version
+    # still served, the partial bytes gone at once (not at the next start), the next one in.
+    said = []
+    with open_storage(load(), writer=True, kind="server", wanted="serve") as store:
+        before = view(store)
+        try:
+            with store.begin_upload(session_id, name, replace=True) as upload:
+                while True:
+                    upload.write(b"z" * 65536)
+        except OSError as error:
+            said.append(str(storage_error(error, f"PUT /sessions/{session_id}/files/{name}")))
+        said.append(f"in .tmp: {os.listdir(os.path.join(root, '.tmp'))}")
+        said.append(f"unchanged: {view(store) == before}")
+        store.put_file(session_id, name, b"a, version 3", replace=True)
+        handle, _ = store.open_file(session_id, name)
+        with handle:
+            said.append(handle.read().decode())
+    return {"said": said}
+
+
 def child(op, at, args, root):
+    if op == "stream":
+        return stream(root, *args)
     if op == "way-out":
         return way_out(root)
     if op == "unreadable":
@@ -473,5 +502,30 @@ def test_a_session_the_server_may_not_read_is_reported_and_can_be_cleared(
         "delete: ok",
         "list: ok",
         "restore: PermissionError (storage_permission_denied)",
+        (
+            f"error: cannot run `app data check` ({zygote.disk}/app-data/.app-profile.json): the "
+            "data root's filesystem refused it (permission denied: a file or directory in the data "
+            "root is immutable, read-only or owned by another user); nothing was changed. An "
+            "operator finds it (`lsattr -R` and `ls -lR` on the data root) and undoes it "
+            "(`chattr -i`, `chown` to the user the app runs as), then retries\n"
+        ),
     ]
     assert result["listed"] == [ids["keep"]]
+
+
+def test_a_disk_that_fills_while_an_upload_streams_refuses_it_and_frees_its_bytes(
+    template: tuple[dict[str, str], Path], zygote: Zygote
+) -> None:
+    ids, saved = template
+    keep = ids["keep"]
+    assert zygote.run(saved, "stream", 0, [keep, "a.txt"])["said"] == [
+        (
+            f"cannot PUT /sessions/{keep}/files/a.txt: the data root's filesystem is full; nothing "
+            "was changed. Free space, then retry: POST /trash/empty empties the trash without "
+            "stopping the server (`app data empty-trash` does it while no server runs), or grow "
+            "the filesystem"
+        ),
+        "in .tmp: []",
+        "unchanged: True",
+        "a, version 3",
+    ]
