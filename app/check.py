@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from app.store.records import (
     RECORDS_DIR,
     TRASH_MANIFEST,
     TRASHED_SESSION,
+    FileRecord,
     load_record,
     read_meta,
     record_blob,
@@ -336,26 +338,74 @@ class Checker:
             ):
                 return  # the rest of the checks assume the current layout
             self.store.sessions.migrate_legacy(directory, meta)
-        referenced: set[str] = set()
-        records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
-        records, blobs = _listing(records_dir), _listing(blobs_dir)
+        records, blobs = _listing(directory / RECORDS_DIR), _listing(directory / BLOBS_DIR)
         if not self.thorough and len(records) == len(blobs):
             # Every crash of a write leaves one blob more than records (an upload before its
             # commit, an old blob not yet retired); only damage from outside the app (a
             # partial restore) can hide behind equal counts, which the command reads for.
             return
+        self._check_files(session_id, records, blobs)
+
+    def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
+        """A session's records against its blobs: each record's bytes there, each blob named."""
+        referenced: set[str] = set()
+        records_dir = self.store.sessions_dir / session_id / RECORDS_DIR
+        blobs_dir = self.store.sessions_dir / session_id / BLOBS_DIR
+        unreadable: list[str] = []
+        dangling: list[tuple[Path, FileRecord]] = []
         for path in records:
             record = load_record(path)
             if record is None:
+                unreadable.append(path.name)
                 self.unrepaired(
-                    "unknown-entry", path, "not a file record", "nothing: left for a human"
+                    "unknown-entry",
+                    path,
+                    "a file record that cannot be read (not a record of the app's shape: "
+                    "damage from outside the app); the file is not listed",
+                    "nothing: left for a human (put the record back from a backup)",
                 )
                 continue
             blob = blobs_dir / record["blob"]
             if blob.is_file() and not blob.is_symlink():
                 referenced.add(record["blob"])
                 continue
-            if self.found(
+            dangling.append((path, record))
+        orphans = [
+            path
+            for path in blobs
+            if path.name not in referenced and (session_id, path.name) not in self.awaited
+        ]
+        # Neither a torn record nor one naming bytes not there is left by a crash of the
+        # app: damage from outside it (a restore from a backup taken mid-write, an edit).
+        # Repaired apart, the record went, and its bytes went to the trash as an upload
+        # "never acknowledged", for `empty-trash` to remove for good. Left for a human:
+        # every unnamed blob next to a torn record, and one whose hash a record names.
+        named = [p for p in orphans if ID_RE.fullmatch(p.name)]
+        wanted = {str(r.get("sha256")) for _, r in dangling}
+        found = {p: _sha256(p) for p in named} if wanted else {}
+        held = [p for p in named if unreadable or found.get(p) in wanted]
+        hashes = set(found.values()) & wanted
+        damaged = [*unreadable, *(p.name for p, r in dangling if r.get("sha256") in hashes)]
+        for path in held:
+            self.unrepaired(
+                "file-without-record",
+                path,
+                "bytes no record names, next to damaged records of the session "
+                f"({', '.join(map(repr, damaged))}): damage from outside the app, and these "
+                "may be one of those files' bytes",
+                "nothing: left for a human (put the record back from a backup, or point it "
+                "at these bytes; `sha256sum` tells which file they are)",
+            )
+        for path, record in dangling:
+            if str(record.get("sha256")) in hashes:
+                self.unrepaired(
+                    "record-without-file",
+                    path,
+                    f"the record of {path.name!r} names bytes that are not there, and bytes "
+                    "no record names have its sha256: damage from outside the app",
+                    "nothing: left for a human (point the record at those bytes)",
+                )
+            elif self.found(
                 "record-without-file",
                 path,
                 f"the record of {path.name!r} names bytes that are not there",
@@ -363,8 +413,8 @@ class Checker:
             ):
                 path.unlink()
                 fsync_dir(records_dir)
-        for path in blobs:
-            if path.name in referenced or (session_id, path.name) in self.awaited:
+        for path in orphans:
+            if path in held:
                 continue
             if not ID_RE.fullmatch(path.name):
                 self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
@@ -384,6 +434,11 @@ class Checker:
                 self.root.audit(
                     "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
                 )
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _listing(directory: Path) -> list[Path]:
