@@ -13,7 +13,8 @@ Lifecycle of ``<root>/.server.lock``:
   ``O_TRUNC``, mode 0600). The root itself must already exist: :mod:`app.dataroot` creates
   it, the lock never does.
 * **Written** only by the process that holds the lock, only after the lock is taken, in
-  place on the locked descriptor (never by rename: see below).
+  place on the locked descriptor (never by rename: see below). On a full disk the holder
+  keeps the lock without writing it: the file then names no holder.
 * **Emptied** by the holder when it releases, while it still holds the lock. A holder that
   crashed leaves its last JSON behind; that content means nothing once the lock is free,
   and the next holder overwrites it.
