@@ -14,9 +14,12 @@ only, never on a request.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,7 @@ from app.store.records import (
     RECORDS_DIR,
     TRASH_MANIFEST,
     TRASHED_SESSION,
+    FileRecord,
     load_record,
     read_meta,
     record_blob,
@@ -75,7 +79,44 @@ class Checker:
         self.check_staging()
         self.check_trash()
         for session_id in self.store.sessions.scan_ids():
-            self.check_session(session_id)
+            with self.item():
+                self.check_session(session_id)
+
+    @contextlib.contextmanager
+    def item(self) -> Iterator[None]:
+        """One entry's checks: a repair the filesystem refuses is reported as not made.
+
+        Each repair is whole on its own, so the others still run: a full disk (which a
+        repair's new trash entry, or its audit line, needs room on) once stopped the
+        whole run, and so every server's start-up, with "nothing was changed" said of
+        repairs already made.
+        """
+        start = len(self.findings)
+        try:
+            yield
+        except OSError as error:
+            tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
+            if not tried:
+                if isinstance(error, PermissionError) and error.filename:
+                    # One file this process may not read (mode 000, another user's) once
+                    # stopped every check, and so every server's start-up, at it.
+                    self.unrepaired(
+                        "permission-denied",
+                        Path(os.fsdecode(error.filename)),
+                        f"this process may not read or change it ({error.strerror}), so "
+                        "what holds it was not checked",
+                        "nothing: an operator gives it back to the user the app runs as "
+                        "(`ls -l`, `chown`, `chmod u+rw`), then checks again",
+                    )
+                    return
+                raise  # a read failed, not a repair: the check cannot say what it missed
+            finding = self.findings[tried[-1]]
+            self.findings[tried[-1]] = dataclasses.replace(
+                finding,
+                repaired=False,
+                repair=f"{finding.repair} (not done: {error.strerror or error}; resolve "
+                "that, then run `app data check --repair` again)",
+            )
 
     def check_tmp(self) -> None:
         if self.repair:
@@ -134,65 +175,68 @@ class Checker:
     def check_trash(self) -> None:
         audited, purged = self._audited()
         for path in _listing(self.root.trash_dir):
-            name = path.name
-            found = TRASH_NAME_RE.fullmatch(name)
-            if name.startswith(EMPTYING_PREFIX) and path.is_dir() and not path.is_symlink():
-                if self.found(
-                    "trash-emptying",
-                    path,
-                    "an entry that `empty-trash` had taken out of the trash when it was stopped",
-                    "finish removing it",
-                ):
-                    shutil.rmtree(path)
-                continue
-            if found is None or path.is_symlink() or not path.is_dir():
-                self.unrepaired(
-                    "unknown-entry", path, "not a trash entry", "nothing: left for a human"
-                )
-                continue
-            entry = self.store.trash.read_entry(name)
-            assert entry is not None
-            try:
-                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
-            except (*MISSING_MANIFEST, ValueError):
-                manifest = None
-            contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
-            if not isinstance(manifest, dict):
-                if not contents:
-                    if self.found(
-                        "trash-empty",
-                        path,
-                        "an empty trash entry: a delete that stopped before its manifest",
-                        "remove the empty directory",
-                    ):
-                        self.store.trash.remove_empty(entry)
-                else:
-                    self.unrepaired(
-                        "trash-no-manifest",
-                        path,
-                        "a trash entry with data but no readable trash.json",
-                        "nothing: left for a human (its data is kept)",
-                    )
-                continue
-            if not self._complete(entry, manifest, contents):
-                continue
-            reason = manifest.get("reason")
-            if name in audited or (reason == "purge" and entry.session_id in purged):
-                continue
-            operation = (
-                "trash-session"
-                if entry.kind == "session"
-                else ("replace-file" if reason == "replace" else "trash-file")
-            )
+            with self.item():
+                self.check_trash_entry(path, audited, purged)
+
+    def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
+        name = path.name
+        found = TRASH_NAME_RE.fullmatch(name)
+        if name.startswith(EMPTYING_PREFIX) and path.is_dir() and not path.is_symlink():
             if self.found(
-                "trash-unaudited",
+                "trash-emptying",
                 path,
-                f"a complete trash entry ({reason}) without its audit line: the process "
-                "stopped between the move and the line",
-                f"append the {operation} line it should have had",
+                "an entry that `empty-trash` had taken out of the trash when it was stopped",
+                "finish removing it",
             ):
-                target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
-                self.root.audit(operation, target, trash=name, reason=reason, recovered=True)
+                shutil.rmtree(path)
+            return
+        if found is None or path.is_symlink() or not path.is_dir():
+            self.unrepaired("unknown-entry", path, "not a trash entry", "nothing: left for a human")
+            return
+        entry = self.store.trash.read_entry(name)
+        assert entry is not None
+        try:
+            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+        except (*MISSING_MANIFEST, ValueError):
+            manifest = None
+        contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
+        if not isinstance(manifest, dict):
+            if not contents:
+                if self.found(
+                    "trash-empty",
+                    path,
+                    "an empty trash entry: a delete that stopped before its manifest",
+                    "remove the empty directory",
+                ):
+                    self.store.trash.remove_empty(entry)
+            else:
+                self.unrepaired(
+                    "trash-no-manifest",
+                    path,
+                    "a trash entry with data but no readable trash.json",
+                    "nothing: left for a human (its data is kept)",
+                )
+            return
+        if not self._complete(entry, manifest, contents):
+            return
+        reason = manifest.get("reason")
+        if name in audited or (reason == "purge" and entry.session_id in purged):
+            return
+        operation = (
+            "trash-session"
+            if entry.kind == "session"
+            else ("replace-file" if reason == "replace" else "trash-file")
+        )
+        if self.found(
+            "trash-unaudited",
+            path,
+            f"a complete trash entry ({reason}) without its audit line: the process "
+            "stopped between the move and the line",
+            f"append the {operation} line it should have had",
+        ):
+            target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
+            details = {"trash": name, "reason": reason, "recovered": True}
+            self.root.append_audit_line(operation, target, details)
 
     def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
         """Whether a trash entry holds its data; repairs a half one. False: done with it."""
@@ -294,26 +338,74 @@ class Checker:
             ):
                 return  # the rest of the checks assume the current layout
             self.store.sessions.migrate_legacy(directory, meta)
-        referenced: set[str] = set()
-        records_dir, blobs_dir = directory / RECORDS_DIR, directory / BLOBS_DIR
-        records, blobs = _listing(records_dir), _listing(blobs_dir)
+        records, blobs = _listing(directory / RECORDS_DIR), _listing(directory / BLOBS_DIR)
         if not self.thorough and len(records) == len(blobs):
             # Every crash of a write leaves one blob more than records (an upload before its
             # commit, an old blob not yet retired); only damage from outside the app (a
             # partial restore) can hide behind equal counts, which the command reads for.
             return
+        self._check_files(session_id, records, blobs)
+
+    def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
+        """A session's records against its blobs: each record's bytes there, each blob named."""
+        referenced: set[str] = set()
+        records_dir = self.store.sessions_dir / session_id / RECORDS_DIR
+        blobs_dir = self.store.sessions_dir / session_id / BLOBS_DIR
+        unreadable: list[str] = []
+        dangling: list[tuple[Path, FileRecord]] = []
         for path in records:
             record = load_record(path)
             if record is None:
+                unreadable.append(path.name)
                 self.unrepaired(
-                    "unknown-entry", path, "not a file record", "nothing: left for a human"
+                    "unknown-entry",
+                    path,
+                    "a file record that cannot be read (not a record of the app's shape: "
+                    "damage from outside the app); the file is not listed",
+                    "nothing: left for a human (put the record back from a backup)",
                 )
                 continue
             blob = blobs_dir / record["blob"]
             if blob.is_file() and not blob.is_symlink():
                 referenced.add(record["blob"])
                 continue
-            if self.found(
+            dangling.append((path, record))
+        orphans = [
+            path
+            for path in blobs
+            if path.name not in referenced and (session_id, path.name) not in self.awaited
+        ]
+        # Neither a torn record nor one naming bytes not there is left by a crash of the
+        # app: damage from outside it (a restore from a backup taken mid-write, an edit).
+        # Repaired apart, the record went, and its bytes went to the trash as an upload
+        # "never acknowledged", for `empty-trash` to remove for good. Left for a human:
+        # every unnamed blob next to a torn record, and one whose hash a record names.
+        named = [p for p in orphans if ID_RE.fullmatch(p.name)]
+        wanted = {str(r.get("sha256")) for _, r in dangling}
+        found = {p: _sha256(p) for p in named} if wanted else {}
+        held = [p for p in named if unreadable or found.get(p) in wanted]
+        hashes = set(found.values()) & wanted
+        damaged = [*unreadable, *(p.name for p, r in dangling if r.get("sha256") in hashes)]
+        for path in held:
+            self.unrepaired(
+                "file-without-record",
+                path,
+                "bytes no record names, next to damaged records of the session "
+                f"({', '.join(map(repr, damaged))}): damage from outside the app, and these "
+                "may be one of those files' bytes",
+                "nothing: left for a human (put the record back from a backup, or point it "
+                "at these bytes; `sha256sum` tells which file they are)",
+            )
+        for path, record in dangling:
+            if str(record.get("sha256")) in hashes:
+                self.unrepaired(
+                    "record-without-file",
+                    path,
+                    f"the record of {path.name!r} names bytes that are not there, and bytes "
+                    "no record names have its sha256: damage from outside the app",
+                    "nothing: left for a human (point the record at those bytes)",
+                )
+            elif self.found(
                 "record-without-file",
                 path,
                 f"the record of {path.name!r} names bytes that are not there",
@@ -321,8 +413,8 @@ class Checker:
             ):
                 path.unlink()
                 fsync_dir(records_dir)
-        for path in blobs:
-            if path.name in referenced or (session_id, path.name) in self.awaited:
+        for path in orphans:
+            if path in held:
                 continue
             if not ID_RE.fullmatch(path.name):
                 self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
@@ -342,6 +434,11 @@ class Checker:
                 self.root.audit(
                     "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
                 )
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _listing(directory: Path) -> list[Path]:

@@ -38,6 +38,7 @@ def fail(error: AppError) -> NoReturn:
 
 
 _PROFILE_KEY = "app.profile"
+_COMMAND_KEY = "app.command"
 
 
 def _remember_profile(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
@@ -94,6 +95,10 @@ class AppCommand(click.Command):
             )
         )
 
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta[_COMMAND_KEY] = ctx.command_path  # `app data check`, for a refusal to name
+        return super().invoke(ctx)
+
 
 class CommandGroup(click.Group):
     """A group whose commands are `AppCommand`s (``sessions``, ``data``)."""
@@ -113,7 +118,11 @@ class AppGroup(CommandGroup):
             fail(error)
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
-            mapped = storage_error(error, f"run `app {ctx.invoked_subcommand or ''}`".strip())
+            doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
+            if error.filename is not None:
+                # Here, unlike over HTTP, the path is the operator's to see: the file refused.
+                doing += f" ({os.fsdecode(error.filename)})"
+            mapped = storage_error(error, doing)
             if mapped is None:
                 raise
             fail(mapped)

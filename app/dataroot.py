@@ -30,6 +30,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -98,6 +99,8 @@ _LAYOUT: Final = frozenset(
 )
 # Entries that do not count as data when deciding whether an unstamped root is new.
 _NOT_DATA: Final = frozenset({LOCK_FILE, TMP_DIR, "lost+found"})
+
+log = logging.getLogger("app.dataroot")
 
 
 def _now_iso() -> str:
@@ -294,6 +297,19 @@ def _audit_record(
     }
 
 
+def _audit_line_lost(path: Path, record: Mapping[str, Any], error: OSError) -> None:
+    # A line records a change already made, which can no longer be undone: raised, a full
+    # disk (or EFBIG, EIO) turned a purge, an empty-trash or a repair that happened into
+    # "nothing was changed". The line goes to the log instead; `check` writes again the
+    # line of a move into the trash it finds unaudited.
+    log.warning(
+        "could not append to %s (%s); the line it should hold: %s",
+        path,
+        error.strerror or error,
+        json.dumps(dict(record), sort_keys=True, default=str),
+    )
+
+
 class Prepared:
     """What a change needs after its commit point, opened before it: directories, the audit log.
 
@@ -346,12 +362,14 @@ class Prepared:
         """Append the change's line through the log opened before it (see DataRoot.audit)."""
         assert self._audit is not None, "prepared without the audit log"
         root = self._root
-        _write_audit_line(
-            self._audit, _audit_record(root.config.profile, root.kind, operation, target, details)
-        )
-        if self._audit_new:
-            os.fsync(self._dirs[root.path])
-            self._audit_new = False
+        record = _audit_record(root.config.profile, root.kind, operation, target, details)
+        try:
+            _write_audit_line(self._audit, record)
+            if self._audit_new:
+                os.fsync(self._dirs[root.path])
+                self._audit_new = False
+        except OSError as error:
+            _audit_line_lost(root.audit_path, record, error)
 
     def close(self) -> None:
         for fd in [*self._dirs.values(), *([] if self._audit is None else [self._audit])]:
@@ -946,17 +964,27 @@ class DataRoot:
         """Append one JSON line to ``audit.jsonl`` and fsync it.
 
         The line holds ``time`` (ISO 8601, UTC), ``pid``, ``profile``, ``kind``, ``argv``,
-        ``operation``, ``target`` and ``details``.
+        ``operation``, ``target`` and ``details``. It records a change already made: a line
+        that cannot be written (a full disk) is logged, whole, as a warning, not raised.
 
         Args:
             operation: what was done (``"trash-session"``, ``"empty-trash"``, ...).
             target: what it was done to (a path or an id).
             **details: anything else worth recording (JSON-serialisable, else ``str()``).
         """
+        try:
+            self.append_audit_line(operation, target, details)
+        except OSError as error:
+            record = _audit_record(self.config.profile, self.kind, operation, target, details)
+            _audit_line_lost(self.audit_path, record, error)
+
+    def append_audit_line(
+        self, operation: str, target: str | Path, details: Mapping[str, Any]
+    ) -> None:
+        """:meth:`audit`, raising what the write raised: for a repair that is the line."""
         self._require_writer(f"audit {operation}")
-        _append_audit(
-            self.path, _audit_record(self.config.profile, self.kind, operation, target, details)
-        )
+        record = _audit_record(self.config.profile, self.kind, operation, target, details)
+        _append_audit(self.path, record)
 
     def prepare(self, *dirs: Path, audit: bool = False) -> Prepared:
         """Open, before a change's commit point, what the change needs after it.

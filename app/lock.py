@@ -13,7 +13,8 @@ Lifecycle of ``<root>/.server.lock``:
   ``O_TRUNC``, mode 0600). The root itself must already exist: :mod:`app.dataroot` creates
   it, the lock never does.
 * **Written** only by the process that holds the lock, only after the lock is taken, in
-  place on the locked descriptor (never by rename: see below).
+  place on the locked descriptor (never by rename: see below). On a full disk the holder
+  keeps the lock without writing it: the file then names no holder.
 * **Emptied** by the holder when it releases, while it still holds the lock. A holder that
   crashed leaves its last JSON behind; that content means nothing once the lock is free,
   and the next holder overwrites it.
@@ -32,6 +33,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import stat
@@ -87,6 +89,10 @@ _UNSUPPORTED_ERRNOS: Final = frozenset(
     {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 )
 _CONTENDED_ERRNOS: Final = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+# A full disk (or quota): the holder's JSON cannot be written, and the lock is held unnamed.
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+log = logging.getLogger("app.lock")
 
 # A reader can catch the holder between truncating and writing its JSON (or, on update,
 # with a stale tail after a shorter record). A few short retries ride that window out.
@@ -834,8 +840,18 @@ def _write_in_place(fd: int, holder: Mapping[str, Any], *, durable: bool = True)
     data = (json.dumps(dict(holder), sort_keys=True) + "\n").encode()
     view = memoryview(data)
     offset = 0
-    while offset < len(data):
-        offset += os.pwrite(fd, view[offset:], offset)
+    try:
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+    except OSError as error:
+        if error.errno not in _FULL_ERRNOS:
+            raise
+        # The flock is the lock; this JSON only names its holder. On a full disk (the
+        # file is emptied on release, so it needs a block again) it stopped every holder,
+        # `app data empty-trash` that frees space included: the holder goes unnamed.
+        os.ftruncate(fd, 0)
+        log.warning("the lock is held without naming its holder in the lock file: %s", error)
+        return
     os.ftruncate(fd, len(data))
     if durable:
         os.fsync(fd)

@@ -182,9 +182,7 @@ class Files:
                 self._switch_record(session_id, record_path, {**entry, "blob": version}, undo)
                 if old is not None and retired is not None and prepared is not None:
                     self._retire_blob(directory, old["blob"], retired, name, prepared)
-                    self.trash.audit_move(
-                        prepared, "replace-file", f"{session_id}/{name}", trash=retired.name
-                    )
+                    prepared.audit("replace-file", f"{session_id}/{name}", trash=retired.name)
 
     def _switch_record(
         self, session_id: str, path: Path, record: FileRecord, undo: Callable[[], None]
@@ -250,9 +248,7 @@ class Files:
                 self.records.changed(session_id, name, None)
                 prepared.sync(record_path.parent)
                 self._retire_blob(directory, old["blob"], entry, name, prepared)
-                self.trash.audit_move(
-                    prepared, "trash-file", f"{session_id}/{name}", trash=entry.name
-                )
+                prepared.audit("trash-file", f"{session_id}/{name}", trash=entry.name)
         return entry
 
     def restore(self, entry: TrashEntry, name: str, prepared: Prepared) -> SessionRecord:

@@ -324,9 +324,10 @@ class Sessions:
             # (its records listed and sorted, its times) was read for nothing on each delete.
             try:
                 title = self.meta.read(os.fspath(directory), session_id).get("title")
-            except UnreadableSessionError:
-                # Damaged from outside the app: it moves as it is, so that a client can clear
-                # it from the listing (and a purge is whole) while its bytes stay for a human.
+            except (UnreadableSessionError, PermissionError):
+                # Damaged from outside the app (or made unreadable to it: mode 000, another
+                # user's): it moves as it is, so that a client can clear it from the listing
+                # (and a purge is whole) while its bytes stay for a human.
                 title = None
             entry = self.trash.new_entry(session_id, "session", None, reason, title=title)
             # The data lives in sessions/ or in .trash/, never in .tmp/ (which a restart

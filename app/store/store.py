@@ -220,8 +220,7 @@ class Store(Storage):
         self.root.ensure_held()
         with self.root.prepare(audit=True) as prepared:
             entry = self.sessions.move_to_trash(session_id, reason)
-            self.trash.audit_move(
-                prepared,
+            prepared.audit(
                 "trash-session",
                 session_id,
                 trash=entry.name,
@@ -337,7 +336,7 @@ class Store(Storage):
         with self.root.prepare(audit=True) as prepared:
             if name is None:
                 session, unreadable = self.sessions.restore(entry, prepared)
-                self.trash.audit_move(prepared, "restore-session", session_id, trash=entry.name)
+                prepared.audit("restore-session", session_id, trash=entry.name)
                 # Raised after the audit line: a session.json damaged from outside still
                 # comes back (and is said to be unreadable), and the log has the move.
                 if unreadable is not None:
@@ -345,9 +344,7 @@ class Store(Storage):
                 assert session is not None
             else:
                 session = self.files.restore(entry, name, prepared)
-                self.trash.audit_move(
-                    prepared, "restore-file", f"{session_id}/{name}", trash=entry.name
-                )
+                prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
         return session
 
     # -- consistency --------------------------------------------------------------------

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from app.dataroot import (
     NotRegularFileError,
@@ -143,21 +143,6 @@ class Trash:
             for name in names
             if (found := TRASH_NAME_RE.fullmatch(name)) is not None
         ]
-
-    def audit_move(
-        self, prepared: Prepared | None, operation: str, target: str, **details: Any
-    ) -> None:
-        """Audit a move into (or out of) the trash that is made: a failure to write the line
-        is logged. ``prepared``: the log opened before the move (see DataRoot.prepare)."""
-        # The change is made and must be acknowledged as made; a missing line of a move into
-        # the trash is found and written by `check` (a trash entry without its audit line).
-        try:
-            if prepared is None:
-                self.root.audit(operation, target, **details)
-            else:
-                prepared.audit(operation, target, **details)
-        except OSError as error:
-            log.warning("could not write the audit line of %s %s (%s)", operation, target, error)
 
     def latest(self, session_id: str, file: str | None) -> TrashEntry | None:
         """The most recent entry that still holds the session (or its ``file``)."""
