@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,23 @@ def test_the_attacks_page_has_a_section_per_layer_and_a_verdict_per_attack() -> 
     unmarked = [bullet for bullet in bullets if not _STATUS.match(bullet)]
     assert unmarked == [], "each attack starts with its verdict, e.g. `- *held*: ...`"
     assert len(bullets) > 40, len(bullets)
+
+
+def test_the_attacks_page_lists_every_limit_at_its_top() -> None:
+    """A reader who wants the limits should not have to read 11,000 words for them: the
+    table at the top has one row per *not stopped* entry, under the same layer."""
+    page = (DOCS / "explanation" / "attacks.md").read_text(encoding="utf-8")
+    top, _, entries = page.partition("\n## Layer 1:")
+    listed = Counter(re.findall(r"^\| (\d) \| ", top, re.M))
+    explained: Counter[str] = Counter()
+    for number, section in re.findall(
+        r"^## Layer (\d):(.*?)(?=^## |\Z)", "## Layer 1:" + entries, re.M | re.S
+    ):
+        explained[number] += len(re.findall(r"^- \*not stopped\*", section, re.M))
+    assert listed == explained, (
+        f"the table at the top of explanation/attacks.md lists {dict(listed)} limits per layer, "
+        f"the layers explain {dict(explained)}: add or remove its row"
+    )
 
 
 def test_the_home_page_has_a_reading_path_of_twenty_minutes() -> None:
