@@ -39,20 +39,12 @@ from app.config import Config, load
 from app.storage import open_storage
 from app.store import Store
 
-_ZYGOTE = (
-    RUN_OPERATION
-    + r"""
-import array, errno, fcntl, json, os, resource, sys, traceback
-
-from app.config import load
-from app.errors import storage_error
-from app.storage import open_storage
-
-import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
-import app.dataroot, app.store.concurrency, app.check
-
-FD_EVENTS = {"open", "os.scandir", "os.listdir"}
-SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
+#: What a client can see of a store (the listing, each session and its files' bytes, what the
+#: trash can give back), and the audit events that change a root: for the red teams'
+#: children, after their imports.
+CLIENT_VIEW = r"""
+CHANGES = {"os.rename", "os.remove", "os.mkdir", "os.rmdir"}
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
 
 def view(store):
@@ -89,10 +81,28 @@ def view(store):
         elif entry.kind == "file" and entry.file and (entry.path / entry.file).is_file():
             restorable.append([entry.session_id, entry.file])
     return {"listed": listed, "sessions": sessions, "restorable": sorted(restorable)}
+"""
+
+_ZYGOTE = (
+    RUN_OPERATION
+    + r"""
+import array, errno, fcntl, json, os, resource, sys, traceback
+
+from app.config import load
+from app.errors import storage_error
+from app.storage import open_storage
+
+import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
+import app.dataroot, app.store.concurrency, app.check
+
+"""
+    + CLIENT_VIEW
+    + r"""
+FD_EVENTS = {"open", "os.scandir", "os.listdir"}
+SOFT, HARD = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-CHANGES = {"os.rename", "os.remove", "os.mkdir", "os.rmdir"}
-WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
 
 

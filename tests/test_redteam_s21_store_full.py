@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from test_redteam_s18_crash_points import RUN_OPERATION
-from test_redteam_s20_store_refusals import damaged
+from test_redteam_s20_store_refusals import CLIENT_VIEW, damaged
 
 from app.config import Config, load
 from app.storage import open_storage
@@ -60,8 +60,9 @@ subprocess.run(
     ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=128", "none", DISK], check=True
 )
 FILLER = os.path.join(DISK, "filler")
-CHANGES = {"os.rename", "os.remove", "os.mkdir", "os.rmdir"}
-WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+"""
+    + CLIENT_VIEW
+    + r"""
 NOT_CONTENT = {".server.lock", ".app-profile.json", "audit.jsonl", "trash.json", "session.json"}
 
 
@@ -107,38 +108,6 @@ def contents(root, trash=True):
     return found
 
 
-def view(store):
-    listed, after = [], None
-    while True:
-        page = store.list_sessions(limit=500, after=after)
-        listed += [s["id"] for s in page.items]
-        if page.next is None:
-            break
-        after = page.next
-    sessions = {}
-    for sid in store.scan_ids():
-        try:
-            files = store.get_session(sid)["files"]
-        except Exception as error:
-            sessions[sid] = type(error).__name__
-            continue
-        shown = []
-        for entry in files:
-            try:
-                handle, served = store.open_file(sid, entry["name"])
-            except Exception as error:
-                shown.append([entry["name"], type(error).__name__, ""])
-                continue
-            with handle:
-                shown.append([entry["name"], served["sha256"], handle.read().decode()])
-        sessions[sid] = sorted(shown)
-    restorable = []
-    for entry in store.list_trash():
-        if entry.kind == "session" and (entry.path / "session").is_dir():
-            restorable.append([entry.session_id, ""])
-        elif entry.kind == "file" and entry.file and (entry.path / entry.file).is_file():
-            restorable.append([entry.session_id, entry.file])
-    return {"listed": listed, "sessions": sessions, "restorable": sorted(restorable)}
 
 
 def way_out(root):
