@@ -80,10 +80,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     environ = dict(os.environ)
     # In the order the tests need them (alphabetical files): one runs at a time.
     if head_start.wanted(session, "postgres_engine"):
-        head_start.begin(config, "postgres", start_postgres, lambda engine: engine.stop())
+        head_start.begin(
+            config, "postgres", start_postgres, lambda engine: engine.stop(), serves_tests=True
+        )
     if head_start.wanted(session, "s3_engine"):
         start_s3_here = lambda: start_s3(factory.mktemp("seaweedfs"))  # noqa: E731
-        head_start.begin(config, "s3", start_s3_here, lambda engine: engine.stop())
+        head_start.begin(
+            config, "s3", start_s3_here, lambda engine: engine.stop(), serves_tests=True
+        )
     if head_start.wanted(session, "built_site"):
         head_start.begin(config, "docs-site", lambda: build(factory, environ), _nothing)
     how_to = head_start.collected(session, POSTGRESQL_HOW_TO)

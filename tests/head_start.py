@@ -13,7 +13,9 @@ and tests start what they need, as before).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -46,12 +48,28 @@ def collected(session: pytest.Session, nodeid: str) -> pytest.Item | None:
     return found[0] if found and spare_core() else None
 
 
+def _yield_to_the_tests() -> None:
+    """Lower the head-start thread's CPU priority (Linux: per thread), and so that of what
+    it starts from now on: a serial run's servers and children use the other core too, and
+    at equal priority the head starts slowed every test that ran meanwhile."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def begin(
-    config: pytest.Config, name: str, start: Callable[[], T], stop: Callable[[T], None]
+    config: pytest.Config,
+    name: str,
+    start: Callable[[], T],
+    stop: Callable[[T], None],
+    *,
+    serves_tests: bool = False,
 ) -> None:
     """Queue `start` for the run's one head-start thread (one at a time: a second would
     take a core from the tests); `stop` its result at the end of the run if no fixture
-    took it."""
+    took it. Unless it `serves_tests` (an engine the tests then wait on, queued first),
+    it runs at a lower CPU priority than the tests."""
+    if not serves_tests:
+        start = _niced(start)
     if _POOL not in config.stash:
         config.stash[_POOL] = pool = ThreadPoolExecutor(1, thread_name_prefix="head-start")
         config.add_cleanup(lambda: pool.shutdown(wait=True, cancel_futures=True))
@@ -71,6 +89,14 @@ def begin(
         stop(value)
 
     config.add_cleanup(untaken)
+
+
+def _niced(start: Callable[[], T]) -> Callable[[], T]:
+    def niced() -> T:
+        _yield_to_the_tests()
+        return start()
+
+    return niced
 
 
 def result(config: pytest.Config, name: str, start: Callable[[], T]) -> T:
