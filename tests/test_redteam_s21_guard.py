@@ -245,17 +245,22 @@ def test_a_test_that_damages_the_run_s_registry_fails_and_the_run_stays_guarded(
         pytest.skip("only root mounts a tmpfs without a user namespace")
     pytester.makepyfile(test_damage=DAMAGES_THE_REGISTRY)
     # A /tmp of its own, where this run's sandbox (the inner run's directory, and its
-    # settings) stays visible at its path.
+    # settings) and the checkout with its interpreter (CI clones into `mktemp -d`) stay
+    # visible at their paths.
     run = sandbox.current_run()
     assert run is not None
-    keep = run.sandbox
+    keep = [
+        path for path in (run.sandbox, PROJECT, Path(sys.prefix)) if path.is_relative_to("/tmp")
+    ]
     private_tmp = 'mount -t tmpfs none /tmp && exec "$@"'
-    if keep.is_relative_to("/tmp"):
+    if keep:
+        binds = "".join(
+            f'mkdir -p {path}; mount --bind "$old"/{path.relative_to("/tmp")} {path}; '
+            for path in keep
+        )
         private_tmp = (
             'set -e; old=$(mktemp -d /run/app-s21-tmp.XXXXXX); mount --bind /tmp "$old"; '
-            f"mount -t tmpfs none /tmp; mkdir -p {keep}; "
-            f'mount --bind "$old"/{keep.relative_to("/tmp")} {keep}; '
-            'umount "$old"; rmdir "$old"; exec "$@"'
+            f'mount -t tmpfs none /tmp; {binds}umount "$old"; rmdir "$old"; exec "$@"'
         )
     result = pytester.run(
         *("unshare", "--mount", "sh", "-c", private_tmp, "sh"),
