@@ -26,3 +26,46 @@ def a_session(server: LiveServer) -> str:
     response = httpx.post(f"{server.url}/sessions", json={}, headers=server.headers)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+def head_of(server: LiveServer, line: str, extra: str = "") -> bytes:
+    """A request head with the server's token, ready to send raw."""
+    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
+    return f"{line} HTTP/1.1\r\nHost: x\r\n{token}{extra}\r\n".encode()
+
+
+class Answers:
+    """The responses on one connection, read one at a time (several may come in one read)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def _more(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        self.data += chunk
+        return bool(chunk)
+
+    def next(self) -> tuple[int, dict[str, str], bytes]:
+        """The next response (by its Content-Length); the connection may stay open."""
+        while b"\r\n\r\n" not in self.data:
+            assert self._more(), self.data
+        head, _, rest = self.data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            assert self._more(), rest
+            rest = self.data.partition(b"\r\n\r\n")[2]
+        self.data = rest[length:]
+        return int(lines[0].split()[1]), headers, rest[:length]
+
+    def rest(self) -> bytes:
+        """Everything else, until the server closes the connection (a socket timeout of `WAIT`
+        seconds fails the test: the server kept it open)."""
+        while self._more():
+            pass
+        return self.data

@@ -10,12 +10,11 @@ connection open until the socket's own timeout (`live_http.WAIT`) fails the test
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from live_http import WAIT, a_session, connect
+from live_http import WAIT, Answers, a_session, connect, head_of
 from redteam_s19_http import one_server
 
 from app.testing import LiveServer
@@ -38,47 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=server.headers) as client:
         yield client
-
-
-def head_of(server: LiveServer, line: str, extra: str = "") -> bytes:
-    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
-    return f"{line} HTTP/1.1\r\nHost: x\r\n{token}{extra}\r\n".encode()
-
-
-class Answers:
-    """The responses on one connection, read one at a time (several may come in one read)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-
-    def _more(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        self.data += chunk
-        return bool(chunk)
-
-    def next(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.data:
-            assert self._more(), self.data
-        head, _, rest = self.data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            assert self._more(), rest
-            rest = self.data.partition(b"\r\n\r\n")[2]
-        self.data = rest[length:]
-        return int(lines[0].split()[1]), headers, rest[:length]
-
-    def closed(self) -> bytes:
-        """What else the server sends until it closes the connection (a socket timeout of
-        `WAIT` seconds fails the test: the server kept it open)."""
-        while self._more():
-            pass
-        return self.data
 
 
 def _file(http: httpx.Client, session_id: str, name: str) -> bytes | None:
@@ -138,7 +96,7 @@ def test_a_refused_body_is_read_past_never_as_a_request_then_the_connection_idle
         answers = Answers(sock)
         assert answers.next()[0] == 413
         sock.sendall(body)
-        assert answers.closed() == b""
+        assert answers.rest() == b""
 
 
 def test_an_upload_refused_before_its_100_continue_closes_the_connection(
@@ -156,7 +114,7 @@ def test_an_upload_refused_before_its_100_continue_closes_the_connection(
         answers = Answers(sock)
         status, headers, _ = answers.next()
         assert (status, headers.get("connection")) == (404, "close")
-        assert answers.closed() == b""
+        assert answers.rest() == b""
 
 
 # --- framing --------------------------------------------------------------------------------
@@ -177,7 +135,7 @@ def test_a_request_with_a_length_and_a_chunked_body_is_answered_then_closed(
         status, headers, _ = answers.next()
         assert (status, headers.get("connection")) == (201, "close")
         sock.sendall(head_of(server, "GET /health"))
-        assert answers.closed() == b""
+        assert answers.rest() == b""
     assert _file(http, session_id, "both.bin") == b"hello"
 
 
@@ -202,7 +160,7 @@ def test_a_body_framed_two_ways_or_not_at_all_is_a_400_problem_and_closes(
         status, headers, body = answers.next()
         assert (status, headers["connection"]) == (400, "close"), body
         assert b'"code": "bad_request"' in body and b"framing" in body
-        assert answers.closed() == b""
+        assert answers.rest() == b""
     assert _file(http, session_id, "framed.bin") is None
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_http import a_session, connect
+from live_http import Answers, a_session, connect, head_of
 from starlette.testclient import TestClient
 
 from app.config import Config
@@ -602,47 +601,6 @@ def test_a_head_does_not_read_the_file(
 
 
 # --- a real server: what a client declares and what it sends ----------------------------------
-
-
-def head_of(server: LiveServer, line: str, extra: str) -> bytes:
-    token = "".join(f"{k}: {v}\r\n" for k, v in server.headers.items())
-    return f"{line} HTTP/1.1\r\nHost: x\r\n{token}{extra}\r\n".encode()
-
-
-class Answers:
-    """The responses on one connection, read one at a time (several may come in one read)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-
-    def _more(self) -> bool:
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        self.data += chunk
-        return bool(chunk)
-
-    def next(self) -> tuple[int, dict[str, str], bytes]:
-        """The next response (by its Content-Length); the connection may stay open."""
-        while b"\r\n\r\n" not in self.data:
-            assert self._more(), self.data
-        head, _, rest = self.data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            assert self._more(), rest
-            rest = self.data.partition(b"\r\n\r\n")[2]
-        self.data = rest[length:]
-        return int(lines[0].split()[1]), headers, rest[:length]
-
-    def rest(self) -> bytes:
-        """Everything else, until the server closes the connection."""
-        while self._more():
-            pass
-        return self.data
 
 
 def files_of(server: LiveServer, session_id: str) -> dict[str, int]:
