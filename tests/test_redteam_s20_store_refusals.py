@@ -236,19 +236,22 @@ for line in sys.stdin:
 
 
 class Zygote:
-    """A Python process that has imported the app and forks one child per `run`."""
+    """A Python process that has imported the app and forks one child per request.
 
-    def __init__(self) -> None:
+    `command` starts it (``python -c`` of a script that reads one JSON request per line and
+    prints one JSON answer), by default the one this module's children need."""
+
+    def __init__(self, command: list[str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _ZYGOTE],
+            command or [sys.executable, "-c", _ZYGOTE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
 
-    def run(self, op: str, at: int, mode: str, args: list[str]) -> dict[str, Any]:
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request to a child of its own; its answer (never a crash)."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        request = {"op": op, "at": at, "mode": mode, "args": args, "env": dict(os.environ)}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
@@ -256,6 +259,9 @@ class Zygote:
         result: dict[str, Any] = json.loads(line)
         assert "crash" not in result, result["crash"]
         return result
+
+    def run(self, op: str, at: int, mode: str, args: list[str]) -> dict[str, Any]:
+        return self.ask({"op": op, "at": at, "mode": mode, "args": args, "env": dict(os.environ)})
 
     def close(self) -> None:
         assert self.process.stdin is not None

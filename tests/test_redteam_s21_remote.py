@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
 from fastapi.testclient import TestClient
+from test_remote_store import _objects
 
 from app import sandbox
 from app.config import Config
@@ -29,14 +30,6 @@ from app.remote.store import RemoteStore
 from app.server import create_app
 
 PROFILE = "production"
-
-
-def _objects(s3_engine: S3Engine, blob_url: str) -> ObjectStore:
-    objects = ObjectStore(
-        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
-    )
-    objects.open(PROFILE)
-    return objects
 
 
 def _with(database_url: str, setting: str) -> str:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_redteam_s20_store_refusals as refusals
 from test_redteam_s18_crash_points import RUN_OPERATION
 from test_redteam_s20_store_refusals import CLIENT_VIEW, damaged
 
@@ -297,44 +297,18 @@ subprocess.run(["umount", DISK], check=True)
 )
 
 
-class Zygote:
+class Zygote(refusals.Zygote):
     """A pre-imported Python process, alone in a mount namespace with a small tmpfs at
     ``disk``, that forks one child per `run`."""
 
     def __init__(self, disk: Path) -> None:
         self.disk = disk
-        self.process = subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                sys.executable,
-                "-c",
-                _ZYGOTE,
-                str(disk),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        unshare = ["unshare", "--mount", "--propagation", "private"]
+        super().__init__([*unshare, sys.executable, "-c", _ZYGOTE, str(disk)])
 
-    def run(self, template: Path, op: str, at: int, args: list[str]) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+    def run(self, template: Path, op: str, at: int, args: list[str]) -> dict[str, Any]:  # type: ignore[override]
         env = {**os.environ, "APP_DATA_ROOT": str(self.disk / "app-data")}
-        request = {"template": str(template), "op": op, "at": at, "args": args, "env": env}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, f"the zygote exited with {self.process.wait()}"
-        result: dict[str, Any] = json.loads(line)
-        assert "crash" not in result, result["crash"]
-        return result
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        assert self.process.wait() == 0
+        return self.ask({"template": str(template), "op": op, "at": at, "args": args, "env": env})
 
 
 @pytest.fixture(scope="module")
