@@ -13,13 +13,16 @@ import hashlib
 import json
 import os
 import resource
+import signal
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from live_http import WAIT, a_session, address, connect
+from live_http import WAIT, Answers, a_session, address, connect, head_of
 from starlette.testclient import TestClient
 
 from app.store import Store
@@ -113,6 +116,71 @@ def test_a_client_that_sends_nothing_is_disconnected(tight: LiveServer) -> None:
         others_still_served(tight)
         status, _, body = read_answer(sock)  # returns once the server closed the connection
     assert (status, body) == (0, b"")  # nothing was asked, so nothing is answered
+
+
+def _stopped(pid: int) -> str:
+    """Stop the process; what its main thread was doing: a system call's number, or "-1"."""
+    os.kill(pid, signal.SIGSTOP)
+    while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        time.sleep(0.001)
+    return Path(f"/proc/{pid}/syscall").read_text().split()[0]
+
+
+@pytest.mark.parametrize("tight", [_QUICK], indirect=True)
+def test_bytes_that_came_while_the_server_stalled_are_not_taken_for_an_idle_client(
+    tight: LiveServer,
+) -> None:
+    # Here the server is slow, not the client: its process did not run (starved of CPU on a
+    # loaded machine, or stopped) while each request arrived in time. Caught in the middle of
+    # its event loop's work, it runs its due timers before it reads what came: the idle
+    # timers dropped the connection, its request unanswered ("disconnected without sending a
+    # response"), or refused a body that had all come with 408. Three waits: between
+    # requests (keep-alive), within a head, within a body.
+    session_id = a_session(tight)
+    waiting_for_events = _stopped(tight.pid)  # an idle server waits in epoll (or its like)
+    os.kill(tight.pid, signal.SIGCONT)
+    busy = threading.Event()
+
+    def keep_busy() -> None:  # a steady stream of new requests for the loop to work on
+        with httpx.Client(base_url=tight.url, headers=tight.headers) as client:
+            while not busy.is_set():
+                client.get("/sessions")
+
+    def while_stalled(data: bytes) -> None:
+        while _stopped(tight.pid) == waiting_for_events:  # caught idle: it would read first
+            os.kill(tight.pid, signal.SIGCONT)
+        try:
+            sock.sendall(data)
+            # The stall itself, which must outlast request_idle_seconds.
+            time.sleep(2 * float(_QUICK["APP_REQUEST_IDLE_SECONDS"]))
+        finally:
+            os.kill(tight.pid, signal.SIGCONT)
+
+    hammers = [threading.Thread(target=keep_busy) for _ in range(4)]
+    for hammer in hammers:
+        hammer.start()
+    try:
+        with connect(tight) as sock:
+            answers = Answers(sock)
+            sock.sendall(head_of(tight, "GET /health"))
+            assert answers.next()[0] == 200
+            while_stalled(head_of(tight, "GET /health"))
+            assert answers.next()[0] == 200
+            request = head_of(tight, "GET /health")
+            sock.sendall(request[:20])
+            while_stalled(request[20:])
+            assert answers.next()[0] == 200
+            put = head_of(tight, f"PUT /sessions/{session_id}/files/a.bin", "Content-Length: 8\r\n")
+            sock.sendall(put + b"1234")
+            while_stalled(b"5678")
+            status, _, body = answers.next()
+            assert status == 201, body
+    finally:
+        busy.set()
+        for hammer in hammers:
+            hammer.join()
+    stored = httpx.get(f"{tight.url}/sessions/{session_id}/files/a.bin", headers=tight.headers)
+    assert stored.content == b"12345678"
 
 
 @pytest.mark.parametrize("tight", [_QUICK], indirect=True)

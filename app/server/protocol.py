@@ -43,7 +43,10 @@ reason.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
@@ -74,6 +77,31 @@ Its value (`app.server.limits.Turn`) is given up while the request waits for its
 for more of the body or for room to send, and taken again before the request goes on, so a
 client that reads or sends slowly holds no place while it does (`_Exchange`).
 """
+
+
+# How long an idle timer that fired late waits again, once bytes were found unread: one turn
+# of the event loop, whose next wait for events reads them.
+_READ_FIRST: Final = 0.001
+
+
+def came_unread(transport: Any) -> bool:
+    """Whether bytes from the client wait in the kernel that the event loop has not read.
+
+    An idle timer measures the client's silence by when the server last read from it. When
+    the server itself ran late (a loaded machine, a stopped process) and the loop runs its due
+    timers before it reads, a request that came in time looked like an idle client, and was
+    dropped unanswered or refused with 408. A timer that finds bytes waiting lets them be
+    read first, then decides. Bytes held back by flow control (reading paused) do not count:
+    the client is not waiting on the server then, and they would hold the timer off for ever.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return False
+    try:
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return bool(struct.unpack("i", waiting)[0])
 
 
 class _Turn(Protocol):
@@ -189,20 +217,29 @@ class _Exchange:
         turn = self._turn()
         if turn is not None:
             turn.leave()
-        try:
-            async with asyncio.timeout(min(self.idle, max(left, 0))):
-                message = await self._receive()
-        except TimeoutError:
+        message = await self._receive_within(min(self.idle, max(left, 0)))
+        if message is None:
             if left <= self.idle:
                 raise RequestTimeoutError(
                     "the request did not arrive in full", self.total, "request_seconds"
-                ) from None
+                )
             raise RequestTimeoutError(
                 "the client sent no more of its body", self.idle, "request_idle_seconds"
-            ) from None
+            )
         if turn is not None:
             await turn.enter()
         return message
+
+    async def _receive_within(self, seconds: float) -> Any:
+        """The next message, or ``None`` when the client sent nothing for ``seconds``."""
+        while True:
+            try:
+                async with asyncio.timeout(seconds):
+                    return await self._receive()
+            except TimeoutError:
+                if self.cycle.flow.read_paused or not came_unread(self.transport):
+                    return None
+                seconds = _READ_FIRST
 
     async def send(self, message: Any) -> None:
         cycle = self.cycle
@@ -474,10 +511,21 @@ def bounded_h11(
             )
             self.transport.close()
 
+        def timeout_keep_alive_handler(self) -> None:
+            if not self.flow.read_paused and came_unread(self.transport):
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    _READ_FIRST, self.timeout_keep_alive_handler
+                )
+                return
+            super().timeout_keep_alive_handler()
+
         def _head_timed_out(self) -> None:
             self._head_timer = None
             if not self._between_requests() or self.transport.is_closing():
                 return  # a request is running: its body is bounded by the application
+            if not self.flow.read_paused and came_unread(self.transport):
+                self._head_timer = self.loop.call_later(_READ_FIRST, self._head_timed_out)
+                return
             if self.conn.trailing_data[0]:
                 self.transport.write(too_slow)  # part of a head came: say why it is refused
             self.transport.close()
