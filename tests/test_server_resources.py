@@ -9,14 +9,19 @@ bounded by a condition, never by a duration.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import resource
 import signal
 import socket
+import struct
+import termios
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +123,23 @@ def test_a_client_that_sends_nothing_is_disconnected(tight: LiveServer) -> None:
     assert (status, body) == (0, b"")  # nothing was asked, so nothing is answered
 
 
+def _queued(sock: socket.socket) -> int:
+    """Bytes the kernel holds for this socket, not yet read."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+
+
+def _read_what_is_there(sock: socket.socket) -> bytes:
+    data = bytearray()
+    sock.setblocking(False)
+    try:
+        while True:
+            data += sock.recv(1 << 20)
+    except BlockingIOError:
+        return bytes(data)
+    finally:
+        sock.settimeout(WAIT)
+
+
 def _stopped(pid: int) -> str:
     """Stop the process; what its main thread was doing: a system call's number, or "-1"."""
     os.kill(pid, signal.SIGSTOP)
@@ -134,8 +156,9 @@ def test_bytes_that_came_while_the_server_stalled_are_not_taken_for_an_idle_clie
     # loaded machine, or stopped) while each request arrived in time. Caught in the middle of
     # its event loop's work, it runs its due timers before it reads what came: the idle
     # timers dropped the connection, its request unanswered ("disconnected without sending a
-    # response"), or refused a body that had all come with 408. Three waits: between
-    # requests (keep-alive), within a head, within a body.
+    # response"), refused a body that had all come with 408, or abandoned a download its
+    # client had read. Four waits: between requests (keep-alive), within a head, within a
+    # body, and for the client to read.
     session_id = a_session(tight)
     waiting_for_events = _stopped(tight.pid)  # an idle server waits in epoll (or its like)
     os.kill(tight.pid, signal.SIGCONT)
@@ -146,16 +169,22 @@ def test_bytes_that_came_while_the_server_stalled_are_not_taken_for_an_idle_clie
             while not busy.is_set():
                 client.get("/sessions")
 
-    def while_stalled(data: bytes) -> None:
+    @contextlib.contextmanager
+    def stalled() -> Iterator[None]:
         while _stopped(tight.pid) == waiting_for_events:  # caught idle: it would read first
             os.kill(tight.pid, signal.SIGCONT)
         try:
-            sock.sendall(data)
+            yield
             # The stall itself, which must outlast request_idle_seconds.
-            time.sleep(2 * float(_QUICK["APP_REQUEST_IDLE_SECONDS"]))
+            time.sleep(1.5 * float(_QUICK["APP_REQUEST_IDLE_SECONDS"]))
         finally:
             os.kill(tight.pid, signal.SIGCONT)
 
+    big = b"0123456789abcdef" * (1 << 19)  # 8 MiB: more than both sockets' buffers hold
+    put = httpx.put(
+        f"{tight.url}/sessions/{session_id}/files/big.bin", content=big, headers=tight.headers
+    )
+    assert put.status_code == 201, put.text
     hammers = [threading.Thread(target=keep_busy) for _ in range(4)]
     for hammer in hammers:
         hammer.start()
@@ -164,17 +193,33 @@ def test_bytes_that_came_while_the_server_stalled_are_not_taken_for_an_idle_clie
             answers = Answers(sock)
             sock.sendall(head_of(tight, "GET /health"))
             assert answers.next()[0] == 200
-            while_stalled(head_of(tight, "GET /health"))
+            with stalled():
+                sock.sendall(head_of(tight, "GET /health"))
             assert answers.next()[0] == 200
             request = head_of(tight, "GET /health")
             sock.sendall(request[:20])
-            while_stalled(request[20:])
+            with stalled():
+                sock.sendall(request[20:])
             assert answers.next()[0] == 200
-            put = head_of(tight, f"PUT /sessions/{session_id}/files/a.bin", "Content-Length: 8\r\n")
-            sock.sendall(put + b"1234")
-            while_stalled(b"5678")
+            put_head = head_of(
+                tight, f"PUT /sessions/{session_id}/files/a.bin", "Content-Length: 8\r\n"
+            )
+            sock.sendall(put_head + b"1234")
+            with stalled():
+                sock.sendall(b"5678")
             status, _, body = answers.next()
             assert status == 201, body
+            # A download whose client reads all it can while the server does not run.
+            sock.sendall(head_of(tight, f"GET /sessions/{session_id}/files/big.bin"))
+            queued = -1
+            while queued != (queued := _queued(sock)) or not queued:  # until the pipe is full
+                time.sleep(0.05)
+            with stalled():
+                answers.data += _read_what_is_there(sock)
+            head, _, body = answers.rest().partition(b"\r\n\r\n")  # until the idle close
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert len(body) == len(big)  # the whole file, not abandoned partway
+            assert body == big
     finally:
         busy.set()
         for hammer in hammers:

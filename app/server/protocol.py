@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import select
 import struct
 import termios
 from collections import deque
@@ -102,6 +103,20 @@ def came_unread(transport: Any) -> bool:
     except OSError:
         return False
     return bool(struct.unpack("i", waiting)[0])
+
+
+def took_what_was_sent(transport: Any) -> bool:
+    """Whether the client has read enough of the response for the kernel to take more.
+
+    `came_unread`'s other half: a client that read in time while the server ran late looked
+    like one that stopped reading its download, and was abandoned (`SlowReader`).
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 class _Turn(Protocol):
@@ -237,8 +252,26 @@ class _Exchange:
                 async with asyncio.timeout(seconds):
                     return await self._receive()
             except TimeoutError:
-                if self.cycle.flow.read_paused or not came_unread(self.transport):
+                cycle = self.cycle
+                # Read in the loop's last turn (it woke this task as its timer fired), or
+                # still in the kernel: either way the client sent in time.
+                if not cycle.message_event.is_set() and (
+                    cycle.flow.read_paused or not came_unread(self.transport)
+                ):
                     return None
+                seconds = _READ_FIRST
+
+    async def _drained_within(self, seconds: float) -> bool:
+        """Whether the transport took the response's bytes again within ``seconds``."""
+        flow = self.cycle.flow
+        while True:
+            try:
+                async with asyncio.timeout(seconds):
+                    await flow.drain()
+                return True
+            except TimeoutError:
+                if flow.write_paused and not took_what_was_sent(self.transport):
+                    return False
                 seconds = _READ_FIRST
 
     async def send(self, message: Any) -> None:
@@ -248,10 +281,7 @@ class _Exchange:
             turn = self._turn()
             if turn is not None:
                 turn.leave()
-            try:
-                async with asyncio.timeout(self.idle):
-                    await cycle.flow.drain()
-            except TimeoutError:
+            if not await self._drained_within(self.idle):
                 log.warning(
                     "%s %s: the client read nothing of the response for %g seconds "
                     "(request_idle_seconds); closing its connection",
@@ -259,7 +289,7 @@ class _Exchange:
                     cycle.scope["path"],
                     self.idle,
                 )
-                raise SlowReader from None
+                raise SlowReader
             if turn is not None:
                 await turn.enter()
         else:
