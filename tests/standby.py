@@ -18,11 +18,15 @@ import threading
 from pathlib import Path
 
 # `python -m app <args>`, once its environment and output files arrive on stdin (a JSON line):
-# what the
-# app imports first (0.4 s of a 0.45 s start on this machine) is imported before. See
+# what the app imports first (0.4 s of a 0.45 s start on this machine) is imported before. See
 # `serve`. Python reads no variable of the test's (APP_*, ENV_FOR_DYNACONF,
 # PYTEST_*) at start-up, and the app reads them only once it runs; `Spare.fits` checks that
 # every other one is the interpreter's already.
+# Loading the settings and opening a data root import dynaconf, filelock and the store lazily
+# (the pytest plugin's start-up never pays for them): 0.15-0.65 s of every released command or
+# server, imported here too, as the red teams' zygotes do. dynaconf reads its *_FOR_DYNACONF
+# variables when imported, but reads them again (`default_settings.reload`) whenever a
+# Dynaconf is configured, which is the only use the app makes of it.
 STANDBY = """
 import json
 import os
@@ -31,6 +35,8 @@ import sys
 
 import app.cli
 import app.server.run
+import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
+import app.check, app.dataroot, app.store
 
 line = sys.stdin.readline()
 if not line.strip():

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_server_e2e import Server, app_env, open_upload, run_app, wait_for
+from test_server_e2e import TLS, Server, app_env, open_upload, run_app, wait_for
 
 PAGE = 4096
 
@@ -420,7 +420,7 @@ class Writer(threading.Thread):
     def __init__(self, url: str, token: str, rng: random.Random, model: dict[str, Any]) -> None:
         super().__init__(daemon=True)
         self.client = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60, verify=TLS
         )
         self.rng = rng
         self.model = model

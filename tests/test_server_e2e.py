@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import certifi
 import httpx
 import pytest
 import standby
@@ -32,6 +34,12 @@ from app.testing import published_port
 
 POLL = 0.02
 ATTEMPTS = 1500  # bounded: 30 s at most for anything to happen
+
+
+#: What httpx would verify a certificate with: every request here is plain HTTP to 127.0.0.1,
+#: but each client builds its certificate store anyway (~35 ms of CPU reading certifi's bundle),
+#: so the clients of these tests share one, built once.
+TLS = ssl.create_default_context(cafile=certifi.where())
 
 
 def wait_for(condition: Any, what: str) -> None:
@@ -132,18 +140,19 @@ class Server:
     def client(self, token: str | None = "default") -> httpx.Client:
         token = self.token if token == "default" else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=TLS)
 
     def wait_ready(self) -> Server:
         def ready() -> bool:
             if self.process.poll() is not None:
                 pytest.fail(f"app serve exited {self.process.returncode}:\n{self.output}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+                return probe.get(f"{self.url}/health").status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_for(ready, f"{self.url}/health")
+        with httpx.Client(timeout=2, verify=TLS) as probe:
+            wait_for(ready, f"{self.url}/health")
         return self
 
     def wait_exit(self) -> int:
