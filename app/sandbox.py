@@ -80,6 +80,7 @@ __all__ = [
     "scratch_blob_url",
     "scratch_database_url",
     "scratch_suffix",
+    "shell_override",
     "swap",
     "unregister",
     "why_no_plugin",
@@ -1062,15 +1063,23 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
                 if where.remedy
                 else f"Run the tests with {plugin}",
             )
-        if source.startswith("environment"):
-            # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
-            # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
-            # docs suggest, does not change that).
-            variable = source.removeprefix("environment ")
+        override = shell_override(source)
+        if override is not None:
+            # Without the plugin nothing neutralised the shell, nor this machine's local
+            # settings files: its APP_DATA_ROOT, or a `[testing] data_root` in
+            # settings.local.toml, may well be real data (a conftest that forces
+            # ENV_FOR_DYNACONF=testing, as dynaconf's docs suggest, does not change that).
+            remote = storage.startswith(_REMOTE_KEYS_SHOWN)
+            key = storage.partition(" ")[0] if remote else "data_root"
+            if override.startswith("APP_"):
+                neutralises = f"neutralises the shell's {override}"
+                undo = f"unset {override}"
+            else:
+                neutralises = f"leaves {override} out"
+                undo = f"remove it from {override}"
             fix = (
-                "Run the tests with the app's pytest plugin, which neutralises the shell's "
-                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
-                f"and unset {variable}"
+                f"Run the tests with the app's pytest plugin, which {neutralises} "
+                f"({why_no_plugin()}), or set {key} in [testing] of settings.toml and {undo}"
             )
             raise SandboxViolationError(
                 f"{storage} from {source} {without}",
@@ -1090,6 +1099,25 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
             f"its data root is then mapped into the sandbox{_left_over(run)}",
         )
+
+
+#: How `check_profile`'s `storage` names a remote profile's values.
+_REMOTE_KEYS_SHOWN: Final = ("database_url ", "blob_url ")
+
+
+def shell_override(source: str) -> str | None:
+    """The environment variable or local settings file a value came from (`source`, as
+    ``Config.sources`` names it), if the pytest plugin neutralises it in a run; else None.
+
+    Both are this machine's or this shell's, not the project's, so they may name real data:
+    a pytest run without the plugin is refused a testing root or database from either.
+    """
+    from app.config_files import LOCAL_FILES
+
+    if source.startswith("environment "):
+        return source.removeprefix("environment ")
+    name = source.partition(" [")[0]
+    return name if name in LOCAL_FILES else None
 
 
 def confine(profile: str, root: Path, source: str, sandbox: Path) -> tuple[Path, str]:

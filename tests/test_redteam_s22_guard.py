@@ -1,0 +1,174 @@
+"""Roots compared by a path nobody compared, and processes the guard must see (red team 22).
+
+Each case is a real arrangement: a bind mount made in a mount namespace of a forked child's
+own, a pytest without the plugin whose shell left a local settings file behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from project_copy import copy_project_settings
+
+from app.config import load
+from app.errors import AppError
+
+#: Linux's flags for unshare(2) and mount(2).
+_CLONE_NEWNS = 0x00020000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+
+
+def _in_a_forked_child(work: Callable[[], str]) -> str:
+    """What `work` returns (or raises), run in a fork of this process: a mount made there
+    stays in the child's mount namespace."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read)
+            answer = work()
+        except BaseException as error:  # reported to the parent
+            answer = f"CRASH {type(error).__name__}: {error}"
+        os.write(write, answer.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def _bind_in_own_namespace(source: Path, target: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    # Private first, so that the bind mount never reaches the machine's namespace.
+    for args in ((b"none", b"/", None, _MS_REC | _MS_PRIVATE, None),
+                 (bytes(source), bytes(target), None, _MS_BIND, None)):  # fmt: skip
+        if libc.mount(*args) != 0:
+            raise OSError(ctypes.get_errno(), f"mount {args[0]!r} {args[1]!r}")
+
+
+def _settings_with_roots(directory: Path, roots: dict[str, Path]) -> Path:
+    settings = copy_project_settings(directory)
+    text = (settings / "settings.toml").read_text()
+    for profile, root in roots.items():
+        text = text.replace(f'data_root = "data/{profile}"', f'data_root = "{root}"')
+    (settings / "settings.toml").write_text(text)
+    return settings
+
+
+def test_two_profiles_whose_roots_are_one_directory_through_a_bind_mount_are_refused(
+    tmp_path: Path,
+) -> None:
+    # Layer 2 compared the roots' paths only: development's root a bind mount of
+    # production's (a container's volume, a developer's `mount --bind` to reach it from
+    # home) is one directory with two paths, and no load refused it; nor a root inside such
+    # a mount (a purge of development there empties production's sessions).
+    if os.geteuid() != 0:
+        pytest.skip("only root makes a bind mount")
+    production = tmp_path / "srv-data"
+    production.mkdir()
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    same = _settings_with_roots(tmp_path / "same", {"production": production, "development": alias})
+    nested = _settings_with_roots(
+        tmp_path / "nested", {"production": production, "development": alias / "dev"}
+    )
+
+    def load_both() -> str:
+        _bind_in_own_namespace(production, alias)
+        said = []
+        for settings in (same, nested):
+            try:
+                load("testing", environ={"APP_SETTINGS_DIR": str(settings)})
+            except AppError as refused:
+                said.append(f"REFUSED {refused}")
+            else:
+                said.append("LOADED")
+        return "\n".join(said)
+
+    same_said, nested_said = _in_a_forked_child(load_both).splitlines()
+    assert same_said.startswith(
+        "REFUSED profiles 'development' and 'production' share the same data root, reached by "
+        f"two paths (one directory, by device and inode: a bind mount): development -> {alias} "
+        f"(from settings.toml [development]), production -> {production} (from settings.toml "
+        "[production])"
+    ), same_said
+    assert f"`findmnt -T {alias}` shows the mount" in same_said, same_said
+    assert nested_said.startswith(
+        "REFUSED profiles 'development' and 'production' overlap: 'development''s data root "
+        f"lies inside 'production''s, reached by another path (its directory {alias} is "
+        f"{production}, by device and inode: a bind mount): development -> {alias / 'dev'}"
+    ), nested_said
+
+
+#: A process of a pytest run without the plugin (it inherited pytest's variable, and no
+#: registry entry is in sight), loading the testing profile of each settings directory given.
+LOAD_TESTING = (
+    "import sys\n"
+    "from app.config import load\n"
+    "from app.errors import SandboxViolationError\n"
+    "for settings in sys.argv[1:]:\n"
+    "    try:\n"
+    "        print('LOADED', load('testing', environ={'APP_SETTINGS_DIR': settings}).data_root)\n"
+    "    except SandboxViolationError as refused:\n"
+    "        print('REFUSED', refused)\n"
+)
+#: A PID namespace with a /proc of its own: the run of this test is out of its sight.
+OWN_PROC = ("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc")
+
+
+def _own_proc_allowed() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run([*OWN_PROC, "true"], capture_output=True, check=False).returncode == 0
+
+
+def test_without_the_plugin_a_testing_root_from_a_local_settings_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    # The plugin leaves the local settings files out, as it neutralises APP_DATA_ROOT: both
+    # are this machine's overrides, which may name real data. Without the plugin
+    # (`-p no:app`), a testing root from APP_DATA_ROOT was refused, and one from
+    # settings.local.toml was opened: a developer's `[testing] data_root` there, pointed at
+    # their real data, was the run's root.
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    real = tmp_path / "real-data"
+    locals_ = ("settings.local.toml", ".secrets.local.toml")
+    directories = []
+    for local in locals_:
+        settings = copy_project_settings(tmp_path / local)
+        (settings / local).write_text(f'[testing]\ndata_root = "{real}"\n')
+        directories.append(str(settings))
+    env = {"PATH": os.environ["PATH"], "PYTEST_VERSION": "9"}
+    done = subprocess.run(
+        [*OWN_PROC, sys.executable, "-c", LOAD_TESTING, *directories],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    said = done.stdout.splitlines()
+    assert len(said) == len(locals_), done.stdout + done.stderr
+    for local, refused in zip(locals_, said, strict=True):
+        assert refused.startswith(
+            f"REFUSED refused under pytest: data root {real} from {local} [testing] while "
+            "pytest's variable PYTEST_VERSION is set in this process's environment"
+        ), refused
+        assert f"run the tests with the app's pytest plugin, which leaves {local} out (" in refused
+        assert (
+            f"or set data_root in [testing] of settings.toml and remove it from {local}; if "
+            "it runs none, unset PYTEST_VERSION"
+        ) in refused, refused
+    assert not real.exists()
