@@ -96,10 +96,27 @@ ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
 #: process tree says nothing, like `SANDBOX_ENV`.
 SCRATCH_ENV: Final = "PYTEST_APP_SCRATCH"
 _SCRATCH_FORM: Final = re.compile(r"_pytest_\d+_[0-9a-f]{4}(_gw\d+)?")
+
+
 #: Where runs register, one file per live pytest process. A fixed path, not
 #: ``tempfile.gettempdir()``: a child with a hand-built environment (another ``TMPDIR``, or
 #: none) must look in the same place as the run that started it.
-RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{os.getuid()}"  # noqa: S108 - checked owner
+def _host_uid(uid: int) -> int:
+    """`uid` as the machine numbers it: in a user namespace of its own (`unshare -r`,
+    `podman unshare`), a run of user 1000 is user 0 to itself, and named its registry after
+    root's, whose runs were then refused (their directory another user's), or its own."""
+    try:
+        rows = Path("/proc/self/uid_map").read_text().splitlines()
+    except OSError:
+        return uid
+    for row in rows:
+        inside, outside, count = map(int, row.split())
+        if inside <= uid < inside + count:
+            return outside + uid - inside
+    return uid
+
+
+RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{_host_uid(os.getuid())}"  # noqa: S108 - checked owner
 
 
 def _runs_dir(uid: int) -> Path:
@@ -316,14 +333,45 @@ def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
     )
 
 
-def _registered(uid: int, seen: dict[int, set[str]]) -> set[str]:
-    if uid not in seen:
-        directory = _runs_dir(uid)
-        seen[uid] = set()
+def _registered(directory: Path, uid: int, seen: dict[Path, set[str]]) -> set[str]:
+    """The entries of `directory`, if user `uid` (as this process sees ids) owns it."""
+    if directory not in seen:
+        seen[directory] = set()
         if _runs_dir_trusted(directory, uid):
             with contextlib.suppress(OSError):
-                seen[uid] = {entry.name for entry in directory.iterdir()}
-    return seen[uid]
+                seen[directory] = {entry.name for entry in directory.iterdir()}
+    return seen[directory]
+
+
+#: Whether this process is in a user namespace of its own (read once).
+_OWN_USER_NAMESPACE: list[bool] = []
+
+
+def _in_own_user_namespace() -> bool:
+    if not _OWN_USER_NAMESPACE:
+        try:
+            rows = (_PROC / "self" / "uid_map").read_text().split()
+        except OSError:
+            rows = ["0", "0", "4294967295"]  # no /proc, or no user namespaces at all
+        _OWN_USER_NAMESPACE.append(rows != ["0", "0", "4294967295"])
+    return _OWN_USER_NAMESPACE[0]
+
+
+def _registries(uid: int) -> list[Path]:
+    """Where the entry of a process that this process sees owned by `uid` may be.
+
+    Directories are named by the user's id on the machine; in a user namespace of its own
+    (`unshare -r`, `podman unshare`, `bwrap --unshare-user`) this process sees ids as that
+    namespace maps them (the run's user 1000 as 0, or as 65534 where nothing maps it), and
+    looked for its run in another user's directory: every registry in /tmp is read there,
+    and an entry counts only from one its process's user owns, as seen from here.
+    """
+    if not _in_own_user_namespace():
+        return [_runs_dir(uid)]
+    prefix = RUNS_DIR.name.rpartition("-")[0] + "-"
+    with contextlib.suppress(OSError), os.scandir(RUNS_DIR.parent) as found:
+        return [Path(e.path) for e in found if e.name.startswith(prefix)]
+    return [_runs_dir(uid)]
 
 
 def _mount_namespace(pid: int | str) -> int | None:
@@ -349,7 +397,7 @@ def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
 def _walk_tree() -> tuple[Run | None, str | None]:
     """The nearest registered run among this process and its ancestors, and whether a
     pytest without the plugin sits between (its rules then apply as well)."""
-    seen: dict[int, set[str]] = {}
+    seen: dict[Path, set[str]] = {}
     bare = None
     bare_argv: list[str] = []
     for depth, (pid, started) in enumerate(_ancestry()):
@@ -358,9 +406,9 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
         except OSError:
             continue
-        entry: Path | None = _runs_dir(uid) / name
-        if name not in _registered(uid, seen):
-            entry = _entry_in_its_own_tmp(pid, uid, name)
+        registries = _registries(uid)
+        found = (d / name for d in registries if name in _registered(d, uid, seen))
+        entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
         if entry is not None:
             run = _read_entry(entry, pid, depth)
             if run is not None:

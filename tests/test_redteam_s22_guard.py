@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from project_copy import copy_project_settings
+from project_copy import PROJECT, copy_project_settings
 
+from app import sandbox
 from app.config import load
 from app.errors import AppError
 
@@ -172,3 +173,74 @@ def test_without_the_plugin_a_testing_root_from_a_local_settings_file_is_refused
             "it runs none, unset PYTEST_VERSION"
         ) in refused, refused
     assert not real.exists()
+
+
+#: A child with a hand-built environment (production's token strong enough that nothing
+#: but the guard refuses) asks for production.
+LOAD_PRODUCTION = (
+    "from app.config import load\n"
+    "from app.errors import SandboxViolationError\n"
+    "try:\n"
+    "    print('LOADED', load('production').data_root)\n"
+    "except SandboxViolationError as refused:\n"
+    "    print('REFUSED', refused)\n"
+)
+HAND_BUILT_ENV = {
+    "PATH": os.environ["PATH"],
+    "APP_SETTINGS_DIR": str(PROJECT),
+    "APP_API_TOKEN": "Zq8vN3xR7kLp2WmC9tYb4HsD6fJg1QeA",
+}
+
+
+def test_a_child_in_a_user_namespace_that_maps_its_user_to_another_id_belongs_to_the_run() -> None:
+    # `unshare -r` (a developer's rootless container tool, `podman unshare`, `bwrap
+    # --unshare-user --uid 0`) shows every process's owner by the ids of the child's user
+    # namespace: the run's user, 1000 outside, is 0 in there (and 65534 where it is not
+    # mapped at all). The registry directory is named by the id outside, so the child looked
+    # for its run's entry in another user's directory, found none, and with a hand-built
+    # environment loaded production.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    # The user id the run's user gets inside, root's way and an unprivileged user's way.
+    mapped = ["--map-user=5", "--map-group=5"] if os.geteuid() == 0 else ["--map-root-user"]
+    registry = f"registered in {sandbox.RUNS_DIR})"
+    for how in (mapped, []):  # [] maps nothing: every owner is the overflow id
+        done = subprocess.run(
+            ["unshare", "--user", *how, sys.executable, "-c", LOAD_PRODUCTION],
+            env=HAND_BUILT_ENV,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+        printed = done.stdout + done.stderr
+        if "unshare failed" in printed or "unshare:" in printed:
+            pytest.skip(f"this machine does not let this user make a user namespace: {printed}")
+        assert printed.startswith("REFUSED refused under pytest (sandbox: "), f"{how}: {printed}"
+        assert (
+            "loading profile 'production'; tests run on the 'testing' profile (this process "
+            "belongs to the test run through the process tree (an ancestor process, pytest pid "
+            f"{os.getpid()}, {registry}"
+        ) in printed, f"{how}: {printed}"
+
+
+def test_a_run_in_a_user_namespace_registers_under_its_user_s_id_on_the_machine() -> None:
+    # The reverse: a run inside `unshare -r` is user 0 to itself, and named its registry
+    # directory after root's. Where root had run tests first, it was refused, told that the
+    # directory was user 65534's and that only that user could remove it; where it came
+    # first, root's runs were refused, their directory another user's.
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    mapped = ["--map-user=5", "--map-group=5"] if os.geteuid() == 0 else ["--map-root-user"]
+    code = "import os; from app import sandbox; print(os.getuid(), sandbox.RUNS_DIR)"
+    done = subprocess.run(
+        ["unshare", "--user", *mapped, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let this user make a user namespace: {done.stderr}")
+    inside, registry = done.stdout.split()
+    assert int(inside) != os.getuid()
+    assert registry == str(sandbox.RUNS_DIR)
