@@ -442,9 +442,17 @@ def _cmdline(pid: int | str) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
 
 
-#: What `python -c` code that runs pytest calls (a bare word would match a path such as
-#: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold).
-_PYTEST_CODE: Final = re.compile(r"\bpytest\.(?:main|console_main)\b")
+#: What `python -c` code that runs pytest calls, however Python spells it (`pytest.main`,
+#: `from pytest import main`, `import pytest as pt; pt.main`, `__import__("pytest").main`,
+#: `runpy.run_module("pytest")`): a bare word would match a path such as
+#: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold.
+_PYTEST_CODE: Final = re.compile(
+    r"\bpytest(?:['\"]\))?\.(?:main|console_main)\b"
+    r"|\bfrom\s+pytest\s+import\s[^;\n]*\b(?:main|console_main)\b"
+    r"|\bimport\s+pytest\s+as\s+(\w+)\b.*\b\1\.(?:main|console_main)\b"
+    r"|\brun_module\(\s*['\"]pytest['\"]",
+    re.S,
+)
 #: `-m` or `-c`, after any of Python's short options that take no value run together with
 #: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word.
 _MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqsSuvVx]*([mc])(.*)", re.S)
@@ -844,17 +852,34 @@ def _publish(run: Run, directory: Path = RUNS_DIR, *, outlived: int | None = Non
     if outlived is not None:
         data["outlived"] = _proc_self()
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
+    text = json.dumps(data).encode()
     try:
-        temporary.write_text(json.dumps(data))
+        temporary.write_bytes(text)
         # Readable by all whatever the umask (077 on hardened systems), as the directory is:
         # a child that switched user (sudo -u) must read its run's entry to stay in the run.
         temporary.chmod(0o644)
-        temporary.replace(directory / _entry_name(pid, started[1]))
+        entry = directory / _entry_name(pid, started[1])
+        temporary.replace(entry)
+        if outlived is None:
+            _WRITTEN[entry] = (_entry_state(entry), text)
     except OSError:
         # A full /tmp left an empty file per refused run, which nothing ever removed.
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
+
+
+#: This process's own entries as it wrote them: what `restore_entry` compares with.
+_WRITTEN: dict[Path, tuple[tuple[int, int, int] | None, bytes]] = {}
+
+
+def _entry_state(entry: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten entry apart without reading it: inode, size, modification."""
+    try:
+        found = entry.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _children(pid: int) -> set[int]:
@@ -936,9 +961,10 @@ def restore_entry(run: Run) -> str | None:
     is gone or writable by others (which makes every entry in it ignored); say which.
 
     A test that cleans up ``/tmp/app-*``, or its run's entry, took the processes its run
-    starts afterwards out of the run. The plugin calls this after each test: the test that
-    did it is named, and the next one runs guarded again. Two ``stat`` calls when nothing
-    is wrong. A rewritten entry is not noticed (see the attacks page).
+    starts afterwards out of the run; one that rewrites the entry gave them another sandbox
+    and other protected roots. The plugin calls this after each test: the test that did it
+    is named, and the next one runs guarded again. Two ``stat`` calls when nothing is wrong
+    (a read more for an entry only touched).
     """
     pid = _proc_self()
     started = _stat_fields(pid) if pid is not None else None
@@ -950,9 +976,18 @@ def restore_entry(run: Run) -> str | None:
         problem = f"the registry {RUNS_DIR} was removed"
     else:
         if _runs_dir_trusted(RUNS_DIR, os.getuid()):
-            if (RUNS_DIR / _entry_name(pid, started[1])).is_file():
+            entry = RUNS_DIR / _entry_name(pid, started[1])
+            state = _entry_state(entry)
+            written, text = _WRITTEN.get(entry, (None, b""))
+            if state is not None and (state == written or not _rewritten(entry, text)):
                 return None
-            problem = f"this run's entry in {RUNS_DIR} was removed"
+            if state is None:
+                problem = f"this run's entry in {RUNS_DIR} was removed"
+            else:
+                problem = (
+                    f"this run's entry in {RUNS_DIR} was changed (the sandbox and the "
+                    "protected roots that its children read there)"
+                )
         elif found.st_uid == os.getuid() and stat.S_ISDIR(found.st_mode):
             mode = stat.filemode(found.st_mode)
             problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
@@ -965,6 +1000,16 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     return f"{problem}; it was put back"
+
+
+def _rewritten(entry: Path, text: bytes) -> bool:
+    # Touched or copied back as it was is not rewritten: only what children would read.
+    if not text:
+        return False  # not written by this copy of the module (a reload): nothing to compare
+    try:
+        return entry.read_bytes() != text
+    except OSError:
+        return True
 
 
 def unregister(run: Run) -> None:

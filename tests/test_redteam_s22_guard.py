@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from project_copy import PROJECT, copy_project_settings
+from project_copy import copy_project_settings
 
 from app import sandbox
 from app.config import load
@@ -175,21 +175,18 @@ def test_without_the_plugin_a_testing_root_from_a_local_settings_file_is_refused
     assert not real.exists()
 
 
-#: A child with a hand-built environment (production's token strong enough that nothing
-#: but the guard refuses) asks for production.
-LOAD_PRODUCTION = (
-    "from app.config import load\n"
+#: A child with a hand-built environment asks to open a data root outside the sandbox (what
+#: `load` asks for a profile's root; the sandbox check alone imports no settings reader).
+OPEN_A_ROOT = (
+    "from pathlib import Path\n"
     "from app.errors import SandboxViolationError\n"
+    "from app.sandbox import check_root\n"
     "try:\n"
-    "    print('LOADED', load('production').data_root)\n"
+    "    check_root(Path('/srv/app/data'), 'open data root')\n"
+    "    print('OPENED')\n"
     "except SandboxViolationError as refused:\n"
     "    print('REFUSED', refused)\n"
 )
-HAND_BUILT_ENV = {
-    "PATH": os.environ["PATH"],
-    "APP_SETTINGS_DIR": str(PROJECT),
-    "APP_API_TOKEN": "Zq8vN3xR7kLp2WmC9tYb4HsD6fJg1QeA",
-}
 
 
 def test_a_child_in_a_user_namespace_that_maps_its_user_to_another_id_belongs_to_the_run() -> None:
@@ -198,7 +195,7 @@ def test_a_child_in_a_user_namespace_that_maps_its_user_to_another_id_belongs_to
     # namespace: the run's user, 1000 outside, is 0 in there (and 65534 where it is not
     # mapped at all). The registry directory is named by the id outside, so the child looked
     # for its run's entry in another user's directory, found none, and with a hand-built
-    # environment loaded production.
+    # environment opened any data root, and loaded any profile (production's too).
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not installed")
     # The user id the run's user gets inside, root's way and an unprivileged user's way.
@@ -206,8 +203,8 @@ def test_a_child_in_a_user_namespace_that_maps_its_user_to_another_id_belongs_to
     registry = f"registered in {sandbox.RUNS_DIR})"
     for how in (mapped, []):  # [] maps nothing: every owner is the overflow id
         done = subprocess.run(
-            ["unshare", "--user", *how, sys.executable, "-c", LOAD_PRODUCTION],
-            env=HAND_BUILT_ENV,
+            ["unshare", "--user", *how, sys.executable, "-c", OPEN_A_ROOT],
+            env={"PATH": os.environ["PATH"]},
             capture_output=True,
             text=True,
             check=False,
@@ -218,7 +215,7 @@ def test_a_child_in_a_user_namespace_that_maps_its_user_to_another_id_belongs_to
             pytest.skip(f"this machine does not let this user make a user namespace: {printed}")
         assert printed.startswith("REFUSED refused under pytest (sandbox: "), f"{how}: {printed}"
         assert (
-            "loading profile 'production'; tests run on the 'testing' profile (this process "
+            "open data root /srv/app/data, which lies outside the test sandbox (this process "
             "belongs to the test run through the process tree (an ancestor process, pytest pid "
             f"{os.getpid()}, {registry}"
         ) in printed, f"{how}: {printed}"
@@ -244,3 +241,58 @@ def test_a_run_in_a_user_namespace_registers_under_its_user_s_id_on_the_machine(
     inside, registry = done.stdout.split()
     assert int(inside) != os.getuid()
     assert registry == str(sandbox.RUNS_DIR)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from pytest import main; raise SystemExit(main())",
+        "from pytest import console_main\nconsole_main()",
+        "import pytest as pt; pt.main(['-p', 'no:app'])",
+        "__import__('pytest').main()",
+        "import runpy; runpy.run_module('pytest', run_name='__main__')",
+    ],
+)
+def test_python_c_code_that_runs_pytest_by_another_spelling_is_taken_for_a_pytest_run(
+    code: str,
+) -> None:
+    # Without the plugin, a run is known to its children by its command line alone. Only
+    # `pytest.main` was read in `python -c` code, so a run started as `python -c "from pytest
+    # import main; main()"` with `-p no:app` was no pytest to them, and a child of one of its
+    # tests with a hand-built environment loaded production.
+    assert sandbox._looks_like_pytest([sys.executable, "-c", code])
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["import pytest; print(pytest.__version__)", "from pytest import fixture", "main()"],
+)
+def test_python_c_code_that_only_imports_pytest_is_not_taken_for_a_pytest_run(code: str) -> None:
+    assert not sandbox._looks_like_pytest([sys.executable, "-c", code])
+
+
+def test_a_test_that_rewrites_its_run_s_entry_is_named_and_the_entry_put_back() -> None:
+    # The entry is what a child with a hand-built environment reads its run's sandbox and
+    # protected roots from. A removed entry was put back after the test, and the test
+    # failed; one rewritten in place (a sandbox of `/`, no protected roots) stayed so for the
+    # rest of the run, silently. (The plugin calls this after every test, as here.)
+    run = sandbox.current_run()
+    assert run is not None and run.pid is not None
+    started = sandbox._stat_fields(run.pid)
+    assert started is not None
+    entry = sandbox.RUNS_DIR / sandbox._entry_name(run.pid, started[1])
+    original = entry.read_bytes()
+    try:
+        with entry.open("r+b") as rewritten:  # in place: the same file, another sandbox
+            rewritten.truncate()
+            rewritten.write(original.replace(str(run.sandbox).encode(), b"/"))
+        assert sandbox.restore_entry(run) == (
+            f"this run's entry in {sandbox.RUNS_DIR} was changed (the sandbox and the "
+            "protected roots that its children read there); it was put back"
+        )
+        assert entry.read_bytes() == original
+        os.utime(entry)  # touched, as a clean-up script may: nothing to put back
+        assert sandbox.restore_entry(run) is None
+    finally:
+        if entry.read_bytes() != original:
+            entry.write_bytes(original)
