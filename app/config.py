@@ -751,18 +751,70 @@ def _absolute_root(value: str, directory: Path) -> Path:
     return (raw if raw.is_absolute() else directory / raw).resolve()
 
 
-def overlaps(roots: Mapping[str, tuple[Path, str]]) -> Iterator[DataRootOverlapError]:
-    """Every pair of profiles whose roots are equal or nested.
+def overlaps(
+    roots: Mapping[str, tuple[Path, str]], *, by_identity: bool = True
+) -> Iterator[DataRootOverlapError]:
+    """Every pair of profiles whose roots are equal or nested, by path and, unless
+    `by_identity` is False, by device and inode.
 
     Args:
         roots: ``{profile: (root, where the root came from)}``.
     """
     names = list(roots)
+    # By device and inode too: a bind mount is one directory under two paths that no
+    # comparison of paths shows (a container's volume, `mount --bind` into a home directory).
+    seen: dict[str, _Identity | None] = {}
+    found = {
+        name: _identities(root, seen) if by_identity else (None, {})
+        for name, (root, _) in roots.items()
+    }
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             (a, a_source), (b, b_source) = roots[first], roots[second]
             if a.is_relative_to(b) or b.is_relative_to(a):
                 yield DataRootOverlapError(first, a, a_source, second, b, b_source)
+                continue
+            (a_own, a_above), (b_own, b_above) = found[first], found[second]
+            if a_own is not None and a_own == b_own:
+                yield DataRootOverlapError(first, a, a_source, second, b, b_source, a)
+            elif b_own is not None and b_own in a_above:
+                alias = Path(a_above[b_own])
+                yield DataRootOverlapError(first, a, a_source, second, b, b_source, alias, first)
+            elif a_own is not None and a_own in b_above:
+                alias = Path(b_above[a_own])
+                yield DataRootOverlapError(first, a, a_source, second, b, b_source, alias, second)
+
+
+_Identity = tuple[int, int]
+
+
+def _identities(
+    root: Path, seen: dict[str, _Identity | None]
+) -> tuple[_Identity | None, dict[_Identity, str]]:
+    """``(st_dev, st_ino)`` of `root` (None if it does not exist yet), and of each of its
+    existing ancestors, with its path: a root lies in another if one of them is the other.
+    `seen` keeps each path's, for the next root (profiles' roots share most ancestors)."""
+    # os.stat on strings: on every load, a Path per ancestor cost more than the stats.
+    own = None
+    above: dict[_Identity, str] = {}
+    path = start = str(root)
+    while True:
+        if path not in seen:
+            try:
+                found = os.stat(path)  # noqa: PTH116 - see above
+            except OSError:
+                seen[path] = None
+            else:
+                seen[path] = (found.st_dev, found.st_ino)
+        key = seen[path]
+        if key is not None and path == start:
+            own = key
+        elif key is not None:
+            above.setdefault(key, path)
+        parent = os.path.dirname(path)  # noqa: PTH120 - see above
+        if parent == path:
+            return own, above
+        path = parent
 
 
 def remote_overlaps(
@@ -803,13 +855,16 @@ def remote_overlaps(
                 )  # fmt: skip
 
 
-def _overlaps(resolved: Mapping[str, Resolved]) -> Iterator[ConfigError]:
+def _overlaps(
+    resolved: Mapping[str, Resolved], *, by_identity: bool = True
+) -> Iterator[ConfigError]:
     yield from overlaps(
         {
             name: (r.data_root, r.sources["data_root"])
             for name, r in resolved.items()
             if r.data_root is not None
-        }
+        },
+        by_identity=by_identity,
     )
     databases = {
         name: (r.values["database_url"], r.sources["database_url"])
@@ -1062,11 +1117,12 @@ def _pair(problem: ConfigError) -> tuple[Any, ...]:
 
 def _storage(resolved: Resolved) -> tuple[str, str]:
     """Where a profile keeps its data, as messages name it, and where that came from (a
-    value from the environment first: that is what a test run without the plugin refuses)."""
+    value from the environment or a local settings file first: that is what a test run
+    without the plugin refuses)."""
     if resolved.data_root is not None:
         return f"data root {resolved.data_root}", resolved.sources["data_root"]
     present = [key for key in REMOTE_CHOOSERS if resolved.values.get(key) is not None]
-    present.sort(key=lambda key: not resolved.sources[key].startswith("environment"))
+    present.sort(key=lambda key: sandboxing.shell_override(resolved.sources[key]) is None)
     for key in present:
         return f"{key} {KEYS[key].show(resolved.values[key])}", resolved.sources[key]
     return "no storage", "nowhere"
@@ -1125,7 +1181,10 @@ def inspect_profiles(
         # A root from APP_DATA_ROOT inside the sandbox may still contain the mapped ones.
         # A pair already refused as configured is not refused again as mapped.
         seen = {_pair(problem) for problem in problems}
-        problems.extend(p for p in _overlaps(resolved) if _pair(p) not in seen)
+        # By path only: the sandbox check compares the identities of what is opened there
+        # with every protected root's, and the configured roots were compared above.
+        mapped = _overlaps(resolved, by_identity=False)
+        problems.extend(p for p in mapped if _pair(p) not in seen)
         problems.extend(_scratch_clashes(resolved, configured))
     return Report(
         selected,

@@ -246,11 +246,32 @@ class DataRootOverlapError(ConfigError):
     second: str
     second_root: Path
     second_source: str
+    #: Where the paths do not show it (a bind mount): the directory on one root's path that
+    #: is the other root, by device and inode.
+    alias: Path | None = None
+    #: With `alias`, the profile whose root lies inside the other's (None: one directory).
+    inner: str | None = None
 
     @property
     def message(self) -> str:
         first, second = self.first, self.second
-        if self.first_root == self.second_root:
+        found = ""
+        if self.alias is not None:
+            outer_root = self.second_root if self.inner == first else self.first_root
+            outer = second if self.inner == first else first
+            if self.inner is None:
+                relation = (
+                    "share the same data root, reached by two paths (one directory, by device "
+                    "and inode: a bind mount)"
+                )
+            else:
+                relation = (
+                    f"overlap: {self.inner!r}'s data root lies inside {outer!r}'s, reached by "
+                    f"another path (its directory {self.alias} is {outer_root}, by device and "
+                    "inode: a bind mount)"
+                )
+            found = f" (`findmnt -T {self.alias}` shows the mount)"
+        elif self.first_root == self.second_root:
             relation = "share the same data root"
         elif self.second_root.is_relative_to(self.first_root):
             relation = f"overlap: {second!r}'s data root lies inside {first!r}'s"
@@ -261,7 +282,7 @@ class DataRootOverlapError(ConfigError):
             f"{first} -> {self.first_root} (from {self.first_source}), "
             f"{second} -> {self.second_root} (from {self.second_source}). "
             "Every profile needs its own data root, not nested in another; "
-            "change data_root for one of them"
+            f"change data_root for one of them{found}"
         )
 
 

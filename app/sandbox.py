@@ -80,6 +80,7 @@ __all__ = [
     "scratch_blob_url",
     "scratch_database_url",
     "scratch_suffix",
+    "shell_override",
     "swap",
     "unregister",
     "why_no_plugin",
@@ -95,10 +96,27 @@ ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
 #: process tree says nothing, like `SANDBOX_ENV`.
 SCRATCH_ENV: Final = "PYTEST_APP_SCRATCH"
 _SCRATCH_FORM: Final = re.compile(r"_pytest_\d+_[0-9a-f]{4}(_gw\d+)?")
+
+
 #: Where runs register, one file per live pytest process. A fixed path, not
 #: ``tempfile.gettempdir()``: a child with a hand-built environment (another ``TMPDIR``, or
 #: none) must look in the same place as the run that started it.
-RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{os.getuid()}"  # noqa: S108 - checked owner
+def _host_uid(uid: int) -> int:
+    """`uid` as the machine numbers it: in a user namespace of its own (`unshare -r`,
+    `podman unshare`), a run of user 1000 is user 0 to itself, and named its registry after
+    root's, whose runs were then refused (their directory another user's), or its own."""
+    try:
+        rows = Path("/proc/self/uid_map").read_text().splitlines()
+    except OSError:
+        return uid
+    for row in rows:
+        inside, outside, count = map(int, row.split())
+        if inside <= uid < inside + count:
+            return outside + uid - inside
+    return uid
+
+
+RUNS_DIR: Final = Path("/tmp") / f"app-pytest-runs-{_host_uid(os.getuid())}"  # noqa: S108 - checked owner
 
 
 def _runs_dir(uid: int) -> Path:
@@ -315,14 +333,45 @@ def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
     )
 
 
-def _registered(uid: int, seen: dict[int, set[str]]) -> set[str]:
-    if uid not in seen:
-        directory = _runs_dir(uid)
-        seen[uid] = set()
+def _registered(directory: Path, uid: int, seen: dict[Path, set[str]]) -> set[str]:
+    """The entries of `directory`, if user `uid` (as this process sees ids) owns it."""
+    if directory not in seen:
+        seen[directory] = set()
         if _runs_dir_trusted(directory, uid):
             with contextlib.suppress(OSError):
-                seen[uid] = {entry.name for entry in directory.iterdir()}
-    return seen[uid]
+                seen[directory] = {entry.name for entry in directory.iterdir()}
+    return seen[directory]
+
+
+#: Whether this process is in a user namespace of its own (read once).
+_OWN_USER_NAMESPACE: list[bool] = []
+
+
+def _in_own_user_namespace() -> bool:
+    if not _OWN_USER_NAMESPACE:
+        try:
+            rows = (_PROC / "self" / "uid_map").read_text().split()
+        except OSError:
+            rows = ["0", "0", "4294967295"]  # no /proc, or no user namespaces at all
+        _OWN_USER_NAMESPACE.append(rows != ["0", "0", "4294967295"])
+    return _OWN_USER_NAMESPACE[0]
+
+
+def _registries(uid: int) -> list[Path]:
+    """Where the entry of a process that this process sees owned by `uid` may be.
+
+    Directories are named by the user's id on the machine; in a user namespace of its own
+    (`unshare -r`, `podman unshare`, `bwrap --unshare-user`) this process sees ids as that
+    namespace maps them (the run's user 1000 as 0, or as 65534 where nothing maps it), and
+    looked for its run in another user's directory: every registry in /tmp is read there,
+    and an entry counts only from one its process's user owns, as seen from here.
+    """
+    if not _in_own_user_namespace():
+        return [_runs_dir(uid)]
+    prefix = RUNS_DIR.name.rpartition("-")[0] + "-"
+    with contextlib.suppress(OSError), os.scandir(RUNS_DIR.parent) as found:
+        return [Path(e.path) for e in found if e.name.startswith(prefix)]
+    return [_runs_dir(uid)]
 
 
 def _mount_namespace(pid: int | str) -> int | None:
@@ -348,7 +397,7 @@ def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
 def _walk_tree() -> tuple[Run | None, str | None]:
     """The nearest registered run among this process and its ancestors, and whether a
     pytest without the plugin sits between (its rules then apply as well)."""
-    seen: dict[int, set[str]] = {}
+    seen: dict[Path, set[str]] = {}
     bare = None
     bare_argv: list[str] = []
     for depth, (pid, started) in enumerate(_ancestry()):
@@ -357,9 +406,9 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
         except OSError:
             continue
-        entry: Path | None = _runs_dir(uid) / name
-        if name not in _registered(uid, seen):
-            entry = _entry_in_its_own_tmp(pid, uid, name)
+        registries = _registries(uid)
+        found = (d / name for d in registries if name in _registered(d, uid, seen))
+        entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
         if entry is not None:
             run = _read_entry(entry, pid, depth)
             if run is not None:
@@ -393,9 +442,17 @@ def _cmdline(pid: int | str) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
 
 
-#: What `python -c` code that runs pytest calls (a bare word would match a path such as
-#: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold).
-_PYTEST_CODE: Final = re.compile(r"\bpytest\.(?:main|console_main)\b")
+#: What `python -c` code that runs pytest calls, however Python spells it (`pytest.main`,
+#: `from pytest import main`, `import pytest as pt; pt.main`, `__import__("pytest").main`,
+#: `runpy.run_module("pytest")`): a bare word would match a path such as
+#: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold.
+_PYTEST_CODE: Final = re.compile(
+    r"\bpytest(?:['\"]\))?\.(?:main|console_main)\b"
+    r"|\bfrom\s+pytest\s+import\s[^;\n]*\b(?:main|console_main)\b"
+    r"|\bimport\s+pytest\s+as\s+(\w+)\b.*\b\1\.(?:main|console_main)\b"
+    r"|\brun_module\(\s*['\"]pytest['\"]",
+    re.S,
+)
 #: `-m` or `-c`, after any of Python's short options that take no value run together with
 #: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word.
 _MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqsSuvVx]*([mc])(.*)", re.S)
@@ -795,17 +852,34 @@ def _publish(run: Run, directory: Path = RUNS_DIR, *, outlived: int | None = Non
     if outlived is not None:
         data["outlived"] = _proc_self()
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
+    text = json.dumps(data).encode()
     try:
-        temporary.write_text(json.dumps(data))
+        temporary.write_bytes(text)
         # Readable by all whatever the umask (077 on hardened systems), as the directory is:
         # a child that switched user (sudo -u) must read its run's entry to stay in the run.
         temporary.chmod(0o644)
-        temporary.replace(directory / _entry_name(pid, started[1]))
+        entry = directory / _entry_name(pid, started[1])
+        temporary.replace(entry)
+        if outlived is None:
+            _WRITTEN[entry] = (_entry_state(entry), text)
     except OSError:
         # A full /tmp left an empty file per refused run, which nothing ever removed.
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
+
+
+#: This process's own entries as it wrote them: what `restore_entry` compares with.
+_WRITTEN: dict[Path, tuple[tuple[int, int, int] | None, bytes]] = {}
+
+
+def _entry_state(entry: Path) -> tuple[int, int, int] | None:
+    """What tells a rewritten entry apart without reading it: inode, size, modification."""
+    try:
+        found = entry.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def _children(pid: int) -> set[int]:
@@ -887,9 +961,10 @@ def restore_entry(run: Run) -> str | None:
     is gone or writable by others (which makes every entry in it ignored); say which.
 
     A test that cleans up ``/tmp/app-*``, or its run's entry, took the processes its run
-    starts afterwards out of the run. The plugin calls this after each test: the test that
-    did it is named, and the next one runs guarded again. Two ``stat`` calls when nothing
-    is wrong. A rewritten entry is not noticed (see the attacks page).
+    starts afterwards out of the run; one that rewrites the entry gave them another sandbox
+    and other protected roots. The plugin calls this after each test: the test that did it
+    is named, and the next one runs guarded again. Two ``stat`` calls when nothing is wrong
+    (a read more for an entry only touched).
     """
     pid = _proc_self()
     started = _stat_fields(pid) if pid is not None else None
@@ -901,9 +976,18 @@ def restore_entry(run: Run) -> str | None:
         problem = f"the registry {RUNS_DIR} was removed"
     else:
         if _runs_dir_trusted(RUNS_DIR, os.getuid()):
-            if (RUNS_DIR / _entry_name(pid, started[1])).is_file():
+            entry = RUNS_DIR / _entry_name(pid, started[1])
+            state = _entry_state(entry)
+            written, text = _WRITTEN.get(entry, (None, b""))
+            if state is not None and (state == written or not _rewritten(entry, text)):
                 return None
-            problem = f"this run's entry in {RUNS_DIR} was removed"
+            if state is None:
+                problem = f"this run's entry in {RUNS_DIR} was removed"
+            else:
+                problem = (
+                    f"this run's entry in {RUNS_DIR} was changed (the sandbox and the "
+                    "protected roots that its children read there)"
+                )
         elif found.st_uid == os.getuid() and stat.S_ISDIR(found.st_mode):
             mode = stat.filemode(found.st_mode)
             problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
@@ -916,6 +1000,16 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     return f"{problem}; it was put back"
+
+
+def _rewritten(entry: Path, text: bytes) -> bool:
+    # Touched or copied back as it was is not rewritten: only what children would read.
+    if not text:
+        return False  # not written by this copy of the module (a reload): nothing to compare
+    try:
+        return entry.read_bytes() != text
+    except OSError:
+        return True
 
 
 def unregister(run: Run) -> None:
@@ -1062,15 +1156,23 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
                 if where.remedy
                 else f"Run the tests with {plugin}",
             )
-        if source.startswith("environment"):
-            # Without the plugin nothing neutralised the shell: its APP_DATA_ROOT may well be
-            # production's (a conftest that forces ENV_FOR_DYNACONF=testing, as dynaconf's
-            # docs suggest, does not change that).
-            variable = source.removeprefix("environment ")
+        override = shell_override(source)
+        if override is not None:
+            # Without the plugin nothing neutralised the shell, nor this machine's local
+            # settings files: its APP_DATA_ROOT, or a `[testing] data_root` in
+            # settings.local.toml, may well be real data (a conftest that forces
+            # ENV_FOR_DYNACONF=testing, as dynaconf's docs suggest, does not change that).
+            remote = storage.startswith(_REMOTE_KEYS_SHOWN)
+            key = storage.partition(" ")[0] if remote else "data_root"
+            if override.startswith("APP_"):
+                neutralises = f"neutralises the shell's {override}"
+                undo = f"unset {override}"
+            else:
+                neutralises = f"leaves {override} out"
+                undo = f"remove it from {override}"
             fix = (
-                "Run the tests with the app's pytest plugin, which neutralises the shell's "
-                f"{variable} ({why_no_plugin()}), or set it in [testing] of settings.toml "
-                f"and unset {variable}"
+                f"Run the tests with the app's pytest plugin, which {neutralises} "
+                f"({why_no_plugin()}), or set {key} in [testing] of settings.toml and {undo}"
             )
             raise SandboxViolationError(
                 f"{storage} from {source} {without}",
@@ -1090,6 +1192,25 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
             f"its data root is then mapped into the sandbox{_left_over(run)}",
         )
+
+
+#: How `check_profile`'s `storage` names a remote profile's values.
+_REMOTE_KEYS_SHOWN: Final = ("database_url ", "blob_url ")
+
+
+def shell_override(source: str) -> str | None:
+    """The environment variable or local settings file a value came from (`source`, as
+    ``Config.sources`` names it), if the pytest plugin neutralises it in a run; else None.
+
+    Both are this machine's or this shell's, not the project's, so they may name real data:
+    a pytest run without the plugin is refused a testing root or database from either.
+    """
+    from app.config_files import LOCAL_FILES
+
+    if source.startswith("environment "):
+        return source.removeprefix("environment ")
+    name = source.partition(" [")[0]
+    return name if name in LOCAL_FILES else None
 
 
 def confine(profile: str, root: Path, source: str, sandbox: Path) -> tuple[Path, str]:

@@ -265,10 +265,15 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
             )
         # A test that cleans up /tmp/app-* took the run's later children out of it.
         if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
+            meanwhile = (
+                "followed the changed entry, not the run's rules"
+                if "was changed" in lost
+                else "was not part of the run"
+            )
             failures.append(
                 f"app: after {request.node.nodeid}, {lost}. Until then, a process started "
-                "with a hand-built environment (and any after the run) was not part of the "
-                f"run. Tests must not remove or change {sandboxing.RUNS_DIR}"
+                f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
+                f"must not remove or change {sandboxing.RUNS_DIR}"
             )
         if failures:
             pytest.fail("\n".join(failures), pytrace=False)
