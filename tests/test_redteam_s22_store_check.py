@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,8 +123,14 @@ store.close()
 def test_a_read_only_check_next_to_a_writing_server_reports_no_write_in_flight(
     tmp_path: Path,
 ) -> None:
+    command = [sys.executable, "-c", _SCRIPT]
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        # On a tmpfs of its own, where the 40 operations' fsyncs cost nothing.
+        mount = f'mount -t tmpfs -o size=16m none {shlex.quote(str(tmp_path))} && exec "$@"'
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "-"]
+        command += [sys.executable, "-c", _SCRIPT]
     run = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
+        command,
         capture_output=True,
         text=True,
         env={**os.environ, "APP_DATA_ROOT": str(tmp_path / "app-data")},
