@@ -978,7 +978,11 @@ class DataRoot:
         if not self.writable:
             yield  # a reader's change is refused by the change itself
             return
-        fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.ensure_held()  # .tmp/ removed or moved by hand: names it (data_root_changed)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             yield
