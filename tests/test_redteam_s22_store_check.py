@@ -90,9 +90,12 @@ def case(store, op, at, keep):
     held.clear()
     go.clear()
     state.update(at=at, changes=0)
-    worker = threading.Thread(target=operation, args=(store, op, keep))
+    def write():
+        state["writer"] = threading.get_ident()  # before its first change
+        operation(store, op, keep)
+
+    worker = threading.Thread(target=write)
     worker.start()
-    state["writer"] = worker.ident
     while not held.wait(0.01) and worker.is_alive():
         pass
     found = None
