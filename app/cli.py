@@ -693,9 +693,9 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
     Looks for files left in .tmp/, unfinished session creates, trash entries that are
     empty, hold only their manifest, wait for their bytes or lack their audit line, file
     records without bytes, and bytes without a record. Read-only by default: changes
-    nothing and takes no lock, so it may run next to a live server (what it shows is then
-    one moment; a write in flight can look like a leftover). --repair never deletes
-    acknowledged bytes (bytes without a record go to the trash) and writes one
+    nothing and takes no lock, so it may run next to a live server (a write in flight is
+    not reported: what it finds is read again once none is in flight). --repair never
+    deletes acknowledged bytes (bytes without a record go to the trash) and writes one
     `check-repair` audit line; a server runs the same repair at every start-up.
 
     Exits 0 when the root is consistent (or everything was repaired), 65 when something

@@ -37,7 +37,8 @@ import secrets
 import stat
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +100,10 @@ _LAYOUT: Final = frozenset(
 )
 # Entries that do not count as data when deciding whether an unstamped root is new.
 _NOT_DATA: Final = frozenset({LOCK_FILE, TMP_DIR, "lost+found"})
+
+# How long a read-only check waits for a moment without a change in flight (each takes
+# milliseconds; a longer wait means changes overlap without a gap, and it says so).
+_QUIESCENT_SECONDS: Final = 10.0
 
 log = logging.getLogger("app.dataroot")
 
@@ -959,6 +964,55 @@ class DataRoot:
                 raise DataRootChangedError(
                     self.path, f"{what} was replaced or moved since it was opened ({path})"
                 )
+
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[None]:
+        """Mark a change to the root as in flight for the block: a shared flock on ``.tmp/``.
+
+        What a change leaves between its steps (a staging directory, a trash entry before its
+        move, a blob before its record) is what a crash leaves too. A read-only check in
+        another process waits for a moment without any (:meth:`quiescent`) and reports only
+        what is still there after it: it once told an operator that a server's writes in
+        flight were crashed ones, and to stop the server to repair them.
+        """
+        if not self.writable:
+            yield  # a reader's change is refused by the change itself
+            return
+        try:
+            fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.ensure_held()  # .tmp/ removed or moved by hand: names it (data_root_changed)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def quiescent(self, timeout: float = _QUIESCENT_SECONDS) -> bool:
+        """Wait for a moment when no change is in flight on this root (see :meth:`changing`).
+
+        Returns ``False`` if changes overlapped for all of ``timeout`` seconds: a flock taken
+        exclusively can wait for ever behind shared ones that keep overlapping, so it is
+        polled, and the writers are never held up by more than one poll.
+        """
+        try:
+            fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True  # no writer ever opened the root
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(0.005)
+                else:
+                    return True
+        finally:
+            os.close(fd)
 
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         """Append one JSON line to ``audit.jsonl`` and fsync it.

@@ -905,6 +905,26 @@ class PermissionDeniedStorageError(StorageError):
     doing: str
 
 
+class StorageIOError(StorageError):
+    """The data root's disk failed a write or a read (EIO), or ext4 found itself damaged."""
+
+    code = "storage_io_error"
+    http_status = 503
+    # Not "nothing was changed", as the others say: an fsync fails after its rename as well
+    # as before it, and ext4 then aborts its journal, so this process may show the change
+    # while the disk never gets it (a thin pool run dry once answered a bare 500 here).
+    template = (
+        "cannot {doing}: the data root's disk failed to read or store it (an I/O error; "
+        "the kernel's log, `dmesg`, says where). A change it met is not acknowledged, and may "
+        "be made only in part, or only until the filesystem is next mounted. An operator "
+        "repairs the disk (free the thin pool, replace the device, `fsck`), remounts the "
+        "filesystem read-write, then runs `app data check --repair` (a server runs it at "
+        "start-up) before clients retry"
+    )
+
+    doing: str
+
+
 class StoppedPartwayError(StorageError):
     """A command over many items met a storage error after it had changed some of them.
 
@@ -935,6 +955,8 @@ _FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
 # `chattr +i` by an operator, a read-only bind mount of one directory, a chown slip: a bare
 # 500 said nothing of it.
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# EUCLEAN and EBADMSG are ext4's EFSCORRUPTED and EFSBADCRC: metadata it cannot trust.
+_IO_ERRNOS = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
 
 
 _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...] = (
@@ -943,6 +965,7 @@ _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...
     (_DESCRIPTOR_ERRNOS, TooManyOpenFilesError),
     (_FILE_SIZE_ERRNOS, FileTooLargeForServerError),
     (_PERMISSION_ERRNOS, PermissionDeniedStorageError),
+    (_IO_ERRNOS, StorageIOError),
 )
 
 
@@ -955,7 +978,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
 
     Returns:
         A `StorageFullError`, a `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a
-        `FileTooLargeForServerError` or a `PermissionDeniedStorageError`, else ``None``.
+        `FileTooLargeForServerError`, a `PermissionDeniedStorageError` or a
+        `StorageIOError`, else ``None``.
     """
     if not isinstance(error, OSError):
         return None

@@ -197,6 +197,12 @@ def _open_existing(path: Path) -> int | None:
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as error:
+        # A symbolic link there (dangling, or to another root's lock file) was a traceback
+        # from `app status` and from every open of the root.
+        if error.errno == errno.ELOOP:
+            raise LockFileAliasedError(path, "is a symbolic link") from None
+        raise
 
 
 def _published_by_live_process(path: Path) -> bool:
@@ -554,6 +560,8 @@ class RootLock:
                 if error.errno in _UNSUPPORTED_ERRNOS:
                     reason = os.strerror(error.errno) if error.errno else str(error)
                     raise LockUnavailableError(self.path, reason) from error
+                if error.errno == errno.ELOOP:  # filelock opens it with O_NOFOLLOW
+                    raise LockFileAliasedError(self.path, "is a symbolic link") from None
                 raise
             if not taken:
                 holder = _holder_here(self.path)

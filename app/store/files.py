@@ -146,7 +146,7 @@ class Files:
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
         retired: TrashEntry | None = None
-        with self.sessions.locked(session_id) as directory:  # deleted meanwhile: 404
+        with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
             old = load_record(record_path)
             if old is not None and not upload.replace:

@@ -29,10 +29,12 @@ root (:mod:`app.store.concurrency`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
 from app.errors import (
     AppError,
@@ -63,6 +65,23 @@ if TYPE_CHECKING:
     from app.store.upload import Upload
 
 __all__ = ["MAX_METADATA_BYTES", "MAX_TITLE_CHARS", "Store"]
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _changes(
+    method: Callable[Concatenate[Store, _P], _R],
+) -> Callable[Concatenate[Store, _P], _R]:
+    """A change to the root, marked as in flight while it runs (`DataRoot.changing`)."""
+
+    @functools.wraps(method)
+    def changing(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.root.changing():
+            return method(self, *args, **kwargs)
+
+    return changing
 
 
 class Store(Storage):
@@ -152,6 +171,7 @@ class Store(Storage):
 
     # -- sessions -----------------------------------------------------------------------
 
+    @_changes
     def create_session(
         self, title: str = "", metadata: dict[str, Any] | None = None
     ) -> SessionRecord:
@@ -215,6 +235,7 @@ class Store(Storage):
         """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
         return self.sessions.iter_all()
 
+    @_changes
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
         """Move a session, files and all, to ``.trash/``; audited. :meth:`restore` undoes it."""
         self.root.ensure_held()
@@ -229,6 +250,7 @@ class Store(Storage):
             )
         return entry
 
+    @_changes
     def purge(self) -> list[TrashEntry]:
         """Move every session to ``.trash/`` (``app data purge``); one audit line."""
         self.root.ensure_held()
@@ -298,6 +320,7 @@ class Store(Storage):
                 upload.write(chunk)
             return upload.commit()
 
+    @_changes
     def delete_file(self, session_id: str, name: str) -> TrashEntry:
         """Move one file of a session to ``.trash/``; audited."""
         return self.files.delete(session_id, name)
@@ -308,6 +331,7 @@ class Store(Storage):
         """Every entry of ``.trash/``, oldest first (one with a broken manifest by its name)."""
         return self.trash.entries()
 
+    @_changes
     def empty_trash(
         self, older_than: timedelta | None = None, *, via: str = "command"
     ) -> list[TrashEntry]:
@@ -319,6 +343,7 @@ class Store(Storage):
         """
         return self.trash.empty(older_than, via=via)
 
+    @_changes
     def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord:
         """Bring back the most recently deleted session (or one of its files); audited.
 
@@ -361,8 +386,10 @@ class Store(Storage):
         reported in one ``check-repair`` audit line, and a trash entry that lacked its audit
         line gets the line it should have had.
 
-        Read-only (``repair=False``) it changes nothing and takes no lock; next to a live
-        server it describes one moment, and a write in flight can look like a leftover.
+        Read-only (``repair=False``) it changes nothing and takes no lock. Next to a live
+        server, what a write in flight leaves between its steps looks like a leftover: what
+        it finds is read again after a moment without a change in flight, and only what is
+        still there is reported.
 
         Args:
             repair: fix what can be fixed; the root must be held by this process.
@@ -377,7 +404,8 @@ class Store(Storage):
             self.root.ensure_held()
         checker = Checker(self, repair, thorough)
         try:
-            checker.run()
+            with self.root.changing() if repair else contextlib.nullcontext():
+                checker.run()
         finally:
             if repair:
                 self.root.store_state.records.clear()  # repairs change records behind it
@@ -385,4 +413,21 @@ class Store(Storage):
             self.root.audit(
                 "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
             )
-        return CheckReport(checker.findings, repair)
+        if repair or not checker.findings:
+            return CheckReport(checker.findings, repair)
+        # Next to a live writer a change in flight looks like a crashed one: what is still
+        # there after a moment without changes in flight is not one (each change leaves
+        # names of its own, never reused), and only that is reported.
+        settled = self.root.quiescent()
+        again = Checker(self, repair, thorough)
+        again.run()
+        seen = {(f.problem, f.target) for f in checker.findings}
+        findings = [f for f in again.findings if (f.problem, f.target) in seen]
+        if not settled:
+            findings = [
+                dataclasses.replace(
+                    f, detail=f"{f.detail} (changes were in flight throughout: may be one)"
+                )
+                for f in findings
+            ]
+        return CheckReport(findings, repair)

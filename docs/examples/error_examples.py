@@ -135,6 +135,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.StorageIOError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.StoppedPartwayError(
         doing="purge",
         done=120,
