@@ -1,4 +1,4 @@
-"""Optimistic concurrency on a file's writes: ``If-Match`` over real servers, on both backends.
+"""Over real servers: optimistic concurrency on a file's writes, and headers given twice.
 
 Two clients that read a file and replace it with ``If-Match: <the ETag they read>`` at once:
 exactly one writes, the other is refused with 412 naming the version the first wrote. The
@@ -6,11 +6,15 @@ comparison sits where the write commits (under the session's lock on a data root
 transaction that switches the row on PostgreSQL), so the race is run many times against one
 real ``app serve`` on a data root and against two replicas sharing a database and a bucket,
 each client on its own replica.
+
+A header the app reads, given twice, is refused: a proxy in front may have read the other one.
+Sent over raw sockets, since HTTP clients merge or refuse repeated headers themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 from engines import PostgresEngine, S3Engine
+from live_http import Answers, a_session, connect, head_of
 from redteam_s19_http import one_server
 from replicas import production_on
+
+from app.testing import LiveServer
 
 ROUNDS = 25
 
@@ -31,10 +38,16 @@ def _etag(body: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, ...]]:
-    """Two clients of one real ``app serve`` on a data root."""
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real ``app serve`` on a data root for the module."""
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def local_pair(server: LiveServer) -> Iterator[tuple[httpx.Client, ...]]:
+    """Two clients of the module's server."""
     with (
-        one_server(tmp_path_factory) as server,
         httpx.Client(base_url=server.url, headers=server.headers) as one,
         httpx.Client(base_url=server.url, headers=server.headers) as other,
     ):
@@ -167,3 +180,55 @@ def test_if_match_takes_a_list_and_a_star_and_never_a_weak_tag(
     assert session.status_code == 400, session.text
     assert "a session has no ETag to compare with" in session.json()["message"]
     assert client.get(f"/sessions/{session_id}").status_code == 200
+
+
+# --- a header given twice -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "request_line", "lines"),
+    [
+        ("Authorization", "GET /sessions", "Authorization: Bearer not-the-token\r\n"),
+        ("Content-Type", "POST /sessions", "Content-Type: application/json\r\n" * 2),
+        ("Range", "GET {file}", "Range: bytes=0-0\r\nRange: bytes=1-1\r\n"),
+        ("If-Match", "PUT {file}", 'If-Match: {etag}\r\nIf-Match: "x"\r\n'),
+        ("If-None-Match", "PUT {file}", "If-None-Match: *\r\n" * 2),
+    ],
+)
+def test_a_header_the_app_reads_given_twice_is_refused_naming_it(
+    server: LiveServer, header: str, request_line: str, lines: str
+) -> None:
+    session_id = a_session(server)
+    file = f"/sessions/{session_id}/files/doc.txt"
+    with httpx.Client(base_url=server.url, headers=server.headers) as client:
+        assert client.put(file, content=b"kept").status_code == 201
+    line = request_line.format(file=file)
+    body = b"{}" if line.startswith("POST") else b"new!" if line.startswith("PUT") else b""
+    extra = lines.format(etag=_etag(b"kept")) + f"Content-Length: {len(body)}\r\n"
+    with connect(server) as sock:
+        sock.sendall(head_of(server, line, extra) + body)
+        # The connection goes on: the next request on it is answered as usual.
+        sock.sendall(head_of(server, f"GET {file}"))
+        answers = Answers(sock)
+        status, _, answer = answers.next()
+        assert status == 400, answer
+        problem = json.loads(answer)
+        assert problem["code"] == "bad_request"
+        assert f"it has more than one {header} header" in problem["message"], problem
+        assert f"Send {header} once" in problem["message"], problem
+        assert answers.next()[2] == b"kept"
+    with httpx.Client(base_url=server.url, headers=server.headers) as client:
+        assert client.get("/sessions", params={"limit": 1000}).status_code == 200
+        assert len(client.get(f"/sessions/{session_id}").json()["files"]) == 1
+
+
+def test_a_header_given_once_with_a_list_is_one_header(server: LiveServer) -> None:
+    session_id = a_session(server)
+    file = f"/sessions/{session_id}/files/doc.txt"
+    with httpx.Client(base_url=server.url, headers=server.headers) as client:
+        assert client.put(file, content=b"kept").status_code == 201
+    extra = f'If-Match: "{"0" * 64}", {_etag(b"kept")}\r\nContent-Length: 4\r\n'
+    with connect(server) as sock:
+        sock.sendall(head_of(server, f"PUT {file}", extra) + b"new!")
+        status, _, answer = Answers(sock).next()
+    assert status == 200, answer
