@@ -231,7 +231,8 @@ class TrashEntry:
         session_id: the session it came from.
         file: the file name, for a file entry.
         deleted_at: when it was moved to the trash (UTC).
-        reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``.
+        reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``; ``"unknown"`` for a
+            damaged manifest, ``"unreadable"`` for one this process may not read.
         title: the session's title when it was deleted (session entries).
     """
 
