@@ -748,6 +748,43 @@ class FileExistsInSessionError(StoreError):
     name: str
 
 
+class PreconditionFailedError(StoreError):
+    """A write's ``If-Match`` named a version of the file that is not its current one."""
+
+    code = "precondition_failed"
+    http_status = 412
+
+    method: str
+    session_id: str
+    name: str
+    wanted: str
+    """The ``If-Match`` header as the client sent it."""
+    current: str | None
+    """The current version's ETag, or ``None`` if the session has no such file."""
+
+    @property
+    def message(self) -> str:
+        what = f"{self.method} of file {self.name!r} in session {self.session_id} refused"
+        if self.current is None:
+            return (
+                f"{what}: If-Match: {self.wanted} asked for a version of it, and the session "
+                f"has no file {self.name!r} (deleted, or never uploaded); nothing was changed. "
+                "To create it, send the PUT without If-Match (with If-None-Match: * to create "
+                "it only)"
+            )
+        weak = (
+            " (a weak tag, W/, never matches: If-Match compares strongly, RFC 9110 13.1.1)"
+            if "W/" in self.wanted
+            else ""
+        )
+        return (
+            f"{what}: If-Match: {self.wanted} does not name its current version, ETag "
+            f"{self.current}, which another request wrote since{weak}; nothing was changed. "
+            "GET or HEAD the file for its current bytes and ETag, then send the "
+            f"{self.method} again with If-Match: {self.current}"
+        )
+
+
 # --- a client that holds more of the server than it may ----------------------------------
 
 

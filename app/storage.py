@@ -27,6 +27,7 @@ must return the same bytes as the encoding would.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +49,7 @@ __all__ = [
     "FileEntry",
     "Finding",
     "HolderWatch",
+    "IfMatch",
     "Page",
     "Probe",
     "SessionRecord",
@@ -136,6 +138,69 @@ def page_body(items: Iterable[bytes], total: int, next: str | None) -> bytes:
     return b'{"items":[%s],"total":%d,"next":%s}' % (b",".join(items), total, cursor)
 
 
+# RFC 9110, 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text.
+# Parsed here rather than by a library: Starlette has no parser, and werkzeug's parse_etags
+# would be a dependency for one regular expression.
+_ENTITY_TAG: Final = re.compile(r'[ \t]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*')
+
+
+@dataclass(frozen=True, slots=True)
+class IfMatch:
+    """A write's ``If-Match`` (RFC 9110, 13.1.1): change the file only at these versions.
+
+    Evaluated by the backend where the write commits, under the lock (or in the
+    transaction) that makes the write, so that of two clients naming the same version one
+    writes and the other is refused: a check before the commit could pass for both.
+
+    Attributes:
+        header: the header as the client sent it (for messages).
+        tags: the strong opaque tags it names (a file's ETag is ``"<sha256>"``); ``None``
+            for ``*``, any current version. A weak tag (``W/"..."``) is kept out: If-Match
+            compares strongly, so it never matches.
+    """
+
+    header: str
+    tags: frozenset[str] | None
+
+    @classmethod
+    def parse(cls, header: str) -> IfMatch:
+        """``If-Match``'s value: ``*``, or a comma-separated list of entity tags.
+
+        Raises:
+            BadRequestError: anything else (an unquoted tag, a stray character).
+        """
+        if header.strip(" \t") == "*":
+            return cls(header, None)
+        tags: set[str] = set()
+        for element in header.split(","):
+            if not element.strip(" \t"):
+                continue  # RFC 9110, 5.6.1: empty list elements are allowed and ignored
+            found = _ENTITY_TAG.fullmatch(element)
+            if found is None:
+                raise BadRequestError(
+                    f"If-Match: {header} is not * or a list of entity tags such as "
+                    '"<sha256>" (with the quotes); nothing was changed. Send the ETag that '
+                    "GET or HEAD gave, as it came"
+                )
+            if found.group(1) is None:
+                tags.add(found.group(2))
+        return cls(header, frozenset(tags))
+
+    def require(self, method: str, session_id: str, name: str, current: str | None) -> None:
+        """Refuse the write unless ``current`` (the file's SHA-256, ``None`` if there is no
+        such file) is a version this condition names.
+
+        Raises:
+            PreconditionFailedError: it is not (HTTP 412).
+        """
+        if current is not None and (self.tags is None or current in self.tags):
+            return
+        from app.errors import PreconditionFailedError
+
+        etag = None if current is None else f'"{current}"'
+        raise PreconditionFailedError(method, session_id, name, self.header, etag)
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of sessions, oldest first.
@@ -166,7 +231,8 @@ class TrashEntry:
         session_id: the session it came from.
         file: the file name, for a file entry.
         deleted_at: when it was moved to the trash (UTC).
-        reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``.
+        reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``; ``"unknown"`` for a
+            damaged manifest, ``"unreadable"`` for one this process may not read.
         title: the session's title when it was deleted (session entries).
     """
 
@@ -393,11 +459,21 @@ class Storage(Protocol):
     # files
     def list_files(self, session_id: str) -> list[FileEntry]: ...
     def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]: ...
-    def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload: ...
+    def begin_upload(
+        self, session_id: str, name: str, *, replace: bool = False, if_match: IfMatch | None = None
+    ) -> Upload:
+        """Start streaming a file into a session; with ``if_match``, it commits only over a
+        current version that the condition names (checked here, and again at the commit)."""
+        ...
+
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
     ) -> FileEntry: ...
-    def delete_file(self, session_id: str, name: str) -> TrashEntry: ...
+    def delete_file(
+        self, session_id: str, name: str, *, if_match: IfMatch | None = None
+    ) -> TrashEntry:
+        """Move a file to the trash; with ``if_match``, only a current version it names."""
+        ...
 
     # trash
     def list_trash(self) -> list[TrashEntry]: ...

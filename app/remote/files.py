@@ -21,7 +21,7 @@ from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry, trash_name, utc
 from app.remote.objects import ObjectStore, PutResult
 from app.remote.transfer import ObjectFile, RemoteUpload
-from app.storage import FileEntry, TrashEntry
+from app.storage import FileEntry, IfMatch, TrashEntry
 from app.store.ids import check_session_id
 
 __all__ = ["RemoteFiles"]
@@ -92,7 +92,9 @@ class RemoteFiles:
         )
         return cast(BinaryIO, file), entry
 
-    def begin_upload(self, session_id: str, name: str, *, replace: bool) -> RemoteUpload:
+    def begin_upload(
+        self, session_id: str, name: str, *, replace: bool, if_match: IfMatch | None = None
+    ) -> RemoteUpload:
         """Start streaming a file into a session (refused at once if it cannot commit)."""
         check_session_id(session_id)
         name = check_file_name(name)
@@ -102,12 +104,17 @@ class RemoteFiles:
                 "SELECT (SELECT count(*) FROM app_files f WHERE f.session_id = s.id"
                 "        AND f.deleted_at IS NULL) AS live,"
                 "       EXISTS (SELECT 1 FROM app_files f WHERE f.session_id = s.id"
-                "        AND f.name = %s AND f.deleted_at IS NULL) AS taken"
+                "        AND f.name = %s AND f.deleted_at IS NULL) AS taken,"
+                "       (SELECT f.sha256 FROM app_files f WHERE f.session_id = s.id"
+                "        AND f.name = %s AND f.deleted_at IS NULL) AS sha256"
                 " FROM app_sessions s WHERE s.id = %s AND s.deleted_at IS NULL",
-                (name, session_id),
+                (name, name, session_id),
             ).fetchone()
         if row is None:
             raise SessionNotFoundError(session_id)
+        if if_match is not None:
+            # Before the body too, so a stale client is not made to send it for nothing.
+            if_match.require("PUT", session_id, name, row["sha256"] if row["taken"] else None)
         if row["taken"] and not replace:
             raise FileExistsInSessionError(session_id, name)
         if not row["taken"] and row["live"] >= self.max_files:
@@ -119,6 +126,7 @@ class RemoteFiles:
             name,
             replace=replace,
             limit=self.max_upload_bytes,
+            if_match=if_match,
         )
 
     def put(
@@ -136,10 +144,16 @@ class RemoteFiles:
         what = f"the upload of {name!r} into session {session_id}"
         with self.db.change(session_id, moment, what) as conn:
             old = conn.execute(
-                "SELECT id FROM app_files WHERE session_id = %s AND name = %s"
+                "SELECT id, sha256 FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NULL FOR UPDATE",
                 (session_id, name),
             ).fetchone()
+            if upload.if_match is not None:
+                # In the transaction that switches the row, after `change` locked the
+                # session's row (every write to its files does): the version compared is
+                # the one this commit replaces.
+                current = None if old is None else old["sha256"]
+                upload.if_match.require("PUT", session_id, name, current)
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             trash = None
@@ -173,13 +187,23 @@ class RemoteFiles:
             "uploaded_at": moment.isoformat(timespec="microseconds"),
         }
 
-    def delete(self, session_id: str, name: str) -> TrashEntry:
-        """Move one file to the trash state (its object stays); audited."""
+    def delete(self, session_id: str, name: str, *, if_match: IfMatch | None = None) -> TrashEntry:
+        """Move one file to the trash state (its object stays; only a version ``if_match``
+        names); audited."""
         check_session_id(session_id)
         name = check_file_name(name)
         moment = now()
         trash = trash_name(moment, session_id, file=True)
         with self.db.change(session_id, moment) as conn:
+            if if_match is not None:
+                found = conn.execute(
+                    "SELECT sha256 FROM app_files WHERE session_id = %s AND name = %s"
+                    " AND deleted_at IS NULL",
+                    (session_id, name),
+                ).fetchone()
+                if_match.require(
+                    "DELETE", session_id, name, None if found is None else found["sha256"]
+                )
             row = conn.execute(
                 "UPDATE app_files SET deleted_at = %s, deleted_reason = 'delete', trash_name = %s"
                 " WHERE session_id = %s AND name = %s AND deleted_at IS NULL RETURNING id",

@@ -45,7 +45,15 @@ from app.remote.objects import ObjectStore
 from app.remote.sessions import RemoteSessions
 from app.remote.transfer import RemoteUpload
 from app.remote.trash import RemoteTrash
-from app.storage import CheckReport, FileEntry, Page, SessionRecord, Storage, TrashEntry
+from app.storage import (
+    CheckReport,
+    FileEntry,
+    IfMatch,
+    Page,
+    SessionRecord,
+    Storage,
+    TrashEntry,
+)
 
 __all__ = ["RemoteStore"]
 
@@ -292,9 +300,12 @@ class RemoteStore(Storage):
         """
         return self.files.open(session_id, name)
 
-    def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> RemoteUpload:
-        """Start streaming a file into a session (refused at once if it cannot commit)."""
-        return self.files.begin_upload(session_id, name, replace=replace)
+    def begin_upload(
+        self, session_id: str, name: str, *, replace: bool = False, if_match: IfMatch | None = None
+    ) -> RemoteUpload:
+        """Start streaming a file into a session (refused at once if it cannot commit);
+        ``if_match`` is checked again in the transaction that records it."""
+        return self.files.begin_upload(session_id, name, replace=replace, if_match=if_match)
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
@@ -302,9 +313,12 @@ class RemoteStore(Storage):
         """Store a whole file at once (bytes, or an iterable of chunks)."""
         return self.files.put(session_id, name, data, replace=replace)
 
-    def delete_file(self, session_id: str, name: str) -> TrashEntry:
-        """Move one file to the trash state (its object stays); audited."""
-        return self.files.delete(session_id, name)
+    def delete_file(
+        self, session_id: str, name: str, *, if_match: IfMatch | None = None
+    ) -> TrashEntry:
+        """Move one file to the trash state (its object stays; only a version ``if_match``
+        names); audited."""
+        return self.files.delete(session_id, name, if_match=if_match)
 
     # -- trash ------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from app.remote.errors import (
     ObjectStoreUnavailableError,
 )
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
-from app.storage import FileEntry
+from app.storage import FileEntry, IfMatch
 
 __all__ = ["ObjectFile", "RemoteUpload"]
 
@@ -148,12 +148,15 @@ class RemoteUpload(storage.Upload):
         *,
         replace: bool,
         limit: int,
+        if_match: IfMatch | None = None,
     ) -> None:
         self.objects = objects
         self._record = record
         self.session_id = session_id
         self.name = name
         self.replace = replace
+        self.if_match = if_match
+        """The version the commit must replace (checked in the transaction that records it)."""
         self.limit = limit
         self.received = 0
         self.replaced = False

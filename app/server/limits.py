@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import InvalidNameError, RequestCutShortError
+from app.errors import BadRequestError, InvalidNameError, RequestCutShortError
 from app.server.problems import problem_of
 from app.server.protocol import TURN, SlowReader
 
@@ -89,6 +89,40 @@ class Turn:
             await self.enter()
 
 
+ONCE_ONLY: Final = frozenset(
+    {
+        b"authorization",
+        b"content-type",
+        b"if-match",
+        b"if-modified-since",
+        b"if-none-match",
+        b"if-range",
+        b"if-unmodified-since",
+        b"range",
+    }
+)
+"""Headers a request may carry once, of those the app reads.
+
+Two of one are ambiguous: the app reads the first, and a proxy or a gateway in front may have
+checked the other (another token, another media type, another condition). ``If-Match`` and
+``If-None-Match`` are lists, which RFC 9110 lets a sender split over lines, but a gateway that
+reads only one line would see a different condition: one line is asked for. ``Content-Length``
+and ``Transfer-Encoding`` are h11's: two different lengths are refused there, two equal ones
+are one length (RFC 9110, 8.6); so is ``Host``, which h11 refuses twice (RFC 9112, 3.2).
+"""
+
+
+def repeated_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The first of `ONCE_ONLY` that ``headers`` (lower-case names, as h11 gives them) repeat."""
+    seen: set[bytes] = set()
+    for name, _ in headers:
+        if name in ONCE_ONLY:
+            if name in seen:
+                return name
+            seen.add(name)
+    return None
+
+
 def is_file(scope: Scope) -> bool:
     """Whether the path is a file's, ``/sessions/{id}/files/{name}``."""
     path: str = scope["path"]
@@ -115,7 +149,8 @@ def is_transfer(scope: Scope) -> bool:
 
 
 class RequestGuard:
-    """Answer 400 to a path that is not UTF-8 once percent-decoded, before any route runs.
+    """Answer 400 to a path that is not UTF-8 once percent-decoded, or to a header of
+    `ONCE_ONLY` given twice, before any route runs.
 
     A ``HEAD`` is routed as the ``GET`` of its path, but for a file's (which has its own).
 
@@ -145,6 +180,16 @@ class RequestGuard:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (twice := repeated_header(scope["headers"])) is not None:
+            shown = "-".join(part.capitalize() for part in twice.decode("ascii").split("-"))
+            ambiguous = BadRequestError(
+                f"request refused: it has more than one {shown} header. A proxy or a gateway "
+                "in front may have read one and this server the other, so which one counts "
+                f"is ambiguous; nothing was done. Send {shown} once"
+                + (" (its entity tags as one comma-separated list)" if b"if-" in twice else "")
+            )
+            await problem_of(ambiguous)(scope, receive, send)
+            return
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         # Without a percent sign an ASCII path is its own UTF-8 (h11 admits ASCII only).
         if raw and (b"%" in raw or not raw.isascii()):

@@ -21,9 +21,10 @@ from app.server.problems import PROBLEM_MEDIA_TYPE
 
 _ERRORS: Final = {
     400: (
-        "Malformed id or name, or a malformed body (`invalid_name`, `bad_request`); a write "
-        "that names a precondition other than a PUT's `If-None-Match: *` "
-        "(`precondition_unsupported`)."
+        "Malformed id or name, or a malformed body or `If-Match` (`invalid_name`, "
+        "`bad_request`); a write that names a precondition it does not evaluate "
+        "(`precondition_unsupported`): a file's writes evaluate `If-Match` and a PUT's "
+        "`If-None-Match: *`, a session's none."
     ),
     401: "Missing or wrong bearer token (`unauthorized`).",
     404: "No such session or file.",
@@ -31,7 +32,11 @@ _ERRORS: Final = {
         "A file of that name exists (`file_exists`), or the session holds "
         "`max_files_per_session` files already (`too_many_files`)."
     ),
-    412: "`If-None-Match: *` and the file exists (`precondition_failed`); nothing was changed.",
+    412: (
+        "`If-Match` names no current version of the file (a strong comparison with its "
+        "`ETag`), or `If-None-Match: *` and the file exists (`precondition_failed`); nothing "
+        "was changed."
+    ),
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
     415: "The body is not JSON (`unsupported_media_type`).",
     416: "The `Range` is outside the file (`range_not_satisfiable`).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -18,7 +19,7 @@ from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, erro
 from app.server.problems import ProblemResponse, problem
 from app.server.uploads import Pipeline, UploadSlots, refuse_declared_length
 from app.storage import FileEntry as StoredEntry
-from app.storage import Storage, Upload
+from app.storage import IfMatch, Storage, Upload
 
 _FILE_PATH: Final = "/sessions/{session_id}/files/{name:path}"
 _MULTIPART_SCHEMA: Final[dict[str, Any]] = {
@@ -120,14 +121,20 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         """Create or replace a file from the raw request body, streamed to disk.
 
         Answers 201 for a new file and 200 for a replaced one (the old bytes go to the trash).
+        With `If-Match: "<ETag>"` (a list, or `*`), it replaces only a current version named
+        there, compared in the same step as the switch (412 otherwise); with
+        `If-None-Match: *` it only creates.
         """
-        given = preconditions(request)
-        create_only = given == ["if-none-match"] and request.headers[given[0]].strip() == "*"
-        if given and not create_only:
-            return unsupported_precondition(request, given)
+        unsupported = preconditions(request, file=True)
+        if unsupported:
+            return unsupported_precondition(request, unsupported)
+        if_match = if_match_of(request)
+        create_only = "if-none-match" in request.headers
         refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
         try:
-            upload, entry = await _receive(store, slots, request, session_id, name, create_only)
+            upload, entry = await _receive(
+                store, slots, request, session_id, name, create_only, if_match
+            )
         except FileExistsInSessionError as error:
             if not create_only:
                 raise
@@ -195,14 +202,14 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         tags=["files"],
         operation_id="deleteFile",
         response_model=None,
-        responses={200: {"model": FileDeleted}, **errors(400, 401, 404, *STORAGE)},
+        responses={200: {"model": FileDeleted}, **errors(400, 401, 404, 412, *STORAGE)},
     )
     def delete_file(session_id: SessionId, name: FileName, request: Request) -> JSONResponse:
-        """Move a file to the trash."""
-        given = preconditions(request)
-        if given:
-            return unsupported_precondition(request, given)
-        entry = store.delete_file(session_id, name)
+        """Move a file to the trash (with `If-Match`, only a current version named there)."""
+        unsupported = preconditions(request, file=True, delete=True)
+        if unsupported:
+            return unsupported_precondition(request, unsupported)
+        entry = store.delete_file(session_id, name, if_match=if_match_of(request))
         return JSONResponse(
             {
                 "id": session_id,
@@ -220,12 +227,15 @@ async def _receive(
     session_id: str,
     name: str,
     create_only: bool,
+    if_match: IfMatch | None,
 ) -> tuple[Upload, StoredEntry]:
     """Stream a PUT's body into the file; return the committed upload and its entry."""
     with slots.hold(request):
         # Reads session.json, creates the temporary file: a worker thread's job.
         upload = await run_in_threadpool(
-            store.begin_upload, session_id, name, replace=not create_only
+            partial(
+                store.begin_upload, session_id, name, replace=not create_only, if_match=if_match
+            )
         )
         pipeline = Pipeline(upload)
         try:
@@ -242,30 +252,62 @@ async def _receive(
 _PRECONDITIONS: Final = ("if-match", "if-unmodified-since", "if-none-match")
 
 
-def preconditions(request: Request) -> list[str]:
-    """The preconditions (RFC 9110, 13.1) a write names, of those that apply to one.
+def preconditions(request: Request, *, file: bool = False, delete: bool = False) -> list[str]:
+    """The preconditions (RFC 9110, 13.1) a write names that it does not evaluate.
 
-    The store changes a file without comparing its version with one a client names in the
-    same step: a check made before the change could pass for two clients at once. Ignored,
-    as they were, they let a client that asked to replace only the version it had read
-    replace another client's (and RFC 9110, 13.1.1, says an origin server MUST evaluate
-    If-Match): a write that names one is refused, but for ``If-None-Match: *`` on a PUT,
-    which is the store's own create-only step (``replace=False``), checked where the file
-    is switched into place.
+    A file's writes evaluate ``If-Match`` (`if_match_of`), in the same step as the change,
+    and a file's PUT ``If-None-Match: *`` (create only). Evaluated nowhere else: a session has
+    no ETag. ``If-Unmodified-Since`` never: ``Last-Modified`` has whole seconds, so two
+    versions written within one second share a date, and the check would pass for a version
+    the client never saw; RFC 9110 (13.1.4) has it ignored when ``If-Match`` is there, as it
+    is here. ``If-None-Match`` with tags neither: a write that should happen only over a
+    version other than some would be a strange thing to want. Ignored, any of these would let
+    a client that asked to change only the version it had read change another client's: a
+    write that names one is refused.
     """
-    return [name for name in _PRECONDITIONS if name in request.headers]
+    given = [name for name in _PRECONDITIONS if name in request.headers]
+    if not file:
+        return given
+    headers = request.headers
+    return [
+        name
+        for name in given
+        if not (
+            name == "if-match"
+            or (name == "if-unmodified-since" and "if-match" in headers)
+            or (name == "if-none-match" and not delete and headers[name].strip(" \t") == "*")
+        )
+    ]
 
 
-def unsupported_precondition(request: Request, given: list[str]) -> ProblemResponse:
+def if_match_of(request: Request) -> IfMatch | None:
+    """The request's ``If-Match``, parsed (a malformed one is a 400), or ``None``."""
+    header = request.headers.get("if-match")
+    return None if header is None else IfMatch.parse(header)
+
+
+def unsupported_precondition(
+    request: Request, given: list[str], *, file: bool = True
+) -> ProblemResponse:
     names = " and ".join("-".join(p.title() for p in name.split("-")) for name in given)
+    if not file:
+        why = "a session has no ETag to compare with"
+        fix = "Send the request without it (a deleted session goes to the trash)"
+    else:
+        why = (
+            "a file's writes evaluate If-Match (the ETag that GET or HEAD gave, compared in "
+            "the same step as the change) and a PUT's If-None-Match: * only; a date cannot "
+            "tell apart two versions written within one second"
+        )
+        fix = (
+            "Send If-Match with the file's ETag instead, If-None-Match: * with a PUT that "
+            "must only create the file, or neither"
+        )
     return problem(
         400,
         "precondition_unsupported",
-        f"{request.method} {request.url.path} does not evaluate {names}: the server cannot "
-        "compare the version it changes with the one named in the same step as the change, "
-        "so it refuses rather than change another client's version. Read the current ETag "
-        "with HEAD and send the request without it (a replaced or deleted version goes to "
-        "the trash), or send If-None-Match: * with a PUT that must only create the file",
+        f"{request.method} {request.url.path} does not evaluate {names}: {why}; it refuses "
+        f"rather than change a version the client did not mean, and nothing was changed. {fix}",
     )
 
 

@@ -166,7 +166,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         """Move a session to the trash (``app sessions restore`` brings it back)."""
         given = preconditions(request)
         if given:
-            return unsupported_precondition(request, given)
+            return unsupported_precondition(request, given, file=False)
         entry = store.delete_session(session_id)
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})

@@ -46,6 +46,7 @@ from app.store.upload import Upload
 
 if TYPE_CHECKING:
     from app.dataroot import Prepared
+    from app.storage import IfMatch
     from app.store.sessions import Sessions
     from app.store.trash import Trash
 
@@ -115,19 +116,25 @@ class Files:
                     file.close()
         raise FileNotFoundInSessionError(session_id, record_path.name)
 
-    def begin_upload(self, session_id: str, name: str, *, replace: bool) -> Upload:
+    def begin_upload(
+        self, session_id: str, name: str, *, replace: bool, if_match: IfMatch | None = None
+    ) -> Upload:
         """Check all that can be refused before the first byte; then start the upload."""
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
         directory = self.sessions.directory(session_id)
         read_meta(directory, session_id)
         self._own_dirs(directory)
-        if load_record(record_path) is not None:
+        old = load_record(record_path)
+        if if_match is not None:
+            # Before the body too, so a stale client is not made to send it for nothing.
+            if_match.require("PUT", session_id, record_path.name, _version(old))
+        if old is not None:
             if not replace:
                 raise FileExistsInSessionError(session_id, record_path.name)
         else:
             self._refuse_one_file_too_many(session_id, record_path.parent)
-        return Upload(self, session_id, record_path.name, replace=replace)
+        return Upload(self, session_id, record_path.name, replace=replace, if_match=if_match)
 
     def _refuse_one_file_too_many(self, session_id: str, records: Path) -> None:
         # Counted only for a new name (a directory listing, not a read of the records), once
@@ -149,6 +156,10 @@ class Files:
         with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
             old = load_record(record_path)
+            if upload.if_match is not None:
+                # Under the session's lock, which every switch of this record takes: the
+                # version compared is the one this commit replaces.
+                upload.if_match.require("PUT", session_id, name, _version(old))
             if old is not None and not upload.replace:
                 raise FileExistsInSessionError(session_id, name)
             if old is None:
@@ -217,14 +228,16 @@ class Files:
         except OSError as error:
             log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
 
-    def delete(self, session_id: str, name: str) -> TrashEntry:
-        """Move one file to the trash; audited."""
+    def delete(self, session_id: str, name: str, *, if_match: IfMatch | None = None) -> TrashEntry:
+        """Move one file to the trash (only a version ``if_match`` names); audited."""
         self.root.ensure_held()
         record_path = self.record_path(session_id, name)
         name = record_path.name
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             old = load_record(record_path)
+            if if_match is not None:
+                if_match.require("DELETE", session_id, name, _version(old))
             if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
                 raise FileNotFoundInSessionError(session_id, name)
             entry = self.trash.new_entry(
@@ -311,3 +324,8 @@ def _inode(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return found.st_dev, found.st_ino
+
+
+def _version(record: FileRecord | None) -> str | None:
+    """The version an If-Match compares with: the SHA-256 its ETag carries."""
+    return None if record is None else record["sha256"]

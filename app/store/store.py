@@ -61,7 +61,7 @@ from app.store.trash import Trash
 
 if TYPE_CHECKING:
     from app.dataroot import DataRoot
-    from app.storage import HolderWatch
+    from app.storage import HolderWatch, IfMatch
     from app.store.upload import Upload
 
 __all__ = ["MAX_METADATA_BYTES", "MAX_TITLE_CHARS", "Store"]
@@ -303,13 +303,16 @@ class Store(Storage):
         """Open a session's file for sending, with its entry; the caller closes the file."""
         return self.files.open(session_id, name)
 
-    def begin_upload(self, session_id: str, name: str, *, replace: bool = False) -> Upload:
+    def begin_upload(
+        self, session_id: str, name: str, *, replace: bool = False, if_match: IfMatch | None = None
+    ) -> Upload:
         """Start streaming a file into a session (``replace``: an existing one goes to the trash).
 
         Everything that can be refused before the first byte is checked here: the lock, the
-        id, the name, that the session exists, and (unless ``replace``) that the name is free.
+        id, the name, that the session exists, (unless ``replace``) that the name is free,
+        and ``if_match`` (again at the commit, under the session's lock).
         """
-        return self.files.begin_upload(session_id, name, replace=replace)
+        return self.files.begin_upload(session_id, name, replace=replace, if_match=if_match)
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False
@@ -321,9 +324,12 @@ class Store(Storage):
             return upload.commit()
 
     @_changes
-    def delete_file(self, session_id: str, name: str) -> TrashEntry:
-        """Move one file of a session to ``.trash/``; audited."""
-        return self.files.delete(session_id, name)
+    def delete_file(
+        self, session_id: str, name: str, *, if_match: IfMatch | None = None
+    ) -> TrashEntry:
+        """Move one file of a session to ``.trash/`` (only a version ``if_match`` names);
+        audited."""
+        return self.files.delete(session_id, name, if_match=if_match)
 
     # -- trash --------------------------------------------------------------------------
 

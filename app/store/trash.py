@@ -25,7 +25,7 @@ from app.dataroot import (
     read_regular,
     write_new_file,
 )
-from app.errors import StoppedPartwayError
+from app.errors import PermissionDeniedStorageError, StoppedPartwayError
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from app.dataroot import DataRoot, Prepared
 
-__all__ = ["EMPTYING_PREFIX", "MISSING_MANIFEST", "TRASH_NAME_RE", "Trash"]
+__all__ = ["EMPTYING_PREFIX", "MISSING_MANIFEST", "TRASH_NAME_RE", "UNREADABLE", "Trash"]
 
 _TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
@@ -45,6 +45,9 @@ EMPTYING_PREFIX: Final = ".emptying-"
 """An entry ``empty-trash`` took out of the trash and is removing (``check`` finishes it)."""
 
 log = logging.getLogger("app.store")
+
+UNREADABLE: Final = "unreadable"
+"""The reason an entry is listed with when its manifest may not be read (EACCES, EPERM)."""
 
 MISSING_MANIFEST: Final = (FileNotFoundError, NotADirectoryError, NotRegularFileError)
 """A manifest that is not there to read. Any other failure (EMFILE, EIO) is raised: read as
@@ -157,6 +160,14 @@ class Trash:
             entry = self.read_entry(name)
             if entry is None:
                 continue
+            if entry.reason == UNREADABLE:
+                # It may hold what is asked for, newer than any entry below: restoring an
+                # older copy instead would answer with the wrong version.
+                what = f"session {session_id}" if file is None else f"file {file!r}"
+                raise PermissionDeniedStorageError(
+                    f"restore {what}: trash entry {name} may hold its newest copy, and its "
+                    f"{TRASH_MANIFEST} may not be read by this process"
+                )
             if file is None:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
                     return entry
@@ -208,6 +219,11 @@ class Trash:
             manifest = json.loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = {}
+        except PermissionError:
+            # Mode 000, another user's: one such entry once failed the whole listing (a 503
+            # for POST /trash/empty). Listed by its name; `check` reports it
+            # (`permission-denied`), and a restore that may need it refuses (`latest`).
+            manifest = {"reason": UNREADABLE}
         if not isinstance(manifest, dict):
             # JSON of another shape is as unreadable as a torn file: listed by its name, not
             # a crash of the trash listing, of restore, of empty-trash and of `check` (which

@@ -12,7 +12,7 @@ from app import storage
 from app.errors import UploadTooLargeError
 
 if TYPE_CHECKING:
-    from app.storage import FileEntry
+    from app.storage import FileEntry, IfMatch
     from app.store.files import Files
 
 __all__ = ["Upload"]
@@ -32,11 +32,21 @@ class Upload(storage.Upload):
         ...     entry = upload.commit()
     """
 
-    def __init__(self, files: Files, session_id: str, name: str, *, replace: bool) -> None:
+    def __init__(
+        self,
+        files: Files,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool,
+        if_match: IfMatch | None = None,
+    ) -> None:
         self.files = files
         self.session_id = session_id
         self.name = name
         self.replace = replace
+        self.if_match = if_match
+        """The version the commit must replace (checked under the session's lock)."""
         self.limit = files.max_upload_bytes
         self.received = 0
         self.replaced = False

@@ -126,6 +126,13 @@ EXAMPLES: list[errors.AppError] = [
     errors.MetadataTooLargeError(70012, 65536),
     errors.BadRequestError("limit must be at least 1, not 0"),  # Store.list_sessions' words
     errors.FileExistsInSessionError("3f2a9c", "report.pdf"),
+    errors.PreconditionFailedError(
+        "PUT",
+        "3f2a9c",
+        "report.pdf",
+        '"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+        '"60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752"',
+    ),
     errors.RequestTimeoutError("the client sent no byte of its body", 30, "request_idle_seconds"),
     errors.HeaderTooLargeError(32768),
     errors.TooManyUploadsError(32, 5),
