@@ -34,6 +34,9 @@ from pathlib import Path
 #: child. Every other variable Python or a library may have read while the zygote imported.
 _GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
 
+#: This process's environment when the tests were collected (this module is imported then).
+_RUN_ENVIRON = dict(os.environ)
+
 ZYGOTE = """
 import json, os, runpy, selectors, sys
 
@@ -137,9 +140,14 @@ class Zygote:
     running: Zygote | None = None
 
     def __init__(self) -> None:
-        self.environ = dict(os.environ)
+        # The environment of the run, not of the test that happened to come first (which
+        # may have changed a variable for its own children only).
+        self.environ = _RUN_ENVIRON
         self.process = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.environ,
         )
         self._lock = threading.Lock()
         self._ids = itertools.count()
