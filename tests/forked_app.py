@@ -8,8 +8,9 @@ both cores are busy with tests: there, only importing less often saves time. So 
 (the zygote) imports them once per pytest process, and forks one child per command. Each
 child is a process of its own (its own pid, killed with SIGKILL for real by the tests that
 do so), below the zygote in the test run's process tree, with the test's environment,
-arguments, working directory and output files, running ``app`` as ``python -m app`` would:
-``runpy``, ``SystemExit``, ``atexit``. What a fork cannot give is the command line in
+arguments, working directory and output files, running ``app`` as ``python -m app`` would
+(``runpy``, ``SystemExit``, ``atexit``), or a script of the app's classes as ``python -c``
+would (`python_c`). What a fork cannot give is the command line in
 ``/proc/<pid>/cmdline`` (the zygote's): a test that checks that starts its child itself.
 
 A command whose environment differs from the zygote's in anything but the variables the app
@@ -69,8 +70,12 @@ def become(given):
         os.dup2(os.open(given[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
     os.environ.clear()
     os.environ.update(given["env"])
-    sys.argv[1:] = given["args"]
-    runpy.run_module("app", run_name="__main__", alter_sys=True)
+    if given.get("code") is None:
+        sys.argv[1:] = given["args"]
+        runpy.run_module("app", run_name="__main__", alter_sys=True)
+    else:  # as `python -c CODE *args` runs it
+        sys.argv[:] = ["-c", *given["args"]]
+        exec(compile(given["code"], "<string>", "exec"), {"__name__": "__main__"})
 
 
 pending = b""
@@ -162,9 +167,16 @@ class Zygote:
 
         return self.process.poll() is None and own(env) == own(self.environ)
 
-    def fork(self, env: dict[str, str], args: list[str], stdout: Path, stderr: Path) -> Forked:
+    def fork(
+        self,
+        env: dict[str, str],
+        args: list[str],
+        stdout: Path,
+        stderr: Path,
+        code: str | None = None,
+    ) -> Forked:
         assert self.process.stdin is not None
-        given = {"env": env, "args": args, "cwd": os.getcwd()}
+        given = {"env": env, "args": args, "cwd": os.getcwd(), "code": code}
         with self._lock:
             ident = next(self._ids)
             self._started[ident] = None
@@ -238,3 +250,13 @@ def run(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str
             raise
         texts = [path.read_text() if path.exists() else "" for path in (out, err)]
     return subprocess.CompletedProcess(argv, code, *texts)
+
+
+def python_c(code: str, args: list[str], log: Path) -> subprocess.Popen[bytes] | Forked:
+    """``python -c code *args`` in this process's environment, its output appended to `log`,
+    left running: a script of the app's classes (the zygote imported them)."""
+    zygote = _forking(dict(os.environ))
+    if zygote is not None:
+        return zygote.fork(dict(os.environ), args, log, log, code)
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=out)
