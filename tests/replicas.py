@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import forked_app
 import httpx
 import psycopg
 import pytest
-import standby
 from engines import PostgresEngine, S3Engine
-from standby import serve
 
 from app.testing import wait_until_serving
 
@@ -69,7 +68,7 @@ def wait_for(condition: Callable[[], Any], what: str) -> Any:
 class Replica:
     """One `app serve` subprocess on the production profile."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | forked_app.Forked
     log: Path
     url: str = ""
 
@@ -97,6 +96,7 @@ class Production:
     env: dict[str, str]
     token: str
     replicas: list[Replica] = field(default_factory=list)
+    _conn: psycopg.Connection[Any] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -109,14 +109,21 @@ class Production:
         """The holder rows of live replicas, as the database shows them."""
         from app.remote import pg
 
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return pg.live_holders(conn)
+        # One connection for every poll: a connection per poll (every 10 ms while a replica
+        # starts) had the cluster fork a backend each time, on the cores the replica needs.
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url, autocommit=True)
+        return pg.live_holders(self._conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     def start(self, *args: str, ready: bool = True, **extra: str) -> Replica:
         log = self.tmp_path / f"replica-{len(self.replicas)}.log"
-        # ``python -m app serve``, from a standby interpreter that imported the app while an
-        # earlier test ran, when one fits (tests/standby.py): a process of its own all the same.
-        process = serve({**self.env, **extra}, log, ["serve", "--port", "0", *args])
+        # ``python -m app serve``, forked from a process that imported the app once
+        # (tests/forked_app.py): a process of its own all the same.
+        process = forked_app.serve({**self.env, **extra}, log, ["serve", "--port", "0", *args])
         replica = Replica(process, log)
         self.replicas.append(replica)
         if ready:
@@ -149,9 +156,9 @@ class Production:
         return url
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``python -m app *args`` in production's environment (from a standby interpreter
-        when one fits: tests/standby.py), its output captured."""
-        return standby.run(self.env, list(args))
+        """``python -m app *args`` in production's environment (forked: tests/forked_app.py),
+        its output captured."""
+        return forked_app.run(self.env, list(args))
 
     def run_side_by_side(
         self, *commands: tuple[str, ...]
@@ -225,4 +232,5 @@ def production_on(
             if replica.process.poll() is None:
                 replica.process.kill()
                 replica.process.wait()
+        prod.close()
         postgres_engine.drop_database(scratch)

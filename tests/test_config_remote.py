@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
@@ -268,13 +267,7 @@ def test_config_all_and_doctor_show_the_remote_keys_and_no_secret(settings) -> N
         ["--profile", "testing", "config"],
         ["--profile", "testing", "config", "--json"],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "app", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = forked_app.run(env, argv)  # `python -m app *argv` (tests/forked_app.py)
         outputs.append(done.stdout + done.stderr)
     everything = "\n".join(outputs)
     for secret in SECRETS:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked_app
 import pytest
 from engines import PostgresEngine, S3Engine
 
@@ -78,12 +79,9 @@ class Doctor:
         }
         if self.profile != "testing":
             env = {"PYTEST_APP_ALLOW_PROFILES": self.profile, "APP_API_TOKEN": TOKEN, **env}
-        return subprocess.run(
-            [sys.executable, "-m", "app", "--profile", self.profile, "doctor"],
-            env={**clean, "APP_SETTINGS_DIR": str(self.directory), "COLUMNS": "100", **env},
-            capture_output=True,
-            text=True,
-            check=False,
+        return forked_app.run(  # `python -m app` (tests/forked_app.py)
+            {**clean, "APP_SETTINGS_DIR": str(self.directory), "COLUMNS": "100", **env},
+            ["--profile", self.profile, "doctor"],
         )
 
     def objects(self) -> ObjectStore:
@@ -234,15 +232,12 @@ def test_a_versioned_bucket_says_so(doctor, s3_engine: S3Engine) -> None:
 
 def test_doctor_reaches_only_the_selected_profile_s_database_and_bucket(doctor) -> None:
     found = doctor(profile="production")
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "--profile", "development", "doctor"],
-        env={
+    done = forked_app.run(
+        {
             **{n: v for n, v in os.environ.items() if not n.startswith("APP_")},
             "APP_SETTINGS_DIR": str(found.directory),
         },
-        capture_output=True,
-        text=True,
-        check=False,
+        ["--profile", "development", "doctor"],
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "reached from here (read-only)" not in done.stdout

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
@@ -274,14 +273,7 @@ def test_a_worker_that_loses_its_connection_stops_every_worker_with_exit_70(
 
 def test_a_data_root_refuses_several_workers(tmp_path: Path) -> None:
     env = {**os.environ, "ENV_FOR_DYNACONF": "testing", "APP_DATA_ROOT": str(tmp_path / "root")}
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "serve", "--port", "0", "--workers", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = forked_app.run(env, ["serve", "--port", "0", "--workers", "2"])
     assert result.returncode == 2
     assert "--workers above 1 needs a profile on PostgreSQL and object storage" in result.stderr
     assert "profile 'testing' uses a local data root" in result.stderr

@@ -10,14 +10,14 @@ import contextlib
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import forked_app
 import psycopg
 import pytest
 from engines import S3Engine
@@ -335,7 +335,7 @@ with RemoteStore(database_url, objects, "production") as store:
 
 
 def test_replaces_from_two_processes(
-    s3_engine: S3Engine, opened: tuple[str, str], store: RemoteStore
+    s3_engine: S3Engine, opened: tuple[str, str], store: RemoteStore, tmp_path: Path
 ) -> None:
     session_id = store.create_session()["id"]
     store.put_file(session_id, "doc", b"original")
@@ -347,10 +347,12 @@ def test_replaces_from_two_processes(
         session_id,
     ]
     children = [
-        subprocess.Popen([sys.executable, "-c", _CONCURRENT_UPLOADER, *argv, tag])
+        forked_app.python_c(_CONCURRENT_UPLOADER, [*argv, tag], tmp_path / f"{tag}.log")
         for tag in ("a", "b")
     ]
-    assert [child.wait() for child in children] == [0, 0]
+    assert [child.wait() for child in children] == [0, 0], [
+        (tmp_path / f"{tag}.log").read_text() for tag in ("a", "b")
+    ]
     files = store.list_files(session_id)
     assert len(files) == 1
     assert _read(store, session_id, "doc") in {b"a4", b"b4"}
@@ -438,7 +440,7 @@ store.put_file(session_id, "never", b"bytes that no row will name")
 
 
 def test_an_upload_killed_before_its_commit_leaves_an_orphan_that_check_removes(
-    s3_engine: S3Engine, opened: tuple[str, str], store: RemoteStore
+    s3_engine: S3Engine, opened: tuple[str, str], store: RemoteStore, tmp_path: Path
 ) -> None:
     session_id = store.create_session()["id"]
     store.put_file(session_id, "kept", b"kept")
@@ -449,17 +451,16 @@ def test_an_upload_killed_before_its_commit_leaves_an_orphan_that_check_removes(
         holder_conn.execute(
             "SELECT 1 FROM app_sessions WHERE id = %s FOR NO KEY UPDATE", (session_id,)
         )
-        child = subprocess.Popen(
+        child = forked_app.python_c(
+            _KILLED_UPLOADER,
             [
-                sys.executable,
-                "-c",
-                _KILLED_UPLOADER,
                 *opened,
                 s3_engine.endpoint_url,
                 s3_engine.access_key_id,
                 s3_engine.secret_access_key,
                 session_id,
-            ]
+            ],
+            tmp_path / "uploader.log",
         )
         _wait_for_lock_wait(database_url)
         child.send_signal(signal.SIGKILL)

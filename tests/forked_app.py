@@ -1,0 +1,262 @@
+"""``python -m app`` children forked from one process that imported the remote backend once.
+
+A remote profile's ``app`` child spends most of its start-up importing (dynaconf, psycopg,
+boto3 and botocore's S3 model, FastAPI: about 1 s of CPU on this project's machine) before
+it does anything a test looks at. A standby interpreter (tests/standby.py) makes those imports
+while an earlier test runs, which hides them from a serial run but not from ``-n 2``, where
+both cores are busy with tests: there, only importing less often saves time. So this process
+(the zygote) imports them once per pytest process, and forks one child per command. Each
+child is a process of its own (its own pid, killed with SIGKILL for real by the tests that
+do so), below the zygote in the test run's process tree, with the test's environment,
+arguments, working directory and output files, running ``app`` as ``python -m app`` would
+(``runpy``, ``SystemExit``, ``atexit``), or a script of the app's classes as ``python -c``
+would (`python_c`). What a fork cannot give is the command line in
+``/proc/<pid>/cmdline`` (the zygote's): a test that checks that starts its child itself.
+
+A command whose environment differs from the zygote's in anything but the variables the app
+reads when it runs (`_GIVEN_AT_FORK`) runs as a plain subprocess instead, as does every
+command when ``os.pidfd_open`` is missing (the zygote watches its children through them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+#: What the child reads when it runs (the app's settings and the plugin's markers; the
+#: terminal width that click and ``shutil.get_terminal_size`` read when they print): set per
+#: child. Every other variable Python or a library may have read while the zygote imported.
+_GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
+
+#: This process's environment when the tests were collected (this module is imported then).
+_RUN_ENVIRON = dict(os.environ)
+
+ZYGOTE = """
+import json, os, runpy, selectors, sys
+
+import dynaconf, psycopg, boto3, zxcvbn
+import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
+from app.remote.objects import _new_client
+
+# The process-wide boto3 session, with botocore's S3 model loaded: its children's stores make
+# their clients from it. Explicit keys: no credential chain is searched (nor an instance's
+# metadata endpoint asked); a client sends nothing until a request is made.
+_new_client(service_name="s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+            aws_access_key_id="warm-up", aws_secret_access_key="warm-up")
+
+selector = selectors.DefaultSelector()
+selector.register(0, selectors.EVENT_READ)
+
+
+def answer(message):
+    os.write(1, (json.dumps(message) + "\\n").encode())
+
+
+def become(given):
+    # The child: only what `python -m app` would have, the test's output files.
+    selector.close()
+    for fd in given["close"]:
+        os.close(fd)
+    os.chdir(given["cwd"])
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        os.dup2(os.open(given[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
+    os.environ.clear()
+    os.environ.update(given["env"])
+    if given.get("code") is None:
+        sys.argv[1:] = given["args"]
+        runpy.run_module("app", run_name="__main__", alter_sys=True)
+    else:  # as `python -c CODE *args` runs it
+        sys.argv[:] = ["-c", *given["args"]]
+        exec(compile(given["code"], "<string>", "exec"), {"__name__": "__main__"})
+
+
+pending = b""
+watched = {}
+while True:
+    for key, _ in selector.select():
+        if key.fd != 0:
+            pid = watched.pop(key.fd)
+            selector.unregister(key.fd)
+            os.close(key.fd)
+            _, status = os.waitpid(pid, 0)
+            answer({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+            continue
+        data = os.read(0, 65536)
+        if not data:
+            sys.exit(0)  # the tests' process ended: no more commands
+        pending += data
+        while b"\\n" in pending:
+            line, pending = pending.split(b"\\n", 1)
+            given = json.loads(line)
+            given["close"] = list(watched)
+            pid = os.fork()
+            if pid == 0:
+                become(given)
+                sys.exit(0)  # `app` returned without SystemExit (it never does)
+            pidfd = os.pidfd_open(pid)
+            watched[pidfd] = pid
+            selector.register(pidfd, selectors.EVENT_READ)
+            answer({"id": given["id"], "pid": pid})
+"""
+
+
+class Forked:
+    """A forked ``app`` child, with the part of `subprocess.Popen` that the tests use."""
+
+    def __init__(self, pid: int, args: list[str]) -> None:
+        self.pid = pid
+        self.args = args
+        self.returncode: int | None = None
+        self.exited = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.exited.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        # As Popen does: not once it is known to have exited (its pid may be reused).
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    """The forking process: started on first use, one per pytest process; it ends when this
+    process does (its standard input closes)."""
+
+    running: Zygote | None = None
+
+    def __init__(self) -> None:
+        # The environment of the run, not of the test that happened to come first (which
+        # may have changed a variable for its own children only).
+        self.environ = _RUN_ENVIRON
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.environ,
+        )
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._started: dict[int, Forked | None] = {}
+        self._by_pid: dict[int, Forked] = {}
+        self._answered = threading.Condition(self._lock)
+        threading.Thread(target=self._read, daemon=True, name="forked-app").start()
+
+    def fits(self, env: dict[str, str]) -> bool:
+        def own(environ: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in environ.items() if not k.startswith(_GIVEN_AT_FORK)}
+
+        return self.process.poll() is None and own(env) == own(self.environ)
+
+    def fork(
+        self,
+        env: dict[str, str],
+        args: list[str],
+        stdout: Path,
+        stderr: Path,
+        code: str | None = None,
+    ) -> Forked:
+        assert self.process.stdin is not None
+        given = {"env": env, "args": args, "cwd": os.getcwd(), "code": code}
+        with self._lock:
+            ident = next(self._ids)
+            self._started[ident] = None
+            line = json.dumps({**given, "id": ident, "stdout": str(stdout), "stderr": str(stderr)})
+            self.process.stdin.write(line.encode() + b"\n")
+            self.process.stdin.flush()
+            while (child := self._started[ident]) is None:
+                assert self.process.poll() is None, "the app's zygote exited"
+                self._answered.wait(1)
+            del self._started[ident]
+        return child
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            message = json.loads(line)
+            with self._lock:
+                if "exited" in message:  # always after its start: one pipe, in order
+                    child = self._by_pid.pop(message["exited"])
+                    child.returncode = message["code"]
+                    child.exited.set()
+                    continue
+                child = Forked(message["pid"], ["app"])
+                self._by_pid[child.pid] = child
+                self._started[message["id"]] = child
+                self._answered.notify_all()
+
+
+_starting = threading.Lock()
+
+
+def _forking(env: dict[str, str]) -> Zygote | None:
+    """This process's zygote (started now if it is the first command) if it fits `env`."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    with _starting:
+        if Zygote.running is None:
+            Zygote.running = Zygote()
+    return Zygote.running if Zygote.running.fits(env) else None
+
+
+def serve(env: dict[str, str], log: Path, args: list[str]) -> subprocess.Popen[bytes] | Forked:
+    """``python -m app *args`` in `env`, its output appended to `log`, left running."""
+    zygote = _forking(env)
+    if zygote is not None:
+        return zygote.fork(env, args, log, log)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", *args], env=env, stdout=out, stderr=out
+        )
+
+
+def run(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m app *args`` in `env` run to its end, its output captured, as
+    ``subprocess.run(..., capture_output=True, text=True)`` would; its standard input empty."""
+    argv = [sys.executable, "-m", "app", *args]
+    zygote = _forking(env)
+    if zygote is None:
+        return subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=120, check=False,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="forked-app-") as directory:
+        out, err = Path(directory) / "stdout", Path(directory) / "stderr"
+        child = zygote.fork(env, args, out, err)
+        try:
+            code = child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()  # as subprocess.run does
+            child.wait()
+            raise
+        texts = [path.read_text() if path.exists() else "" for path in (out, err)]
+    return subprocess.CompletedProcess(argv, code, *texts)
+
+
+def python_c(code: str, args: list[str], log: Path) -> subprocess.Popen[bytes] | Forked:
+    """``python -c code *args`` in this process's environment, its output appended to `log`,
+    left running: a script of the app's classes (the zygote imported them)."""
+    zygote = _forking(dict(os.environ))
+    if zygote is not None:
+        return zygote.fork(dict(os.environ), args, log, log, code)
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=out)
