@@ -41,6 +41,23 @@ pytestmark = pytest.mark.skipif(
     reason="mounting a filesystem takes root and unshare(1)",
 )
 
+# For a child script: give up root's capabilities. Root without them is refused by a file's
+# mode like any user (a mode 000 file, another user's): a user switch would not reach the
+# test's 0700 temporary directory.
+DROP_CAPABILITIES = r"""
+def drop_capabilities():
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inherit")]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) == 0
+"""
+
 _ZYGOTE = (
     RUN_OPERATION
     + r"""
@@ -141,19 +158,9 @@ def way_out(root):
     return {"said": said, "served": served, "left": left, "lost": sorted(kept - contents(root))}
 
 
-def drop_capabilities():
-    # Root without its capabilities is refused by a file's mode like any user (a mode 000
-    # file, another user's): a user switch would not reach the test's 0700 temporary dir.
-    import ctypes
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inherit")]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) == 0
+"""
+    + DROP_CAPABILITIES
+    + r"""
 
 
 def unreadable(root, session_id):

@@ -15,7 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-CHILD = r"""
+from test_redteam_s21_store_full import DROP_CAPABILITIES
+
+CHILD = (
+    r"""
 import ctypes, json, os, sys
 
 from click.testing import CliRunner
@@ -25,15 +28,9 @@ from app.config import load
 from app.storage import open_storage
 
 
-def drop_capabilities():
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inherit")]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) == 0
+"""
+    + DROP_CAPABILITIES
+    + r"""
 
 
 config = load()
@@ -62,6 +59,7 @@ with open_storage(config, writer=True, kind="tests", wanted="use the trash") as 
 said["left"] = sorted(os.listdir(trash))
 print(json.dumps(said))
 """
+)
 
 
 def test_an_unreadable_trash_manifest_is_listed_by_name_reported_and_emptied(
