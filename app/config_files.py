@@ -17,12 +17,17 @@ import os
 import re
 import threading
 import tomllib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from app.errors import SettingsDirEmptyError, SettingsNotFoundError, SettingsSyntaxError
+from app.errors import (
+    SettingsAmbiguousError,
+    SettingsDirEmptyError,
+    SettingsNotFoundError,
+    SettingsSyntaxError,
+)
 
 SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
 SETTINGS_FILE = "settings.toml"
@@ -77,6 +82,23 @@ _TOML_MEMO_SIZE = 16
 _MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
 
 
+def _refuse_names_in_two_cases(path: Path, parsed: Mapping[str, Any]) -> None:
+    """Refuse sections, or keys of one section, that differ only in case (`layers` folds it)."""
+
+    def clash(names: Iterable[str]) -> list[str] | None:
+        seen: dict[str, list[str]] = {}
+        for name in names:
+            seen.setdefault(name.lower(), []).append(name)
+        return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
+
+    tables = {name: body for name, body in parsed.items() if isinstance(body, dict)}
+    if spellings := clash(tables):
+        raise SettingsAmbiguousError(path, spellings, None)
+    for name, body in tables.items():
+        if spellings := clash(body):
+            raise SettingsAmbiguousError(path, spellings, name)
+
+
 def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     raw = path.read_bytes()
     parsed = _TOML_MEMO.get(raw)
@@ -86,6 +108,7 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
         except tomllib.TOMLDecodeError as error:
             line, problem = _toml_line(error)
             raise SettingsSyntaxError(path, line, problem) from None
+        _refuse_names_in_two_cases(path, parsed)
         with _MEMO_LOCK:
             while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:
                 del _TOML_MEMO[next(iter(_TOML_MEMO))]

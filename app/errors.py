@@ -173,6 +173,39 @@ class SettingsSyntaxError(ConfigError):
         return f"{where}: invalid TOML: {self.problem}; fix the file and run `app doctor`"
 
 
+class SettingsAmbiguousError(ConfigError):
+    """A settings file names one section, or one key, twice in different case.
+
+    Profile and key names are case-insensitive (dynaconf's and the app's), so TOML's two
+    spellings are one name, and one silently replaced the other: the source a value is
+    shown with could be a table the value did not come from.
+    """
+
+    code = "settings_ambiguous"
+
+    path: Path
+    spellings: Sequence[str]
+    section: str | None  # None: the spellings are sections; else keys of this section
+
+    def __post_init__(self) -> None:
+        self.spellings = tuple(self.spellings)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        if self.section is None:
+            named = " and ".join(f"[{name}]" for name in self.spellings)
+            what = f"sections {named} are one profile"
+        else:
+            named = " and ".join(repr(name) for name in self.spellings)
+            what = f"keys {named} of [{self.section}] are one setting"
+        return (
+            f"{self.path}: {what} (names are not case-sensitive), so one would silently "
+            "replace the other; keep one spelling, merge what the other holds into it, and "
+            "run `app doctor`"
+        )
+
+
 class UnknownProfileError(ConfigError):
     """A profile name that is not a section of ``settings.toml``."""
 

@@ -39,6 +39,7 @@ from app.errors import (
     DynaconfSwitchError,
     InvalidSettingError,
     SandboxViolationError,
+    SettingsAmbiguousError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     UnknownProfileError,
@@ -582,6 +583,32 @@ def test_a_toml_syntax_error_in_the_secrets_file_names_that_file(
         load("testing")
     assert caught.value.path == where / ".secrets.toml"
     assert caught.value.line == 2
+
+
+def test_sections_or_keys_that_differ_only_in_case_are_refused(
+    make_settings: SettingsMaker, tmp_path: Path
+) -> None:
+    # Names are not case-sensitive, so [production] and [Production] (or data_root and
+    # DATA_ROOT in one section) were one name, and the later silently replaced the other.
+    roots = {name: toml_str(tmp_path / name) for name in ("t", "p", "q")}
+    where = make_settings(
+        f"[testing]\ndata_root = {roots['t']}\n[production]\ndata_root = {roots['p']}\n"
+        f"[Production]\ndata_root = {roots['q']}\n",
+        secrets="",
+    )
+    with pytest.raises(SettingsAmbiguousError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: sections [production] and [Production] are one profile "
+        "(names are not case-sensitive), so one would silently replace the other; keep one "
+        "spelling, merge what the other holds into it, and run `app doctor`"
+    )
+    assert caught.value.exit_code == 78
+    make_settings(secrets=f"[testing]\ndata_root = {roots['t']}\nDATA_ROOT = {roots['q']}\n")
+    with pytest.raises(SettingsAmbiguousError) as caught:
+        load("testing")
+    assert "keys 'data_root' and 'DATA_ROOT' of [testing] are one setting" in str(caught.value)
+    assert caught.value.path == where / ".secrets.toml"
 
 
 def test_an_unknown_key_is_reported_with_a_suggestion(
