@@ -58,9 +58,8 @@ def drop_capabilities():
     assert libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) == 0
 """
 
-_ZYGOTE = (
-    RUN_OPERATION
-    + r"""
+# A zygote's imports, before its first fork: what every case's operation needs, once.
+ZYGOTE_IMPORTS = r"""
 import errno, hashlib, json, os, shutil, subprocess, sys, traceback
 
 from app.config import load
@@ -69,6 +68,33 @@ from app.storage import open_storage
 
 import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
 import app.dataroot, app.store.concurrency, app.check
+"""
+
+# What a root holds, by content: the sha256 of every file with a client's bytes in it (not
+# the app's own records, nor its staging area; ``trash=False`` leaves the trash out too).
+CONTENTS = r"""
+NOT_CONTENT = {".server.lock", ".app-profile.json", "audit.jsonl", "trash.json", "session.json"}
+
+
+def contents(root, trash=True):
+    found = set()
+    for path, dirs, files in os.walk(root):
+        parts = os.path.relpath(path, root).split(os.sep)
+        if parts[0] in (".tmp", "lost+found") or "records" in parts:
+            continue
+        if not trash and parts[0] == ".trash":
+            continue
+        for name in files:
+            if name not in NOT_CONTENT:
+                with open(os.path.join(path, name), "rb") as file:
+                    found.add(hashlib.sha256(file.read()).hexdigest())
+    return found
+"""
+
+_ZYGOTE = (
+    RUN_OPERATION
+    + ZYGOTE_IMPORTS
+    + r"""
 
 DISK = sys.argv[1]
 # 1 MiB of blocks and 128 inodes: the template root takes a few dozen of each, and filling
@@ -80,7 +106,6 @@ FILLER = os.path.join(DISK, "filler")
 """
     + CLIENT_VIEW
     + r"""
-NOT_CONTENT = {".server.lock", ".app-profile.json", "audit.jsonl", "trash.json", "session.json"}
 
 
 def fill():
@@ -112,17 +137,9 @@ def unfill(n):
     os.rmdir(FILLER)
 
 
-def contents(root, trash=True):
-    found = set()
-    for path, dirs, files in os.walk(root):
-        parts = os.path.relpath(path, root).split(os.sep)
-        if parts[0] == ".tmp" or (not trash and parts[0] == ".trash") or "records" in parts:
-            continue
-        for name in files:
-            if name not in NOT_CONTENT:
-                with open(os.path.join(path, name), "rb") as file:
-                    found.add(hashlib.sha256(file.read()).hexdigest())
-    return found
+"""
+    + CONTENTS
+    + r"""
 
 
 

@@ -31,7 +31,7 @@ import pytest
 import test_redteam_s20_store_refusals as refusals
 from test_redteam_s18_crash_points import RUN_OPERATION
 from test_redteam_s20_store_refusals import CLIENT_VIEW
-from test_redteam_s21_store_full import template
+from test_redteam_s21_store_full import CONTENTS, ZYGOTE_IMPORTS, template
 
 __all__ = ["template"]  # red team 21's root: two files, a replaced version, a trashed session
 
@@ -45,15 +45,8 @@ pytestmark = pytest.mark.skipif(
 
 _ZYGOTE = (
     RUN_OPERATION
+    + ZYGOTE_IMPORTS
     + r"""
-import errno, hashlib, json, os, shutil, subprocess, sys, traceback
-
-from app.config import load
-from app.errors import storage_error
-from app.storage import open_storage
-
-import _strptime, dynaconf, dynaconf.loaders.toml_loader, filelock
-import app.dataroot, app.store.concurrency, app.check
 
 WORK = sys.argv[1]
 POOL = os.path.join(WORK, "pool")  # the thin pool: a small tmpfs holding the sparse image
@@ -86,21 +79,8 @@ def detach(loop, at):
     subprocess.run(["losetup", "--detach", loop], check=False, capture_output=True)
 """
     + CLIENT_VIEW
+    + CONTENTS
     + r"""
-NOT_CONTENT = {".server.lock", ".app-profile.json", "audit.jsonl", "trash.json", "session.json"}
-
-
-def contents(root):
-    found = set()
-    for path, dirs, files in os.walk(root):
-        parts = os.path.relpath(path, root).split(os.sep)
-        if parts[0] in (".tmp", "lost+found") or "records" in parts:
-            continue
-        for name in files:
-            if name not in NOT_CONTENT:
-                with open(os.path.join(path, name), "rb") as file:
-                    found.add(hashlib.sha256(file.read()).hexdigest())
-    return found
 
 
 def fill():
