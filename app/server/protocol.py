@@ -57,6 +57,7 @@ from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ client that reads or sends slowly holds no place while it does (`_Exchange`).
 _READ_FIRST: Final = 0.001
 
 
-def came_unread(transport: Any) -> bool:
+def came_unread(transport: Any, flow: FlowControl) -> bool:
     """Whether bytes from the client wait in the kernel that the event loop has not read.
 
     An idle timer measures the client's silence by when the server last read from it. When
@@ -96,7 +97,7 @@ def came_unread(transport: Any) -> bool:
     the client is not waiting on the server then, and they would hold the timer off for ever.
     """
     sock = transport.get_extra_info("socket")
-    if sock is None or transport.is_closing():
+    if sock is None or transport.is_closing() or flow.read_paused:
         return False
     try:
         waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
@@ -105,12 +106,15 @@ def came_unread(transport: Any) -> bool:
     return bool(struct.unpack("i", waiting)[0])
 
 
-def took_what_was_sent(transport: Any) -> bool:
+def took_what_was_sent(transport: Any, flow: FlowControl) -> bool:
     """Whether the client has read enough of the response for the kernel to take more.
 
     `came_unread`'s other half: a client that read in time while the server ran late looked
-    like one that stopped reading its download, and was abandoned (`SlowReader`).
+    like one that stopped reading its download, and was abandoned (`SlowReader`). Writing no
+    longer paused means it has.
     """
+    if not flow.write_paused:
+        return True
     sock = transport.get_extra_info("socket")
     if sock is None or transport.is_closing():
         return False
@@ -255,9 +259,7 @@ class _Exchange:
                 cycle = self.cycle
                 # Read in the loop's last turn (it woke this task as its timer fired), or
                 # still in the kernel: either way the client sent in time.
-                if not cycle.message_event.is_set() and (
-                    cycle.flow.read_paused or not came_unread(self.transport)
-                ):
+                if not cycle.message_event.is_set() and not came_unread(self.transport, cycle.flow):
                     return None
                 seconds = _READ_FIRST
 
@@ -270,7 +272,7 @@ class _Exchange:
                     await flow.drain()
                 return True
             except TimeoutError:
-                if flow.write_paused and not took_what_was_sent(self.transport):
+                if not took_what_was_sent(self.transport, flow):
                     return False
                 seconds = _READ_FIRST
 
@@ -542,7 +544,7 @@ def bounded_h11(
             self.transport.close()
 
         def timeout_keep_alive_handler(self) -> None:
-            if not self.flow.read_paused and came_unread(self.transport):
+            if came_unread(self.transport, self.flow):
                 self.timeout_keep_alive_task = self.loop.call_later(
                     _READ_FIRST, self.timeout_keep_alive_handler
                 )
@@ -553,7 +555,7 @@ def bounded_h11(
             self._head_timer = None
             if not self._between_requests() or self.transport.is_closing():
                 return  # a request is running: its body is bounded by the application
-            if not self.flow.read_paused and came_unread(self.transport):
+            if came_unread(self.transport, self.flow):
                 self._head_timer = self.loop.call_later(_READ_FIRST, self._head_timed_out)
                 return
             if self.conn.trailing_data[0]:
