@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import select
 import struct
 import termios
 from collections import deque
@@ -106,21 +105,21 @@ def came_unread(transport: Any, flow: FlowControl) -> bool:
     return bool(struct.unpack("i", waiting)[0])
 
 
-def took_what_was_sent(transport: Any, flow: FlowControl) -> bool:
-    """Whether the client has read enough of the response for the kernel to take more.
+def unsent(transport: Any) -> int | None:
+    """How many bytes of the response the kernel still holds for the client (``TIOCOUTQ``).
 
     `came_unread`'s other half: a client that read in time while the server ran late looked
-    like one that stopped reading its download, and was abandoned (`SlowReader`). Writing no
-    longer paused means it has.
+    like one that stopped reading its download, and was abandoned (`SlowReader`). A queue
+    that shrank while the server waited means the client read.
     """
-    if not flow.write_paused:
-        return True
     sock = transport.get_extra_info("socket")
     if sock is None or transport.is_closing():
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLOUT)
-    return bool(poller.poll(0))
+        return None
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", queued)[0])
 
 
 class _Turn(Protocol):
@@ -264,17 +263,24 @@ class _Exchange:
                 seconds = _READ_FIRST
 
     async def _drained_within(self, seconds: float) -> bool:
-        """Whether the transport took the response's bytes again within ``seconds``."""
+        """Whether the transport took the response's bytes again, the client reading some
+        of them in every ``seconds``."""
         flow = self.cycle.flow
+        queued = unsent(self.transport)
         while True:
             try:
                 async with asyncio.timeout(seconds):
                     await flow.drain()
                 return True
             except TimeoutError:
-                if not took_what_was_sent(self.transport, flow):
+                if not flow.write_paused:
+                    seconds = _READ_FIRST  # writing resumed as the timer fired
+                    continue
+                now = unsent(self.transport)
+                if now is None or queued is None or now >= queued:
                     return False
-                seconds = _READ_FIRST
+                # It read (perhaps while the server ran late): it has another wait.
+                queued, seconds = now, self.idle
 
     async def send(self, message: Any) -> None:
         cycle = self.cycle
