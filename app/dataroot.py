@@ -76,6 +76,7 @@ __all__ = [
     "describe",
     "fsync_dir",
     "json_bytes",
+    "mounts_inside",
     "open_root",
     "read_regular",
     "read_stamp",
@@ -655,7 +656,7 @@ def _refuse_too_deep(config: Config, root: Path) -> None:
 _MOUNTINFO: Final = Path("/proc/self/mountinfo")
 
 
-def _mounts_inside(root: Path) -> list[Path]:
+def mounts_inside(root: Path) -> list[Path]:
     """The mount points strictly inside ``root`` (Linux's mountinfo; none known elsewhere)."""
     try:
         lines = _MOUNTINFO.read_bytes().splitlines()
@@ -680,7 +681,7 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
     # tmpfs, replaces and deletes were acknowledged with their old bytes left behind, a
     # session's delete was a bare 500, and the repair that finishes the moves failed every
     # server start-up. The root itself may be a mount point; nothing inside it may be.
-    mounts = _mounts_inside(root)
+    mounts = mounts_inside(root)
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         path = root / name
         with contextlib.suppress(OSError):

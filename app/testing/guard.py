@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -301,10 +302,13 @@ def _refuse_data_roots_inside(given: Path, target: Path) -> None:
             )
 
 
-def _old_directories(rootdir: Path, keep: int) -> list[Path]:
-    """The numbered directories pytest deletes at the end of a run that adds one more: those
-    beyond the last `keep`, unless a live pytest holds them (its ``.lock``, younger than
-    pytest's lock timeout). Mirrors ``_pytest.pathlib.cleanup_numbered_dir``, which has no
+def _old_directories(
+    rootdir: Path, keep: int, *, adding: int = 1, alive_after: float | None = None
+) -> list[Path]:
+    """The numbered directories pytest deletes at the end of a run: those beyond the last
+    `keep`, counting the `adding` a run about to start makes (0 at its end), unless a live
+    pytest holds them (its ``.lock``, younger than `alive_after`: pytest's lock timeout ago
+    by default). Mirrors ``_pytest.pathlib.cleanup_numbered_dir``, which has no
     side-effect-free form."""
     import time
 
@@ -316,10 +320,11 @@ def _old_directories(rootdir: Path, keep: int) -> list[Path]:
     except OSError:
         return []
     numbers = {n: int(n[7:]) for n in names if n.startswith("pytest-") and n[7:].isdigit()}
-    last = max(numbers.values(), default=-1) + 1 - keep  # the run about to start adds one
+    last = max(numbers.values(), default=-1) + adding - keep
     doomed = [n for n, number in numbers.items() if number <= last]
     doomed += [n for n in names if n.startswith("garbage-")]
-    alive_after = time.time() - LOCK_TIMEOUT
+    if alive_after is None:
+        alive_after = time.time() - LOCK_TIMEOUT
     found = []
     for name in sorted(doomed):
         lock = rootdir / name / ".lock"
@@ -383,9 +388,7 @@ def _refuse_live_roots_in_old_directories(config: pytest.Config, rootdir: Path) 
     __tracebackhide__ = True
     from app.lock import probe
 
-    keep = int(config.getini("tmp_path_retention_count"))
-    if config.getini("tmp_path_retention_policy") == "none":
-        keep = 0
+    keep = _retention_keep(config)
     doomed = _old_directories(rootdir, keep)
     if not doomed:
         return
@@ -430,6 +433,75 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
     _refuse_live_roots_in_old_directories(config, rootdir)
 
 
+def _retention_keep(config: pytest.Config) -> int:
+    # As pytest reads it (`TempPathFactory.getbasetemp`): policy "none" keeps no directory.
+    if config.getini("tmp_path_retention_policy") == "none":
+        return 0
+    return int(config.getini("tmp_path_retention_count"))
+
+
+def _keep_held_directories(
+    config: pytest.Config, rootdir: Path, keep: int, alive_after: float, sandbox: Path
+) -> None:
+    """Just before pytest's own clean-up at the end of the run: keep each numbered directory
+    it would delete that holds a data root a live process holds, or a mount point.
+
+    The start of the run looked already (`_refuse_live_roots_in_old_directories`), but pytest
+    picks what to delete only now, from the directories there now: a run started meanwhile
+    (another project's, another terminal's) makes older ones due, and a server started
+    meanwhile on a failed test's data was never seen. And its deletion goes on into a
+    filesystem mounted there (production's root bind-mounted to look at it, an sshfs), which
+    no lock file under the directory shows. pytest leaves alone a directory whose ``.lock``
+    is fresh (its own mark of one in use): that mark keeps it, and the run says so.
+    """
+    doomed = [
+        old
+        for old in _old_directories(rootdir, keep, adding=0, alive_after=alive_after)
+        if old != sandbox  # the run's own (policy "none"): what is live in it is the run's
+    ]
+    if not doomed:
+        return
+    from app.dataroot import mounts_inside
+    from app.lock import probe
+
+    reasons: dict[Path, str] = {}
+    for lock in sorted(_lock_files_under(doomed)):
+        if (seen := probe(lock.parent)).held:
+            old = next(d for d in doomed if lock.is_relative_to(d))
+            reasons.setdefault(
+                old,
+                f"it holds the data root {lock.parent}, held by {describe_holder(seen.holder)}. "
+                f"Stop that process, then delete the directory (rm -rf {old}), or move its "
+                f"data root out of {rootdir}",
+            )
+    for old in doomed:
+        mounts = mounts_inside(old)
+        if mounts and old not in reasons:
+            reasons[old] = (
+                f"a filesystem is mounted in it at {mounts[0]} (`findmnt {mounts[0]}` shows "
+                "what), and the deletion would go on into it and delete what it holds. "
+                f"Unmount it (umount {mounts[0]}), then delete the directory (rm -rf {old})"
+            )
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for old, reason in reasons.items():
+        lock = old / ".lock"
+        try:
+            lock.touch()
+            os.utime(lock)  # fresh even where it was there, stale
+        except OSError as error:
+            done = f"app: could not keep {old} ({error.strerror}, writing {lock}): pytest"
+        else:
+            done = f"app: kept {old}: pytest"
+        line = (
+            f"{done} deletes it at the end of this run (it keeps only the last {keep} of its "
+            f"temporary directories, tmp_path_retention_count), but {reason}"
+        )
+        if reporter is not None:
+            reporter.write_line(line, yellow=True)
+        else:
+            print(line, file=sys.stderr)
+
+
 def make_sandbox(
     config: pytest.Config, given: str | None, roots: dict[str, Path]
 ) -> tuple[pytest.TempPathFactory, Path]:
@@ -451,6 +523,22 @@ def make_sandbox(
         _ispytest=True,
     )
     sandbox = factory.getbasetemp().resolve()
+    if not given:
+        from _pytest.pathlib import LOCK_TIMEOUT
+
+        # pytest registered its clean-up of the older numbered directories on this stack as
+        # it made the sandbox; the stack runs last in, first out, so this runs just before
+        # it, at the session's end or at exit (private: see the pytest bound in
+        # pyproject.toml). Its locks count as alive against the sandbox's creation, as here.
+        alive_after = sandbox.stat().st_mtime - LOCK_TIMEOUT
+        factory._exit_stack.callback(
+            _keep_held_directories,
+            config,
+            sandbox.parent,
+            _retention_keep(config),
+            alive_after,
+            sandbox,
+        )
     (sandbox / SANDBOX_MARK).write_text(
         "A pytest sandbox of the app's plugin: pytest empties it when it is reused.\n"
     )
