@@ -364,11 +364,13 @@ class SandboxViolationError(ConfigError):
     what: str
     sandbox: Path | None
     fix: str
+    #: The test runner the refusal is made under: ``pytest``, or ``unittest`` (no plugin).
+    runner: str = field(default="pytest", kw_only=True)
 
     @property
     def message(self) -> str:
         inside = f" (sandbox: {self.sandbox})" if self.sandbox is not None else ""
-        return f"refused under pytest{inside}: {self.what}. {self.fix}"
+        return f"refused under {self.runner}{inside}: {self.what}. {self.fix}"
 
 
 # --- data roots ----------------------------------------------------------------------

@@ -423,6 +423,9 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                 "app's plugin"
             )
             bare_argv = argv
+        elif depth and bare is None and _looks_like_unittest(argv):
+            bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
+            bare_argv = argv
     return None, bare
 
 
@@ -439,6 +442,8 @@ def _cmdline(pid: int | str) -> list[str]:
         raw = (_PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return []
+    # Each word ends with a NUL: without the last one, a shown command line ended in ''.
+    raw = raw[:-1] if raw.endswith(b"\0") else raw
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
 
 
@@ -488,6 +493,51 @@ def _looks_like_pytest(argv: list[str]) -> bool:
     return False
 
 
+#: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`.
+_UNITTEST_MODULES: Final = frozenset({"unittest", "unittest.__main__"})
+_UNITTEST_CODE: Final = re.compile(
+    r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b"
+)
+#: How a refusal names a unittest run, which has no plugin of the app's to run under.
+_UNITTEST_ANCESTOR: Final = "an ancestor process runs tests with unittest"
+_UNITTEST_HERE: Final = (
+    "while unittest runs tests in this process, without the app's sandbox (its command line "
+    "is unittest's, or a TestCase runs on this thread)"
+)
+
+
+def _looks_like_unittest(argv: list[str]) -> bool:
+    # unittest's own runner has no plugins: a TestCase run by `python -m unittest` in a shell
+    # that exported production loaded it, and its maintenance command purged it. Only
+    # Python's `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents).
+    if not argv or _PYTHON.fullmatch(Path(argv[0]).name) is None:
+        return False
+    for index, arg in enumerate(argv[1:], 1):
+        option = _MODULE_OR_CODE.fullmatch(arg)
+        if option is None:
+            if not arg.startswith("-"):
+                return False  # a script: what follows is its own arguments
+            continue
+        value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
+        return (
+            (value in _UNITTEST_MODULES) if option[1] == "m" else bool(_UNITTEST_CODE.search(value))
+        )
+    return False
+
+
+def _runs_unittest() -> bool:
+    """Whether unittest runs a test in this process: its command line is unittest's, or a
+    TestCase's run is on this thread's stack (``unittest.main()`` in a script)."""
+    if _looks_like_unittest(_cmdline("self")):
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "unittest.case":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 # --- the run ----------------------------------------------------------------------------
 
 
@@ -511,11 +561,14 @@ class Context(NamedTuple):
             rules apply on top of the run's.
         remedy: what resolves a refusal under `bare`, besides running the app's plugin
             (empty where a pytest without the plugin surely runs).
+        runner: the test runner `bare` names, for the fix a refusal gives.
     """
 
     run: Run | None
     bare: str | None
     remedy: str = ""
+    #: The test runner `bare` names: ``pytest`` (without the app's plugin) or ``unittest``.
+    runner: str = "pytest"
 
 
 OUTSIDE: Final = Context(None, None)
@@ -587,12 +640,16 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     if run is not None:
         return Context(_narrowed(run, env), None)
     run, ancestor = _walk_tree()
-    bare = f"while pytest runs without the app's sandbox ({ancestor})" if ancestor else None
+    runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
+    bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
     imported = "_pytest.main" in sys.modules
     if imported and _runs_pytest():
         bare = _RUNS_HERE if not _PLUGIN_INACTIVE else _RUNS_HERE_INACTIVE
+        runner = "pytest"
+    elif bare is None and "unittest.case" in sys.modules and _runs_unittest():
+        bare, runner = _UNITTEST_HERE, "unittest"
     if run is not None:
-        return Context(_narrowed(run, env), bare)
+        return Context(_narrowed(run, env), bare, runner=runner)
     raw = env.get(SANDBOX_ENV)
     if raw is not None:
         path = Path(raw)
@@ -604,7 +661,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
             )
         how = f"the environment ({SANDBOX_ENV})"
         scratch = _scratch_suffix(env.get(SCRATCH_ENV))
-        return Context(Run(path.resolve(), None, (), how, scratch=scratch), bare)
+        return Context(Run(path.resolve(), None, (), how, scratch=scratch), bare, runner=runner)
     if bare is None and imported:
         return _imported_only()
     if bare is None:
@@ -617,7 +674,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
                     f"if it runs none, unset {name} (pytest sets it for its tests and the "
                     "processes they start)",
                 )
-    return Context(None, bare)
+    return Context(None, bare, runner=runner)
 
 
 def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
@@ -1146,6 +1203,15 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
     """
     if where.bare is not None:
         without = where.bare
+        if profile != "testing" and where.runner == "unittest":
+            raise SandboxViolationError(
+                f"loading profile {profile!r} {without}",
+                None,
+                f"Run the tests with pytest instead ({_UNDER_PYTEST}; to test profile "
+                f"{profile!r} there, mark the test @pytest.mark.app_profile({profile!r})), "
+                "or load the testing profile (ENV_FOR_DYNACONF=testing)",
+                runner="unittest",
+            )
         if profile != "testing":
             plugin = f"the app's pytest plugin: {why_no_plugin()}"
             raise SandboxViolationError(
@@ -1173,6 +1239,9 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             fix = (
                 f"Run the tests with the app's pytest plugin, which {neutralises} "
                 f"({why_no_plugin()}), or set {key} in [testing] of settings.toml and {undo}"
+                if where.runner != "unittest"
+                else f"Run the tests with pytest instead, whose app plugin {neutralises} "
+                f"({_UNDER_PYTEST}), or set {key} in [testing] of settings.toml and {undo}"
             )
             raise SandboxViolationError(
                 f"{storage} from {source} {without}",
@@ -1180,6 +1249,7 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
                 f"If it runs tests: {fix[0].lower()}{fix[1:]}; {where.remedy}"
                 if where.remedy
                 else fix,
+                runner=where.runner,
             )
     run = where.run
     if run is None:
@@ -1193,6 +1263,12 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"its data root is then mapped into the sandbox{_left_over(run)}",
         )
 
+
+#: What running unittest's tests with pytest gives them.
+_UNDER_PYTEST: Final = (
+    "`python -m pytest <the same test files>` runs unittest's TestCases too, in a sandbox of "
+    "the app's plugin"
+)
 
 #: How `check_profile`'s `storage` names a remote profile's values.
 _REMOTE_KEYS_SHOWN: Final = ("database_url ", "blob_url ")

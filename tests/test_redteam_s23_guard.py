@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from _pytest.tmpdir import get_user
+from project_copy import copy_project_settings
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_server_e2e import Server, app_env
+
+from app import sandbox
 
 
 def _shell_without_the_run(monkeypatch: pytest.MonkeyPatch, temproot: Path) -> None:
@@ -57,15 +62,14 @@ def test_a_live_root_in_a_directory_due_only_at_the_run_s_end_is_kept(
         assert (root / "sessions").is_dir(), output
         with server.client() as client:
             assert client.get("/sessions").json()["total"] == 1
-        result.stdout.fnmatch_lines(
-            [
-                f"app: kept {numbered / 'pytest-2'}: pytest deletes it at the end of this run "
-                "(it keeps only the last 3 of its temporary directories, "
-                f"tmp_path_retention_count), but it holds the data root {root}, held by pid "
-                f"{server.pid}, kind server*. Stop that process, then delete the directory "
-                f"(rm -rf {numbered / 'pytest-2'}), or move its data root out of {numbered}*"
-            ]
+        kept = (
+            f"app: kept {numbered / 'pytest-2'}: pytest deletes it at the end of this run "
+            "(it keeps only the last 3 of its temporary directories, "
+            f"tmp_path_retention_count), but it holds the data root {root}, held by pid "
+            f"{server.pid}, kind server*. Stop that process, then delete the directory "
+            f"(rm -rf {numbered / 'pytest-2'}), or move its data root out of {numbered}*"
         )
+        result.stdout.fnmatch_lines([kept])
         # The rest of pytest's clean-up went on.
         assert not (numbered / "pytest-1").exists()
     finally:
@@ -103,14 +107,117 @@ def test_a_directory_due_for_deletion_with_another_root_mounted_in_it_is_kept(
     assert result.ret == 0, output
     assert (root / "sessions" / "0123" / "session.json").read_text() == '{"title": "kept"}'
     assert (root / ".app-profile.json").is_file()
-    result.stdout.fnmatch_lines(
-        [
-            f"app: kept {numbered / 'pytest-0'}: pytest deletes it at the end of this run "
-            "(it keeps only the last 3 of its temporary directories, "
-            f"tmp_path_retention_count), but a filesystem is mounted in it at "
-            f"{mount_point} (`findmnt {mount_point}` shows what), and the deletion would "
-            f"go on into it and delete what it holds. Unmount it (umount {mount_point}), "
-            f"then delete the directory (rm -rf {numbered / 'pytest-0'})"
-        ]
+    kept = (
+        f"app: kept {numbered / 'pytest-0'}: pytest deletes it at the end of this run "
+        "(it keeps only the last 3 of its temporary directories, "
+        "tmp_path_retention_count), but a filesystem is mounted in it at "
+        f"{mount_point} (`findmnt {mount_point}` shows what), and the deletion would "
+        f"go on into it and delete what it holds. Unmount it (umount {mount_point}), "
+        f"then delete the directory (rm -rf {numbered / 'pytest-0'})"
     )
+    result.stdout.fnmatch_lines([kept])
     assert not (numbered / "pytest-1").exists()
+
+
+#: Run outside any pytest run (a PID namespace with a /proc of its own): production's root
+#: made by the app, then a unittest run whose test starts the incident's maintenance command
+#: with a hand-built environment, and loads the shell's profile itself.
+MAKE_PRODUCTION = (
+    "from app.config import load\n"
+    "from app.storage import open_storage\n"
+    "with open_storage(load(serving=False), writer=True, wanted='fill it') as store:\n"
+    "    store.create_session('a review', {})\n"
+)
+INCIDENT_TESTCASE = """
+import os, subprocess, sys, unittest
+from app.config import load
+from app.errors import SandboxViolationError
+
+class TestCleanUp(unittest.TestCase):
+    def test_starts_clean(self):
+        env = {key: os.environ[key] for key in ("PATH", "APP_SETTINGS_DIR", "ENV_FOR_DYNACONF")}
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+            env=env, capture_output=True, text=True,
+        )
+        print("CHILD", done.returncode, (done.stderr.strip().splitlines() or [""])[-1])
+        try:
+            print("LOADED", load(serving=False).data_root)
+        except SandboxViolationError as refused:
+            print("REFUSED", refused)
+"""
+
+
+def test_a_unittest_run_in_a_production_shell_is_refused_production(tmp_path: Path) -> None:
+    # unittest's runner has no plugin of the app's: a TestCase run by `python -m unittest`
+    # in a shell that exported ENV_FOR_DYNACONF=production loaded it, and its child (a
+    # hand-built environment, as the incident's clean-up) purged production's sessions,
+    # a stopped server's root, which no lock defends.
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    settings = copy_project_settings(tmp_path / "settings")
+    production = settings / "data" / "production"
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_clean.py").write_text(INCIDENT_TESTCASE)
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_SETTINGS_DIR": str(settings),
+        "ENV_FOR_DYNACONF": "production",
+    }
+    script = '"$1" -c "$2" && cd "$3" && exec "$1" -m unittest discover -s tests'
+    done = subprocess.run(
+        [*OWN_PROC, "sh", "-c", script, "sh", sys.executable, MAKE_PRODUCTION, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    said = done.stdout.splitlines()
+    assert len(said) == 2, done.stdout + done.stderr
+    assert said[0].startswith("CHILD 78 "), said
+    ancestor = (
+        "refused under unittest: loading profile 'production' while unittest runs without the "
+        "app's sandbox (an ancestor process runs tests with unittest (pid "
+    )
+    assert ancestor in said[0], said[0]
+    assert "-m unittest discover -s tests)). Run the tests with pytest instead (" in said[0]
+    assert said[1] == (
+        "REFUSED refused under unittest: loading profile 'production' while unittest runs tests "
+        "in this process, without the app's sandbox (its command line is unittest's, or a "
+        "TestCase runs on this thread). Run the tests with pytest instead (`python -m pytest "
+        "<the same test files>` runs unittest's TestCases too, in a sandbox of the app's "
+        "plugin; to test profile 'production' there, mark the test "
+        "@pytest.mark.app_profile('production')), or load the testing profile "
+        "(ENV_FOR_DYNACONF=testing)"
+    ), said[1]
+    assert len(list((production / "sessions").iterdir())) == 1
+    assert not any((production / ".trash").iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-m", "unittest"],
+        ["-munittest", "discover", "-s", "tests"],
+        ["-Im", "unittest", "test_x"],
+        ["-c", "import unittest; unittest.main(module='test_x')"],
+        ["-c", "from unittest import main; main()"],
+    ],
+)
+def test_a_command_line_that_runs_unittest_is_taken_for_a_test_run(argv: list[str]) -> None:
+    assert sandbox._looks_like_unittest([sys.executable, *argv])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-c", "import unittest.mock"],
+        ["script.py", "-m", "unittest"],
+        ["-m", "app", "unittest"],
+        ["-X", "dev", "-m", "app"],
+    ],
+)
+def test_a_command_line_that_only_names_unittest_is_not_taken_for_a_test_run(
+    argv: list[str],
+) -> None:
+    assert not sandbox._looks_like_unittest([sys.executable, *argv])
