@@ -952,12 +952,13 @@ def _end_entry() -> None:
     """At exit: hand the run's entry on to the processes that outlive it, then remove it.
 
     A process a test started that is still running when the run ends (a daemon it
-    double-forked, which the run adopted as its subreaper, or a child it never waited for)
-    would be re-parented to init, out of the run's tree: with a hand-built environment, it
-    could load production a second later. Each gets an entry of its own, with the run's
-    sandbox and protected roots, so it and everything it starts stay in the run until it
-    exits (the next run forgets the entry then). Only this process's children: no walk of
-    /proc, so a run ends at the cost of one read per thread.
+    double-forked, which the run adopted as its subreaper, a child it never waited for, or
+    that child's own children) would be re-parented to init once its parent is gone, out of
+    the run's tree: with a hand-built environment, it could load production a second later.
+    Each gets an entry of its own, with the run's sandbox and protected roots, so it and
+    everything it starts stay in the run until it exits (the next run forgets the entry
+    then). Only this process's descendants: no walk of all of /proc, so a run ends at the
+    cost of one read per thread of each.
     """
     pid = _proc_self()
     started = _stat_fields(pid) if pid is not None else None
@@ -965,14 +966,24 @@ def _end_entry() -> None:
         return
     run = _in_process()
     if run is not None:
-        for child in _children(pid):
+        # Every descendant, not only the children: a supervisor's worker kept the run only
+        # through its supervisor, and when that exited after the run, it was re-parented to
+        # init, out of any run.
+        pending, seen = list(_children(pid)), {pid}
+        while pending:
+            child = pending.pop()
             fields = _stat_fields(child)
             # A child with an entry of its own (an xdist worker still exiting, a pytest a
-            # test started) is a run of its own: its entry stays as it wrote it.
-            if fields is None or (RUNS_DIR / _entry_name(child, fields[1])).exists():
+            # test started) is a run of its own: its entry stays as it wrote it, and what
+            # it started is its own to hand on.
+            if child in seen or fields is None:
+                continue
+            seen.add(child)
+            if (RUNS_DIR / _entry_name(child, fields[1])).exists():
                 continue
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child)
+            pending.extend(_children(child))
     with contextlib.suppress(OSError):
         (RUNS_DIR / _entry_name(pid, started[1])).unlink()
 

@@ -8,7 +8,9 @@ makes older ones due, and a server started meanwhile is not seen at all.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from _pytest.tmpdir import get_user
 from project_copy import copy_project_settings
+from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_server_e2e import Server, app_env
 
@@ -221,3 +224,81 @@ def test_a_command_line_that_only_names_unittest_is_not_taken_for_a_test_run(
     argv: list[str],
 ) -> None:
     assert not sandbox._looks_like_unittest([sys.executable, *argv])
+
+
+#: A run (registered as the plugin does) whose test starts a supervisor with a hand-built
+#: environment, which starts a worker; the run ends once the worker is up. The supervisor
+#: exits once the run has ended (its pipe closes); the worker, once the supervisor has, then
+#: asks for production and writes what it got to a FIFO.
+SUPERVISOR_AFTER_THE_RUN = """
+import json, os, subprocess, sys
+from pathlib import Path
+from app import sandbox
+sandbox.register(Path(sys.argv[1]), ())
+run_ended, _run_running = os.pipe()
+up, worker_up = os.pipe()
+env = {**json.loads(sys.argv[2]), "LOAD": sys.argv[3], "FIFO": sys.argv[4]}
+worker = '''
+import os, sys
+os.write(int(os.environ["UP"]), b"up")
+os.read(int(os.environ["SUPERVISOR"]), 1)
+with open(os.environ["FIFO"], "w") as sys.stdout:
+    try:
+        exec(os.environ["LOAD"])
+    except BaseException as error:
+        print("CRASH", error)
+'''
+supervisor = f'''
+import os, subprocess, sys
+ended, _running = os.pipe()
+env = dict(os.environ, SUPERVISOR=str(ended))
+up = int(os.environ["UP"])
+subprocess.Popen([sys.executable, "-c", {worker!r}], env=env, pass_fds=[ended, up])
+os.close(ended)
+os.close(up)
+os.read(int(os.environ["RUN"]), 1)
+'''
+env.update(RUN=str(run_ended), UP=str(worker_up))
+subprocess.Popen([sys.executable, "-c", supervisor], env=env, pass_fds=[run_ended, worker_up])
+os.close(worker_up)
+os.read(up, 2)
+"""
+
+
+def test_a_worker_that_outlives_its_supervisor_after_the_run_still_belongs_to_the_run(
+    tmp_path: Path,
+) -> None:
+    # The run hands its entry on, as it ends, to its children still running, but not to
+    # theirs: a supervisor a test started (a process manager, `sh -c 'worker & ...'`) kept
+    # its worker in the run only while it lived. Once it exited, the worker was re-parented
+    # to init, outside any run, and with a hand-built environment loaded production. In a
+    # PID namespace with a /proc of its own, so that init there, not this run (a subreaper),
+    # adopts it.
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    inner_sandbox = tmp_path / "inner-sandbox"
+    inner_sandbox.mkdir()
+    answer = tmp_path / "answer"
+    os.mkfifo(answer)
+    args = [str(inner_sandbox), json.dumps(HAND_BUILT_ENV), LOAD_PRODUCTION, str(answer)]
+    # pid 1 of the namespace runs the run, then reads the worker's answer.
+    script = 'py=$1; shift; "$py" -c "$@" && exec cat "$5"'
+    done = subprocess.run(
+        [*OWN_PROC, "sh", "-c", script, "sh", sys.executable, SUPERVISOR_AFTER_THE_RUN, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    printed = done.stdout + done.stderr
+    assert printed.startswith("REFUSED"), printed
+    assert f"(sandbox: {inner_sandbox})" in printed, printed
+    assert re.search(
+        r"this process, started by the test run of pytest pid \d+, which has ended, registered "
+        rf"in {re.escape(str(sandbox.RUNS_DIR.parent))}/app-pytest-runs-\d+\)",
+        printed,
+    ), printed
+    assert re.search(
+        r"This process outlived the test run that started it \(pytest pid \d+\) and stays "
+        r"under its rules while it runs: if no test needs it, stop it \(kill \d+\)$",
+        printed.rstrip(),
+    ), printed
