@@ -74,6 +74,7 @@ __all__ = [
     "Prepared",
     "RootStatus",
     "describe",
+    "filesystem_type",
     "fsync_dir",
     "json_bytes",
     "mounts_inside",
@@ -673,6 +674,24 @@ def mounts_inside(root: Path) -> list[Path]:
         if point.startswith(prefix):
             inside.append(Path(os.fsdecode(point)))
     return sorted(set(inside))
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem ``path`` lies on (``ext4``, ``nfs4``, ``fuse.sshfs``), from
+    Linux's mountinfo by device number; None where that cannot be told."""
+    try:
+        device = path.stat().st_dev
+        lines = _MOUNTINFO.read_bytes().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+    for line in lines:
+        fields = line.split(b" ")
+        # The third field is the device; the type follows the " - " that ends the optional ones.
+        if len(fields) > 3 and fields[2] == wanted and b"-" in fields[6:]:
+            kind = fields[fields.index(b"-", 6) + 1 :][:1]
+            return os.fsdecode(kind[0]) if kind else None
+    return None
 
 
 def _refuse_mounts_inside(config: Config, root: Path) -> None:

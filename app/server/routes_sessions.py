@@ -96,10 +96,18 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     # The local store answers a get or a page of up to 100 from bytes it keeps encoded, at
     # three stat calls a session (a page of 100: under 1 ms, bench/session_reads.py): less
     # than handing it to a worker thread costs, two GIL hand-overs that can each wait for
-    # the switch interval while the loop and the threads take turns. So those run on the
-    # event loop.
-    # A remote store waits on the network for them: a worker thread, as every other call.
-    on_loop = getattr(store, "reads_from_local_files", False) is True
+    # the switch interval while the loop and the threads take turns (on threads, a page of
+    # 100 took 19 to 29 ms at the median under bench/load.py's mix, against 3 to 5). So those
+    # run on the event loop, where the data root lies on a local disk or in memory. On a
+    # filesystem whose reads can wait on a server or a daemon (NFS, SMB, FUSE: the store's
+    # `reads_may_wait`), one read there stalled the whole server, /health and a SIGTERM's
+    # graceful stop included, for as long as the filesystem did (red team 23): there, and for
+    # a remote store, which waits on the network, they run on worker threads like every
+    # other call.
+    on_loop = (
+        getattr(store, "reads_from_local_files", False) is True
+        and getattr(store, "reads_may_wait", True) is False
+    )
 
     @app.get(
         "/sessions",

@@ -99,13 +99,18 @@ class RecordCache:
 
     Only the holder of the root writes, and every write updates (or drops) its session here
     under a generation count: a reader that scanned a session while a write happened does
-    not store its possibly stale scan. Bounded by the number of records held (LRU).
+    not store its possibly stale scan. Each session's copy is also kept under the identity
+    (device, inode) of its ``records/`` directory, taken before the scan: a session directory
+    or its ``records/`` replaced by hand under a live server (a restore from a backup) is
+    read afresh, not answered with the records of the directory it replaced (red team 23).
+    Bounded by the number of records held (LRU).
     """
 
     def __init__(self, limit: int = _RECORD_CACHE_LIMIT) -> None:
         self.limit = limit
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, dict[str, FileRecord]] = OrderedDict()
+        self._identities: dict[str, object] = {}
         self._generations: dict[str, int] = {}
         self._epoch = 0
         self._held = 0
@@ -119,16 +124,26 @@ class RecordCache:
         with self._lock:
             return self._epoch, self._generations.get(session_id, 0)
 
-    def get(self, session_id: str) -> tuple[list[FileRecord] | None, tuple[int, int]]:
+    def get(
+        self, session_id: str, identity: object
+    ) -> tuple[list[FileRecord] | None, tuple[int, int]]:
+        """The records kept for ``session_id`` if its ``records/`` is still ``identity``."""
         with self._lock:
             token = (self._epoch, self._generations.get(session_id, 0))
             records = self._sessions.get(session_id)
-            if records is None:
+            if records is None or self._identities.get(session_id) != identity:
                 return None, token
             self._sessions.move_to_end(session_id)
             return list(records.values()), token
 
-    def store(self, session_id: str, records: list[FileRecord], token: tuple[int, int]) -> None:
+    def store(
+        self,
+        session_id: str,
+        records: list[FileRecord],
+        token: tuple[int, int],
+        identity: object,
+    ) -> None:
+        """Keep a scan of ``session_id``'s ``records/`` (``identity`` taken before the scan)."""
         with self._lock:
             if token != (self._epoch, self._generations.get(session_id, 0)):
                 return  # a write happened during the scan
@@ -136,9 +151,11 @@ class RecordCache:
                 return
             self._forget(session_id)
             self._sessions[session_id] = {r["name"]: r for r in records}
+            self._identities[session_id] = identity
             self._held += len(records)
             while self._held > self.limit:
-                _, evicted = self._sessions.popitem(last=False)
+                evicted_id, evicted = self._sessions.popitem(last=False)
+                self._identities.pop(evicted_id, None)
                 self._held -= len(evicted)
 
     def changed(
@@ -162,10 +179,12 @@ class RecordCache:
         with self._lock:
             self._epoch += 1
             self._sessions.clear()
+            self._identities.clear()
             self._held = 0
 
     def _forget(self, session_id: str) -> None:
         records = self._sessions.pop(session_id, None)
+        self._identities.pop(session_id, None)
         if records is not None:
             self._held -= len(records)
 

@@ -188,16 +188,16 @@ class Sessions:
 
         Kept under everything the answer is made of: session.json's stat key (as the
         MetaCache keeps that file, and only once it has settled), the record cache's token
-        (every write of records through this root changes it), and the mtime of records/
-        (the answer's `updated_at`). Each is taken before the session is read, so what is
-        kept is never older than its validator says; a change after that only makes the
-        next validator differ.
+        (every write of records through this root changes it), and the identity and mtime of
+        records/ (another directory put in its place by hand; the answer's `updated_at`).
+        Each is taken before the session is read, so what is kept is never older than its
+        validator says; a change after that only makes the next validator differ.
         """
         cache = self.state.records if self.root.writable else None
         if cache is None:  # a reader scans records/ on every read: nothing tells a change
             return _encode(self._read(directory, session_id))
         key = self.meta.stat(directory, session_id)
-        validator = (key, cache.token(session_id), _mtime_ns(f"{directory}/{RECORDS_DIR}"))
+        validator = (key, cache.token(session_id), _dir_key(f"{directory}/{RECORDS_DIR}"))
         encoded = self.bodies.get(directory, validator)
         if encoded is None:
             encoded = _encode(self._read(directory, session_id))
@@ -208,13 +208,14 @@ class Sessions:
     def _records(self, directory: str, session_id: str) -> list[FileRecord]:
         cache = self.state.records if self.root.writable else None
         if cache is not None:
-            cached, token = cache.get(session_id)
+            identity = _identity(f"{directory}/{RECORDS_DIR}")
+            cached, token = cache.get(session_id, identity)
             if cached is not None:
                 cached.sort(key=upload_order)
                 return cached
         records = scan_records(Path(directory))
         if cache is not None:
-            cache.store(session_id, records, token)
+            cache.store(session_id, records, token, identity)
         return records
 
     def migrate_legacy(self, directory: Path, meta: dict[str, Any]) -> None:
@@ -413,11 +414,19 @@ def _encode(session: SessionRecord) -> tuple[bytes, int]:
     return json_body(session), _page_size_bound(session)
 
 
-def _mtime_ns(path: str) -> int | None:
+def _identity(path: str) -> tuple[int, int] | None:
+    """A directory's (device, inode): another one put in its place by hand has another."""
+    key = _dir_key(path)
+    return None if key is None else key[:2]
+
+
+def _dir_key(path: str) -> tuple[int, int, int] | None:
+    """A directory's device, inode and mtime, or None if it is not there."""
     try:
-        return os.lstat(path).st_mtime_ns
+        info = os.lstat(path)
     except OSError:
         return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns
 
 
 def _iso(moment: datetime) -> str:

@@ -36,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
+from app.dataroot import filesystem_type
 from app.errors import (
     AppError,
     LockLostError,
@@ -70,6 +71,15 @@ __all__ = ["MAX_METADATA_BYTES", "MAX_TITLE_CHARS", "Store"]
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
+#: Filesystems whose reads wait for nothing but a local disk or memory. On any other (NFS,
+#: SMB, FUSE, 9p, Ceph, a type not known here) a read can wait as long as a server or a
+#: daemon does, so the server never reads there on its event loop (red team 23). overlay
+#: is what a container's own filesystem is, made of local directories.
+LOCAL_FILESYSTEMS: Final = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs"}
+    | {"tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2", "minix"}
+)
+
 
 def _changes(
     method: Callable[Concatenate[Store, _P], _R],
@@ -93,11 +103,15 @@ class Store(Storage):
     """
 
     reads_from_local_files: Final = True
-    """Reading a session or a page costs local file reads (the server does those on its
-    event loop, not on a worker thread); a remote backend has no such attribute."""
+    """Reading a session or a page costs local file reads, and uploads and downloads work on
+    local files (the server lets a few at a time take turns, `app.server.limits.Turn`); a
+    remote backend has no such attribute."""
 
     def __init__(self, root: DataRoot) -> None:
         self.root = root
+        self.reads_may_wait = filesystem_type(root.path) not in LOCAL_FILESYSTEMS
+        """Whether a read may wait on something other than a local disk (NFS, a FUSE daemon):
+        then the server reads on worker threads, never on its event loop."""
         self.trash = Trash(root)
         self.sessions = Sessions(root, self.trash)
         self.files = Files(
