@@ -38,11 +38,13 @@ with ``bytes()``).
 ``GET /health`` (and ``HEAD``) is answered here, as soon as its head is parsed in
 ``data_received`` (`_answers_health`), by the same ASGI response the route sends, through the
 same request cycle (uvicorn's ``send``, `_Exchange`): the same bytes. Through the application,
-its first step was a new task, queued behind every callback of the event loop's turn and of
-the next one; under ``bench/load.py``'s mix that wait was most of its p99. What it still
-proves is that the event loop turns, reads and writes; not that a route's work gets done.
-Anything unusual (a body, a repeated header, a response in progress or another request
-behind it, a transport that cannot take more) goes through the application.
+its one step was a new task, queued behind every step already waiting for the event loop's
+next pass; here it waits only for the rest of the pass in progress (bench/README.md, tenth
+session). What it still proves is that the event loop turns, reads and writes; not that a
+route's work gets done. Anything unusual (a body, a repeated header, a response in progress
+or another request behind it, a transport that cannot take more) goes through the
+application. A request answered here still has the task uvicorn created as it parsed the
+head: it finds the request answered (`ANSWERED`) and leaves the application alone.
 
 This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``) and reads
 h11's (``_reader``, ``_receive_buffer``): pyproject.toml pins both minor releases for that
