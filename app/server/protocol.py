@@ -35,6 +35,17 @@ h11. The bytes taken are handed to the application as the transport read them (`
 uvicorn's own ``receive`` copies every chunk twice more (into a ``bytearray``, then out of it
 with ``bytes()``).
 
+``GET /health`` (and ``HEAD``) is answered here, as soon as its head is parsed in
+``data_received`` (`_answers_health`), by the same ASGI response the route sends, through the
+same request cycle (uvicorn's ``send``, `_Exchange`): the same bytes. Through the application,
+its one step was a new task, queued behind every step already waiting for the event loop's
+next pass; here it waits only for the rest of the pass in progress (bench/README.md, tenth
+session). What it still proves is that the event loop turns, reads and writes; not that a
+route's work gets done. Anything unusual (a body, a repeated header, a response in progress
+or another request behind it, a transport that cannot take more) goes through the
+application. A request answered here still has the task uvicorn created as it parsed the
+head: it finds the request answered (`ANSWERED`) and leaves the application alone.
+
 This subclasses uvicorn internals (``cycle``, ``conn``, ``send_400_response``) and reads
 h11's (``_reader``, ``_receive_buffer``): pyproject.toml pins both minor releases for that
 reason.
@@ -47,6 +58,7 @@ import fcntl
 import logging
 import struct
 import termios
+import types
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
@@ -54,8 +66,9 @@ from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTi
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Coroutine, Generator, Iterable
 
+    from starlette.types import ASGIApp, Receive, Scope, Send
     from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 
@@ -78,6 +91,13 @@ Its value (`app.server.limits.Turn`) is given up while the request waits for its
 for more of the body or for room to send, and taken again before the request goes on, so a
 client that reads or sends slowly holds no place while it does (`_Exchange`).
 """
+
+
+ANSWERED: Final = "app.answered"
+"""The scope key of a request the protocol answered itself (``GET /health``): its task, which
+uvicorn created as it parsed the head, then leaves the application alone (`_UnlessAnswered`)."""
+
+HEALTH_PATH: Final = b"/health"
 
 
 # How long an idle timer that fired late waits again, once bytes were found unread: one turn
@@ -347,6 +367,43 @@ class _Exchange:
         return self.transport.is_closing()
 
 
+class _UnlessAnswered:
+    """The application, for a request the protocol has not answered itself (`ANSWERED`)."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if ANSWERED not in scope:
+            await self.app(scope, receive, send)
+
+
+def run_now(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> bool:
+    """Run ``coro`` here, not in a task queued behind the event loop's turn; whether it ended.
+
+    What Python 3.12's ``eager_task_factory`` does, for a coroutine that needs no task of
+    its own (no ``current_task``: no ``asyncio.timeout``, no anyio cancel scope) and is
+    expected to end without waiting. Should it wait after all, a task resumes it once what
+    it waits for is done.
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return True
+    loop.create_task(_resumed(waiting, coro))
+    return False
+
+
+@types.coroutine
+def _resumed(waiting: Any, coro: Coroutine[Any, Any, None]) -> Generator[Any, None, None]:
+    # The future it yielded is handed to the task as its own await would have: the task
+    # waits for it, then sends None, which resumes the coroutine where it left off.
+    yield waiting
+    yield from coro
+
+
 def _raw_problem(error: AppError) -> bytes:
     """A whole HTTP/1.1 response carrying ``error``, for answers given before any request."""
     response = problem_of(error)
@@ -367,14 +424,32 @@ def _framed_twice(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 
 def bounded_h11(
-    max_header_bytes: int, idle_seconds: float, request_seconds: float
+    max_header_bytes: int,
+    idle_seconds: float,
+    request_seconds: float,
+    health: ASGIApp | None = None,
 ) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with this module's bounds.
+
+    Args:
+        max_header_bytes: the longest request line and headers.
+        idle_seconds: ``request_idle_seconds``.
+        request_seconds: ``request_seconds``.
+        health: the response of ``GET /health`` (an ASGI application that answers without
+            waiting, as the route's `Response` does), to answer it in the protocol; ``None``
+            leaves it to the application.
+    """
     # Imported here: only `serve` needs uvicorn, and the in-process test client does not.
     import h11
     from h11._readers import ContentLengthReader
     from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    from app.server.limits import repeated_header  # which imports this module
+
+    # A request read whole: the client may send another (DONE) or has said it will not
+    # (MUST_CLOSE: "Connection: close", HTTP/1.0).
+    _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE)
     too_large = _raw_problem(HeaderTooLargeError(max_header_bytes))
     malformed = _raw_problem(
         BadRequestError(
@@ -393,6 +468,11 @@ def bounded_h11(
         _taken: _Taken | None = None
         _deadline = 0.0  # when the current request's body must have come whole
         _refused: RequestResponseCycle | None = None  # answered before its body came
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if health is not None:
+                self.app = _UnlessAnswered(self.app)
 
         def handle_events(self) -> None:
             before = self.cycle
@@ -413,6 +493,33 @@ def bounded_h11(
                     cycle.keep_alive = False
                 self._deadline = self.loop.time() + request_seconds
                 _Exchange(cycle, idle_seconds, request_seconds, self.loop.time())
+                if health is not None and self._answers_health(cycle):
+                    cycle.scope[ANSWERED] = True  # type: ignore[typeddict-unknown-key]
+                    run_now(self.loop, cycle.run_asgi(cast("Any", health)))
+
+        def _answers_health(self, cycle: RequestResponseCycle) -> bool:
+            """Whether ``cycle`` is a plain ``GET`` or ``HEAD /health`` to answer here.
+
+            Its head and its body (none) all came, nothing follows it in h11's buffer (what
+            follows is read once it is answered, as by the application), the transport takes
+            writes without waiting, and the application would answer it as the route does:
+            the raw path is ``/health`` itself (not ``/heal%74h``), no header of `ONCE_ONLY`
+            is repeated (``RequestGuard`` answers 400), and uvicorn did not refuse it
+            (``limit_concurrency``, unset here).
+            """
+            scope = cycle.scope
+            return (
+                scope["raw_path"] == HEALTH_PATH
+                and scope["method"] in ("GET", "HEAD")
+                and self.conn.their_state in _REQUEST_DONE
+                and not cycle.body
+                and not self.conn.trailing_data[0]
+                and self.limit_concurrency is None
+                and not cycle.flow.write_paused
+                and not cycle.disconnected
+                and not self.transport.is_closing()
+                and repeated_header(self.headers) is None  # the request's, as a list
+            )
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]

@@ -47,11 +47,19 @@ class _EncodedJSON(JSONResponse):
         return content
 
 
+def health_response(config: Config) -> Response:
+    """The answer to ``GET /health``: the route's, and the HTTP protocol's, which answers it
+    without the application (`app.server.protocol.bounded_h11`).
+
+    Rendered once: it never changes while the server runs, and FastAPI validated and encoded
+    it again on every probe. `response_model` still documents it.
+    """
+    health = Health(status="ok", profile=config.profile, version=__version__)
+    return Response(health.model_dump_json().encode(), media_type="application/json")
+
+
 def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[Any]) -> None:
-    # Rendered once: the answer never changes while the server runs, and FastAPI validated and
-    # encoded it again on every probe. `response_model` still documents it.
-    health_json = Health(status="ok", profile=config.profile, version=__version__)
-    health_body = health_json.model_dump_json().encode()
+    health_body = health_response(config).body
 
     @app.get("/health", tags=["server"], operation_id="health", response_model=Health)
     async def health() -> Response:

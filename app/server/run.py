@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from app.errors import EX_SOFTWARE, AppError, PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
+from app.server.routes_sessions import health_response
 from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -157,7 +158,11 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             timeout_keep_alive=min(_KEEP_ALIVE_SECONDS, config.request_idle_seconds),  # type: ignore[arg-type]
             server_header=False,
             http=bounded_h11(
-                config.max_header_bytes, config.request_idle_seconds, config.request_seconds
+                config.max_header_bytes,
+                config.request_idle_seconds,
+                config.request_seconds,
+                # GET /health, answered in the protocol: not queued behind the event loop's turn
+                health=health_response(config),
             ),
             h11_max_incomplete_event_size=config.max_header_bytes,
         )
