@@ -13,7 +13,7 @@ import httpcore  # noqa: F401  (see below)
 import pytest
 from docs_site import build
 from project_copy import copy_project_settings
-from side_by_side import NEXT_ITEM
+from side_by_side import INNER_ADDOPTS, NEXT_ITEM
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -132,7 +132,12 @@ def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureReques
     # fixture or setenv still wins, being set after this one).
     if "pytester" in request.fixturenames:
         copy = copy_project_settings(request.getfixturevalue("tmp_path") / "project-settings")
-        request.getfixturevalue("monkeypatch").setenv("APP_SETTINGS_DIR", str(copy))
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("APP_SETTINGS_DIR", str(copy))
+        # After pytester has removed the outer run's PYTEST_ADDOPTS from the environment (its
+        # set-up does): the inner runs load no plugin they do not use (side_by_side.py).
+        request.getfixturevalue("pytester")
+        monkeypatch.setenv("PYTEST_ADDOPTS", INNER_ADDOPTS)
 
 
 @pytest.fixture
