@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import forked_app
 import head_start
 import httpcore  # noqa: F401  (see below)
 import pytest
 from docs_site import build
 from project_copy import copy_project_settings
-from side_by_side import NEXT_ITEM
-from standby import serve
+from side_by_side import INNER_ADDOPTS, NEXT_ITEM
 
 if TYPE_CHECKING:
     from starlette.testclient import TestClient
@@ -41,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "browser: opens the built documentation in headless Chromium (/usr/bin/chromium)"
     )
     _children_keep_their_bytecode(config)
+    forked_app.remember_the_run()  # the environment every test's children start from
 
 
 def _children_keep_their_bytecode(config: pytest.Config) -> None:
@@ -131,7 +132,12 @@ def _inner_runs_use_a_copy_of_the_project_settings(request: pytest.FixtureReques
     # fixture or setenv still wins, being set after this one).
     if "pytester" in request.fixturenames:
         copy = copy_project_settings(request.getfixturevalue("tmp_path") / "project-settings")
-        request.getfixturevalue("monkeypatch").setenv("APP_SETTINGS_DIR", str(copy))
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setenv("APP_SETTINGS_DIR", str(copy))
+        # After pytester has removed the outer run's PYTEST_ADDOPTS from the environment (its
+        # set-up does): the inner runs load no plugin they do not use (side_by_side.py).
+        request.getfixturevalue("pytester")
+        monkeypatch.setenv("PYTEST_ADDOPTS", INNER_ADDOPTS)
 
 
 @pytest.fixture
@@ -162,17 +168,17 @@ def small(
 
 @pytest.fixture
 def tight(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
-    """A live server (`standby_server`) with the ``APP_*`` settings given as the test's
+    """A live server (`forked_server`) with the ``APP_*`` settings given as the test's
     indirect parameter."""
     for name, value in getattr(request, "param", {}).items():
         monkeypatch.setenv(name, value)
-    yield request.getfixturevalue("standby_server")
+    yield request.getfixturevalue("forked_server")
 
 
 @pytest.fixture
-def standby_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
-    """`app_live_server`'s server, started from a standby interpreter when one fits
-    (tests/standby.py): on a local testing profile, ``app serve --port 0`` on ``tmp_path /
+def forked_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    """`app_live_server`'s server, forked from the run's zygote when it fits
+    (tests/forked_app.py): on a local testing profile, ``app serve --port 0`` on ``tmp_path /
     "live-data"``, found by its published port, stopped after the test; on a remote one,
     `app_live_server` itself. tests/test_fixtures.py covers `app_live_server`.
     """
@@ -185,7 +191,7 @@ def standby_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[L
     root, log = tmp_path / "live-data", tmp_path / "live-server.log"
     env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
     config = load("testing", environ=env)
-    process = serve(env, log, ["serve", "--port", "0"])
+    process = forked_app.serve(env, log, ["serve", "--port", "0"])
     try:
         url = f"http://127.0.0.1:{published_port(root, process, log)}"
         wait_until_serving(url, process, log=log)

@@ -1,21 +1,27 @@
-"""``python -m app`` children forked from one process that imported the remote backend once.
+"""``python -m app`` children forked from one process that imported the app once.
 
-A remote profile's ``app`` child spends most of its start-up importing (dynaconf, psycopg,
-boto3 and botocore's S3 model, FastAPI: about 1 s of CPU on this project's machine) before
-it does anything a test looks at. A standby interpreter (tests/standby.py) makes those imports
-while an earlier test runs, which hides them from a serial run but not from ``-n 2``, where
-both cores are busy with tests: there, only importing less often saves time. So this process
-(the zygote) imports them once per pytest process, and forks one child per command. Each
-child is a process of its own (its own pid, killed with SIGKILL for real by the tests that
-do so), below the zygote in the test run's process tree, with the test's environment,
-arguments, working directory and output files, running ``app`` as ``python -m app`` would
-(``runpy``, ``SystemExit``, ``atexit``), or a script of the app's classes as ``python -c``
-would (`python_c`). What a fork cannot give is the command line in
-``/proc/<pid>/cmdline`` (the zygote's): a test that checks that starts its child itself.
+An ``app`` child spends most of its start-up importing before it does anything a test looks
+at: about 0.45 s of CPU for a local ``app serve`` (dynaconf, filelock, the store, FastAPI),
+about 1 s for a remote profile's (psycopg, boto3 and botocore's S3 model too). So this process
+(the zygote) makes those imports once per pytest process, and forks one child per command,
+local or remote, server or CLI. Each child is a process of its own (its own pid, killed with
+SIGKILL, SIGTERM or SIGINT for real by the tests that do so, its own exit code), below the
+zygote in the test run's process tree, with the test's environment, arguments, working
+directory and output files, running ``app`` as ``python -m app`` would (``runpy``,
+``SystemExit``, ``atexit``), or a script of the app's classes as ``python -c`` would
+(`python_c`). What a fork cannot give is the command line in ``/proc/<pid>/cmdline`` (the
+zygote's): a test that checks that starts its child itself, as does every test of the guard
+that reads how its process was started.
 
-A command whose environment differs from the zygote's in anything but the variables the app
-reads when it runs (`_GIVEN_AT_FORK`) runs as a plain subprocess instead, as does every
-command when ``os.pidfd_open`` is missing (the zygote watches its children through them).
+A command runs as a plain subprocess instead when its environment differs from the run's in
+anything but the variables the app reads when it runs (`_GIVEN_AT_FORK`), when this process's
+umask, resource limits, ignored signals or nice value (which a child inherits from the zygote,
+not from the test) differ from the run's (`_inherited`), and every command when
+``os.pidfd_open`` is missing (the zygote watches its children through them).
+
+This replaced a second mechanism (standby interpreters that imported the app while an earlier
+test ran, one interpreter per command): that hid the imports from a serial run's wall time but
+still paid them once per command, which ``-n 2``, both cores busy, could not hide.
 """
 
 from __future__ import annotations
@@ -23,26 +29,57 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 #: What the child reads when it runs (the app's settings and the plugin's markers; the
 #: terminal width that click and ``shutil.get_terminal_size`` read when they print): set per
 #: child. Every other variable Python or a library may have read while the zygote imported.
 _GIVEN_AT_FORK = ("APP_", "ENV_FOR_DYNACONF", "PYTEST_", "COLUMNS")
 
-#: This process's environment when the tests were collected (this module is imported then).
-_RUN_ENVIRON = dict(os.environ)
+
+def _inherited() -> tuple[object, ...]:
+    """What a child inherits from the process that forks or starts it besides its
+    environment and working directory, and a test may change for its server (a lowered
+    RLIMIT_FSIZE, a umask, an ignored signal, a nice value)."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    limits = [
+        resource.getrlimit(getattr(resource, n)) for n in dir(resource) if n.startswith("RLIMIT_")
+    ]
+    ignored = [s for s in signal.valid_signals() if signal.getsignal(s) is signal.SIG_IGN]
+    return umask, limits, ignored, os.getpriority(os.PRIO_PROCESS, 0)
+
+
+#: The run's environment and inherited values, once tests/conftest.py configured them
+#: (`remember_the_run`): what every zygote is started with, and what a command must match.
+_RUN: dict[str, Any] = {}
+
+
+def remember_the_run() -> None:
+    """Take this process's environment and inherited values as the run's (tests/conftest.py,
+    at the end of pytest_configure: before any test changed them for its own children)."""
+    _RUN["environ"] = dict(os.environ)
+    _RUN["inherited"] = _inherited()
+
 
 ZYGOTE = """
 import json, os, runpy, selectors, sys
 
 import dynaconf, psycopg, boto3, zxcvbn
 import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
+# What loading the settings and opening a local data root import lazily (the pytest plugin's
+# start-up never pays for them). dynaconf reads its *_FOR_DYNACONF variables when imported,
+# but again (`default_settings.reload`) whenever a Dynaconf is configured, which is the only
+# use the app makes of it.
+import _strptime, dynaconf.loaders.toml_loader, filelock
+import app.check, app.dataroot, app.store
 from app.remote.objects import _new_client
 
 # The process-wide boto3 session, with botocore's S3 model loaded: its children's stores make
@@ -147,7 +184,10 @@ class Zygote:
     def __init__(self) -> None:
         # The environment of the run, not of the test that happened to come first (which
         # may have changed a variable for its own children only).
-        self.environ = _RUN_ENVIRON
+        if not _RUN:
+            remember_the_run()  # outside this project's conftest: from now on
+        self.environ = _RUN["environ"]
+        self.inherited = _RUN["inherited"]
         self.process = subprocess.Popen(
             [sys.executable, "-c", ZYGOTE],
             stdin=subprocess.PIPE,
@@ -165,7 +205,11 @@ class Zygote:
         def own(environ: dict[str, str]) -> dict[str, str]:
             return {k: v for k, v in environ.items() if not k.startswith(_GIVEN_AT_FORK)}
 
-        return self.process.poll() is None and own(env) == own(self.environ)
+        return (
+            self.process.poll() is None
+            and own(env) == own(self.environ)
+            and _inherited() == self.inherited
+        )
 
     def fork(
         self,
@@ -214,6 +258,8 @@ def _forking(env: dict[str, str]) -> Zygote | None:
         return None
     with _starting:
         if Zygote.running is None:
+            if _RUN and _inherited() != _RUN["inherited"]:
+                return None  # a zygote started now would inherit this test's values
             Zygote.running = Zygote()
     return Zygote.running if Zygote.running.fits(env) else None
 

@@ -20,6 +20,13 @@ from pathlib import Path
 
 import pytest
 
+#: Options of every inner pytest run (``PYTEST_ADDOPTS``; tests/conftest.py and the incident's
+#: shell set it): the plugins the project's environment autoloads that no inner run uses
+#: (anyio's, time-machine's, platformdirs'), and pytest's cache, which no inner run reads.
+#: About 170 ms of an inner run's 550 ms of CPU at start-up (bench/README.md, "The suite's
+#: time"); the suite starts about a hundred. The app's plugin and xdist stay.
+INNER_ADDOPTS = "-p no:anyio -p no:time_machine -p no:platformdirs -p no:cacheprovider"
+
 #: The item that runs next in this process (pytest's ``nextitem``), None at the end of a run
 #: or of an xdist worker's current batch.
 NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()

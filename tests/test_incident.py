@@ -70,7 +70,7 @@ from typing import Any
 import httpx
 import pytest
 from hostile_suites import HELPERS, SUITES, SUITES_WITHOUT_PROPS, Suite
-from side_by_side import NEXT_ITEM
+from side_by_side import INNER_ADDOPTS, NEXT_ITEM
 
 from app.lock import LOCK_FILE
 from app.testing import start_server
@@ -307,8 +307,9 @@ class Launcher:
         around; and what pytester changes for an inner run (its home, no outer options)."""
         production, suite = case.production, case.suite
         env = dict(self.environ)
-        for name in ("TOX_ENV_DIR", "PYTEST_ADDOPTS"):
-            env.pop(name, None)
+        env.pop("TOX_ENV_DIR", None)
+        # Not the outer run's options: only those that skip plugins no suite uses.
+        env["PYTEST_ADDOPTS"] = INNER_ADDOPTS
         env |= {"HOME": str(directory), "USERPROFILE": str(directory), "PY_COLORS": "0"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
         env["PYTEST_DEBUG_TEMPROOT"] = str(self.factory.mktemp("tmp-case", numbered=True))

@@ -17,17 +17,15 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import certifi
+import forked_app
 import httpx
 import pytest
-import standby
-from standby import STANDBY, release, serve
 
 from app.lock import probe
 from app.testing import published_port
@@ -66,9 +64,9 @@ def app_env(
 
 
 def run_app(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``python -m app *args`` run to its end, its output captured (from a standby
-    interpreter when one fits: tests/standby.py)."""
-    return standby.run(env, list(args))
+    """``python -m app *args`` run to its end, its output captured (forked from the run's
+    zygote when it fits: tests/forked_app.py)."""
+    return forked_app.run(env, list(args))
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -83,41 +81,21 @@ def snapshot(root: Path) -> dict[str, str]:
 class Server:
     """One `app serve` subprocess; its output goes to a file (a full pipe would block it).
 
-    The interpreter is a standby (tests/standby.py) that imported the app while an earlier
-    test ran, when one fits the environment (else ``python -m app serve``); it then runs
-    ``app serve`` as ``python -m app`` would, with the same ``sys.argv`` and environment, as
-    a process of its own.
-
-    ``standby``: the interpreter starts and imports the app, then waits for `release` to run
-    ``app serve``. A test that restarts a server many times (the kill -9 replay) starts the
-    next one while the current one works, so that its time goes to the cases rather than to
-    imports; the served process is still a new one.
+    It is forked from the run's zygote (tests/forked_app.py), which imported the app once,
+    when the environment fits (else ``python -m app serve``); it then runs ``app serve`` as
+    ``python -m app`` would, with the same ``sys.argv`` and environment, as a process of its
+    own: a test that kills it with SIGKILL kills that process and no other.
     """
 
-    def __init__(self, env: dict[str, str], log: Path, *, standby: bool = False) -> None:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = env
         # Without a port of its own it gets `--port 0`, which overrides the profile's.
         self._port = int(env["APP_PORT"]) if "APP_PORT" in env else None
         self.root = Path(env["APP_DATA_ROOT"])
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
-        self._args = ["serve", *(["--port", "0"] if self._port is None else [])]
-        if standby:
-            with log.open("ab") as out:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-c", STANDBY, *self._args],
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=out,
-                )
-        else:
-            self.process = serve(env, log, self._args)
-
-    def release(self) -> Server:
-        """Let a ``standby`` server start serving."""
-        release(self.process, self.env, self.log, self._args)
-        return self
+        args = ["serve", *(["--port", "0"] if self._port is None else [])]
+        self.process = forked_app.serve(env, log, args)
 
     @property
     def pid(self) -> int:

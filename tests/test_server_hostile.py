@@ -1,7 +1,7 @@
 """Hostile input over HTTP: every bad request is a 4xx with a message, and nothing is written.
 
 In process (Starlette's TestClient) for the request bodies and names; against a real
-``app serve`` (the `standby_server` fixture: `app_live_server`'s server) where the HTTP server
+``app serve`` (the `forked_server` fixture: `app_live_server`'s server) where the HTTP server
 itself takes part: raw bytes in the request line, and what a client's connection looks like
 after a 500.
 """
@@ -297,16 +297,16 @@ def raw_request(server: LiveServer, method: str, target: str, body: bytes = b"")
     return response.status, payload
 
 
-def test_names_that_are_not_utf8_are_refused_never_replaced(standby_server: LiveServer) -> None:
+def test_names_that_are_not_utf8_are_refused_never_replaced(forked_server: LiveServer) -> None:
     # Decoded with replacement, %FF and %FE both became U+FFFD: one name, and the second PUT
     # silently replaced the first file.
-    status, created = raw_request(standby_server, "POST", "/sessions")
+    status, created = raw_request(forked_server, "POST", "/sessions")
     sid = created["id"]
     for raw in ("a%FF", "a%FE", "caf%E9.txt", "%C0%AE%C0%AE"):
-        status, body = raw_request(standby_server, "PUT", f"/sessions/{sid}/files/{raw}", b"x")
+        status, body = raw_request(forked_server, "PUT", f"/sessions/{sid}/files/{raw}", b"x")
         assert status == 400, (raw, body)
         assert body["code"] == "invalid_name"
         assert "not valid UTF-8" in body["message"]
-    status, files = raw_request(standby_server, "GET", f"/sessions/{sid}/files")
+    status, files = raw_request(forked_server, "GET", f"/sessions/{sid}/files")
     assert files["items"] == []
-    assert list((standby_server.data_root / ".tmp").iterdir()) == []
+    assert list((forked_server.data_root / ".tmp").iterdir()) == []

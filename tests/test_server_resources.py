@@ -1,6 +1,6 @@
 """What one client may hold of a real server, and that nobody else notices (#9, items 9, 10).
 
-Every test runs a real ``app serve`` (the `standby_server` fixture: `app_live_server`'s
+Every test runs a real ``app serve`` (the `forked_server` fixture: `app_live_server`'s
 server) with tight bounds set through ``APP_*`` variables, and plays the slow or greedy client
 with a raw socket: a header that never ends, a body that stops or trickles, more uploads at
 once than the server takes. Meanwhile a normal client's request must succeed. Waits are
@@ -93,16 +93,16 @@ def test_a_header_larger_than_max_header_bytes_is_431_and_others_are_served(
     problem(body, "header_too_large", "larger than 8192 bytes", "max_header_bytes")
 
 
-def test_headers_are_bounded_by_default(standby_server: LiveServer) -> None:
-    with connect(standby_server) as sock:
+def test_headers_are_bounded_by_default(forked_server: LiveServer) -> None:
+    with connect(forked_server) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000)
         status, _, body = read_answer(sock)
     assert status == 431
     problem(body, "header_too_large", "larger than 32768 bytes")
 
 
-def test_a_request_that_is_not_http_is_a_400_problem_document(standby_server: LiveServer) -> None:
-    with connect(standby_server) as sock:
+def test_a_request_that_is_not_http_is_a_400_problem_document(forked_server: LiveServer) -> None:
+    with connect(forked_server) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
         status, headers, body = read_answer(sock)
     assert status == 400
@@ -440,9 +440,9 @@ def test_a_session_larger_than_page_max_bytes_still_gets_a_page_of_its_own(
 
 
 def test_the_openapi_document_declares_the_bounds_of_every_request(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    document = httpx.get(f"{standby_server.url}/openapi.json").json()
+    document = httpx.get(f"{forked_server.url}/openapi.json").json()
     operations = {
         operation["operationId"]: operation
         for path in document["paths"].values()
@@ -491,13 +491,13 @@ def test_an_upload_when_the_process_is_out_of_file_descriptors_is_503_not_500(
 
 
 def test_bodies_split_across_packets_and_a_pipelined_request_arrive_whole(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
     # app.server.protocol hands a Content-Length body past h11's parser, counting it off
     # h11's reader: the head and the first bytes in one packet, a body's end and the next
     # head in another, a client that asks for 100 Continue and sends its body anyway (its
     # first bytes go through h11), then a pipelined GET.
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     body = os.urandom(300_000)
 

@@ -781,9 +781,9 @@ def test_a_chunked_body_declaring_a_small_length_is_refused_as_it_comes(
 
 
 def test_a_large_download_replaced_while_it_is_read_sends_the_old_bytes_whole(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     url = f"{server.url}/sessions/{session_id}/files/big.bin"
     old = os.urandom(8 * 2**20)

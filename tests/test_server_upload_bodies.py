@@ -55,8 +55,8 @@ def _stored(server: LiveServer, session_id: str) -> dict[str, tuple[int, str]]:
     return {f["name"]: (f["size"], f["sha256"]) for f in listing.json()["items"]}
 
 
-def test_a_put_body_cut_anywhere_arrives_whole(standby_server: LiveServer) -> None:
-    server = standby_server
+def test_a_put_body_cut_anywhere_arrives_whole(forked_server: LiveServer) -> None:
+    server = forked_server
     session_id = a_session(server)
     # Over a batch (1 MiB), so reading pauses at the read-ahead and resumes.
     body = os.urandom(3 * 2**20 + 12_345)
@@ -79,9 +79,9 @@ def test_a_put_body_cut_anywhere_arrives_whole(standby_server: LiveServer) -> No
 
 
 def test_a_multipart_body_cut_at_every_position_around_its_boundaries_arrives_whole(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    server = standby_server
+    server = forked_server
     content = os.urandom(5_000) + b"\r\n--" + _BOUNDARY[:-1] + os.urandom(3_000)  # near-miss
     extra = f"Content-Type: multipart/form-data; boundary={_BOUNDARY.decode()}\r\n"
     for region in ("opening", "closing"):
@@ -159,9 +159,9 @@ def test_the_delimiter_search_agrees_with_bytes_find(needle: bytes, haystack: by
 
 
 def test_a_file_part_whose_packets_end_in_part_of_the_delimiter_arrives_whole(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     # Each near-miss ends a packet: the start of a delimiter whose next byte is not its own.
     # The packet after it holds neither a delimiter nor the start of one, but must still go
@@ -182,9 +182,9 @@ def test_a_file_part_whose_packets_end_in_part_of_the_delimiter_arrives_whole(
 
 
 def test_a_closing_delimiter_cut_at_every_position_ends_a_streamed_file(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     content = os.urandom(100_000)
     sent = {}
@@ -201,9 +201,9 @@ def test_a_closing_delimiter_cut_at_every_position_ends_a_streamed_file(
 
 
 def test_a_delimiter_inside_a_packet_ends_the_file_part_there(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     content = os.urandom(200_000)
     head = _first_file_part(b"first.bin")
@@ -218,9 +218,9 @@ def test_a_delimiter_inside_a_packet_ends_the_file_part_there(
 
 
 def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     head = _first_file_part(b"one.bin")
     second = _DELIMITER + b"\r\n" + _part_head(b"file", b"two.bin") + b"2"
@@ -233,12 +233,12 @@ def test_a_second_file_part_after_a_streamed_one_is_400_and_stores_nothing(
     assert _stored(server, session_id) == {}
 
 
-def test_random_file_parts_cut_at_random_arrive_whole(standby_server: LiveServer) -> None:
+def test_random_file_parts_cut_at_random_arrive_whole(forked_server: LiveServer) -> None:
     # Differential, seeded: contents strewn with beginnings of the delimiter (each followed by
     # a byte that breaks it) and lone CRs, sometimes followed by another field, cut into
     # packets at random, at the strewn bytes and through the part's real delimiter. The
     # parser decides where the part ends; skipping it must never change a stored byte.
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     rng = random.Random(20261202)
     sent = {}
@@ -269,11 +269,11 @@ def test_random_file_parts_cut_at_random_arrive_whole(standby_server: LiveServer
 
 
 def test_a_streamed_file_part_that_never_closes_is_400_and_stores_nothing(
-    standby_server: LiveServer,
+    forked_server: LiveServer,
 ) -> None:
     # The last packets hold content alone (skipped past the parser), then the beginning of a
     # delimiter that the body ends inside: the parser, not the skip, must see the body end.
-    server = standby_server
+    server = forked_server
     session_id = a_session(server)
     head = _first_file_part(b"open.bin")
     for tail in (b"", _DELIMITER[:1], _DELIMITER[:-1], _DELIMITER, _DELIMITER + b"-"):
