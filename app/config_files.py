@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from app.errors import (
     SettingsAmbiguousError,
+    SettingsCastError,
     SettingsDirEmptyError,
     SettingsNotFoundError,
     SettingsSyntaxError,
@@ -300,6 +301,21 @@ def file_values(files: Files, keys: Collection[str]) -> Values:
     return _fresh(cached)
 
 
+def _cast_error(path: Path, settings: Any, error: Exception) -> SettingsCastError:
+    """Which value of ``path`` dynaconf could not cast: its message names neither key nor file."""
+    from dynaconf.utils.parse_conf import parse_conf_data
+
+    _, parsed = _read_toml(path)
+    for section, body in parsed.items():
+        for key, value in body.items() if isinstance(body, dict) else ():
+            if isinstance(value, str) and value.startswith("@"):
+                try:
+                    parse_conf_data(value, tomlfy=True, box_settings=settings)
+                except Exception as problem:  # any cast's error: it is what the refusal quotes
+                    return SettingsCastError(path, section, key, value, str(problem))
+    return SettingsCastError(path, "?", "?", "?", str(error))
+
+
 def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # dynaconf loads every file with environments=False and sections merged, so every section
     # stays visible, parsed, cast and formatted as dynaconf does it. Which layer wins is read
@@ -310,6 +326,7 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # Imported here: the pytest plugin's start-up never pays for them.
     from dynaconf import Dynaconf
     from dynaconf.loaders import toml_loader
+    from dynaconf.utils.parse_conf import DynaconfParseError
 
     # envvar_prefix=None: dynaconf's env loader reads os.environ itself, ignoring the
     # `environ` a caller passed; the app applies APP_* variables itself.
@@ -326,7 +343,10 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # and loads the local files after both shared ones, so a key set in settings.local.toml
     # and .secrets.toml was credited to the wrong file.
     for path in files.paths:
-        toml_loader.load(settings, filename=str(path))
+        try:
+            toml_loader.load(settings, filename=str(path))
+        except DynaconfParseError as error:  # a cast dynaconf makes as it loads the file
+            raise _cast_error(path, settings, error) from None
     evaluated: dict[tuple[str, str], Any] = {}
 
     def value_of(section: str, key: str, raw: Any) -> Any:

@@ -206,6 +206,31 @@ class SettingsAmbiguousError(ConfigError):
         )
 
 
+class SettingsCastError(ConfigError):
+    """A settings value whose dynaconf cast (``@int``, ``@float``, ``@bool``, ``@json`` ...) fails.
+
+    Every profile's sections are loaded in one dynaconf load (`app.config_files`), and
+    dynaconf casts a file's values as it loads it: such a value stops every profile, so the
+    refusal names the file, the section and the key, not only dynaconf's message.
+    """
+
+    code = "settings_cast"
+
+    path: Path
+    section: str
+    key: str
+    value: str
+    problem: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.path}: [{self.section}] {self.key} = {self.value!r} cannot be cast "
+            f"({self.problem}); every profile's sections are loaded together, so no profile "
+            "loads until it is fixed: correct the value or its @-cast, and run `app doctor`"
+        )
+
+
 class UnknownProfileError(ConfigError):
     """A profile name that is not a section of ``settings.toml``."""
 

@@ -40,6 +40,7 @@ from app.errors import (
     InvalidSettingError,
     SandboxViolationError,
     SettingsAmbiguousError,
+    SettingsCastError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     UnknownProfileError,
@@ -609,6 +610,23 @@ def test_sections_or_keys_that_differ_only_in_case_are_refused(
         load("testing")
     assert "keys 'data_root' and 'DATA_ROOT' of [testing] are one setting" in str(caught.value)
     assert caught.value.path == where / ".secrets.toml"
+
+
+def test_a_value_whose_cast_fails_names_the_file_section_and_key(
+    make_settings: SettingsMaker,
+) -> None:
+    # dynaconf casts as it loads a file, and every profile's sections are loaded at once:
+    # this was a bare DynaconfParseError traceback naming neither the file nor the key.
+    where = make_settings(secrets='[development]\nport = "@int abc"\n')
+    with pytest.raises(SettingsCastError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / '.secrets.toml'}: [development] port = '@int abc' cannot be cast "
+        "(Cannot convert 'abc' to integer: invalid literal for int() with base 10: 'abc'); "
+        "every profile's sections are loaded together, so no profile loads until it is "
+        "fixed: correct the value or its @-cast, and run `app doctor`"
+    )
+    assert caught.value.exit_code == 78
 
 
 def test_an_unknown_key_is_reported_with_a_suggestion(

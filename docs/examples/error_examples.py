@@ -60,6 +60,13 @@ EXAMPLES: list[errors.AppError] = [
     errors.SettingsAmbiguousError(
         Path("/opt/app/settings.toml"), ["production", "Production"], None
     ),
+    errors.SettingsCastError(
+        Path("/opt/app/settings.toml"),
+        "production",
+        "port",
+        "@int 80OO",
+        "Cannot convert '80OO' to integer: invalid literal for int() with base 10: '80OO'",
+    ),
     errors.UnknownProfileError(
         "prod", ["development", "production", "testing"], "ENV_FOR_DYNACONF"
     ),
