@@ -49,6 +49,7 @@ from app.errors import (
     InvalidSettingError,
     RemoteBackendError,
     SandboxViolationError,
+    SettingsCastError,
     UnknownProfileError,
 )
 
@@ -566,6 +567,22 @@ def _dynaconf_token(value: str) -> str | None:
     return token if token in converters else None
 
 
+def _unresolved(profile: str, name: str, value: Unresolved, source: str) -> ConfigError:
+    """The refusal for a value from the files that dynaconf could not cast or resolve."""
+    if value.cast is not None:
+        c = value.cast
+        return SettingsCastError(c.path, c.section, c.key, c.value, c.problem, profile)
+    return InvalidSettingError(
+        profile,
+        name,
+        value.raw,
+        f"cannot be resolved ({value.error}); set what it reads (for "
+        f"`@format {{env[NAME]}}`, the variable NAME) in the environment of the "
+        f"commands that use profile {profile!r}, or set {KEYS[name].env}",
+        source,
+    )
+
+
 def _resolve_profile(
     files: Files,
     profile: str,
@@ -596,17 +613,7 @@ def _resolve_profile(
     for name, key in KEYS.items():
         value = given.get(name, key.default)
         if isinstance(value, Unresolved):
-            deferred.append(
-                InvalidSettingError(
-                    profile,
-                    name,
-                    value.raw,
-                    f"cannot be resolved ({value.error}); set what it reads (for "
-                    f"`@format {{env[NAME]}}`, the variable NAME) in the environment of the "
-                    f"commands that use profile {profile!r}, or set {key.env}",
-                    sources[name],
-                )
-            )
+            deferred.append(_unresolved(profile, name, value, sources[name]))
             continue
         if value is _REQUIRED:
             problems.append(

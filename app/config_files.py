@@ -225,6 +225,8 @@ class Unresolved(NamedTuple):
 
     raw: Any
     error: str
+    #: Set when it is a cast dynaconf could not make as it loaded the file.
+    cast: SettingsCastError | None = None
 
 
 def plain_roots(files: Files) -> dict[str, tuple[str, str]] | None:
@@ -301,19 +303,57 @@ def file_values(files: Files, keys: Collection[str]) -> Values:
     return _fresh(cached)
 
 
-def _cast_error(path: Path, settings: Any, error: Exception) -> SettingsCastError:
-    """Which value of ``path`` dynaconf could not cast: its message names neither key nor file."""
+def _cast_errors(path: Path, settings: Any) -> dict[tuple[str, str], SettingsCastError]:
+    """The values of ``path`` that dynaconf cannot cast, by the (section, key) in lower case
+    that holds them; a value nested in a table or list is named by its dotted key."""
     from dynaconf.utils.parse_conf import parse_conf_data
+
+    def failures(name: str, value: Any) -> Iterator[tuple[str, str, str]]:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                yield from failures(f"{name}.{key}", inner)
+        elif isinstance(value, list):
+            for index, inner in enumerate(value):
+                yield from failures(f"{name}[{index}]", inner)
+        elif isinstance(value, str) and value.startswith("@"):
+            try:
+                parse_conf_data(value, tomlfy=True, box_settings=settings)
+            except Exception as problem:  # any cast's error: it is what the refusal quotes
+                yield name, value, str(problem)
+
+    _, parsed = _read_toml(path)
+    found: dict[tuple[str, str], SettingsCastError] = {}
+    for section, body in parsed.items():
+        for key, value in body.items() if isinstance(body, dict) else ():
+            for name, text, problem in failures(key, value):
+                refusal = SettingsCastError(path, section, name, text, problem)
+                found.setdefault((section.lower(), key.lower()), refusal)
+    return found
+
+
+def _load_setting_aside(
+    settings: Any, path: Path, failed: Mapping[tuple[str, str], SettingsCastError]
+) -> None:
+    """Load ``path`` as dynaconf's TOML loader does, without the values in ``failed``."""
+    from dynaconf.loaders.base import BaseLoader
 
     _, parsed = _read_toml(path)
     for section, body in parsed.items():
-        for key, value in body.items() if isinstance(body, dict) else ():
-            if isinstance(value, str) and value.startswith("@"):
-                try:
-                    parse_conf_data(value, tomlfy=True, box_settings=settings)
-                except Exception as problem:  # any cast's error: it is what the refusal quotes
-                    return SettingsCastError(path, section, key, value, str(problem))
-    return SettingsCastError(path, "?", "?", "?", str(error))
+        if isinstance(body, dict):
+            for key in [k for k in body if (section.lower(), k.lower()) in failed]:
+                del body[key]
+    # toml_loader.load is this BaseLoader with tomllib's reader; the reader here hands it
+    # the parsed file less the values it cannot cast, and the rest is dynaconf's own load.
+    loader = BaseLoader(
+        obj=settings,
+        env=None,
+        identifier="toml",
+        extensions=(".toml",),
+        file_reader=lambda _file: parsed,
+        string_reader=tomllib.loads,
+        opener_params={"mode": "rb"},
+    )
+    loader.load(filename=str(path))
 
 
 def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
@@ -342,11 +382,18 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
     # whatever `skip_files` says, so the sandbox's load read settings.local.toml after all,
     # and loads the local files after both shared ones, so a key set in settings.local.toml
     # and .secrets.toml was credited to the wrong file.
+    # A value whose cast fails (dynaconf casts as it loads a file) is set aside, and is a
+    # problem of the profiles that take it, as an unresolvable `@format` is.
+    failed: dict[tuple[Path, str, str], SettingsCastError] = {}
     for path in files.paths:
         try:
             toml_loader.load(settings, filename=str(path))
-        except DynaconfParseError as error:  # a cast dynaconf makes as it loads the file
-            raise _cast_error(path, settings, error) from None
+        except DynaconfParseError as error:
+            found = _cast_errors(path, settings)
+            if not found:  # a cast nested deeper than a section's own keys
+                raise SettingsCastError(path, "?", "?", "?", str(error)) from None
+            failed.update({(path, *where): refusal for where, refusal in found.items()})
+            _load_setting_aside(settings, path, found)
     evaluated: dict[tuple[str, str], Any] = {}
 
     def value_of(section: str, key: str, raw: Any) -> Any:
@@ -364,5 +411,11 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
         for layer in layers(files, profile):
             for key, raw in layer.body.items():
                 if key in keys:
-                    values[key] = (value_of(layer.section, key, raw), layer.source)
+                    refusal = failed.get((layer.path, layer.section, key))
+                    value = (
+                        Unresolved(raw, refusal.problem, refusal)
+                        if refusal is not None
+                        else value_of(layer.section, key, raw)
+                    )
+                    values[key] = (value, layer.source)
     return out

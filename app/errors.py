@@ -209,9 +209,10 @@ class SettingsAmbiguousError(ConfigError):
 class SettingsCastError(ConfigError):
     """A settings value whose dynaconf cast (``@int``, ``@float``, ``@bool``, ``@json`` ...) fails.
 
-    Every profile's sections are loaded in one dynaconf load (`app.config_files`), and
-    dynaconf casts a file's values as it loads it: such a value stops every profile, so the
-    refusal names the file, the section and the key, not only dynaconf's message.
+    dynaconf casts a file's values as it loads it, and every profile's sections are loaded in
+    one load (`app.config_files`): the failing values are set aside there, so that the refusal
+    stops only the profiles that take the key from that section (``profile``), and names the
+    file, the section and the key, not only dynaconf's message.
     """
 
     code = "settings_cast"
@@ -221,13 +222,20 @@ class SettingsCastError(ConfigError):
     key: str
     value: str
     problem: str
+    #: The profile refused; None when the value could not be told apart (then every one is).
+    profile: str | None = None
 
     @property
     def message(self) -> str:
+        where = f"{self.path}: [{self.section}] {self.key} = {self.value!r} cannot be cast"
+        who = (
+            f"profile {self.profile!r} takes {self.key} from there, so it does not load"
+            if self.profile is not None
+            else "every profile's sections are loaded together, so no profile loads"
+        )
         return (
-            f"{self.path}: [{self.section}] {self.key} = {self.value!r} cannot be cast "
-            f"({self.problem}); every profile's sections are loaded together, so no profile "
-            "loads until it is fixed: correct the value or its @-cast, and run `app doctor`"
+            f"{where} ({self.problem}); {who} until it is fixed: correct the value or its "
+            "@-cast, and run `app doctor`"
         )
 
 

@@ -612,21 +612,47 @@ def test_sections_or_keys_that_differ_only_in_case_are_refused(
     assert caught.value.path == where / ".secrets.toml"
 
 
-def test_a_value_whose_cast_fails_names_the_file_section_and_key(
-    make_settings: SettingsMaker,
+def test_a_value_whose_cast_fails_stops_only_the_profiles_that_take_it(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # dynaconf casts as it loads a file, and every profile's sections are loaded at once:
-    # this was a bare DynaconfParseError traceback naming neither the file nor the key.
-    where = make_settings(secrets='[development]\nport = "@int abc"\n')
-    with pytest.raises(SettingsCastError) as caught:
-        load("testing")
-    assert str(caught.value) == (
+    # this was a bare DynaconfParseError traceback naming neither the file nor the key, then
+    # a refusal of every profile. The value is set aside; the profiles that take it refuse.
+    where = make_settings(secrets='[development]\nport = "@int abc"\nlog_level = "debug"\n')
+    assert load("testing").profile == "testing"  # another profile loads as before
+    allow(monkeypatch, "development")
+    with pytest.raises(ConfigError) as caught:
+        load("development")
+    (refusal,) = [p for p in problems_of(caught.value) if isinstance(p, SettingsCastError)]
+    assert str(refusal) == (
         f"{where / '.secrets.toml'}: [development] port = '@int abc' cannot be cast "
         "(Cannot convert 'abc' to integer: invalid literal for int() with base 10: 'abc'); "
-        "every profile's sections are loaded together, so no profile loads until it is "
+        "profile 'development' takes port from there, so it does not load until it is "
         "fixed: correct the value or its @-cast, and run `app doctor`"
     )
-    assert caught.value.exit_code == 78
+    assert refusal.exit_code == 78
+    # The rest of the file still loads, as dynaconf loads it: the same file's other key.
+    make_settings(secrets='[development]\nport = "@int 8123"\nlog_level = "@str debug"\n')
+    config = load("development")
+    assert (config.port, config.log_level) == (8123, "debug")
+
+
+def test_a_cast_that_fails_in_default_stops_every_profile_naming_each(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allow(monkeypatch, "development")
+    where = make_settings(secrets='[default]\npage_size = "@int lots"\n')
+    for profile in ("development", "testing"):
+        with pytest.raises(ConfigError) as caught:
+            load(profile)
+        messages = [str(p) for p in problems_of(caught.value) if isinstance(p, SettingsCastError)]
+        expected = (
+            f"{where / '.secrets.toml'}: [default] page_size = '@int lots' cannot be cast "
+            "(Cannot convert 'lots' to integer: invalid literal for int() with base 10: "
+            f"'lots'); profile {profile!r} takes page_size from there, so it does not load "
+            "until it is fixed: correct the value or its @-cast, and run `app doctor`"
+        )
+        assert messages == [expected]
 
 
 def test_an_unknown_key_is_reported_with_a_suggestion(

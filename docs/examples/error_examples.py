@@ -66,6 +66,7 @@ EXAMPLES: list[errors.AppError] = [
         "port",
         "@int 80OO",
         "Cannot convert '80OO' to integer: invalid literal for int() with base 10: '80OO'",
+        "production",
     ),
     errors.UnknownProfileError(
         "prod", ["development", "production", "testing"], "ENV_FOR_DYNACONF"
