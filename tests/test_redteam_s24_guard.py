@@ -1,0 +1,102 @@
+"""Red team 24 on the guard: what pytest deletes on its own, and who counts as a pytest run.
+
+Each case is real: an ``app serve`` holding its root, real mounts in a mount namespace of
+the test's own (root only), pytest runs in subprocesses, and children given a hand-built
+environment in a PID namespace with a ``/proc`` of its own (outside this suite's run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _pytest.tmpdir import get_user
+from project_copy import PROJECT
+from test_server_e2e import Server, app_env
+
+A_TEST = "def test_nothing(tmp_path):\n    pass\n"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A live server on a failed test's data, in the oldest of four numbered directories of
+    a pytest temporary root of its own, with one session."""
+    base = tmp_path_factory.mktemp("s24")
+    numbered = base / "temproot" / f"pytest-of-{get_user()}"
+    root = numbered / "pytest-0" / "test_failed0" / "data"
+    root.parent.mkdir(parents=True)
+    for n in (1, 2, 3):
+        (numbered / f"pytest-{n}").mkdir()
+    server = Server(app_env(root), base / "server.log").wait_ready()
+    try:
+        with server.client() as client:
+            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+        yield server
+    finally:
+        server.stop()
+
+
+def _still_serves_its_session(server: Server) -> None:
+    assert server.process.poll() is None, server.output
+    with server.client() as client:
+        assert client.get("/sessions").json()["total"] == 1
+    session = next((server.root / "sessions").iterdir())
+    assert (session / "session.json").is_file()
+
+
+def _inner_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env.update(extra)
+    return env
+
+
+def test_a_basetemp_with_a_mount_in_it_or_at_it_is_refused(live: Server, tmp_path: Path) -> None:
+    # pytest empties an existing --basetemp before the run, and its deletion goes on into a
+    # filesystem mounted there. The plugin looked for a held lock file or a stamp under the
+    # directory, but production's sessions/ bind-mounted into a scratch directory (to look at
+    # it beside a test's data) holds neither: the run emptied the live server's sessions.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root makes a bind mount (unshare -m)")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_nothing.py").write_text(A_TEST)
+    holds = tmp_path / "holds"  # an earlier run's sandbox, say, with a mount in it
+    (holds / "view").mkdir(parents=True)
+    is_one = tmp_path / "is-one"
+    is_one.mkdir()
+    script = (
+        'mount --bind "$1" "$2/view" && mount --bind "$1" "$3" || exit 9\n'
+        'for basetemp in "$2" "$3"; do\n'
+        '  "$4" -m pytest -p no:cacheprovider --basetemp="$basetemp" "$5"\n'
+        '  echo "=== $?"\n'
+        "done\n"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+         str(live.root / "sessions"), str(holds), str(is_one), sys.executable,
+         str(project / "test_nothing.py")],
+        env=_inner_env(APP_SETTINGS_DIR=str(PROJECT)), cwd=project,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    _still_serves_its_session(live)
+    runs = done.stdout.split("=== ")
+    assert len(runs) == 3, done.stdout
+    inside, at = runs[0], runs[1]
+    assert runs[1].startswith("4") and runs[2].startswith("4"), runs
+    point = holds / "view"
+    assert (
+        f"ERROR: app: refusing --basetemp {holds}: a filesystem is mounted in it at {point} "
+        f"(`findmnt {point}` shows what), and pytest empties the --basetemp before the run: "
+        "its deletion would go on into the mounted filesystem and delete what it holds. "
+        f"Unmount it (umount {point}), or choose a --basetemp with nothing mounted in it"
+    ) in inside, inside
+    assert (
+        f"ERROR: app: refusing --basetemp {is_one}: it is a mount point (`findmnt {is_one}` "
+        "shows what)"
+    ) in at, at
+    assert f"Unmount it (umount {is_one})" in at, at
