@@ -100,3 +100,34 @@ def test_a_basetemp_with_a_mount_in_it_or_at_it_is_refused(live: Server, tmp_pat
         "shows what)"
     ) in at, at
     assert f"Unmount it (umount {is_one})" in at, at
+
+
+def test_a_run_whose_plugin_is_inactive_keeps_a_live_root_pytest_would_delete(
+    live: Server, tmp_path: Path
+) -> None:
+    # Another project's run in this environment: the plugin stays inactive (its rootdir is
+    # not the settings' project) and changed nothing, so pytest's clean-up of
+    # pytest-of-<user>, shared by every project of the user, deleted the numbered directory
+    # a developer had started a server in, on a failed test's data: the app's own runs keep it.
+    numbered = live.root.parents[2]
+    project = tmp_path / "another-project"
+    project.mkdir()
+    (project / "test_nothing.py").write_text(A_TEST)
+    env = _inner_env(PYTEST_DEBUG_TEMPROOT=str(numbered.parent))
+    for name in ("APP_SETTINGS_DIR", "PYTEST_APP_SANDBOX", "ENV_FOR_DYNACONF", "APP_DATA_ROOT"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_nothing.py"],
+        env=env, cwd=project, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "app: inactive, nothing neutralised or forced: the settings in " in output, output
+    _still_serves_its_session(live)
+    old = numbered / "pytest-0"
+    assert (
+        f"app: kept {old}: pytest deletes it at the end of this run (it keeps only the last 3 "
+        f"of its temporary directories, tmp_path_retention_count), but it holds the data root "
+        f"{live.root}, held by pid {live.pid}, kind server"
+    ) in output, output
+    assert not (numbered / "pytest-1").exists(), output  # the rest of the clean-up went on

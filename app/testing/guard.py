@@ -532,6 +532,39 @@ def _keep_held_directories(
             print(line, file=sys.stderr)
 
 
+def keep_held_directories_inactive(config: pytest.Config) -> None:
+    """In a run where the plugin stays inactive (another project's, in this environment):
+    keep, as an active run does, each numbered directory pytest is about to delete that holds
+    a live data root or a mount point.
+
+    Inactive, the plugin changes nothing of the run; but pytest's clean-up of
+    ``pytest-of-<user>`` is shared by every project of the user, and another project's run
+    deleted a live server's root there (a server started on a failed test's data) that the
+    app's own runs keep. Only pytest's own factory, only where it made a numbered directory
+    (so registered that clean-up), and only its ``.lock`` is touched, in a directory kept.
+    """
+    factory = getattr(config, "_tmp_path_factory", None)  # private: see pyproject.toml
+    basetemp = getattr(factory, "_basetemp", None)
+    if factory is None or basetemp is None or factory._given_basetemp is not None:
+        return
+    from _pytest.pathlib import LOCK_TIMEOUT
+
+    try:
+        alive_after = basetemp.stat().st_mtime - LOCK_TIMEOUT
+    except OSError:
+        return
+    # The stack runs last in, first out: this runs before pytest's clean-up, registered
+    # when the directory was made.
+    factory._exit_stack.callback(
+        _keep_held_directories,
+        config,
+        basetemp.parent,
+        _retention_keep(config),
+        alive_after,
+        basetemp,
+    )
+
+
 def make_sandbox(
     config: pytest.Config, given: str | None, roots: dict[str, Path]
 ) -> tuple[pytest.TempPathFactory, Path]:

@@ -173,6 +173,13 @@ def pytest_configure(config: pytest.Config) -> None:
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories.
+    if session.config.stash.get(STATE, None) is None and INACTIVE in session.config.stash:
+        guard.keep_held_directories_inactive(session.config)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
