@@ -459,8 +459,10 @@ _PYTEST_CODE: Final = re.compile(
     re.S,
 )
 #: `-m` or `-c`, after any of Python's short options that take no value run together with
-#: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word.
-_MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqsSuvVx]*([mc])(.*)", re.S)
+#: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word. Every
+#: one of them: `-R` (hash randomisation) was missing, and `python -Rm pytest -p no:app`
+#: was no pytest to its tests' children.
+_MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqRsSuvVx]*([mc])(.*)", re.S)
 _PYTEST_MODULES: Final = frozenset({"pytest", "py.test", "pytest.__main__"})
 
 

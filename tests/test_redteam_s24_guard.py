@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from _pytest.tmpdir import get_user
 from project_copy import PROJECT
+from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_server_e2e import Server, app_env
 
 A_TEST = "def test_nothing(tmp_path):\n    pass\n"
@@ -131,3 +133,39 @@ def test_a_run_whose_plugin_is_inactive_keeps_a_live_root_pytest_would_delete(
         f"{live.root}, held by pid {live.pid}, kind server"
     ) in output, output
     assert not (numbered / "pytest-1").exists(), output  # the rest of the clean-up went on
+
+
+#: A test that starts a child with a hand-built environment, which loads production.
+CHILD_LOADS_PRODUCTION = f"""
+import subprocess, sys
+
+def test_child():
+    done = subprocess.run(
+        [sys.executable, "-c", {LOAD_PRODUCTION!r}],
+        env={HAND_BUILT_ENV!r}, capture_output=True, text=True,
+    )
+    print("CHILD", done.stdout.strip() or done.stderr.strip()[-300:])
+"""
+
+
+@pytest.mark.skipif(not _own_proc_allowed(), reason="needs unshare --pid --mount-proc")
+def test_pytest_behind_python_s_r_option_is_a_pytest_run(tmp_path: Path) -> None:
+    # `python -Rm pytest -p no:app`: Python's -R (hash randomisation, accepted and ignored
+    # since 3.3) run together with -m. Every other short option was read, this one not, so
+    # the run's command line was no pytest, and a child of its test, given a hand-built
+    # environment, loaded production. In a PID namespace with a /proc of its own, outside
+    # this suite's run.
+    (tmp_path / "test_child.py").write_text(CHILD_LOADS_PRODUCTION)
+    done = subprocess.run(
+        [*OWN_PROC, sys.executable, "-Rm", "pytest", "-p", "no:app", "-p", "no:cacheprovider",
+         "-s", "-q", "test_child.py"],
+        env=HAND_BUILT_ENV, cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    said = [line for line in output.splitlines() if "CHILD" in line]
+    assert len(said) == 1, output
+    assert said[0].startswith(
+        "CHILD REFUSED refused under pytest: loading profile 'production' while pytest runs "
+        "without the app's sandbox (an ancestor process (pid 1: "
+    ), said[0]
+    assert " -Rm pytest -p no:app " in said[0], said[0]
