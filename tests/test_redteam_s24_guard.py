@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from _pytest.tmpdir import get_user
 from project_copy import PROJECT
 from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
-from test_server_e2e import Server, app_env
+from test_server_e2e import Server, app_env, run_app
 
 A_TEST = "def test_nothing(tmp_path):\n    pass\n"
 
@@ -169,3 +170,82 @@ def test_pytest_behind_python_s_r_option_is_a_pytest_run(tmp_path: Path) -> None
         "without the app's sandbox (an ancestor process (pid 1: "
     ), said[0]
     assert " -Rm pytest -p no:app " in said[0], said[0]
+
+
+#: Run as a process of its own: the ways to reach a live server's lock from outside it.
+#: argv: server pid, lock file. pidfd_open and pidfd_getfd have one number on every arch.
+TAKE_OVER = """
+import ctypes, fcntl, os, sys, time
+pid, lock = int(sys.argv[1]), sys.argv[2]
+fd = next(
+    int(n) for n in os.listdir(f"/proc/{pid}/fd")
+    if os.readlink(f"/proc/{pid}/fd/{n}") == lock
+)
+reopened = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)  # a new open file description
+try:
+    fcntl.flock(reopened, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("REOPENED LOCKED", flush=True)
+except BlockingIOError:
+    print("REOPENED REFUSED", flush=True)
+libc = ctypes.CDLL(None, use_errno=True)
+taken = libc.syscall(438, libc.syscall(434, pid, 0), fd, 0)  # the server's own description
+print("TAKEN" if taken >= 0 else f"NOT TAKEN {ctypes.get_errno()}", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_lock_kept_by_another_process_after_its_server_died_names_that_process(
+    tmp_path: Path,
+) -> None:
+    # A flock belongs to an open file description: a descriptor of the server's lock that
+    # another process holds (taken with pidfd_getfd, as a debugger or a checkpoint tool
+    # can; or inherited by a child forked below Python) keeps the lock once the server is
+    # gone. /proc/locks and the lock file still named the dead server: `app status` said it
+    # was serving at its URL, and every refusal said to `kill` a pid that no longer existed,
+    # a lock that looks stale, which one then deletes by hand.
+    root = tmp_path / "data"
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    lock = root / ".server.lock"
+    thief = subprocess.Popen(
+        [sys.executable, "-c", TAKE_OVER, str(server.pid), str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert thief.stdout is not None
+        # Opened again through /proc/<pid>/fd, it is a description of its own: refused.
+        assert thief.stdout.readline().strip() == "REOPENED REFUSED"
+        taken = thief.stdout.readline().strip()
+        if taken != "TAKEN":
+            pytest.skip(f"pidfd_getfd is not allowed here: {taken}")
+        # A stopped server still holds its root.
+        os.kill(server.pid, signal.SIGSTOP)
+        stopped = run_app("data", "purge", env=app_env(root))
+        os.kill(server.pid, signal.SIGCONT)
+        assert stopped.returncode == 75, stopped.stderr
+        assert f"is held by pid {server.pid}, kind server" in stopped.stderr
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait_exit()
+        status = run_app("status", env=app_env(root))
+        purge = run_app("data", "purge", env=app_env(root))
+    finally:
+        thief.kill()
+        thief.wait()
+        server.stop()
+    keeps = f"pid {thief.pid} ({sys.executable} -c '\nimport ctypes, fcntl, os, sys, time\n"
+    assert status.returncode == 0, status.stderr
+    assert f"held by: {keeps}" in status.stdout, status.stdout
+    taken_by = (
+        f", which keeps open the lock taken by pid {server.pid} (kind server, profile "
+        "testing, host "
+    )
+    assert taken_by in status.stdout, status.stdout
+    assert (
+        f"; pid {server.pid} no longer holds it (it exited, or closed it), and the descriptor "
+        "was inherited or passed on"
+    ) in status.stdout, status.stdout
+    assert "serving:" not in status.stdout, status.stdout
+    assert purge.returncode == 75, purge.stderr
+    assert f"is held by {keeps}" in purge.stderr, purge.stderr
+    assert f"stop it (kill {thief.pid}) or wait for it to finish and retry" in purge.stderr
+    # Free once that process is gone: nothing was stale, and nothing needed deleting.
+    assert run_app("data", "purge", env=app_env(root)).returncode == 0
