@@ -73,6 +73,7 @@ __all__ = [
     "marked",
     "note_inactive",
     "parent_pid",
+    "proc_hides_processes",
     "record_load",
     "register",
     "restore_entry",
@@ -427,6 +428,29 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     return None, bare
+
+
+def proc_hides_processes() -> str | None:
+    """The ``hidepid=`` option ``/proc`` is mounted with, if it hides processes from other
+    users (``invisible``, ``noaccess``, ``ptraceable``, or their numbers), else None.
+
+    A child a test starts as another user (``sudo -u``, ``runuser``, ``setpriv``) then cannot
+    read its ancestors in ``/proc``, so the process tree cannot tell it is part of the run:
+    with a hand-built environment (sudo resets it) it is outside.
+    """
+    try:
+        lines = (_PROC / "self" / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and fields[4] == "/proc" and " - proc " in line:
+            found = next(
+                (o for o in line.rpartition(" ")[2].split(",") if o.startswith("hidepid=")),
+                None,
+            )  # the last mount at /proc is the one seen
+    return None if found in (None, "hidepid=0", "hidepid=off") else found
 
 
 def _shown(argv: list[str]) -> str:

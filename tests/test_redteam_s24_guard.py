@@ -249,3 +249,103 @@ def test_a_lock_kept_by_another_process_after_its_server_died_names_that_process
     assert f"stop it (kill {thief.pid}) or wait for it to finish and retry" in purge.stderr
     # Free once that process is gone: nothing was stale, and nothing needed deleting.
     assert run_app("data", "purge", env=app_env(root)).returncode == 0
+
+
+#: Loaded with `-p` before the app's plugin configures the run: a library that starts
+#: multiprocessing's forkserver at import, while the shell's production settings are set.
+EARLY_FORKSERVER = """
+import multiprocessing
+from multiprocessing import forkserver
+
+multiprocessing.get_context("forkserver").set_forkserver_preload(["app.config"])
+forkserver.ensure_running()
+"""
+
+#: Children of one test that leave the run's environment in different ways, started at once.
+CHILDREN = f"""
+import multiprocessing, os, subprocess, sys
+from concurrent.futures import ProcessPoolExecutor
+
+LOAD = {LOAD_PRODUCTION!r}
+ENV = {HAND_BUILT_ENV!r}
+#: /proc shows every process to group 65534 (hidepid's gid=), and none of root's to 1234.
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+HIDDEN = ["setpriv", "--reuid=65534", "--regid=1234", "--clear-groups"]
+
+
+def load_in_worker():
+    import contextlib, io
+    os.environ.clear()
+    os.environ.update(ENV)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        exec(LOAD)
+    return said.getvalue().strip()
+
+
+def test_children():
+    kept = dict(ENV, PYTEST_APP_SANDBOX=os.environ["PYTEST_APP_SANDBOX"])
+    cases = {{
+        "python -I": ([sys.executable, "-I", "-c", LOAD], ENV),
+        "setpriv": ([*AS_NOBODY, sys.executable, "-c", LOAD], ENV),
+        "setpriv, hidden, sandbox kept": ([*HIDDEN, sys.executable, "-c", LOAD], kept),
+    }}
+    started = {{
+        name: subprocess.Popen(
+            argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for name, (argv, env) in cases.items()
+    }}
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        print("CASE forkserver:", pool.submit(load_in_worker).result())
+    for name, child in started.items():
+        print(f"CASE {{name}}:", child.communicate()[0].strip())
+"""
+
+
+def test_children_that_leave_the_run_s_environment_another_way_are_in_the_run(
+    tmp_path: Path,
+) -> None:
+    # Held: a forkserver started before the plugin (by a `-p` plugin, with the shell's
+    # production settings), `python -I` (ignores PYTHON* variables), a child as another
+    # user (setpriv), each given a hand-built environment. Not held: the same child as
+    # another user where /proc hides other users' processes from it (hidepid): it cannot
+    # see its ancestors. The run now says so in its header, with what keeps such a child in
+    # the run (its PYTEST_APP_SANDBOX), which is then refused.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root starts a child as another user")
+    (tmp_path / "early_forkserver.py").write_text(EARLY_FORKSERVER)
+    (tmp_path / "test_children.py").write_text(CHILDREN)
+    tmp_path.chmod(0o755)
+    script = (
+        "mount -t proc -o hidepid=invisible,gid=65534 proc /proc || exit 9\n"
+        'exec "$1" -m pytest -p early_forkserver -p no:cacheprovider -s test_children.py\n'
+    )
+    shell = _inner_env(
+        APP_SETTINGS_DIR=str(PROJECT), ENV_FOR_DYNACONF="production", APP_DATA_ROOT="/srv/x"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sys.executable],
+        env=shell, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        check=False,
+    )  # fmt: skip
+    output = done.stdout
+    said = dict(
+        line.partition("CASE ")[2].split(": ", 1) for line in output.splitlines() if "CASE " in line
+    )
+    assert list(said) == ["forkserver", "python -I", "setpriv", "setpriv, hidden, sandbox kept"]
+    refused = "REFUSED refused under pytest (sandbox: "
+    in_run = "loading profile 'production'; tests run on the 'testing' profile"
+    for name, outcome in said.items():
+        assert outcome.startswith(refused), (name, outcome)
+        assert in_run in outcome, (name, outcome)
+        how = "the environment (PYTEST_APP_SANDBOX)" if "hidden" in name else "the process tree"
+        assert f"(this process belongs to the test run through {how}" in outcome, outcome
+    assert (
+        "app: /proc is mounted with hidepid=invisible: a process a test starts as another user "
+        "(sudo -u, runuser, setpriv) cannot see this run's processes, so given a hand-built "
+        "environment (sudo resets it) it is outside the run; keep PYTEST_APP_SANDBOX in its "
+        "environment (sudo --preserve-env=PYTEST_APP_SANDBOX), or let that user see them "
+        "(mount /proc with gid=)"
+    ) in output, output

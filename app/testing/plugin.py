@@ -230,6 +230,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"neutralised: {', '.join(state.neutralised) or 'nothing'}"
         ),
     ]
+    hidden = sandboxing.proc_hides_processes()
+    if hidden is not None:
+        lines.append(
+            f"app: /proc is mounted with {hidden}: a process a test starts as another user "
+            "(sudo -u, runuser, setpriv) cannot see this run's processes, so given a "
+            "hand-built environment (sudo resets it) it is outside the run; keep "
+            f"{appconfig.SANDBOX_ENV} in its environment (sudo --preserve-env="
+            f"{appconfig.SANDBOX_ENV}), or let that user see them (mount /proc with gid=)"
+        )
     for live in state.live:
         lines.append(
             f"app: live server on profile {live.profile!r} ({describe_holder(live.holder)}) "
