@@ -506,7 +506,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  {describe_replica(replica)}")
         return
     click.echo(f"held by: {seen.held_by}")
-    if holder and holder.get("kind") == "server" and holder.get("port"):
+    if (
+        holder
+        and holder.get("kind") == "server"
+        and holder.get("port")
+        and "took_lock" not in holder
+    ):
         click.echo(f"serving: http://{config.host}:{holder['port']}")
 
 

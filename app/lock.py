@@ -148,6 +148,21 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
     """One line naming a lock holder: pid, kind, profile, host, port and since when."""
     if not holder:
         return "a process that published no details (pid unknown)"
+    if "took_lock" in holder:  # see `_kept_by`
+        took = holder["took_lock"]
+        original = {k: v for k, v in holder.items() if k not in ("pid", "took_lock")}
+        details = describe_holder({**original, "pid": took}).removeprefix(f"pid {took}, ")
+        keeper = (
+            f"pid {holder['pid']} ({holder.get('keeper_argv') or 'command line unknown'})"
+            if holder.get("pid")
+            else "a process of another user, which this one cannot see (as root, `fuser -v` "
+            "on the lock file names it)"
+        )
+        return (
+            f"{keeper}, which keeps open the lock taken by pid {took} ({details}); pid {took} "
+            "no longer holds it (it exited, or closed it), and the descriptor was inherited "
+            "or passed on"
+        )
     parts = [f"pid {holder.get('pid', '?')}"]
     if "pid_in_its_namespace" in holder:  # see `_seen_here`
         theirs = holder["pid_in_its_namespace"]
@@ -287,6 +302,73 @@ def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str,
     return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
 
 
+def _lock_line(pid: int | str, key: str) -> bool | None:
+    """Whether a descriptor of `pid` is the open file description that holds the exclusive
+    flock on the file `key` (``major:minor:inode``, as ``/proc/locks`` names it): only such a
+    descriptor lists the lock in its ``fdinfo``. None where its descriptors cannot be read
+    (another user's process)."""
+    try:
+        infos = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+    except FileNotFoundError:
+        return False  # gone
+    except OSError:
+        return None
+    for info in infos:
+        with contextlib.suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("lock:") and " FLOCK " in line and f" {key} " in line:
+                    return True
+    return False
+
+
+def _keepers(path: Path, key: str) -> list[int]:
+    """The processes with a descriptor of the open file description that holds the flock on
+    the lock file at `path` (or at it once, deleted since): read from every process's open
+    files, so only where the process the kernel lists for the lock does not hold it."""
+    named = str(path.parent.resolve() / path.name)
+    names = {named, f"{named} (deleted)"}
+    found = []
+    with contextlib.suppress(OSError), os.scandir(_PROC_LOCKS.parent) as processes:
+        for process in processes:
+            if not process.name.isdigit():
+                continue
+            with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as descriptors:
+                opened = any(str(Path(d.path).readlink()) in names for d in descriptors)
+                if opened and _lock_line(process.name, key):
+                    found.append(int(process.name))
+    return found
+
+
+def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`holder`, or who really keeps its lock, if the process the kernel lists for the flock
+    no longer holds it.
+
+    A flock belongs to an open file description, not a process: a descriptor of the lock
+    that a server's child inherited (a fork below Python, whose at-fork hook closes it), or
+    that another process took (``pidfd_getfd``, ``SCM_RIGHTS``), keeps it after the server
+    has exited. ``/proc/locks`` still lists the server's pid, its published JSON still names
+    it, and the refusal told the operator to `kill` a process that no longer exists, and
+    `app status` to use its URL: a lock that looks stale, which one then deletes.
+    """
+    pid = _flock_pid_here(fd)
+    if not pid:
+        return holder  # unknown, or in a PID namespace this one cannot see
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return holder
+    key = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    if _lock_line(pid, key) is not False:
+        return holder  # it holds it, or it cannot be told (another user's process)
+    keepers = _keepers(path, key)
+    kept = {**(holder or {}), "pid": keepers[0] if keepers else None, "took_lock": pid}
+    if keepers:
+        from app.sandbox import _cmdline, _shown
+
+        kept["keeper_argv"] = _shown(_cmdline(keepers[0]))
+    return kept
+
+
 def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
     """The live process that still holds the flock of a lock file once at ``path``, deleted
     (or replaced) since, as its published JSON; None if there is none.
@@ -348,7 +430,7 @@ def _holder_here(path: Path) -> dict[str, Any] | None:
     if fd is None:
         return None
     try:
-        return _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
+        return _kept_by(fd, path, _seen_here(_read_holder_fd(fd), _flock_pid_here(fd)))
     finally:
         os.close(fd)
 
@@ -402,7 +484,7 @@ def probe(root: Path) -> Probe:
         except OSError as error:
             if error.errno in _CONTENDED_ERRNOS:
                 holder = _seen_here(_read_holder_fd(fd), _flock_pid_here(fd))
-                return Probe(path=path, held=True, holder=holder)
+                return Probe(path=path, held=True, holder=_kept_by(fd, path, holder))
             if error.errno in _UNSUPPORTED_ERRNOS:
                 raise LockUnavailableError(path, os.strerror(error.errno)) from error
             raise

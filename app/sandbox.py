@@ -73,6 +73,7 @@ __all__ = [
     "marked",
     "note_inactive",
     "parent_pid",
+    "proc_hides_processes",
     "record_load",
     "register",
     "restore_entry",
@@ -429,6 +430,29 @@ def _walk_tree() -> tuple[Run | None, str | None]:
     return None, bare
 
 
+def proc_hides_processes() -> str | None:
+    """The ``hidepid=`` option ``/proc`` is mounted with, if it hides processes from other
+    users (``invisible``, ``noaccess``, ``ptraceable``, or their numbers), else None.
+
+    A child a test starts as another user (``sudo -u``, ``runuser``, ``setpriv``) then cannot
+    read its ancestors in ``/proc``, so the process tree cannot tell it is part of the run:
+    with a hand-built environment (sudo resets it) it is outside.
+    """
+    try:
+        lines = (_PROC / "self" / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and fields[4] == "/proc" and " - proc " in line:
+            found = next(
+                (o for o in line.rpartition(" ")[2].split(",") if o.startswith("hidepid=")),
+                None,
+            )  # the last mount at /proc is the one seen
+    return None if found in (None, "hidepid=0", "hidepid=off") else found
+
+
 def _shown(argv: list[str]) -> str:
     # The command line that was taken for pytest, so that a wrong guess can be seen as one.
     import shlex
@@ -459,8 +483,10 @@ _PYTEST_CODE: Final = re.compile(
     re.S,
 )
 #: `-m` or `-c`, after any of Python's short options that take no value run together with
-#: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word.
-_MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqsSuvVx]*([mc])(.*)", re.S)
+#: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word. Every
+#: one of them: `-R` (hash randomisation) was missing, and `python -Rm pytest -p no:app`
+#: was no pytest to its tests' children.
+_MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqRsSuvVx]*([mc])(.*)", re.S)
 _PYTEST_MODULES: Final = frozenset({"pytest", "py.test", "pytest.__main__"})
 
 

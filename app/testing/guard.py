@@ -240,8 +240,38 @@ def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
             f"held by {describe_holder(seen.holder)}. pytest would empty it under that run. "
             "Give each concurrent run its own --basetemp"
         )
+    _refuse_mounts(given, (lexical, lexical.resolve(), target))
     if lexical.is_dir():
         _refuse_data_roots_inside(given, lexical)
+
+
+def _refuse_mounts(given: Path, spellings: tuple[Path, ...]) -> None:
+    """Refuse a --basetemp that is a mount point or has one inside it.
+
+    pytest's emptying (``rm_rf``, like ``shutil.rmtree``) goes on into a filesystem mounted
+    there, and what a mount holds shows nothing of where it comes from: production's
+    ``sessions/`` bind-mounted into a scratch directory to look at it holds no lock file and
+    no stamp, so the walk below found nothing and pytest emptied the live server's sessions.
+    A mount point as the --basetemp itself is emptied too (pytest then fails to recreate it).
+    """
+    __tracebackhide__ = True
+    from app.dataroot import mounts_inside
+
+    for spelling in dict.fromkeys(spellings):
+        found = [m for m in mounts_inside(spelling.parent) if m.is_relative_to(spelling)]
+        if found:
+            point = found[0]
+            where = (
+                "it is a mount point"
+                if point == spelling
+                else f"a filesystem is mounted in it at {point}"
+            )
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: {where} (`findmnt {point}` shows what), "
+                "and pytest empties the --basetemp before the run: its deletion would go on "
+                f"into the mounted filesystem and delete what it holds. Unmount it (umount "
+                f"{point}), or choose a --basetemp with nothing mounted in it"
+            )
 
 
 def _enclosing_data_root(path: Path) -> tuple[Path, str] | None:
@@ -500,6 +530,39 @@ def _keep_held_directories(
             reporter.write_line(line, yellow=True)
         else:
             print(line, file=sys.stderr)
+
+
+def keep_held_directories_inactive(config: pytest.Config) -> None:
+    """In a run where the plugin stays inactive (another project's, in this environment):
+    keep, as an active run does, each numbered directory pytest is about to delete that holds
+    a live data root or a mount point.
+
+    Inactive, the plugin changes nothing of the run; but pytest's clean-up of
+    ``pytest-of-<user>`` is shared by every project of the user, and another project's run
+    deleted a live server's root there (a server started on a failed test's data) that the
+    app's own runs keep. Only pytest's own factory, only where it made a numbered directory
+    (so registered that clean-up), and only its ``.lock`` is touched, in a directory kept.
+    """
+    factory = getattr(config, "_tmp_path_factory", None)  # private: see pyproject.toml
+    basetemp = getattr(factory, "_basetemp", None)
+    if factory is None or basetemp is None or factory._given_basetemp is not None:
+        return
+    from _pytest.pathlib import LOCK_TIMEOUT
+
+    try:
+        alive_after = basetemp.stat().st_mtime - LOCK_TIMEOUT
+    except OSError:
+        return
+    # The stack runs last in, first out: this runs before pytest's clean-up, registered
+    # when the directory was made.
+    factory._exit_stack.callback(
+        _keep_held_directories,
+        config,
+        basetemp.parent,
+        _retention_keep(config),
+        alive_after,
+        basetemp,
+    )
 
 
 def make_sandbox(

@@ -173,6 +173,13 @@ def pytest_configure(config: pytest.Config) -> None:
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories.
+    if session.config.stash.get(STATE, None) is None and INACTIVE in session.config.stash:
+        guard.keep_held_directories_inactive(session.config)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
@@ -223,6 +230,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"neutralised: {', '.join(state.neutralised) or 'nothing'}"
         ),
     ]
+    hidden = sandboxing.proc_hides_processes()
+    if hidden is not None:
+        lines.append(
+            f"app: /proc is mounted with {hidden}: a process a test starts as another user "
+            "(sudo -u, runuser, setpriv) cannot see this run's processes, so given a "
+            "hand-built environment (sudo resets it) it is outside the run; keep "
+            f"{appconfig.SANDBOX_ENV} in its environment (sudo --preserve-env="
+            f"{appconfig.SANDBOX_ENV}), or let that user see them (mount /proc with gid=)"
+        )
     for live in state.live:
         lines.append(
             f"app: live server on profile {live.profile!r} ({describe_holder(live.holder)}) "
