@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -60,13 +61,62 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_ports(count: int) -> list[int]:
-    # Bound all at once so that they differ; a race with another process is possible and
-    # shows as a start that fails, which the callers retry with new ports.
-    sockets = [socket.socket() for _ in range(count)]
+#: Where `free_ports` draws from: below the kernel's ephemeral range, which a port for a child
+#: must stay out of (see `free_ports`); ``net.ipv4.ip_local_port_range`` sets that range.
+_LOWEST_PORT = 10000
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _port_range() -> range:
+    """The ports this process draws from: a slice of its own of those below the ephemeral
+    range for each xdist worker (so that the run's workers never draw the same one)."""
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
+        ephemeral = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (ephemeral - _LOWEST_PORT) // max(workers, 1)
+    if size < 100:  # an ephemeral range widened down to here: nothing is outside it
+        return range(0)
+    start = _LOWEST_PORT + size * (worker % workers)
+    return range(start, start + size)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports that nothing listens on now, for a child told them as numbers
+    (``weed mini``, ``postgres``, a how-to's commands), which binds them a moment later.
+
+    Not from the kernel's ephemeral range (a bind to port 0): every ``connect()`` on the
+    machine takes its local port from that range, and so does every other bind to port 0,
+    so a port freed here could be taken before the child bound it, or, when a test stops a
+    child and starts it again on the same ports, in between. Drawn at random from below that
+    range instead, from this worker's slice of it (the run's workers never draw the same
+    port), each checked by binding it. Another run on the machine could still draw the same
+    port at the same moment: the child then fails to bind it, and the callers that can start
+    it again do so on new ports.
+    """
+    ports = _port_range()
+    sockets: list[socket.socket] = []
+    try:
+        if not ports:
+            for _ in range(count):
+                sockets.append(socket.socket())
+                sockets[-1].bind(("127.0.0.1", 0))
+        # SystemRandom: a test (or pytest-randomly) that seeds `random` must not make two
+        # processes draw the same ports.
+        for port in random.SystemRandom().sample(ports, min(len(ports), count * 20)):
+            if len(sockets) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: not even TIME_WAIT on it
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        if len(sockets) < count:
+            raise RuntimeError(f"no {count} free ports in {ports}")
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
