@@ -88,7 +88,9 @@ class Server:
     own: a test that kills it with SIGKILL kills that process and no other.
     """
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, limits: dict[int, tuple[int, int]] | None = None
+    ) -> None:
         self.env = env
         # Without a port of its own it gets `--port 0`, which overrides the profile's.
         self._port = int(env["APP_PORT"]) if "APP_PORT" in env else None
@@ -96,7 +98,7 @@ class Server:
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
         args = ["serve", *(["--port", "0"] if self._port is None else [])]
-        self.process = forked_app.serve(env, log, args)
+        self.process = forked_app.serve(env, log, args, limits)
 
     @property
     def pid(self) -> int:
