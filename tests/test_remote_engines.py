@@ -108,3 +108,21 @@ def test_engines_end_with_a_run_killed_before_its_teardown(
     engines._remove_clusters_of_dead_runs()  # what the next start_postgres does first
     assert not cluster.exists()
     assert postgres_engine.base.exists(), "a live run's cluster is not removed"
+
+
+def test_ports_for_a_child_lie_outside_the_ephemeral_range_in_a_slice_of_each_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A port from the ephemeral range, freed and handed to weed or postgres, could be taken
+    # by any connect() before the child bound it (or between its kill and its restart).
+    lowest = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = engines.free_ports(10)
+    assert len(set(ports)) == 10
+    assert all(port < lowest for port in ports), (ports, lowest)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        slices.append(set(engines._port_range()))
+        assert all(port in slices[-1] for port in engines.free_ports(3))
+    assert slices[0] and slices[1] and not slices[0] & slices[1]
