@@ -1,6 +1,6 @@
 """The PostgreSQL + object storage backend against its engines' own clients, in one run.
 
-Starts a throwaway PostgreSQL cluster (Debian's ``initdb``/``pg_ctl``, restarted with
+Starts a throwaway PostgreSQL cluster (Debian's ``initdb``/``postgres``, restarted with
 ``fsync`` and ``synchronous_commit`` on, so that a commit is durable) and ``weed mini``
 (SeaweedFS's S3 server), both on 127.0.0.1, with the start functions the tests use
 (tests/engines.py), and one or two ``app serve`` replicas of a production profile on them.
@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -124,11 +125,7 @@ class Replica:
 def durable(engine: Any) -> None:
     """Restart the tests' cluster with its durability settings back to PostgreSQL's defaults
     (the tests turn fsync off: their data is thrown away)."""
-    options = f"-h 127.0.0.1 -p {engine.port} -k {engine.base} -c max_connections=200"
-    engine._run(
-        str(engine.bindir / "pg_ctl"), "-D", str(engine.base / "data"), "-o", options,
-        "-l", str(engine.base / "server.log"), "-w", "-m", "fast", "restart",
-    )  # fmt: skip
+    engine.restart(signal.SIGINT, {"max_connections": "200"})
 
 
 # --- (a) upload --------------------------------------------------------------------------

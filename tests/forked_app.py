@@ -264,14 +264,34 @@ def _forking(env: dict[str, str]) -> Zygote | None:
     return Zygote.running if Zygote.running.fits(env) else None
 
 
-def serve(env: dict[str, str], log: Path, args: list[str]) -> subprocess.Popen[bytes] | Forked:
-    """``python -m app *args`` in `env`, its output appended to `log`, left running."""
-    zygote = _forking(env)
+def serve(
+    env: dict[str, str],
+    log: Path,
+    args: list[str],
+    limits: dict[int, tuple[int, int]] | None = None,
+) -> subprocess.Popen[bytes] | Forked:
+    """``python -m app *args`` in `env`, its output appended to `log`, left running; with
+    `limits` (``resource.RLIMIT_*`` to soft and hard), a subprocess of its own that sets them.
+
+    Set in the child, never in this process for the instant of the fork: that changed them
+    for the whole process: a serial run's head-start thread (tests/head_start.py) starting a
+    server or a pytest at that instant would have given it the test's limit too.
+    """
+    zygote = _forking(env) if limits is None else None
     if zygote is not None:
         return zygote.fork(env, args, log, log)
+
+    def set_limits() -> None:
+        for limit, values in (limits or {}).items():
+            resource.setrlimit(limit, values)
+
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "app", *args], env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "app", *args],
+            env=env,
+            stdout=out,
+            stderr=out,
+            preexec_fn=set_limits if limits else None,  # noqa: PLW1509 - a C call, no lock
         )
 
 

@@ -28,15 +28,9 @@ def sha(data: bytes) -> str:
 
 
 def start_with_file_size_limit(env: dict[str, str], log: Path, limit: int) -> Server:
-    """`app serve` with RLIMIT_FSIZE set to `limit` (inherited from this process, which
-    lowers its own soft limit only for the instant of the fork)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        server = Server(env, log)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    return server.wait_ready()
+    """`app serve` with RLIMIT_FSIZE set to `limit` (in the child only: forked_app.serve)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return Server(env, log, {resource.RLIMIT_FSIZE: (limit, hard)}).wait_ready()
 
 
 def test_an_upload_over_the_server_s_file_size_limit_is_507_and_keeps_the_old_file(

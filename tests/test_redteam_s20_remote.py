@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -344,10 +343,7 @@ def test_a_replica_whose_database_restarted_refuses_writes_until_it_holds_again(
     # the throwaway cluster commits asynchronously, and a crash would lose its last commits).
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
-    postgres_engine._run(
-        str(postgres_engine.bindir / "pg_ctl"), "-D", str(postgres_engine.base / "data"),
-        "-l", str(postgres_engine.base / "server.log"), "-m", "immediate", "-w", "restart",
-    )  # fmt: skip
+    postgres_engine.restart()
     # Maintenance may take the database before the replica's watch speaks; a write of the
     # replica, on a connection its pool opens again, must not commit.
     with pg.maintenance(database_url, PROFILE, "purge"), pytest.raises(HolderLostError):
@@ -420,7 +416,6 @@ def test_an_object_store_that_stops_mid_replace_keeps_the_old_version_and_says_s
             old = store.put_file(session, "a.bin", b"old version " * 1000)
             upload = store.begin_upload(session, "a.bin", replace=True)
             upload.write(b"new version " * 1000)
-            argv = engine.process.args
             engine.process.kill()  # as a crash would; what it acknowledged is on its disk
             engine.process.wait()
             with pytest.raises(ObjectStoreUnavailableError) as caught:
@@ -430,16 +425,19 @@ def test_an_object_store_that_stops_mid_replace_keeps_the_old_version_and_says_s
             assert f"cannot use object store {objects.where}" in message
             assert f"the upload of 'a.bin' into session {session} was not saved" in message
             assert "the file is as it was" in message and "retry" in message
-            with (tmp_path / "weed" / "again.log").open("wb") as log:
-                engine.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            again = tmp_path / "weed" / "again.log"
+            engine.start_again(again)
             while not _s3_ready(engine):
-                assert engine.process.poll() is None, (tmp_path / "weed" / "again.log").read_text()
+                assert engine.process.poll() is None, again.read_text()
             assert store.get_session(session)["files"] == [old]
             while True:
                 # A store still loading its volumes answers 500 for a while: a 503 here.
                 try:
                     handle, _ = store.open_file(session, "a.bin")
                 except ObjectStoreUnavailableError:
+                    # Until it answers, or exits: a wait that ends on its condition only
+                    # would hang the run on a `weed` that died.
+                    assert engine.process.poll() is None, again.read_text()
                     continue
                 break
             with handle:

@@ -53,10 +53,21 @@ def _settings(profile: str, blob_url: str, endpoint: str) -> str:
     return "\n".join(f"[{name}]\n{body}\n" for name, body in sections.items())
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
+@pytest.fixture
+def closed_port() -> Iterator[Callable[[], int]]:
+    """Ports that refuse connections for the whole test: each stays bound, not listening,
+    until the test ends. (Closed at once, the port was free for another test's server, bound
+    to port 0, to take: the doctor would then have reached that server.)"""
+    held: list[socket.socket] = []
+
+    def closed() -> int:
+        held.append(sock := socket.socket())
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+    yield closed
+    for sock in held:
+        sock.close()
 
 
 @dataclass
@@ -249,10 +260,10 @@ def test_doctor_reaches_only_the_selected_profile_s_database_and_bucket(doctor) 
 
 
 def test_a_down_database_and_endpoint_exit_69_naming_both_without_a_secret(
-    doctor, postgres_engine: PostgresEngine
+    doctor, postgres_engine: PostgresEngine, closed_port: Callable[[], int]
 ) -> None:
-    database = f"postgresql://app:{PASSWORD}@127.0.0.1:{_closed_port()}/down"
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    database = f"postgresql://app:{PASSWORD}@127.0.0.1:{closed_port()}/down"
+    endpoint = f"http://127.0.0.1:{closed_port()}"
     done = doctor(database=database, endpoint=endpoint).run()
     everything = done.stdout + done.stderr
     assert done.returncode == 69, everything
@@ -359,12 +370,12 @@ def test_output_of_app_doctor_on_postgresql_and_object_storage(doctor, s3_engine
 
 
 def test_output_of_app_doctor_with_the_database_and_the_endpoint_down(
-    doctor, s3_engine: S3Engine
+    doctor, s3_engine: S3Engine, closed_port: Callable[[], int]
 ) -> None:
     from test_docs_generated import check_generated
 
-    port = _closed_port()
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    port = closed_port()
+    endpoint = f"http://127.0.0.1:{closed_port()}"
     found = doctor(
         profile="production",
         database=f"postgresql://review:{PASSWORD}@127.0.0.1:{port}/app_production",

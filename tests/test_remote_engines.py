@@ -1,9 +1,14 @@
-"""The engines' fixtures: a missing engine skips a test, except under CI, where it fails."""
+"""The engines' fixtures: a missing engine skips a test, except under CI, where it fails; an
+engine listens only where it was told, and ends with the run that started it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import engines
 import pytest
 
 _MISSING_WEED = """
@@ -50,3 +55,74 @@ def test_the_s3_engine_listens_only_on_the_ports_it_was_given(s3_engine) -> None
         f"weed mini ({s3_engine.process.args[0]}) also listens on {sorted(extra)}: pin the new "
         "component's port (or turn it off) in tests/engines.py start_s3"
     )
+
+
+_KILLED_RUN = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+import engines
+
+postgres, s3 = engines.start_postgres(), engines.start_s3(Path(sys.argv[2]))
+print(postgres.process.pid, s3.process.pid, postgres.base, flush=True)
+sys.stdin.read()  # until it is killed
+"""
+
+
+def _ended(pid: int) -> bool:
+    # Gone, or a zombie: this run adopts orphans (the sandbox makes it a subreaper).
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def test_engines_end_with_a_run_killed_before_its_teardown(
+    postgres_engine: engines.PostgresEngine, s3_engine: engines.S3Engine, tmp_path: Path
+) -> None:
+    # A CI timeout's SIGTERM, or a SIGKILL, ends a run without teardown: its postgres and
+    # weed ran on (ports, shared memory, 40 MB in /tmp) until killed by hand.
+    run = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RUN, str(Path(__file__).parent), str(tmp_path / "s3")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout is not None and run.stderr is not None
+    started = run.stdout.readline().split()
+    assert len(started) == 3, run.stderr.read()
+    postmaster, weed, cluster = int(started[0]), int(started[1]), Path(started[2])
+    run.kill()
+    run.wait()
+    # Until both ended: the wait ends on its condition; a minute is for a hung test only.
+    for _ in range(6000):
+        if _ended(postmaster) and _ended(weed):
+            break
+        time.sleep(0.01)
+    assert _ended(postmaster), f"postgres (pid {postmaster}) outlived its run"
+    assert _ended(weed), f"weed (pid {weed}) outlived its run"
+    assert cluster.exists()
+    engines._remove_clusters_of_dead_runs()  # what the next start_postgres does first
+    assert not cluster.exists()
+    assert postgres_engine.base.exists(), "a live run's cluster is not removed"
+
+
+def test_ports_for_a_child_lie_outside_the_ephemeral_range_in_a_slice_of_each_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A port from the ephemeral range, freed and handed to weed or postgres, could be taken
+    # by any connect() before the child bound it (or between its kill and its restart).
+    lowest = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = engines.free_ports(10)
+    assert len(set(ports)) == 10
+    assert all(port < lowest for port in ports), (ports, lowest)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        slices.append(set(engines._port_range()))
+        assert all(port in slices[-1] for port in engines.free_ports(3))
+    assert slices[0] and slices[1] and not slices[0] & slices[1]

@@ -26,6 +26,7 @@ import certifi
 import forked_app
 import httpx
 import pytest
+from engines import free_ports
 
 from app.lock import probe
 from app.testing import published_port
@@ -87,7 +88,9 @@ class Server:
     own: a test that kills it with SIGKILL kills that process and no other.
     """
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, limits: dict[int, tuple[int, int]] | None = None
+    ) -> None:
         self.env = env
         # Without a port of its own it gets `--port 0`, which overrides the profile's.
         self._port = int(env["APP_PORT"]) if "APP_PORT" in env else None
@@ -95,7 +98,7 @@ class Server:
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
         args = ["serve", *(["--port", "0"] if self._port is None else [])]
-        self.process = forked_app.serve(env, log, args)
+        self.process = forked_app.serve(env, log, args, limits)
 
     @property
     def pid(self) -> int:
@@ -200,10 +203,12 @@ def test_status_of_a_root_that_does_not_exist_creates_nothing(root: Path) -> Non
 
 
 def test_a_port_in_use_exits_69_and_releases_the_lock(start: Any, root: Path) -> None:
+    # A port outside the ephemeral range: once `taken` closes, no connect() can take it
+    # before the server does (see engines.free_ports).
+    (port,) = free_ports(1)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", port))
         taken.listen()
-        port = taken.getsockname()[1]
         server = start(app_env(root, port=port), ready=False)
         assert server.wait_exit() == 69
     assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in server.output
@@ -217,7 +222,10 @@ def test_a_port_in_use_exits_69_and_releases_the_lock(start: Any, root: Path) ->
 def test_kill_9_then_an_immediate_restart_keeps_every_acknowledged_write(
     start: Any, root: Path
 ) -> None:
-    env = app_env(root)
+    # Its own port, not port 0's: between the kill and the restart, a connect() anywhere on
+    # the machine could take a port from the ephemeral range (see engines.free_ports).
+    (port,) = free_ports(1)
+    env = app_env(root, port=port)
     server = start(env)
     acknowledged: dict[str, bytes] = {}
     with server.client() as client:
@@ -229,7 +237,7 @@ def test_kill_9_then_an_immediate_restart_keeps_every_acknowledged_write(
             acknowledged[sid] = data
     server.process.send_signal(signal.SIGKILL)
     server.wait_exit()
-    restarted = start({**env, "APP_PORT": str(server.port)})  # same root, same port, at once
+    restarted = start(env)  # same root, same port, at once
     with restarted.client() as client:
         listing = client.get("/sessions", params={"limit": 100}).json()
         assert [s["id"] for s in listing["items"]] == list(acknowledged)
