@@ -54,8 +54,10 @@ reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
+import socket
 import struct
 import termios
 import types
@@ -140,6 +142,66 @@ def unsent(transport: Any) -> int | None:
     except OSError:
         return None
     return int(struct.unpack("i", queued)[0])
+
+
+def drop(transport: Any) -> None:
+    """Close a connection at once, with what is still queued for the client discarded.
+
+    For a client given up on because it reads nothing (`SlowReader`). A close waits until
+    what was written has gone out, which such a client never lets happen: the connection,
+    its descriptor and the megabytes queued for it stayed for good (red team 24). Even once
+    the process lets go of the socket, the kernel keeps sending what it queued
+    (``FIN_WAIT1``, to a window that stays shut); a zero linger time resets it instead.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _left_for(transport: Any) -> int | None:
+    """What the client has still to read, a closing transport's too: the transport's buffer
+    and the kernel's queue (``TIOCOUTQ``); ``None`` once the socket is gone."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed meanwhile: its descriptor is -1 or another's
+        return None
+    return int(struct.unpack("i", queued)[0]) + int(transport.get_write_buffer_size())
+
+
+def close_within(transport: Any, idle: float) -> None:
+    """Close a connection, dropping it (`drop`) if its client then reads nothing for ``idle``.
+
+    A close waits until what was written has gone out. A client that had its whole answer
+    handed to the transport (so no `SlowReader` was ever raised) and read nothing of its last
+    part held the connection for good: after a ``Connection: close`` answer, or at the
+    keep-alive wait's end (red team 24, a download just larger than the socket buffers).
+    """
+    transport.close()
+    left = _left_for(transport) if transport.get_write_buffer_size() else None
+    if left is None:
+        return  # closed, or the kernel alone holds what is left: it gives up on its own
+
+    def check(before: int) -> None:
+        now = _left_for(transport) if transport.get_write_buffer_size() else None
+        if now is None:
+            return  # all out: the close is done
+        if now < before:
+            loop.call_later(idle, check, now)  # it read some: another wait
+            return
+        log.warning(
+            "a client read nothing of the end of its answer for %g seconds "
+            "(request_idle_seconds); dropping its connection",
+            idle,
+        )
+        drop(transport)
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(idle, check, left)
 
 
 class _Turn(Protocol):
@@ -317,6 +379,7 @@ class _Exchange:
                     cycle.scope["path"],
                     self.idle,
                 )
+                drop(self.transport)
                 raise SlowReader
             if turn is not None:
                 await turn.enter()
@@ -361,7 +424,7 @@ class _Exchange:
         if self.head is not None:  # the application failed after its head: send what it sent
             self.transport.write(self.head)
             self.head = None
-        self.transport.close()
+        close_within(self.transport, self.idle)
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
@@ -654,7 +717,7 @@ def bounded_h11(
                 self.scope["path"],
                 why,
             )
-            self.transport.close()
+            close_within(self.transport, idle_seconds)
 
         def timeout_keep_alive_handler(self) -> None:
             if came_unread(self.transport, self.flow):
@@ -663,6 +726,8 @@ def bounded_h11(
                 )
                 return
             super().timeout_keep_alive_handler()
+            # Closed, once what its last answer left queued has gone out, or dropped.
+            close_within(self.transport, idle_seconds)
 
         def _head_timed_out(self) -> None:
             self._head_timer = None

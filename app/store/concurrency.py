@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from app.store.records import FileRecord
 
-__all__ = ["GroupSync", "RecordCache", "RootState"]
+__all__ = ["GroupSync", "RecordCache", "RootState", "records_identity"]
 
 _LOCK_STRIPES: Final = 64
 _RECORD_CACHE_LIMIT: Final = 200_000  # records (a few hundred bytes each) a writer keeps
@@ -94,16 +94,34 @@ class RootState:
                     del index[position]
 
 
+def records_identity(path: str) -> tuple[int, int, int] | None:
+    """A ``records/`` directory's identity: device, inode and ctime; ``None`` if not there.
+
+    The inode alone does not tell another directory: ext4 gives a freed inode number to the
+    next one made, so a session removed and copied back by hand (``rm -rf``, ``cp -a``) had
+    a ``records/`` with the inode of the one removed (red team 24). The ctime tells it: no
+    process can set it, a directory made later has a later one, and every entry added,
+    removed or renamed in it changes it (a record removed or put back by hand, too).
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
 class RecordCache:
     """A writer's copy of each recently read session's records, so reads stay O(1) too.
 
     Only the holder of the root writes, and every write updates (or drops) its session here
     under a generation count: a reader that scanned a session while a write happened does
     not store its possibly stale scan. Each session's copy is also kept under the identity
-    (device, inode) of its ``records/`` directory, taken before the scan: a session directory
-    or its ``records/`` replaced by hand under a live server (a restore from a backup) is
-    read afresh, not answered with the records of the directory it replaced (red team 23).
-    Bounded by the number of records held (LRU).
+    of its ``records/`` directory (`records_identity`: device, inode and ctime), taken before
+    the scan, and a write through this root gives its session the identity its change left:
+    a session directory or its ``records/`` replaced by hand under a live server (a restore
+    from a backup, red teams 23 and 24), or a record added or removed there by hand, is read
+    afresh, not answered with the records the server kept. Bounded by the number of records
+    held (LRU).
     """
 
     def __init__(self, limit: int = _RECORD_CACHE_LIMIT) -> None:
@@ -159,17 +177,27 @@ class RecordCache:
                 self._held -= len(evicted)
 
     def changed(
-        self, session_id: str, name: str | None = None, record: FileRecord | None = None
+        self,
+        session_id: str,
+        name: str | None = None,
+        record: FileRecord | None = None,
+        identity: object = None,
     ) -> None:
-        """A write changed ``name`` (now ``record``, ``None`` if gone); no name: drop all."""
+        """A write changed ``name`` (now ``record``, ``None`` if gone); no name: drop all.
+
+        ``identity``: with a name, ``records/``'s identity once the write was made (the
+        writer holds the session's lock, so no other write of the app came between).
+        """
         with self._lock:
             self._generations[session_id] = self._generations.get(session_id, 0) + 1
             records = self._sessions.get(session_id)
             if records is None:
                 return
-            if name is None:
+            if name is None or identity is None:
                 self._forget(session_id)
-            elif record is None:
+                return
+            self._identities[session_id] = identity
+            if record is None:
                 self._held -= records.pop(name, None) is not None
             else:
                 self._held += name not in records

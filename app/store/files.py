@@ -29,6 +29,7 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.storage import FileEntry, SessionRecord, TrashEntry
+from app.store.concurrency import records_identity
 from app.store.ids import ID_RE, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -215,7 +216,8 @@ class Files:
                 if _inode(path) == before:
                     undo()
             raise
-        self.records.changed(session_id, path.name, record)
+        # With records/'s identity now: its ctime moved with the rename (`records_identity`).
+        self.records.changed(session_id, path.name, record, records_identity(str(path.parent)))
 
     def _retire_blob(
         self, directory: Path, blob: str, entry: TrashEntry, name: str, prepared: Prepared
@@ -258,7 +260,9 @@ class Files:
                 except BaseException:
                     self.trash.remove_empty(entry)
                     raise
-                self.records.changed(session_id, name, None)
+                self.records.changed(
+                    session_id, name, None, records_identity(str(record_path.parent))
+                )
                 prepared.sync(record_path.parent)
                 self._retire_blob(directory, old["blob"], entry, name, prepared)
                 prepared.audit("trash-file", f"{session_id}/{name}", trash=entry.name)

@@ -33,6 +33,7 @@ from app.storage import (
     json_body,
     page_body,
 )
+from app.store.concurrency import records_identity
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -188,8 +189,9 @@ class Sessions:
 
         Kept under everything the answer is made of: session.json's stat key (as the
         MetaCache keeps that file, and only once it has settled), the record cache's token
-        (every write of records through this root changes it), and the identity and mtime of
-        records/ (another directory put in its place by hand; the answer's `updated_at`).
+        (every write of records through this root changes it), and the identity (with its
+        ctime, `records_identity`) and mtime of records/ (another directory put in its place
+        by hand, a record added or removed there by hand; the answer's `updated_at`).
         Each is taken before the session is read, so what is kept is never older than its
         validator says; a change after that only makes the next validator differ.
         """
@@ -208,7 +210,7 @@ class Sessions:
     def _records(self, directory: str, session_id: str) -> list[FileRecord]:
         cache = self.state.records if self.root.writable else None
         if cache is not None:
-            identity = _identity(f"{directory}/{RECORDS_DIR}")
+            identity = records_identity(f"{directory}/{RECORDS_DIR}")
             cached, token = cache.get(session_id, identity)
             if cached is not None:
                 cached.sort(key=upload_order)
@@ -414,19 +416,14 @@ def _encode(session: SessionRecord) -> tuple[bytes, int]:
     return json_body(session), _page_size_bound(session)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    """A directory's (device, inode): another one put in its place by hand has another."""
-    key = _dir_key(path)
-    return None if key is None else key[:2]
-
-
-def _dir_key(path: str) -> tuple[int, int, int] | None:
-    """A directory's device, inode and mtime, or None if it is not there."""
+def _dir_key(path: str) -> tuple[int, int, int, int] | None:
+    """A directory's device, inode, ctime and mtime, or None if it is not there (the ctime:
+    see `records_identity`)."""
     try:
         info = os.lstat(path)
     except OSError:
         return None
-    return info.st_dev, info.st_ino, info.st_mtime_ns
+    return info.st_dev, info.st_ino, info.st_ctime_ns, info.st_mtime_ns
 
 
 def _iso(moment: datetime) -> str:
