@@ -13,6 +13,7 @@ SIGINT stop it gracefully: in-flight requests finish, then the hold is released.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gc
 import logging
@@ -31,6 +32,7 @@ from app.errors import EX_SOFTWARE, AppError, PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import health_response
+from app.server.warm import warm_up
 from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -186,14 +188,24 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         os.getpid(),
     )
     server.config.load()  # what server.run does first: the protocol, the wrapped application
-    # Everything built so far lives as long as the server: out of the cyclic collector's
-    # sight, so that its full collections scan only what requests leave behind. Each one
-    # scanned the whole start-up heap (about 75,000 objects, tens of ms on the event loop).
-    gc.freeze()
+
+    async def warm_then_serve() -> None:
+        # The first request of each kind is paid for here, before the socket is served
+        # (app.server.warm): a server that answers is ready.
+        await warm_up(server.config.loaded_app, application, config)
+        # Everything built so far lives as long as the server: out of the cyclic
+        # collector's sight, so that its full collections scan only what requests leave
+        # behind. Each one scanned the whole start-up heap (about 75,000 objects, tens of
+        # ms on the event loop).
+        gc.freeze()
+        await server.serve(sockets=[sock])
+
     watcher = store.watch(config.lock_check_seconds, on_lost)
     stop_signals = _quiet_signals()
     try:
-        server.run(sockets=[sock])
+        # What server.run does, with the warm-up first, in the same event loop.
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(warm_then_serve())
         _wait_for_request_threads(store.location)
     finally:
         watcher.stop()
