@@ -161,3 +161,22 @@ async def _call(
 
     await application(scope, receive, send)
     return status
+
+
+def worker_threads_at_work() -> int | None:
+    """How many of anyio's worker threads run a call now (called in the event loop).
+
+    `serve` logs it when it waits for them at shutdown: the warm-up's threads are kept, so
+    counting live threads would count the idle ones too. anyio's own record of its workers
+    and of the idle ones (private: ``None`` if a release renames it).
+    """
+    try:
+        from anyio._backends import _asyncio
+
+        workers = _asyncio._threadpool_workers.get()
+        idle = _asyncio._threadpool_idle_workers.get()
+    except (ImportError, AttributeError):
+        return None
+    except LookupError:
+        return 0  # no call ever went to a thread in this loop
+    return len(set(workers) - set(idle))
