@@ -13,6 +13,7 @@ SIGINT stop it gracefully: in-flight requests finish, then the hold is released.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gc
 import logging
@@ -31,6 +32,7 @@ from app.errors import EX_SOFTWARE, AppError, PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import health_response
+from app.server.warm import warm_up, worker_threads_at_work
 from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -186,15 +188,30 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         os.getpid(),
     )
     server.config.load()  # what server.run does first: the protocol, the wrapped application
-    # Everything built so far lives as long as the server: out of the cyclic collector's
-    # sight, so that its full collections scan only what requests leave behind. Each one
-    # scanned the whole start-up heap (about 75,000 objects, tens of ms on the event loop).
-    gc.freeze()
+
+    at_work: list[int | None] = []
+
+    async def warm_then_serve() -> None:
+        # The first request of each kind is paid for here, before the socket is served
+        # (app.server.warm): a server that answers is ready.
+        await warm_up(server.config.loaded_app, application, config)
+        # Everything built so far lives as long as the server: out of the cyclic
+        # collector's sight, so that its full collections scan only what requests leave
+        # behind. Each one scanned the whole start-up heap (about 75,000 objects, tens of
+        # ms on the event loop).
+        gc.freeze()
+        await server.serve(sockets=[sock])
+        # Still in the loop: which worker threads run a request's work, rather than wait for
+        # one (the warm-up's are kept, and idle ones end with the loop).
+        at_work.append(worker_threads_at_work())
+
     watcher = store.watch(config.lock_check_seconds, on_lost)
     stop_signals = _quiet_signals()
     try:
-        server.run(sockets=[sock])
-        _wait_for_request_threads(store.location)
+        # What server.run does, with the warm-up first, in the same event loop.
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(warm_then_serve())
+        _wait_for_request_threads(store.location, at_work[0] if at_work else None)
     finally:
         watcher.stop()
         stop_signals()
@@ -203,22 +220,26 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
     log.info("stopped; releasing the hold on %s", store.location)
 
 
-def _wait_for_request_threads(location: str) -> None:
+def _wait_for_request_threads(location: str, at_work: int | None) -> None:
     """Return once no worker thread runs a request's work any more.
 
     Past the shutdown grace uvicorn cancels the requests still running, but not the worker
     threads they wait on: a create's rename, an upload's commit go on. Released before they
     end, the hold would let a maintenance command take the data root while this process
     still writes to it. The threads left are those interpreter exit waits for (non-daemon:
-    anyio's workers, which leave once their job is done since the event loop ended).
+    anyio's workers, which leave once their job is done since the event loop ended; the idle
+    ones, which the warm-up started and keeps, leave at once). ``at_work``: how many of them
+    ran a request's work when the loop ended (`app.server.warm.worker_threads_at_work`);
+    ``None`` if that could not be told, then every thread left is counted.
     """
     current = threading.current_thread()
     running = [t for t in threading.enumerate() if t is not current and not t.daemon]
-    if running:
+    busy = len(running) if at_work is None else at_work
+    if busy:
         log.warning(
             "waiting for %d request(s) still at work in worker threads before releasing the "
             "hold on %s",
-            len(running),
+            busy,
             location,
         )
     for thread in running:
