@@ -390,7 +390,7 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
             toml_loader.load(settings, filename=str(path))
         except DynaconfParseError as error:
             found = _cast_errors(path, settings)
-            if not found:  # a cast nested deeper than a section's own keys
+            if not found:  # not one value of its own (none failed when cast alone)
                 raise SettingsCastError(path, "?", "?", "?", str(error)) from None
             failed.update({(path, *where): refusal for where, refusal in found.items()})
             _load_setting_aside(settings, path, found)
