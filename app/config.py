@@ -542,19 +542,58 @@ class Resolved(NamedTuple):
         return root if isinstance(root, Path) else None
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The ``APP_<KEY>`` variables in `environ`, TOML-parsed as dynaconf parses them."""
-    # dynaconf's own env loader calls this function; its public route (`Dynaconf.set(...,
-    # tomlfy=True)`) calls it too, but needs a settings object built on every load.
-    from dynaconf.utils.parse_conf import boolean_fix, parse_conf_data
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``APP_<KEY>`` variables in `environ`, as they are (`_env_value` parses them)."""
+    return {name: environ[key.env] for name, key in KEYS.items() if key.env in environ}
 
-    return {
-        name: environ[key.env]
-        if key.text
-        else parse_conf_data(boolean_fix(environ[key.env]), tomlfy=True, box_settings={})
-        for name, key in KEYS.items()
-        if key.env in environ
-    }
+
+def _env_value(name: str, raw: str) -> tuple[Any, str | None]:
+    """An ``APP_<KEY>`` value parsed as dynaconf parses a variable, or why it cannot be used.
+
+    A text key's value is used as it is. Any other is TOML-parsed with dynaconf's ``@``-casts
+    (``@int 8080``, ``@json [..]``), as dynaconf's own environment loader does; its public
+    route (``Dynaconf.set(..., tomlfy=True)``) calls the same function, but needs a settings
+    object built on every load. A cast that fails, and a token that only means something
+    inside dynaconf's own merge (``@del``, ``@merge``, ``@reset``, ``@insert``) or evaluates
+    later (``@format``, ``@jinja``, ``@get``, ``@read_file``), is refused: the guard checks
+    the value that is used, and a variable overrides one key of the selected profile.
+    """
+    key = KEYS[name]
+    token = _dynaconf_token(raw)
+    if key.text:
+        if token is None:
+            return raw, None
+        return raw, (
+            f"is dynaconf's `{token}` syntax, which the app does not evaluate in an "
+            "environment variable: APP_* values are used as they are, so that what the "
+            "guard checks is what is opened. Give the value itself, or write the "
+            "@-string in settings.toml, where dynaconf evaluates it"
+        )
+    from dynaconf.utils.parse_conf import (
+        DynaconfParseError,
+        Lazy,
+        MetaValue,
+        boolean_fix,
+        parse_conf_data,
+    )
+
+    default = str(key.default).lower() if isinstance(key.default, bool) else key.default
+    such_as = "" if default is None or default is _REQUIRED else f" (such as {key.env}={default})"
+    try:
+        value = parse_conf_data(boolean_fix(raw), tomlfy=True, box_settings={})
+    except DynaconfParseError as error:
+        return raw, (
+            f"cannot be cast ({error}); give the value itself{such_as} or a cast that fits "
+            f"it, or unset {key.env}"
+        )
+    if isinstance(value, (Lazy, MetaValue)):
+        return raw, (
+            f"is dynaconf's `{token}` syntax, which the app does not apply to an environment "
+            f"variable: {key.env} sets the selected profile's {name} to a value. Give the "
+            f"value itself{such_as}, or write the @-string in settings.toml, where dynaconf "
+            "evaluates it"
+        )
+    return value, None
 
 
 def _dynaconf_token(value: str) -> str | None:
@@ -594,17 +633,12 @@ def _resolve_profile(
     sources = {name: source for name, (_, source) in from_files.items()}
     problems: list[ConfigError] = []
     if environ is not None:
-        for name, value in _env_overrides(environ).items():
+        for name, raw in _env_overrides(environ).items():
             source = f"environment {KEYS[name].env}"
-            if KEYS[name].text and (token := _dynaconf_token(value)) is not None:
-                refusal = (
-                    f"is dynaconf's `{token}` syntax, which the app does not evaluate in an "
-                    "environment variable: APP_* values are used as they are, so that what the "
-                    "guard checks is what is opened. Give the value itself, or write the "
-                    "@-string in settings.toml, where dynaconf evaluates it"
-                )
+            value, refusal = _env_value(name, raw)
+            if refusal is not None:
                 problems.append(
-                    InvalidSettingError(profile, name, KEYS[name].show(value), refusal, source)
+                    InvalidSettingError(profile, name, KEYS[name].show(raw), refusal, source)
                 )
                 continue
             given[name], sources[name] = value, source

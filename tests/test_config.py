@@ -960,6 +960,34 @@ def test_dynaconf_syntax_in_an_environment_value_is_refused_not_taken_as_a_path(
     assert plain.data_root == tmp_path / "@format"
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        # A cast that fails was a raw DynaconfParseError traceback from every command.
+        ("@int 80OO", "cannot be cast (Cannot convert '80OO' to integer: "),
+        ("@json {8080", "cannot be cast (Cannot parse as JSON: {8080); "),
+        # Tokens that only mean something inside dynaconf's merge, or evaluate later, were
+        # taken as objects: the refusal read "port = Del() on 1403..." (or "Merge([1])").
+        ("@del", "is dynaconf's `@del` syntax, which the app does not apply to an "),
+        ("@merge 1", "is dynaconf's `@merge` syntax, which the app does not apply to an "),
+        ("@format {env[PORT]}", "is dynaconf's `@format` syntax, which the app does not "),
+    ],
+)
+def test_a_dynaconf_cast_in_a_typed_environment_value_that_cannot_apply_is_refused(
+    make_settings: SettingsMaker, value: str, problem: str
+) -> None:
+    make_settings()
+    with pytest.raises(InvalidSettingError) as refused:
+        load("testing", environ={**os.environ, "APP_PORT": value})
+    message = str(refused.value)
+    assert message.startswith(
+        f"profile 'testing': port = {value!r} (from environment APP_PORT): {problem}"
+    )
+    assert "such as APP_PORT=8000" in message
+    # A cast that applies is the value, as dynaconf's environment loader gives it.
+    assert load("testing", environ={**os.environ, "APP_PORT": "@int 9005"}).port == 9005
+
+
 def test_there_is_no_module_level_settings_object() -> None:
     from dynaconf import Dynaconf, LazySettings
 
