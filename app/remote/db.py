@@ -154,9 +154,16 @@ class Database:
         )
         try:
             self._pool.open(wait=True, timeout=10)
+            # Its connections reach one database, with the conninfo's client_encoding: one
+            # looked at is all of them (pg.check_encoding sends no query).
+            with self._pool.connection() as conn:
+                pg.check_encoding(conn, self.where)
         except PoolTimeout as error:
             self._pool.close()
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
+        except BaseException:
+            self._pool.close()
+            raise
 
     def close(self) -> None:
         """Close the pool (not the holder)."""

@@ -114,6 +114,35 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
+class DatabaseEncodingError(ConfigError):
+    """The database, or the connection to it, does not carry text as UTF-8."""
+
+    code = "database_encoding"
+
+    where: str
+    server_encoding: str
+    client_encoding: str
+
+    @property
+    def message(self) -> str:
+        if self.server_encoding != "UTF8":
+            return (
+                f"database {self.where} stores text as {self.server_encoding}, not UTF8: file "
+                "names, titles and metadata are Unicode, and in this database some cannot be "
+                "stored (an emoji in LATIN1) or are not read back as text (SQL_ASCII); "
+                "refusing to use it, nothing was changed. Create a database with ENCODING "
+                "'UTF8' (`CREATE DATABASE <name> ENCODING 'UTF8' TEMPLATE template0`), move "
+                "any rows into it (pg_dump, then pg_restore), and point database_url at it"
+            )
+        return (
+            f"connections to database {self.where} use client_encoding "
+            f"{self.client_encoding}, not UTF8: file names, titles and metadata are Unicode, "
+            "and some would not reach the database or come back; refusing to use it, "
+            "nothing was changed. Remove client_encoding from database_url (or its "
+            "options): the app asks for UTF8 itself"
+        )
+
+
 class SchemaTooNewError(ConfigError):
     """The database was stamped by a newer release of the app."""
 

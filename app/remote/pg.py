@@ -45,6 +45,7 @@ from psycopg.types.json import Jsonb
 
 from app import sandbox
 from app.remote.errors import (
+    DatabaseEncodingError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     HolderLostError,
@@ -78,6 +79,8 @@ _CONNECT_DEFAULTS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "30000",
     "connect_timeout": "10",
+    # Text is Unicode both ways, whatever PGCLIENTENCODING says (see check_encoding).
+    "client_encoding": "UTF8",
 }
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
@@ -347,10 +350,32 @@ def connect(
     reached = make_conninfo("", host=info.host, port=str(info.port), dbname=info.dbname)
     try:
         sandbox.check_scratch("database_url", reached, f"connecting ({purpose}) to")
+        check_encoding(conn, mask_url(database_url))
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def check_encoding(conn: psycopg.Connection[Any], where: str) -> None:
+    """Refuse a database that does not store text as UTF-8, or a connection that does not
+    carry it so, before anything is read or written (red team 25).
+
+    A database made with another encoding (``initdb`` under a C locale gives SQL_ASCII,
+    and ``CREATE DATABASE`` copies its template's) took some names and not others: in
+    LATIN1 an emoji title or file name failed as an encoding error (a 500), and the file
+    ``é.txt`` was written and then could not be read back; in SQL_ASCII psycopg reads text
+    as bytes, and the database's own stamp was taken for another profile's
+    (``b'production'``). Both encodings come from the connection's startup parameters: no
+    query is sent.
+
+    Raises:
+        DatabaseEncodingError: naming the database, its encoding and the fix.
+    """
+    server = conn.info.parameter_status("server_encoding") or "unknown"
+    client = conn.info.parameter_status("client_encoding") or "unknown"
+    if server != "UTF8" or client != "UTF8":
+        raise DatabaseEncodingError(where, server, client)
 
 
 def _connect(

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import AppError, BadRequestError, InvalidNameError, UploadTooLargeError
 from app.names import check_file_name
-from app.server.uploads import Pipeline
+from app.server.uploads import Pipeline, refuse_content_coding
 from app.storage import Storage, Upload
 
 # Form fields other than `file` are ignored, but they still cost memory while parsed.
@@ -37,6 +37,13 @@ _MAX_BOUNDARY_CHARS: Final = 70
 _QUOTED_FILENAME: Final = re.compile(rb'filename="((?:[^"\\\\]|\\\\.)*)"')
 _QUOTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _PARAMETER: Final = re.compile(rb";\s*([^\s=;]+)\s*=")
+
+
+def form_boundary(request: Request) -> bytes:
+    """The boundary of a ``POST``'s form (`boundary_of`), once its body is known to be in no
+    content coding (`app.server.uploads.refuse_content_coding`)."""
+    refuse_content_coding(request, "the form, and stored them as the file's bytes")
+    return boundary_of(request.headers.get("content-type"))
 
 
 def boundary_of(content_type: str | None) -> bytes:

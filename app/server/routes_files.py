@@ -14,10 +14,15 @@ from starlette.concurrency import run_in_threadpool
 from app.errors import FileExistsInSessionError
 from app.server.downloads import OpenFileResponse
 from app.server.models import FileDeleted, FileEntry, FileList, FileName, SessionId
-from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, boundary_of
+from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, form_boundary
 from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, errors
 from app.server.problems import ProblemResponse, problem
-from app.server.uploads import Pipeline, UploadSlots, refuse_declared_length
+from app.server.uploads import (
+    Pipeline,
+    UploadSlots,
+    refuse_declared_length,
+    refuse_put_before_its_body,
+)
 from app.storage import FileEntry as StoredEntry
 from app.storage import IfMatch, Storage, Upload
 
@@ -65,7 +70,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "headers": LOCATION,
                 "links": FILE_LINKS,
             },
-            **errors(400, 401, 404, 409, 413, *STORAGE),
+            **errors(400, 401, 404, 409, 413, 415, *STORAGE),
             503: BUSY,
         },
         openapi_extra=_MULTIPART_SCHEMA,
@@ -75,7 +80,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
 
         The part's filename is the file's name; an existing name is refused (409).
         """
-        boundary = boundary_of(request.headers.get("content-type"))
+        boundary = form_boundary(request)
         most = store.max_upload_bytes
         refuse_declared_length(request, most + MULTIPART_OVERHEAD, most)
         with slots.hold(request):
@@ -106,7 +111,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "headers": LOCATION,
                 "links": FILE_LINKS,
             },
-            **errors(400, 401, 404, 409, 412, 413, *STORAGE),
+            **errors(400, 401, 404, 409, 412, 413, 415, *STORAGE),
             503: BUSY,
         },
         openapi_extra={
@@ -125,12 +130,12 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         there, compared in the same step as the switch (412 otherwise); with
         `If-None-Match: *` it only creates.
         """
+        refuse_put_before_its_body(request, f"/sessions/{session_id}/files", store.max_upload_bytes)
         unsupported = preconditions(request, file=True)
         if unsupported:
             return unsupported_precondition(request, unsupported)
         if_match = if_match_of(request)
         create_only = "if-none-match" in request.headers
-        refuse_declared_length(request, store.max_upload_bytes, store.max_upload_bytes)
         try:
             upload, entry = await _receive(
                 store, slots, request, session_id, name, create_only, if_match

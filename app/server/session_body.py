@@ -26,6 +26,7 @@ from app.server.models import (
     SessionCreate,
 )
 from app.server.problems import encodable
+from app.server.uploads import refuse_content_coding
 from app.storage import MAX_METADATA_BYTES
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -33,6 +34,7 @@ _JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type
 
 
 async def session_create(request: Request) -> SessionCreate:
+    refuse_content_coding(request, "the session's JSON")
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type.lower() != "application/json" and not content_type.lower().endswith("+json"):
         raise HTTPException(415, f"POST /sessions takes application/json, not {content_type!r}")

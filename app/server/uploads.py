@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Final
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequestError, TooManyUploadsError, UploadTooLargeError
@@ -66,6 +66,73 @@ def refuse_declared_length(request: Request, allowed: int, limit: int) -> None:
         raise BadRequestError(f"Content-Length {declared!r} is not a number") from None
     if length > allowed:
         raise UploadTooLargeError(limit)
+
+
+def refuse_content_coding(request: Request, stored_as: str) -> None:
+    """Refuse a body in a content coding (``Content-Encoding: gzip``...) before reading it.
+
+    The server decodes none: a gzip body was stored as the file's bytes, compressed, and
+    downloaded so, without the coding, under the SHA-256 of the compressed bytes (red team
+    25). RFC 9110 (15.5.16) answers such a body with 415 and ``Accept-Encoding`` naming what
+    the server takes. ``identity`` is no coding, and is let through.
+
+    Args:
+        request: the request, before its body is read.
+        stored_as: what the body would have been taken for, for the message.
+    """
+    given = request.headers.getlist("content-encoding")
+    codings = [c.strip().lower() for value in given for c in value.split(",")]
+    if any(c and c != "identity" for c in codings):
+        raise HTTPException(
+            415,
+            f"{request.method} {request.url.path} refused: its body has Content-Encoding: "
+            f"{', '.join(given)}, which this server does not decode; it would have taken the "
+            f"encoded bytes as {stored_as}. Nothing was changed. Send the bytes themselves, "
+            "without Content-Encoding (a compressed file is kept as it is when it is sent "
+            "without the header, under a name that says so: report.csv.gz)",
+            headers={"Accept-Encoding": "identity"},
+        )
+
+
+def refuse_put_before_its_body(request: Request, files_url: str, limit: int) -> None:
+    """Refuse a ``PUT`` whose body is not the whole file, or too large, before reading it.
+
+    * a declared length over ``limit`` (`refuse_declared_length`);
+    * a content coding (`refuse_content_coding`);
+    * ``Content-Range``: part of a file (a client resuming an upload, or patching bytes).
+      RFC 9110 (14.5): a server that does not do partial PUT MUST answer 400, "since the
+      payload is likely to be partial content"; it was stored as the whole file.
+    * ``Content-Type: multipart/form-data``: a form (``curl -X PUT -F file=@x``), whose
+      boundaries and part headers were stored as the file's bytes. A form goes to ``POST``.
+
+    Args:
+        request: the ``PUT``, before its body is read.
+        files_url: the session's files, where a form is posted.
+        limit: ``max_upload_bytes``.
+    """
+    refuse_declared_length(request, limit, limit)
+    refuse_content_coding(request, "the file's bytes, and stored them so")
+    path = request.url.path
+    ranges = request.headers.getlist("content-range")
+    if ranges:
+        raise HTTPException(
+            400,
+            f"PUT {path} refused: it has Content-Range: {', '.join(ranges)}, so its body is "
+            "part of a file, and a PUT here replaces whole files only (RFC 9110, 14.5): "
+            "stored as the whole file, the part would have cut it. Nothing was changed. To "
+            "change part of a file, GET it, change it, and send the whole file without "
+            "Content-Range (with If-Match: its ETag, so that no other version is replaced)",
+        )
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        raise HTTPException(
+            415,
+            f"PUT {path} refused: its body is a multipart/form-data form (what curl -F "
+            "sends), whose boundaries and part headers would have been stored as the file's "
+            f"bytes. Nothing was changed. POST the form to {files_url} (its part's filename "
+            "names the file), or PUT the file's bytes themselves (curl -T <file>, or "
+            "--data-binary @<file>)",
+        )
 
 
 class Pipeline:

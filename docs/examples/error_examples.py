@@ -180,6 +180,8 @@ EXAMPLES: list[errors.AppError] = [
         "production", "database_url", f"database {DATABASE}", ["public.orders", "public.users"]
     ),
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
+    remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
+    remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.DatabaseUnavailableError(
         DATABASE, "connection refused: is the server running on that host and port?"
     ),
