@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_TITLE_CHARS",
+    "TITLE_NUL",
     "CheckReport",
     "FileEntry",
     "Finding",
@@ -76,6 +77,13 @@ MAX_METADATA_BYTES: Final = 64 * 1024
 """Largest session metadata, as compact JSON (every backend enforces it)."""
 
 
+#: Why a title with U+0000 is refused, by every backend alike.
+TITLE_NUL = (
+    "title contains the character U+0000 (NUL), which no backend stores in a title "
+    "(PostgreSQL's text cannot hold it); remove it from the title"
+)
+
+
 def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
     """Refuse a title or metadata that no backend may store; return the metadata to store."""
     if not isinstance(title, str):
@@ -84,6 +92,8 @@ def checked_session_fields(title: object, metadata: object) -> dict[str, Any]:
         raise BadRequestError(
             f"title is {len(title)} characters long; the limit is {MAX_TITLE_CHARS}"
         )
+    if "\x00" in title:
+        raise BadRequestError(TITLE_NUL)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise BadRequestError("metadata must be a JSON object")

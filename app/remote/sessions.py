@@ -51,9 +51,6 @@ class RemoteSessions:
 
     def create(self, title: str, metadata: dict[str, Any] | None) -> SessionRecord:
         """Create a session (one committed row) and return it."""
-        if isinstance(title, str) and "\x00" in title:
-            # PostgreSQL's text cannot hold NUL; refused here rather than as a 500 from it.
-            raise BadRequestError("title must not contain the character U+0000 (NUL)")
         metadata = checked_session_fields(title, metadata)
         # A page is `id > cursor`, so a page must never show a session while one with a
         # lower id is still to commit: that one would appear behind a walker's cursor and

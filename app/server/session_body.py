@@ -27,7 +27,7 @@ from app.server.models import (
 )
 from app.server.problems import encodable
 from app.server.uploads import refuse_content_coding
-from app.storage import MAX_METADATA_BYTES
+from app.storage import MAX_METADATA_BYTES, TITLE_NUL
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
@@ -55,6 +55,8 @@ async def session_create(request: Request) -> SessionCreate:
                 for e in error.errors(include_url=False)
             ]
         ) from None
+    if "\x00" in body.title:
+        raise _invalid(("title",), TITLE_NUL, "string_nul")
     _check_metadata(body.metadata)
     return body
 
