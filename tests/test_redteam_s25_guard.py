@@ -1,16 +1,24 @@
-"""Red team 25 on the guard: a run whose plugin stays inactive.
+"""Red team 25 on the guard: a run whose plugin stays inactive, and a child that leaves the
+run's tree without leaving its process group.
 
-Each case is real: an ``app serve`` holding its root, and pytest runs in subprocesses.
+Each case is real: an ``app serve`` holding its root, pytest runs in subprocesses, and
+children given a hand-built environment in a PID namespace with a ``/proc`` of its own
+(outside this suite's run), made by the ``clone`` system call itself.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from project_copy import PROJECT
+from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import A_TEST, _inner_env
 from test_server_e2e import Server, app_env
 
@@ -81,3 +89,83 @@ def test_a_run_whose_plugin_is_inactive_refuses_a_basetemp_in_a_live_data_root(
         f"ERROR: app: refusing --basetemp {live.root}: it is the data root {live.root}, {holder}"
     ) in at, at
     assert inactive in at, at
+
+
+#: The `clone` system call's number (its first argument is the flags on both).
+_CLONE = {"x86_64": 56, "aarch64": 220}.get(platform.machine())
+
+#: One test that starts a child with a hand-built environment as the run's sibling:
+#: clone(CLONE_PARENT) makes it the child of the pytest process's parent.
+SIBLING = f"""
+import ctypes, os, sys
+
+LOAD = {LOAD_PRODUCTION!r}
+ENV = {HAND_BUILT_ENV!r}
+
+
+def test_a_sibling():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    read, write = os.pipe()
+    pid = libc.syscall({_CLONE}, 0x8000 | 17, 0, 0, 0, 0)  # CLONE_PARENT | SIGCHLD
+    if pid == 0:
+        os.dup2(write, 1)
+        os.execve(sys.executable, [sys.executable, "-c", LOAD], ENV)
+    os.close(write)
+    said = b""
+    while chunk := os.read(read, 4096):
+        said += chunk
+    assert pid > 0 and os.getppid() != os.getpid()
+    print("CASE sibling:", said.decode().strip())
+"""
+
+#: Starts the command in `job.json` as a job of its own, as an interactive shell does (a
+#: command line of its own that shows no pytest: a parent whose does is taken for a pytest
+#: without the plugin, whose children are refused other profiles anyway).
+AS_A_JOB = """
+import json, subprocess, sys
+from pathlib import Path
+
+command = json.loads((Path(sys.argv[0]).parent / "job.json").read_text())
+sys.exit(subprocess.run(command, process_group=0).returncode)
+"""
+
+
+def test_a_child_cloned_as_the_runs_sibling_stays_in_the_run_it_leads(tmp_path: Path) -> None:
+    # clone(CLONE_PARENT) needs no privilege: the child's parent is the pytest process's
+    # parent, outside the run's tree, and with a hand-built environment it loaded
+    # production. It keeps the run's session and process group, which pytest leads as a
+    # terminal's job (or under `setsid`): a run found there now holds. Not held: a pytest
+    # that leads neither (started by `sh -c`, a CI step, tox), shown by the second run.
+    if _CLONE is None or not _own_proc_allowed():
+        pytest.skip("needs the clone system call's number and unshare --pid --mount-proc")
+    (tmp_path / "test_sibling.py").write_text(SIBLING)
+    (tmp_path / "as_a_job.py").write_text(AS_A_JOB)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q"]
+    job = [*command, f"--basetemp={tmp_path / 'bt1'}", str(tmp_path / "test_sibling.py")]
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    script = (
+        '"$1" "$2/as_a_job.py"\n'
+        'echo "=== $?"\n'
+        '"$1" -m pytest -p no:cacheprovider -s -q --basetemp="$2/bt2" "$2/test_sibling.py"\n'
+        'echo "=== $?"\n'
+    )
+    done = subprocess.run(
+        [*OWN_PROC, "sh", "-c", script, "sh", sys.executable, str(tmp_path)],
+        env=_inner_env(APP_SETTINGS_DIR=str(PROJECT)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    runs = done.stdout.split("=== ")
+    assert len(runs) == 3, done.stdout
+    assert runs[1].startswith("0") and runs[2].startswith("0"), done.stdout
+    as_a_job, under_sh = runs[0], runs[1]
+    assert "CASE sibling: REFUSED refused under pytest" in as_a_job, as_a_job
+    assert (
+        "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through the process tree (pytest pid "
+    ) in as_a_job, as_a_job
+    assert (
+        "which leads this process's process group but is not its ancestor (clone with "
+        "CLONE_PARENT made this process the child of its caller's parent)"
+    ) in as_a_job, as_a_job
+    assert "CASE sibling: LOADED " in under_sh, under_sh
