@@ -1225,7 +1225,10 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
     run = run or current_run()
     if run is None:
         return
-    resolved = path.expanduser().resolve()
+    # The path as it will be opened: the code that opens it never expands `~`, so a check
+    # that did approved `~/..` with $HOME in the sandbox, and then opened ./~/.. (the
+    # current directory, production's root after a chdir).
+    resolved = path.resolve()
     sandbox = run.sandbox
     if not resolved.is_relative_to(sandbox):
         raise SandboxViolationError(

@@ -169,3 +169,87 @@ def test_a_child_cloned_as_the_runs_sibling_stays_in_the_run_it_leads(tmp_path: 
         "CLONE_PARENT made this process the child of its caller's parent)"
     ) in as_a_job, as_a_job
     assert "CASE sibling: LOADED " in under_sh, under_sh
+
+
+#: A stopped production server's root, with one session.
+MAKE_PRODUCTION = (
+    "from app.config import load\n"
+    "from app.storage import open_storage\n"
+    "with open_storage(load(serving=False), writer=True, wanted='fill it') as store:\n"
+    "    store.create_session('a review', {})\n"
+)
+
+#: A test with its own home in the sandbox, in production's root, that opts into
+#: production and names its root `~/..`, which the guard read as $HOME/.. (in the sandbox).
+TILDE = """
+import dataclasses, os
+from pathlib import Path
+
+import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+from app.storage import open_storage
+
+
+@pytest.mark.app_profile("production")
+def test_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(os.environ["PRODUCTION_ROOT"])
+    config = dataclasses.replace(load("production", serving=False), data_root=Path("~/.."))
+    try:
+        with open_storage(config, writer=True, wanted="clean up") as store:
+            print("CASE home: PURGED", os.path.abspath(config.data_root), len(store.purge()))
+    except SandboxViolationError as refused:
+        print("CASE home: REFUSED", refused)
+"""
+
+
+def test_a_tilde_is_checked_as_pytest_and_the_app_open_it_never_expanded(
+    live: Server, tmp_path: Path
+) -> None:
+    # pytest and the app take a path with `~` as it is (relative, `~` a directory name),
+    # but the guard expanded it with $HOME: `--basetemp='~/../sessions'` (an ini file's
+    # addopts, a quoted word: no shell expands it) was checked as $HOME/../sessions, and
+    # pytest emptied ./sessions, a live server's from its root; and a test with $HOME in
+    # its sandbox opened `~/..` from production's root: production itself, and purged it.
+    production = tmp_path / "production"
+    made = subprocess.run(
+        [sys.executable, "-c", MAKE_PRODUCTION],
+        env=app_env(production, profile="production"), capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "test_home.py").write_text(TILDE)
+    (tmp_path / "home").mkdir()
+    script = (
+        'cd "$3" && "$1" -m pytest -p no:cacheprovider "--basetemp=~/../sessions" '
+        '"$2/test_home.py"\n'
+        'echo "=== $?"\n'
+        'cd "$2" && "$1" -m pytest -p no:cacheprovider -s -q --basetemp="$2/bt" test_home.py\n'
+        'echo "=== $?"\n'
+    )
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(PROJECT), HOME=str(tmp_path / "home"),
+        PRODUCTION_ROOT=str(production),
+    )  # fmt: skip
+    done = subprocess.run(
+        ["sh", "-c", script, "sh", sys.executable, str(tmp_path), str(live.root)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    _still_serves_its_session(live)
+    assert len(list((production / "sessions").iterdir())) == 1
+    assert not (production / "~").exists()
+    runs = done.stdout.split("=== ")
+    assert len(runs) == 3, done.stdout
+    basetemp, opened = runs[0], runs[1]
+    assert runs[1].startswith("4"), basetemp
+    sessions = live.root / "sessions"
+    assert (
+        f"ERROR: app: refusing --basetemp ~/../sessions: pytest empties it in {sessions}, "
+        f"which lies inside the data root {live.root} (held by pid {live.pid}, kind server"
+    ) in basetemp, basetemp
+    assert runs[2].startswith("0"), opened
+    assert (
+        f"CASE home: REFUSED refused under pytest (sandbox: {tmp_path / 'bt'}): open data root "
+        f"{production}, which lies outside the test sandbox"
+    ) in opened, opened

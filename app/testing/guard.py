@@ -248,9 +248,11 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     """
     __tracebackhide__ = True
     # pytest empties os.path.abspath(given), which reads `link/..` lexically, while resolve()
-    # follows the link first: check both spellings.
-    lexical = Path(os.path.abspath(given.expanduser()))  # noqa: PTH100 - what pytest uses
-    target = given.expanduser().resolve()
+    # follows the link first: check both spellings. Neither expands `~`, so neither does
+    # this: `--basetemp='~/../sessions'` (no shell expands it in an ini file's addopts or a
+    # quoted word) was checked as $HOME/../sessions while pytest emptied ./sessions.
+    lexical = Path(os.path.abspath(given))  # noqa: PTH100 - what pytest uses
+    target = given.resolve()
     found = _overlapping([lexical, lexical.resolve(), target], roots)
     if found is not None:
         name, root = found
