@@ -405,11 +405,30 @@ def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None
     """The registry entry of process `pid` (started at `started`), if it is a run's."""
     name = _entry_name(pid, started)
     try:
-        uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
+        owner = (_PROC / str(pid)).stat().st_uid  # the process's effective user
     except OSError:
         return None
-    found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
-    return next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
+    for uid in (owner, *_other_users(pid, owner)):
+        found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
+        entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _other_users(pid: int, owner: int) -> Iterator[int]:
+    """The real, saved and filesystem users of `pid` besides `owner`, its effective one,
+    read only where `owner`'s registry has no entry for it: a run names its registry by
+    its real user, and a test that switched its effective one (``os.seteuid``, to act as a
+    service's user) took every child it started meanwhile out of the run."""
+    try:
+        lines = (_PROC / str(pid) / "status").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        if line.startswith("Uid:"):
+            yield from dict.fromkeys(int(u) for u in line.split()[1:] if int(u) != owner)
+            return
 
 
 def _leaders() -> Iterator[tuple[str, int]]:

@@ -9,7 +9,9 @@ children given a hand-built environment in a PID namespace with a ``/proc`` of i
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -253,3 +255,67 @@ def test_a_tilde_is_checked_as_pytest_and_the_app_open_it_never_expanded(
         f"CASE home: REFUSED refused under pytest (sandbox: {tmp_path / 'bt'}): open data root "
         f"{production}, which lies outside the test sandbox"
     ) in opened, opened
+
+
+#: One test that acts as another user for a moment (os.seteuid, as a test of a service's
+#: permissions does) and starts a child meanwhile; the child takes root back to start the
+#: app, which only root can run here (its interpreter lies under /root).
+SWITCHED = f"""
+import os, sys
+
+LOAD = {LOAD_PRODUCTION!r}
+ENV = {HAND_BUILT_ENV!r}
+
+
+def test_as_another_user():
+    read, write = os.pipe()
+    os.seteuid(65534)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.seteuid(0)
+            os.dup2(write, 1)
+            os.execve(sys.executable, [sys.executable, "-c", LOAD], ENV)
+        os.close(write)
+        said = b""
+        while chunk := os.read(read, 4096):
+            said += chunk
+        os.waitpid(pid, 0)
+    finally:
+        os.seteuid(0)
+    print("CASE switched:", said.decode().strip())
+"""
+
+#: The runner: a script that calls pytest.main(), whose command line shows no pytest.
+RUN_TESTS = (
+    "import sys\n"
+    "import pytest\n"
+    "sys.exit(pytest.main(['-p', 'no:cacheprovider', '-s', '-q', *sys.argv[1:]]))\n"
+)
+
+
+def test_a_child_started_while_its_test_acts_as_another_user_stays_in_the_run(
+    tmp_path: Path,
+) -> None:
+    # A run names its registry by its real user, and a child looked for its ancestors'
+    # entries under the user that owns each one's /proc entry: the effective user. A test
+    # run as root that switched its effective user for a moment (os.seteuid) had every
+    # child it started meanwhile outside the run; given a hand-built environment, under a
+    # runner script (whose command line shows no pytest) it loaded production.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root switches its effective user and makes a PID namespace")
+    (tmp_path / "test_switched.py").write_text(SWITCHED)
+    (tmp_path / "run_tests.py").write_text(RUN_TESTS)
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "run_tests.py",
+         f"--basetemp={tmp_path / 'bt'}", "test_switched.py"],
+        env=_inner_env(APP_SETTINGS_DIR=str(PROJECT)), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    assert (
+        f"CASE switched: REFUSED refused under pytest (sandbox: {tmp_path / 'bt'}): loading "
+        "profile 'production'; tests run on the 'testing' profile (this process belongs to "
+        "the test run through the process tree (an ancestor process, pytest pid 1, registered "
+        "in /tmp/app-pytest-runs-0))"
+    ) in done.stdout, done.stdout
