@@ -37,6 +37,7 @@ import atexit
 import contextlib
 import contextvars
 import inspect
+import itertools
 import json
 import os
 import re
@@ -323,8 +324,9 @@ def _read_entry(path: Path, pid: int, depth: int, leads: str = "") -> Run | None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     if leads:
         how = (
-            f"pytest pid {pid}, which leads this process's {leads} but is not its ancestor "
-            "(clone with CLONE_PARENT made this process the child of its caller's parent)"
+            f"pytest pid {pid}, which leads this process's {leads} though it is not its "
+            "ancestor: a clone with CLONE_PARENT, made the child of its caller's parent, or "
+            "another command of the run's pipeline"
         )
     ended = data.get("outlived")
     if isinstance(ended, int):
@@ -408,7 +410,7 @@ def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None
         owner = (_PROC / str(pid)).stat().st_uid  # the process's effective user
     except OSError:
         return None
-    for uid in (owner, *_other_users(pid, owner)):
+    for uid in itertools.chain((owner,), _other_users(pid, owner)):  # status only if needed
         found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
         entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
         if entry is not None:
