@@ -37,7 +37,6 @@ import atexit
 import contextlib
 import contextvars
 import inspect
-import itertools
 import json
 import os
 import re
@@ -404,33 +403,26 @@ def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
 
 
 def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None:
-    """The registry entry of process `pid` (started at `started`), if it is a run's."""
+    """The registry entry of process `pid` (started at `started`), if it is a run's.
+
+    Looked for under the user that owns its ``/proc`` entry, its effective user, then under
+    this process's real user: a run names its registry by its real user, and a test that
+    switched its effective one for a moment (``os.seteuid``, to act as a service's user)
+    took every child it started meanwhile, which keeps the real one, out of the run. Not
+    every user ``/proc/<pid>/status`` names: that read, for every ancestor of every process
+    outside a run, cost a third more than the walk.
+    """
     name = _entry_name(pid, started)
     try:
-        owner = (_PROC / str(pid)).stat().st_uid  # the process's effective user
+        owner = (_PROC / str(pid)).stat().st_uid
     except OSError:
         return None
-    for uid in itertools.chain((owner,), _other_users(pid, owner)):  # status only if needed
+    for uid in dict.fromkeys((owner, os.getuid())):
         found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
         entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
         if entry is not None:
             return entry
     return None
-
-
-def _other_users(pid: int, owner: int) -> Iterator[int]:
-    """The real, saved and filesystem users of `pid` besides `owner`, its effective one,
-    read only where `owner`'s registry has no entry for it: a run names its registry by
-    its real user, and a test that switched its effective one (``os.seteuid``, to act as a
-    service's user) took every child it started meanwhile out of the run."""
-    try:
-        lines = (_PROC / str(pid) / "status").read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        if line.startswith("Uid:"):
-            yield from dict.fromkeys(int(u) for u in line.split()[1:] if int(u) != owner)
-            return
 
 
 def _leaders() -> Iterator[tuple[str, int]]:
