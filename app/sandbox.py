@@ -9,7 +9,8 @@ A pytest run with the app's plugin is recognised in three places, strongest firs
 2. **In the process tree.** The plugin registers the run in :data:`RUNS_DIR` under its pid
    and start time. Every process walks its ancestors (Linux ``/proc``) to the nearest
    registered run, so a child started with a hand-built environment, a grandchild, or a
-   double-forked daemon (the run is its subreaper) is part of the run that started it.
+   double-forked daemon (the run is its subreaper) is part of the run that started it; so
+   is a process the run's session or process group leader made its sibling (`_led_by_a_run`).
 3. **In the environment.** ``PYTEST_APP_SANDBOX``, inherited by children. Alone it is only
    honoured where 1 and 2 find nothing (a system without ``/proc``); it never widens them.
 
@@ -314,12 +315,18 @@ def _entry_name(pid: int, started: int) -> str:
     return f"{pid}-{started}.json"
 
 
-def _read_entry(path: Path, pid: int, depth: int) -> Run | None:
+def _read_entry(path: Path, pid: int, depth: int, leads: str = "") -> Run | None:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
+    if leads:
+        how = (
+            f"pytest pid {pid}, which leads this process's {leads} though it is not its "
+            "ancestor: a clone with CLONE_PARENT, made the child of its caller's parent, or "
+            "another command of the run's pipeline"
+        )
     ended = data.get("outlived")
     if isinstance(ended, int):
         who = "this process" if depth == 0 else f"an ancestor process, pid {pid}"
@@ -395,21 +402,72 @@ def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
     return None
 
 
+def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None:
+    """The registry entry of process `pid` (started at `started`), if it is a run's.
+
+    Looked for under the user that owns its ``/proc`` entry, its effective user, then under
+    this process's real user: a run names its registry by its real user, and a test that
+    switched its effective one for a moment (``os.seteuid``, to act as a service's user)
+    took every child it started meanwhile, which keeps the real one, out of the run. Not
+    every user ``/proc/<pid>/status`` names: that read, for every ancestor of every process
+    outside a run, cost a third more than the walk.
+    """
+    name = _entry_name(pid, started)
+    try:
+        owner = (_PROC / str(pid)).stat().st_uid
+    except OSError:
+        return None
+    for uid in dict.fromkeys((owner, os.getuid())):
+        found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
+        entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _leaders() -> Iterator[tuple[str, int]]:
+    """This process's session and process group leaders, as ``/proc`` numbers them."""
+    own = _proc_self()
+    try:
+        raw = (_PROC / str(own)).joinpath("stat").read_bytes() if own is not None else b""
+        rest = raw[raw.rfind(b")") + 2 :].split()
+        group, session = int(rest[2]), int(rest[3])
+    except (OSError, IndexError, ValueError):
+        return
+    yield "session", session
+    if group != session:
+        yield "process group", group
+
+
+def _led_by_a_run(walked: set[int], seen: dict[Path, set[str]]) -> Run | None:
+    """The run that leads this process's session or process group, where no ancestor is a
+    run: ``clone(CLONE_PARENT)`` makes a process the child of its caller's parent, so one
+    a test starts that way is outside the run's tree, but keeps the run's session and
+    group. Only a run that leads them counts (a terminal's job, ``setsid pytest``): a
+    process joins no other session, and only its session's groups, so their members
+    descend from their leader but for such a clone (and, for a group, the other commands
+    of a pipeline, ``pytest | tee``)."""
+    for leads, pid in _leaders():
+        if pid <= 0 or pid in walked:
+            continue
+        fields = _stat_fields(pid)
+        entry = _entry_of(pid, fields[1], seen) if fields is not None else None
+        if entry is not None and (run := _read_entry(entry, pid, 1, leads)) is not None:
+            return run
+    return None
+
+
 def _walk_tree() -> tuple[Run | None, str | None]:
-    """The nearest registered run among this process and its ancestors, and whether a
-    pytest without the plugin sits between (its rules then apply as well)."""
+    """The nearest registered run among this process and its ancestors (else the run that
+    leads its session or process group, `_led_by_a_run`), and whether a pytest without the
+    plugin sits between (its rules then apply as well)."""
     seen: dict[Path, set[str]] = {}
     bare = None
     bare_argv: list[str] = []
+    walked: set[int] = set()
     for depth, (pid, started) in enumerate(_ancestry()):
-        name = _entry_name(pid, started)
-        try:
-            uid = (_PROC / str(pid)).stat().st_uid  # the process's user owns its /proc entry
-        except OSError:
-            continue
-        registries = _registries(uid)
-        found = (d / name for d in registries if name in _registered(d, uid, seen))
-        entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
+        walked.add(pid)
+        entry = _entry_of(pid, started, seen)
         if entry is not None:
             run = _read_entry(entry, pid, depth)
             if run is not None:
@@ -427,7 +485,7 @@ def _walk_tree() -> tuple[Run | None, str | None]:
         elif depth and bare is None and _looks_like_unittest(argv):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
-    return None, bare
+    return _led_by_a_run(walked, seen), bare
 
 
 def proc_hides_processes() -> str | None:
@@ -1180,7 +1238,10 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
     run = run or current_run()
     if run is None:
         return
-    resolved = path.expanduser().resolve()
+    # The path as it will be opened: the code that opens it never expands `~`, so a check
+    # that did approved `~/..` with $HOME in the sandbox, and then opened ./~/.. (the
+    # current directory, production's root after a chdir).
+    resolved = path.resolve()
     sandbox = run.sandbox
     if not resolved.is_relative_to(sandbox):
         raise SandboxViolationError(

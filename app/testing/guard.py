@@ -120,6 +120,31 @@ def stay_inactive(config: pytest.Config, reason: str) -> None:
     sandboxing.note_inactive(reason)
 
 
+def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
+    """In a run where the plugin stays inactive: refuse a ``--basetemp`` that pytest's
+    emptying would take into a data root on disk, as an active run does.
+
+    Inactive, the plugin changes nothing of the run; but pytest empties a given
+    ``--basetemp`` before the first test whoever's run it is, and a run of the app's own
+    tests is inactive too where its rootdir is elsewhere (``-c /dev/null``, ``-c`` with an
+    ini file outside the project, ``--rootdir``, or a test file outside it):
+    ``--basetemp=/srv/app/data/sessions`` there emptied a live server's sessions. Only what
+    is on disk counts (a held lock, a stamp at or above it, a mount, another run's sandbox):
+    the settings are not this run's to read.
+    """
+    __tracebackhide__ = True
+    given = config.known_args_namespace.basetemp
+    if not given:
+        return
+    try:
+        _check_basetemp(Path(given), {}, stamped_inside=False)
+    except pytest.UsageError as refused:
+        raise pytest.UsageError(
+            f"{refused}. The app's plugin is inactive in this run ({reason}), and pytest "
+            "empties a --basetemp all the same"
+        ) from None
+
+
 def refuse_early_loads() -> None:
     __tracebackhide__ = True
     early = appconfig.loaded()
@@ -213,13 +238,21 @@ def _overlapping(paths: list[Path], roots: dict[str, Path]) -> tuple[str, Path] 
     return None
 
 
-def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
-    """pytest empties a given --basetemp before use: never let that be a data root."""
+def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool = True) -> None:
+    """pytest empties a given --basetemp before use: never let that be a data root.
+
+    Args:
+        stamped_inside: also refuse a stamped (not held) data root below the --basetemp
+            itself, unless the directory is an earlier sandbox (an inactive run's tests may
+            stamp roots of their own there, using the app as a library).
+    """
     __tracebackhide__ = True
     # pytest empties os.path.abspath(given), which reads `link/..` lexically, while resolve()
-    # follows the link first: check both spellings.
-    lexical = Path(os.path.abspath(given.expanduser()))  # noqa: PTH100 - what pytest uses
-    target = given.expanduser().resolve()
+    # follows the link first: check both spellings. Neither expands `~`, so neither does
+    # this: `--basetemp='~/../sessions'` (no shell expands it in an ini file's addopts or a
+    # quoted word) was checked as $HOME/../sessions while pytest emptied ./sessions.
+    lexical = Path(os.path.abspath(given))  # noqa: PTH100 - what pytest uses
+    target = given.resolve()
     found = _overlapping([lexical, lexical.resolve(), target], roots)
     if found is not None:
         name, root = found
@@ -242,7 +275,7 @@ def _check_basetemp(given: Path, roots: dict[str, Path]) -> None:
         )
     _refuse_mounts(given, (lexical, lexical.resolve(), target))
     if lexical.is_dir():
-        _refuse_data_roots_inside(given, lexical)
+        _refuse_data_roots_inside(given, lexical, stamped=stamped_inside)
 
 
 def _refuse_mounts(given: Path, spellings: tuple[Path, ...]) -> None:
@@ -301,7 +334,7 @@ def _refuse_enclosing_data_root(what: str, does: str, path: Path) -> None:
         )
 
 
-def _refuse_data_roots_inside(given: Path, target: Path) -> None:
+def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True) -> None:
     """Look through an existing --basetemp before pytest deletes all of it.
 
     The roots the settings name are not the only ones: a service may get its data root from
@@ -324,7 +357,7 @@ def _refuse_data_roots_inside(given: Path, target: Path) -> None:
                 f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root"
             )
-        if STAMP_FILE in files and not earlier_sandbox:
+        if STAMP_FILE in files and not earlier_sandbox and (stamped or here == target):
             raise pytest.UsageError(
                 f"app: refusing --basetemp {given}: {what} the data root {here} (it has a "
                 f"profile stamp, {STAMP_FILE}), and pytest empties the --basetemp before the "

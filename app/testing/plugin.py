@@ -76,6 +76,7 @@ def pytest_load_initial_conftests(
     inactive = guard.applies(early_config)
     if inactive is not None:
         guard.stay_inactive(early_config, inactive)
+        guard.refuse_deletions_inactive(early_config, inactive)
         return
     guard.refuse_early_loads()
     saved: dict[str, str | None] = {}
