@@ -13,6 +13,10 @@ directory and output files, running ``app`` as ``python -m app`` would (``runpy`
 zygote's): a test that checks that starts its child itself, as does every test of the guard
 that reads how its process was started.
 
+The zygote ends when the tests' process does (its standard input closes), even one killed
+with SIGKILL, and its children end with it (a parent-death signal, SIGKILL): a killed xdist
+worker leaves no server running (tests/test_forked_app.py).
+
 A command runs as a plain subprocess instead when its environment differs from the run's in
 anything but the variables the app reads when it runs (`_GIVEN_AT_FORK`), when this process's
 umask, resource limits, ignored signals or nice value (which a child inherits from the zygote,
@@ -70,7 +74,7 @@ def remember_the_run() -> None:
 
 
 ZYGOTE = """
-import json, os, runpy, selectors, sys
+import ctypes, json, os, runpy, selectors, signal, sys
 
 import dynaconf, psycopg, boto3, zxcvbn
 import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
@@ -96,7 +100,17 @@ def answer(message):
     os.write(1, (json.dumps(message) + "\\n").encode())
 
 
+ZYGOTE_PID = os.getpid()
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def become(given):
+    # Killed when the zygote ends (PR_SET_PDEATHSIG; this process has one thread, the one
+    # that forks), which it does when the tests' process ends, however: a server forked for
+    # an xdist worker that was SIGKILLed ran on until its data root's lock file went.
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, <linux/prctl.h>
+    if os.getppid() != ZYGOTE_PID:  # the zygote ended before prctl: nobody would signal it
+        os._exit(1)
     # The child: only what `python -m app` would have, the test's output files.
     selector.close()
     for fd in given["close"]:
