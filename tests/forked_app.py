@@ -172,9 +172,16 @@ class Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        # `exited` is set when the zygote says this child exited, or when the zygote itself
+        # ended (its reader sets every child's): without the latter, a wait with no timeout
+        # on a child of a zygote that died (then the child too, by its parent-death signal)
+        # never returned.
         if not self.exited.wait(timeout):
             raise subprocess.TimeoutExpired(self.args, timeout or 0)
-        assert self.returncode is not None
+        if self.returncode is None:
+            raise ChildProcessError(
+                f"the app's zygote ended before its child {self.pid}: its exit status is unknown"
+            )
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
@@ -249,18 +256,24 @@ class Zygote:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            message = json.loads(line)
+        try:
+            for line in self.process.stdout:
+                message = json.loads(line)
+                with self._lock:
+                    if "exited" in message:  # always after its start: one pipe, in order
+                        child = self._by_pid.pop(message["exited"])
+                        child.returncode = message["code"]
+                        child.exited.set()
+                        continue
+                    child = Forked(message["pid"], ["app"])
+                    self._by_pid[child.pid] = child
+                    self._started[message["id"]] = child
+                    self._answered.notify_all()
+        finally:  # the zygote ended (or said something unreadable): nothing more will come
             with self._lock:
-                if "exited" in message:  # always after its start: one pipe, in order
-                    child = self._by_pid.pop(message["exited"])
-                    child.returncode = message["code"]
-                    child.exited.set()
-                    continue
-                child = Forked(message["pid"], ["app"])
-                self._by_pid[child.pid] = child
-                self._started[message["id"]] = child
-                self._answered.notify_all()
+                for child in self._by_pid.values():
+                    child.exited.set()  # its returncode stays None: `Forked.wait` says why
+                self._by_pid.clear()
 
 
 _starting = threading.Lock()

@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import forked_app
+import pytest
+
 #: A tests' process (an xdist worker, as far as the zygote can tell: the other end of its
 #: pipes) that forks a server from its zygote, waits until it serves, then waits to be killed.
 _WORKER = """
@@ -58,3 +61,22 @@ def test_a_server_forked_for_a_worker_killed_with_sigkill_ends_with_it(tmp_path:
         time.sleep(0.01)
     assert _ended(zygote), f"the zygote (pid {zygote}) outlived its tests' process"
     assert _ended(server), f"`app serve` (pid {server}) outlived the process it was forked for"
+
+
+def test_a_wait_on_a_child_of_a_zygote_that_died_ends_saying_so(tmp_path: Path) -> None:
+    # A zygote of its own (the run's stays as it is), killed while its child runs: the child
+    # ends with it, and a wait on the child, which nobody will tell of its exit, says why.
+    zygote = forked_app.Zygote()
+    log = tmp_path / "child.log"
+    child = zygote.fork(dict(os.environ), [], log, log, code="import time; time.sleep(600)")
+    zygote.process.kill()
+    zygote.process.wait()
+    assert zygote.process.stdin is not None
+    zygote.process.stdin.close()
+    with pytest.raises(ChildProcessError, match=f"zygote ended before its child {child.pid}"):
+        child.wait(timeout=60)  # a minute for a hung test only: it ends at once
+    for _ in range(6000):  # until the child ended; a minute for a hung test only
+        if _ended(child.pid):
+            break
+        time.sleep(0.01)
+    assert _ended(child.pid), f"the child (pid {child.pid}) outlived its zygote"
