@@ -59,6 +59,8 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
 
 #: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
 FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
+#: Servers killed with SIGKILL at random instants (tests/test_integrity.py).
+KILL_9 = "tests/test_integrity.py::test_kill_9_at_random_instants_loses_nothing_acknowledged"
 #: The PostgreSQL how-to's commands, run as written on the engines.
 POSTGRESQL_HOW_TO = "tests/test_docs_remote.py::test_the_postgresql_how_to_runs_as_written"
 #: A part of the suite in a pytest subprocess next to live servers of every profile.
@@ -100,6 +102,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             return run_how_to(postgres, s3, factory.mktemp("postgresql-how-to"), environ)
 
         head_start.begin(config, "postgresql-how-to", run_the_how_to, _nothing)
+    kill_9 = head_start.collected(session, KILL_9)
+    if isinstance(kill_9, pytest.Function):
+        run_kills = kill_9.module.kill_9_at_random_instants
+        where_kills = lambda: factory.mktemp("kill-9-at-random-instants")  # noqa: E731
+        head_start.begin(config, "kill-9", lambda: run_kills(where_kills(), environ), _nothing)
     beside = head_start.collected(session, NEXT_TO_LIVE_SERVERS)
     if isinstance(beside, pytest.Function):
         run = beside.module.run_next_to_live_servers

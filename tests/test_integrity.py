@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import engines
+import head_start
 import httpx
 import pytest
 from test_server_e2e import TLS, Server, app_env, open_upload, run_app, wait_for
@@ -554,42 +555,69 @@ def verify(
     assert extra == set(), "sessions nobody acknowledged"
 
 
-def test_kill_9_at_random_instants_loses_nothing_acknowledged(serve: Any, tmp_path: Path) -> None:
+def kill_9_at_random_instants(tmp_path: Path, environ: dict[str, str]) -> None:
+    """`KILLS` servers on one root, each killed with SIGKILL at a random instant while two
+    writers work on it, then a last one: every acknowledged change is there, nothing else,
+    and the root is clean. Raises what the test reports (its seed in a note: rerun with
+    ``random.Random(seed)``). A serial run starts this when collection ends, on the core its
+    tests leave idle (tests/head_start.py): ~11 s of kills and recoveries beside them."""
     seed = random.randrange(2**32)
-    print(f"seed {seed}")  # shown on failure: rerun with random.Random(seed)
     rng = random.Random(seed)
     root = tmp_path / "data"
-    env = app_env(root)
+    env = app_env(root, base=environ)
+    started: list[Server] = []
+
+    def serve() -> Server:
+        # Forked from the zygote (tests/forked_app.py) when it fits: it recovers the root
+        # the last one left, without paying for the app's imports at each of the kills.
+        started.append(Server(env, tmp_path / f"server-{len(started)}.log"))
+        return started[-1].wait_ready()
+
     models: list[dict[str, Any]] = [{}, {}]
     pending: list[tuple[str, ...] | None] = [None, None]
-    for _ in range(KILLS):
-        # Forked from the zygote (tests/forked_app.py): it recovers the root the last one
-        # left, without paying for the app's imports at each of the kills.
-        server = serve(env)
+    try:
+        for _ in range(KILLS):
+            server = serve()
+            with server.client() as client:
+                verify(client, models, pending)
+            writers = [
+                Writer(server.url, server.token, random.Random(rng.random()), model)
+                for model in models
+            ]
+            for writer in writers:
+                writer.start()
+            time.sleep(rng.uniform(0.05, 0.3))  # when to kill: not a timing assertion
+            server.kill()
+            for writer in writers:
+                writer.join()
+            pending = [writer.pending for writer in writers]
+            assert "NOT repaired" not in server.output
+        server = serve()
         with server.client() as client:
             verify(client, models, pending)
-        writers = [
-            Writer(server.url, server.token, random.Random(rng.random()), model) for model in models
-        ]
-        for writer in writers:
-            writer.start()
-        time.sleep(rng.uniform(0.05, 0.3))  # when to kill: not a timing assertion
-        server.kill()
-        for writer in writers:
-            writer.join()
-        pending = [writer.pending for writer in writers]
+        assert server.stop() == 0
         assert "NOT repaired" not in server.output
-    server = serve(env)
-    with server.client() as client:
-        verify(client, models, pending)
-    assert server.stop() == 0
-    assert "NOT repaired" not in server.output
-    assert sum(len(m) for m in models) > 0
-    check = run_app("data", "check", env=env)
-    assert (check.returncode, check.stdout.strip()) == (
-        0,
-        f"clean: data root {root} is consistent",
-    ), check.stdout + check.stderr
+        assert sum(len(m) for m in models) > 0
+        check = run_app("data", "check", env=env)
+        assert (check.returncode, check.stdout.strip()) == (
+            0,
+            f"clean: data root {root} is consistent",
+        ), check.stdout + check.stderr
+    except BaseException as error:
+        error.add_note(f"seed {seed}: rerun with random.Random({seed})")
+        raise
+    finally:
+        for server in started:
+            if server.process.poll() is None:
+                server.kill()
+
+
+def test_kill_9_at_random_instants_loses_nothing_acknowledged(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    head_start.result(
+        request.config, "kill-9", lambda: kill_9_at_random_instants(tmp_path, dict(os.environ))
+    )
 
 
 def test_a_session_written_before_records_and_blobs_is_migrated_by_the_repair(
