@@ -59,6 +59,8 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
 
 #: schemathesis against a real server (tests/test_openapi.py), the suite's longest wait.
 FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
+#: Servers killed with SIGKILL at random instants (tests/test_integrity.py).
+KILL_9 = "tests/test_integrity.py::test_kill_9_at_random_instants_loses_nothing_acknowledged"
 #: The PostgreSQL how-to's commands, run as written on the engines.
 POSTGRESQL_HOW_TO = "tests/test_docs_remote.py::test_the_postgresql_how_to_runs_as_written"
 #: A part of the suite in a pytest subprocess next to live servers of every profile.
@@ -100,6 +102,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             return run_how_to(postgres, s3, factory.mktemp("postgresql-how-to"), environ)
 
         head_start.begin(config, "postgresql-how-to", run_the_how_to, _nothing)
+    kill_9 = head_start.collected(session, KILL_9)
+    if isinstance(kill_9, pytest.Function):
+        run_kills = kill_9.module.kill_9_at_random_instants
+        where_kills = lambda: factory.mktemp("kill-9-at-random-instants")  # noqa: E731
+        head_start.begin(config, "kill-9", lambda: run_kills(where_kills(), environ), _nothing)
     beside = head_start.collected(session, NEXT_TO_LIVE_SERVERS)
     if isinstance(beside, pytest.Function):
         run = beside.module.run_next_to_live_servers
@@ -110,6 +117,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         # Its own server, as app_live_server starts a local one: only on a local profile.
         fuzz = fuzzing.module.fuzz_a_server_of_its_own
         head_start.begin(config, "schemathesis", lambda: fuzz(factory, environ), _nothing)
+
+
+#: The files whose tests take longest under ``-n 2``, longest first (the seconds of their
+#: tests' set-up, call and tear-down on the 2-CPU VM: bench/suite_times.py, bench/README.md
+#: "The suite's time"). Refresh it when a file's tests grow: a slow file left out of it only
+#: runs in its alphabetical place again.
+SLOWEST_FILES = (
+    "tests/test_incident.py",  # 50 s
+    "tests/test_docs_browser.py",  # 26 s
+    "tests/test_remote_replicas.py",  # 21 s
+    "tests/test_plugin_remote.py",  # 21 s
+    "tests/test_remote_hostile.py",  # 20 s
+    "tests/test_docs_remote.py",  # 18 s
+    "tests/test_redteam_s20_store_refusals.py",  # 17 s
+    "tests/test_server_resources.py",  # 16 s
+    "tests/test_next_to_live_servers.py",  # 16 s
+    "tests/test_server_e2e.py",  # 15 s
+    "tests/test_integrity.py",  # 14 s
+    "tests/test_redteam_s18_crash_points.py",  # 13 s
+    "tests/test_plugin.py",  # 13 s
+    "tests/test_openapi.py",  # 12 s
+    "tests/test_server_transfers.py",  # 10 s
+    "tests/test_redteam_s20_remote.py",  # 10 s
+    "tests/test_server_upload_bodies.py",  # 10 s
+    "tests/test_remote_store.py",  # 9 s
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Under xdist, the slowest files first (each file's tests stay together, in their order:
+    # module fixtures and NEXT_ITEM rely on it), the others after them in their order. xdist
+    # hands out tests in this order: the run's last ones are then short ones, and both
+    # workers end together instead of one running a long test alone at the end (under
+    # `--dist loadfile` a file is one unit: scripts/test). A serial run keeps the
+    # alphabetical order, which its head starts were queued for.
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: place for place, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 def _nothing(_: object) -> None:

@@ -13,6 +13,10 @@ directory and output files, running ``app`` as ``python -m app`` would (``runpy`
 zygote's): a test that checks that starts its child itself, as does every test of the guard
 that reads how its process was started.
 
+The zygote ends when the tests' process does (its standard input closes), even one killed
+with SIGKILL, and its children end with it (a parent-death signal, SIGKILL): a killed xdist
+worker leaves no server running (tests/test_forked_app.py).
+
 A command runs as a plain subprocess instead when its environment differs from the run's in
 anything but the variables the app reads when it runs (`_GIVEN_AT_FORK`), when this process's
 umask, resource limits, ignored signals or nice value (which a child inherits from the zygote,
@@ -70,7 +74,7 @@ def remember_the_run() -> None:
 
 
 ZYGOTE = """
-import json, os, runpy, selectors, sys
+import ctypes, json, os, runpy, selectors, signal, sys
 
 import dynaconf, psycopg, boto3, zxcvbn
 import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
@@ -96,7 +100,17 @@ def answer(message):
     os.write(1, (json.dumps(message) + "\\n").encode())
 
 
+ZYGOTE_PID = os.getpid()
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def become(given):
+    # Killed when the zygote ends (PR_SET_PDEATHSIG; this process has one thread, the one
+    # that forks), which it does when the tests' process ends, however: a server forked for
+    # an xdist worker that was SIGKILLed ran on until its data root's lock file went.
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, <linux/prctl.h>
+    if os.getppid() != ZYGOTE_PID:  # the zygote ended before prctl: nobody would signal it
+        os._exit(1)
     # The child: only what `python -m app` would have, the test's output files.
     selector.close()
     for fd in given["close"]:
@@ -158,9 +172,16 @@ class Forked:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        # `exited` is set when the zygote says this child exited, or when the zygote itself
+        # ended (its reader sets every child's): without the latter, a wait with no timeout
+        # on a child of a zygote that died (then the child too, by its parent-death signal)
+        # never returned.
         if not self.exited.wait(timeout):
             raise subprocess.TimeoutExpired(self.args, timeout or 0)
-        assert self.returncode is not None
+        if self.returncode is None:
+            raise ChildProcessError(
+                f"the app's zygote ended before its child {self.pid}: its exit status is unknown"
+            )
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
@@ -235,18 +256,24 @@ class Zygote:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            message = json.loads(line)
+        try:
+            for line in self.process.stdout:
+                message = json.loads(line)
+                with self._lock:
+                    if "exited" in message:  # always after its start: one pipe, in order
+                        child = self._by_pid.pop(message["exited"])
+                        child.returncode = message["code"]
+                        child.exited.set()
+                        continue
+                    child = Forked(message["pid"], ["app"])
+                    self._by_pid[child.pid] = child
+                    self._started[message["id"]] = child
+                    self._answered.notify_all()
+        finally:  # the zygote ended (or said something unreadable): nothing more will come
             with self._lock:
-                if "exited" in message:  # always after its start: one pipe, in order
-                    child = self._by_pid.pop(message["exited"])
-                    child.returncode = message["code"]
-                    child.exited.set()
-                    continue
-                child = Forked(message["pid"], ["app"])
-                self._by_pid[child.pid] = child
-                self._started[message["id"]] = child
-                self._answered.notify_all()
+                for child in self._by_pid.values():
+                    child.exited.set()  # its returncode stays None: `Forked.wait` says why
+                self._by_pid.clear()
 
 
 _starting = threading.Lock()

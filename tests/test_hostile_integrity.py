@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from test_server_e2e import Server, app_env, run_app
+from waits import until_set
 
 KIB = 1024
 
@@ -158,7 +159,7 @@ def test_deleting_a_session_while_its_upload_streams_acknowledges_neither_half(
 
     thread = threading.Thread(target=upload)
     thread.start()
-    started.wait()
+    until_set(started, thread, "the upload's first half")
     with server.client() as client:
         assert client.delete(f"/sessions/{sid}").status_code == 200
         deleted.set()
@@ -202,7 +203,7 @@ def test_kill_9_in_the_middle_of_a_streamed_replace_keeps_the_acknowledged_versi
 
     thread = threading.Thread(target=upload)
     thread.start()
-    halfway.wait()
+    until_set(halfway, thread, "half of the new version")
     # The first half is in .tmp/ (or in a socket buffer) when the server dies.
     server.kill()
     server.wait_exit()

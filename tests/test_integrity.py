@@ -11,13 +11,17 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import engines
+import head_start
 import httpx
 import pytest
 from test_server_e2e import TLS, Server, app_env, open_upload, run_app, wait_for
@@ -52,15 +56,59 @@ def umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
+#: What a small tmpfs is mounted from (its "source", which /proc/self/mountinfo shows, and
+#: the read-only bind mounts made on it show too), followed by the identity of the process
+#: whose run mounted it (PID namespace, pid, start time; tests/engines.py).
+_SOURCE = "app-tests-tmpfs"
+
+
+def _source(identity: str) -> str:
+    return "@".join([_SOURCE, *identity.split()])
+
+
+def _mounts() -> list[tuple[str, Path]]:
+    """Every mount of this namespace: its source and its mount point (/proc/self/mountinfo,
+    where spaces and the like are octal escapes, ``\\040``)."""
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        mounts.append((fields[fields.index("-") + 2], Path(point)))
+    return mounts
+
+
+def _unmount_what_dead_runs_left() -> list[Path]:
+    """Unmount (lazily: with the bind mounts on them) the small tmpfs of runs that are gone:
+    a run killed mid-test (SIGKILL, a CI timeout's SIGTERM) ran no teardown, and its tmpfs
+    stayed mounted in the pytest directory it left. Those it unmounted, deepest first."""
+    ours = engines._process_identity(os.getpid())
+    assert ours is not None
+    dead = []
+    for source, point in _mounts():
+        owner = source.split("@")
+        if owner[0] != _SOURCE or len(owner) != 4 or owner[1] != ours.split()[0]:
+            continue  # not ours, or of another PID namespace: its pids cannot be checked
+        if engines._process_identity(int(owner[2])) != " ".join(owner[1:]):
+            dead.append(point)  # its run is gone
+    dead.sort(key=lambda path: len(path.parts), reverse=True)
+    for path in dead:
+        umount(path)
+    return dead
+
+
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs inside the sandbox, unmounted (lazily) at the end."""
+    """A 4 MiB tmpfs inside the sandbox, unmounted (lazily) at the end; those of runs killed
+    before their end are unmounted first."""
     path = tmp_path / "fs"
     path.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    _unmount_what_dead_runs_left()
+    identity = engines._process_identity(os.getpid())
+    assert identity is not None
     try:
-        mount("-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(path))
+        mount("-t", "tmpfs", "-o", "size=4m,mode=0700", _source(identity), str(path))
     except subprocess.CalledProcessError as error:
         pytest.skip(f"cannot mount a tmpfs here: {error.stderr.strip()}")
     yield path
@@ -507,42 +555,69 @@ def verify(
     assert extra == set(), "sessions nobody acknowledged"
 
 
-def test_kill_9_at_random_instants_loses_nothing_acknowledged(serve: Any, tmp_path: Path) -> None:
+def kill_9_at_random_instants(tmp_path: Path, environ: dict[str, str]) -> None:
+    """`KILLS` servers on one root, each killed with SIGKILL at a random instant while two
+    writers work on it, then a last one: every acknowledged change is there, nothing else,
+    and the root is clean. Raises what the test reports (its seed in a note: rerun with
+    ``random.Random(seed)``). A serial run starts this when collection ends, on the core its
+    tests leave idle (tests/head_start.py): ~11 s of kills and recoveries beside them."""
     seed = random.randrange(2**32)
-    print(f"seed {seed}")  # shown on failure: rerun with random.Random(seed)
     rng = random.Random(seed)
     root = tmp_path / "data"
-    env = app_env(root)
+    env = app_env(root, base=environ)
+    started: list[Server] = []
+
+    def serve() -> Server:
+        # Forked from the zygote (tests/forked_app.py) when it fits: it recovers the root
+        # the last one left, without paying for the app's imports at each of the kills.
+        started.append(Server(env, tmp_path / f"server-{len(started)}.log"))
+        return started[-1].wait_ready()
+
     models: list[dict[str, Any]] = [{}, {}]
     pending: list[tuple[str, ...] | None] = [None, None]
-    for _ in range(KILLS):
-        # Forked from the zygote (tests/forked_app.py): it recovers the root the last one
-        # left, without paying for the app's imports at each of the kills.
-        server = serve(env)
+    try:
+        for _ in range(KILLS):
+            server = serve()
+            with server.client() as client:
+                verify(client, models, pending)
+            writers = [
+                Writer(server.url, server.token, random.Random(rng.random()), model)
+                for model in models
+            ]
+            for writer in writers:
+                writer.start()
+            time.sleep(rng.uniform(0.05, 0.3))  # when to kill: not a timing assertion
+            server.kill()
+            for writer in writers:
+                writer.join()
+            pending = [writer.pending for writer in writers]
+            assert "NOT repaired" not in server.output
+        server = serve()
         with server.client() as client:
             verify(client, models, pending)
-        writers = [
-            Writer(server.url, server.token, random.Random(rng.random()), model) for model in models
-        ]
-        for writer in writers:
-            writer.start()
-        time.sleep(rng.uniform(0.05, 0.3))  # when to kill: not a timing assertion
-        server.kill()
-        for writer in writers:
-            writer.join()
-        pending = [writer.pending for writer in writers]
+        assert server.stop() == 0
         assert "NOT repaired" not in server.output
-    server = serve(env)
-    with server.client() as client:
-        verify(client, models, pending)
-    assert server.stop() == 0
-    assert "NOT repaired" not in server.output
-    assert sum(len(m) for m in models) > 0
-    check = run_app("data", "check", env=env)
-    assert (check.returncode, check.stdout.strip()) == (
-        0,
-        f"clean: data root {root} is consistent",
-    ), check.stdout + check.stderr
+        assert sum(len(m) for m in models) > 0
+        check = run_app("data", "check", env=env)
+        assert (check.returncode, check.stdout.strip()) == (
+            0,
+            f"clean: data root {root} is consistent",
+        ), check.stdout + check.stderr
+    except BaseException as error:
+        error.add_note(f"seed {seed}: rerun with random.Random({seed})")
+        raise
+    finally:
+        for server in started:
+            if server.process.poll() is None:
+                server.kill()
+
+
+def test_kill_9_at_random_instants_loses_nothing_acknowledged(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    head_start.result(
+        request.config, "kill-9", lambda: kill_9_at_random_instants(tmp_path, dict(os.environ))
+    )
 
 
 def test_a_session_written_before_records_and_blobs_is_migrated_by_the_repair(
@@ -614,3 +689,26 @@ def test_the_migration_itself_refuses_a_linked_directory_and_moves_nothing(
             store.sessions.migrate_legacy(directory, meta)
     assert sorted(str(p.relative_to(elsewhere)) for p in elsewhere.rglob("*")) == before
     assert (elsewhere / "files" / "a.txt").read_bytes() == b"theirs"
+
+
+def test_the_small_tmpfs_of_a_run_killed_mid_test_is_unmounted_by_the_next(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    # A run that is gone (its process ended) and one that is still on (this one, small_fs).
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=-1) as gone:
+        identity = engines._process_identity(gone.pid)
+        assert identity is not None
+    left = tmp_path / "left"
+    left.mkdir()
+    mount("-t", "tmpfs", "-o", "size=1m", _source(identity), str(left))
+    (left / "sessions").mkdir()
+    mount("--bind", str(left / "sessions"), str(left / "sessions"))  # as the read-only test
+    try:
+        assert {left, left / "sessions"} <= {point for _, point in _mounts()}
+        assert _unmount_what_dead_runs_left() == [left / "sessions", left]
+        points = {point for _, point in _mounts()}
+        assert left not in points
+        assert left / "sessions" not in points
+        assert small_fs in points, "a live run's tmpfs is left alone"
+    finally:
+        umount(left)

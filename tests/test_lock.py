@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from live_http import WAIT
+from waits import until_set
 
 import app
 from app.errors import (
@@ -455,7 +456,8 @@ def test_the_watcher_reports_a_deleted_lock_file_once(root: Path) -> None:
     with RootLock(root, kind="server", profile="development") as lock:
         watcher = LockWatcher(lock, 0.01, on_lost).start()
         (root / LOCK_FILE).unlink()
-        called.wait()  # returns once the callback ran; the watcher then ends by itself
+        # Returns once the callback ran; the watcher then ends by itself.
+        until_set(called, watcher._thread, "the watcher's callback")
         watcher.stop()
         assert reasons == ["was deleted"]
         assert watcher.lost == "was deleted"
@@ -480,7 +482,7 @@ def test_the_watcher_stays_quiet_while_the_lock_is_ours_and_stops_on_request(
 
         lock.still_ours = counting  # type: ignore[method-assign]
         with LockWatcher(lock, 0.01, reasons.append) as watcher:
-            enough.wait()
+            until_set(enough, watcher._thread, "three checks of the lock")
         assert not watcher.running
     assert reasons == []
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,24 @@ pytestmark = pytest.mark.skipif(
     reason="a loop device and ext4 take root, unshare(1), losetup(8) and mkfs.ext4(8)",
 )
 
+#: An ext4 image mounted on a loop device that goes with its mount (``mount -o loop`` sets
+#: LO_FLAGS_AUTOCLEAR): when the zygote's mount namespace ends, even killed mid-case, no
+#: device is left. A device attached with ``losetup --find --show`` stayed attached to its
+#: image, and kept the thin pool's tmpfs (16 MiB of memory) alive with it, for every zygote
+#: killed while a case ran.
+_DISK = r"""
+def sh(*args):
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def attach(image, at):
+    sh("mount", "-t", "ext4", "-o", "loop", image, at)
+
+
+def detach(at):
+    subprocess.run(["umount", at], check=False, capture_output=True)
+"""
+
 _ZYGOTE = (
     RUN_OPERATION
     + ZYGOTE_IMPORTS
@@ -60,24 +81,8 @@ SNAPSHOT = os.path.join(WORK, "cut.img")  # on the test's own disk: the pool may
 FILLER = os.path.join(POOL, "filler")
 
 
-def sh(*args):
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def attach(image, at):
-    loop = sh("losetup", "--find", "--show", image)
-    try:
-        sh("mount", "-t", "ext4", loop, at)
-    except BaseException:
-        sh("losetup", "--detach", loop)
-        raise
-    return loop
-
-
-def detach(loop, at):
-    subprocess.run(["umount", at], check=False, capture_output=True)
-    subprocess.run(["losetup", "--detach", loop], check=False, capture_output=True)
 """
+    + _DISK
     + CLIENT_VIEW
     + CONTENTS
     + r"""
@@ -149,11 +154,11 @@ def base(template, root):
     with open(BASE, "wb") as image:
         image.truncate(8 << 20)
     sh("mkfs.ext4", "-q", "-F", "-b", "4096", BASE)
-    loop = attach(BASE, LIVE)
+    attach(BASE, LIVE)
     try:
         shutil.copytree(template, root, symlinks=True)
     finally:
-        detach(loop, LIVE)
+        detach(LIVE)
     BASE_FOR = template
 
 
@@ -161,7 +166,7 @@ def case(request):
     root = request["env"]["APP_DATA_ROOT"]
     base(request["template"], root)
     sh("cp", "--sparse=always", BASE, IMAGE)
-    loop = attach(IMAGE, LIVE)
+    attach(IMAGE, LIVE)
     try:
         kept = contents(root)
         out_r, out_w = os.pipe()
@@ -182,14 +187,14 @@ def case(request):
             result = json.loads(out.read())
         os.waitpid(pid, 0)
     finally:
-        detach(loop, LIVE)
+        detach(LIVE)
         if os.path.exists(FILLER):
             os.remove(FILLER)
         os.remove(IMAGE)
     if "crash" in result:
         return result
     # After the power cut: the journal replays, and a server starts on what the disk held.
-    loop = attach(SNAPSHOT, CUT)
+    attach(SNAPSHOT, CUT)
     try:
         cut_root = os.path.join(CUT, os.path.relpath(root, LIVE))
         os.environ.clear()
@@ -200,7 +205,7 @@ def case(request):
             result["left"] = [f.to_dict() for f in repaired if not f.repaired]
         result["lost"] = sorted(kept - contents(cut_root))
     finally:
-        detach(loop, CUT)
+        detach(CUT)
         os.remove(SNAPSHOT)
     return result
 
@@ -289,3 +294,52 @@ def test_a_thin_disk_that_runs_dry_at_any_step_keeps_every_acknowledged_byte_and
     # Both kinds of failure happened: a file's data (ENOSPC at its fsync, where tmpfs fails
     # the write) and the journal's commit (EIO, after which ext4 is read-only).
     assert {"OSError (storage_full)", "OSError (storage_io_error)", "ok"} <= answers, answers
+
+
+#: A zygote's disk, as `_ZYGOTE` makes it (a thin pool, an ext4 image on it, mounted), in a
+#: mount namespace of its own; it waits to be killed.
+_KILLED_MID_CASE = (
+    "import os, subprocess, sys\n"
+    + _DISK
+    + r"""
+pool, live = os.path.join(sys.argv[1], "pool"), os.path.join(sys.argv[1], "live")
+os.makedirs(pool)
+os.makedirs(live)
+sh("mount", "-t", "tmpfs", "-o", "size=16m", "none", pool)
+image = os.path.join(pool, sys.argv[2])
+with open(image, "wb") as disk:
+    disk.truncate(8 << 20)
+sh("mkfs.ext4", "-q", "-F", "-b", "4096", image)
+attach(image, live)
+print("attached", flush=True)
+sys.stdin.read()
+"""
+)
+
+
+def _loop_devices_on(image: str) -> list[str]:
+    """The loop devices attached to a file named `image` (its path as the kernel shows it:
+    the pool's mount point, or only ``/`` once that mount is gone)."""
+    return [
+        device.name
+        for device in Path("/sys/block").glob("loop*")
+        if (backing := device / "loop" / "backing_file").exists()
+        and backing.read_text().strip().endswith(f"/{image}")
+    ]
+
+
+def test_a_zygote_killed_mid_case_leaves_no_loop_device(tmp_path: Path) -> None:
+    image = f"killed-{uuid.uuid4().hex}.img"
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    command = [*unshare, sys.executable, "-c", _KILLED_MID_CASE, str(tmp_path), image]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as zygote:
+        assert zygote.stdout is not None
+        assert zygote.stdout.readline() == b"attached\n"
+        assert _loop_devices_on(image), "attached while it runs"
+        zygote.kill()
+    # Until the device went: the wait ends on its condition; a minute is for a hung test only.
+    for _ in range(6000):
+        if not _loop_devices_on(image):
+            break
+        time.sleep(0.01)
+    assert not _loop_devices_on(image), f"{image}'s loop device outlived its mount namespace"

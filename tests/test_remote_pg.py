@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from engines import PostgresEngine, scratch
+from waits import until_set
 
 from app.errors import EX_TEMPFAIL
 from app.remote import pg
@@ -272,7 +273,7 @@ def test_a_replica_notices_at_once_that_its_connection_was_terminated(stamped: s
         holder.check()
         with psycopg.connect(stamped, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (holder.row["backend_pid"],))
-        noticed.wait()
+        until_set(noticed, holder._thread, "the holder's notice of its terminated connection")
         assert holder.lost
         with pytest.raises(HolderLostError, match="refuses every write") as caught:
             holder.check()
@@ -295,7 +296,7 @@ def test_a_replica_notices_that_the_server_stopped(postgres_engine: PostgresEngi
         noticed = threading.Event()
         holder = pg.Holder(url, "production", on_lost=lambda error: noticed.set()).start()
         engine.stop()
-        noticed.wait()
+        until_set(noticed, holder._thread, "the holder's notice of the stopped server")
         assert holder.lost
         holder.close()
     finally:

@@ -23,6 +23,7 @@ import pytest
 from engines import S3Engine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from waits import until_set
 
 from app.config import Config
 from app.errors import (
@@ -540,7 +541,7 @@ def test_a_replica_that_lost_its_connection_refuses_writes(
         watch = store.watch(0.01, on_lost)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (holder.row["backend_pid"],))
-        lost.wait()
+        until_set(lost, holder._thread, "the holder's notice of its terminated connection")
         for write in (
             store.create_session,
             lambda: store.put_file(session_id, "b", b"b"),
@@ -551,7 +552,7 @@ def test_a_replica_that_lost_its_connection_refuses_writes(
             with pytest.raises(HolderLostError):
                 write()
         assert [f["name"] for f in store.list_files(session_id)] == ["a"]  # reads still work
-        noticed.wait()
+        until_set(noticed, watch._thread, "the store's watch calling back")
         watch.stop()
         assert reasons and "terminat" in reasons[0]
         assert isinstance(store.lost_error("gone"), HolderLostError)

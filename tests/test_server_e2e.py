@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,18 @@ def wait_for(condition: Any, what: str) -> None:
 
 
 def app_env(
-    root: Path, *, profile: str = "testing", port: int | None = None, **extra: str
+    root: Path,
+    *,
+    profile: str = "testing",
+    port: int | None = None,
+    base: Mapping[str, str] | None = None,
+    **extra: str,
 ) -> dict[str, str]:
-    env = {**os.environ, "APP_DATA_ROOT": str(root), "APP_HOST": "127.0.0.1"}
+    """The environment of an `app` child on `root`: `base` (this process's environment by
+    default; a head start's thread passes the run's, which a test may be changing meanwhile)
+    with the root, host, profile and port set."""
+    env = {**(os.environ if base is None else base), "APP_DATA_ROOT": str(root)}
+    env["APP_HOST"] = "127.0.0.1"
     env["ENV_FOR_DYNACONF"] = profile
     if port is not None:
         env["APP_PORT"] = str(port)
