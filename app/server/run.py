@@ -47,6 +47,7 @@ WORKERS_NEED_REMOTE: Final = (
 )
 """Why a local data root refuses several workers (``app serve --workers N``)."""
 _KEEP_ALIVE_SECONDS: Final = 5  # uvicorn's default wait for a connection's next request
+_SPARE_SESSIONS: Final = 64  # staging directories kept made ahead for creates
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (names, not a bind)
 
 
@@ -147,6 +148,11 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             "" if finding.repaired else "NOT repaired: ",
             finding.repair,
         )
+    # Creates take staging directories made ahead by a background thread (app.store.spares):
+    # enough for fifty clients' first creates at once.
+    keep_spares = getattr(store, "keep_spares", None)
+    if keep_spares is not None:
+        keep_spares(_SPARE_SESSIONS)
     application = create_app(store, config)
     server = uvicorn.Server(
         uvicorn.Config(
