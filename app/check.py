@@ -34,7 +34,6 @@ from app.store.records import (
     LEGACY_FILES_KEY,
     NEW_PREFIX,
     RECORDS_DIR,
-    SPARE_PREFIX,
     TRASH_MANIFEST,
     TRASHED_SESSION,
     FileRecord,
@@ -42,7 +41,6 @@ from app.store.records import (
     read_meta,
     record_blob,
 )
-from app.store.spares import is_blank_spare
 from app.store.trash import EMPTYING_PREFIX, MISSING_MANIFEST, TRASH_NAME_RE
 
 if TYPE_CHECKING:
@@ -133,23 +131,9 @@ class Checker:
             )
 
     def check_staging(self) -> None:
-        spares = self.root.store_state.spares
         for path in _listing(self.store.sessions_dir):
             name = path.name
-            if name.startswith(SPARE_PREFIX):
-                # A spare made ahead for a create (app.store.spares): this process's, or a
-                # blank one, is nothing to repair (the writer that opens the root removes an
-                # earlier holder's); one holding bytes is a create that crashed.
-                if (spares is not None and spares.knows(name)) or is_blank_spare(str(path)):
-                    continue
-                if self.found(
-                    "unfinished-create",
-                    path,
-                    "a session create that crashed before its rename; it was never acknowledged",
-                    "delete it",
-                ):
-                    shutil.rmtree(path, ignore_errors=True)
-            elif name.startswith(NEW_PREFIX):
+            if name.startswith(NEW_PREFIX):
                 if name in self.root.store_state.creating:
                     continue
                 if self.found(

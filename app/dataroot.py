@@ -1163,9 +1163,6 @@ class DataRoot:
 
     def close(self) -> None:
         """Release the lock of a writer. Idempotent; a reader has nothing to release."""
-        spares, self.store_state.spares = self.store_state.spares, None
-        if spares is not None:
-            spares.close()  # its thread stops, and its ready spares go, while still held
         if self.lock is not None:
             self.lock.release()
 

@@ -28,8 +28,7 @@ _SLOW_RENAME = """
 import os, sys, time
 
 def _slow(event, args):
-    # a create's staging directory: its own, or a spare made ahead (app.store.spares)
-    if event == "os.rename" and os.path.basename(str(args[0])).startswith((".new-", ".spare-")):
+    if event == "os.rename" and os.path.basename(str(args[0])).startswith(".new-"):
         open(os.environ["SLOW_RENAME_MARK"], "w").close()
         time.sleep(2.0)
 

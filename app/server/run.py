@@ -47,7 +47,6 @@ WORKERS_NEED_REMOTE: Final = (
 )
 """Why a local data root refuses several workers (``app serve --workers N``)."""
 _KEEP_ALIVE_SECONDS: Final = 5  # uvicorn's default wait for a connection's next request
-_SPARE_SESSIONS: Final = 16  # staging directories kept made ahead for creates
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::", "[::]"})  # noqa: S104 (names, not a bind)
 
 
@@ -148,13 +147,6 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             "" if finding.repaired else "NOT repaired: ",
             finding.repair,
         )
-    # Creates take staging directories made ahead by a background thread (app.store.spares).
-    # A few are enough: they shorten a create's path while the server has a core to spare
-    # for the refill; under a saturated load the refill competes for the same cores and no
-    # number of them helps (bench/README.md), and each costs every start and stop.
-    keep_spares = getattr(store, "keep_spares", None)
-    if keep_spares is not None:
-        keep_spares(_SPARE_SESSIONS)
     application = create_app(store, config)
     server = uvicorn.Server(
         uvicorn.Config(

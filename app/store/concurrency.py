@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from app.store.records import FileRecord
-    from app.store.spares import SparePool
 
 __all__ = ["GroupSync", "RecordCache", "RootState", "records_identity"]
 
@@ -42,8 +41,6 @@ class RootState:
         # The `.new-<id>` staging directories of creates in progress.
         self.creating: set[str] = set()
         self.creating_lock = threading.Lock()
-        # The spare staging directories a server keeps (app.store.spares), if any.
-        self.spares: SparePool | None = None
         # The time in the newest trash entry's name (see app.store.trash.Trash.moment).
         self.trash_moment: datetime | None = None
         self.trash_moment_lock = threading.Lock()

@@ -6,7 +6,6 @@
     sessions/<id>/records/<name>    one file's record (JSON): size, sha256, time, blob
     sessions/<id>/blobs/<version>   the bytes a record names; never changed once written
     sessions/.new-<id>/             a session being created (renamed to <id> when complete)
-    sessions/.spare-<hex>/          a spare staging directory, made ahead for a create
     .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
     .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
 """
@@ -38,7 +37,6 @@ __all__ = [
     "NEW_PREFIX",
     "RECORDS_DIR",
     "SESSION_FILE",
-    "SPARE_PREFIX",
     "TRASHED_SESSION",
     "TRASH_MANIFEST",
     "FileRecord",
@@ -66,8 +64,6 @@ LEGACY_FILES_DIR: Final = "files"
 TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
 NEW_PREFIX: Final = ".new-"
-# A staging directory made ahead of the create that will take it (app.store.spares).
-SPARE_PREFIX: Final = ".spare-"
 
 MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
 _MAX_RECORD_BYTES: Final = 64 * 1024

@@ -42,7 +42,6 @@ from app.store.records import (
     NEW_PREFIX,
     RECORDS_DIR,
     SESSION_FILE,
-    SPARE_PREFIX,
     TRASHED_SESSION,
     FileRecord,
     MetaCache,
@@ -55,7 +54,6 @@ from app.store.records import (
     scan_records,
     upload_order,
 )
-from app.store.spares import is_blank_spare, write_into_spare
 
 if TYPE_CHECKING:
     from app.dataroot import DataRoot, Prepared
@@ -98,29 +96,18 @@ class Sessions:
             yield directory
 
     def clear_unfinished(self) -> None:
-        """Remove the staging directories of creates that crashed (audited), and the spare
-        ones (`app.store.spares`) of an earlier holder."""
+        """Remove the staging directories of creates that crashed (audited)."""
         # A `.new-<id>` directory is a create that crashed before its rename: it was never
         # acknowledged, and holds at most a session.json without files. One that another
-        # Store on this root is creating right now is not a crash's. A spare this process
-        # did not make is an earlier holder's: a blank one is removed unsaid, one that holds
-        # bytes is a create that crashed before its rename, like `.new-<id>`.
-        spares = self.state.spares
+        # Store on this root is creating right now is not a crash's.
         with self.state.creating_lock:
-            with os.scandir(self.path) as listing:
-                entries = list(listing)
-            stale = [
-                e.path
-                for e in entries
-                if e.name.startswith(NEW_PREFIX) and e.name not in self.state.creating
-            ]
-            leftover_spares = [
-                e.path
-                for e in entries
-                if e.name.startswith(SPARE_PREFIX) and (spares is None or not spares.knows(e.name))
-            ]
-            stale += [path for path in leftover_spares if not is_blank_spare(path)]
-            for path in [*stale, *leftover_spares]:
+            with os.scandir(self.path) as entries:
+                stale = [
+                    e.path
+                    for e in entries
+                    if e.name.startswith(NEW_PREFIX) and e.name not in self.state.creating
+                ]
+            for path in stale:
                 shutil.rmtree(path, ignore_errors=True)
         if stale:
             self.root.audit(
@@ -136,29 +123,20 @@ class Sessions:
         # session that appears later with a smaller id (creates finish in any order).
         with self.state.creating_lock:
             session = _new_session(title, metadata)
-            creating = f"{NEW_PREFIX}{session['id']}"
-            self.state.creating.add(creating)
+            staging = self.path / f"{NEW_PREFIX}{session['id']}"
+            self.state.creating.add(staging.name)
         stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
         data = json_bytes(stored)
         # The staging directory is the temporary file here: it is complete and synced before
         # one same-directory rename makes the session appear. Writing session.json inside it
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
-        # filesystem-wide lock, on the path every POST /sessions takes. A server keeps
-        # staging directories made and synced ahead (app.store.spares): then only the
-        # file's bytes and their fsync are this create's, its entry being durable already.
-        spares = self.state.spares
-        spare = None if spares is None else spares.take()
-        staging = self.path / (creating if spare is None else spare)
+        # filesystem-wide lock, on the path every POST /sessions takes.
         try:
             with self.root.prepare(self.path) as prepared:
                 try:
-                    if spare is None or not write_into_spare(os.fspath(staging), data):
-                        if spare is not None:  # changed from outside: not used
-                            shutil.rmtree(staging, ignore_errors=True)
-                            staging = self.path / creating
-                        staging.mkdir(mode=0o700)
-                        write_new_file(staging / SESSION_FILE, data)
-                        fsync_dir(staging)
+                    staging.mkdir(mode=0o700)
+                    write_new_file(staging / SESSION_FILE, data)
+                    fsync_dir(staging)
                     self.root.ensure_held()  # the last moment before the session appears
                     staging.rename(self.path / session["id"])
                 except BaseException:
@@ -172,9 +150,7 @@ class Sessions:
                     self.state.index_update(add=session["id"])
         finally:
             with self.state.creating_lock:
-                self.state.creating.discard(creating)
-            if spare is not None and spares is not None:
-                spares.done(spare)
+                self.state.creating.discard(staging.name)
         return session
 
     def get(self, session_id: str) -> SessionRecord:

@@ -180,17 +180,6 @@ class Store(Storage):
         assert self.root.lock is not None, "only a writer holds a lock to lose"
         return LockLostError(self.root.lock.path, reason)
 
-    def keep_spares(self, count: int) -> None:
-        """Keep ``count`` staging directories made ahead for creates (`app.store.spares`),
-        until the root is closed; a server does. Nothing if one is kept already, or
-        ``count`` is 0."""
-        self.root.ensure_held()
-        state = self.root.store_state
-        if count > 0 and state.spares is None:
-            from app.store.spares import SparePool
-
-            state.spares = SparePool(self.root, count)
-
     def close(self) -> None:
         self.root.close()
 
