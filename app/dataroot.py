@@ -879,7 +879,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
 # --- the open root -----------------------------------------------------------------------
 
 
-def _lstat_identity(path: Path) -> tuple[int, int] | None:
+def _lstat_identity(path: Path | str) -> tuple[int, int] | None:
     try:
         found = os.lstat(path)
     except OSError:
@@ -920,6 +920,15 @@ class DataRoot:
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         self._identities = _layout_identities(self._path) if lock is not None else {}
+        # The same paths as strings, made once: ensure_held runs before every write (twice
+        # per create), and building its five Path objects each time was about a third of it.
+        # The root itself is its own path, never "<root>/": a trailing slash would follow a
+        # symbolic link put in its place.
+        where = os.fspath(self._path)
+        self._held_paths = tuple(
+            (name, f"{where}/{name}" if name else where, opened)
+            for name, opened in self._identities.items()
+        )
         from app.store.concurrency import RootState  # app.store builds on this module
 
         self.store_state: RootState = RootState(self.sessions_dir)
@@ -977,9 +986,9 @@ class DataRoot:
         moved = self.path != self.lock.root
         if moved and _lstat_identity(self.path / LOCK_FILE) != self.lock.identity:
             raise DataRootChangedError(self.path, f"{LOCK_FILE} is not the file it locked")
-        for name, opened in self._identities.items():
-            path = self.path / name
-            if _lstat_identity(path) != opened:  # lstat: a symbolic link is another inode
+        for name, where, opened in self._held_paths:
+            if _lstat_identity(where) != opened:  # lstat: a symbolic link is another inode
+                path = self.path / name
                 what = "the data root" if not name else f"{name}/"
                 raise DataRootChangedError(
                     self.path, f"{what} was replaced or moved since it was opened ({path})"

@@ -572,3 +572,21 @@ def test_a_fifo_planted_as_session_json_is_not_a_session_and_does_not_hang_a_rea
     with pytest.raises(SessionNotFoundError):
         app_store.get_session(session["id"])
     assert app_store.list_sessions(limit=10).items == []
+
+
+def test_a_data_root_swapped_for_a_link_to_itself_is_refused_before_a_write(
+    app_store: Store,
+) -> None:
+    # The holder check lstats the root's own path: through "<root>/" it would follow the link
+    # to the same directory and find nothing changed.
+    root = app_store.root.path
+    moved = root.with_name(f"{root.name}-moved")
+    root.rename(moved)
+    root.symlink_to(moved)
+    try:
+        with pytest.raises(DataRootChangedError, match="the data root was replaced or moved"):
+            app_store.create_session("through a link")
+        assert list((moved / "sessions").iterdir()) == []
+    finally:
+        root.unlink()
+        moved.rename(root)
