@@ -120,6 +120,21 @@ def stay_inactive(config: pytest.Config, reason: str) -> None:
     sandboxing.note_inactive(reason)
 
 
+def enclosing_roots(run: sandboxing.Run) -> dict[str, Path]:
+    """The roots an enclosing run protects, named for a refusal, one entry each.
+
+    Keyed by profile alone, a run nested two deep lost all but the last root of each
+    profile (the enclosing run's own production, and the one it inherited).
+    """
+    named: dict[str, Path] = {}
+    for number, root in enumerate(run.protected, 1):
+        name = f"{root.profile} (protected by the enclosing test run, pytest pid {run.pid})"
+        if named.get(name, root.path) != root.path:
+            name = f"{name[:-1]}, root {number})"
+        named[name] = root.path
+    return named
+
+
 def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     """In a run where the plugin stays inactive: refuse a ``--basetemp`` that pytest's
     emptying would take into a data root on disk, as an active run does.
@@ -130,14 +145,24 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     ini file outside the project, ``--rootdir``, or a test file outside it):
     ``--basetemp=/srv/app/data/sessions`` there emptied a live server's sessions. Only what
     is on disk counts (a held lock, a stamp at or above it, a mount, another run's sandbox):
-    the settings are not this run's to read.
+    the settings are not this run's to read. Inside a run of the plugin (a pytest a test
+    started), so do the roots that run protects.
     """
     __tracebackhide__ = True
     given = config.known_args_namespace.basetemp
     if not given:
         return
+    # A pytest a test starts (a tox-style wrapper's, with a hand-built environment and its
+    # rootdir elsewhere) stays inactive too, but it is still inside that run: the roots the
+    # enclosing run protects are known exactly, stamped or not, and pytest's emptying of a
+    # --basetemp above a stopped production root deleted it.
     try:
-        _check_basetemp(Path(given), {}, stamped_inside=False)
+        enclosing = sandboxing.current_run()
+    except AppError:
+        enclosing = None  # only a broken PYTEST_APP_SANDBOX says so; what is on disk stays
+    roots = enclosing_roots(enclosing) if enclosing is not None else {}
+    try:
+        _check_basetemp(Path(given), roots, stamped_inside=False)
     except pytest.UsageError as refused:
         raise pytest.UsageError(
             f"{refused}. The app's plugin is inactive in this run ({reason}), and pytest "

@@ -107,7 +107,7 @@ def pytest_load_initial_conftests(
     )
     # A run started inside another (a test that runs pytest) keeps that run's protected roots.
     inherited_protected = enclosing.protected if enclosing is not None else ()
-    guarded = {**{f"{p.profile} (enclosing run)": p.path for p in inherited_protected}, **roots}
+    guarded = {**(guard.enclosing_roots(enclosing) if enclosing is not None else {}), **roots}
     factory = None
     if worker:
         assert inherited is not None
