@@ -7,10 +7,11 @@ nothing.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from app.remote import pg
 from app.remote.db import Database
-from app.remote.objects import BLOBS, ObjectStore
+from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
 from app.storage import CheckReport, Finding
 
 __all__ = ["check"]
@@ -26,8 +27,9 @@ def check(
 ) -> CheckReport:
     """Reconcile rows and objects.
 
-    Finds objects that no row names and that are older than ``orphan_grace`` (an upload
-    whose transaction never committed: nobody ever saw them, so ``repair`` deletes them),
+    Finds objects that no row names (an upload whose transaction never committed: nobody
+    ever saw them, so ``repair`` deletes them), only those older than ``orphan_grace`` while
+    a replica is live,
     and, with ``thorough``, rows whose object is missing (bytes lost outside the app:
     reported, never repaired, since only a backup has them).
     """
@@ -47,7 +49,7 @@ def check(
         ).fetchall()
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
-    orphans = objects.orphans(referenced, older_than=orphan_grace)
+    orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace)
     for info in orphans:
         findings.append(
             Finding(
@@ -62,7 +64,6 @@ def check(
                 "(a live replica may still be uploading it)",
             )
         )
-    unfinished = objects.unfinished_uploads(older_than=orphan_grace)
     for upload in unfinished:
         findings.append(
             Finding(
@@ -133,3 +134,27 @@ def check(
     if repair and findings:
         db.audit_alone("check-repair", db.where, findings=[f.to_dict() for f in findings])
     return CheckReport(findings, repair)
+
+
+def _unnamed(
+    db: Database, objects: ObjectStore, referenced: set[str], orphan_grace: timedelta
+) -> tuple[list[ObjectInfo], list[UnfinishedUpload]]:
+    """The objects and unfinished uploads under ``blobs/`` that no row names.
+
+    Listed first, then aged: one younger than ``orphan_grace`` may be a live replica's upload
+    whose row has not committed yet, so it is left out while any replica lives. With none
+    live (asked after the listing, so that a replica starting in between has nothing in it),
+    no row can ever name it: a replica killed between its object and its row left it, and it
+    is found now rather than an hour later. Under maintenance's exclusive hold no replica
+    lives, nor can one start.
+    """
+    orphans = objects.orphans(referenced, older_than=None)
+    unfinished = objects.unfinished_uploads(older_than=None)
+    if orphans or unfinished:
+        with db.conn() as conn:
+            live = pg.live_holders(conn)
+        if live:
+            young = datetime.now(UTC) - orphan_grace
+            orphans = [info for info in orphans if info.last_modified < young]
+            unfinished = [upload for upload in unfinished if upload.initiated < young]
+    return orphans, unfinished

@@ -38,6 +38,7 @@ from app.errors import SessionNotFoundError
 from app.remote import pg
 from app.remote.errors import (
     CommitUnknownError,
+    ConnectionLostError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     HolderLostError,
@@ -231,7 +232,11 @@ class Database:
             ) from None
         except DatabaseUnavailableError as error:
             if not committing:
-                raise
+                if not begun:
+                    raise  # no connection, or none that began the transaction
+                # It broke inside the transaction (its backend ended by an operator, a
+                # restart, a failover), before the COMMIT was sent: rolled back for sure.
+                raise ConnectionLostError(self.where, error.reason, what) from None
             self._settle(begun, what, error)
 
     def _begin(self, conn: Connection, lock: tuple[int, int] | None) -> dict[str, Any]:
@@ -268,10 +273,11 @@ class Database:
         if status == "committed":
             return
         if status == "aborted":
-            raise DatabaseUnavailableError(
+            raise ConnectionLostError(
                 self.where,
-                f"the connection broke while committing {what} ({error.reason}); the "
-                "database says it was not saved, so nothing was changed: retry it",
+                f"{error.reason}; it broke as the change committed, and the database says "
+                "it was not saved",
+                what,
             ) from None
         raise CommitUnknownError(self.where, f"{error.reason}; then: status {status}", what)
 

@@ -330,6 +330,20 @@ class CommitUnknownError(DatabaseUnavailableError):
     what: str
 
 
+class ConnectionLostError(DatabaseUnavailableError):
+    """A change lost its connection before it committed (its backend ended by
+    ``pg_terminate_backend``, a restart, a failover): rolled back, so nothing was changed."""
+
+    code = "connection_lost"
+    template = (
+        "lost the connection to database {where} during {what} ({reason}), before it "
+        "committed: the database rolled it back, so it was not saved and nothing was changed; "
+        "retry it (if the database does not answer, check that the server runs)"
+    )
+
+    what: str
+
+
 class MaintenanceLostError(AppError):
     """A maintenance command lost the connection that held the database exclusively."""
 

@@ -194,7 +194,8 @@ class RemoteFiles:
         name = check_file_name(name)
         moment = now()
         trash = trash_name(moment, session_id, file=True)
-        with self.db.change(session_id, moment) as conn:
+        what = f"the delete of {name!r} from session {session_id}"
+        with self.db.change(session_id, moment, what) as conn:
             if if_match is not None:
                 found = conn.execute(
                     "SELECT sha256 FROM app_files WHERE session_id = %s AND name = %s"

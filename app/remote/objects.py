@@ -402,10 +402,15 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
 
-    def orphans(self, referenced: set[str], *, older_than: timedelta) -> list[ObjectInfo]:
+    def orphans(self, referenced: set[str], *, older_than: timedelta | None) -> list[ObjectInfo]:
         """Blobs that no row names and that are older than ``older_than`` (younger ones may
-        belong to an upload whose transaction has not committed yet)."""
-        cutoff = datetime.now(UTC) - older_than
+        belong to an upload whose transaction has not committed yet); ``None``: of any age,
+        even one the object store's clock, ahead of this machine's, dates later than now."""
+        cutoff = (
+            datetime.max.replace(tzinfo=UTC)
+            if older_than is None
+            else datetime.now(UTC) - older_than
+        )
         return [
             info
             for info in self.objects(BLOBS)
@@ -414,15 +419,19 @@ class ObjectStore:
             and self.is_blob_name(info.name)
         ]
 
-    def unfinished_uploads(self, *, older_than: timedelta) -> list[UnfinishedUpload]:
-        """Multipart uploads under ``blobs/`` begun more than ``older_than`` ago and never
-        completed nor aborted: what a process killed mid-upload (or whose abort failed)
-        leaves. No listing of objects shows them, and the object store keeps their parts
-        until they are aborted. ``[]`` where the server does not list them."""
+    def unfinished_uploads(self, *, older_than: timedelta | None) -> list[UnfinishedUpload]:
+        """Multipart uploads under ``blobs/`` begun more than ``older_than`` ago (``None``:
+        any) and never completed nor aborted: what a process killed mid-upload (or whose
+        abort failed) leaves. No listing of objects shows them, and the object store keeps
+        their parts until they are aborted. ``[]`` where the server does not list them."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         base = self.location.key("")
-        cutoff = datetime.now(UTC) - older_than
+        cutoff = (
+            datetime.max.replace(tzinfo=UTC)
+            if older_than is None
+            else datetime.now(UTC) - older_than
+        )
         found = []
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:

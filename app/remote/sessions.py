@@ -167,7 +167,7 @@ class RemoteSessions:
         check_session_id(session_id)
         moment = now()
         name = trash_name(moment, session_id, file=False)
-        with self.db.write() as conn:
+        with self.db.write(f"the delete of session {session_id}") as conn:
             row = conn.execute(
                 "UPDATE app_sessions SET deleted_at = %s, deleted_reason = %s, trash_name = %s"
                 " WHERE id = %s AND deleted_at IS NULL RETURNING title",
@@ -184,7 +184,7 @@ class RemoteSessions:
         """Move every live session to the trash state, in one transaction; one audit row."""
         moment = now()
         prefix = moment.strftime(TRASH_TIME_FORMAT) + "-"
-        with self.db.write() as conn:
+        with self.db.write("the purge of every live session") as conn:
             rows = conn.execute(
                 "UPDATE app_sessions SET deleted_at = %s, deleted_reason = 'purge',"
                 " trash_name = %s || id WHERE deleted_at IS NULL RETURNING id, title, trash_name",

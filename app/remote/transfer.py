@@ -82,6 +82,24 @@ class ObjectFile(io.RawIOBase):
             self._stream.close()
         self._stream, self._chunks, self._pending = None, None, memoryview(b"")
 
+    def _next_chunk(self) -> bytes | None:
+        # The store died or cut the stream mid-object: the response has started, so its
+        # client sees it end short of its Content-Length; the server's log names the file.
+        from botocore.exceptions import BotoCoreError
+
+        assert self._chunks is not None
+        try:
+            return next(self._chunks, None)
+        except BotoCoreError as error:
+            self._drop()
+            raise ObjectStoreUnavailableError(
+                self._objects.where,
+                f"{error}; the download of {self.name!r} from session {self.session_id} "
+                f"(object {self._blob}) was cut off after {self._position} of {self.size} "
+                "bytes: its client got a short answer and must download it again once the "
+                "object store answers",
+            ) from error
+
     def readable(self) -> bool:
         return True
 
@@ -108,7 +126,7 @@ class ObjectFile(io.RawIOBase):
                 if self._chunks is None:
                     self._open(self._position)
                 assert self._chunks is not None
-                chunk = next(self._chunks, None)
+                chunk = self._next_chunk()
                 if chunk is None:
                     break
                 self._pending = memoryview(chunk)

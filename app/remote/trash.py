@@ -78,7 +78,7 @@ class RemoteTrash:
             self._restore_file(session_id, check_file_name(file))
 
     def _restore_session(self, session_id: str) -> None:
-        with self.db.write() as conn:
+        with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
                 "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL"
                 " FOR NO KEY UPDATE",
@@ -94,7 +94,8 @@ class RemoteTrash:
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
 
     def _restore_file(self, session_id: str, name: str) -> None:
-        with self.db.change(session_id) as conn:
+        what = f"the restore of {name!r} into session {session_id}"
+        with self.db.change(session_id, what=what) as conn:
             if conn.execute(
                 "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NULL",
@@ -126,7 +127,7 @@ class RemoteTrash:
         names, which the check removes; the other order could leave rows naming nothing.
         """
         cutoff = datetime.max.replace(tzinfo=UTC) if older_than is None else now() - older_than
-        with self.db.write() as conn:
+        with self.db.write("the emptying of the trash") as conn:
             sessions = conn.execute(
                 "SELECT id, trash_name, deleted_at, deleted_reason, title FROM app_sessions"
                 " WHERE deleted_at <= %s ORDER BY deleted_at, trash_name FOR UPDATE",

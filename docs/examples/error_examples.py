@@ -213,6 +213,11 @@ EXAMPLES: list[errors.AppError] = [
         "server closed the connection unexpectedly; then: connection refused",
         "the upload of 'notes.txt' into session 0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
     ),
+    remote.ConnectionLostError(
+        DATABASE,
+        "terminating connection due to administrator command",
+        "the upload of 'notes.txt' into session 0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
+    ),
     remote.StorageMismatchError(
         "database",
         DATABASE,
