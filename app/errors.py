@@ -816,6 +816,65 @@ class FileExistsInSessionError(StoreError):
     name: str
 
 
+class DigestMismatchError(StoreError):
+    """An upload's ``Repr-Digest`` or ``Content-Digest`` (RFC 9530) is not the SHA-256 of
+    the bytes that arrived: nothing was stored.
+
+    400, not 422 or 409: the request as received is damaged, a client error in RFC 9110's
+    words (15.5.1); RFC 9530 leaves the status to the application, and the IETF draft of
+    problem types for digest fields answers 400 too.
+    """
+
+    code = "digest_mismatch"
+    http_status = 400
+    want_digest: ClassVar[str] = "sha-256=10"
+    """Sent as ``Want-Repr-Digest`` (RFC 9530, 4): the digest the server checks."""
+
+    method: str
+    session_id: str
+    name: str
+    header: str
+    """The field that named the digest (``Repr-Digest`` or ``Content-Digest``)."""
+    what: str
+    """The bytes it covers: "the body", "the multipart body"."""
+    expected: str
+    """The SHA-256 the client sent (base64)."""
+    computed: str
+    """The SHA-256 of what arrived (base64)."""
+
+    template = (
+        "{method} of file {name!r} in session {session_id} refused: {header}: "
+        "sha-256=:{expected}: is not the SHA-256 of {what} the server received, "
+        "sha-256=:{computed}:, so the bytes were changed on the way (or the digest was "
+        "computed over other bytes); nothing was stored and the file is as it was. Send the "
+        "upload again, with the SHA-256 of exactly the bytes sent"
+    )
+
+
+class DigestUnsupportedError(StoreError):
+    """An upload's integrity field names only digests the server does not compute.
+
+    Refused rather than ignored (RFC 9530, 3 lets a recipient ignore them): the client
+    asked for its bytes to be checked, and a stored, unchecked upload would look checked.
+    """
+
+    code = "digest_unsupported"
+    http_status = 400
+    want_digest: ClassVar[str] = "sha-256=10"
+
+    header: str
+    algorithms: str
+    """The algorithms the field named, comma-separated."""
+    supported: str
+
+    template = (
+        "{header} names {algorithms}, and the server checks {supported} only; it refuses "
+        "rather than store bytes it cannot check, and nothing was stored. Send {header}: "
+        "{supported}=:<base64 of the SHA-256>: (other algorithms may go along; they are "
+        "ignored), or no {header}"
+    )
+
+
 class PreconditionFailedError(StoreError):
     """A write's ``If-Match`` named a version of the file that is not its current one."""
 

@@ -40,6 +40,7 @@ from app.errors import BadRequestError
 
 if TYPE_CHECKING:
     from app.config import Config
+    from app.digests import Digests
     from app.errors import AppError
 
 __all__ = [
@@ -470,10 +471,17 @@ class Storage(Protocol):
     def list_files(self, session_id: str) -> list[FileEntry]: ...
     def open_file(self, session_id: str, name: str) -> tuple[BinaryIO, FileEntry]: ...
     def begin_upload(
-        self, session_id: str, name: str, *, replace: bool = False, if_match: IfMatch | None = None
+        self,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool = False,
+        if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> Upload:
         """Start streaming a file into a session; with ``if_match``, it commits only over a
-        current version that the condition names (checked here, and again at the commit)."""
+        current version that the condition names (checked here, and again at the commit);
+        with ``digests``, only if the bytes' SHA-256 is the one they name (at the commit)."""
         ...
 
     def put_file(

@@ -26,6 +26,9 @@ _sessions = _import("session_tests")
 test_the_testing_profile_is_forced = _sessions.test_the_testing_profile_is_forced
 test_a_deleted_session_can_be_restored = _sessions.test_a_deleted_session_can_be_restored
 test_upload_and_download_over_http = _sessions.test_upload_and_download_over_http
+test_an_upload_is_stored_only_if_its_digest_matches = (
+    _sessions.test_an_upload_is_stored_only_if_its_digest_matches
+)
 
 _profiles = _import("profile_tests")
 test_development_listens_on_8000 = _profiles.test_development_listens_on_8000

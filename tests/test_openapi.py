@@ -95,6 +95,20 @@ def test_put_declares_its_raw_body(openapi: dict[str, Any]) -> None:
     }
 
 
+def test_uploads_declare_their_digest_fields_and_downloads_send_one(
+    openapi: dict[str, Any],
+) -> None:
+    file, files = "/sessions/{session_id}/files/{name}", "/sessions/{session_id}/files"
+    for upload in (openapi["paths"][file]["put"], openapi["paths"][files]["post"]):
+        headers = {p["name"] for p in upload["parameters"] if p["in"] == "header"}
+        assert headers == {"Repr-Digest", "Content-Digest"}
+        assert "digest_mismatch" in upload["responses"]["400"]["description"]
+    for method in ("get", "head"):
+        responses = openapi["paths"][file][method]["responses"]
+        assert "Repr-Digest" in responses["200"]["headers"]
+        assert "Repr-Digest" in responses["206"]["headers"]
+
+
 def test_a_405_names_every_method_the_path_allows(app_client: TestClient) -> None:
     response = app_client.patch("/sessions")
     assert response.status_code == 405
@@ -157,7 +171,15 @@ def schemathesis_command(server: LiveServer, *extra: str) -> list[str]:
             pytrace=False,
         )
     auth = f"Authorization: Bearer {server.token}"
-    return [found, "run", f"{server.url}/openapi.json", f"--header={auth}", *extra]
+    config = Path(__file__).with_name("schemathesis.toml")
+    return [
+        found,
+        f"--config-file={config}",
+        "run",
+        f"{server.url}/openapi.json",
+        f"--header={auth}",
+        *extra,
+    ]
 
 
 def fuzz(

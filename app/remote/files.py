@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import BinaryIO, Final, cast
 
+from app.digests import Digests
 from app.errors import (
     FileExistsInSessionError,
     FileNotFoundInSessionError,
@@ -93,7 +94,13 @@ class RemoteFiles:
         return cast(BinaryIO, file), entry
 
     def begin_upload(
-        self, session_id: str, name: str, *, replace: bool, if_match: IfMatch | None = None
+        self,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool,
+        if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> RemoteUpload:
         """Start streaming a file into a session (refused at once if it cannot commit)."""
         check_session_id(session_id)
@@ -127,6 +134,7 @@ class RemoteFiles:
             replace=replace,
             limit=self.max_upload_bytes,
             if_match=if_match,
+            digests=digests,
         )
 
     def put(

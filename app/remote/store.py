@@ -36,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from app.digests import Digests
 from app.remote import pg
 from app.remote.check import check
 from app.remote.db import Database
@@ -301,11 +302,19 @@ class RemoteStore(Storage):
         return self.files.open(session_id, name)
 
     def begin_upload(
-        self, session_id: str, name: str, *, replace: bool = False, if_match: IfMatch | None = None
+        self,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool = False,
+        if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> RemoteUpload:
         """Start streaming a file into a session (refused at once if it cannot commit);
         ``if_match`` is checked again in the transaction that records it."""
-        return self.files.begin_upload(session_id, name, replace=replace, if_match=if_match)
+        return self.files.begin_upload(
+            session_id, name, replace=replace, if_match=if_match, digests=digests
+        )
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from app import storage
+from app.digests import Digests
 from app.errors import UploadTooLargeError
 from app.remote.errors import (
     CommitUnknownError,
@@ -167,6 +168,7 @@ class RemoteUpload(storage.Upload):
         replace: bool,
         limit: int,
         if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> None:
         self.objects = objects
         self._record = record
@@ -175,6 +177,8 @@ class RemoteUpload(storage.Upload):
         self.replace = replace
         self.if_match = if_match
         """The version the commit must replace (checked in the transaction that records it)."""
+        self.digests = digests
+        """The SHA-256 the client sent (checked before the row is written)."""
         self.limit = limit
         self.received = 0
         self.replaced = False
@@ -270,6 +274,9 @@ class RemoteUpload(storage.Upload):
             if self._error is not None:
                 raise self._refusal(self._error) from self._error
             assert self._result is not None
+            if self.digests is not None:
+                # Before the row: an object no row names is deleted by abort (or `check`).
+                self.digests.require(self.session_id, self.name, self._result.sha256)
             entry = self._record(self, self._result)
         except CommitUnknownError:
             # A row may name the object: deleting it could lose a saved file. If the commit

@@ -92,6 +92,7 @@ class Turn:
 ONCE_ONLY: Final = frozenset(
     {
         b"authorization",
+        b"content-digest",
         b"content-type",
         b"if-match",
         b"if-modified-since",
@@ -99,6 +100,7 @@ ONCE_ONLY: Final = frozenset(
         b"if-range",
         b"if-unmodified-since",
         b"range",
+        b"repr-digest",
     }
 )
 """Headers a request may carry once, of those the app reads.
@@ -106,7 +108,9 @@ ONCE_ONLY: Final = frozenset(
 Two of one are ambiguous: the app reads the first, and a proxy or a gateway in front may have
 checked the other (another token, another media type, another condition). ``If-Match`` and
 ``If-None-Match`` are lists, which RFC 9110 lets a sender split over lines, but a gateway that
-reads only one line would see a different condition: one line is asked for. ``Content-Length``
+reads only one line would see a different condition: one line is asked for. So are
+``Repr-Digest`` and ``Content-Digest`` (dictionaries, RFC 9651): of two lines naming two
+SHA-256s, the app would check one, and another reader the other. ``Content-Length``
 and ``Transfer-Encoding`` are h11's: two different lengths are refused there, two equal ones
 are one length (RFC 9110, 8.6); so is ``Host``, which h11 refuses twice (RFC 9112, 3.2).
 """

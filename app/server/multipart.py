@@ -12,6 +12,7 @@ than the C library's ``memmem`` (0.065 ms), which runs without the GIL.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -20,6 +21,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from app.digests import Digests
 from app.errors import AppError, BadRequestError, InvalidNameError, UploadTooLargeError
 from app.names import check_file_name
 from app.server.uploads import Pipeline, refuse_content_coding
@@ -135,9 +137,15 @@ def _refuse_a_second_name(disposition: bytes) -> None:
 class MultipartSink:
     """python-multipart callbacks that stream the ``file`` part into an `Upload`."""
 
-    def __init__(self, store: Storage, session_id: str) -> None:
+    def __init__(self, store: Storage, session_id: str, digests: Digests | None = None) -> None:
         self.store = store
         self.session_id = session_id
+        # RFC 7578 (4.8) forbids a part any header but Content-Type, Content-Disposition and
+        # Content-Transfer-Encoding, so a file's own digest has no place in the form: the
+        # request's Repr-Digest/Content-Digest covers the whole multipart body, hashed here.
+        self.digests = digests
+        self._body_hash = None if digests is None else hashlib.sha256()
+        self._name: str | None = None
         self.upload: Upload | None = None
         self.pipeline: Pipeline | None = None
         self._in_file = False  # the part being parsed is the field `file`
@@ -177,6 +185,8 @@ class MultipartSink:
                 received += len(chunk)
                 if received > limit + MULTIPART_OVERHEAD:
                     raise UploadTooLargeError(limit, received)
+                if self._body_hash is not None:
+                    self._body_hash.update(chunk)
                 if not self._content_only(parser, chunk):
                     _parse(parser.write, chunk)  # the callbacks queue the file's bytes
                 await self._begin_pending()
@@ -219,6 +229,7 @@ class MultipartSink:
         if self._pending_name is None:
             return
         name, self._pending_name = self._pending_name, None
+        self._name = name
         # Reads session.json and creates the temporary file: not on the event loop.
         self.upload = await run_in_threadpool(self.store.begin_upload, self.session_id, name)
         self.pipeline = Pipeline(self.upload)
@@ -229,8 +240,11 @@ class MultipartSink:
     def finish(self) -> Upload:
         if not self._ended:
             raise BadRequestError("the multipart body ended before its closing boundary")
-        if self.upload is None:
+        if self.upload is None or self._name is None:
             raise BadRequestError("no form field 'file' with a filename in the multipart body")
+        if self.digests is not None and self._body_hash is not None:
+            # Before the commit; the route's abort then removes the upload.
+            self.digests.require(self.session_id, self._name, self._body_hash.hexdigest())
         return self.upload
 
     async def settle(self) -> None:

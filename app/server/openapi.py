@@ -24,7 +24,10 @@ _ERRORS: Final = {
         "Malformed id or name, or a malformed body or `If-Match` (`invalid_name`, "
         "`bad_request`); a write that names a precondition it does not evaluate "
         "(`precondition_unsupported`): a file's writes evaluate `If-Match` and a PUT's "
-        "`If-None-Match: *`, a session's none."
+        "`If-None-Match: *`, a session's none. An upload whose `Repr-Digest` or "
+        "`Content-Digest` is not the SHA-256 of the bytes received (`digest_mismatch`) or "
+        "names no `sha-256` (`digest_unsupported`), both with `Want-Repr-Digest: sha-256=10`; "
+        "nothing was stored."
     ),
     401: "Missing or wrong bearer token (`unauthorized`).",
     404: "No such session or file.",
@@ -75,6 +78,32 @@ BUSY: Final[dict[str, Any]] = {
     "description": _ERRORS[503]
     + " Or the server receives `max_uploads_in_flight` uploads already (`too_many_uploads`, "
     "with `Retry-After`)."
+}
+_SHA256: Final = "sha-256=:<base64 of the SHA-256>:"
+# RFC 9530: the upload's digest, checked before the commit (app.digests).
+DIGEST_HEADERS: Final[list[dict[str, Any]]] = [
+    {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": (
+            f"`{_SHA256}` (RFC 9530) of {what}; the upload is stored only if it is the "
+            "SHA-256 of what arrived (400 `digest_mismatch` otherwise). Other algorithms "
+            "alongside are ignored; a field without `sha-256` is 400 `digest_unsupported`."
+        ),
+        "schema": {"type": "string"},
+        "example": "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+    }
+    for name, what in (
+        ("Repr-Digest", "the body"),
+        ("Content-Digest", "the body (the same bytes: a body has no content coding)"),
+    )
+]
+REPR_DIGEST: Final = {
+    "Repr-Digest": {
+        "description": f"`{_SHA256}` of the whole file (RFC 9530), on a 206 too.",
+        "schema": {"type": "string"},
+    }
 }
 LOCATION: Final = {"Location": {"description": "The new resource.", "schema": {"type": "string"}}}
 BINARY: Final = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}

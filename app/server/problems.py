@@ -94,6 +94,9 @@ def problem_of(error: AppError, headers: dict[str, str] | None = None) -> Proble
     retry = getattr(error, "retry_after", None)
     if retry is not None:
         headers = {**(headers or {}), "Retry-After": str(retry)}
+    want = getattr(error, "want_digest", None)
+    if want is not None:
+        headers = {**(headers or {}), "Want-Repr-Digest": want}
     return problem(error.http_status, shown["code"], shown["message"], headers=headers)
 
 

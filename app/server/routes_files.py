@@ -11,11 +11,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.digests import Digests, field_value
 from app.errors import FileExistsInSessionError
 from app.server.downloads import OpenFileResponse
 from app.server.models import FileDeleted, FileEntry, FileList, FileName, SessionId
 from app.server.multipart import MULTIPART_OVERHEAD, MultipartSink, form_boundary
-from app.server.openapi import BINARY, BUSY, FILE_LINKS, LOCATION, STORAGE, errors
+from app.server.openapi import (
+    BINARY,
+    BUSY,
+    DIGEST_HEADERS,
+    FILE_LINKS,
+    LOCATION,
+    REPR_DIGEST,
+    STORAGE,
+    errors,
+)
 from app.server.problems import ProblemResponse, problem
 from app.server.uploads import (
     Pipeline,
@@ -28,6 +38,14 @@ from app.storage import IfMatch, Storage, Upload
 
 _FILE_PATH: Final = "/sessions/{session_id}/files/{name:path}"
 _MULTIPART_SCHEMA: Final[dict[str, Any]] = {
+    # RFC 7578 (4.8) allows a part no digest field: the request's covers the whole body.
+    "parameters": [
+        {
+            **header,
+            "description": header["description"].replace("the body", "the whole multipart body", 1),
+        }
+        for header in DIGEST_HEADERS
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -39,7 +57,7 @@ _MULTIPART_SCHEMA: Final[dict[str, Any]] = {
                 }
             }
         },
-    }
+    },
 }
 
 
@@ -81,13 +99,14 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         The part's filename is the file's name; an existing name is refused (409).
         """
         boundary = form_boundary(request)
+        digests = Digests.parse(request.headers, "POST", "the multipart body")
         most = store.max_upload_bytes
         refuse_declared_length(request, most + MULTIPART_OVERHEAD, most)
         with slots.hold(request):
             # File work on a worker thread: on the event loop it would stall every other
             # request (GET /health included) while the disk is busy.
             await run_in_threadpool(store.require_session, session_id)  # 404 before the body
-            sink = MultipartSink(store, session_id)
+            sink = MultipartSink(store, session_id, digests)
             try:
                 await sink.consume(request, boundary)
                 upload = sink.finish()
@@ -115,11 +134,12 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
             503: BUSY,
         },
         openapi_extra={
+            "parameters": DIGEST_HEADERS,
             "requestBody": {
                 "required": False,
                 "description": "The file's bytes, whatever their type.",
                 "content": BINARY,
-            }
+            },
         },
     )
     async def put_file(session_id: SessionId, name: FileName, request: Request) -> JSONResponse:
@@ -135,10 +155,11 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         if unsupported:
             return unsupported_precondition(request, unsupported)
         if_match = if_match_of(request)
+        digests = Digests.parse(request.headers, "PUT")  # malformed: 400 before the body
         create_only = "if-none-match" in request.headers
         try:
             upload, entry = await _receive(
-                store, slots, request, session_id, name, create_only, if_match
+                store, slots, request, session_id, name, create_only, if_match, digests
             )
         except FileExistsInSessionError as error:
             if not create_only:
@@ -165,12 +186,14 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                     "ETag": {
                         "description": "The SHA-256 of the bytes.",
                         "schema": {"type": "string"},
-                    }
+                    },
+                    **REPR_DIGEST,
                 },
             },
             206: {
                 "description": "The part of the bytes a `Range` header asked for.",
                 "content": BINARY,
+                "headers": REPR_DIGEST,
             },
             **errors(400, 401, 404, 416),
         },
@@ -180,14 +203,11 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         """The file's bytes, as an attachment."""
         file, entry = store.open_file(session_id, name)
         try:
-            headers = {"X-Content-Type-Options": "nosniff"}
-            if entry.get("sha256"):
-                headers["ETag"] = f'"{entry["sha256"]}"'
             return OpenFileResponse(
                 file,
                 media_type="application/octet-stream",
                 filename=entry["name"],
-                headers=headers,
+                headers=_download_headers(entry),
             )
         except BaseException:
             file.close()
@@ -233,13 +253,19 @@ async def _receive(
     name: str,
     create_only: bool,
     if_match: IfMatch | None,
+    digests: Digests | None,
 ) -> tuple[Upload, StoredEntry]:
     """Stream a PUT's body into the file; return the committed upload and its entry."""
     with slots.hold(request):
         # Reads session.json, creates the temporary file: a worker thread's job.
         upload = await run_in_threadpool(
             partial(
-                store.begin_upload, session_id, name, replace=not create_only, if_match=if_match
+                store.begin_upload,
+                session_id,
+                name,
+                replace=not create_only,
+                if_match=if_match,
+                digests=digests,
             )
         )
         pipeline = Pipeline(upload)
@@ -314,6 +340,17 @@ def unsupported_precondition(
         f"{request.method} {request.url.path} does not evaluate {names}: {why}; it refuses "
         f"rather than change a version the client did not mean, and nothing was changed. {fix}",
     )
+
+
+def _download_headers(entry: StoredEntry) -> dict[str, str]:
+    headers = {"X-Content-Type-Options": "nosniff"}
+    sha256 = entry.get("sha256")
+    if sha256:
+        headers["ETag"] = f'"{sha256}"'
+        # RFC 9530, 3: the whole file's digest, on a 206 too (a Content-Digest would be the
+        # part's); the client checks it once it has put all the parts together.
+        headers["Repr-Digest"] = field_value(sha256)
+    return headers
 
 
 def _created_file(session_id: str, entry: Mapping[str, Any], status: int) -> JSONResponse:

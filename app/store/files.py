@@ -47,6 +47,7 @@ from app.store.upload import Upload
 
 if TYPE_CHECKING:
     from app.dataroot import Prepared
+    from app.digests import Digests
     from app.storage import IfMatch
     from app.store.sessions import Sessions
     from app.store.trash import Trash
@@ -118,7 +119,13 @@ class Files:
         raise FileNotFoundInSessionError(session_id, record_path.name)
 
     def begin_upload(
-        self, session_id: str, name: str, *, replace: bool, if_match: IfMatch | None = None
+        self,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool,
+        if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> Upload:
         """Check all that can be refused before the first byte; then start the upload."""
         record_path = self.record_path(session_id, name)
@@ -135,7 +142,9 @@ class Files:
                 raise FileExistsInSessionError(session_id, record_path.name)
         else:
             self._refuse_one_file_too_many(session_id, record_path.parent)
-        return Upload(self, session_id, record_path.name, replace=replace, if_match=if_match)
+        return Upload(
+            self, session_id, record_path.name, replace=replace, if_match=if_match, digests=digests
+        )
 
     def _refuse_one_file_too_many(self, session_id: str, records: Path) -> None:
         # Counted only for a new name (a directory listing, not a read of the records), once

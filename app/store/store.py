@@ -62,6 +62,7 @@ from app.store.trash import Trash
 
 if TYPE_CHECKING:
     from app.dataroot import DataRoot
+    from app.digests import Digests
     from app.storage import HolderWatch, IfMatch
     from app.store.upload import Upload
 
@@ -318,7 +319,13 @@ class Store(Storage):
         return self.files.open(session_id, name)
 
     def begin_upload(
-        self, session_id: str, name: str, *, replace: bool = False, if_match: IfMatch | None = None
+        self,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool = False,
+        if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> Upload:
         """Start streaming a file into a session (``replace``: an existing one goes to the trash).
 
@@ -326,7 +333,9 @@ class Store(Storage):
         id, the name, that the session exists, (unless ``replace``) that the name is free,
         and ``if_match`` (again at the commit, under the session's lock).
         """
-        return self.files.begin_upload(session_id, name, replace=replace, if_match=if_match)
+        return self.files.begin_upload(
+            session_id, name, replace=replace, if_match=if_match, digests=digests
+        )
 
     def put_file(
         self, session_id: str, name: str, data: bytes | Iterable[bytes], *, replace: bool = False

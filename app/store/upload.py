@@ -12,6 +12,7 @@ from app import storage
 from app.errors import UploadTooLargeError
 
 if TYPE_CHECKING:
+    from app.digests import Digests
     from app.storage import FileEntry, IfMatch
     from app.store.files import Files
 
@@ -40,6 +41,7 @@ class Upload(storage.Upload):
         *,
         replace: bool,
         if_match: IfMatch | None = None,
+        digests: Digests | None = None,
     ) -> None:
         self.files = files
         self.session_id = session_id
@@ -47,6 +49,8 @@ class Upload(storage.Upload):
         self.replace = replace
         self.if_match = if_match
         """The version the commit must replace (checked under the session's lock)."""
+        self.digests = digests
+        """The SHA-256 the client sent (checked before the commit)."""
         self.limit = files.max_upload_bytes
         self.received = 0
         self.replaced = False
@@ -87,10 +91,13 @@ class Upload(storage.Upload):
             # Flushed, not closed: the open file's flock marks it in flight until the
             # rename (another writer's clean-up of .tmp/ skips it); commit_temp_file fsyncs.
             self._file.flush()
+            sha256 = self._hash.hexdigest()
+            if self.digests is not None:
+                self.digests.require(self.session_id, self.name, sha256)
             entry: FileEntry = {
                 "name": self.name,
                 "size": self.received,
-                "sha256": self._hash.hexdigest(),
+                "sha256": sha256,
                 "uploaded_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             }
             self.files.commit_upload(self, entry)

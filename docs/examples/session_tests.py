@@ -50,3 +50,33 @@ def test_upload_and_download_over_http(app_client) -> None:  # type: ignore[no-u
 
     download = app_client.get(f"/sessions/{session_id}/files/report.txt")
     assert download.content == b"hello\n"
+
+
+# --8<-- [start:digest]
+def test_an_upload_is_stored_only_if_its_digest_matches(app_client) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import hashlib
+
+    def repr_digest(body: bytes) -> str:  # RFC 9530: sha-256=:<base64 of the SHA-256>:
+        return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+
+    session_id = app_client.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/notes.txt"
+    sent = b"three oaks, two fence posts\n"
+    stored = app_client.put(url, content=sent, headers={"Repr-Digest": repr_digest(sent)})
+    assert stored.status_code == 201
+
+    # The client hashed `sent`, but the bytes changed on the way: nothing is stored.
+    damaged = sent.replace(b"two", b"ten")
+    refused = app_client.put(url, content=damaged, headers={"Repr-Digest": repr_digest(sent)})
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "digest_mismatch"
+    assert refused.headers["Want-Repr-Digest"] == "sha-256=10"
+
+    # The old bytes are still the file, and the download says what they hash to.
+    download = app_client.get(url)
+    assert download.content == sent
+    assert download.headers["Repr-Digest"] == repr_digest(sent)
+
+
+# --8<-- [end:digest]

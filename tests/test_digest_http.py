@@ -1,0 +1,196 @@
+"""Over real servers: uploads checked against the client's digest (RFC 9530), downloads
+carrying the file's.
+
+A body changed on the way used to be stored and acknowledged though the client had sent its
+SHA-256. Now a ``Repr-Digest`` or ``Content-Digest`` that is not the SHA-256 of what arrived
+stores nothing (the old version stays, and downloads still give it), on a data root and on
+PostgreSQL plus an object store alike: both backends call one check before they commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from engines import PostgresEngine, S3Engine
+from live_http import Answers, a_session, connect, head_of
+from redteam_s19_http import one_server
+from replicas import production_on
+
+from app.testing import LiveServer
+
+
+def _digest(body: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def local(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=server.headers) as client:
+        yield client
+
+
+@pytest.fixture
+def remote(
+    tmp_path: Path, postgres_engine: PostgresEngine, blob_url: str, s3_engine: S3Engine
+) -> Iterator[httpx.Client]:
+    with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as production:
+        replica = production.start()
+        with production.client(replica) as client:
+            yield client
+
+
+def _session(client: httpx.Client) -> str:
+    created = client.post("/sessions", json={})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def _right_digest_stores_and_wrong_one_keeps_the_old_bytes(client: httpx.Client) -> None:
+    sid = _session(client)
+    url = f"/sessions/{sid}/files/report.bin"
+    old, new = b"version one\n", b"version two\n"
+    stored = client.put(url, content=old, headers={"Repr-Digest": _digest(old)})
+    assert stored.status_code == 201, stored.text
+
+    # The client computed the digest of `new`; the body arrived changed (one bit flipped).
+    damaged = bytes([new[0] ^ 1]) + new[1:]
+    refused = client.put(url, content=damaged, headers={"Repr-Digest": _digest(new)})
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["want-repr-digest"] == "sha-256=10"
+    problem = refused.json()
+    assert problem["code"] == "digest_mismatch"
+    message = problem["message"]
+    assert f"PUT of file 'report.bin' in session {sid} refused: Repr-Digest: " in message
+    assert _digest(new) in message  # expected
+    assert _digest(damaged) in message  # computed
+    assert "nothing was stored and the file is as it was. Send the upload again" in message
+
+    # Content-Digest: the same bytes for an identity-coded body, checked the same way.
+    other = client.put(url, content=damaged, headers={"Content-Digest": _digest(new)})
+    assert other.status_code == 400 and "Content-Digest: sha-256=" in other.json()["message"]
+
+    got = client.get(url)
+    assert got.content == old
+    assert got.headers["repr-digest"] == _digest(old)
+    assert got.headers["etag"] == '"' + hashlib.sha256(old).hexdigest() + '"'
+    listed = client.get(f"/sessions/{sid}/files").json()["items"]
+    assert [(f["name"], f["size"]) for f in listed] == [("report.bin", len(old))]
+
+    # Another algorithm alongside sha-256 is ignored; the sha-256 is what is checked.
+    both = f"md5=:AAAAAAAAAAAAAAAAAAAAAA==:, {_digest(new)}"
+    replaced = client.put(url, content=new, headers={"Repr-Digest": both})
+    assert replaced.status_code == 200, replaced.text
+    assert client.get(url).content == new
+
+
+def test_a_wrong_digest_on_a_data_root_stores_nothing_and_a_right_one_stores(
+    local: httpx.Client,
+) -> None:
+    _right_digest_stores_and_wrong_one_keeps_the_old_bytes(local)
+
+
+def test_a_wrong_digest_on_postgres_stores_nothing_and_a_right_one_stores(
+    remote: httpx.Client,
+) -> None:
+    _right_digest_stores_and_wrong_one_keeps_the_old_bytes(remote)
+
+
+def test_a_range_carries_the_whole_files_digest(local: httpx.Client) -> None:
+    sid = _session(local)
+    body = bytes(range(256)) * 8
+    url = f"/sessions/{sid}/files/data.bin"
+    assert local.put(url, content=body).status_code == 201
+    part = local.get(url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == body[10:20]
+    assert part.headers["repr-digest"] == _digest(body)  # RFC 9530, 3: the representation's
+    assert local.head(url).headers["repr-digest"] == _digest(body)
+
+
+def test_malformed_and_unsupported_digests_are_refused_before_the_body(
+    local: httpx.Client,
+) -> None:
+    sid = _session(local)
+    url = f"/sessions/{sid}/files/x.txt"
+    cases = {
+        "sha-256=abc": "sha-256 is not a byte sequence",
+        "sha-256=:AA=A:": "is not a structured-field dictionary (RFC 9651)",
+        "SHA-256=:AAAA:": "is not a structured-field dictionary (RFC 9651)",
+        "sha-256=:AAAA:": "sha-256 is 3 bytes; a SHA-256 is 32 bytes",
+    }
+    for header, words in cases.items():
+        answer = local.put(url, content=b"x", headers={"Repr-Digest": header})
+        assert answer.status_code == 400, (header, answer.text)
+        assert answer.json()["code"] == "bad_request"
+        assert words in answer.json()["message"], (header, answer.json())
+        assert "nothing was stored" in answer.json()["message"]
+    only_md5 = local.put(
+        url, content=b"x", headers={"Repr-Digest": "md5=:AAAAAAAAAAAAAAAAAAAAAA==:"}
+    )
+    assert only_md5.status_code == 400
+    assert only_md5.json()["code"] == "digest_unsupported"
+    assert only_md5.headers["want-repr-digest"] == "sha-256=10"
+    assert "Repr-Digest names md5, and the server checks sha-256 only" in only_md5.json()["message"]
+    assert local.get(f"/sessions/{sid}/files").json()["items"] == []
+
+
+def _form(body: bytes, name: str = "notes.txt") -> tuple[bytes, str]:
+    boundary = "digestboundary42"
+    content = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return content, f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_multipart_upload_is_checked_against_the_digest_of_its_whole_body(
+    local: httpx.Client,
+) -> None:
+    sid = _session(local)
+    content, kind = _form(b"the file's bytes\n")
+    damaged = content.replace(b"file's", b"file-s")
+    refused = local.post(
+        f"/sessions/{sid}/files",
+        content=damaged,
+        headers={"Content-Type": kind, "Content-Digest": _digest(content)},
+    )
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["message"]
+    assert f"POST of file 'notes.txt' in session {sid} refused: Content-Digest: " in message
+    assert "is not the SHA-256 of the multipart body the server received" in message
+    assert local.get(f"/sessions/{sid}/files").json()["items"] == []
+
+    stored = local.post(
+        f"/sessions/{sid}/files",
+        content=content,
+        headers={"Content-Type": kind, "Content-Digest": _digest(content)},
+    )
+    assert stored.status_code == 201, stored.text
+    assert local.get(f"/sessions/{sid}/files/notes.txt").content == b"the file's bytes\n"
+
+
+def test_a_digest_given_twice_is_refused_naming_it(server: LiveServer) -> None:
+    sid = a_session(server)
+    sock = connect(server)
+    with sock:
+        extra = (
+            f"Repr-Digest: {_digest(b'a')}\r\nRepr-Digest: {_digest(b'b')}\r\nContent-Length: 1\r\n"
+        )
+        sock.sendall(head_of(server, f"PUT /sessions/{sid}/files/twice.txt", extra) + b"a")
+        status, _, body = Answers(sock).next()
+    assert status == 400, body
+    assert b"repr-digest" in body.lower()
