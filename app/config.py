@@ -102,6 +102,42 @@ def _non_empty_str(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
 
+# What the characters seen most in such values are called, and where they come from;
+# `unicodedata` names no control character.
+_UNSEEN = {
+    "\x00": ("NUL", "a NUL cannot be in a path, a URL or a key"),
+    "\t": ("TAB", "a stray tab?"),
+    "\n": ("LINE FEED", "a newline left by `echo` or `$(cat FILE)`?"),
+    "\r": ("CARRIAGE RETURN", "a file saved with Windows line endings?"),
+    " ": ("SPACE", "a stray space?"),
+}
+
+
+def _unseen(value: Any) -> str | None:
+    """Why a text value holds what its writer cannot have meant, or ``None``.
+
+    A control or invisible character anywhere (a NUL, the ``\\r`` of a file saved with Windows
+    line endings, a zero-width space pasted from a web page), or whitespace at either end: a
+    data root ``/srv/app/data `` is a new, empty directory next to the real one, shown by every
+    message as if it were the real one, and a URL's port ``1 `` cannot be parsed.
+    ``str.isprintable`` is the one pass over the text for the common case.
+    """
+    if not isinstance(value, str) or (value.isprintable() and value == value.strip()):
+        return None
+    if value != value.strip():
+        where, char = ("starts", value[0]) if value[0].isspace() else ("ends", value[-1])
+        what = f"{where} with whitespace"
+    else:
+        position, char = next((i, c) for i, c in enumerate(value) if not c.isprintable())
+        what = f"contains an invisible character at position {position}"
+    import unicodedata  # only for a value about to be refused
+
+    name, cause = _UNSEEN.get(
+        char, (unicodedata.name(char, "a control character"), "pasted from a web page?")
+    )
+    return f"{what}, U+{ord(char):04X} {name} ({cause}); remove it where the value is set"
+
+
 def _bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -162,6 +198,13 @@ def _endpoint_url(value: Any) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL of the S3 server (https://s3.example.com)"
+    try:
+        parts.port  # noqa: B018 - a property that parses, and raises on what is not a port
+    except ValueError:
+        return (
+            f"has a port that is not a number from 0 to 65535 ({parts.netloc!r}); write the "
+            "URL as https://s3.example.com:9000"
+        )
     if parts.username is not None or parts.password is not None:
         return (
             "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
@@ -661,7 +704,8 @@ def _resolve_profile(
             )
             continue
         sources.setdefault(name, "built-in default")
-        problem = key.check(value)
+        # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
+        problem = (None if name == "api_token" else _unseen(value)) or key.check(value)
         if problem is not None:
             shown = key.show(value) if isinstance(value, str) else value
             problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
@@ -1012,7 +1056,7 @@ def configured_roots(
 
     Raises:
         ConfigError: a dynaconf switch, no settings directory, a file that is not TOML, an
-            unknown `profile`.
+            unknown `profile`, a root with a NUL in it.
     """
     env = os.environ if environ is None else environ
     switches = dynaconf_switches(env)
@@ -1026,6 +1070,11 @@ def configured_roots(
             for name, values in config_files.file_values(files, KEYS).items()
             if "data_root" in values
         }
+    for name, (value, source) in plain.items():
+        if isinstance(value, str) and "\x00" in value:
+            # No path can hold it, so no root to protect can be named: refused here, not
+            # skipped, or the plugin would take the profile for one with no data root.
+            raise InvalidSettingError(name, "data_root", value, str(_unseen(value)), source)
     roots = {
         name: (_absolute_root(value, files.directory), source)
         for name, (value, source) in plain.items()

@@ -723,6 +723,64 @@ def test_a_value_of_the_wrong_type_or_range_is_refused_naming_key_value_and_sour
     assert f"{key} = " in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("written", "named"),
+    [
+        ("{root}\r", "ends with whitespace, U+000D CARRIAGE RETURN (a file saved with Windows"),
+        ("{root} ", "ends with whitespace, U+0020 SPACE (a stray space?)"),
+        (" {root}", "starts with whitespace, U+0020 SPACE"),
+        ("{root}\u200b", "contains an invisible character at position {at}, U+200B ZERO WIDTH"),
+        ("{root}\u00a0x", "contains an invisible character at position {at}, U+00A0 NO-BREAK"),
+        ("{root}\u0000x", "contains an invisible character at position {at}, U+0000 NUL"),
+    ],
+)
+def test_a_data_root_with_an_unseen_character_is_refused_naming_it(
+    make_settings: SettingsMaker, roots: dict[str, Path], written: str, named: str
+) -> None:
+    """A root `/srv/app/data ` is a new, empty directory next to the real one that every
+    message shows as the real one; a NUL was a bare ValueError traceback from every command."""
+    root = str(roots["testing"])
+    make_settings(data_roots={"testing": written.format(root=root)})
+    with pytest.raises(InvalidSettingError) as caught:
+        load("testing")
+    message = str(caught.value)
+    assert named.format(at=len(root)) in message
+    assert "data_root = " in message and "(from settings.toml [testing])" in message
+    assert "remove it where the value is set" in message
+
+
+def test_an_unseen_character_from_the_environment_is_refused_naming_the_variable(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
+) -> None:
+    make_settings()
+    monkeypatch.setenv("APP_DATA_ROOT", f"{roots['testing']}/other\n")
+    monkeypatch.setenv("APP_HOST", "127.0.0.1 ")
+    with pytest.raises(ConfigProblems) as caught:
+        load("testing")
+    message = str(caught.value)
+    assert "(from environment APP_DATA_ROOT): ends with whitespace, U+000A LINE FEED" in message
+    assert "(from environment APP_HOST): ends with whitespace, U+0020 SPACE" in message
+
+
+def test_a_root_with_letters_beyond_ascii_is_a_root_like_any_other(
+    make_settings: SettingsMaker, roots: dict[str, Path]
+) -> None:
+    make_settings(data_roots={"testing": f"{roots['testing']}-déjà-vu"})
+    assert load("testing").data_root == roots["testing"].parent / "testing-déjà-vu"
+
+
+def test_the_roots_the_plugin_protects_refuse_a_nul_rather_than_skip_the_profile(
+    make_settings: SettingsMaker, roots: dict[str, Path]
+) -> None:
+    """Skipped, a production root with a NUL left production unprotected by name, and a
+    testing root with one read as 'no [testing] profile with a data_root'."""
+    make_settings(data_roots={"production": f"{roots['production']}\u0000"})
+    with pytest.raises(InvalidSettingError) as caught:
+        appconfig.configured_roots(None)
+    assert (caught.value.profile, caught.value.key) == ("production", "data_root")
+    assert "U+0000 NUL" in str(caught.value)
+
+
 def test_the_values_have_the_right_types(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, roots: dict[str, Path]
 ) -> None:

@@ -140,6 +140,12 @@ def test_a_profile_with_neither_backend_is_refused_naming_both_choices(settings)
         ("s3_endpoint_url", "ftp://s3.example.com", "http:// or https://"),
         ("s3_endpoint_url", "https://user:pw@s3.example.com", "must not carry credentials"),
         ("database_url", "postgresql://app@db:notaport/x", "neither a PostgreSQL URL"),
+        # A port urllib cannot read was a bare ValueError traceback from every command.
+        ("s3_endpoint_url", "http://127.0.0.1:x", "has a port that is not a number"),
+        ("s3_endpoint_url", "http://127.0.0.1:99999", "has a port that is not a number"),
+        ("s3_endpoint_url", "http://127.0.0.1:8333 ", "ends with whitespace, U+0020 SPACE"),
+        ("blob_url", "s3://app-data/testing\n", "U+000A LINE FEED"),
+        ("s3_access_key_id", f"{ACCESS_KEY}\r", "U+000D CARRIAGE RETURN"),
     ],
 )
 def test_a_malformed_remote_value_is_refused_naming_key_and_source(
