@@ -299,6 +299,36 @@ def raw_request(server: LiveServer, method: str, target: str, body: bytes = b"")
     return response.status, payload
 
 
+def test_a_control_character_in_a_path_is_refused_never_routed_to_another_name(
+    forked_server: LiveServer,
+) -> None:
+    # Starlette's `$` matches before a final newline and `{name:path}` stops at one: a PUT
+    # to `ab%0A` replaced the file `ab`, a DELETE of it deleted `ab`.
+    status, created = raw_request(forked_server, "POST", "/sessions")
+    sid = created["id"]
+    status, _ = raw_request(forked_server, "PUT", f"/sessions/{sid}/files/ab", b"kept")
+    assert status == 201
+    for method, target in [
+        ("PUT", f"/sessions/{sid}/files/ab%0A"),
+        ("DELETE", f"/sessions/{sid}/files/ab%0A"),
+        ("GET", f"/sessions/{sid}/files/ab%0a"),
+        ("PUT", f"/sessions/{sid}/files/a%0Ab"),
+        ("DELETE", f"/sessions/{sid}%0A"),
+        ("PUT", f"/sessions/{sid}/files/ab%00"),
+        ("PUT", f"/sessions/{sid}/files/ab%7F"),
+        ("PUT", f"/sessions/{sid}/files/ab%C2%85"),
+    ]:
+        status, body = raw_request(forked_server, method, target, b"OTHER")
+        assert status == 400, (method, target, body)
+        assert body["code"] == "invalid_name", body
+        assert "contains the control character U+00" in body["message"], body
+        assert "once percent-decoded" in body["message"] and "nothing was done" in body["message"]
+        assert target.split("/")[-1] in body["message"]
+    status, files = raw_request(forked_server, "GET", f"/sessions/{sid}/files")
+    assert [(f["name"], f["size"]) for f in files["items"]] == [("ab", 4)]
+    assert list((forked_server.data_root / ".tmp").iterdir()) == []
+
+
 def test_names_that_are_not_utf8_are_refused_never_replaced(forked_server: LiveServer) -> None:
     # Decoded with replacement, %FF and %FE both became U+FFFD: one name, and the second PUT
     # silently replaced the first file.

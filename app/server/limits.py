@@ -152,9 +152,40 @@ def is_transfer(scope: Scope) -> bool:
     return scope["method"] in ("PUT", "GET", "HEAD")
 
 
+def _refused_path(raw: bytes) -> InvalidNameError | None:
+    """Why a percent-encoded path names nothing, or ``None``.
+
+    Not UTF-8: the HTTP server decodes with replacement, so ``a%FF`` and ``a%FE`` were one
+    name. A control character (``%0A``, ``%00``, ``%7F``): Starlette's route patterns end in
+    ``$``, which matches before a final newline, and a ``{name:path}`` is ``.*``, which stops
+    at one. ``PUT /sessions/<id>/files/ab%0A`` replaced, and ``DELETE`` deleted, the file
+    ``ab``; ``a%0Ab`` was a 404 naming ``/files/ab``. No name holds one (`check_file_name`),
+    so the whole path is refused before any route reads it.
+    """
+    try:
+        path = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as error:
+        return InvalidNameError(
+            "path",
+            raw.decode("ascii", "backslashreplace"),
+            f"it is not valid UTF-8 once percent-decoded (byte "
+            f"0x{error.object[error.start]:02X}); percent-encode the name's UTF-8 bytes",
+        )
+    control = next((c for c in path if c < " " or "\x7f" <= c <= "\x9f"), None)
+    if control is None:
+        return None
+    return InvalidNameError(
+        "path",
+        raw.decode("ascii", "backslashreplace"),
+        f"it contains the control character U+{ord(control):04X} once percent-decoded, which "
+        "no session id or file name holds; nothing was done",
+    )
+
+
 class RequestGuard:
-    """Answer 400 to a path that is not UTF-8 once percent-decoded, or to a header of
-    `ONCE_ONLY` given twice, before any route runs.
+    """Answer 400 to a path that is not UTF-8 or holds a control character once
+    percent-decoded (`_refused_path`), or to a header of `ONCE_ONLY` given twice, before any
+    route runs.
 
     A ``HEAD`` is routed as the ``GET`` of its path, but for a file's (which has its own).
 
@@ -197,15 +228,8 @@ class RequestGuard:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         # Without a percent sign an ASCII path is its own UTF-8 (h11 admits ASCII only).
         if raw and (b"%" in raw or not raw.isascii()):
-            try:
-                unquote_to_bytes(raw).decode("utf-8")
-            except UnicodeDecodeError as error:
-                refused = InvalidNameError(
-                    "path",
-                    raw.decode("ascii", "backslashreplace"),
-                    f"it is not valid UTF-8 once percent-decoded (byte "
-                    f"0x{error.object[error.start]:02X}); percent-encode the name's UTF-8 bytes",
-                )
+            refused = _refused_path(raw)
+            if refused is not None:
                 await problem_of(refused)(scope, receive, send)
                 return
         turn = None
