@@ -486,6 +486,44 @@ def test_emptying_the_trash_over_http_on_a_protected_profile_needs_its_confirmat
     assert app_store.list_trash() == []
 
 
+def test_a_mistyped_or_repeated_query_parameter_is_refused_and_empties_nothing(
+    app_client: TestClient, app_store: Store
+) -> None:
+    # FastAPI ignores a parameter a route does not take and keeps the last of a repeated
+    # one: both requests below emptied the whole trash for good.
+    app_store.delete_session(app_store.create_session()["id"])
+    typo = app_client.post("/trash/empty?older_then=86400")
+    assert_error(
+        typo,
+        400,
+        "bad_request",
+        "POST /trash/empty has no query parameter 'older_then' (did you mean 'older_than'?); "
+        "it takes older_than and confirm. Nothing was done",
+    )
+    twice = app_client.post("/trash/empty?older_than=86400&older_than=0")
+    assert_error(twice, 400, "bad_request", "the query parameter 'older_than' is given 2 times")
+    assert "which one counts is ambiguous; nothing was done. Give it once" in twice.text
+    assert len(app_store.list_trash()) == 1
+
+
+def test_every_route_with_a_token_checks_its_query_after_the_token(
+    app_client: TestClient, app_store: Store
+) -> None:
+    sid = app_store.create_session()["id"]
+    assert_error(app_client.get("/sessions?limt=5"), 400, "bad_request", "(did you mean 'limit'?)")
+    assert_error(app_client.get("/sessions?limit=1&limit=2"), 400, "bad_request", "'limit'")
+    assert_error(
+        app_client.get(f"/sessions/{sid}?verbose"),
+        400,
+        "bad_request",
+        "GET /sessions/{session_id} has no query parameter 'verbose'; it takes no query",
+    )
+    stranger = app_client.get("/sessions?limt=5", headers={"Authorization": ""})
+    assert stranger.status_code == 401  # a client without the token learns nothing more
+    assert app_client.get("/sessions?limit=1&after=" + sid).status_code == 200
+    assert app_client.get("/health?probe=1").status_code == 200
+
+
 def test_emptying_the_trash_older_than_forever_is_a_422_not_a_500(app_client: TestClient) -> None:
     # schemathesis: ?older_than=9.5e307 overflowed timedelta.
     response = app_client.post("/trash/empty", params={"older_than": 9.5e307})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 from collections.abc import Callable, Coroutine
+from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
@@ -13,7 +15,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from app.errors import BadRequestError
+
 if TYPE_CHECKING:
+    from fastapi.dependencies.models import Dependant
+
     from app.config import Config
 
 
@@ -52,7 +58,8 @@ def require_token(config: Config) -> HTTPBearer:
 
 
 class TokenRoute(APIRoute):
-    """An `APIRoute` that checks its bearer token itself, first, rather than as a dependency.
+    """An `APIRoute` that checks its bearer token itself, first, rather than as a dependency,
+    then its query string (`refuse_query`).
 
     The token stays among the route's dependencies, so the OpenAPI document shows the
     route's security as before; the handler is built without it and calls it before
@@ -66,7 +73,7 @@ class TokenRoute(APIRoute):
         documented = self.dependant
         tokens = [d.call for d in documented.dependencies if isinstance(d.call, _BearerToken)]
         if not tokens:
-            return super().get_route_handler()
+            return super().get_route_handler()  # /health and the API's own docs
         self.dependant = dataclasses.replace(
             documented,
             dependencies=[d for d in documented.dependencies if d.call not in tokens],
@@ -76,11 +83,50 @@ class TokenRoute(APIRoute):
         finally:
             self.dependant = documented
         (token,) = tokens
-        if token.expected is None:
-            return handler  # no token set: nothing to check
+        known = tuple(_query_names(documented))
+        operation = f"{'/'.join(sorted(self.methods or ()))} {self.path}"
 
         async def checked(request: Request) -> Response:
             await token(request)
+            if query := request.scope["query_string"]:
+                refuse_query(query, known, operation)
             return await handler(request)
 
         return checked
+
+
+def _query_names(dependant: Dependant) -> list[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    own = [p.alias for p in dependant.query_params]
+    return own + [n for d in dependant.dependencies for n in _query_names(d)]
+
+
+def refuse_query(query: bytes, known: tuple[str, ...], operation: str) -> None:
+    """Refuse a query parameter the route does not take, or one given twice.
+
+    FastAPI ignores the first and keeps the last of a repeated one, and ignores an unknown
+    one: ``POST /trash/empty?older_then=86400`` (a typo) emptied the whole trash for good,
+    and ``?older_than=86400&older_than=0`` emptied it for a server whose proxy or log read
+    the first. Read as Starlette reads it (latin-1, blank values kept), so the names
+    checked are the names FastAPI would use.
+
+    Raises:
+        BadRequestError: naming the parameter, the route and what it takes; nothing was done.
+    """
+    names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
+    for name in names:
+        if name not in known:
+            takes = f"takes {' and '.join(known)}" if known else "takes no query parameter"
+            close = get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BadRequestError(
+                f"request refused: {operation} has no query parameter {name!r}{hint}; it "
+                f"{takes}. Nothing was done"
+            )
+        if names.count(name) > 1:
+            raise BadRequestError(
+                f"request refused: the query parameter {name!r} is given "
+                f"{names.count(name)} times. A proxy or a log in front may have read one and "
+                "this server another, so which one counts is ambiguous; nothing was done. "
+                "Give it once"
+            )

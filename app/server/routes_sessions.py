@@ -80,7 +80,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
                 "headers": LOCATION,
                 "links": SESSION_LINKS,
             },
-            **errors(401, 413, 415, 422, *STORAGE),
+            **errors(400, 401, 413, 415, 422, *STORAGE),
         },
         openapi_extra={
             "requestBody": {
@@ -195,7 +195,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         tags=["trash"],
         operation_id="emptyTrash",
         response_model=TrashEmptied,
-        responses=errors(401, 403, 422, *STORAGE),
+        responses=errors(400, 401, 403, 422, *STORAGE),
     )
     def empty_trash(
         older_than: float | None = Query(
