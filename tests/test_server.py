@@ -506,6 +506,25 @@ def test_a_mistyped_or_repeated_query_parameter_is_refused_and_empties_nothing(
     assert len(app_store.list_trash()) == 1
 
 
+def test_a_field_a_session_does_not_have_is_refused_not_dropped(
+    app_client: TestClient, app_store: Store
+) -> None:
+    # A typo'd metadata was a 201 with the metadata silently gone.
+    response = app_client.post("/sessions", json={"title": "a", "metdata": {"parcel": "A-17"}})
+    assert_error(
+        response,
+        422,
+        "validation_error",
+        "body.metdata: is not a field of a session (did you mean 'metadata'?); the body takes "
+        "title and metadata (anything else goes inside metadata), and nothing was stored",
+    )
+    assert response.json()["errors"][0]["loc"] == ["body", "metdata"]
+    assert_error(app_client.post("/sessions", json={"id": "x"}), 422, "validation_error", "id")
+    assert app_store.list_sessions().total == 0
+    schema = app_client.get("/openapi.json").json()["components"]["schemas"]["SessionCreate"]
+    assert schema["additionalProperties"] is False
+
+
 def test_every_route_with_a_token_checks_its_query_after_the_token(
     app_client: TestClient, app_store: Store
 ) -> None:

@@ -49,7 +49,12 @@ class SessionCreate(BaseModel):
     """The body of ``POST /sessions``."""
 
     model_config = {
-        "json_schema_extra": {"examples": [{"title": "site visit", "metadata": {"parcel": "A-17"}}]}
+        # No other field: one the server dropped would be data its client thinks stored
+        # (`session_body` refuses it by name; this puts it in the OpenAPI schema).
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [{"title": "site visit", "metadata": {"parcel": "A-17"}}]
+        },
     }
 
     title: str = Field(default="", max_length=MAX_TITLE_CHARS, description="A human title.")

@@ -11,6 +11,7 @@ import json
 import math
 import re
 import sys
+from difflib import get_close_matches
 from typing import Any, Final
 
 from fastapi import Request
@@ -46,6 +47,7 @@ async def session_create(request: Request) -> SessionCreate:
         kind = _JSON_TYPES.get(type(data), "a number")
         raise _invalid((), f"the body must be a JSON object, not {kind}", "model_type")
     _check_text(data)
+    _refuse_unknown_fields(data)
     try:
         body = SessionCreate.model_validate(data)
     except ValidationError as error:
@@ -59,6 +61,22 @@ async def session_create(request: Request) -> SessionCreate:
         raise _invalid(("title",), TITLE_NUL, "string_nul")
     _check_metadata(body.metadata)
     return body
+
+
+def _refuse_unknown_fields(data: dict[str, Any]) -> None:
+    """Refuse a field the body does not have: ``{"title": "a", "metdata": {...}}`` was a 201
+    whose metadata was silently dropped (pydantic ignores extra fields by default)."""
+    fields = tuple(SessionCreate.model_fields)
+    for key in data:
+        if key not in fields:
+            close = get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _invalid(
+                (encodable(key),),
+                f"is not a field of a session{hint}; the body takes {' and '.join(fields)} "
+                "(anything else goes inside metadata), and nothing was stored",
+                "extra_forbidden",
+            )
 
 
 def _invalid(loc: tuple[str | int, ...], message: str, kind: str) -> RequestValidationError:
