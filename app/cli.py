@@ -546,6 +546,7 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
         click.echo(row.format("SESSION", "DELETED (UTC)", "REASON", "KIND", "WHAT"))
         for entry in entries:
             what = entry.file if entry.kind == "file" else f"session {entry.title or ''!s}"
+            what = _printable(what or "")
             deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
             click.echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
         return
@@ -555,8 +556,21 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             continue
         click.echo(
             f"{session['id']}  {session['created_at'][:19]}Z  "
-            f"{len(session['files']):>4} file(s)  {session['title']}"
+            f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
         )
+
+
+def _printable(text: str) -> str:
+    """`text` with each character a terminal acts on or hides written as Python escapes it
+    (``\\x1b``, ``\\r``, ``\\u202e``).
+
+    A title is its client's text: printed as it is, ``\\r`` and a forged line rewrote the
+    operator's screen, an escape sequence set the terminal's title, and a right-to-left
+    override reversed what followed. The ``--json`` outputs keep the text as stored.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @sessions.command("show")
@@ -570,11 +584,13 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))
         return
     for key in ("id", "title", "created_at", "updated_at"):
-        click.echo(f"{key}: {session[key]}")
-    click.echo(f"metadata: {json.dumps(session['metadata'], ensure_ascii=False)}")
+        click.echo(f"{key}: {_printable(session[key])}")
+    click.echo(f"metadata: {_printable(json.dumps(session['metadata'], ensure_ascii=False))}")
     click.echo(f"files: {len(session['files'])}")
     for entry in session["files"]:
-        click.echo(f"  {entry['name']}  {entry['size']} bytes  sha256 {entry['sha256']}")
+        click.echo(
+            f"  {_printable(entry['name'])}  {entry['size']} bytes  sha256 {entry['sha256']}"
+        )
 
 
 @sessions.command("restore")
@@ -594,7 +610,9 @@ def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None)
     with open_storage(config, writer=True, wanted=what) as store:
         session = store.restore(session_id, file=file_name)
     restored = f"file {file_name!r} of session" if file_name else "session"
-    click.echo(f"restored {restored} {session['id']} ({session['title'] or 'untitled'})")
+    click.echo(
+        f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'})"
+    )
 
 
 @cli.group()

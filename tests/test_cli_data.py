@@ -84,6 +84,33 @@ def test_sessions_show_prints_the_files(seeded: tuple[str, str]) -> None:
     assert json.loads(out)["files"][0]["name"] == "a.txt"
 
 
+FORGED = "\x1b[2K\rremoved 0 trash entries\x1b]0;pwned\x07 \u202eexe.txt"
+
+
+def test_a_title_a_terminal_would_act_on_is_printed_escaped(app_config: Config) -> None:
+    # Printed as stored, a client's title rewrote the operator's line (`\r`), set the
+    # terminal's title (OSC 0) and reversed what followed (U+202E).
+    with open_root(app_config, kind="tests") as root:
+        store = Store(root)
+        sid = store.create_session(FORGED, {"note": "\u202eabc\x9b"})["id"]
+        store.put_file(sid, "a.txt", b"data")
+    shown = "\\x1b[2K\\rremoved 0 trash entries\\x1b]0;pwned\\x07 \\u202eexe.txt"
+    for args in (["sessions", "list"], ["sessions", "show", sid]):
+        code, out, _ = invoke(*args)
+        assert code == 0
+        assert shown in out
+        assert not any(c in out for c in "\x1b\r\x07\u202e\x9b"), out
+    assert 'metadata: {"note": "\\u202eabc\\x9b"}' in invoke("sessions", "show", sid)[1]
+    code, out, _ = invoke("sessions", "show", sid, "--json")
+    assert json.loads(out)["title"] == FORGED  # the machine's output keeps the text as stored
+    with open_root(app_config, kind="tests") as root:
+        Store(root).delete_session(sid)
+    code, out, _ = invoke("sessions", "list", "--trash")
+    assert f"session {shown}" in out and "\x1b" not in out
+    code, out, _ = invoke("sessions", "restore", sid)
+    assert (code, out) == (0, f"restored session {sid} ({shown})\n")
+
+
 def test_sessions_show_of_a_missing_session_exits_66(app_config: Config) -> None:
     code, _, err = invoke("sessions", "show", "0" * 32)
     assert code == 66
