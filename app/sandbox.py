@@ -65,6 +65,7 @@ __all__ = [
     "check_root",
     "check_scratch",
     "checked",
+    "command_line",
     "confine",
     "confine_remote",
     "context",
@@ -527,6 +528,12 @@ def _cmdline(pid: int | str) -> list[str]:
     # Each word ends with a NUL: without the last one, a shown command line ended in ''.
     raw = raw[:-1] if raw.endswith(b"\0") else raw
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
+
+
+def command_line(pid: int | str) -> str:
+    """Process `pid`'s command line as a shell would read it (cut at 160 characters), for a
+    message that names a process; ``""`` where ``/proc`` does not show it."""
+    return _shown(_cmdline(pid))
 
 
 #: What `python -c` code that runs pytest calls, however Python spells it (`pytest.main`,
