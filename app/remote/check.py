@@ -148,8 +148,8 @@ def _unnamed(
     is found now rather than an hour later. Under maintenance's exclusive hold no replica
     lives, nor can one start.
     """
-    orphans = objects.orphans(referenced, older_than=None)
-    unfinished = objects.unfinished_uploads(older_than=None)
+    orphans = objects.orphans(referenced)
+    unfinished = objects.unfinished_uploads()
     if orphans or unfinished:
         with db.conn() as conn:
             live = pg.live_holders(conn)
