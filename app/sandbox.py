@@ -513,7 +513,8 @@ def proc_hides_processes() -> str | None:
 
 
 def _shown(argv: list[str]) -> str:
-    # The command line that was taken for pytest, so that a wrong guess can be seen as one.
+    # A command line for a message: the one taken for pytest (so that a wrong guess can be
+    # seen as one), a lock's keeper (`command_line`).
     import shlex
 
     shown = shlex.join(argv)
