@@ -303,9 +303,11 @@ def file_values(files: Files, keys: Collection[str]) -> Values:
     return _fresh(cached)
 
 
-def _cast_errors(path: Path, settings: Any) -> dict[tuple[str, str], SettingsCastError]:
-    """The values of ``path`` that dynaconf cannot cast, by the (section, key) in lower case
-    that holds them; a value nested in a table or list is named by its dotted key."""
+def _cast_errors(
+    path: Path, parsed: Mapping[str, Any], settings: Any
+) -> dict[tuple[str, str], SettingsCastError]:
+    """The values of ``path`` (`parsed`) that dynaconf cannot cast, by the (section, key) in
+    lower case that holds them; a value nested in a table or list is named by its dotted key."""
     from dynaconf.utils.parse_conf import parse_conf_data
 
     def failures(name: str, value: Any) -> Iterator[tuple[str, str, str]]:
@@ -321,7 +323,6 @@ def _cast_errors(path: Path, settings: Any) -> dict[tuple[str, str], SettingsCas
             except Exception as problem:  # any cast's error: it is what the refusal quotes
                 yield name, value, str(problem)
 
-    _, parsed = _read_toml(path)
     found: dict[tuple[str, str], SettingsCastError] = {}
     for section, body in parsed.items():
         for key, value in body.items() if isinstance(body, dict) else ():
@@ -332,12 +333,15 @@ def _cast_errors(path: Path, settings: Any) -> dict[tuple[str, str], SettingsCas
 
 
 def _load_setting_aside(
-    settings: Any, path: Path, failed: Mapping[tuple[str, str], SettingsCastError]
+    settings: Any,
+    path: Path,
+    parsed: dict[str, Any],
+    failed: Mapping[tuple[str, str], SettingsCastError],
 ) -> None:
-    """Load ``path`` as dynaconf's TOML loader does, without the values in ``failed``."""
+    """Load ``path``, parsed as `parsed`, as dynaconf's TOML loader does, without the values
+    in ``failed`` (deleted from `parsed`: a copy of the caller's own)."""
     from dynaconf.loaders.base import BaseLoader
 
-    _, parsed = _read_toml(path)
     for section, body in parsed.items():
         if isinstance(body, dict):
             for key in [k for k in body if (section.lower(), k.lower()) in failed]:
@@ -389,11 +393,13 @@ def _dynaconf_file_values(files: Files, keys: Collection[str]) -> Values:
         try:
             toml_loader.load(settings, filename=str(path))
         except DynaconfParseError as error:
-            found = _cast_errors(path, settings)
+            # The file as `read_files` parsed it (the tables `layers` reads), not read again.
+            parsed = copy.deepcopy(files.data[path])
+            found = _cast_errors(path, parsed, settings)
             if not found:  # not one value of its own (none failed when cast alone)
                 raise SettingsCastError(path, "?", "?", "?", str(error)) from None
             failed.update({(path, *where): refusal for where, refusal in found.items()})
-            _load_setting_aside(settings, path, found)
+            _load_setting_aside(settings, path, parsed, found)
     evaluated: dict[tuple[str, str], Any] = {}
 
     def value_of(section: str, key: str, raw: Any) -> Any:

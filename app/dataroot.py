@@ -919,15 +919,15 @@ class DataRoot:
         self.stamp = stamp
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
-        self._identities = _layout_identities(self._path) if lock is not None else {}
-        # The same paths as strings, made once: ensure_held runs before every write (twice
-        # per create), and building its five Path objects each time was about a third of it.
+        identities = _layout_identities(self._path) if lock is not None else {}
+        # Their paths as strings, made once: ensure_held runs before every write (twice per
+        # create), and building its five Path objects each time was about a third of it.
         # The root itself is its own path, never "<root>/": a trailing slash would follow a
         # symbolic link put in its place.
         where = os.fspath(self._path)
         self._held_paths = tuple(
             (name, f"{where}/{name}" if name else where, opened)
-            for name, opened in self._identities.items()
+            for name, opened in identities.items()
         )
         from app.store.concurrency import RootState  # app.store builds on this module
 

@@ -3,7 +3,9 @@ download carries.
 
 One check for both backends: the route parses the headers into a :class:`Digests`, each
 backend's upload calls :meth:`Digests.require` with the SHA-256 it computed anyway, before
-it commits; a mismatch stores nothing. Parsed by ``http-sf`` (Mark Nottingham's parser of
+it commits; a mismatch stores nothing. A form's fields cover its whole multipart body, which
+no backend sees: `app.server.multipart.MultipartSink` hashes that and calls the same
+:meth:`Digests.require` before the commit. Parsed by ``http-sf`` (Mark Nottingham's parser of
 RFC 9651 structured fields): a dictionary's keys, byte sequences and parameters have enough
 corners (``:...:`` padding, duplicate keys, inner lists) that a regular expression would
 accept what the RFC refuses.
@@ -23,9 +25,8 @@ from app.errors import BadRequestError, DigestMismatchError, DigestUnsupportedEr
 #: bytes as its ``Repr-Digest`` (RFC 9530, 2 and 3): both are checked the same way.
 FIELDS: Final = ("Repr-Digest", "Content-Digest")
 #: The one algorithm the server computes (the file's ETag and ``sha256`` are made of it).
+#: A refusal says so in ``Want-Repr-Digest`` (the errors' ``want_digest``).
 ALGORITHM: Final = "sha-256"
-#: RFC 9530, 4: sent with a refusal, it says which digest the server would check.
-WANT: Final = "sha-256=10"
 
 
 def field_value(sha256_hex: str) -> str:

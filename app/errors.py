@@ -816,6 +816,11 @@ class FileExistsInSessionError(StoreError):
     name: str
 
 
+#: Sent as ``Want-Repr-Digest`` (RFC 9530, 4) with either digest refusal: the one digest
+#: the server checks (`app.digests`).
+_WANT_DIGEST = "sha-256=10"
+
+
 class DigestMismatchError(StoreError):
     """An upload's ``Repr-Digest`` or ``Content-Digest`` (RFC 9530) is not the SHA-256 of
     the bytes that arrived: nothing was stored.
@@ -827,7 +832,7 @@ class DigestMismatchError(StoreError):
 
     code = "digest_mismatch"
     http_status = 400
-    want_digest: ClassVar[str] = "sha-256=10"
+    want_digest: ClassVar[str] = _WANT_DIGEST
     """Sent as ``Want-Repr-Digest`` (RFC 9530, 4): the digest the server checks."""
 
     method: str
@@ -860,7 +865,7 @@ class DigestUnsupportedError(StoreError):
 
     code = "digest_unsupported"
     http_status = 400
-    want_digest: ClassVar[str] = "sha-256=10"
+    want_digest: ClassVar[str] = _WANT_DIGEST
 
     header: str
     algorithms: str

@@ -55,7 +55,7 @@ from app.errors import (
     LockFileKindError,
     LockUnavailableError,
 )
-from app.sandbox import check_root
+from app.sandbox import check_root, command_line
 
 if TYPE_CHECKING:
     from filelock import UnixFileLock
@@ -363,9 +363,7 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
     keepers = _keepers(path, key)
     kept = {**(holder or {}), "pid": keepers[0] if keepers else None, "took_lock": pid}
     if keepers:
-        from app.sandbox import _cmdline, _shown
-
-        kept["keeper_argv"] = _shown(_cmdline(keepers[0]))
+        kept["keeper_argv"] = command_line(keepers[0])
     return kept
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "check_root",
     "check_scratch",
     "checked",
+    "command_line",
     "confine",
     "confine_remote",
     "context",
@@ -512,7 +513,8 @@ def proc_hides_processes() -> str | None:
 
 
 def _shown(argv: list[str]) -> str:
-    # The command line that was taken for pytest, so that a wrong guess can be seen as one.
+    # A command line for a message: the one taken for pytest (so that a wrong guess can be
+    # seen as one), a lock's keeper (`command_line`).
     import shlex
 
     shown = shlex.join(argv)
@@ -527,6 +529,12 @@ def _cmdline(pid: int | str) -> list[str]:
     # Each word ends with a NUL: without the last one, a shown command line ended in ''.
     raw = raw[:-1] if raw.endswith(b"\0") else raw
     return [part.decode(errors="replace") for part in raw.split(b"\0")]
+
+
+def command_line(pid: int | str) -> str:
+    """Process `pid`'s command line as a shell would read it (cut at 160 characters), for a
+    message that names a process; ``""`` where ``/proc`` does not show it."""
+    return _shown(_cmdline(pid))
 
 
 #: What `python -c` code that runs pytest calls, however Python spells it (`pytest.main`,

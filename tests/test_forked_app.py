@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import forked_app
 import pytest
+from waits import ended, until_ended
 
 #: A tests' process (an xdist worker, as far as the zygote can tell: the other end of its
 #: pipes) that forks a server from its zygote, waits until it serves, then waits to be killed.
@@ -31,15 +31,6 @@ sys.stdin.read()  # until it is killed
 """
 
 
-def _ended(pid: int) -> bool:
-    # Gone, or a zombie: this run adopts orphans (the sandbox makes it a subreaper).
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
 def test_a_server_forked_for_a_worker_killed_with_sigkill_ends_with_it(tmp_path: Path) -> None:
     # An xdist worker SIGKILLed (a crash, the OOM killer, a CI timeout) runs no teardown: its
     # forked `app serve`s ran on until their lock files went, holding ports and threads.
@@ -52,15 +43,11 @@ def test_a_server_forked_for_a_worker_killed_with_sigkill_ends_with_it(tmp_path:
         started = worker.stdout.readline().split()
         assert len(started) == 2, worker.stderr.read()
         zygote, server = int(started[0]), int(started[1])
-        assert not _ended(server)
+        assert not ended(server)
         worker.send_signal(signal.SIGKILL)
-    # Until both ended: the wait ends on its condition; a minute is for a hung test only.
-    for _ in range(6000):
-        if _ended(zygote) and _ended(server):
-            break
-        time.sleep(0.01)
-    assert _ended(zygote), f"the zygote (pid {zygote}) outlived its tests' process"
-    assert _ended(server), f"`app serve` (pid {server}) outlived the process it was forked for"
+    until_ended(zygote, server)
+    assert ended(zygote), f"the zygote (pid {zygote}) outlived its tests' process"
+    assert ended(server), f"`app serve` (pid {server}) outlived the process it was forked for"
 
 
 def test_a_wait_on_a_child_of_a_zygote_that_died_ends_saying_so(tmp_path: Path) -> None:
@@ -75,8 +62,5 @@ def test_a_wait_on_a_child_of_a_zygote_that_died_ends_saying_so(tmp_path: Path) 
     zygote.process.stdin.close()
     with pytest.raises(ChildProcessError, match=f"zygote ended before its child {child.pid}"):
         child.wait(timeout=60)  # a minute for a hung test only: it ends at once
-    for _ in range(6000):  # until the child ended; a minute for a hung test only
-        if _ended(child.pid):
-            break
-        time.sleep(0.01)
-    assert _ended(child.pid), f"the child (pid {child.pid}) outlived its zygote"
+    until_ended(child.pid)
+    assert ended(child.pid), f"the child (pid {child.pid}) outlived its zygote"

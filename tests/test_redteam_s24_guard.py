@@ -7,6 +7,7 @@ environment in a PID namespace with a ``/proc`` of its own (outside this suite's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,6 +27,18 @@ from test_server_e2e import Server, app_env, run_app
 A_TEST = "def test_nothing(tmp_path):\n    pass\n"
 
 
+@contextlib.contextmanager
+def serving_one_session(root: Path, log: Path) -> Iterator[Server]:
+    """A live server on `root` with one session (`_still_serves_its_session` checks it)."""
+    server = Server(app_env(root), log).wait_ready()
+    try:
+        with server.client() as client:
+            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A live server on a failed test's data, in the oldest of four numbered directories of
@@ -36,13 +49,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root.parent.mkdir(parents=True)
     for n in (1, 2, 3):
         (numbered / f"pytest-{n}").mkdir()
-    server = Server(app_env(root), base / "server.log").wait_ready()
-    try:
-        with server.client() as client:
-            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+    with serving_one_session(root, base / "server.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _still_serves_its_session(server: Server) -> None:

@@ -20,7 +20,12 @@ import pytest
 from project_copy import PROJECT
 from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
-from test_redteam_s24_guard import A_TEST, _inner_env
+from test_redteam_s24_guard import (
+    A_TEST,
+    _inner_env,
+    _still_serves_its_session,
+    serving_one_session,
+)
 from test_server_e2e import Server, app_env
 
 from app.config import load
@@ -31,21 +36,8 @@ from app.storage import open_storage
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A live server with one session."""
     root = tmp_path_factory.mktemp("s25") / "data"
-    server = Server(app_env(root), root.parent / "server.log").wait_ready()
-    try:
-        with server.client() as client:
-            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+    with serving_one_session(root, root.parent / "server.log") as server:
         yield server
-    finally:
-        server.stop()
-
-
-def _still_serves_its_session(server: Server) -> None:
-    assert server.process.poll() is None, server.output
-    with server.client() as client:
-        assert client.get("/sessions").json()["total"] == 1
-    session = next((server.root / "sessions").iterdir())
-    assert (session / "session.json").is_file()
 
 
 def test_a_run_whose_plugin_is_inactive_refuses_a_basetemp_in_a_live_data_root(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
+from test_redteam_s21_guard import LOAD_PRODUCTION
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_server_e2e import app_env
@@ -50,14 +51,7 @@ sys.exit(tests.returncode)
 
 #: The load of production each case makes: in a child given PATH and the settings alone
 #: (`child()`), and in the test's own process (`here()`); and the runner's own app.
-LOAD = (
-    "from app.config import load\n"
-    "from app.errors import SandboxViolationError\n"
-    "try:\n"
-    "    print('LOADED', load('production').data_root)\n"
-    "except SandboxViolationError as refused:\n"
-    "    print('REFUSED', refused)\n"
-)
+LOAD = LOAD_PRODUCTION
 
 TESTS = """
 import os, subprocess, sys

@@ -23,11 +23,10 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine, scratch
 from replicas import production_on
-from test_remote_store import _objects
+from test_remote_store import _blobs, _objects
 
 from app.remote import pg
 from app.remote.errors import DatabaseUnavailableError
-from app.remote.objects import BLOBS
 from app.remote.store import RemoteStore
 
 PROFILE = "production"
@@ -39,10 +38,6 @@ def store(database_url: str, s3_engine: S3Engine, blob_url: str) -> Iterator[Rem
     objects = _objects(s3_engine, blob_url)
     with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as opened:
         yield opened
-
-
-def _blobs(store: RemoteStore) -> set[str]:
-    return {info.name for info in store.objects.objects(BLOBS)}
 
 
 def _waiting_backend(conn: psycopg.Connection[Any], blocker: int) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import engines
 import pytest
+from waits import ended, until_ended
 
 _MISSING_WEED = """
 import engines
@@ -70,15 +70,6 @@ sys.stdin.read()  # until it is killed
 """
 
 
-def _ended(pid: int) -> bool:
-    # Gone, or a zombie: this run adopts orphans (the sandbox makes it a subreaper).
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
 def test_engines_end_with_a_run_killed_before_its_teardown(
     postgres_engine: engines.PostgresEngine, s3_engine: engines.S3Engine, tmp_path: Path
 ) -> None:
@@ -97,13 +88,9 @@ def test_engines_end_with_a_run_killed_before_its_teardown(
     postmaster, weed, cluster = int(started[0]), int(started[1]), Path(started[2])
     run.kill()
     run.wait()
-    # Until both ended: the wait ends on its condition; a minute is for a hung test only.
-    for _ in range(6000):
-        if _ended(postmaster) and _ended(weed):
-            break
-        time.sleep(0.01)
-    assert _ended(postmaster), f"postgres (pid {postmaster}) outlived its run"
-    assert _ended(weed), f"weed (pid {weed}) outlived its run"
+    until_ended(postmaster, weed)
+    assert ended(postmaster), f"postgres (pid {postmaster}) outlived its run"
+    assert ended(weed), f"weed (pid {weed}) outlived its run"
     assert cluster.exists()
     engines._remove_clusters_of_dead_runs()  # what the next start_postgres does first
     assert not cluster.exists()

@@ -1,8 +1,11 @@
-"""Waits on a thread's event that end on its condition, or on the thread that would set it."""
+"""Waits that end on their condition: a thread's event (or the end of the thread that would
+set it), processes' ends."""
 
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 #: How often a wait looks at the thread (it measures nothing: the event ends it at once).
 POLL = 0.01
@@ -17,3 +20,22 @@ def until_set(event: threading.Event, setter: threading.Thread | None, what: str
         if not setter.is_alive():
             assert event.is_set(), f"{what}: never came; {setter.name} ended without it"
             return
+
+
+def ended(pid: int) -> bool:
+    """Whether process `pid` is gone, or a zombie: the run adopts orphans (the sandbox makes
+    it a subreaper), and reaps them only when it gets to it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def until_ended(*pids: int) -> None:
+    """Wait until every process of `pids` has `ended`: at once if it does; after a minute,
+    for a hung test only, it returns and the caller's assertions name what outlived."""
+    for _ in range(6000):
+        if all(ended(pid) for pid in pids):
+            return
+        time.sleep(POLL)

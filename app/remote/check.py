@@ -28,10 +28,10 @@ def check(
     """Reconcile rows and objects.
 
     Finds objects that no row names (an upload whose transaction never committed: nobody
-    ever saw them, so ``repair`` deletes them), only those older than ``orphan_grace`` while
-    a replica is live,
-    and, with ``thorough``, rows whose object is missing (bytes lost outside the app:
-    reported, never repaired, since only a backup has them).
+    ever saw them, so ``repair`` deletes them) and multipart uploads never finished
+    (``repair`` aborts them), while a replica is live only those older than ``orphan_grace``
+    (`_unnamed`); and, with ``thorough``, rows whose object is missing (bytes lost outside
+    the app: reported, never repaired, since only a backup has them) or of another size.
     """
     if repair:
         db.ensure_held()
@@ -148,8 +148,8 @@ def _unnamed(
     is found now rather than an hour later. Under maintenance's exclusive hold no replica
     lives, nor can one start.
     """
-    orphans = objects.orphans(referenced, older_than=None)
-    unfinished = objects.unfinished_uploads(older_than=None)
+    orphans = objects.orphans(referenced)
+    unfinished = objects.unfinished_uploads()
     if orphans or unfinished:
         with db.conn() as conn:
             live = pg.live_holders(conn)

@@ -32,7 +32,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -402,36 +402,23 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
 
-    def orphans(self, referenced: set[str], *, older_than: timedelta | None) -> list[ObjectInfo]:
-        """Blobs that no row names and that are older than ``older_than`` (younger ones may
-        belong to an upload whose transaction has not committed yet); ``None``: of any age,
-        even one the object store's clock, ahead of this machine's, dates later than now."""
-        cutoff = (
-            datetime.max.replace(tzinfo=UTC)
-            if older_than is None
-            else datetime.now(UTC) - older_than
-        )
+    def orphans(self, referenced: set[str]) -> list[ObjectInfo]:
+        """Blobs that no row names, of any age: a young one may belong to an upload whose
+        transaction has not committed yet, which the caller judges (`app.remote.check`)."""
         return [
             info
             for info in self.objects(BLOBS)
-            if info.name not in referenced
-            and info.last_modified < cutoff
-            and self.is_blob_name(info.name)
+            if info.name not in referenced and self.is_blob_name(info.name)
         ]
 
-    def unfinished_uploads(self, *, older_than: timedelta | None) -> list[UnfinishedUpload]:
-        """Multipart uploads under ``blobs/`` begun more than ``older_than`` ago (``None``:
-        any) and never completed nor aborted: what a process killed mid-upload (or whose
-        abort failed) leaves. No listing of objects shows them, and the object store keeps
+    def unfinished_uploads(self) -> list[UnfinishedUpload]:
+        """Multipart uploads under ``blobs/``, of any age, never completed nor aborted: what a
+        process killed mid-upload (or whose abort failed) leaves, or one still going (the
+        caller judges by age). No listing of objects shows them, and the object store keeps
         their parts until they are aborted. ``[]`` where the server does not list them."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         base = self.location.key("")
-        cutoff = (
-            datetime.max.replace(tzinfo=UTC)
-            if older_than is None
-            else datetime.now(UTC) - older_than
-        )
         found = []
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
@@ -439,7 +426,7 @@ class ObjectStore:
                 Bucket=self.location.bucket, Prefix=self.location.key(BLOBS)
             ):
                 for item in page.get("Uploads", ()):
-                    if item["Initiated"] < cutoff and self.is_blob_name(item["Key"][len(base) :]):
+                    if self.is_blob_name(item["Key"][len(base) :]):
                         found.append(
                             UnfinishedUpload(
                                 item["Key"][len(base) :], item["UploadId"], item["Initiated"]

@@ -311,7 +311,8 @@ class RemoteStore(Storage):
         digests: Digests | None = None,
     ) -> RemoteUpload:
         """Start streaming a file into a session (refused at once if it cannot commit);
-        ``if_match`` is checked again in the transaction that records it."""
+        ``if_match`` is checked again in the transaction that records it, ``digests`` before
+        it, against the SHA-256 of the object written."""
         return self.files.begin_upload(
             session_id, name, replace=replace, if_match=if_match, digests=digests
         )

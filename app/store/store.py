@@ -331,7 +331,8 @@ class Store(Storage):
 
         Everything that can be refused before the first byte is checked here: the lock, the
         id, the name, that the session exists, (unless ``replace``) that the name is free,
-        and ``if_match`` (again at the commit, under the session's lock).
+        and ``if_match`` (again at the commit, under the session's lock). ``digests`` are
+        checked at the commit, against the SHA-256 of the bytes written.
         """
         return self.files.begin_upload(
             session_id, name, replace=replace, if_match=if_match, digests=digests
