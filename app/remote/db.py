@@ -39,6 +39,7 @@ from app.remote import pg
 from app.remote.errors import (
     CommitUnknownError,
     ConnectionLostError,
+    DatabaseBusyError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     HolderLostError,
@@ -116,6 +117,11 @@ class Database:
         pool_size: the most connections this process opens.
         read_only: opened by a reader, which holds neither a replica's lock nor
             maintenance's: every change is refused.
+        lock_wait_seconds: the longest one statement waits for a lock another connection
+            holds (PostgreSQL's ``lock_timeout``, set on every connection of the pool);
+            past it the statement is refused (:class:`DatabaseRefusedError`, 55P03).
+        pool_wait_seconds: the longest a request waits for a free connection of the pool
+            (:class:`~app.remote.errors.DatabaseBusyError` beyond).
 
     Raises:
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
@@ -132,6 +138,8 @@ class Database:
         pool_size: int,
         read_only: bool = False,
         maintenance: pg.Maintenance | None = None,
+        lock_wait_seconds: float = 10.0,
+        pool_wait_seconds: float = 30.0,
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -144,14 +152,26 @@ class Database:
         self.maintenance = maintenance
         self.kind = kind
         self.read_only = read_only
+        self.pool_size = pool_size
+        # Without a lock_timeout a statement waits for ever for a row or table another client
+        # holds (`SELECT ... FOR UPDATE`, `LOCK TABLE` in psql), and holds its pool connection
+        # meanwhile: eight such requests left every other one of the replica 30 s and then a
+        # 503 "cannot connect" (red team 27). Set here, so that it wins over the role's.
+        timeout = f"{max(1, round(lock_wait_seconds * 1000))}ms"
+
+        def configure(conn: Connection) -> None:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (timeout,))
+
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=configure,
             check=ConnectionPool.check_connection,
             name=f"app-{kind}",
             open=False,
+            timeout=pool_wait_seconds,
         )
         try:
             self._pool.open(wait=True, timeout=10)
@@ -178,7 +198,12 @@ class Database:
         try:
             with pg.refusals(self.where), self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as error:
+        except PoolTimeout as error:
+            # The server may answer well: this process's own requests hold every connection.
+            raise DatabaseBusyError(
+                self.where, _reason(error), self._pool.timeout, self.pool_size
+            ) from None
+        except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
 
     def ensure_held(self) -> None:
@@ -229,6 +254,10 @@ class Database:
             # An answer, even to the COMMIT: the transaction was rolled back.
             raise DatabaseRefusedError(
                 error.where, error.reason, error.sqlstate, error.remedy, what
+            ) from None
+        except DatabaseBusyError as error:
+            raise DatabaseBusyError(
+                error.where, error.reason, error.seconds, error.size, what
             ) from None
         except DatabaseUnavailableError as error:
             if not committing:
