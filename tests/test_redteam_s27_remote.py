@@ -8,7 +8,11 @@ a ``weed`` of the test's own stopped with SIGSTOP (hung, not dead).
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import Production, production_on
+from replicas import Production, production_on, wait_for
 from test_remote_store import _objects
 
 from app.remote import pg
@@ -118,3 +122,104 @@ def test_a_pool_held_by_this_process_is_not_called_a_database_that_does_not_answ
         assert "pg_stat_activity" in error.message and "database_lock_wait_seconds" in error.message
     assert "the creation of a session titled 'second' was not begun" in write.value.message
     assert [s["id"] for s in store.list_sessions().items] == [session]
+
+
+# --- the database crashed and restarted under requests in flight ---------------------------
+
+
+@dataclass
+class _Client:
+    """One client's run of changes to its own session's file, and what each was answered."""
+
+    number: int
+    session: str | None = None
+    created: list[str] = field(default_factory=list)
+    # (the file's bytes after the change, or None once deleted; the answer's status, or 0)
+    changes: list[tuple[bytes | None, int]] = field(default_factory=list)
+    refusals: list[dict[str, str]] = field(default_factory=list)
+
+    def run(self, url: str, headers: dict[str, str], stop: threading.Event) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            step = 0
+            while not stop.is_set():
+                step += 1
+                body = f"{self.number}-{step}".encode() * 20_000
+                try:
+                    if self.session is None:
+                        answer = client.post("/sessions", json={"title": f"c{self.number}"})
+                        if answer.status_code == 201:
+                            self.session = answer.json()["id"]
+                            self.created.append(self.session)
+                    elif step % 4 == 0:
+                        answer = client.delete(f"/sessions/{self.session}/files/f.bin")
+                        self.changes.append((None, answer.status_code))
+                    else:
+                        answer = client.put(f"/sessions/{self.session}/files/f.bin", content=body)
+                        self.changes.append((body, answer.status_code))
+                except httpx.TransportError:
+                    if self.session is not None and step % 4:
+                        self.changes.append((body, 0))
+                    time.sleep(0.05)  # the replica has stopped; the test stops us soon
+                    continue
+                if answer.status_code >= 500:
+                    self.refusals.append(answer.json())
+
+    def possible(self) -> set[bytes | None]:
+        """What the file may hold now: what the last acknowledged change left, or what a
+        change after it that was not acknowledged would have."""
+        states: set[bytes | None] = {None}
+        for content, status in self.changes:
+            if status in (200, 201) or (content is None and status == 404):
+                states = {content}
+            elif status == 0 or status >= 500:
+                states.add(content)
+        return states
+
+
+def test_what_was_acknowledged_survives_a_database_crash_with_requests_in_flight(
+    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # The cluster as an operator may run it: synchronous_commit off (the suite's cluster
+    # runs so already, for speed); a WAL writer that waits long makes its loss certain.
+    settings = dict(postgres_engine.settings)
+    assert settings["synchronous_commit"] == "off"
+    postgres_engine.restart(signal.SIGINT, {**settings, "wal_writer_delay": "10s"})
+    try:
+        with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as production:
+            replica = production.start()
+            stop = threading.Event()
+            clients = [_Client(number) for number in range(3)]
+            threads = [
+                threading.Thread(target=c.run, args=(replica.url, production.headers, stop))
+                for c in clients
+            ]
+            for thread in threads:
+                thread.start()
+            wait_for(lambda: all(len(c.changes) >= 3 for c in clients), "changes under way")
+            # An immediate shutdown, as a crash (no checkpoint; recovery at the start).
+            postgres_engine.restart(signal.SIGQUIT, {**settings, "wal_writer_delay": "10s"})
+            assert replica.process.wait(timeout=60) == 70  # its hold went with the server
+            stop.set()
+            for thread in threads:
+                thread.join()
+            assert "lost the connection that holds database" in replica.output
+            # Every request in flight was answered, and each refusal named what it refused and
+            # whether it was saved.
+            for refusal in (r for c in clients for r in c.refusals):
+                if refusal["code"] == "commit_outcome_unknown":  # the server went mid-COMMIT
+                    assert "whether it was saved is unknown" in refusal["message"], refusal
+                    continue
+                assert refusal["code"] in {"holder_lost", "connection_lost"}, refusal
+                assert "nothing was" in refusal["message"], refusal
+                assert "write" in refusal["message"] or "session" in refusal["message"]
+            again = production.start()
+            with production.client(again) as client:
+                for c in clients:
+                    for session in c.created:
+                        assert client.get(f"/sessions/{session}").status_code == 200, session
+                    read = client.get(f"/sessions/{c.session}/files/f.bin")
+                    found = read.content if read.status_code == 200 else None
+                    assert read.status_code in (200, 404), read.text
+                    assert found in c.possible(), (c.number, c.changes[-3:], read.status_code)
+    finally:
+        postgres_engine.restart(signal.SIGINT, settings)

@@ -160,7 +160,17 @@ class Database:
         timeout = f"{max(1, round(lock_wait_seconds * 1000))}ms"
 
         def configure(conn: Connection) -> None:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (timeout,))
+            # A 2xx means saved: with synchronous_commit off (for the database, the role or
+            # the server) a commit is answered before its WAL is written, and a crash of the
+            # server lost replaces and deletes the app had acknowledged (red team 27). Any
+            # other value (local, remote_write, on, remote_apply) waits for at least the
+            # primary's WAL, and is kept.
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
+                " current_setting('synchronous_commit') = 'off' THEN"
+                " set_config('synchronous_commit', 'on', false) END",
+                (timeout,),
+            )
 
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
@@ -237,9 +247,10 @@ class Database:
         """
         self.ensure_held()
         begun: dict[str, Any] = {}
-        committing = False
+        lent = committing = False
         try:
             with self.conn() as conn:
+                lent = True
                 try:
                     begun = self._begin(conn, lock)
                     yield conn
@@ -261,10 +272,12 @@ class Database:
             ) from None
         except DatabaseUnavailableError as error:
             if not committing:
-                if not begun:
-                    raise  # no connection, or none that began the transaction
-                # It broke inside the transaction (its backend ended by an operator, a
-                # restart, a failover), before the COMMIT was sent: rolled back for sure.
+                if not lent:
+                    raise  # no connection: the server does not answer
+                # It broke inside the transaction, or at its BEGIN (its backend ended by an
+                # operator, a restart, a failover, after the pool checked it), before the
+                # COMMIT was sent: rolled back for sure. Named, as a refusal must name what
+                # it refused (red team 27: a break at BEGIN was a bare "cannot connect").
                 raise ConnectionLostError(self.where, error.reason, what) from None
             self._settle(begun, what, error)
 
