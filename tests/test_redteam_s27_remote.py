@@ -19,12 +19,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from engines import PostgresEngine, S3Engine
+from engines import PostgresEngine, S3Engine, scratch, start_s3
 from replicas import Production, production_on, wait_for
 from test_remote_store import _objects
 
 from app.remote import pg
-from app.remote.errors import DatabaseBusyError
+from app.remote.errors import DatabaseBusyError, ObjectStoreUnavailableError
+from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
 PROFILE = "production"
@@ -209,6 +210,9 @@ def test_what_was_acknowledged_survives_a_database_crash_with_requests_in_flight
                 if refusal["code"] == "commit_outcome_unknown":  # the server went mid-COMMIT
                     assert "whether it was saved is unknown" in refusal["message"], refusal
                     continue
+                if refusal["code"] == "database_unavailable":  # an upload's first read
+                    assert "Check that the server runs" in refusal["message"], refusal
+                    continue
                 assert refusal["code"] in {"holder_lost", "connection_lost"}, refusal
                 assert "nothing was" in refusal["message"], refusal
                 assert "write" in refusal["message"] or "session" in refusal["message"]
@@ -223,3 +227,71 @@ def test_what_was_acknowledged_survives_a_database_crash_with_requests_in_flight
                     assert found in c.possible(), (c.number, c.changes[-3:], read.status_code)
     finally:
         postgres_engine.restart(signal.SIGINT, settings)
+
+
+# --- the object store hung (SIGSTOP), not dead --------------------------------------------
+
+
+def test_a_hung_object_store_ends_each_transfer_and_says_it_did_not_answer(
+    tmp_path: Path, database_url: str
+) -> None:
+    engine = start_s3(tmp_path / "weed")  # its own: stopped mid-transfer
+    try:
+        pg.open_database(database_url, PROFILE)
+        # The timeouts a deployment would have (60 s, 3 attempts), made short.
+        objects = ObjectStore(
+            f"s3://{engine.bucket}/own{scratch()}",
+            engine.endpoint_url,
+            engine.access_key_id,
+            engine.secret_access_key,
+            read_timeout=1,
+            connect_timeout=1,
+            max_attempts=1,
+        )
+        objects.open(PROFILE)
+        with RemoteStore(database_url, objects, PROFILE, pool_size=1) as store:
+            session = store.create_session("hung")["id"]
+            body = bytes(range(256)) * 98_304  # 24 MiB: past what the sockets buffer
+            kept = store.put_file(session, "a.bin", body)
+
+            # Mid-download: the stream ends with an error, never a short "complete" read.
+            handle, _ = store.open_file(session, "a.bin")
+            with handle:
+                first = handle.read(1024 * 1024)
+                engine.process.send_signal(signal.SIGSTOP)
+                with pytest.raises(ObjectStoreUnavailableError) as cut:
+                    while handle.read(1024 * 1024):
+                        pass
+            assert len(first) == 1024 * 1024
+            assert f"the download of 'a.bin' from session {session}" in cut.value.message
+            assert "was cut off after" in cut.value.message
+
+            # Before a download's first byte: refused, naming it and that the store hangs.
+            with pytest.raises(ObjectStoreUnavailableError) as before:
+                store.open_file(session, "a.bin")
+            message = before.value.message
+            assert f"the download of 'a.bin' from session {session} was not begun" in message
+            assert "did not answer within 1 s to read and 1 s to connect" in message
+            assert "may be stopped or overloaded" in message
+
+            # Mid-upload: refused, naming it; it held no database connection meanwhile.
+            engine.process.send_signal(signal.SIGCONT)
+            upload = store.begin_upload(session, "a.bin", replace=True)
+            upload.write(body)
+            engine.process.send_signal(signal.SIGSTOP)
+            assert store.get_session(session)["files"] == [kept]  # the pool's one connection
+            with pytest.raises(ObjectStoreUnavailableError) as put:
+                upload.write(b"the rest")
+                upload.commit()
+            message = put.value.message
+            assert f"the upload of 'a.bin' into session {session} was not saved" in message
+            assert "the file is as it was" in message
+
+            # Once it answers again: the acknowledged version, whole.
+            engine.process.send_signal(signal.SIGCONT)
+            handle, entry = store.open_file(session, "a.bin")
+            with handle:
+                assert (handle.read(), entry) == (body, kept)
+    finally:
+        engine.process.send_signal(signal.SIGCONT)
+        engine.stop()
