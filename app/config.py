@@ -317,6 +317,12 @@ class Config:
     s3_secret_access_key: str | None = setting(
         _token, "S3 secret access key (a secret: .secrets.toml or APP_*)", None, secret=True
     )
+    database_lock_wait_seconds: float = setting(
+        _positive_number,
+        "longest a statement waits for a row or table lock another client of the database "
+        "holds (PostgreSQL's lock_timeout; 503 database_refused beyond)",
+        10.0,
+    )
     host: str = setting(_non_empty_str, "address the server listens on", "127.0.0.1")
     port: int = setting(_int_in(1, 65535), "TCP port the server listens on", 8000)
     api_token: str | None = setting(_token, "bearer token clients must send", None, secret=True)

@@ -39,6 +39,7 @@ from app.remote import pg
 from app.remote.errors import (
     CommitUnknownError,
     ConnectionLostError,
+    DatabaseBusyError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     HolderLostError,
@@ -116,6 +117,11 @@ class Database:
         pool_size: the most connections this process opens.
         read_only: opened by a reader, which holds neither a replica's lock nor
             maintenance's: every change is refused.
+        lock_wait_seconds: the longest one statement waits for a lock another connection
+            holds (PostgreSQL's ``lock_timeout``, set on every connection of the pool);
+            past it the statement is refused (:class:`DatabaseRefusedError`, 55P03).
+        pool_wait_seconds: the longest a request waits for a free connection of the pool
+            (:class:`~app.remote.errors.DatabaseBusyError` beyond).
 
     Raises:
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
@@ -132,6 +138,8 @@ class Database:
         pool_size: int,
         read_only: bool = False,
         maintenance: pg.Maintenance | None = None,
+        lock_wait_seconds: float = 10.0,
+        pool_wait_seconds: float = 30.0,
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -144,14 +152,36 @@ class Database:
         self.maintenance = maintenance
         self.kind = kind
         self.read_only = read_only
+        self.pool_size = pool_size
+        # Without a lock_timeout a statement waits for ever for a row or table another client
+        # holds (`SELECT ... FOR UPDATE`, `LOCK TABLE` in psql), and holds its pool connection
+        # meanwhile: eight such requests left every other one of the replica 30 s and then a
+        # 503 "cannot connect" (red team 27). Set here, so that it wins over the role's.
+        timeout = f"{max(1, round(lock_wait_seconds * 1000))}ms"
+
+        def configure(conn: Connection) -> None:
+            # A 2xx means saved: with synchronous_commit off (for the database, the role or
+            # the server) a commit is answered before its WAL is written, and a crash of the
+            # server lost replaces and deletes the app had acknowledged (red team 27). Any
+            # other value (local, remote_write, on, remote_apply) waits for at least the
+            # primary's WAL, and is kept.
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
+                " current_setting('synchronous_commit') = 'off' THEN"
+                " set_config('synchronous_commit', 'on', false) END",
+                (timeout,),
+            )
+
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=configure,
             check=ConnectionPool.check_connection,
             name=f"app-{kind}",
             open=False,
+            timeout=pool_wait_seconds,
         )
         try:
             self._pool.open(wait=True, timeout=10)
@@ -178,7 +208,12 @@ class Database:
         try:
             with pg.refusals(self.where), self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as error:
+        except PoolTimeout as error:
+            # The server may answer well: this process's own requests hold every connection.
+            raise DatabaseBusyError(
+                self.where, _reason(error), self._pool.timeout, self.pool_size
+            ) from None
+        except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
 
     def ensure_held(self) -> None:
@@ -212,9 +247,10 @@ class Database:
         """
         self.ensure_held()
         begun: dict[str, Any] = {}
-        committing = False
+        lent = committing = False
         try:
             with self.conn() as conn:
+                lent = True
                 try:
                     begun = self._begin(conn, lock)
                     yield conn
@@ -230,12 +266,18 @@ class Database:
             raise DatabaseRefusedError(
                 error.where, error.reason, error.sqlstate, error.remedy, what
             ) from None
+        except DatabaseBusyError as error:
+            raise DatabaseBusyError(
+                error.where, error.reason, error.seconds, error.size, what
+            ) from None
         except DatabaseUnavailableError as error:
             if not committing:
-                if not begun:
-                    raise  # no connection, or none that began the transaction
-                # It broke inside the transaction (its backend ended by an operator, a
-                # restart, a failover), before the COMMIT was sent: rolled back for sure.
+                if not lent:
+                    raise  # no connection: the server does not answer
+                # It broke inside the transaction, or at its BEGIN (its backend ended by an
+                # operator, a restart, a failover, after the pool checked it), before the
+                # COMMIT was sent: rolled back for sure. Named, as a refusal must name what
+                # it refused (red team 27: a break at BEGIN was a bare "cannot connect").
                 raise ConnectionLostError(self.where, error.reason, what) from None
             self._settle(begun, what, error)
 

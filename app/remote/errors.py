@@ -330,6 +330,24 @@ class CommitUnknownError(DatabaseUnavailableError):
     what: str
 
 
+class DatabaseBusyError(DatabaseUnavailableError):
+    """Every connection of this process's pool stayed in use for the pool's whole wait: the
+    database answers, but this process's requests hold them all (red team 27)."""
+
+    code = "database_busy"
+    template = (
+        "no connection to database {where} came free within {seconds:g} s: all {size} of this "
+        "process's pool are held by requests still running ({reason}), so {what} was not "
+        "begun and nothing was changed. Retry; `SELECT pid, state, wait_event, query FROM "
+        "pg_stat_activity WHERE datname = current_database()` shows what they wait for (a "
+        "lock another client holds: database_lock_wait_seconds bounds that wait)"
+    )
+
+    seconds: float
+    size: int
+    what: str = "the request"
+
+
 class ConnectionLostError(DatabaseUnavailableError):
     """A change lost its connection before it committed (its backend ended by
     ``pg_terminate_backend``, a restart, a failover): rolled back, so nothing was changed."""

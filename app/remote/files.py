@@ -20,6 +20,7 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry, trash_name, utc
+from app.remote.errors import ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore, PutResult
 from app.remote.transfer import ObjectFile, RemoteUpload
 from app.storage import FileEntry, IfMatch, TrashEntry
@@ -82,6 +83,15 @@ class RemoteFiles:
         try:
             file.seek(0)
             file._open(0)  # now, so that a missing object is refused before a response starts
+        except ObjectStoreUnavailableError as error:
+            file.close()
+            # The store's own words name the store, not what it refused (red team 27: a
+            # stopped store's read timeout read "check the credentials").
+            raise ObjectStoreUnavailableError(
+                error.where,
+                f"{error.reason}; the download of {name!r} from session {session_id} was "
+                "not begun: retry once the object store answers",
+            ) from error
         except BaseException:
             file.close()
             raise

@@ -285,6 +285,10 @@ class ObjectStore:
                 read_timeout=read_timeout,
             ),
         )
+        self._timeouts = (
+            f"{read_timeout:g} s to read and {connect_timeout:g} s to connect, "
+            f"{max_attempts} attempt(s)"
+        )
         self._transfer = TransferConfig(
             multipart_threshold=part_bytes, multipart_chunksize=part_bytes
         )
@@ -293,7 +297,12 @@ class ObjectStore:
         return f"ObjectStore({self.where})"
 
     def _fail(self, error: Exception, name: str | None = None) -> Exception:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+        )
 
         if isinstance(error, ClientError):
             code = str(error.response.get("Error", {}).get("Code", ""))
@@ -304,6 +313,13 @@ class ObjectStore:
             # client's retries is the store's trouble, not this object's: a 503, not a 500.
             if code in _UNUSABLE or name is None or status >= 500:
                 return ObjectStoreUnavailableError(self.where, f"{code}: {error}")
+        if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)):
+            # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
+            return ObjectStoreUnavailableError(
+                self.where,
+                f"{error}: it did not answer within {self._timeouts}, so it may be stopped or "
+                "overloaded",
+            )
         if isinstance(error, BotoCoreError):
             return ObjectStoreUnavailableError(self.where, str(error))
         return error

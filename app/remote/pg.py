@@ -416,8 +416,15 @@ _REFUSALS: dict[str, str] = {
     ),
     "57014": "A statement ran past statement_timeout, or was cancelled: "
     + _TIMEOUT.replace("{setting}", "statement_timeout"),
-    "55P03": "A lock was not granted within lock_timeout: "
-    + _TIMEOUT.replace("{setting}", "lock_timeout"),
+    # The app sets lock_timeout on its pooled connections (app.remote.db): the setting
+    # that resolves it is the app's, not the role's.
+    "55P03": (
+        "A lock was not granted within lock_timeout: another transaction holds what it "
+        "waited for: `SELECT pid, state, wait_event, query FROM pg_stat_activity WHERE "
+        "datname = current_database()` shows who, and `pg_blocking_pids(<pid>)` which one "
+        "blocks; retry once it is done, or raise database_lock_wait_seconds "
+        "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout"
+    ),
     "53100": (
         "The database server's disk is full: free space on the volume of its data directory "
         "(or its WAL), then retry"

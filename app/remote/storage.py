@@ -165,6 +165,7 @@ def open_remote(
             max_files_per_session=config.max_files_per_session,
             on_close=None if holder is not None else release.close,
             maintenance=maintenance,
+            lock_wait_seconds=config.database_lock_wait_seconds,
         )
     except BaseException:
         release.close()

@@ -103,6 +103,9 @@ class RemoteStore(Storage):
         orphan_grace: how old an object without a row must be before :meth:`check` calls it
             an orphan (younger ones may belong to an upload about to commit).
         pool_size: the most connections this process opens.
+        lock_wait_seconds: the longest a statement waits for a lock another connection
+            holds (the ``database_lock_wait_seconds`` setting).
+        pool_wait_seconds: the longest a request waits for a free pooled connection.
         on_close: called last by :meth:`close` (a maintenance command's exclusive hold,
             :func:`app.remote.pg.maintenance`, ends there).
 
@@ -126,6 +129,8 @@ class RemoteStore(Storage):
         pool_size: int = 8,
         on_close: Callable[[], object] | None = None,
         maintenance: pg.Maintenance | None = None,
+        lock_wait_seconds: float = 10.0,
+        pool_wait_seconds: float = 30.0,
     ) -> None:
         self.database_url = database_url
         self.db = Database(
@@ -136,6 +141,8 @@ class RemoteStore(Storage):
             pool_size=pool_size,
             read_only=read_only,
             maintenance=maintenance,
+            lock_wait_seconds=lock_wait_seconds,
+            pool_wait_seconds=pool_wait_seconds,
         )
         self.objects = objects
         self.orphan_grace = orphan_grace

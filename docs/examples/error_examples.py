@@ -206,6 +206,13 @@ EXAMPLES: list[errors.AppError] = [
         "point it at the primary",
         "the creation of a session titled 'review of 4.2'",
     ),
+    remote.DatabaseBusyError(
+        DATABASE,
+        "couldn't get a connection after 30.00 sec",
+        30.0,
+        8,
+        "the upload of 'notes.txt' into session 0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
+    ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
     remote.ObjectChangedError(
