@@ -135,6 +135,15 @@ def enclosing_roots(run: sandboxing.Run) -> dict[str, Path]:
     return named
 
 
+def enclosing_roots_here() -> dict[str, Path]:
+    """The roots the run this process is inside protects (a pytest a test started), if any."""
+    try:
+        enclosing = sandboxing.current_run()
+    except AppError:
+        return {}  # only a broken PYTEST_APP_SANDBOX says so; what is on disk stays
+    return enclosing_roots(enclosing) if enclosing is not None else {}
+
+
 def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     """In a run where the plugin stays inactive: refuse a ``--basetemp`` that pytest's
     emptying would take into a data root on disk, as an active run does.
@@ -157,12 +166,7 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     # enclosing run protects are known exactly, stamped or not, and pytest's emptying of a
     # --basetemp above a stopped production root deleted it.
     try:
-        enclosing = sandboxing.current_run()
-    except AppError:
-        enclosing = None  # only a broken PYTEST_APP_SANDBOX says so; what is on disk stays
-    roots = enclosing_roots(enclosing) if enclosing is not None else {}
-    try:
-        _check_basetemp(Path(given), roots, stamped_inside=False)
+        _check_basetemp(Path(given), enclosing_roots_here(), stamped_inside=False)
     except pytest.UsageError as refused:
         raise pytest.UsageError(
             f"{refused}. The app's plugin is inactive in this run ({reason}), and pytest "

@@ -18,7 +18,7 @@ from app import config as appconfig
 from app import sandbox as sandboxing
 from app.errors import AppError
 from app.lock import describe_holder
-from app.testing import guard
+from app.testing import guard, writes
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     _app_remote_scratch,
     app_client,
@@ -75,8 +75,7 @@ def pytest_load_initial_conftests(
         return
     inactive = guard.applies(early_config)
     if inactive is not None:
-        guard.stay_inactive(early_config, inactive)
-        guard.refuse_deletions_inactive(early_config, inactive)
+        _stay_inactive(early_config, inactive)
         return
     guard.refuse_early_loads()
     saved: dict[str, str | None] = {}
@@ -115,6 +114,7 @@ def pytest_load_initial_conftests(
     else:
         factory, sandbox = guard.make_sandbox(early_config, known.basetemp, guarded)
         os.environ[guard.OWNER_ENV] = str(os.getpid())
+        _refuse_pytest_writes(early_config, {**guarded, **{h.profile: h.root for h in live}})
     neutralised = guard.neutralise(settings_dir, switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
     data_root, source, files = guard.testing_root(sandbox)
@@ -144,6 +144,45 @@ def pytest_load_initial_conftests(
             f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
             "Stop it, or run without --app-strict (the tests would not touch it anyway)"
         )
+
+
+def _stay_inactive(config: pytest.Config, reason: str) -> None:
+    """Change nothing of the run, but refuse what pytest would delete or write in a data
+    root (by what is on disk, and the roots an enclosing run protects)."""
+    __tracebackhide__ = True
+    guard.stay_inactive(config, reason)
+    guard.refuse_deletions_inactive(config, reason)
+    _refuse_pytest_writes(config, guard.enclosing_roots_here(), reason)
+
+
+def _refuse_pytest_writes(
+    config: pytest.Config, roots: dict[str, Path], inactive: str | None = None
+) -> None:
+    """What pytest and its plugins are told to write, checked now against `roots` and the
+    data roots on disk, and again once the conftests have added their options."""
+    __tracebackhide__ = True
+    why = (
+        f". The app's plugin is inactive in this run ({inactive}), and pytest writes there "
+        "all the same"
+        if inactive is not None
+        else ""
+    )
+    writes.refuse(config, config.known_args_namespace, roots, why)
+    config.pluginmanager.register(_WritesOfConftests(roots, why), "app-pytest-writes")
+
+
+class _WritesOfConftests:
+    """The same check once a conftest's options are parsed: before the cache provider's
+    and the logging plugin's own pytest_configure, which write (tryfirst, registered after
+    them)."""
+
+    def __init__(self, roots: dict[str, Path], why: str) -> None:
+        self.roots, self.why = roots, why
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        __tracebackhide__ = True
+        writes.refuse(config, config.option, self.roots, self.why)
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,0 +1,316 @@
+"""What pytest itself (and its plugins) write or delete outside any test, checked before
+anything is written.
+
+pytest writes where its options and ini values tell it to, whoever's run it is and before,
+between and after the tests, where no sandbox applies: ``--junitxml`` and ``--debug``
+truncate a file, ``--log-file`` too (and makes its directory), the cache provider writes its
+``cache_dir`` (and ``--cache-clear`` deletes its ``d/`` and ``v/``), xdist's ``--tx
+popen//chdir=DIR`` copies pytest and every ``--rsyncdir`` into ``DIR`` with deletion of what
+the copy does not hold, and the current directory, the rootdir and the test files' directories
+take what a plugin writes by a relative path (``.hypothesis/``, ``__pycache__/``). Each of
+those named a live server's ``session.json`` or ``sessions/`` once, and each rewrote or
+deleted it.
+
+So every path a run is told (by its command line, ``PYTEST_ADDOPTS`` or an ini file) is
+checked once, at the start, against every root the run protects and every data root on disk
+(a held lock or a stamp at or above it): pytest's own writers by what each does, and every
+other option and ini value (a plugin's, which this code cannot know) as a place something may
+be written. Only what pytest is known to read alone is left out (``--ignore``, patterns, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from app.lock import describe_holder
+
+#: Option destinations pytest only reads, or that a rule below checks by what it does.
+_READ_ONLY_OPTIONS = frozenset(
+    {
+        "basetemp",  # emptied: checked by the sandbox (app.testing.guard)
+        "file_or_dir",  # the test paths: below, as the directories their bytecode goes to
+        "ignore",
+        "ignore_glob",
+        "deselect",
+        "confcutdir",
+        "keyword",
+        "markexpr",
+        "inifilename",
+        "override_ini",  # read through getini, as each ini value
+        "rootdir",  # below, as the rootdir pytest settles on
+        "tx",  # below, by what xdist does with each spec
+        "rsyncdir",  # copied from, never written: below, as what they replace
+        "rsyncignore",
+        "plugins",
+        "xmlpath",
+        "debug",
+        "log_file",
+    }
+)
+#: Ini values pytest only reads (patterns, lines of text), or that a rule checks itself.
+_READ_ONLY_INI = frozenset(
+    {
+        "norecursedirs",
+        "python_files",
+        "python_classes",
+        "python_functions",
+        "markers",
+        "filterwarnings",
+        "addopts",
+        "required_plugins",
+        "usefixtures",
+        "cache_dir",
+        "log_file",
+        "rsyncdirs",
+        "rsyncignore",
+        "looponfailroots",
+    }
+)
+
+
+#: What resolves a refusal of a path given as an option or an ini value.
+_MOVE_IT = (
+    "Point it outside every data root, or leave it out (of the command line, PYTEST_ADDOPTS "
+    "or the ini file)"
+)
+
+
+class Target(NamedTuple):
+    """A path this run's pytest will write in (or delete), and what tells it to."""
+
+    path: Path
+    #: What pytest does there, with ``{path}`` where the path goes.
+    does: str
+    #: True where pytest deletes the path and everything in it, not only writes there.
+    deletes: bool = False
+    fix: str = _MOVE_IT
+
+
+def _spellings(value: str, base: Path) -> list[Path]:
+    """The path as pytest opens it (relative to `base`, `~` and `$VAR` as it reads them)."""
+    found = []
+    expanded = os.path.expanduser(os.path.expandvars(value))  # noqa: PTH111 - as pytest reads it
+    for text in dict.fromkeys((value, expanded)):
+        path = Path(os.path.normpath(os.path.join(base, text)))  # noqa: PTH118 - lexical, as pytest
+        found += [path, path.resolve()]
+    return list(dict.fromkeys(found))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+        if isinstance(text, str) and text and "\n" not in text:
+            yield text
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _option_names(config: pytest.Config) -> dict[str, str]:
+    """Each option's destination and the name a user gives it (private: see pyproject.toml)."""
+    parser = config._parser
+    names: dict[str, str] = {}
+    for group in [parser._anonymous, *parser._groups]:
+        for option in group.options:
+            dest = getattr(option, "dest", None)
+            if dest and option.names():
+                names.setdefault(dest, max(option.names(), key=len))
+    return names
+
+
+def _xdist_targets(config: pytest.Config, options: Any, cwd: Path) -> list[Target]:
+    """xdist's popen workers with a ``chdir``: it runs them there, and first copies pytest,
+    _pytest and every rsync dir into it, deleting what the copy does not hold."""
+    specs = [str(s) for s in getattr(options, "tx", None) or []]
+    if not specs:
+        return []
+    from execnet import XSpec  # xdist's own parser of a --tx spec
+
+    sources = [str(s) for s in getattr(options, "rsyncdir", None) or []]
+    with contextlib.suppress(ValueError):  # xdist blocked: nothing reads the ini value then
+        sources += [str(s) for s in config.getini("rsyncdirs")]
+    copied = ["pytest", "_pytest", *(Path(s).resolve().name for s in sources)]
+    targets = []
+    for text in specs:
+        spec = XSpec(text.split("*", 1)[1] if text.split("*", 1)[0].isdigit() else text)
+        if not spec.popen or not spec.chdir:
+            continue  # a popen worker without chdir copies nothing; ssh and socket: elsewhere
+        what = f"xdist's --tx {text}"
+        chdir = _spellings(spec.chdir, cwd)[0]
+        targets.append(Target(chdir, f"{what} runs its worker in {{path}}"))
+        targets += [
+            Target(
+                chdir / name,
+                f"{what} replaces {{path}} by a copy of {name}/ (rsync, deleting the rest)",
+                deletes=True,
+            )
+            for name in dict.fromkeys(copied)
+        ]
+    return targets
+
+
+def targets(config: pytest.Config, options: Any) -> list[Target]:
+    """Every path this run's pytest and its plugins are told to write in or delete.
+
+    Args:
+        config: the run's config (its ini values, rootdir and invocation directory).
+        options: the parsed options: ``known_args_namespace`` before the conftests load,
+            ``config.option`` after (with the options they add).
+    """
+    cwd = config.invocation_params.dir
+    found: list[Target] = []
+
+    def add(value: Any, does: str, base: Path = cwd, *, deletes: bool = False) -> None:
+        for text in _strings(value):
+            found.extend(Target(path, does, deletes) for path in _spellings(text, base))
+
+    add(getattr(options, "xmlpath", None), "pytest's --junitxml rewrites {path} as the run ends")
+    add(getattr(options, "debug", None), "pytest's --debug rewrites {path} as the run starts")
+    log_file = getattr(options, "log_file", None) or config.getini("log_file")
+    add(log_file, "pytest's log_file (--log-file) rewrites {path} as the run starts")
+    if not config.pluginmanager.is_blocked("cacheprovider"):
+        from _pytest.pathlib import resolve_from_str  # what cacheprovider uses
+
+        cache = resolve_from_str(config.getini("cache_dir"), config.rootpath)
+        add(str(cache), "pytest's cache provider writes its cache_dir, {path}")
+        if getattr(options, "cacheclear", False):
+            for name in ("d", "v"):
+                add(str(cache / name), "pytest's --cache-clear deletes {path}", deletes=True)
+    found += _xdist_targets(config, options, cwd)
+    found.append(
+        Target(
+            cwd,
+            "pytest's plugins write relative paths (hypothesis's .hypothesis/, a relative "
+            "--junitxml) in the current directory, {path}",
+            fix="Run pytest from a directory outside every data root",
+        )
+    )
+    found.append(
+        Target(
+            config.rootpath,
+            "pytest writes its cache and its conftests' __pycache__/ in its rootdir, {path}",
+            fix="Give pytest a rootdir outside every data root (--rootdir, or where its ini "
+            "file lies)",
+        )
+    )
+    if sys.pycache_prefix and not sys.dont_write_bytecode:
+        found.append(
+            Target(
+                Path(sys.pycache_prefix).absolute(),
+                "Python and pytest's assertion rewriting write the bytecode of every module "
+                "they import under sys.pycache_prefix, {path}",
+                fix="Unset PYTHONPYCACHEPREFIX (or -X pycache_prefix), or point it outside "
+                "every data root (what Python imported before the plugin ran is written there "
+                "already)",
+            )
+        )
+    for arg in getattr(options, "file_or_dir", None) or []:
+        add(str(arg).split("::", 1)[0], f"Python writes the __pycache__/ of the test path {arg} "
+            "in {path}")  # fmt: skip
+    names = _option_names(config)
+    for dest, value in sorted(vars(options).items()):
+        if dest not in _READ_ONLY_OPTIONS and not isinstance(value, bool):
+            add(value, f"the option {names.get(dest, dest)} names {{path}}, where a plugin "
+                "may write")  # fmt: skip
+    inifile = config.inipath.parent if config.inipath else config.rootpath
+    for name in sorted(config._parser._inidict):  # private: see pyproject.toml
+        if name in _READ_ONLY_INI:
+            continue
+        try:
+            value = config.getini(name)
+        except (ValueError, TypeError):
+            continue  # a value its own reader refuses: pytest says so itself
+        if isinstance(value, str | os.PathLike | list):
+            for base in dict.fromkeys((cwd, inifile)):
+                add(value, f"the ini value {name} names {{path}}, where a plugin may write", base)
+    return found
+
+
+def _data_root_at_or_above(
+    path: Path, seen: dict[Path, tuple[Path, str] | None]
+) -> tuple[Path, str] | None:
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE, probe
+
+    for directory in [path, *path.parents]:
+        if directory not in seen:
+            found = None
+            if (directory / LOCK_FILE).is_file() and (held := probe(directory)).held:
+                found = (directory, f"held by {describe_holder(held.holder)}")
+            elif (directory / STAMP_FILE).is_file():
+                found = (directory, f"it has a profile stamp, {STAMP_FILE}")
+            seen[directory] = found
+        if seen[directory] is not None:
+            return seen[directory]
+    return None
+
+
+def _data_root_inside(path: Path) -> tuple[Path, str] | None:
+    """A data root below a directory pytest deletes: held by a live process, or stamped."""
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE, probe
+
+    for directory, _dirs, files in os.walk(path):
+        here = Path(directory)
+        if LOCK_FILE in files and (held := probe(here)).held:
+            return here, f"held by {describe_holder(held.holder)}"
+        if STAMP_FILE in files:
+            return here, f"it has a profile stamp, {STAMP_FILE}"
+    return None
+
+
+def _holder(root: Path) -> str:
+    from app.lock import probe
+
+    seen = probe(root)
+    return f"held by {describe_holder(seen.holder)}" if seen.held else "no process holds it now"
+
+
+def _conflict(
+    target: Target, roots: dict[str, Path], seen: dict[Path, tuple[Path, str] | None]
+) -> str | None:
+    """Where `target` meets a data root, said for a refusal; None where it meets none."""
+    for name, root in roots.items():
+        if target.path.is_relative_to(root):
+            return f"which lies in the data root of profile {name!r} ({root}; {_holder(root)})"
+        if target.deletes and root.is_relative_to(target.path):
+            return f"which holds the data root of profile {name!r} ({root}; {_holder(root)})"
+    if (above := _data_root_at_or_above(target.path, seen)) is not None:
+        return f"which lies in the data root {above[0]} ({above[1]})"
+    if target.deletes and (inside := _data_root_inside(target.path)) is not None:
+        return f"which holds the data root {inside[0]} ({inside[1]})"
+    return None
+
+
+def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str = "") -> None:
+    """Refuse the run if pytest or a plugin is told to write or delete in a data root.
+
+    Args:
+        config: the run's config.
+        options: its parsed options (see `targets`).
+        roots: the roots the run protects, by name (the settings' profiles, live holders, an
+            enclosing run's).
+        why: what to add to the refusal (why the plugin is inactive, in such a run).
+
+    Raises:
+        pytest.UsageError: naming the path, what tells pytest to write it, the data root with
+            its holder, and what resolves it.
+    """
+    __tracebackhide__ = True
+    seen: dict[Path, tuple[Path, str] | None] = {}
+    for target in dict.fromkeys(targets(config, options)):
+        where = _conflict(target, roots, seen)
+        if where is None:
+            continue
+        does = target.does.format(path=target.path)
+        raise pytest.UsageError(
+            f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
+            f"sandbox cannot stop it, whoever's run it is. {target.fix}{why}"
+        )
