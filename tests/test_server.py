@@ -601,3 +601,33 @@ def test_a_session_holds_at_most_max_files_per_session_files(app_config: Config)
         assert client.put(f"/sessions/{sid}/files/a.txt", content=b"y").status_code == 200
         assert client.delete(f"/sessions/{sid}/files/b.txt").status_code == 200
         assert client.put(f"/sessions/{sid}/files/c.txt", content=b"z").status_code == 201
+
+
+def test_a_json_body_in_a_charset_other_than_utf8_is_refused_not_misread(
+    app_client: TestClient, app_store: Store
+) -> None:
+    # Latin-1's "Ã©" is the bytes C3 A9, which read as UTF-8 are "é": a 201 for a title its
+    # client did not send.
+    for charset in ("latin-1", "ISO-8859-1", '"utf-16"'):
+        response = app_client.post(
+            "/sessions",
+            content='{"title": "Ã©"}'.encode("latin-1"),
+            headers={"Content-Type": f"Application/JSON; Charset={charset}"},
+        )
+        assert_error(
+            response,
+            415,
+            "unsupported_media_type",
+            f"POST /sessions reads its JSON as UTF-8 (RFC 8259), and this body says "
+            f"charset={charset.strip(chr(34))!r}: read as UTF-8, its text would not be the text "
+            "sent, so nothing was stored. Send the JSON in UTF-8, with charset=utf-8 or no charset",
+        )
+    assert app_store.list_sessions().total == 0
+    for charset in ("utf-8", "UTF8", '"UTF-8"'):
+        response = app_client.post(
+            "/sessions",
+            content='{"title": "é"}'.encode(),
+            headers={"Content-Type": f"application/json; charset={charset}"},
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["title"] == "é"
