@@ -85,7 +85,7 @@ class TokenRoute(APIRoute):
             self.dependant = documented
         (token,) = tokens
         known = tuple(_query_names(documented))
-        operation = f"{'/'.join(sorted(self.methods or ()))} {self.path}"
+        operation = f"{'/'.join(sorted(self.methods or ()))} {self.path_format}"
         # A route that reads its body itself says so in its OpenAPI `requestBody`.
         takes_body = bool(documented.body_params) or "requestBody" in (self.openapi_extra or {})
 
