@@ -201,9 +201,30 @@ def test_a_multipart_upload_of_an_existing_name_is_409(app_client: TestClient, s
 
 def test_a_multipart_body_without_a_file_field_is_400(app_client: TestClient, sid: str) -> None:
     response = app_client.post(
-        f"/sessions/{sid}/files", data={"other": "x"}, files={"f": ("a", b"")}
+        f"/sessions/{sid}/files", data={"other": "x"}, files={"f": (None, b"")}
     )
     assert_error(response, 400, "bad_request", "no form field 'file'")
+
+
+def test_a_file_in_a_form_field_other_than_file_is_refused_not_dropped(
+    app_client: TestClient, app_store: Store, sid: str
+) -> None:
+    # curl -F file=@a -F attachment=@b was a 201 for a alone, b silently dropped; either order.
+    for files in (
+        [("file", ("a.txt", b"a")), ("attachment", ("b.txt", b"b"))],
+        [("attachment", ("b.txt", b"b")), ("file", ("a.txt", b"a"))],
+    ):
+        response = app_client.post(f"/sessions/{sid}/files", files=files)
+        assert_error(
+            response,
+            400,
+            "bad_request",
+            "the form field 'attachment' holds a file ('b.txt'), which this server would not "
+            "store: it stores the field 'file' only, one file a request. Nothing was stored; "
+            "send each file as 'file', in a request of its own",
+        )
+    assert app_client.get(f"/sessions/{sid}/files").json()["items"] == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 def test_a_body_that_is_not_multipart_is_400(app_client: TestClient, sid: str) -> None:
