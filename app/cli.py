@@ -84,7 +84,40 @@ def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     return report
 
 
-class AppCommand(click.Command):
+class _OnceEach:
+    """Refuse an option given twice (`refuse_repeated`); a mixin of every command and group."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        refuse_repeated(ctx, args)
+        return super().parse_args(ctx, args)  # type: ignore[misc, no-any-return]
+
+
+def refuse_repeated(ctx: click.Context, args: list[str]) -> None:
+    """Refuse an option that takes one value, given more than once.
+
+    click keeps the last: ``app data empty-trash --older-than 7d --older-than 0m`` (a
+    command line edited from history) emptied the whole trash. The command's own parser
+    reads the arguments a first time, so an option's value that looks like an option, and
+    what follows a subcommand's name, are read as click reads them.
+    """
+    _, _, order = ctx.command.make_parser(ctx).parse_args(args=list(args))
+    counts: dict[str, int] = {}
+    for param in order:
+        if not isinstance(param, click.Option) or param.multiple or param.count:
+            continue
+        if param.is_flag and not param.secondary_opts:
+            continue  # a flag given twice says one thing twice; `--x/--no-x` may not
+        counts[param.opts[0]] = counts.get(param.opts[0], 0) + 1
+    for name, count in counts.items():
+        if count > 1:
+            raise click.UsageError(
+                f"{name} is given {count} times, and only one can count; which one was meant "
+                f"is ambiguous, so nothing was done. Give {name} once",
+                ctx,
+            )
+
+
+class AppCommand(_OnceEach, click.Command):
     """A command that also takes ``--profile`` after its name: ``app config --profile X``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -100,7 +133,7 @@ class AppCommand(click.Command):
         return super().invoke(ctx)
 
 
-class CommandGroup(click.Group):
+class CommandGroup(_OnceEach, click.Group):
     """A group whose commands are `AppCommand`s (``sessions``, ``data``)."""
 
     command_class = AppCommand
@@ -379,6 +412,9 @@ def _problems_where_served(report: appconfig.Report) -> dict[str, list[ConfigErr
 _CONFIRM_OPTION = "--yes-i-mean-it"
 
 
+_MAX_AGE_SECONDS = 100 * 365 * 86400  # as POST /trash/empty's older_than
+
+
 # Not ParamType[timedelta]: it is generic only in recent click, and click 8.1 is supported.
 class Duration(click.ParamType):  # type: ignore[type-arg]
     """An age such as ``30m``, ``12h``, ``7d`` or ``2w``, as a `timedelta`."""
@@ -398,6 +434,15 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
     ) -> timedelta:
         if isinstance(value, timedelta):
             return value
+        if value.strip().endswith("M"):
+            # Minutes here, months to many tools (and to `ls`'s sizes, mega): 30M emptied 30
+            # minutes' worth where 30 months' was meant.
+            self.fail(
+                f"{value!r} is ambiguous: M is months to some tools and minutes to others; "
+                f"write {value.strip()[:-1]}m for minutes, or days (7d) or weeks (2w)",
+                param,
+                ctx,
+            )
         found = self._FORM.fullmatch(value.strip().lower())
         if found is None:
             self.fail(
@@ -405,12 +450,15 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
                 param,
                 ctx,
             )
-        try:
-            return timedelta(seconds=float(found.group(1)) * self._UNIT_SECONDS[found.group(2)])
-        except OverflowError:
+        seconds = float(found.group(1)) * self._UNIT_SECONDS[found.group(2)]
+        if seconds > _MAX_AGE_SECONDS:  # past it, the cutoff date overflowed: a traceback
             self.fail(
-                f"{value!r} is longer than any date the trash can hold; leave it out", param, ctx
+                f"{value!r} is longer than 100 years, older than any entry the trash can "
+                "hold; give a shorter age, or leave the option out for all",
+                param,
+                ctx,
             )
+        return timedelta(seconds=seconds)
 
 
 def _require_confirmation(config: appconfig.Config, operation: str, confirmed: bool) -> None:

@@ -174,12 +174,47 @@ def test_empty_trash_refuses_a_malformed_age_as_a_usage_error(
     assert "30m, 12h, 7d, 2w" in result.stderr
 
 
+@pytest.mark.parametrize("age", ["99999999999w", "99999999w", "5300w"])
 def test_empty_trash_refuses_an_age_beyond_any_date_as_a_usage_error(
-    seeded: tuple[str, str],
+    seeded: tuple[str, str], app_config: Config, age: str
 ) -> None:
-    result = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", "99999999999w"])
+    # 99999999w fitted a timedelta but not the cutoff date: a bare OverflowError traceback.
+    result = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", age])
     assert result.exit_code == 2
-    assert "'99999999999w' is longer than any date the trash can hold" in result.stderr
+    assert (
+        f"{age!r} is longer than 100 years, older than any entry the trash can hold; give a "
+        "shorter age, or leave the option out for all"
+    ) in " ".join(result.stderr.split())
+    assert len(list((app_config.data_root / ".trash").iterdir())) == 1
+
+
+def test_empty_trash_refuses_an_age_in_capital_m_and_an_option_given_twice(
+    seeded: tuple[str, str], app_config: Config
+) -> None:
+    # 30M was 30 minutes to a writer who meant months; and click kept the last of two
+    # --older-than, so a line edited from history (7d, then 0m appended) emptied everything.
+    months = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", "30M"])
+    assert months.exit_code == 2
+    assert (
+        "'30M' is ambiguous: M is months to some tools and minutes to others; write 30m for "
+        "minutes, or days (7d) or weeks (2w)"
+    ) in " ".join(months.stderr.split())
+    twice = ["data", "empty-trash", "--older-than", "7d", "--older-than", "0m"]
+    result = CliRunner().invoke(cli, twice)
+    assert result.exit_code == 2
+    assert (
+        "--older-than is given 2 times, and only one can count; which one was meant is "
+        "ambiguous, so nothing was done. Give --older-than once"
+    ) in " ".join(result.stderr.split())
+    assert len(list((app_config.data_root / ".trash").iterdir())) == 1
+    # The group's own options too; a flag said twice says one thing.
+    profiles = CliRunner().invoke(
+        cli, ["--profile", "testing", "--profile", "production", "status"]
+    )
+    assert profiles.exit_code == 2
+    assert "--profile is given 2 times" in profiles.stderr
+    code, out, _ = invoke("data", "empty-trash", "--yes-i-mean-it", "--yes-i-mean-it")
+    assert (code, out.strip()) == (0, "removed 1 trash entry")
 
 
 def test_a_protected_profile_needs_confirmation_before_the_root_is_even_opened(

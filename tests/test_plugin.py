@@ -632,3 +632,49 @@ def test_the_fixtures_say_why_they_cannot_work_where_the_plugin_is_inactive(
             )
         ]
     )
+
+
+def test_an_app_profile_mark_it_would_misread_fails_its_test_naming_it(
+    pytester: pytest.Pytester,
+) -> None:
+    # Each was read as no profile (or as one named "['production']"), and its test's refusal
+    # told it to add the mark it had; a misspelt mark pytest only warns of.
+    pytester.makepyfile(
+        test_marks="""
+import pytest
+
+@pytest.mark.app_profiles("production")
+def test_misspelt(): pass
+
+@pytest.mark.app_profile(names=["production"])
+def test_keyword(): pass
+
+@pytest.mark.app_profile(["production"])
+def test_list(): pass
+
+@pytest.mark.app_profile()
+def test_empty(): pass
+
+@pytest.mark.app_profile("development", "production")
+def test_right(): pass
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:warnings")
+    result.assert_outcomes(passed=1, errors=4)
+    tail = "; the test would run without the profiles it means. Write @pytest.mark.app_profile("
+    misspelt = (
+        "*test_misspelt is marked 'app_profiles', which is no mark of the app (did you mean "
+        "'app_profile'?); the test would run without the profiles it names. Spell it*"
+    )
+    keyword = (
+        "*test_keyword: @pytest.mark.app_profile takes names=['production'], and it reads "
+        f"only profile names given as strings{tail}*"
+    )
+    lines = [
+        misspelt,
+        keyword,
+        "*test_list: @pytest.mark.app_profile takes ['production'], and it reads*",
+        "*test_empty: @pytest.mark.app_profile names no profile, and it reads*",
+    ]
+    # fnmatch reads [ as a character class: [[] is a [.
+    result.stdout.fnmatch_lines_random([line.replace("[", "[[]") for line in lines])

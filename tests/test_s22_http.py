@@ -225,3 +225,66 @@ def test_a_header_the_app_reads_given_twice_is_refused_naming_it(
         assert status == 200, answer
     assert client.get("/sessions").json()["total"] == sessions
     assert client.get(file).content == b"new!"
+
+
+# Every route that takes no body, with a body its sender meant something by.
+BODIES = (
+    ("POST /trash/empty", "older_than and confirm", b'{"older_than": 86400}'),
+    ("DELETE /sessions/{sid}", "", b'{"dry_run": true}'),
+    ("DELETE {file}", "", b'{"version": "1"}'),
+    ("GET /sessions", "limit and after", b"limit=5"),
+    ("GET /sessions/{sid}/files", "", b"{}"),
+)
+
+
+def test_a_body_on_a_route_that_takes_none_is_refused_not_ignored(
+    server: LiveServer, local_pair: tuple[httpx.Client, httpx.Client]
+) -> None:
+    # FastAPI never reads such a body: POST /trash/empty with {"older_than": 86400} emptied
+    # the whole trash for good, and a DELETE with a body deleted whatever the body said.
+    client, _ = local_pair
+    sid = a_session(server)
+    file = f"/sessions/{sid}/files/doc.txt"
+    assert client.put(file, content=b"kept").status_code == 201
+    client.delete(f"/sessions/{a_session(server)}")
+    assert server.data_root is not None
+    trash = server.data_root / ".trash"
+    kept = client.get("/sessions").json()["total"], sorted(trash.iterdir())
+    assert kept[1]
+    with connect(server) as sock:
+        answers = Answers(sock)
+        for template, takes, body in BODIES:
+            line = template.format(sid=sid, file=file)
+            chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+            for extra, sent, raw in (
+                (f"Content-Length: {len(body)}\r\n", f"a body of {len(body)} bytes", body),
+                ("Transfer-Encoding: chunked\r\n", "a chunked body", chunked),
+            ):
+                sock.sendall(head_of(server, line, extra) + raw + head_of(server, f"GET {file}"))
+                status, _, answer = answers.next()
+                assert status == 400, (line, answer)
+                problem = json.loads(answer)
+                assert problem["code"] == "bad_request"
+                operation = line.replace(sid, "{session_id}").replace("doc.txt", "{name}")
+                assert problem["message"] == (
+                    f"request refused: {operation} takes no body, and this request has {sent}, "
+                    "which the server would ignore, doing other than its sender meant; nothing "
+                    "was done. Send no body: "
+                    + (
+                        f"give what it takes in the query string ({takes})"
+                        if takes
+                        else "it takes no parameter but its path"
+                    )
+                ), problem
+                # The body was read past as a body: the next request on the connection is
+                # answered as usual.
+                assert answers.next()[2] == b"kept"
+        # No body: Content-Length 0, and chunked with its last chunk alone.
+        for extra, raw in (
+            ("Content-Length: 0\r\n", b""),
+            ("Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        ):
+            sock.sendall(head_of(server, f"GET /sessions/{sid}/files", extra) + raw)
+            assert answers.next()[0] == 200
+    assert (client.get("/sessions").json()["total"], sorted(trash.iterdir())) == kept
+    assert client.get(file).content == b"kept"

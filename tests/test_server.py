@@ -201,9 +201,30 @@ def test_a_multipart_upload_of_an_existing_name_is_409(app_client: TestClient, s
 
 def test_a_multipart_body_without_a_file_field_is_400(app_client: TestClient, sid: str) -> None:
     response = app_client.post(
-        f"/sessions/{sid}/files", data={"other": "x"}, files={"f": ("a", b"")}
+        f"/sessions/{sid}/files", data={"other": "x"}, files={"f": (None, b"")}
     )
     assert_error(response, 400, "bad_request", "no form field 'file'")
+
+
+def test_a_file_in_a_form_field_other_than_file_is_refused_not_dropped(
+    app_client: TestClient, app_store: Store, sid: str
+) -> None:
+    # curl -F file=@a -F attachment=@b was a 201 for a alone, b silently dropped; either order.
+    for files in (
+        [("file", ("a.txt", b"a")), ("attachment", ("b.txt", b"b"))],
+        [("attachment", ("b.txt", b"b")), ("file", ("a.txt", b"a"))],
+    ):
+        response = app_client.post(f"/sessions/{sid}/files", files=files)
+        assert_error(
+            response,
+            400,
+            "bad_request",
+            "the form field 'attachment' holds a file ('b.txt'), which this server would not "
+            "store: it stores the field 'file' only, one file a request. Nothing was stored; "
+            "send each file as 'file', in a request of its own",
+        )
+    assert app_client.get(f"/sessions/{sid}/files").json()["items"] == []
+    assert list(app_store.root.tmp_dir.iterdir()) == []
 
 
 def test_a_body_that_is_not_multipart_is_400(app_client: TestClient, sid: str) -> None:
@@ -601,3 +622,33 @@ def test_a_session_holds_at_most_max_files_per_session_files(app_config: Config)
         assert client.put(f"/sessions/{sid}/files/a.txt", content=b"y").status_code == 200
         assert client.delete(f"/sessions/{sid}/files/b.txt").status_code == 200
         assert client.put(f"/sessions/{sid}/files/c.txt", content=b"z").status_code == 201
+
+
+def test_a_json_body_in_a_charset_other_than_utf8_is_refused_not_misread(
+    app_client: TestClient, app_store: Store
+) -> None:
+    # Latin-1's "Ã©" is the bytes C3 A9, which read as UTF-8 are "é": a 201 for a title its
+    # client did not send.
+    for charset in ("latin-1", "ISO-8859-1", '"utf-16"'):
+        response = app_client.post(
+            "/sessions",
+            content='{"title": "Ã©"}'.encode("latin-1"),
+            headers={"Content-Type": f"Application/JSON; Charset={charset}"},
+        )
+        assert_error(
+            response,
+            415,
+            "unsupported_media_type",
+            f"POST /sessions reads its JSON as UTF-8 (RFC 8259), and this body says "
+            f"charset={charset.strip(chr(34))!r}: read as UTF-8, its text would not be the text "
+            "sent, so nothing was stored. Send the JSON in UTF-8, with charset=utf-8 or no charset",
+        )
+    assert app_store.list_sessions().total == 0
+    for charset in ("utf-8", "UTF8", '"UTF-8"'):
+        response = app_client.post(
+            "/sessions",
+            content='{"title": "é"}'.encode(),
+            headers={"Content-Type": f"application/json; charset={charset}"},
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["title"] == "é"

@@ -797,3 +797,59 @@ def test_a_large_download_replaced_while_it_is_read_sends_the_old_bytes_whole(
         received += b"".join(pieces)
     assert hashlib.sha256(received).hexdigest() == hashlib.sha256(old).hexdigest()
     assert httpx.get(url, headers=server.headers).content == b"new"
+
+
+def test_a_range_starlette_would_half_read_is_refused_naming_the_part(
+    unlimited: TestClient, sid: str
+) -> None:
+    # Starlette skipped a part it could not read and served the rest (bytes=2-4,x was a 206
+    # of one range), and read numbers as int() does (+2, 1_0, a full-width digit).
+    stored(unlimited, sid, "r.bin", b"0123456789ab")
+    url = f"/sessions/{sid}/files/r.bin"
+    for wanted, part in (
+        ("bytes=2-4,x", "x"),
+        ("bytes=+2-4", "+2-4"),
+        ("bytes=1_0-11", "1_0-11"),
+        ("bytes=\uff12-4", "\uff12-4"),
+        ("bytes=0-1,2", "2"),
+    ):
+        answer = unlimited.get(url, headers={b"Range": wanted.encode()})
+        assert answer.status_code == 400, (wanted, answer.text)
+        shown = part.encode().decode("latin-1")  # as Starlette decodes a header
+        assert answer.json()["message"] == (
+            f"malformed Range header {wanted.encode().decode('latin-1')!r}: {shown!r} is not a "
+            "range; each is first-last, first- or -suffix in digits (bytes=0-99, bytes=100-, "
+            "bytes=-50). Nothing was sent"
+        ), wanted
+    # Empty list elements and spaces around them are allowed (RFC 9110, 5.6.1).
+    answer = unlimited.get(url, headers={"Range": "bytes=2-4, ,\t"})
+    assert (answer.status_code, answer.content) == (206, b"234")
+
+
+def test_a_download_evaluates_if_match_rather_than_ignore_it(
+    unlimited: TestClient, sid: str
+) -> None:
+    # Ignored, If-Match on a GET gave a client that asked for the version it had read another
+    # client's newer one, as a 200 it took for that version (RFC 9110, 13.1.1: must evaluate).
+    url = f"/sessions/{sid}/files/v.txt"
+    stored(unlimited, sid, "v.txt", b"version 1")
+    old = unlimited.head(url).headers["etag"]
+    assert unlimited.put(url, content=b"version 2").status_code == 200
+    new = unlimited.head(url).headers["etag"]
+    for method in ("GET", "HEAD"):
+        refused = unlimited.request(method, url, headers={"If-Match": old})
+        assert refused.status_code == 412, refused.text
+    message = unlimited.get(url, headers={"If-Match": old}).json()["message"]
+    assert message == (
+        f"GET of file 'v.txt' in session {sid} refused: If-Match: {old} does not name its "
+        f"current version, ETag {new}, which another request wrote since; nothing was "
+        f"changed. GET or HEAD the file for its current bytes and ETag, then send the GET "
+        f"again with If-Match: {new}"
+    )
+    for condition in (new, "*", f"{old}, {new}"):
+        answer = unlimited.get(url, headers={"If-Match": condition})
+        assert (answer.status_code, answer.content) == (200, b"version 2"), condition
+    dated = unlimited.get(url, headers={"If-Unmodified-Since": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert dated.status_code == 400
+    assert dated.json()["code"] == "precondition_unsupported"
+    assert "does not evaluate If-Unmodified-Since" in dated.json()["message"]

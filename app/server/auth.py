@@ -59,7 +59,8 @@ def require_token(config: Config) -> HTTPBearer:
 
 class TokenRoute(APIRoute):
     """An `APIRoute` that checks its bearer token itself, first, rather than as a dependency,
-    then its query string (`refuse_query`).
+    then its query string (`refuse_query`), then, on a route that takes no body, that none
+    was sent (`refuse_body`).
 
     The token stays among the route's dependencies, so the OpenAPI document shows the
     route's security as before; the handler is built without it and calls it before
@@ -84,15 +85,56 @@ class TokenRoute(APIRoute):
             self.dependant = documented
         (token,) = tokens
         known = tuple(_query_names(documented))
-        operation = f"{'/'.join(sorted(self.methods or ()))} {self.path}"
+        operation = f"{'/'.join(sorted(self.methods or ()))} {self.path_format}"
+        # A route that reads its body itself says so in its OpenAPI `requestBody`.
+        takes_body = bool(documented.body_params) or "requestBody" in (self.openapi_extra or {})
 
         async def checked(request: Request) -> Response:
             await token(request)
             if query := request.scope["query_string"]:
                 refuse_query(query, known, operation)
+            if not takes_body:
+                await refuse_body(request, known, operation)
             return await handler(request)
 
         return checked
+
+
+async def refuse_body(request: Request, known: tuple[str, ...], operation: str) -> None:
+    """Refuse a body on a route that takes none, rather than ignore it.
+
+    FastAPI never reads such a body: ``POST /trash/empty`` with ``{"older_than": 86400}``
+    emptied the whole trash for good, its client believing it asked for a day's entries only.
+    A ``Content-Length`` over 0 is refused before a byte is read; a chunked body once its
+    first chunk holds a byte (an empty one, a last chunk alone, is no body).
+
+    Raises:
+        BadRequestError: naming the route, what was sent, and where its parameters go.
+    """
+    length = request.headers.get("content-length")
+    if length is not None and length.strip("0 ") == "":
+        return  # "0": no body
+    if length is None:
+        if "transfer-encoding" not in request.headers:
+            return
+        async for chunk in request.stream():
+            if chunk:
+                break
+        else:
+            return
+        sent = "a chunked body"
+    else:
+        sent = f"a body of {length} bytes"
+    where = (
+        f"give what it takes in the query string ({' and '.join(known)})"
+        if known
+        else "it takes no parameter but its path"
+    )
+    raise BadRequestError(
+        f"request refused: {operation} takes no body, and this request has {sent}, which "
+        f"the server would ignore, doing other than its sender meant; nothing was done. Send "
+        f"no body: {where}"
+    )
 
 
 def _query_names(dependant: Dependant) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
@@ -15,6 +16,9 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
 
 from app.server.problems import ProblemResponse, problem
+
+# One range of RFC 9110's range-set (14.1.2): first-last, first- or -suffix, in ASCII digits.
+_RANGE_SPEC = re.compile(r"[0-9]+-[0-9]*|-[0-9]+", re.ASCII)
 
 
 class OpenFileResponse(FileResponse):
@@ -63,6 +67,14 @@ class OpenFileResponse(FileResponse):
             return None
         assert self.stat_result is not None  # given by __init__
         size = self.stat_result.st_size
+        if (part := _malformed_range(wanted)) is not None:
+            return problem(
+                400,
+                "bad_request",
+                f"malformed Range header {wanted!r}: {part!r} is not a range; each is "
+                "first-last, first- or -suffix in digits (bytes=0-99, bytes=100-, bytes=-50). "
+                "Nothing was sent",
+            )
         try:
             self._parse_range_header(wanted, size)
         except MalformedRangeHeader as error:
@@ -101,3 +113,21 @@ def _object_stat(file: BinaryIO) -> os.stat_result:
     file.seek(0)
     mtime = float(getattr(file, "mtime", 0.0))
     return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, size, mtime, mtime, mtime))
+
+
+def _malformed_range(wanted: str) -> str | None:
+    """The first range of a ``bytes=`` Range that is not one, else None.
+
+    Starlette skips such a part and serves the rest, and reads a number as Python's int()
+    does: ``bytes=2-4,x`` was a 206 of one range where two were asked for, and ``+2``,
+    ``1_0`` or a full-width digit were numbers. Empty list elements are allowed, as
+    RFC 9110 (5.6.1) says a recipient must accept them; another unit is left to Starlette.
+    """
+    unit, _, ranges = wanted.partition("=")
+    if unit.strip().lower() != "bytes":
+        return None
+    for element in ranges.split(","):
+        part = element.strip(" \t")
+        if part and _RANGE_SPEC.fullmatch(part) is None:
+            return part
+    return None

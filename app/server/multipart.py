@@ -116,6 +116,23 @@ def _refuse_a_cut_path(disposition: bytes) -> None:
         raise InvalidNameError("file name", shown, "it contains a path separator")
 
 
+def _refuse_another_file(params: dict[bytes, bytes]) -> None:
+    """Refuse a file in a form field other than ``file``: it would be dropped unstored.
+
+    Text fields are read past (a browser's form sends its buttons and tokens), but
+    ``curl -F file=@a -F attachment=@b`` was a 201 for ``a`` alone, its client believing both
+    stored.
+    """
+    filename = params.get(b"filename", params.get(b"filename*"))
+    if filename is not None:
+        field = params.get(b"name", b"").decode("utf-8", "replace")
+        raise BadRequestError(
+            f"the form field {field!r} holds a file ({filename.decode('utf-8', 'replace')!r}), "
+            "which this server would not store: it stores the field 'file' only, one file a "
+            "request. Nothing was stored; send each file as 'file', in a request of its own"
+        )
+
+
 def _refuse_a_second_name(disposition: bytes) -> None:
     # python-multipart keeps the last of two `filename` (or `name`) parameters and takes no
     # notice of `filename*`: a proxy or a scanner that read another one checked another name
@@ -281,6 +298,7 @@ class MultipartSink:
         disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or params.get(b"name") != b"file":
             self._in_file = False
+            _refuse_another_file(params)
             return
         if self.upload is not None or self._pending_name is not None:
             raise BadRequestError("more than one form field 'file'; upload one file per request")

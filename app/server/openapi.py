@@ -22,8 +22,9 @@ from app.server.problems import PROBLEM_MEDIA_TYPE
 _ERRORS: Final = {
     400: (
         "Malformed id or name, or a malformed body or `If-Match` (`invalid_name`, "
-        "`bad_request`); a query parameter the operation does not take, or one given twice "
-        "(`bad_request`); a write that names a precondition it does not evaluate "
+        "`bad_request`); a query parameter the operation does not take, or one given twice, "
+        "or a body on an operation that takes none (`bad_request`); a write that names a "
+        "precondition it does not evaluate "
         "(`precondition_unsupported`): a file's writes evaluate `If-Match` and a PUT's "
         "`If-None-Match: *`, a session's none. An upload whose `Repr-Digest` or "
         "`Content-Digest` is not the SHA-256 of the bytes received (`digest_mismatch`) or "

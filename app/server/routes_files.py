@@ -195,29 +195,23 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
                 "content": BINARY,
                 "headers": REPR_DIGEST,
             },
-            **errors(400, 401, 404, 416),
+            **errors(400, 401, 404, 412, 416),
         },
     }
 
-    def get_file(session_id: SessionId, name: FileName) -> FileResponse:
-        """The file's bytes, as an attachment."""
-        file, entry = store.open_file(session_id, name)
-        try:
-            return OpenFileResponse(
-                file,
-                media_type="application/octet-stream",
-                filename=entry["name"],
-                headers=_download_headers(entry),
-            )
-        except BaseException:
-            file.close()
-            raise
+    def get_file(
+        session_id: SessionId, name: FileName, request: Request
+    ) -> FileResponse | ProblemResponse:
+        """The file's bytes, as an attachment (with `If-Match`, only a version named there)."""
+        return _download(store, session_id, name, request)
 
     app.get(_FILE_PATH, operation_id="getFile", **download)(get_file)
 
-    def head_file(session_id: SessionId, name: FileName) -> FileResponse:
+    def head_file(
+        session_id: SessionId, name: FileName, request: Request
+    ) -> FileResponse | ProblemResponse:
         """The file's headers (size, ETag) without its bytes."""
-        return get_file(session_id, name)
+        return get_file(session_id, name, request)
 
     app.head(_FILE_PATH, operation_id="headFile", **download)(head_file)
 
@@ -281,6 +275,34 @@ async def _receive(
 
 
 _PRECONDITIONS: Final = ("if-match", "if-unmodified-since", "if-none-match")
+
+
+def _download(
+    store: Storage, session_id: str, name: str, request: Request
+) -> FileResponse | ProblemResponse:
+    """A file's download, with its ``If-Match`` evaluated as RFC 9110 (13.1.1) says it must be.
+
+    Ignored, a client that asked for the version it had read got another client's newer one
+    as if it were that one. ``If-Unmodified-Since`` alone is refused, as on a write (a second
+    cannot tell two versions apart); ``If-None-Match`` and ``If-Modified-Since`` are not
+    evaluated (never a 304, which is always correct).
+    """
+    if "if-unmodified-since" in request.headers and "if-match" not in request.headers:
+        return unsupported_precondition(request, ["if-unmodified-since"])
+    wanted = if_match_of(request)
+    file, entry = store.open_file(session_id, name)
+    try:
+        if wanted is not None:
+            wanted.require(request.method, session_id, name, entry.get("sha256"))
+        return OpenFileResponse(
+            file,
+            media_type="application/octet-stream",
+            filename=entry["name"],
+            headers=_download_headers(entry),
+        )
+    except BaseException:
+        file.close()
+        raise
 
 
 def preconditions(request: Request, *, file: bool = False, delete: bool = False) -> list[str]:

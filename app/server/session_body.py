@@ -17,6 +17,7 @@ from typing import Any, Final
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 
 from app.errors import BodyTooLargeError, MetadataTooLargeError
@@ -39,6 +40,7 @@ async def session_create(request: Request) -> SessionCreate:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type.lower() != "application/json" and not content_type.lower().endswith("+json"):
         raise HTTPException(415, f"POST /sessions takes application/json, not {content_type!r}")
+    _refuse_charset(request.headers.get("content-type"))
     raw = await _read_body(request, MAX_SESSION_BODY_BYTES, "creating a session")
     # No body at all is no title and no metadata; anything else must be JSON (whitespace alone
     # is not, and "\x0b" is not even JSON whitespace).
@@ -61,6 +63,22 @@ async def session_create(request: Request) -> SessionCreate:
         raise _invalid(("title",), TITLE_NUL, "string_nul")
     _check_metadata(body.metadata)
     return body
+
+
+def _refuse_charset(content_type: str | None) -> None:
+    """Refuse a ``charset`` other than UTF-8: JSON is UTF-8 (RFC 8259, 8.1), and the body is
+    read so whatever it says. ``charset=latin-1`` with the bytes ``C3 A9`` (Latin-1's "Ã©")
+    was stored as "é", a 201 for a title its client did not send."""
+    _, params = parse_options_header(content_type)
+    charset = params.get(b"charset")
+    if charset is not None and charset.decode("latin-1").lower() not in {"utf-8", "utf8"}:
+        raise HTTPException(
+            415,
+            f"POST /sessions reads its JSON as UTF-8 (RFC 8259), and this body says "
+            f"charset={charset.decode('latin-1')!r}: read as UTF-8, its text would not be the "
+            "text sent, so nothing was stored. Send the JSON in UTF-8, with charset=utf-8 or "
+            "no charset",
+        )
 
 
 def _refuse_unknown_fields(data: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from difflib import get_close_matches
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,35 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def _refuse_misread_marks(node: pytest.Item) -> None:
+    """Fail a test whose ``app_profile`` mark would not say what its writer meant.
+
+    A misspelt mark (``app_profiles``) is one pytest only warns of; a keyword
+    (``app_profile(names=["production"])``) or a list (``app_profile(["production"])``) was
+    read as no profile, or as one named ``"['production']"``. Each test then ran without the
+    profiles it asked for, and its refusal said to add the mark it had.
+    """
+    for mark in node.iter_markers():
+        if mark.name != "app_profile" and get_close_matches(mark.name, ["app_profile"], cutoff=0.8):
+            pytest.fail(
+                f"app: {node.nodeid} is marked {mark.name!r}, which is no mark of the app "
+                "(did you mean 'app_profile'?); the test would run without the profiles it "
+                "names. Spell it @pytest.mark.app_profile(...)",
+                pytrace=False,
+            )
+    for mark in node.iter_markers("app_profile"):
+        wrong = [repr(a) for a in mark.args if not isinstance(a, str)]
+        wrong += [f"{k}={v!r}" for k, v in mark.kwargs.items()]
+        if wrong or not mark.args:
+            what = f"takes {', '.join(wrong)}" if wrong else "names no profile"
+            pytest.fail(
+                f"app: {node.nodeid}: @pytest.mark.app_profile {what}, and it reads only "
+                "profile names given as strings; the test would run without the profiles it "
+                "means. Write @pytest.mark.app_profile('production', ...)",
+                pytrace=False,
+            )
+
+
 @pytest.fixture(autouse=True)
 def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     """Apply ``app_profile`` marks and make sure no test removes the sandbox marker."""
@@ -294,6 +324,7 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     if state is None:
         yield
         return
+    _refuse_misread_marks(request.node)
     names = [name for mark in request.node.iter_markers("app_profile") for name in mark.args]
     previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
     marked = state.run
