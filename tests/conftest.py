@@ -65,8 +65,7 @@ KILL_9 = "tests/test_integrity.py::test_kill_9_at_random_instants_loses_nothing_
 POSTGRESQL_HOW_TO = "tests/test_docs_remote.py::test_the_postgresql_how_to_runs_as_written"
 #: The hostile suites next to production's replica pair on the engines.
 REMOTE_HOSTILE = (
-    "tests/test_remote_hostile.py::"
-    "test_hostile_runs_leave_production_s_replica_pair_byte_identical"
+    "tests/test_remote_hostile.py::test_hostile_runs_leave_production_s_replica_pair_byte_identical"
 )
 #: A part of the suite in a pytest subprocess next to live servers of every profile.
 NEXT_TO_LIVE_SERVERS = (
