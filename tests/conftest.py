@@ -63,6 +63,10 @@ FUZZING = "tests/test_openapi.py::test_schemathesis_finds_nothing"
 KILL_9 = "tests/test_integrity.py::test_kill_9_at_random_instants_loses_nothing_acknowledged"
 #: The PostgreSQL how-to's commands, run as written on the engines.
 POSTGRESQL_HOW_TO = "tests/test_docs_remote.py::test_the_postgresql_how_to_runs_as_written"
+#: The hostile suites next to production's replica pair on the engines.
+REMOTE_HOSTILE = (
+    "tests/test_remote_hostile.py::test_hostile_runs_leave_production_s_replica_pair_byte_identical"
+)
 #: A part of the suite in a pytest subprocess next to live servers of every profile.
 NEXT_TO_LIVE_SERVERS = (
     "tests/test_next_to_live_servers.py::"
@@ -117,6 +121,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         # Its own server, as app_live_server starts a local one: only on a local profile.
         fuzz = fuzzing.module.fuzz_a_server_of_its_own
         head_start.begin(config, "schemathesis", lambda: fuzz(factory, environ), _nothing)
+    hostile = head_start.collected(session, REMOTE_HOSTILE)
+    if isinstance(hostile, pytest.Function):  # it asks for both engines, queued above
+        run_hostile = hostile.module.run_hostile_next_to_a_pair
+
+        def next_to_a_pair() -> object:
+            postgres, s3 = (head_start.shared(config, name) for name in ("postgres", "s3"))
+            where = factory.mktemp("remote-hostile")
+            return run_hostile(where, postgres, s3, environ)
+
+        head_start.begin(config, "remote-hostile", next_to_a_pair, _nothing)
 
 
 #: The files whose tests take longest under ``-n 2``, longest first (the seconds of their

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -125,7 +125,7 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def scratch() -> str:
+def scratch(environ: Mapping[str, str] | None = None) -> str:
     """The test run's scratch suffix (``""`` outside a run, for the benchmarks).
 
     Under pytest, the app connects only to databases and object prefixes whose names end
@@ -136,7 +136,7 @@ def scratch() -> str:
     """
     from app import sandbox
 
-    run = sandbox.current_run()
+    run = sandbox.current_run(environ)
     return run.scratch if run is not None else ""
 
 
@@ -629,4 +629,10 @@ _prefixes = itertools.count()
 def blob_url(s3_engine: S3Engine) -> str:
     """A fresh ``s3://bucket/prefix`` on the engine, nothing under it (left for the engine's
     removal at the end of the session), named as one of the run's scratch prefixes."""
-    return f"s3://{s3_engine.bucket}/t{os.getpid()}-{next(_prefixes)}{scratch()}"
+    return new_blob_url(s3_engine)
+
+
+def new_blob_url(s3_engine: S3Engine, environ: Mapping[str, str] | None = None) -> str:
+    """`blob_url`'s prefix, for a head start (tests/head_start.py) too: the run is the one
+    `environ` (this process's by default) names."""
+    return f"s3://{s3_engine.bucket}/t{os.getpid()}-{next(_prefixes)}{scratch(environ)}"

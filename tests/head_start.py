@@ -4,8 +4,9 @@ A serial run's tests keep one core busy. What a fixture or a test would otherwis
 when it is reached (the engines' start-ups, PostgreSQL ~0.7 s and ``weed mini`` ~1 s; the
 docs site's ``mkdocs build``, ~5 s; part of the suite in a pytest subprocess next to live
 servers, ~10 s; schemathesis against a server of its own, ~9 s; fifteen servers killed at
-random instants, ~11 s) runs meanwhile, one after
-the other, in a thread of this process, for the collected tests that need it. The test or
+random instants, ~11 s; the hostile suites next to production's replica pair on the engines,
+~19 s) runs meanwhile, one after the other, in a thread of this process, for the collected
+tests that need it. The test or
 fixture then takes the result (`result`): the same objects or outcome it would have made
 itself, and an engine that cannot start raises its skip or failure there, in the test that
 asked. Under xdist both cores are busy with tests, so nothing starts early (the fixtures

@@ -20,7 +20,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,10 +174,15 @@ _databases = itertools.count()
 
 @contextlib.contextmanager
 def production_on(
-    base: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
+    base: Path,
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
+    blob_url: str,
+    environ: Mapping[str, str] | None = None,
 ) -> Iterator[Production]:
     """Production on the engines, as the test run's processes see it; the replicas started
-    on it are killed at the end, and its database dropped.
+    on it are killed at the end, and its database dropped. Its processes' environment is
+    `environ` (this process's by default) with production's settings.
 
     Under pytest every remote profile is confined to the run's scratch database and prefix
     (the configured names plus the run's suffix; app.sandbox.confine_remote), production
@@ -187,7 +192,8 @@ def production_on(
     """
     from app import sandbox
 
-    run = sandbox.current_run()
+    environ = os.environ if environ is None else environ
+    run = sandbox.current_run(environ)
     assert run is not None and run.scratch, "the app plugin names a scratch suffix per run"
     configured = f"prod_{os.getpid()}_{next(_databases)}"
     scratch = configured + run.scratch
@@ -208,7 +214,7 @@ def production_on(
     )
     token = secrets.token_urlsafe(32)
     env = {
-        **os.environ,
+        **environ,
         "ENV_FOR_DYNACONF": "production",
         "APP_SETTINGS_DIR": str(settings_dir),
         "APP_API_TOKEN": token,

@@ -7,15 +7,17 @@ pytest knows it: a test may start its successor's child while its own runs.
 every run's output to the same two files; the runs of one test that do not depend on each
 other start here together, so that a serial outer run's idle core takes one of them.
 Each run is what ``runpytest_subprocess`` would start: ``python -mpytest``, a numbered
-``--basetemp`` under the test's directory, pytester's environment (`Pytester.popen`).
+``--basetemp`` under the test's directory, pytester's environment (`inner_environ`).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -32,17 +34,34 @@ INNER_ADDOPTS = "-p no:anyio -p no:time_machine -p no:platformdirs -p no:cachepr
 NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
 
 
-def runpytest_side_by_side(
-    pytester: pytest.Pytester, *runs: Sequence[str]
+def inner_environ(environ: Mapping[str, str], path: Path, tmproot: Path) -> dict[str, str]:
+    """What an inner run in `path` gets from `pytester` in a test whose environment is
+    `environ`: pytester's set-up (its home, its temporary root, no outer options, no colours),
+    tests/conftest.py's `INNER_ADDOPTS`, and `Pytester.popen`'s ``PYTHONPATH``. Built here so
+    that a head start (tests/head_start.py), which has no pytester, starts the same runs."""
+    env = dict(environ)
+    env.pop("TOX_ENV_DIR", None)
+    env |= {"PYTEST_DEBUG_TEMPROOT": str(tmproot), "PYTEST_ADDOPTS": INNER_ADDOPTS}
+    env |= {"HOME": str(path), "USERPROFILE": str(path), "PY_COLORS": "0"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+    return env
+
+
+def pytest_side_by_side(
+    path: Path, env: Mapping[str, str], *runs: Sequence[str]
 ) -> list[pytest.RunResult]:
-    """Start one ``runpytest_subprocess`` per argument list at once; their results in order."""
+    """Start one pytest per argument list at once, each as ``runpytest_subprocess`` would
+    (in `path`, with `env`: `inner_environ`); their results in order."""
     started = []
     for args in runs:
-        directory = Path(tempfile.mkdtemp(prefix="runpytest-", dir=pytester.path))  # 0700
+        directory = Path(tempfile.mkdtemp(prefix="runpytest-", dir=path))  # 0700
         out, err = directory.with_suffix(".stdout"), directory.with_suffix(".stderr")
         with out.open("w", encoding="utf8") as stdout, err.open("w", encoding="utf8") as stderr:
-            process = pytester.popen(
+            process = subprocess.Popen(
                 [sys.executable, "-mpytest", f"--basetemp={directory}", *args],
+                cwd=path,
+                env=env,
+                stdin=subprocess.DEVNULL,  # pytester's is a pipe it closes at once
                 stdout=stdout,
                 stderr=stderr,
             )

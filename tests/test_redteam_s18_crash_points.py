@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import step_ahead
 
-from app.config import Config
+from app.config import Config, load
 from app.storage import open_storage
 from app.store import Store
 
@@ -139,12 +140,13 @@ class Zygote:
             text=True,
         )
 
-    def run(self, op: str, crash_at: int, args: list[str]) -> bool:
+    def run(self, op: str, crash_at: int, args: list[str], root: Path) -> bool:
         """Run ``op`` in a child killed before its change ``crash_at``; whether it completed.
 
-        The child gets this process's environment as it is now (the test's data root)."""
+        The child gets this process's environment as it is now, on the data root `root`."""
         assert self.process.stdin is not None and self.process.stdout is not None
-        request = {"op": op, "crash_at": crash_at, "args": args, "env": dict(os.environ)}
+        env = {**os.environ, "APP_DATA_ROOT": str(root)}
+        request = {"op": op, "crash_at": crash_at, "args": args, "env": env}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
@@ -160,10 +162,12 @@ class Zygote:
 
 
 @pytest.fixture(scope="module")
-def zygote() -> Iterator[Zygote]:
-    started = Zygote()
+def zygotes() -> Iterator[list[Zygote]]:
+    """One zygote per lane of `step_ahead.steps` (two in a serial run, one under xdist)."""
+    started = [Zygote() for _ in range(step_ahead.width())]
     yield started
-    started.close()
+    for zygote in started:
+        zygote.close()
 
 
 _NOT_CONTENT = {".server.lock", ".app-profile.json", "audit.jsonl", "trash.json", "session.json"}
@@ -233,7 +237,7 @@ KILLED_START_UPS = {"replace"}
 
 @pytest.mark.parametrize("name", OPERATIONS)
 def test_a_kill_before_any_change_of_an_operation_loses_no_byte_and_leaves_a_clean_root(
-    app_config: Config, template: tuple[Path, dict[str, str]], zygote: Zygote, name: str
+    app_config: Config, template: tuple[Path, dict[str, str]], zygotes: list[Zygote], name: str
 ) -> None:
     saved, ids = template
     op, raw_args = OPERATIONS[name]
@@ -241,36 +245,52 @@ def test_a_kill_before_any_change_of_an_operation_loses_no_byte_and_leaves_a_cle
     # Emptying the trash removes its bytes on purpose, each entry in its turn.
     before = contents(saved, trash=name != "empty-trash")
     root = app_config.data_root
-    crash_at = 0
-    while True:
-        shutil.rmtree(root)
-        shutil.copytree(saved, root, symlinks=True)
-        completed = zygote.run(op, crash_at, args)
-        if not completed and name in KILLED_START_UPS:
-            # And the start-up that finds what the kill left is killed too, at each change.
-            crashed = root.with_name("crashed")
-            shutil.rmtree(crashed, ignore_errors=True)
-            shutil.copytree(root, crashed, symlinks=True)
-            start_at = 0
-            while True:
+    # Each kill on a fresh copy, the next one run meanwhile on a second root if a core is
+    # spare (tests/step_ahead.py). With killed start-ups, those are the steps run ahead.
+    lanes = step_ahead.lanes(root)
+    configs = [on_root(app_config, lane) for lane in lanes]
+
+    def kill(crash_at: int, lane: int) -> bool:
+        shutil.rmtree(lanes[lane], ignore_errors=True)
+        shutil.copytree(saved, lanes[lane], symlinks=True)
+        return zygotes[lane].run(op, crash_at, args, lanes[lane])
+
+    crashed = root.with_name("crashed")
+
+    def start(start_at: int, lane: int) -> bool:
+        shutil.rmtree(lanes[lane], ignore_errors=True)
+        shutil.copytree(crashed, lanes[lane], symlinks=True)
+        return zygotes[lane].run("start", start_at, [], lanes[lane])
+
+    ahead = 1 if name in KILLED_START_UPS else len(lanes)
+    with step_ahead.steps(kill, ahead) as kills:
+        for crash_at, lane, completed in kills:
+            if not completed and name in KILLED_START_UPS:
+                # And the start-up that finds what the kill left is killed too, at each change.
+                shutil.rmtree(crashed, ignore_errors=True)
+                shutil.copytree(root, crashed, symlinks=True)
+                with step_ahead.steps(start, len(lanes)) as starts:
+                    for start_at, start_lane, started in starts:
+                        if started:
+                            break
+                        what = f"{name} at {crash_at}, start at {start_at}"
+                        check_after_crashes(configs[start_lane], before, what)
                 shutil.rmtree(root)
                 shutil.copytree(crashed, root, symlinks=True)
-                if zygote.run("start", start_at, []):
-                    break
-                check_after_crashes(
-                    app_config, before, f"{name} at {crash_at}, start at {start_at}"
-                )
-                start_at += 1
-            shutil.rmtree(root)
-            shutil.copytree(crashed, root, symlinks=True)
-        after = check_after_crashes(app_config, before, f"{name} at {crash_at}")
-        if completed:
-            break
-        crash_at += 1
+            after = check_after_crashes(configs[lane], before, f"{name} at {crash_at}")
+            if completed:
+                break
     assert crash_at > 0
     print(f"{name}: killed before each of its {crash_at} changes")
     if name in {"replace", "upload"}:
         assert sha(args[2]) in after
+
+
+def on_root(config: Config, root: Path) -> Config:
+    """`config` (the test's), on the data root `root`."""
+    if root == config.data_root:
+        return config
+    return load("testing", environ={**os.environ, "APP_DATA_ROOT": str(root)})
 
 
 def check_after_crashes(config: Config, before: set[str], what: str) -> set[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import step_ahead
 from test_redteam_s18_crash_points import RUN_OPERATION, contents
 
 from app.config import Config, load
@@ -260,8 +261,11 @@ class Zygote:
         assert "crash" not in result, result["crash"]
         return result
 
-    def run(self, op: str, at: int, mode: str, args: list[str]) -> dict[str, Any]:
-        return self.ask({"op": op, "at": at, "mode": mode, "args": args, "env": dict(os.environ)})
+    def run(self, op: str, at: int, mode: str, args: list[str], root: Path) -> dict[str, Any]:
+        """`op` refused at its step `at` in a child on the data root `root` (the test's
+        environment otherwise)."""
+        env = {**os.environ, "APP_DATA_ROOT": str(root)}
+        return self.ask({"op": op, "at": at, "mode": mode, "args": args, "env": env})
 
     def close(self) -> None:
         assert self.process.stdin is not None
@@ -287,10 +291,12 @@ def can_make_immutable(directory: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def zygote() -> Iterator[Zygote]:
-    started = Zygote()
+def zygotes() -> Iterator[list[Zygote]]:
+    """One zygote per lane of `step_ahead.steps` (two in a serial run, one under xdist)."""
+    started = [Zygote() for _ in range(step_ahead.width())]
     yield started
-    started.close()
+    for zygote in started:
+        zygote.close()
 
 
 def open_store(config: Config) -> Store:
@@ -371,7 +377,7 @@ def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
     request: pytest.FixtureRequest,
     app_config: Config,
     template: tuple[dict[str, str], Path],
-    zygote: Zygote,
+    zygotes: list[Zygote],
     op: str,
     mode: str,
 ) -> None:
@@ -382,55 +388,62 @@ def test_an_operation_refused_at_any_step_changed_nothing_or_says_what_it_did(
         saved = request.getfixturevalue("damaged")
     args = [arg.format(**ids) for arg in OPERATIONS[op]]
     kept = contents(saved, trash=op != "empty-trash")
-    root = app_config.data_root
-    at = 0
+    roots = step_ahead.lanes(app_config.data_root)
     problems = []
-    while True:
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(saved, root, symlinks=True)
-        result = zygote.run(op, at, mode, args)
-        what = f"{op}, {mode} at {at}: {result['answer']}"
-        if at == 0:
-            before = result["before"]
-        after = result["after"]
-        if result["answer"].startswith("WRONG"):
-            problems.append(f"{what}: the wrong refusal")
-        refused = result["answer"] != "ok" and not result["answer"].startswith("PARTWAY")
-        if refused:
-            # Said to the client in the house form, which promises "nothing was changed".
-            code = "storage_permission_denied" if mode == "immutable" else "too_many_open_files"
-            assert f"({code})" in result["answer"], what
-        elif result["answer"] != "ok":
-            assert "(stopped_partway)" in result["answer"], what
-        if op == "repair":
-            # Each repair is whole on its own, so a stopped one may have made some; none
-            # changes what a session serves.
-            if (after["listed"], after["sessions"]) != (before["listed"], before["sessions"]):
-                problems.append(f"{what}: the repair changed what sessions serve")
-        elif refused and after != before:
-            problems.append(f"{what}: failed, but changed what clients see")
-        if after != result["disk"]:
-            problems.append(f"{what}: the Store shows {after}, the disk {result['disk']}")
-        if after["listed"] != sorted(after["sessions"]):
-            problems.append(
-                f"{what}: listed {after['listed']}, on disk {sorted(after['sessions'])}"
-            )
-        if result["answer"].startswith("PARTWAY"):
-            # The one refusal that may leave a change: it must say which part was made.
-            if op == "purge":
-                done, total = len(before["listed"]) - len(after["listed"]), len(before["listed"])
-                where = "in the trash"
-            else:
-                done = len(before["restorable"]) - len(after["restorable"])
-                total, where = len(before["restorable"]), "removed for good"
-            assert f"{op} stopped after {done} of {total} (" in result["answer"]
-            assert f"the {done} done are {where}" in result["answer"]
-            assert "the rest are unchanged. Resolve the cause (`ulimit -n`" in result["answer"]
-        if result["left"]:
-            problems.append(f"{what}: not clean after repair: {result['left']}")
-        if not kept <= contents(root):
-            problems.append(f"{what}: bytes lost")
-        if not result["starved"]:
-            break
-        at += 1
+
+    def step(at: int, lane: int) -> dict[str, Any]:
+        # Each step on a fresh copy of the template, in its lane's root and zygote.
+        shutil.rmtree(roots[lane], ignore_errors=True)
+        shutil.copytree(saved, roots[lane], symlinks=True)
+        return zygotes[lane].run(op, at, mode, args, roots[lane])
+
+    with step_ahead.steps(step, len(roots)) as steps:
+        for at, lane, result in steps:
+            root = roots[lane]
+            what = f"{op}, {mode} at {at}: {result['answer']}"
+            if at == 0:
+                before = result["before"]
+            after = result["after"]
+            if result["answer"].startswith("WRONG"):
+                problems.append(f"{what}: the wrong refusal")
+            refused = result["answer"] != "ok" and not result["answer"].startswith("PARTWAY")
+            if refused:
+                # Said to the client in the house form, which promises "nothing was changed".
+                code = "too_many_open_files"
+                code = "storage_permission_denied" if mode == "immutable" else code
+                assert f"({code})" in result["answer"], what
+            elif result["answer"] != "ok":
+                assert "(stopped_partway)" in result["answer"], what
+            if op == "repair":
+                # Each repair is whole on its own, so a stopped one may have made some; none
+                # changes what a session serves.
+                if (after["listed"], after["sessions"]) != (before["listed"], before["sessions"]):
+                    problems.append(f"{what}: the repair changed what sessions serve")
+            elif refused and after != before:
+                problems.append(f"{what}: failed, but changed what clients see")
+            if after != result["disk"]:
+                problems.append(f"{what}: the Store shows {after}, the disk {result['disk']}")
+            if after["listed"] != sorted(after["sessions"]):
+                problems.append(
+                    f"{what}: listed {after['listed']}, on disk {sorted(after['sessions'])}"
+                )
+            if result["answer"].startswith("PARTWAY"):
+                # The one refusal that may leave a change: it must say which part was made.
+                if op == "purge":
+                    total = len(before["listed"])
+                    done = total - len(after["listed"])
+                    where = "in the trash"
+                else:
+                    total = len(before["restorable"])
+                    done, where = total - len(after["restorable"]), "removed for good"
+                assert f"{op} stopped after {done} of {total} (" in result["answer"]
+                assert f"the {done} done are {where}" in result["answer"]
+                resolve = "the rest are unchanged. Resolve the cause (`ulimit -n`"
+                assert resolve in result["answer"]
+            if result["left"]:
+                problems.append(f"{what}: not clean after repair: {result['left']}")
+            if not kept <= contents(root):
+                problems.append(f"{what}: bytes lost")
+            if not result["starved"]:
+                break
     assert not problems, "\n".join(problems)

@@ -15,6 +15,9 @@ sessions, and still be listed as holders.
 The suites run once serially, those a worker must refuse on its own again under ``-n 2``, and
 a suite of its own with ``-p no:app``, next to the same pair, in one test: starting replicas
 per case would cost seconds each, and the cases need only that the pair is live.
+A serial run starts the pair and the three runs when collection ends, on the core its tests
+leave idle (tests/head_start.py), and the test checks what they reported; under xdist the
+test starts them itself.
 
 The app's own classes are replayed too, built by hand on production's URL (``RemoteStore``,
 ``pg.Holder``, ``pg.maintenance``, ``ObjectStore``...: the ``below_the_seam`` suite). What is
@@ -27,12 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import head_start
 import pytest
-from engines import PostgresEngine, S3Engine
+from engines import PostgresEngine, S3Engine, new_blob_url
 from hostile_suites import (
     REMOTE_HELPERS,
     REMOTE_SUITES,
@@ -40,7 +44,7 @@ from hostile_suites import (
     REMOTE_XDIST_SUITES,
 )
 from replicas import Production, production_on
-from side_by_side import runpytest_side_by_side
+from side_by_side import inner_environ, pytest_side_by_side
 from test_incident import fill, list_sessions
 
 SETTINGS = """\
@@ -154,13 +158,33 @@ class Pair:
         assert all(f"pid {pid}, profile production" in status.stdout for pid in pids)
 
 
-@pytest.fixture
-def pair(
-    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, blob_url: str
-) -> Iterator[Pair]:
+#: The inner runs, side by side: they share nothing but the pair they must leave alone.
+RUNS = {
+    "serial": ("-p", "no:randomly", *REMOTE_SUITES),
+    "xdist": ("-p", "no:randomly", "-n", "2", *REMOTE_XDIST_SUITES),
+    "without the plugin": ("-p", "no:randomly", "-p", "no:app", *REMOTE_WITHOUT_PLUGIN),
+}
+
+
+@dataclass
+class Hostile:
+    """What the hostile runs next to the pair reported, and what checking the pair after
+    them raised (None: production untouched and still served)."""
+
+    results: dict[str, pytest.RunResult]
+    untouched: BaseException | None
+
+
+def run_hostile_next_to_a_pair(
+    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, environ: dict[str, str]
+) -> Hostile:
+    """Start production's pair and fill it, run the hostile suites (`RUNS`) from the shell of
+    the incident next to it, check the pair, and stop it. `environ` is the test's (its
+    run's): a serial run starts this when collection ends (tests/head_start.py)."""
     base = tmp_path / "remote-production"
     base.mkdir()
-    with production_on(base, postgres_engine, s3_engine, blob_url) as production:
+    blob_url = new_blob_url(s3_engine, environ)
+    with production_on(base, postgres_engine, s3_engine, blob_url, environ) as production:
         production.start_pair()
         settings_dir = base / "hostile-settings"
         settings_dir.mkdir()
@@ -178,15 +202,27 @@ def pair(
         (settings_dir / ".secrets.toml").write_text(
             SECRETS.format(key=s3_engine.access_key_id, secret=s3_engine.secret_access_key)
         )
-        yield Pair(production, s3_engine, settings_dir)
+        pair = Pair(production, s3_engine, settings_dir)
+        inner, tmproot = tmp_path / "inner", tmp_path / "inner-tmp"
+        inner.mkdir()
+        tmproot.mkdir()
+        write_suites(inner)
+        env = export_production(inner_environ(environ, inner, tmproot), pair)
+        results = pytest_side_by_side(inner, env, *RUNS.values())
+        try:
+            # Whatever the inner runs reported, production must be untouched and still served.
+            pair.assert_untouched()
+        except BaseException as error:  # the test raises it, after its own checks
+            return Hostile(dict(zip(RUNS, results, strict=True)), error)
+        return Hostile(dict(zip(RUNS, results, strict=True)), None)
 
 
-def export_production(monkeypatch: pytest.MonkeyPatch, pair: Pair) -> None:
+def export_production(env: dict[str, str], pair: Pair) -> dict[str, str]:
     """The shell of the incident: production exported, no pytest of ours around."""
     production, s3 = pair.production, pair.s3
     for name in ("PYTEST_APP_SANDBOX", "PYTEST_APP_SANDBOX_OWNER", "PYTEST_CURRENT_TEST"):
-        monkeypatch.delenv(name, raising=False)
-    hostile = {
+        env.pop(name, None)
+    return env | {
         "HOSTILE_DATABASE_URL": production.database_url,
         "HOSTILE_BLOB_URL": production.blob_url,
         "HOSTILE_PRODUCTION_TOKEN": production.token,
@@ -203,14 +239,14 @@ def export_production(monkeypatch: pytest.MonkeyPatch, pair: Pair) -> None:
         "APP_S3_SECRET_ACCESS_KEY": s3.secret_access_key,
         "APP_API_TOKEN": production.token,
     }
-    for name, value in hostile.items():
-        monkeypatch.setenv(name, value)
 
 
-def write_suites(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(hostile_helpers=REMOTE_HELPERS)
+def write_suites(path: Path) -> None:
+    (path / "hostile_helpers.py").write_text(REMOTE_HELPERS)
     for directory, files in {**REMOTE_SUITES, **REMOTE_WITHOUT_PLUGIN}.items():
-        package = pytester.mkpydir(directory)
+        package = path / directory
+        package.mkdir()
+        (package / "__init__.py").write_text("")
         for name, source in files.items():
             (package / name).write_text(source)
 
@@ -225,20 +261,19 @@ HEADER = (
 
 
 def test_hostile_runs_leave_production_s_replica_pair_byte_identical(
-    pair: Pair, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
 ) -> None:
-    # One test for both runs: one pair, on one xdist worker of the outer run.
-    export_production(monkeypatch, pair)
-    write_suites(pytester)
-    runs = {
-        "serial": tuple(REMOTE_SUITES),
-        "xdist": ("-n", "2", *REMOTE_XDIST_SUITES),
-        "without the plugin": ("-p", "no:app", *REMOTE_WITHOUT_PLUGIN),
-    }
-    # Side by side: the runs share nothing but the pair they must leave alone.
-    results = runpytest_side_by_side(pytester, *(("-p", "no:randomly", *a) for a in runs.values()))
-    for name, result in zip(runs, results, strict=True):
-        try:
+    # One test for the three runs: one pair, on one xdist worker of the outer run.
+    hostile = head_start.result(
+        request.config,
+        "remote-hostile",
+        lambda: run_hostile_next_to_a_pair(tmp_path, postgres_engine, s3_engine, dict(os.environ)),
+    )
+    try:
+        for name, result in hostile.results.items():
             # Every inner test passes: each asserts on the refusal it meets.
             assert result.ret == 0, f"{name}: {result.stdout.str()}{result.stderr.str()}"
             result.assert_outcomes(passed=PASSED[name])
@@ -246,9 +281,10 @@ def test_hostile_runs_leave_production_s_replica_pair_byte_identical(
                 result.stdout.fnmatch_lines(HEADER)
             if name == "serial":  # under xdist a worker's atexit output is not the run's
                 result.stdout.fnmatch_lines(["ATEXIT exit=78 refused: *"])
-        finally:
-            # Whatever the inner run reported, production must be untouched and still served.
-            pair.assert_untouched()
+    finally:
+        # Whatever the inner runs reported, production must be untouched and still served.
+        if hostile.untouched is not None:
+            raise hostile.untouched
 
 
 @pytest.mark.app_profile("production")
