@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,13 @@ def test_a_worker_that_loses_its_connection_stops_every_worker_with_exit_70(
     rows = _workers_rows(production, server, 2)
     with psycopg.connect(production.database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_terminate_backend(%s)", (rows[0]["backend_pid"],))
-    assert server.process.wait(timeout=60) == 70
+    try:
+        code = server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        # Seen twice under load (stops 25 and 26), not reproduced in 10 runs: say where it
+        # stood, so the next one can be read.
+        pytest.fail(f"still running 60 s after its worker lost its connection:\n{server.output}")
+    assert code == 70
     assert "lost the connection that holds database" in server.output
     assert f"worker {rows[0]['pid']} stopped (exit 70); stopping the others" in server.output
     assert production.holders() == []
