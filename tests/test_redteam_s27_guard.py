@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
-from test_redteam_s24_guard import A_TEST, _inner_env
+from test_redteam_s24_guard import A_TEST, _inner_env, serving_one_session
 from test_server_e2e import Server, app_env
 
 #: How every refusal of this kind ends its first sentence's reason.
@@ -33,13 +33,8 @@ MOVE_IT = (
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A live server with one session."""
     root = tmp_path_factory.mktemp("s27") / "data"
-    server = Server(app_env(root), root.parent / "server.log").wait_ready()
-    try:
-        with server.client() as client:
-            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+    with serving_one_session(root, root.parent / "server.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _tmpdir(tmp_path: Path) -> str:
@@ -126,16 +121,23 @@ def test_what_pytest_writes_outside_any_test_is_refused_in_a_live_data_root(
     assert "Run pytest from a directory outside every data root" in runs[5], runs[5]
 
 
-def test_what_pytest_would_write_in_a_stopped_production_root_is_refused(
-    tmp_path: Path,
-) -> None:
-    # With no server, production's root holds no lock: the settings name it. A nested run's
-    # pyproject.toml sets cache_dir there, and --junitxml names a session's session.json.
+def _stopped_production(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the project's settings, and production's root in it holding one session,
+    with no server: only the settings name the root."""
     settings = copy_project_settings(tmp_path / "settings")
     production = settings / "data" / "production"
     subprocess.run(
         [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
     )
+    return settings, production
+
+
+def test_what_pytest_would_write_in_a_stopped_production_root_is_refused(
+    tmp_path: Path,
+) -> None:
+    # With no server, production's root holds no lock: the settings name it. A nested run's
+    # pyproject.toml sets cache_dir there, and --junitxml names a session's session.json.
+    settings, production = _stopped_production(tmp_path)
     session = next((production / "sessions").iterdir())
     before = _tree(production)
     project = tmp_path / "project"
@@ -185,11 +187,7 @@ def test_a_pycache_prefix_in_a_data_root_is_refused_before_the_tests_are_compile
     # assertion rewriting writes each test module's there too: in a data root, hundreds of
     # files under its sessions/. The run is refused once the plugin runs; what Python
     # compiled before (pytest itself) is written already, which the refusal says.
-    settings = copy_project_settings(tmp_path / "settings")
-    production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    settings, production = _stopped_production(tmp_path)
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_nothing.py").write_text(A_TEST)
@@ -292,11 +290,7 @@ def test_nested_runs_told_other_environments_and_options_stay_in_the_run(
     # refused, and production's session is left alone.
     if not _own_proc_allowed():
         pytest.skip("needs unshare --pid --mount-proc")
-    settings = copy_project_settings(tmp_path / "settings")
-    production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    settings, production = _stopped_production(tmp_path)
     before = _tree(production)
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "probe.py").write_text(PROBE)
