@@ -32,6 +32,7 @@ from app.server.uploads import refuse_content_coding
 from app.storage import MAX_METADATA_BYTES, TITLE_NUL
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_FIELDS: Final = tuple(SessionCreate.model_fields)  # built once, not on every create
 _JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
@@ -84,14 +85,13 @@ def _refuse_charset(content_type: str | None) -> None:
 def _refuse_unknown_fields(data: dict[str, Any]) -> None:
     """Refuse a field the body does not have: ``{"title": "a", "metdata": {...}}`` was a 201
     whose metadata was silently dropped (pydantic ignores extra fields by default)."""
-    fields = tuple(SessionCreate.model_fields)
     for key in data:
-        if key not in fields:
-            close = get_close_matches(key, fields, n=1)
+        if key not in _FIELDS:
+            close = get_close_matches(key, _FIELDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise _invalid(
                 (encodable(key),),
-                f"is not a field of a session{hint}; the body takes {' and '.join(fields)} "
+                f"is not a field of a session{hint}; the body takes {' and '.join(_FIELDS)} "
                 "(anything else goes inside metadata), and nothing was stored",
                 "extra_forbidden",
             )
