@@ -51,6 +51,7 @@ from app.errors import (
     SandboxViolationError,
     SettingsCastError,
     UnknownProfileError,
+    VariableMisspeltError,
 )
 
 if TYPE_CHECKING:
@@ -518,11 +519,57 @@ def _select(
     elif PROFILE_ENV in environ:
         name, source = environ[PROFILE_ENV], PROFILE_ENV
     else:
+        _refuse_misspelt_selector(environ, known)
         name, source = DEFAULT_PROFILE, "default"
     normalised = name.strip().lower()
     if not normalised or normalised not in known:
         raise UnknownProfileError(name, known, source)
     return normalised, source
+
+
+#: Names people give the profile's variable from other tools' habits (``APP_ENV`` as in
+#: Laravel, dynaconf's own ``DYNACONF_ENV`` of old examples).
+_PROFILE_HABITS = frozenset(
+    {
+        "APP_ENV",
+        "APP_ENVIRONMENT",
+        "APP_PROFILE",
+        "DYNACONF_ENV",
+        "DYNACONF_ENVIRONMENT",
+        "DYNACONF_PROFILE",
+    }
+)
+
+
+def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
+    """Refuse a variable meant to select the profile, before falling back to the default.
+
+    Layer 1 refuses ``ENV_FOR_DYNACONF=prod`` rather than falling back; a typo in the
+    variable's *name* (``ENV_FOR_DYNACOF``, ``env_for_dynaconf``) fell back silently, and so
+    did another tool's habit (``APP_ENV``) naming a profile. A habit is refused only when its
+    value names a profile other than the default (``APP_ENV=local`` is another tool's).
+    """
+
+    def names_another_profile(value: str) -> bool:
+        meant = value.strip().lower()
+        return meant in known and meant != DEFAULT_PROFILE
+
+    name = config_files.misspelt(environ, PROFILE_ENV, _PROFILE_HABITS, names_another_profile)
+    if name is not None:
+        meant = environ[name].strip().lower()
+        fix = (
+            f"export {PROFILE_ENV}={meant}; unset {name}"
+            if meant in known
+            else f"set {PROFILE_ENV} to one of {', '.join(known)} and unset {name}"
+        )
+        raise VariableMisspeltError(
+            name,
+            environ[name],
+            PROFILE_ENV,
+            "(or --profile) selects the profile",
+            f"the default profile {DEFAULT_PROFILE!r}",
+            fix,
+        )
 
 
 # Switches dynaconf honours that do not end in _FOR_DYNACONF: old spellings it still maps

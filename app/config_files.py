@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import threading
 import tomllib
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ from app.errors import (
     SettingsDirEmptyError,
     SettingsNotFoundError,
     SettingsSyntaxError,
+    VariableMisspeltError,
 )
 
 SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
@@ -39,6 +41,53 @@ _PROJECT = Path(__file__).resolve().parent.parent
 
 #: ``{profile: {key: (value, source)}}``, the source naming the file and section.
 Values = dict[str, dict[str, tuple[Any, str]]]
+
+
+#: Names people give the settings directory's variable from other habits.
+_SETTINGS_DIR_HABITS = frozenset(
+    {"APP_SETTINGS", "APP_SETTINGS_PATH", "APP_SETTINGS_DIRECTORY", "APP_CONFIG_DIR"}
+)
+
+
+def _holds_settings(value: str) -> bool:
+    return bool(value.strip()) and (Path(value).expanduser() / SETTINGS_FILE).is_file()
+
+
+def misspelt(
+    environ: Mapping[str, str],
+    meant: str,
+    habits: Collection[str],
+    habit_meant: Callable[[str], bool],
+) -> str | None:
+    """A variable in `environ` that looks meant as `meant`, which is not set, or None.
+
+    Looks meant: `meant` in another case (``env_for_dynaconf``), a near miss of its name
+    (one letter out, swapped or doubled: ``ENV_FOR_DYNACOF``), whatever its value; or one of
+    `habits` (names other tools use for the same thing) whose value `habit_meant`. Only names
+    of about its length that start or end as it does are compared, so a usual environment
+    costs a scan and no ``difflib``.
+    """
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper in habits:
+            if habit_meant(environ[name]):
+                return name
+        elif upper == meant:
+            return name  # another case of the name itself
+        elif abs(len(upper) - len(meant)) <= 2 and (
+            upper[:3] == meant[:3] or upper[-4:] == meant[-4:]
+        ):
+            import difflib  # here: only a near miss pays for it
+
+            if difflib.SequenceMatcher(None, upper, meant).ratio() >= _NEAR_MISS:
+                return name
+    return None
+
+
+#: `difflib`'s ratio from which a name is a near miss: one letter left out, added or
+#: swapped in a name of 15 letters is about 0.94, and ``FORCE_ENV_FOR_DYNACONF`` (a
+#: switch of its own) 0.84.
+_NEAR_MISS = 0.85
 
 
 def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -61,6 +110,16 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     else:
         where = _PROJECT
         reason = f"the project directory of the app package; {SETTINGS_DIR_ENV} is not set"
+        name = misspelt(env, SETTINGS_DIR_ENV, _SETTINGS_DIR_HABITS, _holds_settings)
+        if name is not None:
+            raise VariableMisspeltError(
+                name,
+                env[name],
+                SETTINGS_DIR_ENV,
+                "names the settings directory",
+                f"the settings in {where}",
+                f"export {SETTINGS_DIR_ENV}={shlex.quote(env[name])}; unset {name}",
+            )
     where = where.resolve()
     if not (where / SETTINGS_FILE).is_file():
         raise SettingsNotFoundError(where, reason)

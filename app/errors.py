@@ -262,6 +262,35 @@ class UnknownProfileError(ConfigError):
         )
 
 
+class VariableMisspeltError(ConfigError):
+    """A variable that looks meant as one the app reads, while that one is not set.
+
+    ``ENV_FOR_DYNACOF=production`` (or ``env_for_dynaconf``, ``DYNACONF_ENV``, ``APP_ENV``)
+    selects no profile, and ``APP_SETTING_DIR`` names no settings directory: without this
+    the app would run on its defaults, silently.
+    """
+
+    code = "variable_misspelt"
+
+    name: str
+    value: str
+    #: The variable it looks meant as, and what that one does.
+    meant: str
+    role: str
+    #: What the app uses while only `name` is set.
+    fallback: str
+    #: The command that does what `name` meant.
+    fix: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"environment variable {self.name}={self.value!r} looks meant as {self.meant}, "
+            f"but only {self.meant} {self.role}; as it is, the app would use {self.fallback}. "
+            f"To use what it names: {self.fix}. To use {self.fallback}: unset {self.name}"
+        )
+
+
 class DynaconfSwitchError(ConfigError):
     """A dynaconf switch variable that would silently change how settings load."""
 

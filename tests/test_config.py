@@ -44,6 +44,7 @@ from app.errors import (
     SettingsNotFoundError,
     SettingsSyntaxError,
     UnknownProfileError,
+    VariableMisspeltError,
 )
 
 KNOWN = ("development", "testing", "production")
@@ -243,6 +244,62 @@ def test_development_is_the_default_profile(
     config = load()
     assert (config.profile, config.profile_source) == ("development", "default")
     assert config.data_root == roots["development"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ENV_FOR_DYNACOF", "production"),  # a letter left out
+        ("ENV_FOR_DYNACONFS", "production"),
+        ("env_for_dynaconf", "production"),  # the shell's names are case-sensitive
+        ("ENV_FOR_DYNACONF_", "prod"),  # a near miss is refused whatever its value
+        ("DYNACONF_ENV", "production"),  # another tool's habit, naming a profile
+        ("APP_ENV", "Testing"),
+    ],
+)
+def test_a_misspelt_profile_variable_is_refused_not_a_silent_default(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    make_settings()
+    allow(monkeypatch, "development")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(VariableMisspeltError) as caught:
+        load()
+    meant = value.lower()
+    fix = (
+        f"export ENV_FOR_DYNACONF={meant}; unset {name}"
+        if meant in KNOWN
+        else f"set ENV_FOR_DYNACONF to one of development, testing, production and unset {name}"
+    )
+    assert str(caught.value) == (
+        f"environment variable {name}={value!r} looks meant as ENV_FOR_DYNACONF, but only "
+        "ENV_FOR_DYNACONF (or --profile) selects the profile; as it is, the app would use the "
+        f"default profile 'development'. To use what it names: {fix}. To use the default "
+        f"profile 'development': unset {name}"
+    )
+    assert caught.value.exit_code == 78
+    # Selected explicitly, the profile is what was asked for; the stray variable is not read.
+    assert load("development").profile == "development"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("APP_ENV", "local"),  # another tool's value, not a profile of this app
+        ("APP_ENV", "development"),  # the default: what runs is what it names
+        ("DYNACONF_PORT_X", "production"),  # not near ENV_FOR_DYNACONF
+        ("ENV_FOR_DJANGO", "production"),
+    ],
+)
+def test_a_variable_that_selects_nothing_different_is_left_alone(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    make_settings()
+    allow(monkeypatch, "development")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    monkeypatch.setenv(name, value)
+    assert (load().profile, load().profile_source) == ("development", "default")
 
 
 # --- data roots: resolved once, absolutely ----------------------------------------------------
@@ -1233,6 +1290,43 @@ def test_an_empty_app_settings_dir_is_refused_not_taken_as_the_current_directory
     with pytest.raises(SettingsNotFoundError) as caught:
         load("testing")
     assert "APP_SETTINGS_DIR is set but empty" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["APP_SETTING_DIR", "app_settings_dir", "APP_SETTINGS_DIRS"])
+def test_a_misspelt_app_settings_dir_is_refused_not_the_project_settings_silently(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    # The operator's settings (production's) are in tmp_path; the misspelt variable named
+    # them, and the app would have loaded the project's own settings.toml instead.
+    (tmp_path / "settings.toml").write_text('[production]\ndata_root = "/srv/app"\n')
+    monkeypatch.delenv(SETTINGS_DIR_ENV, raising=False)
+    monkeypatch.setenv(name, str(tmp_path))
+    with pytest.raises(VariableMisspeltError) as caught:
+        load("testing")
+    project = config_files.settings_dir({})
+    assert str(caught.value) == (
+        f"environment variable {name}={str(tmp_path)!r} looks meant as APP_SETTINGS_DIR, but "
+        "only APP_SETTINGS_DIR names the settings directory; as it is, the app would use the "
+        f"settings in {project}. To use what it names: export APP_SETTINGS_DIR={tmp_path}; "
+        f"unset {name}. To use the settings in {project}: unset {name}"
+    )
+    assert caught.value.exit_code == 78
+
+
+def test_another_tools_settings_variable_is_refused_only_if_it_names_settings(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "settings.toml").write_text("[testing]\n")
+    project = config_files.settings_dir({})
+    assert config_files.settings_dir({"APP_SETTINGS": str(tmp_path / "none")}) == project
+    assert config_files.settings_dir({"APP_CONFIG_DIR": "/etc/other-tool"}) == project
+    with pytest.raises(VariableMisspeltError, match="APP_CONFIG_DIR="):
+        config_files.settings_dir({"APP_CONFIG_DIR": str(tmp_path)})
+    # Set, the right variable wins; the other is not read.
+    assert (
+        config_files.settings_dir({"APP_SETTINGS_DIR": str(tmp_path), "APP_SETTING_DIR": "/x"})
+        == tmp_path.resolve()
+    )
 
 
 def test_a_dynaconf_switch_is_the_only_problem_reported_not_false_overlaps(

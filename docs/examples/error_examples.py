@@ -72,6 +72,14 @@ EXAMPLES: list[errors.AppError] = [
         "prod", ["development", "production", "testing"], "ENV_FOR_DYNACONF"
     ),
     errors.DynaconfSwitchError(["FORCE_ENV_FOR_DYNACONF"]),
+    errors.VariableMisspeltError(
+        "ENV_FOR_DYNACOF",
+        "production",
+        "ENV_FOR_DYNACONF",
+        "(or --profile) selects the profile",
+        "the default profile 'development'",
+        "export ENV_FOR_DYNACONF=production; unset ENV_FOR_DYNACOF",
+    ),
     errors.InvalidSettingError(
         "production", "port", 80000, "must be between 1 and 65535", "environment APP_PORT"
     ),
