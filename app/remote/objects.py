@@ -286,8 +286,9 @@ class ObjectStore:
             ),
         )
         self._timeouts = (
-            f"{read_timeout:g} s to read and {connect_timeout:g} s to connect, "
-            f"{max_attempts} attempt(s)"
+            f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
+            f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
+            "(s3_max_attempts)"
         )
         self._transfer = TransferConfig(
             multipart_threshold=part_bytes, multipart_chunksize=part_bytes
@@ -318,7 +319,7 @@ class ObjectStore:
             return ObjectStoreUnavailableError(
                 self.where,
                 f"{error}: it did not answer within {self._timeouts}, so it may be stopped or "
-                "overloaded",
+                "overloaded (if it is only slow, raise those settings)",
             )
         if isinstance(error, BotoCoreError):
             return ObjectStoreUnavailableError(self.where, str(error))

@@ -106,6 +106,8 @@ class RemoteStore(Storage):
         lock_wait_seconds: the longest a statement waits for a lock another connection
             holds (the ``database_lock_wait_seconds`` setting).
         pool_wait_seconds: the longest a request waits for a free pooled connection.
+        wait_seconds: the longest one wait for an answer of the database lasts (the
+            ``database_wait_seconds`` setting).
         on_close: called last by :meth:`close` (a maintenance command's exclusive hold,
             :func:`app.remote.pg.maintenance`, ends there).
 
@@ -131,6 +133,7 @@ class RemoteStore(Storage):
         maintenance: pg.Maintenance | None = None,
         lock_wait_seconds: float = 10.0,
         pool_wait_seconds: float = 30.0,
+        wait_seconds: float = 30.0,
     ) -> None:
         self.database_url = database_url
         self.db = Database(
@@ -143,6 +146,7 @@ class RemoteStore(Storage):
             maintenance=maintenance,
             lock_wait_seconds=lock_wait_seconds,
             pool_wait_seconds=pool_wait_seconds,
+            wait_seconds=wait_seconds,
         )
         self.objects = objects
         self.orphan_grace = orphan_grace
