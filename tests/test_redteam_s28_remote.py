@@ -81,6 +81,7 @@ def test_a_stopped_database_never_keeps_a_request_waiting_and_the_replica_serves
             session = client.post("/sessions", json={"title": "kept"}).json()["id"]
             url = f"/sessions/{session}/files/a.bin"
             assert client.put(url, content=b"acknowledged").status_code == 201
+            assert client.get("/ready").json()["status"] == "ready"
             with _stopped(_cluster(postgres_engine)):
                 _timed_out(client.get(f"/sessions/{session}"), "the request")
                 _timed_out(
@@ -89,9 +90,22 @@ def test_a_stopped_database_never_keeps_a_request_waiting_and_the_replica_serves
                 )
                 # Refused at its first read (the session's row), before a byte was stored.
                 _timed_out(client.put(url, content=b"never saved"), "the request")
+                # Liveness: the process runs. Readiness: it says which backend does not answer.
                 assert client.get("/health").status_code == 200
+                unready = wait_for(
+                    lambda: (r := client.get("/ready")).status_code == 503 and r, "unready"
+                ).json()
+                assert unready["status"] == "unready"
+                assert unready["checks"]["object store"] == "ok"
+                assert (
+                    "the database has not answered this server's heartbeat"
+                    in (unready["checks"]["database"])
+                )
+                assert "database_wait_seconds" in unready["message"]
+                assert "postgresql://" not in str(unready)  # no address, unauthenticated
             # Resumed: the pool heals, the replica kept its hold; what was acknowledged is
             # there, what was refused is not.
+            wait_for(lambda: client.get("/ready").status_code == 200, "ready again")
             wait_for(lambda: client.get(f"/sessions/{session}").status_code == 200, "healed")
             listed = client.get("/sessions").json()["items"]
             assert [s["id"] for s in listed] == [session]
@@ -277,6 +291,12 @@ def test_an_object_store_stopped_mid_upload_ends_it_within_its_settings_and_repo
                 assert "1 s to read (s3_read_timeout_seconds)" in message
                 assert "1 attempt(s) (s3_max_attempts)" in message
                 assert "`app data check` lists it" in message
+                unready = wait_for(
+                    lambda: (r := client.get("/ready")).status_code == 503 and r, "unready"
+                ).json()
+                assert unready["checks"]["database"] == "ok"
+                assert "the object store" in unready["checks"]["object store"]
+                assert "`app doctor`" in unready["checks"]["object store"]
                 engine.process.send_signal(signal.SIGCONT)
                 assert client.get(f"/sessions/{session}").json()["files"] == []
             assert replica.stop() == 0

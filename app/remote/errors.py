@@ -342,8 +342,9 @@ class DatabaseTimeoutError(DatabaseUnavailableError):
         "stopped or frozen (a process stopped with SIGSTOP, a host paused), overloaded, or "
         "the network to it may drop packets. The connection was closed before anything "
         "committed, so the database rolls back whatever of it began: nothing was changed. "
-        "Retry once it answers (`app doctor` checks that it does); if it is only slow, raise "
-        "database_wait_seconds (APP_DATABASE_WAIT_SECONDS)"
+        "Retry once it answers (`app doctor` checks that it does; `GET /ready` says whether "
+        "this server reaches it); if it is only slow, raise database_wait_seconds "
+        "(APP_DATABASE_WAIT_SECONDS)"
     )
 
     seconds: float

@@ -285,6 +285,7 @@ class ObjectStore:
                 read_timeout=read_timeout,
             ),
         )
+        self.read_timeout = read_timeout
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -507,6 +508,20 @@ class ObjectStore:
             return None  # some S3-compatible servers do not implement it
         status = answer.get("Status")
         return str(status) if status else None
+
+    def reachable(self) -> None:
+        """Ask the bucket's head, the cheapest request that needs the store and the
+        credentials (readiness).
+
+        Raises:
+            ObjectStoreUnavailableError: it did not answer in time, or refused.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.location.bucket)
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error) from None
 
     def first_names(self, count: int) -> list[str]:
         """Up to ``count`` names under the prefix, in key order (one listing request)."""

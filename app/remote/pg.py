@@ -30,6 +30,7 @@ import os
 import select
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -726,6 +727,10 @@ class Holder:
         self.ping_seconds = ping_seconds
         self.row: dict[str, Any] = {}
         self.error: HolderLostError | None = None
+        # The heartbeat, as `time.monotonic()`: when the last ping was sent, and when the
+        # last answer came. A ping asked long ago and not answered is a database that does
+        # not answer (stopped, cut off), which readiness reports without a query of its own.
+        self.asked = self.answered = time.monotonic()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -775,11 +780,18 @@ class Holder:
             ready, _, _ = select.select([self._wake_r, conn.fileno()], [], [], self.ping_seconds)
             if self._wake_r in ready:
                 return
+            self.asked = time.monotonic()
             try:
                 conn.execute("SELECT 1")
             except psycopg.Error as error:
                 self._lose(_reason(error))
                 return
+            self.answered = time.monotonic()
+
+    def silent_for(self) -> float:
+        """For how long a ping of the heartbeat has gone unanswered (0 when none waits)."""
+        asked, answered = self.asked, self.answered
+        return 0.0 if answered >= asked else time.monotonic() - asked
 
     def _lose(self, reason: str) -> None:
         self.error = HolderLostError(self.where, reason)
