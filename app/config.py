@@ -324,6 +324,31 @@ class Config:
         "holds (PostgreSQL's lock_timeout; 503 database_refused beyond)",
         10.0,
     )
+    database_wait_seconds: float = setting(
+        _positive_number,
+        "longest the app waits for one answer of the database (a statement, a commit) "
+        "before it closes that connection and answers 503 database_timeout; more than "
+        "database_lock_wait_seconds",
+        30.0,
+    )
+    s3_connect_timeout_seconds: float = setting(
+        _positive_number,
+        "longest one request to the object store waits to connect (503 "
+        "object_store_unavailable beyond, after s3_max_attempts)",
+        10.0,
+    )
+    s3_read_timeout_seconds: float = setting(
+        _positive_number,
+        "longest one request to the object store waits for the next bytes of its answer "
+        "(503 object_store_unavailable beyond, after s3_max_attempts)",
+        60.0,
+    )
+    s3_max_attempts: int = setting(
+        _int_in(1, 10),
+        "attempts of one request to the object store, the first included (retried on a "
+        "timeout, a dropped connection or a 5xx)",
+        3,
+    )
     host: str = setting(_non_empty_str, "address the server listens on", "127.0.0.1")
     port: int = setting(_int_in(1, 65535), "TCP port the server listens on", 8000)
     api_token: str | None = setting(_token, "bearer token clients must send", None, secret=True)
@@ -772,6 +797,7 @@ def _resolve_profile(
         values[name] = value
     problems.extend(_backend_problems(profile, given, sources))
     problems.extend(_committed_secrets(profile, values, sources))
+    problems.extend(_wait_problems(profile, values, sources))
     serving: list[ConfigError] = []
     # Resolved here, so that whatever removes data asks `Config.protected` and nothing else;
     # an explicit false only stops serving, and maintenance still needs its confirmation.
@@ -847,6 +873,27 @@ def _backend_problems(
                 f"profile uses because it sets {why}; set it in {where}",
                 "nowhere",
             )
+
+
+def _wait_problems(
+    profile: str, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> Iterator[ConfigError]:
+    """The client's bound on a database answer must outlast the server's lock_timeout: else a
+    statement that waits for a lock (and would be refused 55P03, naming the blocker) has its
+    connection closed first, with a vaguer message."""
+    wait, lock = values.get("database_wait_seconds"), values.get("database_lock_wait_seconds")
+    if wait is None or lock is None or wait > lock:
+        return
+    yield InvalidSettingError(
+        profile,
+        "database_wait_seconds",
+        wait,
+        f"must be more than database_lock_wait_seconds ({lock:g}, from "
+        f"{sources['database_lock_wait_seconds']}): a statement may wait that long for a lock "
+        "another client holds, and is then refused naming who holds it; raise "
+        "database_wait_seconds or lower database_lock_wait_seconds",
+        sources["database_wait_seconds"],
+    )
 
 
 def _committed_secrets(

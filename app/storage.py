@@ -521,6 +521,13 @@ class Storage(Protocol):
         """The error a holder that lost its data stops with (exit 70)."""
         ...
 
+    def readiness(self) -> dict[str, str | None]:
+        """What a server's ``GET /ready`` says of each backend this storage needs: ``None``
+        when it answers, else why not. From what the storage already knows: never a request
+        of its own per call. A local data root: nothing to say (its server stops when it
+        loses its lock)."""
+        return {}
+
     def close(self) -> None: ...
 
     # Both backends' stores subclass this protocol for the one `with` behaviour below.

@@ -533,6 +533,8 @@ def test_http_exchanges_match_the_server(app_client, app_store, app_config, tmp_
     show = _Exchanges(app_client)
     health = show.show("health", "GET", "/health")
     assert health.json()["profile"] == "testing"  # type: ignore[attr-defined]
+    ready = show.show("ready", "GET", "/ready")
+    assert ready.json()["status"] == "ready"  # type: ignore[attr-defined]
 
     body = {"title": "site visit", "metadata": {"parcel": "A-17"}}
     created = app_client.post("/sessions", json=body)  # the id is needed before it is shown

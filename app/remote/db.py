@@ -24,7 +24,9 @@ broken connection per thread.
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,7 @@ from app.remote.errors import (
     ConnectionLostError,
     DatabaseBusyError,
     DatabaseRefusedError,
+    DatabaseTimeoutError,
     DatabaseUnavailableError,
     HolderLostError,
 )
@@ -122,6 +125,10 @@ class Database:
             past it the statement is refused (:class:`DatabaseRefusedError`, 55P03).
         pool_wait_seconds: the longest a request waits for a free connection of the pool
             (:class:`~app.remote.errors.DatabaseBusyError` beyond).
+        wait_seconds: the longest one wait for an answer of the database lasts, on every
+            connection of the pool (:func:`app.remote.pg.bounded_connection`); past it the
+            connection is closed (:class:`~app.remote.errors.DatabaseTimeoutError`, or
+            :class:`~app.remote.errors.CommitUnknownError` for a commit).
 
     Raises:
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
@@ -140,6 +147,7 @@ class Database:
         maintenance: pg.Maintenance | None = None,
         lock_wait_seconds: float = 10.0,
         pool_wait_seconds: float = 30.0,
+        wait_seconds: float = 30.0,
     ) -> None:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -153,6 +161,9 @@ class Database:
         self.kind = kind
         self.read_only = read_only
         self.pool_size = pool_size
+        self.wait_seconds = wait_seconds
+        self._lent = 0  # connections lent to callers now
+        self._lending = threading.Lock()
         # Without a lock_timeout a statement waits for ever for a row or table another client
         # holds (`SELECT ... FOR UPDATE`, `LOCK TABLE` in psql), and holds its pool connection
         # meanwhile: eight such requests left every other one of the replica 30 s and then a
@@ -177,6 +188,9 @@ class Database:
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True, "row_factory": dict_row},
+            # A hung server (SIGSTOP, a frozen host) kept requests waiting for ever: the
+            # kernel acknowledges, so no TCP timeout fires (red team 28).
+            connection_class=pg.bounded_connection(wait_seconds),
             configure=configure,
             check=ConnectionPool.check_connection,
             name=f"app-{kind}",
@@ -207,12 +221,30 @@ class Database:
 
         try:
             with pg.refusals(self.where), self._pool.connection() as conn:
-                yield conn
+                with self._lending:
+                    self._lent += 1
+                try:
+                    yield conn
+                finally:
+                    with self._lending:
+                        self._lent -= 1
         except PoolTimeout as error:
+            if self._lent < self.pool_size:
+                # Not every connection is lent, and none came: the pool could not open one,
+                # or check one it had (its check timed out), in time. The server does not
+                # answer; it is not this process's requests that hold the pool.
+                raise DatabaseTimeoutError(
+                    self.where,
+                    f"no connection of the pool could be opened or checked: {_reason(error)}",
+                    self._pool.timeout,
+                    "the request",
+                ) from None
             # The server may answer well: this process's own requests hold every connection.
             raise DatabaseBusyError(
                 self.where, _reason(error), self._pool.timeout, self.pool_size
             ) from None
+        except pg.WaitTimeoutError as error:
+            raise DatabaseTimeoutError(self.where, _reason(error), error.seconds) from None
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
 
@@ -270,6 +302,14 @@ class Database:
             raise DatabaseBusyError(
                 error.where, error.reason, error.seconds, error.size, what
             ) from None
+        except DatabaseTimeoutError as error:
+            if committing:
+                # The COMMIT was sent and its answer never came: the server may have saved
+                # it, or may yet (it reads the COMMIT before the close when it resumes).
+                self._settle(begun, what, error)
+                return
+            # Closed before the COMMIT was sent: the server rolls it back.
+            raise DatabaseTimeoutError(error.where, error.reason, error.seconds, what) from None
         except DatabaseUnavailableError as error:
             if not committing:
                 if not lent:
@@ -305,9 +345,14 @@ class Database:
         raise what a caller must know if it was not, or if nobody can say."""
         try:
             with pg.connect(
-                self.database_url, purpose=f"app {self.kind}: outcome of a commit", autocommit=True
+                self.database_url,
+                purpose=f"app {self.kind}: outcome of a commit",
+                autocommit=True,
+                # libpq's least; bounded both ways, as the pool's connections are.
+                connect_timeout=max(2, math.ceil(self.wait_seconds)),
+                wait_seconds=self.wait_seconds,
             ) as conn:
-                status = self._xact_status(conn, begun)
+                status = self._xact_status(conn, begun, self.wait_seconds)
         except (DatabaseUnavailableError, psycopg.Error) as again:
             raise CommitUnknownError(
                 self.where, f"{error.reason}; then: {_reason(again)}", what
@@ -324,18 +369,21 @@ class Database:
         raise CommitUnknownError(self.where, f"{error.reason}; then: status {status}", what)
 
     @staticmethod
-    def _xact_status(conn: psycopg.Connection[Any], begun: dict[str, Any]) -> str | None:
+    def _xact_status(
+        conn: psycopg.Connection[Any], begun: dict[str, Any], wait_seconds: float
+    ) -> str | None:
         query = "SELECT pg_xact_status(%s::xid8) AS status"
         row = conn.execute(query, (begun["xid"],)).fetchone()
         if row is None or row[0] != "in progress":
             return None if row is None else row[0]
         # Its backend still runs (a half-open connection: the COMMIT may yet arrive). Ended
         # here, the transaction's outcome is final; the xid names the backend, not a pid
-        # that may have been reused.
+        # that may have been reused. A stopped backend does not end (SIGTERM waits for its
+        # SIGCONT): waited for half this connection's bound, then the outcome is unknown.
         conn.execute(
-            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE pid = %s"
+            "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity WHERE pid = %s"
             " AND backend_xid = (%s::xid8::text::numeric %% 4294967296)::text::xid",
-            (begun["pid"], begun["xid"]),
+            (min(10_000, max(1, round(wait_seconds * 500))), begun["pid"], begun["xid"]),
         )
         row = conn.execute(query, (begun["xid"],)).fetchone()
         return None if row is None else row[0]

@@ -314,14 +314,15 @@ class HolderLostError(AppError):
 class CommitUnknownError(DatabaseUnavailableError):
     """A change lost its connection while committing, and whether it was saved is unknown.
 
-    Raised only when the database cannot be asked afterwards: when it can, the change is
-    answered as the database decided (``pg_xact_status``).
+    Raised only when the database cannot tell afterwards (it does not answer, or the
+    transaction is still in progress in a backend that is stopped): when it can, the change
+    is answered as the database decided (``pg_xact_status``).
     """
 
     code = "commit_outcome_unknown"
     template = (
         "lost the connection to database {where} while committing {what} ({reason}), and "
-        "could not reach it again to learn the outcome: whether it was saved is unknown. "
+        "could not learn the outcome from it: whether it was saved is unknown. "
         "Its bytes, if any, were kept. Once the database answers, read it back before "
         "retrying (a retry of a create may make a second one); `app data check` lists an "
         "upload's object that no row names, and --repair deletes it"
@@ -330,13 +331,34 @@ class CommitUnknownError(DatabaseUnavailableError):
     what: str
 
 
+class DatabaseTimeoutError(DatabaseUnavailableError):
+    """The database did not answer within ``database_wait_seconds``: a server that is hung
+    rather than gone (stopped, frozen, overloaded, or a network that drops its packets),
+    which no TCP timeout notices (red team 28). The connection was closed."""
+
+    code = "database_timeout"
+    template = (
+        "database {where} did not answer {what} within {seconds:g} s ({reason}): it may be "
+        "stopped or frozen (a process stopped with SIGSTOP, a host paused), overloaded, or "
+        "the network to it may drop packets. The connection was closed before anything "
+        "committed, so the database rolls back whatever of it began: nothing was changed. "
+        "Retry once it answers (`app doctor` checks that it does; `GET /ready` says whether "
+        "this server reaches it); if it is only slow, raise database_wait_seconds "
+        "(APP_DATABASE_WAIT_SECONDS)"
+    )
+
+    seconds: float
+    what: str = "a statement"
+
+
 class DatabaseBusyError(DatabaseUnavailableError):
     """Every connection of this process's pool stayed in use for the pool's whole wait: the
     database answers, but this process's requests hold them all (red team 27)."""
 
     code = "database_busy"
     template = (
-        "no connection to database {where} came free within {seconds:g} s: all {size} of this "
+        "no connection to database {where} came free within {seconds:g} s "
+        "(database_wait_seconds): all {size} of this "
         "process's pool are held by requests still running ({reason}), so {what} was not "
         "begun and nothing was changed. Retry; `SELECT pid, state, wait_event, query FROM "
         "pg_stat_activity WHERE datname = current_database()` shows what they wait for (a "

@@ -285,9 +285,11 @@ class ObjectStore:
                 read_timeout=read_timeout,
             ),
         )
+        self.read_timeout = read_timeout
         self._timeouts = (
-            f"{read_timeout:g} s to read and {connect_timeout:g} s to connect, "
-            f"{max_attempts} attempt(s)"
+            f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
+            f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
+            "(s3_max_attempts)"
         )
         self._transfer = TransferConfig(
             multipart_threshold=part_bytes, multipart_chunksize=part_bytes
@@ -318,7 +320,7 @@ class ObjectStore:
             return ObjectStoreUnavailableError(
                 self.where,
                 f"{error}: it did not answer within {self._timeouts}, so it may be stopped or "
-                "overloaded",
+                "overloaded (if it is only slow, raise those settings)",
             )
         if isinstance(error, BotoCoreError):
             return ObjectStoreUnavailableError(self.where, str(error))
@@ -506,6 +508,20 @@ class ObjectStore:
             return None  # some S3-compatible servers do not implement it
         status = answer.get("Status")
         return str(status) if status else None
+
+    def reachable(self) -> None:
+        """Ask the bucket's head, the cheapest request that needs the store and the
+        credentials (readiness).
+
+        Raises:
+            ObjectStoreUnavailableError: it did not answer in time, or refused.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.location.bucket)
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error) from None
 
     def first_names(self, count: int) -> list[str]:
         """Up to ``count`` names under the prefix, in key order (one listing request)."""

@@ -30,6 +30,7 @@ import os
 import select
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -309,6 +310,51 @@ def mask_url(database_url: str) -> str:
 # --- connections -------------------------------------------------------------------------
 
 
+class WaitTimeoutError(psycopg.OperationalError):
+    """The server did not answer within a connection's ``wait_seconds``; the connection was
+    closed (see :func:`bounded_connection`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no answer within {seconds:g} s (database_wait_seconds); the connection was closed"
+        )
+        self.seconds = seconds
+
+
+def bounded_connection(wait_seconds: float) -> type[psycopg.Connection[Any]]:
+    """A connection class whose every wait for the server ends within ``wait_seconds``.
+
+    A server that is hung rather than gone (its processes stopped with SIGSTOP, a frozen VM,
+    a proxy that stops forwarding) leaves a query waiting for ever: the peer's kernel still
+    acknowledges every byte and every keepalive probe, so neither libpq's keepalives nor its
+    ``tcp_user_timeout`` fire, and ``statement_timeout`` runs in the server that is stopped.
+    libpq has no client-side bound on a query; a cancel request (``cancel_safe``) goes through
+    the postmaster and is handled by the backend, both of which may be the ones stopped. So
+    the wait is bounded here, in the one place every statement, fetch, commit and rollback of
+    a psycopg connection waits (`Connection.wait`, with psycopg's own deadline), and a wait
+    past it closes the connection, as pgx and JDBC's socketTimeout do: the server rolls back
+    what was not committed when it sees the close, and a pool discards the connection.
+    """
+    # psycopg's deadline raises its internal `_WaitTimeout` (an OperationalError); it is
+    # turned into `WaitTimeoutError` here, so that the rest of the app depends on no private
+    # name (tests/test_redteam_s28_remote.py fails if psycopg changes it).
+    from psycopg.errors import _WaitTimeout
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            if timeout is not None and timeout <= wait_seconds:
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(gen, interval, wait_seconds)
+            except _WaitTimeout:
+                # The generator stopped mid-exchange: what the server may still send is of
+                # no use, and the connection cannot be used again.
+                self.pgconn.finish()
+                raise WaitTimeoutError(wait_seconds) from None
+
+    return BoundedConnection
+
+
 def conninfo(database_url: str, *, purpose: str = "app", connect_timeout: int | None = None) -> str:
     """The connection string :func:`connect` uses (keepalives, ``application_name``); for a
     pool, which opens its connections itself. ``connect_timeout`` (seconds) replaces the
@@ -329,9 +375,11 @@ def connect(
     purpose: str = "app",
     autocommit: bool = False,
     connect_timeout: int | None = None,
+    wait_seconds: float | None = None,
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``
-    (``connect_timeout``: as for :func:`conninfo`).
+    (``connect_timeout``: as for :func:`conninfo`; ``wait_seconds``: every wait for an answer
+    bounded, as by :func:`bounded_connection`).
 
     Every connection of the app's own code (the stamp, a replica's :class:`Holder`,
     :func:`maintenance`, ``app status`` and ``app doctor``) opens here, so under a test run
@@ -343,7 +391,7 @@ def connect(
         DatabaseUnavailableError: the server cannot be reached.
     """
     sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
-    conn = _connect(database_url, purpose, autocommit, connect_timeout)
+    conn = _connect(database_url, purpose, autocommit, connect_timeout, wait_seconds)
     # Again with what libpq connected to, after its service file and the environment, which
     # may differ from what the URL seemed to name.
     info = conn.info
@@ -379,11 +427,16 @@ def check_encoding(conn: psycopg.Connection[Any], where: str) -> None:
 
 
 def _connect(
-    database_url: str, purpose: str, autocommit: bool, connect_timeout: int | None
+    database_url: str,
+    purpose: str,
+    autocommit: bool,
+    connect_timeout: int | None,
+    wait_seconds: float | None = None,
 ) -> psycopg.Connection[tuple[Any, ...]]:
     info = conninfo(database_url, purpose=purpose, connect_timeout=connect_timeout)
+    kind = psycopg.Connection if wait_seconds is None else bounded_connection(wait_seconds)
     try:
-        return psycopg.connect(info, autocommit=autocommit)
+        return kind.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
         raise DatabaseUnavailableError(mask_url(database_url), _reason(error)) from None
 
@@ -674,6 +727,10 @@ class Holder:
         self.ping_seconds = ping_seconds
         self.row: dict[str, Any] = {}
         self.error: HolderLostError | None = None
+        # The heartbeat, as `time.monotonic()`: when the last ping was sent, and when the
+        # last answer came. A ping asked long ago and not answered is a database that does
+        # not answer (stopped, cut off), which readiness reports without a query of its own.
+        self.asked = self.answered = time.monotonic()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -723,11 +780,18 @@ class Holder:
             ready, _, _ = select.select([self._wake_r, conn.fileno()], [], [], self.ping_seconds)
             if self._wake_r in ready:
                 return
+            self.asked = time.monotonic()
             try:
                 conn.execute("SELECT 1")
             except psycopg.Error as error:
                 self._lose(_reason(error))
                 return
+            self.answered = time.monotonic()
+
+    def silent_for(self) -> float:
+        """For how long a ping of the heartbeat has gone unanswered (0 when none waits)."""
+        asked, answered = self.asked, self.answered
+        return 0.0 if answered >= asked else time.monotonic() - asked
 
     def _lose(self, reason: str) -> None:
         self.error = HolderLostError(self.where, reason)

@@ -68,6 +68,9 @@ def _objects(config: Config) -> ObjectStore:
         config.s3_endpoint_url,
         config.s3_access_key_id,
         config.s3_secret_access_key,
+        connect_timeout=config.s3_connect_timeout_seconds,
+        read_timeout=config.s3_read_timeout_seconds,
+        max_attempts=config.s3_max_attempts,
     )
 
 
@@ -166,6 +169,9 @@ def open_remote(
             on_close=None if holder is not None else release.close,
             maintenance=maintenance,
             lock_wait_seconds=config.database_lock_wait_seconds,
+            # One bound for every wait on the database: a free connection, then each answer.
+            pool_wait_seconds=config.database_wait_seconds,
+            wait_seconds=config.database_wait_seconds,
         )
     except BaseException:
         release.close()

@@ -31,6 +31,7 @@ owns the holder.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -40,7 +41,7 @@ from app.digests import Digests
 from app.remote import pg
 from app.remote.check import check
 from app.remote.db import Database
-from app.remote.errors import HolderLostError
+from app.remote.errors import HolderLostError, ObjectStoreUnavailableError
 from app.remote.files import RemoteFiles
 from app.remote.objects import ObjectStore
 from app.remote.sessions import RemoteSessions
@@ -56,7 +57,10 @@ from app.storage import (
     TrashEntry,
 )
 
-__all__ = ["RemoteStore"]
+__all__ = ["PROBE_SECONDS", "RemoteStore"]
+
+#: How often, at most, readiness asks the object store whether it answers.
+PROBE_SECONDS = 5.0
 
 
 class _Watch:
@@ -79,6 +83,52 @@ class _Watch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _ObjectsProbe:
+    """Whether the object store answers, for readiness: a HEAD of the bucket, at most once
+    every :data:`PROBE_SECONDS` and only while readiness is asked, in a thread of its own, so
+    that no readiness answer waits for it and a load balancer polling every replica costs
+    the store one small request per replica every few seconds, whatever the traffic."""
+
+    def __init__(self, objects: ObjectStore, silent_seconds: float) -> None:
+        self._objects = objects
+        self._silent_seconds = silent_seconds
+        self._lock = threading.Lock()
+        self._asked: float | None = None  # the probe in flight, since when
+        self._started = -PROBE_SECONDS
+        self._failed: str | None = None
+
+    def problem(self) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            if self._asked is None and now - self._started >= PROBE_SECONDS:
+                self._asked = self._started = now
+                threading.Thread(target=self._probe, name="app-objects-probe", daemon=True).start()
+            asked, failed = self._asked, self._failed
+        if asked is not None and now - asked > self._silent_seconds:
+            return (
+                f"the object store has not answered for {now - asked:.0f} s (more than "
+                f"s3_read_timeout_seconds, {self._silent_seconds:g} s): uploads and downloads "
+                "are refused 503 object_store_unavailable. Check that it runs and is not "
+                "stopped or cut off from this server (`app doctor` checks it)"
+            )
+        return failed
+
+    def _probe(self) -> None:
+        try:
+            self._objects.reachable()
+        except ObjectStoreUnavailableError:
+            # Its reason names the endpoint; this answer goes to whoever asks, unauthenticated.
+            failed: str | None = (
+                "the object store did not answer this server's last probe, or refused it: "
+                "uploads and downloads are refused 503 object_store_unavailable. `app doctor` "
+                "on this server says why"
+            )
+        else:
+            failed = None
+        with self._lock:
+            self._asked, self._failed = None, failed
 
 
 class RemoteStore(Storage):
@@ -106,6 +156,8 @@ class RemoteStore(Storage):
         lock_wait_seconds: the longest a statement waits for a lock another connection
             holds (the ``database_lock_wait_seconds`` setting).
         pool_wait_seconds: the longest a request waits for a free pooled connection.
+        wait_seconds: the longest one wait for an answer of the database lasts (the
+            ``database_wait_seconds`` setting).
         on_close: called last by :meth:`close` (a maintenance command's exclusive hold,
             :func:`app.remote.pg.maintenance`, ends there).
 
@@ -131,6 +183,7 @@ class RemoteStore(Storage):
         maintenance: pg.Maintenance | None = None,
         lock_wait_seconds: float = 10.0,
         pool_wait_seconds: float = 30.0,
+        wait_seconds: float = 30.0,
     ) -> None:
         self.database_url = database_url
         self.db = Database(
@@ -143,6 +196,7 @@ class RemoteStore(Storage):
             maintenance=maintenance,
             lock_wait_seconds=lock_wait_seconds,
             pool_wait_seconds=pool_wait_seconds,
+            wait_seconds=wait_seconds,
         )
         self.objects = objects
         self.orphan_grace = orphan_grace
@@ -155,6 +209,7 @@ class RemoteStore(Storage):
             max_files=max_files_per_session,
         )
         self.trash = RemoteTrash(self.db, objects)
+        self._probe = _ObjectsProbe(objects, objects.read_timeout)
 
     @property
     def where(self) -> str:
@@ -234,6 +289,33 @@ class RemoteStore(Storage):
     def lost_error(self, reason: str) -> HolderLostError:
         """The error a replica that lost its connection stops with (exit 70)."""
         return HolderLostError(self.where, reason)
+
+    def readiness(self) -> dict[str, str | None]:
+        """The database from this replica's heartbeat (its holder pings every second on a
+        connection of its own: no query here), the object store from a probe at most every
+        :data:`PROBE_SECONDS`. A backend is not ready once it has been silent for longer than
+        a request would wait for it (``database_wait_seconds``, ``s3_read_timeout_seconds``):
+        requests that need it are then refused."""
+        return {"database": self._database_problem(), "object store": self._probe.problem()}
+
+    def _database_problem(self) -> str | None:
+        holder = self.holder
+        if holder is None:
+            return None  # not a replica: nothing beats
+        if holder.error is not None:
+            return (
+                "this server lost the connection that holds the database, refuses every "
+                "write and is stopping; restart it once the database answers"
+            )
+        silent = holder.silent_for()
+        if silent <= self.db.wait_seconds:
+            return None
+        return (
+            f"the database has not answered this server's heartbeat for {silent:.0f} s (more "
+            f"than database_wait_seconds, {self.db.wait_seconds:g} s): requests that need it "
+            "are refused 503 database_timeout. Check that PostgreSQL runs and is not stopped "
+            "or cut off from this server (`app doctor` checks it)"
+        )
 
     def close(self) -> None:
         """Close the pool, then the holder (which releases this replica's hold)."""

@@ -223,10 +223,18 @@ class RemoteUpload(storage.Upload):
         # went, and that the file (a replace's old version) is untouched.
         if not isinstance(error, ObjectStoreUnavailableError):
             return error
+        # The object store may keep what it received of it (a multipart upload whose abort
+        # did not get through either): said, with the command that finds it (red team 28).
+        log.warning(
+            "the upload of %r into session %s (object %s) was not saved: %s",
+            self.name, self.session_id, self.blob, error.reason,
+        )  # fmt: skip
         return ObjectStoreUnavailableError(
             error.where,
             f"{error.reason}; the upload of {self.name!r} into session {self.session_id} was "
-            "not saved, and the file is as it was: retry once the object store answers",
+            "not saved, and the file is as it was: retry once the object store answers. What "
+            f"it may have kept of it (object {self.blob}, or its parts) no file names; "
+            "`app data check` lists it and --repair removes it",
         )
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:

@@ -140,6 +140,21 @@ class Health(BaseModel):
     version: str
 
 
+class Readiness(BaseModel):
+    """``GET /ready``: whether this server can serve requests that need its backends."""
+
+    status: str = Field(description="`ready` (200), or `unready` (503).")
+    profile: str
+    version: str
+    checks: dict[str, str] = Field(
+        description="Each backend the server needs (`database`, `object store`): `ok`, or "
+        "why it is not ready and what to check."
+    )
+    message: str | None = Field(
+        default=None, description="When unready: every backend that is not ready, and why."
+    )
+
+
 class Problem(BaseModel):
     """Every error: RFC 9457 problem details, with the app's stable ``code`` and ``message``."""
 

@@ -16,6 +16,7 @@ from app.errors import ConfirmationRequiredError
 from app.server.models import (
     SESSION_ID_PATTERN,
     Health,
+    Readiness,
     Session,
     SessionDeleted,
     SessionId,
@@ -65,6 +66,32 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     async def health() -> Response:
         """Liveness: answers without a token. Says which profile runs, never where its data is."""
         return Response(health_body, media_type="application/json")
+
+    @app.get(
+        "/ready",
+        tags=["server"],
+        operation_id="ready",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A backend does not answer."}},
+    )
+    async def ready() -> JSONResponse:
+        """Readiness: answers without a token; 503 naming a backend that does not answer.
+
+        From what the server already knows (the database: its replica's heartbeat; the
+        object store: a probe at most every few seconds), so asking costs the backends
+        nothing per request."""
+        checks = store.readiness()
+        problems = {name: problem for name, problem in checks.items() if problem is not None}
+        body = Readiness(
+            status="unready" if problems else "ready",
+            profile=config.profile,
+            version=__version__,
+            checks={name: problem or "ok" for name, problem in checks.items()},
+            message="; ".join(f"{name}: {problem}" for name, problem in problems.items()) or None,
+        )
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=503 if problems else 200
+        )
 
     @app.post(
         "/sessions",

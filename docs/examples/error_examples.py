@@ -221,6 +221,12 @@ EXAMPLES: list[errors.AppError] = [
         8,
         "the upload of 'notes.txt' into session 0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
     ),
+    remote.DatabaseTimeoutError(
+        DATABASE,
+        "no answer within 30 s (database_wait_seconds); the connection was closed",
+        30.0,
+        "the creation of a session titled 'notes'",
+    ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
     remote.ObjectChangedError(
