@@ -3,22 +3,28 @@ engines: a scratch database and prefix per run (and per xdist worker), dropped a
 and production's database and objects untouched. The hostile runs, next to a live
 production replica pair, are in tests/test_remote_hostile.py.
 
-Each test runs pytest in a subprocess with a settings directory whose testing profile names
-a database on the engine's cluster (it need not exist: only its scratch copies are made)
-and whose production profile names another, real one, with a row and an object in it.
+Each test checks one pytest run in a subprocess with a settings directory whose testing
+profile names a database on the engine's cluster (it need not exist: only its scratch copies
+are made) and whose production profile names another, real one, with a row and an object in
+it. The runs depend on nothing but their own settings, so the module starts them all when
+its first test asks (`runs`), two at a time in a serial run, whose tests leave a core idle
+(tests/step_ahead.py), one at a time under xdist; each test then checks its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import step_ahead
 from engines import PostgresEngine, S3Engine
+from side_by_side import inner_environ, pytest_side_by_side
 
 SETTINGS = """\
 [default]
@@ -93,6 +99,8 @@ class Remote:
     production_url: str
     production_prefix: str
     testing_prefix: str
+    #: Where the inner tests write what they saw (``PROBE_OUT``).
+    probes: Path
 
     def scratch_databases(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -121,14 +129,15 @@ class Remote:
         listed = client.list_objects_v2(Bucket=self.s3.bucket, Prefix=self.testing_prefix + "/")
         return [item["Key"] for item in listed.get("Contents", [])]
 
+    def drop(self) -> None:
+        for name in self.scratch_databases():  # only what a failing run left behind
+            self.engine.drop_database(name)
+        self.engine.drop_database(self.production_db)
 
-@pytest.fixture
-def remote(
-    postgres_engine: PostgresEngine,
-    s3_engine: S3Engine,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Remote]:
+
+def make_remote(postgres_engine: PostgresEngine, s3_engine: S3Engine, where: Path) -> Remote:
+    """Production (stamped, a row and an object) and testing's names, in settings under
+    `where`."""
     from app.remote import pg
 
     production_db = postgres_engine.create_database("production")
@@ -136,13 +145,13 @@ def remote(
     with postgres_engine.connect(production_db) as conn:
         conn.execute("CREATE TABLE ledger (id int PRIMARY KEY, what text)")
         conn.execute("INSERT INTO ledger VALUES (1, 'a production row')")
-    tag = f"{os.getpid()}-{tmp_path.name}".replace("_", "-").lower()
+    tag = f"{os.getpid()}-{where.name}".replace("_", "-").lower()
     production_prefix = f"production-{tag}"
     s3_engine.client().put_object(
         Bucket=s3_engine.bucket, Key=f"{production_prefix}/blob", Body=b"production bytes"
     )
-    testing_db = f"testing_{os.getpid()}_{abs(hash(tmp_path.name)) % 10**6}"
-    directory = tmp_path / "settings"
+    testing_db = f"testing_{os.getpid()}_{abs(hash(where.name)) % 10**6}"
+    directory = where / "settings"
     directory.mkdir()
     (directory / "settings.toml").write_text(
         SETTINGS.format(
@@ -157,9 +166,9 @@ def remote(
     (directory / ".secrets.toml").write_text(
         SECRETS.format(key=s3_engine.access_key_id, secret=s3_engine.secret_access_key)
     )
-    monkeypatch.setenv("APP_SETTINGS_DIR", str(directory))
-    monkeypatch.setenv("PROBE_OUT", str(tmp_path))
-    found = Remote(
+    probes = where / "probes"
+    probes.mkdir()
+    return Remote(
         directory,
         postgres_engine,
         s3_engine,
@@ -168,107 +177,40 @@ def remote(
         postgres_engine.url(production_db),
         production_prefix,
         f"testing-{tag}",
+        probes,
     )
-    yield found
-    for name in found.scratch_databases():  # only what a failing test left behind
-        postgres_engine.drop_database(name)
-    postgres_engine.drop_database(production_db)
 
 
 def _probes(directory: Path) -> list[dict[str, str]]:
     return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
 
 
-def test_a_run_gets_a_scratch_database_and_prefix_and_drops_both(
-    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
-) -> None:
-    before = remote.production_state()
-    pytester.makepyfile(test_inner=INNER)
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [
-            (
-                f"app: profile=testing (forced), database=postgresql://app@127.0.0.1:*/"
-                f"{remote.testing_db}_pytest_*, prefix=s3://*/{remote.testing_prefix}/pytest_*: "
-                "scratch, created for this run on testing's server and bucket "
-                "(from settings.toml [[]testing]), dropped at the end"
-            ),
-        ]
-    )
-    (probe,) = _probes(tmp_path)
-    # It ran on a database named from testing's, with the run's suffix, on testing's server.
-    assert probe["database"].startswith(f"{remote.testing_db}_pytest_")
-    assert f"/{remote.testing_prefix}/pytest_" in probe["blob_url"]
-    # ... which is gone now, with its objects; production is as it was.
-    assert remote.scratch_databases() == []
-    assert remote.testing_objects() == []
-    assert remote.production_state() == before
+@dataclass
+class Run:
+    """One inner run: its remote, production as it was before the run, and the result."""
+
+    remote: Remote
+    before: tuple[Any, ...]
+    result: pytest.RunResult
 
 
-def test_the_store_and_client_fixtures_work_on_the_scratch_database(
-    pytester: pytest.Pytester, remote: Remote
-) -> None:
-    before = remote.production_state()
-    pytester.makepyfile(test_fixtures=FIXTURES)
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(passed=2)
-    assert remote.scratch_databases() == []
-    assert remote.testing_objects() == []
-    assert remote.production_state() == before
+@dataclass(frozen=True)
+class Job:
+    """What one test runs: the inner test files, pytest's options, and what to change in
+    the settings before the run."""
+
+    files: dict[str, str]
+    args: tuple[str, ...]
+    prepare: Callable[[Remote], None] | None = None
 
 
-def test_keep_remote_keeps_the_scratch_database_and_prefix(
-    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
-) -> None:
-    pytester.makepyfile(test_inner=INNER)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "--app-keep-remote")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["app: profile=testing *kept at the end (--app-keep-remote)"])
-    (probe,) = _probes(tmp_path)
-    assert remote.scratch_databases() == [probe["database"]]
-    assert any(key.endswith("/probe.txt") for key in remote.testing_objects())
-
-
-def test_every_xdist_worker_has_a_scratch_database_of_its_own(
-    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
-) -> None:
-    before = remote.production_state()
-    tests = {f"test_inner_{n}": INNER for n in range(4)}
-    pytester.makepyfile(**tests)
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2")
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["app: profile=testing *(+ _gw<N> per xdist worker)*"])
-    databases = {probe["database"] for probe in _probes(tmp_path)}
-    assert len(databases) == 2
-    assert {name.rsplit("_", 1)[1] for name in databases} == {"gw0", "gw1"}
-    assert remote.scratch_databases() == []
-    assert remote.testing_objects() == []
-    assert remote.production_state() == before
-
-
-def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(
-    pytester: pytest.Pytester, remote: Remote
-) -> None:
+def _point_testing_at_production(remote: Remote) -> None:
     settings = remote.directory / "settings.toml"
     text = settings.read_text().replace(
         remote.engine.url(remote.testing_db),
         remote.production_url.replace("127.0.0.1", "localhost"),
     )
     settings.write_text(text)
-    before = remote.production_state()
-    pytester.makepyfile(test_inner=INNER)
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [
-            (
-                "*app: the testing profile cannot be used: profiles 'testing' and 'production' "
-                "name the same database*"
-            )
-        ]
-    )
-    assert remote.production_state() == before
 
 
 # The live-server fixture on the remote backend: a real `app serve` replica on the scratch
@@ -315,12 +257,144 @@ def test_the_servers_of_earlier_tests_stopped_and_left_no_row():
 """
 
 
-def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
-    pytester: pytest.Pytester, remote: Remote
+JOBS = {
+    "scratch": Job({"test_inner": INNER}, ("-p", "no:randomly")),
+    "fixtures": Job({"test_fixtures": FIXTURES}, ("-p", "no:randomly")),
+    "keep": Job({"test_inner": INNER}, ("-p", "no:randomly", "--app-keep-remote")),
+    "xdist": Job({f"test_inner_{n}": INNER for n in range(4)}, ("-p", "no:randomly", "-n", "2")),
+    "refused": Job({"test_inner": INNER}, ("-p", "no:randomly"), _point_testing_at_production),
+    "live": Job({"test_live": LIVE}, ("-p", "no:randomly")),
+    "live-xdist": Job(
+        {f"test_live_{n}": LIVE.split("def test_the_store_sees", maxsplit=1)[0] for n in range(4)},
+        ("-p", "no:randomly", "-n", "2"),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Run]]]:
+    """Every job's run, started in the tests' order, `step_ahead.width()` at a time. Each
+    is a pytest subprocess as ``pytester.runpytest_subprocess`` starts it (in a directory
+    of its own holding the job's files, with pytester's environment:
+    `side_by_side.inner_environ`), with ``APP_SETTINGS_DIR`` and ``PROBE_OUT`` its own."""
+    environ = dict(os.environ)
+    places = {name: tmp_path_factory.mktemp(f"remote-{name}") for name in JOBS}
+    made: list[Remote] = []
+
+    def run(name: str) -> Run:
+        where = places[name]
+        remote = make_remote(postgres_engine, s3_engine, where)
+        made.append(remote)
+        job = JOBS[name]
+        if job.prepare is not None:
+            job.prepare(remote)
+        before = remote.production_state()
+        project = where / "project"
+        project.mkdir()
+        for module, source in job.files.items():
+            (project / f"{module}.py").write_text(source)
+        env = inner_environ(environ, project, where / "tmproot")
+        env |= {"APP_SETTINGS_DIR": str(remote.directory), "PROBE_OUT": str(remote.probes)}
+        (where / "tmproot").mkdir()
+        (result,) = pytest_side_by_side(project, env, job.args)
+        return Run(remote, before, result)
+
+    pool = ThreadPoolExecutor(step_ahead.width(), thread_name_prefix="plugin-remote")
+    try:
+        yield {name: pool.submit(run, name) for name in JOBS}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for remote in made:
+            remote.drop()
+
+
+def _taken(runs: dict[str, Future[Run]], name: str) -> tuple[Remote, tuple[Any, ...], Any]:
+    done = runs[name].result()
+    return done.remote, done.before, done.result
+
+
+def test_a_run_gets_a_scratch_database_and_prefix_and_drops_both(
+    runs: dict[str, Future[Run]],
 ) -> None:
-    before = remote.production_state()
-    pytester.makepyfile(test_live=LIVE)
-    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    remote, before, result = _taken(runs, "scratch")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            (
+                f"app: profile=testing (forced), database=postgresql://app@127.0.0.1:*/"
+                f"{remote.testing_db}_pytest_*, prefix=s3://*/{remote.testing_prefix}/pytest_*: "
+                "scratch, created for this run on testing's server and bucket "
+                "(from settings.toml [[]testing]), dropped at the end"
+            ),
+        ]
+    )
+    (probe,) = _probes(remote.probes)
+    # It ran on a database named from testing's, with the run's suffix, on testing's server.
+    assert probe["database"].startswith(f"{remote.testing_db}_pytest_")
+    assert f"/{remote.testing_prefix}/pytest_" in probe["blob_url"]
+    # ... which is gone now, with its objects; production is as it was.
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_the_store_and_client_fixtures_work_on_the_scratch_database(
+    runs: dict[str, Future[Run]],
+) -> None:
+    remote, before, result = _taken(runs, "fixtures")
+    result.assert_outcomes(passed=2)
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_keep_remote_keeps_the_scratch_database_and_prefix(
+    runs: dict[str, Future[Run]],
+) -> None:
+    remote, _, result = _taken(runs, "keep")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["app: profile=testing *kept at the end (--app-keep-remote)"])
+    (probe,) = _probes(remote.probes)
+    assert remote.scratch_databases() == [probe["database"]]
+    assert any(key.endswith("/probe.txt") for key in remote.testing_objects())
+
+
+def test_every_xdist_worker_has_a_scratch_database_of_its_own(
+    runs: dict[str, Future[Run]],
+) -> None:
+    remote, before, result = _taken(runs, "xdist")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["app: profile=testing *(+ _gw<N> per xdist worker)*"])
+    databases = {probe["database"] for probe in _probes(remote.probes)}
+    assert len(databases) == 2
+    assert {name.rsplit("_", 1)[1] for name in databases} == {"gw0", "gw1"}
+    assert remote.scratch_databases() == []
+    assert remote.testing_objects() == []
+    assert remote.production_state() == before
+
+
+def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(
+    runs: dict[str, Future[Run]],
+) -> None:
+    remote, before, result = _taken(runs, "refused")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            (
+                "*app: the testing profile cannot be used: profiles 'testing' and 'production' "
+                "name the same database*"
+            )
+        ]
+    )
+    assert remote.production_state() == before
+
+
+def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
+    runs: dict[str, Future[Run]],
+) -> None:
+    remote, before, result = _taken(runs, "live")
     result.assert_outcomes(passed=3)
     assert remote.scratch_databases() == []
     assert remote.testing_objects() == []
@@ -328,14 +402,11 @@ def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
 
 
 def test_live_servers_of_two_xdist_workers_do_not_collide(
-    pytester: pytest.Pytester, remote: Remote, tmp_path: Path
+    runs: dict[str, Future[Run]],
 ) -> None:
-    before = remote.production_state()
-    test = LIVE.split("def test_the_store_sees", maxsplit=1)[0]
-    pytester.makepyfile(**{f"test_live_{n}": test for n in range(4)})
-    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2")
+    remote, before, result = _taken(runs, "live-xdist")
     result.assert_outcomes(passed=4)
-    urls = {json.loads(path.read_text())["url"] for path in tmp_path.glob("live-*.json")}
+    urls = {json.loads(path.read_text())["url"] for path in remote.probes.glob("live-*.json")}
     assert len(urls) == 4, urls
     assert remote.scratch_databases() == []
     assert remote.production_state() == before

@@ -221,6 +221,35 @@ def test_a_replica_whose_connection_is_terminated_refuses_writes_and_stops(
     assert titles == []
 
 
+def test_a_replica_told_to_stop_while_it_warms_up_stops(production: Production) -> None:
+    # The warm-up's page of sessions (app.server.warm) waits for CREATE_LOCK, held here: the
+    # replica has published its URL and is in its warm-up, before uvicorn serves, when
+    # SIGTERM comes. The way `serve --workers` stops its other workers (stops 25-27's flake).
+    from app.remote.pg import CREATE_LOCK
+
+    waiting = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND classid = %s AND objid = %s AND objsubid = 2"
+    )
+    with psycopg.connect(production.database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", CREATE_LOCK)
+        replica = production.start(ready=False)
+        replica.url = production._published_url(replica)
+        wait_for(
+            lambda: conn.execute(waiting, CREATE_LOCK).fetchone() == (1,),
+            "the replica's warm-up to wait for the page lock",
+        )
+        replica.process.terminate()
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", CREATE_LOCK)
+    try:
+        code = replica.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still serving 60 s after SIGTERM in its warm-up:\n{replica.output}")
+    assert code == 0, replica.output
+    assert "stopped; releasing the hold" in replica.output
+    assert production.holders() == []
+
+
 # --- serve --workers ---------------------------------------------------------------------
 
 

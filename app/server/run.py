@@ -36,6 +36,8 @@ from app.server.warm import warm_up, worker_threads_at_work
 from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from app.config import Config
 
 log = logging.getLogger(__name__)
@@ -206,7 +208,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         at_work.append(worker_threads_at_work())
 
     watcher = store.watch(config.lock_check_seconds, on_lost)
-    stop_signals = _quiet_signals()
+    restore_signals = _stop_on_signals(server)
     try:
         # What server.run does, with the warm-up first, in the same event loop.
         with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
@@ -214,7 +216,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         _wait_for_request_threads(store.location, at_work[0] if at_work else None)
     finally:
         watcher.stop()
-        stop_signals()
+        restore_signals()
     if lost:
         raise store.lost_error(lost[0])
     log.info("stopped; releasing the hold on %s", store.location)
@@ -343,19 +345,23 @@ def _public_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def _quiet_signals() -> Callable[[], None]:
-    """Make SIGTERM and SIGINT no-ops around uvicorn; return the function that undoes it.
+def _stop_on_signals(server: uvicorn.Server) -> Callable[[], None]:
+    """Have SIGTERM and SIGINT stop ``server`` around uvicorn's own handling; return the
+    function that restores the handlers found.
 
-    uvicorn handles both while it runs (graceful shutdown), then restores the handlers it
-    found and raises the signal again. With the defaults that would kill the process before
-    it releases the lock in order (truncate the holder JSON, unlock), so the handlers it
-    finds are these no-ops instead.
+    uvicorn handles both only while it serves (graceful shutdown), then restores the handlers
+    it found and raises the signal again: with the defaults that would kill the process
+    before it releases the lock in order (truncate the holder JSON, unlock). Before it
+    serves, the warm-up runs (seconds under load): a signal then was ignored, and a server
+    told to stop, or a worker of ``serve --workers`` whose sibling stopped, served on for
+    ever (stops 25-27's flake). So they set ``should_exit``, which uvicorn checks before it
+    serves the first request; after uvicorn, it is a no-op.
     """
 
-    def ignore(signum: int, frame: FrameType | None) -> None:
-        return None
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
 
-    previous = {sig: signal.signal(sig, ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def restore() -> None:
         for sig, handler in previous.items():
