@@ -14,9 +14,11 @@ production exported in its shell, and children that run ``app data purge --yes-i
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -218,3 +220,44 @@ def test_a_child_a_plugin_starts_before_the_run_has_its_sandbox_is_refused(
             "fixture, once the run has its sandbox, not at a plugin's import or in its "
             "start-up hooks"
         ) in said, cases
+
+
+def test_an_ended_run_of_another_pid_namespace_is_forgotten_an_hour_later(
+    tmp_path: Path,
+) -> None:
+    # An entry now stays while its process exits, and a run forgets only the entries of its
+    # own PID namespace by their pids: one of another namespace (a container sharing /tmp)
+    # would stay for good, read by every run that starts, unless it says when it ended.
+    from app import sandbox
+
+    gone = 4_194_305  # above Linux's largest pid: no such process here
+    now = time.time()
+    entries = {
+        "ended-long-ago": {"pid_namespace": 1, "ended_at": now - 7200},
+        "ended-just-now": {"pid_namespace": 1, "ended_at": now},
+        "still-running": {"pid_namespace": 1},
+        "this-namespace": {"pid_namespace": sandbox._pid_namespace()},
+    }
+    names = {}
+    for started, (case, data) in enumerate(entries.items(), 1):
+        names[case] = sandbox._entry_name(gone, started)
+        (tmp_path / names[case]).write_text(json.dumps({"pid": gone, **data}))
+    sandbox._forget_dead_runs(tmp_path)
+    left = {case for case, name in names.items() if (tmp_path / name).exists()}
+    assert left == {"ended-just-now", "still-running"}
+
+
+def test_pytest_help_leaves_no_entry_saying_a_run_is_starting(tmp_path: Path) -> None:
+    # The plugin says in the registry that a run is starting as pytest imports it; where it
+    # makes no run after all (--help, --version), nothing may stay to say so.
+    from app import sandbox
+
+    mark = f"--rootdir={tmp_path}"
+    for option in ("--help", "--version"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", option, mark],
+            env=_inner_env(), cwd=tmp_path, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    said = [p.read_text() for p in sandbox.RUNS_DIR.glob("*.json")]
+    assert not [text for text in said if mark in text], said
