@@ -1146,8 +1146,9 @@ def _end_entry() -> None:
         # next run forgets the entry once the process is gone (`_forget_dead_runs`). A
         # child left running with the process's own environment, which the plugin gave
         # back the shell's settings, carries the sandbox once its parent is gone.
-        with contextlib.suppress(OSError):
-            _publish(run, ended_at=time.time())
+        if run.pid == pid:  # not a fork of the run's process, which has no entry to keep
+            with contextlib.suppress(OSError):
+                _publish(run, ended_at=time.time())
         os.environ[SANDBOX_ENV] = str(run.sandbox)
         if run.scratch:
             os.environ[SCRATCH_ENV] = run.scratch
