@@ -11,6 +11,8 @@ A pytest run with the app's plugin is recognised in three places, strongest firs
    registered run, so a child started with a hand-built environment, a grandchild, or a
    double-forked daemon (the run is its subreaper) is part of the run that started it; so
    is a process the run's session or process group leader made its sibling (`_led_by_a_run`).
+   From pytest's import of the plugin to the run's registration, an entry says the run is
+   starting (`announce_start`), and its children get a pytest's rules without the plugin.
 3. **In the environment.** ``PYTEST_APP_SANDBOX``, inherited by children. Alone it is only
    honoured where 1 and 2 find nothing (a system without ``/proc``); it never widens them.
 
@@ -42,6 +44,7 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -60,6 +63,7 @@ __all__ = [
     "active_sandbox",
     "allowed_profiles",
     "allowing",
+    "announce_start",
     "check_profile",
     "check_remote",
     "check_root",
@@ -87,6 +91,7 @@ __all__ = [
     "swap",
     "unregister",
     "why_no_plugin",
+    "withdraw_start",
 ]
 
 #: The sandbox, inherited by children. Deliberately not an ``APP_`` name: dynaconf never
@@ -132,6 +137,9 @@ def _runs_dir(uid: int) -> Path:
 _MARKER: Final = "_app_pytest_runs"
 _PROC: Final = Path("/proc")
 _MAX_DEPTH: Final = 128
+#: After how long an entry of another PID namespace whose run ended is forgotten, in seconds:
+#: its pids cannot be looked up here, and no exit hook runs that long.
+_ENDED_LONG_AGO: Final = 3600
 #: pytest's own variables: set for a test (``PYTEST_CURRENT_TEST``) or the whole session
 #: (``PYTEST_VERSION``, pytest 8.2+), in the process and the children that inherit them.
 _PYTEST_VARIABLES: Final = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
@@ -316,10 +324,20 @@ def _entry_name(pid: int, started: int) -> str:
     return f"{pid}-{started}.json"
 
 
-def _read_entry(path: Path, pid: int, depth: int, leads: str = "") -> Run | None:
+def _entry_data(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_entry(
+    path: Path, pid: int, depth: int, leads: str = "", data: dict[str, Any] | None = None
+) -> Run | None:
+    """The run an entry names; None for one unreadable, or of a run still starting."""
+    data = _entry_data(path) if data is None else data
+    if data is None or data.get("starting") or "sandbox" not in data:
         return None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     if leads:
@@ -465,16 +483,27 @@ def _walk_tree() -> tuple[Run | None, str | None]:
     seen: dict[Path, set[str]] = {}
     bare = None
     bare_argv: list[str] = []
+    starting = False
     walked: set[int] = set()
     for depth, (pid, started) in enumerate(_ancestry()):
         walked.add(pid)
         entry = _entry_of(pid, started, seen)
+        data = _entry_data(entry) if entry is not None else None
+        if entry is not None and data is not None and data.get("starting"):
+            # A pytest whose plugin has not made its sandbox yet (`announce_start`): its
+            # rules are a pytest's without the plugin, and a run above it applies too.
+            if bare is None:
+                who = "this process" if depth == 0 else "an ancestor process"
+                argv = _cmdline(pid)
+                bare = f"{_STARTING} ({who}, pytest pid {pid}: {_shown(argv)}){_NO_SANDBOX_YET}"
+                bare_argv, starting = argv, True
+            continue
         if entry is not None:
-            run = _read_entry(entry, pid, depth)
+            run = _read_entry(entry, pid, depth, data=data)
             if run is not None:
                 # A fork of the run's own process (a test's os.fork, a daemon it double-forked)
                 # has the run's command line: it is the run, not a pytest without the plugin.
-                if bare is not None and bare_argv == _cmdline(pid):
+                if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
                 return run, bare
         if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid)):
@@ -661,6 +690,8 @@ class Context(NamedTuple):
     remedy: str = ""
     #: The test runner `bare` names: ``pytest`` (without the app's plugin) or ``unittest``.
     runner: str = "pytest"
+    #: What resolves a refusal under `bare`, where that is all of it (a run still starting).
+    fix: str = ""
 
 
 OUTSIDE: Final = Context(None, None)
@@ -672,6 +703,16 @@ _RUNS_HERE: Final = (
 _RUNS_HERE_INACTIVE: Final = (
     "while pytest runs without the app's sandbox (pytest runs in this process, and the app's "
     "plugin, loaded, stayed inactive in it)"
+)
+
+
+#: How a refusal names a pytest run whose registry entry says it is starting (`announce_start`).
+_STARTING: Final = "while a pytest run"
+_STARTING_HERE: Final = f"{_STARTING} (this process"
+_NO_SANDBOX_YET: Final = " is starting and the app's plugin has not made its sandbox yet"
+_START_FIX: Final = (
+    "Use the app (load a profile, or start a process that does) from a test or a fixture, "
+    "once the run has its sandbox, not at a plugin's import or in its start-up hooks"
 )
 
 
@@ -734,14 +775,18 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     run, ancestor = _walk_tree()
     runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
     bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
+    fix = ""
+    if ancestor and ancestor.startswith(_STARTING):
+        bare, fix = ancestor, _START_FIX
     imported = "_pytest.main" in sys.modules
-    if imported and _runs_pytest():
+    starting_here = bool(fix) and ancestor is not None and ancestor.startswith(_STARTING_HERE)
+    if imported and not starting_here and _runs_pytest():
         bare = _RUNS_HERE if not _PLUGIN_INACTIVE else _RUNS_HERE_INACTIVE
-        runner = "pytest"
+        runner, fix = "pytest", ""
     elif bare is None and "unittest.case" in sys.modules and _runs_unittest():
         bare, runner = _UNITTEST_HERE, "unittest"
     if run is not None:
-        return Context(_narrowed(run, env), bare, runner=runner)
+        return Context(_narrowed(run, env), bare, runner=runner, fix=fix)
     raw = env.get(SANDBOX_ENV)
     if raw is not None:
         path = Path(raw)
@@ -753,7 +798,8 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
             )
         how = f"the environment ({SANDBOX_ENV})"
         scratch = _scratch_suffix(env.get(SCRATCH_ENV))
-        return Context(Run(path.resolve(), None, (), how, scratch=scratch), bare, runner=runner)
+        run = Run(path.resolve(), None, (), how, scratch=scratch)
+        return Context(run, bare, runner=runner, fix=fix)
     if bare is None and imported:
         return _imported_only()
     if bare is None:
@@ -766,7 +812,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
                     f"if it runs none, unset {name} (pytest sets it for its tests and the "
                     "processes they start)",
                 )
-    return Context(None, bare, runner=runner)
+    return Context(None, bare, runner=runner, fix=fix)
 
 
 def _narrowed(run: Run, environ: Mapping[str, str]) -> Run:
@@ -805,8 +851,10 @@ _PLUGIN_INACTIVE: list[str] = []
 
 def note_inactive(reason: str) -> None:
     """Remember that the app's plugin was loaded in this process and stayed inactive, and
-    why, so that a refusal says so instead of guessing that it was disabled."""
+    why, so that a refusal says so instead of guessing that it was disabled; it makes no
+    run here, so the registry no longer says one is starting (`withdraw_start`)."""
     _PLUGIN_INACTIVE.append(reason)
+    withdraw_start()
 
 
 def _plugin_option() -> str:
@@ -965,10 +1013,15 @@ def _forget_dead_runs(directory: Path) -> None:
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
             try:
-                recorded = json.loads((directory / name).read_bytes()).get("pid_namespace")
+                data = json.loads((directory / name).read_bytes())
+                recorded, ended = data.get("pid_namespace"), data.get("ended_at")
             except (OSError, ValueError, AttributeError):
-                recorded = None  # unreadable, or written before entries named their namespace
-            if recorded in (None, ours):
+                recorded = ended = None  # unreadable, or from before entries said these
+            # An entry stays while its process exits (`_end_entry`); one of another PID
+            # namespace that ended long ago would otherwise stay for good, and be read by
+            # every run that starts.
+            long_ago = isinstance(ended, int | float) and time.time() - ended > _ENDED_LONG_AGO
+            if recorded in (None, ours) or long_ago:
                 with contextlib.suppress(OSError):
                     (directory / name).unlink()
 
@@ -983,23 +1036,32 @@ def _become_subreaper() -> None:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def _publish(run: Run, directory: Path = RUNS_DIR, *, outlived: int | None = None) -> None:
+def _publish(
+    run: Run | None,
+    directory: Path = RUNS_DIR,
+    *,
+    outlived: int | None = None,
+    ended_at: float | None = None,
+) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half),
-    or, given `outlived` (a child of this process), as that child's."""
+    or, given `outlived` (a child of this process), as that child's; None: an entry that
+    says this process is a pytest run still starting, without a sandbox yet."""
     pid = outlived or _proc_self()
     started = _stat_fields(pid) if pid is not None else None
     if pid is None or started is None:
         return  # no /proc: children fall back to the environment
-    data = {
-        "pid": pid,
-        "sandbox": str(run.sandbox),
-        "argv": list(sys.argv),
-        "protected": [item.to_dict() for item in run.protected],
-        "scratch": run.scratch,
-        "pid_namespace": _pid_namespace(),
-    }
+    data: dict[str, Any] = {"pid": pid, "argv": list(sys.argv)}
+    if run is None:
+        data["starting"] = True
+    else:
+        data["sandbox"] = str(run.sandbox)
+        data["protected"] = [item.to_dict() for item in run.protected]
+        data["scratch"] = run.scratch
+    data["pid_namespace"] = _pid_namespace()
     if outlived is not None:
         data["outlived"] = _proc_self()
+    if ended_at is not None:
+        data["ended_at"] = ended_at
     temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     text = json.dumps(data).encode()
     try:
@@ -1009,7 +1071,7 @@ def _publish(run: Run, directory: Path = RUNS_DIR, *, outlived: int | None = Non
         temporary.chmod(0o644)
         entry = directory / _entry_name(pid, started[1])
         temporary.replace(entry)
-        if outlived is None:
+        if outlived is None and run is not None:
             _WRITTEN[entry] = (_entry_state(entry), text)
     except OSError:
         # A full /tmp left an empty file per refused run, which nothing ever removed.
@@ -1041,7 +1103,8 @@ def _children(pid: int) -> set[int]:
 
 
 def _end_entry() -> None:
-    """At exit: hand the run's entry on to the processes that outlive it, then remove it.
+    """At exit: hand the run's entry on to the processes that outlive it, and keep it for
+    what this process still starts.
 
     A process a test started that is still running when the run ends (a daemon it
     double-forked, which the run adopted as its subreaper, a child it never waited for, or
@@ -1076,8 +1139,51 @@ def _end_entry() -> None:
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child)
             pending.extend(_children(child))
+        # The entry stays for the rest of the process's life, as its mark on `sys` does:
+        # exit hooks Python runs after this one (logging.shutdown, registered when pytest
+        # imported logging; a __del__ at shutdown) are still the run's code, and a child they
+        # started with a hand-built environment found no run and purged production. The
+        # next run forgets the entry once the process is gone (`_forget_dead_runs`). A
+        # child left running with the process's own environment, which the plugin gave
+        # back the shell's settings, carries the sandbox once its parent is gone.
+        if run.pid == pid:  # not a fork of the run's process, which has no entry to keep
+            with contextlib.suppress(OSError):
+                _publish(run, ended_at=time.time())
+        os.environ[SANDBOX_ENV] = str(run.sandbox)
+        if run.scratch:
+            os.environ[SCRATCH_ENV] = run.scratch
+        return
     with contextlib.suppress(OSError):
         (RUNS_DIR / _entry_name(pid, started[1])).unlink()
+
+
+def announce_start() -> None:
+    """Say in the registry that this process is a pytest run that is starting: what its
+    children start before the plugin's first hook registers the run is then refused as
+    under a pytest without the plugin, not let through as outside any run.
+
+    The app's plugin calls this as pytest imports it: a plugin imported after it
+    (``PYTEST_PLUGINS``, a conftest's) and every plugin's hooks run later, and a tryfirst
+    ``pytest_load_initial_conftests`` of a plugin registered after the app's runs before
+    the app's (pluggy calls the last registered first). Only where pytest runs in this
+    process and no run marks it yet; `register` writes the run's entry over it.
+    """
+    if _in_process() is not None or not _runs_pytest():
+        return
+    with contextlib.suppress(OSError):
+        _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
+
+
+def withdraw_start() -> None:
+    """Remove what `announce_start` wrote, where the plugin makes no run after all
+    (``--help``, another project's run)."""
+    if _in_process() is not None:
+        return
+    pid = _proc_self()
+    started = _stat_fields(pid) if pid is not None else None
+    if pid is not None and started is not None:
+        with contextlib.suppress(OSError):
+            (RUNS_DIR / _entry_name(pid, started[1])).unlink()
 
 
 def register(
@@ -1090,7 +1196,7 @@ def register(
     """Mark this process, and every process it starts, as part of a run on ``sandbox``.
 
     The marker stays for the life of the process (see :func:`unregister` for nested runs);
-    the registry entry goes when the process exits, or when a later run finds it stale.
+    the registry entry stays until the process has exited, and a later run forgets it then.
 
     Args:
         sandbox: the run's sandbox.
@@ -1318,6 +1424,8 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
                 "or load the testing profile (ENV_FOR_DYNACONF=testing)",
                 runner="unittest",
             )
+        if profile != "testing" and where.fix:
+            raise SandboxViolationError(f"loading profile {profile!r} {without}", None, where.fix)
         if profile != "testing":
             plugin = f"the app's pytest plugin: {why_no_plugin()}"
             raise SandboxViolationError(
@@ -1349,13 +1457,12 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
                 else f"Run the tests with pytest instead, whose app plugin {neutralises} "
                 f"({_UNDER_PYTEST}), or set {key} in [testing] of settings.toml and {undo}"
             )
+            if where.fix:
+                fix = f"{where.fix}; or set {key} in [testing] of settings.toml and {undo}"
+            elif where.remedy:
+                fix = f"If it runs tests: {fix[0].lower()}{fix[1:]}; {where.remedy}"
             raise SandboxViolationError(
-                f"{storage} from {source} {without}",
-                None,
-                f"If it runs tests: {fix[0].lower()}{fix[1:]}; {where.remedy}"
-                if where.remedy
-                else fix,
-                runner=where.runner,
+                f"{storage} from {source} {without}", None, fix, runner=where.runner
             )
     run = where.run
     if run is None:

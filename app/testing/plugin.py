@@ -29,6 +29,12 @@ from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, a
 )
 from app.testing.guard import INACTIVE, STATE, GuardState
 
+# As pytest imports the plugin, before any later plugin's import or hook: a tryfirst
+# pytest_load_initial_conftests of a plugin registered after this one (PYTEST_PLUGINS) runs
+# before ours, and a child it started with a hand-built environment found no run (red team
+# 28). Our first hook registers the run over it, or withdraws it.
+sandboxing.announce_start()
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("app", "app: keep tests away from live data")
