@@ -37,6 +37,7 @@ import secrets
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from app import __version__
 from app.errors import (
     DataRootChangedError,
     DataRootStateError,
+    FsyncFailed,
     LockLostError,
     ProfileStampMismatchError,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "RootStatus",
     "describe",
     "filesystem_type",
+    "fsync",
     "fsync_dir",
     "json_bytes",
     "mounts_inside",
@@ -146,11 +149,76 @@ def read_regular(path: Path | str) -> bytes:
         os.close(fd)
 
 
+# --- fsync, and what one failure means for the rest of the process --------------------
+
+# The first failed fsync of each filesystem (by device number) in this process: never
+# cleared. After a failed fsync Linux may have dropped the pages it could not write and
+# marked them clean, so a later fsync succeeds without them (PostgreSQL's "fsyncgate",
+# 2018); this process cannot tell which of its changes that was, so it acknowledges none
+# on that filesystem any more, as PostgreSQL PANICs. A restart runs `check --repair`.
+_FAILED_SYNCS: dict[int, FsyncFailed] = {}
+_FAILED_SYNCS_LOCK = threading.Lock()
+# A descriptor that cannot be synced at all (closed, a pipe): nothing was written or lost.
+_NOT_WRITEBACK_ERRNOS: Final = frozenset({errno.EBADF, errno.EINVAL})
+
+
+def _earlier(first: FsyncFailed) -> FsyncFailed:
+    return FsyncFailed(
+        first.errno or errno.EIO,
+        first.strerror or "fsync failed",
+        first.filename,
+        at=first.at,
+        earlier=True,
+    )
+
+
+def fsync(fd: int) -> None:
+    """``os.fsync(fd)``, refused on a filesystem where one failed before, and never retried.
+
+    Every fsync of the app's data goes through here (the group commit of ``sessions/``
+    too): a success after a failure proves nothing (see ``_FAILED_SYNCS``).
+
+    Raises:
+        FsyncFailed: this fsync failed (``earlier`` false), or one on the same filesystem
+            did before (``earlier`` true, with the first failure's errno and time).
+    """
+    if _FAILED_SYNCS and (first := _FAILED_SYNCS.get(os.fstat(fd).st_dev)) is not None:
+        raise _earlier(first)
+    try:
+        os.fsync(fd)  # EINTR is retried by Python (PEP 475): the call was not made
+    except OSError as error:
+        if error.errno in _NOT_WRITEBACK_ERRNOS:
+            raise
+        try:
+            device = os.fstat(fd).st_dev
+            where = str(Path(f"/proc/self/fd/{fd}").readlink())
+        except OSError:
+            device, where = -1, f"descriptor {fd}"
+        failed = FsyncFailed(
+            error.errno or errno.EIO,
+            error.strerror or str(error),
+            where,
+            at=_now_iso(),
+            earlier=False,
+        )
+        with _FAILED_SYNCS_LOCK:
+            first = _FAILED_SYNCS.setdefault(device, failed)
+        if first is failed:
+            log.error(
+                "fsync of %s failed (%s): this process acknowledges no more changes on its "
+                "filesystem until it is restarted (what the kernel could not write it may "
+                "have dropped; a start-up runs `app data check --repair`)",
+                where,
+                failed.strerror,
+            )
+        raise failed from error
+
+
 def fsync_dir(path: Path | str) -> None:
     """fsync a directory: a rename into it, or a new entry, is durable only after this."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -183,7 +251,7 @@ def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
         try:
             _write_all(fd, data)
             if durable:
-                os.fsync(fd)
+                fsync(fd)
         finally:
             os.close(fd)
     except BaseException:
@@ -194,7 +262,7 @@ def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -221,7 +289,7 @@ def _replace(tmp: Path, dest: Path, *, durable: bool = True) -> None:
             tmp.unlink(missing_ok=True)
             raise
         if durable:
-            os.fsync(fd)
+            fsync(fd)
     finally:
         os.close(fd)
 
@@ -280,7 +348,7 @@ def _write_audit_line(fd: int, record: Mapping[str, Any]) -> None:
         line = b"\n" + line
     try:
         _write_all(fd, line)
-        os.fsync(fd)
+        fsync(fd)
     except OSError:
         # A write cut short (the file size limit, a full disk) leaves a fragment: take
         # it back, so that the log holds whole lines only.
@@ -363,7 +431,7 @@ class Prepared:
     def sync(self, *paths: Path) -> None:
         """fsync these directories (all opened here), or every one."""
         for path in paths or tuple(self._dirs):
-            os.fsync(self._dirs[path])
+            fsync(self._dirs[path])
 
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         """Append the change's line through the log opened before it (see DataRoot.audit)."""
@@ -373,7 +441,7 @@ class Prepared:
         try:
             _write_audit_line(self._audit, record)
             if self._audit_new:
-                os.fsync(self._dirs[root.path])
+                fsync(self._dirs[root.path])
                 self._audit_new = False
         except OSError as error:
             _audit_line_lost(root.audit_path, record, error)
@@ -920,6 +988,8 @@ class DataRoot:
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}
+        opened = identities.get("")
+        self._device = None if opened is None else opened[0]  # for `sync_failed`
         # Their paths as strings, made once: ensure_held runs before every write (twice per
         # create), and building its five Path objects each time was about a third of it.
         # The root itself is its own path, never "<root>/": a trailing slash would follow a
@@ -971,13 +1041,25 @@ class DataRoot:
             msg = f"cannot {doing}: data root {self.path} is closed"
             raise RuntimeError(msg)
 
+    @property
+    def sync_failed(self) -> FsyncFailed | None:
+        """The first fsync that failed on this root's filesystem in this process, if any:
+        every change is refused from then on (see :func:`fsync`)."""
+        if not _FAILED_SYNCS or self._device is None:
+            return None
+        return _FAILED_SYNCS.get(self._device)
+
     def ensure_held(self) -> None:
-        """Check, before any write, that the lock file is still the one we hold (one lstat).
+        """Check, before any write, that the lock file is still the one we hold (one lstat),
+        and that no fsync has failed on the root's filesystem (:func:`fsync`).
 
         A lock file deleted or replaced is :class:`LockLostError`; the root or a directory
-        of the app's in it replaced is :class:`DataRootChangedError`.
+        of the app's in it replaced is :class:`DataRootChangedError`; a failed fsync is
+        :class:`~app.errors.FsyncFailed`.
         """
         self._require_writer("check the lock")
+        if (failed := self.sync_failed) is not None:
+            raise _earlier(failed)
         assert self.lock is not None
         if (reason := self.lock.still_ours()) is not None:
             raise LockLostError(self.lock.path, reason)
@@ -1158,7 +1240,7 @@ class DataRoot:
             # Held until the rename: another writer's clean-up skips it (see _clear_tmp).
             fcntl.flock(fd, fcntl.LOCK_EX)
             _write_all(fd, data)
-            os.fsync(fd)
+            fsync(fd)
             _replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -1123,6 +1123,73 @@ class StorageIOError(StorageError):
     doing: str
 
 
+class FsyncFailed(OSError):
+    """An ``fsync`` on a data root's filesystem failed, now or earlier in this process.
+
+    Raised by :func:`app.dataroot.fsync` (with the ``errno`` the kernel gave), and from then
+    on by every fsync and every change on that filesystem in this process (with the first
+    failure's ``errno``, and ``earlier`` set): what the kernel could not write it may have
+    dropped, and a later fsync that succeeds does not bring it back (PostgreSQL's
+    "fsyncgate", 2018). :func:`storage_error` makes it a `StorageSyncFailedError`.
+
+    Attributes:
+        at: when the first fsync failed (ISO 8601, UTC).
+        earlier: whether it failed before this call (in another change) rather than in it.
+    """
+
+    def __init__(self, code: int, strerror: str, filename: str, *, at: str, earlier: bool) -> None:
+        super().__init__(code, strerror, filename)
+        self.at = at
+        self.earlier = earlier
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            partial(FsyncFailed, at=self.at, earlier=self.earlier),
+            (self.errno, self.strerror, self.filename),
+        )
+
+
+class StorageSyncFailedError(StorageError):
+    """An fsync failed on the data root's filesystem: no change is acknowledged until restart."""
+
+    code = "storage_sync_failed"
+    http_status = 503
+    # No path: the message reaches HTTP clients. Not "nothing was changed": the fsync that
+    # fails may follow the change's rename (a 507 once said so of a replace it then served).
+    template = (
+        "cannot {doing}: {cause}. What the kernel failed to write it may have dropped, and a "
+        "later fsync that succeeds does not bring it back, so this process acknowledges no "
+        "more changes to the data root until it is restarted (reads still work; GET /health "
+        "says so). A change this request began is not acknowledged: it may be made, in part "
+        "or whole, or lost at the next power cut. An operator reads the kernel's log "
+        "(`dmesg`) and mends the cause (free the thin pool or the quota, replace the "
+        "device), then restarts the server, whose start-up runs `app data check --repair`, "
+        "before clients retry"
+    )
+
+    doing: str
+    cause: str
+
+
+class StorageInterruptedError(StorageError):
+    """A call on the data root's filesystem was interrupted (EINTR) and not retried."""
+
+    code = "storage_interrupted"
+    http_status = 503
+    # A network or FUSE filesystem (NFS mounted `intr`, sshfs) may have carried out an
+    # interrupted rename or unlink, so it is neither retried nor called "nothing was changed".
+    template = (
+        "cannot {doing}: a call on the data root's filesystem was interrupted (EINTR: a "
+        "signal, or a network or FUSE filesystem that gave up waiting); the change is not "
+        "acknowledged, and may be made in part. Retry after {retry_after} seconds; what an "
+        "interrupted change left is finished or undone by `app data check --repair` (a "
+        "server runs it at start-up)"
+    )
+
+    doing: str
+    retry_after: int = 1
+
+
 class StoppedPartwayError(StorageError):
     """A command over many items met a storage error after it had changed some of them.
 
@@ -1155,6 +1222,8 @@ _FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 # EUCLEAN and EBADMSG are ext4's EFSCORRUPTED and EFSBADCRC: metadata it cannot trust.
 _IO_ERRNOS = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
+# Python retries open, write and fsync on EINTR (PEP 475), never rename, unlink, mkdir, close.
+_INTERRUPTED_ERRNOS = frozenset({errno.EINTR})
 
 
 _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...] = (
@@ -1164,6 +1233,7 @@ _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...
     (_FILE_SIZE_ERRNOS, FileTooLargeForServerError),
     (_PERMISSION_ERRNOS, PermissionDeniedStorageError),
     (_IO_ERRNOS, StorageIOError),
+    (_INTERRUPTED_ERRNOS, StorageInterruptedError),
 )
 
 
@@ -1175,12 +1245,22 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         doing: what was being done, for the message ("store the upload").
 
     Returns:
-        A `StorageFullError`, a `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a
-        `FileTooLargeForServerError`, a `PermissionDeniedStorageError` or a
-        `StorageIOError`, else ``None``.
+        A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
+        `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
+        a `PermissionDeniedStorageError`, a `StorageIOError` or a
+        `StorageInterruptedError`, else ``None``.
     """
     if not isinstance(error, OSError):
         return None
+    if isinstance(error, FsyncFailed):  # before its errno: ENOSPC here is no "nothing changed"
+        reason = error.strerror or errno.errorcode.get(error.errno or 0, "unknown error")
+        cause = (
+            f"an fsync on the data root's filesystem failed at {error.at} ({reason}), in an "
+            "earlier change"
+            if error.earlier
+            else f"an fsync on the data root's filesystem failed ({reason})"
+        )
+        return StorageSyncFailedError(doing, cause)
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)

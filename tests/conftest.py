@@ -150,6 +150,7 @@ SLOWEST_FILES = (
     "tests/test_server_e2e.py",  # 15 s
     "tests/test_integrity.py",  # 14 s
     "tests/test_redteam_s18_crash_points.py",  # 13 s
+    "tests/test_redteam_s28_faults.py",  # 13 s
     "tests/test_plugin.py",  # 13 s
     "tests/test_openapi.py",  # 12 s
     "tests/test_server_transfers.py",  # 10 s

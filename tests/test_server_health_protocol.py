@@ -25,7 +25,7 @@ import uvicorn
 from app.config import Config
 from app.server import create_app
 from app.server.protocol import bounded_h11, run_now
-from app.server.routes_sessions import health_response
+from app.server.routes_sessions import HealthResponse
 from app.storage import Storage
 
 WAIT = 15.0  # bounds a read from a broken server, so that a hung test fails
@@ -212,7 +212,7 @@ def test_health_answered_by_the_protocol_is_what_the_application_sends(
         await application(scope, receive, send)
 
     with (
-        _serving(recorded, health_response(app_config)) as fast,
+        _serving(recorded, HealthResponse(app_config, app_store)) as fast,
         _serving(recorded, None) as slow,
     ):
         for name, (rounds, to_app) in EXCHANGES.items():
@@ -254,7 +254,7 @@ def test_a_coroutine_run_now_that_waits_after_all_is_resumed_by_a_task() -> None
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_health_response_is_the_route_s(app_client: Any, app_config: Config, method: str) -> None:
     response = app_client.request(method, "/health")
-    expected = health_response(app_config)
+    expected = HealthResponse(app_config).ok
     assert response.status_code == expected.status_code == 200
     assert response.headers["content-type"] == expected.headers["content-type"]
     assert response.content == (expected.body if method == "GET" else b"")

@@ -133,11 +133,14 @@ class TrashEmptied(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /health``."""
+    """``GET /health``: 200 ``ok``, or 503 ``writes_stopped`` with the ``reason``."""
 
-    status: str
+    status: str = Field(description="`ok`, or `writes_stopped` (every change is refused).")
     profile: str
     version: str
+    reason: str | None = Field(
+        default=None, description="Why writes stopped (an fsync failed); only then present."
+    )
 
 
 class Readiness(BaseModel):

@@ -29,6 +29,10 @@ from app.server.session_body import session_create
 from app.storage import Storage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.types import Receive, Scope, Send
+
     from app.config import Config
 
 _CONFIRM: Final = "yes-i-mean-it"
@@ -48,24 +52,61 @@ class _EncodedJSON(JSONResponse):
         return content
 
 
-def health_response(config: Config) -> Response:
+class HealthResponse:
     """The answer to ``GET /health``: the route's, and the HTTP protocol's, which answers it
-    without the application (`app.server.protocol.bounded_h11`).
+    without the application (`app.server.protocol.bounded_h11`); an ASGI application.
 
-    Rendered once: it never changes while the server runs, and FastAPI validated and encoded
-    it again on every probe. `response_model` still documents it.
+    ``ok`` is rendered once (FastAPI validated and encoded it again on every probe;
+    `response_model` still documents it). Once the store refuses every change (an fsync
+    failed: `app.dataroot.fsync`) it is a 503 that says why, so that a monitor sees it and
+    a supervisor that restarts an unhealthy server brings back the writes.
     """
-    health = Health(status="ok", profile=config.profile, version=__version__)
-    return Response(health.model_dump_json().encode(), media_type="application/json")
+
+    def __init__(self, config: Config, store: Storage | None = None) -> None:
+        self.config = config
+        self.ok = Response(
+            Health(status="ok", profile=config.profile, version=__version__)
+            .model_dump_json(exclude_none=True)
+            .encode(),
+            media_type="application/json",
+        )
+        # Only a data root's store can stop its writes (`app.store.Store.writes_stopped`).
+        self._stopped: Callable[[], str | None] = lambda: getattr(store, "writes_stopped", None)
+
+    def response(self) -> Response:
+        reason = self._stopped()
+        if reason is None:
+            return self.ok
+        health = Health(
+            status="writes_stopped",
+            profile=self.config.profile,
+            version=__version__,
+            reason=reason,
+        )
+        return Response(
+            health.model_dump_json().encode(), status_code=503, media_type="application/json"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.response()(scope, receive, send)
 
 
 def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[Any]) -> None:
-    health_body = health_response(config).body
+    answer = HealthResponse(config, store)
 
-    @app.get("/health", tags=["server"], operation_id="health", response_model=Health)
+    @app.get(
+        "/health",
+        tags=["server"],
+        operation_id="health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Writes stopped: an fsync failed."}},
+    )
     async def health() -> Response:
-        """Liveness: answers without a token. Says which profile runs, never where its data is."""
-        return Response(health_body, media_type="application/json")
+        """Liveness: answers without a token. Says which profile runs, never where its data is.
+
+        503 once the server refuses every change because an fsync failed on its data root
+        (restart it: its start-up repairs the root)."""
+        return answer.response()
 
     @app.get(
         "/ready",

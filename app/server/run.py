@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from app.errors import EX_SOFTWARE, AppError, PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
-from app.server.routes_sessions import health_response
+from app.server.routes_sessions import HealthResponse
 from app.server.warm import warm_up, worker_threads_at_work
 from app.storage import Storage, open_storage
 
@@ -166,7 +166,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
                 config.request_idle_seconds,
                 config.request_seconds,
                 # GET /health, answered in the protocol: not queued behind the event loop's turn
-                health=health_response(config),
+                health=HealthResponse(config, store),
             ),
             h11_max_incomplete_event_size=config.max_header_bytes,
         )

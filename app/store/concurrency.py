@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from app.dataroot import fsync
+
 if TYPE_CHECKING:
     from app.store.records import FileRecord
 
@@ -223,7 +225,9 @@ class GroupSync:
     A caller's change (a rename into the directory) is made before it calls :meth:`sync`;
     it returns once an fsync that *started* after the call has completed. While one fsync
     runs, later callers queue and the next fsync covers all of them, so N concurrent
-    creates cost about two directory syncs instead of N.
+    creates cost about two directory syncs instead of N. A failed fsync is never followed
+    by a success: each caller it covered runs its own, which :func:`app.dataroot.fsync`
+    refuses (red team 28: they were answered 201 by a later fsync that succeeded).
     """
 
     def __init__(self, path: Path) -> None:
@@ -250,7 +254,9 @@ class GroupSync:
             self._running = True
             covers = self._requested
         try:
-            os.fsync(fd)
+            # Through app.dataroot.fsync: after a failure there, the waiters it covered
+            # each run their own and are refused too, never answered by a later success.
+            fsync(fd)
         except BaseException:
             with self._cond:
                 self._running = False

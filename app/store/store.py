@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, 
 from app.dataroot import filesystem_type
 from app.errors import (
     AppError,
+    FsyncFailed,
     LockLostError,
     NotInTrashError,
     SessionNotFoundError,
@@ -164,6 +165,20 @@ class Store(Storage):
     def ensure_held(self) -> None:
         self.root.ensure_held()
 
+    @property
+    def writes_stopped(self) -> str | None:
+        """Why this process refuses every change to the root (an fsync failed), or ``None``.
+
+        Said without the root's path: ``GET /health`` shows it to anyone.
+        """
+        failed = self.root.sync_failed
+        if failed is None:
+            return None
+        return (
+            f"an fsync on the data root's filesystem failed at {failed.at} ({failed.strerror}): "
+            "every change is refused until the server is restarted"
+        )
+
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         self.root.audit(operation, target, **details)
 
@@ -286,6 +301,10 @@ class Store(Storage):
                     sessions=[e.session_id for e in entries],
                     stopped=str(error),
                 )
+                if isinstance(error, FsyncFailed):
+                    # The session it failed on may have moved as well: "the rest are
+                    # unchanged" would be untrue, and "run it again" is refused until restart.
+                    raise
                 raise StoppedPartwayError(
                     doing="purge",
                     done=len(entries),

@@ -172,6 +172,16 @@ EXAMPLES: list[errors.AppError] = [
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
     errors.StorageIOError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.StorageSyncFailedError(
+        "PUT /sessions/3f2a9c/files/report.pdf",
+        "an fsync on the data root's filesystem failed (Input/output error)",
+    ),
+    errors.StorageSyncFailedError(
+        "POST /sessions",
+        "an fsync on the data root's filesystem failed at 2025-12-04T09:12:03.512113+00:00 "
+        "(Input/output error), in an earlier change",
+    ),
+    errors.StorageInterruptedError("DELETE /sessions/3f2a9c/files/report.pdf"),
     errors.StoppedPartwayError(
         doing="purge",
         done=120,
