@@ -524,8 +524,7 @@ class Storage(Protocol):
     def readiness(self) -> dict[str, str | None]:
         """What a server's ``GET /ready`` says of each backend this storage needs: ``None``
         when it answers, else why not. From what the storage already knows: never a request
-        of its own per call. A local data root: nothing to say (its server stops when it
-        loses its lock)."""
+        of its own per call."""
         return {}
 
     def close(self) -> None: ...

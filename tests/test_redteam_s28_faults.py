@@ -423,6 +423,12 @@ def test_after_a_failed_fsync_a_server_acknowledges_no_change_until_it_is_restar
             assert health.json()["status"] == "writes_stopped"
             assert "Input/output error" in health.json()["reason"]
             assert str(root) not in health.text
+            # /ready agrees: a load balancer takes the server out while it waits for a restart.
+            ready = httpx.get(f"{url}/ready")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["status"] == "unready"
+            assert "until the server is restarted" in ready.json()["checks"]["data root"]
+            assert str(root) not in ready.text
     finally:
         stop_server(process)
     assert "fsync of" in (tmp_path / "server.log").read_text()
@@ -431,6 +437,7 @@ def test_after_a_failed_fsync_a_server_acknowledges_no_change_until_it_is_restar
     try:
         with httpx.Client(base_url=url, headers=token) as http:
             assert httpx.get(f"{url}/health").status_code == 200
+            assert httpx.get(f"{url}/ready").json()["checks"] == {"data root": "ok"}
             assert http.get(f"/sessions/{kept}/files/a.txt").content == b"v1"
             assert http.put(f"/sessions/{new}/files/b.txt", content=b"now").status_code == 201
     finally:

@@ -179,6 +179,11 @@ class Store(Storage):
             "every change is refused until the server is restarted"
         )
 
+    def readiness(self) -> dict[str, str | None]:
+        """The data root: not ready once its writes have stopped (`writes_stopped`). A
+        restart, not waiting, brings them back, so ``GET /health`` says so too."""
+        return {"data root": self.writes_stopped}
+
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         self.root.audit(operation, target, **details)
 
