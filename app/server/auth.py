@@ -6,7 +6,7 @@ import dataclasses
 import hmac
 from collections.abc import Callable, Coroutine
 from difflib import get_close_matches
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 from fastapi.routing import APIRoute
@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from app.errors import BadRequestError
+from app.server.routes_files import PRECONDITIONS, unsupported_precondition
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -57,10 +58,16 @@ def require_token(config: Config) -> HTTPBearer:
     return _BearerToken(config.api_token.encode() if config.api_token else None)
 
 
+#: The routes that evaluate preconditions themselves (`app.server.routes_files.preconditions`
+#: says which, and refuses the rest): a file has an ETag. Every other route refuses them all.
+EVALUATE_PRECONDITIONS: Final = frozenset({"getFile", "headFile", "putFile", "deleteFile"})
+
+
 class TokenRoute(APIRoute):
     """An `APIRoute` that checks its bearer token itself, first, rather than as a dependency,
-    then its query string (`refuse_query`), then, on a route that takes no body, that none
-    was sent (`refuse_body`).
+    then its query string (`refuse_query`), then a precondition it would ignore
+    (`refuse_preconditions`), then, on a route that takes no body, that none was sent
+    (`refuse_body`).
 
     The token stays among the route's dependencies, so the OpenAPI document shows the
     route's security as before; the handler is built without it and calls it before
@@ -88,11 +95,14 @@ class TokenRoute(APIRoute):
         operation = f"{'/'.join(sorted(self.methods or ()))} {self.path_format}"
         # A route that reads its body itself says so in its OpenAPI `requestBody`.
         takes_body = bool(documented.body_params) or "requestBody" in (self.openapi_extra or {})
+        evaluates = self.operation_id in EVALUATE_PRECONDITIONS
 
         async def checked(request: Request) -> Response:
             await token(request)
             if query := request.scope["query_string"]:
                 refuse_query(query, known, operation)
+            if not evaluates and (ignored := ignored_preconditions(request)):
+                return unsupported_precondition(request, ignored, file=False)
             if not takes_body:
                 await refuse_body(request, known, operation)
             return await handler(request)
@@ -135,6 +145,25 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
         f"the server would ignore, doing other than its sender meant; nothing was done. Send "
         f"no body: {where}"
     )
+
+
+def ignored_preconditions(request: Request) -> list[str]:
+    """The preconditions (RFC 9110, 13.1) a route with no ETag would ignore: it refuses them.
+
+    Ignored, it was a promise broken: ``POST /trash/empty`` with ``If-Match`` emptied the
+    trash, a multipart ``POST`` with ``If-Match: "<a version>"`` created a file, and ``GET
+    /sessions/<id>`` with ``If-Unmodified-Since`` served whatever the session had become
+    (RFC 9110 says an origin server must evaluate both). ``If-None-Match`` on a ``GET`` or
+    ``HEAD`` asks for a 304 at most, and a 200 is always a correct answer to it: ignored
+    there, refused elsewhere. ``If-Modified-Since`` counts on a ``GET`` or ``HEAD`` only, and
+    is ignored, as RFC 9110 (13.1.3) says.
+    """
+    reads = request.method in ("GET", "HEAD")
+    return [
+        name
+        for name in PRECONDITIONS
+        if name in request.headers and not (reads and name == "if-none-match")
+    ]
 
 
 def _query_names(dependant: Dependant) -> list[str]:

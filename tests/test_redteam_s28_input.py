@@ -1,0 +1,164 @@
+"""Red team 28 on input taken silently: input the app read as other than its sender meant.
+
+Each case failed on main (a121dfc) and is proved against real parts: one ``app serve`` on a
+data root for the HTTP cases, the ``app`` command through click, the settings through
+`app.config.load`, and the pytest plugin in a pytest subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from live_http import Answers, a_session, connect, head_of
+from redteam_s19_http import one_server
+
+from app.testing import LiveServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        yield http
+
+
+def _problem(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    found: dict[str, object] = response.json()
+    return found
+
+
+def _flat(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+# Each route that evaluates no precondition, and what it would have done with one ignored:
+# created, emptied, served another version than the one named.
+IGNORED = (
+    ("POST", "/sessions", "If-Match", '"v1"'),
+    ("POST", "/sessions", "If-None-Match", "*"),
+    ("POST", "/sessions/{sid}/files", "If-Match", '"v1"'),
+    ("POST", "/sessions/{sid}/files", "If-Unmodified-Since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ("POST", "/trash/empty", "If-Match", '"v1"'),
+    ("POST", "/trash/empty", "If-Unmodified-Since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ("GET", "/sessions/{sid}", "If-Match", '"v1"'),
+    ("GET", "/sessions/{sid}", "If-Unmodified-Since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+    ("GET", "/sessions", "If-Match", "*"),
+    ("GET", "/sessions/{sid}/files", "If-Match", '"v1"'),
+    ("DELETE", "/sessions/{sid}", "If-None-Match", '"v1"'),
+)
+
+
+def test_a_precondition_a_route_does_not_evaluate_is_refused_on_every_route(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    session_id = a_session(server)
+    gone = a_session(server)
+    assert client.delete(f"/sessions/{gone}").status_code == 200
+    before = client.get("/sessions").json()["total"]
+    for method, route, header, value in IGNORED:
+        path = route.format(sid=session_id)
+        kwargs: dict[str, object] = {}
+        if route == "/sessions":
+            kwargs["json"] = {"title": "only if unchanged"}
+        elif route.endswith("/files"):
+            kwargs["files"] = {"file": ("new.txt", b"new")}
+        answer = client.request(method, path, headers={header: value}, **kwargs)  # type: ignore[arg-type]
+        problem = _problem(answer, 400)
+        assert problem["code"] == "precondition_unsupported", (method, route, header)
+        message = _flat(problem["message"])
+        assert f"{method} {path} does not evaluate {header}:" in message, message
+        assert "has no ETag to compare with" in message, message
+        assert "nothing was changed. Send the request without it" in message, message
+    # Nothing was created, uploaded or emptied.
+    assert client.get("/sessions").json()["total"] == before
+    assert client.get(f"/sessions/{session_id}/files").json()["items"] == []
+    emptied = client.post("/trash/empty", params={"older_than": 10**8})
+    assert emptied.json()["removed"] == 0  # the deleted session is still in the trash
+    # What a GET may ignore stays ignored: never a 304, which is always correct.
+    for header, value in (("If-None-Match", "*"), ("If-Modified-Since", "Thu, 01 Jan 2099 0:0:0")):
+        assert client.get(f"/sessions/{session_id}", headers={header: value}).status_code == 200
+
+
+def test_a_json_media_type_other_than_application_json_is_refused(
+    client: httpx.Client,
+) -> None:
+    # application/evil+json was read as JSON: a type whose own rules the server does not know
+    # (a JSON Patch, a JSON-LD document, a problem report) was stored as a session.
+    before = client.get("/sessions").json()["total"]
+    for media_type in ("application/evil+json", "application/merge-patch+json"):
+        answer = client.post(
+            "/sessions", content=b'{"title": "t"}', headers={"Content-Type": media_type}
+        )
+        message = _flat(_problem(answer, 415)["message"])
+        assert f"POST /sessions takes application/json, not {media_type!r}" in message
+        assert "a +json type has rules of its own, which this server does not follow" in message
+    assert client.get("/sessions").json()["total"] == before
+
+
+def test_a_media_type_parameter_given_twice_is_refused(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # The server read the last of two: charset=latin-1; charset=utf-8 was a 201 of the UTF-8
+    # reading, and boundary=B; boundary=A stored the file framed by A, where a proxy or a
+    # scanner that reads the first saw another file, framed by B.
+    session_id = a_session(server)
+    before = client.get("/sessions").json()["total"]
+    answer = client.post(
+        "/sessions",
+        content='{"title": "é"}'.encode(),
+        headers={"Content-Type": "application/json; charset=latin-1; charset=utf-8"},
+    )
+    message = _flat(_problem(answer, 400)["message"])
+    assert (
+        "POST /sessions refused: its Content-Type names the parameter 'charset' 2 times "
+        "('latin-1', 'utf-8')" in message
+    ), message
+    assert "ambiguous, and nothing was changed. Give each parameter once" in message
+    assert client.get("/sessions").json()["total"] == before
+    body = (
+        b'--A\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="b.txt"\r\n\r\nBBB\r\n'
+        b"--B--\r\n\r\n--A--\r\n"
+    )
+    with connect(server) as sock:
+        line = f"POST /sessions/{session_id}/files"
+        extra = (
+            "Content-Type: multipart/form-data; boundary=B; boundary=A\r\n"
+            f"Content-Length: {len(body)}\r\n"
+        )
+        sock.sendall(head_of(server, line, extra) + body)
+        status, _, answer_body = Answers(sock).next()
+    assert status == 400, answer_body
+    message = _flat(json.loads(answer_body)["message"])
+    assert "names the parameter 'boundary' 2 times ('B', 'A')" in message, message
+    assert client.get(f"/sessions/{session_id}/files").json()["items"] == []
+
+
+def test_a_json_number_a_double_would_read_as_another_is_refused(
+    client: httpx.Client,
+) -> None:
+    # 1.0000000000000000001 was stored as 1.0, and 9007199254740993 stored whole, read as
+    # 9007199254740992 by any client that reads JSON numbers as doubles (RFC 8259, 6).
+    before = client.get("/sessions").json()["total"]
+    for number in ("1.0000000000000000001", "9007199254740993", "-9007199254740992", "1e-400"):
+        body = f'{{"title": "n", "metadata": {{"n": {number}}}}}'.encode()
+        answer = client.post("/sessions", content=body)
+        message = _flat(_problem(answer, 422)["message"])
+        assert f"the number {number} " in message, message
+        assert "send it as a string" in message, message
+    assert client.get("/sessions").json()["total"] == before
+    # Numbers a double holds as sent are stored as sent.
+    held = "[0.1, 1e300, 9007199254740991, -9007199254740991, 1.5e-7, -0.0, 100]"
+    stored = client.post("/sessions", content=f'{{"metadata": {{"n": {held}}}}}'.encode())
+    assert stored.status_code == 201, stored.text
+    assert stored.content.count(b"9007199254740991") == 2
+    assert stored.json()["metadata"]["n"] == json.loads(held)
