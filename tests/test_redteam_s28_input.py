@@ -12,9 +12,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from live_http import Answers, a_session, connect, head_of
 from redteam_s19_http import one_server
 
+from app.cli import cli
 from app.testing import LiveServer
 
 
@@ -162,3 +164,25 @@ def test_a_json_number_a_double_would_read_as_another_is_refused(
     assert stored.status_code == 201, stored.text
     assert stored.content.count(b"9007199254740991") == 2
     assert stored.json()["metadata"]["n"] == json.loads(held)
+
+
+# Python's int() reads 8_0 as 80, ١٢٣٤ (Arabic-Indic digits) as 1234, +80 and " 80" as 80:
+# `app serve --port 8_0` served on port 80. --workers 2 makes the old behaviour stop at
+# the workers' refusal rather than serve.
+NOT_NUMBERS = ("8_0", "\u0661\u0662\u0663\u0664", "+80", " 80", "\uff18\uff10")
+
+
+def test_a_number_on_the_command_line_is_ascii_digits_only() -> None:
+    for value in NOT_NUMBERS:
+        result = CliRunner().invoke(cli, ["serve", "--port", value, "--workers", "2"])
+        assert result.exit_code == 2, (value, result.output)
+        assert (
+            f"Invalid value for '--port': {value!r} is not a whole number in ASCII digits "
+            "(0-9, no sign, space or _)"
+        ) in _flat(result.stderr), result.stderr
+    workers = CliRunner().invoke(cli, ["serve", "--workers", "\uff12"])
+    assert workers.exit_code == 2
+    assert "'\uff12' is not a whole number in ASCII digits" in workers.stderr
+    trash = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", "\u0661\u0662d"])
+    assert trash.exit_code == 2
+    assert "'\u0661\u0662d' is not a duration; use a number and a unit" in _flat(trash.stderr)
