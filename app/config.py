@@ -28,6 +28,7 @@ plugin reads the roots without importing dynaconf, and every profile is checked 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -93,8 +94,15 @@ def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
 
 
 def _positive_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return "must be a number of seconds greater than 0"
+    # TOML and the environment both give nan and inf: lock_check_seconds = nan passed
+    # `app config` and crashed `app serve`; inf never checked the lock file again.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        return "must be a finite number of seconds greater than 0"
     return None
 
 

@@ -17,6 +17,8 @@ from live_http import Answers, a_session, connect, head_of
 from redteam_s19_http import one_server
 
 from app.cli import cli
+from app.config import load
+from app.errors import ConfigError
 from app.testing import LiveServer
 
 
@@ -186,3 +188,15 @@ def test_a_number_on_the_command_line_is_ascii_digits_only() -> None:
     trash = CliRunner().invoke(cli, ["data", "empty-trash", "--older-than", "\u0661\u0662d"])
     assert trash.exit_code == 2
     assert "'\u0661\u0662d' is not a duration; use a number and a unit" in _flat(trash.stderr)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_of_seconds_that_is_not_finite_is_refused(value: str) -> None:
+    # lock_check_seconds = nan passed `app config` and `app doctor`, then `app serve` died
+    # with a ValueError traceback; inf served with the lock file never checked again.
+    with pytest.raises(ConfigError) as refused:
+        load("testing", environ={"APP_LOCK_CHECK_SECONDS": value})
+    assert (
+        f"lock_check_seconds = {float(value)} (from environment APP_LOCK_CHECK_SECONDS): must "
+        "be a finite number of seconds greater than 0"
+    ) in str(refused.value)
