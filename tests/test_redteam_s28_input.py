@@ -200,3 +200,29 @@ def test_a_number_of_seconds_that_is_not_finite_is_refused(value: str) -> None:
         f"lock_check_seconds = {float(value)} (from environment APP_LOCK_CHECK_SECONDS): must "
         "be a finite number of seconds greater than 0"
     ) in str(refused.value)
+
+
+def test_an_app_profile_mark_naming_no_profile_fails_its_test(
+    pytester: pytest.Pytester,
+) -> None:
+    # app_profile("prodution") was taken as is: the test ran without production, and its
+    # refusal told it to add the mark it had.
+    pytester.makepyfile(
+        test_marks="""
+import pytest
+
+@pytest.mark.app_profile("prodution")
+def test_typo(): pass
+
+@pytest.mark.app_profile("Production", "development")
+def test_right(): pass
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:warnings")
+    result.assert_outcomes(passed=1, errors=1)
+    typo = (
+        "*test_typo: @pytest.mark.app_profile names 'prodution', which is no profile of "
+        "these settings (did you mean 'production'?); known profiles: development, testing, "
+        "production. The test would run without the profile it means*"
+    )
+    result.stdout.fnmatch_lines([typo])

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from app import config as appconfig
+from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError
 from app.lock import describe_holder
@@ -313,6 +314,31 @@ def _refuse_misread_marks(node: pytest.Item) -> None:
                 f"app: {node.nodeid}: @pytest.mark.app_profile {what}, and it reads only "
                 "profile names given as strings; the test would run without the profiles it "
                 "means. Write @pytest.mark.app_profile('production', ...)",
+                pytrace=False,
+            )
+        _refuse_unknown_profiles(node, mark.args)
+
+
+def _refuse_unknown_profiles(node: pytest.Item, names: Iterable[str]) -> None:
+    """Fail a test whose ``app_profile`` mark names no profile of the settings.
+
+    ``app_profile("prodution")`` was taken as it was: the test ran without production, and
+    the refusal of its load told it to add the mark it had. Names compare case-insensitively,
+    as profiles do; read from the settings files as `app.config.load` reads them.
+    """
+    try:
+        known = config_files.read_files(os.environ, sandboxed=True).profiles
+    except AppError:
+        return  # no settings to check against: `load` refuses the profile itself
+    for name in names:
+        if name.lower() not in known:
+            close = get_close_matches(name.lower(), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            pytest.fail(
+                f"app: {node.nodeid}: @pytest.mark.app_profile names {name!r}, which is no "
+                f"profile of these settings{hint}; known profiles: {', '.join(known)}. The test "
+                "would run without the profile it means. Name one of them, or add a section "
+                f"to settings.toml in {config_files.settings_dir(os.environ)}",
                 pytrace=False,
             )
 
