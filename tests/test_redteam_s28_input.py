@@ -202,6 +202,17 @@ def test_a_number_of_seconds_that_is_not_finite_is_refused(value: str) -> None:
     ) in str(refused.value)
 
 
+def test_a_number_in_an_environment_variable_is_ascii_only() -> None:
+    # dynaconf's @int is Python's int(): APP_PORT='@int <Arabic-Indic 1234>' was port 1234.
+    with pytest.raises(ConfigError) as refused:
+        load("testing", environ={"APP_PORT": "@int \u0661\u0662\u0663\u0664"})
+    assert (
+        "port = '@int \u0661\u0662\u0663\u0664' (from environment APP_PORT): holds U+0661 "
+        "(ARABIC-INDIC DIGIT ONE); a number or a boolean is written in ASCII (such as "
+        "APP_PORT=8000)"
+    ) in str(refused.value)
+
+
 def test_an_app_profile_mark_naming_no_profile_fails_its_test(
     pytester: pytest.Pytester,
 ) -> None:
