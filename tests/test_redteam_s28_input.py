@@ -168,6 +168,32 @@ def test_a_json_number_a_double_would_read_as_another_is_refused(
     assert stored.json()["metadata"]["n"] == json.loads(held)
 
 
+def test_a_number_in_a_query_string_is_plain_ascii_digits(client: httpx.Client) -> None:
+    # pydantic read older_than=1_0 as 10 seconds, +5 and " 5" as 5, and limit=5.0 as 5,
+    # where a proxy or a script in front may read another number (parseFloat("1_0") is 1).
+    for route, value in (
+        ("/trash/empty", "older_than=1_0"),
+        ("/trash/empty", "older_than=%2B5"),
+        ("/trash/empty", "older_than=%205"),
+        ("/trash/empty", "older_than=-0"),
+        ("/sessions", "limit=5.0"),
+        ("/sessions", "limit=1_0"),
+    ):
+        method = "POST" if route == "/trash/empty" else "GET"
+        answer = client.request(method, f"{route}?{value}")
+        message = _flat(_problem(answer, 400)["message"])
+        name, _, raw = value.partition("=")
+        shown = raw.replace("%2B", "+").replace("%20", " ")
+        assert (
+            f"request refused: the query parameter {name}={shown!r} is not a number as "
+            f"{method} {route} reads one" in message
+        ), message
+        assert "no sign, space or _" in message
+    for route, value in (("/trash/empty", "older_than=1e9"), ("/sessions", "limit=5")):
+        method = "POST" if route == "/trash/empty" else "GET"
+        assert client.request(method, f"{route}?{value}").status_code == 200
+
+
 # Python's int() reads 8_0 as 80, ١٢٣٤ (Arabic-Indic digits) as 1234, +80 and " 80" as 80:
 # `app serve --port 8_0` served on port 80. --workers 2 makes the old behaviour stop at
 # the workers' refusal rather than serve.
