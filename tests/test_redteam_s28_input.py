@@ -92,6 +92,26 @@ def test_a_precondition_a_route_does_not_evaluate_is_refused_on_every_route(
         assert client.get(f"/sessions/{session_id}", headers={header: value}).status_code == 200
 
 
+def test_a_header_the_app_reads_spelt_with_an_underscore_is_refused(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    # h11 takes If_Match for another header, which the app never read: the DELETE went
+    # ahead, where a CGI or WSGI gateway in front reads both as HTTP_IF_MATCH.
+    session_id = a_session(server)
+    file = f"/sessions/{session_id}/files/kept.txt"
+    assert client.put(file, content=b"v1").status_code == 201
+    for header, value in (("If_Match", '"v0"'), ("If_None_Match", "*"), ("Content_Type", "x/y")):
+        answer = client.delete(file, headers={header: value})
+        message = _flat(_problem(answer, 400)["message"])
+        meant = header.replace("_", "-")
+        assert (
+            f"request refused: it has a header {header.lower()!r}, which is not {meant}: this "
+            f"server reads only {meant}, and a gateway in front may take one for the other (CGI "
+            f"and WSGI name both HTTP_{header.upper()}); nothing was done. Send {meant}, with '-'"
+        ) in message, message
+    assert client.get(file).content == b"v1"
+
+
 def test_a_json_media_type_other_than_application_json_is_refused(
     client: httpx.Client,
 ) -> None:
