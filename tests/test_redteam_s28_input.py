@@ -283,3 +283,16 @@ def test_right(): pass
         "production. The test would run without the profile it means*"
     )
     result.stdout.fnmatch_lines([typo])
+
+
+def test_an_ini_key_spelt_close_to_app_strict_is_refused(pytester: pytest.Pytester) -> None:
+    # pytest only warns of a key it does not know: the run went on without strict mode.
+    pytester.makeini("[pytest]\napp_stirct = true\n")
+    pytester.makepyfile(test_nothing="def test_nothing(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:warnings")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    misspelt = (
+        "*app: *tox.ini sets 'app_stirct', which is no ini key of the app (did you mean "
+        "'app_strict'?); the run would go on without what it asks for. Spell it app_strict"
+    )
+    result.stderr.fnmatch_lines([misspelt])

@@ -9,10 +9,12 @@ in the order and with the refusals the pytest plugin reference page gives.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
 
+import iniconfig
 import pytest
 
 from app import config as appconfig
@@ -79,7 +81,7 @@ def pytest_load_initial_conftests(
     if inactive is not None:
         _stay_inactive(early_config, inactive)
         return
-    guard.refuse_early_loads()
+    _refuse_before_the_run(early_config)
     saved: dict[str, str | None] = {}
     _save_env(saved, [*guard.NEUTRALISED, *appconfig.dynaconf_switches(), appconfig.PROFILE_ENV])
     _save_env(saved, [appconfig.SANDBOX_ENV, sandboxing.SCRATCH_ENV, guard.OWNER_ENV])
@@ -146,6 +148,52 @@ def pytest_load_initial_conftests(
             f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
             "Stop it, or run without --app-strict (the tests would not touch it anyway)"
         )
+
+
+def _refuse_before_the_run(config: pytest.Config) -> None:
+    """What refuses an active run before it changes anything: a misspelt ini key, a load."""
+    __tracebackhide__ = True
+    _refuse_misspelt_ini(config)
+    guard.refuse_early_loads()
+
+
+def _refuse_misspelt_ini(config: pytest.Config) -> None:
+    """Refuse an ini key spelt close to the plugin's own (``app_stirct = true``).
+
+    pytest only warns of a key it does not know (an error under ``--strict-config`` alone),
+    so the run went on without the strict mode its ini file asked for.
+    """
+    __tracebackhide__ = True
+    path = config.inipath
+    if path is None:
+        return
+    for key in _ini_keys(path):
+        if key != "app_strict" and get_close_matches(key, ["app_strict"], cutoff=0.8):
+            raise pytest.UsageError(
+                f"app: {path} sets {key!r}, which is no ini key of the app (did you mean "
+                "'app_strict'?); the run would go on without what it asks for. Spell it "
+                "app_strict"
+            )
+
+
+def _ini_keys(path: Path) -> list[str]:
+    """The keys of pytest's section of the file pytest read its ini values from.
+
+    Read here: pytest keeps them in ``config.inicfg``, which it deprecates (pytest 9) with no
+    public way to list the keys it does not know. A file it read parses; if it does not,
+    pytest has said so.
+    """
+    try:
+        if path.suffix == ".toml":
+            tool = tomllib.loads(path.read_text("utf-8"))
+            if path.name in {"pytest.toml", ".pytest.toml"}:
+                return list(tool.get("pytest", {}))
+            pytest_tool = tool.get("tool", {}).get("pytest", {})
+            return [*pytest_tool, *pytest_tool.get("ini_options", {})]
+        ini = iniconfig.IniConfig(path)
+    except (OSError, ValueError, iniconfig.ParseError):
+        return []
+    return [key for name in ("pytest", "tool:pytest") if name in ini for key in ini[name]]
 
 
 def _stay_inactive(config: pytest.Config, reason: str) -> None:
