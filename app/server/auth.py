@@ -67,7 +67,7 @@ EVALUATE_PRECONDITIONS: Final = frozenset({"getFile", "headFile", "putFile", "de
 class TokenRoute(APIRoute):
     """An `APIRoute` that checks its bearer token itself, first, rather than as a dependency,
     then its query string (`refuse_query`), then a precondition it would ignore
-    (`refuse_preconditions`), then, on a route that takes no body, that none was sent
+    (`ignored_preconditions`), then, on a route that takes no body, that none was sent
     (`refuse_body`).
 
     The token stays among the route's dependencies, so the OpenAPI document shows the
