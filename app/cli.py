@@ -416,11 +416,30 @@ _MAX_AGE_SECONDS = 100 * 365 * 86400  # as POST /trash/empty's older_than
 
 
 # Not ParamType[timedelta]: it is generic only in recent click, and click 8.1 is supported.
+class AsciiIntRange(click.IntRange):
+    """`click.IntRange` for ASCII digits only.
+
+    click reads an integer with Python's ``int()``, which takes ``8_0``, ``+80``, `` 80`` and
+    other scripts' digits (Arabic-Indic, fullwidth): ``app serve --port 8_0`` served on port 80.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            self.fail(
+                f"{value!r} is not a whole number in ASCII digits (0-9, no sign, space or _)",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
+
+
 class Duration(click.ParamType):  # type: ignore[type-arg]
     """An age such as ``30m``, ``12h``, ``7d`` or ``2w``, as a `timedelta`."""
 
     name = "duration"
-    _FORM = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+    # [0-9], not \d: \d is any script's digit, and float() reads them (Arabic-Indic 12d was
+    # 12 days).
+    _FORM = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw])")
     _UNIT_SECONDS: ClassVar[dict[str, int]] = {
         "s": 1,
         "m": 60,
@@ -474,12 +493,12 @@ def _require_confirmation(config: appconfig.Config, operation: str, confirmed: b
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=AsciiIntRange(0, 65535),
     help="Port to listen on (0: any free port). Default: the profile's port.",
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 512),
+    type=AsciiIntRange(1, 512),
     default=1,
     show_default=True,
     help="Server processes on the port, each a replica with its own hold on the database "

@@ -28,8 +28,10 @@ plugin reads the roots without importing dynaconf, and every profile is checked 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -94,8 +96,15 @@ def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
 
 
 def _positive_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return "must be a number of seconds greater than 0"
+    # TOML and the environment both give nan and inf: lock_check_seconds = nan passed
+    # `app config` and crashed `app serve`; inf never checked the lock file again.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        return "must be a finite number of seconds greater than 0"
     return None
 
 
@@ -700,6 +709,13 @@ def _env_value(name: str, raw: str) -> tuple[Any, str | None]:
 
     default = str(key.default).lower() if isinstance(key.default, bool) else key.default
     such_as = "" if default is None or default is _REQUIRED else f" (such as {key.env}={default})"
+    other = next((c for c in raw if not c.isascii()), None)
+    if other is not None:
+        # dynaconf's @int is Python's int(): APP_PORT='@int <Arabic-Indic 1234>' was port 1234.
+        return raw, (
+            f"holds U+{ord(other):04X} ({unicodedata.name(other, 'unnamed')}); a number or a "
+            f"boolean is written in ASCII{such_as}"
+        )
     try:
         value = parse_conf_data(boolean_fix(raw), tomlfy=True, box_settings={})
     except DynaconfParseError as error:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-from collections.abc import Callable, Coroutine
+import re
+from collections.abc import Callable, Coroutine, Mapping
 from difflib import get_close_matches
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, get_args
 from urllib.parse import parse_qsl
 
 from fastapi.routing import APIRoute
@@ -16,6 +17,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from app.errors import BadRequestError
+from app.server.routes_files import PRECONDITIONS, unsupported_precondition
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -57,10 +59,16 @@ def require_token(config: Config) -> HTTPBearer:
     return _BearerToken(config.api_token.encode() if config.api_token else None)
 
 
+#: The routes that evaluate preconditions themselves (`app.server.routes_files.preconditions`
+#: says which, and refuses the rest): a file has an ETag. Every other route refuses them all.
+EVALUATE_PRECONDITIONS: Final = frozenset({"getFile", "headFile", "putFile", "deleteFile"})
+
+
 class TokenRoute(APIRoute):
     """An `APIRoute` that checks its bearer token itself, first, rather than as a dependency,
-    then its query string (`refuse_query`), then, on a route that takes no body, that none
-    was sent (`refuse_body`).
+    then its query string (`refuse_query`), then a precondition it would ignore
+    (`ignored_preconditions`), then, on a route that takes no body, that none was sent
+    (`refuse_body`).
 
     The token stays among the route's dependencies, so the OpenAPI document shows the
     route's security as before; the handler is built without it and calls it before
@@ -85,14 +93,23 @@ class TokenRoute(APIRoute):
             self.dependant = documented
         (token,) = tokens
         known = tuple(_query_names(documented))
+        numbers = {
+            p.alias: _NUMBER_FORMS[kind]
+            for p in documented.query_params
+            for kind in (int, float)
+            if kind in _types(p.field_info.annotation)
+        }
         operation = f"{'/'.join(sorted(self.methods or ()))} {self.path_format}"
         # A route that reads its body itself says so in its OpenAPI `requestBody`.
         takes_body = bool(documented.body_params) or "requestBody" in (self.openapi_extra or {})
+        evaluates = self.operation_id in EVALUATE_PRECONDITIONS
 
         async def checked(request: Request) -> Response:
             await token(request)
             if query := request.scope["query_string"]:
-                refuse_query(query, known, operation)
+                refuse_query(query, known, operation, numbers)
+            if not evaluates and (ignored := ignored_preconditions(request)):
+                return unsupported_precondition(request, ignored, file=False)
             if not takes_body:
                 await refuse_body(request, known, operation)
             return await handler(request)
@@ -137,14 +154,56 @@ async def refuse_body(request: Request, known: tuple[str, ...], operation: str) 
     )
 
 
+def ignored_preconditions(request: Request) -> list[str]:
+    """The preconditions (RFC 9110, 13.1) a route with no ETag would ignore: it refuses them.
+
+    Ignored, it was a promise broken: ``POST /trash/empty`` with ``If-Match`` emptied the
+    trash, a multipart ``POST`` with ``If-Match: "<a version>"`` created a file, and ``GET
+    /sessions/<id>`` with ``If-Unmodified-Since`` served whatever the session had become
+    (RFC 9110 says an origin server must evaluate both). ``If-None-Match`` on a ``GET`` or
+    ``HEAD`` asks for a 304 at most, and a 200 is always a correct answer to it: ignored
+    there, refused elsewhere. ``If-Modified-Since`` counts on a ``GET`` or ``HEAD`` only, and
+    is ignored, as RFC 9110 (13.1.3) says.
+    """
+    reads = request.method in ("GET", "HEAD")
+    return [
+        name
+        for name in PRECONDITIONS
+        if name in request.headers and not (reads and name == "if-none-match")
+    ]
+
+
 def _query_names(dependant: Dependant) -> list[str]:
     """The query parameters a route takes, its dependencies' included."""
     own = [p.alias for p in dependant.query_params]
     return own + [n for d in dependant.dependencies for n in _query_names(d)]
 
 
-def refuse_query(query: bytes, known: tuple[str, ...], operation: str) -> None:
-    """Refuse a query parameter the route does not take, or one given twice.
+#: A number in a query string: ASCII digits, a float's point and exponent; no sign, space
+#: or _. pydantic reads 1_0 as 10, +5 and " 5" as 5, and 5.0 as the integer 5, where a proxy
+#: or a script in front may not (JavaScript's parseFloat("1_0") is 1).
+_NUMBER_FORMS: Final = {
+    int: (re.compile("[0-9]+"), "digits 0-9"),
+    float: (
+        re.compile("[0-9]+(?:[.][0-9]+)?(?:[eE][+-]?[0-9]+)?"),
+        "digits 0-9, with a point and digits after it or an exponent (1e3) if need be",
+    ),
+}
+
+
+def _types(annotation: Any) -> tuple[Any, ...]:
+    """``int | None`` as ``(int, NoneType)``; ``int`` as ``(int,)``."""
+    return get_args(annotation) or (annotation,)
+
+
+def refuse_query(
+    query: bytes,
+    known: tuple[str, ...],
+    operation: str,
+    numbers: Mapping[str, tuple[re.Pattern[str], str]] | None = None,
+) -> None:
+    """Refuse a query parameter the route does not take, or one given twice, or a number
+    written other than as plain ASCII digits.
 
     FastAPI ignores the first and keeps the last of a repeated one, and ignores an unknown
     one: ``POST /trash/empty?older_then=86400`` (a typo) emptied the whole trash for good,
@@ -155,7 +214,8 @@ def refuse_query(query: bytes, known: tuple[str, ...], operation: str) -> None:
     Raises:
         BadRequestError: naming the parameter, the route and what it takes; nothing was done.
     """
-    names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    names = [name for name, _ in pairs]
     for name in names:
         if name not in known:
             takes = f"takes {' and '.join(known)}" if known else "takes no query parameter"
@@ -171,4 +231,13 @@ def refuse_query(query: bytes, known: tuple[str, ...], operation: str) -> None:
                 f"{names.count(name)} times. A proxy or a log in front may have read one and "
                 "this server another, so which one counts is ambiguous; nothing was done. "
                 "Give it once"
+            )
+    for name, value in pairs:
+        form = (numbers or {}).get(name)
+        if form is not None and form[0].fullmatch(value) is None:
+            raise BadRequestError(
+                f"request refused: the query parameter {name}={value!r} is not a number as "
+                f"{operation} reads one ({form[1]}; no sign, space or _). The server's parser "
+                "would have read it one way and a proxy or a log in front maybe another; "
+                "nothing was done"
             )

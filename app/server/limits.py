@@ -116,6 +116,30 @@ are one length (RFC 9110, 8.6); so is ``Host``, which h11 refuses twice (RFC 911
 """
 
 
+#: What else the app or its HTTP server reads, for `underscored_header`.
+_READ: Final = ONCE_ONLY | {
+    b"content-encoding",
+    b"content-length",
+    b"content-range",
+    b"expect",
+    b"transfer-encoding",
+}
+
+
+def underscored_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The first header spelt with ``_`` for ``-`` that the app reads as ``-`` (``If_Match``).
+
+    h11 takes it as another header, which the app never reads, so ``DELETE`` with
+    ``If_Match: "<another version>"`` deleted the file; a CGI or WSGI gateway in front turns
+    both spellings into one variable (``HTTP_IF_MATCH``), which is why nginx drops such
+    headers by default. One request, two meanings: refused.
+    """
+    for name, _ in headers:
+        if b"_" in name and name.replace(b"_", b"-") in _READ:
+            return name
+    return None
+
+
 def repeated_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The first of `ONCE_ONLY` that ``headers`` (lower-case names, as h11 gives them) repeat."""
     seen: set[bytes] = set()
@@ -224,6 +248,16 @@ class RequestGuard:
                 + (" (its entity tags as one comma-separated list)" if b"if-" in twice else "")
             )
             await problem_of(ambiguous)(scope, receive, send)
+            return
+        if scope["type"] == "http" and (odd := underscored_header(scope["headers"])) is not None:
+            meant = "-".join(p.capitalize() for p in odd.decode("ascii").split("_"))
+            misnamed = BadRequestError(
+                f"request refused: it has a header {odd.decode('ascii')!r}, which is not "
+                f"{meant}: this server reads only {meant}, and a gateway in front may take one "
+                f"for the other (CGI and WSGI name both HTTP_{odd.decode('ascii').upper()}); "
+                f"nothing was done. Send {meant}, with '-'"
+            )
+            await problem_of(misnamed)(scope, receive, send)
             return
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         # Without a percent sign an ASCII path is its own UTF-8 (h11 admits ASCII only).

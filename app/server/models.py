@@ -63,7 +63,10 @@ class SessionCreate(BaseModel):
         description=(
             f"Any JSON object: at most {MAX_METADATA_BYTES} bytes as compact JSON (413 "
             f"beyond), nested at most {MAX_METADATA_DEPTH} levels deep and with at most "
-            f"{MAX_METADATA_KEYS} keys in all (422 beyond). NaN and Infinity are not JSON."
+            f"{MAX_METADATA_KEYS} keys in all (422 beyond). NaN and Infinity are not JSON, "
+            "and a number must be one a 64-bit float holds as sent: integers within "
+            "±9007199254740991, decimals no more precise than a double (422 otherwise: "
+            "send it as a string)."
         ),
     )
 

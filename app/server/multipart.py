@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from app.digests import Digests
 from app.errors import AppError, BadRequestError, InvalidNameError, UploadTooLargeError
 from app.names import check_file_name
-from app.server.uploads import Pipeline, refuse_content_coding
+from app.server.uploads import Pipeline, refuse_content_coding, refuse_repeated_parameter
 from app.storage import Storage, Upload
 
 # Form fields other than `file` are ignored, but they still cost memory while parsed.
@@ -45,6 +45,7 @@ def form_boundary(request: Request) -> bytes:
     """The boundary of a ``POST``'s form (`boundary_of`), once its body is known to be in no
     content coding (`app.server.uploads.refuse_content_coding`)."""
     refuse_content_coding(request, "the form, and stored them as the file's bytes")
+    refuse_repeated_parameter(request)
     return boundary_of(request.headers.get("content-type"))
 
 

@@ -23,10 +23,12 @@ _ERRORS: Final = {
     400: (
         "Malformed id or name, or a malformed body or `If-Match` (`invalid_name`, "
         "`bad_request`); a query parameter the operation does not take, or one given twice, "
-        "or a body on an operation that takes none (`bad_request`); a write that names a "
-        "precondition it does not evaluate "
-        "(`precondition_unsupported`): a file's writes evaluate `If-Match` and a PUT's "
-        "`If-None-Match: *`, a session's none. An upload whose `Repr-Digest` or "
+        "or a body on an operation that takes none, or a `Content-Type` that gives a "
+        "parameter twice (`bad_request`); a request that names a precondition its operation "
+        "does not evaluate (`precondition_unsupported`): a file's operations evaluate "
+        "`If-Match` and a PUT's `If-None-Match: *`; every other operation refuses `If-Match`, "
+        "`If-Unmodified-Since`, and `If-None-Match` but on a GET. An upload whose "
+        "`Repr-Digest` or "
         "`Content-Digest` is not the SHA-256 of the bytes received (`digest_mismatch`) or "
         "names no `sha-256` (`digest_unsupported`), both with `Want-Repr-Digest: sha-256=10`; "
         "nothing was stored."
@@ -43,7 +45,7 @@ _ERRORS: Final = {
         "was changed."
     ),
     413: "The body is over a limit (`body_too_large`, `metadata_too_large`, `upload_too_large`).",
-    415: "The body is not JSON (`unsupported_media_type`).",
+    415: "The body is not `application/json` (`unsupported_media_type`).",
     416: "The `Range` is outside the file (`range_not_satisfiable`).",
     422: "The request did not validate (`validation_error`, with `errors`).",
     403: "A protected profile needs the confirmation (`confirmation_required`).",

@@ -151,7 +151,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         `If-None-Match: *` it only creates.
         """
         refuse_put_before_its_body(request, f"/sessions/{session_id}/files", store.max_upload_bytes)
-        unsupported = preconditions(request, file=True)
+        unsupported = preconditions(request)
         if unsupported:
             return unsupported_precondition(request, unsupported)
         if_match = if_match_of(request)
@@ -225,7 +225,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
     )
     def delete_file(session_id: SessionId, name: FileName, request: Request) -> JSONResponse:
         """Move a file to the trash (with `If-Match`, only a current version named there)."""
-        unsupported = preconditions(request, file=True, delete=True)
+        unsupported = preconditions(request, delete=True)
         if unsupported:
             return unsupported_precondition(request, unsupported)
         entry = store.delete_file(session_id, name, if_match=if_match_of(request))
@@ -274,7 +274,7 @@ async def _receive(
     return upload, entry
 
 
-_PRECONDITIONS: Final = ("if-match", "if-unmodified-since", "if-none-match")
+PRECONDITIONS: Final = ("if-match", "if-unmodified-since", "if-none-match")
 
 
 def _download(
@@ -305,12 +305,13 @@ def _download(
         raise
 
 
-def preconditions(request: Request, *, file: bool = False, delete: bool = False) -> list[str]:
-    """The preconditions (RFC 9110, 13.1) a write names that it does not evaluate.
+def preconditions(request: Request, *, delete: bool = False) -> list[str]:
+    """The preconditions (RFC 9110, 13.1) a file's write names that it does not evaluate.
 
     A file's writes evaluate ``If-Match`` (`if_match_of`), in the same step as the change,
     and a file's PUT ``If-None-Match: *`` (create only). Evaluated nowhere else: a session has
-    no ETag. ``If-Unmodified-Since`` never: ``Last-Modified`` has whole seconds, so two
+    no ETag, and every other route refuses them all (`app.server.auth.ignored_preconditions`).
+    ``If-Unmodified-Since`` never: ``Last-Modified`` has whole seconds, so two
     versions written within one second share a date, and the check would pass for a version
     the client never saw; RFC 9110 (13.1.4) has it ignored when ``If-Match`` is there, as it
     is here. ``If-None-Match`` with tags neither: a write that should happen only over a
@@ -318,9 +319,7 @@ def preconditions(request: Request, *, file: bool = False, delete: bool = False)
     a client that asked to change only the version it had read change another client's: a
     write that names one is refused.
     """
-    given = [name for name in _PRECONDITIONS if name in request.headers]
-    if not file:
-        return given
+    given = [name for name in PRECONDITIONS if name in request.headers]
     headers = request.headers
     return [
         name
@@ -344,8 +343,11 @@ def unsupported_precondition(
 ) -> ProblemResponse:
     names = " and ".join("-".join(p.title() for p in name.split("-")) for name in given)
     if not file:
-        why = "a session has no ETag to compare with"
-        fix = "Send the request without it (a deleted session goes to the trash)"
+        why = (
+            "a session has no ETag to compare with, nor has a list or the trash (a file's GET, "
+            "HEAD, PUT and DELETE evaluate If-Match)"
+        )
+        fix = "Send the request without it, or send If-Match with a file's own request"
     else:
         why = (
             "a file's writes evaluate If-Match (the ETag that GET or HEAD gave, compared in "
@@ -360,7 +362,7 @@ def unsupported_precondition(
         400,
         "precondition_unsupported",
         f"{request.method} {request.url.path} does not evaluate {names}: {why}; it refuses "
-        f"rather than change a version the client did not mean, and nothing was changed. {fix}",
+        f"rather than act on a version the client did not mean, and nothing was changed. {fix}",
     )
 
 

@@ -24,7 +24,6 @@ from app.server.models import (
     TrashEmptied,
 )
 from app.server.openapi import LOCATION, SESSION_LINKS, STORAGE, errors
-from app.server.routes_files import preconditions, unsupported_precondition
 from app.server.session_body import session_create
 from app.storage import Storage
 
@@ -246,11 +245,8 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         response_model=None,
         responses={200: {"model": SessionDeleted}, **errors(400, 401, 404, *STORAGE)},
     )
-    def delete_session(session_id: SessionId, request: Request) -> JSONResponse:
+    def delete_session(session_id: SessionId) -> JSONResponse:
         """Move a session to the trash (``app sessions restore`` brings it back)."""
-        given = preconditions(request)
-        if given:
-            return unsupported_precondition(request, given, file=False)
         entry = store.delete_session(session_id)
         deleted_at = entry.to_dict()["deleted_at"]
         return JSONResponse({"id": session_id, "deleted_at": deleted_at, "trash": entry.name})

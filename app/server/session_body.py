@@ -11,6 +11,7 @@ import json
 import math
 import re
 import sys
+from decimal import Decimal
 from difflib import get_close_matches
 from typing import Any, Final
 
@@ -28,7 +29,7 @@ from app.server.models import (
     SessionCreate,
 )
 from app.server.problems import encodable
-from app.server.uploads import refuse_content_coding
+from app.server.uploads import refuse_content_coding, refuse_repeated_parameter
 from app.storage import MAX_METADATA_BYTES, TITLE_NUL
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -39,8 +40,19 @@ _JSON_TYPES: Final = {list: "an array", str: "a string", bool: "a boolean", type
 async def session_create(request: Request) -> SessionCreate:
     refuse_content_coding(request, "the session's JSON")
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type.lower() != "application/json" and not content_type.lower().endswith("+json"):
-        raise HTTPException(415, f"POST /sessions takes application/json, not {content_type!r}")
+    if content_type.lower() != "application/json":
+        # A +json type (merge-patch, JSON-LD, a problem report) was read as a session: its
+        # rules say what its members mean, and this server does not follow them.
+        suffix = (
+            "; a +json type has rules of its own, which this server does not follow, so "
+            "nothing was stored. Send the session as application/json"
+            if content_type.lower().endswith("+json")
+            else ""
+        )
+        raise HTTPException(
+            415, f"POST /sessions takes application/json, not {content_type!r}{suffix}"
+        )
+    refuse_repeated_parameter(request)
     _refuse_charset(request.headers.get("content-type"))
     raw = await _read_body(request, MAX_SESSION_BODY_BYTES, "creating a session")
     # No body at all is no title and no metadata; anything else must be JSON (whitespace alone
@@ -122,10 +134,34 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+#: RFC 8259 (6): integers in this range are the ones every JSON reader agrees on.
+_EXACT_INT: Final = 2**53 - 1
+
+
+def _not_a_double(text: str, why: str) -> RequestValidationError:
+    return _invalid(
+        (),
+        f"the number {text} {why}, so readers of JSON would not agree on it (RFC 8259, 6); "
+        "nothing was stored. To keep it exactly, send it as a string",
+        "json_invalid",
+    )
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise _invalid((), f"the number {text} does not fit a 64-bit float", "json_invalid")
+        raise _not_a_double(text, "does not fit a 64-bit float")
+    # 1.0000000000000000001 was stored as 1.0: kept only if the double says what was sent.
+    if Decimal(text) != Decimal(repr(value)):
+        raise _not_a_double(text, f"has more precision than a 64-bit float, which reads {value!r}")
+    return value
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)  # past sys.get_int_max_str_digits, ValueError: refused by the caller
+    # Stored whole, 9007199254740993 is 9007199254740992 to a client that reads doubles.
+    if abs(value) > _EXACT_INT:
+        raise _not_a_double(text, f"is beyond ±{_EXACT_INT}, past which a double skips integers")
     return value
 
 
@@ -156,6 +192,7 @@ def _parse_json(raw: bytes) -> Any:
             text,
             parse_constant=_refuse_constant,
             parse_float=_finite,
+            parse_int=_exact_int,
             object_pairs_hook=_unique_keys,
         )
     except RecursionError:

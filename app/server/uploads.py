@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from email.message import Message
+from email.utils import collapse_rfc2231_value
 from typing import Final
 
 from fastapi import HTTPException, Request
@@ -66,6 +68,36 @@ def refuse_declared_length(request: Request, allowed: int, limit: int) -> None:
         raise BadRequestError(f"Content-Length {declared!r} is not a number") from None
     if length > allowed:
         raise UploadTooLargeError(limit)
+
+
+def refuse_repeated_parameter(request: Request) -> None:
+    """Refuse a ``Content-Type`` that gives one parameter twice, before the body is read.
+
+    Python-multipart keeps the last of two, where a proxy or a virus scanner in front may read
+    the first (RFC 2045, 5.1, has two an error): ``boundary=B; boundary=A`` stored the file
+    framed by ``A`` while the first boundary framed another, and ``charset=latin-1;
+    charset=utf-8`` was read as UTF-8. Parsed by the standard library's ``email`` package,
+    which keeps every parameter in order (quoted, RFC 2231 ``charset*=`` too).
+
+    Raises:
+        BadRequestError: naming the parameter and its values; nothing was read or changed.
+    """
+    header = request.headers.get("content-type")
+    if header is None or header.count(";") < 2:  # fewer than two parameters
+        return
+    parsed = Message()
+    parsed["content-type"] = header
+    params = [(name.lower(), value) for name, value in parsed.get_params(failobj=[])[1:] if name]
+    names = [name for name, _ in params]
+    for name in names:
+        if names.count(name) > 1:
+            values = ", ".join(repr(collapse_rfc2231_value(v)) for n, v in params if n == name)
+            raise BadRequestError(
+                f"{request.method} {request.url.path} refused: its Content-Type names the "
+                f"parameter {name!r} {names.count(name)} times ({values}). A proxy or a scanner "
+                "in front may read one and this server another, so which one counts is "
+                "ambiguous, and nothing was changed. Give each parameter once"
+            )
 
 
 def refuse_content_coding(request: Request, stored_as: str) -> None:

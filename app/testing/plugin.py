@@ -9,13 +9,16 @@ in the order and with the refusals the pytest plugin reference page gives.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
 
+import iniconfig
 import pytest
 
 from app import config as appconfig
+from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError
 from app.lock import describe_holder
@@ -84,7 +87,7 @@ def pytest_load_initial_conftests(
     if inactive is not None:
         _stay_inactive(early_config, inactive)
         return
-    guard.refuse_early_loads()
+    _refuse_before_the_run(early_config)
     saved: dict[str, str | None] = {}
     _save_env(saved, [*guard.NEUTRALISED, *appconfig.dynaconf_switches(), appconfig.PROFILE_ENV])
     _save_env(saved, [appconfig.SANDBOX_ENV, sandboxing.SCRATCH_ENV, guard.OWNER_ENV])
@@ -151,6 +154,52 @@ def pytest_load_initial_conftests(
             f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
             "Stop it, or run without --app-strict (the tests would not touch it anyway)"
         )
+
+
+def _refuse_before_the_run(config: pytest.Config) -> None:
+    """What refuses an active run before it changes anything: a misspelt ini key, a load."""
+    __tracebackhide__ = True
+    _refuse_misspelt_ini(config)
+    guard.refuse_early_loads()
+
+
+def _refuse_misspelt_ini(config: pytest.Config) -> None:
+    """Refuse an ini key spelt close to the plugin's own (``app_stirct = true``).
+
+    pytest only warns of a key it does not know (an error under ``--strict-config`` alone),
+    so the run went on without the strict mode its ini file asked for.
+    """
+    __tracebackhide__ = True
+    path = config.inipath
+    if path is None:
+        return
+    for key in _ini_keys(path):
+        if key != "app_strict" and get_close_matches(key, ["app_strict"], cutoff=0.8):
+            raise pytest.UsageError(
+                f"app: {path} sets {key!r}, which is no ini key of the app (did you mean "
+                "'app_strict'?); the run would go on without what it asks for. Spell it "
+                "app_strict"
+            )
+
+
+def _ini_keys(path: Path) -> list[str]:
+    """The keys of pytest's section of the file pytest read its ini values from.
+
+    Read here: pytest keeps them in ``config.inicfg``, which it deprecates (pytest 9) with no
+    public way to list the keys it does not know. A file it read parses; if it does not,
+    pytest has said so.
+    """
+    try:
+        if path.suffix == ".toml":
+            tool = tomllib.loads(path.read_text("utf-8"))
+            if path.name in {"pytest.toml", ".pytest.toml"}:
+                return list(tool.get("pytest", {}))
+            pytest_tool = tool.get("tool", {}).get("pytest", {})
+            return [*pytest_tool, *pytest_tool.get("ini_options", {})]
+        ini = iniconfig.IniConfig(path)
+    except (OSError, ValueError, iniconfig.ParseError):
+        return []
+    return [key for name in ("pytest", "tool:pytest") if name in ini for key in ini[name]]
 
 
 def _stay_inactive(config: pytest.Config, reason: str) -> None:
@@ -319,6 +368,31 @@ def _refuse_misread_marks(node: pytest.Item) -> None:
                 f"app: {node.nodeid}: @pytest.mark.app_profile {what}, and it reads only "
                 "profile names given as strings; the test would run without the profiles it "
                 "means. Write @pytest.mark.app_profile('production', ...)",
+                pytrace=False,
+            )
+        _refuse_unknown_profiles(node, mark.args)
+
+
+def _refuse_unknown_profiles(node: pytest.Item, names: Iterable[str]) -> None:
+    """Fail a test whose ``app_profile`` mark names no profile of the settings.
+
+    ``app_profile("prodution")`` was taken as it was: the test ran without production, and
+    the refusal of its load told it to add the mark it had. Names compare case-insensitively,
+    as profiles do; read from the settings files as `app.config.load` reads them.
+    """
+    try:
+        known = config_files.read_files(os.environ, sandboxed=True).profiles
+    except AppError:
+        return  # no settings to check against: `load` refuses the profile itself
+    for name in names:
+        if name.lower() not in known:
+            close = get_close_matches(name.lower(), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            pytest.fail(
+                f"app: {node.nodeid}: @pytest.mark.app_profile names {name!r}, which is no "
+                f"profile of these settings{hint}; known profiles: {', '.join(known)}. The test "
+                "would run without the profile it means. Name one of them, or add a section "
+                f"to settings.toml in {config_files.settings_dir(os.environ)}",
                 pytrace=False,
             )
 
