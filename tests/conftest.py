@@ -145,6 +145,7 @@ SLOWEST_FILES = (
     "tests/test_remote_hostile.py",  # 20 s
     "tests/test_docs_remote.py",  # 18 s
     "tests/test_redteam_s20_store_refusals.py",  # 17 s
+    "tests/test_redteam_s28_remote.py",  # 16 s
     "tests/test_server_resources.py",  # 16 s
     "tests/test_next_to_live_servers.py",  # 16 s
     "tests/test_server_e2e.py",  # 15 s
