@@ -24,6 +24,7 @@ from app.errors import (
     ConfigError,
     ConfirmationRequiredError,
     DataRootInUseError,
+    DataRootStateError,
     storage_error,
 )
 
@@ -584,13 +585,41 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 @cli.group()
 def sessions() -> None:
-    """List, show and restore sessions. Listing reads; restore takes the data root's lock."""
+    """List, show and restore sessions. Listing reads; restore takes the data root's lock.
+
+    Each exits 78 on a data root that does not exist, and creates none: only a server
+    creates its root, at its first start.
+    """
 
 
-def _reader_store(config: appconfig.Config) -> Storage:
+def _reader_store(config: appconfig.Config, doing: str) -> Storage:
     from app.storage import open_storage
 
+    _refuse_missing_root(config, doing)
     return open_storage(config, writer=False)
+
+
+def _refuse_missing_root(config: appconfig.Config, doing: str) -> None:
+    """Refuse a command on a local data root that does not exist, before anything is created.
+
+    A writer opened from Python creates its root, as a server does at its first start. A
+    command run by hand did too: `APP_DATA_ROOT=/srv/app/dta app data empty-trash` created
+    and stamped a new production root beside the real one and said "removed 0 trash
+    entries", and `sessions list` and `data check` answered "nothing" and "clean" for it.
+    A path that names nothing is far more often mistyped than meant.
+    """
+    root = config.data_root
+    if config.backend == appconfig.REMOTE or root is None or os.path.lexists(root):
+        return
+    source = config.sources.get("data_root", "built-in default")
+    raise DataRootStateError(
+        root,
+        f"the directory does not exist, so there is nothing to {doing}, and this command "
+        "does not create one",
+        f"if the path is mistyped, correct data_root of profile {config.profile!r} (from "
+        f"{source}; `app config --all` shows every profile's root); a server creates its "
+        "root at its first start (`app serve`)",
+    )
 
 
 @sessions.command("list")
@@ -599,7 +628,7 @@ def _reader_store(config: appconfig.Config) -> Storage:
 @click.pass_context
 def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
     """List the sessions (oldest first), or with --trash the deleted ones."""
-    store = _reader_store(load_config(ctx))
+    store = _reader_store(load_config(ctx), "list")
     if trash:
         entries = store.list_trash()
         if as_json:
@@ -646,7 +675,11 @@ def _printable(text: str) -> str:
 @click.pass_context
 def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
     """Show one session and its files."""
-    session = _reader_store(load_config(ctx)).get_session(session_id)
+    config = load_config(ctx)
+    from app.storage import check_session_id
+
+    check_session_id(session_id)  # a malformed id is the argument's fault, wherever the root is
+    session = _reader_store(config, "show").get_session(session_id)
     if as_json:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))
         return
@@ -674,6 +707,10 @@ def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None)
     from app.storage import open_storage
 
     what = f"restore session {session_id}" + (f" file {file_name!r}" if file_name else "")
+    from app.storage import check_session_id
+
+    check_session_id(session_id)
+    _refuse_missing_root(config, "restore")
     with open_storage(config, writer=True, wanted=what) as store:
         session = store.restore(session_id, file=file_name)
     restored = f"file {file_name!r} of session" if file_name else "session"
@@ -684,7 +721,12 @@ def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None)
 
 @cli.group()
 def data() -> None:
-    """Remove or re-stamp data. Each command takes the data root's lock for its whole run."""
+    """Remove, check or re-stamp data. A command that changes data takes the data root's lock
+    for its whole run.
+
+    Each exits 78 on a data root that does not exist, and creates none: only a server
+    creates its root, at its first start.
+    """
 
 
 @data.command("purge")
@@ -699,6 +741,7 @@ def data_purge(ctx: click.Context, confirmed: bool) -> None:
     """
     config = load_config(ctx)
     _require_confirmation(config, "purge every session", confirmed)
+    _refuse_missing_root(config, "purge")
     from app.storage import open_storage
 
     with open_storage(config, writer=True, wanted="purge every session") as store:
@@ -727,6 +770,7 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
     """
     config = load_config(ctx)
     _require_confirmation(config, "empty the trash", confirmed)
+    _refuse_missing_root(config, "empty")
     from app.remote.errors import ReplicasLiveError
     from app.storage import open_storage
 
@@ -797,11 +841,12 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
     if repair:
         remote = config.backend == appconfig.REMOTE
         wanted = "repair the database and its objects" if remote else "repair the data root"
+        _refuse_missing_root(config, "repair")
         with open_storage(config, writer=True, wanted=wanted) as store:
             report = store.check(repair=True)
             location = store.location
     else:
-        with _reader_store(config) as store:
+        with _reader_store(config, "check") as store:
             report = store.check()
             location = store.location
     if as_json:

@@ -59,6 +59,7 @@ __all__ = [
     "Storage",
     "TrashEntry",
     "Upload",
+    "check_session_id",
     "checked_session_fields",
     "holder_lost",
     "json_body",
@@ -580,6 +581,14 @@ def open_storage(
     except BaseException:
         root.close()
         raise
+
+
+def check_session_id(value: str) -> str:
+    """Return ``value`` if it is a session id, as every backend names one; raise
+    :class:`~app.errors.InvalidNameError` (exit 65, 400) if not."""
+    from app.store.ids import check_session_id as check
+
+    return check(value)
 
 
 def status(config: Config) -> Status:

@@ -354,6 +354,8 @@ def test_looking_at_or_maintaining_production_needs_no_http_token(
 ) -> None:
     env = {**base_env, SETTINGS_DIR_ENV: str(project_copy), ALLOW_PROFILES_ENV: "production"}
     env.pop("APP_API_TOKEN", None)
+    # The root is there: a command on a root that does not exist is refused for that.
+    (project_copy / "data" / "production").mkdir(parents=True, mode=0o700)
     for args in (
         ["status"],
         ["sessions", "list", "--trash"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def test_sessions_list_trash_has_a_header_row(seeded: tuple[str, str]) -> None:
 
 
 def test_sessions_list_trash_says_when_the_trash_is_empty(app_config: Config) -> None:
+    open_root(app_config, kind="tests").close()
     code, out, _ = invoke("sessions", "list", "--trash")
     assert (code, out) == (0, "the trash is empty: nothing to restore\n")
 
@@ -112,9 +114,43 @@ def test_a_title_a_terminal_would_act_on_is_printed_escaped(app_config: Config) 
 
 
 def test_sessions_show_of_a_missing_session_exits_66(app_config: Config) -> None:
+    open_root(app_config, kind="tests").close()
     code, _, err = invoke("sessions", "show", "0" * 32)
     assert code == 66
     assert "error: no session" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "doing"),
+    [
+        (["sessions", "list"], "list"),
+        (["sessions", "list", "--trash", "--json"], "list"),
+        (["sessions", "show", "0" * 32], "show"),
+        (["sessions", "restore", "0" * 32], "restore"),
+        (["data", "purge"], "purge"),
+        (["data", "empty-trash", "--older-than", "7d"], "empty"),
+        (["data", "check"], "check"),
+        (["data", "check", "--repair", "--json"], "repair"),
+    ],
+)
+def test_a_command_on_a_data_root_that_does_not_exist_is_refused_and_creates_none(
+    app_config: Config, monkeypatch: pytest.MonkeyPatch, args: list[str], doing: str
+) -> None:
+    # A mistyped root (`APP_DATA_ROOT=/srv/app/dta`) was created and stamped by a
+    # maintenance command, which then said "removed 0 trash entries"; `list` and `check`
+    # said "nothing" and "clean" for it.
+    mistyped = app_config.data_root.parent / "dta"
+    monkeypatch.setenv("APP_DATA_ROOT", str(mistyped))
+    code, out, err = invoke(*args)
+    assert (code, out) == (78, "")
+    assert err == (
+        f"error: data root {mistyped}: the directory does not exist, so there is nothing to "
+        f"{doing}, and this command does not create one; if the path is mistyped, correct "
+        "data_root of profile 'testing' (from environment APP_DATA_ROOT; `app config --all` "
+        "shows every profile's root); a server creates its root at its first start "
+        "(`app serve`)\n"
+    )
+    assert not os.path.lexists(mistyped)
 
 
 def test_sessions_show_of_a_malformed_id_exits_65(app_config: Config) -> None:

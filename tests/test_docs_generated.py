@@ -670,6 +670,7 @@ def test_refusals_next_to_a_live_production_server(tmp_path: Path) -> None:
     project = _project_copy(tmp_path)
     root = tmp_path / "var-lib-app"
     env = {**PRODUCTION_ENV, "APP_DATA_ROOT": str(root), "APP_API_TOKEN": PRODUCTION_TOKEN}
+    root.mkdir(mode=0o700)  # the `data` commands create no root; the first one stamps it
     stamped = _run_app(project, "data", "empty-trash", "--yes-i-mean-it", **env)
     assert "removed 0 trash entries" in stamped, stamped
     with RootLock(root, kind="server", profile="production", port=8080).acquire("example"):
@@ -690,6 +691,7 @@ def test_refusal_of_a_root_stamped_by_another_profile(tmp_path: Path) -> None:
     project = _project_copy(tmp_path)
     root = tmp_path / "var-lib-app"
     production = {**PRODUCTION_ENV, "APP_DATA_ROOT": str(root), "APP_API_TOKEN": PRODUCTION_TOKEN}
+    root.mkdir(mode=0o700)
     _run_app(project, "data", "empty-trash", "--yes-i-mean-it", **production)  # stamps it
     shown = {"APP_DATA_ROOT": "/var/lib/app"}
     refused = _run_app(project, "sessions", "list", show=shown, APP_DATA_ROOT=str(root))
