@@ -380,7 +380,11 @@ def _storage_line(resolved: appconfig.Resolved) -> str:
             f"database_url = {database}, blob_url = {values.get('blob_url')} "
             f"at {values.get('s3_endpoint_url')}"
         )
-    return f"data_root = {resolved.data_root}"
+    root = resolved.data_root
+    # As `app status` says it: a root that is not there is most often a mistyped path, and
+    # the `sessions` and `data` commands refuse it until a server's first start creates it.
+    missing = "" if root is None or os.path.lexists(root) else " (does not exist yet)"
+    return f"data_root = {root}{missing}"
 
 
 def _problems_where_served(report: appconfig.Report) -> dict[str, list[ConfigError]]:
