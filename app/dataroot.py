@@ -607,7 +607,8 @@ def _check_stamp(
 # --- opening -----------------------------------------------------------------------------
 
 
-def _create_root(root: Path, *, durable: bool = True) -> None:
+def _create_root(root: Path, *, durable: bool = True) -> bool:
+    """Make ``root`` if it is not there; True if this call made it."""
     try:
         root.mkdir(mode=DIR_MODE)
     except FileNotFoundError:
@@ -616,18 +617,19 @@ def _create_root(root: Path, *, durable: bool = True) -> None:
         try:
             root.mkdir(mode=DIR_MODE)
         except FileExistsError:
-            return
+            return False
     except FileExistsError:
         if not root.is_dir():
             raise NotADirectoryError(
                 errno.ENOTDIR, "the data root exists but is not a directory", str(root)
             ) from None
-        return
+        return False
     # mkdir's mode is filtered by the umask; the root we created must be exactly 0700.
     # A root that already existed keeps the permissions its owner gave it.
     root.chmod(DIR_MODE)
     if durable:
         fsync_dir(root.parent)
+    return True
 
 
 def _clear_tmp(tmp_dir: Path) -> list[str]:
@@ -855,7 +857,7 @@ def _open_checked(
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
         _refuse_foreign_directory(config, root)
-    _create_root(root, durable=durable)
+    created = _create_root(root, durable=durable)
     lock = RootLock(root, kind=kind, profile=config.profile, port=port, durable=durable)
     lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
     try:
@@ -865,6 +867,7 @@ def _open_checked(
             _layout_dir(root, name)
         _refuse_mounts_inside(config, root)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
+        opened.created = created
         _refuse_swapped_while_opening(opened, lock, run)
         if removed := _clear_tmp(opened.tmp_dir):
             opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
@@ -985,6 +988,9 @@ class DataRoot:
         self.kind = kind
         self.lock = lock
         self.stamp = stamp
+        #: True when the open that made this object created the directory: a server says so,
+        #: since on a machine that has served before it means a mistyped path.
+        self.created = False
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}

@@ -202,6 +202,13 @@ def test_app_status_names_the_holder_and_nobody_once_it_stopped(start: Any, root
     result = run_app("status", env=app_env(root))
     assert result.returncode == 0
     assert "held by: nobody" in result.stdout
+    # The start that created the root said so (after a first deploy: a mistyped path); the
+    # next start on it does not.
+    created = f"data root {root} did not exist: created it, empty, for profile testing"
+    assert created in server.output
+    again = start(app_env(root))
+    assert again.stop() == 0
+    assert "did not exist" not in again.output
 
 
 def test_status_of_a_root_that_does_not_exist_creates_nothing(root: Path) -> None:

@@ -181,6 +181,17 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         server.should_exit = True
 
     application.state.on_lock_lost = on_lost
+    # A local root this start created (the remote store has no such attribute). On a first
+    # deploy that is expected; anywhere else it is a mistyped path, serving nothing.
+    if getattr(getattr(store, "root", None), "created", False):
+        log.warning(
+            "data root %s did not exist: created it, empty, for profile %s (data_root from "
+            "%s). If this profile's sessions are elsewhere, stop this server and correct "
+            "data_root; `app config` shows where it is set",
+            store.location,
+            config.profile,
+            config.sources.get("data_root", "built-in default"),
+        )
     log.info(
         "serving profile %s from %s on http://%s:%d (pid %d)",
         config.profile,
