@@ -617,8 +617,15 @@ def _looks_like_pytest(argv: list[str]) -> bool:
     return False
 
 
-#: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`.
-_UNITTEST_MODULES: Final = frozenset({"unittest", "unittest.__main__"})
+#: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`,
+#: and the runners of unittest's TestCases that are not unittest's own, by their modules and
+#: their scripts: `nose2` and `python -m nose2` were read as no test run, and a child of a
+#: TestCase they ran purged the production the shell exported (red team 29).
+_UNITTEST_MODULES: Final = frozenset(
+    {"unittest", "unittest.__main__", "nose2", "nose2.__main__", "green", "xmlrunner",
+     "twisted.trial", "testtools.run", "subunit.run"}
+)  # fmt: skip
+_UNITTEST_SCRIPT: Final = re.compile(r"nose2(?:-3)?|green3?|zope-testrunner")
 _UNITTEST_CODE: Final = re.compile(
     r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b"
 )
@@ -632,15 +639,21 @@ _UNITTEST_HERE: Final = (
 
 def _looks_like_unittest(argv: list[str]) -> bool:
     # unittest's own runner has no plugins: a TestCase run by `python -m unittest` in a shell
-    # that exported production loaded it, and its maintenance command purged it. Only
-    # Python's `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents).
-    if not argv or _PYTHON.fullmatch(Path(argv[0]).name) is None:
+    # that exported production loaded it, and its maintenance command purged it. Python's
+    # `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents), and
+    # another runner's script as the program or run by Python (its `#!` line shows it so).
+    if not argv:
+        return False
+    if _UNITTEST_SCRIPT.fullmatch(Path(argv[0]).name):
+        return True
+    if _PYTHON.fullmatch(Path(argv[0]).name) is None:
         return False
     for index, arg in enumerate(argv[1:], 1):
         option = _MODULE_OR_CODE.fullmatch(arg)
         if option is None:
             if not arg.startswith("-"):
-                return False  # a script: what follows is its own arguments
+                # A script: what follows is its own arguments.
+                return "/" in arg and _UNITTEST_SCRIPT.fullmatch(Path(arg).name) is not None
             continue
         value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
         return (

@@ -174,3 +174,61 @@ def test_the_app_the_run_execs_by_libc_is_refused_naming_the_exec(exec_run: Outc
         "belongs to the test run through the process tree (this process, pytest pid "
     ) in output, output
     assert "until it ran another program in its place (exec), registered in " in output, output
+
+
+#: A TestCase as the incident's shell runs it (production exported), whose maintenance
+#: command runs in a child: with the shell's environment under `python -m nose2`, with a
+#: hand-built one under the `nose2` script.
+TESTCASE = """
+import os, subprocess, sys, unittest
+
+HAND_BUILT = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"],
+              "ENV_FOR_DYNACONF": "production", "APP_API_TOKEN": "p" * 32}
+
+
+class Purges(unittest.TestCase):
+    def test_purges_in_a_child(self):
+        env = None if os.environ["S29_RUNNER"] == "module" else HAND_BUILT
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+            env=env, capture_output=True, text=True,
+        )
+        said = (done.stdout + done.stderr).strip().replace("\\n", " ")
+        print(f"CASE {os.environ['S29_RUNNER']}:", done.returncode, said, flush=True)
+"""
+
+
+def test_a_child_of_a_testcase_nose2_runs_is_refused_production(tmp_path: Path) -> None:
+    # unittest has no plugins, so the app reads its command lines: `python -m unittest`
+    # was a test run, but nose2 (its module and its script), which runs the same
+    # TestCases, was not. A TestCase's child purged the production the shell exported,
+    # with the shell's environment, as the incident's did, and with a hand-built one.
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare --pid --mount-proc")
+    settings, production = _stopped_production(tmp_path)
+    before = _digest(production)
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_purges.py").write_text(TESTCASE)
+    own_proc = ("unshare", "--pid", "--fork", "--mount-proc") if os.geteuid() == 0 else OWN_PROC
+    env = {k: v for k, v in _inner_env().items() if not k.startswith("PYTEST_")}
+    env.update(
+        APP_SETTINGS_DIR=str(settings), ENV_FOR_DYNACONF="production", APP_API_TOKEN="p" * 32
+    )
+    script = 'S29_RUNNER=module "$1" -m nose2 -s "$3"; S29_RUNNER=script "$2" -s "$3"'
+    nose2 = Path(sys.executable).parent / "nose2"
+    done = subprocess.run(
+        [*own_proc, "sh", "-c", script, "sh", sys.executable, str(nose2), str(tests)],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        check=False,
+    )  # fmt: skip
+    assert _digest(production) == before, done.stdout
+    cases = [line for line in done.stdout.splitlines() if line.startswith("CASE ")]
+    assert len(cases) == 2, done.stdout
+    for line in cases:
+        assert ": 78 error: refused under unittest: loading profile 'production' while " in line
+        assert (
+            "unittest runs without the app's sandbox (an ancestor process runs tests with " in line
+        )
+        assert "unittest (pid " in line and "nose2" in line, line
+        assert "Run the tests with pytest instead" in line, line
