@@ -1,4 +1,4 @@
-"""Red team 29 on the guard: the run's own process, replaced by another program.
+"""Red team 29 on the guard: the run's own process replaced by another program, and nose2.
 
 A test can end its pytest process without ending it: ``os.execve`` (or libc's ``execve``
 through ``ctypes``, which raises no audit event) runs another program in the same process,
@@ -8,6 +8,7 @@ run in a PID namespace with a ``/proc`` of its own (outside this suite's run), p
 exported in its shell, a test that ``exec``s a runner script (``python runner.py``, as IDEs
 and CI wrappers start pytest, so no command line shows pytest) in another project's
 directory with ``PATH`` alone, whose tests' children run ``app data purge --yes-i-mean-it``.
+The last case runs a ``TestCase`` with nose2 (no plugin of the app's), in the same way.
 """
 
 from __future__ import annotations
