@@ -340,6 +340,9 @@ def _read_entry(
     if data is None or data.get("starting") or "sandbox" not in data:
         return None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
+    if depth == 0 and data.get("argv") != sys.argv:
+        # Unmarked, with a run's entry of its own: the run's process after an exec.
+        how = f"this process, pytest pid {pid} until it ran another program in its place (exec)"
     if leads:
         how = (
             f"pytest pid {pid}, which leads this process's {leads} though it is not its "
@@ -614,8 +617,15 @@ def _looks_like_pytest(argv: list[str]) -> bool:
     return False
 
 
-#: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`.
-_UNITTEST_MODULES: Final = frozenset({"unittest", "unittest.__main__"})
+#: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`,
+#: and the runners of unittest's TestCases that are not unittest's own, by their modules and
+#: their scripts: `nose2` and `python -m nose2` were read as no test run, and a child of a
+#: TestCase they ran purged the production the shell exported (red team 29).
+_UNITTEST_MODULES: Final = frozenset(
+    {"unittest", "unittest.__main__", "nose2", "nose2.__main__", "green", "xmlrunner",
+     "twisted.trial", "testtools.run", "subunit.run"}
+)  # fmt: skip
+_UNITTEST_SCRIPT: Final = re.compile(r"nose2(?:-3)?|green3?|zope-testrunner")
 _UNITTEST_CODE: Final = re.compile(
     r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b"
 )
@@ -629,15 +639,21 @@ _UNITTEST_HERE: Final = (
 
 def _looks_like_unittest(argv: list[str]) -> bool:
     # unittest's own runner has no plugins: a TestCase run by `python -m unittest` in a shell
-    # that exported production loaded it, and its maintenance command purged it. Only
-    # Python's `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents).
-    if not argv or _PYTHON.fullmatch(Path(argv[0]).name) is None:
+    # that exported production loaded it, and its maintenance command purged it. Python's
+    # `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents), and
+    # another runner's script as the program or run by Python (its `#!` line shows it so).
+    if not argv:
+        return False
+    if _UNITTEST_SCRIPT.fullmatch(Path(argv[0]).name):
+        return True
+    if _PYTHON.fullmatch(Path(argv[0]).name) is None:
         return False
     for index, arg in enumerate(argv[1:], 1):
         option = _MODULE_OR_CODE.fullmatch(arg)
         if option is None:
             if not arg.startswith("-"):
-                return False  # a script: what follows is its own arguments
+                # A script: what follows is its own arguments.
+                return "/" in arg and _UNITTEST_SCRIPT.fullmatch(Path(arg).name) is not None
             continue
         value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
         return (
@@ -1157,6 +1173,17 @@ def _end_entry() -> None:
         (RUNS_DIR / _entry_name(pid, started[1])).unlink()
 
 
+#: The entry `announce_start` wrote for this image of the process, which `withdraw_start`
+#: may remove: never another's (red team 29).
+_ANNOUNCED: list[Path] = []
+
+
+def _own_entry() -> Path | None:
+    pid = _proc_self()
+    started = _stat_fields(pid) if pid is not None else None
+    return RUNS_DIR / _entry_name(pid, started[1]) if pid is not None and started else None
+
+
 def announce_start() -> None:
     """Say in the registry that this process is a pytest run that is starting: what its
     children start before the plugin's first hook registers the run is then refused as
@@ -1167,23 +1194,37 @@ def announce_start() -> None:
     ``pytest_load_initial_conftests`` of a plugin registered after the app's runs before
     the app's (pluggy calls the last registered first). Only where pytest runs in this
     process and no run marks it yet; `register` writes the run's entry over it.
+
+    Not over a run's entry of this very process (its pid and start time): a test that
+    ran pytest in its own place (``os.execv``, a runner's ``exec``) is still that run's
+    process, and the new pytest is a run inside it. Written over, then withdrawn by an
+    inactive plugin, the entry was gone: the new pytest emptied a ``--basetemp`` holding a
+    stopped production root, and its tests' children purged production (red team 29).
     """
     if _in_process() is not None or not _runs_pytest():
         return
+    entry = _own_entry()
+    data = _entry_data(entry) if entry is not None else None
+    if data is not None and not data.get("starting"):
+        return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
+        if entry is not None:
+            _ANNOUNCED.append(entry)
 
 
 def withdraw_start() -> None:
     """Remove what `announce_start` wrote, where the plugin makes no run after all
-    (``--help``, another project's run)."""
+    (``--help``, another project's run); never a run's entry this process inherited from
+    the program it was before an ``exec``."""
     if _in_process() is not None:
         return
-    pid = _proc_self()
-    started = _stat_fields(pid) if pid is not None else None
-    if pid is not None and started is not None:
-        with contextlib.suppress(OSError):
-            (RUNS_DIR / _entry_name(pid, started[1])).unlink()
+    while _ANNOUNCED:
+        entry = _ANNOUNCED.pop()
+        data = _entry_data(entry)
+        if data is not None and data.get("starting"):
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def register(
