@@ -18,7 +18,8 @@ Throughout, a separate process probes ``GET /health`` every ``--probe-interval``
 over its own keep-alive connection (a process of its own, so that the load generator's
 event loop does not delay it). Reported per phase: throughput, the server's CPU time per call
 (user + system, from ``/proc``: less at the mercy of whatever else the machine runs than the
-latencies are), p50/p99 latency per kind of call, and the mean over every call next to
+latencies are), the share of a core the server, its event loop's thread and (in the mixed
+phase) the clients used, p50/p99 latency per kind of call, and the mean over every call next to
 clients / throughput (in a closed loop without pauses they are equal, Little's law: a kind of
 call can be faster only if others are slower, unless throughput rises); ``/health``'s p50/p99
 idle, under the mix and during the big lists, and the ratio of its p99 under load to its p99
@@ -58,9 +59,10 @@ UPLOAD = bytes(range(256)) * 16  # 4 KiB
 BOUNDARY = "bench-load-boundary-7d3f"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of process ``pid`` so far, or of one of its threads (``/proc``)."""
+    where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
+    fields = Path(f"{where}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -285,7 +287,13 @@ def per_kind(recorder: Recorder, since: float) -> dict[str, dict[str, Any]]:
 
 
 def summary(
-    recorder: Recorder, elapsed: float, server_cpu: float, clients: int, since: float | None = None
+    recorder: Recorder,
+    elapsed: float,
+    server_cpu: float,
+    clients: int,
+    since: float | None = None,
+    client_cpu: float | None = None,
+    loop_cpu: float | None = None,
 ) -> dict[str, Any]:
     kinds = {
         kind: {
@@ -307,6 +315,11 @@ def summary(
         # The server's CPU per call: what the code costs, whatever else the machine runs.
         "server_cpu_ms_per_call": round(server_cpu / max(recorder.count, 1) * 1000, 2),
         "server_cpu_share": round(server_cpu / elapsed, 2),
+        # The clients' own CPU (this process; the /health probe apart): on two cores, what the
+        # load generator takes is not the server's.
+        "client_cpu_share": None if client_cpu is None else round(client_cpu / elapsed, 2),
+        # The server's main thread, which runs its event loop: near 1, every call queues for it.
+        "loop_cpu_share": None if loop_cpu is None else round(loop_cpu / elapsed, 2),
         "calls": kinds,
         # The same without the first --warmup seconds, when every client's first call is a
         # create and all fifty arrive at once.
@@ -364,9 +377,12 @@ def main() -> None:
             prober.start()
             try:
                 time.sleep(args.idle_seconds)
-                cpu = cpu_seconds(app.process.pid)
+                pid = app.process.pid
+                cpu, loop, own = cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time()
                 mixed, mixed_s, steady = asyncio.run(run_mixed(app.port, args, ids, marks))
-                mixed_cpu = cpu_seconds(app.process.pid) - cpu
+                mixed_cpu = cpu_seconds(pid) - cpu
+                mixed_loop_cpu = cpu_seconds(pid, pid) - loop
+                mixed_client_cpu = time.process_time() - own
                 marks.value = b"big lists"
                 cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
@@ -391,7 +407,9 @@ def main() -> None:
         "clients": args.clients,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "warmup_seconds": args.warmup,
-        "mixed": summary(mixed, mixed_s, mixed_cpu, args.clients, steady),
+        "mixed": summary(
+            mixed, mixed_s, mixed_cpu, args.clients, steady, mixed_client_cpu, mixed_loop_cpu
+        ),
         "big_lists": summary(big, big_s, big_cpu, args.big_list_clients),
         "health": health,
         "health_p99_ratio_mixed": round(health["mixed"]["p99_ms"] / health["idle"]["p99_ms"], 1),
@@ -412,7 +430,9 @@ def main() -> None:
         f"mixed phase: {args.clients} clients, {result['mixed']['seconds']} s, "
         f"{result['mixed']['per_s']} calls/s in all; server CPU "
         f"{result['mixed']['server_cpu_ms_per_call']} ms per call "
-        f"({result['mixed']['server_cpu_share']} of a core); load average "
+        f"({result['mixed']['server_cpu_share']} of a core, its event loop's thread "
+        f"{result['mixed']['loop_cpu_share']}; the clients "
+        f"{result['mixed']['client_cpu_share']}); load average "
         f"{', '.join(map(str, result['load_average']))}"
     )
     print(
