@@ -19,7 +19,8 @@ over its own keep-alive connection (a process of its own, so that the load gener
 event loop does not delay it). Reported per phase: throughput, the server's CPU time per call
 (user + system, from ``/proc``: less at the mercy of whatever else the machine runs than the
 latencies are), the share of a core the server, its event loop's thread and (in the mixed
-phase) the clients used, p50/p99 latency per kind of call, and the mean over every call next to
+phase) the clients used, and how long the loop's thread waited for a core, p50/p99 latency
+per kind of call, and the mean over every call next to
 clients / throughput (in a closed loop without pauses they are equal, Little's law: a kind of
 call can be faster only if others are slower, unless throughput rises); ``/health``'s p50/p99
 idle, under the mix and during the big lists, and the ratio of its p99 under load to its p99
@@ -64,6 +65,12 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     where = f"/proc/{pid}" if thread is None else f"/proc/{pid}/task/{thread}"
     fields = Path(f"{where}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def waited_for_a_core(pid: int) -> float:
+    """Seconds the main thread of ``pid`` (the server's event loop) has spent runnable but
+    waiting for a core (``/proc/<pid>/task/<pid>/schedstat``, second field)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -294,6 +301,7 @@ def summary(
     since: float | None = None,
     client_cpu: float | None = None,
     loop_cpu: float | None = None,
+    loop_waited: float | None = None,
 ) -> dict[str, Any]:
     kinds = {
         kind: {
@@ -320,6 +328,8 @@ def summary(
         "client_cpu_share": None if client_cpu is None else round(client_cpu / elapsed, 2),
         # The server's main thread, which runs its event loop: near 1, every call queues for it.
         "loop_cpu_share": None if loop_cpu is None else round(loop_cpu / elapsed, 2),
+        # ... and the share of the time it was ready to run but waited for a core.
+        "loop_waiting_share": None if loop_waited is None else round(loop_waited / elapsed, 2),
         "calls": kinds,
         # The same without the first --warmup seconds, when every client's first call is a
         # create and all fifty arrive at once.
@@ -379,10 +389,12 @@ def main() -> None:
                 time.sleep(args.idle_seconds)
                 pid = app.process.pid
                 cpu, loop, own = cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time()
+                waited = waited_for_a_core(pid)
                 mixed, mixed_s, steady = asyncio.run(run_mixed(app.port, args, ids, marks))
                 mixed_cpu = cpu_seconds(pid) - cpu
                 mixed_loop_cpu = cpu_seconds(pid, pid) - loop
                 mixed_client_cpu = time.process_time() - own
+                mixed_loop_waited = waited_for_a_core(pid) - waited
                 marks.value = b"big lists"
                 cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
@@ -408,7 +420,14 @@ def main() -> None:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "warmup_seconds": args.warmup,
         "mixed": summary(
-            mixed, mixed_s, mixed_cpu, args.clients, steady, mixed_client_cpu, mixed_loop_cpu
+            mixed,
+            mixed_s,
+            mixed_cpu,
+            args.clients,
+            steady,
+            mixed_client_cpu,
+            mixed_loop_cpu,
+            mixed_loop_waited,
         ),
         "big_lists": summary(big, big_s, big_cpu, args.big_list_clients),
         "health": health,
@@ -431,7 +450,8 @@ def main() -> None:
         f"{result['mixed']['per_s']} calls/s in all; server CPU "
         f"{result['mixed']['server_cpu_ms_per_call']} ms per call "
         f"({result['mixed']['server_cpu_share']} of a core, its event loop's thread "
-        f"{result['mixed']['loop_cpu_share']}; the clients "
+        f"{result['mixed']['loop_cpu_share']}, waiting for a core "
+        f"{result['mixed']['loop_waiting_share']}; the clients "
         f"{result['mixed']['client_cpu_share']}); load average "
         f"{', '.join(map(str, result['load_average']))}"
     )
