@@ -31,11 +31,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["ACK_PREFIX", "TRACED", "Call", "Model", "State", "materialise", "parse", "snapshot"]
+__all__ = [
+    "ACK_PREFIX",
+    "EXIT",
+    "TRACED",
+    "Call",
+    "Model",
+    "State",
+    "materialise",
+    "parse",
+    "snapshot",
+]
 
 #: What the child writes to /dev/null (a write strace records) the moment an operation has
 #: returned: the acknowledgement, with the operation's label after it.
 ACK_PREFIX: Final = b"ACK "
+
+#: A call of no system's, put between two processes' traces: the first one's descriptors end.
+EXIT: Final = "(exit)"
 
 #: The system calls the model needs, for ``strace -e trace=``.
 TRACED: Final = (
@@ -285,6 +298,8 @@ class Model:
                 self._sync_all(self.root, set())
                 self.renames.clear()
                 self.syncs += 1
+        elif name == EXIT:
+            self.fds.clear()  # the process ended; the next trace is another's
         elif name == "sync":
             self._refuse_unmodelled(call)  # the app never calls it
         elif name == "close":

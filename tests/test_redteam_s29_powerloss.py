@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from powerloss import ACK_PREFIX, TRACED, Call, Model, materialise, parse, snapshot
+from powerloss import ACK_PREFIX, EXIT, TRACED, Call, Model, materialise, parse, snapshot
 
 from app.config import Config, load
 from app.dataroot import read_stamp
@@ -159,15 +159,16 @@ def view(config: Config, root: Path) -> View:
     return View(seen, audit)
 
 
-def record(base: Path) -> list[Call]:
-    """Run CHILD on ``base/root`` under strace: the calls it made, in order."""
+def record(base: Path, child: str = CHILD, *strace: str, killed: bool = False) -> list[Call]:
+    """Run ``child`` on ``base/root`` under strace: the calls it made, in order."""
     log = base.parent / "trace.log"
     command = [
         *("unshare", "--pid", "--fork", "--mount-proc"),
-        *("strace", "-f", "-qq", "-y", "-xx", "-s", "1048576", "-o", str(log)),
-        *("-e", f"trace={TRACED}", sys.executable, "-c", CHILD, str(base / "root")),
+        *("strace", "-f", "-qq", "-y", "-xx", "-s", "1048576", "-o", str(log), *strace),
+        *("-e", f"trace={TRACED}", sys.executable, "-c", child, str(base / "root")),
     ]
-    subprocess.run(command, check=True, timeout=120)
+    done = subprocess.run(command, check=not killed, timeout=120)
+    assert not killed or done.returncode != 0, "the child was to be killed"
     text = log.read_text()
     log.unlink()
     return parse(text)
@@ -233,3 +234,62 @@ def test_a_power_loss_after_any_fsync_keeps_every_acknowledged_change(
 def _written(tree: dict[str, bytes | None], where: Path) -> Path:
     materialise(tree, where)
     return where / "root"
+
+
+#: A create killed after its rename, before the fsync that makes it durable (a kill -9, an
+#: OOM kill), then a new holder that uploads into the session the kill left visible.
+KILLED = """
+import os, sys
+from app.config import load
+from app.storage import open_storage
+
+config = load("testing", environ={**os.environ, "APP_DATA_ROOT": sys.argv[1]})
+with open_storage(config, writer=True, kind="maintenance") as store:
+    store.create_session("kept")
+    store.create_session("killed before its sync")
+"""
+AFTER = f"""
+import os, sys
+from app.config import load
+from app.storage import open_storage
+
+config = load("testing", environ={{**os.environ, "APP_DATA_ROOT": sys.argv[1]}})
+with open_storage(config, writer=True, kind="maintenance") as store:
+    last = store.session_ids()[-1]
+    assert store.get_session(last)["title"] == "killed before its sync"
+    store.put_file(last, "t.txt", b"acknowledged")
+    os.write(os.open("/dev/null", os.O_WRONLY), {ACK_PREFIX!r} + b"upload")
+"""
+
+
+def test_a_power_loss_keeps_an_upload_acknowledged_after_a_crash_left_its_session_unsynced(
+    tmp_path: Path,
+) -> None:
+    def made(where: Path) -> Path:
+        # A root made and synced long before (the model takes what is on disk as durable).
+        where.mkdir(mode=0o700)
+        on_root = load("testing", environ={**os.environ, "APP_DATA_ROOT": str(where / "root")})
+        view(on_root, where / "root")
+        return where
+
+    # Where the second create's fsync of sessions/ comes: counted in a run that is not killed.
+    calls = record(made(tmp_path / "trial"), KILLED)
+    renames = [
+        i for i, c in enumerate(calls) if c.name == "rename" and b"/.new-" in c.args[0].string
+    ]
+    after = next(i for i, c in enumerate(calls) if i > renames[-1] and c.name == "fsync")
+    assert calls[after].args[0].fd[1].endswith(b"/sessions")
+    nth = sum(1 for c in calls[: after + 1] if c.name == "fsync")  # strace's `when` counts so
+    base = made(tmp_path / "disk")
+    seen, durable = Model(base, snapshot(base)), Model(base, snapshot(base))
+    killed = record(base, KILLED, "-e", f"inject=fsync:signal=KILL:when={nth}", killed=True)
+    calls = [*killed, Call(0, EXIT, (), "0"), *record(base, AFTER)]
+
+    [(_, acknowledged)] = seen.seen_states(calls)
+    *_, state = durable.durable_states(calls)
+    assert state.acked == ("upload",)
+    config = load("testing", environ={**os.environ, "APP_DATA_ROOT": str(base / "root")})
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    got = view(config, _written(state.tree, cases / "lost"))
+    assert got.data == view(config, _written(acknowledged, cases / "acked")).data
