@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +85,7 @@ __all__ = [
     "read_regular",
     "read_stamp",
     "restamp",
+    "syncfs",
     "tmp_in_flight",
     "write_new_file",
 ]
@@ -182,10 +183,46 @@ def fsync(fd: int) -> None:
         FsyncFailed: this fsync failed (``earlier`` false), or one on the same filesystem
             did before (``earlier`` true, with the first failure's errno and time).
     """
+    _sync(fd, os.fsync)  # EINTR is retried by Python (PEP 475): the call was not made
+
+
+def _syncfs(fd: int) -> None:
+    # Not in the os module. Linux has had syncfs(2) since 2.6.39; elsewhere sync(2), which
+    # does the same for every filesystem (and reports no error). ctypes is imported here:
+    # `app config` and pytest's start-up import this module, and never call this.
+    import ctypes
+
+    call = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if call is None:
+        os.sync()
+        return
+    while call(fd) != 0:
+        if (number := ctypes.get_errno()) != errno.EINTR:  # ctypes does not retry (PEP 475)
+            raise OSError(number, os.strerror(number))
+
+
+def syncfs(path: Path | str) -> None:
+    """Make durable all that the kernel holds of the filesystem ``path`` lies on (syncfs(2)).
+
+    For what an earlier holder of the root left unsynced when it died: a kill keeps its
+    writes in the kernel's cache, where they look made, and the next holder's changes build
+    on them (an upload into a session whose create's rename was never synced), to be lost
+    with them in a power cut (red team 29). PostgreSQL syncs its data directory on the
+    same ground when it starts after a crash (``recovery_init_sync_method = syncfs``).
+    Failures are those of :func:`fsync`.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _sync(fd, _syncfs)
+    finally:
+        os.close(fd)
+
+
+def _sync(fd: int, sync: Callable[[int], None]) -> None:
     if _FAILED_SYNCS and (first := _FAILED_SYNCS.get(os.fstat(fd).st_dev)) is not None:
         raise _earlier(first)
     try:
-        os.fsync(fd)  # EINTR is retried by Python (PEP 475): the call was not made
+        sync(fd)
     except OSError as error:
         if error.errno in _NOT_WRITEBACK_ERRNOS:
             raise
@@ -822,8 +859,10 @@ def open_root(
 
     Inside a test run (the process, or one of its ancestors, is a pytest run of the app's
     plugin) the root lies in the run's sandbox, which pytest throws away: creating it,
-    stamping it and publishing and removing the lock's holder skip their fsyncs there (five
-    journal commits, most of what a fresh test root cost on ext4). Every write of the
+    stamping it, publishing and removing the lock's holder, and the ``syncfs`` of what an
+    earlier holder left, skip their syncs there (five journal commits, most of what a fresh
+    test root cost on ext4). Elsewhere every writer's open ends with that ``syncfs``
+    (see :func:`syncfs`), before the stale ``.tmp/`` files are cleared. Every write of the
     store on that root stays as durable as anywhere else, and a root outside a test run,
     or in one that only the environment (``PYTEST_APP_SANDBOX``) names, is always synced.
     """
@@ -866,6 +905,11 @@ def _open_checked(
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
         _refuse_mounts_inside(config, root)
+        if durable:
+            # The directories just made are in the root only once it is synced, and what a
+            # holder that died left unsynced must be durable before anything builds on it
+            # (see syncfs): a create and an upload acknowledged on a new root were lost.
+            syncfs(root)
         opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
         opened.created = created
         _refuse_swapped_while_opening(opened, lock, run)
