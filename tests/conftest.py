@@ -133,30 +133,39 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         head_start.begin(config, "remote-hostile", next_to_a_pair, _nothing)
 
 
-#: The files whose tests take longest under ``-n 2``, longest first (the seconds of their
-#: tests' set-up, call and tear-down on the 2-CPU VM: bench/suite_times.py, bench/README.md
-#: "The suite's time"). Refresh it when a file's tests grow: a slow file left out of it only
-#: runs in its alphabetical place again.
+#: The order in which xdist hands out the slow files under ``-n 2`` (the seconds of their
+#: tests' set-up, call and tear-down on the 2-CPU VM, and the cores they keep busy when run
+#: alone: bench/suite_times.py, bench/README.md "The suite's time"). The longest first, so
+#: that the run does not end on one worker; but right after the incident's file, which keeps
+#: both cores busy (two inner runs side by side), the files whose tests mostly wait (stopped
+#: engines, stalled servers and clients: 0.4 of a core), so that the other worker runs those
+#: beside it instead of a second file that wants both cores (before, the docs' browser and
+#: the replicas ran beside it, and the waiting files beside each other later, at half the
+#: machine). Refresh it when a file's tests grow: a slow file left out of it only runs in its
+#: alphabetical place again.
 SLOWEST_FILES = (
-    "tests/test_incident.py",  # 50 s
-    "tests/test_docs_browser.py",  # 26 s
-    "tests/test_remote_replicas.py",  # 21 s
-    "tests/test_plugin_remote.py",  # 21 s
-    "tests/test_remote_hostile.py",  # 20 s
-    "tests/test_docs_remote.py",  # 18 s
-    "tests/test_redteam_s20_store_refusals.py",  # 17 s
-    "tests/test_redteam_s28_remote.py",  # 16 s
-    "tests/test_server_resources.py",  # 16 s
-    "tests/test_next_to_live_servers.py",  # 16 s
-    "tests/test_server_e2e.py",  # 15 s
-    "tests/test_integrity.py",  # 14 s
-    "tests/test_redteam_s18_crash_points.py",  # 13 s
-    "tests/test_redteam_s28_faults.py",  # 13 s
-    "tests/test_plugin.py",  # 13 s
-    "tests/test_openapi.py",  # 12 s
-    "tests/test_server_transfers.py",  # 10 s
-    "tests/test_redteam_s20_remote.py",  # 10 s
-    "tests/test_server_upload_bodies.py",  # 10 s
+    "tests/test_incident.py",  # 66 s, 1.8 cores
+    "tests/test_redteam_s28_remote.py",  # 14 s, 0.4 cores
+    "tests/test_redteam_s27_remote.py",  # 11 s, 0.4 cores
+    "tests/test_server_resources.py",  # 15 s, 0.4 cores
+    "tests/test_remote_replicas.py",  # 39 s
+    "tests/test_plugin_remote.py",  # 34 s
+    "tests/test_docs_browser.py",  # 30 s, 1.4 cores
+    "tests/test_remote_hostile.py",  # 23 s
+    "tests/test_docs_remote.py",  # 22 s
+    "tests/test_redteam_s20_store_refusals.py",  # 19 s
+    "tests/test_server_e2e.py",  # 17 s
+    "tests/test_plugin.py",  # 17 s
+    "tests/test_integrity.py",  # 15 s
+    "tests/test_next_to_live_servers.py",  # 14 s
+    "tests/test_redteam_s28_faults.py",  # 14 s
+    "tests/test_openapi.py",  # 11 s
+    "tests/test_server_transfers.py",  # 11 s
+    "tests/test_remote_doctor.py",  # 10 s
+    "tests/test_redteam_s27_guard.py",  # 10 s
+    "tests/test_redteam_s18_crash_points.py",  # 10 s
+    "tests/test_remote_pg.py",  # 9 s
+    "tests/test_cli_config.py",  # 9 s
     "tests/test_remote_store.py",  # 9 s
 )
 

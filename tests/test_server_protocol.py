@@ -1,9 +1,12 @@
 """The server's HTTP/1.1 protocol (which takes request bodies past h11) answers with
 uvicorn's bytes.
 
-Each test serves one small ASGI application twice over real sockets: with uvicorn's own h11
-protocol and with the project's (`app.server.protocol.bounded_h11`), and compares what a
-raw socket client receives.
+One small ASGI application is served twice over real sockets: with uvicorn's own h11
+protocol and with the project's (`app.server.protocol.bounded_h11`), and the tests compare
+what a raw socket client receives. The pair is served once for the module (each server's
+shutdown waits for uvicorn's 0.1 s ticks: 0.4 s a test when every test served its own), as
+the tests only send requests that leave no state behind; the test of a client gone
+mid-response serves its own, whose application it watches.
 """
 
 from __future__ import annotations
@@ -114,9 +117,9 @@ def _serving(protocol: type[asyncio.Protocol], finished: _Finished) -> Iterator[
         sock.close()
 
 
-@contextmanager
-def _both() -> Iterator[tuple[int, int]]:
-    """uvicorn's protocol and the project's."""
+@pytest.fixture(scope="module")
+def both() -> Iterator[tuple[int, int]]:
+    """The ports of uvicorn's protocol and of the project's, serving the same application."""
     ours = bounded_h11(16 * 1024, 30.0, 600.0)
     with _serving(H11Protocol, _Finished()) as theirs, _serving(ours, _Finished()) as port:
         yield theirs, port
@@ -169,19 +172,22 @@ def _get(path: str, method: str = "GET", close: bool = True) -> bytes:
         ),
     ],
 )
-def test_every_kind_of_response_arrives_as_uvicorn_sends_it(request_bytes: bytes) -> None:
-    with _both() as (theirs, ours):
-        expected = _exchange(theirs, request_bytes)
-        assert expected.startswith(b"HTTP/1.1 ")
-        assert _exchange(ours, request_bytes) == expected
+def test_every_kind_of_response_arrives_as_uvicorn_sends_it(
+    both: tuple[int, int], request_bytes: bytes
+) -> None:
+    theirs, ours = both
+    expected = _exchange(theirs, request_bytes)
+    assert expected.startswith(b"HTTP/1.1 ")
+    assert _exchange(ours, request_bytes) == expected
 
 
-def test_a_malformed_request_after_a_good_one_gets_its_answer_after_the_good_ones() -> None:
+def test_a_malformed_request_after_a_good_one_gets_its_answer_after_the_good_ones(
+    both: tuple[int, int],
+) -> None:
     # uvicorn's answer to the malformed one is plain text, the project's a problem document:
     # what matters here is that the good one's answer comes first, whole.
     request = _get("/json", close=False) + b"GET /json HTTP/1.1\r\nhost: t\r\nbad header\r\n\r\n"
-    with _both() as (_, port):
-        received = _exchange(port, request)
+    received = _exchange(both[1], request)
     first, _, rest = received.partition(SMALL)
     assert first.startswith(b"HTTP/1.1 200 ")
     assert rest.startswith(b"HTTP/1.1 400 ")

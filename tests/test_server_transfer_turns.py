@@ -168,7 +168,10 @@ def test_clients_that_stall_mid_upload_or_mid_download_keep_no_transfer_waiting(
                 f"{tight.url}/sessions/{session_id}/files/slow{n}.bin", headers=tight.headers
             )
             assert got.content == b"s" * length
-        # So does the download, read to its end.
+        # So does the download, read to its end: with a buffer of the usual size now that
+        # the stall has done its part (4 KiB at a time, the 16 MiB are 4,096 turns of the
+        # server's event loop, 2.6 s alone and 10 s beside the other xdist worker).
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 2**20)
         data = b""
         while len(data) < size:
             chunk = reader.recv(2**20)
