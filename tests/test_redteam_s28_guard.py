@@ -13,7 +13,6 @@ production exported in its shell, and children that run ``app data purge --yes-i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _stopped_production
+from test_server_e2e import snapshot
 
 #: What every child runs: production's purge, its exit code and output kept in a file.
 PURGE = """
@@ -112,14 +112,6 @@ for _ in $(seq 300); do grep -q 'CASE logging-shutdown-not-waited' "$3" && break
 """
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 class Outcome(NamedTuple):
     """Production's files (sha256) before and after the run, its sandbox, each case's line."""
 
@@ -136,7 +128,7 @@ def run_with_early_and_late_code(tmp_path_factory: pytest.TempPathFactory) -> Ou
         pytest.skip("needs unshare --pid --mount-proc")
     tmp_path = tmp_path_factory.mktemp("s28")
     settings, production = _stopped_production(tmp_path)
-    before = _digest(production)
+    before = snapshot(production)
     project = tmp_path / "project"
     project.mkdir()
     for name, text in (
@@ -164,7 +156,7 @@ def run_with_early_and_late_code(tmp_path_factory: pytest.TempPathFactory) -> Ou
         if line.startswith("CASE ")
     )
     assert "EXIT 0" in said, done.stdout + done.stderr + said
-    return Outcome(before, _digest(production), sandbox, cases)
+    return Outcome(before, snapshot(production), sandbox, cases)
 
 
 #: How a child of a run's process is refused production (the run found in the tree).

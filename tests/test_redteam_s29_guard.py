@@ -13,7 +13,6 @@ The last case runs a ``TestCase`` with nose2 (no plugin of the app's), in the sa
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _stopped_production
+from test_server_e2e import snapshot
 
 #: The test of the enclosing run: it runs the runner in its own place, as a wrapper that
 #: `exec`s its real command does, with PATH and the settings' directory alone.
@@ -76,14 +76,6 @@ echo "CASE exit: $?"
 """
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 class Outcome(NamedTuple):
     """Production's files (sha256) before and after, the enclosing run's pid, each case."""
 
@@ -101,7 +93,7 @@ def exec_run(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         pytest.skip("needs unshare --pid --mount-proc")
     tmp_path = tmp_path_factory.mktemp("s29")
     settings, production = _stopped_production(tmp_path)
-    before = _digest(production)
+    before = snapshot(production)
     project, other = tmp_path / "project", tmp_path / "other"
     for directory, files in (
         (project, {"test_execs.py": EXECS}),
@@ -128,7 +120,7 @@ def exec_run(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         for line in done.stdout.splitlines()
         if "CASE " in line
     )
-    after = _digest(production) if production.is_dir() else {}
+    after = snapshot(production) if production.is_dir() else {}
     return Outcome(before, after, production, cases, done.stdout)
 
 
@@ -207,7 +199,7 @@ def test_a_child_of_a_testcase_nose2_runs_is_refused_production(tmp_path: Path) 
     if not _own_proc_allowed():
         pytest.skip("needs unshare --pid --mount-proc")
     settings, production = _stopped_production(tmp_path)
-    before = _digest(production)
+    before = snapshot(production)
     tests = tmp_path / "tests"
     tests.mkdir()
     (tests / "test_purges.py").write_text(TESTCASE)
@@ -223,7 +215,7 @@ def test_a_child_of_a_testcase_nose2_runs_is_refused_production(tmp_path: Path) 
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         check=False,
     )  # fmt: skip
-    assert _digest(production) == before, done.stdout
+    assert snapshot(production) == before, done.stdout
     cases = [line for line in done.stdout.splitlines() if line.startswith("CASE ")]
     assert len(cases) == 2, done.stdout
     for line in cases:
