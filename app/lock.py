@@ -915,7 +915,16 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
     except OSError:
         return  # deleted already: still_ours reports it
     if (named.st_dev, named.st_ino) != (locked.st_dev, locked.st_ino):
-        raise LockFileAliasedError(path, "is a symbolic link")
+        if stat.S_ISLNK(named.st_mode):
+            raise LockFileAliasedError(path, "is a symbolic link")
+        # Not a link itself, yet another file than the one opened through the same path: a
+        # directory on the way resolves differently for the lock than for this look (a
+        # `/proc/<pid>/root/...` path into another mount namespace), or it was replaced.
+        raise LockFileAliasedError(
+            path,
+            "leads to another file than the one its lock was opened on (a directory on the "
+            "way, such as /proc/<pid>/root, resolves elsewhere, or the file was replaced)",
+        )
     if locked.st_nlink > 1:
         raise LockFileAliasedError(path, f"has {locked.st_nlink} hard links")
 

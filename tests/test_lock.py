@@ -211,6 +211,27 @@ def test_a_session_lock_refuses_a_lock_file_that_is_a_symbolic_link(
     assert elsewhere.read_text() == "another root's holder\n"
 
 
+def test_a_lock_path_that_leads_to_another_file_than_the_one_locked_says_so(
+    tmp_path: Path,
+) -> None:
+    # Not a link at the path itself (a `/proc/<pid>/root/...` path that resolves into another
+    # mount namespace, or the file replaced): the refusal called it "a symbolic link".
+    from app.lock import _refuse_aliased
+
+    path = tmp_path / LOCK_FILE
+    path.write_text("")
+    opened = os.stat(path)
+    path.rename(tmp_path / "the file locked")  # kept: its inode is not reused
+    path.write_text("")
+    with pytest.raises(LockFileAliasedError) as refused:
+        _refuse_aliased(path, opened)
+    assert str(refused.value).startswith(
+        f"refusing to lock {path}: it leads to another file than the one its lock was opened "
+        "on (a directory on the way, such as /proc/<pid>/root, resolves elsewhere, or the "
+        "file was replaced), so a lock taken on it would also lock"
+    )
+
+
 @pytest.mark.parametrize("own_sandbox", [True, False], ids=["sandbox-flock", "filelock"])
 @pytest.mark.parametrize("kind", ["a directory", "a FIFO"])
 def test_something_other_than_a_file_at_the_lock_path_is_refused_by_name(
