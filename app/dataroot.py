@@ -910,8 +910,7 @@ def _open_checked(
             # holder that died left unsynced must be durable before anything builds on it
             # (see syncfs): a create and an upload acknowledged on a new root were lost.
             syncfs(root)
-        opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp)
-        opened.created = created
+        opened = DataRoot(config, kind=kind, lock=lock, stamp=stamp, created=created)
         _refuse_swapped_while_opening(opened, lock, run)
         if removed := _clear_tmp(opened.tmp_dir):
             opened.audit("clear-tmp", opened.tmp_dir, removed=removed)
@@ -1023,7 +1022,13 @@ class DataRoot:
     """
 
     def __init__(
-        self, config: Config, *, kind: str, lock: RootLock | None, stamp: dict[str, Any] | None
+        self,
+        config: Config,
+        *,
+        kind: str,
+        lock: RootLock | None,
+        stamp: dict[str, Any] | None,
+        created: bool = False,
     ) -> None:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
         self._path = _local_root(config, "use a data root")
@@ -1034,7 +1039,7 @@ class DataRoot:
         self.stamp = stamp
         #: True when the open that made this object created the directory: a server says so,
         #: since on a machine that has served before it means a mistyped path.
-        self.created = False
+        self.created = created
         # What the root and the app's directories in it are, by identity, as opened: every
         # destructive operation checks that the same paths still lead to the same places.
         identities = _layout_identities(self._path) if lock is not None else {}
