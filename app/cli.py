@@ -551,8 +551,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
         return
     remote = config.backend == appconfig.REMOTE
     click.echo(f"profile: {config.profile}")
+    # A remote profile whose database could not be read: whether it is stamped, and who
+    # serves it, is unknown, and must not read as "not stamped yet" or "nobody".
+    unknown = remote and seen.stamp_error is not None
     if remote:
-        missing = "" if seen.exists else " (not stamped yet)"
+        missing = "" if seen.exists or unknown else " (not stamped yet)"
         click.echo(f"storage: {seen.location}{missing}")
     else:
         missing = "" if seen.exists else " (does not exist yet)"
@@ -567,6 +570,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
         click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
     holder = seen.holder
+    if unknown:
+        click.echo(
+            "served by: unknown, since the database could not be read; "
+            "`app doctor` checks that it answers"
+        )
+        return
     if not seen.held:
         click.echo("held by: nobody")
         return
@@ -909,7 +918,11 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
     from app.storage import restamp
 
     stamp = restamp(config, from_profile)
-    click.echo(f"{where} is now stamped {stamp['profile']!r} (was {from_profile.lower()!r})")
+    if stamp["changed"]:
+        click.echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
+    else:
+        # A repeated command (one interrupted halfway is finished above, and says "now").
+        click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
 
 
 def main() -> None:

@@ -336,8 +336,8 @@ class Config:
     database_wait_seconds: float = setting(
         _positive_number,
         "longest the app waits for one answer of the database (a statement, a commit) "
-        "before it closes that connection and answers 503 database_timeout; more than "
-        "database_lock_wait_seconds",
+        "before it closes that connection and answers 503 database_timeout (a command "
+        "exits 69); more than database_lock_wait_seconds",
         30.0,
     )
     s3_connect_timeout_seconds: float = setting(

@@ -946,7 +946,8 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
         timeout: seconds to retry a contended lock.
 
     Returns:
-        The new stamp.
+        The new stamp, with ``changed``: ``False`` when the root was stamped for
+        ``config.profile`` already (a repeated command, which changes nothing).
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
@@ -970,7 +971,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             )
         stamped = str(stamp["profile"]).lower()
         if stamped == config.profile:
-            return stamp  # already done (a repeated command); nothing to audit
+            return {**stamp, "changed": False}  # a repeated command; nothing to audit
         if stamped != from_profile:
             # Names the stamp actually found, so the message gives the right --from.
             raise ProfileStampMismatchError(
@@ -987,7 +988,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
                 {"from": stamped, "to": config.profile},
             ),
         )
-        return new
+        return {**new, "changed": True}
 
 
 # --- the open root -----------------------------------------------------------------------

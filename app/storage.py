@@ -619,7 +619,11 @@ def probe(config: Config) -> list[Probe]:
 
 
 def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
-    """Hand the storage stamped ``from_profile`` to ``config.profile`` (``app data restamp``)."""
+    """Hand the storage stamped ``from_profile`` to ``config.profile`` (``app data restamp``).
+
+    Returns the new stamp, with ``changed``: ``False`` when it was this profile's already (a
+    repeated command, which changes nothing and audits nothing).
+    """
     if config.backend == REMOTE:
         from app.remote import storage as remote
 

@@ -281,7 +281,9 @@ def test_restamp_of_a_root_already_stamped_for_the_profile_changes_nothing(
     before = audit(app_config)
     code, out, err = invoke("data", "restamp", "--from", "development")
     assert code == 0, err
-    assert "is now stamped 'testing'" in out
+    # Nothing was stamped now: the message must not say it was, nor name a profile it was.
+    assert "is already stamped 'testing': nothing was changed" in out
+    assert "now stamped" not in out
     stamp = json.loads((app_config.data_root / ".app-profile.json").read_text())
     assert stamp["profile"] == "testing"
     assert audit(app_config) == before

@@ -122,6 +122,7 @@ def test_restamp_hands_the_root_to_another_profile_and_audits_it(tmp_path: Path)
 
     new = restamp(staging, "production")
 
+    assert new.pop("changed") is True
     assert new["profile"] == "staging"
     assert read_stamp(path) == new
     [line] = audit_lines(path)

@@ -351,6 +351,9 @@ def test_storage_stamped_for_another_profile_is_refused_until_restamped(
             "SELECT target FROM app_audit WHERE operation = 'restamp' ORDER BY id"
         ).fetchall()
     assert len(audited) == 2  # the database, then the prefix
+    repeated = production.run("data", "restamp", "--from", "development", "--yes-i-mean-it")
+    assert repeated.returncode == 0, repeated.stderr
+    assert "is already stamped 'production': nothing was changed" in repeated.stdout
     production.start()
     again = production.run("data", "restamp", "--from", "development", "--yes-i-mean-it")
     assert again.returncode == 75  # a replica lives

@@ -164,24 +164,10 @@ class Database:
         self.wait_seconds = wait_seconds
         self._lent = 0  # connections lent to callers now
         self._lending = threading.Lock()
-        # Without a lock_timeout a statement waits for ever for a row or table another client
-        # holds (`SELECT ... FOR UPDATE`, `LOCK TABLE` in psql), and holds its pool connection
-        # meanwhile: eight such requests left every other one of the replica 30 s and then a
-        # 503 "cannot connect" (red team 27). Set here, so that it wins over the role's.
-        timeout = f"{max(1, round(lock_wait_seconds * 1000))}ms"
 
+        # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
-            # A 2xx means saved: with synchronous_commit off (for the database, the role or
-            # the server) a commit is answered before its WAL is written, and a crash of the
-            # server lost replaces and deletes the app had acknowledged (red team 27). Any
-            # other value (local, remote_write, on, remote_apply) waits for at least the
-            # primary's WAL, and is kept.
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
-                " current_setting('synchronous_commit') = 'off' THEN"
-                " set_config('synchronous_commit', 'on', false) END",
-                (timeout,),
-            )
+            pg.configure_session(conn, lock_wait_seconds)
 
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),

@@ -46,8 +46,10 @@ from psycopg.types.json import Jsonb
 
 from app import sandbox
 from app.remote.errors import (
+    CommitUnknownError,
     DatabaseEncodingError,
     DatabaseRefusedError,
+    DatabaseTimeoutError,
     DatabaseUnavailableError,
     HolderLostError,
     MaintenanceLostError,
@@ -67,7 +69,7 @@ SCHEMA_VERSION = 1
 # single-bigint keys; the class is derived from the app's name.
 LOCK_CLASS = zlib.crc32(b"app") & 0x7FFFFFFF
 HOLDERS_LOCK = (LOCK_CLASS, 1)
-_SCHEMA_LOCK = (LOCK_CLASS, 2)  # serialises two first opens of an empty database
+SCHEMA_LOCK = (LOCK_CLASS, 2)  # serialises two first opens of an empty database
 CREATE_LOCK = (LOCK_CLASS, 3)  # pages wait for the creates under way (app.remote.sessions)
 ROW_LOCK_CLASS = zlib.crc32(b"app:holder-row") & 0x7FFFFFFF
 
@@ -369,6 +371,38 @@ def conninfo(database_url: str, *, purpose: str = "app", connect_timeout: int | 
     return make_conninfo(database_url, **extra)
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How long a connection of the app waits on the database: for any answer
+    (``database_wait_seconds``, :func:`bounded_connection`) and for a lock another client
+    holds (``database_lock_wait_seconds``, the session's ``lock_timeout``)."""
+
+    wait_seconds: float
+    lock_wait_seconds: float
+
+
+def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -> None:
+    """The session settings every connection of the app's own code carries, pooled or not.
+
+    ``lock_timeout``: without it a statement waits for ever for a row, a table or an advisory
+    lock another client holds (`SELECT ... FOR UPDATE`, `LOCK TABLE` in psql, an open of the
+    database stopped halfway), holding its connection meanwhile (red team 27; every command
+    and every replica's start waited for ever behind a stopped first open). Set here, so that
+    it wins over the role's.
+
+    ``synchronous_commit``: a commit answered before its WAL is written is lost by a crash of
+    the server, though the app said it was saved (red team 27). ``off`` is turned ``on``; any
+    other value (local, remote_write, on, remote_apply) waits for at least the primary's WAL,
+    and is kept.
+    """
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
+        " current_setting('synchronous_commit') = 'off' THEN"
+        " set_config('synchronous_commit', 'on', false) END",
+        (f"{max(1, round(lock_wait_seconds * 1000))}ms",),
+    )
+
+
 def connect(
     database_url: str,
     *,
@@ -376,10 +410,12 @@ def connect(
     autocommit: bool = False,
     connect_timeout: int | None = None,
     wait_seconds: float | None = None,
+    bounds: Bounds | None = None,
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``
     (``connect_timeout``: as for :func:`conninfo`; ``wait_seconds``: every wait for an answer
-    bounded, as by :func:`bounded_connection`).
+    bounded, as by :func:`bounded_connection`; ``bounds``: that, and the session's settings
+    of a pooled connection, :func:`configure_session`).
 
     Every connection of the app's own code (the stamp, a replica's :class:`Holder`,
     :func:`maintenance`, ``app status`` and ``app doctor``) opens here, so under a test run
@@ -391,6 +427,8 @@ def connect(
         DatabaseUnavailableError: the server cannot be reached.
     """
     sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
+    if bounds is not None:
+        wait_seconds = bounds.wait_seconds
     conn = _connect(database_url, purpose, autocommit, connect_timeout, wait_seconds)
     # Again with what libpq connected to, after its service file and the environment, which
     # may differ from what the URL seemed to name.
@@ -398,7 +436,13 @@ def connect(
     reached = make_conninfo("", host=info.host, port=str(info.port), dbname=info.dbname)
     try:
         sandbox.check_scratch("database_url", reached, f"connecting ({purpose}) to")
-        check_encoding(conn, mask_url(database_url))
+        where = mask_url(database_url)
+        check_encoding(conn, where)
+        if bounds is not None:
+            with refusals(where, f"the settings of a connection ({purpose})"):
+                configure_session(conn, bounds.lock_wait_seconds)
+                if not autocommit:
+                    conn.commit()
     except BaseException:
         conn.close()
         raise
@@ -512,11 +556,33 @@ def refusals(where: str, what: str = "a statement") -> Iterator[None]:
     """Raise the server's refusals of a statement as :class:`DatabaseRefusedError`."""
     try:
         yield
+    except WaitTimeoutError as error:
+        raise DatabaseTimeoutError(where, _reason(error), error.seconds, what) from None
     except psycopg.Error as error:
         refused = refusal(where, error, what)
         if refused is None:
             raise
         raise refused from None
+
+
+@contextlib.contextmanager
+def committed(conn: psycopg.Connection[Any], where: str, what: str) -> Iterator[None]:
+    """``conn.transaction()``, under :func:`refusals`, whose COMMIT that got no answer within
+    the connection's bound is :class:`CommitUnknownError`: the server may have committed it
+    before it stopped answering, so "nothing was changed" would not be known."""
+    with refusals(where, what):
+        transaction = conn.transaction()
+        transaction.__enter__()
+        try:
+            yield
+        except BaseException as error:
+            if not transaction.__exit__(type(error), error, error.__traceback__):
+                raise
+            return
+        try:
+            transaction.__exit__(None, None, None)
+        except WaitTimeoutError as error:
+            raise CommitUnknownError(where, _reason(error), what) from None
 
 
 # --- the stamp and the schema -------------------------------------------------------------
@@ -567,6 +633,7 @@ def open_database(
     *,
     protected: Protection = False,
     objects: tuple[str, str, str] | None = None,
+    bounds: Bounds | None = None,
 ) -> Stamp:
     """Check (or, on an empty database, create) the app's tables and stamp for ``profile``.
 
@@ -576,7 +643,9 @@ def open_database(
     ``objects`` (bucket, prefix, and the location as messages show it): the object prefix
     this process names. The first open records it; a later one naming another is refused,
     since every row names its object relative to it. The returned stamp carries the
-    database's id, for the prefix's own stamp.
+    database's id, for the prefix's own stamp. ``bounds``: how long its connection waits
+    (the caller's settings); a wait past them is :class:`DatabaseTimeoutError`, or
+    :class:`CommitUnknownError` at the commit.
 
     Returns:
         The stamp, which names ``profile``.
@@ -589,12 +658,13 @@ def open_database(
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
     """
     where = mask_url(database_url)
+    what = f"opening it for profile {profile!r}"
     with (
-        refusals(where, f"opening it for profile {profile!r}"),
-        connect(database_url, purpose="app open") as conn,
-        conn.transaction(),
+        refusals(where, what),
+        connect(database_url, purpose="app open", bounds=bounds) as conn,
+        committed(conn, where, what),
     ):
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _SCHEMA_LOCK)
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
         stamp = read_stamp(conn)
         if stamp is None:
             foreign = foreign_tables(conn)
@@ -718,8 +788,10 @@ class Holder:
         *,
         on_lost: Callable[[HolderLostError], None] | None = None,
         ping_seconds: float = 1.0,
+        lock_wait_seconds: float = 10.0,
     ) -> None:
         self.database_url = database_url
+        self.lock_wait_seconds = lock_wait_seconds
         self.where = mask_url(database_url)
         self.profile = profile
         self.url = url
@@ -744,6 +816,9 @@ class Holder:
         conn = connect(self.database_url, purpose="app serve", autocommit=True)
         try:
             with refusals(self.where, "this replica's hold (its row in app_holders)"):
+                # The session's settings, not the wait bound: closing this connection on a
+                # slow answer would give up the hold.
+                configure_session(conn, self.lock_wait_seconds)
                 taken = conn.execute(
                     "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
                 ).fetchone()
@@ -881,7 +956,8 @@ class Maintenance:
 
     def restamp(self, from_profile: str, *, protected: Protection = False) -> Stamp:
         """Hand the database stamped ``from_profile`` to this profile (audited)."""
-        with self.conn.transaction():
+        what = f"the re-stamp from {from_profile!r} to {self.profile!r}"
+        with committed(self.conn, self.where, what):
             stamp = read_stamp(self.conn)
             if stamp is None:
                 raise UnstampedNotEmptyError(
@@ -905,8 +981,14 @@ class Maintenance:
 
 
 @contextlib.contextmanager
-def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Maintenance]:
+def maintenance(
+    database_url: str, profile: str, wanted: str, bounds: Bounds | None = None
+) -> Iterator[Maintenance]:
     """Hold the database exclusively for ``wanted`` ("empty the trash"), or refuse at once.
+
+    ``bounds``: how long the holding connection waits for an answer; past them the command
+    stops (:class:`DatabaseTimeoutError`, or :class:`MaintenanceLostError` at a check), the
+    connection closed and so the hold ended.
 
     Raises:
         ReplicasLiveError: a replica (or another maintenance command) holds it (exit 75);
@@ -914,18 +996,21 @@ def maintenance(database_url: str, profile: str, wanted: str) -> Iterator[Mainte
         SandboxViolationError: under pytest, a database that is not the run's scratch one.
     """
     where = mask_url(database_url)
-    with connect(database_url, purpose=f"app maintenance: {wanted}", autocommit=True) as conn:
+    with connect(
+        database_url, purpose=f"app maintenance: {wanted}", autocommit=True, bounds=bounds
+    ) as conn:
         with refusals(where, f"the hold to {wanted}"):
             taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
-            replicas = live_holders(conn) if read_stamp(conn) is not None else []
             others = writing = ""
-            if not replicas:
-                others = "; ".join(lock_holders(conn, "ExclusiveLock"))
-                # A replica's write holds the lock shared to its commit (app.remote.db), so
-                # that no maintenance begins between its check and its commit.
-                writing = "" if others else "; ".join(lock_holders(conn, "ShareLock"))
-                others = others or ("" if writing else "a connection that has since gone")
+            with refusals(where, f"the hold to {wanted}"):
+                replicas = live_holders(conn) if read_stamp(conn) is not None else []
+                if not replicas:
+                    others = "; ".join(lock_holders(conn, "ExclusiveLock"))
+                    # A replica's write holds the lock shared to its commit (app.remote.db),
+                    # so that no maintenance begins between its check and its commit.
+                    writing = "" if others else "; ".join(lock_holders(conn, "ShareLock"))
+                    others = others or ("" if writing else "a connection that has since gone")
             raise ReplicasLiveError(wanted, where, replicas, others, writing)
         try:
             with refusals(where, f"the hold to {wanted}"):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from app import sandbox
 from app.remote import pg
 from app.remote.errors import (
+    DatabaseTimeoutError,
     DatabaseUnavailableError,
     RemoteStampMismatchError,
     ReplicasLiveError,
@@ -74,9 +75,16 @@ def _objects(config: Config) -> ObjectStore:
     )
 
 
+def _bounds(config: Config) -> pg.Bounds:
+    """How long this process's own connections wait on the database: the replicas' pooled
+    ones and a command's alike, so that no command waits for ever on a database that is
+    stopped, or behind a lock a stopped process holds."""
+    return pg.Bounds(config.database_wait_seconds, config.database_lock_wait_seconds)
+
+
 @contextlib.contextmanager
 def _exclusive(
-    database_url: str, profile: str, wanted: str, timeout: float
+    database_url: str, profile: str, wanted: str, timeout: float, bounds: pg.Bounds
 ) -> Iterator[pg.Maintenance]:
     """:func:`pg.maintenance`, retried for ``timeout`` seconds while only another maintenance
     command holds the database (it ends soon); live replicas are refused at once."""
@@ -84,7 +92,9 @@ def _exclusive(
     while True:
         with contextlib.ExitStack() as stack:
             try:
-                maintenance = stack.enter_context(pg.maintenance(database_url, profile, wanted))
+                maintenance = stack.enter_context(
+                    pg.maintenance(database_url, profile, wanted, bounds)
+                )
             except ReplicasLiveError as error:
                 if error.replicas or time.monotonic() >= deadline:
                     raise
@@ -136,6 +146,7 @@ def open_remote(
         config.profile,
         protected=protection,
         objects=(location.bucket, location.prefix, objects.where),
+        bounds=_bounds(config),
     )
     assert stamp.database_id is not None
     objects.open(
@@ -147,11 +158,17 @@ def open_remote(
         holder: pg.Holder | None = None
         maintenance: pg.Maintenance | None = None
         if writer and kind in _REPLICA_KINDS:
-            holder = held.enter_context(pg.Holder(database_url, config.profile))
+            holder = held.enter_context(
+                pg.Holder(
+                    database_url,
+                    config.profile,
+                    lock_wait_seconds=config.database_lock_wait_seconds,
+                )
+            )
         elif writer:
             wanted = wanted or f"open the database as a {kind} process"
             maintenance = held.enter_context(
-                _exclusive(database_url, config.profile, wanted, timeout)
+                _exclusive(database_url, config.profile, wanted, timeout, _bounds(config))
             )
         # The store ends the hold when it closes: the holder itself, the exclusive lock
         # through on_close.
@@ -179,7 +196,8 @@ def open_remote(
 
 
 def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
-    """Hand the database and the prefix stamped ``from_profile`` to ``config.profile``.
+    """Hand the database and the prefix stamped ``from_profile`` to ``config.profile``;
+    the new stamp, with ``changed`` ``False`` when both were this profile's already.
 
     Under maintenance (refused while any replica lives), audited in ``app_audit``; the
     database first, then the prefix, so that a run interrupted between the two is finished
@@ -189,15 +207,20 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     sandbox.check_remote(database_url, blob_url, "re-stamp")
     source = from_profile.lower()
     protection = config.taking_needs_confirmation
-    with pg.connect(database_url, purpose="app restamp") as conn:
-        stamped = pg.read_stamp(conn) is not None
+    bounds = _bounds(config)
+    with (
+        pg.connect(database_url, purpose="app restamp", bounds=bounds) as conn,
+        pg.refusals(pg.mask_url(database_url), "the read of its stamp"),
+    ):
+        found = pg.read_stamp(conn)
+    stamped = found is not None
     if not stamped:
         # Nothing of the app's there yet: creating it stamps it for this profile at once
         # (or refuses a database with tables of its own).
-        pg.open_database(database_url, config.profile, protected=protection)
+        pg.open_database(database_url, config.profile, protected=protection, bounds=bounds)
     objects = _objects(config)
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
-    with _exclusive(database_url, config.profile, wanted, 1.0) as maintenance:
+    with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
         before = objects.read_stamp()
         if before is not None and before.get("profile") not in (source, config.profile):
             # Refused before the database changes, so that nothing is left half handed over.
@@ -207,16 +230,21 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 protected=needs_confirmation(protection, source),
             )  # fmt: skip
         stamp = maintenance.restamp(source, protected=protection)
+        # Stamped for this profile already, both of them: a repeated command.
+        changed = found is None or found.profile != config.profile
         if before is None:
             objects.open(config.profile, protected=protection)
+            changed = True
         elif before.get("profile") != config.profile:
             objects.restamp(source, config.profile)
             maintenance.audit("restamp", objects.where, {"from": source, "to": config.profile})
+            changed = True
     return {
         "profile": stamp.profile,
         "schema_version": stamp.schema_version,
         "created": stamp.created.isoformat(),
         "restamped_from": stamp.restamped_from,
+        "changed": changed,
     }
 
 
@@ -240,7 +268,9 @@ class RemoteStatus:
         exists: whether the database carries the app's stamp.
         holders: every live replica's row (host, pid, profile, since, url).
         stamp: the database's stamp, ``None`` if it has none yet.
-        stamp_error: why the stamp could not be read (the database cannot be reached).
+        stamp_error: why the stamp could not be read (the database cannot be reached, or
+            did not answer within database_wait_seconds); then ``exists`` and ``held`` are
+            unknown, and :meth:`to_dict` shows them as ``None``.
     """
 
     location: str
@@ -267,10 +297,12 @@ class RemoteStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``app status --json``)."""
+        # Unknown (null) rather than false when the database could not be read.
+        unknown = self.stamp_error is not None
         return {
             "location": self.location,
-            "exists": self.exists,
-            "held": self.held,
+            "exists": None if unknown else self.exists,
+            "held": None if unknown else self.held,
             "holders": [_jsonable(holder) for holder in self.holders],
             "stamp": self.stamp,
             "stamp_error": self.stamp_error,
@@ -287,7 +319,12 @@ def describe(config: Config) -> RemoteStatus:
     database_url, _ = _urls(config)
     location = _describe_location(config)
     try:
-        with pg.connect(database_url, purpose="app status", autocommit=True) as conn:
+        with (
+            pg.connect(
+                database_url, purpose="app status", autocommit=True, bounds=_bounds(config)
+            ) as conn,
+            pg.refusals(pg.mask_url(database_url), "the read of its stamp and holders"),
+        ):
             stamp = pg.read_stamp(conn)
             holders = pg.live_holders(conn) if stamp is not None else []
     except DatabaseUnavailableError as error:
@@ -375,7 +412,10 @@ def _diagnose_database(config: Config) -> list[Probe]:
             purpose="app doctor",
             autocommit=True,
             connect_timeout=_DOCTOR_CONNECT_SECONDS,
+            bounds=_bounds(config),
         )
+    except DatabaseTimeoutError as error:
+        return [_database_silent(config, where, error.seconds)]
     except DatabaseUnavailableError as error:
         return [
             Probe(
@@ -394,6 +434,8 @@ def _diagnose_database(config: Config) -> list[Probe]:
             # Doctor looks; should any statement below ever write, PostgreSQL refuses it.
             conn.execute("SET default_transaction_read_only = on")
             return _database_state(conn, config, where)
+        except pg.WaitTimeoutError as error:
+            return [_database_silent(config, where, error.seconds)]
         except psycopg.Error as error:
             reason = " ".join(str(error).split()) or type(error).__name__
             return [
@@ -407,6 +449,23 @@ def _diagnose_database(config: Config) -> list[Probe]:
                     EX_UNAVAILABLE,
                 )
             ]
+
+
+def _database_silent(config: Config, where: str, seconds: float) -> Probe:
+    from app.errors import EX_UNAVAILABLE
+
+    source = config.sources.get("database_url", "?")
+    return Probe(
+        "database",
+        f"{where}: connected, then no answer within {seconds:g} s",
+        f"profile {config.profile!r}: database {where} (database_url from {source}) accepted "
+        f"the connection, then did not answer within {seconds:g} s (database_wait_seconds, "
+        f"from {config.sources.get('database_wait_seconds', '?')}): it may be stopped or "
+        "frozen (a process stopped with SIGSTOP, a host paused), overloaded, or the network "
+        "to it may drop packets. Check it from its host (`pg_isready`, its log); nothing was "
+        "changed",
+        EX_UNAVAILABLE,
+    )
 
 
 def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
