@@ -17,7 +17,6 @@ import contextlib
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import psycopg
 from engines import PostgresEngine, S3Engine
 from replicas import Production, production_on
+from test_redteam_s28_remote import _Proxy
 
 from app.remote import pg
 
@@ -34,44 +34,22 @@ BOUNDS = {"APP_DATABASE_WAIT_SECONDS": "1", "APP_DATABASE_LOCK_WAIT_SECONDS": "0
 HUNG = 60
 
 
-class _SilentProxy:
+class _SilentProxy(_Proxy):
     """A TCP proxy to the cluster that lets a connection in (start-up, authentication) and
     then never forwards its first statement: a database that accepted the connection and
     stopped answering, while the kernel still acknowledges every byte."""
 
-    def __init__(self, port: int) -> None:
-        self._target = port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closing = threading.Event()
-        self._sockets: list[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self._listener.accept()
-                server = socket.create_connection(("127.0.0.1", self._target))
-                self._sockets += [client, server]
-                for a, b, statements in ((client, server, True), (server, client, False)):
-                    threading.Thread(
-                        target=self._pipe, args=(a, b, statements), daemon=True
-                    ).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, statements: bool) -> None:
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        if source.getsockname()[1] != self.port:  # the cluster's side: forwarded
+            super()._pipe(source, target)
+            return
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 # After start-up, a client's message begins with its type: Parse or Query
-                # is a statement (p, lower case, is a password).
-                if statements and data[:1] in (b"P", b"Q"):
-                    self._closing.wait()
+                # is a statement (p, lower case, is a password). It is never forwarded.
+                if data[:1] in (b"P", b"Q"):
                     return
                 target.sendall(data)
-
-    def close(self) -> None:
-        self._closing.set()
-        for sock in self._sockets:
-            sock.close()
 
 
 @contextlib.contextmanager
