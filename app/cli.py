@@ -526,6 +526,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
         from app.server.run import WORKERS_NEED_REMOTE
 
         raise click.UsageError(WORKERS_NEED_REMOTE.format(profile=config.profile), ctx)
+    if config.protected:
+        _refuse_missing_root(
+            config,
+            "serve",
+            "a server of a protected profile does not create its data root, so that a "
+            "mistyped data_root is not served empty beside the real one",
+        )
     from app import server
 
     server.serve(config, host=host, port=port, workers=workers)
@@ -612,26 +619,47 @@ def _reader_store(config: appconfig.Config, doing: str) -> Storage:
     return open_storage(config, writer=False)
 
 
-def _refuse_missing_root(config: appconfig.Config, doing: str) -> None:
+# How a protected profile's root comes to be: made empty by hand, once (deploy-production.md).
+_FIRST_DEPLOY = (
+    "for a first deploy, create the empty directory, owned by the service's user "
+    "(`install -d -m 0700 -o app -g app {root}`): a server's first start lays it out "
+    "and stamps it"
+)
+
+
+def _refuse_missing_root(
+    config: appconfig.Config,
+    doing: str,
+    why: str = "this command does not create one",
+    first: str | None = None,
+) -> None:
     """Refuse a command on a local data root that does not exist, before anything is created.
 
-    A writer opened from Python creates its root, as a server does at its first start. A
-    command run by hand did too: `APP_DATA_ROOT=/srv/app/dta app data empty-trash` created
-    and stamped a new production root beside the real one and said "removed 0 trash
-    entries", and `sessions list` and `data check` answered "nothing" and "clean" for it.
-    A path that names nothing is far more often mistyped than meant.
+    A writer opened from Python creates its root, as a server of an unprotected profile does
+    at its first start. A command run by hand did too: `APP_DATA_ROOT=/srv/app/dta app data
+    empty-trash` created and stamped a new production root beside the real one and said
+    "removed 0 trash entries", and `sessions list` and `data check` answered "nothing" and
+    "clean" for it; so did `app serve` on production, which then served that empty root and
+    took new sessions into it. A path that names nothing is far more often mistyped than
+    meant.
     """
     root = config.data_root
     if config.backend == appconfig.REMOTE or root is None or os.path.lexists(root):
         return
     source = config.sources.get("data_root", "built-in default")
+    if first is None:
+        import shlex
+
+        first = (
+            _FIRST_DEPLOY.format(root=shlex.quote(str(root)))
+            if config.protected
+            else "a server creates its root at its first start (`app serve`)"
+        )
     raise DataRootStateError(
         root,
-        f"the directory does not exist, so there is nothing to {doing}, and this command "
-        "does not create one",
+        f"the directory does not exist, so there is nothing to {doing}, and {why}",
         f"if the path is mistyped, correct data_root of profile {config.profile!r} (from "
-        f"{source}; `app config --all` shows every profile's root); a server creates its "
-        "root at its first start (`app serve`)",
+        f"{source}; `app config --all` shows every profile's root); {first}",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -370,3 +371,35 @@ def test_looking_at_or_maintaining_production_needs_no_http_token(
     shown = run("--profile", "production", "config", env=env)
     assert shown.returncode == 78
     assert "production is protected and requires an API token" in shown.stderr
+
+
+def test_a_production_server_refuses_a_data_root_that_does_not_exist_and_creates_none(
+    base_env: dict[str, str], project_copy: Path
+) -> None:
+    # A mistyped APP_DATA_ROOT on production was created, stamped and served empty beside
+    # the real root, taking new sessions into it; only a warning in the log said so.
+    mistyped = project_copy / "data" / "prodution"
+    env = {
+        **base_env,
+        SETTINGS_DIR_ENV: str(project_copy),
+        ALLOW_PROFILES_ENV: "production",
+        "APP_API_TOKEN": secrets.token_urlsafe(32),
+        "APP_DATA_ROOT": str(mistyped),
+    }
+    served = run("--profile", "production", "serve", "--port", "0", env=env)
+    assert served.returncode == 78, served.stderr
+    assert served.stderr == (
+        f"error: data root {mistyped}: the directory does not exist, so there is nothing to "
+        "serve, and a server of a protected profile does not create its data root, so that "
+        "a mistyped data_root is not served empty beside the real one; if the path is "
+        "mistyped, correct data_root of profile 'production' (from environment "
+        "APP_DATA_ROOT; `app config --all` shows every profile's root); for a first deploy, "
+        "create the empty directory, owned by the service's user (`install -d -m 0700 -o app "
+        f"-g app {mistyped}`): a server's first start lays it out and stamps it\n"
+    )
+    assert not os.path.lexists(mistyped)
+    # The maintenance commands' refusal names the same first step for a protected profile.
+    listed = run("--profile", "production", "sessions", "list", env=env)
+    assert listed.returncode == 78
+    assert "for a first deploy, create the empty directory" in listed.stderr
+    assert not os.path.lexists(mistyped)

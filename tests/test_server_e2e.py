@@ -31,6 +31,7 @@ from engines import free_ports
 
 from app.lock import probe
 from app.testing import published_port
+from app.testing.live_server import make_first_deploy_root
 
 POLL = 0.02
 ATTEMPTS = 1500  # bounded: 30 s at most for anything to happen
@@ -108,6 +109,7 @@ class Server:
         self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
         self.log = log
         args = ["serve", *(["--port", "0"] if self._port is None else [])]
+        make_first_deploy_root(env, self.root)
         self.process = forked_app.serve(env, log, args, limits)
 
     @property

@@ -8,6 +8,7 @@ itself first, so that no other process can take the port between its choice and 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -177,7 +178,23 @@ def start_server(
     def port(process: subprocess.Popen[bytes]) -> str:
         return f"http://127.0.0.1:{published_port(root, process, log)}"
 
+    make_first_deploy_root(env, root)
     return _start(env, log, port)
+
+
+def make_first_deploy_root(env: Mapping[str, str], root: Path) -> None:
+    """Make ``root`` empty (mode 0700) if ``env`` selects the production profile and it does
+    not exist: a protected profile's server does not create its root (``app serve`` exits
+    78, so that a mistyped path is not served empty), and a deployment makes it once, by
+    hand, as this does for a test. (By the profile's name: under pytest this process may not
+    load production's settings itself. Another profile made protected in the settings gets
+    the server's refusal, which says what to make.)
+    """
+    from app.config import ALWAYS_PROTECTED
+
+    selected = env.get("ENV_FOR_DYNACONF", "").strip().lower()
+    if selected == ALWAYS_PROTECTED and not os.path.lexists(root):
+        root.mkdir(mode=0o700, parents=True)
 
 
 def start_replica(
