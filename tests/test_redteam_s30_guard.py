@@ -1,7 +1,8 @@
 """Red team 30 on the guard: coverage's files, which pytest-cov writes where coverage says.
 
 pytest-cov keeps ``--cov-report=TYPE:DEST`` in a mapping (``{"xml": DEST}``), which the check
-of what a run writes did not walk, and coverage's data file and default report paths are no
+of what a run writes did not walk, pytest-benchmark takes its storage as a ``file://`` URL,
+which it did not read as a path, and coverage's data file and default report paths are no
 option's value at all (``COVERAGE_FILE``, ``.coveragerc``). pytest-cov also acts in a
 tryfirst ``pytest_load_initial_conftests`` (registered before or after the app's plugin, as
 entry points come), where coverage erases its data file before the plugin's check ran.
@@ -41,13 +42,29 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.stop()
 
 
-#: Each case a pytest with pytest-cov told to write in a data root (`$1` python, `$2` the
-#: live root, `$3` its session, `$4` the project, `$5` the stopped production's session).
+#: A plugin whose option takes a path as a ``file:`` URL, as pytest-benchmark's
+#: ``--benchmark-storage`` does (``file://PATH``, where ``--benchmark-autosave`` writes).
+CONFTEST = """
+from pathlib import Path
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runs-store", default="file://./.runs", help="where runs are kept")
+
+
+def pytest_sessionfinish(session):
+    store = Path(session.config.getoption("runs_store").removeprefix("file://"))
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "run.json").write_text("{}")
+"""
+
+#: Each case a pytest with pytest-cov (or the plugin above) told to write in a data root
+#: (`$1` python, `$2` the live root, `$3` its session, `$4` the project, `$5` the stopped
+#: production's session).
 CASES = """
 cd "$4"
 "$1" -m pytest --cov=app --cov-report=xml:"$3/session.json" test_nothing.py; echo "=== $?"
-PYTEST_ADDOPTS="--cov=app --cov-report=html:$2/sessions" "$1" -m pytest test_nothing.py
-echo "=== $?"
+PYTEST_ADDOPTS="--runs-store=file://$2/sessions" "$1" -m pytest test_nothing.py; echo "=== $?"
 COVERAGE_FILE="$3/session.json" "$1" -m pytest --cov=app test_nothing.py; echo "=== $?"
 printf '[html]\\ndirectory = %s/sessions\\n' "$2" > .coveragerc
 "$1" -m pytest --cov=app --cov-report=html test_nothing.py; echo "=== $?"
@@ -60,7 +77,8 @@ def test_what_coverage_writes_is_refused_in_a_live_and_a_stopped_production_root
     live: Server, tmp_path: Path
 ) -> None:
     # Before the fix: the xml report rewrote the live session's session.json (the server
-    # then answers 500 for it), the html report put 90 files into its sessions/, and
+    # then answers 500 for it), the html report put 90 files into its sessions/, a plugin
+    # wrote its runs into sessions/ through a file:// URL (pytest-benchmark's form), and
     # COVERAGE_FILE or a .coveragerc's data_file had coverage erase a session.json as the
     # run started (then write its database there), live or stopped.
     settings, production = _stopped_production(tmp_path)
@@ -68,6 +86,7 @@ def test_what_coverage_writes_is_refused_in_a_live_and_a_stopped_production_root
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_nothing.py").write_text(A_TEST)
+    (project / "conftest.py").write_text(CONFTEST)
     session = next((live.root / "sessions").iterdir())
     before = snapshot(live.root), snapshot(production)
     done = subprocess.run(
@@ -90,7 +109,7 @@ def test_what_coverage_writes_is_refused_in_a_live_and_a_stopped_production_root
     )
     expected = [
         f"pytest-cov's --cov-report=xml writes its report to {session}/session.json, {lies}",
-        f"pytest-cov's --cov-report=html writes its report to {live.root}/sessions, {lies}",
+        f"the option --runs-store names {live.root}/sessions, where a plugin may write, {lies}",
         f"{erases.format(f'{session}/session.json')}, {lies}",
         f"pytest-cov's --cov-report=html writes its report to {live.root}/sessions, {lies}",
         (

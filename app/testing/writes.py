@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import pytest
 
@@ -106,11 +107,18 @@ def _spellings(value: str, base: Path) -> list[Path]:
 def _strings(value: Any) -> Iterator[str]:
     """Every path an option's value may hold: a plugin's action may keep them in a list, a
     set or a mapping (pytest-cov's ``--cov-report=xml:DEST`` is ``{"xml": DEST}``, which a
-    walk of strings and lists alone never saw: its report rewrote a live ``session.json``)."""
+    walk of strings and lists alone never saw: its report rewrote a live ``session.json``),
+    and a path may be written as a ``file:`` URL."""
     if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
         if isinstance(text, str) and text and "\n" not in text:
             yield text
+            if text.startswith("file:"):
+                # A path written as a URL, as pytest-benchmark's --benchmark-storage is
+                # (file://PATH, which it opens as PATH): read as the path only, it wrote
+                # its runs into a data root's sessions/.
+                path = text.removeprefix("file://") if text.startswith("file://") else text[5:]
+                yield from dict.fromkeys(p for p in (path, unquote(path)) if p)
     elif isinstance(value, Mapping):
         for key, item in value.items():
             yield from _strings(key)
