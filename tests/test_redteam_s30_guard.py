@@ -69,7 +69,8 @@ COVERAGE_FILE="$3/session.json" "$1" -m pytest --cov=app test_nothing.py; echo "
 printf '[html]\\ndirectory = %s/sessions\\n' "$2" > .coveragerc
 "$1" -m pytest --cov=app --cov-report=html test_nothing.py; echo "=== $?"
 printf '[run]\\ndata_file = %s/session.json\\n' "$5" > .coveragerc
-"$1" -m pytest --cov=app test_nothing.py; echo "=== $?"
+PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$1" -m pytest -p app -p pytest_cov.plugin --cov=app \\
+  test_nothing.py; echo "=== $?"
 """
 
 
@@ -80,7 +81,8 @@ def test_what_coverage_writes_is_refused_in_a_live_and_a_stopped_production_root
     # then answers 500 for it), the html report put 90 files into its sessions/, a plugin
     # wrote its runs into sessions/ through a file:// URL (pytest-benchmark's form), and
     # COVERAGE_FILE or a .coveragerc's data_file had coverage erase a session.json as the
-    # run started (then write its database there), live or stopped.
+    # run started (then write its database there), live or stopped; with autoload off and
+    # pytest-cov named by its module (-p pytest_cov.plugin), too.
     settings, production = _stopped_production(tmp_path)
     stopped = next((production / "sessions").iterdir())
     project = tmp_path / "project"

@@ -181,7 +181,7 @@ _COVERAGE_REPORTS = {
 }
 
 
-def _coverage_targets(config: pytest.Config, options: Any, cwd: Path) -> list[Target]:
+def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
     """pytest-cov's writes, where coverage's own configuration puts them.
 
     With ``--cov``, coverage erases its data file (and the parallel ones beside it, which
@@ -192,11 +192,9 @@ def _coverage_targets(config: pytest.Config, options: Any, cwd: Path) -> list[Ta
     are read with coverage's own reader, as pytest-cov has coverage read them, and only in
     a run that measures coverage (coverage is not imported otherwise).
     """
-    if (
-        not getattr(options, "cov_source", None)
-        or getattr(options, "no_cov", False)
-        or not config.pluginmanager.has_plugin("pytest_cov")
-    ):
+    # Known by its options, not by a plugin's name: `-p pytest_cov.plugin` (autoload off)
+    # registers it under that name, not its entry point's.
+    if not getattr(options, "cov_source", None) or getattr(options, "no_cov", False):
         return []
     from coverage.config import read_coverage_config
     from coverage.exceptions import CoverageException
@@ -250,7 +248,7 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
             for name in ("d", "v"):
                 add(str(cache / name), "pytest's --cache-clear deletes {path}", deletes=True)
     found += _xdist_targets(config, options, cwd)
-    found += _coverage_targets(config, options, cwd)
+    found += _coverage_targets(options, cwd)
     found.append(
         Target(
             cwd,
