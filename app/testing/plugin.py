@@ -32,10 +32,10 @@ from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, a
 )
 from app.testing.guard import INACTIVE, STATE, GuardState
 
-# As pytest imports the plugin, before any later plugin's import or hook: a tryfirst
-# pytest_load_initial_conftests of a plugin registered after this one (PYTEST_PLUGINS) runs
-# before ours, and a child it started with a hand-built environment found no run (red team
-# 28). Our first hook registers the run over it, or withdraws it.
+# As pytest imports the plugin, before any later plugin's import: a child such an import
+# (PYTEST_PLUGINS) started with a hand-built environment found no run (red team 28). Our
+# first hook, a wrapper that runs before every plugin's own, registers the run over it, or
+# withdraws it.
 sandboxing.announce_start()
 
 
@@ -67,10 +67,21 @@ def _save_env(saved: dict[str, str | None], names: Iterable[str]) -> None:
         saved.setdefault(name, os.environ.get(name))
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
-) -> None:
+) -> Iterator[None]:
+    """A wrapper, so that it runs before every plugin's own implementation, tryfirst ones
+    included: pytest-cov's (tryfirst, and registered after the app's plugin or before it,
+    as entry points come) starts coverage there, which erases its data file first; with
+    ``COVERAGE_FILE`` naming a live ``session.json``, that deleted it before the check of
+    what the run writes refused the run (red team 30)."""
+    __tracebackhide__ = True
+    _before_the_conftests(early_config)
+    return (yield)
+
+
+def _before_the_conftests(early_config: pytest.Config) -> None:
     __tracebackhide__ = True
     known = early_config.known_args_namespace
     if getattr(known, "help", False) or getattr(known, "version", False):

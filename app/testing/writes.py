@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import pytest
 
@@ -104,11 +105,25 @@ def _spellings(value: str, base: Path) -> list[Path]:
 
 
 def _strings(value: Any) -> Iterator[str]:
+    """Every path an option's value may hold: a plugin's action may keep them in a list, a
+    set or a mapping (pytest-cov's ``--cov-report=xml:DEST`` is ``{"xml": DEST}``, which a
+    walk of strings and lists alone never saw: its report rewrote a live ``session.json``),
+    and a path may be written as a ``file:`` URL."""
     if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
         if isinstance(text, str) and text and "\n" not in text:
             yield text
-    elif isinstance(value, list | tuple):
+            if text.startswith("file:"):
+                # A path written as a URL, as pytest-benchmark's --benchmark-storage is
+                # (file://PATH, which it opens as PATH): read as the path only, it wrote
+                # its runs into a data root's sessions/.
+                path = text.removeprefix("file://") if text.startswith("file://") else text[5:]
+                yield from dict.fromkeys(p for p in (path, unquote(path)) if p)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple | set | frozenset):
         for item in value:
             yield from _strings(item)
 
@@ -156,6 +171,55 @@ def _xdist_targets(config: pytest.Config, options: Any, cwd: Path) -> list[Targe
     return targets
 
 
+#: pytest-cov's reports whose file or directory a coverage setting names where
+#: ``--cov-report=TYPE`` gives no ``:DEST`` (annotate, markdown: DEST or their own default).
+_COVERAGE_REPORTS = {
+    "html": "html_dir",
+    "xml": "xml_output",
+    "json": "json_output",
+    "lcov": "lcov_output",
+}
+
+
+def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
+    """pytest-cov's writes, where coverage's own configuration puts them.
+
+    With ``--cov``, coverage erases its data file (and the parallel ones beside it, which
+    xdist's workers write) as the run starts and writes it at the end; a report with no
+    ``:DEST`` goes where coverage's configuration says. Neither is an option's value:
+    ``COVERAGE_FILE``, or ``data_file`` and ``[html] directory`` in ``.coveragerc``,
+    ``setup.cfg``, ``tox.ini`` or ``pyproject.toml``, put them in a live ``sessions/``. They
+    are read with coverage's own reader, as pytest-cov has coverage read them, and only in
+    a run that measures coverage (coverage is not imported otherwise).
+    """
+    # Known by its options, not by a plugin's name: `-p pytest_cov.plugin` (autoload off)
+    # registers it under that name, not its entry point's.
+    if not getattr(options, "cov_source", None) or getattr(options, "no_cov", False):
+        return []
+    from coverage.config import read_coverage_config
+    from coverage.exceptions import CoverageException
+
+    try:
+        read = read_coverage_config(options.cov_config, warn=lambda _message: None)
+    except CoverageException:
+        return []  # a configuration coverage refuses: pytest-cov stops the run itself
+    found = [
+        Target(path, "coverage (pytest-cov's --cov) erases its data file {path} (and the "
+               "parallel ones beside it) as the run starts, and writes it at the end")
+        for path in _spellings(str(read.data_file), cwd)
+    ]  # fmt: skip
+    reports = getattr(options, "cov_report", None)
+    for kind, dest in reports.items() if isinstance(reports, Mapping) else ():
+        if kind.startswith("term") or (dest is None and kind not in _COVERAGE_REPORTS):
+            continue  # to the terminal; annotate with no DEST writes beside each source
+        value = dest if dest is not None else getattr(read, _COVERAGE_REPORTS[kind])
+        found += [
+            Target(path, f"pytest-cov's --cov-report={kind} writes its report to {{path}}")
+            for path in _spellings(str(value), cwd)
+        ]
+    return found
+
+
 def targets(config: pytest.Config, options: Any) -> list[Target]:
     """Every path this run's pytest and its plugins are told to write in or delete.
 
@@ -184,6 +248,7 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
             for name in ("d", "v"):
                 add(str(cache / name), "pytest's --cache-clear deletes {path}", deletes=True)
     found += _xdist_targets(config, options, cwd)
+    found += _coverage_targets(options, cwd)
     found.append(
         Target(
             cwd,
