@@ -322,6 +322,26 @@ def serve(
         )
 
 
+def start_server(
+    env: dict[str, str], root: Path, log: Path
+) -> tuple[subprocess.Popen[bytes] | Forked, str]:
+    """`app.testing.start_server`'s server (``app serve --port 0`` on `root`, which `env`
+    gives it; its URL once it answers), forked when `env` fits (`serve`): a plain start costs
+    about 0.6 s of CPU, mostly imports the zygote has made (bench/README.md, "The suite's
+    time"). The caller stops it (`app.testing.stop_server`)."""
+    from app.testing import published_port, wait_until_serving
+
+    process = serve(env, log, ["serve", "--port", "0"])
+    try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        wait_until_serving(url, process, log=log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url
+
+
 def run(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:
     """``python -m app *args`` in `env` run to its end, its output captured, as
     ``subprocess.run(..., capture_output=True, text=True)`` would; its standard input empty."""
