@@ -85,6 +85,18 @@ import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
 import _strptime, dynaconf.loaders.toml_loader, filelock
 import app.check, app.dataroot, app.store
 from app.remote.objects import _new_client
+# What `app serve` imports once it builds its application and serves, which a forked server
+# imported again in every child (about 0.1 s of CPU each): FastAPI's check, as create_app
+# adds each route, that a response model is not pydantic v1's (it imports pydantic.v1, as
+# FastAPI does, with its UserWarning silenced), uvicorn's server, protocols and loop, anyio's
+# sockets. Imports only: nothing here starts a thread or changes a setting.
+import warnings
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    from pydantic import v1
+import encodings.idna, importlib.readers, fastapi_offline.core, h11, uvicorn.config, uvicorn.main
+import uvicorn.protocols.http.h11_impl, uvicorn.protocols.websockets.websockets_sansio_impl
+import uvicorn.loops.uvloop, anyio._core._sockets, anyio._core._streams
 
 # The process-wide boto3 session, with botocore's S3 model loaded: its children's stores make
 # their clients from it. Explicit keys: no credential chain is searched (nor an instance's
