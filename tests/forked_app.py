@@ -85,6 +85,18 @@ import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
 import _strptime, dynaconf.loaders.toml_loader, filelock
 import app.check, app.dataroot, app.store
 from app.remote.objects import _new_client
+# What `app serve` imports once it builds its application and serves, which a forked server
+# imported again in every child (about 0.1 s of CPU each): FastAPI's check, as create_app
+# adds each route, that a response model is not pydantic v1's (it imports pydantic.v1, as
+# FastAPI does, with its UserWarning silenced), uvicorn's server, protocols and loop, anyio's
+# sockets. Imports only: nothing here starts a thread or changes a setting.
+import warnings
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    from pydantic import v1
+import encodings.idna, importlib.readers, fastapi_offline.core, h11, uvicorn.config, uvicorn.main
+import uvicorn.protocols.http.h11_impl, uvicorn.protocols.websockets.websockets_sansio_impl
+import uvicorn.loops.uvloop, anyio._core._sockets, anyio._core._streams
 
 # The process-wide boto3 session, with botocore's S3 model loaded: its children's stores make
 # their clients from it. Explicit keys: no credential chain is searched (nor an instance's
@@ -320,6 +332,26 @@ def serve(
             stderr=out,
             preexec_fn=set_limits if limits else None,  # noqa: PLW1509 - a C call, no lock
         )
+
+
+def start_server(
+    env: dict[str, str], root: Path, log: Path
+) -> tuple[subprocess.Popen[bytes] | Forked, str]:
+    """`app.testing.start_server`'s server (``app serve --port 0`` on `root`, which `env`
+    gives it; its URL once it answers), forked when `env` fits (`serve`): a plain start costs
+    about 0.6 s of CPU, mostly imports the zygote has made (bench/README.md, "The suite's
+    time"). The caller stops it (`app.testing.stop_server`)."""
+    from app.testing import published_port, wait_until_serving
+
+    process = serve(env, log, ["serve", "--port", "0"])
+    try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        wait_until_serving(url, process, log=log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url
 
 
 def run(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -6,24 +6,27 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import forked_app
 import httpx
 import pytest
 
 from app import config as appconfig
 from app.testing import LiveServer
-from app.testing.live_server import start_server, stop_server
+from app.testing.live_server import stop_server
 
 
 @contextlib.contextmanager
 def one_server(factory: pytest.TempPathFactory, **settings: str) -> Iterator[LiveServer]:
     """A real ``app serve`` on a data root of its own, with ``APP_*`` ``settings``; its tests
-    must not disturb each other (each works in a session of its own)."""
+    must not disturb each other (each works in a session of its own). Forked from the run's
+    zygote when the environment fits (tests/forked_app.py), else started as
+    `app.testing.start_server` starts it."""
     where = factory.mktemp("server")
     root = where / "live-data"
     env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root), **settings}
     config = appconfig.load("testing", environ=env)
     log = where / "live-server.log"
-    process, url = start_server(env, root, log)
+    process, url = forked_app.start_server(env, root, log)
     try:
         yield LiveServer(url, root, process.pid, config.api_token, log, config)
     finally:

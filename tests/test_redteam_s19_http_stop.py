@@ -16,18 +16,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_app
 import httpx
 import pytest
 from live_http import WAIT
 
 from app import config as appconfig
-from app.testing.live_server import start_server, stop_server
+from app.testing.live_server import stop_server
 
 SIZE = 64 * 1024
 
 
 class Root:
-    """One data root, served by one ``app serve`` after another."""
+    """One data root, served by one ``app serve`` after another (each forked from the run's
+    zygote when the environment fits: tests/forked_app.py)."""
 
     def __init__(self, where: Path) -> None:
         self.where = where
@@ -37,10 +39,10 @@ class Root:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.starts = 0
 
-    def start(self) -> tuple[subprocess.Popen[bytes], str, Path]:
+    def start(self) -> tuple[subprocess.Popen[bytes] | forked_app.Forked, str, Path]:
         self.starts += 1
         log = self.where / f"server-{self.starts}.log"
-        process, url = start_server(self.env, self.path, log)
+        process, url = forked_app.start_server(self.env, self.path, log)
         return process, url, log
 
     def temp_files(self) -> list[Path]:
