@@ -342,7 +342,9 @@ def start_server(
     about 0.6 s of CPU, mostly imports the zygote has made (bench/README.md, "The suite's
     time"). The caller stops it (`app.testing.stop_server`)."""
     from app.testing import published_port, wait_until_serving
+    from app.testing.live_server import make_first_deploy_root
 
+    make_first_deploy_root(env, root)
     process = serve(env, log, ["serve", "--port", "0"])
     try:
         url = f"http://127.0.0.1:{published_port(root, process, log)}"
