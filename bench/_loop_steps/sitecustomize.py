@@ -1,0 +1,113 @@
+"""Loaded by ``bench/loop_steps.py`` into ``app serve`` (through ``PYTHONPATH``): time every
+step the server's event loop runs. Not part of the app; inert unless ``LOOP_STEPS_OUT`` is set.
+
+Each task's coroutine is wrapped so that each ``send``/``throw`` (one task step) is timed, in
+wall time and in the loop thread's CPU time, and so are the HTTP protocol's callbacks
+(``data_received`` parses heads with h11 and answers ``GET /health``). A timer due every
+millisecond records how late it runs (one pass of the loop). At exit the records go to
+``$LOOP_STEPS_OUT.<pid>`` as JSON, at most `CAP` of each.
+"""
+
+from __future__ import annotations
+
+import os
+
+OUT = os.environ.get("LOOP_STEPS_OUT")
+if OUT:
+    import asyncio
+    import atexit
+    import collections.abc
+    import gc
+    import json
+    import re
+    import sys
+    import time
+    from pathlib import Path
+    from typing import Any
+
+    CAP = 400_000  # records kept, about 40 MB of JSON at most
+    _ID = re.compile(r"[0-9a-f]{32}")
+    _HANDLERS = ("data_received", "connection_made", "connection_lost", "eof_received")
+    steps: list[tuple[float, float, float, str]] = []  # start, wall, thread CPU, label
+    late: list[tuple[float, float]] = []
+    perf, cpu = time.perf_counter, time.thread_time
+
+    def _label(coro: Any) -> str:
+        frame = getattr(coro, "cr_frame", None)
+        scope = getattr(frame.f_locals.get("self"), "scope", None) if frame else None
+        if isinstance(scope, dict) and "path" in scope:
+            big = "?limit=1000" if b"limit=1000" in scope.get("query_string", b"") else ""
+            return f"{scope['method']} {_ID.sub('{id}', scope['path'])}{big}"
+        return str(getattr(coro, "__qualname__", type(coro).__name__))
+
+    class _Timed(collections.abc.Coroutine):  # type: ignore[type-arg]
+        def __init__(self, coro: Any) -> None:
+            self.coro, self.label, self.n = coro, "", 0
+
+        def send(self, value: Any) -> Any:
+            self.label = self.label or _label(self.coro)
+            start, used = perf(), cpu()
+            try:
+                return self.coro.send(value)
+            finally:
+                self.n += 1
+                if len(steps) < CAP:
+                    steps.append((start, perf() - start, cpu() - used, f"{self.label} #{self.n}"))
+
+        def throw(self, *args: Any) -> Any:
+            return self.coro.throw(*args)
+
+        def close(self) -> None:
+            self.coro.close()
+
+        def __await__(self) -> Any:
+            return self.coro.__await__()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.coro, name)
+
+    def _timed_handler(name: str, original: Any) -> Any:
+        def timed(self: Any, *args: Any) -> Any:
+            start, used = perf(), cpu()
+            try:
+                return original(self, *args)
+            finally:
+                if len(steps) < CAP:
+                    cycle = getattr(self, "cycle", None)
+                    what = ""
+                    if name == "data_received" and cycle is not None:
+                        what = f" {cycle.scope['method']} {_ID.sub('{id}', cycle.scope['path'])}"
+                    steps.append((start, perf() - start, cpu() - used, f"protocol.{name}{what}"))
+
+        return timed
+
+    def _tick(loop: asyncio.AbstractEventLoop, due: float) -> None:
+        now = time.perf_counter()
+        if len(late) < CAP:
+            late.append((now, now - due))
+        loop.call_later(0.001, _tick, loop, now + 0.001)
+
+    _run = asyncio.Runner.run
+
+    def _instrumented_run(self: asyncio.Runner, coro: Any, **kwargs: Any) -> Any:
+        if "serve" not in sys.argv:
+            return _run(self, coro, **kwargs)
+
+        async def instrumented() -> Any:
+            loop = asyncio.get_running_loop()
+            loop.set_task_factory(lambda loop, c, **kw: asyncio.Task(_Timed(c), loop=loop, **kw))
+            for found in gc.get_objects():
+                if isinstance(found, type) and found.__name__ == "BoundedH11Protocol":
+                    for name in _HANDLERS:
+                        setattr(found, name, _timed_handler(name, getattr(found, name)))
+            loop.call_later(0.001, _tick, loop, time.perf_counter() + 0.001)
+            return await coro
+
+        return _run(self, instrumented(), **kwargs)
+
+    asyncio.Runner.run = _instrumented_run  # type: ignore[method-assign]
+
+    @atexit.register
+    def _dump() -> None:
+        if steps:
+            Path(f"{OUT}.{os.getpid()}").write_text(json.dumps({"steps": steps, "late": late}))

@@ -1,0 +1,136 @@
+"""The event loop's longest steps under ``bench/load.py``'s mix: which callbacks hold it.
+
+Runs ``bench/load.py`` (its options after ``--``) with ``bench/_loop_steps/sitecustomize.py``
+loaded into the server through ``PYTHONPATH``: every task step and every HTTP protocol
+callback on the server's event loop is timed (wall and the loop thread's CPU), and a timer
+due every millisecond records how late it runs. Reported for the mixed phase once under way
+(from ``--skip`` seconds after the first create to the first page of 1,000), or for its first
+``--skip`` seconds with ``--burst``: each kind of step (a route and its step number, or a
+protocol callback) by its share of the loop's time in steps, its p50/p99 and longest
+duration, and the longest single steps. The wrapping costs the server some CPU, so read the
+shares and the longest steps, not the load's throughput.
+
+Run: ``.venv/bin/python bench/loop_steps.py [--top 15] [--json] [-- --seconds 15]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[str, Any]:
+    steps = data["steps"]
+    first_create = min(s[0] for s in steps if s[3].startswith("POST /sessions #"))
+    big = [s[0] for s in steps if "limit=1000" in s[3]]
+    if burst:
+        start, end = first_create, first_create + skip
+    else:
+        start, end = first_create + skip, min(big) if big else max(s[0] for s in steps)
+    chosen = [s for s in steps if start <= s[0] < end]
+    busy = sum(s[1] for s in chosen)
+    kinds: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for _, wall, used, label in chosen:
+        kinds[label].append((wall, used))
+    table = []
+    for label, runs in sorted(kinds.items(), key=lambda kv: -sum(w for w, _ in kv[1]))[:top]:
+        walls = [w for w, _ in runs]
+        table.append(
+            {
+                "step": label,
+                "count": len(runs),
+                "share": round(sum(walls) / busy, 3),
+                "p50_ms": round(quantile(walls, 0.5) * 1000, 3),
+                "p99_ms": round(quantile(walls, 0.99) * 1000, 3),
+                "max_ms": round(max(walls) * 1000, 2),
+                "cpu_p50_ms": round(quantile([c for _, c in runs], 0.5) * 1000, 3),
+            }
+        )
+    late = [lag for at, lag in data["late"] if start <= at < end]
+    walls = [s[1] for s in chosen]
+    return {
+        "window_s": round(end - start, 2),
+        "steps": len(chosen),
+        "busy_share": round(busy / (end - start), 3),
+        "step_p50_ms": round(quantile(walls, 0.5) * 1000, 3),
+        "step_p99_ms": round(quantile(walls, 0.99) * 1000, 3),
+        "steps_over_3ms": sum(1 for w in walls if w > 0.003),
+        "timer_late_ms": {
+            q: round(quantile(late, v) * 1000, 1) for q, v in (("p50", 0.5), ("p99", 0.99))
+        }
+        | {"max": round(max(late, default=0) * 1000, 1)},
+        "kinds": table,
+        "longest": [
+            {"ms": round(s[1] * 1000, 2), "cpu_ms": round(s[2] * 1000, 2), "step": s[3]}
+            for s in sorted(chosen, key=lambda s: -s[1])[:top]
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", type=float, default=2.0, help="seconds after the first create")
+    parser.add_argument("--burst", action="store_true", help="report the first --skip seconds")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("load_args", nargs="*", help="bench/load.py's options, after --")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-loop-steps-") as work:
+        out = Path(work) / "steps"
+        env = {
+            **os.environ,
+            "LOOP_STEPS_OUT": str(out),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(BENCH / "_loop_steps"), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        load = subprocess.run(
+            [sys.executable, str(BENCH / "load.py"), "--json", *args.load_args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dumps = list(Path(work).glob("steps.*"))
+        if len(dumps) != 1:
+            sys.exit(f"expected the server's record, found {len(dumps)}: {load.stderr[-2000:]}")
+        result = analyse(json.loads(dumps[0].read_text()), args.skip, args.burst, args.top)
+    result["load"] = json.loads(load.stdout)["health"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"{result['window_s']} s, {result['steps']} steps, the loop in steps "
+        f"{result['busy_share']:.0%} of the time; a step p50 {result['step_p50_ms']} ms, p99 "
+        f"{result['step_p99_ms']} ms, {result['steps_over_3ms']} over 3 ms; a 1 ms timer late "
+        f"by {result['timer_late_ms']} ms; /health p99 under the mix "
+        f"{result['load']['mixed']['p99_ms']} ms (idle {result['load']['idle']['p99_ms']})"
+    )
+    print(f"{'step':44} {'count':>6} {'share':>6} {'p50':>7} {'p99':>7} {'max':>7} {'cpu p50':>8}")
+    for row in result["kinds"]:
+        print(
+            f"{row['step'][:44]:44} {row['count']:6d} {row['share']:6.1%} {row['p50_ms']:7.3f} "
+            f"{row['p99_ms']:7.3f} {row['max_ms']:7.2f} {row['cpu_p50_ms']:8.3f}"
+        )
+    print(
+        "longest:",
+        ", ".join(f"{s['step']} {s['ms']} ms (CPU {s['cpu_ms']})" for s in result["longest"][:8]),
+    )
+
+
+if __name__ == "__main__":
+    main()
