@@ -197,8 +197,10 @@ class Checker:
             assert entry is not None
             try:
                 manifest = json.loads(read_regular(path / TRASH_MANIFEST))
-            except (*MISSING_MANIFEST, ValueError):
-                continue  # holds no data a restore could choose: the whole check's
+            except (*MISSING_MANIFEST, ValueError, PermissionError):
+                # No data a restore could choose, or one it refuses, naming the entry
+                # (`Trash.latest`): left to the whole check, which reports both.
+                continue
             if isinstance(manifest, dict):
                 with self.item():
                     self._complete(entry, manifest, {p.name for p in path.iterdir()})
