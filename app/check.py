@@ -178,6 +178,33 @@ class Checker:
             with self.item():
                 self.check_trash_entry(path, audited, purged)
 
+    def finish_half_entries(self, session_id: str) -> None:
+        """Finish or remove the half-made trash entries of one session, as the start-up's
+        repair would (`_complete`); their audit lines are left to the next whole check.
+
+        A restore runs it first: a crash between a file's commit and the move of its old
+        bytes leaves the newest entry waiting for them, and a restore that skipped it brought
+        back the version before (red team 30). By name, as `Trash.latest` reads: only this
+        session's manifests are read.
+        """
+        for path in _listing(self.root.trash_dir):
+            found = TRASH_NAME_RE.fullmatch(path.name)
+            if found is None or found.group(2) != session_id:
+                continue
+            if path.is_symlink() or not path.is_dir():
+                continue  # reported by the whole check; never followed
+            entry = self.store.trash.read_entry(path.name)
+            assert entry is not None
+            try:
+                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            except (*MISSING_MANIFEST, ValueError, PermissionError):
+                # No data a restore could choose, or one it refuses, naming the entry
+                # (`Trash.latest`): left to the whole check, which reports both.
+                continue
+            if isinstance(manifest, dict):
+                with self.item():
+                    self._complete(entry, manifest, {p.name for p in path.iterdir()})
+
     def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
         name = path.name
         found = TRASH_NAME_RE.fullmatch(name)

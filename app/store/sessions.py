@@ -174,6 +174,11 @@ class Sessions:
         if isinstance(session.get(LEGACY_FILES_KEY), list):
             return cast(SessionRecord, session)  # not migrated yet (a writer's check does)
         records = self._records(directory, session_id)
+        # A delete moves the whole directory in one rename: one that came between session.json
+        # and records/ made the records read as none, and the session was answered (listed,
+        # or GET) with no files, a state it never had (red team 30). session.json still there
+        # after the records means they were read in place; gone, the session is too.
+        self.meta.stat(directory, session_id)
         session["files"] = [public(r) for r in records]
         # Uploads and deletes never rewrite session.json: the session changed last when its
         # newest record did, or when a record was removed (the directory's mtime says when).

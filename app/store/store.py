@@ -407,6 +407,7 @@ class Store(Storage):
         self.root.ensure_held()
         check_session_id(session_id)
         name = None if file is None else check_file_name(file)
+        self._finish_half_entries(session_id)
         entry = self.trash.latest(session_id, name)
         if entry is None:
             raise NotInTrashError(session_id, name)
@@ -425,6 +426,25 @@ class Store(Storage):
                 session = self.files.restore(entry, name, prepared)
                 prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
         return session
+
+    def _finish_half_entries(self, session_id: str) -> None:
+        """What a crash left half made in the session's trash entries, repaired (audited).
+
+        A restore may come before any start-up after a crash (stop, restore, start): the
+        newest entry could still wait for the bytes a delete or a replace committed away,
+        and the restore then brought back an older version (red team 30). Under the
+        session's lock, which every change of its files takes: an entry another thread is
+        making is not a crash's.
+        """
+        from app.check import Checker
+
+        checker = Checker(self, repair=True, thorough=False)
+        with self.root.changing(), self.sessions.state.lock_for(session_id):
+            checker.finish_half_entries(session_id)
+        if checker.findings:
+            self.root.audit(
+                "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
+            )
 
     # -- consistency --------------------------------------------------------------------
 
