@@ -167,6 +167,9 @@ SLOWEST_FILES = (
     "tests/test_remote_pg.py",  # 9 s
     "tests/test_cli_config.py",  # 9 s
     "tests/test_remote_store.py",  # 9 s
+    "tests/test_remote_bounded_commands.py",  # 8 s
+    "tests/test_redteam_s30_history.py",  # 6 s
+    "tests/test_redteam_s30_guard.py",  # 6 s
 )
 
 

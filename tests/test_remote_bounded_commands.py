@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import forked_app
 import psycopg
 from engines import PostgresEngine, S3Engine
 from replicas import Production, production_on
@@ -30,8 +29,6 @@ from app.remote import pg
 
 # Short bounds, as a deployment's (30 s, 10 s) would be.
 BOUNDS = {"APP_DATABASE_WAIT_SECONDS": "1", "APP_DATABASE_LOCK_WAIT_SECONDS": "0.5"}
-# Far above the bounds and the commands' start-up: a command past it waited unbounded.
-HUNG = 60
 
 
 class _SilentProxy(_Proxy):
@@ -64,24 +61,18 @@ def _silent_database(production: Production, port: int) -> Iterator[str]:
 
 
 def _run(production: Production, args: tuple[str, ...], **extra: str) -> tuple[int, str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env={**production.env, **BOUNDS, **extra},
-        capture_output=True,
-        text=True,
-        timeout=HUNG,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    # Forked from the run's zygote (tests/forked_app.py), which bounds each at 120 s: a
+    # command past the bounds and its start-up by that much waited unbounded.
+    done = forked_app.run({**production.env, **BOUNDS, **extra}, list(args))
     return done.returncode, done.stdout, done.stderr
 
 
 def _side_by_side(
-    production: Production, commands: list[tuple[str, ...]], **extra: str
-) -> dict[tuple[str, ...], tuple[int, str, str]]:
+    production: Production, commands: list[tuple[tuple[str, ...], dict[str, str]]]
+) -> list[tuple[int, str, str]]:
+    """Commands (arguments, extra environment) run at once: their start-ups overlap."""
     with ThreadPoolExecutor(len(commands)) as pool:
-        answers = pool.map(lambda args: _run(production, args, **extra), commands)
-        return dict(zip(commands, answers, strict=True))
+        return list(pool.map(lambda command: _run(production, command[0], **command[1]), commands))
 
 
 def test_no_command_waits_for_ever_on_the_database(
@@ -95,35 +86,41 @@ def test_no_command_waits_for_ever_on_the_database(
             assert client.delete(f"/sessions/{trashed}").status_code == 200
         replica.stop()
 
-        # 1. A first open stopped halfway: its transaction holds the schema lock.
+        # Side by side: (1) a first open stopped halfway, its transaction holding the schema
+        # lock; (2) a database that takes the connection, then answers nothing.
         lock_waits: list[tuple[str, ...]] = [
             ("sessions", "list"),
             ("data", "empty-trash", "--yes-i-mean-it"),
             ("data", "check"),
             ("serve", "--port", "0"),
         ]
-        with psycopg.connect(production.database_url) as blocker:
+        silent_ones: list[tuple[str, ...]] = [
+            ("status",),
+            ("doctor",),
+            ("data", "purge", "--yes-i-mean-it"),
+            ("data", "restamp", "--from", "development", "--yes-i-mean-it"),
+        ]
+        with (
+            psycopg.connect(production.database_url) as blocker,
+            _silent_database(production, postgres_engine.port) as silent,
+        ):
             blocker.execute("SELECT pg_advisory_xact_lock(%s, %s)", pg.SCHEMA_LOCK)
-            refused = _side_by_side(production, lock_waits)
-        for args, (code, _, err) in refused.items():
+            done = _side_by_side(
+                production,
+                [(args, {}) for args in lock_waits]
+                + [(args, {"APP_DATABASE_URL": silent}) for args in silent_ones],
+            )
+        refused, answers = (
+            done[: len(lock_waits)],
+            dict(zip(silent_ones, done[len(lock_waits) :], strict=True)),
+        )
+        for args, (code, _, err) in zip(lock_waits, refused, strict=True):
             assert code == 69, (args, err)
             assert "refused opening it for profile 'production'" in err, (args, err)
             assert "lock timeout (SQLSTATE 55P03); nothing was changed" in err, (args, err)
             assert "pg_blocking_pids" in err  # who holds it
             assert "database_lock_wait_seconds (APP_DATABASE_LOCK_WAIT_SECONDS)" in err
 
-        # 2. A database that takes the connection, then answers nothing.
-        with _silent_database(production, postgres_engine.port) as silent:
-            answers = _side_by_side(
-                production,
-                [
-                    ("status",),
-                    ("doctor",),
-                    ("data", "purge", "--yes-i-mean-it"),
-                    ("data", "restamp", "--from", "development", "--yes-i-mean-it"),
-                ],
-                APP_DATABASE_URL=silent,
-            )
         code, out, err = answers[("status",)]
         assert code == 0, err  # status only looks, and says what it could not see
         assert "did not answer the settings of a connection (app status) within 1 s" in out
@@ -134,8 +131,7 @@ def test_no_command_waits_for_ever_on_the_database(
         assert "database: postgresql://" in out and "connected, then no answer within 1 s" in out
         assert "accepted the connection, then did not answer within 1 s" in err, err
         assert "database_wait_seconds, from environment APP_DATABASE_WAIT_SECONDS" in err
-        for args in [("data", "purge", "--yes-i-mean-it"),
-                     ("data", "restamp", "--from", "development", "--yes-i-mean-it")]:  # fmt: skip
+        for args in silent_ones[2:]:
             code, _, err = answers[args]
             assert code == 69, (args, err)
             assert "did not answer the settings of a connection" in err, (args, err)
@@ -143,10 +139,11 @@ def test_no_command_waits_for_ever_on_the_database(
             assert "database_wait_seconds (APP_DATABASE_WAIT_SECONDS)" in err
 
         # Nothing was changed: the trash still holds its session, the stamp is production's.
-        code, out, err = _run(production, ("sessions", "list", "--trash"))
+        (code, trash, err), (_, listed, _) = _side_by_side(
+            production, [(("sessions", "list", "--trash"), {}), (("sessions", "list"), {})]
+        )
         assert code == 0, err
-        assert trashed in out
-        code, out, err = _run(production, ("sessions", "list"))
-        assert kept in out
+        assert trashed in trash
+        assert kept in listed
         with psycopg.connect(production.database_url) as conn:
             assert conn.execute("SELECT profile FROM app_stamp").fetchone() == ("production",)
