@@ -341,18 +341,14 @@ def start_server(
     gives it; its URL once it answers), forked when `env` fits (`serve`): a plain start costs
     about 0.6 s of CPU, mostly imports the zygote has made (bench/README.md, "The suite's
     time"). The caller stops it (`app.testing.stop_server`)."""
-    from app.testing import published_port, wait_until_serving
-    from app.testing.live_server import make_first_deploy_root
+    from app.testing import published_port
+    from app.testing.live_server import make_first_deploy_root, serving_at
 
     make_first_deploy_root(env, root)
     process = serve(env, log, ["serve", "--port", "0"])
-    try:
-        url = f"http://127.0.0.1:{published_port(root, process, log)}"
-        wait_until_serving(url, process, log=log)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
+    url = serving_at(
+        process, log, lambda started: f"http://127.0.0.1:{published_port(root, started, log)}"
+    )
     return process, url
 
 

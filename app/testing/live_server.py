@@ -151,6 +151,16 @@ def _start(
             stdout=output,
             stderr=output,
         )
+    return process, serving_at(process, log, published)
+
+
+def serving_at(
+    process: subprocess.Popen[bytes],
+    log: Path,
+    published: Callable[[subprocess.Popen[bytes]], str],
+) -> str:
+    """The URL ``published`` finds for a server just started, once it answers there; the
+    server killed if it never does (or the wait is interrupted), so that none is left."""
     try:
         url = published(process)
         wait_until_serving(url, process, log=log)
@@ -158,7 +168,7 @@ def _start(
         process.kill()
         process.wait()
         raise
-    return process, url
+    return url
 
 
 def start_server(
