@@ -162,6 +162,7 @@ class Database:
         self.read_only = read_only
         self.pool_size = pool_size
         self.wait_seconds = wait_seconds
+        self.lock_wait_seconds = lock_wait_seconds
         self._lent = 0  # connections lent to callers now
         self._lending = threading.Lock()
 
@@ -336,7 +337,7 @@ class Database:
                 autocommit=True,
                 # libpq's least; bounded both ways, as the pool's connections are.
                 connect_timeout=max(2, math.ceil(self.wait_seconds)),
-                wait_seconds=self.wait_seconds,
+                bounds=pg.Bounds(self.wait_seconds, self.lock_wait_seconds),
             ) as conn:
                 status = self._xact_status(conn, begun, self.wait_seconds)
         except (DatabaseUnavailableError, psycopg.Error) as again:

@@ -409,13 +409,12 @@ def connect(
     purpose: str = "app",
     autocommit: bool = False,
     connect_timeout: int | None = None,
-    wait_seconds: float | None = None,
     bounds: Bounds | None = None,
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """Open a connection, with keepalives, named after ``purpose`` in ``pg_stat_activity``
-    (``connect_timeout``: as for :func:`conninfo`; ``wait_seconds``: every wait for an answer
-    bounded, as by :func:`bounded_connection`; ``bounds``: that, and the session's settings
-    of a pooled connection, :func:`configure_session`).
+    (``connect_timeout``: as for :func:`conninfo`; ``bounds``: every wait for an answer
+    bounded, as by :func:`bounded_connection`, and the session's settings of a pooled
+    connection, :func:`configure_session`).
 
     Every connection of the app's own code (the stamp, a replica's :class:`Holder`,
     :func:`maintenance`, ``app status`` and ``app doctor``) opens here, so under a test run
@@ -427,8 +426,7 @@ def connect(
         DatabaseUnavailableError: the server cannot be reached.
     """
     sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
-    if bounds is not None:
-        wait_seconds = bounds.wait_seconds
+    wait_seconds = None if bounds is None else bounds.wait_seconds
     conn = _connect(database_url, purpose, autocommit, connect_timeout, wait_seconds)
     # Again with what libpq connected to, after its service file and the environment, which
     # may differ from what the URL seemed to name.
@@ -570,18 +568,15 @@ def committed(conn: psycopg.Connection[Any], where: str, what: str) -> Iterator[
     """``conn.transaction()``, under :func:`refusals`, whose COMMIT that got no answer within
     the connection's bound is :class:`CommitUnknownError`: the server may have committed it
     before it stopped answering, so "nothing was changed" would not be known."""
+    committing = False
     with refusals(where, what):
-        transaction = conn.transaction()
-        transaction.__enter__()
         try:
-            yield
-        except BaseException as error:
-            if not transaction.__exit__(type(error), error, error.__traceback__):
-                raise
-            return
-        try:
-            transaction.__exit__(None, None, None)
+            with conn.transaction():
+                yield
+                committing = True
         except WaitTimeoutError as error:
+            if not committing:
+                raise
             raise CommitUnknownError(where, _reason(error), what) from None
 
 

@@ -139,6 +139,7 @@ def open_remote(
     protection = config.taking_needs_confirmation
     objects = _objects(config)
     location = objects.location
+    bounds = _bounds(config)
     # The database and the prefix are bound to each other on their first open: another
     # machine's settings naming one of them with another of the other are refused.
     stamp = pg.open_database(
@@ -146,7 +147,7 @@ def open_remote(
         config.profile,
         protected=protection,
         objects=(location.bucket, location.prefix, objects.where),
-        bounds=_bounds(config),
+        bounds=bounds,
     )
     assert stamp.database_id is not None
     objects.open(
@@ -168,7 +169,7 @@ def open_remote(
         elif writer:
             wanted = wanted or f"open the database as a {kind} process"
             maintenance = held.enter_context(
-                _exclusive(database_url, config.profile, wanted, timeout, _bounds(config))
+                _exclusive(database_url, config.profile, wanted, timeout, bounds)
             )
         # The store ends the hold when it closes: the holder itself, the exclusive lock
         # through on_close.
