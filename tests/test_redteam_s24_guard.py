@@ -28,9 +28,12 @@ A_TEST = "def test_nothing(tmp_path):\n    pass\n"
 
 
 @contextlib.contextmanager
-def serving_one_session(root: Path, log: Path) -> Iterator[Server]:
-    """A live server on `root` with one session (`_still_serves_its_session` checks it)."""
-    server = Server(app_env(root), log).wait_ready()
+def serving_one_session(
+    root: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A live server on `root` with one session (`_still_serves_its_session` checks it); on
+    the testing profile unless `env` (`app_env`'s) says otherwise."""
+    server = Server(app_env(root) if env is None else env, log).wait_ready()
     try:
         with server.client() as client:
             assert client.post("/sessions", json={"title": "kept"}).status_code == 201

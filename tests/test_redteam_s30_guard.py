@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_redteam_s24_guard import A_TEST, _inner_env
+from test_redteam_s24_guard import A_TEST, _inner_env, serving_one_session
 from test_redteam_s27_guard import MOVE_IT, NOT_THE_APPS, _stopped_production, _tmpdir
 from test_server_e2e import Server, app_env, snapshot
 
@@ -33,13 +33,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A live production server with one session."""
     root = tmp_path_factory.mktemp("s30") / "data"
     env = app_env(root, profile="production", APP_API_TOKEN=TOKEN)
-    server = Server(env, root.parent / "server.log").wait_ready()
-    try:
-        with server.client() as client:
-            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+    with serving_one_session(root, root.parent / "server.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 #: A plugin whose option takes a path as a ``file:`` URL, as pytest-benchmark's
