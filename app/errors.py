@@ -256,10 +256,32 @@ class UnknownProfileError(ConfigError):
     def message(self) -> str:
         what = f"unknown profile {self.name!r}" if self.name else "an empty profile name"
         return (
-            f"{what} (from {self.source}); known profiles: "
+            f"{what} (from {self.source}){self._lookalike()}; known profiles: "
             f"{', '.join(self.known)}. Set ENV_FOR_DYNACONF or --profile to one of them, "
             "or add a section to settings.toml"
         )
+
+    def _lookalike(self) -> str:
+        """Why a name that reads as a known one is not: the characters that only look so.
+
+        A Cyrillic U+0440 for a Latin `p` prints as `'production'`; without this, the
+        refusal would name, as unknown, a profile its reader sees in the list beside it.
+        """
+        # Only on this error's path: neither module is imported at start-up.
+        import difflib
+        import unicodedata
+
+        odd = sorted(
+            {c for c in self.name if not (c.isascii() and c.isprintable())},
+            key=self.name.index,
+        )
+        if not odd:
+            return ""
+        named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
+        folded = unicodedata.normalize("NFKC", self.name).strip().lower()
+        near = difflib.get_close_matches(folded, list(self.known), n=1)
+        like = f", and only looks like {near[0]!r}" if near else ""
+        return f": it is written with {named}, not plain ASCII{like}"
 
 
 class VariableMisspeltError(ConfigError):

@@ -174,6 +174,39 @@ def test_a_typo_in_env_for_dynaconf_is_refused_naming_the_variable(
     assert "'prod' (from ENV_FOR_DYNACONF)" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "named", "like"),
+    [
+        ("\u0440roduction", "U+0440 CYRILLIC SMALL LETTER ER", "production"),
+        ("dev\u200belopment", "U+200B ZERO WIDTH SPACE", "development"),
+        ("\uff54esting", "U+FF54 FULLWIDTH LATIN SMALL LETTER T", "testing"),
+        ("\ufb01x", "U+FB01 LATIN SMALL LIGATURE FI", None),
+    ],
+)
+def test_a_profile_name_that_only_looks_known_is_refused_naming_the_characters(
+    make_settings: SettingsMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    named: str,
+    like: str | None,
+) -> None:
+    # With a Cyrillic U+0440 for its 'p', the name prints as 'production': a refusal that only said
+    # "unknown profile 'production'; known profiles: ..., production" would leave its
+    # reader nothing to fix.
+    make_settings()
+    monkeypatch.setenv("ENV_FOR_DYNACONF", name)
+    with pytest.raises(UnknownProfileError) as caught:
+        load()
+    message = str(caught.value)
+    assert message.startswith(f"unknown profile {name!r} (from ENV_FOR_DYNACONF): ")
+    assert f"it is written with {named}, not plain ASCII" in message
+    if like:
+        assert f", and only looks like {like!r}; known profiles:" in message
+    else:
+        assert "looks like" not in message
+    assert caught.value.exit_code == 78
+
+
 @pytest.mark.parametrize("empty", ["", "  "])
 def test_an_empty_env_for_dynaconf_is_an_unknown_profile_not_the_default_section(
     make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, empty: str
