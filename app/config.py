@@ -54,6 +54,8 @@ from app.errors import (
     SettingsCastError,
     UnknownProfileError,
     VariableMisspeltError,
+    folded,
+    not_plain_ascii,
 )
 
 if TYPE_CHECKING:
@@ -536,12 +538,14 @@ def _file_problems(files: Files) -> Iterator[ConfigError]:
                 if key.lower() not in KEYS:
                     import difflib  # here: only a typo pays for it
 
-                    near = difflib.get_close_matches(key.lower(), list(KEYS), n=1)
+                    near = difflib.get_close_matches(folded(key), list(KEYS), n=1)
                     hint = (
                         f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(KEYS)}"
                     )
+                    odd = not_plain_ascii(key)
+                    what = f"unknown key ({odd})" if odd else "unknown key"
                     yield InvalidSettingError(
-                        name, key, value, f"unknown key; {hint}", f"{path} [{section}]"
+                        name, key, value, f"{what}; {hint}", f"{path} [{section}]"
                     )
 
 
@@ -1151,9 +1155,11 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
             if key not in KEYS:
                 import difflib  # here: only a typo pays for it
 
-                near = difflib.get_close_matches(key, list(KEYS), n=1)
+                near = difflib.get_close_matches(folded(key), list(KEYS), n=1)
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
-                out.append(f"environment variable {name} is not an app setting; ignored{hint}")
+                odd = not_plain_ascii(name)
+                what = f"{name} ({odd})" if odd else name
+                out.append(f"environment variable {what} is not an app setting; ignored{hint}")
     return tuple(out)
 
 

@@ -239,6 +239,29 @@ class SettingsCastError(ConfigError):
         )
 
 
+def not_plain_ascii(name: str) -> str:
+    """``"written with U+0440 CYRILLIC SMALL LETTER ER, not plain ASCII"``, or ``""``.
+
+    For a refusal that quotes a name the reader may take for another: with a Cyrillic U+0440
+    for its ``p``, a profile prints as ``'production'``, a key as ``data_root``, and "unknown
+    profile 'production'; known profiles: ..., production" leaves nothing to fix.
+    """
+    odd = [c for c in dict.fromkeys(name) if not (c.isascii() and c.isprintable())]
+    if not odd:
+        return ""
+    import unicodedata  # here: only a refusal pays for it
+
+    named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
+    return f"written with {named}, not plain ASCII"
+
+
+def folded(name: str) -> str:
+    """`name` as it is read (NFKC, stripped, lower case), to find the known name it looks like."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", name).strip().lower()
+
+
 class UnknownProfileError(ConfigError):
     """A profile name that is not a section of ``settings.toml``."""
 
@@ -262,26 +285,14 @@ class UnknownProfileError(ConfigError):
         )
 
     def _lookalike(self) -> str:
-        """Why a name that reads as a known one is not: the characters that only look so.
-
-        A Cyrillic U+0440 for a Latin `p` prints as `'production'`; without this, the
-        refusal would name, as unknown, a profile its reader sees in the list beside it.
-        """
-        # Only on this error's path: neither module is imported at start-up.
-        import difflib
-        import unicodedata
-
-        odd = sorted(
-            {c for c in self.name if not (c.isascii() and c.isprintable())},
-            key=self.name.index,
-        )
+        odd = not_plain_ascii(self.name)
         if not odd:
             return ""
-        named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
-        folded = unicodedata.normalize("NFKC", self.name).strip().lower()
-        near = difflib.get_close_matches(folded, list(self.known), n=1)
+        import difflib  # here: only a refusal pays for it
+
+        near = difflib.get_close_matches(folded(self.name), list(self.known), n=1)
         like = f", and only looks like {near[0]!r}" if near else ""
-        return f": it is written with {named}, not plain ASCII{like}"
+        return f": it is {odd}{like}"
 
 
 class VariableMisspeltError(ConfigError):
@@ -306,8 +317,10 @@ class VariableMisspeltError(ConfigError):
 
     @property
     def message(self) -> str:
+        odd = not_plain_ascii(self.name)
+        name = f"{self.name}={self.value!r} ({odd})" if odd else f"{self.name}={self.value!r}"
         return (
-            f"environment variable {self.name}={self.value!r} looks meant as {self.meant}, "
+            f"environment variable {name} looks meant as {self.meant}, "
             f"but only {self.meant} {self.role}; as it is, the app would use {self.fallback}. "
             f"To use what it names: {self.fix}. To use {self.fallback}: unset {self.name}"
         )

@@ -1013,6 +1013,44 @@ def test_dynaconf_data_root_is_refused_with_the_app_name_as_the_fix(
     assert "Rename it to APP_DATA_ROOT" in str(caught.value)
 
 
+def test_names_that_only_look_like_the_apps_own_say_which_characters_differ(
+    make_settings: SettingsMaker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each with a Cyrillic letter for a Latin one: quoted as they are, each reads as the name
+    # it is refused for not being.
+    cyrillic_a = "U+0430 CYRILLIC SMALL LETTER A, not plain ASCII"
+    make_settings()
+    monkeypatch.setenv("APP_D\u0410TA_ROOT", str(tmp_path / "lookalike"))
+    warning = (
+        "environment variable APP_D\u0410TA_ROOT (written with U+0410 CYRILLIC CAPITAL LETTER A, "
+        "not plain ASCII) is not an app setting; ignored (did you mean APP_DATA_ROOT?)"
+    )
+    assert load("testing").warnings == (warning,)
+
+    allow(monkeypatch, "development")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    monkeypatch.setenv("ENV_FOR_DYN\u0430CONF", "production")
+    with pytest.raises(VariableMisspeltError) as refused:
+        load()
+    assert str(refused.value).startswith(
+        f"environment variable ENV_FOR_DYN\u0430CONF='production' (written with {cyrillic_a}) "
+        "looks meant as ENV_FOR_DYNACONF, but only ENV_FOR_DYNACONF (or --profile) selects"
+    )
+    monkeypatch.delenv("ENV_FOR_DYN\u0430CONF")
+
+    make_settings(
+        f'[development]\n"d\u0430ta_root" = {toml_str(tmp_path / "d")}\n'
+        f"[testing]\ndata_root = {toml_str(tmp_path / 't')}\n",
+        secrets="",
+    )
+    with pytest.raises(ConfigProblems) as caught:
+        load("testing")
+    unknown = [p for p in caught.value.problems if "unknown key" in str(p)]
+    assert len(unknown) == 1
+    hint = f"unknown key (written with {cyrillic_a}); did you mean 'data_root'?"
+    assert hint in str(unknown[0])
+
+
 def test_an_unknown_app_variable_is_a_warning_with_a_suggestion(
     make_settings: SettingsMaker,
     monkeypatch: pytest.MonkeyPatch,
