@@ -8,14 +8,16 @@ itself first, so that no other process can take the port between its choice and 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -144,7 +146,7 @@ def published_url(
 def _start(
     env: Mapping[str, str], log: Path, published: Callable[[subprocess.Popen[bytes]], str]
 ) -> tuple[subprocess.Popen[bytes], str]:
-    with log.open("wb") as output:
+    with os.fdopen(_open_log(log), "wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", "0"],
             env=dict(env),
@@ -152,6 +154,44 @@ def _start(
             stderr=output,
         )
     return process, serving_at(process, log, published)
+
+
+def _open_log(log: Path) -> int:
+    """``log`` opened to write the server's output into, emptied: a file of one name only.
+
+    ``open("wb")`` writes through a link: a hard link (or a symbolic link) planted at the
+    log's name by a fixture that ran first, to a production session's ``session.json``,
+    had that record emptied and filled with the server's output. Refused instead, before
+    anything is written, as the app refuses such a lock file (``app.lock``).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(log, flags, 0o600)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a FIFO nothing reads: the output would block
+            _refuse_log(log, "is a FIFO")
+        if error.errno != errno.ELOOP:
+            raise
+        _refuse_log(log, f"is a symbolic link (to {log.readlink()})")
+    found = os.fstat(fd)
+    if stat.S_ISREG(found.st_mode) and found.st_nlink == 1:
+        os.ftruncate(fd, 0)
+        return fd
+    os.close(fd)
+    what = "is not a regular file" if not stat.S_ISREG(found.st_mode) else (
+        f"has {found.st_nlink} hard links (`find / -xdev -samefile {log}` lists the others)"
+    )  # fmt: skip
+    _refuse_log(log, what)
+
+
+def _refuse_log(log: Path, what: str) -> NoReturn:
+    __tracebackhide__ = True
+    pytest.fail(
+        f"app: refusing to write the live server's log {log}: it {what}, and the server's "
+        "output would change the file it leads to, which may be in a data root. Remove it "
+        f"(rm {log}) and let the fixture make the file",
+        pytrace=False,
+    )
 
 
 def serving_at(

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -140,6 +142,20 @@ def _option_names(config: pytest.Config) -> dict[str, str]:
     return names
 
 
+def _cache_targets(config: pytest.Config, options: Any) -> Iterator[tuple[str, str, bool]]:
+    """pytest's cache: its directory, each file and link in it (rewritten in place, through
+    a link), and what ``--cache-clear`` deletes; as (path, what is done, deletes)."""
+    from _pytest.pathlib import resolve_from_str  # what cacheprovider uses
+
+    cache = resolve_from_str(config.getini("cache_dir"), config.rootpath)
+    yield str(cache), "pytest's cache provider writes its cache_dir, {path}", False
+    for inside in _links_and_files(cache):
+        yield str(inside), "pytest's cache provider rewrites {path} in place", False
+    if getattr(options, "cacheclear", False):
+        for name in ("d", "v"):
+            yield str(cache / name), "pytest's --cache-clear deletes {path}", True
+
+
 def _xdist_targets(config: pytest.Config, options: Any, cwd: Path) -> list[Target]:
     """xdist's popen workers with a ``chdir``: it runs them there, and first copies pytest,
     _pytest and every rsync dir into it, deleting what the copy does not hold."""
@@ -240,13 +256,15 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
     log_file = getattr(options, "log_file", None) or config.getini("log_file")
     add(log_file, "pytest's log_file (--log-file) rewrites {path} as the run starts")
     if not config.pluginmanager.is_blocked("cacheprovider"):
-        from _pytest.pathlib import resolve_from_str  # what cacheprovider uses
-
-        cache = resolve_from_str(config.getini("cache_dir"), config.rootpath)
-        add(str(cache), "pytest's cache provider writes its cache_dir, {path}")
-        if getattr(options, "cacheclear", False):
-            for name in ("d", "v"):
-                add(str(cache / name), "pytest's --cache-clear deletes {path}", deletes=True)
+        for text, does, deletes in _cache_targets(config, options):
+            add(text, does, deletes=deletes)
+    # Read by hypothesis (when a test first uses its database), not by pytest: a failing
+    # @given test wrote examples/ and constants/ into a live sessions/ (red team 30).
+    add(
+        os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"),
+        "hypothesis writes its example database (examples/, constants/) under "
+        "HYPOTHESIS_STORAGE_DIRECTORY, {path}",
+    )
     found += _xdist_targets(config, options, cwd)
     found += _coverage_targets(options, cwd)
     found.append(
@@ -296,6 +314,102 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
             for base in dict.fromkeys((cwd, inifile)):
                 add(value, f"the ini value {name} names {{path}}, where a plugin may write", base)
     return found
+
+
+def _links_and_files(directory: Path) -> Iterator[Path]:
+    """Every file and link under ``directory`` (links not followed): what pytest's cache
+    rewrites in place (``Cache.set`` is ``write_text``, through a link: its ``nodeids``, every
+    run), where a check of the directory alone never looked."""
+    for here, dirs, files in os.walk(directory):
+        yield from (Path(here, name) for name in files)
+        yield from (Path(here, name) for name in dirs if Path(here, name).is_symlink())
+
+
+#: A link of Linux's /proc that names what a process has open, or where it is, at the moment
+#: it is followed: its open files (but the standard streams), its directory, its root.
+_MAGIC = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?(?:cwd|root|map_files/[^/]+|fd/(?![012]$)[^/]+)")
+#: Links followed before a path is given up on (the kernel's own limit).
+_MAX_LINKS = 40
+
+
+def _magic_link(path: Path) -> str | None:
+    """The /proc link ``path`` passes through (itself, or a symbolic link on the way to
+    it), whose target is fixed only when pytest opens it; None where there is none.
+
+    ``--junitxml=/proc/self/fd/49`` resolved, when checked, to nothing (or to a file outside
+    every root); a test then left a read-only descriptor of a production record at 49, and
+    pytest's write at the end reopened it for writing and rewrote the record.
+    """
+    pending = list(path.parts[1:]) if path.is_absolute() else list(path.absolute().parts[1:])
+    current, links = "/", 0
+    while pending:
+        name = pending.pop(0)
+        if name in {"", "."}:
+            continue
+        if name == "..":
+            current = os.path.dirname(current)  # noqa: PTH120 - lexical, on a resolved prefix
+            continue
+        here = os.path.join(current, name)  # noqa: PTH118 - one component at a time
+        if _MAGIC.fullmatch(here):
+            return here
+        try:
+            target = os.readlink(here)  # noqa: PTH115 - str in, str out
+        except OSError:
+            current = here  # not a link (or not there): the rest cannot be followed
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            return None
+        if target.startswith("/"):
+            current = "/"
+        pending = [*Path(target).parts[1 if target.startswith("/") else 0 :], *pending]
+    return None
+
+
+def _other_names(path: Path, roots: dict[str, Path]) -> tuple[str, str] | None:
+    """Where ``path`` is a file with other names (hard links): what a write in place there
+    changes, said for a refusal, and what resolves it. None for one name, or no file.
+
+    pytest's writers open their files with ``open("w")``, in place: under every name of the
+    file. A hard link of a production session's record, made anywhere on its filesystem,
+    is no path in a data root, and got that record rewritten. The other name is looked
+    for in `roots` (only then is a root walked: a file with two names is rare).
+    """
+    try:
+        found = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink < 2:
+        return None
+    said = f"which is a hard link ({found.st_nlink} names)"
+    fix = (
+        f"Remove that name (rm {path}: the other names keep the file), and pytest writes a "
+        "new file there"
+    )
+    wanted = (found.st_dev, found.st_ino)
+    for name, root in roots.items():
+        if (other := _named_in(root, wanted)) is not None:
+            where = f"in the data root of profile {name!r} ({root}; {_holder(root)})"
+            return f"{said} of {other} {where}", fix
+    anywhere = (
+        f"{said}: pytest rewrites it in place, which changes it under every other name too, "
+        f"and one may lie in a data root (`find / -xdev -samefile {path}` lists them)"
+    )
+    return anywhere, fix
+
+
+def _named_in(root: Path, wanted: tuple[int, int]) -> Path | None:
+    """A name of the file ``wanted`` (device, inode) inside ``root``, if there is one."""
+    with contextlib.suppress(OSError):
+        if root.stat().st_dev != wanted[0]:
+            return None  # a hard link never crosses filesystems
+    for here, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                seen = os.lstat(os.path.join(here, name))  # noqa: PTH118 - a walk's names
+                if (seen.st_dev, seen.st_ino) == wanted:
+                    return Path(here, name)
+    return None
 
 
 def _data_root_at_or_above(
@@ -371,11 +485,24 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     __tracebackhide__ = True
     seen: dict[Path, tuple[Path, str] | None] = {}
     for target in dict.fromkeys(targets(config, options)):
+        fix = target.fix
         where = _conflict(target, roots, seen)
+        if where is None and (shared := _other_names(target.path, roots)) is not None:
+            where, fix = shared
+        if where is None and (magic := _magic_link(target.path)) is not None:
+            where = (
+                f"which passes through {magic}: it names what a process has open (or its "
+                "directory) at the moment of the write, which a test can change after this "
+                "check"
+            )
+            fix = (
+                "Give the path of a file or directory instead (only the standard streams, "
+                "/dev/stdout and /dev/stderr, may be written this way)"
+            )
         if where is None:
             continue
         does = target.does.format(path=target.path)
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
-            f"sandbox cannot stop it, whoever's run it is. {target.fix}{why}"
+            f"sandbox cannot stop it, whoever's run it is. {fix}{why}"
         )
