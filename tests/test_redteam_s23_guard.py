@@ -98,6 +98,10 @@ def test_a_directory_due_for_deletion_with_another_root_mounted_in_it_is_kept(
     (root / "sessions" / "0123").mkdir(parents=True)
     (root / "sessions" / "0123" / "session.json").write_text('{"title": "kept"}')
     (root / ".app-profile.json").write_text('{"profile": "production"}')
+    # pytest's mark of a directory in use, planted as a dangling link into the root: making
+    # the mark fresh (touch) followed it and made that file in production's sessions/.
+    planted = root / "sessions" / "planted"
+    (numbered / "pytest-0" / ".lock").symlink_to(planted)
     _shell_without_the_run(monkeypatch, temproot)
     pytester.makepyfile("def test_nothing(tmp_path):\n    pass\n")
     # The mount lives in the run's own mount namespace: the machine's never sees it.
@@ -120,6 +124,9 @@ def test_a_directory_due_for_deletion_with_another_root_mounted_in_it_is_kept(
     )
     result.stdout.fnmatch_lines([kept])
     assert not (numbered / "pytest-1").exists()
+    assert not planted.exists() and not planted.is_symlink(), output
+    mark = numbered / "pytest-0" / ".lock"
+    assert mark.is_file() and not mark.is_symlink()  # a fresh mark of its own: kept
 
 
 #: Run outside any pytest run (a PID namespace with a /proc of its own): production's root

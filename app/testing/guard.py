@@ -578,8 +578,7 @@ def _keep_held_directories(
     for old, reason in reasons.items():
         lock = old / ".lock"
         try:
-            lock.touch()
-            os.utime(lock)  # fresh even where it was there, stale
+            _fresh_mark(lock)
         except OSError as error:
             done = f"app: could not keep {old} ({error.strerror}, writing {lock}): pytest"
         else:
@@ -592,6 +591,21 @@ def _keep_held_directories(
             reporter.write_line(line, yellow=True)
         else:
             print(line, file=sys.stderr)
+
+
+def _fresh_mark(lock: Path) -> None:
+    """pytest's mark of a directory in use, ``.lock``, made anew: a fresh file of one name.
+
+    ``touch`` and ``utime`` go through a link: a ``.lock`` planted as a symbolic link to a
+    file of a live data root had that file's times changed, and a dangling one made the
+    file it names there; a hard link changed the times of the file under all its names.
+    The name is removed (never what it leads to) and a new file made in its place,
+    ``O_EXCL``: a link planted in between fails it rather than being followed.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(lock, flags, 0o644))
 
 
 def keep_held_directories_inactive(config: pytest.Config) -> None:
