@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import forked_app
+from powerloss import Model, State, parse, snapshot
 from test_redteam_s30_found import _DELETE_KILLED_AFTER_ITS_COMMIT
 
 from app import config as appconfig
@@ -74,3 +75,62 @@ def test_an_empty_trash_after_a_crash_in_a_delete_leaves_no_bytes_behind(tmp_pat
         assert store.check(repair=False).findings == []
         assert store.get_session(session_id)["files"] == []
         assert store.list_trash() == []
+
+
+def test_the_model_keeps_a_remove_written_back_without_the_rename_after_it(
+    tmp_path: Path,
+) -> None:
+    # The classic replace that is not atomic (unlink, then rename over the gap, then one
+    # fsync): losing everything unsynced at once never shows the gap; writing back the
+    # unlink alone, as a kernel may, does. The model must see it, or the test above proves
+    # nothing (tests/test_redteam_s29_powerloss.py replays real traces on it).
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "dest").write_bytes(b"old")
+    b = str(base)
+    trace = "\n".join(
+        [
+            f'1 openat(AT_FDCWD</>, "{b}/tmp", O_WRONLY|O_CREAT|O_EXCL, 0600) = 3<{b}/tmp>',
+            f'1 write(3<{b}/tmp>, "new", 3) = 3',
+            f"1 fsync(3<{b}/tmp>) = 0",
+            f"1 close(3<{b}/tmp>) = 0",
+            f'1 unlink("{b}/dest") = 0',
+            f'1 rename("{b}/tmp", "{b}/dest") = 0',
+            f'1 openat(AT_FDCWD</>, "{b}", O_RDONLY|O_DIRECTORY) = 4<{b}>',
+            f"1 fsync(4<{b}>) = 0",
+        ]
+    )
+    calls = parse(trace)
+
+    def dests(states: list[State]) -> set[bytes | None]:
+        return {state.tree.get("dest", b"(missing)") for state in states}
+
+    assert dests(list(Model(base, snapshot(base)).durable_states(calls))) == {b"old", b"new"}
+    partly = list(Model(base, snapshot(base)).writeback_states(calls))
+    assert dests(partly) == {b"old", b"new", b"(missing)"}
+
+
+def test_the_model_replays_a_close_where_it_began_not_where_it_was_logged(
+    tmp_path: Path,
+) -> None:
+    # A thread's close frees its descriptor's number at once; strace logs it as done later,
+    # after another thread's open has been given the same number. Replayed where it was
+    # logged, the close ended the new descriptor, and the fsync through it was dropped: five
+    # of seven traces of a real server's group commit then showed a 201 before its session
+    # was durable (as red team 29's one unkept trace did), though each create's fsync of
+    # sessions/ began after its rename. Replayed where it began, none does.
+    b = str(tmp_path)
+    trace = "\n".join(
+        [
+            f'1 openat(AT_FDCWD</>, "{b}/old", O_WRONLY|O_CREAT, 0600) = 5<{b}/old>',
+            f"1 close(5<{b}/old> <unfinished ...>",
+            f'2 openat(AT_FDCWD</>, "{b}/new", O_WRONLY|O_CREAT, 0600) = 5<{b}/new>',
+            f'2 write(5<{b}/new>, "acknowledged", 12) = 12',
+            "1 <... close resumed>) = 0",
+            f"2 fsync(5<{b}/new>) = 0",
+            f'2 openat(AT_FDCWD</>, "{b}", O_RDONLY|O_DIRECTORY) = 6<{b}>',
+            f"2 fsync(6<{b}>) = 0",
+        ]
+    )
+    *_, last = Model(tmp_path, snapshot(tmp_path)).durable_states(parse(trace))
+    assert last.tree == {"old": b"", "new": b"acknowledged"}
