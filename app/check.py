@@ -178,32 +178,44 @@ class Checker:
             with self.item():
                 self.check_trash_entry(path, audited, purged)
 
-    def finish_half_entries(self, session_id: str) -> None:
-        """Finish or remove the half-made trash entries of one session, as the start-up's
-        repair would (`_complete`); their audit lines are left to the next whole check.
+    def finish_half_entries(self, session_id: str | None) -> None:
+        """Finish or remove the half-made trash entries of one session (``None``: of every
+        session), as the start-up's repair would (`_complete`), each under its session's
+        lock; their audit lines are left to the next whole check.
 
         A restore runs it first: a crash between a file's commit and the move of its old
         bytes leaves the newest entry waiting for them, and a restore that skipped it brought
-        back the version before (red team 30). By name, as `Trash.latest` reads: only this
-        session's manifests are read.
+        back the version before (red team 30). `empty-trash` runs it for every session: it
+        removed such an entry, and left the bytes it waited for among the session's blobs,
+        where the next check took them for an upload never acknowledged (red team 31). By
+        name, as `Trash.latest` reads, and only entries that hold nothing but their manifest:
+        a complete entry's manifest is not read.
         """
         for path in _listing(self.root.trash_dir):
             found = TRASH_NAME_RE.fullmatch(path.name)
-            if found is None or found.group(2) != session_id:
+            if found is None or (session_id is not None and found.group(2) != session_id):
                 continue
             if path.is_symlink() or not path.is_dir():
                 continue  # reported by the whole check; never followed
-            entry = self.store.trash.read_entry(path.name)
-            assert entry is not None
             try:
-                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
-            except (*MISSING_MANIFEST, ValueError, PermissionError):
-                # No data a restore could choose, or one it refuses, naming the entry
-                # (`Trash.latest`): left to the whole check, which reports both.
-                continue
-            if isinstance(manifest, dict):
-                with self.item():
-                    self._complete(entry, manifest, {p.name for p in path.iterdir()})
+                if {p.name for p in path.iterdir()} != {TRASH_MANIFEST}:
+                    continue  # holds its data (`_complete` has nothing to do), or is empty
+            except OSError:
+                continue  # gone meanwhile (restored, emptied), or unreadable: the check's
+            with self.store.sessions.state.lock_for(found.group(2)):
+                # Read again under the lock: a change of the session may have been making it.
+                entry = self.store.trash.read_entry(path.name)
+                assert entry is not None
+                try:
+                    manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                    contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
+                except (*MISSING_MANIFEST, ValueError, PermissionError):
+                    # No data a restore could choose, or one it refuses, naming the entry
+                    # (`Trash.latest`): left to the whole check, which reports both.
+                    continue
+                if isinstance(manifest, dict):
+                    with self.item():
+                        self._complete(entry, manifest, contents)
 
     def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
         name = path.name
@@ -285,6 +297,12 @@ class Checker:
         if isinstance(file, str) and file in contents:
             return True
         named = isinstance(blob, str) and ID_RE.fullmatch(blob) is not None
+        if named and not session_dir.exists():
+            # The session went to the trash after the crash (a purge, run before any
+            # start-up), its blobs with it: the bytes this entry waits for are in its copy
+            # there. Taken for "the file is unchanged", the entry was removed, and a restore
+            # of the file brought back the version before it (red team 31).
+            session_dir = self._trashed_copy(entry.session_id, str(blob)) or session_dir
         blob_path = session_dir / BLOBS_DIR / str(blob)
         switched = False
         # Neither the blob nor blobs/ a link: a rename follows every directory in its path.
@@ -317,6 +335,19 @@ class Checker:
         fsync_dir(path)
         fsync_dir(blob_path.parent)
         return True
+
+    def _trashed_copy(self, session_id: str, blob: str) -> Path | None:
+        """The session's newest copy in the trash that holds ``blob`` among its blobs."""
+        for path in reversed(_listing(self.root.trash_dir)):
+            found = TRASH_NAME_RE.fullmatch(path.name)
+            if found is None or found.group(2) != session_id or found.group(3) is not None:
+                continue
+            copy = path / TRASHED_SESSION
+            if path.is_symlink() or copy.is_symlink():
+                continue  # never followed
+            if (copy / BLOBS_DIR / blob).is_file():
+                return copy
+        return None
 
     def _linked(self, directory: Path) -> bool:
         """Whether a link stands where the session keeps its files (reported, left alone).

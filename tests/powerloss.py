@@ -16,7 +16,11 @@ filesystem that keeps two states of every inode:
 :meth:`Model.durable_states` gives the durable tree after every ``fsync`` (between two syncs
 nothing more becomes durable: "everything unsynced lost" at each system call is one of these),
 each with the acknowledgements made before it; :func:`materialise` writes one out as a
-directory tree for the app to open. Only not using an existing tool: LazyFS needs a FUSE
+directory tree for the app to open. :meth:`Model.writeback_states` adds, bounded, the
+states where the kernel wrote back some of the unsynced changes and not others (ALICE's
+reordering within an fsync epoch): at each of those moments, each unsynced change written
+back alone, and all of them but one (a file's data, a new or removed name, a rename).
+Only not using an existing tool: LazyFS needs a FUSE
 mount (and ``fusermount``), dm-flakey needs device-mapper; neither is on these machines, and
 both lose *all* unsynced data at once, which this model gives too, at every fsync.
 """
@@ -38,6 +42,7 @@ __all__ = [
     "Call",
     "Model",
     "State",
+    "Unit",
     "materialise",
     "parse",
     "snapshot",
@@ -112,6 +117,12 @@ def parse(log: str) -> list[Call]:
         if (found := _UNFINISHED.match(line)) is not None:
             pid, name, text = int(found.group(1)), found.group(2), found.group(3)
             pending[pid] = (name, text)
+            if name == "close":
+                # The descriptor is free from the call's start (the kernel takes it out of
+                # the table first): another thread's open may get its number before this
+                # close is logged as done, and the close must not end that one.
+                calls.append(Call(pid, name, (Arg(text),), "0"))
+                pending[pid] = (f"{BEGIN}{name}", text)
             if name in _SYNCS:
                 # What an fsync makes durable is what was there when it began: a change
                 # another thread makes while it runs may miss it (a group commit's bug).
@@ -120,6 +131,8 @@ def parse(log: str) -> list[Call]:
         if (found := _RESUMED.match(line)) is not None:
             pid = int(found.group(1))
             name, head = pending.pop(pid)
+            if name == f"{BEGIN}close":
+                continue  # replayed where it began
             assert name == found.group(2), line
             text, result = head + found.group(3), found.group(4)
         elif (found := _CALL.match(line)) is not None:
@@ -163,12 +176,42 @@ class _Rename:
     target: Inode
     new: bytes
     inode: Inode
+    seq: int = 0  # its place among the directory changes (`Model.unsynced`)
+
+
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    """A name added to (``inode``) or removed from (``None``) a directory, not synced yet."""
+
+    directory: Inode
+    name: bytes
+    inode: Inode | None
+    seq: int
 
 
 @dataclasses.dataclass
 class _Image:
     nodes: dict[Inode, tuple[bytes, dict[bytes, Inode]]]
     renames: list[_Rename]
+    entries: list[_Entry]
+
+
+@dataclasses.dataclass(eq=False)
+class Unit:
+    """One unsynced change the kernel may write back on its own (`Model.unsynced`)."""
+
+    kind: str  # "data", "entry" (a name added or removed) or "rename"
+    node: Inode  # the file; the directory; the inode renamed
+    entry: _Entry | None = None
+    rename: _Rename | None = None
+
+    def describe(self) -> str:
+        if self.rename is not None:
+            return f"the rename to {os.fsdecode(self.rename.new)}"
+        if self.entry is not None:
+            added = "removed" if self.entry.inode is None else "added"
+            return f"the name {os.fsdecode(self.entry.name)} {added}"
+        return "a file's data"
 
 
 def snapshot(base: Path) -> Inode:
@@ -201,6 +244,8 @@ class Model:
         self.root = tree
         self.fds: dict[int, tuple[Inode, int, bool]] = {}  # fd -> inode, offset, O_APPEND
         self.renames: list[_Rename] = []
+        self.entries: list[_Entry] = []  # names added or removed since their directory's sync
+        self.seq = 0
         self.begun: dict[int, _Image] = {}  # thread -> what its sync in progress covers
         self.syncs = 0
         self.acked: list[str] = []
@@ -253,6 +298,7 @@ class Model:
             if self._inside(path):
                 parent, leaf = self._parent(path)
                 parent.entries[leaf] = Inode(True)
+                self._entry(parent, leaf)
         elif name in {"rename", "renameat", "renameat2"}:
             if name == "rename":
                 old = self._path(Arg("AT_FDCWD<>"), args[0])
@@ -266,7 +312,8 @@ class Model:
                 target, new_leaf = self._parent(new)
                 node = source.entries.pop(old_leaf)
                 target.entries[new_leaf] = node
-                self.renames.append(_Rename(source, old_leaf, target, new_leaf, node))
+                self.seq += 1
+                self.renames.append(_Rename(source, old_leaf, target, new_leaf, node, self.seq))
         elif name in {"unlink", "unlinkat", "rmdir"}:
             if name == "unlinkat":
                 path = self._path(args[0], args[1])
@@ -275,6 +322,7 @@ class Model:
             if self._inside(path):
                 parent, leaf = self._parent(path)
                 del parent.entries[leaf]
+                self._entry(parent, leaf)
         elif name in {
             "link",
             "linkat",
@@ -319,6 +367,7 @@ class Model:
                 for node, (data, entries) in image.nodes.items():
                     node.synced_data, node.synced_entries = data, entries
                 self.renames = [r for r in self.renames if r not in image.renames]
+                self.entries = [e for e in self.entries if e not in image.entries]
                 self.syncs += 1
         elif name == EXIT:
             self.fds.clear()  # the process ended; the next trace is another's
@@ -333,6 +382,10 @@ class Model:
             copy = Arg(call.result).fd[0] if "<" in call.result else int(call.result)
             if copied is not None and copied in self.fds and copy is not None:
                 self.fds[copy] = self.fds[copied]
+
+    def _entry(self, directory: Inode, name: bytes) -> None:
+        self.seq += 1
+        self.entries.append(_Entry(directory, name, directory.entries.get(name), self.seq))
 
     def _refuse_unmodelled(self, call: Call) -> None:
         paths = [a.fd[1] if "<" in a.raw else b"" for a in call.args]
@@ -353,6 +406,7 @@ class Model:
             assert "O_CREAT" in flags, call
             parent, leaf = self._parent(path)
             node = parent.entries[leaf] = Inode(False)
+            self._entry(parent, leaf)
         if "O_TRUNC" in flags:
             node.data = bytearray()
         self.fds[fd] = (node, 0, "O_APPEND" in flags)
@@ -388,6 +442,8 @@ class Model:
             node.synced_data = data
             return
         node.synced_entries = entries
+        covered = self.entries if image is None else image.entries
+        self.entries = [e for e in self.entries if not (e.directory is node and e in covered)]
         # A rename is atomic: once one side is durable, so is the other.
         for rename in renames:
             if rename.target is node:
@@ -398,6 +454,15 @@ class Model:
             else:
                 continue
             self.renames.remove(rename)
+            # A name made and then renamed away: that name's durable state is the rename's
+            # now, never the earlier change's (a temporary file seen again after the rename).
+            self.entries = [
+                e
+                for e in self.entries
+                if e.seq > rename.seq
+                or (e.directory, e.name)
+                not in {(rename.source, rename.old), (rename.target, rename.new)}
+            ]
 
     def _image(self) -> _Image:
         """What every inode under ``base`` holds now, and the renames made so far."""
@@ -412,7 +477,81 @@ class Model:
         # Open descriptors too: an fsync may come through one whose name is gone.
         for node, _, _ in self.fds.values():
             nodes.setdefault(node, (bytes(node.data), dict(node.entries)))
-        return _Image(nodes, list(self.renames))
+        return _Image(nodes, list(self.renames), list(self.entries))
+
+    # -- partial write-back ---------------------------------------------------------------------
+
+    def unsynced(self) -> list[Unit]:
+        """Every change the kernel may have written back on its own since the fsync that
+        would make it durable: a file's data, and each name added to or removed from a
+        directory and each rename (both sides at once: ALICE's atomic rename), in order."""
+        units: list[Unit] = []
+        seen: set[int] = set()
+        stack = [self.root, *(node for node, _, _ in self.fds.values())]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if not node.directory:
+                if bytes(node.data) != node.synced_data:
+                    units.append(Unit("data", node))
+                continue
+            stack.extend(node.entries.values())
+            stack.extend(node.synced_entries.values())
+        changes = sorted([*self.entries, *self.renames], key=lambda change: change.seq)
+        for change in changes:
+            if isinstance(change, _Rename):
+                units.append(Unit("rename", change.inode, rename=change))
+            else:
+                units.append(Unit("entry", change.directory, entry=change))
+        return units
+
+    def _with(self, units: list[Unit]) -> dict[str, bytes | None]:
+        """The durable tree had the kernel written back ``units`` as well (in their order)."""
+        saved = {}
+        for unit in units:
+            sides = (unit.rename.source, unit.rename.target) if unit.rename else ()
+            for node in (unit.node, *sides):
+                saved.setdefault(id(node), (node, node.synced_data, dict(node.synced_entries)))
+        try:
+            for unit in units:
+                node = unit.node
+                if unit.kind == "data":
+                    node.synced_data = bytes(node.data)
+                elif unit.entry is not None:
+                    if unit.entry.inode is None:
+                        node.synced_entries.pop(unit.entry.name, None)
+                    else:
+                        node.synced_entries[unit.entry.name] = unit.entry.inode
+                else:
+                    rename = unit.rename
+                    assert rename is not None
+                    if rename.source.synced_entries.get(rename.old) is rename.inode:
+                        del rename.source.synced_entries[rename.old]
+                    rename.target.synced_entries[rename.new] = rename.inode
+            return self.tree(durable=True)
+        finally:
+            for node, data, entries in saved.values():
+                node.synced_data, node.synced_entries = data, entries
+
+    def writeback_states(self, calls: list[Call]) -> Iterator[State]:
+        """:meth:`durable_states`, and at each of those moments and just before each sync
+        (where the most is unsynced) the states where the kernel wrote back some unsynced
+        changes and not others: each alone, and all but one (2n states for n unsynced
+        changes; every subset would be 2^n)."""
+        return self.durable_states(calls, partial=True)
+
+    def _partial(self, state: State) -> Iterator[State]:
+        units = self.unsynced()
+        picks = [[u] for u in units]
+        if len(units) > 2:
+            picks += [[u for u in units if u is not left] for left in units]
+        for pick in picks:
+            what = ", ".join(u.describe() for u in pick)
+            yield dataclasses.replace(
+                state, tree=self._with(pick), call=f"{state.call}, {what} written back"
+            )
 
     # -- the trees ----------------------------------------------------------------------------
 
@@ -435,11 +574,16 @@ class Model:
         walk(self.root, "", frozenset({id(self.root)}))
         return found
 
-    def durable_states(self, calls: list[Call]) -> Iterator[State]:
+    def durable_states(self, calls: list[Call], *, partial: bool = False) -> Iterator[State]:
         """Replay ``calls``; the durable tree before the first, after every fsync and at every
-        acknowledgement (between two, nothing more becomes durable)."""
+        acknowledgement (between two, nothing more becomes durable). ``partial``: see
+        :meth:`writeback_states`."""
         yield State(0, (), self.tree(durable=True), "(before the trace)")
         for call in calls:
+            if partial and (call.name in _SYNCS or call.name.startswith(BEGIN)):
+                where = os.fsdecode(call.args[0].fd[1].removeprefix(self.base + b"/"))
+                before = f"just before {call.name.removeprefix(BEGIN)} of {where}"
+                yield from self._partial(State(self.syncs, tuple(self.acked), {}, before))
             syncs, acked = self.syncs, len(self.acked)
             self.apply(call)
             if self.syncs != syncs:
@@ -449,7 +593,10 @@ class Model:
                 what = f"the acknowledgement of {self.acked[-1]!r}"
             else:
                 continue
-            yield State(self.syncs, tuple(self.acked), self.tree(durable=True), what)
+            state = State(self.syncs, tuple(self.acked), self.tree(durable=True), what)
+            yield state
+            if partial:
+                yield from self._partial(state)
 
     def seen_states(self, calls: list[Call]) -> Iterator[tuple[str, dict[str, bytes | None]]]:
         """Replay ``calls``; the tree the process saw at each acknowledgement."""

@@ -395,6 +395,9 @@ class Store(Storage):
             older_than: only entries deleted longer ago than this; ``None`` for all.
             via: how it was asked for (``"command"``, ``"http"``), for the audit line.
         """
+        # What a crash left half made first: an entry removed while it still waits for
+        # its bytes leaves them among a session's blobs, an upload "never acknowledged".
+        self._finish_half_entries(None)
         return self.trash.empty(older_than, via=via)
 
     @_changes
@@ -427,19 +430,21 @@ class Store(Storage):
                 prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
         return session
 
-    def _finish_half_entries(self, session_id: str) -> None:
-        """What a crash left half made in the session's trash entries, repaired (audited).
+    def _finish_half_entries(self, session_id: str | None) -> None:
+        """What a crash left half made in the session's trash entries (``None``: every
+        session's), repaired (audited).
 
-        A restore may come before any start-up after a crash (stop, restore, start): the
-        newest entry could still wait for the bytes a delete or a replace committed away,
-        and the restore then brought back an older version (red team 30). Under the
-        session's lock, which every change of its files takes: an entry another thread is
-        making is not a crash's.
+        A restore or an `empty-trash` may come before any start-up after a crash (stop,
+        restore, start): the newest entry could still wait for the bytes a delete or a
+        replace committed away, and the restore then brought back an older version (red
+        team 30), the `empty-trash` left them behind as an orphan (red team 31). Each entry
+        under its session's lock, which every change of its files takes: an entry another
+        thread is making is not a crash's.
         """
         from app.check import Checker
 
         checker = Checker(self, repair=True, thorough=False)
-        with self.root.changing(), self.sessions.state.lock_for(session_id):
+        with self.root.changing():
             checker.finish_half_entries(session_id)
         if checker.findings:
             self.root.audit(

@@ -1,0 +1,136 @@
+"""Red team on integrity, session 31: maintenance commands run after a crash that left a
+half-made trash entry, against real processes (a file's delete killed with SIGKILL just
+after its commit) and a real data root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import forked_app
+from powerloss import Model, State, parse, snapshot
+from test_redteam_s30_found import _DELETE_KILLED_AFTER_ITS_COMMIT
+
+from app import config as appconfig
+from app.storage import open_storage
+from app.store import Store
+
+
+def _killed_after_a_delete_committed(tmp_path: Path) -> tuple[appconfig.Config, str]:
+    """A root whose a.txt (version 2, version 1 replaced before it) was deleted by a process
+    killed after the delete's commit, before its bytes moved into their trash entry."""
+    env = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "root")}
+    config = appconfig.load("testing", environ=env)
+    with open_storage(config, writer=True, kind="tests", wanted="set up") as store:
+        session_id = store.create_session("s")["id"]
+        store.put_file(session_id, "a.txt", b"version 1")
+        store.put_file(session_id, "a.txt", b"version 2", replace=True)
+    log = tmp_path / "killed.log"
+    child = forked_app.python_c(
+        _DELETE_KILLED_AFTER_ITS_COMMIT, [str(config.data_root), session_id], log
+    )
+    assert child.wait() == -9, log.read_text()
+    return config, session_id
+
+
+def _maintenance(config: appconfig.Config) -> Store:
+    # The commands' own code, in this process (`app data purge` is `Store.purge`): what is
+    # tried is what they do to a root a crash left, before any start-up repaired it.
+    store = open_storage(config, writer=True, kind="maintenance", wanted="maintenance")
+    assert isinstance(store, Store)
+    return store
+
+
+def test_a_purge_after_a_crash_in_a_delete_keeps_the_deleted_version_restorable(
+    tmp_path: Path,
+) -> None:
+    # A purge moved the session, the deleted version's bytes still among its blobs, to the
+    # trash; the check then took the half entry waiting for them for a delete "that stopped
+    # before its commit; the file is unchanged" and removed it. Restored, the session held
+    # the bytes under no record (an orphan "never acknowledged"), and `restore --file` brought
+    # back version 1: a state that never was, version 2's delete having been committed.
+    config, session_id = _killed_after_a_delete_committed(tmp_path)
+    with _maintenance(config) as store:
+        store.purge()
+    with _maintenance(config) as store:
+        store.restore(session_id)
+    with _maintenance(config) as store:
+        store.restore(session_id, file="a.txt")
+        restored, entry = store.open_file(session_id, "a.txt")
+        with restored:
+            assert restored.read() == b"version 2", entry
+        assert store.check(repair=False).findings == []
+        [kept] = store.list_trash()
+        assert (kept.file, kept.reason) == ("a.txt", "replace")
+
+
+def test_an_empty_trash_after_a_crash_in_a_delete_leaves_no_bytes_behind(tmp_path: Path) -> None:
+    # An `empty-trash` removed the half entry and left the deleted version's bytes among the
+    # session's blobs, which the next check moved to the trash as an orphan, "an upload that
+    # never was acknowledged": bytes the trash was emptied of, back in it under a false name.
+    config, session_id = _killed_after_a_delete_committed(tmp_path)
+    with _maintenance(config) as store:
+        assert len(store.empty_trash()) == 2
+        assert store.check(repair=False).findings == []
+        assert store.get_session(session_id)["files"] == []
+        assert store.list_trash() == []
+
+
+def test_the_model_keeps_a_remove_written_back_without_the_rename_after_it(
+    tmp_path: Path,
+) -> None:
+    # The classic replace that is not atomic (unlink, then rename over the gap, then one
+    # fsync): losing everything unsynced at once never shows the gap; writing back the
+    # unlink alone, as a kernel may, does. The model must see it, or the test above proves
+    # nothing (tests/test_redteam_s29_powerloss.py replays real traces on it).
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "dest").write_bytes(b"old")
+    b = str(base)
+    trace = "\n".join(
+        [
+            f'1 openat(AT_FDCWD</>, "{b}/tmp", O_WRONLY|O_CREAT|O_EXCL, 0600) = 3<{b}/tmp>',
+            f'1 write(3<{b}/tmp>, "new", 3) = 3',
+            f"1 fsync(3<{b}/tmp>) = 0",
+            f"1 close(3<{b}/tmp>) = 0",
+            f'1 unlink("{b}/dest") = 0',
+            f'1 rename("{b}/tmp", "{b}/dest") = 0',
+            f'1 openat(AT_FDCWD</>, "{b}", O_RDONLY|O_DIRECTORY) = 4<{b}>',
+            f"1 fsync(4<{b}>) = 0",
+        ]
+    )
+    calls = parse(trace)
+
+    def dests(states: list[State]) -> set[bytes | None]:
+        return {state.tree.get("dest", b"(missing)") for state in states}
+
+    assert dests(list(Model(base, snapshot(base)).durable_states(calls))) == {b"old", b"new"}
+    partly = list(Model(base, snapshot(base)).writeback_states(calls))
+    assert dests(partly) == {b"old", b"new", b"(missing)"}
+
+
+def test_the_model_replays_a_close_where_it_began_not_where_it_was_logged(
+    tmp_path: Path,
+) -> None:
+    # A thread's close frees its descriptor's number at once; strace logs it as done later,
+    # after another thread's open has been given the same number. Replayed where it was
+    # logged, the close ended the new descriptor, and the fsync through it was dropped: five
+    # of seven traces of a real server's group commit then showed a 201 before its session
+    # was durable (as red team 29's one unkept trace did), though each create's fsync of
+    # sessions/ began after its rename. Replayed where it began, none does.
+    b = str(tmp_path)
+    trace = "\n".join(
+        [
+            f'1 openat(AT_FDCWD</>, "{b}/old", O_WRONLY|O_CREAT, 0600) = 5<{b}/old>',
+            f"1 close(5<{b}/old> <unfinished ...>",
+            f'2 openat(AT_FDCWD</>, "{b}/new", O_WRONLY|O_CREAT, 0600) = 5<{b}/new>',
+            f'2 write(5<{b}/new>, "acknowledged", 12) = 12',
+            "1 <... close resumed>) = 0",
+            f"2 fsync(5<{b}/new>) = 0",
+            f'2 openat(AT_FDCWD</>, "{b}", O_RDONLY|O_DIRECTORY) = 6<{b}>',
+            f"2 fsync(6<{b}>) = 0",
+        ]
+    )
+    *_, last = Model(tmp_path, snapshot(tmp_path)).durable_states(parse(trace))
+    assert last.tree == {"old": b"", "new": b"acknowledged"}
