@@ -6,9 +6,10 @@ production replica pair, are in tests/test_remote_hostile.py.
 Each test checks a pytest run in a subprocess (two or three tests share one: `JOBS`), with a
 settings directory whose testing profile names a database on the engine's cluster (it need
 not exist: only its scratch copies are made) and whose production profile names another,
-real one, with a row and an object in it. The runs depend on nothing but their own settings, so the module starts them all when
-its first test asks (`runs`), two at a time in a serial run, whose tests leave a core idle
-(tests/step_ahead.py), one at a time under xdist; each test then checks its own.
+real one, with a row and an object in it. The runs depend on nothing but their own
+settings, so the module starts them all when its first test asks (`runs`), two at a time in
+a serial run, whose tests leave a core idle (tests/step_ahead.py), one at a time under
+xdist; each test then checks its own.
 """
 
 from __future__ import annotations
