@@ -146,10 +146,24 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         asyncio.get_running_loop()  # nothing left marked running for the tests that follow
 
 
+def without_search(browser: Browser) -> object:
+    """A page that does not fetch the site's search index (a page route wins over the
+    context's). Material's search worker builds its lunr index from that 0.9 MB file on
+    every page load, about half of the renderer's CPU for a page (13 s against 6 s for the
+    thirteen main pages, measured): the tests that look at a page's rendering, not at search,
+    skip it. The index is still fetched, built and searched by
+    `test_search_finds_the_profile_variable`, and every request it leads to is checked by
+    `test_explanation_page_makes_no_outside_request_and_is_captured` (which waits for the
+    network to be idle: the pages' own tests never waited for the worker's requests)."""
+    page = browser.context.new_page()  # type: ignore[attr-defined]
+    page.route("**/search/search_index.json", lambda route: route.abort())
+    return page
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("path", MAIN_PAGES)
 def test_main_pages_render_with_a_heading(browser: Browser, site_url: str, path: str) -> None:
-    page = browser.context.new_page()  # type: ignore[attr-defined]
+    page = without_search(browser)
     try:
         response = page.goto(site_url + path)
         assert response is not None, path
@@ -226,7 +240,7 @@ def test_the_readme_commands_fit_their_code_blocks(
     browser: Browser, site_url: str, path: str
 ) -> None:
     """The README's two commands, on the home page and the tutorial, without sideways scrolling."""
-    page = browser.context.new_page()  # type: ignore[attr-defined]
+    page = without_search(browser)
     try:
         page.goto(site_url + path)
         blocks = page.locator("article pre > code")

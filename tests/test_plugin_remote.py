@@ -3,12 +3,13 @@ engines: a scratch database and prefix per run (and per xdist worker), dropped a
 and production's database and objects untouched. The hostile runs, next to a live
 production replica pair, are in tests/test_remote_hostile.py.
 
-Each test checks one pytest run in a subprocess with a settings directory whose testing
-profile names a database on the engine's cluster (it need not exist: only its scratch copies
-are made) and whose production profile names another, real one, with a row and an object in
-it. The runs depend on nothing but their own settings, so the module starts them all when
-its first test asks (`runs`), two at a time in a serial run, whose tests leave a core idle
-(tests/step_ahead.py), one at a time under xdist; each test then checks its own.
+Each test checks a pytest run in a subprocess (two or three tests share one: `JOBS`), with a
+settings directory whose testing profile names a database on the engine's cluster (it need
+not exist: only its scratch copies are made) and whose production profile names another,
+real one, with a row and an object in it. The runs depend on nothing but their own
+settings, so the module starts them all when its first test asks (`runs`), two at a time in
+a serial run, whose tests leave a core idle (tests/step_ahead.py), one at a time under
+xdist; each test then checks its own.
 """
 
 from __future__ import annotations
@@ -182,7 +183,14 @@ def make_remote(postgres_engine: PostgresEngine, s3_engine: S3Engine, where: Pat
 
 
 def _probes(directory: Path) -> list[dict[str, str]]:
-    return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+    """What the inner runs' ``INNER`` tests recorded (the live servers' records are
+    ``live-*.json``)."""
+    return [json.loads(path.read_text()) for path in sorted(directory.glob("[0-9]*.json"))]
+
+
+def _module_passed(result: pytest.RunResult, module: str, tests: int) -> None:
+    """`module`'s `tests` tests passed in `result` (a run of several modules)."""
+    result.stdout.fnmatch_lines([f"{module}.py {'.' * tests} *"])
 
 
 @dataclass
@@ -225,7 +233,8 @@ from app.config import load
 def _record(server):
     out = os.path.join(os.environ["PROBE_OUT"], f"live-{server.pid}.json")
     with open(out, "w") as f:
-        json.dump({"pid": server.pid, "url": server.url}, f)
+        json.dump({"pid": server.pid, "url": server.url,
+                   "worker": os.environ.get("PYTEST_XDIST_WORKER")}, f)
 
 def test_a_session_created_over_http_reads_back(app_live_server):
     assert app_live_server.data_root is None
@@ -257,17 +266,24 @@ def test_the_servers_of_earlier_tests_stopped_and_left_no_row():
 """
 
 
+# Tests that check different things of runs started alike share one run (four runs, not
+# seven: each is a pytest start-up with a scratch database and prefix made and dropped, and
+# under `-n 2` two workers more). The plain run holds the probe, the store and client
+# fixtures and the live servers, each test checking its own module's outcome; the xdist run
+# holds the probes and the live servers of both workers: xdist hands each worker two
+# consecutive tests first, a module's live server and then its probe. The app's own tests
+# come first in either run (test_fixtures.py, the live server): a scratch database that
+# holds the probe's table and no stamp yet is one the app refuses to adopt.
+LIVE_FIRST = LIVE.split("def test_the_store_sees", maxsplit=1)[0]
 JOBS = {
-    "scratch": Job({"test_inner": INNER}, ("-p", "no:randomly")),
-    "fixtures": Job({"test_fixtures": FIXTURES}, ("-p", "no:randomly")),
-    "keep": Job({"test_inner": INNER}, ("-p", "no:randomly", "--app-keep-remote")),
-    "xdist": Job({f"test_inner_{n}": INNER for n in range(4)}, ("-p", "no:randomly", "-n", "2")),
-    "refused": Job({"test_inner": INNER}, ("-p", "no:randomly"), _point_testing_at_production),
-    "live": Job({"test_live": LIVE}, ("-p", "no:randomly")),
-    "live-xdist": Job(
-        {f"test_live_{n}": LIVE.split("def test_the_store_sees", maxsplit=1)[0] for n in range(4)},
-        ("-p", "no:randomly", "-n", "2"),
+    "plain": Job(
+        {"test_inner": INNER, "test_fixtures": FIXTURES, "test_live": LIVE}, ("-p", "no:randomly")
     ),
+    "keep": Job({"test_inner": INNER}, ("-p", "no:randomly", "--app-keep-remote")),
+    "xdist": Job(
+        {f"test_inner_{n}": LIVE_FIRST + INNER for n in range(4)}, ("-p", "no:randomly", "-n", "2")
+    ),
+    "refused": Job({"test_inner": INNER}, ("-p", "no:randomly"), _point_testing_at_production),
 }
 
 
@@ -318,8 +334,9 @@ def _taken(runs: dict[str, Future[Run]], name: str) -> tuple[Remote, tuple[Any, 
 def test_a_run_gets_a_scratch_database_and_prefix_and_drops_both(
     runs: dict[str, Future[Run]],
 ) -> None:
-    remote, before, result = _taken(runs, "scratch")
-    result.assert_outcomes(passed=1)
+    remote, before, result = _taken(runs, "plain")
+    result.assert_outcomes(passed=6)
+    _module_passed(result, "test_inner", 1)
     result.stdout.fnmatch_lines(
         [
             (
@@ -343,8 +360,9 @@ def test_a_run_gets_a_scratch_database_and_prefix_and_drops_both(
 def test_the_store_and_client_fixtures_work_on_the_scratch_database(
     runs: dict[str, Future[Run]],
 ) -> None:
-    remote, before, result = _taken(runs, "fixtures")
-    result.assert_outcomes(passed=2)
+    remote, before, result = _taken(runs, "plain")
+    result.assert_outcomes(passed=6)
+    _module_passed(result, "test_fixtures", 2)
     assert remote.scratch_databases() == []
     assert remote.testing_objects() == []
     assert remote.production_state() == before
@@ -365,7 +383,7 @@ def test_every_xdist_worker_has_a_scratch_database_of_its_own(
     runs: dict[str, Future[Run]],
 ) -> None:
     remote, before, result = _taken(runs, "xdist")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(["app: profile=testing *(+ _gw<N> per xdist worker)*"])
     databases = {probe["database"] for probe in _probes(remote.probes)}
     assert len(databases) == 2
@@ -394,8 +412,9 @@ def test_a_testing_profile_on_production_s_database_is_refused_before_the_run(
 def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
     runs: dict[str, Future[Run]],
 ) -> None:
-    remote, before, result = _taken(runs, "live")
-    result.assert_outcomes(passed=3)
+    remote, before, result = _taken(runs, "plain")
+    result.assert_outcomes(passed=6)
+    _module_passed(result, "test_live", 3)
     assert remote.scratch_databases() == []
     assert remote.testing_objects() == []
     assert remote.production_state() == before
@@ -404,9 +423,10 @@ def test_the_live_server_fixture_serves_the_scratch_database_as_a_replica(
 def test_live_servers_of_two_xdist_workers_do_not_collide(
     runs: dict[str, Future[Run]],
 ) -> None:
-    remote, before, result = _taken(runs, "live-xdist")
-    result.assert_outcomes(passed=4)
-    urls = {json.loads(path.read_text())["url"] for path in remote.probes.glob("live-*.json")}
-    assert len(urls) == 4, urls
+    remote, before, result = _taken(runs, "xdist")
+    result.assert_outcomes(passed=8)
+    live = [json.loads(path.read_text()) for path in remote.probes.glob("live-*.json")]
+    assert len({server["url"] for server in live}) == 4, live
+    assert {server["worker"] for server in live} == {"gw0", "gw1"}, live
     assert remote.scratch_databases() == []
     assert remote.production_state() == before
