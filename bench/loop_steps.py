@@ -103,6 +103,7 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
         }
         | {"max": round(max(late, default=0) * 1000, 1)},
         "gc": gc_table,
+        "garbage_types": data.get("garbage_types") or {},  # the whole run (LOOP_STEPS_GC_TYPES)
         "rss_mib": {
             "first": round(rss[0][1] / 2**20, 1) if rss else None,
             "last": round(rss[-1][1] / 2**20, 1) if rss else None,
@@ -171,6 +172,8 @@ def main() -> None:
             + (f"; objects left {row['objects_left']}" if "objects_left" in row else "")
         )
     print(f"resident memory (MiB): {result['rss_mib']}")
+    if result["garbage_types"]:
+        print("garbage found, by type:", result["garbage_types"])
     print(
         "longest:",
         ", ".join(

@@ -19,6 +19,7 @@ OUT = os.environ.get("LOOP_STEPS_OUT")
 if OUT:
     import asyncio
     import atexit
+    import collections
     import collections.abc
     import gc
     import json
@@ -41,6 +42,11 @@ if OUT:
     _page = os.sysconf("SC_PAGE_SIZE")
     _began: list[float] = []
     _loop_thread: list[int] = []
+    # LOOP_STEPS_GC_TYPES=1: what the collections find, by type (gc.DEBUG_SAVEALL keeps the
+    # garbage in gc.garbage, tallied and dropped after each collection; the timings of such a
+    # run are not the collector's usual ones).
+    garbage_types: collections.Counter[str] = collections.Counter()
+    _TALLY = os.environ.get("LOOP_STEPS_GC_TYPES") == "1"
 
     def _on_collection(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -57,6 +63,9 @@ if OUT:
         left = len(gc.get_objects(2)) if generation == 2 else -1
         on_loop = bool(_loop_thread) and threading.get_ident() == _loop_thread[0]
         gc_runs.append((start, wall, used, generation, on_loop, info["collected"], left))
+        if _TALLY:
+            garbage_types.update(type(found).__qualname__ for found in gc.garbage)
+            gc.garbage.clear()
 
     def _sample_rss() -> None:
         resident = int(Path("/proc/self/statm").read_text().split()[1])
@@ -135,6 +144,8 @@ if OUT:
             loop.call_later(0.001, _tick, loop, time.perf_counter() + 0.001)
             _loop_thread.append(threading.get_ident())
             gc.callbacks.append(_on_collection)
+            if _TALLY:
+                gc.set_debug(gc.DEBUG_SAVEALL)
             return await coro
 
         return _run(self, instrumented(), **kwargs)
@@ -145,4 +156,5 @@ if OUT:
     def _dump() -> None:
         if steps:
             record = {"steps": steps, "late": late, "collections": gc_runs, "rss": rss}
+            record["garbage_types"] = dict(garbage_types.most_common(40))
             Path(f"{OUT}.{os.getpid()}").write_text(json.dumps(record))
