@@ -1,14 +1,15 @@
 """The event loop's longest steps under ``bench/load.py``'s mix: which callbacks hold it.
 
 Runs ``bench/load.py`` (its options after ``--``) with ``bench/_loop_steps/sitecustomize.py``
-loaded into the server through ``PYTHONPATH``: every task step and every HTTP protocol
-callback on the server's event loop is timed (wall and the loop thread's CPU), and a timer
-due every millisecond records how late it runs. Reported for the mixed phase once under way
-(from ``--skip`` seconds after the first create to the first page of 1,000), or for its first
+loaded into the server through ``PYTHONPATH``: every task step and every HTTP protocol callback
+on the server's event loop is timed (wall and the loop thread's CPU), and a timer due every
+millisecond records how late it runs; each garbage collection is timed (`gc.callbacks`) and the
+resident memory sampled every second. Reported for the mixed phase once under way (from
+``--skip`` seconds after the first create to the first page of 1,000), or for its first
 ``--skip`` seconds with ``--burst``: each kind of step (a route and its step number, or a
-protocol callback) by its share of the loop's time in steps, its p50/p99 and longest
-duration, and the longest single steps. The wrapping costs the server some CPU, so read the
-shares and the longest steps, not the load's throughput.
+protocol callback) by its share of the loop's time in steps, its p50/p99 and longest duration,
+and the longest single steps. The wrapping costs the server some CPU, so read the shares and
+the longest steps, not the load's throughput.
 
 Run: ``.venv/bin/python bench/loop_steps.py [--top 15] [--json] [-- --seconds 15]``
 """
@@ -31,6 +32,15 @@ BENCH = Path(__file__).resolve().parent
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def collected_in(step: list[Any], collections: list[list[Any]]) -> dict[str, float]:
+    """The loop thread's collections that ran inside ``step``: generation -> ms."""
+    found: dict[str, float] = {}
+    for start, wall, _, generation, on_loop, *_ in collections:
+        if on_loop and step[0] <= start < step[0] + step[1]:
+            found[str(generation)] = round(found.get(str(generation), 0) + wall * 1000, 2)
+    return found
 
 
 def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[str, Any]:
@@ -62,6 +72,25 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
         )
     late = [lag for at, lag in data["late"] if start <= at < end]
     walls = [s[1] for s in chosen]
+    collections = [c for c in data.get("collections", []) if start <= c[0] < end]
+    gc_table: dict[str, dict[str, Any]] = {}
+    for generation in (0, 1, 2):
+        passes = [c for c in collections if c[3] == generation]
+        if not passes:
+            continue
+        durations = [c[1] for c in passes]
+        used = [c[2] for c in passes]
+        gc_table[str(generation)] = {
+            "count": len(passes),
+            "on_loop": sum(1 for c in passes if c[4]),
+            "p50_ms": round(quantile(durations, 0.5) * 1000, 3),
+            "max_ms": round(max(durations) * 1000, 2),
+            "cpu_p50_ms": round(quantile(used, 0.5) * 1000, 3),
+            "cpu_max_ms": round(max(used) * 1000, 2),
+            "share_of_time": round(sum(durations) / (end - start), 4),
+            "collected": sum(c[5] for c in passes),
+        } | ({"objects_left": [c[6] for c in passes]} if generation == 2 else {})
+    rss = [(at, size) for at, size in data.get("rss", []) if start <= at < end]
     return {
         "window_s": round(end - start, 2),
         "steps": len(chosen),
@@ -73,9 +102,17 @@ def analyse(data: dict[str, Any], skip: float, burst: bool, top: int) -> dict[st
             q: round(quantile(late, v) * 1000, 1) for q, v in (("p50", 0.5), ("p99", 0.99))
         }
         | {"max": round(max(late, default=0) * 1000, 1)},
+        "gc": gc_table,
+        "garbage_types": data.get("garbage_types") or {},  # the whole run (LOOP_STEPS_GC_TYPES)
+        "rss_mib": {
+            "first": round(rss[0][1] / 2**20, 1) if rss else None,
+            "last": round(rss[-1][1] / 2**20, 1) if rss else None,
+            "max": round(max(size for _, size in rss) / 2**20, 1) if rss else None,
+        },
         "kinds": table,
         "longest": [
             {"ms": round(s[1] * 1000, 2), "cpu_ms": round(s[2] * 1000, 2), "step": s[3]}
+            | {"gc_ms": collected_in(s, collections)}
             for s in sorted(chosen, key=lambda s: -s[1])[:top]
         ],
     }
@@ -126,9 +163,25 @@ def main() -> None:
             f"{row['step'][:44]:44} {row['count']:6d} {row['share']:6.1%} {row['p50_ms']:7.3f} "
             f"{row['p99_ms']:7.3f} {row['max_ms']:7.2f} {row['cpu_p50_ms']:8.3f}"
         )
+    for generation, row in result["gc"].items():
+        print(
+            f"gc generation {generation}: {row['count']} collections ({row['on_loop']} on the "
+            f"loop's thread), p50 {row['p50_ms']} ms (CPU {row['cpu_p50_ms']}), longest "
+            f"{row['max_ms']} ms (CPU {row['cpu_max_ms']}), "
+            f"{row['share_of_time']:.2%} of the time, {row['collected']} objects collected"
+            + (f"; objects left {row['objects_left']}" if "objects_left" in row else "")
+        )
+    print(f"resident memory (MiB): {result['rss_mib']}")
+    if result["garbage_types"]:
+        print("garbage found, by type:", result["garbage_types"])
     print(
         "longest:",
-        ", ".join(f"{s['step']} {s['ms']} ms (CPU {s['cpu_ms']})" for s in result["longest"][:8]),
+        ", ".join(
+            f"{s['step']} {s['ms']} ms (CPU {s['cpu_ms']}"
+            + "".join(f", gc {g}: {ms} ms" for g, ms in s["gc_ms"].items())
+            + ")"
+            for s in result["longest"][:8]
+        ),
     )
 
 

@@ -4,7 +4,10 @@ step the server's event loop runs. Not part of the app; inert unless ``LOOP_STEP
 Each task's coroutine is wrapped so that each ``send``/``throw`` (one task step) is timed, in
 wall time and in the loop thread's CPU time, and so are the HTTP protocol's callbacks
 (``data_received`` parses heads with h11 and answers ``GET /health``). A timer due every
-millisecond records how late it runs (one pass of the loop). At exit the records go to
+millisecond records how late it runs (one pass of the loop). Each cyclic garbage collection
+is timed through ``gc.callbacks`` (generation, wall time, on the loop's thread or not, objects
+collected; after a full one, how many objects the next will walk, counted outside its time), and
+the process's resident memory is sampled every second. At exit the records go to
 ``$LOOP_STEPS_OUT.<pid>`` as JSON, at most `CAP` of each.
 """
 
@@ -16,11 +19,13 @@ OUT = os.environ.get("LOOP_STEPS_OUT")
 if OUT:
     import asyncio
     import atexit
+    import collections
     import collections.abc
     import gc
     import json
     import re
     import sys
+    import threading
     import time
     from pathlib import Path
     from typing import Any
@@ -30,7 +35,41 @@ if OUT:
     _HANDLERS = ("data_received", "connection_made", "connection_lost", "eof_received")
     steps: list[tuple[float, float, float, str]] = []  # start, wall, thread CPU, label
     late: list[tuple[float, float]] = []
+    # start, wall, thread CPU, generation, on the loop's thread, collected, objects left after
+    gc_runs: list[tuple[float, float, float, int, bool, int, int]] = []
+    rss: list[tuple[float, int]] = []  # when, resident bytes
     perf, cpu = time.perf_counter, time.thread_time
+    _page = os.sysconf("SC_PAGE_SIZE")
+    _began: list[float] = []
+    _loop_thread: list[int] = []
+    # LOOP_STEPS_GC_TYPES=1: what the collections find, by type (gc.DEBUG_SAVEALL keeps the
+    # garbage in gc.garbage, tallied and dropped after each collection; the timings of such a
+    # run are not the collector's usual ones).
+    garbage_types: collections.Counter[str] = collections.Counter()
+    _TALLY = os.environ.get("LOOP_STEPS_GC_TYPES") == "1"
+
+    def _on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            _began[:] = [perf(), cpu()]
+            return
+        if not _began or len(gc_runs) >= CAP:
+            return
+        start, used = _began
+        _began.clear()
+        wall, used = perf() - start, cpu() - used
+        generation = info["generation"]
+        # What the next full collection walks: every tracked object not frozen. Counted
+        # after the timing, and only after full collections (a few per run).
+        left = len(gc.get_objects(2)) if generation == 2 else -1
+        on_loop = bool(_loop_thread) and threading.get_ident() == _loop_thread[0]
+        gc_runs.append((start, wall, used, generation, on_loop, info["collected"], left))
+        if _TALLY:
+            garbage_types.update(type(found).__qualname__ for found in gc.garbage)
+            gc.garbage.clear()
+
+    def _sample_rss() -> None:
+        resident = int(Path("/proc/self/statm").read_text().split()[1])
+        rss.append((perf(), resident * _page))
 
     def _label(coro: Any) -> str:
         frame = getattr(coro, "cr_frame", None)
@@ -85,6 +124,8 @@ if OUT:
         now = time.perf_counter()
         if len(late) < CAP:
             late.append((now, now - due))
+        if not rss or now - rss[-1][0] >= 1.0:
+            _sample_rss()
         loop.call_later(0.001, _tick, loop, now + 0.001)
 
     _run = asyncio.Runner.run
@@ -101,6 +142,10 @@ if OUT:
                     for name in _HANDLERS:
                         setattr(found, name, _timed_handler(name, getattr(found, name)))
             loop.call_later(0.001, _tick, loop, time.perf_counter() + 0.001)
+            _loop_thread.append(threading.get_ident())
+            gc.callbacks.append(_on_collection)
+            if _TALLY:
+                gc.set_debug(gc.DEBUG_SAVEALL)
             return await coro
 
         return _run(self, instrumented(), **kwargs)
@@ -110,4 +155,6 @@ if OUT:
     @atexit.register
     def _dump() -> None:
         if steps:
-            Path(f"{OUT}.{os.getpid()}").write_text(json.dumps({"steps": steps, "late": late}))
+            record = {"steps": steps, "late": late, "collections": gc_runs, "rss": rss}
+            record["garbage_types"] = dict(garbage_types.most_common(40))
+            Path(f"{OUT}.{os.getpid()}").write_text(json.dumps(record))
