@@ -11,7 +11,9 @@ directory and output files, running ``app`` as ``python -m app`` would (``runpy`
 ``SystemExit``, ``atexit``), or a script of the app's classes as ``python -c`` would
 (`python_c`). What a fork cannot give is the command line in ``/proc/<pid>/cmdline`` (the
 zygote's): a test that checks that starts its child itself, as does every test of the guard
-that reads how its process was started.
+that reads how its process was started. A child ends as the interpreter's exit would end it
+(its status, its threads joined, ``atexit``, its output flushed) but skips the finalisation of
+the heap it inherited (the zygote's ``leave``), which cost more CPU than most commands' work.
 
 The zygote ends when the tests' process does (its standard input closes), even one killed
 with SIGKILL, and its children end with it (a parent-death signal, SIGKILL): a killed xdist
@@ -74,7 +76,7 @@ def remember_the_run() -> None:
 
 
 ZYGOTE = """
-import ctypes, json, os, runpy, selectors, signal, sys
+import atexit, ctypes, json, os, runpy, selectors, signal, sys
 
 import dynaconf, psycopg, boto3, zxcvbn
 import app.cli, app.config_files, app.server, app.server.run, app.remote.storage
@@ -133,12 +135,42 @@ def become(given):
         os.dup2(os.open(given[name], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), fd)
     os.environ.clear()
     os.environ.update(given["env"])
-    if given.get("code") is None:
-        sys.argv[1:] = given["args"]
-        runpy.run_module("app", run_name="__main__", alter_sys=True)
-    else:  # as `python -c CODE *args` runs it
-        sys.argv[:] = ["-c", *given["args"]]
-        exec(compile(given["code"], "<string>", "exec"), {"__name__": "__main__"})
+    try:
+        if given.get("code") is None:
+            sys.argv[1:] = given["args"]
+            runpy.run_module("app", run_name="__main__", alter_sys=True)
+        else:  # as `python -c CODE *args` runs it
+            sys.argv[:] = ["-c", *given["args"]]
+            exec(compile(given["code"], "<string>", "exec"), {"__name__": "__main__"})
+    except SystemExit as stop:
+        leave(stop.code)
+    leave(None)  # any other exception: the interpreter's own exit prints and sets it
+
+
+def leave(code):
+    # What the interpreter's exit does that anyone can see, in its order (CPython's
+    # handle_system_exit, then Py_FinalizeEx): the exit status (a message printed), the
+    # non-daemon threads joined, atexit's functions (logging's shutdown and weakref.finalize
+    # among them), the standard streams flushed (status 120 if that fails). Not its
+    # finalisation of every module and object the zygote imported: that wrote to every page
+    # of the inherited heap, each copied on write, 0.5 s of CPU per child, five times what a
+    # forked `data purge` does (bench/README.md, "The suite's time", suite6b).
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    if "threading" in sys.modules:
+        sys.modules["threading"]._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = 120
+    os._exit(status & 0xFF)
 
 
 pending = b""
@@ -162,8 +194,7 @@ while True:
             given["close"] = list(watched)
             pid = os.fork()
             if pid == 0:
-                become(given)
-                sys.exit(0)  # `app` returned without SystemExit (it never does)
+                become(given)  # never returns: `leave` ends the child, or its exception
             pidfd = os.pidfd_open(pid)
             watched[pidfd] = pid
             selector.register(pidfd, selectors.EVENT_READ)

@@ -64,3 +64,32 @@ def test_a_wait_on_a_child_of_a_zygote_that_died_ends_saying_so(tmp_path: Path) 
         child.wait(timeout=60)  # a minute for a hung test only: it ends at once
     until_ended(child.pid)
     assert ended(child.pid), f"the child (pid {child.pid}) outlived its zygote"
+
+
+#: What an interpreter's exit does that anyone can see: output left in a buffer, a
+#: non-daemon thread still running, atexit's functions, the status of a ``SystemExit``.
+_EXITS = """
+import atexit, sys, threading, time
+
+atexit.register(lambda: print("atexit ran", flush=True))
+sys.stdout.write("buffered, no newline; ")
+threading.Thread(target=lambda: (time.sleep(0.05), print("thread joined"))).start()
+code = sys.argv[1]
+sys.exit(int(code) if code.isdigit() else None if code == "none" else code)
+"""
+
+
+@pytest.mark.parametrize("code", ["none", "3", "a message"])
+def test_a_forked_child_exits_as_the_interpreter_would(tmp_path: Path, code: str) -> None:
+    # The zygote's children skip the finalisation of the heap they inherited (its `leave`):
+    # all else an exit does must be as `python -c` does it, to the byte and in its order.
+    forked_log, plain_log = tmp_path / "forked.log", tmp_path / "plain.log"
+    forked = forked_app.python_c(_EXITS, [code], forked_log)
+    assert isinstance(forked, forked_app.Forked), "not forked from the zygote: nothing to test"
+    with plain_log.open("w") as out:
+        plain = subprocess.run(
+            [sys.executable, "-c", _EXITS, code], stdout=out, stderr=subprocess.STDOUT, check=False
+        )
+    assert forked.wait(timeout=60) == plain.returncode == {"none": 0, "3": 3}.get(code, 1)
+    assert forked_log.read_text() == plain_log.read_text()
+    assert "atexit ran" in forked_log.read_text() and "thread joined" in forked_log.read_text()

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import forked_app
 import httpx
 import pytest
 import test_redteam_s20_store_refusals as refusals
@@ -37,7 +38,7 @@ from test_redteam_s20_store_refusals import CLIENT_VIEW
 from test_redteam_s21_store_full import CONTENTS, OPERATIONS, ZYGOTE_IMPORTS, template
 
 from app import config as appconfig
-from app.testing.live_server import start_server, stop_server
+from app.testing.live_server import stop_server
 
 __all__ = ["template"]  # red team 21's root: two files, a replaced version, a trashed session
 
@@ -384,7 +385,8 @@ def test_after_a_failed_fsync_a_server_acknowledges_no_change_until_it_is_restar
 ) -> None:
     root = tmp_path / "live-data"
     env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
-    process, url = start_server(env, root, tmp_path / "server.log")
+    # Forked from the app's zygote (tests/forked_app.py): strace attaches to its pid alike.
+    process, url = forked_app.start_server(env, root, tmp_path / "server.log")
     try:
         token = {"Authorization": f"Bearer {appconfig.load('testing', environ=env).api_token}"}
         with httpx.Client(base_url=url, headers=token) as http:
@@ -433,7 +435,7 @@ def test_after_a_failed_fsync_a_server_acknowledges_no_change_until_it_is_restar
         stop_server(process)
     assert "fsync of" in (tmp_path / "server.log").read_text()
     # A restart repairs the root and takes changes again; nothing acknowledged is lost.
-    process, url = start_server(env, root, tmp_path / "restarted.log")
+    process, url = forked_app.start_server(env, root, tmp_path / "restarted.log")
     try:
         with httpx.Client(base_url=url, headers=token) as http:
             assert httpx.get(f"{url}/health").status_code == 200
