@@ -90,13 +90,9 @@ store.delete_file(session_id, "a.txt")
 """
 
 
-def test_a_restore_right_after_a_crash_in_a_delete_brings_back_the_deleted_version(
-    tmp_path: Path,
-) -> None:
-    # Found while modelling the history's restores: `app sessions restore --file`, run after a
-    # crash and before any start-up (stop, restore, start, as the how-to says), skipped the
-    # newest trash entry, still waiting for its bytes, and brought back the version before: a
-    # state that never was, while the deleted version then went to the trash unasked.
+def killed_after_a_delete_committed(tmp_path: Path) -> tuple[appconfig.Config, str]:
+    """A root whose a.txt (version 2, version 1 replaced before it) was deleted by a process
+    killed after the delete's commit, before its bytes moved into their trash entry."""
     env = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "root")}
     config = appconfig.load("testing", environ=env)
     with open_storage(config, writer=True, kind="tests", wanted="set up") as store:
@@ -108,6 +104,18 @@ def test_a_restore_right_after_a_crash_in_a_delete_brings_back_the_deleted_versi
         _DELETE_KILLED_AFTER_ITS_COMMIT, [str(config.data_root), session_id], log
     )
     assert child.wait() == -9, log.read_text()
+    return config, session_id
+
+
+def test_a_restore_right_after_a_crash_in_a_delete_brings_back_the_deleted_version(
+    tmp_path: Path,
+) -> None:
+    # Found while modelling the history's restores: `app sessions restore --file`, run after a
+    # crash and before any start-up (stop, restore, start, as the how-to says), skipped the
+    # newest trash entry, still waiting for its bytes, and brought back the version before: a
+    # state that never was, while the deleted version then went to the trash unasked.
+    config, session_id = killed_after_a_delete_committed(tmp_path)
+    env = {**os.environ, "APP_DATA_ROOT": str(config.data_root)}
     done = forked_app.run(env, ["sessions", "restore", session_id, "--file", "a.txt"])
     assert done.returncode == 0, done.stdout + done.stderr
     with open_storage(config, writer=True, kind="tests", wanted="read it back") as store:

@@ -5,33 +5,14 @@ after its commit) and a real data root.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import forked_app
 from powerloss import Model, State, parse, snapshot
-from test_redteam_s30_found import _DELETE_KILLED_AFTER_ITS_COMMIT
+from test_redteam_s30_found import killed_after_a_delete_committed
 
 from app import config as appconfig
 from app.storage import open_storage
 from app.store import Store
-
-
-def _killed_after_a_delete_committed(tmp_path: Path) -> tuple[appconfig.Config, str]:
-    """A root whose a.txt (version 2, version 1 replaced before it) was deleted by a process
-    killed after the delete's commit, before its bytes moved into their trash entry."""
-    env = {**os.environ, "APP_DATA_ROOT": str(tmp_path / "root")}
-    config = appconfig.load("testing", environ=env)
-    with open_storage(config, writer=True, kind="tests", wanted="set up") as store:
-        session_id = store.create_session("s")["id"]
-        store.put_file(session_id, "a.txt", b"version 1")
-        store.put_file(session_id, "a.txt", b"version 2", replace=True)
-    log = tmp_path / "killed.log"
-    child = forked_app.python_c(
-        _DELETE_KILLED_AFTER_ITS_COMMIT, [str(config.data_root), session_id], log
-    )
-    assert child.wait() == -9, log.read_text()
-    return config, session_id
 
 
 def _maintenance(config: appconfig.Config) -> Store:
@@ -50,7 +31,7 @@ def test_a_purge_after_a_crash_in_a_delete_keeps_the_deleted_version_restorable(
     # before its commit; the file is unchanged" and removed it. Restored, the session held
     # the bytes under no record (an orphan "never acknowledged"), and `restore --file` brought
     # back version 1: a state that never was, version 2's delete having been committed.
-    config, session_id = _killed_after_a_delete_committed(tmp_path)
+    config, session_id = killed_after_a_delete_committed(tmp_path)
     with _maintenance(config) as store:
         store.purge()
     with _maintenance(config) as store:
@@ -69,7 +50,7 @@ def test_an_empty_trash_after_a_crash_in_a_delete_leaves_no_bytes_behind(tmp_pat
     # An `empty-trash` removed the half entry and left the deleted version's bytes among the
     # session's blobs, which the next check moved to the trash as an orphan, "an upload that
     # never was acknowledged": bytes the trash was emptied of, back in it under a false name.
-    config, session_id = _killed_after_a_delete_committed(tmp_path)
+    config, session_id = killed_after_a_delete_committed(tmp_path)
     with _maintenance(config) as store:
         assert len(store.empty_trash()) == 2
         assert store.check(repair=False).findings == []
