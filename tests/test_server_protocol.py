@@ -6,24 +6,27 @@ protocol and with the project's (`app.server.protocol.bounded_h11`), and the tes
 what a raw socket client receives. The pair is served once for the module (each server's
 shutdown waits for uvicorn's 0.1 s ticks: 0.4 s a test when every test served its own), as
 the tests only send requests that leave no state behind; the test of a client gone
-mid-response serves its own, whose application it watches.
+mid-response serves its own, whose application it watches. The project's protocol answers
+``GET /health`` itself there (`bounded_h11`'s ``health``), as `app serve` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
-from app.server.protocol import bounded_h11
+from app.server.protocol import _Exchange, bounded_h11
 
 SMALL = b'{"id":"s-1","name":"a small answer"}'
 CHUNK = b"x" * (100 * 1024)
@@ -35,6 +38,27 @@ class _Finished:
     def __init__(self) -> None:
         self.streams = 0
         self.event = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # every request's ``send``'s owner (the project's `_Exchange`) and its request cycle
+        self.seen: list[weakref.ref[Any]] = []
+
+    def watch(self, send: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        owner = send.__self__
+        self.seen.append(weakref.ref(owner))
+        if isinstance(owner, _Exchange):
+            self.seen.append(weakref.ref(owner.cycle))
+
+    def health(self) -> Any:
+        """An ASGI application answering ``/health`` without waiting, as the route's does."""
+
+        async def health(scope: Any, receive: Any, send: Any) -> None:
+            self.watch(send)
+            headers = [(b"content-length", b"%d" % len(SMALL))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": SMALL})
+
+        return health
 
 
 async def application(scope: Any, receive: Any, send: Any) -> None:
@@ -92,6 +116,7 @@ def _serving(protocol: type[asyncio.Protocol], finished: _Finished) -> Iterator[
     port = sock.getsockname()[1]
 
     async def with_state(scope: Any, receive: Any, send: Any) -> None:
+        finished.watch(send)
         await application({**scope, "state": {"finished": finished}}, receive, send)
 
     server = uvicorn.Server(
@@ -118,11 +143,18 @@ def _serving(protocol: type[asyncio.Protocol], finished: _Finished) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def both() -> Iterator[tuple[int, int]]:
-    """The ports of uvicorn's protocol and of the project's, serving the same application."""
-    ours = bounded_h11(16 * 1024, 30.0, 600.0)
-    with _serving(H11Protocol, _Finished()) as theirs, _serving(ours, _Finished()) as port:
-        yield theirs, port
+def served() -> Iterator[tuple[int, int, _Finished]]:
+    """The ports of uvicorn's protocol and of the project's, serving the same application,
+    and what the project's saw."""
+    finished = _Finished()
+    ours = bounded_h11(16 * 1024, 30.0, 600.0, health=finished.health())
+    with _serving(H11Protocol, _Finished()) as theirs, _serving(ours, finished) as port:
+        yield theirs, port, finished
+
+
+@pytest.fixture
+def both(served: tuple[int, int, _Finished]) -> tuple[int, int]:
+    return served[0], served[1]
 
 
 def _exchange(port: int, request: bytes) -> bytes:
@@ -202,3 +234,77 @@ def test_a_client_gone_mid_response_leaves_the_server_serving() -> None:
         finished.event.wait()
         assert finished.streams == 1
         assert _exchange(port, _get("/json")).endswith(SMALL)
+
+
+def _alive() -> int:
+    """How many request cycles and exchanges of the project's protocol are in memory."""
+    return sum(type(o) in (RequestResponseCycle, _Exchange) for o in gc.get_objects())
+
+
+def _answer(client: socket.socket, ending: bytes) -> bytes:
+    received = bytearray()
+    while not received.endswith(ending):
+        piece = client.recv(1 << 16)
+        assert piece, received
+        received += piece
+    return bytes(received)
+
+
+def test_no_request_leaves_its_cycle_to_the_collector(
+    served: tuple[int, int, _Finished],
+) -> None:
+    # uvicorn's request cycle and the project's `_Exchange` hold each other while the
+    # request runs; once uvicorn's task for it ends, nothing else may keep them: freed by
+    # reference counting, not by the cyclic collector (which stops the event loop for the
+    # request's scope, event and FastAPI's exit stacks). With the collector off, each path's
+    # cycle and exchange must be gone once its connection is.
+    _, port, finished = served
+    head = b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n%s\r\n"
+    gc.collect()
+    gc.disable()
+    try:
+        before, seen = _alive(), len(finished.seen)
+        # /health answered in the protocol, kept alive, then another
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(_get("/health", close=False))
+            assert _answer(client, SMALL).startswith(b"HTTP/1.1 200 ")
+            client.sendall(_get("/health"))
+            assert _answer(client, SMALL).startswith(b"HTTP/1.1 200 ")
+        assert _exchange(port, _get("/json")).endswith(SMALL)  # a plain route
+        assert _exchange(port, _get("/stream")).endswith(CHUNK + b"\r\n0\r\n\r\n")  # streamed
+        # an upload whose body comes after its head (taken past h11: `_Taken`)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(head % (len(CHUNK), b"connection: close\r\n"))
+            client.sendall(CHUNK)
+            assert _answer(client, CHUNK).startswith(b"HTTP/1.1 201 ")
+        # a response whose task ends while it still flows (40 MiB: the transport holds
+        # its end), and a request pipelined after it on the same connection
+        received = _exchange(port, _get("/long-stream", close=False) + _get("/json"))
+        assert received.endswith(SMALL)
+        assert received.count(b"HTTP/1.1 200 ") == 2
+        assert len(received) > 400 * len(CHUNK)
+        # answered before its body came (its rest read past), then another
+        received = _exchange(
+            port,
+            b"POST /json HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n0123456789"
+            + _get("/json"),
+        )
+        assert received.count(SMALL) == 2
+        # a head over the bounds (h11's, uvicorn's setting), refused before any request
+        too_large = b"GET /json HTTP/1.1\r\nhost: t\r\nx: %s" % (b"y" * 17000)
+        assert _exchange(port, too_large).startswith(b"HTTP/1.1 431 ")
+        # a client gone mid-request
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(head % (100, b""))
+            client.sendall(b"hello")
+        for _ in range(1000):  # event loop turns, for the last one's start and disconnect
+            watched = finished.seen[seen:]
+            if len(watched) == 2 * 10 and all(ref() is None for ref in watched):
+                break
+            assert finished.loop is not None
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), finished.loop).result()
+        assert len(watched) == 2 * 10  # each request's exchange and cycle
+        assert [ref() for ref in watched if ref() is not None] == []
+        assert _alive() == before
+    finally:
+        gc.enable()
