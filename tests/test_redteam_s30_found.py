@@ -12,7 +12,7 @@ import forked_app
 import pytest
 
 from app import config as appconfig
-from app.storage import open_storage
+from app.storage import Storage, open_storage
 
 #: A session read (as a page does, and GET /sessions/<id>) while a delete moves it to the
 #: trash between its session.json and its records: the delete runs in another thread at the
@@ -21,7 +21,7 @@ _READ_ACROSS_A_DELETE = """
 import json, os, sys, threading
 from app.config import load
 from app.errors import SessionNotFoundError
-from app.storage import open_storage
+from app.storage import Storage, open_storage
 
 root, session_id, how = sys.argv[1:]
 config = load("testing", environ={**os.environ, "APP_DATA_ROOT": root})
@@ -73,7 +73,7 @@ def test_a_session_read_while_it_is_deleted_is_shown_whole_or_not_at_all(
 _DELETE_KILLED_AFTER_ITS_COMMIT = """
 import os, signal, sys
 from app.config import load
-from app.storage import open_storage
+from app.storage import Storage, open_storage
 
 root, session_id = sys.argv[1:]
 config = load("testing", environ={**os.environ, "APP_DATA_ROOT": root})
@@ -119,11 +119,16 @@ def test_a_restore_right_after_a_crash_in_a_delete_brings_back_the_deleted_versi
     done = forked_app.run(env, ["sessions", "restore", session_id, "--file", "a.txt"])
     assert done.returncode == 0, done.stdout + done.stderr
     with open_storage(config, writer=True, kind="tests", wanted="read it back") as store:
-        restored, entry = store.open_file(session_id, "a.txt")
-        with restored:
-            assert restored.read() == b"version 2", entry
-        assert store.check(repair=False).findings == []
-        # The version replaced before it is still in the trash, whole.
-        [kept] = store.list_trash()
-        assert (kept.file, kept.reason) == ("a.txt", "replace")
-        assert (kept.path / "a.txt").read_bytes() == b"version 1"
+        assert_the_deleted_version_is_back(store, session_id)
+
+
+def assert_the_deleted_version_is_back(store: Storage, session_id: str) -> None:
+    """a.txt of `killed_after_a_delete_committed` restored: the version its delete took
+    (2), a clean root, and the version replaced before it still in the trash, whole."""
+    restored, entry = store.open_file(session_id, "a.txt")
+    with restored:
+        assert restored.read() == b"version 2", entry
+    assert store.check(repair=False).findings == []
+    [kept] = store.list_trash()
+    assert (kept.file, kept.reason) == ("a.txt", "replace")
+    assert (kept.path / "a.txt").read_bytes() == b"version 1"

@@ -8,7 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from powerloss import Model, State, parse, snapshot
-from test_redteam_s30_found import killed_after_a_delete_committed
+from test_redteam_s30_found import (
+    assert_the_deleted_version_is_back,
+    killed_after_a_delete_committed,
+)
 
 from app import config as appconfig
 from app.storage import open_storage
@@ -38,12 +41,7 @@ def test_a_purge_after_a_crash_in_a_delete_keeps_the_deleted_version_restorable(
         store.restore(session_id)
     with _maintenance(config) as store:
         store.restore(session_id, file="a.txt")
-        restored, entry = store.open_file(session_id, "a.txt")
-        with restored:
-            assert restored.read() == b"version 2", entry
-        assert store.check(repair=False).findings == []
-        [kept] = store.list_trash()
-        assert (kept.file, kept.reason) == ("a.txt", "replace")
+        assert_the_deleted_version_is_back(store, session_id)
 
 
 def test_an_empty_trash_after_a_crash_in_a_delete_leaves_no_bytes_behind(tmp_path: Path) -> None:
