@@ -55,7 +55,7 @@ from app.errors import (
     UnknownProfileError,
     VariableMisspeltError,
     folded,
-    not_plain_ascii,
+    noting_odd,
 )
 
 if TYPE_CHECKING:
@@ -542,8 +542,7 @@ def _file_problems(files: Files) -> Iterator[ConfigError]:
                     hint = (
                         f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(KEYS)}"
                     )
-                    odd = not_plain_ascii(key)
-                    what = f"unknown key ({odd})" if odd else "unknown key"
+                    what = noting_odd("unknown key", key)
                     yield InvalidSettingError(
                         name, key, value, f"{what}; {hint}", f"{path} [{section}]"
                     )
@@ -1157,8 +1156,7 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
 
                 near = difflib.get_close_matches(folded(key), list(KEYS), n=1)
                 hint = f" (did you mean {KEYS[near[0]].env}?)" if near else ""
-                odd = not_plain_ascii(name)
-                what = f"{name} ({odd})" if odd else name
+                what = noting_odd(name, name)
                 out.append(f"environment variable {what} is not an app setting; ignored{hint}")
     return tuple(out)
 

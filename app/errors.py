@@ -255,6 +255,13 @@ def not_plain_ascii(name: str) -> str:
     return f"written with {named}, not plain ASCII"
 
 
+def noting_odd(shown: str, name: str) -> str:
+    """``shown`` (a refusal's words for ``name``), followed by what `not_plain_ascii` finds
+    in ``name`` in brackets, if anything."""
+    odd = not_plain_ascii(name)
+    return f"{shown} ({odd})" if odd else shown
+
+
 def folded(name: str) -> str:
     """`name` as it is read (NFKC, stripped, lower case), to find the known name it looks like."""
     import unicodedata
@@ -317,8 +324,7 @@ class VariableMisspeltError(ConfigError):
 
     @property
     def message(self) -> str:
-        odd = not_plain_ascii(self.name)
-        name = f"{self.name}={self.value!r} ({odd})" if odd else f"{self.name}={self.value!r}"
+        name = noting_odd(f"{self.name}={self.value!r}", self.name)
         return (
             f"environment variable {name} looks meant as {self.meant}, "
             f"but only {self.meant} {self.role}; as it is, the app would use {self.fallback}. "
