@@ -75,8 +75,7 @@ loaded = sandboxing.loaded
 sandbox_root = sandboxing.sandbox_root
 ENV_PREFIX = "APP"
 DEFAULT_PROFILE = "development"
-#: The profile whose data always needs a confirmation to remove, whatever its files say.
-ALWAYS_PROTECTED = "production"
+ALWAYS_PROTECTED = config_files.ALWAYS_PROTECTED
 _META_ENV = frozenset({SETTINGS_DIR_ENV})  # APP_ variables that are not settings
 
 

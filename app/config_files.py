@@ -27,9 +27,12 @@ from app.errors import (
     SettingsAmbiguousError,
     SettingsCastError,
     SettingsDirEmptyError,
+    SettingsNameError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     VariableMisspeltError,
+    folded,
+    plain_name,
 )
 
 SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
@@ -37,6 +40,8 @@ SETTINGS_FILE = "settings.toml"
 SECRETS_FILE = ".secrets.toml"
 LOCAL_FILES = ("settings.local.toml", ".secrets.local.toml")
 NOT_PROFILES = frozenset({"default", "global", "dynaconf"})
+#: The profile whose data always needs a confirmation to remove, whatever its files say.
+ALWAYS_PROTECTED = "production"
 _PROJECT = Path(__file__).resolve().parent.parent
 
 #: ``{profile: {key: (value, source)}}``, the source naming the file and section.
@@ -142,8 +147,9 @@ _TOML_MEMO_SIZE = 16
 _MEMO_LOCK = threading.Lock()  # loads may run on several threads (a server's, tests')
 
 
-def _refuse_names_in_two_cases(path: Path, parsed: Mapping[str, Any]) -> None:
-    """Refuse sections, or keys of one section, that differ only in case (`layers` folds it)."""
+def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
+    """Refuse a section whose name is not plain, and sections, or keys of one section, that
+    differ only in case (`layers` folds it)."""
 
     def clash(names: Iterable[str]) -> list[str] | None:
         seen: dict[str, list[str]] = {}
@@ -152,6 +158,16 @@ def _refuse_names_in_two_cases(path: Path, parsed: Mapping[str, Any]) -> None:
         return next((spellings for spellings in seen.values() if len(spellings) > 1), None)
 
     tables = {name: body for name, body in parsed.items() if isinstance(body, dict)}
+    for name in tables:
+        if not plain_name(name):
+            import difflib  # here: only a refusal pays for it
+
+            # What it may pass for: a section of this file, or a name every file means the
+            # same by (a secrets file's section is matched against settings.toml's later).
+            plain = [o.lower() for o in tables if plain_name(o)]
+            plain += [*NOT_PROFILES, ALWAYS_PROTECTED]
+            near = difflib.get_close_matches(folded(name), plain, n=1)
+            raise SettingsNameError(path, name, near[0] if near else None)
     if spellings := clash(tables):
         raise SettingsAmbiguousError(path, spellings, None)
     for name, body in tables.items():
@@ -168,7 +184,7 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
         except tomllib.TOMLDecodeError as error:
             line, problem = _toml_line(error)
             raise SettingsSyntaxError(path, line, problem) from None
-        _refuse_names_in_two_cases(path, parsed)
+        _refuse_unclear_names(path, parsed)
         with _MEMO_LOCK:
             while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:
                 del _TOML_MEMO[next(iter(_TOML_MEMO))]

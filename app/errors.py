@@ -206,6 +206,44 @@ class SettingsAmbiguousError(ConfigError):
         )
 
 
+class SettingsNameError(ConfigError):
+    """A settings file's section whose name is not a plain profile name.
+
+    A profile is named with ASCII letters, digits, ``-`` and ``_``. A section written
+    ``["pr\u043eduction"]`` (a Cyrillic ``\u043e``), ``["\uff50roduction"]`` (full width) or
+    ``["production "]`` was a profile of its own: it printed as ``production`` in every list of
+    known profiles, the real ``[production]`` was then unknown, and a name copied from that
+    list selected a profile that production's protection, keyed on its name, did not cover.
+    """
+
+    code = "settings_name_not_plain"
+
+    path: Path
+    section: str
+    #: A plain section of the same files it looks like, or None.
+    looks_like: str | None
+
+    @property
+    def message(self) -> str:
+        import unicodedata  # here: only a refusal pays for it
+
+        odd = [c for c in dict.fromkeys(self.section) if not plain_name(c)]
+        held = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
+        what = f"it holds {held}" if odd else "it is empty"
+        like = f", and only looks like [{self.looks_like}]" if self.looks_like else ""
+        rename = f" to [{self.looks_like}]" if self.looks_like else ""
+        return (
+            f"{self.path}: section [{self.section}] is not a plain profile name ({what}{like}): "
+            "a profile is named with ASCII letters, digits, '-' and '_' only, so that no name "
+            f"can pass for another; rename the section{rename}, and run `app doctor`"
+        )
+
+
+def plain_name(name: str) -> bool:
+    """Whether `name` is a plain profile name: ASCII letters, digits, ``-`` and ``_``."""
+    return bool(name) and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+
+
 class SettingsCastError(ConfigError):
     """A settings value whose dynaconf cast (``@int``, ``@float``, ``@bool``, ``@json`` ...) fails.
 

@@ -41,6 +41,7 @@ from app.errors import (
     SandboxViolationError,
     SettingsAmbiguousError,
     SettingsCastError,
+    SettingsNameError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     UnknownProfileError,
@@ -700,6 +701,44 @@ def test_sections_or_keys_that_differ_only_in_case_are_refused(
         load("testing")
     assert "keys 'data_root' and 'DATA_ROOT' of [testing] are one setting" in str(caught.value)
     assert caught.value.path == where / ".secrets.toml"
+
+
+@pytest.mark.parametrize(
+    ("section", "held"),
+    [
+        ("pr\u043eduction", "U+043E CYRILLIC SMALL LETTER O"),
+        ("\uff50roduction", "U+FF50 FULLWIDTH LATIN SMALL LETTER P"),
+        ("production ", "U+0020 SPACE"),
+        ("produc\u200btion", "U+200B ZERO WIDTH SPACE"),
+    ],
+)
+def test_a_section_whose_name_only_looks_like_a_profile_is_refused(
+    make_settings: SettingsMaker, tmp_path: Path, section: str, held: str
+) -> None:
+    # The section was a profile of its own: ENV_FOR_DYNACONF=production was unknown, its list
+    # of known profiles printed the look-alike, and that name copied from it selected a
+    # profile production's protection (keyed on the name) did not cover.
+    where = make_settings(
+        f"[testing]\ndata_root = {toml_str(tmp_path / 't')}\n"
+        f'["{section}"]\ndata_root = {toml_str(tmp_path / "p")}\n',
+        secrets="",
+    )
+    with pytest.raises(SettingsNameError) as caught:
+        load("testing")
+    assert str(caught.value) == (
+        f"{where / 'settings.toml'}: section [{section}] is not a plain profile name (it holds "
+        f"{held}, and only looks like [production]): a profile is named with ASCII letters, "
+        "digits, '-' and '_' only, so that no name can pass for another; rename the section "
+        "to [production], and run `app doctor`"
+    )
+    assert caught.value.exit_code == 78
+    # In a secrets file too, where the look-alike is matched against names every file shares.
+    make_settings(
+        f"[testing]\ndata_root = {toml_str(tmp_path / 't')}\n",
+        secrets='["d\u0435fault"]\napi_token = "x"\n',
+    )
+    with pytest.raises(SettingsNameError, match=r"only looks like \[default\]"):
+        load("testing")
 
 
 def test_a_value_whose_cast_fails_stops_only_the_profiles_that_take_it(

@@ -60,6 +60,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.SettingsAmbiguousError(
         Path("/opt/app/settings.toml"), ["production", "Production"], None
     ),
+    errors.SettingsNameError(Path("/opt/app/settings.toml"), "pr\u043eduction", "production"),
     errors.SettingsCastError(
         Path("/opt/app/settings.toml"),
         "production",
