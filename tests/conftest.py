@@ -57,8 +57,8 @@ def _children_keep_their_bytecode(config: pytest.Config) -> None:
     # instead, in a run that keeps that cache: the source tree and the virtualenv stay free
     # of it, as the variable wants. Not inside the cache (its d/pycache before): the app's
     # plugin checks every file in pytest's cache at each start (app.testing.writes), and the
-    # thousands there (a run adds about 180, its inner runs' modules under /tmp) cost the
-    # run's pytest and each xdist worker 2 to 3 s of CPU (bench/README.md, branch suite7).
+    # thousands there (a run adds about 180, its inner runs' modules under /tmp) cost each
+    # start in the tree 2 to 3 s of CPU (bench/README.md, branch suite7).
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or cache is None:
         return
