@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,16 +45,27 @@ def pytest_configure(config: pytest.Config) -> None:
     forked_app.remember_the_run()  # the environment every test's children start from
 
 
+#: Where the run's Python children keep their bytecode, in the rootdir (.gitignore).
+CHILDREN_BYTECODE = ".pytest_children_pycache"
+
+
 def _children_keep_their_bytecode(config: pytest.Config) -> None:
     # Under PYTHONDONTWRITEBYTECODE every Python child (hundreds of pytest runs, `app serve`s,
     # CLI calls) compiled its imports afresh, and every pytest child rewrote the assertions of
     # its plugins' modules (anyio's, xdist's: ~0.45 s of its ~0.9 s start-up) again. Children
-    # (xdist workers included) keep their bytecode in pytest's cache directory instead: the
-    # source tree and the virtualenv stay free of it, as the variable wants.
+    # (xdist workers included) keep their bytecode in CHILDREN_BYTECODE beside pytest's cache
+    # instead, in a run that keeps that cache: the source tree and the virtualenv stay free
+    # of it, as the variable wants. Not inside the cache (its d/pycache before): the app's
+    # plugin checks every file in pytest's cache at each start (app.testing.writes), and the
+    # thousands there (a run adds about 180, its inner runs' modules under /tmp) cost each
+    # start in the tree 2 to 3 s of CPU (bench/README.md, branch suite7).
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or cache is None:
         return
-    os.environ["PYTHONPYCACHEPREFIX"] = str(cache.mkdir("pycache"))
+    shutil.rmtree(cache.mkdir("pycache"), ignore_errors=True)  # the earlier place, emptied
+    prefix = config.rootpath / CHILDREN_BYTECODE
+    prefix.mkdir(exist_ok=True)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
     del os.environ["PYTHONDONTWRITEBYTECODE"]
 
 
