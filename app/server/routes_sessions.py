@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -206,10 +207,18 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         sessions take the server's `page_max_bytes` as JSON; it always holds at least one.
         """
         if on_loop and limit <= _UNBOUNDED_PAGE:
-            body = store.list_sessions_json(
+            # In parts of 25 sessions kept encoded, with a turn of the event loop between
+            # them: a page of 100 held the loop for 2 to 8 ms, and every request that arrived
+            # meanwhile (GET /health among them) waited for all of it (bench/load.py).
+            steps = store.list_sessions_json_steps(
                 limit=limit, after=after, max_bytes=config.page_max_bytes
             )
-            return _EncodedJSON(body)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return _EncodedJSON(done.value)
+                await asyncio.sleep(0)
         # A large page reads and parses up to 1,000 session.json files, Python work that
         # holds the GIL: more of them at once on worker threads finish no sooner, but each
         # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms
