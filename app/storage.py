@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -464,15 +464,6 @@ class Storage(Protocol):
         """:meth:`list_sessions`'s page as :func:`json_body` encodes its ``to_dict()``."""
         page = self.list_sessions(limit=limit, after=after, max_bytes=max_bytes)
         return json_body(page.to_dict())
-
-    def list_sessions_json_steps(
-        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
-    ) -> Generator[None, None, bytes]:
-        """:meth:`list_sessions_json` as a generator that returns the page; the caller may
-        let other work run at each ``yield``. Here in one step (the local store reads its
-        pages in parts)."""
-        return self.list_sessions_json(limit=limit, after=after, max_bytes=max_bytes)
-        yield  # unreachable: it makes this function a generator
 
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry: ...
     def purge(self) -> list[TrashEntry]: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from starlette.responses import JSONResponse
@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from app.config import Config
 from app.errors import SessionNotFoundError
-from app.storage import Storage, json_body, page_body
+from app.storage import json_body, page_body
 from app.store import Store
 
 
@@ -119,62 +119,6 @@ def test_the_routes_send_the_stores_bytes_as_json(
     missing = app_client.get(f"/sessions/{'0' * 32}")
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
-
-
-def in_steps(store: Storage, **kwargs: Any) -> tuple[bytes, int]:
-    """``list_sessions_json_steps`` driven to its end: the page, and how often it paused."""
-    steps = store.list_sessions_json_steps(**kwargs)
-    pauses = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return cast(bytes, done.value), pauses
-        pauses += 1
-
-
-def test_a_page_in_steps_is_the_page_and_pauses_only_after_kept_parts(store: Store) -> None:
-    ids = [store.create_session(f"s{i}", {"n": i})["id"] for i in range(60)]
-    # Nothing kept yet: every part reads files, and no pause follows one (a cold page).
-    assert in_steps(store, limit=60) == (store.list_sessions_json(limit=60), 0)
-    # All kept now: a pause after each part of 25 that more sessions follow.
-    assert in_steps(store, limit=60) == (store.list_sessions_json(limit=60), 2)
-    store.put_file(ids[30], "a.txt", b"a")  # read again: no pause after the second part
-    assert in_steps(store, limit=60) == (store.list_sessions_json(limit=60), 1)
-    assert in_steps(store, limit=60) == (store.list_sessions_json(limit=60), 2)
-    for kwargs in [{"limit": 25}, {"limit": 26}, {"limit": 100, "after": ids[9]}]:
-        assert in_steps(store, **kwargs)[0] == store.list_sessions_json(**kwargs)
-    for max_bytes in [1, 2000, 10**6]:
-        body, _ = in_steps(store, limit=100, max_bytes=max_bytes)
-        assert body == store.list_sessions_json(limit=100, max_bytes=max_bytes)
-        assert body == json_body(store.list_sessions(limit=100, max_bytes=max_bytes).to_dict())
-
-
-def test_a_session_deleted_or_changed_between_two_parts_is_read_as_it_is_then(
-    store: Store,
-) -> None:
-    ids = [store.create_session(f"s{i}")["id"] for i in range(30)]
-    in_steps(store, limit=100)  # kept
-    steps = store.list_sessions_json_steps(limit=100)
-    next(steps)  # the first 25 read, the page paused
-    store.delete_session(ids[27])
-    store.put_file(ids[28], "late.txt", b"late")
-    with pytest.raises(StopIteration) as done:
-        next(steps)
-    page = json.loads(done.value.value)
-    assert [s["id"] for s in page["items"]] == ids[:27] + ids[28:]
-    assert [f["name"] for f in page["items"][27]["files"]] == ["late.txt"]
-
-
-def test_a_storage_without_parts_answers_its_page_in_one_step() -> None:
-    class OneStep(Storage):  # as the remote store: the seam's own default
-        def list_sessions_json(
-            self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
-        ) -> bytes:
-            return json_body({"limit": limit, "after": after, "max_bytes": max_bytes})
-
-    body, pauses = in_steps(OneStep(), limit=7, after="x", max_bytes=9)
-    assert (json.loads(body), pauses) == ({"limit": 7, "after": "x", "max_bytes": 9}, 0)
 
 
 # --- never stale ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -207,18 +206,10 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         sessions take the server's `page_max_bytes` as JSON; it always holds at least one.
         """
         if on_loop and limit <= _UNBOUNDED_PAGE:
-            # In parts of 25 sessions kept encoded, with a turn of the event loop between
-            # them: a page of 100 held the loop for 2 to 8 ms, and every request that arrived
-            # meanwhile (GET /health among them) waited for all of it (bench/load.py).
-            steps = store.list_sessions_json_steps(
+            body = store.list_sessions_json(
                 limit=limit, after=after, max_bytes=config.page_max_bytes
             )
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    return _EncodedJSON(done.value)
-                await asyncio.sleep(0)
+            return _EncodedJSON(body)
         # A large page reads and parses up to 1,000 session.json files, Python work that
         # holds the GIL: more of them at once on worker threads finish no sooner, but each
         # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms

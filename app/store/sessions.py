@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -62,9 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["Sessions"]
 
 _BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
-# A page read in steps (`Sessions.page_json_steps`) may pause after each part of this many
-# sessions.
-_PAGE_PART: Final = 25
 
 T = TypeVar("T")
 
@@ -193,11 +190,7 @@ class Sessions:
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
 
     def _encoded(self, directory: str, session_id: str) -> tuple[bytes, int]:
-        """The session's :func:`json_body` and its ``_page_size_bound``, kept while fresh."""
-        return self._encoded_kept(directory, session_id)[0]
-
-    def _encoded_kept(self, directory: str, session_id: str) -> tuple[tuple[bytes, int], bool]:
-        """:meth:`_encoded`, and whether its bytes were kept already (no file was read).
+        """The session's :func:`json_body` and its ``_page_size_bound``, kept while fresh.
 
         Kept under everything the answer is made of: session.json's stat key (as the
         MetaCache keeps that file, and only once it has settled), the record cache's token
@@ -209,16 +202,15 @@ class Sessions:
         """
         cache = self.state.records if self.root.writable else None
         if cache is None:  # a reader scans records/ on every read: nothing tells a change
-            return _encode(self._read(directory, session_id)), False
+            return _encode(self._read(directory, session_id))
         key = self.meta.stat(directory, session_id)
         validator = (key, cache.token(session_id), _dir_key(f"{directory}/{RECORDS_DIR}"))
         encoded = self.bodies.get(directory, validator)
-        if encoded is not None:
-            return encoded, True
-        encoded = _encode(self._read(directory, session_id))
-        if self.meta.settled(key):
-            self.bodies.put(directory, validator, encoded, len(encoded[0]))
-        return encoded, False
+        if encoded is None:
+            encoded = _encode(self._read(directory, session_id))
+            if self.meta.settled(key):
+                self.bodies.put(directory, validator, encoded, len(encoded[0]))
+        return encoded
 
     def _records(self, directory: str, session_id: str) -> list[FileRecord]:
         cache = self.state.records if self.root.writable else None
@@ -286,33 +278,6 @@ class Sessions:
         items, total, cursor = self._page(limit, after, max_bytes, self._encoded)
         return page_body([body for _, body in items], total, cursor)
 
-    def page_json_steps(
-        self, limit: int, after: str | None, max_bytes: int | None
-    ) -> Generator[None, None, bytes]:
-        """:meth:`page_json` in steps: it yields between parts of ``_PAGE_PART`` sessions
-        whose bytes were all kept, so that the server's event loop can answer other requests
-        between them; what it returns is the page.
-
-        A part that read a file (a session not kept yet: a cold page, as after a start) is
-        not followed by a pause: when the loop is that busy, a turn of it takes tens of ms,
-        and a page waiting for several would wait longer than it reads.
-        """
-        read_files = 0
-
-        def read(directory: str, session_id: str) -> tuple[bytes, int]:
-            nonlocal read_files
-            encoded, kept = self._encoded_kept(directory, session_id)
-            read_files += not kept
-            return encoded
-
-        def pause() -> bool:
-            nonlocal read_files
-            cheap, read_files = read_files == 0, 0
-            return cheap
-
-        items, total, cursor = yield from self._page_steps(limit, after, max_bytes, read, pause)
-        return page_body([body for _, body in items], total, cursor)
-
     def _page(
         self,
         limit: int,
@@ -321,29 +286,6 @@ class Sessions:
         read: Callable[[str, str], tuple[T, int]],
     ) -> tuple[list[tuple[str, T]], int, str | None]:
         """A page's sessions as ``read`` gives them (with their bound), its total and cursor."""
-        steps = self._page_steps(limit, after, max_bytes, read, lambda: False)
-        try:
-            while True:
-                next(steps)
-        except StopIteration as done:
-            return cast(tuple[list[tuple[str, T]], int, str | None], done.value)
-
-    def _page_steps(
-        self,
-        limit: int,
-        after: str | None,
-        max_bytes: int | None,
-        read: Callable[[str, str], tuple[T, int]],
-        pause: Callable[[], bool],
-    ) -> Generator[None, None, tuple[list[tuple[str, T]], int, str | None]]:
-        """:meth:`_page`, yielding after each part of ``_PAGE_PART`` sessions for which
-        ``pause()`` says so.
-
-        The page's ids, its total and the creations it waits for are chosen before the
-        first part; each session is read, and its kept bytes checked, when its part comes. A
-        session deleted between two parts is left out, as one deleted by another thread
-        during a read always was.
-        """
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = None if after is None else check_session_id(after)
@@ -360,9 +302,7 @@ class Sessions:
             total = start + len(chosen)
         items: list[tuple[str, T]] = []
         size = 0
-        for position, session_id in enumerate(chosen):
-            if position and position % _PAGE_PART == 0 and pause():
-                yield
+        for session_id in chosen:
             try:
                 item, bound = read(f"{self.where}/{session_id}", session_id)
             except SessionNotFoundError:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
@@ -265,15 +265,6 @@ class Store(Storage):
         sessions read before costs three ``stat`` calls per session and one join.
         """
         return self.sessions.page_json(limit, after, max_bytes)
-
-    def list_sessions_json_steps(
-        self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
-    ) -> Generator[None, None, bytes]:
-        """:meth:`list_sessions_json` in steps, for the server's event loop: it yields after
-        each part of 25 sessions that were all kept encoded, so that other requests (and
-        ``GET /health``) are answered between the parts of a page; it returns the page.
-        """
-        return self.sessions.page_json_steps(limit, after, max_bytes)
 
     def iter_all(self) -> Iterator[SessionRecord]:
         """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
