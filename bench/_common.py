@@ -217,6 +217,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_counters(pid: int) -> dict[str, float]:
+    """CPU seconds (user, system; all threads and the main one) and context switches so far.
+
+    The main thread is the server's event loop; the others are its worker threads. A switch is
+    voluntary when a thread blocks (on a lock such as the interpreter's, or on the disk) and
+    involuntary when the scheduler takes its core.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(
+        ("user", "system", "loop_user", "loop_system", "voluntary", "involuntary"), 0.0
+    )
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        user, system = int(stat[11]) / tick, int(stat[12]) / tick
+        totals["user"] += user
+        totals["system"] += system
+        if task.name == str(pid):
+            totals["loop_user"] += user
+            totals["loop_system"] += system
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                totals["voluntary"] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                totals["involuntary"] += int(line.split()[1])
+    return totals
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
