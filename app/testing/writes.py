@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 import sys
 from collections.abc import Iterator, Mapping
@@ -33,6 +32,7 @@ from urllib.parse import unquote
 import pytest
 
 from app.lock import describe_holder
+from app.sandbox import process_link
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
 _READ_ONLY_OPTIONS = frozenset(
@@ -325,47 +325,6 @@ def _links_and_files(directory: Path) -> Iterator[Path]:
         yield from (Path(here, name) for name in dirs if Path(here, name).is_symlink())
 
 
-#: A link of Linux's /proc that names what a process has open, or where it is, at the moment
-#: it is followed: its open files (but the standard streams), its directory, its root.
-_MAGIC = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?(?:cwd|root|map_files/[^/]+|fd/(?![012]$)[^/]+)")
-#: Links followed before a path is given up on (the kernel's own limit).
-_MAX_LINKS = 40
-
-
-def _magic_link(path: Path) -> str | None:
-    """The /proc link ``path`` passes through (itself, or a symbolic link on the way to
-    it), whose target is fixed only when pytest opens it; None where there is none.
-
-    ``--junitxml=/proc/self/fd/49`` resolved, when checked, to nothing (or to a file outside
-    every root); a test then left a read-only descriptor of a production record at 49, and
-    pytest's write at the end reopened it for writing and rewrote the record.
-    """
-    pending = list(path.parts[1:]) if path.is_absolute() else list(path.absolute().parts[1:])
-    current, links = "/", 0
-    while pending:
-        name = pending.pop(0)
-        if name in {"", "."}:
-            continue
-        if name == "..":
-            current = os.path.dirname(current)  # noqa: PTH120 - lexical, on a resolved prefix
-            continue
-        here = os.path.join(current, name)  # noqa: PTH118 - one component at a time
-        if _MAGIC.fullmatch(here):
-            return here
-        try:
-            target = os.readlink(here)  # noqa: PTH115 - str in, str out
-        except OSError:
-            current = here  # not a link (or not there): the rest cannot be followed
-            continue
-        links += 1
-        if links > _MAX_LINKS:
-            return None
-        if target.startswith("/"):
-            current = "/"
-        pending = [*Path(target).parts[1 if target.startswith("/") else 0 :], *pending]
-    return None
-
-
 def _other_names(path: Path, roots: dict[str, Path]) -> tuple[str, str] | None:
     """Where ``path`` is a file with other names (hard links): what a write in place there
     changes, said for a refusal, and what resolves it. None for one name, or no file.
@@ -489,7 +448,7 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         where = _conflict(target, roots, seen)
         if where is None and (shared := _other_names(target.path, roots)) is not None:
             where, fix = shared
-        if where is None and (magic := _magic_link(target.path)) is not None:
+        if where is None and (magic := process_link(target.path, streams=True)) is not None:
             where = (
                 f"which passes through {magic}: it names what a process has open (or its "
                 "directory) at the moment of the write, which a test can change after this "

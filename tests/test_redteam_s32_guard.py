@@ -1,0 +1,149 @@
+"""Red team 32 on the guard: data root paths that lead somewhere else when the process changes.
+
+A data root is checked once, as a path, when it is opened, and every change after compares
+the same path with what it led to then. A `Config` made by hand may name its root by a path
+whose meaning is the process's state: relative (its current directory), or through a link
+of ``/proc`` (``/proc/self/cwd``, ``/dev/fd/N``). A thread that changes directory back and
+forth while the test deletes a session in its own root sent the delete's rename, between
+two checks of the path, into a stopped production root. Each case is real: pytest runs in
+subprocesses, next to a stopped production root named by the settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_server_e2e import snapshot
+
+from app.config import Config
+from app.errors import DataRootStateError
+from app.storage import open_storage
+
+#: Each case opens the test's own root (`production/` in its tmp_path, holding a copy of
+#: the stopped production's session) by a path that follows the current directory or a
+#: descriptor, and deletes the session while a thread moves that between the test's
+#: directory and production's parent. Bounded by count, never by time: on the code before
+#: the fix, production's session moved within 40,000 deletes.
+RACE = """
+import os, shutil, sys, threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from app.errors import AppError
+from app.storage import open_storage
+
+PRODUCTION = Path(os.environ["PRODUCTION_ROOT"])
+
+
+@pytest.mark.parametrize("shape", ["cwd", "link", "relative", "fd"])
+def test_delete(shape, app_config, tmp_path):
+    own = tmp_path / "production"
+    own.mkdir()
+    with open_storage(replace(app_config, data_root=own), writer=True):
+        pass
+    [session] = (PRODUCTION / "sessions").iterdir()
+    shutil.copytree(session, own / "sessions" / session.name)
+    mine, theirs = os.open(tmp_path, os.O_RDONLY), os.open(PRODUCTION.parent, os.O_RDONLY)
+    fd = os.dup(mine)
+    (tmp_path / "here").symlink_to("/proc/self/cwd")
+    os.chdir(tmp_path)
+    root = {
+        "cwd": Path("/proc/self/cwd/production"),
+        "link": tmp_path / "here" / "production",
+        "relative": Path("production"),
+        "fd": Path(f"/dev/fd/{fd}/production"),
+    }[shape]
+    try:
+        store = open_storage(replace(app_config, data_root=root), writer=True)
+    except AppError as refused:
+        print(f"CASE {shape}: REFUSED {refused}")
+        return
+    stop = []
+
+    def flip():
+        while not stop:
+            os.chdir(PRODUCTION.parent), os.dup2(theirs, fd)
+            os.chdir(tmp_path), os.dup2(mine, fd)
+
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=flip)
+    thread.start()
+    try:
+        for _ in range(200_000):
+            try:
+                store.delete_session(session.name)
+            except (AppError, OSError):
+                continue
+            if not session.exists():
+                break
+            shutil.copytree(session, own / "sessions" / session.name)
+    finally:
+        stop.append(True)
+        thread.join()
+    print(f"CASE {shape}: OPENED, production's session {'kept' if session.exists() else 'MOVED'}")
+"""
+
+
+def test_a_root_that_follows_the_current_directory_or_a_descriptor_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "test_race.py").write_text(RACE)
+    before = snapshot(production)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", "test_race.py"],
+        cwd=tmp_path,
+        env=_inner_env(
+            APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path),
+            PRODUCTION_ROOT=str(production),
+        ),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    assert snapshot(production) == before, done.stdout
+    cases = dict(re.findall(r"CASE (\w+): (.*)", done.stdout))
+    assert set(cases) == {"cwd", "link", "relative", "fd"}, done.stdout
+    through = "the path passes through {}, a link of /proc that names what a process has at "
+    expected = {
+        "cwd": through.format("/proc/self/cwd"),
+        "link": through.format("/proc/self/cwd"),
+        "relative": "the path is relative, so it names a directory under whatever the current",
+        "fd": "the path passes through /proc/self/fd/",
+    }
+    for shape, says in expected.items():
+        assert cases[shape].startswith("REFUSED data root "), (shape, cases[shape])
+        assert says in cases[shape], (shape, cases[shape])
+        fix = "give data_root of profile 'testing' as the directory's own absolute path (this "
+        assert fix in cases[shape], (shape, cases[shape])
+
+
+def test_the_refusal_names_the_link_and_where_it_leads_now(
+    app_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Straight to /proc/self/cwd, the refusal was that "a filesystem is mounted inside it"
+    # (/proc is one, and the root's own lstat was the link's), which sent its reader to
+    # look for a mount that is not there.
+    own = tmp_path / "root"
+    own.mkdir()
+    monkeypatch.chdir(own)
+    with pytest.raises(DataRootStateError) as refused:
+        open_storage(replace(app_config, data_root=Path("/proc/self/cwd")), writer=True)
+    assert str(refused.value) == (
+        "data root /proc/self/cwd: the path passes through /proc/self/cwd, a link of /proc "
+        "that names what a process has at the moment it is followed (its current directory, "
+        "an open descriptor, its root), not a directory: a chdir or a dup2 (by any thread) "
+        "sends the writes that follow into another directory, in the middle of a change; "
+        "give data_root of profile 'testing' as the directory's own absolute path (this one "
+        f"leads to {own} now); `app.config.load` resolves every root so"
+    )
+    assert os.listdir(own) == []  # refused before anything was made there
