@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_redteam_s24_guard import _inner_env
+from test_redteam_s24_guard import A_TEST, _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_server_e2e import snapshot
@@ -147,3 +147,50 @@ def test_the_refusal_names_the_link_and_where_it_leads_now(
         f"leads to {own} now); `app.config.load` resolves every root so"
     )
     assert os.listdir(own) == []  # refused before anything was made there
+
+
+#: pytest under a coverage measurement started before it, by coverage's .pth under
+#: COVERAGE_PROCESS_START (`$1` python, `$2` the stopped production's sessions/, `$3` the
+#: project): run from production's sessions/, and with COVERAGE_FILE there.
+UNDER_COVERAGE = """
+cd "$2" && COVERAGE_PROCESS_START="$3/.coveragerc" "$1" -m pytest -p no:cacheprovider "$3"
+echo "=== $?"
+cd "$3" && COVERAGE_PROCESS_START=.coveragerc COVERAGE_FILE="$2/.coverage" "$1" -m pytest \
+  -p no:cacheprovider
+echo "=== $?"
+"""
+
+
+def test_coverage_started_before_pytest_writes_nothing_in_a_data_root(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The run was refused for its current directory in production's sessions/, but
+    # coverage, measuring the process since its start (its .pth, under the
+    # COVERAGE_PROCESS_START a project sets for subprocess coverage; `coverage run -m
+    # pytest` the same, tried by hand next to a live server), wrote its 53 kB .coverage
+    # there as the process exited; and with COVERAGE_FILE there, from anywhere.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_nothing.py").write_text(A_TEST)
+    (project / ".coveragerc").write_text("[run]\nbranch = true\n")
+    before = snapshot(production)
+    done = subprocess.run(
+        ["sh", "-c", UNDER_COVERAGE, "sh", sys.executable, str(production / "sessions"),
+         str(project)],
+        env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+    )  # fmt: skip
+    assert snapshot(production) == before, done.stdout
+    runs = done.stdout.split("=== ")
+    assert len(runs) == 3, done.stdout
+    assert all(run.startswith("4") for run in runs[1:]), runs
+    for run in runs[:2]:
+        assert (
+            "ERROR: app: refusing to run: coverage, measuring this process since before pytest "
+            "started (`coverage run`, or its .pth under COVERAGE_PROCESS_START), writes its "
+            f"data file {production}/sessions/.coverage (or files beside it, with parallel) "
+            f"as the process exits, which lies in the data root of profile 'production' "
+        ) in run, run
+        assert "this process's coverage data is not saved" in run, run

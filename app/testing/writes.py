@@ -24,7 +24,7 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -94,6 +94,9 @@ class Target(NamedTuple):
     #: True where pytest deletes the path and everything in it, not only writes there.
     deletes: bool = False
     fix: str = _MOVE_IT
+    #: What keeps the write from happening once the run is refused, where refusing alone
+    #: does not (a write made as the process exits, whatever pytest's outcome).
+    prevent: Callable[[], None] | None = None
 
 
 def _spellings(value: str, base: Path) -> list[Path]:
@@ -236,6 +239,47 @@ def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
     return found
 
 
+def _running_coverage_targets(cwd: Path) -> list[Target]:
+    """The data file of a coverage measurement that runs in this process since before
+    pytest started: ``coverage run -m pytest``, or coverage's ``.pth`` under
+    ``COVERAGE_PROCESS_START`` (set for a project's subprocess coverage, it starts in every
+    Python process). Neither is pytest-cov, whose options `_coverage_targets` reads.
+
+    It writes its data file (``.coverage`` in the current directory, unless ``COVERAGE_FILE``
+    or ``[run] data_file`` says otherwise; files beside it with ``parallel``) as the process
+    exits, whatever the run's outcome: pytest started from a live server's ``sessions/``
+    was refused, and coverage then wrote a 53 kB ``.coverage`` into it (red team 32). The
+    refusal stops the measurement and its save (`Target.prevent`).
+    """
+    module = sys.modules.get("coverage")
+    running = getattr(getattr(module, "Coverage", None), "current", lambda: None)()
+    if running is None:
+        return []
+    data_file = str(running.config.data_file)
+
+    def prevent() -> None:
+        # Both ways a measurement saves go through its `save`: the exit hook of a
+        # process_startup measurement, and `coverage run`'s own call once its program ends.
+        with contextlib.suppress(Exception):
+            running.stop()
+        running.save = lambda: None
+
+    return [
+        Target(
+            path,
+            "coverage, measuring this process since before pytest started (`coverage run`, "
+            "or its .pth under COVERAGE_PROCESS_START), writes its data file {path} (or "
+            "files beside it, with parallel) as the process exits",
+            fix="Run pytest from a directory outside every data root, or point coverage's "
+            "data file there (COVERAGE_FILE, or [run] data_file in the file "
+            "COVERAGE_PROCESS_START or --rcfile names); this process's coverage data is not "
+            "saved",
+            prevent=prevent,
+        )
+        for path in _spellings(data_file, cwd)
+    ]
+
+
 def targets(config: pytest.Config, options: Any) -> list[Target]:
     """Every path this run's pytest and its plugins are told to write in or delete.
 
@@ -267,6 +311,7 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
     )
     found += _xdist_targets(config, options, cwd)
     found += _coverage_targets(options, cwd)
+    found += _running_coverage_targets(cwd)
     found.append(
         Target(
             cwd,
@@ -443,7 +488,8 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     """
     __tracebackhide__ = True
     seen: dict[Path, tuple[Path, str] | None] = {}
-    for target in dict.fromkeys(targets(config, options)):
+    found = list(dict.fromkeys(targets(config, options)))
+    for target in found:
         fix = target.fix
         where = _conflict(target, roots, seen)
         if where is None and (shared := _other_names(target.path, roots)) is not None:
@@ -461,6 +507,9 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         if where is None:
             continue
         does = target.does.format(path=target.path)
+        for other in found:  # the run stops: what writes as the process exits must not
+            if other.prevent is not None and _conflict(other, roots, seen) is not None:
+                other.prevent()
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
             f"sandbox cannot stop it, whoever's run it is. {fix}{why}"
