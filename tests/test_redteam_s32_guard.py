@@ -151,17 +151,20 @@ def test_the_refusal_names_the_link_and_where_it_leads_now(
 
 #: pytest under a coverage measurement started before it, by coverage's .pth under
 #: COVERAGE_PROCESS_START (`$1` python, `$2` the stopped production's sessions/, `$3` the
-#: project): run from production's sessions/, and with COVERAGE_FILE there.
+#: project): run from production's sessions/, and with COVERAGE_FILE there; and under
+#: cProfile, told to write its profile there.
 UNDER_COVERAGE = """
 cd "$2" && COVERAGE_PROCESS_START="$3/.coveragerc" "$1" -m pytest -p no:cacheprovider "$3"
 echo "=== $?"
 cd "$3" && COVERAGE_PROCESS_START=.coveragerc COVERAGE_FILE="$2/.coverage" "$1" -m pytest \
   -p no:cacheprovider
 echo "=== $?"
+"$1" -m cProfile -s time -o "$2/prof.out" -m pytest -p no:cacheprovider
+echo "=== $?"
 """
 
 
-def test_coverage_started_before_pytest_writes_nothing_in_a_data_root(
+def test_a_measurement_that_wraps_pytest_writes_nothing_in_a_data_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
@@ -169,7 +172,9 @@ def test_coverage_started_before_pytest_writes_nothing_in_a_data_root(
     # coverage, measuring the process since its start (its .pth, under the
     # COVERAGE_PROCESS_START a project sets for subprocess coverage; `coverage run -m
     # pytest` the same, tried by hand next to a live server), wrote its 53 kB .coverage
-    # there as the process exited; and with COVERAGE_FILE there, from anywhere.
+    # there as the process exited; and with COVERAGE_FILE there, from anywhere. cProfile
+    # (and profile, trace: by hand) dumps its profile once pytest returns, refused or not:
+    # 547 kB into a live sessions/ by hand.
     settings, production = stopped
     project = tmp_path / "project"
     project.mkdir()
@@ -184,8 +189,9 @@ def test_coverage_started_before_pytest_writes_nothing_in_a_data_root(
     )  # fmt: skip
     assert snapshot(production) == before, done.stdout
     runs = done.stdout.split("=== ")
-    assert len(runs) == 3, done.stdout
-    assert all(run.startswith("4") for run in runs[1:]), runs
+    assert len(runs) == 4, done.stdout
+    # cProfile's main swallows pytest's SystemExit, so its run exits 0 whatever pytest says.
+    assert [run[:1] for run in runs[1:]] == ["4", "4", "0"], runs
     for run in runs[:2]:
         assert (
             "ERROR: app: refusing to run: coverage, measuring this process since before pytest "
@@ -194,3 +200,9 @@ def test_coverage_started_before_pytest_writes_nothing_in_a_data_root(
             f"as the process exits, which lies in the data root of profile 'production' "
         ) in run, run
         assert "this process's coverage data is not saved" in run, run
+    assert (
+        "ERROR: app: refusing to run: python -m cProfile, which runs pytest in this process, "
+        f"writes {production}/sessions/prof.out once pytest returns, which lies in the data "
+        "root of profile 'production' "
+    ) in runs[2], runs[2]
+    assert "nothing of it is written for this run" in runs[2], runs[2]

@@ -280,6 +280,92 @@ def _running_coverage_targets(cwd: Path) -> list[Target]:
     ]
 
 
+#: Python's own profilers and tracer, run as ``python -m <module> ... -m pytest``: the options
+#: that name what each writes once its program ends, and what writes it.
+_WRAPPERS: dict[str, tuple[frozenset[str], str, str]] = {
+    "cProfile": (frozenset({"-o", "--outfile"}), "cProfile", "Profile.dump_stats"),
+    "profile": (frozenset({"-o", "--outfile"}), "profile", "Profile.dump_stats"),
+    "trace": (
+        frozenset({"-f", "--file", "-C", "--coverdir"}),
+        "trace",
+        "CoverageResults.write_results",
+    ),
+}
+
+
+#: Their other options that take a value (the next word is not the program they run).
+_WRAPPER_VALUES = frozenset({"-s", "--sort", "--ignore-module", "--ignore-dir"})
+
+
+def _wrapper_outputs(argv: list[str]) -> Iterator[tuple[str, str]]:
+    """``(module, path)`` for each output option of a profiler or tracer that this process's
+    command line runs pytest under (`_WRAPPERS`)."""
+    for index, word in enumerate(argv):
+        module = argv[index + 1] if word == "-m" and index + 1 < len(argv) else None
+        if module is None and word.startswith("-m") and len(word) > 2:
+            module = word[2:]
+        if module not in _WRAPPERS:
+            continue
+        names = _WRAPPERS[module][0]
+        rest = iter(argv[index + (1 if word != "-m" else 2) :])
+        for option in rest:
+            if option == "-m" or not option.startswith("-"):
+                break  # the program it runs: its options are its own
+            if option in names:
+                value = next(rest, None)
+                if value is not None:
+                    yield module, value
+            elif option in _WRAPPER_VALUES:
+                next(rest, None)  # another option's value (`-s time`), not the program
+            elif "=" in option and option.split("=", 1)[0] in names:
+                yield module, option.split("=", 1)[1]
+            elif option[:2] in names and not option.startswith("--"):
+                yield module, option[2:]
+
+
+def _wrapper_targets(cwd: Path) -> list[Target]:
+    """What a profiler or tracer that runs pytest in this process writes as its program
+    ends, whatever the run's outcome: ``python -m cProfile -o <live root>/sessions/prof.out
+    -m pytest`` wrote 547 kB into a live server's ``sessions/`` (red team 32), and ``-o``
+    naming a ``session.json`` rewrites it. Read from the process's own command line (the
+    module replaces ``sys.argv`` with pytest's); a refusal stops the write (`Target.prevent`).
+    """
+    try:
+        argv = [os.fsdecode(w) for w in Path("/proc/self/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+    found = []
+    for module, value in _wrapper_outputs(argv):
+        name, writer = _WRAPPERS[module][1:]
+
+        def prevent(name: str = name, writer: str = writer) -> None:
+            # Its write comes once pytest has returned, in the module's own code: the
+            # method that writes is made a no-op, in this process, which is about to exit.
+            # `python -m cProfile` runs the module as __main__, a copy of its own.
+            owner, method = writer.split(".")
+            for loaded in (sys.modules.get(name), sys.modules.get("__main__")):
+                spec = getattr(loaded, "__spec__", None)
+                if (
+                    loaded is not None
+                    and hasattr(loaded, owner)
+                    and (loaded is sys.modules.get(name) or getattr(spec, "name", None) == name)
+                ):
+                    setattr(getattr(loaded, owner), method, lambda *_args, **_kwargs: None)
+
+        found += [
+            Target(
+                path,
+                f"python -m {module}, which runs pytest in this process, writes {{path}} once "
+                "pytest returns",
+                fix=f"Give python -m {module} an output outside every data root; nothing of "
+                "it is written for this run",
+                prevent=prevent,
+            )
+            for path in _spellings(value, cwd)
+        ]
+    return found
+
+
 def targets(config: pytest.Config, options: Any) -> list[Target]:
     """Every path this run's pytest and its plugins are told to write in or delete.
 
@@ -312,6 +398,7 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
     found += _xdist_targets(config, options, cwd)
     found += _coverage_targets(options, cwd)
     found += _running_coverage_targets(cwd)
+    found += _wrapper_targets(cwd)
     found.append(
         Target(
             cwd,
