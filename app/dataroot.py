@@ -56,7 +56,7 @@ from app.errors import (
 )
 from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe, special_kind
 from app.names import MAX_NAME_BYTES
-from app.sandbox import check_root, checked, current_run
+from app.sandbox import check_root, checked, current_run, just_checked, process_link
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -826,6 +826,43 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
         )
 
 
+def _refuse_unfixed_path(config: Config, root: Path) -> None:
+    """Refuse a root whose path leads to another directory when the process changes: a
+    relative one (its current directory), or one through a link of /proc (its current
+    directory, an open descriptor, its root), itself or by a symbolic link on the way.
+
+    ``load`` never makes one (it resolves every root), but a `Config` made by hand can: a
+    root that was a link in the sandbox to ``/proc/self/cwd``, opened while the current
+    directory was the test's root, passed every check, and a thread that changed directory
+    back and forth meanwhile sent a delete's rename into a stopped production root (its
+    session moved to its trash; every check between is of the path, which then led there).
+    Straight to ``/proc/self/cwd``, it was refused as a root with a filesystem mounted
+    inside it (/proc is one), which it is not.
+    """
+    if not root.is_absolute():
+        problem = (
+            "the path is relative, so it names a directory under whatever the current "
+            "directory of this process is at each write: a chdir (by any thread) sends "
+            "the writes that follow into another directory, in the middle of a change"
+        )
+    elif (link := process_link(root)) is not None:
+        problem = (
+            f"the path passes through {link}, a link of /proc that names what a process "
+            "has at the moment it is followed (its current directory, an open descriptor, "
+            "its root), not a directory: a chdir or a dup2 (by any thread) sends the "
+            "writes that follow into another directory, in the middle of a change"
+        )
+    else:
+        return
+    raise DataRootStateError(
+        root,
+        problem,
+        f"give data_root of profile {config.profile!r} as the directory's own absolute "
+        f"path (this one leads to {os.path.realpath(root)} now); `app.config.load` "
+        "resolves every root so",
+    )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -883,6 +920,7 @@ def _open_checked(
     timeout: float,
 ) -> DataRoot:
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
+    _refuse_unfixed_path(config, root)
     _refuse_too_deep(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
@@ -951,6 +989,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
+    _refuse_unfixed_path(config, root)
     from_profile = from_profile.lower()
     if not root.is_dir():
         raise DataRootStateError(
@@ -1034,6 +1073,8 @@ class DataRoot:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
         self._path = _local_root(config, "use a data root")
         check_root(self._path, "use data root")
+        if not just_checked(self._path):  # open_root's own check, a moment ago
+            _refuse_unfixed_path(config, self._path)
         self.config = config
         self.kind = kind
         self.lock = lock

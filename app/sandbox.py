@@ -75,11 +75,13 @@ __all__ = [
     "context",
     "current_run",
     "identity",
+    "just_checked",
     "loaded",
     "marked",
     "note_inactive",
     "parent_pid",
     "proc_hides_processes",
+    "process_link",
     "record_load",
     "register",
     "restore_entry",
@@ -161,6 +163,63 @@ def identity(path: Path | str) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+#: A link of Linux's /proc that names what a process has open, or where it is, at the moment
+#: it is followed: its open files, its directory, its root (`process_link`).
+_PROCESS_LINK: Final = re.compile(
+    r"/proc/[^/]+/(?:task/[^/]+/)?(?:cwd|root|map_files/[^/]+|fd/(?P<fd>[^/]+))"
+)
+#: Links followed before a path is given up on (the kernel's own limit).
+_MAX_LINKS: Final = 40
+
+
+def process_link(path: Path | str, *, streams: bool = False) -> str | None:
+    """The /proc link ``path`` passes through (itself, or a symbolic link on the way to it,
+    ``/dev/fd/3`` and ``/proc/self`` included), whose target is fixed only when something
+    opens it; None where there is none. With ``streams``, a process's standard streams
+    (``/dev/stdout``) do not count.
+
+    Such a path names what a process has at the moment it is followed, not a file:
+    ``--junitxml=/proc/self/fd/49`` resolved, when checked, to nothing, and a test then left a
+    read-only descriptor of a production record at 49, which pytest's write reopened; a data
+    root written as ``/proc/self/cwd``, or as a link to it, was another directory after every
+    ``chdir`` of the process (`app.dataroot`).
+    """
+    text = os.fspath(path)
+    # One realpath: no symbolic link on the way, so no /proc link either (os.path, not
+    # Path.resolve: a third of the cost, on every open of a data root).
+    if text.startswith("/") and os.path.realpath(text) == os.path.normpath(text):
+        return None
+    pending = list(Path(text).absolute().parts[1:])
+    current, links = "/", 0
+    while pending:
+        name = pending.pop(0)
+        if name in {"", "."}:
+            continue
+        if name == "..":
+            current = os.path.dirname(current)  # noqa: PTH120 - lexical, on a resolved prefix
+            continue
+        here = os.path.join(current, name)  # noqa: PTH118 - one component at a time
+        if here in {"/proc/self", "/proc/thread-self"}:
+            current = here  # named as written: /proc/self/cwd, not /proc/<its pid>/cwd
+            continue
+        if (found := _PROCESS_LINK.fullmatch(here)) is not None and not (
+            streams and found["fd"] in {"0", "1", "2"}
+        ):
+            return here
+        try:
+            target = os.readlink(here)  # noqa: PTH115 - str in, str out
+        except OSError:
+            current = here  # not a link (or not there): the rest cannot be followed
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            return None
+        if target.startswith("/"):
+            current = "/"
+        pending = [*Path(target).parts[1 if target.startswith("/") else 0 :], *pending]
+    return None
 
 
 # NamedTuples, not dataclasses: immutable all the same, and this module is imported on every
@@ -1370,6 +1429,13 @@ def checked(path: Path, what: str, run: Run | None = None) -> Iterator[None]:
         yield
     finally:
         _CHECKED.reset(token)
+
+
+def just_checked(path: Path) -> bool:
+    """Whether this thread (or task) is inside a :func:`checked` block for ``path``: what
+    is checked there once (by `check_root`, and `app.dataroot`'s own checks of the path) is
+    not checked again by the code the block calls."""
+    return _CHECKED.get() == path
 
 
 def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = False) -> None:

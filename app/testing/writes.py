@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote
@@ -33,6 +32,7 @@ from urllib.parse import unquote
 import pytest
 
 from app.lock import describe_holder
+from app.sandbox import process_link
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
 _READ_ONLY_OPTIONS = frozenset(
@@ -94,6 +94,9 @@ class Target(NamedTuple):
     #: True where pytest deletes the path and everything in it, not only writes there.
     deletes: bool = False
     fix: str = _MOVE_IT
+    #: What keeps the write from happening once the run is refused, where refusing alone
+    #: does not (a write made as the process exits, whatever pytest's outcome).
+    prevent: Callable[[], None] | None = None
 
 
 def _spellings(value: str, base: Path) -> list[Path]:
@@ -236,6 +239,133 @@ def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
     return found
 
 
+def _running_coverage_targets(cwd: Path) -> list[Target]:
+    """The data file of a coverage measurement that runs in this process since before
+    pytest started: ``coverage run -m pytest``, or coverage's ``.pth`` under
+    ``COVERAGE_PROCESS_START`` (set for a project's subprocess coverage, it starts in every
+    Python process). Neither is pytest-cov, whose options `_coverage_targets` reads.
+
+    It writes its data file (``.coverage`` in the current directory, unless ``COVERAGE_FILE``
+    or ``[run] data_file`` says otherwise; files beside it with ``parallel``) as the process
+    exits, whatever the run's outcome: pytest started from a live server's ``sessions/``
+    was refused, and coverage then wrote a 53 kB ``.coverage`` into it (red team 32). The
+    refusal stops the measurement and its save (`Target.prevent`).
+    """
+    module = sys.modules.get("coverage")
+    running = getattr(getattr(module, "Coverage", None), "current", lambda: None)()
+    if running is None:
+        return []
+    data_file = str(running.config.data_file)
+
+    def prevent() -> None:
+        # Both ways a measurement saves go through its `save`: the exit hook of a
+        # process_startup measurement, and `coverage run`'s own call once its program ends.
+        with contextlib.suppress(Exception):
+            running.stop()
+        running.save = lambda: None
+
+    return [
+        Target(
+            path,
+            "coverage, measuring this process since before pytest started (`coverage run`, "
+            "or its .pth under COVERAGE_PROCESS_START), writes its data file {path} (or "
+            "files beside it, with parallel) as the process exits",
+            fix="Run pytest from a directory outside every data root, or point coverage's "
+            "data file there (COVERAGE_FILE, or [run] data_file in the file "
+            "COVERAGE_PROCESS_START or --rcfile names); this process's coverage data is not "
+            "saved",
+            prevent=prevent,
+        )
+        for path in _spellings(data_file, cwd)
+    ]
+
+
+#: Python's own profilers and tracer, run as ``python -m <module> ... -m pytest``: the options
+#: that name what each writes once its program ends, and what writes it.
+_WRAPPERS: dict[str, tuple[frozenset[str], str, str]] = {
+    "cProfile": (frozenset({"-o", "--outfile"}), "cProfile", "Profile.dump_stats"),
+    "profile": (frozenset({"-o", "--outfile"}), "profile", "Profile.dump_stats"),
+    "trace": (
+        frozenset({"-f", "--file", "-C", "--coverdir"}),
+        "trace",
+        "CoverageResults.write_results",
+    ),
+}
+
+
+#: Their other options that take a value (the next word is not the program they run).
+_WRAPPER_VALUES = frozenset({"-s", "--sort", "--ignore-module", "--ignore-dir"})
+
+
+def _wrapper_outputs(argv: list[str]) -> Iterator[tuple[str, str]]:
+    """``(module, path)`` for each output option of a profiler or tracer that this process's
+    command line runs pytest under (`_WRAPPERS`)."""
+    for index, word in enumerate(argv):
+        module = argv[index + 1] if word == "-m" and index + 1 < len(argv) else None
+        if module is None and word.startswith("-m") and len(word) > 2:
+            module = word[2:]
+        if module not in _WRAPPERS:
+            continue
+        names = _WRAPPERS[module][0]
+        rest = iter(argv[index + (1 if word != "-m" else 2) :])
+        for option in rest:
+            if option == "-m" or not option.startswith("-"):
+                break  # the program it runs: its options are its own
+            if option in names:
+                value = next(rest, None)
+                if value is not None:
+                    yield module, value
+            elif option in _WRAPPER_VALUES:
+                next(rest, None)  # another option's value (`-s time`), not the program
+            elif "=" in option and option.split("=", 1)[0] in names:
+                yield module, option.split("=", 1)[1]
+            elif option[:2] in names and not option.startswith("--"):
+                yield module, option[2:]
+
+
+def _wrapper_targets(cwd: Path) -> list[Target]:
+    """What a profiler or tracer that runs pytest in this process writes as its program
+    ends, whatever the run's outcome: ``python -m cProfile -o <live root>/sessions/prof.out
+    -m pytest`` wrote 547 kB into a live server's ``sessions/`` (red team 32), and ``-o``
+    naming a ``session.json`` rewrites it. Read from the process's own command line (the
+    module replaces ``sys.argv`` with pytest's); a refusal stops the write (`Target.prevent`).
+    """
+    try:
+        argv = [os.fsdecode(w) for w in Path("/proc/self/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+    found = []
+    for module, value in _wrapper_outputs(argv):
+        name, writer = _WRAPPERS[module][1:]
+
+        def prevent(name: str = name, writer: str = writer) -> None:
+            # Its write comes once pytest has returned, in the module's own code: the
+            # method that writes is made a no-op, in this process, which is about to exit.
+            # `python -m cProfile` runs the module as __main__, a copy of its own.
+            owner, method = writer.split(".")
+            for loaded in (sys.modules.get(name), sys.modules.get("__main__")):
+                spec = getattr(loaded, "__spec__", None)
+                if (
+                    loaded is not None
+                    and hasattr(loaded, owner)
+                    and (loaded is sys.modules.get(name) or getattr(spec, "name", None) == name)
+                ):
+                    setattr(getattr(loaded, owner), method, lambda *_args, **_kwargs: None)
+
+        found += [
+            Target(
+                path,
+                f"python -m {module}, which runs pytest in this process, writes {{path}} once "
+                "pytest returns",
+                fix=f"Give python -m {module} an output outside every data root; nothing of "
+                "it is written for this run",
+                prevent=prevent,
+            )
+            for path in _spellings(value, cwd)
+        ]
+    return found
+
+
 def targets(config: pytest.Config, options: Any) -> list[Target]:
     """Every path this run's pytest and its plugins are told to write in or delete.
 
@@ -267,6 +397,8 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
     )
     found += _xdist_targets(config, options, cwd)
     found += _coverage_targets(options, cwd)
+    found += _running_coverage_targets(cwd)
+    found += _wrapper_targets(cwd)
     found.append(
         Target(
             cwd,
@@ -323,47 +455,6 @@ def _links_and_files(directory: Path) -> Iterator[Path]:
     for here, dirs, files in os.walk(directory):
         yield from (Path(here, name) for name in files)
         yield from (Path(here, name) for name in dirs if Path(here, name).is_symlink())
-
-
-#: A link of Linux's /proc that names what a process has open, or where it is, at the moment
-#: it is followed: its open files (but the standard streams), its directory, its root.
-_MAGIC = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?(?:cwd|root|map_files/[^/]+|fd/(?![012]$)[^/]+)")
-#: Links followed before a path is given up on (the kernel's own limit).
-_MAX_LINKS = 40
-
-
-def _magic_link(path: Path) -> str | None:
-    """The /proc link ``path`` passes through (itself, or a symbolic link on the way to
-    it), whose target is fixed only when pytest opens it; None where there is none.
-
-    ``--junitxml=/proc/self/fd/49`` resolved, when checked, to nothing (or to a file outside
-    every root); a test then left a read-only descriptor of a production record at 49, and
-    pytest's write at the end reopened it for writing and rewrote the record.
-    """
-    pending = list(path.parts[1:]) if path.is_absolute() else list(path.absolute().parts[1:])
-    current, links = "/", 0
-    while pending:
-        name = pending.pop(0)
-        if name in {"", "."}:
-            continue
-        if name == "..":
-            current = os.path.dirname(current)  # noqa: PTH120 - lexical, on a resolved prefix
-            continue
-        here = os.path.join(current, name)  # noqa: PTH118 - one component at a time
-        if _MAGIC.fullmatch(here):
-            return here
-        try:
-            target = os.readlink(here)  # noqa: PTH115 - str in, str out
-        except OSError:
-            current = here  # not a link (or not there): the rest cannot be followed
-            continue
-        links += 1
-        if links > _MAX_LINKS:
-            return None
-        if target.startswith("/"):
-            current = "/"
-        pending = [*Path(target).parts[1 if target.startswith("/") else 0 :], *pending]
-    return None
 
 
 def _other_names(path: Path, roots: dict[str, Path]) -> tuple[str, str] | None:
@@ -484,12 +575,13 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     """
     __tracebackhide__ = True
     seen: dict[Path, tuple[Path, str] | None] = {}
-    for target in dict.fromkeys(targets(config, options)):
+    found = list(dict.fromkeys(targets(config, options)))
+    for target in found:
         fix = target.fix
         where = _conflict(target, roots, seen)
         if where is None and (shared := _other_names(target.path, roots)) is not None:
             where, fix = shared
-        if where is None and (magic := _magic_link(target.path)) is not None:
+        if where is None and (magic := process_link(target.path, streams=True)) is not None:
             where = (
                 f"which passes through {magic}: it names what a process has open (or its "
                 "directory) at the moment of the write, which a test can change after this "
@@ -502,6 +594,9 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         if where is None:
             continue
         does = target.does.format(path=target.path)
+        for other in found:  # the run stops: what writes as the process exits must not
+            if other.prevent is not None and _conflict(other, roots, seen) is not None:
+                other.prevent()
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
             f"sandbox cannot stop it, whoever's run it is. {fix}{why}"
