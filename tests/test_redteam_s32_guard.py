@@ -27,6 +27,7 @@ from test_server_e2e import snapshot
 from app.config import Config
 from app.errors import DataRootStateError
 from app.storage import open_storage
+from app.testing import writes
 
 #: Each case opens the test's own root (`production/` in its tmp_path, holding a copy of
 #: the stopped production's session) by a path that follows the current directory or a
@@ -41,6 +42,7 @@ from pathlib import Path
 import pytest
 from app.errors import AppError
 from app.storage import open_storage
+from app.testing import writes
 
 PRODUCTION = Path(os.environ["PRODUCTION_ROOT"])
 
@@ -206,3 +208,30 @@ def test_a_measurement_that_wraps_pytest_writes_nothing_in_a_data_root(
         "root of profile 'production' "
     ) in runs[2], runs[2]
     assert "nothing of it is written for this run" in runs[2], runs[2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "found"),
+    [
+        (
+            ["py", "-m", "cProfile", "-s", "time", "-o", "p.out", "-m", "pytest"],
+            [("cProfile", "p.out")],
+        ),
+        (["py", "-mprofile", "--outfile=p.out", "-m", "pytest", "-o", "x"], [("profile", "p.out")]),
+        (["py", "-m", "cProfile", "-m", "pytest", "-o", "cache_dir=x"], []),
+        # trace's -m is --missing, a flag: the options after it are still trace's.
+        (
+            ["py", "-m", "trace", "-c", "-m", "-C", "cover", "--module", "pytest"],
+            [("trace", "cover")],
+        ),
+        (
+            ["py", "-m", "trace", "--count", "--file=c.out", "-Cdir", "run.py", "-f", "x"],
+            [("trace", "c.out"), ("trace", "dir")],
+        ),
+    ],
+)
+def test_a_wrappers_outputs_are_read_from_its_command_line(
+    argv: list[str], found: list[tuple[str, str]]
+) -> None:
+    # Red team 32 named it: the scan stopped at trace's -m (--missing), and missed a -C after it.
+    assert list(writes._wrapper_outputs(argv)) == found

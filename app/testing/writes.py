@@ -309,8 +309,9 @@ def _wrapper_outputs(argv: list[str]) -> Iterator[tuple[str, str]]:
         names = _WRAPPERS[module][0]
         rest = iter(argv[index + (1 if word != "-m" else 2) :])
         for option in rest:
-            if option == "-m" or not option.startswith("-"):
-                break  # the program it runs: its options are its own
+            if (option == "-m" and module != "trace") or not option.startswith("-"):
+                break  # the program it runs: its options are its own (trace's -m is
+                # --missing, a flag; its --module makes the program's name a module's)
             if option in names:
                 value = next(rest, None)
                 if value is not None:
