@@ -25,7 +25,7 @@ import pytest
 import test_redteam_s20_store_refusals as refusals
 import test_redteam_s28_faults as faults
 from test_redteam_s21_store_full import OPERATIONS, template
-from test_redteam_s28_faults import _CHANGES, _RENAMES, _every_step, pytestmark
+from test_redteam_s28_faults import _CHANGES, _FSYNC, _RENAMES, _every_step, pytestmark
 
 __all__ = ["pytestmark", "template"]
 
@@ -61,8 +61,11 @@ CASES = [
     for op in ("replace", "upload", "restore-file", "restore-session", "empty-trash")
     for errno in ("ENOSPC", "EIO")
     # An empty-trash's removals after an entry's rename are logged, and finished by `check`.
-    for calls in (_RENAMES if op == "empty-trash" else _CHANGES, _WRITES, _OPENS)
-    if (op, calls, errno) not in {("replace", _CHANGES, "EIO"), *SAMPLE}  # red team 28's
+    for calls in (_RENAMES if op == "empty-trash" else _CHANGES, _WRITES, _OPENS, _FSYNC)
+    # Red team 28's: EIO at every fsync, ENOSPC at a replace's, EIO at a replace's changes.
+    if (op, calls, errno) not in {("replace", _CHANGES, "EIO"), ("replace", _FSYNC, "ENOSPC")}
+    and (calls, errno) != (_FSYNC, "EIO")
+    and (op, calls, errno) not in SAMPLE
 ]
 
 
