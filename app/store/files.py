@@ -25,6 +25,7 @@ from app.errors import (
     FileExistsInSessionError,
     FileNotFoundInSessionError,
     InvalidNameError,
+    NotInTrashError,
     TooManyFilesError,
 )
 from app.names import check_file_name
@@ -277,23 +278,31 @@ class Files:
                 prepared.audit("trash-file", f"{session_id}/{name}", trash=entry.name)
         return entry
 
-    def restore(self, entry: TrashEntry, name: str, prepared: Prepared) -> SessionRecord:
-        """Move a trashed file back into its session, which must be there.
+    def restore(
+        self, session_id: str, name: str, prepared: Prepared
+    ) -> tuple[SessionRecord, TrashEntry]:
+        """Move the newest trashed copy of a file back into its session, which must be
+        there; the session with the file, and the trash entry it came from.
 
         ``prepared`` holds the audit log (opened before); the directories the move needs
         after it is made are opened into it before it, and the answer is the session read
         before it, with the file added: a failure after the move (EMFILE) would otherwise
         answer "nothing was changed" for a file that is back.
         """
-        session_id = entry.session_id
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             if load_record(record_path) is not None:
                 raise BadRequestError(
                     f"session {session_id!r} has a file {name!r} again; refusing to overwrite "
-                    f"it with the copy in {entry.path}. Delete the current one first"
+                    "it with its copy in the trash. Delete the current one first"
                 )
+            # Chosen under the session's lock, which a delete and a replace take: chosen
+            # before it, a delete that committed meanwhile put a newer version in the trash,
+            # and the restore brought back the one before it (red team 32).
+            entry = self.trash.latest(session_id, name)
+            if entry is None:
+                raise NotInTrashError(session_id, name)
             manifest = self.trash.read_manifest(entry)
             previous: FileEntry | dict[str, Any] = manifest.get("entry") or {}
             blobs = ensure_dir(directory, BLOBS_DIR)
@@ -327,7 +336,7 @@ class Files:
             }
             self._switch_record(session_id, record_path, record, undo)
             self.trash.remove_restored(entry, prepared)
-            return self.sessions.with_file(before, directory, record)
+            return self.sessions.with_file(before, directory, record), entry
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

@@ -411,6 +411,8 @@ class Store(Storage):
         check_session_id(session_id)
         name = None if file is None else check_file_name(file)
         self._finish_half_entries(session_id)
+        # Refused before anything is opened; a file's entry is chosen again under its
+        # session's lock (`Files.restore`).
         entry = self.trash.latest(session_id, name)
         if entry is None:
             raise NotInTrashError(session_id, name)
@@ -426,7 +428,7 @@ class Store(Storage):
                     raise unreadable
                 assert session is not None
             else:
-                session = self.files.restore(entry, name, prepared)
+                session, entry = self.files.restore(session_id, name, prepared)
                 prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
         return session
 
