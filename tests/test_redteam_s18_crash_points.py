@@ -202,18 +202,24 @@ def open_store(config: Config) -> Store:
 def template(app_config: Config, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A root with a session of two files, a replaced version, a deleted file and session."""
     with open_store(app_config) as store:
-        keep = store.create_session("kept")["id"]
-        store.put_file(keep, "a.txt", b"a, version 1")
-        store.put_file(keep, "a.txt", b"a, version 2", replace=True)
-        store.put_file(keep, "b.txt", b"b")
-        store.put_file(keep, "gone.txt", b"deleted file")
-        store.delete_file(keep, "gone.txt")
-        gone = store.create_session("deleted")["id"]
-        store.put_file(gone, "c.txt", b"in a deleted session")
-        store.delete_session(gone)
+        ids = fill_template(store)
     saved = tmp_path / "template"
     shutil.copytree(app_config.data_root, saved, symlinks=True)
-    return saved, {"keep": keep, "gone": gone}
+    return saved, ids
+
+
+def fill_template(store: Store) -> dict[str, str]:
+    """Make `template`'s sessions in ``store``: their ids, as ``keep`` and ``gone``."""
+    keep = store.create_session("kept")["id"]
+    store.put_file(keep, "a.txt", b"a, version 1")
+    store.put_file(keep, "a.txt", b"a, version 2", replace=True)
+    store.put_file(keep, "b.txt", b"b")
+    store.put_file(keep, "gone.txt", b"deleted file")
+    store.delete_file(keep, "gone.txt")
+    gone = store.create_session("deleted")["id"]
+    store.put_file(gone, "c.txt", b"in a deleted session")
+    store.delete_session(gone)
+    return {"keep": keep, "gone": gone}
 
 
 OPERATIONS: dict[str, tuple[str, list[str]]] = {

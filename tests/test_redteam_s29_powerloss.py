@@ -121,6 +121,26 @@ class View:
     audit: collections.Counter[str]
 
 
+def served_after_repair(store: Store) -> dict[str, Any]:
+    """Repair ``store`` as `app serve` starts, assert it is then clean, and read every
+    session as it is served: its title, metadata and each file's digest (checked against
+    the one the store answers with)."""
+    store.check(repair=True, thorough=False)
+    findings = [f.to_dict() for f in store.check(repair=False).findings]
+    assert not findings, f"not clean after the start-up's repair: {findings}"
+    sessions: dict[str, Any] = {}
+    for session in store.iter_all():
+        files = {}
+        for entry in session["files"]:
+            handle, served = store.open_file(session["id"], entry["name"])
+            with handle:
+                digest = _sha(handle.read())
+            assert digest == served["sha256"], (session["id"], entry)
+            files[entry["name"]] = digest
+        sessions[session["id"]] = [session["title"], session["metadata"], files]
+    return sessions
+
+
 def view(config: Config, root: Path) -> View:
     """Open ``root`` as a server's start-up does (repairing), check it, and read it all."""
     stamp = read_stamp(root) if root.is_dir() else None
@@ -130,19 +150,7 @@ def view(config: Config, root: Path) -> View:
         on_root = dataclasses.replace(on_root, profile=profile)
     with open_storage(on_root, writer=True, kind="tests") as store:
         assert isinstance(store, Store)
-        store.check(repair=True, thorough=False)  # as `app serve` starts
-        findings = [f.to_dict() for f in store.check(repair=False).findings]
-        assert not findings, f"not clean after the start-up's repair: {findings}"
-        sessions: dict[str, Any] = {}
-        for session in store.iter_all():
-            files = {}
-            for entry in session["files"]:
-                handle, served = store.open_file(session["id"], entry["name"])
-                with handle:
-                    digest = _sha(handle.read())
-                assert digest == served["sha256"], (session["id"], entry)
-                files[entry["name"]] = digest
-            sessions[session["id"]] = [session["title"], session["metadata"], files]
+        sessions = served_after_repair(store)
         trash = {
             entry.name: _tree_digest(entry.path)
             for entry in store.list_trash()

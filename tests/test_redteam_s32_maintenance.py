@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_redteam_s18_crash_points import Zygote
+from test_redteam_s18_crash_points import Zygote, fill_template
+from test_redteam_s29_powerloss import served_after_repair
 
 from app.config import Config, load
 from app.dataroot import restamp
@@ -142,19 +143,7 @@ class View:
 def view(config: Config, answers: list[str]) -> View:
     """The root after a start-up's repair, which must leave it clean."""
     with _open(config) as store:
-        store.check(repair=True, thorough=False)
-        findings = [f.to_dict() for f in store.check(repair=False).findings]
-        assert not findings, f"not clean after the start-up's repair: {findings}"
-        sessions: dict[str, Any] = {}
-        for session in store.iter_all():
-            files = {}
-            for entry in session["files"]:
-                handle, served = store.open_file(session["id"], entry["name"])
-                with handle:
-                    digest = _sha(handle.read())
-                assert digest == served["sha256"], (session["id"], entry)
-                files[entry["name"]] = digest
-            sessions[session["id"]] = [session["title"], files]
+        sessions = served_after_repair(store)
         trash = sorted(
             json.dumps([e.kind, e.session_id, e.file, e.reason, _blobs(e.path)])
             for e in store.list_trash()
@@ -185,16 +174,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     base = tmp_path_factory.mktemp("maintenance")
     config = _config(base / "template")
     with _open(config) as store:
-        keep = store.create_session("kept")["id"]
-        store.put_file(keep, "a.txt", b"a, version 1")
-        store.put_file(keep, "a.txt", b"a, version 2", replace=True)
-        store.put_file(keep, "b.txt", b"b")
-        store.put_file(keep, "gone.txt", b"deleted file")
-        store.delete_file(keep, "gone.txt")
-        gone = store.create_session("deleted")["id"]
-        store.put_file(gone, "c.txt", b"in a deleted session")
-        store.delete_session(gone)
-    return config.data_root, {"keep": keep, "gone": gone}
+        ids = fill_template(store)
+    return config.data_root, ids
 
 
 @pytest.fixture(scope="module")
