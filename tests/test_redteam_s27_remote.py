@@ -238,22 +238,20 @@ def test_a_hung_object_store_ends_each_transfer_and_says_it_did_not_answer(
     engine = start_s3(tmp_path / "weed")  # its own: stopped mid-transfer
     try:
         pg.open_database(database_url, PROFILE)
+        url = f"s3://{engine.bucket}/own{scratch()}"
+        keys = (engine.endpoint_url, engine.access_key_id, engine.secret_access_key)
+        body = bytes(range(256)) * 98_304  # 24 MiB: past what the sockets buffer
+        # The file is put with a deployment's timeouts: a fresh engine on a busy machine
+        # took more than the short second below to answer a part (CI, 2026-12-03).
+        patient = ObjectStore(url, *keys, read_timeout=60, connect_timeout=10, max_attempts=3)
+        patient.open(PROFILE)
+        with RemoteStore(database_url, patient, PROFILE, pool_size=1) as store:
+            session = store.create_session("hung")["id"]
+            kept = store.put_file(session, "a.bin", body)
         # The timeouts a deployment would have (60 s, 3 attempts), made short.
-        objects = ObjectStore(
-            f"s3://{engine.bucket}/own{scratch()}",
-            engine.endpoint_url,
-            engine.access_key_id,
-            engine.secret_access_key,
-            read_timeout=1,
-            connect_timeout=1,
-            max_attempts=1,
-        )
+        objects = ObjectStore(url, *keys, read_timeout=1, connect_timeout=1, max_attempts=1)
         objects.open(PROFILE)
         with RemoteStore(database_url, objects, PROFILE, pool_size=1) as store:
-            session = store.create_session("hung")["id"]
-            body = bytes(range(256)) * 98_304  # 24 MiB: past what the sockets buffer
-            kept = store.put_file(session, "a.bin", body)
-
             # Mid-download: the stream ends with an error, never a short "complete" read.
             handle, _ = store.open_file(session, "a.bin")
             with handle:
