@@ -1,0 +1,53 @@
+"""Red team 33 on the guard: what a run trusted another process to have checked.
+
+An xdist worker skipped the check of what pytest writes, trusting its controller to have made
+it. A process passes for a worker when ``PYTEST_XDIST_WORKER`` is set and its parent is the
+run that owns the sandbox it inherited: a pytest that a test of a run without xdist starts
+with that one variable set is such a process (its parent, the test's process, is the run).
+Its ``--junitxml`` rewrote a live production session's ``session.json`` (the server then
+answered 500 for it). Each case is real: pytest runs in a subprocess, next to a stopped
+production root named by the settings.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_redteam_s24_guard import A_TEST, _inner_env
+from test_redteam_s27_guard import _tmpdir
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_server_e2e import snapshot
+
+
+def test_a_pytest_passed_off_as_an_xdist_worker_checks_what_it_writes(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    [record] = production.glob("sessions/*/session.json")
+    (tmp_path / "test_inner.py").write_text(A_TEST)
+    before = snapshot(production)
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings),
+        TMPDIR=_tmpdir(tmp_path),
+        # All a test of a run without xdist sets: the owner is its own process there. Under
+        # xdist it is the controller, so this test names its own process, as a worker's
+        # test that copies a serial run's environment would.
+        PYTEST_XDIST_WORKER="gw0",
+        PYTEST_APP_SANDBOX_OWNER=str(os.getpid()),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+         f"--junitxml={record}", "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert snapshot(production) == before, output
+    assert done.returncode == 4, output
+    assert (
+        f"app: refusing to run: pytest's --junitxml rewrites {record} as the run ends, which "
+        "lies in the data root of profile 'production'"
+    ) in " ".join(output.split()), output
