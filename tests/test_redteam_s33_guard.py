@@ -5,7 +5,9 @@ it. A process passes for a worker when ``PYTEST_XDIST_WORKER`` is set and its pa
 run that owns the sandbox it inherited: a pytest that a test of a run without xdist starts
 with that one variable set is such a process (its parent, the test's process, is the run).
 Its ``--junitxml`` rewrote a live production session's ``session.json`` (the server then
-answered 500 for it). Each case is real: pytest runs in a subprocess, next to a stopped
+answered 500 for it). The same trust in a name: the second check of what pytest writes, once
+the conftests have added their options, was a plugin registered under a name of its own,
+which ``-p no:<name>`` blocks. Each case is real: pytest runs in a subprocess, next to a stopped
 production root named by the settings.
 """
 
@@ -42,6 +44,34 @@ def test_a_pytest_passed_off_as_an_xdist_worker_checks_what_it_writes(
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
          f"--junitxml={record}", "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert snapshot(production) == before, output
+    assert done.returncode == 4, output
+    assert (
+        f"app: refusing to run: pytest's --junitxml rewrites {record} as the run ends, which "
+        "lies in the data root of profile 'production'"
+    ) in " ".join(output.split()), output
+
+
+def test_the_check_of_what_a_conftests_plugin_writes_cannot_be_blocked_by_name(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The check once the conftests have added their options was a plugin object registered
+    # as `app-pytest-writes`, which `-p no:app-pytest-writes` blocked with the app's plugin
+    # active; pytest's junitxml, blocked as `junitxml` and registered by a conftest under its
+    # module's name, then rewrote a live production session's record.
+    settings, production = stopped
+    [record] = production.glob("sessions/*/session.json")
+    (tmp_path / "test_inner.py").write_text(A_TEST)
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["_pytest.junitxml"]\n')
+    before = snapshot(production)
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:junitxml",
+         "-p", "no:app-pytest-writes", f"--junitxml={record}", "test_inner.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     output = done.stdout + done.stderr

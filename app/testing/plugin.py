@@ -242,7 +242,11 @@ def _refuse_pytest_writes(
         else ""
     )
     writes.refuse(config, config.known_args_namespace, roots, why)
-    config.pluginmanager.register(_WritesOfConftests(roots, why), "app-pytest-writes")
+    # Registered under no name of ours: pluggy names it by its id, which no `-p no:NAME`
+    # can know in advance. Named `app-pytest-writes`, `-p no:app-pytest-writes` blocked it
+    # with the run's plugin active, and a writer a conftest registered (`pytest_plugins =
+    # ["_pytest.junitxml"]` under `-p no:junitxml`) rewrote a live record (red team 33).
+    config.pluginmanager.register(_WritesOfConftests(roots, why))
 
 
 class _WritesOfConftests:
