@@ -14,6 +14,7 @@ production root named by the settings.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,48 @@ def test_the_check_of_what_a_conftests_plugin_writes_cannot_be_blocked_by_name(
         f"app: refusing to run: pytest's --junitxml rewrites {record} as the run ends, which "
         "lies in the data root of profile 'production'"
     ) in " ".join(output.split()), output
+
+
+#: A test that says no run is on, as a unit test of the app outside tests would, then purges
+#: the production its settings name.
+SAYS_NO_RUN = """from app import sandbox
+from app.config import load
+from app.storage import open_storage
+
+
+def test_purge(monkeypatch):
+    monkeypatch.setattr(sandbox, "context", lambda environ=None: sandbox.OUTSIDE)
+    config = load("production", serving=False)
+    print("LOADED", config.data_root)
+    with open_storage(config, writer=True) as store:
+        store.purge()
+"""
+
+
+def test_a_test_that_replaces_the_sandboxs_answer_still_meets_its_checks(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # With `app.sandbox.context` replaced, `load` took production's settings unchecked, and
+    # the store opened on them purged a stopped production root. The checks of a root now
+    # read the process's mark and the process tree themselves.
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(SAYS_NO_RUN)
+    before = snapshot(production)
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert f"LOADED {production}" in output, output
+    assert re.search(
+        rf"SandboxViolationError: refused under pytest \(sandbox: [^)]*\): open data root "
+        rf"{re.escape(str(production))}, which lies outside the test sandbox \(this process "
+        r"belongs to the test run through this process; the app's own answer to which run "
+        r"this process is in "
+        r"\(app.sandbox.context, current_run\) said none, so a test replaced it \(monkeypatch, "
+        r"mock.patch\), which keeps no data root out of a test's reach\)",
+        output,
+    ), output
