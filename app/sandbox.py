@@ -910,6 +910,11 @@ def current_run(environ: Mapping[str, str] | None = None) -> Run | None:
     return context(environ).run
 
 
+#: The two functions as defined, to tell where a test replaced one (`_run_to_check`).
+_CONTEXT: Final = context
+_CURRENT_RUN: Final = current_run
+
+
 def active_sandbox(environ: Mapping[str, str] | None = None) -> Path | None:
     """The sandbox of the pytest run this process belongs to, or None outside tests.
 
@@ -1407,6 +1412,38 @@ def allowing(run: Run, profiles: Iterable[str]) -> Run:
 # --- checking a root ----------------------------------------------------------------------
 
 
+def _run_to_check(run: Run | None) -> Run | None:
+    """The run a check of a root, a database or a prefix applies: the caller's `run`, else
+    `current_run`'s; where that says none, the run this process's mark or its process tree
+    names, read again without `context`.
+
+    `context` is one function that a test can replace (``monkeypatch.setattr(app.sandbox,
+    "context", ...)``, as a unit test of what the app does outside tests would): with it
+    replaced, `load` took production's settings, no check applied, and the test purged a
+    stopped production root (red team 33). What the checks rest on is the mark on `sys`
+    and the registry read through ``/proc``, not that function: only the environment's
+    narrowing of the sandbox is `context`'s alone. The tree is walked again only where one
+    of the two was replaced: a walk outside any run costs 1 to 3 ms (a second one doubled
+    `check_root` there), and unreplaced they read it already.
+    """
+    if run is not None:
+        return run
+    found = current_run()
+    if found is not None:
+        return found
+    found = _in_process()
+    if found is None and (context is not _CONTEXT or current_run is not _CURRENT_RUN):
+        found = _walk_tree()[0]
+    if found is None:
+        return None
+    replaced = (
+        f"{found.recognised_by}; the app's own answer to which run this process is in "
+        "(app.sandbox.context, current_run) said none, so a test replaced it (monkeypatch, "
+        "mock.patch), which keeps no data root out of a test's reach"
+    )
+    return found._replace(recognised_by=replaced)
+
+
 # The root a `checked` block has just checked, in this thread (or task) only.
 _CHECKED: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "app_sandbox_checked", default=None
@@ -1456,7 +1493,7 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
     """
     if not again and _CHECKED.get() == path:
         return  # inside a `checked` block for this path: checked a moment ago
-    run = run or current_run()
+    run = _run_to_check(run)
     if run is None:
         return
     # The path as it will be opened: the code that opens it never expands `~`, so a check
@@ -1704,7 +1741,7 @@ def check_remote(database_url: str, blob_url: str, what: str, run: Run | None = 
     Raises:
         SandboxViolationError: naming the database or prefix, the run's suffix and the fix.
     """
-    run = run or current_run()
+    run = _run_to_check(run)
     if run is None:
         return
     from app.remote.pg import mask_url
@@ -1738,7 +1775,7 @@ def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> No
     Raises:
         SandboxViolationError: naming the database or prefix, the run, and the fix.
     """
-    run = run or current_run()
+    run = _run_to_check(run)
     if run is None or (run.scratch and _is_scratch(key, value, run.scratch)):
         return
     from app.remote.pg import mask_url

@@ -135,14 +135,21 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     else:
         factory, sandbox = guard.make_sandbox(early_config, known.basetemp, guarded)
         os.environ[guard.OWNER_ENV] = str(os.getpid())
-        _refuse_pytest_writes(early_config, {**guarded, **{h.profile: h.root for h in live}})
+    # A worker checks what pytest writes too, never trusting its controller to have done
+    # it: a pytest that a test of a run without xdist starts with PYTEST_XDIST_WORKER set
+    # passes for one (its parent, the test's process, is the run, and it inherits the
+    # sandbox and the owner), and its --junitxml rewrote a live session's record (red team
+    # 33). A real worker is told what its controller was, so it passes what that passed.
+    _refuse_pytest_writes(early_config, {**guarded, **{h.profile: h.root for h in live}})
     neutralised = guard.neutralise(settings_dir, switches)
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
     data_root, source, files = guard.testing_root(sandbox)
     note = str(settings_dir) if settings_dir else "none found"
     state = GuardState(sandbox, data_root, source, shell_profile, neutralised, live, note)
     state.factory = factory
-    state.roots = roots
+    # A worker's --basetemp, known in pytest_configure, is checked against the enclosing
+    # run's roots too, as any other run's is here.
+    state.roots = guarded
     state.saved_env = saved
     state.remote = guard.testing_remote()
     state.worker = worker
@@ -235,7 +242,11 @@ def _refuse_pytest_writes(
         else ""
     )
     writes.refuse(config, config.known_args_namespace, roots, why)
-    config.pluginmanager.register(_WritesOfConftests(roots, why), "app-pytest-writes")
+    # Registered under no name of ours: pluggy names it by its id, which no `-p no:NAME`
+    # can know in advance. Named `app-pytest-writes`, `-p no:app-pytest-writes` blocked it
+    # with the run's plugin active, and a writer a conftest registered (`pytest_plugins =
+    # ["_pytest.junitxml"]` under `-p no:junitxml`) rewrote a live record (red team 33).
+    config.pluginmanager.register(_WritesOfConftests(roots, why))
 
 
 class _WritesOfConftests:
