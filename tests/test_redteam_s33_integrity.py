@@ -182,6 +182,49 @@ def test_a_repairing_check_racing_a_replace_keeps_the_replaced_version_restorabl
     assert store.check(repair=False).findings == []
 
 
+def test_an_empty_trash_racing_a_file_delete_leaves_no_bytes_behind(
+    app_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `POST /trash/empty` and `DELETE` of a file, on one server, the empty-trash begun
+    # while the delete has made its trash entry (the manifest) and not yet moved its bytes
+    # in. Held: the empty-trash first waits for the session's lock to finish half-made
+    # entries (red team 31), so it lists the entry whole. (Listed without the lock, an entry
+    # a delete made later was taken away from under it; the removal now takes the lock.)
+    store = app_store
+    assert isinstance(store, Store)
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "a.txt", b"deleted")
+    gap = Gap(store, monkeypatch)
+    gap.after_first(store.trash, "new_entry", store.empty_trash)
+    store.delete_file(session_id, "a.txt")
+    gap.join()
+    assert store.get_session(session_id)["files"] == []
+    assert store.list_trash() == []
+    assert store.check(repair=False).findings == []
+
+
+def test_an_empty_trash_racing_a_restore_removes_the_rest(
+    app_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An entry restored between the listing of the trash and its removal: the empty-trash
+    # failed with a bare FileNotFoundError and removed nothing else.
+    store = app_store
+    assert isinstance(store, Store)
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "a.txt", b"restored")
+    store.put_file(session_id, "b.txt", b"emptied")
+    store.delete_file(session_id, "a.txt")
+    store.delete_file(session_id, "b.txt")
+    gap = Gap(store, monkeypatch)
+    gap.after_first(store.trash, "entries", lambda: store.restore(session_id, file="a.txt"))
+    removed = store.empty_trash()
+    gap.join()
+    assert [e.file for e in removed] == ["b.txt"]
+    assert _read(store, session_id, "a.txt") == b"restored"
+    assert store.list_trash() == []
+    assert store.check(repair=False).findings == []
+
+
 def _replicas(database_url: str, s3_engine: Any, blob_url: str) -> Any:
     from datetime import timedelta
 
