@@ -79,8 +79,26 @@ class Checker:
         self.check_staging()
         self.check_trash()
         for session_id in self.store.sessions.scan_ids():
-            with self.item():
+            with self.item(), self.locked(session_id):
+                if self.repair and not (self.store.sessions_dir / session_id).is_dir():
+                    continue  # deleted meanwhile (read again under the lock)
                 self.check_session(session_id)
+
+    def locked(self, session_id: str | None) -> contextlib.AbstractContextManager[object]:
+        """For a repair, the session's lock, which every change of the session takes.
+
+        A repair decides from what it read: read without the lock, a change made meanwhile
+        by another thread of the process (a `Store` used from two) looked like a crash's
+        leftover. An upload committed between the listing of the records and that of the
+        blobs left a blob no record read named, moved to the trash as "never acknowledged"
+        (the upload's file then had no bytes); a replace's entry made before its switch was
+        removed as "stopped before its commit" (red team 33). Under the lock, each of them is
+        whole or not begun. A read-only check takes no lock: another process's changes are
+        waited out instead (`Store.check`).
+        """
+        if not self.repair or session_id is None:
+            return contextlib.nullcontext()
+        return self.store.sessions.state.lock_for(session_id)
 
     @contextlib.contextmanager
     def item(self) -> Iterator[None]:
@@ -131,11 +149,15 @@ class Checker:
             )
 
     def check_staging(self) -> None:
+        state = self.root.store_state
         for path in _listing(self.store.sessions_dir):
             name = path.name
             if name.startswith(NEW_PREFIX):
-                if name in self.root.store_state.creating:
-                    continue
+                with state.creating_lock:
+                    # Read again with the set: a create that finished since the listing was
+                    # reported as one that crashed.
+                    if name in state.creating or not os.path.lexists(path):
+                        continue
                 if self.found(
                     "unfinished-create",
                     path,
@@ -175,7 +197,10 @@ class Checker:
     def check_trash(self) -> None:
         audited, purged = self._audited()
         for path in _listing(self.root.trash_dir):
-            with self.item():
+            found = TRASH_NAME_RE.fullmatch(path.name.removeprefix(EMPTYING_PREFIX))
+            with self.item(), self.locked(None if found is None else found.group(2)):
+                if self.repair and not os.path.lexists(path):
+                    continue  # restored or emptied meanwhile (read again under the lock)
                 self.check_trash_entry(path, audited, purged)
 
     def finish_half_entries(self, session_id: str | None) -> None:

@@ -28,7 +28,7 @@ import math
 import secrets
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -377,12 +377,14 @@ class Database:
 
     @contextlib.contextmanager
     def change(
-        self, session_id: str, moment: datetime | None = None, what: str = "a change"
-    ) -> Iterator[Connection]:
+        self, session_id: str, what: str = "a change", *, file: str | None = None
+    ) -> Iterator[tuple[Connection, datetime]]:
         """:meth:`write` a change to a live session's files, then bump its ``updated_at``.
 
         The session's row is locked first: replicas serialise on it, and a session deleted
-        meanwhile is refused here (:class:`~app.errors.SessionNotFoundError`).
+        meanwhile is refused here (:class:`~app.errors.SessionNotFoundError`). Yields the
+        connection and the change's moment, taken once the lock is held, and for a change
+        of ``file``, later than every trashed version of it.
         """
         with self.write(what) as conn:
             row = conn.execute(
@@ -392,10 +394,24 @@ class Database:
             ).fetchone()
             if row is None:
                 raise SessionNotFoundError(session_id)
-            yield conn
+            # Under the lock: a moment taken before it (as it was) dated a delete that waited
+            # there behind a replace of the same file before that replace, so the version
+            # the delete trashed sorted older than the one the replace trashed, and a
+            # restore brought back the older one (red team 33, the randomized history). Two
+            # replicas' clocks may differ too; the newest trashed version bounds it.
+            moment = now()
+            if file is not None:
+                newest = conn.execute(
+                    "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
+                    " AND name = %s AND deleted_at IS NOT NULL",
+                    (session_id, file),
+                ).fetchone()
+                if newest is not None and newest["at"] is not None:
+                    moment = max(moment, newest["at"].astimezone(UTC) + timedelta(microseconds=1))
+            yield conn, moment
             conn.execute(
                 "UPDATE app_sessions SET updated_at = %s WHERE id = %s",
-                (moment or now(), session_id),
+                (moment, session_id),
             )
 
     def _still_held(self, conn: psycopg.Connection[Any]) -> None:

@@ -19,7 +19,7 @@ from app.errors import (
     TooManyFilesError,
 )
 from app.names import check_file_name
-from app.remote.db import Database, now, trash_entry, trash_name, utc
+from app.remote.db import Database, trash_entry, trash_name, utc
 from app.remote.errors import ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore, PutResult
 from app.remote.transfer import ObjectFile, RemoteUpload
@@ -158,9 +158,8 @@ class RemoteFiles:
 
     def _record_upload(self, upload: RemoteUpload, result: PutResult) -> FileEntry:
         session_id, name = upload.session_id, upload.name
-        moment = now()
         what = f"the upload of {name!r} into session {session_id}"
-        with self.db.change(session_id, moment, what) as conn:
+        with self.db.change(session_id, what, file=name) as (conn, moment):
             old = conn.execute(
                 "SELECT id, sha256 FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NULL FOR UPDATE",
@@ -210,10 +209,9 @@ class RemoteFiles:
         names); audited."""
         check_session_id(session_id)
         name = check_file_name(name)
-        moment = now()
-        trash = trash_name(moment, session_id, file=True)
         what = f"the delete of {name!r} from session {session_id}"
-        with self.db.change(session_id, moment, what) as conn:
+        with self.db.change(session_id, what, file=name) as (conn, moment):
+            trash = trash_name(moment, session_id, file=True)
             if if_match is not None:
                 found = conn.execute(
                     "SELECT sha256 FROM app_files WHERE session_id = %s AND name = %s"

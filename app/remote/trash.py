@@ -95,7 +95,7 @@ class RemoteTrash:
 
     def _restore_file(self, session_id: str, name: str) -> None:
         what = f"the restore of {name!r} into session {session_id}"
-        with self.db.change(session_id, what=what) as conn:
+        with self.db.change(session_id, what) as (conn, _):
             if conn.execute(
                 "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NULL",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from app.dataroot import fsync_dir, json_bytes, write_new_file
 from app.errors import (
     BadRequestError,
+    NotInTrashError,
     SessionNotFoundError,
     StoreError,
     UnreadableSessionError,
@@ -361,21 +362,30 @@ class Sessions:
         return entry
 
     def restore(
-        self, entry: TrashEntry, prepared: Prepared
-    ) -> tuple[SessionRecord | None, StoreError | None]:
-        """Move a trashed session back; refused if a session with its id exists again.
+        self, session_id: str, prepared: Prepared
+    ) -> tuple[SessionRecord | None, StoreError | None, TrashEntry]:
+        """Move the newest trashed copy of a session back; refused if a session with its id
+        exists again.
 
         Returns the session as it now reads, or, for one damaged from outside the app, the
-        error reading it gives (it moves back all the same, to be cleared or mended).
+        error reading it gives (it moves back all the same, to be cleared or mended); and
+        the trash entry it came from.
         """
-        dest = self.path / entry.session_id
-        source = entry.path / TRASHED_SESSION
-        with self.state.lock_for(entry.session_id):
+        dest = self.path / session_id
+        with self.state.lock_for(session_id):
+            # Chosen under the session's lock, which a delete takes: chosen before it, a
+            # restore and a delete by another thread meanwhile emptied the chosen entry and
+            # made a newer one, and the restore failed with a bare FileNotFoundError (red
+            # team 33), as a file's restore brought back an older version (red team 32).
+            entry = self.trash.latest(session_id, None)
+            if entry is None:
+                raise NotInTrashError(session_id)
             if dest.exists():
                 raise BadRequestError(
-                    f"session {entry.session_id!r} exists again; refusing to overwrite it with "
+                    f"session {session_id!r} exists again; refusing to overwrite it with "
                     f"the copy in {entry.path}. Delete the current one first if you mean it"
                 )
+            source = entry.path / TRASHED_SESSION
             # The answer is read before the move (the directory moves whole, its times
             # too): read after it, a failure (EMFILE) would report a restore that happened
             # as one that did not.
@@ -392,7 +402,7 @@ class Sessions:
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
             self.trash.remove_restored(entry, prepared)
-            return session, unreadable
+            return session, unreadable, entry
 
     def with_file(
         self, before: SessionRecord, directory: Path, record: FileRecord

@@ -411,16 +411,15 @@ class Store(Storage):
         check_session_id(session_id)
         name = None if file is None else check_file_name(file)
         self._finish_half_entries(session_id)
-        # Refused before anything is opened; a file's entry is chosen again under its
-        # session's lock (`Files.restore`).
-        entry = self.trash.latest(session_id, name)
-        if entry is None:
+        # Refused before anything is opened; the entry is chosen again under the session's
+        # lock (`Sessions.restore`, `Files.restore`), and only that choice counts.
+        if self.trash.latest(session_id, name) is None:
             raise NotInTrashError(session_id, name)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.
         with self.root.prepare(audit=True) as prepared:
             if name is None:
-                session, unreadable = self.sessions.restore(entry, prepared)
+                session, unreadable, entry = self.sessions.restore(session_id, prepared)
                 prepared.audit("restore-session", session_id, trash=entry.name)
                 # Raised after the audit line: a session.json damaged from outside still
                 # comes back (and is said to be unreadable), and the log has the move.
