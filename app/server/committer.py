@@ -47,9 +47,10 @@ class Committer:
         self._create_many = create_many
         self._cond = threading.Condition()
         self._waiting: list[_Waiting] = []
-        self._threads = 0  # running
+        self._threads: set[threading.Thread] = set()  # running
         self._idle = 0  # of them, waiting for work
-        self._max_threads = THREADS
+        self._in_hand = 0  # creates taken by a thread and not answered yet
+        self._stopping = False
 
     async def create(self, title: str, metadata: dict[str, Any] | None) -> Any:
         """The session made (once durable), or the error that refused it, raised."""
@@ -59,21 +60,45 @@ class Committer:
             self._waiting.append(((title, metadata), loop, future))
             if self._idle:
                 self._cond.notify()
-            elif self._threads < self._max_threads:
+            elif len(self._threads) < THREADS:
                 self._start()
         # A request cancelled while it waits (its client went away) leaves its create to the
         # batch, as a worker thread went on with it: `_answer` skips a cancelled future.
         return await future
 
+    def stop(self) -> int:
+        """Let idle threads end at once (the server stops); how many creates are in hand.
+
+        `serve` calls it once the event loop has stopped serving, then :meth:`join`: a create
+        a thread has begun ends before the server releases its data root, as a worker
+        thread's does (`app.server.run`).
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            return self._in_hand + len(self._waiting)
+
+    def join(self) -> None:
+        """Wait for every committer thread to end (after :meth:`stop`)."""
+        with self._cond:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join()
+
     def _start(self) -> None:
-        self._threads += 1
-        threading.Thread(target=self._run, name="app-committer", daemon=True).start()
+        # Daemon threads: an application that is never stopped (a test's client) does not
+        # hold its interpreter's exit; `serve` joins them (see stop).
+        thread = threading.Thread(target=self._run, name="app-committer", daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     def _run(self) -> None:
         try:
             while True:
                 with self._cond:
                     while not self._waiting:
+                        if self._stopping:
+                            return
                         self._idle += 1
                         try:
                             woken = self._cond.wait(IDLE_SECONDS)
@@ -83,10 +108,15 @@ class Committer:
                             return
                     batch = self._waiting[:MAX_BATCH]
                     del self._waiting[:MAX_BATCH]
-                self._commit(batch)
+                    self._in_hand += len(batch)
+                try:
+                    self._commit(batch)
+                finally:
+                    with self._cond:
+                        self._in_hand -= len(batch)
         finally:
             with self._cond:
-                self._threads -= 1
+                self._threads.discard(threading.current_thread())
                 if self._waiting and not self._idle and not self._threads:
                     self._start()  # came between the last look and here, or left by a raise
 

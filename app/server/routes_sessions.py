@@ -139,6 +139,7 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     # worker thread.
     create_many = getattr(store, "create_sessions", None)
     committer = None if create_many is None else Committer(create_many)
+    app.state.committer = committer  # `serve` stops it, and waits for it, before its release
 
     @app.post(
         "/sessions",
