@@ -134,9 +134,9 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
             body.model_dump(exclude_none=True), status_code=503 if problems else 200
         )
 
-    # A store that makes creates in batches (the local one) gets them from one thread of
-    # its own (app.server.committer); a remote store's wait on the network, each on a
-    # worker thread.
+    # A store that makes creates in batches (the local one) gets them from threads of its
+    # own (app.server.committer); a remote store's wait on the network, each on a worker
+    # thread.
     create_many = getattr(store, "create_sessions", None)
     committer = None if create_many is None else Committer(create_many)
     app.state.committer = committer  # `serve` stops it, and waits for it, before its release

@@ -201,7 +201,7 @@ class Sessions:
                     going.append(item)
             return going
 
-        going = each(lambda item: item.stage(sessions_fd), staged)
+        going = each(lambda item: item.stage(sessions_fd, self.where), staged)
         going = each(_Staging.sync_file, going)
         going = each(_Staging.sync_dir, going)
         if going:
@@ -538,8 +538,9 @@ class _Staging:
         self.file_fd: int | None = None
         self.renamed = False
 
-    def stage(self, sessions_fd: int) -> None:
-        """Make the staging directory and write session.json in it (synced later)."""
+    def stage(self, sessions_fd: int, where: str) -> None:
+        """Make the staging directory in ``where`` (sessions/, open as ``sessions_fd``) and
+        write session.json in it (synced later)."""
         stored = {k: v for k, v in self.session.items() if k != "files"}  # files: records/
         os.mkdir(self.name, mode=0o700, dir_fd=sessions_fd)
         self.dir_fd = os.open(
@@ -549,7 +550,9 @@ class _Staging:
         )
         # O_EXCL: never into a file that is there (in a directory just made, none can be).
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self.file_fd = os.open(SESSION_FILE, flags, FILE_MODE, dir_fd=self.dir_fd)
+        # By its whole path, not relative to dir_fd: the "open" audit event carries no dir_fd,
+        # and the red teams' hooks find what a write opens from the path it names.
+        self.file_fd = os.open(f"{where}/{self.name}/{SESSION_FILE}", flags, FILE_MODE)
         write_all(self.file_fd, json_bytes(stored))
 
     def sync_file(self) -> None:
