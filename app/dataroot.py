@@ -67,6 +67,7 @@ __all__ = [
     "AUDIT_FILE",
     "DEEPEST_INSIDE",
     "DIR_MODE",
+    "FILE_MODE",
     "SESSIONS_DIR",
     "STAMP_FILE",
     "TMP_DIR",
@@ -87,6 +88,7 @@ __all__ = [
     "restamp",
     "syncfs",
     "tmp_in_flight",
+    "write_all",
     "write_new_file",
 ]
 
@@ -260,7 +262,8 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a short write is followed by the next)."""
     # A regular file takes part of a write where the file size limit or a full disk cuts
     # it; the next write then fails with the errno that says which (EFBIG, ENOSPC).
     view = memoryview(data)
@@ -286,7 +289,7 @@ def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if durable:
                 fsync(fd)
         finally:
@@ -384,7 +387,7 @@ def _write_audit_line(fd: int, record: Mapping[str, Any]) -> None:
         # be lost with it, and `check` would find its trash entry unaudited for ever.
         line = b"\n" + line
     try:
-        _write_all(fd, line)
+        write_all(fd, line)
         fsync(fd)
     except OSError:
         # A write cut short (the file size limit, a full disk) leaves a fragment: take
@@ -1336,7 +1339,7 @@ class DataRoot:
         try:
             # Held until the rename: another writer's clean-up skips it (see _clear_tmp).
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _write_all(fd, data)
+            write_all(fd, data)
             fsync(fd)
             _replace(tmp, dest)
         except BaseException:

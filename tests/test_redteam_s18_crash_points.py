@@ -48,6 +48,9 @@ def run_operation(store, op, args):
         store.empty_trash()
     elif op == "create":
         store.create_session(*args)
+    elif op == "create-many":  # the server's committer's batch (app.server.committer)
+        made = store.create_sessions([(title, None) for title in args])
+        assert not [m for m in made if isinstance(m, Exception)], made
     elif op == "repair":
         store.check(repair=True)
     else:
@@ -231,6 +234,7 @@ OPERATIONS: dict[str, tuple[str, list[str]]] = {
     "restore-session": ("restore-session", ["{gone}"]),
     "purge": ("purge", []),
     "create": ("create", ["new session"]),
+    "create-many": ("create-many", ["one", "two", "three"]),
     "empty-trash": ("empty-trash", []),
 }
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.errors import ConfirmationRequiredError
+from app.server.committer import Committer
 from app.server.models import (
     SESSION_ID_PATTERN,
     Health,
@@ -133,6 +134,13 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
             body.model_dump(exclude_none=True), status_code=503 if problems else 200
         )
 
+    # A store that makes creates in batches (the local one) gets them from threads of its
+    # own (app.server.committer); a remote store's wait on the network, each on a worker
+    # thread.
+    create_many = getattr(store, "create_sessions", None)
+    committer = None if create_many is None else Committer(create_many)
+    app.state.committer = committer  # `serve` stops it, and waits for it, before its release
+
     @app.post(
         "/sessions",
         status_code=201,
@@ -161,7 +169,10 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     async def create_session(request: Request) -> JSONResponse:
         """Create a session (durably: fsync before the answer)."""
         body = await session_create(request)
-        session = await run_in_threadpool(store.create_session, body.title, body.metadata)
+        if committer is not None:
+            session = await committer.create(body.title, body.metadata)
+        else:
+            session = await run_in_threadpool(store.create_session, body.title, body.metadata)
         # JSONResponse directly: the store's dict needs no second validation pass.
         return JSONResponse(
             session, status_code=201, headers={"Location": f"/sessions/{session['id']}"}

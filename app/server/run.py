@@ -29,6 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from app.errors import EX_SOFTWARE, AppError, PortInUseError
+from app.server.committer import Committer
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import HealthResponse
@@ -203,6 +204,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
     server.config.load()  # what server.run does first: the protocol, the wrapped application
 
     at_work: list[int | None] = []
+    committer: Committer | None = getattr(application.state, "committer", None)
 
     async def warm_then_serve() -> None:
         # The first request of each kind is paid for here, before the socket is served
@@ -216,7 +218,9 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         await server.serve(sockets=[sock])
         # Still in the loop: which worker threads run a request's work, rather than wait for
         # one (the warm-up's are kept, and idle ones end with the loop).
-        at_work.append(worker_threads_at_work())
+        threads = worker_threads_at_work()
+        creates = 0 if committer is None else committer.stop()
+        at_work.append(None if threads is None else threads + creates)
 
     watcher = store.watch(config.lock_check_seconds, on_lost)
     restore_signals = _stop_on_signals(server)
@@ -224,7 +228,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         # What server.run does, with the warm-up first, in the same event loop.
         with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
             runner.run(warm_then_serve())
-        _wait_for_request_threads(store.location, at_work[0] if at_work else None)
+        _wait_for_request_threads(store.location, at_work[0] if at_work else None, committer)
     finally:
         watcher.stop()
         restore_signals()
@@ -233,8 +237,10 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
     log.info("stopped; releasing the hold on %s", store.location)
 
 
-def _wait_for_request_threads(location: str, at_work: int | None) -> None:
-    """Return once no worker thread runs a request's work any more.
+def _wait_for_request_threads(
+    location: str, at_work: int | None, committer: Committer | None = None
+) -> None:
+    """Return once no worker thread (nor committer thread) runs a request's work any more.
 
     Past the shutdown grace uvicorn cancels the requests still running, but not the worker
     threads they wait on: a create's rename, an upload's commit go on. Released before they
@@ -242,8 +248,9 @@ def _wait_for_request_threads(location: str, at_work: int | None) -> None:
     still writes to it. The threads left are those interpreter exit waits for (non-daemon:
     anyio's workers, which leave once their job is done since the event loop ended; the idle
     ones, which the warm-up started and keeps, leave at once). ``at_work``: how many of them
-    ran a request's work when the loop ended (`app.server.warm.worker_threads_at_work`);
-    ``None`` if that could not be told, then every thread left is counted.
+    ran a request's work when the loop ended (`app.server.warm.worker_threads_at_work`),
+    and the creates the committer had in hand; ``None`` if that could not be told, then
+    every thread left is counted.
     """
     current = threading.current_thread()
     running = [t for t in threading.enumerate() if t is not current and not t.daemon]
@@ -257,6 +264,8 @@ def _wait_for_request_threads(location: str, at_work: int | None) -> None:
         )
     for thread in running:
         thread.join()
+    if committer is not None:  # its creates (app.server.committer), counted in ``at_work``
+        committer.join()
 
 
 # --- several worker processes (the remote backend) -------------------------------------------

@@ -12,12 +12,12 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from app.dataroot import fsync_dir, json_bytes, write_new_file
+from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, write_all
 from app.errors import (
     BadRequestError,
     NotInTrashError,
@@ -116,43 +116,116 @@ class Sessions:
             )
 
     def create(self, title: str, metadata: dict[str, Any] | None) -> SessionRecord:
-        self.root.ensure_held()
-        metadata = checked_session_fields(title, metadata)
-        # The id is made and registered as in creation in one step, and stays registered
+        (made,) = self.create_many([(title, metadata)])
+        if isinstance(made, Exception):
+            raise made
+        return made
+
+    def create_many(
+        self, wanted: Sequence[tuple[str, dict[str, Any] | None]]
+    ) -> list[SessionRecord | Exception]:
+        """Create a session for each ``(title, metadata)``, durably; each one's session, or
+        the error that refused it (the others go on).
+
+        Each session is made as one create always was: its ``session.json`` written and
+        fsynced in its staging directory, that directory fsynced, one rename making it
+        appear, and an fsync of ``sessions/`` begun after the rename before it is returned.
+        A batch does each step for all its sessions before the next, and one fsync of
+        ``sessions/`` covers all their renames (the server's committer threads hand over
+        every create waiting at once: `app.server.committer`).
+        """
+        try:
+            self.root.ensure_held()
+        except Exception as error:  # every create's answer
+            return [error] * len(wanted)
+        results: list[SessionRecord | Exception | None] = [None] * len(wanted)
+        fields: list[tuple[int, str, dict[str, Any]]] = []
+        for index, (title, metadata) in enumerate(wanted):
+            try:
+                fields.append((index, title, checked_session_fields(title, metadata)))
+            except Exception as error:  # this one's answer; the others go on
+                results[index] = error
+        # The ids are made and registered as in creation in one step, and stay registered
         # until the session is in the index: listings show no id above one still in creation
         # (`_page`), so a client that pages or polls with the last id it saw never misses a
         # session that appears later with a smaller id (creates finish in any order).
+        staged: list[_Staging] = []
         with self.state.creating_lock:
-            session = _new_session(title, metadata)
-            staging = self.path / f"{NEW_PREFIX}{session['id']}"
-            self.state.creating.add(staging.name)
-        stored = {k: v for k, v in session.items() if k != "files"}  # files are records/
-        data = json_bytes(stored)
+            for index, title, metadata in fields:
+                session = _new_session(title, metadata)
+                staged.append(_Staging(index, session, f"{NEW_PREFIX}{session['id']}"))
+                self.state.creating.add(staged[-1].name)
+        try:
+            with self.root.prepare(self.path) as prepared:
+                self._commit(staged, prepared.fd(self.path), results)
+        except Exception as error:  # sessions/ not opened (EMFILE): none made
+            for item in staged:
+                if results[item.index] is None:
+                    results[item.index] = error
+        except BaseException:
+            for item in staged:
+                if not item.renamed:
+                    item.close()
+                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+            raise
+        finally:
+            for item in staged:
+                item.close()
+            with self.state.creating_lock:
+                self.state.creating.difference_update(item.name for item in staged)
+        assert all(r is not None for r in results)
+        return cast("list[SessionRecord | Exception]", results)
+
+    def _commit(
+        self,
+        staged: list[_Staging],
+        sessions_fd: int,
+        results: list[SessionRecord | Exception | None],
+    ) -> None:
+        """Stage, sync, rename and sync ``staged`` (see :meth:`create_many`)."""
+
         # The staging directory is the temporary file here: it is complete and synced before
         # one same-directory rename makes the session appear. Writing session.json inside it
         # directly (rather than through .tmp/) saves a cross-directory rename, which takes a
-        # filesystem-wide lock, on the path every POST /sessions takes.
+        # filesystem-wide lock, on the path every POST /sessions takes. Every name is taken
+        # relative to the descriptor of sessions/ that is synced after the renames.
+        def each(step: Callable[[_Staging], None], items: list[_Staging]) -> list[_Staging]:
+            going = []
+            for item in items:
+                try:
+                    step(item)
+                except Exception as error:  # this one's answer
+                    results[item.index] = error
+                    item.close()
+                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                else:
+                    going.append(item)
+            return going
+
+        going = each(lambda item: item.stage(sessions_fd, self.where), staged)
+        going = each(_Staging.sync_file, going)
+        going = each(_Staging.sync_dir, going)
+        if going:
+            try:
+                self.root.ensure_held()  # the last moment before the sessions appear
+            except Exception as error:  # every create's answer
+                going = each(_raise(error), going)
+        made = each(lambda item: item.rename(sessions_fd), going)
+        if not made:
+            return
         try:
-            with self.root.prepare(self.path) as prepared:
-                try:
-                    staging.mkdir(mode=0o700)
-                    write_new_file(staging / SESSION_FILE, data)
-                    fsync_dir(staging)
-                    self.root.ensure_held()  # the last moment before the session appears
-                    staging.rename(self.path / session["id"])
-                except BaseException:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise
-                try:
-                    self.state.sessions_sync.sync(prepared.fd(self.path))
-                finally:
-                    # Listed as the disk has it, even if the sync failed (EIO): a process
-                    # that starts now lists it too.
-                    self.state.index_update(add=session["id"])
+            self.state.sessions_sync.sync(sessions_fd)
+        except Exception as error:  # every renamed one's answer
+            for item in made:
+                results[item.index] = error
+        else:
+            for item in made:
+                results[item.index] = item.session
         finally:
-            with self.state.creating_lock:
-                self.state.creating.discard(staging.name)
-        return session
+            # Listed as the disk has them, even if the sync failed (EIO): a process that
+            # starts now lists them too.
+            for item in made:
+                self.state.index_update(add=item.session["id"])
 
     def get(self, session_id: str) -> SessionRecord:
         return self.read(self.directory(session_id), session_id)
@@ -455,3 +528,62 @@ def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
         "updated_at": now,
         "files": [],
     }
+
+
+def _raise(error: Exception) -> Callable[[_Staging], None]:
+    def step(item: _Staging) -> None:
+        raise error
+
+    return step
+
+
+class _Staging:
+    """One session of :meth:`Sessions.create_many` on its way: ``sessions/.new-<id>/``."""
+
+    def __init__(self, index: int, session: SessionRecord, name: str) -> None:
+        self.index = index
+        self.session = session
+        self.name = name
+        self.dir_fd: int | None = None
+        self.file_fd: int | None = None
+        self.renamed = False
+
+    def stage(self, sessions_fd: int, where: str) -> None:
+        """Make the staging directory in ``where`` (sessions/, open as ``sessions_fd``) and
+        write session.json in it (synced later)."""
+        stored = {k: v for k, v in self.session.items() if k != "files"}  # files: records/
+        os.mkdir(self.name, mode=0o700, dir_fd=sessions_fd)
+        self.dir_fd = os.open(
+            self.name,
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            dir_fd=sessions_fd,
+        )
+        # O_EXCL: never into a file that is there (in a directory just made, none can be).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        # By its whole path, not relative to dir_fd: the "open" audit event carries no dir_fd,
+        # and the red teams' hooks find what a write opens from the path it names.
+        self.file_fd = os.open(f"{where}/{self.name}/{SESSION_FILE}", flags, FILE_MODE)
+        write_all(self.file_fd, json_bytes(stored))
+
+    def sync_file(self) -> None:
+        assert self.file_fd is not None
+        fsync(self.file_fd)
+        os.close(self.file_fd)
+        self.file_fd = None
+
+    def sync_dir(self) -> None:
+        assert self.dir_fd is not None
+        fsync(self.dir_fd)
+        os.close(self.dir_fd)
+        self.dir_fd = None
+
+    def rename(self, sessions_fd: int) -> None:
+        os.rename(self.name, self.session["id"], src_dir_fd=sessions_fd, dst_dir_fd=sessions_fd)
+        self.renamed = True
+
+    def close(self) -> None:
+        for fd in (self.file_fd, self.dir_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.file_fd = self.dir_fd = None

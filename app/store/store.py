@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
@@ -217,6 +217,21 @@ class Store(Storage):
             metadata: any JSON object, at most :data:`MAX_METADATA_BYTES` as JSON.
         """
         return self.sessions.create(title, metadata)
+
+    def create_sessions(
+        self, wanted: Sequence[tuple[str, dict[str, Any] | None]]
+    ) -> list[SessionRecord | Exception]:
+        """Create a session for each ``(title, metadata)`` at once (group commit).
+
+        Each is as durable as :meth:`create_session` makes one, and none is returned before
+        all are; the batch shares the filesystem's journal commits and one fsync of
+        ``sessions/``. For the server's committer thread (`app.server.committer`).
+
+        Returns:
+            For each one, in order, its session, or the error that refused it (the others
+            are made all the same).
+        """
+        return self.sessions.create_many(wanted)
 
     def get_session(self, session_id: str) -> SessionRecord:
         """The session with id ``session_id``, with its files."""
