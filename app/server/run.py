@@ -149,6 +149,11 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             "" if finding.repaired else "NOT repaired: ",
             finding.repair,
         )
+    # A kept session's answer trusted on the kernel's change events rather than its stat
+    # calls (app.store.watch); the remote store keeps no answers and has no such method.
+    watch_sessions = getattr(store, "watch_sessions", None)
+    if watch_sessions is not None:
+        watch_sessions()
     application = create_app(store, config)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -58,6 +58,7 @@ from app.store.records import (
 if TYPE_CHECKING:
     from app.dataroot import DataRoot, Prepared
     from app.store.trash import Trash
+    from app.store.watch import SessionWatch
 
 __all__ = ["Sessions"]
 
@@ -78,6 +79,9 @@ class Sessions:
         self.meta = MetaCache()
         # Each session as the server answers it (see _encoded), with its _page_size_bound.
         self.bodies: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_BODY_CACHE_BYTES)
+        # The kernel's word on which kept answers may have changed (`Store.watch_sessions`,
+        # the server's only): None, and each kept answer is checked with its stat calls.
+        self.watch: SessionWatch | None = None
 
     def directory(self, session_id: str) -> Path:
         """The directory of ``session_id``, once the id is checked."""
@@ -158,7 +162,8 @@ class Sessions:
 
     def get_json(self, session_id: str) -> bytes:
         """:meth:`get`'s session as :func:`app.storage.json_body` encodes it."""
-        return self._encoded(f"{self.where}/{check_session_id(session_id)}", session_id)[0]
+        directory = f"{self.where}/{check_session_id(session_id)}"
+        return self._checked_reader()(directory, session_id)[0]
 
     def require(self, session_id: str) -> None:
         read_meta(self.directory(session_id), session_id)
@@ -189,6 +194,12 @@ class Sessions:
         session["updated_at"] = max(times)
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
 
+    def _checked_reader(self) -> Callable[[str, str], tuple[bytes, int]]:
+        """:meth:`_encoded`, once the watch (if any) has taken the events queued so far."""
+        if self.watch is not None:
+            self.watch.drain()
+        return self._encoded
+
     def _encoded(self, directory: str, session_id: str) -> tuple[bytes, int]:
         """The session's :func:`json_body` and its ``_page_size_bound``, kept while fresh.
 
@@ -199,17 +210,33 @@ class Sessions:
         by hand, a record added or removed there by hand; the answer's `updated_at`).
         Each is taken before the session is read, so what is kept is never older than its
         validator says; a change after that only makes the next validator differ.
+
+        With a watch (`app.store.watch`, drained by :meth:`_checked_reader` before this is
+        called), an answer checked since the last event for its session, less than a second
+        ago, and whose record token is unchanged is answered without the three stat calls.
         """
         cache = self.state.records if self.root.writable else None
         if cache is None:  # a reader scans records/ on every read: nothing tells a change
             return _encode(self._read(directory, session_id))
+        watch = self.watch
+        count = None
+        if watch is not None:
+            trusted = watch.clean(directory)
+            if trusted is not None and trusted[1] == cache.token(session_id):  # type: ignore[index]
+                encoded = self.bodies.get(directory, trusted)
+                if encoded is not None:
+                    return encoded
+            count = watch.begin(directory)  # watched before the validator is taken
         key = self.meta.stat(directory, session_id)
         validator = (key, cache.token(session_id), _dir_key(f"{directory}/{RECORDS_DIR}"))
         encoded = self.bodies.get(directory, validator)
         if encoded is None:
             encoded = _encode(self._read(directory, session_id))
-            if self.meta.settled(key):
-                self.bodies.put(directory, validator, encoded, len(encoded[0]))
+            if not self.meta.settled(key):
+                return encoded
+            self.bodies.put(directory, validator, encoded, len(encoded[0]))
+        if count is not None and watch is not None:
+            watch.checked(directory, count, validator)
         return encoded
 
     def _records(self, directory: str, session_id: str) -> list[FileRecord]:
@@ -275,7 +302,7 @@ class Sessions:
 
     def page_json(self, limit: int, after: str | None, max_bytes: int | None) -> bytes:
         """:meth:`page` as :func:`app.storage.json_body` encodes it, joined from kept bytes."""
-        items, total, cursor = self._page(limit, after, max_bytes, self._encoded)
+        items, total, cursor = self._page(limit, after, max_bytes, self._checked_reader())
         return page_body([body for _, body in items], total, cursor)
 
     def _page(
