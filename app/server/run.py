@@ -32,7 +32,7 @@ from app.errors import EX_SOFTWARE, AppError, PortInUseError
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import HealthResponse
-from app.server.warm import warm_up, worker_threads_at_work
+from app.server.warm import SessionWarmer, warm_up, worker_threads_at_work
 from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -218,11 +218,13 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         # behind. Each one scanned the whole start-up heap (about 75,000 objects, tens of
         # ms on the event loop).
         gc.freeze()
+        warmer.start()  # the sessions' answers, kept in the background (app.server.warm)
         await server.serve(sockets=[sock])
         # Still in the loop: which worker threads run a request's work, rather than wait for
         # one (the warm-up's are kept, and idle ones end with the loop).
         at_work.append(worker_threads_at_work())
 
+    warmer = SessionWarmer(store)
     watcher = store.watch(config.lock_check_seconds, on_lost)
     restore_signals = _stop_on_signals(server)
     try:
@@ -231,6 +233,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             runner.run(warm_then_serve())
         _wait_for_request_threads(store.location, at_work[0] if at_work else None)
     finally:
+        warmer.stop()
         watcher.stop()
         restore_signals()
     if lost:
