@@ -394,3 +394,29 @@ def test_lost_events_make_every_watched_answer_checked_again(
     watched.sessions.watch._take(struct.pack("iIII", -1, 0x4000, 0, 0))  # IN_Q_OVERFLOW
     listed(watched)
     assert calls == ids
+
+
+def test_a_watched_session_changed_in_the_last_two_seconds_is_kept_on_the_watchs_word_only(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not settled (the default two seconds): the stat calls cannot tell two writes in one
+    # clock tick apart, an event can. Kept apart from the settled answers, for a second.
+    assert app_store.watch_sessions()
+    session_id = app_store.create_session("aaaa")["id"]
+    assert titles(app_store) == ["aaaa"]
+    assert (len(app_store.sessions.bodies), len(app_store.sessions.unsettled)) == (0, 1)
+    calls = stat_calls(app_store, monkeypatch)
+    assert titles(app_store) == ["aaaa"]
+    assert calls == []
+    path = session_json(app_store, session_id)
+    before = path.stat()
+    path.write_bytes(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if in the same tick
+    assert titles(app_store) == ["bbbb"]
+    assert json.loads(app_store.get_session_json(session_id))["title"] == "bbbb"
+    assert app_store.sessions.watch is not None
+    app_store.sessions.watch.max_age = 0.0  # past its second: checked by its stat calls
+    calls.clear()
+    assert titles(app_store) == ["bbbb"]
+    assert calls
+    app_store.close()

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["Sessions"]
 
 _BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
+_UNSETTLED_BYTES: Final = 8 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -82,6 +83,10 @@ class Sessions:
         # The kernel's word on which kept answers may have changed (`Store.watch_sessions`,
         # the server's only): None, and each kept answer is checked with its stat calls.
         self.watch: SessionWatch | None = None
+        # Answers of sessions changed in the last two seconds, which `bodies` does not keep
+        # (the stat key cannot tell two writes in one clock tick apart): used only while the
+        # watch says nothing changed since (an event, not a stat, tells it), at most a second.
+        self.unsettled: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_UNSETTLED_BYTES)
 
     def directory(self, session_id: str) -> Path:
         """The directory of ``session_id``, once the id is checked."""
@@ -213,7 +218,8 @@ class Sessions:
 
         With a watch (`app.store.watch`, drained by :meth:`_checked_reader` before this is
         called), an answer checked since the last event for its session, less than a second
-        ago, and whose record token is unchanged is answered without the three stat calls.
+        ago, and whose record token is unchanged is answered without the three stat calls;
+        one changed in the last two seconds is kept too, for as long as that holds.
         """
         cache = self.state.records if self.root.writable else None
         if cache is None:  # a reader scans records/ on every read: nothing tells a change
@@ -223,7 +229,9 @@ class Sessions:
         if watch is not None:
             trusted = watch.clean(directory)
             if trusted is not None and trusted[1] == cache.token(session_id):  # type: ignore[index]
-                encoded = self.bodies.get(directory, trusted)
+                encoded = self.bodies.get(directory, trusted) or self.unsettled.get(
+                    directory, trusted
+                )
                 if encoded is not None:
                     return encoded
             count = watch.begin(directory)  # watched before the validator is taken
@@ -232,9 +240,12 @@ class Sessions:
         encoded = self.bodies.get(directory, validator)
         if encoded is None:
             encoded = _encode(self._read(directory, session_id))
-            if not self.meta.settled(key):
+            if self.meta.settled(key):
+                self.bodies.put(directory, validator, encoded, len(encoded[0]))
+            elif count is not None:  # kept on the watch's word alone (see `unsettled`)
+                self.unsettled.put(directory, validator, encoded, len(encoded[0]))
+            else:
                 return encoded
-            self.bodies.put(directory, validator, encoded, len(encoded[0]))
         if count is not None and watch is not None:
             watch.checked(directory, count, validator)
         return encoded
