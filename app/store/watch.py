@@ -122,6 +122,7 @@ class SessionWatch:
         self._clean: dict[str, tuple[object, float]] = {}  # checked: validator, when
         self._events = 0  # events taken so far
         self._changed: dict[str, int] = {}  # a watched directory: the count at its last event
+        self._intact: set[str] = set()  # watched, and no event for it since: nothing to add
         wd = self._add(sessions_dir, _CHANGES | _ONLYDIR | _DONT_FOLLOW)
         if wd < 0:
             raise OSError(ctypes.get_errno(), f"cannot watch {sessions_dir}")
@@ -196,6 +197,8 @@ class SessionWatch:
             if not self._on:
                 return None
             count = self._events
+            if directory in self._intact:  # checked again after its second: watches unchanged
+                return count
             wds = []
             for path, flags, needed in (
                 (directory, _ONLYDIR | _DONT_FOLLOW, True),
@@ -214,6 +217,7 @@ class SessionWatch:
             for wd in wds:
                 self._wds.setdefault(wd, set()).add(directory)
                 self._dirs.setdefault(directory, set()).add(wd)
+            self._intact.add(directory)
             return count
 
     def checked(self, directory: str, count: int, validator: object) -> None:
@@ -237,6 +241,7 @@ class SessionWatch:
             self._events += 1
             if mask & _Q_OVERFLOW:  # events were lost: nothing is known clean any more
                 self._clean.clear()
+                self._intact.clear()
                 for directory in self._dirs:
                     self._changed[directory] = self._events
                 continue
@@ -250,7 +255,7 @@ class SessionWatch:
                     if mask & (_MOVED_FROM | _DELETE):  # it left sessions/ (a delete): unwatch
                         self._forget(directory)
                 continue
-            for directory in self._wds.get(wd, ()):
+            for directory in list(self._wds.get(wd, ())):
                 self._touch(directory)
             if mask & _IGNORED:  # the watched file or directory is gone
                 for directory in self._wds.pop(wd, ()):
@@ -258,6 +263,7 @@ class SessionWatch:
 
     def _touch(self, directory: str) -> None:
         self._clean.pop(directory, None)
+        self._intact.discard(directory)  # what is watched may be another file now: add again
         if directory in self._dirs:
             self._changed[directory] = self._events
 
