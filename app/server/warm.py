@@ -213,9 +213,10 @@ class SessionWarmer:
         self._thread = threading.Thread(target=self._run, name="app-session-warmer", daemon=True)
 
     def start(self) -> SessionWarmer:
-        from app.store import Store
-
-        if isinstance(self.store, Store):  # the local store: the remote one keeps nothing
+        # The local store (the remote one keeps no answers, and lists no ids without a page)
+        if getattr(self.store, "reads_from_local_files", False) is True and callable(
+            getattr(self.store, "session_ids", None)
+        ):
             self._thread.start()
         return self
 
@@ -226,11 +227,8 @@ class SessionWarmer:
             self._thread.join()
 
     def _run(self) -> None:
-        from app.store import Store
-
-        assert isinstance(self.store, Store)
         try:
-            ids = self.store.session_ids()[: self.limit]
+            ids: list[str] = self.store.session_ids()[: self.limit]  # type: ignore[attr-defined]
             self.warm(ids)
             if not self._stop.wait(_SETTLE_SECONDS):
                 self.warm(ids)
