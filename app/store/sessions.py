@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ __all__ = ["Sessions"]
 
 _BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
 _UNSETTLED_BYTES: Final = 8 * 1024 * 1024
+_GIL_YIELD_EVERY: Final = 100  # sessions of a page between two hand-overs of the GIL
 
 T = TypeVar("T")
 
@@ -340,7 +342,13 @@ class Sessions:
             total = start + len(chosen)
         items: list[tuple[str, T]] = []
         size = 0
-        for session_id in chosen:
+        for n, session_id in enumerate(chosen, 1):
+            if limit > _GIL_YIELD_EVERY and n % _GIL_YIELD_EVERY == 0:
+                # A large page is read on a worker thread, and kept sessions answered on the
+                # watch's word make no system call: without one, the thread kept the
+                # interpreter lock for whole switch intervals while the event loop waited
+                # (GET /health 6.6 to 11.7 ms at p99 during pages of 1,000, bench/README.md).
+                time.sleep(0)
             try:
                 item, bound = read(f"{self.where}/{session_id}", session_id)
             except SessionNotFoundError:
