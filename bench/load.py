@@ -12,7 +12,12 @@ One ``app serve`` on 127.0.0.1 (development profile, a temporary data root seede
    first ``--warmup`` seconds are reported apart as well (``steady_calls``, and ``/health``'s
    ``warm-up`` phase), next to the figures over every call;
 3. **big lists**: ``--big-list-clients`` clients send ``--big-lists`` requests in all for
-   pages of 1,000 sessions.
+   pages of 1,000 sessions;
+4. **idle after**: the probe alone again, for ``--idle-seconds``. ``/health``'s idle figures
+   (the ratios' denominator) pool both idle windows, about a thousand samples at the
+   defaults, so that one scheduling hiccup among five hundred does not make the p99; each
+   window's p99 is reported as well (``idle before``, ``idle after``), to show how far the
+   denominator itself moves.
 
 Throughout, a separate process probes ``GET /health`` every ``--probe-interval`` seconds
 over its own keep-alive connection (a process of its own, so that the load generator's
@@ -399,6 +404,8 @@ def main() -> None:
                 cpu = cpu_seconds(app.process.pid)
                 big, big_s = asyncio.run(run_big_lists(app.port, args))
                 big_cpu = cpu_seconds(app.process.pid) - cpu
+                marks.value = b"idle after"
+                time.sleep(args.idle_seconds)
                 marks.value = b"after"
                 time.sleep(0.2)
             finally:
@@ -408,8 +415,10 @@ def main() -> None:
                 if prober.is_alive():
                     prober.terminate()
     health: dict[str, dict[str, float]] = {}
-    for phase in ("idle", "warm-up", "mixed", "big lists"):
-        values = [v for p, v in samples if p == phase]
+    pooled = {"idle": ("idle before", "idle after")}
+    samples = [("idle before" if p == "idle" else p, v) for p, v in samples]
+    for phase in ("idle", "warm-up", "mixed", "big lists", "idle before", "idle after"):
+        values = [v for p, v in samples if p in pooled.get(phase, (phase,))]
         health[phase] = {
             "count": len(values),
             "p50_ms": round(quantile(values, 0.50) * 1000, 1),

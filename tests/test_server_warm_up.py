@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import httpx
+import pytest
 from fastapi import routing
 from fastapi.routing import APIRoute
 
 from app.config import Config
 from app.server import create_app
-from app.server.warm import warm_up
+from app.server.warm import SessionWarmer, warm_up
 from app.store import Store
 from app.testing import LiveServer
 
@@ -77,3 +80,35 @@ def test_the_warm_up_is_a_read_and_refusals_primes_every_route_and_keeps_its_thr
     endpoints = [r.dependant.call for r in application.routes if isinstance(r, APIRoute)]
     assert endpoints
     assert all(id(call) in routing._endpoint_context_cache for call in endpoints)
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {os.fspath(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def test_the_session_warmer_keeps_the_oldest_answers_reading_only_and_stops_when_told(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_store.sessions.meta.settled_ns = 0  # settled at once: kept on the first read
+    assert app_store.watch_sessions()
+    ids = [app_store.create_session(f"s{n}")["id"] for n in range(5)]
+    before = tree(app_store.root.path)
+    warmer = SessionWarmer(app_store, limit=3)
+    warmer.warm(ids[:3])
+    assert (warmer.read, len(app_store.sessions.bodies)) == (3, 3)
+    checked: list[str] = []
+    real = app_store.sessions.meta.stat
+
+    def stat(directory: str, session_id: str) -> Any:
+        checked.append(session_id)
+        return real(directory, session_id)
+
+    monkeypatch.setattr(app_store.sessions.meta, "stat", stat)
+    app_store.list_sessions_json(limit=5)
+    assert set(checked) == set(ids[3:])  # the three warmed: kept, trusted on the watch
+    assert tree(app_store.root.path) == before  # nothing written, moved or touched
+    told = SessionWarmer(app_store)
+    told.stop()
+    told.warm(ids)
+    assert told.read == 0
+    app_store.close()

@@ -3,13 +3,16 @@
 The local store keeps each session's answer encoded (``get_session_json``,
 ``list_sessions_json``) under session.json's stat, its records' token and records/'s mtime.
 These tests make every session settled at once (``settled_ns = 0``), so each read after the
-first could come from a kept copy if a validator missed a change.
+first could come from a kept copy if a validator missed a change; each runs twice, with each
+kept answer checked by its stat calls, and as the server reads, trusting the kernel's change
+events (`app.store.watch`) instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,17 @@ from app.storage import json_body, page_body
 from app.store import Store
 
 
-@pytest.fixture
-def store(app_store: Store) -> Store:
+@pytest.fixture(params=["stat calls", "watched"])
+def store(app_store: Store, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """The store, with every read checked by its stat calls, or as the server reads: kept
+    answers trusted on the kernel's change events (`app.store.watch`)."""
     app_store.sessions.meta.settled_ns = 0
-    return app_store
+    if request.param == "watched":
+        assert app_store.watch_sessions()
+    yield app_store
+    if app_store.sessions.watch is not None:
+        app_store.sessions.watch.close()
+        app_store.sessions.watch = None
 
 
 def files_of(store: Store, session_id: str) -> list[str]:
@@ -266,3 +276,147 @@ def test_the_kept_bodies_are_bounded_in_bytes_and_answer_only_their_validator() 
     assert (cache.get("a", 1), cache.get("b", 1), cache.get("c", 1)) == (b"aaaa", None, b"cccc")
     cache.put("a", 2, b"a" * 11, 11)  # too large to keep: and the old one goes too
     assert (cache.get("a", 1), cache.get("a", 2), len(cache)) == (None, None, 1)
+
+
+# --- the watch: what the server's reads trust instead of three stat calls a session ---------
+
+
+@pytest.fixture
+def watched(app_store: Store) -> Iterator[Store]:
+    app_store.sessions.meta.settled_ns = 0
+    assert app_store.watch_sessions()
+    yield app_store
+    app_store.close()
+
+
+def stat_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sessions whose session.json is stat'ed from now on (each check of a kept answer
+    begins with one)."""
+    calls: list[str] = []
+    real = store.sessions.meta.stat
+
+    def counting(directory: str, session_id: str) -> tuple[int, ...]:
+        calls.append(session_id)
+        return real(directory, session_id)
+
+    monkeypatch.setattr(store.sessions.meta, "stat", counting)
+    return calls
+
+
+def titles(store: Store) -> list[str]:
+    return [item["title"] for item in listed(store)["items"]]
+
+
+def test_a_watched_kept_page_makes_no_stat_call_until_one_of_its_sessions_changes(
+    watched: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [watched.create_session(f"s{n}")["id"] for n in range(3)]
+    watched.put_file(ids[1], "a", b"one")
+    first = listed(watched)
+    one = watched.get_session_json(ids[0])
+    calls = stat_calls(watched, monkeypatch)
+    assert listed(watched) == first
+    assert watched.get_session_json(ids[0]) == one
+    assert calls == []
+    path = session_json(watched, ids[2])
+    path.write_bytes(path.read_bytes().replace(b'"s2"', b'"t2"'))  # in place, by hand
+    assert titles(watched) == ["s0", "s1", "t2"]
+    assert set(calls) == {ids[2]}  # the one changed, checked and read again
+    Store(watched.root).put_file(ids[0], "b", b"two")  # another store on the root
+    assert [f["name"] for f in listed(watched)["items"][0]["files"]] == ["b"]
+
+
+def test_a_watched_session_json_changed_through_a_hard_link_elsewhere_shows(
+    watched: Store, tmp_path: Path
+) -> None:
+    # The session's directory hears nothing of it: the watch on the file itself does.
+    session_id = watched.create_session("aaaa")["id"]
+    path = session_json(watched, session_id)
+    link = tmp_path / "link"
+    os.link(path, link)
+    assert titles(watched) == ["aaaa"]
+    assert titles(watched) == ["aaaa"]  # kept, and trusted
+    with link.open("r+b", buffering=0) as file:  # written, and still open
+        data = file.read()
+        file.seek(0)
+        file.write(data.replace(b'"aaaa"', b'"bbbb"'))
+        assert titles(watched) == ["bbbb"]
+        assert json.loads(watched.get_session_json(session_id))["title"] == "bbbb"
+
+
+def test_a_watched_answer_is_checked_again_once_older_than_the_watchs_max_age(
+    watched: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # For what the kernel does not report (a mount over a session, another machine's write).
+    from app.store.watch import MAX_AGE_SECONDS
+
+    assert MAX_AGE_SECONDS == 1.0
+    session_id = watched.create_session("x")["id"]
+    listed(watched)
+    calls = stat_calls(watched, monkeypatch)
+    listed(watched)
+    assert calls == []
+    assert watched.sessions.watch is not None
+    watched.sessions.watch.max_age = 0.0
+    listed(watched)
+    assert calls == [session_id]
+
+
+def test_sessions_swapped_for_a_copy_under_a_watch_are_read_from_the_copy(
+    watched: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    session_id = watched.create_session("original")["id"]
+    assert titles(watched) == ["original"]
+    sessions = watched.sessions_dir
+    copy = sessions.with_name("copy")
+    shutil.copytree(sessions, copy, symlinks=True)
+    sessions.rename(sessions.with_name("put-aside"))
+    copy.rename(sessions)
+    path = session_json(watched, session_id)
+    path.write_bytes(path.read_bytes().replace(b'"original"', b'"copied!!"'))
+    assert titles(watched) == ["copied!!"]
+    calls = stat_calls(watched, monkeypatch)
+    assert titles(watched) == ["copied!!"]
+    assert calls == [session_id]  # no watch any more: checked by its stat calls
+
+
+def test_lost_events_make_every_watched_answer_checked_again(
+    watched: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import struct
+
+    ids = [watched.create_session(f"s{n}")["id"] for n in range(2)]
+    listed(watched)
+    calls = stat_calls(watched, monkeypatch)
+    assert watched.sessions.watch is not None
+    watched.sessions.watch._take(struct.pack("iIII", -1, 0x4000, 0, 0))  # IN_Q_OVERFLOW
+    listed(watched)
+    assert calls == ids
+
+
+def test_a_watched_session_changed_in_the_last_two_seconds_is_kept_on_the_watchs_word_only(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not settled (the default two seconds): the stat calls cannot tell two writes in one
+    # clock tick apart, an event can. Kept apart from the settled answers, for a second.
+    assert app_store.watch_sessions()
+    session_id = app_store.create_session("aaaa")["id"]
+    assert titles(app_store) == ["aaaa"]
+    assert (len(app_store.sessions.bodies), len(app_store.sessions.unsettled)) == (0, 1)
+    calls = stat_calls(app_store, monkeypatch)
+    assert titles(app_store) == ["aaaa"]
+    assert calls == []
+    path = session_json(app_store, session_id)
+    before = path.stat()
+    path.write_bytes(path.read_bytes().replace(b'"aaaa"', b'"bbbb"'))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if in the same tick
+    assert titles(app_store) == ["bbbb"]
+    assert json.loads(app_store.get_session_json(session_id))["title"] == "bbbb"
+    assert app_store.sessions.watch is not None
+    app_store.sessions.watch.max_age = 0.0  # past its second: checked by its stat calls
+    calls.clear()
+    assert titles(app_store) == ["bbbb"]
+    assert calls
+    app_store.close()

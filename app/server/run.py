@@ -33,7 +33,7 @@ from app.server.committer import Committer
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import HealthResponse
-from app.server.warm import warm_up, worker_threads_at_work
+from app.server.warm import SessionWarmer, warm_up, worker_threads_at_work
 from app.storage import Storage, open_storage
 
 if TYPE_CHECKING:
@@ -150,6 +150,11 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             "" if finding.repaired else "NOT repaired: ",
             finding.repair,
         )
+    # A kept session's answer trusted on the kernel's change events rather than its stat
+    # calls (app.store.watch); the remote store keeps no answers and has no such method.
+    watch_sessions = getattr(store, "watch_sessions", None)
+    if watch_sessions is not None:
+        watch_sessions()
     application = create_app(store, config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -215,6 +220,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         # behind. Each one scanned the whole start-up heap (about 75,000 objects, tens of
         # ms on the event loop).
         gc.freeze()
+        warmer.start()  # the sessions' answers, kept in the background (app.server.warm)
         await server.serve(sockets=[sock])
         # Still in the loop: which worker threads run a request's work, rather than wait for
         # one (the warm-up's are kept, and idle ones end with the loop).
@@ -222,6 +228,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         creates = 0 if committer is None else committer.stop()
         at_work.append(None if threads is None else threads + creates)
 
+    warmer = SessionWarmer(store)
     watcher = store.watch(config.lock_check_seconds, on_lost)
     restore_signals = _stop_on_signals(server)
     try:
@@ -230,6 +237,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
             runner.run(warm_then_serve())
         _wait_for_request_threads(store.location, at_work[0] if at_work else None, committer)
     finally:
+        warmer.stop()
         watcher.stop()
         restore_signals()
     if lost:

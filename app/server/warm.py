@@ -1,4 +1,5 @@
-"""`warm_up`: the first request of each kind paid for before the socket is served.
+"""`warm_up`: the first request of each kind paid for before the socket is served; and
+`SessionWarmer`: the sessions' answers made and kept in the background once it is.
 
 A fresh server built some of its machinery on the first request that needed it, on the event
 loop, while every other request waited: Starlette builds the middleware stack on its first
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message
 
     from app.config import Config
+    from app.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,12 @@ _CALLS: Final = (
     ("DELETE", "/sessions/warm-up", b"", b""),
 )
 _THREADS_WAIT_SECONDS: Final = 10.0
+#: Sessions whose answers the background warm-up makes (the oldest first): the watch's
+#: allowance (`app.store.watch`, three watches a session) is about this many.
+WARM_SESSIONS: Final = 4000
+#: The second pass waits this long, for the sessions the first found changed in the last two
+#: seconds, which are not kept yet (`app.store.records.MetaCache.settled`).
+_SETTLE_SECONDS: Final = 2.5
 
 
 async def warm_up(application: ASGIApp, app: Any, config: Config) -> list[str]:
@@ -180,3 +189,60 @@ def worker_threads_at_work() -> int | None:
     except LookupError:
         return 0  # no call ever went to a thread in this loop
     return len(set(workers) - set(idle))
+
+
+class SessionWarmer:
+    """Read each session's answer once in the background, so that the first pages clients
+    ask for are answered from kept bytes (`app.store.sessions.Sessions._encoded`).
+
+    Under `bench/load.py` the first pages of 100 read every session cold (its files parsed,
+    its JSON encoded, its watches added), tens of ms each on the event loop, in the first
+    seconds when fifty clients start at once. This reads up to `WARM_SESSIONS` of them, the
+    oldest first (the first page every client that pages starts from), on a thread of its
+    own, after the socket is served; again once the settling time has passed, for those
+    changed just before the start (kept only once settled). Reads only, through the
+    store's own checked path: what it keeps is what a request would have kept. A local
+    store only; stopped with the server.
+    """
+
+    def __init__(self, store: Storage, limit: int = WARM_SESSIONS) -> None:
+        self.store = store
+        self.limit = limit
+        self.read = 0  # answers read, over both passes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="app-session-warmer", daemon=True)
+
+    def start(self) -> SessionWarmer:
+        # The local store (the remote one keeps no answers, and lists no ids without a page)
+        if getattr(self.store, "reads_from_local_files", False) is True and callable(
+            getattr(self.store, "session_ids", None)
+        ):
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop reading, and return once the thread has (at most a session's read)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            ids: list[str] = self.store.session_ids()[: self.limit]  # type: ignore[attr-defined]
+            self.warm(ids)
+            if not self._stop.wait(_SETTLE_SECONDS):
+                self.warm(ids)
+        except Exception:  # a warm-up that failed costs the first requests, nothing more
+            log.debug("session warm-up stopped", exc_info=True)
+
+    def warm(self, ids: list[str]) -> None:
+        from app.errors import AppError
+
+        for n, session_id in enumerate(ids):
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(AppError):  # gone since, or damaged: a read says so
+                self.store.get_session_json(session_id)
+                self.read += 1
+            if n % 50 == 49:
+                time.sleep(0.001)  # let the event loop take the interpreter lock

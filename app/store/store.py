@@ -201,7 +201,21 @@ class Store(Storage):
         assert self.root.lock is not None, "only a writer holds a lock to lose"
         return LockLostError(self.root.lock.path, reason)
 
+    def watch_sessions(self) -> bool:
+        """Let reads of kept sessions trust the kernel's change events (`app.store.watch`)
+        rather than three stat calls each; the server's, for its lifetime (closed with the
+        store). Only a writer keeps answers, and only on a local filesystem: another machine's
+        writes to a network one raise no event here. Whether the watch is on."""
+        if self.sessions.watch is None and self.root.writable and not self.reads_may_wait:
+            from app.store.watch import SessionWatch
+
+            self.sessions.watch = SessionWatch.start(self.sessions.where)
+        return self.sessions.watch is not None
+
     def close(self) -> None:
+        if self.sessions.watch is not None:
+            self.sessions.watch.close()
+            self.sessions.watch = None
         self.root.close()
 
     # -- sessions -----------------------------------------------------------------------

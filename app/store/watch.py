@@ -1,0 +1,280 @@
+"""`SessionWatch`: whether a kept session may have changed, told by Linux's inotify.
+
+A kept session's answer (`Sessions._encoded`) was checked on every read with three system
+calls: an ``lstat`` of its directory, a ``stat`` of its session.json and an ``lstat`` of its
+records/. A page of 100 made 300 of them, most of its 2 ms on the server's event loop
+(bench/README.md, "Latency under mixed load", the seventeenth and eighteenth sessions).
+
+With this, the server asks the kernel to tell it of every change there instead: each kept
+session's directory, its session.json and its records/ are watched, and so is sessions/.
+A read first takes what the kernel queued (one ``read``, and one ``stat`` of sessions/),
+and a session with no event since its answer was last checked is answered from the kept
+bytes without a system call. The kernel queues an event before the call that made the
+change returns (fsnotify runs inside the ``write``, ``rename``, ``unlink``, ``chmod``), so
+a change that was made before a read began, by any process, is seen by that read: what a
+stale answer can be is exactly what it was with the ``stat`` calls, a change made while
+the read runs.
+
+What inotify cannot see, and what covers it:
+
+- a filesystem mounted over a session directory after the start (it needs root; the start
+  refuses mounts inside the root), or a change made by another machine on a network
+  filesystem (the watch is used on local filesystems only: `Store.watch_sessions`): every
+  kept answer is checked with the ``stat`` calls again once it is `MAX_AGE_SECONDS` old,
+  so such a change shows within that time;
+- sessions/ or the whole root put aside and a copy put in its place: sessions/'s device
+  and inode are compared on every read; another directory there turns the watch off;
+- an event queue that overflowed (more than ``max_queued_events`` changes between two
+  reads): every session is checked again.
+
+Only the kernel's three calls are used, through ctypes: a library (watchdog, watchfiles)
+delivers events on its own thread some time later, which cannot say that nothing changed
+before now, and that is the one thing needed here. Where inotify cannot be had (no
+instance left, not Linux), nothing is watched and every read checks as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Final
+
+__all__ = ["MAX_AGE_SECONDS", "SessionWatch"]
+
+#: How long a kept answer is trusted on the kernel's word alone before its ``stat`` calls
+#: are made again (for what inotify cannot see; the module docstring).
+MAX_AGE_SECONDS: Final = 1.0
+
+_MODIFY: Final = 0x2
+_ATTRIB: Final = 0x4
+_CLOSE_WRITE: Final = 0x8
+_MOVED_FROM: Final = 0x40
+_MOVED_TO: Final = 0x80
+_CREATE: Final = 0x100
+_DELETE: Final = 0x200
+_DELETE_SELF: Final = 0x400
+_MOVE_SELF: Final = 0x800
+_Q_OVERFLOW: Final = 0x4000
+_IGNORED: Final = 0x8000
+_ONLYDIR: Final = 0x01000000
+_DONT_FOLLOW: Final = 0x02000000
+_CHANGES: Final = (
+    _MODIFY
+    | _ATTRIB
+    | _CLOSE_WRITE
+    | _MOVED_FROM
+    | _MOVED_TO
+    | _CREATE
+    | _DELETE
+    | _DELETE_SELF
+    | _MOVE_SELF
+)
+_EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
+#: At most this many watches per server, and at most a quarter of the user's allowance
+#: (`/proc/sys/fs/inotify/max_user_watches`, shared by all the user's processes): three a
+#: session; sessions past it are checked with the ``stat`` calls, as before.
+_WATCHES: Final = 12288
+_SESSION_FILE: Final = "session.json"
+_RECORDS_DIR: Final = "records"
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name in ("inotify_init1", "inotify_add_watch", "inotify_rm_watch"):
+            getattr(libc, name)
+    except (OSError, AttributeError):
+        return None
+    libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+    return libc
+
+
+def _allowance() -> int:
+    try:
+        return min(_WATCHES, int(Path("/proc/sys/fs/inotify/max_user_watches").read_text()) // 4)
+    except (OSError, ValueError):
+        return 1024
+
+
+class SessionWatch:
+    """The kernel's word on which kept sessions of one ``sessions/`` may have changed.
+
+    Thread-safe: pages of more than 100 sessions are read on worker threads.
+    """
+
+    def __init__(self, libc: ctypes.CDLL, fd: int, sessions_dir: str, identity: tuple[int, int]):
+        self._libc = libc
+        self._fd = fd
+        self._where = sessions_dir
+        self._identity = identity
+        self._lock = threading.Lock()
+        self._limit = _allowance()
+        self.max_age = MAX_AGE_SECONDS
+        self._on = True
+        self._wds: dict[int, set[str]] = {}  # a watch: the session directories it stands for
+        self._dirs: dict[str, set[int]] = {}  # a session directory: its watches
+        self._clean: dict[str, tuple[object, float]] = {}  # checked: validator, when
+        self._events = 0  # events taken so far
+        self._changed: dict[str, int] = {}  # a watched directory: the count at its last event
+        self._intact: set[str] = set()  # watched, and no event for it since: nothing to add
+        wd = self._add(sessions_dir, _CHANGES | _ONLYDIR | _DONT_FOLLOW)
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), f"cannot watch {sessions_dir}")
+        self._top = wd
+
+    @classmethod
+    def start(cls, sessions_dir: str) -> SessionWatch | None:
+        """A watch of ``sessions_dir``, or None where inotify cannot be had."""
+        libc = _libc()
+        if libc is None:
+            return None
+        try:
+            info = os.lstat(sessions_dir)
+        except OSError:
+            return None
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            return None  # EMFILE: the user's instances are all taken (max_user_instances)
+        try:
+            return cls(libc, fd, sessions_dir, (info.st_dev, info.st_ino))
+        except OSError:
+            os.close(fd)
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._on = False
+            self._clean.clear()
+
+    # -- what a read asks ---------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Take every event queued so far; call it once before a read uses :meth:`clean`."""
+        with self._lock:
+            if not self._on:
+                return
+            try:
+                info = os.lstat(self._where)
+                same = (info.st_dev, info.st_ino) == self._identity
+            except OSError:
+                same = False
+            if not same:  # sessions/ (or the root) swapped for another: watch nothing more
+                self._on = False
+                self._clean.clear()
+                return
+            while True:
+                try:
+                    data = os.read(self._fd, 65536)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self._on = False
+                    self._clean.clear()
+                    return
+                self._take(data)
+
+    def clean(self, directory: str) -> object | None:
+        """The validator ``directory``'s answer was kept under, if nothing there changed since
+        it was checked (per the events :meth:`drain` took) and it was checked lately."""
+        entry = self._clean.get(directory)  # a dict read: atomic under the interpreter lock
+        if entry is None or time.monotonic() - entry[1] > self.max_age:
+            return None
+        return entry[0]
+
+    def begin(self, directory: str) -> int | None:
+        """Watch ``directory`` (before its answer is checked); the count to give
+        :meth:`checked`, or None if it cannot be watched (then it is checked every time)."""
+        with self._lock:
+            if not self._on:
+                return None
+            count = self._events
+            if directory in self._intact:  # checked again after its second: watches unchanged
+                return count
+            wds = []
+            for path, flags, needed in (
+                (directory, _ONLYDIR | _DONT_FOLLOW, True),
+                (f"{directory}/{_SESSION_FILE}", _DONT_FOLLOW, True),
+                # not there until the first upload; its making is an event of the directory
+                (f"{directory}/{_RECORDS_DIR}", _ONLYDIR | _DONT_FOLLOW, False),
+            ):
+                if len(self._wds) >= self._limit:
+                    return None
+                wd = self._add(path, _CHANGES | flags)
+                if wd < 0:
+                    if needed or ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
+                        return None
+                    continue
+                wds.append(wd)
+            for wd in wds:
+                self._wds.setdefault(wd, set()).add(directory)
+                self._dirs.setdefault(directory, set()).add(wd)
+            self._intact.add(directory)
+            return count
+
+    def checked(self, directory: str, count: int, validator: object) -> None:
+        """``directory``'s answer is kept under ``validator``, checked after :meth:`begin`
+        returned ``count``: trusted from now on, unless an event for it came since."""
+        with self._lock:
+            if self._on and self._changed.get(directory, -1) <= count:
+                self._clean[directory] = (validator, time.monotonic())
+
+    # -- the kernel's events ------------------------------------------------------------------
+
+    def _add(self, path: str, mask: int) -> int:
+        return int(self._libc.inotify_add_watch(self._fd, os.fsencode(path), mask))
+
+    def _take(self, data: bytes) -> None:
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            self._events += 1
+            if mask & _Q_OVERFLOW:  # events were lost: nothing is known clean any more
+                self._clean.clear()
+                self._intact.clear()
+                for directory in self._dirs:
+                    self._changed[directory] = self._events
+                continue
+            if wd == self._top:
+                if mask & (_DELETE_SELF | _MOVE_SELF | _IGNORED):
+                    self._on = False
+                    self._clean.clear()
+                elif name:
+                    directory = f"{self._where}/{os.fsdecode(name)}"
+                    self._touch(directory)
+                    if mask & (_MOVED_FROM | _DELETE):  # it left sessions/ (a delete): unwatch
+                        self._forget(directory)
+                continue
+            for directory in list(self._wds.get(wd, ())):
+                self._touch(directory)
+            if mask & _IGNORED:  # the watched file or directory is gone
+                for directory in self._wds.pop(wd, ()):
+                    self._dirs.get(directory, set()).discard(wd)
+
+    def _touch(self, directory: str) -> None:
+        self._clean.pop(directory, None)
+        self._intact.discard(directory)  # what is watched may be another file now: add again
+        if directory in self._dirs:
+            self._changed[directory] = self._events
+
+    def _forget(self, directory: str) -> None:
+        for wd in self._dirs.pop(directory, set()):
+            users = self._wds.get(wd)
+            if users is None:
+                continue
+            users.discard(directory)
+            if not users:
+                del self._wds[wd]
+                with contextlib.suppress(OSError):
+                    self._libc.inotify_rm_watch(self._fd, wd)
+        self._changed.pop(directory, None)
