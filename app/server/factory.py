@@ -8,11 +8,12 @@ from fastapi import Depends, FastAPI
 
 from app import __version__
 from app.server.auth import TokenRoute, require_token
+from app.server.direct import DirectReads
 from app.server.limits import RequestGuard
 from app.server.openapi import add_api_docs, openapi
 from app.server.problems import add_error_handlers
 from app.server.routes_files import add_file_routes
-from app.server.routes_sessions import add_session_routes
+from app.server.routes_sessions import add_session_routes, reads_on_loop
 from app.server.uploads import UploadSlots
 from app.storage import Storage
 
@@ -55,6 +56,10 @@ def create_app(store: Storage, config: Config) -> FastAPI:
     # A remote store's transfers wait on the network in worker threads, and its servers scale
     # by processes (--workers): they are not queued.
     local = getattr(store, "reads_from_local_files", False) is True
+    if reads_on_loop(store):
+        # Added first, so inside RequestGuard: gets and pages the route would read on the
+        # event loop, answered without FastAPI's route (app.server.direct).
+        app.add_middleware(DirectReads, store=store, config=config)
     app.add_middleware(
         RequestGuard,
         transfers_at_once=config.max_transfers_at_once if local else None,

@@ -38,18 +38,38 @@ if TYPE_CHECKING:
 _CONFIRM: Final = "yes-i-mean-it"
 # A timedelta cannot hold 1e308 seconds (a 500 the fuzzer found).
 _MAX_AGE_SECONDS: Final = 100 * 365 * 86400
-# Pages of more than _UNBOUNDED_PAGE sessions are read by at most _LISTING_SLOTS worker
+# Pages of more than UNBOUNDED_PAGE sessions are read by at most _LISTING_SLOTS worker
 # threads at once (see list_sessions).
 _LISTING_SLOTS: Final = 2
-_UNBOUNDED_PAGE: Final = 100
+UNBOUNDED_PAGE: Final = 100
 
 
-class _EncodedJSON(JSONResponse):
+class EncodedJSON(JSONResponse):
     """A JSON answer whose body the store already encoded (as JSONResponse would have)."""
 
     def render(self, content: Any) -> bytes:
         assert isinstance(content, bytes)
         return content
+
+
+def reads_on_loop(store: Storage) -> bool:
+    """Whether a get and a page of up to `UNBOUNDED_PAGE` are read on the event loop.
+
+    The local store answers them from bytes it keeps encoded, at three stat calls a session
+    at most (a page of 100: under 1 ms, bench/session_reads.py): less than handing it to a
+    worker thread costs, two GIL hand-overs that can each wait for the switch interval while
+    the loop and the threads take turns (on threads, a page of 100 took 19 to 29 ms at the
+    median under bench/load.py's mix, against 3 to 5). So those run on the event loop, where
+    the data root lies on a local disk or in memory. On a filesystem whose reads can wait on
+    a server or a daemon (NFS, SMB, FUSE: the store's `reads_may_wait`), one read there
+    stalled the whole server, /health and a SIGTERM's graceful stop included, for as long as
+    the filesystem did (red team 23): there, and for a remote store, which waits on the
+    network, they run on worker threads like every other call.
+    """
+    return (
+        getattr(store, "reads_from_local_files", False) is True
+        and getattr(store, "reads_may_wait", True) is False
+    )
 
 
 class HealthResponse:
@@ -179,21 +199,8 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         )
 
     listing_slots = anyio.Semaphore(_LISTING_SLOTS)
-    # The local store answers a get or a page of up to 100 from bytes it keeps encoded, at
-    # three stat calls a session (a page of 100: under 1 ms, bench/session_reads.py): less
-    # than handing it to a worker thread costs, two GIL hand-overs that can each wait for
-    # the switch interval while the loop and the threads take turns (on threads, a page of
-    # 100 took 19 to 29 ms at the median under bench/load.py's mix, against 3 to 5). So those
-    # run on the event loop, where the data root lies on a local disk or in memory. On a
-    # filesystem whose reads can wait on a server or a daemon (NFS, SMB, FUSE: the store's
-    # `reads_may_wait`), one read there stalled the whole server, /health and a SIGTERM's
-    # graceful stop included, for as long as the filesystem did (red team 23): there, and for
-    # a remote store, which waits on the network, they run on worker threads like every
-    # other call.
-    on_loop = (
-        getattr(store, "reads_from_local_files", False) is True
-        and getattr(store, "reads_may_wait", True) is False
-    )
+    # Where they are read on the loop, app.server.direct answers most of them first.
+    on_loop = reads_on_loop(store)
 
     @app.get(
         "/sessions",
@@ -216,23 +223,23 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         A page holds at most `limit` sessions, and stops early (with a `next` cursor) once its
         sessions take the server's `page_max_bytes` as JSON; it always holds at least one.
         """
-        if on_loop and limit <= _UNBOUNDED_PAGE:
+        if on_loop and limit <= UNBOUNDED_PAGE:
             body = store.list_sessions_json(
                 limit=limit, after=after, max_bytes=config.page_max_bytes
             )
-            return _EncodedJSON(body)
+            return EncodedJSON(body)
         # A large page reads and parses up to 1,000 session.json files, Python work that
         # holds the GIL: more of them at once on worker threads finish no sooner, but each
         # one delays the event loop's turn for the GIL (GET /health's p99 was about 70 ms
         # behind ten clients listing 1,000-item pages, 12 ms with two slots: bench/load.py).
         # The others wait here, without a thread.
         slot: contextlib.AbstractAsyncContextManager[Any]
-        slot = listing_slots if limit > _UNBOUNDED_PAGE else contextlib.nullcontext()
+        slot = listing_slots if limit > UNBOUNDED_PAGE else contextlib.nullcontext()
         async with slot:
             body = await run_in_threadpool(
                 store.list_sessions_json, limit=limit, after=after, max_bytes=config.page_max_bytes
             )
-        return _EncodedJSON(body)
+        return EncodedJSON(body)
 
     @app.get(
         "/sessions/{session_id}",
@@ -245,8 +252,8 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
     async def get_session(session_id: SessionId) -> JSONResponse:
         """One session with its list of files."""
         if on_loop:
-            return _EncodedJSON(store.get_session_json(session_id))
-        return _EncodedJSON(await run_in_threadpool(store.get_session_json, session_id))
+            return EncodedJSON(store.get_session_json(session_id))
+        return EncodedJSON(await run_in_threadpool(store.get_session_json, session_id))
 
     @app.delete(
         "/sessions/{session_id}",
