@@ -43,8 +43,8 @@ class _BearerToken(HTTPBearer):
     async def __call__(self, request: HTTPConnection) -> None:
         if self.expected is None:
             return
-        credentials = await super().__call__(request)
-        given = credentials.credentials.encode() if credentials else b""
+        credentials = bearer_credentials(request.headers.get("authorization"))
+        given = credentials.encode() if credentials is not None else b""
         # Constant time: how much of a guess matched must not show in the response time.
         if not hmac.compare_digest(given, self.expected):
             message = (
@@ -53,6 +53,19 @@ class _BearerToken(HTTPBearer):
                 else "invalid bearer token"
             )
             raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer_credentials(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header, as ``HTTPBearer`` reads them.
+
+    Without the pydantic model it builds for them on every request (``HTTPBearer`` with
+    ``auto_error=False`` answers ``None`` where this does).
+    """
+    scheme, _, credentials = (authorization or "").partition(" ")
+    credentials = credentials.strip()
+    if not (scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
 
 
 def require_token(config: Config) -> HTTPBearer:

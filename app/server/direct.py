@@ -28,6 +28,7 @@ import re
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl
 
+from app.server.auth import bearer_credentials
 from app.server.routes_files import PRECONDITIONS
 from app.server.routes_sessions import UNBOUNDED_PAGE, EncodedJSON
 
@@ -127,9 +128,8 @@ class DirectReads:
                 authorization = value
         if self.token is None:
             return True
-        # As FastAPI's HTTPBearer reads it (`app.server.auth._BearerToken`).
-        scheme, _, credentials = (authorization or b"").decode("latin-1").partition(" ")
-        credentials = credentials.strip()
-        if scheme.lower() != "bearer" or not credentials:
-            return False
-        return hmac.compare_digest(credentials.encode(), self.token)
+        # As the route reads it (`app.server.auth._BearerToken`), a header as Starlette's.
+        given = bearer_credentials(
+            None if authorization is None else authorization.decode("latin-1")
+        )
+        return given is not None and hmac.compare_digest(given.encode(), self.token)
