@@ -13,12 +13,12 @@ step a request adds to the event loop's turn is a step every request behind it, 
 Only a request FastAPI's route would answer from the store, with nothing for its checks to
 refuse, is answered here, with what the route would send (the same bytes, the same
 `app.server.routes_sessions.EncodedJSON` response): the token right, no query parameter but
-those the route takes, each once, a limit in plain digits, no precondition header, no body.
-Everything else goes on to FastAPI unchanged, which refuses it as before. An error of the
-store (an unknown or malformed id, a stopped root) is left to FastAPI too: the read is done
-again there, and answered and logged by its handlers, so an error is never answered two
-ways. The routes stay FastAPI's: the OpenAPI document, the docs and every other request go
-through them.
+those the route takes, each once, a limit in plain digits, no precondition header, no body
+(``Content-Length: 0`` is none). Everything else goes on to FastAPI unchanged, which refuses
+it as before. An error of the store (an unknown or malformed id, a stopped root) is left to
+FastAPI too: the read is done again there, and answered and logged by its handlers, so an
+error is never answered two ways. The routes stay FastAPI's: the OpenAPI document, the docs
+and every other request go through them.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ if TYPE_CHECKING:
 
 #: A session's path, as the route takes it when its id is well formed (`SESSION_ID_PATTERN`).
 _SESSION_PATH: Final = re.compile("/sessions/([0-9a-f]{32})")
-#: Headers that send the request on to FastAPI: a body (`app.server.auth.refuse_body`),
-#: a precondition (`app.server.auth.ignored_preconditions`).
-_FOR_FASTAPI: Final = frozenset(
-    {b"content-length", b"transfer-encoding", *(name.encode() for name in PRECONDITIONS)}
-)
+#: Headers that send the request on to FastAPI: a chunked body (`app.server.auth.refuse_body`),
+#: a precondition (`app.server.auth.ignored_preconditions`). ``Content-Length: 0`` (which
+#: some clients send with every request) is no body, as `refuse_body` reads it; any other
+#: length goes on too.
+_FOR_FASTAPI: Final = frozenset({b"transfer-encoding", *(name.encode() for name in PRECONDITIONS)})
 
 
 class DirectReads:
@@ -123,6 +123,8 @@ class DirectReads:
         authorization = None
         for name, value in headers:
             if name in _FOR_FASTAPI:
+                return False
+            if name == b"content-length" and value.strip(b"0 "):
                 return False
             if name == b"authorization":
                 authorization = value
