@@ -938,7 +938,11 @@ def _open_checked(
         # not ours even the lock file.
         _refuse_foreign_directory(config, root)
     created = _create_root(root, durable=durable)
-    lock = RootLock(root, kind=kind, profile=config.profile, port=port, durable=durable)
+    # A root of a run found in the process tree lies in the run's sandbox, which pytest made
+    # for the run alone (mode 0700): its flock is taken as the run's own root's is.
+    lock = RootLock(
+        root, kind=kind, profile=config.profile, port=port, durable=durable, own_sandbox=not durable
+    )
     lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
     try:
         stamp = _check_stamp(config, root, kind=kind, write=True, durable=durable)
