@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -103,6 +104,7 @@ _MAX_HOLDER_BYTES: Final = 64 * 1024
 _POLL_INTERVAL: Final = 0.05
 
 
+@functools.cache  # a process lives within one boot: read once, not on every publish
 def _boot_id() -> str | None:
     try:
         return BOOT_ID_FILE.read_text(encoding="ascii").strip() or None
