@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -103,6 +104,7 @@ _MAX_HOLDER_BYTES: Final = 64 * 1024
 _POLL_INTERVAL: Final = 0.05
 
 
+@functools.cache  # a process lives within one boot: read once, not on every publish
 def _boot_id() -> str | None:
     try:
         return BOOT_ID_FILE.read_text(encoding="ascii").strip() or None
@@ -554,8 +556,9 @@ class RootLock:
             durable: fsync the holder JSON and its removal. Only a throw-away root (one
                 inside a test run's sandbox, see :func:`app.dataroot.open_root`) passes
                 ``False``: the flock and what live processes read never depend on it.
-            own_sandbox: the root is the pytest session's own, in the sandbox pytest just
-                created for the run: take the flock without filelock (see `_SandboxFlock`).
+            own_sandbox: the root lies in the sandbox pytest created for a run found in
+                the process tree (the session's root, a test's): take the flock without
+                filelock (see `_SandboxFlock`).
         """
         if kind not in KINDS:
             msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -810,11 +813,13 @@ class RootLock:
 
 class _SandboxFlock:
     """The same exclusive ``flock`` on the same file as filelock's `UnixFileLock` takes, for
-    the one root filelock's extra machinery has nothing to guard: the pytest session's own,
-    in the numbered directory pytest has just created (mode 0700) for this run alone.
+    the roots filelock's extra machinery has nothing to guard: those in the directory pytest
+    has created (mode 0700) for a run alone, the session's own and every test's.
 
     Not filelock, because its import is about 9 ms of every pytest start with the plugin
-    (a third of what the plugin adds to bare pytest, bench/plugin_startup.py). What the app
+    (a third of what the plugin adds to bare pytest, bench/plugin_startup.py), and its
+    acquire and release (fork tracking, its registry, polling) about 0.5 ms of every test
+    that opens a root (bench/README.md, branch perf23). What the app
     relies on from filelock is kept: one flock per open file, so servers, probes and other
     `RootLock`s see this one; the file created mode 0600 without ``O_TRUNC`` and never
     removed; a symbolic link refused (``O_NOFOLLOW``); a filesystem without flock refused,

@@ -72,6 +72,22 @@ def test_a_writer_creates_a_new_root_with_mode_0700_and_its_layout(config: StubC
         os.umask(old_umask)
 
 
+def test_a_new_root_is_0700_whatever_the_umask_or_a_setgid_parent_made_of_its_mode(
+    config: StubConfig,
+) -> None:
+    # mkdir's mode alone would give 0500 here (the umask takes the owner's write bit) and
+    # 02700 in a setgid parent: the root is changed to 0700 when it is not.
+    parent = config.data_root.parent
+    parent.mkdir(parents=True)
+    parent.chmod(0o2755)
+    old_umask = os.umask(0o277)
+    try:
+        open_root(config).close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(config.data_root.stat().st_mode) == 0o700
+
+
 def test_an_existing_root_keeps_the_permissions_its_owner_gave_it(config: StubConfig) -> None:
     config.data_root.mkdir(parents=True, mode=0o750)
     config.data_root.chmod(0o750)
