@@ -103,8 +103,15 @@ class _ObjectsProbe:
         now = time.monotonic()
         with self._lock:
             if self._asked is None and now - self._started >= PROBE_SECONDS:
-                self._asked = self._started = now
-                threading.Thread(target=self._probe, name="app-objects-probe", daemon=True).start()
+                probe = threading.Thread(target=self._probe, name="app-objects-probe", daemon=True)
+                try:
+                    probe.start()
+                except RuntimeError:
+                    # At the limit of threads: no probe in flight, so none is said to be
+                    # silent (red team 34); the next look tries again.
+                    pass
+                else:
+                    self._asked = self._started = now
             asked, failed = self._asked, self._failed
         if asked is not None and now - asked > self._silent_seconds:
             return (
