@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 from live_http import WAIT
+from test_redteam_s18_crash_points import Zygote, contents, open_store
 
 from app import config as appconfig
+from app.config import Config
 from app.storage import open_storage
 from app.store import Store
 from app.testing import published_port
@@ -253,3 +256,51 @@ def test_a_server_at_its_thread_limit_refuses_clearly_changes_nothing_and_recove
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+# --- empty-trash killed part-way -----------------------------------------------------------
+
+
+def test_an_empty_trash_killed_before_any_change_is_finished_by_the_next_one(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # ~1.5 s: a trash of four entries (two sessions, a replaced and a deleted file), an
+    # empty-trash killed before each of its 27 changes in a forked child, and after each
+    # kill, without any repair between (no server started), the next empty-trash. It left
+    # what the killed one had taken out of the trash (`.emptying-*`) for `check` to report
+    # (exit 65) and for a repair to remove.
+    with open_store(app_config) as store:
+        keep = store.create_session("kept")["id"]
+        store.put_file(keep, "a.txt", b"a, version 1")
+        store.put_file(keep, "a.txt", b"a, version 2", replace=True)
+        store.put_file(keep, "b.txt", b"b, deleted")
+        store.delete_file(keep, "b.txt")
+        for n in range(2):
+            gone = store.create_session(f"deleted {n}")["id"]
+            store.put_file(gone, "c.txt", f"in deleted session {n}".encode())
+            store.delete_session(gone)
+    root = app_config.data_root
+    saved = tmp_path / "template"
+    shutil.copytree(root, saved, symlinks=True)
+    kept = contents(saved, trash=False)
+    zygote = Zygote()
+    try:
+        crash_at = 0
+        while True:
+            shutil.rmtree(root)
+            shutil.copytree(saved, root, symlinks=True)
+            completed = zygote.run("empty-trash", crash_at, [], root)
+            with open_store(app_config) as store:
+                store.empty_trash()
+                assert store.list_trash() == []
+                findings = [f.to_dict() for f in store.check().findings]
+                assert findings == [], (crash_at, findings)
+                assert contents(root) == kept, crash_at
+                assert [f["name"] for f in store.list_files(keep)] == ["a.txt"]
+            if completed:
+                break
+            crash_at += 1
+    finally:
+        zygote.close()
+    print(f"empty-trash: killed before each of its {crash_at} changes")
+    assert crash_at > 20  # every rename, unlink and rmdir of the four entries was a kill
