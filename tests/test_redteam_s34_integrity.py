@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -304,3 +305,62 @@ def test_an_empty_trash_killed_before_any_change_is_finished_by_the_next_one(
         zygote.close()
     print(f"empty-trash: killed before each of its {crash_at} changes")
     assert crash_at > 20  # every rename, unlink and rmdir of the four entries was a kill
+
+
+# --- a batch of creates on a disk that fills part-way -------------------------------------
+
+_FILL_THEN_CREATE = r"""
+import json, os
+from app.config import load
+from app.storage import open_storage
+
+root = os.environ["APP_DATA_ROOT"]
+store = open_storage(load(), writer=True, kind="server", wanted="serve")
+filler = f"{root}/../filler"
+with open(filler, "wb") as out:
+    try:
+        while True:
+            out.write(b"x" * 65536)
+    except OSError:
+        pass
+os.truncate(filler, os.path.getsize(filler) - 200_000)  # room for a few sessions
+results = []
+for batch in range(6):  # as the committer hands them over: up to 64 at once
+    results += store.create_sessions(
+        [(f"{batch}-{n}", {"pad": "y" * 20_000}) for n in range(16)]
+    )
+made = [r["id"] for r in results if not isinstance(r, Exception)]
+refused = sorted({str(r) for r in results if isinstance(r, Exception)})
+store.close()
+with open_storage(load(), writer=True, kind="server", wanted="serve") as again:
+    print(json.dumps({
+        "made": made,
+        "refused": refused,
+        "there": again.session_ids(),
+        "findings": [f.to_dict() for f in again.check().findings],
+    }))
+"""
+
+
+def test_a_batch_of_creates_on_a_disk_that_fills_keeps_exactly_those_it_answered_made(
+    tmp_path: Path,
+) -> None:
+    # ~0.4 s: a child on a 3 MB tmpfs of its own, filled to 200 kB short, making 96 sessions
+    # of 20 kB in six batches (the committer's group commit), then opened again.
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs of its own")
+    mount = f'mount -t tmpfs -o size=3m none {shlex.quote(str(tmp_path))} && exec "$@"'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "-"]
+    run = subprocess.run(
+        [*command, sys.executable, "-c", _FILL_THEN_CREATE],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(tmp_path / "app-data")},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert 0 < len(result["made"]) < 96, result
+    assert result["refused"] == ["[Errno 28] No space left on device"]
+    assert sorted(result["there"]) == sorted(result["made"])
+    assert result["findings"] == []
