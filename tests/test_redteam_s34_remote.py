@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_app
 import httpx
 import pytest
 from engines import PostgresEngine, S3Engine
@@ -85,5 +86,47 @@ def test_two_replicas_emptying_the_trash_at_once_all_succeed_and_leave_no_orphan
     assert answers == []
     assert first.stop() == 0, first.output
     assert second.stop() == 0, second.output
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# The process dies as it sends the object store its DeleteObjects: after the transaction
+# that removed the rows, before any object went.
+_KILL_AT_DELETE = """
+import os, signal, sys
+
+def _kill(event, args):
+    if event == "http.client.send" and b"<Delete" in bytes(args[1])[:4096]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(_kill)
+"""
+
+
+def test_an_empty_trash_killed_before_its_objects_went_is_finished_by_the_next_one(
+    production: Production, tmp_path: Path
+) -> None:
+    # ~3 s: a replica's start and stop, then three commands. The next empty-trash left the
+    # killed one's objects, which `app data check` then reported as uploads that never
+    # committed (exit 65).
+    replica = production.start()
+    with production.client(replica) as client:
+        keep = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{keep}/files/a.txt", content=b"kept").status_code == 201
+        gone = client.post("/sessions", json={"title": "deleted"}).json()["id"]
+        assert client.put(f"/sessions/{gone}/files/b.txt", content=b"gone").status_code == 201
+        assert client.delete(f"/sessions/{gone}").status_code in (200, 204)
+        assert client.delete(f"/sessions/{keep}/files/a.txt").status_code in (200, 204)
+        assert client.put(f"/sessions/{keep}/files/a.txt", content=b"again").status_code == 201
+    assert replica.stop() == 0, replica.output
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_KILL_AT_DELETE)
+    path = os.pathsep.join([str(hooks), *filter(None, [production.env.get("PYTHONPATH")])])
+    empty = ("data", "empty-trash", "--profile", "production", "--yes-i-mean-it")
+    killed = forked_app.run({**production.env, "PYTHONPATH": path}, list(empty))
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    finished = production.run(*empty)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
     checked = production.run("data", "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
