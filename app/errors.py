@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, dataclass_transform
 
 # sysexits.h, the exit codes the command line promises (see docs/reference/errors.md).
 EX_OK = 0
@@ -741,6 +741,29 @@ class RequestCutShortError(AppError):
     grace: int
 
 
+class ThreadLimitError(AppError):
+    """The server could not start a thread to do what was asked (its process or user is at
+    its limit of threads: systemd's ``TasksMax=``, a container's pids limit, ``ulimit -u``).
+
+    Raised before the work began: nothing was changed.
+    """
+
+    exit_code = EX_TEMPFAIL
+    code = "thread_limit"
+    http_status = 503
+    template = (
+        "{doing} refused, and nothing was changed: the server could not start a thread to do "
+        "it ({reason}). Its process or user runs as many threads as it may. Retry after "
+        "{retry_after} seconds; an operator can raise that limit: systemd's "
+        "TasksMax= for the service, the container's pids limit, or `ulimit -u` for the user "
+        "that runs the server"
+    )
+
+    doing: str
+    reason: str
+    retry_after: int = 5
+
+
 # --- store (errors a client can cause) ---------------------------------------------
 
 
@@ -1314,6 +1337,23 @@ _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...
     (_IO_ERRNOS, StorageIOError),
     (_INTERRUPTED_ERRNOS, StorageInterruptedError),
 )
+
+
+#: What CPython's ``Thread.start`` raises (a ``RuntimeError``) when the system refuses a new
+#: thread (pthread_create's EAGAIN: RLIMIT_NPROC, a cgroup's pids.max, TasksMax=).
+THREAD_START_REFUSED: Final = "can't start new thread"
+
+
+def thread_limit(error: BaseException, doing: str) -> ThreadLimitError | None:
+    """The `ThreadLimitError` a failed ``Thread.start`` means, or ``None`` for any other error.
+
+    Args:
+        error: any exception; only CPython's ``RuntimeError`` for a refused thread maps.
+        doing: what was refused, for the message (``"POST /sessions"``).
+    """
+    if isinstance(error, RuntimeError) and str(error).startswith(THREAD_START_REFUSED):
+        return ThreadLimitError(doing, str(error))
+    return None
 
 
 def storage_error(error: BaseException, doing: str) -> StorageError | None:

@@ -64,6 +64,8 @@ sys.addaudithook(hook)
 def operation(store, op, keep):
     if op == "create":
         store.create_session("new")
+    elif op == "create-many":  # the server's committer's batch (red team 34)
+        store.create_sessions([("new", None), ("another", None)])
     elif op == "replace":
         store.put_file(keep, "a.txt", b"a, another version", replace=True)
     elif op == "delete-file":
@@ -111,7 +113,7 @@ def case(store, op, at, keep):
 store = open_storage(load(), writer=True, kind="server", wanted="serve")
 keep = store.create_session("kept")["id"]
 store.put_file(keep, "a.txt", b"a, version 1")
-for op in ("create", "replace", "delete-file", "delete-session", "restore-file"):
+for op in ("create", "create-many", "replace", "delete-file", "delete-session", "restore-file"):
     at = 0
     while (found := case(store, op, at, keep)) is not None:
         print(json.dumps([op, at, found]), flush=True)

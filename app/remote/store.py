@@ -103,8 +103,15 @@ class _ObjectsProbe:
         now = time.monotonic()
         with self._lock:
             if self._asked is None and now - self._started >= PROBE_SECONDS:
-                self._asked = self._started = now
-                threading.Thread(target=self._probe, name="app-objects-probe", daemon=True).start()
+                probe = threading.Thread(target=self._probe, name="app-objects-probe", daemon=True)
+                try:
+                    probe.start()
+                except RuntimeError:
+                    # At the limit of threads: no probe in flight, so none is said to be
+                    # silent (red team 34); the next look tries again.
+                    pass
+                else:
+                    self._asked = self._started = now
             asked, failed = self._asked, self._failed
         if asked is not None and now - asked > self._silent_seconds:
             return (
@@ -443,8 +450,18 @@ class RemoteStore(Storage):
 
         The rows go first, in one transaction: a crash after it leaves objects that no row
         names, which :meth:`check` removes; the other order could leave rows naming nothing.
+        Under maintenance's exclusive hold (``app data empty-trash``), every object no row
+        names is then deleted too, as ``check --repair`` does (audited as its repair): the
+        objects of an empty-trash killed between its transaction and their deletion were
+        left, and a read-only check after the next one reported them as uploads never
+        committed (red team 34). It lists the bucket's objects once.
         """
-        return self.trash.empty(older_than, via=via)
+        removed = self.trash.empty(older_than, via=via)
+        if self.db.kind == "maintenance":
+            check(
+                self.db, self.objects, orphan_grace=self.orphan_grace, repair=True, thorough=False
+            )
+        return removed
 
     # -- consistency --------------------------------------------------------------------
 

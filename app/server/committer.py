@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from app.errors import ThreadLimitError, thread_limit
+
 __all__ = ["Committer"]
 
 #: At most this many creates in one batch: each holds two descriptors until its fsyncs.
@@ -43,8 +45,13 @@ class Committer:
             it, in order (the local store's ``create_sessions``).
     """
 
-    def __init__(self, create_many: Callable[[Sequence[Wanted]], Sequence[object]]) -> None:
+    def __init__(
+        self,
+        create_many: Callable[[Sequence[Wanted]], Sequence[object]],
+        doing: str = "POST /sessions",
+    ) -> None:
         self._create_many = create_many
+        self._doing = doing  # what a create is, in its refusal (ThreadLimitError)
         self._cond = threading.Condition()
         self._waiting: list[_Waiting] = []
         self._threads: set[threading.Thread] = set()  # running
@@ -56,12 +63,16 @@ class Committer:
         """The session made (once durable), or the error that refused it, raised."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        waiting = ((title, metadata), loop, future)
         with self._cond:
-            self._waiting.append(((title, metadata), loop, future))
+            self._waiting.append(waiting)
             if self._idle:
                 self._cond.notify()
-            elif len(self._threads) < THREADS:
-                self._start()
+            elif len(self._threads) < THREADS and (error := self._start()) and not self._threads:
+                # No thread to take it, now or later: refused before anything was made (it
+                # stayed queued, answered 500, and was made by the next thread that started).
+                self._waiting.remove(waiting)
+                raise error
         # A request cancelled while it waits (its client went away) leaves its create to the
         # batch, as a worker thread went on with it: `_answer` skips a cancelled future.
         return await future
@@ -85,12 +96,26 @@ class Committer:
         for thread in threads:
             thread.join()
 
-    def _start(self) -> None:
+    def _start(self) -> ThreadLimitError | None:
+        """Start a committer thread (under ``_cond``); the refusal if none could start.
+
+        Counted once started only: a thread that never started, counted, took a place of
+        `THREADS` for ever (two such, and no create was ever made again) and was joined at
+        stop, which raised.
+        """
         # Daemon threads: an application that is never stopped (a test's client) does not
         # hold its interpreter's exit; `serve` joins them (see stop).
         thread = threading.Thread(target=self._run, name="app-committer", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as error:
+            refused = thread_limit(error, self._doing)  # at the process's limit of threads
+            if refused is None:
+                raise
+            return refused
+        # Before the thread can end: it takes `_cond`, which the caller holds.
         self._threads.add(thread)
-        thread.start()
+        return None
 
     def _run(self) -> None:
         try:
@@ -118,7 +143,11 @@ class Committer:
             with self._cond:
                 self._threads.discard(threading.current_thread())
                 if self._waiting and not self._idle and not self._threads:
-                    self._start()  # came between the last look and here, or left by a raise
+                    # Came between the last look and here, or left by a raise.
+                    error = self._start()
+                    if error is not None:  # nobody will make them: each refused, unmade
+                        refused, self._waiting = self._waiting, []
+                        _hand_over([(loop, future, error) for _, loop, future in refused])
 
     def _commit(self, batch: list[_Waiting]) -> None:
         results: Sequence[object]
@@ -126,13 +155,24 @@ class Committer:
             results = self._create_many([wanted for wanted, _, _ in batch])
         except Exception as error:  # the store's batch answers each one's error itself
             results = [error] * len(batch)
-        # One hand-over to each event loop for the whole batch (one wake-up, not one each).
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
-        for (_, loop, future), result in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((future, result))
-        for loop, answers in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # closed: nobody waits for these any more
-                loop.call_soon_threadsafe(_answer, answers)
+        _hand_over(
+            [
+                (loop, future, result)
+                for (_, loop, future), result in zip(batch, results, strict=True)
+            ]
+        )
+
+
+def _hand_over(
+    answered: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], object]],
+) -> None:
+    # One hand-over to each event loop for the whole batch (one wake-up, not one each).
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+    for loop, future, result in answered:
+        by_loop.setdefault(loop, []).append((future, result))
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # closed: nobody waits for these any more
+            loop.call_soon_threadsafe(_answer, answers)
 
 
 def _answer(answers: list[tuple[asyncio.Future[Any], object]]) -> None:

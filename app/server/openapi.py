@@ -68,14 +68,16 @@ _EVERY_REQUEST: Final = (408, 431)
 _RETRY_AFTER: Final = {
     "Retry-After": {
         "description": "Seconds to wait before retrying (`too_many_uploads`, "
-        "`too_many_open_files`).",
+        "`too_many_open_files`, `thread_limit`).",
         "schema": {"type": "string"},
     }
 }
-# Any route opens files, and may find the process out of descriptors.
+# Any route opens files, and may find the process out of descriptors, or hand its work to
+# a thread that cannot start (red team 34).
 _OUT_OF_FILES: Final = (
     "Or the server has as many files open as its limit allows (`too_many_open_files`, with "
-    "`Retry-After`)."
+    "`Retry-After`), or could not start a thread to do the request (`thread_limit`, with "
+    "`Retry-After`; nothing was changed)."
 )
 # The 503 of an upload route: the storage, or too many uploads in flight.
 BUSY: Final[dict[str, Any]] = {

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from app.errors import AppError, RequestTimeoutError, storage_error
+from app.errors import AppError, RequestTimeoutError, storage_error, thread_limit
 from app.storage import holder_lost
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,17 @@ def add_error_handlers(app: FastAPI) -> None:
         # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503,
         # and never the path (OSError's message has it; /health hides it on purpose).
         mapped = storage_error(error, f"{request.method} {request.url.path}")
+        if mapped is None:
+            raise error  # a 500 from the handler below, with the traceback in the log
+        log.warning("%s %s: %s", request.method, request.url.path, error)
+        return problem_of(mapped)
+
+    @app.exception_handler(RuntimeError)
+    async def runtime_error(request: Request, error: RuntimeError) -> ProblemResponse:
+        # A worker thread (anyio's, Starlette's run_in_threadpool, a remote upload's) that
+        # could not start: refused before its work began, so nothing was changed; a 503 to
+        # retry rather than a 500 (red team 34).
+        mapped = thread_limit(error, f"{request.method} {request.url.path}")
         if mapped is None:
             raise error  # a 500 from the handler below, with the traceback in the log
         log.warning("%s %s: %s", request.method, request.url.path, error)

@@ -30,6 +30,8 @@ import anyio
 import anyio.to_thread
 from fastapi.routing import APIRoute
 
+from app.errors import thread_limit
+
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message
 
@@ -108,13 +110,35 @@ async def _start_worker_threads() -> None:
     # so that a thread that never came would only cost the wait.
     together = threading.Barrier(threads)
 
+    refused: list[str] = []
+
     def meet() -> None:
         with contextlib.suppress(threading.BrokenBarrierError):
             together.wait(_THREADS_WAIT_SECONDS)
 
+    async def start_one() -> None:
+        try:
+            await anyio.to_thread.run_sync(meet)
+        except RuntimeError as error:
+            # At the process's limit of threads (red team 34): the server serves with those
+            # it has, and a request that needs one more is refused 503 thread_limit.
+            if thread_limit(error, "") is None:
+                raise
+            refused.append(str(error))
+            together.abort()  # those started stop waiting for the others
+
     async with anyio.create_task_group() as group:
         for _ in range(threads):
-            group.start_soon(anyio.to_thread.run_sync, meet)
+            group.start_soon(start_one)
+    if refused:
+        log.warning(
+            "warm-up: %d of %d worker threads could not start (%s): the process is at its "
+            "limit of threads (systemd's TasksMax=, a container's pids limit, ulimit -u); "
+            "requests that need another thread are refused 503 thread_limit meanwhile",
+            len(refused),
+            threads,
+            refused[0],
+        )
 
 
 def _prime_endpoint_contexts(app: Any) -> None:
@@ -217,7 +241,12 @@ class SessionWarmer:
         if getattr(self.store, "reads_from_local_files", False) is True and callable(
             getattr(self.store, "session_ids", None)
         ):
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError as error:  # a warm-up not made costs the first reads only
+                if thread_limit(error, "") is None:
+                    raise
+                log.warning("session warm-up not started: %s", error)
         return self
 
     def stop(self) -> None:

@@ -46,6 +46,10 @@ class RootState:
         # The time in the newest trash entry's name (see app.store.trash.Trash.moment).
         self.trash_moment: datetime | None = None
         self.trash_moment_lock = threading.Lock()
+        # The `.emptying-<entry>` directories an `empty-trash` of this process removes now:
+        # any other is what a killed one left, which the next one finishes (red team 34).
+        self.emptying: set[str] = set()
+        self.emptying_lock = threading.Lock()
 
     def creation_frontier(self, prefix: int) -> str | None:
         """The lowest id of a session in creation (its staging name minus ``prefix``

@@ -232,6 +232,7 @@ class Store(Storage):
         """
         return self.sessions.create(title, metadata)
 
+    @_changes
     def create_sessions(
         self, wanted: Sequence[tuple[str, dict[str, Any] | None]]
     ) -> list[SessionRecord | Exception]:

@@ -256,53 +256,96 @@ class Trash:
             and entry.path.parent == self.path
             and not entry.path.is_symlink()
         ]
-        removed: list[TrashEntry] = []
-        stopped: OSError | None = None
+        state = self.root.store_state
         # .trash/ and the audit log are opened first: once an entry has left the trash, a
         # process out of descriptors must not answer "nothing was changed".
         with self.root.prepare(self.path, audit=True) as prepared:
-            for entry in chosen:
-                # One rename takes the whole entry out of the trash before any byte of it
-                # goes: a crash in the middle of rmtree left a restorable half (a session
-                # missing some of its files) that `check` could only leave for a human; now
-                # it finishes it.
-                # Under the entry's session's lock, which a delete, a replace and a restore
-                # take: listed before it, an entry restored meanwhile failed the whole
-                # empty-trash with a bare FileNotFoundError, and one a delete had made but
-                # not yet filled was taken away from under it, its bytes left among the
-                # session's blobs (red team 33). One gone meanwhile is not removed here.
-                with self.root.store_state.lock_for(entry.session_id):
-                    if not os.path.lexists(entry.path):
-                        continue
-                    try:
-                        entry.path.rename(self.path / f"{EMPTYING_PREFIX}{entry.name}")
-                    except OSError as error:
-                        if not removed:
-                            raise
-                        stopped = error
-                        break
-                removed.append(entry)
-            if removed:
-                prepared.sync(self.path)
-            for entry in removed:
+            # What an empty-trash killed after its renames left out of the trash: finished
+            # here, with this one's audit line (it left them for a repair to find, and a
+            # read-only check after this one reported them, exit 65; red team 34).
+            with state.emptying_lock:
+                left = [name for name in self._emptying_names() if name not in state.emptying]
+                state.emptying.update(left)
+            try:
+                return self._empty(chosen, left, prepared, older_than, via)
+            finally:
+                with state.emptying_lock:
+                    state.emptying.difference_update(left)
+
+    def _emptying_names(self) -> list[str]:
+        try:
+            with os.scandir(self.path) as entries:
+                return sorted(
+                    e.name
+                    for e in entries
+                    if e.name.startswith(EMPTYING_PREFIX) and e.is_dir(follow_symlinks=False)
+                )
+        except FileNotFoundError:
+            return []
+
+    def _empty(
+        self,
+        chosen: list[TrashEntry],
+        left: list[str],
+        prepared: Prepared,
+        older_than: timedelta | None,
+        via: str,
+    ) -> list[TrashEntry]:
+        removed: list[TrashEntry] = []
+        stopped: OSError | None = None
+        state = self.root.store_state
+        for entry in chosen:
+            # One rename takes the whole entry out of the trash before any byte of it
+            # goes: a crash in the middle of rmtree left a restorable half (a session
+            # missing some of its files) that `check` could only leave for a human; now
+            # it finishes it.
+            # Under the entry's session's lock, which a delete, a replace and a restore
+            # take: listed before it, an entry restored meanwhile failed the whole
+            # empty-trash with a bare FileNotFoundError, and one a delete had made but
+            # not yet filled was taken away from under it, its bytes left among the
+            # session's blobs (red team 33). One gone meanwhile is not removed here.
+            with self.root.store_state.lock_for(entry.session_id):
+                if not os.path.lexists(entry.path):
+                    continue
+                emptying = f"{EMPTYING_PREFIX}{entry.name}"
+                with state.emptying_lock:
+                    state.emptying.add(emptying)
                 try:
-                    shutil.rmtree(self.path / f"{EMPTYING_PREFIX}{entry.name}")
+                    entry.path.rename(self.path / emptying)
+                except OSError as error:
+                    with state.emptying_lock:
+                        state.emptying.discard(emptying)
+                    if not removed:
+                        raise
+                    stopped = error
+                    break
+            removed.append(entry)
+        if removed:
+            prepared.sync(self.path)
+        names = [f"{EMPTYING_PREFIX}{entry.name}" for entry in removed]
+        try:
+            for name in [*left, *names]:
+                try:
+                    shutil.rmtree(self.path / name)
                 except OSError as error:
                     # Out of the trash already (the rename above): `check` finishes it.
-                    log.warning(
-                        "could not finish removing %s yet (%s); `check` will", entry.name, error
-                    )
-            if removed:
-                prepared.sync(self.path)
-            # After the bytes are gone: on a full disk, the line needs the space this freed.
-            prepared.audit(
-                "empty-trash",
-                self.path,
-                count=len(removed),
-                entries=[e.name for e in removed],
-                older_than=None if older_than is None else older_than.total_seconds(),
-                via=via,
-            )
+                    log.warning("could not finish removing %s yet (%s); `check` will", name, error)
+        finally:
+            with state.emptying_lock:
+                state.emptying.difference_update(names)
+        if removed or left:
+            prepared.sync(self.path)
+        finished = {"finished": [n.removeprefix(EMPTYING_PREFIX) for n in left]} if left else {}
+        # After the bytes are gone: on a full disk, the line needs the space this freed.
+        prepared.audit(
+            "empty-trash",
+            self.path,
+            count=len(removed),
+            entries=[e.name for e in removed],
+            older_than=None if older_than is None else older_than.total_seconds(),
+            via=via,
+            **finished,
+        )
         if stopped is not None:
             raise StoppedPartwayError(
                 doing="empty-trash",

@@ -166,6 +166,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.RequestTimeoutError("the client sent no byte of its body", 30, "request_idle_seconds"),
     errors.HeaderTooLargeError(32768),
     errors.TooManyUploadsError(32, 5),
+    errors.ThreadLimitError("POST /sessions", "can't start new thread"),
     errors.TooManyFilesError("3f2a9c", 10000),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
