@@ -176,8 +176,7 @@ class RecordCache:
     def due(self, session_id: str, max_age: float) -> bool:
         """Whether ``session_id``'s records must be read again: none kept, kept more than
         ``max_age`` seconds, expired by an event, or with a record linked elsewhere."""
-        with self._lock:
-            return self._due(session_id, max_age)
+        return self._due(session_id, max_age)  # dict and set reads: no lock (every read asks)
 
     def linked(self, session_id: str) -> bool:
         """Whether the copy kept has a record linked elsewhere (never trusted on events)."""

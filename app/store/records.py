@@ -127,12 +127,13 @@ def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
         # there by hand) with IsADirectoryError, which failed every read of the session.
         if not stat.S_ISREG(info.st_mode):
             return None, False
-        raw = b""
-        while len(raw) <= _MAX_RECORD_BYTES:
-            chunk = os.read(fd, _MAX_RECORD_BYTES + 1 - len(raw))
-            if not chunk:
-                break
-            raw += chunk
+        # One read of what fstat said, plus one byte: short of that is the end of the file
+        # (the second read a file object makes to find it was a system call per record).
+        limit = _MAX_RECORD_BYTES + 1
+        raw = os.read(fd, min(info.st_size + 1, limit))
+        if len(raw) == info.st_size + 1:  # it grew since the fstat: on to its end, or the limit
+            while len(raw) < limit and (chunk := os.read(fd, limit - len(raw))):
+                raw += chunk
     finally:
         os.close(fd)
     return _parsed_record(raw, path.name), info.st_nlink > 1

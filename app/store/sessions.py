@@ -359,7 +359,11 @@ class Sessions:
             if cached is not None:
                 cached.sort(key=upload_order)
                 return cached
-        records, linked = scan_records_linked(Path(directory))
+        records: list[FileRecord]
+        if cache is not None and identity is None:
+            records, linked = [], False  # no records/ (no upload yet): nothing to scan
+        else:
+            records, linked = scan_records_linked(Path(directory))
         if cache is not None:
             cache.store(session_id, records, token, identity, linked)
         return records
