@@ -676,3 +676,27 @@ def test_a_session_directory_swapped_by_hand_while_it_is_read_is_read_again(
     session_file.write_bytes(session_file.read_bytes().replace(b'"other"', b'"third"'))
     assert titles(watched) == ["third"]
     assert json.loads(watched.get_session_json(session_id))["title"] == "third"
+
+
+def test_a_record_linked_elsewhere_after_it_was_read_shows_within_the_minute(
+    watched: Store, tmp_path: Path
+) -> None:
+    # link(2) raises IN_ATTRIB on the file's own watches only, not on records/: the link made
+    # after the records were read is not known until they are read again (at most a minute).
+    session_id = watched.create_session()["id"]
+    watched.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        assert sizes(watched, session_id) == [3]
+    link = tmp_path / "link"
+    os.link(record_of(watched, session_id, "a"), link)
+    rewrite_truncated(link)
+    watch = watched.sessions.watch
+    assert watch is not None
+    watch.max_age = 0.0  # its second past: checked by its stat calls, which see no change
+    assert sizes(watched, session_id) == [3]  # the bound this documents
+    watched.sessions.watched_records_max_age = 0.0  # its minute past
+    assert sizes(watched, session_id) == [7]
+    watch.max_age = watched.sessions.watched_records_max_age = 60.0
+    assert sizes(watched, session_id) == [7]  # linked now: read on every read
+    link.write_bytes(link.read_bytes().replace(b'"size": 7', b'"size": 9'))
+    assert sizes(watched, session_id) == [9]

@@ -312,6 +312,11 @@ class Sessions:
         called), an answer checked since the last event for its session, less than a second
         ago, and whose record token is unchanged is answered without the three stat calls;
         one changed in the last two seconds is kept too, for as long as that holds.
+
+        Nothing of that sees a record rewritten in place by hand, so the records are read
+        again (moving the token if they differ) once their copy is a second old, or a minute
+        where the watch covers the session and has had no event for it since (a record
+        linked elsewhere: on every read, never trusted on the watch).
         """
         cache = self.state.records if self.root.writable else None
         if cache is None:  # a reader scans records/ on every read: nothing tells a change
