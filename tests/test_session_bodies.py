@@ -420,3 +420,283 @@ def test_a_watched_session_changed_in_the_last_two_seconds_is_kept_on_the_watchs
     assert titles(app_store) == ["bbbb"]
     assert calls
     app_store.close()
+
+
+# --- what else changes a session's bytes: each must show (the branch `watch20`) -------------
+
+
+def record_of(store: Store, session_id: str, name: str) -> Path:
+    return store.sessions_dir / session_id / "records" / name
+
+
+def sizes(store: Store, session_id: str) -> list[int]:
+    """The sizes a get and a page of 100 answer for the session's files (both must agree)."""
+    got = [f["size"] for f in json.loads(store.get_session_json(session_id))["files"]]
+    (item,) = [i for i in listed(store)["items"] if i["id"] == session_id]
+    assert [f["size"] for f in item["files"]] == got
+    return got
+
+
+def kept_with_one_record(store: Store) -> tuple[str, Path]:
+    """A session with one file of 3 bytes, read twice (kept, and trusted if watched)."""
+    session_id = store.create_session()["id"]
+    store.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        assert sizes(store, session_id) == [3]
+    if store.sessions.watch is None:
+        # Checked by its stat calls, which never see a record's bytes change: the records are
+        # read again once a second old (RECORDS_MAX_AGE_SECONDS); here at once.
+        store.sessions.records_max_age = 0.0
+    return session_id, record_of(store, session_id, "a")
+
+
+def resized(data: bytes) -> bytes:
+    assert b'"size": 3' in data
+    return data.replace(b'"size": 3', b'"size": 7')
+
+
+def rewrite_truncated(path: Path) -> None:
+    data = path.read_bytes()
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, resized(data))
+    finally:
+        os.close(fd)
+
+
+def rewrite_with_times_put_back(path: Path) -> None:
+    before = path.stat()
+    rewrite_truncated(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def rewrite_through_copy_file_range(path: Path) -> None:
+    source = path.parent.parent / "source"  # outside records/: its identity stays
+    source.write_bytes(resized(path.read_bytes()))
+    with source.open("rb") as src, path.open("r+b") as dst:
+        os.copy_file_range(src.fileno(), dst.fileno(), source.stat().st_size)
+    source.unlink()
+
+
+def cut_by_truncate(path: Path) -> None:
+    os.truncate(path, 10)  # no longer a record: the file is not shown
+
+
+def grown_by_fallocate(path: Path) -> None:
+    with path.open("r+b") as file:
+        os.posix_fallocate(file.fileno(), 0, path.stat().st_size + 4096)  # NULs: not a record
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        rewrite_truncated,
+        rewrite_with_times_put_back,
+        rewrite_through_copy_file_range,
+        cut_by_truncate,
+        grown_by_fallocate,
+    ],
+)
+def test_a_record_changed_in_place_by_hand_shows(store: Store, change: Any) -> None:
+    session_id, path = kept_with_one_record(store)
+    change(path)
+    assert sizes(store, session_id) == ([7] if "rewrite" in change.__name__ else [])
+
+
+def test_a_record_written_through_a_descriptor_opened_before_and_passed_along_shows(
+    store: Store,
+) -> None:
+    import socket
+
+    session_id = store.create_session()["id"]
+    store.put_file(session_id, "a", b"one")
+    path = record_of(store, session_id, "a")
+    opened = os.open(path, os.O_RDWR)  # before the answer is kept and trusted
+    left, right = socket.socketpair(socket.AF_UNIX)
+    try:
+        for _ in range(2):
+            assert sizes(store, session_id) == [3]
+        if store.sessions.watch is None:
+            store.sessions.records_max_age = 0.0
+        socket.send_fds(left, [b"x"], [opened])  # as another process would hand it over
+        _, (passed,), _, _ = socket.recv_fds(right, 1, 1)
+        data = resized(os.pread(passed, 4096, 0))
+        os.pwrite(passed, data, 0)
+        os.close(passed)
+        assert sizes(store, session_id) == [7]
+    finally:
+        os.close(opened)
+        left.close()
+        right.close()
+
+
+def test_a_record_made_after_the_session_was_first_watched_is_watched_too(
+    watched: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session_id = watched.create_session()["id"]
+    assert files_of(watched, session_id) == []  # watched, before records/ is there
+    watched.put_file(session_id, "a", b"one")  # records/ made by the first upload
+    for _ in range(2):
+        assert sizes(watched, session_id) == [3]
+    calls = stat_calls(watched, monkeypatch)
+    assert sizes(watched, session_id) == [3]
+    assert calls == []  # trusted on the watch's word
+    watch = watched.sessions.watch
+    assert watch is not None
+    assert len(watch._dirs[f"{watched.sessions.where}/{session_id}"]) == 3  # records/ too
+    rewrite_truncated(record_of(watched, session_id, "a"))
+    assert sizes(watched, session_id) == [7]
+
+
+def test_lost_events_make_every_kept_answer_read_again_records_too(watched: Store) -> None:
+    import struct
+
+    ids = [watched.create_session(f"s{n}")["id"] for n in range(3)]
+    for session_id in ids:
+        watched.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        assert [sizes(watched, i) for i in ids] == [[3]] * 3
+    for session_id in ids:
+        rewrite_truncated(record_of(watched, session_id, "a"))
+    watch = watched.sessions.watch
+    assert watch is not None
+    while True:  # the events are lost: the kernel says only that some were
+        try:
+            os.read(watch._fd, 65536)
+        except BlockingIOError:
+            break
+    watch._take(struct.pack("iIII", -1, 0x4000, 0, 0))  # IN_Q_OVERFLOW
+    assert [sizes(watched, i) for i in ids] == [[7]] * 3
+
+
+def test_an_unwatched_session_reads_its_records_again_after_a_second(
+    watched: Store,
+) -> None:
+    # Past the watch's allowance (a quarter of max_user_watches): checked by its stat calls.
+    assert watched.sessions.watch is not None
+    watched.sessions.watch._limit = 0
+    session_id = watched.create_session()["id"]
+    watched.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        assert sizes(watched, session_id) == [3]
+    rewrite_truncated(record_of(watched, session_id, "a"))
+    assert watched.sessions.records_max_age == 1.0
+    watched.sessions.records_max_age = 0.0  # a second later
+    assert sizes(watched, session_id) == [7]
+
+
+def test_a_record_hard_linked_elsewhere_is_read_again_on_every_read(
+    watched: Store, tmp_path: Path
+) -> None:
+    # Written through its other name, the record's directory (watched) hears nothing.
+    session_id = watched.create_session()["id"]
+    watched.put_file(session_id, "a", b"one")
+    link = tmp_path / "link"
+    os.link(record_of(watched, session_id, "a"), link)
+    for _ in range(2):
+        assert sizes(watched, session_id) == [3]
+    rewrite_truncated(link)
+    assert sizes(watched, session_id) == [7]
+
+
+def test_a_watched_sessions_records_are_read_again_at_least_once_a_minute(
+    watched: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # For what no event tells (a write through a shared mapping, a bind mount over records/).
+    import mmap
+
+    from app.store.sessions import WATCHED_RECORDS_MAX_AGE_SECONDS
+
+    assert WATCHED_RECORDS_MAX_AGE_SECONDS == 60.0
+    session_id = watched.create_session()["id"]
+    watched.put_file(session_id, "a", b"one")
+    path = record_of(watched, session_id, "a")
+    with path.open("r+b") as file, mmap.mmap(file.fileno(), 0) as mapped:
+        for _ in range(2):  # mapped before: its close (IN_CLOSE_WRITE) comes after the reads
+            assert sizes(watched, session_id) == [3]
+        mapped[:] = resized(mapped[:])  # no event: the kernel reports no write to a mapping
+        watch = watched.sessions.watch
+        assert watch is not None
+        watch.max_age = 0.0  # its second past: checked by its stat calls, which see no change
+        assert sizes(watched, session_id) == [3]  # the bound this documents
+        watched.sessions.watched_records_max_age = 0.0  # its minute past
+        assert sizes(watched, session_id) == [7]
+
+
+def test_a_directory_added_or_removed_by_hand_in_a_session_shows_as_the_disk_has_it(
+    store: Store,
+) -> None:
+    import shutil
+
+    session_id = store.create_session()["id"]
+    store.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        assert sizes(store, session_id) == [3]
+    directory = store.sessions_dir / session_id
+    (directory / "records" / "b").mkdir()  # a directory is no record
+    (directory / "stray").mkdir()
+    assert sizes(store, session_id) == [3]
+    (directory / "stray").rmdir()
+    shutil.rmtree(directory / "records")
+    assert sizes(store, session_id) == []
+
+
+def test_a_session_directory_swapped_by_hand_while_it_is_read_is_read_again(
+    watched: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shutil
+
+    session_id = watched.create_session("first")["id"]
+    directory = watched.sessions_dir / session_id
+    other = tmp_path / "other"
+    shutil.copytree(directory, other)
+    path = other / "session.json"
+    path.write_bytes(path.read_bytes().replace(b'"first"', b'"other"'))
+    watch = watched.sessions.watch
+    assert watch is not None
+    real = watched.sessions.meta.stat
+    swaps = []
+
+    def swapping(directory_: str, session_id_: str) -> tuple[int, ...]:
+        key = real(directory_, session_id_)  # what this read answers: the first one
+        if not swaps:
+            swaps.append(directory_)
+            directory.rename(tmp_path / "aside")
+            other.rename(directory)
+            watch.drain()  # another thread's read takes the events meanwhile
+        return key
+
+    monkeypatch.setattr(watched.sessions.meta, "stat", swapping)
+    json.loads(watched.get_session_json(session_id))
+    monkeypatch.setattr(watched.sessions.meta, "stat", real)
+    assert swaps
+    assert json.loads(watched.get_session_json(session_id))["title"] == "other"
+    assert titles(watched) == ["other"]
+    session_file = directory / "session.json"
+    session_file.write_bytes(session_file.read_bytes().replace(b'"other"', b'"third"'))
+    assert titles(watched) == ["third"]
+    assert json.loads(watched.get_session_json(session_id))["title"] == "third"
+
+
+def test_a_record_linked_elsewhere_after_it_was_read_shows_within_the_minute(
+    watched: Store, tmp_path: Path
+) -> None:
+    # link(2) raises IN_ATTRIB on the file's own watches only, not on records/: the link made
+    # after the records were read is not known until they are read again (at most a minute).
+    session_id = watched.create_session()["id"]
+    watched.put_file(session_id, "a", b"one")
+    for _ in range(2):
+        assert sizes(watched, session_id) == [3]
+    link = tmp_path / "link"
+    os.link(record_of(watched, session_id, "a"), link)
+    rewrite_truncated(link)
+    watch = watched.sessions.watch
+    assert watch is not None
+    watch.max_age = 0.0  # its second past: checked by its stat calls, which see no change
+    assert sizes(watched, session_id) == [3]  # the bound this documents
+    watched.sessions.watched_records_max_age = 0.0  # its minute past
+    assert sizes(watched, session_id) == [7]
+    watch.max_age = watched.sessions.watched_records_max_age = 60.0
+    assert sizes(watched, session_id) == [7]  # linked now: read on every read
+    link.write_bytes(link.read_bytes().replace(b'"size": 7', b'"size": 9'))
+    assert sizes(watched, session_id) == [9]

@@ -9,8 +9,10 @@ interleave changes to one session.
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
@@ -128,6 +130,14 @@ class RecordCache:
     from a backup, red teams 23 and 24), or a record added or removed there by hand, is read
     afresh, not answered with the records the server kept. Bounded by the number of records
     held (LRU).
+
+    A record rewritten in place by hand (``O_TRUNC`` and a write, a write through a descriptor,
+    ``copy_file_range``, ``fallocate``, ``truncate``) changes no identity, so each copy also
+    has an age: a read asks :meth:`due` with how old it may be (a second, a minute for a
+    session the kernel's events watch: `app.store.sessions`), an event expires it
+    (:meth:`expire`), and a copy with a record linked elsewhere (``st_nlink`` > 1, whose writes
+    through the other name raise no event on records/) is never trusted. A copy read again
+    moves the session's token only if the records differ (:meth:`store`).
     """
 
     def __init__(self, limit: int = _RECORD_CACHE_LIMIT) -> None:
@@ -135,6 +145,8 @@ class RecordCache:
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, dict[str, FileRecord]] = OrderedDict()
         self._identities: dict[str, object] = {}
+        self._read_at: dict[str, float] = {}  # when each copy was read (monotonic)
+        self._linked: set[str] = set()  # copies with a record linked elsewhere
         self._generations: dict[str, int] = {}
         self._epoch = 0
         self._held = 0
@@ -149,16 +161,42 @@ class RecordCache:
             return self._epoch, self._generations.get(session_id, 0)
 
     def get(
-        self, session_id: str, identity: object
+        self, session_id: str, identity: object, max_age: float = math.inf
     ) -> tuple[list[FileRecord] | None, tuple[int, int]]:
-        """The records kept for ``session_id`` if its ``records/`` is still ``identity``."""
+        """The records kept for ``session_id`` if its ``records/`` is still ``identity`` and
+        they were read at most ``max_age`` seconds ago (not :meth:`due`)."""
         with self._lock:
             token = (self._epoch, self._generations.get(session_id, 0))
             records = self._sessions.get(session_id)
-            if records is None or self._identities.get(session_id) != identity:
+            if (
+                records is None
+                or self._identities.get(session_id) != identity
+                or self._due(session_id, max_age)
+            ):
                 return None, token
             self._sessions.move_to_end(session_id)
             return list(records.values()), token
+
+    def due(self, session_id: str, max_age: float) -> bool:
+        """Whether ``session_id``'s records must be read again: none kept, kept more than
+        ``max_age`` seconds, expired by an event, or with a record linked elsewhere."""
+        return self._due(session_id, max_age)  # dict and set reads: no lock (every read asks)
+
+    def linked(self, session_id: str) -> bool:
+        """Whether the copy kept has a record linked elsewhere (never trusted on events)."""
+        return session_id in self._linked  # a set read: atomic under the interpreter lock
+
+    def expire(self, session_id: str | None) -> None:
+        """Something may have changed ``session_id``'s records (None: any session's)."""
+        with self._lock:
+            if session_id is None:
+                self._read_at.clear()
+            else:
+                self._read_at.pop(session_id, None)
+
+    def _due(self, session_id: str, max_age: float) -> bool:
+        read_at = self._read_at.get(session_id)
+        return read_at is None or session_id in self._linked or time.monotonic() - read_at > max_age
 
     def store(
         self,
@@ -166,20 +204,39 @@ class RecordCache:
         records: list[FileRecord],
         token: tuple[int, int],
         identity: object,
+        linked: bool = False,
     ) -> None:
-        """Keep a scan of ``session_id``'s ``records/`` (``identity`` taken before the scan)."""
+        """Keep a scan of ``session_id``'s ``records/`` (``identity`` taken before the scan;
+        ``linked``: a record there is linked elsewhere).
+
+        A scan that differs from the copy kept (or with no copy to compare with: what was
+        derived from an evicted one may still be kept) moves the session's token, so that
+        nothing derived from the records before it is answered again.
+        """
         with self._lock:
             if token != (self._epoch, self._generations.get(session_id, 0)):
                 return  # a write happened during the scan
+            scanned = {r["name"]: r for r in records}
+            if (
+                self._identities.get(session_id) != identity
+                or self._sessions.get(session_id) != scanned
+            ):
+                self._generations[session_id] = token[1] + 1
             if len(records) > self.limit:
+                self._forget(session_id)
                 return
             self._forget(session_id)
-            self._sessions[session_id] = {r["name"]: r for r in records}
+            self._sessions[session_id] = scanned
             self._identities[session_id] = identity
+            self._read_at[session_id] = time.monotonic()
+            if linked:
+                self._linked.add(session_id)
             self._held += len(records)
             while self._held > self.limit:
                 evicted_id, evicted = self._sessions.popitem(last=False)
                 self._identities.pop(evicted_id, None)
+                self._read_at.pop(evicted_id, None)
+                self._linked.discard(evicted_id)
                 self._held -= len(evicted)
 
     def changed(
@@ -214,11 +271,15 @@ class RecordCache:
             self._epoch += 1
             self._sessions.clear()
             self._identities.clear()
+            self._read_at.clear()
+            self._linked.clear()
             self._held = 0
 
     def _forget(self, session_id: str) -> None:
         records = self._sessions.pop(session_id, None)
         self._identities.pop(session_id, None)
+        self._read_at.pop(session_id, None)
+        self._linked.discard(session_id)
         if records is not None:
             self._held -= len(records)
 

@@ -51,6 +51,7 @@ __all__ = [
     "record_blob",
     "refuse_linked_dirs",
     "scan_records",
+    "scan_records_linked",
     "upload_order",
 ]
 
@@ -109,23 +110,43 @@ def open_regular(path: str, flags: int) -> int:
 
 def load_record(path: Path) -> FileRecord | None:
     """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
+    return _load_record(path)[0]
+
+
+def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
+    """:func:`load_record`, and whether the file is linked elsewhere too (``st_nlink`` > 1)."""
     try:
         fd = open_regular(str(path), os.O_RDONLY)
     except OSError as error:
         if error.errno in MISSING_ERRNOS:
-            return None
+            return None, False
         raise
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        raw = file.read(_MAX_RECORD_BYTES + 1)
+    try:
+        info = os.fstat(fd)
+        # Checked before a file object is made on it: os.fdopen refuses a directory (made
+        # there by hand) with IsADirectoryError, which failed every read of the session.
+        if not stat.S_ISREG(info.st_mode):
+            return None, False
+        # One read of what fstat said, plus one byte: short of that is the end of the file
+        # (the second read a file object makes to find it was a system call per record).
+        limit = _MAX_RECORD_BYTES + 1
+        raw = os.read(fd, min(info.st_size + 1, limit))
+        if len(raw) == info.st_size + 1:  # it grew since the fstat: on to its end, or the limit
+            while len(raw) < limit and (chunk := os.read(fd, limit - len(raw))):
+                raw += chunk
+    finally:
+        os.close(fd)
+    return _parsed_record(raw, path.name), info.st_nlink > 1
+
+
+def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
     try:
         record = json.loads(raw)
     except ValueError:
         return None
     if (
         not isinstance(record, dict)
-        or record.get("name") != path.name
+        or record.get("name") != name
         or not isinstance(record.get("blob"), str)
         or not ID_RE.fullmatch(record["blob"])
     ):
@@ -145,17 +166,29 @@ def record_blob(path: Path) -> str | None:
 
 def scan_records(directory: Path) -> list[FileRecord]:
     """Every record of the session in ``directory``, oldest upload first."""
+    return scan_records_linked(directory)[0]
+
+
+def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
+    """:func:`scan_records`, and whether one of the records is linked elsewhere too: a write
+    through the other name raises no event on records/ (`app.store.watch`)."""
     records_dir = directory / RECORDS_DIR
     if records_dir.is_symlink():
-        return []
+        return [], False
     try:
         with os.scandir(records_dir) as entries:
             names = [e.name for e in entries if not e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    records = [r for name in names if (r := load_record(records_dir / name)) is not None]
+        return [], False
+    records = []
+    linked = False
+    for name in names:
+        record, more = _load_record(records_dir / name)
+        linked |= more
+        if record is not None:
+            records.append(record)
     records.sort(key=upload_order)
-    return records
+    return records, linked
 
 
 def upload_order(record: FileRecord) -> tuple[str, str]:

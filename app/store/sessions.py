@@ -53,7 +53,7 @@ from app.store.records import (
     public,
     read_meta,
     refuse_linked_dirs,
-    scan_records,
+    scan_records_linked,
     upload_order,
 )
 
@@ -62,7 +62,16 @@ if TYPE_CHECKING:
     from app.store.trash import Trash
     from app.store.watch import SessionWatch
 
-__all__ = ["Sessions"]
+__all__ = ["RECORDS_MAX_AGE_SECONDS", "WATCHED_RECORDS_MAX_AGE_SECONDS", "Sessions"]
+
+#: How long a writer's copy of a session's records answers without reading them again. A
+#: record rewritten in place by hand changes no ``stat`` of what the answer is kept under
+#: (session.json, records/), so without a watch this is how long such a change can go unseen.
+RECORDS_MAX_AGE_SECONDS: Final = 1.0
+#: The same for a session the kernel's events watch (`app.store.watch`), where every event
+#: makes its records read again: this bounds what no event tells (a write through a shared
+#: mapping, a filesystem mounted over records/ by root).
+WATCHED_RECORDS_MAX_AGE_SECONDS: Final = 60.0
 
 _BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
 _UNSETTLED_BYTES: Final = 8 * 1024 * 1024
@@ -90,6 +99,8 @@ class Sessions:
         # (the stat key cannot tell two writes in one clock tick apart): used only while the
         # watch says nothing changed since (an event, not a stat, tells it), at most a second.
         self.unsettled: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_UNSETTLED_BYTES)
+        self.records_max_age = RECORDS_MAX_AGE_SECONDS
+        self.watched_records_max_age = WATCHED_RECORDS_MAX_AGE_SECONDS
 
     def directory(self, session_id: str) -> Path:
         """The directory of ``session_id``, once the id is checked."""
@@ -275,6 +286,11 @@ class Sessions:
         session["updated_at"] = max(times)
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
 
+    def records_stale(self, directory: str | None) -> None:
+        """The watch's word that ``directory``'s records may have changed (None: any
+        session's): the copy kept of them is read again before it answers."""
+        self.state.records.expire(None if directory is None else directory.rpartition("/")[2])
+
     def _checked_reader(self) -> Callable[[str, str], tuple[bytes, int]]:
         """:meth:`_encoded`, once the watch (if any) has taken the events queued so far."""
         if self.watch is not None:
@@ -296,6 +312,11 @@ class Sessions:
         called), an answer checked since the last event for its session, less than a second
         ago, and whose record token is unchanged is answered without the three stat calls;
         one changed in the last two seconds is kept too, for as long as that holds.
+
+        Nothing of that sees a record rewritten in place by hand, so the records are read
+        again (moving the token if they differ) once their copy is a second old, or a minute
+        where the watch covers the session and has had no event for it since (a record
+        linked elsewhere: on every read, never trusted on the watch).
         """
         cache = self.state.records if self.root.writable else None
         if cache is None:  # a reader scans records/ on every read: nothing tells a change
@@ -311,6 +332,11 @@ class Sessions:
                 if encoded is not None:
                     return encoded
             count = watch.begin(directory)  # watched before the validator is taken
+        # The records, read again if their copy is too old (an event expires it): one written
+        # in place changed nothing the validator holds, except the token this moves.
+        max_age = self.records_max_age if count is None else self.watched_records_max_age
+        if cache.due(session_id, max_age):
+            self._records(directory, session_id, max_age)
         key = self.meta.stat(directory, session_id)
         validator = (key, cache.token(session_id), _dir_key(f"{directory}/{RECORDS_DIR}"))
         encoded = self.bodies.get(directory, validator)
@@ -322,21 +348,29 @@ class Sessions:
                 self.unsettled.put(directory, validator, encoded, len(encoded[0]))
             else:
                 return encoded
-        if count is not None and watch is not None:
+        if count is not None and watch is not None and not cache.linked(session_id):
             watch.checked(directory, count, validator)
         return encoded
 
-    def _records(self, directory: str, session_id: str) -> list[FileRecord]:
+    def _records(
+        self, directory: str, session_id: str, max_age: float | None = None
+    ) -> list[FileRecord]:
         cache = self.state.records if self.root.writable else None
         if cache is not None:
             identity = records_identity(f"{directory}/{RECORDS_DIR}")
-            cached, token = cache.get(session_id, identity)
+            cached, token = cache.get(
+                session_id, identity, self.records_max_age if max_age is None else max_age
+            )
             if cached is not None:
                 cached.sort(key=upload_order)
                 return cached
-        records = scan_records(Path(directory))
+        records: list[FileRecord]
+        if cache is not None and identity is None:
+            records, linked = [], False  # no records/ (no upload yet): nothing to scan
+        else:
+            records, linked = scan_records_linked(Path(directory))
         if cache is not None:
-            cache.store(session_id, records, token, identity)
+            cache.store(session_id, records, token, identity, linked)
         return records
 
     def migrate_legacy(self, directory: Path, meta: dict[str, Any]) -> None:

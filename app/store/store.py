@@ -209,7 +209,10 @@ class Store(Storage):
         if self.sessions.watch is None and self.root.writable and not self.reads_may_wait:
             from app.store.watch import SessionWatch
 
-            self.sessions.watch = SessionWatch.start(self.sessions.where)
+            watch = SessionWatch.start(self.sessions.where)
+            if watch is not None:
+                watch.stale = self.sessions.records_stale
+            self.sessions.watch = watch
         return self.sessions.watch is not None
 
     def close(self) -> None:
