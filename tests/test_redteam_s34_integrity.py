@@ -259,6 +259,41 @@ def test_a_server_at_its_thread_limit_refuses_clearly_changes_nothing_and_recove
         process.wait()
 
 
+def test_a_server_that_cannot_start_its_lock_watcher_refuses_to_start_clearly(
+    tmp_path: Path, pids_cgroup: Path
+) -> None:
+    # ~1 s: a server started in a pids cgroup that lets it run its main thread only. Before:
+    # the thread that watches its lock could not start and `app serve` left a traceback
+    # (exit 1); now it refuses with the thread limit's message and exit 75, serves nothing,
+    # and leaves the root free for the next server.
+    root = tmp_path / "live-data"
+    env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
+    config = appconfig.load("testing", environ=env)
+    make_first_deploy_root(env, root)
+    (pids_cgroup / "pids.max").write_text("1")  # the main thread and no other
+
+    def enter_the_cgroup() -> None:
+        (pids_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    run = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        preexec_fn=enter_the_cgroup,
+        check=False,
+    )
+    assert run.returncode == 75, (run.returncode, run.stderr)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert f"serving profile testing from {root} refused, and nothing was changed" in run.stderr
+    assert "could not start a thread to do it (can't start new thread)" in run.stderr
+    for fix in ("TasksMax=", "pids limit", "ulimit -u"):
+        assert fix in run.stderr
+    with open_storage(config, writer=True) as store:  # the hold was released
+        assert store.check().findings == []
+
+
 # --- empty-trash killed part-way -----------------------------------------------------------
 
 

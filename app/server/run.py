@@ -28,13 +28,13 @@ from copy import deepcopy
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from app.errors import EX_SOFTWARE, AppError, PortInUseError
+from app.errors import EX_SOFTWARE, AppError, PortInUseError, thread_limit
 from app.server.committer import Committer
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
 from app.server.routes_sessions import HealthResponse
 from app.server.warm import SessionWarmer, warm_up, worker_threads_at_work
-from app.storage import Storage, open_storage
+from app.storage import HolderWatch, Storage, open_storage
 
 if TYPE_CHECKING:
     import uvicorn
@@ -228,8 +228,8 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
         creates = 0 if committer is None else committer.stop()
         at_work.append(None if threads is None else threads + creates)
 
+    watcher = _watch(config, store, on_lost)
     warmer = SessionWarmer(store)
-    watcher = store.watch(config.lock_check_seconds, on_lost)
     restore_signals = _stop_on_signals(server)
     try:
         # What server.run does, with the warm-up first, in the same event loop.
@@ -243,6 +243,18 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
     if lost:
         raise store.lost_error(lost[0])
     log.info("stopped; releasing the hold on %s", store.location)
+
+
+def _watch(config: Config, store: Storage, on_lost: Callable[[str], object]) -> HolderWatch:
+    """Start the thread that watches the hold; a process at its limit of threads is refused
+    clearly (exit 75) before it serves a request, and its hold is released as it leaves."""
+    try:
+        return store.watch(config.lock_check_seconds, on_lost)
+    except RuntimeError as error:
+        refused = thread_limit(error, f"serving profile {config.profile} from {store.location}")
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def _wait_for_request_threads(
