@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -199,6 +199,27 @@ def _refused_for_threads(answer: httpx.Response, request: str) -> None:
         assert fix in message
 
 
+def _live_root(tmp_path: Path) -> tuple[Path, dict[str, str], Config]:
+    """A first deploy's empty root for a server of the testing profile: root, env, config."""
+    root = tmp_path / "live-data"
+    env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
+    config = appconfig.load("testing", environ=env)
+    make_first_deploy_root(env, root)
+    return root, env, config
+
+
+def _entering(group: Path) -> Callable[[], None]:
+    """A ``preexec_fn`` that moves the child into the cgroup ``group``."""
+
+    def enter() -> None:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    return enter
+
+
+_SERVE = [sys.executable, "-m", "app", "serve", "--port", "0"]
+
+
 def test_a_server_at_its_thread_limit_refuses_clearly_changes_nothing_and_recovers(
     tmp_path: Path, pids_cgroup: Path
 ) -> None:
@@ -208,26 +229,19 @@ def test_a_server_at_its_thread_limit_refuses_clearly_changes_nothing_and_recove
     # not start was answered 500 and made all the same once a thread started; after two,
     # no create was ever made again, and the server's stop raised (it joined a thread that
     # never started).
-    root = tmp_path / "live-data"
-    env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
-    config = appconfig.load("testing", environ=env)
+    root, env, config = _live_root(tmp_path)
     headers = {"Authorization": f"Bearer {config.api_token}"} if config.api_token else {}
-    make_first_deploy_root(env, root)
     with open_storage(config, writer=True) as store:
         kept = store.create_session("kept")["id"]
     (pids_cgroup / "pids.max").write_text("2")  # the main thread and the lock's watcher
     log = tmp_path / "server.log"
-
-    def enter_the_cgroup() -> None:
-        (pids_cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", "0"],
+            _SERVE,
             env=env,
             stdout=out,
             stderr=out,
-            preexec_fn=enter_the_cgroup,  # noqa: PLW1509 - a write, no lock
+            preexec_fn=_entering(pids_cgroup),  # noqa: PLW1509 - a write, no lock
         )
     try:
         url = serving_at(
@@ -266,22 +280,15 @@ def test_a_server_that_cannot_start_its_lock_watcher_refuses_to_start_clearly(
     # the thread that watches its lock could not start and `app serve` left a traceback
     # (exit 1); now it refuses with the thread limit's message and exit 75, serves nothing,
     # and leaves the root free for the next server.
-    root = tmp_path / "live-data"
-    env = {**os.environ, "APP_HOST": "127.0.0.1", "APP_DATA_ROOT": str(root)}
-    config = appconfig.load("testing", environ=env)
-    make_first_deploy_root(env, root)
+    root, env, config = _live_root(tmp_path)
     (pids_cgroup / "pids.max").write_text("1")  # the main thread and no other
-
-    def enter_the_cgroup() -> None:
-        (pids_cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
     run = subprocess.run(
-        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        _SERVE,
         env=env,
         capture_output=True,
         text=True,
         timeout=WAIT,
-        preexec_fn=enter_the_cgroup,
+        preexec_fn=_entering(pids_cgroup),
         check=False,
     )
     assert run.returncode == 75, (run.returncode, run.stderr)
