@@ -9,6 +9,7 @@ in the order and with the refusals the pytest plugin reference page gives.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
@@ -261,6 +262,24 @@ class _WritesOfConftests:
     def pytest_configure(self, config: pytest.Config) -> None:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Iterator[None]:
+        """Check again before anything writes at the end (a wrapper, tryfirst: before
+        junitxml's and the cache provider's own hooks): a test may have planted a link
+        since the start (red team 35)."""
+        message = writes.refuse_at_end(session.config, self.roots, self.why)
+        if message is not None:
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.ensure_newline()
+                reporter.write_sep("!", "app: a test linked what pytest writes into a data root")
+                reporter.write_line(message, red=True)
+            else:
+                sys.stderr.write(f"{message}\n")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return (yield)
 
 
 @pytest.hookimpl(trylast=True)
