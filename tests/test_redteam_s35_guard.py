@@ -11,14 +11,20 @@ in a subprocess, next to a stopped production root named by the settings.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from project_copy import PROJECT
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_server_e2e import snapshot
+
+from app import sandbox
 
 #: Tests that plant, mid-run, a hard link of a record at the --junitxml path and a symbolic
 #: link to it in pytest's cache, where pytest writes as the run ends.
@@ -47,17 +53,22 @@ def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, 
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_a_link_a_test_plants_where_pytest_writes_at_the_end_is_removed_not_followed(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    workers: list[str],
 ) -> None:
+    # Under xdist the workers' tests plant the links, and the controller writes the report
+    # and the cache (the workers' own check at their end once raced on one link).
     settings, production = stopped
     [record] = production.glob("sessions/*/session.json")
     (tmp_path / "test_inner.py").write_text(PLANTS_LINKS)
     before = snapshot(production)
     code, output = _run(
-        tmp_path, settings, "--junitxml=report.xml", "test_inner.py", RECORD=str(record)
-    )
+        tmp_path, settings, *workers, "--junitxml=report.xml", "test_inner.py",
+        RECORD=str(record),
+    )  # fmt: skip
     assert snapshot(production) == before, output
     assert code == 1, output
     report, nodeids = tmp_path / "report.xml", tmp_path / ".pytest_cache/v/cache/nodeids"
@@ -74,7 +85,7 @@ def test_a_link_a_test_plants_where_pytest_writes_at_the_end_is_removed_not_foll
     assert "2 passed" in output, output
     # pytest wrote new files of its own at both names.
     assert report.read_text().startswith("<?xml"), output
-    assert not nodeids.is_symlink() and "test_inner.py::" in nodeids.read_text(), output
+    assert not nodeids.is_symlink() and nodeids.read_text().startswith("["), output
 
 
 #: A test that points pytest's cache at a data root, after the start's check of it.
@@ -108,3 +119,75 @@ def test_a_writer_a_test_points_into_a_data_root_writes_nothing(
         "this run (no report, no cache). Look for the test that changed it, and run again"
     ) in output, output
     assert not (tmp_path / "report.xml").exists(), output
+
+
+#: Tests of an inner run in a /tmp of its own: the first replaces the run's registry by a
+#: symbolic link to a stopped production root's sessions/; the second starts a child with a
+#: hand-built environment that asks for production.
+LINKS_THE_REGISTRY = """import os, shutil, subprocess, sys
+from pathlib import Path
+from app import sandbox
+
+
+def test_1_replaces_the_registry_by_a_link():
+    shutil.rmtree(sandbox.RUNS_DIR)
+    os.symlink(Path(os.environ["ROOT"]) / "sessions", sandbox.RUNS_DIR)
+
+
+def test_2_a_child_with_a_hand_built_environment_asks_for_production():
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    code = "from app.config import load; print('LOADED', load('production').data_root)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "LOADED" not in done.stdout
+    assert "tests run on the 'testing' profile" in done.stderr, done.stderr
+"""
+
+
+def _private_tmp(*keep: Path) -> tuple[str, ...]:
+    """``unshare`` into a mount namespace with a /tmp of its own, where `keep` (and the
+    checkout with its interpreter) stay visible at their paths (tests/test_redteam_s21_guard.py
+    does the same)."""
+    kept = [p for p in (*keep, PROJECT, Path(sys.prefix)) if p.is_relative_to("/tmp")]
+    binds = "".join(
+        f'mkdir -p {path}; mount --bind "$old"/{path.relative_to("/tmp")} {path}; '
+        for path in dict.fromkeys(kept)
+    )
+    script = (
+        'set -e; old=$(mktemp -d /run/app-s35-tmp.XXXXXX); mount --bind /tmp "$old"; '
+        f'mount -t tmpfs none /tmp; {binds}umount "$old"; rmdir "$old"; exec "$@"'
+    )
+    return ("unshare", "--mount", "sh", "-c", script, "sh")
+
+
+def test_a_registry_replaced_by_a_link_takes_no_entry_and_is_put_back(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The run writes its entry as it ends (kept for what its exit hooks start, and handed
+    # on to the processes that outlive it). It wrote it at the registry's name, through a
+    # symbolic link a test left there: the entry's JSON landed in a stopped production
+    # root's sessions/ (an `unknown-entry` to `app data check`), and the rest of the run
+    # was unguarded for children with a hand-built environment.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root mounts a tmpfs without a user namespace")
+    settings, production = stopped
+    run = sandbox.current_run()
+    assert run is not None
+    (tmp_path / "test_inner.py").write_text(LINKS_THE_REGISTRY)
+    before = snapshot(production)
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), ROOT=str(production), TMPDIR=_tmpdir(tmp_path))
+    done = subprocess.run(
+        [*_private_tmp(run.sandbox, settings), sys.executable, "-m", "pytest",
+         "-p", "no:cacheprovider", "-q", "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert "2 passed, 1 error" in output, output
+    assert (
+        "app: after test_inner.py::test_1_replaces_the_registry_by_a_link, the registry "
+        f"{sandbox.RUNS_DIR} was replaced by a symbolic link to {production}/sessions (the "
+        "name removed, never its target); it was put back. Until then, a process started "
+        "with a hand-built environment (and any after the run) was not part of the run. "
+        f"Tests must not remove or change {sandbox.RUNS_DIR}"
+    ) in output, output

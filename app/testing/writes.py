@@ -672,18 +672,20 @@ def _unplant(found: list[Target], roots: dict[str, Path], seen: _Seen) -> list[s
             here = Target(name.parent.resolve(), "")
             if _conflict(here, roots, seen) is not None or process_link(name.parent):
                 continue  # a name inside a data root is never ours to remove
-            if name.is_symlink():
-                lead = Target(name.resolve(), "")
-                if _finding(lead, roots, seen) is None and process_link(name) is None:
-                    continue  # a link that leads nowhere near a data root
-                said = f"{name} (a symbolic link to {name.readlink()})"
-            elif _other_names(name, roots) is not None:
-                said = f"{name} (a name of that file, which has {name.lstat().st_nlink})"
-            else:
-                continue
-            with contextlib.suppress(FileNotFoundError):
+            try:
+                if name.is_symlink():
+                    lead = Target(name.resolve(), "")
+                    if _finding(lead, roots, seen) is None and process_link(name) is None:
+                        continue  # a link that leads nowhere near a data root
+                    said = f"{name} (a symbolic link to {name.readlink()})"
+                elif _other_names(name, roots) is not None:
+                    said = f"{name} (a name of that file, which has {name.lstat().st_nlink})"
+                else:
+                    continue
                 name.unlink()
-                removed.append(said)
+            except FileNotFoundError:
+                continue  # gone meanwhile: nothing leads through it now
+            removed.append(said)
     return list(dict.fromkeys(removed))
 
 
