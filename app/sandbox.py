@@ -40,6 +40,7 @@ import contextlib
 import contextvars
 import errno
 import inspect
+import itertools
 import json
 import os
 import re
@@ -792,6 +793,48 @@ _START_FIX: Final = (
 )
 
 
+#: How a refusal names pytest's own start-up in this process, before the app's plugin ran.
+_STARTING_PYTEST: Final = (
+    "while pytest is starting in this process (loading its plugins and options: a `-p` "
+    "plugin's or a PYTEST_PLUGINS module's import, or its pytest_addoption), before the "
+    "app's plugin has made its sandbox"
+)
+
+
+def _pytest_starting() -> bool:
+    """Whether this thread runs inside pytest's start-up: its configuration and plugins being
+    loaded (``_pytest.config`` on the stack), before any session (``_pytest.main``).
+
+    A `-p` plugin's code at its import or in its ``pytest_addoption`` that loaded production
+    was refused, but told that the app's plugin was disabled (``-p no:app``) or inactive:
+    it was neither, only not started yet (red team 35).
+    """
+    if "app.testing.plugin" in sys.modules or _plugin_switched_off():
+        return False  # started (and inactive, or a nested run), or never will: said so
+    frame = sys._getframe(1)
+    starting = False
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name == "_pytest.main":
+            return False  # a session runs: the plugin has had its start
+        starting = starting or name.startswith("_pytest.config")
+        frame = frame.f_back  # type: ignore[assignment]
+    return starting
+
+
+def _plugin_switched_off() -> bool:
+    """Whether this process's pytest is told not to load the app's plugin: ``-p no:app``
+    (or ``no:app.testing.plugin``) on its command line or in ``PYTEST_ADDOPTS``, or
+    autoload off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) without ``-p app``."""
+    words = [*sys.argv, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    named = {w.removeprefix("-p").removeprefix("=") for w in words if w.startswith("-p")}
+    named |= {b for a, b in itertools.pairwise(words) if a == "-p"}
+    if named & {"no:app", "no:app.testing.plugin", "no:app.testing"}:
+        return True
+    loaded = named & {"app", "app.testing.plugin"}
+    return bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")) and not loaded
+
+
 def _runs_pytest() -> bool:
     """Whether pytest runs in this process, not merely is imported: its command line is
     pytest's, or pytest's code is on this thread's stack (``pytest.main()`` in a script)."""
@@ -859,6 +902,8 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     if imported and not starting_here and _runs_pytest():
         bare = _RUNS_HERE if not _PLUGIN_INACTIVE else _RUNS_HERE_INACTIVE
         runner, fix = "pytest", ""
+        if not _PLUGIN_INACTIVE and _pytest_starting():
+            bare, fix = _STARTING_PYTEST, _START_FIX
     elif bare is None and "unittest.case" in sys.modules and _runs_unittest():
         bare, runner = _UNITTEST_HERE, "unittest"
     if run is not None:

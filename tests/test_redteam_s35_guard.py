@@ -191,3 +191,83 @@ def test_a_registry_replaced_by_a_link_takes_no_entry_and_is_put_back(
         "with a hand-built environment (and any after the run) was not part of the run. "
         f"Tests must not remove or change {sandbox.RUNS_DIR}"
     ) in output, output
+
+
+#: A `-p` plugin that loads production as pytest registers it (its pytest_addoption), before
+#: the app's plugin is imported, and purges it.
+EARLY_PLUGIN = """from app.config import load
+from app.storage import open_storage
+
+
+def pytest_addoption(parser):
+    try:
+        with open_storage(load("production", serving=False), writer=True) as store:
+            store.purge()
+    except Exception as error:
+        print("REFUSED", type(error).__name__, error)
+"""
+
+
+def test_a_plugin_that_loads_production_before_the_app_s_is_told_the_run_is_starting(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Refused (pytest is imported, so no profile but testing), but told that the app's
+    # plugin was disabled (`-p no:app`) or inactive: it was neither, only not started yet.
+    settings, production = stopped
+    (tmp_path / "early_plugin.py").write_text(EARLY_PLUGIN)
+    (tmp_path / "test_inner.py").write_text("def test_nothing():\n    pass\n")
+    before = snapshot(production)
+    code, output = _run(
+        tmp_path, settings, "-p", "early_plugin", "-s", "test_inner.py",
+        ENV_FOR_DYNACONF="production",
+    )  # fmt: skip
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    assert (
+        "REFUSED SandboxViolationError refused under pytest: loading profile 'production' "
+        "while pytest is starting in this process (loading its plugins and options: a `-p` "
+        "plugin's or a PYTEST_PLUGINS module's import, or its pytest_addoption), before the "
+        "app's plugin has made its sandbox. Use the app (load a profile, or start a process "
+        "that does) from a test or a fixture, once the run has its sandbox, not at a "
+        "plugin's import or in its start-up hooks"
+    ) in output, output
+
+
+#: A test that makes coverage's data file a hard link of a stopped root's lock file (empty:
+#: SQLite takes an empty file for a new database, and writes its pages into it).
+LINKS_COVERAGE = """import os
+
+
+def test_links_coverage_s_data_file():
+    if os.path.lexists(".coverage"):
+        os.unlink(".coverage")
+    os.link(os.environ["LOCK"], ".coverage")
+"""
+
+
+def test_a_link_a_test_plants_where_coverage_writes_after_the_tests_is_removed(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # pytest-cov writes coverage's data file and its reports right after the test loop,
+    # before pytest's end-of-session hooks: the lock file of a stopped production root took
+    # 53 kB of SQLite there.
+    settings, production = stopped
+    lock = production / ".server.lock"
+    assert lock.stat().st_size == 0
+    (tmp_path / "test_inner.py").write_text(LINKS_COVERAGE)
+    before = snapshot(production)
+    code, output = _run(
+        tmp_path, settings, "--cov=test_inner", "--cov-report=", "test_inner.py",
+        LOCK=str(lock),
+    )  # fmt: skip
+    assert snapshot(production) == before, output
+    assert code == 1, output
+    data = tmp_path / ".coverage"
+    assert (
+        f"app: after the tests, coverage (pytest-cov's --cov) erases its data file {data} "
+        "(and the parallel ones beside it) as the run starts, and writes it at the end, which "
+        f"is a hard link (2 names) of {lock} in the data root of profile 'production'"
+    ) in output, output
+    assert f"Removed (the name only, never what it leads to): {data} (a name of" in output

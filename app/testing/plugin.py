@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
 
@@ -263,27 +263,43 @@ class _WritesOfConftests:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
 
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        """Check again as the tests end (trylast: the innermost wrapper, so before
+        pytest-cov's, which writes coverage's data file and reports right after the loop):
+        a test may have planted a link since the start (red team 35)."""
+        result = yield
+        self._check_again(session)
+        return result
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Iterator[None]:
-        """Check again before anything writes at the end (a wrapper, tryfirst: before
-        junitxml's and the cache provider's own hooks): a test may have planted a link
-        since the start (red team 35). Not in an xdist worker: its controller writes the
-        report and the cache, and checks them then; two workers removing one link at once
-        failed the second."""
-        if hasattr(session.config, "workerinput"):
-            return (yield)
-        message = writes.refuse_at_end(session.config, self.roots, self.why)
-        if message is not None:
-            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.ensure_newline()
-                reporter.write_sep("!", "app: a test linked what pytest writes into a data root")
-                reporter.write_line(message, red=True)
-            else:
-                sys.stderr.write(f"{message}\n")
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        """And before anything writes at the session's end (tryfirst: before junitxml's and
+        the cache provider's own hooks)."""
+        self._check_again(session)
         return (yield)
+
+    def _check_again(self, session: pytest.Session) -> None:
+        """Not in an xdist worker: its controller writes the report, the cache and the
+        combined coverage data, and checks them then; two workers removing one link at
+        once failed the second."""
+        if hasattr(session.config, "workerinput"):
+            return
+        message = writes.refuse_at_end(session.config, self.roots, self.why)
+        if message is None:
+            return
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_sep("!", "app: a test linked what pytest writes into a data root")
+            reporter.write_line(message, red=True)
+        else:
+            sys.stderr.write(f"{message}\n")
+        # Both: after the loop, pytest sets the exit status from testsfailed (as pytest-cov's
+        # --cov-fail-under does); at the session's end, it is set already.
+        session.testsfailed += 1
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(trylast=True)
