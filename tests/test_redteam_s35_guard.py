@@ -271,3 +271,103 @@ def test_a_link_a_test_plants_where_coverage_writes_after_the_tests_is_removed(
         f"is a hard link (2 names) of {lock} in the data root of profile 'production'"
     ) in output, output
     assert f"Removed (the name only, never what it leads to): {data} (a name of" in output
+
+
+#: What pytest-env does with `env =` in an ini file: set variables in a tryfirst
+#: pytest_load_initial_conftests, which runs after the app's plugin (a wrapper) neutralised
+#: the environment.
+SETS_THE_ENVIRONMENT_LATE = """import os
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    os.environ["ENV_FOR_DYNACONF"] = "production"
+    os.environ["APP_DATA_ROOT"] = os.environ["ROOT"]
+"""
+
+#: Each test tries to reach the stopped production root, and passes when it is refused.
+HELD = """import os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from app.storage import open_storage
+
+ROOT = os.environ["ROOT"]
+
+
+def test_variables_set_after_the_plugin_neutralised_them():
+    with pytest.raises(SandboxViolationError, match="loading profile 'production'; tests run"):
+        load(serving=False)
+
+
+def test_an_environment_given_to_load_with_production_s_root_for_testing():
+    environ = {**os.environ, "ENV_FOR_DYNACONF": "testing", "APP_DATA_ROOT": ROOT}
+    with pytest.raises(ConfigError, match="which lies outside the test sandbox"):
+        load("testing", serving=False, environ=environ)
+
+
+def test_an_environment_given_to_load_that_opts_into_production():
+    environ = {**os.environ, "PYTEST_APP_ALLOW_PROFILES": "production"}
+    with pytest.raises(SandboxViolationError, match="loading profile 'production'; tests run"):
+        load("production", serving=False, environ=environ)
+
+
+@pytest.mark.app_profile("production")
+def test_an_opted_in_profile_s_mapped_root_made_a_link_to_the_real_one(monkeypatch):
+    monkeypatch.delenv("APP_DATA_ROOT")
+    mapped = load("production", serving=False).data_root
+    mapped.parent.mkdir(parents=True, exist_ok=True)
+    mapped.symlink_to(ROOT)
+    with pytest.raises(SandboxViolationError, match="which lies outside the test sandbox"):
+        with open_storage(load("production", serving=False), writer=True) as store:
+            store.purge()
+
+
+def test_a_child_of_another_interpreter_given_production_s_settings_alone():
+    other = "/usr/bin/python3"
+    if not Path(other).exists() or Path(other).resolve() == Path(sys.executable).resolve():
+        pytest.skip("no other interpreter")
+    paths = [p for p in sys.path if p.endswith("site-packages")] + [os.environ["PROJECT"]]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(paths),
+           "ENV_FOR_DYNACONF": "production", "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    code = "from app.cli import main; main()"
+    done = subprocess.run([other, "-c", code, "data", "purge", "--yes-i-mean-it"], env=env,
+                          capture_output=True, text=True)
+    if "No module named" in done.stderr:
+        pytest.skip(f"{other} cannot import the app: {done.stderr[-200:]}")
+    assert done.returncode == 78, done.stderr
+    assert "tests run on the 'testing' profile" in done.stderr, done.stderr
+
+
+def test_a_child_in_a_session_of_its_own_with_an_empty_environment():
+    if shutil.which("setsid") is None:
+        pytest.skip("no setsid")
+    done = subprocess.run(
+        ["setsid", "env", "-i", "PATH=/usr/bin:/bin", "ENV_FOR_DYNACONF=production",
+         f"APP_SETTINGS_DIR={os.environ['APP_SETTINGS_DIR']}", sys.executable, "-m", "app",
+         "data", "purge", "--yes-i-mean-it"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 78, done.stderr
+    assert "tests run on the 'testing' profile" in done.stderr, done.stderr
+"""
+
+
+def test_what_held_without_a_change(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "sets_env_late.py").write_text(SETS_THE_ENVIRONMENT_LATE)
+    (tmp_path / "test_inner.py").write_text(HELD)
+    before = snapshot(production)
+    code, output = _run(
+        tmp_path, settings, "-p", "sets_env_late", "-rs", "test_inner.py",
+        ROOT=str(production), PROJECT=str(PROJECT),
+    )  # fmt: skip
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    assert " 6 passed" in output or "5 passed, 1 skipped" in output, output
