@@ -45,9 +45,11 @@ def test_plants_a_symbolic_link_in_the_cache(request):
 
 
 def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, str]:
+    """pytest in `project`, on `settings`; `WRAP` in `extra` is a command to run it under."""
+    wrap = extra.pop("WRAP", "").split()
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(project), **extra)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "cacheprovider", "-q", *args],
+        [*wrap, sys.executable, "-m", "pytest", "-p", "cacheprovider", "-q", *args],
         cwd=project, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     return done.returncode, " ".join((done.stdout + done.stderr).split())
@@ -371,3 +373,48 @@ def test_what_held_without_a_change(
     assert snapshot(production) == before, output
     assert code == 0, output
     assert " 6 passed" in output or "5 passed, 1 skipped" in output, output
+
+
+#: A test that bind-mounts a stopped production root into its own tmp_path, to look at it
+#: beside its data, and passes.
+MOUNTS_INTO_TMP_PATH = """import os, subprocess
+
+
+def test_mounts_production_into_its_tmp_path(tmp_path):
+    view = tmp_path / "view"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", os.environ["ROOT"], str(view)], check=True)
+"""
+
+
+@pytest.mark.parametrize("policy", ["failed", "none"])
+def test_a_mount_a_test_makes_in_its_sandbox_is_not_emptied_by_the_retention_policy(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    policy: str,
+) -> None:
+    # Under "failed" pytest deletes a passed test's tmp_path after it, under "none" the
+    # whole sandbox at the end; both deletions went on into the mount and emptied the root.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root mounts (unshare -m)")
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(MOUNTS_INTO_TMP_PATH)
+    before = snapshot(production)
+    code, output = _run(
+        tmp_path, settings, "-o", f"tmp_path_retention_policy={policy}", "test_inner.py",
+        ROOT=str(production), WRAP="unshare --mount --propagation private",
+    )  # fmt: skip
+    assert snapshot(production) == before, output
+    # Under "failed" the test whose directory was to go fails; under "none" the sandbox is
+    # kept at the end and the run says so, as for an older directory with a mount.
+    assert code == (1 if policy == "failed" else 0), output
+    if policy == "failed":
+        assert (
+            "app: after test_inner.py::test_mounts_production_into_its_tmp_path, pytest was "
+            "about to delete what passed (tmp_path_retention_policy = 'failed'), but a "
+            "filesystem is mounted in the sandbox at "
+        ) in output, output
+        assert "The policy keeps everything for the rest of this run. Unmount it" in output
+    else:
+        assert "(it keeps only the last 0 of its temporary directories" in output, output
+        assert "but a filesystem is mounted in it at " in output, output

@@ -332,9 +332,39 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories.
-    if session.config.stash.get(STATE, None) is None and INACTIVE in session.config.stash:
+    # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories,
+    # and deletes the sandbox of a run that passed under tmp_path_retention_policy failed.
+    state = session.config.stash.get(STATE, None)
+    if state is None and INACTIVE in session.config.stash:
         guard.keep_held_directories_inactive(session.config)
+    if state is not None and (kept := guard.keep_sandbox_with_mounts(state, "as the run ends")):
+        _say(session.config, kept)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Before the test's fixtures are torn down: tmp_path's teardown deletes the directory of
+    a test that passed under tmp_path_retention_policy failed, through a mount in it."""
+    state = item.config.stash.get(STATE, None)
+    kept = None
+    if state is not None:
+        kept = guard.keep_sandbox_with_mounts(state, f"after {item.nodeid}")
+    result = yield
+    if kept is not None:
+        pytest.fail(kept, pytrace=False)
+    return result
+
+
+def _say(config: pytest.Config, message: str) -> None:
+    """Show `message` in the terminal (or on stderr, without pytest's terminal reporter)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(message, red=True)
+    else:
+        sys.stderr.write(f"{message}\n")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
