@@ -288,13 +288,7 @@ class _WritesOfConftests:
         message = writes.refuse_at_end(session.config, self.roots, self.why)
         if message is None:
             return
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.ensure_newline()
-            reporter.write_sep("!", "app: a test linked what pytest writes into a data root")
-            reporter.write_line(message, red=True)
-        else:
-            sys.stderr.write(f"{message}\n")
+        _say(session.config, message, "app: a test linked what pytest writes into a data root")
         # Both: after the loop, pytest sets the exit status from testsfailed (as pytest-cov's
         # --cov-fail-under does); at the session's end, it is set already.
         session.testsfailed += 1
@@ -357,11 +351,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     return result
 
 
-def _say(config: pytest.Config, message: str) -> None:
-    """Show `message` in the terminal (or on stderr, without pytest's terminal reporter)."""
+def _say(config: pytest.Config, message: str, title: str | None = None) -> None:
+    """Show `message` in the terminal, under a separator with `title` if given (or on
+    stderr, without pytest's terminal reporter)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.ensure_newline()
+        if title is not None:
+            reporter.write_sep("!", title)
         reporter.write_line(message, red=True)
     else:
         sys.stderr.write(f"{message}\n")
