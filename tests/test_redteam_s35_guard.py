@@ -344,6 +344,32 @@ def test_a_child_of_another_interpreter_given_production_s_settings_alone():
     assert "tests run on the 'testing' profile" in done.stderr, done.stderr
 
 
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_worker_thread_of_the_event_loop_loads_production():
+    import anyio
+
+    with pytest.raises(SandboxViolationError, match="loading profile 'production'; tests run"):
+        await anyio.to_thread.run_sync(lambda: load("production", serving=False))
+
+
+@pytest.mark.anyio
+async def test_a_process_of_the_event_loop_given_production_s_settings_alone():
+    import anyio
+
+    env = {"PATH": os.environ["PATH"], "ENV_FOR_DYNACONF": "production",
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    done = await anyio.run_process(
+        [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"], env=env, check=False
+    )
+    assert done.returncode == 78, done.stderr
+    assert b"tests run on the 'testing' profile" in done.stderr, done.stderr
+
+
 def test_a_child_in_a_session_of_its_own_with_an_empty_environment():
     if shutil.which("setsid") is None:
         pytest.skip("no setsid")
@@ -372,7 +398,7 @@ def test_what_held_without_a_change(
     )  # fmt: skip
     assert snapshot(production) == before, output
     assert code == 0, output
-    assert " 6 passed" in output or "5 passed, 1 skipped" in output, output
+    assert " 8 passed" in output or "7 passed, 1 skipped" in output, output
 
 
 #: A test that bind-mounts a stopped production root into its own tmp_path, to look at it
