@@ -38,7 +38,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import errno
 import inspect
+import itertools
 import json
 import os
 import re
@@ -791,6 +793,48 @@ _START_FIX: Final = (
 )
 
 
+#: How a refusal names pytest's own start-up in this process, before the app's plugin ran.
+_STARTING_PYTEST: Final = (
+    "while pytest is starting in this process (loading its plugins and options: a `-p` "
+    "plugin's or a PYTEST_PLUGINS module's import, or its pytest_addoption), before the "
+    "app's plugin has made its sandbox"
+)
+
+
+def _pytest_starting() -> bool:
+    """Whether this thread runs inside pytest's start-up: its configuration and plugins being
+    loaded (``_pytest.config`` on the stack), before any session (``_pytest.main``).
+
+    A `-p` plugin's code at its import or in its ``pytest_addoption`` that loaded production
+    was refused, but told that the app's plugin was disabled (``-p no:app``) or inactive:
+    it was neither, only not started yet (red team 35).
+    """
+    if "app.testing.plugin" in sys.modules or _plugin_switched_off():
+        return False  # started (and inactive, or a nested run), or never will: said so
+    frame = sys._getframe(1)
+    starting = False
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name == "_pytest.main":
+            return False  # a session runs: the plugin has had its start
+        starting = starting or name.startswith("_pytest.config")
+        frame = frame.f_back  # type: ignore[assignment]
+    return starting
+
+
+def _plugin_switched_off() -> bool:
+    """Whether this process's pytest is told not to load the app's plugin: ``-p no:app``
+    (or ``no:app.testing.plugin``) on its command line or in ``PYTEST_ADDOPTS``, or
+    autoload off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) without ``-p app``."""
+    words = [*sys.argv, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    named = {w.removeprefix("-p").removeprefix("=") for w in words if w.startswith("-p")}
+    named |= {b for a, b in itertools.pairwise(words) if a == "-p"}
+    if named & {"no:app", "no:app.testing.plugin", "no:app.testing"}:
+        return True
+    loaded = named & {"app", "app.testing.plugin"}
+    return bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")) and not loaded
+
+
 def _runs_pytest() -> bool:
     """Whether pytest runs in this process, not merely is imported: its command line is
     pytest's, or pytest's code is on this thread's stack (``pytest.main()`` in a script)."""
@@ -858,6 +902,8 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     if imported and not starting_here and _runs_pytest():
         bare = _RUNS_HERE if not _PLUGIN_INACTIVE else _RUNS_HERE_INACTIVE
         runner, fix = "pytest", ""
+        if not _PLUGIN_INACTIVE and _pytest_starting():
+            bare, fix = _STARTING_PYTEST, _START_FIX
     elif bare is None and "unittest.case" in sys.modules and _runs_unittest():
         bare, runner = _UNITTEST_HERE, "unittest"
     if run is not None:
@@ -1043,11 +1089,11 @@ def _own_runs_dir() -> Path:
     return RUNS_DIR
 
 
-def _untrusted() -> str:
+def _untrusted(directory: Path = RUNS_DIR) -> str:
     # Why, and the fix that works: /tmp's sticky bit lets only the owner (or root) remove a
     # directory there, so "remove it" is no advice for one that another user made.
     try:
-        found = os.lstat(RUNS_DIR)
+        found = os.lstat(directory)
     except OSError as error:
         return f"it cannot be read ({error.strerror}); remove it and run again"
     if found.st_uid != os.getuid():
@@ -1061,8 +1107,8 @@ def _untrusted() -> str:
             "ask them or an administrator to"
         )
     if not stat.S_ISDIR(found.st_mode):
-        return f"it is not a directory; remove it (rm {RUNS_DIR}) and run again"
-    return f"others may write it; run chmod go-w {RUNS_DIR} and run again"
+        return f"it is not a directory; remove it (rm {directory}) and run again"
+    return f"others may write it; run chmod go-w {directory} and run again"
 
 
 def _pid_namespace() -> int | None:
@@ -1142,22 +1188,64 @@ def _publish(
         data["outlived"] = _proc_self()
     if ended_at is not None:
         data["ended_at"] = ended_at
-    temporary = directory / f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
+    temporary = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
     text = json.dumps(data).encode()
+    name = _entry_name(pid, started[1])
+    # Through a descriptor of the directory itself, never a link at its name: a test that
+    # replaced the registry by a symbolic link to a production root's sessions/ got the
+    # run's entry written there as the run ended (red team 35).
+    parent = _open_registry(directory)
     try:
-        temporary.write_bytes(text)
-        # Readable by all whatever the umask (077 on hardened systems), as the directory is:
-        # a child that switched user (sudo -u) must read its run's entry to stay in the run.
-        temporary.chmod(0o644)
-        entry = directory / _entry_name(pid, started[1])
-        temporary.replace(entry)
+        written = os.open(temporary, _NEW_ENTRY, 0o644, dir_fd=parent)
+        try:
+            os.write(written, text)
+            # Readable by all whatever the umask (077 on hardened systems), as the directory
+            # is: a child that switched user (sudo -u) must read its run's entry to stay in
+            # the run.
+            os.fchmod(written, 0o644)
+        finally:
+            os.close(written)
+        os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         if outlived is None and run is not None:
-            _WRITTEN[entry] = (_entry_state(entry), text)
+            _WRITTEN[directory / name] = (_entry_state(directory / name), text)
     except OSError:
         # A full /tmp left an empty file per refused run, which nothing ever removed.
         with contextlib.suppress(OSError):
-            temporary.unlink()
+            os.unlink(temporary, dir_fd=parent)
         raise
+    finally:
+        os.close(parent)
+
+
+#: A registry entry's temporary file: new, and never through a link planted at its name.
+_NEW_ENTRY: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_registry(directory: Path) -> int:
+    """A descriptor of the registry `directory`, which this user owns and nobody else may
+    write, opened without following a link at its name.
+
+    Raises:
+        PermissionError: it is a symbolic link or no directory, another user's, or others
+            may write it (named, with the fix).
+    """
+    try:
+        parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        msg = f"{directory} is a symbolic link or no directory: {_untrusted(directory)}"
+        raise PermissionError(msg) from None
+    found = os.fstat(parent)
+    if found.st_uid != os.getuid() or found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(parent)
+        msg = (
+            f"{directory} is not a directory that only user {os.getuid()} may write, so "
+            f"another user could fake or hide this user's test runs in it: "
+            f"{_untrusted(directory)}"
+        )
+        raise PermissionError(msg)
+    return parent
 
 
 #: This process's own entries as it wrote them: what `restore_entry` compares with.
@@ -1364,6 +1452,8 @@ def restore_entry(run: Run) -> str | None:
             problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
             with contextlib.suppress(OSError):
                 RUNS_DIR.chmod(0o755)
+        elif found.st_uid == os.getuid():
+            problem = _remove_planted_registry(found)
         else:
             return f"the registry {RUNS_DIR} was replaced: {_untrusted()}"
     try:
@@ -1371,6 +1461,25 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     return f"{problem}; it was put back"
+
+
+def _remove_planted_registry(found: os.stat_result) -> str:
+    """Remove this user's link or file at the registry's name (a test's), the name only,
+    never what it leads to, so that the registry can be made again; say what it was.
+
+    A symbolic link there to a production root's ``sessions/`` took the run's entry as the
+    run ended (red team 35); entries are now written only into the directory itself
+    (`_open_registry`), and the run's later children need the registry back.
+    """
+    said = "a file"
+    if stat.S_ISLNK(found.st_mode):
+        with contextlib.suppress(OSError):
+            said = f"a symbolic link to {os.readlink(RUNS_DIR)}"  # noqa: PTH115 - str in, out
+    try:
+        RUNS_DIR.unlink()
+    except OSError as error:
+        return f"the registry {RUNS_DIR} was replaced by {said}, which cannot be removed ({error})"
+    return f"the registry {RUNS_DIR} was replaced by {said} (the name removed, never its target)"
 
 
 def _rewritten(entry: Path, text: bytes) -> bool:

@@ -525,6 +525,45 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
     _refuse_live_roots_in_old_directories(config, rootdir)
 
 
+def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
+    """Under ``tmp_path_retention_policy = "failed"``, before pytest deletes what passed (a
+    passed test's ``tmp_path`` after it, the whole sandbox at the end of a run that passed),
+    keep everything if a filesystem is mounted in the sandbox; say so.
+
+    pytest's ``rmtree`` goes on into a mount: a test (run as root) that bind-mounted a
+    production root into its ``tmp_path``, to look at it beside its own data, got it emptied
+    as the test passed (red team 35). The policy becomes ``all`` for the rest of the run.
+    Under ``none`` the sandbox goes with pytest's older directories at the end, where
+    `_keep_held_directories` keeps one with a mount point.
+
+    Args:
+        state: the run's guard state (its sandbox and tmp_path factory).
+        when: when the deletion was to come ("after <test>", "as the run ends").
+
+    Returns:
+        None where nothing is mounted there, or the policy is not ``failed``; else the
+        message, naming the mount, what pytest was about to do, and what resolves it.
+    """
+    factory = state.factory
+    if factory is None or factory._retention_policy != "failed":  # private: see pyproject
+        return None
+    from app.dataroot import mounts_inside
+
+    found = mounts_inside(state.sandbox)
+    if not found:
+        return None
+    factory._retention_policy = "all"
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return (
+        f"app: {when}, pytest was about to delete what passed (tmp_path_retention_policy = "
+        f"'failed'), but a filesystem is mounted in the sandbox at {found[0]}{more}: the "
+        "deletion would go on into the mount and empty what it holds (a data root "
+        "bind-mounted into a test's directory is emptied with it). The policy keeps "
+        f"everything for the rest of this run. Unmount it (umount {found[0]}; `findmnt -R "
+        f"{state.sandbox}` lists them), and never mount a real data root into the sandbox"
+    )
+
+
 def _retention_keep(config: pytest.Config) -> int:
     # As pytest reads it (`TempPathFactory.getbasetemp`): policy "none" keeps no directory.
     if config.getini("tmp_path_retention_policy") == "none":
@@ -546,12 +585,11 @@ def _keep_held_directories(
     no lock file under the directory shows. pytest leaves alone a directory whose ``.lock``
     is fresh (its own mark of one in use): that mark keeps it, and the run says so.
     """
-    doomed = [
-        old
-        for old in _old_directories(rootdir, keep, adding=0, alive_after=alive_after)
-        if old != sandbox  # the run's own (policy "none"): what is live in it is the run's
-    ]
-    if not doomed:
+    due = _old_directories(rootdir, keep, adding=0, alive_after=alive_after)
+    # The run's own sandbox (due under policy "none"): what is live in it is the run's own,
+    # but a mount in it is not, and was emptied with it (red team 35).
+    doomed = [old for old in due if old != sandbox]
+    if not due:
         return
     from app.dataroot import mounts_inside
     from app.lock import probe
@@ -566,7 +604,7 @@ def _keep_held_directories(
                 f"Stop that process, then delete the directory (rm -rf {old}), or move its "
                 f"data root out of {rootdir}",
             )
-    for old in doomed:
+    for old in due:
         mounts = mounts_inside(old)
         if mounts and old not in reasons:
             reasons[old] = (

@@ -9,8 +9,9 @@ in the order and with the refusals the pytest plugin reference page gives.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
 
@@ -262,6 +263,38 @@ class _WritesOfConftests:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
 
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        """Check again as the tests end (trylast: the innermost wrapper, so before
+        pytest-cov's, which writes coverage's data file and reports right after the loop):
+        a test may have planted a link since the start (red team 35)."""
+        result = yield
+        self._check_again(session)
+        return result
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Iterator[None]:
+        """And before anything writes at the session's end (tryfirst: before junitxml's and
+        the cache provider's own hooks)."""
+        self._check_again(session)
+        return (yield)
+
+    def _check_again(self, session: pytest.Session) -> None:
+        """Not in an xdist worker: its controller writes the report, the cache and the
+        combined coverage data, and checks them then; two workers removing one link at
+        once failed the second."""
+        if hasattr(session.config, "workerinput"):
+            return
+        message = writes.refuse_at_end(session.config, self.roots, self.why)
+        if message is None:
+            return
+        _say(session.config, message, "app: a test linked what pytest writes into a data root")
+        # Both: after the loop, pytest sets the exit status from testsfailed (as pytest-cov's
+        # --cov-fail-under does); at the session's end, it is set already.
+        session.testsfailed += 1
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
@@ -293,9 +326,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories.
-    if session.config.stash.get(STATE, None) is None and INACTIVE in session.config.stash:
+    # Before tmpdir's own, which runs pytest's clean-up of its older numbered directories,
+    # and deletes the sandbox of a run that passed under tmp_path_retention_policy failed.
+    state = session.config.stash.get(STATE, None)
+    if state is None and INACTIVE in session.config.stash:
         guard.keep_held_directories_inactive(session.config)
+    if state is not None and (kept := guard.keep_sandbox_with_mounts(state, "as the run ends")):
+        _say(session.config, kept)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Before the test's fixtures are torn down: tmp_path's teardown deletes the directory of
+    a test that passed under tmp_path_retention_policy failed, through a mount in it."""
+    state = item.config.stash.get(STATE, None)
+    kept = None
+    if state is not None:
+        kept = guard.keep_sandbox_with_mounts(state, f"after {item.nodeid}")
+    result = yield
+    if kept is not None:
+        pytest.fail(kept, pytrace=False)
+    return result
+
+
+def _say(config: pytest.Config, message: str, title: str | None = None) -> None:
+    """Show `message` in the terminal, under a separator with `title` if given (or on
+    stderr, without pytest's terminal reporter)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        if title is not None:
+            reporter.write_sep("!", title)
+        reporter.write_line(message, red=True)
+    else:
+        sys.stderr.write(f"{message}\n")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -504,9 +504,11 @@ def _named_in(root: Path, wanted: tuple[int, int]) -> Path | None:
     return None
 
 
-def _data_root_at_or_above(
-    path: Path, seen: dict[Path, tuple[Path, str] | None]
-) -> tuple[Path, str] | None:
+#: Directories already looked at for a data root at or above them, with what was found.
+_Seen = dict[Path, tuple[Path, str] | None]
+
+
+def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
     from app.dataroot import STAMP_FILE
     from app.lock import LOCK_FILE, probe
 
@@ -578,27 +580,160 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     seen: dict[Path, tuple[Path, str] | None] = {}
     found = list(dict.fromkeys(targets(config, options)))
     for target in found:
-        fix = target.fix
-        where = _conflict(target, roots, seen)
-        if where is None and (shared := _other_names(target.path, roots)) is not None:
-            where, fix = shared
-        if where is None and (magic := process_link(target.path, streams=True)) is not None:
-            where = (
-                f"which passes through {magic}: it names what a process has open (or its "
-                "directory) at the moment of the write, which a test can change after this "
-                "check"
-            )
-            fix = (
-                "Give the path of a file or directory instead (only the standard streams, "
-                "/dev/stdout and /dev/stderr, may be written this way)"
-            )
-        if where is None:
+        finding = _finding(target, roots, seen)
+        if finding is None:
             continue
+        where, fix = finding
         does = target.does.format(path=target.path)
-        for other in found:  # the run stops: what writes as the process exits must not
-            if other.prevent is not None and _conflict(other, roots, seen) is not None:
-                other.prevent()
+        _prevent(found, roots, seen)
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
             f"sandbox cannot stop it, whoever's run it is. {fix}{why}"
         )
+
+
+def _prevent(found: list[Target], roots: dict[str, Path], seen: _Seen) -> None:
+    """The run stops: what writes as the process exits must not."""
+    for other in found:
+        if other.prevent is not None and _conflict(other, roots, seen) is not None:
+            other.prevent()
+
+
+def _finding(target: Target, roots: dict[str, Path], seen: _Seen) -> tuple[str, str] | None:
+    """Where `target` leads into a data root, and what resolves it; None where it does not."""
+    where = _conflict(target, roots, seen)
+    if where is not None:
+        return where, target.fix
+    if (shared := _other_names(target.path, roots)) is not None:
+        return shared
+    if (magic := process_link(target.path, streams=True)) is not None:
+        where = (
+            f"which passes through {magic}: it names what a process has open (or its "
+            "directory) at the moment of the write, which a test can change after this "
+            "check"
+        )
+        fix = (
+            "Give the path of a file or directory instead (only the standard streams, "
+            "/dev/stdout and /dev/stderr, may be written this way)"
+        )
+        return where, fix
+    return None
+
+
+def _end_targets(config: pytest.Config) -> list[Target]:
+    """What pytest writes as the run ends, read from the objects that write it rather than
+    from the options: a test can change those objects (``config.cache._cachedir``, the
+    junitxml writer's ``logfile``) after the start's check. Private: see pyproject.toml."""
+    from _pytest.junitxml import xml_key
+
+    found: list[Target] = []
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+        found += [
+            Target(path, "pytest's --junitxml rewrites {path} as the run ends")
+            for path in _spellings(str(xml.logfile), config.invocation_params.dir)
+        ]
+    cache = getattr(config, "cache", None)
+    directory = getattr(cache, "_cachedir", None)
+    if isinstance(directory, Path):
+        found += [
+            Target(path, "pytest's cache provider writes its cache_dir, {path}")
+            for path in _spellings(str(directory), config.rootpath)
+        ]
+        found += [
+            Target(path, "pytest's cache provider rewrites {path} in place")
+            for inside in _links_and_files(directory)
+            for path in _spellings(str(inside), config.rootpath)
+        ]
+    return found
+
+
+def _names_on(path: Path) -> Iterator[Path]:
+    """The names on `path` that a test can plant: each symbolic link on the way (the first
+    ones first), then the file itself."""
+    current = Path(path.anchor or "/")
+    for part in path.parts[1:]:
+        current = current / part
+        if current.is_symlink():
+            yield current
+    yield path
+
+
+def _unplant(found: list[Target], roots: dict[str, Path], seen: _Seen) -> list[str]:
+    """Remove each name a test planted on the way to what pytest writes: a symbolic link
+    leading into a data root (or through a link of /proc), a hard link of a file there.
+    Only the name is removed, never what it leads to, and never a name inside a data root;
+    pytest then makes a new file there. Returns what was removed, said for the message."""
+    removed: list[str] = []
+    for target in found:
+        for name in _names_on(target.path):
+            if name.parent.resolve() != name.parent and not name.is_symlink():
+                continue  # reached through a link: removed as that link, or not at all
+            here = Target(name.parent.resolve(), "")
+            if _conflict(here, roots, seen) is not None or process_link(name.parent):
+                continue  # a name inside a data root is never ours to remove
+            try:
+                if name.is_symlink():
+                    lead = Target(name.resolve(), "")
+                    if _finding(lead, roots, seen) is None and process_link(name) is None:
+                        continue  # a link that leads nowhere near a data root
+                    said = f"{name} (a symbolic link to {name.readlink()})"
+                elif _other_names(name, roots) is not None:
+                    said = f"{name} (a name of that file, which has {name.lstat().st_nlink})"
+                else:
+                    continue
+                name.unlink()
+            except FileNotFoundError:
+                continue  # gone meanwhile: nothing leads through it now
+            removed.append(said)
+    return list(dict.fromkeys(removed))
+
+
+def refuse_at_end(config: pytest.Config, roots: dict[str, Path], why: str = "") -> str | None:
+    """Check again, as the tests have ended and before pytest writes, what it writes then.
+
+    The start's check (`refuse`) saw each path as it was then. A test can plant a link at
+    one afterwards: a hard or symbolic link at the ``--junitxml`` path or in the cache
+    (``v/cache/nodeids``), to a production session's ``session.json``, and pytest's writes at
+    the end rewrote that record (red team 35); or change the writer itself
+    (``config.cache._cachedir``). A planted name is removed (`_unplant`), and the run is
+    failed with the returned message; where that cannot make the write safe, no writer
+    runs (`pytest.exit`).
+
+    Returns:
+        None where nothing changed; else the message, naming the path, what writes it, the
+        data root with its holder, what was removed and what to do.
+    """
+    __tracebackhide__ = True
+    seen: _Seen = {}
+    found = list(dict.fromkeys([*targets(config, config.option), *_end_targets(config)]))
+    first = [(t, f) for t in found if (f := _finding(t, roots, seen)) is not None]
+    if not first:
+        return None
+    target, (where, _fix) = first[0]
+    does = target.does.format(path=target.path)
+    removed = _unplant(found, roots, seen)
+    seen = {}
+    found = list(dict.fromkeys([*targets(config, config.option), *_end_targets(config)]))
+    left = [(t, f) for t in found if (f := _finding(t, roots, seen)) is not None]
+    if left:
+        target, (where, _fix) = left[0]
+        _prevent(found, roots, seen)
+        pytest.exit(
+            "app: stopping before pytest writes its results: "
+            f"{target.does.format(path=target.path)}, {where}. It was checked as the run "
+            "started, and a test changed it since (a link on the way, or the writer itself: "
+            "config.cache, the junitxml writer); nothing pytest writes at the end is written "
+            "for this run (no report, no cache). "
+            f"Look for the test that changed it, and run again{why}",
+            returncode=pytest.ExitCode.INTERNAL_ERROR,
+        )
+    if not removed:
+        return None  # put back meanwhile: nothing leads into a data root now
+    return (
+        f"app: after the tests, {does}, {where}; it was checked as the run started, and a "
+        f"test planted a link since. Removed (the name only, never what it leads to): "
+        f"{'; '.join(removed)}, so pytest writes a new file there and the data root is "
+        "unchanged; the run fails. Tests must not link pytest's outputs into a data root: "
+        f"look for the test that made it (os.link, os.symlink){why}"
+    )
