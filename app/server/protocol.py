@@ -260,7 +260,16 @@ class _Taken:
         }
 
 
-class SlowReader(Exception):
+class Abandoned(Exception):
+    """A response begun that the application leaves unfinished, on purpose and already logged.
+
+    `app.server.limits.RequestGuard` ends the request quietly (no traceback: the answer has
+    begun, so nothing more can be said to the client), and uvicorn closes the connection, so
+    the client sees its answer cut short, never complete.
+    """
+
+
+class SlowReader(Abandoned):
     """The client read nothing of its response for ``request_idle_seconds``: it is abandoned.
 
     Raised from the application's ``send`` (so that a download stops reading its file);

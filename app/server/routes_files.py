@@ -296,6 +296,8 @@ def _download(
             wanted.require(request.method, session_id, name, entry.get("sha256"))
         return OpenFileResponse(
             file,
+            session_id=session_id,
+            entry=entry,
             media_type="application/octet-stream",
             filename=entry["name"],
             headers=_download_headers(entry),

@@ -177,7 +177,18 @@ class Trash:
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:
         """Remove an entry that holds only its manifest (a change that did not happen, or
-        one undone). ``prepared``: ``.trash/`` opened before (see DataRoot.prepare)."""
+        one undone). ``prepared``: ``.trash/`` opened before (see DataRoot.prepare).
+
+        An entry that holds anything else is left whole. The undo of a change calls this
+        when the change raised, and an exception can come after the change was made: a
+        Ctrl-C (``KeyboardInterrupt``) lands right after the rename that moved a session in.
+        The manifest was removed and the entry left with the session in it, which `check`
+        could only leave for a human (``trash-no-manifest``; red team 35).
+        """
+        with contextlib.suppress(OSError):
+            if any(p.name != TRASH_MANIFEST for p in entry.path.iterdir()):
+                log.warning("trash entry %s holds data: kept whole, with its manifest", entry.name)
+                return
         with contextlib.suppress(FileNotFoundError):
             (entry.path / TRASH_MANIFEST).unlink()
         with contextlib.suppress(OSError):
