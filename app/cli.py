@@ -804,7 +804,8 @@ def data_purge(ctx: click.Context, confirmed: bool) -> None:
     "--older-than",
     type=Duration(),
     metavar="AGE",
-    help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w). Default: all.",
+    help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w), on the boot clock "
+    "for entries deleted since the last boot. Default: all.",
 )
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
 @click.pass_context

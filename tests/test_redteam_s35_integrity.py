@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -292,3 +293,60 @@ def test_a_file_delete_interrupted_right_after_its_commit_keeps_the_file_restora
     store = open_storage(app_config, writer=True, kind="tests", wanted="read the audit")
     with store:
         assert not [e for e in store.list_trash() if e.reason == "orphan"]
+
+
+# --- the wall clock stepped around the trash's retention -------------------------------------
+
+
+def test_empty_trash_older_than_counts_an_entrys_age_on_the_boot_clock(
+    app_store: Store,
+) -> None:
+    # An entry is named by the wall clock of its delete. A delete made while the clock was a
+    # year behind (a board that boots before NTP, a VM restored from a snapshot) was named a
+    # year ago, and the first `empty-trash --older-than 7d` after NTP set the clock right
+    # removed it for good, minutes after the delete. Within one boot an entry's age is now
+    # read on the boot clock, which no step of the wall clock moves (so a clock set far
+    # ahead at the empty-trash no longer makes every entry old enough either).
+    import time_machine
+
+    store = app_store
+    now = datetime.now(UTC)
+    behind = store.create_session("deleted while the clock was a year behind")["id"]
+    store.put_file(behind, "a.txt", b"precious")
+    with time_machine.travel(now - timedelta(days=365), tick=True):
+        store.delete_session(behind)
+    ahead = store.create_session("deleted, then the clock was set a year ahead")["id"]
+    store.delete_session(ahead)
+    (named,) = [e for e in store.list_trash() if e.session_id == behind]
+    assert named.deleted_at < now - timedelta(days=300)  # named by the clock it had
+
+    assert store.empty_trash(older_than=timedelta(days=7)) == []
+    with time_machine.travel(now + timedelta(days=365), tick=True):
+        assert store.empty_trash(older_than=timedelta(days=7)) == []
+    assert {e.session_id for e in store.list_trash()} == {behind, ahead}
+    store.restore(behind)
+    handle, _ = store.open_file(behind, "a.txt")
+    with handle:
+        assert handle.read() == b"precious"
+
+    # Old enough on the boot clock, an entry goes whatever its name says.
+    store.delete_session(behind)
+    removed = store.empty_trash(older_than=timedelta(microseconds=1))
+    assert {e.session_id for e in removed} == {behind, ahead}
+
+
+def test_an_entry_from_another_boot_is_aged_by_the_time_in_its_name(app_store: Store) -> None:
+    # Across a reboot the boot clock starts again: the wall clock is all there is.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.delete_session(session_id)
+    (entry,) = store.list_trash()
+    manifest = json.loads((entry.path / "trash.json").read_text())
+    assert manifest["boot"]["id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert store.empty_trash(older_than=timedelta(days=7)) == []
+    manifest["boot"]["id"] = "a boot before this one"
+    (entry.path / "trash.json").write_text(json.dumps(manifest))
+    assert store.empty_trash(older_than=timedelta(days=7)) == []  # its name: just now
+    renamed = entry.path.with_name("20200101T000000000000Z-" + entry.name.split("-", 1)[1])
+    entry.path.rename(renamed)
+    assert [e.session_id for e in store.empty_trash(older_than=timedelta(days=7))] == [session_id]
