@@ -561,6 +561,12 @@ def _damage(path: Path, acknowledged: Mapping[str, Any]) -> str | None:
         found = _sha256(path) if isinstance(sha256, str) else None
     except FileNotFoundError:
         return None
+    except PermissionError:
+        raise  # this process's, not the bytes': `permission-denied` (`Checker.item`)
+    except OSError as error:
+        # EIO from a bad sector: the bytes are damaged too, and the rest of the root is
+        # checked, where one unreadable file stopped the whole check (red team 35).
+        return f"cannot be read ({error.strerror or error})"
     if found is not None and found != sha256:
         return f"have the SHA-256 {found}, where {sha256} was acknowledged"
     return None

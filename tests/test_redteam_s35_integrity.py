@@ -434,3 +434,50 @@ def test_a_digest_in_a_chunked_trailer_is_checked_before_the_commit(
         assert status == 200, entry
         assert entry["sha256"] == hashlib.sha256(right).hexdigest()
         assert http.get(path).content == right
+
+
+# --- name limits ---------------------------------------------------------------------------
+
+
+def test_a_name_that_normal_form_c_makes_too_long_is_refused_saying_so() -> None:
+    # U+FB2C is 3 bytes, and 6 in NFC (a composition exclusion): 85 of them are 255 bytes as
+    # sent and 510 as stored. Refused, as it must be, the message named 510 bytes and no
+    # reason a client could see; names NFC shortens (NFD accents, U+2126) are taken whole.
+    from app.errors import InvalidNameError
+    from app.names import check_file_name
+
+    with pytest.raises(InvalidNameError) as refused:
+        check_file_name("\ufb2c" * 85)
+    assert (
+        "it is 510 bytes long in UTF-8 once normalised to NFC (255 bytes as sent); the limit "
+        "is 255" in refused.value.message
+    )
+    assert check_file_name("e\u0301" * 85) == "\u00e9" * 85
+    assert check_file_name("\u2126" * 127 + "a") == "\u03a9" * 127 + "a"
+
+
+@needs_strace
+def test_a_file_that_cannot_be_read_is_reported_and_the_rest_checked(
+    app_config: Config, template: tuple[Path, list[str]]
+) -> None:
+    # Now that the check reads every byte, a bad sector (EIO) is one more way bytes are
+    # damaged: it stopped the whole check (a read failed, so it could not say what it had
+    # missed), and the other files went unchecked.
+    _, ids = template
+    first = _blob(app_config.data_root, ids[0], "a.txt")
+    _damage(_blob(app_config.data_root, ids[1], "a.txt"), "flip-last")
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(first), "-e", "trace=read"]
+    run = subprocess.run(
+        [*strace, "-e", "inject=read:error=EIO", sys.executable, "-m", "app", "data", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(app_config.data_root)},
+        check=False,
+    )
+    assert run.returncode == 65, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(
+        f"file-damaged  sessions/{ids[0]}/records/a.txt: the bytes of file 'a.txt' cannot be "
+        "read (Input/output error)"
+    ), lines
+    assert lines[1].startswith(f"file-damaged  sessions/{ids[1]}/records/a.txt"), lines
