@@ -66,12 +66,14 @@ def _damage(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
-def _received(server: LiveServer, url: str) -> tuple[int, bytes, str | None]:
+def _received(
+    server: LiveServer, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, str | None]:
     """The status, the bytes that came, and the error that cut them short (if any)."""
     got = b""
     with httpx.Client(base_url=server.url, headers=server.headers) as http:
         try:
-            with http.stream("GET", url) as answer:
+            with http.stream("GET", url, headers=headers) as answer:
                 for piece in answer.iter_raw():
                     got += piece
         except httpx.RemoteProtocolError as error:
@@ -103,6 +105,23 @@ def test_a_download_of_bytes_flipped_on_disk_is_cut_before_its_last_byte(
     assert f"where {hashlib.sha256(data).hexdigest()} was acknowledged" in log
     assert "its download was cut before its last byte" in log
     assert "`app data check` reports every such file as file-damaged" in log
+
+
+def test_a_range_of_the_whole_file_is_checked_as_the_whole_file_is(server: LiveServer) -> None:
+    # `Range: bytes=0-` (a download manager's first request) was a complete 206 of the
+    # damaged bytes; a range of part of the file cannot be checked, and is sent as read.
+    data = os.urandom(2 * CHUNK + 10)
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+        assert http.put(f"/sessions/{session_id}/files/r.bin", content=data).status_code == 201
+    _damage(_blob(server.data_root, session_id, "r.bin"), "flip-middle")
+    url = f"/sessions/{session_id}/files/r.bin"
+    for whole in ("bytes=0-", f"bytes=0-{len(data) - 1}", f"bytes=0-{len(data) + 99}"):
+        status, got, cut = _received(server, url, {"Range": whole})
+        assert status == 206, whole
+        assert cut is not None and len(got) < len(data), whole
+    status, got, cut = _received(server, url, {"Range": "bytes=0-9"})
+    assert (status, got, cut) == (206, data[:10], None)
 
 
 def test_a_download_of_bytes_cut_on_disk_is_refused_before_a_byte_is_sent(

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import anyio
 from fastapi.responses import FileResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
 
@@ -121,22 +121,40 @@ class OpenFileResponse(FileResponse):
         return http_if_range == self.headers.get("etag")
 
     async def _handle_simple(self, send: Send, send_header_only: bool, send_pathsend: bool) -> None:
-        """The whole file (not a range), its SHA-256 compared before its last byte goes.
-
-        Bytes of the acknowledged size may still differ (a flipped bit). Comparing before
-        the answer would read the file twice; instead the last chunk is held back until the
-        hash of everything read matches the ``ETag``, and on a mismatch the connection is cut
-        there: the client sees a download cut short, never a complete answer of the wrong
-        bytes under the acknowledged ``ETag`` (which a cache would keep). A ``Range`` cannot
-        be checked so, and is sent as read (its size was checked).
-        """
-        expected = self._sha256
-        if send_header_only or send_pathsend or not isinstance(expected, str):
+        """The whole file (not a range), its SHA-256 compared before its last byte goes."""
+        if send_header_only or send_pathsend or not isinstance(self._sha256, str):
             await super()._handle_simple(send, send_header_only, send_pathsend)
             return
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
+        await self._send_checked(send, self.status_code, self.raw_headers)
+
+    async def _handle_single_range(
+        self, send: Send, start: int, end: int, file_size: int, send_header_only: bool
+    ) -> None:
+        """A range; one of the whole file (``bytes=0-``, a download manager's first request)
+        is checked as the whole file is, where it was a complete 206 of damaged bytes."""
+        whole = start == 0 and end == file_size
+        if send_header_only or not whole or not isinstance(self._sha256, str):
+            await super()._handle_single_range(send, start, end, file_size, send_header_only)
+            return
+        headers = MutableHeaders(raw=list(self.raw_headers))
+        headers["content-range"] = f"bytes 0-{file_size - 1}/{file_size}"
+        headers["content-length"] = str(file_size)
+        await self._send_checked(send, 206, headers.raw)
+
+    async def _send_checked(
+        self, send: Send, status: int, raw_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Send the whole file, its SHA-256 compared with the ``ETag`` before its last byte.
+
+        Bytes of the acknowledged size may still differ (a flipped bit). Comparing before
+        the answer would read the file twice; instead the chunk that completes the file is
+        held back until the hash of everything read matches, and on a mismatch the
+        connection is cut there: the client sees a download cut short, never a complete
+        answer of the wrong bytes under the acknowledged ``ETag`` (which a cache would keep).
+        A range of part of the file cannot be checked so, and is sent as read (its size was).
+        """
+        expected = self._sha256
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         assert self.stat_result is not None  # given by __init__
         left = self.stat_result.st_size
         digest = hashlib.sha256()
@@ -152,11 +170,10 @@ class OpenFileResponse(FileResponse):
             while more_body:
                 chunk = await anyio.to_thread.run_sync(read_hashed)
                 left -= len(chunk)
-                more_body = len(chunk) == self.chunk_size
+                more_body = len(chunk) == self.chunk_size and left > 0
                 # At the chunk that completes the file's length, not at the empty read after
                 # it: by then a client framed by Content-Length would hold a whole answer.
-                last = left <= 0 or not more_body
-                if last and digest.hexdigest() != expected:
+                if not more_body and digest.hexdigest() != expected:
                     error = DamagedFileError(
                         self._session_id,
                         self._name,
