@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from engines import S3Engine
 from live_http import Answers, connect
 from redteam_s19_http import one_server
 
@@ -500,3 +501,49 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_rest_checked(
         "read (Input/output error)"
     ), lines
     assert lines[1].startswith(f"file-damaged  sessions/{ids[1]}/records/a.txt"), lines
+
+
+# --- an object rewritten in the bucket (PostgreSQL and object storage) -----------------------
+
+
+def test_an_object_rewritten_with_bytes_of_the_same_length_is_never_a_complete_download(
+    s3_engine: S3Engine, database_url: str, blob_url: str, app_config: Config
+) -> None:
+    # Layer 3's *not stopped*: an object rewritten by hand with bytes of the same length was
+    # served whole under the recorded ETag. A whole download is now hashed as it is sent and
+    # cut before its last byte; one of another length was already refused before a byte.
+    from fastapi.testclient import TestClient
+
+    from app.remote import pg
+    from app.remote.objects import ObjectStore
+    from app.remote.store import RemoteStore
+    from app.server import create_app
+
+    objects = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    pg.open_database(database_url, "production")
+    objects.open("production")
+    data = os.urandom(CHUNK + 10)
+    with RemoteStore(database_url, objects, "production") as store:
+        session_id = store.create_session("s")["id"]
+        store.put_file(session_id, "same.bin", data)
+        store.put_file(session_id, "short.bin", data)
+        with pg.connect(database_url, purpose="test", autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT name, blob FROM app_files WHERE session_id = %s AND deleted_at IS NULL",
+                (session_id,),
+            ).fetchall()
+        blobs = {name: blob for name, blob in rows}
+        objects.put(blobs["same.bin"], bytes(b ^ 1 for b in data))
+        objects.put(blobs["short.bin"], data[:10])
+        headers = {"Authorization": f"Bearer {app_config.api_token}"}
+        with TestClient(create_app(store, app_config), headers=headers) as client:
+            short = client.get(f"/sessions/{session_id}/files/short.bin")
+            # The remote backend's own refusal of another length (red team 26's).
+            assert (short.status_code, short.json()["code"]) == (500, "object_changed")
+            assert f"is 10 bytes, but file 'short.bin' of session {session_id}" in short.text
+            with client.stream("GET", f"/sessions/{session_id}/files/same.bin") as same:
+                got = b"".join(same.iter_raw())
+            assert same.status_code == 200
+            assert len(got) < len(data), "a complete answer of bytes no one acknowledged"
