@@ -367,6 +367,11 @@ def test_an_entry_from_another_boot_is_aged_by_the_time_in_its_name(app_store: S
     manifest = json.loads((entry.path / "trash.json").read_text())
     assert manifest["boot"]["id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert store.empty_trash(older_than=timedelta(days=7)) == []
+    # A boot clock that says older than the name (a time namespace's offset) does not count
+    # alone: the younger of the two ages does.
+    manifest["boot"]["seconds"] -= 30 * 86400
+    (entry.path / "trash.json").write_text(json.dumps(manifest))
+    assert store.empty_trash(older_than=timedelta(days=7)) == []
     manifest["boot"]["id"] = "a boot before this one"
     (entry.path / "trash.json").write_text(json.dumps(manifest))
     assert store.empty_trash(older_than=timedelta(days=7)) == []  # its name: just now

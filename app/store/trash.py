@@ -298,16 +298,19 @@ class Trash:
         def old_enough(entry: TrashEntry) -> bool:
             if older_than is None:
                 return True
+            if not entry.deleted_at <= now - older_than:
+                return False
             if here is not None and entry.since_boot is not None:
                 boot, seconds = entry.since_boot
                 if boot == here[0]:
-                    # Made in this boot: its age is the boot clock's, which no step of the
-                    # wall clock moves. An entry named while the clock was behind (a board
-                    # that boots before NTP) was emptied as old once NTP set the clock
+                    # Made in this boot: old enough on the boot clock too, which no step of
+                    # the wall clock moves. An entry named while the clock was behind (a
+                    # board that boots before NTP) was emptied as old once NTP set the clock
                     # right, minutes after its delete; and a clock set far ahead made every
-                    # entry old enough (red team 35).
+                    # entry old enough (red team 35). The younger of the two ages counts: a
+                    # boot clock offset in a time namespace errs only towards keeping.
                     return here[1] - seconds >= older_than.total_seconds()
-            return entry.deleted_at <= now - older_than
+            return True
 
         chosen = [
             entry
