@@ -552,3 +552,10 @@ def test_an_object_rewritten_with_bytes_of_the_same_length_is_never_a_complete_d
                 got = b"".join(same.iter_raw())
             assert same.status_code == 200
             assert len(got) < len(data), "a complete answer of bytes no one acknowledged"
+        # `app data check` there compared sizes only, and called such a bucket consistent.
+        found = {f.target: f for f in store.check().findings}
+        assert {f.problem for f in found.values()} == {"record-object-changed"}
+        same_finding = found[f"{session_id}/same.bin"].detail
+        assert f"was saved with the SHA-256 {hashlib.sha256(data).hexdigest()}" in same_finding
+        assert "downloads of it are cut before their last byte" in same_finding
+        assert f"was saved as {len(data)} bytes" in found[f"{session_id}/short.bin"].detail
