@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -283,6 +283,10 @@ class Checker:
             return
         if not self._complete(entry, manifest, contents):
             return
+        file, previous = manifest.get("file"), manifest.get("entry")
+        if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
+            # A version a restore would bring back, checked as a file is (red team 35).
+            self._verify(path, path / file, file, previous)
         reason = manifest.get("reason")
         if name in audited or (reason == "purge" and entry.session_id in purged):
             return
@@ -429,6 +433,28 @@ class Checker:
             return
         self._check_files(session_id, records, blobs)
 
+    def _verify(self, target: Path, data: Path, name: str, acknowledged: Mapping[str, Any]) -> None:
+        """A file's bytes against what was acknowledged (thorough only: it reads them all).
+
+        Nothing is repaired: the app cannot tell which bytes were meant, and a repair that
+        moved them aside would lose the only copy there is. A download refuses them
+        (`DamagedFileError`), where it once sent them as the acknowledged file (red team 35).
+        """
+        if not self.thorough:
+            return
+        damage = _damage(data, acknowledged)
+        if damage is not None:
+            self.unrepaired(
+                "file-damaged",
+                target,
+                f"the bytes of file {name!r} {damage}: "
+                "changed from outside the app (a disk fault, an edit, a partial restore); "
+                "a download of it is refused",
+                "nothing: left for a human (put the bytes back from a backup, whose "
+                "`sha256sum` is the one acknowledged, or upload the file again, which keeps "
+                "these bytes in the trash)",
+            )
+
     def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
         """A session's records against its blobs: each record's bytes there, each blob named."""
         referenced: set[str] = set()
@@ -451,6 +477,7 @@ class Checker:
             blob = blobs_dir / record["blob"]
             if blob.is_file() and not blob.is_symlink():
                 referenced.add(record["blob"])
+                self._verify(path, blob, path.name, record)
                 continue
             dangling.append((path, record))
         orphans = [
@@ -517,6 +544,32 @@ class Checker:
                 self.root.audit(
                     "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
                 )
+
+
+def _damage(path: Path, acknowledged: Mapping[str, Any]) -> str | None:
+    """How the bytes at ``path`` differ from the size and SHA-256 ``acknowledged``, if they do.
+
+    A blob is never changed once written: bytes that differ were changed from outside the
+    app. ``None`` too for bytes gone meanwhile (a replace or a delete next to a read-only
+    check moves them): what is still there is read again (`Store.check`).
+    """
+    size, sha256 = acknowledged.get("size"), acknowledged.get("sha256")
+    try:
+        on_disk = path.stat().st_size
+        if isinstance(size, int) and on_disk != size:
+            return f"are {on_disk} bytes long, where {size} were acknowledged"
+        found = _sha256(path) if isinstance(sha256, str) else None
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise  # this process's, not the bytes': `permission-denied` (`Checker.item`)
+    except OSError as error:
+        # EIO from a bad sector: the bytes are damaged too, and the rest of the root is
+        # checked, where one unreadable file stopped the whole check (red team 35).
+        return f"cannot be read ({error.strerror or error})"
+    if found is not None and found != sha256:
+        return f"have the SHA-256 {found}, where {sha256} was acknowledged"
+    return None
 
 
 def _sha256(path: Path) -> str:

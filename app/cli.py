@@ -21,6 +21,7 @@ from app import config as appconfig
 from app.errors import (
     EX_DATAERR,
     AppError,
+    CommandInterruptedError,
     ConfigError,
     ConfirmationRequiredError,
     DataRootInUseError,
@@ -150,6 +151,10 @@ class AppGroup(CommandGroup):
             return super().invoke(ctx)
         except AppError as error:
             fail(error)
+        except KeyboardInterrupt:
+            # click's "Aborted!" (exit 1) said nothing of what a maintenance command had
+            # done, nor how to finish it (red team 35).
+            fail(CommandInterruptedError(ctx.meta.get(_COMMAND_KEY) or ctx.command_path))
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
@@ -799,7 +804,8 @@ def data_purge(ctx: click.Context, confirmed: bool) -> None:
     "--older-than",
     type=Duration(),
     metavar="AGE",
-    help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w). Default: all.",
+    help="Only entries deleted longer ago than AGE (30m, 12h, 7d, 2w), on the boot clock "
+    "for entries deleted since the last boot. Default: all.",
 )
 @click.option(_CONFIRM_OPTION, "confirmed", is_flag=True, help="Required on protected profiles.")
 @click.pass_context
@@ -867,11 +873,14 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
 
     Looks for files left in .tmp/, unfinished session creates, trash entries that are
     empty, hold only their manifest, wait for their bytes or lack their audit line, file
-    records without bytes, and bytes without a record. Read-only by default: changes
+    records without bytes, bytes without a record, and bytes that are no longer those
+    acknowledged (another size or SHA-256: every file and every version in the trash is
+    read whole, so this takes as long as reading the root). Read-only by default: changes
     nothing and takes no lock, so it may run next to a live server (a write in flight is
     not reported: what it finds is read again once none is in flight). --repair never
-    deletes acknowledged bytes (bytes without a record go to the trash) and writes one
-    `check-repair` audit line; a server runs the same repair at every start-up.
+    deletes acknowledged bytes (bytes without a record go to the trash; damaged bytes are
+    left for a human) and writes one `check-repair` audit line; a server runs the same
+    repair at every start-up (which compares no bytes).
 
     Exits 0 when the root is consistent (or everything was repaired), 65 when something
     is found (without --repair) or needs a human, 75 with --repair while the root is held.

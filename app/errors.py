@@ -741,6 +741,31 @@ class RequestCutShortError(AppError):
     grace: int
 
 
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
+
+
+class CommandInterruptedError(AppError):
+    """A command stopped by Ctrl-C (SIGINT) before it finished.
+
+    Python raises ``KeyboardInterrupt`` between two bytecodes, so a change may be made
+    with the rest of its bookkeeping (the move of old bytes into their trash entry, its
+    audit line) not yet done: each undo decides from the disk whether its change was made,
+    and ``app data check --repair`` finishes what was left. click said only "Aborted!".
+    """
+
+    exit_code = EX_INTERRUPTED
+    code = "interrupted"
+    template = (
+        "`{command}` was interrupted (Ctrl-C, SIGINT) before it finished: what it had "
+        "changed stays changed, each change whole (the last one may lack its trash entry's "
+        "final move or its audit line), and what it had not reached is unchanged. Run `app "
+        "data check --repair` (with no server on the data root) to finish what the "
+        "interruption left, then `{command}` again if it is still wanted"
+    )
+
+    command: str
+
+
 class ThreadLimitError(AppError):
     """The server could not start a thread to do what was asked (its process or user is at
     its limit of threads: systemd's ``TasksMax=``, a container's pids limit, ``ulimit -u``).
@@ -832,6 +857,32 @@ class UnreadableSessionError(StoreError):
 
     session_id: str
     damage: str = "is not a JSON object"
+
+
+class DamagedFileError(StoreError):
+    """A file whose bytes are no longer those its record acknowledged (another size, another
+    SHA-256): damage from outside the app (a disk or filesystem fault, an edit, a partial
+    restore), since the app never changes a file's bytes once written. A download refuses
+    it (by its size, before anything is sent; by its SHA-256, before its last byte), and
+    ``app data check`` reports it (``file-damaged``) without repairing anything."""
+
+    code = "file_damaged"
+    http_status = 500
+    # No path: the message reaches HTTP clients. A 500 of its own, as session_unreadable's:
+    # the server is sound; only this file's bytes are not what was acknowledged.
+    template = (
+        "cannot send file {name!r} of session {session_id}: its bytes {damage}, so they are "
+        "not the file that was acknowledged (they were changed outside the app: a disk "
+        "fault, an edit, a partial restore); {sent}. `app data check` "
+        "reports every such file as file-damaged. Put the file back from a backup (its "
+        "SHA-256 is the ETag it was served with), or upload it again (PUT "
+        "/sessions/{session_id}/files/{name}), which keeps the damaged bytes in the trash"
+    )
+
+    session_id: str
+    name: str
+    damage: str
+    sent: str = "nothing of it was sent"
 
 
 class FileNotFoundInSessionError(StoreError):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -246,6 +246,9 @@ class TrashEntry:
         reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``; ``"unknown"`` for a
             damaged manifest, ``"unreadable"`` for one this process may not read.
         title: the session's title when it was deleted (session entries).
+        since_boot: the boot it was made in and the seconds since that boot (Linux's
+            ``CLOCK_BOOTTIME``), where the backend records them (a local data root): its
+            age within that boot, whatever the wall clock did since.
     """
 
     name: str
@@ -256,6 +259,7 @@ class TrashEntry:
     deleted_at: datetime
     reason: str
     title: str | None = None
+    since_boot: tuple[str, float] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``app sessions list --trash --json``)."""

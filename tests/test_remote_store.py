@@ -622,6 +622,8 @@ def test_downloads_of_objects_honour_ranges(store: RemoteStore) -> None:
         file, entry = store.open_file(session_id, "d.bin")
         return OpenFileResponse(
             file,
+            session_id=session_id,
+            entry=entry,
             media_type="application/octet-stream",
             filename=entry["name"],
             headers={"ETag": f'"{entry["sha256"]}"'},

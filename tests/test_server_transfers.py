@@ -564,10 +564,12 @@ def test_a_file_changed_between_its_open_and_its_send_is_sent_as_it_was_opened(
     ("recorded", "on_disk"),
     [(10, 100), (100, 10), (100, 0), (10, CHUNK + 5), (CHUNK + 5, 10), (CHUNK + 5, 3 * CHUNK)],
 )
-def test_a_file_whose_size_is_not_its_records_is_sent_as_it_is_on_disk(
+def test_a_file_whose_size_is_not_its_records_is_refused_before_a_byte_is_sent(
     unlimited: TestClient, app_store: Store, sid: str, recorded: int, on_disk: int
 ) -> None:
     # Never bytes that are not the file's, never a Content-Length that is not the body's.
+    # Such bytes were sent as they were on disk, a 200 under the acknowledged ETag, until
+    # red team 35 (tests/test_redteam_s35_integrity.py): they are not the acknowledged file.
     stored(unlimited, sid, "f.bin", os.urandom(recorded))
     blob, entry = app_store.file_path(sid, "f.bin")
     assert entry["size"] == recorded
@@ -575,10 +577,10 @@ def test_a_file_whose_size_is_not_its_records_is_sent_as_it_is_on_disk(
     blob.chmod(0o600)
     blob.write_bytes(disk)
     got = unlimited.get(f"/sessions/{sid}/files/f.bin")
-    assert got.status_code == 200, got.text
-    assert got.headers["content-length"] == str(len(got.content))
-    assert got.content == disk
-    assert unlimited.head(f"/sessions/{sid}/files/f.bin").headers["content-length"] == str(on_disk)
+    assert got.status_code == 500, got.text
+    assert got.json()["code"] == "file_damaged"
+    assert f"are {on_disk} bytes long, where {recorded} were acknowledged" in got.text
+    assert unlimited.head(f"/sessions/{sid}/files/f.bin").status_code == 500
 
 
 def test_a_head_does_not_read_the_file(

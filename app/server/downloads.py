@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 import re
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, BinaryIO
 
 import anyio
 from fastapi.responses import FileResponse
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from starlette.types import Receive, Scope, Send
 
+from app.errors import DamagedFileError
 from app.server.problems import ProblemResponse, problem
+from app.server.protocol import Abandoned
 
 # One range of RFC 9110's range-set (14.1.2): first-last, first- or -suffix, in ASCII digits.
 _RANGE_SPEC = re.compile(r"[0-9]+-[0-9]*|-[0-9]+", re.ASCII)
+
+log = logging.getLogger("app.server")
 
 
 class OpenFileResponse(FileResponse):
@@ -37,12 +43,26 @@ class OpenFileResponse(FileResponse):
     so a ``Range`` gets its 206 (or 416) and the headers are those of a local file.
     """
 
-    def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
+    def __init__(
+        self, file: BinaryIO, *, session_id: str, entry: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         self._file = file
         try:
             stat_result = os.fstat(file.fileno())
         except (OSError, AttributeError):  # io.UnsupportedOperation is an OSError
             stat_result = _object_stat(file)
+        # The bytes must be those the file's record acknowledged. A blob is never changed
+        # once written, so bytes of another size (cut, grown: a disk fault, an edit, a
+        # partial restore) were answered as a 200 of that size under the old ETag, and the
+        # client took a damaged file for the acknowledged one (red team 35).
+        self._session_id, self._name = session_id, str(entry.get("name", ""))
+        size, self._sha256 = entry.get("size"), entry.get("sha256")
+        if isinstance(size, int) and size != stat_result.st_size:
+            raise DamagedFileError(
+                session_id,
+                self._name,
+                f"are {stat_result.st_size} bytes long, where {size} were acknowledged",
+            )
         super().__init__(str(getattr(file, "name", "")), stat_result=stat_result, **kwargs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,6 +119,70 @@ class OpenFileResponse(FileResponse):
         # date count only when it is known to be strong, which a second is not here;
         # without a match the whole file is sent, which is always correct.
         return http_if_range == self.headers.get("etag")
+
+    async def _handle_simple(self, send: Send, send_header_only: bool, send_pathsend: bool) -> None:
+        """The whole file (not a range), its SHA-256 compared before its last byte goes."""
+        if send_header_only or send_pathsend or not isinstance(self._sha256, str):
+            await super()._handle_simple(send, send_header_only, send_pathsend)
+            return
+        await self._send_checked(send, self.status_code, self.raw_headers)
+
+    async def _handle_single_range(
+        self, send: Send, start: int, end: int, file_size: int, send_header_only: bool
+    ) -> None:
+        """A range; one of the whole file (``bytes=0-``, a download manager's first request)
+        is checked as the whole file is, where it was a complete 206 of damaged bytes."""
+        whole = start == 0 and end == file_size
+        if send_header_only or not whole or not isinstance(self._sha256, str):
+            await super()._handle_single_range(send, start, end, file_size, send_header_only)
+            return
+        headers = MutableHeaders(raw=list(self.raw_headers))
+        headers["content-range"] = f"bytes 0-{file_size - 1}/{file_size}"
+        headers["content-length"] = str(file_size)
+        await self._send_checked(send, 206, headers.raw)
+
+    async def _send_checked(
+        self, send: Send, status: int, raw_headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Send the whole file, its SHA-256 compared with the ``ETag`` before its last byte.
+
+        Bytes of the acknowledged size may still differ (a flipped bit). Comparing before
+        the answer would read the file twice; instead the chunk that completes the file is
+        held back until the hash of everything read matches, and on a mismatch the
+        connection is cut there: the client sees a download cut short, never a complete
+        answer of the wrong bytes under the acknowledged ``ETag`` (which a cache would keep).
+        A range of part of the file cannot be checked so, and is sent as read (its size was).
+        """
+        expected = self._sha256
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        assert self.stat_result is not None  # given by __init__
+        left = self.stat_result.st_size
+        digest = hashlib.sha256()
+        async with self._open_file() as file:
+            raw = file.wrapped
+
+            def read_hashed() -> bytes:  # on the worker thread that reads, not the loop
+                chunk = raw.read(self.chunk_size)
+                digest.update(chunk)
+                return chunk
+
+            more_body = True
+            while more_body:
+                chunk = await anyio.to_thread.run_sync(read_hashed)
+                left -= len(chunk)
+                more_body = len(chunk) == self.chunk_size and left > 0
+                # At the chunk that completes the file's length, not at the empty read after
+                # it: by then a client framed by Content-Length would hold a whole answer.
+                if not more_body and digest.hexdigest() != expected:
+                    error = DamagedFileError(
+                        self._session_id,
+                        self._name,
+                        f"have the SHA-256 {digest.hexdigest()}, where {expected} was acknowledged",
+                        "its download was cut before its last byte",
+                    )
+                    log.error("%s", error)
+                    raise Abandoned from error
+                await send({"type": "http.response.body", "body": chunk, "more_body": more_body})
 
     @contextlib.asynccontextmanager
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:

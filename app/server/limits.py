@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import BadRequestError, InvalidNameError, RequestCutShortError
 from app.server.problems import problem_of
-from app.server.protocol import TURN, SlowReader
+from app.server.protocol import TURN, Abandoned
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ class RequestGuard:
     ``a\\ufffd``, one name for two different files. A name must be valid text.
 
     A response whose client read nothing of it for ``request_idle_seconds`` (`SlowReader`,
-    logged by the protocol) ends the request here without a traceback: the answer has
+    logged by the protocol), or a download found damaged before its last byte (`Abandoned`,
+    logged by `app.server.downloads`), ends the request here without a traceback: the answer has
     begun, so nothing more can be said to this client, and uvicorn closes a connection whose
     response the application left unfinished.
 
@@ -278,8 +279,8 @@ class RequestGuard:
             scope = {**scope, "method": "GET"}
         try:
             await self.app(scope, receive, send)
-        except SlowReader:
-            return  # logged by the protocol; uvicorn closes the connection
+        except Abandoned:
+            return  # logged where raised; uvicorn closes the connection
         except asyncio.CancelledError as cancelled:
             # Only the server's shutdown cancels a request's task (a disconnected client is
             # told by `receive`). Answered, the request is over: uvicorn has already logged

@@ -95,6 +95,13 @@ client that reads or sends slowly holds no place while it does (`_Exchange`).
 """
 
 
+TRAILERS: Final = "app.trailers"
+"""The scope key of a chunked request's trailer fields (RFC 9112, 7.1.2): ``(name, value)``
+byte pairs, set once the body's last chunk has come and before the application hears that
+the body ended. uvicorn drops them (ASGI has no request trailers), and a client that sent its
+``Repr-Digest`` in the trailer, as RFC 9530 allows, had its upload stored unchecked."""
+
+
 ANSWERED: Final = "app.answered"
 """The scope key of a request the protocol answered itself (``GET /health``): its task, which
 uvicorn created as it parsed the head, then leaves the application alone (`_UnlessAnswered`)."""
@@ -260,7 +267,16 @@ class _Taken:
         }
 
 
-class SlowReader(Exception):
+class Abandoned(Exception):
+    """A response begun that the application leaves unfinished, on purpose and already logged.
+
+    `app.server.limits.RequestGuard` ends the request quietly (no traceback: the answer has
+    begun, so nothing more can be said to the client), and uvicorn closes the connection, so
+    the client sees its answer cut short, never complete.
+    """
+
+
+class SlowReader(Abandoned):
     """The client read nothing of its response for ``request_idle_seconds``: it is abandoned.
 
     Raised from the application's ``send`` (so that a download stops reading its file);
@@ -537,6 +553,18 @@ def bounded_h11(
         )
     )
 
+    class _TrailerKeeping(h11.Connection):
+        """h11's connection, keeping the trailer fields of the request body that just
+        ended (`TRAILERS`), which uvicorn, reading its events, drops."""
+
+        trailer: list[tuple[bytes, bytes]] | None = None
+
+        def next_event(self) -> Any:
+            event = super().next_event()
+            if type(event) is h11.EndOfMessage and event.headers:
+                self.trailer = list(event.headers)
+            return event
+
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
         _taken: _Taken | None = None
@@ -547,11 +575,21 @@ def bounded_h11(
             super().__init__(*args, **kwargs)
             if health is not None:
                 self.app = _UnlessAnswered(self.app)
+            # A class of our own rather than a wrapper of its method: a closure kept on the
+            # connection would tie it and this protocol in a cycle, left to the collector.
+            self.conn.__class__ = _TrailerKeeping
 
         def handle_events(self) -> None:
             before, known = self.cycle, set(self.tasks)
             super().handle_events()
             cycle = self.cycle
+            conn = self.conn
+            if isinstance(conn, _TrailerKeeping) and conn.trailer is not None:
+                # The application runs only once this returns, and finds the trailer of the
+                # body that just ended (h11 pauses after it: the cycle is still its own).
+                if cycle is not None:
+                    cycle.scope[TRAILERS] = conn.trailer  # type: ignore[typeddict-unknown-key]
+                conn.trailer = None
             if cycle is not before and cycle is not None:
                 # Only a request whose Content-Length body has not all come with its head
                 # can have bytes taken: the others (GET /health) keep uvicorn's receive.

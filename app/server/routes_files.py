@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
@@ -27,6 +27,7 @@ from app.server.openapi import (
     errors,
 )
 from app.server.problems import ProblemResponse, problem
+from app.server.protocol import TRAILERS
 from app.server.uploads import (
     Pipeline,
     UploadSlots,
@@ -99,7 +100,7 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         The part's filename is the file's name; an existing name is refused (409).
         """
         boundary = form_boundary(request)
-        digests = Digests.parse(request.headers, "POST", "the multipart body")
+        digests = Digests.parse(request.headers, "POST", "the multipart body", trailer_of(request))
         most = store.max_upload_bytes
         refuse_declared_length(request, most + MULTIPART_OVERHEAD, most)
         with slots.hold(request):
@@ -155,7 +156,8 @@ def add_file_routes(app: FastAPI, store: Storage, auth: list[Any], slots: Upload
         if unsupported:
             return unsupported_precondition(request, unsupported)
         if_match = if_match_of(request)
-        digests = Digests.parse(request.headers, "PUT")  # malformed: 400 before the body
+        # Malformed: 400 before the body. A chunked body's trailer is checked after it.
+        digests = Digests.parse(request.headers, "PUT", trailer=trailer_of(request))
         create_only = "if-none-match" in request.headers
         try:
             upload, entry = await _receive(
@@ -296,6 +298,8 @@ def _download(
             wanted.require(request.method, session_id, name, entry.get("sha256"))
         return OpenFileResponse(
             file,
+            session_id=session_id,
+            entry=entry,
             media_type="application/octet-stream",
             filename=entry["name"],
             headers=_download_headers(entry),
@@ -303,6 +307,13 @@ def _download(
     except BaseException:
         file.close()
         raise
+
+
+def trailer_of(request: Request) -> Callable[[], list[tuple[bytes, bytes]]] | None:
+    """For a chunked body, what gives its trailer fields once it has come (`TRAILERS`)."""
+    if "chunked" not in request.headers.get("transfer-encoding", "").lower():
+        return None
+    return lambda: list(request.scope.get(TRAILERS) or ())
 
 
 def preconditions(request: Request, *, delete: bool = False) -> list[str]:

@@ -94,6 +94,7 @@ class TrashManifest(TypedDict):
     title: str | None
     entry: FileEntry | None
     blob: NotRequired[str]  # a file entry: the blob that moves in (`check` finishes a move)
+    boot: NotRequired[dict[str, Any]]  # {"id": boot id, "seconds": CLOCK_BOOTTIME} when made
 
 
 def public(record: Mapping[str, Any]) -> FileEntry:

@@ -502,8 +502,15 @@ class Sessions:
             try:
                 directory.rename(entry.path / TRASHED_SESSION)
             except BaseException:
+                # Told from the disk, not from the exception: a Ctrl-C lands right after
+                # the rename too, and the session is then in the trash (red team 35).
+                moved = os.path.lexists(entry.path / TRASHED_SESSION)
                 prepared.close()
-                self.trash.remove_empty(entry)
+                if moved:
+                    self.state.records.changed(session_id)
+                    self.state.index_update(remove=session_id)
+                else:
+                    self.trash.remove_empty(entry)
                 raise
             self.state.records.changed(session_id)
             self.state.index_update(remove=session_id)

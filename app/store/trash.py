@@ -9,12 +9,15 @@ business (:meth:`app.store.Store.restore`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -26,6 +29,7 @@ from app.dataroot import (
     write_new_file,
 )
 from app.errors import PermissionDeniedStorageError, StoppedPartwayError
+from app.lock import BOOT_ID_FILE
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -52,6 +56,33 @@ UNREADABLE: Final = "unreadable"
 MISSING_MANIFEST: Final = (FileNotFoundError, NotADirectoryError, NotRegularFileError)
 """A manifest that is not there to read. Any other failure (EMFILE, EIO) is raised: read as
 "no manifest", it once made a restore answer "not in the trash" for a file that was."""
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return BOOT_ID_FILE.read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def _since_boot() -> tuple[str, float] | None:
+    """This boot's id and the seconds since it began (``CLOCK_BOOTTIME``: it counts time
+    suspended, and no one sets it), or None where the kernel gives no boot id."""
+    boot = _boot_id()  # a process lives within one boot
+    return None if boot is None else (boot, time.clock_gettime(time.CLOCK_BOOTTIME))
+
+
+def _boot_of(recorded: object) -> tuple[str, float] | None:
+    """A manifest's ``boot``, if it is of the shape `Trash.new_entry` writes."""
+    if not isinstance(recorded, dict):
+        return None
+    boot, seconds = recorded.get("id"), recorded.get("seconds")
+    if not isinstance(boot, str) or isinstance(seconds, bool):
+        return None
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        return None
+    return boot, float(seconds)
 
 
 class Trash:
@@ -90,6 +121,9 @@ class Trash:
         }
         if blob is not None:
             manifest["blob"] = blob
+        since_boot = _since_boot()
+        if since_boot is not None:
+            manifest["boot"] = {"id": since_boot[0], "seconds": since_boot[1]}
         data = json_bytes(manifest)
         path.mkdir(mode=0o700)
         try:
@@ -110,7 +144,7 @@ class Trash:
                 (path / TRASH_MANIFEST).unlink(missing_ok=True)
                 path.rmdir()
             raise
-        return TrashEntry(name, path, kind, session_id, file, moment, reason, title)
+        return TrashEntry(name, path, kind, session_id, file, moment, reason, title, since_boot)
 
     def moment(self) -> datetime:
         """The time a new entry is named by: now, or just after the newest entry if later.
@@ -177,7 +211,18 @@ class Trash:
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:
         """Remove an entry that holds only its manifest (a change that did not happen, or
-        one undone). ``prepared``: ``.trash/`` opened before (see DataRoot.prepare)."""
+        one undone). ``prepared``: ``.trash/`` opened before (see DataRoot.prepare).
+
+        An entry that holds anything else is left whole. The undo of a change calls this
+        when the change raised, and an exception can come after the change was made: a
+        Ctrl-C (``KeyboardInterrupt``) lands right after the rename that moved a session in.
+        The manifest was removed and the entry left with the session in it, which `check`
+        could only leave for a human (``trash-no-manifest``; red team 35).
+        """
+        with contextlib.suppress(OSError):
+            if any(p.name != TRASH_MANIFEST for p in entry.path.iterdir()):
+                log.warning("trash entry %s holds data: kept whole, with its manifest", entry.name)
+                return
         with contextlib.suppress(FileNotFoundError):
             (entry.path / TRASH_MANIFEST).unlink()
         with contextlib.suppress(OSError):
@@ -238,6 +283,7 @@ class Trash:
             deleted_at=datetime.strptime(found.group(1), _TIME_FORMAT).replace(tzinfo=UTC),
             reason=manifest.get("reason", "unknown"),
             title=manifest.get("title"),
+            since_boot=_boot_of(manifest.get("boot")),
         )
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
@@ -247,11 +293,29 @@ class Trash:
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
         """Remove entries for good (all, or those deleted longer ago than ``older_than``)."""
         self.root.ensure_held()
-        cutoff = None if older_than is None else datetime.now(UTC) - older_than
+        now, here = datetime.now(UTC), _since_boot()
+
+        def old_enough(entry: TrashEntry) -> bool:
+            if older_than is None:
+                return True
+            if not entry.deleted_at <= now - older_than:
+                return False
+            if here is not None and entry.since_boot is not None:
+                boot, seconds = entry.since_boot
+                if boot == here[0]:
+                    # Made in this boot: old enough on the boot clock too, which no step of
+                    # the wall clock moves. An entry named while the clock was behind (a
+                    # board that boots before NTP) was emptied as old once NTP set the clock
+                    # right, minutes after its delete; and a clock set far ahead made every
+                    # entry old enough (red team 35). The younger of the two ages counts: a
+                    # boot clock offset in a time namespace errs only towards keeping.
+                    return here[1] - seconds >= older_than.total_seconds()
+            return True
+
         chosen = [
             entry
             for entry in self.entries()
-            if (cutoff is None or entry.deleted_at <= cutoff)
+            if old_enough(entry)
             # never follow anything out of the trash
             and entry.path.parent == self.path
             and not entry.path.is_symlink()

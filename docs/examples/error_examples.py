@@ -136,10 +136,14 @@ EXAMPLES: list[errors.AppError] = [
     errors.ConfirmationRequiredError("purge sessions", "production", "--yes-i-mean-it"),
     errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
     errors.RequestCutShortError("POST", "/sessions", 30),
+    errors.CommandInterruptedError("app data purge"),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
+    errors.DamagedFileError(
+        "3f2a9c", "report.pdf", "are 4096 bytes long, where 81920 were acknowledged"
+    ),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),
     errors.BodyTooLargeError("creating a session", 262144, 262145),
