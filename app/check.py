@@ -53,11 +53,14 @@ __all__ = ["CheckReport", "Checker", "Finding"]
 class Checker:
     """One run of `Store.check`: the passes, in an order where each relies on the last."""
 
-    def __init__(self, store: Store, repair: bool, thorough: bool) -> None:
+    def __init__(
+        self, store: Store, repair: bool, thorough: bool, *, hash_bytes: bool = True
+    ) -> None:
         self.store = store
         self.root = store.root
         self.repair = repair
         self.thorough = thorough
+        self.hash_bytes = hash_bytes
         self.findings: list[Finding] = []
         # Blobs a half trash entry still waits for: they are not files without records.
         self.awaited: set[tuple[str, str]] = set()
@@ -442,7 +445,7 @@ class Checker:
         """
         if not self.thorough:
             return
-        damage = _damage(data, acknowledged)
+        damage = _damage(data, acknowledged, hash_bytes=self.hash_bytes)
         if damage is not None:
             self.unrepaired(
                 "file-damaged",
@@ -546,8 +549,9 @@ class Checker:
                 )
 
 
-def _damage(path: Path, acknowledged: Mapping[str, Any]) -> str | None:
-    """How the bytes at ``path`` differ from the size and SHA-256 ``acknowledged``, if they do.
+def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) -> str | None:
+    """How the bytes at ``path`` differ from the size and SHA-256 ``acknowledged``, if they do
+    (their size only without ``hash_bytes``: `app data check --quick` reads no bytes).
 
     A blob is never changed once written: bytes that differ were changed from outside the
     app. ``None`` too for bytes gone meanwhile (a replace or a delete next to a read-only
@@ -558,7 +562,7 @@ def _damage(path: Path, acknowledged: Mapping[str, Any]) -> str | None:
         on_disk = path.stat().st_size
         if isinstance(size, int) and on_disk != size:
             return f"are {on_disk} bytes long, where {size} were acknowledged"
-        found = _sha256(path) if isinstance(sha256, str) else None
+        found = _sha256(path) if hash_bytes and isinstance(sha256, str) else None
     except FileNotFoundError:
         return None
     except PermissionError:

@@ -866,16 +866,23 @@ def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
     is_flag=True,
     help="Reconcile what is found (takes the data root's lock: exit 75 while a server runs).",
 )
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Compare each file's size with the acknowledged one, not its SHA-256: reads no "
+    "file's bytes (a change of the same size goes unseen).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on standard output.")
 @click.pass_context
-def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
+def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> None:
     """Find what an interrupted write left behind; with --repair, reconcile it (audited).
 
     Looks for files left in .tmp/, unfinished session creates, trash entries that are
     empty, hold only their manifest, wait for their bytes or lack their audit line, file
     records without bytes, bytes without a record, and bytes that are no longer those
     acknowledged (another size or SHA-256: every file and every version in the trash is
-    read whole, so this takes as long as reading the root). Read-only by default: changes
+    read whole, so this takes as long as reading the root; --quick compares sizes only and
+    reads no bytes). Read-only by default: changes
     nothing and takes no lock, so it may run next to a live server (a write in flight is
     not reported: what it finds is read again once none is in flight). --repair never
     deletes acknowledged bytes (bytes without a record go to the trash; damaged bytes are
@@ -893,11 +900,11 @@ def data_check(ctx: click.Context, repair: bool, as_json: bool) -> None:
         wanted = "repair the database and its objects" if remote else "repair the data root"
         _refuse_missing_root(config, "repair")
         with open_storage(config, writer=True, wanted=wanted) as store:
-            report = store.check(repair=True)
+            report = store.check(repair=True, hash_bytes=not quick)
             location = store.location
     else:
         with _reader_store(config, "check") as store:
-            report = store.check()
+            report = store.check(hash_bytes=not quick)
             location = store.location
     if as_json:
         click.echo(json.dumps({"profile": config.profile, **report.to_dict()}, indent=2))

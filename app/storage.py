@@ -506,7 +506,9 @@ class Storage(Protocol):
     ) -> list[TrashEntry]: ...
 
     # consistency
-    def check(self, *, repair: bool = False, thorough: bool = True) -> CheckReport: ...
+    def check(
+        self, *, repair: bool = False, thorough: bool = True, hash_bytes: bool = True
+    ) -> CheckReport: ...
 
     # the holder
     def ensure_held(self) -> None:

@@ -208,6 +208,41 @@ def test_check_reports_damaged_bytes_and_a_repair_moves_none_of_them(
     names = [f["name"] for f in store.get_session(session_id)["files"]]
     assert names == ["cut.txt", "flip.txt", "kept.txt", "old.txt"]
     assert [e.name for e in store.list_trash()] == [entry.name]
+    # Without hashing (`app data check --quick`): the sizes alone, no byte read.
+    quick = {f.target for f in store.check(hash_bytes=False).findings}
+    assert quick == {f"sessions/{session_id}/records/cut.txt", f".trash/{entry.name}"}
+
+
+def test_data_check_quick_compares_sizes_and_reads_no_bytes(
+    app_config: Config, template: tuple[Path, list[str]]
+) -> None:
+    # ~1 s: reading every byte makes `app data check` as long as reading the root; --quick
+    # keeps the check a cron job or a deploy script can afford: sizes only, no byte read
+    # (strace sees no read of a blob), so a change of the same size goes unseen.
+    _, ids = template
+    flipped = _blob(app_config.data_root, ids[0], "a.txt")
+    _damage(flipped, "flip-last")
+    env = {**os.environ, "APP_DATA_ROOT": str(app_config.data_root)}
+    command = [sys.executable, "-m", "app", "data", "check"]
+    full = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert full.returncode == 65, full.stderr
+    assert full.stdout.startswith(f"file-damaged  sessions/{ids[0]}/records/a.txt"), full.stdout
+    traced = ["strace", "-f", "-qq", "-o", "/dev/stdout", "-P", str(flipped), "-e", "trace=read"]
+    quick = subprocess.run(
+        [*(traced if shutil.which("strace") else []), *command, "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert quick.returncode == 0, quick.stderr
+    assert "read(" not in quick.stdout, quick.stdout
+    _damage(_blob(app_config.data_root, ids[1], "a.txt"), "cut")
+    quick = subprocess.run(
+        [*command, "--quick"], capture_output=True, text=True, env=env, check=False
+    )
+    assert quick.returncode == 65, quick.stderr
+    assert quick.stdout.startswith(f"file-damaged  sessions/{ids[1]}/records/a.txt: the bytes")
 
 
 # --- a command stopped by Ctrl-C right after one of its changes -------------------------------

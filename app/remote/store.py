@@ -465,8 +465,15 @@ class RemoteStore(Storage):
 
     # -- consistency --------------------------------------------------------------------
 
-    def check(self, *, repair: bool = False, thorough: bool = True) -> CheckReport:
+    def check(
+        self, *, repair: bool = False, thorough: bool = True, hash_bytes: bool = True
+    ) -> CheckReport:
         """Reconcile rows and objects (:func:`app.remote.check.check`)."""
         return check(
-            self.db, self.objects, orphan_grace=self.orphan_grace, repair=repair, thorough=thorough
+            self.db,
+            self.objects,
+            orphan_grace=self.orphan_grace,
+            repair=repair,
+            thorough=thorough,
+            hash_bytes=hash_bytes,
         )

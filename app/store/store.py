@@ -487,7 +487,9 @@ class Store(Storage):
 
     # -- consistency --------------------------------------------------------------------
 
-    def check(self, *, repair: bool = False, thorough: bool = True) -> CheckReport:
+    def check(
+        self, *, repair: bool = False, thorough: bool = True, hash_bytes: bool = True
+    ) -> CheckReport:
         """Find (and with ``repair``, reconcile) what an interrupted write left behind.
 
         Every write has one commit point, so a crash leaves at most: a file in ``.tmp/``; a
@@ -510,12 +512,15 @@ class Store(Storage):
                 sessions whose number of records and blobs differ, which is where every
                 crash of a write leaves its trace; a record whose bytes were lost to damage
                 from outside the app, next to bytes without a record, then goes unseen.
+            hash_bytes: with ``thorough``, read every file's bytes and compare their SHA-256
+                with the acknowledged one; ``False`` (`app data check --quick`) compares
+                sizes only and reads no file's bytes.
         """
         from app.check import Checker
 
         if repair:
             self.root.ensure_held()
-        checker = Checker(self, repair, thorough)
+        checker = Checker(self, repair, thorough, hash_bytes=hash_bytes)
         try:
             with self.root.changing() if repair else contextlib.nullcontext():
                 checker.run()
@@ -532,7 +537,7 @@ class Store(Storage):
         # there after a moment without changes in flight is not one (each change leaves
         # names of its own, never reused), and only that is reported.
         settled = self.root.quiescent()
-        again = Checker(self, repair, thorough)
+        again = Checker(self, repair, thorough, hash_bytes=hash_bytes)
         again.run()
         seen = {(f.problem, f.target) for f in checker.findings}
         findings = [f for f in again.findings if (f.problem, f.target) in seen]
