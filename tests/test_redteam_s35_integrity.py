@@ -34,11 +34,12 @@ from live_http import Answers, connect
 from redteam_s19_http import one_server
 
 from app.config import Config
+from app.server.downloads import OpenFileResponse
 from app.storage import open_storage
 from app.store import Store
 from app.testing import LiveServer
 
-CHUNK = 64 * 1024  # what a download reads and sends at a time (Starlette's FileResponse)
+CHUNK = OpenFileResponse.chunk_size  # what a download reads, hashes and sends at a time
 
 
 # --- bytes changed on disk after they were acknowledged ---------------------------------------
