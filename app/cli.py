@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from datetime import timedelta
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 import click
@@ -22,6 +25,7 @@ from app.errors import (
     EX_DATAERR,
     AppError,
     CommandInterruptedError,
+    CommandTerminatedError,
     ConfigError,
     ConfirmationRequiredError,
     DataRootInUseError,
@@ -132,7 +136,25 @@ class AppCommand(_OnceEach, click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         ctx.meta[_COMMAND_KEY] = ctx.command_path  # `app data check`, for a refusal to name
-        return super().invoke(ctx)
+        if self.name == "serve" or threading.current_thread() is not threading.main_thread():
+            return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        try:
+            return super().invoke(ctx)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` would be, so that every undo
+    that handles an interruption handles it the same way."""
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Once: a second SIGTERM must not interrupt the undo the first one started (SIGKILL
+    # still ends the process). Python's default ended it at once, silently (red team 35).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated
 
 
 class CommandGroup(_OnceEach, click.Group):
@@ -151,10 +173,13 @@ class AppGroup(CommandGroup):
             return super().invoke(ctx)
         except AppError as error:
             fail(error)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             # click's "Aborted!" (exit 1) said nothing of what a maintenance command had
-            # done, nor how to finish it (red team 35).
-            fail(CommandInterruptedError(ctx.meta.get(_COMMAND_KEY) or ctx.command_path))
+            # done, nor how to finish it (red team 35); SIGTERM ended it silently.
+            command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            if isinstance(stop, _Terminated):
+                fail(CommandTerminatedError(command))
+            fail(CommandInterruptedError(command))
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"

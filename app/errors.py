@@ -766,6 +766,28 @@ class CommandInterruptedError(AppError):
     command: str
 
 
+EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a command that `kill` stopped
+
+
+class CommandTerminatedError(CommandInterruptedError):
+    """A command other than ``serve`` stopped by SIGTERM (``kill``, a CI job's or a
+    supervisor's timeout, ``timeout(1)``) before it finished.
+
+    Python's default for SIGTERM ends the process at once, silently; the command now stops
+    as Ctrl-C stops it, between two bytecodes, with the same undo and the same advice.
+    """
+
+    exit_code = EX_TERMINATED
+    code = "terminated"
+    template = (
+        "`{command}` was stopped (SIGTERM) before it finished: what it had changed stays "
+        "changed, each change whole (the last one may lack its trash entry's final move or "
+        "its audit line), and what it had not reached is unchanged. Run `app data check "
+        "--repair` (with no server on the data root) to finish what the stop left, then "
+        "`{command}` again if it is still wanted"
+    )
+
+
 class ThreadLimitError(AppError):
     """The server could not start a thread to do what was asked (its process or user is at
     its limit of threads: systemd's ``TasksMax=``, a container's pids limit, ``ulimit -u``).

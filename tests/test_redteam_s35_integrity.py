@@ -279,12 +279,14 @@ def template(app_config: Config, tmp_path: Path) -> tuple[Path, list[str]]:
     return saved, ids
 
 
-def _interrupted(config: Config, template: Path, nth: int, command: list[str]) -> str:
-    """Run ``command`` on a fresh copy of ``template`` with SIGINT delivered right after its
+def _interrupted(
+    config: Config, template: Path, nth: int, command: list[str], sig: str = "SIGINT"
+) -> str:
+    """Run ``command`` on a fresh copy of ``template`` with ``sig`` delivered right after its
     ``nth`` change; its standard error."""
     shutil.rmtree(config.data_root)
     shutil.copytree(template, config.data_root, symlinks=True)
-    inject = f"{_CHANGES}:signal=SIGINT:when={nth}"
+    inject = f"{_CHANGES}:signal={sig}:when={nth}"
     strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={_CHANGES}"]
     run = subprocess.run(
         [*strace, "-e", f"inject={inject}", *command],
@@ -294,6 +296,8 @@ def _interrupted(config: Config, template: Path, nth: int, command: list[str]) -
         check=False,
     )
     assert run.returncode != 0, f"not interrupted at change {nth}: {run.stderr}"
+    if sig == "SIGTERM":  # 128 + 15, as a shell reports a command `kill` stopped
+        assert run.returncode == 143, (run.returncode, run.stderr)
     return run.stderr
 
 
@@ -334,6 +338,25 @@ def test_a_purge_interrupted_by_ctrl_c_leaves_every_session_restorable(
     ), stderr
     assert "Run `app data check --repair` (with no server on the data root)" in stderr
     assert "then `app data purge` again if it is still wanted" in stderr
+    _everything_back(app_config, ids)
+
+
+@needs_strace
+@pytest.mark.parametrize("nth", [1, 2])
+def test_a_purge_stopped_by_sigterm_says_so_and_leaves_every_session_restorable(
+    app_config: Config, template: tuple[Path, list[str]], nth: int
+) -> None:
+    # SIGTERM (`kill`, `timeout`, a CI job's or a supervisor's stop) ended a command at once
+    # and silently (Python's default). It now stops it as Ctrl-C does, with the same undo:
+    # exit 143 and a message that says what was stopped and what finishes it.
+    saved, ids = template
+    command = [sys.executable, "-m", "app", "data", "purge"]
+    stderr = _interrupted(app_config, saved, nth, command, sig="SIGTERM")
+    assert stderr.startswith(
+        "error: `app data purge` was stopped (SIGTERM) before it finished: what it had "
+        "changed stays changed"
+    ), stderr
+    assert "Run `app data check --repair` (with no server on the data root)" in stderr
     _everything_back(app_config, ids)
 
 

@@ -137,6 +137,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
     errors.RequestCutShortError("POST", "/sessions", 30),
     errors.CommandInterruptedError("app data purge"),
+    errors.CommandTerminatedError("app data purge"),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
