@@ -20,8 +20,9 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,17 +152,23 @@ _READ_ONLY = {
 }
 
 
-def test_every_change_of_the_local_store_is_marked_as_in_flight(tmp_path: Path) -> None:
-    # ~0.6 s: one Python child that runs each change once, on a root of its own.
+def _python(script: str, root: Path, under: Sequence[str] = ()) -> Any:
+    """Run ``script`` in a Python child (``under`` a wrapper command) on the data root
+    ``root``; what it printed last, as JSON, once it exited 0."""
     run = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
+        [*under, sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(tmp_path / "app-data")},
+        env={**os.environ, "APP_DATA_ROOT": str(root)},
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.splitlines()[-1])
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_every_change_of_the_local_store_is_marked_as_in_flight(tmp_path: Path) -> None:
+    # ~0.6 s: one Python child that runs each change once, on a root of its own.
+    result = _python(_SCRIPT, tmp_path / "app-data")
     public = {name for name in dir(Store) if not name.startswith("_")}
     unknown = public - set(result["ran"]) - _READ_ONLY
     assert not unknown, f"classify these Store members in this test: {sorted(unknown)}"
@@ -393,15 +400,7 @@ def test_a_batch_of_creates_on_a_disk_that_fills_keeps_exactly_those_it_answered
         pytest.skip("needs root and unshare(1) to mount a small tmpfs of its own")
     mount = f'mount -t tmpfs -o size=3m none {shlex.quote(str(tmp_path))} && exec "$@"'
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "-"]
-    run = subprocess.run(
-        [*command, sys.executable, "-c", _FILL_THEN_CREATE],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(tmp_path / "app-data")},
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.splitlines()[-1])
+    result = _python(_FILL_THEN_CREATE, tmp_path / "app-data", under=command)
     assert 0 < len(result["made"]) < 96, result
     assert result["refused"] == ["[Errno 28] No space left on device"]
     assert sorted(result["there"]) == sorted(result["made"])

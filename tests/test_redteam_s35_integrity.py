@@ -322,41 +322,28 @@ def _everything_back(config: Config, ids: list[str]) -> None:
 
 @needs_strace
 @pytest.mark.parametrize("nth", [1, 2])
-def test_a_purge_interrupted_by_ctrl_c_leaves_every_session_restorable(
-    app_config: Config, template: tuple[Path, list[str]], nth: int
+@pytest.mark.parametrize(
+    ("sig", "says"),
+    [("SIGINT", "was interrupted (Ctrl-C, SIGINT)"), ("SIGTERM", "was stopped (SIGTERM)")],
+)
+def test_a_purge_interrupted_leaves_every_session_restorable(
+    app_config: Config, template: tuple[Path, list[str]], nth: int, sig: str, says: str
 ) -> None:
     # At the first change (the rename that moves a session into its entry), the undo took
     # the exception for a move that had not happened and removed the entry's trash.json:
     # the session lay in the trash without it (`trash-no-manifest`, left for a human).
+    # SIGTERM (`kill`, `timeout`, a CI job's or a supervisor's stop) ended the command at
+    # once and silently (Python's default); it now stops it as Ctrl-C does, with the same
+    # undo, exit 143 and a message that says what was stopped and what finishes it.
     saved, ids = template
     command = [sys.executable, "-m", "app", "data", "purge"]
-    stderr = _interrupted(app_config, saved, nth, command)
+    stderr = _interrupted(app_config, saved, nth, command, sig=sig)
     assert "Aborted!" not in stderr
     assert stderr.startswith(
-        "error: `app data purge` was interrupted (Ctrl-C, SIGINT) before it finished: what "
-        "it had changed stays changed"
+        f"error: `app data purge` {says} before it finished: what it had changed stays changed"
     ), stderr
     assert "Run `app data check --repair` (with no server on the data root)" in stderr
     assert "then `app data purge` again if it is still wanted" in stderr
-    _everything_back(app_config, ids)
-
-
-@needs_strace
-@pytest.mark.parametrize("nth", [1, 2])
-def test_a_purge_stopped_by_sigterm_says_so_and_leaves_every_session_restorable(
-    app_config: Config, template: tuple[Path, list[str]], nth: int
-) -> None:
-    # SIGTERM (`kill`, `timeout`, a CI job's or a supervisor's stop) ended a command at once
-    # and silently (Python's default). It now stops it as Ctrl-C does, with the same undo:
-    # exit 143 and a message that says what was stopped and what finishes it.
-    saved, ids = template
-    command = [sys.executable, "-m", "app", "data", "purge"]
-    stderr = _interrupted(app_config, saved, nth, command, sig="SIGTERM")
-    assert stderr.startswith(
-        "error: `app data purge` was stopped (SIGTERM) before it finished: what it had "
-        "changed stays changed"
-    ), stderr
-    assert "Run `app data check --repair` (with no server on the data root)" in stderr
     _everything_back(app_config, ids)
 
 
