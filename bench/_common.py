@@ -7,7 +7,9 @@ is done. Data lives in a temporary directory removed at the end.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
 import os
 import resource
 import shutil
@@ -16,8 +18,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -330,3 +333,39 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def transfer_main(
+    description: str,
+    *,
+    prefix: str,
+    runs: int,
+    baseline_metavar: str,
+    serve_baseline: Callable[[int, str], None],
+    measure: Callable[[argparse.Namespace, Path], dict[str, object]],
+    extra: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> tuple[argparse.Namespace, dict[str, object]] | None:
+    """The command line the transfer benchmarks (upload.py, download.py) share.
+
+    ``--serve-baseline FD X`` is how a benchmark starts its own bare Starlette baseline in a
+    child; ``--json`` prints the results. Returns the arguments and the results to print as
+    text, or None when there is nothing left to print.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=runs)
+    extra(parser)
+    parser.add_argument("--serve-baseline", nargs=2, metavar=("FD", baseline_metavar))
+    parser.add_argument("--work-dir", help="where the data goes (default: the system temp)")
+    parser.add_argument("--against", type=Path, help="another checkout, measured in every run")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if args.serve_baseline:
+        serve_baseline(int(args.serve_baseline[0]), args.serve_baseline[1])
+        return None
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=args.work_dir) as work:
+        result = measure(args, Path(work))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return None
+    return args, result

@@ -21,11 +21,9 @@ Run: ``.venv/bin/python bench/download.py [--size-mib 256] [--runs 7] [--against
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -33,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, Server, app_server, cpu_seconds, median
+from _common import TOKEN, Server, app_server, cpu_seconds, median, transfer_main
 
 MIB = 2**20
 
@@ -167,22 +165,17 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--serve-baseline", nargs=2, metavar=("FD", "FILE"))
-    parser.add_argument("--work-dir", help="where the data goes (default: the system temp)")
-    parser.add_argument("--against", type=Path, help="another checkout, measured in every run")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    if args.serve_baseline:
-        serve_baseline(int(args.serve_baseline[0]), args.serve_baseline[1])
+    parsed = transfer_main(
+        __doc__.splitlines()[0],
+        prefix="bench-download-",
+        runs=7,
+        baseline_metavar="FILE",
+        serve_baseline=serve_baseline,
+        measure=measure,
+    )
+    if parsed is None:
         return
-    with tempfile.TemporaryDirectory(prefix="bench-download-", dir=args.work_dir) as work:
-        result = measure(args, Path(work))
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+    args, result = parsed
     rate = result["median_mib_s"]
     cpu = result["cpu_ms_per_mib"]
     assert isinstance(rate, dict)

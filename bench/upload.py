@@ -25,11 +25,9 @@ Run: ``.venv/bin/python bench/upload.py [--size-mib 256] [--runs 5] [--big-mib 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack
@@ -45,6 +43,7 @@ from _common import (
     io_write_bytes,
     median,
     rss_bytes,
+    transfer_main,
 )
 
 MIB = 2**20
@@ -246,23 +245,18 @@ def measure_rss(app: Server, size: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--big-mib", type=int, default=1024)
-    parser.add_argument("--serve-baseline", nargs=2, metavar=("FD", "DIR"))
-    parser.add_argument("--work-dir", help="where the data goes (default: the system temp)")
-    parser.add_argument("--against", type=Path, help="another checkout, measured in every run")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    if args.serve_baseline:
-        serve_baseline(int(args.serve_baseline[0]), args.serve_baseline[1])
+    parsed = transfer_main(
+        __doc__.splitlines()[0],
+        prefix="bench-upload-",
+        runs=5,
+        baseline_metavar="DIR",
+        serve_baseline=serve_baseline,
+        measure=measure,
+        extra=lambda parser: parser.add_argument("--big-mib", type=int, default=1024),
+    )
+    if parsed is None:
         return
-    with tempfile.TemporaryDirectory(prefix="bench-upload-", dir=args.work_dir) as work:
-        result = measure(args, Path(work))
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+    args, result = parsed
     m = result["median_mib_s"]
     assert isinstance(m, dict)
     print(
