@@ -744,6 +744,17 @@ class RequestCutShortError(AppError):
 EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
 
 
+def _stopped_template(how: str, stop: str) -> str:
+    """The refusal of a command stopped part-way, by Ctrl-C or by SIGTERM: one text."""
+    return (
+        f"`{{command}}` {how} before it finished: what it had changed stays changed, each "
+        "change whole (the last one may lack its trash entry's final move or its audit line), "
+        "and what it had not reached is unchanged. Run `app data check --repair` (with no "
+        f"server on the data root) to finish what {stop} left, then `{{command}}` again if it "
+        "is still wanted"
+    )
+
+
 class CommandInterruptedError(AppError):
     """A command stopped by Ctrl-C (SIGINT) before it finished.
 
@@ -755,13 +766,7 @@ class CommandInterruptedError(AppError):
 
     exit_code = EX_INTERRUPTED
     code = "interrupted"
-    template = (
-        "`{command}` was interrupted (Ctrl-C, SIGINT) before it finished: what it had "
-        "changed stays changed, each change whole (the last one may lack its trash entry's "
-        "final move or its audit line), and what it had not reached is unchanged. Run `app "
-        "data check --repair` (with no server on the data root) to finish what the "
-        "interruption left, then `{command}` again if it is still wanted"
-    )
+    template = _stopped_template("was interrupted (Ctrl-C, SIGINT)", "the interruption")
 
     command: str
 
@@ -779,13 +784,7 @@ class CommandTerminatedError(CommandInterruptedError):
 
     exit_code = EX_TERMINATED
     code = "terminated"
-    template = (
-        "`{command}` was stopped (SIGTERM) before it finished: what it had changed stays "
-        "changed, each change whole (the last one may lack its trash entry's final move or "
-        "its audit line), and what it had not reached is unchanged. Run `app data check "
-        "--repair` (with no server on the data root) to finish what the stop left, then "
-        "`{command}` again if it is still wanted"
-    )
+    template = _stopped_template("was stopped (SIGTERM)", "the stop")
 
 
 class ThreadLimitError(AppError):
