@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -113,6 +114,22 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def _mapped_or_raised(
+    to_app_error: Callable[[BaseException, str], AppError | None],
+) -> Callable[[Request, Exception], Awaitable[ProblemResponse]]:
+    """A handler that answers an error ``to_app_error`` knows as that AppError, logged as a
+    warning, and raises any other to the 500 handler (with its traceback in the log)."""
+
+    async def handler(request: Request, error: Exception) -> ProblemResponse:
+        mapped = to_app_error(error, f"{request.method} {request.url.path}")
+        if mapped is None:
+            raise error
+        log.warning("%s %s: %s", request.method, request.url.path, error)
+        return problem_of(mapped)
+
+    return handler
+
+
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> ProblemResponse:
@@ -126,26 +143,13 @@ def add_error_handlers(app: FastAPI) -> None:
             return problem_of(error, {"Connection": "close"})
         return problem_of(error)
 
-    @app.exception_handler(OSError)
-    async def os_error(request: Request, error: OSError) -> ProblemResponse:
-        # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503,
-        # and never the path (OSError's message has it; /health hides it on purpose).
-        mapped = storage_error(error, f"{request.method} {request.url.path}")
-        if mapped is None:
-            raise error  # a 500 from the handler below, with the traceback in the log
-        log.warning("%s %s: %s", request.method, request.url.path, error)
-        return problem_of(mapped)
-
-    @app.exception_handler(RuntimeError)
-    async def runtime_error(request: Request, error: RuntimeError) -> ProblemResponse:
-        # A worker thread (anyio's, Starlette's run_in_threadpool, a remote upload's) that
-        # could not start: refused before its work began, so nothing was changed; a 503 to
-        # retry rather than a 500 (red team 34).
-        mapped = thread_limit(error, f"{request.method} {request.url.path}")
-        if mapped is None:
-            raise error  # a 500 from the handler below, with the traceback in the log
-        log.warning("%s %s: %s", request.method, request.url.path, error)
-        return problem_of(mapped)
+    # A full or read-only filesystem is the operator's to fix, not a bug: 507 or 503, and
+    # never the path (OSError's message has it; /health hides it on purpose).
+    app.add_exception_handler(OSError, _mapped_or_raised(storage_error))
+    # A worker thread (anyio's, Starlette's run_in_threadpool, a remote upload's) that could
+    # not start: refused before its work began, so nothing was changed; a 503 to retry
+    # rather than a 500 (red team 34).
+    app.add_exception_handler(RuntimeError, _mapped_or_raised(thread_limit))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> ProblemResponse:
