@@ -620,7 +620,13 @@ def _refuse_foreign_directory(config: Config, root: Path) -> None:
 
 
 def _check_stamp(
-    config: Config, root: Path, *, kind: str, write: bool, durable: bool = True
+    config: Config,
+    root: Path,
+    *,
+    kind: str,
+    write: bool,
+    durable: bool = True,
+    sandbox: Path | None = None,
 ) -> dict[str, Any] | None:
     stamp = read_stamp(root)
     if stamp is not None:
@@ -634,7 +640,13 @@ def _check_stamp(
         return None
     _refuse_foreign_directory(config, root)
     legacy = _has_data(root)
-    stamp = _write_stamp(root, config.profile, durable=durable)
+    # A root made inside a test run's sandbox says so: a later run that reuses the sandbox as
+    # its --basetemp empties only the stamped roots that name it, never one a service made
+    # (see app.testing.guard._refuse_data_roots_inside).
+    made_in = {}
+    if sandbox is not None and root.is_relative_to(sandbox):
+        made_in["sandbox"] = str(sandbox)
+    stamp = _write_stamp(root, config.profile, durable=durable, **made_in)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.
         _append_audit(
@@ -948,7 +960,8 @@ def _open_checked(
     )
     lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
     try:
-        stamp = _check_stamp(config, root, kind=kind, write=True, durable=durable)
+        sandbox = run.sandbox if run is not None else None
+        stamp = _check_stamp(config, root, kind=kind, write=True, durable=durable, sandbox=sandbox)
         _refuse_special_audit_log(root)
         for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
             _layout_dir(root, name)
@@ -1026,7 +1039,9 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             raise ProfileStampMismatchError(
                 root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
-        new = _write_stamp(root, config.profile, restamped_from=stamped)
+        # Where the root was made (a test run's sandbox) does not change with its profile.
+        made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
+        new = _write_stamp(root, config.profile, restamped_from=stamped, **made_in)
         _append_audit(
             root,
             _audit_record(

@@ -444,6 +444,8 @@ def test_data_root_files_match_what_the_app_writes(app_config) -> None:  # type:
     }
     holder = _normalise_record(holder, ids)
     check_generated("lock-file.json", json.dumps(holder, indent=2) + "\n")
+    # A service's stamp, as on /var/lib/app: a test's root also names the run's sandbox.
+    assert stamp.pop("sandbox") == str(app_config.sandbox)
     check_generated("profile-stamp.json", json.dumps(_normalise_record(stamp, ids)) + "\n")
     trashed = [r for r in audit if r["operation"] == "trash-session"]
     assert len(trashed) == 1, audit

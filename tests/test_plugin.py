@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -222,6 +223,48 @@ def test_it_refuses_a_basetemp_that_holds_a_data_root(
         ]
     )
     assert (production / "precious").read_text() == "keep me"
+
+
+def test_a_reused_sandbox_is_emptied_only_of_the_roots_its_runs_made(
+    pytester: pytest.Pytester, settings_dir: Path, tmp_path: Path
+) -> None:
+    # A --basetemp an earlier run used holds its tests' stamped roots, which pytest empties
+    # when the directory is reused. Its .app-sandbox mark vouched for every stamped root in
+    # it: a service's root (set in its own environment) made there afterwards was deleted.
+    basetemp = tmp_path / "reused"
+    pytester.makepyfile(test_store="def test_store(app_store):\n    pass\n")
+    pytester.runpytest_subprocess(f"--basetemp={basetemp}").assert_outcomes(passed=1)
+    made = list(basetemp.rglob(".app-profile.json"))
+    assert made
+    for stamp in made:
+        assert json.loads(stamp.read_text())["sandbox"] == str(basetemp.resolve())
+
+    service = basetemp / "srv"
+    (service / "sessions" / "kept").mkdir(parents=True)
+    (service / "sessions" / "kept" / "session.json").write_text('{"title": "kept"}')
+    (service / ".app-profile.json").write_text('{"profile": "production"}')
+    refused = pytester.runpytest_subprocess(f"--basetemp={basetemp}")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(
+        [
+            (
+                f"ERROR: app: refusing --basetemp {basetemp}: it is marked as an earlier run's "
+                f"sandbox (.app-sandbox), but it holds the data root {service}, which no run of "
+                "the app's plugin made there (its stamp, for profile 'production', names no "
+                "sandbox); pytest empties the --basetemp before the run. Choose another "
+                "--basetemp; if that root is only an old test's, delete it yourself first"
+            )
+        ]
+    )
+    assert (service / "sessions" / "kept" / "session.json").read_text() == '{"title": "kept"}'
+
+    # Moved away, the earlier run's own roots are emptied as before.
+    service.rename(tmp_path / "srv")
+    left = [stamp.with_name("left-by-the-earlier-run") for stamp in made]
+    for path in left:
+        path.write_text("")
+    pytester.runpytest_subprocess(f"--basetemp={basetemp}").assert_outcomes(passed=1)
+    assert not any(path.exists() for path in left)
 
 
 def test_it_refuses_a_basetemp_that_another_live_run_uses(

@@ -368,8 +368,10 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
 
     The roots the settings name are not the only ones: a service may get its data root from
     its own environment, which this shell never saw. Any data root held by a live process is
-    refused, and so is any stamped data root unless the directory is a sandbox this plugin
-    made before (those hold the earlier run's stamped roots). Walking costs what pytest's
+    refused, and so is any stamped data root, unless the directory is a sandbox this plugin
+    made before and the root's stamp says a run made it there (its ``sandbox``, which lies
+    within the directory): the ``.app-sandbox`` mark alone is a name anyone can write, and a
+    stopped service's root below it was emptied on its word. Walking costs what pytest's
     deletion of the same tree is about to cost anyway.
     """
     __tracebackhide__ = True
@@ -386,12 +388,42 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root"
             )
-        if STAMP_FILE in files and not earlier_sandbox and (stamped or here == target):
+        if STAMP_FILE not in files or not (stamped or here == target):
+            continue
+        if not earlier_sandbox:
             raise pytest.UsageError(
                 f"app: refusing --basetemp {given}: {what} the data root {here} (it has a "
                 f"profile stamp, {STAMP_FILE}), and pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root, or a new directory"
             )
+        if (made := _made_by_a_run(here, target)) is not None:
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: it is marked as an earlier run's sandbox "
+                f"({SANDBOX_MARK}), but it holds the data root {here}, which no run of the "
+                f"app's plugin made there ({made}); pytest empties the --basetemp before the "
+                "run. Choose another --basetemp; if that root is only an old test's, delete "
+                "it yourself first"
+            )
+
+
+def _made_by_a_run(root: Path, sandbox: Path) -> str | None:
+    """None if `root`'s stamp says a run of the plugin made it in `sandbox` (or in a run's
+    sandbox inside it), else what the stamp says instead."""
+    from app.dataroot import read_stamp
+    from app.errors import AppError
+
+    try:
+        stamp = read_stamp(root)
+    except (AppError, OSError) as error:
+        return f"its stamp cannot be read: {error}"
+    made_in = (stamp or {}).get("sandbox")
+    if not isinstance(made_in, str):
+        profile = (stamp or {}).get("profile")
+        return f"its stamp, for profile {profile!r}, names no sandbox"
+    made = Path(made_in)
+    if made.is_relative_to(sandbox.resolve()) and root.resolve().is_relative_to(made):
+        return None
+    return f"its stamp names the sandbox {made_in}"
 
 
 def _old_directories(
