@@ -26,6 +26,8 @@ import httpx
 import pytest
 from test_server_e2e import TLS, Server, app_env, open_upload, run_app, wait_for
 
+from app import dataroot
+
 PAGE = 4096
 
 
@@ -712,3 +714,60 @@ def test_the_small_tmpfs_of_a_run_killed_mid_test_is_unmounted_by_the_next(
         assert small_fs in points, "a live run's tmpfs is left alone"
     finally:
         umount(left)
+
+
+# --- the mount table, read again when it changes ----------------------------------------------
+
+
+def test_a_mount_made_or_removed_after_the_table_was_read_is_seen_at_the_next_open(
+    small_fs: Path,
+) -> None:
+    # app.dataroot keeps the parsed mountinfo until the kernel says it changed (POLLPRI):
+    # a mount inside a root made after any earlier open must still refuse the next one.
+    assert dataroot.mounts_inside(small_fs) == []
+    assert dataroot.filesystem_type(small_fs) == "tmpfs"
+    inner = small_fs / "root" / ".trash"
+    inner.mkdir(parents=True)
+    identity = engines._process_identity(os.getpid())
+    assert identity is not None
+    mount("-t", "tmpfs", "-o", "size=1m,mode=0700", _source(identity), str(inner))
+    try:
+        assert dataroot.mounts_inside(small_fs) == [inner]
+        assert dataroot.mounts_inside(small_fs / "root") == [inner]
+    finally:
+        umount(inner)
+    assert dataroot.mounts_inside(small_fs) == []
+
+
+_IN_A_NAMESPACE_OF_ITS_OWN = """
+import ctypes, os, subprocess, sys
+from pathlib import Path
+from app import dataroot
+directory = Path(sys.argv[1])
+assert dataroot.mounts_inside(directory) == [], "before"  # the table, read and kept
+if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+    sys.exit(3)
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+own = str(directory / "own")
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", own], check=True)
+# The table kept is the old namespace's, where nothing changed: this one's must be read.
+seen = dataroot.mounts_inside(directory)
+sys.exit(0 if seen == [directory / "own"] else f"saw {seen}")
+"""
+
+
+def test_a_process_that_moves_to_a_mount_namespace_of_its_own_reads_its_table(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a mount namespace and a mount need root (CI runs as root)")
+    (tmp_path / "own").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_A_NAMESPACE_OF_ITS_OWN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 3:
+        pytest.skip("unshare(CLONE_NEWNS) is not allowed here")
+    assert done.returncode == 0, done.stderr
