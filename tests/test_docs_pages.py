@@ -289,3 +289,26 @@ def test_the_home_page_has_a_reading_path_of_twenty_minutes() -> None:
     assert "explanation/isolation.md" in pages and "tutorial.md" in pages, pages
     total = sum(_words(page) for page in dict.fromkeys(["index.md", *pages]))
     assert total <= 6000, total
+
+
+def test_the_routes_said_to_need_no_token_are_the_ones_that_answer_without_it(
+    app_client,  # type: ignore[no-untyped-def]
+) -> None:
+    """configuration.md said every endpoint but `GET /health` needs the token, http-api.md
+    left out `/ready`: both now name the same four, checked against the server."""
+    table = (DOCS / "generated" / "http-routes.md").read_text(encoding="utf-8")
+    open_routes = set(re.findall(r"^\| `GET` \| `([^`]+)` \| no \|", table, re.M))
+    expected = sorted(open_routes | {"/docs", "/openapi.json"})
+    del app_client.headers["Authorization"]
+    for path in expected:
+        assert app_client.get(path).status_code == 200, path
+    assert app_client.get("/sessions").status_code == 401
+    pages = {
+        "reference/configuration.md": r"every\s+route requires it except (.+?) \(",
+        "reference/http-api.md": r"production always has one\. (.+?) never need it",
+    }
+    for page, sentence in pages.items():
+        text = (DOCS / page).read_text(encoding="utf-8")
+        found = re.search(sentence, text, re.S)
+        assert found, page
+        assert sorted(re.findall(r"`(/[\w./-]+)`", found.group(1))) == expected, page
