@@ -312,3 +312,16 @@ def test_the_routes_said_to_need_no_token_are_the_ones_that_answer_without_it(
         found = re.search(sentence, text, re.S)
         assert found, page
         assert sorted(re.findall(r"`(/[\w./-]+)`", found.group(1))) == expected, page
+
+
+def test_the_incident_page_names_the_exit_codes_the_unit_does_not_restart_on() -> None:
+    """incident.md said 69 and 75 are not retried; the unit retries 75 after a pause."""
+    unit = (DOCS / "how-to" / "deploy-production.md").read_text(encoding="utf-8")
+    prevented = re.search(r"^RestartPreventExitStatus=(.+)$", unit, re.M)
+    assert prevented
+    incident = (DOCS / "explanation" / "incident.md").read_text(encoding="utf-8")
+    row = next(ln for ln in incident.splitlines() if "restart loop on a port conflict" in ln)
+    not_retried, _, retried = row.partition("not to retry")
+    assert set(re.findall(r"\b\d\d\b", not_retried)) == set(prevented.group(1).split()), row
+    assert re.findall(r"\b\d\d\b", retried) == ["75"], row
+    assert "RestartSec=" in unit
