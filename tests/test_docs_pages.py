@@ -325,3 +325,52 @@ def test_the_incident_page_names_the_exit_codes_the_unit_does_not_restart_on() -
     assert set(re.findall(r"\b\d\d\b", not_retried)) == set(prevented.group(1).split()), row
     assert re.findall(r"\b\d\d\b", retried) == ["75"], row
     assert "RestartSec=" in unit
+
+
+def _imported_at_import_time(module: str) -> set[str]:
+    """The app modules `module` imports at its top level (not under TYPE_CHECKING, not in a
+    function), each with its parent packages."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    package = module if spec.origin.endswith("__init__.py") else module.rpartition(".")[0]
+
+    def statements(body: list[ast.stmt]) -> list[ast.stmt]:
+        found: list[ast.stmt] = []
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.If | ast.Try):
+                found += statements(node.body)
+            else:
+                found.append(node)
+        return found
+
+    names: set[str] = set()
+    for node in statements(tree.body):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_python_api_lists_modules_in_the_order_they_import_each_other() -> None:
+    """The page said each module imports only the ones above it; app.dataroot imported
+    app.names, listed below it."""
+    page = (DOCS / "reference" / "python-api.md").read_text(encoding="utf-8")
+    order = re.findall(r"^## (app[\w.]*)$", page, re.M)
+    assert len(order) > 20, order
+    place = {module: index for index, module in enumerate(order)}
+    later = {
+        module: sorted(name for name in _imported_at_import_time(module) if place.get(name, -1) > i)
+        for i, module in enumerate(order)
+    }
+    assert {module: names for module, names in later.items() if names} == {}
