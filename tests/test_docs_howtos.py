@@ -4,9 +4,10 @@ docs/how-to/switch-profiles.md and docs/how-to/add-profile.md are run the way
 tests/test_docs_readme.py runs the README's configuration block: every ``$`` line of their
 console blocks, in order, in one bash, in a directory standing for the reader's clone (a copy
 of the committed settings files, with ``.venv/bin/app`` running this interpreter's
-``python -m app``), outside the test's environment but inside its sandbox, so every root the
-commands name lies in this test's temporary directory. add-profile.md's ``toml`` block is
-appended to the copied ``settings.toml``, as its first step says.
+``python -m app``), with none of the test's ``APP_``, ``DYNACONF_`` or ``PYTEST_`` variables
+but inside its sandbox, so every root the commands name lies in this test's directory.
+add-profile.md's ``toml`` block is appended to the copied ``settings.toml``, as its first step
+says.
 
 An ``app serve`` line runs in the background with the page's port swapped for a free one; it
 passes once the server listens and then stops with exit 0 on SIGINT (Ctrl-C), as a reader
