@@ -879,7 +879,7 @@ def _backend_problems(
     for name in REMOTE_KEYS:
         if given.get(name) is None:
             where = (
-                f".secrets.toml [{profile}] or {KEYS[name].env}"
+                f"{_secrets_file(profile)} [{profile}] or {KEYS[name].env}"
                 if KEYS[name].secret
                 else f"[{profile}] of settings.toml or {KEYS[name].env}"
             )
@@ -935,10 +935,21 @@ def _committed_secrets(
             name,
             KEYS[name].show(value),
             f"{what}, and {config_files.SETTINGS_FILE} is committed with the code; move it "
-            f"to [{profile}] of {config_files.SECRETS_FILE} (not committed) or set "
+            f"to [{profile}] of {_secrets_file(profile, why=True)} or set "
             f"{KEYS[name].env} in the environment of the commands that use it",
             sources[name],
         )
+
+
+def _secrets_file(profile: str, *, why: bool = False) -> str:
+    """The file where `profile`'s secrets belong. The committed .secrets.toml holds only the
+    placeholders of development and testing (a test run reads no .local file); it once was
+    named "not committed" for production's database password too."""
+    if profile in (DEFAULT_PROFILE, "testing"):
+        name, note = config_files.SECRETS_FILE, "committed, for placeholders like this profile's"
+    else:
+        name, note = config_files.LOCAL_FILES[1], "which git ignores"
+    return f"{name} ({note})" if why else name
 
 
 def _has_password(database_url: str) -> bool:

@@ -332,6 +332,33 @@ def test_a_secret_in_the_committed_settings_file_is_refused_without_showing_it(
         assert secret not in str(refused.value)
 
 
+def test_production_secrets_are_sent_to_the_file_git_ignores_not_the_committed_one(
+    settings,
+) -> None:
+    # The refusal said "move it to [production] of .secrets.toml (not committed)": that file
+    # is committed, with development's and testing's placeholders.
+    settings(
+        REMOTE.replace(
+            "postgresql://app@db.internal:5432/app_production",
+            f"postgresql://app:{PASSWORD}@db.internal:5432/app_production",
+        ),
+        secrets="",
+    )
+    problems = {
+        (p.profile, p.key): p.message
+        for p in inspect_profiles("development").problems
+        if isinstance(p, InvalidSettingError)
+    }
+    password = problems["production", "database_url"]
+    assert "move it to [production] of .secrets.local.toml (which git ignores)" in password
+    missing = problems["production", "s3_access_key_id"]
+    assert "set it in .secrets.local.toml [production] or APP_S3_ACCESS_KEY_ID" in missing
+    assert "set it in .secrets.toml [testing] or" in problems["testing", "s3_access_key_id"]
+    assert "not committed" not in " ".join(problems.values())
+    for secret in SECRETS:
+        assert secret not in " ".join(problems.values())
+
+
 def test_two_spellings_of_a_real_database_are_one_database(
     settings, postgres_engine: PostgresEngine
 ) -> None:

@@ -69,11 +69,12 @@ def _error_messages() -> list[str]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    from app.errors import DataRootOverlapError
+    from app.errors import DataRootOverlapError, UnknownProfileError
 
     messages = [str(error) for error in module.EXAMPLES]
     shared = Path("/srv/app/data")  # the catalogue shows the nested case; this is the other
     messages.append(str(DataRootOverlapError("a", shared, "here", "b", shared, "there")))
+    messages.append(str(UnknownProfileError("", ["development"], "ENV_FOR_DYNACONF")))
     messages += [p.read_text() for p in (DOCS / "generated").glob("refusal-*.txt")]
     return messages
 
@@ -81,8 +82,10 @@ def _error_messages() -> list[str]:
 def test_the_refusal_table_quotes_messages_the_code_produces() -> None:
     page = (DOCS / "how-to" / "resolve-refusals.md").read_text(encoding="utf-8")
     table = page[page.index("## Other refusals you may meet") :]
-    patterns = re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE)
-    assert len(patterns) >= 10, patterns
+    # Every code span of each row's first cell: a row that quoted two messages was skipped.
+    cells = re.findall(r"^\| (`.+?) \| \d+ \|", table, re.MULTILINE)
+    patterns = [span for cell in cells for span in re.findall(r"`([^`]+)`", cell)]
+    assert len(cells) == table.count("\n| `") and len(patterns) > len(cells), patterns
     messages = _error_messages()
     for pattern in patterns:
         parts = [re.escape(part.strip()) for part in pattern.split("...")]
@@ -289,3 +292,88 @@ def test_the_home_page_has_a_reading_path_of_twenty_minutes() -> None:
     assert "explanation/isolation.md" in pages and "tutorial.md" in pages, pages
     total = sum(_words(page) for page in dict.fromkeys(["index.md", *pages]))
     assert total <= 6000, total
+
+
+def test_the_routes_said_to_need_no_token_are_the_ones_that_answer_without_it(
+    app_client,  # type: ignore[no-untyped-def]
+) -> None:
+    """configuration.md said every endpoint but `GET /health` needs the token, http-api.md
+    left out `/ready`: both now name the same four, checked against the server."""
+    table = (DOCS / "generated" / "http-routes.md").read_text(encoding="utf-8")
+    open_routes = set(re.findall(r"^\| `GET` \| `([^`]+)` \| no \|", table, re.M))
+    expected = sorted(open_routes | {"/docs", "/openapi.json"})
+    del app_client.headers["Authorization"]
+    for path in expected:
+        assert app_client.get(path).status_code == 200, path
+    assert app_client.get("/sessions").status_code == 401
+    pages = {
+        "reference/configuration.md": r"every\s+route requires it except (.+?) \(",
+        "reference/http-api.md": r"production always has one\. (.+?) never need it",
+    }
+    for page, sentence in pages.items():
+        text = (DOCS / page).read_text(encoding="utf-8")
+        found = re.search(sentence, text, re.S)
+        assert found, page
+        assert sorted(re.findall(r"`(/[\w./-]+)`", found.group(1))) == expected, page
+
+
+def test_the_incident_page_names_the_exit_codes_the_unit_does_not_restart_on() -> None:
+    """incident.md said 69 and 75 are not retried; the unit retries 75 after a pause."""
+    unit = (DOCS / "how-to" / "deploy-production.md").read_text(encoding="utf-8")
+    prevented = re.search(r"^RestartPreventExitStatus=(.+)$", unit, re.M)
+    assert prevented
+    incident = (DOCS / "explanation" / "incident.md").read_text(encoding="utf-8")
+    row = next(ln for ln in incident.splitlines() if "restart loop on a port conflict" in ln)
+    not_retried, _, retried = row.partition("not to retry")
+    assert set(re.findall(r"\b\d\d\b", not_retried)) == set(prevented.group(1).split()), row
+    assert re.findall(r"\b\d\d\b", retried) == ["75"], row
+    assert "RestartSec=" in unit
+
+
+def _imported_at_import_time(module: str) -> set[str]:
+    """The app modules `module` imports at its top level (not under TYPE_CHECKING, not in a
+    function), each with its parent packages."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    package = module if spec.origin.endswith("__init__.py") else module.rpartition(".")[0]
+
+    def statements(body: list[ast.stmt]) -> list[ast.stmt]:
+        found: list[ast.stmt] = []
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.If | ast.Try):
+                found += statements(node.body)
+            else:
+                found.append(node)
+        return found
+
+    names: set[str] = set()
+    for node in statements(tree.body):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_python_api_lists_modules_in_the_order_they_import_each_other() -> None:
+    """The page said each module imports only the ones above it; app.dataroot imported
+    app.names, listed below it."""
+    page = (DOCS / "reference" / "python-api.md").read_text(encoding="utf-8")
+    order = re.findall(r"^## (app[\w.]*)$", page, re.M)
+    assert len(order) > 20, order
+    place = {module: index for index, module in enumerate(order)}
+    later = {
+        module: sorted(name for name in _imported_at_import_time(module) if place.get(name, -1) > i)
+        for i, module in enumerate(order)
+    }
+    assert {module: names for module, names in later.items() if names} == {}

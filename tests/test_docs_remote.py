@@ -6,9 +6,11 @@ The page's blocks are used in order:
 - its first ``sh`` block names the engines (``PGHOST``..., ``AWS_*``); it is checked, then
   swapped for the test's engines, as the README's test swaps the development server's line;
 - its two ``toml`` blocks are the ``[production]`` sections of ``settings.toml`` and
-  ``.secrets.toml``: the committed settings.toml, with its ``[production]`` section replaced by
-  the page's, goes into a settings directory of the test's (``APP_SETTINGS_DIR``), with the
-  page's addresses and S3 credentials swapped for the engines';
+  ``.secrets.local.toml``: the committed settings.toml, with its ``[production]`` section
+  replaced by the page's, goes into a settings directory of the test's (``APP_SETTINGS_DIR``),
+  with the page's addresses and S3 credentials swapped for the engines'. The secrets are
+  written as ``.secrets.toml``, which is read just before ``.secrets.local.toml``, since a
+  process of a test run reads no ``.local`` file (docs/reference/configuration.md);
 - every other ``sh`` block runs, in order, in one bash (background replicas started by one
   block are stopped by a later one), with ``app`` on ``PATH`` running this interpreter's
   ``python -m app``, the page's ports swapped for free ones. Each block's output is
@@ -65,6 +67,10 @@ def test_the_page_names_its_engines_in_its_first_block_and_sets_two_toml_section
     assert settings.startswith("[production]\n") and secrets.startswith("[production]\n")
     assert "database_url" not in settings and "data_root" not in settings
     assert PAGE_DATABASE in secrets and PAGE_KEY_ID in secrets and PAGE_SECRET in secrets
+    # The committed .secrets.toml holds placeholders only: the page's secrets go elsewhere.
+    text = PAGE.read_text(encoding="utf-8")
+    before = text[: text.index(secrets)].rsplit("```toml", 2)[-2]
+    assert "`.secrets.local.toml`" in before, before
 
 
 def _settings_dir(where: Path, s3_engine: S3Engine, postgres_engine: PostgresEngine) -> Path:

@@ -112,3 +112,44 @@ def test_the_session_warmer_keeps_the_oldest_answers_reading_only_and_stops_when
     told.warm(ids)
     assert told.read == 0
     app_store.close()
+
+
+_SIGNAL_AT_START_UP = """
+import os, signal, sys
+import app.server.run as run
+
+build = run.create_app
+stop_with = getattr(signal, sys.argv.pop(1))
+
+def create_app(*args, **kwargs):
+    # The port listens and the start-up check is done: what a supervisor or a reader sees
+    # as "up", before the server serves.
+    os.kill(os.getpid(), stop_with)
+    return build(*args, **kwargs)
+
+run.create_app = create_app
+from app.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_server_told_to_stop_once_its_port_listens_stops_gracefully(
+    app_config: Config, signal_name: str
+) -> None:
+    # It was killed by SIGTERM (143) or exited 130 as an interrupted maintenance command,
+    # telling the reader to run `app data check --repair`, until its handlers were in place.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AT_START_UP, signal_name, "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "stopped; releasing the hold" in output, output
+    assert "interrupted" not in output, output

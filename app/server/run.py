@@ -124,14 +124,23 @@ def serve(
         return
     wanted = f"start the server on {host}:{port}"
     with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
-        sock = bind(host, port)
+        # From the moment the port listens, a stop is graceful: a SIGTERM in the start-up
+        # check killed the process (143), a Ctrl-C exited 130 as an interrupted command would.
+        stop = _StopRequest()
+        restore_signals = stop.install()
         try:
-            _run(config, store, sock, host)
+            sock = bind(host, port)
+            try:
+                _run(config, store, sock, host, stop)
+            finally:
+                sock.close()
         finally:
-            sock.close()
+            restore_signals()
 
 
-def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None:
+def _run(
+    config: Config, store: Storage, sock: socket.socket, host: str, stop: _StopRequest
+) -> None:
     """Serve on a bound socket until told to stop; raise the store's lost error if it lost
     its hold meanwhile."""
     import uvicorn
@@ -230,7 +239,7 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
 
     watcher = _watch(config, store, on_lost)
     warmer = SessionWarmer(store)
-    restore_signals = _stop_on_signals(server)
+    stop.serving(server)
     try:
         # What server.run does, with the warm-up first, in the same event loop.
         with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
@@ -239,7 +248,6 @@ def _run(config: Config, store: Storage, sock: socket.socket, host: str) -> None
     finally:
         warmer.stop()
         watcher.stop()
-        restore_signals()
     if lost:
         raise store.lost_error(lost[0])
     log.info("stopped; releasing the hold on %s", store.location)
@@ -370,7 +378,12 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket) -
         logging.config.dictConfig(_log_config(config.log_level))
         wanted = f"start worker {os.getpid()} on {host}:{sock.getsockname()[1]}"
         with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
-            _run(config, store, sock, host)
+            stop = _StopRequest()
+            restore_signals = stop.install()
+            try:
+                _run(config, store, sock, host, stop)
+            finally:
+                restore_signals()
     except AppError as error:
         log.error("worker %d: %s", os.getpid(), error.message)
         sys.exit(error.exit_code)
@@ -385,26 +398,42 @@ def _public_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def _stop_on_signals(server: uvicorn.Server) -> Callable[[], None]:
-    """Have SIGTERM and SIGINT stop ``server`` around uvicorn's own handling; return the
-    function that restores the handlers found.
+class _StopRequest:
+    """SIGTERM and SIGINT, caught from before the port listens, as a request to stop the
+    server, around uvicorn's own handling.
 
     uvicorn handles both only while it serves (graceful shutdown), then restores the handlers
     it found and raises the signal again: with the defaults that would kill the process
     before it releases the lock in order (truncate the holder JSON, unlock). Before it
-    serves, the warm-up runs (seconds under load): a signal then was ignored, and a server
-    told to stop, or a worker of ``serve --workers`` whose sibling stopped, served on for
-    ever (stops 25-27's flake). So they set ``should_exit``, which uvicorn checks before it
-    serves the first request; after uvicorn, it is a no-op.
+    serves, the start-up check and the warm-up run (seconds under load): a signal then was
+    ignored, and a server told to stop, or a worker of ``serve --workers`` whose sibling
+    stopped, served on for ever (stops 25-27's flake). So a signal sets ``should_exit``,
+    which uvicorn checks before it serves the first request, on the server once there is
+    one, and a signal that came before it is handed on; after uvicorn, it is a no-op.
     """
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        server.should_exit = True
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: uvicorn.Server | None = None
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def install(self) -> Callable[[], None]:
+        """Catch both signals; return the function that restores the handlers found."""
 
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.requested = True
+            if self.server is not None:
+                self.server.should_exit = True
 
-    return restore
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def serving(self, server: uvicorn.Server) -> None:
+        """From now on a signal stops `server`; one that came already stops it at once."""
+        self.server = server
+        if self.requested:
+            server.should_exit = True
