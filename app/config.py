@@ -801,9 +801,13 @@ def _resolve_profile(
             continue
         sources.setdefault(name, "built-in default")
         # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
-        problem = (None if name == "api_token" else _unseen(value)) or key.check(value)
+        problem = (
+            (None if name == "api_token" else _unseen(value))
+            or key.check(value)
+            or _unnameable(key, value, files.directory)
+        )
         if problem is not None:
-            shown = key.show(value) if isinstance(value, str) else value
+            shown = _shortened(key.show(value)) if isinstance(value, str) else value
             problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
             continue
         if key.normalise is not None:
@@ -952,6 +956,51 @@ def _absolute_root(value: str, directory: Path) -> Path:
     (never the current one), symlinks resolved."""
     raw = Path(value).expanduser()
     return (raw if raw.is_absolute() else directory / raw).resolve()
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    # Asked of the nearest directory that exists: the limits are the filesystem's.
+    for directory in (path, *path.parents):
+        try:
+            return os.pathconf(directory, name)
+        except (OSError, ValueError):
+            continue
+    return default
+
+
+def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
+    """Why the system cannot name the directory a path setting's `value` names, or None.
+
+    A name past ``NAME_MAX`` or a path past ``PATH_MAX`` was taken as any other root: `app
+    status` and `app serve` then failed with a bare ``OSError: File name too long``
+    traceback, and `app data check` said the directory does not exist (red team 36).
+    """
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    root = _absolute_root(value, directory)
+    encoded = os.fsencode(root)
+    path_max = _limit(root, "PC_PATH_MAX", 4096)
+    if len(encoded) >= path_max:
+        return (
+            f"is {len(encoded)} bytes long, past the system's limit of {path_max - 1} bytes "
+            "for a path (PATH_MAX): no directory can be made or opened there, so every "
+            "command would fail on it; point it at a path of a few hundred bytes at most"
+        )
+    name_max = _limit(root, "PC_NAME_MAX", 255)
+    for part in root.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            return (
+                f"has a name of {len(os.fsencode(part))} bytes ({part[:24]!r}...), "
+                f"past the filesystem's limit of {name_max} bytes for one name (NAME_MAX): "
+                "no directory can be made or opened there, so every command would fail on "
+                "it; shorten that name"
+            )
+    return None
+
+
+def _shortened(text: str, keep: int = 100) -> str:
+    """`text`, cut to its first `keep` characters in a message (a path of 6 kB, say)."""
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(os.fsencode(text))} bytes)"
 
 
 def overlaps(
