@@ -19,7 +19,7 @@ import pytest
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_server_e2e import app_env, run_app
+from test_server_e2e import app_env, run_app, snapshot
 
 
 def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, str]:
@@ -63,3 +63,60 @@ def test_a_data_root_no_filesystem_can_name_is_refused_naming_the_limit(
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: profile 'testing': data_root = '"), done.stderr
     assert f"bytes)' (from environment APP_DATA_ROOT): {problem}" in done.stderr, done.stderr
+
+
+# --- layer 3: pytest's own plugins blocked -----------------------------------------------
+
+#: A test that loads the testing profile, and a child given production's settings alone.
+LOADS_IN_THE_SANDBOX = """import os, subprocess, sys
+from app.config import load
+
+
+def test_loads_testing_in_the_sandbox():
+    config = load(serving=False)
+    assert config.data_root.is_relative_to(config.sandbox), config.data_root
+    env = {"PATH": os.environ["PATH"], "ENV_FOR_DYNACONF": "production",
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 78, done.stderr
+    assert "tests run on the 'testing' profile" in done.stderr, done.stderr
+"""
+
+
+@pytest.mark.parametrize("blocked", ["tmpdir", "logging"])
+def test_a_run_with_one_of_pytest_s_own_plugins_blocked_still_gets_its_sandbox(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    blocked: str,
+) -> None:
+    # The plugin read ini values that pytest's tmpdir and logging plugins declare
+    # (tmp_path_retention_*, log_file): with either blocked, `getini` raised, and the run
+    # stopped before any test with a bare `ValueError: unknown configuration value`.
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(LOADS_IN_THE_SANDBOX)
+    before = snapshot(production)
+    code, output = _run(tmp_path, settings, "-p", f"no:{blocked}", "test_inner.py")
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    assert "Traceback" not in output and "1 passed" in output, output
+    assert "app: profile=testing (forced)" in output, output
+
+
+def test_a_basetemp_in_a_data_root_is_refused_with_pytest_s_tmpdir_blocked(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text("def test_nothing():\n    pass\n")
+    before = snapshot(production)
+    basetemp = production / "sessions"
+    code, output = _run(
+        tmp_path, settings, "-p", "no:tmpdir", f"--basetemp={basetemp}", "test_inner.py"
+    )
+    assert snapshot(production) == before, output
+    assert code != 0, output
+    assert (
+        f"app: refusing --basetemp {basetemp}: pytest empties it before the run, and it "
+        f"overlaps the data root of profile 'production' ({production})"
+    ) in output, output

@@ -564,11 +564,31 @@ def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
     )
 
 
+#: pytest's own ini values the plugin reads, with pytest's defaults.
+_PYTEST_INI_DEFAULTS: dict[str, Any] = {
+    "tmp_path_retention_count": 3,
+    "tmp_path_retention_policy": "all",
+    "log_file": "",
+}
+
+
+def pytest_ini(config: pytest.Config, name: str) -> Any:
+    """An ini value of one of pytest's own plugins, or pytest's default where that plugin is
+    blocked: ``-p no:tmpdir`` or ``-p no:logging`` removes the plugin that declares it, and
+    `getini` then raises, which stopped the run with a bare traceback from the app's plugin
+    (red team 36). pytest itself then neither deletes old temporary directories at the end
+    of the session nor writes a log file, so its defaults are what the run does."""
+    try:
+        return config.getini(name)
+    except ValueError:
+        return _PYTEST_INI_DEFAULTS[name]
+
+
 def _retention_keep(config: pytest.Config) -> int:
     # As pytest reads it (`TempPathFactory.getbasetemp`): policy "none" keeps no directory.
-    if config.getini("tmp_path_retention_policy") == "none":
+    if pytest_ini(config, "tmp_path_retention_policy") == "none":
         return 0
-    return int(config.getini("tmp_path_retention_count"))
+    return int(pytest_ini(config, "tmp_path_retention_count"))
 
 
 def _keep_held_directories(
@@ -694,8 +714,8 @@ def make_sandbox(
         _check_default_basetemp(config, roots)
     factory = pytest.TempPathFactory(
         given_basetemp=Path(given) if given else None,
-        retention_count=int(config.getini("tmp_path_retention_count")),
-        retention_policy=config.getini("tmp_path_retention_policy"),
+        retention_count=int(pytest_ini(config, "tmp_path_retention_count")),
+        retention_policy=pytest_ini(config, "tmp_path_retention_policy"),
         trace=config.trace.get("tmpdir"),
         _ispytest=True,
     )
