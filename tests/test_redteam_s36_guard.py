@@ -10,6 +10,7 @@ rest held, and are kept here too.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,43 @@ def test_a_basetemp_in_a_data_root_is_refused_with_pytest_s_tmpdir_blocked(
         f"app: refusing --basetemp {basetemp}: pytest empties it before the run, and it "
         f"overlaps the data root of profile 'production' ({production})"
     ) in output, output
+
+
+# --- layer 5: a stamp whose name is not a plain name -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stamped", "held"),
+    [("testing ", "U+0020 SPACE"), ("t\u0435sting", "U+0435 CYRILLIC SMALL LETTER IE")],
+    ids=["a-trailing-space", "a-cyrillic-letter"],
+)
+def test_a_stamp_whose_name_is_not_plain_is_named_and_the_restamp_given_runs(
+    tmp_path: Path, stamped: str, held: str
+) -> None:
+    # The app stamps only plain names; a stamp edited by hand was refused as "belongs to
+    # profile 'testing ' but profile 'testing' tried to open it" (or a Cyrillic U+0435 that
+    # prints as the Latin e), and the restamp command given, `--from testing ` unquoted,
+    # lost its space in the shell: refused again, the same words.
+    root = tmp_path / "data"
+    root.mkdir()
+    stamp = {"profile": stamped, "created_at": "2026-01-01T00:00:00+00:00", "app_version": "0"}
+    (root / ".app-profile.json").write_text(json.dumps(stamp))
+    env = app_env(root)
+    done = run_app("data", "check", env=env)
+    assert done.returncode == 78, done.stderr
+    quoted = f"'{stamped}'"
+    assert (
+        f"re-stamp it explicitly: app data restamp --profile testing --from {quoted} "
+        "--yes-i-mean-it. The "
+        f"stamp's {stamped!r} is not a plain profile name: it holds {held}, and only looks "
+        "like 'testing'; the app stamps only plain names, so it was written by hand or by "
+        "another tool"
+    ) in done.stderr, done.stderr
+    command = done.stderr.split("re-stamp it explicitly: ", 1)[1].split(". The stamp's")[0]
+    bindir = str(Path(sys.executable).parent)
+    shell_env = {**env, "PATH": f"{bindir}{os.pathsep}{env['PATH']}"}
+    restamped = subprocess.run(
+        ["sh", "-c", command], env=shell_env, capture_output=True, text=True, check=False
+    )
+    assert restamped.returncode == 0, restamped.stderr
+    assert json.loads((root / ".app-profile.json").read_text())["profile"] == "testing"
