@@ -823,16 +823,63 @@ def _pytest_starting() -> bool:
 
 
 def _plugin_switched_off() -> bool:
-    """Whether this process's pytest is told not to load the app's plugin: ``-p no:app``
-    (or ``no:app.testing.plugin``) on its command line or in ``PYTEST_ADDOPTS``, or
-    autoload off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) without ``-p app``."""
-    words = [*sys.argv, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    """Whether this process's pytest is told not to load the app's plugin (`_switched_off_by`)."""
+    return _switched_off_by() is not None
+
+
+def _p_names(words: list[str]) -> set[str]:
     named = {w.removeprefix("-p").removeprefix("=") for w in words if w.startswith("-p")}
-    named |= {b for a, b in itertools.pairwise(words) if a == "-p"}
-    if named & {"no:app", "no:app.testing.plugin", "no:app.testing"}:
-        return True
-    loaded = named & {"app", "app.testing.plugin"}
-    return bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")) and not loaded
+    return named | {b for a, b in itertools.pairwise(words) if a == "-p"}
+
+
+_SWITCH_OFF: Final = frozenset({"no:app", "no:app.testing.plugin", "no:app.testing"})
+
+
+def _switched_off_by() -> str | None:
+    """Where this process's pytest is told not to load the app's plugin, or None:
+    ``-p no:app`` (or ``no:app.testing.plugin``) on its command line, in ``PYTEST_ADDOPTS``
+    or in the ini file's ``addopts``, or autoload off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``)
+    without ``-p app``."""
+    ini, addopts = _ini_addopts()
+    sources = {
+        "on pytest's command line": sys.argv,
+        "in PYTEST_ADDOPTS": os.environ.get("PYTEST_ADDOPTS", "").split(),
+        f"in the addopts of {ini}": addopts,
+    }
+    for where, words in sources.items():
+        if _p_names(words) & _SWITCH_OFF:
+            return f"`-p no:app` {where}"
+    loaded = _p_names([w for words in sources.values() for w in words]) & {
+        "app",
+        "app.testing.plugin",
+    }
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not loaded:
+        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
+    return None
+
+
+def _ini_addopts() -> tuple[str, list[str]]:
+    """The ini file and its ``addopts``, read from the pytest `Config` on this thread's stack.
+
+    pytest puts them before the command line's options and imports the ``-p`` plugins they
+    name before the app's: a `-p` plugin's load under ``addopts = -p no:app`` was told that
+    the app's plugin had not made its sandbox yet, and to use the app from a test, where it
+    never would (red team 36).
+    """
+    config_module = sys.modules.get("_pytest.config")
+    if config_module is None:
+        return "", []
+    frame = sys._getframe(1)
+    while frame is not None:
+        # `self` while pytest starts (Config._preparse), `config` once a session runs.
+        candidate = frame.f_locals.get("self") or frame.f_locals.get("config")
+        if isinstance(candidate, config_module.Config):
+            try:
+                return str(candidate.inipath), [str(w) for w in candidate.getini("addopts")]
+            except (ValueError, KeyError, TypeError):
+                return "", []
+        frame = frame.f_back  # type: ignore[assignment]
+    return "", []
 
 
 def _runs_pytest() -> bool:
@@ -1007,8 +1054,11 @@ def why_no_plugin() -> str:
         )
     if _PLUGIN_INACTIVE:
         return f"it is loaded in this process but stayed inactive: {_PLUGIN_INACTIVE[-1]}"
-    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+    by = _switched_off_by()
+    if by == "PYTEST_DISABLE_PLUGIN_AUTOLOAD" or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
+    if by is not None and "addopts" in by:
+        return f"the plugin was disabled by {by}: remove it there"
     from app.config_files import SETTINGS_DIR_ENV
 
     # The plugin also stays inactive, and says so in pytest's header, when the run's rootdir

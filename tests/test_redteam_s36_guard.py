@@ -161,3 +161,58 @@ def test_a_stamp_whose_name_is_not_plain_is_named_and_the_restamp_given_runs(
     )
     assert restamped.returncode == 0, restamped.stderr
     assert json.loads((root / ".app-profile.json").read_text())["profile"] == "testing"
+
+
+# --- layer 3: `-p no:app` in the ini file's addopts ---------------------------------------
+
+#: A `-p` plugin (named in addopts after `-p no:app`) that loads production as pytest
+#: registers it, and a test that does the same once the session runs.
+LOADS_PRODUCTION_EARLY_AND_LATE = {
+    "early_plugin.py": """from app.config import load
+
+
+def pytest_addoption(parser):
+    try:
+        load("production", serving=False)
+    except Exception as error:
+        print("EARLY", type(error).__name__, error)
+""",
+    "test_inner.py": """import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+
+def test_loads_production():
+    with pytest.raises(SandboxViolationError) as refused:
+        load("production", serving=False)
+    print("LATE", refused.value)
+""",
+}
+
+
+def test_p_no_app_in_the_ini_file_s_addopts_is_named_as_what_disabled_the_plugin(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # With `-p no:app` in pytest.ini's addopts, a `-p` plugin's load was told that pytest
+    # was starting and the app's plugin "has not made its sandbox yet", to use the app from
+    # a test (where it never would: the plugin is off), and a test's load was told to run
+    # "without `-p no:app`", which no command line held.
+    settings, production = stopped
+    for name, text in LOADS_PRODUCTION_EARLY_AND_LATE.items():
+        (tmp_path / name).write_text(text)
+    ini = tmp_path / "pytest.ini"
+    ini.write_text("[pytest]\naddopts = -p no:app -p early_plugin\n")
+    before = snapshot(production)
+    code, output = _run(tmp_path, settings, "-s", "test_inner.py", PYTHONPATH=str(tmp_path))
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    said = (
+        "SandboxViolationError refused under pytest: loading profile 'production' while "
+        "pytest runs without the app's sandbox (pytest is imported in this process, and the "
+        "app's plugin did not start in it). Run the tests with the app's pytest plugin: the "
+        f"plugin was disabled by `-p no:app` in the addopts of {ini}: remove it there"
+    )
+    assert f"EARLY {said}" in output, output
+    assert f"LATE {said.removeprefix('SandboxViolationError ')}" in output, output
+    assert "has not made its sandbox" not in output, output
