@@ -804,6 +804,7 @@ def _resolve_profile(
         problem = (
             (None if name == "api_token" else _unseen(value))
             or key.check(value)
+            or _unexpanded(key, value, files.directory)
             or _unnameable(key, value, files.directory)
         )
         if problem is not None:
@@ -966,6 +967,36 @@ def _limit(path: Path, name: str, default: int) -> int:
         except (OSError, ValueError):
             continue
     return default
+
+
+#: What a shell or a service manager expands and the app never does: ``$NAME``, ``${...}``,
+#: ``$(...)``, and a systemd specifier (``%h``, ``%S``) as a whole name.
+_UNEXPANDED = re.compile(
+    r"\$(?:\{[^}]*\}?|\([^)]*\)?|[A-Za-z_][A-Za-z0-9_]*)|(?:(?<=/)|^)%[A-Za-z](?=/|$)"
+)
+
+
+def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` holds text something else was meant to expand, or None.
+
+    ``APP_DATA_ROOT='${STATE_DIRECTORY}/data'`` in a systemd ``Environment=`` or an env file
+    (neither expands a variable), or ``data_root = "$HOME/data"`` in ``settings.toml``: the
+    app took the text as a relative path, a new, empty root under the settings directory,
+    which ``app serve`` created and served beside the real one (red team 36).
+    """
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    found = _UNEXPANDED.search(value)
+    if found is None:
+        return None
+    return (
+        f"holds {found.group()!r}, which a shell or a service manager expands, but nothing "
+        "did: the app takes a path as written, so this root would be "
+        f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant; write the "
+        "path out in full where the value is set (systemd expands ${VAR} in ExecStart= "
+        "only, not in Environment= or an EnvironmentFile=, and docker's --env-file expands "
+        "nothing)"
+    )
 
 
 def _unnameable(key: Key, value: Any, directory: Path) -> str | None:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
@@ -216,3 +217,45 @@ def test_p_no_app_in_the_ini_file_s_addopts_is_named_as_what_disabled_the_plugin
     assert f"EARLY {said}" in output, output
     assert f"LATE {said.removeprefix('SandboxViolationError ')}" in output, output
     assert "has not made its sandbox" not in output, output
+
+
+# --- layer 2: a root with text nothing expanded ------------------------------------------
+
+
+@pytest.mark.parametrize("written", ["$HOME", "${STATE_DIRECTORY}", "$(pwd)", "%h"])
+def test_a_data_root_with_a_variable_nothing_expanded_is_refused(
+    tmp_path: Path, written: str
+) -> None:
+    # `APP_DATA_ROOT=${STATE_DIRECTORY}/data` in a systemd Environment= or an env file, which
+    # expand no variable: the app took the text as a path, a new root beside the one meant,
+    # which `app serve` on an unprotected profile created and served, empty.
+    value = f"{tmp_path}/{written}/data"
+    done = run_app("status", env=app_env(Path(value)))
+    assert done.returncode == 78, done.stderr
+    assert (
+        f"error: profile 'testing': data_root = {value!r} (from environment APP_DATA_ROOT): "
+        f"holds {written!r}, which a shell or a service manager expands, but nothing did: the "
+        f"app takes a path as written, so this root would be {value}, beside the one meant; "
+        "write the path out in full where the value is set (systemd expands ${VAR} in "
+        "ExecStart= only, not in Environment= or an EnvironmentFile=, and docker's --env-file "
+        "expands nothing)"
+    ) in done.stderr, done.stderr
+
+
+def test_a_data_root_in_settings_with_a_variable_nothing_expanded_is_refused(
+    tmp_path: Path,
+) -> None:
+    settings = copy_project_settings(tmp_path / "settings")
+    text = (settings / "settings.toml").read_text()
+    (settings / "settings.toml").write_text(
+        text.replace('data_root = "data/development"', 'data_root = "$HOME/dev-data"')
+    )
+    env = {**app_env(tmp_path / "data"), "APP_SETTINGS_DIR": str(settings)}
+    done = run_app("doctor", env=env)
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert (
+        "profile 'development': data_root = '$HOME/dev-data' (from settings.toml "
+        "[development]): holds '$HOME', which a shell or a service manager expands, but "
+        f"nothing did: the app takes a path as written, so this root would be {settings}/$HOME"
+        "/dev-data, beside the one meant"
+    ) in done.stdout + done.stderr, done.stdout + done.stderr
