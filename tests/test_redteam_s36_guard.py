@@ -259,3 +259,211 @@ def test_a_data_root_in_settings_with_a_variable_nothing_expanded_is_refused(
         f"nothing did: the app takes a path as written, so this root would be {settings}/$HOME"
         "/dev-data, beside the one meant"
     ) in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+# --- what held ------------------------------------------------------------------------
+
+#: Hooks at the run's end and at the process's: each loads production, and starts a child
+#: given production's settings alone; what each met is appended to $OUT.
+HELD_CONFTEST = """import os, subprocess, sys, weakref
+from pathlib import Path
+
+pytest_plugins = ["pytester"]
+OUT = Path(os.environ["OUT"])
+
+
+def hand_built():
+    return {"PATH": "/usr/bin:/bin", "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"],
+            "ENV_FOR_DYNACONF": "production"}
+
+
+def purge_child(env):
+    done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                          env=env, capture_output=True, text=True)
+    return f"exit {done.returncode}" + (" testing-only" if "tests run on the 'testing' profile"
+                                        in done.stderr else "")
+
+
+def purge_here():
+    from app.config import load
+    from app.storage import open_storage
+    try:
+        with open_storage(load("production", serving=False), writer=True) as store:
+            store.purge()
+        return "PURGED"
+    except Exception as error:
+        return type(error).__name__
+
+
+def note(name, what):
+    with OUT.open("a") as out:
+        out.write(f"{name}: {what}\\n")
+
+
+def pytest_sessionfinish(session):
+    note("sessionfinish", f"{purge_here()}, child {purge_child(hand_built())}")
+
+
+def pytest_unconfigure(config):
+    note("unconfigure", f"{purge_here()}, child {purge_child(hand_built())}")
+    # At interpreter shutdown, after every exit hook of pytest's and the app's.
+    weakref.finalize(sys, lambda: note("finalizer", f"child {purge_child(hand_built())}"))
+"""
+
+HELD_TESTS = """import asyncio, concurrent.futures, ctypes, dataclasses, multiprocessing, os, sys
+import subprocess, unittest
+from pathlib import Path
+
+import pytest
+from app.config import load
+from app.errors import ConfigError, SandboxViolationError
+from app.storage import open_storage
+from conftest import hand_built, purge_child, purge_here
+
+ROOT = Path(os.environ["ROOT"])
+REFUSED = "exit 78 testing-only"
+
+
+def test_os_environ_replaced_by_a_new_mapping():
+    saved = os.environ
+    try:
+        os.environ = dict(hand_built())
+        assert purge_here() == "SandboxViolationError"
+        assert purge_child(os.environ) == REFUSED
+    finally:
+        os.environ = saved
+
+
+def test_the_c_environment_changed_under_os_environ():
+    os.unsetenv("PYTEST_APP_SANDBOX")
+    libc = ctypes.CDLL(None)
+    libc.clearenv()
+    for name, value in hand_built().items():
+        libc.setenv(name.encode(), value.encode(), 1)
+    try:
+        done = subprocess.run(f"{sys.executable} -m app data purge --yes-i-mean-it",
+                              shell=True, env=None, capture_output=True, text=True)
+    finally:
+        for name, value in os.environ.items():
+            os.putenv(name, value)
+    assert done.returncode == 78, done.stderr
+    assert "tests run on the 'testing' profile" in done.stderr, done.stderr
+
+
+def _worker(env):
+    os.environ.clear()
+    os.environ.update(env)
+    from conftest import purge_here
+    return purge_here()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_process_pool_worker_that_rebuilds_its_environment(method):
+    context = multiprocessing.get_context(method)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        assert pool.submit(_worker, hand_built()).result() == "SandboxViolationError"
+
+
+def test_an_asyncio_child_given_production_s_settings_alone():
+    async def purge():
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it", env=hand_built(),
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await child.communicate()
+        return child.returncode, err.decode()
+    code, err = asyncio.run(purge())
+    assert code == 78 and "tests run on the 'testing' profile" in err, err
+
+
+@pytest.mark.parametrize("spelling", ["/dev/fd/{fd}", "/proc/self/fd/{fd}", "/proc/{pid}/fd/{fd}"])
+def test_a_descriptor_of_the_root_opened_in_the_test(spelling):
+    fd = os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    path = Path(spelling.format(fd=fd, pid=os.getpid()))
+    config = dataclasses.replace(load(serving=False), data_root=path)
+    with pytest.raises(SandboxViolationError, match="which lies outside the test sandbox"):
+        with open_storage(config, writer=True) as store:
+            store.purge()
+
+
+def test_secrets_toml_rewritten_mid_run_with_production_s_root_for_testing():
+    secrets = Path(os.environ["APP_SETTINGS_DIR"]) / ".secrets.toml"
+    saved = secrets.read_text()
+    secrets.write_text(saved.replace("[testing]", f'[testing]\\ndata_root = "{ROOT}"'))
+    try:
+        with pytest.raises(ConfigError, match="share the same data root"):
+            load(serving=False)
+        assert purge_child({**hand_built(), "ENV_FOR_DYNACONF": "testing"}) == "exit 78"
+    finally:
+        secrets.write_text(saved)
+
+
+def test_settings_dir_switched_mid_run_to_settings_that_name_production_s_root(
+    tmp_path, monkeypatch
+):
+    other = tmp_path / "other"
+    other.mkdir()
+    relative = os.path.relpath(ROOT, other)
+    (other / "settings.toml").write_text(f'[testing]\\ndata_root = "{relative}"\\n')
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(other))
+    config = load(serving=False)
+    assert config.data_root.is_relative_to(config.sandbox), config.data_root
+
+
+INNER = '''
+import os, subprocess, sys
+def test_inner():
+    from conftest import hand_built, purge_child, purge_here
+    print("INNER", purge_here(), purge_child(hand_built()))
+'''
+
+
+@pytest.mark.parametrize("extra", [[], ["-p", "no:app"]], ids=["plugin", "no-plugin"])
+def test_pytester_s_in_process_run(pytester, extra):
+    pytester.makepyfile(test_x=INNER)
+    pytester.syspathinsert(Path(__file__).parent)
+    result = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider", *extra)
+    assert f"INNER SandboxViolationError {REFUSED}" in result.stdout.str()
+    assert purge_here() == "SandboxViolationError"
+    assert purge_child(hand_built()) == REFUSED
+
+
+class TestCaseOfUnittest(unittest.TestCase):
+    def test_loads_production(self):
+        self.assertEqual(purge_here(), "SandboxViolationError")
+        self.assertEqual(purge_child(hand_built()), REFUSED)
+
+
+def doctested():
+    '''
+    >>> from conftest import purge_here
+    >>> purge_here()
+    'SandboxViolationError'
+    '''
+"""
+
+
+@pytest.mark.parametrize(
+    "workers", [[], ["-n", "2", "--dist", "loadscope"]], ids=["serial", "xdist"]
+)
+def test_what_held(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    workers: list[str],
+) -> None:
+    settings, production = stopped
+    (tmp_path / "conftest.py").write_text(HELD_CONFTEST)
+    (tmp_path / "test_inner.py").write_text(HELD_TESTS)
+    out = tmp_path / "hooks.txt"
+    before = snapshot(production)
+    code, output = _run(
+        tmp_path, settings, *workers, "--doctest-modules", "test_inner.py",
+        ROOT=str(production), OUT=str(out),
+    )  # fmt: skip
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    assert "14 passed" in output, output
+    said = out.read_text().splitlines()
+    assert len(said) == (9 if workers else 3), said  # and each worker's (its hooks run too)
+    for line in said:
+        assert line.endswith("exit 78 testing-only"), said
+        assert "PURGED" not in line, said
