@@ -261,6 +261,62 @@ def test_a_data_root_in_settings_with_a_variable_nothing_expanded_is_refused(
     ) in done.stdout + done.stderr, done.stdout + done.stderr
 
 
+# --- layer 3: the run's entry checked after a reload of app.sandbox --------------------
+
+#: A test that reloads app.sandbox (which held on its own), a later one that rewrites the
+#: run's registry entry (a sandbox of the settings directory, no protected roots), and a
+#: child of a third, given production's settings, the opt-in variable and nothing else.
+RELOADS_THEN_REWRITES = """import importlib, json, os, subprocess, sys
+import app.sandbox
+
+SETTINGS = os.environ["APP_SETTINGS_DIR"]
+
+
+def test_1_reloads_the_sandbox_module():
+    importlib.reload(app.sandbox)
+
+
+def test_2_rewrites_the_run_s_entry():
+    pid = os.getpid()
+    entry = app.sandbox.RUNS_DIR / app.sandbox._entry_name(pid, app.sandbox._stat_fields(pid)[1])
+    data = {**json.loads(entry.read_text()), "sandbox": SETTINGS, "protected": []}
+    entry.with_name("rewritten").write_text(json.dumps(data))
+    os.replace(entry.with_name("rewritten"), entry)
+
+
+def test_3_a_child_given_production_s_settings_and_the_opt_in():
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": SETTINGS,
+           "ENV_FOR_DYNACONF": "production", "PYTEST_APP_ALLOW_PROFILES": "production"}
+    subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"], env=env)
+"""
+
+
+def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_sandbox_module(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # What the run's entry held was kept in a module global of app.sandbox, and a reload
+    # emptied it: the check after each test then took any entry for one it had not written,
+    # and let it be. The rewrite stayed for the rest of the run, and the third test's child
+    # purged the stopped production root (its sessions moved to its trash).
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(RELOADS_THEN_REWRITES)
+    before = snapshot(production)
+    code, output = _run(tmp_path, settings, "test_inner.py")
+    assert snapshot(production) == before, output
+    assert code == 1, output
+    assert "3 passed, 1 error" in output, output
+    assert (
+        "app: after test_inner.py::test_2_rewrites_the_run_s_entry, this run's entry in "
+        "/tmp/app-pytest-runs-"
+    ) in output, output
+    assert (
+        " was changed (the sandbox and the protected roots that its children read there); it "
+        "was put back. Until then, a process started with a hand-built environment (and any "
+        "after the run) followed the changed entry, not the run's rules"
+    ) in output, output
+
+
 # --- what held ------------------------------------------------------------------------
 
 #: Hooks at the run's end and at the process's: each loads production, and starts a child
