@@ -272,8 +272,9 @@ import app.sandbox
 SETTINGS = os.environ["APP_SETTINGS_DIR"]
 
 
-def test_1_reloads_the_sandbox_module():
-    importlib.reload(app.sandbox)
+def test_1_reloads_the_modules():
+    for name in os.environ["RELOAD"].split():
+        importlib.reload(importlib.import_module(name))
 
 
 def test_2_rewrites_the_run_s_entry():
@@ -291,18 +292,26 @@ def test_3_a_child_given_production_s_settings_and_the_opt_in():
 """
 
 
-def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_sandbox_module(
+@pytest.mark.parametrize(
+    "modules",
+    ["app.sandbox", "app.testing.guard app.testing.fixtures app.testing.plugin"],
+    ids=["sandbox", "the-plugin"],
+)
+def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_app_s_modules(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    modules: str,
 ) -> None:
-    # What the run's entry held was kept in a module global of app.sandbox, and a reload
-    # emptied it: the check after each test then took any entry for one it had not written,
-    # and let it be. The rewrite stayed for the rest of the run, and the third test's child
-    # purged the stopped production root (its sessions moved to its trash).
+    # What the run's entry held was kept in a module global of app.sandbox, and the plugin's
+    # state under stash keys made by app.testing.guard: a reload emptied the one (the check
+    # after each test then took any entry for one it had not written) and made new keys of
+    # the others (every hook then found no state, and checked nothing). Either way the
+    # rewrite stayed for the rest of the run, silently, and the third test's child purged
+    # the stopped production root (its sessions moved to its trash).
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text(RELOADS_THEN_REWRITES)
     before = snapshot(production)
-    code, output = _run(tmp_path, settings, "test_inner.py")
+    code, output = _run(tmp_path, settings, "test_inner.py", RELOAD=modules)
     assert snapshot(production) == before, output
     assert code == 1, output
     assert "3 passed, 1 error" in output, output

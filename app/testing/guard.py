@@ -83,9 +83,17 @@ class GuardState:
     worker: bool = False
 
 
-STATE = pytest.StashKey[GuardState]()
+def _stash_key(name: str) -> Any:
+    # Kept on sys, like the process's mark: `importlib.reload` of this module made new keys,
+    # every hook then found no state in config.stash and checked nothing, silently, and a
+    # registry entry a later test rewrote stayed for the rest of the run (red team 36).
+    keys: dict[str, Any] = sys.__dict__.setdefault("_app_pytest_stash_keys", {})
+    return keys.setdefault(name, pytest.StashKey())
+
+
+STATE: pytest.StashKey[GuardState] = _stash_key("state")
 #: Why the plugin does nothing in this run (the settings found are not this run's).
-INACTIVE = pytest.StashKey[str]()
+INACTIVE: pytest.StashKey[str] = _stash_key("inactive")
 
 
 def applies(config: pytest.Config) -> str | None:
