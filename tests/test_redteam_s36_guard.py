@@ -326,6 +326,58 @@ def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_app_s_modules(
     ) in output, output
 
 
+# --- layer 3: the per-test guard replaced by a fixture of its name ----------------------
+
+#: A conftest's fixture of the guard's name (which pytest lets replace the plugin's), and a
+#: test module that directly parametrizes that name.
+REPLACES_THE_GUARD = {
+    "conftest.py": """import pytest
+
+
+@pytest.fixture
+def _app_sandbox_guard():
+    yield
+""",
+    "test_parametrized.py": """import pytest
+
+
+@pytest.mark.parametrize("_app_sandbox_guard", [None])
+def test_replaces_it_by_a_parameter(_app_sandbox_guard):
+    pass
+""",
+}
+
+
+def test_a_fixture_that_replaces_the_per_test_guard_fails_every_test_it_replaces_it_in(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The checks after each test were the plugin's autouse fixture, and a conftest's fixture
+    # of its name replaced it (pytest lets the closer one win, silently): the run's entry,
+    # rewritten by the second test, stayed, and the third test's child purged the stopped
+    # production root. The checks are a hook now, and the replacement is refused.
+    settings, production = stopped
+    for name, text in REPLACES_THE_GUARD.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "test_inner.py").write_text(RELOADS_THEN_REWRITES)
+    before = snapshot(production)
+    code, output = _run(tmp_path, settings, "test_inner.py", "test_parametrized.py", RELOAD="")
+    assert snapshot(production) == before, output
+    assert code == 1, output
+    assert "4 errors" in output, output
+    assert (
+        "app: test_inner.py::test_2_rewrites_the_run_s_entry: the app's per-test guard, the "
+        "fixture '_app_sandbox_guard', is replaced here by a fixture of that name in "
+        f"{tmp_path / 'conftest.py'}, so the test's app_profile marks would not apply. Rename "
+        "that fixture or argument: names starting with _app_ are the app's plugin's"
+    ) in output, output
+    assert (
+        "app: test_parametrized.py::test_replaces_it_by_a_parameter[None]: the app's per-test "
+        "guard, the fixture '_app_sandbox_guard', is replaced here by a parametrize of the "
+        "argument '_app_sandbox_guard'"
+    ) in output, output
+
+
 # --- what held ------------------------------------------------------------------------
 
 #: Hooks at the run's end and at the process's: each loads production, and starts a child

@@ -337,18 +337,91 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+#: The per-test guard's fixture, as `_refuse_replaced_guard` finds it.
+_GUARD_FIXTURE = "_app_sandbox_guard"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.config.stash.get(STATE, None) is not None:
+        _refuse_replaced_guard(item)
+
+
+def _refuse_replaced_guard(item: pytest.Item) -> None:
+    # A fixture of the guard's name in a conftest or a test module, or a parametrize of that
+    # name, replaced it: pytest lets the closer one win, silently. The test's app_profile
+    # marks were then ignored (red team 36), and until the checks after each test moved to
+    # pytest_runtest_teardown, so were they (`_after_the_test`).
+    info = getattr(item, "_fixtureinfo", None)  # private: see pyproject.toml
+    defs = info.name2fixturedefs.get(_GUARD_FIXTURE) if info is not None else None
+    if not defs:
+        return  # not a test with fixtures (a doctest, a plugin's own item)
+    func = defs[-1].func
+    if getattr(func, "__module__", "") == __name__ and func.__name__ == _GUARD_FIXTURE:
+        return
+    if func.__name__ == "get_direct_param_fixture_func":
+        who = f"a parametrize of the argument {_GUARD_FIXTURE!r}"
+    else:
+        code = getattr(func, "__code__", None)
+        where = code.co_filename if code is not None else func.__module__
+        who = f"a fixture of that name in {where}"
+    pytest.fail(
+        f"app: {item.nodeid}: the app's per-test guard, the fixture {_GUARD_FIXTURE!r}, is "
+        f"replaced here by {who}, so the test's app_profile marks would not apply. Rename "
+        "that fixture or argument: names starting with _app_ are the app's plugin's",
+        pytrace=False,
+    )
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    """Before the test's fixtures are torn down: tmp_path's teardown deletes the directory of
-    a test that passed under tmp_path_retention_policy failed, through a mount in it."""
+    """Around the test's teardown: before it, tmp_path's teardown deletes the directory of a
+    test that passed under tmp_path_retention_policy failed, through a mount in it; after
+    it, what the test changed of the run's marks is put back (`_after_the_test`)."""
     state = item.config.stash.get(STATE, None)
-    kept = None
-    if state is not None:
-        kept = guard.keep_sandbox_with_mounts(state, f"after {item.nodeid}")
-    result = yield
-    if kept is not None:
-        pytest.fail(kept, pytrace=False)
+    if state is None:
+        return (yield)
+    kept = guard.keep_sandbox_with_mounts(state, f"after {item.nodeid}")
+    try:
+        result = yield
+    except BaseException:
+        _after_the_test(item, state)  # put back, even when a teardown failed
+        raise
+    failures = [kept] if kept is not None else []
+    failures += _after_the_test(item, state)
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
     return result
+
+
+def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
+    """Put back what a test changed of the run's marks, and say what it was.
+
+    A hook, not the guard's fixture: a fixture of the same name in a conftest replaced that
+    one, and with it these checks, so a later test's rewrite of the run's registry entry
+    stayed for the rest of the run, and a child purged a stopped production root (red team
+    36).
+    """
+    failures = []
+    if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
+        os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
+        failures.append(
+            f"app: {item.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
+            "Tests must not leave the sandbox"
+        )
+    # A test that cleans up /tmp/app-* took the run's later children out of it.
+    if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
+        meanwhile = (
+            "followed the changed entry, not the run's rules"
+            if "was changed" in lost
+            else "was not part of the run"
+        )
+        failures.append(
+            f"app: after {item.nodeid}, {lost}. Until then, a process started "
+            f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
+            f"must not remove or change {sandboxing.RUNS_DIR}"
+        )
+    return failures
 
 
 def _say(config: pytest.Config, message: str, title: str | None = None) -> None:
@@ -487,7 +560,7 @@ def _refuse_unknown_profiles(node: pytest.Item, names: Iterable[str]) -> None:
 
 @pytest.fixture(autouse=True)
 def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Apply ``app_profile`` marks and make sure no test removes the sandbox marker."""
+    """Apply ``app_profile`` marks for the test (`_after_the_test` checks what it changed)."""
     state = request.config.stash.get(STATE, None)
     if state is None:
         yield
@@ -511,24 +584,3 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
             os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
         else:
             os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
-        failures = []
-        if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
-            os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
-            failures.append(
-                f"app: {request.node.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
-                "Tests must not leave the sandbox"
-            )
-        # A test that cleans up /tmp/app-* took the run's later children out of it.
-        if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
-            meanwhile = (
-                "followed the changed entry, not the run's rules"
-                if "was changed" in lost
-                else "was not part of the run"
-            )
-            failures.append(
-                f"app: after {request.node.nodeid}, {lost}. Until then, a process started "
-                f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
-                f"must not remove or change {sandboxing.RUNS_DIR}"
-            )
-        if failures:
-            pytest.fail("\n".join(failures), pytrace=False)
