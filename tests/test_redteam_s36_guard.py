@@ -272,9 +272,11 @@ import app.sandbox
 SETTINGS = os.environ["APP_SETTINGS_DIR"]
 
 
-def test_1_reloads_the_modules():
+def test_1_reloads_the_modules_or_unregisters_the_plugin(request):
     for name in os.environ["RELOAD"].split():
         importlib.reload(importlib.import_module(name))
+    if os.environ.get("UNREGISTER"):
+        request.config.pluginmanager.unregister(name="app")
 
 
 def test_2_rewrites_the_run_s_entry():
@@ -294,8 +296,8 @@ def test_3_a_child_given_production_s_settings_and_the_opt_in():
 
 @pytest.mark.parametrize(
     "modules",
-    ["app.sandbox", "app.testing.guard app.testing.fixtures app.testing.plugin"],
-    ids=["sandbox", "the-plugin"],
+    ["app.sandbox", "app.testing.guard app.testing.fixtures app.testing.plugin", "unregister"],
+    ids=["sandbox", "the-plugin", "unregistered"],
 )
 def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_app_s_modules(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
@@ -311,7 +313,10 @@ def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_app_s_modules(
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text(RELOADS_THEN_REWRITES)
     before = snapshot(production)
-    code, output = _run(tmp_path, settings, "test_inner.py", RELOAD=modules)
+    # Unregistered (config.pluginmanager.unregister), the plugin's hooks are gone, and its
+    # fixture, collected, stays: the checks run in both.
+    extra = {"UNREGISTER": "1", "RELOAD": ""} if modules == "unregister" else {"RELOAD": modules}
+    code, output = _run(tmp_path, settings, "test_inner.py", **extra)
     assert snapshot(production) == before, output
     assert code == 1, output
     assert "3 passed, 1 error" in output, output

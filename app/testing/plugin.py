@@ -397,8 +397,11 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
 def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
     """Put back what a test changed of the run's marks, and say what it was.
 
-    A hook, not the guard's fixture: a fixture of the same name in a conftest replaced that
-    one, and with it these checks, so a later test's rewrite of the run's registry entry
+    Called twice, by the guard's fixture as it is torn down and by the plugin's teardown
+    hook after it, and the second finds nothing left to do: each can be taken away where the
+    other stays. A fixture of the guard's name in a conftest replaced the fixture, and
+    ``config.pluginmanager.unregister(name="app")`` removes the hooks (fixtures, once
+    collected, stay). Without the checks a later test's rewrite of the run's registry entry
     stayed for the rest of the run, and a child purged a stopped production root (red team
     36).
     """
@@ -584,3 +587,5 @@ def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
             os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
         else:
             os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
+        if failures := _after_the_test(request.node, state):
+            pytest.fail("\n".join(failures), pytrace=False)
