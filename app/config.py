@@ -28,6 +28,7 @@ plugin reads the roots without importing dynaconf, and every profile is checked 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -955,7 +956,9 @@ def _has_password(database_url: str) -> bool:
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved."""
-    raw = Path(value).expanduser()
+    raw = Path(value)
+    with contextlib.suppress(RuntimeError):  # `~user` unknown here: refused by `_unexpanded`
+        raw = raw.expanduser()
     return (raw if raw.is_absolute() else directory / raw).resolve()
 
 
@@ -986,6 +989,18 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
     """
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
+    home = value.split("/", 1)[0]
+    if home.startswith("~"):
+        try:
+            Path(home).expanduser()
+        except RuntimeError:
+            # pathlib raised it from every command, a bare traceback (red team 36).
+            who = f"user {home[1:]!r}" if home != "~" else "this process (HOME is not set)"
+            return (
+                f"starts with {home!r}, but this system knows no home directory of {who} "
+                "(a user of another machine, or one a container lacks): write the path out "
+                "in full where the value is set"
+            )
     found = _UNEXPANDED.search(value)
     if found is None:
         return None

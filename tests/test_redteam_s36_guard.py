@@ -67,6 +67,50 @@ def test_a_data_root_no_filesystem_can_name_is_refused_naming_the_limit(
     assert f"bytes)' (from environment APP_DATA_ROOT): {problem}" in done.stderr, done.stderr
 
 
+#: A user no test machine has.
+_NO_SUCH_USER = "app-rt36-no-such-user"
+
+
+def test_a_data_root_under_the_home_of_a_user_this_system_lacks_is_refused(
+    tmp_path: Path,
+) -> None:
+    # `~appsvc/data`, valid on the server where that user exists: pathlib raised
+    # `RuntimeError: Could not determine home directory` from every command.
+    value = f"~{_NO_SUCH_USER}/data"
+    done = run_app("status", env=app_env(Path(value)))
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert (
+        f"error: profile 'testing': data_root = {value!r} (from environment APP_DATA_ROOT): "
+        f"starts with '~{_NO_SUCH_USER}', but this system knows no home directory of user "
+        f"'{_NO_SUCH_USER}' (a user of another machine, or one a container lacks): write the "
+        "path out in full where the value is set"
+    ) in done.stderr, done.stderr
+
+
+def test_a_pytest_run_whose_settings_name_such_a_root_says_so_rather_than_crash(
+    tmp_path: Path,
+) -> None:
+    # The plugin reads every profile's root before the run: the same RuntimeError stopped
+    # pytest with a traceback before any test, naming neither the file nor the key.
+    settings = copy_project_settings(tmp_path / "settings")
+    text = (settings / "settings.toml").read_text()
+    (settings / "settings.toml").write_text(
+        text.replace('data_root = "data/production"', f'data_root = "~{_NO_SUCH_USER}/data"')
+    )
+    (tmp_path / "test_inner.py").write_text(
+        "from app.config import load\n\n\ndef test_loads():\n    load(serving=False)\n"
+    )
+    code, output = _run(tmp_path, settings, "test_inner.py")
+    assert code == 1, output
+    assert "RuntimeError" not in output, output
+    assert (
+        f"app.errors.InvalidSettingError: profile 'production': data_root = "
+        f"'~{_NO_SUCH_USER}/data' (from settings.toml [production]): starts with "
+        f"'~{_NO_SUCH_USER}', but this system knows no home directory"
+    ) in output, output
+
+
 # --- layer 3: pytest's own plugins blocked -----------------------------------------------
 
 #: A test that loads the testing profile, and a child given production's settings alone.
