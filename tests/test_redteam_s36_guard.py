@@ -88,6 +88,19 @@ def test_a_data_root_under_the_home_of_a_user_this_system_lacks_is_refused(
     ) in done.stderr, done.stderr
 
 
+def test_a_settings_directory_under_the_home_of_a_user_this_system_lacks_is_named(
+    tmp_path: Path,
+) -> None:
+    value = f"~{_NO_SUCH_USER}/app"
+    done = run_app("status", env={**app_env(tmp_path / "data"), "APP_SETTINGS_DIR": value})
+    assert done.returncode == 78, done.stderr
+    assert (
+        f"error: no settings.toml found: looked in {value} (from APP_SETTINGS_DIR, whose "
+        f"'~{_NO_SUCH_USER}' is the home directory of no user this system knows); set "
+        "APP_SETTINGS_DIR to the directory that holds settings.toml"
+    ) in done.stderr, done.stderr
+
+
 def test_a_pytest_run_whose_settings_name_such_a_root_says_so_rather_than_crash(
     tmp_path: Path,
 ) -> None:
