@@ -440,6 +440,49 @@ def test_a_fixture_that_replaces_the_per_test_guard_fails_every_test_it_replaces
     ) in output, output
 
 
+# --- layer 3: pytest's collection walks into a data root ---------------------------------
+
+#: A production session with files a user uploaded as test_notes.py and conftest.py: their
+#: records are named so, in the session's records/.
+UPLOADS_TEST_FILES = """
+from app.config import load
+from app.storage import open_storage
+with open_storage(load(serving=False), writer=True) as store:
+    session = store.create_session("python homework", {})
+    store.put_file(session["id"], "test_notes.py", b"def test_it():\\n    pass\\n")
+    store.put_file(session["id"], "conftest.py", b"")
+"""
+
+
+def test_pytest_s_collection_in_the_project_never_enters_a_data_root(tmp_path: Path) -> None:
+    # pytest walks the rootdir, and the settings' relative roots (data/production) lie in
+    # the project: run there with no arguments, it imported production's
+    # records/test_notes.py (a record, JSON, and a Python dict) and records/conftest.py, and
+    # wrote their bytecode into production's session (records/__pycache__/, with bytecode on,
+    # as it is unless PYTHONDONTWRITEBYTECODE is set).
+    settings = copy_project_settings(tmp_path / "project")
+    production = settings / "data" / "production"
+    env = app_env(production, profile="production")
+    subprocess.run([sys.executable, "-c", UPLOADS_TEST_FILES], env=env, check=True)
+    assert sorted(p.name for p in production.glob("sessions/*/records/*")) == [
+        "conftest.py",
+        "test_notes.py",
+    ]
+    before = snapshot(production)
+    run_env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
+    for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
+        run_env.pop(name, None)
+    for args in ([], ["data"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=settings, env=run_env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert snapshot(production) == before, output
+        assert "no tests ran" in output, output
+    assert not list(production.rglob("__pycache__"))
+
+
 # --- what held ------------------------------------------------------------------------
 
 #: Hooks at the run's end and at the process's: each loads production, and starts a child

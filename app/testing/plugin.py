@@ -337,6 +337,29 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Never collect in a data root: a root the run protects, or a directory stamped as one.
+
+    pytest walks the rootdir, and the settings' relative roots (``data/production``) lie in
+    the project: a file uploaded as ``test_notes.py`` has its record at
+    ``records/test_notes.py`` there, which pytest imported, writing ``__pycache__/`` into a
+    production session (red team 36). Whatever the run is told, a root holds no tests.
+    """
+    from app.dataroot import STAMP_FILE  # loaded by the run's own root already
+
+    if os.path.lexists(collection_path / STAMP_FILE):
+        return True
+    state = config.stash.get(STATE, None)
+    if state is None or state.run is None or not state.run.protected:
+        return None
+    found = sandboxing.identity(collection_path)
+    for root in state.run.protected:
+        if collection_path == root.path or (found is not None and found in root.identities):
+            return True
+    return None
+
+
 #: The per-test guard's fixture, as `_refuse_replaced_guard` finds it.
 _GUARD_FIXTURE = "_app_sandbox_guard"
 
