@@ -843,7 +843,7 @@ def _switched_off_by() -> str | None:
     ini, addopts = _ini_addopts()
     sources = {
         "on pytest's command line": sys.argv,
-        "in PYTEST_ADDOPTS": os.environ.get("PYTEST_ADDOPTS", "").split(),
+        "in PYTEST_ADDOPTS": _words(os.environ.get("PYTEST_ADDOPTS", "")),
         f"in the addopts of {ini}": addopts,
     }
     for where, words in sources.items():
@@ -856,6 +856,16 @@ def _switched_off_by() -> str | None:
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not loaded:
         return "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
     return None
+
+
+def _words(text: str) -> list[str]:
+    # As pytest splits PYTEST_ADDOPTS (shlex): `-p 'no:app'` is `no:app` to it (red team 36).
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError:  # unbalanced quotes: pytest refuses the run itself
+        return text.split()
 
 
 def _ini_addopts() -> tuple[str, list[str]]:
@@ -1057,7 +1067,7 @@ def why_no_plugin() -> str:
     by = _switched_off_by()
     if by == "PYTEST_DISABLE_PLUGIN_AUTOLOAD" or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
-    if by is not None and "addopts" in by:
+    if by is not None and "command line" not in by:
         return f"the plugin was disabled by {by}: remove it there"
     from app.config_files import SETTINGS_DIR_ENV
 

@@ -276,6 +276,31 @@ def test_p_no_app_in_the_ini_file_s_addopts_is_named_as_what_disabled_the_plugin
     assert "has not made its sandbox" not in output, output
 
 
+def test_p_no_app_quoted_in_pytest_addopts_is_named_as_what_disabled_the_plugin(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # pytest splits PYTEST_ADDOPTS as a shell does; the app split it on spaces, so
+    # `-p 'no:app'` was no switch to it: the same wrong "pytest is starting" as above.
+    settings, production = stopped
+    for name, text in LOADS_PRODUCTION_EARLY_AND_LATE.items():
+        (tmp_path / name).write_text(text)
+    before = snapshot(production)
+    code, output = _run(
+        tmp_path, settings, "-s", "test_inner.py", PYTHONPATH=str(tmp_path),
+        PYTEST_ADDOPTS="-p 'no:app' -p early_plugin",
+    )  # fmt: skip
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    assert (
+        "EARLY SandboxViolationError refused under pytest: loading profile 'production' while "
+        "pytest runs without the app's sandbox (pytest is imported in this process, and the "
+        "app's plugin did not start in it). Run the tests with the app's pytest plugin: the "
+        "plugin was disabled by `-p no:app` in PYTEST_ADDOPTS: remove it there"
+    ) in output, output
+    assert "has not made its sandbox" not in output, output
+
+
 # --- layer 2: a root with text nothing expanded ------------------------------------------
 
 
