@@ -578,6 +578,51 @@ _PROFILE_HABITS = frozenset(
 )
 
 
+#: The settings that choose where a profile's data is.
+_RESOURCE_KEYS = ("data_root", "database_url", "blob_url")
+#: Names people give the data root's variable from other habits, when a path is their value.
+_DATA_ROOT_HABITS = frozenset(
+    {"APP_DATA", "APP_DATA_DIR", "APP_DATA_DIRECTORY", "APP_DATA_PATH", "APP_ROOT"}
+)
+
+
+def _misspelt_resource_variables(
+    environ: Mapping[str, str], selected: str
+) -> Iterator[VariableMisspeltError]:
+    """A variable meant to say where the selected profile's data is, which the app ignores.
+
+    ``APP_DATA_DIR=/srv/copy app --profile production data purge --yes-i-mean-it``, meant
+    for a copy, warned that the variable is not a setting and purged production's own root;
+    lower case (``app_data_root``) was not even warned of, and dynaconf's nesting
+    (``APP_PRODUCTION__DATA_ROOT``) only warned (red team 36). A near miss of the name, the
+    name in another case, the nesting, or a habit whose value is a path is now refused
+    while the real variable is not set, as a misspelt ``ENV_FOR_DYNACONF`` is.
+    """
+    import shlex
+
+    def is_path(value: str) -> bool:
+        return value.strip().startswith(("/", "~", "."))
+
+    for key in _RESOURCE_KEYS:
+        meant = KEYS[key].env
+        if meant in environ:
+            continue
+        habits = _DATA_ROOT_HABITS if key == "data_root" else frozenset()
+        name = config_files.misspelt(environ, meant, habits, is_path)
+        nested = f"{ENV_PREFIX}_{selected}__{key}".upper()
+        name = name or next((n for n in sorted(environ) if n.upper() == nested), None)
+        if name is None:
+            continue
+        yield VariableMisspeltError(
+            name,
+            environ[name],
+            meant,
+            f"sets {key} of the selected profile, {selected!r}",
+            f"{key} of profile {selected!r} as the settings files give it",
+            f"export {meant}={shlex.quote(environ[name])}; unset {name}",
+        )
+
+
 def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
     """Refuse a variable meant to select the profile, before falling back to the default.
 
@@ -1463,6 +1508,8 @@ def inspect_profiles(
     files = config_files.read_files(env, sandboxed=run is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
+    if run is None:  # under a run every root is the sandbox's, whatever a variable says
+        problems.extend(_misspelt_resource_variables(env, selected))
     from_files = config_files.file_values(files, KEYS)
     resolved = {
         name: _resolve_profile(files, name, from_files[name], env if name == selected else None)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
@@ -122,6 +123,42 @@ def test_a_pytest_run_whose_settings_name_such_a_root_says_so_rather_than_crash(
         f"'~{_NO_SUCH_USER}/data' (from settings.toml [production]): starts with "
         f"'~{_NO_SUCH_USER}', but this system knows no home directory"
     ) in output, output
+
+
+# --- layer 1: a variable meant to say where the data is ------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["APP_DATA_DIR", "app_data_root", "APP_DATAROOT", "APP_PRODUCTION__DATA_ROOT"]
+)
+def test_a_variable_meant_as_app_data_root_is_refused_rather_than_ignored(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    name: str,
+) -> None:
+    # Meant for a copy of production (`APP_DATA_DIR=/srv/copy app --profile production data
+    # purge --yes-i-mean-it`): the variable was ignored, with a warning (none at all in lower
+    # case), and the purge ran on production's own root, the settings'. Outside any run:
+    # in a PID namespace of its own (a test run maps every root into its sandbox anyway).
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare of a user and a PID namespace")
+    settings, production = stopped
+    copy = tmp_path / "copy"
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings), name: str(copy)}
+    before = snapshot(production)
+    done = subprocess.run(
+        [*OWN_PROC, sys.executable, "-m", "app", "--profile", "production", "data", "purge",
+         "--yes-i-mean-it"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert snapshot(production) == before, done.stdout + done.stderr
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert (
+        f"environment variable {name}='{copy}' looks meant as APP_DATA_ROOT, but only "
+        "APP_DATA_ROOT sets data_root of the selected profile, 'production'; as it is, the app "
+        "would use data_root of profile 'production' as the settings files give it. To use what "
+        f"it names: export APP_DATA_ROOT={copy}; unset {name}"
+    ) in done.stderr, done.stderr
 
 
 # --- layer 3: pytest's own plugins blocked -----------------------------------------------
