@@ -580,10 +580,9 @@ _PROFILE_HABITS = frozenset(
 
 #: The settings that choose where a profile's data is.
 _RESOURCE_KEYS = ("data_root", "database_url", "blob_url")
-#: Names people give the data root's variable from other habits, when a path is their value.
-_DATA_ROOT_HABITS = frozenset(
-    {"APP_DATA", "APP_DATA_DIR", "APP_DATA_DIRECTORY", "APP_DATA_PATH", "APP_ROOT"}
-)
+#: Names people give the data root's variable from other habits, when a path is their value
+#: (not ``APP_ROOT`` or ``APP_DATA``: images set those for the application's own files).
+_DATA_ROOT_HABITS = frozenset({"APP_DATA_DIR", "APP_DATA_DIRECTORY", "APP_DATA_PATH"})
 
 
 def _misspelt_resource_variables(
