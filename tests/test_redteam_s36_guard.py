@@ -492,7 +492,8 @@ def test_a_fixture_that_replaces_the_per_test_guard_fails_every_test_it_replaces
     assert (
         "app: test_inner.py::test_2_rewrites_the_run_s_entry: the app's per-test guard, the "
         "fixture '_app_sandbox_guard', is replaced here by a fixture of that name in "
-        f"{tmp_path / 'conftest.py'}, so the test's app_profile marks would not apply. Rename "
+        f"{tmp_path / 'conftest.py'}, so what the test changes of the run's marks would be "
+        "checked and put back by the plugin's hooks alone, which a test can unregister. Rename "
         "that fixture or argument: names starting with _app_ are the app's plugin's"
     ) in output, output
     assert (
@@ -543,6 +544,66 @@ def test_pytest_s_collection_in_the_project_never_enters_a_data_root(tmp_path: P
         assert snapshot(production) == before, output
         assert "no tests ran" in output, output
     assert not list(production.rglob("__pycache__"))
+
+
+# --- layer 3: an app_profile mark and the test's wider-scoped fixtures -----------------
+
+#: A module marked app_profile("production") whose module- and class-scoped fixtures load
+#: production, and a module without the mark whose test tries the same afterwards.
+MARKED_MODULE_FIXTURES = {
+    "test_a_marked.py": """import pytest
+from app.config import load
+from app.storage import open_storage
+
+pytestmark = pytest.mark.app_profile("production")
+
+
+@pytest.fixture(scope="module")
+def production_store():
+    with open_storage(load("production", serving=False), writer=True) as store:
+        yield store
+
+
+class TestInAClass:
+    @pytest.fixture(scope="class")
+    def production_config(self):
+        return load("production", serving=False)
+
+    def test_class_fixture(self, production_config):
+        assert production_config.data_root.is_relative_to(production_config.sandbox)
+
+
+def test_module_fixture(production_store):
+    production_store.purge()
+""",
+    "test_b_unmarked.py": """import pytest
+from app.config import load
+from app.errors import SandboxViolationError
+
+
+def test_the_mark_ended_with_its_tests():
+    with pytest.raises(SandboxViolationError, match="tests run on the 'testing' profile"):
+        load("production", serving=False)
+""",
+}
+
+
+def test_a_marked_test_s_module_and_class_fixtures_get_its_profile_in_the_sandbox(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The guard applied app_profile marks in its function-scoped autouse fixture, which
+    # pytest sets up after the test's module- and class-scoped ones: their load of the
+    # profile was refused, and told to "mark the test @pytest.mark.app_profile('production')"
+    # which it was. The marks now apply before any of the test's fixtures is set up.
+    settings, production = stopped
+    for name, text in MARKED_MODULE_FIXTURES.items():
+        (tmp_path / name).write_text(text)
+    before = snapshot(production)
+    code, output = _run(tmp_path, settings, "test_a_marked.py", "test_b_unmarked.py")
+    assert snapshot(production) == before, output
+    assert code == 0, output
+    assert "3 passed" in output, output
 
 
 # --- what held ------------------------------------------------------------------------

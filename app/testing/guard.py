@@ -94,6 +94,9 @@ def _stash_key(name: str) -> Any:
 STATE: pytest.StashKey[GuardState] = _stash_key("state")
 #: Why the plugin does nothing in this run (the settings found are not this run's).
 INACTIVE: pytest.StashKey[str] = _stash_key("inactive")
+#: On a test item: the run its app_profile marks made current, and the opt-in variable's
+#: value before them, until its teardown puts both back.
+MARKED: pytest.StashKey[tuple[sandboxing.Run | None, str | None]] = _stash_key("marked")
 
 
 def applies(config: pytest.Config) -> str | None:

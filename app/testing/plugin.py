@@ -31,7 +31,7 @@ from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, a
     app_live_server,
     app_store,
 )
-from app.testing.guard import INACTIVE, STATE, GuardState
+from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 
 # As pytest imports the plugin, before any later plugin's import: a child such an import
 # (PYTEST_PLUGINS) started with a hand-built environment found no run (red team 28). Our
@@ -366,15 +366,49 @@ _GUARD_FIXTURE = "_app_sandbox_guard"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.config.stash.get(STATE, None) is not None:
+    state = item.config.stash.get(STATE, None)
+    if state is not None:
         _refuse_replaced_guard(item)
+        _refuse_misread_marks(item)
+        _apply_marks(item, state)
+
+
+def _apply_marks(item: pytest.Item, state: GuardState) -> None:
+    """Apply the test's ``app_profile`` marks before any of its fixtures is set up.
+
+    In this process, and for the children the test starts; either only maps those profiles'
+    roots into the sandbox. Applied by the guard's function-scoped fixture, they came after
+    the test's wider-scoped fixtures: a module-scoped fixture of a marked test that loaded
+    the profile was refused, and told to mark the test, which was marked (red team 36).
+    """
+    names = [name for mark in item.iter_markers("app_profile") for name in mark.args]
+    if not names or state.run is None:
+        return
+    previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
+    os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
+    marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
+    sandboxing.swap(state.run, marked)
+    item.stash[MARKED] = (marked, previous)
+
+
+def _undo_marks(item: pytest.Item, state: GuardState) -> None:
+    found = item.stash.get(MARKED, None)
+    if found is None:
+        return
+    del item.stash[MARKED]
+    marked, previous = found
+    if state.run is not None and marked is not None:
+        sandboxing.swap(marked, state.run)
+    if previous is None:
+        os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
+    else:
+        os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
 
 
 def _refuse_replaced_guard(item: pytest.Item) -> None:
     # A fixture of the guard's name in a conftest or a test module, or a parametrize of that
-    # name, replaced it: pytest lets the closer one win, silently. The test's app_profile
-    # marks were then ignored (red team 36), and until the checks after each test moved to
-    # pytest_runtest_teardown, so were they (`_after_the_test`).
+    # name, replaced it: pytest lets the closer one win, silently, and the checks after each
+    # test were gone with it (red team 36; `_after_the_test`).
     info = getattr(item, "_fixtureinfo", None)  # private: see pyproject.toml
     defs = info.name2fixturedefs.get(_GUARD_FIXTURE) if info is not None else None
     if not defs:
@@ -390,8 +424,9 @@ def _refuse_replaced_guard(item: pytest.Item) -> None:
         who = f"a fixture of that name in {where}"
     pytest.fail(
         f"app: {item.nodeid}: the app's per-test guard, the fixture {_GUARD_FIXTURE!r}, is "
-        f"replaced here by {who}, so the test's app_profile marks would not apply. Rename "
-        "that fixture or argument: names starting with _app_ are the app's plugin's",
+        f"replaced here by {who}, so what the test changes of the run's marks would be "
+        "checked and put back by the plugin's hooks alone, which a test can unregister. "
+        "Rename that fixture or argument: names starting with _app_ are the app's plugin's",
         pytrace=False,
     )
 
@@ -408,8 +443,10 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     try:
         result = yield
     except BaseException:
+        _undo_marks(item, state)
         _after_the_test(item, state)  # put back, even when a teardown failed
         raise
+    _undo_marks(item, state)
     failures = [kept] if kept is not None else []
     failures += _after_the_test(item, state)
     if failures:
@@ -586,29 +623,12 @@ def _refuse_unknown_profiles(node: pytest.Item, names: Iterable[str]) -> None:
 
 @pytest.fixture(autouse=True)
 def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Apply ``app_profile`` marks for the test (`_after_the_test` checks what it changed)."""
+    """Check, as the test's fixtures are torn down, what it changed of the run's marks.
+
+    The teardown hook checks again after it (`_after_the_test`); its marks are applied and
+    put back by the hooks around its set-up and teardown (`_apply_marks`).
+    """
+    yield
     state = request.config.stash.get(STATE, None)
-    if state is None:
-        yield
-        return
-    _refuse_misread_marks(request.node)
-    names = [name for mark in request.node.iter_markers("app_profile") for name in mark.args]
-    previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
-    marked = state.run
-    if names and state.run is not None:
-        # In this process, and for the children the test starts; either only maps those
-        # profiles' roots into the sandbox.
-        os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
-        marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
-        sandboxing.swap(state.run, marked)
-    try:
-        yield
-    finally:
-        if state.run is not None and marked is not None:
-            sandboxing.swap(marked, state.run)
-        if previous is None:
-            os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
-        else:
-            os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
-        if failures := _after_the_test(request.node, state):
-            pytest.fail("\n".join(failures), pytrace=False)
+    if state is not None and (failures := _after_the_test(request.node, state)):
+        pytest.fail("\n".join(failures), pytrace=False)
