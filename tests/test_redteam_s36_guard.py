@@ -161,6 +161,28 @@ def test_a_variable_meant_as_app_data_root_is_refused_rather_than_ignored(
     ) in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("command", [["data", "check"], ["sessions", "list"]])
+def test_a_reader_of_a_directory_that_is_no_data_root_says_so(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # A mistyped data_root naming an existing directory of other files (/usr, a home
+    # directory): `app data check` said "clean: data root /usr is consistent" and `app
+    # sessions list` listed nothing, which after an incident reads as "production is empty".
+    # Writers already refused to adopt such a directory.
+    root = tmp_path / "not-a-root"
+    (root / "bin").mkdir(parents=True)
+    (root / "notes.txt").write_text("someone else's")
+    done = run_app(*command, env=app_env(root))
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert (
+        f"error: data root {root}: the directory is not empty and has no profile stamp "
+        "(.app-profile.json), and it holds files that are not the app's (bin, notes.txt): it "
+        "is no data root, so there is nothing of the app's to read there; if the path is "
+        "mistyped, correct data_root of profile 'testing' (from environment APP_DATA_ROOT; "
+        "`app config --all` shows every profile's root)"
+    ) in done.stderr, done.stderr
+
+
 # --- layer 3: pytest's own plugins blocked -----------------------------------------------
 
 #: A test that loads the testing profile, and a child given production's settings alone.
