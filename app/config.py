@@ -1029,8 +1029,21 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
     ``APP_DATA_ROOT='${STATE_DIRECTORY}/data'`` in a systemd ``Environment=`` or an env file
     (neither expands a variable), or ``data_root = "$HOME/data"`` in ``settings.toml``: the
     app took the text as a relative path, a new, empty root under the settings directory,
-    which ``app serve`` created and served beside the real one (red team 36).
+    which ``app serve`` created and served beside the real one (red team 36). The same in
+    ``blob_url`` (``s3://bucket/${PREFIX}``) named a new, empty prefix in the real bucket,
+    which the first server stamps and serves; ``database_url`` is left alone, where a ``$``
+    may be part of a password.
     """
+    if key.name == "blob_url" and isinstance(value, str):
+        found = _UNEXPANDED.search(value.partition("://")[2])
+        if found is None:
+            return None
+        return (
+            f"holds {found.group()!r}, which a shell or a service manager expands, but "
+            "nothing did: the app takes the URL as written, so it names a prefix of that very "
+            "text, beside the one meant; write the URL out in full where the value is set "
+            f"{_WHERE_EXPANDED}"
+        )
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
     home = value.split("/", 1)[0]
@@ -1052,10 +1065,14 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         f"holds {found.group()!r}, which a shell or a service manager expands, but nothing "
         "did: the app takes a path as written, so this root would be "
         f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant; write the "
-        "path out in full where the value is set (systemd expands ${VAR} in ExecStart= "
-        "only, not in Environment= or an EnvironmentFile=, and docker's --env-file expands "
-        "nothing)"
+        f"path out in full where the value is set {_WHERE_EXPANDED}"
     )
+
+
+_WHERE_EXPANDED = (
+    "(systemd expands ${VAR} in ExecStart= only, not in Environment= or an EnvironmentFile=, "
+    "and docker's --env-file expands nothing)"
+)
 
 
 def _unnameable(key: Key, value: Any, directory: Path) -> str | None:

@@ -383,6 +383,26 @@ def test_a_data_root_with_a_variable_nothing_expanded_is_refused(
     ) in done.stderr, done.stderr
 
 
+def test_a_blob_url_with_a_variable_nothing_expanded_is_refused(tmp_path: Path) -> None:
+    # s3://bucket/${PREFIX} named a new, empty prefix of that very text in the real bucket,
+    # which the first server stamps and serves. A `$` in database_url's password is not
+    # taken for one.
+    env = {
+        **app_env(tmp_path / "data"),
+        "APP_BLOB_URL": "s3://app-data/${PREFIX}",
+        "APP_DATABASE_URL": "postgresql://app:pa$word@127.0.0.1:5432/app",
+    }
+    done = run_app("status", env=env)
+    assert done.returncode == 78, done.stderr
+    assert (
+        "profile 'testing': blob_url = 's3://app-data/${PREFIX}' (from environment "
+        "APP_BLOB_URL): holds '${PREFIX}', which a shell or a service manager expands, but "
+        "nothing did: the app takes the URL as written, so it names a prefix of that very "
+        "text, beside the one meant; write the URL out in full where the value is set"
+    ) in done.stderr, done.stderr
+    assert "database_url = " not in done.stderr, done.stderr
+
+
 def test_a_data_root_in_settings_with_a_variable_nothing_expanded_is_refused(
     tmp_path: Path,
 ) -> None:
