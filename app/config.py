@@ -28,6 +28,7 @@ plugin reads the roots without importing dynaconf, and every profile is checked 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -577,6 +578,50 @@ _PROFILE_HABITS = frozenset(
 )
 
 
+#: The settings that choose where a profile's data is.
+_RESOURCE_KEYS = ("data_root", "database_url", "blob_url")
+#: Names people give the data root's variable from other habits, when a path is their value
+#: (not ``APP_ROOT`` or ``APP_DATA``: images set those for the application's own files).
+_DATA_ROOT_HABITS = frozenset({"APP_DATA_DIR", "APP_DATA_DIRECTORY", "APP_DATA_PATH"})
+
+
+def _misspelt_resource_variables(
+    environ: Mapping[str, str], selected: str
+) -> Iterator[VariableMisspeltError]:
+    """A variable meant to say where the selected profile's data is, which the app ignores.
+
+    ``APP_DATA_DIR=/srv/copy app --profile production data purge --yes-i-mean-it``, meant
+    for a copy, warned that the variable is not a setting and purged production's own root;
+    lower case (``app_data_root``) was not even warned of, and dynaconf's nesting
+    (``APP_PRODUCTION__DATA_ROOT``) only warned (red team 36). A near miss of the name, the
+    name in another case, the nesting, or a habit whose value is a path is now refused
+    while the real variable is not set, as a misspelt ``ENV_FOR_DYNACONF`` is.
+    """
+    import shlex
+
+    def is_path(value: str) -> bool:
+        return value.strip().startswith(("/", "~", "."))
+
+    for key in _RESOURCE_KEYS:
+        meant = KEYS[key].env
+        if meant in environ:
+            continue
+        habits = _DATA_ROOT_HABITS if key == "data_root" else frozenset()
+        name = config_files.misspelt(environ, meant, habits, is_path)
+        nested = f"{ENV_PREFIX}_{selected}__{key}".upper()
+        name = name or next((n for n in sorted(environ) if n.upper() == nested), None)
+        if name is None:
+            continue
+        yield VariableMisspeltError(
+            name,
+            environ[name],
+            meant,
+            f"sets {key} of the selected profile, {selected!r}",
+            f"{key} of profile {selected!r} as the settings files give it",
+            f"export {meant}={shlex.quote(environ[name])}; unset {name}",
+        )
+
+
 def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
     """Refuse a variable meant to select the profile, before falling back to the default.
 
@@ -801,9 +846,14 @@ def _resolve_profile(
             continue
         sources.setdefault(name, "built-in default")
         # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
-        problem = (None if name == "api_token" else _unseen(value)) or key.check(value)
+        problem = (
+            (None if name == "api_token" else _unseen(value))
+            or key.check(value)
+            or _unexpanded(key, value, files.directory)
+            or _unnameable(key, value, files.directory)
+        )
         if problem is not None:
-            shown = key.show(value) if isinstance(value, str) else value
+            shown = _shortened(key.show(value)) if isinstance(value, str) else value
             problems.append(InvalidSettingError(profile, name, shown, problem, sources[name]))
             continue
         if key.normalise is not None:
@@ -961,8 +1011,114 @@ def _has_password(database_url: str) -> bool:
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved."""
-    raw = Path(value).expanduser()
+    raw = Path(value)
+    with contextlib.suppress(RuntimeError):  # `~user` unknown here: refused by `_unexpanded`
+        raw = raw.expanduser()
     return (raw if raw.is_absolute() else directory / raw).resolve()
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    # Asked of the nearest directory that exists: the limits are the filesystem's.
+    for directory in (path, *path.parents):
+        try:
+            return os.pathconf(directory, name)
+        except (OSError, ValueError):
+            continue
+    return default
+
+
+#: What a shell or a service manager expands and the app never does: ``$NAME``, ``${...}``,
+#: ``$(...)``, and a systemd specifier (``%h``, ``%S``) as a whole name.
+_UNEXPANDED = re.compile(
+    r"\$(?:\{[^}]*\}?|\([^)]*\)?|[A-Za-z_][A-Za-z0-9_]*)|(?:(?<=/)|^)%[A-Za-z](?=/|$)"
+)
+
+
+def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` holds text something else was meant to expand, or None.
+
+    ``APP_DATA_ROOT='${STATE_DIRECTORY}/data'`` in a systemd ``Environment=`` or an env file
+    (neither expands a variable), or ``data_root = "$HOME/data"`` in ``settings.toml``: the
+    app took the text as a relative path, a new, empty root under the settings directory,
+    which ``app serve`` created and served beside the real one (red team 36). The same in
+    ``blob_url`` (``s3://bucket/${PREFIX}``) named a new, empty prefix in the real bucket,
+    which the first server stamps and serves; ``database_url`` is left alone, where a ``$``
+    may be part of a password.
+    """
+    if key.name == "blob_url" and isinstance(value, str):
+        found = _UNEXPANDED.search(value.partition("://")[2])
+        if found is None:
+            return None
+        return (
+            f"holds {found.group()!r}, which a shell or a service manager expands, but "
+            "nothing did: the app takes the URL as written, so it names a prefix of that very "
+            "text, beside the one meant; write the URL out in full where the value is set "
+            f"{_WHERE_EXPANDED}"
+        )
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    home = value.split("/", 1)[0]
+    if home.startswith("~"):
+        try:
+            Path(home).expanduser()
+        except RuntimeError:
+            # pathlib raised it from every command, a bare traceback (red team 36).
+            who = f"user {home[1:]!r}" if home != "~" else "this process (HOME is not set)"
+            return (
+                f"starts with {home!r}, but this system knows no home directory of {who} "
+                "(a user of another machine, or one a container lacks): write the path out "
+                "in full where the value is set"
+            )
+    found = _UNEXPANDED.search(value)
+    if found is None:
+        return None
+    return (
+        f"holds {found.group()!r}, which a shell or a service manager expands, but nothing "
+        "did: the app takes a path as written, so this root would be "
+        f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant; write the "
+        f"path out in full where the value is set {_WHERE_EXPANDED}"
+    )
+
+
+_WHERE_EXPANDED = (
+    "(systemd expands ${VAR} in ExecStart= only, not in Environment= or an EnvironmentFile=, "
+    "and docker's --env-file expands nothing)"
+)
+
+
+def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
+    """Why the system cannot name the directory a path setting's `value` names, or None.
+
+    A name past ``NAME_MAX`` or a path past ``PATH_MAX`` was taken as any other root: `app
+    status` and `app serve` then failed with a bare ``OSError: File name too long``
+    traceback, and `app data check` said the directory does not exist (red team 36).
+    """
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    root = _absolute_root(value, directory)
+    encoded = os.fsencode(root)
+    path_max = _limit(root, "PC_PATH_MAX", 4096)
+    if len(encoded) >= path_max:
+        return (
+            f"is {len(encoded)} bytes long, past the system's limit of {path_max - 1} bytes "
+            "for a path (PATH_MAX): no directory can be made or opened there, so every "
+            "command would fail on it; point it at a path of a few hundred bytes at most"
+        )
+    name_max = _limit(root, "PC_NAME_MAX", 255)
+    for part in root.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            return (
+                f"has a name of {len(os.fsencode(part))} bytes ({part[:24]!r}...), "
+                f"past the filesystem's limit of {name_max} bytes for one name (NAME_MAX): "
+                "no directory can be made or opened there, so every command would fail on "
+                "it; shorten that name"
+            )
+    return None
+
+
+def _shortened(text: str, keep: int = 100) -> str:
+    """`text`, cut to its first `keep` characters in a message (a path of 6 kB, say)."""
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(os.fsencode(text))} bytes)"
 
 
 def overlaps(
@@ -1379,6 +1535,8 @@ def inspect_profiles(
     files = config_files.read_files(env, sandboxed=run is not None)
     selected, source = _select(profile, profile_source, env, files.profiles)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
+    if run is None:  # under a run every root is the sandbox's, whatever a variable says
+        problems.extend(_misspelt_resource_variables(env, selected))
     from_files = config_files.file_values(files, KEYS)
     resolved = {
         name: _resolve_profile(files, name, from_files[name], env if name == selected else None)

@@ -55,7 +55,10 @@ _SETTINGS_DIR_HABITS = frozenset(
 
 
 def _holds_settings(value: str) -> bool:
-    return bool(value.strip()) and (Path(value).expanduser() / SETTINGS_FILE).is_file()
+    try:
+        return bool(value.strip()) and (Path(value).expanduser() / SETTINGS_FILE).is_file()
+    except RuntimeError:  # `~user` of a user this system lacks
+        return False
 
 
 def misspelt(
@@ -108,10 +111,18 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     if raw is not None and not raw.strip():
         raise SettingsDirEmptyError(SETTINGS_DIR_ENV, _PROJECT)
     if raw is not None:
-        where = Path(raw).expanduser()
+        reason = f"from {SETTINGS_DIR_ENV}"
+        try:
+            where = Path(raw).expanduser()
+        except RuntimeError:
+            # pathlib's bare traceback from every command (red team 36).
+            home = raw.split("/", 1)[0]
+            raise SettingsNotFoundError(
+                Path(raw),
+                f"{reason}, whose {home!r} is the home directory of no user this system knows",
+            ) from None
         if not where.is_absolute():
             where = Path.cwd() / where  # an explicit relative path given by the user
-        reason = f"from {SETTINGS_DIR_ENV}"
     else:
         where = _PROJECT
         reason = f"the project directory of the app package; {SETTINGS_DIR_ENV} is not set"

@@ -606,17 +606,32 @@ def _has_data(root: Path) -> bool:
     return False
 
 
-def _refuse_foreign_directory(config: Config, root: Path) -> None:
+def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = False) -> None:
     foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _LAYOUT)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    if not foreign:
+        return
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    what = (
+        f"the directory is not empty and has no profile stamp ({STAMP_FILE}), and it "
+        f"holds files that are not the app's ({shown})"
+    )
+    if reading:
+        # A reader used to take it for an empty root: `app data check` said "clean:
+        # consistent" and `app sessions list` listed nothing, for a mistyped data_root
+        # naming /usr, which after an incident reads as "production is empty" (red team 36).
         raise DataRootStateError(
             root,
-            f"the directory is not empty and has no profile stamp ({STAMP_FILE}), and it "
-            f"holds files that are not the app's ({shown}); refusing to adopt it as a data root",
-            f"point data_root of profile {config.profile!r} at a new or empty directory "
-            "(`app config` shows where it is set)",
+            f"{what}: it is no data root, so there is nothing of the app's to read there",
+            f"if the path is mistyped, correct data_root of profile {config.profile!r} "
+            f"(from {config.sources.get('data_root', 'the settings')}; `app config --all` "
+            "shows every profile's root)",
         )
+    raise DataRootStateError(
+        root,
+        f"{what}; refusing to adopt it as a data root",
+        f"point data_root of profile {config.profile!r} at a new or empty directory "
+        "(`app config` shows where it is set)",
+    )
 
 
 def _check_stamp(
@@ -637,6 +652,8 @@ def _check_stamp(
             )
         return stamp
     if not write:
+        if root.is_dir():
+            _refuse_foreign_directory(config, root, reading=True)
         return None
     _refuse_foreign_directory(config, root)
     legacy = _has_data(root)

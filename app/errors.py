@@ -681,12 +681,37 @@ class ProfileStampMismatchError(ConfigError):
         # The command it names must be one that runs: re-stamping to or from a protected
         # profile (production always is) needs the confirmation option.
         confirm = " --yes-i-mean-it" if self.protected else ""
+        import shlex  # here: only a refusal pays for it
+
         return (
             f"data root {root} belongs to profile {stamped!r} (see {root}/.app-profile.json) "
             f"but profile {requested!r} tried to open it. If that root really should now serve "
             f"{requested!r}, re-stamp it explicitly: "
-            f"app data restamp --profile {requested} --from {stamped}{confirm}"
+            f"app data restamp --profile {requested} --from {shlex.quote(stamped)}{confirm}"
+            f"{stamp_name_note(stamped, requested)}"
         )
+
+
+def stamp_name_note(stamped: str, requested: str) -> str:
+    """What a refusal adds about a stamp whose profile is not a plain name, or ``""``.
+
+    The app stamps only plain names (`plain_name`), so another came from a hand edit or
+    another tool: ``'production '`` or a Cyrillic ``\u043e`` printed as the very profile opening
+    the root, and the restamp command given lost a trailing space in the shell (red team 36).
+    """
+    if plain_name(stamped):
+        return ""
+    import difflib  # here: only a refusal pays for them
+    import unicodedata
+
+    odd = [c for c in dict.fromkeys(stamped) if not plain_name(c)]
+    held = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
+    near = difflib.get_close_matches(folded(stamped), [requested], n=1)
+    like = f", and only looks like {requested!r}" if near else ""
+    return (
+        f". The stamp's {stamped!r} is not a plain profile name: it holds {held}{like}; "
+        "the app stamps only plain names, so it was written by hand or by another tool"
+    )
 
 
 class ConfirmationRequiredError(AppError):

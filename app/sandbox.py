@@ -823,16 +823,73 @@ def _pytest_starting() -> bool:
 
 
 def _plugin_switched_off() -> bool:
-    """Whether this process's pytest is told not to load the app's plugin: ``-p no:app``
-    (or ``no:app.testing.plugin``) on its command line or in ``PYTEST_ADDOPTS``, or
-    autoload off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) without ``-p app``."""
-    words = [*sys.argv, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    """Whether this process's pytest is told not to load the app's plugin (`_switched_off_by`)."""
+    return _switched_off_by() is not None
+
+
+def _p_names(words: list[str]) -> set[str]:
     named = {w.removeprefix("-p").removeprefix("=") for w in words if w.startswith("-p")}
-    named |= {b for a, b in itertools.pairwise(words) if a == "-p"}
-    if named & {"no:app", "no:app.testing.plugin", "no:app.testing"}:
-        return True
-    loaded = named & {"app", "app.testing.plugin"}
-    return bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")) and not loaded
+    return named | {b for a, b in itertools.pairwise(words) if a == "-p"}
+
+
+_SWITCH_OFF: Final = frozenset({"no:app", "no:app.testing.plugin", "no:app.testing"})
+
+
+def _switched_off_by() -> str | None:
+    """Where this process's pytest is told not to load the app's plugin, or None:
+    ``-p no:app`` (or ``no:app.testing.plugin``) on its command line, in ``PYTEST_ADDOPTS``
+    or in the ini file's ``addopts``, or autoload off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``)
+    without ``-p app``."""
+    ini, addopts = _ini_addopts()
+    sources = {
+        "on pytest's command line": sys.argv,
+        "in PYTEST_ADDOPTS": _words(os.environ.get("PYTEST_ADDOPTS", "")),
+        f"in the addopts of {ini}": addopts,
+    }
+    for where, words in sources.items():
+        if _p_names(words) & _SWITCH_OFF:
+            return f"`-p no:app` {where}"
+    loaded = _p_names([w for words in sources.values() for w in words]) & {
+        "app",
+        "app.testing.plugin",
+    }
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not loaded:
+        return "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
+    return None
+
+
+def _words(text: str) -> list[str]:
+    # As pytest splits PYTEST_ADDOPTS (shlex): `-p 'no:app'` is `no:app` to it (red team 36).
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError:  # unbalanced quotes: pytest refuses the run itself
+        return text.split()
+
+
+def _ini_addopts() -> tuple[str, list[str]]:
+    """The ini file and its ``addopts``, read from the pytest `Config` on this thread's stack.
+
+    pytest puts them before the command line's options and imports the ``-p`` plugins they
+    name before the app's: a `-p` plugin's load under ``addopts = -p no:app`` was told that
+    the app's plugin had not made its sandbox yet, and to use the app from a test, where it
+    never would (red team 36).
+    """
+    config_module = sys.modules.get("_pytest.config")
+    if config_module is None:
+        return "", []
+    frame = sys._getframe(1)
+    while frame is not None:
+        # `self` while pytest starts (Config._preparse), `config` once a session runs.
+        candidate = frame.f_locals.get("self") or frame.f_locals.get("config")
+        if isinstance(candidate, config_module.Config):
+            try:
+                return str(candidate.inipath), [str(w) for w in candidate.getini("addopts")]
+            except (ValueError, KeyError, TypeError):
+                return "", []
+        frame = frame.f_back  # type: ignore[assignment]
+    return "", []
 
 
 def _runs_pytest() -> bool:
@@ -1007,8 +1064,11 @@ def why_no_plugin() -> str:
         )
     if _PLUGIN_INACTIVE:
         return f"it is loaded in this process but stayed inactive: {_PLUGIN_INACTIVE[-1]}"
-    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+    by = _switched_off_by()
+    if by == "PYTEST_DISABLE_PLUGIN_AUTOLOAD" or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
+    if by is not None and "command line" not in by:
+        return f"the plugin was disabled by {by}: remove it there"
     from app.config_files import SETTINGS_DIR_ENV
 
     # The plugin also stays inactive, and says so in pytest's header, when the run's rootdir
@@ -1176,14 +1236,7 @@ def _publish(
     started = _stat_fields(pid) if pid is not None else None
     if pid is None or started is None:
         return  # no /proc: children fall back to the environment
-    data: dict[str, Any] = {"pid": pid, "argv": list(sys.argv)}
-    if run is None:
-        data["starting"] = True
-    else:
-        data["sandbox"] = str(run.sandbox)
-        data["protected"] = [item.to_dict() for item in run.protected]
-        data["scratch"] = run.scratch
-    data["pid_namespace"] = _pid_namespace()
+    data = _entry_dict(run, pid)
     if outlived is not None:
         data["outlived"] = _proc_self()
     if ended_at is not None:
@@ -1215,6 +1268,19 @@ def _publish(
         raise
     finally:
         os.close(parent)
+
+
+def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
+    """What `_publish` writes for `run` as `pid`'s entry (None: a run still starting)."""
+    data: dict[str, Any] = {"pid": pid, "argv": list(sys.argv)}
+    if run is None:
+        data["starting"] = True
+    else:
+        data["sandbox"] = str(run.sandbox)
+        data["protected"] = [item.to_dict() for item in run.protected]
+        data["scratch"] = run.scratch
+    data["pid_namespace"] = _pid_namespace()
+    return data
 
 
 #: A registry entry's temporary file: new, and never through a link planted at its name.
@@ -1438,7 +1504,7 @@ def restore_entry(run: Run) -> str | None:
             entry = RUNS_DIR / _entry_name(pid, started[1])
             state = _entry_state(entry)
             written, text = _WRITTEN.get(entry, (None, b""))
-            if state is not None and (state == written or not _rewritten(entry, text)):
+            if state is not None and (state == written or not _rewritten(entry, text, run, pid)):
                 return None
             if state is None:
                 problem = f"this run's entry in {RUNS_DIR} was removed"
@@ -1482,14 +1548,29 @@ def _remove_planted_registry(found: os.stat_result) -> str:
     return f"the registry {RUNS_DIR} was replaced by {said} (the name removed, never its target)"
 
 
-def _rewritten(entry: Path, text: bytes) -> bool:
-    # Touched or copied back as it was is not rewritten: only what children would read.
-    if not text:
-        return False  # not written by this copy of the module (a reload): nothing to compare
+def _rewritten(entry: Path, text: bytes, run: Run, pid: int) -> bool:
+    """Whether `entry` now says something else to the run's children than `run` does.
+
+    Touched, or copied back as it was, is not rewritten. Without the bytes this copy of the
+    module wrote (`importlib.reload(app.sandbox)` empties `_WRITTEN`), the entry is compared
+    with what `run` would write: a reload used to end this check for the rest of the run,
+    and a later test's rewrite (a sandbox of the settings directory, no protected roots)
+    stayed, unreported, for every process the run started after it (red team 36).
+    """
     try:
-        return entry.read_bytes() != text
+        found = entry.read_bytes()
     except OSError:
         return True
+    if text:
+        return found != text
+    try:
+        data = json.loads(found)
+    except ValueError:
+        return True
+    expected = json.loads(json.dumps(_entry_dict(run, pid)))
+    # The command line is the process's own to change (a test that sets sys.argv): it only
+    # tells a pytest that exec'd another program from one that did not (`_read_entry`).
+    return not isinstance(data, dict) or {**data, "argv": None} != {**expected, "argv": None}
 
 
 def unregister(run: Run) -> None:

@@ -18,6 +18,7 @@ from app.errors import (
     AppError,
     ConfigError,
     StorageError,
+    stamp_name_note,
 )
 
 _CONFIRM = " --yes-i-mean-it"
@@ -81,12 +82,15 @@ class RemoteStampMismatchError(ConfigError):
 
     @property
     def message(self) -> str:
+        import shlex  # here: only a refusal pays for it
+
         confirm = _CONFIRM if self.protected else ""
         return (
             f"{self.what} belongs to profile {self.stamped!r} (see {self.where}) but profile "
             f"{self.requested!r} tried to open it. If it really should now serve "
             f"{self.requested!r}, re-stamp it explicitly: app data restamp --profile "
-            f"{self.requested} --from {self.stamped}{confirm}"
+            f"{self.requested} --from {shlex.quote(self.stamped)}{confirm}"
+            f"{stamp_name_note(self.stamped, self.requested)}"
         )
 
 

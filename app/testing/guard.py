@@ -83,9 +83,20 @@ class GuardState:
     worker: bool = False
 
 
-STATE = pytest.StashKey[GuardState]()
+def _stash_key(name: str) -> Any:
+    # Kept on sys, like the process's mark: `importlib.reload` of this module made new keys,
+    # every hook then found no state in config.stash and checked nothing, silently, and a
+    # registry entry a later test rewrote stayed for the rest of the run (red team 36).
+    keys: dict[str, Any] = sys.__dict__.setdefault("_app_pytest_stash_keys", {})
+    return keys.setdefault(name, pytest.StashKey())
+
+
+STATE: pytest.StashKey[GuardState] = _stash_key("state")
 #: Why the plugin does nothing in this run (the settings found are not this run's).
-INACTIVE = pytest.StashKey[str]()
+INACTIVE: pytest.StashKey[str] = _stash_key("inactive")
+#: On a test item: the run its app_profile marks made current, and the opt-in variable's
+#: value before them, until its teardown puts both back.
+MARKED: pytest.StashKey[tuple[sandboxing.Run | None, str | None]] = _stash_key("marked")
 
 
 def applies(config: pytest.Config) -> str | None:
@@ -596,11 +607,31 @@ def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
     )
 
 
+#: pytest's own ini values the plugin reads, with pytest's defaults.
+_PYTEST_INI_DEFAULTS: dict[str, Any] = {
+    "tmp_path_retention_count": 3,
+    "tmp_path_retention_policy": "all",
+    "log_file": "",
+}
+
+
+def pytest_ini(config: pytest.Config, name: str) -> Any:
+    """An ini value of one of pytest's own plugins, or pytest's default where that plugin is
+    blocked: ``-p no:tmpdir`` or ``-p no:logging`` removes the plugin that declares it, and
+    `getini` then raises, which stopped the run with a bare traceback from the app's plugin
+    (red team 36). pytest itself then neither deletes old temporary directories at the end
+    of the session nor writes a log file, so its defaults are what the run does."""
+    try:
+        return config.getini(name)
+    except ValueError:
+        return _PYTEST_INI_DEFAULTS[name]
+
+
 def _retention_keep(config: pytest.Config) -> int:
     # As pytest reads it (`TempPathFactory.getbasetemp`): policy "none" keeps no directory.
-    if config.getini("tmp_path_retention_policy") == "none":
+    if pytest_ini(config, "tmp_path_retention_policy") == "none":
         return 0
-    return int(config.getini("tmp_path_retention_count"))
+    return int(pytest_ini(config, "tmp_path_retention_count"))
 
 
 def _keep_held_directories(
@@ -726,8 +757,8 @@ def make_sandbox(
         _check_default_basetemp(config, roots)
     factory = pytest.TempPathFactory(
         given_basetemp=Path(given) if given else None,
-        retention_count=int(config.getini("tmp_path_retention_count")),
-        retention_policy=config.getini("tmp_path_retention_policy"),
+        retention_count=int(pytest_ini(config, "tmp_path_retention_count")),
+        retention_policy=pytest_ini(config, "tmp_path_retention_policy"),
         trace=config.trace.get("tmpdir"),
         _ispytest=True,
     )

@@ -31,7 +31,7 @@ from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, a
     app_live_server,
     app_store,
 )
-from app.testing.guard import INACTIVE, STATE, GuardState
+from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 
 # As pytest imports the plugin, before any later plugin's import: a child such an import
 # (PYTEST_PLUGINS) started with a hand-built environment found no run (red team 28). Our
@@ -337,18 +337,154 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Never collect in a data root: a root the run protects, or a directory stamped as one.
+
+    pytest walks the rootdir, and the settings' relative roots (``data/production``) lie in
+    the project: a file uploaded as ``test_notes.py`` has its record at
+    ``records/test_notes.py`` there, which pytest imported, writing ``__pycache__/`` into a
+    production session (red team 36). Whatever the run is told, a root holds no tests.
+    """
+    from app.dataroot import STAMP_FILE  # loaded by the run's own root already
+
+    if os.path.lexists(collection_path / STAMP_FILE):
+        return True
+    state = config.stash.get(STATE, None)
+    if state is None or state.run is None or not state.run.protected:
+        return None
+    found = sandboxing.identity(collection_path)
+    for root in state.run.protected:
+        if collection_path == root.path or (found is not None and found in root.identities):
+            return True
+    return None
+
+
+#: The per-test guard's fixture, as `_refuse_replaced_guard` finds it.
+_GUARD_FIXTURE = "_app_sandbox_guard"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    state = item.config.stash.get(STATE, None)
+    if state is not None:
+        _refuse_replaced_guard(item)
+        _refuse_misread_marks(item)
+        _apply_marks(item, state)
+
+
+def _apply_marks(item: pytest.Item, state: GuardState) -> None:
+    """Apply the test's ``app_profile`` marks before any of its fixtures is set up.
+
+    In this process, and for the children the test starts; either only maps those profiles'
+    roots into the sandbox. Applied by the guard's function-scoped fixture, they came after
+    the test's wider-scoped fixtures: a module-scoped fixture of a marked test that loaded
+    the profile was refused, and told to mark the test, which was marked (red team 36).
+    """
+    names = [name for mark in item.iter_markers("app_profile") for name in mark.args]
+    if not names or state.run is None:
+        return
+    previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
+    os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
+    marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
+    sandboxing.swap(state.run, marked)
+    item.stash[MARKED] = (marked, previous)
+
+
+def _undo_marks(item: pytest.Item, state: GuardState) -> None:
+    found = item.stash.get(MARKED, None)
+    if found is None:
+        return
+    del item.stash[MARKED]
+    marked, previous = found
+    if state.run is not None and marked is not None:
+        sandboxing.swap(marked, state.run)
+    if previous is None:
+        os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
+    else:
+        os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
+
+
+def _refuse_replaced_guard(item: pytest.Item) -> None:
+    # A fixture of the guard's name in a conftest or a test module, or a parametrize of that
+    # name, replaced it: pytest lets the closer one win, silently, and the checks after each
+    # test were gone with it (red team 36; `_after_the_test`).
+    info = getattr(item, "_fixtureinfo", None)  # private: see pyproject.toml
+    defs = info.name2fixturedefs.get(_GUARD_FIXTURE) if info is not None else None
+    if not defs:
+        return  # not a test with fixtures (a doctest, a plugin's own item)
+    func = defs[-1].func
+    if getattr(func, "__module__", "") == __name__ and func.__name__ == _GUARD_FIXTURE:
+        return
+    if func.__name__ == "get_direct_param_fixture_func":
+        who = f"a parametrize of the argument {_GUARD_FIXTURE!r}"
+    else:
+        code = getattr(func, "__code__", None)
+        where = code.co_filename if code is not None else func.__module__
+        who = f"a fixture of that name in {where}"
+    pytest.fail(
+        f"app: {item.nodeid}: the app's per-test guard, the fixture {_GUARD_FIXTURE!r}, is "
+        f"replaced here by {who}, so what the test changes of the run's marks would be "
+        "checked and put back by the plugin's hooks alone, which a test can unregister. "
+        "Rename that fixture or argument: names starting with _app_ are the app's plugin's",
+        pytrace=False,
+    )
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    """Before the test's fixtures are torn down: tmp_path's teardown deletes the directory of
-    a test that passed under tmp_path_retention_policy failed, through a mount in it."""
+    """Around the test's teardown: before it, tmp_path's teardown deletes the directory of a
+    test that passed under tmp_path_retention_policy failed, through a mount in it; after
+    it, what the test changed of the run's marks is put back (`_after_the_test`)."""
     state = item.config.stash.get(STATE, None)
-    kept = None
-    if state is not None:
-        kept = guard.keep_sandbox_with_mounts(state, f"after {item.nodeid}")
-    result = yield
-    if kept is not None:
-        pytest.fail(kept, pytrace=False)
+    if state is None:
+        return (yield)
+    kept = guard.keep_sandbox_with_mounts(state, f"after {item.nodeid}")
+    try:
+        result = yield
+    except BaseException:
+        _undo_marks(item, state)
+        _after_the_test(item, state)  # put back, even when a teardown failed
+        raise
+    _undo_marks(item, state)
+    failures = [kept] if kept is not None else []
+    failures += _after_the_test(item, state)
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
     return result
+
+
+def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
+    """Put back what a test changed of the run's marks, and say what it was.
+
+    Called twice, by the guard's fixture as it is torn down and by the plugin's teardown
+    hook after it, and the second finds nothing left to do: each can be taken away where the
+    other stays. A fixture of the guard's name in a conftest replaced the fixture, and
+    ``config.pluginmanager.unregister(name="app")`` removes the hooks (fixtures, once
+    collected, stay). Without the checks a later test's rewrite of the run's registry entry
+    stayed for the rest of the run, and a child purged a stopped production root (red team
+    36).
+    """
+    failures = []
+    if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
+        os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
+        failures.append(
+            f"app: {item.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
+            "Tests must not leave the sandbox"
+        )
+    # A test that cleans up /tmp/app-* took the run's later children out of it.
+    if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
+        meanwhile = (
+            "followed the changed entry, not the run's rules"
+            if "was changed" in lost
+            else "was not part of the run"
+        )
+        failures.append(
+            f"app: after {item.nodeid}, {lost}. Until then, a process started "
+            f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
+            f"must not remove or change {sandboxing.RUNS_DIR}"
+        )
+    return failures
 
 
 def _say(config: pytest.Config, message: str, title: str | None = None) -> None:
@@ -487,48 +623,12 @@ def _refuse_unknown_profiles(node: pytest.Item, names: Iterable[str]) -> None:
 
 @pytest.fixture(autouse=True)
 def _app_sandbox_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Apply ``app_profile`` marks and make sure no test removes the sandbox marker."""
+    """Check, as the test's fixtures are torn down, what it changed of the run's marks.
+
+    The teardown hook checks again after it (`_after_the_test`); its marks are applied and
+    put back by the hooks around its set-up and teardown (`_apply_marks`).
+    """
+    yield
     state = request.config.stash.get(STATE, None)
-    if state is None:
-        yield
-        return
-    _refuse_misread_marks(request.node)
-    names = [name for mark in request.node.iter_markers("app_profile") for name in mark.args]
-    previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
-    marked = state.run
-    if names and state.run is not None:
-        # In this process, and for the children the test starts; either only maps those
-        # profiles' roots into the sandbox.
-        os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
-        marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
-        sandboxing.swap(state.run, marked)
-    try:
-        yield
-    finally:
-        if state.run is not None and marked is not None:
-            sandboxing.swap(marked, state.run)
-        if previous is None:
-            os.environ.pop(appconfig.ALLOW_PROFILES_ENV, None)
-        else:
-            os.environ[appconfig.ALLOW_PROFILES_ENV] = previous
-        failures = []
-        if os.environ.get(appconfig.SANDBOX_ENV) != str(state.sandbox):
-            os.environ[appconfig.SANDBOX_ENV] = str(state.sandbox)
-            failures.append(
-                f"app: {request.node.nodeid} changed {appconfig.SANDBOX_ENV}; it was put back. "
-                "Tests must not leave the sandbox"
-            )
-        # A test that cleans up /tmp/app-* took the run's later children out of it.
-        if state.run is not None and (lost := sandboxing.restore_entry(state.run)):
-            meanwhile = (
-                "followed the changed entry, not the run's rules"
-                if "was changed" in lost
-                else "was not part of the run"
-            )
-            failures.append(
-                f"app: after {request.node.nodeid}, {lost}. Until then, a process started "
-                f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
-                f"must not remove or change {sandboxing.RUNS_DIR}"
-            )
-        if failures:
-            pytest.fail("\n".join(failures), pytrace=False)
+    if state is not None and (failures := _after_the_test(request.node, state)):
+        pytest.fail("\n".join(failures), pytrace=False)

@@ -33,6 +33,7 @@ import pytest
 
 from app.lock import describe_holder
 from app.sandbox import process_link
+from app.testing.guard import pytest_ini
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
 _READ_ONLY_OPTIONS = frozenset(
@@ -384,7 +385,7 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
 
     add(getattr(options, "xmlpath", None), "pytest's --junitxml rewrites {path} as the run ends")
     add(getattr(options, "debug", None), "pytest's --debug rewrites {path} as the run starts")
-    log_file = getattr(options, "log_file", None) or config.getini("log_file")
+    log_file = getattr(options, "log_file", None) or pytest_ini(config, "log_file")
     add(log_file, "pytest's log_file (--log-file) rewrites {path} as the run starts")
     if not config.pluginmanager.is_blocked("cacheprovider"):
         for text, does, deletes in _cache_targets(config, options):
