@@ -353,7 +353,12 @@ def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
         launch.process.kill()
         launch.process.wait()
         for link in launch.links:
-            link.unlink()
+            try:
+                link.unlink()
+            except FileNotFoundError:
+                # `<root>/../hop` once its root is gone (its fixture ended first, as under
+                # -k): the same link, spelled without the directory that is gone.
+                Path(os.path.normpath(link)).unlink(missing_ok=True)
 
 
 def next_case(request: pytest.FixtureRequest) -> tuple[str, Case] | None:
