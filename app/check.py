@@ -19,12 +19,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import fsync_dir, read_regular, tmp_in_flight
+from app.dataroot import NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
+from app.lock import special_kind
 from app.names import check_file_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -38,6 +40,7 @@ from app.store.records import (
     TRASHED_SESSION,
     FileRecord,
     load_record,
+    open_regular,
     read_meta,
     record_blob,
 )
@@ -482,6 +485,21 @@ class Checker:
                 referenced.add(record["blob"])
                 self._verify(path, blob, path.name, record)
                 continue
+            if (kind := _special(blob)) is not None:
+                # A FIFO at a blob's name hung this check for good, and a server's start-up
+                # with it (red team 36); it holds no bytes, and is not the app's to move.
+                referenced.add(record["blob"])
+                self.unrepaired(
+                    "file-damaged",
+                    path,
+                    f"the bytes of file {path.name!r} are not there: their name holds {kind}, "
+                    "not a regular file (changed from outside the app); a download of it is "
+                    "refused",
+                    "nothing: left for a human (move it away and put the bytes back from a "
+                    "backup, whose `sha256sum` is the one acknowledged, or upload the file "
+                    "again)",
+                )
+                continue
             dangling.append((path, record))
         orphans = [
             path
@@ -495,7 +513,7 @@ class Checker:
         # every unnamed blob next to a torn record, and one whose hash a record names.
         named = [p for p in orphans if ID_RE.fullmatch(p.name)]
         wanted = {str(r.get("sha256")) for _, r in dangling}
-        found = {p: _sha256(p) for p in named} if wanted else {}
+        found = {p: _sha256_or_none(p) for p in named} if wanted else {}
         held = [p for p in named if unreadable or found.get(p) in wanted]
         hashes = set(found.values()) & wanted
         damaged = [*unreadable, *(p.name for p, r in dangling if r.get("sha256") in hashes)]
@@ -529,8 +547,8 @@ class Checker:
         for path in orphans:
             if path in held:
                 continue
-            if not ID_RE.fullmatch(path.name):
-                self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
+            if (what := _not_a_blob(path)) is not None:
+                self.unrepaired("unknown-entry", path, what, "nothing: left for a human")
                 continue
             name = f"orphan-{path.name}"
             if self.found(
@@ -559,6 +577,8 @@ def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) ->
     """
     size, sha256 = acknowledged.get("size"), acknowledged.get("sha256")
     try:
+        if (kind := _special(path)) is not None:
+            return f"are not there: their name holds {kind}, not a regular file"
         on_disk = path.stat().st_size
         if isinstance(size, int) and on_disk != size:
             return f"are {on_disk} bytes long, where {size} were acknowledged"
@@ -577,8 +597,40 @@ def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) ->
 
 
 def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
+    # Without blocking, and only a regular file: opened as it was, a FIFO put at a blob's
+    # name waited for a writer for good (red team 36).
+    with open(path, "rb", opener=open_regular) as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    """`_sha256`, or ``None`` for bytes that cannot be read (a bad sector, not a file)."""
+    try:
+        return _sha256(path)
+    except PermissionError:
+        raise  # this process's, not the bytes': `permission-denied` (`Checker.item`)
+    except OSError:
+        return None
+
+
+def _not_a_blob(path: Path) -> str | None:
+    """Why the entry at ``path`` in a session's ``blobs/`` is no blob, if it is not."""
+    if not ID_RE.fullmatch(path.name):
+        return "not a blob"
+    if (kind := _special(path)) is not None:
+        return f"not a blob: {kind}, not a regular file (put there from outside the app)"
+    return None
+
+
+def _special(path: Path) -> str | None:
+    """What is at ``path`` if it is neither a regular file, nor a symlink, nor missing."""
+    try:
+        return special_kind(path.lstat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _listing(directory: Path) -> list[Path]:

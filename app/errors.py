@@ -1278,6 +1278,46 @@ class PermissionDeniedStorageError(StorageError):
     doing: str
 
 
+class NotRegularFileStorageError(StorageError):
+    """One of the app's own files in the data root is something else at its name (a FIFO,
+    a directory): put there from outside the app while it runs (red team 36)."""
+
+    code = "storage_not_regular_file"
+    http_status = 503
+    # No path: the message reaches HTTP clients; the file's own name is the app's layout.
+    template = (
+        "cannot {doing}: the data root's {file} is {kind}, not a regular file (put there "
+        "from outside the app), and the change needs it; nothing was changed. An operator "
+        "moves it away (for audit.jsonl the app starts a new one at the next change: keep "
+        "the old one's lines, they are the record of what was deleted), then retries"
+    )
+
+    doing: str
+    file: str
+    kind: str
+
+
+class SpecialFileFound(OSError):
+    """One of the app's own files is a FIFO, a directory, a socket or a device at its name.
+
+    The base of :class:`app.dataroot.NotRegularFileError`, here so that
+    :func:`storage_error` can say what it means: raised from a live server's change (an
+    audit log made a FIFO under it), it was a bare 500.
+
+    Attributes:
+        path: the file's path.
+        kind: what is there ("a FIFO", "a directory").
+    """
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path = Path(path)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SpecialFileFound, (self.path, self.kind))
+
+
 class StorageIOError(StorageError):
     """The data root's disk failed a write or a read (EIO), or ext4 found itself damaged."""
 
@@ -1439,7 +1479,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
     Returns:
         A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
-        a `PermissionDeniedStorageError`, a `StorageIOError` or a
+        a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
+        `PermissionDeniedStorageError`, a `StorageIOError` or a
         `StorageInterruptedError`, else ``None``.
     """
     if not isinstance(error, OSError):
@@ -1453,6 +1494,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else f"an fsync on the data root's filesystem failed ({reason})"
         )
         return StorageSyncFailedError(doing, cause)
+    if isinstance(error, SpecialFileFound):
+        return NotRegularFileStorageError(doing, error.path.name, error.kind)
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)

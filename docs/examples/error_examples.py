@@ -178,6 +178,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.NotRegularFileStorageError(
+        "DELETE /sessions/3f2a9c/files/report.pdf", "audit.jsonl", "a FIFO"
+    ),
     errors.StorageIOError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.StorageSyncFailedError(
         "PUT /sessions/3f2a9c/files/report.pdf",

@@ -1,0 +1,302 @@
+"""Red team 36 on integrity: the app's own files made something else under it (a FIFO, a
+directory), multipart uploads cut at every point, pipelined writes, and a file size limit
+met by a session's record.
+
+A FIFO waits, when it is opened to be read, until something opens it to write: the check
+that reads every byte (red team 35) opened a FIFO put at a blob's name that way, and waited
+for good, and so did a server's start-up wherever a session had a blob more than records.
+The tests here never hang on such a FIFO: a thread opens each one to write without waiting
+(which succeeds only once a reader waits on it), closes it at once, so that a reader gets
+end-of-file, and records that the app waited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redteam_s19_http import one_server
+
+from app.store import Store
+from app.testing import LiveServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+def _blob(root: Path, session_id: str, name: str) -> Path:
+    directory = root / "sessions" / session_id
+    record = json.loads((directory / "records" / name).read_text())
+    return directory / "blobs" / record["blob"]
+
+
+def _fifo_at(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path, 0o600)
+
+
+@contextlib.contextmanager
+def _waits_released(*fifos: Path) -> Iterator[list[Path]]:
+    """Releases any reader that waits on one of ``fifos``; yields those it had to release."""
+    released: list[Path] = []
+    done = threading.Event()
+
+    def release() -> None:
+        while not done.is_set():
+            for fifo in fifos:
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    continue  # ENXIO: no reader waits on it (or it is gone)
+                os.close(fd)
+                released.append(fifo)
+            done.wait(0.01)
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield released
+    finally:
+        done.set()
+        thread.join()
+
+
+# --- a FIFO at a blob's name ------------------------------------------------------------------
+
+
+def test_a_fifo_at_a_blobs_name_is_reported_and_no_check_waits_on_it(app_store: Store) -> None:
+    # `app data check` waited for good on such a FIFO (it hashes every blob), and so did a
+    # server's start-up (its check reads a session's blobs when there is one more than
+    # records). Now the file is `file-damaged`, left for a human as damaged bytes are, and a
+    # FIFO no record names is an `unknown-entry`; nothing is opened to be read.
+    store = app_store
+    root = store.root.path
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "f.txt", b"hello")
+    store.put_file(session_id, "e.txt", b"")
+    store.put_file(session_id, "e.txt", b"newer", replace=True)  # b"" in the trash
+    store.put_file(session_id, "gone.txt", b"gone")
+    fifo = _blob(root, session_id, "f.txt")
+    _fifo_at(fifo)
+    (entry,) = store.list_trash()
+    _fifo_at(entry.path / "e.txt")  # 0 bytes acknowledged: the size alone matched
+    # A record whose bytes are gone next to a FIFO no record names: their hashes compared.
+    _blob(root, session_id, "gone.txt").unlink()
+    stray = fifo.with_name("01" + "0" * 30)
+    os.mkfifo(stray, 0o600)
+    with _waits_released(fifo, entry.path / "e.txt", stray) as released:
+        for repair in (False, True):
+            findings = {f.target: f for f in store.check(repair=repair).findings}
+            damaged = findings[f"sessions/{session_id}/records/f.txt"]
+            assert damaged.problem == "file-damaged" and not damaged.repaired
+            assert damaged.detail.startswith(
+                "the bytes of file 'f.txt' are not there: their name holds a FIFO, not a "
+                "regular file (changed from outside the app); a download of it is refused"
+            )
+            assert damaged.repair.startswith("nothing: left for a human (move it away")
+            version = findings[f".trash/{entry.name}"]
+            assert version.problem == "file-damaged"
+            assert "the bytes of file 'e.txt' are not there: their name holds a FIFO" in (
+                version.detail
+            )
+            unknown = findings[f"sessions/{session_id}/blobs/{stray.name}"]
+            assert unknown.problem == "unknown-entry"
+            assert unknown.detail == (
+                "not a blob: a FIFO, not a regular file (put there from outside the app)"
+            )
+        # The start-up's check (not thorough, and it repairs): one blob more than records.
+        store.check(repair=True, thorough=False)
+    assert released == [], "a check waited on a FIFO for something to write into it"
+    assert fifo.exists() and stray.exists() and (entry.path / "e.txt").exists()
+    assert sorted(f["name"] for f in store.get_session(session_id)["files"]) == ["e.txt", "f.txt"]
+
+
+def test_a_download_of_a_file_whose_blob_is_a_fifo_says_it_is_damaged(server: LiveServer) -> None:
+    # It was a 404 "has no file 'f.txt'", while the session's listing had it.
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+        url = f"/sessions/{session_id}/files/f.txt"
+        assert http.put(url, content=b"hello").status_code == 201
+        _fifo_at(_blob(server.data_root, session_id, "f.txt"))
+        for method in ("GET", "HEAD"):
+            answer = http.request(method, url)
+            assert answer.status_code == 500, (method, answer.text)
+        answer = http.get(url)
+        assert answer.json()["code"] == "file_damaged"
+        assert answer.json()["message"].startswith(
+            f"cannot send file 'f.txt' of session {session_id}: its bytes are not there (their "
+            "name holds a FIFO, not a regular file), so they are not the file that was "
+            "acknowledged"
+        )
+        assert "nothing of it was sent" in answer.json()["message"]
+        listed = http.get(f"/sessions/{session_id}/files").json()["items"]
+        assert [f["name"] for f in listed] == ["f.txt"]
+        # A new upload replaces it, as it does damaged bytes.
+        assert http.put(url, content=b"again").status_code == 200
+        assert http.get(url).content == b"again"
+
+
+# --- the audit log made a FIFO or a directory under a live server -----------------------------
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory"])
+def test_a_change_whose_audit_log_is_not_a_file_is_refused_saying_which_and_why(
+    server: LiveServer, kind: str
+) -> None:
+    # A root whose audit.jsonl is not a regular file is refused when it is opened (red team
+    # 18); made so under a live server (a log shipper's FIFO, a slip), every change that
+    # removes data was a bare 500 "internal server error".
+    log = server.data_root / "audit.jsonl"
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+        other = http.post("/sessions", json={}).json()["id"]
+        files = f"/sessions/{session_id}/files"
+        for name in ("a", "b"):
+            assert http.put(f"{files}/{name}", content=name.encode()).status_code == 201
+        kept = log.with_name("audit.kept")
+        log.rename(kept)
+        try:
+            if kind == "a FIFO":
+                os.mkfifo(log, 0o600)
+            else:
+                log.mkdir()
+            for method, url, body in [
+                ("DELETE", f"{files}/a", None),
+                ("PUT", f"{files}/b", b"new"),
+                ("DELETE", f"/sessions/{other}", None),
+                ("POST", "/trash/empty", None),
+            ]:
+                answer = http.request(method, url, content=body)
+                assert answer.status_code == 503, (method, url, answer.text)
+                problem = answer.json()
+                assert problem["code"] == "storage_not_regular_file"
+                assert problem["message"] == (
+                    f"cannot {method} {url}: the data root's audit.jsonl is {kind}, not a "
+                    "regular file (put there from outside the app), and the change needs "
+                    "it; nothing was changed. An operator moves it away (for audit.jsonl the "
+                    "app starts a new one at the next change: keep the old one's lines, they "
+                    "are the record of what was deleted), then retries"
+                )
+        finally:
+            if log.is_dir():
+                log.rmdir()
+            else:
+                log.unlink()
+            kept.rename(log)
+        # Nothing was changed, and once it is a file again the changes are made.
+        assert [(f["name"], f["size"]) for f in http.get(files).json()["items"]] == [
+            ("a", 1),
+            ("b", 1),
+        ]
+        assert http.get(f"/sessions/{other}").status_code == 200
+        assert http.delete(f"{files}/a").status_code == 200
+        assert http.put(f"{files}/b", content=b"new").status_code == 200
+    assert f'"target": "{session_id}/a"' in log.read_text()
+
+
+# --- multipart uploads cut short, pipelined writes --------------------------------------------
+
+
+def _raw(server: LiveServer, data: bytes, *, read: bool = True) -> bytes:
+    """Send ``data`` on one connection and read what comes back until the server closes it
+    (the last request says ``Connection: close``); or, not ``read``, close it at once."""
+    with socket.create_connection(("127.0.0.1", _port(server))) as s:
+        s.sendall(data)
+        got = b""
+        while read and (chunk := s.recv(65536)):
+            got += chunk
+    return got
+
+
+def _port(server: LiveServer) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+def _multipart(server: LiveServer, session_id: str, body: bytes, length: int) -> bytes:
+    return (
+        f"POST /sessions/{session_id}/files HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {server.token}\r\n"
+        "Content-Type: multipart/form-data; boundary=B\r\nConnection: close\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode() + body
+
+
+def test_a_multipart_upload_cut_anywhere_stores_nothing(server: LiveServer) -> None:
+    # Held: a client that stops (FIN) after the headers, inside the part's headers, inside
+    # its bytes, or just before the closing boundary; and bodies that end, by their length,
+    # without a closing boundary. Nothing is stored and nothing is left in .tmp/.
+    data = os.urandom(150_000)
+    head = b'--B\r\nContent-Disposition: form-data; name="file"; filename="m.bin"\r\n\r\n'
+    body = head + data + b"\r\n--B--\r\n"
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+        for cut in (0, 10, len(head), len(head) + 75_000, len(body) - 3, len(body) - 1):
+            _raw(server, _multipart(server, session_id, body[:cut], len(body)), read=False)
+        for ending in (b"", b"\r\n--B", b"\r\n--B\r\n"):
+            short = head + data + ending
+            answer = _raw(server, _multipart(server, session_id, short, len(short)))
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+            assert b"the multipart body ended before its closing boundary" in answer
+        assert http.get(f"/sessions/{session_id}/files").json()["items"] == []
+        assert list((server.data_root / ".tmp").iterdir()) == []
+        # The whole body: stored, byte for byte.
+        _raw(server, _multipart(server, session_id, body, len(body)))
+        got = http.get(f"/sessions/{session_id}/files/m.bin")
+        assert got.content == data
+        assert got.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+
+
+def test_pipelined_writes_of_one_file_are_answered_in_order(server: LiveServer) -> None:
+    # Held: ten requests sent in one write on one connection, each seeing the one before.
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+    token = server.token
+    path = f"/sessions/{session_id}/files/p.txt"
+
+    def request(method: str, body: bytes | None = None, extra: str = "") -> bytes:
+        length = "" if body is None else f"Content-Length: {len(body)}\r\n"
+        start = f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        return f"{start}{extra}{length}\r\n".encode() + (body or b"")
+
+    sent = [
+        request("PUT", b"one"),
+        request("GET"),
+        request("PUT", b"two-two"),
+        request("HEAD"),
+        request("GET", extra="Range: bytes=0-2\r\n"),
+        request("DELETE"),
+        request("GET"),
+        request("PUT", b"three", "If-None-Match: *\r\n"),
+        request("PUT", b"four", "If-None-Match: *\r\n"),
+        request("GET", extra="Connection: close\r\n"),
+    ]
+    answers = _raw(server, b"".join(sent)).split(b"HTTP/1.1 ")[1:]
+    statuses = [a.split(b"\r\n", 1)[0].decode() for a in answers]
+    assert statuses == [
+        "201 Created",
+        "200 OK",
+        "200 OK",
+        "200 OK",
+        "206 Partial Content",
+        "200 OK",
+        "404 Not Found",
+        "201 Created",
+        "412 Precondition Failed",
+        "200 OK",
+    ]
+    bodies = [a.split(b"\r\n\r\n", 1)[1] for a in answers]
+    assert bodies[1] == b"one"
+    assert bodies[3] == b""
+    assert bodies[4] == b"two"
+    assert bodies[9] == b"three"
