@@ -1108,6 +1108,16 @@ class PreconditionFailedError(StoreError):
                 "To create it, send the PUT without If-Match (with If-None-Match: * to create "
                 "it only)"
             )
+        if not self.wanted.strip(" \t,"):
+            # It said "which another request wrote since": an empty value (a client's
+            # variable left unset) names no version at all, and so never matches (red team 36).
+            return (
+                f"{what}: its If-Match is empty, a list of no entity tags, which names no "
+                f"version and so never matches (the current one is ETag {self.current}); "
+                "nothing was changed. Send the ETag that GET or HEAD gave, with its quotes, "
+                f"as If-Match: {self.current}, or send no If-Match to write whatever the "
+                "current version is"
+            )
         weak = (
             " (a weak tag, W/, never matches: If-Match compares strongly, RFC 9110 13.1.1)"
             if "W/" in self.wanted

@@ -300,3 +300,35 @@ def test_pipelined_writes_of_one_file_are_answered_in_order(server: LiveServer) 
     assert bodies[3] == b""
     assert bodies[4] == b"two"
     assert bodies[9] == b"three"
+
+
+# --- If-Match corner cases ----------------------------------------------------------------------
+
+
+def test_an_empty_if_match_never_matches_and_says_so(server: LiveServer) -> None:
+    # `curl -H "If-Match: $ETAG"` with the variable unset sends it empty: a list of no tags,
+    # which never matches (412, nothing changed, as RFC 9110 reads it). The message said the
+    # empty value did not name the current version "which another request wrote since".
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+        url = f"/sessions/{session_id}/files/f.txt"
+        assert http.put(url, content=b"one").status_code == 201
+        etag = f'"{hashlib.sha256(b"one").hexdigest()}"'
+        for method, body in [("PUT", b"two"), ("DELETE", None), ("GET", None)]:
+            answer = http.request(method, url, content=body, headers={"If-Match": ""})
+            assert answer.status_code == 412, (method, answer.text)
+            assert answer.json()["message"] == (
+                f"{method} of file 'f.txt' in session {session_id} refused: its If-Match is "
+                "empty, a list of no entity tags, which names no version and so never "
+                f"matches (the current one is ETag {etag}); nothing was changed. Send the "
+                f"ETag that GET or HEAD gave, with its quotes, as If-Match: {etag}, or send "
+                "no If-Match to write whatever the current version is"
+            )
+        # A weak tag of the current version, and the tag without its quotes: never a write.
+        weak = http.put(url, content=b"two", headers={"If-Match": f"W/{etag}"})
+        assert weak.status_code == 412
+        assert "(a weak tag, W/, never matches" in weak.json()["message"]
+        bare = http.put(url, content=b"two", headers={"If-Match": etag.strip('"')})
+        assert bare.status_code == 400
+        assert "is not * or a list of entity tags" in bare.json()["message"]
+        assert http.get(url).content == b"one"
