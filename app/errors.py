@@ -1242,6 +1242,21 @@ class FileTooLargeForServerError(StorageError):
 
     doing: str
 
+    @property
+    def message(self) -> str:
+        if "/files" in self.doing or "upload" in self.doing:
+            return self.template.format_map(vars(self))
+        # A session's create (its session.json) met the limit too, and was told to "send a
+        # smaller file" and to lower max_upload_bytes, neither of which it has (red team 36).
+        create = self.doing == "POST /sessions"
+        written = "the session's record, with its metadata," if create else "a file it writes"
+        return (
+            f"cannot {self.doing}: {written} would be larger than this process may write in "
+            "the data root (its file size limit: systemd's LimitFSIZE=, `ulimit -f`); nothing "
+            f"was changed. {'Send less metadata, or have' if create else 'Have'} an operator "
+            "raise that limit"
+        )
+
 
 class ReadOnlyStorageError(StorageError):
     """The data root's filesystem is mounted read-only."""

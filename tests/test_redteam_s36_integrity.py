@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 from redteam_s19_http import one_server
+from test_hostile_integrity import start_with_file_size_limit
+from test_server_e2e import Server, app_env
 
 from app.store import Store
 from app.testing import LiveServer
@@ -332,3 +334,29 @@ def test_an_empty_if_match_never_matches_and_says_so(server: LiveServer) -> None
         assert bare.status_code == 400
         assert "is not * or a list of entity tags" in bare.json()["message"]
         assert http.get(url).content == b"one"
+
+
+# --- a file size limit met by a session's record ----------------------------------------------
+
+
+def test_a_create_over_the_file_size_limit_is_told_about_its_metadata_not_a_file(
+    tmp_path: Path, servers: list[Server]
+) -> None:
+    # A create whose session.json the server's file size limit (LimitFSIZE=) refused was
+    # 507 "the file is larger ... Send a smaller file, or ... set max_upload_bytes": it sent
+    # no file, and no upload setting helps it.
+    server = start_with_file_size_limit(app_env(tmp_path / "data"), tmp_path / "log", 4096)
+    servers.append(server)
+    with server.client() as client:
+        answer = client.post("/sessions", json={"metadata": {"notes": "n" * 6000}})
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["code"] == "file_too_large_for_server"
+        assert answer.json()["message"] == (
+            "cannot POST /sessions: the session's record, with its metadata, would be larger "
+            "than this process may write in the data root (its file size limit: systemd's "
+            "LimitFSIZE=, `ulimit -f`); nothing was changed. Send less metadata, or have an "
+            "operator raise that limit"
+        )
+        assert client.get("/sessions").json()["total"] == 0
+        assert client.post("/sessions", json={"metadata": {"notes": "n"}}).status_code == 201
+    assert server.stop() == 0
