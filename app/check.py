@@ -392,14 +392,21 @@ class Checker:
         """
         for name in (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR):
             if (directory / name).is_symlink():
-                self.unrepaired(
-                    "unknown-entry",
-                    directory / name,
-                    "a symbolic link where the session keeps its files; nothing is read or "
-                    "moved through it",
-                    "nothing: left for a human (put the directory back from a backup)",
-                )
-                return True
+                what = "a symbolic link"
+            elif (kind := _not_a_directory(directory / name)) is not None:
+                # A records/ made a file read as no records: the start-up's repair moved
+                # every acknowledged blob to the trash as "never acknowledged" (red team 36).
+                what = kind
+            else:
+                continue
+            self.unrepaired(
+                "unknown-entry",
+                directory / name,
+                f"{what} where the session keeps its files; nothing is read or moved "
+                "through it, and none of the session's files is repaired",
+                "nothing: left for a human (put the directory back from a backup)",
+            )
+            return True
         return False
 
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
@@ -623,6 +630,17 @@ def _not_a_blob(path: Path) -> str | None:
     if (kind := _special(path)) is not None:
         return f"not a blob: {kind}, not a regular file (put there from outside the app)"
     return None
+
+
+def _not_a_directory(path: Path) -> str | None:
+    """What is at ``path`` if it is there and not a directory ("a regular file", "a FIFO")."""
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
 
 
 def _special(path: Path) -> str | None:

@@ -871,14 +871,18 @@ class UnreadableSessionError(StoreError):
     # No path: the message reaches HTTP clients. A 500 of its own, not `internal_error`:
     # the server is sound and keeps the connection; only this session's file is not.
     template = (
-        "cannot read session {session_id}: its session.json {damage} (it was changed "
-        "outside the app). `app data check` reports it as session-unreadable. Put "
-        "session.json back from a backup, or delete the session (DELETE "
+        "cannot read session {session_id}: its {file} {damage} (it was changed "
+        "outside the app). `app data check` reports it as {finding}. Put "
+        "{file} back from a backup, or delete the session (DELETE "
         "/sessions/{session_id}) to move it to the trash as it is"
     )
 
     session_id: str
     damage: str = "is not a JSON object"
+    file: str = "session.json"
+    """What is damaged: ``session.json``, or ``records/`` (red team 36: made a file, it was
+    read as no files at all)."""
+    finding: str = "session-unreadable"
 
 
 class DamagedFileError(StoreError):

@@ -27,6 +27,7 @@ from redteam_s19_http import one_server
 from test_hostile_integrity import start_with_file_size_limit
 from test_server_e2e import Server, app_env
 
+from app.errors import UnreadableSessionError
 from app.store import Store
 from app.testing import LiveServer
 
@@ -147,6 +148,59 @@ def test_a_download_of_a_file_whose_blob_is_a_fifo_says_it_is_damaged(server: Li
         # A new upload replaces it, as it does damaged bytes.
         assert http.put(url, content=b"again").status_code == 200
         assert http.get(url).content == b"again"
+
+
+@pytest.mark.parametrize("what", ["a regular file", "a symbolic link"])
+def test_a_records_directory_made_something_else_keeps_every_acknowledged_blob(
+    app_store: Store, tmp_path: Path, what: str
+) -> None:
+    # records/ made a file (or a link) by hand read as "no records": GET showed the session
+    # with no files, a state it never had, and the start-up's repair moved every blob of the
+    # session to the trash as "an upload never acknowledged", for `empty-trash` to remove.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "keep.txt", b"precious")
+    records = store.root.path / "sessions" / session_id / "records"
+    kept = tmp_path / "records"
+    records.rename(kept)
+    if what == "a regular file":
+        records.write_text("junk")
+    else:
+        records.symlink_to(kept)
+    blob = _blob_in(store.root.path / "sessions" / session_id)
+    for thorough in (False, True):  # the start-up's check, and the command's
+        (finding,) = store.check(repair=True, thorough=thorough).findings
+        assert finding.problem == "unknown-entry" and not finding.repaired
+        assert finding.target == f"sessions/{session_id}/records"
+        assert finding.detail == (
+            f"{what} where the session keeps its files; nothing is read or moved through it, "
+            "and none of the session's files is repaired"
+        )
+        assert blob.read_bytes() == b"precious"
+    assert store.list_trash() == []
+    with pytest.raises(UnreadableSessionError) as refused:
+        store.get_session(session_id)
+    damage = (
+        "is not a directory"
+        if what == "a regular file"
+        else ("is a symbolic link, not the app's directory")
+    )
+    assert str(refused.value) == (
+        f"cannot read session {session_id}: its records/ {damage} (it was changed outside "
+        "the app). `app data check` reports it as unknown-entry. Put records/ back from a "
+        f"backup, or delete the session (DELETE /sessions/{session_id}) to move it to the "
+        "trash as it is"
+    )
+    assert store.list_sessions().items == []  # a page leaves it out, as a damaged session.json
+    records.unlink()
+    kept.rename(records)
+    assert [f["name"] for f in store.get_session(session_id)["files"]] == ["keep.txt"]
+    assert store.check().findings == []
+
+
+def _blob_in(session: Path) -> Path:
+    (blob,) = (session / "blobs").iterdir()
+    return blob
 
 
 # --- the audit log made a FIFO or a directory under a live server -----------------------------
