@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
+from app.dataroot import AUDIT_FILE, NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
 from app.lock import special_kind
 from app.names import check_file_name
@@ -176,13 +178,17 @@ class Checker:
                     "unknown-entry", path, "not a session directory", "nothing: left for a human"
                 )
 
-    def _audited(self) -> tuple[set[str], set[str]]:
+    def _audited(self, *, rotated: bool = False) -> tuple[set[str], set[str]]:
+        """The trash entries, and the purged sessions, the audit log names (``rotated``: the
+        rotated copies beside it too, `_rotated_logs`)."""
         trash: set[str] = set()
         purged: set[str] = set()
         try:
             lines = read_regular(self.root.audit_path).splitlines()
         except FileNotFoundError:
-            return trash, purged
+            lines = []
+        for older in _rotated_logs(self.root.path) if rotated else []:
+            lines += older
         for line in lines:
             try:
                 record = json.loads(line)
@@ -202,7 +208,13 @@ class Checker:
 
     def check_trash(self) -> None:
         audited, purged = self._audited()
-        for path in _listing(self.root.trash_dir):
+        listing = _listing(self.root.trash_dir)
+        if any(path.name not in audited for path in listing):
+            # A log rotated as logs are (`mv audit.jsonl audit.jsonl.1`, logrotate) took
+            # their lines with it: every entry was reported as a crash between its move and
+            # its line, and its line written again (red team 36). Read only when needed.
+            audited, purged = self._audited(rotated=True)
+        for path in listing:
             found = TRASH_NAME_RE.fullmatch(path.name.removeprefix(EMPTYING_PREFIX))
             with self.item(), self.locked(None if found is None else found.group(2)):
                 if self.repair and not os.path.lexists(path):
@@ -304,8 +316,10 @@ class Checker:
         if self.found(
             "trash-unaudited",
             path,
-            f"a complete trash entry ({reason}) without its audit line: the process "
-            "stopped between the move and the line",
+            f"a complete trash entry ({reason}) without its audit line in audit.jsonl or a "
+            "rotated copy beside it (audit.jsonl.1, audit.jsonl-<date>.gz): the process "
+            "stopped between the move and the line, or the log that held it was moved out "
+            "of the data root",
             f"append the {operation} line it should have had",
         ):
             target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
@@ -630,6 +644,26 @@ def _not_a_blob(path: Path) -> str | None:
     if (kind := _special(path)) is not None:
         return f"not a blob: {kind}, not a regular file (put there from outside the app)"
     return None
+
+
+#: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
+#: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
+_ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+
+
+def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
+    """The lines of each rotated copy of the audit log in ``root`` (gzip'ed or not), skipping
+    any that is not a regular file or cannot be read: they only spare a false report."""
+    for path in _listing(root):
+        if not _ROTATED_LOG.fullmatch(path.name) or path.name.endswith(".tmp"):
+            continue
+        try:
+            data = read_regular(path)
+            if data[:2] == b"\x1f\x8b":  # gzip's magic number
+                data = gzip.decompress(data)
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+        yield data.splitlines()
 
 
 def _not_a_directory(path: Path) -> str | None:

@@ -13,6 +13,7 @@ end-of-file, and records that the app waited.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -201,6 +202,43 @@ def test_a_records_directory_made_something_else_keeps_every_acknowledged_blob(
 def _blob_in(session: Path) -> Path:
     (blob,) = (session / "blobs").iterdir()
     return blob
+
+
+@pytest.mark.parametrize("rotated", ["audit.jsonl.1", "audit.jsonl-20261204.gz"])
+def test_a_rotated_audit_log_is_no_crash_to_report_nor_lines_to_write_again(
+    app_store: Store, rotated: str
+) -> None:
+    # `mv audit.jsonl audit.jsonl.1` (logrotate, or the app's own advice for a FIFO there)
+    # took the trash entries' lines with it: `app data check` reported each entry as a
+    # process stopped "between the move and the line" (exit 65), and the start-up's repair
+    # wrote every line again, as its own. The rotated copies beside the log are now read.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "a.txt", b"1")
+    store.put_file(session_id, "a.txt", b"2", replace=True)
+    store.delete_file(session_id, "a.txt")
+    store.delete_session(session_id)
+    log = store.root.audit_path
+    lines = log.read_bytes()
+    log.unlink()
+    data = gzip.compress(lines) if rotated.endswith(".gz") else lines
+    (log.parent / rotated).write_bytes(data)
+    assert store.check(repair=True, thorough=False).findings == []  # a start-up's
+    assert store.check().findings == []
+    assert not log.exists()
+    # A line truly missing is still found, and only its line written.
+    other = store.create_session("t")["id"]
+    store.delete_session(other)
+    log.write_bytes(b"")
+    (finding,) = store.check(repair=True).findings
+    assert finding.problem == "trash-unaudited" and finding.repaired
+    assert finding.detail == (
+        "a complete trash entry (delete) without its audit line in audit.jsonl or a rotated "
+        "copy beside it (audit.jsonl.1, audit.jsonl-<date>.gz): the process stopped between "
+        "the move and the line, or the log that held it was moved out of the data root"
+    )
+    (line,) = [json.loads(raw) for raw in log.read_bytes().splitlines()][:1]
+    assert (line["target"], line["details"]["recovered"]) == (other, True)
 
 
 # --- the audit log made a FIFO or a directory under a live server -----------------------------
