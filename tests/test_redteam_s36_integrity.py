@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from redteam_s19_http import one_server
 from test_hostile_integrity import start_with_file_size_limit
 from test_server_e2e import Server, app_env
 
-from app.errors import UnreadableSessionError
+from app.errors import DamagedFileError, UnreadableSessionError
 from app.store import Store
 from app.testing import LiveServer
 
@@ -124,6 +125,26 @@ def test_a_fifo_at_a_blobs_name_is_reported_and_no_check_waits_on_it(app_store: 
     assert released == [], "a check waited on a FIFO for something to write into it"
     assert fifo.exists() and stray.exists() and (entry.path / "e.txt").exists()
     assert sorted(f["name"] for f in store.get_session(session_id)["files"]) == ["e.txt", "f.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node takes root")
+def test_a_device_at_an_empty_files_blob_is_no_empty_file(app_store: Store) -> None:
+    # /dev/null's node at the blob of an empty file: its size (0) and the SHA-256 of what it
+    # reads (nothing) matched, so `check` called it consistent; /dev/zero's would have been
+    # read for ever. Now any node that is not a regular file is `file-damaged`, unread.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "empty.txt", b"")
+    blob = _blob(store.root.path, session_id, "empty.txt")
+    blob.unlink()
+    os.mknod(blob, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    (finding,) = store.check().findings
+    assert finding.problem == "file-damaged"
+    assert finding.detail.startswith(
+        "the bytes of file 'empty.txt' are not there: their name holds a device, not a regular file"
+    )
+    with pytest.raises(DamagedFileError, match="their name holds a device"):
+        store.open_file(session_id, "empty.txt")
 
 
 def test_a_download_of_a_file_whose_blob_is_a_fifo_says_it_is_damaged(server: LiveServer) -> None:
