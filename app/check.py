@@ -361,7 +361,8 @@ class Checker:
                 current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
                 switched = current != blob
         if not switched:
-            if self.found(
+            lost = named and isinstance(file, str) and self._lost(entry, file, blob)
+            if not lost and self.found(
                 "trash-manifest-only",
                 path,
                 f"a file {manifest.get('reason')} that stopped before its commit; the file "
@@ -384,6 +385,54 @@ class Checker:
         fsync_dir(path)
         fsync_dir(blob_path.parent)
         return True
+
+    def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
+        """Whether a file's entry holding only its manifest lost its bytes from outside the
+        app (reported, left for a human), rather than being a crash's leftover.
+
+        A delete or a replace renames the bytes into the entry after its commit: a crash
+        leaves them among the session's blobs, or the record still naming them. Neither
+        there, nor kept by another entry, they were removed: taken for "a delete that
+        stopped before its commit", the entry was removed, and a restore brought back the
+        version before it, as the one deleted (red team 36).
+        """
+        session_dir = self.store.sessions_dir / entry.session_id
+        if not (session_dir.is_dir() and isinstance(blob, str)) or session_dir.is_symlink():
+            return False
+        if os.path.lexists(session_dir / BLOBS_DIR / blob):
+            return False
+        with contextlib.suppress(InvalidNameError):
+            if record_blob(session_dir / RECORDS_DIR / check_file_name(file)) == blob:
+                return False  # the delete did not commit: the record names them still
+        if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
+            return False
+        self.unrepaired(
+            "file-damaged",
+            entry.path,
+            f"the bytes of the version of file {file!r} this entry keeps are not there, nor "
+            "among the session's blobs, and the session no longer has that version: removed "
+            "from outside the app; a restore of the file is refused while this is its "
+            "newest entry",
+            "nothing: left for a human (put the bytes back into the entry from a backup, "
+            "their SHA-256 is in its trash.json; or move the entry out of .trash/ to let a "
+            "restore bring back the copy before it)",
+        )
+        return True
+
+    def _kept(self, entry: TrashEntry, blob: str) -> bool:
+        """Whether another of the session's entries records ``blob`` as the bytes it holds."""
+        for path in _listing(self.root.trash_dir):
+            found = TRASH_NAME_RE.fullmatch(path.name)
+            if found is None or found.group(2) != entry.session_id or path == entry.path:
+                continue
+            try:
+                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            except (OSError, ValueError):
+                continue
+            held = manifest.get("file") if isinstance(manifest, dict) else None
+            if manifest.get("blob") == blob and isinstance(held, str) and (path / held).exists():
+                return True
+        return False
 
     def _trashed_copy(self, session_id: str, blob: str) -> Path | None:
         """The session's newest copy in the trash that holds ``blob`` among its blobs."""

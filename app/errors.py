@@ -860,6 +860,27 @@ class NotInTrashError(SessionNotFoundError):
         )
 
 
+class TrashCopyLostError(StoreError):
+    """The newest copy of a file in the trash has lost its bytes (removed from outside the
+    app): a restore would bring back an older version as if it were the one deleted."""
+
+    exit_code = EX_DATAERR
+    code = "trash_copy_lost"
+    http_status = 500
+    template = (
+        "cannot restore file {file!r} of session {session_id}: its newest copy in the trash, "
+        "entry {entry}, has lost its bytes (removed from outside the app; `app data check` "
+        "reports it as file-damaged), and the copy before it is not the version that was "
+        "deleted; nothing was changed. Put the bytes back into that entry as {file!r} from a "
+        "backup (their SHA-256 is in its trash.json), or, to restore the older copy "
+        "instead, move the entry out of the data root's .trash/ (with no server on it)"
+    )
+
+    session_id: str
+    file: str
+    entry: str
+
+
 class UnreadableSessionError(StoreError):
     """A ``session.json`` that is not a JSON object, or holds a field of another type than
     the app writes: damage from outside the app, which replaces the file whole. Reading that

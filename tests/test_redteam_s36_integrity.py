@@ -29,7 +29,7 @@ from redteam_s19_http import one_server
 from test_hostile_integrity import start_with_file_size_limit
 from test_server_e2e import Server, app_env
 
-from app.errors import DamagedFileError, UnreadableSessionError
+from app.errors import DamagedFileError, TrashCopyLostError, UnreadableSessionError
 from app.store import Store
 from app.testing import LiveServer
 
@@ -260,6 +260,43 @@ def test_a_rotated_audit_log_is_no_crash_to_report_nor_lines_to_write_again(
     )
     (line,) = [json.loads(raw) for raw in log.read_bytes().splitlines()][:1]
     assert (line["target"], line["details"]["recovered"]) == (other, True)
+
+
+def test_a_restore_refuses_to_pass_a_newest_copy_that_lost_its_bytes(app_store: Store) -> None:
+    # The newest version's bytes removed from its trash entry (its trash.json kept): the
+    # check took the entry for "a file delete that stopped before its commit; the file is
+    # unchanged" and removed it, and `restore --file` then brought back the version before
+    # it, answering "restored", as if it were the one deleted.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "a.txt", b"version 1")
+    store.put_file(session_id, "a.txt", b"version 2", replace=True)
+    store.delete_file(session_id, "a.txt")
+    older, newest = sorted(store.list_trash(), key=lambda e: e.name)
+    (newest.path / "a.txt").unlink()
+    with pytest.raises(TrashCopyLostError) as refused:
+        store.restore(session_id, file="a.txt")
+    assert str(refused.value) == (
+        f"cannot restore file 'a.txt' of session {session_id}: its newest copy in the trash, "
+        f"entry {newest.name}, has lost its bytes (removed from outside the app; `app data "
+        "check` reports it as file-damaged), and the copy before it is not the version that "
+        "was deleted; nothing was changed. Put the bytes back into that entry as 'a.txt' "
+        "from a backup (their SHA-256 is in its trash.json), or, to restore the older copy "
+        "instead, move the entry out of the data root's .trash/ (with no server on it)"
+    )
+    assert store.get_session(session_id)["files"] == []
+    for thorough in (False, True):
+        (finding,) = store.check(repair=True, thorough=thorough).findings
+        assert (finding.problem, finding.target) == ("file-damaged", f".trash/{newest.name}")
+        assert not finding.repaired
+        assert "this entry keeps are not there, nor among the session's blobs" in finding.detail
+    assert sorted(e.name for e in store.list_trash()) == [older.name, newest.name]
+    # The bytes put back: the restore brings back the version deleted.
+    (newest.path / "a.txt").write_bytes(b"version 2")
+    store.restore(session_id, file="a.txt")
+    file, _ = store.open_file(session_id, "a.txt")
+    with file:
+        assert file.read() == b"version 2"
 
 
 # --- the audit log made a FIFO or a directory under a live server -----------------------------

@@ -318,7 +318,7 @@ class Files:
             # Chosen under the session's lock, which a delete and a replace take: chosen
             # before it, a delete that committed meanwhile put a newer version in the trash,
             # and the restore brought back the one before it (red team 32).
-            entry = self.trash.latest(session_id, name)
+            entry = self.trash.latest(session_id, name, lost=True)
             if entry is None:
                 raise NotInTrashError(session_id, name)
             manifest = self.trash.read_manifest(entry)

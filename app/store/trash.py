@@ -28,7 +28,7 @@ from app.dataroot import (
     read_regular,
     write_new_file,
 )
-from app.errors import PermissionDeniedStorageError, StoppedPartwayError
+from app.errors import PermissionDeniedStorageError, StoppedPartwayError, TrashCopyLostError
 from app.lock import BOOT_ID_FILE
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
@@ -181,8 +181,15 @@ class Trash:
             if (found := TRASH_NAME_RE.fullmatch(name)) is not None
         ]
 
-    def latest(self, session_id: str, file: str | None) -> TrashEntry | None:
-        """The most recent entry that still holds the session (or its ``file``)."""
+    def latest(self, session_id: str, file: str | None, *, lost: bool = False) -> TrashEntry | None:
+        """The most recent entry that still holds the session (or its ``file``).
+
+        ``lost``: refuse (`TrashCopyLostError`) where a newer entry of the file holds only
+        its manifest. Only under the session's lock, after `Store._finish_half_entries`:
+        a crash's leftovers are gone by then, and what is left lost its bytes from outside
+        the app (red team 36: the restore brought back the version before it, as the one
+        deleted).
+        """
         # By name first (it says the session and the kind): only this session's manifests
         # are read. Reading every one made a restore cost 0.4 s next to 10,000 entries.
         for name in reversed(self._entry_names()):
@@ -205,8 +212,11 @@ class Trash:
             if file is None:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
                     return entry
-            elif entry.kind == "file" and entry.file == file and (entry.path / file).is_file():
-                return entry
+            elif entry.kind == "file" and entry.file == file:
+                if (entry.path / file).is_file():
+                    return entry
+                if lost and not os.path.lexists(entry.path / file):
+                    raise TrashCopyLostError(session_id, file, name)
         return None
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:

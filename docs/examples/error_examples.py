@@ -140,6 +140,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.CommandTerminatedError("app data purge"),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
+    errors.TrashCopyLostError(
+        "3f2a9c", "report.pdf", "20261204T101500000000Z-3f2a9c-file-5967e864"
+    ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
     errors.DamagedFileError(
