@@ -867,18 +867,35 @@ class TrashCopyLostError(StoreError):
     exit_code = EX_DATAERR
     code = "trash_copy_lost"
     http_status = 500
-    template = (
-        "cannot restore file {file!r} of session {session_id}: its newest copy in the trash, "
-        "entry {entry}, has lost its bytes (removed from outside the app; `app data check` "
-        "reports it as file-damaged), and the copy before it is not the version that was "
-        "deleted; nothing was changed. Put the bytes back into that entry as {file!r} from a "
-        "backup (their SHA-256 is in its trash.json), or, to restore the older copy "
-        "instead, move the entry out of the data root's .trash/ (with no server on it)"
-    )
 
     session_id: str
     file: str
     entry: str
+    object_store: str | None = None
+    """On PostgreSQL and object storage: where the object was (``None`` on a data root)."""
+
+    @property
+    def message(self) -> str:
+        what = (
+            f"cannot restore file {self.file!r} of session {self.session_id}: its newest "
+            f"copy in the trash, entry {self.entry}, has lost its bytes"
+        )
+        older = "and the copy before it is not the version that was deleted; nothing was changed"
+        if self.object_store is not None:
+            return (
+                f"{what} (its object is gone from {self.object_store}: deleted outside the "
+                f"app; `app data check` reports it as record-without-object), {older}. Put "
+                "the object back from a backup or a bucket version, or, to restore the older "
+                "copy instead, delete that entry's row from app_files (with no replica "
+                "running)"
+            )
+        return (
+            f"{what} (removed from outside the app; `app data check` reports it as "
+            f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
+            "from a backup (their SHA-256 is in its trash.json), or, to restore the older "
+            "copy instead, move the entry out of the data root's .trash/ (with no server on "
+            "it)"
+        )
 
 
 class UnreadableSessionError(StoreError):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from engines import S3Engine
 from redteam_s19_http import one_server
 from test_hostile_integrity import start_with_file_size_limit
 from test_server_e2e import Server, app_env
@@ -510,3 +511,49 @@ def test_a_create_over_the_file_size_limit_is_told_about_its_metadata_not_a_file
         assert client.get("/sessions").json()["total"] == 0
         assert client.post("/sessions", json={"metadata": {"notes": "n"}}).status_code == 201
     assert server.stop() == 0
+
+
+# --- on PostgreSQL and object storage -------------------------------------------------------------
+
+
+def test_a_remote_restore_refuses_a_newest_copy_whose_object_is_gone(
+    s3_engine: S3Engine, database_url: str, blob_url: str
+) -> None:
+    # The local refusal's twin: the newest trashed version's object deleted behind the app
+    # (a bucket lifecycle rule, a hand). The restore made that row the file again and said
+    # so, and every download of it was then 500 object_missing; the version before it,
+    # whole, stayed in the trash.
+    from app.remote import pg
+    from app.remote.objects import ObjectStore
+    from app.remote.store import RemoteStore
+
+    objects = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    pg.open_database(database_url, "production")
+    objects.open("production")
+    with RemoteStore(database_url, objects, "production") as store:
+        session_id = store.create_session("s")["id"]
+        store.put_file(session_id, "a.txt", b"version 1")
+        store.put_file(session_id, "a.txt", b"version 2", replace=True)
+        store.delete_file(session_id, "a.txt")
+        with pg.connect(database_url, purpose="test", autocommit=True) as conn:
+            blob, trash_name = conn.execute(
+                "SELECT blob, trash_name FROM app_files WHERE session_id = %s"
+                " ORDER BY deleted_at DESC LIMIT 1",
+                (session_id,),
+            ).fetchone()
+        objects.delete(blob)
+        with pytest.raises(TrashCopyLostError) as refused:
+            store.restore(session_id, file="a.txt")
+        assert str(refused.value) == (
+            f"cannot restore file 'a.txt' of session {session_id}: its newest copy in the "
+            f"trash, entry {trash_name}, has lost its bytes (its object is gone from "
+            f"{objects.where}: deleted outside the app; `app data check` reports it as "
+            "record-without-object), and the copy before it is not the version that was "
+            "deleted; nothing was changed. Put the object back from a backup or a bucket "
+            "version, or, to restore the older copy instead, delete that entry's row from "
+            "app_files (with no replica running)"
+        )
+        assert store.get_session(session_id)["files"] == []
+        assert len(store.list_trash()) == 2
