@@ -1286,12 +1286,18 @@ class FileTooLargeForServerError(StorageError):
 
     @property
     def message(self) -> str:
-        if "/files" in self.doing or "upload" in self.doing:
+        doing = self.doing
+        if doing.startswith("PUT ") or (doing.startswith("POST ") and doing.endswith("/files")):
             return self.template.format_map(vars(self))
-        # A session's create (its session.json) met the limit too, and was told to "send a
-        # smaller file" and to lower max_upload_bytes, neither of which it has (red team 36).
-        create = self.doing == "POST /sessions"
-        written = "the session's record, with its metadata," if create else "a file it writes"
+        # A session's create (its session.json) and a delete (its trash entry's manifest) met
+        # the limit too, and were told to "send a smaller file" and to lower
+        # max_upload_bytes, neither of which they have (red team 36).
+        create = doing == "POST /sessions"
+        written = (
+            "the session's record, with its metadata,"
+            if create
+            else "a file it writes (a trash entry's manifest, a session's record)"
+        )
         return (
             f"cannot {self.doing}: {written} would be larger than this process may write in "
             "the data root (its file size limit: systemd's LimitFSIZE=, `ulimit -f`); nothing "

@@ -19,15 +19,18 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from engines import S3Engine
 from redteam_s19_http import one_server
 from test_hostile_integrity import start_with_file_size_limit
+from test_redteam_s19_integrity import file_size_limit
 from test_server_e2e import Server, app_env
 
 from app.errors import DamagedFileError, TrashCopyLostError, UnreadableSessionError
@@ -496,7 +499,10 @@ def test_a_create_over_the_file_size_limit_is_told_about_its_metadata_not_a_file
     # A create whose session.json the server's file size limit (LimitFSIZE=) refused was
     # 507 "the file is larger ... Send a smaller file, or ... set max_upload_bytes": it sent
     # no file, and no upload setting helps it.
-    server = start_with_file_size_limit(app_env(tmp_path / "data"), tmp_path / "log", 4096)
+    # No bytecode written by the server: CPython takes the short write of a .pyc at the limit
+    # for a whole one, and the run's cached bytecode would be left truncated.
+    env = {**app_env(tmp_path / "data"), "PYTHONDONTWRITEBYTECODE": "1"}
+    server = start_with_file_size_limit(env, tmp_path / "log", 4096)
     servers.append(server)
     with server.client() as client:
         answer = client.post("/sessions", json={"metadata": {"notes": "n" * 6000}})
@@ -557,3 +563,28 @@ def test_a_remote_restore_refuses_a_newest_copy_whose_object_is_gone(
         )
         assert store.get_session(session_id)["files"] == []
         assert len(store.list_trash()) == 2
+
+
+def test_a_delete_over_the_file_size_limit_is_not_told_to_send_a_smaller_file(
+    app_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A limit smaller than a file's trash entry's manifest (trash.json; tried by hand on a
+    # real server under `prlimit --fsize=420`): the delete was refused rightly, but told
+    # "the file is larger ... Send a smaller file, or ... set max_upload_bytes", an upload's
+    # advice. In this process, as red team 19's test: a server's own log passes 420 bytes.
+    session_id = app_client.post("/sessions", json={}).json()["id"]
+    url = f"/sessions/{session_id}/files/a"
+    assert app_client.put(url, content=b"a").status_code == 201
+    # CPython's write of a .pyc takes a short write for a whole one: a module first
+    # imported under the limit would be cached truncated ("marshal data too short").
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    with file_size_limit(420):
+        answer = app_client.delete(url)
+    assert answer.status_code == 507, answer.text
+    assert answer.json()["message"] == (
+        f"cannot DELETE {url}: a file it writes (a trash entry's manifest, a session's "
+        "record) would be larger than this process may write in the data root (its file "
+        "size limit: systemd's LimitFSIZE=, `ulimit -f`); nothing was changed. Have an "
+        "operator raise that limit"
+    )
+    assert app_client.get(url).content == b"a"
