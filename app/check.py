@@ -404,6 +404,8 @@ class Checker:
         with contextlib.suppress(InvalidNameError):
             if record_blob(session_dir / RECORDS_DIR / check_file_name(file)) == blob:
                 return False  # the delete did not commit: the record names them still
+        if os.path.lexists(entry.path / file):
+            return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
             return False
         self.unrepaired(
