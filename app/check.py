@@ -706,8 +706,8 @@ def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
     """The lines of each rotated copy of the audit log in ``root`` (gzip'ed or not), skipping
     any that is not a regular file or cannot be read: they only spare a false report."""
     for path in _listing(root):
-        if not _ROTATED_LOG.fullmatch(path.name) or path.name.endswith(".tmp"):
-            continue
+        if not _ROTATED_LOG.fullmatch(path.name) or path.is_symlink():
+            continue  # never followed: it could lead anywhere
         try:
             data = read_regular(path)
             if data[:2] == b"\x1f\x8b":  # gzip's magic number
