@@ -209,7 +209,7 @@ class Checker:
     def check_trash(self) -> None:
         audited, purged = self._audited()
         listing = _listing(self.root.trash_dir)
-        if any(path.name not in audited for path in listing):
+        if any(_unaudited(path.name, audited, purged) for path in listing):
             # A log rotated as logs are (`mv audit.jsonl audit.jsonl.1`, logrotate) took
             # their lines with it: every entry was reported as a crash between its move and
             # its line, and its line written again (red team 36). Read only when needed.
@@ -700,6 +700,12 @@ def _not_a_blob(path: Path) -> str | None:
 #: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
 #: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
 _ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+
+
+def _unaudited(name: str, audited: set[str], purged: set[str]) -> bool:
+    """Whether a trash entry's name is in no line read (a purge's line names its sessions)."""
+    found = TRASH_NAME_RE.fullmatch(name)
+    return found is not None and name not in audited and found.group(2) not in purged
 
 
 def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
