@@ -873,12 +873,14 @@ class TrashCopyLostError(StoreError):
     entry: str
     object_store: str | None = None
     """On PostgreSQL and object storage: where the object was (``None`` on a data root)."""
+    damage: str = "has lost its bytes"
+    """What happened to them ("holds 1000 bytes, where 300000 were acknowledged")."""
 
     @property
     def message(self) -> str:
         what = (
             f"cannot restore file {self.file!r} of session {self.session_id}: its newest "
-            f"copy in the trash, entry {self.entry}, has lost its bytes"
+            f"copy in the trash, entry {self.entry}, {self.damage}"
         )
         older = "and the copy before it is not the version that was deleted; nothing was changed"
         if self.object_store is not None:
@@ -890,7 +892,8 @@ class TrashCopyLostError(StoreError):
                 "running)"
             )
         return (
-            f"{what} (removed from outside the app; `app data check` reports it as "
+            f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
+            "from outside the app; `app data check` reports it as "
             f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
             "from a backup (their SHA-256 is in its trash.json), or, to restore the older "
             "copy instead, move the entry out of the data root's .trash/ (with no server on "

@@ -303,6 +303,29 @@ def test_a_restore_refuses_to_pass_a_newest_copy_that_lost_its_bytes(app_store: 
         assert file.read() == b"version 2"
 
 
+def test_a_restore_refuses_a_copy_whose_size_is_not_the_one_acknowledged(
+    app_store: Store,
+) -> None:
+    # A version cut short in the trash was restored with the size found on disk written
+    # into its record, under the acknowledged SHA-256: listed at that size, past a
+    # download's check of the size before any byte, and past `app data check --quick`.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "a.bin", os.urandom(3000))
+    store.delete_file(session_id, "a.bin")
+    (entry,) = store.list_trash()
+    os.truncate(entry.path / "a.bin", 1000)
+    with pytest.raises(TrashCopyLostError) as refused:
+        store.restore(session_id, file="a.bin")
+    assert str(refused.value).startswith(
+        f"cannot restore file 'a.bin' of session {session_id}: its newest copy in the trash, "
+        f"entry {entry.name}, holds 1000 bytes, where 3000 were acknowledged (changed from "
+        "outside the app; `app data check` reports it as file-damaged)"
+    )
+    assert store.get_session(session_id)["files"] == []
+    assert [e.name for e in store.list_trash()] == [entry.name]
+
+
 # --- the audit log made a FIFO or a directory under a live server -----------------------------
 
 

@@ -28,6 +28,7 @@ from app.errors import (
     InvalidNameError,
     NotInTrashError,
     TooManyFilesError,
+    TrashCopyLostError,
 )
 from app.lock import special_kind
 from app.names import check_file_name
@@ -334,6 +335,17 @@ class Files:
             if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
                 blob = new_session_id()
             size = (entry.path / name).stat().st_size
+            acknowledged = previous.get("size")
+            if isinstance(acknowledged, int) and size != acknowledged:
+                # Taken from the disk, the damaged size went into the record under the
+                # acknowledged SHA-256: listed so, and past a download's check of the size
+                # before a byte (red team 36).
+                raise TrashCopyLostError(
+                    session_id,
+                    name,
+                    entry.name,
+                    damage=f"holds {size} bytes, where {acknowledged} were acknowledged",
+                )
             (entry.path / name).rename(blobs / blob)
 
             def undo() -> None:
