@@ -513,6 +513,21 @@ def test_an_empty_if_match_never_matches_and_says_so(server: LiveServer) -> None
         assert http.get(url).content == b"one"
 
 
+def test_a_range_of_a_unit_the_server_does_not_know_is_ignored(server: LiveServer) -> None:
+    # RFC 9110 (14.2): an origin server MUST ignore a Range of a unit it does not
+    # understand. It was 400 "Only support bytes range", Starlette's words.
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session_id = http.post("/sessions", json={}).json()["id"]
+        url = f"/sessions/{session_id}/files/r.txt"
+        assert http.put(url, content=b"0123456789").status_code == 201
+        for unit in ("items=0-1", "none", "lines=1-2"):
+            answer = http.get(url, headers={"Range": unit})
+            assert (answer.status_code, answer.content) == (200, b"0123456789"), unit
+        for bytes_unit in ("bytes=0-1", "Bytes=0-1", "BYTES =0-1"):
+            answer = http.get(url, headers={"Range": bytes_unit})
+            assert (answer.status_code, answer.content) == (206, b"01"), bytes_unit
+
+
 # --- a file size limit met by a session's record ----------------------------------------------
 
 
