@@ -303,6 +303,26 @@ def test_a_restore_refuses_to_pass_a_newest_copy_that_lost_its_bytes(app_store: 
         assert file.read() == b"version 2"
 
 
+def test_a_restore_refuses_a_newest_copy_that_is_a_fifo(app_store: Store) -> None:
+    # A FIFO where the newest version's bytes should be (the class of the FIFO at a blob):
+    # the restore passed over the entry, as one that was not complete, and brought back the
+    # version before it.
+    store = app_store
+    session_id = store.create_session("s")["id"]
+    store.put_file(session_id, "a.txt", b"version 1")
+    store.put_file(session_id, "a.txt", b"version 2", replace=True)
+    store.delete_file(session_id, "a.txt")
+    _, newest = sorted(store.list_trash(), key=lambda e: e.name)
+    _fifo_at(newest.path / "a.txt")
+    with _waits_released(newest.path / "a.txt") as released:
+        with pytest.raises(TrashCopyLostError, match="holds a FIFO where its bytes should be"):
+            store.restore(session_id, file="a.txt")
+        (finding,) = store.check().findings
+    assert released == []
+    assert (finding.problem, finding.target) == ("file-damaged", f".trash/{newest.name}")
+    assert store.get_session(session_id)["files"] == []
+
+
 def test_a_restore_refuses_a_copy_whose_size_is_not_the_one_acknowledged(
     app_store: Store,
 ) -> None:

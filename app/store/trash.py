@@ -17,8 +17,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from app.dataroot import (
@@ -29,7 +31,7 @@ from app.dataroot import (
     write_new_file,
 )
 from app.errors import PermissionDeniedStorageError, StoppedPartwayError, TrashCopyLostError
-from app.lock import BOOT_ID_FILE
+from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -83,6 +85,19 @@ def _boot_of(recorded: object) -> tuple[str, float] | None:
     if not isinstance(seconds, int | float) or not math.isfinite(seconds):
         return None
     return boot, float(seconds)
+
+
+def _not_bytes(path: Path) -> str | None:
+    """``None`` if ``path`` is a regular file, else what is wrong with it, for a refusal."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "has lost its bytes"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else special_kind(mode) or "something else"
+    # A FIFO there was passed over, and the version before it restored (red team 36).
+    return f"holds {kind} where its bytes should be"
 
 
 class Trash:
@@ -213,10 +228,11 @@ class Trash:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
                     return entry
             elif entry.kind == "file" and entry.file == file:
-                if (entry.path / file).is_file():
+                damage = _not_bytes(entry.path / file)
+                if damage is None:
                     return entry
-                if lost and not os.path.lexists(entry.path / file):
-                    raise TrashCopyLostError(session_id, file, name)
+                if lost:
+                    raise TrashCopyLostError(session_id, file, name, damage=damage)
         return None
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:
