@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -718,8 +719,8 @@ def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
             data = read_regular(path)
             if data[:2] == b"\x1f\x8b":  # gzip's magic number
                 data = gzip.decompress(data)
-        except (OSError, EOFError, gzip.BadGzipFile):
-            continue
+        except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+            continue  # a copy damaged or cut short: it spares no report, and stops no check
         yield data.splitlines()
 
 

@@ -251,6 +251,11 @@ def test_a_rotated_audit_log_is_no_crash_to_report_nor_lines_to_write_again(
     assert store.check(repair=True, thorough=False).findings == []  # a start-up's
     assert store.check().findings == []
     assert not log.exists()
+    # A copy damaged beside it (its deflate data overwritten) is read past, never a stop.
+    damaged = bytearray(gzip.compress(lines))
+    damaged[12:40] = b"\xff" * 28
+    (log.parent / "audit.jsonl.2.gz").write_bytes(bytes(damaged))
+    assert store.check().findings == []
     # A line truly missing is still found, and only its line written.
     other = store.create_session("t")["id"]
     store.delete_session(other)
