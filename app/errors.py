@@ -766,6 +766,26 @@ class CommandInterruptedError(AppError):
     command: str
 
 
+class OutputClosedError(AppError):
+    """A command's standard output closed before its report was written (``| head``).
+
+    click exited 1 and said nothing, also after a purge or an empty-trash had done what it
+    was asked: a script took a change made for one that failed (red team 36).
+    """
+
+    exit_code = EX_IOERR
+    code = "output_closed"
+    template = (
+        "`{command}` could not write all of its output: its standard output was closed (a "
+        "pipe whose reader exited, such as `| head`). Anything it changed is done: each "
+        "change stays made, whole and audited, and `app sessions list --trash` and `app data "
+        "check` show the data root as it is. Send its output to a file, or to a reader that "
+        "reads all of it"
+    )
+
+    command: str
+
+
 EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a command that `kill` stopped
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -651,3 +652,38 @@ def test_a_delete_over_the_file_size_limit_is_not_told_to_send_a_smaller_file(
         "operator raise that limit"
     )
     assert app_client.get(url).content == b"a"
+
+
+# --- a command whose standard output is closed ------------------------------------------------
+
+
+def test_a_purge_whose_output_is_closed_says_it_was_done(app_config: Any) -> None:
+    # `app data purge --yes-i-mean-it | head -0` (a reader that exits): click exited 1 and
+    # said nothing, after the purge had moved every session to the trash.
+    from app.storage import open_storage
+
+    with open_storage(app_config, writer=True) as store:
+        ids = [store.create_session("s")["id"] for _ in range(3)]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    env = {**os.environ, "APP_DATA_ROOT": str(app_config.data_root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=False,
+    )
+    os.close(write)
+    assert done.returncode == 74, done.stderr
+    assert done.stderr == (
+        "error: `app data purge` could not write all of its output: its standard output "
+        "was closed (a pipe whose reader exited, such as `| head`). Anything it changed is "
+        "done: each change stays made, whole and audited, and `app sessions list --trash` "
+        "and `app data check` show the data root as it is. Send its output to a file, or to "
+        "a reader that reads all of it\n"
+    )
+    with open_storage(app_config, writer=True) as store:
+        assert store.session_ids() == []
+        assert sorted(e.session_id for e in store.list_trash()) == sorted(ids)

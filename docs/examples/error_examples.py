@@ -138,6 +138,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.RequestCutShortError("POST", "/sessions", 30),
     errors.CommandInterruptedError("app data purge"),
     errors.CommandTerminatedError("app data purge"),
+    errors.OutputClosedError("app data purge"),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.TrashCopyLostError(
