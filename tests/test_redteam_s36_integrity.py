@@ -327,6 +327,14 @@ def test_a_restore_refuses_a_newest_copy_that_is_a_fifo(app_store: Store) -> Non
     assert released == []
     assert (finding.problem, finding.target) == ("file-damaged", f".trash/{newest.name}")
     assert store.get_session(session_id)["files"] == []
+    # The only copy so: refused by name too, where "no file 'b.txt' ... in the trash" was
+    # said of an entry the trash listing shows.
+    store.put_file(session_id, "b.txt", b"only")
+    store.delete_file(session_id, "b.txt")
+    (only,) = [e for e in store.list_trash() if e.file == "b.txt"]
+    _fifo_at(only.path / "b.txt")
+    with pytest.raises(TrashCopyLostError, match=f"entry {only.name}, holds a FIFO"):
+        store.restore(session_id, file="b.txt")
 
 
 def test_a_restore_refuses_a_copy_whose_size_is_not_the_one_acknowledged(

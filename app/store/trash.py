@@ -196,14 +196,18 @@ class Trash:
             if (found := TRASH_NAME_RE.fullmatch(name)) is not None
         ]
 
-    def latest(self, session_id: str, file: str | None, *, lost: bool = False) -> TrashEntry | None:
+    def latest(
+        self, session_id: str, file: str | None, *, lost: bool = False, odd: bool = False
+    ) -> TrashEntry | None:
         """The most recent entry that still holds the session (or its ``file``).
 
         ``lost``: refuse (`TrashCopyLostError`) where a newer entry of the file holds only
         its manifest. Only under the session's lock, after `Store._finish_half_entries`:
         a crash's leftovers are gone by then, and what is left lost its bytes from outside
         the app (red team 36: the restore brought back the version before it, as the one
-        deleted).
+        deleted). ``odd``: refuse only where that entry holds something that is not a
+        regular file (a FIFO, a link), which no change in flight leaves: safe without the
+        lock.
         """
         # By name first (it says the session and the kind): only this session's manifests
         # are read. Reading every one made a restore cost 0.4 s next to 10,000 entries.
@@ -231,7 +235,7 @@ class Trash:
                 damage = _not_bytes(entry.path / file)
                 if damage is None:
                     return entry
-                if lost:
+                if lost or (odd and not damage.startswith("has lost")):
                     raise TrashCopyLostError(session_id, file, name, damage=damage)
         return None
 
