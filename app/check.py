@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import fsync_dir, read_regular, tmp_in_flight
+from app.dataroot import AUDIT_FILE, NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
+from app.lock import special_kind
 from app.names import check_file_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -38,6 +43,7 @@ from app.store.records import (
     TRASHED_SESSION,
     FileRecord,
     load_record,
+    open_regular,
     read_meta,
     record_blob,
 )
@@ -173,13 +179,17 @@ class Checker:
                     "unknown-entry", path, "not a session directory", "nothing: left for a human"
                 )
 
-    def _audited(self) -> tuple[set[str], set[str]]:
+    def _audited(self, *, rotated: bool = False) -> tuple[set[str], set[str]]:
+        """The trash entries, and the purged sessions, the audit log names (``rotated``: the
+        rotated copies beside it too, `_rotated_logs`)."""
         trash: set[str] = set()
         purged: set[str] = set()
         try:
             lines = read_regular(self.root.audit_path).splitlines()
         except FileNotFoundError:
-            return trash, purged
+            lines = []
+        for older in _rotated_logs(self.root.path) if rotated else []:
+            lines += older
         for line in lines:
             try:
                 record = json.loads(line)
@@ -199,7 +209,13 @@ class Checker:
 
     def check_trash(self) -> None:
         audited, purged = self._audited()
-        for path in _listing(self.root.trash_dir):
+        listing = _listing(self.root.trash_dir)
+        if any(_unaudited(path.name, audited, purged) for path in listing):
+            # A log rotated as logs are (`mv audit.jsonl audit.jsonl.1`, logrotate) took
+            # their lines with it: every entry was reported as a crash between its move and
+            # its line, and its line written again (red team 36). Read only when needed.
+            audited, purged = self._audited(rotated=True)
+        for path in listing:
             found = TRASH_NAME_RE.fullmatch(path.name.removeprefix(EMPTYING_PREFIX))
             with self.item(), self.locked(None if found is None else found.group(2)):
                 if self.repair and not os.path.lexists(path):
@@ -301,8 +317,10 @@ class Checker:
         if self.found(
             "trash-unaudited",
             path,
-            f"a complete trash entry ({reason}) without its audit line: the process "
-            "stopped between the move and the line",
+            f"a complete trash entry ({reason}) without its audit line in audit.jsonl or a "
+            "rotated copy beside it (audit.jsonl.1, audit.jsonl-<date>.gz): the process "
+            "stopped between the move and the line, or the log that held it was moved out "
+            "of the data root",
             f"append the {operation} line it should have had",
         ):
             target = entry.session_id + ("" if entry.file is None else f"/{entry.file}")
@@ -344,7 +362,8 @@ class Checker:
                 current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
                 switched = current != blob
         if not switched:
-            if self.found(
+            lost = named and isinstance(file, str) and self._lost(entry, file, blob)
+            if not lost and self.found(
                 "trash-manifest-only",
                 path,
                 f"a file {manifest.get('reason')} that stopped before its commit; the file "
@@ -368,6 +387,56 @@ class Checker:
         fsync_dir(blob_path.parent)
         return True
 
+    def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
+        """Whether a file's entry holding only its manifest lost its bytes from outside the
+        app (reported, left for a human), rather than being a crash's leftover.
+
+        A delete or a replace renames the bytes into the entry after its commit: a crash
+        leaves them among the session's blobs, or the record still naming them. Neither
+        there, nor kept by another entry, they were removed: taken for "a delete that
+        stopped before its commit", the entry was removed, and a restore brought back the
+        version before it, as the one deleted (red team 36).
+        """
+        session_dir = self.store.sessions_dir / entry.session_id
+        if not (session_dir.is_dir() and isinstance(blob, str)) or session_dir.is_symlink():
+            return False
+        if os.path.lexists(session_dir / BLOBS_DIR / blob):
+            return False
+        with contextlib.suppress(InvalidNameError):
+            if record_blob(session_dir / RECORDS_DIR / check_file_name(file)) == blob:
+                return False  # the delete did not commit: the record names them still
+        if os.path.lexists(entry.path / file):
+            return False  # moved in since the entry was listed (a delete next to a read-only check)
+        if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
+            return False
+        self.unrepaired(
+            "file-damaged",
+            entry.path,
+            f"the bytes of the version of file {file!r} this entry keeps are not there, nor "
+            "among the session's blobs, and the session no longer has that version: removed "
+            "from outside the app; a restore of the file is refused while this is its "
+            "newest entry",
+            "nothing: left for a human (put the bytes back into the entry from a backup, "
+            "their SHA-256 is in its trash.json; or move the entry out of .trash/ to let a "
+            "restore bring back the copy before it)",
+        )
+        return True
+
+    def _kept(self, entry: TrashEntry, blob: str) -> bool:
+        """Whether another of the session's entries records ``blob`` as the bytes it holds."""
+        for path in _listing(self.root.trash_dir):
+            found = TRASH_NAME_RE.fullmatch(path.name)
+            if found is None or found.group(2) != entry.session_id or path == entry.path:
+                continue
+            try:
+                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            except (OSError, ValueError):
+                continue
+            held = manifest.get("file") if isinstance(manifest, dict) else None
+            if manifest.get("blob") == blob and isinstance(held, str) and (path / held).exists():
+                return True
+        return False
+
     def _trashed_copy(self, session_id: str, blob: str) -> Path | None:
         """The session's newest copy in the trash that holds ``blob`` among its blobs."""
         for path in reversed(_listing(self.root.trash_dir)):
@@ -389,14 +458,21 @@ class Checker:
         """
         for name in (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR):
             if (directory / name).is_symlink():
-                self.unrepaired(
-                    "unknown-entry",
-                    directory / name,
-                    "a symbolic link where the session keeps its files; nothing is read or "
-                    "moved through it",
-                    "nothing: left for a human (put the directory back from a backup)",
-                )
-                return True
+                what = "a symbolic link"
+            elif (kind := _not_a_directory(directory / name)) is not None:
+                # A records/ made a file read as no records: the start-up's repair moved
+                # every acknowledged blob to the trash as "never acknowledged" (red team 36).
+                what = kind
+            else:
+                continue
+            self.unrepaired(
+                "unknown-entry",
+                directory / name,
+                f"{what} where the session keeps its files; nothing is read or moved "
+                "through it, and none of the session's files is repaired",
+                "nothing: left for a human (put the directory back from a backup)",
+            )
+            return True
         return False
 
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
@@ -482,6 +558,21 @@ class Checker:
                 referenced.add(record["blob"])
                 self._verify(path, blob, path.name, record)
                 continue
+            if (kind := _special(blob)) is not None:
+                # A FIFO at a blob's name hung this check for good, and a server's start-up
+                # with it (red team 36); it holds no bytes, and is not the app's to move.
+                referenced.add(record["blob"])
+                self.unrepaired(
+                    "file-damaged",
+                    path,
+                    f"the bytes of file {path.name!r} are not there: their name holds {kind}, "
+                    "not a regular file (changed from outside the app); a download of it is "
+                    "refused",
+                    "nothing: left for a human (move it away and put the bytes back from a "
+                    "backup, whose `sha256sum` is the one acknowledged, or upload the file "
+                    "again)",
+                )
+                continue
             dangling.append((path, record))
         orphans = [
             path
@@ -495,7 +586,7 @@ class Checker:
         # every unnamed blob next to a torn record, and one whose hash a record names.
         named = [p for p in orphans if ID_RE.fullmatch(p.name)]
         wanted = {str(r.get("sha256")) for _, r in dangling}
-        found = {p: _sha256(p) for p in named} if wanted else {}
+        found = {p: _sha256_or_none(p) for p in named} if wanted else {}
         held = [p for p in named if unreadable or found.get(p) in wanted]
         hashes = set(found.values()) & wanted
         damaged = [*unreadable, *(p.name for p, r in dangling if r.get("sha256") in hashes)]
@@ -529,8 +620,8 @@ class Checker:
         for path in orphans:
             if path in held:
                 continue
-            if not ID_RE.fullmatch(path.name):
-                self.unrepaired("unknown-entry", path, "not a blob", "nothing: left for a human")
+            if (what := _not_a_blob(path)) is not None:
+                self.unrepaired("unknown-entry", path, what, "nothing: left for a human")
                 continue
             name = f"orphan-{path.name}"
             if self.found(
@@ -559,6 +650,8 @@ def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) ->
     """
     size, sha256 = acknowledged.get("size"), acknowledged.get("sha256")
     try:
+        if (kind := _special(path)) is not None:
+            return f"are not there: their name holds {kind}, not a regular file"
         on_disk = path.stat().st_size
         if isinstance(size, int) and on_disk != size:
             return f"are {on_disk} bytes long, where {size} were acknowledged"
@@ -577,8 +670,77 @@ def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) ->
 
 
 def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
+    # Without blocking, and only a regular file: opened as it was, a FIFO put at a blob's
+    # name waited for a writer for good (red team 36).
+    with open(path, "rb", opener=open_regular) as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    """`_sha256`, or ``None`` for bytes that cannot be read (a bad sector, not a file)."""
+    try:
+        return _sha256(path)
+    except PermissionError:
+        raise  # this process's, not the bytes': `permission-denied` (`Checker.item`)
+    except OSError:
+        return None
+
+
+def _not_a_blob(path: Path) -> str | None:
+    """Why the entry at ``path`` in a session's ``blobs/`` is no blob, if it is not."""
+    if not ID_RE.fullmatch(path.name):
+        return "not a blob"
+    if (kind := _special(path)) is not None:
+        return f"not a blob: {kind}, not a regular file (put there from outside the app)"
+    return None
+
+
+#: How logrotate (and a hand's `mv`) names the audit log's older copies beside it:
+#: ``audit.jsonl.1``, ``audit.jsonl.2.gz``, ``audit.jsonl-20261204``, ``audit.jsonl-20261204.gz``.
+_ROTATED_LOG = re.compile(re.escape(AUDIT_FILE) + r"[.-][0-9A-Za-z._-]+")
+
+
+def _unaudited(name: str, audited: set[str], purged: set[str]) -> bool:
+    """Whether a trash entry's name is in no line read (a purge's line names its sessions)."""
+    found = TRASH_NAME_RE.fullmatch(name)
+    return found is not None and name not in audited and found.group(2) not in purged
+
+
+def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
+    """The lines of each rotated copy of the audit log in ``root`` (gzip'ed or not), skipping
+    any that is not a regular file or cannot be read: they only spare a false report."""
+    for path in _listing(root):
+        if not _ROTATED_LOG.fullmatch(path.name) or path.is_symlink():
+            continue  # never followed: it could lead anywhere
+        try:
+            data = read_regular(path)
+            if data[:2] == b"\x1f\x8b":  # gzip's magic number
+                data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
+            continue  # a copy damaged or cut short: it spares no report, and stops no check
+        yield data.splitlines()
+
+
+def _not_a_directory(path: Path) -> str | None:
+    """What is at ``path`` if it is there and not a directory ("a regular file", "a FIFO")."""
+    try:
+        mode = path.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(mode):
+        return None
+    return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
+
+
+def _special(path: Path) -> str | None:
+    """What is at ``path`` if it is neither a regular file, nor a symlink, nor missing."""
+    try:
+        return special_kind(path.lstat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _listing(directory: Path) -> list[Path]:

@@ -8,6 +8,7 @@ and ``app doctor`` start as fast as dynaconf allows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
@@ -30,6 +32,7 @@ from app.errors import (
     ConfirmationRequiredError,
     DataRootInUseError,
     DataRootStateError,
+    OutputClosedError,
     storage_error,
 )
 
@@ -180,6 +183,13 @@ class AppGroup(CommandGroup):
             if isinstance(stop, _Terminated):
                 fail(CommandTerminatedError(command))
             fail(CommandInterruptedError(command))
+        except BrokenPipeError:
+            # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
+            command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
+            with contextlib.suppress(OSError):  # stderr may be the same closed pipe
+                fail(OutputClosedError(command))
+            sys.exit(OutputClosedError.exit_code)
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"

@@ -53,6 +53,7 @@ from app.errors import (
     FsyncFailed,
     LockLostError,
     ProfileStampMismatchError,
+    SpecialFileFound,
 )
 from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe, special_kind
 from app.names import MAX_NAME_BYTES
@@ -120,14 +121,11 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-class NotRegularFileError(OSError):
+class NotRegularFileError(SpecialFileFound):
     """One of the app's own files is something else at its name: a FIFO, a directory..."""
 
     def __init__(self, path: Path | str, mode: int) -> None:
-        kind = special_kind(mode) or "something else"
-        super().__init__(f"{path} is {kind}, not a regular file")
-        self.path = Path(path)
-        self.kind = kind
+        super().__init__(path, special_kind(mode) or "something else")
 
 
 def read_regular(path: Path | str) -> bytes:
@@ -350,6 +348,8 @@ def _open_for_append(path: Path) -> int:
     except OSError as error:
         if error.errno == errno.ENXIO:
             raise NotRegularFileError(path, stat.S_IFIFO) from None
+        if error.errno == errno.EISDIR:  # made a directory under a live server (red team 36)
+            raise NotRegularFileError(path, stat.S_IFDIR) from None
         if error.errno != errno.ELOOP:
             raise
         fd = None  # a symbolic link

@@ -796,6 +796,26 @@ class CommandInterruptedError(AppError):
     command: str
 
 
+class OutputClosedError(AppError):
+    """A command's standard output closed before its report was written (``| head``).
+
+    click exited 1 and said nothing, also after a purge or an empty-trash had done what it
+    was asked: a script took a change made for one that failed (red team 36).
+    """
+
+    exit_code = EX_IOERR
+    code = "output_closed"
+    template = (
+        "`{command}` could not write all of its output: its standard output was closed (a "
+        "pipe whose reader exited, such as `| head`). Anything it changed is done: each "
+        "change stays made, whole and audited, and `app sessions list --trash` and `app data "
+        "check` show the data root as it is. Send its output to a file, or to a reader that "
+        "reads all of it"
+    )
+
+    command: str
+
+
 EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a command that `kill` stopped
 
 
@@ -884,6 +904,47 @@ class NotInTrashError(SessionNotFoundError):
         )
 
 
+class TrashCopyLostError(StoreError):
+    """The newest copy of a file in the trash has lost its bytes (removed from outside the
+    app): a restore would bring back an older version as if it were the one deleted."""
+
+    exit_code = EX_DATAERR
+    code = "trash_copy_lost"
+    http_status = 500
+
+    session_id: str
+    file: str
+    entry: str
+    object_store: str | None = None
+    """On PostgreSQL and object storage: where the object was (``None`` on a data root)."""
+    damage: str = "has lost its bytes"
+    """What happened to them ("holds 1000 bytes, where 300000 were acknowledged")."""
+
+    @property
+    def message(self) -> str:
+        what = (
+            f"cannot restore file {self.file!r} of session {self.session_id}: its newest "
+            f"copy in the trash, entry {self.entry}, {self.damage}"
+        )
+        older = "and the copy before it is not the version that was deleted; nothing was changed"
+        if self.object_store is not None:
+            return (
+                f"{what} (its object is gone from {self.object_store}: deleted outside the "
+                f"app; `app data check` reports it as record-without-object), {older}. Put "
+                "the object back from a backup or a bucket version, or, to restore the older "
+                "copy instead, delete that entry's row from app_files (with no replica "
+                "running)"
+            )
+        return (
+            f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
+            "from outside the app; `app data check` reports it as "
+            f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
+            "from a backup (their SHA-256 is in its trash.json), or, to restore the older "
+            "copy instead, move the entry out of the data root's .trash/ (with no server on "
+            "it)"
+        )
+
+
 class UnreadableSessionError(StoreError):
     """A ``session.json`` that is not a JSON object, or holds a field of another type than
     the app writes: damage from outside the app, which replaces the file whole. Reading that
@@ -895,14 +956,18 @@ class UnreadableSessionError(StoreError):
     # No path: the message reaches HTTP clients. A 500 of its own, not `internal_error`:
     # the server is sound and keeps the connection; only this session's file is not.
     template = (
-        "cannot read session {session_id}: its session.json {damage} (it was changed "
-        "outside the app). `app data check` reports it as session-unreadable. Put "
-        "session.json back from a backup, or delete the session (DELETE "
+        "cannot read session {session_id}: its {file} {damage} (it was changed "
+        "outside the app). `app data check` reports it as {finding}. Put "
+        "{file} back from a backup, or delete the session (DELETE "
         "/sessions/{session_id}) to move it to the trash as it is"
     )
 
     session_id: str
     damage: str = "is not a JSON object"
+    file: str = "session.json"
+    """What is damaged: ``session.json``, or ``records/`` (red team 36: made a file, it was
+    read as no files at all)."""
+    finding: str = "session-unreadable"
 
 
 class DamagedFileError(StoreError):
@@ -1132,6 +1197,16 @@ class PreconditionFailedError(StoreError):
                 "To create it, send the PUT without If-Match (with If-None-Match: * to create "
                 "it only)"
             )
+        if not self.wanted.strip(" \t,"):
+            # It said "which another request wrote since": an empty value (a client's
+            # variable left unset) names no version at all, and so never matches (red team 36).
+            return (
+                f"{what}: its If-Match is empty, a list of no entity tags, which names no "
+                f"version and so never matches (the current one is ETag {self.current}); "
+                "nothing was changed. Send the ETag that GET or HEAD gave, with its quotes, "
+                f"as If-Match: {self.current}, or send no If-Match to write whatever the "
+                "current version is"
+            )
         weak = (
             " (a weak tag, W/, never matches: If-Match compares strongly, RFC 9110 13.1.1)"
             if "W/" in self.wanted
@@ -1256,6 +1331,27 @@ class FileTooLargeForServerError(StorageError):
 
     doing: str
 
+    @property
+    def message(self) -> str:
+        doing = self.doing
+        if doing.startswith("PUT ") or (doing.startswith("POST ") and doing.endswith("/files")):
+            return self.template.format_map(vars(self))
+        # A session's create (its session.json) and a delete (its trash entry's manifest) met
+        # the limit too, and were told to "send a smaller file" and to lower
+        # max_upload_bytes, neither of which they have (red team 36).
+        create = doing == "POST /sessions"
+        written = (
+            "the session's record, with its metadata,"
+            if create
+            else "a file it writes (a trash entry's manifest, a session's record)"
+        )
+        return (
+            f"cannot {self.doing}: {written} would be larger than this process may write in "
+            "the data root (its file size limit: systemd's LimitFSIZE=, `ulimit -f`); nothing "
+            f"was changed. {'Send less metadata, or have' if create else 'Have'} an operator "
+            "raise that limit"
+        )
+
 
 class ReadOnlyStorageError(StorageError):
     """The data root's filesystem is mounted read-only."""
@@ -1300,6 +1396,46 @@ class PermissionDeniedStorageError(StorageError):
     )
 
     doing: str
+
+
+class NotRegularFileStorageError(StorageError):
+    """One of the app's own files in the data root is something else at its name (a FIFO,
+    a directory): put there from outside the app while it runs (red team 36)."""
+
+    code = "storage_not_regular_file"
+    http_status = 503
+    # No path: the message reaches HTTP clients; the file's own name is the app's layout.
+    template = (
+        "cannot {doing}: the data root's {file} is {kind}, not a regular file (put there "
+        "from outside the app), and the change needs it; nothing was changed. An operator "
+        "moves it away (for audit.jsonl the app starts a new one at the next change: keep "
+        "the old one's lines, they are the record of what was deleted), then retries"
+    )
+
+    doing: str
+    file: str
+    kind: str
+
+
+class SpecialFileFound(OSError):
+    """One of the app's own files is a FIFO, a directory, a socket or a device at its name.
+
+    The base of :class:`app.dataroot.NotRegularFileError`, here so that
+    :func:`storage_error` can say what it means: raised from a live server's change (an
+    audit log made a FIFO under it), it was a bare 500.
+
+    Attributes:
+        path: the file's path.
+        kind: what is there ("a FIFO", "a directory").
+    """
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path = Path(path)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SpecialFileFound, (self.path, self.kind))
 
 
 class StorageIOError(StorageError):
@@ -1463,7 +1599,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
     Returns:
         A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
-        a `PermissionDeniedStorageError`, a `StorageIOError` or a
+        a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
+        `PermissionDeniedStorageError`, a `StorageIOError` or a
         `StorageInterruptedError`, else ``None``.
     """
     if not isinstance(error, OSError):
@@ -1477,6 +1614,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else f"an fsync on the data root's filesystem failed ({reason})"
         )
         return StorageSyncFailedError(doing, cause)
+    if isinstance(error, SpecialFileFound):
+        return NotRegularFileStorageError(doing, error.path.name, error.kind)
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)

@@ -20,8 +20,8 @@ def _racing(store: Store, during: Any) -> None:
     chosen = store.trash.latest
     ran: list[bool] = []
 
-    def latest(session_id: str, file: str | None) -> Any:
-        entry = chosen(session_id, file)
+    def latest(session_id: str, file: str | None, **options: Any) -> Any:
+        entry = chosen(session_id, file, **options)
         if not ran:
             ran.append(True)
             other = threading.Thread(target=during)

@@ -19,6 +19,7 @@ from app.errors import (
     LockLostError,
     NotInTrashError,
     SessionNotFoundError,
+    UnreadableSessionError,
     UploadTooLargeError,
 )
 from app.store import (
@@ -427,7 +428,9 @@ def test_a_symlinked_session_or_files_directory_is_neither_read_nor_written(
         app_store.put_file(a, "z", b"into b")
     assert sorted(p.name for p in (app_store.sessions_dir / b / "records").iterdir()) == ["y"]
     assert not (app_store.sessions_dir / a / "blobs").exists()  # refused before any write
-    assert app_store.get_session(a)["files"] == []
+    # Not read through, and not read as "no files" either (red team 36): damaged, said so.
+    with pytest.raises(UnreadableSessionError, match="its records/ is a symbolic link"):
+        app_store.get_session(a)
     with pytest.raises(FileNotFoundInSessionError):
         app_store.open_file(a, "y")
 

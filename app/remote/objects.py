@@ -385,6 +385,19 @@ class ObjectStore:
         total = answer.get("ContentRange", "").rpartition("/")[2]
         return ObjectStream(answer["Body"], int(total) if total.isdigit() else length, length)
 
+    def exists(self, name: str) -> bool:
+        """Whether the object is there (a HEAD: no byte of it read)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_object(Bucket=self.location.bucket, Key=self.location.key(name))
+        except (BotoCoreError, ClientError) as error:
+            failed = self._fail(error, name)
+            if isinstance(failed, ObjectMissingError):
+                return False
+            raise failed from error
+        return True
+
     def delete(self, *names: str) -> None:
         """Delete objects (a missing one is no error: deletes are retried after crashes)."""
         from botocore.exceptions import BotoCoreError, ClientError

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from app.errors import BadRequestError, SessionNotFoundError
+from app.errors import BadRequestError, SessionNotFoundError, TrashCopyLostError
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry
 from app.remote.objects import ObjectStore
@@ -106,13 +106,19 @@ class RemoteTrash:
                     "overwrite it with the copy in the trash. Delete the current one first"
                 )
             row = conn.execute(
-                "SELECT id, trash_name FROM app_files WHERE session_id = %s AND name = %s"
+                "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id DESC LIMIT 1"
                 " FOR UPDATE",
                 (session_id, name),
             ).fetchone()
             if row is None:
                 raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
+            # Its object deleted behind the app, the row was made the file again and the
+            # restore answered as done; every download of it was then refused (red team 36).
+            if not self.objects.exists(row["blob"]):
+                raise TrashCopyLostError(
+                    session_id, name, row["trash_name"], object_store=self.objects.where
+                )
             conn.execute(
                 "UPDATE app_files SET deleted_at = NULL, deleted_reason = NULL,"
                 " trash_name = NULL WHERE id = %s",

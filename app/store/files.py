@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from app.errors import (
     BadRequestError,
+    DamagedFileError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
     InvalidNameError,
     NotInTrashError,
     TooManyFilesError,
+    TrashCopyLostError,
 )
+from app.lock import special_kind
 from app.names import check_file_name
 from app.storage import FileEntry, SessionRecord, TrashEntry
 from app.store.concurrency import records_identity
@@ -114,9 +117,18 @@ class Files:
                     if error.errno not in MISSING_ERRNOS:
                         raise
                 else:
-                    if stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    mode = os.fstat(file.fileno()).st_mode
+                    if stat.S_ISREG(mode):
                         return file, public(record)
                     file.close()
+                    # Listed, yet "no file" was a 404 that contradicted the listing: the
+                    # bytes were replaced from outside the app (red team 36).
+                    kind = special_kind(mode) or "something else"
+                    raise DamagedFileError(
+                        session_id,
+                        record_path.name,
+                        f"are not there (their name holds {kind}, not a regular file)",
+                    )
         raise FileNotFoundInSessionError(session_id, record_path.name)
 
     def begin_upload(
@@ -307,7 +319,7 @@ class Files:
             # Chosen under the session's lock, which a delete and a replace take: chosen
             # before it, a delete that committed meanwhile put a newer version in the trash,
             # and the restore brought back the one before it (red team 32).
-            entry = self.trash.latest(session_id, name)
+            entry = self.trash.latest(session_id, name, lost=True)
             if entry is None:
                 raise NotInTrashError(session_id, name)
             manifest = self.trash.read_manifest(entry)
@@ -323,6 +335,17 @@ class Files:
             if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
                 blob = new_session_id()
             size = (entry.path / name).stat().st_size
+            acknowledged = previous.get("size")
+            if isinstance(acknowledged, int) and size != acknowledged:
+                # Taken from the disk, the damaged size went into the record under the
+                # acknowledged SHA-256: listed so, and past a download's check of the size
+                # before a byte (red team 36).
+                raise TrashCopyLostError(
+                    session_id,
+                    name,
+                    entry.name,
+                    damage=f"holds {size} bytes, where {acknowledged} were acknowledged",
+                )
             (entry.path / name).rename(blobs / blob)
 
             def undo() -> None:

@@ -175,12 +175,15 @@ def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
     through the other name raises no event on records/ (`app.store.watch`)."""
     records_dir = directory / RECORDS_DIR
     if records_dir.is_symlink():
-        return [], False
+        raise _records_damaged(directory, "is a symbolic link, not the app's directory")
     try:
         with os.scandir(records_dir) as entries:
             names = [e.name for e in entries if not e.name.startswith(".")]
-    except (FileNotFoundError, NotADirectoryError):
-        return [], False
+    except FileNotFoundError:
+        return [], False  # no upload yet
+    except NotADirectoryError:
+        # Read as "no files", a state the session never had (red team 36).
+        raise _records_damaged(directory, "is not a directory") from None
     records = []
     linked = False
     for name in names:
@@ -190,6 +193,12 @@ def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
             records.append(record)
     records.sort(key=upload_order)
     return records, linked
+
+
+def _records_damaged(directory: Path, damage: str) -> UnreadableSessionError:
+    return UnreadableSessionError(
+        session_id=directory.name, damage=damage, file="records/", finding="unknown-entry"
+    )
 
 
 def upload_order(record: FileRecord) -> tuple[str, str]:

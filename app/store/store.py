@@ -446,7 +446,9 @@ class Store(Storage):
         self._finish_half_entries(session_id)
         # Refused before anything is opened; the entry is chosen again under the session's
         # lock (`Sessions.restore`, `Files.restore`), and only that choice counts.
-        if self.trash.latest(session_id, name) is None:
+        # A FIFO or a link where the newest copy's bytes should be is refused by name here:
+        # passed over, "not in the trash" was said of an entry the listing shows.
+        if self.trash.latest(session_id, name, odd=True) is None:
             raise NotInTrashError(session_id, name)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.

@@ -17,8 +17,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from app.dataroot import (
@@ -28,8 +30,8 @@ from app.dataroot import (
     read_regular,
     write_new_file,
 )
-from app.errors import PermissionDeniedStorageError, StoppedPartwayError
-from app.lock import BOOT_ID_FILE
+from app.errors import PermissionDeniedStorageError, StoppedPartwayError, TrashCopyLostError
+from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
 
@@ -83,6 +85,19 @@ def _boot_of(recorded: object) -> tuple[str, float] | None:
     if not isinstance(seconds, int | float) or not math.isfinite(seconds):
         return None
     return boot, float(seconds)
+
+
+def _not_bytes(path: Path) -> str | None:
+    """``None`` if ``path`` is a regular file, else what is wrong with it, for a refusal."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "has lost its bytes"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else special_kind(mode) or "something else"
+    # A FIFO there was passed over, and the version before it restored (red team 36).
+    return f"holds {kind} where its bytes should be"
 
 
 class Trash:
@@ -181,8 +196,19 @@ class Trash:
             if (found := TRASH_NAME_RE.fullmatch(name)) is not None
         ]
 
-    def latest(self, session_id: str, file: str | None) -> TrashEntry | None:
-        """The most recent entry that still holds the session (or its ``file``)."""
+    def latest(
+        self, session_id: str, file: str | None, *, lost: bool = False, odd: bool = False
+    ) -> TrashEntry | None:
+        """The most recent entry that still holds the session (or its ``file``).
+
+        ``lost``: refuse (`TrashCopyLostError`) where a newer entry of the file holds only
+        its manifest. Only under the session's lock, after `Store._finish_half_entries`:
+        a crash's leftovers are gone by then, and what is left lost its bytes from outside
+        the app (red team 36: the restore brought back the version before it, as the one
+        deleted). ``odd``: refuse only where that entry holds something that is not a
+        regular file (a FIFO, a link), which no change in flight leaves: safe without the
+        lock.
+        """
         # By name first (it says the session and the kind): only this session's manifests
         # are read. Reading every one made a restore cost 0.4 s next to 10,000 entries.
         for name in reversed(self._entry_names()):
@@ -205,8 +231,12 @@ class Trash:
             if file is None:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
                     return entry
-            elif entry.kind == "file" and entry.file == file and (entry.path / file).is_file():
-                return entry
+            elif entry.kind == "file" and entry.file == file:
+                damage = _not_bytes(entry.path / file)
+                if damage is None:
+                    return entry
+                if lost or (odd and not damage.startswith("has lost")):
+                    raise TrashCopyLostError(session_id, file, name, damage=damage)
         return None
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:

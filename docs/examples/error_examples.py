@@ -138,8 +138,12 @@ EXAMPLES: list[errors.AppError] = [
     errors.RequestCutShortError("POST", "/sessions", 30),
     errors.CommandInterruptedError("app data purge"),
     errors.CommandTerminatedError("app data purge"),
+    errors.OutputClosedError("app data purge"),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
+    errors.TrashCopyLostError(
+        "3f2a9c", "report.pdf", "20261204T101500000000Z-3f2a9c-file-5967e864"
+    ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
     errors.DamagedFileError(
@@ -178,6 +182,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.NotRegularFileStorageError(
+        "DELETE /sessions/3f2a9c/files/report.pdf", "audit.jsonl", "a FIFO"
+    ),
     errors.StorageIOError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.StorageSyncFailedError(
         "PUT /sessions/3f2a9c/files/report.pdf",
