@@ -18,13 +18,14 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
 
 import click
 
 from app import config as appconfig
 from app.errors import (
     EX_DATAERR,
+    EX_OUTPUT_GONE,
     AppError,
     CommandInterruptedError,
     CommandTerminatedError,
@@ -48,6 +49,14 @@ def fail(error: AppError) -> NoReturn:
 
 _PROFILE_KEY = "app.profile"
 _COMMAND_KEY = "app.command"
+#: Set when the command run can change data: its output closed early is then worth a word.
+_CHANGES_KEY = "app.changes"
+_CHANGING: Final = {
+    ("data", "purge"),
+    ("data", "empty-trash"),
+    ("data", "restamp"),
+    ("sessions", "restore"),
+}
 
 
 def _remember_profile(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
@@ -139,6 +148,10 @@ class AppCommand(_OnceEach, click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         ctx.meta[_COMMAND_KEY] = ctx.command_path  # `app data check`, for a refusal to name
+        group = ctx.parent.info_name if ctx.parent is not None else None
+        ctx.meta[_CHANGES_KEY] = (group, ctx.info_name) in _CHANGING or bool(
+            ctx.params.get("repair")
+        )
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -187,6 +200,10 @@ class AppGroup(CommandGroup):
             # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
             sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
+            if not ctx.meta.get(_CHANGES_KEY):
+                # A command that changes nothing (`app config | head -1`) is cut short as
+                # any tool `head` stops is: quietly, with the status SIGPIPE gives.
+                sys.exit(EX_OUTPUT_GONE)
             with contextlib.suppress(OSError):  # stderr may be the same closed pipe
                 fail(OutputClosedError(command))
             sys.exit(OutputClosedError.exit_code)

@@ -817,6 +817,9 @@ class OutputClosedError(AppError):
 
 
 EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a command that `kill` stopped
+#: 128 + SIGPIPE, as a shell reports a command whose reader exited (`seq 1000000 | head -1`):
+#: a command that changes nothing ends so, quietly, when its output is closed.
+EX_OUTPUT_GONE = 141
 
 
 class CommandTerminatedError(CommandInterruptedError):

@@ -695,3 +695,30 @@ def test_a_purge_whose_output_is_closed_says_it_was_done(app_config: Any) -> Non
     with open_storage(app_config, writer=True) as store:
         assert store.session_ids() == []
         assert sorted(e.session_id for e in store.list_trash()) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    "argv", [["config"], ["status"], ["sessions", "list"], ["data", "check", "--quick"]]
+)
+def test_a_command_that_changes_nothing_whose_output_is_closed_ends_quietly(
+    app_config: Any, argv: list[str]
+) -> None:
+    # `app config | head -1`: a reader that has read enough is no failure worth a paragraph;
+    # it ends as any tool `head` stops does, with the status a shell gives SIGPIPE.
+    from app.storage import open_storage
+
+    with open_storage(app_config, writer=True) as store:
+        for _ in range(3):
+            store.create_session("s")
+    read, write = os.pipe()
+    os.close(read)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", *argv],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(app_config.data_root)},
+        check=False,
+    )
+    os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
