@@ -35,6 +35,16 @@ def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, 
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
+def _run_beside(
+    production: Path, project: Path, settings: Path, *args: str, **extra: str
+) -> tuple[int, str]:
+    """`_run`, failing if it changed any file of production's root."""
+    before = snapshot(production)
+    code, output = _run(project, settings, *args, **extra)
+    assert snapshot(production) == before, output
+    return code, output
+
+
 # --- layer 2: a root no filesystem can name ---------------------------------------------
 
 
@@ -213,9 +223,9 @@ def test_a_run_with_one_of_pytest_s_own_plugins_blocked_still_gets_its_sandbox(
     # stopped before any test with a bare `ValueError: unknown configuration value`.
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text(LOADS_IN_THE_SANDBOX)
-    before = snapshot(production)
-    code, output = _run(tmp_path, settings, "-p", f"no:{blocked}", "test_inner.py")
-    assert snapshot(production) == before, output
+    code, output = _run_beside(
+        production, tmp_path, settings, "-p", f"no:{blocked}", "test_inner.py"
+    )
     assert code == 0, output
     assert "Traceback" not in output and "1 passed" in output, output
     assert "app: profile=testing (forced)" in output, output
@@ -227,12 +237,10 @@ def test_a_basetemp_in_a_data_root_is_refused_with_pytest_s_tmpdir_blocked(
 ) -> None:
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text("def test_nothing():\n    pass\n")
-    before = snapshot(production)
     basetemp = production / "sessions"
-    code, output = _run(
-        tmp_path, settings, "-p", "no:tmpdir", f"--basetemp={basetemp}", "test_inner.py"
+    code, output = _run_beside(
+        production, tmp_path, settings, "-p", "no:tmpdir", f"--basetemp={basetemp}", "test_inner.py"
     )
-    assert snapshot(production) == before, output
     assert code != 0, output
     assert (
         f"app: refusing --basetemp {basetemp}: pytest empties it before the run, and it "
@@ -320,9 +328,9 @@ def test_p_no_app_in_the_ini_file_s_addopts_is_named_as_what_disabled_the_plugin
         (tmp_path / name).write_text(text)
     ini = tmp_path / "pytest.ini"
     ini.write_text("[pytest]\naddopts = -p no:app -p early_plugin\n")
-    before = snapshot(production)
-    code, output = _run(tmp_path, settings, "-s", "test_inner.py", PYTHONPATH=str(tmp_path))
-    assert snapshot(production) == before, output
+    code, output = _run_beside(
+        production, tmp_path, settings, "-s", "test_inner.py", PYTHONPATH=str(tmp_path)
+    )
     assert code == 0, output
     said = (
         "SandboxViolationError refused under pytest: loading profile 'production' while "
@@ -344,12 +352,11 @@ def test_p_no_app_quoted_in_pytest_addopts_is_named_as_what_disabled_the_plugin(
     settings, production = stopped
     for name, text in LOADS_PRODUCTION_EARLY_AND_LATE.items():
         (tmp_path / name).write_text(text)
-    before = snapshot(production)
-    code, output = _run(
+    code, output = _run_beside(
+        production,
         tmp_path, settings, "-s", "test_inner.py", PYTHONPATH=str(tmp_path),
         PYTEST_ADDOPTS="-p 'no:app' -p early_plugin",
     )  # fmt: skip
-    assert snapshot(production) == before, output
     assert code == 0, output
     assert (
         "EARLY SandboxViolationError refused under pytest: loading profile 'production' while "
@@ -473,12 +480,10 @@ def test_a_rewritten_entry_is_put_back_after_a_reload_of_the_app_s_modules(
     # the stopped production root (its sessions moved to its trash).
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text(RELOADS_THEN_REWRITES)
-    before = snapshot(production)
     # Unregistered (config.pluginmanager.unregister), the plugin's hooks are gone, and its
     # fixture, collected, stays: the checks run in both.
     extra = {"UNREGISTER": "1", "RELOAD": ""} if modules == "unregister" else {"RELOAD": modules}
-    code, output = _run(tmp_path, settings, "test_inner.py", **extra)
-    assert snapshot(production) == before, output
+    code, output = _run_beside(production, tmp_path, settings, "test_inner.py", **extra)
     assert code == 1, output
     assert "3 passed, 1 error" in output, output
     assert (
@@ -526,9 +531,9 @@ def test_a_fixture_that_replaces_the_per_test_guard_fails_every_test_it_replaces
     for name, text in REPLACES_THE_GUARD.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "test_inner.py").write_text(RELOADS_THEN_REWRITES)
-    before = snapshot(production)
-    code, output = _run(tmp_path, settings, "test_inner.py", "test_parametrized.py", RELOAD="")
-    assert snapshot(production) == before, output
+    code, output = _run_beside(
+        production, tmp_path, settings, "test_inner.py", "test_parametrized.py", RELOAD=""
+    )
     assert code == 1, output
     assert "4 errors" in output, output
     assert (
@@ -641,9 +646,9 @@ def test_a_marked_test_s_module_and_class_fixtures_get_its_profile_in_the_sandbo
     settings, production = stopped
     for name, text in MARKED_MODULE_FIXTURES.items():
         (tmp_path / name).write_text(text)
-    before = snapshot(production)
-    code, output = _run(tmp_path, settings, "test_a_marked.py", "test_b_unmarked.py")
-    assert snapshot(production) == before, output
+    code, output = _run_beside(
+        production, tmp_path, settings, "test_a_marked.py", "test_b_unmarked.py"
+    )
     assert code == 0, output
     assert "3 passed" in output, output
 
@@ -841,12 +846,11 @@ def test_what_held(
     (tmp_path / "conftest.py").write_text(HELD_CONFTEST)
     (tmp_path / "test_inner.py").write_text(HELD_TESTS)
     out = tmp_path / "hooks.txt"
-    before = snapshot(production)
-    code, output = _run(
+    code, output = _run_beside(
+        production,
         tmp_path, settings, *workers, "--doctest-modules", "test_inner.py",
         ROOT=str(production), OUT=str(out),
     )  # fmt: skip
-    assert snapshot(production) == before, output
     assert code == 0, output
     assert "14 passed" in output, output
     said = out.read_text().splitlines()
