@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import forked_app
 import httpx
@@ -41,3 +43,10 @@ def one_client(factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         httpx.Client(base_url=server.url, headers=server.headers) as client,
     ):
         yield client
+
+
+def blob_of(root: Path, session_id: str, name: str) -> Path:
+    """Where a local root keeps the bytes of file `name` of a session (its record names it)."""
+    directory = root / "sessions" / session_id
+    record = json.loads((directory / "records" / name).read_text())
+    return directory / "blobs" / record["blob"]

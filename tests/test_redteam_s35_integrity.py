@@ -31,7 +31,7 @@ import httpx
 import pytest
 from engines import S3Engine
 from live_http import Answers, connect
-from redteam_s19_http import one_server
+from redteam_s19_http import blob_of, one_server
 
 from app.config import Config
 from app.server.downloads import OpenFileResponse
@@ -49,12 +49,6 @@ CHUNK = OpenFileResponse.chunk_size  # what a download reads, hashes and sends a
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with one_server(tmp_path_factory) as live:
         yield live
-
-
-def _blob(root: Path, session_id: str, name: str) -> Path:
-    directory = root / "sessions" / session_id
-    record = json.loads((directory / "records" / name).read_text())
-    return directory / "blobs" / record["blob"]
 
 
 def _damage(path: Path, how: str) -> None:
@@ -96,7 +90,7 @@ def test_a_download_of_bytes_flipped_on_disk_is_cut_before_its_last_byte(
     with httpx.Client(base_url=server.url, headers=server.headers) as http:
         session_id = http.post("/sessions", json={}).json()["id"]
         assert http.put(f"/sessions/{session_id}/files/f.bin", content=data).status_code == 201
-    _damage(_blob(server.data_root, session_id, "f.bin"), how)
+    _damage(blob_of(server.data_root, session_id, "f.bin"), how)
     status, got, cut = _received(server, f"/sessions/{session_id}/files/f.bin")
     assert status == 200
     assert cut is not None, "a complete answer of bytes that are not the acknowledged ones"
@@ -116,7 +110,7 @@ def test_a_range_of_the_whole_file_is_checked_as_the_whole_file_is(server: LiveS
     with httpx.Client(base_url=server.url, headers=server.headers) as http:
         session_id = http.post("/sessions", json={}).json()["id"]
         assert http.put(f"/sessions/{session_id}/files/r.bin", content=data).status_code == 201
-    _damage(_blob(server.data_root, session_id, "r.bin"), "flip-middle")
+    _damage(blob_of(server.data_root, session_id, "r.bin"), "flip-middle")
     url = f"/sessions/{session_id}/files/r.bin"
     for whole in ("bytes=0-", f"bytes=0-{len(data) - 1}", f"bytes=0-{len(data) + 99}"):
         status, got, cut = _received(server, url, {"Range": whole})
@@ -135,7 +129,7 @@ def test_a_download_of_bytes_cut_on_disk_is_refused_before_a_byte_is_sent(
         url = f"/sessions/{session_id}/files/cut.bin"
         assert http.put(url, content=data).status_code == 201
         assert http.put(f"/sessions/{session_id}/files/kept.bin", content=b"kept").is_success
-        _damage(_blob(server.data_root, session_id, "cut.bin"), "cut")
+        _damage(blob_of(server.data_root, session_id, "cut.bin"), "cut")
         for method, headers in [("GET", {}), ("HEAD", {}), ("GET", {"Range": "bytes=0-9"})]:
             answer = http.request(method, url, headers=headers)
             assert answer.status_code == 500, (method, headers)
@@ -177,8 +171,8 @@ def test_check_reports_damaged_bytes_and_a_repair_moves_none_of_them(
     store.put_file(session_id, "old.txt", b"version 1" * 10)
     store.put_file(session_id, "old.txt", b"version 2", replace=True)
     root = store.root.path
-    _damage(_blob(root, session_id, "cut.txt"), "cut")
-    _damage(_blob(root, session_id, "flip.txt"), "flip-middle")
+    _damage(blob_of(root, session_id, "cut.txt"), "cut")
+    _damage(blob_of(root, session_id, "flip.txt"), "flip-middle")
     (entry,) = store.list_trash()
     _damage(entry.path / "old.txt", "cut")
 
@@ -221,7 +215,7 @@ def test_data_check_quick_compares_sizes_and_reads_no_bytes(
     # keeps the check a cron job or a deploy script can afford: sizes only, no byte read
     # (strace sees no read of a blob), so a change of the same size goes unseen.
     _, ids = template
-    flipped = _blob(app_config.data_root, ids[0], "a.txt")
+    flipped = blob_of(app_config.data_root, ids[0], "a.txt")
     _damage(flipped, "flip-last")
     env = {**os.environ, "APP_DATA_ROOT": str(app_config.data_root)}
     command = [sys.executable, "-m", "app", "data", "check"]
@@ -238,7 +232,7 @@ def test_data_check_quick_compares_sizes_and_reads_no_bytes(
     )
     assert quick.returncode == 0, quick.stderr
     assert "read(" not in quick.stdout, quick.stdout
-    _damage(_blob(app_config.data_root, ids[1], "a.txt"), "cut")
+    _damage(blob_of(app_config.data_root, ids[1], "a.txt"), "cut")
     quick = subprocess.run(
         [*command, "--quick"], capture_output=True, text=True, env=env, check=False
     )
@@ -535,8 +529,8 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_rest_checked(
     # damaged: it stopped the whole check (a read failed, so it could not say what it had
     # missed), and the other files went unchecked.
     _, ids = template
-    first = _blob(app_config.data_root, ids[0], "a.txt")
-    _damage(_blob(app_config.data_root, ids[1], "a.txt"), "flip-last")
+    first = blob_of(app_config.data_root, ids[0], "a.txt")
+    _damage(blob_of(app_config.data_root, ids[1], "a.txt"), "flip-last")
     strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(first), "-e", "trace=read"]
     run = subprocess.run(
         [*strace, "-e", "inject=read:error=EIO", sys.executable, "-m", "app", "data", "check"],

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from engines import S3Engine
-from redteam_s19_http import one_server
+from redteam_s19_http import blob_of, one_server
 from test_hostile_integrity import start_with_file_size_limit
 from test_redteam_s19_integrity import file_size_limit
 from test_server_e2e import Server, app_env
@@ -43,12 +43,6 @@ from app.testing import LiveServer
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with one_server(tmp_path_factory) as live:
         yield live
-
-
-def _blob(root: Path, session_id: str, name: str) -> Path:
-    directory = root / "sessions" / session_id
-    record = json.loads((directory / "records" / name).read_text())
-    return directory / "blobs" / record["blob"]
 
 
 def _fifo_at(path: Path) -> None:
@@ -97,12 +91,12 @@ def test_a_fifo_at_a_blobs_name_is_reported_and_no_check_waits_on_it(app_store: 
     store.put_file(session_id, "e.txt", b"")
     store.put_file(session_id, "e.txt", b"newer", replace=True)  # b"" in the trash
     store.put_file(session_id, "gone.txt", b"gone")
-    fifo = _blob(root, session_id, "f.txt")
+    fifo = blob_of(root, session_id, "f.txt")
     _fifo_at(fifo)
     (entry,) = store.list_trash()
     _fifo_at(entry.path / "e.txt")  # 0 bytes acknowledged: the size alone matched
     # A record whose bytes are gone next to a FIFO no record names: their hashes compared.
-    _blob(root, session_id, "gone.txt").unlink()
+    blob_of(root, session_id, "gone.txt").unlink()
     stray = fifo.with_name("01" + "0" * 30)
     os.mkfifo(stray, 0o600)
     with _waits_released(fifo, entry.path / "e.txt", stray) as released:
@@ -140,7 +134,7 @@ def test_a_device_at_an_empty_files_blob_is_no_empty_file(app_store: Store) -> N
     store = app_store
     session_id = store.create_session("s")["id"]
     store.put_file(session_id, "empty.txt", b"")
-    blob = _blob(store.root.path, session_id, "empty.txt")
+    blob = blob_of(store.root.path, session_id, "empty.txt")
     blob.unlink()
     os.mknod(blob, stat.S_IFCHR | 0o600, os.makedev(1, 3))
     (finding,) = store.check().findings
@@ -158,7 +152,7 @@ def test_a_download_of_a_file_whose_blob_is_a_fifo_says_it_is_damaged(server: Li
         session_id = http.post("/sessions", json={}).json()["id"]
         url = f"/sessions/{session_id}/files/f.txt"
         assert http.put(url, content=b"hello").status_code == 201
-        _fifo_at(_blob(server.data_root, session_id, "f.txt"))
+        _fifo_at(blob_of(server.data_root, session_id, "f.txt"))
         for method in ("GET", "HEAD"):
             answer = http.request(method, url)
             assert answer.status_code == 500, (method, answer.text)
