@@ -82,6 +82,7 @@ __all__ = [
     "fsync",
     "fsync_dir",
     "json_bytes",
+    "mount_point_at",
     "mounts_inside",
     "open_root",
     "read_regular",
@@ -878,6 +879,17 @@ def mounts_inside(root: Path) -> list[Path]:
     prefix = os.fsencode(root).rstrip(b"/") + b"/"
     inside = {Path(os.fsdecode(point)) for _, point, _ in mounts if point.startswith(prefix)}
     return sorted(inside)
+
+
+def mount_point_at(path: Path) -> bool:
+    """Whether a filesystem is mounted at ``path`` itself (Linux's mountinfo; False where
+    that cannot be told)."""
+    try:
+        mounts = _MOUNTS.mounts()
+    except OSError:
+        return False
+    wanted = os.fsencode(path).rstrip(b"/") or b"/"
+    return any(point == wanted for _, point, _ in mounts)
 
 
 def filesystem_type(path: Path) -> str | None:

@@ -81,6 +81,16 @@ class GuardState:
     remote: RemoteTesting | None = None
     #: Whether this process is an xdist worker of the run (not a run a worker started).
     worker: bool = False
+    #: Whether a test was already failed for replacing the sandbox (said once; `mktemp`
+    #: refuses on every call).
+    replaced_reported: bool = False
+
+    @property
+    def sandbox_identity(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the sandbox as the run made it (a link not followed), to
+        tell it replaced or mounted over (`sandbox_replaced`); None before it is made."""
+        made: tuple[int, int] | None = getattr(self.factory, _IDENTITY, None)
+        return made
 
 
 def _stash_key(name: str) -> Any:
@@ -592,6 +602,17 @@ def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
         return None
     from app.dataroot import mounts_inside
 
+    if (replaced := sandbox_replaced(state.sandbox, state.sandbox_identity)) is not None:
+        factory._retention_policy = "all"
+        return (
+            f"app: {when}, pytest was about to delete what passed (tmp_path_retention_policy "
+            f"= 'failed'), but the sandbox {state.sandbox} {replaced}: the deletion would "
+            "empty whatever it leads to now (a data root mounted on the sandbox was emptied, "
+            "its lock file and stamp with it). The policy keeps everything for the rest of "
+            f"this run. Undo it (umount {state.sandbox}, or remove what was put at that "
+            "path), and never mount or link a real data root over the sandbox or a test's "
+            "directory"
+        )
     found = mounts_inside(state.sandbox)
     if not found:
         return None
@@ -605,6 +626,91 @@ def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
         f"everything for the rest of this run. Unmount it (umount {found[0]}; `findmnt -R "
         f"{state.sandbox}` lists them), and never mount a real data root into the sandbox"
     )
+
+
+def refuse_replaced_sandbox(state: GuardState, when: str) -> str | None:
+    """Where the sandbox's path no longer names the run's sandbox, the message that says so
+    (after the test that did it, whose `mktemp` calls are refused from then on); else None.
+    """
+    if state.replaced_reported:
+        return None
+    found = _replaced_message(state.sandbox, state.sandbox_identity, when)
+    state.replaced_reported = found is not None
+    return found
+
+
+def _replaced_message(sandbox: Path, made: tuple[int, int] | None, when: str) -> str | None:
+    replaced = sandbox_replaced(sandbox, made)
+    if replaced is None:
+        return None
+    return (
+        f"app: {when}: the test sandbox {sandbox} {replaced}, so pytest would make "
+        "tmp_path and tmp_path_factory.mktemp directories in whatever it leads to now (a "
+        "data root mounted over the sandbox got the next tests' directories made in it). "
+        f"Undo it (umount {sandbox}, or remove what was put at that path and rerun), "
+        "and never mount or link a real data root over the sandbox or a test's directory"
+    )
+
+
+#: Where `_guard_mktemp` keeps the sandbox's identity on the factory it guards.
+_IDENTITY = "_app_sandbox_identity"
+
+
+def _guard_mktemp(factory: pytest.TempPathFactory, sandbox: Path) -> None:
+    """Make the factory's `mktemp` refuse a sandbox whose path names something else now.
+
+    pytest makes every ``tmp_path`` and ``tmp_path_factory.mktemp`` directory by that path:
+    a test (run as root) that mounted a production root over the sandbox and left it there
+    got the next tests' directories, and pytest's ``<name>current`` links, made in
+    production's root, and the run passed (red team 37). A poll and an ``lstat`` a call.
+    """
+    made = sandbox_identity(sandbox)
+    setattr(factory, _IDENTITY, made)
+    original = factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        __tracebackhide__ = True
+        refused = _replaced_message(sandbox, made, f"refusing to make a directory {basename!r}")
+        if refused is not None:
+            pytest.fail(refused, pytrace=False)
+        return original(basename, numbered)
+
+    factory.mktemp = mktemp  # type: ignore[method-assign]
+
+
+def sandbox_identity(sandbox: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the sandbox directory itself, a link not followed."""
+    try:
+        found = os.lstat(sandbox)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def sandbox_replaced(sandbox: Path, made: tuple[int, int] | None) -> str | None:
+    """How the sandbox's path no longer names the directory the run made (``made``, its
+    `sandbox_identity` then), or None.
+
+    A test (run as root) that bind-mounted a production root on the sandbox itself, pytest's
+    ``getbasetemp()``, got it emptied as the run passed under ``tmp_path_retention_policy
+    = "failed"``, its lock file and stamp with it, and nothing said (red team 37): the look
+    for mounts saw only those strictly inside the sandbox. A mount on the path, or the
+    directory renamed away and something else put there, changes what the path names.
+    """
+    if made is None:
+        return None
+    from app.dataroot import mount_point_at
+
+    if mount_point_at(sandbox):
+        return f"is a mount point now (`findmnt {sandbox}` shows what is mounted there)"
+    now = sandbox_identity(sandbox)
+    if now == made:
+        return None
+    if now is None:
+        return "is gone"
+    if sandbox.is_symlink():
+        return f"is a symbolic link now, to {sandbox.readlink()}"
+    return "names another file than the directory this run made (it was replaced)"
 
 
 #: pytest's own ini values the plugin reads, with pytest's defaults.
@@ -782,6 +888,7 @@ def make_sandbox(
     (sandbox / SANDBOX_MARK).write_text(
         "A pytest sandbox of the app's plugin: pytest empties it when it is reused.\n"
     )
+    _guard_mktemp(factory, sandbox)
     return factory, sandbox
 
 

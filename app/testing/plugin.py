@@ -448,6 +448,9 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         raise
     _undo_marks(item, state)
     failures = [kept] if kept is not None else []
+    if kept is None:
+        replaced = guard.refuse_replaced_sandbox(state, f"after {item.nodeid}")
+        failures += [replaced] if replaced is not None else []
     failures += _after_the_test(item, state)
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)

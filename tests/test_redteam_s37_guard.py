@@ -1,0 +1,300 @@
+"""Red team 37 on the guard: the sandbox itself, pytest's own modes, and children.
+
+Each case is real: pytest runs in a subprocess next to a stopped production root named by
+the settings. One class broke: a test (run as root) that mounts production's root over the
+run's sandbox itself, pytest's ``getbasetemp()``. Under ``tmp_path_retention_policy =
+"failed"`` pytest emptied production as the run passed (its lock file and stamp with it),
+and under every policy the next tests' ``tmp_path`` directories were made in production's
+root; the run passed and said nothing. The rest held, and are kept here too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s35_guard import _run
+from test_server_e2e import snapshot
+
+#: Runs the inner pytest in a mount namespace of its own, where its tests may mount.
+_OWN_MOUNTS = "unshare --mount --propagation private"
+
+
+def _can_mount() -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root mounts (unshare -m)")
+
+
+def _run_beside(production: Path, project: Path, settings: Path, *args: str, **extra: str):
+    """`_run`, failing if it changed any file of production's root."""
+    before = snapshot(production)
+    code, output = _run(project, settings, *args, **extra)
+    assert snapshot(production) == before, output
+    return code, output
+
+
+#: A test that bind-mounts a stopped production root over the sandbox itself, and passes.
+MOUNTS_OVER_THE_SANDBOX = """import os, subprocess
+
+
+def test_mounts_production_over_the_sandbox(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    subprocess.run(["mount", "--bind", os.environ["ROOT"], str(base)], check=True)
+"""
+
+
+@pytest.mark.parametrize("policy", ["failed", "none"])
+def test_a_data_root_mounted_over_the_sandbox_is_not_emptied_by_the_retention_policy(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    policy: str,
+) -> None:
+    # Under "failed" pytest deletes the sandbox of a run that passed; the look for mounts
+    # saw only those strictly inside it, so production's root was emptied, lock and stamp.
+    # Under "none" pytest renames the directory first (EBUSY on a mount point): it held.
+    _can_mount()
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(MOUNTS_OVER_THE_SANDBOX)
+    code, output = _run_beside(
+        production, tmp_path, settings, "-o", f"tmp_path_retention_policy={policy}",
+        "test_inner.py", ROOT=str(production), WRAP=_OWN_MOUNTS,
+    )  # fmt: skip
+    assert code == 1, output
+    where = "app: after test_inner.py::test_mounts_production_over_the_sandbox"
+    if policy == "failed":
+        assert (
+            f"{where}, pytest was about to delete what passed (tmp_path_retention_policy = "
+            "'failed'), but the sandbox "
+        ) in output, output
+        assert (
+            "is a mount point now (`findmnt " in output
+            and "the deletion would empty whatever it leads to now (a data root mounted on "
+            "the sandbox was emptied, its lock file and stamp with it). The policy keeps "
+            "everything for the rest of this run. Undo it (umount " in output
+        ), output
+    else:
+        assert f"{where}: the test sandbox " in output, output
+        assert "is a mount point now (`findmnt " in output, output
+
+
+#: The first test leaves production mounted over the sandbox; the second asks for its
+#: tmp_path, the third's fixture for a directory of the factory's.
+LEAVES_A_MOUNT_OVER_THE_SANDBOX = """import os, subprocess
+
+import pytest
+
+
+def test_1_mounts_production_over_the_sandbox(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    subprocess.run(["mount", "--bind", os.environ["ROOT"], str(base)], check=True)
+
+
+def test_2_uses_tmp_path(tmp_path):
+    (tmp_path / "notes.txt").write_text("a test's notes")
+
+
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("scratch")
+
+
+def test_3_uses_a_session_fixture(scratch):
+    (scratch / "notes.txt").write_text("a fixture's notes")
+"""
+
+
+def test_a_sandbox_mounted_over_gets_no_test_directories_made_in_it(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # pytest makes every tmp_path by the sandbox's path: production's root got
+    # `test_2_uses_tmp_path0/` and the link `test_2_uses_tmp_pathcurrent`, and the run passed.
+    _can_mount()
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(LEAVES_A_MOUNT_OVER_THE_SANDBOX)
+    code, output = _run_beside(
+        production, tmp_path, settings, "-p", "no:randomly", "test_inner.py",
+        ROOT=str(production), WRAP=_OWN_MOUNTS,
+    )  # fmt: skip
+    assert code == 1, output
+    assert (
+        "app: after test_inner.py::test_1_mounts_production_over_the_sandbox: the test "
+        "sandbox "
+    ) in output, output
+    for name in ("test_2_uses_tmp_path", "scratch"):
+        assert f"app: refusing to make a directory {name!r}: the test sandbox " in output
+    assert (
+        "is a mount point now (`findmnt " in output
+        and "so pytest would make tmp_path and tmp_path_factory.mktemp directories in "
+        "whatever it leads to now (a data root mounted over the sandbox got the next tests' "
+        "directories made in it). Undo it (umount " in output
+    ), output
+    # Said once, after the test that did it; the later ones are refused at their set-up.
+    assert output.count("app: after test_inner.py::") == 1, output
+    assert "1 passed, 3 errors" in output, output
+
+
+#: Tests that mount over the sandbox and then use it at once, in the same test.
+USES_THE_SANDBOX_IT_MOUNTED_OVER = """import os, subprocess
+
+import pytest
+
+
+@pytest.fixture
+def over(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    subprocess.run(["mount", "--bind", os.environ["MOUNT"], str(base)], check=True)
+    yield base
+    subprocess.run(["umount", str(base)], check=True)
+
+
+def test_asks_for_a_directory_after_mounting_production(over, tmp_path_factory):
+    tmp_path_factory.mktemp("after")
+
+
+@pytest.mark.app_profile("production")
+def test_opts_in_after_mounting_the_settings_over_it(over):
+    from app.config import load
+    from app.storage import open_storage
+
+    with open_storage(load("production", serving=False), writer=True) as store:
+        store.purge()
+"""
+
+
+def test_a_test_that_mounts_over_its_sandbox_then_uses_it_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    _can_mount()
+    settings, production = stopped
+    for test, mount in (("after_mounting_production", production), ("the_settings", settings)):
+        project = tmp_path / test
+        project.mkdir()
+        (project / "test_inner.py").write_text(USES_THE_SANDBOX_IT_MOUNTED_OVER)
+        code, output = _run_beside(
+            production, project, settings, "-k", test, "test_inner.py",
+            MOUNT=str(mount), WRAP=_OWN_MOUNTS,
+        )  # fmt: skip
+        assert code == 1, output
+        if mount == production:
+            # mktemp, which made `after0/` and `aftercurrent` in production's root.
+            assert "app: refusing to make a directory 'after': the test sandbox " in output
+        else:
+            # Held before: `<sandbox>/data/production` is production's root by identity.
+            assert (
+                "it is another path to the data root of profile 'production' "
+                f"({production}), or lies in it or holds it (same device and inode, through a "
+                "bind mount or link)"
+            ) in output, output
+
+
+#: Children a test starts in each way Python and the shell offer, each given production's
+#: settings alone, each running `app data purge --yes-i-mean-it`; one acts after the run.
+CHILDREN = """import os, pty, shlex, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ENV = {"PATH": "/usr/bin:/bin", "ENV_FOR_DYNACONF": "production",
+       "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+PURGE = [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"]
+ASSIGN = " ".join(f"{k}={shlex.quote(v)}" for k, v in ENV.items())
+CMD = shlex.join(PURGE)
+REFUSED = "tests run on the 'testing' profile"
+
+
+def test_os_system(tmp_path):
+    out = tmp_path / "out"
+    status = os.system(f"env -i {ASSIGN} {CMD} > {out} 2>&1")
+    assert os.waitstatus_to_exitcode(status) == 78 and REFUSED in out.read_text()
+
+
+def test_os_popen():
+    with os.popen(f"env -i {ASSIGN} {CMD} 2>&1") as pipe:
+        assert REFUSED in pipe.read()
+
+
+def test_posix_spawnp_in_a_session_of_its_own(tmp_path):
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    pid = os.posix_spawnp(PURGE[0], PURGE, ENV, setsid=True,
+                          file_actions=[(os.POSIX_SPAWN_DUP2, out, 2)])
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 78
+    assert REFUSED in (tmp_path / "out").read_text()
+
+
+@pytest.mark.parametrize("how", [{"preexec_fn": os.setsid}, {"start_new_session": True},
+                                 {"process_group": 0}], ids=["setsid", "session", "group"])
+def test_subprocess_away_from_the_run(how):
+    done = subprocess.run(PURGE, env=ENV, capture_output=True, text=True, **how)
+    assert done.returncode == 78 and REFUSED in done.stderr, done.stderr
+
+
+def test_a_script_that_execs_a_clean_environment(tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_text(f"#!/bin/sh\\nexec env -i {ASSIGN} {CMD}\\n")
+    script.chmod(0o755)
+    done = subprocess.run([str(script)], env={}, capture_output=True, text=True)
+    assert done.returncode == 78 and REFUSED in done.stderr, done.stderr
+
+
+def test_setpriv():
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv")
+    done = subprocess.run(["setpriv", f"--reuid={os.getuid()}", "--clear-groups", "env", "-i",
+                           *[f"{k}={v}" for k, v in ENV.items()], *PURGE],
+                          capture_output=True, text=True)
+    assert done.returncode == 78 and REFUSED in done.stderr, done.stderr
+
+
+def test_on_a_terminal_of_its_own():
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(PURGE[0], PURGE, ENV)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 78, seen
+
+
+def test_nohup_and_disown_acting_after_the_run():
+    log = Path(os.environ["LOGS"]) / "nohup.log"
+    script = f"nohup env -i {ASSIGN} sh -c 'sleep 2; {CMD}' > {log} 2>&1 & disown"
+    subprocess.run(["bash", "-c", script], check=True)
+
+
+def test_a_relative_root_from_production_s_directory(monkeypatch):
+    monkeypatch.chdir(os.environ["ROOT"])
+    env = {**ENV, "ENV_FOR_DYNACONF": "testing", "APP_DATA_ROOT": "."}
+    done = subprocess.run(PURGE, env=env, capture_output=True, text=True)
+    assert done.returncode == 78, done.stderr
+"""
+
+
+def test_children_started_every_other_way_are_refused_production(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(CHILDREN)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    code, output = _run_beside(
+        production, tmp_path, settings, "test_inner.py", ROOT=str(production), LOGS=str(logs)
+    )
+    assert code == 0, output
+    # The nohup'd child acts after the run: wait for its log (no time limit: it ends).
+    done = logs / "nohup.log"
+    while "error:" not in done.read_text():
+        os.sched_yield()
+    assert "tests run on the 'testing' profile" in done.read_text(), done.read_text()
+    assert "This process outlived the test run that started it" in done.read_text()
