@@ -73,7 +73,8 @@ def test_a_data_root_mounted_over_the_sandbox_is_not_emptied_by_the_retention_po
             "is a mount point now (`findmnt " in output
             and "the deletion would empty whatever it leads to now (a data root mounted on "
             "the sandbox was emptied, its lock file and stamp with it). The policy keeps "
-            "everything for the rest of this run. Undo it (umount " in output
+            "everything for the rest of this run. Undo it (umount "
+            in output
         ), output
     else:
         assert f"{where}: the test sandbox " in output, output
@@ -121,8 +122,7 @@ def test_a_sandbox_mounted_over_gets_no_test_directories_made_in_it(
     )  # fmt: skip
     assert code == 1, output
     assert (
-        "app: after test_inner.py::test_1_mounts_production_over_the_sandbox: the test "
-        "sandbox "
+        "app: after test_inner.py::test_1_mounts_production_over_the_sandbox: the test sandbox "
     ) in output, output
     for name in ("test_2_uses_tmp_path", "scratch"):
         assert f"app: refusing to make a directory {name!r}: the test sandbox " in output
@@ -130,7 +130,8 @@ def test_a_sandbox_mounted_over_gets_no_test_directories_made_in_it(
         "is a mount point now (`findmnt " in output
         and "so pytest would make tmp_path and tmp_path_factory.mktemp directories in "
         "whatever it leads to now (a data root mounted over the sandbox got the next tests' "
-        "directories made in it). Undo it (umount " in output
+        "directories made in it). Undo it (umount "
+        in output
     ), output
     # Said once, after the test that did it; the later ones are refused at their set-up.
     assert output.count("app: after test_inner.py::") == 1, output
