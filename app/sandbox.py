@@ -570,7 +570,7 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                 if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
                 return run, bare
-        if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid)):
+        if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid), pid):
             bare = (
                 f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
                 "app's plugin"
@@ -637,6 +637,8 @@ def command_line(pid: int | str) -> str:
 _PYTEST_CODE: Final = re.compile(
     r"\bpytest(?:['\"]\))?\.(?:main|console_main)\b"
     r"|\bfrom\s+pytest\s+import\s[^;\n]*\b(?:main|console_main)\b"
+    # pytest's own console script, from pytest 9 (`from _pytest.config import _console_main`)
+    r"|\bfrom\s+_pytest\.config\s+import\s[^;\n]*\b_?(?:main|console_main)\b"
     r"|\bimport\s+pytest\s+as\s+(\w+)\b.*\b\1\.(?:main|console_main)\b"
     r"|\brun_module\(\s*['\"]pytest['\"]",
     re.S,
@@ -649,7 +651,52 @@ _MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqRsSuvVx]*([mc])(.*)", re.S)
 _PYTEST_MODULES: Final = frozenset({"pytest", "py.test", "pytest.__main__"})
 
 
-def _looks_like_pytest(argv: list[str]) -> bool:
+#: Python's options that take their value as the next word (`-W default`, `-X dev`).
+_PYTHON_VALUE_OPTIONS: Final = frozenset({"-W", "-X", "--check-hash-based-pycs"})
+#: How much of a script is read for a call of pytest (pip's console scripts are 200 bytes;
+#: a runner script calls it at its end).
+_SCRIPT_READ: Final = 65536
+
+
+def _script_of(argv: list[str]) -> str | None:
+    """The script a Python command line runs (``python ./t -p no:app``), or None where it
+    runs ``-m``, ``-c``, stdin or nothing."""
+    words = iter(argv[1:])
+    for word in words:
+        if word in _PYTHON_VALUE_OPTIONS:
+            next(words, None)
+        elif word == "-" or _MODULE_OR_CODE.fullmatch(word) or word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _script_runs_pytest(argv: list[str], pid: int | str) -> bool:
+    """Whether the script a Python command line runs calls pytest: pytest's own console
+    script under another name (a link ``t`` to ``.venv/bin/pytest``, a copy named ``run``),
+    or a runner script that calls ``pytest.main``.
+
+    Read by its name alone, ``./t -p no:app`` (the kernel shows it as ``python ./t``) was no
+    pytest to its tests' children, and one given a hand-built environment purged a stopped
+    production root (red team 37). A relative path is the process's, read through
+    ``/proc/<pid>/cwd``.
+    """
+    script = _script_of(argv)
+    if script is None:
+        return False
+    path = Path(script) if script.startswith("/") else _PROC / str(pid) / "cwd" / script
+    try:
+        with path.open("rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return False
+            text = file.read(_SCRIPT_READ).decode(errors="replace")
+    except OSError:
+        return False
+    return _PYTEST_CODE.search(text) is not None
+
+
+def _looks_like_pytest(argv: list[str], pid: int | str | None = None) -> bool:
     # Anywhere in the command line, not at a fixed place: interpreter options come first
     # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
     # process (`coverage run --source app -m pytest`, `coverage run .venv/bin/pytest`).
@@ -675,7 +722,7 @@ def _looks_like_pytest(argv: list[str]) -> bool:
             return True
         if option[1] == "c" and _PYTEST_CODE.search(value):
             return True  # python -c "import pytest; sys.exit(pytest.main())"
-    return False
+    return python and pid is not None and _script_runs_pytest(argv, pid)
 
 
 #: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`,
@@ -895,7 +942,7 @@ def _ini_addopts() -> tuple[str, list[str]]:
 def _runs_pytest() -> bool:
     """Whether pytest runs in this process, not merely is imported: its command line is
     pytest's, or pytest's code is on this thread's stack (``pytest.main()`` in a script)."""
-    if _looks_like_pytest(_cmdline("self")):
+    if _looks_like_pytest(_cmdline("self"), "self"):
         return True
     frame = sys._getframe(1)
     while frame is not None:

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
+from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s35_guard import _run
 from test_server_e2e import snapshot
@@ -299,3 +303,59 @@ def test_children_started_every_other_way_are_refused_production(
         os.sched_yield()
     assert "tests run on the 'testing' profile" in done.read_text(), done.read_text()
     assert "This process outlived the test run that started it" in done.read_text()
+
+
+#: A test whose child, given production's settings alone, purges.
+CHILD_PURGES = """import os, subprocess, sys
+
+
+def test_a_child_with_a_hand_built_environment():
+    env = {"PATH": "/usr/bin:/bin", "ENV_FOR_DYNACONF": "production",
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "runs pytest without the app's plugin" in done.stderr, done.stderr
+"""
+
+#: A runner script, as an IDE or a CI wrapper writes one.
+RUNNER = """import sys
+
+import pytest
+
+sys.exit(pytest.main(["-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]))
+"""
+
+
+@pytest.mark.parametrize("how", ["a-link-named-t", "a-copy-named-run", "a-runner-script"])
+def test_pytest_under_another_name_is_still_a_test_run_to_its_children(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    how: str,
+) -> None:
+    # `./t -p no:app` (a link to the venv's pytest script), which the kernel shows as
+    # `python ./t`: the command line was no pytest, so a child given production's settings
+    # alone purged it (layer 6 kept the sessions in its trash). Outside any run: in a PID
+    # namespace of its own, where this suite's run is not an ancestor.
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(CHILD_PURGES)
+    pytest_script = Path(sys.executable).parent / "pytest"
+    if how == "a-link-named-t":
+        (tmp_path / "t").symlink_to(pytest_script)
+        command = ["./t", "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
+    elif how == "a-copy-named-run":
+        shutil.copy(pytest_script, tmp_path / "run")
+        command = ["./run", "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
+    else:
+        (tmp_path / "run_tests.py").write_text(RUNNER)
+        command = [sys.executable, "run_tests.py"]
+    env = _inner_env(APP_SETTINGS_DIR=str(settings))
+    before = snapshot(production)
+    done = subprocess.run(
+        [*OWN_PROC, *command], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    output = done.stdout + done.stderr
+    assert snapshot(production) == before, output
+    assert done.returncode == 0, output
