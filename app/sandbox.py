@@ -1119,12 +1119,16 @@ def why_no_plugin() -> str:
     from app.config_files import SETTINGS_DIR_ENV
 
     # The plugin also stays inactive, and says so in pytest's header, when the run's rootdir
-    # is another project than these settings' (`guard.applies`): a child cannot tell which.
+    # is another project than these settings' (`guard.applies`), and has not started where a
+    # `-p` plugin's import or `pytest_addoption` runs first (red team 37, under a runner
+    # script read since): a child cannot tell which.
     return (
         "the plugin was disabled (`-p no:app`), or stayed inactive because the run's rootdir "
-        "is another project than these settings' (pytest's header then says `app: inactive`); "
-        f"run without `-p no:app`, from the project, or with {SETTINGS_DIR_ENV} naming its "
-        "settings directory"
+        "is another project than these settings' (pytest's header then says `app: inactive`), "
+        "or had not started yet (a `-p` plugin's import or `pytest_addoption` runs before "
+        f"pytest imports it); run without `-p no:app`, from the project, or with "
+        f"{SETTINGS_DIR_ENV} naming its settings directory, and start what uses the app from "
+        "a test or a fixture"
     )
 
 

@@ -617,9 +617,11 @@ def test_without_the_plugin_the_refusal_says_why_it_is_not_running(
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
     assert sandbox.why_no_plugin() == (
         "the plugin was disabled (`-p no:app`), or stayed inactive because the run's rootdir "
-        "is another project than these settings' (pytest's header then says `app: inactive`); "
-        "run without `-p no:app`, from the project, or with APP_SETTINGS_DIR naming its "
-        "settings directory"
+        "is another project than these settings' (pytest's header then says `app: inactive`), "
+        "or had not started yet (a `-p` plugin's import or `pytest_addoption` runs before "
+        "pytest imports it); run without `-p no:app`, from the project, or with "
+        "APP_SETTINGS_DIR naming its settings directory, and start what uses the app from a "
+        "test or a fixture"
     )
 
 

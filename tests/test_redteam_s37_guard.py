@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s35_guard import _run
 from test_server_e2e import snapshot
@@ -359,3 +360,51 @@ def test_pytest_under_another_name_is_still_a_test_run_to_its_children(
     output = done.stdout + done.stderr
     assert snapshot(production) == before, output
     assert done.returncode == 0, output
+
+
+#: A `-p` plugin whose `pytest_addoption` starts a child given production's settings alone,
+#: before pytest imports the app's plugin.
+EARLY_CHILD = """import os, subprocess, sys
+
+
+def pytest_addoption(parser):
+    env = {"PATH": "/usr/bin:/bin", "ENV_FOR_DYNACONF": "production",
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                          env=env, capture_output=True, text=True)
+    print("early child:", done.returncode, done.stdout, done.stderr)
+"""
+
+
+def test_a_child_of_a_plugin_s_first_hook_under_a_runner_script_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Listed as not stopped by red team 36: no command line showed pytest, so the child
+    # purged a stopped production root. The runner's script is read now (above).
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    settings, production = stopped
+    (tmp_path / "early.py").write_text(EARLY_CHILD)
+    (tmp_path / "test_inner.py").write_text("def test_nothing():\n    pass\n")
+    (tmp_path / "run_tests.py").write_text(
+        "import sys, pytest\n"
+        'sys.exit(pytest.main(["-s", "-p", "early", "-p", "no:cacheprovider", "test_inner.py"]))\n'
+    )
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings), PYTHONPATH=str(tmp_path), TMPDIR=_tmpdir(tmp_path)
+    )
+    before = snapshot(production)
+    done = subprocess.run(
+        [*OWN_PROC, sys.executable, "run_tests.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert done.returncode == 0, output
+    assert "early child: 78 " in output, output
+    assert "run_tests.py) runs pytest without the app's plugin" in output, output
+    assert (
+        "or had not started yet (a `-p` plugin's import or `pytest_addoption` runs before "
+        "pytest imports it)"
+    ) in output, output
