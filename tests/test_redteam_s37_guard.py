@@ -408,3 +408,36 @@ def test_a_child_of_a_plugin_s_first_hook_under_a_runner_script_is_refused(
         "or had not started yet (a `-p` plugin's import or `pytest_addoption` runs before "
         "pytest imports it)"
     ) in output, output
+
+
+#: The first test moves the sandbox aside and puts a link to production's root at its
+#: path (no privilege needed); the second asks for its tmp_path.
+LINKS_THE_SANDBOX = """import os
+
+
+def test_1_replaces_the_sandbox_by_a_link(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    base.rename(base.with_name(base.name + "-aside"))
+    base.symlink_to(os.environ["ROOT"])
+
+
+def test_2_uses_tmp_path(tmp_path):
+    (tmp_path / "notes.txt").write_text("a test's notes")
+"""
+
+
+@pytest.mark.parametrize("policy", ["all", "failed"])
+def test_a_sandbox_replaced_by_a_link_gets_no_test_directories_made_through_it(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    policy: str,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(LINKS_THE_SANDBOX)
+    code, output = _run_beside(
+        production, tmp_path, settings, "-p", "no:randomly", "-o",
+        f"tmp_path_retention_policy={policy}", "test_inner.py", ROOT=str(production),
+    )  # fmt: skip
+    assert code == 1, output
+    assert f"is a symbolic link now, to {production}" in output, output
+    assert "app: refusing to make a directory 'test_2_uses_tmp_path': the test sandbox " in output
