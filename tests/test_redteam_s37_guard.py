@@ -112,9 +112,13 @@ def test_3_uses_a_session_fixture(scratch):
 """
 
 
+@pytest.mark.parametrize(
+    "workers", [[], ["-n", "2", "--dist", "loadfile"]], ids=["serial", "xdist"]
+)
 def test_a_sandbox_mounted_over_gets_no_test_directories_made_in_it(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    workers: list[str],
 ) -> None:
     # pytest makes every tmp_path by the sandbox's path: production's root got
     # `test_2_uses_tmp_path0/` and the link `test_2_uses_tmp_pathcurrent`, and the run passed.
@@ -122,7 +126,7 @@ def test_a_sandbox_mounted_over_gets_no_test_directories_made_in_it(
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text(LEAVES_A_MOUNT_OVER_THE_SANDBOX)
     code, output = _run_beside(
-        production, tmp_path, settings, "-p", "no:randomly", "test_inner.py",
+        production, tmp_path, settings, "-p", "no:randomly", *workers, "test_inner.py",
         ROOT=str(production), WRAP=_OWN_MOUNTS,
     )  # fmt: skip
     assert code == 1, output
