@@ -287,6 +287,17 @@ def test_a_relative_root_from_production_s_directory(monkeypatch):
     env = {**ENV, "ENV_FOR_DYNACONF": "testing", "APP_DATA_ROOT": "."}
     done = subprocess.run(PURGE, env=env, capture_output=True, text=True)
     assert done.returncode == 78, done.stderr
+
+
+@pytest.mark.parametrize("value", [".", "./sessions/..", "data/production"])
+def test_a_relative_root_in_process_from_production_s_directory(monkeypatch, value):
+    from app.config import load
+    from app.errors import ConfigError
+
+    monkeypatch.chdir(os.environ["ROOT"])
+    monkeypatch.setenv("APP_DATA_ROOT", value)
+    with pytest.raises(ConfigError, match="which lies outside the test sandbox"):
+        load()
 """
 
 
