@@ -343,7 +343,9 @@ sys.exit(pytest.main(["-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
 """
 
 
-@pytest.mark.parametrize("how", ["a-link-named-t", "a-copy-named-run", "a-runner-script"])
+@pytest.mark.parametrize(
+    "how", ["pytest", "py.test", "a-link-named-t", "a-copy-named-run", "a-runner-script"]
+)
 def test_pytest_under_another_name_is_still_a_test_run_to_its_children(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
@@ -358,7 +360,10 @@ def test_pytest_under_another_name_is_still_a_test_run_to_its_children(
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text(CHILD_PURGES)
     pytest_script = Path(sys.executable).parent / "pytest"
-    if how == "a-link-named-t":
+    if how in ("pytest", "py.test"):  # held: their names are read
+        script = str(Path(sys.executable).parent / how)
+        command = [script, "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
+    elif how == "a-link-named-t":
         (tmp_path / "t").symlink_to(pytest_script)
         command = ["./t", "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
     elif how == "a-copy-named-run":
