@@ -461,3 +461,40 @@ def test_a_sandbox_replaced_by_a_link_gets_no_test_directories_made_through_it(
     assert code == 1, output
     assert f"is a symbolic link now, to {production}" in output, output
     assert "app: refusing to make a directory 'test_2_uses_tmp_path': the test sandbox " in output
+
+
+#: A session fixture that makes its data root with the legacy `tmpdir_factory`.
+LEGACY_FACTORY = """import dataclasses, os
+from pathlib import Path
+
+import pytest
+
+from app.storage import open_storage
+
+
+@pytest.fixture(scope="session")
+def shared_root(tmpdir_factory):
+    return Path(tmpdir_factory.mktemp("shared")) / "app-data"
+
+
+def test_a_store_in_a_directory_of_the_legacy_factory(shared_root, app_config):
+    assert shared_root.is_relative_to(os.environ["PYTEST_APP_SANDBOX"]), shared_root
+    with open_storage(dataclasses.replace(app_config, data_root=shared_root), writer=True):
+        pass
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_the_legacy_tmpdir_factory_makes_its_directories_in_the_sandbox(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    workers: list[str],
+) -> None:
+    # legacypath wrapped tmpdir's own factory before the plugin put the run's in its place:
+    # `tmpdir_factory` made a second numbered directory beside the sandbox, and a data root
+    # there was refused as "outside the test sandbox", though pytest's own fixture made it.
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(LEGACY_FACTORY)
+    code, output = _run_beside(production, tmp_path, settings, *workers, "test_inner.py")
+    assert code == 0, output
+    assert "1 passed" in output, output

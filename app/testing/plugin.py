@@ -321,6 +321,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # put ours back so that tmp_path and tmp_path_factory lie inside the sandbox. Private:
     # see the pytest bound in pyproject.toml.
     config._tmp_path_factory = state.factory  # type: ignore[attr-defined]
+    # The legacy tmpdir_factory wrapped tmpdir's factory already (legacypath's configure
+    # ran first): its directories were a second numbered directory beside the sandbox, and
+    # a data root made there was refused as outside it (red team 37). Private, as above.
+    if hasattr(config, "_tmpdirhandler"):
+        config._tmpdirhandler = pytest.TempdirFactory(state.factory, _ispytest=True)
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
 
 
