@@ -51,6 +51,14 @@ def test_mounts_production_over_the_sandbox(tmp_path_factory):
 """
 
 
+#: A test after it, which needs no directory.
+NEXT_TEST = """
+
+def test_after_it():
+    pass
+"""
+
+
 @pytest.mark.parametrize("policy", ["failed", "none"])
 def test_a_data_root_mounted_over_the_sandbox_is_not_emptied_by_the_retention_policy(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
@@ -62,12 +70,15 @@ def test_a_data_root_mounted_over_the_sandbox_is_not_emptied_by_the_retention_po
     # Under "none" pytest renames the directory first (EBUSY on a mount point): it held.
     _can_mount()
     settings, production = stopped
-    (tmp_path / "test_inner.py").write_text(MOUNTS_OVER_THE_SANDBOX)
+    (tmp_path / "test_inner.py").write_text(MOUNTS_OVER_THE_SANDBOX + NEXT_TEST)
     code, output = _run_beside(
         production, tmp_path, settings, "-o", f"tmp_path_retention_policy={policy}",
         "test_inner.py", ROOT=str(production), WRAP=_OWN_MOUNTS,
     )  # fmt: skip
     assert code == 1, output
+    # Said once, after the test that did it, not again after the next one.
+    assert output.count("app: after test_inner.py::") == 1, output
+    assert "2 passed, 1 error" in output, output
     where = "app: after test_inner.py::test_mounts_production_over_the_sandbox"
     if policy == "failed":
         assert (

@@ -604,6 +604,7 @@ def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
 
     if (replaced := sandbox_replaced(state.sandbox, state.sandbox_identity)) is not None:
         factory._retention_policy = "all"
+        state.replaced_reported = True
         return (
             f"app: {when}, pytest was about to delete what passed (tmp_path_retention_policy "
             f"= 'failed'), but the sandbox {state.sandbox} {replaced}: the deletion would "
