@@ -658,17 +658,41 @@ _PYTHON_VALUE_OPTIONS: Final = frozenset({"-W", "-X", "--check-hash-based-pycs"}
 _SCRIPT_READ: Final = 65536
 
 
+#: coverage's options of `run` that take their value as the next word.
+_COVERAGE_VALUE_OPTIONS: Final = frozenset(
+    {"--rcfile", "--source", "--include", "--omit", "--context", "--data-file",
+     "--concurrency", "--debug"}
+)  # fmt: skip
+
+
 def _script_of(argv: list[str]) -> str | None:
     """The script a Python command line runs (``python ./t -p no:app``), or None where it
-    runs ``-m``, ``-c``, stdin or nothing."""
+    runs ``-m``, ``-c``, stdin or nothing. Under ``coverage run`` (its script or ``-m
+    coverage``), which runs its program in its own process, that program."""
     words = iter(argv[1:])
     for word in words:
         if word in _PYTHON_VALUE_OPTIONS:
             next(words, None)
+        elif word in ("-mcoverage", "-m") and (word != "-m" or next(words, "") == "coverage"):
+            return _coverage_program(words)
         elif word == "-" or _MODULE_OR_CODE.fullmatch(word) or word == "--":
             return None
         elif not word.startswith("-"):
+            return _coverage_program(words) if Path(word).name == "coverage" else word
+    return None
+
+
+def _coverage_program(words: Iterator[str]) -> str | None:
+    # `coverage run [options] PROGRAM`: a renamed pytest under it was no pytest (red team 37).
+    if next(words, None) != "run":
+        return None
+    for word in words:
+        if word in _COVERAGE_VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
             return word
+        elif word == "-m":
+            return None  # a module: read by its name
     return None
 
 

@@ -355,7 +355,8 @@ sys.exit(pytest.main(["-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
 
 
 @pytest.mark.parametrize(
-    "how", ["pytest", "py.test", "a-link-named-t", "a-copy-named-run", "a-runner-script"]
+    "how",
+    ["pytest", "py.test", "a-link-named-t", "a-copy-named-run", "a-runner-script", "coverage"],
 )
 def test_pytest_under_another_name_is_still_a_test_run_to_its_children(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
@@ -374,9 +375,11 @@ def test_pytest_under_another_name_is_still_a_test_run_to_its_children(
     if how in ("pytest", "py.test"):  # held: their names are read
         script = str(Path(sys.executable).parent / how)
         command = [script, "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
-    elif how == "a-link-named-t":
+    elif how in ("a-link-named-t", "coverage"):
         (tmp_path / "t").symlink_to(pytest_script)
         command = ["./t", "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
+        if how == "coverage":  # coverage runs its program in its own process
+            command = [str(Path(sys.executable).parent / "coverage"), "run", *command]
     elif how == "a-copy-named-run":
         shutil.copy(pytest_script, tmp_path / "run")
         command = ["./run", "-p", "no:app", "-p", "no:cacheprovider", "test_inner.py"]
