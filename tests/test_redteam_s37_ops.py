@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,20 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
         "give it back to the user the app runs as (`ls -ld` it, then `chown` or `chmod 0700`)"
     ) in output, output
     assert "Never delete .server.lock" not in output
+
+
+def test_a_port_in_use_is_refused_naming_the_process_that_listens_on_it(tmp_path: Path) -> None:
+    # A second profile's server started on production's port (or a stale one, or another
+    # service): refused, rightly, with exit 69, but "Another process uses that port" named
+    # nobody; the operator had to find it with `ss -ltnp`.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        done = run_app("serve", "--port", str(port), env=app_env(tmp_path / "data"))
+    assert done.returncode == 69, done.stderr
+    assert (
+        f"error: cannot listen on 127.0.0.1:{port}: the address is already in use, by pid "
+        f"{os.getpid()} ("
+    ) in done.stderr, done.stderr
+    assert "). Another process uses that port; stop it, or choose another port" in done.stderr

@@ -14,6 +14,7 @@ SIGINT stop it gracefully: in-flight requests finish, then the hold is released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import logging
@@ -25,6 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from copy import deepcopy
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,13 +77,58 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         reason = (
-            "the address is already in use"
+            f"the address is already in use, by {_listener(port)}"
             if error.errno == errno.EADDRINUSE
             else os.strerror(error.errno or 0)
         )
         raise PortInUseError(host, port, reason) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _listener(port: int) -> str:
+    """Who listens on TCP `port` here, as the refusal names it: the pid and command line of
+    the process whose socket it is (``/proc/net/tcp*``, then every process's descriptors).
+
+    A port in use said only "another process": on a host where the app's server of another
+    profile, a stale one, or an unrelated service had it, the operator had to find it.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+            for line in lines:
+                fields = line.split()
+                # local address "ADDR:PORT" in hex, state 0A is LISTEN, inode the 10th.
+                listening = len(fields) > 9 and fields[3] == "0A"
+                if listening and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(fields[9])
+        except (OSError, ValueError):
+            continue
+    wanted = {f"socket:[{inode}]" for inode in inodes if inode != "0"}
+    found: list[str] = []
+    if wanted:
+        with contextlib.suppress(OSError), os.scandir("/proc") as processes:
+            for process in processes:
+                if not process.name.isdigit():
+                    continue
+                with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as fds:
+                    if any(str(Path(fd.path).readlink()) in wanted for fd in fds):
+                        found.append(process.name)
+    if not found:
+        return (
+            "a process this one cannot see (another user's, or in another network "
+            "namespace; `ss -ltnp` as root names it)"
+        )
+    described = []
+    for pid in found[:3]:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            raw = b""
+        argv = " ".join(raw.decode(errors="replace").replace("\0", " ").split())
+        described.append(f"pid {pid} ({argv[:200] or 'command line unknown'})")
+    return ", ".join(described)
 
 
 def _log_config(level: str) -> dict[str, Any]:
