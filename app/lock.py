@@ -166,6 +166,12 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "or passed on"
         )
     parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("unpublished"):
+        argv = _command_line(holder["pid"])
+        return (
+            f"pid {holder['pid']} ({argv}), which published no details in the lock file (it "
+            "took the lock on a full disk, is releasing it, or the file was emptied by hand)"
+        )
     if "pid_written_over" in holder:  # see `_seen_here`
         over = holder["pid_written_over"]
         described = (
@@ -308,6 +314,10 @@ def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str,
     # A holder publishes its pid as its own PID namespace numbers it: a server in a
     # container is pid 1 there, and advising `kill 1` (or the pid of an unrelated process
     # here) would stop the wrong process. The pid the kernel lists for the flock is ours.
+    if holder is None and pid_here:
+        # An empty lock file under a live lock: its holder took it on a full disk, which
+        # left no room for its JSON (`_write_in_place`). The kernel still names it.
+        return {"pid": pid_here, "unpublished": True}
     if holder is None or pid_here is None or holder.get("pid") == pid_here:
         return holder
     if pid_here and _innermost_pid(pid_here) == pid_here:
@@ -315,6 +325,17 @@ def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str,
         # process's, written over the file (a backup copied into a live root).
         return {**holder, "pid": pid_here, "pid_written_over": holder.get("pid")}
     return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
+
+
+def _command_line(pid: int) -> str:
+    """`pid`'s command line, on one line, or what says it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        raw = b""
+    return " ".join(raw.decode(errors="replace").replace("\0", " ").split())[:200] or (
+        "command line unknown"
+    )
 
 
 def _innermost_pid(pid: int) -> int | None:
@@ -816,7 +837,7 @@ class RootLock:
             if "port" in fields:
                 self._port = fields["port"]
 
-    def restore_holder(self) -> bool:
+    def restore_holder(self) -> str | None:
         """Write this holder's JSON again where the lock file's bytes are no longer it.
 
         The file's inode is ours, but anyone who may write it can change its bytes: a backup
@@ -824,17 +845,30 @@ class RootLock:
         and the lock file then named the copy's holder (a dead pid, its start time, its port)
         to `app status` and to every refusal.
 
+        A holder that found no room for its JSON (a full disk) tries again at each check,
+        quietly, so that it is named once there is room.
+
         Returns:
-            Whether the bytes were written again.
+            Why the bytes were written again, ``None`` if they were not.
         """
         with self._guard:
             if self._fd is None or self._holder is None:
-                return False
+                return None
             size = os.fstat(self._fd).st_size
+            if not self._written and not size:
+                self._written = _write_in_place(
+                    self._fd, self._holder, durable=self._durable, warn=False
+                )
+                return (
+                    "it had no room to name itself when it took the lock" if self._written else None
+                )
             if size == len(self._written) and os.pread(self._fd, size, 0) == self._written:
-                return False
+                return None
             self._written = _write_in_place(self._fd, self._holder, durable=self._durable)
-            return True
+            return (
+                "its bytes were written over, as a backup copied into a live data root does. "
+                "Copy backups in only while the server is stopped, and never copy .server.lock"
+            )
 
     def still_ours(self) -> str | None:
         """Check that the lock path still names the inode this holder locked.
@@ -983,7 +1017,9 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
         raise LockFileAliasedError(path, f"has {locked.st_nlink} hard links")
 
 
-def _write_in_place(fd: int, holder: Mapping[str, Any], *, durable: bool = True) -> bytes:
+def _write_in_place(
+    fd: int, holder: Mapping[str, Any], *, durable: bool = True, warn: bool = True
+) -> bytes:
     """Write `holder` into the locked file; return the bytes the file now holds (none on a
     full disk)."""
     # In place on the locked descriptor, never write-temp-and-rename: a rename would put
@@ -1003,7 +1039,8 @@ def _write_in_place(fd: int, holder: Mapping[str, Any], *, durable: bool = True)
         # file is emptied on release, so it needs a block again) it stopped every holder,
         # `app data empty-trash` that frees space included: the holder goes unnamed.
         os.ftruncate(fd, 0)
-        log.warning("the lock is held without naming its holder in the lock file: %s", error)
+        if warn:
+            log.warning("the lock is held without naming its holder in the lock file: %s", error)
         return b""
     os.ftruncate(fd, len(data))
     if durable:
@@ -1076,13 +1113,11 @@ class LockWatcher:
                 self.on_lost(reason)
                 return
             try:
-                if self.lock.restore_holder():
+                if (why := self.lock.restore_holder()) is not None:
                     log.warning(
-                        "lock file %s no longer named this process (its bytes were written "
-                        "over, as a backup copied into a live data root does); named it "
-                        "again. Copy backups in only while the server is stopped, and never "
-                        "copy .server.lock",
+                        "lock file %s did not name this process (%s); named it now",
                         self.lock.path,
+                        why,
                     )
             except OSError as error:
                 log.warning("could not check the holder in %s: %s", self.lock.path, error)

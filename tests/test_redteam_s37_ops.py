@@ -67,9 +67,9 @@ def test_a_backup_copied_over_a_live_root_does_not_leave_the_copys_holder_named(
         "the server to name itself again in its lock file",
     )
     assert (
-        f"lock file {root}/.server.lock no longer named this process (its bytes were written "
-        "over, as a backup copied into a live data root does); named it again. Copy backups "
-        "in only while the server is stopped, and never copy .server.lock"
+        f"lock file {root}/.server.lock did not name this process (its bytes were written "
+        "over, as a backup copied into a live data root does. Copy backups in only while the "
+        "server is stopped, and never copy .server.lock); named it now"
     ) in server.output
     status = run_app("status", env=app_env(root))
     assert f"held by: pid {server.pid}, kind server, profile testing" in status.stdout
@@ -214,3 +214,63 @@ def test_a_port_in_use_is_refused_naming_the_process_that_listens_on_it(tmp_path
         f"{os.getpid()} ("
     ) in done.stderr, done.stderr
     assert "). Another process uses that port; stop it, or choose another port" in done.stderr
+
+
+FULL_DISK_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=1m tmpfs "$DISK"
+mkdir -m 0700 "$APP_DATA_ROOT"
+serve() {
+    "$PY" -m app serve --port 0 >"$LOG" 2>&1 &
+    server=$!
+    wait_for "Started server process"
+}
+wait_for() {  # bounded: 30 s at most, as test_server_e2e.wait_for
+    tries=600
+    until grep -q "$1" "$LOG" || [ "$tries" -eq 0 ]; do sleep 0.05; tries=$((tries - 1)); done
+}
+serve; kill -TERM "$server"; wait "$server"  # lays the root out
+dd if=/dev/zero of="$DISK/filler" bs=4k 2>/dev/null
+serve
+echo "== full"; "$PY" -m app status
+rm "$DISK/filler"
+wait_for "named it now"
+echo "== room"; "$PY" -m app status
+kill -TERM "$server"; wait "$server"
+echo "== log"; cat "$LOG"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="mounting a small tmpfs takes root and unshare(1)",
+)
+def test_a_server_that_could_not_name_itself_on_a_full_disk_is_named_by_the_kernel(
+    tmp_path: Path,
+) -> None:
+    # A server that took its lock with no room for its JSON (a full disk) held the root
+    # unnamed: `app status` and every refusal said "a process that published no details
+    # (pid unknown)", and no `kill` to run, though the kernel lists the lock's pid; and it
+    # stayed unnamed once there was room again.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    root = disk / "data"
+    env = app_env(root, APP_LOCK_CHECK_SECONDS="0.2", DISK=str(disk), PY=sys.executable)
+    env["LOG"] = str(tmp_path / "server.log")
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", FULL_DISK_SCRIPT],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    full, _, rest = output.partition("== full")[2].partition("== room")
+    room, _, log = rest.partition("== log")
+    pid = int(log.split("(pid ")[1].split(")")[0])
+    assert (
+        f"held by: pid {pid} (" in full
+        and "), which published no details in the lock file (it took the lock on a full "
+        "disk, is releasing it, or the file was emptied by hand)"
+        in full
+    ), full
+    assert f"held by: pid {pid}, kind server, profile testing" in room, room
+    assert "did not name this process" in log, log
