@@ -33,7 +33,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -1312,6 +1312,34 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
     return None
 
 
+def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -> tuple[str, ...]:
+    """A protected profile's secret kept in a settings file other users may read (red team
+    37: a ``.secrets.local.toml`` of mode 0644 with production's token, said nowhere)."""
+    by_name = {path.name: path for path in paths}
+    out = []
+    for name, profile in resolved.items():
+        if not profile.values.get("protected"):
+            continue
+        for key, source in profile.sources.items():
+            path = by_name.get(source.partition(" [")[0])
+            if path is None or key not in KEYS or not KEYS[key].secret:
+                continue
+            if profile.values.get(key) is None:
+                continue
+            try:
+                mode = path.stat().st_mode & 0o777
+            except OSError:
+                continue
+            if mode & 0o077:
+                out.append(
+                    f"{path} holds profile {name}'s {key} and other users of this host may "
+                    f"read it (mode {mode:04o}): `chmod 600 {path}` (owned by the user the "
+                    f"app runs as), or set {ENV_PREFIX}_{key.upper()} in the service's "
+                    "environment instead"
+                )
+    return tuple(out)
+
+
 def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
     out = []
     for name in sorted(environ):
@@ -1572,7 +1600,7 @@ def inspect_profiles(
         files.skipped,
         MappingProxyType(resolved),
         tuple(problems),
-        _env_warnings(env),
+        _env_warnings(env) + _readable_secrets(resolved, files.paths),
         run.sandbox if run is not None else None,
         serving,
         where,

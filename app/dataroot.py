@@ -1272,7 +1272,7 @@ class DataRoot:
             raise _earlier(failed)
         assert self.lock is not None
         if (reason := self.lock.still_ours()) is not None:
-            raise LockLostError(self.lock.path, reason)
+            raise self.lost_error(reason)
         # Through this root's own path too, where it is not the lock's (a path re-pointed by
         # hand): the lock must be the one in the directory the operation is about to change.
         moved = self.path != self.lock.root
@@ -1285,6 +1285,61 @@ class DataRoot:
                 raise DataRootChangedError(
                     self.path, f"{what} was replaced or moved since it was opened ({path})"
                 )
+
+    def layout_changed(self) -> str | None:
+        """Which of the root and the app's directories in it is no longer what was opened
+        (moved, replaced, deleted, or out of reach), and how, by name only; ``None`` while
+        all are, and for a reader.
+
+        Every change is refused then (:meth:`ensure_held`), and the server runs on: its
+        ``GET /health`` says so, or a monitor saw "ok" from a server that refused every write.
+        """
+        if not self.writable:
+            return None
+        for name, where, opened in self._held_paths:
+            what = "the data root" if not name else f"the data root's {name}/"
+            try:
+                found = os.lstat(where)
+            except PermissionError:
+                return f"{what} became unreachable to the server (permission denied)"
+            except OSError:
+                found = None
+            if found is None or (found.st_dev, found.st_ino) != opened:
+                return f"{what} was moved, replaced or deleted"
+        return None
+
+    def lost_error(self, reason: str) -> LockLostError | DataRootChangedError:
+        """The error for a lock file found lost for `reason` (:meth:`RootLock.still_ours`).
+
+        Where the root itself moved (``mv``, a rename, ``rm -rf``), its lock file went with
+        it: that is said, rather than that someone deleted ``.server.lock``.
+        """
+        assert self.lock is not None, "only a writer holds a lock to lose"
+        opened = self._held_paths[0][2] if self._held_paths else None
+        now = _lstat_identity(self._path)
+        if opened is not None and now != opened:
+            why = (
+                "the data root itself was moved, renamed or deleted since it was opened, so "
+                "nothing is at its path now"
+                if now is None
+                else "the data root itself was replaced since it was opened: its path names "
+                "another directory now"
+            )
+            return DataRootChangedError(self.path, why)
+        try:
+            os.lstat(self.lock.path)
+        except PermissionError:
+            # chmod 000 or a chown of the root under its server: the lock cannot be checked,
+            # but nobody deleted it, and a process that may not enter cannot take it either.
+            return DataRootChangedError(
+                self.path,
+                "its mode or owner no longer lets this process reach its lock file "
+                "(permission denied: a chmod or chown while it ran?); give it back to the "
+                "user the app runs as (`ls -ld` it, then `chown` or `chmod 0700`)",
+            )
+        except OSError:
+            pass
+        return LockLostError(self.lock.path, reason)
 
     @contextlib.contextmanager
     def changing(self) -> Iterator[None]:

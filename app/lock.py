@@ -166,6 +166,21 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "or passed on"
         )
     parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("unpublished"):
+        argv = _command_line(holder["pid"])
+        return (
+            f"pid {holder['pid']} ({argv}), which published no details in the lock file (it "
+            "took the lock on a full disk, is releasing it, or the file was emptied by hand)"
+        )
+    if "pid_written_over" in holder:  # see `_seen_here`
+        over = holder["pid_written_over"]
+        described = (
+            f"pid {holder['pid']} (the lock file names pid {over}, which does not hold the "
+            "lock: its bytes were written over, as a backup copied into a live data root "
+            "does, so the details below may be the copy's; a server names itself again "
+            "within lock_check_seconds)"
+        )
+        parts = [described]
     if "pid_in_its_namespace" in holder:  # see `_seen_here`
         theirs = holder["pid_in_its_namespace"]
         parts = [
@@ -299,9 +314,42 @@ def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str,
     # A holder publishes its pid as its own PID namespace numbers it: a server in a
     # container is pid 1 there, and advising `kill 1` (or the pid of an unrelated process
     # here) would stop the wrong process. The pid the kernel lists for the flock is ours.
+    if holder is None and pid_here:
+        # An empty lock file under a live lock: its holder took it on a full disk, which
+        # left no room for its JSON (`_write_in_place`). The kernel still names it.
+        return {"pid": pid_here, "unpublished": True}
     if holder is None or pid_here is None or holder.get("pid") == pid_here:
         return holder
+    if pid_here and _innermost_pid(pid_here) == pid_here:
+        # In this PID namespace, so it published this very pid: the bytes are another
+        # process's, written over the file (a backup copied into a live root).
+        return {**holder, "pid": pid_here, "pid_written_over": holder.get("pid")}
     return {**holder, "pid": pid_here or None, "pid_in_its_namespace": holder.get("pid")}
+
+
+def _command_line(pid: int) -> str:
+    """`pid`'s command line, on one line, or what says it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        raw = b""
+    return " ".join(raw.decode(errors="replace").replace("\0", " ").split())[:200] or (
+        "command line unknown"
+    )
+
+
+def _innermost_pid(pid: int) -> int | None:
+    """`pid` as its own PID namespace numbers it (the last ``NSpid`` of its status), None
+    where that cannot be read."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("NSpid:"):
+            numbers = line.split()[1:]
+            return int(numbers[-1]) if numbers and numbers[-1].isdigit() else None
+    return None
 
 
 def _lock_line(pid: int | str, key: str) -> bool | None:
@@ -572,6 +620,7 @@ class RootLock:
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
+        self._written = b""  # the holder JSON as last written (empty on a full disk)
         self._guard = threading.RLock()
         self._wanted = ""
         self._lock: UnixFileLock | None = None
@@ -691,13 +740,14 @@ class RootLock:
                 described = describe_holder(holder) + _through_deleted(self.path)
                 raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
-            _write_in_place(own, holder, durable=self._durable)
+            written = _write_in_place(own, holder, durable=self._durable)
         except BaseException:
             os.close(own)
             raise
         self._fd = own
         self._identity = (found.st_dev, found.st_ino)
         self._holder = holder
+        self._written = written
 
     def release(self) -> None:
         """Empty the lock file while still holding it, then unlock. Idempotent.
@@ -782,10 +832,43 @@ class RootLock:
                 msg = f"cannot update {self.path}: the lock is not held"
                 raise RuntimeError(msg)
             holder = {**self._holder, **fields}
-            _write_in_place(self._fd, holder, durable=self._durable)
+            self._written = _write_in_place(self._fd, holder, durable=self._durable)
             self._holder = holder
             if "port" in fields:
                 self._port = fields["port"]
+
+    def restore_holder(self) -> str | None:
+        """Write this holder's JSON again where the lock file's bytes are no longer it.
+
+        The file's inode is ours, but anyone who may write it can change its bytes: a backup
+        copied back over a live root with ``cp -a`` or ``tar`` writes into the existing file,
+        and the lock file then named the copy's holder (a dead pid, its start time, its port)
+        to `app status` and to every refusal.
+
+        A holder that found no room for its JSON (a full disk) tries again at each check,
+        quietly, so that it is named once there is room.
+
+        Returns:
+            Why the bytes were written again, ``None`` if they were not.
+        """
+        with self._guard:
+            if self._fd is None or self._holder is None:
+                return None
+            size = os.fstat(self._fd).st_size
+            if not self._written and not size:
+                self._written = _write_in_place(
+                    self._fd, self._holder, durable=self._durable, warn=False
+                )
+                return (
+                    "it had no room to name itself when it took the lock" if self._written else None
+                )
+            if size == len(self._written) and os.pread(self._fd, size, 0) == self._written:
+                return None
+            self._written = _write_in_place(self._fd, self._holder, durable=self._durable)
+            return (
+                "its bytes were written over, as a backup copied into a live data root does. "
+                "Copy backups in only while the server is stopped, and never copy .server.lock"
+            )
 
     def still_ours(self) -> str | None:
         """Check that the lock path still names the inode this holder locked.
@@ -934,7 +1017,11 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
         raise LockFileAliasedError(path, f"has {locked.st_nlink} hard links")
 
 
-def _write_in_place(fd: int, holder: Mapping[str, Any], *, durable: bool = True) -> None:
+def _write_in_place(
+    fd: int, holder: Mapping[str, Any], *, durable: bool = True, warn: bool = True
+) -> bytes:
+    """Write `holder` into the locked file; return the bytes the file now holds (none on a
+    full disk)."""
     # In place on the locked descriptor, never write-temp-and-rename: a rename would put
     # a different, unlocked inode at the lock path. Write first, then cut to length, so an
     # update never shows readers an empty file; a stale tail fails to parse and readers
@@ -952,11 +1039,13 @@ def _write_in_place(fd: int, holder: Mapping[str, Any], *, durable: bool = True)
         # file is emptied on release, so it needs a block again) it stopped every holder,
         # `app data empty-trash` that frees space included: the holder goes unnamed.
         os.ftruncate(fd, 0)
-        log.warning("the lock is held without naming its holder in the lock file: %s", error)
-        return
+        if warn:
+            log.warning("the lock is held without naming its holder in the lock file: %s", error)
+        return b""
     os.ftruncate(fd, len(data))
     if durable:
         os.fsync(fd)
+    return data
 
 
 class LockWatcher:
@@ -1023,6 +1112,15 @@ class LockWatcher:
                 self.lost = reason
                 self.on_lost(reason)
                 return
+            try:
+                if (why := self.lock.restore_holder()) is not None:
+                    log.warning(
+                        "lock file %s did not name this process (%s); named it now",
+                        self.lock.path,
+                        why,
+                    )
+            except OSError as error:
+                log.warning("could not check the holder in %s: %s", self.lock.path, error)
 
     def __enter__(self) -> Self:
         return self.start()

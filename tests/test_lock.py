@@ -376,8 +376,9 @@ def test_a_holder_that_published_nothing_is_reported_without_details(root: Path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         assert probe(root).held is True
-        assert probe(root).holder is None
-        with pytest.raises(DataRootInUseError, match="published no details"):
+        # The kernel still names it (red team 37: a server that took its lock on a full disk).
+        assert probe(root).holder == {"pid": os.getpid(), "unpublished": True}
+        with pytest.raises(DataRootInUseError, match=f"pid {os.getpid()} .*published no details"):
             RootLock(root, kind="tests", profile="testing").acquire("x", timeout=0)
     finally:
         os.close(fd)

@@ -142,7 +142,9 @@ class Health(BaseModel):
     profile: str
     version: str
     reason: str | None = Field(
-        default=None, description="Why writes stopped (an fsync failed); only then present."
+        default=None,
+        description="Why writes stopped (an fsync failed, a directory of the data root was "
+        "moved); only then present.",
     )
 
 

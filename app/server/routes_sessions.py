@@ -119,13 +119,20 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         tags=["server"],
         operation_id="health",
         response_model=Health,
-        responses={503: {"model": Health, "description": "Writes stopped: an fsync failed."}},
+        responses={
+            503: {
+                "model": Health,
+                "description": "Writes stopped: an fsync failed, or a directory of the data "
+                "root was moved.",
+            }
+        },
     )
     async def health() -> Response:
         """Liveness: answers without a token. Says which profile runs, never where its data is.
 
         503 once the server refuses every change because an fsync failed on its data root
-        (restart it: its start-up repairs the root)."""
+        (restart it: its start-up repairs the root), or while a directory of the app's in it
+        is moved or deleted by hand (put it back)."""
         return answer.response()
 
     @app.get(

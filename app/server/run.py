@@ -14,6 +14,7 @@ SIGINT stop it gracefully: in-flight requests finish, then the hold is released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import logging
@@ -25,6 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from copy import deepcopy
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,13 +77,58 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         reason = (
-            "the address is already in use"
+            f"the address is already in use, by {_listener(port)}"
             if error.errno == errno.EADDRINUSE
             else os.strerror(error.errno or 0)
         )
         raise PortInUseError(host, port, reason) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _listener(port: int) -> str:
+    """Who listens on TCP `port` here, as the refusal names it: the pid and command line of
+    the process whose socket it is (``/proc/net/tcp*``, then every process's descriptors).
+
+    A port in use said only "another process": on a host where the app's server of another
+    profile, a stale one, or an unrelated service had it, the operator had to find it.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+            for line in lines:
+                fields = line.split()
+                # local address "ADDR:PORT" in hex, state 0A is LISTEN, inode the 10th.
+                listening = len(fields) > 9 and fields[3] == "0A"
+                if listening and int(fields[1].rpartition(":")[2], 16) == port:
+                    inodes.add(fields[9])
+        except (OSError, ValueError):
+            continue
+    wanted = {f"socket:[{inode}]" for inode in inodes if inode != "0"}
+    found: list[str] = []
+    if wanted:
+        with contextlib.suppress(OSError), os.scandir("/proc") as processes:
+            for process in processes:
+                if not process.name.isdigit():
+                    continue
+                with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as fds:
+                    if any(str(Path(fd.path).readlink()) in wanted for fd in fds):
+                        found.append(process.name)
+    if not found:
+        return (
+            "a process this one cannot see (another user's, or in another network "
+            "namespace; `ss -ltnp` as root names it)"
+        )
+    described = []
+    for pid in found[:3]:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            raw = b""
+        argv = " ".join(raw.decode(errors="replace").replace("\0", " ").split())
+        described.append(f"pid {pid} ({argv[:200] or 'command line unknown'})")
+    return ", ".join(described)
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -136,6 +183,10 @@ def serve(
                 sock.close()
         finally:
             restore_signals()
+    if stop.restart_signal is not None:
+        # After the hold is released: a service manager restarts a process that exits
+        # non-zero (systemd's Restart=on-failure), which is the reload the sender wanted.
+        sys.exit(128 + stop.restart_signal)
 
 
 def _run(
@@ -334,7 +385,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     stopping: list[int] = []
     previous = {
         sig: signal.signal(sig, lambda signum, frame: stopping.append(signum))
-        for sig in (signal.SIGTERM, signal.SIGINT)
+        for sig in (signal.SIGTERM, signal.SIGINT, *_RESTART_SIGNALS)
     }
     code = 0
     try:
@@ -367,6 +418,10 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
             signal.signal(sig, handler)
     if code:
         sys.exit(code if code > 0 else EX_SOFTWARE)
+    if stopping and stopping[0] in _RESTART_SIGNALS:
+        # As one server does (`_StopRequest`): stopped gracefully, for a restart.
+        log.warning("stopped on %s: exits for a restart", signal.Signals(stopping[0]).name)
+        sys.exit(128 + stopping[0])
 
 
 def _worker(profile: str, profile_source: str, host: str, sock: socket.socket) -> None:
@@ -398,6 +453,10 @@ def _public_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+#: Signals an operator sends a server out of habit from other servers (reload, reopen logs).
+_RESTART_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 class _StopRequest:
     """SIGTERM and SIGINT, caught from before the port listens, as a request to stop the
     server, around uvicorn's own handling.
@@ -415,16 +474,35 @@ class _StopRequest:
     def __init__(self) -> None:
         self.requested = False
         self.server: uvicorn.Server | None = None
+        #: SIGHUP, SIGUSR1 or SIGUSR2, if one stopped the server: it exits 128 + its number.
+        self.restart_signal: int | None = None
 
     def install(self) -> Callable[[], None]:
-        """Catch both signals; return the function that restores the handlers found."""
+        """Catch the signals; return the function that restores the handlers found."""
 
         def stop(signum: int, frame: FrameType | None) -> None:
             self.requested = True
             if self.server is not None:
                 self.server.should_exit = True
 
+        def restart(signum: int, frame: FrameType | None) -> None:
+            # `kill -HUP` to reload the settings, `kill -USR1` to reopen logs (logrotate's
+            # habit): by default each killed the server at once, requests in flight cut and
+            # nothing logged. There is nothing to reload in place or to reopen (the log
+            # goes to standard output), so it stops as for SIGTERM, saying so.
+            if self.restart_signal is None:
+                self.restart_signal = signum
+                log.warning(
+                    "received %s: this server does not reload its settings or reopen files "
+                    "in place, so it stops gracefully, as for SIGTERM, and exits %d for its "
+                    "service manager to start it again (`systemctl restart app` does both)",
+                    signal.Signals(signum).name,
+                    128 + signum,
+                )
+            stop(signum, frame)
+
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous |= {sig: signal.signal(sig, restart) for sig in _RESTART_SIGNALS}
 
         def restore() -> None:
             for sig, handler in previous.items():

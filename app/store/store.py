@@ -40,7 +40,6 @@ from app.dataroot import filesystem_type
 from app.errors import (
     AppError,
     FsyncFailed,
-    LockLostError,
     NotInTrashError,
     SessionNotFoundError,
     StoppedPartwayError,
@@ -167,12 +166,18 @@ class Store(Storage):
 
     @property
     def writes_stopped(self) -> str | None:
-        """Why this process refuses every change to the root (an fsync failed), or ``None``.
+        """Why this process refuses every change to the root (an fsync failed, or the root or
+        a directory of the app's in it was moved or replaced), or ``None``.
 
         Said without the root's path: ``GET /health`` shows it to anyone.
         """
         failed = self.root.sync_failed
         if failed is None:
+            if (changed := self.root.layout_changed()) is not None:
+                return (
+                    f"{changed} while the server ran: every change is refused until it is "
+                    "put back as it was"
+                )
             return None
         return (
             f"an fsync on the data root's filesystem failed at {failed.at} ({failed.strerror}): "
@@ -198,8 +203,7 @@ class Store(Storage):
         return LockWatcher(self.root.lock, interval, on_lost).start()
 
     def lost_error(self, reason: str) -> AppError:
-        assert self.root.lock is not None, "only a writer holds a lock to lose"
-        return LockLostError(self.root.lock.path, reason)
+        return self.root.lost_error(reason)
 
     def watch_sessions(self) -> bool:
         """Let reads of kept sessions trust the kernel's change events (`app.store.watch`)

@@ -134,7 +134,12 @@ EXAMPLES: list[errors.AppError] = [
         '{"profile": "<the profile this root belongs to>"} into it by hand',
     ),
     errors.ConfirmationRequiredError("purge sessions", "production", "--yes-i-mean-it"),
-    errors.PortInUseError("127.0.0.1", 8080, "address already in use"),
+    errors.PortInUseError(
+        "127.0.0.1",
+        8080,
+        "the address is already in use, by pid 4321 (/opt/app/.venv/bin/python "
+        "/opt/app/.venv/bin/app serve)",
+    ),
     errors.RequestCutShortError("POST", "/sessions", 30),
     errors.CommandInterruptedError("app data purge"),
     errors.CommandTerminatedError("app data purge"),
