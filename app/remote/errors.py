@@ -118,6 +118,34 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
+class TablesOffSearchPathError(ConfigError):
+    """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
+
+    code = "tables_off_search_path"
+
+    where: str
+    schemas: Sequence[str]
+    search_path: str
+
+    def __post_init__(self) -> None:
+        self.schemas = tuple(self.schemas)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        shown = ", ".join(self.schemas)
+        first = self.schemas[0] if self.schemas else "public"
+        return (
+            f"database {self.where} has the app's tables (its stamp, app_stamp) in schema "
+            f"{shown}, which this connection's search_path ({self.search_path!r}) leaves "
+            "out: the app would not find its own rows and would take the database for one "
+            "it never opened. Refusing to use it; nothing was changed. The search_path comes "
+            "from the database, the app's role, or options in database_url: put the schema "
+            "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
+            f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
+        )
+
+
 class DatabaseEncodingError(ConfigError):
     """The database, or the connection to it, does not carry text as UTF-8."""
 

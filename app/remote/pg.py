@@ -41,7 +41,7 @@ from typing import Any, Self
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from app import sandbox
@@ -59,6 +59,7 @@ from app.remote.errors import (
     ReplicasLiveError,
     SchemaTooNewError,
     StorageMismatchError,
+    TablesOffSearchPathError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -612,9 +613,51 @@ def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
     return [row[0] for row in rows]
 
 
+def app_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """The schema of the app's tables, as this connection's ``search_path`` finds its
+    stamp; ``None`` for a database the app never opened.
+
+    Raises:
+        TablesOffSearchPathError: the stamp is in a schema the ``search_path`` leaves out
+            (``ALTER DATABASE ... SET search_path``, the role's, or ``options`` in the URL;
+            red team 37: such a database was refused as "not empty and has no profile
+            stamp", with the advice to point database_url at a new one).
+    """
+    # Tuples whatever the connection's row factory (the pool's gives dicts).
+    cursor = conn.cursor(row_factory=tuple_row)
+    row = cursor.execute(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass('app_stamp')"
+    ).fetchone()
+    if row is not None:
+        return str(row[0])
+    elsewhere = cursor.execute(
+        "SELECT n.nspname, current_setting('search_path') FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relname = 'app_stamp' AND c.relkind IN ('r', 'p') ORDER BY 1"
+    ).fetchall()
+    if not elsewhere:
+        return None
+    info = conn.info
+    where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    raise TablesOffSearchPathError(where, [r[0] for r in elsewhere], str(elsewhere[0][1]))
+
+
+def pin_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Keep ``conn`` on the app's schema, whatever ``search_path`` the database or the role
+    is given later: a pooled connection opened after an ``ALTER DATABASE ... SET
+    search_path`` found no table of the app's (a bare ``UndefinedTable``, a 500; red team
+    37). ``pg_catalog`` is searched first all the same."""
+    conn.execute("SELECT set_config('search_path', quote_ident(%s), false)", (schema,))
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
-    """The stamp, or ``None`` for a database the app never opened."""
-    if conn.execute("SELECT to_regclass('app_stamp')").fetchone() == (None,):
+    """The stamp, or ``None`` for a database the app never opened.
+
+    Raises:
+        TablesOffSearchPathError: see :func:`app_schema`.
+    """
+    if app_schema(conn) is None:
         return None
     row = conn.execute(
         "SELECT profile, schema_version, created, restamped_from FROM app_stamp"

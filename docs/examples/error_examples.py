@@ -222,6 +222,7 @@ EXAMPLES: list[errors.AppError] = [
         "production", "database_url", f"database {DATABASE}", ["public.orders", "public.users"]
     ),
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
+    remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.DatabaseUnavailableError(

@@ -1,0 +1,123 @@
+"""Red team 37 on PostgreSQL and object storage: what the database's own settings do to the
+app, and how the app answers.
+
+All real: the suite's cluster, a ``weed`` of the suite's, and real ``app serve`` replicas
+(tests/replicas.py). The settings are given as an operator gives them, for the database
+(``ALTER DATABASE ... SET``, which every connection opened afterwards takes), or in the URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine
+from replicas import Production, production_on
+from test_remote_store import _objects
+
+from app.remote import pg
+from app.remote.errors import TablesOffSearchPathError
+from app.remote.store import RemoteStore
+
+PROFILE = "production"
+
+
+@pytest.fixture
+def production(
+    tmp_path: Path, postgres_engine: PostgresEngine, blob_url: str, s3_engine: S3Engine
+) -> Iterator[Production]:
+    with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as prod:
+        yield prod
+
+
+def _set_for_database(database_url: str, setting: str, value: str) -> None:
+    dbname = database_url.rpartition("/")[2]
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" SET {setting} = {value}')
+
+
+def _hide_the_apps_schema(database_url: str) -> None:
+    """A search_path for the database that leaves out the schema of the app's tables
+    (``public``), as an operator who set one up for another application would."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA reporting")
+    _set_for_database(database_url, "search_path", "reporting")
+
+
+def _end_backends_but(database_url: str, keep: set[int]) -> None:
+    """End the database's backends but ``keep``: the pools open new ones, which take the
+    database's settings as they are now."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND NOT pid = ANY(%s)",
+            (list(keep),),
+        )
+
+
+def _assert_names_the_hidden_schema(message: str, search_path: str) -> None:
+    assert "has the app's tables (its stamp, app_stamp) in schema public" in message
+    assert f"search_path ({search_path!r}) leaves out" in message
+    assert "nothing was changed" in message
+    assert "ALTER DATABASE <dbname> RESET search_path" in message
+    assert "options=-c search_path=public" in message
+    # Not the advice it gave before: a new database, without the acknowledged rows.
+    assert "new or empty" not in message
+
+
+def test_a_database_whose_search_path_leaves_out_the_apps_tables_is_refused_naming_it(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Before: "is not empty and has no profile stamp, and it holds things that are not the
+    # app's (public.app_audit, ...) ... Point database_url at a new or empty one".
+    pg.open_database(database_url, PROFILE)
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        sid = store.create_session("kept")["id"]
+        store.put_file(sid, "a.txt", b"kept")
+    _hide_the_apps_schema(database_url)
+    with pytest.raises(TablesOffSearchPathError) as refused:
+        pg.open_database(database_url, PROFILE)
+    _assert_names_the_hidden_schema(str(refused.value), "reporting")
+    assert refused.value.exit_code == 78
+    in_url = database_url + "?options=-csearch_path%3Dnowhere"
+    with pytest.raises(TablesOffSearchPathError) as refused:
+        pg.open_database(in_url, PROFILE)
+    _assert_names_the_hidden_schema(str(refused.value), "nowhere")
+    # The fix the message gives, in the URL: the rows are there, as they were.
+    fixed = database_url + "?options=-csearch_path%3Dpublic"
+    pg.open_database(fixed, PROFILE)
+    with RemoteStore(fixed, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        assert store.open_file(sid, "a.txt")[0].read() == b"kept"
+        assert store.check().findings == []
+
+
+def test_a_live_replica_keeps_its_tables_when_the_databases_search_path_changes(
+    production: Production,
+) -> None:
+    # Before: every request on a connection the pool opened after the change was a bare
+    # UndefinedTable ('relation "app_sessions" does not exist'), a 500 internal_error.
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+        _hide_the_apps_schema(production.database_url)
+        holders = {int(row["backend_pid"]) for row in production.holders()}
+        _end_backends_but(production.database_url, holders)
+        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+        answer = client.put(f"/sessions/{sid}/files/b.txt", content=b"new")
+        assert answer.status_code == 201, answer.text
+        assert client.get(f"/sessions/{sid}").json()["files"][1]["name"] == "b.txt"
+    # A second replica, and a maintenance command, open the database afresh: refused,
+    # naming the schema, and nothing changed.
+    second = production.run("data", "check")
+    assert second.returncode == 78, second.stdout + second.stderr
+    _assert_names_the_hidden_schema(" ".join(second.stderr.split()), "reporting")
+    assert replica.stop() == 0, replica.output
+    _set_for_database(production.database_url, "search_path", "DEFAULT")
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
