@@ -158,3 +158,61 @@ def test_parallel_changes_to_one_session_are_served_under_a_stricter_default_iso
         assert files == {f"f{index}.txt": 4 for index in range(6)}
         assert store.check().findings == []
 
+
+def _delete_the_prefixs_stamp(production: Production, s3_engine: S3Engine) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_engine.endpoint_url,
+        aws_access_key_id=s3_engine.access_key_id,
+        aws_secret_access_key=s3_engine.secret_access_key,
+        region_name="us-east-1",
+    )
+    bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
+    client.delete_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/.app-profile.json")
+
+
+_RESTAMP = ("data", "restamp", "--profile", "production", "--from", "production")
+
+
+def test_a_prefix_that_lost_its_stamp_is_refused_as_the_apps_and_restamp_brings_it_back(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    # Before: every command and `app serve` was refused with "it holds things that are not
+    # the app's (blobs/<hex>) ... Point blob_url at a new or empty one", and `app data
+    # restamp` was refused in the same words: nothing brought production back.
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    assert replica.stop() == 0, replica.output
+    _delete_the_prefixs_stamp(production, s3_engine)
+    refused = production.run("sessions", "list")
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    message = " ".join(refused.stderr.split())
+    assert "holds the app's objects (blobs/" in message
+    assert "its stamp object .app-profile.json is gone" in message
+    assert "nothing was changed" in message
+    assert (
+        "stop every replica and run `app data restamp --profile production --from "
+        "production --yes-i-mean-it`" in message
+    )
+    assert "not the app's" not in message
+    # A database whose rows name none of the objects there is not taken for their owner.
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        admin.execute("UPDATE app_files SET blob = blob || 'x'")
+        other = production.run(*_RESTAMP, "--yes-i-mean-it")
+        assert other.returncode == 78, other.stdout + other.stderr
+        assert "its stamp object .app-profile.json is gone" in " ".join(other.stderr.split())
+        admin.execute("UPDATE app_files SET blob = left(blob, -1)")
+    restamped = production.run(*_RESTAMP, "--yes-i-mean-it")
+    assert restamped.returncode == 0, restamped.stdout + restamped.stderr
+    listed = production.run("sessions", "list")
+    assert listed.returncode == 0 and sid in listed.stdout, listed.stdout + listed.stderr
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    replica = production.start()
+    with production.client(replica) as client:
+        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+    assert replica.stop() == 0, replica.output

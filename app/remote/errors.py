@@ -146,6 +146,35 @@ class TablesOffSearchPathError(ConfigError):
         )
 
 
+class PrefixStampMissingError(ConfigError):
+    """An object prefix that holds the app's objects and has lost its stamp object."""
+
+    code = "prefix_stamp_missing"
+
+    profile: str
+    where: str
+    found: Sequence[str]
+    protected: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.found = tuple(self.found)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        shown = ", ".join(self.found[:5]) + (", ..." if len(self.found) > 5 else "")
+        confirm = _CONFIRM if self.protected else ""
+        return (
+            f"profile {self.profile!r}: object prefix {self.where} holds the app's objects "
+            f"({shown}) but its stamp object .app-profile.json is gone (deleted by hand, by a "
+            "lifecycle rule or a sync); refusing to open it, since nothing here says whose "
+            "they are; nothing was changed. If it is this profile's prefix, stop every "
+            f"replica and run `app data restamp --profile {self.profile} --from "
+            f"{self.profile}{confirm}`: it writes the stamp back once the profile's database "
+            "is found to name objects here. Otherwise point blob_url at a new or empty one"
+        )
+
+
 class DatabaseEncodingError(ConfigError):
     """The database, or the connection to it, does not carry text as UTF-8."""
 

@@ -41,6 +41,7 @@ from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
+    PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
     StorageMismatchError,
@@ -585,6 +586,13 @@ class ObjectStore:
             # then loses the race and reads the winner's.
             names = (info.name for info in self.objects() if info.name != STAMP_NAME)
             foreign = [name for _, name in zip(range(6), names, strict=False)]
+            if foreign and all(self.is_blob_name(name) for name in foreign):
+                # The app's own names: a stamp lost, not another application's prefix
+                # (red team 37: "not the app's ... point blob_url at a new one", and no
+                # command brought the prefix back).
+                raise PrefixStampMissingError(
+                    profile, self.where, foreign, protected=needs_confirmation(protected, profile)
+                )
             if foreign:
                 raise UnstampedNotEmptyError(
                     profile, "blob_url", f"object prefix {self.where}", foreign
@@ -634,6 +642,19 @@ class ObjectStore:
         except BotoCoreError as error:
             raise self._fail(error) from error
         return True
+
+    def restore_stamp(self, profile: str, database: str) -> dict[str, Any]:
+        """Write back the lost stamp of a prefix whose objects ``database`` (its id) names
+        (under maintenance: the caller has checked that its rows name objects here)."""
+        stamp = {
+            "profile": profile,
+            "created": datetime.now(UTC).isoformat(),
+            "database": database,
+            "restored": True,
+        }
+        if not self._create_stamp(stamp):
+            stamp = self.read_stamp() or {}
+        return stamp
 
     def restamp(self, from_profile: str, profile: str) -> dict[str, Any]:
         """Hand the prefix stamped ``from_profile`` to ``profile`` (under maintenance)."""

@@ -1000,6 +1000,24 @@ class Maintenance:
         """Append a maintenance record (in the current transaction, if any)."""
         audit(self.conn, self.profile, "maintenance", operation, target, detail)
 
+    def names_objects(self, bucket: str, prefix: str, blobs: list[str]) -> str | None:
+        """The database's id if it is bound to ``bucket`` and ``prefix`` and its rows name
+        one of ``blobs`` (names the app made, random and never reused: no other database's
+        rows can name them); ``None`` otherwise. What a lost prefix stamp is written back
+        on."""
+        if self.conn.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
+            return None
+        bound = self.conn.execute(
+            "SELECT database_id::text FROM app_binding WHERE bucket = %s AND prefix = %s",
+            (bucket, prefix),
+        ).fetchone()
+        if bound is None:
+            return None
+        named = self.conn.execute(
+            "SELECT 1 FROM app_files WHERE blob = ANY(%s) LIMIT 1", (blobs,)
+        ).fetchone()
+        return None if named is None else str(bound[0])
+
     def restamp(self, from_profile: str, *, protected: Protection = False) -> Stamp:
         """Hand the database stamped ``from_profile`` to this profile (audited)."""
         what = f"the re-stamp from {from_profile!r} to {self.profile!r}"

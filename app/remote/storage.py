@@ -35,6 +35,7 @@ from app.remote import pg
 from app.remote.errors import (
     DatabaseTimeoutError,
     DatabaseUnavailableError,
+    PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
     describe_replica,
@@ -234,7 +235,23 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
         # Stamped for this profile already, both of them: a repeated command.
         changed = found is None or found.profile != config.profile
         if before is None:
-            objects.open(config.profile, protected=protection)
+            # A prefix that lost its stamp and holds the app's objects: written back when
+            # this database is bound to it and its rows name objects there (red team 37: no
+            # command brought such a prefix back); anything else is refused by open.
+            location = objects.location
+            blobs = [n for n in objects.first_names(1000) if objects.is_blob_name(n)]
+            database_id = (
+                maintenance.names_objects(location.bucket, location.prefix, blobs)
+                if blobs
+                else None
+            )
+            if database_id is not None:
+                objects.restore_stamp(config.profile, database_id)
+                maintenance.audit(
+                    "restamp", objects.where, {"restored": True, "to": config.profile}
+                )
+            else:
+                objects.open(config.profile, protected=protection)
             changed = True
         elif before.get("profile") != config.profile:
             objects.restamp(source, config.profile)
@@ -590,6 +607,15 @@ def _diagnose_objects(config: Config) -> list[Probe]:
                 protected=needs_confirmation(config.taking_needs_confirmation, stamped),
             )  # fmt: skip
             probes.append(Probe("prefix", found, mismatch.message, mismatch.exit_code))
+    elif names and all(objects.is_blob_name(name) for name in names):
+        lost = PrefixStampMissingError(
+            config.profile, objects.where, names,
+            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
+        )  # fmt: skip
+        probes.append(
+            Probe("prefix", f"{objects.where}: no stamp object, and the app's objects",
+                  lost.message, lost.exit_code)
+        )  # fmt: skip
     elif names:
         refused = UnstampedNotEmptyError(
             config.profile, "blob_url", f"object prefix {objects.where}", names

@@ -223,6 +223,12 @@ EXAMPLES: list[errors.AppError] = [
     ),
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
     remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
+    remote.PrefixStampMissingError(
+        "production",
+        "s3://app-data/production at https://s3.internal",
+        ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a"],
+        protected=True,
+    ),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.DatabaseUnavailableError(
