@@ -9,6 +9,7 @@ All real: the suite's cluster, a ``weed`` of the suite's, and real ``app serve``
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -215,4 +216,26 @@ def test_a_prefix_that_lost_its_stamp_is_refused_as_the_apps_and_restamp_brings_
     replica = production.start()
     with production.client(replica) as client:
         assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+    assert replica.stop() == 0, replica.output
+
+
+def test_a_replica_keeps_its_hold_under_an_idle_session_timeout_given_without_its_unit(
+    production: Production,
+) -> None:
+    # `idle_session_timeout = 300`, meant as seconds, is 300 ms. Before: the replica's holding
+    # connection (which pings every second) was ended within a second of its start, and the
+    # replica stopped (exit 70, "Restart the server once the database is reachable"), as
+    # every restart did again.
+    _set_for_database(production.database_url, "idle_session_timeout", "300")
+    replica = production.start()
+    with production.client(replica) as client:
+        for round_ in range(4):
+            answer = client.post("/sessions", json={"title": f"s{round_}"})
+            assert answer.status_code == 201, answer.text
+            # Idle longer than the timeout and than a heartbeat: not a time limit.
+            time.sleep(1.2)
+        assert replica.process.poll() is None, replica.output
+        production.close()  # its connection idled too, and was ended: a new one
+        assert [row["pid"] for row in production.holders()] == [replica.pid]
+        assert len(client.get("/sessions").json()["items"]) == 4
     assert replica.stop() == 0, replica.output

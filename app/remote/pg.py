@@ -382,6 +382,10 @@ class Bounds:
     lock_wait_seconds: float
 
 
+IDLE_SESSION_FLOOR_MS = 5000
+"""The least ``idle_session_timeout`` the app's connections keep (five heartbeats)."""
+
+
 def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -> None:
     """The session settings every connection of the app's own code carries, pooled or not.
 
@@ -402,13 +406,26 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     uploads to one session at once were refused (a 503, ``40001``) about half the time (red
     team 37): nothing was lost, but a client's parallel uploads failed for a setting the app
     does not need.
+
+    ``idle_session_timeout`` (PostgreSQL 14 and later) below :data:`IDLE_SESSION_FLOOR_MS`
+    is raised to it: a replica's holding connection pings every second, and one set for the
+    role as ``300`` (milliseconds, meant as seconds) ended every replica's hold within a
+    second of its start, each restart the same (red team 37). Above the floor it is kept: it
+    is what frees a vanished replica's lock (remote.md).
     """
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
         " current_setting('synchronous_commit') = 'off' THEN"
         " set_config('synchronous_commit', 'on', false) END,"
-        " set_config('default_transaction_isolation', 'read committed', false)",
-        (f"{max(1, round(lock_wait_seconds * 1000))}ms",),
+        " set_config('default_transaction_isolation', 'read committed', false),"
+        " CASE WHEN (SELECT setting::bigint FROM pg_settings"
+        " WHERE name = 'idle_session_timeout') BETWEEN 1 AND %s"
+        " THEN set_config('idle_session_timeout', %s, false) END",
+        (
+            f"{max(1, round(lock_wait_seconds * 1000))}ms",
+            IDLE_SESSION_FLOOR_MS - 1,
+            f"{IDLE_SESSION_FLOOR_MS}ms",
+        ),
     )
 
 
