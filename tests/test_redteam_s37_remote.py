@@ -20,8 +20,10 @@ from engines import PostgresEngine, S3Engine
 from replicas import Production, production_on
 from test_remote_store import _objects
 
+from app.errors import InvalidSettingError
 from app.remote import pg
 from app.remote.errors import TablesOffSearchPathError
+from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
 PROFILE = "production"
@@ -239,3 +241,22 @@ def test_a_replica_keeps_its_hold_under_an_idle_session_timeout_given_without_it
         assert [row["pid"] for row in production.holders()] == [replica.pid]
         assert len(client.get("/sessions").json()["items"]) == 4
     assert replica.stop() == 0, replica.output
+
+
+@pytest.mark.parametrize("segment", ["..", "."])
+def test_a_prefix_with_a_dot_segment_is_refused_as_a_setting_before_the_store_is_asked(
+    s3_engine: S3Engine, blob_url: str, segment: str
+) -> None:
+    # Before: a bare botocore ClientError, "An error occurred (InvalidRequest) when calling
+    # the GetObject operation: Invalid Request" (SeaweedFS, as MinIO, refuses such keys;
+    # AWS keeps them as written, another prefix than the one it seems to name).
+    bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
+    dotted = f"s3://{bucket}/elsewhere/{segment}/{prefix}"
+    with pytest.raises(InvalidSettingError) as refused:
+        ObjectStore(
+            dotted, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+        ).open(PROFILE)
+    message = str(refused.value)
+    assert f"blob_url = {dotted!r}" in message
+    assert "a prefix with a '.' or '..' segment names a different prefix on each object" in message
+    assert "write the prefix without them" in message

@@ -134,7 +134,18 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             None, "blob_url", blob_url, "expected s3://bucket/prefix (a bucket, then an "
             "optional prefix; no query)", "blob_url",
         )  # fmt: skip
-    prefix = "/".join(segment for segment in parts.path.split("/") if segment)
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if {".", ".."} & set(segments):
+        # Object stores disagree on them: AWS keeps `a/../b` as a key of its own (another
+        # prefix than the one it seems to name), SeaweedFS and MinIO refuse every request
+        # with it (a bare InvalidRequest from boto, red team 37).
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, "a prefix with a '.' or '..' segment names a "
+            "different prefix on each object store (AWS keeps it as written, SeaweedFS and "
+            "MinIO refuse it); write the prefix without them, as the path it means",
+            "blob_url",
+        )  # fmt: skip
+    prefix = "/".join(segments)
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
 
 
