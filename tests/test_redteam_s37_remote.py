@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import forked_app
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
@@ -260,3 +261,24 @@ def test_a_prefix_with_a_dot_segment_is_refused_as_a_setting_before_the_store_is
     assert f"blob_url = {dotted!r}" in message
     assert "a prefix with a '.' or '..' segment names a different prefix on each object" in message
     assert "write the prefix without them" in message
+
+
+def test_a_statement_timeout_in_the_urls_options_is_refused_naming_where_it_can_be_set(
+    production: Production,
+) -> None:
+    # Before: the remedy was only "raise statement_timeout for the app's role (ALTER ROLE
+    # <role> SET statement_timeout = ...)", which does not undo one set in database_url.
+    url = production.database_url + "?options=-c%20statement_timeout%3D1"
+    for args in (["data", "check"], ["sessions", "list"]):
+        refused = forked_app.run({**production.env, "APP_DATABASE_URL": url}, args)
+        assert refused.returncode == 69, refused.stdout + refused.stderr
+        message = " ".join(refused.stderr.split())
+        assert "canceling statement due to statement timeout (SQLSTATE 57014)" in message
+        assert "nothing was changed" in message
+        assert (
+            "`SELECT setting, source FROM pg_settings WHERE name = 'statement_timeout'` says "
+            "where" in message
+        )
+        dbname = production.database_url.rpartition("/")[2]
+        assert f"ALTER DATABASE {dbname} SET statement_timeout" in message
+        assert "or the options in database_url: -c statement_timeout=...)" in message

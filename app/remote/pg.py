@@ -517,7 +517,10 @@ _RETRY = "retry; if it recurs, ask the database's administrator"
 _TIMEOUT = (
     "another transaction may hold what it waited for: `SELECT pid, state, wait_event, query "
     "FROM pg_stat_activity WHERE datname = current_database()` shows who; retry once it is "
-    "done, or raise {setting} for the app's role (ALTER ROLE <role> SET {setting} = ...)"
+    "done, or raise {setting} where it is set: `SELECT setting, source FROM pg_settings WHERE "
+    "name = '{setting}'` says where (the server, the database: ALTER DATABASE {dbname} SET "
+    "{setting} = ..., the app's role: ALTER ROLE <role> SET {setting} = ..., or the "
+    "options in database_url: -c {setting}=...)"
 )
 # By SQLSTATE (or its class, the first two characters): how a server that was reached refuses
 # a statement, and what resolves it. Everything else is not a refusal: a broken connection
