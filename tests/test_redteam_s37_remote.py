@@ -21,7 +21,7 @@ from engines import PostgresEngine, S3Engine
 from replicas import Production, production_on
 from test_remote_store import _objects
 
-from app.errors import InvalidSettingError
+from app.errors import InvalidSettingError, SandboxViolationError
 from app.remote import pg
 from app.remote.errors import TablesOffSearchPathError
 from app.remote.objects import ObjectStore
@@ -282,3 +282,28 @@ def test_a_statement_timeout_in_the_urls_options_is_refused_naming_where_it_can_
         dbname = production.database_url.rpartition("/")[2]
         assert f"ALTER DATABASE {dbname} SET statement_timeout" in message
         assert "or the options in database_url: -c statement_timeout=...)" in message
+
+
+def test_a_url_that_names_another_database_after_the_scratch_one_is_refused_by_the_sandbox(
+    postgres_engine: PostgresEngine, database_url: str
+) -> None:
+    # Held: libpq takes the last dbname (a URL's query after its path, a repeated key), and
+    # the sandbox checks the name libpq will use, then the one it reached.
+    victim = postgres_engine.create_database("victim", outside_the_run=True)
+    try:
+        scratch = database_url.rpartition("/")[2]
+        base = database_url.rpartition("/")[0]
+        host, port = base.rpartition("@")[2].split(":")
+        for url in (
+            f"{database_url}?dbname={victim}",
+            f"host={host} port={port} user=app dbname={scratch} dbname={victim}",
+            f"{base}/{victim}?application_name={scratch}",
+            f"{base}/{victim}?options=-c%20app.note%3D{scratch}",
+            f"{base}/%76{victim[1:]}",
+        ):
+            with pytest.raises(SandboxViolationError) as refused:
+                pg.connect(url).close()
+            message = " ".join(str(refused.value).split())
+            assert f"to database {base}/{victim}, which is not a scratch database" in message
+    finally:
+        postgres_engine.drop_database(victim)
