@@ -8,6 +8,7 @@ All real: the suite's cluster, a ``weed`` of the suite's, and real ``app serve``
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from test_remote_store import _objects
 
 from app.errors import InvalidSettingError, SandboxViolationError
 from app.remote import pg
-from app.remote.errors import TablesOffSearchPathError
+from app.remote.errors import DatabaseRefusedError, TablesOffSearchPathError
 from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
@@ -307,3 +308,65 @@ def test_a_url_that_names_another_database_after_the_scratch_one_is_refused_by_t
             assert f"to database {base}/{victim}, which is not a scratch database" in message
     finally:
         postgres_engine.drop_database(victim)
+
+
+def test_the_session_count_holds_under_a_session_replication_role_of_replica(
+    postgres_engine: PostgresEngine, database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Before: with no trigger firing, `total` said 1 where 4 sessions lived, for good (after
+    # the setting was reset too), and `app data check` found nothing.
+    pg.open_database(database_url, PROFILE)
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        store.create_session("before")
+    _set_for_database(database_url, "session_replication_role", "replica")
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        for index in range(3):
+            store.create_session(f"s{index}")
+        page = store.list_sessions()
+        assert (page.total, len(page.items)) == (4, 4)
+    # A role that may not set it back (not a superuser) is refused, naming the setting.
+    role = f"rt37_plain_{os.getpid()}"
+    with postgres_engine.connect() as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        as_role = database_url.replace("postgresql://app@", f"postgresql://{role}@")
+        with pytest.raises(DatabaseRefusedError) as refused:
+            pg.connect(as_role, bounds=pg.Bounds(30, 10)).close()
+        message = " ".join(str(refused.value).split())
+        assert "permission denied to set parameter" in message
+        assert "(SQLSTATE 42501); nothing was changed" in message
+        assert "RESET session_replication_role" in message
+    finally:
+        with postgres_engine.connect() as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_drifted_session_count_is_found_by_check_and_recounted_by_repair(
+    production: Production,
+) -> None:
+    # Before: `app data check` said clean while GET /sessions reported a wrong total.
+    replica = production.start()
+    with production.client(replica) as client:
+        assert client.post("/sessions", json={"title": "counted"}).status_code == 201
+        with psycopg.connect(production.database_url, autocommit=True) as admin:
+            # What session_replication_role = replica did before it was set back, by hand.
+            admin.execute("ALTER TABLE app_sessions DISABLE TRIGGER app_session_count")
+            for index in range(3):
+                assert client.post("/sessions", json={"title": f"s{index}"}).status_code == 201
+            admin.execute("ALTER TABLE app_sessions ENABLE TRIGGER app_session_count")
+        assert client.get("/sessions").json()["total"] == 1
+    assert replica.stop() == 0, replica.output
+    found = production.run("data", "check")
+    assert found.returncode == 65, found.stdout + found.stderr
+    shown = " ".join(found.stdout.split())
+    assert "session-count-drift" in shown
+    assert "the count of live sessions the app keeps says 1, and 4 are live" in shown
+    repaired = production.run("data", "check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    clean = production.run("data", "check")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    replica = production.start()
+    with production.client(replica) as client:
+        assert client.get("/sessions").json()["total"] == 4
+    assert replica.stop() == 0, replica.output

@@ -412,6 +412,12 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     role as ``300`` (milliseconds, meant as seconds) ended every replica's hold within a
     second of its start, each restart the same (red team 37). Above the floor it is kept: it
     is what frees a vanished replica's lock (remote.md).
+
+    ``session_replication_role``: under ``replica`` (for the database or the role, as a
+    replication tool or a bulk load leaves it) no trigger fires, so the live sessions'
+    count the app keeps by trigger drifted for good (`GET /sessions` said 1 of 4), and the
+    audit table was no longer append-only (red team 37). Set back to ``origin``; a role that
+    may not set it is refused (42501), naming it.
     """
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
@@ -420,7 +426,9 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
         " set_config('default_transaction_isolation', 'read committed', false),"
         " CASE WHEN (SELECT setting::bigint FROM pg_settings"
         " WHERE name = 'idle_session_timeout') BETWEEN 1 AND %s"
-        " THEN set_config('idle_session_timeout', %s, false) END",
+        " THEN set_config('idle_session_timeout', %s, false) END,"
+        " CASE WHEN current_setting('session_replication_role') <> 'origin'"
+        " THEN set_config('session_replication_role', 'origin', false) END",
         (
             f"{max(1, round(lock_wait_seconds * 1000))}ms",
             IDLE_SESSION_FLOOR_MS - 1,
@@ -548,6 +556,12 @@ _REFUSALS: dict[str, str] = {
         "datname = current_database()` shows who, and `pg_blocking_pids(<pid>)` which one "
         "blocks; retry once it is done, or raise database_lock_wait_seconds "
         "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout"
+    ),
+    "42501": (
+        "The app's role lacks a privilege this needs (for session_replication_role: the "
+        "database or the role sets it to replica, which only a superuser may set back; "
+        "`ALTER DATABASE {dbname} RESET session_replication_role` and the same for the role "
+        "resolve it): grant the privilege, or connect as the role that owns the app's tables"
     ),
     "53100": (
         "The database server's disk is full: free space on the volume of its data directory "
