@@ -370,3 +370,16 @@ def test_a_drifted_session_count_is_found_by_check_and_recounted_by_repair(
     with production.client(replica) as client:
         assert client.get("/sessions").json()["total"] == 4
     assert replica.stop() == 0, replica.output
+
+
+def test_a_new_database_whose_search_path_names_no_schema_is_refused_naming_it(
+    database_url: str,
+) -> None:
+    # Before: a bare psycopg InvalidSchemaName, "no schema has been selected to create in".
+    with pytest.raises(TablesOffSearchPathError) as refused:
+        pg.open_database(database_url + "?options=-csearch_path%3Dnowhere", PROFILE)
+    message = str(refused.value)
+    assert "has no schema on this connection's search_path ('nowhere')" in message
+    assert "nothing was changed" in message
+    assert "`options=-c search_path=public` in database_url, or create the schema" in message
+    pg.open_database(database_url, PROFILE)  # nothing was left half made

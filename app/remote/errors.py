@@ -135,6 +135,15 @@ class TablesOffSearchPathError(ConfigError):
     def message(self) -> str:
         shown = ", ".join(self.schemas)
         first = self.schemas[0] if self.schemas else "public"
+        if not self.schemas:
+            return (
+                f"database {self.where} has no schema on this connection's search_path "
+                f"({self.search_path!r}) to create the app's tables in: none of them exists. "
+                "Refusing to use it; nothing was changed. The search_path comes from the "
+                "database, the app's role, or options in database_url: `ALTER DATABASE "
+                "<dbname> RESET search_path` and `ALTER ROLE <role> RESET search_path`, or "
+                "`options=-c search_path=public` in database_url, or create the schema it names"
+            )
         return (
             f"database {self.where} has the app's tables (its stamp, app_stamp) in schema "
             f"{shown}, which this connection's search_path ({self.search_path!r}) leaves "

@@ -750,6 +750,13 @@ def open_database(
             foreign = foreign_tables(conn)
             if foreign:
                 raise UnstampedNotEmptyError(profile, "database_url", f"database {where}", foreign)
+            schema, path = conn.execute(
+                "SELECT current_schema(), current_setting('search_path')"
+            ).fetchone() or (None, "")
+            if schema is None:
+                # No schema on the path exists to create the tables in: a bare
+                # InvalidSchemaName before (red team 37).
+                raise TablesOffSearchPathError(where, [], str(path))
             conn.execute(_SCHEMA)
             conn.execute(
                 "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
