@@ -383,3 +383,33 @@ def test_a_new_database_whose_search_path_names_no_schema_is_refused_naming_it(
     assert "nothing was changed" in message
     assert "`options=-c search_path=public` in database_url, or create the schema" in message
     pg.open_database(database_url, PROFILE)  # nothing was left half made
+
+
+def test_sessions_are_read_back_under_another_datestyle_intervalstyle_and_timezone(
+    production: Production,
+) -> None:
+    # Before: every command and `app serve` ended in a traceback, psycopg's
+    # "NotImplementedError: can't parse timestamptz with DateStyle 'German, DMY'".
+    replica = production.start()
+    with production.client(replica) as client:
+        created = client.post("/sessions", json={"title": "kept"}).json()
+    assert replica.stop() == 0, replica.output
+    for setting, value in (
+        ("DateStyle", "'German, DMY'"),
+        ("IntervalStyle", "'iso_8601'"),
+        ("TimeZone", "'Asia/Kathmandu'"),
+    ):
+        _set_for_database(production.database_url, setting, value)
+    listed = production.run("sessions", "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert created["id"] in listed.stdout
+    replica = production.start()
+    with production.client(replica) as client:
+        assert client.get(f"/sessions/{created['id']}").json() == created
+        sid = client.post("/sessions", json={"title": "new"}).json()["id"]
+        assert client.delete(f"/sessions/{sid}").status_code in (200, 204)
+    assert replica.stop() == 0, replica.output
+    emptied = production.run("data", "empty-trash", "--yes-i-mean-it")
+    assert emptied.returncode == 0, emptied.stdout + emptied.stderr
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr

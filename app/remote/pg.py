@@ -86,6 +86,7 @@ _CONNECT_DEFAULTS = {
     # Text is Unicode both ways, whatever PGCLIENTENCODING says (see check_encoding).
     "client_encoding": "UTF8",
 }
+_STARTUP_OPTIONS = "-c DateStyle=ISO,MDY -c IntervalStyle=postgres"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -369,6 +370,10 @@ def conninfo(database_url: str, *, purpose: str = "app", connect_timeout: int | 
     extra = {key: value for key, value in defaults.items() if key not in params}
     name = f"{purpose} ({socket.gethostname()} pid {os.getpid()})"[:63]
     extra.setdefault("application_name", params.get("application_name") or name)
+    # After the URL's own options, so they win: the forms psycopg reads values in. Under a
+    # DateStyle of German, SQL or Postgres (for the database or the role) every read of a
+    # timestamp raised NotImplementedError, a traceback at every open (red team 37).
+    extra["options"] = " ".join(filter(None, [params.get("options", ""), _STARTUP_OPTIONS]))
     return make_conninfo(database_url, **extra)
 
 
