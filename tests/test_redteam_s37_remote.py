@@ -20,11 +20,18 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
 from replicas import Production, production_on
+from test_redteam_s26_remote import _ended_while_waiting
 from test_remote_store import _objects
 
-from app.errors import InvalidSettingError, SandboxViolationError
+from app.errors import (
+    FileExistsInSessionError,
+    FileNotFoundInSessionError,
+    InvalidSettingError,
+    SandboxViolationError,
+    SessionNotFoundError,
+)
 from app.remote import pg
-from app.remote.errors import DatabaseRefusedError, TablesOffSearchPathError
+from app.remote.errors import ConnectionLostError, DatabaseRefusedError, TablesOffSearchPathError
 from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
@@ -413,3 +420,54 @@ def test_sessions_are_read_back_under_another_datestyle_intervalstyle_and_timezo
     assert emptied.returncode == 0, emptied.stdout + emptied.stderr
     checked = production.run("data", "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_restores_and_an_empty_trash_ended_while_they_wait_name_themselves_and_change_nothing(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Held: red team 26 ended the replicas' writes this way; these are maintenance's.
+    pg.open_database(database_url, PROFILE)
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        sid = store.create_session("s")["id"]
+        store.put_file(sid, "a.txt", b"kept")
+        store.delete_file(sid, "a.txt")
+        steps = {
+            f"the restore of 'a.txt' into session {sid}": lambda: store.restore(sid, file="a.txt"),
+            f"the restore of session {sid}": lambda: store.restore(sid),
+            "the emptying of the trash": lambda: store.empty_trash(timedelta(0)),
+        }
+        for what, step in steps.items():
+            if what == f"the restore of session {sid}":
+                store.delete_session(sid)
+            error = _ended_while_waiting(database_url, sid, step)
+            assert isinstance(error, ConnectionLostError), error
+            message = " ".join(str(error).split())
+            assert f"during {what} (terminating connection due to administrator" in message
+            assert "the database rolled it back, so it was not saved and nothing was" in message
+        assert sorted(entry.kind for entry in store.list_trash()) == ["file", "session"]
+        assert store.check().findings == []
+        store.restore(sid)
+        store.restore(sid, file="a.txt")
+        assert store.open_file(sid, "a.txt")[0].read() == b"kept"
+
+
+def test_a_database_that_ends_the_session_on_any_error_changes_nothing_the_app_expects(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Held: with exit_on_error on, the app's refusals come from its own reads, not from
+    # statements that fail, so none ends its connection.
+    _set_for_database(database_url, "exit_on_error", "on")
+    pg.open_database(database_url, PROFILE)
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        sid = store.create_session("s")["id"]
+        store.put_file(sid, "a.txt", b"kept")
+        with pytest.raises(FileExistsInSessionError):
+            store.put_file(sid, "a.txt", b"other")
+        with pytest.raises(FileNotFoundInSessionError):
+            store.delete_file(sid, "missing.txt")
+        with pytest.raises(SessionNotFoundError):
+            store.restore(sid)
+        assert store.open_file(sid, "a.txt")[0].read() == b"kept"
+        assert store.check().findings == []
