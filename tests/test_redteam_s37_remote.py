@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import forked_app
 import psycopg
@@ -471,3 +472,60 @@ def test_a_database_that_ends_the_session_on_any_error_changes_nothing_the_app_e
             store.restore(sid)
         assert store.open_file(sid, "a.txt")[0].read() == b"kept"
         assert store.check().findings == []
+
+
+_EMPTY = "/trash/empty?confirm=yes-i-mean-it"
+
+
+def test_one_file_replaced_and_deleted_on_two_replicas_while_both_empty_the_trash(
+    production: Production,
+) -> None:
+    # Held: every answer a 2xx, the file is one writer's last acknowledged version, and
+    # `app data check` (no replica live, so every object no row names is listed) is clean.
+    first, second = production.start_pair()
+    with production.client(first) as client:
+        sid = client.post("/sessions", json={"title": "race"}).json()["id"]
+    failed: list[str] = []
+    last: dict[str, bytes] = {}
+    writing = threading.Event()
+
+    def write(replica: Any, name: str) -> None:
+        with production.client(replica) as client:
+            for index in range(30):
+                body = f"{name}-{index}".encode() * 50
+                answer = client.put(f"/sessions/{sid}/files/a.txt", content=body)
+                if answer.status_code in (200, 201):
+                    last[name] = body
+                else:
+                    failed.append(f"PUT {answer.status_code} {answer.text}")
+                if index % 7 == 3:
+                    answer = client.delete(f"/sessions/{sid}/files/a.txt")
+                    if answer.status_code >= 500:
+                        failed.append(f"DELETE {answer.status_code} {answer.text}")
+
+    def empty(replica: Any) -> None:
+        with production.client(replica) as client:
+            while writing.is_set():
+                answer = client.post(_EMPTY)
+                if answer.status_code != 200:
+                    failed.append(f"EMPTY {answer.status_code} {answer.text}")
+
+    writing.set()
+    writers = [
+        threading.Thread(target=write, args=(r, n)) for r, n in ((first, "A"), (second, "B"))
+    ]
+    emptiers = [threading.Thread(target=empty, args=(r,)) for r in (second, first)]
+    for thread in writers + emptiers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    writing.clear()
+    for thread in emptiers:
+        thread.join()
+    assert failed == []
+    with production.client(first) as client:
+        assert client.get(f"/sessions/{sid}/files/a.txt").content in last.values()
+    assert first.stop() == 0, first.output
+    assert second.stop() == 0, second.output
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
