@@ -529,3 +529,22 @@ def test_one_file_replaced_and_deleted_on_two_replicas_while_both_empty_the_tras
     assert second.stop() == 0, second.output
     checked = production.run("data", "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_changes_are_served_under_an_idle_in_transaction_timeout_of_a_millisecond(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Before: every change was a 503 database_refused, "terminating connection due to
+    # idle-in-transaction timeout (SQLSTATE 25P03)": the time between two of its statements
+    # was enough (`= 1`, as `= 300` meant as seconds is 300 ms).
+    pg.open_database(database_url, PROFILE)
+    _set_for_database(database_url, "idle_in_transaction_session_timeout", "1")
+    objects = _objects(s3_engine, blob_url)
+    with RemoteStore(database_url, objects, PROFILE, orphan_grace=timedelta(0)) as store:
+        for _ in range(5):
+            sid = store.create_session("s")["id"]
+            store.put_file(sid, "a.txt", b"kept")
+            store.delete_file(sid, "a.txt")
+            store.restore(sid, file="a.txt")  # asks the object store in its transaction
+            assert store.open_file(sid, "a.txt")[0].read() == b"kept"
+        assert store.check().findings == []

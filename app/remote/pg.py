@@ -416,7 +416,9 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     is raised to it: a replica's holding connection pings every second, and one set for the
     role as ``300`` (milliseconds, meant as seconds) ended every replica's hold within a
     second of its start, each restart the same (red team 37). Above the floor it is kept: it
-    is what frees a vanished replica's lock (remote.md).
+    is what frees a vanished replica's lock (remote.md). ``idle_in_transaction_session_timeout``
+    the same: at ``1`` (a millisecond) every change was refused (25P03), the time between two
+    of its statements being enough; a file's restore asks the object store in its transaction.
 
     ``session_replication_role``: under ``replica`` (for the database or the role, as a
     replication tool or a bulk load leaves it) no trigger fires, so the live sessions'
@@ -432,10 +434,15 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
         " CASE WHEN (SELECT setting::bigint FROM pg_settings"
         " WHERE name = 'idle_session_timeout') BETWEEN 1 AND %s"
         " THEN set_config('idle_session_timeout', %s, false) END,"
+        " CASE WHEN (SELECT setting::bigint FROM pg_settings"
+        " WHERE name = 'idle_in_transaction_session_timeout') BETWEEN 1 AND %s"
+        " THEN set_config('idle_in_transaction_session_timeout', %s, false) END,"
         " CASE WHEN current_setting('session_replication_role') <> 'origin'"
         " THEN set_config('session_replication_role', 'origin', false) END",
         (
             f"{max(1, round(lock_wait_seconds * 1000))}ms",
+            IDLE_SESSION_FLOOR_MS - 1,
+            f"{IDLE_SESSION_FLOOR_MS}ms",
             IDLE_SESSION_FLOOR_MS - 1,
             f"{IDLE_SESSION_FLOOR_MS}ms",
         ),
@@ -548,8 +555,10 @@ _REFUSALS: dict[str, str] = {
     ),
     "25P03": (
         "The server ended the connection, idle in its transaction longer than "
-        "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting for "
-        "the app's role"
+        "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting where "
+        "it is set (`SELECT setting, source FROM pg_settings WHERE name = "
+        "'idle_in_transaction_session_timeout'` says where: the database, the app's role, or "
+        "the options in database_url); the app raises a value under 5 s to 5 s"
     ),
     "57014": "A statement ran past statement_timeout, or was cancelled: "
     + _TIMEOUT.replace("{setting}", "statement_timeout"),
