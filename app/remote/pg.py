@@ -86,7 +86,6 @@ _CONNECT_DEFAULTS = {
     # Text is Unicode both ways, whatever PGCLIENTENCODING says (see check_encoding).
     "client_encoding": "UTF8",
 }
-_STARTUP_OPTIONS = "-c DateStyle=ISO,MDY -c IntervalStyle=postgres"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -370,10 +369,6 @@ def conninfo(database_url: str, *, purpose: str = "app", connect_timeout: int | 
     extra = {key: value for key, value in defaults.items() if key not in params}
     name = f"{purpose} ({socket.gethostname()} pid {os.getpid()})"[:63]
     extra.setdefault("application_name", params.get("application_name") or name)
-    # After the URL's own options, so they win: the forms psycopg reads values in. Under a
-    # DateStyle of German, SQL or Postgres (for the database or the role) every read of a
-    # timestamp raised NotImplementedError, a traceback at every open (red team 37).
-    extra["options"] = " ".join(filter(None, [params.get("options", ""), _STARTUP_OPTIONS]))
     return make_conninfo(database_url, **extra)
 
 
@@ -420,6 +415,11 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     the same: at ``1`` (a millisecond) every change was refused (25P03), the time between two
     of its statements being enough; a file's restore asks the object store in its transaction.
 
+    ``DateStyle`` and ``IntervalStyle``: the forms psycopg reads values in. Under a DateStyle
+    of German, SQL or Postgres (for the database or the role) every read of a timestamp
+    raised NotImplementedError, a traceback at every open (red team 37). Set here, not as
+    startup ``options``, which PgBouncer refuses ("unsupported startup parameter").
+
     ``session_replication_role``: under ``replica`` (for the database or the role, as a
     replication tool or a bulk load leaves it) no trigger fires, so the live sessions'
     count the app keeps by trigger drifted for good (`GET /sessions` said 1 of 4), and the
@@ -431,6 +431,8 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
         " current_setting('synchronous_commit') = 'off' THEN"
         " set_config('synchronous_commit', 'on', false) END,"
         " set_config('default_transaction_isolation', 'read committed', false),"
+        " set_config('DateStyle', 'ISO, MDY', false),"
+        " set_config('IntervalStyle', 'postgres', false),"
         " CASE WHEN (SELECT setting::bigint FROM pg_settings"
         " WHERE name = 'idle_session_timeout') BETWEEN 1 AND %s"
         " THEN set_config('idle_session_timeout', %s, false) END,"
