@@ -548,3 +548,15 @@ def test_changes_are_served_under_an_idle_in_transaction_timeout_of_a_millisecon
             store.restore(sid, file="a.txt")  # asks the object store in its transaction
             assert store.open_file(sid, "a.txt")[0].read() == b"kept"
         assert store.check().findings == []
+
+
+def test_doctor_lists_a_search_path_that_leaves_out_the_apps_tables_as_a_problem(
+    production: Production,
+) -> None:
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    _hide_the_apps_schema(production.database_url)
+    doctor = production.run("doctor")
+    shown = " ".join((doctor.stdout + doctor.stderr).split())
+    assert doctor.returncode == 78, shown
+    assert "Traceback" not in shown
+    _assert_names_the_hidden_schema(shown, "reporting")
