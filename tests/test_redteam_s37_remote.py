@@ -172,7 +172,8 @@ def test_parallel_changes_to_one_session_are_served_under_a_stricter_default_iso
         assert store.check().findings == []
 
 
-def _delete_the_prefixs_stamp(production: Production, s3_engine: S3Engine) -> None:
+def _stamp_object(production: Production, s3_engine: S3Engine) -> tuple[Any, str, str]:
+    """An S3 client of the test's own, and the bucket and key of the prefix's stamp."""
     import boto3
 
     client = boto3.client(
@@ -183,7 +184,12 @@ def _delete_the_prefixs_stamp(production: Production, s3_engine: S3Engine) -> No
         region_name="us-east-1",
     )
     bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
-    client.delete_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/.app-profile.json")
+    return client, bucket, f"{prefix.rstrip('/')}/.app-profile.json"
+
+
+def _delete_the_prefixs_stamp(production: Production, s3_engine: S3Engine) -> None:
+    client, bucket, key = _stamp_object(production, s3_engine)
+    client.delete_object(Bucket=bucket, Key=key)
 
 
 _RESTAMP = ("data", "restamp", "--profile", "production", "--from", "production")
@@ -560,3 +566,28 @@ def test_doctor_lists_a_search_path_that_leaves_out_the_apps_tables_as_a_problem
     assert doctor.returncode == 78, shown
     assert "Traceback" not in shown
     _assert_names_the_hidden_schema(shown, "reporting")
+
+
+def test_a_prefix_stamp_rewritten_by_hand_is_refused_naming_it(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    # Before: a bare JSONDecodeError (not JSON) or AttributeError (`[]`), a traceback from
+    # every command.
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    client, bucket, key = _stamp_object(production, s3_engine)
+    kept = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    for body, problem in (
+        (b"", "is not JSON"),
+        (b"[]", "names no profile"),
+        (b'{"profile": null}', "names no profile"),
+    ):
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+        refused = production.run("sessions", "list")
+        shown = " ".join(refused.stderr.split())
+        assert refused.returncode == 78, refused.stdout + shown
+        assert "Traceback" not in shown
+        assert f"its stamp object .app-profile.json {problem}" in shown
+        assert "nothing was changed" in shown
+        assert '{"profile": "<profile>"}' in shown
+    client.put_object(Bucket=bucket, Key=key, Body=kept)
+    assert production.run("sessions", "list").returncode == 0

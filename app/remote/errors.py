@@ -184,6 +184,26 @@ class PrefixStampMissingError(ConfigError):
         )
 
 
+class PrefixStampDamagedError(ConfigError):
+    """An object prefix's stamp object is there but says no profile (not JSON, not an
+    object, no ``profile``)."""
+
+    code = "prefix_stamp_damaged"
+
+    where: str
+    problem: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"object prefix {self.where}: its stamp object .app-profile.json {self.problem}; "
+            "refusing to open it, since nothing else here says whose it is; nothing was "
+            "changed. Bring back the stamp's earlier version (a bucket version or a backup), "
+            'or write it as a JSON object naming the profile, {"profile": "<profile>"}, '
+            "with the object store's own tools"
+        )
+
+
 class DatabaseEncodingError(ConfigError):
     """The database, or the connection to it, does not carry text as UTF-8."""
 

@@ -41,6 +41,7 @@ from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
+    PrefixStampDamagedError,
     PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
@@ -567,9 +568,17 @@ class ObjectStore:
         """The stamp object's content, or ``None`` where there is none."""
         try:
             with self.get(STAMP_NAME) as stream:
-                stamp: dict[str, Any] = json.loads(stream.read())
+                raw = stream.read()
         except ObjectMissingError:
             return None
+        # Written by hand or cut short: a bare JSONDecodeError or AttributeError before,
+        # a traceback from every command (red team 37; the data root's stamp, red team 36).
+        try:
+            stamp = json.loads(raw)
+        except ValueError as error:
+            raise PrefixStampDamagedError(self.where, f"is not JSON ({error})") from None
+        if not (isinstance(stamp, dict) and isinstance(stamp.get("profile"), str)):
+            raise PrefixStampDamagedError(self.where, "names no profile")
         return stamp
 
     def open(

@@ -230,6 +230,10 @@ EXAMPLES: list[errors.AppError] = [
         ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a"],
         protected=True,
     ),
+    remote.PrefixStampDamagedError(
+        "s3://app-data/production at https://s3.internal",
+        "is not JSON (Expecting value: line 1 column 1 (char 0))",
+    ),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.DatabaseUnavailableError(
