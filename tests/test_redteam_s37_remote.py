@@ -591,3 +591,27 @@ def test_a_prefix_stamp_rewritten_by_hand_is_refused_naming_it(
         assert '{"profile": "<profile>"}' in shown
     client.put_object(Bucket=bucket, Key=key, Body=kept)
     assert production.run("sessions", "list").returncode == 0
+
+
+def test_a_database_whose_stamp_row_was_deleted_is_refused_as_the_apps_naming_the_row(
+    production: Production,
+) -> None:
+    # Before: "is not empty and has no profile stamp, and it holds things that are not the
+    # app's (public.app_audit, ...) ... Point database_url at a new or empty one", from
+    # every command, `app data restamp` included: nothing brought it back.
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        admin.execute("DELETE FROM app_stamp")
+        for args in (("sessions", "list"), (*_RESTAMP, "--yes-i-mean-it")):
+            refused = production.run(*args)
+            shown = " ".join(refused.stderr.split())
+            assert refused.returncode == 78, refused.stdout + shown
+            assert "has the app's tables, but its stamp row in app_stamp is gone" in shown
+            assert "nothing was changed" in shown
+            assert "not the app's" not in shown
+        remedy = "INSERT INTO app_stamp (profile, schema_version) VALUES ('production', 1)"
+        assert remedy in shown
+        admin.execute(remedy)
+    assert production.run("sessions", "list").returncode == 0
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr

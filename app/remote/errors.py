@@ -204,6 +204,28 @@ class PrefixStampDamagedError(ConfigError):
         )
 
 
+class DatabaseStampMissingError(ConfigError):
+    """A database with the app's tables whose stamp row (in ``app_stamp``) is gone."""
+
+    code = "database_stamp_missing"
+
+    profile: str
+    where: str
+    schema_version: int
+
+    @property
+    def message(self) -> str:
+        # The remedy quotes SQL for the operator to run; nothing here executes it.
+        return (
+            f"profile {self.profile!r}: database {self.where} has the app's tables, but its "  # noqa: S608
+            "stamp row in app_stamp is gone (deleted by hand); refusing to open it, since "
+            "nothing else in it says whose it is; nothing was changed. If it is this "
+            "profile's database, put the row back, with no replica running: `INSERT INTO "
+            f"app_stamp (profile, schema_version) VALUES ('{self.profile}', "
+            f"{self.schema_version})`. Otherwise point database_url at a new or empty one"
+        )
+
+
 class DatabaseEncodingError(ConfigError):
     """The database, or the connection to it, does not carry text as UTF-8."""
 

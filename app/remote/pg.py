@@ -49,6 +49,7 @@ from app.remote.errors import (
     CommitUnknownError,
     DatabaseEncodingError,
     DatabaseRefusedError,
+    DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     HolderLostError,
@@ -762,6 +763,10 @@ def open_database(
     ):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
         stamp = read_stamp(conn)
+        if stamp is None and app_schema(conn) is not None:
+            # Its table without its row: the app's database, stamp deleted by hand. Not
+            # "things that are not the app's", nor a new database to point at (red team 37).
+            raise DatabaseStampMissingError(profile, where, SCHEMA_VERSION)
         if stamp is None:
             foreign = foreign_tables(conn)
             if foreign:

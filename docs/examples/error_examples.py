@@ -234,6 +234,7 @@ EXAMPLES: list[errors.AppError] = [
         "s3://app-data/production at https://s3.internal",
         "is not JSON (Expecting value: line 1 column 1 (char 0))",
     ),
+    remote.DatabaseStampMissingError("production", DATABASE, 1),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.DatabaseUnavailableError(
