@@ -8,6 +8,7 @@ All real: the suite's cluster, a ``weed`` of the suite's, and real ``app serve``
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -615,3 +616,20 @@ def test_a_database_whose_stamp_row_was_deleted_is_refused_as_the_apps_naming_th
     assert production.run("sessions", "list").returncode == 0
     checked = production.run("data", "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_status_reports_a_database_whose_search_path_hides_the_apps_tables_as_unread(
+    production: Production,
+) -> None:
+    # Before: `app status` (and `--json`) exited 78 with the refusal and no report, where
+    # a database it cannot read is reported, exit 0, "served by: unknown".
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    _hide_the_apps_schema(production.database_url)
+    status = production.run("status")
+    shown = " ".join(status.stdout.split())
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "served by: unknown" in shown
+    _assert_names_the_hidden_schema(shown, "reporting")
+    report = production.run("status", "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "app_stamp" in json.loads(report.stdout)["stamp_error"]
