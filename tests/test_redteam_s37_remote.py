@@ -612,6 +612,11 @@ def test_a_database_whose_stamp_row_was_deleted_is_refused_as_the_apps_naming_th
             assert "not the app's" not in shown
         remedy = "INSERT INTO app_stamp (profile, schema_version) VALUES ('production', 1)"
         assert remedy in shown
+        # Not "not stamped yet" and "served by: nobody" (before).
+        status = production.run("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "served by: unknown" in status.stdout
+        assert "stamp row in app_stamp is gone" in " ".join(status.stdout.split())
         admin.execute(remedy)
     assert production.run("sessions", "list").returncode == 0
     checked = production.run("data", "check")

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from app import sandbox
 from app.remote import pg
 from app.remote.errors import (
+    DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     PrefixStampMissingError,
@@ -345,8 +346,14 @@ def describe(config: Config) -> RemoteStatus:
             pg.refusals(pg.mask_url(database_url), "the read of its stamp and holders"),
         ):
             stamp = pg.read_stamp(conn)
+            if stamp is None and pg.app_schema(conn) is not None:
+                # The app's table without its row: not "not stamped yet, served by nobody"
+                # while a replica started before the row went may still serve (red team 37).
+                raise DatabaseStampMissingError(
+                    config.profile, pg.mask_url(database_url), pg.SCHEMA_VERSION
+                )
             holders = pg.live_holders(conn) if stamp is not None else []
-    except (DatabaseUnavailableError, TablesOffSearchPathError) as error:
+    except (DatabaseUnavailableError, DatabaseStampMissingError, TablesOffSearchPathError) as error:
         # Unread, as a database that does not answer: who serves it is unknown (red team
         # 37: a search_path hiding the app's tables made `app status` exit 78, no report).
         return RemoteStatus(location, False, stamp_error=error.message)
