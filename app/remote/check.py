@@ -53,6 +53,12 @@ def check(
             "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed"
             " FROM app_files"
         ).fetchall()
+        # One statement, one snapshot: the count is kept by trigger in the same transactions
+        # as the rows, so the two agree under live replicas too, unless no trigger fired.
+        counted = conn.execute(
+            "SELECT (SELECT coalesce(sum(live), 0) FROM app_session_counts) AS kept,"
+            " (SELECT count(*) FROM app_sessions WHERE deleted_at IS NULL) AS live"
+        ).fetchone()
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
     orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace)
@@ -85,6 +91,8 @@ def check(
                 "(a live replica may still be uploading it)",
             )
         )
+    drift = _count_drift(counted, exclusive)
+    findings.extend([] if drift is None else [drift])
     if not exclusive:
         orphans, unfinished = [], []
     if thorough:
@@ -114,9 +122,43 @@ def check(
             else f
             for f in findings
         ]
+    findings = _recount(db, findings) if repair and exclusive and drift else findings
     if repair and findings:
         db.audit_alone("check-repair", db.where, findings=[f.to_dict() for f in findings])
     return CheckReport(findings, repair)
+
+
+def _count_drift(counted: dict[str, Any] | None, exclusive: bool) -> Finding | None:
+    """The live sessions' count kept by trigger against the rows (red team 37: under
+    ``session_replication_role = replica`` no trigger fired, and it drifted for good)."""
+    if counted is None or counted["kept"] == counted["live"]:
+        return None
+    return Finding(
+        "session-count-drift",
+        "app_session_counts",
+        f"the count of live sessions the app keeps says {counted['kept']}, and "
+        f"{counted['live']} are live: changes made while its trigger did not fire "
+        "(session_replication_role = replica for the database or the role, or the trigger "
+        "disabled by hand); GET /sessions reports the wrong total",
+        "recount it from the sessions' rows"
+        if exclusive
+        else "`app data check --repair` recounts it once no replica is live",
+    )
+
+
+def _recount(db: Database, findings: list[Finding]) -> list[Finding]:
+    # Under maintenance: no replica changes sessions meanwhile.
+    with db.write("the recount of live sessions") as conn:
+        conn.execute(
+            "UPDATE app_session_counts SET live = CASE WHEN slot = 0 THEN (SELECT"
+            " count(*) FROM app_sessions WHERE deleted_at IS NULL) ELSE 0 END"
+        )
+    return [
+        Finding(f.problem, f.target, f.detail, f.repair, True)
+        if f.problem == "session-count-drift"
+        else f
+        for f in findings
+    ]
 
 
 def _compare(

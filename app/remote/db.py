@@ -169,6 +169,10 @@ class Database:
         # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
             pg.configure_session(conn, lock_wait_seconds)
+            if self._schema is not None:
+                pg.pin_schema(conn, self._schema)
+
+        self._schema: str | None = None
 
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
@@ -190,6 +194,12 @@ class Database:
             # looked at is all of them (pg.check_encoding sends no query).
             with self._pool.connection() as conn:
                 pg.check_encoding(conn, self.where)
+                # The schema the stamp is in now, for every connection the pool opens later,
+                # after a search_path set for the database or the role meanwhile.
+                with pg.refusals(self.where, "reading where the app's tables are"):
+                    self._schema = pg.app_schema(conn)
+                    if self._schema is not None:
+                        pg.pin_schema(conn, self._schema)
         except PoolTimeout as error:
             self._pool.close()
             raise DatabaseUnavailableError(self.where, _reason(error)) from None

@@ -118,6 +118,114 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
+class TablesOffSearchPathError(ConfigError):
+    """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
+
+    code = "tables_off_search_path"
+
+    where: str
+    schemas: Sequence[str]
+    search_path: str
+
+    def __post_init__(self) -> None:
+        self.schemas = tuple(self.schemas)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        shown = ", ".join(self.schemas)
+        first = self.schemas[0] if self.schemas else "public"
+        if not self.schemas:
+            return (
+                f"database {self.where} has no schema on this connection's search_path "
+                f"({self.search_path!r}) to create the app's tables in: none of them exists. "
+                "Refusing to use it; nothing was changed. The search_path comes from the "
+                "database, the app's role, or options in database_url: `ALTER DATABASE "
+                "<dbname> RESET search_path` and `ALTER ROLE <role> RESET search_path`, or "
+                "`options=-c search_path=public` in database_url, or create the schema it names"
+            )
+        return (
+            f"database {self.where} has the app's tables (its stamp, app_stamp) in schema "
+            f"{shown}, which this connection's search_path ({self.search_path!r}) leaves "
+            "out: the app would not find its own rows and would take the database for one "
+            "it never opened. Refusing to use it; nothing was changed. The search_path comes "
+            "from the database, the app's role, or options in database_url: put the schema "
+            "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
+            f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
+        )
+
+
+class PrefixStampMissingError(ConfigError):
+    """An object prefix that holds the app's objects and has lost its stamp object."""
+
+    code = "prefix_stamp_missing"
+
+    profile: str
+    where: str
+    found: Sequence[str]
+    protected: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.found = tuple(self.found)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        shown = ", ".join(self.found[:5]) + (", ..." if len(self.found) > 5 else "")
+        confirm = _CONFIRM if self.protected else ""
+        return (
+            f"profile {self.profile!r}: object prefix {self.where} holds the app's objects "
+            f"({shown}) but its stamp object .app-profile.json is gone (deleted by hand, by a "
+            "lifecycle rule or a sync); refusing to open it, since nothing here says whose "
+            "they are; nothing was changed. If it is this profile's prefix, stop every "
+            f"replica and run `app data restamp --profile {self.profile} --from "
+            f"{self.profile}{confirm}`: it writes the stamp back once the profile's database "
+            "is found to name objects here. Otherwise point blob_url at a new or empty one"
+        )
+
+
+class PrefixStampDamagedError(ConfigError):
+    """An object prefix's stamp object is there but says no profile (not JSON, not an
+    object, no ``profile``)."""
+
+    code = "prefix_stamp_damaged"
+
+    where: str
+    problem: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"object prefix {self.where}: its stamp object .app-profile.json {self.problem}; "
+            "refusing to open it, since nothing else here says whose it is; nothing was "
+            "changed. Bring back the stamp's earlier version (a bucket version or a backup), "
+            'or write it as a JSON object naming the profile, {"profile": "<profile>"}, '
+            "with the object store's own tools"
+        )
+
+
+class DatabaseStampMissingError(ConfigError):
+    """A database with the app's tables whose stamp row (in ``app_stamp``) is gone."""
+
+    code = "database_stamp_missing"
+
+    profile: str
+    where: str
+    schema_version: int
+
+    @property
+    def message(self) -> str:
+        # The remedy quotes SQL for the operator to run; nothing here executes it.
+        return (
+            f"profile {self.profile!r}: database {self.where} has the app's tables, but its "  # noqa: S608
+            "stamp row in app_stamp is gone (deleted by hand); refusing to open it, since "
+            "nothing else in it says whose it is; nothing was changed. If it is this "
+            "profile's database, put the row back, with no replica running: `INSERT INTO "
+            f"app_stamp (profile, schema_version) VALUES ('{self.profile}', "
+            f"{self.schema_version})`. Otherwise point database_url at a new or empty one"
+        )
+
+
 class DatabaseEncodingError(ConfigError):
     """The database, or the connection to it, does not carry text as UTF-8."""
 

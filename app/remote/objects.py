@@ -41,6 +41,8 @@ from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
+    PrefixStampDamagedError,
+    PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
     StorageMismatchError,
@@ -133,7 +135,18 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             None, "blob_url", blob_url, "expected s3://bucket/prefix (a bucket, then an "
             "optional prefix; no query)", "blob_url",
         )  # fmt: skip
-    prefix = "/".join(segment for segment in parts.path.split("/") if segment)
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if {".", ".."} & set(segments):
+        # Object stores disagree on them: AWS keeps `a/../b` as a key of its own (another
+        # prefix than the one it seems to name), SeaweedFS and MinIO refuse every request
+        # with it (a bare InvalidRequest from boto, red team 37).
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, "a prefix with a '.' or '..' segment names a "
+            "different prefix on each object store (AWS keeps it as written, SeaweedFS and "
+            "MinIO refuse it); write the prefix without them, as the path it means",
+            "blob_url",
+        )  # fmt: skip
+    prefix = "/".join(segments)
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
 
 
@@ -555,9 +568,17 @@ class ObjectStore:
         """The stamp object's content, or ``None`` where there is none."""
         try:
             with self.get(STAMP_NAME) as stream:
-                stamp: dict[str, Any] = json.loads(stream.read())
+                raw = stream.read()
         except ObjectMissingError:
             return None
+        # Written by hand or cut short: a bare JSONDecodeError or AttributeError before,
+        # a traceback from every command (red team 37; the data root's stamp, red team 36).
+        try:
+            stamp = json.loads(raw)
+        except ValueError as error:
+            raise PrefixStampDamagedError(self.where, f"is not JSON ({error})") from None
+        if not (isinstance(stamp, dict) and isinstance(stamp.get("profile"), str)):
+            raise PrefixStampDamagedError(self.where, "names no profile")
         return stamp
 
     def open(
@@ -585,6 +606,13 @@ class ObjectStore:
             # then loses the race and reads the winner's.
             names = (info.name for info in self.objects() if info.name != STAMP_NAME)
             foreign = [name for _, name in zip(range(6), names, strict=False)]
+            if foreign and all(self.is_blob_name(name) for name in foreign):
+                # The app's own names: a stamp lost, not another application's prefix
+                # (red team 37: "not the app's ... point blob_url at a new one", and no
+                # command brought the prefix back).
+                raise PrefixStampMissingError(
+                    profile, self.where, foreign, protected=needs_confirmation(protected, profile)
+                )
             if foreign:
                 raise UnstampedNotEmptyError(
                     profile, "blob_url", f"object prefix {self.where}", foreign
@@ -634,6 +662,19 @@ class ObjectStore:
         except BotoCoreError as error:
             raise self._fail(error) from error
         return True
+
+    def restore_stamp(self, profile: str, database: str) -> dict[str, Any]:
+        """Write back the lost stamp of a prefix whose objects ``database`` (its id) names
+        (under maintenance: the caller has checked that its rows name objects here)."""
+        stamp = {
+            "profile": profile,
+            "created": datetime.now(UTC).isoformat(),
+            "database": database,
+            "restored": True,
+        }
+        if not self._create_stamp(stamp):
+            stamp = self.read_stamp() or {}
+        return stamp
 
     def restamp(self, from_profile: str, profile: str) -> dict[str, Any]:
         """Hand the prefix stamped ``from_profile`` to ``profile`` (under maintenance)."""

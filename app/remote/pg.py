@@ -41,7 +41,7 @@ from typing import Any, Self
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from app import sandbox
@@ -49,6 +49,7 @@ from app.remote.errors import (
     CommitUnknownError,
     DatabaseEncodingError,
     DatabaseRefusedError,
+    DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     HolderLostError,
@@ -59,6 +60,7 @@ from app.remote.errors import (
     ReplicasLiveError,
     SchemaTooNewError,
     StorageMismatchError,
+    TablesOffSearchPathError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -381,6 +383,10 @@ class Bounds:
     lock_wait_seconds: float
 
 
+IDLE_SESSION_FLOOR_MS = 5000
+"""The least ``idle_session_timeout`` the app's connections keep (five heartbeats)."""
+
+
 def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -> None:
     """The session settings every connection of the app's own code carries, pooled or not.
 
@@ -394,12 +400,55 @@ def configure_session(conn: psycopg.Connection[Any], lock_wait_seconds: float) -
     the server, though the app said it was saved (red team 27). ``off`` is turned ``on``; any
     other value (local, remote_write, on, remote_apply) waits for at least the primary's WAL,
     and is kept.
+
+    ``default_transaction_isolation``: the app's changes lock the rows they build on (the
+    session's, ``FOR NO KEY UPDATE``) and read again after the wait, which is read committed's
+    way. Under the database's or the role's ``serializable`` or ``repeatable read``, two
+    uploads to one session at once were refused (a 503, ``40001``) about half the time (red
+    team 37): nothing was lost, but a client's parallel uploads failed for a setting the app
+    does not need.
+
+    ``idle_session_timeout`` (PostgreSQL 14 and later) below :data:`IDLE_SESSION_FLOOR_MS`
+    is raised to it: a replica's holding connection pings every second, and one set for the
+    role as ``300`` (milliseconds, meant as seconds) ended every replica's hold within a
+    second of its start, each restart the same (red team 37). Above the floor it is kept: it
+    is what frees a vanished replica's lock (remote.md). ``idle_in_transaction_session_timeout``
+    the same: at ``1`` (a millisecond) every change was refused (25P03), the time between two
+    of its statements being enough; a file's restore asks the object store in its transaction.
+
+    ``DateStyle`` and ``IntervalStyle``: the forms psycopg reads values in. Under a DateStyle
+    of German, SQL or Postgres (for the database or the role) every read of a timestamp
+    raised NotImplementedError, a traceback at every open (red team 37). Set here, not as
+    startup ``options``, which PgBouncer refuses ("unsupported startup parameter").
+
+    ``session_replication_role``: under ``replica`` (for the database or the role, as a
+    replication tool or a bulk load leaves it) no trigger fires, so the live sessions'
+    count the app keeps by trigger drifted for good (`GET /sessions` said 1 of 4), and the
+    audit table was no longer append-only (red team 37). Set back to ``origin``; a role that
+    may not set it is refused (42501), naming it.
     """
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), CASE WHEN"
         " current_setting('synchronous_commit') = 'off' THEN"
-        " set_config('synchronous_commit', 'on', false) END",
-        (f"{max(1, round(lock_wait_seconds * 1000))}ms",),
+        " set_config('synchronous_commit', 'on', false) END,"
+        " set_config('default_transaction_isolation', 'read committed', false),"
+        " set_config('DateStyle', 'ISO, MDY', false),"
+        " set_config('IntervalStyle', 'postgres', false),"
+        " CASE WHEN (SELECT setting::bigint FROM pg_settings"
+        " WHERE name = 'idle_session_timeout') BETWEEN 1 AND %s"
+        " THEN set_config('idle_session_timeout', %s, false) END,"
+        " CASE WHEN (SELECT setting::bigint FROM pg_settings"
+        " WHERE name = 'idle_in_transaction_session_timeout') BETWEEN 1 AND %s"
+        " THEN set_config('idle_in_transaction_session_timeout', %s, false) END,"
+        " CASE WHEN current_setting('session_replication_role') <> 'origin'"
+        " THEN set_config('session_replication_role', 'origin', false) END",
+        (
+            f"{max(1, round(lock_wait_seconds * 1000))}ms",
+            IDLE_SESSION_FLOOR_MS - 1,
+            f"{IDLE_SESSION_FLOOR_MS}ms",
+            IDLE_SESSION_FLOOR_MS - 1,
+            f"{IDLE_SESSION_FLOOR_MS}ms",
+        ),
     )
 
 
@@ -491,7 +540,10 @@ _RETRY = "retry; if it recurs, ask the database's administrator"
 _TIMEOUT = (
     "another transaction may hold what it waited for: `SELECT pid, state, wait_event, query "
     "FROM pg_stat_activity WHERE datname = current_database()` shows who; retry once it is "
-    "done, or raise {setting} for the app's role (ALTER ROLE <role> SET {setting} = ...)"
+    "done, or raise {setting} where it is set: `SELECT setting, source FROM pg_settings WHERE "
+    "name = '{setting}'` says where (the server, the database: ALTER DATABASE {dbname} SET "
+    "{setting} = ..., the app's role: ALTER ROLE <role> SET {setting} = ..., or the "
+    "options in database_url: -c {setting}=...)"
 )
 # By SQLSTATE (or its class, the first two characters): how a server that was reached refuses
 # a statement, and what resolves it. Everything else is not a refusal: a broken connection
@@ -506,8 +558,10 @@ _REFUSALS: dict[str, str] = {
     ),
     "25P03": (
         "The server ended the connection, idle in its transaction longer than "
-        "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting for "
-        "the app's role"
+        "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting where "
+        "it is set (`SELECT setting, source FROM pg_settings WHERE name = "
+        "'idle_in_transaction_session_timeout'` says where: the database, the app's role, or "
+        "the options in database_url); the app raises a value under 5 s to 5 s"
     ),
     "57014": "A statement ran past statement_timeout, or was cancelled: "
     + _TIMEOUT.replace("{setting}", "statement_timeout"),
@@ -519,6 +573,12 @@ _REFUSALS: dict[str, str] = {
         "datname = current_database()` shows who, and `pg_blocking_pids(<pid>)` which one "
         "blocks; retry once it is done, or raise database_lock_wait_seconds "
         "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout"
+    ),
+    "42501": (
+        "The app's role lacks a privilege this needs (for session_replication_role: the "
+        "database or the role sets it to replica, which only a superuser may set back; "
+        "`ALTER DATABASE {dbname} RESET session_replication_role` and the same for the role "
+        "resolve it): grant the privilege, or connect as the role that owns the app's tables"
     ),
     "53100": (
         "The database server's disk is full: free space on the volume of its data directory "
@@ -612,9 +672,51 @@ def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
     return [row[0] for row in rows]
 
 
+def app_schema(conn: psycopg.Connection[Any]) -> str | None:
+    """The schema of the app's tables, as this connection's ``search_path`` finds its
+    stamp; ``None`` for a database the app never opened.
+
+    Raises:
+        TablesOffSearchPathError: the stamp is in a schema the ``search_path`` leaves out
+            (``ALTER DATABASE ... SET search_path``, the role's, or ``options`` in the URL;
+            red team 37: such a database was refused as "not empty and has no profile
+            stamp", with the advice to point database_url at a new one).
+    """
+    # Tuples whatever the connection's row factory (the pool's gives dicts).
+    cursor = conn.cursor(row_factory=tuple_row)
+    row = cursor.execute(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass('app_stamp')"
+    ).fetchone()
+    if row is not None:
+        return str(row[0])
+    elsewhere = cursor.execute(
+        "SELECT n.nspname, current_setting('search_path') FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relname = 'app_stamp' AND c.relkind IN ('r', 'p') ORDER BY 1"
+    ).fetchall()
+    if not elsewhere:
+        return None
+    info = conn.info
+    where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+    raise TablesOffSearchPathError(where, [r[0] for r in elsewhere], str(elsewhere[0][1]))
+
+
+def pin_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Keep ``conn`` on the app's schema, whatever ``search_path`` the database or the role
+    is given later: a pooled connection opened after an ``ALTER DATABASE ... SET
+    search_path`` found no table of the app's (a bare ``UndefinedTable``, a 500; red team
+    37). ``pg_catalog`` is searched first all the same."""
+    conn.execute("SELECT set_config('search_path', quote_ident(%s), false)", (schema,))
+
+
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:
-    """The stamp, or ``None`` for a database the app never opened."""
-    if conn.execute("SELECT to_regclass('app_stamp')").fetchone() == (None,):
+    """The stamp, or ``None`` for a database the app never opened.
+
+    Raises:
+        TablesOffSearchPathError: see :func:`app_schema`.
+    """
+    if app_schema(conn) is None:
         return None
     row = conn.execute(
         "SELECT profile, schema_version, created, restamped_from FROM app_stamp"
@@ -661,10 +763,21 @@ def open_database(
     ):
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
         stamp = read_stamp(conn)
+        if stamp is None and app_schema(conn) is not None:
+            # Its table without its row: the app's database, stamp deleted by hand. Not
+            # "things that are not the app's", nor a new database to point at (red team 37).
+            raise DatabaseStampMissingError(profile, where, SCHEMA_VERSION)
         if stamp is None:
             foreign = foreign_tables(conn)
             if foreign:
                 raise UnstampedNotEmptyError(profile, "database_url", f"database {where}", foreign)
+            schema, path = conn.execute(
+                "SELECT current_schema(), current_setting('search_path')"
+            ).fetchone() or (None, "")
+            if schema is None:
+                # No schema on the path exists to create the tables in: a bare
+                # InvalidSchemaName before (red team 37).
+                raise TablesOffSearchPathError(where, [], str(path))
             conn.execute(_SCHEMA)
             conn.execute(
                 "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
@@ -948,6 +1061,24 @@ class Maintenance:
     def audit(self, operation: str, target: str, detail: Mapping[str, Any] | None = None) -> None:
         """Append a maintenance record (in the current transaction, if any)."""
         audit(self.conn, self.profile, "maintenance", operation, target, detail)
+
+    def names_objects(self, bucket: str, prefix: str, blobs: list[str]) -> str | None:
+        """The database's id if it is bound to ``bucket`` and ``prefix`` and its rows name
+        one of ``blobs`` (names the app made, random and never reused: no other database's
+        rows can name them); ``None`` otherwise. What a lost prefix stamp is written back
+        on."""
+        if self.conn.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
+            return None
+        bound = self.conn.execute(
+            "SELECT database_id::text FROM app_binding WHERE bucket = %s AND prefix = %s",
+            (bucket, prefix),
+        ).fetchone()
+        if bound is None:
+            return None
+        named = self.conn.execute(
+            "SELECT 1 FROM app_files WHERE blob = ANY(%s) LIMIT 1", (blobs,)
+        ).fetchone()
+        return None if named is None else str(bound[0])
 
     def restamp(self, from_profile: str, *, protected: Protection = False) -> Stamp:
         """Hand the database stamped ``from_profile`` to this profile (audited)."""

@@ -33,10 +33,13 @@ from typing import TYPE_CHECKING, Any
 from app import sandbox
 from app.remote import pg
 from app.remote.errors import (
+    DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
+    PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
+    TablesOffSearchPathError,
     describe_replica,
     needs_confirmation,
 )
@@ -234,7 +237,23 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
         # Stamped for this profile already, both of them: a repeated command.
         changed = found is None or found.profile != config.profile
         if before is None:
-            objects.open(config.profile, protected=protection)
+            # A prefix that lost its stamp and holds the app's objects: written back when
+            # this database is bound to it and its rows name objects there (red team 37: no
+            # command brought such a prefix back); anything else is refused by open.
+            location = objects.location
+            blobs = [n for n in objects.first_names(1000) if objects.is_blob_name(n)]
+            database_id = (
+                maintenance.names_objects(location.bucket, location.prefix, blobs)
+                if blobs
+                else None
+            )
+            if database_id is not None:
+                objects.restore_stamp(config.profile, database_id)
+                maintenance.audit(
+                    "restamp", objects.where, {"restored": True, "to": config.profile}
+                )
+            else:
+                objects.open(config.profile, protected=protection)
             changed = True
         elif before.get("profile") != config.profile:
             objects.restamp(source, config.profile)
@@ -327,8 +346,16 @@ def describe(config: Config) -> RemoteStatus:
             pg.refusals(pg.mask_url(database_url), "the read of its stamp and holders"),
         ):
             stamp = pg.read_stamp(conn)
+            if stamp is None and pg.app_schema(conn) is not None:
+                # The app's table without its row: not "not stamped yet, served by nobody"
+                # while a replica started before the row went may still serve (red team 37).
+                raise DatabaseStampMissingError(
+                    config.profile, pg.mask_url(database_url), pg.SCHEMA_VERSION
+                )
             holders = pg.live_holders(conn) if stamp is not None else []
-    except DatabaseUnavailableError as error:
+    except (DatabaseUnavailableError, DatabaseStampMissingError, TablesOffSearchPathError) as error:
+        # Unread, as a database that does not answer: who serves it is unknown (red team
+        # 37: a search_path hiding the app's tables made `app status` exit 78, no report).
         return RemoteStatus(location, False, stamp_error=error.message)
     if stamp is None:
         return RemoteStatus(location, False)
@@ -590,6 +617,15 @@ def _diagnose_objects(config: Config) -> list[Probe]:
                 protected=needs_confirmation(config.taking_needs_confirmation, stamped),
             )  # fmt: skip
             probes.append(Probe("prefix", found, mismatch.message, mismatch.exit_code))
+    elif names and all(objects.is_blob_name(name) for name in names):
+        lost = PrefixStampMissingError(
+            config.profile, objects.where, names,
+            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
+        )  # fmt: skip
+        probes.append(
+            Probe("prefix", f"{objects.where}: no stamp object, and the app's objects",
+                  lost.message, lost.exit_code)
+        )  # fmt: skip
     elif names:
         refused = UnstampedNotEmptyError(
             config.profile, "blob_url", f"object prefix {objects.where}", names

@@ -227,6 +227,19 @@ EXAMPLES: list[errors.AppError] = [
         "production", "database_url", f"database {DATABASE}", ["public.orders", "public.users"]
     ),
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
+    remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
+    remote.TablesOffSearchPathError(DATABASE, [], "nowhere"),
+    remote.PrefixStampMissingError(
+        "production",
+        "s3://app-data/production at https://s3.internal",
+        ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a"],
+        protected=True,
+    ),
+    remote.PrefixStampDamagedError(
+        "s3://app-data/production at https://s3.internal",
+        "is not JSON (Expecting value: line 1 column 1 (char 0))",
+    ),
+    remote.DatabaseStampMissingError("production", DATABASE, 1),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
     remote.DatabaseUnavailableError(
