@@ -148,9 +148,11 @@ def doctor(
         key, secret = (ACCESS_KEY, SECRET_KEY) if endpoint else (
             s3_engine.access_key_id, s3_engine.secret_access_key
         )  # fmt: skip
-        (directory / ".secrets.toml").write_text(
+        secrets = directory / ".secrets.toml"
+        secrets.write_text(
             SECRETS.format(profile=profile, database_url=configured, key=key, secret=secret)
         )
+        secrets.chmod(0o600)  # as the docs say of a file with real keys (else a warning)
         return Doctor(
             directory,
             profile,
