@@ -265,7 +265,7 @@ def test_a_forged_scratch_suffix_cannot_name_a_real_database() -> None:
 def test_config_all_and_doctor_show_the_remote_keys_and_no_secret(settings) -> None:
     directory = settings(REMOTE)
     env = {**os.environ, "APP_SETTINGS_DIR": str(directory)}
-    outputs = []
+    outputs, stdouts = [], []
     for argv in (
         ["config", "--all"],
         ["config", "--all", "--json"],
@@ -275,6 +275,7 @@ def test_config_all_and_doctor_show_the_remote_keys_and_no_secret(settings) -> N
     ):
         done = forked_app.run(env, argv)  # `python -m app *argv` (tests/forked_app.py)
         outputs.append(done.stdout + done.stderr)
+        stdouts.append(done.stdout)
     everything = "\n".join(outputs)
     for secret in SECRETS:
         assert secret not in everything
@@ -283,7 +284,8 @@ def test_config_all_and_doctor_show_the_remote_keys_and_no_secret(settings) -> N
     doctor = outputs[2]
     assert "profile testing: database_url = postgresql://app@db.internal:5432/" in doctor
     assert "blob_url = s3://app-data/testing" in doctor
-    single = json.loads(outputs[4])
+    # JSON on standard output alone: warnings (a secrets file others may read) go to stderr.
+    single = json.loads(stdouts[4])
     assert single["backend"] == "remote"
     assert single["data_root"] is None
 
