@@ -64,8 +64,13 @@ def _still_serves_its_session(server: Server) -> None:
     assert (session / "session.json").is_file()
 
 
+#: What makes pytest print its short summary untruncated (`_pytest.terminal.running_on_ci`):
+#: an inner run's output must read the same in CI as on a developer's terminal.
+_OUTER_ONLY = frozenset({"PYTEST_ADDOPTS", "CI", "BUILD_NUMBER"})
+
+
 def _inner_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env = {k: v for k, v in os.environ.items() if k not in _OUTER_ONLY}
     env.update(extra)
     return env
 
