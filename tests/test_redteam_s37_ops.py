@@ -192,6 +192,8 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
         url = f"http://127.0.0.1:{published_port(root, process, log)}"
         wait_for(lambda: "Started server process" in log.read_text(), "the server to start")
         root.chmod(0)
+        # /health trusts a layout it found intact for 50 ms (app.dataroot.layout_changed).
+        wait_for(lambda: httpx.get(f"{url}/health").status_code == 503, "/health to say so")
         health = httpx.get(f"{url}/health")
         assert health.status_code == 503, health.text
         assert health.json()["reason"] == (
