@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,17 @@ def _run(project: Path, settings: Path, *args: str, **extra: str) -> tuple[int, 
 
 
 def _run_beside(
-    production: Path, project: Path, settings: Path, *args: str, **extra: str
+    production: Path,
+    project: Path,
+    settings: Path,
+    *args: str,
+    run: Callable[..., tuple[int, str]] = _run,
+    **extra: str,
 ) -> tuple[int, str]:
-    """`_run`, failing if it changed any file of production's root."""
+    """`run` (this file's `_run` by default), failing if it changed any file of
+    production's root."""
     before = snapshot(production)
-    code, output = _run(project, settings, *args, **extra)
+    code, output = run(project, settings, *args, **extra)
     assert snapshot(production) == before, output
     return code, output
 

@@ -22,6 +22,7 @@ from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s35_guard import _run
+from test_redteam_s36_guard import _run_beside as run_beside
 from test_server_e2e import snapshot
 
 #: Runs the inner pytest in a mount namespace of its own, where its tests may mount.
@@ -34,11 +35,8 @@ def _can_mount() -> None:
 
 
 def _run_beside(production: Path, project: Path, settings: Path, *args: str, **extra: str):
-    """`_run`, failing if it changed any file of production's root."""
-    before = snapshot(production)
-    code, output = _run(project, settings, *args, **extra)
-    assert snapshot(production) == before, output
-    return code, output
+    """Red team 36's `_run_beside`, on red team 35's `_run` (which takes `WRAP`)."""
+    return run_beside(production, project, settings, *args, run=_run, **extra)
 
 
 #: A test that bind-mounts a stopped production root over the sandbox itself, and passes.
