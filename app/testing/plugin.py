@@ -38,6 +38,9 @@ from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 # first hook, a wrapper that runs before every plugin's own, registers the run over it, or
 # withdraws it.
 sandboxing.announce_start()
+# Read while pytest loads its other plugins and options, for the start's check of its older
+# directories; dropped once the first hook is done.
+guard.read_flocks_ahead()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -78,7 +81,10 @@ def pytest_load_initial_conftests(
     ``COVERAGE_FILE`` naming a live ``session.json``, that deleted it before the check of
     what the run writes refused the run (red team 30)."""
     __tracebackhide__ = True
-    _before_the_conftests(early_config)
+    try:
+        _before_the_conftests(early_config)
+    finally:
+        guard.drop_flocks_ahead()
     return (yield)
 
 
@@ -269,6 +275,10 @@ class _WritesOfConftests:
         pytest-cov's, which writes coverage's data file and reports right after the loop):
         a test may have planted a link since the start (red team 35)."""
         result = yield
+        if not hasattr(session.config, "workerinput"):
+            # For the check of pytest's older directories just before it deletes them, at
+            # the session's end: read while these checks run (no worker has that check).
+            guard.read_flocks_ahead()
         self._check_again(session)
         return result
 
@@ -277,7 +287,10 @@ class _WritesOfConftests:
         """And before anything writes at the session's end (tryfirst: before junitxml's and
         the cache provider's own hooks)."""
         self._check_again(session)
-        return (yield)
+        try:
+            return (yield)
+        finally:
+            guard.drop_flocks_ahead()
 
     def _check_again(self, session: pytest.Session) -> None:
         """Not in an xdist worker: its controller writes the report, the cache and the
