@@ -505,25 +505,42 @@ def _named_in(root: Path, wanted: tuple[int, int]) -> Path | None:
     return None
 
 
-#: Directories already looked at for a data root at or above them, with what was found.
-_Seen = dict[Path, tuple[Path, str] | None]
+#: Directories already looked at for a data root at or above them (as text), with what was
+#: found.
+_Seen = dict[str, tuple[Path, str] | None]
 
 
 def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
+    """The data root at `path` or above it (held by a live process, or stamped), if any.
+
+    Walked up as text, not as `Path.parents`: every check of what pytest writes walks
+    about thirty paths up to ``/``, four times a run, and pathlib's parsing of each parent
+    was most of the checks' cost (`bench/plugin_startup.py`)."""
     from app.dataroot import STAMP_FILE
     from app.lock import LOCK_FILE, probe
 
-    for directory in [path, *path.parents]:
+    directory = os.fspath(path)
+    while True:
         if directory not in seen:
-            found = None
-            if (directory / LOCK_FILE).is_file() and (held := probe(directory)).held:
-                found = (directory, f"held by {describe_holder(held.holder)}")
-            elif (directory / STAMP_FILE).is_file():
-                found = (directory, f"it has a profile stamp, {STAMP_FILE}")
+            found, here = None, Path(directory)
+            if (here / LOCK_FILE).is_file() and (held := probe(here)).held:
+                found = (here, f"held by {describe_holder(held.holder)}")
+            elif (here / STAMP_FILE).is_file():
+                found = (here, f"it has a profile stamp, {STAMP_FILE}")
             seen[directory] = found
         if seen[directory] is not None:
             return seen[directory]
-    return None
+        parent = os.path.dirname(directory)  # noqa: PTH120 - see above
+        if parent == directory:
+            return None
+        directory = parent
+
+
+def _within(path: Path, root: Path) -> bool:
+    """`path.is_relative_to(root)`, for the absolute, normal paths compared here, as text
+    (pathlib's costs a parse of both paths at every call, as above)."""
+    text, top = os.fspath(path), os.fspath(root)
+    return text == top or text.startswith(top.rstrip("/") + "/")
 
 
 def _data_root_inside(path: Path) -> tuple[Path, str] | None:
@@ -547,14 +564,12 @@ def _holder(root: Path) -> str:
     return f"held by {describe_holder(seen.holder)}" if seen.held else "no process holds it now"
 
 
-def _conflict(
-    target: Target, roots: dict[str, Path], seen: dict[Path, tuple[Path, str] | None]
-) -> str | None:
+def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
     for name, root in roots.items():
-        if target.path.is_relative_to(root):
+        if _within(target.path, root):
             return f"which lies in the data root of profile {name!r} ({root}; {_holder(root)})"
-        if target.deletes and root.is_relative_to(target.path):
+        if target.deletes and _within(root, target.path):
             return f"which holds the data root of profile {name!r} ({root}; {_holder(root)})"
     if (above := _data_root_at_or_above(target.path, seen)) is not None:
         return f"which lies in the data root {above[0]} ({above[1]})"
@@ -578,7 +593,7 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
             its holder, and what resolves it.
     """
     __tracebackhide__ = True
-    seen: dict[Path, tuple[Path, str] | None] = {}
+    seen: _Seen = {}
     found = list(dict.fromkeys(targets(config, options)))
     for target in found:
         finding = _finding(target, roots, seen)
