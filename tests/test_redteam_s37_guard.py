@@ -287,7 +287,10 @@ def test_on_a_terminal_of_its_own():
 
 def test_nohup_and_disown_acting_after_the_run():
     log = Path(os.environ["LOGS"]) / "nohup.log"
-    script = f"nohup env -i {ASSIGN} sh -c 'sleep 2; {CMD}' > {log} 2>&1 & disown"
+    # It acts once the run (this process) is gone: a fixed sleep acted while a loaded
+    # machine's run was still on, and was refused as a test's child instead.
+    wait = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.05; done"
+    script = f"nohup env -i {ASSIGN} sh -c '{wait}; {CMD}' > {log} 2>&1 & disown"
     subprocess.run(["bash", "-c", script], check=True)
 
 

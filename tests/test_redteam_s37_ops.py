@@ -179,7 +179,10 @@ def test_a_data_root_made_unreachable_under_its_server_is_said_so_not_a_deleted_
     # said nothing, then the server stopped saying its lock file "could not be checked";
     # "another process could now take the data root" and "Never delete .server.lock".
     root = tmp_path / "data"
-    env = app_env(root, APP_LOCK_CHECK_SECONDS="0.2")
+    # The lock's check stops the server at its next turn: 2 s leaves /health (which looks
+    # at once) the time to be asked first, on a loaded machine too (at 0.2 s, the server
+    # had stopped before the first probe's answer, which then was a reset connection).
+    env = app_env(root, APP_LOCK_CHECK_SECONDS="2")
     make_first_deploy_root(env, root)
     log = tmp_path / "server.log"
     drop = "--drop=cap_dac_override,cap_dac_read_search,cap_fowner"
