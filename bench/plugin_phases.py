@@ -94,7 +94,7 @@ def pytest_plugin_registered(plugin, manager):
     for step, (module_name, name) in STEPS.items():
         module = sys.modules.get(module_name)
         if module is None or not hasattr(module, name):
-            TIMES.setdefault("missing", []).append(f"{module_name}.{name}")
+            TIMES.setdefault("missing", []).append(f"{{module_name}}.{{name}}")
             continue
         setattr(module, name, _timed(step, getattr(module, name)))
         # A hook of the plugin's own: pluggy holds the function itself.

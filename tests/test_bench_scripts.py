@@ -8,6 +8,7 @@ and measures nothing.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,19 @@ def test_every_benchmark_imports_and_parses_its_options() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", done.stdout
+
+
+def test_the_plugin_s_breakdown_finds_and_times_the_steps_it_names(tmp_path: Path) -> None:
+    # bench/plugin_phases.py wraps the plugin's functions by name: one renamed would leave
+    # its step empty, and its template once broke with no test to run it.
+    out = tmp_path / "phases.json"
+    argv = [str(BENCH / "plugin_phases.py"), "--rounds", "1", "--warmup", "0", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, check=False, cwd=BENCH.parent
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = json.loads(out.read_text())["results"]["this checkout"]
+    # The checks of pytest's older directories run only where some are due: not asked.
+    always = ["import", "start", "start: what pytest writes", "start: registry", "configure"]
+    always += ["end: what pytest writes", "unconfigure", "whole process"]
+    assert all(isinstance(steps[step], float) and steps[step] > 0 for step in always), steps
