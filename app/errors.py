@@ -631,8 +631,9 @@ class DataRootChangedError(AppError):
         return {
             "code": self.code,
             "message": (
-                "this server's data root, or a directory of the app's in it, was replaced or "
-                "moved while the server ran, so it refuses every write; nothing was written. "
+                "this server's data root, or a directory of the app's in it, was replaced, "
+                "moved or mounted over while the server ran, so it refuses every write; "
+                "nothing was written. "
                 "The operator must put it back and restart the server"
             ),
         }
@@ -1555,7 +1556,7 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 _FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
-# `chattr +i` by an operator, a read-only bind mount of one directory, a chown slip: a bare
+# `chattr +i` by an operator, a read-only bind mount of the root, a chown slip: a bare
 # 500 said nothing of it.
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 # EUCLEAN and EBADMSG are ext4's EFSCORRUPTED and EFSBADCRC: metadata it cannot trust.

@@ -1,0 +1,152 @@
+"""Red team 38 on integrity: what a live server's root meets beside it.
+
+- A bind mount made inside a live root (``mount --bind .trash .trash``, the first step of
+  making a directory read-only, or a tmpfs at a session's ``blobs/``). Red team 20 refused a
+  mount inside a root when it is opened, and every write compared the identities of
+  ``sessions/``, ``.trash/`` and ``.tmp/``; a bind of a directory onto itself keeps its
+  device and inode, and a mount deeper in is no directory compared. A replace and a delete
+  were acknowledged with the old bytes left among the session's (the rename to the trash
+  failed with EXDEV, and waited for a `check` that failed the same way), and a session's
+  delete was a bare ``OSError`` (a 500). Every write now looks at the mount table when the
+  kernel says it changed, and refuses (``data_root_changed``, naming the mount and the
+  ``umount``); ``/health`` says so. The children mount in a mount namespace of their own,
+  so nothing outlives them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server_e2e import app_env, wait_for
+
+from app.config import Config
+from app.storage import open_storage
+from app.testing.live_server import published_port
+
+needs_mounts = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="mounting a filesystem takes root and unshare(1)",
+)
+
+_UNSHARED = ["unshare", "--mount", "--propagation", "private", sys.executable]
+
+_MOUNT_UNDER_A_WRITER = """
+import subprocess, sys
+from app.config import load
+from app.storage import open_storage
+
+mount, session, how = sys.argv[1:]
+with open_storage(load(), writer=True, kind="tests", wanted="use it") as store:
+    if how == "bind":
+        subprocess.run(["mount", "--bind", mount, mount], check=True)
+    else:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", mount], check=True)
+    for step in (
+        lambda: store.put_file(session, "a.txt", b"version 2", replace=True),
+        lambda: store.delete_file(session, "b.txt"),
+        lambda: store.delete_session(session),
+        lambda: store.create_session("new"),
+    ):
+        try:
+            step()
+        except Exception as error:
+            print(type(error).__name__, error)
+        else:
+            print("made")
+    subprocess.run(["umount", mount], check=True)
+    store.put_file(session, "c.txt", b"after the umount")
+    print("made")
+"""
+
+
+@needs_mounts
+@pytest.mark.parametrize("how", ["bind", "tmpfs"])
+def test_a_filesystem_mounted_inside_a_live_root_is_refused_at_the_next_write(
+    app_config: Config, how: str
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("kept")["id"]
+        store.put_file(session, "a.txt", b"version 1")
+        store.put_file(session, "b.txt", b"b")
+    mount = root / ".trash" if how == "bind" else root / "sessions" / session / "blobs"
+    child = subprocess.run(
+        [*_UNSHARED, "-c", _MOUNT_UNDER_A_WRITER, str(mount), session, how],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    refusal = (
+        f"DataRootChangedError data root {root} changed while open: a filesystem was "
+        f"mounted inside it since it was opened ({mount}; `umount {mount}`): the app moves "
+        "data within the root by rename, which cannot cross a mount point (EXDEV), even one "
+        "of the same filesystem. Nothing was changed; this process stops writing to it. Put "
+        "the directory back (the app never uses symbolic links or mounts inside a data root) "
+        "and restart"
+    )
+    assert child.stdout.splitlines() == [refusal] * 4 + ["made"], child.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert not store.check(repair=False).findings
+        assert not store.list_trash()
+        kept = {"a.txt": b"version 1", "b.txt": b"b", "c.txt": b"after the umount"}
+        for name, held in kept.items():
+            assert store.file_path(session, name)[0].read_bytes() == held
+
+
+@needs_mounts
+@pytest.mark.skipif(shutil.which("nsenter") is None, reason="needs nsenter(1)")
+def test_a_live_server_refuses_writes_and_says_so_once_a_bind_mount_is_made_in_its_root(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        # In a mount namespace of its own, so the mount below dies with it.
+        process = subprocess.Popen(
+            [*_UNSHARED, "-m", "app", "serve", "--port", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{published_port(root, process, log)}"
+        token = env.get("APP_API_TOKEN", "testing-token-not-secret")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            wait_for(lambda: http.get("/health").status_code == 200, "the server's /health")
+            session = http.post("/sessions", json={"title": "kept"}).json()["id"]
+            files = f"/sessions/{session}/files"
+            assert http.put(f"{files}/a.txt", content=b"version 1").status_code == 201
+            trash = root / ".trash"
+            mount = ["nsenter", "-t", str(process.pid), "-m", "mount", "--bind"]
+            subprocess.run([*mount, str(trash), str(trash)], check=True)
+            refused = http.put(f"{files}/a.txt", content=b"version 2")
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "data_root_changed"
+            assert "mounted over" in refused.json()["message"]
+            assert http.delete(f"{files}/a.txt").status_code == 503
+            assert http.delete(f"/sessions/{session}").status_code == 503
+            health = http.get("/health")
+            assert health.status_code == 503
+            assert health.json()["status"] == "writes_stopped"
+            assert health.json()["reason"] == (
+                "a filesystem was mounted inside the data root, at its .trash/ while the "
+                "server ran: every change is refused until it is put back as it was"
+            )
+            assert http.get(f"{files}/a.txt").content == b"version 1"
+            nsenter = ["nsenter", "-t", str(process.pid), "-m", "umount", str(trash)]
+            subprocess.run(nsenter, check=True)
+            assert http.get("/health").status_code == 200
+            assert http.put(f"{files}/a.txt", content=b"version 2").status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert not store.check(repair=False).findings
+        assert [entry.file for entry in store.list_trash()] == ["a.txt"]
