@@ -1402,6 +1402,26 @@ class PermissionDeniedStorageError(StorageError):
     doing: str
 
 
+class CrossDeviceStorageError(StorageError):
+    """The data root's filesystem refused to move something within the root (``EXDEV``): a
+    filesystem mounted inside it, or a directory from an overlay's lower layer (red team 38).
+    """
+
+    code = "storage_cross_device"
+    http_status = 503
+    # No path: the message reaches HTTP clients. A bare 500 said nothing of either cause.
+    template = (
+        "cannot {doing}: the data root's filesystem refused to move it within the data root "
+        "(EXDEV: a rename across filesystems); nothing was changed. Either a filesystem is "
+        "mounted inside the data root (`findmnt -R` on it lists the mount: unmount it), or "
+        "the data root lies on overlayfs (a container's own layer) and the directory came "
+        "from a lower layer (the image), which overlayfs cannot rename without its "
+        "redirect_dir option: keep the data root on a volume, then retry"
+    )
+
+    doing: str
+
+
 class NotRegularFileStorageError(StorageError):
     """One of the app's own files in the data root is something else at its name (a FIFO,
     a directory): put there from outside the app while it runs (red team 36)."""
@@ -1559,6 +1579,8 @@ _FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
 # `chattr +i` by an operator, a read-only bind mount of the root, a chown slip: a bare
 # 500 said nothing of it.
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# A rename across a mount point inside the root, or of an overlay's lower directory.
+_CROSS_DEVICE_ERRNOS = frozenset({errno.EXDEV})
 # EUCLEAN and EBADMSG are ext4's EFSCORRUPTED and EFSBADCRC: metadata it cannot trust.
 _IO_ERRNOS = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
 # Python retries open, write and fsync on EINTR (PEP 475), never rename, unlink, mkdir, close.
@@ -1571,6 +1593,7 @@ _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...
     (_DESCRIPTOR_ERRNOS, TooManyOpenFilesError),
     (_FILE_SIZE_ERRNOS, FileTooLargeForServerError),
     (_PERMISSION_ERRNOS, PermissionDeniedStorageError),
+    (_CROSS_DEVICE_ERRNOS, CrossDeviceStorageError),
     (_IO_ERRNOS, StorageIOError),
     (_INTERRUPTED_ERRNOS, StorageInterruptedError),
 )
@@ -1604,7 +1627,7 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
         a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
-        `PermissionDeniedStorageError`, a `StorageIOError` or a
+        `PermissionDeniedStorageError`, a `CrossDeviceStorageError`, a `StorageIOError` or a
         `StorageInterruptedError`, else ``None``.
     """
     if not isinstance(error, OSError):

@@ -9,8 +9,15 @@
   failed with EXDEV, and waited for a `check` that failed the same way), and a session's
   delete was a bare ``OSError`` (a 500). Every write now looks at the mount table when the
   kernel says it changed, and refuses (``data_root_changed``, naming the mount and the
-  ``umount``); ``/health`` says so. The children mount in a mount namespace of their own,
-  so nothing outlives them.
+  ``umount``); ``/health`` says so.
+- A data root on overlayfs (a container's own layer) whose sessions came with the image (its
+  lower layer): overlayfs renames such a directory only with ``redirect_dir``, and answers
+  EXDEV. A session's delete was a bare 500 (a traceback from ``app data purge``), and so were
+  ``empty-trash`` and a session's restore of entries from the image. EXDEV is now
+  ``storage_cross_device`` (503, exit 74), saying that nothing was changed and naming both
+  causes and their remedies.
+
+The children mount in a mount namespace of their own, so nothing outlives them.
 """
 
 from __future__ import annotations
@@ -150,3 +157,96 @@ def test_a_live_server_refuses_writes_and_says_so_once_a_bind_mount_is_made_in_i
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert not store.check(repair=False).findings
         assert [entry.file for entry in store.list_trash()] == ["a.txt"]
+
+
+_ON_AN_OVERLAY = """
+import json, subprocess, sys
+from app.config import load
+from app.errors import storage_error
+from app.storage import open_storage
+from app.testing.live_server import published_port
+import httpx
+
+lower, upper, work, root, session, deleted = sys.argv[1:]
+# Off, as the kernel's default is on many distributions (CONFIG_OVERLAY_FS_REDIRECT_DIR).
+options = f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off"
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, root], check=True)
+with open_storage(load(), writer=True, kind="tests", wanted="use it") as store:
+    for doing, step in (
+        ("DELETE /sessions/" + session, lambda: store.delete_session(session)),
+        ("restore " + deleted, lambda: store.restore(deleted)),
+    ):
+        try:
+            step()
+        except OSError as error:
+            print(storage_error(error, doing))
+for command in (["data", "purge"], ["data", "empty-trash"]):
+    done = subprocess.run([sys.executable, "-m", "app", *command], capture_output=True, text=True)
+    print(done.returncode, done.stderr.strip().splitlines()[-1])
+with open(f"{root}/../serve.log", "wb") as log:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", "0"], stdout=log, stderr=log
+    )
+try:
+    url = f"http://127.0.0.1:{published_port(__import__('pathlib').Path(root), server, log.name)}"
+    headers = {"Authorization": "Bearer testing-token-not-secret"}
+    for _ in range(500):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            __import__("time").sleep(0.02)
+    answer = httpx.delete(f"{url}/sessions/{session}", headers=headers)
+    print(answer.status_code, json.dumps(answer.json()))
+finally:
+    server.terminate()
+    server.wait()
+"""
+
+
+@needs_mounts
+def test_a_session_from_an_overlays_lower_layer_is_refused_naming_the_cause(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("from the image")["id"]
+        store.put_file(session, "a.txt", b"kept")
+        deleted = store.create_session("in the image's trash")["id"]
+        store.delete_session(deleted)
+    # The root as an image holds it: its lower layer; the container writes to the upper.
+    lower, upper, work = tmp_path / "lower", tmp_path / "upper", tmp_path / "work"
+    root.rename(lower)
+    for directory in (root, upper, work):
+        directory.mkdir()
+    child = subprocess.run(
+        [*_UNSHARED, "-c", _ON_AN_OVERLAY]
+        + [str(p) for p in (lower, upper, work, root)]
+        + [session, deleted],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    cause = (
+        "the data root's filesystem refused to move it within the data root (EXDEV: a rename "
+        "across filesystems); nothing was changed. Either a filesystem is mounted inside the "
+        "data root (`findmnt -R` on it lists the mount: unmount it), or the data root lies on "
+        "overlayfs (a container's own layer) and the directory came from a lower layer (the "
+        "image), which overlayfs cannot rename without its redirect_dir option: keep the data "
+        "root on a volume, then retry"
+    )
+    lines = child.stdout.splitlines()
+    assert lines[:2] == [
+        f"cannot DELETE /sessions/{session}: {cause}",
+        f"cannot restore {deleted}: {cause}",
+    ], child.stderr
+    assert lines[2].startswith("74 ") and "EXDEV" in lines[2], lines
+    assert lines[3].startswith("74 ") and "EXDEV" in lines[3], lines
+    assert lines[4].startswith("503 ") and '"storage_cross_device"' in lines[4], lines
+    # Nothing was changed: above the image's layer, only the lock and copies made unchanged.
+    assert sorted(str(p.relative_to(upper)) for p in upper.rglob("*")) == [
+        ".server.lock",
+        ".trash",
+        "audit.jsonl",
+    ]
+    assert (upper / "audit.jsonl").read_bytes() == (lower / "audit.jsonl").read_bytes()
