@@ -836,6 +836,33 @@ class CommandTerminatedError(CommandInterruptedError):
     template = _stopped_template("was stopped (SIGTERM)", "the stop")
 
 
+PIDS_LIMITS: Final = (
+    "systemd's TasksMax= for the service, the container's pids limit, or `ulimit -u` for the "
+    "user that runs the server"
+)
+
+
+def thread_limits() -> str:
+    """Which limits can refuse this process a thread, and where each is set.
+
+    A limit of address space refuses threads too (pthread_create's EAGAIN, as for a limit of
+    tasks): each reserves its stack there and, with glibc, a memory arena of 64 MiB. Under
+    ``ulimit -v`` of 1 GiB a server started 19 of its 40 worker threads and then no thread
+    for its creates, and every create was refused naming TasksMax= (red team 38).
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return PIDS_LIMITS
+    return (
+        f"its address space, which may not pass {soft // 2**20} MiB (systemd's LimitAS=, "
+        "`ulimit -v`; each thread reserves its stack and, with glibc, a memory arena there: "
+        "a cgroup's memory limit bounds what is used instead, not what is reserved), or "
+        f"{PIDS_LIMITS}"
+    )
+
+
 class ThreadLimitError(AppError):
     """The server could not start a thread to do what was asked (its process or user is at
     its limit of threads: systemd's ``TasksMax=``, a container's pids limit, ``ulimit -u``).
@@ -849,14 +876,14 @@ class ThreadLimitError(AppError):
     template = (
         "{doing} refused, and nothing was changed: the server could not start a thread to do "
         "it ({reason}). Its process or user runs as many threads as it may. Retry after "
-        "{retry_after} seconds; an operator can raise that limit: systemd's "
-        "TasksMax= for the service, the container's pids limit, or `ulimit -u` for the user "
-        "that runs the server"
+        "{retry_after} seconds; an operator can raise that limit: {limits}"
     )
 
     doing: str
     reason: str
     retry_after: int = 5
+    limits: str = PIDS_LIMITS
+    """The limits that can refuse a thread here, and where each is set (`thread_limits`)."""
 
 
 # --- store (errors a client can cause) ---------------------------------------------
@@ -1612,7 +1639,7 @@ def thread_limit(error: BaseException, doing: str) -> ThreadLimitError | None:
         doing: what was refused, for the message (``"POST /sessions"``).
     """
     if isinstance(error, RuntimeError) and str(error).startswith(THREAD_START_REFUSED):
-        return ThreadLimitError(doing, str(error))
+        return ThreadLimitError(doing, str(error), limits=thread_limits())
     return None
 
 

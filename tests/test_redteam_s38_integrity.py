@@ -23,6 +23,7 @@ The children mount in a mount namespace of their own, so nothing outlives them.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server_e2e import app_env, wait_for
+from test_server_e2e import Server, app_env, wait_for
 
 from app.config import Config
 from app.storage import open_storage
@@ -250,3 +251,39 @@ def test_a_session_from_an_overlays_lower_layer_is_refused_naming_the_cause(
         "audit.jsonl",
     ]
     assert (upper / "audit.jsonl").read_bytes() == (lower / "audit.jsonl").read_bytes()
+
+
+def _address_space(pid: int) -> int:
+    """What ``pid`` has mapped now (VmSize), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmSize for {pid}")
+
+
+def test_a_create_refused_by_the_address_space_limit_names_that_limit(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # systemd's LimitAS=, `ulimit -v`: a thread reserves its stack and, with glibc, a malloc
+    # arena of 64 MiB in the address space, so the limit refuses threads as TasksMax= does.
+    # Under 1 GiB a server started 19 of its 40 worker threads and no committer: every
+    # create was refused, naming TasksMax=, the pids limit and `ulimit -u` alone.
+    server = Server(app_env(app_config.data_root), tmp_path / "server.log").wait_ready()
+    try:
+        limit = _address_space(server.pid) + 2 * 2**20  # less than one more thread's stack
+        unlimited = resource.RLIM_INFINITY
+        resource.prlimit(server.pid, resource.RLIMIT_AS, (limit, unlimited))  # the soft one
+        with server.client() as http:
+            refused = http.post("/sessions", json={"title": "never made"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "thread_limit"
+        assert (
+            f"an operator can raise that limit: its address space, which may not pass "
+            f"{limit // 2**20} MiB (systemd's LimitAS=, `ulimit -v`;"
+        ) in refused.json()["message"]
+        resource.prlimit(server.pid, resource.RLIMIT_AS, (unlimited, unlimited))
+        with server.client() as http:
+            assert http.post("/sessions", json={"title": "made"}).status_code == 201
+            assert [s["title"] for s in http.get("/sessions").json()["items"]] == ["made"]
+    finally:
+        server.stop()
