@@ -18,23 +18,33 @@
   causes and their remedies.
 
 The children mount in a mount namespace of their own, so nothing outlives them.
+
+Held, and kept: ``HEAD``, ``GET`` and a ``Range`` from the middle of a file, each during a storm
+of replaces with versions of different sizes, every answer's ``ETag``, ``Content-Length``,
+``Content-Range`` and ``Repr-Digest`` those of the one version whose bytes it sent.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from redteam_s19_http import one_server
 from test_server_e2e import Server, app_env, wait_for
 
 from app.config import Config
 from app.storage import open_storage
+from app.testing import LiveServer
 from app.testing.live_server import published_port
 
 needs_mounts = pytest.mark.skipif(
@@ -287,3 +297,68 @@ def test_a_create_refused_by_the_address_space_limit_names_that_limit(
             assert [s["title"] for s in http.get("/sessions").json()["items"]] == ["made"]
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+def test_head_get_and_a_middle_range_during_replaces_each_describe_one_version(
+    server: LiveServer,
+) -> None:
+    versions = {}
+    for n in range(5):
+        data = bytes([n]) * (3000 * (n + 1) + n)
+        versions[hashlib.sha256(data).hexdigest()] = data
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
+        session = http.post("/sessions", json={"title": "storm"}).json()["id"]
+        url = f"/sessions/{session}/files/a.bin"
+        assert http.put(url, content=next(iter(versions.values()))).status_code == 201
+    done = threading.Event()
+
+    def replace() -> None:
+        with httpx.Client(base_url=server.url, headers=server.headers) as writer:
+            while not done.is_set():
+                for data in versions.values():
+                    assert writer.put(url, content=data).status_code == 200
+
+    writers = [threading.Thread(target=replace) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    wrong = []
+    try:
+        with httpx.Client(base_url=server.url, headers=server.headers) as http:
+            for _ in range(60):
+                for answer in (
+                    http.head(url),
+                    http.get(url),
+                    http.get(url, headers={"Range": "bytes=100-"}),
+                ):
+                    tag = answer.headers["etag"].strip('"')
+                    data = versions.get(tag, b"")
+                    digest = base64.b64encode(bytes.fromhex(tag)).decode()
+                    if answer.request.method == "HEAD":
+                        sent, length = None, len(data)
+                    elif answer.status_code == 206:
+                        sent, length = data[100:], len(data) - 100
+                        if (
+                            answer.headers["content-range"]
+                            != f"bytes 100-{len(data) - 1}/{len(data)}"
+                        ):
+                            wrong.append(("content-range", answer.headers["content-range"]))
+                    else:
+                        sent, length = data, len(data)
+                    if (
+                        not data
+                        or int(answer.headers["content-length"]) != length
+                        or (sent is not None and answer.content != sent)
+                        or answer.headers["repr-digest"] != f"sha-256=:{digest}:"
+                    ):
+                        wrong.append((answer.request.method, answer.status_code, answer.headers))
+    finally:
+        done.set()
+        for writer in writers:
+            writer.join()
+    assert not wrong, wrong[:3]
