@@ -17,6 +17,13 @@
   ``storage_cross_device`` (503, exit 74), saying that nothing was changed and naming both
   causes and their remedies.
 
+- A file named ``trash.json``, a legal name. A trash entry keeps a deleted (or replaced)
+  file's bytes under the file's own name, beside its manifest, ``trash.json``: the rename of
+  the bytes went over the manifest. The delete was acknowledged, ``restore --file`` said the
+  trash held no such file, and ``check --repair`` (every server start-up) removed the entry
+  as "a file None that stopped before its commit", its bytes with it. Such a file's bytes are
+  now kept as ``.trash.json`` in its entry, a name no file may have.
+
 The children mount in a mount namespace of their own, so nothing outlives them.
 
 Held, and kept: ``HEAD``, ``GET`` and a ``Range`` from the middle of a file, each during a storm
@@ -40,10 +47,11 @@ from pathlib import Path
 import httpx
 import pytest
 from redteam_s19_http import one_server
-from test_server_e2e import Server, app_env, wait_for
+from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
 from app.storage import open_storage
+from app.store import Store
 from app.testing import LiveServer
 from app.testing.live_server import published_port
 
@@ -362,3 +370,51 @@ def test_head_get_and_a_middle_range_during_replaces_each_describe_one_version(
         for writer in writers:
             writer.join()
     assert not wrong, wrong[:3]
+
+
+def test_a_file_named_as_the_trash_manifest_is_deleted_replaced_and_restored_whole(
+    app_config: Config, tmp_path: Path
+) -> None:
+    env = app_env(app_config.data_root)
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            session = http.post("/sessions", json={"title": "a JSON file"}).json()["id"]
+            url = f"/sessions/{session}/files/trash.json"
+            assert http.put(url, content=b'{"kind": "the user\'s"}').status_code == 201
+            assert http.put(url, content=b"version 2").status_code == 200
+            assert http.delete(url).status_code == 200
+    finally:
+        server.stop()
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # A start-up (its repair) between the delete and the restore, as a restart makes one.
+    Server(env, tmp_path / "again.log").wait_ready().stop()
+    restored = run_app("sessions", "restore", session, "--file", "trash.json", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "trash.json")[0].read_bytes() == b"version 2"
+        # The version the replace put in the trash, whole (the check reads its bytes).
+        assert [(e.file, e.reason) for e in store.list_trash()] == [("trash.json", "replace")]
+        assert not store.check(repair=False).findings
+
+
+@pytest.mark.parametrize("held", [b'{"kind": "the user\'s", "n": 1}', b"version 2"])
+def test_an_entry_whose_manifest_an_earlier_build_overwrote_is_kept_for_a_human(
+    app_store: Store, held: bytes
+) -> None:
+    # What a delete of a file named trash.json left before the fix: its bytes at the
+    # manifest's name, nothing else in the entry. The repair (every start-up's) removed it.
+    session = app_store.create_session("before the fix")["id"]
+    app_store.put_file(session, "trash.json", b"bytes")
+    entry = app_store.delete_file(session, "trash.json")
+    (entry.path / ".trash.json").unlink(missing_ok=True)  # where the fix keeps them
+    (entry.path / "trash.json").write_bytes(held)
+    findings = app_store.check(repair=True).findings
+    assert [(f.problem, f.target, f.repaired) for f in findings] == [
+        ("trash-no-manifest", f".trash/{entry.name}", False)
+    ]
+    assert "a file named trash.json, deleted or replaced by an earlier build" in (
+        findings[0].detail
+    )
+    assert (entry.path / "trash.json").read_bytes() == held

@@ -40,6 +40,7 @@ from app.store.records import (
     MISSING_ERRNOS,
     RECORDS_DIR,
     FileRecord,
+    bytes_in_entry,
     ensure_dir,
     load_record,
     open_regular,
@@ -247,7 +248,7 @@ class Files:
         # After the switch the old blob is no longer the file; moving it into its trash entry
         # may fail (a full disk) without undoing anything: `check` finishes the move.
         try:
-            (directory / BLOBS_DIR / blob).rename(entry.path / name)
+            (directory / BLOBS_DIR / blob).rename(entry.path / bytes_in_entry(name))
             prepared.sync(entry.path, directory / BLOBS_DIR)
         except OSError as error:
             log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
@@ -334,7 +335,8 @@ class Files:
             blob = manifest.get("blob")
             if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
                 blob = new_session_id()
-            size = (entry.path / name).stat().st_size
+            kept = entry.path / bytes_in_entry(name)
+            size = kept.stat().st_size
             acknowledged = previous.get("size")
             if isinstance(acknowledged, int) and size != acknowledged:
                 # Taken from the disk, the damaged size went into the record under the
@@ -346,11 +348,11 @@ class Files:
                     entry.name,
                     damage=f"holds {size} bytes, where {acknowledged} were acknowledged",
                 )
-            (entry.path / name).rename(blobs / blob)
+            kept.rename(blobs / blob)
 
             def undo() -> None:
                 with contextlib.suppress(OSError):
-                    (blobs / blob).rename(entry.path / name)
+                    (blobs / blob).rename(kept)
 
             try:
                 prepared.sync(blobs, entry.path)
