@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from app.dataroot import AUDIT_FILE, NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
 from app.lock import special_kind
-from app.names import check_file_name
+from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
 from app.store.records import (
@@ -376,7 +376,7 @@ class Checker:
         linked = blob_path.is_symlink() or blob_path.parent.is_symlink()
         if named and isinstance(file, str) and blob_path.is_file() and not linked:
             with contextlib.suppress(InvalidNameError):
-                current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
+                current = record_blob(session_dir / RECORDS_DIR / check_stored_name(file))
                 switched = current != blob
         if not switched:
             lost = named and isinstance(file, str) and self._lost(entry, file, blob)
@@ -420,7 +420,7 @@ class Checker:
         if os.path.lexists(session_dir / BLOBS_DIR / blob):
             return False
         with contextlib.suppress(InvalidNameError):
-            if record_blob(session_dir / RECORDS_DIR / check_file_name(file)) == blob:
+            if record_blob(session_dir / RECORDS_DIR / check_stored_name(file)) == blob:
                 return False  # the delete did not commit: the record names them still
         if os.path.lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)

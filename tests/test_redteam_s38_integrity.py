@@ -24,6 +24,15 @@
   as "a file None that stopped before its commit", its bytes with it. Such a file's bytes are
   now kept as ``.trash.json`` in its entry, a name no file may have.
 
+- A session the first build wrote (its files listed in ``session.json``, their bytes in
+  ``files/``) with a name that build took and today's rule refuses: a no-break space (a
+  name copied from a word processor), a trailing space, a zero-width space. Its migration
+  to ``records/`` and ``blobs/`` raised "invalid file name ...: use a plain name", so
+  ``app serve`` exited 65 before serving anything, and ``app data check --repair`` too.
+  A name already stored is now held only to what keeps it one name in its directory
+  (`check_stored_name`): migrated, listed, downloaded, replaced, deleted and restored under
+  it; a new file is still held to today's rule.
+
 The children mount in a mount namespace of their own, so nothing outlives them.
 
 Held, and kept: ``HEAD``, ``GET`` and a ``Range`` from the middle of a file, each during a storm
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -43,6 +53,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -418,3 +429,58 @@ def test_an_entry_whose_manifest_an_earlier_build_overwrote_is_kept_for_a_human(
         findings[0].detail
     )
     assert (entry.path / "trash.json").read_bytes() == held
+
+
+def _first_builds_session(store: Store, names: dict[str, bytes]) -> str:
+    """A session as the first build wrote it: its files listed in session.json, their
+    bytes in files/<name> (a writer's start-up migrates it to records/ and blobs/)."""
+    session = store.create_session("from the first build")["id"]
+    directory = store.sessions_dir / session
+    meta = json.loads((directory / "session.json").read_text())
+    (directory / "files").mkdir()
+    listed = []
+    for name, data in names.items():
+        (directory / "files" / name).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        listed.append({"name": name, "size": len(data), "sha256": digest, "uploaded_at": "t"})
+    (directory / "session.json").write_text(json.dumps({**meta, "files": listed}))
+    return session
+
+
+def test_names_the_first_build_stored_survive_the_upgrade_and_stay_reachable(
+    app_config: Config, tmp_path: Path
+) -> None:
+    names = {
+        "report\u00a0final.pdf": b"a no-break space",
+        "notes ": b"a trailing space",
+        "\u200bhidden.txt": b"a zero-width space",
+        "plain.txt": b"plain",
+    }
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = _first_builds_session(store, names)
+    env = app_env(app_config.data_root)
+    server = Server(env, tmp_path / "server.log").wait_ready()  # its start-up migrates
+    try:
+        with server.client() as http:
+            files = f"/sessions/{session}/files"
+            listed = http.get(f"/sessions/{session}").json()["files"]
+            assert sorted(f["name"] for f in listed) == sorted(names)
+            for name, data in names.items():
+                assert http.get(f"{files}/{quote(name)}").content == data
+            nbsp = quote("report\u00a0final.pdf")
+            assert http.put(f"{files}/{nbsp}", content=b"replaced").status_code == 200
+            assert http.delete(f"{files}/{quote('notes ')}").status_code == 200
+            new = quote("new\u00a0one.txt")
+            refused = http.put(f"{files}/{new}", content=b"x")
+            assert refused.status_code == 400, refused.text
+            assert "U+00A0" in refused.json()["message"]
+    finally:
+        server.stop()
+    restored = run_app("sessions", "restore", session, "--file", "notes ", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with open_storage(app_config, writer=False, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "notes ")[0].read_bytes() == b"a trailing space"
+        kept = store.file_path(session, "report\u00a0final.pdf")[0]
+        assert kept.read_bytes() == b"replaced"

@@ -31,7 +31,7 @@ from app.errors import (
     TrashCopyLostError,
 )
 from app.lock import special_kind
-from app.names import check_file_name
+from app.names import check_file_name, check_stored_name
 from app.storage import FileEntry, SessionRecord, TrashEntry
 from app.store.concurrency import records_identity
 from app.store.ids import ID_RE, new_session_id
@@ -78,10 +78,24 @@ class Files:
     def _own_dirs(self, directory: Path) -> None:
         refuse_linked_dirs(self.root.path, directory, (RECORDS_DIR, BLOBS_DIR))
 
-    def record_path(self, session_id: str, name: str) -> Path:
-        """Where the record of ``name`` is, once the id and the name are checked."""
+    def record_path(self, session_id: str, name: str, *, stored: bool = False) -> Path:
+        """Where the record of ``name`` is, once the id and the name are checked.
+
+        A name is held to :func:`check_file_name` unless a file has it already (or, with
+        ``stored``, the trash may: a restore), which an earlier build may have stored under
+        its looser rule (`check_stored_name`): such a file stays reachable (red team 38).
+        """
         records = self.sessions.directory(session_id) / RECORDS_DIR
-        path = records / check_file_name(name)
+        try:
+            checked = check_file_name(name)
+        except InvalidNameError as refused:
+            try:
+                checked = check_stored_name(name)
+            except InvalidNameError:
+                raise refused from None
+            if not (stored or os.path.lexists(records / checked)):
+                raise refused from None
+        path = records / checked
         # The checks above already make escaping impossible; this says so at the place
         # where a path is built, in case the rules ever loosen.
         if path.parent != records or os.path.normpath(path) != str(path):
@@ -309,7 +323,7 @@ class Files:
         before it, with the file added: a failure after the move (EMFILE) would otherwise
         answer "nothing was changed" for a file that is back.
         """
-        record_path = self.record_path(session_id, name)
+        record_path = self.record_path(session_id, name, stored=True)
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             if load_record(record_path) is not None:
