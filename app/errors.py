@@ -852,14 +852,21 @@ def thread_limits() -> str:
     """
     import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
+    named = []
+    # Since Linux 4.7 a thread's stack counts against the data segment's limit too.
+    for limit, what, where in (
+        (resource.RLIMIT_AS, "address space", "systemd's LimitAS=, `ulimit -v`"),
+        (resource.RLIMIT_DATA, "data segment", "systemd's LimitDATA=, `ulimit -d`"),
+    ):
+        soft, _ = resource.getrlimit(limit)
+        if soft != resource.RLIM_INFINITY:
+            named.append(f"its {what}, which may not pass {soft // 2**20} MiB ({where})")
+    if not named:
         return PIDS_LIMITS
     return (
-        f"its address space, which may not pass {soft // 2**20} MiB (systemd's LimitAS=, "
-        "`ulimit -v`; each thread reserves its stack and, with glibc, a memory arena there: "
-        "a cgroup's memory limit bounds what is used instead, not what is reserved), or "
-        f"{PIDS_LIMITS}"
+        f"{' or '.join(named)}: each thread reserves its stack and, with glibc, a memory "
+        "arena there (a cgroup's memory limit bounds what is used instead, not what is "
+        f"reserved); or {PIDS_LIMITS}"
     )
 
 

@@ -308,7 +308,7 @@ def test_a_create_refused_by_the_address_space_limit_names_that_limit(
         assert refused.json()["code"] == "thread_limit"
         assert (
             f"an operator can raise that limit: its address space, which may not pass "
-            f"{limit // 2**20} MiB (systemd's LimitAS=, `ulimit -v`;"
+            f"{limit // 2**20} MiB (systemd's LimitAS=, `ulimit -v`): each thread reserves"
         ) in refused.json()["message"]
         resource.prlimit(server.pid, resource.RLIMIT_AS, (unlimited, unlimited))
         with server.client() as http:
