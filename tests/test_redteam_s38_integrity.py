@@ -16,14 +16,12 @@
   ``empty-trash`` and a session's restore of entries from the image. EXDEV is now
   ``storage_cross_device`` (503, exit 74), saying that nothing was changed and naming both
   causes and their remedies.
-
 - A file named ``trash.json``, a legal name. A trash entry keeps a deleted (or replaced)
   file's bytes under the file's own name, beside its manifest, ``trash.json``: the rename of
   the bytes went over the manifest. The delete was acknowledged, ``restore --file`` said the
   trash held no such file, and ``check --repair`` (every server start-up) removed the entry
   as "a file None that stopped before its commit", its bytes with it. Such a file's bytes are
   now kept as ``.trash.json`` in its entry, a name no file may have.
-
 - A session the first build wrote (its files listed in ``session.json``, their bytes in
   ``files/``) with a name that build took and today's rule refuses: a no-break space (a
   name copied from a word processor), a trailing space, a zero-width space. Its migration
@@ -32,6 +30,8 @@
   A name already stored is now held only to what keeps it one name in its directory
   (`check_stored_name`): migrated, listed, downloaded, replaced, deleted and restored under
   it; a new file is still held to today's rule.
+- A server under a limit of address space (``LimitAS=``, ``ulimit -v``), which refuses
+  threads as a limit of tasks does: its refusals named ``TasksMax=`` and the pids limit only.
 
 The children mount in a mount namespace of their own, so nothing outlives them.
 
