@@ -512,6 +512,18 @@ class Checker:
         if meta is None:
             return
         if isinstance(meta.get(LEGACY_FILES_KEY), list):
+            if (damage := _legacy_damage(meta[LEGACY_FILES_KEY])) is not None:
+                # Stopped the whole repair, and with it every server start-up (red team 38).
+                self.unrepaired(
+                    "session-unreadable",
+                    directory,
+                    "a session written before records/ and blobs/ whose list of files in "
+                    f"session.json {damage}, which no build of the app wrote: damage from "
+                    "outside the app",
+                    "nothing: left for a human (its files/ is kept; correct the list in "
+                    "session.json, then run the repair, which migrates the session)",
+                )
+                return
             if not self.found(
                 "legacy-layout",
                 directory,
@@ -787,3 +799,19 @@ def _app_shaped(manifest: object, session_id: str) -> bool:
         return False
     kind = manifest.get("kind")
     return kind == "session" or (kind == "file" and isinstance(manifest.get("file"), str))
+
+
+def _legacy_damage(listed: list[Any]) -> str | None:
+    """What in a legacy session's list of files no build wrote (an entry that is not an
+    object, a name that is not one name of its directory), or ``None``."""
+    for entry in listed:
+        if not isinstance(entry, dict):
+            return f"holds {entry!r} where a file's entry belongs"
+        name = entry.get("name")
+        if not isinstance(name, str):
+            return f"holds an entry whose name is {name!r}"
+        try:
+            check_stored_name(name)
+        except InvalidNameError as refused:
+            return f"names the file {name!r} ({refused.problem})"
+    return None

@@ -29,7 +29,10 @@
   ``app serve`` exited 65 before serving anything, and ``app data check --repair`` too.
   A name already stored is now held only to what keeps it one name in its directory
   (`check_stored_name`): migrated, listed, downloaded, replaced, deleted and restored under
-  it; a new file is still held to today's rule.
+  it; a new file is still held to today's rule. Same class: a list hand-edited to hold
+  an entry no build wrote (``../evil``, ``7``) stopped the whole repair, and every start-up
+  with it; such a session is now ``session-unreadable``, left for a human, and the rest of
+  the root is migrated and served.
 - A server under a limit of address space (``LimitAS=``, ``ulimit -v``), which refuses
   threads as a limit of tasks does: its refusals named ``TasksMax=`` and the pids limit only.
 
@@ -486,3 +489,25 @@ def test_names_the_first_build_stored_survive_the_upgrade_and_stay_reachable(
         assert store.file_path(session, "notes ")[0].read_bytes() == b"a trailing space"
         kept = store.file_path(session, "report\u00a0final.pdf")[0]
         assert kept.read_bytes() == b"replaced"
+
+
+@pytest.mark.parametrize("damage", [{"name": "../evil", "size": 1}, 7, {"name": None}])
+def test_a_first_builds_list_damaged_from_outside_is_left_for_a_human_and_the_rest_migrates(
+    app_store: Store, damage: object
+) -> None:
+    # A hand-edited list stopped the whole repair: every `app serve` exited 65.
+    damaged = _first_builds_session(app_store, {"a.txt": b"kept in files/"})
+    meta_path = app_store.sessions_dir / damaged / "session.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "files": [*meta["files"], damage]}))
+    whole = _first_builds_session(app_store, {"b.txt": b"migrated"})
+    findings = app_store.check(repair=True).findings
+    assert [(f.problem, f.target, f.repaired) for f in findings] == [
+        ("session-unreadable", f"sessions/{damaged}", False),  # its id sorts first
+        ("legacy-layout", f"sessions/{whole}", True),
+    ]
+    assert "which no build of the app wrote" in next(
+        f.detail for f in findings if f.problem == "session-unreadable"
+    )
+    assert app_store.file_path(whole, "b.txt")[0].read_bytes() == b"migrated"
+    assert (app_store.sessions_dir / damaged / "files" / "a.txt").read_bytes() == b"kept in files/"
