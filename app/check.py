@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from app.dataroot import AUDIT_FILE, NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
 from app.lock import special_kind
-from app.names import check_file_name
+from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
 from app.store.records import (
@@ -42,6 +42,7 @@ from app.store.records import (
     TRASH_MANIFEST,
     TRASHED_SESSION,
     FileRecord,
+    bytes_in_entry,
     load_record,
     open_regular,
     read_meta,
@@ -257,7 +258,7 @@ class Checker:
                     # No data a restore could choose, or one it refuses, naming the entry
                     # (`Trash.latest`): left to the whole check, which reports both.
                     continue
-                if isinstance(manifest, dict):
+                if _app_shaped(manifest, found.group(2)):
                     with self.item():
                         self._complete(entry, manifest, contents)
 
@@ -283,29 +284,15 @@ class Checker:
         except (*MISSING_MANIFEST, ValueError):
             manifest = None
         contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
-        if not isinstance(manifest, dict):
-            if not contents:
-                if self.found(
-                    "trash-empty",
-                    path,
-                    "an empty trash entry: a delete that stopped before its manifest",
-                    "remove the empty directory",
-                ):
-                    self.store.trash.remove_empty(entry)
-            else:
-                self.unrepaired(
-                    "trash-no-manifest",
-                    path,
-                    "a trash entry with data but no readable trash.json",
-                    "nothing: left for a human (its data is kept)",
-                )
+        if not _app_shaped(manifest, entry.session_id):
+            self._no_manifest(entry, contents)
             return
         if not self._complete(entry, manifest, contents):
             return
         file, previous = manifest.get("file"), manifest.get("entry")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
             # A version a restore would bring back, checked as a file is (red team 35).
-            self._verify(path, path / file, file, previous)
+            self._verify(path, path / bytes_in_entry(file), file, previous)
         reason = manifest.get("reason")
         if name in audited or (reason == "purge" and entry.session_id in purged):
             return
@@ -327,6 +314,36 @@ class Checker:
             details = {"trash": name, "reason": reason, "recovered": True}
             self.root.append_audit_line(operation, target, details)
 
+    def _no_manifest(self, entry: TrashEntry, contents: set[str]) -> None:
+        """A trash entry whose trash.json is missing, unreadable or not the app's manifest."""
+        path = entry.path
+        if not contents and _held_bytes(path / TRASH_MANIFEST):
+            # Before red team 38 a file named trash.json went over its entry's manifest
+            # when deleted or replaced: these may be the only copy of its bytes.
+            self.unrepaired(
+                "trash-no-manifest",
+                path,
+                "a trash entry whose trash.json holds bytes that are not a manifest: a "
+                "file named trash.json, deleted or replaced by an earlier build of the app, "
+                "left them there (or a power loss tore the manifest)",
+                "nothing: left for a human (its bytes are kept; restore them by hand)",
+            )
+        elif not contents:
+            if self.found(
+                "trash-empty",
+                path,
+                "an empty trash entry: a delete that stopped before its manifest",
+                "remove the empty directory",
+            ):
+                self.store.trash.remove_empty(entry)
+        else:
+            self.unrepaired(
+                "trash-no-manifest",
+                path,
+                "a trash entry with data but no readable trash.json",
+                "nothing: left for a human (its data is kept)",
+            )
+
     def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
         """Whether a trash entry holds its data; repairs a half one. False: done with it."""
         path = entry.path
@@ -344,7 +361,7 @@ class Checker:
                 self.store.trash.remove_empty(entry)
             return False
         file, blob = manifest.get("file"), manifest.get("blob")
-        if isinstance(file, str) and file in contents:
+        if isinstance(file, str) and bytes_in_entry(file) in contents:
             return True
         named = isinstance(blob, str) and ID_RE.fullmatch(blob) is not None
         if named and not session_dir.exists():
@@ -359,7 +376,7 @@ class Checker:
         linked = blob_path.is_symlink() or blob_path.parent.is_symlink()
         if named and isinstance(file, str) and blob_path.is_file() and not linked:
             with contextlib.suppress(InvalidNameError):
-                current = record_blob(session_dir / RECORDS_DIR / check_file_name(file))
+                current = record_blob(session_dir / RECORDS_DIR / check_stored_name(file))
                 switched = current != blob
         if not switched:
             lost = named and isinstance(file, str) and self._lost(entry, file, blob)
@@ -382,7 +399,7 @@ class Checker:
             "move them into the entry and append its audit line",
         ):
             return False
-        blob_path.rename(path / file)
+        blob_path.rename(path / bytes_in_entry(file))
         fsync_dir(path)
         fsync_dir(blob_path.parent)
         return True
@@ -403,9 +420,9 @@ class Checker:
         if os.path.lexists(session_dir / BLOBS_DIR / blob):
             return False
         with contextlib.suppress(InvalidNameError):
-            if record_blob(session_dir / RECORDS_DIR / check_file_name(file)) == blob:
+            if record_blob(session_dir / RECORDS_DIR / check_stored_name(file)) == blob:
                 return False  # the delete did not commit: the record names them still
-        if os.path.lexists(entry.path / file):
+        if os.path.lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
             return False
@@ -495,6 +512,18 @@ class Checker:
         if meta is None:
             return
         if isinstance(meta.get(LEGACY_FILES_KEY), list):
+            if (damage := _legacy_damage(meta[LEGACY_FILES_KEY])) is not None:
+                # Stopped the whole repair, and with it every server start-up (red team 38).
+                self.unrepaired(
+                    "session-unreadable",
+                    directory,
+                    "a session written before records/ and blobs/ whose list of files in "
+                    f"session.json {damage}, which no build of the app wrote: damage from "
+                    "outside the app",
+                    "nothing: left for a human (its files/ is kept; correct the list in "
+                    "session.json, then run the repair, which migrates the session)",
+                )
+                return
             if not self.found(
                 "legacy-layout",
                 directory,
@@ -751,3 +780,38 @@ def _listing(directory: Path) -> list[Path]:
             return sorted(directory / e.name for e in entries)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _held_bytes(path: Path) -> bool:
+    """Whether ``path`` is a file with bytes in it (lstat only)."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(found.st_mode) and found.st_size > 0
+
+
+def _app_shaped(manifest: object, session_id: str) -> bool:
+    """Whether a trash entry's ``trash.json`` is a manifest the app wrote for that session's
+    entry (a JSON object naming its kind, its session and, for a file, the file); a JSON
+    object of another shape was a file named trash.json, whose bytes took its place."""
+    if not isinstance(manifest, dict) or manifest.get("session_id") != session_id:
+        return False
+    kind = manifest.get("kind")
+    return kind == "session" or (kind == "file" and isinstance(manifest.get("file"), str))
+
+
+def _legacy_damage(listed: list[Any]) -> str | None:
+    """What in a legacy session's list of files no build wrote (an entry that is not an
+    object, a name that is not one name of its directory), or ``None``."""
+    for entry in listed:
+        if not isinstance(entry, dict):
+            return f"holds {entry!r} where a file's entry belongs"
+        name = entry.get("name")
+        if not isinstance(name, str):
+            return f"holds an entry whose name is {name!r}"
+        try:
+            check_stored_name(name)
+        except InvalidNameError as refused:
+            return f"names the file {name!r} ({refused.problem})"
+    return None

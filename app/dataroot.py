@@ -820,6 +820,7 @@ class _MountTable:
         self._fd = -1
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
+        self._generation = 0
 
     @staticmethod
     def _whose() -> tuple[int, int, int, int, int]:
@@ -844,14 +845,34 @@ class _MountTable:
                 self._poll.register(self._fd, select.POLLPRI)
             elif not self._poll.poll(0):
                 return self._mounts
-            # Read from the start, every time it changed (or is new): a seq file reads again.
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            chunks = []
-            while chunk := os.read(self._fd, 65536):
-                chunks.append(chunk)
-            self._mounts = [_parse_mount(line) for line in b"".join(chunks).splitlines()]
-            self._key = key
+            self._read_locked(key)
             return self._mounts
+
+    def generation(self) -> int:
+        """A number that changes whenever the table does: one poll while it has not.
+
+        Made for a check before every write (`DataRoot.ensure_held`), where `mounts` (two
+        stats of /proc and ``getpid`` besides the poll) cost as much as the check itself;
+        within one process the namespace and root are those the table was read for.
+        OSError where there is no table (no /proc).
+        """
+        with self._lock:
+            if self._fd >= 0 and self._key is not None and self._key[0] == os.getpid():
+                if self._poll.poll(0):
+                    self._read_locked(self._key)
+                return self._generation
+        self.mounts()
+        return self._generation
+
+    def _read_locked(self, key: tuple[int, int, int, int, int]) -> None:
+        # Read from the start, every time it changed (or is new): a seq file reads again.
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        self._mounts = [_parse_mount(line) for line in b"".join(chunks).splitlines()]
+        self._key = key
+        self._generation += 1
 
 
 def _parse_mount(line: bytes) -> tuple[bytes, bytes, bytes | None]:
@@ -1210,6 +1231,7 @@ class DataRoot:
             for name, opened in identities.items()
         )
         self._layout_intact_until = 0.0  # see layout_changed
+        self._mounts_checked = -1  # the mount table's generation found with none inside
         from app.store.concurrency import RootState  # app.store builds on this module
 
         self.store_state: RootState = RootState(self.sessions_dir)
@@ -1287,6 +1309,34 @@ class DataRoot:
                 raise DataRootChangedError(
                     self.path, f"{what} was replaced or moved since it was opened ({path})"
                 )
+        if (mount := self._mount_inside()) is not None:
+            self._layout_intact_until = 0.0
+            raise DataRootChangedError(
+                self.path,
+                f"a filesystem was mounted inside it since it was opened ({mount}; "
+                f"`umount {mount}`): the app moves data within the root by rename, which "
+                "cannot cross a mount point (EXDEV), even one of the same filesystem",
+            )
+
+    def _mount_inside(self) -> Path | None:
+        """A mount point inside the root made since it was opened (open_root refuses one
+        there before), or ``None``; one poll of the mount table while it has not changed.
+
+        A directory's identity does not tell: a bind mount of ``.trash/`` onto itself, made
+        under a live server, kept its device and inode, and every delete and replace was
+        acknowledged with its old bytes left among the session's (EXDEV), a session's
+        delete a bare 500 (red team 38).
+        """
+        try:
+            generation = _MOUNTS.generation()
+        except OSError:
+            return None
+        if generation == self._mounts_checked:
+            return None
+        if inside := mounts_inside(self._path):
+            return inside[0]
+        self._mounts_checked = generation
+        return None
 
     def layout_changed(self) -> str | None:
         """Which of the root and the app's directories in it is no longer what was opened
@@ -1315,6 +1365,9 @@ class DataRoot:
                 found = None
             if found is None or (found.st_dev, found.st_ino) != opened:
                 return f"{what} was moved, replaced or deleted"
+        if (mount := self._mount_inside()) is not None:
+            inside = mount.relative_to(self._path)
+            return f"a filesystem was mounted inside the data root, at its {inside}/"
         self._layout_intact_until = now + 0.05
         return None
 

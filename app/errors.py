@@ -631,8 +631,9 @@ class DataRootChangedError(AppError):
         return {
             "code": self.code,
             "message": (
-                "this server's data root, or a directory of the app's in it, was replaced or "
-                "moved while the server ran, so it refuses every write; nothing was written. "
+                "this server's data root, or a directory of the app's in it, was replaced, "
+                "moved or mounted over while the server ran, so it refuses every write; "
+                "nothing was written. "
                 "The operator must put it back and restart the server"
             ),
         }
@@ -835,6 +836,40 @@ class CommandTerminatedError(CommandInterruptedError):
     template = _stopped_template("was stopped (SIGTERM)", "the stop")
 
 
+PIDS_LIMITS: Final = (
+    "systemd's TasksMax= for the service, the container's pids limit, or `ulimit -u` for the "
+    "user that runs the server"
+)
+
+
+def thread_limits() -> str:
+    """Which limits can refuse this process a thread, and where each is set.
+
+    A limit of address space refuses threads too (pthread_create's EAGAIN, as for a limit of
+    tasks): each reserves its stack there and, with glibc, a memory arena of 64 MiB. Under
+    ``ulimit -v`` of 1 GiB a server started 19 of its 40 worker threads and then no thread
+    for its creates, and every create was refused naming TasksMax= (red team 38).
+    """
+    import resource
+
+    named = []
+    # Since Linux 4.7 a thread's stack counts against the data segment's limit too.
+    for limit, what, where in (
+        (resource.RLIMIT_AS, "address space", "systemd's LimitAS=, `ulimit -v`"),
+        (resource.RLIMIT_DATA, "data segment", "systemd's LimitDATA=, `ulimit -d`"),
+    ):
+        soft, _ = resource.getrlimit(limit)
+        if soft != resource.RLIM_INFINITY:
+            named.append(f"its {what}, which may not pass {soft // 2**20} MiB ({where})")
+    if not named:
+        return PIDS_LIMITS
+    return (
+        f"{' or '.join(named)}: each thread reserves its stack and, with glibc, a memory "
+        "arena there (a cgroup's memory limit bounds what is used instead, not what is "
+        f"reserved); or {PIDS_LIMITS}"
+    )
+
+
 class ThreadLimitError(AppError):
     """The server could not start a thread to do what was asked (its process or user is at
     its limit of threads: systemd's ``TasksMax=``, a container's pids limit, ``ulimit -u``).
@@ -848,14 +883,14 @@ class ThreadLimitError(AppError):
     template = (
         "{doing} refused, and nothing was changed: the server could not start a thread to do "
         "it ({reason}). Its process or user runs as many threads as it may. Retry after "
-        "{retry_after} seconds; an operator can raise that limit: systemd's "
-        "TasksMax= for the service, the container's pids limit, or `ulimit -u` for the user "
-        "that runs the server"
+        "{retry_after} seconds; an operator can raise that limit: {limits}"
     )
 
     doing: str
     reason: str
     retry_after: int = 5
+    limits: str = PIDS_LIMITS
+    """The limits that can refuse a thread here, and where each is set (`thread_limits`)."""
 
 
 # --- store (errors a client can cause) ---------------------------------------------
@@ -1401,6 +1436,26 @@ class PermissionDeniedStorageError(StorageError):
     doing: str
 
 
+class CrossDeviceStorageError(StorageError):
+    """The data root's filesystem refused to move something within the root (``EXDEV``): a
+    filesystem mounted inside it, or a directory from an overlay's lower layer (red team 38).
+    """
+
+    code = "storage_cross_device"
+    http_status = 503
+    # No path: the message reaches HTTP clients. A bare 500 said nothing of either cause.
+    template = (
+        "cannot {doing}: the data root's filesystem refused to move it within the data root "
+        "(EXDEV: a rename across filesystems); nothing was changed. Either a filesystem is "
+        "mounted inside the data root (`findmnt -R` on it lists the mount: unmount it), or "
+        "the data root lies on overlayfs (a container's own layer) and the directory came "
+        "from a lower layer (the image), which overlayfs cannot rename without its "
+        "redirect_dir option: keep the data root on a volume, then retry"
+    )
+
+    doing: str
+
+
 class NotRegularFileStorageError(StorageError):
     """One of the app's own files in the data root is something else at its name (a FIFO,
     a directory): put there from outside the app while it runs (red team 36)."""
@@ -1555,9 +1610,11 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 _READ_ONLY_ERRNOS = frozenset({errno.EROFS})
 _FILE_SIZE_ERRNOS = frozenset({errno.EFBIG})
-# `chattr +i` by an operator, a read-only bind mount of one directory, a chown slip: a bare
+# `chattr +i` by an operator, a read-only bind mount of the root, a chown slip: a bare
 # 500 said nothing of it.
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# A rename across a mount point inside the root, or of an overlay's lower directory.
+_CROSS_DEVICE_ERRNOS = frozenset({errno.EXDEV})
 # EUCLEAN and EBADMSG are ext4's EFSCORRUPTED and EFSBADCRC: metadata it cannot trust.
 _IO_ERRNOS = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
 # Python retries open, write and fsync on EINTR (PEP 475), never rename, unlink, mkdir, close.
@@ -1570,6 +1627,7 @@ _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...
     (_DESCRIPTOR_ERRNOS, TooManyOpenFilesError),
     (_FILE_SIZE_ERRNOS, FileTooLargeForServerError),
     (_PERMISSION_ERRNOS, PermissionDeniedStorageError),
+    (_CROSS_DEVICE_ERRNOS, CrossDeviceStorageError),
     (_IO_ERRNOS, StorageIOError),
     (_INTERRUPTED_ERRNOS, StorageInterruptedError),
 )
@@ -1588,7 +1646,7 @@ def thread_limit(error: BaseException, doing: str) -> ThreadLimitError | None:
         doing: what was refused, for the message (``"POST /sessions"``).
     """
     if isinstance(error, RuntimeError) and str(error).startswith(THREAD_START_REFUSED):
-        return ThreadLimitError(doing, str(error))
+        return ThreadLimitError(doing, str(error), limits=thread_limits())
     return None
 
 
@@ -1603,7 +1661,7 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
         a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
-        `PermissionDeniedStorageError`, a `StorageIOError` or a
+        `PermissionDeniedStorageError`, a `CrossDeviceStorageError`, a `StorageIOError` or a
         `StorageInterruptedError`, else ``None``.
     """
     if not isinstance(error, OSError):

@@ -17,7 +17,7 @@ from typing import Final
 
 from app.errors import InvalidNameError
 
-__all__ = ["FILE_NAME_PATTERN", "MAX_NAME_BYTES", "check_file_name"]
+__all__ = ["FILE_NAME_PATTERN", "MAX_NAME_BYTES", "check_file_name", "check_stored_name"]
 
 MAX_NAME_BYTES: Final = 255
 """Longest file name, in UTF-8 bytes: what Linux filesystems allow for one path component."""
@@ -129,4 +129,34 @@ def check_file_name(value: str) -> str:
             value,
             f"it is {size} bytes long in UTF-8{how}; the limit is {MAX_NAME_BYTES}",
         )
+    return name
+
+
+def check_stored_name(value: str) -> str:
+    """Check a file name an earlier build of the app may have stored, and return it in NFC.
+
+    The first build took any name but one with a separator, a control character, a
+    leading dot or more than 255 bytes; a session it wrote with a no-break space in a name
+    (copied from a word processor), a trailing space or a zero-width space failed its
+    migration to records/ and blobs/, and with it every `app serve` and `app data check
+    --repair` on the root (red team 38). A name already stored is held to what keeps it one
+    name in its session's directory; a new one, to :func:`check_file_name`.
+
+    Raises:
+        InvalidNameError: a name no build of the app stored (a separator, a control
+            character, a leading dot, more than 255 bytes, not valid Unicode).
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError("file name", str(value), "it is empty")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise InvalidNameError("file name", value, "it is not valid Unicode")
+    name = unicodedata.normalize("NFC", value)
+    if "/" in name or "\\" in name:
+        raise InvalidNameError("file name", value, "it contains a path separator")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise InvalidNameError("file name", value, "it contains a control character")
+    if name.startswith("."):
+        raise InvalidNameError("file name", value, "it starts with '.'")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise InvalidNameError("file name", value, f"it is longer than {MAX_NAME_BYTES} bytes")
     return name

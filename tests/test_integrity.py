@@ -243,8 +243,10 @@ def test_a_read_only_root_is_503_without_a_path_and_still_serves_reads(
         sid = client.post("/sessions", json={}).json()["id"]
         client.put(f"/sessions/{sid}/files/a.txt", content=b"kept")
         # The lock file stays open for writing, so the root's own mount cannot turn
-        # read-only; every directory the store writes in does (real read-only mounts).
-        ro = [root / "sessions", root / ".trash", root / ".tmp"]
+        # read-only; a bind of the root over itself does (a real read-only mount). One over
+        # each directory the store writes in is a mount inside the root, refused as such
+        # (red team 38): one over .trash/ alone let deletes commit and leave their bytes.
+        ro = [root]
         try:
             for path in ro:
                 mount("--bind", str(path), str(path))

@@ -219,6 +219,9 @@ def fill_template(store: Store) -> dict[str, str]:
     store.put_file(keep, "b.txt", b"b")
     store.put_file(keep, "gone.txt", b"deleted file")
     store.delete_file(keep, "gone.txt")
+    # Named as a trash entry's manifest, whose bytes once went over it (red team 38).
+    store.put_file(keep, "trash.json", b"a user's JSON, version 1")
+    store.put_file(keep, "trash.json", b"a user's JSON, version 2", replace=True)
     gone = store.create_session("deleted")["id"]
     store.put_file(gone, "c.txt", b"in a deleted session")
     store.delete_session(gone)
@@ -229,6 +232,8 @@ OPERATIONS: dict[str, tuple[str, list[str]]] = {
     "replace": ("replace", ["{keep}", "a.txt", "a, version 3"]),
     "upload": ("upload", ["{keep}", "new.txt", "a new file"]),
     "delete-file": ("delete-file", ["{keep}", "b.txt"]),
+    "replace-trash-json": ("replace", ["{keep}", "trash.json", "a user's JSON, version 3"]),
+    "delete-trash-json": ("delete-file", ["{keep}", "trash.json"]),
     "delete-session": ("delete-session", ["{keep}"]),
     "restore-file": ("restore-file", ["{keep}", "gone.txt"]),
     "restore-session": ("restore-session", ["{gone}"]),

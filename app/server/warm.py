@@ -30,7 +30,7 @@ import anyio
 import anyio.to_thread
 from fastapi.routing import APIRoute
 
-from app.errors import thread_limit
+from app.errors import thread_limit, thread_limits
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message
@@ -133,11 +133,12 @@ async def _start_worker_threads() -> None:
     if refused:
         log.warning(
             "warm-up: %d of %d worker threads could not start (%s): the process is at its "
-            "limit of threads (systemd's TasksMax=, a container's pids limit, ulimit -u); "
-            "requests that need another thread are refused 503 thread_limit meanwhile",
+            "limit of threads (%s); requests that need another thread are refused 503 "
+            "thread_limit meanwhile",
             len(refused),
             threads,
             refused[0],
+            thread_limits(),
         )
 
 

@@ -31,7 +31,7 @@ from app.errors import (
     TrashCopyLostError,
 )
 from app.lock import special_kind
-from app.names import check_file_name
+from app.names import check_file_name, check_stored_name
 from app.storage import FileEntry, SessionRecord, TrashEntry
 from app.store.concurrency import records_identity
 from app.store.ids import ID_RE, new_session_id
@@ -40,6 +40,7 @@ from app.store.records import (
     MISSING_ERRNOS,
     RECORDS_DIR,
     FileRecord,
+    bytes_in_entry,
     ensure_dir,
     load_record,
     open_regular,
@@ -77,10 +78,24 @@ class Files:
     def _own_dirs(self, directory: Path) -> None:
         refuse_linked_dirs(self.root.path, directory, (RECORDS_DIR, BLOBS_DIR))
 
-    def record_path(self, session_id: str, name: str) -> Path:
-        """Where the record of ``name`` is, once the id and the name are checked."""
+    def record_path(self, session_id: str, name: str, *, stored: bool = False) -> Path:
+        """Where the record of ``name`` is, once the id and the name are checked.
+
+        A name is held to :func:`check_file_name` unless a file has it already (or, with
+        ``stored``, the trash may: a restore), which an earlier build may have stored under
+        its looser rule (`check_stored_name`): such a file stays reachable (red team 38).
+        """
         records = self.sessions.directory(session_id) / RECORDS_DIR
-        path = records / check_file_name(name)
+        try:
+            checked = check_file_name(name)
+        except InvalidNameError as refused:
+            try:
+                checked = check_stored_name(name)
+            except InvalidNameError:
+                raise refused from None
+            if not (stored or os.path.lexists(records / checked)):
+                raise refused from None
+        path = records / checked
         # The checks above already make escaping impossible; this says so at the place
         # where a path is built, in case the rules ever loosen.
         if path.parent != records or os.path.normpath(path) != str(path):
@@ -247,7 +262,7 @@ class Files:
         # After the switch the old blob is no longer the file; moving it into its trash entry
         # may fail (a full disk) without undoing anything: `check` finishes the move.
         try:
-            (directory / BLOBS_DIR / blob).rename(entry.path / name)
+            (directory / BLOBS_DIR / blob).rename(entry.path / bytes_in_entry(name))
             prepared.sync(entry.path, directory / BLOBS_DIR)
         except OSError as error:
             log.warning("could not move blob %s to the trash yet (%s); `check` will", blob, error)
@@ -308,7 +323,7 @@ class Files:
         before it, with the file added: a failure after the move (EMFILE) would otherwise
         answer "nothing was changed" for a file that is back.
         """
-        record_path = self.record_path(session_id, name)
+        record_path = self.record_path(session_id, name, stored=True)
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             if load_record(record_path) is not None:
@@ -334,7 +349,8 @@ class Files:
             blob = manifest.get("blob")
             if not (isinstance(blob, str) and ID_RE.fullmatch(blob)) or (blobs / blob).exists():
                 blob = new_session_id()
-            size = (entry.path / name).stat().st_size
+            kept = entry.path / bytes_in_entry(name)
+            size = kept.stat().st_size
             acknowledged = previous.get("size")
             if isinstance(acknowledged, int) and size != acknowledged:
                 # Taken from the disk, the damaged size went into the record under the
@@ -346,11 +362,11 @@ class Files:
                     entry.name,
                     damage=f"holds {size} bytes, where {acknowledged} were acknowledged",
                 )
-            (entry.path / name).rename(blobs / blob)
+            kept.rename(blobs / blob)
 
             def undo() -> None:
                 with contextlib.suppress(OSError):
-                    (blobs / blob).rename(entry.path / name)
+                    (blobs / blob).rename(kept)
 
             try:
                 prepared.sync(blobs, entry.path)

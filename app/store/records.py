@@ -8,6 +8,7 @@
     sessions/.new-<id>/             a session being created (renamed to <id> when complete)
     .trash/<timestamp>-<id>/        a deleted session: trash.json + session/
     .trash/<timestamp>-<id>-file-<hex>/   a deleted or replaced file: trash.json + <name>
+                                          (`bytes_in_entry`: .trash.json for trash.json)
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ _META_CACHE_BYTES: Final = 64 * 1024 * 1024
 _SETTLED_NS: Final = 2_000_000_000
 
 V = TypeVar("V")
+
+
+def bytes_in_entry(file: str) -> str:
+    """The name under which a file's trash entry keeps its bytes: the file's own, but for a
+    file named as the entry's manifest, ``trash.json``, whose bytes went over the manifest:
+    the delete (or replace) was acknowledged, `restore --file` found nothing, and `check
+    --repair` removed the entry as one "that holds no data" (red team 38). Its bytes are
+    kept as ``.trash.json``, a name no file may have (a file name never begins with a dot).
+    """
+    return f".{file}" if file == TRASH_MANIFEST else file
 
 
 class FileRecord(FileEntry):

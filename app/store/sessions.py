@@ -26,7 +26,7 @@ from app.errors import (
     StoreError,
     UnreadableSessionError,
 )
-from app.names import check_file_name
+from app.names import check_stored_name
 from app.storage import (
     Page,
     SessionRecord,
@@ -383,7 +383,7 @@ class Sessions:
         blobs = ensure_dir(directory, BLOBS_DIR)
         ensure_dir(directory, RECORDS_DIR)
         for old in meta[LEGACY_FILES_KEY]:
-            name = check_file_name(str(old.get("name")))
+            name = check_stored_name(str(old.get("name")))  # the rule of the build that wrote it
             record_path = directory / RECORDS_DIR / name
             record = load_record(record_path)
             if record is None:

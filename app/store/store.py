@@ -44,7 +44,7 @@ from app.errors import (
     SessionNotFoundError,
     StoppedPartwayError,
 )
-from app.names import check_file_name
+from app.names import check_stored_name
 from app.storage import (
     MAX_METADATA_BYTES,
     MAX_TITLE_CHARS,
@@ -446,7 +446,8 @@ class Store(Storage):
         """
         self.root.ensure_held()
         check_session_id(session_id)
-        name = None if file is None else check_file_name(file)
+        # Held to the rule of the build that stored it: the trash may keep it (red team 38).
+        name = None if file is None else check_stored_name(file)
         self._finish_half_entries(session_id)
         # Refused before anything is opened; the entry is chosen again under the session's
         # lock (`Sessions.restore`, `Files.restore`), and only that choice counts.

@@ -33,7 +33,7 @@ from app.dataroot import (
 from app.errors import PermissionDeniedStorageError, StoppedPartwayError, TrashCopyLostError
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import FileEntry, TrashEntry
-from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest
+from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -232,7 +232,7 @@ class Trash:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
                     return entry
             elif entry.kind == "file" and entry.file == file:
-                damage = _not_bytes(entry.path / file)
+                damage = _not_bytes(entry.path / bytes_in_entry(file))
                 if damage is None:
                     return entry
                 if lost or (odd and not damage.startswith("has lost")):

@@ -187,6 +187,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.CrossDeviceStorageError("DELETE /sessions/3f2a9c"),
     errors.NotRegularFileStorageError(
         "DELETE /sessions/3f2a9c/files/report.pdf", "audit.jsonl", "a FIFO"
     ),
