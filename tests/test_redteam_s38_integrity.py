@@ -511,3 +511,19 @@ def test_a_first_builds_list_damaged_from_outside_is_left_for_a_human_and_the_re
     )
     assert app_store.file_path(whole, "b.txt")[0].read_bytes() == b"migrated"
     assert (app_store.sessions_dir / damaged / "files" / "a.txt").read_bytes() == b"kept in files/"
+
+
+def test_a_first_builds_session_restored_from_the_trash_comes_back_migrated(
+    app_store: Store,
+) -> None:
+    # Deleted before the upgrade, restored after it (before any restart): it came back in
+    # the first build's layout, and `app data check` failed (exit 65) until the next
+    # start-up migrated it.
+    session = _first_builds_session(app_store, {"a.txt": b"kept", "b\u00a0c.txt": b"also"})
+    app_store.delete_session(session)
+    restored = app_store.restore(session)
+    assert sorted(f["name"] for f in restored["files"]) == ["a.txt", "b\u00a0c.txt"]
+    assert app_store.check().findings == []
+    assert app_store.file_path(session, "a.txt")[0].read_bytes() == b"kept"
+    assert app_store.file_path(session, "b\u00a0c.txt")[0].read_bytes() == b"also"
+    assert not (app_store.sessions_dir / session / "files").exists()

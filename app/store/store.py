@@ -43,6 +43,7 @@ from app.errors import (
     NotInTrashError,
     SessionNotFoundError,
     StoppedPartwayError,
+    UnreadableSessionError,
 )
 from app.names import check_stored_name
 from app.storage import (
@@ -57,6 +58,7 @@ from app.storage import (
 )
 from app.store.files import Files
 from app.store.ids import check_session_id, make_later_than
+from app.store.records import LEGACY_FILES_KEY, read_meta
 from app.store.sessions import Sessions
 from app.store.trash import Trash
 
@@ -469,7 +471,34 @@ class Store(Storage):
             else:
                 session, entry = self.files.restore(session_id, name, prepared)
                 prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
+        if name is None and self._in_first_layout(session_id):
+            session = self._migrate_restored(session_id)
         return session
+
+    def _in_first_layout(self, session_id: str) -> bool:
+        """Whether the session's files are still listed in its session.json (bytes in
+        files/), as the first build wrote them."""
+        try:
+            meta = read_meta(self.sessions_dir / session_id, session_id)
+        except (SessionNotFoundError, UnreadableSessionError):
+            return False
+        return isinstance(meta.get(LEGACY_FILES_KEY), list)
+
+    def _migrate_restored(self, session_id: str) -> SessionRecord:
+        """A session deleted before an upgrade and restored after it comes back in the first
+        build's layout, which only a start-up migrated: `app data check` failed (exit 65)
+        until the next one (red team 38). It is given the start-up's repair of that session
+        now (audited as one), damage from outside the app left alone as there."""
+        from app.check import Checker
+
+        checker = Checker(self, repair=True, thorough=False)
+        with self.root.changing():
+            checker.check_session(session_id)
+        if checker.findings:
+            self.root.audit(
+                "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
+            )
+        return self.sessions.get(session_id)
 
     def _finish_half_entries(self, session_id: str | None) -> None:
         """What a crash left half made in the session's trash entries (``None``: every
