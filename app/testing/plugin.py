@@ -8,6 +8,7 @@ in the order and with the refusals the pytest plugin reference page gives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tomllib
@@ -79,7 +80,22 @@ def pytest_load_initial_conftests(
     what the run writes refused the run (red team 30)."""
     __tracebackhide__ = True
     _before_the_conftests(early_config)
-    return (yield)
+    result = yield
+    _after_the_conftests(early_config)
+    return result
+
+
+def _after_the_conftests(early_config: pytest.Config) -> None:
+    """What pytest writes, checked again where an initial conftest changed the current
+    directory as it was imported: pytest opens ``--debug`` right after, against that
+    directory, before any ``pytest_configure`` (red team 38)."""
+    __tracebackhide__ = True
+    with contextlib.suppress(OSError):
+        if Path.cwd() == early_config.invocation_params.dir:
+            return
+    for plugin in early_config.pluginmanager.get_plugins():
+        if isinstance(plugin, _WritesOfConftests):
+            writes.refuse(early_config, early_config.known_args_namespace, plugin.roots, plugin.why)
 
 
 def _before_the_conftests(early_config: pytest.Config) -> None:

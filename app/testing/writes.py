@@ -21,6 +21,7 @@ be written. Only what pytest is known to read alone is left out (``--ignore``, p
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import stat
 import sys
@@ -105,8 +106,12 @@ def _spellings(value: str, base: Path) -> list[Path]:
     found = []
     expanded = os.path.expanduser(os.path.expandvars(value))  # noqa: PTH111 - as pytest reads it
     for text in dict.fromkeys((value, expanded)):
-        path = Path(os.path.normpath(os.path.join(base, text)))  # noqa: PTH118 - lexical, as pytest
-        found += [path, path.resolve()]
+        joined = os.path.join(base, text)  # noqa: PTH118 - as given
+        path = Path(os.path.normpath(joined))  # lexical, as junitxml and logging read it
+        # And as the system opens it, `..` after a link included: `--debug=link/../session.json`
+        # (`open` as given), with `link` in a production session, rewrote the session's
+        # record, which the lexical spelling put beside the link (red team 38).
+        found += [path, path.resolve(), Path(joined).resolve()]
     return list(dict.fromkeys(found))
 
 
@@ -368,15 +373,32 @@ def _wrapper_targets(cwd: Path) -> list[Target]:
     return found
 
 
-def targets(config: pytest.Config, options: Any) -> list[Target]:
+def targets(config: pytest.Config, options: Any, *, now: bool = False) -> list[Target]:
     """Every path this run's pytest and its plugins are told to write in or delete.
 
     Args:
         config: the run's config (its ini values, rootdir and invocation directory).
         options: the parsed options: ``known_args_namespace`` before the conftests load,
             ``config.option`` after (with the options they add).
+        now: also read relative paths against the current directory, where it is not the
+            invocation directory. pytest opens ``--debug`` and ``--log-file`` (and makes
+            junitxml's path absolute) after the conftests are imported, against the
+            directory the process is in then: a conftest that changes directory as it is
+            imported (``os.chdir(Path(__file__).parent)``, a common habit) into a production
+            session made ``--debug=session.json`` rewrite that session's record (red team
+            38). Not as the run ends, where a test may have left the process in its own
+            sandbox's root, and what pytest writes then is absolute already.
     """
-    cwd = config.invocation_params.dir
+    found: list[Target] = []
+    here = config.invocation_params.dir
+    with contextlib.suppress(OSError):  # a current directory removed: nothing opens there
+        if now and (current := Path.cwd()) != here:
+            found += _targets_from(config, options, current)
+    return _targets_from(config, options, here) + found
+
+
+def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target]:
+    """`targets`, with relative paths read against `cwd`."""
     found: list[Target] = []
 
     def add(value: Any, does: str, base: Path = cwd, *, deletes: bool = False) -> None:
@@ -428,9 +450,9 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
                 "already)",
             )
         )
-    for arg in getattr(options, "file_or_dir", None) or []:
-        add(str(arg).split("::", 1)[0], f"Python writes the __pycache__/ of the test path {arg} "
-            "in {path}")  # fmt: skip
+    for arg, path in _test_paths(config, options):
+        add(path, f"pytest imports the conftest.py and test modules of the test path {arg}, and "
+            "Python writes their __pycache__/ in {path}")  # fmt: skip
     names = _option_names(config)
     for dest, value in sorted(vars(options).items()):
         if dest not in _READ_ONLY_OPTIONS and not isinstance(value, bool):
@@ -447,6 +469,70 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
         if isinstance(value, str | os.PathLike | list):
             for base in dict.fromkeys((cwd, inifile)):
                 add(value, f"the ini value {name} names {{path}}, where a plugin may write", base)
+    return found
+
+
+def _test_paths(config: pytest.Config, options: Any) -> Iterator[tuple[str, str]]:
+    """Each test path as pytest will take it, with where it lies: ``(what was given, path)``.
+
+    pytest imports each one's ``conftest.py`` (and those of its parents) before any
+    collection, then its test modules, and Python writes their bytecode beside them. The
+    paths are not only the arguments: without any, pytest globs each ``testpaths`` entry
+    (``data/prod*/sessions/*/records`` names no data root as written, and imported a
+    production record uploaded as ``conftest.py``, writing ``__pycache__/`` into its session:
+    red team 38), and ``--pyargs`` finds a module on ``sys.path``. Decided here as pytest
+    decides them (private: see pyproject.toml).
+    """
+    args = [str(a) for a in getattr(options, "file_or_dir", None) or []]
+    pyargs = bool(getattr(options, "pyargs", False))
+    source = None
+    with contextlib.suppress(ValueError):  # testpaths unknown: only the arguments, as pytest
+        args, source = config._decide_args(
+            args=args,
+            pyargs=pyargs,
+            testpaths=config.getini("testpaths"),
+            invocation_dir=config.invocation_params.dir,
+            rootpath=config.rootpath,
+            warn=False,
+        )
+    globbed = source is pytest.Config.ArgsSource.TESTPATHS and not pyargs
+    for arg in args:
+        name = str(arg).split("::", 1)[0].split("[", 1)[0]
+        if globbed:
+            arg = f"{arg} (from testpaths = {config.getini('testpaths')} in {config.inipath})"
+        yield arg, name
+        if pyargs and name and "/" not in name:
+            # Where the top-level package lies, found without importing anything (the
+            # dotted name's own lookup imports its parents); the module lies inside it.
+            with contextlib.suppress(ImportError, ValueError, AttributeError):
+                spec = importlib.util.find_spec(name.split(".", 1)[0])
+                if spec is not None and spec.origin not in (None, "built-in", "frozen"):
+                    yield arg, str(Path(spec.origin).parent)
+                for location in (spec.submodule_search_locations or []) if spec else []:
+                    yield arg, str(location)
+
+
+def _import_path_targets() -> list[Target]:
+    """Each ``sys.path`` entry: Python writes the bytecode of what it imports from one
+    beside the source. ``PYTHONPATH`` naming a production session's ``records/``, with
+    ``--pyargs test_notes`` or ``-p test_notes``, got a record uploaded as ``test_notes.py``
+    imported and ``__pycache__/`` written into the session (red team 38). Checked at the
+    start only: tests may put their own directories there."""
+    found = []
+    for entry in dict.fromkeys(sys.path):
+        if not entry or not os.path.isdir(entry):
+            continue  # '' is the current directory, checked as such; zip files are read
+        found += [
+            Target(
+                path,
+                "Python imports modules from the sys.path entry {path} (PYTHONPATH, a .pth "
+                "file or pytest's own) and writes their __pycache__/ there",
+                fix="Take that directory out of PYTHONPATH (or the .pth file that adds it); "
+                "what Python imported from there before the plugin ran (a -p plugin) is "
+                "written there already",
+            )
+            for path in _spellings(entry, Path.cwd())
+        ]
     return found
 
 
@@ -579,7 +665,7 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     """
     __tracebackhide__ = True
     seen: dict[Path, tuple[Path, str] | None] = {}
-    found = list(dict.fromkeys(targets(config, options)))
+    found = list(dict.fromkeys([*targets(config, options, now=True), *_import_path_targets()]))
     for target in found:
         finding = _finding(target, roots, seen)
         if finding is None:
@@ -589,8 +675,22 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         _prevent(found, roots, seen)
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
-            f"sandbox cannot stop it, whoever's run it is. {fix}{why}"
+            f"sandbox cannot stop it, whoever's run it is. {fix}{_moved(config)}{why}"
         )
+
+
+def _moved(config: pytest.Config) -> str:
+    """Said where the process is no longer in its invocation directory: a relative path is
+    opened against where a conftest (or a plugin) moved it."""
+    with contextlib.suppress(OSError):
+        if (current := Path.cwd()) != config.invocation_params.dir:
+            return (
+                f". The process is in {current} now, not in {config.invocation_params.dir} "
+                "where pytest was started: a conftest or a plugin changed directory as it was "
+                "imported, and pytest opens relative paths there; give the path absolute, or "
+                "leave the directory as it was"
+            )
+    return ""
 
 
 def _prevent(found: list[Target], roots: dict[str, Path], seen: _Seen) -> None:

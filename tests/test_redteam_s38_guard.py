@@ -1,0 +1,203 @@
+"""Red team 38 on the guard: where pytest imports from, and where it writes.
+
+Each case is real: pytest runs in a subprocess next to a stopped production root named by
+the settings, with bytecode on (as a developer's shell has it). One class broke: what
+pytest imports lies in a data root by a way the start's check did not read. A ``testpaths``
+entry is a glob pytest expands (``data/prod*/sessions/*/records`` names no root as written),
+and ``--pyargs`` and ``-p`` find a module on ``sys.path`` (``PYTHONPATH`` naming a session's
+``records/``): pytest imported a production record uploaded as ``conftest.py`` or
+``test_notes.py``, and Python wrote ``__pycache__/`` into the production session. The rest
+held, and are kept here too.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from project_copy import copy_project_settings
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
+from test_redteam_s36_guard import UPLOADS_TEST_FILES
+from test_server_e2e import app_env, snapshot
+
+
+@pytest.fixture
+def uploads(tmp_path: Path) -> tuple[Path, Path]:
+    """A project whose settings keep production's root in it (``data/production``, stopped),
+    with a session holding files uploaded as ``test_notes.py`` and ``conftest.py``."""
+    settings = copy_project_settings(tmp_path / "project")
+    production = settings / "data" / "production"
+    env = app_env(production, profile="production")
+    subprocess.run([sys.executable, "-c", UPLOADS_TEST_FILES], env=env, check=True)
+    return settings, production
+
+
+def _run_with_bytecode(
+    project: Path, settings: Path, production: Path, *args: str, **extra: str
+) -> tuple[int, str]:
+    """pytest in `project`, bytecode on, failing if it changed any file of production's."""
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(project.parent), **extra)
+    for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
+        env.pop(name, None)
+    before = snapshot(production)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert not list(production.rglob("__pycache__")), output
+    return done.returncode, output
+
+
+# --- layer 3: what pytest imports, by a way the check did not read ----------------------
+
+
+def test_a_testpaths_glob_into_a_data_root_is_refused_before_a_conftest_is_imported(
+    uploads: tuple[Path, Path],
+) -> None:
+    # pytest globs each testpaths entry when given no argument; the check read the entry
+    # as written, which names no root. pytest then imported production's
+    # records/conftest.py (a record: JSON is a Python dict) before any collection, and
+    # Python wrote records/__pycache__/ into the production session.
+    settings, production = uploads
+    (settings / "pytest.ini").write_text("[pytest]\ntestpaths = data/prod*/sessions/*/records\n")
+    code, output = _run_with_bytecode(settings, settings, production)
+    assert code == 4, output
+    records = next(production.glob("sessions/*/records"))
+    assert (
+        "ERROR: app: refusing to run: pytest imports the conftest.py and test modules of the "
+        f"test path {records.relative_to(settings)} (from testpaths = "
+        f"['data/prod*/sessions/*/records'] in {settings / 'pytest.ini'}), and Python writes "
+        f"their __pycache__/ in {records}, which lies in the data root of profile "
+        f"'production' ({production}; no process holds it now)"
+    ) in output, output
+
+
+def test_a_pyargs_module_in_a_data_root_is_refused_before_it_is_imported(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # `--pyargs test_notes` finds the module on sys.path, here PYTHONPATH naming a session's
+    # records/: pytest imported the record and wrote its bytecode there.
+    settings, production = uploads
+    records = next(production.glob("sessions/*/records"))
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    code, output = _run_with_bytecode(
+        project, settings, production, "--pyargs", "test_notes", PYTHONPATH=str(records)
+    )
+    assert code == 4, output
+    assert (
+        "ERROR: app: refusing to run: pytest imports the conftest.py and test modules of the "
+        f"test path test_notes, and Python writes their __pycache__/ in {records}, which lies "
+        f"in the data root of profile 'production' ({production}; no process holds it now)"
+    ) in output, output
+
+
+def test_a_sys_path_entry_in_a_data_root_is_refused_naming_what_was_imported_already(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # `-p test_notes` imports the module before the app's plugin is imported: its bytecode
+    # is written already when the refusal comes (not stopped, said), but the run goes no
+    # further, and the refusal names the entry and what resolves it.
+    settings, production = uploads
+    records = next(production.glob("sessions/*/records"))
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), PYTHONPATH=str(records)
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "test_notes"],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 4, output
+    assert (
+        "ERROR: app: refusing to run: Python imports modules from the sys.path entry "
+        f"{records} (PYTHONPATH, a .pth file or pytest's own) and writes their __pycache__/ "
+        f"there, which lies in the data root of profile 'production' ({production}; no "
+        "process holds it now). None of it goes through the app, so its sandbox cannot stop "
+        "it, whoever's run it is. Take that directory out of PYTHONPATH (or the .pth file "
+        "that adds it); what Python imported from there before the plugin ran (a -p plugin) "
+        "is written there already"
+    ) in output, output
+
+
+# --- layer 3: a conftest that changes directory as it is imported ------------------------
+
+#: A conftest that changes into a directory as it is imported (`os.chdir(Path(__file__)
+#: .parent)` is a common habit; here `$GO`), and a test.
+CHANGES_DIRECTORY = {
+    "conftest.py": "import os\n\nos.chdir(os.environ['GO'])\n",
+    "test_a.py": "def test_a():\n    pass\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("option", "writer", "when"),
+    [
+        ("--debug", "pytest's --debug", "starts"),
+        ("--log-file", "pytest's log_file (--log-file)", "starts"),
+        ("--junitxml", "pytest's --junitxml", "ends"),
+    ],
+)
+def test_a_relative_output_is_checked_where_a_conftest_moved_the_process(
+    uploads: tuple[Path, Path], tmp_path: Path, option: str, writer: str, when: str
+) -> None:
+    # pytest opens --debug (as its command line is parsed) and --log-file (in
+    # pytest_configure) after the initial conftests are imported, against the directory the
+    # process is in then; the check read them against the invocation directory. With a
+    # conftest that moved into a production session, `--debug=session.json` rewrote its
+    # record with pytest's trace, `--log-file=session.json` emptied it. `--junitxml` was
+    # stopped at the end, told that a test had changed the writer.
+    settings, production = uploads
+    session = next(production.glob("sessions/*"))
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    for name, text in CHANGES_DIRECTORY.items():
+        (project / name).write_text(text)
+    code, output = _run_with_bytecode(
+        project, settings, production, f"{option}=session.json", "test_a.py", GO=str(session)
+    )
+    assert code == 4, output
+    assert (
+        f"ERROR: app: refusing to run: {writer} rewrites {session / 'session.json'} as the "
+        f"run {when}, which lies in the data root of profile 'production' ({production}; no "
+        "process holds it now). None of it goes through the app, so its sandbox cannot stop "
+        "it, whoever's run it is. Point it outside every data root, or leave it out (of the "
+        f"command line, PYTEST_ADDOPTS or the ini file). The process is in {session} now, not "
+        f"in {project} where pytest was started: a conftest or a plugin changed directory as "
+        "it was imported, and pytest opens relative paths there; give the path absolute, or "
+        "leave the directory as it was"
+    ) in output, output
+
+
+# --- layer 3: `..` after a symbolic link ---------------------------------------------------
+
+
+def test_a_path_with_dot_dot_after_a_link_is_read_as_the_system_opens_it(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # `--debug=link/../session.json`, with `link` a symbolic link to a production session's
+    # records/: pytest opens the path as given, and the system goes up from where the link
+    # leads, to the session's record; the check read it lexically (`session.json` beside
+    # the link) and the run rewrote the record with pytest's trace.
+    settings, production = uploads
+    session = next(production.glob("sessions/*"))
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    (project / "link").symlink_to(session / "records")
+    code, output = _run_with_bytecode(
+        project, settings, production, "--debug=link/../session.json", "test_a.py"
+    )
+    assert code == 4, output
+    assert (
+        f"ERROR: app: refusing to run: pytest's --debug rewrites {session / 'session.json'} "
+        "as the run starts, which lies in the data root of profile 'production' "
+        f"({production}; no process holds it now)"
+    ) in output, output
