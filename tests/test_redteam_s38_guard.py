@@ -129,14 +129,18 @@ def test_a_sys_path_entry_in_a_data_root_is_refused_naming_what_was_imported_alr
 
 # --- layer 3: a conftest that changes directory as it is imported ------------------------
 
-#: A conftest that changes into a directory as it is imported (`os.chdir(Path(__file__)
-#: .parent)` is a common habit; here `$GO`), and a test.
+#: A conftest that changes into a directory (`$GO`) as it is imported
+#: (`os.chdir(Path(__file__).parent)` is a common habit), or in its `pytest_configure`; a
+#: test.
 CHANGES_DIRECTORY = {
-    "conftest.py": "import os\n\nos.chdir(os.environ['GO'])\n",
+    "at-import": "import os\n\nos.chdir(os.environ['GO'])\n",
+    "in-pytest-configure": "import os\n\n\ndef pytest_configure(config):\n"
+    "    os.chdir(os.environ['GO'])\n",
     "test_a.py": "def test_a():\n    pass\n",
 }
 
 
+@pytest.mark.parametrize("moves", ["at-import", "in-pytest-configure"])
 @pytest.mark.parametrize(
     ("option", "writer", "when"),
     [
@@ -146,20 +150,22 @@ CHANGES_DIRECTORY = {
     ],
 )
 def test_a_relative_output_is_checked_where_a_conftest_moved_the_process(
-    uploads: tuple[Path, Path], tmp_path: Path, option: str, writer: str, when: str
+    uploads: tuple[Path, Path], tmp_path: Path, option: str, writer: str, when: str, moves: str
 ) -> None:
     # pytest opens --debug (as its command line is parsed) and --log-file (in
     # pytest_configure) after the initial conftests are imported, against the directory the
     # process is in then; the check read them against the invocation directory. With a
     # conftest that moved into a production session, `--debug=session.json` rewrote its
     # record with pytest's trace, `--log-file=session.json` emptied it. `--junitxml` was
-    # stopped at the end, told that a test had changed the writer.
+    # stopped at the end, told that a test had changed the writer. A conftest's own
+    # pytest_configure runs after the plugin's check there, and before the logging plugin
+    # opens its file (trylast): the same.
     settings, production = uploads
     session = next(production.glob("sessions/*"))
     project = tmp_path / "elsewhere"
     project.mkdir()
-    for name, text in CHANGES_DIRECTORY.items():
-        (project / name).write_text(text)
+    (project / "conftest.py").write_text(CHANGES_DIRECTORY[moves])
+    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
     code, output = _run_with_bytecode(
         project, settings, production, f"{option}=session.json", "test_a.py", GO=str(session)
     )
@@ -170,9 +176,9 @@ def test_a_relative_output_is_checked_where_a_conftest_moved_the_process(
         "process holds it now). None of it goes through the app, so its sandbox cannot stop "
         "it, whoever's run it is. Point it outside every data root, or leave it out (of the "
         f"command line, PYTEST_ADDOPTS or the ini file). The process is in {session} now, not "
-        f"in {project} where pytest was started: a conftest or a plugin changed directory as "
-        "it was imported, and pytest opens relative paths there; give the path absolute, or "
-        "leave the directory as it was"
+        f"in {project} where pytest was started: a conftest or a plugin changed directory (as "
+        "it was imported, or in a hook), and pytest opens relative paths there; give the path "
+        "absolute, or leave the directory as it was"
     ) in output, output
 
 

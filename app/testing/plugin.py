@@ -279,6 +279,20 @@ class _WritesOfConftests:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
 
+    @pytest.hookimpl(specname="pytest_configure")
+    def pytest_configure_again(self, config: pytest.Config) -> None:
+        """And where the process moved meanwhile: a conftest's own ``pytest_configure`` that
+        changed directory made a relative ``--log-file`` empty a production record (red
+        team 38). Neither tryfirst nor trylast: pluggy calls the plain implementations
+        newest first, so this runs after the initial conftests' (registered after it) and
+        before junitxml's, which makes its path absolute, and the logging plugin's
+        (trylast), which opens its file."""
+        __tracebackhide__ = True
+        with contextlib.suppress(OSError):
+            if Path.cwd() == config.invocation_params.dir:
+                return
+        writes.refuse(config, config.option, self.roots, self.why, at_configure=True)
+
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         """Check again as the tests end (trylast: the innermost wrapper, so before

@@ -649,7 +649,14 @@ def _conflict(
     return None
 
 
-def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str = "") -> None:
+def refuse(
+    config: pytest.Config,
+    options: Any,
+    roots: dict[str, Path],
+    why: str = "",
+    *,
+    at_configure: bool = False,
+) -> None:
     """Refuse the run if pytest or a plugin is told to write or delete in a data root.
 
     Args:
@@ -658,6 +665,8 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         roots: the roots the run protects, by name (the settings' profiles, live holders, an
             enclosing run's).
         why: what to add to the refusal (why the plugin is inactive, in such a run).
+        at_configure: also check what the writers configured so far hold (junitxml's
+            path, made absolute where the process was then).
 
     Raises:
         pytest.UsageError: naming the path, what tells pytest to write it, the data root with
@@ -665,7 +674,8 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     """
     __tracebackhide__ = True
     seen: dict[Path, tuple[Path, str] | None] = {}
-    found = list(dict.fromkeys([*targets(config, options, now=True), *_import_path_targets()]))
+    found = [*targets(config, options, now=True), *_import_path_targets()]
+    found = list(dict.fromkeys([*found, *(_end_targets(config) if at_configure else [])]))
     for target in found:
         finding = _finding(target, roots, seen)
         if finding is None:
@@ -686,8 +696,8 @@ def _moved(config: pytest.Config) -> str:
         if (current := Path.cwd()) != config.invocation_params.dir:
             return (
                 f". The process is in {current} now, not in {config.invocation_params.dir} "
-                "where pytest was started: a conftest or a plugin changed directory as it was "
-                "imported, and pytest opens relative paths there; give the path absolute, or "
+                "where pytest was started: a conftest or a plugin changed directory (as it was "
+                "imported, or in a hook), and pytest opens relative paths there; give the path absolute, or "
                 "leave the directory as it was"
             )
     return ""
