@@ -207,3 +207,46 @@ def test_a_path_with_dot_dot_after_a_link_is_read_as_the_system_opens_it(
         "as the run starts, which lies in the data root of profile 'production' "
         f"({production}; no process holds it now)"
     ) in output, output
+
+
+# --- layer 3: values the check skipped, or failed on --------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--debug", "--log-file"])
+def test_a_path_with_a_newline_in_its_name_is_checked_like_any_other(
+    uploads: tuple[Path, Path], tmp_path: Path, option: str
+) -> None:
+    # A value holding a newline was never read as a path: through a link named `x\ny` to a
+    # production session, `--debug` rewrote its record with pytest's trace and
+    # `--log-file` emptied it.
+    settings, production = uploads
+    session = next(production.glob("sessions/*"))
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    (project / "x\ny").symlink_to(session)
+    code, output = _run_with_bytecode(
+        project, settings, production, f"{option}=x\ny/session.json", "test_a.py"
+    )
+    assert code == 4, output
+    assert f"rewrites {session / 'session.json'} as the run starts" in output, output
+
+
+def test_an_ini_value_of_text_past_the_filesystem_s_limit_does_not_stop_the_run(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Every ini value is read as a place a plugin may write: one longer than a name may be
+    # (a suite's name, a long log format) ended the run before any test with a bare
+    # `OSError: [Errno 36] File name too long` from the app's plugin.
+    settings, production = uploads
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    code, output = _run_with_bytecode(
+        project, settings, production, "--junitxml=report.xml",
+        "-o", f"junit_suite_name={'a' * 300}",
+        "-o", f"log_file_format=%(message)s {'b' * 300}", "test_a.py",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "1 passed" in output, output
+    assert "Traceback" not in output and "OSError" not in output, output

@@ -104,6 +104,8 @@ class Target(NamedTuple):
 def _spellings(value: str, base: Path) -> list[Path]:
     """The path as pytest opens it (relative to `base`, `~` and `$VAR` as it reads them)."""
     found = []
+    if "\0" in value:
+        return []  # no path the system can open: pytest fails on it itself
     expanded = os.path.expanduser(os.path.expandvars(value))  # noqa: PTH111 - as pytest reads it
     for text in dict.fromkeys((value, expanded)):
         joined = os.path.join(base, text)  # noqa: PTH118 - as given
@@ -122,7 +124,10 @@ def _strings(value: Any) -> Iterator[str]:
     and a path may be written as a ``file:`` URL."""
     if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
-        if isinstance(text, str) and text and "\n" not in text:
+        # A newline is a character of a name like any other: a value holding one was never
+        # checked, and `--debug=$'x\ny/session.json'`, through a link so named, rewrote a
+        # production record (red team 38).
+        if isinstance(text, str) and text:
             yield text
             if text.startswith("file:"):
                 # A path written as a URL, as pytest-benchmark's --benchmark-storage is
@@ -602,10 +607,14 @@ def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
     for directory in [path, *path.parents]:
         if directory not in seen:
             found = None
-            if (directory / LOCK_FILE).is_file() and (held := probe(directory)).held:
-                found = (directory, f"held by {describe_holder(held.holder)}")
-            elif (directory / STAMP_FILE).is_file():
-                found = (directory, f"it has a profile stamp, {STAMP_FILE}")
+            # A name past the filesystem's limit (an ini value of text, a long log format,
+            # read as a path) is no directory: it ended the run in a bare OSError traceback
+            # (red team 38). Nothing can be written there either.
+            with contextlib.suppress(OSError):
+                if (directory / LOCK_FILE).is_file() and (held := probe(directory)).held:
+                    found = (directory, f"held by {describe_holder(held.holder)}")
+                elif (directory / STAMP_FILE).is_file():
+                    found = (directory, f"it has a profile stamp, {STAMP_FILE}")
             seen[directory] = found
         if seen[directory] is not None:
             return seen[directory]
