@@ -250,3 +250,66 @@ def test_an_ini_value_of_text_past_the_filesystem_s_limit_does_not_stop_the_run(
     assert code == 0, output
     assert "1 passed" in output, output
     assert "Traceback" not in output and "OSError" not in output, output
+
+
+# --- layer 3: sys.pycache_prefix set after the start's check ------------------------------
+
+#: A conftest of a subdirectory, imported as pytest collects, that points Python's bytecode
+#: at `$GO`; a test module there and one beside it, imported after it. And a test that
+#: does the same, before a later test imports a module of the project's.
+SETS_PYCACHE_PREFIX = {
+    "sub/conftest.py": "import os, sys\n\nsys.pycache_prefix = os.environ['GO']\n",
+    "sub/test_b.py": "def test_b():\n    pass\n",
+    "test_c.py": "def test_c():\n    pass\n",
+}
+SETS_PYCACHE_PREFIX_IN_A_TEST = {
+    "helper.py": "VALUE = 1\n",
+    "test_d.py": """import importlib, os, sys
+
+
+def test_1_sets_the_prefix():
+    sys.pycache_prefix = os.environ["GO"]
+
+
+def test_2_imports_a_module():
+    assert importlib.import_module("helper").VALUE == 1
+""",
+}
+
+
+@pytest.mark.parametrize("where", ["a-conftest", "a-test"])
+def test_a_pycache_prefix_set_into_a_data_root_during_the_run_is_put_back(
+    uploads: tuple[Path, Path], tmp_path: Path, where: str
+) -> None:
+    # PYTHONPYCACHEPREFIX in a data root is refused as the run starts (red team 32), and
+    # the value is read again at pytest_configure; code that set it later was not seen: a
+    # subdirectory's conftest got the bytecode of every test module imported after it
+    # written under production's sessions/ (`root/...`, `tmp/...`: unknown entries to `app
+    # data check`), and the run stopped only at its end, saying a test had changed what
+    # pytest writes.
+    settings, production = uploads
+    project = tmp_path / "elsewhere"
+    files = SETS_PYCACHE_PREFIX if where == "a-conftest" else SETS_PYCACHE_PREFIX_IN_A_TEST
+    for name, text in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    sessions = production / "sessions"
+    code, output = _run_with_bytecode(
+        project, settings, production, "-p", "no:randomly", GO=str(sessions)
+    )
+    assert code == 1, output
+    assert not list(sessions.rglob("*.pyc")), output
+    who = (
+        "code run as pytest collected (a conftest, or a test module as it was imported), "
+        "before sub/test_b.py,"
+        if where == "a-conftest"
+        else "test_d.py::test_1_sets_the_prefix (or its fixtures)"
+    )
+    assert (
+        f"app: {who} set sys.pycache_prefix to {sessions}, which lies in the data root of "
+        f"profile 'production' ({production}; no process holds it now): Python and pytest's "
+        "assertion rewriting write the bytecode of every module imported after it there. It "
+        "was put back to None"
+    ) in output, output
+    if where == "a-test":
+        assert "2 passed, 1 error" in output, output  # the first test fails at its teardown

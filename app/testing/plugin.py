@@ -273,11 +273,66 @@ class _WritesOfConftests:
 
     def __init__(self, roots: dict[str, Path], why: str) -> None:
         self.roots, self.why = roots, why
+        #: ``sys.pycache_prefix`` as it was checked, put back where code moves it into a
+        #: data root later (`_pycache_prefix_moved`).
+        self.prefix = sys.pycache_prefix
+        #: What was put back during the run, said again as it ends (the run fails).
+        self.moved: list[str] = []
+        self.failed = False
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
+        self.prefix = sys.pycache_prefix
+
+    def _pycache_prefix_moved(self, who: str) -> str | None:
+        """Put ``sys.pycache_prefix`` back where code moved it into a data root since it was
+        checked, and say so; None where it did not.
+
+        A conftest of a subdirectory (imported as pytest collects, after every check of the
+        start) that set it to a production root's ``sessions/`` got the bytecode of every
+        test module imported after it written there, ``.pyc`` files under ``root/`` and
+        ``tmp/`` beside the sessions (red team 38). It is read before each collector is
+        collected, which imports the test modules, and after each test.
+        """
+        now = sys.pycache_prefix
+        if now == self.prefix or not now or sys.dont_write_bytecode:
+            return None
+        where = writes.pycache_prefix_conflict(now, self.roots)
+        if where is None:
+            return None  # outside every data root: the code's own business
+        sys.pycache_prefix = self.prefix
+        message = (
+            f"app: {who} set sys.pycache_prefix to {now}, {where}: Python and pytest's "
+            "assertion rewriting write the bytecode of every module imported after it "
+            f"there. It was put back to {self.prefix!r}; what that code imported itself "
+            f"meanwhile may be written there already (`find {now} -name '*.pyc'`, and `app "
+            "data check` lists what is not the app's). Set it outside every data root, or "
+            "leave it alone"
+        )
+        self.moved.append(message)
+        return message
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        moved = self._pycache_prefix_moved(
+            "code run as pytest collected (a conftest, or a test module as it was imported), "
+            f"before {collector.nodeid or 'the session'},"
+        )
+        if moved is not None:
+            _say(collector.config, moved, "app: sys.pycache_prefix moved into a data root")
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        result = yield
+        moved = self._pycache_prefix_moved(f"{item.nodeid} (or its fixtures)")
+        if moved is not None:
+            pytest.fail(moved, pytrace=False)
+        return result
 
     @pytest.hookimpl(specname="pytest_configure")
     def pytest_configure_again(self, config: pytest.Config) -> None:
@@ -313,6 +368,11 @@ class _WritesOfConftests:
         """Not in an xdist worker: its controller writes the report, the cache and the
         combined coverage data, and checks them then; two workers removing one link at
         once failed the second."""
+        if self.moved and not self.failed:  # said as it was put back; fail the run once
+            self.failed = True
+            session.testsfailed += 1
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if hasattr(session.config, "workerinput"):
             return
         message = writes.refuse_at_end(session.config, self.roots, self.why)

@@ -541,6 +541,16 @@ def _import_path_targets() -> list[Target]:
     return found
 
 
+def pycache_prefix_conflict(prefix: str, roots: dict[str, Path]) -> str | None:
+    """Where a ``sys.pycache_prefix`` set during the run leads into a data root, said for a
+    message; None where it does not."""
+    seen: _Seen = {}
+    for path in _spellings(prefix, Path.cwd()):
+        if (where := _conflict(Target(path, ""), roots, seen)) is not None:
+            return where
+    return None
+
+
 def _links_and_files(directory: Path) -> Iterator[Path]:
     """Every file and link under ``directory`` (links not followed): what pytest's cache
     rewrites in place (``Cache.set`` is ``write_text``, through a link: its ``nodeids``, every
