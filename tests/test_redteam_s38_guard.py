@@ -313,3 +313,41 @@ def test_a_pycache_prefix_set_into_a_data_root_during_the_run_is_put_back(
     ) in output, output
     if where == "a-test":
         assert "2 passed, 1 error" in output, output  # the first test fails at its teardown
+
+
+# --- layer 3: a conftest's pytest_configure that sets where pytest writes ----------------
+
+
+@pytest.mark.parametrize(
+    ("dest", "writer", "when"),
+    [
+        ("log_file", "pytest's log_file (--log-file)", "starts"),
+        ("xmlpath", "pytest's --junitxml", "ends"),
+    ],
+)
+def test_an_output_a_conftest_s_pytest_configure_sets_is_checked_before_it_is_opened(
+    uploads: tuple[Path, Path], tmp_path: Path, dest: str, writer: str, when: str
+) -> None:
+    # A conftest's pytest_configure runs after the plugin's check there (tryfirst) and
+    # before the logging plugin opens log_file (trylast): `config.option.log_file = ...`
+    # (a recipe for a log file per xdist worker) naming a production record emptied it, and
+    # the run stopped only at its end; `xmlpath` was stopped at the end too, blaming a test.
+    settings, production = uploads
+    [record] = production.glob("sessions/*/session.json")
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    (project / "conftest.py").write_text(
+        f"def pytest_configure(config):\n    config.option.{dest} = {str(record)!r}\n"
+    )
+    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    code, output = _run_with_bytecode(project, settings, production, "test_a.py")
+    assert code == 4, output
+    assert (
+        f"ERROR: app: refusing to run: {writer} rewrites {record} as the run {when}, which "
+        f"lies in the data root of profile 'production' ({production}; no process holds it "
+        "now). None of it goes through the app, so its sandbox cannot stop it, whoever's run "
+        "it is. Point it outside every data root, or leave it out (of the command line, "
+        "PYTEST_ADDOPTS or the ini file). It was not so as the run's options were first "
+        "checked: a conftest's or a plugin's own pytest_configure changed it (config.option), "
+        "and pytest would write there all the same; change it there"
+    ) in output, output

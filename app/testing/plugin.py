@@ -266,6 +266,16 @@ def _refuse_pytest_writes(
     config.pluginmanager.register(_WritesOfConftests(roots, why))
 
 
+def _as_checked(config: pytest.Config) -> tuple[str, str | None, str]:
+    """What the check of pytest's writes read: the current directory, the bytecode prefix
+    and the options (compared as text: a plugin's values need not compare as equal)."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = ""
+    return here, sys.pycache_prefix, repr(sorted(vars(config.option).items()))
+
+
 class _WritesOfConftests:
     """The same check once a conftest's options are parsed: before the cache provider's
     and the logging plugin's own pytest_configure, which write (tryfirst, registered after
@@ -279,12 +289,15 @@ class _WritesOfConftests:
         #: What was put back during the run, said again as it ends (the run fails).
         self.moved: list[str] = []
         self.failed = False
+        #: What the check in the first pytest_configure read (`_as_checked`).
+        self.checked: tuple[str, str | None, str] | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
         self.prefix = sys.pycache_prefix
+        self.checked = _as_checked(config)
 
     def _pycache_prefix_moved(self, who: str) -> str | None:
         """Put ``sys.pycache_prefix`` back where code moved it into a data root since it was
@@ -336,16 +349,16 @@ class _WritesOfConftests:
 
     @pytest.hookimpl(specname="pytest_configure")
     def pytest_configure_again(self, config: pytest.Config) -> None:
-        """And where the process moved meanwhile: a conftest's own ``pytest_configure`` that
-        changed directory made a relative ``--log-file`` empty a production record (red
-        team 38). Neither tryfirst nor trylast: pluggy calls the plain implementations
-        newest first, so this runs after the initial conftests' (registered after it) and
-        before junitxml's, which makes its path absolute, and the logging plugin's
-        (trylast), which opens its file."""
+        """And again where a conftest's own ``pytest_configure`` changed what was checked:
+        one that changed directory made a relative ``--log-file`` empty a production record,
+        and one that set ``config.option.log_file`` to a record emptied it (red team 38).
+        Neither tryfirst nor trylast: pluggy calls the plain implementations newest first,
+        so this runs after the initial conftests' (registered after it) and before
+        junitxml's, which makes its path absolute, and the logging plugin's (trylast),
+        which opens its file."""
         __tracebackhide__ = True
-        with contextlib.suppress(OSError):
-            if Path.cwd() == config.invocation_params.dir:
-                return
+        if _as_checked(config) == self.checked:
+            return
         writes.refuse(config, config.option, self.roots, self.why, at_configure=True)
 
     @pytest.hookimpl(wrapper=True, trylast=True)

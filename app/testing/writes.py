@@ -704,8 +704,22 @@ def refuse(
         _prevent(found, roots, seen)
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
-            f"sandbox cannot stop it, whoever's run it is. {fix}{_moved(config)}{why}"
+            f"sandbox cannot stop it, whoever's run it is. {fix}{_changed(config, at_configure)}"
+            f"{why}"
         )
+
+
+def _changed(config: pytest.Config, at_configure: bool) -> str:
+    """Said where what was refused changed after the options were first checked."""
+    if moved := _moved(config):
+        return moved
+    if at_configure:
+        return (
+            ". It was not so as the run's options were first checked: a conftest's or a "
+            "plugin's own pytest_configure changed it (config.option), and pytest would "
+            "write there all the same; change it there"
+        )
+    return ""
 
 
 def _moved(config: pytest.Config) -> str:
