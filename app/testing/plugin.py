@@ -270,7 +270,7 @@ def _as_checked(config: pytest.Config) -> tuple[str, str | None, str]:
     """What the check of pytest's writes read: the current directory, the bytecode prefix
     and the options (compared as text: a plugin's values need not compare as equal)."""
     try:
-        here = os.getcwd()
+        here = str(Path.cwd())
     except OSError:
         here = ""
     return here, sys.pycache_prefix, repr(sorted(vars(config.option).items()))

@@ -21,6 +21,7 @@ be written. Only what pytest is known to read alone is left out (``--ignore``, p
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import os
 import stat
@@ -486,25 +487,29 @@ def _test_paths(config: pytest.Config, options: Any) -> Iterator[tuple[str, str]
     (``data/prod*/sessions/*/records`` names no data root as written, and imported a
     production record uploaded as ``conftest.py``, writing ``__pycache__/`` into its session:
     red team 38), and ``--pyargs`` finds a module on ``sys.path``. Decided here as pytest
-    decides them (private: see pyproject.toml).
+    decides them.
     """
     args = [str(a) for a in getattr(options, "file_or_dir", None) or []]
     pyargs = bool(getattr(options, "pyargs", False))
-    source = None
-    with contextlib.suppress(ValueError):  # testpaths unknown: only the arguments, as pytest
-        args, source = config._decide_args(
-            args=args,
-            pyargs=pyargs,
-            testpaths=config.getini("testpaths"),
-            invocation_dir=config.invocation_params.dir,
-            rootpath=config.rootpath,
-            warn=False,
+    globbed = False
+    if not args and config.invocation_params.dir == config.rootpath:
+        # As `Config._decide_args` (pytest 8.0 to 9): testpaths, only run from the rootdir,
+        # each entry globbed (relative to the current directory) unless --pyargs.
+        with contextlib.suppress(ValueError):  # no testpaths ini value: the arguments only
+            testpaths = [str(t) for t in config.getini("testpaths")]
+            if pyargs:
+                args = testpaths
+            else:
+                # Path.glob takes no absolute pattern: glob's, as pytest's own.
+                args = [f for t in testpaths for f in sorted(glob.iglob(t, recursive=True))]  # noqa: PTH207
+                globbed = True
+    for given in args:
+        name = str(given).split("::", 1)[0].split("[", 1)[0]
+        arg = (
+            f"{given} (from testpaths = {config.getini('testpaths')} in {config.inipath})"
+            if globbed
+            else given
         )
-    globbed = source is pytest.Config.ArgsSource.TESTPATHS and not pyargs
-    for arg in args:
-        name = str(arg).split("::", 1)[0].split("[", 1)[0]
-        if globbed:
-            arg = f"{arg} (from testpaths = {config.getini('testpaths')} in {config.inipath})"
         yield arg, name
         if pyargs and name and "/" not in name:
             # Where the top-level package lies, found without importing anything (the
@@ -525,7 +530,7 @@ def _import_path_targets() -> list[Target]:
     start only: tests may put their own directories there."""
     found = []
     for entry in dict.fromkeys(sys.path):
-        if not entry or not os.path.isdir(entry):
+        if not entry or not Path(entry).is_dir():
             continue  # '' is the current directory, checked as such; zip files are read
         found += [
             Target(
@@ -729,9 +734,9 @@ def _moved(config: pytest.Config) -> str:
         if (current := Path.cwd()) != config.invocation_params.dir:
             return (
                 f". The process is in {current} now, not in {config.invocation_params.dir} "
-                "where pytest was started: a conftest or a plugin changed directory (as it was "
-                "imported, or in a hook), and pytest opens relative paths there; give the path absolute, or "
-                "leave the directory as it was"
+                "where pytest was started: a conftest or a plugin changed directory (as it "
+                "was imported, or in a hook), and pytest opens relative paths there; give the "
+                "path absolute, or leave the directory as it was"
             )
     return ""
 
