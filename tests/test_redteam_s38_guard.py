@@ -351,3 +351,24 @@ def test_an_output_a_conftest_s_pytest_configure_sets_is_checked_before_it_is_op
         "checked: a conftest's or a plugin's own pytest_configure changed it (config.option), "
         "and pytest would write there all the same; change it there"
     ) in output, output
+
+
+# --- layer 3: a linked directory in the tests that leads into a data root ---------------
+
+
+def test_a_directory_linked_into_a_data_root_is_not_collected(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # pytest's walk follows a linked directory: `tests/uploads` linked to a production
+    # session's records/ (kept beside the tests as fixtures) got the records uploaded as
+    # conftest.py and test_notes.py imported, and __pycache__/ written there. The walk
+    # stopped only at a root itself, whose stamp a link below it never shows.
+    settings, production = uploads
+    [records] = production.glob("sessions/*/records")
+    project = tmp_path / "elsewhere"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    (project / "tests" / "uploads").symlink_to(records)
+    code, output = _run_with_bytecode(project, settings, production, "tests")
+    assert code == 0, output
+    assert "1 passed" in output, output

@@ -459,13 +459,41 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if os.path.lexists(collection_path / STAMP_FILE):
         return True
     state = config.stash.get(STATE, None)
-    if state is None or state.run is None or not state.run.protected:
-        return None
+    protected = state.run.protected if state is not None and state.run is not None else ()
     found = sandboxing.identity(collection_path)
-    for root in state.run.protected:
+    for root in protected:
         if collection_path == root.path or (found is not None and found in root.identities):
             return True
+    if _linked_into_a_data_root(collection_path, [root.path for root in protected]):
+        return True
     return None
+
+
+def _linked_into_a_data_root(path: Path, protected: list[Path]) -> bool:
+    """Whether `path` leads, through a symbolic link, to somewhere inside a data root.
+
+    pytest's walk follows a linked directory: ``tests/uploads`` linked to a production
+    session's ``records/`` (fixtures kept "beside" the tests) got its ``conftest.py`` and
+    ``test_notes.py`` imported, and ``__pycache__/`` written there (red team 38). The walk
+    stops at a root itself (above); a link may lead below one, where no stamp is in sight.
+    """
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE
+
+    try:
+        if not path.is_dir():
+            return False  # a linked file's bytecode goes beside the link, not where it leads
+        real = path.resolve()
+    except (OSError, RuntimeError):
+        return False
+    if real == path.absolute():
+        return False  # no link on the way: the walk met any root above it already
+    if any(real.is_relative_to(root) for root in protected):
+        return True
+    return any(
+        os.path.lexists(directory / STAMP_FILE) or os.path.lexists(directory / LOCK_FILE)
+        for directory in [real, *real.parents]
+    )
 
 
 #: The per-test guard's fixture, as `_refuse_replaced_guard` finds it.
