@@ -53,6 +53,22 @@ def _run_with_bytecode(
     return done.returncode, output
 
 
+#: What every refusal of a write says after the path and the root, up to its fix.
+NOT_THE_APP = (
+    "None of it goes through the app, so its sandbox cannot stop it, whoever's run it is. "
+    "Point it outside every data root, or leave it out (of the command line, PYTEST_ADDOPTS "
+    "or the ini file)"
+)
+
+
+def _elsewhere(tmp_path: Path, *, tests: str = "") -> Path:
+    """A project apart from the settings, with one passing test (in `tests` if given)."""
+    project = tmp_path / "elsewhere"
+    (project / tests).mkdir(parents=True, exist_ok=True)
+    (project / tests / "test_a.py").write_text("def test_a():\n    pass\n")
+    return project
+
+
 # --- layer 3: what pytest imports, by a way the check did not read ----------------------
 
 
@@ -84,8 +100,7 @@ def test_a_pyargs_module_in_a_data_root_is_refused_before_it_is_imported(
     # records/: pytest imported the record and wrote its bytecode there.
     settings, production = uploads
     records = next(production.glob("sessions/*/records"))
-    project = tmp_path / "elsewhere"
-    project.mkdir()
+    project = _elsewhere(tmp_path)
     code, output = _run_with_bytecode(
         project, settings, production, "--pyargs", "test_notes", PYTHONPATH=str(records)
     )
@@ -105,8 +120,7 @@ def test_a_sys_path_entry_in_a_data_root_is_refused_naming_what_was_imported_alr
     # further, and the refusal names the entry and what resolves it.
     settings, production = uploads
     records = next(production.glob("sessions/*/records"))
-    project = tmp_path / "elsewhere"
-    project.mkdir()
+    project = _elsewhere(tmp_path)
     env = _inner_env(
         APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), PYTHONPATH=str(records)
     )
@@ -162,10 +176,8 @@ def test_a_relative_output_is_checked_where_a_conftest_moved_the_process(
     # opens its file (trylast): the same.
     settings, production = uploads
     session = next(production.glob("sessions/*"))
-    project = tmp_path / "elsewhere"
-    project.mkdir()
+    project = _elsewhere(tmp_path)
     (project / "conftest.py").write_text(CHANGES_DIRECTORY[moves])
-    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
     code, output = _run_with_bytecode(
         project, settings, production, f"{option}=session.json", "test_a.py", GO=str(session)
     )
@@ -173,9 +185,7 @@ def test_a_relative_output_is_checked_where_a_conftest_moved_the_process(
     assert (
         f"ERROR: app: refusing to run: {writer} rewrites {session / 'session.json'} as the "
         f"run {when}, which lies in the data root of profile 'production' ({production}; no "
-        "process holds it now). None of it goes through the app, so its sandbox cannot stop "
-        "it, whoever's run it is. Point it outside every data root, or leave it out (of the "
-        f"command line, PYTEST_ADDOPTS or the ini file). The process is in {session} now, not "
+        f"process holds it now). {NOT_THE_APP}. The process is in {session} now, not "
         f"in {project} where pytest was started: a conftest or a plugin changed directory (as "
         "it was imported, or in a hook), and pytest opens relative paths there; give the path "
         "absolute, or leave the directory as it was"
@@ -194,9 +204,7 @@ def test_a_path_with_dot_dot_after_a_link_is_read_as_the_system_opens_it(
     # the link) and the run rewrote the record with pytest's trace.
     settings, production = uploads
     session = next(production.glob("sessions/*"))
-    project = tmp_path / "elsewhere"
-    project.mkdir()
-    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    project = _elsewhere(tmp_path)
     (project / "link").symlink_to(session / "records")
     code, output = _run_with_bytecode(
         project, settings, production, "--debug=link/../session.json", "test_a.py"
@@ -221,9 +229,7 @@ def test_a_path_with_a_newline_in_its_name_is_checked_like_any_other(
     # `--log-file` emptied it.
     settings, production = uploads
     session = next(production.glob("sessions/*"))
-    project = tmp_path / "elsewhere"
-    project.mkdir()
-    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    project = _elsewhere(tmp_path)
     (project / "x\ny").symlink_to(session)
     code, output = _run_with_bytecode(
         project, settings, production, f"{option}=x\ny/session.json", "test_a.py"
@@ -239,9 +245,7 @@ def test_an_ini_value_of_text_past_the_filesystem_s_limit_does_not_stop_the_run(
     # (a suite's name, a long log format) ended the run before any test with a bare
     # `OSError: [Errno 36] File name too long` from the app's plugin.
     settings, production = uploads
-    project = tmp_path / "elsewhere"
-    project.mkdir()
-    (project / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    project = _elsewhere(tmp_path)
     code, output = _run_with_bytecode(
         project, settings, production, "--junitxml=report.xml",
         "-o", f"junit_suite_name={'a' * 300}",
@@ -288,7 +292,7 @@ def test_a_pycache_prefix_set_into_a_data_root_during_the_run_is_put_back(
     # data check`), and the run stopped only at its end, saying a test had changed what
     # pytest writes.
     settings, production = uploads
-    project = tmp_path / "elsewhere"
+    project = tmp_path / "elsewhere"  # its own tests only: the output names them
     files = SETS_PYCACHE_PREFIX if where == "a-conftest" else SETS_PYCACHE_PREFIX_IN_A_TEST
     for name, text in files.items():
         (project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -334,8 +338,7 @@ def test_an_output_a_conftest_s_pytest_configure_sets_is_checked_before_it_is_op
     # the run stopped only at its end; `xmlpath` was stopped at the end too, blaming a test.
     settings, production = uploads
     [record] = production.glob("sessions/*/session.json")
-    project = tmp_path / "elsewhere"
-    project.mkdir()
+    project = _elsewhere(tmp_path)
     (project / "conftest.py").write_text(
         f"def pytest_configure(config):\n    config.option.{dest} = {str(record)!r}\n"
     )
@@ -345,9 +348,7 @@ def test_an_output_a_conftest_s_pytest_configure_sets_is_checked_before_it_is_op
     assert (
         f"ERROR: app: refusing to run: {writer} rewrites {record} as the run {when}, which "
         f"lies in the data root of profile 'production' ({production}; no process holds it "
-        "now). None of it goes through the app, so its sandbox cannot stop it, whoever's run "
-        "it is. Point it outside every data root, or leave it out (of the command line, "
-        "PYTEST_ADDOPTS or the ini file). It was not so as the run's options were first "
+        f"now). {NOT_THE_APP}. It was not so as the run's options were first "
         "checked: a conftest's or a plugin's own pytest_configure changed it (config.option), "
         "and pytest would write there all the same; change it there"
     ) in output, output
@@ -365,9 +366,7 @@ def test_a_directory_linked_into_a_data_root_is_not_collected(
     # stopped only at a root itself, whose stamp a link below it never shows.
     settings, production = uploads
     [records] = production.glob("sessions/*/records")
-    project = tmp_path / "elsewhere"
-    (project / "tests").mkdir(parents=True)
-    (project / "tests" / "test_a.py").write_text(CHANGES_DIRECTORY["test_a.py"])
+    project = _elsewhere(tmp_path, tests="tests")
     (project / "tests" / "uploads").symlink_to(records)
     code, output = _run_with_bytecode(project, settings, production, "tests")
     assert code == 0, output
