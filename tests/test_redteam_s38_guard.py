@@ -371,3 +371,28 @@ def test_a_directory_linked_into_a_data_root_is_not_collected(
     code, output = _run_with_bytecode(project, settings, production, "tests")
     assert code == 0, output
     assert "1 passed" in output, output
+
+
+def test_a_pycache_prefix_set_after_the_last_test_is_put_back_before_pytest_s_end(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # After the last test's teardown (a thread that test left running, here a conftest's
+    # hook), pytest-cov imports coverage's reporters and pytest more of its modules; the
+    # run was stopped at its very end, telling the user to look for a test that changed
+    # what pytest writes, and writing no report.
+    settings, production = uploads
+    sessions = production / "sessions"
+    project = _elsewhere(tmp_path)
+    (project / "conftest.py").write_text(
+        "import os, sys\n\n\ndef pytest_runtest_logfinish(nodeid, location):\n"
+        "    sys.pycache_prefix = os.environ['GO']\n"
+    )
+    code, output = _run_with_bytecode(
+        project, settings, production, "--junitxml=report.xml", GO=str(sessions)
+    )
+    assert code == 1, output
+    assert (
+        f"app: code run after the last test (a thread it left, a hook) set sys.pycache_prefix "
+        f"to {sessions}, which lies in the data root of profile 'production'"
+    ) in output, output
+    assert (project / "report.xml").is_file(), output

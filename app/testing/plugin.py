@@ -381,6 +381,13 @@ class _WritesOfConftests:
         """Not in an xdist worker: its controller writes the report, the cache and the
         combined coverage data, and checks them then; two workers removing one link at
         once failed the second."""
+        # A thread a test left running may have moved it since the last test's teardown;
+        # pytest-cov imports coverage's reporters after this, and pytest its own modules.
+        moved = self._pycache_prefix_moved(
+            "code run after the last test (a thread it left, a hook)"
+        )
+        if moved is not None:
+            _say(session.config, moved, "app: sys.pycache_prefix moved into a data root")
         if self.moved and not self.failed:  # said as it was put back; fail the run once
             self.failed = True
             session.testsfailed += 1
