@@ -349,9 +349,32 @@ def test_an_output_a_conftest_s_pytest_configure_sets_is_checked_before_it_is_op
         f"ERROR: app: refusing to run: {writer} rewrites {record} as the run {when}, which "
         f"lies in the data root of profile 'production' ({production}; no process holds it "
         f"now). {NOT_THE_APP}. It was not so as the run's options were first "
-        "checked: a conftest's or a plugin's own pytest_configure changed it (config.option), "
-        "and pytest would write there all the same; change it there"
+        "checked: a conftest's or a plugin's own pytest_configure changed it (config.option, or "
+        "a variable it names), and pytest would write there all the same; change it there"
     ) in output, output
+
+
+def test_a_variable_a_conftest_s_pytest_configure_sets_in_the_junitxml_path_is_checked(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # junitxml expands `$VAR` in its path as it is configured, after a conftest's own
+    # pytest_configure: `--junitxml='$OUT/session.json'`, with OUT set there to a production
+    # session, was stopped only at the run's end, blaming a test, with no report written.
+    settings, production = uploads
+    [record] = production.glob("sessions/*/session.json")
+    project = _elsewhere(tmp_path)
+    (project / "conftest.py").write_text(
+        "import os\n\n\ndef pytest_configure(config):\n"
+        f"    os.environ['OUT'] = {str(record.parent)!r}\n"
+    )
+    code, output = _run_with_bytecode(
+        project, settings, production, "--junitxml=$OUT/session.json", "test_a.py"
+    )
+    assert code == 4, output
+    assert (
+        f"ERROR: app: refusing to run: pytest's --junitxml rewrites {record} as the run ends"
+    ) in output, output
+    assert "a conftest's or a plugin's own pytest_configure changed it" in output, output
 
 
 # --- layer 3: a linked directory in the tests that leads into a data root ---------------

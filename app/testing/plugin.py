@@ -266,14 +266,16 @@ def _refuse_pytest_writes(
     config.pluginmanager.register(_WritesOfConftests(roots, why))
 
 
-def _as_checked(config: pytest.Config) -> tuple[str, str | None, str]:
-    """What the check of pytest's writes read: the current directory, the bytecode prefix
-    and the options (compared as text: a plugin's values need not compare as equal)."""
+def _as_checked(config: pytest.Config) -> tuple[str, str | None, str, str]:
+    """What the check of pytest's writes read: the current directory, the bytecode prefix,
+    the options (compared as text: a plugin's values need not compare as equal) and the
+    environment (junitxml expands ``$VAR`` in its path as it is configured)."""
     try:
         here = str(Path.cwd())
     except OSError:
         here = ""
-    return here, sys.pycache_prefix, repr(sorted(vars(config.option).items()))
+    options = repr(sorted(vars(config.option).items()))
+    return here, sys.pycache_prefix, options, repr(sorted(os.environ.items()))
 
 
 class _WritesOfConftests:
@@ -290,7 +292,7 @@ class _WritesOfConftests:
         self.moved: list[str] = []
         self.failed = False
         #: What the check in the first pytest_configure read (`_as_checked`).
-        self.checked: tuple[str, str | None, str] | None = None
+        self.checked: tuple[str, str | None, str, str] | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_configure(self, config: pytest.Config) -> None:

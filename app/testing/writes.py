@@ -721,8 +721,8 @@ def _changed(config: pytest.Config, at_configure: bool) -> str:
     if at_configure:
         return (
             ". It was not so as the run's options were first checked: a conftest's or a "
-            "plugin's own pytest_configure changed it (config.option), and pytest would "
-            "write there all the same; change it there"
+            "plugin's own pytest_configure changed it (config.option, or a variable it "
+            "names), and pytest would write there all the same; change it there"
         )
     return ""
 
