@@ -419,3 +419,31 @@ def test_a_pycache_prefix_set_after_the_last_test_is_put_back_before_pytest_s_en
         f"to {sessions}, which lies in the data root of profile 'production'"
     ) in output, output
     assert (project / "report.xml").is_file(), output
+
+
+# --- layer 3: a plugin that adds to pytest's arguments -----------------------------------
+
+
+def test_an_output_a_plugin_adds_to_pytest_s_arguments_is_checked_before_it_is_opened(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # A plugin's pytest_load_initial_conftests may change `args`, which pytest parses again
+    # after the hook (the plugin's check ran before it): `--debug=<record>` added there got
+    # the record rewritten with pytest's trace before the refusal at pytest_configure.
+    settings, production = uploads
+    [record] = production.glob("sessions/*/session.json")
+    project = _elsewhere(tmp_path)
+    (project / "addargs.py").write_text(
+        "def pytest_load_initial_conftests(early_config, parser, args):\n"
+        f"    args.append('--debug=' + {str(record)!r})\n"
+    )
+    code, output = _run_with_bytecode(
+        project, settings, production, "-p", "addargs", "test_a.py", PYTHONPATH=str(project)
+    )
+    assert code == 4, output
+    assert (
+        f"ERROR: app: refusing to run: pytest's --debug rewrites {record} as the run starts, "
+        f"which lies in the data root of profile 'production' ({production}; no process "
+        f"holds it now). {NOT_THE_APP}. A plugin's pytest_load_initial_conftests changed "
+        f"pytest's arguments (added: --debug={record}): change it there"
+    ) in output, output

@@ -9,6 +9,7 @@ in the order and with the refusals the pytest plugin reference page gives.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 import tomllib
@@ -79,23 +80,36 @@ def pytest_load_initial_conftests(
     ``COVERAGE_FILE`` naming a live ``session.json``, that deleted it before the check of
     what the run writes refused the run (red team 30)."""
     __tracebackhide__ = True
+    given = list(args)
     _before_the_conftests(early_config)
     result = yield
-    _after_the_conftests(early_config)
+    _after_the_conftests(early_config, args, given)
     return result
 
 
-def _after_the_conftests(early_config: pytest.Config) -> None:
-    """What pytest writes, checked again where an initial conftest changed the current
-    directory as it was imported: pytest opens ``--debug`` right after, against that
-    directory, before any ``pytest_configure`` (red team 38)."""
+def _after_the_conftests(early_config: pytest.Config, args: list[str], given: list[str]) -> None:
+    """What pytest writes, checked again where the initial conftests or a plugin's
+    ``pytest_load_initial_conftests`` changed it: pytest opens ``--debug`` right after,
+    before any ``pytest_configure`` (red team 38). An initial conftest that changed the
+    current directory as it was imported moved a relative ``--debug`` into a production
+    session; a plugin that added ``--debug=<record>`` to ``args`` (which pytest parses
+    again after this hook) got the record rewritten, and the run refused only after."""
     __tracebackhide__ = True
+    changed = args != given
     with contextlib.suppress(OSError):
-        if Path.cwd() == early_config.invocation_params.dir:
+        if Path.cwd() == early_config.invocation_params.dir and not changed:
             return
+    options, said = early_config.known_args_namespace, ""
+    if changed:  # as pytest parses them next (private: see pyproject.toml)
+        options = early_config._parser.parse_known_args(args, namespace=copy.copy(options))
+        added = [arg for arg in args if arg not in given]
+        said = (
+            ". A plugin's pytest_load_initial_conftests changed pytest's arguments (added: "
+            f"{' '.join(added) or 'none; some removed'}): change it there"
+        )
     for plugin in early_config.pluginmanager.get_plugins():
         if isinstance(plugin, _WritesOfConftests):
-            writes.refuse(early_config, early_config.known_args_namespace, plugin.roots, plugin.why)
+            writes.refuse(early_config, options, plugin.roots, f"{said}{plugin.why}")
 
 
 def _before_the_conftests(early_config: pytest.Config) -> None:
