@@ -254,6 +254,12 @@ def test_an_ini_value_of_text_past_the_filesystem_s_limit_does_not_stop_the_run(
     assert code == 0, output
     assert "1 passed" in output, output
     assert "Traceback" not in output and "OSError" not in output, output
+    # So does a sys.path entry of such a name (PYTHONPATH), read since this red team.
+    code, output = _run_with_bytecode(
+        project, settings, production, "test_a.py", PYTHONPATH=str(tmp_path / ("p" * 300))
+    )
+    assert code == 0, output
+    assert "Traceback" not in output and "OSError" not in output, output
 
 
 # --- layer 3: sys.pycache_prefix set after the start's check ------------------------------

@@ -530,8 +530,11 @@ def _import_path_targets() -> list[Target]:
     start only: tests may put their own directories there."""
     found = []
     for entry in dict.fromkeys(sys.path):
-        if not entry or not Path(entry).is_dir():
-            continue  # '' is the current directory, checked as such; zip files are read
+        try:
+            if not isinstance(entry, str) or not entry or not Path(entry).is_dir():
+                continue  # '' is the current directory, checked as such; zip files are read
+        except (OSError, ValueError):
+            continue  # a name no filesystem can hold: nothing is imported from there
         found += [
             Target(
                 path,
