@@ -39,7 +39,9 @@ def _run_with_bytecode(
     project: Path, settings: Path, production: Path, *args: str, **extra: str
 ) -> tuple[int, str]:
     """pytest in `project`, bytecode on, failing if it changed any file of production's."""
-    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(project.parent), **extra)
+    tmpdir = project.parent / "tmp"  # apart from the settings' roots; one for every run
+    tmpdir.mkdir(exist_ok=True)
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmpdir), **extra)
     for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):
         env.pop(name, None)
     before = snapshot(production)
