@@ -12,6 +12,7 @@ held, and are kept here too.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -455,3 +456,35 @@ def test_an_output_a_plugin_adds_to_pytest_s_arguments_is_checked_before_it_is_o
         f"holds it now). {NOT_THE_APP}. A plugin's pytest_load_initial_conftests changed "
         f"pytest's arguments (added: --debug={record}): change it there"
     ) in output, output
+
+
+# --- what held ------------------------------------------------------------------------------
+
+
+def test_a_testing_root_written_as_dot_dot_after_a_link_into_production_is_refused(
+    tmp_path: Path,
+) -> None:
+    # `[testing] data_root = "lnk/.."`, `lnk` a link to a directory inside production's root:
+    # read lexically it is the settings' data/, but it leads to production's root. Roots are
+    # resolved as the system opens them, so the two are one, and refused.
+    settings = copy_project_settings(tmp_path / "settings")
+    (settings / "data" / "production" / "sub").mkdir(parents=True)
+    (settings / "lnk").symlink_to(settings / "data" / "production" / "sub")
+    text = (settings / "settings.toml").read_text()
+    assert 'data_root = "data/testing"' in text
+    (settings / "settings.toml").write_text(text.replace('"data/testing"', '"lnk/.."'))
+    env = {**os.environ, "APP_SETTINGS_DIR": str(settings), "ENV_FOR_DYNACONF": "testing"}
+    env.pop("APP_DATA_ROOT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    production = settings / "data" / "production"
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert (
+        f"profiles 'testing' and 'production' share the same data root: testing -> "
+        f"{production} (from settings.toml [testing]), production -> {production}"
+    ) in done.stdout + done.stderr, done.stdout + done.stderr
