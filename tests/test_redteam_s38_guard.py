@@ -488,3 +488,34 @@ def test_a_testing_root_written_as_dot_dot_after_a_link_into_production_is_refus
         f"profiles 'testing' and 'production' share the same data root: testing -> "
         f"{production} (from settings.toml [testing]), production -> {production}"
     ) in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_a_pycache_prefix_in_a_data_root_is_refused_with_bytecode_off_too(
+    uploads: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # With PYTHONDONTWRITEBYTECODE set, a prefix in a data root was let through; a
+    # subdirectory's conftest that turned bytecode on (`sys.dont_write_bytecode = False`)
+    # then got the test modules' bytecode written under production's sessions/.
+    settings, production = uploads
+    sessions = production / "sessions"
+    project = tmp_path / "elsewhere"  # its own tests only
+    (project / "sub").mkdir(parents=True)
+    (project / "sub" / "conftest.py").write_text("import sys\n\nsys.dont_write_bytecode = False\n")
+    (project / "sub" / "test_b.py").write_text("def test_b():\n    pass\n")
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings), PYTHONDONTWRITEBYTECODE="1", TMPDIR=_tmpdir(tmp_path)
+    )
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    done = subprocess.run(
+        [sys.executable, "-X", f"pycache_prefix={sessions}", "-m", "pytest",
+         "-p", "no:cacheprovider"],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert not list(sessions.rglob("*.pyc")), output
+    assert done.returncode == 4, output
+    assert (
+        "ERROR: app: refusing to run: Python and pytest's assertion rewriting write the "
+        f"bytecode of every module they import under sys.pycache_prefix, {sessions}, which "
+        "lies in the data root of profile 'production'"
+    ) in output, output

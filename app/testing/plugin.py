@@ -326,8 +326,8 @@ class _WritesOfConftests:
         collected, which imports the test modules, and after each test.
         """
         now = sys.pycache_prefix
-        if now == self.prefix or not now or sys.dont_write_bytecode:
-            return None
+        if now == self.prefix or not now:
+            return None  # (with bytecode off too: code can turn it on again)
         where = writes.pycache_prefix_conflict(now, self.roots)
         if where is None:
             return None  # outside every data root: the code's own business

@@ -445,7 +445,9 @@ def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target
             "file lies)",
         )
     )
-    if sys.pycache_prefix and not sys.dont_write_bytecode:
+    # With bytecode off too: code can turn it on later (`sys.dont_write_bytecode = False`
+    # in a conftest wrote test modules' bytecode under `-X pycache_prefix`; red team 38).
+    if sys.pycache_prefix:
         found.append(
             Target(
                 Path(sys.pycache_prefix).absolute(),
