@@ -8,6 +8,8 @@ in the order and with the refusals the pytest plugin reference page gives.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import sys
 import tomllib
@@ -81,11 +83,39 @@ def pytest_load_initial_conftests(
     ``COVERAGE_FILE`` naming a live ``session.json``, that deleted it before the check of
     what the run writes refused the run (red team 30)."""
     __tracebackhide__ = True
+    given = list(args)
     try:
         _before_the_conftests(early_config)
     finally:
         guard.drop_flocks_ahead()
-    return (yield)
+    result = yield
+    _after_the_conftests(early_config, args, given)
+    return result
+
+
+def _after_the_conftests(early_config: pytest.Config, args: list[str], given: list[str]) -> None:
+    """What pytest writes, checked again where the initial conftests or a plugin's
+    ``pytest_load_initial_conftests`` changed it: pytest opens ``--debug`` right after,
+    before any ``pytest_configure`` (red team 38). An initial conftest that changed the
+    current directory as it was imported moved a relative ``--debug`` into a production
+    session; a plugin that added ``--debug=<record>`` to ``args`` (which pytest parses
+    again after this hook) got the record rewritten, and the run refused only after."""
+    __tracebackhide__ = True
+    changed = args != given
+    with contextlib.suppress(OSError):
+        if Path.cwd() == early_config.invocation_params.dir and not changed:
+            return
+    options, said = early_config.known_args_namespace, ""
+    if changed:  # as pytest parses them next (private: see pyproject.toml)
+        options = early_config._parser.parse_known_args(args, namespace=copy.copy(options))
+        added = [arg for arg in args if arg not in given]
+        said = (
+            ". A plugin's pytest_load_initial_conftests changed pytest's arguments (added: "
+            f"{' '.join(added) or 'none; some removed'}): change it there"
+        )
+    for plugin in early_config.pluginmanager.get_plugins():
+        if isinstance(plugin, _WritesOfConftests):
+            writes.refuse(early_config, options, plugin.roots, f"{said}{plugin.why}")
 
 
 def _before_the_conftests(early_config: pytest.Config) -> None:
@@ -256,6 +286,18 @@ def _refuse_pytest_writes(
     config.pluginmanager.register(_WritesOfConftests(roots, why))
 
 
+def _as_checked(config: pytest.Config) -> tuple[str, str | None, str, str]:
+    """What the check of pytest's writes read: the current directory, the bytecode prefix,
+    the options (compared as text: a plugin's values need not compare as equal) and the
+    environment (junitxml expands ``$VAR`` in its path as it is configured)."""
+    try:
+        here = str(Path.cwd())
+    except OSError:
+        here = ""
+    options = repr(sorted(vars(config.option).items()))
+    return here, sys.pycache_prefix, options, repr(sorted(os.environ.items()))
+
+
 class _WritesOfConftests:
     """The same check once a conftest's options are parsed: before the cache provider's
     and the logging plugin's own pytest_configure, which write (tryfirst, registered after
@@ -263,11 +305,83 @@ class _WritesOfConftests:
 
     def __init__(self, roots: dict[str, Path], why: str) -> None:
         self.roots, self.why = roots, why
+        #: ``sys.pycache_prefix`` as it was checked, put back where code moves it into a
+        #: data root later (`_pycache_prefix_moved`).
+        self.prefix = sys.pycache_prefix
+        #: What was put back during the run, said again as it ends (the run fails).
+        self.moved: list[str] = []
+        self.failed = False
+        #: What the check in the first pytest_configure read (`_as_checked`).
+        self.checked: tuple[str, str | None, str, str] | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         __tracebackhide__ = True
         writes.refuse(config, config.option, self.roots, self.why)
+        self.prefix = sys.pycache_prefix
+        self.checked = _as_checked(config)
+
+    def _pycache_prefix_moved(self, who: str) -> str | None:
+        """Put ``sys.pycache_prefix`` back where code moved it into a data root since it was
+        checked, and say so; None where it did not.
+
+        A conftest of a subdirectory (imported as pytest collects, after every check of the
+        start) that set it to a production root's ``sessions/`` got the bytecode of every
+        test module imported after it written there, ``.pyc`` files under ``root/`` and
+        ``tmp/`` beside the sessions (red team 38). It is read before each collector is
+        collected, which imports the test modules, and after each test.
+        """
+        now = sys.pycache_prefix
+        if now == self.prefix or not now:
+            return None  # (with bytecode off too: code can turn it on again)
+        where = writes.pycache_prefix_conflict(now, self.roots)
+        if where is None:
+            return None  # outside every data root: the code's own business
+        sys.pycache_prefix = self.prefix
+        message = (
+            f"app: {who} set sys.pycache_prefix to {now}, {where}: Python and pytest's "
+            "assertion rewriting write the bytecode of every module imported after it "
+            f"there. It was put back to {self.prefix!r}; what that code imported itself "
+            f"meanwhile may be written there already (`find {now} -name '*.pyc'`, and `app "
+            "data check` lists what is not the app's). Set it outside every data root, or "
+            "leave it alone"
+        )
+        self.moved.append(message)
+        return message
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        moved = self._pycache_prefix_moved(
+            "code run as pytest collected (a conftest, or a test module as it was imported), "
+            f"before {collector.nodeid or 'the session'},"
+        )
+        if moved is not None:
+            _say(collector.config, moved, "app: sys.pycache_prefix moved into a data root")
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        result = yield
+        moved = self._pycache_prefix_moved(f"{item.nodeid} (or its fixtures)")
+        if moved is not None:
+            pytest.fail(moved, pytrace=False)
+        return result
+
+    @pytest.hookimpl(specname="pytest_configure")
+    def pytest_configure_again(self, config: pytest.Config) -> None:
+        """And again where a conftest's own ``pytest_configure`` changed what was checked:
+        one that changed directory made a relative ``--log-file`` empty a production record,
+        and one that set ``config.option.log_file`` to a record emptied it (red team 38).
+        Neither tryfirst nor trylast: pluggy calls the plain implementations newest first,
+        so this runs after the initial conftests' (registered after it) and before
+        junitxml's, which makes its path absolute, and the logging plugin's (trylast),
+        which opens its file."""
+        __tracebackhide__ = True
+        if _as_checked(config) == self.checked:
+            return
+        writes.refuse(config, config.option, self.roots, self.why, at_configure=True)
 
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -296,6 +410,18 @@ class _WritesOfConftests:
         """Not in an xdist worker: its controller writes the report, the cache and the
         combined coverage data, and checks them then; two workers removing one link at
         once failed the second."""
+        # A thread a test left running may have moved it since the last test's teardown;
+        # pytest-cov imports coverage's reporters after this, and pytest its own modules.
+        moved = self._pycache_prefix_moved(
+            "code run after the last test (a thread it left, a hook)"
+        )
+        if moved is not None:
+            _say(session.config, moved, "app: sys.pycache_prefix moved into a data root")
+        if self.moved and not self.failed:  # said as it was put back; fail the run once
+            self.failed = True
+            session.testsfailed += 1
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if hasattr(session.config, "workerinput"):
             return
         message = writes.refuse_at_end(session.config, self.roots, self.why)
@@ -369,13 +495,41 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if os.path.lexists(collection_path / STAMP_FILE):
         return True
     state = config.stash.get(STATE, None)
-    if state is None or state.run is None or not state.run.protected:
-        return None
+    protected = state.run.protected if state is not None and state.run is not None else ()
     found = sandboxing.identity(collection_path)
-    for root in state.run.protected:
+    for root in protected:
         if collection_path == root.path or (found is not None and found in root.identities):
             return True
+    if _linked_into_a_data_root(collection_path, [root.path for root in protected]):
+        return True
     return None
+
+
+def _linked_into_a_data_root(path: Path, protected: list[Path]) -> bool:
+    """Whether `path` leads, through a symbolic link, to somewhere inside a data root.
+
+    pytest's walk follows a linked directory: ``tests/uploads`` linked to a production
+    session's ``records/`` (fixtures kept "beside" the tests) got its ``conftest.py`` and
+    ``test_notes.py`` imported, and ``__pycache__/`` written there (red team 38). The walk
+    stops at a root itself (above); a link may lead below one, where no stamp is in sight.
+    """
+    from app.dataroot import STAMP_FILE
+    from app.lock import LOCK_FILE
+
+    try:
+        if not path.is_dir():
+            return False  # a linked file's bytecode goes beside the link, not where it leads
+        real = path.resolve()
+    except (OSError, RuntimeError):
+        return False
+    if real == path.absolute():
+        return False  # no link on the way: the walk met any root above it already
+    if any(real.is_relative_to(root) for root in protected):
+        return True
+    return any(
+        os.path.lexists(directory / STAMP_FILE) or os.path.lexists(directory / LOCK_FILE)
+        for directory in [real, *real.parents]
+    )
 
 
 #: The per-test guard's fixture, as `_refuse_replaced_guard` finds it.

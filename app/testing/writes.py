@@ -21,6 +21,8 @@ be written. Only what pytest is known to read alone is left out (``--ignore``, p
 from __future__ import annotations
 
 import contextlib
+import glob
+import importlib.util
 import os
 import stat
 import sys
@@ -103,10 +105,16 @@ class Target(NamedTuple):
 def _spellings(value: str, base: Path) -> list[Path]:
     """The path as pytest opens it (relative to `base`, `~` and `$VAR` as it reads them)."""
     found = []
+    if "\0" in value:
+        return []  # no path the system can open: pytest fails on it itself
     expanded = os.path.expanduser(os.path.expandvars(value))  # noqa: PTH111 - as pytest reads it
     for text in dict.fromkeys((value, expanded)):
-        path = Path(os.path.normpath(os.path.join(base, text)))  # noqa: PTH118 - lexical, as pytest
-        found += [path, path.resolve()]
+        joined = os.path.join(base, text)  # noqa: PTH118 - as given
+        path = Path(os.path.normpath(joined))  # lexical, as junitxml and logging read it
+        # And as the system opens it, `..` after a link included: `--debug=link/../session.json`
+        # (`open` as given), with `link` in a production session, rewrote the session's
+        # record, which the lexical spelling put beside the link (red team 38).
+        found += [path, path.resolve(), Path(joined).resolve()]
     return list(dict.fromkeys(found))
 
 
@@ -117,7 +125,10 @@ def _strings(value: Any) -> Iterator[str]:
     and a path may be written as a ``file:`` URL."""
     if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
-        if isinstance(text, str) and text and "\n" not in text:
+        # A newline is a character of a name like any other: a value holding one was never
+        # checked, and `--debug=$'x\ny/session.json'`, through a link so named, rewrote a
+        # production record (red team 38).
+        if isinstance(text, str) and text:
             yield text
             if text.startswith("file:"):
                 # A path written as a URL, as pytest-benchmark's --benchmark-storage is
@@ -368,15 +379,32 @@ def _wrapper_targets(cwd: Path) -> list[Target]:
     return found
 
 
-def targets(config: pytest.Config, options: Any) -> list[Target]:
+def targets(config: pytest.Config, options: Any, *, now: bool = False) -> list[Target]:
     """Every path this run's pytest and its plugins are told to write in or delete.
 
     Args:
         config: the run's config (its ini values, rootdir and invocation directory).
         options: the parsed options: ``known_args_namespace`` before the conftests load,
             ``config.option`` after (with the options they add).
+        now: also read relative paths against the current directory, where it is not the
+            invocation directory. pytest opens ``--debug`` and ``--log-file`` (and makes
+            junitxml's path absolute) after the conftests are imported, against the
+            directory the process is in then: a conftest that changes directory as it is
+            imported (``os.chdir(Path(__file__).parent)``, a common habit) into a production
+            session made ``--debug=session.json`` rewrite that session's record (red team
+            38). Not as the run ends, where a test may have left the process in its own
+            sandbox's root, and what pytest writes then is absolute already.
     """
-    cwd = config.invocation_params.dir
+    found: list[Target] = []
+    here = config.invocation_params.dir
+    with contextlib.suppress(OSError):  # a current directory removed: nothing opens there
+        if now and (current := Path.cwd()) != here:
+            found += _targets_from(config, options, current)
+    return _targets_from(config, options, here) + found
+
+
+def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target]:
+    """`targets`, with relative paths read against `cwd`."""
     found: list[Target] = []
 
     def add(value: Any, does: str, base: Path = cwd, *, deletes: bool = False) -> None:
@@ -417,7 +445,9 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
             "file lies)",
         )
     )
-    if sys.pycache_prefix and not sys.dont_write_bytecode:
+    # With bytecode off too: code can turn it on later (`sys.dont_write_bytecode = False`
+    # in a conftest wrote test modules' bytecode under `-X pycache_prefix`; red team 38).
+    if sys.pycache_prefix:
         found.append(
             Target(
                 Path(sys.pycache_prefix).absolute(),
@@ -428,9 +458,9 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
                 "already)",
             )
         )
-    for arg in getattr(options, "file_or_dir", None) or []:
-        add(str(arg).split("::", 1)[0], f"Python writes the __pycache__/ of the test path {arg} "
-            "in {path}")  # fmt: skip
+    for arg, path in _test_paths(config, options):
+        add(path, f"pytest imports the conftest.py and test modules of the test path {arg}, and "
+            "Python writes their __pycache__/ in {path}")  # fmt: skip
     names = _option_names(config)
     for dest, value in sorted(vars(options).items()):
         if dest not in _READ_ONLY_OPTIONS and not isinstance(value, bool):
@@ -448,6 +478,87 @@ def targets(config: pytest.Config, options: Any) -> list[Target]:
             for base in dict.fromkeys((cwd, inifile)):
                 add(value, f"the ini value {name} names {{path}}, where a plugin may write", base)
     return found
+
+
+def _test_paths(config: pytest.Config, options: Any) -> Iterator[tuple[str, str]]:
+    """Each test path as pytest will take it, with where it lies: ``(what was given, path)``.
+
+    pytest imports each one's ``conftest.py`` (and those of its parents) before any
+    collection, then its test modules, and Python writes their bytecode beside them. The
+    paths are not only the arguments: without any, pytest globs each ``testpaths`` entry
+    (``data/prod*/sessions/*/records`` names no data root as written, and imported a
+    production record uploaded as ``conftest.py``, writing ``__pycache__/`` into its session:
+    red team 38), and ``--pyargs`` finds a module on ``sys.path``. Decided here as pytest
+    decides them.
+    """
+    args = [str(a) for a in getattr(options, "file_or_dir", None) or []]
+    pyargs = bool(getattr(options, "pyargs", False))
+    globbed = False
+    if not args and config.invocation_params.dir == config.rootpath:
+        # As `Config._decide_args` (pytest 8.0 to 9): testpaths, only run from the rootdir,
+        # each entry globbed (relative to the current directory) unless --pyargs.
+        with contextlib.suppress(ValueError):  # no testpaths ini value: the arguments only
+            testpaths = [str(t) for t in config.getini("testpaths")]
+            if pyargs:
+                args = testpaths
+            else:
+                # Path.glob takes no absolute pattern: glob's, as pytest's own.
+                args = [f for t in testpaths for f in sorted(glob.iglob(t, recursive=True))]  # noqa: PTH207
+                globbed = True
+    for given in args:
+        name = str(given).split("::", 1)[0].split("[", 1)[0]
+        arg = (
+            f"{given} (from testpaths = {config.getini('testpaths')} in {config.inipath})"
+            if globbed
+            else given
+        )
+        yield arg, name
+        if pyargs and name and "/" not in name:
+            # Where the top-level package lies, found without importing anything (the
+            # dotted name's own lookup imports its parents); the module lies inside it.
+            with contextlib.suppress(ImportError, ValueError, AttributeError):
+                spec = importlib.util.find_spec(name.split(".", 1)[0])
+                if spec is not None and spec.origin not in (None, "built-in", "frozen"):
+                    yield arg, str(Path(spec.origin).parent)
+                for location in (spec.submodule_search_locations or []) if spec else []:
+                    yield arg, str(location)
+
+
+def _import_path_targets() -> list[Target]:
+    """Each ``sys.path`` entry: Python writes the bytecode of what it imports from one
+    beside the source. ``PYTHONPATH`` naming a production session's ``records/``, with
+    ``--pyargs test_notes`` or ``-p test_notes``, got a record uploaded as ``test_notes.py``
+    imported and ``__pycache__/`` written into the session (red team 38). Checked at the
+    start only: tests may put their own directories there."""
+    found = []
+    for entry in dict.fromkeys(sys.path):
+        try:
+            if not isinstance(entry, str) or not entry or not Path(entry).is_dir():
+                continue  # '' is the current directory, checked as such; zip files are read
+        except (OSError, ValueError):
+            continue  # a name no filesystem can hold: nothing is imported from there
+        found += [
+            Target(
+                path,
+                "Python imports modules from the sys.path entry {path} (PYTHONPATH, a .pth "
+                "file or pytest's own) and writes their __pycache__/ there",
+                fix="Take that directory out of PYTHONPATH (or the .pth file that adds it); "
+                "what Python imported from there before the plugin ran (a -p plugin) is "
+                "written there already",
+            )
+            for path in _spellings(entry, Path.cwd())
+        ]
+    return found
+
+
+def pycache_prefix_conflict(prefix: str, roots: dict[str, Path]) -> str | None:
+    """Where a ``sys.pycache_prefix`` set during the run leads into a data root, said for a
+    message; None where it does not."""
+    seen: _Seen = {}
+    for path in _spellings(prefix, Path.cwd()):
+        if (where := _conflict(Target(path, ""), roots, seen)) is not None:
+            return where
+    return None
 
 
 def _links_and_files(directory: Path) -> Iterator[Path]:
@@ -523,10 +634,14 @@ def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
     while True:
         if directory not in seen:
             found, here = None, Path(directory)
-            if (here / LOCK_FILE).is_file() and (held := probe(here)).held:
-                found = (here, f"held by {describe_holder(held.holder)}")
-            elif (here / STAMP_FILE).is_file():
-                found = (here, f"it has a profile stamp, {STAMP_FILE}")
+            # A name past the filesystem's limit (an ini value of text, a long log format,
+            # read as a path) is no directory: it ended the run in a bare OSError traceback
+            # (red team 38). Nothing can be written there either.
+            with contextlib.suppress(OSError):
+                if (here / LOCK_FILE).is_file() and (held := probe(here)).held:
+                    found = (here, f"held by {describe_holder(held.holder)}")
+                elif (here / STAMP_FILE).is_file():
+                    found = (here, f"it has a profile stamp, {STAMP_FILE}")
             seen[directory] = found
         if seen[directory] is not None:
             return seen[directory]
@@ -578,7 +693,14 @@ def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None
     return None
 
 
-def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str = "") -> None:
+def refuse(
+    config: pytest.Config,
+    options: Any,
+    roots: dict[str, Path],
+    why: str = "",
+    *,
+    at_configure: bool = False,
+) -> None:
     """Refuse the run if pytest or a plugin is told to write or delete in a data root.
 
     Args:
@@ -587,6 +709,8 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         roots: the roots the run protects, by name (the settings' profiles, live holders, an
             enclosing run's).
         why: what to add to the refusal (why the plugin is inactive, in such a run).
+        at_configure: also check what the writers configured so far hold (junitxml's
+            path, made absolute where the process was then).
 
     Raises:
         pytest.UsageError: naming the path, what tells pytest to write it, the data root with
@@ -594,7 +718,8 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
     """
     __tracebackhide__ = True
     seen: _Seen = {}
-    found = list(dict.fromkeys(targets(config, options)))
+    found = [*targets(config, options, now=True), *_import_path_targets()]
+    found = list(dict.fromkeys([*found, *(_end_targets(config) if at_configure else [])]))
     for target in found:
         finding = _finding(target, roots, seen)
         if finding is None:
@@ -604,8 +729,36 @@ def refuse(config: pytest.Config, options: Any, roots: dict[str, Path], why: str
         _prevent(found, roots, seen)
         raise pytest.UsageError(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
-            f"sandbox cannot stop it, whoever's run it is. {fix}{why}"
+            f"sandbox cannot stop it, whoever's run it is. {fix}{_changed(config, at_configure)}"
+            f"{why}"
         )
+
+
+def _changed(config: pytest.Config, at_configure: bool) -> str:
+    """Said where what was refused changed after the options were first checked."""
+    if moved := _moved(config):
+        return moved
+    if at_configure:
+        return (
+            ". It was not so as the run's options were first checked: a conftest's or a "
+            "plugin's own pytest_configure changed it (config.option, or a variable it "
+            "names), and pytest would write there all the same; change it there"
+        )
+    return ""
+
+
+def _moved(config: pytest.Config) -> str:
+    """Said where the process is no longer in its invocation directory: a relative path is
+    opened against where a conftest (or a plugin) moved it."""
+    with contextlib.suppress(OSError):
+        if (current := Path.cwd()) != config.invocation_params.dir:
+            return (
+                f". The process is in {current} now, not in {config.invocation_params.dir} "
+                "where pytest was started: a conftest or a plugin changed directory (as it "
+                "was imported, or in a hook), and pytest opens relative paths there; give the "
+                "path absolute, or leave the directory as it was"
+            )
+    return ""
 
 
 def _prevent(found: list[Target], roots: dict[str, Path], seen: _Seen) -> None:
