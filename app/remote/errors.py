@@ -155,6 +155,37 @@ class TablesOffSearchPathError(ConfigError):
         )
 
 
+class TablesShadowedError(ConfigError):
+    """The app's tables are in two schemas on the connection's ``search_path``: a copy of
+    them (a backup restored beside them, a schema named after the role) shadows the app's."""
+
+    code = "tables_shadowed"
+
+    where: str
+    schemas: Sequence[str]
+    search_path: str
+
+    def __post_init__(self) -> None:
+        self.schemas = tuple(self.schemas)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        first, *others = self.schemas
+        shown = ", ".join(others)
+        return (
+            f"database {self.where} has the app's tables (a stamp, app_stamp) in schema "
+            f"{first} and again in schema {shown}, all on this connection's search_path "
+            f"({self.search_path!r}; '\"$user\"' is the role's own schema): a copy of them "
+            "(a backup restored beside them, a schema named after the app's role) would be "
+            f"read and written in place of the app's, whichever comes first ({first}), and a "
+            "repair would delete the objects only the other one names. Refusing to use it; "
+            "nothing was changed. Move the copy off the path (`ALTER SCHEMA <copy> RENAME "
+            "TO <copy>_backup`) or drop it, or name the app's schema alone with "
+            "`options=-c search_path=<schema>` in database_url"
+        )
+
+
 class PrefixStampMissingError(ConfigError):
     """An object prefix that holds the app's objects and has lost its stamp object."""
 

@@ -1,0 +1,111 @@
+"""Red team 38 on operations: the remote backend and the running service, as an operator
+meets them on a real host.
+
+All real: the suite's PostgreSQL cluster and ``weed`` (tests/engines.py), ``app`` commands
+and ``app serve`` replicas in processes of their own (tests/replicas.py). Those that broke: a
+copy of the app's tables in a schema earlier on the ``search_path`` (a schema named after
+the role is, by default) was read in place of the app's, and ``app data check --repair``
+deleted the acknowledged files' objects; a replica's hold (its row) went to a table of the
+app's name in such a schema, so the replica was never named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine
+from replicas import Production, production_on
+
+_TABLES = ("app_stamp", "app_binding", "app_holders", "app_audit", "app_sessions", "app_files")
+
+
+@pytest.fixture
+def production(
+    tmp_path: Path, postgres_engine: PostgresEngine, blob_url: str, s3_engine: S3Engine
+) -> Iterator[Production]:
+    with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as prod:
+        yield prod
+
+
+def _copy_tables(database_url: str, schema: str, tables: tuple[str, ...], rows: bool) -> None:
+    """The app's tables copied into ``schema``, as a backup restored beside them for a look
+    is (with the rows of the stamp and the binding when ``rows``)."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        for table in tables:
+            admin.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")
+            if rows and table in ("app_stamp", "app_binding"):
+                admin.execute(f"INSERT INTO {schema}.{table} SELECT * FROM public.{table}")
+
+
+def _one_file(production: Production) -> str:
+    replica = production.start()
+    with production.client(replica) as client:
+        sid: str = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    assert replica.stop() == 0, replica.output
+    return sid
+
+
+def test_a_copy_of_the_apps_tables_in_the_roles_own_schema_is_refused_not_repaired_from(
+    production: Production,
+) -> None:
+    # A backup's tables restored beside the app's, into a schema named after the app's role
+    # (`CREATE SCHEMA app`): the default search_path, '"$user", public', puts it first, with
+    # no setting changed. Every command read the copy: `sessions show` said there was no
+    # such session, `data check` listed the acknowledged file's object as one no row names,
+    # and `data check --repair` deleted it.
+    sid = _one_file(production)
+    _copy_tables(production.database_url, "app", _TABLES, rows=True)
+    for args in (("sessions", "show", sid), ("data", "check", "--repair"), ("serve",)):
+        done = production.run(*args)
+        assert done.returncode == 78, done.stdout + done.stderr
+        message = " ".join(done.stderr.split())
+        assert "has the app's tables (a stamp, app_stamp) in schema app and again in schema " \
+            "public, all on this connection's search_path ('\"$user\", public'" in message
+        assert "Refusing to use it; nothing was changed" in message
+        assert "`ALTER SCHEMA <copy> RENAME TO <copy>_backup`" in message
+        assert "options=-c search_path=<schema>" in message
+    status = production.run("status")
+    assert status.returncode == 0 and "served by: unknown" in status.stdout, status.stdout
+    # The remedy it names: the copy off the path, and the file is there as it was.
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        admin.execute("ALTER SCHEMA app RENAME TO app_backup")
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    shown = production.run("sessions", "show", sid)
+    assert shown.returncode == 0 and "a.txt  4 bytes" in shown.stdout, shown.stdout
+
+
+def test_a_replicas_hold_is_in_the_apps_table_not_one_of_its_name_earlier_on_the_path(
+    production: Production,
+) -> None:
+    # Tables of the app's names but no stamp, in the role's own schema. The pool's
+    # connections kept to the stamp's schema, but a replica's holding connection, its own,
+    # wrote the replica's row into the other one: the replica never published its URL (the
+    # pool's UPDATE found no row), `app status` named nobody, and a maintenance command's
+    # check of who holds the database read the other table.
+    _one_file(production)
+    _copy_tables(production.database_url, "app", ("app_audit", "app_holders"), rows=False)
+    # The test's own look at the holders reads the app's table.
+    production.close()
+    production._conn = psycopg.connect(
+        production.database_url + "?options=-csearch_path%3Dpublic", autocommit=True
+    )
+    replica = production.start()
+    status = production.run("status")
+    assert f"pid {replica.pid}" in status.stdout, status.stdout + replica.output
+    refused = production.run("data", "purge", "--yes-i-mean-it")
+    assert refused.returncode == 75, refused.stdout + refused.stderr
+    assert f"pid {replica.pid}" in refused.stderr, refused.stderr
+    assert replica.stop() == 0, replica.output
+    done = production.run("data", "purge", "--yes-i-mean-it")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        operations = [row[0] for row in admin.execute("SELECT operation FROM public.app_audit")]
+        assert "purge" in operations, operations
+        assert admin.execute("SELECT count(*) FROM app.app_audit").fetchone() == (0,)
+        assert admin.execute("SELECT count(*) FROM app.app_holders").fetchone() == (0,)
