@@ -11,6 +11,7 @@ app's name in such a schema, so the replica was never named.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
 from replicas import Production, production_on
+from test_server_e2e import Server, app_env, run_app, snapshot
+
+from app import __version__
 
 _TABLES = ("app_stamp", "app_binding", "app_holders", "app_audit", "app_sessions", "app_files")
 
@@ -109,3 +113,71 @@ def test_a_replicas_hold_is_in_the_apps_table_not_one_of_its_name_earlier_on_the
         assert "purge" in operations, operations
         assert admin.execute("SELECT count(*) FROM app.app_audit").fetchone() == (0,)
         assert admin.execute("SELECT count(*) FROM app.app_holders").fetchone() == (0,)
+
+
+def _lay_out(servers: list[Server], tmp_path: Path, env: dict[str, str]) -> None:
+    """A root laid out and stamped by a real server's start, as a first deploy does."""
+    server = Server(env, tmp_path / f"server-{len(servers)}.log")
+    servers.append(server)
+    assert server.wait_ready().stop() == 0, server.output
+
+
+@pytest.mark.parametrize(
+    ("later", "shown"),
+    [
+        ({"app_version": "9.0.0", "layout_version": 2, "blob_index": "v2"}, "layout 2"),
+        ({"app_version": "9.0.0", "blob_index": "v2"}, "layout not recorded"),
+    ],
+    ids=["layout-2", "later-version-no-layout"],
+)
+def test_a_data_root_laid_out_by_a_later_release_is_refused_naming_both_versions(
+    servers: list[Server], tmp_path: Path, later: dict[str, object], shown: str
+) -> None:
+    # A root a later release stamped (an upgrade, then a rollback of the package): opened,
+    # served, checked and re-stamped without a word, as if this release could read it.
+    root = tmp_path / "data"
+    env = app_env(root)
+    _lay_out(servers, tmp_path, env)
+    stamp_file = root / ".app-profile.json"
+    stamp = json.loads(stamp_file.read_text())
+    assert (stamp["app_version"], stamp["layout_version"]) == (__version__, 1)
+    del stamp["layout_version"]
+    stamp_file.write_text(json.dumps({**stamp, **later}))
+    before = snapshot(root)
+    for args in (
+        ("sessions", "list"),
+        ("data", "check", "--repair"),
+        ("data", "restamp", "--profile", "testing", "--from", "testing"),
+        ("serve", "--port", "0"),
+    ):
+        done = run_app(*args, env=env)
+        assert done.returncode == 78, (args, done.stdout + done.stderr)
+        message = " ".join(done.stderr.split())
+        assert f"data root {root} was laid out by app 9.0.0 ({shown}, in {stamp_file}), " \
+            f"and this is app {__version__}, which reads layout 1 and earlier only" in message
+        assert "Refusing to open it; nothing was changed. Run app 9.0.0 or later on it" in message
+        assert "restore the backup taken before the upgrade into a new data root" in message
+    assert snapshot(root) == before
+    status = run_app("status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert f"stamp: unreadable: data root {root} was laid out by app 9.0.0" in status.stdout
+
+
+def test_a_stamp_of_this_release_or_written_by_hand_is_opened_as_before(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    # No layout_version: a root made before layouts were numbered (this release's first
+    # stamps), or a stamp written by hand as the docs say: layout 1, read as ever.
+    root = tmp_path / "data"
+    env = app_env(root)
+    _lay_out(servers, tmp_path, env)
+    stamp_file = root / ".app-profile.json"
+    stamp = json.loads(stamp_file.read_text())
+    for written in (
+        {k: v for k, v in stamp.items() if k != "layout_version"},
+        {"profile": "testing"},
+        {**stamp, "app_version": "0.0.9", "note": "a field this release does not know"},
+    ):
+        stamp_file.write_text(json.dumps(written))
+        done = run_app("data", "check", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
