@@ -12,13 +12,20 @@ app's name in such a schema, so the replica was never named.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from replicas import Production, production_on
+from replicas import Production, Replica, production_on, wait_for
+from test_remote_replicas import _workers_rows
 from test_server_e2e import Server, app_env, run_app, snapshot
 
 from app import __version__
@@ -181,3 +188,101 @@ def test_a_stamp_of_this_release_or_written_by_hand_is_opened_as_before(
         stamp_file.write_text(json.dumps(written))
         done = run_app("data", "check", env=env)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- serve --workers and signals ---------------------------------------------------------
+
+
+def _workers(production: Production) -> tuple[Replica, list[int], str]:
+    server = production.start("--workers", "2", ready=False)
+    rows = _workers_rows(production, server, 2)
+    return server, sorted(int(row["pid"]) for row in rows), str(rows[0]["url"])
+
+
+def _upload_in_flight(
+    production: Production, url: str
+) -> tuple[str, threading.Thread, dict[str, Any], threading.Event]:
+    """A PUT whose body is half sent: the signal comes while a worker holds it."""
+    client = httpx.Client(base_url=url, headers=production.headers, timeout=60)
+    sid: str = client.post("/sessions", json={}).json()["id"]
+    answer: dict[str, Any] = {}
+    half = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"a" * 1000
+        half.set()
+        time.sleep(1)  # the signal is sent meanwhile: a wait on nothing, not an assertion
+        yield b"b" * 1000
+
+    def send() -> None:
+        try:
+            answer["status"] = client.put(f"/sessions/{sid}/files/up.txt", content=body())
+        except httpx.HTTPError as error:
+            answer["error"] = error
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    half.wait()
+    return sid, thread, answer, half
+
+
+def _nothing_acknowledged_lost(production: Production, sid: str, answer: dict[str, Any]) -> None:
+    shown = production.run("sessions", "show", sid)
+    assert shown.returncode == 0, shown.stderr
+    if "status" in answer and answer["status"].status_code == 201:
+        assert "up.txt  2000 bytes" in shown.stdout, shown.stdout
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("to", ["serve", "one worker", "every process"])
+def test_a_reload_signal_to_serve_with_workers_restarts_the_service_whoever_gets_it(
+    production: Production, to: str
+) -> None:
+    # `kill -HUP` (or logrotate's `pkill -USR1 -f 'app serve'`, which reaches the workers
+    # too) sent to one worker: it stopped gracefully, but exited 0, so serve logged "worker
+    # stopped (exit 0)" as an error and exited 0, and systemd's Restart=on-failure left the
+    # service stopped. To serve itself, or to every process (`systemctl kill -s HUP`), it
+    # held: 129.
+    server, workers, url = _workers(production)
+    sid, thread, answer, _ = _upload_in_flight(production, url)
+    targets = {"serve": [server.pid], "one worker": workers[:1]}.get(to, [server.pid, *workers])
+    for pid in targets:
+        os.kill(pid, signal.SIGHUP)
+    thread.join()
+    assert server.process.wait() == 129, server.output
+    assert all(_gone(pid) for pid in workers)
+    assert production.holders() == []
+    assert "exits 129 for its service manager to start it again" in server.output
+    assert "stopped (exit 0)" not in server.output, server.output
+    assert answer["status"].status_code == 201, answer
+    _nothing_acknowledged_lost(production, sid, answer)
+
+
+def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
+    production: Production,
+) -> None:
+    # `kill -9` of serve (the OOM killer, a process manager that signals only its child):
+    # its workers served on, orphans holding the database and the port for ever, so that a
+    # restart could not bind it and maintenance was refused naming them.
+    server, workers, url = _workers(production)
+    sid, thread, answer, _ = _upload_in_flight(production, url)
+    server.process.kill()
+    thread.join()
+    wait_for(lambda: all(_gone(pid) for pid in workers), "the workers to stop")
+    assert production.holders() == []
+    assert "stopped; releasing the hold" in server.output, server.output
+    _nothing_acknowledged_lost(production, sid, answer)
+    again = production.start("--workers", "2", ready=False)
+    assert len(_workers_rows(production, again, 2)) == 2
+    assert again.stop() == 0, again.output
