@@ -286,3 +286,48 @@ def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
     again = production.start("--workers", "2", ready=False)
     assert len(_workers_rows(production, again, 2)) == 2
     assert again.stop() == 0, again.output
+
+
+# --- the secrets file's mode, through the real commands -----------------------------------
+
+
+def test_a_protected_profiles_secrets_in_a_file_others_may_read_are_warned_of_by_each_command(
+    tmp_path: Path,
+) -> None:
+    # Red team 37 tested the warning by calling its function. Through the commands: the
+    # token and the S3 keys held; production's database password in the same file was said
+    # nothing of.
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "settings.toml").write_text(
+        '[default]\nhost = "127.0.0.1"\n\n[development]\ndata_root = "data/development"\n\n'
+        '[testing]\ndata_root = "data/testing"\n\n[production]\nprotected = true\n'
+        'blob_url = "s3://prod/data"\ns3_endpoint_url = "http://127.0.0.1:9"\n'
+    )
+    secrets = settings / ".secrets.toml"
+    secrets.write_text(
+        '[production]\ndatabase_url = "postgresql://app:S3cretPassw0rd@127.0.0.1:9/prod"\n'
+        'api_token = "Zq3vX9kLm2Pw7RtY5sB8nC4dF6gH1jK0"\n'
+        's3_access_key_id = "AKIAIOSFODNN7EXAMPLE"\n'
+        's3_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"\n'
+    )
+    secrets.chmod(0o644)
+    env = app_env(tmp_path / "data", APP_SETTINGS_DIR=str(settings))
+    del env["APP_DATA_ROOT"]
+    for args in (("config", "--all"), ("doctor",)):
+        done = run_app(*args, env=env)
+        output = " ".join(done.stderr.split())
+        for key, variable in (
+            ("database_url (its password)", "APP_DATABASE_URL"),
+            ("api_token", "APP_API_TOKEN"),
+            ("s3_secret_access_key", "APP_S3_SECRET_ACCESS_KEY"),
+        ):
+            assert (
+                f"warning: {secrets} holds profile production's {key} and other users of this "
+                f"host may read it (mode 0644): `chmod 600 {secrets}` (owned by the user the app "
+                f"runs as), or set {variable} in the service's environment instead"
+            ) in output, (args, output)
+        assert "S3cretPassw0rd" not in done.stdout + done.stderr
+    secrets.chmod(0o600)
+    for args in (("config", "--all"), ("doctor",)):
+        assert "may read it" not in run_app(*args, env=env).stderr
