@@ -75,8 +75,10 @@ def test_a_copy_of_the_apps_tables_in_the_roles_own_schema_is_refused_not_repair
         done = production.run(*args)
         assert done.returncode == 78, done.stdout + done.stderr
         message = " ".join(done.stderr.split())
-        assert "has the app's tables (a stamp, app_stamp) in schema app and again in schema " \
-            "public, all on this connection's search_path ('\"$user\", public'" in message
+        assert (
+            "has the app's tables (a stamp, app_stamp) in schema app and again in schema "
+            "public, all on this connection's search_path ('\"$user\", public'"
+        ) in message
         assert "Refusing to use it; nothing was changed" in message
         assert "`ALTER SCHEMA <copy> RENAME TO <copy>_backup`" in message
         assert "options=-c search_path=<schema>" in message
@@ -160,8 +162,10 @@ def test_a_data_root_laid_out_by_a_later_release_is_refused_naming_both_versions
         done = run_app(*args, env=env)
         assert done.returncode == 78, (args, done.stdout + done.stderr)
         message = " ".join(done.stderr.split())
-        assert f"data root {root} was laid out by app 9.0.0 ({shown}, in {stamp_file}), " \
-            f"and this is app {__version__}, which reads layout 1 and earlier only" in message
+        assert (
+            f"data root {root} was laid out by app 9.0.0 ({shown}, in {stamp_file}), "
+            f"and this is app {__version__}, which reads layout 1 and earlier only"
+        ) in message
         assert "Refusing to open it; nothing was changed. Run app 9.0.0 or later on it" in message
         assert "restore the backup taken before the upgrade into a new data root" in message
     assert snapshot(root) == before
@@ -331,3 +335,53 @@ def test_a_protected_profiles_secrets_in_a_file_others_may_read_are_warned_of_by
     secrets.chmod(0o600)
     for args in (("config", "--all"), ("doctor",)):
         assert "may read it" not in run_app(*args, env=env).stderr
+
+
+# --- the database under a live replica -----------------------------------------------------
+
+
+def test_a_database_renamed_under_a_replica_is_refused_saying_it_does_not_exist(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    # `ALTER DATABASE ... RENAME` once its backends were ended (PostgreSQL renames no
+    # database in use). A request that came meanwhile waited the pool's whole timeout (30 s)
+    # and was refused as a database that "did not answer ... it may be stopped or frozen (a
+    # process stopped with SIGSTOP, a host paused)", while each connect was told at once
+    # that the database does not exist.
+    replica = production.start()
+    dbname = production.database_url.rpartition("/")[2]
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+        production.close()
+        with psycopg.connect(postgres_engine.url(), autocommit=True) as admin:
+            while True:  # until no backend of it is left to refuse the rename
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (dbname,),
+                )
+                try:
+                    admin.execute(f'ALTER DATABASE "{dbname}" RENAME TO "{dbname}_old"')
+                    break
+                except psycopg.errors.ObjectInUse:
+                    continue
+        try:
+            answer = client.get(f"/sessions/{sid}/files/a.txt")
+        except httpx.TransportError:
+            answer = None  # the replica saw its hold go first and stopped: said below
+        if answer is not None:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "database_unavailable", answer.text
+            assert f'database "{dbname}" does not exist' in answer.json()["message"]
+            assert "did not answer" not in answer.json()["message"]
+    assert replica.process.wait() == 70, replica.output
+    assert "lost the connection that holds database" in replica.output
+    refused = production.run("data", "check")
+    assert refused.returncode == 69, refused.stderr
+    assert f'database "{dbname}" does not exist' in refused.stderr
+    with psycopg.connect(postgres_engine.url(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}_old" RENAME TO "{dbname}"')
+    again = production.start()
+    with production.client(again) as client:
+        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+    assert again.stop() == 0

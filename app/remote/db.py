@@ -94,6 +94,9 @@ def trash_entry(
     return TrashEntry(name, Path(name), kind, session_id, file, deleted_at, reason, title)
 
 
+_FAILING_WAIT_SECONDS: Final = 1.0
+"""How long a request waits for a pooled connection while the last connect failed."""
+
 _BEGIN: Final = "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid"
 # A replica's write holds the database's lock shared to its commit: maintenance, which asks
 # for it exclusively, cannot begin between `_still_held` and the commit, when this replica's
@@ -173,6 +176,7 @@ class Database:
                 pg.pin_schema(conn, self._schema)
 
         self._schema: str | None = None
+        self._connection_class = pg.bounded_connection(wait_seconds)
 
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
@@ -181,7 +185,7 @@ class Database:
             kwargs={"autocommit": True, "row_factory": dict_row},
             # A hung server (SIGSTOP, a frozen host) kept requests waiting for ever: the
             # kernel acknowledges, so no TCP timeout fires (red team 28).
-            connection_class=pg.bounded_connection(wait_seconds),
+            connection_class=self._connection_class,
             configure=configure,
             check=ConnectionPool.check_connection,
             name=f"app-{kind}",
@@ -216,8 +220,13 @@ class Database:
         """A connection from the pool, in autocommit mode."""
         from psycopg_pool import PoolTimeout
 
+        # While the pool's last connect failed, a request waits a second for one, not the
+        # pool's whole timeout: the server said why already (it is down, the database is
+        # gone), and the pool keeps trying meanwhile.
+        failed = getattr(self._connection_class, "last_failure", None)
+        wait = None if failed is None else min(_FAILING_WAIT_SECONDS, self._pool.timeout)
         try:
-            with pg.refusals(self.where), self._pool.connection() as conn:
+            with pg.refusals(self.where), self._pool.connection(timeout=wait) as conn:
                 with self._lending:
                     self._lent += 1
                 try:
@@ -226,6 +235,9 @@ class Database:
                     with self._lending:
                         self._lent -= 1
         except PoolTimeout as error:
+            failed = getattr(self._connection_class, "last_failure", None)
+            if failed is not None and self._lent < self.pool_size:
+                raise DatabaseUnavailableError(self.where, failed) from None
             if self._lent < self.pool_size:
                 # Not every connection is lent, and none came: the pool could not open one,
                 # or check one it had (its check timed out), in time. The server does not

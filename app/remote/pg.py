@@ -346,6 +346,22 @@ def bounded_connection(wait_seconds: float) -> type[psycopg.Connection[Any]]:
     from psycopg.errors import _WaitTimeout
 
     class BoundedConnection(psycopg.Connection[Any]):
+        #: Why its last connect failed, until one succeeds: what a pool that could not
+        #: open a connection was refused with (red team 38: a database renamed or dropped
+        #: under a replica was "did not answer within 30 s ... stopped or frozen", after
+        #: 30 s, for each request, while the server said at once that it does not exist).
+        last_failure: str | None = None
+
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(*args, **kwargs)
+            except psycopg.OperationalError as error:
+                cls.last_failure = _reason(error)
+                raise
+            cls.last_failure = None
+            return conn
+
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             if timeout is not None and timeout <= wait_seconds:
                 return super().wait(gen, interval, timeout)

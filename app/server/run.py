@@ -405,14 +405,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
                 first = next(p for p in processes if p.sentinel in ended)
                 first.join()
                 code = first.exitcode or 0
-                if code - 128 in _RESTART_SIGNALS:
-                    log.warning(
-                        "worker %s stopped on %s (exit %d); stopping the others, and exits %d "
-                        "for its service manager to start it again",
-                        first.pid, signal.Signals(code - 128).name, code, code,
-                    )  # fmt: skip
-                else:
-                    log.error("worker %s stopped (exit %s); stopping the others", first.pid, code)
+                _log_worker_stopped(first.pid, code)
                 break
     finally:
         for process in processes:
@@ -435,9 +428,18 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
         sys.exit(128 + stopping[0])
 
 
-def _worker(
-    profile: str, profile_source: str, host: str, sock: socket.socket, parent: int
-) -> None:
+def _log_worker_stopped(pid: int | None, code: int) -> None:
+    if code - 128 in _RESTART_SIGNALS:
+        log.warning(
+            "worker %s stopped on %s (exit %d); stopping the others, and exits %d for its "
+            "service manager to start it again",
+            pid, signal.Signals(code - 128).name, code, code,
+        )  # fmt: skip
+    else:
+        log.error("worker %s stopped (exit %s); stopping the others", pid, code)
+
+
+def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, parent: int) -> None:
     """One worker of :func:`serve_workers`: a replica on the inherited socket."""
     from app import config as appconfig
 
