@@ -230,7 +230,7 @@ EXAMPLES: list[errors.AppError] = [
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
     remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
     remote.TablesOffSearchPathError(DATABASE, [], "nowhere"),
-    remote.TablesShadowedError(DATABASE, ["app", "public"], "\"$user\", public"),
+    remote.TablesShadowedError(DATABASE, ["app", "public"], '"$user", public'),
     remote.PrefixStampMissingError(
         "production",
         "s3://app-data/production at https://s3.internal",
