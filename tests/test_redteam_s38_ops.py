@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from engines import PostgresEngine, S3Engine
+from engines import PostgresEngine, S3Engine, scratch
 from replicas import Production, Replica, production_on, wait_for
 from test_remote_replicas import _workers_rows
 from test_server_e2e import Server, app_env, run_app, snapshot
@@ -385,3 +385,25 @@ def test_a_database_renamed_under_a_replica_is_refused_saying_it_does_not_exist(
     with production.client(again) as client:
         assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
     assert again.stop() == 0
+
+
+@pytest.mark.parametrize("prefix", ["p" * 300, "/".join(["q" * 200] * 5)], ids=["segment", "key"])
+def test_a_prefix_too_long_for_any_object_name_is_refused_as_a_setting_by_doctor_and_serve(
+    tmp_path: Path, postgres_engine: PostgresEngine, s3_engine: S3Engine, prefix: str
+) -> None:
+    # A blob_url whose prefix leaves no room for the app's object names: `app doctor` said
+    # "ok ... database and bucket answer" (exit 0), and `app serve` was refused at its first
+    # upload of the stamp with KeyTooLongError, "Check s3_endpoint_url, blob_url and the
+    # credentials", the endpoint and the credentials being fine.
+    url = f"s3://{s3_engine.bucket}/{prefix}{scratch()}"
+    with production_on(tmp_path, postgres_engine, s3_engine, url) as production:
+        for args in (("doctor",), ("serve", "--port", "0")):
+            done = production.run(*args)
+            assert done.returncode == 78, (args, done.stdout + done.stderr)
+            output = " ".join((done.stdout + done.stderr).split())
+            assert "blob_url = 's3://app-tests/" in output
+            assert (
+                "S3 takes keys of up to 1024 bytes, so the prefix may be 959 bytes at "
+                "most, in segments of 255: choose a shorter one" in output
+            ), output
+            assert "KeyTooLongError" not in output

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
 from app import sandbox
@@ -123,6 +123,15 @@ def _normal_endpoint(endpoint_url: str | None) -> str:
     return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
 
 
+# S3's limit on a key, in bytes of UTF-8; the longest name the app makes under a prefix
+# (blobs/ and 32 hex digits, its stamp object), with room; a filesystem's limit on a name,
+# which SeaweedFS's filer and MinIO apply to each segment of a key.
+_MAX_KEY_BYTES: Final = 1024
+_LONGEST_NAME: Final = 64
+_MAX_PREFIX_BYTES: Final = _MAX_KEY_BYTES - 1 - _LONGEST_NAME
+_MAX_SEGMENT_BYTES: Final = 255
+
+
 def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocation:
     """``s3://bucket/prefix`` (and the endpoint) as a :class:`BlobLocation`.
 
@@ -146,7 +155,24 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             "MinIO refuse it); write the prefix without them, as the path it means",
             "blob_url",
         )  # fmt: skip
+    long = [segment for segment in segments if len(segment.encode()) > _MAX_SEGMENT_BYTES]
     prefix = "/".join(segments)
+    if long or len(prefix.encode()) > _MAX_PREFIX_BYTES:
+        # Every upload was refused with KeyTooLongError, which the app called a problem of
+        # the endpoint or the credentials, while `app doctor` said all was well (red team 38).
+        what = (
+            f"has a segment of {len(long[0].encode())} bytes ({long[0][:24]!r}...), past the "
+            f"{_MAX_SEGMENT_BYTES} an object store on a filesystem (SeaweedFS, MinIO) takes "
+            "in one"
+            if long
+            else f"is {len(prefix.encode())} bytes long"
+        )
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, f"its prefix {what}; the app's object names (up to "
+            f"{_LONGEST_NAME} bytes) go under it, and S3 takes keys of up to 1024 bytes, so "
+            f"the prefix may be {_MAX_PREFIX_BYTES} bytes at most, in segments of "
+            f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
+        )  # fmt: skip
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
 
 
