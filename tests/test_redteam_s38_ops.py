@@ -11,6 +11,7 @@ app's name in such a schema, so the replica was never named.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -23,12 +24,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from engines import PostgresEngine, S3Engine, scratch
+from engines import PostgresEngine, S3Engine, _s3_ready, scratch, start_s3
 from replicas import Production, Replica, production_on, wait_for
 from test_remote_replicas import _workers_rows
 from test_server_e2e import Server, app_env, run_app, snapshot
 
 from app import __version__
+from app.remote.errors import ObjectMissingError, ObjectStoreUnavailableError
+from app.remote.objects import ObjectStore
 
 _TABLES = ("app_stamp", "app_binding", "app_holders", "app_audit", "app_sessions", "app_files")
 
@@ -407,3 +410,81 @@ def test_a_prefix_too_long_for_any_object_name_is_refused_as_a_setting_by_doctor
                 "most, in segments of 255: choose a shorter one" in output
             ), output
             assert "KeyTooLongError" not in output
+
+
+# --- the object store refusing a live replica ----------------------------------------------
+
+
+def _restart_weed(engine: S3Engine, tmp_path: Path, secret: str) -> None:
+    """``weed`` stopped, its identity's secret key set to `secret`, and started again on the
+    same data and ports, as an operator rotating the keys does."""
+    config = engine.base / "s3.json"
+    identities = json.loads(config.read_text())
+    identities["identities"][0]["credentials"][0]["secretKey"] = secret
+    config.write_text(json.dumps(identities))
+    engine.process.terminate()
+    engine.process.wait()
+    engine.start_again(tmp_path / f"weed-{secret}.log")
+    rotated = dataclasses.replace(engine, secret_access_key=secret)
+    wait_for(lambda: _s3_ready(rotated) or engine.process.poll() is not None, "weed to serve")
+
+
+def test_s3_keys_rotated_under_a_live_replica_are_refused_naming_the_store_and_lose_nothing(
+    tmp_path: Path, postgres_engine: PostgresEngine
+) -> None:
+    engine = start_s3(tmp_path / "weed")
+    old_secret = engine.secret_access_key
+    try:
+        url = f"s3://{engine.bucket}/own{scratch()}"
+        with production_on(tmp_path, postgres_engine, engine, url) as production:
+            replica = production.start()
+            with production.client(replica) as client:
+                sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+                put = client.put(f"/sessions/{sid}/files/a.txt", content=b"kept")
+                assert put.status_code == 201
+                _restart_weed(engine, tmp_path, "rotated-secret-key-0000000000")
+                got = client.get(f"/sessions/{sid}/files/a.txt")
+                assert got.status_code == 503, got.text
+                assert got.json()["code"] == "object_store_unavailable"
+                assert "SignatureDoesNotMatch (HTTP 403)" in got.json()["message"]
+                assert f"the download of 'a.txt' from session {sid} was not begun" in got.text
+                put = client.put(f"/sessions/{sid}/files/b.txt", content=b"new")
+                assert put.status_code == 503, put.text
+                assert "was not saved, and the file is as it was" in put.json()["message"]
+                wait_for(lambda: client.get("/ready").status_code == 503, "/ready to say so")
+                refused = production.run("data", "check")
+                assert refused.returncode == 69, refused.stdout + refused.stderr
+                assert "s3_access_key_id / s3_secret_access_key" in refused.stderr
+                _restart_weed(engine, tmp_path, old_secret)
+                assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+                assert [f["name"] for f in client.get(f"/sessions/{sid}").json()["files"]] == [
+                    "a.txt"
+                ]
+            assert replica.stop() == 0, replica.output
+    finally:
+        engine.stop()
+
+
+def test_an_object_stores_own_refusal_of_one_object_is_named_not_passed_through(
+    blob_url: str, s3_engine: S3Engine
+) -> None:
+    # AWS's answer to a GET of an object a lifecycle rule archived (403 InvalidObjectState),
+    # or a 409 or 412 of another store, for a named object: passed through as botocore's
+    # ClientError, a bare 500 internal_error. Not made by `weed`: its error, as botocore
+    # builds it from the answer, is given to the store's classification.
+    from botocore.exceptions import ClientError
+
+    store = ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id, s3_engine.secret_access_key
+    )
+    for code, status in (("InvalidObjectState", 403), ("OperationAborted", 409), ("x", 412)):
+        answer = {
+            "Error": {"Code": code, "Message": "m"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+        failed = store._fail(ClientError(answer, "GetObject"), "blobs/" + "0" * 32)  # type: ignore[arg-type]
+        assert isinstance(failed, ObjectStoreUnavailableError), failed
+        assert f"{code} (HTTP {status})" in failed.message
+    missing = {"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}
+    failed = store._fail(ClientError(missing, "GetObject"), "blobs/" + "0" * 32)  # type: ignore[arg-type]
+    assert isinstance(failed, ObjectMissingError)

@@ -58,10 +58,6 @@ BLOBS = "blobs/"
 _BLOB_NAME = re.compile(r"blobs/[0-9a-f]{32}")
 _CHUNK = 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Errors that mean "this store cannot be used as configured", not "this object".
-_UNUSABLE = frozenset(
-    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
-)
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
 # One boto3 session for every store of the process: each new session parses botocore's JSON
@@ -350,10 +346,12 @@ class ObjectStore:
             if name is not None and code in _MISSING:
                 return ObjectMissingError(f"{self.where}/{name}")
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            # A 5xx (InternalError, SlowDown, a server still starting) left after the
-            # client's retries is the store's trouble, not this object's: a 503, not a 500.
-            if code in _UNUSABLE or name is None or status >= 500:
-                return ObjectStoreUnavailableError(self.where, f"{code}: {error}")
+            # Any other refusal is the store's answer to this process, named, not a bare 500:
+            # a 5xx left after the client's retries (InternalError, SlowDown, a server still
+            # starting), the credentials or the bucket gone (403, NoSuchBucket), and a 4xx
+            # of its own (AWS's 403 InvalidObjectState for an archived object, a 409, a 412;
+            # red team 38: only some codes were named, the others passed through).
+            return ObjectStoreUnavailableError(self.where, f"{code} (HTTP {status}): {error}")
         if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)):
             # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
             return ObjectStoreUnavailableError(
