@@ -223,7 +223,7 @@ class Database:
         # While the pool's last connect failed, a request waits a second for one, not the
         # pool's whole timeout: the server said why already (it is down, the database is
         # gone), and the pool keeps trying meanwhile.
-        failed = getattr(self._connection_class, "last_failure", None)
+        failed = self._failing()
         wait = None if failed is None else min(_FAILING_WAIT_SECONDS, self._pool.timeout)
         try:
             with pg.refusals(self.where), self._pool.connection(timeout=wait) as conn:
@@ -235,7 +235,7 @@ class Database:
                     with self._lending:
                         self._lent -= 1
         except PoolTimeout as error:
-            failed = getattr(self._connection_class, "last_failure", None)
+            failed = self._failing()
             if failed is not None and self._lent < self.pool_size:
                 raise DatabaseUnavailableError(self.where, failed) from None
             if self._lent < self.pool_size:
@@ -256,6 +256,11 @@ class Database:
             raise DatabaseTimeoutError(self.where, _reason(error), error.seconds) from None
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
+
+    def _failing(self) -> str | None:
+        # Within the pool's own wait, or a minute: its reconnect attempts back off.
+        failing = getattr(self._connection_class, "failing", None)
+        return None if failing is None else failing(max(60.0, self._pool.timeout))
 
     def ensure_held(self) -> None:
         """Raise :class:`HolderLostError` if this replica's hold on the database is gone.
