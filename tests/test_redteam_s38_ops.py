@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import test_redteam_s37_remote
 from engines import PostgresEngine, S3Engine, _s3_ready, scratch, start_s3
 from replicas import Production, Replica, production_on, wait_for
 from test_remote_replicas import _workers_rows
@@ -33,15 +34,9 @@ from app import __version__
 from app.remote.errors import ObjectMissingError, ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore
 
+production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
+
 _TABLES = ("app_stamp", "app_binding", "app_holders", "app_audit", "app_sessions", "app_files")
-
-
-@pytest.fixture
-def production(
-    tmp_path: Path, postgres_engine: PostgresEngine, blob_url: str, s3_engine: S3Engine
-) -> Iterator[Production]:
-    with production_on(tmp_path, postgres_engine, s3_engine, blob_url) as prod:
-        yield prod
 
 
 def _copy_tables(database_url: str, schema: str, tables: tuple[str, ...], rows: bool) -> None:
@@ -127,11 +122,18 @@ def test_a_replicas_hold_is_in_the_apps_table_not_one_of_its_name_earlier_on_the
         assert admin.execute("SELECT count(*) FROM app.app_holders").fetchone() == (0,)
 
 
-def _lay_out(servers: list[Server], tmp_path: Path, env: dict[str, str]) -> None:
-    """A root laid out and stamped by a real server's start, as a first deploy does."""
+def _lay_out(
+    servers: list[Server], tmp_path: Path
+) -> tuple[Path, dict[str, str], Path, dict[str, Any]]:
+    """A root laid out and stamped by a real server's start, as a first deploy does: the
+    root, its environment, its stamp file and the stamp."""
+    root = tmp_path / "data"
+    env = app_env(root)
     server = Server(env, tmp_path / f"server-{len(servers)}.log")
     servers.append(server)
     assert server.wait_ready().stop() == 0, server.output
+    stamp_file = root / ".app-profile.json"
+    return root, env, stamp_file, json.loads(stamp_file.read_text())
 
 
 @pytest.mark.parametrize(
@@ -147,11 +149,7 @@ def test_a_data_root_laid_out_by_a_later_release_is_refused_naming_both_versions
 ) -> None:
     # A root a later release stamped (an upgrade, then a rollback of the package): opened,
     # served, checked and re-stamped without a word, as if this release could read it.
-    root = tmp_path / "data"
-    env = app_env(root)
-    _lay_out(servers, tmp_path, env)
-    stamp_file = root / ".app-profile.json"
-    stamp = json.loads(stamp_file.read_text())
+    root, env, stamp_file, stamp = _lay_out(servers, tmp_path)
     assert (stamp["app_version"], stamp["layout_version"]) == (__version__, 1)
     del stamp["layout_version"]
     stamp_file.write_text(json.dumps({**stamp, **later}))
@@ -182,11 +180,7 @@ def test_a_stamp_of_this_release_or_written_by_hand_is_opened_as_before(
 ) -> None:
     # No layout_version: a root made before layouts were numbered (this release's first
     # stamps), or a stamp written by hand as the docs say: layout 1, read as ever.
-    root = tmp_path / "data"
-    env = app_env(root)
-    _lay_out(servers, tmp_path, env)
-    stamp_file = root / ".app-profile.json"
-    stamp = json.loads(stamp_file.read_text())
+    _, env, stamp_file, stamp = _lay_out(servers, tmp_path)
     for written in (
         {k: v for k, v in stamp.items() if k != "layout_version"},
         {"profile": "testing"},

@@ -118,10 +118,8 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
-class TablesOffSearchPathError(ConfigError):
-    """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
-
-    code = "tables_off_search_path"
+class _SearchPathError(ConfigError):
+    """Where the connection's ``search_path`` finds the app's tables: not, or twice."""
 
     where: str
     schemas: Sequence[str]
@@ -130,6 +128,12 @@ class TablesOffSearchPathError(ConfigError):
     def __post_init__(self) -> None:
         self.schemas = tuple(self.schemas)
         super().__post_init__()
+
+
+class TablesOffSearchPathError(_SearchPathError):
+    """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
+
+    code = "tables_off_search_path"
 
     @property
     def message(self) -> str:
@@ -155,19 +159,11 @@ class TablesOffSearchPathError(ConfigError):
         )
 
 
-class TablesShadowedError(ConfigError):
+class TablesShadowedError(_SearchPathError):
     """The app's tables are in two schemas on the connection's ``search_path``: a copy of
     them (a backup restored beside them, a schema named after the role) shadows the app's."""
 
     code = "tables_shadowed"
-
-    where: str
-    schemas: Sequence[str]
-    search_path: str
-
-    def __post_init__(self) -> None:
-        self.schemas = tuple(self.schemas)
-        super().__post_init__()
 
     @property
     def message(self) -> str:
