@@ -2,11 +2,20 @@
 meets them on a real host.
 
 All real: the suite's PostgreSQL cluster and ``weed`` (tests/engines.py), ``app`` commands
-and ``app serve`` replicas in processes of their own (tests/replicas.py). Those that broke: a
-copy of the app's tables in a schema earlier on the ``search_path`` (a schema named after
-the role is, by default) was read in place of the app's, and ``app data check --repair``
-deleted the acknowledged files' objects; a replica's hold (its row) went to a table of the
-app's name in such a schema, so the replica was never named.
+and ``app serve`` replicas in processes of their own (tests/replicas.py). What broke:
+
+- a copy of the app's tables in a schema earlier on the ``search_path`` (a schema named after
+  the role is, by default) was read in place of the app's, and ``app data check --repair``
+  deleted the acknowledged files' objects; a replica's hold row went to a table of the app's
+  name there, so the replica was never named;
+- a data root stamped by a later release was opened, served, checked and re-stamped;
+- a reload signal to one worker of ``serve --workers`` exited 0, so the service was not
+  restarted; the workers of a ``serve`` killed outright served on as orphans;
+- a database password in a settings file others may read was not warned of;
+- a database renamed under a replica was "did not answer ... stopped or frozen", after 30 s;
+- a ``blob_url`` prefix too long for any object name passed ``app doctor``, and ``serve``
+  blamed the credentials;
+- a 4xx of the object store's own for one object was a bare 500.
 """
 
 from __future__ import annotations
