@@ -491,3 +491,50 @@ def test_an_object_stores_own_refusal_of_one_object_is_named_not_passed_through(
     missing = {"Error": {"Code": "NoSuchKey"}, "ResponseMetadata": {"HTTPStatusCode": 404}}
     failed = store._fail(ClientError(missing, "GetObject"), "blobs/" + "0" * 32)  # type: ignore[arg-type]
     assert isinstance(failed, ObjectMissingError)
+
+
+def _database_read_only(database_url: str, value: str) -> None:
+    """``ALTER DATABASE ... SET default_transaction_read_only``, from a session that may
+    write whatever the database's setting is now."""
+    dbname = database_url.rpartition("/")[2]
+    options = "-c default_transaction_read_only=off"
+    with psycopg.connect(database_url, autocommit=True, options=options) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = {value}')
+
+
+def test_a_database_made_read_only_then_writable_under_a_replica_takes_changes_again(
+    production: Production,
+) -> None:
+    # The database made read-only under a live replica (an operator's freeze, a failover to
+    # a standby). Every change was refused, clearly (503 database_refused 25006, naming the
+    # RESET), while /health and /ready answered ok. Then, RESET done as the refusal says,
+    # every change was still refused: the pool's connections opened meanwhile keep the
+    # setting they began with, for their whole life (an hour), and /ready still said ok.
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        _database_read_only(production.database_url, "on")
+        holders = {int(row["backend_pid"]) for row in production.holders()}
+        production.close()
+        test_redteam_s37_remote._end_backends_but(production.database_url, holders)
+        refused = client.put(f"/sessions/{sid}/files/a.txt", content=b"new")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "database_refused"
+        assert "read-only transaction (SQLSTATE 25006); nothing was changed" in refused.text
+        health, ready = client.get("/health"), client.get("/ready")
+        assert (health.status_code, health.json()["status"]) == (503, "writes_stopped")
+        assert "the database refused a change as read-only" in health.json()["reason"]
+        assert ready.status_code == 503
+        assert "refused a change as read-only" in ready.json()["checks"]["database"]
+        assert client.get(f"/sessions/{sid}").status_code == 200  # reads are served
+        _database_read_only(production.database_url, "DEFAULT")
+        # Each refused change gives back its read-only connection: within the pool's size,
+        # one is accepted.
+        answers = [
+            client.put(f"/sessions/{sid}/files/a.txt", content=b"new").status_code for _ in range(4)
+        ]
+        assert 201 in answers, answers
+        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"new"
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/ready").status_code == 200
+    assert replica.stop() == 0, replica.output

@@ -27,6 +27,7 @@ import contextlib
 import math
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -176,6 +177,9 @@ class Database:
                 pg.pin_schema(conn, self._schema)
 
         self._schema: str | None = None
+        #: When the database last refused a change as read-only, and why; None once a change
+        #: commits (`GET /health` and `/ready` say so meanwhile).
+        self.read_only_refusal: tuple[float, str] | None = None
         self._connection_class = pg.bounded_connection(wait_seconds)
 
         self._pool: ConnectionPool[Connection] = ConnectionPool(
@@ -231,6 +235,15 @@ class Database:
                     self._lent += 1
                 try:
                     yield conn
+                except psycopg.errors.ReadOnlySqlTransaction as error:
+                    # A session keeps the default_transaction_read_only it began with: once
+                    # the operator reset it, as the refusal says to, the pool's connections
+                    # opened meanwhile refused every change for their whole life (an hour;
+                    # red team 38). Closed, it is discarded; its successor takes the setting
+                    # as it is now.
+                    self.read_only_refusal = (time.monotonic(), _reason(error))
+                    conn.close()
+                    raise
                 finally:
                     with self._lending:
                         self._lent -= 1
@@ -307,6 +320,7 @@ class Database:
                     raise
                 committing = True
                 conn.commit()
+                self.read_only_refusal = None
         except DatabaseRefusedError as error:
             # An answer, even to the COMMIT: the transaction was rolled back.
             raise DatabaseRefusedError(
