@@ -538,3 +538,40 @@ def test_a_database_made_read_only_then_writable_under_a_replica_takes_changes_a
         assert client.get("/health").json()["status"] == "ok"
         assert client.get("/ready").status_code == 200
     assert replica.stop() == 0, replica.output
+
+
+def test_a_statement_timeout_that_refuses_the_apps_settings_is_named_then_lifted_at_once(
+    production: Production,
+) -> None:
+    # `ALTER DATABASE ... SET statement_timeout = 1` (a millisecond, meant as seconds) under
+    # a live replica: each new connection's settings were cancelled, and each request waited
+    # the pool's 30 s to be told the database "did not answer ... may be stopped or frozen";
+    # the server had said why at once.
+    replica = production.start()
+    dbname = production.database_url.rpartition("/")[2]
+    holders = {int(row["backend_pid"]) for row in production.holders()}
+    production.close()
+    options = "-c statement_timeout=0"
+    with psycopg.connect(production.database_url, autocommit=True, options=options) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" SET statement_timeout = 1')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+            " current_database() AND pid <> pg_backend_pid() AND NOT pid = ANY(%s)",
+            (list(holders),),
+        )
+        with production.client(replica) as client:
+            refused = client.post("/sessions", json={"title": "new"})
+            assert refused.status_code == 503, refused.text
+            message = refused.json()["message"]
+            # Refused on a new connection's settings, or on a statement of the change.
+            assert (
+                "canceling statement due to statement timeout (SQLSTATE 57014); nothing was "
+                "changed"
+            ) in message, message
+            assert "pg_settings" in message and "did not answer" not in message
+            admin.execute(f'ALTER DATABASE "{dbname}" RESET statement_timeout')
+            # Each refused change gives back its connection: within the pool's size, one is
+            # accepted.
+            made = [client.post("/sessions", json={}).status_code for _ in range(4)]
+            assert 201 in made, made
+    assert replica.stop() == 0, replica.output

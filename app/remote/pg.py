@@ -326,8 +326,11 @@ class WaitTimeoutError(psycopg.OperationalError):
         self.seconds = seconds
 
 
-def bounded_connection(wait_seconds: float) -> type[psycopg.Connection[Any]]:
-    """A connection class whose every wait for the server ends within ``wait_seconds``.
+def bounded_connection(
+    wait_seconds: float, record: Callable[[psycopg.Error | None], object] | None = None
+) -> type[psycopg.Connection[Any]]:
+    """A connection class whose every wait for the server ends within ``wait_seconds``;
+    ``record`` is told why each connect fails.
 
     A server that is hung rather than gone (its processes stopped with SIGSTOP, a frozen VM,
     a proxy that stops forwarding) leaves a query waiting for ever: the peer's kernel still
@@ -346,30 +349,14 @@ def bounded_connection(wait_seconds: float) -> type[psycopg.Connection[Any]]:
     from psycopg.errors import _WaitTimeout
 
     class BoundedConnection(psycopg.Connection[Any]):
-        #: Why its last connect failed, until one succeeds: what a pool that could not
-        #: open a connection was refused with (red team 38: a database renamed or dropped
-        #: under a replica was "did not answer within 30 s ... stopped or frozen", after
-        #: 30 s, for each request, while the server said at once that it does not exist).
-        last_failure: tuple[float, str] | None = None
-
         @classmethod
         def connect(cls, *args: Any, **kwargs: Any) -> Self:
             try:
-                conn = super().connect(*args, **kwargs)
+                return super().connect(*args, **kwargs)
             except psycopg.OperationalError as error:
-                cls.last_failure = (time.monotonic(), _reason(error))
+                if record is not None:
+                    record(error)
                 raise
-            cls.last_failure = None
-            return conn
-
-        @classmethod
-        def failing(cls, within: float) -> str | None:
-            """Why the last connect failed, if it did within ``within`` seconds and none
-            has succeeded since: a failure long past says nothing of the server now."""
-            failure = cls.last_failure
-            if failure is None or time.monotonic() - failure[0] > within:
-                return None
-            return failure[1]
 
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             if timeout is not None and timeout <= wait_seconds:
