@@ -565,8 +565,7 @@ def test_a_statement_timeout_that_refuses_the_apps_settings_is_named_then_lifted
             message = refused.json()["message"]
             # Refused on a new connection's settings, or on a statement of the change.
             assert (
-                "canceling statement due to statement timeout (SQLSTATE 57014); nothing was "
-                "changed"
+                "canceling statement due to statement timeout (SQLSTATE 57014); nothing was changed"
             ) in message, message
             assert "pg_settings" in message and "did not answer" not in message
             admin.execute(f'ALTER DATABASE "{dbname}" RESET statement_timeout')
