@@ -12,7 +12,11 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - a reload signal to one worker of ``serve --workers`` exited 0, so the service was not
   restarted; the workers of a ``serve`` killed outright served on as orphans;
 - a database password in a settings file others may read was not warned of;
-- a database renamed under a replica was "did not answer ... stopped or frozen", after 30 s;
+- a database renamed under a replica, or a statement_timeout that cancels a new
+  connection's settings, was "did not answer ... stopped or frozen", after 30 s;
+- a database made read-only, then writable again, refused every change for an hour (the
+  pool's connections keep the setting they began with; so with statement_timeout), while
+  ``/health`` and ``/ready`` said ok;
 - a ``blob_url`` prefix too long for any object name passed ``app doctor``, and ``serve``
   blamed the credentials;
 - a 4xx of the object store's own for one object was a bare 500.
