@@ -1321,10 +1321,25 @@ def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -
         if not profile.values.get("protected"):
             continue
         for key, source in profile.sources.items():
-            path = by_name.get(source.partition(" [")[0])
-            if path is None or key not in KEYS or not KEYS[key].secret:
+            # The file may be named inside the source, as in a test run's "pytest scratch
+            # database (configured: ..., .secrets.toml [production])": the value is there.
+            named = [path for file, path in by_name.items() if f"{file} [" in source]
+            path = named[0] if named else None
+            if path is None or key not in KEYS or profile.values.get(key) is None:
                 continue
-            if profile.values.get(key) is None:
+            if key == "database_url":
+                # Its password is as much a secret as the token (red team 38: a 0644 file
+                # with production's database password was said nothing of).
+                try:
+                    secret = _has_password(str(profile.values[key]))
+                except Exception:  # an unparsable URL is refused elsewhere, naming it
+                    secret = False
+                if not secret:
+                    continue
+                key_shown = "database_url (its password)"
+            elif KEYS[key].secret:
+                key_shown = key
+            else:
                 continue
             try:
                 mode = path.stat().st_mode & 0o777
@@ -1332,7 +1347,7 @@ def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -
                 continue
             if mode & 0o077:
                 out.append(
-                    f"{path} holds profile {name}'s {key} and other users of this host may "
+                    f"{path} holds profile {name}'s {key_shown} and other users of this host may "
                     f"read it (mode {mode:04o}): `chmod 600 {path}` (owned by the user the "
                     f"app runs as), or set {ENV_PREFIX}_{key.upper()} in the service's "
                     "environment instead"

@@ -50,6 +50,7 @@ from app import __version__
 from app.errors import (
     DataRootChangedError,
     DataRootStateError,
+    DataRootTooNewError,
     FsyncFailed,
     LockLostError,
     ProfileStampMismatchError,
@@ -95,6 +96,11 @@ __all__ = [
 ]
 
 STAMP_FILE: Final = ".app-profile.json"
+LAYOUT_VERSION: Final = 1
+"""The layout of a data root this release writes and reads: a release that lays out a root
+in a way an earlier one would misread writes a higher ``layout_version`` into its stamp, and
+earlier releases refuse it (:class:`~app.errors.DataRootTooNewError`). A stamp without one
+was written before layouts were numbered: layout 1."""
 AUDIT_FILE: Final = "audit.jsonl"
 SESSIONS_DIR: Final = "sessions"
 TRASH_DIR: Final = ".trash"
@@ -578,8 +584,39 @@ def _layout_dir(root: Path, name: str) -> Path:
     return path
 
 
+def _version_key(version: str) -> tuple[int, ...] | None:
+    parts = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(part) for part in parts.group().split(".")) if parts else None
+
+
+def _refuse_later_layout(root: Path, stamp: Mapping[str, Any]) -> None:
+    """Refuse a root a later release laid out in a way this one may not read (red team 38:
+    one stamped ``"app_version": "9.0.0"``, with fields this release does not know, was
+    opened, served and checked without a word). Readable: a ``layout_version`` of this
+    release's or earlier, or, with none, an ``app_version`` not later than this one (or none:
+    a stamp written by hand, as the docs say to)."""
+    found = stamp.get("layout_version")
+    version = str(stamp.get("app_version", "an unknown release"))
+    if found is None:
+        ours, theirs = _version_key(__version__), _version_key(version)
+        if ours is None or theirs is None or theirs <= ours:
+            return
+        shown = "not recorded"
+    elif type(found) is int and found <= LAYOUT_VERSION:
+        return
+    else:
+        shown = str(found)
+    raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION)
+
+
 def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any) -> dict[str, Any]:
-    stamp = {"profile": profile, "created_at": _now_iso(), "app_version": __version__, **extra}
+    stamp = {
+        "profile": profile,
+        "created_at": _now_iso(),
+        "app_version": __version__,
+        "layout_version": LAYOUT_VERSION,
+        **extra,
+    }
     tmp_dir = _layout_dir(root, TMP_DIR)
     data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
     tmp = _write_temp_file(tmp_dir, data, durable=durable)
@@ -651,6 +688,7 @@ def _check_stamp(
             raise ProfileStampMismatchError(
                 root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
             )
+        _refuse_later_layout(root, stamp)
         return stamp
     if not write:
         if root.is_dir():
@@ -1140,6 +1178,8 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
                 f"opening it (any `app` command on profile {config.profile!r}, such as "
                 f"`app sessions list --profile {config.profile}`) stamps it",
             )
+        # Before anything is written: a new stamp would record this release's layout.
+        _refuse_later_layout(root, stamp)
         stamped = str(stamp["profile"]).lower()
         if stamped == config.profile:
             return {**stamp, "changed": False}  # a repeated command; nothing to audit
@@ -1677,8 +1717,13 @@ def describe(root: Path) -> RootStatus:
     stamp_error: str | None = None
     try:
         stamp = read_stamp(root)
+        if stamp is not None:
+            _refuse_later_layout(root, stamp)
     except DataRootStateError as error:
         stamp_error = f"{error.problem}; {error.fix}"
+    except DataRootTooNewError as error:
+        # Said by `app status` too, not only by the commands it refuses (red team 38).
+        stamp_error = error.message
     return RootStatus(
         path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
     )

@@ -693,6 +693,30 @@ class ProfileStampMismatchError(ConfigError):
         )
 
 
+class DataRootTooNewError(ConfigError):
+    """The data root's stamp says a later release laid it out, in a way this one may not read."""
+
+    code = "data_root_too_new"
+
+    root: Path
+    found_version: str
+    found_layout: str
+    version: str
+    layout: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"data root {self.root} was laid out by app {self.found_version} (layout "
+            f"{self.found_layout}, in {self.root}/.app-profile.json), and this is app "
+            f"{self.version}, which reads layout {self.layout} and earlier only: it could "
+            "misread or damage what a later release wrote. Refusing to open it; nothing was "
+            f"changed. Run app {self.found_version} or later on it (`pip install "
+            f"'app>={self.found_version}'`); to go back to this release, restore the backup "
+            "taken before the upgrade into a new data root"
+        )
+
+
 def stamp_name_note(stamped: str, requested: str) -> str:
     """What a refusal adds about a stamp whose profile is not a plain name, or ``""``.
 

@@ -145,7 +145,9 @@ def render_error_catalogue() -> str:
 def test_every_error_class_has_an_example_in_the_catalogue() -> None:
     examples = _load_example("error_examples").EXAMPLES  # type: ignore[attr-defined]
     documented = {type(example).__name__ for example in examples}
-    concrete = {cls.__name__ for cls in _error_classes()} - ABSTRACT_ERRORS
+    # A private base (`_SearchPathError`) holds fields its subclasses share; none raises it.
+    concrete = {c.__name__ for c in _error_classes() if not c.__name__.startswith("_")}
+    concrete -= ABSTRACT_ERRORS
     missing = sorted(concrete - documented)
     assert not missing, (
         f"errors without an entry in the catalogue: {missing}; add an example of each to "

@@ -27,6 +27,7 @@ import contextlib
 import math
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,6 +94,12 @@ def trash_entry(
     # `path` has no meaning here beyond naming the entry (the local backend: a directory).
     return TrashEntry(name, Path(name), kind, session_id, file, deleted_at, reason, title)
 
+
+_FAILING_WAIT_SECONDS: Final = 1.0
+"""How often a request waiting for a pooled connection looks whether one failed to open."""
+
+# Refusals that may come from a setting the connection took when it began (see `conn`).
+_STALE_SETTINGS: Final = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.QueryCanceled)
 
 _BEGIN: Final = "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid"
 # A replica's write holds the database's lock shared to its commit: maintenance, which asks
@@ -168,11 +175,29 @@ class Database:
 
         # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
-            pg.configure_session(conn, lock_wait_seconds)
-            if self._schema is not None:
-                pg.pin_schema(conn, self._schema)
+            try:
+                pg.configure_session(conn, lock_wait_seconds)
+                if self._schema is not None:
+                    pg.pin_schema(conn, self._schema)
+                self._record(None)
+            except psycopg.Error as error:
+                # The server answered and refused the settings (a statement_timeout of 1 ms
+                # for the database): a request waited 30 s, then "did not answer" (red team
+                # 38). Said as the refusal it is.
+                self._record(error)
+                raise
+
+        #: Why the pool's last connection could not be opened or set up, and when; None
+        #: once one is (red team 38: a database renamed or dropped under a replica was "did
+        #: not answer within 30 s ... stopped or frozen", after 30 s, for each request,
+        #: while the server said at once that it does not exist).
+        self._failure: tuple[float, psycopg.Error] | None = None
 
         self._schema: str | None = None
+        #: When the database last refused a change as read-only, and why; None once a change
+        #: commits (`GET /health` and `/ready` say so meanwhile).
+        self.read_only_refusal: tuple[float, str] | None = None
+        self._connection_class = pg.bounded_connection(wait_seconds, self._record)
 
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             pg.conninfo(database_url, purpose=f"app {kind}"),
@@ -181,7 +206,7 @@ class Database:
             kwargs={"autocommit": True, "row_factory": dict_row},
             # A hung server (SIGSTOP, a frozen host) kept requests waiting for ever: the
             # kernel acknowledges, so no TCP timeout fires (red team 28).
-            connection_class=pg.bounded_connection(wait_seconds),
+            connection_class=self._connection_class,
             configure=configure,
             check=ConnectionPool.check_connection,
             name=f"app-{kind}",
@@ -217,15 +242,29 @@ class Database:
         from psycopg_pool import PoolTimeout
 
         try:
-            with pg.refusals(self.where), self._pool.connection() as conn:
+            with pg.refusals(self.where), self._pooled() as conn:
                 with self._lending:
                     self._lent += 1
                 try:
                     yield conn
+                except _STALE_SETTINGS as error:
+                    # A session keeps the default_transaction_read_only and statement_timeout
+                    # it began with: once the operator reset them, as the refusal says to,
+                    # the pool's connections opened meanwhile refused every change for their
+                    # whole life (an hour; red team 38). Closed, it is discarded; its
+                    # successor takes the settings as they are now.
+                    if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
+                        self.read_only_refusal = (time.monotonic(), _reason(error))
+                    conn.close()
+                    raise
                 finally:
                     with self._lending:
                         self._lent -= 1
         except PoolTimeout as error:
+            failed = self._failing()
+            if failed is not None and self._lent < self.pool_size:
+                refused = pg.refusal(self.where, failed, "the settings of a new connection")
+                raise refused or DatabaseUnavailableError(self.where, _reason(failed)) from None
             if self._lent < self.pool_size:
                 # Not every connection is lent, and none came: the pool could not open one,
                 # or check one it had (its check timed out), in time. The server does not
@@ -244,6 +283,41 @@ class Database:
             raise DatabaseTimeoutError(self.where, _reason(error), error.seconds) from None
         except psycopg.OperationalError as error:
             raise DatabaseUnavailableError(self.where, _reason(error)) from None
+
+    @contextlib.contextmanager
+    def _pooled(self) -> Iterator[Connection]:
+        """``self._pool.connection()``, whose wait ends as soon as the pool fails to open a
+        connection: the server said why (it is down, the database is gone, it refused the
+        settings), and the pool keeps trying meanwhile. Looked at every second while some
+        connection is not lent (one wait otherwise, keeping the pool's order of waiters)."""
+        from psycopg_pool import PoolTimeout
+
+        deadline = time.monotonic() + self._pool.timeout
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            step = left if self._lent >= self.pool_size else min(left, _FAILING_WAIT_SECONDS)
+            try:
+                conn = self._pool.getconn(timeout=step)
+                break
+            except PoolTimeout:
+                if self._failing() is not None or time.monotonic() >= deadline:
+                    raise
+        try:
+            with conn:
+                yield conn
+        finally:
+            self._pool.putconn(conn)
+
+    def _record(self, error: psycopg.Error | None) -> None:
+        self._failure = None if error is None else (time.monotonic(), error)
+
+    def _failing(self) -> psycopg.Error | None:
+        """Why the last connection could not be opened, if that was within the pool's own
+        wait or a minute (its reconnect attempts back off) and none was opened since."""
+        failure = self._failure
+        if failure is None or time.monotonic() - failure[0] > max(60.0, self._pool.timeout):
+            return None
+        return failure[1]
 
     def ensure_held(self) -> None:
         """Raise :class:`HolderLostError` if this replica's hold on the database is gone.
@@ -290,6 +364,7 @@ class Database:
                     raise
                 committing = True
                 conn.commit()
+                self.read_only_refusal = None
         except DatabaseRefusedError as error:
             # An answer, even to the COMMIT: the transaction was rolled back.
             raise DatabaseRefusedError(

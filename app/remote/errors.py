@@ -118,10 +118,8 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
-class TablesOffSearchPathError(ConfigError):
-    """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
-
-    code = "tables_off_search_path"
+class _SearchPathError(ConfigError):
+    """Where the connection's ``search_path`` finds the app's tables: not, or twice."""
 
     where: str
     schemas: Sequence[str]
@@ -130,6 +128,12 @@ class TablesOffSearchPathError(ConfigError):
     def __post_init__(self) -> None:
         self.schemas = tuple(self.schemas)
         super().__post_init__()
+
+
+class TablesOffSearchPathError(_SearchPathError):
+    """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
+
+    code = "tables_off_search_path"
 
     @property
     def message(self) -> str:
@@ -152,6 +156,29 @@ class TablesOffSearchPathError(ConfigError):
             "from the database, the app's role, or options in database_url: put the schema "
             "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
             f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
+        )
+
+
+class TablesShadowedError(_SearchPathError):
+    """The app's tables are in two schemas on the connection's ``search_path``: a copy of
+    them (a backup restored beside them, a schema named after the role) shadows the app's."""
+
+    code = "tables_shadowed"
+
+    @property
+    def message(self) -> str:
+        first, *others = self.schemas
+        shown = ", ".join(others)
+        return (
+            f"database {self.where} has the app's tables (a stamp, app_stamp) in schema "
+            f"{first} and again in schema {shown}, all on this connection's search_path "
+            f"({self.search_path!r}; '\"$user\"' is the role's own schema): a copy of them "
+            "(a backup restored beside them, a schema named after the app's role) would be "
+            f"read and written in place of the app's, whichever comes first ({first}), and a "
+            "repair would delete the objects only the other one names. Refusing to use it; "
+            "nothing was changed. Move the copy off the path (`ALTER SCHEMA <copy> RENAME "
+            "TO <copy>_backup`) or drop it, or name the app's schema alone with "
+            "`options=-c search_path=<schema>` in database_url"
         )
 
 

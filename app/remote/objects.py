@@ -33,7 +33,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
 from app import sandbox
@@ -58,10 +58,6 @@ BLOBS = "blobs/"
 _BLOB_NAME = re.compile(r"blobs/[0-9a-f]{32}")
 _CHUNK = 1024 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Errors that mean "this store cannot be used as configured", not "this object".
-_UNUSABLE = frozenset(
-    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
-)
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
 # One boto3 session for every store of the process: each new session parses botocore's JSON
@@ -123,6 +119,15 @@ def _normal_endpoint(endpoint_url: str | None) -> str:
     return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
 
 
+# S3's limit on a key, in bytes of UTF-8; the longest name the app makes under a prefix
+# (blobs/ and 32 hex digits, its stamp object), with room; a filesystem's limit on a name,
+# which SeaweedFS's filer and MinIO apply to each segment of a key.
+_MAX_KEY_BYTES: Final = 1024
+_LONGEST_NAME: Final = 64
+_MAX_PREFIX_BYTES: Final = _MAX_KEY_BYTES - 1 - _LONGEST_NAME
+_MAX_SEGMENT_BYTES: Final = 255
+
+
 def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocation:
     """``s3://bucket/prefix`` (and the endpoint) as a :class:`BlobLocation`.
 
@@ -146,7 +151,24 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             "MinIO refuse it); write the prefix without them, as the path it means",
             "blob_url",
         )  # fmt: skip
+    long = [segment for segment in segments if len(segment.encode()) > _MAX_SEGMENT_BYTES]
     prefix = "/".join(segments)
+    if long or len(prefix.encode()) > _MAX_PREFIX_BYTES:
+        # Every upload was refused with KeyTooLongError, which the app called a problem of
+        # the endpoint or the credentials, while `app doctor` said all was well (red team 38).
+        what = (
+            f"has a segment of {len(long[0].encode())} bytes ({long[0][:24]!r}...), past the "
+            f"{_MAX_SEGMENT_BYTES} an object store on a filesystem (SeaweedFS, MinIO) takes "
+            "in one"
+            if long
+            else f"is {len(prefix.encode())} bytes long"
+        )
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, f"its prefix {what}; the app's object names (up to "
+            f"{_LONGEST_NAME} bytes) go under it, and S3 takes keys of up to 1024 bytes, so "
+            f"the prefix may be {_MAX_PREFIX_BYTES} bytes at most, in segments of "
+            f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
+        )  # fmt: skip
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
 
 
@@ -324,10 +346,12 @@ class ObjectStore:
             if name is not None and code in _MISSING:
                 return ObjectMissingError(f"{self.where}/{name}")
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            # A 5xx (InternalError, SlowDown, a server still starting) left after the
-            # client's retries is the store's trouble, not this object's: a 503, not a 500.
-            if code in _UNUSABLE or name is None or status >= 500:
-                return ObjectStoreUnavailableError(self.where, f"{code}: {error}")
+            # Any other refusal is the store's answer to this process, named, not a bare 500:
+            # a 5xx left after the client's retries (InternalError, SlowDown, a server still
+            # starting), the credentials or the bucket gone (403, NoSuchBucket), and a 4xx
+            # of its own (AWS's 403 InvalidObjectState for an archived object, a 409, a 412;
+            # red team 38: only some codes were named, the others passed through).
+            return ObjectStoreUnavailableError(self.where, f"{code} (HTTP {status}): {error}")
         if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)):
             # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
             return ObjectStoreUnavailableError(

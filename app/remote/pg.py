@@ -61,6 +61,7 @@ from app.remote.errors import (
     SchemaTooNewError,
     StorageMismatchError,
     TablesOffSearchPathError,
+    TablesShadowedError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -325,8 +326,11 @@ class WaitTimeoutError(psycopg.OperationalError):
         self.seconds = seconds
 
 
-def bounded_connection(wait_seconds: float) -> type[psycopg.Connection[Any]]:
-    """A connection class whose every wait for the server ends within ``wait_seconds``.
+def bounded_connection(
+    wait_seconds: float, record: Callable[[psycopg.Error | None], object] | None = None
+) -> type[psycopg.Connection[Any]]:
+    """A connection class whose every wait for the server ends within ``wait_seconds``;
+    ``record`` is told why each connect fails.
 
     A server that is hung rather than gone (its processes stopped with SIGSTOP, a frozen VM,
     a proxy that stops forwarding) leaves a query waiting for ever: the peer's kernel still
@@ -345,6 +349,15 @@ def bounded_connection(wait_seconds: float) -> type[psycopg.Connection[Any]]:
     from psycopg.errors import _WaitTimeout
 
     class BoundedConnection(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Self:
+            try:
+                return super().connect(*args, **kwargs)
+            except psycopg.OperationalError as error:
+                if record is not None:
+                    record(error)
+                raise
+
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             if timeout is not None and timeout <= wait_seconds:
                 return super().wait(gen, interval, timeout)
@@ -485,11 +498,12 @@ def connect(
         sandbox.check_scratch("database_url", reached, f"connecting ({purpose}) to")
         where = mask_url(database_url)
         check_encoding(conn, where)
-        if bounds is not None:
-            with refusals(where, f"the settings of a connection ({purpose})"):
+        with refusals(where, f"the settings of a connection ({purpose})"):
+            if bounds is not None:
                 configure_session(conn, bounds.lock_wait_seconds)
-                if not autocommit:
-                    conn.commit()
+            _pin_found_schema(conn)
+            if not autocommit:
+                conn.commit()
     except BaseException:
         conn.close()
         raise
@@ -681,15 +695,26 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
             (``ALTER DATABASE ... SET search_path``, the role's, or ``options`` in the URL;
             red team 37: such a database was refused as "not empty and has no profile
             stamp", with the advice to point database_url at a new one).
+        TablesShadowedError: a stamp in two schemas on the ``search_path``.
     """
     # Tuples whatever the connection's row factory (the pool's gives dicts).
     cursor = conn.cursor(row_factory=tuple_row)
-    row = cursor.execute(
-        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE c.oid = to_regclass('app_stamp')"
-    ).fetchone()
-    if row is not None:
-        return str(row[0])
+    on_path = cursor.execute(
+        "SELECT n.nspname, current_setting('search_path') FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN unnest(current_schemas(false)) WITH ORDINALITY AS p(name, place)"
+        " ON p.name = n.nspname"
+        " WHERE c.relname = 'app_stamp' AND c.relkind IN ('r', 'p') ORDER BY p.place"
+    ).fetchall()
+    if len(on_path) > 1:
+        # A copy of the tables on the path (a schema named after the role is on it by
+        # default, '"$user"'): the first was read as the app's, and `check --repair` deleted
+        # every object only the other one named (red team 38).
+        info = conn.info
+        where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+        raise TablesShadowedError(where, [r[0] for r in on_path], str(on_path[0][1]))
+    if on_path:
+        return str(on_path[0][0])
     elsewhere = cursor.execute(
         "SELECT n.nspname, current_setting('search_path') FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -708,6 +733,18 @@ def pin_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     search_path`` found no table of the app's (a bare ``UndefinedTable``, a 500; red team
     37). ``pg_catalog`` is searched first all the same."""
     conn.execute("SELECT set_config('search_path', quote_ident(%s), false)", (schema,))
+
+
+def _pin_found_schema(conn: psycopg.Connection[Any]) -> None:
+    """Keep a connection the app's code opens itself (a command's, a maintenance hold, the
+    holder's) on the schema its stamp is in, as the pool keeps its own (red team 38: only
+    the pool's were, so a table of the app's name in a schema earlier on the path took the
+    rows of an audit or a holder). A stamp off the path is left to :func:`read_stamp`,
+    which each caller reports in its own way."""
+    with contextlib.suppress(TablesOffSearchPathError):
+        schema = app_schema(conn)
+        if schema is not None:
+            pin_schema(conn, schema)
 
 
 def read_stamp(conn: psycopg.Connection[Any]) -> Stamp | None:

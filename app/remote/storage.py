@@ -40,6 +40,7 @@ from app.remote.errors import (
     RemoteStampMismatchError,
     ReplicasLiveError,
     TablesOffSearchPathError,
+    TablesShadowedError,
     describe_replica,
     needs_confirmation,
 )
@@ -353,7 +354,12 @@ def describe(config: Config) -> RemoteStatus:
                     config.profile, pg.mask_url(database_url), pg.SCHEMA_VERSION
                 )
             holders = pg.live_holders(conn) if stamp is not None else []
-    except (DatabaseUnavailableError, DatabaseStampMissingError, TablesOffSearchPathError) as error:
+    except (
+        DatabaseUnavailableError,
+        DatabaseStampMissingError,
+        TablesOffSearchPathError,
+        TablesShadowedError,
+    ) as error:
         # Unread, as a database that does not answer: who serves it is unknown (red team
         # 37: a search_path hiding the app's tables made `app status` exit 78, no report).
         return RemoteStatus(location, False, stamp_error=error.message)

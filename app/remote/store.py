@@ -62,6 +62,10 @@ __all__ = ["PROBE_SECONDS", "RemoteStore"]
 #: How often, at most, readiness asks the object store whether it answers.
 PROBE_SECONDS = 5.0
 
+#: How long ``GET /health`` and ``/ready`` say that the database refused a change as
+#: read-only, after the last such refusal.
+READ_ONLY_SAID_SECONDS = 10.0
+
 
 class _Watch:
     def __init__(
@@ -303,7 +307,24 @@ class RemoteStore(Storage):
         :data:`PROBE_SECONDS`. A backend is not ready once it has been silent for longer than
         a request would wait for it (``database_wait_seconds``, ``s3_read_timeout_seconds``):
         requests that need it are then refused."""
-        return {"database": self._database_problem(), "object store": self._probe.problem()}
+        database = self._database_problem() or self.writes_stopped
+        return {"database": database, "object store": self._probe.problem()}
+
+    @property
+    def writes_stopped(self) -> str | None:
+        """Why changes are refused now, for ``GET /health`` and ``/ready``: the database
+        refused one as read-only within :data:`READ_ONLY_SAID_SECONDS`, and none committed
+        since (red team 38: both answered ``ok`` while every change was refused). Said for a
+        while, not until the next change commits: a load balancer that takes the replica out
+        sends it none. Without the database's name: anyone may ask."""
+        refusal = self.db.read_only_refusal
+        if refusal is None or time.monotonic() - refusal[0] > READ_ONLY_SAID_SECONDS:
+            return None
+        return (
+            "the database refused a change as read-only (default_transaction_read_only is on "
+            "for it or for the app's role, or it is a standby): every change is refused until "
+            "it is writable again; reads are served. `app doctor` on this server says more"
+        )
 
     def _database_problem(self) -> str | None:
         holder = self.holder

@@ -90,7 +90,8 @@ class HealthResponse:
             .encode(),
             media_type="application/json",
         )
-        # Only a data root's store can stop its writes (`app.store.Store.writes_stopped`).
+        # A data root's store (`app.store.Store.writes_stopped`), or a remote one refused
+        # as read-only (`app.remote.store.RemoteStore.writes_stopped`).
         self._stopped: Callable[[], str | None] = lambda: getattr(store, "writes_stopped", None)
 
     def response(self) -> Response:
@@ -122,8 +123,8 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         responses={
             503: {
                 "model": Health,
-                "description": "Writes stopped: an fsync failed, or a directory of the data "
-                "root was moved.",
+                "description": "Writes stopped: an fsync failed, a directory of the data "
+                "root was moved, or the database refused a change as read-only.",
             }
         },
     )
@@ -131,8 +132,9 @@ def add_session_routes(app: FastAPI, store: Storage, config: Config, auth: list[
         """Liveness: answers without a token. Says which profile runs, never where its data is.
 
         503 once the server refuses every change because an fsync failed on its data root
-        (restart it: its start-up repairs the root), or while a directory of the app's in it
-        is moved or deleted by hand (put it back)."""
+        (restart it: its start-up repairs the root), while a directory of the app's in it
+        is moved or deleted by hand (put it back), or for a few seconds after the database
+        refused a change as read-only (make it writable)."""
         return answer.response()
 
     @app.get(

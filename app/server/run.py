@@ -377,7 +377,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
     processes = [
         context.Process(
             target=_worker,
-            args=(config.profile, config.profile_source, host, sock),
+            args=(config.profile, config.profile_source, host, sock, os.getpid()),
             name=f"app-worker-{n}",
         )
         for n in range(workers)
@@ -405,7 +405,7 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
                 first = next(p for p in processes if p.sentinel in ended)
                 first.join()
                 code = first.exitcode or 0
-                log.error("worker %s stopped (exit %s); stopping the others", first.pid, code)
+                _log_worker_stopped(first.pid, code)
                 break
     finally:
         for process in processes:
@@ -420,20 +420,36 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
         sys.exit(code if code > 0 else EX_SOFTWARE)
     if stopping and stopping[0] in _RESTART_SIGNALS:
         # As one server does (`_StopRequest`): stopped gracefully, for a restart.
-        log.warning("stopped on %s: exits for a restart", signal.Signals(stopping[0]).name)
+        log.warning(
+            "stopped on %s: exits %d for its service manager to start it again",
+            signal.Signals(stopping[0]).name,
+            128 + stopping[0],
+        )
         sys.exit(128 + stopping[0])
 
 
-def _worker(profile: str, profile_source: str, host: str, sock: socket.socket) -> None:
+def _log_worker_stopped(pid: int | None, code: int) -> None:
+    if code - 128 in _RESTART_SIGNALS:
+        log.warning(
+            "worker %s stopped on %s (exit %d); stopping the others, and exits %d for its "
+            "service manager to start it again",
+            pid, signal.Signals(code - 128).name, code, code,
+        )  # fmt: skip
+    else:
+        log.error("worker %s stopped (exit %s); stopping the others", pid, code)
+
+
+def _worker(profile: str, profile_source: str, host: str, sock: socket.socket, parent: int) -> None:
     """One worker of :func:`serve_workers`: a replica on the inherited socket."""
     from app import config as appconfig
 
+    _stop_with_parent(parent)
+    stop = _StopRequest()
     try:
         config = appconfig.load(profile, profile_source=profile_source, serving=True)
         logging.config.dictConfig(_log_config(config.log_level))
         wanted = f"start worker {os.getpid()} on {host}:{sock.getsockname()[1]}"
         with open_storage(config, writer=True, kind="server", wanted=wanted) as store:
-            stop = _StopRequest()
             restore_signals = stop.install()
             try:
                 _run(config, store, sock, host, stop)
@@ -442,6 +458,34 @@ def _worker(profile: str, profile_source: str, host: str, sock: socket.socket) -
     except AppError as error:
         log.error("worker %d: %s", os.getpid(), error.message)
         sys.exit(error.exit_code)
+    if stop.restart_signal is not None:
+        # As a single server: a `kill -HUP` (or `pkill -USR1 -f 'app serve'`) that reached a
+        # worker exited 0, so `serve` exited 0 and Restart=on-failure left the service
+        # stopped (red team 38).
+        sys.exit(128 + stop.restart_signal)
+
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM (a graceful stop) when ``serve`` dies.
+
+    A ``serve --workers`` killed with SIGKILL (by the OOM killer, a ``kill -9``, a process
+    manager that signals only its child) left its workers serving and holding the database
+    for ever, orphans on the port a restart then could not bind (red team 38). Linux only;
+    elsewhere the service manager's stop of the whole group is what ends them.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        # It died before the request above: the kernel will not send it now.
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _public_url(host: str, port: int) -> str:

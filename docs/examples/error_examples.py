@@ -127,6 +127,7 @@ EXAMPLES: list[errors.AppError] = [
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
     errors.ProfileStampMismatchError(ROOT, "production", "development", protected=True),
+    errors.DataRootTooNewError(ROOT, "0.2.0", "2", "0.1.0", 1),
     errors.DataRootStateError(
         ROOT,
         f"its profile stamp {ROOT / '.app-profile.json'} names no profile",
@@ -230,6 +231,7 @@ EXAMPLES: list[errors.AppError] = [
     remote.SchemaTooNewError(f"database {DATABASE}", 2, 1),
     remote.TablesOffSearchPathError(DATABASE, ["public"], "reporting"),
     remote.TablesOffSearchPathError(DATABASE, [], "nowhere"),
+    remote.TablesShadowedError(DATABASE, ["app", "public"], '"$user", public'),
     remote.PrefixStampMissingError(
         "production",
         "s3://app-data/production at https://s3.internal",
