@@ -471,8 +471,13 @@ class Store(Storage):
             else:
                 session, entry = self.files.restore(session_id, name, prepared)
                 prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
-        if name is None and self._in_first_layout(session_id):
-            session = self._migrate_restored(session_id)
+        if name is None:
+            # The restore is made and audited: a migration that cannot be made now (out of
+            # descriptors, a failed fsync) is left to the next start-up or repair, which make
+            # it, and must not answer a restore that happened as one that failed.
+            with contextlib.suppress(OSError, AppError):
+                if self._in_first_layout(session_id):
+                    session = self._migrate_restored(session_id)
         return session
 
     def _in_first_layout(self, session_id: str) -> bool:
