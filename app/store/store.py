@@ -63,6 +63,7 @@ from app.store.sessions import Sessions
 from app.store.trash import Trash
 
 if TYPE_CHECKING:
+    from app.check import Checker
     from app.dataroot import DataRoot
     from app.digests import Digests
     from app.storage import HolderWatch, IfMatch
@@ -494,15 +495,7 @@ class Store(Storage):
         build's layout, which only a start-up migrated: `app data check` failed (exit 65)
         until the next one (red team 38). It is given the start-up's repair of that session
         now (audited as one), damage from outside the app left alone as there."""
-        from app.check import Checker
-
-        checker = Checker(self, repair=True, thorough=False)
-        with self.root.changing():
-            checker.check_session(session_id)
-        if checker.findings:
-            self.root.audit(
-                "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
-            )
+        self._repair_now(lambda checker: checker.check_session(session_id))
         return self.sessions.get(session_id)
 
     def _finish_half_entries(self, session_id: str | None) -> None:
@@ -516,11 +509,15 @@ class Store(Storage):
         under its session's lock, which every change of its files takes: an entry another
         thread is making is not a crash's.
         """
+        self._repair_now(lambda checker: checker.finish_half_entries(session_id))
+
+    def _repair_now(self, step: Callable[[Checker], None]) -> None:
+        """One step of the start-up's repair, made now (audited, as the start-up's is)."""
         from app.check import Checker
 
         checker = Checker(self, repair=True, thorough=False)
         with self.root.changing():
-            checker.finish_half_entries(session_id)
+            step(checker)
         if checker.findings:
             self.root.audit(
                 "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
