@@ -479,6 +479,16 @@ def test_names_the_first_build_stored_survive_the_upgrade_and_stay_reachable(
             refused = http.put(f"{files}/{new}", content=b"x")
             assert refused.status_code == 400, refused.text
             assert "U+00A0" in refused.json()["message"]
+            # A multipart POST names the file in its form: one that has the name already is
+            # a conflict there too, as for any name (it was 400 invalid_name); a new one with
+            # such a name is refused as by a PUT.
+            upload = {"file": ("report\u00a0final.pdf", b"again", "application/pdf")}
+            conflict = http.post(files, files=upload)
+            assert conflict.status_code == 409, conflict.text
+            upload = {"file": ("new\u00a0one.txt", b"x", "text/plain")}
+            refused = http.post(files, files=upload)
+            assert refused.status_code == 400, refused.text
+            assert "U+00A0" in refused.json()["message"]
     finally:
         server.stop()
     restored = run_app("sessions", "restore", session, "--file", "notes ", env=env)
