@@ -21,6 +21,7 @@ be written. Only what pytest is known to read alone is left out (``--ignore``, p
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import glob
 import importlib.util
 import os
@@ -102,6 +103,53 @@ class Target(NamedTuple):
     prevent: Callable[[], None] | None = None
 
 
+#: Within one `targets` call: each directory's real path, resolved once (`_real`).
+_RESOLVED: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "_RESOLVED", default=None
+)
+
+
+@contextlib.contextmanager
+def _directories_resolved_once() -> Iterator[None]:
+    """Resolve each directory once while the paths of one check are gathered.
+
+    A check reads some sixty option and ini values as paths, nearly all in one directory
+    (the current one), and resolved each whole, a ``lstat`` of every component, twice: most
+    of a check's cost, four to six checks a run (`bench/plugin_phases.py`). Not kept beyond
+    the call: a test may plant a link between two checks.
+    """
+    token = _RESOLVED.set({})
+    try:
+        yield
+    finally:
+        _RESOLVED.reset(token)
+
+
+def _real(normal: str) -> Path:
+    """``Path(normal).resolve()`` for a normalised absolute path: its directory's real path
+    (once per check, see `_directories_resolved_once`), then its last name, followed only
+    where it is a symbolic link, as ``realpath`` goes."""
+    cache = _RESOLVED.get()
+    head, tail = os.path.split(normal)
+    if cache is None or not tail or tail == "..":
+        return _system_path(normal)
+    if (parent := cache.get(head)) is None:
+        parent = cache[head] = os.path.realpath(head)
+    here = os.path.join(parent, tail)  # noqa: PTH118 - str in, str out
+    with contextlib.suppress(OSError):
+        if stat.S_ISLNK(os.lstat(here).st_mode):
+            return _system_path(here)
+    return Path(here)
+
+
+def _system_path(text: str) -> Path:
+    """Where the system opens `text`: ``realpath``, not ``Path.resolve``, which raises
+    RuntimeError on a loop of symbolic links (``--junitxml=a`` with ``a`` -> ``b`` -> ``a``
+    stopped the run with a traceback from the guard); nothing can be opened through a loop
+    (ELOOP), so where it stands is as good as any."""
+    return Path(os.path.realpath(text))
+
+
 def _spellings(value: str, base: Path) -> list[Path]:
     """The path as pytest opens it (relative to `base`, `~` and `$VAR` as it reads them)."""
     found = []
@@ -110,11 +158,15 @@ def _spellings(value: str, base: Path) -> list[Path]:
     expanded = os.path.expanduser(os.path.expandvars(value))  # noqa: PTH111 - as pytest reads it
     for text in dict.fromkeys((value, expanded)):
         joined = os.path.join(base, text)  # noqa: PTH118 - as given
-        path = Path(os.path.normpath(joined))  # lexical, as junitxml and logging read it
+        normal = os.path.normpath(joined)
+        path = Path(normal)  # lexical, as junitxml and logging read it
+        found += [path, _real(normal)]
         # And as the system opens it, `..` after a link included: `--debug=link/../session.json`
         # (`open` as given), with `link` in a production session, rewrote the session's
-        # record, which the lexical spelling put beside the link (red team 38).
-        found += [path, path.resolve(), Path(joined).resolve()]
+        # record, which the lexical spelling put beside the link (red team 38). Without a
+        # `..`, the system's path is the lexical one's.
+        if ".." in Path(joined).parts:
+            found.append(_system_path(joined))
     return list(dict.fromkeys(found))
 
 
@@ -397,10 +449,11 @@ def targets(config: pytest.Config, options: Any, *, now: bool = False) -> list[T
     """
     found: list[Target] = []
     here = config.invocation_params.dir
-    with contextlib.suppress(OSError):  # a current directory removed: nothing opens there
-        if now and (current := Path.cwd()) != here:
-            found += _targets_from(config, options, current)
-    return _targets_from(config, options, here) + found
+    with _directories_resolved_once():
+        with contextlib.suppress(OSError):  # a current directory removed: nothing opens there
+            if now and (current := Path.cwd()) != here:
+                found += _targets_from(config, options, current)
+        return _targets_from(config, options, here) + found
 
 
 def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target]:
