@@ -28,6 +28,10 @@ import pytest
 #: About 170 ms of an inner run's 550 ms of CPU at start-up (bench/README.md, "The suite's
 #: time"); the suite starts about a hundred. The app's plugin and xdist stay.
 INNER_ADDOPTS = "-p no:anyio -p no:time_machine -p no:platformdirs -p no:cacheprovider"
+#: The same plugins alone, for the red teams' inner runs (tests/test_redteam_s24_guard.py,
+#: `_inner_env`), which choose for themselves whether pytest's cache is on. anyio's is most of
+#: it: an inner run of one trivial test used 0.58 s of CPU with them and 0.32 s without.
+INNER_PLUGINS_OFF = "-p no:anyio -p no:time_machine -p no:platformdirs"
 
 #: The item that runs next in this process (pytest's ``nextitem``), None at the end of a run
 #: or of an xdist worker's current batch.

@@ -22,6 +22,7 @@ import head_start
 import httpx
 import pytest
 from project_copy import PROJECT, copy_project_settings
+from side_by_side import INNER_PLUGINS_OFF
 
 PROFILES = ("development", "testing", "production")
 #: The tests that look at the settings' roots, the live holders and the header (the whole
@@ -90,6 +91,7 @@ def run_next_to_live_servers(
             if not name.startswith(("PYTEST_", "APP_")) and name != "ENV_FOR_DYNACONF"
         }
         env["APP_SETTINGS_DIR"] = str(project)
+        env["PYTEST_ADDOPTS"] = INNER_PLUGINS_OFF  # none of the representative tests uses them
         done = subprocess.run(
             [
                 sys.executable,

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from _pytest.tmpdir import get_user
 from project_copy import PROJECT
+from side_by_side import INNER_PLUGINS_OFF
 from test_redteam_s20_guard import _others_can_run_the_app
 from test_redteam_s21_guard import HAND_BUILT_ENV, LOAD_PRODUCTION
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
@@ -71,6 +72,8 @@ _OUTER_ONLY = frozenset({"PYTEST_ADDOPTS", "CI", "BUILD_NUMBER"})
 
 def _inner_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _OUTER_ONLY}
+    # Without the autoloaded plugins no inner test uses (a test's own PYTEST_ADDOPTS wins).
+    env["PYTEST_ADDOPTS"] = INNER_PLUGINS_OFF
     env.update(extra)
     return env
 

@@ -395,6 +395,7 @@ def test_what_held_without_a_change(
     code, output = _run(
         tmp_path, settings, "-p", "sets_env_late", "-rs", "test_inner.py",
         ROOT=str(production), PROJECT=str(PROJECT),
+        PYTEST_ADDOPTS="-p no:time_machine -p no:platformdirs",  # two of its tests use anyio
     )  # fmt: skip
     assert snapshot(production) == before, output
     assert code == 0, output
