@@ -161,6 +161,7 @@ SLOWEST_FILES = (
     "tests/test_redteam_s27_remote.py",  # 11 s, 0.4 cores
     "tests/test_server_resources.py",  # 15 s, 0.4 cores
     "tests/test_remote_replicas.py",  # 39 s
+    "tests/test_redteam_s38_ops.py",  # 35 s (its servers, weed restarted, two databases)
     "tests/test_plugin_remote.py",  # 34 s
     "tests/test_docs_browser.py",  # 30 s, 1.4 cores
     "tests/test_remote_hostile.py",  # 23 s
