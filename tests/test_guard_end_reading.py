@@ -69,3 +69,32 @@ def test_a_server_started_while_the_tests_run_keeps_its_directory_at_the_end(
         assert f"held by pid {server.pid}" in output, output
     finally:
         server.stop()
+
+
+def test_the_start_s_reading_ahead_is_made_only_where_its_check_is_likely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reading nobody uses holds the kernel's file-lock list for writing while it waits:
+    # every flock on the machine waits with it. An xdist worker or a run with --basetemp has
+    # no check of pytest's older directories; a fresh machine has none due.
+    from app.testing import guard
+
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(tmp_path))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
+    monkeypatch.setattr(sys, "argv", ["pytest", "tests"])
+    numbered = tmp_path / f"pytest-of-{get_user()}"
+    assert not guard.flocks_due_at_start()  # no directory at all
+    for n in range(2):
+        (numbered / f"pytest-{n}").mkdir(parents=True)
+    assert not guard.flocks_due_at_start()  # the run's own makes three: none due
+    (numbered / "pytest-2").mkdir()
+    assert guard.flocks_due_at_start()
+    monkeypatch.setattr(sys, "argv", ["pytest", "--basetemp=/tmp/elsewhere", "tests"])
+    assert not guard.flocks_due_at_start()
+    monkeypatch.setattr(sys, "argv", ["pytest", "tests"])
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--basetemp /tmp/elsewhere")
+    assert not guard.flocks_due_at_start()
+    monkeypatch.delenv("PYTEST_ADDOPTS")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert not guard.flocks_due_at_start()

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import pytest
 
@@ -525,6 +525,47 @@ def read_flocks_ahead() -> None:
 def drop_flocks_ahead() -> None:
     """Forget a reading started ahead and not used: a later check reads afresh."""
     _FLOCKS_AHEAD.clear()
+
+
+#: pytest's default tmp_path_retention_count.
+_DEFAULT_KEEP: Final = 3
+
+
+def flocks_due_at_start() -> bool:
+    """Whether the start's check of pytest's older directories is likely to come, guessed as
+    pytest imports the plugin (before any option is parsed): not in an xdist worker nor with
+    a ``--basetemp`` (neither has that check), and only where pytest's default directory
+    holds numbered directories enough for one to be due.
+
+    A guess either way costs no safety, only time: a check with no reading ahead reads
+    then. But a reading nobody uses is not free for others: it takes the kernel's file-lock
+    list for writing while it waits, and every ``flock`` on the machine waits with it.
+    """
+    import tempfile
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return False
+    if any("--basetemp" in arg for arg in [*sys.argv, os.environ.get("PYTEST_ADDOPTS", "")]):
+        return False
+    from _pytest.tmpdir import get_user  # private: see the pytest bound in pyproject.toml
+
+    temproot = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
+    try:
+        with os.scandir(Path(temproot, f"pytest-of-{get_user() or 'unknown'}")) as entries:
+            numbered = sum(1 for entry in entries if entry.name.startswith("pytest-"))
+    except OSError:
+        return False
+    return numbered >= _DEFAULT_KEEP
+
+
+def flocks_due_at_end(config: pytest.Config) -> bool:
+    """Whether the check just before pytest deletes its older directories will come: pytest
+    made a numbered directory for the run, and older ones are due now."""
+    factory = getattr(config, "_tmp_path_factory", None)  # private: see pyproject.toml
+    basetemp = getattr(factory, "_basetemp", None)
+    if factory is None or basetemp is None or factory._given_basetemp is not None:
+        return False
+    return bool(_old_directories(basetemp.parent, _retention_keep(config), adding=0))
 
 
 def _flock_holders() -> set[int] | None:

@@ -41,8 +41,9 @@ from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 # withdraws it.
 sandboxing.announce_start()
 # Read while pytest loads its other plugins and options, for the start's check of its older
-# directories; dropped once the first hook is done.
-guard.read_flocks_ahead()
+# directories, where that check is likely; dropped once the first hook is done.
+if guard.flocks_due_at_start():
+    guard.read_flocks_ahead()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -389,7 +390,7 @@ class _WritesOfConftests:
         pytest-cov's, which writes coverage's data file and reports right after the loop):
         a test may have planted a link since the start (red team 35)."""
         result = yield
-        if not hasattr(session.config, "workerinput"):
+        if not hasattr(session.config, "workerinput") and guard.flocks_due_at_end(session.config):
             # For the check of pytest's older directories just before it deletes them, at
             # the session's end: read while these checks run (no worker has that check).
             guard.read_flocks_ahead()
