@@ -463,6 +463,13 @@ def test_s3_keys_rotated_under_a_live_replica_are_refused_naming_the_store_and_l
                 assert refused.returncode == 69, refused.stdout + refused.stderr
                 assert "s3_access_key_id / s3_secret_access_key" in refused.stderr
                 _restart_weed(engine, tmp_path, old_secret)
+                # weed's gateway takes a new object (its readiness probe) a moment before the
+                # volume that holds the older ones is registered again: a read then is weed's
+                # own InternalError (503 here), then the file, whole, or a refusal if lost.
+                wait_for(
+                    lambda: client.get(f"/sessions/{sid}/files/a.txt").status_code != 503,
+                    "weed to serve the volume that holds a.txt",
+                )
                 assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
                 assert [f["name"] for f in client.get(f"/sessions/{sid}").json()["files"]] == [
                     "a.txt"
