@@ -501,13 +501,20 @@ class _FlockReading:
         self._thread.start()
 
     def _read(self) -> None:
-        with contextlib.suppress(OSError):
-            self._text = Path("/proc/locks").read_text()
+        self._text = _read_flocks()
 
     def text(self) -> str | None:
         """What the read found; None where ``/proc/locks`` could not be read."""
         self._thread.join()
         return self._text
+
+
+def _read_flocks() -> str | None:
+    """``/proc/locks`` now; None where it cannot be read."""
+    try:
+        return Path("/proc/locks").read_text()
+    except OSError:
+        return None
 
 
 #: The reading started ahead for the next `_flock_holders` (at most one), used once.
@@ -541,21 +548,22 @@ def flocks_due_at_start() -> bool:
     then. But a reading nobody uses is not free for others: it takes the kernel's file-lock
     list for writing while it waits, and every ``flock`` on the machine waits with it.
     """
-    import tempfile
-
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return False
     if any("--basetemp" in arg for arg in [*sys.argv, os.environ.get("PYTEST_ADDOPTS", "")]):
         return False
+    return bool(_old_directories(_default_rootdir()[1], _DEFAULT_KEEP))
+
+
+def _default_rootdir() -> tuple[Path, Path]:
+    """Where pytest keeps its numbered directories without ``--basetemp``: the temporary
+    root (``PYTEST_DEBUG_TEMPROOT``, else ``TMPDIR``...) and its ``pytest-of-<user>``."""
+    import tempfile
+
     from _pytest.tmpdir import get_user  # private: see the pytest bound in pyproject.toml
 
-    temproot = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
-    try:
-        with os.scandir(Path(temproot, f"pytest-of-{get_user() or 'unknown'}")) as entries:
-            numbered = sum(1 for entry in entries if entry.name.startswith("pytest-"))
-    except OSError:
-        return False
-    return numbered >= _DEFAULT_KEEP
+    temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()).resolve()
+    return temproot, temproot / f"pytest-of-{get_user() or 'unknown'}"
 
 
 def flocks_due_at_end(config: pytest.Config) -> bool:
@@ -571,8 +579,7 @@ def flocks_due_at_end(config: pytest.Config) -> bool:
 def _flock_holders() -> set[int] | None:
     """The pids that hold a ``flock`` (Linux ``/proc/locks``), or None where unknown: as read
     ahead (`read_flocks_ahead`), else now."""
-    reading = _FLOCKS_AHEAD.pop() if _FLOCKS_AHEAD else _FlockReading()
-    text = reading.text()
+    text = _FLOCKS_AHEAD.pop().text() if _FLOCKS_AHEAD else _read_flocks()
     if text is None:
         return None
     lines = text.splitlines()
@@ -644,12 +651,7 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
     and deleting old ones there: a TMPDIR inside a data root would reach into it, and a data
     root inside an old one is deleted with it."""
     __tracebackhide__ = True
-    import tempfile
-
-    from _pytest.tmpdir import get_user  # private: see the pytest bound in pyproject.toml
-
-    temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()).resolve()
-    rootdir = temproot / f"pytest-of-{get_user() or 'unknown'}"
+    temproot, rootdir = _default_rootdir()
     # A root the settings name, else one found on disk (a service's root set in its own
     # environment): the same refusal, saying how the root was recognised.
     where = None
