@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -260,6 +261,35 @@ def rss_bytes(pid: int) -> int:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def per_run_ratio(samples: dict[str, list[float]], kind: str, base: str) -> float:
+    """The median of `kind`'s ratio to `base` run by run.
+
+    Each run measures every kind back to back; the disk's and the machine's speed drift
+    between runs (this VM's host cache absorbs the first gigabytes), so a ratio is taken per
+    run, then the median of those.
+    """
+    return median([k / b for k, b in zip(samples[kind], samples[base], strict=True)])
+
+
+def run_workers(target: Callable[..., object], arguments: list[tuple[object, ...]]) -> float:
+    """Run `target` once per argument tuple, each on a thread of its own, all at once; the
+    wall time until the last has ended, in seconds."""
+    threads = [threading.Thread(target=target, args=args) for args in arguments]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
+def write_json(path: Path | None, report: dict[str, object]) -> None:
+    """Write `report` to `path` (a script's ``--json FILE``), if one was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
 
 
 # --- whole-process start-up timings (config_startup.py, plugin_startup.py) -------------------

@@ -31,7 +31,6 @@ Nothing is written except the app's bytecode cache (``app/__pycache__``, ignored
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PROJECT, clean_environment, p90, run_timed
+from _common import PROJECT, clean_environment, p90, run_timed, write_json
 
 FLOOR = """
 from dynaconf import Dynaconf
@@ -183,14 +182,10 @@ def main() -> None:
     )
     verdict = "within" if worst <= 1.25 else "ABOVE"
     print(f"app config / floor = {worst:.2f} ({verdict} the 1.25 target)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"rounds": args.rounds, "against": against and str(against), "results": results},
-                indent=2,
-            )
-        )
+    write_json(
+        args.json,
+        {"rounds": args.rounds, "against": against and str(against), "results": results},
+    )
 
 
 if __name__ == "__main__":

@@ -28,13 +28,19 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Connection, app_server, median, request_bytes, thread_counters
+from _common import (
+    Connection,
+    app_server,
+    median,
+    request_bytes,
+    run_workers,
+    thread_counters,
+)
 
 BURST = 50  # bench/load.py's clients
 COUNTERS = ("user", "system", "loop_user", "loop_system", "voluntary", "involuntary")
@@ -61,13 +67,7 @@ def load(
             if time.perf_counter() > deadline:
                 return
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_workers(worker, [(i,) for i in range(concurrency)])
     for connection in connections:
         connection.close()
     if failures:

@@ -31,7 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TOKEN, Server, app_server, cpu_seconds, median, transfer_main
+from _common import (
+    TOKEN,
+    Server,
+    app_server,
+    cpu_seconds,
+    median,
+    per_run_ratio,
+    transfer_main,
+)
 
 MIB = 2**20
 
@@ -147,20 +155,17 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     finally:
         baseline.stop()
 
-    def per_run(kind: str, base: str) -> float:
-        return median([k / b for k, b in zip(rates[kind], rates[base], strict=True)])
-
     result: dict[str, object] = {
         "size_mib": args.size_mib,
         "runs": args.runs,
         "median_mib_s": {kind: median(values) for kind, values in rates.items()},
-        "ratio": per_run("app", "baseline"),
+        "ratio": per_run_ratio(rates, "app", "baseline"),
         "cpu_ms_per_mib": {kind: median(values) for kind, values in cpu.items()},
     }
     if args.against:
         result["against"] = str(args.against)
-        result["against_ratio"] = per_run("against", "baseline")
-        result["app_over_against"] = per_run("app", "against")
+        result["against_ratio"] = per_run_ratio(rates, "against", "baseline")
+        result["app_over_against"] = per_run_ratio(rates, "app", "against")
     return result
 
 

@@ -26,7 +26,6 @@ pytest's variables and ``PYTHONDONTWRITEBYTECODE``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, name_the_settings, run_once
+from _common import clean_environment, name_the_settings, run_once, write_json
 
 BODIES = {
     "tmp_path": (
@@ -157,9 +156,7 @@ def main() -> None:
             f"{r['above_baseline_min_ms']:.2f} to {r['above_baseline_max_ms']:.2f}; {verdict} "
             f"the {target:g} ms target)"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2))
+    write_json(args.json, {"rounds": args.rounds, "results": results})
 
 
 if __name__ == "__main__":

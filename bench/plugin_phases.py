@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, name_the_settings, run_once
+from _common import clean_environment, name_the_settings, run_once, write_json
 from plugin_startup import TEST_ONE
 
 #: Step name -> (module, function) of the app's plugin, wrapped where the module has it.
@@ -181,9 +181,7 @@ def main() -> None:
         results[name]["whole process"] = statistics.median(walls[name]) * 1000
         row += f"{results[name]['whole process']:>26.1f}"
     print(row)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rounds": args.rounds, "results": results}, indent=2))
+    write_json(args.json, {"rounds": args.rounds, "results": results})
 
 
 if __name__ == "__main__":

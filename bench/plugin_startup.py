@@ -33,7 +33,6 @@ pytest's variables and ``PYTHONDONTWRITEBYTECODE``. Sandboxes go where pytest pu
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean_environment, name_the_settings, p90, run_timed
+from _common import clean_environment, name_the_settings, p90, run_timed, write_json
 
 TEST_ONE = "def test_one():\n    pass\n"
 #: Issue 8: the plugin's one-test start-up at most 1.15 times bare pytest (issue 4 said 1.35).
@@ -162,14 +161,10 @@ def main() -> None:
     ratio = results["pytest (plugin)"]["paired_ratio"]
     verdict = "within" if ratio <= TARGET else "ABOVE"
     print(f"plugin / bare pytest = {ratio:.2f} ({verdict} the {TARGET} target)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"rounds": args.rounds, "against": against and str(against), "results": results},
-                indent=2,
-            )
-        )
+    write_json(
+        args.json,
+        {"rounds": args.rounds, "against": against and str(against), "results": results},
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from _common import (  # noqa: E402
     median,
     p90,
     request_bytes,
+    run_workers,
     stop,
     wait_for_health,
 )
@@ -177,13 +177,7 @@ def create_rate(ports: list[int], total: int, concurrency: int) -> float:
                 failures.append(f"{status} {body[:200]!r}")
                 return
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in connections]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_workers(worker, [(c,) for c in connections])
     for connection in connections:
         connection.close()
     if failures:

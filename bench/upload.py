@@ -42,6 +42,7 @@ from _common import (
     cpu_seconds,
     io_write_bytes,
     median,
+    per_run_ratio,
     rss_bytes,
     transfer_main,
 )
@@ -190,18 +191,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     finally:
         baseline.stop()
 
-    def per_run(kind: str, base: str) -> float:
-        # Each run measures every kind back to back; the disk's speed drifts between runs
-        # (this VM's host cache absorbs the first gigabytes), so a ratio is taken per run,
-        # then the median of those.
-        return median([k / b for k, b in zip(results[kind], results[base], strict=True)])
-
     result: dict[str, object] = {
         "size_mib": args.size_mib,
         "runs": args.runs,
         "median_mib_s": {kind: median(values) for kind, values in results.items()},
-        "ratio_put": per_run("put", "baseline"),
-        "ratio_multipart": per_run("multipart", "baseline"),
+        "ratio_put": per_run_ratio(results, "put", "baseline"),
+        "ratio_multipart": per_run_ratio(results, "multipart", "baseline"),
         "written_per_byte": {kind: median(values) for kind, values in written.items()},
         # The server's CPU time (all its threads, user and system) per MiB: what the code
         # costs, much less moved by other processes on the cores than the rates are.
@@ -210,11 +205,11 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, object]:
     }
     if args.against:
         result["against"] = str(args.against)
-        result["against_ratio_put"] = per_run("against put", "baseline")
-        result["against_ratio_multipart"] = per_run("against multipart", "baseline")
+        result["against_ratio_put"] = per_run_ratio(results, "against put", "baseline")
+        result["against_ratio_multipart"] = per_run_ratio(results, "against multipart", "baseline")
         # This checkout against the other in the same runs, the baseline left out.
-        result["put_over_against"] = per_run("put", "against put")
-        result["multipart_over_against"] = per_run("multipart", "against multipart")
+        result["put_over_against"] = per_run_ratio(results, "put", "against put")
+        result["multipart_over_against"] = per_run_ratio(results, "multipart", "against multipart")
     return result
 
 
