@@ -362,10 +362,40 @@ class Upload(Protocol):
     Used as a context manager, an upload not committed by the end of the block is aborted.
     """
 
+    session_id: str
+    name: str
+    replace: bool
+    """Whether it may replace a file of its name (a PUT), or only add one (a POST)."""
+    if_match: IfMatch | None
+    """The version the commit must replace (checked again as it commits)."""
+    digests: Digests | None
+    """The SHA-256 the client sent (checked before the commit makes the file visible)."""
     limit: int
     """The most bytes it accepts; one more raises :class:`~app.errors.UploadTooLargeError`."""
+    received: int
+    """The bytes written so far."""
     replaced: bool
     """After :meth:`commit`: whether it replaced a file (whose old bytes went to the trash)."""
+
+    # Both backends' uploads subclass this protocol and start with this.
+    def _begin(
+        self,
+        session_id: str,
+        name: str,
+        *,
+        replace: bool,
+        limit: int,
+        if_match: IfMatch | None,
+        digests: Digests | None,
+    ) -> None:
+        self.session_id = session_id
+        self.name = name
+        self.replace = replace
+        self.if_match = if_match
+        self.digests = digests
+        self.limit = limit
+        self.received = 0
+        self.replaced = False
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None: ...
     def write_all(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None: ...
@@ -426,6 +456,13 @@ class HolderWatch(Protocol):
     def stop(self) -> None: ...
 
 
+class FileLimits(Protocol):
+    """What a backend's files keep of the profile's limits."""
+
+    max_upload_bytes: int
+    max_files: int
+
+
 class Storage(Protocol):
     """Sessions, their files, the trash, the audit trail and the holder of one profile's data.
 
@@ -433,7 +470,27 @@ class Storage(Protocol):
     change first checks that it still does. A reader changes nothing and owns nothing.
     """
 
-    max_upload_bytes: int
+    files: FileLimits
+    """The backend's files, which keep the profile's limits."""
+
+    # Both backends' stores subclass this protocol for the limits below, kept by their files.
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest file accepted, in bytes (the profile's ``max_upload_bytes``)."""
+        return self.files.max_upload_bytes
+
+    @max_upload_bytes.setter
+    def max_upload_bytes(self, value: int) -> None:
+        self.files.max_upload_bytes = value
+
+    @property
+    def max_files(self) -> int:
+        """The most live files one session may hold (the profile's ``max_files_per_session``)."""
+        return self.files.max_files
+
+    @max_files.setter
+    def max_files(self, value: int) -> None:
+        self.files.max_files = value
 
     @property
     def location(self) -> str:

@@ -242,24 +242,6 @@ class RemoteStore(Storage):
         """Who writes, for audit rows."""
         return self.db.kind
 
-    @property
-    def max_upload_bytes(self) -> int:
-        """The largest file accepted, in bytes."""
-        return self.files.max_upload_bytes
-
-    @max_upload_bytes.setter
-    def max_upload_bytes(self, value: int) -> None:
-        self.files.max_upload_bytes = value
-
-    @property
-    def max_files(self) -> int:
-        """The most live files one session may hold."""
-        return self.files.max_files
-
-    @max_files.setter
-    def max_files(self, value: int) -> None:
-        self.files.max_files = value
-
     # -- the holder -------------------------------------------------------------------
 
     @property

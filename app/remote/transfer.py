@@ -172,17 +172,11 @@ class RemoteUpload(storage.Upload):
     ) -> None:
         self.objects = objects
         self._record = record
-        self.session_id = session_id
-        self.name = name
-        self.replace = replace
-        self.if_match = if_match
-        """The version the commit must replace (checked in the transaction that records it)."""
-        self.digests = digests
-        """The SHA-256 the client sent (checked before the row is written)."""
-        self.limit = limit
-        self.received = 0
-        self.replaced = False
-        """After :meth:`commit`: whether it replaced a file (whose row went to the trash)."""
+        # if_match is checked again in the transaction that records it; digests before the
+        # row is written.
+        self._begin(
+            session_id, name, replace=replace, limit=limit, if_match=if_match, digests=digests
+        )
         self.blob = objects.new_blob_name()
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_FEED_DEPTH)
         self._result: PutResult | None = None

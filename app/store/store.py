@@ -131,24 +131,6 @@ class Store(Storage):
             newest = max([*self.sessions.ids()[-1:], self.trash.newest_session_id() or ""])
             make_later_than(newest)
 
-    @property
-    def max_upload_bytes(self) -> int:
-        """The largest file accepted, in bytes (the profile's ``max_upload_bytes``)."""
-        return self.files.max_upload_bytes
-
-    @max_upload_bytes.setter
-    def max_upload_bytes(self, value: int) -> None:
-        self.files.max_upload_bytes = value
-
-    @property
-    def max_files(self) -> int:
-        """The most files a session holds (the profile's ``max_files_per_session``)."""
-        return self.files.max_files
-
-    @max_files.setter
-    def max_files(self, value: int) -> None:
-        self.files.max_files = value
-
     # -- the root and its holder ---------------------------------------------------------
 
     @property

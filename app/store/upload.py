@@ -44,17 +44,15 @@ class Upload(storage.Upload):
         digests: Digests | None = None,
     ) -> None:
         self.files = files
-        self.session_id = session_id
-        self.name = name
-        self.replace = replace
-        self.if_match = if_match
-        """The version the commit must replace (checked under the session's lock)."""
-        self.digests = digests
-        """The SHA-256 the client sent (checked before the commit)."""
-        self.limit = files.max_upload_bytes
-        self.received = 0
-        self.replaced = False
-        """Whether the commit replaced an existing file (its old bytes went to the trash)."""
+        # if_match is checked again under the session's lock, as the commit renames.
+        self._begin(
+            session_id,
+            name,
+            replace=replace,
+            limit=files.max_upload_bytes,
+            if_match=if_match,
+            digests=digests,
+        )
         self._hash = hashlib.sha256()
         self._file: IO[bytes] | None
         self._file, self.temp_path = files.root.new_temp_file()
