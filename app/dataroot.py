@@ -1215,6 +1215,17 @@ def _lstat_identity(path: Path | str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _present_identity(path: Path | str) -> tuple[int, int] | None:
+    """`path`'s device and inode, ``None`` if nothing is there; raises if it cannot be looked
+    at (EIO, ESTALE, ENOTCONN, EACCES). A look that failed once made every write say the
+    root "was replaced or moved since it was opened", to be put back (red team 39)."""
+    try:
+        found = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
+
+
 def _layout_identities(root: Path) -> dict[str, tuple[int, int] | None]:
     return {name: _lstat_identity(root / name) for name in ("", SESSIONS_DIR, TRASH_DIR, TMP_DIR)}
 
@@ -1339,10 +1350,10 @@ class DataRoot:
         # Through this root's own path too, where it is not the lock's (a path re-pointed by
         # hand): the lock must be the one in the directory the operation is about to change.
         moved = self.path != self.lock.root
-        if moved and _lstat_identity(self.path / LOCK_FILE) != self.lock.identity:
+        if moved and _present_identity(self.path / LOCK_FILE) != self.lock.identity:
             raise DataRootChangedError(self.path, f"{LOCK_FILE} is not the file it locked")
         for name, where, opened in self._held_paths:
-            if _lstat_identity(where) != opened:  # lstat: a symbolic link is another inode
+            if _present_identity(where) != opened:  # lstat: a symbolic link is another inode
                 self._layout_intact_until = 0.0  # GET /health looks again at once
                 path = self.path / name
                 what = "the data root" if not name else f"{name}/"
@@ -1401,8 +1412,11 @@ class DataRoot:
                 found = os.lstat(where)
             except PermissionError:
                 return f"{what} became unreachable to the server (permission denied)"
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 found = None
+            except OSError as error:
+                # Not "moved": nobody may have touched it (red team 39).
+                return f"{what} could not be looked at ({error.strerror or error})"
             if found is None or (found.st_dev, found.st_ino) != opened:
                 return f"{what} was moved, replaced or deleted"
         if (mount := self._mount_inside()) is not None:
@@ -1567,7 +1581,15 @@ class DataRoot:
         """
         self.ensure_held()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            # A flock refused (ENOLCK) left the file in .tmp/ and its descriptor open, one
+            # more each time (red team 39): not in flight, so nothing of it is kept.
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            os.close(fd)
+            raise
         return os.fdopen(fd, "wb"), Path(name)
 
     def commit_temp_file(self, tmp: Path, dest: Path) -> None:

@@ -1607,6 +1607,32 @@ class StorageInterruptedError(StorageError):
     retry_after: int = 1
 
 
+class StorageFailedError(StorageError):
+    """The data root's filesystem failed a call with an errno no other refusal names.
+
+    A network filesystem whose handle went stale (``ESTALE``), a FUSE daemon that died
+    (``ENOTCONN``), a lock it could not take (``ENOLCK``), ...: each was a bare 500
+    ``internal_error`` over HTTP, and a traceback with exit 1 from a command (red team 39).
+    """
+
+    code = "storage_failed"
+    http_status = 503
+    # No path: the message reaches HTTP clients. Not "nothing was changed": the call that
+    # failed may come after a change's rename as well as before it.
+    template = (
+        "cannot {doing}: the data root's filesystem failed a call with {errname} "
+        "({strerror}){hint}. A change it met is not acknowledged, and may be made in part. An "
+        "operator mends the filesystem (the kernel's log, `dmesg`, and `findmnt -T` on the "
+        "data root say which it is), then runs `app data check --repair` (a server runs it "
+        "at start-up) before clients retry"
+    )
+
+    doing: str
+    errname: str
+    strerror: str
+    hint: str = ""
+
+
 class StoppedPartwayError(StorageError):
     """A command over many items met a storage error after it had changed some of them.
 
@@ -1643,6 +1669,32 @@ _CROSS_DEVICE_ERRNOS = frozenset({errno.EXDEV})
 _IO_ERRNOS = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
 # Python retries open, write and fsync on EINTR (PEP 475), never rename, unlink, mkdir, close.
 _INTERRUPTED_ERRNOS = frozenset({errno.EINTR})
+
+
+# What an errno no refusal above names means on a data root, where the cause is known.
+_NETWORK_GONE = (
+    ": a network filesystem whose server does not answer; once it does, or once the data "
+    "root is on a local disk, the calls go through"
+)
+_FAILED_HINTS: Final[dict[int, str]] = {
+    errno.ESTALE: (
+        ": a network filesystem (NFS) whose server restarted or whose export changed under "
+        "the mount, so the file handles the kernel holds name nothing; remount it"
+    ),
+    errno.ENOTCONN: (
+        ": a FUSE filesystem (sshfs, s3fs, rclone) whose daemon died; unmount it "
+        "(`fusermount -u` on its mount point) and mount it again"
+    ),
+    errno.ENOLCK: (
+        ": the filesystem could not take a lock (flock) the app takes around every change, "
+        "as an NFS lock manager out of locks or not running answers; keep the data root on "
+        "a local filesystem, where flock always works"
+    ),
+    errno.ETIMEDOUT: _NETWORK_GONE,
+    errno.EHOSTDOWN: _NETWORK_GONE,
+    errno.EHOSTUNREACH: _NETWORK_GONE,
+    errno.ENOMEM: ": the kernel ran out of memory for the call",
+}
 
 
 _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...] = (
@@ -1686,7 +1738,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
         a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
         `PermissionDeniedStorageError`, a `CrossDeviceStorageError`, a `StorageIOError` or a
-        `StorageInterruptedError`, else ``None``.
+        `StorageInterruptedError`; for any other errno a `StorageFailedError` naming it;
+        ``None`` for an ``OSError`` raised without an errno, or any other exception.
     """
     if not isinstance(error, OSError):
         return None
@@ -1704,4 +1757,12 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)
-    return None
+    if not error.errno:
+        return None  # raised without an errno: no call of the filesystem's, a bug to see
+    # Any other errno is still the filesystem's answer: said as such, never a bare 500.
+    return StorageFailedError(
+        doing,
+        errno.errorcode.get(error.errno, f"errno {error.errno}"),
+        error.strerror or os.strerror(error.errno),
+        _FAILED_HINTS.get(error.errno, ""),
+    )

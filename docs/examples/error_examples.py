@@ -203,6 +203,13 @@ EXAMPLES: list[errors.AppError] = [
         "(Input/output error), in an earlier change",
     ),
     errors.StorageInterruptedError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.StorageFailedError(
+        "PUT /sessions/3f2a9c/files/report.pdf",
+        "ESTALE",
+        "Stale file handle",
+        ": a network filesystem (NFS) whose server restarted or whose export changed under "
+        "the mount, so the file handles the kernel holds name nothing; remount it",
+    ),
     errors.StoppedPartwayError(
         doing="purge",
         done=120,

@@ -1,0 +1,222 @@
+"""Red team 39 on integrity: what a data root's filesystem answers beside the usual errors.
+
+- An errno the app had no refusal for, from the data root's filesystem: ``ENOLCK`` from the
+  flock every change takes on ``.tmp/`` (an NFS lock manager out of locks or not running),
+  ``ESTALE`` (an NFS handle gone stale: the server restarted, the export changed) and
+  ``ENOTCONN`` (a FUSE daemon that died). A replace and a download were each a bare 500
+  ``internal_error`` ("the server log has details"), and a command (``app sessions show``,
+  ``app data check``) a traceback with exit 1, a code the contract does not have. Each is
+  now 503 ``storage_failed`` (exit 74) naming the errno, what it means on a data root, that
+  the change is not acknowledged, and what an operator does; the old bytes are still served.
+  Same class: an upload whose flock on its temporary file was refused left that file in
+  ``.tmp/`` and its descriptor open, one more each time; both now go at once.
+- A look at the root's own directories that failed (``EIO``, ``ESTALE`` on the ``lstat`` of
+  ``sessions/`` every write makes) was taken for the directory being gone: the write was
+  refused as ``data_root_changed``, "replaced, moved or mounted over ... put it back and
+  restart the server", which nobody had done. It is now the refusal of the error itself
+  (``storage_io_error``, ``storage_failed``), and the next write goes through.
+
+Each fault is injected with ``strace --inject`` into one call of a real ``app serve``
+(attached for one request) or of a real command, so the tests need strace(1) and root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redteam_s19_http import one_server
+
+from app.testing import LiveServer
+
+needs_strace = pytest.mark.skipif(
+    shutil.which("strace") is None or os.geteuid() != 0,
+    reason="a fault injected into one call of a real process takes strace(1) and root",
+)
+
+pytestmark = needs_strace
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with one_server(tmp_path_factory) as live:
+        yield live
+
+
+@pytest.fixture
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
+        yield client
+
+
+def _traced(pid: int) -> bool:
+    """Whether every thread of `pid` is under a tracer (strace has attached to them all)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with (task / "status").open() as status:
+            tracer = next(line for line in status if line.startswith("TracerPid:"))
+        if tracer.split()[1] == "0":
+            return False
+    return True
+
+
+def _injected(server: LiveServer, inject: str, *paths: Path) -> subprocess.Popen[bytes]:
+    """strace attached to every thread of the server, failing one call (`inject`, of the
+    calls that touch `paths` if any), until it is terminated."""
+    only = [arg for path in paths for arg in ("-P", str(path))]
+    call = inject.split(":", 1)[0]
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={call}"]
+        + ["-e", f"inject={inject}", "-p", str(server.pid)],
+        stderr=subprocess.DEVNULL,
+    )
+    while not _traced(server.pid):
+        assert tracer.poll() is None, "strace could not attach"
+        time.sleep(0.01)
+    return tracer
+
+
+def _detach(tracer: subprocess.Popen[bytes]) -> None:
+    tracer.terminate()
+    tracer.wait()
+
+
+def _session_with(http: httpx.Client, content: bytes) -> str:
+    session = str(http.post("/sessions", json={"title": "faults"}).json()["id"])
+    assert http.put(f"/sessions/{session}/files/a.txt", content=content).status_code == 201
+    return session
+
+
+_KEPT = (
+    "A change it met is not acknowledged, and may be made in part. An operator mends the "
+    "filesystem (the kernel's log, `dmesg`, and `findmnt -T` on the data root say which it "
+    "is), then runs `app data check --repair` (a server runs it at start-up) before clients "
+    "retry"
+)
+
+
+def test_a_lock_the_filesystem_refuses_is_named_and_the_old_bytes_stay(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    # Every change takes a shared flock on .tmp/ (app.dataroot.DataRoot.changing); NFS's
+    # lock manager answers ENOLCK when it has no lock to give. It was a bare 500.
+    assert server.data_root is not None
+    session = _session_with(http, b"version 1")
+    tracer = _injected(server, "flock:error=ENOLCK:when=1", server.data_root / ".tmp")
+    try:
+        refused = http.put(f"/sessions/{session}/files/a.txt", content=b"version 2")
+    finally:
+        _detach(tracer)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "storage_failed"
+    assert refused.json()["message"] == (
+        f"cannot PUT /sessions/{session}/files/a.txt: the data root's filesystem failed a call "
+        "with ENOLCK (No locks available): the filesystem could not take a lock (flock) the "
+        "app takes around every change, as an NFS lock manager out of locks or not running "
+        "answers; keep the data root on a local filesystem, where flock always works. " + _KEPT
+    )
+    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
+    assert http.put(f"/sessions/{session}/files/a.txt", content=b"version 3").status_code == 200
+
+
+def test_an_upload_whose_temporary_file_cannot_be_locked_leaves_nothing_behind(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    # The temporary file stayed in .tmp/ and its descriptor open, one more each time.
+    assert server.data_root is not None
+    session = _session_with(http, b"version 1")
+    before = len(os.listdir(f"/proc/{server.pid}/fd"))
+    for _ in range(3):
+        tracer = _injected(server, "flock:error=ENOLCK:when=1")  # the upload's own, first
+        try:
+            refused = http.put(f"/sessions/{session}/files/a.txt", content=b"version 2")
+        finally:
+            _detach(tracer)
+        assert refused.status_code == 503, refused.text
+        assert "ENOLCK (No locks available)" in refused.json()["message"]
+    assert os.listdir(server.data_root / ".tmp") == []
+    assert len(os.listdir(f"/proc/{server.pid}/fd")) <= before
+    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
+
+
+def test_a_stale_network_file_handle_is_named_on_a_download(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    assert server.data_root is not None
+    session = _session_with(http, b"version 1")
+    record = server.data_root / "sessions" / session / "records" / "a.txt"
+    tracer = _injected(server, "openat:error=ESTALE:when=1", record)
+    try:
+        refused = http.get(f"/sessions/{session}/files/a.txt")
+    finally:
+        _detach(tracer)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "storage_failed"
+    assert refused.json()["message"].startswith(
+        f"cannot GET /sessions/{session}/files/a.txt: the data root's filesystem failed a call "
+        "with ESTALE (Stale file handle): a network filesystem (NFS) whose server restarted "
+        "or whose export changed under the mount, so the file handles the kernel holds name "
+        "nothing; remount it. "
+    )
+    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "says"),
+    [
+        ("EIO", "storage_io_error", "the data root's disk failed to read or store it"),
+        ("ENOTCONN", "storage_failed", "a FUSE filesystem (sshfs, s3fs, rclone) whose daemon"),
+    ],
+)
+def test_a_look_at_sessions_that_fails_is_not_called_a_moved_root(
+    server: LiveServer, http: httpx.Client, fault: str, code: str, says: str
+) -> None:
+    # Every write lstats the root's own directories to see that they are the ones opened; a
+    # look that failed was taken for a directory gone: "replaced, moved or mounted over",
+    # to be put back before a restart, of a root nobody had touched.
+    assert server.data_root is not None
+    session = _session_with(http, b"version 1")
+    sessions = server.data_root / "sessions"
+    tracer = _injected(server, f"newfstatat:error={fault}:when=1", sessions)
+    try:
+        refused = http.put(f"/sessions/{session}/files/a.txt", content=b"version 2")
+    finally:
+        _detach(tracer)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == code
+    assert says in refused.json()["message"]
+    assert "moved" not in refused.json()["message"]
+    assert http.get("/health").json()["status"] == "ok"
+    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
+    assert http.put(f"/sessions/{session}/files/a.txt", content=b"version 3").status_code == 200
+
+
+def test_a_command_given_a_stale_handle_exits_74_naming_it(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    # A traceback and exit 1, which the table of exit codes does not have.
+    assert server.data_root is not None
+    session = _session_with(http, b"version 1")
+    record = server.data_root / "sessions" / session / "session.json"
+    env = {**os.environ, "APP_DATA_ROOT": str(server.data_root)}
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(record)]
+    shown = subprocess.run(
+        [*strace, "-e", "inject=all:error=ESTALE"]
+        + [sys.executable, "-m", "app", "sessions", "show", session],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert shown.returncode == 74, shown.stderr
+    assert "Traceback" not in shown.stderr
+    assert shown.stderr.startswith(
+        f"error: cannot run `app sessions show` ({record}): the data root's filesystem failed "
+        "a call with ESTALE (Stale file handle): a network filesystem (NFS)"
+    ), shown.stderr
