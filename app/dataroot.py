@@ -53,6 +53,7 @@ from app.errors import (
     DataRootTooNewError,
     FsyncFailed,
     LockLostError,
+    LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
 )
@@ -1226,6 +1227,23 @@ def _present_identity(path: Path | str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _how_changed(where: Path | str, opened: tuple[int, int] | None) -> str | None:
+    """How the directory at `where` differs from the one opened (its identity `opened`), as
+    a phrase, or ``None`` if it is the same. A look that fails is said as such, never as a
+    directory moved: nobody may have touched it (red team 39)."""
+    try:
+        found = os.lstat(where)
+    except PermissionError:
+        return "became unreachable to the server (permission denied)"
+    except (FileNotFoundError, NotADirectoryError):
+        return "was moved, replaced or deleted"
+    except OSError as error:
+        return f"could not be looked at ({error.strerror or error})"
+    if (found.st_dev, found.st_ino) != opened:
+        return "was moved, replaced or deleted"
+    return None
+
+
 def _layout_identities(root: Path) -> dict[str, tuple[int, int] | None]:
     return {name: _lstat_identity(root / name) for name in ("", SESSIONS_DIR, TRASH_DIR, TMP_DIR)}
 
@@ -1407,18 +1425,9 @@ class DataRoot:
         if now < self._layout_intact_until:
             return None
         for name, where, opened in self._held_paths:
-            what = "the data root" if not name else f"the data root's {name}/"
-            try:
-                found = os.lstat(where)
-            except PermissionError:
-                return f"{what} became unreachable to the server (permission denied)"
-            except (FileNotFoundError, NotADirectoryError):
-                found = None
-            except OSError as error:
-                # Not "moved": nobody may have touched it (red team 39).
-                return f"{what} could not be looked at ({error.strerror or error})"
-            if found is None or (found.st_dev, found.st_ino) != opened:
-                return f"{what} was moved, replaced or deleted"
+            if (how := _how_changed(where, opened)) is not None:
+                what = "the data root" if not name else f"the data root's {name}/"
+                return f"{what} {how}"
         if (mount := self._mount_inside()) is not None:
             inside = mount.relative_to(self._path)
             return f"a filesystem was mounted inside the data root, at its {inside}/"
@@ -1433,7 +1442,10 @@ class DataRoot:
         """
         assert self.lock is not None, "only a writer holds a lock to lose"
         opened = self._held_paths[0][2] if self._held_paths else None
-        now = _lstat_identity(self._path)
+        try:
+            now = _present_identity(self._path)
+        except OSError:
+            now = opened  # a root that cannot be looked at is not said to be moved (red team 39)
         if opened is not None and now != opened:
             why = (
                 "the data root itself was moved, renamed or deleted since it was opened, so "
@@ -1456,6 +1468,8 @@ class DataRoot:
             )
         except OSError:
             pass
+        if reason.startswith("could not be checked"):
+            return LockUncheckedError(self.lock.path, reason)
         return LockLostError(self.lock.path, reason)
 
     @contextlib.contextmanager
@@ -1586,8 +1600,7 @@ class DataRoot:
         except BaseException:
             # A flock refused (ENOLCK) left the file in .tmp/ and its descriptor open, one
             # more each time (red team 39): not in flight, so nothing of it is kept.
-            with contextlib.suppress(OSError):
-                os.unlink(name)
+            Path(name).unlink(missing_ok=True)
             os.close(fd)
             raise
         return os.fdopen(fd, "wb"), Path(name)

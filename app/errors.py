@@ -666,6 +666,36 @@ class LockLostError(AppError):
         }
 
 
+class LockUncheckedError(LockLostError):
+    """The holder could not look at its lock file, again and again: it stops, said truly.
+
+    A look that failed (``EIO``, ``ESTALE``, ``ENOTCONN``) proves nothing: the flock is still
+    this process's. One failed ``lstat`` stopped a server saying the file was lost, that
+    another process could now take the root, and never to delete it (red team 39); a look
+    that fails once is now tried again, and only one that keeps failing stops the server.
+    """
+
+    code = "lock_unchecked"
+    template = (
+        "lock file {path} {reason}: the data root's filesystem failed the look, and nobody "
+        "need have touched the file, but this process cannot tell whether it still holds the "
+        "data root, so it stops rather than risk sharing it. An operator mends the "
+        "filesystem (the kernel's log, `dmesg`; `findmnt -T {path}` names it), then restarts "
+        "the server"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
+        return {
+            "code": self.code,
+            "message": (
+                f"this server's data-root lock file {self.reason}: its filesystem failed the "
+                "look, so it refuses every write and is stopping rather than risk sharing its "
+                "data; nothing was written. Retry once the server is restarted"
+            ),
+        }
+
+
 class ProfileStampMismatchError(ConfigError):
     """The data root is stamped with another profile than the one opening it."""
 

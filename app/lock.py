@@ -90,6 +90,10 @@ _UNSUPPORTED_ERRNOS: Final = frozenset(
     {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 )
 _CONTENDED_ERRNOS: Final = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+# Pauses between looks at a lock file whose check failed (EIO, ESTALE) before the holder
+# gives up, each at most the interval between checks: a blip of the filesystem does not stop
+# a server whose flock is still its own.
+_RECHECK_PAUSES: Final = (0.1, 0.5, 2.0)
 # A full disk (or quota): the holder's JSON cannot be written, and the lock is held unnamed.
 _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -1102,12 +1106,7 @@ class LockWatcher:
         while not self._stop.wait(self.interval):
             if not self.lock.held:
                 return
-            try:
-                reason = self.lock.still_ours()
-            except OSError as error:
-                # A check that cannot be made proves nothing: an exception would end this
-                # thread silently and leave the server running unwatched.
-                reason = f"could not be checked ({error.strerror or error})"
+            reason = self._check()
             if reason is not None and self.lock.held and not self._stop.is_set():
                 self.lost = reason
                 self.on_lost(reason)
@@ -1121,6 +1120,34 @@ class LockWatcher:
                     )
             except OSError as error:
                 log.warning("could not check the holder in %s: %s", self.lock.path, error)
+
+    def _check(self) -> str | None:
+        """:meth:`RootLock.still_ours`, looked at again where the look itself fails.
+
+        A check that cannot be made proves nothing (an exception would end this thread
+        silently, the server running unwatched), and neither does one failure: one failed
+        ``lstat`` (a stale NFS handle, one bad read) stopped a server whose flock was still
+        its own (red team 39). Writes meanwhile are refused by their own check.
+        """
+        started = time.monotonic()
+        for attempt, pause in enumerate((*_RECHECK_PAUSES, None), start=1):
+            try:
+                reason = self.lock.still_ours()
+            except OSError as error:
+                cause = error.strerror or str(error)
+                # A root made unreachable (chmod 000) stays so: said at once (red team 37).
+                last = pause is None or isinstance(error, PermissionError)
+                if last or self._stop.wait(min(pause, self.interval)):
+                    spent = time.monotonic() - started
+                    return f"could not be checked ({cause}; {attempt} looks in {spent:.1f} s)"
+                log.warning(
+                    "lock file %s could not be checked (%s); looking again", self.lock.path, cause
+                )
+                continue
+            if attempt > 1:
+                log.warning("lock file %s checked again: still this process's", self.lock.path)
+            return reason
+        return None  # not reached: the last pause is None
 
     def __enter__(self) -> Self:
         return self.start()

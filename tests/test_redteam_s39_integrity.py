@@ -30,11 +30,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_app
 import httpx
 import pytest
 from redteam_s19_http import one_server
 
+from app import config as appconfig
 from app.testing import LiveServer
+from app.testing.live_server import stop_server
 
 needs_strace = pytest.mark.skipif(
     shutil.which("strace") is None or os.geteuid() != 0,
@@ -220,3 +223,54 @@ def test_a_command_given_a_stale_handle_exits_74_naming_it(
         f"error: cannot run `app sessions show` ({record}): the data root's filesystem failed "
         "a call with ESTALE (Stale file handle): a network filesystem (NFS)"
     ), shown.stderr
+
+
+# --- the lock's watcher, when a look at the lock file fails ----------------------------------
+
+
+def test_a_lock_file_that_cannot_be_looked_at_once_does_not_stop_the_server_and_always_does_truly(
+    tmp_path: Path,
+) -> None:
+    # One failed lstat of .server.lock (a stale NFS handle, a bad read) stopped the server,
+    # saying that another process could now take the root and never to delete the file: its
+    # flock was still its own, and nobody had touched the file.
+    root = tmp_path / "live-data"
+    env = {
+        **os.environ,
+        "APP_HOST": "127.0.0.1",
+        "APP_DATA_ROOT": str(root),
+        "APP_LOCK_CHECK_SECONDS": "0.2",
+    }
+    log = tmp_path / "server.log"
+    process, url = forked_app.start_server(env, root, log)
+    lock = root / ".server.lock"
+    try:
+        live = LiveServer(url, root, process.pid, None, log, appconfig.load("testing", environ=env))
+        tracer = _injected(live, "newfstatat:error=ESTALE:when=1", lock)
+        try:
+            while "checked again: still this process's" not in log.read_text():
+                assert process.poll() is None, log.read_text()
+                time.sleep(0.05)
+        finally:
+            _detach(tracer)
+        token = {"Authorization": "Bearer testing-token-not-secret"}
+        with httpx.Client(base_url=url, headers=token) as http:
+            assert http.post("/sessions", json={"title": "still served"}).status_code == 201
+        tracer = _injected(live, "newfstatat:error=ESTALE", lock)
+        try:
+            assert process.wait(timeout=60) == 70
+        finally:
+            _detach(tracer)
+    finally:
+        stop_server(process)
+    said = log.read_text()
+    assert (
+        f"stopping: lock file {lock} could not be checked (Stale file handle; 4 looks in " in said
+    )
+    assert (
+        "s): the data root's filesystem failed the look, and nobody need have touched the "
+        "file, but this process cannot tell whether it still holds the data root, so it stops "
+        "rather than risk sharing it. An operator mends the filesystem (the kernel's log, "
+        f"`dmesg`; `findmnt -T {lock}` names it), then restarts the server"
+    ) in said
+    assert "Never delete" not in said

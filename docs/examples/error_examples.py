@@ -123,6 +123,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
     errors.LockFileKindError(ROOT / ".server.lock", "a directory"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
+    errors.LockUncheckedError(
+        ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"
+    ),
     errors.DataRootChangedError(
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
