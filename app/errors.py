@@ -1724,6 +1724,15 @@ _FAILED_HINTS: Final[dict[int, str]] = {
     errno.EHOSTDOWN: _NETWORK_GONE,
     errno.EHOSTUNREACH: _NETWORK_GONE,
     errno.ENOMEM: ": the kernel ran out of memory for the call",
+    errno.ENOENT: (
+        ": a file or directory of the data root went missing while it was used (removed "
+        "from outside the app?); `app data check` says whether anything else is missing"
+    ),
+    errno.EMLINK: (
+        ": a directory of the data root holds as many entries as its filesystem allows "
+        "(ext2 and ext3: 31,998 subdirectories); empty the trash (POST /trash/empty, "
+        "`app data empty-trash`), or move the data root to ext4 or xfs"
+    ),
 }
 
 

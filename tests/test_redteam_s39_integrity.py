@@ -22,6 +22,7 @@ Each fault is injected with ``strace --inject`` into one call of a real ``app se
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -274,3 +275,18 @@ def test_a_lock_file_that_cannot_be_looked_at_once_does_not_stop_the_server_and_
         f"`dmesg`; `findmnt -T {lock}` names it), then restarts the server"
     ) in said
     assert "Never delete" not in said
+
+
+def test_every_errno_of_the_filesystem_is_a_refusal_that_names_it() -> None:
+    # The class behind the breaks above: an errno with no refusal of its own was a bare 500
+    # over HTTP and a traceback from a command. Every one now maps to a refusal naming it.
+    from app.errors import StorageError, storage_error
+
+    for number, name in sorted(errno.errorcode.items()):
+        mapped = storage_error(OSError(number, os.strerror(number)), "PUT /sessions/s/files/a")
+        assert isinstance(mapped, StorageError), name
+        assert mapped.message.startswith("cannot PUT /sessions/s/files/a: "), name
+        if mapped.code == "storage_failed":
+            assert f"with {name} ({os.strerror(number)})" in mapped.message
+    assert storage_error(OSError("no errno"), "x") is None
+    assert storage_error(ValueError("x"), "x") is None
