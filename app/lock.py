@@ -1136,8 +1136,11 @@ class LockWatcher:
             except OSError as error:
                 cause = error.strerror or str(error)
                 # A root made unreachable (chmod 000) stays so: said at once (red team 37).
-                last = pause is None or isinstance(error, PermissionError)
-                if last or self._stop.wait(min(pause, self.interval)):
+                if (
+                    pause is None
+                    or isinstance(error, PermissionError)
+                    or self._stop.wait(min(pause, self.interval))
+                ):
                     spent = time.monotonic() - started
                     return f"could not be checked ({cause}; {attempt} looks in {spent:.1f} s)"
                 log.warning(

@@ -34,7 +34,7 @@ from pathlib import Path
 import forked_app
 import httpx
 import pytest
-from redteam_s19_http import one_server
+from redteam_s19_http import blob_of, one_server
 
 from app import config as appconfig
 from app.testing import LiveServer
@@ -290,3 +290,31 @@ def test_every_errno_of_the_filesystem_is_a_refusal_that_names_it() -> None:
             assert f"with {name} ({os.strerror(number)})" in mapped.message
     assert storage_error(OSError("no errno"), "x") is None
     assert storage_error(ValueError("x"), "x") is None
+
+
+@pytest.mark.parametrize("wanted", [None, "bytes=10-2000000"])
+def test_a_download_whose_bytes_fail_to_read_midway_is_cut_and_logged_by_cause(
+    server: LiveServer, http: httpx.Client, wanted: str | None
+) -> None:
+    # The answer had begun: a read's EIO (a bad sector) was Starlette's "Caught handled
+    # exception, but response already started" traceback, naming neither file nor cause.
+    assert server.data_root is not None
+    session = _session_with(http, b"small")
+    path = f"/sessions/{session}/files/big.bin"
+    assert http.put(path, content=os.urandom(3_000_000)).status_code == 201
+    blob = blob_of(server.data_root, session, "big.bin")
+    tracer = _injected(server, "read:error=EIO:when=2", blob)
+    try:
+        headers = {} if wanted is None else {"Range": wanted}
+        with pytest.raises(httpx.RemoteProtocolError):  # fewer bytes than Content-Length
+            http.get(path, headers=headers)
+    finally:
+        _detach(tracer)
+    said = server.log.read_text()
+    assert (
+        f"ERROR:    cannot GET {path}: the data root's disk failed to read or store it (an I/O "
+        "error; the kernel's log, `dmesg`, says where)."
+    ) in said
+    assert "(the download was cut before its end)" in said
+    assert "response already started" not in said
+    assert len(http.get(path).content) == 3_000_000
