@@ -75,9 +75,9 @@ def _injected(server: LiveServer, inject: str, *paths: Path) -> subprocess.Popen
     calls that touch `paths` if any), until it is terminated."""
     only = [arg for path in paths for arg in ("-P", str(path))]
     call = inject.split(":", 1)[0]
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={call}"]
     tracer = subprocess.Popen(
-        ["strace", "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={call}"]
-        + ["-e", f"inject={inject}", "-p", str(server.pid)],
+        [*strace, "-e", f"inject={inject}", "-p", str(server.pid)],
         stderr=subprocess.DEVNULL,
     )
     while not _traced(server.pid):
@@ -210,9 +210,9 @@ def test_a_command_given_a_stale_handle_exits_74_naming_it(
     record = server.data_root / "sessions" / session / "session.json"
     env = {**os.environ, "APP_DATA_ROOT": str(server.data_root)}
     strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(record)]
+    strace += ["-e", "inject=all:error=ESTALE"]
     shown = subprocess.run(
-        [*strace, "-e", "inject=all:error=ESTALE"]
-        + [sys.executable, "-m", "app", "sessions", "show", session],
+        [*strace, sys.executable, "-m", "app", "sessions", "show", session],
         capture_output=True,
         text=True,
         env=env,
