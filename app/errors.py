@@ -611,6 +611,50 @@ class LockFileKindError(AppError):
     kind: str
 
 
+class LockFileUnreadableError(AppError):
+    """The data root's lock file is there, but its mode or owner keeps this process out.
+
+    ``chmod 000 .server.lock`` (a hand, a restore that kept odd modes) under a live server:
+    `app status` said only that the filesystem refused it, naming no holder, and a second
+    server was told to ``chattr -i`` or ``chown`` a file whose owner was right (red team 39).
+    """
+
+    exit_code = EX_IOERR
+    code = "lock_file_unreadable"
+    path: Path
+    mode: str
+    owner: int
+    uid: int
+    pid: int | None  # the holder the kernel lists, 0 for none, None if it cannot be seen
+    argv: str = ""  # the holder's command line
+
+    @property
+    def why(self) -> str:
+        """Why it cannot be opened, with the remedy: for a holder's description too."""
+        return (
+            f"permission denied: its mode is {self.mode}, its owner uid {self.owner}, and "
+            f"this process runs as uid {self.uid}; `chmod 600 {self.path}`, and `chown` it "
+            "if its owner is wrong, gives it back; never delete it"
+        )
+
+    @property
+    def message(self) -> str:
+        """What was refused, who the kernel says holds the root, and the remedy."""
+        if self.pid:
+            holder = (
+                f"The kernel lists process {self.pid} ({self.argv or 'command line unknown'}) "
+                "as holding it: that process holds the data root now."
+            )
+        elif self.pid == 0:
+            holder = "The kernel lists no process holding it: nobody holds the data root now."
+        else:
+            holder = "Who holds it cannot be seen here (/proc/locks cannot be read)."
+        return (
+            f"cannot open lock file {self.path} ({self.why}), so this process can neither "
+            f"read the holder's details nor take the data root; nothing was changed. {holder}"
+        )
+
+
 class DataRootChangedError(AppError):
     """The data root, or a directory of the app's in it, is no longer what was opened."""
 

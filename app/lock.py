@@ -54,6 +54,7 @@ from app.errors import (
     DataRootInUseError,
     LockFileAliasedError,
     LockFileKindError,
+    LockFileUnreadableError,
     LockUnavailableError,
 )
 from app.sandbox import check_root, command_line
@@ -170,6 +171,11 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "or passed on"
         )
     parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("unreadable"):
+        return (
+            f"pid {holder['pid']} ({_command_line(holder['pid'])}), as the kernel lists it: "
+            f"its details in the lock file cannot be read ({holder['unreadable']})"
+        )
     if holder.get("unpublished"):
         argv = _command_line(holder["pid"])
         return (
@@ -241,6 +247,24 @@ def _open_existing(path: Path) -> int | None:
         raise
 
 
+def _unreadable(path: Path) -> OSError | LockFileUnreadableError:
+    """The refusal of a lock file this process may not open, naming whoever the kernel
+    says holds it: its mode keeps its JSON from us, not its flock from /proc/locks."""
+    try:
+        found = path.lstat()
+    except OSError as error:
+        return error  # the directory is out of reach too: the storage refusal says so
+    pid = _flock_pid_of(found)
+    return LockFileUnreadableError(
+        path,
+        f"{stat.S_IMODE(found.st_mode):04o}",
+        found.st_uid,
+        os.geteuid(),
+        pid,
+        _command_line(pid) if pid else "",
+    )
+
+
 def _published_by_live_process(path: Path) -> bool:
     """Whether the lock file at ``path`` names a process alive on this host and boot.
 
@@ -303,6 +327,14 @@ def _flock_pid_here(fd: int) -> int | None:
     PID namespace it cannot see), None where ``/proc/locks`` cannot be read."""
     try:
         found = os.fstat(fd)
+    except OSError:
+        return None
+    return _flock_pid_of(found)
+
+
+def _flock_pid_of(found: os.stat_result) -> int | None:
+    """`_flock_pid_here` for the file whose stat is `found`."""
+    try:
         lines = _PROC_LOCKS.read_text().splitlines()
     except OSError:
         return None
@@ -527,7 +559,10 @@ def probe(root: Path) -> Probe:
         LockUnavailableError: the filesystem does not support ``flock``.
     """
     path = root / LOCK_FILE
-    fd = _open_existing(path)
+    try:
+        fd = _open_existing(path)
+    except PermissionError:
+        return _unreadable_probe(path)
     if fd is None:
         return _deleted_or_free(path)
     try:
@@ -545,6 +580,17 @@ def probe(root: Path) -> Probe:
         return _deleted_or_free(path)
     finally:
         os.close(fd)
+
+
+def _unreadable_probe(path: Path) -> Probe:
+    """A probe of a lock file this process may not open (``chmod 000``, another owner): the
+    kernel still says whether a process holds it. A bare PermissionError once, from
+    `app status` and the test run's guards, which name the holder to stay away from."""
+    refusal = _unreadable(path)
+    if not isinstance(refusal, LockFileUnreadableError) or refusal.pid is None:
+        raise refusal
+    holder = {"pid": refusal.pid, "unreadable": refusal.why} if refusal.pid else None
+    return Probe(path=path, held=holder is not None, holder=holder)
 
 
 def _deleted_or_free(path: Path) -> Probe:
@@ -698,6 +744,8 @@ class RootLock:
                     raise LockUnavailableError(self.path, reason) from error
                 if error.errno == errno.ELOOP:  # filelock opens it with O_NOFOLLOW
                     raise LockFileAliasedError(self.path, "is a symbolic link") from None
+                if isinstance(error, PermissionError) and self.path.exists():
+                    raise _unreadable(self.path) from None
                 raise
             if not taken:
                 holder = _holder_here(self.path)

@@ -318,3 +318,50 @@ def test_a_download_whose_bytes_fail_to_read_midway_is_cut_and_logged_by_cause(
     assert "(the download was cut before its end)" in said
     assert "response already started" not in said
     assert len(http.get(path).content) == 3_000_000
+
+
+# --- a lock file whose mode keeps a process out ---------------------------------------------
+
+_WITHOUT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv(1)")
+def test_a_lock_file_made_mode_000_under_a_live_server_still_names_it(
+    server: LiveServer,
+) -> None:
+    # `app status` said only that the filesystem refused it, naming no holder (and the test
+    # run's guards had a bare PermissionError from the same probe); a second server (and a
+    # purge, which takes the lock the same way) were told to `chattr -i` or `chown` a file
+    # whose owner was right.
+    assert server.data_root is not None
+    lock = server.data_root / ".server.lock"
+    env = {**os.environ, "APP_DATA_ROOT": str(server.data_root)}
+
+    def app(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [*_WITHOUT_OVERRIDE, sys.executable, "-m", "app", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+
+    lock.chmod(0)
+    try:
+        status = app("status")
+        serve = app("serve", "--port", "0")  # a purge takes the lock the same way
+    finally:
+        lock.chmod(0o600)
+    why = (
+        "permission denied: its mode is 0000, its owner uid 0, and this process runs as uid "
+        f"0; `chmod 600 {lock}`, and `chown` it if its owner is wrong, gives it back; never "
+        "delete it"
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"held by: pid {server.pid} (" in status.stdout
+    assert (
+        f"), as the kernel lists it: its details in the lock file cannot be read ({why})\n"
+    ) in status.stdout
+    for refused in (serve,):
+        assert refused.returncode == 74, refused.stderr
+        assert refused.stderr.startswith(
+            f"error: cannot open lock file {lock} ({why}), so this process can neither read "
+            "the holder's details nor take the data root; nothing was changed. The kernel "
+            f"lists process {server.pid} ("
+        ), refused.stderr
+        assert refused.stderr.endswith(") as holding it: that process holds the data root now.\n")

@@ -123,6 +123,9 @@ EXAMPLES: list[errors.AppError] = [
     errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
     errors.LockFileKindError(ROOT / ".server.lock", "a directory"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
+    errors.LockFileUnreadableError(
+        ROOT / ".server.lock", "0000", 998, 998, 4242, "/usr/bin/python3 -m app serve"
+    ),
     errors.LockUncheckedError(
         ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"
     ),
