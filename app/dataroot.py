@@ -154,6 +154,12 @@ def read_regular(path: Path | str) -> bytes:
             raise NotRegularFileError(path, mode)
         with os.fdopen(fd, "rb", closefd=False) as file:
             return file.read()
+    except OSError as error:
+        # A read or fstat that fails (EIO) names no file: `app data check` could then not
+        # say which one it missed, and stopped whole (red team 39).
+        if error.errno is not None and error.filename is None:
+            error.filename = os.fspath(path)
+        raise
     finally:
         os.close(fd)
 

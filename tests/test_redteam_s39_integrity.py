@@ -37,6 +37,8 @@ import pytest
 from redteam_s19_http import blob_of, one_server
 
 from app import config as appconfig
+from app.config import Config
+from app.storage import open_storage
 from app.testing import LiveServer
 from app.testing.live_server import stop_server
 
@@ -365,3 +367,52 @@ def test_a_lock_file_made_mode_000_under_a_live_server_still_names_it(
             f"lists process {server.pid} ("
         ), refused.stderr
         assert refused.stderr.endswith(") as holding it: that process holds the data root now.\n")
+
+
+# --- `app data check --repair` when a look at the trash fails ---------------------------------
+
+
+def test_a_failed_look_at_a_trash_manifest_never_removes_its_bytes(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # A trash entry whose trash.json holds the only copy of bytes that are not a manifest
+    # (an earlier build's delete of a file named trash.json, red team 38) is left for a
+    # human. An lstat of it that failed (EIO) read as "no bytes": `--repair`, which every
+    # server start-up runs, removed it as "an empty trash entry". A read that failed
+    # stopped the whole check, and so every start-up, naming no file.
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"hello")
+        store.delete_file(session, "a.txt")
+    root = app_config.data_root
+    (entry,) = (root / ".trash").iterdir()
+    (entry / "a.txt").unlink()
+    (entry / "trash.json").write_bytes(b"the only copy of these bytes")
+    saved = tmp_path / "saved"
+    shutil.copytree(root, saved, symlinks=True)
+    manifest = entry / "trash.json"
+    env = {**os.environ, "APP_DATA_ROOT": str(root)}
+    for nth in range(1, 9):  # every look the check makes at it
+        shutil.rmtree(root)
+        shutil.copytree(saved, root, symlinks=True)
+        strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(manifest)]
+        strace += ["-e", "trace=newfstatat", "-e", f"inject=newfstatat:error=EIO:when={nth}"]
+        checked = subprocess.run(
+            [*strace, sys.executable, "-m", "app", "data", "check", "--repair"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert "trash-empty" not in checked.stdout, (nth, checked.stdout)
+        assert "cannot run `app data check`" not in checked.stderr, (nth, checked.stderr)
+        assert manifest.read_bytes() == b"the only copy of these bytes", nth
+        said = checked.stdout.splitlines()[0]
+        assert said.startswith(("trash-no-manifest  ", "unreadable  ")), (nth, said)
+        if said.startswith("unreadable"):
+            assert said == (
+                f"unreadable  .trash/{entry.name}/trash.json: this process could not read it "
+                "(Input/output error: a failing disk, a network filesystem's stale handle), "
+                "so what holds it was not checked; fix: nothing: an operator mends the "
+                "filesystem (`dmesg`, `findmnt -T`), then checks again"
+            )
