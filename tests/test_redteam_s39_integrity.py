@@ -416,3 +416,29 @@ def test_a_failed_look_at_a_trash_manifest_never_removes_its_bytes(
                 "so what holds it was not checked; fix: nothing: an operator mends the "
                 "filesystem (`dmesg`, `findmnt -T`), then checks again"
             )
+
+
+def test_a_record_that_fails_to_read_is_named_and_its_file_kept_by_the_repair(
+    app_config: Config,
+) -> None:
+    # The read's EIO named no file: the whole check stopped, and so every start-up.
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"hello")
+    record = app_config.data_root / "sessions" / session / "records" / "a.txt"
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(record)]
+    strace += ["-e", "inject=read:error=EIO"]
+    checked = subprocess.run(
+        [*strace, sys.executable, "-m", "app", "data", "check", "--repair"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(app_config.data_root)},
+        check=False,
+    )
+    assert checked.stdout.startswith(
+        f"unreadable  sessions/{session}/records/a.txt: this process could not read it "
+        "(Input/output error: "
+    ), (checked.stdout, checked.stderr)
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"hello"
+        assert store.check(repair=False).findings == []
