@@ -99,6 +99,11 @@ def _session_with(http: httpx.Client, content: bytes) -> str:
     return session
 
 
+def _old_bytes_kept_and_writes_go_on(http: httpx.Client, session: str) -> None:
+    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
+    assert http.put(f"/sessions/{session}/files/a.txt", content=b"version 3").status_code == 200
+
+
 _KEPT = (
     "A change it met is not acknowledged, and may be made in part. An operator mends the "
     "filesystem (the kernel's log, `dmesg`, and `findmnt -T` on the data root say which it "
@@ -127,8 +132,7 @@ def test_a_lock_the_filesystem_refuses_is_named_and_the_old_bytes_stay(
         "app takes around every change, as an NFS lock manager out of locks or not running "
         "answers; keep the data root on a local filesystem, where flock always works. " + _KEPT
     )
-    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
-    assert http.put(f"/sessions/{session}/files/a.txt", content=b"version 3").status_code == 200
+    _old_bytes_kept_and_writes_go_on(http, session)
 
 
 def test_an_upload_whose_temporary_file_cannot_be_locked_leaves_nothing_behind(
@@ -199,8 +203,7 @@ def test_a_look_at_sessions_that_fails_is_not_called_a_moved_root(
     assert says in refused.json()["message"]
     assert "moved" not in refused.json()["message"]
     assert http.get("/health").json()["status"] == "ok"
-    assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 1"
-    assert http.put(f"/sessions/{session}/files/a.txt", content=b"version 3").status_code == 200
+    _old_bytes_kept_and_writes_go_on(http, session)
 
 
 def test_a_command_given_a_stale_handle_exits_74_naming_it(
