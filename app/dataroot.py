@@ -1765,6 +1765,13 @@ def describe(root: Path) -> RootStatus:
     except DataRootTooNewError as error:
         # Said by `app status` too, not only by the commands it refuses (red team 38).
         stamp_error = error.message
+    except OSError as error:
+        # A stamp that could not be read (EIO, mode 000) failed the whole `app status`, which
+        # then named no holder: the very thing it is run for (red team 39).
+        stamp_error = (
+            f"{root / STAMP_FILE} could not be read ({error.strerror or error}); every "
+            "command that opens the data root is refused until it can be"
+        )
     return RootStatus(
         path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
     )

@@ -445,3 +445,26 @@ def test_a_record_that_fails_to_read_is_named_and_its_file_kept_by_the_repair(
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"hello"
         assert store.check(repair=False).findings == []
+
+
+def test_status_names_the_holder_of_a_root_whose_stamp_cannot_be_read(
+    server: LiveServer,
+) -> None:
+    # `app status` failed whole (74), naming no holder: what it is run for.
+    assert server.data_root is not None
+    stamp = server.data_root / ".app-profile.json"
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(stamp)]
+    strace += ["-e", "inject=read:error=EIO"]
+    status = subprocess.run(
+        [*strace, sys.executable, "-m", "app", "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(server.data_root)},
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert (
+        f"stamp: unreadable: {stamp} could not be read (Input/output error); every command "
+        "that opens the data root is refused until it can be\n"
+        f"held by: pid {server.pid}, kind server, profile testing"
+    ) in status.stdout
