@@ -468,3 +468,25 @@ def test_status_names_the_holder_of_a_root_whose_stamp_cannot_be_read(
         "that opens the data root is refused until it can be\n"
         f"held by: pid {server.pid}, kind server, profile testing"
     ) in status.stdout
+
+
+def test_one_trash_manifest_that_fails_to_read_does_not_block_emptying_the_trash(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    # POST /trash/empty, the remedy a full disk's refusal names, was a 503 for the whole
+    # trash while one entry's trash.json failed a read (EIO: one bad sector).
+    assert server.data_root is not None
+    session = _session_with(http, b"version 1")
+    assert http.put(f"/sessions/{session}/files/a.txt", content=b"version 2").status_code == 200
+    assert http.delete(f"/sessions/{session}/files/a.txt").status_code == 200
+    trash = server.data_root / ".trash"
+    mine = sorted(p for p in trash.iterdir() if session in p.name)
+    assert len(mine) == 2
+    tracer = _injected(server, "read:error=EIO", mine[0] / "trash.json")
+    try:
+        emptied = http.post("/trash/empty")
+    finally:
+        _detach(tracer)
+    assert emptied.status_code == 200, emptied.text
+    assert {p.name for p in mine} <= set(emptied.json()["entries"])
+    assert not any(session in p.name for p in trash.iterdir())
