@@ -30,12 +30,7 @@ from app.dataroot import (
     read_regular,
     write_new_file,
 )
-from app.errors import (
-    PermissionDeniedStorageError,
-    StoppedPartwayError,
-    TrashCopyLostError,
-    storage_error,
-)
+from app.errors import PermissionDeniedStorageError, StoppedPartwayError, TrashCopyLostError
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
@@ -296,12 +291,9 @@ class Trash:
                 f"restore {what}: trash entry {name} may hold its newest copy, and its "
                 f"{TRASH_MANIFEST} may not be read by this process"
             ) from None
-        except OSError as error:
-            doing = (
-                f"restore {what}: trash entry {name} may hold its newest copy, and its "
-                f"{TRASH_MANIFEST} could not be read"
-            )
-            raise storage_error(error, doing) or error from None
+        # Any other failure (EMFILE, EIO) is raised as it is, naming the manifest: its own
+        # refusal says what it is (a restore said "not in the trash" when it was read as
+        # "no manifest").
         assert entry is not None  # its name was an entry's
         return entry
 
