@@ -490,3 +490,28 @@ def test_one_trash_manifest_that_fails_to_read_does_not_block_emptying_the_trash
     assert emptied.status_code == 200, emptied.text
     assert {p.name for p in mine} <= set(emptied.json()["entries"])
     assert not any(session in p.name for p in trash.iterdir())
+
+
+def test_a_multipart_file_name_with_a_backslash_is_refused_naming_that_name(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    # The pattern that finds the quoted filename wanted two backslashes where a quoted
+    # string has one, so the refusal named the whole Content-Disposition as the file name.
+    session = _session_with(http, b"version 1")
+    for sent, named in [(rb"C:\dir\evil.txt", r"C:\dir\evil.txt"), (rb"a\\b", "a\\b")]:
+        body = (
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="'
+            + sent
+            + b'"\r\n\r\nDATA\r\n--B--\r\n'
+        )
+        refused = http.post(
+            f"/sessions/{session}/files",
+            content=body,
+            headers={"Content-Type": "multipart/form-data; boundary=B"},
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["message"].startswith(
+            f"invalid file name {named!r}: it contains a path separator"
+        ), refused.json()["message"]
+    listed = http.get(f"/sessions/{session}/files").json()["items"]
+    assert [f["name"] for f in listed] == ["a.txt"]
