@@ -498,9 +498,17 @@ def test_a_multipart_file_name_with_a_backslash_is_refused_naming_that_name(
     # The pattern that finds the quoted filename wanted two backslashes where a quoted
     # string has one, so the refusal named the whole Content-Disposition as the file name.
     session = _session_with(http, b"version 1")
-    for sent, named in [(rb"C:\dir\evil.txt", r"C:\dir\evil.txt"), (rb"a\\b", "a\\b")]:
+    cases = [
+        (b"filename=", rb"C:\dir\evil.txt", r"C:\dir\evil.txt"),
+        (b"filename=", rb"a\\b", "a\\b"),
+        (b"FILENAME=", rb"C:\x\evil.txt", r"C:\x\evil.txt"),
+        (b"filename = ", rb"C:\x\evil.txt", r"C:\x\evil.txt"),
+    ]
+    for parameter, sent, named in cases:
         body = (
-            b'--B\r\nContent-Disposition: form-data; name="file"; filename="'
+            b'--B\r\nContent-Disposition: form-data; name="file"; '
+            + parameter
+            + b'"'
             + sent
             + b'"\r\n\r\nDATA\r\n--B--\r\n'
         )
