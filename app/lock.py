@@ -562,7 +562,9 @@ def probe(root: Path) -> Probe:
     try:
         fd = _open_existing(path)
     except PermissionError:
-        return _unreadable_probe(path)
+        if (seen := _unreadable_probe(path)) is None:
+            raise  # /proc/locks cannot say either: as before, the caller's to report
+        return seen
     if fd is None:
         return _deleted_or_free(path)
     try:
@@ -582,13 +584,14 @@ def probe(root: Path) -> Probe:
         os.close(fd)
 
 
-def _unreadable_probe(path: Path) -> Probe:
+def _unreadable_probe(path: Path) -> Probe | None:
     """A probe of a lock file this process may not open (``chmod 000``, another owner): the
     kernel still says whether a process holds it. A bare PermissionError once, from
-    `app status` and the test run's guards, which name the holder to stay away from."""
+    `app status` and the test run's guards, which name the holder to stay away from.
+    ``None`` where the kernel's list cannot be read either."""
     refusal = _unreadable(path)
     if not isinstance(refusal, LockFileUnreadableError) or refusal.pid is None:
-        raise refusal
+        return None
     holder = {"pid": refusal.pid, "unreadable": refusal.why} if refusal.pid else None
     return Probe(path=path, held=holder is not None, holder=holder)
 
