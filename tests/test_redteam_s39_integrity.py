@@ -1,23 +1,29 @@
-"""Red team 39 on integrity: what a data root's filesystem answers beside the usual errors.
+"""Red team 39 on integrity: what the data root's filesystem answers beside the usual errors.
 
-- An errno the app had no refusal for, from the data root's filesystem: ``ENOLCK`` from the
-  flock every change takes on ``.tmp/`` (an NFS lock manager out of locks or not running),
-  ``ESTALE`` (an NFS handle gone stale: the server restarted, the export changed) and
-  ``ENOTCONN`` (a FUSE daemon that died). A replace and a download were each a bare 500
-  ``internal_error`` ("the server log has details"), and a command (``app sessions show``,
-  ``app data check``) a traceback with exit 1, a code the contract does not have. Each is
-  now 503 ``storage_failed`` (exit 74) naming the errno, what it means on a data root, that
-  the change is not acknowledged, and what an operator does; the old bytes are still served.
-  Same class: an upload whose flock on its temporary file was refused left that file in
-  ``.tmp/`` and its descriptor open, one more each time; both now go at once.
-- A look at the root's own directories that failed (``EIO``, ``ESTALE`` on the ``lstat`` of
-  ``sessions/`` every write makes) was taken for the directory being gone: the write was
-  refused as ``data_root_changed``, "replaced, moved or mounted over ... put it back and
-  restart the server", which nobody had done. It is now the refusal of the error itself
-  (``storage_io_error``, ``storage_failed``), and the next write goes through.
+Each fault is injected with ``strace --inject`` into one call of a real ``app serve`` (attached
+for one request) or of a real command, so the tests need strace(1) and root. What broke:
 
-Each fault is injected with ``strace --inject`` into one call of a real ``app serve``
-(attached for one request) or of a real command, so the tests need strace(1) and root.
+- An errno no refusal named: ``ENOLCK`` from the flock every change takes on ``.tmp/`` (an NFS
+  lock manager out of locks), ``ESTALE`` (a stale NFS handle), ``ENOTCONN`` (a dead FUSE
+  daemon). A replace and a download were a bare 500 ``internal_error``, a command a traceback
+  with exit 1. Every errno now maps to a refusal (``storage_failed``, 503, exit 74, naming it);
+  an upload whose temporary file's flock was refused no longer leaks the file and its
+  descriptor.
+- A failed look read as an answer. An ``lstat`` of ``sessions/`` that failed (``EIO``) was
+  refused as ``data_root_changed``, "put it back", of a root nobody moved; one failed ``lstat``
+  of ``.server.lock`` stopped the server saying its lock was lost and never to delete it (its
+  flock was still its own: the watcher now looks again, and a look that keeps failing stops it
+  as ``lock_unchecked``); and ``check --repair`` (every start-up) took a failed ``lstat`` of a
+  trash manifest holding the only copy of a file's bytes for "no bytes", and removed it.
+- One unreadable file stopped everything that read it: a read of a trash manifest or a record
+  that failed stopped the whole check (now an ``unreadable`` finding naming it), one such
+  manifest made ``POST /trash/empty`` a 503 for the whole trash (now listed as unreadable), and
+  a stamp that could not be read failed ``app status``, which then named no holder.
+- A lock file of mode 000 under a live server: ``app status`` named no holder, and a second
+  server was told to ``chattr -i``; both now name the holder the kernel lists and ``chmod 600``.
+- A download whose read failed midway was cut, rightly, with only Starlette's "response already
+  started" in the log; a multipart file name with a backslash was refused naming the whole
+  ``Content-Disposition``.
 """
 
 from __future__ import annotations
