@@ -137,6 +137,19 @@ class Checker:
                         "(`ls -l`, `chown`, `chmod u+rw`), then checks again",
                     )
                     return
+                if error.filename:
+                    # One file that failed a read (EIO, ESTALE) stopped every check, and so
+                    # every server's start-up, at it, as a blob once did (red team 39).
+                    self.unrepaired(
+                        "unreadable",
+                        Path(os.fsdecode(error.filename)),
+                        f"this process could not read it ({error.strerror or error}: a failing "
+                        "disk, a network filesystem's stale handle), so what holds it was not "
+                        "checked",
+                        "nothing: an operator mends the filesystem (`dmesg`, `findmnt -T`), "
+                        "then checks again",
+                    )
+                    return
                 raise  # a read failed, not a repair: the check cannot say what it missed
             finding = self.findings[tried[-1]]
             self.findings[tried[-1]] = dataclasses.replace(
@@ -783,10 +796,13 @@ def _listing(directory: Path) -> list[Path]:
 
 
 def _held_bytes(path: Path) -> bool:
-    """Whether ``path`` is a file with bytes in it (lstat only)."""
+    """Whether ``path`` is a file with bytes in it (lstat only); raises where it cannot be
+    looked at: a look that failed (EIO) read as "no bytes" made a trash entry whose
+    trash.json held the only copy of a file's bytes "an empty trash entry", which
+    `--repair` removed (red team 39)."""
     try:
         found = os.lstat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return stat.S_ISREG(found.st_mode) and found.st_size > 0
 

@@ -53,6 +53,7 @@ from app.errors import (
     DataRootTooNewError,
     FsyncFailed,
     LockLostError,
+    LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
 )
@@ -153,6 +154,12 @@ def read_regular(path: Path | str) -> bytes:
             raise NotRegularFileError(path, mode)
         with os.fdopen(fd, "rb", closefd=False) as file:
             return file.read()
+    except OSError as error:
+        # A read or fstat that fails (EIO) names no file: `app data check` could then not
+        # say which one it missed, and stopped whole (red team 39).
+        if error.errno is not None and error.filename is None:
+            error.filename = os.fspath(path)
+        raise
     finally:
         os.close(fd)
 
@@ -1215,6 +1222,34 @@ def _lstat_identity(path: Path | str) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def _present_identity(path: Path | str) -> tuple[int, int] | None:
+    """`path`'s device and inode, ``None`` if nothing is there; raises if it cannot be looked
+    at (EIO, ESTALE, ENOTCONN, EACCES). A look that failed once made every write say the
+    root "was replaced or moved since it was opened", to be put back (red team 39)."""
+    try:
+        found = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _how_changed(where: Path | str, opened: tuple[int, int] | None) -> str | None:
+    """How the directory at `where` differs from the one opened (its identity `opened`), as
+    a phrase, or ``None`` if it is the same. A look that fails is said as such, never as a
+    directory moved: nobody may have touched it (red team 39)."""
+    try:
+        found = os.lstat(where)
+    except PermissionError:
+        return "became unreachable to the server (permission denied)"
+    except (FileNotFoundError, NotADirectoryError):
+        return "was moved, replaced or deleted"
+    except OSError as error:
+        return f"could not be looked at ({error.strerror or error})"
+    if (found.st_dev, found.st_ino) != opened:
+        return "was moved, replaced or deleted"
+    return None
+
+
 def _layout_identities(root: Path) -> dict[str, tuple[int, int] | None]:
     return {name: _lstat_identity(root / name) for name in ("", SESSIONS_DIR, TRASH_DIR, TMP_DIR)}
 
@@ -1339,10 +1374,10 @@ class DataRoot:
         # Through this root's own path too, where it is not the lock's (a path re-pointed by
         # hand): the lock must be the one in the directory the operation is about to change.
         moved = self.path != self.lock.root
-        if moved and _lstat_identity(self.path / LOCK_FILE) != self.lock.identity:
+        if moved and _present_identity(self.path / LOCK_FILE) != self.lock.identity:
             raise DataRootChangedError(self.path, f"{LOCK_FILE} is not the file it locked")
         for name, where, opened in self._held_paths:
-            if _lstat_identity(where) != opened:  # lstat: a symbolic link is another inode
+            if _present_identity(where) != opened:  # lstat: a symbolic link is another inode
                 self._layout_intact_until = 0.0  # GET /health looks again at once
                 path = self.path / name
                 what = "the data root" if not name else f"{name}/"
@@ -1396,15 +1431,9 @@ class DataRoot:
         if now < self._layout_intact_until:
             return None
         for name, where, opened in self._held_paths:
-            what = "the data root" if not name else f"the data root's {name}/"
-            try:
-                found = os.lstat(where)
-            except PermissionError:
-                return f"{what} became unreachable to the server (permission denied)"
-            except OSError:
-                found = None
-            if found is None or (found.st_dev, found.st_ino) != opened:
-                return f"{what} was moved, replaced or deleted"
+            if (how := _how_changed(where, opened)) is not None:
+                what = "the data root" if not name else f"the data root's {name}/"
+                return f"{what} {how}"
         if (mount := self._mount_inside()) is not None:
             inside = mount.relative_to(self._path)
             return f"a filesystem was mounted inside the data root, at its {inside}/"
@@ -1419,7 +1448,10 @@ class DataRoot:
         """
         assert self.lock is not None, "only a writer holds a lock to lose"
         opened = self._held_paths[0][2] if self._held_paths else None
-        now = _lstat_identity(self._path)
+        try:
+            now = _present_identity(self._path)
+        except OSError:
+            now = opened  # a root that cannot be looked at is not said to be moved (red team 39)
         if opened is not None and now != opened:
             why = (
                 "the data root itself was moved, renamed or deleted since it was opened, so "
@@ -1442,6 +1474,8 @@ class DataRoot:
             )
         except OSError:
             pass
+        if reason.startswith("could not be checked"):
+            return LockUncheckedError(self.lock.path, reason)
         return LockLostError(self.lock.path, reason)
 
     @contextlib.contextmanager
@@ -1567,7 +1601,14 @@ class DataRoot:
         """
         self.ensure_held()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            # A flock refused (ENOLCK) left the file in .tmp/ and its descriptor open, one
+            # more each time (red team 39): not in flight, so nothing of it is kept.
+            Path(name).unlink(missing_ok=True)
+            os.close(fd)
+            raise
         return os.fdopen(fd, "wb"), Path(name)
 
     def commit_temp_file(self, tmp: Path, dest: Path) -> None:
@@ -1724,6 +1765,13 @@ def describe(root: Path) -> RootStatus:
     except DataRootTooNewError as error:
         # Said by `app status` too, not only by the commands it refuses (red team 38).
         stamp_error = error.message
+    except OSError as error:
+        # A stamp that could not be read (EIO, mode 000) failed the whole `app status`, which
+        # then named no holder: the very thing it is run for (red team 39).
+        stamp_error = (
+            f"{root / STAMP_FILE} could not be read ({error.strerror or error}); every "
+            "command that opens the data root is refused until it can be"
+        )
     return RootStatus(
         path=root, exists=root.is_dir(), probe=probe(root), stamp=stamp, stamp_error=stamp_error
     )

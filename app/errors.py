@@ -611,6 +611,50 @@ class LockFileKindError(AppError):
     kind: str
 
 
+class LockFileUnreadableError(AppError):
+    """The data root's lock file is there, but its mode or owner keeps this process out.
+
+    ``chmod 000 .server.lock`` (a hand, a restore that kept odd modes) under a live server:
+    `app status` said only that the filesystem refused it, naming no holder, and a second
+    server was told to ``chattr -i`` or ``chown`` a file whose owner was right (red team 39).
+    """
+
+    exit_code = EX_IOERR
+    code = "lock_file_unreadable"
+    path: Path
+    mode: str
+    owner: int
+    uid: int
+    pid: int | None  # the holder the kernel lists, 0 for none, None if it cannot be seen
+    argv: str = ""  # the holder's command line
+
+    @property
+    def why(self) -> str:
+        """Why it cannot be opened, with the remedy: for a holder's description too."""
+        return (
+            f"permission denied: its mode is {self.mode}, its owner uid {self.owner}, and "
+            f"this process runs as uid {self.uid}; `chmod 600 {self.path}`, and `chown` it "
+            "if its owner is wrong, gives it back; never delete it"
+        )
+
+    @property
+    def message(self) -> str:
+        """What was refused, who the kernel says holds the root, and the remedy."""
+        if self.pid:
+            holder = (
+                f"The kernel lists process {self.pid} ({self.argv or 'command line unknown'}) "
+                "as holding it: that process holds the data root now."
+            )
+        elif self.pid == 0:
+            holder = "The kernel lists no process holding it: nobody holds the data root now."
+        else:
+            holder = "Who holds it cannot be seen here (/proc/locks cannot be read)."
+        return (
+            f"cannot open lock file {self.path} ({self.why}), so this process can neither "
+            f"read the holder's details nor take the data root; nothing was changed. {holder}"
+        )
+
+
 class DataRootChangedError(AppError):
     """The data root, or a directory of the app's in it, is no longer what was opened."""
 
@@ -662,6 +706,36 @@ class LockLostError(AppError):
                 f"this server's data-root lock file {self.reason}, so it refuses every write "
                 "and is stopping rather than share its data with another process; nothing was "
                 "written. Retry once the server is restarted"
+            ),
+        }
+
+
+class LockUncheckedError(LockLostError):
+    """The holder could not look at its lock file, again and again: it stops, said truly.
+
+    A look that failed (``EIO``, ``ESTALE``, ``ENOTCONN``) proves nothing: the flock is still
+    this process's. One failed ``lstat`` stopped a server saying the file was lost, that
+    another process could now take the root, and never to delete it (red team 39); a look
+    that fails once is now tried again, and only one that keeps failing stops the server.
+    """
+
+    code = "lock_unchecked"
+    template = (
+        "lock file {path} {reason}: the data root's filesystem failed the look, and nobody "
+        "need have touched the file, but this process cannot tell whether it still holds the "
+        "data root, so it stops rather than risk sharing it. An operator mends the "
+        "filesystem (the kernel's log, `dmesg`; `findmnt -T {path}` names it), then restarts "
+        "the server"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Over HTTP: the same refusal without the path (``/health`` never shows it either)."""
+        return {
+            "code": self.code,
+            "message": (
+                f"this server's data-root lock file {self.reason}: its filesystem failed the "
+                "look, so it refuses every write and is stopping rather than risk sharing its "
+                "data; nothing was written. Retry once the server is restarted"
             ),
         }
 
@@ -1607,6 +1681,32 @@ class StorageInterruptedError(StorageError):
     retry_after: int = 1
 
 
+class StorageFailedError(StorageError):
+    """The data root's filesystem failed a call with an errno no other refusal names.
+
+    A network filesystem whose handle went stale (``ESTALE``), a FUSE daemon that died
+    (``ENOTCONN``), a lock it could not take (``ENOLCK``), ...: each was a bare 500
+    ``internal_error`` over HTTP, and a traceback with exit 1 from a command (red team 39).
+    """
+
+    code = "storage_failed"
+    http_status = 503
+    # No path: the message reaches HTTP clients. Not "nothing was changed": the call that
+    # failed may come after a change's rename as well as before it.
+    template = (
+        "cannot {doing}: the data root's filesystem failed a call with {errname} "
+        "({strerror}){hint}. A change it met is not acknowledged, and may be made in part. An "
+        "operator mends the filesystem (the kernel's log, `dmesg`, and `findmnt -T` on the "
+        "data root say which it is), then runs `app data check --repair` (a server runs it "
+        "at start-up) before clients retry"
+    )
+
+    doing: str
+    errname: str
+    strerror: str
+    hint: str = ""
+
+
 class StoppedPartwayError(StorageError):
     """A command over many items met a storage error after it had changed some of them.
 
@@ -1643,6 +1743,41 @@ _CROSS_DEVICE_ERRNOS = frozenset({errno.EXDEV})
 _IO_ERRNOS = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
 # Python retries open, write and fsync on EINTR (PEP 475), never rename, unlink, mkdir, close.
 _INTERRUPTED_ERRNOS = frozenset({errno.EINTR})
+
+
+# What an errno no refusal above names means on a data root, where the cause is known.
+_NETWORK_GONE = (
+    ": a network filesystem whose server does not answer; once it does, or once the data "
+    "root is on a local disk, the calls go through"
+)
+_FAILED_HINTS: Final[dict[int, str]] = {
+    errno.ESTALE: (
+        ": a network filesystem (NFS) whose server restarted or whose export changed under "
+        "the mount, so the file handles the kernel holds name nothing; remount it"
+    ),
+    errno.ENOTCONN: (
+        ": a FUSE filesystem (sshfs, s3fs, rclone) whose daemon died; unmount it "
+        "(`fusermount -u` on its mount point) and mount it again"
+    ),
+    errno.ENOLCK: (
+        ": the filesystem could not take a lock (flock) the app takes around every change, "
+        "as an NFS lock manager out of locks or not running answers; keep the data root on "
+        "a local filesystem, where flock always works"
+    ),
+    errno.ETIMEDOUT: _NETWORK_GONE,
+    errno.EHOSTDOWN: _NETWORK_GONE,
+    errno.EHOSTUNREACH: _NETWORK_GONE,
+    errno.ENOMEM: ": the kernel ran out of memory for the call",
+    errno.ENOENT: (
+        ": a file or directory of the data root went missing while it was used (removed "
+        "from outside the app?); `app data check` says whether anything else is missing"
+    ),
+    errno.EMLINK: (
+        ": a directory of the data root holds as many entries as its filesystem allows "
+        "(ext2 and ext3: 31,998 subdirectories); empty the trash (POST /trash/empty, "
+        "`app data empty-trash`), or move the data root to ext4 or xfs"
+    ),
+}
 
 
 _STORAGE_ERRORS: tuple[tuple[frozenset[int], Callable[[str], StorageError]], ...] = (
@@ -1686,7 +1821,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
         a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
         `PermissionDeniedStorageError`, a `CrossDeviceStorageError`, a `StorageIOError` or a
-        `StorageInterruptedError`, else ``None``.
+        `StorageInterruptedError`; for any other errno a `StorageFailedError` naming it;
+        ``None`` for an ``OSError`` raised without an errno, or any other exception.
     """
     if not isinstance(error, OSError):
         return None
@@ -1704,4 +1840,12 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)
-    return None
+    if not error.errno:
+        return None  # raised without an errno: no call of the filesystem's, a bug to see
+    # Any other errno is still the filesystem's answer: said as such, never a bare 500.
+    return StorageFailedError(
+        doing,
+        errno.errorcode.get(error.errno, f"errno {error.errno}"),
+        error.strerror or os.strerror(error.errno),
+        _FAILED_HINTS.get(error.errno, ""),
+    )

@@ -54,6 +54,7 @@ from app.errors import (
     DataRootInUseError,
     LockFileAliasedError,
     LockFileKindError,
+    LockFileUnreadableError,
     LockUnavailableError,
 )
 from app.sandbox import check_root, command_line
@@ -90,6 +91,10 @@ _UNSUPPORTED_ERRNOS: Final = frozenset(
     {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 )
 _CONTENDED_ERRNOS: Final = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+# Pauses between looks at a lock file whose check failed (EIO, ESTALE) before the holder
+# gives up, each at most the interval between checks: a blip of the filesystem does not stop
+# a server whose flock is still its own.
+_RECHECK_PAUSES: Final = (0.1, 0.5, 2.0)
 # A full disk (or quota): the holder's JSON cannot be written, and the lock is held unnamed.
 _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -166,6 +171,11 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             "or passed on"
         )
     parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("unreadable"):
+        return (
+            f"pid {holder['pid']} ({_command_line(holder['pid'])}), as the kernel lists it: "
+            f"its details in the lock file cannot be read ({holder['unreadable']})"
+        )
     if holder.get("unpublished"):
         argv = _command_line(holder["pid"])
         return (
@@ -237,6 +247,24 @@ def _open_existing(path: Path) -> int | None:
         raise
 
 
+def _unreadable(path: Path) -> OSError | LockFileUnreadableError:
+    """The refusal of a lock file this process may not open, naming whoever the kernel
+    says holds it: its mode keeps its JSON from us, not its flock from /proc/locks."""
+    try:
+        found = path.lstat()
+    except OSError as error:
+        return error  # the directory is out of reach too: the storage refusal says so
+    pid = _flock_pid_of(found)
+    return LockFileUnreadableError(
+        path,
+        f"{stat.S_IMODE(found.st_mode):04o}",
+        found.st_uid,
+        os.geteuid(),
+        pid,
+        _command_line(pid) if pid else "",
+    )
+
+
 def _published_by_live_process(path: Path) -> bool:
     """Whether the lock file at ``path`` names a process alive on this host and boot.
 
@@ -299,6 +327,14 @@ def _flock_pid_here(fd: int) -> int | None:
     PID namespace it cannot see), None where ``/proc/locks`` cannot be read."""
     try:
         found = os.fstat(fd)
+    except OSError:
+        return None
+    return _flock_pid_of(found)
+
+
+def _flock_pid_of(found: os.stat_result) -> int | None:
+    """`_flock_pid_here` for the file whose stat is `found`."""
+    try:
         lines = _PROC_LOCKS.read_text().splitlines()
     except OSError:
         return None
@@ -523,7 +559,12 @@ def probe(root: Path) -> Probe:
         LockUnavailableError: the filesystem does not support ``flock``.
     """
     path = root / LOCK_FILE
-    fd = _open_existing(path)
+    try:
+        fd = _open_existing(path)
+    except PermissionError:
+        if (seen := _unreadable_probe(path)) is None:
+            raise  # /proc/locks cannot say either: as before, the caller's to report
+        return seen
     if fd is None:
         return _deleted_or_free(path)
     try:
@@ -541,6 +582,18 @@ def probe(root: Path) -> Probe:
         return _deleted_or_free(path)
     finally:
         os.close(fd)
+
+
+def _unreadable_probe(path: Path) -> Probe | None:
+    """A probe of a lock file this process may not open (``chmod 000``, another owner): the
+    kernel still says whether a process holds it. A bare PermissionError once, from
+    `app status` and the test run's guards, which name the holder to stay away from.
+    ``None`` where the kernel's list cannot be read either."""
+    refusal = _unreadable(path)
+    if not isinstance(refusal, LockFileUnreadableError) or refusal.pid is None:
+        return None
+    holder = {"pid": refusal.pid, "unreadable": refusal.why} if refusal.pid else None
+    return Probe(path=path, held=holder is not None, holder=holder)
 
 
 def _deleted_or_free(path: Path) -> Probe:
@@ -694,6 +747,8 @@ class RootLock:
                     raise LockUnavailableError(self.path, reason) from error
                 if error.errno == errno.ELOOP:  # filelock opens it with O_NOFOLLOW
                     raise LockFileAliasedError(self.path, "is a symbolic link") from None
+                if isinstance(error, PermissionError) and self.path.exists():
+                    raise _unreadable(self.path) from None
                 raise
             if not taken:
                 holder = _holder_here(self.path)
@@ -1102,12 +1157,7 @@ class LockWatcher:
         while not self._stop.wait(self.interval):
             if not self.lock.held:
                 return
-            try:
-                reason = self.lock.still_ours()
-            except OSError as error:
-                # A check that cannot be made proves nothing: an exception would end this
-                # thread silently and leave the server running unwatched.
-                reason = f"could not be checked ({error.strerror or error})"
+            reason = self._check()
             if reason is not None and self.lock.held and not self._stop.is_set():
                 self.lost = reason
                 self.on_lost(reason)
@@ -1121,6 +1171,37 @@ class LockWatcher:
                     )
             except OSError as error:
                 log.warning("could not check the holder in %s: %s", self.lock.path, error)
+
+    def _check(self) -> str | None:
+        """:meth:`RootLock.still_ours`, looked at again where the look itself fails.
+
+        A check that cannot be made proves nothing (an exception would end this thread
+        silently, the server running unwatched), and neither does one failure: one failed
+        ``lstat`` (a stale NFS handle, one bad read) stopped a server whose flock was still
+        its own (red team 39). Writes meanwhile are refused by their own check.
+        """
+        started = time.monotonic()
+        for attempt, pause in enumerate((*_RECHECK_PAUSES, None), start=1):
+            try:
+                reason = self.lock.still_ours()
+            except OSError as error:
+                cause = error.strerror or str(error)
+                # A root made unreachable (chmod 000) stays so: said at once (red team 37).
+                if (
+                    pause is None
+                    or isinstance(error, PermissionError)
+                    or self._stop.wait(min(pause, self.interval))
+                ):
+                    spent = time.monotonic() - started
+                    return f"could not be checked ({cause}; {attempt} looks in {spent:.1f} s)"
+                log.warning(
+                    "lock file %s could not be checked (%s); looking again", self.lock.path, cause
+                )
+                continue
+            if attempt > 1:
+                log.warning("lock file %s checked again: still this process's", self.lock.path)
+            return reason
+        return None  # not reached: the last pause is None
 
     def __enter__(self) -> Self:
         return self.start()

@@ -15,9 +15,9 @@ import anyio
 from fastapi.responses import FileResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from app.errors import DamagedFileError
+from app.errors import DamagedFileError, storage_error
 from app.server.problems import ProblemResponse, problem
 from app.server.protocol import Abandoned
 
@@ -83,12 +83,29 @@ class OpenFileResponse(FileResponse):
             # understand; Starlette answered 400 "Only support bytes range" (red team 36).
             kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]
             scope = {**scope, "headers": kept}
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
             refusal = self._refuse_range(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
-            await super().__call__({**scope, "extensions": extensions}, receive, send)
+            await super().__call__({**scope, "extensions": extensions}, receive, sending)
+        except OSError as error:
+            if not started:
+                raise  # answered as the refusal it is (app.server.problems)
+            # A read that failed once the answer had begun (a bad sector: EIO) was Starlette's
+            # "Caught handled exception, but response already started" traceback, naming
+            # neither the file nor the cause (red team 39). The client sees its answer cut.
+            doing = f"{scope.get('method', 'GET')} {scope.get('path', '')}"
+            said = storage_error(error, doing) or f"cannot {doing}: {error}"
+            log.error("%s (the download was cut before its end)", said)
+            raise Abandoned from error
         finally:
             self._file.close()
 

@@ -36,7 +36,9 @@ Boundaries and part headers are small, and other fields are capped.
 """
 # RFC 2046, section 5.1.1: a boundary is 1 to 70 characters.
 _MAX_BOUNDARY_CHARS: Final = 70
-_QUOTED_FILENAME: Final = re.compile(rb'filename="((?:[^"\\\\]|\\\\.)*)"')
+# A parameter's name in any case, with spaces around "=" (RFC 2183, 2231), as the parser
+# that stores the file reads it.
+_QUOTED_FILENAME: Final = re.compile(rb';\s*filename\s*=\s*"((?:[^"\\]|\\.)*)"', re.I)
 _QUOTED: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _PARAMETER: Final = re.compile(rb";\s*([^\s=;]+)\s*=")
 

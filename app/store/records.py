@@ -146,6 +146,11 @@ def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
         if len(raw) == info.st_size + 1:  # it grew since the fstat: on to its end, or the limit
             while len(raw) < limit and (chunk := os.read(fd, limit - len(raw))):
                 raw += chunk
+    except OSError as error:
+        # A read that fails (EIO) names no file; `app data check` names what it missed.
+        if error.errno is not None and error.filename is None:
+            error.filename = str(path)
+        raise
     finally:
         os.close(fd)
     return _parsed_record(raw, path.name), info.st_nlink > 1

@@ -224,10 +224,7 @@ class Trash:
                 # It may hold what is asked for, newer than any entry below: restoring an
                 # older copy instead would answer with the wrong version.
                 what = f"session {session_id}" if file is None else f"file {file!r}"
-                raise PermissionDeniedStorageError(
-                    f"restore {what}: trash entry {name} may hold its newest copy, and its "
-                    f"{TRASH_MANIFEST} may not be read by this process"
-                )
+                entry = self._read_again(name, what)
             if file is None:
                 if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
                     return entry
@@ -284,8 +281,28 @@ class Trash:
         except FileNotFoundError:
             return []
 
+    def _read_again(self, name: str, what: str) -> TrashEntry:
+        """The entry called ``name``, whose manifest could not be read, read again; refused
+        as the storage error it still is (`latest`: a restore may need it)."""
+        try:
+            entry = self._entry(name, strict=True)
+        except PermissionError:
+            raise PermissionDeniedStorageError(
+                f"restore {what}: trash entry {name} may hold its newest copy, and its "
+                f"{TRASH_MANIFEST} may not be read by this process"
+            ) from None
+        # Any other failure (EMFILE, EIO) is raised as it is, naming the manifest: its own
+        # refusal says what it is (a restore said "not in the trash" when it was read as
+        # "no manifest").
+        assert entry is not None  # its name was an entry's
+        return entry
+
     def read_entry(self, name: str) -> TrashEntry | None:
         """The entry called ``name``, or ``None`` if that is not an entry's name."""
+        return self._entry(name, strict=False)
+
+    def _entry(self, name: str, *, strict: bool) -> TrashEntry | None:
+        """`read_entry`; ``strict``: raise what a manifest that cannot be read raised."""
         found = TRASH_NAME_RE.fullmatch(name)
         if found is None:
             return None
@@ -294,10 +311,14 @@ class Trash:
             manifest = json.loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = {}
-        except PermissionError:
-            # Mode 000, another user's: one such entry once failed the whole listing (a 503
-            # for POST /trash/empty). Listed by its name; `check` reports it
-            # (`permission-denied`), and a restore that may need it refuses (`latest`).
+        except OSError:
+            if strict:
+                raise
+            # Mode 000, another user's, or a read that fails (EIO, ESTALE): one such entry
+            # once failed the whole listing, and POST /trash/empty with it, the remedy a full
+            # disk's refusal names (red team 39 for EIO). Listed by its name; `check` reports
+            # it (`permission-denied`, `unreadable`), and a restore that may need it refuses
+            # (`latest`).
             manifest = {"reason": UNREADABLE}
         if not isinstance(manifest, dict):
             # JSON of another shape is as unreadable as a torn file: listed by its name, not

@@ -123,6 +123,12 @@ EXAMPLES: list[errors.AppError] = [
     errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
     errors.LockFileKindError(ROOT / ".server.lock", "a directory"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
+    errors.LockFileUnreadableError(
+        ROOT / ".server.lock", "0000", 998, 998, 4242, "/usr/bin/python3 -m app serve"
+    ),
+    errors.LockUncheckedError(
+        ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"
+    ),
     errors.DataRootChangedError(
         ROOT, f"sessions/ was replaced or moved since it was opened ({ROOT / 'sessions'})"
     ),
@@ -203,6 +209,13 @@ EXAMPLES: list[errors.AppError] = [
         "(Input/output error), in an earlier change",
     ),
     errors.StorageInterruptedError("DELETE /sessions/3f2a9c/files/report.pdf"),
+    errors.StorageFailedError(
+        "PUT /sessions/3f2a9c/files/report.pdf",
+        "ESTALE",
+        "Stale file handle",
+        ": a network filesystem (NFS) whose server restarted or whose export changed under "
+        "the mount, so the file handles the kernel holds name nothing; remount it",
+    ),
     errors.StoppedPartwayError(
         doing="purge",
         done=120,
