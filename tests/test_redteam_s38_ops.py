@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,16 +215,17 @@ def _workers(production: Production) -> tuple[Replica, list[int], str]:
 def _upload_in_flight(
     production: Production, url: str
 ) -> tuple[str, threading.Thread, dict[str, Any], threading.Event]:
-    """A PUT whose body is half sent: the signal comes while a worker holds it."""
+    """A PUT whose body is half sent: the signal comes while a worker holds it. Its second
+    half is sent once the returned event is set (`_once_held`)."""
     client = httpx.Client(base_url=url, headers=production.headers, timeout=60)
     sid: str = client.post("/sessions", json={}).json()["id"]
     answer: dict[str, Any] = {}
-    half = threading.Event()
+    half, rest = threading.Event(), threading.Event()
 
     def body() -> Iterator[bytes]:
         yield b"a" * 1000
         half.set()
-        time.sleep(1)  # the signal is sent meanwhile: a wait on nothing, not an assertion
+        rest.wait()  # the signal is sent meanwhile: a wait on the server, not an assertion
         yield b"b" * 1000
 
     def send() -> None:
@@ -239,7 +239,20 @@ def _upload_in_flight(
     thread = threading.Thread(target=send)
     thread.start()
     half.wait()
-    return sid, thread, answer, half
+    return sid, thread, answer, rest
+
+
+#: What uvicorn logs when a worker that is stopping still holds a connection: the upload's.
+_HELD = "Waiting for connections to close."
+
+
+def _once_held(server: Replica, rest: threading.Event) -> None:
+    """The upload's second half sent once its worker, told to stop, is waiting for it (it
+    slept a fixed second before: a condition is as strict and mostly sooner)."""
+    try:
+        wait_for(lambda: _HELD in server.output, "the worker to wait for the upload in flight")
+    finally:
+        rest.set()
 
 
 def _nothing_acknowledged_lost(production: Production, sid: str, answer: dict[str, Any]) -> None:
@@ -269,10 +282,11 @@ def test_a_reload_signal_to_serve_with_workers_restarts_the_service_whoever_gets
     # service stopped. To serve itself, or to every process (`systemctl kill -s HUP`), it
     # held: 129.
     server, workers, url = _workers(production)
-    sid, thread, answer, _ = _upload_in_flight(production, url)
+    sid, thread, answer, rest = _upload_in_flight(production, url)
     targets = {"serve": [server.pid], "one worker": workers[:1]}.get(to, [server.pid, *workers])
     for pid in targets:
         os.kill(pid, signal.SIGHUP)
+    _once_held(server, rest)
     thread.join()
     assert server.process.wait() == 129, server.output
     assert all(_gone(pid) for pid in workers)
@@ -290,8 +304,9 @@ def test_the_workers_of_a_serve_killed_outright_stop_and_release_the_database(
     # its workers served on, orphans holding the database and the port for ever, so that a
     # restart could not bind it and maintenance was refused naming them.
     server, workers, url = _workers(production)
-    sid, thread, answer, _ = _upload_in_flight(production, url)
+    sid, thread, answer, rest = _upload_in_flight(production, url)
     server.process.kill()
+    _once_held(server, rest)
     thread.join()
     wait_for(lambda: all(_gone(pid) for pid in workers), "the workers to stop")
     assert production.holders() == []
