@@ -523,6 +523,42 @@ class ConnectionLostError(DatabaseUnavailableError):
     what: str
 
 
+class DatabaseCopiedError(ConfigError):
+    """A database whose rows were copied from the one its object prefix belongs to (a
+    restore of a dump, ``CREATE DATABASE ... TEMPLATE``): same id, another database."""
+
+    code = "database_copied"
+
+    profile: str
+    database: str
+    objects: str
+    bound: str
+    """The database the prefix's stamp records (cluster system identifier/database oid)."""
+    here: str
+    """This one, in the same form."""
+    protected: bool = field(default=False, kw_only=True)
+
+    @property
+    def message(self) -> str:
+        confirm = _CONFIRM if self.protected else ""
+        return (
+            f"profile {self.profile!r}: database {self.database} carries the id of the "
+            f"database object prefix {self.objects} belongs to, but is not that database: "
+            f"the prefix's stamp records database {self.bound} (cluster system "
+            f"identifier/database oid) and this is {self.here}, so one is a copy of the "
+            "other (a restored dump, a CREATE DATABASE ... TEMPLATE). Each database's rows "
+            "name only the objects written through it, so this one's `app data check "
+            "--repair` would delete the files acknowledged by the other since the copy, and "
+            "its uploads would be deleted by the other's. Refusing to open it; nothing was "
+            "changed. If this database now replaces the other (a restore, a move to another "
+            "server, a major-version upgrade), stop every replica of the other and run `app "
+            f"data restamp --profile {self.profile} --from {self.profile}{confirm}` with "
+            "this database_url: the prefix is then this database's, and the other is "
+            "refused. Otherwise point database_url back at the one the replicas use (`app "
+            "config` shows where it came from)"
+        )
+
+
 class MaintenanceLostError(AppError):
     """A maintenance command lost the connection that held the database exclusively."""
 

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from app import sandbox
 from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
+    DatabaseCopiedError,
     ObjectMissingError,
     ObjectStoreUnavailableError,
     PrefixStampDamagedError,
@@ -610,13 +611,14 @@ class ObjectStore:
         profile: str,
         *,
         protected: Protection = False,
-        database: tuple[str, str] | None = None,
+        database: tuple[str, str, str | None] | None = None,
     ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
-        ``database`` (its id, and its address as messages show it): the database whose rows
-        name this prefix's objects. The stamp records the first; another is refused, since
-        its rows name none of the objects here and its repair would delete them all.
+        ``database`` (its id, its address as messages show it, and :func:`app.remote.pg.
+        instance`): the database whose rows name this prefix's objects. The stamp records
+        the first; another is refused, since its rows name none of the objects here and its
+        repair would delete them all; so is a copy of it (the same id in another database).
 
         Raises:
             RemoteStampMismatchError: the prefix belongs to another profile.
@@ -644,6 +646,8 @@ class ObjectStore:
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
             if database is not None:
                 stamp["database"] = database[0]
+                if database[2] is not None:
+                    stamp["instance"] = database[2]
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
@@ -654,17 +658,28 @@ class ObjectStore:
             )  # fmt: skip
         if database is None:
             return stamp
+        database_id, shown, instance = database
         bound = stamp.get("database")
         if bound is None:
             # Stamped before stamps named their database: this one, the first to open it
             # since, claims it (a plain PUT; two databases claiming one prefix in the same
             # instant is the race of two first stamps, see remote.md).
-            stamp = {**stamp, "database": database[0]}
+            stamp = {**stamp, "database": database_id, "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
-        elif bound != database[0]:
+        elif bound != database_id:
             raise StorageMismatchError(
-                "database", database[1], self.where, str(bound), database_id=database[0]
+                "database", shown, self.where, str(bound), database_id=database_id
             )
+        elif "instance" not in stamp and instance is not None:
+            # Stamped before stamps named the database itself: claimed as above.
+            stamp = {**stamp, "instance": instance}
+            self.put(STAMP_NAME, json.dumps(stamp).encode())
+        elif instance is not None and stamp["instance"] != instance:
+            # Its id is a row, which a restored dump has too (red team 39).
+            raise DatabaseCopiedError(
+                profile, shown, self.where, str(stamp["instance"]), instance,
+                protected=needs_confirmation(protected, profile),
+            )  # fmt: skip
         return stamp
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
@@ -687,13 +702,15 @@ class ObjectStore:
             raise self._fail(error) from error
         return True
 
-    def restore_stamp(self, profile: str, database: str) -> dict[str, Any]:
-        """Write back the lost stamp of a prefix whose objects ``database`` (its id) names
-        (under maintenance: the caller has checked that its rows name objects here)."""
+    def restore_stamp(self, profile: str, database: str, instance: str) -> dict[str, Any]:
+        """Write back the lost stamp of a prefix whose objects ``database`` (its id, and
+        :func:`app.remote.pg.instance`) names (under maintenance: the caller has checked
+        that its rows name objects here)."""
         stamp = {
             "profile": profile,
             "created": datetime.now(UTC).isoformat(),
             "database": database,
+            "instance": instance,
             "restored": True,
         }
         if not self._create_stamp(stamp):
@@ -715,7 +732,23 @@ class ObjectStore:
             "created": datetime.now(UTC).isoformat(),
             "restamped_from": from_profile,
         }
-        if "database" in stamp:
-            new["database"] = stamp["database"]
+        for kept in ("database", "instance"):
+            if kept in stamp:
+                new[kept] = stamp[kept]
         self.put(STAMP_NAME, json.dumps(new).encode())
         return new
+
+    def adopt(self, profile: str, database: str, instance: str) -> dict[str, Any] | None:
+        """Hand the prefix to ``instance``, a copy of the database it belongs to
+        (``database``, the id both carry), under maintenance; the old stamp, or ``None``
+        when it named ``instance`` already."""
+        stamp = self.read_stamp()
+        if (
+            stamp is None
+            or stamp.get("profile") != profile
+            or stamp.get("database") != database
+            or stamp.get("instance") in (None, instance)
+        ):
+            return None
+        self.put(STAMP_NAME, json.dumps({**stamp, "instance": instance}).encode())
+        return stamp

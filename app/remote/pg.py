@@ -668,6 +668,8 @@ class Stamp:
     database_id: str | None = None
     """The database's own id, which its object prefix's stamp records (:func:`open_database`
     with ``objects``)."""
+    instance: str | None = None
+    """Which database this is, as no copy of its rows can say (:func:`instance`)."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -832,7 +834,30 @@ def open_database(
             )  # fmt: skip
         if objects is None:
             return stamp
-        return dataclasses.replace(stamp, database_id=_bind(conn, where, objects))
+        return dataclasses.replace(
+            stamp, database_id=_bind(conn, where, objects), instance=instance(conn)
+        )
+
+
+def instance(conn: psycopg.Connection[Any]) -> str:
+    """This database, as ``<cluster system identifier>/<database oid>``: what a copy of its
+    rows (``pg_dump`` restored, ``CREATE DATABASE ... TEMPLATE``) does not carry with it.
+
+    A streaming standby promoted by a failover keeps both; a restore, a copy on the same
+    cluster or a ``pg_upgrade`` to a new cluster changes one. The binding's id is a row, and
+    a copy has it too: a restored dump opened beside the live original was taken for it,
+    and its ``check --repair`` deleted every object acknowledged since the dump (red team 39).
+    """
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' ||"
+            " (SELECT oid FROM pg_database WHERE datname = current_database())::text"
+        )
+        .fetchone()
+    )
+    assert row is not None
+    return str(row[0])
 
 
 def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]) -> str:
@@ -1104,18 +1129,23 @@ class Maintenance:
         one of ``blobs`` (names the app made, random and never reused: no other database's
         rows can name them); ``None`` otherwise. What a lost prefix stamp is written back
         on."""
+        bound = self.bound_to(bucket, prefix)
+        if bound is None:
+            return None
+        named = self.conn.execute(
+            "SELECT 1 FROM app_files WHERE blob = ANY(%s) LIMIT 1", (blobs,)
+        ).fetchone()
+        return None if named is None else bound
+
+    def bound_to(self, bucket: str, prefix: str) -> str | None:
+        """The database's id if it is bound to ``bucket`` and ``prefix``, else ``None``."""
         if self.conn.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
             return None
         bound = self.conn.execute(
             "SELECT database_id::text FROM app_binding WHERE bucket = %s AND prefix = %s",
             (bucket, prefix),
         ).fetchone()
-        if bound is None:
-            return None
-        named = self.conn.execute(
-            "SELECT 1 FROM app_files WHERE blob = ANY(%s) LIMIT 1", (blobs,)
-        ).fetchone()
-        return None if named is None else str(bound[0])
+        return None if bound is None else str(bound[0])
 
     def restamp(self, from_profile: str, *, protected: Protection = False) -> Stamp:
         """Hand the database stamped ``from_profile`` to this profile (audited)."""

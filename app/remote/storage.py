@@ -157,7 +157,7 @@ def open_remote(
     objects.open(
         config.profile,
         protected=protection,
-        database=(stamp.database_id, pg.mask_url(database_url)),
+        database=(stamp.database_id, pg.mask_url(database_url), stamp.instance),
     )
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
@@ -249,7 +249,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 else None
             )
             if database_id is not None:
-                objects.restore_stamp(config.profile, database_id)
+                objects.restore_stamp(config.profile, database_id, pg.instance(maintenance.conn))
                 maintenance.audit(
                     "restamp", objects.where, {"restored": True, "to": config.profile}
                 )
@@ -260,6 +260,20 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
             objects.restamp(source, config.profile)
             maintenance.audit("restamp", objects.where, {"from": source, "to": config.profile})
             changed = True
+        else:
+            # A copy of the database the prefix belongs to (a restore) made the one whose
+            # rows name its objects (red team 39): the original is refused from now on.
+            location = objects.location
+            bound = maintenance.bound_to(location.bucket, location.prefix)
+            here = pg.instance(maintenance.conn)
+            old = None if bound is None else objects.adopt(config.profile, bound, here)
+            if old is not None:
+                maintenance.audit(
+                    "adopt-copy",
+                    objects.where,
+                    {"database": bound, "from": old.get("instance"), "to": here},
+                )
+                changed = True
     return {
         "profile": stamp.profile,
         "schema_version": stamp.schema_version,
