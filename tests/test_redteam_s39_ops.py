@@ -8,21 +8,32 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
   taken for production's own: its rows carry the same database id, so the object prefix
   accepted it, and with production's replicas live on the original, the copy's ``app data
   check`` called every file uploaded since the dump "an upload whose transaction never
-  committed" and ``--repair`` deleted it: an acknowledged file lost.
+  committed" and ``--repair`` deleted it: an acknowledged file lost;
+- two profiles' ``database_url`` (or ``s3_endpoint_url``) naming this machine's server by
+  two spellings of a loopback address, or by the machine's own name (``127.1``,
+  ``2130706433``, ``0x7f000001``, ``0.0.0.0``, ``[::ffff:127.0.0.1]``, ``localhost.``): each
+  reached the one server, and each was another database to the overlap check.
 """
 
 from __future__ import annotations
 
 import glob
+import os
+import socket
 import subprocess
 from pathlib import Path
 
+import boto3
 import forked_app
+import psycopg
+import pytest
 import test_redteam_s37_remote
-from engines import PostgresEngine
+from engines import PostgresEngine, S3Engine
 from replicas import Production
 
 from app import sandbox
+from app.config import inspect_profiles
+from app.remote.errors import ResourceOverlapError
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
 
@@ -120,3 +131,90 @@ def test_a_restored_copy_is_adopted_by_restamp_and_the_original_is_then_refused(
     done = production.run("data", "check", "--repair")
     assert done.returncode == 78, done.stdout + done.stderr
     assert "one is a copy of the other" in " ".join(done.stderr.split())
+
+
+# Each reaches a server that listens on 127.0.0.1 (libc's inet_aton takes the shorthand and
+# whole-number forms; 0.0.0.0 and an IPv4-mapped address connect to the loopback).
+_SPELLINGS = ["127.1", "2130706433", "0x7f000001", "0.0.0.0", "[::ffff:127.0.0.1]"]
+
+
+def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **profiles: dict[str, str]) -> None:
+    for name in [n for n in os.environ if n.startswith("APP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("ENV_FOR_DYNACONF", raising=False)
+    text = f'[development]\ndata_root = "{tmp_path}/development"\n'
+    text += f'[testing]\ndata_root = "{tmp_path}/testing"\n'
+    for name, keys in profiles.items():
+        text += f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
+    (tmp_path / "settings.toml").write_text(text)
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
+
+
+def _overlaps() -> list[ResourceOverlapError]:
+    report = inspect_profiles("development")
+    return [p for p in report.problems if isinstance(p, ResourceOverlapError)]
+
+
+@pytest.mark.parametrize("spelling", [*_SPELLINGS, "machine's name"])
+def test_one_database_named_through_another_spelling_of_this_machine_is_one_database(
+    postgres_engine: PostgresEngine,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spelling: str,
+) -> None:
+    assert postgres_engine.host == "127.0.0.1"
+    host = socket.gethostname() if spelling == "machine's name" else spelling
+    dbname = database_url.rpartition("/")[2]
+    other = f"postgresql://{postgres_engine.user}@{host}:{postgres_engine.port}/{dbname}"
+    # It is the same database, for real.
+    with psycopg.connect(database_url) as first, psycopg.connect(other) as second:
+        query = "SELECT current_database(), inet_server_port(), now() = now()"
+        assert first.execute(query).fetchone() == second.execute(query).fetchone()
+        pid = second.info.backend_pid
+        seen = first.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        assert seen is not None
+    keys = {"blob_url": "s3://b/x", "s3_endpoint_url": "http://127.0.0.1:9"}
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={**keys, "database_url": database_url},
+        staging={**keys, "blob_url": "s3://b/y", "database_url": other},
+    )
+    [overlap] = _overlaps()
+    assert overlap.kind == "database"
+    assert "'production' and 'staging' name the same database" in overlap.message
+
+
+@pytest.mark.parametrize("spelling", ["127.1", "0x7f000001", "[::ffff:127.0.0.1]", "0.0.0.0"])
+def test_one_object_store_named_through_another_spelling_of_this_machine_is_one_store(
+    s3_engine: S3Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    port = s3_engine.endpoint_url.rpartition(":")[2]
+    assert s3_engine.endpoint_url == f"http://127.0.0.1:{port}"
+    other = f"http://{spelling}:{port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=other,
+        aws_access_key_id=s3_engine.access_key_id,
+        aws_secret_access_key=s3_engine.secret_access_key,
+        region_name="us-east-1",
+    )
+    assert client.head_bucket(Bucket=s3_engine.bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    keys = {"database_url": "postgresql://app@db.internal/a"}
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={
+            **keys,
+            "blob_url": "s3://b/production",
+            "s3_endpoint_url": s3_engine.endpoint_url,
+        },
+        staging={
+            "database_url": "postgresql://app@db.internal/b",
+            "blob_url": "s3://b/production/staging",
+            "s3_endpoint_url": other,
+        },
+    )
+    [overlap] = _overlaps()
+    assert overlap.kind == "object prefix"

@@ -50,6 +50,7 @@ from app.remote.errors import (
     UnstampedNotEmptyError,
     needs_confirmation,
 )
+from app.remote.hosts import is_this_machine
 
 STAMP_NAME = ".app-profile.json"
 BLOBS = "blobs/"
@@ -115,7 +116,7 @@ def _normal_endpoint(endpoint_url: str | None) -> str:
     for domain, partition in _AWS_PARTITIONS:
         if host == domain or host.endswith(f".{domain}"):
             return partition
-    if host in {"localhost", "127.0.0.1", "::1"}:
+    if is_this_machine(host):
         host = "localhost"
     return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
 
@@ -171,6 +172,13 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
+
+
+def same_instance(first: str, second: str) -> bool:
+    """Whether two :func:`app.remote.pg.instance` values are one database (a system
+    identifier that a role could not read, ``unknown``, matches any)."""
+    (a_system, _, a_oid), (b_system, _, b_oid) = first.partition("/"), second.partition("/")
+    return a_oid == b_oid and (a_system == b_system or "unknown" in (a_system, b_system))
 
 
 def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
@@ -674,7 +682,7 @@ class ObjectStore:
             # Stamped before stamps named the database itself: claimed as above.
             stamp = {**stamp, "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
-        elif instance is not None and stamp["instance"] != instance:
+        elif instance is not None and not same_instance(str(stamp["instance"]), instance):
             # Its id is a row, which a restored dump has too (red team 39).
             raise DatabaseCopiedError(
                 profile, shown, self.where, str(stamp["instance"]), instance,
@@ -747,7 +755,8 @@ class ObjectStore:
             stamp is None
             or stamp.get("profile") != profile
             or stamp.get("database") != database
-            or stamp.get("instance") in (None, instance)
+            or stamp.get("instance") is None
+            or same_instance(str(stamp["instance"]), instance)
         ):
             return None
         self.put(STAMP_NAME, json.dumps({**stamp, "instance": instance}).encode())

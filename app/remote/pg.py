@@ -65,6 +65,7 @@ from app.remote.errors import (
     UnstampedNotEmptyError,
     needs_confirmation,
 )
+from app.remote.hosts import is_this_machine
 
 SCHEMA_VERSION = 1
 
@@ -88,7 +89,6 @@ _CONNECT_DEFAULTS = {
     # Text is Unicode both ways, whatever PGCLIENTENCODING says (see check_encoding).
     "client_encoding": "UTF8",
 }
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 _SCHEMA = """
@@ -292,7 +292,7 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     addresses = set()
     for host, port in zip(host_list, port_list, strict=False):
         name = host.strip().lower()
-        if not name or name.startswith("/") or name in _LOOPBACK:
+        if not name or name.startswith("/") or is_this_machine(name):
             name = "localhost"
         addresses.add(DatabaseAddress(name, int(port or 5432), dbname))
     return tuple(sorted(addresses))
@@ -848,10 +848,14 @@ def instance(conn: psycopg.Connection[Any]) -> str:
     a copy has it too: a restored dump opened beside the live original was taken for it,
     and its ``check --repair`` deleted every object acknowledged since the dump (red team 39).
     """
+    # pg_control_system() is everyone's by default; where an administrator revoked it, the
+    # oid alone is compared (app.remote.objects.same_instance).
     row = (
         conn.cursor(row_factory=tuple_row)
         .execute(
-            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' ||"
+            "SELECT CASE WHEN has_function_privilege('pg_catalog.pg_control_system()',"
+            " 'EXECUTE') THEN (SELECT system_identifier FROM pg_control_system())::text"
+            " ELSE 'unknown' END || '/' ||"
             " (SELECT oid FROM pg_database WHERE datname = current_database())::text"
         )
         .fetchone()
