@@ -12,13 +12,18 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - two profiles' ``database_url`` (or ``s3_endpoint_url``) naming this machine's server by
   two spellings of a loopback address, or by the machine's own name (``127.1``,
   ``2130706433``, ``0x7f000001``, ``0.0.0.0``, ``[::ffff:127.0.0.1]``, ``localhost.``): each
-  reached the one server, and each was another database to the overlap check.
+  reached the one server, and each was another database to the overlap check;
+- a session setting given to every connection by libpq's ``PGOPTIONS`` in the command's
+  environment (``-c statement_timeout=1``, ``-c default_transaction_read_only=on``, ``-c
+  search_path=nowhere``): each command was refused, rightly, with a remedy naming only
+  ``ALTER DATABASE``, ``ALTER ROLE`` and the URL's options, none of which undoes it.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shlex
 import socket
 import subprocess
 from pathlib import Path
@@ -218,3 +223,27 @@ def test_one_object_store_named_through_another_spelling_of_this_machine_is_one_
     )
     [overlap] = _overlaps()
     assert overlap.kind == "object prefix"
+
+
+@pytest.mark.parametrize(
+    ("options", "exit_code", "said"),
+    [
+        ("-c statement_timeout=1", 69, "SQLSTATE 57014"),
+        ("-c default_transaction_read_only=on", 69, "SQLSTATE 25006"),
+        ("--search_path=nowhere", 78, "search_path ('nowhere')"),
+    ],
+)
+def test_a_setting_from_pgoptions_is_named_where_it_comes_from(
+    production: Production, options: str, exit_code: int, said: str
+) -> None:
+    done = forked_app.run(
+        {**production.env, "PGOPTIONS": options}, ["data", "empty-trash", "--yes-i-mean-it"]
+    )
+    assert done.returncode == exit_code, done.stdout + done.stderr
+    message = " ".join(done.stderr.split())
+    assert said in message and "nothing was changed" in message
+    assert f"this process's environment: PGOPTIONS={shlex.quote(options)}" in message
+    assert "no ALTER DATABASE or ALTER ROLE undoes: unset PGOPTIONS" in message
+    # Without it, the same command works: nothing else was the matter.
+    done = production.run("data", "empty-trash", "--yes-i-mean-it")
+    assert done.returncode == 0, done.stdout + done.stderr

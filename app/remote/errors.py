@@ -118,12 +118,31 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
+def from_pgoptions(options: str) -> str:
+    """The sentence a refusal adds when ``options``, libpq's ``PGOPTIONS`` in this process's
+    environment, sets the setting it names: no ``ALTER`` of the database or the role undoes
+    it (red team 39: every such remedy sent the operator to the wrong place)."""
+    if not options:
+        return ""
+    import shlex  # here: only a refusal pays for it
+
+    return (
+        f". Here it comes from this process's environment: PGOPTIONS={shlex.quote(options)}, "
+        "which libpq sends with every connection whose database_url gives no options= "
+        "(pg_settings.source says 'client'), and which no ALTER DATABASE or ALTER ROLE "
+        "undoes: unset PGOPTIONS where it is set (a shell's profile, the service's "
+        "Environment= or EnvironmentFile=), or give database_url options of its own"
+    )
+
+
 class _SearchPathError(ConfigError):
     """Where the connection's ``search_path`` finds the app's tables: not, or twice."""
 
     where: str
     schemas: Sequence[str]
     search_path: str
+    pgoptions: str = field(default="", kw_only=True)
+    """``PGOPTIONS`` of this process's environment, when it sets ``search_path``."""
 
     def __post_init__(self) -> None:
         self.schemas = tuple(self.schemas)
@@ -147,7 +166,7 @@ class TablesOffSearchPathError(_SearchPathError):
                 "database, the app's role, or options in database_url: `ALTER DATABASE "
                 "<dbname> RESET search_path` and `ALTER ROLE <role> RESET search_path`, or "
                 "`options=-c search_path=public` in database_url, or create the schema it names"
-            )
+            ) + from_pgoptions(self.pgoptions)
         return (
             f"database {self.where} has the app's tables (its stamp, app_stamp) in schema "
             f"{shown}, which this connection's search_path ({self.search_path!r}) leaves "
@@ -156,7 +175,7 @@ class TablesOffSearchPathError(_SearchPathError):
             "from the database, the app's role, or options in database_url: put the schema "
             "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
             f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
-        )
+        ) + from_pgoptions(self.pgoptions)
 
 
 class TablesShadowedError(_SearchPathError):

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import getpass
 import os
+import re
 import select
 import socket
 import threading
@@ -63,6 +64,7 @@ from app.remote.errors import (
     TablesOffSearchPathError,
     TablesShadowedError,
     UnstampedNotEmptyError,
+    from_pgoptions,
     needs_confirmation,
 )
 from app.remote.hosts import is_this_machine
@@ -620,7 +622,30 @@ def refusal(
     if remedy is None:
         return None
     dbname = where.rpartition("/")[2]  # mask_url's form
-    return DatabaseRefusedError(where, _reason(error), state, remedy.format(dbname=dbname), what)
+    remedy = remedy.format(dbname=dbname) + from_pgoptions(
+        pgoptions_setting(*_SETTINGS_OF.get(state, ()))
+    )
+    return DatabaseRefusedError(where, _reason(error), state, remedy, what)
+
+
+# The session settings a refusal's remedy is about, by SQLSTATE.
+_SETTINGS_OF = {
+    "25006": ("default_transaction_read_only", "transaction_read_only"),
+    "25P03": ("idle_in_transaction_session_timeout",),
+    "57014": ("statement_timeout",),
+    "42501": ("session_replication_role",),
+}
+
+
+def pgoptions_setting(*settings: str) -> str:
+    """libpq's ``PGOPTIONS`` from this process's environment when it sets one of
+    ``settings`` (it is sent with every connection whose URL gives no ``options``), else
+    ``""``: a refusal then names it, not only the database's and the role's settings."""
+    options = os.environ.get("PGOPTIONS", "")
+    names = "|".join(re.escape(name) for name in settings)
+    if not names or not re.search(rf"(?<![\w.])({names})(?!\w)", options):
+        return ""
+    return options
 
 
 @contextlib.contextmanager
@@ -726,7 +751,12 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
         return None
     info = conn.info
     where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
-    raise TablesOffSearchPathError(where, [r[0] for r in elsewhere], str(elsewhere[0][1]))
+    raise TablesOffSearchPathError(
+        where,
+        [r[0] for r in elsewhere],
+        str(elsewhere[0][1]),
+        pgoptions=pgoptions_setting("search_path"),
+    )
 
 
 def pin_schema(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -816,7 +846,9 @@ def open_database(
             if schema is None:
                 # No schema on the path exists to create the tables in: a bare
                 # InvalidSchemaName before (red team 37).
-                raise TablesOffSearchPathError(where, [], str(path))
+                raise TablesOffSearchPathError(
+                    where, [], str(path), pgoptions=pgoptions_setting("search_path")
+                )
             conn.execute(_SCHEMA)
             conn.execute(
                 "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
