@@ -12,7 +12,8 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - two profiles' ``database_url`` (or ``s3_endpoint_url``) naming this machine's server by
   two spellings of a loopback address, or by the machine's own name (``127.1``,
   ``2130706433``, ``0x7f000001``, ``0.0.0.0``, ``[::ffff:127.0.0.1]``, ``localhost.``): each
-  reached the one server, and each was another database to the overlap check;
+  reached the one server, and each was another database to the overlap check; so was a
+  host name that libpq's ``PGHOSTADDR`` (read for ``hostaddr``) sends to production's address;
 - a session setting given to every connection by libpq's ``PGOPTIONS`` in the command's
   environment (``-c statement_timeout=1``, ``-c default_transaction_read_only=on``, ``-c
   search_path=nowhere``): each command was refused, rightly, with a remedy naming only
@@ -247,3 +248,29 @@ def test_a_setting_from_pgoptions_is_named_where_it_comes_from(
     # Without it, the same command works: nothing else was the matter.
     done = production.run("data", "empty-trash", "--yes-i-mean-it")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_database_whose_address_comes_from_pghostaddr_is_the_one_it_reaches(
+    postgres_engine: PostgresEngine,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dbname = database_url.rpartition("/")[2]
+    staging = (
+        f"postgresql://{postgres_engine.user}@db-staging.invalid:{postgres_engine.port}/{dbname}"
+    )
+    monkeypatch.setenv("PGHOSTADDR", postgres_engine.host)
+    # libpq connects to PGHOSTADDR, the host name only names it: production's database.
+    with psycopg.connect(staging) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (dbname,)
+        assert conn.info.hostaddr == postgres_engine.host
+    keys = {"blob_url": "s3://b/x", "s3_endpoint_url": "http://127.0.0.1:9"}
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={**keys, "database_url": database_url},
+        staging={**keys, "blob_url": "s3://b/y", "database_url": staging},
+    )
+    [overlap] = _overlaps()
+    assert overlap.kind == "database"

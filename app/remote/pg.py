@@ -279,11 +279,14 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
 
     Unset parts are filled as libpq fills them: from the connection service the URL or
     ``PGSERVICE`` names (``service=``, a section of ``pg_service.conf``), then from ``PG*``
-    variables, then libpq's defaults.
+    variables (``PGHOSTADDR`` too), then libpq's defaults.
     """
     explicit = _params(database_url)
     params = {**_service(explicit), **explicit}
-    hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
+    # libpq fills hostaddr from PGHOSTADDR as it fills host from PGHOST, and connects to it,
+    # the host name only naming it (red team 39: a name of staging's reached production).
+    hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR")
+    hosts = str(hostaddr or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
     dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
