@@ -17,7 +17,11 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - a session setting given to every connection by libpq's ``PGOPTIONS`` in the command's
   environment (``-c statement_timeout=1``, ``-c default_transaction_read_only=on``, ``-c
   search_path=nowhere``): each command was refused, rightly, with a remedy naming only
-  ``ALTER DATABASE``, ``ALTER ROLE`` and the URL's options, none of which undoes it.
+  ``ALTER DATABASE``, ``ALTER ROLE`` and the URL's options, none of which undoes it;
+- ``app doctor`` said "ok ... database and bucket answer" (exit 0) for a database bound to
+  another prefix, a prefix that belongs to another database, and the restored copy above,
+  each of which ``app serve`` refused (78): it checked each half, never that they belong
+  together.
 """
 
 from __future__ import annotations
@@ -72,12 +76,17 @@ def _restored_copy(production: Production, postgres_engine: PostgresEngine) -> d
         input=dump,
         check=True,
     )
+    return _settings_beside(production, f'/{configured}"', f'/{copy}"')
+
+
+def _settings_beside(production: Production, old: str, new: str) -> dict[str, str]:
+    """The environment of a production command whose settings name ``new`` for ``old``."""
     settings = Path(production.env["APP_SETTINGS_DIR"])
-    other = settings.parent / "settings-of-the-copy"
+    other = settings.parent / f"settings-{len(list(settings.parent.glob('settings-*')))}"
     other.mkdir()
     text = (settings / "settings.toml").read_text()
-    assert f'/{configured}"' in text
-    (other / "settings.toml").write_text(text.replace(f'/{configured}"', f'/{copy}"'))
+    assert old in text
+    (other / "settings.toml").write_text(text.replace(old, new))
     return {**production.env, "APP_SETTINGS_DIR": str(other)}
 
 
@@ -92,7 +101,7 @@ def test_a_restored_copy_of_the_database_cannot_repair_away_what_the_original_ac
         # Acknowledged after the dump: only the original's rows name its object.
         assert client.put(f"/sessions/{sid}/files/b.txt", content=b"later").status_code == 201
 
-        for argv in (["data", "check"], ["data", "check", "--repair"]):
+        for argv in (["data", "check"], ["data", "check", "--repair"], ["serve"], ["doctor"]):
             done = forked_app.run(copy, argv)
             assert done.returncode == 78, done.stdout + done.stderr
             message = " ".join(done.stderr.split())
@@ -274,3 +283,45 @@ def test_a_database_whose_address_comes_from_pghostaddr_is_the_one_it_reaches(
     )
     [overlap] = _overlaps()
     assert overlap.kind == "database"
+
+
+def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    assert replica.stop() == 0, replica.output
+    run = sandbox.current_run(production.env)
+    assert run is not None
+    configured = production.database_url.rpartition("/")[2].removesuffix(run.scratch)
+    with postgres_engine.connect() as admin:
+        admin.execute(f'CREATE DATABASE "fresh_{configured}{run.scratch}"')
+    settings = (Path(production.env["APP_SETTINGS_DIR"]) / "settings.toml").read_text()
+    [blob_url] = [line.split('"')[1] for line in settings.splitlines() if "blob_url" in line]
+    cases = {
+        # production's database, a new prefix: the rows name objects it does not have.
+        "another prefix": (
+            _settings_beside(production, f'"{blob_url}"', f'"{blob_url}-elsewhere"'),
+            "keeps its files' bytes in",
+        ),
+        # production's prefix, a new database: its repair would delete every object.
+        "another database": (
+            _settings_beside(production, f'/{configured}"', f'/fresh_{configured}"'),
+            "belongs to another database",
+        ),
+    }
+    for name, (env, said) in cases.items():
+        doctor = forked_app.run(env, ["doctor"])
+        assert doctor.returncode == 78, (name, doctor.stdout + doctor.stderr)
+        report = " ".join((doctor.stdout + doctor.stderr).split())
+        assert said in report and "Nothing was changed" in report, (name, report)
+        assert "ok: every profile" not in report
+        served = forked_app.run(env, ["serve", "--port", "0"])
+        assert served.returncode == 78, (name, served.stdout + served.stderr)
+        assert said in " ".join(served.stderr.split())
+    # And production as it is: the binding is reported, and all is well.
+    doctor = production.run("doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "binding: database id " in doctor.stdout

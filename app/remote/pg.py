@@ -919,6 +919,16 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
     return str(row[0])
 
 
+def binding(conn: psycopg.Connection[Any]) -> tuple[str | None, str | None, str | None]:
+    """The database's id and the bucket and prefix it is bound to, read only (``None`` each
+    before its first open with objects)."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    if cursor.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
+        return None, None, None
+    row = cursor.execute("SELECT database_id::text, bucket, prefix FROM app_binding").fetchone()
+    return (None, None, None) if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+
 def audit(
     conn: psycopg.Connection[Any],
     profile: str,

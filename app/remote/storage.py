@@ -434,7 +434,9 @@ def diagnose(config: Config) -> list[Probe]:
     schema: exit 78).
     """
     secrets = _secrets(config)
-    probes = _diagnose_database(config) + _diagnose_objects(config)
+    seen: dict[str, Any] = {}
+    probes = _diagnose_database(config, seen) + _diagnose_objects(config, seen)
+    probes += _diagnose_binding(config, seen)
     return [
         Probe(
             p.subject,
@@ -446,7 +448,7 @@ def diagnose(config: Config) -> list[Probe]:
     ]
 
 
-def _diagnose_database(config: Config) -> list[Probe]:
+def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
     import psycopg
 
     from app.errors import EX_UNAVAILABLE
@@ -481,7 +483,7 @@ def _diagnose_database(config: Config) -> list[Probe]:
         try:
             # Doctor looks; should any statement below ever write, PostgreSQL refuses it.
             conn.execute("SET default_transaction_read_only = on")
-            return _database_state(conn, config, where)
+            return _database_state(conn, config, where, seen)
         except pg.WaitTimeoutError as error:
             return [_database_silent(config, where, error.seconds)]
         except psycopg.Error as error:
@@ -497,6 +499,48 @@ def _diagnose_database(config: Config) -> list[Probe]:
                     EX_UNAVAILABLE,
                 )
             ]
+
+
+def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
+    """Whether the database and the prefix, each stamped for the profile, belong together,
+    as opening them checks (red team 39: `app doctor` said "ok" for a database bound to
+    another prefix, a prefix of another database, and a restored copy of the database,
+    each of which `app serve` refused)."""
+    from app.remote.errors import DatabaseCopiedError, StorageMismatchError
+    from app.remote.objects import same_instance
+
+    if "binding" not in seen or "prefix" not in seen:
+        return []
+    (database_id, bucket, prefix, here, where) = seen["binding"]
+    stamp, location, shown = seen["prefix"]
+    error: AppError | None = None
+    if database_id is None and stamp.get("database") is None:
+        return [Probe("binding", "none yet: the next open binds the database to the prefix")]
+    if database_id is None:
+        # The next open binds this database, with a new id, to a prefix another one has.
+        error = StorageMismatchError(
+            "database", where, shown, str(stamp["database"]), database_id="(none yet)"
+        )
+    elif (bucket, prefix) != (location.bucket, location.prefix):
+        error = StorageMismatchError("prefix", where, shown, f"s3://{bucket}/{prefix}")
+    elif stamp.get("database") not in (None, database_id):
+        error = StorageMismatchError(
+            "database", where, shown, str(stamp["database"]), database_id=database_id
+        )
+    elif stamp.get("instance") is not None and not same_instance(str(stamp["instance"]), here):
+        error = DatabaseCopiedError(
+            config.profile, where, shown, str(stamp["instance"]), here,
+            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
+        )  # fmt: skip
+    found = (
+        f"database id {database_id} ({here}), bound to s3://{bucket}/{prefix}"
+        if database_id is not None
+        else f"the database is bound to no prefix yet; {shown} belongs to database id "
+        f"{stamp['database']}"
+    )
+    if error is None:
+        return [Probe("binding", found)]
+    return [Probe("binding", found, error.message, error.exit_code)]
 
 
 def _database_silent(config: Config, where: str, seconds: float) -> Probe:
@@ -516,7 +560,7 @@ def _database_silent(config: Config, where: str, seconds: float) -> Probe:
     )
 
 
-def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
+def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
     from app.remote.errors import SchemaTooNewError, UnstampedNotEmptyError
 
     source = config.sources.get("database_url", "?")
@@ -542,6 +586,7 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
                     f"tables and stamps it for {config.profile!r}",
                 )
             )
+            seen["binding"] = (None, None, None, None, where)
         return probes
     stamped = (
         f"profile {stamp.profile}, schema version {stamp.schema_version} (this release: "
@@ -559,6 +604,7 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
         probes.append(Probe("stamp", stamped, error.message, error.exit_code))
     else:
         probes.append(Probe("stamp", stamped))
+        seen["binding"] = (*pg.binding(conn), pg.instance(conn), where)
     replicas = pg.live_holders(conn)
     if not replicas:
         probes.append(Probe("replicas", "none live"))
@@ -572,7 +618,7 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
     return probes
 
 
-def _diagnose_objects(config: Config) -> list[Probe]:
+def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     from app.errors import EX_UNAVAILABLE
     from app.remote.errors import ObjectStoreUnavailableError, UnstampedNotEmptyError
     from app.remote.objects import ObjectStore
@@ -630,6 +676,7 @@ def _diagnose_objects(config: Config) -> list[Probe]:
         found = f"{objects.where}: stamp object {STAMP_NAME} names profile {stamped}"
         if stamped == config.profile:
             probes.append(Probe("prefix", found))
+            seen["prefix"] = (stamp, objects.location, objects.where)
         else:
             mismatch = RemoteStampMismatchError(
                 f"object prefix {objects.where}", f"its object {STAMP_NAME}", stamped,
@@ -661,4 +708,5 @@ def _diagnose_objects(config: Config) -> list[Probe]:
                 f"{objects.where}: empty; the first open stamps it for {config.profile!r}",
             )
         )
+        seen["prefix"] = ({}, objects.location, objects.where)
     return probes
