@@ -26,11 +26,15 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
+import pwd
 import shlex
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import boto3
@@ -38,7 +42,7 @@ import forked_app
 import psycopg
 import pytest
 import test_redteam_s37_remote
-from engines import PostgresEngine, S3Engine
+from engines import PostgresEngine, S3Engine, free_ports
 from replicas import Production
 
 from app import sandbox
@@ -325,3 +329,41 @@ def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
     doctor = production.run("doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "binding: database id " in doctor.stdout
+
+
+def test_a_promoted_standby_is_the_same_database_not_a_copy(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    # What the copy's refusal must not catch: a failover. A streaming standby made with
+    # pg_basebackup and promoted keeps the cluster's system identifier and the database's
+    # oid; replicas pointed at it serve the acknowledged file, with no restamp.
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    assert replica.stop() == 0, replica.output
+    base = Path(tempfile.mkdtemp(prefix="ro23-standby-"))
+    if postgres_engine.os_user is not None:
+        entry = pwd.getpwnam(postgres_engine.os_user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    standby = dataclasses.replace(postgres_engine, base=base, port=free_ports(1)[0], process=None)
+    try:
+        standby._run(
+            _pg_bin("pg_basebackup"),
+            f"--pgdata={base / 'data'}",
+            f"--dbname={postgres_engine.url()}",
+            "--write-recovery-conf",
+            "--wal-method=stream",
+            "--no-sync",
+            "--checkpoint=fast",
+        )
+        assert standby.start(), standby.log()
+        standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
+        env = _settings_beside(production, f":{postgres_engine.port}/", f":{standby.port}/")
+        done = forked_app.run(env, ["data", "check"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = forked_app.run(env, ["sessions", "show", sid])
+        assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+    finally:
+        standby.stop()
+        shutil.rmtree(base, ignore_errors=True)
