@@ -21,7 +21,11 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - ``app doctor`` said "ok ... database and bucket answer" (exit 0) for a database bound to
   another prefix, a prefix that belongs to another database, and the restored copy above,
   each of which ``app serve`` refused (78): it checked each half, never that they belong
-  together.
+  together;
+- ``app data restamp --profile staging --from production`` of a restored copy of
+  production's database (a staging refresh) said "now stamped 'staging'", though the
+  database's rows name their objects in production's prefix; the next command said to point
+  staging's ``blob_url`` there, and each refusal after it led on into production's prefix.
 """
 
 from __future__ import annotations
@@ -367,3 +371,36 @@ def test_a_promoted_standby_is_the_same_database_not_a_copy(
     finally:
         standby.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_copy_of_productions_database_is_not_restamped_for_staging(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    copy = _restored_copy(production, postgres_engine)
+    settings = Path(copy["APP_SETTINGS_DIR"]) / "settings.toml"
+    text = settings.read_text()
+    [blob_url] = [line.split('"')[1] for line in text.splitlines() if "blob_url" in line]
+    settings.write_text(
+        text.replace("[production]", "[staging]")
+        .replace("protected = true\n", "")
+        .replace(blob_url, f"{blob_url}-staging")
+    )
+    staging = {**copy, "ENV_FOR_DYNACONF": "staging", "PYTEST_APP_ALLOW_PROFILES": "staging"}
+    restamp = ["data", "restamp", "--profile", "staging", "--from", "production"]
+    done = forked_app.run(staging, [*restamp, "--yes-i-mean-it"])
+    assert done.returncode == 78, done.stdout + done.stderr
+    message = " ".join(done.stderr.split())
+    assert "cannot re-stamp database" in message and "from 'production' to 'staging'" in message
+    assert "its rows name their objects in s3://" in message
+    assert "another database's prefix" in message
+    assert "Nothing was changed" in message and "new or empty database" in message
+    # Nothing was changed: still production's, refused for staging as before.
+    done = forked_app.run(staging, ["data", "check"])
+    assert done.returncode == 78
+    assert "belongs to profile 'production'" in " ".join(done.stderr.split())
+    with production.client(replica) as client:
+        assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"

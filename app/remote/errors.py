@@ -578,6 +578,37 @@ class DatabaseCopiedError(ConfigError):
         )
 
 
+class RestampBoundElsewhereError(ConfigError):
+    """``app data restamp`` of a database whose rows name objects in another prefix than
+    the profile's ``blob_url`` (a restored copy of another profile's database)."""
+
+    code = "restamp_bound_elsewhere"
+
+    profile: str
+    from_profile: str
+    database: str
+    bound: str
+    """The prefix the database is bound to (``s3://bucket/prefix``)."""
+    objects: str
+    """The profile's own prefix, as ``blob_url`` names it."""
+
+    @property
+    def message(self) -> str:
+        return (
+            f"cannot re-stamp database {self.database} from {self.from_profile!r} to "
+            f"{self.profile!r}: its rows name their objects in {self.bound} (recorded on its "
+            f"first open; a restored copy of {self.from_profile!r}'s database keeps it), not "
+            f"in {self.objects}, which blob_url names for {self.profile!r}. Re-stamped, it "
+            "would name objects this profile does not have, and the way out of that refusal "
+            f"leads to {self.bound} itself, another database's prefix, where this one's `app "
+            "data check --repair` would delete what the other acknowledges. Nothing was "
+            "changed. A database's rows cannot be moved to another prefix: give "
+            f"{self.profile!r} a new or empty database (its first open binds it to "
+            f"{self.objects}), and copy sessions into it through the HTTP API "
+            "(docs/how-to/run-on-postgresql.md, 'Moving from a data root')"
+        )
+
+
 class MaintenanceLostError(AppError):
     """A maintenance command lost the connection that held the database exclusively."""
 

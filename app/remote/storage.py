@@ -39,6 +39,7 @@ from app.remote.errors import (
     PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
+    RestampBoundElsewhereError,
     TablesOffSearchPathError,
     TablesShadowedError,
     describe_replica,
@@ -213,17 +214,26 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     source = from_profile.lower()
     protection = config.taking_needs_confirmation
     bounds = _bounds(config)
+    objects = _objects(config)
+    location = objects.location
     with (
         pg.connect(database_url, purpose="app restamp", bounds=bounds) as conn,
         pg.refusals(pg.mask_url(database_url), "the read of its stamp"),
     ):
         found = pg.read_stamp(conn)
+        database_id, bucket, prefix = pg.binding(conn) if found is not None else (None,) * 3
+    if database_id is not None and (bucket, prefix) != (location.bucket, location.prefix):
+        # A copy of another profile's database: re-stamped, the next refusal said to point
+        # blob_url at the prefix it is bound to, another database's (red team 39).
+        raise RestampBoundElsewhereError(
+            config.profile, source, pg.mask_url(database_url), f"s3://{bucket}/{prefix}",
+            objects.where,
+        )  # fmt: skip
     stamped = found is not None
     if not stamped:
         # Nothing of the app's there yet: creating it stamps it for this profile at once
         # (or refuses a database with tables of its own).
         pg.open_database(database_url, config.profile, protected=protection, bounds=bounds)
-    objects = _objects(config)
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
     with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
         before = objects.read_stamp()

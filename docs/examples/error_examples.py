@@ -309,6 +309,13 @@ EXAMPLES: list[errors.AppError] = [
         "7311950212233419512/24577",
         protected=True,
     ),
+    remote.RestampBoundElsewhereError(
+        "staging",
+        "production",
+        "postgresql://review@db.internal:5432/app_staging",
+        "s3://app-data/production",
+        "s3://app-data/staging at https://s3.example.com:443",
+    ),
     remote.MaintenanceLostError(
         "empty the trash", DATABASE, "terminating connection due to administrator command"
     ),
