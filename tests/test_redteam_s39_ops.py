@@ -25,7 +25,9 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - ``app data restamp --profile staging --from production`` of a restored copy of
   production's database (a staging refresh) said "now stamped 'staging'", though the
   database's rows name their objects in production's prefix; the next command said to point
-  staging's ``blob_url`` there, and each refusal after it led on into production's prefix.
+  staging's ``blob_url`` there, and each refusal after it led on into production's prefix;
+- a replica of the original served on after a copy of its database was adopted with ``app
+  data restamp``: what it wrote from then on only the original's rows named.
 """
 
 from __future__ import annotations
@@ -404,3 +406,25 @@ def test_a_copy_of_productions_database_is_not_restamped_for_staging(
     assert "belongs to profile 'production'" in " ".join(done.stderr.split())
     with production.client(replica) as client:
         assert client.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+
+
+def test_a_replica_of_the_original_stops_once_a_copy_is_handed_the_prefix(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+        copy = _restored_copy(production, postgres_engine)
+        restamp = ["data", "restamp", "--profile", "production", "--from", "production"]
+        done = forked_app.run(copy, [*restamp, "--yes-i-mean-it"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        # Its writes are refused from its next check on, and it stops (exit 70, as for a
+        # lost hold), saying why; a restart is refused, naming the copy.
+        assert replica.process.wait(timeout=30) == 70, replica.output
+        assert "was handed to another database" in " ".join(replica.output.split())
+    done = production.run("serve", "--port", "0")
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "one is a copy of the other" in " ".join(done.stderr.split())
+    done = forked_app.run(copy, ["sessions", "show", sid])
+    assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr

@@ -330,6 +330,9 @@ class ObjectStore:
             ),
         )
         self.read_timeout = read_timeout
+        # The database this process opened the prefix for (its id and instance), once
+        # `open` checked the stamp names it: what `handed_away` compares with.
+        self._owner: tuple[str, str | None] | None = None
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -688,7 +691,38 @@ class ObjectStore:
                 profile, shown, self.where, str(stamp["instance"]), instance,
                 protected=needs_confirmation(protected, profile),
             )  # fmt: skip
+        self._owner = (database_id, instance)
         return stamp
+
+    def handed_away(self) -> str | None:
+        """Why the prefix no longer belongs to the database it was opened for, or ``None``.
+
+        Its stamp names another database, or a copy of this one that ``app data restamp``
+        adopted: what a replica writes from then on only its own database names, and the
+        other's ``check --repair`` deletes it (red team 39). A stamp that cannot be read now
+        is ``None``: readiness reports the store, and the next open the stamp.
+        """
+        if self._owner is None:
+            return None
+        database, instance = self._owner
+        try:
+            stamp = self.read_stamp()
+        except (ObjectStoreUnavailableError, PrefixStampDamagedError):
+            return None
+        if stamp is None:
+            return None
+        bound, now = stamp.get("database"), stamp.get("instance")
+        if bound in (None, database) and (
+            instance is None or now is None or same_instance(str(now), instance)
+        ):
+            return None
+        return (
+            f"object prefix {self.where} was handed to another database: its stamp object now "
+            f"names database {bound} ({now}), and this server's is {database} ({instance}), "
+            "as `app data restamp` run on a copy of this database leaves it. What this server "
+            "wrote from now on only its own database would name, and the other's `app data "
+            "check --repair` would delete it"
+        )
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
         # If-None-Match: of two processes stamping an empty prefix at once, one wins and the

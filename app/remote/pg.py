@@ -1087,6 +1087,11 @@ class Holder:
         asked, answered = self.asked, self.answered
         return 0.0 if answered >= asked else time.monotonic() - asked
 
+    def lose(self, reason: str) -> None:
+        """End the hold's use for ``reason``: every write is refused from now on (the
+        connection stays until :meth:`close`)."""
+        self._lose(reason)
+
     def _lose(self, reason: str) -> None:
         self.error = HolderLostError(self.where, reason)
         if self.on_lost is not None:
