@@ -27,11 +27,15 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
   database's rows name their objects in production's prefix; the next command said to point
   staging's ``blob_url`` there, and each refusal after it led on into production's prefix;
 - a replica of the original served on after a copy of its database was adopted with ``app
-  data restamp``: what it wrote from then on only the original's rows named.
+  data restamp``: what it wrote from then on only the original's rows named;
+- a standby promoted while the old primary still ran (a split brain): replicas served on
+  both, and the new primary's ``app data check --repair`` deleted the file the old one had
+  just acknowledged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -41,6 +45,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -337,17 +342,13 @@ def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
     assert "binding: database id " in doctor.stdout
 
 
-def test_a_promoted_standby_is_the_same_database_not_a_copy(
+@contextlib.contextmanager
+def _promoted_standby(
     production: Production, postgres_engine: PostgresEngine
-) -> None:
-    # What the copy's refusal must not catch: a failover. A streaming standby made with
-    # pg_basebackup and promoted keeps the cluster's system identifier and the database's
-    # oid; replicas pointed at it serve the acknowledged file, with no restamp.
-    replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
-    assert replica.stop() == 0, replica.output
+) -> Iterator[dict[str, str]]:
+    """A streaming standby of the suite's cluster (``pg_basebackup``), promoted, as a
+    failover does, the original left running; the environment of a production command
+    whose settings name it."""
     base = Path(tempfile.mkdtemp(prefix="ro23-standby-"))
     if postgres_engine.os_user is not None:
         entry = pwd.getpwnam(postgres_engine.os_user)
@@ -365,14 +366,28 @@ def test_a_promoted_standby_is_the_same_database_not_a_copy(
         )
         assert standby.start(), standby.log()
         standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
-        env = _settings_beside(production, f":{postgres_engine.port}/", f":{standby.port}/")
+        yield _settings_beside(production, f":{postgres_engine.port}/", f":{standby.port}/")
+    finally:
+        standby.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_promoted_standby_is_the_same_database_not_a_copy(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    # What the copy's refusal must not catch: a failover. A streaming standby made with
+    # pg_basebackup and promoted keeps the cluster's system identifier and the database's
+    # oid; replicas pointed at it serve the acknowledged file, with no restamp.
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    assert replica.stop() == 0, replica.output
+    with _promoted_standby(production, postgres_engine) as env:
         done = forked_app.run(env, ["data", "check"])
         assert done.returncode == 0, done.stdout + done.stderr
         done = forked_app.run(env, ["sessions", "show", sid])
         assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
-    finally:
-        standby.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_copy_of_productions_database_is_not_restamped_for_staging(
@@ -428,3 +443,33 @@ def test_a_replica_of_the_original_stops_once_a_copy_is_handed_the_prefix(
     assert "one is a copy of the other" in " ".join(done.stderr.split())
     done = forked_app.run(copy, ["sessions", "show", sid])
     assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_old_primary_of_a_split_brain_is_fenced_off_by_the_prefix(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+        with _promoted_standby(production, postgres_engine) as promoted:
+            # The failover's first replica (here a command) opens the new primary.
+            done = forked_app.run(promoted, ["data", "check"])
+            assert done.returncode == 0, done.stdout + done.stderr
+            # The old primary's replica stops at its next check, before it acknowledges
+            # what only the old primary would name.
+            assert replica.process.wait(timeout=30) == 70, replica.output
+            assert "a split brain" in " ".join(replica.output.split())
+            done = production.run("data", "check", "--repair")
+            assert done.returncode == 78, done.stdout + done.stderr
+            message = " ".join(done.stderr.split())
+            assert "is on timeline 1, but object prefix" in message
+            assert "records timeline 2 of the same database" in message
+            assert "Point database_url at the promoted server" in message
+            doctor = production.run("doctor")
+            assert doctor.returncode == 78, doctor.stdout + doctor.stderr
+            # The new primary has everything acknowledged.
+            done = forked_app.run(promoted, ["data", "check", "--repair"])
+            assert done.returncode == 0, done.stdout + done.stderr
+            done = forked_app.run(promoted, ["sessions", "show", sid])
+            assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr

@@ -114,7 +114,12 @@ class Doctor:
             objects=(location.bucket, location.prefix, objects.where),
         )
         assert stamp.database_id is not None
-        database = (stamp.database_id, pg.mask_url(self.database_url), stamp.instance)
+        database = (
+            stamp.database_id,
+            pg.mask_url(self.database_url),
+            stamp.instance,
+            stamp.timeline,
+        )
         objects.open(profile, database=database)
 
     def run_with_replicas(self, profile: str, *urls: str) -> subprocess.CompletedProcess[str]:

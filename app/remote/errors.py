@@ -578,6 +578,32 @@ class DatabaseCopiedError(ConfigError):
         )
 
 
+class DatabaseTimelineBehindError(ConfigError):
+    """The old primary of a database whose standby was promoted, still taking writes."""
+
+    code = "database_timeline_behind"
+
+    profile: str
+    database: str
+    objects: str
+    timeline: int
+    recorded: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"profile {self.profile!r}: database {self.database} is on timeline "
+            f"{self.timeline}, but object prefix {self.objects}'s stamp records timeline "
+            f"{self.recorded} of the same database: a standby of it was promoted (a failover, "
+            "or a point-in-time recovery) and a replica has opened that one, while this "
+            "primary still takes writes (a split brain). What this one's rows name the "
+            "other's `app data check --repair` would delete, and the other way round. "
+            "Refusing to open it; nothing was changed. Point database_url at the promoted "
+            "server, and stop this one or rebuild it as a standby of the new primary "
+            "(pg_rewind, or a new pg_basebackup)"
+        )
+
+
 class RestampBoundElsewhereError(ConfigError):
     """``app data restamp`` of a database whose rows name objects in another prefix than
     the profile's ``blob_url`` (a restored copy of another profile's database)."""

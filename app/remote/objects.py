@@ -40,6 +40,7 @@ from app import sandbox
 from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     DatabaseCopiedError,
+    DatabaseTimelineBehindError,
     ObjectMissingError,
     ObjectStoreUnavailableError,
     PrefixStampDamagedError,
@@ -172,6 +173,11 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
+
+
+def _timeline(stamp: dict[str, Any]) -> int | None:
+    value = stamp.get("timeline")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def same_instance(first: str, second: str) -> bool:
@@ -332,7 +338,7 @@ class ObjectStore:
         self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
-        self._owner: tuple[str, str | None] | None = None
+        self._owner: tuple[str, str | None, int | None] | None = None
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -622,7 +628,7 @@ class ObjectStore:
         profile: str,
         *,
         protected: Protection = False,
-        database: tuple[str, str, str | None] | None = None,
+        database: tuple[str, str, str | None, int | None] | None = None,
     ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
@@ -659,6 +665,8 @@ class ObjectStore:
                 stamp["database"] = database[0]
                 if database[2] is not None:
                     stamp["instance"] = database[2]
+                if database[3] is not None:
+                    stamp["timeline"] = database[3]
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
@@ -669,7 +677,16 @@ class ObjectStore:
             )  # fmt: skip
         if database is None:
             return stamp
-        database_id, shown, instance = database
+        return self._bind(profile, stamp, database, protected)
+
+    def _bind(
+        self,
+        profile: str,
+        stamp: dict[str, Any],
+        database: tuple[str, str, str | None, int | None],
+        protected: Protection,
+    ) -> dict[str, Any]:
+        database_id, shown, instance, timeline = database
         bound = stamp.get("database")
         if bound is None:
             # Stamped before stamps named their database: this one, the first to open it
@@ -691,7 +708,17 @@ class ObjectStore:
                 profile, shown, self.where, str(stamp["instance"]), instance,
                 protected=needs_confirmation(protected, profile),
             )  # fmt: skip
-        self._owner = (database_id, instance)
+        recorded = _timeline(stamp)
+        if timeline is not None and recorded is not None and timeline < recorded:
+            # A standby of it was promoted, and this is the old primary, still taking
+            # writes: a split brain (red team 39).
+            raise DatabaseTimelineBehindError(profile, shown, self.where, timeline, recorded)
+        if timeline is not None and (recorded is None or timeline > recorded):
+            # A failover (or a point-in-time recovery) began a new timeline: from now on,
+            # the old one's primary is refused, and its replicas stop at their next check.
+            stamp = {**stamp, "timeline": timeline}
+            self.put(STAMP_NAME, json.dumps(stamp).encode())
+        self._owner = (database_id, instance, timeline)
         return stamp
 
     def handed_away(self) -> str | None:
@@ -704,18 +731,28 @@ class ObjectStore:
         """
         if self._owner is None:
             return None
-        database, instance = self._owner
+        database, instance, timeline = self._owner
         try:
             stamp = self.read_stamp()
         except (ObjectStoreUnavailableError, PrefixStampDamagedError):
             return None
         if stamp is None:
             return None
-        bound, now = stamp.get("database"), stamp.get("instance")
-        if bound in (None, database) and (
-            instance is None or now is None or same_instance(str(now), instance)
-        ):
+        bound, now, recorded = stamp.get("database"), stamp.get("instance"), _timeline(stamp)
+        ours = bound in (None, database) and (
+            now is None or instance is None or same_instance(str(now), instance)
+        )
+        if ours and (timeline is None or recorded is None or recorded <= timeline):
             return None
+        if ours:
+            return (
+                f"object prefix {self.where}'s stamp now records timeline {recorded} of "
+                f"this database, and this server's database is on timeline {timeline}: a "
+                "standby of it was promoted (a failover) while this primary still runs, "
+                "and a replica opened the new one (a split brain). What this server "
+                "wrote from now on only the old primary would name, and the new one's "
+                "`app data check --repair` would delete it"
+            )
         return (
             f"object prefix {self.where} was handed to another database: its stamp object now "
             f"names database {bound} ({now}), and this server's is {database} ({instance}), "
@@ -780,7 +817,9 @@ class ObjectStore:
         self.put(STAMP_NAME, json.dumps(new).encode())
         return new
 
-    def adopt(self, profile: str, database: str, instance: str) -> dict[str, Any] | None:
+    def adopt(
+        self, profile: str, database: str, instance: str, timeline: int | None
+    ) -> dict[str, Any] | None:
         """Hand the prefix to ``instance``, a copy of the database it belongs to
         (``database``, the id both carry), under maintenance; the old stamp, or ``None``
         when it named ``instance`` already."""
@@ -793,5 +832,10 @@ class ObjectStore:
             or same_instance(str(stamp["instance"]), instance)
         ):
             return None
-        self.put(STAMP_NAME, json.dumps({**stamp, "instance": instance}).encode())
+        # The copy's timeline is its own server's: the original's means nothing to it.
+        new = {key: value for key, value in stamp.items() if key != "timeline"}
+        new["instance"] = instance
+        if timeline is not None:
+            new["timeline"] = timeline
+        self.put(STAMP_NAME, json.dumps(new).encode())
         return stamp

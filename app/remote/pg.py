@@ -698,6 +698,8 @@ class Stamp:
     with ``objects``)."""
     instance: str | None = None
     """Which database this is, as no copy of its rows can say (:func:`instance`)."""
+    timeline: int | None = None
+    """The server's timeline (:func:`timeline`), which a promotion advances."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -870,8 +872,31 @@ def open_database(
         if objects is None:
             return stamp
         return dataclasses.replace(
-            stamp, database_id=_bind(conn, where, objects), instance=instance(conn)
+            stamp,
+            database_id=_bind(conn, where, objects),
+            instance=instance(conn),
+            timeline=timeline(conn),
         )
+
+
+def timeline(conn: psycopg.Connection[Any]) -> int | None:
+    """The timeline the server writes WAL on (``None`` on a standby, or where the role may
+    not ask): a promoted standby begins a new, higher one, and the old primary, if it still
+    runs, stays on its own. The prefix's stamp keeps the highest seen, so that the old
+    primary is refused once a replica opened the new one (red team 39: both served, and
+    each one's repair would delete what the other acknowledged)."""
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT CASE WHEN NOT pg_is_in_recovery() AND has_function_privilege("
+            "'pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE') AND has_function_privilege("
+            "'pg_catalog.pg_current_wal_lsn()', 'EXECUTE')"
+            " THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+            " END"
+        )
+        .fetchone()
+    )
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def instance(conn: psycopg.Connection[Any]) -> str:

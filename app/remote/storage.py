@@ -158,7 +158,7 @@ def open_remote(
     objects.open(
         config.profile,
         protected=protection,
-        database=(stamp.database_id, pg.mask_url(database_url), stamp.instance),
+        database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
     )
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
@@ -276,7 +276,11 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
             location = objects.location
             bound = maintenance.bound_to(location.bucket, location.prefix)
             here = pg.instance(maintenance.conn)
-            old = None if bound is None else objects.adopt(config.profile, bound, here)
+            old = (
+                None
+                if bound is None
+                else objects.adopt(config.profile, bound, here, pg.timeline(maintenance.conn))
+            )
             if old is not None:
                 maintenance.audit(
                     "adopt-copy",
@@ -516,12 +520,16 @@ def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
     as opening them checks (red team 39: `app doctor` said "ok" for a database bound to
     another prefix, a prefix of another database, and a restored copy of the database,
     each of which `app serve` refused)."""
-    from app.remote.errors import DatabaseCopiedError, StorageMismatchError
+    from app.remote.errors import (
+        DatabaseCopiedError,
+        DatabaseTimelineBehindError,
+        StorageMismatchError,
+    )
     from app.remote.objects import same_instance
 
     if "binding" not in seen or "prefix" not in seen:
         return []
-    (database_id, bucket, prefix, here, where) = seen["binding"]
+    (database_id, bucket, prefix, here, timeline, where) = seen["binding"]
     stamp, location, shown = seen["prefix"]
     error: AppError | None = None
     if database_id is None and stamp.get("database") is None:
@@ -542,6 +550,14 @@ def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
             config.profile, where, shown, str(stamp["instance"]), here,
             protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
         )  # fmt: skip
+    elif (
+        timeline is not None
+        and isinstance(stamp.get("timeline"), int)
+        and (timeline < stamp["timeline"])
+    ):
+        error = DatabaseTimelineBehindError(
+            config.profile, where, shown, timeline, stamp["timeline"]
+        )
     found = (
         f"database id {database_id} ({here}), bound to s3://{bucket}/{prefix}"
         if database_id is not None
@@ -596,7 +612,7 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
                     f"tables and stamps it for {config.profile!r}",
                 )
             )
-            seen["binding"] = (None, None, None, None, where)
+            seen["binding"] = (None, None, None, None, None, where)
         return probes
     stamped = (
         f"profile {stamp.profile}, schema version {stamp.schema_version} (this release: "
@@ -614,7 +630,7 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
         probes.append(Probe("stamp", stamped, error.message, error.exit_code))
     else:
         probes.append(Probe("stamp", stamped))
-        seen["binding"] = (*pg.binding(conn), pg.instance(conn), where)
+        seen["binding"] = (*pg.binding(conn), pg.instance(conn), pg.timeline(conn), where)
     replicas = pg.live_holders(conn)
     if not replicas:
         probes.append(Probe("replicas", "none live"))
