@@ -30,7 +30,11 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
   data restamp``: what it wrote from then on only the original's rows named;
 - a standby promoted while the old primary still ran (a split brain): replicas served on
   both, and the new primary's ``app data check --repair`` deleted the file the old one had
-  just acknowledged.
+  just acknowledged;
+- a new database its role may not create tables in (PostgreSQL 15's default for a database
+  owned by another role): ``app serve`` exited 69 (retry later) with a remedy about
+  ``session_replication_role``, and ``app doctor`` said "ok ... the first open creates the
+  app's tables".
 """
 
 from __future__ import annotations
@@ -473,3 +477,37 @@ def test_the_old_primary_of_a_split_brain_is_fenced_off_by_the_prefix(
             assert done.returncode == 0, done.stdout + done.stderr
             done = forked_app.run(promoted, ["sessions", "show", sid])
             assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_new_database_the_role_may_not_create_tables_in_is_refused_naming_the_grant(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    # The DBA's usual first deploy on PostgreSQL 15: the database owned by another role,
+    # CONNECT granted to the app's; `public` no longer lets every role create in it.
+    role = f"ro23_{os.getpid()}"
+    dbname = production.database_url.rpartition("/")[2]
+    with postgres_engine.connect() as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO "{role}"')
+    try:
+        env = _settings_beside(production, "postgresql://app@", f"postgresql://{role}@")
+        for argv in (["serve", "--port", "0"], ["data", "check"], ["doctor"]):
+            done = forked_app.run(env, argv)
+            assert done.returncode == 78, (argv, done.stdout + done.stderr)
+            message = " ".join((done.stdout + done.stderr).split())
+            assert f"role '{role}' may not create them in schema 'public'" in message
+            assert "nothing was changed" in message
+            assert f'ALTER DATABASE "{dbname}" OWNER TO "{role}"' in message
+            assert "session_replication_role" not in message
+        with postgres_engine.connect() as admin:
+            admin.execute(f'ALTER DATABASE "{dbname}" OWNER TO "{role}"')
+        done = forked_app.run(env, ["data", "check"])
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        with postgres_engine.connect() as admin:
+            admin.execute(f'ALTER DATABASE "{dbname}" OWNER TO "{postgres_engine.user}"')
+        with psycopg.connect(production.database_url, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}" CASCADE')
+        with postgres_engine.connect() as admin:
+            admin.execute(f'DROP OWNED BY "{role}" CASCADE')
+            admin.execute(f'DROP ROLE "{role}"')

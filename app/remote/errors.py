@@ -578,6 +578,30 @@ class DatabaseCopiedError(ConfigError):
         )
 
 
+class SchemaNotWritableError(ConfigError):
+    """The app's role may not create its tables in the schema of a new database."""
+
+    code = "schema_not_writable"
+
+    profile: str
+    where: str
+    schema: str
+    role: str
+    dbname: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"profile {self.profile!r}: database {self.where} has no tables of the app yet, "
+            f"and role {self.role!r} may not create them in schema {self.schema!r} "
+            "(PostgreSQL 15 and later no longer let every role create in public; only the "
+            "database's owner may), so its first open cannot stamp it. Refusing to open it; "
+            f"nothing was changed. As a superuser or the database's owner, run `ALTER "
+            f'DATABASE "{self.dbname}" OWNER TO "{self.role}"` (the owner may create in '
+            f'public), or `GRANT CREATE ON SCHEMA "{self.schema}" TO "{self.role}"`'
+        )
+
+
 class DatabaseTimelineBehindError(ConfigError):
     """The old primary of a database whose standby was promoted, still taking writes."""
 

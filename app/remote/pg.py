@@ -59,6 +59,7 @@ from app.remote.errors import (
     Protection,
     RemoteStampMismatchError,
     ReplicasLiveError,
+    SchemaNotWritableError,
     SchemaTooNewError,
     StorageMismatchError,
     TablesOffSearchPathError,
@@ -594,10 +595,11 @@ _REFUSALS: dict[str, str] = {
         "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout"
     ),
     "42501": (
-        "The app's role lacks a privilege this needs (for session_replication_role: the "
-        "database or the role sets it to replica, which only a superuser may set back; "
-        "`ALTER DATABASE {dbname} RESET session_replication_role` and the same for the role "
-        "resolve it): grant the privilege, or connect as the role that owns the app's tables"
+        "The app's role lacks the privilege the reason names: grant it, or connect as the "
+        "role that owns the app's tables (`\\dt app_*` in psql shows it). If it names "
+        "session_replication_role, the database or the role sets it to replica, which only "
+        "a superuser may set back: `ALTER DATABASE {dbname} RESET session_replication_role` "
+        "and the same for the role resolve it"
     ),
     "53100": (
         "The database server's disk is full: free space on the volume of its data directory "
@@ -854,6 +856,11 @@ def open_database(
                 raise TablesOffSearchPathError(
                     where, [], str(path), pgoptions=pgoptions_setting("search_path")
                 )
+            if not writable_schema(conn, schema):
+                # PostgreSQL 15's default (red team 39): a bare 42501 "permission denied for
+                # schema public", exit 69 (retry later), with a remedy about another setting.
+                info = conn.info
+                raise SchemaNotWritableError(profile, where, str(schema), info.user, info.dbname)
             conn.execute(_SCHEMA)
             conn.execute(
                 "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
@@ -942,6 +949,16 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
     if (row[1], row[2]) != (bucket, prefix):
         raise StorageMismatchError("prefix", where, shown, f"s3://{row[1]}/{row[2]}")
     return str(row[0])
+
+
+def writable_schema(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the connection's role may create tables in ``schema``."""
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute("SELECT has_schema_privilege(%s, 'CREATE')", (schema,))
+        .fetchone()
+    )
+    return bool(row and row[0])
 
 
 def binding(conn: psycopg.Connection[Any]) -> tuple[str | None, str | None, str | None]:

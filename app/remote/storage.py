@@ -587,7 +587,11 @@ def _database_silent(config: Config, where: str, seconds: float) -> Probe:
 
 
 def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
-    from app.remote.errors import SchemaTooNewError, UnstampedNotEmptyError
+    from app.remote.errors import (
+        SchemaNotWritableError,
+        SchemaTooNewError,
+        UnstampedNotEmptyError,
+    )
 
     source = config.sources.get("database_url", "?")
     version = conn.info.server_version
@@ -605,6 +609,18 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
                       error.exit_code)
             )  # fmt: skip
         else:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            if schema is not None and not pg.writable_schema(conn, schema):
+                # The first open would be refused (red team 39: doctor said "ok").
+                info = conn.info
+                refused = SchemaNotWritableError(
+                    config.profile, where, str(schema), info.user, info.dbname
+                )
+                probes.append(
+                    Probe("stamp", "none yet, and this role may not create the app's tables",
+                          refused.message, refused.exit_code)
+                )  # fmt: skip
+                return probes
             probes.append(
                 Probe(
                     "stamp",

@@ -309,6 +309,7 @@ EXAMPLES: list[errors.AppError] = [
         "7311950212233419512/24577",
         protected=True,
     ),
+    remote.SchemaNotWritableError("production", DATABASE, "public", "review", "app_production"),
     remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
     remote.RestampBoundElsewhereError(
         "staging",
