@@ -34,7 +34,11 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - a new database its role may not create tables in (PostgreSQL 15's default for a database
   owned by another role): ``app serve`` exited 69 (retry later) with a remedy about
   ``session_replication_role``, and ``app doctor`` said "ok ... the first open creates the
-  app's tables".
+  app's tables";
+- a hot standby of production's database named by a command's settings: ``app status``
+  said "held by: nobody" and ``app doctor`` "replicas: none live" while a replica served on
+  the primary (a standby's ``pg_locks`` holds none of the primary's advisory locks), and
+  ``app data check`` called an upload in flight on the primary "never committed".
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import json
 import os
 import pwd
 import shlex
@@ -63,6 +68,7 @@ from replicas import Production
 from app import sandbox
 from app.config import inspect_profiles
 from app.remote.errors import ResourceOverlapError
+from app.remote.objects import parse_blob_url
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
 
@@ -348,7 +354,7 @@ def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
 
 @contextlib.contextmanager
 def _promoted_standby(
-    production: Production, postgres_engine: PostgresEngine
+    production: Production, postgres_engine: PostgresEngine, *, promote: bool = True
 ) -> Iterator[dict[str, str]]:
     """A streaming standby of the suite's cluster (``pg_basebackup``), promoted, as a
     failover does, the original left running; the environment of a production command
@@ -369,7 +375,8 @@ def _promoted_standby(
             "--checkpoint=fast",
         )
         assert standby.start(), standby.log()
-        standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
+        if promote:
+            standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
         yield _settings_beside(production, f":{postgres_engine.port}/", f":{standby.port}/")
     finally:
         standby.stop()
@@ -511,3 +518,38 @@ def test_a_new_database_the_role_may_not_create_tables_in_is_refused_naming_the_
         with postgres_engine.connect() as admin:
             admin.execute(f'DROP OWNED BY "{role}" CASCADE')
             admin.execute(f'DROP ROLE "{role}"')
+
+
+def test_a_standby_is_not_said_to_be_served_by_nobody(
+    production: Production, postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> None:
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    # An upload in flight on the primary: its object written, its row not yet.
+    location = parse_blob_url(production.blob_url)
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_engine.endpoint_url,
+        aws_access_key_id=s3_engine.access_key_id,
+        aws_secret_access_key=s3_engine.secret_access_key,
+        region_name="us-east-1",
+    )
+    client.put_object(Bucket=location.bucket, Key=location.key(f"blobs/{'e' * 32}"), Body=b"x")
+    with _promoted_standby(production, postgres_engine, promote=False) as standby:
+        done = forked_app.run(standby, ["status"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        said = " ".join(done.stdout.split())
+        assert "held by: nobody" not in said
+        assert "served by: unknown: database" in said and "is a standby (in recovery)" in said
+        done = forked_app.run(standby, ["status", "--json"])
+        assert json.loads(done.stdout)["held"] is None
+        doctor = forked_app.run(standby, ["doctor"])
+        assert doctor.returncode == 69, doctor.stdout + doctor.stderr
+        report = " ".join((doctor.stdout + doctor.stderr).split())
+        assert "replicas: none live" not in report and "point database_url at the primary" in report
+        done = forked_app.run(standby, ["data", "check"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "never committed" not in done.stdout
+    assert replica.stop() == 0, replica.output

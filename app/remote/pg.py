@@ -998,6 +998,23 @@ def audit(
 # --- live replicas -----------------------------------------------------------------------
 
 
+def in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server is a standby: it takes no writes, and its ``pg_locks`` holds none
+    of the primary's advisory locks, so :func:`live_holders` there finds no replica even
+    while some serve (red team 39: `app status` said "held by: nobody")."""
+    row = conn.cursor(row_factory=tuple_row).execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def standby_note(where: str) -> str:
+    """What a report says of a standby's replicas."""
+    return (
+        f"database {where} is a standby (in recovery): the replicas' locks live on its "
+        "primary, so which replicas serve it cannot be seen from here, and it takes no "
+        "writes (app serve and every change are refused); point database_url at the primary"
+    )
+
+
 def live_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Every live replica's row: id, host, pid, profile, since, url, backend_pid."""
     with conn.cursor(row_factory=dict_row) as cursor:

@@ -327,6 +327,8 @@ class RemoteStatus:
     holders: list[dict[str, Any]] = field(default_factory=list)
     stamp: dict[str, Any] | None = None
     stamp_error: str | None = None
+    holders_unknown: str | None = None
+    """Why the live replicas cannot be seen from here (a standby), if they cannot."""
 
     @property
     def held(self) -> bool:
@@ -351,10 +353,11 @@ class RemoteStatus:
         return {
             "location": self.location,
             "exists": None if unknown else self.exists,
-            "held": None if unknown else self.held,
+            "held": None if unknown or self.holders_unknown else self.held,
             "holders": [_jsonable(holder) for holder in self.holders],
             "stamp": self.stamp,
             "stamp_error": self.stamp_error,
+            "holders_unknown": self.holders_unknown,
         }
 
 
@@ -382,6 +385,7 @@ def describe(config: Config) -> RemoteStatus:
                     config.profile, pg.mask_url(database_url), pg.SCHEMA_VERSION
                 )
             holders = pg.live_holders(conn) if stamp is not None else []
+            standby = pg.in_recovery(conn)
     except (
         DatabaseUnavailableError,
         DatabaseStampMissingError,
@@ -399,7 +403,8 @@ def describe(config: Config) -> RemoteStatus:
         "created_at": stamp.created.isoformat(),
         "restamped_from": stamp.restamped_from,
     }
-    return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown)
+    unseen = pg.standby_note(pg.mask_url(database_url)) if standby else None
+    return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown, None, unseen)
 
 
 # --- app doctor -----------------------------------------------------------------------------
@@ -647,6 +652,15 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     else:
         probes.append(Probe("stamp", stamped))
         seen["binding"] = (*pg.binding(conn), pg.instance(conn), pg.timeline(conn), where)
+    if pg.in_recovery(conn):
+        from app.errors import EX_UNAVAILABLE
+
+        note = pg.standby_note(where)
+        probes.append(
+            Probe("replicas", "unknown: a standby", f"profile {config.profile!r}: {note}; "
+                  "nothing was changed", EX_UNAVAILABLE)
+        )  # fmt: skip
+        return probes
     replicas = pg.live_holders(conn)
     if not replicas:
         probes.append(Probe("replicas", "none live"))
