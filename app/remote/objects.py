@@ -811,7 +811,7 @@ class ObjectStore:
             "created": datetime.now(UTC).isoformat(),
             "restamped_from": from_profile,
         }
-        for kept in ("database", "instance"):
+        for kept in ("database", "instance", "timeline"):
             if kept in stamp:
                 new[kept] = stamp[kept]
         self.put(STAMP_NAME, json.dumps(new).encode())
