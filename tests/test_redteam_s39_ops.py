@@ -63,7 +63,7 @@ import psycopg
 import pytest
 import test_redteam_s37_remote
 from engines import PostgresEngine, S3Engine, free_ports
-from replicas import Production
+from replicas import Production, Replica
 
 from app import sandbox
 from app.config import inspect_profiles
@@ -75,6 +75,19 @@ production = test_redteam_s37_remote.production  # the fixture, as red team 37 m
 
 def _pg_bin(name: str) -> str:
     return str(Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]) / name)
+
+
+def _kept(production: Production, replica: Replica) -> str:
+    """A session with one acknowledged file, ``a.txt``, through ``replica``; its id."""
+    with production.client(replica) as client:
+        sid: str = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    return sid
+
+
+def _shows_the_file(env: dict[str, str], sid: str) -> None:
+    done = forked_app.run(env, ["sessions", "show", sid])
+    assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
 
 
 def _restored_copy(production: Production, postgres_engine: PostgresEngine) -> dict[str, str]:
@@ -119,9 +132,8 @@ def test_a_restored_copy_of_the_database_cannot_repair_away_what_the_original_ac
     production: Production, postgres_engine: PostgresEngine
 ) -> None:
     replica = production.start()
+    sid = _kept(production, replica)
     with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"dumped").status_code == 201
         copy = _restored_copy(production, postgres_engine)
         # Acknowledged after the dump: only the original's rows name its object.
         assert client.put(f"/sessions/{sid}/files/b.txt", content=b"later").status_code == 201
@@ -150,9 +162,7 @@ def test_a_restored_copy_is_adopted_by_restamp_and_the_original_is_then_refused(
     production: Production, postgres_engine: PostgresEngine
 ) -> None:
     replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"dumped").status_code == 201
+    sid = _kept(production, replica)
     assert replica.stop() == 0, replica.output
     copy = _restored_copy(production, postgres_engine)
 
@@ -164,8 +174,7 @@ def test_a_restored_copy_is_adopted_by_restamp_and_the_original_is_then_refused(
     assert done.returncode == 0, done.stdout + done.stderr
     done = forked_app.run(copy, ["data", "check"])
     assert done.returncode == 0, done.stdout + done.stderr
-    done = forked_app.run(copy, ["sessions", "show", sid])
-    assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+    _shows_the_file(copy, sid)
 
     # One writer: the original is now the copy's stranger.
     done = production.run("data", "check", "--repair")
@@ -314,9 +323,7 @@ def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
     production: Production, postgres_engine: PostgresEngine
 ) -> None:
     replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    _kept(production, replica)
     assert replica.stop() == 0, replica.output
     run = sandbox.current_run(production.env)
     assert run is not None
@@ -390,24 +397,19 @@ def test_a_promoted_standby_is_the_same_database_not_a_copy(
     # pg_basebackup and promoted keeps the cluster's system identifier and the database's
     # oid; replicas pointed at it serve the acknowledged file, with no restamp.
     replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    sid = _kept(production, replica)
     assert replica.stop() == 0, replica.output
     with _promoted_standby(production, postgres_engine) as env:
         done = forked_app.run(env, ["data", "check"])
         assert done.returncode == 0, done.stdout + done.stderr
-        done = forked_app.run(env, ["sessions", "show", sid])
-        assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+        _shows_the_file(env, sid)
 
 
 def test_a_copy_of_productions_database_is_not_restamped_for_staging(
     production: Production, postgres_engine: PostgresEngine
 ) -> None:
     replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    sid = _kept(production, replica)
     copy = _restored_copy(production, postgres_engine)
     settings = Path(copy["APP_SETTINGS_DIR"]) / "settings.toml"
     text = settings.read_text()
@@ -438,52 +440,46 @@ def test_a_replica_of_the_original_stops_once_a_copy_is_handed_the_prefix(
     production: Production, postgres_engine: PostgresEngine
 ) -> None:
     replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
-        copy = _restored_copy(production, postgres_engine)
-        restamp = ["data", "restamp", "--profile", "production", "--from", "production"]
-        done = forked_app.run(copy, [*restamp, "--yes-i-mean-it"])
-        assert done.returncode == 0, done.stdout + done.stderr
-        # Its writes are refused from its next check on, and it stops (exit 70, as for a
-        # lost hold), saying why; a restart is refused, naming the copy.
-        assert replica.process.wait(timeout=30) == 70, replica.output
-        assert "was handed to another database" in " ".join(replica.output.split())
+    sid = _kept(production, replica)
+    copy = _restored_copy(production, postgres_engine)
+    restamp = ["data", "restamp", "--profile", "production", "--from", "production"]
+    done = forked_app.run(copy, [*restamp, "--yes-i-mean-it"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Its writes are refused from its next check on, and it stops (exit 70, as for a
+    # lost hold), saying why; a restart is refused, naming the copy.
+    assert replica.process.wait(timeout=30) == 70, replica.output
+    assert "was handed to another database" in " ".join(replica.output.split())
     done = production.run("serve", "--port", "0")
     assert done.returncode == 78, done.stdout + done.stderr
     assert "one is a copy of the other" in " ".join(done.stderr.split())
-    done = forked_app.run(copy, ["sessions", "show", sid])
-    assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+    _shows_the_file(copy, sid)
 
 
 def test_the_old_primary_of_a_split_brain_is_fenced_off_by_the_prefix(
     production: Production, postgres_engine: PostgresEngine
 ) -> None:
     replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
-        with _promoted_standby(production, postgres_engine) as promoted:
-            # The failover's first replica (here a command) opens the new primary.
-            done = forked_app.run(promoted, ["data", "check"])
-            assert done.returncode == 0, done.stdout + done.stderr
-            # The old primary's replica stops at its next check, before it acknowledges
-            # what only the old primary would name.
-            assert replica.process.wait(timeout=30) == 70, replica.output
-            assert "a split brain" in " ".join(replica.output.split())
-            done = production.run("data", "check", "--repair")
-            assert done.returncode == 78, done.stdout + done.stderr
-            message = " ".join(done.stderr.split())
-            assert "is on timeline 1, but object prefix" in message
-            assert "records timeline 2 of the same database" in message
-            assert "Point database_url at the promoted server" in message
-            doctor = production.run("doctor")
-            assert doctor.returncode == 78, doctor.stdout + doctor.stderr
-            # The new primary has everything acknowledged.
-            done = forked_app.run(promoted, ["data", "check", "--repair"])
-            assert done.returncode == 0, done.stdout + done.stderr
-            done = forked_app.run(promoted, ["sessions", "show", sid])
-            assert done.returncode == 0 and "a.txt" in done.stdout, done.stdout + done.stderr
+    sid = _kept(production, replica)
+    with _promoted_standby(production, postgres_engine) as promoted:
+        # The failover's first replica (here a command) opens the new primary.
+        done = forked_app.run(promoted, ["data", "check"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        # The old primary's replica stops at its next check, before it acknowledges
+        # what only the old primary would name.
+        assert replica.process.wait(timeout=30) == 70, replica.output
+        assert "a split brain" in " ".join(replica.output.split())
+        done = production.run("data", "check", "--repair")
+        assert done.returncode == 78, done.stdout + done.stderr
+        message = " ".join(done.stderr.split())
+        assert "is on timeline 1, but object prefix" in message
+        assert "records timeline 2 of the same database" in message
+        assert "Point database_url at the promoted server" in message
+        doctor = production.run("doctor")
+        assert doctor.returncode == 78, doctor.stdout + doctor.stderr
+        # The new primary has everything acknowledged.
+        done = forked_app.run(promoted, ["data", "check", "--repair"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        _shows_the_file(promoted, sid)
 
 
 def test_a_new_database_the_role_may_not_create_tables_in_is_refused_naming_the_grant(
@@ -524,9 +520,7 @@ def test_a_standby_is_not_said_to_be_served_by_nobody(
     production: Production, postgres_engine: PostgresEngine, s3_engine: S3Engine
 ) -> None:
     replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    _kept(production, replica)
     # An upload in flight on the primary: its object written, its row not yet.
     location = parse_blob_url(production.blob_url)
     client = boto3.client(
