@@ -523,13 +523,7 @@ def test_a_standby_is_not_said_to_be_served_by_nobody(
     _kept(production, replica)
     # An upload in flight on the primary: its object written, its row not yet.
     location = parse_blob_url(production.blob_url)
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_engine.endpoint_url,
-        aws_access_key_id=s3_engine.access_key_id,
-        aws_secret_access_key=s3_engine.secret_access_key,
-        region_name="us-east-1",
-    )
+    client, _, _ = test_redteam_s37_remote._stamp_object(production, s3_engine)
     client.put_object(Bucket=location.bucket, Key=location.key(f"blobs/{'e' * 32}"), Body=b"x")
     with _promoted_standby(production, postgres_engine, promote=False) as standby:
         done = forked_app.run(standby, ["status"])
