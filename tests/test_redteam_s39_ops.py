@@ -38,7 +38,11 @@ and ``app serve`` replicas in processes of their own (tests/replicas.py). What b
 - a hot standby of production's database named by a command's settings: ``app status``
   said "held by: nobody" and ``app doctor`` "replicas: none live" while a replica served on
   the primary (a standby's ``pg_locks`` holds none of the primary's advisory locks), and
-  ``app data check`` called an upload in flight on the primary "never committed".
+  ``app data check`` called an upload in flight on the primary "never committed";
+- a ``PG*`` variable in a command's environment that libpq applies to the connection
+  (``PGSSLMODE=require`` against a server without TLS, ``PGTARGETSESSIONATTRS=standby``,
+  ``PGREQUIREAUTH``, ``PGGSSENCMODE``): refused with "check that the server runs and that
+  database_url names it", both of which held.
 """
 
 from __future__ import annotations
@@ -541,3 +545,27 @@ def test_a_standby_is_not_said_to_be_served_by_nobody(
         assert done.returncode == 0, done.stdout + done.stderr
         assert "never committed" not in done.stdout
     assert replica.stop() == 0, replica.output
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PGSSLMODE", "require"),
+        ("PGTARGETSESSIONATTRS", "standby"),
+        ("PGREQUIREAUTH", "password"),
+        ("PGGSSENCMODE", "require"),
+    ],
+)
+def test_a_connection_refused_for_a_libpq_variable_names_it(
+    production: Production, name: str, value: str
+) -> None:
+    env = {**production.env, name: value, "PGPASSWORD": "not shown"}
+    for argv in (["data", "check"], ["doctor"]):
+        done = forked_app.run(env, argv)
+        assert done.returncode == 69, done.stdout + done.stderr
+        message = " ".join((done.stdout + done.stderr).split())
+        assert "This process's environment also gives libpq" in message
+        assert f"{name}={value}" in message and "PGPASSWORD=(set)" in message
+        assert "not shown" not in message
+    done = production.run("data", "check")
+    assert done.returncode == 0, done.stdout + done.stderr

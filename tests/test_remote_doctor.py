@@ -86,7 +86,8 @@ class Doctor:
         clean = {
             name: value
             for name, value in os.environ.items()
-            if not name.startswith("APP_") and not name.endswith("_FOR_DYNACONF")
+            # PG*: libpq's, which the output names when a connection fails.
+            if not name.startswith(("APP_", "PG")) and not name.endswith("_FOR_DYNACONF")
         }
         if self.profile != "testing":
             env = {"PYTEST_APP_ALLOW_PROFILES": self.profile, "APP_API_TOKEN": TOKEN, **env}

@@ -324,10 +324,14 @@ class DatabaseUnavailableError(AppError):
     template = (
         "cannot connect to database {where}: {reason}. Check that the server runs and "
         "that database_url (APP_DATABASE_URL) names it; `app doctor` checks the settings"
+        "{environment}"
     )
 
     where: str
     reason: str
+    environment: str = field(default="", kw_only=True)
+    """What libpq takes from this process's environment besides the URL
+    (:func:`app.remote.pg.libpq_environment`), as a sentence, or ``""``."""
 
 
 class DatabaseRefusedError(DatabaseUnavailableError):

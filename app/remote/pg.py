@@ -549,7 +549,47 @@ def _connect(
     try:
         return kind.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
-        raise DatabaseUnavailableError(mask_url(database_url), _reason(error)) from None
+        raise DatabaseUnavailableError(
+            mask_url(database_url), _reason(error), environment=libpq_environment(database_url)
+        ) from None
+
+
+# Deprecated, still read by libpq, and not among its connection defaults.
+_MORE_ENVIRONMENT = (("requiressl", "PGREQUIRESSL"),)
+
+
+def libpq_environment(database_url: str) -> str:
+    """A sentence naming the ``PG*`` variables of this process's environment that libpq
+    applies to ``database_url`` (those for parameters the URL leaves unset), or ``""``.
+
+    A connection refused for one of them (``PGSSLMODE=require`` against a server without
+    TLS, ``PGTARGETSESSIONATTRS=standby``, ``PGREQUIREAUTH``) was "check that the server
+    runs and that database_url names it", both of which held (red team 39).
+    """
+    import shlex
+
+    try:
+        given = set(_params(database_url))
+    except DatabaseUnavailableError:
+        return ""
+    options = [
+        (o.keyword.decode(), o.envvar.decode(), o.dispchar == b"*")
+        for o in psycopg.pq.Conninfo.get_defaults()
+        if o.envvar
+    ]
+    options += [(keyword, name, False) for keyword, name in _MORE_ENVIRONMENT]
+    found = [
+        f"{name}=(set)" if secret else f"{name}={shlex.quote(os.environ[name])}"
+        for keyword, name, secret in options
+        if name in os.environ and keyword not in given
+    ]
+    if not found:
+        return ""
+    return (
+        f". This process's environment also gives libpq {', '.join(found)}, each applied "
+        "where database_url does not set its parameter: unset any that should not apply "
+        "(a shell's profile, the service's Environment=), or set it in database_url"
+    )
 
 
 def _reason(error: BaseException) -> str:

@@ -494,7 +494,7 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
                 f"(database_url from {source}): {_sentence(error.reason)} Check that "
                 "PostgreSQL runs and accepts connections from this machine, and that "
                 "database_url names it (host, port, database, user, password); nothing was "
-                "changed",
+                f"changed{error.environment}",
                 EX_UNAVAILABLE,
             )
         ]
