@@ -452,7 +452,10 @@ def test_a_replica_of_the_original_stops_once_a_copy_is_handed_the_prefix(
     # Its writes are refused from its next check on, and it stops (exit 70, as for a
     # lost hold), saying why; a restart is refused, naming the copy.
     assert replica.process.wait(timeout=30) == 70, replica.output
-    assert "was handed to another database" in " ".join(replica.output.split())
+    said = " ".join(replica.output.split())
+    assert "was handed to another database" in said
+    assert "Its restart is refused until database_url names the database" in said
+    assert "once the database is reachable" not in said
     done = production.run("serve", "--port", "0")
     assert done.returncode == 78, done.stdout + done.stderr
     assert "one is a copy of the other" in " ".join(done.stderr.split())

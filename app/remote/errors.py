@@ -461,6 +461,19 @@ class HolderLostError(AppError):
 
     where: str
     reason: str
+    handed_away: bool = field(default=False, kw_only=True)
+    """The connection is there, but the object prefix now belongs to another database (a
+    copy adopted, a promoted standby): ``reason`` says which."""
+
+    @property
+    def message(self) -> str:
+        if not self.handed_away:
+            return super().message
+        return (
+            f"{self.reason}; so this server, on database {self.where}, refuses every write "
+            "and stops. Its restart is refused until database_url names the database the "
+            "prefix belongs to now (`app doctor` on this server says which, and what to do)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the refusal without the database's address."""

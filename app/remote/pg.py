@@ -1187,12 +1187,13 @@ class Holder:
         return 0.0 if answered >= asked else time.monotonic() - asked
 
     def lose(self, reason: str) -> None:
-        """End the hold's use for ``reason``: every write is refused from now on (the
-        connection stays until :meth:`close`)."""
-        self._lose(reason)
+        """End the hold's use: the object prefix was handed to another database, for
+        ``reason``; every write is refused from now on (the connection stays until
+        :meth:`close`)."""
+        self._lose(reason, handed_away=True)
 
-    def _lose(self, reason: str) -> None:
-        self.error = HolderLostError(self.where, reason)
+    def _lose(self, reason: str, *, handed_away: bool = False) -> None:
+        self.error = HolderLostError(self.where, reason, handed_away=handed_away)
         if self.on_lost is not None:
             self.on_lost(self.error)
 

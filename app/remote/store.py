@@ -311,6 +311,9 @@ class RemoteStore(Storage):
 
     def lost_error(self, reason: str) -> HolderLostError:
         """The error a replica that lost its connection stops with (exit 70)."""
+        holder = self.holder
+        if holder is not None and holder.error is not None and holder.error.reason == reason:
+            return holder.error  # its own words (a prefix handed away is no lost connection)
         return HolderLostError(self.where, reason)
 
     def readiness(self) -> dict[str, str | None]:
