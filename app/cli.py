@@ -640,6 +640,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
             "`app doctor` checks that it answers"
         )
         return
+    unseen = getattr(seen, "holders_unknown", None)
+    if unseen:
+        # Not "nobody" (red team 39): a standby sees none of its primary's replicas.
+        click.echo(f"served by: unknown: {unseen}")
+        return
     if not seen.held:
         click.echo("held by: nobody")
         return

@@ -86,7 +86,8 @@ class Doctor:
         clean = {
             name: value
             for name, value in os.environ.items()
-            if not name.startswith("APP_") and not name.endswith("_FOR_DYNACONF")
+            # PG*: libpq's, which the output names when a connection fails.
+            if not name.startswith(("APP_", "PG")) and not name.endswith("_FOR_DYNACONF")
         }
         if self.profile != "testing":
             env = {"PYTEST_APP_ALLOW_PROFILES": self.profile, "APP_API_TOKEN": TOKEN, **env}
@@ -106,8 +107,21 @@ class Doctor:
 
     def stamp(self, profile: str) -> None:
         """Stamp the database and the prefix for `profile`, as its first replica would."""
-        pg.open_database(self.database_url, profile)
-        self.objects().open(profile)
+        objects = self.objects()
+        location = objects.location
+        stamp = pg.open_database(
+            self.database_url,
+            profile,
+            objects=(location.bucket, location.prefix, objects.where),
+        )
+        assert stamp.database_id is not None
+        database = (
+            stamp.database_id,
+            pg.mask_url(self.database_url),
+            stamp.instance,
+            stamp.timeline,
+        )
+        objects.open(profile, database=database)
 
     def run_with_replicas(self, profile: str, *urls: str) -> subprocess.CompletedProcess[str]:
         """Stamp for `profile`, then run doctor while a replica publishing each URL holds."""
@@ -346,6 +360,11 @@ def _as_documented(text: str, found: Doctor, bucket: str, endpoint: str) -> str:
     ):
         text = text.replace(old, new)
     text = re.sub(r"PostgreSQL \d+\.\d+", "PostgreSQL 16.4", text)
+    text = re.sub(
+        r"database id [0-9a-f-]{36} \(\d+/\d+\)",
+        "database id 6f1c0a52-3d5e-4b1a-9a63-0c1f2e7d8b94 (7311950212233419512/16384)",
+        text,
+    )
     replicas = iter([("review-1", 4242, "09:12:03.512113"), ("review-2", 5151, "09:13:40.077215")])
 
     def replica(match: re.Match[str]) -> str:

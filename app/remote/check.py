@@ -235,7 +235,9 @@ def _unnamed(
     unfinished = objects.unfinished_uploads()
     if orphans or unfinished:
         with db.conn() as conn:
-            live = pg.live_holders(conn)
+            # On a standby no replica is seen, live or not: the grace stays (red team 39:
+            # an upload in flight on the primary was "never committed" there).
+            live = pg.live_holders(conn) or pg.in_recovery(conn)
         if live:
             young = datetime.now(UTC) - orphan_grace
             orphans = [info for info in orphans if info.last_modified < young]

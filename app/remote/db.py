@@ -227,7 +227,9 @@ class Database:
                         pg.pin_schema(conn, self._schema)
         except PoolTimeout as error:
             self._pool.close()
-            raise DatabaseUnavailableError(self.where, _reason(error)) from None
+            raise DatabaseUnavailableError(
+                self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
+            ) from None
         except BaseException:
             self._pool.close()
             raise
@@ -264,7 +266,11 @@ class Database:
             failed = self._failing()
             if failed is not None and self._lent < self.pool_size:
                 refused = pg.refusal(self.where, failed, "the settings of a new connection")
-                raise refused or DatabaseUnavailableError(self.where, _reason(failed)) from None
+                raise refused or DatabaseUnavailableError(
+                    self.where,
+                    _reason(failed),
+                    environment=pg.libpq_environment(self.database_url),
+                ) from None
             if self._lent < self.pool_size:
                 # Not every connection is lent, and none came: the pool could not open one,
                 # or check one it had (its check timed out), in time. The server does not
@@ -282,7 +288,9 @@ class Database:
         except pg.WaitTimeoutError as error:
             raise DatabaseTimeoutError(self.where, _reason(error), error.seconds) from None
         except psycopg.OperationalError as error:
-            raise DatabaseUnavailableError(self.where, _reason(error)) from None
+            raise DatabaseUnavailableError(
+                self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
+            ) from None
 
     @contextlib.contextmanager
     def _pooled(self) -> Iterator[Connection]:

@@ -118,12 +118,31 @@ class UnstampedNotEmptyError(ConfigError):
         )
 
 
+def from_pgoptions(options: str) -> str:
+    """The sentence a refusal adds when ``options``, libpq's ``PGOPTIONS`` in this process's
+    environment, sets the setting it names: no ``ALTER`` of the database or the role undoes
+    it (red team 39: every such remedy sent the operator to the wrong place)."""
+    if not options:
+        return ""
+    import shlex  # here: only a refusal pays for it
+
+    return (
+        f". Here it comes from this process's environment: PGOPTIONS={shlex.quote(options)}, "
+        "which libpq sends with every connection whose database_url gives no options= "
+        "(pg_settings.source says 'client'), and which no ALTER DATABASE or ALTER ROLE "
+        "undoes: unset PGOPTIONS where it is set (a shell's profile, the service's "
+        "Environment= or EnvironmentFile=), or give database_url options of its own"
+    )
+
+
 class _SearchPathError(ConfigError):
     """Where the connection's ``search_path`` finds the app's tables: not, or twice."""
 
     where: str
     schemas: Sequence[str]
     search_path: str
+    pgoptions: str = field(default="", kw_only=True)
+    """``PGOPTIONS`` of this process's environment, when it sets ``search_path``."""
 
     def __post_init__(self) -> None:
         self.schemas = tuple(self.schemas)
@@ -147,7 +166,7 @@ class TablesOffSearchPathError(_SearchPathError):
                 "database, the app's role, or options in database_url: `ALTER DATABASE "
                 "<dbname> RESET search_path` and `ALTER ROLE <role> RESET search_path`, or "
                 "`options=-c search_path=public` in database_url, or create the schema it names"
-            )
+            ) + from_pgoptions(self.pgoptions)
         return (
             f"database {self.where} has the app's tables (its stamp, app_stamp) in schema "
             f"{shown}, which this connection's search_path ({self.search_path!r}) leaves "
@@ -156,7 +175,7 @@ class TablesOffSearchPathError(_SearchPathError):
             "from the database, the app's role, or options in database_url: put the schema "
             "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
             f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
-        )
+        ) + from_pgoptions(self.pgoptions)
 
 
 class TablesShadowedError(_SearchPathError):
@@ -305,10 +324,14 @@ class DatabaseUnavailableError(AppError):
     template = (
         "cannot connect to database {where}: {reason}. Check that the server runs and "
         "that database_url (APP_DATABASE_URL) names it; `app doctor` checks the settings"
+        "{environment}"
     )
 
     where: str
     reason: str
+    environment: str = field(default="", kw_only=True)
+    """What libpq takes from this process's environment besides the URL
+    (:func:`app.remote.pg.libpq_environment`), as a sentence, or ``""``."""
 
 
 class DatabaseRefusedError(DatabaseUnavailableError):
@@ -438,6 +461,19 @@ class HolderLostError(AppError):
 
     where: str
     reason: str
+    handed_away: bool = field(default=False, kw_only=True)
+    """The connection is there, but the object prefix now belongs to another database (a
+    copy adopted, a promoted standby): ``reason`` says which."""
+
+    @property
+    def message(self) -> str:
+        if not self.handed_away:
+            return super().message
+        return (
+            f"{self.reason}; so this server, on database {self.where}, refuses every write "
+            "and stops. Its restart is refused until database_url names the database the "
+            "prefix belongs to now (`app doctor` on this server says which, and what to do)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Over HTTP: the refusal without the database's address."""
@@ -521,6 +557,123 @@ class ConnectionLostError(DatabaseUnavailableError):
     )
 
     what: str
+
+
+class DatabaseCopiedError(ConfigError):
+    """A database whose rows were copied from the one its object prefix belongs to (a
+    restore of a dump, ``CREATE DATABASE ... TEMPLATE``): same id, another database."""
+
+    code = "database_copied"
+
+    profile: str
+    database: str
+    objects: str
+    bound: str
+    """The database the prefix's stamp records (cluster system identifier/database oid)."""
+    here: str
+    """This one, in the same form."""
+    protected: bool = field(default=False, kw_only=True)
+
+    @property
+    def message(self) -> str:
+        confirm = _CONFIRM if self.protected else ""
+        return (
+            f"profile {self.profile!r}: database {self.database} carries the id of the "
+            f"database object prefix {self.objects} belongs to, but is not that database: "
+            f"the prefix's stamp records database {self.bound} (cluster system "
+            f"identifier/database oid) and this is {self.here}, so one is a copy of the "
+            "other (a restored dump, a CREATE DATABASE ... TEMPLATE). Each database's rows "
+            "name only the objects written through it, so this one's `app data check "
+            "--repair` would delete the files acknowledged by the other since the copy, and "
+            "its uploads would be deleted by the other's. Refusing to open it; nothing was "
+            "changed. If this database now replaces the other (a restore, a move to another "
+            "server, a major-version upgrade), stop every replica of the other and run `app "
+            f"data restamp --profile {self.profile} --from {self.profile}{confirm}` with "
+            "this database_url: the prefix is then this database's, and the other is "
+            "refused. Otherwise point database_url back at the one the replicas use (`app "
+            "config` shows where it came from)"
+        )
+
+
+class SchemaNotWritableError(ConfigError):
+    """The app's role may not create its tables in the schema of a new database."""
+
+    code = "schema_not_writable"
+
+    profile: str
+    where: str
+    schema: str
+    role: str
+    dbname: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"profile {self.profile!r}: database {self.where} has no tables of the app yet, "
+            f"and role {self.role!r} may not create them in schema {self.schema!r} "
+            "(PostgreSQL 15 and later no longer let every role create in public; only the "
+            "database's owner may), so its first open cannot stamp it. Refusing to open it; "
+            f"nothing was changed. As a superuser or the database's owner, run `ALTER "
+            f'DATABASE "{self.dbname}" OWNER TO "{self.role}"` (the owner may create in '
+            f'public), or `GRANT CREATE ON SCHEMA "{self.schema}" TO "{self.role}"`'
+        )
+
+
+class DatabaseTimelineBehindError(ConfigError):
+    """The old primary of a database whose standby was promoted, still taking writes."""
+
+    code = "database_timeline_behind"
+
+    profile: str
+    database: str
+    objects: str
+    timeline: int
+    recorded: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"profile {self.profile!r}: database {self.database} is on timeline "
+            f"{self.timeline}, but object prefix {self.objects}'s stamp records timeline "
+            f"{self.recorded} of the same database: a standby of it was promoted (a failover, "
+            "or a point-in-time recovery) and a replica has opened that one, while this "
+            "primary still takes writes (a split brain). What this one's rows name the "
+            "other's `app data check --repair` would delete, and the other way round. "
+            "Refusing to open it; nothing was changed. Point database_url at the promoted "
+            "server, and stop this one or rebuild it as a standby of the new primary "
+            "(pg_rewind, or a new pg_basebackup)"
+        )
+
+
+class RestampBoundElsewhereError(ConfigError):
+    """``app data restamp`` of a database whose rows name objects in another prefix than
+    the profile's ``blob_url`` (a restored copy of another profile's database)."""
+
+    code = "restamp_bound_elsewhere"
+
+    profile: str
+    from_profile: str
+    database: str
+    bound: str
+    """The prefix the database is bound to (``s3://bucket/prefix``)."""
+    objects: str
+    """The profile's own prefix, as ``blob_url`` names it."""
+
+    @property
+    def message(self) -> str:
+        return (
+            f"cannot re-stamp database {self.database} from {self.from_profile!r} to "
+            f"{self.profile!r}: its rows name their objects in {self.bound} (recorded on its "
+            f"first open; a restored copy of {self.from_profile!r}'s database keeps it), not "
+            f"in {self.objects}, which blob_url names for {self.profile!r}. Re-stamped, it "
+            "would name objects this profile does not have, and the way out of that refusal "
+            f"leads to {self.bound} itself, another database's prefix, where this one's `app "
+            "data check --repair` would delete what the other acknowledges. Nothing was "
+            "changed. A database's rows cannot be moved to another prefix: give "
+            f"{self.profile!r} a new or empty database (its first open binds it to "
+            f"{self.objects}), and copy sessions into it through the HTTP API "
+            "(docs/how-to/run-on-postgresql.md, 'Moving from a data root')"
+        )
 
 
 class MaintenanceLostError(AppError):

@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 from app import sandbox
 from app.errors import InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
+    DatabaseCopiedError,
+    DatabaseTimelineBehindError,
     ObjectMissingError,
     ObjectStoreUnavailableError,
     PrefixStampDamagedError,
@@ -49,6 +51,7 @@ from app.remote.errors import (
     UnstampedNotEmptyError,
     needs_confirmation,
 )
+from app.remote.hosts import is_this_machine
 
 STAMP_NAME = ".app-profile.json"
 BLOBS = "blobs/"
@@ -114,7 +117,7 @@ def _normal_endpoint(endpoint_url: str | None) -> str:
     for domain, partition in _AWS_PARTITIONS:
         if host == domain or host.endswith(f".{domain}"):
             return partition
-    if host in {"localhost", "127.0.0.1", "::1"}:
+    if is_this_machine(host):
         host = "localhost"
     return f"{scheme}://{host}:{parts.port or _DEFAULT_PORTS.get(scheme, 443)}"
 
@@ -170,6 +173,18 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
+
+
+def _timeline(stamp: dict[str, Any]) -> int | None:
+    value = stamp.get("timeline")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def same_instance(first: str, second: str) -> bool:
+    """Whether two :func:`app.remote.pg.instance` values are one database (a system
+    identifier that a role could not read, ``unknown``, matches any)."""
+    (a_system, _, a_oid), (b_system, _, b_oid) = first.partition("/"), second.partition("/")
+    return a_oid == b_oid and (a_system == b_system or "unknown" in (a_system, b_system))
 
 
 def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
@@ -321,6 +336,9 @@ class ObjectStore:
             ),
         )
         self.read_timeout = read_timeout
+        # The database this process opened the prefix for (its id and instance), once
+        # `open` checked the stamp names it: what `handed_away` compares with.
+        self._owner: tuple[str, str | None, int | None] | None = None
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -610,13 +628,14 @@ class ObjectStore:
         profile: str,
         *,
         protected: Protection = False,
-        database: tuple[str, str] | None = None,
+        database: tuple[str, str, str | None, int | None] | None = None,
     ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
-        ``database`` (its id, and its address as messages show it): the database whose rows
-        name this prefix's objects. The stamp records the first; another is refused, since
-        its rows name none of the objects here and its repair would delete them all.
+        ``database`` (its id, its address as messages show it, and :func:`app.remote.pg.
+        instance`): the database whose rows name this prefix's objects. The stamp records
+        the first; another is refused, since its rows name none of the objects here and its
+        repair would delete them all; so is a copy of it (the same id in another database).
 
         Raises:
             RemoteStampMismatchError: the prefix belongs to another profile.
@@ -644,6 +663,10 @@ class ObjectStore:
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
             if database is not None:
                 stamp["database"] = database[0]
+                if database[2] is not None:
+                    stamp["instance"] = database[2]
+                if database[3] is not None:
+                    stamp["timeline"] = database[3]
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
@@ -654,18 +677,89 @@ class ObjectStore:
             )  # fmt: skip
         if database is None:
             return stamp
+        return self._bind(profile, stamp, database, protected)
+
+    def _bind(
+        self,
+        profile: str,
+        stamp: dict[str, Any],
+        database: tuple[str, str, str | None, int | None],
+        protected: Protection,
+    ) -> dict[str, Any]:
+        database_id, shown, instance, timeline = database
         bound = stamp.get("database")
         if bound is None:
             # Stamped before stamps named their database: this one, the first to open it
             # since, claims it (a plain PUT; two databases claiming one prefix in the same
             # instant is the race of two first stamps, see remote.md).
-            stamp = {**stamp, "database": database[0]}
+            stamp = {**stamp, "database": database_id, "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
-        elif bound != database[0]:
+        elif bound != database_id:
             raise StorageMismatchError(
-                "database", database[1], self.where, str(bound), database_id=database[0]
+                "database", shown, self.where, str(bound), database_id=database_id
             )
+        elif "instance" not in stamp and instance is not None:
+            # Stamped before stamps named the database itself: claimed as above.
+            stamp = {**stamp, "instance": instance}
+            self.put(STAMP_NAME, json.dumps(stamp).encode())
+        elif instance is not None and not same_instance(str(stamp["instance"]), instance):
+            # Its id is a row, which a restored dump has too (red team 39).
+            raise DatabaseCopiedError(
+                profile, shown, self.where, str(stamp["instance"]), instance,
+                protected=needs_confirmation(protected, profile),
+            )  # fmt: skip
+        recorded = _timeline(stamp)
+        if timeline is not None and recorded is not None and timeline < recorded:
+            # A standby of it was promoted, and this is the old primary, still taking
+            # writes: a split brain (red team 39).
+            raise DatabaseTimelineBehindError(profile, shown, self.where, timeline, recorded)
+        if timeline is not None and (recorded is None or timeline > recorded):
+            # A failover (or a point-in-time recovery) began a new timeline: from now on,
+            # the old one's primary is refused, and its replicas stop at their next check.
+            stamp = {**stamp, "timeline": timeline}
+            self.put(STAMP_NAME, json.dumps(stamp).encode())
+        self._owner = (database_id, instance, timeline)
         return stamp
+
+    def handed_away(self) -> str | None:
+        """Why the prefix no longer belongs to the database it was opened for, or ``None``.
+
+        Its stamp names another database, or a copy of this one that ``app data restamp``
+        adopted: what a replica writes from then on only its own database names, and the
+        other's ``check --repair`` deletes it (red team 39). A stamp that cannot be read now
+        is ``None``: readiness reports the store, and the next open the stamp.
+        """
+        if self._owner is None:
+            return None
+        database, instance, timeline = self._owner
+        try:
+            stamp = self.read_stamp()
+        except (ObjectStoreUnavailableError, PrefixStampDamagedError):
+            return None
+        if stamp is None:
+            return None
+        bound, now, recorded = stamp.get("database"), stamp.get("instance"), _timeline(stamp)
+        ours = bound in (None, database) and (
+            now is None or instance is None or same_instance(str(now), instance)
+        )
+        if ours and (timeline is None or recorded is None or recorded <= timeline):
+            return None
+        if ours:
+            return (
+                f"object prefix {self.where}'s stamp now records timeline {recorded} of "
+                f"this database, and this server's database is on timeline {timeline}: a "
+                "standby of it was promoted (a failover) while this primary still runs, "
+                "and a replica opened the new one (a split brain). What this server "
+                "wrote from now on only the old primary would name, and the new one's "
+                "`app data check --repair` would delete it"
+            )
+        return (
+            f"object prefix {self.where} was handed to another database: its stamp object now "
+            f"names database {bound} ({now}), and this server's is {database} ({instance}), "
+            "as `app data restamp` run on a copy of this database leaves it. What this server "
+            "wrote from now on only its own database would name, and the other's `app data "
+            "check --repair` would delete it"
+        )
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
         # If-None-Match: of two processes stamping an empty prefix at once, one wins and the
@@ -687,13 +781,15 @@ class ObjectStore:
             raise self._fail(error) from error
         return True
 
-    def restore_stamp(self, profile: str, database: str) -> dict[str, Any]:
-        """Write back the lost stamp of a prefix whose objects ``database`` (its id) names
-        (under maintenance: the caller has checked that its rows name objects here)."""
+    def restore_stamp(self, profile: str, database: str, instance: str) -> dict[str, Any]:
+        """Write back the lost stamp of a prefix whose objects ``database`` (its id, and
+        :func:`app.remote.pg.instance`) names (under maintenance: the caller has checked
+        that its rows name objects here)."""
         stamp = {
             "profile": profile,
             "created": datetime.now(UTC).isoformat(),
             "database": database,
+            "instance": instance,
             "restored": True,
         }
         if not self._create_stamp(stamp):
@@ -715,7 +811,31 @@ class ObjectStore:
             "created": datetime.now(UTC).isoformat(),
             "restamped_from": from_profile,
         }
-        if "database" in stamp:
-            new["database"] = stamp["database"]
+        for kept in ("database", "instance", "timeline"):
+            if kept in stamp:
+                new[kept] = stamp[kept]
         self.put(STAMP_NAME, json.dumps(new).encode())
         return new
+
+    def adopt(
+        self, profile: str, database: str, instance: str, timeline: int | None
+    ) -> dict[str, Any] | None:
+        """Hand the prefix to ``instance``, a copy of the database it belongs to
+        (``database``, the id both carry), under maintenance; the old stamp, or ``None``
+        when it named ``instance`` already."""
+        stamp = self.read_stamp()
+        if (
+            stamp is None
+            or stamp.get("profile") != profile
+            or stamp.get("database") != database
+            or stamp.get("instance") is None
+            or same_instance(str(stamp["instance"]), instance)
+        ):
+            return None
+        # The copy's timeline is its own server's: the original's means nothing to it.
+        new = {key: value for key, value in stamp.items() if key != "timeline"}
+        new["instance"] = instance
+        if timeline is not None:
+            new["timeline"] = timeline
+        self.put(STAMP_NAME, json.dumps(new).encode())
+        return stamp

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import getpass
 import os
+import re
 import select
 import socket
 import threading
@@ -58,13 +59,16 @@ from app.remote.errors import (
     Protection,
     RemoteStampMismatchError,
     ReplicasLiveError,
+    SchemaNotWritableError,
     SchemaTooNewError,
     StorageMismatchError,
     TablesOffSearchPathError,
     TablesShadowedError,
     UnstampedNotEmptyError,
+    from_pgoptions,
     needs_confirmation,
 )
+from app.remote.hosts import is_this_machine
 
 SCHEMA_VERSION = 1
 
@@ -88,7 +92,6 @@ _CONNECT_DEFAULTS = {
     # Text is Unicode both ways, whatever PGCLIENTENCODING says (see check_encoding).
     "client_encoding": "UTF8",
 }
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 _SCHEMA = """
@@ -277,11 +280,14 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
 
     Unset parts are filled as libpq fills them: from the connection service the URL or
     ``PGSERVICE`` names (``service=``, a section of ``pg_service.conf``), then from ``PG*``
-    variables, then libpq's defaults.
+    variables (``PGHOSTADDR`` too), then libpq's defaults.
     """
     explicit = _params(database_url)
     params = {**_service(explicit), **explicit}
-    hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
+    # libpq fills hostaddr from PGHOSTADDR as it fills host from PGHOST, and connects to it,
+    # the host name only naming it (red team 39: a name of staging's reached production).
+    hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR")
+    hosts = str(hostaddr or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
     dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
@@ -292,7 +298,7 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     addresses = set()
     for host, port in zip(host_list, port_list, strict=False):
         name = host.strip().lower()
-        if not name or name.startswith("/") or name in _LOOPBACK:
+        if not name or name.startswith("/") or is_this_machine(name):
             name = "localhost"
         addresses.add(DatabaseAddress(name, int(port or 5432), dbname))
     return tuple(sorted(addresses))
@@ -543,7 +549,47 @@ def _connect(
     try:
         return kind.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as error:
-        raise DatabaseUnavailableError(mask_url(database_url), _reason(error)) from None
+        raise DatabaseUnavailableError(
+            mask_url(database_url), _reason(error), environment=libpq_environment(database_url)
+        ) from None
+
+
+# Deprecated, still read by libpq, and not among its connection defaults.
+_MORE_ENVIRONMENT = (("requiressl", "PGREQUIRESSL"),)
+
+
+def libpq_environment(database_url: str) -> str:
+    """A sentence naming the ``PG*`` variables of this process's environment that libpq
+    applies to ``database_url`` (those for parameters the URL leaves unset), or ``""``.
+
+    A connection refused for one of them (``PGSSLMODE=require`` against a server without
+    TLS, ``PGTARGETSESSIONATTRS=standby``, ``PGREQUIREAUTH``) was "check that the server
+    runs and that database_url names it", both of which held (red team 39).
+    """
+    import shlex
+
+    try:
+        given = set(_params(database_url))
+    except DatabaseUnavailableError:
+        return ""
+    options = [
+        (o.keyword.decode(), o.envvar.decode(), o.dispchar == b"*")
+        for o in psycopg.pq.Conninfo.get_defaults()
+        if o.envvar
+    ]
+    options += [(keyword, name, False) for keyword, name in _MORE_ENVIRONMENT]
+    found = [
+        f"{name}=(set)" if secret else f"{name}={shlex.quote(os.environ[name])}"
+        for keyword, name, secret in options
+        if name in os.environ and keyword not in given
+    ]
+    if not found:
+        return ""
+    return (
+        f". This process's environment also gives libpq {', '.join(found)}, each applied "
+        "where database_url does not set its parameter: unset any that should not apply "
+        "(a shell's profile, the service's Environment=), or set it in database_url"
+    )
 
 
 def _reason(error: BaseException) -> str:
@@ -589,10 +635,11 @@ _REFUSALS: dict[str, str] = {
         "(APP_DATABASE_LOCK_WAIT_SECONDS), which the app sets as its lock_timeout"
     ),
     "42501": (
-        "The app's role lacks a privilege this needs (for session_replication_role: the "
-        "database or the role sets it to replica, which only a superuser may set back; "
-        "`ALTER DATABASE {dbname} RESET session_replication_role` and the same for the role "
-        "resolve it): grant the privilege, or connect as the role that owns the app's tables"
+        "The app's role lacks the privilege the reason names: grant it, or connect as the "
+        "role that owns the app's tables (`\\dt app_*` in psql shows it). If it names "
+        "session_replication_role, the database or the role sets it to replica, which only "
+        "a superuser may set back: `ALTER DATABASE {dbname} RESET session_replication_role` "
+        "and the same for the role resolve it"
     ),
     "53100": (
         "The database server's disk is full: free space on the volume of its data directory "
@@ -620,7 +667,30 @@ def refusal(
     if remedy is None:
         return None
     dbname = where.rpartition("/")[2]  # mask_url's form
-    return DatabaseRefusedError(where, _reason(error), state, remedy.format(dbname=dbname), what)
+    remedy = remedy.format(dbname=dbname) + from_pgoptions(
+        pgoptions_setting(*_SETTINGS_OF.get(state, ()))
+    )
+    return DatabaseRefusedError(where, _reason(error), state, remedy, what)
+
+
+# The session settings a refusal's remedy is about, by SQLSTATE.
+_SETTINGS_OF = {
+    "25006": ("default_transaction_read_only", "transaction_read_only"),
+    "25P03": ("idle_in_transaction_session_timeout",),
+    "57014": ("statement_timeout",),
+    "42501": ("session_replication_role",),
+}
+
+
+def pgoptions_setting(*settings: str) -> str:
+    """libpq's ``PGOPTIONS`` from this process's environment when it sets one of
+    ``settings`` (it is sent with every connection whose URL gives no ``options``), else
+    ``""``: a refusal then names it, not only the database's and the role's settings."""
+    options = os.environ.get("PGOPTIONS", "")
+    names = "|".join(re.escape(name) for name in settings)
+    if not names or not re.search(rf"(?<![\w.])({names})(?!\w)", options):
+        return ""
+    return options
 
 
 @contextlib.contextmanager
@@ -668,6 +738,10 @@ class Stamp:
     database_id: str | None = None
     """The database's own id, which its object prefix's stamp records (:func:`open_database`
     with ``objects``)."""
+    instance: str | None = None
+    """Which database this is, as no copy of its rows can say (:func:`instance`)."""
+    timeline: int | None = None
+    """The server's timeline (:func:`timeline`), which a promotion advances."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -724,7 +798,12 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
         return None
     info = conn.info
     where = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
-    raise TablesOffSearchPathError(where, [r[0] for r in elsewhere], str(elsewhere[0][1]))
+    raise TablesOffSearchPathError(
+        where,
+        [r[0] for r in elsewhere],
+        str(elsewhere[0][1]),
+        pgoptions=pgoptions_setting("search_path"),
+    )
 
 
 def pin_schema(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -814,7 +893,14 @@ def open_database(
             if schema is None:
                 # No schema on the path exists to create the tables in: a bare
                 # InvalidSchemaName before (red team 37).
-                raise TablesOffSearchPathError(where, [], str(path))
+                raise TablesOffSearchPathError(
+                    where, [], str(path), pgoptions=pgoptions_setting("search_path")
+                )
+            if not writable_schema(conn, schema):
+                # PostgreSQL 15's default (red team 39): a bare 42501 "permission denied for
+                # schema public", exit 69 (retry later), with a remedy about another setting.
+                info = conn.info
+                raise SchemaNotWritableError(profile, where, str(schema), info.user, info.dbname)
             conn.execute(_SCHEMA)
             conn.execute(
                 "INSERT INTO app_stamp (profile, schema_version) VALUES (%s, %s)",
@@ -832,7 +918,57 @@ def open_database(
             )  # fmt: skip
         if objects is None:
             return stamp
-        return dataclasses.replace(stamp, database_id=_bind(conn, where, objects))
+        return dataclasses.replace(
+            stamp,
+            database_id=_bind(conn, where, objects),
+            instance=instance(conn),
+            timeline=timeline(conn),
+        )
+
+
+def timeline(conn: psycopg.Connection[Any]) -> int | None:
+    """The timeline the server writes WAL on (``None`` on a standby, or where the role may
+    not ask): a promoted standby begins a new, higher one, and the old primary, if it still
+    runs, stays on its own. The prefix's stamp keeps the highest seen, so that the old
+    primary is refused once a replica opened the new one (red team 39: both served, and
+    each one's repair would delete what the other acknowledged)."""
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT CASE WHEN NOT pg_is_in_recovery() AND has_function_privilege("
+            "'pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE') AND has_function_privilege("
+            "'pg_catalog.pg_current_wal_lsn()', 'EXECUTE')"
+            " THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+            " END"
+        )
+        .fetchone()
+    )
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def instance(conn: psycopg.Connection[Any]) -> str:
+    """This database, as ``<cluster system identifier>/<database oid>``: what a copy of its
+    rows (``pg_dump`` restored, ``CREATE DATABASE ... TEMPLATE``) does not carry with it.
+
+    A streaming standby promoted by a failover keeps both; a restore, a copy on the same
+    cluster or a ``pg_upgrade`` to a new cluster changes one. The binding's id is a row, and
+    a copy has it too: a restored dump opened beside the live original was taken for it,
+    and its ``check --repair`` deleted every object acknowledged since the dump (red team 39).
+    """
+    # pg_control_system() is everyone's by default; where an administrator revoked it, the
+    # oid alone is compared (app.remote.objects.same_instance).
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT CASE WHEN has_function_privilege('pg_catalog.pg_control_system()',"
+            " 'EXECUTE') THEN (SELECT system_identifier FROM pg_control_system())::text"
+            " ELSE 'unknown' END || '/' ||"
+            " (SELECT oid FROM pg_database WHERE datname = current_database())::text"
+        )
+        .fetchone()
+    )
+    assert row is not None
+    return str(row[0])
 
 
 def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]) -> str:
@@ -853,6 +989,26 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
     if (row[1], row[2]) != (bucket, prefix):
         raise StorageMismatchError("prefix", where, shown, f"s3://{row[1]}/{row[2]}")
     return str(row[0])
+
+
+def writable_schema(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the connection's role may create tables in ``schema``."""
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute("SELECT has_schema_privilege(%s, 'CREATE')", (schema,))
+        .fetchone()
+    )
+    return bool(row and row[0])
+
+
+def binding(conn: psycopg.Connection[Any]) -> tuple[str | None, str | None, str | None]:
+    """The database's id and the bucket and prefix it is bound to, read only (``None`` each
+    before its first open with objects)."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    if cursor.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
+        return None, None, None
+    row = cursor.execute("SELECT database_id::text, bucket, prefix FROM app_binding").fetchone()
+    return (None, None, None) if row is None else (str(row[0]), str(row[1]), str(row[2]))
 
 
 def audit(
@@ -880,6 +1036,23 @@ def audit(
 
 
 # --- live replicas -----------------------------------------------------------------------
+
+
+def in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server is a standby: it takes no writes, and its ``pg_locks`` holds none
+    of the primary's advisory locks, so :func:`live_holders` there finds no replica even
+    while some serve (red team 39: `app status` said "held by: nobody")."""
+    row = conn.cursor(row_factory=tuple_row).execute("SELECT pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def standby_note(where: str) -> str:
+    """What a report says of a standby's replicas."""
+    return (
+        f"database {where} is a standby (in recovery): the replicas' locks live on its "
+        "primary, so which replicas serve it cannot be seen from here, and it takes no "
+        "writes (app serve and every change are refused); point database_url at the primary"
+    )
 
 
 def live_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -1013,8 +1186,14 @@ class Holder:
         asked, answered = self.asked, self.answered
         return 0.0 if answered >= asked else time.monotonic() - asked
 
-    def _lose(self, reason: str) -> None:
-        self.error = HolderLostError(self.where, reason)
+    def lose(self, reason: str) -> None:
+        """End the hold's use: the object prefix was handed to another database, for
+        ``reason``; every write is refused from now on (the connection stays until
+        :meth:`close`)."""
+        self._lose(reason, handed_away=True)
+
+    def _lose(self, reason: str, *, handed_away: bool = False) -> None:
+        self.error = HolderLostError(self.where, reason, handed_away=handed_away)
         if self.on_lost is not None:
             self.on_lost(self.error)
 
@@ -1104,18 +1283,23 @@ class Maintenance:
         one of ``blobs`` (names the app made, random and never reused: no other database's
         rows can name them); ``None`` otherwise. What a lost prefix stamp is written back
         on."""
+        bound = self.bound_to(bucket, prefix)
+        if bound is None:
+            return None
+        named = self.conn.execute(
+            "SELECT 1 FROM app_files WHERE blob = ANY(%s) LIMIT 1", (blobs,)
+        ).fetchone()
+        return None if named is None else bound
+
+    def bound_to(self, bucket: str, prefix: str) -> str | None:
+        """The database's id if it is bound to ``bucket`` and ``prefix``, else ``None``."""
         if self.conn.execute("SELECT to_regclass('app_binding')").fetchone() == (None,):
             return None
         bound = self.conn.execute(
             "SELECT database_id::text FROM app_binding WHERE bucket = %s AND prefix = %s",
             (bucket, prefix),
         ).fetchone()
-        if bound is None:
-            return None
-        named = self.conn.execute(
-            "SELECT 1 FROM app_files WHERE blob = ANY(%s) LIMIT 1", (blobs,)
-        ).fetchone()
-        return None if named is None else str(bound[0])
+        return None if bound is None else str(bound[0])
 
     def restamp(self, from_profile: str, *, protected: Protection = False) -> Stamp:
         """Hand the database stamped ``from_profile`` to this profile (audited)."""

@@ -39,6 +39,7 @@ from app.remote.errors import (
     PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
+    RestampBoundElsewhereError,
     TablesOffSearchPathError,
     TablesShadowedError,
     describe_replica,
@@ -157,7 +158,7 @@ def open_remote(
     objects.open(
         config.profile,
         protected=protection,
-        database=(stamp.database_id, pg.mask_url(database_url)),
+        database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
     )
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
@@ -213,17 +214,26 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     source = from_profile.lower()
     protection = config.taking_needs_confirmation
     bounds = _bounds(config)
+    objects = _objects(config)
+    location = objects.location
     with (
         pg.connect(database_url, purpose="app restamp", bounds=bounds) as conn,
         pg.refusals(pg.mask_url(database_url), "the read of its stamp"),
     ):
         found = pg.read_stamp(conn)
+        database_id, bucket, prefix = pg.binding(conn) if found is not None else (None,) * 3
+    if database_id is not None and (bucket, prefix) != (location.bucket, location.prefix):
+        # A copy of another profile's database: re-stamped, the next refusal said to point
+        # blob_url at the prefix it is bound to, another database's (red team 39).
+        raise RestampBoundElsewhereError(
+            config.profile, source, pg.mask_url(database_url), f"s3://{bucket}/{prefix}",
+            objects.where,
+        )  # fmt: skip
     stamped = found is not None
     if not stamped:
         # Nothing of the app's there yet: creating it stamps it for this profile at once
         # (or refuses a database with tables of its own).
         pg.open_database(database_url, config.profile, protected=protection, bounds=bounds)
-    objects = _objects(config)
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
     with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
         before = objects.read_stamp()
@@ -249,7 +259,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 else None
             )
             if database_id is not None:
-                objects.restore_stamp(config.profile, database_id)
+                objects.restore_stamp(config.profile, database_id, pg.instance(maintenance.conn))
                 maintenance.audit(
                     "restamp", objects.where, {"restored": True, "to": config.profile}
                 )
@@ -260,6 +270,24 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
             objects.restamp(source, config.profile)
             maintenance.audit("restamp", objects.where, {"from": source, "to": config.profile})
             changed = True
+        else:
+            # A copy of the database the prefix belongs to (a restore) made the one whose
+            # rows name its objects (red team 39): the original is refused from now on.
+            location = objects.location
+            bound = maintenance.bound_to(location.bucket, location.prefix)
+            here = pg.instance(maintenance.conn)
+            old = (
+                None
+                if bound is None
+                else objects.adopt(config.profile, bound, here, pg.timeline(maintenance.conn))
+            )
+            if old is not None:
+                maintenance.audit(
+                    "adopt-copy",
+                    objects.where,
+                    {"database": bound, "from": old.get("instance"), "to": here},
+                )
+                changed = True
     return {
         "profile": stamp.profile,
         "schema_version": stamp.schema_version,
@@ -299,6 +327,8 @@ class RemoteStatus:
     holders: list[dict[str, Any]] = field(default_factory=list)
     stamp: dict[str, Any] | None = None
     stamp_error: str | None = None
+    holders_unknown: str | None = None
+    """Why the live replicas cannot be seen from here (a standby), if they cannot."""
 
     @property
     def held(self) -> bool:
@@ -323,10 +353,11 @@ class RemoteStatus:
         return {
             "location": self.location,
             "exists": None if unknown else self.exists,
-            "held": None if unknown else self.held,
+            "held": None if unknown or self.holders_unknown else self.held,
             "holders": [_jsonable(holder) for holder in self.holders],
             "stamp": self.stamp,
             "stamp_error": self.stamp_error,
+            "holders_unknown": self.holders_unknown,
         }
 
 
@@ -354,6 +385,7 @@ def describe(config: Config) -> RemoteStatus:
                     config.profile, pg.mask_url(database_url), pg.SCHEMA_VERSION
                 )
             holders = pg.live_holders(conn) if stamp is not None else []
+            standby = pg.in_recovery(conn)
     except (
         DatabaseUnavailableError,
         DatabaseStampMissingError,
@@ -371,7 +403,8 @@ def describe(config: Config) -> RemoteStatus:
         "created_at": stamp.created.isoformat(),
         "restamped_from": stamp.restamped_from,
     }
-    return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown)
+    unseen = pg.standby_note(pg.mask_url(database_url)) if standby else None
+    return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown, None, unseen)
 
 
 # --- app doctor -----------------------------------------------------------------------------
@@ -420,7 +453,9 @@ def diagnose(config: Config) -> list[Probe]:
     schema: exit 78).
     """
     secrets = _secrets(config)
-    probes = _diagnose_database(config) + _diagnose_objects(config)
+    seen: dict[str, Any] = {}
+    probes = _diagnose_database(config, seen) + _diagnose_objects(config, seen)
+    probes += _diagnose_binding(config, seen)
     return [
         Probe(
             p.subject,
@@ -432,7 +467,7 @@ def diagnose(config: Config) -> list[Probe]:
     ]
 
 
-def _diagnose_database(config: Config) -> list[Probe]:
+def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
     import psycopg
 
     from app.errors import EX_UNAVAILABLE
@@ -459,7 +494,7 @@ def _diagnose_database(config: Config) -> list[Probe]:
                 f"(database_url from {source}): {_sentence(error.reason)} Check that "
                 "PostgreSQL runs and accepts connections from this machine, and that "
                 "database_url names it (host, port, database, user, password); nothing was "
-                "changed",
+                f"changed{error.environment}",
                 EX_UNAVAILABLE,
             )
         ]
@@ -467,7 +502,7 @@ def _diagnose_database(config: Config) -> list[Probe]:
         try:
             # Doctor looks; should any statement below ever write, PostgreSQL refuses it.
             conn.execute("SET default_transaction_read_only = on")
-            return _database_state(conn, config, where)
+            return _database_state(conn, config, where, seen)
         except pg.WaitTimeoutError as error:
             return [_database_silent(config, where, error.seconds)]
         except psycopg.Error as error:
@@ -483,6 +518,60 @@ def _diagnose_database(config: Config) -> list[Probe]:
                     EX_UNAVAILABLE,
                 )
             ]
+
+
+def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
+    """Whether the database and the prefix, each stamped for the profile, belong together,
+    as opening them checks (red team 39: `app doctor` said "ok" for a database bound to
+    another prefix, a prefix of another database, and a restored copy of the database,
+    each of which `app serve` refused)."""
+    from app.remote.errors import (
+        DatabaseCopiedError,
+        DatabaseTimelineBehindError,
+        StorageMismatchError,
+    )
+    from app.remote.objects import same_instance
+
+    if "binding" not in seen or "prefix" not in seen:
+        return []
+    (database_id, bucket, prefix, here, timeline, where) = seen["binding"]
+    stamp, location, shown = seen["prefix"]
+    error: AppError | None = None
+    if database_id is None and stamp.get("database") is None:
+        return [Probe("binding", "none yet: the next open binds the database to the prefix")]
+    if database_id is None:
+        # The next open binds this database, with a new id, to a prefix another one has.
+        error = StorageMismatchError(
+            "database", where, shown, str(stamp["database"]), database_id="(none yet)"
+        )
+    elif (bucket, prefix) != (location.bucket, location.prefix):
+        error = StorageMismatchError("prefix", where, shown, f"s3://{bucket}/{prefix}")
+    elif stamp.get("database") not in (None, database_id):
+        error = StorageMismatchError(
+            "database", where, shown, str(stamp["database"]), database_id=database_id
+        )
+    elif stamp.get("instance") is not None and not same_instance(str(stamp["instance"]), here):
+        error = DatabaseCopiedError(
+            config.profile, where, shown, str(stamp["instance"]), here,
+            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
+        )  # fmt: skip
+    elif (
+        timeline is not None
+        and isinstance(stamp.get("timeline"), int)
+        and (timeline < stamp["timeline"])
+    ):
+        error = DatabaseTimelineBehindError(
+            config.profile, where, shown, timeline, stamp["timeline"]
+        )
+    found = (
+        f"database id {database_id} ({here}), bound to s3://{bucket}/{prefix}"
+        if database_id is not None
+        else f"the database is bound to no prefix yet; {shown} belongs to database id "
+        f"{stamp['database']}"
+    )
+    if error is None:
+        return [Probe("binding", found)]
+    return [Probe("binding", found, error.message, error.exit_code)]
 
 
 def _database_silent(config: Config, where: str, seconds: float) -> Probe:
@@ -502,8 +591,12 @@ def _database_silent(config: Config, where: str, seconds: float) -> Probe:
     )
 
 
-def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
-    from app.remote.errors import SchemaTooNewError, UnstampedNotEmptyError
+def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any]) -> list[Probe]:
+    from app.remote.errors import (
+        SchemaNotWritableError,
+        SchemaTooNewError,
+        UnstampedNotEmptyError,
+    )
 
     source = config.sources.get("database_url", "?")
     version = conn.info.server_version
@@ -521,6 +614,18 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
                       error.exit_code)
             )  # fmt: skip
         else:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            if schema is not None and not pg.writable_schema(conn, schema):
+                # The first open would be refused (red team 39: doctor said "ok").
+                info = conn.info
+                refused = SchemaNotWritableError(
+                    config.profile, where, str(schema), info.user, info.dbname
+                )
+                probes.append(
+                    Probe("stamp", "none yet, and this role may not create the app's tables",
+                          refused.message, refused.exit_code)
+                )  # fmt: skip
+                return probes
             probes.append(
                 Probe(
                     "stamp",
@@ -528,6 +633,7 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
                     f"tables and stamps it for {config.profile!r}",
                 )
             )
+            seen["binding"] = (None, None, None, None, None, where)
         return probes
     stamped = (
         f"profile {stamp.profile}, schema version {stamp.schema_version} (this release: "
@@ -545,6 +651,16 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
         probes.append(Probe("stamp", stamped, error.message, error.exit_code))
     else:
         probes.append(Probe("stamp", stamped))
+        seen["binding"] = (*pg.binding(conn), pg.instance(conn), pg.timeline(conn), where)
+    if pg.in_recovery(conn):
+        from app.errors import EX_UNAVAILABLE
+
+        note = pg.standby_note(where)
+        probes.append(
+            Probe("replicas", "unknown: a standby", f"profile {config.profile!r}: {note}; "
+                  "nothing was changed", EX_UNAVAILABLE)
+        )  # fmt: skip
+        return probes
     replicas = pg.live_holders(conn)
     if not replicas:
         probes.append(Probe("replicas", "none live"))
@@ -558,7 +674,7 @@ def _database_state(conn: Any, config: Config, where: str) -> list[Probe]:
     return probes
 
 
-def _diagnose_objects(config: Config) -> list[Probe]:
+def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     from app.errors import EX_UNAVAILABLE
     from app.remote.errors import ObjectStoreUnavailableError, UnstampedNotEmptyError
     from app.remote.objects import ObjectStore
@@ -616,6 +732,7 @@ def _diagnose_objects(config: Config) -> list[Probe]:
         found = f"{objects.where}: stamp object {STAMP_NAME} names profile {stamped}"
         if stamped == config.profile:
             probes.append(Probe("prefix", found))
+            seen["prefix"] = (stamp, objects.location, objects.where)
         else:
             mismatch = RemoteStampMismatchError(
                 f"object prefix {objects.where}", f"its object {STAMP_NAME}", stamped,
@@ -647,4 +764,5 @@ def _diagnose_objects(config: Config) -> list[Probe]:
                 f"{objects.where}: empty; the first open stamps it for {config.profile!r}",
             )
         )
+        seen["prefix"] = ({}, objects.location, objects.where)
     return probes

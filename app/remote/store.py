@@ -69,10 +69,15 @@ READ_ONLY_SAID_SECONDS = 10.0
 
 class _Watch:
     def __init__(
-        self, holder: pg.Holder | None, interval: float, on_lost: Callable[[str], object]
+        self,
+        holder: pg.Holder | None,
+        interval: float,
+        on_lost: Callable[[str], object],
+        objects: ObjectStore | None = None,
     ) -> None:
         self._stop = threading.Event()
         self._holder = holder
+        self._objects = objects
         self._interval = interval
         self._on_lost = on_lost
         self._thread = threading.Thread(target=self._run, name="app-store-watch", daemon=True)
@@ -82,6 +87,13 @@ class _Watch:
         while not self._stop.wait(self._interval):
             if self._holder is not None and self._holder.error is not None:
                 self._on_lost(self._holder.error.reason)
+                return
+            # The prefix handed to a copy of the database: as a local server whose lock file
+            # was replaced, writes are refused and the server stops (red team 39).
+            taken = None if self._objects is None else self._objects.handed_away()
+            if taken is not None and self._holder is not None:
+                self._holder.lose(taken)
+                self._on_lost(taken)
                 return
 
     def stop(self) -> None:
@@ -277,10 +289,13 @@ class RemoteStore(Storage):
 
     def watch(self, interval: float, on_lost: Callable[[str], object]) -> _Watch:
         """Call ``on_lost(reason)`` once, within ``interval`` seconds of the holder's loss."""
-        return _Watch(self.holder, interval, on_lost)
+        return _Watch(self.holder, interval, on_lost, self.objects)
 
     def lost_error(self, reason: str) -> HolderLostError:
         """The error a replica that lost its connection stops with (exit 70)."""
+        holder = self.holder
+        if holder is not None and holder.error is not None and holder.error.reason == reason:
+            return holder.error  # its own words (a prefix handed away is no lost connection)
         return HolderLostError(self.where, reason)
 
     def readiness(self) -> dict[str, str | None]:

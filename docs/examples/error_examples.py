@@ -314,6 +314,23 @@ EXAMPLES: list[errors.AppError] = [
         "6f1c0a52-3d5e-4b1a-9a63-0c1f2e7d8b94",
         database_id="0b7e2c41-93aa-4c0e-8f5d-2a6b1c9e3f70",
     ),
+    remote.DatabaseCopiedError(
+        "production",
+        DATABASE,
+        OBJECTS,
+        "7311950212233419512/16384",
+        "7311950212233419512/24577",
+        protected=True,
+    ),
+    remote.SchemaNotWritableError("production", DATABASE, "public", "review", "app_production"),
+    remote.DatabaseTimelineBehindError("production", DATABASE, OBJECTS, 1, 2),
+    remote.RestampBoundElsewhereError(
+        "staging",
+        "production",
+        "postgresql://review@db.internal:5432/app_staging",
+        "s3://app-data/production",
+        "s3://app-data/staging at https://s3.example.com:443",
+    ),
     remote.MaintenanceLostError(
         "empty the trash", DATABASE, "terminating connection due to administrator command"
     ),
