@@ -140,7 +140,6 @@ def _runs_dir(uid: int) -> Path:
 #: The attribute of ``sys`` that holds this process's runs (innermost last).
 _MARKER: Final = "_app_pytest_runs"
 _PROC: Final = Path("/proc")
-_MAX_DEPTH: Final = 128
 #: After how long an entry of another PID namespace whose run ended is forgotten, in seconds:
 #: its pids cannot be looked up here, and no exit hook runs that long.
 _ENDED_LONG_AGO: Final = 3600
@@ -354,7 +353,13 @@ def _ancestry() -> Iterator[tuple[int, int]]:
     pid = _proc_self()
     if pid is None:
         return
-    for _ in range(_MAX_DEPTH):
+    # Every ancestor, however many: the walk once stopped after 128, and a child a test
+    # started at the end of a chain of 130 shells (a recursive build, a tool that nests
+    # itself), given a hand-built environment, found no run above it and purged a stopped
+    # production root. Only a cycle ends it early (a pid reused while it is read).
+    walked: set[int] = set()
+    while pid not in walked:
+        walked.add(pid)
         fields = _stat_fields(pid)
         if fields is None:
             return

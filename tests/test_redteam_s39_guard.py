@@ -1,0 +1,61 @@
+"""Red team 39 on the guard: what a test and its children may reach.
+
+Each case is real: pytest runs in a subprocess next to a stopped production root named by the
+settings (and, by hand, next to live production and development servers).
+
+What broke:
+
+- a child at the end of a long chain of processes. The walk up the process tree stopped
+  after 128 ancestors, so a child a test started at the end of a chain of 130 shells (a
+  recursive build, a tool that nests itself), on a session of its own and given a hand-built
+  environment, found no run above it and purged a stopped production root. Every ancestor
+  is read now.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s36_guard import _run_beside
+
+#: A chain of `$1` shells, each waiting for the next; the last, on a session of its own
+#: (so that no run leads it), runs the app with production's settings alone.
+DEEP_CHAIN = """
+if [ "$1" -gt 0 ]; then sh "$0" $(($1 - 1)) "$2"; exit $?; fi
+exec setsid env -i PATH="$PATH" APP_SETTINGS_DIR="$APP_SETTINGS_DIR" \\
+    ENV_FOR_DYNACONF=production "$2" -m app data purge --yes-i-mean-it
+"""
+
+DEEP_CHILD_TEST = """
+import pathlib, subprocess, sys
+
+def test_a_child_130_processes_down():
+    chain = pathlib.Path(__file__).with_name("chain.sh")
+    done = subprocess.run(["sh", str(chain), "130", sys.executable],
+                          capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout, done.stderr)
+    assert done.returncode == 78
+"""
+
+
+def test_a_child_at_the_end_of_a_long_chain_of_processes_is_still_in_the_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The walk of a child's ancestors stopped after 128: at the end of a chain of 130
+    # shells, on a session of its own (no run leads it) and with production's settings as
+    # its whole environment, it was outside every run and purged production.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "chain.sh").write_text(DEEP_CHAIN)
+    (project / "test_deep.py").write_text(DEEP_CHILD_TEST)
+    code, output = _run_beside(production, project, settings, "-s", "-q")
+    assert code == 0, output
+    assert (
+        "refused under pytest (sandbox: " in output
+        and "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through the process tree (an ancestor process, pytest pid "
+        in output
+    ), output
