@@ -59,3 +59,28 @@ def test_a_child_at_the_end_of_a_long_chain_of_processes_is_still_in_the_run(
         "belongs to the test run through the process tree (an ancestor process, pytest pid "
         in output
     ), output
+
+
+def test_a_pytest_debug_temproot_in_a_data_root_is_named_as_what_to_change(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # pytest's temporary root is PYTEST_DEBUG_TEMPROOT before TMPDIR (pytester sets it for
+    # its runs). Refused, but told that "TMPDIR is <production>/sessions" and to point
+    # TMPDIR elsewhere: TMPDIR named another directory, and changing it changed nothing.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_a.py").write_text("def test_a():\n    pass\n")
+    temproot = production / "sessions"
+    code, output = _run_beside(production, project, settings, PYTEST_DEBUG_TEMPROOT=str(temproot))
+    assert code == 4, output
+    assert (
+        f"refusing to run: pytest would create (and clean up) its temporary directories in "
+        f"{temproot}/pytest-of-"
+        in output
+        and f"overlaps the data root of profile 'production' ({production}), because "
+        f"PYTEST_DEBUG_TEMPROOT is {temproot}. Point PYTEST_DEBUG_TEMPROOT outside every data "
+        "root, or pass --basetemp"
+        in output
+    ), output

@@ -566,6 +566,19 @@ def _default_rootdir() -> tuple[Path, Path]:
     return temproot, temproot / f"pytest-of-{get_user() or 'unknown'}"
 
 
+def _temproot_variable(temproot: Path) -> str:
+    """The variable that put pytest's temporary root at `temproot`, for a refusal to name
+    what to change: a refusal that blamed TMPDIR for a ``PYTEST_DEBUG_TEMPROOT`` (which
+    pytester sets, and which wins) told its reader to change what was not set."""
+    if os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        return "PYTEST_DEBUG_TEMPROOT"
+    for name in ("TMPDIR", "TEMP", "TMP"):  # tempfile's order
+        value = os.environ.get(name)
+        if value and Path(value).resolve() == temproot:
+            return name
+    return "TMPDIR"
+
+
 def flocks_due_at_end(config: pytest.Config) -> bool:
     """Whether the check just before pytest deletes its older directories will come: pytest
     made a numbered directory for the run, and older ones are due now."""
@@ -662,10 +675,11 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
         root, who = on_disk
         where = f"lies inside the data root {root} ({who})"
     if where is not None:
+        variable = _temproot_variable(temproot)
         raise pytest.UsageError(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
-            f"directories in {rootdir}, which {where}, because TMPDIR is {temproot}. Point "
-            "TMPDIR outside every data root, or pass --basetemp"
+            f"directories in {rootdir}, which {where}, because {variable} is {temproot}. "
+            f"Point {variable} outside every data root, or pass --basetemp"
         )
     _refuse_live_roots_in_old_directories(config, rootdir)
 
