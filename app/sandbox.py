@@ -407,8 +407,14 @@ def _read_entry(
         return None
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     if depth == 0 and data.get("argv") != sys.argv:
-        # Unmarked, with a run's entry of its own: the run's process after an exec.
-        how = f"this process, pytest pid {pid} until it ran another program in its place (exec)"
+        # Unmarked, with a run's entry of its own: the run's process after an exec, or a
+        # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec).
+        how = (
+            f"this process, pytest pid {pid}, in a subinterpreter (it has a sys module of "
+            "its own, without the run's mark)"
+            if _in_subinterpreter()
+            else f"this process, pytest pid {pid} until it ran another program in its place (exec)"
+        )
     if leads:
         how = (
             f"pytest pid {pid}, which leads this process's {leads} though it is not its "
@@ -427,6 +433,24 @@ def _read_entry(
         scratch=_scratch_suffix(data.get("scratch")),
         ended=ended if isinstance(ended, int) else None,
     )
+
+
+def _in_subinterpreter() -> bool:
+    """Whether this code runs in a subinterpreter (``_xxsubinterpreters``, Python 3.14's
+    ``concurrent.interpreters`` and its ``InterpreterPoolExecutor``), not the main one."""
+    import importlib
+
+    for name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            module = importlib.import_module(name)
+            current, main = module.get_current(), module.get_main()
+        except (ImportError, AttributeError):
+            continue
+        # 3.13 and later give (id, whence); earlier versions an id alone.
+        if isinstance(current, tuple):
+            current, main = current[0], main[0]
+        return bool(current != main)
+    return False
 
 
 def _registered(directory: Path, uid: int, seen: dict[Path, set[str]]) -> set[str]:

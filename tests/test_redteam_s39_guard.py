@@ -14,8 +14,10 @@ What broke:
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+import pytest
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
 
@@ -84,3 +86,57 @@ def test_a_pytest_debug_temproot_in_a_data_root_is_named_as_what_to_change(
         "root, or pass --basetemp"
         in output
     ), output
+
+
+SUBINTERPRETER_TEST = """
+import importlib, os, subprocess, sys
+
+CODE = '''
+import os
+os.environ["ENV_FOR_DYNACONF"] = "production"
+from app.config import load
+try:
+    load("production")
+    print("LOADED")
+except Exception as error:
+    print("REFUSED", error)
+'''
+
+def test_a_subinterpreter_loads_production():
+    try:
+        interpreters = importlib.import_module("_interpreters")
+        interpreters.run_string(interpreters.create(), CODE)
+    except ImportError:
+        interpreters = importlib.import_module("_xxsubinterpreters")
+        interpreters.run_string(interpreters.create(), CODE)
+"""
+
+
+def test_a_subinterpreter_is_refused_naming_it_not_an_exec(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # A subinterpreter has a `sys` of its own, without the run's mark: it finds the run
+    # through the process tree, by the run's own pid, and was refused, but told that the
+    # process "ran another program in its place (exec)", which nothing had.
+    if importlib.util.find_spec("_interpreters") is None and (
+        importlib.util.find_spec("_xxsubinterpreters") is None
+    ):
+        pytest.skip("this Python has no subinterpreters")
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_sub.py").write_text(SUBINTERPRETER_TEST)
+    code, output = _run_beside(production, project, settings, "-s", "-q")
+    assert code == 0, output
+    assert "LOADED" not in output, output
+    assert (
+        "REFUSED refused under pytest (sandbox: " in output
+        and "loading profile 'production'; tests run on the 'testing' profile (this process "
+        "belongs to the test run through the process tree (this process, pytest pid "
+        in output
+        and ", in a subinterpreter (it has a sys module of its own, without the run's mark), "
+        "registered in "
+        in output
+    ), output
+    assert "(exec)" not in output, output
