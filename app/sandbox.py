@@ -1606,11 +1606,14 @@ def restore_entry(run: Run) -> str | None:
     else:
         if _runs_dir_trusted(RUNS_DIR, os.getuid()):
             entry = RUNS_DIR / _entry_name(pid, started[1])
+            hidden = _hidden_from_children(found, entry)
             state = _entry_state(entry)
             written, text = _WRITTEN.get(entry, (None, b""))
-            if state is not None and (state == written or not _rewritten(entry, text, run, pid)):
+            if hidden is not None:
+                problem = hidden
+            elif state is not None and (state == written or not _rewritten(entry, text, run, pid)):
                 return None
-            if state is None:
+            elif state is None:
                 problem = f"this run's entry in {RUNS_DIR} was removed"
             else:
                 problem = (
@@ -1631,6 +1634,41 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     return f"{problem}; it was put back"
+
+
+#: What every reader needs of the registry (list and enter it) and of an entry (read it).
+_READ_BY_ALL: Final = 0o555
+_ENTRY_READ_BY_ALL: Final = 0o444
+
+
+def _hidden_from_children(found: os.stat_result, entry: Path) -> str | None:
+    """Whether a test made the registry, or this run's entry, unreadable to the processes
+    the run starts, and so put the registry right; say what it was.
+
+    Such a registry is still this user's and written by no one else, so it stayed trusted,
+    and the run's own process still reached its entry through the directory's search bit:
+    a test's ``chmod 0311`` of the registry (or ``chmod 0600`` of the entry) went unseen,
+    and every process the run started afterwards, unable to list or read it, was outside
+    the run (red team 39: a later test's child, given a hand-built environment under a
+    runner script, purged a stopped production root).
+    """
+    if found.st_mode & _READ_BY_ALL != _READ_BY_ALL:
+        with contextlib.suppress(OSError):
+            RUNS_DIR.chmod(0o755)
+        return (
+            f"the registry {RUNS_DIR} was made unreadable to the processes the run starts "
+            f"({stat.filemode(found.st_mode)})"
+        )
+    try:
+        mode = entry.lstat().st_mode
+    except OSError:
+        return None  # gone: said as such by the caller
+    if mode & _ENTRY_READ_BY_ALL != _ENTRY_READ_BY_ALL:
+        return (
+            f"this run's entry in {RUNS_DIR} was made unreadable to the processes the run "
+            f"starts ({stat.filemode(mode)})"
+        )
+    return None
 
 
 def _remove_planted_registry(found: os.stat_result) -> str:

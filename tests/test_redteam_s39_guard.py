@@ -15,11 +15,23 @@ What broke:
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
-from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from project_copy import PROJECT, copy_project_settings
+from side_by_side import INNER_PLUGINS_OFF
+from test_redteam_s22_guard import _own_proc_allowed
+from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
+from test_server_e2e import app_env, snapshot
+
+from app import sandbox as sandboxing
 
 #: A chain of `$1` shells, each waiting for the next; the last, on a session of its own
 #: (so that no run leads it), runs the app with production's settings alone.
@@ -140,3 +152,134 @@ def test_a_subinterpreter_is_refused_naming_it_not_an_exec(
         in output
     ), output
     assert "(exec)" not in output, output
+
+
+# --- a registry a test made unreadable to the run's children ------------------------------
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+#: A runner script, as CI wrappers are: it calls pytest through a module of its own, so no
+#: command line or script shows pytest, and only the registry keeps the children in the run.
+RUNNER = "import helper\nhelper.go()\n"
+HELPER = (
+    "import sys\n\ndef go():\n    import pytest\n"
+    "    sys.exit(pytest.main(['-q', '-s', '-p', 'no:cacheprovider', 'test_hide.py']))\n"
+)
+HIDES_THE_REGISTRY = """
+import os, subprocess, sys
+from app.sandbox import RUNS_DIR
+
+def test_1_hides_the_registry():
+    os.chmod(RUNS_DIR, 0o311)
+
+def test_2_a_child_given_production_s_settings_alone():
+    env = {name: os.environ[name] for name in ("PATH", "PYTHONPATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    done = subprocess.run(
+        ["setsid", sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+        env=env, capture_output=True, text=True,
+    )
+    print("CHILD", done.returncode, done.stdout, done.stderr)
+
+def test_3_hides_its_entry():
+    for name in os.listdir(RUNS_DIR):
+        if name.startswith(f"{os.getpid()}-"):
+            os.chmod(RUNS_DIR / name, 0o200)
+
+test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_production_s_settings_alone
+"""
+#: In a PID namespace of its own (outside this suite's run), the work directory mounted
+#: where user 65534 can reach it, then the runner as that user.
+AS_NOBODY_OUTSIDE = """
+mount --bind "$1" "$2" || exit 9
+cd "$2/project" || exit 9
+shift 2
+exec "$@"
+"""
+
+
+def _python_for_nobody(path: str) -> str | None:
+    """An interpreter that user 65534 can run, and run again from there, with the app
+    importable through `path` (this one may sit under root's home, which that user cannot
+    enter: its own children could not start it)."""
+    probe = (
+        "import subprocess, sys, app.config, pytest; "
+        "subprocess.run([sys.executable, '-c', ''], check=True)"
+    )
+    for python in dict.fromkeys((sys.executable, "/usr/bin/python3")):
+        done = subprocess.run(
+            [*NOBODY, "env", f"PYTHONPATH={path}", python, "-c", probe],
+            capture_output=True, check=False, cwd="/",
+        )  # fmt: skip
+        if done.returncode == 0:
+            return python
+    return None
+
+
+def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
+    tmp_path: Path,
+) -> None:
+    # A test's `chmod 0311` of the registry (or `chmod 0200` of its run's entry): still the
+    # user's own, written by no one else, so trusted, and the run's own process reached its
+    # entry through the search bit, so the check after the test saw nothing wrong. The
+    # processes later tests started could not list it or read the entry: outside the run,
+    # a child given production's settings alone, under a runner script, purged production.
+    # Run as user 65534, whom file modes bind (root reads any directory).
+    if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "setsid", "unshare"))):
+        pytest.skip("needs root, setpriv and unshare, to run as a user whom file modes bind")
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare --pid --mount-proc")
+    path = os.pathsep.join([str(PROJECT), sysconfig.get_paths()["purelib"]])
+    python = _python_for_nobody(path)
+    if python is None:
+        pytest.skip("no interpreter here that user 65534 can run with the app")
+    work = tmp_path / "work"
+    settings = copy_project_settings(work / "settings")
+    production = settings / "data" / "production"
+    subprocess.run(
+        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
+    )
+    project = work / "project"
+    project.mkdir()
+    for name, text in (
+        ("ci.py", RUNNER),
+        ("helper.py", HELPER),
+        ("test_hide.py", HIDES_THE_REGISTRY),
+    ):
+        (project / name).write_text(text)
+    subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
+    before = snapshot(production)
+    registry = sandboxing.RUNS_DIR.with_name("app-pytest-runs-65534")
+    made_registry = not registry.exists()
+    seen = Path(tempfile.mkdtemp(prefix="app-rt39-", dir="/tmp"))  # a mount point, empty
+    seen.chmod(0o755)
+    inner = {
+        "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen), "TMPDIR": str(seen),
+        "APP_SETTINGS_DIR": str(seen / "settings"), "PYTEST_ADDOPTS": INNER_PLUGINS_OFF,
+    }  # fmt: skip
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", AS_NOBODY_OUTSIDE, "sh",
+             str(work), str(seen), *NOBODY, "env", "-i",
+             *(f"{k}={v}" for k, v in inner.items()), python, "ci.py"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        seen.rmdir()
+        if made_registry:
+            shutil.rmtree(registry, ignore_errors=True)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert output.count("CHILD 78 ") == 2, output
+    for test, what in (
+        ("test_1_hides_the_registry", "the registry /tmp/app-pytest-runs-65534"),
+        ("test_3_hides_its_entry", "this run's entry in /tmp/app-pytest-runs-65534"),
+    ):
+        assert (
+            f"app: after test_hide.py::{test}, {what} was made unreadable to the processes "
+            "the run starts ("
+        ) in output, output
+    assert (
+        "); it was put back. Until then, a process started with a hand-built environment "
+        "(and any after the run) was not part of the run." in output
+    ), output
