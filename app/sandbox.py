@@ -390,9 +390,25 @@ def _entry_name(pid: int, started: int) -> str:
     return f"{pid}-{started}.json"
 
 
+def _entry_bytes(path: Path) -> bytes:
+    """An entry's bytes; an OSError for anything but a regular file (followed through a
+    link, as ever). A FIFO a test put at an entry's name made every reader wait for ever:
+    the run's own check after the test, and every process the run started."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _entry_data(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(_entry_bytes(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -1303,7 +1319,7 @@ def _forget_dead_runs(directory: Path) -> None:
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
             try:
-                data = json.loads((directory / name).read_bytes())
+                data = json.loads(_entry_bytes(directory / name))
                 recorded, ended = data.get("pid_namespace"), data.get("ended_at")
             except (OSError, ValueError, AttributeError):
                 recorded = ended = None  # unreadable, or from before entries said these
@@ -1353,6 +1369,7 @@ def _publish(
     # run's entry written there as the run ended (red team 35).
     parent = _open_registry(directory)
     try:
+        _clear_entry_name(name, parent)
         written = os.open(temporary, _NEW_ENTRY, 0o644, dir_fd=parent)
         try:
             os.write(written, text)
@@ -1385,6 +1402,21 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
         data["scratch"] = run.scratch
     data["pid_namespace"] = _pid_namespace()
     return data
+
+
+def _clear_entry_name(name: str, parent: int) -> None:
+    """Remove a directory a test made at this process's entry name, which the rename of a new
+    entry cannot replace: the run could not put its entry back, and every process it started
+    afterwards, finding no file to read, was outside the run (red team 39). Only there, in
+    the registry, and never following a link."""
+    try:
+        found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISDIR(found.st_mode):
+        import shutil
+
+        shutil.rmtree(name, dir_fd=parent)
 
 
 #: A registry entry's temporary file: new, and never through a link planted at its name.
@@ -1605,21 +1637,10 @@ def restore_entry(run: Run) -> str | None:
         problem = f"the registry {RUNS_DIR} was removed"
     else:
         if _runs_dir_trusted(RUNS_DIR, os.getuid()):
-            entry = RUNS_DIR / _entry_name(pid, started[1])
-            hidden = _hidden_from_children(found, entry)
-            state = _entry_state(entry)
-            written, text = _WRITTEN.get(entry, (None, b""))
-            if hidden is not None:
-                problem = hidden
-            elif state is not None and (state == written or not _rewritten(entry, text, run, pid)):
+            in_entry = _entry_problem(found, pid, started[1], run)
+            if in_entry is None:
                 return None
-            elif state is None:
-                problem = f"this run's entry in {RUNS_DIR} was removed"
-            else:
-                problem = (
-                    f"this run's entry in {RUNS_DIR} was changed (the sandbox and the "
-                    "protected roots that its children read there)"
-                )
+            problem = in_entry
         elif found.st_uid == os.getuid() and stat.S_ISDIR(found.st_mode):
             mode = stat.filemode(found.st_mode)
             problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
@@ -1634,6 +1655,44 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     return f"{problem}; it was put back"
+
+
+def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> str | None:
+    """What a test did to this process's entry in a trusted registry (`found`), if anything
+    its children would read otherwise than the run wrote it."""
+    entry = RUNS_DIR / _entry_name(pid, started)
+    hidden = _hidden_from_children(found, entry)
+    if hidden is not None:
+        return hidden
+    state = _entry_state(entry)
+    if state is None:
+        return f"this run's entry in {RUNS_DIR} was removed"
+    written, text = _WRITTEN.get(entry, (None, b""))
+    if state == written or not _rewritten(entry, text, run, pid):
+        return None
+    if (kind := _not_a_file(entry)) is not None:
+        return (
+            f"this run's entry in {RUNS_DIR} was replaced by {kind}, which its children "
+            "cannot read as one"
+        )
+    return (
+        f"this run's entry in {RUNS_DIR} was changed (the sandbox and the protected roots "
+        "that its children read there)"
+    )
+
+
+def _not_a_file(entry: Path) -> str | None:
+    """What is at `entry`'s name if it is no regular file nor a link (a test's), for a
+    message; None otherwise."""
+    try:
+        mode = entry.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
 
 
 #: What every reader needs of the registry (list and enter it) and of an entry (read it).
@@ -1700,7 +1759,7 @@ def _rewritten(entry: Path, text: bytes, run: Run, pid: int) -> bool:
     stayed, unreported, for every process the run started after it (red team 36).
     """
     try:
-        found = entry.read_bytes()
+        found = _entry_bytes(entry)
     except OSError:
         return True
     if text:

@@ -27,6 +27,8 @@ import pytest
 from project_copy import PROJECT, copy_project_settings
 from side_by_side import INNER_PLUGINS_OFF
 from test_redteam_s22_guard import _own_proc_allowed
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
 from test_server_e2e import app_env, snapshot
@@ -167,7 +169,7 @@ HELPER = (
 )
 HIDES_THE_REGISTRY = """
 import os, subprocess, sys
-from app.sandbox import RUNS_DIR
+from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
 
 def test_1_hides_the_registry():
     os.chmod(RUNS_DIR, 0o311)
@@ -182,9 +184,7 @@ def test_2_a_child_given_production_s_settings_alone():
     print("CHILD", done.returncode, done.stdout, done.stderr)
 
 def test_3_hides_its_entry():
-    for name in os.listdir(RUNS_DIR):
-        if name.startswith(f"{os.getpid()}-"):
-            os.chmod(RUNS_DIR / name, 0o200)
+    os.chmod(RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1]), 0o200)
 
 test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_production_s_settings_alone
 """
@@ -283,3 +283,67 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
         "); it was put back. Until then, a process started with a hand-built environment "
         "(and any after the run) was not part of the run." in output
     ), output
+
+
+REPLACES_THE_ENTRY = """
+import os, subprocess, sys
+from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
+
+def _replace_the_entry(make):
+    # This run's own entry, by its exact name: another PID namespace's run is pid 1 too.
+    entry = RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1])
+    entry.unlink()
+    make(entry)
+
+def test_1_makes_its_entry_a_directory():
+    _replace_the_entry(lambda path: (path.mkdir(), (path / "x").write_text("")))
+
+def test_2_a_child_given_production_s_settings_alone():
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    done = subprocess.run(
+        ["setsid", sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    print("CHILD", done.returncode, done.stdout, done.stderr)
+
+def test_3_makes_its_entry_a_fifo():
+    _replace_the_entry(os.mkfifo)
+
+test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_production_s_settings_alone
+"""
+
+
+def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # A directory at the run's entry name: the check after the test saw the change, but the
+    # rename of a new entry cannot replace a directory ("it cannot be put back: Is a
+    # directory"), so for the rest of the run every process it started found no entry to
+    # read: under a runner script, a child given production's settings alone purged
+    # production. A FIFO there made every reader (the run's own check, each child) wait for
+    # ever. Both are now removed and the entry written again, naming what was there.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    helper = HELPER.replace("test_hide.py", "test_replace.py")
+    files = {"ci.py": RUNNER, "helper.py": helper, "test_replace.py": REPLACES_THE_ENTRY}
+    for name, text in files.items():
+        (project / name).write_text(text)
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
+    env = {k: v for k, v in env.items() if not k.startswith("PYTEST_APP")}
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "ci.py"],
+        cwd=project, env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert output.count("CHILD 78 ") == 2, output
+    for test, kind in (("test_1_makes_its_entry_a_directory", "a directory"),
+                       ("test_3_makes_its_entry_a_fifo", "a FIFO")):  # fmt: skip
+        assert (
+            f"app: after test_replace.py::{test}, this run's entry in {sandboxing.RUNS_DIR} "
+            f"was replaced by {kind}, which its children cannot read as one; it was put back."
+        ) in output, output
