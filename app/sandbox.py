@@ -421,6 +421,9 @@ def _read_entry(
     data = _entry_data(path) if data is None else data
     if data is None or data.get("starting") or "sandbox" not in data:
         return None
+    sandbox = Path(str(data["sandbox"]))
+    if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
+        return None  # no run makes such a sandbox (a test wrote it): not a run's entry
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     if depth == 0 and data.get("argv") != sys.argv:
         # Unmarked, with a run's entry of its own: the run's process after an exec, or a
@@ -594,7 +597,8 @@ def _walk_tree() -> tuple[Run | None, str | None]:
     bare_argv: list[str] = []
     starting = False
     walked: set[int] = set()
-    for depth, (pid, started) in enumerate(_ancestry()):
+    ancestry = enumerate(_ancestry())
+    for depth, (pid, started) in ancestry:
         walked.add(pid)
         entry = _entry_of(pid, started, seen)
         data = _entry_data(entry) if entry is not None else None
@@ -614,7 +618,7 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                 # has the run's command line: it is the run, not a pytest without the plugin.
                 if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
-                return run, bare
+                return _within_enclosing(run, entry, ancestry, seen), bare
         if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid), pid):
             bare = (
                 f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
@@ -625,6 +629,48 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     return _led_by_a_run(walked, seen), bare
+
+
+def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:
+    """Whether `inner` (a run, or an entry's data) protects every root `outer` does, as a run
+    started inside `outer` does: it inherits them (its plugin adds the enclosing run's)."""
+    if isinstance(inner, Run):
+        kept = {str(item.path) for item in inner.protected}
+    else:
+        items = inner.get("protected", ())
+        kept = {str(item.get("path")) for item in items if isinstance(item, dict)}
+    return {str(item.path) for item in outer.protected} <= kept
+
+
+def _within_enclosing(
+    run: Run,
+    entry: Path,
+    ancestry: Iterator[tuple[int, tuple[int, int]]],
+    seen: dict[Path, set[str]],
+) -> Run:
+    """`run`, the nearest, unless a run further up protects a root it leaves out: then that
+    one, whose rules the nearer entry tried to escape.
+
+    A pytest a test starts inherits its enclosing run's protected roots, so a real run
+    inside another always keeps them. An entry a test wrote itself for a child or a daemon
+    of its own (a sandbox of ``/``, nothing protected) had been taken as that process's run:
+    given production's settings and the opt-in alone, it purged a stopped production root,
+    during the run and after it (red team 39).
+    """
+    for depth, (pid, started) in ancestry:
+        found = _entry_of(pid, started, seen)
+        data = _entry_data(found) if found is not None else None
+        if found is None or data is None or data.get("starting"):
+            continue
+        outer = _read_entry(found, pid, depth, data=data)
+        if outer is not None and not _keeps_roots(run, outer):
+            how = outer.recognised_by.removesuffix(")")
+            run = outer._replace(
+                recognised_by=f"{how}; the entry {entry} of a process between leaves out "
+                "roots that run protects, so it is no run inside it: a test wrote it)"
+            )
+            entry = found
+    return run
 
 
 def proc_hides_processes() -> str | None:
@@ -1472,6 +1518,16 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _a_run_inside(entry: Path, run: Run) -> bool:
+    """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
+    starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
+    for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
+    if not entry.exists():
+        return False
+    data = _entry_data(entry)
+    return data is not None and (bool(data.get("starting")) or _keeps_roots(data, run))
+
+
 def _end_entry() -> None:
     """At exit: hand the run's entry on to the processes that outlive it, and keep it for
     what this process still starts.
@@ -1504,7 +1560,7 @@ def _end_entry() -> None:
             if child in seen or fields is None:
                 continue
             seen.add(child)
-            if (RUNS_DIR / _entry_name(child, fields[1])).exists():
+            if _a_run_inside(RUNS_DIR / _entry_name(child, fields[1]), run):
                 continue
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child)
@@ -1602,7 +1658,17 @@ def register(
     Raises:
         PermissionError: the registry directory may be written by another user.
     """
-    run = Run(sandbox, _proc_self() or os.getpid(), tuple(protected), scratch=scratch)
+    protected = tuple(protected)
+    if replacing is None:
+        # A run started inside another keeps the roots that one protects (the plugin adds
+        # them too): its children are told apart from a test's own entry by them
+        # (`_within_enclosing`).
+        with contextlib.suppress(SandboxViolationError):
+            enclosing = current_run()
+            if enclosing is not None:
+                known = {str(item.path) for item in protected}
+                protected += tuple(p for p in enclosing.protected if str(p.path) not in known)
+    run = Run(sandbox, _proc_self() or os.getpid(), protected, scratch=scratch)
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:
         runs[-1] = run

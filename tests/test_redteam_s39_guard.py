@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from test_redteam_s22_guard import _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
-from test_redteam_s36_guard import _run_beside
+from test_redteam_s36_guard import _run, _run_beside
 from test_server_e2e import app_env, snapshot
 
 from app import sandbox as sandboxing
@@ -347,3 +348,67 @@ def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
             f"app: after test_replace.py::{test}, this run's entry in {sandboxing.RUNS_DIR} "
             f"was replaced by {kind}, which its children cannot read as one; it was put back."
         ) in output, output
+
+
+# --- an entry a test wrote for a process of its own ---------------------------------------
+
+#: Each test starts a daemon given production's settings and the opt-in alone, and writes a
+#: registry entry for it by hand: a sandbox holding production's root, nothing protected.
+#: The first daemon acts during the run, the second after it has ended.
+FORGES_AN_ENTRY = """
+import json, os, subprocess, sys, time
+import pytest
+from app.sandbox import RUNS_DIR, _entry_name, _stat_fields
+
+@pytest.mark.parametrize("sandbox", ["/", os.environ["ABOVE"]])
+@pytest.mark.parametrize("delay", ["0.5", "2"])
+def test_writes_an_entry_for_its_daemon(sandbox, delay):
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env.update(ENV_FOR_DYNACONF="production", PYTEST_APP_ALLOW_PROFILES="production")
+    out = os.path.join(os.environ["OUT"], f"{sandbox.replace('/', '_')}-{delay}")
+    purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {out} 2>&1"
+    daemon = subprocess.Popen(["sh", "-c", f"sleep {delay}; exec {purge}"], env=env,
+                              start_new_session=True)
+    entry = {"pid": daemon.pid, "argv": ["pytest"], "sandbox": sandbox, "protected": []}
+    name = _entry_name(daemon.pid, _stat_fields(daemon.pid)[1])
+    (RUNS_DIR / name).write_text(json.dumps(entry))
+
+def test_waits_for_the_first_daemons():
+    time.sleep(1)
+"""
+
+
+def test_an_entry_a_test_writes_for_its_own_daemon_is_no_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # A test that writes a registry entry by hand for a daemon it starts (a sandbox of `/`,
+    # or one that holds production's root, and nothing protected): the daemon walked to the
+    # nearest entry, its own, and with production's settings and the opt-in alone purged a
+    # stopped production root, during the run and after it (the run hands its entry on only
+    # to a descendant without an entry of its own). A run started inside another keeps the
+    # roots that one protects, so an entry that leaves them out is no run inside it.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_forges.py").write_text(FORGES_AN_ENTRY)
+    out = tmp_path / "out"
+    out.mkdir()
+    before = snapshot(production)
+    code, output = _run(
+        project, settings, "-q", "-p", "no:randomly", ABOVE=str(production.parent), OUT=str(out)
+    )
+    assert code == 0, output
+    deadline = 200  # the late daemons act 2 s after they start: wait for their answers
+    while len(list(out.iterdir())) < 4 or any(f.stat().st_size == 0 for f in out.iterdir()):
+        deadline -= 1
+        assert deadline, sorted(out.iterdir())
+        time.sleep(0.05)
+    answers = {path.name: path.read_text() for path in out.iterdir()}
+    assert snapshot(production) == before, answers
+    for name, said in answers.items():
+        assert "moved" not in said, (name, said)
+        assert "data_root of profile 'production' (from pytest sandbox (configured: " in said, (
+            name,
+            said,
+        )
