@@ -1528,6 +1528,20 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
     return data is not None and (bool(data.get("starting")) or _keeps_roots(data, run))
 
 
+def _also_at_shutdown(hook: Any) -> None:
+    """Run `hook` at interpreter shutdown as well, from where ``concurrent.futures`` runs its
+    own (``threading``'s list, called before ``atexit``'s): a test that empties ``atexit``
+    (``atexit._clear()``, as tests of exit handlers do) took the run's hand-over away, and a
+    daemon it left, acting after the run, purged a stopped root (red team 39). Running the
+    hook twice hands nothing on twice."""
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)  # private, Python 3.9+
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # already shutting down
+            register(hook)
+
+
 def _end_entry() -> None:
     """At exit: hand the run's entry on to the processes that outlive it, and keep it for
     what this process still starts.
@@ -1677,6 +1691,7 @@ def register(
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_end_entry)
+            _also_at_shutdown(_end_entry)
         runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)

@@ -412,3 +412,50 @@ def test_an_entry_a_test_writes_for_its_own_daemon_is_no_run(
             name,
             said,
         )
+
+
+# --- a run whose exit hooks a test emptied --------------------------------------------------
+
+#: A test that empties atexit (as tests of exit handlers do) and leaves a daemon, given
+#: production's settings alone, that acts once the run has ended.
+CLEARS_ATEXIT = """
+import atexit, os, subprocess, sys
+
+def test_empties_atexit_and_leaves_a_daemon():
+    atexit._clear()
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {os.environ['OUT']} 2>&1"
+    subprocess.Popen(["sh", "-c", f"sleep 1.5; exec {purge}"], env=env, start_new_session=True)
+"""
+
+
+def test_a_daemon_left_by_a_test_that_empties_atexit_stays_in_the_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The run hands its entry on to what outlives it from an atexit hook: a test that ran
+    # atexit._clear() took it away, and the daemon it left, re-parented to init once the
+    # run had ended, was outside any run (no command line above it shows pytest either),
+    # and purged a stopped production root. The hand-over now also runs from threading's
+    # shutdown hooks, which Python calls before atexit's.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_atexit.py").write_text(CLEARS_ATEXIT)
+    out = tmp_path / "out.txt"
+    before = snapshot(production)
+    code, output = _run(project, settings, "-q", "-p", "no:randomly", OUT=str(out))
+    assert code == 0, output
+    deadline = 200  # the daemon acts 1.5 s after it starts
+    while not out.exists() or not out.read_text():
+        deadline -= 1
+        assert deadline, output
+        time.sleep(0.05)
+    said = out.read_text()
+    assert snapshot(production) == before, said
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    assert (
+        "(this process belongs to the test run through the process tree (this process, "
+        "started by the test run of pytest pid "
+    ) in said, said
