@@ -459,3 +459,48 @@ def test_a_daemon_left_by_a_test_that_empties_atexit_stays_in_the_run(
         "(this process belongs to the test run through the process tree (this process, "
         "started by the test run of pytest pid "
     ) in said, said
+
+
+# --- a pytest a test runs in its own process, the plugin switched off in it -------------------
+
+NESTED_WITHOUT_THE_PLUGIN = """
+import os
+import pytest
+
+pytest_plugins = ["pytester"]
+INNER = "def test_inner(tmp_path):\\n    pass\\n"
+BASETEMP = "--basetemp=" + os.path.join(os.environ["PRODUCTION"], "sessions")
+
+def test_pytest_main(tmp_path):
+    (tmp_path / "test_inner.py").write_text(INNER)
+    print("MAIN", pytest.main(["-p", "no:app", "-q", BASETEMP, str(tmp_path / "test_inner.py")]))
+
+def test_pytester_in_process(pytester):
+    pytester.makepyfile(test_in_pytester=INNER)
+    result = pytester.runpytest_inprocess("-p", "no:app", BASETEMP)
+    print("PYTESTER", result.ret, result.outlines[-3:])
+"""
+
+
+def test_a_pytest_run_in_a_test_s_process_without_the_plugin_keeps_its_roots(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # pytest.main(["-p", "no:app", "--basetemp=<production>/sessions", ...]) in a test (or
+    # pytester's runpytest_inprocess so) runs no hook of the app's: its pytest emptied the
+    # stopped production root's sessions/ as its first test asked for tmp_path. It runs in
+    # the run's own process, whose run knows the roots it protects: refused now.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_nested.py").write_text(NESTED_WITHOUT_THE_PLUGIN)
+    code, output = _run_beside(
+        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
+    )
+    assert code == 0, output
+    assert "MAIN 1" in output and "PYTESTER 1" in output, output
+    assert (
+        f"UsageError: app: refusing --basetemp {production}/sessions: pytest empties it before "
+        f"the run, and it overlaps the data root of profile 'production (protected by the "
+        f"enclosing test run, pytest pid "
+    ) in output, output

@@ -1105,6 +1105,36 @@ _REGISTRY_FIXES = {
 }
 
 
+def _guard_basetemps_in_this_process() -> None:
+    """Check the ``--basetemp`` of every pytest run this process starts later, the app's
+    plugin switched off in it or not, before pytest empties it.
+
+    A test's ``pytest.main(["-p", "no:app", "--basetemp=<root>/sessions", ...])`` (or
+    pytester's ``runpytest_inprocess`` so) runs no hook of the app's, and its pytest emptied
+    a stopped production root's ``sessions/`` as its first test asked for ``tmp_path`` (red
+    team 39). It runs in this process, though, whose run knows the roots it protects: the
+    class's own ``getbasetemp``, which every run in the process calls before it empties the
+    directory, is wrapped once, and checks it as an inactive run's plugin would, against the
+    roots this process's run protects and what is on disk.
+    """
+    factory = pytest.TempPathFactory
+    if getattr(factory.getbasetemp, "_app_guarded", False):
+        return
+    original = factory.getbasetemp
+
+    def getbasetemp(self: pytest.TempPathFactory) -> Path:
+        __tracebackhide__ = True
+        given = self._given_basetemp  # private: see the pytest bound in pyproject.toml
+        if self._basetemp is None and given is not None:
+            run = sandboxing.current_run() if sandboxing.marked() else None
+            if run is not None:
+                _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
+        return original(self)
+
+    getbasetemp._app_guarded = True  # type: ignore[attr-defined]
+    factory.getbasetemp = getbasetemp  # type: ignore[method-assign]
+
+
 def register(
     sandbox: Path,
     protected: list[sandboxing.Protected] | tuple[sandboxing.Protected, ...],
@@ -1116,6 +1146,7 @@ def register(
     take its entry: running on would leave every process a test starts with a hand-built
     environment (or after the run) outside the run, silently."""
     __tracebackhide__ = True
+    _guard_basetemps_in_this_process()
     try:
         return sandboxing.register(sandbox, protected, replacing=replacing, scratch=scratch)
     except OSError as error:
