@@ -390,6 +390,10 @@ def _entry_name(pid: int, started: int) -> str:
     return f"{pid}-{started}.json"
 
 
+#: The longest entry a reader reads (a run's is a few kB, even with many protected roots).
+_ENTRY_MAX_BYTES: Final = 1 << 20
+
+
 def _entry_bytes(path: Path) -> bytes:
     """An entry's bytes; an OSError for anything but a regular file (followed through a
     link, as ever). A FIFO a test put at an entry's name made every reader wait for ever:
@@ -398,9 +402,12 @@ def _entry_bytes(path: Path) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        chunks = []
+        chunks, size = [], 0
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > _ENTRY_MAX_BYTES:  # no run writes one so long: a test's, to read for ever
+                raise OSError(errno.EFBIG, "longer than a run's entry", str(path))
         return b"".join(chunks)
     finally:
         os.close(fd)
