@@ -504,3 +504,82 @@ def test_a_pytest_run_in_a_test_s_process_without_the_plugin_keeps_its_roots(
         f"the run, and it overlaps the data root of profile 'production (protected by the "
         f"enclosing test run, pytest pid "
     ) in output, output
+
+
+# --- what held ------------------------------------------------------------------------------
+
+RUNS_PYTEST_TWICE = """
+import pytest
+print("FIRST", pytest.main(["-q", "-s", "-p", "no:randomly", "test_twice.py"]))
+print("SECOND", pytest.main(["-q", "-s", "-p", "no:randomly", "test_twice.py"]))
+"""
+TWICE = """
+import os, subprocess, sys
+
+def test_store_and_a_child(app_store, app_config):
+    print("ROOT", app_config.data_root)
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+        env=env, capture_output=True, text=True,
+    )
+    print("CHILD", done.returncode)
+"""
+
+
+def test_a_runner_that_calls_pytest_main_twice_sandboxes_both_runs(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The plugin is imported once; the second run in the process gets its own sandbox,
+    # and a child given production's settings alone is refused in each.
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "runner.py").write_text(RUNS_PYTEST_TWICE)
+    (project / "test_twice.py").write_text(TWICE)
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
+    env = {k: v for k, v in env.items() if not k.startswith("PYTEST_APP")}
+    before = snapshot(production)
+    done = subprocess.run(
+        [sys.executable, "runner.py"], cwd=project, env={**env, "ENV_FOR_DYNACONF": "production"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert snapshot(production) == before, output
+    assert "FIRST 0" in output and "SECOND 0" in output, output
+    assert output.count("CHILD 78") == 2, output
+    roots = [line.split()[1] for line in output.splitlines() if line.startswith("ROOT ")]
+    assert len(roots) == 2 and roots[0] != roots[1], output
+    assert all(root.startswith(str(tmp_path / "tmp")) for root in roots), output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version", "--debug={record}"],
+        ["--help", "--debug={record}"],
+        ["--rootdir={root}", "test_a.py"],
+        ["-c", "{root}/.app-profile.json", "test_a.py"],
+        ["--confcutdir={root}", "--junitxml={record}", "test_a.py"],
+    ],
+    ids=["version", "help", "rootdir", "ini-file", "confcutdir"],
+)
+def test_what_pytest_is_told_to_read_or_write_in_a_root_changes_nothing(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    args: list[str],
+) -> None:
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_a.py").write_text("def test_a(tmp_path):\n    pass\n")
+    record = next(production.glob("sessions/*/session.json"))
+    given = [arg.format(root=production, record=record) for arg in args]
+    code, output = _run_beside(production, project, settings, *given)
+    # Refused (4: by the app, or pytest's own refusal of a JSON "ini" file), or nothing
+    # written (--version and --help, which open --debug only once refused).
+    assert code in {0, 4}, output
+    if code == 4:
+        assert str(production) in output, output
