@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _pytest.tmpdir import get_user
 from project_copy import PROJECT, copy_project_settings
 from side_by_side import INNER_PLUGINS_OFF
 from test_redteam_s22_guard import _own_proc_allowed
@@ -32,7 +33,7 @@ from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run, _run_beside
-from test_server_e2e import app_env, snapshot
+from test_server_e2e import Server, app_env, snapshot
 
 from app import sandbox as sandboxing
 
@@ -583,3 +584,47 @@ def test_what_pytest_is_told_to_read_or_write_in_a_root_changes_nothing(
     assert code in {0, 4}, output
     if code == 4:
         assert str(production) in output, output
+
+
+def test_a_live_root_an_in_process_pytest_without_the_plugin_makes_due_is_kept(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A live server's root in an older numbered directory that the run's start found not
+    # due (pytest-2 of 1 to 4): a test's pytest.main(["-p", "no:app", ...]), in the run's
+    # own process, made pytest-5, and its clean-up at its end deleted pytest-2 with the
+    # live root in it; the run's own keep came later. Kept now, as an inactive run keeps it.
+    numbered = tmp_path / "temproot" / f"pytest-of-{get_user()}"
+    root = numbered / "pytest-2" / "test_failed0" / "data"
+    root.parent.mkdir(parents=True)
+    for n in (1, 3):
+        (numbered / f"pytest-{n}").mkdir()
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as client:
+            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
+        for name in ("APP_DATA_ROOT", "ENV_FOR_DYNACONF", "PYTEST_APP_SANDBOX"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(tmp_path / "temproot"))
+        pytester.makepyfile(
+            """
+            import pytest
+
+            def test_runs_pytest_without_the_plugin(tmp_path):
+                (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\\n    pass\\n")
+                print("MAIN", pytest.main(["-p", "no:app", "-q", str(tmp_path / "test_inner.py")]))
+            """
+        )
+        result = pytester.run(sys.executable, "-mpytest", "-s", "-p", "pytester")
+        output = result.stdout.str() + result.stderr.str()
+        assert result.ret == 0, output
+        assert "MAIN 0" in output, output
+        assert server.process.poll() is None
+        with server.client() as client:
+            assert client.get("/sessions").json()["total"] == 1, output
+        assert (
+            f"app: kept {numbered / 'pytest-2'}: pytest deletes it at the end of this run (it "
+            "keeps only the last 3 of its temporary directories, tmp_path_retention_count), "
+            f"but it holds the data root {root}, held by pid {server.pid}, kind server"
+        ) in output, output
+    finally:
+        server.stop()

@@ -848,7 +848,7 @@ def _retention_keep(config: pytest.Config) -> int:
 
 
 def _keep_held_directories(
-    config: pytest.Config, rootdir: Path, keep: int, alive_after: float, sandbox: Path
+    config: pytest.Config | None, rootdir: Path, keep: int, alive_after: float, sandbox: Path
 ) -> None:
     """Just before pytest's own clean-up at the end of the run: keep each numbered directory
     it would delete that holds a data root a live process holds, or a mount point.
@@ -888,7 +888,7 @@ def _keep_held_directories(
                 "what), and the deletion would go on into it and delete what it holds. "
                 f"Unmount it (umount {mounts[0]}), then delete the directory (rm -rf {old})"
             )
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reporter = config.pluginmanager.get_plugin("terminalreporter") if config else None
     for old, reason in reasons.items():
         lock = old / ".lock"
         try:
@@ -922,6 +922,25 @@ def _fresh_mark(lock: Path) -> None:
     os.close(os.open(lock, flags, 0o644))
 
 
+def _keep_held_directories_after(
+    factory: pytest.TempPathFactory, basetemp: Path, config: pytest.Config | None = None
+) -> None:
+    """Before `factory`'s clean-up of the numbered directories older than `basetemp`, keep
+    each one that holds a live data root or a mount point (`_keep_held_directories`)."""
+    from _pytest.pathlib import LOCK_TIMEOUT
+
+    try:
+        alive_after = basetemp.stat().st_mtime - LOCK_TIMEOUT
+    except OSError:
+        return
+    keep = 0 if factory._retention_policy == "none" else factory._retention_count
+    # The stack runs last in, first out: this runs before pytest's clean-up, registered
+    # when the directory was made.
+    factory._exit_stack.callback(
+        _keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp
+    )
+
+
 def keep_held_directories_inactive(config: pytest.Config) -> None:
     """In a run where the plugin stays inactive (another project's, in this environment):
     keep, as an active run does, each numbered directory pytest is about to delete that holds
@@ -937,22 +956,7 @@ def keep_held_directories_inactive(config: pytest.Config) -> None:
     basetemp = getattr(factory, "_basetemp", None)
     if factory is None or basetemp is None or factory._given_basetemp is not None:
         return
-    from _pytest.pathlib import LOCK_TIMEOUT
-
-    try:
-        alive_after = basetemp.stat().st_mtime - LOCK_TIMEOUT
-    except OSError:
-        return
-    # The stack runs last in, first out: this runs before pytest's clean-up, registered
-    # when the directory was made.
-    factory._exit_stack.callback(
-        _keep_held_directories,
-        config,
-        basetemp.parent,
-        _retention_keep(config),
-        alive_after,
-        basetemp,
-    )
+    _keep_held_directories_after(factory, basetemp, config)
 
 
 def make_sandbox(
@@ -1125,11 +1129,17 @@ def _guard_basetemps_in_this_process() -> None:
     def getbasetemp(self: pytest.TempPathFactory) -> Path:
         __tracebackhide__ = True
         given = self._given_basetemp  # private: see the pytest bound in pyproject.toml
-        if self._basetemp is None and given is not None:
-            run = sandboxing.current_run() if sandboxing.marked() else None
-            if run is not None:
-                _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
-        return original(self)
+        made = self._basetemp is None
+        run = sandboxing.current_run() if made and sandboxing.marked() else None
+        if run is not None and given is not None:
+            _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
+        basetemp = original(self)
+        if run is not None and given is None:
+            # Its numbered directory makes an older one due for pytest's clean-up at its end
+            # (a live server's root there, which this run's own start found not due, was
+            # deleted): keep such a directory, as an inactive run's plugin does.
+            _keep_held_directories_after(self, basetemp)
+        return basetemp
 
     getbasetemp._app_guarded = True  # type: ignore[attr-defined]
     factory.getbasetemp = getbasetemp  # type: ignore[method-assign]
