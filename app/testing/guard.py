@@ -979,6 +979,7 @@ def make_sandbox(
         trace=config.trace.get("tmpdir"),
         _ispytest=True,
     )
+    setattr(factory, _KEEPS, True)
     sandbox = factory.getbasetemp().resolve()
     if not given:
         from _pytest.pathlib import LOCK_TIMEOUT
@@ -1109,6 +1110,10 @@ _REGISTRY_FIXES = {
 }
 
 
+#: Set on a factory whose run's plugin keeps its held directories itself (`make_sandbox`).
+_KEEPS: Final = "_app_keeps_held_directories"
+
+
 def _guard_basetemps_in_this_process() -> None:
     """Check the ``--basetemp`` of every pytest run this process starts later, the app's
     plugin switched off in it or not, before pytest empties it.
@@ -1134,7 +1139,7 @@ def _guard_basetemps_in_this_process() -> None:
         if run is not None and given is not None:
             _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
         basetemp = original(self)
-        if run is not None and given is None:
+        if run is not None and given is None and not getattr(self, _KEEPS, False):
             # Its numbered directory makes an older one due for pytest's clean-up at its end
             # (a live server's root there, which this run's own start found not due, was
             # deleted): keep such a directory, as an inactive run's plugin does.
