@@ -350,26 +350,46 @@ def parent_pid() -> int | None:
 def _ancestry() -> Iterator[tuple[int, int]]:
     """``(pid, start time)`` of this process, then of its parent, and so on up to pid 1,
     numbered as ``/proc`` numbers them."""
+    # Read whole, then again if an ancestor was gone before its turn: a process whose parent
+    # exited (an `sh -c 'cmd & exit'`) is the run's subreaper's child from then on, but a
+    # walk that read the old parent's pid and then found it reaped stopped there, outside
+    # any run (8 walks of 4,000 in a second, red team 39).
+    for _ in range(_REREADS):
+        chain, complete = _chain()
+        if complete:
+            break
+    yield from chain
+
+
+#: How many times the chain of ancestors is read again when one was gone meanwhile.
+_REREADS: Final = 8
+
+
+def _chain() -> tuple[list[tuple[int, int]], bool]:
+    """This process's ancestry as `_ancestry` gives it, and whether it reached its end
+    rather than an ancestor that had exited meanwhile."""
     pid = _proc_self()
     if pid is None:
-        return
+        return [], True
     # Every ancestor, however many: the walk once stopped after 128, and a child a test
     # started at the end of a chain of 130 shells (a recursive build, a tool that nests
     # itself), given a hand-built environment, found no run above it and purged a stopped
     # production root. Only a cycle ends it early (a pid reused while it is read).
+    chain: list[tuple[int, int]] = []
     walked: set[int] = set()
     while pid not in walked:
         walked.add(pid)
         fields = _stat_fields(pid)
         if fields is None:
-            return
+            return chain, not chain  # without /proc (nothing read yet), or one is gone
         parent, started = fields
-        yield pid, started
+        chain.append((pid, started))
         # Pid 1 is read too: in a container, pytest is often pid 1 (`docker run image
         # pytest`), and its children were not part of its run. Its parent is 0.
         if parent <= 0:
-            return
+            break
         pid = parent
+    return chain, True
 
 
 def _runs_dir_trusted(directory: Path, uid: int) -> bool:

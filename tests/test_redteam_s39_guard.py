@@ -628,3 +628,31 @@ def test_a_live_root_an_in_process_pytest_without_the_plugin_makes_due_is_kept(
         ) in output, output
     finally:
         server.stop()
+
+
+# --- a parent that exits while its child walks its ancestors ---------------------------------
+
+
+def test_an_ancestor_reaped_while_the_walk_reads_it_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `sh -c 'python -m app ... & exit'`: the shell exits as its child starts, and the child
+    # becomes the run's subreaper's child. A walk that had read the shell's pid as its parent
+    # and then found it reaped stopped there, outside any run: measured, 8 of 4,019 walks
+    # made in a loop by such children (20 of them, a second each) said no run. Here the
+    # reaping is timed exactly: the parent's entry in /proc is gone the first time it is read.
+    full = list(sandboxing._ancestry())
+    assert len(full) > 1
+    parent = full[1][0]
+    real = sandboxing._stat_fields
+    reaped = [parent]
+
+    def read(pid: int) -> tuple[int, int] | None:
+        if pid in reaped:
+            reaped.remove(pid)
+            return None
+        return real(pid)
+
+    monkeypatch.setattr(sandboxing, "_stat_fields", read)
+    assert list(sandboxing._ancestry()) == full
+    assert not reaped
