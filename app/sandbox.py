@@ -574,7 +574,9 @@ def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None
     try:
         owner = (_PROC / str(pid)).stat().st_uid
     except OSError:
-        return None
+        # Gone since the chain was read (a run that has just ended and been reaped): its
+        # entry, named by its start time too, is still there and still names it.
+        owner = os.getuid()
     for uid in dict.fromkeys((owner, os.getuid())):
         found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
         entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
