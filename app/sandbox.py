@@ -1828,16 +1828,43 @@ def _hidden_from_children(found: os.stat_result, entry: Path) -> str | None:
             f"the registry {RUNS_DIR} was made unreadable to the processes the run starts "
             f"({stat.filemode(found.st_mode)})"
         )
+    if _drop_acl(RUNS_DIR):
+        return (
+            f"the registry {RUNS_DIR} was given an access control list, which can hide it "
+            "from the processes the run starts as another user (now removed)"
+        )
     try:
         mode = entry.lstat().st_mode
     except OSError:
         return None  # gone: said as such by the caller
     if mode & _ENTRY_READ_BY_ALL != _ENTRY_READ_BY_ALL:
-        return (
-            f"this run's entry in {RUNS_DIR} was made unreadable to the processes the run "
-            f"starts ({stat.filemode(mode)})"
-        )
-    return None
+        how = stat.filemode(mode)
+    elif _drop_acl(entry):
+        how = "an access control list"
+    else:
+        return None
+    return (
+        f"this run's entry in {RUNS_DIR} was made unreadable to the processes the run "
+        f"starts ({how})"
+    )
+
+
+#: Where Linux keeps POSIX access control lists (a directory's default one is given to
+#: every file made in it): either can deny a user what the mode shows.
+_ACLS: Final = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _drop_acl(path: Path) -> bool:
+    """Remove the access control lists a test put on `path` (`setfacl -m u:app:---`, or
+    ``os.setxattr``): the mode still said readable by all, and a child the run started as
+    that user could not list the registry (red team 39). Whether there was one."""
+    try:
+        found = [name for name in os.listxattr(path, follow_symlinks=False) if name in _ACLS]
+        for name in found:
+            os.removexattr(path, name, follow_symlinks=False)
+    except OSError:  # no extended attributes here, or not ours to change
+        return False
+    return bool(found)
 
 
 def _remove_planted_registry(found: os.stat_result) -> str:

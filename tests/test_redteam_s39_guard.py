@@ -656,3 +656,94 @@ def test_an_ancestor_reaped_while_the_walk_reads_it_is_read_again(
     monkeypatch.setattr(sandboxing, "_stat_fields", read)
     assert list(sandboxing._ancestry()) == full
     assert not reaped
+
+
+DENIES_A_USER_THE_REGISTRY = """
+import os, struct, subprocess
+from app.sandbox import RUNS_DIR
+
+ANY = 0xFFFFFFFF
+
+def test_1_denies_the_service_user_the_registry():
+    # setfacl -m u:65534:--- on the registry: the mode still says 0755.
+    entries = [(0x01, 7, ANY), (0x02, 0, 65534), (0x04, 5, ANY), (0x10, 5, ANY), (0x20, 5, ANY)]
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    os.setxattr(RUNS_DIR, "system.posix_acl_access", acl)
+
+def test_2_a_child_as_the_service_user_given_production_s_settings_alone():
+    env = {name: os.environ[name] for name in ("PATH", "PYTHONPATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         os.environ["NOBODY_PYTHON"], "-m", "app", "data", "purge", "--yes-i-mean-it"],
+        env=env, capture_output=True, text=True, cwd="/",
+    )
+    print("CHILD", done.returncode, done.stdout, done.stderr)
+"""
+#: In a PID namespace of its own (outside this suite's run) and a mount namespace whose
+#: registry is a tmpfs of its own (the machine's is shared), the work directory mounted
+#: where user 65534 can reach it, then the runner, as root.
+PRIVATE_REGISTRY = """
+mount -t tmpfs -o mode=0755 tmpfs "$3" || exit 9
+mount --bind "$1" "$2" || exit 9
+cd "$2/project" || exit 9
+shift 3
+exec "$@"
+"""
+
+
+def test_an_access_control_list_a_test_put_on_the_registry_is_removed(
+    tmp_path: Path,
+) -> None:
+    # A run as root (a CI container); a test denies the service's user the registry with
+    # an access control list (the mode still says 0755, so the check after it saw nothing),
+    # and a later test's child, run as that user (as a test of the service's permissions
+    # does) with production's settings alone, could not list it: outside the run, under a
+    # runner script, it purged the production root that user owns.
+    if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "unshare", "mount"))):
+        pytest.skip("needs root, setpriv, unshare and mount")
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare --pid --mount-proc")
+    path = os.pathsep.join([str(PROJECT), sysconfig.get_paths()["purelib"]])
+    python = _python_for_nobody(path)
+    if python is None:
+        pytest.skip("no interpreter here that user 65534 can run with the app")
+    work = tmp_path / "work"
+    settings = copy_project_settings(work / "settings")
+    production = settings / "data" / "production"
+    subprocess.run(
+        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
+    )
+    project = work / "project"
+    project.mkdir()
+    helper = HELPER.replace("test_hide.py", "test_acl.py")
+    files = {"ci.py": RUNNER, "helper.py": helper, "test_acl.py": DENIES_A_USER_THE_REGISTRY}
+    for name, text in files.items():
+        (project / name).write_text(text)
+    subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
+    before = snapshot(production)
+    seen = Path(tempfile.mkdtemp(prefix="app-rt39-", dir="/tmp"))  # a mount point, empty
+    seen.chmod(0o755)
+    inner = {
+        "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen), "TMPDIR": str(seen),
+        "APP_SETTINGS_DIR": str(seen / "settings"), "PYTEST_ADDOPTS": INNER_PLUGINS_OFF,
+        "NOBODY_PYTHON": python,
+    }  # fmt: skip
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+             "--mount-proc", "sh", "-c", PRIVATE_REGISTRY, "sh", str(work), str(seen),
+             str(sandboxing.RUNS_DIR), "env", "-i",
+             *(f"{k}={v}" for k, v in inner.items()), sys.executable, "ci.py"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        seen.rmdir()
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert "CHILD 78 " in output, output
+    assert (
+        f"app: after test_acl.py::test_1_denies_the_service_user_the_registry, the registry "
+        f"{sandboxing.RUNS_DIR} was given an access control list, which can hide it from the "
+        "processes the run starts as another user (now removed); it was put back."
+    ) in output, output
