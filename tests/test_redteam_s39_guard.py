@@ -1,15 +1,24 @@
 """Red team 39 on the guard: what a test and its children may reach.
 
 Each case is real: pytest runs in a subprocess next to a stopped production root named by the
-settings (and, by hand, next to live production and development servers).
+settings (and, by hand, next to live production and development servers and a stopped root of
+another profile). What broke, each now refused or held:
 
-What broke:
-
-- a child at the end of a long chain of processes. The walk up the process tree stopped
-  after 128 ancestors, so a child a test started at the end of a chain of 130 shells (a
-  recursive build, a tool that nests itself), on a session of its own and given a hand-built
-  environment, found no run above it and purged a stopped production root. Every ancestor
-  is read now.
+- the process tree, read too little: a child at the end of a chain of 130 processes (the walk
+  stopped after 128 ancestors); a child whose parent was reaped while it walked (the walk
+  stopped there); each found no run and, given a hand-built environment, loaded production;
+- the registry a run's children read, changed by a test beyond what the check after each test
+  saw: made unreadable to them (`chmod`, an access control list), its entry replaced by a
+  directory (which could not be put back) or a FIFO (every reader waited for ever), or an
+  entry written by hand for a daemon of the test's own (a sandbox holding production's root):
+  the processes later tests started were outside the run, and purged a stopped production
+  root;
+- the run's hand-over to what outlives it, taken away by a test that emptied `atexit`;
+- a pytest a test runs in its own process with the plugin switched off, which emptied a
+  production root given as its `--basetemp`, or made an older numbered directory holding a
+  live root due for its clean-up;
+- refusals that named the wrong cause: `TMPDIR` for a `PYTEST_DEBUG_TEMPROOT`, an `exec` for a
+  subinterpreter.
 """
 
 from __future__ import annotations
