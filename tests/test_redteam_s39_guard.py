@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _pytest.tmpdir import get_user
 from project_copy import PROJECT, copy_project_settings
 from side_by_side import INNER_PLUGINS_OFF
 from test_redteam_s22_guard import _own_proc_allowed
+from test_redteam_s23_guard import _shell_without_the_run, numbered_with_a_failed_test_s_root
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
@@ -45,6 +45,26 @@ from test_redteam_s36_guard import _run, _run_beside
 from test_server_e2e import Server, app_env, snapshot
 
 from app import sandbox as sandboxing
+
+
+def _project(tmp_path: Path, **files: str) -> Path:
+    """A project directory in `tmp_path` holding `files` (name without ``.py``: text)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name, text in files.items():
+        (project / f"{name}.py").write_text(text)
+    return project
+
+
+def _answers(out: Path, count: int) -> dict[str, str]:
+    """What `count` daemons wrote into `out` (a directory, or one file), once each has."""
+    for _ in range(400):  # a daemon acts up to 2 s after the run has ended
+        found = list(out.iterdir()) if out.is_dir() else [out] * out.exists()
+        if len(found) >= count and all(path.stat().st_size for path in found):
+            return {path.name: path.read_text() for path in found}
+        time.sleep(0.05)
+    raise AssertionError(f"no answer from the daemons in {out}")
+
 
 #: A chain of `$1` shells, each waiting for the next; the last, on a session of its own
 #: (so that no run leads it), runs the app with production's settings alone.
@@ -74,10 +94,8 @@ def test_a_child_at_the_end_of_a_long_chain_of_processes_is_still_in_the_run(
     # shells, on a session of its own (no run leads it) and with production's settings as
     # its whole environment, it was outside every run and purged production.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
+    project = _project(tmp_path, test_deep=DEEP_CHILD_TEST)
     (project / "chain.sh").write_text(DEEP_CHAIN)
-    (project / "test_deep.py").write_text(DEEP_CHILD_TEST)
     code, output = _run_beside(production, project, settings, "-s", "-q")
     assert code == 0, output
     assert (
@@ -96,9 +114,7 @@ def test_a_pytest_debug_temproot_in_a_data_root_is_named_as_what_to_change(
     # its runs). Refused, but told that "TMPDIR is <production>/sessions" and to point
     # TMPDIR elsewhere: TMPDIR named another directory, and changing it changed nothing.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_a.py").write_text("def test_a():\n    pass\n")
+    project = _project(tmp_path, test_a="def test_a():\n    pass\n")
     temproot = production / "sessions"
     code, output = _run_beside(production, project, settings, PYTEST_DEBUG_TEMPROOT=str(temproot))
     assert code == 4, output
@@ -149,9 +165,7 @@ def test_a_subinterpreter_is_refused_naming_it_not_an_exec(
     ):
         pytest.skip("this Python has no subinterpreters")
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_sub.py").write_text(SUBINTERPRETER_TEST)
+    project = _project(tmp_path, test_sub=SUBINTERPRETER_TEST)
     code, output = _run_beside(production, project, settings, "-s", "-q")
     assert code == 0, output
     assert "LOADED" not in output, output
@@ -176,7 +190,7 @@ NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 RUNNER = "import helper\nhelper.go()\n"
 HELPER = (
     "import sys\n\ndef go():\n    import pytest\n"
-    "    sys.exit(pytest.main(['-q', '-s', '-p', 'no:cacheprovider', 'test_hide.py']))\n"
+    "    sys.exit(pytest.main(['-q', '-s', '-p', 'no:cacheprovider', 'test_case.py']))\n"
 )
 HIDES_THE_REGISTRY = """
 import os, subprocess, sys
@@ -204,7 +218,7 @@ test_4_a_child_given_production_s_settings_alone = test_2_a_child_given_producti
 AS_NOBODY_OUTSIDE = """
 mount --bind "$1" "$2" || exit 9
 cd "$2/project" || exit 9
-shift 2
+shift 3
 exec "$@"
 """
 
@@ -227,15 +241,14 @@ def _python_for_nobody(path: str) -> str | None:
     return None
 
 
-def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
-    tmp_path: Path,
-) -> None:
-    # A test's `chmod 0311` of the registry (or `chmod 0200` of its run's entry): still the
-    # user's own, written by no one else, so trusted, and the run's own process reached its
-    # entry through the search bit, so the check after the test saw nothing wrong. The
-    # processes later tests started could not list it or read the entry: outside the run,
-    # a child given production's settings alone, under a runner script, purged production.
-    # Run as user 65534, whom file modes bind (root reads any directory).
+def _outside_as_nobody(
+    tmp_path: Path, tests: str, script: str, *, inner_user: tuple[str, ...] = NOBODY
+) -> tuple[str, Path, dict[str, str]]:
+    """Run `tests` (a module ``test_case.py``) with a runner script (`RUNNER`: no command
+    line shows pytest), in a PID namespace of its own (outside this suite's run), by `script`
+    (given the work directory, an empty mount point where user 65534 can reach it, and
+    the registry's path, then the command): its output, production's root and its snapshot
+    before. Skipped where user 65534 cannot run the app here."""
     if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "setsid", "unshare"))):
         pytest.skip("needs root, setpriv and unshare, to run as a user whom file modes bind")
     if not _own_proc_allowed():
@@ -252,11 +265,7 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
     )
     project = work / "project"
     project.mkdir()
-    for name, text in (
-        ("ci.py", RUNNER),
-        ("helper.py", HELPER),
-        ("test_hide.py", HIDES_THE_REGISTRY),
-    ):
+    for name, text in (("ci.py", RUNNER), ("helper.py", HELPER), ("test_case.py", tests)):
         (project / name).write_text(text)
     subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
     before = snapshot(production)
@@ -267,19 +276,34 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
     inner = {
         "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen), "TMPDIR": str(seen),
         "APP_SETTINGS_DIR": str(seen / "settings"), "PYTEST_ADDOPTS": INNER_PLUGINS_OFF,
+        "NOBODY_PYTHON": python,
     }  # fmt: skip
+    runner = sys.executable if not inner_user else python
     try:
         done = subprocess.run(
-            ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", AS_NOBODY_OUTSIDE, "sh",
-             str(work), str(seen), *NOBODY, "env", "-i",
-             *(f"{k}={v}" for k, v in inner.items()), python, "ci.py"],
+            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+             "--mount-proc", "sh", "-c", script, "sh", str(work), str(seen),
+             str(sandboxing.RUNS_DIR), *inner_user, "env", "-i",
+             *(f"{k}={v}" for k, v in inner.items()), runner, "ci.py"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
     finally:
         seen.rmdir()
         if made_registry:
             shutil.rmtree(registry, ignore_errors=True)
-    output = " ".join((done.stdout + done.stderr).split())
+    return " ".join((done.stdout + done.stderr).split()), production, before
+
+
+def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
+    tmp_path: Path,
+) -> None:
+    # A test's `chmod 0311` of the registry (or `chmod 0200` of its run's entry): still the
+    # user's own, written by no one else, so trusted, and the run's own process reached its
+    # entry through the search bit, so the check after the test saw nothing wrong. The
+    # processes later tests started could not list it or read the entry: outside the run,
+    # a child given production's settings alone, under a runner script, purged production.
+    # Run as user 65534, whom file modes bind (root reads any directory).
+    output, production, before = _outside_as_nobody(tmp_path, HIDES_THE_REGISTRY, AS_NOBODY_OUTSIDE)
     assert snapshot(production) == before, output
     assert output.count("CHILD 78 ") == 2, output
     for test, what in (
@@ -287,7 +311,7 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
         ("test_3_hides_its_entry", "this run's entry in /tmp/app-pytest-runs-65534"),
     ):
         assert (
-            f"app: after test_hide.py::{test}, {what} was made unreadable to the processes "
+            f"app: after test_case.py::{test}, {what} was made unreadable to the processes "
             "the run starts ("
         ) in output, output
     assert (
@@ -336,12 +360,7 @@ def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
     # production. A FIFO there made every reader (the run's own check, each child) wait for
     # ever. Both are now removed and the entry written again, naming what was there.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    helper = HELPER.replace("test_hide.py", "test_replace.py")
-    files = {"ci.py": RUNNER, "helper.py": helper, "test_replace.py": REPLACES_THE_ENTRY}
-    for name, text in files.items():
-        (project / name).write_text(text)
+    project = _project(tmp_path, ci=RUNNER, helper=HELPER, test_case=REPLACES_THE_ENTRY)
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
     env = {k: v for k, v in env.items() if not k.startswith("PYTEST_APP")}
     before = snapshot(production)
@@ -355,7 +374,7 @@ def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
     for test, kind in (("test_1_makes_its_entry_a_directory", "a directory"),
                        ("test_3_makes_its_entry_a_fifo", "a FIFO")):  # fmt: skip
         assert (
-            f"app: after test_replace.py::{test}, this run's entry in {sandboxing.RUNS_DIR} "
+            f"app: after test_case.py::{test}, this run's entry in {sandboxing.RUNS_DIR} "
             f"was replaced by {kind}, which its children cannot read as one; it was put back."
         ) in output, output
 
@@ -399,9 +418,7 @@ def test_an_entry_a_test_writes_for_its_own_daemon_is_no_run(
     # to a descendant without an entry of its own). A run started inside another keeps the
     # roots that one protects, so an entry that leaves them out is no run inside it.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_forges.py").write_text(FORGES_AN_ENTRY)
+    project = _project(tmp_path, test_forges=FORGES_AN_ENTRY)
     out = tmp_path / "out"
     out.mkdir()
     before = snapshot(production)
@@ -409,12 +426,7 @@ def test_an_entry_a_test_writes_for_its_own_daemon_is_no_run(
         project, settings, "-q", "-p", "no:randomly", ABOVE=str(production.parent), OUT=str(out)
     )
     assert code == 0, output
-    deadline = 200  # the late daemons act 2 s after they start: wait for their answers
-    while len(list(out.iterdir())) < 4 or any(f.stat().st_size == 0 for f in out.iterdir()):
-        deadline -= 1
-        assert deadline, sorted(out.iterdir())
-        time.sleep(0.05)
-    answers = {path.name: path.read_text() for path in out.iterdir()}
+    answers = _answers(out, 4)
     assert snapshot(production) == before, answers
     for name, said in answers.items():
         assert "moved" not in said, (name, said)
@@ -450,19 +462,12 @@ def test_a_daemon_left_by_a_test_that_empties_atexit_stays_in_the_run(
     # and purged a stopped production root. The hand-over now also runs from threading's
     # shutdown hooks, which Python calls before atexit's.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_atexit.py").write_text(CLEARS_ATEXIT)
+    project = _project(tmp_path, test_atexit=CLEARS_ATEXIT)
     out = tmp_path / "out.txt"
     before = snapshot(production)
     code, output = _run(project, settings, "-q", "-p", "no:randomly", OUT=str(out))
     assert code == 0, output
-    deadline = 200  # the daemon acts 1.5 s after it starts
-    while not out.exists() or not out.read_text():
-        deadline -= 1
-        assert deadline, output
-        time.sleep(0.05)
-    said = out.read_text()
+    said = _answers(out, 1)[out.name]
     assert snapshot(production) == before, said
     assert said.startswith("error: refused under pytest (sandbox: "), said
     assert (
@@ -501,9 +506,7 @@ def test_a_pytest_run_in_a_test_s_process_without_the_plugin_keeps_its_roots(
     # stopped production root's sessions/ as its first test asked for tmp_path. It runs in
     # the run's own process, whose run knows the roots it protects: refused now.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_nested.py").write_text(NESTED_WITHOUT_THE_PLUGIN)
+    project = _project(tmp_path, test_nested=NESTED_WITHOUT_THE_PLUGIN)
     code, output = _run_beside(
         production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
     )
@@ -545,10 +548,7 @@ def test_a_runner_that_calls_pytest_main_twice_sandboxes_both_runs(
     # The plugin is imported once; the second run in the process gets its own sandbox,
     # and a child given production's settings alone is refused in each.
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "runner.py").write_text(RUNS_PYTEST_TWICE)
-    (project / "test_twice.py").write_text(TWICE)
+    project = _project(tmp_path, runner=RUNS_PYTEST_TWICE, test_twice=TWICE)
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path))
     env = {k: v for k, v in env.items() if not k.startswith("PYTEST_APP")}
     before = snapshot(production)
@@ -582,9 +582,7 @@ def test_what_pytest_is_told_to_read_or_write_in_a_root_changes_nothing(
     args: list[str],
 ) -> None:
     settings, production = stopped
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_a.py").write_text("def test_a(tmp_path):\n    pass\n")
+    project = _project(tmp_path, test_a="def test_a(tmp_path):\n    pass\n")
     record = next(production.glob("sessions/*/session.json"))
     given = [arg.format(root=production, record=record) for arg in args]
     code, output = _run_beside(production, project, settings, *given)
@@ -602,18 +600,12 @@ def test_a_live_root_an_in_process_pytest_without_the_plugin_makes_due_is_kept(
     # due (pytest-2 of 1 to 4): a test's pytest.main(["-p", "no:app", ...]), in the run's
     # own process, made pytest-5, and its clean-up at its end deleted pytest-2 with the
     # live root in it; the run's own keep came later. Kept now, as an inactive run keeps it.
-    numbered = tmp_path / "temproot" / f"pytest-of-{get_user()}"
-    root = numbered / "pytest-2" / "test_failed0" / "data"
-    root.parent.mkdir(parents=True)
-    for n in (1, 3):
-        (numbered / f"pytest-{n}").mkdir()
+    numbered, root = numbered_with_a_failed_test_s_root(tmp_path / "temproot")
     server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     try:
         with server.client() as client:
             assert client.post("/sessions", json={"title": "kept"}).status_code == 201
-        for name in ("APP_DATA_ROOT", "ENV_FOR_DYNACONF", "PYTEST_APP_SANDBOX"):
-            monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(tmp_path / "temproot"))
+        _shell_without_the_run(monkeypatch, tmp_path / "temproot")
         pytester.makepyfile(
             """
             import pytest
@@ -708,51 +700,15 @@ def test_an_access_control_list_a_test_put_on_the_registry_is_removed(
     # an access control list (the mode still says 0755, so the check after it saw nothing),
     # and a later test's child, run as that user (as a test of the service's permissions
     # does) with production's settings alone, could not list it: outside the run, under a
-    # runner script, it purged the production root that user owns.
-    if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "unshare", "mount"))):
-        pytest.skip("needs root, setpriv, unshare and mount")
-    if not _own_proc_allowed():
-        pytest.skip("needs unshare --pid --mount-proc")
-    path = os.pathsep.join([str(PROJECT), sysconfig.get_paths()["purelib"]])
-    python = _python_for_nobody(path)
-    if python is None:
-        pytest.skip("no interpreter here that user 65534 can run with the app")
-    work = tmp_path / "work"
-    settings = copy_project_settings(work / "settings")
-    production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
+    # runner script, it purged the production root that user owns. The registry here is a
+    # tmpfs of the inner run's own (the machine's is shared).
+    output, production, before = _outside_as_nobody(
+        tmp_path, DENIES_A_USER_THE_REGISTRY, PRIVATE_REGISTRY, inner_user=()
     )
-    project = work / "project"
-    project.mkdir()
-    helper = HELPER.replace("test_hide.py", "test_acl.py")
-    files = {"ci.py": RUNNER, "helper.py": helper, "test_acl.py": DENIES_A_USER_THE_REGISTRY}
-    for name, text in files.items():
-        (project / name).write_text(text)
-    subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
-    before = snapshot(production)
-    seen = Path(tempfile.mkdtemp(prefix="app-rt39-", dir="/tmp"))  # a mount point, empty
-    seen.chmod(0o755)
-    inner = {
-        "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen), "TMPDIR": str(seen),
-        "APP_SETTINGS_DIR": str(seen / "settings"), "PYTEST_ADDOPTS": INNER_PLUGINS_OFF,
-        "NOBODY_PYTHON": python,
-    }  # fmt: skip
-    try:
-        done = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-             "--mount-proc", "sh", "-c", PRIVATE_REGISTRY, "sh", str(work), str(seen),
-             str(sandboxing.RUNS_DIR), "env", "-i",
-             *(f"{k}={v}" for k, v in inner.items()), sys.executable, "ci.py"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-    finally:
-        seen.rmdir()
-    output = " ".join((done.stdout + done.stderr).split())
     assert snapshot(production) == before, output
     assert "CHILD 78 " in output, output
     assert (
-        f"app: after test_acl.py::test_1_denies_the_service_user_the_registry, the registry "
+        f"app: after test_case.py::test_1_denies_the_service_user_the_registry, the registry "
         f"{sandboxing.RUNS_DIR} was given an access control list, which can hide it from the "
         "processes the run starts as another user (now removed); it was put back."
     ) in output, output
