@@ -471,10 +471,16 @@ def _read_entry(
     if isinstance(ended, int):
         who = "this process" if depth == 0 else f"an ancestor process, pid {pid}"
         how = f"{who}, started by the test run of pytest pid {ended}, which has ended"
+    try:
+        protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
+        # its children once stopped at it with a bare traceback (red team 39).
+        return None
     return Run(
-        Path(data["sandbox"]),
+        sandbox,
         pid,
-        tuple(Protected.from_dict(item) for item in data.get("protected", ())),
+        protected,
         f"the process tree ({how}, registered in {path.parent})",
         scratch=_scratch_suffix(data.get("scratch")),
         ended=ended if isinstance(ended, int) else None,

@@ -389,7 +389,7 @@ import json, os, subprocess, sys, time
 import pytest
 from app.sandbox import RUNS_DIR, _entry_name, _stat_fields
 
-@pytest.mark.parametrize("sandbox", ["/", os.environ["ABOVE"]])
+@pytest.mark.parametrize("sandbox", ["/", os.environ["ABOVE"], "malformed"])
 @pytest.mark.parametrize("delay", ["0.5", "2"])
 def test_writes_an_entry_for_its_daemon(sandbox, delay):
     env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
@@ -399,6 +399,8 @@ def test_writes_an_entry_for_its_daemon(sandbox, delay):
     daemon = subprocess.Popen(["sh", "-c", f"sleep {delay}; exec {purge}"], env=env,
                               start_new_session=True)
     entry = {"pid": daemon.pid, "argv": ["pytest"], "sandbox": sandbox, "protected": []}
+    if sandbox == "malformed":  # not as a run writes one: its readers stopped in a traceback
+        entry.update(sandbox=os.environ["ABOVE"], protected="abc")
     name = _entry_name(daemon.pid, _stat_fields(daemon.pid)[1])
     (RUNS_DIR / name).write_text(json.dumps(entry))
 
@@ -426,7 +428,7 @@ def test_an_entry_a_test_writes_for_its_own_daemon_is_no_run(
         project, settings, "-q", "-p", "no:randomly", ABOVE=str(production.parent), OUT=str(out)
     )
     assert code == 0, output
-    answers = _answers(out, 4)
+    answers = _answers(out, 6)
     assert snapshot(production) == before, answers
     for name, said in answers.items():
         assert "moved" not in said, (name, said)
