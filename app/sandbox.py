@@ -683,14 +683,18 @@ def _within_enclosing(
     ancestry: Iterator[tuple[int, tuple[int, int]]],
     seen: dict[Path, set[str]],
 ) -> Run:
-    """`run`, the nearest, unless a run further up protects a root it leaves out: then that
-    one, whose rules the nearer entry tried to escape.
+    """`run`, the nearest, bound also by each run further up that protects a root it leaves
+    out: the roots either protects, and the narrower sandbox where one holds the other.
 
     A pytest a test starts inherits its enclosing run's protected roots, so a real run
-    inside another always keeps them. An entry a test wrote itself for a child or a daemon
-    of its own (a sandbox of ``/``, nothing protected) had been taken as that process's run:
-    given production's settings and the opt-in alone, it purged a stopped production root,
-    during the run and after it (red team 39).
+    inside another always keeps them, and nothing changes. An entry a test wrote itself for
+    a child or a daemon of its own (a sandbox of ``/``, nothing protected) had been taken as
+    that process's run: given production's settings and the opt-in alone, it purged a
+    stopped production root, during the run and after it (red team 39). Which of two such
+    entries a test wrote cannot be told, so neither may widen what the other allows: a
+    first version of this check took the entry further up instead, and one a test wrote
+    for the shell above pytest (a sandbox holding every root, one made-up root protected)
+    then freed the run's children.
     """
     for depth, (pid, started) in ancestry:
         found = _entry_of(pid, started, seen)
@@ -698,13 +702,19 @@ def _within_enclosing(
         if found is None or data is None or data.get("starting"):
             continue
         outer = _read_entry(found, pid, depth, data=data)
-        if outer is not None and not _keeps_roots(run, outer):
-            how = outer.recognised_by.removesuffix(")")
-            run = outer._replace(
-                recognised_by=f"{how}; the entry {entry} of a process between leaves out "
-                "roots that run protects, so it is no run inside it: a test wrote it)"
-            )
-            entry = found
+        if outer is None or _keeps_roots(run, outer):
+            continue
+        kept = {str(item.path) for item in run.protected}
+        protected = run.protected + tuple(p for p in outer.protected if str(p.path) not in kept)
+        # The narrower where one holds the other; else the nearer one's.
+        sandbox = outer.sandbox if outer.sandbox.is_relative_to(run.sandbox) else run.sandbox
+        how = run.recognised_by.removesuffix(")")
+        run = run._replace(
+            sandbox=sandbox,
+            protected=protected,
+            recognised_by=f"{how}; the entry {found} of a run further up protects a root "
+            f"that {entry} leaves out, so a test wrote one of them, and both bind)",
+        )
     return run
 
 

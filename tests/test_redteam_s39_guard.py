@@ -431,11 +431,14 @@ def test_an_entry_a_test_writes_for_its_own_daemon_is_no_run(
     answers = _answers(out, 6)
     assert snapshot(production) == before, answers
     for name, said in answers.items():
+        # Mapped into the run's sandbox (where it does not exist), or refused as a root the
+        # run protects: never production's own.
         assert "moved" not in said, (name, said)
-        assert "data_root of profile 'production' (from pytest sandbox (configured: " in said, (
-            name,
-            said,
-        )
+        assert said.startswith("error: "), (name, said)
+        assert (
+            "data_root of profile 'production' (from pytest sandbox (configured: " in said
+            or "refused under pytest (sandbox: " in said
+        ), (name, said)
 
 
 # --- a run whose exit hooks a test emptied --------------------------------------------------
@@ -714,3 +717,50 @@ def test_an_access_control_list_a_test_put_on_the_registry_is_removed(
         f"{sandboxing.RUNS_DIR} was given an access control list, which can hide it from the "
         "processes the run starts as another user (now removed); it was put back."
     ) in output, output
+
+
+#: A test that writes an entry by hand for the shell that started its pytest (above the
+#: run): a sandbox holding every root, one made-up root protected.
+FORGES_AN_ENTRY_ABOVE = """
+import json, os, subprocess, sys
+from app.sandbox import RUNS_DIR, _entry_name, _stat_fields
+
+def test_writes_an_entry_for_the_shell_above_its_run():
+    shell = os.getppid()
+    entry = {"pid": shell, "argv": ["sh"], "sandbox": os.environ["ABOVE"],
+             "protected": [{"profile": "made-up", "path": "/nonexistent"}]}
+    (RUNS_DIR / _entry_name(shell, _stat_fields(shell)[1])).write_text(json.dumps(entry))
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env.update(ENV_FOR_DYNACONF="production", PYTEST_APP_ALLOW_PROFILES="production")
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+        env=env, capture_output=True, text=True,
+    )
+    print("CHILD", done.returncode, done.stdout, done.stderr)
+"""
+
+
+def test_an_entry_a_test_writes_for_a_process_above_its_run_changes_nothing(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Found in this red team's own first fix for the entry above, which took a run further
+    # up that protects a root the nearest leaves out instead of the nearest: an entry a test
+    # wrote for the shell above pytest (a sandbox holding production's root, one made-up
+    # root protected) then became its children's run, and one given production's settings
+    # and the opt-in alone purged production. Neither entry may widen what the other allows.
+    settings, production = stopped
+    project = _project(tmp_path, test_above=FORGES_AN_ENTRY_ABOVE)
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), ABOVE=str(production.parent)
+    )
+    before = snapshot(production)
+    done = subprocess.run(
+        ["sh", "-c", '"$0" -m pytest -q -s -p no:randomly -p no:cacheprovider; exit $?',
+         sys.executable],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert "CHILD 78 " in output, output
+    assert "from pytest sandbox (configured: " in output, output
