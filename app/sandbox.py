@@ -1496,18 +1496,20 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
 
 
 def _clear_entry_name(name: str, parent: int) -> None:
-    """Remove a directory a test made at this process's entry name, which the rename of a new
-    entry cannot replace: the run could not put its entry back, and every process it started
-    afterwards, finding no file to read, was outside the run (red team 39). Only there, in
-    the registry, and never following a link."""
+    """Move aside a directory a test made at this process's entry name, which the rename of
+    a new entry cannot replace: the run could not put its entry back, and every process it
+    started afterwards, finding no file to read, was outside the run (red team 39). Moved,
+    never deleted: a first version removed it, and a filesystem a test mounted in it (a data
+    root bind-mounted there) would have been emptied with it."""
     try:
         found = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except OSError:
         return
     if stat.S_ISDIR(found.st_mode):
-        import shutil
-
-        shutil.rmtree(name, dir_fd=parent)
+        aside = f".{name}.{os.urandom(4).hex()}.not-an-entry"  # no pid: never read as one
+        os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+        with contextlib.suppress(OSError):
+            os.rmdir(aside, dir_fd=parent)  # only if empty
 
 
 #: A registry entry's temporary file: new, and never through a link planted at its name.
