@@ -140,7 +140,6 @@ def _runs_dir(uid: int) -> Path:
 #: The attribute of ``sys`` that holds this process's runs (innermost last).
 _MARKER: Final = "_app_pytest_runs"
 _PROC: Final = Path("/proc")
-_MAX_DEPTH: Final = 128
 #: After how long an entry of another PID namespace whose run ended is forgotten, in seconds:
 #: its pids cannot be looked up here, and no exit hook runs that long.
 _ENDED_LONG_AGO: Final = 3600
@@ -351,20 +350,46 @@ def parent_pid() -> int | None:
 def _ancestry() -> Iterator[tuple[int, int]]:
     """``(pid, start time)`` of this process, then of its parent, and so on up to pid 1,
     numbered as ``/proc`` numbers them."""
+    # Read whole, then again if an ancestor was gone before its turn: a process whose parent
+    # exited (an `sh -c 'cmd & exit'`) is the run's subreaper's child from then on, but a
+    # walk that read the old parent's pid and then found it reaped stopped there, outside
+    # any run (8 walks of 4,000 in a second, red team 39).
+    for _ in range(_REREADS):
+        chain, complete = _chain()
+        if complete:
+            break
+    yield from chain
+
+
+#: How many times the chain of ancestors is read again when one was gone meanwhile.
+_REREADS: Final = 8
+
+
+def _chain() -> tuple[list[tuple[int, int]], bool]:
+    """This process's ancestry as `_ancestry` gives it, and whether it reached its end
+    rather than an ancestor that had exited meanwhile."""
     pid = _proc_self()
     if pid is None:
-        return
-    for _ in range(_MAX_DEPTH):
+        return [], True
+    # Every ancestor, however many: the walk once stopped after 128, and a child a test
+    # started at the end of a chain of 130 shells (a recursive build, a tool that nests
+    # itself), given a hand-built environment, found no run above it and purged a stopped
+    # production root. Only a cycle ends it early (a pid reused while it is read).
+    chain: list[tuple[int, int]] = []
+    walked: set[int] = set()
+    while pid not in walked:
+        walked.add(pid)
         fields = _stat_fields(pid)
         if fields is None:
-            return
+            return chain, not chain  # without /proc (nothing read yet), or one is gone
         parent, started = fields
-        yield pid, started
+        chain.append((pid, started))
         # Pid 1 is read too: in a container, pytest is often pid 1 (`docker run image
         # pytest`), and its children were not part of its run. Its parent is 0.
         if parent <= 0:
-            return
+            break
         pid = parent
+    return chain, True
 
 
 def _runs_dir_trusted(directory: Path, uid: int) -> bool:
@@ -385,9 +410,32 @@ def _entry_name(pid: int, started: int) -> str:
     return f"{pid}-{started}.json"
 
 
+#: The longest entry a reader reads (a run's is a few kB, even with many protected roots).
+_ENTRY_MAX_BYTES: Final = 1 << 20
+
+
+def _entry_bytes(path: Path) -> bytes:
+    """An entry's bytes; an OSError for anything but a regular file (followed through a
+    link, as ever). A FIFO a test put at an entry's name made every reader wait for ever:
+    the run's own check after the test, and every process the run started."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, size = [], 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _ENTRY_MAX_BYTES:  # no run writes one so long: a test's, to read for ever
+                raise OSError(errno.EFBIG, "longer than a run's entry", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _entry_data(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(_entry_bytes(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -400,10 +448,19 @@ def _read_entry(
     data = _entry_data(path) if data is None else data
     if data is None or data.get("starting") or "sandbox" not in data:
         return None
+    sandbox = Path(str(data["sandbox"]))
+    if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
+        return None  # no run makes such a sandbox (a test wrote it): not a run's entry
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
     if depth == 0 and data.get("argv") != sys.argv:
-        # Unmarked, with a run's entry of its own: the run's process after an exec.
-        how = f"this process, pytest pid {pid} until it ran another program in its place (exec)"
+        # Unmarked, with a run's entry of its own: the run's process after an exec, or a
+        # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec).
+        how = (
+            f"this process, pytest pid {pid}, in a subinterpreter (it has a sys module of "
+            "its own, without the run's mark)"
+            if _in_subinterpreter()
+            else f"this process, pytest pid {pid} until it ran another program in its place (exec)"
+        )
     if leads:
         how = (
             f"pytest pid {pid}, which leads this process's {leads} though it is not its "
@@ -414,14 +471,38 @@ def _read_entry(
     if isinstance(ended, int):
         who = "this process" if depth == 0 else f"an ancestor process, pid {pid}"
         how = f"{who}, started by the test run of pytest pid {ended}, which has ended"
+    try:
+        protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
+        # its children once stopped at it with a bare traceback (red team 39).
+        return None
     return Run(
-        Path(data["sandbox"]),
+        sandbox,
         pid,
-        tuple(Protected.from_dict(item) for item in data.get("protected", ())),
+        protected,
         f"the process tree ({how}, registered in {path.parent})",
         scratch=_scratch_suffix(data.get("scratch")),
         ended=ended if isinstance(ended, int) else None,
     )
+
+
+def _in_subinterpreter() -> bool:
+    """Whether this code runs in a subinterpreter (``_xxsubinterpreters``, Python 3.14's
+    ``concurrent.interpreters`` and its ``InterpreterPoolExecutor``), not the main one."""
+    import importlib
+
+    for name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            module = importlib.import_module(name)
+            current, main = module.get_current(), module.get_main()
+        except (ImportError, AttributeError):
+            continue
+        # 3.13 and later give (id, whence); earlier versions an id alone.
+        if isinstance(current, tuple):
+            current, main = current[0], main[0]
+        return bool(current != main)
+    return False
 
 
 def _registered(directory: Path, uid: int, seen: dict[Path, set[str]]) -> set[str]:
@@ -499,7 +580,9 @@ def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None
     try:
         owner = (_PROC / str(pid)).stat().st_uid
     except OSError:
-        return None
+        # Gone since the chain was read (a run that has just ended and been reaped): its
+        # entry, named by its start time too, is still there and still names it.
+        owner = os.getuid()
     for uid in dict.fromkeys((owner, os.getuid())):
         found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
         entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
@@ -549,7 +632,8 @@ def _walk_tree() -> tuple[Run | None, str | None]:
     bare_argv: list[str] = []
     starting = False
     walked: set[int] = set()
-    for depth, (pid, started) in enumerate(_ancestry()):
+    ancestry = enumerate(_ancestry())
+    for depth, (pid, started) in ancestry:
         walked.add(pid)
         entry = _entry_of(pid, started, seen)
         data = _entry_data(entry) if entry is not None else None
@@ -569,7 +653,7 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                 # has the run's command line: it is the run, not a pytest without the plugin.
                 if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
-                return run, bare
+                return _within_enclosing(run, entry, ancestry, seen), bare
         if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid), pid):
             bare = (
                 f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
@@ -580,6 +664,58 @@ def _walk_tree() -> tuple[Run | None, str | None]:
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     return _led_by_a_run(walked, seen), bare
+
+
+def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:
+    """Whether `inner` (a run, or an entry's data) protects every root `outer` does, as a run
+    started inside `outer` does: it inherits them (its plugin adds the enclosing run's)."""
+    if isinstance(inner, Run):
+        kept = {str(item.path) for item in inner.protected}
+    else:
+        items = inner.get("protected", ())
+        kept = {str(item.get("path")) for item in items if isinstance(item, dict)}
+    return {str(item.path) for item in outer.protected} <= kept
+
+
+def _within_enclosing(
+    run: Run,
+    entry: Path,
+    ancestry: Iterator[tuple[int, tuple[int, int]]],
+    seen: dict[Path, set[str]],
+) -> Run:
+    """`run`, the nearest, bound also by each run further up that protects a root it leaves
+    out: the roots either protects, and the narrower sandbox where one holds the other.
+
+    A pytest a test starts inherits its enclosing run's protected roots, so a real run
+    inside another always keeps them, and nothing changes. An entry a test wrote itself for
+    a child or a daemon of its own (a sandbox of ``/``, nothing protected) had been taken as
+    that process's run: given production's settings and the opt-in alone, it purged a
+    stopped production root, during the run and after it (red team 39). Which of two such
+    entries a test wrote cannot be told, so neither may widen what the other allows: a
+    first version of this check took the entry further up instead, and one a test wrote
+    for the shell above pytest (a sandbox holding every root, one made-up root protected)
+    then freed the run's children.
+    """
+    for depth, (pid, started) in ancestry:
+        found = _entry_of(pid, started, seen)
+        data = _entry_data(found) if found is not None else None
+        if found is None or data is None or data.get("starting"):
+            continue
+        outer = _read_entry(found, pid, depth, data=data)
+        if outer is None or _keeps_roots(run, outer):
+            continue
+        kept = {str(item.path) for item in run.protected}
+        protected = run.protected + tuple(p for p in outer.protected if str(p.path) not in kept)
+        # The narrower where one holds the other; else the nearer one's.
+        sandbox = outer.sandbox if outer.sandbox.is_relative_to(run.sandbox) else run.sandbox
+        how = run.recognised_by.removesuffix(")")
+        run = run._replace(
+            sandbox=sandbox,
+            protected=protected,
+            recognised_by=f"{how}; the entry {found} of a run further up protects a root "
+            f"that {entry} leaves out, so a test wrote one of them, and both bind)",
+        )
+    return run
 
 
 def proc_hides_processes() -> str | None:
@@ -1274,7 +1410,7 @@ def _forget_dead_runs(directory: Path) -> None:
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
             try:
-                data = json.loads((directory / name).read_bytes())
+                data = json.loads(_entry_bytes(directory / name))
                 recorded, ended = data.get("pid_namespace"), data.get("ended_at")
             except (OSError, ValueError, AttributeError):
                 recorded = ended = None  # unreadable, or from before entries said these
@@ -1324,6 +1460,7 @@ def _publish(
     # run's entry written there as the run ended (red team 35).
     parent = _open_registry(directory)
     try:
+        _clear_entry_name(name, parent)
         written = os.open(temporary, _NEW_ENTRY, 0o644, dir_fd=parent)
         try:
             os.write(written, text)
@@ -1356,6 +1493,23 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
         data["scratch"] = run.scratch
     data["pid_namespace"] = _pid_namespace()
     return data
+
+
+def _clear_entry_name(name: str, parent: int) -> None:
+    """Move aside a directory a test made at this process's entry name, which the rename of
+    a new entry cannot replace: the run could not put its entry back, and every process it
+    started afterwards, finding no file to read, was outside the run (red team 39). Moved,
+    never deleted: a first version removed it, and a filesystem a test mounted in it (a data
+    root bind-mounted there) would have been emptied with it."""
+    try:
+        found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISDIR(found.st_mode):
+        aside = f".{name}.{os.urandom(4).hex()}.not-an-entry"  # no pid: never read as one
+        os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+        with contextlib.suppress(OSError):
+            os.rmdir(aside, dir_fd=parent)  # only if empty
 
 
 #: A registry entry's temporary file: new, and never through a link planted at its name.
@@ -1411,6 +1565,30 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _a_run_inside(entry: Path, run: Run) -> bool:
+    """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
+    starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
+    for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
+    if not entry.exists():
+        return False
+    data = _entry_data(entry)
+    return data is not None and (bool(data.get("starting")) or _keeps_roots(data, run))
+
+
+def _also_at_shutdown(hook: Any) -> None:
+    """Run `hook` at interpreter shutdown as well, from where ``concurrent.futures`` runs its
+    own (``threading``'s list, called before ``atexit``'s): a test that empties ``atexit``
+    (``atexit._clear()``, as tests of exit handlers do) took the run's hand-over away, and a
+    daemon it left, acting after the run, purged a stopped root (red team 39). Running the
+    hook twice hands nothing on twice."""
+    import threading
+
+    register = getattr(threading, "_register_atexit", None)  # private, Python 3.9+
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # already shutting down
+            register(hook)
+
+
 def _end_entry() -> None:
     """At exit: hand the run's entry on to the processes that outlive it, and keep it for
     what this process still starts.
@@ -1443,7 +1621,7 @@ def _end_entry() -> None:
             if child in seen or fields is None:
                 continue
             seen.add(child)
-            if (RUNS_DIR / _entry_name(child, fields[1])).exists():
+            if _a_run_inside(RUNS_DIR / _entry_name(child, fields[1]), run):
                 continue
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child)
@@ -1541,7 +1719,17 @@ def register(
     Raises:
         PermissionError: the registry directory may be written by another user.
     """
-    run = Run(sandbox, _proc_self() or os.getpid(), tuple(protected), scratch=scratch)
+    protected = tuple(protected)
+    if replacing is None:
+        # A run started inside another keeps the roots that one protects (the plugin adds
+        # them too): its children are told apart from a test's own entry by them
+        # (`_within_enclosing`).
+        with contextlib.suppress(SandboxViolationError):
+            enclosing = current_run()
+            if enclosing is not None:
+                known = {str(item.path) for item in protected}
+                protected += tuple(p for p in enclosing.protected if str(p.path) not in known)
+    run = Run(sandbox, _proc_self() or os.getpid(), protected, scratch=scratch)
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:
         runs[-1] = run
@@ -1550,6 +1738,7 @@ def register(
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_end_entry)
+            _also_at_shutdown(_end_entry)
         runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)
@@ -1576,18 +1765,10 @@ def restore_entry(run: Run) -> str | None:
         problem = f"the registry {RUNS_DIR} was removed"
     else:
         if _runs_dir_trusted(RUNS_DIR, os.getuid()):
-            entry = RUNS_DIR / _entry_name(pid, started[1])
-            state = _entry_state(entry)
-            written, text = _WRITTEN.get(entry, (None, b""))
-            if state is not None and (state == written or not _rewritten(entry, text, run, pid)):
+            in_entry = _entry_problem(found, pid, started[1], run)
+            if in_entry is None:
                 return None
-            if state is None:
-                problem = f"this run's entry in {RUNS_DIR} was removed"
-            else:
-                problem = (
-                    f"this run's entry in {RUNS_DIR} was changed (the sandbox and the "
-                    "protected roots that its children read there)"
-                )
+            problem = in_entry
         elif found.st_uid == os.getuid() and stat.S_ISDIR(found.st_mode):
             mode = stat.filemode(found.st_mode)
             problem = f"the registry {RUNS_DIR} was made writable by others ({mode})"
@@ -1602,6 +1783,106 @@ def restore_entry(run: Run) -> str | None:
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
     return f"{problem}; it was put back"
+
+
+def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> str | None:
+    """What a test did to this process's entry in a trusted registry (`found`), if anything
+    its children would read otherwise than the run wrote it."""
+    entry = RUNS_DIR / _entry_name(pid, started)
+    hidden = _hidden_from_children(found, entry)
+    if hidden is not None:
+        return hidden
+    state = _entry_state(entry)
+    if state is None:
+        return f"this run's entry in {RUNS_DIR} was removed"
+    written, text = _WRITTEN.get(entry, (None, b""))
+    if state == written or not _rewritten(entry, text, run, pid):
+        return None
+    if (kind := _not_a_file(entry)) is not None:
+        return (
+            f"this run's entry in {RUNS_DIR} was replaced by {kind}, which its children "
+            "cannot read as one"
+        )
+    return (
+        f"this run's entry in {RUNS_DIR} was changed (the sandbox and the protected roots "
+        "that its children read there)"
+    )
+
+
+def _not_a_file(entry: Path) -> str | None:
+    """What is at `entry`'s name if it is no regular file nor a link (a test's), for a
+    message; None otherwise."""
+    try:
+        mode = entry.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a special file"
+
+
+#: What every reader needs of the registry (list and enter it) and of an entry (read it).
+_READ_BY_ALL: Final = 0o555
+_ENTRY_READ_BY_ALL: Final = 0o444
+
+
+def _hidden_from_children(found: os.stat_result, entry: Path) -> str | None:
+    """Whether a test made the registry, or this run's entry, unreadable to the processes
+    the run starts, and so put the registry right; say what it was.
+
+    Such a registry is still this user's and written by no one else, so it stayed trusted,
+    and the run's own process still reached its entry through the directory's search bit:
+    a test's ``chmod 0311`` of the registry (or ``chmod 0600`` of the entry) went unseen,
+    and every process the run started afterwards, unable to list or read it, was outside
+    the run (red team 39: a later test's child, given a hand-built environment under a
+    runner script, purged a stopped production root).
+    """
+    if found.st_mode & _READ_BY_ALL != _READ_BY_ALL:
+        with contextlib.suppress(OSError):
+            RUNS_DIR.chmod(0o755)
+        return (
+            f"the registry {RUNS_DIR} was made unreadable to the processes the run starts "
+            f"({stat.filemode(found.st_mode)})"
+        )
+    if _drop_acl(RUNS_DIR):
+        return (
+            f"the registry {RUNS_DIR} was given an access control list, which can hide it "
+            "from the processes the run starts as another user (now removed)"
+        )
+    try:
+        mode = entry.lstat().st_mode
+    except OSError:
+        return None  # gone: said as such by the caller
+    if mode & _ENTRY_READ_BY_ALL != _ENTRY_READ_BY_ALL:
+        how = stat.filemode(mode)
+    elif _drop_acl(entry):
+        how = "an access control list"
+    else:
+        return None
+    return (
+        f"this run's entry in {RUNS_DIR} was made unreadable to the processes the run "
+        f"starts ({how})"
+    )
+
+
+#: Where Linux keeps POSIX access control lists (a directory's default one is given to
+#: every file made in it): either can deny a user what the mode shows.
+_ACLS: Final = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _drop_acl(path: Path) -> bool:
+    """Remove the access control lists a test put on `path` (`setfacl -m u:app:---`, or
+    ``os.setxattr``): the mode still said readable by all, and a child the run started as
+    that user could not list the registry (red team 39). Whether there was one."""
+    try:
+        found = [name for name in os.listxattr(path, follow_symlinks=False) if name in _ACLS]
+        for name in found:
+            os.removexattr(path, name, follow_symlinks=False)
+    except OSError:  # no extended attributes here, or not ours to change
+        return False
+    return bool(found)
 
 
 def _remove_planted_registry(found: os.stat_result) -> str:
@@ -1633,7 +1914,7 @@ def _rewritten(entry: Path, text: bytes, run: Run, pid: int) -> bool:
     stayed, unreported, for every process the run started after it (red team 36).
     """
     try:
-        found = entry.read_bytes()
+        found = _entry_bytes(entry)
     except OSError:
         return True
     if text:

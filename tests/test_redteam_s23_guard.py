@@ -33,15 +33,22 @@ def _shell_without_the_run(monkeypatch: pytest.MonkeyPatch, temproot: Path) -> N
     monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(temproot))
 
 
-def test_a_live_root_in_a_directory_due_only_at_the_run_s_end_is_kept(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    temproot = tmp_path / "temproot"
+def numbered_with_a_failed_test_s_root(temproot: Path) -> tuple[Path, Path]:
+    """pytest's numbered directories 1 to 3 in `temproot`'s ``pytest-of-<user>``, and the
+    data root of a failed test in pytest-2 (not made), where a server is to be started."""
     numbered = temproot / f"pytest-of-{get_user()}"
     root = numbered / "pytest-2" / "test_failed0" / "data"
     root.parent.mkdir(parents=True)
     for n in (1, 3):
         (numbered / f"pytest-{n}").mkdir()
+    return numbered, root
+
+
+def test_a_live_root_in_a_directory_due_only_at_the_run_s_end_is_kept(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temproot = tmp_path / "temproot"
+    numbered, root = numbered_with_a_failed_test_s_root(temproot)
     server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     try:
         with server.client() as client:

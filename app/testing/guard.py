@@ -566,6 +566,19 @@ def _default_rootdir() -> tuple[Path, Path]:
     return temproot, temproot / f"pytest-of-{get_user() or 'unknown'}"
 
 
+def _temproot_variable(temproot: Path) -> str:
+    """The variable that put pytest's temporary root at `temproot`, for a refusal to name
+    what to change: a refusal that blamed TMPDIR for a ``PYTEST_DEBUG_TEMPROOT`` (which
+    pytester sets, and which wins) told its reader to change what was not set."""
+    if os.environ.get("PYTEST_DEBUG_TEMPROOT"):
+        return "PYTEST_DEBUG_TEMPROOT"
+    for name in ("TMPDIR", "TEMP", "TMP"):  # tempfile's order
+        value = os.environ.get(name)
+        if value and Path(value).resolve() == temproot:
+            return name
+    return "TMPDIR"
+
+
 def flocks_due_at_end(config: pytest.Config) -> bool:
     """Whether the check just before pytest deletes its older directories will come: pytest
     made a numbered directory for the run, and older ones are due now."""
@@ -662,10 +675,11 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
         root, who = on_disk
         where = f"lies inside the data root {root} ({who})"
     if where is not None:
+        variable = _temproot_variable(temproot)
         raise pytest.UsageError(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
-            f"directories in {rootdir}, which {where}, because TMPDIR is {temproot}. Point "
-            "TMPDIR outside every data root, or pass --basetemp"
+            f"directories in {rootdir}, which {where}, because {variable} is {temproot}. "
+            f"Point {variable} outside every data root, or pass --basetemp"
         )
     _refuse_live_roots_in_old_directories(config, rootdir)
 
@@ -834,7 +848,7 @@ def _retention_keep(config: pytest.Config) -> int:
 
 
 def _keep_held_directories(
-    config: pytest.Config, rootdir: Path, keep: int, alive_after: float, sandbox: Path
+    config: pytest.Config | None, rootdir: Path, keep: int, alive_after: float, sandbox: Path
 ) -> None:
     """Just before pytest's own clean-up at the end of the run: keep each numbered directory
     it would delete that holds a data root a live process holds, or a mount point.
@@ -874,7 +888,7 @@ def _keep_held_directories(
                 "what), and the deletion would go on into it and delete what it holds. "
                 f"Unmount it (umount {mounts[0]}), then delete the directory (rm -rf {old})"
             )
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reporter = config.pluginmanager.get_plugin("terminalreporter") if config else None
     for old, reason in reasons.items():
         lock = old / ".lock"
         try:
@@ -908,6 +922,25 @@ def _fresh_mark(lock: Path) -> None:
     os.close(os.open(lock, flags, 0o644))
 
 
+def _keep_held_directories_after(
+    factory: pytest.TempPathFactory, basetemp: Path, config: pytest.Config | None = None
+) -> None:
+    """Before `factory`'s clean-up of the numbered directories older than `basetemp`, keep
+    each one that holds a live data root or a mount point (`_keep_held_directories`)."""
+    from _pytest.pathlib import LOCK_TIMEOUT
+
+    try:
+        alive_after = basetemp.stat().st_mtime - LOCK_TIMEOUT
+    except OSError:
+        return
+    keep = 0 if factory._retention_policy == "none" else factory._retention_count
+    # The stack runs last in, first out: this runs before pytest's clean-up, registered
+    # when the directory was made.
+    factory._exit_stack.callback(
+        _keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp
+    )
+
+
 def keep_held_directories_inactive(config: pytest.Config) -> None:
     """In a run where the plugin stays inactive (another project's, in this environment):
     keep, as an active run does, each numbered directory pytest is about to delete that holds
@@ -923,22 +956,7 @@ def keep_held_directories_inactive(config: pytest.Config) -> None:
     basetemp = getattr(factory, "_basetemp", None)
     if factory is None or basetemp is None or factory._given_basetemp is not None:
         return
-    from _pytest.pathlib import LOCK_TIMEOUT
-
-    try:
-        alive_after = basetemp.stat().st_mtime - LOCK_TIMEOUT
-    except OSError:
-        return
-    # The stack runs last in, first out: this runs before pytest's clean-up, registered
-    # when the directory was made.
-    factory._exit_stack.callback(
-        _keep_held_directories,
-        config,
-        basetemp.parent,
-        _retention_keep(config),
-        alive_after,
-        basetemp,
-    )
+    _keep_held_directories_after(factory, basetemp, config)
 
 
 def make_sandbox(
@@ -961,6 +979,7 @@ def make_sandbox(
         trace=config.trace.get("tmpdir"),
         _ispytest=True,
     )
+    setattr(factory, _KEEPS, True)
     sandbox = factory.getbasetemp().resolve()
     if not given:
         from _pytest.pathlib import LOCK_TIMEOUT
@@ -1091,6 +1110,46 @@ _REGISTRY_FIXES = {
 }
 
 
+#: Set on a factory whose run's plugin keeps its held directories itself (`make_sandbox`).
+_KEEPS: Final = "_app_keeps_held_directories"
+
+
+def _guard_basetemps_in_this_process() -> None:
+    """Check the ``--basetemp`` of every pytest run this process starts later, the app's
+    plugin switched off in it or not, before pytest empties it.
+
+    A test's ``pytest.main(["-p", "no:app", "--basetemp=<root>/sessions", ...])`` (or
+    pytester's ``runpytest_inprocess`` so) runs no hook of the app's, and its pytest emptied
+    a stopped production root's ``sessions/`` as its first test asked for ``tmp_path`` (red
+    team 39). It runs in this process, though, whose run knows the roots it protects: the
+    class's own ``getbasetemp``, which every run in the process calls before it empties the
+    directory, is wrapped once, and checks it as an inactive run's plugin would, against the
+    roots this process's run protects and what is on disk.
+    """
+    factory = pytest.TempPathFactory
+    if getattr(factory.getbasetemp, "_app_guarded", False):
+        return
+    original = factory.getbasetemp
+
+    def getbasetemp(self: pytest.TempPathFactory) -> Path:
+        __tracebackhide__ = True
+        given = self._given_basetemp  # private: see the pytest bound in pyproject.toml
+        made = self._basetemp is None
+        run = sandboxing.current_run() if made and sandboxing.marked() else None
+        if run is not None and given is not None:
+            _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
+        basetemp = original(self)
+        if run is not None and given is None and not getattr(self, _KEEPS, False):
+            # Its numbered directory makes an older one due for pytest's clean-up at its end
+            # (a live server's root there, which this run's own start found not due, was
+            # deleted): keep such a directory, as an inactive run's plugin does.
+            _keep_held_directories_after(self, basetemp)
+        return basetemp
+
+    getbasetemp._app_guarded = True  # type: ignore[attr-defined]
+    factory.getbasetemp = getbasetemp  # type: ignore[method-assign]
+
+
 def register(
     sandbox: Path,
     protected: list[sandboxing.Protected] | tuple[sandboxing.Protected, ...],
@@ -1102,6 +1161,7 @@ def register(
     take its entry: running on would leave every process a test starts with a hand-built
     environment (or after the run) outside the run, silently."""
     __tracebackhide__ = True
+    _guard_basetemps_in_this_process()
     try:
         return sandboxing.register(sandbox, protected, replacing=replacing, scratch=scratch)
     except OSError as error:
