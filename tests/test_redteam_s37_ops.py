@@ -240,13 +240,16 @@ set -u
 mount -t tmpfs -o size=1m tmpfs "$DISK"
 mkdir -m 0700 "$APP_DATA_ROOT"
 serve() {
+    # The log is removed first: the backgrounded child truncates it only once it runs, and
+    # until then the grep below found the first server's start in it (a loaded machine).
+    rm -f "$LOG"
     "$PY" -m app serve --port 0 >"$LOG" 2>&1 &
     server=$!
     wait_for "Started server process"
 }
 wait_for() {  # bounded: 30 s at most, as test_server_e2e.wait_for
     tries=600
-    until grep -q "$1" "$LOG" || [ "$tries" -eq 0 ]; do sleep 0.05; tries=$((tries - 1)); done
+    until grep -qs "$1" "$LOG" || [ "$tries" -eq 0 ]; do sleep 0.05; tries=$((tries - 1)); done
 }
 serve; kill -TERM "$server"; wait "$server"  # lays the root out
 dd if=/dev/zero of="$DISK/filler" bs=4k 2>/dev/null
