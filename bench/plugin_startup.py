@@ -16,7 +16,8 @@ the settings' project).
 - ``pytest (plugin)``: ``python -m pytest -q -p no:cacheprovider test_one.py``, the plugin
   active as installed: it reads every profile's root from the settings, probes every root's
   lock, neutralises the environment, creates the sandbox and holds the testing root's lock;
-- ``pytest -p no:app``: the same run without the plugin (the baseline);
+- ``pytest -p no:app``: the same run without the plugin or its fallback (``-p no:app -p
+  no:app_fallback``; the baseline);
 - ``dynaconf docs pattern``: the same run without the plugin, plus a conftest doing what
   dynaconf's documentation suggests (``FORCE_ENV_FOR_DYNACONF=testing``, a ``Dynaconf`` with a
   relative settings file, read a value) and probing a filelock, for reference;
@@ -66,6 +67,11 @@ except Timeout:
 """
 
 
+#: Neither of the package's pytest entry points: the plugin, nor the fallback that `-p no:app`
+#: leaves loaded (app/testing/fallback.py), which imports the app's guard where the plugin is off.
+WITHOUT_THE_APP = ["-p", "no:app", "-p", "no:app_fallback"]
+
+
 def prepare(work: Path, against: Path | None) -> dict[str, tuple[list[str], Path]]:
     plain = work / "plain"
     plain.mkdir()
@@ -78,8 +84,8 @@ def prepare(work: Path, against: Path | None) -> dict[str, tuple[list[str], Path
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_one.py"]
     variants = {
         "pytest (plugin)": (pytest, plain),
-        "pytest -p no:app": ([*pytest, "-p", "no:app"], plain),
-        "dynaconf docs pattern": ([*pytest, "-p", "no:app"], docs),
+        "pytest -p no:app": ([*pytest, *WITHOUT_THE_APP], plain),
+        "dynaconf docs pattern": ([*pytest, *WITHOUT_THE_APP], docs),
     }
     if against is not None:
         python = str(against / ".venv" / "bin" / "python")

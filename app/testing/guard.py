@@ -1114,9 +1114,15 @@ _REGISTRY_FIXES = {
 _KEEPS: Final = "_app_keeps_held_directories"
 
 
-def _guard_basetemps_in_this_process() -> None:
+def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
     """Check the ``--basetemp`` of every pytest run this process starts later, the app's
     plugin switched off in it or not, before pytest empties it.
+
+    With ``switched_off`` (`app.testing.fallback`: this process's pytest runs without the
+    app's plugin), the run is also looked for through the process tree, as a child's
+    configuration is (a test's child ``python -m pytest -p no:app`` given a hand-built
+    environment), and pytest's older numbered directories holding a live data root are
+    kept in any run.
 
     A test's ``pytest.main(["-p", "no:app", "--basetemp=<root>/sessions", ...])`` (or
     pytester's ``runpytest_inprocess`` so) runs no hook of the app's, and its pytest emptied
@@ -1128,6 +1134,8 @@ def _guard_basetemps_in_this_process() -> None:
     """
     factory = pytest.TempPathFactory
     if getattr(factory.getbasetemp, "_app_guarded", False):
+        if switched_off:
+            factory.getbasetemp._app_switched_off = True  # type: ignore[attr-defined]
         return
     original = factory.getbasetemp
 
@@ -1135,11 +1143,13 @@ def _guard_basetemps_in_this_process() -> None:
         __tracebackhide__ = True
         given = self._given_basetemp  # private: see the pytest bound in pyproject.toml
         made = self._basetemp is None
-        run = sandboxing.current_run() if made and sandboxing.marked() else None
+        anywhere = getbasetemp._app_switched_off  # type: ignore[attr-defined]
+        run = sandboxing.current_run() if made and (anywhere or sandboxing.marked()) else None
         if run is not None and given is not None:
             _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
         basetemp = original(self)
-        if run is not None and given is None and not getattr(self, _KEEPS, False):
+        keeps = run is not None or (made and anywhere)
+        if keeps and given is None and not getattr(self, _KEEPS, False):
             # Its numbered directory makes an older one due for pytest's clean-up at its end
             # (a live server's root there, which this run's own start found not due, was
             # deleted): keep such a directory, as an inactive run's plugin does.
@@ -1147,6 +1157,7 @@ def _guard_basetemps_in_this_process() -> None:
         return basetemp
 
     getbasetemp._app_guarded = True  # type: ignore[attr-defined]
+    getbasetemp._app_switched_off = switched_off  # type: ignore[attr-defined]
     factory.getbasetemp = getbasetemp  # type: ignore[method-assign]
 
 

@@ -1,0 +1,29 @@
+"""What still guards a pytest run in which the app's plugin is switched off.
+
+The package registers two pytest entry points: ``app`` (`app.testing.plugin`, the guard) and
+``app_fallback``, this module. ``-p no:app`` switches off the first only. A test's child
+``python -m pytest -p no:app --basetemp=<production>/sessions``, given a hand-built
+environment, ran none of the app's code, and its pytest emptied a stopped production root's
+``sessions/`` as its first test asked for ``tmp_path``. Here, where the app's plugin is not
+registered, the ``--basetemp`` is checked before pytest empties it, against the roots of the
+run this process belongs to (found through the process tree, as a child's configuration
+finds it), and pytest's older numbered directories holding a live data root are kept.
+
+Where the app's plugin runs, this does nothing: importing this module costs no more than
+its own few lines, and the app's modules are imported only in a run without the plugin.
+What this does not cover: autoload switched off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) without
+``-p app_fallback``, and ``-p no:app_fallback`` given on purpose.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.get_plugin("app") is not None:
+        return
+    from app.testing import guard
+
+    guard._guard_basetemps_in_this_process(switched_off=True)
