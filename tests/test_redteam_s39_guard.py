@@ -502,25 +502,55 @@ def test_pytester_in_process(pytester):
 """
 
 
-def test_a_pytest_run_in_a_test_s_process_without_the_plugin_keeps_its_roots(
+CHILD_WITHOUT_THE_PLUGIN = """
+import os, subprocess, sys
+
+INNER = "def test_inner(tmp_path):\\n    pass\\n"
+
+def test_a_child_pytest_without_the_plugin(tmp_path):
+    (tmp_path / "test_inner.py").write_text(INNER)
+    env = {"PATH": os.environ["PATH"]}  # hand-built: no marker, no settings, no pytest variable
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q",
+         "--basetemp=" + os.path.join(os.environ["PRODUCTION"], "sessions"), "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("test_file", "answers"),
+    [
+        (NESTED_WITHOUT_THE_PLUGIN, ["MAIN 1", "PYTESTER 1"]),
+        (CHILD_WITHOUT_THE_PLUGIN, ["CHILD 1"]),
+    ],
+    ids=["in-process", "child"],
+)
+def test_a_pytest_run_by_a_test_without_the_plugin_keeps_its_roots(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    test_file: str,
+    answers: list[str],
 ) -> None:
     # pytest.main(["-p", "no:app", "--basetemp=<production>/sessions", ...]) in a test (or
     # pytester's runpytest_inprocess so) runs no hook of the app's: its pytest emptied the
     # stopped production root's sessions/ as its first test asked for tmp_path. It runs in
-    # the run's own process, whose run knows the roots it protects: refused now.
+    # the run's own process, whose run knows the roots it protects: refused now. The same as
+    # a child `python -m pytest -p no:app ...` given a hand-built environment (session 39):
+    # the package's second entry point (app.testing.fallback), which `-p no:app` leaves
+    # loaded, finds the run through the process tree.
     settings, production = stopped
-    project = _project(tmp_path, test_nested=NESTED_WITHOUT_THE_PLUGIN)
+    project = _project(tmp_path, test_nested=test_file)
     code, output = _run_beside(
         production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
     )
     assert code == 0, output
-    assert "MAIN 1" in output and "PYTESTER 1" in output, output
+    assert all(answer in output for answer in answers), output
     assert (
-        f"UsageError: app: refusing --basetemp {production}/sessions: pytest empties it before "
-        f"the run, and it overlaps the data root of profile 'production (protected by the "
-        f"enclosing test run, pytest pid "
+        f"app: refusing --basetemp {production}/sessions: pytest empties it before the run, "
+        "and it overlaps the data root of profile 'production (protected by the enclosing "
+        "test run, pytest pid "
     ) in output, output
 
 
@@ -598,32 +628,45 @@ def test_what_pytest_is_told_to_read_or_write_in_a_root_changes_nothing(
         assert str(production) in output, output
 
 
-def test_a_live_root_an_in_process_pytest_without_the_plugin_makes_due_is_kept(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+IN_PROCESS_WITHOUT_THE_PLUGIN = """
+import pytest
+
+def test_runs_pytest_without_the_plugin(tmp_path):
+    (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\\n    pass\\n")
+    print("MAIN", pytest.main(["-p", "no:app", "-q", str(tmp_path / "test_inner.py")]))
+"""
+
+
+@pytest.mark.parametrize("where", ["in-process", "child"])
+def test_a_live_root_a_pytest_without_the_plugin_makes_due_is_kept(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     # A live server's root in an older numbered directory that the run's start found not
     # due (pytest-2 of 1 to 4): a test's pytest.main(["-p", "no:app", ...]), in the run's
     # own process, made pytest-5, and its clean-up at its end deleted pytest-2 with the
     # live root in it; the run's own keep came later. Kept now, as an inactive run keeps it.
+    # The same for a pytest of its own with the plugin switched off (`python -m pytest -p
+    # no:app`, pytest-2 of 1 to 5; session 39): the fallback entry point keeps it.
     numbered, root = numbered_with_a_failed_test_s_root(tmp_path / "temproot")
     server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     try:
         with server.client() as client:
             assert client.post("/sessions", json={"title": "kept"}).status_code == 201
         _shell_without_the_run(monkeypatch, tmp_path / "temproot")
-        pytester.makepyfile(
-            """
-            import pytest
-
-            def test_runs_pytest_without_the_plugin(tmp_path):
-                (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\\n    pass\\n")
-                print("MAIN", pytest.main(["-p", "no:app", "-q", str(tmp_path / "test_inner.py")]))
-            """
-        )
-        result = pytester.run(sys.executable, "-mpytest", "-s", "-p", "pytester")
+        if where == "in-process":
+            pytester.makepyfile(IN_PROCESS_WITHOUT_THE_PLUGIN)
+            result = pytester.run(sys.executable, "-mpytest", "-s", "-p", "pytester")
+        else:
+            (numbered / "pytest-4").mkdir()
+            pytester.makepyfile(test_inner="def test_inner(tmp_path):\n    pass\n")
+            result = pytester.run(
+                sys.executable, "-mpytest", "-p", "no:app", "-p", "no:cacheprovider", "-p",
+                "no:randomly", "test_inner.py",
+            )  # fmt: skip
         output = result.stdout.str() + result.stderr.str()
         assert result.ret == 0, output
-        assert "MAIN 0" in output, output
+        assert "MAIN 0" in output or where == "child", output
+        assert (numbered / "pytest-5").is_dir(), output
         assert server.process.poll() is None
         with server.client() as client:
             assert client.get("/sessions").json()["total"] == 1, output
@@ -764,79 +807,3 @@ def test_an_entry_a_test_writes_for_a_process_above_its_run_changes_nothing(
     assert snapshot(production) == before, output
     assert "CHILD 78 " in output, output
     assert "from pytest sandbox (configured: " in output, output
-
-
-# --- session 39, beside red team 39: a child pytest with the plugin switched off ---------------
-
-CHILD_WITHOUT_THE_PLUGIN = """
-import os, subprocess, sys
-
-INNER = "def test_inner(tmp_path):\\n    pass\\n"
-
-def test_a_child_pytest_without_the_plugin(tmp_path):
-    (tmp_path / "test_inner.py").write_text(INNER)
-    env = {"PATH": os.environ["PATH"]}  # hand-built: no marker, no settings, no pytest variable
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q",
-         "--basetemp=" + os.path.join(os.environ["PRODUCTION"], "sessions"), "test_inner.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
-    )
-    print("CHILD", done.returncode, done.stdout + done.stderr)
-"""
-
-
-def test_a_child_pytest_a_test_starts_with_the_plugin_switched_off_keeps_the_run_s_roots(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
-) -> None:
-    # A test's child `python -m pytest -p no:app --basetemp=<production>/sessions`, given a
-    # hand-built environment, ran none of the app's code: its pytest emptied the stopped
-    # production root's sessions/ as its first test asked for tmp_path (a not-stopped row
-    # until session 39). The package's second pytest entry point (app.testing.fallback),
-    # which `-p no:app` does not switch off, finds the run through the process tree.
-    settings, production = stopped
-    project = _project(tmp_path, test_child=CHILD_WITHOUT_THE_PLUGIN)
-    code, output = _run_beside(
-        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
-    )
-    assert code == 0, output
-    assert "CHILD 1" in output, output
-    assert (
-        f"app: refusing --basetemp {production}/sessions: pytest empties it before the run, "
-        "and it overlaps the data root of profile 'production (protected by the enclosing "
-        "test run, pytest pid "
-    ) in output, output
-
-
-def test_a_live_root_a_pytest_with_the_plugin_switched_off_would_clean_up_is_kept(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A live server's root in an older numbered directory (pytest-2 of 1 to 4): a plain
-    # `python -m pytest -p no:app` made pytest-5, and its clean-up at its end deleted
-    # pytest-2 with the live root in it (a not-stopped row until session 39). The fallback
-    # entry point keeps it, as an inactive run of the plugin does.
-    numbered, root = numbered_with_a_failed_test_s_root(tmp_path / "temproot")
-    (numbered / "pytest-4").mkdir()
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
-    try:
-        with server.client() as client:
-            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
-        _shell_without_the_run(monkeypatch, tmp_path / "temproot")
-        pytester.makepyfile(test_inner="def test_inner(tmp_path):\n    pass\n")
-        result = pytester.run(
-            sys.executable, "-mpytest", "-p", "no:app", "-p", "no:cacheprovider", "-p",
-            "no:randomly", "test_inner.py",
-        )  # fmt: skip
-        output = result.stdout.str() + result.stderr.str()
-        assert result.ret == 0, output
-        assert (numbered / "pytest-5").is_dir(), output
-        assert server.process.poll() is None
-        with server.client() as client:
-            assert client.get("/sessions").json()["total"] == 1, output
-        assert (
-            f"app: kept {numbered / 'pytest-2'}: pytest deletes it at the end of this run (it "
-            "keeps only the last 3 of its temporary directories, tmp_path_retention_count), "
-            f"but it holds the data root {root}, held by pid {server.pid}, kind server"
-        ) in output, output
-    finally:
-        server.stop()
