@@ -20,6 +20,18 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_addoption(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Guard from the moment pytest registers this module, before any conftest is imported:
+    a conftest's ``tryfirst`` ``pytest_configure`` that made pytest's base directory
+    (``TempPathFactory.from_config(config).getbasetemp()``) ran before this module's
+    `pytest_configure`, and its pytest emptied a production root given as the
+    ``--basetemp`` (red team 40)."""
+    if pluginmanager.is_blocked("app"):
+        from app.testing import guard
+
+        guard._guard_basetemps_in_this_process(switched_off=True)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.get_plugin("app") is not None:

@@ -1,0 +1,152 @@
+"""Red team 40 on the guard: the fallback entry point (``app_fallback``) and the wrapper of
+pytest's ``TempPathFactory.getbasetemp`` that guards a pytest run with the app's plugin
+switched off (``-p no:app``), beside a stopped production root. What broke, each now refused:
+
+- a test's child ``python -m pytest -p no:app`` given ``TMPDIR`` (or
+  ``PYTEST_DEBUG_TEMPROOT``) in a stopped production root, and no ``--basetemp``: pytest made
+  its ``pytest-of-<user>`` and the tests' directories in production's root (only a given
+  ``--basetemp`` was checked);
+- the same child whose conftest made pytest's base directory in a ``tryfirst``
+  ``pytest_configure``, before the fallback's own: the ``--basetemp`` (production's
+  ``sessions/``) was emptied unchecked;
+- outside any test run, ``pytest -p no:app --basetemp=<stopped production>/sessions`` emptied
+  it, where the same run with the plugin inactive (another project's) refuses it;
+- a user's own ``pytest -p no:app`` in a shell with a broken ``PYTEST_APP_SANDBOX`` (``export
+  PYTEST_APP_SANDBOX=``): every test that asked for ``tmp_path`` errored with a traceback
+  through the wrapper, though no run was there to guard.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s36_guard import _run_beside
+from test_redteam_s39_guard import _project
+from test_server_e2e import snapshot
+
+INNER = "def test_inner(tmp_path):\n    (tmp_path / 'x').write_text('x')\n"
+
+#: A test whose child runs pytest with the plugin off, given a hand-built environment
+#: (`ENV`, added to PATH) and arguments (`ARGS`), a conftest (`CONFTEST`) beside its test.
+CHILD = """
+import os, subprocess, sys
+
+def test_a_child_pytest_without_the_plugin(tmp_path):
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_inner.py").write_text(INNER)
+    env = {"PATH": os.environ["PATH"], **ENV}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q", "-s",
+         *ARGS, "test_inner.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+"""
+
+#: A conftest that makes pytest's base directory before any other plugin's configure.
+CONFTEST_FIRST = """
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    print("EARLY", pytest.TempPathFactory.from_config(config, _ispytest=True).getbasetemp())
+"""
+
+SESSIONS = 'os.path.join(os.environ["PRODUCTION"], "sessions")'
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "conftest", "refused"),
+    [
+        ('{"TMPDIR": os.environ["PRODUCTION"]}', "[]", "", "TMPDIR is {production}"),
+        (
+            f'{{"PYTEST_DEBUG_TEMPROOT": {SESSIONS}}}',
+            "[]",
+            "",
+            "PYTEST_DEBUG_TEMPROOT is {production}/sessions",
+        ),
+        ("{}", f'["--basetemp=" + {SESSIONS}]', CONFTEST_FIRST, "--basetemp {production}"),
+        # What held: the --basetemp given through the environment's or an ini option's
+        # addopts, and to a child's xdist controller.
+        (f'{{"PYTEST_ADDOPTS": "--basetemp=" + {SESSIONS}}}', "[]", "", "--basetemp"),
+        ("{}", f'["-o", "addopts=--basetemp=" + {SESSIONS}]', "", "--basetemp"),
+        ("{}", f'["-n", "2", "--basetemp=" + {SESSIONS}]', "", "--basetemp"),
+    ],
+    ids=["tmpdir", "debug-temproot", "conftest-first", "addopts-env", "addopts-ini", "xdist"],
+)
+def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    env: str,
+    args: str,
+    conftest: str,
+    refused: str,
+) -> None:
+    settings, production = stopped
+    text = (
+        CHILD.replace("ENV", env)
+        .replace("ARGS", args)
+        .replace("CONFTEST)", f"{conftest!r})")
+        .replace("INNER)", f"{INNER!r})")
+    )
+    project = _project(tmp_path, test_child=text)
+    code, output = _run_beside(
+        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
+    )
+    assert code == 0, output
+    assert "CHILD 0" not in output, output
+    assert "app: refusing" in output and refused.format(production=production) in output, output
+    if refused.startswith("TMPDIR"):
+        assert (
+            "which overlaps the data root of profile 'production (protected by the enclosing "
+            "test run, pytest pid "
+        ) in output, output
+        assert (
+            f"({production}), because TMPDIR is {production}. Point TMPDIR outside every data "
+            "root, or pass --basetemp"
+        ) in output, output
+
+
+def _pytest_outside_any_run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
+    """``python -m pytest -p no:app`` in a PID namespace of its own: no run above it."""
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    done = subprocess.run(
+        [*OWN_PROC, "env", "-i", f"PATH={os.environ['PATH']}", *(f"{k}={v}" for k, v in env.items()),
+         sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q", *args],
+        cwd=cwd, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+def test_outside_any_run_a_basetemp_in_a_stopped_root_is_refused_with_the_plugin_off(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    _settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(INNER)
+    before = snapshot(production)
+    code, output = _pytest_outside_any_run(tmp_path, f"--basetemp={production}/sessions")
+    assert snapshot(production) == before, output
+    assert code == 1, output
+    assert (
+        f"app: refusing --basetemp {production}/sessions: pytest empties it in "
+        f"{production}/sessions, which lies inside the data root {production} (it has a "
+        "profile stamp, .app-profile.json). Choose a temporary directory outside every data root"
+    ) in output, output
+
+
+@pytest.mark.parametrize("value", ["", "relative/sandbox"])
+def test_a_broken_sandbox_variable_leaves_a_run_without_the_plugin_alone(
+    tmp_path: Path, value: str
+) -> None:
+    (tmp_path / "test_inner.py").write_text(INNER)
+    code, output = _pytest_outside_any_run(tmp_path, PYTEST_APP_SANDBOX=value)
+    assert code == 0, output
+    assert "1 passed" in output, output
