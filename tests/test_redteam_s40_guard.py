@@ -150,3 +150,54 @@ def test_a_broken_sandbox_variable_leaves_a_run_without_the_plugin_alone(
     code, output = _pytest_outside_any_run(tmp_path, PYTEST_APP_SANDBOX=value)
     assert code == 0, output
     assert "1 passed" in output, output
+
+
+#: Tests that run pytest in the run's own process with the plugin off, each reaching
+#: production's sessions/ another way.
+IN_PROCESS = """
+import os
+import pytest
+
+SESSIONS = os.path.join(os.environ["PRODUCTION"], "sessions")
+INNER = "def test_inner(tmp_path):\\n    (tmp_path / 'x').write_text('x')\\n"
+
+def _inner(tmp_path):
+    path = tmp_path / f"test_inner_{tmp_path.name}.py"  # each its own module
+    path.write_text(INNER)
+    return str(path)
+
+def test_debug_temproot(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", SESSIONS)
+    print("MAIN", pytest.main(["-p", "no:app", "-q", _inner(tmp_path)]))
+
+def test_link(tmp_path):
+    (tmp_path / "link").symlink_to(SESSIONS)
+    print("MAIN", pytest.main(["-p", "no:app", "-q", "--basetemp", str(tmp_path / "link"),
+                               _inner(tmp_path)]))
+
+def test_above(tmp_path):
+    above = os.path.dirname(os.path.dirname(os.environ["PRODUCTION"]))
+    print("MAIN", pytest.main(["-p", "no:app", "-q", "--basetemp", above, _inner(tmp_path)]))
+
+def test_relative_after_chdir(tmp_path, monkeypatch):
+    inner = _inner(tmp_path)
+    monkeypatch.chdir(os.environ["PRODUCTION"])
+    print("MAIN", pytest.main(["-p", "no:app", "-q", "--basetemp=sessions", inner]))
+"""
+
+
+def test_a_pytest_in_the_run_s_process_reaches_no_root_another_way(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Held: PYTEST_DEBUG_TEMPROOT in production (checked since this red team), a
+    # --basetemp that is a symbolic link to production's sessions/, one above production's
+    # root, and a relative one given after a chdir into production's root.
+    settings, production = stopped
+    project = _project(tmp_path, test_in_process=IN_PROCESS)
+    code, output = _run_beside(
+        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
+    )
+    assert code == 0, output
+    assert output.count("MAIN 1") == 4 and "MAIN 0" not in output, output
+    assert output.count("app: refusing") >= 4, output
