@@ -28,7 +28,7 @@ from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
 from test_redteam_s39_guard import _project
-from test_server_e2e import snapshot
+from test_server_e2e import Server, app_env, snapshot
 
 INNER = "def test_inner(tmp_path):\n    (tmp_path / 'x').write_text('x')\n"
 
@@ -42,8 +42,8 @@ def test_a_child_pytest_without_the_plugin(tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER)
     env = {"PATH": os.environ["PATH"], **ENV}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q", "-s",
-         *ARGS, "test_inner.py"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", *ARGS,
+         "test_inner.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )
     print("CHILD", done.returncode, done.stdout + done.stderr)
@@ -65,6 +65,7 @@ SESSIONS = 'os.path.join(os.environ["PRODUCTION"], "sessions")'
     ("env", "args", "conftest", "refused"),
     [
         ('{"TMPDIR": os.environ["PRODUCTION"]}', "[]", "", "TMPDIR is {production}"),
+        ('{"TMPDIR": os.environ["PRODUCTION"]}', "PLUGIN_ON", "", "TMPDIR is {production}"),
         (
             f'{{"PYTEST_DEBUG_TEMPROOT": {SESSIONS}}}',
             "[]",
@@ -78,7 +79,7 @@ SESSIONS = 'os.path.join(os.environ["PRODUCTION"], "sessions")'
         ("{}", f'["-o", "addopts=--basetemp=" + {SESSIONS}]', "", "--basetemp"),
         ("{}", f'["-n", "2", "--basetemp=" + {SESSIONS}]', "", "--basetemp"),
     ],
-    ids=["tmpdir", "debug-temproot", "conftest-first", "addopts-env", "addopts-ini", "xdist"],
+    ids=["tmpdir", "tmpdir-inactive", "debug-temproot", "conftest-first", "addopts-env", "addopts-ini", "xdist"],
 )
 def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
@@ -89,6 +90,9 @@ def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
     refused: str,
 ) -> None:
     settings, production = stopped
+    # The plugin switched off (`-p no:app`), or left on and inactive (no settings where the
+    # child runs).
+    args = "[]" if args == "PLUGIN_ON" else f'["-p", "no:app", *{args}]'
     text = (
         CHILD.replace("ENV", env)
         .replace("ARGS", args)
@@ -201,3 +205,23 @@ def test_a_pytest_in_the_run_s_process_reaches_no_root_another_way(
     assert code == 0, output
     assert output.count("MAIN 1") == 4 and "MAIN 0" not in output, output
     assert output.count("app: refusing") >= 4, output
+
+
+def test_outside_any_run_a_basetemp_above_a_live_root_is_refused_with_the_plugin_off(
+    tmp_path: Path,
+) -> None:
+    # Held since the fix above: a live server's root below the --basetemp (held, its stamp
+    # below, not above, the directory pytest empties).
+    root = tmp_path / "above" / "data"
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        (tmp_path / "test_inner.py").write_text(INNER)
+        before = snapshot(root)
+        code, output = _pytest_outside_any_run(tmp_path, f"--basetemp={tmp_path / 'above'}")
+        assert snapshot(root) == before, output
+        assert code == 1, output
+        assert f"app: refusing --basetemp {tmp_path / 'above'}" in output, output
+        assert f"pid {server.pid}" in output, output
+        assert server.process.poll() is None
+    finally:
+        server.stop()

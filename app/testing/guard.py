@@ -181,6 +181,17 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     __tracebackhide__ = True
     given = config.known_args_namespace.basetemp
     if not given:
+        # Without one, pytest makes pytest-of-<user> in its temporary root: a test's child
+        # pytest, inactive (no settings where it runs), given TMPDIR=<production> by hand,
+        # wrote there (red team 40). Inside a run, the roots that run protects are known.
+        if roots := enclosing_roots_here():
+            try:
+                _check_temproot(roots)
+            except pytest.UsageError as refused:
+                raise pytest.UsageError(
+                    f"{refused}. The app's plugin is inactive in this run ({reason}), and "
+                    "pytest makes its temporary directories there all the same"
+                ) from None
         return
     # A pytest a test starts (a tox-style wrapper's, with a hand-built environment and its
     # rootdir elsewhere) stays inactive too, but it is still inside that run: the roots the
