@@ -8,6 +8,8 @@ environment, ran none of the app's code, and its pytest emptied a stopped produc
 registered, the ``--basetemp`` is checked before pytest empties it, against the roots of the
 run this process belongs to (found through the process tree, as a child's configuration
 finds it), and pytest's older numbered directories holding a live data root are kept.
+Outside any run, a ``--basetemp`` is checked against what is on disk, as an inactive
+plugin checks it; inside one, pytest's temporary root (``TMPDIR``) is checked too.
 
 Where the app's plugin runs, this does nothing: importing this module costs no more than
 its own few lines, and the app's modules are imported only in a run without the plugin.

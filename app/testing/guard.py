@@ -1140,8 +1140,10 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
     With ``switched_off`` (`app.testing.fallback`: this process's pytest runs without the
     app's plugin), the run is also looked for through the process tree, as a child's
     configuration is (a test's child ``python -m pytest -p no:app`` given a hand-built
-    environment), and pytest's older numbered directories holding a live data root are
-    kept in any run.
+    environment), a ``--basetemp`` is checked against what is on disk outside any run too,
+    and pytest's older numbered directories holding a live data root are kept in any run.
+    Inside a run, a pytest without ``--basetemp`` is refused a temporary root in a root the
+    run protects.
 
     A test's ``pytest.main(["-p", "no:app", "--basetemp=<root>/sessions", ...])`` (or
     pytester's ``runpytest_inprocess`` so) runs no hook of the app's, and its pytest emptied
