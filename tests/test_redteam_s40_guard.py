@@ -5,7 +5,8 @@ switched off (``-p no:app``), beside a stopped production root. What broke, each
 - a test's child ``python -m pytest -p no:app`` given ``TMPDIR`` (or
   ``PYTEST_DEBUG_TEMPROOT``) in a stopped production root, and no ``--basetemp``: pytest made
   its ``pytest-of-<user>`` and the tests' directories in production's root (only a given
-  ``--basetemp`` was checked);
+  ``--basetemp`` was checked); the same child with the plugin left on, inactive for want
+  of settings where it ran;
 - the same child whose conftest made pytest's base directory in a ``tryfirst``
   ``pytest_configure``, before the fallback's own: the ``--basetemp`` (production's
   ``sessions/``) was emptied unchecked;
@@ -79,7 +80,15 @@ SESSIONS = 'os.path.join(os.environ["PRODUCTION"], "sessions")'
         ("{}", f'["-o", "addopts=--basetemp=" + {SESSIONS}]', "", "--basetemp"),
         ("{}", f'["-n", "2", "--basetemp=" + {SESSIONS}]', "", "--basetemp"),
     ],
-    ids=["tmpdir", "tmpdir-inactive", "debug-temproot", "conftest-first", "addopts-env", "addopts-ini", "xdist"],
+    ids=[
+        "tmpdir",
+        "tmpdir-inactive",
+        "debug-temproot",
+        "conftest-first",
+        "addopts-env",
+        "addopts-ini",
+        "xdist",
+    ],
 )
 def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
@@ -121,8 +130,9 @@ def _pytest_outside_any_run(cwd: Path, *args: str, **env: str) -> tuple[int, str
     """``python -m pytest -p no:app`` in a PID namespace of its own: no run above it."""
     if not _own_proc_allowed():
         pytest.skip("this machine does not let this user make a PID namespace")
+    given = [f"PATH={os.environ['PATH']}", *(f"{k}={v}" for k, v in env.items())]
     done = subprocess.run(
-        [*OWN_PROC, "env", "-i", f"PATH={os.environ['PATH']}", *(f"{k}={v}" for k, v in env.items()),
+        [*OWN_PROC, "env", "-i", *given,
          sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:cacheprovider", "-q", *args],
         cwd=cwd, capture_output=True, text=True, check=False,
     )  # fmt: skip
