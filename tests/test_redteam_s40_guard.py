@@ -62,6 +62,22 @@ def pytest_configure(config):
 SESSIONS = 'os.path.join(os.environ["PRODUCTION"], "sessions")'
 
 
+def _tests_beside(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    tests: str,
+) -> tuple[Path, str]:
+    """Run `tests` beside the stopped production root (given as ``$PRODUCTION``), which they
+    must leave unchanged, and pass: production's root and the run's output."""
+    settings, production = stopped
+    project = _project(tmp_path, test_given=tests)
+    code, output = _run_beside(
+        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
+    )
+    assert code == 0, output
+    return production, output
+
+
 @pytest.mark.parametrize(
     ("env", "args", "conftest", "refused"),
     [
@@ -98,7 +114,6 @@ def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
     conftest: str,
     refused: str,
 ) -> None:
-    settings, production = stopped
     # The plugin switched off (`-p no:app`), or left on and inactive (no settings where the
     # child runs).
     args = "[]" if args == "PLUGIN_ON" else f'["-p", "no:app", *{args}]'
@@ -108,11 +123,7 @@ def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
         .replace("CONFTEST)", f"{conftest!r})")
         .replace("INNER)", f"{INNER!r})")
     )
-    project = _project(tmp_path, test_child=text)
-    code, output = _run_beside(
-        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
-    )
-    assert code == 0, output
+    production, output = _tests_beside(stopped, tmp_path, text)
     assert "CHILD 0" not in output, output
     assert "app: refusing" in output and refused.format(production=production) in output, output
     if refused.startswith("TMPDIR"):
@@ -207,12 +218,7 @@ def test_a_pytest_in_the_run_s_process_reaches_no_root_another_way(
     # Held: PYTEST_DEBUG_TEMPROOT in production (checked since this red team), a
     # --basetemp that is a symbolic link to production's sessions/, one above production's
     # root, and a relative one given after a chdir into production's root.
-    settings, production = stopped
-    project = _project(tmp_path, test_in_process=IN_PROCESS)
-    code, output = _run_beside(
-        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
-    )
-    assert code == 0, output
+    _production, output = _tests_beside(stopped, tmp_path, IN_PROCESS)
     assert output.count("MAIN 1") == 4 and "MAIN 0" not in output, output
     assert output.count("app: refusing") >= 4, output
 
