@@ -12,6 +12,8 @@ switched off (``-p no:app``), beside a stopped production root. What broke, each
   ``sessions/``) was emptied unchecked;
 - outside any test run, ``pytest -p no:app --basetemp=<stopped production>/sessions`` emptied
   it, where the same run with the plugin inactive (another project's) refuses it;
+- outside any run, a ``TMPDIR`` in a stopped production root, the plugin off or inactive:
+  pytest made its ``pytest-of-<user>`` there;
 - a user's own ``pytest -p no:app`` in a shell with a broken ``PYTEST_APP_SANDBOX`` (``export
   PYTEST_APP_SANDBOX=``): every test that asked for ``tmp_path`` errored with a traceback
   through the wrapper, though no run was there to guard.
@@ -241,3 +243,28 @@ def test_outside_any_run_a_basetemp_above_a_live_root_is_refused_with_the_plugin
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("plugin", ["off", "inactive"])
+def test_outside_any_run_a_temporary_root_in_a_stopped_root_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    plugin: str,
+) -> None:
+    # Outside any run, pytest made its pytest-of-<user> in a stopped production root named
+    # as TMPDIR, with the plugin off or inactive (another project's run): refused by its
+    # stamp now, as a --basetemp there is.
+    _settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(INNER)
+    before = snapshot(production)
+    args = ["-p", "app"] if plugin == "inactive" else []
+    code, output = _pytest_outside_any_run(tmp_path, *args, TMPDIR=str(production))
+    assert snapshot(production) == before, output
+    assert code == (4 if plugin == "inactive" else 1), output
+    assert ("The app's plugin is inactive in this run" in output) == (plugin == "inactive")
+    assert (
+        f"pytest would create (and clean up) its temporary directories in {production}/"
+        f"pytest-of-{os.environ.get('USER', 'root')}, which lies inside the data root "
+        f"{production} (it has a profile stamp, .app-profile.json), because TMPDIR is "
+        f"{production}. Point TMPDIR outside every data root, or pass --basetemp"
+    ) in output, output

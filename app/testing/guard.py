@@ -183,15 +183,15 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     if not given:
         # Without one, pytest makes pytest-of-<user> in its temporary root: a test's child
         # pytest, inactive (no settings where it runs), given TMPDIR=<production> by hand,
-        # wrote there (red team 40). Inside a run, the roots that run protects are known.
-        if roots := enclosing_roots_here():
-            try:
-                _check_temproot(roots)
-            except pytest.UsageError as refused:
-                raise pytest.UsageError(
-                    f"{refused}. The app's plugin is inactive in this run ({reason}), and "
-                    "pytest makes its temporary directories there all the same"
-                ) from None
+        # wrote there (red team 40). Inside a run, the roots that run protects are known;
+        # outside, what is on disk counts.
+        try:
+            _check_temproot(enclosing_roots_here())
+        except pytest.UsageError as refused:
+            raise pytest.UsageError(
+                f"{refused}. The app's plugin is inactive in this run ({reason}), and "
+                "pytest makes its temporary directories there all the same"
+            ) from None
         return
     # A pytest a test starts (a tox-style wrapper's, with a hand-built environment and its
     # rootdir elsewhere) stays inactive too, but it is still inside that run: the roots the
@@ -1180,11 +1180,12 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
             # 40). Only what is on disk counts there, as in an inactive run.
             roots = enclosing_roots(run) if run is not None else {}
             _check_basetemp(Path(given), roots, stamped_inside=False)
-        elif run is not None:
+        elif run is not None or (made and anywhere):
             # No --basetemp: pytest makes pytest-of-<user> in its temporary root, which a
             # test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put in a
-            # stopped production root, writing there (red team 40).
-            _check_temproot(enclosing_roots(run))
+            # stopped production root, writing there (red team 40). Outside any run, what
+            # is on disk counts.
+            _check_temproot(enclosing_roots(run) if run is not None else {})
         basetemp = original(self)
         keeps = run is not None or (made and anywhere)
         if keeps and given is None and not getattr(self, _KEEPS, False):
