@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_redteam_s36_guard import _run_beside
-from test_redteam_s39_guard import _project
+from test_redteam_s36_guard import _run, _run_beside
+from test_redteam_s39_guard import _answers, _project
 from test_server_e2e import Server, app_env, snapshot
 
 INNER = "def test_inner(tmp_path):\n    (tmp_path / 'x').write_text('x')\n"
@@ -268,3 +268,41 @@ def test_outside_any_run_a_temporary_root_in_a_stopped_root_is_refused(
         f"{production} (it has a profile stamp, .app-profile.json), because TMPDIR is "
         f"{production}. Point TMPDIR outside every data root, or pass --basetemp"
     ) in output, output
+
+
+#: A test whose forked child (multiprocessing's fork: it runs threading's shutdown hooks,
+#: the run's hand-over among them, and exits) leaves a daemon, given production's settings
+#: alone, that acts once the run has ended.
+FORKED_CHILD_LEAVES_A_DAEMON = """
+import multiprocessing, os, subprocess, sys
+
+def _leave():
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {os.environ['OUT']} 2>&1"
+    subprocess.Popen(["sh", "-c", f"sleep 1.5; exec {purge}"], env=env, start_new_session=True)
+
+def test_a_forked_child_leaves_a_daemon():
+    child = multiprocessing.get_context("fork").Process(target=_leave)
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+"""
+
+
+def test_a_daemon_a_forked_child_leaves_stays_in_the_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Held: the forked child runs the run's hand-over at its own exit (threading's hooks),
+    # as a fork of the run: its daemon, the run's subreaper's child once the fork exited,
+    # is handed an entry of its own when the run ends, and refused.
+    settings, production = stopped
+    project = _project(tmp_path, test_fork=FORKED_CHILD_LEAVES_A_DAEMON)
+    out = tmp_path / "out.txt"
+    before = snapshot(production)
+    code, output = _run(project, settings, "-q", "-p", "no:randomly", OUT=str(out))
+    assert code == 0, output
+    said = _answers(out, 1)[out.name]
+    assert snapshot(production) == before, said
+    assert said.startswith("error: refused under pytest (sandbox: "), said
