@@ -97,6 +97,7 @@ def _tests_beside(
         (f'{{"PYTEST_ADDOPTS": "--basetemp=" + {SESSIONS}}}', "[]", "", "--basetemp"),
         ("{}", f'["-o", "addopts=--basetemp=" + {SESSIONS}]', "", "--basetemp"),
         ("{}", f'["-n", "2", "--basetemp=" + {SESSIONS}]', "", "--basetemp"),
+        ('{"TMPDIR": os.environ["PRODUCTION"]}', '["-n", "2"]', "", "TMPDIR is {production}"),
     ],
     ids=[
         "tmpdir",
@@ -106,6 +107,7 @@ def _tests_beside(
         "addopts-env",
         "addopts-ini",
         "xdist",
+        "xdist-tmpdir",
     ],
 )
 def test_a_child_pytest_without_the_plugin_cannot_reach_a_stopped_root(
