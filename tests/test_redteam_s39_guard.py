@@ -457,6 +457,25 @@ def test_empties_atexit_and_leaves_a_daemon():
 """
 
 
+def daemon_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture's value
+    tmp_path: Path,
+    tests: str,
+) -> str:
+    """Run `tests` (whose daemon writes what it was told into ``$OUT``) beside the stopped
+    production root, which must stay unchanged: what the daemon was told, a refusal."""
+    settings, production = stopped
+    project = _project(tmp_path, test_daemon=tests)
+    out = tmp_path / "out.txt"
+    before = snapshot(production)
+    code, output = _run(project, settings, "-q", "-p", "no:randomly", OUT=str(out))
+    assert code == 0, output
+    said = _answers(out, 1)[out.name]
+    assert snapshot(production) == before, said
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    return said
+
+
 def test_a_daemon_left_by_a_test_that_empties_atexit_stays_in_the_run(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
@@ -466,15 +485,7 @@ def test_a_daemon_left_by_a_test_that_empties_atexit_stays_in_the_run(
     # run had ended, was outside any run (no command line above it shows pytest either),
     # and purged a stopped production root. The hand-over now also runs from threading's
     # shutdown hooks, which Python calls before atexit's.
-    settings, production = stopped
-    project = _project(tmp_path, test_atexit=CLEARS_ATEXIT)
-    out = tmp_path / "out.txt"
-    before = snapshot(production)
-    code, output = _run(project, settings, "-q", "-p", "no:randomly", OUT=str(out))
-    assert code == 0, output
-    said = _answers(out, 1)[out.name]
-    assert snapshot(production) == before, said
-    assert said.startswith("error: refused under pytest (sandbox: "), said
+    said = daemon_refused(stopped, tmp_path, CLEARS_ATEXIT)
     assert (
         "(this process belongs to the test run through the process tree (this process, "
         "started by the test run of pytest pid "

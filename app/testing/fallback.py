@@ -8,6 +8,8 @@ environment, ran none of the app's code, and its pytest emptied a stopped produc
 registered, the ``--basetemp`` is checked before pytest empties it, against the roots of the
 run this process belongs to (found through the process tree, as a child's configuration
 finds it), and pytest's older numbered directories holding a live data root are kept.
+Outside any run, a ``--basetemp`` is checked against what is on disk, as an inactive
+plugin checks it; inside one, pytest's temporary root (``TMPDIR``) is checked too.
 
 Where the app's plugin runs, this does nothing: importing this module costs no more than
 its own few lines, and the app's modules are imported only in a run without the plugin.
@@ -18,6 +20,18 @@ What this does not cover: autoload switched off (``PYTEST_DISABLE_PLUGIN_AUTOLOA
 from __future__ import annotations
 
 import pytest
+
+
+def pytest_addoption(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Guard from the moment pytest registers this module, before any conftest is imported:
+    a conftest's ``tryfirst`` ``pytest_configure`` that made pytest's base directory
+    (``TempPathFactory.from_config(config).getbasetemp()``) ran before this module's
+    `pytest_configure`, and its pytest emptied a production root given as the
+    ``--basetemp`` (red team 40)."""
+    if pluginmanager.is_blocked("app"):
+        from app.testing import guard
+
+        guard._guard_basetemps_in_this_process(switched_off=True)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -181,6 +181,17 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     __tracebackhide__ = True
     given = config.known_args_namespace.basetemp
     if not given:
+        # Without one, pytest makes pytest-of-<user> in its temporary root: a test's child
+        # pytest, inactive (no settings where it runs), given TMPDIR=<production> by hand,
+        # wrote there (red team 40). Inside a run, the roots that run protects are known;
+        # outside, what is on disk counts.
+        try:
+            _check_temproot(enclosing_roots_here())
+        except pytest.UsageError as refused:
+            raise pytest.UsageError(
+                f"{refused}. The app's plugin is inactive in this run ({reason}), and "
+                "pytest makes its temporary directories there all the same"
+            ) from None
         return
     # A pytest a test starts (a tox-style wrapper's, with a hand-built environment and its
     # rootdir elsewhere) stays inactive too, but it is still inside that run: the roots the
@@ -664,6 +675,14 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
     and deleting old ones there: a TMPDIR inside a data root would reach into it, and a data
     root inside an old one is deleted with it."""
     __tracebackhide__ = True
+    rootdir = _check_temproot(roots)
+    _refuse_live_roots_in_old_directories(config, rootdir)
+
+
+def _check_temproot(roots: dict[str, Path]) -> Path:
+    """Refuse a temporary root (``TMPDIR``, ``PYTEST_DEBUG_TEMPROOT``) that puts pytest's
+    ``pytest-of-<user>`` in a data root, or a data root in it; return that directory."""
+    __tracebackhide__ = True
     temproot, rootdir = _default_rootdir()
     # A root the settings name, else one found on disk (a service's root set in its own
     # environment): the same refusal, saying how the root was recognised.
@@ -681,7 +700,7 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
             f"directories in {rootdir}, which {where}, because {variable} is {temproot}. "
             f"Point {variable} outside every data root, or pass --basetemp"
         )
-    _refuse_live_roots_in_old_directories(config, rootdir)
+    return rootdir
 
 
 def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
@@ -1121,8 +1140,10 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
     With ``switched_off`` (`app.testing.fallback`: this process's pytest runs without the
     app's plugin), the run is also looked for through the process tree, as a child's
     configuration is (a test's child ``python -m pytest -p no:app`` given a hand-built
-    environment), and pytest's older numbered directories holding a live data root are
-    kept in any run.
+    environment), a ``--basetemp`` is checked against what is on disk outside any run too,
+    and pytest's older numbered directories holding a live data root are kept in any run.
+    Inside a run, a pytest without ``--basetemp`` is refused a temporary root in a root the
+    run protects.
 
     A test's ``pytest.main(["-p", "no:app", "--basetemp=<root>/sessions", ...])`` (or
     pytester's ``runpytest_inprocess`` so) runs no hook of the app's, and its pytest emptied
@@ -1144,9 +1165,27 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
         given = self._given_basetemp  # private: see the pytest bound in pyproject.toml
         made = self._basetemp is None
         anywhere = getbasetemp._app_switched_off  # type: ignore[attr-defined]
-        run = sandboxing.current_run() if made and (anywhere or sandboxing.marked()) else None
-        if run is not None and given is not None:
-            _check_basetemp(Path(given), enclosing_roots(run), stamped_inside=False)
+        run = None
+        if made and (anywhere or sandboxing.marked()):
+            # A run is found through the process tree first; outside any, a broken
+            # PYTEST_APP_SANDBOX (`export PYTEST_APP_SANDBOX=` in the shell) errored every
+            # test of a user's own `pytest -p no:app` run that asked for tmp_path, with a
+            # traceback through this wrapper (red team 40): what is on disk is still checked.
+            with contextlib.suppress(AppError):
+                run = sandboxing.current_run()
+        if given is not None and (run is not None or (made and anywhere)):
+            # Outside any run too, where the app's plugin is switched off: a user's `pytest
+            # -p no:app --basetemp=/srv/app/data/sessions` emptied a stopped production
+            # root's sessions that the same run with the plugin inactive refuses (red team
+            # 40). Only what is on disk counts there, as in an inactive run.
+            roots = enclosing_roots(run) if run is not None else {}
+            _check_basetemp(Path(given), roots, stamped_inside=False)
+        elif run is not None or (made and anywhere):
+            # No --basetemp: pytest makes pytest-of-<user> in its temporary root, which a
+            # test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put in a
+            # stopped production root, writing there (red team 40). Outside any run, what
+            # is on disk counts.
+            _check_temproot(enclosing_roots(run) if run is not None else {})
         basetemp = original(self)
         keeps = run is not None or (made and anywhere)
         if keeps and given is None and not getattr(self, _KEEPS, False):
