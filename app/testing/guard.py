@@ -186,7 +186,7 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
         # wrote there (red team 40). Inside a run, the roots that run protects are known;
         # outside, what is on disk counts.
         try:
-            _check_temproot(enclosing_roots_here())
+            _check_temproot(enclosing_roots_here(), enclosing=True)
         except pytest.UsageError as refused:
             raise pytest.UsageError(
                 f"{refused}. The app's plugin is inactive in this run ({reason}), and "
@@ -679,11 +679,20 @@ def _check_default_basetemp(config: pytest.Config, roots: dict[str, Path]) -> No
     _refuse_live_roots_in_old_directories(config, rootdir)
 
 
-def _check_temproot(roots: dict[str, Path]) -> Path:
+def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
     """Refuse a temporary root (``TMPDIR``, ``PYTEST_DEBUG_TEMPROOT``) that puts pytest's
-    ``pytest-of-<user>`` in a data root, or a data root in it; return that directory."""
+    ``pytest-of-<user>`` in a data root, or a data root in it; return that directory.
+
+    With ``enclosing`` (`roots` are the roots an enclosing run protects, not this run's
+    settings), only a root that holds ``pytest-of-<user>`` counts: the enclosing run's own
+    test data, its roots among them, lives inside ``pytest-of-<user>`` by design (a test's
+    ``tmp_path``), in the numbered directory that run holds, which pytest never deletes
+    while it runs; a live root in an older one is kept at the end (`_keep_held_directories`).
+    """
     __tracebackhide__ = True
     temproot, rootdir = _default_rootdir()
+    if enclosing:
+        roots = {name: root for name, root in roots.items() if not root.is_relative_to(rootdir)}
     # A root the settings name, else one found on disk (a service's root set in its own
     # environment): the same refusal, saying how the root was recognised.
     where = None
@@ -1185,7 +1194,7 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
             # test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put in a
             # stopped production root, writing there (red team 40). Outside any run, what
             # is on disk counts.
-            _check_temproot(enclosing_roots(run) if run is not None else {})
+            _check_temproot(enclosing_roots(run) if run is not None else {}, enclosing=True)
         basetemp = original(self)
         keeps = run is not None or (made and anywhere)
         if keeps and given is None and not getattr(self, _KEEPS, False):
