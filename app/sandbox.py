@@ -677,6 +677,12 @@ def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:
     return {str(item.path) for item in outer.protected} <= kept
 
 
+def _joined(protected: tuple[Protected, ...], more: Iterable[Protected]) -> tuple[Protected, ...]:
+    """`protected`, then each root of `more` it does not protect already (by path)."""
+    kept = {str(item.path) for item in protected}
+    return protected + tuple(item for item in more if str(item.path) not in kept)
+
+
 def _within_enclosing(
     run: Run,
     entry: Path,
@@ -704,8 +710,7 @@ def _within_enclosing(
         outer = _read_entry(found, pid, depth, data=data)
         if outer is None or _keeps_roots(run, outer):
             continue
-        kept = {str(item.path) for item in run.protected}
-        protected = run.protected + tuple(p for p in outer.protected if str(p.path) not in kept)
+        protected = _joined(run.protected, outer.protected)
         # The narrower where one holds the other; else the nearer one's.
         sandbox = outer.sandbox if outer.sandbox.is_relative_to(run.sandbox) else run.sandbox
         how = run.recognised_by.removesuffix(")")
@@ -1727,8 +1732,7 @@ def register(
         with contextlib.suppress(SandboxViolationError):
             enclosing = current_run()
             if enclosing is not None:
-                known = {str(item.path) for item in protected}
-                protected += tuple(p for p in enclosing.protected if str(p.path) not in known)
+                protected = _joined(protected, enclosing.protected)
     run = Run(sandbox, _proc_self() or os.getpid(), protected, scratch=scratch)
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:

@@ -1182,22 +1182,23 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
             # traceback through this wrapper (red team 40): what is on disk is still checked.
             with contextlib.suppress(AppError):
                 run = sandboxing.current_run()
-        if given is not None and (run is not None or (made and anywhere)):
-            # Outside any run too, where the app's plugin is switched off: a user's `pytest
-            # -p no:app --basetemp=/srv/app/data/sessions` emptied a stopped production
-            # root's sessions that the same run with the plugin inactive refuses (red team
-            # 40). Only what is on disk counts there, as in an inactive run.
+        guarded = run is not None or (made and anywhere)
+        if guarded:
+            # Outside any run too, where the app's plugin is switched off; only what is on
+            # disk counts there, as in an inactive run.
             roots = enclosing_roots(run) if run is not None else {}
-            _check_basetemp(Path(given), roots, stamped_inside=False)
-        elif run is not None or (made and anywhere):
-            # No --basetemp: pytest makes pytest-of-<user> in its temporary root, which a
-            # test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put in a
-            # stopped production root, writing there (red team 40). Outside any run, what
-            # is on disk counts.
-            _check_temproot(enclosing_roots(run) if run is not None else {}, enclosing=True)
+            if given is not None:
+                # A user's `pytest -p no:app --basetemp=/srv/app/data/sessions` emptied a
+                # stopped production root's sessions that the same run with the plugin
+                # inactive refuses (red team 40).
+                _check_basetemp(Path(given), roots, stamped_inside=False)
+            else:
+                # No --basetemp: pytest makes pytest-of-<user> in its temporary root, which
+                # a test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put
+                # in a stopped production root, writing there (red team 40).
+                _check_temproot(roots, enclosing=True)
         basetemp = original(self)
-        keeps = run is not None or (made and anywhere)
-        if keeps and given is None and not getattr(self, _KEEPS, False):
+        if guarded and given is None and not getattr(self, _KEEPS, False):
             # Its numbered directory makes an older one due for pytest's clean-up at its end
             # (a live server's root there, which this run's own start found not due, was
             # deleted): keep such a directory, as an inactive run's plugin does.
