@@ -37,7 +37,7 @@ from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
 from app import sandbox
-from app.errors import InvalidSettingError, UploadTooLargeError
+from app.errors import AppError, InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
     DatabaseCopiedError,
     DatabaseTimelineBehindError,
@@ -178,6 +178,45 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
 def _timeline(stamp: dict[str, Any]) -> int | None:
     value = stamp.get("timeline")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def binding_refusal(
+    profile: str,
+    stamp: dict[str, Any],
+    database: tuple[str, str, str | None, int | None],
+    where: str,
+    protected: Protection,
+) -> AppError | None:
+    """What opening `database` (its id, how it is shown, :func:`app.remote.pg.instance`
+    and timeline) over the prefix `where`, stamped `stamp`, is refused for, or ``None``:
+    what an open raises and what ``app doctor`` reports.
+
+    - a prefix bound to another database id;
+    - a copy of the database it is bound to: its id is a row, which a restored dump has too
+      (red team 39);
+    - a timeline below the highest the prefix has seen: a standby of it was promoted, and
+      this is the old primary, still taking writes, a split brain (red team 39).
+
+    A stamp that names no database (or no instance) yet refuses nothing: the open claims it.
+    """
+    database_id, shown, instance, timeline = database
+    bound = stamp.get("database")
+    if bound is not None and bound != database_id:
+        return StorageMismatchError("database", shown, where, str(bound), database_id=database_id)
+    if (
+        bound is not None
+        and "instance" in stamp
+        and instance is not None
+        and not same_instance(str(stamp["instance"]), instance)
+    ):
+        return DatabaseCopiedError(
+            profile, shown, where, str(stamp["instance"]), instance,
+            protected=needs_confirmation(protected, profile),
+        )  # fmt: skip
+    recorded = _timeline(stamp)
+    if timeline is not None and recorded is not None and timeline < recorded:
+        return DatabaseTimelineBehindError(profile, shown, where, timeline, recorded)
+    return None
 
 
 def same_instance(first: str, second: str) -> bool:
@@ -686,33 +725,21 @@ class ObjectStore:
         database: tuple[str, str, str | None, int | None],
         protected: Protection,
     ) -> dict[str, Any]:
-        database_id, shown, instance, timeline = database
-        bound = stamp.get("database")
-        if bound is None:
+        database_id, _, instance, timeline = database
+        refusal = binding_refusal(profile, stamp, database, self.where, protected)
+        if refusal is not None:
+            raise refusal
+        if stamp.get("database") is None:
             # Stamped before stamps named their database: this one, the first to open it
             # since, claims it (a plain PUT; two databases claiming one prefix in the same
             # instant is the race of two first stamps, see remote.md).
             stamp = {**stamp, "database": database_id, "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
-        elif bound != database_id:
-            raise StorageMismatchError(
-                "database", shown, self.where, str(bound), database_id=database_id
-            )
         elif "instance" not in stamp and instance is not None:
             # Stamped before stamps named the database itself: claimed as above.
             stamp = {**stamp, "instance": instance}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
-        elif instance is not None and not same_instance(str(stamp["instance"]), instance):
-            # Its id is a row, which a restored dump has too (red team 39).
-            raise DatabaseCopiedError(
-                profile, shown, self.where, str(stamp["instance"]), instance,
-                protected=needs_confirmation(protected, profile),
-            )  # fmt: skip
         recorded = _timeline(stamp)
-        if timeline is not None and recorded is not None and timeline < recorded:
-            # A standby of it was promoted, and this is the old primary, still taking
-            # writes: a split brain (red team 39).
-            raise DatabaseTimelineBehindError(profile, shown, self.where, timeline, recorded)
         if timeline is not None and (recorded is None or timeline > recorded):
             # A failover (or a point-in-time recovery) began a new timeline: from now on,
             # the old one's primary is refused, and its replicas stop at their next check.

@@ -525,12 +525,8 @@ def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
     as opening them checks (red team 39: `app doctor` said "ok" for a database bound to
     another prefix, a prefix of another database, and a restored copy of the database,
     each of which `app serve` refused)."""
-    from app.remote.errors import (
-        DatabaseCopiedError,
-        DatabaseTimelineBehindError,
-        StorageMismatchError,
-    )
-    from app.remote.objects import same_instance
+    from app.remote.errors import StorageMismatchError
+    from app.remote.objects import binding_refusal
 
     if "binding" not in seen or "prefix" not in seen:
         return []
@@ -546,22 +542,10 @@ def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
         )
     elif (bucket, prefix) != (location.bucket, location.prefix):
         error = StorageMismatchError("prefix", where, shown, f"s3://{bucket}/{prefix}")
-    elif stamp.get("database") not in (None, database_id):
-        error = StorageMismatchError(
-            "database", where, shown, str(stamp["database"]), database_id=database_id
-        )
-    elif stamp.get("instance") is not None and not same_instance(str(stamp["instance"]), here):
-        error = DatabaseCopiedError(
-            config.profile, where, shown, str(stamp["instance"]), here,
-            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
-        )  # fmt: skip
-    elif (
-        timeline is not None
-        and isinstance(stamp.get("timeline"), int)
-        and (timeline < stamp["timeline"])
-    ):
-        error = DatabaseTimelineBehindError(
-            config.profile, where, shown, timeline, stamp["timeline"]
+    else:
+        database = (database_id, where, here, timeline)
+        error = binding_refusal(
+            config.profile, stamp, database, shown, config.taking_needs_confirmation
         )
     found = (
         f"database id {database_id} ({here}), bound to s3://{bucket}/{prefix}"
