@@ -109,6 +109,43 @@ def test_uploads_declare_their_digest_fields_and_downloads_send_one(
         assert "Repr-Digest" in responses["206"]["headers"]
 
 
+#: Bodies of POST /sessions written as text, so that the server reads the numbers as sent.
+#: Each: whether the document and the server take it. An integral number written with an
+#: exponent (1e300) is left out: JSON Schema calls it an integer (refused by the document),
+#: while the server reads a double from the text and keeps it; the document is the stricter.
+METADATA_BODIES = [
+    ('{"metadata": {"n": 9007199254740991}}', True),
+    ('{"metadata": {"n": -9007199254740991}}', True),
+    ('{"metadata": {"n": 9007199254740992}}', False),
+    ('{"metadata": {"n": -9007199254740992}}', False),
+    ('{"metadata": {"n": 81175757553577415055966319971139584}}', False),
+    ('{"metadata": {"a": [{"b": [1, 2, 18446744073709551616]}]}}', False),
+    ('{"metadata": {"a": [{"b": [1.5, -0.25, 1.5e-300, null, true, "x"]}]}}', True),
+    ('{"metadata": {"a": {"b": {"c": 9007199254740991}}}}', True),
+]
+
+
+@pytest.mark.parametrize(("body", "accepted"), METADATA_BODIES)
+def test_the_document_and_the_server_agree_on_metadata_numbers(
+    app_client: TestClient, openapi: dict[str, Any], body: str, accepted: bool
+) -> None:
+    """A fuzzer's finding (bench/fuzz.py): the document let metadata hold any number, and
+    the server refused an integer beyond 2**53 with 422 (schemathesis' ST202)."""
+    import json
+
+    import jsonschema_rs
+
+    schema = {"$ref": "#/components/schemas/SessionCreate", "components": openapi["components"]}
+    assert jsonschema_rs.is_valid(schema, json.loads(body)) is accepted
+    answer = app_client.post(
+        "/sessions", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == (201 if accepted else 422), answer.text
+    if not accepted:
+        assert "past which a double skips integers" in answer.json()["message"]
+        assert "send it as a string" in answer.json()["message"]
+
+
 def test_a_405_names_every_method_the_path_allows(app_client: TestClient) -> None:
     response = app_client.patch("/sessions")
     assert response.status_code == 405
@@ -146,7 +183,7 @@ def test_created_resources_say_where_they_are(app_client: TestClient) -> None:
 
 #: What the suite runs: every check, every phase (examples, coverage, fuzzing, stateful), a
 #: fixed seed so that a finding reproduces, and few examples per operation so that it stays
-#: within a minute on a busy two-core machine. `bash bench/fuzz.sh` runs the long version.
+#: within a minute on a busy two-core machine. `bench/fuzz.py` runs the long version.
 FUZZ_ARGS = [
     "--checks=all",
     "--max-examples=12",

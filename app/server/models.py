@@ -20,6 +20,33 @@ MAX_METADATA_DEPTH: Final = 32
 """Deepest nesting of objects and arrays in a session's metadata (``{}`` is one level)."""
 MAX_METADATA_KEYS: Final = 1000
 """Most keys in a session's metadata, counting those of every nested object."""
+MAX_EXACT_INT: Final = 2**53 - 1
+"""Largest integer a metadata value may be (RFC 8259, 6: every JSON reader agrees on these)."""
+
+METADATA_VALUE: Final = "MetadataValue"
+#: A metadata value as the server takes it, for the document (``components/schemas``): a
+#: schema-valid body that the server refused with 422 was a fuzzer's finding (an integer
+#: beyond 2**53). An integer is bounded; any other number must not be integral, because JSON
+#: Schema calls 1e300 an integer while the server, reading the text, takes it as a double:
+#: the document is the stricter of the two there, never the looser. Depth, key count and
+#: size are totals no schema states; the description says them.
+METADATA_VALUE_SCHEMA: Final = {
+    "description": (
+        f"Any JSON value; an integer within ±{MAX_EXACT_INT} (send a larger one as a string)."
+    ),
+    "anyOf": [
+        {
+            "type": "object",
+            "additionalProperties": {"$ref": f"#/components/schemas/{METADATA_VALUE}"},
+        },
+        {"type": "array", "items": {"$ref": f"#/components/schemas/{METADATA_VALUE}"}},
+        {"type": "string"},
+        {"type": "integer", "minimum": -MAX_EXACT_INT, "maximum": MAX_EXACT_INT},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "boolean"},
+        {"type": "null"},
+    ],
+}
 
 SESSION_ID_PATTERN: Final = "^[0-9a-f]{32}$"
 
@@ -65,7 +92,7 @@ class SessionCreate(BaseModel):
             f"beyond), nested at most {MAX_METADATA_DEPTH} levels deep and with at most "
             f"{MAX_METADATA_KEYS} keys in all (422 beyond). NaN and Infinity are not JSON, "
             "and a number must be one a 64-bit float holds as sent: integers within "
-            "±9007199254740991, decimals no more precise than a double (422 otherwise: "
+            f"±{MAX_EXACT_INT}, decimals no more precise than a double (422 otherwise: "
             "send it as a string)."
         ),
     )

@@ -16,7 +16,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.server.models import Problem, SessionCreate, ValidationIssue, ValidationProblem
+from app.server.models import (
+    METADATA_VALUE,
+    METADATA_VALUE_SCHEMA,
+    Problem,
+    SessionCreate,
+    ValidationIssue,
+    ValidationProblem,
+)
 from app.server.problems import PROBLEM_MEDIA_TYPE
 
 _ERRORS: Final = {
@@ -157,6 +164,11 @@ def openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[model.__name__] = schema
+        # Set here, not as the field's json_schema_extra: pydantic resolves every $ref it
+        # meets there among its own definitions, and this one is the document's.
+        metadata = schemas["SessionCreate"]["properties"]["metadata"]
+        metadata["additionalProperties"] = {"$ref": f"#/components/schemas/{METADATA_VALUE}"}
+        schemas[METADATA_VALUE] = METADATA_VALUE_SCHEMA
         for operations in document["paths"].values():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})

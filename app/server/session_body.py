@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from app.errors import BodyTooLargeError, MetadataTooLargeError
 from app.server.models import (
+    MAX_EXACT_INT,
     MAX_METADATA_DEPTH,
     MAX_METADATA_KEYS,
     MAX_SESSION_BODY_BYTES,
@@ -134,10 +135,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-#: RFC 8259 (6): integers in this range are the ones every JSON reader agrees on.
-_EXACT_INT: Final = 2**53 - 1
-
-
 def _not_a_double(text: str, why: str) -> RequestValidationError:
     return _invalid(
         (),
@@ -160,8 +157,8 @@ def _finite(text: str) -> float:
 def _exact_int(text: str) -> int:
     value = int(text)  # past sys.get_int_max_str_digits, ValueError: refused by the caller
     # Stored whole, 9007199254740993 is 9007199254740992 to a client that reads doubles.
-    if abs(value) > _EXACT_INT:
-        raise _not_a_double(text, f"is beyond ±{_EXACT_INT}, past which a double skips integers")
+    if abs(value) > MAX_EXACT_INT:
+        raise _not_a_double(text, f"is beyond ±{MAX_EXACT_INT}, past which a double skips integers")
     return value
 
 
