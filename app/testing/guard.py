@@ -962,8 +962,9 @@ def _keep_held_directories_after(
     except OSError:
         return
     keep = 0 if factory._retention_policy == "none" else factory._retention_count
-    # The stack runs last in, first out: this runs before pytest's clean-up, registered
-    # when the directory was made.
+    # pytest registered its clean-up on this stack as it made the directory; the stack runs
+    # last in, first out, so this runs just before it (private: see the pytest bound in
+    # pyproject.toml). Its locks count as alive against the directory's creation, as there.
     factory._exit_stack.callback(
         _keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp
     )
@@ -1010,21 +1011,9 @@ def make_sandbox(
     setattr(factory, _KEEPS, True)
     sandbox = factory.getbasetemp().resolve()
     if not given:
-        from _pytest.pathlib import LOCK_TIMEOUT
-
-        # pytest registered its clean-up of the older numbered directories on this stack as
-        # it made the sandbox; the stack runs last in, first out, so this runs just before
-        # it, at the session's end or at exit (private: see the pytest bound in
-        # pyproject.toml). Its locks count as alive against the sandbox's creation, as here.
-        alive_after = sandbox.stat().st_mtime - LOCK_TIMEOUT
-        factory._exit_stack.callback(
-            _keep_held_directories,
-            config,
-            sandbox.parent,
-            _retention_keep(config),
-            alive_after,
-            sandbox,
-        )
+        # Just before pytest's clean-up of the older numbered directories, at the session's
+        # end or at exit.
+        _keep_held_directories_after(factory, sandbox, config)
     (sandbox / SANDBOX_MARK).write_text(
         "A pytest sandbox of the app's plugin: pytest empties it when it is reused.\n"
     )
