@@ -340,6 +340,29 @@ def _proc_self() -> int | None:
         return None
 
 
+#: This process's `_own_start`, keyed by ``os.getpid()`` as it was read: emptied in a
+#: forked child, which reads its own.
+_OWN_START: list[tuple[int, tuple[int, int]]] = []
+os.register_at_fork(after_in_child=_OWN_START.clear)
+
+
+def _own_start() -> tuple[int, int] | None:
+    """This process's pid as ``/proc`` numbers it (`_proc_self`) and its start time, or None
+    without ``/proc``; read once. Neither changes while the process lives (its parent does:
+    never cached), and a fork, which has another ``os.getpid()``, reads its own. The plugin
+    asks after every test (`restore_entry`, twice), and these two reads of ``/proc`` were
+    most of what the guard cost a test that does nothing (`bench/fixtures.py`)."""
+    key = os.getpid()
+    if _OWN_START and _OWN_START[0][0] == key:
+        return _OWN_START[0][1]
+    pid = _proc_self()
+    fields = _stat_fields(pid) if pid is not None else None
+    if pid is None or fields is None:
+        return None
+    _OWN_START[:] = [(key, (pid, fields[1]))]
+    return pid, fields[1]
+
+
 def parent_pid() -> int | None:
     """The parent of this process as ``/proc`` numbers it (see `Run.pid`), or None."""
     own = _proc_self()
@@ -1759,17 +1782,17 @@ def restore_entry(run: Run) -> str | None:
     is named, and the next one runs guarded again. Two ``stat`` calls when nothing is wrong
     (a read more for an entry only touched).
     """
-    pid = _proc_self()
-    started = _stat_fields(pid) if pid is not None else None
-    if pid is None or started is None:
+    own = _own_start()
+    if own is None:
         return None
+    pid, started = own
     try:
         found = os.lstat(RUNS_DIR)
     except OSError:
         problem = f"the registry {RUNS_DIR} was removed"
     else:
         if _runs_dir_trusted(RUNS_DIR, os.getuid()):
-            in_entry = _entry_problem(found, pid, started[1], run)
+            in_entry = _entry_problem(found, pid, started, run)
             if in_entry is None:
                 return None
             problem = in_entry
