@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import sys
 import tomllib
@@ -743,6 +744,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@functools.cache
+def _misspells_app_profile(name: str) -> bool:
+    # Once per mark name, not per test: difflib was most of what this check cost each test.
+    return name != "app_profile" and bool(get_close_matches(name, ["app_profile"], cutoff=0.8))
+
+
 def _refuse_misread_marks(node: pytest.Item) -> None:
     """Fail a test whose ``app_profile`` mark would not say what its writer meant.
 
@@ -752,7 +759,7 @@ def _refuse_misread_marks(node: pytest.Item) -> None:
     profiles it asked for, and its refusal said to add the mark it had.
     """
     for mark in node.iter_markers():
-        if mark.name != "app_profile" and get_close_matches(mark.name, ["app_profile"], cutoff=0.8):
+        if _misspells_app_profile(mark.name):
             pytest.fail(
                 f"app: {node.nodeid} is marked {mark.name!r}, which is no mark of the app "
                 "(did you mean 'app_profile'?); the test would run without the profiles it "
