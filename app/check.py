@@ -602,17 +602,32 @@ class Checker:
                 continue
             if (kind := _special(blob)) is not None:
                 # A FIFO at a blob's name hung this check for good, and a server's start-up
-                # with it (red team 36); it holds no bytes, and is not the app's to move.
+                # with it (red team 36); it holds no bytes, and is not the app's to move. A
+                # symbolic link (bytes moved to another disk and linked back, a dedup tool)
+                # was "bytes not there" and "never acknowledged": the repair removed the
+                # record and moved the link to the trash as an orphan (red team 41).
                 referenced.add(record["blob"])
+                if blob.is_symlink():
+                    fix = (
+                        "nothing: left for a human (the app never follows a link; if it leads "
+                        "to the file's bytes, put them in its place: `cp --remove-destination "
+                        f'"$(readlink -f {blob})" {blob}`, after checking that their '
+                        "`sha256sum` is the one acknowledged; else put them back from a "
+                        "backup, or upload the file again)"
+                    )
+                else:
+                    fix = (
+                        "nothing: left for a human (move it away and put the bytes back from "
+                        "a backup, whose `sha256sum` is the one acknowledged, or upload the "
+                        "file again)"
+                    )
                 self.unrepaired(
                     "file-damaged",
                     path,
                     f"the bytes of file {path.name!r} are not there: their name holds {kind}, "
                     "not a regular file (changed from outside the app); a download of it is "
                     "refused",
-                    "nothing: left for a human (move it away and put the bytes back from a "
-                    "backup, whose `sha256sum` is the one acknowledged, or upload the file "
-                    "again)",
+                    fix,
                 )
                 continue
             dangling.append((path, record))
@@ -778,11 +793,15 @@ def _not_a_directory(path: Path) -> str | None:
 
 
 def _special(path: Path) -> str | None:
-    """What is at ``path`` if it is neither a regular file, nor a symlink, nor missing."""
+    """What is at ``path`` if it is neither a regular file nor missing: a symbolic link (with
+    where it leads), which the app never follows, or a special file's kind."""
     try:
-        return special_kind(path.lstat().st_mode)
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            return f"a symbolic link (to {os.readlink(path)})"
     except (FileNotFoundError, NotADirectoryError):
         return None
+    return special_kind(mode)
 
 
 def _listing(directory: Path) -> list[Path]:

@@ -131,6 +131,14 @@ class Files:
                 except OSError as error:
                     if error.errno not in MISSING_ERRNOS:
                         raise
+                    if os.path.islink(blobs / record["blob"]):
+                        # A 404 "no file" of a listed file (red team 41), as for a FIFO below.
+                        raise DamagedFileError(
+                            session_id,
+                            record_path.name,
+                            "are not there (their name holds a symbolic link, which the app "
+                            "never follows: `app data check` names where it leads)",
+                        ) from None
                 else:
                     mode = os.fstat(file.fileno()).st_mode
                     if stat.S_ISREG(mode):
