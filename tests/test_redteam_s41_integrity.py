@@ -10,13 +10,21 @@ Real servers on 127.0.0.1 and real commands on real files. What broke:
   the trash as an orphan upload, for ``empty-trash`` to remove. The link is now left for a
   human (``file-damaged``, the record kept), naming where it leads and how to put the bytes
   back; a download is refused as damaged, naming the link.
+- A copy of a live data root made with hard links (``cp -al root root.bak`` before an
+  upgrade). The server ran on without a word, and its next start was refused because
+  ``.server.lock`` had two names, saying "Remove the link" of a link it did not name. The
+  server now warns as soon as its lock file gains a name, and the refusal gives the ``find
+  -samefile`` that lists the other names and says which to remove; done, the server starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +99,50 @@ def test_a_blob_made_a_symbolic_link_is_left_for_a_human_and_never_repaired_away
     assert hashlib.sha256(linked.read_bytes()).hexdigest() == hashlib.sha256(b"moved.txt" * 100).hexdigest()
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_hard_link_copy_of_a_live_root_is_announced_and_its_refusal_names_the_other_name(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root, APP_LOCK_CHECK_SECONDS="0.1")
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    copy = tmp_path / "app-data.before-upgrade"
+    try:
+        with server.client() as http:
+            session = http.post("/sessions", json={"title": "copied"}).json()["id"]
+            url = f"/sessions/{session}/files/a.txt"
+            assert http.put(url, content=b"version 1").status_code == 201
+            subprocess.run(["cp", "-al", str(root), str(copy)], check=True)
+            # The server says so while it runs, not only at its next start: at its next look
+            # at the lock (every 0.1 s here); a hundred looks leave no doubt.
+            for _ in range(200):
+                if "its next start will be refused" in server.output:
+                    break
+                assert server.process.poll() is None, server.output
+                time.sleep(0.05)
+            assert "its next start will be refused" in server.output, server.output
+            assert f"`find {tmp_path} -xdev -samefile {root / '.server.lock'}`" in server.output
+            assert http.put(url, content=b"version 2").status_code == 200
+    finally:
+        server.stop()
+    refused = Server(env, tmp_path / "again.log")
+    assert refused.wait_exit() == 69
+    said = refused.output
+    assert "has 2 hard links" in said and "cp -al" in said, said
+    found = re.search(r"`(find \S+ -xdev -samefile \S+)`", said)
+    assert found is not None, said
+    # The remedy as given: remove every other name it lists, never the root's own.
+    names = subprocess.run(
+        found.group(1).split(), capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert sorted(names) == sorted([str(root / ".server.lock"), str(copy / ".server.lock")])
+    for name in names:
+        if name != str(root / ".server.lock"):
+            os.unlink(name)
+    again = Server(env, tmp_path / "third.log").wait_ready()
+    try:
+        with again.client() as http:
+            assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 2"
+    finally:
+        again.stop()
