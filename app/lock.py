@@ -752,6 +752,7 @@ class RootLock:
                 raise
             if not taken:
                 holder = _holder_here(self.path)
+                _refuse_shared_with_another_root(self.root, self.path, holder)
                 raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
             _LIVE_LOCKS.add(self)
             return self
@@ -1079,6 +1080,41 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
         raise LockFileAliasedError(
             path, hard_links_said(path, locked.st_nlink), hard_links_fix(path)
         )
+
+
+def _refuse_shared_with_another_root(
+    root: Path, path: Path, holder: Mapping[str, Any] | None
+) -> None:
+    """Refuse a lock file that is also another root's, held there (a hard-link copy of a
+    live root opened): "stop it (kill <pid>)" named the server of the other root, which
+    serves on rightly (red team 41)."""
+    other = shared_with(root, path, holder)
+    if other is None:
+        return
+    count = os.stat(path).st_nlink
+    raise LockFileAliasedError(
+        path,
+        f"is also {other / LOCK_FILE}, one file with {count} names, as a copy of a data root "
+        "made with links has (`cp -al`, `cp -l`, `rsync --link-dest`); "
+        f"{describe_holder(holder)} holds it for data root {other}",
+        f"Leave that process running: it holds {other}, not {root}. Remove this root's name "
+        f"for the file (`rm {path}`: the app makes a new one where it opens {root}), then "
+        "retry; leave .server.lock out of such copies",
+    )
+
+
+def shared_with(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Path | None:
+    """The other data root whose lock file ``path`` also is (a hard link), by the root its
+    holder published, if that is not ``root``; ``None`` otherwise."""
+    published = holder.get("root") if holder else None
+    if not isinstance(published, str):
+        return None
+    try:
+        if os.stat(path).st_nlink < 2 or os.path.samefile(published, root):
+            return None
+    except OSError:
+        return None  # the other root out of sight (another mount namespace): not told apart
+    return Path(published)
 
 
 def hard_links_said(path: Path, count: int) -> str:

@@ -15,6 +15,9 @@ Real servers on 127.0.0.1 and real commands on real files. What broke:
   ``.server.lock`` had two names, saying "Remove the link" of a link it did not name. The
   server now warns as soon as its lock file gains a name, and the refusal gives the ``find
   -samefile`` that lists the other names and says which to remove; done, the server starts.
+  The copy, opened while the server ran, was refused as held by that server, "stop it (kill
+  <pid>)", and ``app status`` named it as the copy's holder: the server of another root. Both
+  now say whose root it holds, to leave it running and to remove the copy's ``.server.lock``.
 """
 
 from __future__ import annotations
@@ -124,6 +127,18 @@ def test_a_hard_link_copy_of_a_live_root_is_announced_and_its_refusal_names_the_
             assert "its next start will be refused" in server.output, server.output
             assert f"`find {tmp_path} -xdev -samefile {root / '.server.lock'}`" in server.output
             assert http.put(url, content=b"version 2").status_code == 200
+            # The copy, opened while the server runs: its lock file is the live root's, and
+            # "stop it (kill <pid>)" named the server of the other root.
+            on_copy = app_env(copy)
+            status = run_app("status", env=on_copy)
+            assert f"for data root {root}, not this one" in status.stdout, status.stdout
+            assert f"`rm {copy / '.server.lock'}`" in status.stdout
+            repair = run_app("data", "check", "--repair", env=on_copy)
+            said = repair.stdout + repair.stderr
+            assert repair.returncode == 69, said
+            assert "kill" not in said and f"holds it for data root {root}" in said, said
+            assert f"Leave that process running: it holds {root}, not {copy}" in said
+            assert f"`rm {copy / '.server.lock'}`" in said
     finally:
         server.stop()
     refused = Server(env, tmp_path / "again.log")
@@ -146,3 +161,6 @@ def test_a_hard_link_copy_of_a_live_root_is_announced_and_its_refusal_names_the_
             assert http.get(f"/sessions/{session}/files/a.txt").content == b"version 2"
     finally:
         again.stop()
+    # The copy, its link gone, is a root of its own.
+    repaired = run_app("data", "check", "--repair", env=app_env(copy))
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
