@@ -607,27 +607,13 @@ class Checker:
                 # was "bytes not there" and "never acknowledged": the repair removed the
                 # record and moved the link to the trash as an orphan (red team 41).
                 referenced.add(record["blob"])
-                if blob.is_symlink():
-                    fix = (
-                        "nothing: left for a human (the app never follows a link; if it leads "
-                        "to the file's bytes, put them in its place: `cp --remove-destination "
-                        f'"$(readlink -f {blob})" {blob}`, after checking that their '
-                        "`sha256sum` is the one acknowledged; else put them back from a "
-                        "backup, or upload the file again)"
-                    )
-                else:
-                    fix = (
-                        "nothing: left for a human (move it away and put the bytes back from "
-                        "a backup, whose `sha256sum` is the one acknowledged, or upload the "
-                        "file again)"
-                    )
                 self.unrepaired(
                     "file-damaged",
                     path,
                     f"the bytes of file {path.name!r} are not there: their name holds {kind}, "
                     "not a regular file (changed from outside the app); a download of it is "
                     "refused",
-                    fix,
+                    _not_regular_fix(blob),
                 )
                 continue
             dangling.append((path, record))
@@ -792,13 +778,28 @@ def _not_a_directory(path: Path) -> str | None:
     return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
 
 
+def _not_regular_fix(blob: Path) -> str:
+    """What a human does about something other than a regular file at a blob's name."""
+    if blob.is_symlink():
+        return (
+            "nothing: left for a human (the app never follows a link; if it leads to the "
+            f"file's bytes, put them in its place: `cp --remove-destination \"$(readlink -f "
+            f'{blob})" {blob}`, after checking that their `sha256sum` is the one acknowledged; '
+            "else put them back from a backup, or upload the file again)"
+        )
+    return (
+        "nothing: left for a human (move it away and put the bytes back from a backup, whose "
+        "`sha256sum` is the one acknowledged, or upload the file again)"
+    )
+
+
 def _special(path: Path) -> str | None:
     """What is at ``path`` if it is neither a regular file nor missing: a symbolic link (with
     where it leads), which the app never follows, or a special file's kind."""
     try:
         mode = path.lstat().st_mode
         if stat.S_ISLNK(mode):
-            return f"a symbolic link (to {os.readlink(path)})"
+            return f"a symbolic link (to {path.readlink()})"
     except (FileNotFoundError, NotADirectoryError):
         return None
     return special_kind(mode)

@@ -1091,7 +1091,7 @@ def _refuse_shared_with_another_root(
     other = shared_with(root, path, holder)
     if other is None:
         return
-    count = os.stat(path).st_nlink
+    count = path.stat().st_nlink
     raise LockFileAliasedError(
         path,
         f"is also {other / LOCK_FILE}, one file with {count} names, as a copy of a data root "
@@ -1110,7 +1110,7 @@ def shared_with(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Pat
     if not isinstance(published, str):
         return None
     try:
-        if os.stat(path).st_nlink < 2 or os.path.samefile(published, root):
+        if path.stat().st_nlink < 2 or root.samefile(published):
             return None
     except OSError:
         return None  # the other root out of sight (another mount namespace): not told apart
@@ -1141,8 +1141,8 @@ def _mount_point(path: Path) -> Path:
     starts), found by walking up while the device stays the same; ``/`` if unknown."""
     try:
         here = path.parent.resolve()
-        device = os.stat(here).st_dev
-        while here.parent != here and os.stat(here.parent).st_dev == device:
+        device = here.stat().st_dev
+        while here.parent != here and here.parent.stat().st_dev == device:
             here = here.parent
     except OSError:
         return Path("/")

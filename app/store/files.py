@@ -131,7 +131,7 @@ class Files:
                 except OSError as error:
                     if error.errno not in MISSING_ERRNOS:
                         raise
-                    if os.path.islink(blobs / record["blob"]):
+                    if (blobs / record["blob"]).is_symlink():
                         # A 404 "no file" of a listed file (red team 41), as for a FIFO below.
                         raise DamagedFileError(
                             session_id,
