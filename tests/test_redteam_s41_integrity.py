@@ -9,7 +9,8 @@ Real servers on 127.0.0.1 and real commands on real files. What broke:
   acknowledged": ``--repair`` removed the acknowledged file's record and moved the link to
   the trash as an orphan upload, for ``empty-trash`` to remove. The link is now left for a
   human (``file-damaged``, the record kept), naming where it leads and how to put the bytes
-  back; a download is refused as damaged, naming the link.
+  back; a download is refused as damaged, naming the link. A ``DELETE`` of such a file whose
+  link leads nowhere was 404 "has no file" of a listed file; it now moves the link to the trash.
 - A copy of a live data root made with hard links (``cp -al root root.bak`` before an
   upgrade). The server ran on without a word, and its next start was refused because
   ``.server.lock`` had two names, saying "Remove the link" of a link it did not name. The
@@ -59,7 +60,7 @@ def test_a_blob_made_a_symbolic_link_is_left_for_a_human_and_never_repaired_away
     try:
         with server.client() as http:
             session = http.post("/sessions", json={"title": "linked"}).json()["id"]
-            for name in ("moved.txt", "gone.txt"):
+            for name in ("moved.txt", "gone.txt", "deleted.txt"):
                 url = f"/sessions/{session}/files/{name}"
                 assert http.put(url, content=name.encode() * 100).status_code == 201
             # One blob moved to another disk and linked back, one link whose target is gone.
@@ -69,6 +70,15 @@ def test_a_blob_made_a_symbolic_link_is_left_for_a_human_and_never_repaired_away
             os.symlink(moved / linked.name, linked)
             dangling.unlink()
             os.symlink(moved / "nothing-here", dangling)
+            # A listed file whose link leads nowhere is deleted as any file is (it was a 404
+            # "no file"): the link itself goes to the trash.
+            deleted = blob_of(root, session, "deleted.txt")
+            deleted.unlink()
+            os.symlink(moved / "nothing-here", deleted)
+            answer = http.delete(f"/sessions/{session}/files/deleted.txt")
+            assert answer.status_code == 200, answer.text
+            [trashed] = (root / ".trash").iterdir()
+            assert (trashed / "deleted.txt").is_symlink()
             listed = [f["name"] for f in http.get(f"/sessions/{session}/files").json()["items"]]
             assert sorted(listed) == ["gone.txt", "moved.txt"]
             for name in listed:
@@ -89,7 +99,11 @@ def test_a_blob_made_a_symbolic_link_is_left_for_a_human_and_never_repaired_away
     records = sorted(p.name for p in (linked.parent.parent / "records").iterdir())
     assert records == ["gone.txt", "moved.txt"]
     assert linked.is_symlink() and dangling.is_symlink() and stray.is_symlink()
-    assert not list((root / ".trash").iterdir())
+    assert list((root / ".trash").iterdir()) == [trashed]
+    assert (
+        f"file-damaged  .trash/{trashed.name}: the bytes of file 'deleted.txt' are not there: "
+        f"their name holds a symbolic link (to {moved / 'nothing-here'})"
+    ) in out, out
     assert "never acknowledged" not in out and "record-without-file" not in out, out
     for name, blob, target in (
         ("moved.txt", linked, moved / linked.name),
@@ -110,6 +124,8 @@ def test_a_blob_made_a_symbolic_link_is_left_for_a_human_and_never_repaired_away
     shutil.copyfile(moved / linked.name, linked)
     dangling.unlink()
     dangling.write_bytes(b"gone.txt" * 100)
+    (trashed / "deleted.txt").unlink()
+    (trashed / "deleted.txt").write_bytes(b"deleted.txt" * 100)
     assert linked.read_bytes() == b"moved.txt" * 100
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -285,7 +285,10 @@ class Files:
             old = load_record(record_path)
             if if_match is not None:
                 if_match.require("DELETE", session_id, name, _version(old))
-            if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
+            # lexists: a link or a FIFO at the blob's name (from outside the app) is listed,
+            # and moves to the trash as it is; a 404 "no file" of a listed file named no
+            # way to remove it (red team 41).
+            if old is None or not os.path.lexists(directory / BLOBS_DIR / old["blob"]):
                 raise FileNotFoundInSessionError(session_id, name)
             entry = self.trash.new_entry(
                 session_id, "file", name, "delete", previous=public(old), blob=old["blob"]
