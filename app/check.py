@@ -507,6 +507,20 @@ class Checker:
 
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
         """``session.json``, or None (reported) for a session the checks must leave alone."""
+        if directory.is_symlink():
+            # Once "without a readable session.json ... restore session.json from a backup",
+            # of a session.json that was there, through the link (red team 41).
+            target = directory.readlink()
+            self.unrepaired(
+                "session-unreadable",
+                directory,
+                f"a symbolic link (to {target}) where a session's directory belongs: the app "
+                "never follows one, so the session is not served",
+                "nothing: left for a human (if it leads to the session's directory, moved out "
+                f"of the data root, move that back in its place: `rm {directory} && mv "
+                f"{target} {directory}`, with no server on the root)",
+            )
+            return None
         try:
             meta = read_meta(directory, session_id)
         except (SessionNotFoundError, UnreadableSessionError):

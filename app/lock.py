@@ -1094,8 +1094,8 @@ def _refuse_shared_with_another_root(
     count = path.stat().st_nlink
     raise LockFileAliasedError(
         path,
-        f"is also {other / LOCK_FILE}, one file with {count} names, as a copy of a data root "
-        "made with links has (`cp -al`, `cp -l`, `rsync --link-dest`); "
+        f"has {count} hard links: it is also {other / LOCK_FILE}, as a copy of a data root "
+        "made with links has it (`cp -al`, `cp -l`, `rsync --link-dest`), and "
         f"{describe_holder(holder)} holds it for data root {other}",
         f"Leave that process running: it holds {other}, not {root}. Remove this root's name "
         f"for the file (`rm {path}`: the app makes a new one where it opens {root}), then "

@@ -11,6 +11,10 @@ Real servers on 127.0.0.1 and real commands on real files. What broke:
   human (``file-damaged``, the record kept), naming where it leads and how to put the bytes
   back; a download is refused as damaged, naming the link. A ``DELETE`` of such a file whose
   link leads nowhere was 404 "has no file" of a listed file; it now moves the link to the trash.
+- A session's directory moved out of the root and linked back (not followed: "no session"
+  to every request): ``check`` said "without a readable session.json ... restore session.json
+  from a backup", of a session.json that was there. It now names the link, where it leads and
+  the ``mv`` that puts the directory back.
 - A copy of a live data root made with hard links (``cp -al root root.bak`` before an
   upgrade). The server ran on without a word, and its next start was refused because
   ``.server.lock`` had two names, saying "Remove the link" of a link it did not name. The
@@ -45,6 +49,7 @@ from redteam_s19_http import blob_of
 from test_server_e2e import Server, app_env, run_app
 
 from app.config import Config
+from app.storage import open_storage
 from app.store.ids import new_session_id
 from app.testing import published_port
 
@@ -314,3 +319,30 @@ def test_a_session_restored_by_another_user_is_served_and_refuses_changes_naming
         process.terminate()
         process.wait()
     assert "not done: Permission denied; resolve that" in log.read_text()
+
+
+def test_a_session_directory_moved_away_and_linked_back_is_named_so_with_the_mv(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("moved away")["id"]
+        store.put_file(session, "a.txt", b"version 1")
+    directory = root / "sessions" / session
+    elsewhere = tmp_path / "other-disk" / session
+    elsewhere.parent.mkdir()
+    shutil.move(directory, elsewhere)
+    directory.symlink_to(elsewhere)
+    checked = run_app("data", "check", "--repair", env=env)
+    out = checked.stdout + checked.stderr
+    assert checked.returncode == 65, out
+    assert "restore session.json" not in out, out
+    remedy = f"`rm {directory} && mv {elsewhere} {directory}`"
+    assert f"a symbolic link (to {elsewhere}) where a session's directory belongs" in out, out
+    assert remedy in out, out
+    subprocess.run(["sh", "-c", remedy.strip("`")], check=True)
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"version 1"
