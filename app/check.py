@@ -27,9 +27,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import AUDIT_FILE, NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
+from app.dataroot import (
+    AUDIT_FILE,
+    STAMP_FILE,
+    NotRegularFileError,
+    fsync_dir,
+    read_regular,
+    tmp_in_flight,
+)
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
-from app.lock import special_kind
+from app.lock import LOCK_FILE, special_kind
 from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -487,9 +494,14 @@ class Checker:
         the migration and the repairs rename through every directory of a path.
         """
         for name in (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR):
-            if (directory / name).is_symlink():
+            path = directory / name
+            leads, fix = "", "nothing: left for a human (put the directory back from a backup)"
+            if path.is_symlink():
+                # Moved elsewhere and linked back: the directory is there, whole (red team 41).
                 what = "a symbolic link"
-            elif (kind := _not_a_directory(directory / name)) is not None:
+                leads = f", leading to {path.readlink()}"
+                fix = self._link_fix(path, "put it back from a backup")
+            elif (kind := _not_a_directory(path)) is not None:
                 # A records/ made a file read as no records: the start-up's repair moved
                 # every acknowledged blob to the trash as "never acknowledged" (red team 36).
                 what = kind
@@ -497,28 +509,42 @@ class Checker:
                 continue
             self.unrepaired(
                 "unknown-entry",
-                directory / name,
-                f"{what} where the session keeps its files; nothing is read or moved "
+                path,
+                f"{what} where the session keeps its files{leads}; nothing is read or moved "
                 "through it, and none of the session's files is repaired",
-                "nothing: left for a human (put the directory back from a backup)",
+                fix,
             )
             return True
         return False
+
+    def _link_fix(self, link: Path, otherwise: str) -> str:
+        """What a human does about a directory of the root's made a symbolic link: move what
+        it leads to back in its place, unless that lies in a data root (this one or another:
+        a link a test planted into production's), whose data must never be moved."""
+        target = link.readlink()
+        inside = _data_root_of(link.parent / target)
+        if inside is not None:
+            return (
+                f"nothing: left for a human (it leads into the data root {inside}, whose data "
+                f"must stay there: remove the link, `rm {link}`, and {otherwise})"
+            )
+        return (
+            "nothing: left for a human (if it leads to the directory, moved out of the data "
+            f"root, move that back in its place: `rm {link} && mv {target} {link}`, with no "
+            f"server on the root; else {otherwise})"
+        )
 
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
         """``session.json``, or None (reported) for a session the checks must leave alone."""
         if directory.is_symlink():
             # Once "without a readable session.json ... restore session.json from a backup",
             # of a session.json that was there, through the link (red team 41).
-            target = directory.readlink()
             self.unrepaired(
                 "session-unreadable",
                 directory,
-                f"a symbolic link (to {target}) where a session's directory belongs: the app "
-                "never follows one, so the session is not served",
-                "nothing: left for a human (if it leads to the session's directory, moved out "
-                f"of the data root, move that back in its place: `rm {directory} && mv "
-                f"{target} {directory}`, with no server on the root)",
+                f"a symbolic link (to {directory.readlink()}) where a session's directory "
+                "belongs: the app never follows one, so the session is not served",
+                self._link_fix(directory, "restore the session from a backup"),
             )
             return None
         try:
@@ -790,6 +816,19 @@ def _not_a_directory(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return None
     return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
+
+
+def _data_root_of(path: Path) -> Path | None:
+    """The data root ``path`` lies in (a directory up its resolved path with a profile stamp
+    or a lock file), if any."""
+    try:
+        here = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    for directory in (here, *here.parents):
+        if any(os.path.lexists(directory / name) for name in (LOCK_FILE, STAMP_FILE)):
+            return directory
+    return None
 
 
 def _not_regular_fix(blob: Path) -> str:

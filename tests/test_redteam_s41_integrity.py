@@ -14,7 +14,8 @@ Real servers on 127.0.0.1 and real commands on real files. What broke:
 - A session's directory moved out of the root and linked back (not followed: "no session"
   to every request): ``check`` said "without a readable session.json ... restore session.json
   from a backup", of a session.json that was there. It now names the link, where it leads and
-  the ``mv`` that puts the directory back.
+  the ``mv`` that puts the directory back (a session's ``records/`` or ``blobs/`` too), and
+  only the ``rm`` of the link where it leads into a data root, whose data must stay there.
 - A copy of a live data root made with hard links (``cp -al root root.bak`` before an
   upgrade). The server ran on without a word, and its next start was refused because
   ``.server.lock`` had two names, saying "Remove the link" of a link it did not name. The
@@ -327,22 +328,46 @@ def test_a_session_directory_moved_away_and_linked_back_is_named_so_with_the_mv(
     root = app_config.data_root
     env = app_env(root)
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        session = store.create_session("moved away")["id"]
-        store.put_file(session, "a.txt", b"version 1")
-    directory = root / "sessions" / session
-    elsewhere = tmp_path / "other-disk" / session
-    elsewhere.parent.mkdir()
-    shutil.move(directory, elsewhere)
-    directory.symlink_to(elsewhere)
+        session, other, third = (store.create_session(t)["id"] for t in ("a", "b", "c"))
+        for each in (session, other, third):
+            store.put_file(each, "a.txt", b"version 1")
+    (tmp_path / "other-disk").mkdir()
+    # A session's directory, and another's blobs/, moved to another disk and linked back.
+    moves = []
+    for directory in (root / "sessions" / session, root / "sessions" / other / "blobs"):
+        elsewhere = tmp_path / "other-disk" / directory.parent.name / directory.name
+        elsewhere.parent.mkdir(exist_ok=True)
+        shutil.move(directory, elsewhere)
+        directory.symlink_to(elsewhere)
+        moves.append((directory, elsewhere))
+    # And one whose blobs/ a hand (or a test) linked into another data root: never moved.
+    production = tmp_path / "production"
+    (production / "sessions" / "x" / "blobs").mkdir(parents=True)
+    (production / ".app-profile.json").write_text('{"profile": "production"}')
+    planted = root / "sessions" / third / "records"
+    kept = tmp_path / "records-kept"
+    shutil.move(planted, kept)
+    planted.symlink_to(production / "sessions" / "x" / "blobs")
     checked = run_app("data", "check", "--repair", env=env)
     out = checked.stdout + checked.stderr
     assert checked.returncode == 65, out
     assert "restore session.json" not in out, out
-    remedy = f"`rm {directory} && mv {elsewhere} {directory}`"
+    [(_, elsewhere), (_, blobs_elsewhere)] = moves
+    assert (
+        f"it leads into the data root {production}, whose data must stay there: remove the "
+        f"link, `rm {planted}`"
+    ) in out, out
+    assert f"mv {production}" not in out
+    planted.unlink()
+    shutil.move(kept, planted)
     assert f"a symbolic link (to {elsewhere}) where a session's directory belongs" in out, out
-    assert remedy in out, out
-    subprocess.run(["sh", "-c", remedy.strip("`")], check=True)
+    assert f"a symbolic link where the session keeps its files, leading to {blobs_elsewhere}" in out
+    for link, target in moves:
+        remedy = f"`rm {link} && mv {target} {link}`"
+        assert remedy in out, out
+        subprocess.run(["sh", "-c", remedy.strip("`")], check=True)
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
-        assert store.file_path(session, "a.txt")[0].read_bytes() == b"version 1"
+        for each in (session, other, third):
+            assert store.file_path(each, "a.txt")[0].read_bytes() == b"version 1"
