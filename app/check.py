@@ -294,6 +294,17 @@ class Checker:
             ):
                 shutil.rmtree(path)
             return
+        if found is not None and path.is_symlink():
+            # Moved to another disk and linked back: "not a trash entry", and the trash read as
+            # empty to `restore` and `sessions list --trash` (red team 41).
+            self.unrepaired(
+                "unknown-entry",
+                path,
+                f"a symbolic link (to {path.readlink()}) where a trash entry belongs: the app "
+                "never follows one, so what it holds is neither listed nor restored",
+                self._link_fix(path, "leave it"),
+            )
+            return
         if found is None or path.is_symlink() or not path.is_dir():
             self.unrepaired("unknown-entry", path, "not a trash entry", "nothing: left for a human")
             return

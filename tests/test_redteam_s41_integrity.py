@@ -15,7 +15,9 @@ Real servers on 127.0.0.1 and real commands on real files. What broke:
   to every request): ``check`` said "without a readable session.json ... restore session.json
   from a backup", of a session.json that was there. It now names the link, where it leads and
   the ``mv`` that puts the directory back (a session's ``records/`` or ``blobs/`` too), and
-  only the ``rm`` of the link where it leads into a data root, whose data must stay there.
+  only the ``rm`` of the link where it leads into a data root, whose data must stay there. A
+  trash entry so moved was "not a trash entry", its file missing from ``sessions list --trash``
+  and ``restore``; ``check`` now names it the same way.
 - A copy of a live data root made with hard links (``cp -al root root.bak`` before an
   upgrade). The server ran on without a word, and its next start was refused because
   ``.server.lock`` had two names, saying "Remove the link" of a link it did not name. The
@@ -331,10 +333,13 @@ def test_a_session_directory_moved_away_and_linked_back_is_named_so_with_the_mv(
         session, other, third = (store.create_session(t)["id"] for t in ("a", "b", "c"))
         for each in (session, other, third):
             store.put_file(each, "a.txt", b"version 1")
+        store.put_file(third, "deleted.txt", b"deleted")
+        entry = store.delete_file(third, "deleted.txt").path
     (tmp_path / "other-disk").mkdir()
-    # A session's directory, and another's blobs/, moved to another disk and linked back.
+    # A session's directory, another's blobs/ and a trash entry, moved to another disk and
+    # linked back.
     moves = []
-    for directory in (root / "sessions" / session, root / "sessions" / other / "blobs"):
+    for directory in (root / "sessions" / session, root / "sessions" / other / "blobs", entry):
         elsewhere = tmp_path / "other-disk" / directory.parent.name / directory.name
         elsewhere.parent.mkdir(exist_ok=True)
         shutil.move(directory, elsewhere)
@@ -352,7 +357,9 @@ def test_a_session_directory_moved_away_and_linked_back_is_named_so_with_the_mv(
     out = checked.stdout + checked.stderr
     assert checked.returncode == 65, out
     assert "restore session.json" not in out, out
-    [(_, elsewhere), (_, blobs_elsewhere)] = moves
+    [(_, elsewhere), (_, blobs_elsewhere), (_, entry_elsewhere)] = moves
+    # It was "not a trash entry; nothing: left for a human", and the trash read as empty.
+    assert f"a symbolic link (to {entry_elsewhere}) where a trash entry belongs" in out, out
     assert (
         f"it leads into the data root {production}, whose data must stay there: remove the "
         f"link, `rm {planted}`"
@@ -371,3 +378,4 @@ def test_a_session_directory_moved_away_and_linked_back_is_named_so_with_the_mv(
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         for each in (session, other, third):
             assert store.file_path(each, "a.txt")[0].read_bytes() == b"version 1"
+        assert [e.file for e in store.list_trash()] == ["deleted.txt"]
