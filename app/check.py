@@ -27,9 +27,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.dataroot import AUDIT_FILE, NotRegularFileError, fsync_dir, read_regular, tmp_in_flight
+from app.dataroot import (
+    AUDIT_FILE,
+    STAMP_FILE,
+    NotRegularFileError,
+    fsync_dir,
+    read_regular,
+    tmp_in_flight,
+)
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
-from app.lock import special_kind
+from app.lock import LOCK_FILE, special_kind
 from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -287,6 +294,17 @@ class Checker:
             ):
                 shutil.rmtree(path)
             return
+        if found is not None and path.is_symlink():
+            # Moved to another disk and linked back: "not a trash entry", and the trash read as
+            # empty to `restore` and `sessions list --trash` (red team 41).
+            self.unrepaired(
+                "unknown-entry",
+                path,
+                f"a symbolic link (to {path.readlink()}) where a trash entry belongs: the app "
+                "never follows one, so what it holds is neither listed nor restored",
+                self._link_fix(path, "leave it"),
+            )
+            return
         if found is None or path.is_symlink() or not path.is_dir():
             self.unrepaired("unknown-entry", path, "not a trash entry", "nothing: left for a human")
             return
@@ -487,9 +505,14 @@ class Checker:
         the migration and the repairs rename through every directory of a path.
         """
         for name in (LEGACY_FILES_DIR, RECORDS_DIR, BLOBS_DIR):
-            if (directory / name).is_symlink():
+            path = directory / name
+            leads, fix = "", "nothing: left for a human (put the directory back from a backup)"
+            if path.is_symlink():
+                # Moved elsewhere and linked back: the directory is there, whole (red team 41).
                 what = "a symbolic link"
-            elif (kind := _not_a_directory(directory / name)) is not None:
+                leads = f", leading to {path.readlink()}"
+                fix = self._link_fix(path, "put it back from a backup")
+            elif (kind := _not_a_directory(path)) is not None:
                 # A records/ made a file read as no records: the start-up's repair moved
                 # every acknowledged blob to the trash as "never acknowledged" (red team 36).
                 what = kind
@@ -497,16 +520,44 @@ class Checker:
                 continue
             self.unrepaired(
                 "unknown-entry",
-                directory / name,
-                f"{what} where the session keeps its files; nothing is read or moved "
+                path,
+                f"{what} where the session keeps its files{leads}; nothing is read or moved "
                 "through it, and none of the session's files is repaired",
-                "nothing: left for a human (put the directory back from a backup)",
+                fix,
             )
             return True
         return False
 
+    def _link_fix(self, link: Path, otherwise: str) -> str:
+        """What a human does about a directory of the root's made a symbolic link: move what
+        it leads to back in its place, unless that lies in a data root (this one or another:
+        a link a test planted into production's), whose data must never be moved."""
+        target = link.readlink()
+        inside = _data_root_of(link.parent / target)
+        if inside is not None:
+            return (
+                f"nothing: left for a human (it leads into the data root {inside}, whose data "
+                f"must stay there: remove the link, `rm {link}`, and {otherwise})"
+            )
+        return (
+            "nothing: left for a human (if it leads to the directory, moved out of the data "
+            f"root, move that back in its place: `rm {link} && mv {target} {link}`, with no "
+            f"server on the root; else {otherwise})"
+        )
+
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
         """``session.json``, or None (reported) for a session the checks must leave alone."""
+        if directory.is_symlink():
+            # Once "without a readable session.json ... restore session.json from a backup",
+            # of a session.json that was there, through the link (red team 41).
+            self.unrepaired(
+                "session-unreadable",
+                directory,
+                f"a symbolic link (to {directory.readlink()}) where a session's directory "
+                "belongs: the app never follows one, so the session is not served",
+                self._link_fix(directory, "restore the session from a backup"),
+            )
+            return None
         try:
             meta = read_meta(directory, session_id)
         except (SessionNotFoundError, UnreadableSessionError):
@@ -602,7 +653,10 @@ class Checker:
                 continue
             if (kind := _special(blob)) is not None:
                 # A FIFO at a blob's name hung this check for good, and a server's start-up
-                # with it (red team 36); it holds no bytes, and is not the app's to move.
+                # with it (red team 36); it holds no bytes, and is not the app's to move. A
+                # symbolic link (bytes moved to another disk and linked back, a dedup tool)
+                # was "bytes not there" and "never acknowledged": the repair removed the
+                # record and moved the link to the trash as an orphan (red team 41).
                 referenced.add(record["blob"])
                 self.unrepaired(
                     "file-damaged",
@@ -610,9 +664,7 @@ class Checker:
                     f"the bytes of file {path.name!r} are not there: their name holds {kind}, "
                     "not a regular file (changed from outside the app); a download of it is "
                     "refused",
-                    "nothing: left for a human (move it away and put the bytes back from a "
-                    "backup, whose `sha256sum` is the one acknowledged, or upload the file "
-                    "again)",
+                    _not_regular_fix(blob),
                 )
                 continue
             dangling.append((path, record))
@@ -777,12 +829,44 @@ def _not_a_directory(path: Path) -> str | None:
     return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
 
 
-def _special(path: Path) -> str | None:
-    """What is at ``path`` if it is neither a regular file, nor a symlink, nor missing."""
+def _data_root_of(path: Path) -> Path | None:
+    """The data root ``path`` lies in (a directory up its resolved path with a profile stamp
+    or a lock file), if any."""
     try:
-        return special_kind(path.lstat().st_mode)
+        here = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    for directory in (here, *here.parents):
+        if any(os.path.lexists(directory / name) for name in (LOCK_FILE, STAMP_FILE)):
+            return directory
+    return None
+
+
+def _not_regular_fix(blob: Path) -> str:
+    """What a human does about something other than a regular file at a blob's name."""
+    if blob.is_symlink():
+        return (
+            "nothing: left for a human (the app never follows a link; if it leads to the "
+            f"file's bytes, put them in its place: `cp --remove-destination \"$(readlink -f "
+            f'{blob})" {blob}`, after checking that their `sha256sum` is the one acknowledged; '
+            "else put them back from a backup, or upload the file again)"
+        )
+    return (
+        "nothing: left for a human (move it away and put the bytes back from a backup, whose "
+        "`sha256sum` is the one acknowledged, or upload the file again)"
+    )
+
+
+def _special(path: Path) -> str | None:
+    """What is at ``path`` if it is neither a regular file nor missing: a symbolic link (with
+    where it leads), which the app never follows, or a special file's kind."""
+    try:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            return f"a symbolic link (to {path.readlink()})"
     except (FileNotFoundError, NotADirectoryError):
         return None
+    return special_kind(mode)
 
 
 def _listing(directory: Path) -> list[Path]:

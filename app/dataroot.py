@@ -57,7 +57,15 @@ from app.errors import (
     ProfileStampMismatchError,
     SpecialFileFound,
 )
-from app.lock import LOCK_FILE, Probe, RootLock, describe_holder, probe, special_kind
+from app.lock import (
+    LOCK_FILE,
+    Probe,
+    RootLock,
+    describe_holder,
+    probe,
+    shared_with,
+    special_kind,
+)
 from app.names import MAX_NAME_BYTES
 from app.sandbox import check_root, checked, current_run, just_checked, process_link
 
@@ -1726,7 +1734,15 @@ class RootStatus:
     @property
     def held_by(self) -> str:
         """The holder in words (pid, host, since, for what), for a person to act on."""
-        return describe_holder(self.probe.holder)
+        said = describe_holder(self.probe.holder)
+        if (other := shared_with(self.path, self.probe.path, self.probe.holder)) is not None:
+            # A hard-link copy of a live root: its holder is the other root's (red team 41).
+            said += (
+                f", for data root {other}, not this one: this root's {LOCK_FILE} is a hard "
+                f"link of that root's. Leave that process running, and `rm {self.probe.path}` "
+                "before this root is opened (the app makes a new one)"
+            )
+        return said
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``app status --json``)."""

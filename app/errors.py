@@ -588,12 +588,13 @@ class LockFileAliasedError(AppError):
     code = "lock_file_aliased"
     template = (
         "refusing to lock {path}: it {reason}, so a lock taken on it would also "
-        "lock (and publish into) another data root's lock file. Remove the link, and let "
-        "the app create the data root's own .server.lock"
+        "lock (and publish into) another data root's lock file. {fix}"
     )
 
     path: Path
     reason: str
+    fix: str = "Remove the link, and let the app create the data root's own .server.lock"
+    """How to resolve it (a hard link's other names are listed with ``find -samefile``)."""
 
 
 class LockFileKindError(AppError):

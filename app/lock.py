@@ -752,6 +752,7 @@ class RootLock:
                 raise
             if not taken:
                 holder = _holder_here(self.path)
+                _refuse_shared_with_another_root(self.root, self.path, holder)
                 raise DataRootInUseError(self.root, holder, wanted, held_by=describe_holder(holder))
             _LIVE_LOCKS.add(self)
             return self
@@ -925,6 +926,11 @@ class RootLock:
                 "Copy backups in only while the server is stopped, and never copy .server.lock"
             )
 
+    def names(self) -> int:
+        """How many names (hard links) the locked file has; 0 when not held."""
+        with self._guard:
+            return 0 if self._fd is None else os.fstat(self._fd).st_nlink
+
     def still_ours(self) -> str | None:
         """Check that the lock path still names the inode this holder locked.
 
@@ -1069,7 +1075,78 @@ def _refuse_aliased(path: Path, locked: os.stat_result) -> None:
             "way, such as /proc/<pid>/root, resolves elsewhere, or the file was replaced)",
         )
     if locked.st_nlink > 1:
-        raise LockFileAliasedError(path, f"has {locked.st_nlink} hard links")
+        # "Remove the link" named no link: a hard link's other name is anywhere on the
+        # filesystem, often a copy of the root made with links while it lived (red team 41).
+        raise LockFileAliasedError(
+            path, hard_links_said(path, locked.st_nlink), hard_links_fix(path)
+        )
+
+
+def _refuse_shared_with_another_root(
+    root: Path, path: Path, holder: Mapping[str, Any] | None
+) -> None:
+    """Refuse a lock file that is also another root's, held there (a hard-link copy of a
+    live root opened): "stop it (kill <pid>)" named the server of the other root, which
+    serves on rightly (red team 41)."""
+    other = shared_with(root, path, holder)
+    if other is None:
+        return
+    count = path.stat().st_nlink
+    raise LockFileAliasedError(
+        path,
+        f"has {count} hard links: it is also {other / LOCK_FILE}, as a copy of a data root "
+        "made with links has it (`cp -al`, `cp -l`, `rsync --link-dest`), and "
+        f"{describe_holder(holder)} holds it for data root {other}",
+        f"Leave that process running: it holds {other}, not {root}. Remove this root's name "
+        f"for the file (`rm {path}`: the app makes a new one where it opens {root}), then "
+        "retry; leave .server.lock out of such copies",
+    )
+
+
+def shared_with(root: Path, path: Path, holder: Mapping[str, Any] | None) -> Path | None:
+    """The other data root whose lock file ``path`` also is (a hard link), by the root its
+    holder published, if that is not ``root``; ``None`` otherwise."""
+    published = holder.get("root") if holder else None
+    if not isinstance(published, str):
+        return None
+    try:
+        if path.stat().st_nlink < 2 or root.samefile(published):
+            return None
+    except OSError:
+        return None  # the other root out of sight (another mount namespace): not told apart
+    return Path(published)
+
+
+def hard_links_said(path: Path, count: int) -> str:
+    """What a lock file with ``count`` names is (`LockFileAliasedError`'s reason)."""
+    return (
+        f"has {count} hard links: it is also named elsewhere on its filesystem, as a copy of "
+        "the data root made with links is (`cp -al`, `cp -l`, `rsync --link-dest`)"
+    )
+
+
+def hard_links_fix(path: Path) -> str:
+    """How to give a lock file its one name back: the command that lists the others."""
+    return (
+        f"List its other names with `find {path.parent.parent} -xdev -samefile {path}` (a "
+        f"copy usually lies beside the root; start at {_mount_point(path)} to search its "
+        f"whole filesystem) and remove each of them but {path} itself (a copy of a data root "
+        "needs no .server.lock: the app makes one where it opens a root), then start again; "
+        "leave .server.lock out of such copies"
+    )
+
+
+def _mount_point(path: Path) -> Path:
+    """The directory the filesystem holding ``path`` is mounted on (where ``find -xdev``
+    starts), found by walking up while the device stays the same; ``/`` if unknown."""
+    try:
+        here = path.parent.resolve()
+        device = here.stat().st_dev
+        while here.parent != here and here.parent.stat().st_dev == device:
+            here = here.parent
+    except OSError:
+        return Path("/")
+    return here
 
 
 def _write_in_place(
@@ -1132,6 +1209,7 @@ class LockWatcher:
         self.interval = interval
         self.on_lost = on_lost
         self.lost: str | None = None
+        self._names_warned = 1
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"lock-watcher {lock.path}", daemon=True
@@ -1169,8 +1247,24 @@ class LockWatcher:
                         self.lock.path,
                         why,
                     )
+                self._warn_of_hard_links()
             except OSError as error:
                 log.warning("could not check the holder in %s: %s", self.lock.path, error)
+
+    def _warn_of_hard_links(self) -> None:
+        # A copy of the live root made with links (`cp -al root root.bak` before an upgrade)
+        # gave the lock file a second name: the server ran on, and its next start was
+        # refused, unannounced (red team 41). Said once for each count of names.
+        count = self.lock.names()
+        if count > 1 and count != self._names_warned:
+            log.warning(
+                "lock file %s %s: this server runs on, but its next start will be refused "
+                "until the file has its one name again. %s",
+                self.lock.path,
+                hard_links_said(self.lock.path, count),
+                hard_links_fix(self.lock.path).replace("then start again", "before then"),
+            )
+        self._names_warned = count
 
     def _check(self) -> str | None:
         """:meth:`RootLock.still_ours`, looked at again where the look itself fails.

@@ -193,9 +193,11 @@ def test_a_records_directory_made_something_else_keeps_every_acknowledged_blob(
         (finding,) = store.check(repair=True, thorough=thorough).findings
         assert finding.problem == "unknown-entry" and not finding.repaired
         assert finding.target == f"sessions/{session_id}/records"
+        # A link names where it leads (red team 41: with the `mv` that puts it back).
+        leads = "" if what == "a regular file" else f", leading to {kept}"
         assert finding.detail == (
-            f"{what} where the session keeps its files; nothing is read or moved through it, "
-            "and none of the session's files is repaired"
+            f"{what} where the session keeps its files{leads}; nothing is read or moved "
+            "through it, and none of the session's files is repaired"
         )
         assert blob.read_bytes() == b"precious"
     assert store.list_trash() == []

@@ -131,6 +131,14 @@ class Files:
                 except OSError as error:
                     if error.errno not in MISSING_ERRNOS:
                         raise
+                    if (blobs / record["blob"]).is_symlink():
+                        # A 404 "no file" of a listed file (red team 41), as for a FIFO below.
+                        raise DamagedFileError(
+                            session_id,
+                            record_path.name,
+                            "are not there (their name holds a symbolic link, which the app "
+                            "never follows: `app data check` names where it leads)",
+                        ) from None
                 else:
                     mode = os.fstat(file.fileno()).st_mode
                     if stat.S_ISREG(mode):
@@ -277,7 +285,10 @@ class Files:
             old = load_record(record_path)
             if if_match is not None:
                 if_match.require("DELETE", session_id, name, _version(old))
-            if old is None or not (directory / BLOBS_DIR / old["blob"]).is_file():
+            # lexists: a link or a FIFO at the blob's name (from outside the app) is listed,
+            # and moves to the trash as it is; a 404 "no file" of a listed file named no
+            # way to remove it (red team 41).
+            if old is None or not os.path.lexists(directory / BLOBS_DIR / old["blob"]):
                 raise FileNotFoundInSessionError(session_id, name)
             entry = self.trash.new_entry(
                 session_id, "file", name, "delete", previous=public(old), blob=old["blob"]

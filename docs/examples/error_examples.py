@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app import errors
-from app.lock import describe_holder
+from app.lock import describe_holder, hard_links_fix, hard_links_said
 from app.remote import errors as remote
 from app.store import check_file_name
 
@@ -120,7 +120,11 @@ EXAMPLES: list[errors.AppError] = [
     ),
     errors.DataRootInUseError(ROOT, HOLDER, "purge sessions", held_by=describe_holder(HOLDER)),
     errors.LockUnavailableError(ROOT / ".server.lock", "flock failed: No locks available"),
-    errors.LockFileAliasedError(ROOT / ".server.lock", "has 2 hard links"),
+    errors.LockFileAliasedError(
+        ROOT / ".server.lock",
+        hard_links_said(ROOT / ".server.lock", 2),
+        hard_links_fix(ROOT / ".server.lock"),
+    ),
     errors.LockFileKindError(ROOT / ".server.lock", "a directory"),
     errors.LockLostError(ROOT / ".server.lock", "was replaced by another file"),
     errors.LockFileUnreadableError(
