@@ -273,8 +273,9 @@ KILLED_START_UPS = {"replace"}
 #: each changes, names made alike). After every crash point a start-up still runs to its end
 #: and the root the kill left is checked; the kinds come from what the code does, not from a
 #: list kept here. For replace, six kinds of nine crash points (2026-12-05; the three that
-#: repeat one: after the rename of the upload, as after its open; after the open of the audit
-#: log or of a session's file, as after the trash entry's): 56 killed start-ups, not 87.
+#: repeat one: after the upload's rename, as after the change before it; after the open of
+#: the audit log or of the next temporary file, as after that of the trash entry's
+#: manifest): 56 killed start-ups, not 87.
 SWEEP = bool(os.environ.get("RT_CRASH_POINTS_SWEEP"))
 
 
