@@ -58,7 +58,7 @@ def _project(tmp_path: Path, **files: str) -> Path:
 
 def _answers(out: Path, count: int) -> dict[str, str]:
     """What `count` daemons wrote into `out` (a directory, or one file), once each has."""
-    for _ in range(400):  # a daemon acts up to 2 s after the run has ended
+    for _ in range(400):  # a daemon acts once the run's process has ended
         found = list(out.iterdir()) if out.is_dir() else [out] * out.exists()
         if len(found) >= count and all(path.stat().st_size for path in found):
             return {path.name: path.read_text() for path in found}
@@ -383,20 +383,25 @@ def test_an_entry_a_test_replaced_by_a_directory_or_a_fifo_is_put_back(
 
 #: Each test starts a daemon given production's settings and the opt-in alone, and writes a
 #: registry entry for it by hand: a sandbox holding production's root, nothing protected.
-#: The first daemon acts during the run, the second after it has ended.
+#: The first daemon acts during the run (half a second after its entry is written), the
+#: second once the run's process has ended.
 FORGES_AN_ENTRY = """
 import json, os, subprocess, sys, time
+from pathlib import Path
 import pytest
 from app.sandbox import RUNS_DIR, _entry_name, _stat_fields
 
+WAITS = {"0.5": "sleep 0.5",
+         "after": f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.05; done"}
+
 @pytest.mark.parametrize("sandbox", ["/", os.environ["ABOVE"], "malformed"])
-@pytest.mark.parametrize("delay", ["0.5", "2"])
+@pytest.mark.parametrize("delay", WAITS)
 def test_writes_an_entry_for_its_daemon(sandbox, delay):
     env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
     env.update(ENV_FOR_DYNACONF="production", PYTEST_APP_ALLOW_PROFILES="production")
     out = os.path.join(os.environ["OUT"], f"{sandbox.replace('/', '_')}-{delay}")
     purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {out} 2>&1"
-    daemon = subprocess.Popen(["sh", "-c", f"sleep {delay}; exec {purge}"], env=env,
+    daemon = subprocess.Popen(["sh", "-c", f"{WAITS[delay]}; exec {purge}"], env=env,
                               start_new_session=True)
     entry = {"pid": daemon.pid, "argv": ["pytest"], "sandbox": sandbox, "protected": []}
     if sandbox == "malformed":  # not as a run writes one: its readers stopped in a traceback
@@ -405,7 +410,9 @@ def test_writes_an_entry_for_its_daemon(sandbox, delay):
     (RUNS_DIR / name).write_text(json.dumps(entry))
 
 def test_waits_for_the_first_daemons():
-    time.sleep(1)
+    first = lambda: [path.stat().st_size for path in Path(os.environ["OUT"]).glob("*-0.5")]
+    while len(first()) < 3 or not all(first()):  # each has answered, during the run
+        time.sleep(0.05)
 """
 
 
@@ -453,7 +460,8 @@ def test_empties_atexit_and_leaves_a_daemon():
     env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
     env["ENV_FOR_DYNACONF"] = "production"
     purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {os.environ['OUT']} 2>&1"
-    subprocess.Popen(["sh", "-c", f"sleep 1.5; exec {purge}"], env=env, start_new_session=True)
+    ended = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.05; done"  # the run's process
+    subprocess.Popen(["sh", "-c", f"{ended}; exec {purge}"], env=env, start_new_session=True)
 """
 
 

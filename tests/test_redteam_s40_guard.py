@@ -278,14 +278,15 @@ def test_outside_any_run_a_temporary_root_in_a_stopped_root_is_refused(
 FORKED_CHILD_LEAVES_A_DAEMON = """
 import multiprocessing, os, subprocess, sys
 
-def _leave():
+def _leave(run):
     env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
     env["ENV_FOR_DYNACONF"] = "production"
     purge = f"{sys.executable} -m app data purge --yes-i-mean-it > {os.environ['OUT']} 2>&1"
-    subprocess.Popen(["sh", "-c", f"sleep 1.5; exec {purge}"], env=env, start_new_session=True)
+    ended = f"while kill -0 {run} 2>/dev/null; do sleep 0.05; done"  # the run's process
+    subprocess.Popen(["sh", "-c", f"{ended}; exec {purge}"], env=env, start_new_session=True)
 
 def test_a_forked_child_leaves_a_daemon():
-    child = multiprocessing.get_context("fork").Process(target=_leave)
+    child = multiprocessing.get_context("fork").Process(target=_leave, args=(os.getpid(),))
     child.start()
     child.join()
     assert child.exitcode == 0
