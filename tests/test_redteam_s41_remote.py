@@ -1,0 +1,188 @@
+"""Red team 41 on PostgreSQL and object storage: what a write learns after its connection
+broke, when the server that answers afterwards is not the one it wrote to.
+
+All real: the suite's cluster, a streaming standby of it made with ``pg_basebackup`` and
+promoted (a failover), the suite's ``weed``, and a TCP relay that only moves bytes (as a
+virtual IP or a proxy in front of a primary does, moved to the new primary by a failover).
+What broke:
+
+- an upload (a replace) whose ``COMMIT`` was cut off by a failover: the old primary never
+  committed it, and the relay then sent every new connection to the promoted standby. The
+  store asks the database how a transaction whose answer it lost was decided
+  (``pg_xact_status`` of its id), and asked the new primary: there the same transaction id
+  had been taken, and committed, by another transaction (a promoted standby goes on from
+  the last id it replayed; the old primary's lost ones are handed out again). The replace
+  was answered as saved, its object kept, and neither server had it: the acknowledged
+  version was lost, and the old one served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import dataclasses
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from engines import PostgresEngine, S3Engine, free_ports
+from test_redteam_s20_remote import _COMMIT, _close, _objects
+from test_redteam_s39_ops import _pg_bin
+
+from app.remote import pg
+from app.remote.errors import CommitUnknownError, ConnectionLostError
+from app.remote.store import RemoteStore
+
+PROFILE = "production"
+
+
+class FailoverRelay:
+    """A TCP relay to a primary that, at the next ``COMMIT`` once armed, fails over: the
+    COMMIT is not forwarded (the old primary rolls the transaction back), ``before_switch``
+    runs, every connection is cut, and new ones go to ``standby``'s port."""
+
+    def __init__(self, port: int) -> None:
+        self._target = ("127.0.0.1", port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._armed: tuple[int, Callable[[], object]] | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, standby_port: int, before_switch: Callable[[], object]) -> None:
+        self._armed = (standby_port, before_switch)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                server = socket.create_connection(self._target)
+                self._sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, up: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                armed = self._armed
+                if up and armed is not None and _COMMIT in data:
+                    self._armed = None
+                    # The old primary never sees the COMMIT; cut below, it rolls back.
+                    armed[1]()
+                    self.done.set()
+                    with self._lock:
+                        self._target = ("127.0.0.1", armed[0])
+                        cut, self._sockets = self._sockets, []
+                    _close(*cut)  # every connection to the old primary, this one too
+                    return
+                sink.sendall(data)
+        _close(source, sink)
+
+    def close(self) -> None:
+        _close(self._listener)
+        with self._lock:
+            _close(*self._sockets)
+
+
+@contextlib.contextmanager
+def _promoted_standby(postgres_engine: PostgresEngine) -> Iterator[PostgresEngine]:
+    """A streaming standby of the suite's cluster, promoted (a failover), the original left
+    running, as red team 39's (tests/test_redteam_s39_ops.py) without a production."""
+    base = Path(tempfile.mkdtemp(prefix="rr22-standby-"))
+    if postgres_engine.os_user is not None:
+        entry = pwd.getpwnam(postgres_engine.os_user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    standby = dataclasses.replace(postgres_engine, base=base, port=free_ports(1)[0], process=None)
+    try:
+        standby._run(
+            _pg_bin("pg_basebackup"),
+            f"--pgdata={base / 'data'}",
+            f"--dbname={postgres_engine.url()}",
+            "--write-recovery-conf",
+            "--wal-method=stream",
+            "--no-sync",
+            "--checkpoint=fast",
+        )
+        assert standby.start(), standby.log()
+        standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
+        yield standby
+    finally:
+        standby.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _next_xid(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    row = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def _catch_up_transaction_ids(primary_url: str, standby_url: str) -> None:
+    """Commit transactions on the promoted standby until it has handed out every id the
+    old primary has, as the new primary's own traffic does after a failover."""
+    with psycopg.connect(primary_url, autocommit=True) as primary:
+        wanted = _next_xid(primary)
+    with psycopg.connect(standby_url, autocommit=True) as standby:
+        standby.execute("CREATE TEMP TABLE burn (n int)")
+        while (behind := wanted - _next_xid(standby)) > 0:
+            # One id per subtransaction; all committed with their transaction.
+            standby.execute(
+                "DO $$ BEGIN FOR i IN 1..%s LOOP BEGIN INSERT INTO burn VALUES (i);"
+                " EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$" % (behind + 1)  # noqa: S608, UP031
+            )
+
+
+def test_a_commit_cut_off_by_a_failover_is_not_answered_as_saved(
+    postgres_engine: PostgresEngine, database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    pg.open_database(database_url, PROFILE)
+    dbname = database_url.rsplit("/", 1)[1]
+    relay = FailoverRelay(postgres_engine.port)
+    store = RemoteStore(
+        f"postgresql://{postgres_engine.user}@127.0.0.1:{relay.port}/{dbname}",
+        _objects(s3_engine, blob_url),
+        PROFILE,
+        orphan_grace=timedelta(0),
+        pool_size=2,
+    )
+    try:
+        with store:
+            session = store.create_session("failover")["id"]
+            store.put_file(session, "a.txt", b"first version")
+            with _promoted_standby(postgres_engine) as standby:
+                standby_url = standby.url(dbname)
+                relay.arm(standby.port, lambda: _catch_up_transaction_ids(database_url, standby_url))
+                try:
+                    answer: object = store.put_file(session, "a.txt", b"second", replace=True)
+                except (CommitUnknownError, ConnectionLostError) as error:
+                    answer = error
+                assert relay.done.is_set()
+                # Neither server has the second version: an answer "saved" would be false.
+                for url in (database_url, standby_url):
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        assert conn.execute(
+                            "SELECT sha256 FROM app_files WHERE deleted_at IS NULL"
+                        ).fetchall() == [(hashlib.sha256(b"first version").hexdigest(),)]
+                # The answer is that nobody can say: the object it wrote is kept (a row of
+                # the old primary may name it, should that one be brought back).
+                assert isinstance(answer, CommitUnknownError), answer
+                message = " ".join(answer.message.split())
+                assert "the upload of 'a.txt' into session" in message
+                assert "not the server the change was sent to" in message
+                assert "failover" in message
+    finally:
+        relay.close()
+
