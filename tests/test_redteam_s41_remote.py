@@ -33,8 +33,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import test_redteam_s37_remote
 from engines import PostgresEngine, S3Engine, free_ports
+from replicas import Production
 from test_redteam_s20_remote import _COMMIT, _close, _objects
+from test_redteam_s37_remote import _stamp_object
 from test_redteam_s39_ops import _pg_bin
 
 from app.remote import pg
@@ -186,3 +189,87 @@ def test_a_commit_cut_off_by_a_failover_is_not_answered_as_saved(
     finally:
         relay.close()
 
+
+
+production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
+_RESTAMP = ("data", "restamp", "--profile", "production", "--from", "production")
+
+
+def _empty_the_store(production: Production, s3_engine: S3Engine) -> dict[str, bytes]:
+    """Every object under production's prefix gone, its stamp too, as a store that came
+    back without its data (a volume not mounted, a new bucket) shows it; what was there."""
+    client, bucket, key = _stamp_object(production, s3_engine)
+    prefix = key.rpartition("/")[0] + "/"
+    kept = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", ()):
+            kept[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    assert key in kept and any("/blobs/" in name for name in kept)
+    for name in kept:
+        client.delete_object(Bucket=bucket, Key=name)
+    return kept
+
+
+def test_a_store_that_came_back_empty_is_not_stamped_anew_and_served(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    replica = production.start()
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    assert replica.stop() == 0, replica.output
+    kept = _empty_the_store(production, s3_engine)
+    # Before: every command (and `app serve`) stamped the empty prefix anew and went on; a
+    # replica acknowledged uploads into it, lost once the store's data was back.
+    for args in (("data", "check"), ("sessions", "list")):
+        refused = production.run(*args)
+        assert refused.returncode == 78, refused.stdout + refused.stderr
+        message = " ".join(refused.stderr.split())
+        assert "object prefix s3://" in message and "is empty" in message
+        assert "has rows naming objects there (blobs/" in message
+        assert "not the store they were written to" in message
+        assert "nothing was changed" in message
+        assert "Check s3_endpoint_url and blob_url" in message
+        assert (
+            "run `app data restamp --profile production --from production --yes-i-mean-it`"
+            in message
+        )
+    client, bucket, key = _stamp_object(production, s3_engine)
+    assert client.list_objects_v2(Bucket=bucket, Prefix=key.rpartition("/")[0]).get(
+        "KeyCount"
+    ) == 0, "nothing was stamped"
+    doctor = production.run("doctor")
+    assert doctor.returncode == 78, doctor.stdout + doctor.stderr
+    said = " ".join((doctor.stdout + doctor.stderr).split())
+    assert "is empty, its stamp object" in said and "the first open stamps it" not in said
+    # The store's data back: all is as it was.
+    for name, data in kept.items():
+        client.put_object(Bucket=bucket, Key=name, Body=data)
+    checked = production.run("data", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Lost for good: the restamp the refusal names stamps the empty prefix, and `check`
+    # then names the file whose object is gone.
+    _empty_the_store(production, s3_engine)
+    restamped = production.run(*_RESTAMP, "--yes-i-mean-it")
+    assert restamped.returncode == 0, restamped.stdout + restamped.stderr
+    checked = production.run("data", "check")
+    assert "record-without-object" in checked.stdout + checked.stderr, checked.stdout
+    assert "a.txt" in checked.stdout + checked.stderr
+
+
+def test_a_replica_stops_once_its_store_lost_the_prefixs_stamp(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
+    with production.client(replica) as client:
+        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
+        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    # Before: it served on, and acknowledged uploads into the store that had come back
+    # without its data; its restart was refused (above), it never was.
+    _empty_the_store(production, s3_engine)
+    assert replica.process.wait(timeout=30) == 70, replica.output
+    said = " ".join(replica.output.split())
+    assert "stamp object .app-profile.json, there when this server opened it, is gone" in said
+    assert "could be lost once the right store is back" in said
+    assert "app data restamp --profile production --from production --yes-i-mean-it" in said
+    assert "database_url names the database" not in said

@@ -30,7 +30,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -44,6 +44,7 @@ from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
     PrefixStampDamagedError,
+    PrefixEmptiedError,
     PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
@@ -378,6 +379,9 @@ class ObjectStore:
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
         self._owner: tuple[str, str | None, int | None] | None = None
+        self._opened_for: tuple[str, str] = ("", "")  # the profile, and its confirmation
+        #: Whether :meth:`handed_away` last found the stamp gone.
+        self.stamp_gone = False
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -668,6 +672,7 @@ class ObjectStore:
         *,
         protected: Protection = False,
         database: tuple[str, str, str | None, int | None] | None = None,
+        named: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
@@ -675,6 +680,7 @@ class ObjectStore:
         instance`): the database whose rows name this prefix's objects. The stamp records
         the first; another is refused, since its rows name none of the objects here and its
         repair would delete them all; so is a copy of it (the same id in another database).
+        ``named``: a few objects its rows name; an empty prefix is then not stamped anew.
 
         Raises:
             RemoteStampMismatchError: the prefix belongs to another profile.
@@ -699,6 +705,14 @@ class ObjectStore:
                 raise UnstampedNotEmptyError(
                     profile, "blob_url", f"object prefix {self.where}", foreign
                 )
+            if named:
+                # The store lost the objects the database's rows name, or is another one
+                # (a volume not mounted, a new bucket): stamped anew, it was served, and
+                # what was uploaded into it lost once the right store was back (red team 41).
+                raise PrefixEmptiedError(
+                    profile, self.where, "?" if database is None else database[1], named,
+                    protected=needs_confirmation(protected, profile),
+                )  # fmt: skip
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
             if database is not None:
                 stamp["database"] = database[0]
@@ -746,16 +760,23 @@ class ObjectStore:
             stamp = {**stamp, "timeline": timeline}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         self._owner = (database_id, instance, timeline)
+        self._opened_for = (profile, " --yes-i-mean-it" if needs_confirmation(protected, profile) else "")
         return stamp
 
-    def handed_away(self) -> str | None:
-        """Why the prefix no longer belongs to the database it was opened for, or ``None``.
+    def handed_away(self) -> tuple[str, str | None] | None:
+        """Why the prefix no longer belongs to the database it was opened for, and what
+        lets a replica restart if not another ``database_url``; or ``None``.
 
         Its stamp names another database, or a copy of this one that ``app data restamp``
         adopted: what a replica writes from then on only its own database names, and the
-        other's ``check --repair`` deletes it (red team 39). A stamp that cannot be read now
-        is ``None``: readiness reports the store, and the next open the stamp.
+        other's ``check --repair`` deletes it (red team 39). Or its stamp is gone
+        (:attr:`stamp_gone` is then set), which the app never does: the store lost its data
+        or is another store than the one opened (a volume not mounted, a new bucket), and
+        what a replica uploads from then on is lost once the right one is back (red team
+        41); every open is refused then. A stamp that cannot be read now is ``None``:
+        readiness reports the store, and the next open the stamp.
         """
+        self.stamp_gone = False
         if self._owner is None:
             return None
         database, instance, timeline = self._owner
@@ -764,7 +785,21 @@ class ObjectStore:
         except (ObjectStoreUnavailableError, PrefixStampDamagedError):
             return None
         if stamp is None:
-            return None
+            self.stamp_gone = True
+            profile, confirm = self._opened_for
+            return (
+                f"object prefix {self.where}'s stamp object {STAMP_NAME}, there when this "
+                "server opened it, is gone: the object store lost its data or is not the "
+                "store this server opened (a volume not mounted, a new or emptied bucket, "
+                "s3_endpoint_url's host now naming another store), or the stamp alone was "
+                "deleted. What this server uploaded from now on could be lost once the right "
+                "store is back",
+                "Its restart is refused until the prefix is stamped again: bring the store's "
+                "data back (check s3_endpoint_url and blob_url, `app config`), or, if only "
+                "the stamp was deleted or the objects are lost for good, stop every replica "
+                f"and run `app data restamp --profile {profile} --from {profile}{confirm}` "
+                "(`app doctor` on this server says which)",
+            )
         bound, now, recorded = stamp.get("database"), stamp.get("instance"), _timeline(stamp)
         ours = bound in (None, database) and (
             now is None or instance is None or same_instance(str(now), instance)
@@ -778,14 +813,16 @@ class ObjectStore:
                 "standby of it was promoted (a failover) while this primary still runs, "
                 "and a replica opened the new one (a split brain). What this server "
                 "wrote from now on only the old primary would name, and the new one's "
-                "`app data check --repair` would delete it"
+                "`app data check --repair` would delete it",
+                None,
             )
         return (
             f"object prefix {self.where} was handed to another database: its stamp object now "
             f"names database {bound} ({now}), and this server's is {database} ({instance}), "
             "as `app data restamp` run on a copy of this database leaves it. What this server "
             "wrote from now on only its own database would name, and the other's `app data "
-            "check --repair` would delete it"
+            "check --repair` would delete it",
+            None,
         )
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:

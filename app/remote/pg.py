@@ -742,6 +742,9 @@ class Stamp:
     """Which database this is, as no copy of its rows can say (:func:`instance`)."""
     timeline: int | None = None
     """The server's timeline (:func:`timeline`), which a promotion advances."""
+    named: tuple[str, ...] = ()
+    """A few of the objects its rows name (:func:`named_objects`): a prefix that has none
+    of them and no stamp lost them, or is another store's."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -923,7 +926,16 @@ def open_database(
             database_id=_bind(conn, where, objects),
             instance=instance(conn),
             timeline=timeline(conn),
+            named=named_objects(conn),
         )
+
+
+def named_objects(conn: psycopg.Connection[Any], count: int = 3) -> tuple[str, ...]:
+    """Up to ``count`` of the objects the database's rows name (live or trashed)."""
+    rows = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT blob FROM app_files LIMIT %s", (count,)
+    )
+    return tuple(str(row[0]) for row in rows.fetchall())
 
 
 def timeline(conn: psycopg.Connection[Any]) -> int | None:
@@ -1186,14 +1198,15 @@ class Holder:
         asked, answered = self.asked, self.answered
         return 0.0 if answered >= asked else time.monotonic() - asked
 
-    def lose(self, reason: str) -> None:
-        """End the hold's use: the object prefix was handed to another database, for
-        ``reason``; every write is refused from now on (the connection stays until
-        :meth:`close`)."""
-        self._lose(reason, handed_away=True)
+    def lose(self, reason: str, remedy: str | None = None) -> None:
+        """End the hold's use: the object prefix was handed to another database, or lost
+        its stamp, for ``reason``; every write is refused from now on (the connection stays
+        until :meth:`close`). ``remedy``: what lets the server restart, if not another
+        ``database_url``."""
+        self._lose(reason, handed_away=True, remedy=remedy)
 
-    def _lose(self, reason: str, *, handed_away: bool = False) -> None:
-        self.error = HolderLostError(self.where, reason, handed_away=handed_away)
+    def _lose(self, reason: str, *, handed_away: bool = False, remedy: str | None = None) -> None:
+        self.error = HolderLostError(self.where, reason, handed_away=handed_away, remedy=remedy)
         if self.on_lost is not None:
             self.on_lost(self.error)
 

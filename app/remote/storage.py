@@ -36,6 +36,7 @@ from app.remote.errors import (
     DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
+    PrefixEmptiedError,
     PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
@@ -159,6 +160,7 @@ def open_remote(
         config.profile,
         protected=protection,
         database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
+        named=stamp.named,
     )
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
@@ -542,6 +544,12 @@ def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
         )
     elif (bucket, prefix) != (location.bucket, location.prefix):
         error = StorageMismatchError("prefix", where, shown, f"s3://{bucket}/{prefix}")
+    elif not stamp and seen.get("named"):
+        # An empty prefix whose database's rows name objects there: the open refuses it.
+        error = PrefixEmptiedError(
+            config.profile, shown, where, seen["named"],
+            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
+        )  # fmt: skip
     else:
         database = (database_id, where, here, timeline)
         error = binding_refusal(
@@ -636,6 +644,7 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     else:
         probes.append(Probe("stamp", stamped))
         seen["binding"] = (*pg.binding(conn), pg.instance(conn), pg.timeline(conn), where)
+        seen["named"] = pg.named_objects(conn)
     if pg.in_recovery(conn):
         from app.errors import EX_UNAVAILABLE
 
@@ -742,11 +751,9 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                   "application", refused.message, refused.exit_code)
         )  # fmt: skip
     else:
-        probes.append(
-            Probe(
-                "prefix",
-                f"{objects.where}: empty; the first open stamps it for {config.profile!r}",
-            )
-        )
+        # Not stamped by an open while the database's rows name objects here (the binding
+        # line says why).
+        stamps = "" if seen.get("named") else f"; the first open stamps it for {config.profile!r}"
+        probes.append(Probe("prefix", f"{objects.where}: empty{stamps}"))
         seen["prefix"] = ({}, objects.location, objects.where)
     return probes

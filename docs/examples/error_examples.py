@@ -251,6 +251,13 @@ EXAMPLES: list[errors.AppError] = [
         ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a"],
         protected=True,
     ),
+    remote.PrefixEmptiedError(
+        "production",
+        "s3://app-data/production at https://s3.internal",
+        DATABASE,
+        ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a", "blobs/5d1c9e0a7b2f4c8d9e3a6b1f0c2d4e8a"],
+        protected=True,
+    ),
     remote.PrefixStampDamagedError(
         "s3://app-data/production at https://s3.internal",
         "is not JSON (Expecting value: line 1 column 1 (char 0))",
