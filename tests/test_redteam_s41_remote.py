@@ -38,8 +38,9 @@ from engines import PostgresEngine, S3Engine, free_ports
 from replicas import Production
 from test_redteam_s20_remote import _COMMIT, _close, _objects
 from test_redteam_s37_remote import _stamp_object
-from test_redteam_s39_ops import _pg_bin
+from test_redteam_s39_ops import _pg_bin, _settings
 
+from app.config import inspect_profiles
 from app.remote import pg
 from app.remote.errors import CommitUnknownError, ConnectionLostError
 from app.remote.store import RemoteStore
@@ -273,3 +274,29 @@ def test_a_replica_stops_once_its_store_lost_the_prefixs_stamp(
     assert "could be lost once the right store is back" in said
     assert "app data restamp --profile production --from production --yes-i-mean-it" in said
     assert "database_url names the database" not in said
+
+
+def test_a_prefix_with_a_backslash_is_refused_as_a_setting(
+    s3_engine: S3Engine, blob_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store takes the backslash for a slash: `<prefix>\x` is `<prefix>/x` there.
+    bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
+    client = s3_engine.client()
+    client.put_object(Bucket=bucket, Key=f"{prefix}\\x/k", Body=b"one")
+    assert client.get_object(Bucket=bucket, Key=f"{prefix}/x/k")["Body"].read() == b"one"
+    # Before: the overlap check took `prod\x` for a prefix of its own beside `prod/x`, and
+    # said nothing of two profiles sharing one.
+    endpoint = s3_engine.endpoint_url
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={"database_url": "postgresql://app@db.internal/a", "blob_url": "s3://b/prod/x",
+                    "s3_endpoint_url": endpoint},
+        staging={"database_url": "postgresql://app@db.internal/b", "blob_url": "s3://b/prod\\\\x",
+                 "s3_endpoint_url": endpoint},
+    )  # fmt: skip
+    report = inspect_profiles("development")
+    said = " ".join(" ".join(str(p) for p in report.problems).split())
+    assert "blob_url = 's3://b/prod\\\\x'" in said, said
+    assert "a prefix with a backslash names a different prefix on each object store" in said
+    assert "SeaweedFS takes it for '/'" in said

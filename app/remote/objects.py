@@ -155,6 +155,16 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             "MinIO refuse it); write the prefix without them, as the path it means",
             "blob_url",
         )  # fmt: skip
+    if "\\" in parts.path:
+        # The same class (red team 41): SeaweedFS takes a backslash in a key for a slash, so
+        # `prod\x` was `prod/x` there, another profile's prefix, which the overlap check
+        # (and every other store) took for a prefix of its own.
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, "a prefix with a backslash names a different prefix "
+            "on each object store (SeaweedFS takes it for '/', AWS and MinIO keep it as a "
+            "character of the name); write '/' where a path is meant, or another character",
+            "blob_url",
+        )  # fmt: skip
     long = [segment for segment in segments if len(segment.encode()) > _MAX_SEGMENT_BYTES]
     prefix = "/".join(segments)
     if long or len(prefix.encode()) > _MAX_PREFIX_BYTES:
