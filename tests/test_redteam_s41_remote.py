@@ -19,8 +19,8 @@ What broke:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
@@ -145,7 +145,7 @@ def _catch_up_transaction_ids(primary_url: str, standby_url: str) -> None:
             # One id per subtransaction; all committed with their transaction.
             standby.execute(
                 "DO $$ BEGIN FOR i IN 1..%s LOOP BEGIN INSERT INTO burn VALUES (i);"
-                " EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$" % (behind + 1)  # noqa: S608, UP031
+                " EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$" % (behind + 1)
             )
 
 
@@ -168,7 +168,9 @@ def test_a_commit_cut_off_by_a_failover_is_not_answered_as_saved(
             store.put_file(session, "a.txt", b"first version")
             with _promoted_standby(postgres_engine) as standby:
                 standby_url = standby.url(dbname)
-                relay.arm(standby.port, lambda: _catch_up_transaction_ids(database_url, standby_url))
+                relay.arm(
+                    standby.port, lambda: _catch_up_transaction_ids(database_url, standby_url)
+                )
                 try:
                     answer: object = store.put_file(session, "a.txt", b"second", replace=True)
                 except (CommitUnknownError, ConnectionLostError) as error:
@@ -189,7 +191,6 @@ def test_a_commit_cut_off_by_a_failover_is_not_answered_as_saved(
                 assert "failover" in message
     finally:
         relay.close()
-
 
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
@@ -236,9 +237,9 @@ def test_a_store_that_came_back_empty_is_not_stamped_anew_and_served(
             in message
         )
     client, bucket, key = _stamp_object(production, s3_engine)
-    assert client.list_objects_v2(Bucket=bucket, Prefix=key.rpartition("/")[0]).get(
-        "KeyCount"
-    ) == 0, "nothing was stamped"
+    assert (
+        client.list_objects_v2(Bucket=bucket, Prefix=key.rpartition("/")[0]).get("KeyCount") == 0
+    ), "nothing was stamped"
     doctor = production.run("doctor")
     assert doctor.returncode == 78, doctor.stdout + doctor.stderr
     said = " ".join((doctor.stdout + doctor.stderr).split())

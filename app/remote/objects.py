@@ -43,8 +43,8 @@ from app.remote.errors import (
     DatabaseTimelineBehindError,
     ObjectMissingError,
     ObjectStoreUnavailableError,
-    PrefixStampDamagedError,
     PrefixEmptiedError,
+    PrefixStampDamagedError,
     PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
@@ -770,7 +770,10 @@ class ObjectStore:
             stamp = {**stamp, "timeline": timeline}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         self._owner = (database_id, instance, timeline)
-        self._opened_for = (profile, " --yes-i-mean-it" if needs_confirmation(protected, profile) else "")
+        self._opened_for = (
+            profile,
+            " --yes-i-mean-it" if needs_confirmation(protected, profile) else "",
+        )
         return stamp
 
     def handed_away(self) -> tuple[str, str | None] | None:
@@ -798,17 +801,22 @@ class ObjectStore:
             self.stamp_gone = True
             profile, confirm = self._opened_for
             return (
-                f"object prefix {self.where}'s stamp object {STAMP_NAME}, there when this "
-                "server opened it, is gone: the object store lost its data or is not the "
-                "store this server opened (a volume not mounted, a new or emptied bucket, "
-                "s3_endpoint_url's host now naming another store), or the stamp alone was "
-                "deleted. What this server uploaded from now on could be lost once the right "
-                "store is back",
-                "Its restart is refused until the prefix is stamped again: bring the store's "
-                "data back (check s3_endpoint_url and blob_url, `app config`), or, if only "
-                "the stamp was deleted or the objects are lost for good, stop every replica "
-                f"and run `app data restamp --profile {profile} --from {profile}{confirm}` "
-                "(`app doctor` on this server says which)",
+                (
+                    f"object prefix {self.where}'s stamp object {STAMP_NAME}, there when this "
+                    "server opened it, is gone: the object store lost its data or is not the "
+                    "store this server opened (a volume not mounted, a new or emptied bucket, "
+                    "s3_endpoint_url's host now naming another store), or the stamp alone was "
+                    "deleted. What this server uploaded from now on could be lost once the right "
+                    "store is back"
+                ),
+                (
+                    "Its restart is refused until the prefix is stamped again: bring the "
+                    "store's data back (check s3_endpoint_url and blob_url, `app config`), "
+                    "or, if only the stamp was deleted or the objects are lost for good, stop "
+                    "every replica and run `app data restamp --profile "
+                    f"{profile} --from {profile}{confirm}` (`app doctor` on this server says "
+                    "which)"
+                ),
             )
         bound, now, recorded = stamp.get("database"), stamp.get("instance"), _timeline(stamp)
         ours = bound in (None, database) and (
@@ -818,20 +826,24 @@ class ObjectStore:
             return None
         if ours:
             return (
-                f"object prefix {self.where}'s stamp now records timeline {recorded} of "
-                f"this database, and this server's database is on timeline {timeline}: a "
-                "standby of it was promoted (a failover) while this primary still runs, "
-                "and a replica opened the new one (a split brain). What this server "
-                "wrote from now on only the old primary would name, and the new one's "
-                "`app data check --repair` would delete it",
+                (
+                    f"object prefix {self.where}'s stamp now records timeline {recorded} of "
+                    f"this database, and this server's database is on timeline {timeline}: a "
+                    "standby of it was promoted (a failover) while this primary still runs, "
+                    "and a replica opened the new one (a split brain). What this server "
+                    "wrote from now on only the old primary would name, and the new one's "
+                    "`app data check --repair` would delete it"
+                ),
                 None,
             )
         return (
-            f"object prefix {self.where} was handed to another database: its stamp object now "
-            f"names database {bound} ({now}), and this server's is {database} ({instance}), "
-            "as `app data restamp` run on a copy of this database leaves it. What this server "
-            "wrote from now on only its own database would name, and the other's `app data "
-            "check --repair` would delete it",
+            (
+                f"object prefix {self.where} was handed to another database: its stamp object now "
+                f"names database {bound} ({now}), and this server's is {database} ({instance}), "
+                "as `app data restamp` run on a copy of this database leaves it. What this server "
+                "wrote from now on only its own database would name, and the other's `app data "
+                "check --repair` would delete it"
+            ),
             None,
         )
 
