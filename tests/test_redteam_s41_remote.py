@@ -38,7 +38,7 @@ from engines import PostgresEngine, S3Engine, free_ports
 from replicas import Production
 from test_redteam_s20_remote import _COMMIT, _close, _objects
 from test_redteam_s37_remote import _stamp_object
-from test_redteam_s39_ops import _pg_bin, _settings
+from test_redteam_s39_ops import _overlaps, _pg_bin, _settings
 
 from app.config import inspect_profiles
 from app.remote import pg
@@ -301,3 +301,41 @@ def test_a_prefix_with_a_backslash_is_refused_as_a_setting(
     assert "blob_url = 's3://b/prod\\\\x'" in said, said
     assert "a prefix with a backslash names a different prefix on each object store" in said
     assert "SeaweedFS takes it for '/'" in said
+
+
+def test_an_endpoint_with_a_path_names_the_bucket_of_its_path(
+    s3_engine: S3Engine, blob_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # boto3 puts the endpoint URL's path before the bucket in every request: with the
+    # endpoint `<store>/<bucket>`, bucket `sub` and key `k` are key `sub/k` of `<bucket>`.
+    bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
+    import boto3
+
+    through_a_path = boto3.client(
+        "s3",
+        endpoint_url=f"{s3_engine.endpoint_url}/{bucket}",
+        aws_access_key_id=s3_engine.access_key_id,
+        aws_secret_access_key=s3_engine.secret_access_key,
+        region_name="us-east-1",
+    )
+    through_a_path.put_object(Bucket=prefix, Key="production/k", Body=b"one")
+    key = f"{prefix}/production/k"
+    assert s3_engine.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"one"
+    # Before: another endpoint path was dropped, and another bucket another bucket: the
+    # overlap check said nothing of two profiles sharing one prefix.
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={"database_url": "postgresql://app@db.internal/a",
+                    "blob_url": f"s3://{bucket}/{prefix}/production",
+                    "s3_endpoint_url": s3_engine.endpoint_url},
+        staging={"database_url": "postgresql://app@db.internal/b",
+                 "blob_url": f"s3://{prefix}/production/staging",
+                 "s3_endpoint_url": f"{s3_engine.endpoint_url}/{bucket}/"},
+    )  # fmt: skip
+    [overlap] = _overlaps()
+    assert overlap.kind == "object prefix"
+    said = " ".join(overlap.message.split())
+    assert "'production' and 'staging'" in said, said
+    assert f"s3://{prefix}/production/staging at http://localhost:" in said
+    assert f"/{bucket}" in said

@@ -87,15 +87,18 @@ def _new_client(**kwargs: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class BlobLocation:
     """Where a profile's objects live: endpoint (normalised), bucket, prefix (no slashes at
-    either end; ``""`` is the whole bucket)."""
+    either end; ``""`` is the whole bucket); ``under``, the endpoint URL's path (no slashes
+    at either end), which the S3 client puts before the bucket in every request."""
 
     endpoint: str
     bucket: str
     prefix: str
+    under: str = ""
 
     def __str__(self) -> str:
         at = f" at {self.endpoint}" if self.endpoint else ""
-        return f"s3://{self.bucket}/{self.prefix}{at}"
+        under = f"/{self.under}" if self.under else ""
+        return f"s3://{self.bucket}/{self.prefix}{at}{under}"
 
     def key(self, name: str) -> str:
         """The object key of ``name`` under the prefix."""
@@ -183,7 +186,8 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"the prefix may be {_MAX_PREFIX_BYTES} bytes at most, in segments of "
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
-    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
+    under = "/".join(s for s in urlsplit(endpoint_url or "").path.split("/") if s)
+    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under)
 
 
 def _timeline(stamp: dict[str, Any]) -> int | None:
@@ -240,12 +244,23 @@ def same_instance(first: str, second: str) -> bool:
 def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
     """Whether one location's objects could lie under the other's (equal, or nested whole
     path segments, in one bucket on one endpoint)."""
-    # Case folded: virtual-hosted addressing puts the bucket in a host name, where case does
-    # not count (keys keep theirs: S3 compares them exactly).
-    if (first.endpoint, first.bucket.lower()) != (second.endpoint, second.bucket.lower()):
+    if first.endpoint != second.endpoint:
         return False
-    a, b = f"{first.prefix}/" if first.prefix else "", f"{second.prefix}/" if second.prefix else ""
-    return a.startswith(b) or b.startswith(a)
+
+    # The path each request names: an endpoint URL's own path goes before the bucket
+    # (boto3 keeps it; `http://h/app-tests` with bucket `sub` is bucket `app-tests`, keys
+    # `sub/...`, on SeaweedFS: red team 41). Case folded up to the bucket: virtual-hosted
+    # addressing puts it in a host name, where case does not count (keys keep theirs: S3
+    # compares them exactly).
+    def path(location: BlobLocation) -> list[str]:
+        before = (
+            [*location.under.split("/"), location.bucket] if location.under else [location.bucket]
+        )
+        return [s.lower() for s in before] + (location.prefix.split("/") if location.prefix else [])
+
+    a, b = path(first), path(second)
+    shortest = min(len(a), len(b))
+    return a[:shortest] == b[:shortest]
 
 
 # --- objects -----------------------------------------------------------------------------
