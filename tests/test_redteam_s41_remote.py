@@ -1,19 +1,25 @@
-"""Red team 41 on PostgreSQL and object storage: what a write learns after its connection
-broke, when the server that answers afterwards is not the one it wrote to.
+"""Red team 41 on PostgreSQL and object storage: a server or a store that came back as
+another, and two spellings of one object prefix.
 
 All real: the suite's cluster, a streaming standby of it made with ``pg_basebackup`` and
-promoted (a failover), the suite's ``weed``, and a TCP relay that only moves bytes (as a
-virtual IP or a proxy in front of a primary does, moved to the new primary by a failover).
-What broke:
+promoted (a failover), the suite's ``weed``, real commands and ``app serve`` replicas
+(tests/replicas.py), and a TCP relay that only moves bytes (as a virtual IP or a proxy in
+front of a primary does, moved to the new primary by a failover). What broke:
 
 - an upload (a replace) whose ``COMMIT`` was cut off by a failover: the old primary never
   committed it, and the relay then sent every new connection to the promoted standby. The
   store asks the database how a transaction whose answer it lost was decided
   (``pg_xact_status`` of its id), and asked the new primary: there the same transaction id
   had been taken, and committed, by another transaction (a promoted standby goes on from
-  the last id it replayed; the old primary's lost ones are handed out again). The replace
-  was answered as saved, its object kept, and neither server had it: the acknowledged
-  version was lost, and the old one served.
+  the last id it replayed). The replace was answered as saved, and neither server had it;
+- an object store that came back without its data (its prefix empty, its stamp gone with
+  every object: a store restarted without its volume, a new bucket, an endpoint now naming
+  another store) while the database bound to it names objects there: every command and
+  ``app serve`` stamped it anew and went on, and a live replica served on, acknowledging
+  uploads into it that were lost once the right store was back;
+- a ``blob_url`` whose prefix holds a backslash, which SeaweedFS takes for a slash, and an
+  ``s3_endpoint_url`` with a path, which boto3 puts before the bucket: each named another
+  profile's prefix on the store while the overlap check took it for a prefix of its own.
 """
 
 from __future__ import annotations
