@@ -25,26 +25,21 @@ front of a primary does, moved to the new primary by a failover). What broke:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
-import os
-import pwd
-import shutil
 import socket
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 import test_redteam_s37_remote
-from engines import PostgresEngine, S3Engine, free_ports
+from engines import PostgresEngine, S3Engine
 from replicas import Production
-from test_redteam_s20_remote import _COMMIT, _close, _objects
+from test_redteam_s20_remote import _COMMIT, Relay, _close, _objects
 from test_redteam_s37_remote import _stamp_object
-from test_redteam_s39_ops import _overlaps, _pg_bin, _settings
+from test_redteam_s39_ops import _kept, _overlaps, _settings, standby_of
 
 from app.config import inspect_profiles
 from app.remote import pg
@@ -54,84 +49,30 @@ from app.remote.store import RemoteStore
 PROFILE = "production"
 
 
-class FailoverRelay:
-    """A TCP relay to a primary that, at the next ``COMMIT`` once armed, fails over: the
-    COMMIT is not forwarded (the old primary rolls the transaction back), ``before_switch``
-    runs, every connection is cut, and new ones go to ``standby``'s port."""
+class FailoverRelay(Relay):
+    """Red team 20's relay, which at the next ``COMMIT`` once armed fails over: the COMMIT
+    is not forwarded (the old primary rolls the transaction back), ``before_switch`` runs,
+    new connections go to ``standby``'s port, and every connection is cut."""
 
-    def __init__(self, port: int) -> None:
-        self._target = ("127.0.0.1", port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._armed: tuple[int, Callable[[], object]] | None = None
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self.done = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+    _failover: tuple[int, Callable[[], object]] | None = None
 
-    def arm(self, standby_port: int, before_switch: Callable[[], object]) -> None:
-        self._armed = (standby_port, before_switch)
+    def fail_over(self, standby_port: int, before_switch: Callable[[], object]) -> None:
+        self.done.clear()
+        self._failover = (standby_port, before_switch)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                server = socket.create_connection(self._target)
-                self._sockets += [client, server]
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, up: bool) -> None:
+    def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                armed = self._armed
-                if up and armed is not None and _COMMIT in data:
-                    self._armed = None
-                    # The old primary never sees the COMMIT; cut below, it rolls back.
+            while data := client.recv(65536):
+                armed = self._failover
+                if armed is not None and _COMMIT in data:
+                    self._failover = None
                     armed[1]()
                     self.done.set()
-                    with self._lock:
-                        self._target = ("127.0.0.1", armed[0])
-                        cut, self._sockets = self._sockets, []
-                    _close(*cut)  # every connection to the old primary, this one too
+                    self._target = ("127.0.0.1", armed[0])
+                    _close(*self._sockets)  # every connection to the old primary
                     return
-                sink.sendall(data)
-        _close(source, sink)
-
-    def close(self) -> None:
-        _close(self._listener)
-        with self._lock:
-            _close(*self._sockets)
-
-
-@contextlib.contextmanager
-def _promoted_standby(postgres_engine: PostgresEngine) -> Iterator[PostgresEngine]:
-    """A streaming standby of the suite's cluster, promoted (a failover), the original left
-    running, as red team 39's (tests/test_redteam_s39_ops.py) without a production."""
-    base = Path(tempfile.mkdtemp(prefix="rr22-standby-"))
-    if postgres_engine.os_user is not None:
-        entry = pwd.getpwnam(postgres_engine.os_user)
-        os.chown(base, entry.pw_uid, entry.pw_gid)
-    standby = dataclasses.replace(postgres_engine, base=base, port=free_ports(1)[0], process=None)
-    try:
-        standby._run(
-            _pg_bin("pg_basebackup"),
-            f"--pgdata={base / 'data'}",
-            f"--dbname={postgres_engine.url()}",
-            "--write-recovery-conf",
-            "--wal-method=stream",
-            "--no-sync",
-            "--checkpoint=fast",
-        )
-        assert standby.start(), standby.log()
-        standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
-        yield standby
-    finally:
-        standby.stop()
-        shutil.rmtree(base, ignore_errors=True)
+                server.sendall(data)
+        _close(client, server)
 
 
 def _next_xid(conn: psycopg.Connection[tuple[object, ...]]) -> int:
@@ -172,9 +113,9 @@ def test_a_commit_cut_off_by_a_failover_is_not_answered_as_saved(
         with store:
             session = store.create_session("failover")["id"]
             store.put_file(session, "a.txt", b"first version")
-            with _promoted_standby(postgres_engine) as standby:
+            with standby_of(postgres_engine) as standby:
                 standby_url = standby.url(dbname)
-                relay.arm(
+                relay.fail_over(
                     standby.port, lambda: _catch_up_transaction_ids(database_url, standby_url)
                 )
                 try:
@@ -222,9 +163,7 @@ def test_a_store_that_came_back_empty_is_not_stamped_anew_and_served(
     production: Production, s3_engine: S3Engine
 ) -> None:
     replica = production.start()
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    _kept(production, replica)
     assert replica.stop() == 0, replica.output
     kept = _empty_the_store(production, s3_engine)
     # Before: every command (and `app serve`) stamped the empty prefix anew and went on; a
@@ -269,9 +208,7 @@ def test_a_replica_stops_once_its_store_lost_the_prefixs_stamp(
     production: Production, s3_engine: S3Engine
 ) -> None:
     replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
-    with production.client(replica) as client:
-        sid = client.post("/sessions", json={"title": "kept"}).json()["id"]
-        assert client.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    _kept(production, replica)
     # Before: it served on, and acknowledged uploads into the store that had come back
     # without its data; its restart was refused (above), it never was.
     _empty_the_store(production, s3_engine)
