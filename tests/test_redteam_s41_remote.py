@@ -17,6 +17,9 @@ front of a primary does, moved to the new primary by a failover). What broke:
   another store) while the database bound to it names objects there: every command and
   ``app serve`` stamped it anew and went on, and a live replica served on, acknowledging
   uploads into it that were lost once the right store was back;
+- staging's own new database with production's ``blob_url`` (mistyped): the refusal named
+  ``app data restamp --profile staging --from production``, which rewrote production's
+  prefix stamp, so production's next start was refused, and staging's still was;
 - a ``blob_url`` whose prefix holds a backslash, which SeaweedFS takes for a slash, and an
   ``s3_endpoint_url`` with a path, which boto3 puts before the bucket: each named another
   profile's prefix on the store while the overlap check took it for a prefix of its own.
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import forked_app
 import psycopg
 import pytest
 import test_redteam_s37_remote
@@ -39,8 +43,9 @@ from engines import PostgresEngine, S3Engine
 from replicas import Production
 from test_redteam_s20_remote import _COMMIT, Relay, _close, _objects
 from test_redteam_s37_remote import _stamp_object
-from test_redteam_s39_ops import _kept, _overlaps, _settings, standby_of
+from test_redteam_s39_ops import _kept, _overlaps, _settings, _settings_beside, standby_of
 
+from app import sandbox
 from app.config import inspect_profiles
 from app.remote import pg
 from app.remote.errors import CommitUnknownError, ConnectionLostError
@@ -282,3 +287,41 @@ def test_an_endpoint_with_a_path_names_the_bucket_of_its_path(
     assert "'production' and 'staging'" in said, said
     assert f"s3://{prefix}/production/staging at http://localhost:" in said
     assert f"/{bucket}" in said
+
+
+def test_another_profiles_new_database_is_not_handed_productions_prefix(
+    production: Production, postgres_engine: PostgresEngine
+) -> None:
+    # Staging's own new database, and production's blob_url (mistyped, in a settings file
+    # of its own, where no overlap check sees both).
+    replica = production.start()
+    sid = _kept(production, replica)
+    run = sandbox.current_run(production.env)
+    assert run is not None
+    configured = production.database_url.rpartition("/")[2].removesuffix(run.scratch)
+    with postgres_engine.connect() as admin:
+        admin.execute(f'CREATE DATABASE "staging_{configured}{run.scratch}"')
+    env = _settings_beside(production, f'/{configured}"', f'/staging_{configured}"')
+    settings = Path(env["APP_SETTINGS_DIR"]) / "settings.toml"
+    text = settings.read_text()
+    settings.write_text(text.replace("[production]", "[staging]").replace("protected = true\n", ""))
+    staging = {**env, "ENV_FOR_DYNACONF": "staging", "PYTEST_APP_ALLOW_PROFILES": "staging"}
+    # Before: the refusal named the restamp, and the restamp handed production's prefix to
+    # staging: production's next start was refused, and staging's still too.
+    restamp = ["data", "restamp", "--profile", "staging", "--from", "production"]
+    for args in (["data", "check"], [*restamp, "--yes-i-mean-it"], ["doctor"]):
+        refused = forked_app.run(staging, args)
+        assert refused.returncode == 78, refused.stdout + refused.stderr
+        message = " ".join((refused.stdout + refused.stderr).split())
+        assert "object prefix s3://" in message
+        assert "belongs to profile 'production' and to its database (id " in message
+        assert "has no row naming its objects" in message
+        assert "Refusing; nothing was changed" in message
+        assert "Point blob_url at a new or empty prefix for 'staging'" in message
+        assert "app data restamp" not in message
+    listed = production.run("sessions", "list")
+    assert listed.returncode == 0 and sid in listed.stdout, listed.stdout + listed.stderr
+    # With its own prefix, staging's database opens: the refused one was not recorded.
+    settings.write_text(settings.read_text().replace('-production"', '-staging"'))
+    done = forked_app.run(staging, ["data", "check"])
+    assert done.returncode == 0, done.stdout + done.stderr

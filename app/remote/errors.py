@@ -687,6 +687,36 @@ class DatabaseTimelineBehindError(ConfigError):
         )
 
 
+class PrefixOfAnotherDatabaseError(ConfigError):
+    """An object prefix stamped for another profile and bound to another database than the
+    one this profile names: not this profile's to open, nor to re-stamp."""
+
+    code = "prefix_of_another_database"
+
+    profile: str
+    objects: str
+    owner: str
+    """The profile its stamp names."""
+    bound: str
+    """The id of the database its stamp names."""
+    database: str
+    database_id: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"profile {self.profile!r}: object prefix {self.objects} belongs to profile "
+            f"{self.owner!r} and to its database (id {self.bound}), and database "
+            f"{self.database} (id {self.database_id}), which {self.profile!r} names, has no "
+            "row naming its objects. Opened, or re-stamped for "
+            f"{self.profile!r}, it would hold objects this database does not name (its `app "
+            "data check --repair` would delete them all), and the replicas of "
+            f"{self.owner!r} would be refused from their next start. Refusing; nothing was "
+            f"changed. Point blob_url at a new or empty prefix for {self.profile!r} (`app "
+            "config` shows where it came from)"
+        )
+
+
 class RestampBoundElsewhereError(ConfigError):
     """``app data restamp`` of a database whose rows name objects in another prefix than
     the profile's ``blob_url`` (a restored copy of another profile's database)."""

@@ -44,6 +44,7 @@ from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
     PrefixEmptiedError,
+    PrefixOfAnotherDatabaseError,
     PrefixStampDamagedError,
     PrefixStampMissingError,
     Protection,
@@ -232,6 +233,26 @@ def binding_refusal(
     if timeline is not None and recorded is not None and timeline < recorded:
         return DatabaseTimelineBehindError(profile, shown, where, timeline, recorded)
     return None
+
+
+def another_database(
+    profile: str,
+    stamp: dict[str, Any],
+    where: str,
+    database: tuple[str | None, str, str | None, int | None] | None,
+) -> PrefixOfAnotherDatabaseError | None:
+    """The refusal of a prefix stamped for another profile whose stamp names another
+    database than ``database`` (its id, or ``None`` if not bound yet, and how it is shown),
+    or ``None``: a re-stamp would hand that profile's objects to a database that names none
+    of them (red team 41: a mistyped blob_url, then the re-stamp the refusal named, and
+    production's next start was refused)."""
+    bound = stamp.get("database")
+    if database is None or bound is None or bound == database[0]:
+        return None
+    return PrefixOfAnotherDatabaseError(
+        profile, where, str(stamp.get("profile")), str(bound), database[1],
+        database[0] or "none: bound to no prefix",
+    )  # fmt: skip
 
 
 def same_instance(first: str, second: str) -> bool:
@@ -748,6 +769,9 @@ class ObjectStore:
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
+            refused = another_database(profile, stamp, self.where, database)
+            if refused is not None:
+                raise refused
             raise RemoteStampMismatchError(
                 f"object prefix {self.where}", f"its object {STAMP_NAME}",
                 str(stamp.get("profile")), profile,

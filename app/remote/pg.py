@@ -745,6 +745,8 @@ class Stamp:
     named: tuple[str, ...] = ()
     """A few of the objects its rows name (:func:`named_objects`): a prefix that has none
     of them and no stamp lost them, or is another store's."""
+    bound_now: bool = False
+    """Whether this open recorded the prefix (:func:`unbind` undoes it)."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -921,9 +923,11 @@ def open_database(
             )  # fmt: skip
         if objects is None:
             return stamp
+        database_id, bound_now = _bind(conn, where, objects)
         return dataclasses.replace(
             stamp,
-            database_id=_bind(conn, where, objects),
+            database_id=database_id,
+            bound_now=bound_now,
             instance=instance(conn),
             timeline=timeline(conn),
             named=named_objects(conn),
@@ -983,7 +987,9 @@ def instance(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
-def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]) -> str:
+def _bind(
+    conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]
+) -> tuple[str, bool]:
     # Under the caller's schema lock. Two machines whose settings disagree would otherwise
     # split one profile's files between two prefixes, or run one database's repair over
     # another's objects.
@@ -991,6 +997,7 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
         conn.execute(_BINDING)
     bucket, prefix, shown = objects
     row = conn.execute("SELECT database_id::text, bucket, prefix FROM app_binding").fetchone()
+    created = row is None
     if row is None:
         row = conn.execute(
             "INSERT INTO app_binding (bucket, prefix) VALUES (%s, %s)"
@@ -1000,7 +1007,25 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
         assert row is not None
     if (row[1], row[2]) != (bucket, prefix):
         raise StorageMismatchError("prefix", where, shown, f"s3://{row[1]}/{row[2]}")
-    return str(row[0])
+    return str(row[0]), created
+
+
+def unbind(database_url: str, database_id: str, bounds: Bounds | None = None) -> None:
+    """Forget the prefix that an open just recorded for a database whose rows name no
+    object, once the prefix refused it: otherwise every later open, with blob_url mended,
+    was refused as naming another prefix than the recorded one, which is the refused one."""
+    where = mask_url(database_url)
+    with (
+        refusals(where, "forgetting the prefix it was refused"),
+        connect(database_url, purpose="app open", bounds=bounds) as conn,
+        committed(conn, where, "forgetting the prefix it was refused"),
+    ):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
+        conn.execute(
+            "DELETE FROM app_binding WHERE database_id::text = %s"
+            " AND NOT EXISTS (SELECT 1 FROM app_files)",
+            (database_id,),
+        )
 
 
 def writable_schema(conn: psycopg.Connection[Any], schema: str) -> bool:

@@ -37,6 +37,7 @@ from app.remote.errors import (
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     PrefixEmptiedError,
+    PrefixOfAnotherDatabaseError,
     PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
@@ -46,7 +47,7 @@ from app.remote.errors import (
     describe_replica,
     needs_confirmation,
 )
-from app.remote.objects import STAMP_NAME
+from app.remote.objects import STAMP_NAME, another_database
 from app.storage import Probe
 
 if TYPE_CHECKING:
@@ -156,12 +157,17 @@ def open_remote(
         bounds=bounds,
     )
     assert stamp.database_id is not None
-    objects.open(
-        config.profile,
-        protected=protection,
-        database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
-        named=stamp.named,
-    )
+    try:
+        objects.open(
+            config.profile,
+            protected=protection,
+            database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
+            named=stamp.named,
+        )
+    except PrefixOfAnotherDatabaseError:
+        if stamp.bound_now:
+            pg.unbind(database_url, stamp.database_id, bounds)
+        raise
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
         maintenance: pg.Maintenance | None = None
@@ -239,6 +245,18 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
     with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
         before = objects.read_stamp()
+        taken = (
+            None
+            if before is None or before.get("profile") == config.profile
+            else another_database(
+                config.profile,
+                before,
+                objects.where,
+                (database_id, pg.mask_url(database_url), None, None),
+            )
+        )
+        if taken is not None:
+            raise taken
         if before is not None and before.get("profile") not in (source, config.profile):
             # Refused before the database changes, so that nothing is left half handed over.
             raise RemoteStampMismatchError(
@@ -727,7 +745,14 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
             probes.append(Probe("prefix", found))
             seen["prefix"] = (stamp, objects.location, objects.where)
         else:
-            mismatch = RemoteStampMismatchError(
+            # Another profile's, bound to another database: no re-stamp (red team 41).
+            taken = None
+            if "binding" in seen:
+                database, *_, shown = seen["binding"]
+                taken = another_database(
+                    config.profile, stamp, objects.where, (database, shown, None, None)
+                )
+            mismatch: AppError = taken or RemoteStampMismatchError(
                 f"object prefix {objects.where}", f"its object {STAMP_NAME}", stamped,
                 config.profile,
                 protected=needs_confirmation(config.taking_needs_confirmation, stamped),
