@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -325,3 +326,19 @@ def test_another_profiles_new_database_is_not_handed_productions_prefix(
     settings.write_text(settings.read_text().replace('-production"', '-staging"'))
     done = forked_app.run(staging, ["data", "check"])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_replica_serves_on_when_only_the_prefixs_stamp_was_deleted(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    # Held: the stamp alone deleted (by hand, a lifecycle rule), the objects in place, is
+    # red team 37's refusal of the next open; the replica serves on meanwhile.
+    replica = production.start(APP_LOCK_CHECK_SECONDS="0.2")
+    sid = _kept(production, replica)
+    client, bucket, key = _stamp_object(production, s3_engine)
+    client.delete_object(Bucket=bucket, Key=key)
+    time.sleep(1)  # five checks of its watch
+    with production.client(replica) as http:
+        assert http.put(f"/sessions/{sid}/files/b.txt", content=b"b").status_code == 201
+        assert http.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+    assert replica.process.poll() is None, replica.output

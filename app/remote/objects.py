@@ -428,6 +428,9 @@ class ObjectStore:
         self._opened_for: tuple[str, str] = ("", "")  # the profile, and its confirmation
         #: Whether :meth:`handed_away` last found the stamp gone.
         self.stamp_gone = False
+        #: An object this store is known to hold (one the database named at the open, or the
+        #: first this process wrote): whether a store without its stamp lost its data.
+        self._sample: str | None = None
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -506,6 +509,8 @@ class ObjectStore:
             )
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
+        if self._sample is None and self.is_blob_name(name):
+            self._sample = name
         return PutResult(name, reader.size, reader.sha256.hexdigest())
 
     def get(self, name: str, start: int | None = None, end: int | None = None) -> ObjectStream:
@@ -777,6 +782,7 @@ class ObjectStore:
                 str(stamp.get("profile")), profile,
                 protected=needs_confirmation(protected, str(stamp.get("profile"))),
             )  # fmt: skip
+        self._sample = next(iter(named), None)
         if database is None:
             return stamp
         return self._bind(profile, stamp, database, protected)
@@ -837,26 +843,9 @@ class ObjectStore:
         except (ObjectStoreUnavailableError, PrefixStampDamagedError):
             return None
         if stamp is None:
-            self.stamp_gone = True
-            profile, confirm = self._opened_for
-            return (
-                (
-                    f"object prefix {self.where}'s stamp object {STAMP_NAME}, there when this "
-                    "server opened it, is gone: the object store lost its data or is not the "
-                    "store this server opened (a volume not mounted, a new or emptied bucket, "
-                    "s3_endpoint_url's host now naming another store), or the stamp alone was "
-                    "deleted. What this server uploaded from now on could be lost once the right "
-                    "store is back"
-                ),
-                (
-                    "Its restart is refused until the prefix is stamped again: bring the "
-                    "store's data back (check s3_endpoint_url and blob_url, `app config`), "
-                    "or, if only the stamp was deleted or the objects are lost for good, stop "
-                    "every replica and run `app data restamp --profile "
-                    f"{profile} --from {profile}{confirm}` (`app doctor` on this server says "
-                    "which)"
-                ),
-            )
+            lost = self._store_lost()
+            self.stamp_gone = lost is not None
+            return lost
         bound, now, recorded = stamp.get("database"), stamp.get("instance"), _timeline(stamp)
         ours = bound in (None, database) and (
             now is None or instance is None or same_instance(str(now), instance)
@@ -884,6 +873,38 @@ class ObjectStore:
                 "check --repair` would delete it"
             ),
             None,
+        )
+
+    def _store_lost(self) -> tuple[str, str] | None:
+        """With the stamp gone: why the store lost its data too, and what resolves it, or
+        ``None`` if an object it held is still there (or it cannot be asked now)."""
+        # The stamp alone deleted (by hand, a lifecycle rule) is the open's to refuse; a
+        # store that lost the objects too, or is another, is where uploads are lost.
+        try:
+            if self._sample is not None and self.exists(self._sample):
+                return None
+        except ObjectStoreUnavailableError:
+            return None
+        profile, confirm = self._opened_for
+        return (
+            (
+                f"object prefix {self.where}'s stamp object {STAMP_NAME}, there when this "
+                "server opened it, is gone"
+                + (f", and so is {self._sample}" if self._sample else "")
+                + ": the object store lost its data "
+                "or is not the store this server opened (a volume not mounted, a new or "
+                "emptied bucket, s3_endpoint_url's host now naming another store). What "
+                "this server uploaded from now on could be lost once the right store is "
+                "back"
+            ),
+            (
+                "Its restart is refused until the prefix is stamped again: bring the "
+                "store's data back (check s3_endpoint_url and blob_url, `app config`), "
+                "or, if the objects are lost for good, stop every replica and run `app "
+                "data restamp --profile "
+                f"{profile} --from {profile}{confirm}` (`app doctor` on this server says "
+                "which)"
+            ),
         )
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:
