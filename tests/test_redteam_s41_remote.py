@@ -20,6 +20,9 @@ front of a primary does, moved to the new primary by a failover). What broke:
 - staging's own new database with production's ``blob_url`` (mistyped): the refusal named
   ``app data restamp --profile staging --from production``, which rewrote production's
   prefix stamp, so production's next start was refused, and staging's still was;
+- a first open refused by its prefix (another application's objects, another profile's
+  prefix) recorded that prefix for the database all the same: with ``blob_url`` mended,
+  every command was refused, told to "fix blob_url" back to the refused prefix;
 - a ``blob_url`` whose prefix holds a backslash, which SeaweedFS takes for a slash, and an
   ``s3_endpoint_url`` with a path, which boto3 puts before the bucket: each named another
   profile's prefix on the store while the overlap check took it for a prefix of its own.
@@ -342,3 +345,20 @@ def test_a_replica_serves_on_when_only_the_prefixs_stamp_was_deleted(
         assert http.put(f"/sessions/{sid}/files/b.txt", content=b"b").status_code == 201
         assert http.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
     assert replica.process.poll() is None, replica.output
+
+
+def test_a_first_open_refused_by_its_prefix_does_not_bind_the_database_to_it(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    # A new profile whose blob_url names another application's prefix (mistyped).
+    client, bucket, key = _stamp_object(production, s3_engine)
+    client.put_object(Bucket=bucket, Key=key.replace(".app-profile.json", "report.csv"), Body=b"x")
+    refused = production.run("data", "check")
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert "report.csv" in refused.stderr
+    # Before: the refused open had recorded that prefix for the database, and with blob_url
+    # mended the next one was refused, told to "fix blob_url" back to the other's.
+    settings = Path(production.env["APP_SETTINGS_DIR"]) / "settings.toml"
+    settings.write_text(settings.read_text().replace('-production"', '-mended"'))
+    done = production.run("data", "check")
+    assert done.returncode == 0, done.stdout + done.stderr

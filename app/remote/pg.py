@@ -1012,8 +1012,9 @@ def _bind(
 
 def unbind(database_url: str, database_id: str, bounds: Bounds | None = None) -> None:
     """Forget the prefix that an open just recorded for a database whose rows name no
-    object, once the prefix refused it: otherwise every later open, with blob_url mended,
-    was refused as naming another prefix than the recorded one, which is the refused one."""
+    object, once the prefix refused it for good: otherwise every later open, with blob_url
+    mended, was refused as naming another prefix than the recorded one, the refused one
+    (red team 41). Nobody can have used the record: every open with it meets the refusal."""
     where = mask_url(database_url)
     with (
         refusals(where, "forgetting the prefix it was refused"),

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app import sandbox
+from app.errors import ConfigError
 from app.remote import pg
 from app.remote.errors import (
     DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     PrefixEmptiedError,
-    PrefixOfAnotherDatabaseError,
     PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
@@ -164,7 +164,11 @@ def open_remote(
             database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
             named=stamp.named,
         )
-    except PrefixOfAnotherDatabaseError:
+    except ConfigError:
+        # Refused by the prefix for good (another profile's or database's, another
+        # application's objects, ...): the prefix this open recorded is forgotten, else the
+        # mended blob_url was refused as "not the prefix recorded" (red team 41). A store
+        # that does not answer is not ConfigError: the next open will use the same prefix.
         if stamp.bound_now:
             pg.unbind(database_url, stamp.database_id, bounds)
         raise
