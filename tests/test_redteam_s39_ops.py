@@ -364,12 +364,11 @@ def test_doctor_finds_a_database_and_a_prefix_that_do_not_belong_together(
 
 
 @contextlib.contextmanager
-def _promoted_standby(
-    production: Production, postgres_engine: PostgresEngine, *, promote: bool = True
-) -> Iterator[dict[str, str]]:
+def standby_of(
+    postgres_engine: PostgresEngine, *, promote: bool = True
+) -> Iterator[PostgresEngine]:
     """A streaming standby of the suite's cluster (``pg_basebackup``), promoted, as a
-    failover does, the original left running; the environment of a production command
-    whose settings name it."""
+    failover does, the original left running."""
     base = Path(tempfile.mkdtemp(prefix="ro23-standby-"))
     if postgres_engine.os_user is not None:
         entry = pwd.getpwnam(postgres_engine.os_user)
@@ -388,10 +387,20 @@ def _promoted_standby(
         assert standby.start(), standby.log()
         if promote:
             standby._run(_pg_bin("pg_ctl"), "promote", "-w", "-D", str(base / "data"))
-        yield _settings_beside(production, f":{postgres_engine.port}/", f":{standby.port}/")
+        yield standby
     finally:
         standby.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _promoted_standby(
+    production: Production, postgres_engine: PostgresEngine, *, promote: bool = True
+) -> Iterator[dict[str, str]]:
+    """:func:`standby_of`, and the environment of a production command whose settings
+    name it."""
+    with standby_of(postgres_engine, promote=promote) as standby:
+        yield _settings_beside(production, f":{postgres_engine.port}/", f":{standby.port}/")
 
 
 def test_a_promoted_standby_is_the_same_database_not_a_copy(

@@ -101,7 +101,12 @@ _FAILING_WAIT_SECONDS: Final = 1.0
 # Refusals that may come from a setting the connection took when it began (see `conn`).
 _STALE_SETTINGS: Final = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.QueryCanceled)
 
-_BEGIN: Final = "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid"
+# With the server's start: a transaction id means something only to the server that gave it
+# out (see `Database._settle`).
+_BEGIN: Final = (
+    "BEGIN; SELECT pg_current_xact_id()::text AS xid, pg_backend_pid() AS pid,"
+    " pg_postmaster_start_time() AS started"
+)
 # A replica's write holds the database's lock shared to its commit: maintenance, which asks
 # for it exclusively, cannot begin between `_still_held` and the commit, when this replica's
 # own lock may be gone. (Formatted from integer constants only.)
@@ -432,7 +437,26 @@ class Database:
                 connect_timeout=max(2, math.ceil(self.wait_seconds)),
                 bounds=pg.Bounds(self.wait_seconds, self.lock_wait_seconds),
             ) as conn:
+                started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+                if started is None or started[0] != begun["started"]:
+                    # Another server behind the same address (a failover to a promoted
+                    # standby, a restore), or this one restarted: a transaction id it knows
+                    # may be another transaction's, since a server hands out again the ids
+                    # whose records it never had. A failover's new primary called a replace
+                    # that the old one never committed "committed" (red team 41).
+                    raise CommitUnknownError(
+                        self.where,
+                        f"{error.reason}; then: the server that answers now is not the server "
+                        "the change was sent to (it started at "
+                        f"{'?' if started is None else started[0]}, that one at "
+                        f"{begun['started']}: a failover, a restore or a restart behind the "
+                        "same address), and its record of transactions says nothing of this "
+                        "one. Where the change was sent, it may have been saved",
+                        what,
+                    )
                 status = self._xact_status(conn, begun, self.wait_seconds)
+        except CommitUnknownError:
+            raise
         except (DatabaseUnavailableError, psycopg.Error) as again:
             raise CommitUnknownError(
                 self.where, f"{error.reason}; then: {_reason(again)}", what

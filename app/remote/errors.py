@@ -230,6 +230,42 @@ class PrefixStampMissingError(ConfigError):
         )
 
 
+class PrefixEmptiedError(ConfigError):
+    """An object prefix with no stamp and no objects, whose database's rows name objects
+    there: the store lost them, or is another store than the one they were written to."""
+
+    code = "prefix_emptied"
+
+    profile: str
+    where: str
+    database: str
+    named: Sequence[str]
+    protected: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.named = tuple(self.named)
+        super().__post_init__()
+
+    @property
+    def message(self) -> str:
+        shown = ", ".join(self.named[:3]) + (", ..." if len(self.named) > 3 else "")
+        confirm = _CONFIRM if self.protected else ""
+        return (
+            f"profile {self.profile!r}: object prefix {self.where} is empty, its stamp object "
+            f".app-profile.json gone with everything else, but database {self.database}, "
+            f"bound to it, has rows naming objects there ({shown}): the object store lost "
+            "them, or is not the store they were written to (a volume not mounted, a new or "
+            "emptied bucket, s3_endpoint_url or its host name now naming another store). "
+            "Refusing to open it: every file would be missing, and what a replica uploaded "
+            "into it would be lost once the right store is back; nothing was changed. Check "
+            "s3_endpoint_url and blob_url (`app config`), and bring the store's data back "
+            "(its volume, a bucket version, a backup); `app data check` then finds every "
+            "object. If they are lost for good, stop every replica and run `app data restamp "
+            f"--profile {self.profile} --from {self.profile}{confirm}`, which stamps the empty "
+            "prefix; `app data check` then lists each file whose object is missing"
+        )
+
+
 class PrefixStampDamagedError(ConfigError):
     """An object prefix's stamp object is there but says no profile (not JSON, not an
     object, no ``profile``)."""
@@ -463,7 +499,9 @@ class HolderLostError(AppError):
     reason: str
     handed_away: bool = field(default=False, kw_only=True)
     """The connection is there, but the object prefix now belongs to another database (a
-    copy adopted, a promoted standby): ``reason`` says which."""
+    copy adopted, a promoted standby), or lost its stamp: ``reason`` says which."""
+    remedy: str | None = field(default=None, kw_only=True)
+    """What lets it restart, where that is not another database_url."""
 
     @property
     def message(self) -> str:
@@ -471,8 +509,12 @@ class HolderLostError(AppError):
             return super().message
         return (
             f"{self.reason}; so this server, on database {self.where}, refuses every write "
-            "and stops. Its restart is refused until database_url names the database the "
-            "prefix belongs to now (`app doctor` on this server says which, and what to do)"
+            "and stops. "
+            + (
+                self.remedy
+                or "Its restart is refused until database_url names the database the prefix "
+                "belongs to now (`app doctor` on this server says which, and what to do)"
+            )
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -642,6 +684,36 @@ class DatabaseTimelineBehindError(ConfigError):
             "Refusing to open it; nothing was changed. Point database_url at the promoted "
             "server, and stop this one or rebuild it as a standby of the new primary "
             "(pg_rewind, or a new pg_basebackup)"
+        )
+
+
+class PrefixOfAnotherDatabaseError(ConfigError):
+    """An object prefix stamped for another profile and bound to another database than the
+    one this profile names: not this profile's to open, nor to re-stamp."""
+
+    code = "prefix_of_another_database"
+
+    profile: str
+    objects: str
+    owner: str
+    """The profile its stamp names."""
+    bound: str
+    """The id of the database its stamp names."""
+    database: str
+    database_id: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"profile {self.profile!r}: object prefix {self.objects} belongs to profile "
+            f"{self.owner!r} and to its database (id {self.bound}), and database "
+            f"{self.database} (id {self.database_id}), which {self.profile!r} names, has no "
+            "row naming its objects. Opened, or re-stamped for "
+            f"{self.profile!r}, it would hold objects this database does not name (its `app "
+            "data check --repair` would delete them all), and the replicas of "
+            f"{self.owner!r} would be refused from their next start. Refusing; nothing was "
+            f"changed. Point blob_url at a new or empty prefix for {self.profile!r} (`app "
+            "config` shows where it came from)"
         )
 
 

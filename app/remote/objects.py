@@ -30,7 +30,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -43,6 +43,8 @@ from app.remote.errors import (
     DatabaseTimelineBehindError,
     ObjectMissingError,
     ObjectStoreUnavailableError,
+    PrefixEmptiedError,
+    PrefixOfAnotherDatabaseError,
     PrefixStampDamagedError,
     PrefixStampMissingError,
     Protection,
@@ -86,15 +88,18 @@ def _new_client(**kwargs: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class BlobLocation:
     """Where a profile's objects live: endpoint (normalised), bucket, prefix (no slashes at
-    either end; ``""`` is the whole bucket)."""
+    either end; ``""`` is the whole bucket); ``under``, the endpoint URL's path (no slashes
+    at either end), which the S3 client puts before the bucket in every request."""
 
     endpoint: str
     bucket: str
     prefix: str
+    under: str = ""
 
     def __str__(self) -> str:
         at = f" at {self.endpoint}" if self.endpoint else ""
-        return f"s3://{self.bucket}/{self.prefix}{at}"
+        under = f"/{self.under}" if self.under else ""
+        return f"s3://{self.bucket}/{self.prefix}{at}{under}"
 
     def key(self, name: str) -> str:
         """The object key of ``name`` under the prefix."""
@@ -154,6 +159,16 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             "MinIO refuse it); write the prefix without them, as the path it means",
             "blob_url",
         )  # fmt: skip
+    if "\\" in parts.path:
+        # The same class (red team 41): SeaweedFS takes a backslash in a key for a slash, so
+        # `prod\x` was `prod/x` there, another profile's prefix, which the overlap check
+        # (and every other store) took for a prefix of its own.
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, "a prefix with a backslash names a different prefix "
+            "on each object store (SeaweedFS takes it for '/', AWS and MinIO keep it as a "
+            "character of the name); write '/' where a path is meant, or another character",
+            "blob_url",
+        )  # fmt: skip
     long = [segment for segment in segments if len(segment.encode()) > _MAX_SEGMENT_BYTES]
     prefix = "/".join(segments)
     if long or len(prefix.encode()) > _MAX_PREFIX_BYTES:
@@ -172,7 +187,8 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"the prefix may be {_MAX_PREFIX_BYTES} bytes at most, in segments of "
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
-    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix)
+    under = "/".join(s for s in urlsplit(endpoint_url or "").path.split("/") if s)
+    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under)
 
 
 def _timeline(stamp: dict[str, Any]) -> int | None:
@@ -219,6 +235,26 @@ def binding_refusal(
     return None
 
 
+def another_database(
+    profile: str,
+    stamp: dict[str, Any],
+    where: str,
+    database: tuple[str | None, str, str | None, int | None] | None,
+) -> PrefixOfAnotherDatabaseError | None:
+    """The refusal of a prefix stamped for another profile whose stamp names another
+    database than ``database`` (its id, or ``None`` if not bound yet, and how it is shown),
+    or ``None``: a re-stamp would hand that profile's objects to a database that names none
+    of them (red team 41: a mistyped blob_url, then the re-stamp the refusal named, and
+    production's next start was refused)."""
+    bound = stamp.get("database")
+    if database is None or bound is None or bound == database[0]:
+        return None
+    return PrefixOfAnotherDatabaseError(
+        profile, where, str(stamp.get("profile")), str(bound), database[1],
+        database[0] or "none: bound to no prefix",
+    )  # fmt: skip
+
+
 def same_instance(first: str, second: str) -> bool:
     """Whether two :func:`app.remote.pg.instance` values are one database (a system
     identifier that a role could not read, ``unknown``, matches any)."""
@@ -229,12 +265,23 @@ def same_instance(first: str, second: str) -> bool:
 def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
     """Whether one location's objects could lie under the other's (equal, or nested whole
     path segments, in one bucket on one endpoint)."""
-    # Case folded: virtual-hosted addressing puts the bucket in a host name, where case does
-    # not count (keys keep theirs: S3 compares them exactly).
-    if (first.endpoint, first.bucket.lower()) != (second.endpoint, second.bucket.lower()):
+    if first.endpoint != second.endpoint:
         return False
-    a, b = f"{first.prefix}/" if first.prefix else "", f"{second.prefix}/" if second.prefix else ""
-    return a.startswith(b) or b.startswith(a)
+
+    # The path each request names: an endpoint URL's own path goes before the bucket
+    # (boto3 keeps it; `http://h/app-tests` with bucket `sub` is bucket `app-tests`, keys
+    # `sub/...`, on SeaweedFS: red team 41). Case folded up to the bucket: virtual-hosted
+    # addressing puts it in a host name, where case does not count (keys keep theirs: S3
+    # compares them exactly).
+    def path(location: BlobLocation) -> list[str]:
+        before = (
+            [*location.under.split("/"), location.bucket] if location.under else [location.bucket]
+        )
+        return [s.lower() for s in before] + (location.prefix.split("/") if location.prefix else [])
+
+    a, b = path(first), path(second)
+    shortest = min(len(a), len(b))
+    return a[:shortest] == b[:shortest]
 
 
 # --- objects -----------------------------------------------------------------------------
@@ -378,6 +425,12 @@ class ObjectStore:
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
         self._owner: tuple[str, str | None, int | None] | None = None
+        self._opened_for: tuple[str, str] = ("", "")  # the profile, and its confirmation
+        #: Whether :meth:`handed_away` last found the stamp gone.
+        self.stamp_gone = False
+        #: An object this store is known to hold (one the database named at the open, or the
+        #: first this process wrote): whether a store without its stamp lost its data.
+        self._sample: str | None = None
         self._timeouts = (
             f"{read_timeout:g} s to read (s3_read_timeout_seconds) and {connect_timeout:g} s "
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
@@ -456,6 +509,8 @@ class ObjectStore:
             )
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
+        if self._sample is None and self.is_blob_name(name):
+            self._sample = name
         return PutResult(name, reader.size, reader.sha256.hexdigest())
 
     def get(self, name: str, start: int | None = None, end: int | None = None) -> ObjectStream:
@@ -668,6 +723,7 @@ class ObjectStore:
         *,
         protected: Protection = False,
         database: tuple[str, str, str | None, int | None] | None = None,
+        named: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Check (or, on an empty prefix, write) the stamp for ``profile``.
 
@@ -675,6 +731,7 @@ class ObjectStore:
         instance`): the database whose rows name this prefix's objects. The stamp records
         the first; another is refused, since its rows name none of the objects here and its
         repair would delete them all; so is a copy of it (the same id in another database).
+        ``named``: a few objects its rows name; an empty prefix is then not stamped anew.
 
         Raises:
             RemoteStampMismatchError: the prefix belongs to another profile.
@@ -699,6 +756,14 @@ class ObjectStore:
                 raise UnstampedNotEmptyError(
                     profile, "blob_url", f"object prefix {self.where}", foreign
                 )
+            if named:
+                # The store lost the objects the database's rows name, or is another one
+                # (a volume not mounted, a new bucket): stamped anew, it was served, and
+                # what was uploaded into it lost once the right store was back (red team 41).
+                raise PrefixEmptiedError(
+                    profile, self.where, "?" if database is None else database[1], named,
+                    protected=needs_confirmation(protected, profile),
+                )  # fmt: skip
             stamp = {"profile": profile, "created": datetime.now(UTC).isoformat()}
             if database is not None:
                 stamp["database"] = database[0]
@@ -709,11 +774,15 @@ class ObjectStore:
             if not self._create_stamp(stamp):
                 stamp = self.read_stamp() or {}  # another process stamped it first: that one
         if stamp.get("profile") != profile:
+            refused = another_database(profile, stamp, self.where, database)
+            if refused is not None:
+                raise refused
             raise RemoteStampMismatchError(
                 f"object prefix {self.where}", f"its object {STAMP_NAME}",
                 str(stamp.get("profile")), profile,
                 protected=needs_confirmation(protected, str(stamp.get("profile"))),
             )  # fmt: skip
+        self._sample = next(iter(named), None)
         if database is None:
             return stamp
         return self._bind(profile, stamp, database, protected)
@@ -746,16 +815,26 @@ class ObjectStore:
             stamp = {**stamp, "timeline": timeline}
             self.put(STAMP_NAME, json.dumps(stamp).encode())
         self._owner = (database_id, instance, timeline)
+        self._opened_for = (
+            profile,
+            " --yes-i-mean-it" if needs_confirmation(protected, profile) else "",
+        )
         return stamp
 
-    def handed_away(self) -> str | None:
-        """Why the prefix no longer belongs to the database it was opened for, or ``None``.
+    def handed_away(self) -> tuple[str, str | None] | None:
+        """Why the prefix no longer belongs to the database it was opened for, and what
+        lets a replica restart if not another ``database_url``; or ``None``.
 
         Its stamp names another database, or a copy of this one that ``app data restamp``
         adopted: what a replica writes from then on only its own database names, and the
-        other's ``check --repair`` deletes it (red team 39). A stamp that cannot be read now
-        is ``None``: readiness reports the store, and the next open the stamp.
+        other's ``check --repair`` deletes it (red team 39). Or its stamp is gone
+        (:attr:`stamp_gone` is then set), which the app never does: the store lost its data
+        or is another store than the one opened (a volume not mounted, a new bucket), and
+        what a replica uploads from then on is lost once the right one is back (red team
+        41); every open is refused then. A stamp that cannot be read now is ``None``:
+        readiness reports the store, and the next open the stamp.
         """
+        self.stamp_gone = False
         if self._owner is None:
             return None
         database, instance, timeline = self._owner
@@ -764,7 +843,9 @@ class ObjectStore:
         except (ObjectStoreUnavailableError, PrefixStampDamagedError):
             return None
         if stamp is None:
-            return None
+            lost = self._store_lost()
+            self.stamp_gone = lost is not None
+            return lost
         bound, now, recorded = stamp.get("database"), stamp.get("instance"), _timeline(stamp)
         ours = bound in (None, database) and (
             now is None or instance is None or same_instance(str(now), instance)
@@ -773,19 +854,57 @@ class ObjectStore:
             return None
         if ours:
             return (
-                f"object prefix {self.where}'s stamp now records timeline {recorded} of "
-                f"this database, and this server's database is on timeline {timeline}: a "
-                "standby of it was promoted (a failover) while this primary still runs, "
-                "and a replica opened the new one (a split brain). What this server "
-                "wrote from now on only the old primary would name, and the new one's "
-                "`app data check --repair` would delete it"
+                (
+                    f"object prefix {self.where}'s stamp now records timeline {recorded} of "
+                    f"this database, and this server's database is on timeline {timeline}: a "
+                    "standby of it was promoted (a failover) while this primary still runs, "
+                    "and a replica opened the new one (a split brain). What this server "
+                    "wrote from now on only the old primary would name, and the new one's "
+                    "`app data check --repair` would delete it"
+                ),
+                None,
             )
         return (
-            f"object prefix {self.where} was handed to another database: its stamp object now "
-            f"names database {bound} ({now}), and this server's is {database} ({instance}), "
-            "as `app data restamp` run on a copy of this database leaves it. What this server "
-            "wrote from now on only its own database would name, and the other's `app data "
-            "check --repair` would delete it"
+            (
+                f"object prefix {self.where} was handed to another database: its stamp object now "
+                f"names database {bound} ({now}), and this server's is {database} ({instance}), "
+                "as `app data restamp` run on a copy of this database leaves it. What this server "
+                "wrote from now on only its own database would name, and the other's `app data "
+                "check --repair` would delete it"
+            ),
+            None,
+        )
+
+    def _store_lost(self) -> tuple[str, str] | None:
+        """With the stamp gone: why the store lost its data too, and what resolves it, or
+        ``None`` if an object it held is still there (or it cannot be asked now)."""
+        # The stamp alone deleted (by hand, a lifecycle rule) is the open's to refuse; a
+        # store that lost the objects too, or is another, is where uploads are lost.
+        try:
+            if self._sample is not None and self.exists(self._sample):
+                return None
+        except ObjectStoreUnavailableError:
+            return None
+        profile, confirm = self._opened_for
+        return (
+            (
+                f"object prefix {self.where}'s stamp object {STAMP_NAME}, there when this "
+                "server opened it, is gone"
+                + (f", and so is {self._sample}" if self._sample else "")
+                + ": the object store lost its data "
+                "or is not the store this server opened (a volume not mounted, a new or "
+                "emptied bucket, s3_endpoint_url's host now naming another store). What "
+                "this server uploaded from now on could be lost once the right store is "
+                "back"
+            ),
+            (
+                "Its restart is refused until the prefix is stamped again: bring the "
+                "store's data back (check s3_endpoint_url and blob_url, `app config`), "
+                "or, if the objects are lost for good, stop every replica and run `app "
+                "data restamp --profile "
+                f"{profile} --from {profile}{confirm}` (`app doctor` on this server says "
+                "which)"
+            ),
         )
 
     def _create_stamp(self, stamp: dict[str, Any]) -> bool:

@@ -742,6 +742,11 @@ class Stamp:
     """Which database this is, as no copy of its rows can say (:func:`instance`)."""
     timeline: int | None = None
     """The server's timeline (:func:`timeline`), which a promotion advances."""
+    named: tuple[str, ...] = ()
+    """A few of the objects its rows name (:func:`named_objects`): a prefix that has none
+    of them and no stamp lost them, or is another store's."""
+    bound_now: bool = False
+    """Whether this open recorded the prefix (:func:`unbind` undoes it)."""
 
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -918,12 +923,23 @@ def open_database(
             )  # fmt: skip
         if objects is None:
             return stamp
+        database_id, bound_now = _bind(conn, where, objects)
         return dataclasses.replace(
             stamp,
-            database_id=_bind(conn, where, objects),
+            database_id=database_id,
+            bound_now=bound_now,
             instance=instance(conn),
             timeline=timeline(conn),
+            named=named_objects(conn),
         )
+
+
+def named_objects(conn: psycopg.Connection[Any], count: int = 3) -> tuple[str, ...]:
+    """Up to ``count`` of the objects the database's rows name (live or trashed)."""
+    rows = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT blob FROM app_files LIMIT %s", (count,)
+    )
+    return tuple(str(row[0]) for row in rows.fetchall())
 
 
 def timeline(conn: psycopg.Connection[Any]) -> int | None:
@@ -971,7 +987,9 @@ def instance(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
-def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]) -> str:
+def _bind(
+    conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, str]
+) -> tuple[str, bool]:
     # Under the caller's schema lock. Two machines whose settings disagree would otherwise
     # split one profile's files between two prefixes, or run one database's repair over
     # another's objects.
@@ -979,6 +997,7 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
         conn.execute(_BINDING)
     bucket, prefix, shown = objects
     row = conn.execute("SELECT database_id::text, bucket, prefix FROM app_binding").fetchone()
+    created = row is None
     if row is None:
         row = conn.execute(
             "INSERT INTO app_binding (bucket, prefix) VALUES (%s, %s)"
@@ -988,7 +1007,26 @@ def _bind(conn: psycopg.Connection[Any], where: str, objects: tuple[str, str, st
         assert row is not None
     if (row[1], row[2]) != (bucket, prefix):
         raise StorageMismatchError("prefix", where, shown, f"s3://{row[1]}/{row[2]}")
-    return str(row[0])
+    return str(row[0]), created
+
+
+def unbind(database_url: str, database_id: str, bounds: Bounds | None = None) -> None:
+    """Forget the prefix that an open just recorded for a database whose rows name no
+    object, once the prefix refused it for good: otherwise every later open, with blob_url
+    mended, was refused as naming another prefix than the recorded one, the refused one
+    (red team 41). Nobody can have used the record: every open with it meets the refusal."""
+    where = mask_url(database_url)
+    with (
+        refusals(where, "forgetting the prefix it was refused"),
+        connect(database_url, purpose="app open", bounds=bounds) as conn,
+        committed(conn, where, "forgetting the prefix it was refused"),
+    ):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
+        conn.execute(
+            "DELETE FROM app_binding WHERE database_id::text = %s"
+            " AND NOT EXISTS (SELECT 1 FROM app_files)",
+            (database_id,),
+        )
 
 
 def writable_schema(conn: psycopg.Connection[Any], schema: str) -> bool:
@@ -1186,14 +1224,15 @@ class Holder:
         asked, answered = self.asked, self.answered
         return 0.0 if answered >= asked else time.monotonic() - asked
 
-    def lose(self, reason: str) -> None:
-        """End the hold's use: the object prefix was handed to another database, for
-        ``reason``; every write is refused from now on (the connection stays until
-        :meth:`close`)."""
-        self._lose(reason, handed_away=True)
+    def lose(self, reason: str, remedy: str | None = None) -> None:
+        """End the hold's use: the object prefix was handed to another database, or lost
+        its stamp, for ``reason``; every write is refused from now on (the connection stays
+        until :meth:`close`). ``remedy``: what lets the server restart, if not another
+        ``database_url``."""
+        self._lose(reason, handed_away=True, remedy=remedy)
 
-    def _lose(self, reason: str, *, handed_away: bool = False) -> None:
-        self.error = HolderLostError(self.where, reason, handed_away=handed_away)
+    def _lose(self, reason: str, *, handed_away: bool = False, remedy: str | None = None) -> None:
+        self.error = HolderLostError(self.where, reason, handed_away=handed_away, remedy=remedy)
         if self.on_lost is not None:
             self.on_lost(self.error)
 

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app import sandbox
+from app.errors import ConfigError
 from app.remote import pg
 from app.remote.errors import (
     DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
+    PrefixEmptiedError,
     PrefixStampMissingError,
     RemoteStampMismatchError,
     ReplicasLiveError,
@@ -45,7 +47,7 @@ from app.remote.errors import (
     describe_replica,
     needs_confirmation,
 )
-from app.remote.objects import STAMP_NAME
+from app.remote.objects import STAMP_NAME, another_database
 from app.storage import Probe
 
 if TYPE_CHECKING:
@@ -155,11 +157,21 @@ def open_remote(
         bounds=bounds,
     )
     assert stamp.database_id is not None
-    objects.open(
-        config.profile,
-        protected=protection,
-        database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
-    )
+    try:
+        objects.open(
+            config.profile,
+            protected=protection,
+            database=(stamp.database_id, pg.mask_url(database_url), stamp.instance, stamp.timeline),
+            named=stamp.named,
+        )
+    except ConfigError:
+        # Refused by the prefix for good (another profile's or database's, another
+        # application's objects, ...): the prefix this open recorded is forgotten, else the
+        # mended blob_url was refused as "not the prefix recorded" (red team 41). A store
+        # that does not answer is not ConfigError: the next open will use the same prefix.
+        if stamp.bound_now:
+            pg.unbind(database_url, stamp.database_id, bounds)
+        raise
     with contextlib.ExitStack() as held:
         holder: pg.Holder | None = None
         maintenance: pg.Maintenance | None = None
@@ -237,6 +249,18 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
     with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
         before = objects.read_stamp()
+        taken = (
+            None
+            if before is None or before.get("profile") == config.profile
+            else another_database(
+                config.profile,
+                before,
+                objects.where,
+                (database_id, pg.mask_url(database_url), None, None),
+            )
+        )
+        if taken is not None:
+            raise taken
         if before is not None and before.get("profile") not in (source, config.profile):
             # Refused before the database changes, so that nothing is left half handed over.
             raise RemoteStampMismatchError(
@@ -542,6 +566,12 @@ def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
         )
     elif (bucket, prefix) != (location.bucket, location.prefix):
         error = StorageMismatchError("prefix", where, shown, f"s3://{bucket}/{prefix}")
+    elif not stamp and seen.get("named"):
+        # An empty prefix whose database's rows name objects there: the open refuses it.
+        error = PrefixEmptiedError(
+            config.profile, shown, where, seen["named"],
+            protected=needs_confirmation(config.taking_needs_confirmation, config.profile),
+        )  # fmt: skip
     else:
         database = (database_id, where, here, timeline)
         error = binding_refusal(
@@ -636,6 +666,7 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
     else:
         probes.append(Probe("stamp", stamped))
         seen["binding"] = (*pg.binding(conn), pg.instance(conn), pg.timeline(conn), where)
+        seen["named"] = pg.named_objects(conn)
     if pg.in_recovery(conn):
         from app.errors import EX_UNAVAILABLE
 
@@ -718,7 +749,14 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
             probes.append(Probe("prefix", found))
             seen["prefix"] = (stamp, objects.location, objects.where)
         else:
-            mismatch = RemoteStampMismatchError(
+            # Another profile's, bound to another database: no re-stamp (red team 41).
+            taken = None
+            if "binding" in seen:
+                database, *_, shown = seen["binding"]
+                taken = another_database(
+                    config.profile, stamp, objects.where, (database, shown, None, None)
+                )
+            mismatch: AppError = taken or RemoteStampMismatchError(
                 f"object prefix {objects.where}", f"its object {STAMP_NAME}", stamped,
                 config.profile,
                 protected=needs_confirmation(config.taking_needs_confirmation, stamped),
@@ -742,11 +780,9 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                   "application", refused.message, refused.exit_code)
         )  # fmt: skip
     else:
-        probes.append(
-            Probe(
-                "prefix",
-                f"{objects.where}: empty; the first open stamps it for {config.profile!r}",
-            )
-        )
+        # Not stamped by an open while the database's rows name objects here (the binding
+        # line says why).
+        stamps = "" if seen.get("named") else f"; the first open stamps it for {config.profile!r}"
+        probes.append(Probe("prefix", f"{objects.where}: empty{stamps}"))
         seen["prefix"] = ({}, objects.location, objects.where)
     return probes

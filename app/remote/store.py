@@ -84,16 +84,20 @@ class _Watch:
         self._thread.start()
 
     def _run(self) -> None:
+        missed = 0  # checks in a row that found the prefix's stamp gone
         while not self._stop.wait(self._interval):
             if self._holder is not None and self._holder.error is not None:
                 self._on_lost(self._holder.error.reason)
                 return
             # The prefix handed to a copy of the database: as a local server whose lock file
-            # was replaced, writes are refused and the server stops (red team 39).
+            # was replaced, writes are refused and the server stops (red team 39). Its stamp
+            # gone (red team 41) only when seen twice in a row: one odd answer stops nothing.
             taken = None if self._objects is None else self._objects.handed_away()
-            if taken is not None and self._holder is not None:
-                self._holder.lose(taken)
-                self._on_lost(taken)
+            gone = self._objects is not None and self._objects.stamp_gone
+            missed = missed + 1 if gone else 0
+            if taken is not None and self._holder is not None and (not gone or missed >= 2):
+                self._holder.lose(*taken)
+                self._on_lost(taken[0])
                 return
 
     def stop(self) -> None:

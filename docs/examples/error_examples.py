@@ -255,6 +255,21 @@ EXAMPLES: list[errors.AppError] = [
         ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a"],
         protected=True,
     ),
+    remote.PrefixEmptiedError(
+        "production",
+        "s3://app-data/production at https://s3.internal",
+        DATABASE,
+        ["blobs/0b5e2c1f9a8d4e6b7c3a1f2e9d8c7b6a", "blobs/5d1c9e0a7b2f4c8d9e3a6b1f0c2d4e8a"],
+        protected=True,
+    ),
+    remote.PrefixOfAnotherDatabaseError(
+        "staging",
+        "s3://app-data/production at https://s3.internal",
+        "production",
+        "2e557ba0-8e89-4270-8a6c-7198c90d8619",
+        "postgresql://review@db.internal:5432/review_staging",
+        "9a0f3c51-1d2e-4b7a-9c6d-5e4f3a2b1c0d",
+    ),
     remote.PrefixStampDamagedError(
         "s3://app-data/production at https://s3.internal",
         "is not JSON (Expecting value: line 1 column 1 (char 0))",
