@@ -4,14 +4,17 @@ Usage (from the project directory)::
 
     .venv/bin/python bench/fixtures.py [--rounds 5] [--small 50] [--large 250] [--json FILE]
 
-Three generated test modules, each in a suite of ``--small`` and of ``--large`` tests:
+Five generated test modules, each in a suite of ``--small`` and of ``--large`` tests:
 
 - ``tmp_path`` (the baseline): every test takes ``tmp_path`` and writes a small file in it;
 - ``app_config``: every test takes ``app_config`` and reads its ``data_root``;
-- ``app_store``: every test takes ``app_store`` and lists its sessions (an open, locked root).
+- ``app_store``: every test takes ``app_store`` and lists its sessions (an open, locked root);
+- ``nothing`` and ``bare``: every test takes no fixture and does nothing, run with the plugin
+  and without it (``-p no:app -p no:app_fallback``): their difference is what the guard's
+  checks around every test cost (not a target of the issue; reported).
 
 Each suite runs as a whole pytest process (``python -m pytest -q -p no:cacheprovider``, no
-xdist, a fresh ``--basetemp`` per run, removed outside the timing). A round runs all six
+xdist, a fresh ``--basetemp`` per run, removed outside the timing). A round runs all ten
 once, in an order rotated from round to round. Per round, a fixture's marginal cost per
 test is ``(time(large) - time(small)) / (large - small)``, which cancels every one-time cost
 (interpreter and pytest start-up, importing dynaconf, the first load); its cost above the
@@ -35,12 +38,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import clean_environment, name_the_settings, run_once, write_json
+from plugin_startup import WITHOUT_THE_APP
+
+#: The suite of tests that do nothing, run without the app's plugin.
+BARE = "bare"
 
 BODIES = {
     "tmp_path": (
         "tmp_path",
         '    (tmp_path / "note.txt").write_text("x")\n',
     ),
+    # A test that does nothing, with the plugin and without it (`WITHOUT_THE_APP`): what the
+    # guard's checks around every test cost, fixtures or not.
+    "nothing": ("", "    pass\n"),
+    BARE: ("", "    pass\n"),
     "app_config": (
         "app_config",
         '    assert app_config.data_root.name == "app-data"\n',
@@ -98,6 +109,7 @@ def main() -> None:
                     "-p",
                     "no:cacheprovider",
                     f"--basetemp={basetemp}",
+                    *(WITHOUT_THE_APP if fixture == BARE else []),
                     f"test_{fixture}.py",
                 ]
                 elapsed = run_once(argv, work / f"{fixture}-{size}", env)
@@ -156,6 +168,13 @@ def main() -> None:
             f"{r['above_baseline_min_ms']:.2f} to {r['above_baseline_max_ms']:.2f}; {verdict} "
             f"the {target:g} ms target)"
         )
+    guard = [m - b for m, b in zip(marginal["nothing"], marginal[BARE], strict=True)]
+    results["guard"] = {"per_test_ms": statistics.median(guard) * 1000}
+    print(
+        f"the guard around a test that takes nothing: {statistics.median(guard) * 1000:.2f} ms "
+        f"per test above the same test without the plugin (rounds ranged "
+        f"{min(guard) * 1000:.2f} to {max(guard) * 1000:.2f})"
+    )
     write_json(args.json, {"rounds": args.rounds, "results": results})
 
 
