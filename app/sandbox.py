@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import contextvars
 import errno
+import functools
 import inspect
 import itertools
 import json
@@ -416,12 +417,15 @@ def _chain() -> tuple[list[tuple[int, int]], bool]:
 
 
 def _runs_dir_trusted(directory: Path, uid: int) -> bool:
-    # Anyone can create a directory in /tmp: entries count only from a directory that its
-    # user owns and nobody else may write, so another user cannot fake (or hide) a run.
     try:
-        found = os.lstat(directory)
+        return _trusted(os.lstat(directory), uid)
     except OSError:
         return False
+
+
+def _trusted(found: os.stat_result, uid: int) -> bool:
+    # Anyone can create a directory in /tmp: entries count only from a directory that its
+    # user owns and nobody else may write, so another user cannot fake (or hide) a run.
     return (
         stat.S_ISDIR(found.st_mode)
         and found.st_uid == uid
@@ -1791,7 +1795,7 @@ def restore_entry(run: Run) -> str | None:
     except OSError:
         problem = f"the registry {RUNS_DIR} was removed"
     else:
-        if _runs_dir_trusted(RUNS_DIR, os.getuid()):
+        if _trusted(found, os.getuid()):  # the lstat just made
             in_entry = _entry_problem(found, pid, started, run)
             if in_entry is None:
                 return None
@@ -1812,10 +1816,16 @@ def restore_entry(run: Run) -> str | None:
     return f"{problem}; it was put back"
 
 
+@functools.cache
+def _entry_at(directory: Path, pid: int, started: int) -> Path:
+    # Made once: after every test (`restore_entry`), joining the path cost as much as a stat.
+    return directory / _entry_name(pid, started)
+
+
 def _entry_problem(found: os.stat_result, pid: int, started: int, run: Run) -> str | None:
     """What a test did to this process's entry in a trusted registry (`found`), if anything
     its children would read otherwise than the run wrote it."""
-    entry = RUNS_DIR / _entry_name(pid, started)
+    entry = _entry_at(RUNS_DIR, pid, started)
     hidden = _hidden_from_children(found, entry)
     if hidden is not None:
         return hidden
