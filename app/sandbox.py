@@ -66,6 +66,7 @@ __all__ = [
     "allowed_profiles",
     "allowing",
     "announce_start",
+    "hand_on",
     "check_profile",
     "check_remote",
     "check_root",
@@ -471,6 +472,12 @@ def _read_entry(
     if isinstance(ended, int):
         who = "this process" if depth == 0 else f"an ancestor process, pid {pid}"
         how = f"{who}, started by the test run of pytest pid {ended}, which has ended"
+        # Handed on at the end of a test (`hand_on`): the run may still be running.
+        run_started = data.get("run_started")
+        fields = _stat_fields(ended) if isinstance(run_started, int) else None
+        if fields is not None and fields[1] == run_started:
+            how = f"{who}, left running by a test of the run of pytest pid {ended}"
+            ended = None
     try:
         protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
     except (TypeError, ValueError, KeyError, AttributeError):
@@ -1535,6 +1542,7 @@ def _publish(
     *,
     outlived: int | None = None,
     ended_at: float | None = None,
+    while_running: bool = False,
 ) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half),
     or, given `outlived` (a child of this process), as that child's; None: an entry that
@@ -1545,7 +1553,13 @@ def _publish(
         return  # no /proc: children fall back to the environment
     data = _entry_dict(run, pid)
     if outlived is not None:
-        data["outlived"] = _proc_self()
+        own = _proc_self()
+        data["outlived"] = own
+        own_fields = _stat_fields(own) if while_running and own is not None else None
+        if own_fields is not None:
+            # Handed on while the run goes on (`hand_on`): it has ended only once this
+            # process is gone, which a reader tells by the start time.
+            data["run_started"] = own_fields[1]
     if ended_at is not None:
         data["ended_at"] = ended_at
     temporary = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
@@ -1668,7 +1682,9 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
     if not entry.exists():
         return False
     data = _entry_data(entry)
-    return data is not None and (bool(data.get("starting")) or _keeps_roots(data, run))
+    if data is None or "outlived" in data:  # handed on by a run, not a run's own
+        return False
+    return bool(data.get("starting")) or _keeps_roots(data, run)
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -1704,24 +1720,7 @@ def _end_entry() -> None:
         return
     run = _in_process()
     if run is not None:
-        # Every descendant, not only the children: a supervisor's worker kept the run only
-        # through its supervisor, and when that exited after the run, it was re-parented to
-        # init, out of any run.
-        pending, seen = list(_children(pid)), {pid}
-        while pending:
-            child = pending.pop()
-            fields = _stat_fields(child)
-            # A child with an entry of its own (an xdist worker still exiting, a pytest a
-            # test started) is a run of its own: its entry stays as it wrote it, and what
-            # it started is its own to hand on.
-            if child in seen or fields is None:
-                continue
-            seen.add(child)
-            if _a_run_inside(RUNS_DIR / _entry_name(child, fields[1]), run):
-                continue
-            with contextlib.suppress(OSError):
-                _publish(run, outlived=child)
-            pending.extend(_children(child))
+        _hand_on_descendants(run, pid)
         # The entry stays for the rest of the process's life, as its mark on `sys` does:
         # exit hooks Python runs after this one (logging.shutdown, registered when pytest
         # imported logging; a __del__ at shutdown) are still the run's code, and a child they
@@ -1738,6 +1737,47 @@ def _end_entry() -> None:
         return
     with contextlib.suppress(OSError):
         (RUNS_DIR / _entry_name(pid, started[1])).unlink()
+
+
+def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
+    """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
+    is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
+    # Every descendant, not only the children: a supervisor's worker kept the run only
+    # through its supervisor, and when that exited after the run, it was re-parented to
+    # init, out of any run.
+    pending, seen = list(_children(pid)), {pid}
+    while pending:
+        child = pending.pop()
+        fields = _stat_fields(child)
+        # A child with an entry of its own (an xdist worker still exiting, a pytest a
+        # test started) is a run of its own: its entry stays as it wrote it, and what
+        # it started is its own to hand on.
+        if child in seen or fields is None:
+            continue
+        seen.add(child)
+        entry = RUNS_DIR / _entry_name(child, fields[1])
+        if _a_run_inside(entry, run):
+            continue
+        if not (while_running and entry.exists()):
+            with contextlib.suppress(OSError):
+                _publish(run, outlived=child, while_running=while_running)
+        pending.extend(_children(child))
+
+
+def hand_on(run: Run) -> None:
+    """After each test, in the run's own process: give each process the test left running
+    an entry of its own, as the run's exit does (`_end_entry`).
+
+    A run killed (``SIGKILL``, ``SIGTERM``) or ended by a test's ``os._exit`` runs no exit
+    hook: a daemon an earlier test left, given production's settings alone, was
+    re-parented out of the run's tree once the run was gone and purged a stopped
+    production root (red team 41). Handed on now, it stays in the run after that. Only
+    what has no entry yet is written: a test leaves few processes, and each is read once.
+    """
+    pid = _proc_self()
+    if pid is None or run.pid != pid or _in_process() is None:
+        return
+    _hand_on_descendants(run, pid, while_running=True)
 
 
 #: The entry `announce_start` wrote for this image of the process, which `withdraw_start`

@@ -10,10 +10,19 @@ What broke, each now refused:
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-from test_redteam_s39_guard import PRIVATE_REGISTRY, _outside_as_nobody
+import pytest
+from test_redteam_s22_guard import _own_proc_allowed
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s39_guard import PRIVATE_REGISTRY, _outside_as_nobody, _project
 from test_server_e2e import snapshot
 
 from app import sandbox as sandboxing
@@ -81,3 +90,90 @@ def test_a_child_as_a_user_denied_the_registry_in_the_same_test_is_refused(
         "belongs to the test run through the process tree (an ancestor process, pytest pid 1"
         in output
     ), output
+
+
+# --- a daemon a test leaves, whose run is then killed ------------------------------------
+
+#: A test that leaves a daemon given production's settings alone, which waits for the run's
+#: process to be gone and then purges; a later test ends the run's process at once (`END`).
+LEAVES_A_DAEMON = """
+import os, signal, subprocess, sys, time
+
+WAITS = (
+    'while kill -0 "$RUN" 2>/dev/null && [ ! -e "$OUT.go" ]; do sleep 0.05; done; '
+    'exec "$0" -m app data purge --yes-i-mean-it >"$OUT" 2>&1'
+)
+
+def test_1_leaves_a_daemon():
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
+    env.update(ENV_FOR_DYNACONF="production", RUN=str(os.getpid()))
+    subprocess.Popen(["sh", "-c", WAITS, sys.executable], env=env, start_new_session=True)
+
+def test_2_ends_the_run():
+    END
+"""
+
+#: In a PID namespace of its own (outside this suite's run) whose registry is a tmpfs of
+#: its own: the run, then a wait for what its daemon wrote.
+AFTER_THE_RUN = """
+mount -t tmpfs -o mode=0755 tmpfs "$1" || exit 9
+cd "$2" || exit 9
+shift 2
+"$@"
+i=0; while [ ! -s "$OUT" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+"""
+
+
+#: Instead of ending the run: tell the daemon to act at once, while the run goes on.
+WHILE_THE_RUN_GOES_ON = """
+    open(os.environ["OUT"] + ".go", "w").close()
+    for _ in range(400):
+        if os.path.exists(os.environ["OUT"]) and os.path.getsize(os.environ["OUT"]):
+            break
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize(
+    "end",
+    ["os.kill(os.getpid(), signal.SIGKILL)", "os._exit(0)", WHILE_THE_RUN_GOES_ON],
+    ids=["sigkill", "exit", "held-while-the-run-goes-on"],
+)
+def test_a_daemon_a_test_left_stays_in_the_run_once_the_run_is_killed(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    end: str,
+) -> None:
+    # The run hands its entry on to what outlives it as it exits: killed, or ended with
+    # os._exit, it hands on nothing, and the daemon, re-parented out of the run's tree,
+    # purged a stopped production root a moment later.
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not _own_proc_allowed():
+        pytest.skip("needs root and unshare --pid --mount-proc, to leave this suite's run")
+    settings, production = stopped
+    project = _project(tmp_path, test_daemon=LEAVES_A_DAEMON.replace("END", end))
+    out = tmp_path / "out.txt"
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), OUT=str(out))
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+         "sh", "-c", AFTER_THE_RUN, "sh", str(sandboxing.RUNS_DIR), str(project),
+         sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    said = out.read_text() if out.exists() else ""
+    assert snapshot(production) == before, said + done.stdout + done.stderr
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    how = (
+        r"left running by a test of the run of pytest pid \d+,"
+        if "go" in end
+        else r"started by the test run of pytest pid \d+, which has ended,"
+    )
+    assert re.search(
+        re.escape(
+            "loading profile 'production'; tests run on the 'testing' profile (this process "
+            "belongs to the test run through the process tree (this process, "
+        )
+        + how
+        + re.escape(f" registered in {sandboxing.RUNS_DIR}))"),
+        said,
+    ), said

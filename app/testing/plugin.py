@@ -660,6 +660,9 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
             f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
             f"must not remove or change {sandboxing.RUNS_DIR}"
         )
+    if state.run is not None:
+        # What the test left running stays in the run even if the run is killed later.
+        sandboxing.hand_on(state.run)
     return failures
 
 
