@@ -1758,6 +1758,11 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         entry = RUNS_DIR / _entry_name(child, fields[1])
         if _a_run_inside(entry, run):
             continue
+        if while_running and _looks_like_pytest(_cmdline(child), child):
+            # A pytest a test started (a head start on the next case, left running): a run
+            # of its own, with the plugin or without it, whose rules its children get
+            # through its command line while it runs; its end hands it on if need be.
+            continue
         if not (while_running and entry.exists()):
             with contextlib.suppress(OSError):
                 _publish(run, outlived=child, while_running=while_running)
@@ -1775,9 +1780,13 @@ def hand_on(run: Run) -> None:
     what has no entry yet is written: a test leaves few processes, and each is read once.
     """
     pid = _proc_self()
-    if pid is None or run.pid != pid or _in_process() is None:
+    runs: list[Run] | None = getattr(sys, _MARKER, None)
+    # Only the process's outermost run: a test's daemon handed on by a run nested in it
+    # (pytester's `runpytest_inprocess`) would be confined to the nested run's sandbox, and
+    # so would a server the outer run had started, whose root lies outside it.
+    if pid is None or run.pid != pid or not runs or len(runs) != 1:
         return
-    _hand_on_descendants(run, pid, while_running=True)
+    _hand_on_descendants(runs[0], pid, while_running=True)
 
 
 #: The entry `announce_start` wrote for this image of the process, which `withdraw_start`

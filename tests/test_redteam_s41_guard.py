@@ -22,6 +22,7 @@ from test_redteam_s22_guard import _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s36_guard import _run_beside
 from test_redteam_s39_guard import PRIVATE_REGISTRY, _outside_as_nobody, _project
 from test_server_e2e import snapshot
 
@@ -177,3 +178,71 @@ def test_a_daemon_a_test_left_stays_in_the_run_once_the_run_is_killed(
         + re.escape(f" registered in {sandboxing.RUNS_DIR}))"),
         said,
     ), said
+
+
+# --- what pytest writes, in a child with the plugin switched off --------------------------
+
+#: Tests whose children run pytest with the plugin switched off, given a hand-built
+#: environment, each told to write into production's root; one outside every data root.
+WRITES_WITH_THE_PLUGIN_OFF = """
+import os, pathlib, subprocess, sys
+
+PRODUCTION = pathlib.Path(os.environ["PRODUCTION"])
+RECORD = next((PRODUCTION / "sessions").iterdir()) / "session.json"
+
+def _child(tmp_path, name, *args):
+    (tmp_path / "test_inner.py").write_text("def test_inner():\\n    pass\\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:app", "-p", "no:randomly", "-q", *args,
+         "test_inner.py"],
+        cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
+    )
+    print("CHILD", name, done.returncode, done.stdout + done.stderr)
+
+def test_junitxml(tmp_path):
+    _child(tmp_path, "junitxml", "--junitxml", str(RECORD), "-p", "no:cacheprovider")
+
+def test_log_file(tmp_path):
+    _child(tmp_path, "log-file", f"--log-file={PRODUCTION / '.app-profile.json'}",
+           "-p", "no:cacheprovider")
+
+def test_cache_dir(tmp_path):
+    _child(tmp_path, "cache-dir", "-o", f"cache_dir={PRODUCTION / 'sessions'}")
+
+def test_elsewhere(tmp_path):
+    _child(tmp_path, "elsewhere", f"--junitxml={tmp_path / 'report.xml'}")
+"""
+
+
+def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Red team 27 closed it where the plugin runs; a child `python -m pytest -p no:app`
+    # given a hand-built environment rewrote a production session's session.json
+    # (--junitxml), emptied its profile stamp (--log-file) and made pytest's cache among
+    # its sessions (-o cache_dir=): the fallback guarded only pytest's temporary directories.
+    settings, production = stopped
+    project = _project(tmp_path, test_writes=WRITES_WITH_THE_PLUGIN_OFF)
+    code, output = _run_beside(
+        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
+    )
+    assert code == 0, output
+    assert "CHILD elsewhere 0 " in output, output
+    protected = (
+        "which lies in the data root of profile 'production (protected by the enclosing "
+        "test run, pytest pid "
+    )
+    for name, does in (
+        ("junitxml", "pytest's --junitxml rewrites {record} as the run ends"),
+        ("log-file", "pytest's log_file (--log-file) rewrites {production}/.app-profile.json"),
+        ("cache-dir", "pytest's cache provider writes its cache_dir, {production}/sessions,"),
+    ):
+        record = next((production / "sessions").iterdir()) / "session.json"
+        assert f"CHILD {name} 4 ERROR: app: refusing to run: " in output, output
+        assert does.format(record=record, production=production) in output, output
+    assert output.count(protected) == 3, output
+    assert output.count(
+        "The app's plugin is switched off in this run (`-p no:app` on pytest's command line), "
+        "and pytest writes there all the same"
+    ) == 3, output
