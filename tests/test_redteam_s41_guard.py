@@ -21,10 +21,11 @@ import pytest
 from test_redteam_s22_guard import _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
+from test_redteam_s30_guard import live  # noqa: F401 - a fixture
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
 from test_redteam_s39_guard import PRIVATE_REGISTRY, _outside_as_nobody, _project
-from test_server_e2e import snapshot
+from test_server_e2e import Server, snapshot
 
 from app import sandbox as sandboxing
 
@@ -209,6 +210,10 @@ def test_log_file(tmp_path):
 def test_cache_dir(tmp_path):
     _child(tmp_path, "cache-dir", "-o", f"cache_dir={PRODUCTION / 'sessions'}")
 
+def test_junitxml_live(tmp_path):
+    record = next((pathlib.Path(os.environ["LIVE"]) / "sessions").iterdir()) / "session.json"
+    _child(tmp_path, "junitxml-live", "--junitxml", str(record), "-p", "no:cacheprovider")
+
 def test_elsewhere(tmp_path):
     _child(tmp_path, "elsewhere", f"--junitxml={tmp_path / 'report.xml'}")
 """
@@ -216,6 +221,7 @@ def test_elsewhere(tmp_path):
 
 def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    live: Server,  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
     # Red team 27 closed it where the plugin runs; a child `python -m pytest -p no:app`
@@ -224,10 +230,22 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
     # its sessions (-o cache_dir=): the fallback guarded only pytest's temporary directories.
     settings, production = stopped
     project = _project(tmp_path, test_writes=WRITES_WITH_THE_PLUGIN_OFF)
+    served = snapshot(live.root)
     code, output = _run_beside(
-        production, project, settings, "-q", "-s", "-p", "no:randomly", PRODUCTION=str(production)
-    )
+        production, project, settings, "-q", "-s", "-p", "no:randomly",
+        PRODUCTION=str(production), LIVE=str(live.root),
+    )  # fmt: skip
+    assert snapshot(live.root) == served, output
     assert code == 0, output
+    # Next to the live production server: refused by its holder, found on disk.
+    live_record = next((live.root / "sessions").iterdir()) / "session.json"
+    assert (
+        f"CHILD junitxml-live 4 ERROR: app: refusing to run: pytest's --junitxml rewrites "
+        f"{live_record} as the run ends, which lies in the data root {live.root} (held by pid "
+        f"{live.pid}, kind server, profile production"
+    ) in output, output
+    with live.client() as client:
+        assert client.get(f"/sessions/{live_record.parent.name}").status_code == 200
     assert "CHILD elsewhere 0 " in output, output
     protected = (
         "which lies in the data root of profile 'production (protected by the enclosing "
@@ -245,4 +263,4 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
     assert output.count(
         "The app's plugin is switched off in this run (`-p no:app` on pytest's command line), "
         "and pytest writes there all the same"
-    ) == 3, output
+    ) == 4, output
