@@ -66,7 +66,6 @@ __all__ = [
     "allowed_profiles",
     "allowing",
     "announce_start",
-    "hand_on",
     "check_profile",
     "check_remote",
     "check_root",
@@ -77,6 +76,7 @@ __all__ = [
     "confine_remote",
     "context",
     "current_run",
+    "hand_on",
     "identity",
     "just_checked",
     "loaded",
@@ -537,12 +537,12 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
     return seen[directory]
 
 
-def _hidden_entry(directory: Path, name: str) -> Path | None | str:
+def _hidden_entry(directory: Path, name: str) -> Path | str | None:
     """Entry `name` of a registry this process may not list: its path where it can be
     reached by name (``chmod 0311``), None where it is not there, else why it cannot be
     known (an access control list that denies this process's user the directory)."""
     try:
-        os.stat(directory / name)
+        (directory / name).stat()
     except FileNotFoundError:
         return None
     except PermissionError as error:
@@ -1260,10 +1260,8 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
     bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
     fix = ""
-    if ancestor and ancestor.startswith(_STARTING):
-        bare, fix = ancestor, _START_FIX
-    elif ancestor and hidden_fix:
-        bare, fix = ancestor, hidden_fix
+    if ancestor and (hidden_fix or ancestor.startswith(_STARTING)):
+        bare, fix = ancestor, hidden_fix or _START_FIX
     imported = "_pytest.main" in sys.modules
     starting_here = bool(fix) and ancestor is not None and ancestor.startswith(_STARTING_HERE)
     if imported and not starting_here and _runs_pytest():

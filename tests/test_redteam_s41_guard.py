@@ -1,11 +1,19 @@
 """Red team 41 on the guard (branch rt-guard25): what a user who did not write it tries next.
 
-What broke, each now refused:
+Pytest in a subprocess next to a stopped production root (and a live production server),
+real processes, files and users. What broke, each now refused:
 
-- a test that denies the service's user the registry with an access control list and, in
-  the same test, runs a child as that user with production's settings alone, under a
-  runner script (no command line shows pytest): the child could not list the registry,
-  found no run, and purged a stopped production root (red team 40's *not stopped*).
+- a test that hides the registry from the service's user (an access control list, ``chmod
+  0311`` of the registry, ``chmod 0200`` of the run's entry) and, in the same test, runs a
+  child as that user with production's settings alone under a runner script: the child
+  found no run and purged a stopped production root (red team 40's *not stopped*);
+- a daemon a test left, given production's settings alone, once a later test ended the run
+  at once (``SIGKILL``, ``os._exit``): nothing handed the run's entry on, and the daemon,
+  out of the run's tree, purged a stopped production root;
+- a test's child ``python -m pytest -p no:app`` told to write into production's root
+  (``--junitxml`` naming a session's ``session.json``, ``--log-file`` its profile stamp,
+  ``-o cache_dir=`` its ``sessions/``): pytest rewrote and emptied them, next to a live
+  production server too (the fallback entry point guarded only temporary directories).
 """
 
 from __future__ import annotations
@@ -260,7 +268,10 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
         assert f"CHILD {name} 4 ERROR: app: refusing to run: " in output, output
         assert does.format(record=record, production=production) in output, output
     assert output.count(protected) == 3, output
-    assert output.count(
-        "The app's plugin is switched off in this run (`-p no:app` on pytest's command line), "
-        "and pytest writes there all the same"
-    ) == 4, output
+    assert (
+        output.count(
+            "The app's plugin is switched off in this run (`-p no:app` on pytest's command line), "
+            "and pytest writes there all the same"
+        )
+        == 4
+    ), output
