@@ -53,7 +53,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None
     """
     __tracebackhide__ = True
     manager = early_config.pluginmanager
-    if manager.is_blocked("app") and manager.get_plugin("app.testing.plugin") is None:
+    if manager.get_plugin("app") is None and manager.get_plugin("app.testing.plugin") is None:
         from app import sandbox as sandboxing
         from app.testing import guard, watch
 
