@@ -32,7 +32,12 @@ from test_redteam_s27_guard import _tmpdir
 from test_redteam_s30_guard import live  # noqa: F401 - a fixture
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s36_guard import _run_beside
-from test_redteam_s39_guard import PRIVATE_REGISTRY, _outside_as_nobody, _project
+from test_redteam_s39_guard import (
+    DENIES_A_USER_THE_REGISTRY,
+    PRIVATE_REGISTRY,
+    _outside_as_nobody,
+    _project,
+)
 from test_server_e2e import Server, snapshot
 
 from app import sandbox as sandboxing
@@ -41,11 +46,8 @@ from app import sandbox as sandboxing
 #: (an access control list, whose mode still says 0755; ``chmod 0311``, search alone; the
 #: entry ``chmod 0200``), then, in the same test, starting a child as that user given
 #: production's settings alone. The check after each test puts the registry back.
-DENIES_AND_STARTS = """
-import os, struct, subprocess
-from app.sandbox import RUNS_DIR, _entry_name, _proc_self, _stat_fields
-
-ANY = 0xFFFFFFFF
+DENIES_AND_STARTS = DENIES_A_USER_THE_REGISTRY.replace("def test_", "def _s39_") + """
+from app.sandbox import _entry_name, _proc_self, _stat_fields
 
 def _child(hider):
     env = {name: os.environ[name] for name in ("PATH", "PYTHONPATH", "APP_SETTINGS_DIR")}
@@ -58,9 +60,7 @@ def _child(hider):
     print("CHILD", hider, done.returncode, done.stdout, done.stderr)
 
 def test_an_access_control_list():
-    entries = [(0x01, 7, ANY), (0x02, 0, 65534), (0x04, 5, ANY), (0x10, 5, ANY), (0x20, 5, ANY)]
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
-    os.setxattr(RUNS_DIR, "system.posix_acl_access", acl)
+    _s39_1_denies_the_service_user_the_registry()
     _child("acl")
 
 def test_search_alone():
