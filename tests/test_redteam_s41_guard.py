@@ -46,7 +46,9 @@ from app import sandbox as sandboxing
 #: (an access control list, whose mode still says 0755; ``chmod 0311``, search alone; the
 #: entry ``chmod 0200``), then, in the same test, starting a child as that user given
 #: production's settings alone. The check after each test puts the registry back.
-DENIES_AND_STARTS = DENIES_A_USER_THE_REGISTRY.replace("def test_", "def _s39_") + """
+DENIES_AND_STARTS = (
+    DENIES_A_USER_THE_REGISTRY.replace("def test_", "def _s39_")
+    + """
 from app.sandbox import _entry_name, _proc_self, _stat_fields
 
 def _child(hider):
@@ -71,6 +73,7 @@ def test_an_unreadable_entry():
     os.chmod(RUNS_DIR / _entry_name(_proc_self(), _stat_fields(_proc_self())[1]), 0o200)
     _child("entry")
 """
+)
 
 
 def test_a_child_as_a_user_denied_the_registry_in_the_same_test_is_refused(
