@@ -13,7 +13,9 @@ real processes, files and users. What broke, each now refused:
 - a test's child ``python -m pytest -p no:app`` told to write into production's root
   (``--junitxml`` naming a session's ``session.json``, ``--log-file`` its profile stamp,
   ``-o cache_dir=`` its ``sessions/``): pytest rewrote and emptied them, next to a live
-  production server too (the fallback entry point guarded only temporary directories).
+  production server too, under ``-n 2``, and from a grandchild that moved into the
+  session's directory, dropped its environment and its session, and gave a relative
+  ``--junitxml`` (the fallback entry point guarded only temporary directories).
 """
 
 from __future__ import annotations
@@ -225,6 +227,19 @@ def test_junitxml_live(tmp_path):
     record = next((pathlib.Path(os.environ["LIVE"]) / "sessions").iterdir()) / "session.json"
     _child(tmp_path, "junitxml-live", "--junitxml", str(record), "-p", "no:cacheprovider")
 
+def test_xdist(tmp_path):
+    _child(tmp_path, "xdist", "-n", "2", "--junitxml", str(RECORD), "-p", "no:cacheprovider")
+
+def test_a_grandchild_in_the_session_with_a_relative_path(tmp_path):
+    # A child of a child, each hop its own: a shell that moves into the production
+    # session's directory, then env -i and setsid, then pytest with a relative --junitxml.
+    (tmp_path / "test_inner.py").write_text("def test_inner():\\n    pass\\n")
+    hops = ('cd "$1" && exec env -i PATH="$PATH" setsid "$2" -m pytest -p no:app -p no:randomly '
+            '-p no:cacheprovider -q --junitxml=session.json -c /dev/null "$3"')
+    done = subprocess.run(["sh", "-c", hops, "sh", str(RECORD.parent), sys.executable,
+                           str(tmp_path / "test_inner.py")], capture_output=True, text=True)
+    print("CHILD grandchild", done.returncode, done.stdout + done.stderr)
+
 def test_elsewhere(tmp_path):
     _child(tmp_path, "elsewhere", f"--junitxml={tmp_path / 'report.xml'}")
 """
@@ -264,17 +279,19 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
     )
     for name, does in (
         ("junitxml", "pytest's --junitxml rewrites {record} as the run ends"),
+        ("xdist", "pytest's --junitxml rewrites {record} as the run ends"),
+        ("grandchild", "the run ends"),
         ("log-file", "pytest's log_file (--log-file) rewrites {production}/.app-profile.json"),
         ("cache-dir", "pytest's cache provider writes its cache_dir, {production}/sessions,"),
     ):
         record = next((production / "sessions").iterdir()) / "session.json"
         assert f"CHILD {name} 4 ERROR: app: refusing to run: " in output, output
         assert does.format(record=record, production=production) in output, output
-    assert output.count(protected) == 3, output
+    assert output.count(protected) == 5, output
     assert (
         output.count(
             "The app's plugin is switched off in this run (`-p no:app` on pytest's command line), "
             "and pytest writes there all the same"
         )
-        == 4
+        == 6
     ), output
