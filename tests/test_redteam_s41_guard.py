@@ -15,7 +15,10 @@ real processes, files and users. What broke, each now refused:
   ``-o cache_dir=`` its ``sessions/``): pytest rewrote and emptied them, next to a live
   production server too, under ``-n 2``, and from a grandchild that moved into the
   session's directory, dropped its environment and its session, and gave a relative
-  ``--junitxml`` (the fallback entry point guarded only temporary directories).
+  ``--junitxml`` (the fallback entry point guarded only temporary directories); on the
+  fix's first version, a conftest that moved the process into the session's directory as
+  it was imported, with a relative ``--debug=session.json``, refused only once pytest had
+  rewritten the record.
 """
 
 from __future__ import annotations
@@ -240,6 +243,12 @@ def test_a_grandchild_in_the_session_with_a_relative_path(tmp_path):
                            str(tmp_path / "test_inner.py")], capture_output=True, text=True)
     print("CHILD grandchild", done.returncode, done.stdout + done.stderr)
 
+def test_a_conftest_that_moves_into_the_session(tmp_path):
+    # The check as pytest starts passes; the conftest, imported next, moves the process
+    # into the session's directory, and pytest opens a relative --debug right after.
+    (tmp_path / "conftest.py").write_text(f"import os\\nos.chdir({str(RECORD.parent)!r})\\n")
+    _child(tmp_path, "debug-conftest", "--debug=session.json", "-p", "no:cacheprovider")
+
 def test_elsewhere(tmp_path):
     _child(tmp_path, "elsewhere", f"--junitxml={tmp_path / 'report.xml'}")
 """
@@ -281,17 +290,18 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
         ("junitxml", "pytest's --junitxml rewrites {record} as the run ends"),
         ("xdist", "pytest's --junitxml rewrites {record} as the run ends"),
         ("grandchild", "the run ends"),
+        ("debug-conftest", "a conftest or a plugin changed directory"),
         ("log-file", "pytest's log_file (--log-file) rewrites {production}/.app-profile.json"),
         ("cache-dir", "pytest's cache provider writes its cache_dir, {production}/sessions,"),
     ):
         record = next((production / "sessions").iterdir()) / "session.json"
         assert f"CHILD {name} 4 ERROR: app: refusing to run: " in output, output
         assert does.format(record=record, production=production) in output, output
-    assert output.count(protected) == 5, output
+    assert output.count(protected) == 6, output
     assert (
         output.count(
             "The app's plugin is switched off in this run (`-p no:app` on pytest's command line), "
             "and pytest writes there all the same"
         )
-        == 6
+        == 7
     ), output

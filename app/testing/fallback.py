@@ -38,7 +38,9 @@ def pytest_addoption(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None, None, None]:
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, args: list[str]
+) -> Generator[None, None, None]:
     """Where the app's plugin is switched off, what pytest and its plugins are told to write
     is checked as an inactive plugin checks it (`app.testing.watch`): against the roots of
     the run this process belongs to, and what is on disk, now and again at the end. A
@@ -53,13 +55,20 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None
     """
     __tracebackhide__ = True
     manager = early_config.pluginmanager
-    if manager.get_plugin("app") is None and manager.get_plugin("app.testing.plugin") is None:
-        from app import sandbox as sandboxing
-        from app.testing import guard, watch
+    if manager.get_plugin("app") is not None or manager.get_plugin("app.testing.plugin"):
+        return (yield)
+    from app import sandbox as sandboxing
+    from app.testing import guard, watch
 
-        off = sandboxing._switched_off_by() or "`-p no:app`"
-        watch.refuse_pytest_writes(early_config, guard.enclosing_roots_here(), switched_off=off)
-    return (yield)
+    given = list(args)
+    off = sandboxing._switched_off_by() or "`-p no:app`"
+    watch.refuse_pytest_writes(early_config, guard.enclosing_roots_here(), switched_off=off)
+    result = yield
+    # Again where an initial conftest moved the process or changed the arguments: pytest
+    # opens --debug right after, before any pytest_configure (red team 41, as red team 38
+    # found where the plugin runs).
+    watch.after_the_conftests(early_config, args, given)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)

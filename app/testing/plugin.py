@@ -8,8 +8,6 @@ in the order and with the refusals the pytest plugin reference page gives.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -24,7 +22,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError
 from app.lock import describe_holder
-from app.testing import guard, watch, writes
+from app.testing import guard, watch
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     _app_remote_scratch,
     app_client,
@@ -89,33 +87,8 @@ def pytest_load_initial_conftests(
     finally:
         guard.drop_flocks_ahead()
     result = yield
-    _after_the_conftests(early_config, args, given)
+    watch.after_the_conftests(early_config, args, given)
     return result
-
-
-def _after_the_conftests(early_config: pytest.Config, args: list[str], given: list[str]) -> None:
-    """What pytest writes, checked again where the initial conftests or a plugin's
-    ``pytest_load_initial_conftests`` changed it: pytest opens ``--debug`` right after,
-    before any ``pytest_configure`` (red team 38). An initial conftest that changed the
-    current directory as it was imported moved a relative ``--debug`` into a production
-    session; a plugin that added ``--debug=<record>`` to ``args`` (which pytest parses
-    again after this hook) got the record rewritten, and the run refused only after."""
-    __tracebackhide__ = True
-    changed = args != given
-    with contextlib.suppress(OSError):
-        if Path.cwd() == early_config.invocation_params.dir and not changed:
-            return
-    options, said = early_config.known_args_namespace, ""
-    if changed:  # as pytest parses them next (private: see pyproject.toml)
-        options = early_config._parser.parse_known_args(args, namespace=copy.copy(options))
-        added = [arg for arg in args if arg not in given]
-        said = (
-            ". A plugin's pytest_load_initial_conftests changed pytest's arguments (added: "
-            f"{' '.join(added) or 'none; some removed'}): change it there"
-        )
-    for plugin in early_config.pluginmanager.get_plugins():
-        if isinstance(plugin, watch.WritesOfConftests):
-            writes.refuse(early_config, options, plugin.roots, f"{said}{plugin.why}")
 
 
 def _before_the_conftests(early_config: pytest.Config) -> None:

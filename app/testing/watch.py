@@ -12,6 +12,8 @@ says the run is starting.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import sys
 from collections.abc import Generator, Iterator
@@ -21,7 +23,7 @@ import pytest
 
 from app.testing import guard, writes
 
-__all__ = ["WritesOfConftests", "refuse_pytest_writes", "say"]
+__all__ = ["WritesOfConftests", "after_the_conftests", "refuse_pytest_writes", "say"]
 
 
 def refuse_pytest_writes(
@@ -61,6 +63,31 @@ def refuse_pytest_writes(
     # with the run's plugin active, and a writer a conftest registered (`pytest_plugins =
     # ["_pytest.junitxml"]` under `-p no:junitxml`) rewrote a live record (red team 33).
     config.pluginmanager.register(WritesOfConftests(roots, why))
+
+
+def after_the_conftests(early_config: pytest.Config, args: list[str], given: list[str]) -> None:
+    """What pytest writes, checked again where the initial conftests or a plugin's
+    ``pytest_load_initial_conftests`` changed it: pytest opens ``--debug`` right after,
+    before any ``pytest_configure`` (red team 38). An initial conftest that changed the
+    current directory as it was imported moved a relative ``--debug`` into a production
+    session; a plugin that added ``--debug=<record>`` to ``args`` (which pytest parses
+    again after this hook) got the record rewritten, and the run refused only after."""
+    __tracebackhide__ = True
+    changed = args != given
+    with contextlib.suppress(OSError):
+        if Path.cwd() == early_config.invocation_params.dir and not changed:
+            return
+    options, said = early_config.known_args_namespace, ""
+    if changed:  # as pytest parses them next (private: see pyproject.toml)
+        options = early_config._parser.parse_known_args(args, namespace=copy.copy(options))
+        added = [arg for arg in args if arg not in given]
+        said = (
+            ". A plugin's pytest_load_initial_conftests changed pytest's arguments (added: "
+            f"{' '.join(added) or 'none; some removed'}): change it there"
+        )
+    for plugin in early_config.pluginmanager.get_plugins():
+        if isinstance(plugin, WritesOfConftests):
+            writes.refuse(early_config, options, plugin.roots, f"{said}{plugin.why}")
 
 
 def _as_checked(config: pytest.Config) -> tuple[str, str | None, str, str]:
