@@ -18,7 +18,8 @@ real processes, files and users. What broke, each now refused:
   ``--junitxml`` (the fallback entry point guarded only temporary directories); on the
   fix's first version, a conftest that moved the process into the session's directory as
   it was imported, with a relative ``--debug=session.json``, refused only once pytest had
-  rewritten the record.
+  rewritten the record; and outside any run, a user's own ``pytest -p no:app`` with
+  ``--junitxml`` naming a stopped production record.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from test_redteam_s39_guard import (
     _outside_as_nobody,
     _project,
 )
+from test_redteam_s40_guard import _pytest_outside_any_run
 from test_server_e2e import Server, snapshot
 
 from app import sandbox as sandboxing
@@ -305,3 +307,22 @@ def test_what_pytest_writes_with_the_plugin_switched_off_is_checked(
         )
         == 7
     ), output
+
+
+def test_outside_any_run_what_pytest_writes_into_a_data_root_is_refused_with_the_plugin_off(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # A user's own `pytest -p no:app --junitxml=<a stopped production record>`, in no run:
+    # pytest rewrote the record. Refused now by the root's stamp, as an inactive run is.
+    _settings, production = stopped
+    record = next((production / "sessions").iterdir()) / "session.json"
+    (tmp_path / "test_inner.py").write_text("def test_inner():\n    pass\n")
+    before = snapshot(production)
+    code, output = _pytest_outside_any_run(tmp_path, f"--junitxml={record}")
+    assert snapshot(production) == before, output
+    assert code == 4, output
+    assert (
+        f"ERROR: app: refusing to run: pytest's --junitxml rewrites {record} as the run ends, "
+        f"which lies in the data root {production} (it has a profile stamp, .app-profile.json)"
+    ) in output, output
