@@ -77,6 +77,7 @@ __all__ = [
     "confine_remote",
     "context",
     "current_run",
+    "hand_on",
     "identity",
     "just_checked",
     "loaded",
@@ -498,6 +499,12 @@ def _read_entry(
     if isinstance(ended, int):
         who = "this process" if depth == 0 else f"an ancestor process, pid {pid}"
         how = f"{who}, started by the test run of pytest pid {ended}, which has ended"
+        # Handed on at the end of a test (`hand_on`): the run may still be running.
+        run_started = data.get("run_started")
+        fields = _stat_fields(ended) if isinstance(run_started, int) else None
+        if fields is not None and fields[1] == run_started:
+            how = f"{who}, left running by a test of the run of pytest pid {ended}"
+            ended = None
     try:
         protected = tuple(Protected.from_dict(item) for item in data.get("protected", ()))
     except (TypeError, ValueError, KeyError, AttributeError):
@@ -532,14 +539,44 @@ def _in_subinterpreter() -> bool:
     return False
 
 
-def _registered(directory: Path, uid: int, seen: dict[Path, set[str]]) -> set[str]:
-    """The entries of `directory`, if user `uid` (as this process sees ids) owns it."""
+class _Seen(dict[Path, set[str]]):
+    """The registries one walk has listed (directory: its entries), and what in them this
+    process may not read (`hidden`: the ancestor's pid, what it could not read and why)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unlisted: set[Path] = set()
+        self.hidden: dict[int, tuple[Path, str]] = {}
+
+
+def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
+    """The entries of `directory`, if user `uid` (as this process sees ids) owns it; one
+    this process may not list is noted in ``seen.unlisted``."""
     if directory not in seen:
         seen[directory] = set()
         if _runs_dir_trusted(directory, uid):
-            with contextlib.suppress(OSError):
+            try:
                 seen[directory] = {entry.name for entry in directory.iterdir()}
+            except PermissionError:
+                seen.unlisted.add(directory)
+            except OSError:
+                pass
     return seen[directory]
+
+
+def _hidden_entry(directory: Path, name: str) -> Path | str | None:
+    """Entry `name` of a registry this process may not list: its path where it can be
+    reached by name (``chmod 0311``), None where it is not there, else why it cannot be
+    known (an access control list that denies this process's user the directory)."""
+    try:
+        (directory / name).stat()
+    except FileNotFoundError:
+        return None
+    except PermissionError as error:
+        return error.strerror or "Permission denied"
+    except OSError:
+        return None
+    return directory / name
 
 
 #: Whether this process is in a user namespace of its own (read once).
@@ -593,7 +630,7 @@ def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
     return None
 
 
-def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None:
+def _entry_of(pid: int, started: int, seen: _Seen) -> Path | None:
     """The registry entry of process `pid` (started at `started`), if it is a run's.
 
     Looked for under the user that owns its ``/proc`` entry, its effective user, then under
@@ -611,8 +648,19 @@ def _entry_of(pid: int, started: int, seen: dict[Path, set[str]]) -> Path | None
         # entry, named by its start time too, is still there and still names it.
         owner = os.getuid()
     for uid in dict.fromkeys((owner, os.getuid())):
-        found = (d / name for d in _registries(uid) if name in _registered(d, uid, seen))
-        entry = next(found, None) or _entry_in_its_own_tmp(pid, uid, name)
+        for directory in _registries(uid):
+            if name in _registered(directory, uid, seen):
+                return directory / name
+            if directory in seen.unlisted:
+                # A registry this process may not list (a test denied its user it, red
+                # team 40): the entry by name, and where even that fails, a run may be
+                # there unseen (`_walk_tree` refuses then).
+                found = _hidden_entry(directory, name)
+                if isinstance(found, Path):
+                    return found
+                if found is not None:
+                    seen.hidden.setdefault(pid, (directory, found))
+        entry = _entry_in_its_own_tmp(pid, uid, name)
         if entry is not None:
             return entry
     return None
@@ -632,7 +680,7 @@ def _leaders() -> Iterator[tuple[str, int]]:
         yield "process group", group
 
 
-def _led_by_a_run(walked: set[int], seen: dict[Path, set[str]]) -> Run | None:
+def _led_by_a_run(walked: set[int], seen: _Seen) -> Run | None:
     """The run that leads this process's session or process group, where no ancestor is a
     run: ``clone(CLONE_PARENT)`` makes a process the child of its caller's parent, so one
     a test starts that way is outside the run's tree, but keeps the run's session and
@@ -650,11 +698,12 @@ def _led_by_a_run(walked: set[int], seen: dict[Path, set[str]]) -> Run | None:
     return None
 
 
-def _walk_tree() -> tuple[Run | None, str | None]:
+def _walk_tree() -> tuple[Run | None, str | None, str]:
     """The nearest registered run among this process and its ancestors (else the run that
-    leads its session or process group, `_led_by_a_run`), and whether a pytest without the
-    plugin sits between (its rules then apply as well)."""
-    seen: dict[Path, set[str]] = {}
+    leads its session or process group, `_led_by_a_run`), whether a pytest without the
+    plugin sits between (its rules then apply as well), and what resolves a refusal where
+    that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
+    seen = _Seen()
     bare = None
     bare_argv: list[str] = []
     starting = False
@@ -664,6 +713,8 @@ def _walk_tree() -> tuple[Run | None, str | None]:
         walked.add(pid)
         entry = _entry_of(pid, started, seen)
         data = _entry_data(entry) if entry is not None else None
+        if entry is not None and data is None and (why := _unreadable(entry)) is not None:
+            seen.hidden.setdefault(pid, (entry, why))
         if entry is not None and data is not None and data.get("starting"):
             # A pytest whose plugin has not made its sandbox yet (`announce_start`): its
             # rules are a pytest's without the plugin, and a run above it applies too.
@@ -680,7 +731,7 @@ def _walk_tree() -> tuple[Run | None, str | None]:
                 # has the run's command line: it is the run, not a pytest without the plugin.
                 if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
-                return _within_enclosing(run, entry, ancestry, seen), bare
+                return _within_enclosing(run, entry, ancestry, seen), bare, ""
         if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid), pid):
             bare = (
                 f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
@@ -690,7 +741,52 @@ def _walk_tree() -> tuple[Run | None, str | None]:
         elif depth and bare is None and _looks_like_unittest(argv):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
-    return _led_by_a_run(walked, seen), bare
+    led = _led_by_a_run(walked, seen)
+    if led is None and bare is None and seen.hidden:
+        return None, *_hidden_run(seen.hidden)
+    return led, bare, ""
+
+
+def _unreadable(entry: Path) -> str | None:
+    """Why this process may not read `entry` (a test's ``chmod 0200`` of it, an access
+    control list), or None where it can, or where it fails otherwise."""
+    try:
+        os.close(os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except PermissionError as error:
+        return error.strerror or "Permission denied"
+    except OSError:
+        return None
+    return None
+
+
+#: How a refusal names an ancestor whose registry entry this process may not read.
+_HIDDEN_RUN: Final = "while a test run may be above this process"
+
+
+def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
+    """The refusal's words for the nearest ancestor whose entry, if it has one, this process
+    may not read: it may be a run, and this process one of its children.
+
+    A test that denied the service's user the registry (``setfacl -m u:app:---``) and, in
+    the same test, ran a child as that user with production's settings alone under a
+    runner script: the child could not list the registry, found no run, and purged a
+    stopped production root; the check after the test puts the registry back too late for
+    it (red team 40's *not stopped*, closed by red team 41). Only an ancestor's registry
+    counts, and only one this process may not read: a service started by init has none.
+    """
+    pid, (where, why) = next(iter(hidden.items()))
+    registry = where if where.is_dir() else where.parent
+    said = (
+        f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
+        f"registry of test runs {registry} this process (user {os.getuid()}) cannot read: "
+        f"{why}"
+    )
+    fix = (
+        f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
+        f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
+        "each test does; a test must not hide it from the processes it starts"
+    )
+    return said, fix
 
 
 def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:
@@ -714,7 +810,7 @@ def _within_enclosing(
     run: Run,
     entry: Path,
     ancestry: Iterator[tuple[int, tuple[int, int]]],
-    seen: dict[Path, set[str]],
+    seen: _Seen,
 ) -> Run:
     """`run`, the nearest, bound also by each run further up that protects a root it leaves
     out: the roots either protects, and the narrower sandbox where one holds the other.
@@ -1187,12 +1283,12 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
     run = _in_process()
     if run is not None:
         return Context(_narrowed(run, env), None)
-    run, ancestor = _walk_tree()
+    run, ancestor, hidden_fix = _walk_tree()
     runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
     bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
     fix = ""
-    if ancestor and ancestor.startswith(_STARTING):
-        bare, fix = ancestor, _START_FIX
+    if ancestor and (hidden_fix or ancestor.startswith(_STARTING)):
+        bare, fix = ancestor, hidden_fix or _START_FIX
     imported = "_pytest.main" in sys.modules
     starting_here = bool(fix) and ancestor is not None and ancestor.startswith(_STARTING_HERE)
     if imported and not starting_here and _runs_pytest():
@@ -1471,6 +1567,7 @@ def _publish(
     *,
     outlived: int | None = None,
     ended_at: float | None = None,
+    while_running: bool = False,
 ) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half),
     or, given `outlived` (a child of this process), as that child's; None: an entry that
@@ -1481,7 +1578,13 @@ def _publish(
         return  # no /proc: children fall back to the environment
     data = _entry_dict(run, pid)
     if outlived is not None:
-        data["outlived"] = _proc_self()
+        own = _proc_self()
+        data["outlived"] = own
+        own_fields = _stat_fields(own) if while_running and own is not None else None
+        if own_fields is not None:
+            # Handed on while the run goes on (`hand_on`): it has ended only once this
+            # process is gone, which a reader tells by the start time.
+            data["run_started"] = own_fields[1]
     if ended_at is not None:
         data["ended_at"] = ended_at
     temporary = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # not secrets: 4 ms
@@ -1604,7 +1707,9 @@ def _a_run_inside(entry: Path, run: Run) -> bool:
     if not entry.exists():
         return False
     data = _entry_data(entry)
-    return data is not None and (bool(data.get("starting")) or _keeps_roots(data, run))
+    if data is None or "outlived" in data:  # handed on by a run, not a run's own
+        return False
+    return bool(data.get("starting")) or _keeps_roots(data, run)
 
 
 def _also_at_shutdown(hook: Any) -> None:
@@ -1640,24 +1745,7 @@ def _end_entry() -> None:
         return
     run = _in_process()
     if run is not None:
-        # Every descendant, not only the children: a supervisor's worker kept the run only
-        # through its supervisor, and when that exited after the run, it was re-parented to
-        # init, out of any run.
-        pending, seen = list(_children(pid)), {pid}
-        while pending:
-            child = pending.pop()
-            fields = _stat_fields(child)
-            # A child with an entry of its own (an xdist worker still exiting, a pytest a
-            # test started) is a run of its own: its entry stays as it wrote it, and what
-            # it started is its own to hand on.
-            if child in seen or fields is None:
-                continue
-            seen.add(child)
-            if _a_run_inside(RUNS_DIR / _entry_name(child, fields[1]), run):
-                continue
-            with contextlib.suppress(OSError):
-                _publish(run, outlived=child)
-            pending.extend(_children(child))
+        _hand_on_descendants(run, pid)
         # The entry stays for the rest of the process's life, as its mark on `sys` does:
         # exit hooks Python runs after this one (logging.shutdown, registered when pytest
         # imported logging; a __del__ at shutdown) are still the run's code, and a child they
@@ -1674,6 +1762,56 @@ def _end_entry() -> None:
         return
     with contextlib.suppress(OSError):
         (RUNS_DIR / _entry_name(pid, started[1])).unlink()
+
+
+def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
+    """Give each descendant of `pid` (this process) an entry of its own, `run`'s, unless it
+    is a run of its own; `while_running`: only those without one yet (`hand_on`)."""
+    # Every descendant, not only the children: a supervisor's worker kept the run only
+    # through its supervisor, and when that exited after the run, it was re-parented to
+    # init, out of any run.
+    pending, seen = list(_children(pid)), {pid}
+    while pending:
+        child = pending.pop()
+        fields = _stat_fields(child)
+        # A child with an entry of its own (an xdist worker still exiting, a pytest a
+        # test started) is a run of its own: its entry stays as it wrote it, and what
+        # it started is its own to hand on.
+        if child in seen or fields is None:
+            continue
+        seen.add(child)
+        entry = RUNS_DIR / _entry_name(child, fields[1])
+        if _a_run_inside(entry, run):
+            continue
+        if while_running and _looks_like_pytest(_cmdline(child), child):
+            # A pytest a test started (a head start on the next case, left running): a run
+            # of its own, with the plugin or without it, whose rules its children get
+            # through its command line while it runs; its end hands it on if need be.
+            continue
+        if not (while_running and entry.exists()):
+            with contextlib.suppress(OSError):
+                _publish(run, outlived=child, while_running=while_running)
+        pending.extend(_children(child))
+
+
+def hand_on(run: Run) -> None:
+    """After each test, in the run's own process: give each process the test left running
+    an entry of its own, as the run's exit does (`_end_entry`).
+
+    A run killed (``SIGKILL``, ``SIGTERM``) or ended by a test's ``os._exit`` runs no exit
+    hook: a daemon an earlier test left, given production's settings alone, was
+    re-parented out of the run's tree once the run was gone and purged a stopped
+    production root (red team 41). Handed on now, it stays in the run after that. Only
+    what has no entry yet is written: a test leaves few processes, and each is read once.
+    """
+    pid = _proc_self()
+    runs: list[Run] | None = getattr(sys, _MARKER, None)
+    # Only the process's outermost run: a test's daemon handed on by a run nested in it
+    # (pytester's `runpytest_inprocess`) would be confined to the nested run's sandbox, and
+    # so would a server the outer run had started, whose root lies outside it.
+    if pid is None or run.pid != pid or not runs or len(runs) != 1:
+        return
+    _hand_on_descendants(runs[0], pid, while_running=True)
 
 
 #: The entry `announce_start` wrote for this image of the process, which `withdraw_start`

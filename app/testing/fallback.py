@@ -7,7 +7,8 @@ environment, ran none of the app's code, and its pytest emptied a stopped produc
 ``sessions/`` as its first test asked for ``tmp_path``. Here, where the app's plugin is not
 registered, the ``--basetemp`` is checked before pytest empties it, against the roots of the
 run this process belongs to (found through the process tree, as a child's configuration
-finds it), and pytest's older numbered directories holding a live data root are kept.
+finds it), and pytest's older numbered directories holding a live data root are kept;
+what pytest and its plugins are told to write is checked as an inactive plugin checks it.
 Outside any run, a ``--basetemp`` is checked against what is on disk, as an inactive
 plugin checks it; inside one, pytest's temporary root (``TMPDIR``) is checked too.
 
@@ -18,6 +19,8 @@ What this does not cover: autoload switched off (``PYTEST_DISABLE_PLUGIN_AUTOLOA
 """
 
 from __future__ import annotations
+
+from collections.abc import Generator
 
 import pytest
 
@@ -32,6 +35,40 @@ def pytest_addoption(pluginmanager: pytest.PytestPluginManager) -> None:
         from app.testing import guard
 
         guard._guard_basetemps_in_this_process(switched_off=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, args: list[str]
+) -> Generator[None, None, None]:
+    """Where the app's plugin is switched off, what pytest and its plugins are told to write
+    is checked as an inactive plugin checks it (`app.testing.watch`): against the roots of
+    the run this process belongs to, and what is on disk, now and again at the end. A
+    wrapper, as the plugin's own: before pytest-cov's tryfirst implementation erases its
+    data file.
+
+    A test's child ``python -m pytest -p no:app`` given a hand-built environment and
+    ``--junitxml`` naming a production session's ``session.json``, ``--log-file`` its
+    profile stamp, or ``-o cache_dir=`` its ``sessions/``: pytest rewrote the record, emptied
+    the stamp and made its cache among the sessions of a stopped production root (red team
+    41; red team 27 closed it where the plugin runs).
+    """
+    __tracebackhide__ = True
+    manager = early_config.pluginmanager
+    if manager.get_plugin("app") is not None or manager.get_plugin("app.testing.plugin"):
+        return (yield)
+    from app import sandbox as sandboxing
+    from app.testing import guard, watch
+
+    given = list(args)
+    off = sandboxing._switched_off_by() or "`-p no:app`"
+    watch.refuse_pytest_writes(early_config, guard.enclosing_roots_here(), switched_off=off)
+    result = yield
+    # Again where an initial conftest moved the process or changed the arguments: pytest
+    # opens --debug right after, before any pytest_configure (red team 41, as red team 38
+    # found where the plugin runs).
+    watch.after_the_conftests(early_config, args, given)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)
