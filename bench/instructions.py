@@ -19,7 +19,10 @@ Commands, the same as theirs (each built by that script):
 
 - ``plugin_startup.py``: a one-test pytest run with the plugin, and without the app's entry
   points (the baseline);
-- ``config_startup.py``: ``python -m app config``, against dynaconf's one load (the floor).
+- ``config_startup.py``: ``python -m app config``, against dynaconf's one load (the floor);
+- the guard around every test: a module of ``--per-test`` tests that do nothing, run with the
+  plugin and without it; per test is ``(that run - the one-test run) / (tests - 1)``, so the
+  start-up cancels out.
 
 With ``--against DIR`` (another checkout with its own ``.venv``), that checkout's plugin run
 and ``app config`` are counted too. Each command runs ``--runs`` times (median reported); a
@@ -62,6 +65,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--against", type=Path, help="another checkout (with its .venv)")
+    parser.add_argument(
+        "--per-test", type=int, default=200, help="tests in the module for the cost per test"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
@@ -91,10 +97,26 @@ def main() -> None:
             )
             if name in config
         ]
+        many = work / "plain" / "test_many.py"
+        many.write_text("".join(f"def test_{n}():\n    pass\n\n" for n in range(args.per_test)))
+        per_test = {
+            f"{name}, per test": ([many.name if a == "test_one.py" else a for a in argv], cwd)
+            for name, (argv, cwd) in plugin.items()
+            if name.endswith(("(plugin)", "-p no:app"))
+        }
         counts: dict[str, list[int]] = {}
         for name, (argv, cwd), environ, _ in plan:
             subprocess.run(argv, cwd=cwd, env=environ, capture_output=True, check=False)
             counts[name] = [instructions(argv, cwd, environ) for _ in range(args.runs)]
+        for name, (argv, cwd) in per_test.items():
+            one = name.removesuffix(", per test")
+            counts[name] = [
+                round((instructions(argv, cwd, env) - counts[one][run]) / (args.per_test - 1))
+                for run in range(args.runs)
+            ]
+        plan += [
+            (name, command, env, "pytest -p no:app, per test") for name, command in per_test.items()
+        ]
     finally:
         shutil.rmtree(work)
 
