@@ -264,6 +264,26 @@ def test_the_database_and_object_store_bounds_are_checked_settings(
     assert (config.s3_read_timeout_seconds, config.s3_connect_timeout_seconds) == (7.0, 10.0)
 
 
+def test_a_send_that_timed_out_is_reported_as_the_timeout_not_a_closed_connection() -> None:
+    """The test below, in a loaded CI run: the store stopped while a part of 8 MiB was on
+    its way, the socket's buffers filled, and the send timed out. urllib3 reports that as
+    a ProtocolError, botocore as "Connection was closed before we received a valid
+    response", and the refusal named neither the stop nor the timeout settings. These are
+    the exceptions urllib3 and botocore raise there, as they raise them."""
+    from botocore.exceptions import ConnectionClosedError
+    from urllib3.exceptions import ProtocolError
+
+    from app.remote.objects import _timed_out
+
+    def closed(cause: BaseException) -> ConnectionClosedError:
+        error = ProtocolError("Connection aborted.", cause)
+        return ConnectionClosedError(error=error, endpoint_url="http://127.0.0.1:1/b")
+
+    assert _timed_out(closed(TimeoutError("timed out")))
+    assert not _timed_out(closed(ConnectionResetError(104, "Connection reset by peer")))
+    assert not _timed_out(RuntimeError("timed out"))
+
+
 def test_an_object_store_stopped_mid_upload_ends_it_within_its_settings_and_reports_the_rest(
     tmp_path: Path, postgres_engine: PostgresEngine
 ) -> None:

@@ -374,6 +374,20 @@ def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+def _timed_out(error: Exception) -> bool:
+    """Whether botocore's "Connection was closed before we received a valid response" is a
+    timeout while the request's body was sent: urllib3 reports a socket timeout in a send
+    as a ``ProtocolError``, which botocore turns into ``ConnectionClosedError``. A store
+    stopped while a part of 8 MiB was on its way (the socket's buffers full) was reported
+    as a closed connection, not the timeout settings that ended the wait (a CI run)."""
+    from botocore.exceptions import ConnectionClosedError
+
+    if not isinstance(error, ConnectionClosedError):
+        return False
+    cause = error.kwargs.get("error")
+    return any(isinstance(part, TimeoutError) for part in getattr(cause, "args", ()))
+
+
 class ObjectStore:
     """One profile's objects: ``s3://bucket/prefix`` on an S3-compatible endpoint.
 
@@ -462,7 +476,7 @@ class ObjectStore:
             # of its own (AWS's 403 InvalidObjectState for an archived object, a 409, a 412;
             # red team 38: only some codes were named, the others passed through).
             return ObjectStoreUnavailableError(self.where, f"{code} (HTTP {status}): {error}")
-        if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)):
+        if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)) or _timed_out(error):
             # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
             return ObjectStoreUnavailableError(
                 self.where,
