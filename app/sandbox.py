@@ -1739,10 +1739,10 @@ def _end_entry() -> None:
     then). Only this process's descendants: no walk of all of /proc, so a run ends at the
     cost of one read per thread of each.
     """
-    pid = _proc_self()
-    started = _stat_fields(pid) if pid is not None else None
-    if pid is None or started is None:
+    own = _own_start()
+    if own is None:
         return
+    pid, started = own
     run = _in_process()
     if run is not None:
         _hand_on_descendants(run, pid)
@@ -1761,7 +1761,7 @@ def _end_entry() -> None:
             os.environ[SCRATCH_ENV] = run.scratch
         return
     with contextlib.suppress(OSError):
-        (RUNS_DIR / _entry_name(pid, started[1])).unlink()
+        _entry_at(RUNS_DIR, pid, started).unlink()
 
 
 def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> None:
@@ -1843,9 +1843,8 @@ _ANNOUNCED: list[Path] = []
 
 
 def _own_entry() -> Path | None:
-    pid = _proc_self()
-    started = _stat_fields(pid) if pid is not None else None
-    return RUNS_DIR / _entry_name(pid, started[1]) if pid is not None and started else None
+    own = _own_start()
+    return _entry_at(RUNS_DIR, *own) if own is not None else None
 
 
 def announce_start() -> None:
@@ -1944,8 +1943,9 @@ def restore_entry(run: Run) -> str | None:
     A test that cleans up ``/tmp/app-*``, or its run's entry, took the processes its run
     starts afterwards out of the run; one that rewrites the entry gave them another sandbox
     and other protected roots. The plugin calls this after each test: the test that did it
-    is named, and the next one runs guarded again. Two ``stat`` calls when nothing is wrong
-    (a read more for an entry only touched).
+    is named, and the next one runs guarded again. When nothing is wrong: an ``lstat`` of
+    the registry, an ``lstat`` and a ``stat`` of the entry, and a look for access control
+    lists on each (a read more for an entry only touched).
     """
     own = _own_start()
     if own is None:
