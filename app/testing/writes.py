@@ -773,11 +773,7 @@ def refuse(
     seen: _Seen = {}
     found = [*targets(config, options, now=True), *_import_path_targets()]
     found = list(dict.fromkeys([*found, *(_end_targets(config) if at_configure else [])]))
-    for target in found:
-        finding = _finding(target, roots, seen)
-        if finding is None:
-            continue
-        where, fix = finding
+    for target, (where, fix) in _findings(found, roots, seen):
         does = target.does.format(path=target.path)
         _prevent(found, roots, seen)
         raise pytest.UsageError(
@@ -819,6 +815,25 @@ def _prevent(found: list[Target], roots: dict[str, Path], seen: _Seen) -> None:
     for other in found:
         if other.prevent is not None and _conflict(other, roots, seen) is not None:
             other.prevent()
+
+
+def _findings(
+    found: list[Target], roots: dict[str, Path], seen: _Seen
+) -> Iterator[tuple[Target, tuple[str, str]]]:
+    """Each target of `found` that leads into a data root, with its finding (`_finding`).
+
+    A path is looked at once a pass: a check reads some 140 targets but only about 30 paths
+    (most option and ini values, ``auto`` or ``no``, read as names in the current directory,
+    under several options each), and whether one leads into a data root depends on its path
+    and on whether pytest deletes it, nothing else."""
+    clean: set[tuple[Path, bool]] = set()
+    for target in found:
+        if (key := (target.path, target.deletes)) in clean:
+            continue
+        if (finding := _finding(target, roots, seen)) is None:
+            clean.add(key)
+        else:
+            yield target, finding
 
 
 def _finding(target: Target, roots: dict[str, Path], seen: _Seen) -> tuple[str, str] | None:
@@ -929,17 +944,16 @@ def refuse_at_end(config: pytest.Config, roots: dict[str, Path], why: str = "") 
     __tracebackhide__ = True
     seen: _Seen = {}
     found = list(dict.fromkeys([*targets(config, config.option), *_end_targets(config)]))
-    first = [(t, f) for t in found if (f := _finding(t, roots, seen)) is not None]
-    if not first:
+    first = next(_findings(found, roots, seen), None)
+    if first is None:
         return None
-    target, (where, _fix) = first[0]
+    target, (where, _fix) = first
     does = target.does.format(path=target.path)
     removed = _unplant(found, roots, seen)
     seen = {}
     found = list(dict.fromkeys([*targets(config, config.option), *_end_targets(config)]))
-    left = [(t, f) for t in found if (f := _finding(t, roots, seen)) is not None]
-    if left:
-        target, (where, _fix) = left[0]
+    if (left := next(_findings(found, roots, seen), None)) is not None:
+        target, (where, _fix) = left
         _prevent(found, roots, seen)
         pytest.exit(
             "app: stopping before pytest writes its results: "
