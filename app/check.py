@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
-    STAMP_FILE,
     NotRegularFileError,
     fsync_dir,
+    link_remedy,
     read_regular,
     tmp_in_flight,
 )
 from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
-from app.lock import LOCK_FILE, special_kind
+from app.lock import special_kind
 from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -529,21 +529,7 @@ class Checker:
         return False
 
     def _link_fix(self, link: Path, otherwise: str) -> str:
-        """What a human does about a directory of the root's made a symbolic link: move what
-        it leads to back in its place, unless that lies in a data root (this one or another:
-        a link a test planted into production's), whose data must never be moved."""
-        target = link.readlink()
-        inside = _data_root_of(link.parent / target)
-        if inside is not None:
-            return (
-                f"nothing: left for a human (it leads into the data root {inside}, whose data "
-                f"must stay there: remove the link, `rm {link}`, and {otherwise})"
-            )
-        return (
-            "nothing: left for a human (if it leads to the directory, moved out of the data "
-            f"root, move that back in its place: `rm {link} && mv {target} {link}`, with no "
-            f"server on the root; else {otherwise})"
-        )
+        return f"nothing: left for a human ({link_remedy(link, otherwise)})"
 
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
         """``session.json``, or None (reported) for a session the checks must leave alone."""
@@ -827,19 +813,6 @@ def _not_a_directory(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return None
     return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
-
-
-def _data_root_of(path: Path) -> Path | None:
-    """The data root ``path`` lies in (a directory up its resolved path with a profile stamp
-    or a lock file), if any."""
-    try:
-        here = path.resolve()
-    except (OSError, RuntimeError):
-        return None
-    for directory in (here, *here.parents):
-        if any(os.path.lexists(directory / name) for name in (LOCK_FILE, STAMP_FILE)):
-            return directory
-    return None
 
 
 def _not_regular_fix(blob: Path) -> str:

@@ -92,6 +92,7 @@ __all__ = [
     "fsync",
     "fsync_dir",
     "json_bytes",
+    "link_remedy",
     "mount_point_at",
     "mounts_inside",
     "open_root",
@@ -170,6 +171,37 @@ def read_regular(path: Path | str) -> bytes:
         raise
     finally:
         os.close(fd)
+
+
+def data_root_of(path: Path) -> Path | None:
+    """The data root ``path`` lies in (a directory up its resolved path with a profile stamp
+    or a lock file), if any."""
+    try:
+        here = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    for directory in (here, *here.parents):
+        if any(os.path.lexists(directory / name) for name in (LOCK_FILE, STAMP_FILE)):
+            return directory
+    return None
+
+
+def link_remedy(link: Path, otherwise: str) -> str:
+    """What a human does about a directory of a root's made a symbolic link (moved to another
+    disk and linked back): move what it leads to back in its place, unless that lies in a data
+    root (this one or another: a link a test planted into production's), whose data must
+    never be moved; ``otherwise``: what to do if it does not lead to the directory."""
+    target = link.readlink()
+    inside = data_root_of(link.parent / target)
+    if inside is not None:
+        return (
+            f"it leads into the data root {inside}, whose data must stay there: remove the "
+            f"link, `rm {link}`, and {otherwise}"
+        )
+    return (
+        "if it leads to the directory, moved out of the data root, move that back in its "
+        f"place: `rm {link} && mv {target} {link}`, with no server on the root; else {otherwise}"
+    )
 
 
 # --- fsync, and what one failure means for the rest of the process --------------------

@@ -1041,6 +1041,36 @@ class NotInTrashError(SessionNotFoundError):
         )
 
 
+class TrashEntryLinkedError(StoreError):
+    """A trash entry that may hold the newest copy to restore is a symbolic link (moved out of
+    the data root and linked back), which the app never follows: restoring the copy before it
+    would answer with an older version as if it were the one deleted."""
+
+    exit_code = EX_DATAERR
+    code = "trash_entry_linked"
+    http_status = 500
+
+    session_id: str
+    file: str | None
+    entry: str
+    """The link's path."""
+    remedy: str
+    """What puts the entry back (`app.dataroot.link_remedy`)."""
+
+    @property
+    def message(self) -> str:
+        what = f"session {self.session_id}" if self.file is None else (
+            f"file {self.file!r} of session {self.session_id}"
+        )
+        return (
+            f"cannot restore {what}: trash entry {self.entry} may hold its newest copy, and "
+            "is a symbolic link where a trash entry belongs (moved out of the data root and "
+            "linked back): the app never follows one, and the copy before it is not the "
+            f"version that was deleted; nothing was changed. {self.remedy[0].upper()}"
+            f"{self.remedy[1:]}; `app data check` names it too"
+        )
+
+
 class TrashCopyLostError(StoreError):
     """The newest copy of a file in the trash has lost its bytes (removed from outside the
     app): a restore would bring back an older version as if it were the one deleted."""
