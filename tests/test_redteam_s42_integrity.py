@@ -1,0 +1,96 @@
+"""Red team 42 on integrity: what a restore answers, and what a listing shows, of a trash
+moved about by hand.
+
+Real commands on real files. What broke:
+
+- A trash entry moved out of the data root and linked back (to free space, as red team 41's
+  session directories). The app never follows the link, rightly, but left it out of the trash
+  altogether: ``app sessions list --trash`` said "the trash is empty" of a session deleted a
+  moment before, and ``app sessions restore --file`` of a file replaced and then deleted
+  brought back the version *before* the replace, said "restored", as if it were the one
+  deleted (and ``empty-trash`` later took the link's copy's only sibling). Such an entry is
+  now listed (reason ``linked``), with a warning naming the link, where it leads and the ``rm
+  && mv`` that puts it back; a restore that it may hold the newest copy of is refused
+  (``trash_entry_linked``, exit 65, nothing changed) naming the same; done, the restore brings
+  back the version deleted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from test_server_e2e import app_env, run_app
+
+from app.config import Config
+from app.storage import open_storage
+
+
+def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_older_copy(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        kept = store.create_session("kept")["id"]
+        gone = store.create_session("gone")["id"]
+        store.put_file(kept, "report.txt", b"version 1")
+        store.put_file(kept, "report.txt", b"version 2", replace=True)  # version 1: trash
+        newest = store.delete_file(kept, "report.txt").path  # version 2 to the trash
+        whole = store.delete_session(gone).path
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    moved = []
+    for entry in (newest, whole):
+        shutil.move(entry, elsewhere / entry.name)
+        entry.symlink_to(elsewhere / entry.name)
+        moved.append((entry, elsewhere / entry.name))
+
+    listed = run_app("sessions", "list", "--trash", env=env)
+    assert listed.returncode == 0, listed.stderr
+    # Both were left out: the session's delete was "the trash is empty" on its own.
+    assert "the trash is empty" not in listed.stdout
+    for entry, target in moved:
+        assert f"warning: trash entry {entry} is a symbolic link (to {target})" in listed.stderr
+        assert f"`rm {entry} && mv {target} {entry}`" in listed.stderr, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert sorted((row[0], row[3], row[4]) for row in rows) == sorted(
+        [(kept, "replace", "file"), (kept, "linked", "file"), (gone, "linked", "session")]
+    ), listed.stdout
+
+    # The restore brought back version 1, the one replaced, as if it were the one deleted.
+    for args, entry, target in (
+        (("--file", "report.txt"), *moved[0]),
+        ((), *moved[1]),
+    ):
+        session = kept if args else gone
+        before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+        refused = run_app("sessions", "restore", session, *args, env=env)
+        assert refused.returncode == 65, refused.stdout + refused.stderr
+        what = f"file 'report.txt' of session {kept}" if args else f"session {gone}"
+        assert (
+            f"cannot restore {what}: trash entry {entry} may hold its newest copy, and is a "
+            "symbolic link where a trash entry belongs"
+        ) in refused.stderr, refused.stderr
+        assert "nothing was changed" in refused.stderr
+        assert f"`rm {entry} && mv {target} {entry}`" in refused.stderr
+        assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+
+    # empty-trash leaves the links and what they lead to (never followed out of the trash).
+    emptied = run_app("data", "empty-trash", env=env)
+    assert emptied.returncode == 0, emptied.stdout + emptied.stderr
+    assert "removed 1 trash entry" in emptied.stdout, emptied.stdout
+    for entry, target in moved:
+        assert entry.is_symlink() and target.is_dir()
+    for entry, target in moved:
+        remedy = f"rm {entry} && mv {target} {entry}"
+        subprocess.run(["sh", "-c", remedy], check=True)
+    for args, session in ((("--file", "report.txt"), kept), ((), gone)):
+        restored = run_app("sessions", "restore", session, *args, env=env)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(kept, "report.txt")[0].read_bytes() == b"version 2"
+        assert store.get_session(gone)["title"] == "gone"
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
