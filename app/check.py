@@ -375,13 +375,28 @@ class Checker:
                 "nothing: left for a human (its data is kept)",
             )
 
+    def _linked_session_copy(self, held: Path) -> bool:
+        """Whether a session entry's copy of the session is a symbolic link (reported)."""
+        if not held.is_symlink():
+            return False
+        # Moved to another disk and linked back: read as clean, and a restore moved the link
+        # into sessions/ and answered "no session" (red team 42).
+        self.unrepaired(
+            "session-unreadable",
+            held,
+            f"a symbolic link (to {held.readlink()}) where a trash entry keeps its session's "
+            "directory: the app never follows one, so the session is not restored",
+            self._link_fix(held, "leave it"),
+        )
+        return True
+
     def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
         """Whether a trash entry holds its data; repairs a half one. False: done with it."""
         path = entry.path
         session_dir = self.store.sessions_dir / entry.session_id
         if entry.kind == "session":
             if TRASHED_SESSION in contents:
-                return True
+                return not self._linked_session_copy(path / TRASHED_SESSION)
             if self.found(
                 "trash-manifest-only",
                 path,

@@ -1042,9 +1042,9 @@ class NotInTrashError(SessionNotFoundError):
 
 
 class TrashEntryLinkedError(StoreError):
-    """A trash entry that may hold the newest copy to restore is a symbolic link (moved out of
-    the data root and linked back), which the app never follows: restoring the copy before it
-    would answer with an older version as if it were the one deleted."""
+    """The newest copy to restore may lie behind a symbolic link in the trash (a trash entry,
+    or the session's directory in one, moved out of the data root and linked back), which the
+    app never follows: the copy before it is not the version that was deleted."""
 
     exit_code = EX_DATAERR
     code = "trash_entry_linked"
@@ -1053,20 +1053,22 @@ class TrashEntryLinkedError(StoreError):
     session_id: str
     file: str | None
     entry: str
-    """The link's path."""
+    """The trash entry's name."""
+    link: str
+    """The symbolic link's path (the entry, or the session's directory in it)."""
     remedy: str
-    """What puts the entry back (`app.dataroot.link_remedy`)."""
+    """What puts it back (`app.dataroot.link_remedy`)."""
 
     @property
     def message(self) -> str:
-        what = f"session {self.session_id}" if self.file is None else (
-            f"file {self.file!r} of session {self.session_id}"
-        )
+        what = f"session {self.session_id}"
+        if self.file is not None:
+            what = f"file {self.file!r} of {what}"
         return (
-            f"cannot restore {what}: trash entry {self.entry} may hold its newest copy, and "
-            "is a symbolic link where a trash entry belongs (moved out of the data root and "
-            "linked back): the app never follows one, and the copy before it is not the "
-            f"version that was deleted; nothing was changed. {self.remedy[0].upper()}"
+            f"cannot restore {what}: its newest copy in the trash, entry {self.entry}, is "
+            f"behind a symbolic link, {self.link} (moved out of the data root and linked "
+            "back), which the app never follows, and the copy before it is not the version "
+            f"that was deleted; nothing was changed. {self.remedy[0].upper()}"
             f"{self.remedy[1:]}; `app data check` names it too"
         )
 

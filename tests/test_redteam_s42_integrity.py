@@ -70,8 +70,8 @@ def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_ol
         assert refused.returncode == 65, refused.stdout + refused.stderr
         what = f"file 'report.txt' of session {kept}" if args else f"session {gone}"
         assert (
-            f"cannot restore {what}: trash entry {entry} may hold its newest copy, and is a "
-            "symbolic link where a trash entry belongs"
+            f"cannot restore {what}: its newest copy in the trash, entry {entry.name}, is "
+            f"behind a symbolic link, {entry} (moved out of the data root"
         ) in refused.stderr, refused.stderr
         assert "nothing was changed" in refused.stderr
         assert f"`rm {entry} && mv {target} {entry}`" in refused.stderr
@@ -94,3 +94,42 @@ def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_ol
         assert store.get_session(gone)["title"] == "gone"
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored_as_a_link(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("gone")["id"]
+        store.put_file(session, "a.txt", b"kept")
+        entry = store.delete_session(session).path
+    held, elsewhere = entry / "session", tmp_path / "other-disk" / "session"
+    elsewhere.parent.mkdir()
+    shutil.move(held, elsewhere)
+    held.symlink_to(elsewhere)
+    remedy = f"`rm {held} && mv {elsewhere} {held}`"
+    # `check` called it clean; the restore moved the link into sessions/ (audited), and said
+    # "no session ... in sessions" (66) of a restore it had made.
+    checked = run_app("data", "check", "--repair", env=env)
+    assert checked.returncode == 65, checked.stdout + checked.stderr
+    assert (
+        f"session-unreadable  .trash/{entry.name}/session: a symbolic link (to {elsewhere}) "
+        "where a trash entry keeps its session's directory"
+    ) in checked.stdout, checked.stdout
+    assert remedy in checked.stdout
+    refused = run_app("sessions", "restore", session, env=env)
+    assert refused.returncode == 65, refused.stdout + refused.stderr
+    assert (
+        f"cannot restore session {session}: its newest copy in the trash, entry {entry.name}, "
+        f"is behind a symbolic link, {held}"
+    ) in refused.stderr, refused.stderr
+    assert remedy in refused.stderr
+    assert not (root / "sessions" / session).exists() and held.is_symlink()
+    assert "restore-session" not in (root / "audit.jsonl").read_text()
+    subprocess.run(["sh", "-c", remedy.strip("`")], check=True)
+    restored = run_app("sessions", "restore", session, env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"kept"

@@ -248,7 +248,7 @@ class Trash:
                 # restore said "no such file in the trash" of a file deleted a moment before,
                 # or brought back an older copy (red team 42).
                 raise TrashEntryLinkedError(
-                    session_id, file, str(entry.path), linked_entry_remedy(entry.path)
+                    session_id, file, name, str(entry.path), linked_entry_remedy(entry.path)
                 )
             if entry.reason == UNREADABLE:
                 # It may hold what is asked for, newer than any entry below: restoring an
@@ -256,7 +256,13 @@ class Trash:
                 what = f"session {session_id}" if file is None else f"file {file!r}"
                 entry = self._read_again(name, what)
             if file is None:
-                if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
+                held = entry.path / TRASHED_SESSION
+                if entry.kind == "session" and held.is_symlink():
+                    # Moved back, the link was said "no session in sessions" (red team 42).
+                    raise TrashEntryLinkedError(
+                        session_id, None, name, str(held), linked_entry_remedy(held)
+                    )
+                if entry.kind == "session" and held.is_dir():
                     return entry
             elif entry.kind == "file" and entry.file == file:
                 damage = _not_bytes(entry.path / bytes_in_entry(file))

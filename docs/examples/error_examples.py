@@ -163,6 +163,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.TrashEntryLinkedError(
         "3f2a9c",
         "report.pdf",
+        "20261204T101500000000Z-3f2a9c-file-5967e864",
         "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864",
         "if it leads to the directory, moved out of the data root, move that back in its "
         "place: `rm /srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864 && mv "
