@@ -35,7 +35,12 @@ from app.dataroot import (
     read_regular,
     tmp_in_flight,
 )
-from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
+from app.errors import (
+    InvalidNameError,
+    SessionNotFoundError,
+    UnreadableSessionError,
+    shell_word,
+)
 from app.lock import special_kind
 from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
@@ -836,8 +841,8 @@ def _not_regular_fix(blob: Path) -> str:
         return (
             "nothing: left for a human (the app never follows a link; if it leads to the "
             f"file's bytes, put them in its place: `cp --remove-destination \"$(readlink -f "
-            f'{blob})" {blob}`, after checking that their `sha256sum` is the one acknowledged; '
-            "else put them back from a backup, or upload the file again)"
+            f'{shell_word(blob)})" {shell_word(blob)}`, after checking that their `sha256sum` is '
+            "the one acknowledged; else put them back from a backup, or upload the file again)"
         )
     return (
         "nothing: left for a human (move it away and put the bytes back from a backup, whose "

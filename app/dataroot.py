@@ -56,6 +56,7 @@ from app.errors import (
     LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
+    shell_word,
 )
 from app.lock import (
     LOCK_FILE,
@@ -196,11 +197,12 @@ def link_remedy(link: Path, otherwise: str) -> str:
     if inside is not None:
         return (
             f"it leads into the data root {inside}, whose data must stay there: remove the "
-            f"link, `rm {link}`, and {otherwise}"
+            f"link, `rm {shell_word(link)}`, and {otherwise}"
         )
     return (
         "if it leads to the directory, moved out of the data root, move that back in its "
-        f"place: `rm {link} && mv {target} {link}`, with no server on the root; else {otherwise}"
+        f"place: `rm {shell_word(link)} && mv {shell_word(target)} {shell_word(link)}`, with "
+        f"no server on the root; else {otherwise}"
     )
 
 
@@ -1771,8 +1773,9 @@ class RootStatus:
             # A hard-link copy of a live root: its holder is the other root's (red team 41).
             said += (
                 f", for data root {other}, not this one: this root's {LOCK_FILE} is a hard "
-                f"link of that root's. Leave that process running, and `rm {self.probe.path}` "
-                "before this root is opened (the app makes a new one)"
+                "link of that root's. Leave that process running, and "
+                f"`rm {shell_word(self.probe.path)}` before this root is opened (the app "
+                "makes a new one)"
             )
         return said
 

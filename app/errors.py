@@ -239,6 +239,18 @@ class SettingsNameError(ConfigError):
         )
 
 
+def shell_word(value: str | os.PathLike[str]) -> str:
+    """``value`` as one word of a POSIX shell command a message tells a human to run.
+
+    A path with a space cut in two: a data root under ``/srv/my data`` was told to run
+    ``rm /srv/my data/.trash/<entry> && mv ...``, whose ``rm`` took the link out of the trash
+    and whose ``mv`` then failed, the entry's data left where nothing names it (red team 42).
+    """
+    import shlex  # here: only a refusal pays for it
+
+    return shlex.quote(os.fspath(value))
+
+
 def plain_name(name: str) -> bool:
     """Whether `name` is a plain profile name: ASCII letters, digits, ``-`` and ``_``."""
     return bool(name) and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)

@@ -17,12 +17,16 @@ Real commands on real files. What broke:
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+from redteam_s19_http import blob_of
 from test_server_e2e import app_env, run_app
 
+from app import config as appconfig
 from app.config import Config
 from app.storage import open_storage
 
@@ -133,3 +137,42 @@ def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored
     assert restored.returncode == 0, restored.stdout + restored.stderr
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"kept"
+
+
+def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `rm <link> && mv <target> <link>` unquoted: under "my data" the rm took the link out of
+    # the trash and the mv failed, the entry's data left where nothing names it.
+    root = tmp_path / "my data" / "app-data"
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    config = appconfig.load("testing")
+    env = app_env(root)
+    with open_storage(config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("spaced")["id"]
+        store.put_file(session, "linked.txt", b"linked")
+        store.put_file(session, "deleted.txt", b"deleted")
+        entry = store.delete_file(session, "deleted.txt").path
+    elsewhere = tmp_path / "other disk"
+    elsewhere.mkdir()
+    blob = blob_of(root, session, "linked.txt")
+    for moved in (blob, entry):
+        shutil.move(moved, elsewhere / moved.name)
+        moved.symlink_to(elsewhere / moved.name)
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 65, checked.stdout + checked.stderr
+    commands = re.findall(r"`((?:rm|cp) [^`]*)`", checked.stdout)
+    assert len(commands) == 2, checked.stdout
+    refused = run_app("sessions", "restore", session, "--file", "deleted.txt", env=env)
+    assert refused.returncode == 65, refused.stdout + refused.stderr
+    [put_back] = re.findall(r"`(rm [^`]*)`", refused.stderr)
+    assert put_back in commands, refused.stderr
+    for command in commands:
+        subprocess.run(["sh", "-c", command], check=True)
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    restored = run_app("sessions", "restore", session, "--file", "deleted.txt", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    with open_storage(config, writer=True, kind="tests", wanted="look") as store:
+        for name in ("linked.txt", "deleted.txt"):
+            assert store.file_path(session, name)[0].read_bytes() == name.split(".")[0].encode()
