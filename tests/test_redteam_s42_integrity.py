@@ -17,6 +17,8 @@ Real commands on real files. What broke:
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from redteam_s19_http import blob_of
-from test_server_e2e import app_env, run_app
+from test_server_e2e import Server, app_env, run_app
 
 from app import config as appconfig
 from app.config import Config
@@ -176,3 +178,43 @@ def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_s
     with open_storage(config, writer=True, kind="tests", wanted="look") as store:
         for name in ("linked.txt", "deleted.txt"):
             assert store.file_path(session, name)[0].read_bytes() == name.split(".")[0].encode()
+
+
+def test_a_range_download_keeps_its_version_while_the_file_is_replaced_deleted_and_emptied(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # Held: each download streams the bytes its ETag names, begun before the change.
+    server = Server(app_env(app_config.data_root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            session = http.post("/sessions", json={"title": "streamed"}).json()["id"]
+            url = f"/sessions/{session}/files/big.bin"
+            for change in ("replace", "delete", "empty-trash", "delete-session"):
+                body = os.urandom(8 << 20)
+                assert http.put(url, content=body).status_code in (200, 201)
+                if change == "empty-trash":
+                    assert http.delete(url).status_code == 200
+                    assert http.put(url, content=body).status_code == 201
+                headers = {"Range": "bytes=1000-7999999"}
+                with http.stream("GET", url, headers=headers) as answer:
+                    chunks = answer.iter_raw(1 << 16)
+                    got = next(chunks)
+                    if change == "replace":
+                        changed = http.put(url, content=b"new")
+                    elif change == "delete":
+                        changed = http.delete(url)
+                    elif change == "empty-trash":
+                        changed = http.delete(url)
+                        assert changed.status_code == 200
+                        changed = http.post("/trash/empty")
+                    else:
+                        changed = http.delete(f"/sessions/{session}")
+                    assert changed.status_code == 200, (change, changed.text)
+                    got += b"".join(chunks)
+                assert answer.status_code == 206
+                assert answer.headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+                assert got == body[1000:8000000], change
+                if change == "delete-session":
+                    break
+    finally:
+        server.stop()
