@@ -141,6 +141,30 @@ def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"kept"
 
 
+def test_a_purge_names_a_session_directory_linked_back_that_it_leaves(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        linked, plain = (store.create_session(t)["id"] for t in ("linked", "plain"))
+    directory, elsewhere = root / "sessions" / linked, tmp_path / "other-disk" / linked
+    elsewhere.parent.mkdir()
+    shutil.move(directory, elsewhere)
+    directory.symlink_to(elsewhere)
+    purged = run_app("data", "purge", env=app_env(root))
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    # It said "moved 1 session(s)" of a profile that held two, and nothing of the other.
+    assert "moved 1 session(s)" in purged.stdout
+    assert (
+        f"purge left {directory} where it is: a symbolic link (to {elsewhere}) where a "
+        "session's directory belongs"
+    ) in purged.stderr, purged.stderr
+    assert f"`rm {directory} && mv {elsewhere} {directory}`" in purged.stderr
+    assert directory.is_symlink() and (elsewhere / "session.json").is_file()
+    [line] = (root / "audit.jsonl").read_text().splitlines()[-1:]
+    assert f'"left": ["{linked}"]' in line and plain in line, line
+
+
 def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
