@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
+    SESSIONS_DIR,
+    TMP_DIR,
+    TRASH_DIR,
     NotRegularFileError,
     fsync_dir,
     link_remedy,
@@ -97,6 +100,7 @@ class Checker:
         )
 
     def run(self) -> None:
+        self.check_layout()
         self.check_tmp()
         self.check_staging()
         self.check_trash()
@@ -105,6 +109,21 @@ class Checker:
                 if self.repair and not (self.store.sessions_dir / session_id).is_dir():
                     continue  # deleted meanwhile (read again under the lock)
                 self.check_session(session_id)
+
+    def check_layout(self) -> None:
+        """The root's own directories made symbolic links: read through here, said "clean",
+        while every writer refuses the root (`data_root_state`; red team 42)."""
+        for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+            path = self.root.path / name
+            if path.is_symlink():
+                self.unrepaired(
+                    "unknown-entry",
+                    path,
+                    f"a symbolic link (to {path.readlink()}) where the data root keeps its own "
+                    "directory: read through it here, but every writer (a server's start-up, "
+                    "a restore, a purge, `check --repair`) refuses to open the root",
+                    self._link_fix(path, "remove the link and let the app create the directory"),
+                )
 
     def locked(self, session_id: str | None) -> contextlib.AbstractContextManager[object]:
         """For a repair, the session's lock, which every change of the session takes.

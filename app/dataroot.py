@@ -618,16 +618,22 @@ def _layout_dir(root: Path, name: str) -> Path:
         path.mkdir(mode=DIR_MODE)
     except FileExistsError:
         mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-            what = (
-                f"is a symbolic link (to {path.readlink()})"
-                if stat.S_ISLNK(mode)
-                else "is not a directory"
-            )
+        if stat.S_ISLNK(mode):
+            # "Move it away and let the app create the directory", said of sessions/ or
+            # .trash/ moved to another disk and linked back, served an empty profile, or
+            # an empty trash, the deleted data left where nothing names it (red team 42).
             raise DataRootStateError(
                 root,
-                f"{path} {what}; the app's own directories must be real directories inside "
-                "the data root, or its writes and clean-ups could reach outside it",
+                f"{path} is a symbolic link (to {path.readlink()}); the app's own directories "
+                "must be real directories inside the data root, or its writes and clean-ups "
+                "could reach outside it",
+                link_remedy(path, "remove the link and let the app create the directory"),
+            ) from None
+        if not stat.S_ISDIR(mode):
+            raise DataRootStateError(
+                root,
+                f"{path} is not a directory; the app's own directories must be real "
+                "directories inside the data root",
                 "move it away and let the app create the directory",
             ) from None
     return path

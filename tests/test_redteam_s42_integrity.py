@@ -165,6 +165,41 @@ def test_a_purge_names_a_session_directory_linked_back_that_it_leaves(
     assert f'"left": ["{linked}"]' in line and plain in line, line
 
 
+def test_the_roots_own_directories_linked_back_are_put_back_never_made_again_empty(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("kept")["id"]
+        store.put_file(session, "a.txt", b"deleted")
+        store.delete_file(session, "a.txt")
+    (tmp_path / "other-disk").mkdir()
+    moves = []
+    for name in ("sessions", ".trash"):
+        elsewhere = tmp_path / "other-disk" / name
+        shutil.move(root / name, elsewhere)
+        (root / name).symlink_to(elsewhere)
+        moves.append((root / name, elsewhere))
+    # `check` said "clean"; every writer said "move it away and let the app create the
+    # directory": an empty sessions/ (every session gone from the API) and an empty trash.
+    checked = run_app("data", "check", env=env)
+    refused = run_app("data", "check", "--repair", env=env)
+    assert (checked.returncode, refused.returncode) == (65, 78), checked.stdout + refused.stderr
+    assert "move it away and let the app create" not in refused.stderr
+    for link, elsewhere in moves:
+        remedy = f"`rm {link} && mv {elsewhere} {link}`"
+        assert f"unknown-entry  {link.name}: a symbolic link (to {elsewhere})" in checked.stdout
+        assert remedy in checked.stdout, checked.stdout
+        if link.name == "sessions":  # the first the open meets
+            assert f"{link} is a symbolic link (to {elsewhere})" in refused.stderr
+            assert remedy in refused.stderr, refused.stderr
+        subprocess.run(["sh", "-c", remedy.strip("`")], check=True)
+    restored = run_app("sessions", "restore", session, "--file", "a.txt", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert run_app("data", "check", env=env).returncode == 0
+
+
 def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
