@@ -1021,6 +1021,23 @@ def filesystem_type(path: Path) -> str | None:
     return None
 
 
+def _unmount_keeping(mount: Path) -> str:
+    """How to take a mount out of a root without losing what it holds.
+
+    "Unmount it" alone, said of a ``.trash/`` on a tmpfs or a ``sessions/`` on a disk of its
+    own that held the data, destroyed every deleted version (a tmpfs's files go with it) or
+    served an empty profile (a disk's are hidden), no ``empty-trash`` run (red team 42).
+    """
+    copy = mount.with_name(f"{mount.name}.copy")
+    m, c = shell_word(mount), shell_word(copy)
+    return (
+        "copy what it holds onto the data root's own filesystem before you unmount it (a "
+        "tmpfs's files are gone once it is unmounted, a disk's are hidden): with no server "
+        f"on the root, `cp -a {m} {c} && umount {m} && rmdir {m} && mv {c} {m}` (`rmdir` "
+        "stops it if files lie under the mount point: look at them first)"
+    )
+
+
 def _refuse_mounts_inside(config: Config, root: Path) -> None:
     # The app moves data between sessions/, .trash/ and .tmp/ by rename, which the kernel
     # refuses across mount points (EXDEV), even two of one filesystem. With .trash/ on a
@@ -1040,7 +1057,7 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
             f"a filesystem is mounted inside it ({shown}); the app moves sessions, files and "
             "trash entries within the root by rename, which cannot cross a mount point "
             "(EXDEV), so deletes and replaces would fail or leave their bytes behind",
-            f"unmount it (`umount {mounts[0]}`) and keep the whole data root on one "
+            f"{_unmount_keeping(mounts[0])}, and keep the whole data root on one "
             f"filesystem; to keep the data elsewhere, point data_root of profile "
             f"{config.profile!r} there (`app config` shows where it is set)",
         )

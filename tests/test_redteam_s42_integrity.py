@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,53 @@ def test_a_range_download_keeps_its_version_while_the_file_is_replaced_deleted_a
                     break
     finally:
         server.stop()
+
+
+_UNSHARED = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c"]
+_MOUNTED_TRASH = """
+import re, subprocess, sys
+from pathlib import Path
+from app.config import load
+from app.errors import DataRootStateError
+from app.storage import open_storage
+
+trash, kept = Path(sys.argv[1]), Path(sys.argv[2])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(trash)], check=True)
+subprocess.run(["cp", "-a", f"{kept}/.", str(trash)], check=True)  # the trash lived there
+try:
+    open_storage(load(), writer=True, kind="tests", wanted="open it").close()
+except DataRootStateError as error:
+    print(error)
+    [command] = re.findall(r"`(cp -a [^`]*)`", str(error))
+    subprocess.run(["sh", "-c", command], check=True)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="mounting a filesystem takes root and unshare(1)",
+)
+def test_a_trash_on_a_tmpfs_is_refused_with_a_remedy_that_keeps_what_it_holds(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("kept")["id"]
+        store.put_file(session, "a.txt", b"deleted")
+        store.delete_file(session, "a.txt")
+    kept = tmp_path / "trash-before"
+    shutil.move(root / ".trash", kept)
+    (root / ".trash").mkdir()
+    # "unmount it (`umount <root>/.trash`)": a tmpfs's files go with it, every deleted version
+    # lost for good with no `empty-trash` run.
+    child = subprocess.run(
+        [*_UNSHARED, _MOUNTED_TRASH, str(root / ".trash"), str(kept)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert "a filesystem is mounted inside it" in child.stdout, child.stdout
+    restored = run_app("sessions", "restore", session, "--file", "a.txt", env=app_env(root))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert not (root / ".trash.copy").exists()
