@@ -1275,6 +1275,50 @@ class BadRequestError(StoreError):
     template = "{problem}"
 
 
+class RestoreOverwriteError(StoreError):
+    """A restore refused because the session, or the file, exists again.
+
+    It said "Delete the current one first": done, the restore brought back the one just
+    deleted, the newest copy in the trash, and said "restored" (red team 42).
+    """
+
+    code = "bad_request"
+    http_status = 400
+
+    session_id: str
+    file: str | None
+    copy: str | None = None
+    """Where the copy's data lies (a data root's trash entry), if the store can say."""
+
+    @property
+    def message(self) -> str:
+        what = f"session {self.session_id!r}"
+        if self.file is None:
+            refused = f"{what} exists again; refusing to overwrite it with its copy in the trash"
+        else:
+            refused = (
+                f"{what} has a file {self.file!r} again; refusing to overwrite it with its "
+                "copy in the trash"
+            )
+        where = "" if self.copy is None else f" (at {self.copy})"
+        if self.file is None:
+            have = (
+                f"Its files are in that copy{where}: upload those you need into a session "
+                "(a new one, or this one under other names)"
+            )
+        else:
+            have = (
+                f"To have that copy back, upload its bytes{where} with a PUT of the file (the "
+                "current version then goes to the trash, restorable), or beside it under "
+                "another name"
+            )
+        return (
+            f"{refused}. Deleting the current one first would not bring it back: a restore "
+            "brings back the newest copy in the trash, which the current one would then be. "
+            f"{have}"
+        )
+
+
 class FileExistsInSessionError(StoreError):
     """A file of that name already exists and the request did not ask to replace it."""
 

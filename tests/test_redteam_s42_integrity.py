@@ -201,6 +201,32 @@ def test_the_roots_own_directories_linked_back_are_put_back_never_made_again_emp
     assert run_app("data", "check", env=env).returncode == 0
 
 
+def test_a_restore_over_a_file_uploaded_again_says_how_to_have_the_copy_back(
+    app_config: Config,
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("again")["id"]
+        store.put_file(session, "f.txt", b"old, deleted")
+        copy = store.delete_file(session, "f.txt").path / "f.txt"
+        store.put_file(session, "f.txt", b"new")
+    refused = run_app("sessions", "restore", session, "--file", "f.txt", env=env)
+    assert refused.returncode == 65, refused.stdout + refused.stderr
+    # It said "Delete the current one first": done, the restore brought back "new", the
+    # newest copy in the trash, and said "restored".
+    assert "Delete the current one first" not in refused.stderr
+    assert (
+        f"session {session!r} has a file 'f.txt' again; refusing to overwrite it with its copy "
+        "in the trash. Deleting the current one first would not bring it back"
+    ) in refused.stderr, refused.stderr
+    assert f"upload its bytes (at {copy}) with a PUT of the file" in refused.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="follow") as store:
+        store.put_file(session, "f.txt", copy.read_bytes(), replace=True)
+        assert store.file_path(session, "f.txt")[0].read_bytes() == b"old, deleted"
+        assert [e.reason for e in store.list_trash()] == ["delete", "replace"]
+
+
 def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

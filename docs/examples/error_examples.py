@@ -160,6 +160,11 @@ EXAMPLES: list[errors.AppError] = [
     errors.TrashCopyLostError(
         "3f2a9c", "report.pdf", "20261204T101500000000Z-3f2a9c-file-5967e864"
     ),
+    errors.RestoreOverwriteError(
+        "3f2a9c",
+        "report.pdf",
+        "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864/report.pdf",
+    ),
     errors.TrashEntryLinkedError(
         "3f2a9c",
         "report.pdf",
