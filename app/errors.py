@@ -1275,16 +1275,14 @@ class BadRequestError(StoreError):
     template = "{problem}"
 
 
-class RestoreOverwriteError(StoreError):
+class RestoreOverwriteError(BadRequestError):
     """A restore refused because the session, or the file, exists again.
 
     It said "Delete the current one first": done, the restore brought back the one just
     deleted, the newest copy in the trash, and said "restored" (red team 42).
     """
 
-    code = "bad_request"
-    http_status = 400
-
+    problem: str = field(default="", kw_only=True)  # worded by `message`
     session_id: str
     file: str | None
     copy: str | None = None
