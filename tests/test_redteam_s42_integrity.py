@@ -354,3 +354,44 @@ def test_a_trash_on_a_tmpfs_is_refused_with_a_remedy_that_keeps_what_it_holds(
     restored = run_app("sessions", "restore", session, "--file", "a.txt", env=app_env(root))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert not (root / ".trash.copy").exists()
+
+
+_SERVE_IN_MEMORY = """
+import os, signal, subprocess, sys
+memory = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", memory], check=True)
+env = {**os.environ, "APP_DATA_ROOT": os.path.join(memory, "app-data")}
+server = subprocess.Popen(
+    [sys.executable, "-m", "app", "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True
+)
+said = []
+for line in server.stderr:
+    said.append(line)
+    if "serving profile" in line or "error" in line.lower():
+        break
+server.send_signal(signal.SIGTERM)
+server.wait()
+print("".join(said))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="mounting a filesystem takes root and unshare(1)",
+)
+def test_a_server_on_a_root_held_in_memory_says_a_reboot_empties_it(tmp_path: Path) -> None:
+    # It served on tmpfs without a word: every acknowledged change gone at the next reboot.
+    memory = tmp_path / "memory"
+    memory.mkdir()
+    child = subprocess.run(
+        [*_UNSHARED, _SERVE_IN_MEMORY, str(memory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert (
+        f"data root {memory / 'app-data'} is on tmpfs, which lives in memory: every session "
+        "and file this server acknowledges is lost at the next reboot"
+    ) in child.stdout, child.stdout
+    assert "serving profile testing" in child.stdout

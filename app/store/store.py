@@ -87,6 +87,9 @@ LOCAL_FILESYSTEMS: Final = frozenset(
     | {"tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2", "minix"}
 )
 
+#: Filesystems held in memory: whatever a server acknowledges there is gone at a reboot.
+IN_MEMORY_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
+
 
 def _changes(
     method: Callable[Concatenate[Store, _P], _R],
@@ -116,9 +119,13 @@ class Store(Storage):
 
     def __init__(self, root: DataRoot) -> None:
         self.root = root
-        self.reads_may_wait = filesystem_type(root.path) not in LOCAL_FILESYSTEMS
+        kind = filesystem_type(root.path)
+        self.reads_may_wait = kind not in LOCAL_FILESYSTEMS
         """Whether a read may wait on something other than a local disk (NFS, a FUSE daemon):
         then the server reads on worker threads, never on its event loop."""
+        self.in_memory = kind if kind in IN_MEMORY_FILESYSTEMS else None
+        """The filesystem's type where the root lives in memory (``tmpfs``), which a reboot
+        empties: `app serve` warns of it (red team 42)."""
         self.trash = Trash(root)
         self.sessions = Sessions(root, self.trash)
         self.files = Files(
