@@ -361,9 +361,8 @@ import os, signal, subprocess, sys
 memory = sys.argv[1]
 subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", memory], check=True)
 env = {**os.environ, "APP_DATA_ROOT": os.path.join(memory, "app-data")}
-server = subprocess.Popen(
-    [sys.executable, "-m", "app", "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True
-)
+serve = [sys.executable, "-m", "app", "serve", "--port", "0"]
+server = subprocess.Popen(serve, env=env, stderr=subprocess.PIPE, text=True)
 said = []
 for line in server.stderr:
     said.append(line)
