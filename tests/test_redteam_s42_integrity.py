@@ -27,11 +27,25 @@ from pathlib import Path
 
 import pytest
 from redteam_s19_http import blob_of
+from test_redteam_s38_integrity import needs_mounts
 from test_server_e2e import Server, app_env, run_app
 
 from app import config as appconfig
 from app.config import Config
 from app.storage import open_storage
+
+
+def _deleted(config: Config, kind: str) -> tuple[str, Path]:
+    """A new session with one file, ``a.txt``, and the trash entry its delete (``kind``
+    "file") or the session's (``kind`` "session") made."""
+    with open_storage(config, writer=True, kind="tests", wanted="make") as store:
+        session = store.create_session("kept")["id"]
+        store.put_file(session, "a.txt", b"deleted")
+        if kind == "file":
+            entry = store.delete_file(session, "a.txt")
+        else:
+            entry = store.delete_session(session)
+    return session, entry.path
 
 
 def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_older_copy(
@@ -108,10 +122,7 @@ def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored
 ) -> None:
     root = app_config.data_root
     env = app_env(root)
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        session = store.create_session("gone")["id"]
-        store.put_file(session, "a.txt", b"kept")
-        entry = store.delete_session(session).path
+    session, entry = _deleted(app_config, "session")
     held, elsewhere = entry / "session", tmp_path / "other-disk" / "session"
     elsewhere.parent.mkdir()
     shutil.move(held, elsewhere)
@@ -139,7 +150,7 @@ def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored
     restored = run_app("sessions", "restore", session, env=env)
     assert restored.returncode == 0, restored.stdout + restored.stderr
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
-        assert store.file_path(session, "a.txt")[0].read_bytes() == b"kept"
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"deleted"
 
 
 def test_a_purge_names_a_session_directory_linked_back_that_it_leaves(
@@ -171,10 +182,7 @@ def test_the_roots_own_directories_linked_back_are_put_back_never_made_again_emp
 ) -> None:
     root = app_config.data_root
     env = app_env(root)
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        session = store.create_session("kept")["id"]
-        store.put_file(session, "a.txt", b"deleted")
-        store.delete_file(session, "a.txt")
+    session, _ = _deleted(app_config, "file")
     (tmp_path / "other-disk").mkdir()
     moves = []
     for name in ("sessions", ".trash"):
@@ -326,18 +334,12 @@ except DataRootStateError as error:
 """
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="mounting a filesystem takes root and unshare(1)",
-)
+@needs_mounts
 def test_a_trash_on_a_tmpfs_is_refused_with_a_remedy_that_keeps_what_it_holds(
     app_config: Config, tmp_path: Path
 ) -> None:
     root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        session = store.create_session("kept")["id"]
-        store.put_file(session, "a.txt", b"deleted")
-        store.delete_file(session, "a.txt")
+    session, _ = _deleted(app_config, "file")
     kept = tmp_path / "trash-before"
     shutil.move(root / ".trash", kept)
     (root / ".trash").mkdir()
@@ -374,10 +376,7 @@ print("".join(said))
 """
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="mounting a filesystem takes root and unshare(1)",
-)
+@needs_mounts
 def test_a_server_on_a_root_held_in_memory_says_a_reboot_empties_it(tmp_path: Path) -> None:
     # It served on tmpfs without a word: every acknowledged change gone at the next reboot.
     memory = tmp_path / "memory"
