@@ -48,6 +48,14 @@ def _deleted(config: Config, kind: str) -> tuple[str, Path]:
     return session, entry.path
 
 
+def _move_away(path: Path, elsewhere: Path) -> tuple[Path, Path]:
+    """Move ``path`` to ``elsewhere`` ("another disk") and link it back, as one frees space."""
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, elsewhere)
+    path.symlink_to(elsewhere)
+    return path, elsewhere
+
+
 def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_older_copy(
     app_config: Config, tmp_path: Path
 ) -> None:
@@ -64,9 +72,7 @@ def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_ol
     elsewhere.mkdir()
     moved = []
     for entry in (newest, whole):
-        shutil.move(entry, elsewhere / entry.name)
-        entry.symlink_to(elsewhere / entry.name)
-        moved.append((entry, elsewhere / entry.name))
+        moved.append(_move_away(entry, elsewhere / entry.name))
 
     listed = run_app("sessions", "list", "--trash", env=env)
     assert listed.returncode == 0, listed.stderr
@@ -124,9 +130,7 @@ def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored
     env = app_env(root)
     session, entry = _deleted(app_config, "session")
     held, elsewhere = entry / "session", tmp_path / "other-disk" / "session"
-    elsewhere.parent.mkdir()
-    shutil.move(held, elsewhere)
-    held.symlink_to(elsewhere)
+    _move_away(held, elsewhere)
     remedy = f"`rm {held} && mv {elsewhere} {held}`"
     # `check` called it clean; the restore moved the link into sessions/ (audited), and said
     # "no session ... in sessions" (66) of a restore it had made.
@@ -160,9 +164,7 @@ def test_a_purge_names_a_session_directory_linked_back_that_it_leaves(
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
         linked, plain = (store.create_session(t)["id"] for t in ("linked", "plain"))
     directory, elsewhere = root / "sessions" / linked, tmp_path / "other-disk" / linked
-    elsewhere.parent.mkdir()
-    shutil.move(directory, elsewhere)
-    directory.symlink_to(elsewhere)
+    _move_away(directory, elsewhere)
     purged = run_app("data", "purge", env=app_env(root))
     assert purged.returncode == 0, purged.stdout + purged.stderr
     # It said "moved 1 session(s)" of a profile that held two, and nothing of the other.
@@ -186,10 +188,7 @@ def test_the_roots_own_directories_linked_back_are_put_back_never_made_again_emp
     (tmp_path / "other-disk").mkdir()
     moves = []
     for name in ("sessions", ".trash"):
-        elsewhere = tmp_path / "other-disk" / name
-        shutil.move(root / name, elsewhere)
-        (root / name).symlink_to(elsewhere)
-        moves.append((root / name, elsewhere))
+        moves.append(_move_away(root / name, tmp_path / "other-disk" / name))
     # `check` said "clean"; every writer said "move it away and let the app create the
     # directory": an empty sessions/ (every session gone from the API) and an empty trash.
     checked = run_app("data", "check", env=env)
@@ -253,8 +252,7 @@ def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_s
     elsewhere.mkdir()
     blob = blob_of(root, session, "linked.txt")
     for moved in (blob, entry):
-        shutil.move(moved, elsewhere / moved.name)
-        moved.symlink_to(elsewhere / moved.name)
+        _move_away(moved, elsewhere / moved.name)
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 65, checked.stdout + checked.stderr
     commands = re.findall(r"`((?:rm|cp) [^`]*)`", checked.stdout)
