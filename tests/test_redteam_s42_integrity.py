@@ -69,7 +69,6 @@ def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_ol
         newest = store.delete_file(kept, "report.txt").path  # version 2 to the trash
         whole = store.delete_session(gone).path
     elsewhere = tmp_path / "other-disk"
-    elsewhere.mkdir()
     moved = []
     for entry in (newest, whole):
         moved.append(_move_away(entry, elsewhere / entry.name))
@@ -185,7 +184,6 @@ def test_the_roots_own_directories_linked_back_are_put_back_never_made_again_emp
     root = app_config.data_root
     env = app_env(root)
     session, _ = _deleted(app_config, "file")
-    (tmp_path / "other-disk").mkdir()
     moves = []
     for name in ("sessions", ".trash"):
         moves.append(_move_away(root / name, tmp_path / "other-disk" / name))
@@ -249,7 +247,6 @@ def test_the_commands_check_and_restore_give_hold_together_under_a_root_with_a_s
         store.put_file(session, "deleted.txt", b"deleted")
         entry = store.delete_file(session, "deleted.txt").path
     elsewhere = tmp_path / "other disk"
-    elsewhere.mkdir()
     blob = blob_of(root, session, "linked.txt")
     for moved in (blob, entry):
         _move_away(moved, elsewhere / moved.name)
