@@ -1,18 +1,34 @@
-"""Red team 42 on integrity: what a restore answers, and what a listing shows, of a trash
-moved about by hand.
+"""Red team 42 on integrity: what an operator does to free space, and what the app then
+told them to do.
 
-Real commands on real files. What broke:
+Real commands on real files, real servers on 127.0.0.1, and mounts in a mount namespace of the
+test's own. What broke:
 
-- A trash entry moved out of the data root and linked back (to free space, as red team 41's
-  session directories). The app never follows the link, rightly, but left it out of the trash
-  altogether: ``app sessions list --trash`` said "the trash is empty" of a session deleted a
-  moment before, and ``app sessions restore --file`` of a file replaced and then deleted
-  brought back the version *before* the replace, said "restored", as if it were the one
-  deleted (and ``empty-trash`` later took the link's copy's only sibling). Such an entry is
-  now listed (reason ``linked``), with a warning naming the link, where it leads and the ``rm
-  && mv`` that puts it back; a restore that it may hold the newest copy of is refused
-  (``trash_entry_linked``, exit 65, nothing changed) naming the same; done, the restore brings
-  back the version deleted.
+- A trash entry moved out of the data root and linked back. The app never follows the link,
+  rightly, but left it out of the trash altogether: ``app sessions list --trash`` said "the
+  trash is empty" of a session deleted a moment before, and ``app sessions restore --file`` of
+  a file replaced and then deleted brought back the version *before* the replace and said
+  "restored". It is now listed (reason ``linked``) with a warning naming the link and the ``rm
+  && mv`` that puts it back, and a restore it may hold the newest copy for is refused
+  (``trash_entry_linked``, exit 65); done, the restore brings back the version deleted.
+- A session entry's copy of the session linked back: ``check`` said clean, and the restore
+  moved the link into ``sessions/`` and answered "no session". Reported and refused now.
+- ``app data purge`` with a session directory linked back said "moved 1 session(s)" of two;
+  it now names the one it leaves, in a warning and its audit line.
+- ``sessions/`` or ``.trash/`` linked back, and a tmpfs mounted at ``.trash/``: every writer
+  was refused, rightly, but told to "move it away and let the app create the directory" or
+  to "unmount it": an empty profile, an empty trash, a tmpfs's deleted versions gone for
+  good. The refusals now give the commands that put the data back (and ``check`` reports the
+  links).
+- The commands the app prints held their paths unquoted: under a root with a space, the
+  pasted ``rm && mv`` removed the link and then failed. Quoted now; the test pastes them.
+- A restore over a file uploaded again said "Delete the current one first": done, the
+  restore brought back the one just deleted. It now says how to have the copy back.
+- A server on a data root held in memory (tmpfs) served without a word; it now warns that a
+  reboot empties it.
+
+What held is kept too: a ``Range`` download streams the version its ``ETag`` names while its
+file is replaced, deleted and emptied, and its session deleted.
 """
 
 from __future__ import annotations
