@@ -1613,9 +1613,10 @@ class PermissionDeniedStorageError(StorageError):
     http_status = 503
     template = (
         "cannot {doing}: the data root's filesystem refused it (permission denied: a file or "
-        "directory in the data root is immutable, read-only or owned by another user); "
-        "nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the data "
-        "root) and undoes it (`chattr -i`, `chown` to the user the app runs as), then retries"
+        "directory in the data root is immutable or append-only, read-only or owned by another "
+        "user); nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the "
+        "data root: an `i` or an `a`) and undoes it (`chattr -i -a`, `chown` to the user the "
+        "app runs as), then retries"
     )
 
     doing: str

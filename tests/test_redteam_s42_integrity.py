@@ -26,6 +26,8 @@ test's own. What broke:
   restore brought back the one just deleted. It now says how to have the copy back.
 - A server on a data root held in memory (tmpfs) served without a word; it now warns that a
   reboot empties it.
+- An append-only trash (``chattr +a``) was refused with ``chattr -i``, which undoes nothing
+  of it; the refusal now names both attributes.
 
 What held is kept too: a ``Range`` download streams the version its ``ETag`` names while its
 file is replaced, deleted and emptied, and its session deleted.
@@ -323,6 +325,28 @@ def test_a_range_download_keeps_its_version_while_the_file_is_replaced_deleted_a
                     break
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("chattr") is None, reason="chattr +a takes root"
+)
+def test_an_append_only_trash_is_refused_with_the_chattr_that_undoes_it(
+    app_config: Config,
+) -> None:
+    # `chattr +a .trash` (nothing may leave the trash): `empty-trash` was told `chattr -i`,
+    # which undoes nothing of it.
+    root = app_config.data_root
+    _deleted(app_config, "file")
+    subprocess.run(["chattr", "+a", str(root / ".trash")], check=True)
+    try:
+        refused = run_app("data", "empty-trash", env=app_env(root))
+        assert refused.returncode == 74, refused.stdout + refused.stderr
+        assert "is immutable or append-only" in refused.stderr, refused.stderr
+        assert "(`chattr -i -a`, `chown`" in refused.stderr
+    finally:
+        subprocess.run(["chattr", "-i", "-a", str(root / ".trash")], check=True)
+    emptied = run_app("data", "empty-trash", env=app_env(root))
+    assert "removed 1 trash entry" in emptied.stdout, emptied.stdout + emptied.stderr
 
 
 _UNSHARED = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c"]
