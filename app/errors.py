@@ -1077,9 +1077,9 @@ class TrashEntryLinkedError(StoreError):
         if self.file is not None:
             what = f"file {self.file!r} of {what}"
         return (
-            f"cannot restore {what}: its newest copy in the trash, entry {self.entry}, is "
-            f"behind a symbolic link, {self.link} (moved out of the data root and linked "
-            "back), which the app never follows, and the copy before it is not the version "
+            f"cannot restore {what}: trash entry {self.entry}, which may hold its newest copy, "
+            f"is behind a symbolic link, {self.link} (moved out of the data root and linked "
+            "back), which the app never follows, and the copy before it may not be the version "
             f"that was deleted; nothing was changed. {self.remedy[0].upper()}"
             f"{self.remedy[1:]}; `app data check` names it too"
         )

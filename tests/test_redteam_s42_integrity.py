@@ -114,7 +114,7 @@ def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_ol
         assert refused.returncode == 65, refused.stdout + refused.stderr
         what = f"file 'report.txt' of session {kept}" if args else f"session {gone}"
         assert (
-            f"cannot restore {what}: its newest copy in the trash, entry {entry.name}, is "
+            f"cannot restore {what}: trash entry {entry.name}, which may hold its newest copy, is "
             f"behind a symbolic link, {entry} (moved out of the data root"
         ) in refused.stderr, refused.stderr
         assert "nothing was changed" in refused.stderr
@@ -161,8 +161,8 @@ def test_a_trashed_sessions_directory_linked_back_is_reported_and_never_restored
     refused = run_app("sessions", "restore", session, env=env)
     assert refused.returncode == 65, refused.stdout + refused.stderr
     assert (
-        f"cannot restore session {session}: its newest copy in the trash, entry {entry.name}, "
-        f"is behind a symbolic link, {held}"
+        f"cannot restore session {session}: trash entry {entry.name}, which may hold its newest "
+        f"copy, is behind a symbolic link, {held}"
     ) in refused.stderr, refused.stderr
     assert remedy in refused.stderr
     assert not (root / "sessions" / session).exists() and held.is_symlink()
