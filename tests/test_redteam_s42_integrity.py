@@ -125,6 +125,9 @@ def test_a_trash_entry_linked_back_is_listed_and_its_restore_refused_never_an_ol
     emptied = run_app("data", "empty-trash", env=env)
     assert emptied.returncode == 0, emptied.stdout + emptied.stderr
     assert "removed 1 trash entry" in emptied.stdout, emptied.stdout
+    for entry, target in moved:  # it said nothing of them
+        assert f"empty-trash left {entry}: a symbolic link" in emptied.stderr, emptied.stderr
+        assert f"`rm {entry} && mv {target} {entry}`" in emptied.stderr
     for entry, target in moved:
         assert entry.is_symlink() and target.is_dir()
     for entry, target in moved:

@@ -415,14 +415,20 @@ class Trash:
                     return here[1] - seconds >= older_than.total_seconds()
             return True
 
-        chosen = [
-            entry
-            for entry in self.entries()
-            if old_enough(entry)
-            # never follow anything out of the trash
-            and entry.path.parent == self.path
-            and not entry.path.is_symlink()
-        ]
+        listed = [entry for entry in self.entries() if old_enough(entry)]
+        # never follow anything out of the trash
+        chosen = [e for e in listed if e.path.parent == self.path and e.reason != LINKED]
+        for entry in listed:
+            if entry.reason != LINKED:
+                continue
+            # Left, and "removed 0 trash entries" said of a trash that still listed it.
+            with contextlib.suppress(OSError):  # gone since the listing: nothing to say
+                log.warning(
+                    "empty-trash left %s: a symbolic link where a trash entry belongs, never "
+                    "followed (%s)",
+                    entry.path,
+                    link_remedy(entry.path, "remove the link, then empty the trash again"),
+                )
         state = self.root.store_state
         # .trash/ and the audit log are opened first: once an entry has left the trash, a
         # process out of descriptors must not answer "nothing was changed".
