@@ -29,14 +29,22 @@ from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
-    STAMP_FILE,
+    SESSIONS_DIR,
+    TMP_DIR,
+    TRASH_DIR,
     NotRegularFileError,
     fsync_dir,
+    link_remedy,
     read_regular,
     tmp_in_flight,
 )
-from app.errors import InvalidNameError, SessionNotFoundError, UnreadableSessionError
-from app.lock import LOCK_FILE, special_kind
+from app.errors import (
+    InvalidNameError,
+    SessionNotFoundError,
+    UnreadableSessionError,
+    shell_word,
+)
+from app.lock import special_kind
 from app.names import check_stored_name
 from app.storage import CheckReport, Finding, TrashEntry
 from app.store.ids import ID_RE
@@ -92,6 +100,7 @@ class Checker:
         )
 
     def run(self) -> None:
+        self.check_layout()
         self.check_tmp()
         self.check_staging()
         self.check_trash()
@@ -100,6 +109,21 @@ class Checker:
                 if self.repair and not (self.store.sessions_dir / session_id).is_dir():
                     continue  # deleted meanwhile (read again under the lock)
                 self.check_session(session_id)
+
+    def check_layout(self) -> None:
+        """The root's own directories made symbolic links: read through here, said "clean",
+        while every writer refuses the root (`data_root_state`; red team 42)."""
+        for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+            path = self.root.path / name
+            if path.is_symlink():
+                self.unrepaired(
+                    "unknown-entry",
+                    path,
+                    f"a symbolic link (to {path.readlink()}) where the data root keeps its own "
+                    "directory: read through it here, but every writer (a server's start-up, "
+                    "a restore, a purge, `check --repair`) refuses to open the root",
+                    self._link_fix(path, "remove the link and let the app create the directory"),
+                )
 
     def locked(self, session_id: str | None) -> contextlib.AbstractContextManager[object]:
         """For a repair, the session's lock, which every change of the session takes.
@@ -375,13 +399,28 @@ class Checker:
                 "nothing: left for a human (its data is kept)",
             )
 
+    def _linked_session_copy(self, held: Path) -> bool:
+        """Whether a session entry's copy of the session is a symbolic link (reported)."""
+        if not held.is_symlink():
+            return False
+        # Moved to another disk and linked back: read as clean, and a restore moved the link
+        # into sessions/ and answered "no session" (red team 42).
+        self.unrepaired(
+            "session-unreadable",
+            held,
+            f"a symbolic link (to {held.readlink()}) where a trash entry keeps its session's "
+            "directory: the app never follows one, so the session is not restored",
+            self._link_fix(held, "leave it"),
+        )
+        return True
+
     def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
         """Whether a trash entry holds its data; repairs a half one. False: done with it."""
         path = entry.path
         session_dir = self.store.sessions_dir / entry.session_id
         if entry.kind == "session":
             if TRASHED_SESSION in contents:
-                return True
+                return not self._linked_session_copy(path / TRASHED_SESSION)
             if self.found(
                 "trash-manifest-only",
                 path,
@@ -529,21 +568,7 @@ class Checker:
         return False
 
     def _link_fix(self, link: Path, otherwise: str) -> str:
-        """What a human does about a directory of the root's made a symbolic link: move what
-        it leads to back in its place, unless that lies in a data root (this one or another:
-        a link a test planted into production's), whose data must never be moved."""
-        target = link.readlink()
-        inside = _data_root_of(link.parent / target)
-        if inside is not None:
-            return (
-                f"nothing: left for a human (it leads into the data root {inside}, whose data "
-                f"must stay there: remove the link, `rm {link}`, and {otherwise})"
-            )
-        return (
-            "nothing: left for a human (if it leads to the directory, moved out of the data "
-            f"root, move that back in its place: `rm {link} && mv {target} {link}`, with no "
-            f"server on the root; else {otherwise})"
-        )
+        return f"nothing: left for a human ({link_remedy(link, otherwise)})"
 
     def _session_meta(self, directory: Path, session_id: str) -> dict[str, Any] | None:
         """``session.json``, or None (reported) for a session the checks must leave alone."""
@@ -829,27 +854,14 @@ def _not_a_directory(path: Path) -> str | None:
     return "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "something else"
 
 
-def _data_root_of(path: Path) -> Path | None:
-    """The data root ``path`` lies in (a directory up its resolved path with a profile stamp
-    or a lock file), if any."""
-    try:
-        here = path.resolve()
-    except (OSError, RuntimeError):
-        return None
-    for directory in (here, *here.parents):
-        if any(os.path.lexists(directory / name) for name in (LOCK_FILE, STAMP_FILE)):
-            return directory
-    return None
-
-
 def _not_regular_fix(blob: Path) -> str:
     """What a human does about something other than a regular file at a blob's name."""
     if blob.is_symlink():
         return (
             "nothing: left for a human (the app never follows a link; if it leads to the "
             f"file's bytes, put them in its place: `cp --remove-destination \"$(readlink -f "
-            f'{blob})" {blob}`, after checking that their `sha256sum` is the one acknowledged; '
-            "else put them back from a backup, or upload the file again)"
+            f'{shell_word(blob)})" {shell_word(blob)}`, after checking that their `sha256sum` is '
+            "the one acknowledged; else put them back from a backup, or upload the file again)"
         )
     return (
         "nothing: left for a human (move it away and put the bytes back from a backup, whose "

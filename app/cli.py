@@ -38,7 +38,7 @@ from app.errors import (
 )
 
 if TYPE_CHECKING:
-    from app.storage import Storage
+    from app.storage import Storage, TrashEntry
 
 
 def fail(error: AppError) -> NoReturn:
@@ -748,6 +748,7 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             what = _printable(what or "")
             deleted = f"{entry.deleted_at:%Y-%m-%d %H:%M:%S}Z"
             click.echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
+        _warn_linked_entries(entries)
         return
     for session in store.iter_all():
         if as_json:
@@ -756,6 +757,28 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
         click.echo(
             f"{session['id']}  {session['created_at'][:19]}Z  "
             f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
+        )
+
+
+def _warn_linked_entries(entries: list[TrashEntry]) -> None:
+    """Name each entry listed as a symbolic link (``reason`` ``linked``), where it leads and
+    what puts it back: what it holds is neither listed nor restored until then (red team 42)."""
+    from app.store.trash import LINKED, linked_entry_remedy
+
+    for entry in entries:
+        if entry.reason != LINKED:
+            continue
+        try:
+            where = f"(to {entry.path.readlink()}) "
+            remedy = linked_entry_remedy(entry.path)
+        except OSError as error:  # gone since the listing
+            where, remedy = "", f"it is gone since ({error.strerror}): list the trash again"
+        click.echo(
+            f"warning: trash entry {entry.path} is a symbolic link {where}where a trash entry "
+            "belongs: the app never follows one, so what it holds is not listed, and a restore "
+            f"of session {entry.session_id}'s {entry.kind} is refused while it may hold the "
+            f"newest copy. {_printable(remedy[0].upper() + remedy[1:])}",
+            err=True,
         )
 
 

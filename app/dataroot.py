@@ -56,6 +56,7 @@ from app.errors import (
     LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
+    shell_word,
 )
 from app.lock import (
     LOCK_FILE,
@@ -92,6 +93,7 @@ __all__ = [
     "fsync",
     "fsync_dir",
     "json_bytes",
+    "link_remedy",
     "mount_point_at",
     "mounts_inside",
     "open_root",
@@ -170,6 +172,38 @@ def read_regular(path: Path | str) -> bytes:
         raise
     finally:
         os.close(fd)
+
+
+def data_root_of(path: Path) -> Path | None:
+    """The data root ``path`` lies in (a directory up its resolved path with a profile stamp
+    or a lock file), if any."""
+    try:
+        here = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    for directory in (here, *here.parents):
+        if any(os.path.lexists(directory / name) for name in (LOCK_FILE, STAMP_FILE)):
+            return directory
+    return None
+
+
+def link_remedy(link: Path, otherwise: str) -> str:
+    """What a human does about a directory of a root's made a symbolic link (moved to another
+    disk and linked back): move what it leads to back in its place, unless that lies in a data
+    root (this one or another: a link a test planted into production's), whose data must
+    never be moved; ``otherwise``: what to do if it does not lead to the directory."""
+    target = link.readlink()
+    inside = data_root_of(link.parent / target)
+    if inside is not None:
+        return (
+            f"it leads into the data root {inside}, whose data must stay there: remove the "
+            f"link, `rm {shell_word(link)}`, and {otherwise}"
+        )
+    return (
+        "if it leads to the directory, moved out of the data root, move that back in its "
+        f"place: `rm {shell_word(link)} && mv {shell_word(target)} {shell_word(link)}`, with "
+        f"no server on the root; else {otherwise}"
+    )
 
 
 # --- fsync, and what one failure means for the rest of the process --------------------
@@ -584,16 +618,22 @@ def _layout_dir(root: Path, name: str) -> Path:
         path.mkdir(mode=DIR_MODE)
     except FileExistsError:
         mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-            what = (
-                f"is a symbolic link (to {path.readlink()})"
-                if stat.S_ISLNK(mode)
-                else "is not a directory"
-            )
+        if stat.S_ISLNK(mode):
+            # "Move it away and let the app create the directory", said of sessions/ or
+            # .trash/ moved to another disk and linked back, served an empty profile, or
+            # an empty trash, the deleted data left where nothing names it (red team 42).
             raise DataRootStateError(
                 root,
-                f"{path} {what}; the app's own directories must be real directories inside "
-                "the data root, or its writes and clean-ups could reach outside it",
+                f"{path} is a symbolic link (to {path.readlink()}); the app's own directories "
+                "must be real directories inside the data root, or its writes and clean-ups "
+                "could reach outside it",
+                link_remedy(path, "remove the link and let the app create the directory"),
+            ) from None
+        if not stat.S_ISDIR(mode):
+            raise DataRootStateError(
+                root,
+                f"{path} is not a directory; the app's own directories must be real "
+                "directories inside the data root",
                 "move it away and let the app create the directory",
             ) from None
     return path
@@ -981,6 +1021,23 @@ def filesystem_type(path: Path) -> str | None:
     return None
 
 
+def _unmount_keeping(mount: Path) -> str:
+    """How to take a mount out of a root without losing what it holds.
+
+    "Unmount it" alone, said of a ``.trash/`` on a tmpfs or a ``sessions/`` on a disk of its
+    own that held the data, destroyed every deleted version (a tmpfs's files go with it) or
+    served an empty profile (a disk's are hidden), no ``empty-trash`` run (red team 42).
+    """
+    copy = mount.with_name(f"{mount.name}.copy")
+    m, c = shell_word(mount), shell_word(copy)
+    return (
+        "copy what it holds onto the data root's own filesystem before you unmount it (a "
+        "tmpfs's files are gone once it is unmounted, a disk's are hidden): with no server "
+        f"on the root, `cp -a {m} {c} && umount {m} && rmdir {m} && mv {c} {m}` (`rmdir` "
+        "stops it if files lie under the mount point: look at them first)"
+    )
+
+
 def _refuse_mounts_inside(config: Config, root: Path) -> None:
     # The app moves data between sessions/, .trash/ and .tmp/ by rename, which the kernel
     # refuses across mount points (EXDEV), even two of one filesystem. With .trash/ on a
@@ -1000,7 +1057,7 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
             f"a filesystem is mounted inside it ({shown}); the app moves sessions, files and "
             "trash entries within the root by rename, which cannot cross a mount point "
             "(EXDEV), so deletes and replaces would fail or leave their bytes behind",
-            f"unmount it (`umount {mounts[0]}`) and keep the whole data root on one "
+            f"{_unmount_keeping(mounts[0])}, and keep the whole data root on one "
             f"filesystem; to keep the data elsewhere, point data_root of profile "
             f"{config.profile!r} there (`app config` shows where it is set)",
         )
@@ -1739,8 +1796,9 @@ class RootStatus:
             # A hard-link copy of a live root: its holder is the other root's (red team 41).
             said += (
                 f", for data root {other}, not this one: this root's {LOCK_FILE} is a hard "
-                f"link of that root's. Leave that process running, and `rm {self.probe.path}` "
-                "before this root is opened (the app makes a new one)"
+                "link of that root's. Leave that process running, and "
+                f"`rm {shell_word(self.probe.path)}` before this root is opened (the app "
+                "makes a new one)"
             )
         return said
 

@@ -239,6 +239,18 @@ class SettingsNameError(ConfigError):
         )
 
 
+def shell_word(value: str | os.PathLike[str]) -> str:
+    """``value`` as one word of a POSIX shell command a message tells a human to run.
+
+    A path with a space cut in two: a data root under ``/srv/my data`` was told to run
+    ``rm /srv/my data/.trash/<entry> && mv ...``, whose ``rm`` took the link out of the trash
+    and whose ``mv`` then failed, the entry's data left where nothing names it (red team 42).
+    """
+    import shlex  # here: only a refusal pays for it
+
+    return shlex.quote(os.fspath(value))
+
+
 def plain_name(name: str) -> bool:
     """Whether `name` is a plain profile name: ASCII letters, digits, ``-`` and ``_``."""
     return bool(name) and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
@@ -1041,6 +1053,38 @@ class NotInTrashError(SessionNotFoundError):
         )
 
 
+class TrashEntryLinkedError(StoreError):
+    """The newest copy to restore may lie behind a symbolic link in the trash (a trash entry,
+    or the session's directory in one, moved out of the data root and linked back), which the
+    app never follows: the copy before it is not the version that was deleted."""
+
+    exit_code = EX_DATAERR
+    code = "trash_entry_linked"
+    http_status = 500
+
+    session_id: str
+    file: str | None
+    entry: str
+    """The trash entry's name."""
+    link: str
+    """The symbolic link's path (the entry, or the session's directory in it)."""
+    remedy: str
+    """What puts it back (`app.dataroot.link_remedy`)."""
+
+    @property
+    def message(self) -> str:
+        what = f"session {self.session_id}"
+        if self.file is not None:
+            what = f"file {self.file!r} of {what}"
+        return (
+            f"cannot restore {what}: trash entry {self.entry}, which may hold its newest copy, "
+            f"is behind a symbolic link, {self.link} (moved out of the data root and linked "
+            "back), which the app never follows, and the copy before it may not be the version "
+            f"that was deleted; nothing was changed. {self.remedy[0].upper()}"
+            f"{self.remedy[1:]}; `app data check` names it too"
+        )
+
+
 class TrashCopyLostError(StoreError):
     """The newest copy of a file in the trash has lost its bytes (removed from outside the
     app): a restore would bring back an older version as if it were the one deleted."""
@@ -1229,6 +1273,48 @@ class BadRequestError(StoreError):
     problem: str
 
     template = "{problem}"
+
+
+class RestoreOverwriteError(BadRequestError):
+    """A restore refused because the session, or the file, exists again.
+
+    It said "Delete the current one first": done, the restore brought back the one just
+    deleted, the newest copy in the trash, and said "restored" (red team 42).
+    """
+
+    problem: str = field(default="", kw_only=True)  # worded by `message`
+    session_id: str
+    file: str | None
+    copy: str | None = None
+    """Where the copy's data lies (a data root's trash entry), if the store can say."""
+
+    @property
+    def message(self) -> str:
+        what = f"session {self.session_id!r}"
+        if self.file is None:
+            refused = f"{what} exists again; refusing to overwrite it with its copy in the trash"
+        else:
+            refused = (
+                f"{what} has a file {self.file!r} again; refusing to overwrite it with its "
+                "copy in the trash"
+            )
+        where = "" if self.copy is None else f" (at {self.copy})"
+        if self.file is None:
+            have = (
+                f"Its files are in that copy{where}: upload those you need into a session "
+                "(a new one, or this one under other names)"
+            )
+        else:
+            have = (
+                f"To have that copy back, upload its bytes{where} with a PUT of the file (the "
+                "current version then goes to the trash, restorable), or beside it under "
+                "another name"
+            )
+        return (
+            f"{refused}. Deleting the current one first would not bring it back: a restore "
+            "brings back the newest copy in the trash, which the current one would then be. "
+            f"{have}"
+        )
 
 
 class FileExistsInSessionError(StoreError):
@@ -1527,9 +1613,10 @@ class PermissionDeniedStorageError(StorageError):
     http_status = 503
     template = (
         "cannot {doing}: the data root's filesystem refused it (permission denied: a file or "
-        "directory in the data root is immutable, read-only or owned by another user); "
-        "nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the data "
-        "root) and undoes it (`chattr -i`, `chown` to the user the app runs as), then retries"
+        "directory in the data root is immutable or append-only, read-only or owned by another "
+        "user); nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the "
+        "data root: an `i` or an `a`) and undoes it (`chattr -i -a`, `chown` to the user the "
+        "app runs as), then retries"
     )
 
     doing: str

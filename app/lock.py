@@ -56,6 +56,7 @@ from app.errors import (
     LockFileKindError,
     LockFileUnreadableError,
     LockUnavailableError,
+    shell_word,
 )
 from app.sandbox import check_root, command_line
 
@@ -1098,8 +1099,8 @@ def _refuse_shared_with_another_root(
         "made with links has it (`cp -al`, `cp -l`, `rsync --link-dest`), and "
         f"{describe_holder(holder)} holds it for data root {other}",
         f"Leave that process running: it holds {other}, not {root}. Remove this root's name "
-        f"for the file (`rm {path}`: the app makes a new one where it opens {root}), then "
-        "retry; leave .server.lock out of such copies",
+        f"for the file (`rm {shell_word(path)}`: the app makes a new one where it opens "
+        f"{root}), then retry; leave .server.lock out of such copies",
     )
 
 
@@ -1128,8 +1129,9 @@ def hard_links_said(path: Path, count: int) -> str:
 def hard_links_fix(path: Path) -> str:
     """How to give a lock file its one name back: the command that lists the others."""
     return (
-        f"List its other names with `find {path.parent.parent} -xdev -samefile {path}` (a "
-        f"copy usually lies beside the root; start at {_mount_point(path)} to search its "
+        f"List its other names with `find {shell_word(path.parent.parent)} -xdev -samefile "
+        f"{shell_word(path)}` (a copy usually lies beside the root; start at "
+        f"{_mount_point(path)} to search its "
         f"whole filesystem) and remove each of them but {path} itself (a copy of a data root "
         "needs no .server.lock: the app makes one where it opens a root), then start again; "
         "leave .server.lock out of such copies"

@@ -244,7 +244,8 @@ class TrashEntry:
         file: the file name, for a file entry.
         deleted_at: when it was moved to the trash (UTC).
         reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``; ``"unknown"`` for a
-            damaged manifest, ``"unreadable"`` for one this process may not read.
+            damaged manifest, ``"unreadable"`` for one this process may not read, ``"linked"``
+            for a symbolic link at an entry's name (never followed).
         title: the session's title when it was deleted (session entries).
         since_boot: the boot it was made in and the seconds since that boot (Linux's
             ``CLOCK_BOOTTIME``), where the backend records them (a local data root): its

@@ -63,9 +63,13 @@ def test_a_root_with_a_filesystem_mounted_inside_is_refused_and_left_as_it_was(
         f"data root {root}: a filesystem is mounted inside it ({mount}); the app moves "
         "sessions, files and trash entries within the root by rename, which cannot cross a "
         "mount point (EXDEV), so deletes and replaces would fail or leave their bytes behind; "
-        f"unmount it (`umount {mount}`) and keep the whole data root on one filesystem; to "
-        "keep the data elsewhere, point data_root of profile 'testing' there (`app config` "
-        "shows where it is set)"
+        "copy what it holds onto the data root's own filesystem before you unmount it (a "
+        "tmpfs's files are gone once it is unmounted, a disk's are hidden): with no server on "
+        f"the root, `cp -a {mount} {mount}.copy && umount {mount} && rmdir {mount} && mv "
+        f"{mount}.copy {mount}` (`rmdir` stops it if files lie under the mount point: look at "
+        "them first), and keep the whole data root on one filesystem; to keep the data "
+        "elsewhere, point data_root of profile 'testing' there (`app config` shows where it "
+        "is set)"
         for mount in mounts
     ]
     with open_storage(app_config, writer=True, kind="tests", wanted="use it again") as store:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from app.errors import BadRequestError, SessionNotFoundError, TrashCopyLostError
+from app.errors import (
+    RestoreOverwriteError,
+    SessionNotFoundError,
+    TrashCopyLostError,
+)
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry
 from app.remote.objects import ObjectStore
@@ -101,10 +105,7 @@ class RemoteTrash:
                 " AND deleted_at IS NULL",
                 (session_id, name),
             ).fetchone():
-                raise BadRequestError(
-                    f"session {session_id!r} has a file {name!r} again; refusing to "
-                    "overwrite it with the copy in the trash. Delete the current one first"
-                )
+                raise RestoreOverwriteError(session_id, name)
             row = conn.execute(
                 "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id DESC LIMIT 1"

@@ -258,6 +258,18 @@ def _run(
             config.profile,
             config.sources.get("data_root", "built-in default"),
         )
+    if in_memory := getattr(store, "in_memory", None):
+        # Every create, upload and delete was acknowledged, fsynced, and gone at the next
+        # reboot, without a word (red team 42).
+        log.warning(
+            "data root %s is on %s, which lives in memory: every session and file this server "
+            "acknowledges is lost at the next reboot (or unmount). Unless that is what you "
+            "want, stop this server and point data_root of profile %s at a directory on a "
+            "disk (`app config` shows where it is set)",
+            store.location,
+            in_memory,
+            config.profile,
+        )
     log.info(
         "serving profile %s from %s on http://%s:%d (pid %d)",
         config.profile,

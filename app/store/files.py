@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from app.errors import (
-    BadRequestError,
     DamagedFileError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
     InvalidNameError,
     NotInTrashError,
+    RestoreOverwriteError,
     TooManyFilesError,
     TrashCopyLostError,
 )
@@ -338,10 +338,9 @@ class Files:
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             if load_record(record_path) is not None:
-                raise BadRequestError(
-                    f"session {session_id!r} has a file {name!r} again; refusing to overwrite "
-                    "it with its copy in the trash. Delete the current one first"
-                )
+                newest = self.trash.latest(session_id, name)
+                copy = None if newest is None else newest.path / bytes_in_entry(name)
+                raise RestoreOverwriteError(session_id, name, None if copy is None else str(copy))
             # Chosen under the session's lock, which a delete and a replace take: chosen
             # before it, a delete that committed meanwhile put a newer version in the trash,
             # and the restore brought back the one before it (red team 32).

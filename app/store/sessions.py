@@ -22,6 +22,7 @@ from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, write_all
 from app.errors import (
     BadRequestError,
     NotInTrashError,
+    RestoreOverwriteError,
     SessionNotFoundError,
     StoreError,
     UnreadableSessionError,
@@ -541,10 +542,7 @@ class Sessions:
             if entry is None:
                 raise NotInTrashError(session_id)
             if dest.exists():
-                raise BadRequestError(
-                    f"session {session_id!r} exists again; refusing to overwrite it with "
-                    f"the copy in {entry.path}. Delete the current one first if you mean it"
-                )
+                raise RestoreOverwriteError(session_id, None, str(entry.path / TRASHED_SESSION))
             source = entry.path / TRASHED_SESSION
             # The answer is read before the move (the directory moves whole, its times
             # too): read after it, a failure (EMFILE) would report a restore that happened

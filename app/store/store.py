@@ -31,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
-from app.dataroot import filesystem_type
+from app.dataroot import filesystem_type, link_remedy
 from app.errors import (
     AppError,
     FsyncFailed,
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_METADATA_BYTES", "MAX_TITLE_CHARS", "Store"]
 
+log = logging.getLogger("app.store")
+
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -83,6 +86,9 @@ LOCAL_FILESYSTEMS: Final = frozenset(
     {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs"}
     | {"tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2", "minix"}
 )
+
+#: Filesystems held in memory: whatever a server acknowledges there is gone at a reboot.
+IN_MEMORY_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
 
 
 def _changes(
@@ -113,9 +119,13 @@ class Store(Storage):
 
     def __init__(self, root: DataRoot) -> None:
         self.root = root
-        self.reads_may_wait = filesystem_type(root.path) not in LOCAL_FILESYSTEMS
+        kind = filesystem_type(root.path)
+        self.reads_may_wait = kind not in LOCAL_FILESYSTEMS
         """Whether a read may wait on something other than a local disk (NFS, a FUSE daemon):
         then the server reads on worker threads, never on its event loop."""
+        self.in_memory = kind if kind in IN_MEMORY_FILESYSTEMS else None
+        """The filesystem's type where the root lives in memory (``tmpfs``), which a reboot
+        empties: `app serve` warns of it (red team 42)."""
         self.trash = Trash(root)
         self.sessions = Sessions(root, self.trash)
         self.files = Files(
@@ -312,12 +322,16 @@ class Store(Storage):
         """Move every session to ``.trash/`` (``app data purge``); one audit line."""
         self.root.ensure_held()
         entries: list[TrashEntry] = []
+        left: list[Path] = []
         ids = self.sessions.ids()
         with self.root.prepare(audit=True) as prepared:
             try:
                 for session_id in ids:
-                    with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile
+                    try:
                         entries.append(self.sessions.move_to_trash(session_id, "purge"))
+                    except SessionNotFoundError:  # deleted meanwhile, or not followed
+                        if (linked := self.sessions_dir / session_id).is_symlink():
+                            left.append(linked)
             except OSError as error:
                 if not entries:
                     raise  # nothing moved: the storage error says so
@@ -347,6 +361,16 @@ class Store(Storage):
                 self.sessions_dir,
                 count=len(entries),
                 sessions=[e.session_id for e in entries],
+                **({"left": [link.name for link in left]} if left else {}),
+            )
+        for link in left:
+            # Said "moved 1 session(s)", exit 0, of a profile that still held two (red team 42).
+            log.warning(
+                "purge left %s where it is: a symbolic link (to %s) where a session's directory "
+                "belongs, which the app never follows (%s)",
+                link,
+                link.readlink(),
+                link_remedy(link, "remove it if it leads nowhere you need"),
             )
         return entries
 

@@ -21,16 +21,22 @@ import stat
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from app.dataroot import (
     NotRegularFileError,
     fsync_dir,
     json_bytes,
+    link_remedy,
     read_regular,
     write_new_file,
 )
-from app.errors import PermissionDeniedStorageError, StoppedPartwayError, TrashCopyLostError
+from app.errors import (
+    PermissionDeniedStorageError,
+    StoppedPartwayError,
+    TrashCopyLostError,
+    TrashEntryLinkedError,
+)
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
@@ -40,7 +46,15 @@ if TYPE_CHECKING:
 
     from app.dataroot import DataRoot, Prepared
 
-__all__ = ["EMPTYING_PREFIX", "MISSING_MANIFEST", "TRASH_NAME_RE", "UNREADABLE", "Trash"]
+__all__ = [
+    "EMPTYING_PREFIX",
+    "LINKED",
+    "MISSING_MANIFEST",
+    "TRASH_NAME_RE",
+    "UNREADABLE",
+    "Trash",
+    "linked_entry_remedy",
+]
 
 _TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 TRASH_NAME_RE: Final = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})(-file-[0-9a-f]+)?")
@@ -54,6 +68,10 @@ log = logging.getLogger("app.store")
 
 UNREADABLE: Final = "unreadable"
 """The reason an entry is listed with when its manifest may not be read (EACCES, EPERM)."""
+
+LINKED: Final = "linked"
+"""The reason an entry is listed with when it is a symbolic link (moved out of the data root
+and linked back), which the app never follows: what it holds is not read."""
 
 MISSING_MANIFEST: Final = (FileNotFoundError, NotADirectoryError, NotRegularFileError)
 """A manifest that is not there to read. Any other failure (EMFILE, EIO) is raised: read as
@@ -85,6 +103,11 @@ def _boot_of(recorded: object) -> tuple[str, float] | None:
     if not isinstance(seconds, int | float) or not math.isfinite(seconds):
         return None
     return boot, float(seconds)
+
+
+def linked_entry_remedy(link: Path) -> str:
+    """What puts back a trash entry moved out of the data root and linked back."""
+    return link_remedy(link, "restore again to bring back the copy before it")
 
 
 def _not_bytes(path: Path) -> str | None:
@@ -220,13 +243,26 @@ class Trash:
             entry = self.read_entry(name)
             if entry is None:
                 continue
+            if entry.reason == LINKED:
+                # It may hold what is asked for, newer than any entry below. Passed over, the
+                # restore said "no such file in the trash" of a file deleted a moment before,
+                # or brought back an older copy (red team 42).
+                raise TrashEntryLinkedError(
+                    session_id, file, name, str(entry.path), linked_entry_remedy(entry.path)
+                )
             if entry.reason == UNREADABLE:
                 # It may hold what is asked for, newer than any entry below: restoring an
                 # older copy instead would answer with the wrong version.
                 what = f"session {session_id}" if file is None else f"file {file!r}"
                 entry = self._read_again(name, what)
             if file is None:
-                if entry.kind == "session" and (entry.path / TRASHED_SESSION).is_dir():
+                held = entry.path / TRASHED_SESSION
+                if entry.kind == "session" and held.is_symlink():
+                    # Moved back, the link was said "no session in sessions" (red team 42).
+                    raise TrashEntryLinkedError(
+                        session_id, None, name, str(held), linked_entry_remedy(held)
+                    )
+                if entry.kind == "session" and held.is_dir():
                     return entry
             elif entry.kind == "file" and entry.file == file:
                 damage = _not_bytes(entry.path / bytes_in_entry(file))
@@ -277,7 +313,15 @@ class Trash:
     def _entry_names(self) -> list[str]:
         try:
             with os.scandir(self.path) as entries:
-                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+                # A link at an entry's name is listed too (`_entry`), never followed: left out,
+                # the trash read as empty to `sessions list --trash` and to `restore` (red
+                # team 42).
+                return sorted(
+                    e.name
+                    for e in entries
+                    if e.is_dir(follow_symlinks=False)
+                    or (e.is_symlink() and TRASH_NAME_RE.fullmatch(e.name) is not None)
+                )
         except FileNotFoundError:
             return []
 
@@ -307,6 +351,24 @@ class Trash:
         if found is None:
             return None
         path = self.path / name
+        # A link is never followed (it may lead into another data root): listed by its name.
+        linked = path.is_symlink()
+        manifest = {"reason": LINKED} if linked else self._manifest(path, strict=strict)
+        return TrashEntry(
+            name=name,
+            path=path,
+            kind="file" if found.group(3) else "session",
+            session_id=found.group(2),
+            file=manifest.get("file"),
+            deleted_at=datetime.strptime(found.group(1), _TIME_FORMAT).replace(tzinfo=UTC),
+            reason=manifest.get("reason", "unknown"),
+            title=manifest.get("title"),
+            since_boot=_boot_of(manifest.get("boot")),
+        )
+
+    @staticmethod
+    def _manifest(path: Path, *, strict: bool) -> dict[str, Any]:
+        """The manifest of the entry at ``path`` (`_entry`), ``{}`` for a damaged one."""
         try:
             manifest = json.loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
@@ -325,17 +387,7 @@ class Trash:
             # a crash of the trash listing, of restore, of empty-trash and of `check` (which
             # every server start-up runs).
             manifest = {}
-        return TrashEntry(
-            name=name,
-            path=path,
-            kind="file" if found.group(3) else "session",
-            session_id=found.group(2),
-            file=manifest.get("file"),
-            deleted_at=datetime.strptime(found.group(1), _TIME_FORMAT).replace(tzinfo=UTC),
-            reason=manifest.get("reason", "unknown"),
-            title=manifest.get("title"),
-            since_boot=_boot_of(manifest.get("boot")),
-        )
+        return manifest
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
         manifest: TrashManifest = json.loads(read_regular(entry.path / TRASH_MANIFEST))
@@ -363,14 +415,20 @@ class Trash:
                     return here[1] - seconds >= older_than.total_seconds()
             return True
 
-        chosen = [
-            entry
-            for entry in self.entries()
-            if old_enough(entry)
-            # never follow anything out of the trash
-            and entry.path.parent == self.path
-            and not entry.path.is_symlink()
-        ]
+        listed = [entry for entry in self.entries() if old_enough(entry)]
+        # never follow anything out of the trash
+        chosen = [e for e in listed if e.path.parent == self.path and e.reason != LINKED]
+        for entry in listed:
+            if entry.reason != LINKED:
+                continue
+            # Left, and "removed 0 trash entries" said of a trash that still listed it.
+            with contextlib.suppress(OSError):  # gone since the listing: nothing to say
+                log.warning(
+                    "empty-trash left %s: a symbolic link where a trash entry belongs, never "
+                    "followed (%s)",
+                    entry.path,
+                    link_remedy(entry.path, "remove the link, then empty the trash again"),
+                )
         state = self.root.store_state
         # .trash/ and the audit log are opened first: once an entry has left the trash, a
         # process out of descriptors must not answer "nothing was changed".

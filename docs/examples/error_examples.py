@@ -160,6 +160,22 @@ EXAMPLES: list[errors.AppError] = [
     errors.TrashCopyLostError(
         "3f2a9c", "report.pdf", "20261204T101500000000Z-3f2a9c-file-5967e864"
     ),
+    errors.RestoreOverwriteError(
+        "3f2a9c",
+        "report.pdf",
+        "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864/report.pdf",
+    ),
+    errors.TrashEntryLinkedError(
+        "3f2a9c",
+        "report.pdf",
+        "20261204T101500000000Z-3f2a9c-file-5967e864",
+        "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864",
+        "if it leads to the directory, moved out of the data root, move that back in its "
+        "place: `rm /srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864 && mv "
+        "/mnt/spare/20261204T101500000000Z-3f2a9c-file-5967e864 "
+        "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864`, with no server on "
+        "the root; else restore again to bring back the copy before it",
+    ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
     errors.DamagedFileError(
