@@ -1,0 +1,41 @@
+"""The app's guard in a pytest that loads neither of the package's entry points.
+
+``app-pytest-guard.pth``, installed at the top of site-packages with its module
+``_app_pytest_guard``, runs as every Python of the environment starts. Where pytest is
+imported, every run it makes calls :func:`register_fallback` once its plugins are loaded
+(entry points, ``-p``, ``PYTEST_PLUGINS``): a run that has not registered the app's plugin
+then gets the fallback (`app.testing.fallback`), so pytest's ``--basetemp``, its temporary
+root and what it is told to write are checked against the run this process belongs to and
+what is on disk, as with ``-p no:app``.
+
+A test's child ``python -m pytest --basetemp=<production root>`` with plugin autoload off
+(``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1`` in a hand-built environment, or pytest's own
+``--disable-plugin-autoload``), or with ``-p no:app -p no:app_fallback``, ran none of the
+app's code, and its pytest emptied a stopped production root as its first test asked for
+``tmp_path`` (red team 42; *not stopped* until then). What this does not cover: ``python
+-S`` (no site, so no ``.pth``), an environment the package is not installed in, and code
+that runs before pytest's configuration module is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+#: The fallback's entry point's name, and the name it is registered under where
+#: ``-p no:app_fallback`` blocks that one.
+_NAME: Final = "app_fallback"
+_UNDER_BLOCK: Final = "app.testing.startup:fallback"
+
+
+def register_fallback(manager: Any) -> None:
+    """Register the fallback with pytest's plugin ``manager`` unless the app's plugin, or
+    the fallback, is registered already."""
+    if manager.get_plugin("app") is not None or manager.get_plugin("app.testing.plugin"):
+        return  # the app's plugin guards this run
+    from app.testing import fallback, guard
+
+    if manager.is_registered(fallback):
+        return  # its entry point loaded it (`-p no:app` alone)
+    # Switched off on purpose, the fallback still guards: a test's child is not its user.
+    manager.register(fallback, _UNDER_BLOCK if manager.is_blocked(_NAME) else _NAME)
+    guard._guard_basetemps_in_this_process(switched_off=True)
