@@ -1168,6 +1168,7 @@ def _p_names(words: list[str]) -> set[str]:
 
 
 _SWITCH_OFF: Final = frozenset({"no:app", "no:app.testing.plugin", "no:app.testing"})
+_AUTOLOAD_OFF: Final = "--disable-plugin-autoload"
 
 
 def _switched_off_by() -> str | None:
@@ -1190,6 +1191,10 @@ def _switched_off_by() -> str | None:
     }
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not loaded:
         return "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
+    # pytest 8.4's option of the same meaning (red team 42): no variable to read it from.
+    for where, words in sources.items():
+        if _AUTOLOAD_OFF in words and not loaded:
+            return f"`{_AUTOLOAD_OFF}` {where}"
     return None
 
 
@@ -1402,6 +1407,8 @@ def why_no_plugin() -> str:
     by = _switched_off_by()
     if by == "PYTEST_DISABLE_PLUGIN_AUTOLOAD" or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
+    if by is not None and by.startswith(f"`{_AUTOLOAD_OFF}`"):
+        return f"plugin autoload is off ({by}): add `{_plugin_option()}`, or remove it there"
     if by is not None and "command line" not in by:
         return f"the plugin was disabled by {by}: remove it there"
     from app.config_files import SETTINGS_DIR_ENV

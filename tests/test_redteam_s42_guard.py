@@ -1,41 +1,82 @@
-"""Red team 42 on the guard (branch rt-guard26): draft."""
+"""Red team 42 on the guard (branch rt-guard26): a test's child pytest that loads neither of
+the package's pytest entry points.
+
+Beside a stopped production root, a test's child ``python -m pytest`` with plugin autoload
+off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1`` in a hand-built environment, or pytest's own
+``--disable-plugin-autoload`` option, which needs no environment at all), or with
+``-p no:app -p no:app_fallback``, ran none of the app's code: ``--basetemp=<production
+root>`` emptied the whole root as its first test asked for ``tmp_path``, ``--junitxml``
+rewrote its profile stamp, and ``TMPDIR`` in it made pytest's directories there (the *not
+stopped* rows of red teams 39 to 41). The package now installs ``app-pytest-guard.pth``,
+which registers the fallback (`app.testing.startup`) in every pytest run of the environment
+that has not registered the app's plugin: each is refused with the fallback's words.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_redteam_s40_guard import CHILD, INNER, SESSIONS, _tests_beside
+from test_redteam_s40_guard import CHILD, INNER, _tests_beside
 
-SHOWN = INNER + "    print('TMP', tmp_path)\n"
+ROOT = 'os.environ["PRODUCTION"]'
 AUTOLOAD_OFF = '{"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}'
+BASETEMP = (
+    "app: refusing --basetemp {production}: pytest empties it before the run, and it "
+    "overlaps the data root of profile 'production (protected by the enclosing test run, "
+    "pytest pid "
+)
 
 
 @pytest.mark.parametrize(
-    ("env", "args"),
+    ("env", "args", "refused"),
     [
-        (AUTOLOAD_OFF, f'["--basetemp=" + os.environ["PRODUCTION"]]'),
-        ("{}", f'["-p", "no:app", "-p", "no:app_fallback", "--basetemp=" + os.environ["PRODUCTION"]]'),
-        ("{}", '["--disable-plugin-autoload", "--basetemp=" + os.environ["PRODUCTION"]]'),
-        (AUTOLOAD_OFF, '["--junitxml=" + os.path.join(os.environ["PRODUCTION"], ".app-profile.json")]'),
-        ('{"TMPDIR": os.environ["PRODUCTION"], "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}', "[]"),
+        (AUTOLOAD_OFF, f'["--basetemp=" + {ROOT}]', BASETEMP),
+        ("{}", f'["--disable-plugin-autoload", "--basetemp=" + {ROOT}]', BASETEMP),
+        ("{}", f'["-p", "no:app", "-p", "no:app_fallback", "--basetemp=" + {ROOT}]', BASETEMP),
+        (
+            AUTOLOAD_OFF,
+            f'["--junitxml=" + os.path.join({ROOT}, ".app-profile.json")]',
+            "app: refusing to run: pytest's --junitxml rewrites {production}/.app-profile.json "
+            "as the run ends, which lies in the data root of profile 'production (protected "
+            "by the enclosing test run, pytest pid ",
+        ),
+        (
+            "{}",
+            f'["--disable-plugin-autoload", "--junitxml=" + os.path.join({ROOT}, "x.xml")]',
+            "The app's plugin is switched off in this run (`--disable-plugin-autoload` on "
+            "pytest's command line), and pytest writes there all the same",
+        ),
+        (
+            f'{{"TMPDIR": {ROOT}, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}}',
+            "[]",
+            "app: refusing to run: pytest would create (and clean up) its temporary "
+            "directories in {production}/pytest-of-",
+        ),
     ],
-    ids=["autoload-off", "both-off", "option", "junitxml", "tmpdir"],
+    ids=["autoload-off", "option", "both-off", "junitxml", "junitxml-option", "tmpdir"],
 )
-def test_a_child_pytest_with_autoload_off_cannot_reach_a_stopped_root(
+def test_a_child_pytest_that_loads_no_entry_point_of_the_app_cannot_reach_a_stopped_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
     env: str,
     args: str,
+    refused: str,
 ) -> None:
+    # Installed by `pip install -e .` since red team 42: an older environment lacks it.
+    assert "_app_pytest_guard" in sys.modules, (
+        "app-pytest-guard.pth is not installed in this environment: run "
+        "`.venv/bin/python -m pip install -e .` again"
+    )
     text = (
         CHILD.replace("ENV", env)
         .replace("ARGS", args)
         .replace("CONFTEST)", "'')")
-        .replace("INNER)", f"{SHOWN!r})")
+        .replace("INNER)", f"{INNER!r})")
     )
+    # `_tests_beside` fails the test if the child changed any file of production's root.
     production, output = _tests_beside(stopped, tmp_path, text)
     assert "CHILD 0" not in output, output
-    print(output)
-
+    assert refused.format(production=production) in output, output
