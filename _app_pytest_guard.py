@@ -70,4 +70,4 @@ class _ArmPytest:
 
 
 if _ArmPytest not in sys.meta_path:
-    sys.meta_path.insert(0, _ArmPytest)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, _ArmPytest)

@@ -39,21 +39,27 @@ BASETEMP = (
         (
             AUTOLOAD_OFF,
             f'["--junitxml=" + os.path.join({ROOT}, ".app-profile.json")]',
-            "app: refusing to run: pytest's --junitxml rewrites {production}/.app-profile.json "
-            "as the run ends, which lies in the data root of profile 'production (protected "
-            "by the enclosing test run, pytest pid ",
+            (
+                "app: refusing to run: pytest's --junitxml rewrites {production}/"
+                ".app-profile.json as the run ends, which lies in the data root of profile "
+                "'production (protected by the enclosing test run, pytest pid "
+            ),
         ),
         (
             "{}",
             f'["--disable-plugin-autoload", "--junitxml=" + os.path.join({ROOT}, "x.xml")]',
-            "The app's plugin is switched off in this run (`--disable-plugin-autoload` on "
-            "pytest's command line), and pytest writes there all the same",
+            (
+                "The app's plugin is switched off in this run (`--disable-plugin-autoload` on "
+                "pytest's command line), and pytest writes there all the same"
+            ),
         ),
         (
             f'{{"TMPDIR": {ROOT}, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}}',
             "[]",
-            "app: refusing to run: pytest would create (and clean up) its temporary "
-            "directories in {production}/pytest-of-",
+            (
+                "app: refusing to run: pytest would create (and clean up) its temporary "
+                "directories in {production}/pytest-of-"
+            ),
         ),
     ],
     ids=["autoload-off", "option", "both-off", "junitxml", "junitxml-option", "tmpdir"],
