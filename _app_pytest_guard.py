@@ -14,7 +14,11 @@ marked its plugins for assertion rewriting.
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+# Not `typing`: a Python that imports nothing else would pay for it at every start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _WATCHED = "_pytest.config"
 
