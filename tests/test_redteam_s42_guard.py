@@ -21,6 +21,8 @@ import pytest
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s40_guard import CHILD, INNER, _tests_beside
 
+from app import sandbox as sandboxing
+
 ROOT = 'os.environ["PRODUCTION"]'
 AUTOLOAD_OFF = '{"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}'
 BASETEMP = (
@@ -86,3 +88,14 @@ def test_a_child_pytest_that_loads_no_entry_point_of_the_app_cannot_reach_a_stop
     production, output = _tests_beside(stopped, tmp_path, text)
     assert "CHILD 0" not in output, output
     assert refused.format(production=production) in output, output
+
+
+def test_pytest_s_own_option_that_turns_autoload_off_is_named_where_the_plugin_is_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `_switched_off_by` knew the variable only: a refusal said nothing of the option.
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(sys, "argv", ["pytest", "--disable-plugin-autoload", "-q"])
+    by = "`--disable-plugin-autoload` on pytest's command line"
+    assert sandboxing._switched_off_by() == by
+    assert sandboxing.why_no_plugin().startswith(f"plugin autoload is off ({by}): add `-p app`")
