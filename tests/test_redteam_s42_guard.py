@@ -8,9 +8,10 @@ off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1`` in a hand-built environment, or pytest
 root>`` emptied the whole root as its first test asked for ``tmp_path``, ``--junitxml``
 rewrote its profile stamp, ``TMPDIR`` in it made pytest's directories there, and without a
 ``--basetemp`` its clean-up at its end deleted an older numbered directory holding a live
-server's root (the *not stopped* rows of red teams 39 to 41). The package now installs ``app-pytest-guard.pth``,
-which registers the fallback (`app.testing.startup`) in every pytest run of the environment
-that has not registered the app's plugin: each is refused with the fallback's words.
+server's root (the *not stopped* rows of red teams 39 to 41). The package now installs
+``app-pytest-guard.pth``, which registers the fallback (`app.testing.startup`) in every
+pytest run of the environment that has not registered the app's plugin: each is refused, or
+the directory kept, with the fallback's words.
 """
 
 from __future__ import annotations
