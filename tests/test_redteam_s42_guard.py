@@ -41,7 +41,14 @@ BASETEMP = (
     [
         (AUTOLOAD_OFF, f'["--basetemp=" + {ROOT}]', BASETEMP),
         ("{}", f'["--disable-plugin-autoload", "--basetemp=" + {ROOT}]', BASETEMP),
-        ("{}", f'["-p", "no:app", "-p", "no:app_fallback", "--basetemp=" + {ROOT}]', BASETEMP),
+        (
+            "{}",
+            (
+                '["-p", "no:app", "-p", "no:app_fallback", "-p", '
+                f'"no:app.testing.startup:fallback", "--basetemp=" + {ROOT}]'
+            ),
+            BASETEMP,
+        ),
         (
             AUTOLOAD_OFF,
             f'["--junitxml=" + os.path.join({ROOT}, ".app-profile.json")]',

@@ -19,10 +19,11 @@ that runs before pytest's configuration module is imported.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Final
 
-#: The fallback's entry point's name, and the name it is registered under where
-#: ``-p no:app_fallback`` blocks that one.
+#: The fallback's entry point's name, and the names it is registered under where
+#: ``-p no:app_fallback`` blocks that one (``-p no:<name>`` blocks any name given).
 _NAME: Final = "app_fallback"
 _UNDER_BLOCK: Final = "app.testing.startup:fallback"
 
@@ -37,5 +38,9 @@ def register_fallback(manager: Any) -> None:
     if manager.is_registered(fallback):
         return  # its entry point loaded it (`-p no:app` alone)
     # Switched off on purpose, the fallback still guards: a test's child is not its user.
-    manager.register(fallback, _UNDER_BLOCK if manager.is_blocked(_NAME) else _NAME)
+    # pluggy registers nothing, and says nothing, under a blocked name.
+    names = itertools.chain(
+        [_NAME, _UNDER_BLOCK], (f"{_UNDER_BLOCK}-{n}" for n in itertools.count(1))
+    )
+    manager.register(fallback, next(name for name in names if not manager.is_blocked(name)))
     guard._guard_basetemps_in_this_process(switched_off=True)
