@@ -16,6 +16,7 @@ the directory kept, with the fallback's words.
 
 from __future__ import annotations
 
+import site
 import sys
 from pathlib import Path
 
@@ -142,3 +143,156 @@ def test_a_live_root_a_pytest_with_autoload_off_makes_due_is_kept(
         ) in output, output
     finally:
         server.stop()
+
+
+# --- what held: other ways to start a child, and other spellings of a profile -------------
+
+#: Each probe starts a child given production's settings alone (a purge of production) in
+#: its own way, and prints ``PROBE <name> <exit> <stderr>``.
+HELD = r"""
+import concurrent.futures, multiprocessing, os, pty, subprocess, sys, tempfile, time
+
+import pytest
+
+APP = [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"]
+SHELL_APP = "env -i PATH=/usr/bin:/bin APP_SETTINGS_DIR=$APP_SETTINGS_DIR " + (
+    "ENV_FOR_DYNACONF=production " + " ".join(APP))
+
+
+def hand_built(**more):
+    env = {"PATH": "/usr/bin:/bin", "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"],
+           "ENV_FOR_DYNACONF": "production"}
+    return {**env, **more}
+
+
+def say(name, code, text=""):
+    print(f"PROBE {name} {code} {' '.join(text.split())}")
+
+
+def test_posix_spawn(tmp_path):
+    out = os.open(tmp_path / "o", os.O_WRONLY | os.O_CREAT)
+    pid = os.posix_spawn(sys.executable, APP, hand_built(),
+                         file_actions=[(os.POSIX_SPAWN_DUP2, out, 2)], setsid=True)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    say("posix_spawn", code, (tmp_path / "o").read_text())
+
+
+def test_fork_then_execve(tmp_path):
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        os.dup2(os.open(tmp_path / "o", os.O_WRONLY | os.O_CREAT), 2)
+        os.execve(sys.executable, APP, hand_built())
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    say("fork_execve", code, (tmp_path / "o").read_text())
+
+
+def test_pty_fork():
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, APP, hand_built())
+    text = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO once the child has closed the terminal
+            break
+        if not chunk:
+            break
+        text += chunk
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    say("pty_fork", code, text.decode(errors="replace"))
+
+
+@pytest.mark.parametrize("how", ["process_group", "preexec_setsid", "-I", "-S", "home"])
+def test_subprocess(how):
+    kw, command, env = {}, list(APP), hand_built()
+    if how == "process_group":
+        kw["process_group"] = 0
+    elif how == "preexec_setsid":
+        kw["preexec_fn"] = os.setsid
+    elif how.startswith("-"):
+        command.insert(1, how)
+        if how == "-S":  # no site: the app and pytest found through PYTHONPATH alone
+            env["PYTHONPATH"] = os.environ["WORKTREE"] + ":" + os.environ["SITE"]
+    else:
+        env.update(HOME="/nonexistent", XDG_CONFIG_HOME="/nonexistent", XDG_RUNTIME_DIR="/x")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, **kw)
+    say(how, done.returncode, done.stderr)
+
+
+def test_env_i_through_setsid_fork_and_nohup(tmp_path):
+    out = tmp_path / "o"
+    subprocess.run(["sh", "-c", f"setsid --fork {SHELL_APP} >{out}.s 2>&1"], check=True)
+    daemon = f"sleep 0.2; {SHELL_APP} >{out}.n 2>&1; echo $? >{out}.rc"
+    subprocess.run(["sh", "-c", f"(nohup sh -c '{daemon}' &); exit 0"], check=True)
+    for _ in range(400):
+        if (tmp_path / "o.rc").exists() and (tmp_path / "o.s").stat().st_size:
+            break
+        time.sleep(0.05)
+    say("setsid_fork", "-", (tmp_path / "o.s").read_text())
+    say("nohup_daemon", (tmp_path / "o.rc").read_text().strip(), (tmp_path / "o.n").read_text())
+
+
+SPELLINGS = {"lead": " production", "upper-tab": "PRODUCTION\t", "newline": "production\n",
+             "token": "@format x"}
+
+
+@pytest.mark.parametrize("label", SPELLINGS)
+def test_profile_spellings(label):
+    env = hand_built(ENV_FOR_DYNACONF=SPELLINGS[label])
+    done = subprocess.run(APP, env=env, capture_output=True, text=True)
+    say(f"spelling-{label}", done.returncode, done.stderr)
+
+
+POOL = []
+
+
+def _purge_in_worker(env):
+    os.environ.clear()
+    os.environ.update(env)
+    from app.config import load
+    from app.storage import open_storage
+
+    try:
+        with open_storage(load("production", serving=False), writer=True) as store:
+            store.purge()
+        return "PURGED"
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def test_1_leaves_a_forkserver_pool_alive():
+    tempfile.tempdir = "/tmp"  # the forkserver's socket: a worker's tmp_path is too long a path
+    context = multiprocessing.get_context("forkserver")
+    POOL.append(concurrent.futures.ProcessPoolExecutor(1, mp_context=context))
+    POOL[0].submit(int, 1).result()
+
+
+def test_2_uses_the_pool_left_alive():
+    say("forkserver_left", "-", POOL[0].submit(_purge_in_worker, hand_built()).result())
+    POOL[0].shutdown()
+"""
+
+REFUSED = "refused under pytest (sandbox: "
+
+
+def test_children_started_every_other_way_and_other_spellings_are_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # os.posix_spawn, fork then execve, pty.fork, subprocess's process_group and preexec_fn,
+    # python -I and -S, another HOME and XDG_*, env -i through setsid --fork and nohup (a
+    # daemon whose shell exited), a forkserver pool a test left alive for the next, and
+    # ENV_FOR_DYNACONF with whitespace, in upper case, or with a dynaconf token.
+    monkeypatch.setenv("WORKTREE", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("SITE", site.getsitepackages()[0])
+    _, output = _tests_beside(stopped, tmp_path, HELD)
+    probes = dict(line.split(" ", 1) for line in output.split("PROBE ")[1:])
+    assert len(probes) == 15, output
+    for name, said in probes.items():
+        if name == "spelling-token":
+            assert said.startswith("78 error: unknown profile '@format x'"), said
+        else:
+            assert REFUSED in said and "loading profile 'production'" in said, (name, said)
