@@ -37,69 +37,73 @@ BASETEMP = (
 )
 
 
-@pytest.mark.parametrize(
-    ("env", "args", "refused"),
-    [
-        (AUTOLOAD_OFF, f'["--basetemp=" + {ROOT}]', BASETEMP),
-        ("{}", f'["--disable-plugin-autoload", "--basetemp=" + {ROOT}]', BASETEMP),
+#: Each case: the child's environment, its arguments, and the words of its refusal.
+CASES = {
+    "autoload_off": (AUTOLOAD_OFF, f'["--basetemp=" + {ROOT}]', BASETEMP),
+    "option": ("{}", f'["--disable-plugin-autoload", "--basetemp=" + {ROOT}]', BASETEMP),
+    "both_off": (
+        "{}",
         (
-            "{}",
-            (
-                '["-p", "no:app", "-p", "no:app_fallback", "-p", '
-                f'"no:app.testing.startup:fallback", "--basetemp=" + {ROOT}]'
-            ),
-            BASETEMP,
+            '["-p", "no:app", "-p", "no:app_fallback", "-p", '
+            f'"no:app.testing.startup:fallback", "--basetemp=" + {ROOT}]'
         ),
+        BASETEMP,
+    ),
+    "xdist": (AUTOLOAD_OFF, f'["-p", "xdist.plugin", "-n", "2", "--basetemp=" + {ROOT}]', BASETEMP),
+    "junitxml": (
+        AUTOLOAD_OFF,
+        f'["--junitxml=" + os.path.join({ROOT}, ".app-profile.json")]',
         (
-            AUTOLOAD_OFF,
-            f'["--junitxml=" + os.path.join({ROOT}, ".app-profile.json")]',
-            (
-                "app: refusing to run: pytest's --junitxml rewrites {production}/"
-                ".app-profile.json as the run ends, which lies in the data root of profile "
-                "'production (protected by the enclosing test run, pytest pid "
-            ),
+            "app: refusing to run: pytest's --junitxml rewrites {production}/"
+            ".app-profile.json as the run ends, which lies in the data root of profile "
+            "'production (protected by the enclosing test run, pytest pid "
         ),
+    ),
+    "junitxml_option": (
+        "{}",
+        f'["--disable-plugin-autoload", "--junitxml=" + os.path.join({ROOT}, "x.xml")]',
         (
-            "{}",
-            f'["--disable-plugin-autoload", "--junitxml=" + os.path.join({ROOT}, "x.xml")]',
-            (
-                "The app's plugin is switched off in this run (`--disable-plugin-autoload` on "
-                "pytest's command line), and pytest writes there all the same"
-            ),
+            "The app's plugin is switched off in this run (`--disable-plugin-autoload` on "
+            "pytest's command line), and pytest writes there all the same"
         ),
+    ),
+    "tmpdir": (
+        f'{{"TMPDIR": {ROOT}, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}}',
+        "[]",
         (
-            f'{{"TMPDIR": {ROOT}, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}}',
-            "[]",
-            (
-                "app: refusing to run: pytest would create (and clean up) its temporary "
-                "directories in {production}/pytest-of-"
-            ),
+            "app: refusing to run: pytest would create (and clean up) its temporary "
+            "directories in {production}/pytest-of-"
         ),
-    ],
-    ids=["autoload-off", "option", "both-off", "junitxml", "junitxml-option", "tmpdir"],
-)
+    ),
+}
+
+
 def test_a_child_pytest_that_loads_no_entry_point_of_the_app_cannot_reach_a_stopped_root(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
-    env: str,
-    args: str,
-    refused: str,
 ) -> None:
     # Installed by `pip install -e .` since red team 42: an older environment lacks it.
     assert "_app_pytest_guard" in sys.modules, (
         "app-pytest-guard.pth is not installed in this environment: run "
         "`.venv/bin/python -m pip install -e .` again"
     )
-    text = (
+    # One outer run, one test per case (each a child pytest of its own).
+    tests = "".join(
         CHILD.replace("ENV", env)
         .replace("ARGS", args)
         .replace("CONFTEST)", "'')")
         .replace("INNER)", f"{INNER!r})")
+        .replace("def test_a_child_pytest_without_the_plugin", f"def test_{name}")
+        .replace('print("CHILD",', f'print("CHILD {name}",')
+        for name, (env, args, _) in CASES.items()
     )
-    # `_tests_beside` fails the test if the child changed any file of production's root.
-    production, output = _tests_beside(stopped, tmp_path, text)
-    assert "CHILD 0" not in output, output
-    assert refused.format(production=production) in output, output
+    # `_tests_beside` fails the test if a child changed any file of production's root.
+    production, output = _tests_beside(stopped, tmp_path, tests)
+    said = dict(part.split(" ", 1) for part in output.split("CHILD ")[1:])
+    assert said.keys() == CASES.keys(), output
+    for name, (_, _, refused) in CASES.items():
+        assert not said[name].startswith("0 "), (name, said[name])
+        assert refused.format(production=production) in said[name], (name, said[name])
 
 
 def test_pytest_s_own_option_that_turns_autoload_off_is_named_where_the_plugin_is_missed(
