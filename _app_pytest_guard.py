@@ -24,23 +24,39 @@ _WATCHED = "_pytest.config"
 
 
 def _arm(config_module: Any) -> None:
-    """Wrap ``PytestPluginManager.consider_env``, the last step of pytest's plugin loading
-    before the initial conftests (after autoload, ``-p`` and ``PYTEST_PLUGINS``)."""
+    """Wrap two steps of pytest's plugin loading: ``consider_preparse`` (``-p``, the first
+    plugins imported after pytest's own, once pytest has marked its plugins for assertion
+    rewriting) and ``consider_env``, the last before the initial conftests (after autoload,
+    ``-p`` and ``PYTEST_PLUGINS``)."""
     manager_class = config_module.PytestPluginManager
-    original = manager_class.consider_env
-    if getattr(original, "_app_armed", False):
+    if getattr(manager_class.consider_env, "_app_armed", False):
         return
+    preparse, env = manager_class.consider_preparse, manager_class.consider_env
+
+    def consider_preparse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("exclude_only"):  # the first call only reads `-p no:...`
+            startup = _startup()
+            if startup is not None:
+                startup.announce()
+        return preparse(self, *args, **kwargs)
 
     def consider_env(self: Any) -> None:
-        original(self)
-        try:
-            from app.testing.startup import register_fallback
-        except ImportError:  # the app removed, this file left behind
-            return
-        register_fallback(self)
+        env(self)
+        startup = _startup()
+        if startup is not None:
+            startup.register_fallback(self)
 
     consider_env._app_armed = True  # type: ignore[attr-defined]
+    manager_class.consider_preparse = consider_preparse
     manager_class.consider_env = consider_env
+
+
+def _startup() -> Any:
+    try:
+        from app.testing import startup
+    except ImportError:  # the app removed, this file left behind
+        return None
+    return startup
 
 
 class _ArmPytest:

@@ -17,14 +17,18 @@ the directory kept, with the fallback's words.
 from __future__ import annotations
 
 import site
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s23_guard import _shell_without_the_run, numbered_with_a_failed_test_s_root
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s40_guard import CHILD, INNER, _tests_beside
-from test_server_e2e import Server, app_env
+from test_server_e2e import Server, app_env, snapshot
 
 from app import sandbox as sandboxing
 
@@ -300,3 +304,55 @@ def test_children_started_every_other_way_and_other_spellings_are_refused(
             assert said.startswith("78 error: unknown profile '@format x'"), said
         else:
             assert REFUSED in said and "loading profile 'production'" in said, (name, said)
+
+
+# --- a -p plugin's first hook, under a runner that calls pytest through another module ----
+
+#: A `-p` plugin whose `pytest_addoption` starts a child given production's settings alone,
+#: before pytest imports the app's plugin.
+EARLY_CHILD = """import os, subprocess, sys
+
+
+def pytest_addoption(parser):
+    env = {"PATH": "/usr/bin:/bin", "ENV_FOR_DYNACONF": "production",
+           "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
+    done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                          env=env, capture_output=True, text=True)
+    print("early child:", done.returncode, done.stdout, done.stderr)
+"""
+
+
+def test_a_child_of_a_plugin_s_first_hook_under_a_runner_of_a_runner_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Red team 37 read a runner script that calls `pytest.main` itself; `python ci.py`,
+    # whose module `checks` calls it, showed pytest nowhere: the child purged a stopped
+    # production root. Outside any run: in a PID namespace of its own.
+    if not _own_proc_allowed():
+        pytest.skip("this machine does not let this user make a PID namespace")
+    settings, production = stopped
+    (tmp_path / "early.py").write_text(EARLY_CHILD)
+    (tmp_path / "test_inner.py").write_text("def test_nothing():\n    pass\n")
+    (tmp_path / "checks.py").write_text(
+        "import pytest\n\n\ndef run():\n"
+        '    return pytest.main(["-s", "-p", "early", "-p", "no:cacheprovider", "test_inner.py"])\n'
+    )
+    (tmp_path / "ci.py").write_text("import sys\n\nimport checks\n\nsys.exit(checks.run())\n")
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings), PYTHONPATH=str(tmp_path), TMPDIR=_tmpdir(tmp_path)
+    )
+    before = snapshot(production)
+    done = subprocess.run(
+        [*OWN_PROC, sys.executable, "ci.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert done.returncode == 0, output
+    assert (
+        "early child: 78 error: refused under pytest: loading profile 'production' while a "
+        f"pytest run (an ancestor process, pytest pid 1: {sys.executable} ci.py) is starting "
+        "and the app's plugin has not made its sandbox yet. Use the app (load a profile, or "
+        "start a process that does) from a test or a fixture, once the run has its sandbox"
+    ) in output, output

@@ -28,6 +28,21 @@ _NAME: Final = "app_fallback"
 _UNDER_BLOCK: Final = "app.testing.startup:fallback"
 
 
+def announce() -> None:
+    """Say in the registry that a pytest run is starting in this process
+    (`app.sandbox.announce_start`), before pytest imports its ``-p`` plugins.
+
+    A ``-p`` plugin whose ``pytest_addoption`` started a child given production's settings
+    alone, under ``python ci.py`` whose module calls ``pytest.main``: no command line showed
+    pytest (red team 37 reads a runner that calls it itself), the app's plugin had not been
+    imported to announce the run, and the child purged a stopped production root (red team
+    42).
+    """
+    from app import sandbox
+
+    sandbox.announce_start()
+
+
 def register_fallback(manager: Any) -> None:
     """Register the fallback with pytest's plugin ``manager`` unless the app's plugin, or
     the fallback, is registered already."""
