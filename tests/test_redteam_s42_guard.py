@@ -313,30 +313,57 @@ def test_children_started_every_other_way_and_other_spellings_are_refused(
 EARLY_CHILD = """import os, subprocess, sys
 
 
-def pytest_addoption(parser):
+def purge():
     env = {"PATH": "/usr/bin:/bin", "ENV_FOR_DYNACONF": "production",
            "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
     done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
                           env=env, capture_output=True, text=True)
     print("early child:", done.returncode, done.stdout, done.stderr)
 """
+HOOKS = {
+    "addoption": "\n\ndef pytest_addoption(parser):\n    purge()\n",
+    "import": "\n\npurge()\n",
+    # The app's plugin switched off, and a test's child given production's settings alone.
+    "a-test-plugin-off": "",
+}
+STARTING = (
+    "early child: 78 error: refused under pytest: loading profile 'production' while a "
+    "pytest run (an ancestor process, pytest pid 1: {python} ci.py) is starting and the app's "
+    "plugin has not made its sandbox yet. Use the app (load a profile, or start a process "
+    "that does) from a test or a fixture, once the run has its sandbox"
+)
+WITHOUT_PLUGIN = (
+    "early child: 78 error: refused under pytest: loading profile 'production' while pytest "
+    "runs without the app's sandbox (an ancestor process (pid 1: {python} ci.py) runs pytest "
+    "without the app's plugin)"
+)
+A_TEST_S_CHILD = EARLY_CHILD + "\n\ndef test_a_child():\n    purge()\n"
 
 
-def test_a_child_of_a_plugin_s_first_hook_under_a_runner_of_a_runner_is_refused(
+@pytest.mark.parametrize("when", HOOKS)
+def test_a_child_of_a_plugin_s_import_or_first_hook_under_a_runner_of_a_runner_is_refused(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    when: str,
 ) -> None:
     # Red team 37 read a runner script that calls `pytest.main` itself; `python ci.py`,
-    # whose module `checks` calls it, showed pytest nowhere: the child purged a stopped
-    # production root. Outside any run: in a PID namespace of its own.
+    # whose module `checks` calls it, showed pytest nowhere: a `-p` plugin's child, started
+    # from its `pytest_addoption` or as it was imported (before the app's plugin was), purged
+    # a stopped production root, and so did a test's child with the app's plugin switched
+    # off. Outside any run: in a PID namespace of its own.
     if not _own_proc_allowed():
         pytest.skip("this machine does not let this user make a PID namespace")
     settings, production = stopped
-    (tmp_path / "early.py").write_text(EARLY_CHILD)
-    (tmp_path / "test_inner.py").write_text("def test_nothing():\n    pass\n")
+    plugin_off = when == "a-test-plugin-off"
+    (tmp_path / "early.py").write_text(EARLY_CHILD + HOOKS[when])
+    (tmp_path / "test_inner.py").write_text(
+        A_TEST_S_CHILD if plugin_off else "def test_nothing():\n    pass\n"
+    )
+    off = '"-p", "no:app", ' if plugin_off else ""
     (tmp_path / "checks.py").write_text(
         "import pytest\n\n\ndef run():\n"
-        '    return pytest.main(["-s", "-p", "early", "-p", "no:cacheprovider", "test_inner.py"])\n'
+        f'    return pytest.main([{off}"-s", "-p", "early", "-p", "no:cacheprovider", '
+        '"test_inner.py"])\n'
     )
     (tmp_path / "ci.py").write_text("import sys\n\nimport checks\n\nsys.exit(checks.run())\n")
     env = _inner_env(
@@ -350,9 +377,5 @@ def test_a_child_of_a_plugin_s_first_hook_under_a_runner_of_a_runner_is_refused(
     output = " ".join((done.stdout + done.stderr).split())
     assert snapshot(production) == before, output
     assert done.returncode == 0, output
-    assert (
-        "early child: 78 error: refused under pytest: loading profile 'production' while a "
-        f"pytest run (an ancestor process, pytest pid 1: {sys.executable} ci.py) is starting "
-        "and the app's plugin has not made its sandbox yet. Use the app (load a profile, or "
-        "start a process that does) from a test or a fixture, once the run has its sandbox"
-    ) in output, output
+    said = WITHOUT_PLUGIN if plugin_off else STARTING
+    assert said.format(python=sys.executable) in output, output

@@ -40,16 +40,20 @@ def announce() -> None:
     """
     from app import sandbox
 
-    sandbox.announce_start()
+    # Only where no command line says that pytest runs here: a child finds those as before.
+    if not sandbox._looks_like_pytest(sandbox._cmdline("self"), "self"):
+        sandbox.announce_start()
 
 
 def register_fallback(manager: Any) -> None:
     """Register the fallback with pytest's plugin ``manager`` unless the app's plugin, or
-    the fallback, is registered already."""
+    the fallback, is registered already; say that this run has no plugin (`announce`)."""
     if manager.get_plugin("app") is not None or manager.get_plugin("app.testing.plugin"):
         return  # the app's plugin guards this run
+    from app import sandbox
     from app.testing import fallback, guard
 
+    sandbox.note_without_plugin()
     if manager.is_registered(fallback):
         return  # its entry point loaded it (`-p no:app` alone)
     # Switched off on purpose, the fallback still guards: a test's child is not its user.
