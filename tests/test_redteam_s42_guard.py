@@ -12,6 +12,12 @@ server's root (the *not stopped* rows of red teams 39 to 41). The package now in
 ``app-pytest-guard.pth``, which registers the fallback (`app.testing.startup`) in every
 pytest run of the environment that has not registered the app's plugin: each is refused, or
 the directory kept, with the fallback's words.
+
+And under ``python ci.py``, whose module calls ``pytest.main`` (no command line shows
+pytest), a ``-p`` plugin's child, started from its ``pytest_addoption`` or as it was
+imported, given production's settings alone, purged a stopped production root, and so did a
+test's child with ``-p no:app``: the ``.pth``'s hook now announces the run in the registry as
+pytest reads its ``-p`` options, and says so where the app's plugin stays off.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The app's guard in a pytest that loads neither of the package's entry points.
+"""The app's guard in a pytest that loads neither of the package's entry points, or runs
+under a runner no command line shows (`announce`).
 
 ``app-pytest-guard.pth``, installed at the top of site-packages with its module
 ``_app_pytest_guard``, runs as every Python of the environment starts. Where pytest is
