@@ -8,7 +8,8 @@ off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1`` in a hand-built environment, or pytest
 root>`` emptied the whole root as its first test asked for ``tmp_path``, ``--junitxml``
 rewrote its profile stamp, ``TMPDIR`` in it made pytest's directories there, and without a
 ``--basetemp`` its clean-up at its end deleted an older numbered directory holding a live
-server's root (the *not stopped* rows of red teams 39 to 41). The package now installs
+server's root (kept as a case of ``tests/test_redteam_s39_guard.py``; the *not stopped* rows
+of red teams 39 to 41). The package now installs
 ``app-pytest-guard.pth``, which registers the fallback (`app.testing.startup`) in every
 pytest run of the environment that has not registered the app's plugin: each is refused, or
 the directory kept, with the fallback's words.
@@ -29,12 +30,11 @@ from pathlib import Path
 
 import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
-from test_redteam_s23_guard import _shell_without_the_run, numbered_with_a_failed_test_s_root
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s40_guard import CHILD, INNER, _tests_beside
-from test_server_e2e import Server, app_env, snapshot
+from test_server_e2e import snapshot
 
 from app import sandbox as sandboxing
 
@@ -125,38 +125,6 @@ def test_pytest_s_own_option_that_turns_autoload_off_is_named_where_the_plugin_i
     by = "`--disable-plugin-autoload` on pytest's command line"
     assert sandboxing._switched_off_by() == by
     assert sandboxing.why_no_plugin().startswith(f"plugin autoload is off ({by}): add `-p app`")
-
-
-def test_a_live_root_a_pytest_with_autoload_off_makes_due_is_kept(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Session 39's case (`python -m pytest -p no:app`: its clean-up at its end deleted an
-    # older numbered directory holding a live server's root), with autoload off instead: no
-    # entry point is loaded, and the fallback registered through the .pth keeps it.
-    numbered, root = numbered_with_a_failed_test_s_root(tmp_path / "temproot")
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
-    try:
-        with server.client() as client:
-            assert client.post("/sessions", json={"title": "kept"}).status_code == 201
-        _shell_without_the_run(monkeypatch, tmp_path / "temproot")
-        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-        (numbered / "pytest-4").mkdir()
-        pytester.makepyfile(test_inner="def test_inner(tmp_path):\n    pass\n")
-        result = pytester.run(sys.executable, "-mpytest", "-p", "no:cacheprovider", "test_inner.py")
-        output = result.stdout.str() + result.stderr.str()
-        assert result.ret == 0, output
-        assert (numbered / "pytest-5").is_dir(), output
-        assert (root / ".app-profile.json").is_file(), output  # the server may answer from memory
-        assert server.process.poll() is None
-        with server.client() as client:
-            assert client.get("/sessions").json()["total"] == 1, output
-        assert (
-            f"app: kept {numbered / 'pytest-2'}: pytest deletes it at the end of this run (it "
-            "keeps only the last 3 of its temporary directories, tmp_path_retention_count), "
-            f"but it holds the data root {root}, held by pid {server.pid}, kind server"
-        ) in output, output
-    finally:
-        server.stop()
 
 
 # --- what held: other ways to start a child, and other spellings of a profile -------------
