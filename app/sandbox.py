@@ -83,6 +83,7 @@ __all__ = [
     "loaded",
     "marked",
     "note_inactive",
+    "note_without_plugin",
     "parent_pid",
     "proc_hides_processes",
     "process_link",
@@ -722,7 +723,9 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
                 who = "this process" if depth == 0 else "an ancestor process"
                 argv = _cmdline(pid)
                 bare = f"{_STARTING} ({who}, pytest pid {pid}: {_shown(argv)}){_NO_SANDBOX_YET}"
-                bare_argv, starting = argv, True
+                if data.get("without_plugin"):  # and never will (`note_without_plugin`)
+                    bare = f"{who} (pid {pid}: {_shown(argv)}) runs pytest without the app's plugin"
+                bare_argv, starting = argv, not data.get("without_plugin")
             continue
         if entry is not None:
             run = _read_entry(entry, pid, depth, data=data)
@@ -1168,6 +1171,7 @@ def _p_names(words: list[str]) -> set[str]:
 
 
 _SWITCH_OFF: Final = frozenset({"no:app", "no:app.testing.plugin", "no:app.testing"})
+_AUTOLOAD_OFF: Final = "--disable-plugin-autoload"
 
 
 def _switched_off_by() -> str | None:
@@ -1190,6 +1194,10 @@ def _switched_off_by() -> str | None:
     }
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") and not loaded:
         return "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
+    # pytest 8.4's option of the same meaning (red team 42): no variable to read it from.
+    for where, words in sources.items():
+        if _AUTOLOAD_OFF in words and not loaded:
+            return f"`{_AUTOLOAD_OFF}` {where}"
     return None
 
 
@@ -1402,6 +1410,8 @@ def why_no_plugin() -> str:
     by = _switched_off_by()
     if by == "PYTEST_DISABLE_PLUGIN_AUTOLOAD" or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return f"PYTEST_DISABLE_PLUGIN_AUTOLOAD is set: add `{_plugin_option()}`, or unset it"
+    if by is not None and by.startswith(f"`{_AUTOLOAD_OFF}`"):
+        return f"plugin autoload is off ({by}): add `{_plugin_option()}`, or remove it there"
     if by is not None and "command line" not in by:
         return f"the plugin was disabled by {by}: remove it there"
     from app.config_files import SETTINGS_DIR_ENV
@@ -1568,6 +1578,7 @@ def _publish(
     outlived: int | None = None,
     ended_at: float | None = None,
     while_running: bool = False,
+    without_plugin: bool = False,
 ) -> None:
     """Write ``run`` as this process's registry entry (atomically: readers never see half),
     or, given `outlived` (a child of this process), as that child's; None: an entry that
@@ -1577,6 +1588,8 @@ def _publish(
     if pid is None or started is None:
         return  # no /proc: children fall back to the environment
     data = _entry_dict(run, pid)
+    if without_plugin:
+        data["without_plugin"] = True
     if outlived is not None:
         own = _proc_self()
         data["outlived"] = own
@@ -1874,6 +1887,18 @@ def announce_start() -> None:
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
         if entry is not None:
             _ANNOUNCED.append(entry)
+
+
+def note_without_plugin() -> None:
+    """Say in this process's starting entry (`announce_start`) that its pytest runs without
+    the app's plugin for good (`app.testing.startup`): its children are then refused as
+    under such a pytest, not told to wait for a sandbox that never comes."""
+    entry = _own_entry()
+    data = _entry_data(entry) if entry is not None else None
+    if data is None or not data.get("starting") or _in_process() is not None:
+        return
+    with contextlib.suppress(OSError):
+        _publish(None, _own_runs_dir(), without_plugin=True)
 
 
 def withdraw_start() -> None:

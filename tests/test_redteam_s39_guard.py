@@ -656,7 +656,7 @@ def test_runs_pytest_without_the_plugin(tmp_path):
 """
 
 
-@pytest.mark.parametrize("where", ["in-process", "child"])
+@pytest.mark.parametrize("where", ["in-process", "child", "child-autoload-off"])
 def test_a_live_root_a_pytest_without_the_plugin_makes_due_is_kept(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -665,7 +665,10 @@ def test_a_live_root_a_pytest_without_the_plugin_makes_due_is_kept(
     # own process, made pytest-5, and its clean-up at its end deleted pytest-2 with the
     # live root in it; the run's own keep came later. Kept now, as an inactive run keeps it.
     # The same for a pytest of its own with the plugin switched off (`python -m pytest -p
-    # no:app`, pytest-2 of 1 to 5; session 39): the fallback entry point keeps it.
+    # no:app`, pytest-2 of 1 to 5; session 39): the fallback entry point keeps it. And with
+    # autoload off instead (red team 42): no entry point is loaded, and the root was
+    # deleted (the server answered from memory); the fallback registered through the
+    # package's .pth keeps it.
     numbered, root = numbered_with_a_failed_test_s_root(tmp_path / "temproot")
     server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     try:
@@ -678,14 +681,18 @@ def test_a_live_root_a_pytest_without_the_plugin_makes_due_is_kept(
         else:
             (numbered / "pytest-4").mkdir()
             pytester.makepyfile(test_inner="def test_inner(tmp_path):\n    pass\n")
+            off = ["-p", "no:app", "-p", "no:randomly"]
+            if where == "child-autoload-off":
+                monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+                off = []
             result = pytester.run(
-                sys.executable, "-mpytest", "-p", "no:app", "-p", "no:cacheprovider", "-p",
-                "no:randomly", "test_inner.py",
-            )  # fmt: skip
+                sys.executable, "-mpytest", *off, "-p", "no:cacheprovider", "test_inner.py"
+            )
         output = result.stdout.str() + result.stderr.str()
         assert result.ret == 0, output
-        assert "MAIN 0" in output or where == "child", output
+        assert "MAIN 0" in output or where != "in-process", output
         assert (numbered / "pytest-5").is_dir(), output
+        assert (root / ".app-profile.json").is_file(), output  # the server may answer from memory
         assert server.process.poll() is None
         with server.client() as client:
             assert client.get("/sessions").json()["total"] == 1, output

@@ -14,8 +14,9 @@ plugin checks it; inside one, pytest's temporary root (``TMPDIR``) is checked to
 
 Where the app's plugin runs, this does nothing: importing this module costs no more than
 its own few lines, and the app's modules are imported only in a run without the plugin.
-What this does not cover: autoload switched off (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``) without
-``-p app_fallback``, and ``-p no:app_fallback`` given on purpose.
+A pytest that loads neither entry point (autoload off, or ``-p no:app_fallback`` as well)
+registers this module all the same, through ``app-pytest-guard.pth`` (`app.testing.startup`,
+red team 42). What this does not cover: ``python -S``, which reads no ``.pth``.
 """
 
 from __future__ import annotations
