@@ -1,0 +1,150 @@
+"""Every Python process a test run starts, by kind, and the CPU each used (a census).
+
+Usage (from the project directory)::
+
+    .venv/bin/python bench/process_census.py on       # every Python of .venv logs at its exit
+    .venv/bin/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder ...
+    .venv/bin/python bench/process_census.py off      # removes the hook and stops the log
+    .venv/bin/python bench/process_census.py report [--top 25]
+
+``on`` puts a ``.pth`` file in the virtualenv's site-packages (not in the environment, so
+that no test that wipes or rebuilds its children's environment loses it, and none sees a
+variable of it): each Python process of the virtualenv that ends through ``atexit`` appends
+one JSON line (its command line, its own user + system CPU, ``PYTEST_CURRENT_TEST`` if it
+inherited one, its parent) to `LOG`. Processes that end by a signal's default action, by
+``os._exit`` (the zygote's forks, tests/forked_app.py, when they skip ``atexit``) or
+under SIGKILL are not counted, nor are non-Python children (PostgreSQL, weed, Chromium).
+Measurement only: always ``off`` after the run (the hook costs each process an ``open`` at
+exit while `FLAG` exists, and nothing otherwise).
+
+``report`` groups the processes by kind (inner pytest, ``python -m app`` command, xdist
+worker, ``python -c``, multiprocessing child...) and by the test file that started them: the
+nearest logged ancestor's ``PYTEST_CURRENT_TEST`` (pytester and the incident's launcher
+remove it from their inner runs, whose children then count under the nearest ancestor that
+kept it, or under "?").
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import site
+from pathlib import Path
+from typing import Any
+
+LOG = Path("/tmp/app-process-census.jsonl")
+FLAG = Path("/tmp/app-process-census.on")
+HOOK = "zz_app_process_census"
+SOURCE = f"""\
+import os, sys
+if os.path.exists({str(FLAG)!r}):
+    import atexit, json
+
+    def _app_process_census():
+        times = os.times()
+        line = json.dumps({{
+            "pid": os.getpid(), "ppid": os.getppid(), "argv": sys.orig_argv[:8],
+            "cpu": times.user + times.system,
+            "test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+        }})
+        try:
+            fd = os.open({str(LOG)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            os.write(fd, (line + "\\n").encode())
+            os.close(fd)
+        except OSError:
+            pass
+
+    atexit.register(_app_process_census)
+"""
+
+
+def _site_packages() -> Path:
+    return Path(site.getsitepackages()[0])
+
+
+def on() -> None:
+    packages = _site_packages()
+    (packages / f"{HOOK}.py").write_text(SOURCE)
+    (packages / f"{HOOK}.pth").write_text(f"import {HOOK}\n")
+    LOG.unlink(missing_ok=True)
+    FLAG.touch()
+
+
+def off() -> None:
+    FLAG.unlink(missing_ok=True)
+    for suffix in (".pth", ".py"):
+        (_site_packages() / f"{HOOK}{suffix}").unlink(missing_ok=True)
+
+
+def kind(row: dict[str, Any]) -> str:
+    argv: list[str] = row["argv"]
+    line = " ".join(argv[1:])
+    if line.startswith("-u -c import sys;exec"):
+        return "xdist worker (execnet)"
+    if "pytest" in line.split(" ", 2)[:2] or "-mpytest" in line or argv[0].endswith("pytest"):
+        return "pytest"
+    if line.startswith("-m app") or argv[0].endswith("/app"):
+        words = argv[3:] if line.startswith("-m app") else argv[1:]
+        if words[:1] == ["--profile"]:
+            words = words[2:]
+        return "app " + next((word for word in words if not word.startswith("-")), "")
+    if "import atexit, ctypes" in line:
+        return "zygote or a fork of it (tests/forked_app.py)"
+    if "multiprocessing" in line:
+        return "multiprocessing child"
+    if line.startswith("-m "):
+        return "python " + " ".join(argv[1:3])
+    if line.startswith("-c"):
+        return "python -c"
+    return "other"
+
+
+def report(top: int) -> None:
+    rows = [json.loads(line) for line in LOG.read_text().splitlines() if line]
+    by_pid = {row["pid"]: row for row in rows}
+
+    def started_by(row: dict[str, Any]) -> str:
+        seen: set[int] = set()
+        while row and not row["test"] and row["pid"] not in seen:
+            seen.add(row["pid"])
+            row = by_pid.get(row["ppid"], {})
+        return row["test"].split("::", 1)[0] if row else "?"
+
+    kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    files: dict[str, dict[str, list[float]]] = collections.defaultdict(
+        lambda: collections.defaultdict(lambda: [0, 0.0])
+    )
+    for row in rows:
+        name = kind(row)
+        kinds[name][0] += 1
+        kinds[name][1] += row["cpu"]
+        files[started_by(row)][name][0] += 1
+        files[started_by(row)][name][1] += row["cpu"]
+    print(f"{len(rows)} processes, {sum(row['cpu'] for row in rows):.1f} s of CPU\n")
+    print("| kind | processes | CPU (s) | mean (s) |\n|---|---:|---:|---:|")
+    for name, (count, cpu) in sorted(kinds.items(), key=lambda item: -item[1][1])[:top]:
+        print(f"| {name} | {count:.0f} | {cpu:.1f} | {cpu / count:.3f} |")
+    print()
+    totals = {name: sum(cpu for _, cpu in each.values()) for name, each in files.items()}
+    for name in sorted(totals, key=lambda name: -totals[name])[:top]:
+        parts = sorted(files[name].items(), key=lambda item: -item[1][1])[:4]
+        listed = ", ".join(f"{k} {count:.0f}x {cpu:.1f} s" for k, (count, cpu) in parts)
+        print(f"{totals[name]:6.1f} s  {name}: {listed}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["on", "off", "report"])
+    parser.add_argument("--top", type=int, default=25, help="kinds and files to list")
+    args = parser.parse_args()
+    if args.action == "on":
+        on()
+    elif args.action == "off":
+        off()
+    else:
+        report(args.top)
+
+
+if __name__ == "__main__":
+    main()
