@@ -763,14 +763,14 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
 def _warn_linked_entries(entries: list[TrashEntry]) -> None:
     """Name each entry listed as a symbolic link (``reason`` ``linked``), where it leads and
     what puts it back: what it holds is neither listed nor restored until then (red team 42)."""
-    from app.store.trash import LINKED, linked_entry_remedy
+    from app.storage import LINKED
 
     for entry in entries:
         if entry.reason != LINKED:
             continue
+        remedy = entry.remedy or "list the trash again"
         try:
             where = f"(to {entry.path.readlink()}) "
-            remedy = linked_entry_remedy(entry.path)
         except OSError as error:  # gone since the listing
             where, remedy = "", f"it is gone since ({error.strerror}): list the trash again"
         click.echo(

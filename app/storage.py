@@ -232,6 +232,11 @@ class Page:
         return {"items": self.items, "total": self.total, "next": self.next}
 
 
+#: The reason a trash entry is listed with when it is a symbolic link (moved out of the data
+#: root and linked back), which the app never follows: what it holds is not read.
+LINKED: Final = "linked"
+
+
 @dataclass(frozen=True, slots=True)
 class TrashEntry:
     """A deleted session, or a deleted or replaced file, kept until ``empty-trash``.
@@ -250,6 +255,8 @@ class TrashEntry:
         since_boot: the boot it was made in and the seconds since that boot (Linux's
             ``CLOCK_BOOTTIME``), where the backend records them (a local data root): its
             age within that boot, whatever the wall clock did since.
+        remedy: for a ``"linked"`` entry, what puts it back (the link's target and the
+            commands), as the backend says it where it lists the entry.
     """
 
     name: str
@@ -261,6 +268,7 @@ class TrashEntry:
     reason: str
     title: str | None = None
     since_boot: tuple[str, float] | None = field(default=None, compare=False)
+    remedy: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (``app sessions list --trash --json``)."""

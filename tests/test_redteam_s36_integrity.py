@@ -50,15 +50,41 @@ def _fifo_at(path: Path) -> None:
     os.mkfifo(path, 0o600)
 
 
+def _threads_in_open() -> set[str]:
+    """The threads of this process blocked in ``open``/``openat`` now (Linux's
+    ``/proc/self/task/<tid>/syscall`` names the call a sleeping thread is in; a running one
+    reads ``running``)."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            number = (task / "syscall").read_text().split(" ", 1)[0]
+            if number in _OPEN_CALLS:
+                found.add(task.name)
+    return found
+
+
+#: x86-64's and arm64's numbers of open and openat.
+_OPEN_CALLS = {"2", "257", "56"}
+
+
 @contextlib.contextmanager
 def _waits_released(*fifos: Path) -> Iterator[list[Path]]:
-    """Releases any reader that waits on one of ``fifos``; yields those it had to release."""
+    """Releases any reader that waits on one of ``fifos``; yields those it had to release.
+
+    A reader counts only where a thread of this process was blocked in ``open`` at two looks
+    in a row before the release: the checks open what they look at with ``O_NONBLOCK`` (they
+    must not wait), and such an open of a FIFO is a reader for an instant, which a loaded
+    machine once stretched into the releaser's look (a false "waited")."""
     released: list[Path] = []
     done = threading.Event()
 
     def release() -> None:
+        before: set[str] = set()
         while not done.is_set():
-            for fifo in fifos:
+            blocked = _threads_in_open()
+            waiting = blocked & before  # blocked at the last look too
+            before = blocked
+            for fifo in fifos if waiting else ():
                 try:
                     fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
                 except OSError:

@@ -38,7 +38,7 @@ from app.errors import (
     TrashEntryLinkedError,
 )
 from app.lock import BOOT_ID_FILE, special_kind
-from app.storage import FileEntry, TrashEntry
+from app.storage import LINKED, FileEntry, TrashEntry
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
 
 if TYPE_CHECKING:
@@ -68,10 +68,6 @@ log = logging.getLogger("app.store")
 
 UNREADABLE: Final = "unreadable"
 """The reason an entry is listed with when its manifest may not be read (EACCES, EPERM)."""
-
-LINKED: Final = "linked"
-"""The reason an entry is listed with when it is a symbolic link (moved out of the data root
-and linked back), which the app never follows: what it holds is not read."""
 
 MISSING_MANIFEST: Final = (FileNotFoundError, NotADirectoryError, NotRegularFileError)
 """A manifest that is not there to read. Any other failure (EMFILE, EIO) is raised: read as
@@ -108,6 +104,14 @@ def _boot_of(recorded: object) -> tuple[str, float] | None:
 def linked_entry_remedy(link: Path) -> str:
     """What puts back a trash entry moved out of the data root and linked back."""
     return link_remedy(link, "restore again to bring back the copy before it")
+
+
+def _linked_remedy(link: Path) -> str:
+    """`linked_entry_remedy`, said for a listing: the link may go meanwhile."""
+    try:
+        return linked_entry_remedy(link)
+    except OSError as error:
+        return f"it is gone since ({error.strerror}): list the trash again"
 
 
 def _not_bytes(path: Path) -> str | None:
@@ -364,6 +368,7 @@ class Trash:
             reason=manifest.get("reason", "unknown"),
             title=manifest.get("title"),
             since_boot=_boot_of(manifest.get("boot")),
+            remedy=_linked_remedy(path) if linked else None,
         )
 
     @staticmethod
