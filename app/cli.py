@@ -633,6 +633,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         stamped = str(seen.stamp.get("profile"))
         mismatch = "" if stamped == config.profile else f"  (NOT {config.profile!r}: refused)"
         click.echo(f"stamp: profile {stamped}, created {seen.stamp.get('created_at')}{mismatch}")
+    objects_error = getattr(seen, "objects_error", None)
+    if objects_error:
+        click.echo(f"objects: {objects_error}")
     holder = seen.holder
     if unknown:
         click.echo(

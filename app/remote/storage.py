@@ -344,6 +344,8 @@ class RemoteStatus:
         stamp_error: why the stamp could not be read (the database cannot be reached, or
             did not answer within database_wait_seconds); then ``exists`` and ``held`` are
             unknown, and :meth:`to_dict` shows them as ``None``.
+        objects_error: why opening the object prefix would be refused, or why the bucket
+            cannot be used (what ``app doctor`` says of it, with its remedy), if either.
     """
 
     location: str
@@ -353,6 +355,7 @@ class RemoteStatus:
     stamp_error: str | None = None
     holders_unknown: str | None = None
     """Why the live replicas cannot be seen from here (a standby), if they cannot."""
+    objects_error: str | None = None
 
     @property
     def held(self) -> bool:
@@ -382,6 +385,7 @@ class RemoteStatus:
             "stamp": self.stamp,
             "stamp_error": self.stamp_error,
             "holders_unknown": self.holders_unknown,
+            "objects_error": self.objects_error,
         }
 
 
@@ -420,7 +424,7 @@ def describe(config: Config) -> RemoteStatus:
         # 37: a search_path hiding the app's tables made `app status` exit 78, no report).
         return RemoteStatus(location, False, stamp_error=error.message)
     if stamp is None:
-        return RemoteStatus(location, False)
+        return RemoteStatus(location, False, objects_error=_objects_problem(config))
     shown = {
         "profile": stamp.profile,
         "schema_version": stamp.schema_version,
@@ -428,7 +432,22 @@ def describe(config: Config) -> RemoteStatus:
         "restamped_from": stamp.restamped_from,
     }
     unseen = pg.standby_note(pg.mask_url(database_url)) if standby else None
-    return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown, None, unseen)
+    return RemoteStatus(
+        location, True, [_jsonable(h) for h in holders], shown, None, unseen,
+        _objects_problem(config),
+    )  # fmt: skip
+
+
+def _objects_problem(config: Config) -> str | None:
+    """What ``app doctor`` finds wrong with the bucket, the prefix or the database's binding
+    to it, if anything: the refusal every other command gives (red team 42: `app status`
+    said nothing of a prefix that every command refused, an emptied store among them)."""
+    problems = [
+        probe.problem
+        for probe in diagnose(config)
+        if probe.subject in ("bucket", "prefix", "binding") and probe.problem is not None
+    ]
+    return " ".join(problems) or None
 
 
 # --- app doctor -----------------------------------------------------------------------------
