@@ -15,15 +15,18 @@ All real: the suite's cluster and ``weed``, real commands and ``app serve`` repl
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import test_redteam_s37_remote
 from engines import S3Engine
 from replicas import Production
-from test_redteam_s20_remote import _objects
 from test_redteam_s37_remote import _delete_the_prefixs_stamp, _stamp_object
 from test_redteam_s39_ops import _kept
 
+from app.config import load
+from app.errors import ConfigError
 from app.remote import objects as remote_objects
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
@@ -58,3 +61,62 @@ def _status_names(production: Production, lost: str) -> None:
     report = production.run("status", "--json")
     assert report.returncode == 0, report.stdout + report.stderr
     assert lost in json.loads(report.stdout)["objects_error"]
+
+
+@pytest.mark.parametrize(
+    "length", [None, 1, 78 * 2**30, 80 * 2**30, 2**40, remote_objects.S3_MAX_OBJECT_BYTES]
+)
+def test_the_part_size_fits_any_upload_the_store_can_take_in_s3s_parts(length: int | None) -> None:
+    # Before: every upload went in parts of 8 MiB, 10,000 of which hold 78.1 GiB.
+    size = remote_objects.part_size(length)
+    assert remote_objects.S3_MIN_PART_BYTES <= size <= remote_objects.S3_MAX_PART_BYTES
+    assert size % MiB == 0
+    assert size == 8 * MiB or (length is not None and length > 8 * MiB * 10_000)
+    if length is not None:
+        assert -(-length // size) <= remote_objects.S3_MAX_PARTS
+
+
+def test_a_streamed_upload_is_sent_in_parts_sized_for_its_limit(
+    s3_engine: S3Engine, blob_url: str
+) -> None:
+    # A real multipart upload to the store with a part count forced small: 12 MiB in at most
+    # two parts is two of 6 MiB, where the 5 MiB asked for would have made three.
+    store = remote_objects.ObjectStore(
+        blob_url, s3_engine.endpoint_url, s3_engine.access_key_id,
+        s3_engine.secret_access_key, part_bytes=5 * MiB, max_parts=2,
+    )  # fmt: skip
+    data = bytes(range(256)) * (12 * MiB // 256)
+    chunks = (data[at : at + MiB] for at in range(0, len(data), MiB))  # a stream, no length
+    for name, length, parts, part in (("sized", len(data), 2, 6), ("unsized", None, 3, 5)):
+        store.put(name, chunks if name == "sized" else iter([data]), length=length)
+        bucket, key = store.location.bucket, store.location.key(name)
+        head = s3_engine.client().head_object(Bucket=bucket, Key=key, PartNumber=1)
+        assert head["PartsCount"] == parts, head
+        assert head["ContentLength"] == part * MiB
+        assert store.get(name).read() == data
+
+
+def test_a_max_upload_bytes_above_s3s_largest_object_is_refused_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("APP_") and n != "APP_SETTINGS_DIR"]:
+        monkeypatch.delenv(name)
+    (tmp_path / "settings.toml").write_text(
+        '[testing]\ndatabase_url = "postgresql://app@db.internal:5432/app_testing"\n'
+        'blob_url = "s3://app-data/testing"\ns3_endpoint_url = "http://127.0.0.1:8333"\n'
+        '[development]\ndata_root = "dev"\n'
+    )
+    (tmp_path / ".secrets.toml").write_text(
+        '[testing]\ns3_access_key_id = "k"\ns3_secret_access_key = "s"\n'
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
+    monkeypatch.setenv("APP_MAX_UPLOAD_BYTES", str(remote_objects.S3_MAX_OBJECT_BYTES))
+    assert load("testing").max_upload_bytes == remote_objects.S3_MAX_OBJECT_BYTES
+    # Before: taken, and a file past 5 TiB refused by the store once every byte was sent.
+    monkeypatch.setenv("APP_MAX_UPLOAD_BYTES", str(remote_objects.S3_MAX_OBJECT_BYTES + 1))
+    with pytest.raises(ConfigError) as refused:
+        load("testing")
+    message = str(refused.value)
+    assert "max_upload_bytes" in message and "APP_MAX_UPLOAD_BYTES" in message
+    assert "largest object S3 stores" in message and "5 TiB" in message
+    assert f"Set max_upload_bytes (APP_MAX_UPLOAD_BYTES) to {5 * 2**40} or less" in message

@@ -62,6 +62,35 @@ BLOBS = "blobs/"
 # sets of settings), or a copy made by hand.
 _BLOB_NAME = re.compile(r"blobs/[0-9a-f]{32}")
 _CHUNK = 1024 * 1024
+
+# S3's limits on one object and its multipart upload (AWS's; MinIO, R2 and SeaweedFS take
+# at least these). Parts of 8 MiB alone reach 10,000 parts at about 78 GiB (red team 42).
+S3_MIN_PART_BYTES = 5 * 2**20
+S3_MAX_PART_BYTES = 5 * 2**30
+S3_MAX_PARTS = 10_000
+S3_MAX_OBJECT_BYTES = 5 * 2**40
+_PART_BYTES = 8 * 2**20
+# s3transfer keeps up to this many of a streamed upload's parts in memory (its default, 10,
+# at 8 MiB): larger parts keep fewer, so that an upload's memory stays about this.
+_IN_MEMORY_BYTES = 10 * _PART_BYTES
+
+
+def part_size(
+    length: int | None, preferred: int = _PART_BYTES, max_parts: int = S3_MAX_PARTS
+) -> int:
+    """The size of each part of a multipart upload of at most ``length`` bytes.
+
+    ``preferred`` (at least S3's 5 MiB), raised to a whole MiB that fits ``length`` in
+    ``max_parts`` parts; at most S3's largest part (5 GiB), which fits its largest object
+    (5 TiB) in 10,000 parts. ``None``: the length is unknown, ``preferred`` it is.
+    """
+    size = max(preferred, S3_MIN_PART_BYTES)
+    if length is not None and length > size * max_parts:
+        needed = -(-length // max_parts)
+        size = -(-needed // _CHUNK) * _CHUNK
+    return min(size, S3_MAX_PART_BYTES)
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -408,12 +437,12 @@ class ObjectStore:
         secret_access_key: str | None,
         *,
         region: str = "us-east-1",
-        part_bytes: int = 8 * 1024 * 1024,
+        part_bytes: int = _PART_BYTES,
+        max_parts: int = S3_MAX_PARTS,
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_attempts: int = 3,
     ) -> None:
-        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.location = parse_blob_url(blob_url, endpoint_url)
@@ -450,9 +479,9 @@ class ObjectStore:
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
             "(s3_max_attempts)"
         )
-        self._transfer = TransferConfig(
-            multipart_threshold=part_bytes, multipart_chunksize=part_bytes
-        )
+        self._part_bytes = part_bytes
+        self._max_parts = max_parts
+        self._transfers: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.where})"
@@ -497,10 +526,35 @@ class ObjectStore:
         """A fresh, never reused name for an upload's object (``blobs/<hex>``)."""
         return BLOBS + secrets.token_hex(16)
 
+    def _transfer(self, length: int | None) -> Any:
+        # Parts large enough for `length` in S3's 10,000 (red team 42: 8 MiB parts alone
+        # refused a file past about 78 GiB at its 10,001st part, s3transfer knowing no length
+        # of a stream); one TransferConfig per part size, kept.
+        from boto3.s3.transfer import TransferConfig
+
+        size = part_size(length, self._part_bytes, self._max_parts)
+        if size not in self._transfers:
+            transfer = TransferConfig(multipart_threshold=size, multipart_chunksize=size)
+            transfer.max_in_memory_upload_chunks = max(2, _IN_MEMORY_BYTES // size)
+            self._transfers[size] = transfer
+        return self._transfers[size]
+
     def put(
-        self, name: str, data: bytes | IO[bytes] | Iterable[bytes], *, max_bytes: int | None = None
+        self,
+        name: str,
+        data: bytes | IO[bytes] | Iterable[bytes],
+        *,
+        max_bytes: int | None = None,
+        length: int | None = None,
     ) -> PutResult:
         """Write an object, streamed (in parts past ``part_bytes``), hashing on the way.
+
+        Args:
+            name: the object's name under the prefix.
+            data: its bytes, a file, or chunks.
+            max_bytes: refuse more than this many bytes.
+            length: the most bytes it may have (the upload's limit), from which the part
+                size is chosen (:func:`part_size`); by default ``max_bytes``.
 
         Raises:
             UploadTooLargeError: more than ``max_bytes`` arrived; nothing was kept.
@@ -519,7 +573,7 @@ class ObjectStore:
                 io.BufferedReader(reader, _CHUNK),
                 self.location.bucket,
                 self.location.key(name),
-                Config=self._transfer,
+                Config=self._transfer(max_bytes if length is None else length),
             )
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error

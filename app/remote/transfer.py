@@ -196,7 +196,7 @@ class RemoteUpload(storage.Upload):
 
     def _put(self) -> None:
         try:
-            self._result = self.objects.put(self.blob, self._chunks())
+            self._result = self.objects.put(self.blob, self._chunks(), length=self.limit)
         except BaseException as error:  # handed to the writer, which raises it
             self._error = error
 
