@@ -18,11 +18,12 @@ import json
 import os
 from pathlib import Path
 
+import psycopg
 import pytest
 import test_redteam_s37_remote
 from engines import S3Engine
 from replicas import Production
-from test_redteam_s37_remote import _delete_the_prefixs_stamp, _stamp_object
+from test_redteam_s37_remote import _delete_the_prefixs_stamp, _set_for_database, _stamp_object
 from test_redteam_s39_ops import _kept
 
 from app.config import load
@@ -120,3 +121,29 @@ def test_a_max_upload_bytes_above_s3s_largest_object_is_refused_naming_the_setti
     assert "max_upload_bytes" in message and "APP_MAX_UPLOAD_BYTES" in message
     assert "largest object S3 stores" in message and "5 TiB" in message
     assert f"Set max_upload_bytes (APP_MAX_UPLOAD_BYTES) to {5 * 2**40} or less" in message
+
+
+def test_doctor_names_a_database_that_makes_every_transaction_read_only(
+    production: Production,
+) -> None:
+    # A failover's old primary kept read-only, or an operator's freeze: every change and
+    # every replica's start is refused (clearly, 69), and `GET /ready` says that `app
+    # doctor` says more. Before: doctor, which sets the same for itself, said "ok".
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    _set_for_database(production.database_url, "default_transaction_read_only", "on")
+    doctor = production.run("doctor")
+    said = " ".join((doctor.stdout + doctor.stderr).split())
+    assert doctor.returncode == 69, said
+    assert "writes: refused: every transaction is read-only" in said
+    assert "read_only is on for its connections (set by the database's settings)" in said
+    assert "RESET default_transaction_read_only" in said and "nothing was changed" in said
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        admin.execute("SET default_transaction_read_only = off")
+        admin.execute(f'ALTER DATABASE "{_dbname(production)}" RESET default_transaction_read_only')
+    doctor = production.run("doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    assert "writes:" not in doctor.stdout
+
+
+def _dbname(production: Production) -> str:
+    return production.database_url.rpartition("/")[2]

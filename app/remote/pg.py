@@ -663,14 +663,21 @@ def refusal(
     """:class:`DatabaseRefusedError` for an error by which the server refused a statement,
     naming why and what resolves it; ``None`` for any other error."""
     state = error.sqlstate or ""
+    remedy = refusal_remedy(state, where)
+    if remedy is None:
+        return None
+    return DatabaseRefusedError(where, _reason(error), state, remedy, what)
+
+
+def refusal_remedy(state: str, where: str) -> str | None:
+    """What resolves a refusal with SQLSTATE ``state`` of database ``where`` (masked)."""
     remedy = _REFUSALS.get(state) or _REFUSALS.get(state[:2])
     if remedy is None:
         return None
     dbname = where.rpartition("/")[2]  # mask_url's form
-    remedy = remedy.format(dbname=dbname) + from_pgoptions(
+    return remedy.format(dbname=dbname) + from_pgoptions(
         pgoptions_setting(*_SETTINGS_OF.get(state, ()))
     )
-    return DatabaseRefusedError(where, _reason(error), state, remedy, what)
 
 
 # The session settings a refusal's remedy is about, by SQLSTATE.

@@ -34,6 +34,7 @@ from app import sandbox
 from app.errors import ConfigError
 from app.remote import pg
 from app.remote.errors import (
+    DatabaseRefusedError,
     DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
@@ -543,9 +544,10 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
         ]
     with conn:
         try:
+            frozen = _read_only_default(conn, config, where)
             # Doctor looks; should any statement below ever write, PostgreSQL refuses it.
             conn.execute("SET default_transaction_read_only = on")
-            return _database_state(conn, config, where, seen)
+            return _database_state(conn, config, where, seen) + frozen
         except pg.WaitTimeoutError as error:
             return [_database_silent(config, where, error.seconds)]
         except psycopg.Error as error:
@@ -561,6 +563,40 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
                     EX_UNAVAILABLE,
                 )
             ]
+
+
+# pg_settings.source, in words: where an operator set a session default.
+_SOURCES = {
+    "database": "the database's settings",
+    "user": "the role's settings",
+    "database user": "the role's settings in this database",
+    "client": "the connection's options (database_url's options or PGOPTIONS)",
+    "configuration file": "the server's configuration file",
+}
+
+
+def _read_only_default(conn: Any, config: Config, where: str) -> list[Probe]:
+    """A database (or role, or URL) that makes every transaction read-only, on a primary
+    (a standby is the `replicas` line's): every change is refused (red team 42: `GET
+    /ready` said "`app doctor` on this server says more", and doctor said "ok", since it
+    sets the same for itself before it reads)."""
+    from app.errors import EX_UNAVAILABLE
+
+    row = conn.execute(
+        "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_read_only'"
+    ).fetchone()
+    if row is None or row[0] != "on" or pg.in_recovery(conn):
+        return []
+    refused = DatabaseRefusedError(
+        where,
+        f"default_transaction_read_only is on for its connections (set by "
+        f"{_SOURCES.get(str(row[1]), repr(row[1]))}), so every transaction is read-only",
+        "25006",
+        pg.refusal_remedy("25006", where) or "",
+        "every change (uploads, deletes, new sessions, a replica's start)",
+    )
+    return [Probe("writes", "refused: every transaction is read-only", refused.message,
+                  EX_UNAVAILABLE)]  # fmt: skip
 
 
 def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
