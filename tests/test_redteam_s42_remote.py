@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+import forked_app
 import psycopg
 import pytest
 import test_redteam_s37_remote
@@ -147,3 +148,31 @@ def test_doctor_names_a_database_that_makes_every_transaction_read_only(
 
 def _dbname(production: Production) -> str:
     return production.database_url.rpartition("/")[2]
+
+
+def test_a_schema_of_its_own_in_productions_database_is_refused_as_no_database_of_its_own(
+    production: Production,
+) -> None:
+    # Staging given production's database with a search_path of its own schema: refused
+    # (rightly: the app's tables are production's), but only told to put production's schema
+    # on the path, which hands staging production's rows.
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA staging")
+    scratch = production.blob_url.rpartition("_pytest_")[2]
+    env = {
+        **production.env,
+        "APP_DATABASE_URL": production.database_url + "?options=-c%20search_path%3Dstaging",
+        "APP_BLOB_URL": production.blob_url.replace(f"_pytest_{scratch}", f"-s_pytest_{scratch}"),
+    }
+    for args in (["data", "check"], ["sessions", "list"]):
+        refused = forked_app.run(env, args)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 78, said
+        assert "in schema public, which this connection's search_path ('staging')" in said
+        assert "If schema staging is meant for another profile, that does not separate them" in said
+        assert "Point that profile's database_url at a new database instead" in said
+    with psycopg.connect(production.database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'staging'"
+        ).fetchone() == (0,)

@@ -153,6 +153,8 @@ class TablesOffSearchPathError(_SearchPathError):
     """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
 
     code = "tables_off_search_path"
+    current: str | None = field(default=None, kw_only=True)
+    """A schema on the path that exists without the app's tables (``current_schema()``)."""
 
     @property
     def message(self) -> str:
@@ -175,7 +177,20 @@ class TablesOffSearchPathError(_SearchPathError):
             "from the database, the app's role, or options in database_url: put the schema "
             "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
             f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
+            + self._another_profile()
         ) + from_pgoptions(self.pgoptions)
+
+    def _another_profile(self) -> str:
+        # Red team 42: a schema of its own in production's database, given to staging, was
+        # told only to put production's schema on the path, which hands it production's rows.
+        if self.current is None:
+            return ""
+        return (
+            f". If schema {self.current} is meant for another profile, that does not "
+            "separate them: the app's locks and replicas are the database's, and each "
+            "profile needs a database of its own. Point that profile's database_url at a new "
+            "database instead"
+        )
 
 
 class TablesShadowedError(_SearchPathError):

@@ -802,7 +802,7 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
     if on_path:
         return str(on_path[0][0])
     elsewhere = cursor.execute(
-        "SELECT n.nspname, current_setting('search_path') FROM pg_class c"
+        "SELECT n.nspname, current_setting('search_path'), current_schema() FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relname = 'app_stamp' AND c.relkind IN ('r', 'p') ORDER BY 1"
     ).fetchall()
@@ -815,6 +815,7 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
         [r[0] for r in elsewhere],
         str(elsewhere[0][1]),
         pgoptions=pgoptions_setting("search_path"),
+        current=elsewhere[0][2],
     )
 
 
