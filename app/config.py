@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from app import config_files
@@ -965,13 +965,16 @@ def _wait_problems(
     )
 
 
+#: The largest object S3 stores (5 TiB): the most ``max_upload_bytes`` may be on object
+#: storage. Here, not in app.remote.objects, so that loading a profile imports no backend.
+S3_MAX_OBJECT_BYTES: Final = 5 * 2**40
+
+
 def _upload_problems(
     profile: str, values: Mapping[str, Any], sources: Mapping[str, str]
 ) -> Iterator[ConfigError]:
     """An upload limit the object store cannot take: S3 keeps no object above 5 TiB, so a
     larger file would be refused by the store after every byte of it was sent (red team 42)."""
-    from app.remote.objects import S3_MAX_OBJECT_BYTES
-
     most = values.get("max_upload_bytes")
     if values.get("blob_url") is None or most is None or most <= S3_MAX_OBJECT_BYTES:
         return

@@ -27,7 +27,7 @@ from replicas import Production
 from test_redteam_s37_remote import _delete_the_prefixs_stamp, _set_for_database, _stamp_object
 from test_redteam_s39_ops import _kept
 
-from app.config import load
+from app.config import S3_MAX_OBJECT_BYTES, load
 from app.errors import ConfigError
 from app.remote import objects as remote_objects
 
@@ -66,7 +66,7 @@ def _status_names(production: Production, lost: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "length", [None, 1, 78 * 2**30, 80 * 2**30, 2**40, remote_objects.S3_MAX_OBJECT_BYTES]
+    "length", [None, 1, 78 * 2**30, 80 * 2**30, 2**40, S3_MAX_OBJECT_BYTES]
 )
 def test_the_part_size_fits_any_upload_the_store_can_take_in_s3s_parts(length: int | None) -> None:
     # Before: every upload went in parts of 8 MiB, 10,000 of which hold 78.1 GiB.
@@ -112,10 +112,10 @@ def test_a_max_upload_bytes_above_s3s_largest_object_is_refused_naming_the_setti
         '[testing]\ns3_access_key_id = "k"\ns3_secret_access_key = "s"\n'
     )
     monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
-    monkeypatch.setenv("APP_MAX_UPLOAD_BYTES", str(remote_objects.S3_MAX_OBJECT_BYTES))
-    assert load("testing").max_upload_bytes == remote_objects.S3_MAX_OBJECT_BYTES
+    monkeypatch.setenv("APP_MAX_UPLOAD_BYTES", str(S3_MAX_OBJECT_BYTES))
+    assert load("testing").max_upload_bytes == S3_MAX_OBJECT_BYTES
     # Before: taken, and a file past 5 TiB refused by the store once every byte was sent.
-    monkeypatch.setenv("APP_MAX_UPLOAD_BYTES", str(remote_objects.S3_MAX_OBJECT_BYTES + 1))
+    monkeypatch.setenv("APP_MAX_UPLOAD_BYTES", str(S3_MAX_OBJECT_BYTES + 1))
     with pytest.raises(ConfigError) as refused:
         load("testing")
     message = str(refused.value)
@@ -176,3 +176,58 @@ def test_a_schema_of_its_own_in_productions_database_is_refused_as_no_database_o
         assert conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = 'staging'"
         ).fetchone() == (0,)
+
+
+_FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def test_a_clock_far_from_the_stores_is_named_as_the_clock_not_the_credentials(
+    production: Production, tmp_path: Path
+) -> None:
+    if not _FAKETIME.exists():
+        pytest.skip(f"needs libfaketime ({_FAKETIME}: Debian's faketime package)")
+    # The replica's clock, read from a file at every call (libfaketime), moved two hours
+    # ahead between requests; its monotonic clock (its timeouts) left alone.
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    skewed = {
+        "LD_PRELOAD": str(_FAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    replica = production.start(**skewed)
+    sid = _kept(production, replica)
+    offset.write_text("+2h\n")
+    with production.client(replica) as http:
+        # Before: 503 `object_store_unavailable`, "RequestTimeTooSkewed ... Check
+        # s3_endpoint_url, blob_url and the credentials".
+        for answer in (
+            http.put(f"/sessions/{sid}/files/b.txt", content=b"b"),
+            http.get(f"/sessions/{sid}/files/a.txt"),
+        ):
+            assert answer.status_code == 503, answer.text
+            body = answer.json()
+            assert body["code"] == "object_store_clock_skew", body
+            _names_the_clock(body["message"])
+        offset.write_text("+0\n")
+        assert http.put(f"/sessions/{sid}/files/b.txt", content=b"b").status_code == 201
+        assert http.get(f"/sessions/{sid}/files/a.txt").content == b"kept"
+    assert replica.stop() == 0, replica.output
+    offset.write_text("+2h\n")
+    env = {**production.env, **skewed}
+    for args in (["data", "check"], ["doctor"]):
+        refused = forked_app.run(env, args)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 69, said
+        _names_the_clock(said)
+        # Before: doctor's HEAD of the bucket, a bare 403, was "the credentials may not use
+        # bucket" (and "check ... s3_access_key_id / s3_secret_access_key").
+        assert "may not use" not in said
+
+
+def _names_the_clock(message: str) -> None:
+    assert "refused the request as signed at a time too far from its own clock" in message
+    assert "this machine's clock says" in message and "the store's says" in message
+    assert "min" in message and "this machine ahead of the store" in message
+    assert "set the wrong clock right" in message and "nothing was changed" in message

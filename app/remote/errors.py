@@ -415,6 +415,23 @@ class ObjectStoreUnavailableError(AppError):
     reason: str
 
 
+class StoreClockSkewError(ObjectStoreUnavailableError):
+    """The object store refused a request as signed at a time too far from its own clock:
+    this machine's clock, or the store's, is wrong (S3 allows 15 minutes)."""
+
+    code = "object_store_clock_skew"
+    template = (
+        "cannot use object store {where}: it refused the request as signed at a time too "
+        "far from its own clock ({reason}): this machine's clock says {here}, the store's "
+        "says {there}. The credentials and the settings may be right: set the wrong clock "
+        "right (NTP: `timedatectl status` and `chronyc tracking` show whether it is kept), "
+        "then retry; nothing was changed"
+    )
+
+    here: str
+    there: str
+
+
 class ObjectMissingError(StorageError):
     """A row names an object that the object store does not have."""
 

@@ -32,7 +32,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
@@ -50,6 +50,7 @@ from app.remote.errors import (
     Protection,
     RemoteStampMismatchError,
     StorageMismatchError,
+    StoreClockSkewError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -68,11 +69,23 @@ _CHUNK = 1024 * 1024
 S3_MIN_PART_BYTES = 5 * 2**20
 S3_MAX_PART_BYTES = 5 * 2**30
 S3_MAX_PARTS = 10_000
-S3_MAX_OBJECT_BYTES = 5 * 2**40
 _PART_BYTES = 8 * 2**20
 # s3transfer keeps up to this many of a streamed upload's parts in memory (its default, 10,
 # at 8 MiB): larger parts keep fewer, so that an upload's memory stays about this.
 _IN_MEMORY_BYTES = 10 * _PART_BYTES
+
+
+# S3 refuses a request signed more than 15 minutes from its clock (RequestTimeTooSkewed); a
+# bare 403 (a HEAD has no body to say why) is taken for that past 5 minutes.
+_SKEW_ALLOWED = timedelta(minutes=5)
+
+
+def _difference(now: datetime, there: datetime | None) -> str:
+    if there is None or there.tzinfo is None:
+        return "unknown size"
+    seconds = round((now - there).total_seconds())
+    ahead = "ahead of" if seconds > 0 else "behind"
+    return f"{abs(seconds) // 60} min {abs(seconds) % 60} s, this machine {ahead} the store"
 
 
 def part_size(
@@ -82,7 +95,8 @@ def part_size(
 
     ``preferred`` (at least S3's 5 MiB), raised to a whole MiB that fits ``length`` in
     ``max_parts`` parts; at most S3's largest part (5 GiB), which fits its largest object
-    (5 TiB) in 10,000 parts. ``None``: the length is unknown, ``preferred`` it is.
+    (5 TiB, app.config.S3_MAX_OBJECT_BYTES) in 10,000 parts. ``None``: the length is
+    unknown, ``preferred`` it is.
     """
     size = max(preferred, S3_MIN_PART_BYTES)
     if length is not None and length > size * max_parts:
@@ -498,6 +512,9 @@ class ObjectStore:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if name is not None and code in _MISSING:
                 return ObjectMissingError(f"{self.where}/{name}")
+            skewed = self._clock_skew(error)
+            if skewed is not None:
+                return skewed
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             # Any other refusal is the store's answer to this process, named, not a bare 500:
             # a 5xx left after the client's retries (InternalError, SlowDown, a server still
@@ -515,6 +532,36 @@ class ObjectStore:
         if isinstance(error, BotoCoreError):
             return ObjectStoreUnavailableError(self.where, str(error))
         return error
+
+    def _clock_skew(self, error: Any) -> StoreClockSkewError | None:
+        """A refusal for a clock too far from the store's (red team 42: `RequestTimeTooSkewed`
+        was told to check the endpoint and the credentials, and doctor's bare 403 of a HEAD,
+        which has no code, that the credentials may not use the bucket)."""
+        from email.utils import parsedate_to_datetime
+
+        answer = error.response
+        code = str(answer.get("Error", {}).get("Code", ""))
+        status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if code != "RequestTimeTooSkewed" and status != 403:
+            return None
+        now = datetime.now(UTC)
+        try:
+            there = parsedate_to_datetime(date) if date else None
+        except (TypeError, ValueError):
+            there = None
+        if there is None or there.tzinfo is None:
+            if code != "RequestTimeTooSkewed":
+                return None
+            shown = "(it sent no time)"
+        else:
+            if code != "RequestTimeTooSkewed" and abs(now - there) < _SKEW_ALLOWED:
+                return None  # a 403 for another reason: the clocks agree
+            shown = there.isoformat(timespec="seconds")
+        reason = f"{code or status}, a difference of {_difference(now, there)}"
+        return StoreClockSkewError(
+            self.where, reason, here=now.isoformat(timespec="seconds"), there=shown
+        )
 
     @staticmethod
     def is_blob_name(name: str) -> bool:
@@ -725,6 +772,9 @@ class ObjectStore:
                 raise ObjectStoreUnavailableError(
                     self.where, f"bucket {bucket!r} does not exist on this endpoint"
                 ) from None
+            skewed = self._clock_skew(error)
+            if skewed is not None:
+                raise skewed from None
             if code in {"403", "AccessDenied", "Forbidden"}:
                 raise ObjectStoreUnavailableError(
                     self.where, f"the credentials may not use bucket {bucket!r} ({code})"

@@ -746,7 +746,11 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
 
 def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     from app.errors import EX_UNAVAILABLE
-    from app.remote.errors import ObjectStoreUnavailableError, UnstampedNotEmptyError
+    from app.remote.errors import (
+        ObjectStoreUnavailableError,
+        StoreClockSkewError,
+        UnstampedNotEmptyError,
+    )
     from app.remote.objects import ObjectStore
 
     _, blob_url = _urls(config)
@@ -766,6 +770,12 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     bucket = f"bucket {shown}"
     try:
         versioning = objects.bucket_versioning()
+    except StoreClockSkewError as error:
+        # Not "the credentials may not use the bucket" (red team 42).
+        return [
+            Probe("bucket", f"{shown}: refused, the clocks disagree",
+                  f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
+        ]  # fmt: skip
     except ObjectStoreUnavailableError as error:
         return [
             Probe(
