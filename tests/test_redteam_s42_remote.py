@@ -65,9 +65,7 @@ def _status_names(production: Production, lost: str) -> None:
     assert lost in json.loads(report.stdout)["objects_error"]
 
 
-@pytest.mark.parametrize(
-    "length", [None, 1, 78 * 2**30, 80 * 2**30, 2**40, S3_MAX_OBJECT_BYTES]
-)
+@pytest.mark.parametrize("length", [None, 1, 78 * 2**30, 80 * 2**30, 2**40, S3_MAX_OBJECT_BYTES])
 def test_the_part_size_fits_any_upload_the_store_can_take_in_s3s_parts(length: int | None) -> None:
     # Before: every upload went in parts of 8 MiB, 10,000 of which hold 78.1 GiB.
     size = remote_objects.part_size(length)
@@ -231,3 +229,42 @@ def _names_the_clock(message: str) -> None:
     assert "this machine's clock says" in message and "the store's says" in message
     assert "min" in message and "this machine ahead of the store" in message
     assert "set the wrong clock right" in message and "nothing was changed" in message
+
+
+def _for_the_role_in_the_database(production: Production, statement: str) -> None:
+    with psycopg.connect(production.database_url, autocommit=True) as admin:
+        admin.execute("SET default_transaction_read_only = off")
+        admin.execute(f'ALTER ROLE current_user IN DATABASE "{_dbname(production)}" {statement}')
+
+
+def test_settings_of_the_role_in_the_database_are_named_where_they_are_set(
+    production: Production,
+) -> None:
+    assert production.run("data", "check").returncode == 0  # creates and stamps it
+    db = _dbname(production)
+    # A statement_timeout of a millisecond for the app's role in this database only (source
+    # 'database user'). Before: the remedy named ALTER DATABASE and ALTER ROLE, neither of
+    # which undoes it, and doctor said "cannot connect ... Check that PostgreSQL runs".
+    _for_the_role_in_the_database(production, "SET statement_timeout = 1")
+    refused = production.run("sessions", "list")
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 69, said
+    assert "(SQLSTATE 57014); nothing was changed" in said
+    assert f"ALTER ROLE <role> IN DATABASE {db} SET statement_timeout = ..." in said
+    doctor = production.run("doctor")
+    said = " ".join((doctor.stdout + doctor.stderr).split())
+    assert doctor.returncode == 69, said
+    assert "connected, then refused the app's settings" in said
+    assert "cannot connect" not in said and "Check that PostgreSQL runs" not in said
+    _for_the_role_in_the_database(production, "RESET statement_timeout")
+    # The same for default_transaction_read_only.
+    _for_the_role_in_the_database(production, "SET default_transaction_read_only = on")
+    refused = production.run("data", "empty-trash", "--yes-i-mean-it")
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 69, said
+    assert f"`ALTER ROLE <role> IN DATABASE {db} RESET default_transaction_read_only`" in said
+    doctor = production.run("doctor")
+    said = " ".join((doctor.stdout + doctor.stderr).split())
+    assert "(set by the role's settings in this database)" in said
+    _for_the_role_in_the_database(production, "RESET default_transaction_read_only")
+    assert production.run("data", "empty-trash", "--yes-i-mean-it").returncode == 0

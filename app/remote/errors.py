@@ -166,7 +166,8 @@ class TablesOffSearchPathError(_SearchPathError):
                 f"({self.search_path!r}) to create the app's tables in: none of them exists. "
                 "Refusing to use it; nothing was changed. The search_path comes from the "
                 "database, the app's role, or options in database_url: `ALTER DATABASE "
-                "<dbname> RESET search_path` and `ALTER ROLE <role> RESET search_path`, or "
+                "<dbname> RESET search_path`, `ALTER ROLE <role> RESET search_path` and "
+                "`ALTER ROLE <role> IN DATABASE <dbname> RESET search_path`, or "
                 "`options=-c search_path=public` in database_url, or create the schema it names"
             ) + from_pgoptions(self.pgoptions)
         return (
@@ -175,8 +176,9 @@ class TablesOffSearchPathError(_SearchPathError):
             "out: the app would not find its own rows and would take the database for one "
             "it never opened. Refusing to use it; nothing was changed. The search_path comes "
             "from the database, the app's role, or options in database_url: put the schema "
-            "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
-            f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
+            "back with `ALTER DATABASE <dbname> RESET search_path`, `ALTER ROLE <role> "
+            "RESET search_path` and `ALTER ROLE <role> IN DATABASE <dbname> RESET "
+            f"search_path`, or add `options=-c search_path={first}` to database_url"
             + self._another_profile()
         ) + from_pgoptions(self.pgoptions)
 

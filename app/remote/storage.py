@@ -529,6 +529,13 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
         )
     except DatabaseTimeoutError as error:
         return [_database_silent(config, where, error.seconds)]
+    except DatabaseRefusedError as error:
+        # Connected, then refused (a statement_timeout of a millisecond): not "cannot
+        # connect ... check that PostgreSQL runs" (red team 42).
+        return [
+            Probe("database", f"{where}: connected, then refused the app's settings",
+                  f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
+        ]  # fmt: skip
     except DatabaseUnavailableError as error:
         return [
             Probe(
