@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import forked_app
@@ -28,7 +29,7 @@ from test_redteam_s37_remote import _delete_the_prefixs_stamp, _set_for_database
 from test_redteam_s39_ops import _kept
 
 from app.config import S3_MAX_OBJECT_BYTES, load
-from app.errors import ConfigError
+from app.errors import ConfigError, InvalidSettingError
 from app.remote import objects as remote_objects
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
@@ -268,3 +269,45 @@ def test_settings_of_the_role_in_the_database_are_named_where_they_are_set(
     assert "(set by the role's settings in this database)" in said
     _for_the_role_in_the_database(production, "RESET default_transaction_read_only")
     assert production.run("data", "empty-trash", "--yes-i-mean-it").returncode == 0
+
+
+@pytest.mark.parametrize("written", ["s3://b/prod/\n", "s3://b/pro\td", "s3://b/prod\x00x"])
+def test_a_prefix_with_a_control_character_is_refused_as_a_setting(written: str) -> None:
+    # Before: a tab or a line break was dropped by the URL's reading (`pro\td` was `prod`,
+    # production's), and a NUL was a bare InvalidRequest from the store at the first open.
+    with pytest.raises(InvalidSettingError) as refused:
+        remote_objects.parse_blob_url(written)
+    message = refused.value.message
+    assert "blob_url" in message and "has a control character" in message
+    assert "the prefix it names is not the one written; remove it" in message
+
+
+def test_spellings_of_a_prefix_are_one_prefix_where_the_store_takes_them_for_one(
+    s3_engine: S3Engine, blob_url: str
+) -> None:
+    endpoint = s3_engine.endpoint_url
+
+    def overlap(first: str, second: str) -> bool:
+        return remote_objects.prefixes_overlap(
+            remote_objects.parse_blob_url(first, endpoint),
+            remote_objects.parse_blob_url(second, endpoint),
+        )
+
+    # With a trailing slash and without, doubled slashes: one prefix (held).
+    assert overlap("s3://b/prod/", "s3://b/prod")
+    assert overlap("s3://b//prod//x", "s3://b/prod/x/")
+    # Percent-encoding and unicode are taken as written, by the overlap check and by the
+    # store alike (a key is bytes to it): `prod%2Fx` is not `prod/x`, NFD `café` not NFC.
+    client = s3_engine.client()
+    bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
+    for written, other in (
+        ("p%2Fx", "p/x"),
+        ("q%20x", "q x"),
+        ("r+x", "r x"),
+        (unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")),
+    ):
+        assert not overlap(f"s3://b/{written}", f"s3://b/{other}")
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{written}/k", Body=b"one")
+        with pytest.raises(client.exceptions.NoSuchKey):
+            client.get_object(Bucket=bucket, Key=f"{prefix}/{other}/k")
+        assert client.get_object(Bucket=bucket, Key=f"{prefix}/{written}/k")["Body"].read()

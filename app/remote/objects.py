@@ -185,6 +185,16 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
     Raises:
         InvalidSettingError: not an ``s3://`` URL with a bucket.
     """
+    control = sorted({char for char in blob_url if ord(char) < 0x20 or ord(char) == 0x7F})
+    if control:
+        # urlsplit drops a tab or a line break without a word (`s3://b/pro\td` was `prod`),
+        # and a store refuses a NUL with a bare InvalidRequest (red team 42).
+        shown = ", ".join(repr(char) for char in control)
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, f"has a control character ({shown}), which the URL's "
+            "reading drops (a tab, a line break) or an object store refuses (NUL), so the "
+            "prefix it names is not the one written; remove it", "blob_url",
+        )  # fmt: skip
     parts = urlsplit(blob_url)
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise InvalidSettingError(
