@@ -311,3 +311,39 @@ def test_spellings_of_a_prefix_are_one_prefix_where_the_store_takes_them_for_one
         with pytest.raises(client.exceptions.NoSuchKey):
             client.get_object(Bucket=bucket, Key=f"{prefix}/{other}/k")
         assert client.get_object(Bucket=bucket, Key=f"{prefix}/{written}/k")["Body"].read()
+
+
+def test_a_bucket_with_object_lock_takes_uploads_and_keeps_deleted_versions(
+    s3_engine: S3Engine, blob_url: str
+) -> None:
+    # Held: a bucket with object lock (versioning on, a default retention in compliance
+    # mode, as a backup policy sets one). Its puts need a checksum, which boto3 sends; a
+    # delete leaves a delete marker, the retained version kept, and the app sees it gone.
+    client = s3_engine.client()
+    bucket = f"locked-{os.getpid()}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    client.put_object_lock_configuration(
+        Bucket=bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}},
+        },
+    )
+    prefix = blob_url.removeprefix("s3://").partition("/")[2]
+    store = remote_objects.ObjectStore(
+        f"s3://{bucket}/{prefix}", s3_engine.endpoint_url, s3_engine.access_key_id,
+        s3_engine.secret_access_key, part_bytes=5 * MiB,
+    )  # fmt: skip
+    assert store.bucket_versioning() == "Enabled"
+    small, large = store.new_blob_name(), store.new_blob_name()
+    store.put(small, b"small")
+    store.put(large, iter([b"l" * MiB] * 11), length=11 * MiB)  # in parts
+    assert store.get(small).read() == b"small"
+    assert len(store.get(large).read()) == 11 * MiB
+    store.delete(small, large)
+    assert not store.exists(small) and not store.exists(large)
+    kept = client.list_object_versions(Bucket=bucket, Prefix=prefix).get("Versions", [])
+    assert {version["Key"].rpartition("/")[2] for version in kept} == {
+        small.rpartition("/")[2],
+        large.rpartition("/")[2],
+    }
