@@ -76,8 +76,9 @@ _IN_MEMORY_BYTES = 10 * _PART_BYTES
 
 
 # S3 refuses a request signed more than 15 minutes from its clock (RequestTimeTooSkewed); a
-# bare 403 (a HEAD has no body to say why) is taken for that past 5 minutes.
-_SKEW_ALLOWED = timedelta(minutes=5)
+# bare 403 (a HEAD has no body to say why) is taken for that past the same 15 minutes, so
+# that a 403 for another reason is not blamed on clocks the store still accepts.
+_SKEW_ALLOWED = timedelta(minutes=15)
 
 
 def _difference(now: datetime, there: datetime | None) -> str:
