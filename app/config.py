@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from app import config_files
@@ -866,6 +866,7 @@ def _resolve_profile(
     problems.extend(_backend_problems(profile, given, sources))
     problems.extend(_committed_secrets(profile, values, sources))
     problems.extend(_wait_problems(profile, values, sources))
+    problems.extend(_upload_problems(profile, values, sources))
     serving: list[ConfigError] = []
     # Resolved here, so that whatever removes data asks `Config.protected` and nothing else;
     # an explicit false only stops serving, and maintenance still needs its confirmation.
@@ -961,6 +962,32 @@ def _wait_problems(
         "another client holds, and is then refused naming who holds it; raise "
         "database_wait_seconds or lower database_lock_wait_seconds",
         sources["database_wait_seconds"],
+    )
+
+
+#: The largest object S3 stores (5 TiB): the most ``max_upload_bytes`` may be on object
+#: storage. Here, not in app.remote.objects, so that loading a profile imports no backend.
+S3_MAX_OBJECT_BYTES: Final = 5 * 2**40
+
+
+def _upload_problems(
+    profile: str, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> Iterator[ConfigError]:
+    """An upload limit the object store cannot take: S3 keeps no object above 5 TiB, so a
+    larger file would be refused by the store after every byte of it was sent (red team 42)."""
+    most = values.get("max_upload_bytes")
+    if values.get("blob_url") is None or most is None or most <= S3_MAX_OBJECT_BYTES:
+        return
+    yield InvalidSettingError(
+        profile,
+        "max_upload_bytes",
+        most,
+        f"is more than the largest object S3 stores ({S3_MAX_OBJECT_BYTES} bytes, 5 TiB), "
+        "and this profile keeps its files in object storage (blob_url, from "
+        f"{sources['blob_url']}): a larger file would be refused by the store after it was "
+        f"sent whole. Set max_upload_bytes ({KEYS['max_upload_bytes'].env}) to "
+        f"{S3_MAX_OBJECT_BYTES} or less",
+        sources["max_upload_bytes"],
     )
 
 

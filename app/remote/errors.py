@@ -153,6 +153,8 @@ class TablesOffSearchPathError(_SearchPathError):
     """The app's tables are in a schema that the connection's ``search_path`` leaves out."""
 
     code = "tables_off_search_path"
+    current: str | None = field(default=None, kw_only=True)
+    """A schema on the path that exists without the app's tables (``current_schema()``)."""
 
     @property
     def message(self) -> str:
@@ -164,7 +166,8 @@ class TablesOffSearchPathError(_SearchPathError):
                 f"({self.search_path!r}) to create the app's tables in: none of them exists. "
                 "Refusing to use it; nothing was changed. The search_path comes from the "
                 "database, the app's role, or options in database_url: `ALTER DATABASE "
-                "<dbname> RESET search_path` and `ALTER ROLE <role> RESET search_path`, or "
+                "<dbname> RESET search_path`, `ALTER ROLE <role> RESET search_path` and "
+                "`ALTER ROLE <role> IN DATABASE <dbname> RESET search_path`, or "
                 "`options=-c search_path=public` in database_url, or create the schema it names"
             ) + from_pgoptions(self.pgoptions)
         return (
@@ -173,9 +176,23 @@ class TablesOffSearchPathError(_SearchPathError):
             "out: the app would not find its own rows and would take the database for one "
             "it never opened. Refusing to use it; nothing was changed. The search_path comes "
             "from the database, the app's role, or options in database_url: put the schema "
-            "back with `ALTER DATABASE <dbname> RESET search_path` and `ALTER ROLE <role> "
-            f"RESET search_path`, or add `options=-c search_path={first}` to database_url"
+            "back with `ALTER DATABASE <dbname> RESET search_path`, `ALTER ROLE <role> "
+            "RESET search_path` and `ALTER ROLE <role> IN DATABASE <dbname> RESET "
+            f"search_path`, or add `options=-c search_path={first}` to database_url"
+            + self._another_profile()
         ) + from_pgoptions(self.pgoptions)
+
+    def _another_profile(self) -> str:
+        # Red team 42: a schema of its own in production's database, given to staging, was
+        # told only to put production's schema on the path, which hands it production's rows.
+        if self.current is None:
+            return ""
+        return (
+            f". If schema {self.current} is meant for another profile, that does not "
+            "separate them: the app's locks and replicas are the database's, and each "
+            "profile needs a database of its own. Point that profile's database_url at a new "
+            "database instead"
+        )
 
 
 class TablesShadowedError(_SearchPathError):
@@ -398,6 +415,23 @@ class ObjectStoreUnavailableError(AppError):
 
     where: str
     reason: str
+
+
+class StoreClockSkewError(ObjectStoreUnavailableError):
+    """The object store refused a request as signed at a time too far from its own clock:
+    this machine's clock, or the store's, is wrong (S3 allows 15 minutes)."""
+
+    code = "object_store_clock_skew"
+    template = (
+        "cannot use object store {where}: it refused the request as signed at a time too "
+        "far from its own clock ({reason}): this machine's clock says {here}, the store's "
+        "says {there}. The credentials and the settings may be right: set the wrong clock "
+        "right (NTP: `timedatectl status` and `chronyc tracking` show whether it is kept), "
+        "then retry; nothing was changed"
+    )
+
+    here: str
+    there: str
 
 
 class ObjectMissingError(StorageError):

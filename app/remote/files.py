@@ -8,6 +8,7 @@ live row; a unique index allows one live file per name.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import BinaryIO, Final, cast
 
@@ -87,10 +88,11 @@ class RemoteFiles:
             file.close()
             # The store's own words name the store, not what it refused (red team 27: a
             # stopped store's read timeout read "check the credentials").
-            raise ObjectStoreUnavailableError(
-                error.where,
-                f"{error.reason}; the download of {name!r} from session {session_id} was "
-                "not begun: retry once the object store answers",
+            # Its own kind kept: a clock's refusal keeps the clock's remedy (red team 42).
+            raise dataclasses.replace(
+                error,
+                reason=f"{error.reason}; the download of {name!r} from session {session_id} "
+                "was not begun: retry once the object store answers",
             ) from error
         except BaseException:
             file.close()

@@ -32,7 +32,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
@@ -50,6 +50,7 @@ from app.remote.errors import (
     Protection,
     RemoteStampMismatchError,
     StorageMismatchError,
+    StoreClockSkewError,
     UnstampedNotEmptyError,
     needs_confirmation,
 )
@@ -62,6 +63,49 @@ BLOBS = "blobs/"
 # sets of settings), or a copy made by hand.
 _BLOB_NAME = re.compile(r"blobs/[0-9a-f]{32}")
 _CHUNK = 1024 * 1024
+
+# S3's limits on one object and its multipart upload (AWS's; MinIO, R2 and SeaweedFS take
+# at least these). Parts of 8 MiB alone reach 10,000 parts at about 78 GiB (red team 42).
+S3_MIN_PART_BYTES = 5 * 2**20
+S3_MAX_PART_BYTES = 5 * 2**30
+S3_MAX_PARTS = 10_000
+_PART_BYTES = 8 * 2**20
+# s3transfer keeps up to this many of a streamed upload's parts in memory (its default, 10,
+# at 8 MiB): larger parts keep fewer, so that an upload's memory stays about this.
+_IN_MEMORY_BYTES = 10 * _PART_BYTES
+
+
+# S3 refuses a request signed more than 15 minutes from its clock (RequestTimeTooSkewed); a
+# bare 403 (a HEAD has no body to say why) is taken for that past the same 15 minutes, so
+# that a 403 for another reason is not blamed on clocks the store still accepts.
+_SKEW_ALLOWED = timedelta(minutes=15)
+
+
+def _difference(now: datetime, there: datetime | None) -> str:
+    if there is None or there.tzinfo is None:
+        return "unknown size"
+    seconds = round((now - there).total_seconds())
+    ahead = "ahead of" if seconds > 0 else "behind"
+    return f"{abs(seconds) // 60} min {abs(seconds) % 60} s, this machine {ahead} the store"
+
+
+def part_size(
+    length: int | None, preferred: int = _PART_BYTES, max_parts: int = S3_MAX_PARTS
+) -> int:
+    """The size of each part of a multipart upload of at most ``length`` bytes.
+
+    ``preferred`` (at least S3's 5 MiB), raised to a whole MiB that fits ``length`` in
+    ``max_parts`` parts; at most S3's largest part (5 GiB), which fits its largest object
+    (5 TiB, app.config.S3_MAX_OBJECT_BYTES) in 10,000 parts. ``None``: the length is
+    unknown, ``preferred`` it is.
+    """
+    size = max(preferred, S3_MIN_PART_BYTES)
+    if length is not None and length > size * max_parts:
+        needed = -(-length // max_parts)
+        size = -(-needed // _CHUNK) * _CHUNK
+    return min(size, S3_MAX_PART_BYTES)
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -142,6 +186,16 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
     Raises:
         InvalidSettingError: not an ``s3://`` URL with a bucket.
     """
+    control = sorted({char for char in blob_url if ord(char) < 0x20 or ord(char) == 0x7F})
+    if control:
+        # urlsplit drops a tab or a line break without a word (`s3://b/pro\td` was `prod`),
+        # and a store refuses a NUL with a bare InvalidRequest (red team 42).
+        shown = ", ".join(repr(char) for char in control)
+        raise InvalidSettingError(
+            None, "blob_url", blob_url, f"has a control character ({shown}), which the URL's "
+            "reading drops (a tab, a line break) or an object store refuses (NUL), so the "
+            "prefix it names is not the one written; remove it", "blob_url",
+        )  # fmt: skip
     parts = urlsplit(blob_url)
     if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
         raise InvalidSettingError(
@@ -408,12 +462,12 @@ class ObjectStore:
         secret_access_key: str | None,
         *,
         region: str = "us-east-1",
-        part_bytes: int = 8 * 1024 * 1024,
+        part_bytes: int = _PART_BYTES,
+        max_parts: int = S3_MAX_PARTS,
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_attempts: int = 3,
     ) -> None:
-        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.location = parse_blob_url(blob_url, endpoint_url)
@@ -450,9 +504,9 @@ class ObjectStore:
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
             "(s3_max_attempts)"
         )
-        self._transfer = TransferConfig(
-            multipart_threshold=part_bytes, multipart_chunksize=part_bytes
-        )
+        self._part_bytes = part_bytes
+        self._max_parts = max_parts
+        self._transfers: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.where})"
@@ -469,6 +523,9 @@ class ObjectStore:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if name is not None and code in _MISSING:
                 return ObjectMissingError(f"{self.where}/{name}")
+            skewed = self._clock_skew(error)
+            if skewed is not None:
+                return skewed
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             # Any other refusal is the store's answer to this process, named, not a bare 500:
             # a 5xx left after the client's retries (InternalError, SlowDown, a server still
@@ -487,6 +544,36 @@ class ObjectStore:
             return ObjectStoreUnavailableError(self.where, str(error))
         return error
 
+    def _clock_skew(self, error: Any) -> StoreClockSkewError | None:
+        """A refusal for a clock too far from the store's (red team 42: `RequestTimeTooSkewed`
+        was told to check the endpoint and the credentials, and doctor's bare 403 of a HEAD,
+        which has no code, that the credentials may not use the bucket)."""
+        from email.utils import parsedate_to_datetime
+
+        answer = error.response
+        code = str(answer.get("Error", {}).get("Code", ""))
+        status = int(answer.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if code != "RequestTimeTooSkewed" and status != 403:
+            return None
+        now = datetime.now(UTC)
+        try:
+            there = parsedate_to_datetime(date) if date else None
+        except (TypeError, ValueError):
+            there = None
+        if there is None or there.tzinfo is None:
+            if code != "RequestTimeTooSkewed":
+                return None
+            shown = "(it sent no time)"
+        else:
+            if code != "RequestTimeTooSkewed" and abs(now - there) < _SKEW_ALLOWED:
+                return None  # a 403 for another reason: the clocks agree
+            shown = there.isoformat(timespec="seconds")
+        reason = f"{code or status}, a difference of {_difference(now, there)}"
+        return StoreClockSkewError(
+            self.where, reason, here=now.isoformat(timespec="seconds"), there=shown
+        )
+
     @staticmethod
     def is_blob_name(name: str) -> bool:
         """Whether ``name`` is one that :meth:`new_blob_name` makes."""
@@ -497,10 +584,35 @@ class ObjectStore:
         """A fresh, never reused name for an upload's object (``blobs/<hex>``)."""
         return BLOBS + secrets.token_hex(16)
 
+    def _transfer(self, length: int | None) -> Any:
+        # Parts large enough for `length` in S3's 10,000 (red team 42: 8 MiB parts alone
+        # refused a file past about 78 GiB at its 10,001st part, s3transfer knowing no length
+        # of a stream); one TransferConfig per part size, kept.
+        from boto3.s3.transfer import TransferConfig
+
+        size = part_size(length, self._part_bytes, self._max_parts)
+        if size not in self._transfers:
+            transfer = TransferConfig(multipart_threshold=size, multipart_chunksize=size)
+            transfer.max_in_memory_upload_chunks = max(2, _IN_MEMORY_BYTES // size)
+            self._transfers[size] = transfer
+        return self._transfers[size]
+
     def put(
-        self, name: str, data: bytes | IO[bytes] | Iterable[bytes], *, max_bytes: int | None = None
+        self,
+        name: str,
+        data: bytes | IO[bytes] | Iterable[bytes],
+        *,
+        max_bytes: int | None = None,
+        length: int | None = None,
     ) -> PutResult:
         """Write an object, streamed (in parts past ``part_bytes``), hashing on the way.
+
+        Args:
+            name: the object's name under the prefix.
+            data: its bytes, a file, or chunks.
+            max_bytes: refuse more than this many bytes.
+            length: the most bytes it may have (the upload's limit), from which the part
+                size is chosen (:func:`part_size`); by default ``max_bytes``.
 
         Raises:
             UploadTooLargeError: more than ``max_bytes`` arrived; nothing was kept.
@@ -519,7 +631,7 @@ class ObjectStore:
                 io.BufferedReader(reader, _CHUNK),
                 self.location.bucket,
                 self.location.key(name),
-                Config=self._transfer,
+                Config=self._transfer(max_bytes if length is None else length),
             )
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
@@ -671,6 +783,9 @@ class ObjectStore:
                 raise ObjectStoreUnavailableError(
                     self.where, f"bucket {bucket!r} does not exist on this endpoint"
                 ) from None
+            skewed = self._clock_skew(error)
+            if skewed is not None:
+                raise skewed from None
             if code in {"403", "AccessDenied", "Forbidden"}:
                 raise ObjectStoreUnavailableError(
                     self.where, f"the credentials may not use bucket {bucket!r} ({code})"

@@ -602,7 +602,9 @@ _TIMEOUT = (
     "FROM pg_stat_activity WHERE datname = current_database()` shows who; retry once it is "
     "done, or raise {setting} where it is set: `SELECT setting, source FROM pg_settings WHERE "
     "name = '{setting}'` says where (the server, the database: ALTER DATABASE {dbname} SET "
-    "{setting} = ..., the app's role: ALTER ROLE <role> SET {setting} = ..., or the "
+    "{setting} = ..., the app's role: ALTER ROLE <role> SET {setting} = ..., the app's role "
+    "in this database (source 'database user'): ALTER ROLE <role> IN DATABASE {dbname} SET "
+    "{setting} = ..., or the "
     "options in database_url: -c {setting}=...)"
 )
 # By SQLSTATE (or its class, the first two characters): how a server that was reached refuses
@@ -612,16 +614,19 @@ _REFUSALS: dict[str, str] = {
     "25006": (
         "The database is read-only for the app: default_transaction_read_only is on for it "
         "or for the app's role (`ALTER DATABASE {dbname} RESET default_transaction_read_only`, "
-        "and the same for the role, from a session that ran `SET "
-        "default_transaction_read_only = off` first), or database_url names a standby: "
-        "point it at the primary"
+        "`ALTER ROLE <role> RESET default_transaction_read_only` and `ALTER ROLE <role> IN "
+        "DATABASE {dbname} RESET default_transaction_read_only`, from a session that ran `SET "
+        "default_transaction_read_only = off` first; `SELECT source FROM pg_settings WHERE "
+        "name = 'default_transaction_read_only'` says which), or database_url names a "
+        "standby: point it at the primary"
     ),
     "25P03": (
         "The server ended the connection, idle in its transaction longer than "
         "idle_in_transaction_session_timeout: retry; if it recurs, raise that setting where "
         "it is set (`SELECT setting, source FROM pg_settings WHERE name = "
-        "'idle_in_transaction_session_timeout'` says where: the database, the app's role, or "
-        "the options in database_url); the app raises a value under 5 s to 5 s"
+        "'idle_in_transaction_session_timeout'` says where: the database, the app's role, "
+        "the role in this database (ALTER ROLE <role> IN DATABASE {dbname}), or the options "
+        "in database_url); the app raises a value under 5 s to 5 s"
     ),
     "57014": "A statement ran past statement_timeout, or was cancelled: "
     + _TIMEOUT.replace("{setting}", "statement_timeout"),
@@ -663,14 +668,21 @@ def refusal(
     """:class:`DatabaseRefusedError` for an error by which the server refused a statement,
     naming why and what resolves it; ``None`` for any other error."""
     state = error.sqlstate or ""
+    remedy = refusal_remedy(state, where)
+    if remedy is None:
+        return None
+    return DatabaseRefusedError(where, _reason(error), state, remedy, what)
+
+
+def refusal_remedy(state: str, where: str) -> str | None:
+    """What resolves a refusal with SQLSTATE ``state`` of database ``where`` (masked)."""
     remedy = _REFUSALS.get(state) or _REFUSALS.get(state[:2])
     if remedy is None:
         return None
     dbname = where.rpartition("/")[2]  # mask_url's form
-    remedy = remedy.format(dbname=dbname) + from_pgoptions(
+    return remedy.format(dbname=dbname) + from_pgoptions(
         pgoptions_setting(*_SETTINGS_OF.get(state, ()))
     )
-    return DatabaseRefusedError(where, _reason(error), state, remedy, what)
 
 
 # The session settings a refusal's remedy is about, by SQLSTATE.
@@ -795,7 +807,7 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
     if on_path:
         return str(on_path[0][0])
     elsewhere = cursor.execute(
-        "SELECT n.nspname, current_setting('search_path') FROM pg_class c"
+        "SELECT n.nspname, current_setting('search_path'), current_schema() FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE c.relname = 'app_stamp' AND c.relkind IN ('r', 'p') ORDER BY 1"
     ).fetchall()
@@ -808,6 +820,7 @@ def app_schema(conn: psycopg.Connection[Any]) -> str | None:
         [r[0] for r in elsewhere],
         str(elsewhere[0][1]),
         pgoptions=pgoptions_setting("search_path"),
+        current=elsewhere[0][2],
     )
 
 

@@ -34,6 +34,7 @@ from app import sandbox
 from app.errors import ConfigError
 from app.remote import pg
 from app.remote.errors import (
+    DatabaseRefusedError,
     DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
@@ -344,6 +345,8 @@ class RemoteStatus:
         stamp_error: why the stamp could not be read (the database cannot be reached, or
             did not answer within database_wait_seconds); then ``exists`` and ``held`` are
             unknown, and :meth:`to_dict` shows them as ``None``.
+        objects_error: why opening the object prefix would be refused, or why the bucket
+            cannot be used (what ``app doctor`` says of it, with its remedy), if either.
     """
 
     location: str
@@ -353,6 +356,7 @@ class RemoteStatus:
     stamp_error: str | None = None
     holders_unknown: str | None = None
     """Why the live replicas cannot be seen from here (a standby), if they cannot."""
+    objects_error: str | None = None
 
     @property
     def held(self) -> bool:
@@ -382,6 +386,7 @@ class RemoteStatus:
             "stamp": self.stamp,
             "stamp_error": self.stamp_error,
             "holders_unknown": self.holders_unknown,
+            "objects_error": self.objects_error,
         }
 
 
@@ -420,7 +425,7 @@ def describe(config: Config) -> RemoteStatus:
         # 37: a search_path hiding the app's tables made `app status` exit 78, no report).
         return RemoteStatus(location, False, stamp_error=error.message)
     if stamp is None:
-        return RemoteStatus(location, False)
+        return RemoteStatus(location, False, objects_error=_objects_problem(config))
     shown = {
         "profile": stamp.profile,
         "schema_version": stamp.schema_version,
@@ -428,7 +433,22 @@ def describe(config: Config) -> RemoteStatus:
         "restamped_from": stamp.restamped_from,
     }
     unseen = pg.standby_note(pg.mask_url(database_url)) if standby else None
-    return RemoteStatus(location, True, [_jsonable(h) for h in holders], shown, None, unseen)
+    return RemoteStatus(
+        location, True, [_jsonable(h) for h in holders], shown, None, unseen,
+        _objects_problem(config),
+    )  # fmt: skip
+
+
+def _objects_problem(config: Config) -> str | None:
+    """What ``app doctor`` finds wrong with the bucket, the prefix or the database's binding
+    to it, if anything: the refusal every other command gives (red team 42: `app status`
+    said nothing of a prefix that every command refused, an emptied store among them)."""
+    problems = [
+        probe.problem
+        for probe in diagnose(config)
+        if probe.subject in ("bucket", "prefix", "binding") and probe.problem is not None
+    ]
+    return " ".join(problems) or None
 
 
 # --- app doctor -----------------------------------------------------------------------------
@@ -509,6 +529,13 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
         )
     except DatabaseTimeoutError as error:
         return [_database_silent(config, where, error.seconds)]
+    except DatabaseRefusedError as error:
+        # Connected, then refused (a statement_timeout of a millisecond): not "cannot
+        # connect ... check that PostgreSQL runs" (red team 42).
+        return [
+            Probe("database", f"{where}: connected, then refused the app's settings",
+                  f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
+        ]  # fmt: skip
     except DatabaseUnavailableError as error:
         return [
             Probe(
@@ -524,9 +551,10 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
         ]
     with conn:
         try:
+            frozen = _read_only_default(conn, config, where)
             # Doctor looks; should any statement below ever write, PostgreSQL refuses it.
             conn.execute("SET default_transaction_read_only = on")
-            return _database_state(conn, config, where, seen)
+            return _database_state(conn, config, where, seen) + frozen
         except pg.WaitTimeoutError as error:
             return [_database_silent(config, where, error.seconds)]
         except psycopg.Error as error:
@@ -542,6 +570,40 @@ def _diagnose_database(config: Config, seen: dict[str, Any]) -> list[Probe]:
                     EX_UNAVAILABLE,
                 )
             ]
+
+
+# pg_settings.source, in words: where an operator set a session default.
+_SOURCES = {
+    "database": "the database's settings",
+    "user": "the role's settings",
+    "database user": "the role's settings in this database",
+    "client": "the connection's options (database_url's options or PGOPTIONS)",
+    "configuration file": "the server's configuration file",
+}
+
+
+def _read_only_default(conn: Any, config: Config, where: str) -> list[Probe]:
+    """A database (or role, or URL) that makes every transaction read-only, on a primary
+    (a standby is the `replicas` line's): every change is refused (red team 42: `GET
+    /ready` said "`app doctor` on this server says more", and doctor said "ok", since it
+    sets the same for itself before it reads)."""
+    from app.errors import EX_UNAVAILABLE
+
+    row = conn.execute(
+        "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_read_only'"
+    ).fetchone()
+    if row is None or row[0] != "on" or pg.in_recovery(conn):
+        return []
+    refused = DatabaseRefusedError(
+        where,
+        f"default_transaction_read_only is on for its connections (set by "
+        f"{_SOURCES.get(str(row[1]), repr(row[1]))}), so every transaction is read-only",
+        "25006",
+        pg.refusal_remedy("25006", where) or "",
+        "every change (uploads, deletes, new sessions, a replica's start)",
+    )
+    return [Probe("writes", "refused: every transaction is read-only", refused.message,
+                  EX_UNAVAILABLE)]  # fmt: skip
 
 
 def _diagnose_binding(config: Config, seen: dict[str, Any]) -> list[Probe]:
@@ -691,7 +753,11 @@ def _database_state(conn: Any, config: Config, where: str, seen: dict[str, Any])
 
 def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     from app.errors import EX_UNAVAILABLE
-    from app.remote.errors import ObjectStoreUnavailableError, UnstampedNotEmptyError
+    from app.remote.errors import (
+        ObjectStoreUnavailableError,
+        StoreClockSkewError,
+        UnstampedNotEmptyError,
+    )
     from app.remote.objects import ObjectStore
 
     _, blob_url = _urls(config)
@@ -711,6 +777,12 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
     bucket = f"bucket {shown}"
     try:
         versioning = objects.bucket_versioning()
+    except StoreClockSkewError as error:
+        # Not "the credentials may not use the bucket" (red team 42).
+        return [
+            Probe("bucket", f"{shown}: refused, the clocks disagree",
+                  f"profile {config.profile!r}: {error.message}", EX_UNAVAILABLE)
+        ]  # fmt: skip
     except ObjectStoreUnavailableError as error:
         return [
             Probe(

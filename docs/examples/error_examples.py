@@ -321,6 +321,12 @@ EXAMPLES: list[errors.AppError] = [
         "the creation of a session titled 'notes'",
     ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
+    remote.StoreClockSkewError(
+        OBJECTS,
+        "RequestTimeTooSkewed, a difference of 120 min 3 s, this machine ahead of the store",
+        here="2025-12-04T11:12:06+00:00",
+        there="2025-12-04T09:12:03+00:00",
+    ),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
     remote.ObjectChangedError(
         "s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
