@@ -10,7 +10,7 @@ Five generated test modules, each in a suite of ``--small`` and of ``--large`` t
 - ``app_config``: every test takes ``app_config`` and reads its ``data_root``;
 - ``app_store``: every test takes ``app_store`` and lists its sessions (an open, locked root);
 - ``nothing`` and ``bare``: every test takes no fixture and does nothing, run with the plugin
-  and without it (``-p no:app -p no:app_fallback``): their difference is what the guard's
+  and without the app (`plugin_startup.without_the_app`): their difference is what the guard's
   checks around every test cost (not a target of the issue; reported).
 
 Each suite runs as a whole pytest process (``python -m pytest -q -p no:cacheprovider``, no
@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import clean_environment, name_the_settings, run_once, write_json
-from plugin_startup import WITHOUT_THE_APP
+from plugin_startup import without_the_app
 
 #: The suite of tests that do nothing, run without the app's plugin.
 BARE = "bare"
@@ -48,7 +48,7 @@ BODIES = {
         "tmp_path",
         '    (tmp_path / "note.txt").write_text("x")\n',
     ),
-    # A test that does nothing, with the plugin and without it (`WITHOUT_THE_APP`): what the
+    # A test that does nothing, with the plugin and without it (`without_the_app`): what the
     # guard's checks around every test cost, fixtures or not.
     "nothing": ("", "    pass\n"),
     BARE: ("", "    pass\n"),
@@ -109,9 +109,10 @@ def main() -> None:
                     "-p",
                     "no:cacheprovider",
                     f"--basetemp={basetemp}",
-                    *(WITHOUT_THE_APP if fixture == BARE else []),
                     f"test_{fixture}.py",
                 ]
+                if fixture == BARE:
+                    argv = without_the_app(argv)
                 elapsed = run_once(argv, work / f"{fixture}-{size}", env)
                 shutil.rmtree(basetemp, ignore_errors=True)
                 if round_no >= args.warmup:
