@@ -167,7 +167,12 @@ def test_bytes_that_came_while_the_server_stalled_are_not_taken_for_an_idle_clie
     def keep_busy() -> None:  # a steady stream of new requests for the loop to work on
         with httpx.Client(base_url=tight.url, headers=tight.headers) as client:
             while not busy.is_set():
-                client.get("/sessions")
+                # A keep-alive connection the server closed as idle (0.5 s here) just as
+                # this thread, starved on a loaded machine, sent its next request on it:
+                # HTTP's own race (RFC 9112 9.3.1), which a client meets by asking again on
+                # a new connection, as here. Raised, it ended the thread in a warning.
+                with contextlib.suppress(httpx.RemoteProtocolError):
+                    client.get("/sessions")
 
     @contextlib.contextmanager
     def stalled() -> Iterator[None]:
