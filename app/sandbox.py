@@ -48,7 +48,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -2562,6 +2562,52 @@ def check_scratch(key: str, value: str, what: str, run: Run | None = None) -> No
         f"the test started itself, name one with app.sandbox.{scratch}(<that server's "
         "url>, app.sandbox.current_run().scratch)",
     )
+
+
+def check_scratch_apart(
+    overlaps: Callable[[str, str | None], bool], shown: str, what: str, run: Run | None = None
+) -> None:
+    """Refuse a prefix that `check_scratch` took for the run's (its last segment ends with
+    the run's suffix) where it lies in, or holds, another profile's prefix as the settings
+    files configure it: ``s3://<bucket>/production/x<suffix>`` passed, and a test wrote
+    objects among production's (red team 42's *not stopped* row). Testing's own scratch
+    prefixes lie inside testing's prefix; another profile's are beside it, never inside.
+
+    Args:
+        overlaps: whether the prefix overlaps a configured ``(blob_url, s3_endpoint_url)``
+            (`app.remote.objects` compares locations; this module does not import it).
+        shown: the prefix, as messages show it.
+
+    Raises:
+        SandboxViolationError: naming the prefix, the profile's prefix and its source.
+    """
+    run = _run_to_check(run)
+    if run is None:
+        return
+    from app import config
+    from app.errors import ConfigError
+
+    try:
+        every = config.configured_remote(sandboxed=False)
+    except ConfigError:
+        return  # no settings to read: no other profile's prefix is known
+    for name, values in sorted(every.items()):
+        if name == "testing" or "blob_url" not in values:
+            continue
+        (other, source), endpoint = values["blob_url"], values.get("s3_endpoint_url")
+        if overlaps(other, endpoint[0] if endpoint else None):
+            raise SandboxViolationError(
+                f"{what} object prefix {shown}, which lies in or holds the prefix of profile "
+                f"{name!r}, {other} (from {source}): its last segment ends with this run's "
+                f"suffix ({run.scratch}), but a run's scratch prefixes lie inside testing's "
+                "prefix or beside another profile's, never inside one, where its objects "
+                "would lie among that profile's",
+                run.sandbox,
+                "Tests reach only the run's scratch prefixes: take blob_url from the "
+                "app_config fixture (app.config.load() names the scratch one); on a throwaway "
+                "server the test started itself, name one with app.sandbox.scratch_blob_url("
+                "<that server's url>, app.sandbox.current_run().scratch)",
+            )
 
 
 class LoadRecord(NamedTuple):

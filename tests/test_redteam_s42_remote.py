@@ -9,7 +9,9 @@ All real: the suite's cluster and ``weed``, real commands and ``app serve`` repl
 - an upload is streamed to the object store in parts of 8 MiB, and S3 takes at most 10,000
   parts: a file above about 78 GiB, which a ``max_upload_bytes`` of more allowed, would have
   been refused by the store at its 10,001st part; and a ``max_upload_bytes`` above S3's
-  largest object (5 TiB) was taken without a word.
+  largest object (5 TiB) was taken without a word;
+- an ``ObjectStore`` a test built on ``s3://<bucket>/production/x<run's suffix>`` passed the
+  sandbox (which read the prefix's last segment only) and wrote among production's objects.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from replicas import Production
 from test_redteam_s37_remote import _delete_the_prefixs_stamp, _set_for_database, _stamp_object
 from test_redteam_s39_ops import _kept
 
+from app import sandbox
 from app.config import S3_MAX_OBJECT_BYTES, load
-from app.errors import ConfigError, InvalidSettingError
+from app.errors import ConfigError, InvalidSettingError, SandboxViolationError
 from app.remote import objects as remote_objects
 
 production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
@@ -330,3 +333,32 @@ def test_a_bucket_with_object_lock_takes_uploads_and_keeps_deleted_versions(
         small.rpartition("/")[2],
         large.rpartition("/")[2],
     }
+
+
+def test_a_prefix_with_the_runs_suffix_inside_another_profiles_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Red team 42's *not stopped* row: the sandbox took any prefix whose last segment ends
+    # with the run's suffix for the run's, and `s3://<bucket>/production/x<suffix>` let a
+    # test write objects among production's. Now a prefix in, or holding, a prefix the
+    # settings give another profile is refused, whatever its last segment.
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "settings.toml").write_text(
+        '[production]\ndatabase_url = "postgresql://app@db.invalid/app"\n'
+        'blob_url = "s3://app-data/production"\ns3_endpoint_url = "http://127.0.0.1:9"\n'
+    )
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
+    suffix = sandbox.current_run().scratch
+    keys = ("key", "secret")
+    for nested in (f"s3://app-data/production/x{suffix}", f"s3://app-data/production/a/b{suffix}"):
+        with pytest.raises(SandboxViolationError) as refused:
+            remote_objects.ObjectStore(nested, "http://127.0.0.1:9", *keys)
+        said = str(refused.value)
+        assert f"opening object prefix {nested}, which lies in or holds the prefix" in said
+        assert "of profile 'production', s3://app-data/production (from " in said
+        assert "settings.toml" in said
+        assert "app.sandbox.scratch_blob_url(" in said
+    # Held: the scratch prefix beside production's, and the same names on another store.
+    remote_objects.ObjectStore(f"s3://app-data/production{suffix}", "http://127.0.0.1:9", *keys)
+    remote_objects.ObjectStore(f"s3://app-data/production/x{suffix}", "http://127.0.0.1:10", *keys)

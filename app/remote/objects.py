@@ -454,6 +454,15 @@ class ObjectStore:
         InvalidSettingError: ``blob_url`` is not ``s3://bucket/prefix``.
     """
 
+    def _overlaps(self, blob_url: str, endpoint_url: str | None) -> bool:
+        """Whether this store's location overlaps another's, given as in the settings (one
+        that is no location overlaps nothing: `load` refuses it for its own profile)."""
+        try:
+            other = parse_blob_url(blob_url, endpoint_url)
+        except InvalidSettingError:
+            return False
+        return prefixes_overlap(self.location, other)
+
     def __init__(
         self,
         blob_url: str,
@@ -474,6 +483,7 @@ class ObjectStore:
         # Before the client exists: every request goes through it, so none can reach a
         # prefix that the test run does not own.
         sandbox.check_scratch("blob_url", blob_url, "opening")
+        sandbox.check_scratch_apart(self._overlaps, blob_url, "opening")
         self.where = str(self.location)
         self._client = _new_client(
             service_name="s3",
