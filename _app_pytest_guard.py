@@ -59,6 +59,29 @@ def _startup() -> Any:
     return startup
 
 
+class _ArmAfter:
+    """The loader of pytest's configuration module, wrapped: it runs the module, then arms
+    it (`_arm`). A loader may serve many modules (a ``zipimporter`` serves every module of
+    its archive): a first version set its ``exec_module`` in place, so every module pytest
+    imported from a zip after its configuration module was "armed" too, and every run of a
+    pytest imported from a zip (``PYTHONPATH=pytest.zip``, a zipapp) failed as it started
+    (red team 43)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        # The module keeps the loader it came from (its source, its resources).
+        module.__loader__ = self.loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        _arm(module)
+
+
 class _ArmPytest:
     """A finder that finds nothing of its own: it lets the others find pytest's configuration
     module, and arms it (`_arm`) once it has run."""
@@ -79,13 +102,7 @@ class _ArmPytest:
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        original = loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            original(module)
-            _arm(module)
-
-        loader.exec_module = exec_module
+        spec.loader = _ArmAfter(loader)
         return spec
 
 

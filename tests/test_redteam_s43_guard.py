@@ -1,0 +1,117 @@
+"""Red team 43 on the guard (branch rt-guard27): the start-up hook red team 42 installed
+(``app-pytest-guard.pth``), attacked as a user who did not write it.
+
+What broke: a pytest imported from a zip archive (``PYTHONPATH=pytest.zip``, a zipapp).
+The hook armed pytest's configuration module by setting ``exec_module`` on the loader that
+found it, in place; a ``zipimporter`` is one loader for every module of its archive, so
+each module pytest imported from the zip afterwards was "armed" too, and every run of that
+pytest in the environment failed as it started (``AttributeError: ... has no attribute
+'PytestPluginManager'``), a normal run as much as a child's ``--basetemp=<production>``. The
+hook now wraps the loader for that one module. The child is refused with the fallback's
+words, and a plain run passes.
+
+What held, beside a stopped production root: a child with autoload off given
+``PYTEST_PLUGINS=app`` (or ``-p no:app`` with it), and a child whose conftest unregisters
+or blocks every plugin of the app's (``pluginmanager.unregister``, ``set_blocked``) as
+pytest configures: the fallback's guard of pytest's base directory is in place from its
+registration on, and refuses the ``--basetemp``.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+import _pytest
+import iniconfig
+import packaging
+import pluggy
+import pytest
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s40_guard import CHILD, INNER, _tests_beside
+from test_redteam_s42_guard import AUTOLOAD_OFF, BASETEMP, ROOT
+
+#: A conftest that takes every plugin of the app's away as pytest configures: `DO` is
+#: ``unregister(plugin)`` or ``set_blocked(name)``.
+TAKE_AWAY = """
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    manager = config.pluginmanager
+    for name, plugin in manager.list_name_plugin():
+        if name.startswith("app") or getattr(plugin, "__name__", "").startswith("app."):
+            manager.DO
+"""
+
+
+def _zip_of_pytest(tmp_path: Path) -> Path:
+    """pytest and what it imports, from this environment, in one zip archive."""
+    archive = tmp_path / "pytest.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for package in (pytest, _pytest, pluggy, iniconfig, packaging):
+            top = Path(package.__file__).parent
+            for path in top.rglob("*"):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    zipped.write(path, path.relative_to(top.parent))
+    return archive
+
+
+def test_a_pytest_imported_from_a_zip_runs_and_its_child_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    assert "_app_pytest_guard" in sys.modules, (
+        "app-pytest-guard.pth is not installed in this environment: run "
+        "`.venv/bin/python -m pip install -e .` again"
+    )
+    zipped = f'"PYTHONPATH": {str(_zip_of_pytest(tmp_path))!r}'
+    cases = {
+        # A normal run of the zip's pytest: it failed as it started.
+        "zip_plain": (f"{{{zipped}}}", "[]", "", None),
+        "zip": (f"{{{zipped}}}", f'["--disable-plugin-autoload", "--basetemp=" + {ROOT}]', "", 1),
+        "plugins_env": (
+            '{"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTEST_PLUGINS": "app"}',
+            f'["--basetemp=" + {ROOT}]',
+            "",
+            4,
+        ),
+        "plugins_env_off": (
+            '{"PYTEST_PLUGINS": "app"}',
+            f'["-p", "no:app", "--basetemp=" + {ROOT}]',
+            "",
+            1,
+        ),
+        "unregister": (
+            AUTOLOAD_OFF,
+            f'["--basetemp=" + {ROOT}]',
+            TAKE_AWAY.replace("DO", "unregister(plugin)"),
+            1,
+        ),
+        "set_blocked": (
+            AUTOLOAD_OFF,
+            f'["--basetemp=" + {ROOT}]',
+            TAKE_AWAY.replace("DO", "set_blocked(name)"),
+            1,
+        ),
+    }
+    tests = "".join(
+        CHILD.replace("ENV", env)
+        .replace("ARGS", args)
+        .replace("CONFTEST)", f"{conftest!r})")
+        .replace("INNER)", f"{INNER!r})")
+        .replace("def test_a_child_pytest_without_the_plugin", f"def test_{name}")
+        .replace('print("CHILD",', f'print("CHILD {name}",')
+        for name, (env, args, conftest, _) in cases.items()
+    )
+    # `_tests_beside` fails the test if a child changed any file of production's root.
+    production, output = _tests_beside(stopped, tmp_path, tests)
+    said = dict(part.split(" ", 1) for part in output.split("CHILD ")[1:])
+    assert said.keys() == cases.keys(), output
+    assert said["zip_plain"].startswith("0 "), said["zip_plain"]
+    refused = BASETEMP.format(production=production)
+    for name, (_, _, _, code) in cases.items():
+        if code is not None:
+            assert said[name].startswith(f"{code} "), (name, said[name])
+            assert refused in " ".join(said[name].split()), (name, said[name])
