@@ -90,7 +90,17 @@ class _ArmPytest:
 
     @classmethod
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != _WATCHED or cls.busy:
+        if cls.busy:
+            return None
+        if sys.meta_path[0] is not cls:
+            # A finder put ahead of this one after it (a `sitecustomize`'s import hook that
+            # instruments every module) found pytest's configuration module itself, and the
+            # run went unarmed (red team 43): first again at the next import that reaches
+            # here, it asks that finder in its turn (`busy`), and wraps what it found.
+            _first()
+        if name != _WATCHED:
+            if name.startswith("_pytest."):  # pytest's own imports after that module's
+                _arm_if_imported()
             return None
         from importlib.util import find_spec
 
@@ -106,5 +116,21 @@ class _ArmPytest:
         return spec
 
 
-if _ArmPytest not in sys.meta_path:
+def _first() -> None:
+    """Put the finder first on ``sys.meta_path``. Moved from where it is being asked, the
+    others are still asked in their order (the list shifts before it)."""
+    if _ArmPytest in sys.meta_path:
+        sys.meta_path.remove(_ArmPytest)
     sys.meta_path.insert(0, _ArmPytest)
+
+
+def _arm_if_imported() -> None:
+    """Arm pytest's configuration module where another finder, or a program that ran
+    before this file, imported it already (once its plugin manager is defined)."""
+    module = sys.modules.get(_WATCHED)
+    if module is not None and hasattr(module, "PytestPluginManager"):
+        _arm(module)
+
+
+_first()
+_arm_if_imported()

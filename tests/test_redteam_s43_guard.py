@@ -10,8 +10,16 @@ pytest in the environment failed as it started (``AttributeError: ... has no att
 hook now wraps the loader for that one module. The child is refused with the fallback's
 words, and a plain run passes.
 
+And a ``sitecustomize`` whose import hook instruments every module (the shape of
+typeguard's ``install_import_hook()``), which puts itself first on ``sys.meta_path`` after
+the ``.pth`` has run: that finder found pytest's configuration module, the hook never saw it,
+and a child with autoload off and ``--basetemp=<production>`` emptied a stopped production
+root. The hook now puts itself first again at the next import that reaches it, asks the
+others in their turn, and arms pytest's configuration module if another finder (or a
+program that ran before the ``.pth``) imported it already.
+
 What held, beside a stopped production root: a child with autoload off given
-``PYTEST_PLUGINS=app`` (or ``-p no:app`` with it), and a child whose conftest unregisters
+``PYTEST_PLUGINS=app``, and a child whose conftest unregisters
 or blocks every plugin of the app's (``pluginmanager.unregister``, ``set_blocked``) as
 pytest configures: the fallback's guard of pytest's base directory is in place from its
 registration on, and refuses the ``--basetemp``.
@@ -46,6 +54,22 @@ def pytest_configure(config):
 """
 
 
+#: A `sitecustomize` with an import hook that instruments every module (the shape of
+#: typeguard's ``install_import_hook()``), put first on ``sys.meta_path`` after the ``.pth``.
+INSTRUMENT = """
+import sys
+from importlib.machinery import PathFinder, SourceFileLoader
+
+class Instrument:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        spec = PathFinder.find_spec(name, path, target)
+        return spec if spec is not None and isinstance(spec.loader, SourceFileLoader) else None
+
+sys.meta_path.insert(0, Instrument)
+"""
+
+
 def _zip_of_pytest(tmp_path: Path) -> Path:
     """pytest and what it imports, from this environment, in one zip archive."""
     archive = tmp_path / "pytest.zip"
@@ -58,7 +82,7 @@ def _zip_of_pytest(tmp_path: Path) -> Path:
     return archive
 
 
-def test_a_pytest_imported_from_a_zip_runs_and_its_child_is_refused(
+def test_a_pytest_from_a_zip_or_behind_another_import_hook_is_guarded_and_runs(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
@@ -67,21 +91,24 @@ def test_a_pytest_imported_from_a_zip_runs_and_its_child_is_refused(
         "`.venv/bin/python -m pip install -e .` again"
     )
     zipped = f'"PYTHONPATH": {str(_zip_of_pytest(tmp_path))!r}'
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(INSTRUMENT)
+    instrumented = f'"PYTHONPATH": {str(tmp_path / "site")!r}'
     cases = {
         # A normal run of the zip's pytest: it failed as it started.
         "zip_plain": (f"{{{zipped}}}", "[]", "", None),
         "zip": (f"{{{zipped}}}", f'["--disable-plugin-autoload", "--basetemp=" + {ROOT}]', "", 1),
+        "sitecustomize": (
+            f'{{{instrumented}, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}}',
+            f'["--basetemp=" + {ROOT}]',
+            "",
+            1,
+        ),
         "plugins_env": (
             '{"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTEST_PLUGINS": "app"}',
             f'["--basetemp=" + {ROOT}]',
             "",
             4,
-        ),
-        "plugins_env_off": (
-            '{"PYTEST_PLUGINS": "app"}',
-            f'["-p", "no:app", "--basetemp=" + {ROOT}]',
-            "",
-            1,
         ),
         "unregister": (
             AUTOLOAD_OFF,
