@@ -27,6 +27,10 @@ registration on, and refuses the ``--basetemp``.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -36,9 +40,17 @@ import iniconfig
 import packaging
 import pluggy
 import pytest
+from test_redteam_s22_guard import _own_proc_allowed
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s39_guard import _project
 from test_redteam_s40_guard import CHILD, INNER, _tests_beside
+from test_redteam_s41_guard import AFTER_THE_RUN
 from test_redteam_s42_guard import AUTOLOAD_OFF, BASETEMP, ROOT
+from test_server_e2e import snapshot
+
+from app import sandbox as sandboxing
 
 #: A conftest that takes every plugin of the app's away as pytest configures: `DO` is
 #: ``unregister(plugin)`` or ``set_blocked(name)``.
@@ -142,3 +154,62 @@ def test_a_pytest_from_a_zip_or_behind_another_import_hook_is_guarded_and_runs(
         if code is not None:
             assert said[name].startswith(f"{code} "), (name, said[name])
             assert refused in " ".join(said[name].split()), (name, said[name])
+
+
+# --- the hand-over at a test's end, and what a test forked ---------------------------------
+
+#: A test that forks its run's process; the fork waits for the run's process to be gone,
+#: then becomes a program given production's settings alone (`os.execve`). A later test ends
+#: the run at once.
+FORKS_THEN_EXECS = """
+import os, select, signal, sys
+
+def test_1_forks():
+    run = os.pidfd_open(os.getpid())
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR")}
+    env["ENV_FOR_DYNACONF"] = "production"
+    out = os.open(os.environ["OUT"], os.O_WRONLY | os.O_CREAT, 0o644)
+    if os.fork() == 0:
+        os.setsid()
+        select.select([run], [], [])  # readable once the run's process has exited
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        argv = [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"]
+        os.execve(sys.executable, argv, env)
+    os.close(out)
+    os.close(run)
+
+def test_2_ends_the_run():
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_fork_of_the_run_that_becomes_another_program_once_the_run_is_killed_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not _own_proc_allowed():
+        pytest.skip("needs root and unshare --pid --mount-proc, to leave this suite's run")
+    settings, production = stopped
+    project = _project(tmp_path, test_fork=FORKS_THEN_EXECS)
+    out = tmp_path / "out.txt"
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), OUT=str(out))
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+         "sh", "-c", AFTER_THE_RUN, "sh", str(sandboxing.RUNS_DIR), str(project),
+         sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    said = out.read_text() if out.exists() else ""
+    assert snapshot(production) == before, said + done.stdout + done.stderr
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    assert re.search(
+        re.escape(
+            "loading profile 'production'; tests run on the 'testing' profile (this process "
+            "belongs to the test run through the process tree (this process, started by the "
+            "test run of pytest pid "
+        )
+        + r"\d+, which has ended, ",
+        said,
+    ), said
