@@ -213,3 +213,15 @@ def test_a_fork_of_the_run_that_becomes_another_program_once_the_run_is_killed_i
         + r"\d+, which has ended, ",
         said,
     ), said
+
+
+def test_the_installed_start_up_hook_is_the_project_s() -> None:
+    # An editable install copies `_app_pytest_guard.py` into site-packages: a checkout newer
+    # than its environment runs the older hook (before red team 43 it broke every run of a
+    # pytest imported from a zip), and this says so rather than a case above.
+    installed = Path(sys.modules["_app_pytest_guard"].__file__ or "")
+    project = Path(__file__).parents[1] / "_app_pytest_guard.py"
+    assert installed.read_bytes() == project.read_bytes(), (
+        f"{installed} is not this checkout's {project}: run "
+        "`.venv/bin/python -m pip install -e .` again"
+    )
