@@ -183,15 +183,55 @@ def test_2_ends_the_run():
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
+#: A test that starts a pytest without the app's plugins (a hand-built environment with
+#: production's settings), still starting as the test ends: its conftest waits for the
+#: outer run's process to be gone, then starts a purge. A later test ends the run at once.
+NESTED_STILL_STARTING = '''
+import os, signal, subprocess, sys
 
-def test_a_fork_of_the_run_that_becomes_another_program_once_the_run_is_killed_is_refused(
+CONFTEST = """
+import os, select, subprocess, sys
+select.select([int(os.environ["RUN_FD"])], [], [])
+with open(os.environ["OUT"], "w") as out:
+    subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                   stdout=out, stderr=out)
+"""
+
+def test_1_starts_a_pytest(tmp_path):
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_inner.py").write_text("def test_inner():\\n    pass\\n")
+    run = os.pidfd_open(os.getpid())
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
+    env.update(ENV_FOR_DYNACONF="production", RUN_FD=str(run))
+    subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--disable-plugin-autoload", "-p", "no:app", "-q",
+         "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path, env=env, pass_fds=[run], start_new_session=True,
+    )
+
+def test_2_ends_the_run():
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+@pytest.mark.parametrize(
+    ("script", "by"),
+    [
+        (FORKS_THEN_EXECS, "this process, started by the test run of pytest pid "),
+        (NESTED_STILL_STARTING, "an ancestor process, pid "),
+    ],
+    ids=["fork", "nested-pytest-still-starting"],
+)
+def test_what_a_test_left_is_refused_once_a_later_test_kills_the_run(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    script: str,
+    by: str,
 ) -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None or not _own_proc_allowed():
         pytest.skip("needs root and unshare --pid --mount-proc, to leave this suite's run")
     settings, production = stopped
-    project = _project(tmp_path, test_fork=FORKS_THEN_EXECS)
+    project = _project(tmp_path, test_left=script)
     out = tmp_path / "out.txt"
     env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), OUT=str(out))
     before = snapshot(production)
@@ -203,14 +243,21 @@ def test_a_fork_of_the_run_that_becomes_another_program_once_the_run_is_killed_i
     )  # fmt: skip
     said = out.read_text() if out.exists() else ""
     assert snapshot(production) == before, said + done.stdout + done.stderr
+    if script is NESTED_STILL_STARTING and "without the app's sandbox" in said:
+        # Its purge came first as a pytest without the app's plugin, found in the tree.
+        assert said.startswith(
+            "error: refused under pytest: loading profile 'production' while pytest runs "
+            "without the app's sandbox (an ancestor process (pid "
+        ), said
+        return
     assert said.startswith("error: refused under pytest (sandbox: "), said
     assert re.search(
         re.escape(
             "loading profile 'production'; tests run on the 'testing' profile (this process "
-            "belongs to the test run through the process tree (this process, started by the "
-            "test run of pytest pid "
+            "belongs to the test run through the process tree ("
         )
-        + r"\d+, which has ended, ",
+        + re.escape(by)
+        + r"(\d+, started by the test run of pytest pid )?\d+, which has ended, ",
         said,
     ), said
 
