@@ -1,7 +1,8 @@
 """Imported by ``app-pytest-guard.pth`` as every Python of the environment starts: where
 pytest is imported, every run it makes registers the app's fallback if the app's plugin is
 not registered once its plugins are loaded (`app.testing.startup`). Until pytest's
-configuration module is imported this costs one name compared per import; ``python -S``
+configuration module is imported this costs one look at the head of ``sys.meta_path`` and one
+name compared per import; ``python -S``
 (no site) skips this file. PYTEST_DONT_REWRITE: imported before pytest, by design.
 
 A test's child ``python -m pytest --basetemp=<production root>`` with plugin autoload off

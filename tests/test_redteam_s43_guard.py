@@ -18,6 +18,12 @@ root. The hook now puts itself first again at the next import that reaches it, a
 others in their turn, and arms pytest's configuration module if another finder (or a
 program that ran before the ``.pth``) imported it already.
 
+And a test that forks the run's process, whose fork runs another program (given production's
+settings alone) once a later test has killed the run: the check after each test skipped the
+fork as a pytest of its own (its command line is the run's until it runs another program),
+handed it nothing, and it purged a stopped production root out of any run's tree. A pytest
+a test left still starting as a later test kills the run held (red team 42 did not try it).
+
 What held, beside a stopped production root: a child with autoload off given
 ``PYTEST_PLUGINS=app``, and a child whose conftest unregisters
 or blocks every plugin of the app's (``pluginmanager.unregister``, ``set_blocked``) as
