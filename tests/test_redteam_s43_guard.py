@@ -33,10 +33,7 @@ pytest's base directory is in place from its registration on, and refuses the
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -46,17 +43,10 @@ import iniconfig
 import packaging
 import pluggy
 import pytest
-from test_redteam_s22_guard import _own_proc_allowed
-from test_redteam_s24_guard import _inner_env
-from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_redteam_s39_guard import _project
 from test_redteam_s40_guard import CHILD, INNER, _tests_beside
-from test_redteam_s41_guard import AFTER_THE_RUN
+from test_redteam_s41_guard import _left_behind_a_run
 from test_redteam_s42_guard import AUTOLOAD_OFF, BASETEMP, ROOT
-from test_server_e2e import snapshot
-
-from app import sandbox as sandboxing
 
 #: A conftest that takes every plugin of the app's away as pytest configures.
 TAKE_AWAY = """
@@ -103,10 +93,6 @@ def test_a_pytest_from_a_zip_or_behind_another_import_hook_is_guarded_and_runs(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
-    assert "_app_pytest_guard" in sys.modules, (
-        "app-pytest-guard.pth is not installed in this environment: run "
-        "`.venv/bin/python -m pip install -e .` again"
-    )
     zipped = f'"PYTHONPATH": {str(_zip_of_pytest(tmp_path))!r}'
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(INSTRUMENT)
@@ -221,21 +207,7 @@ def test_what_a_test_left_is_refused_once_a_later_test_kills_the_run(
     script: str,
     by: str,
 ) -> None:
-    if os.geteuid() != 0 or shutil.which("unshare") is None or not _own_proc_allowed():
-        pytest.skip("needs root and unshare --pid --mount-proc, to leave this suite's run")
-    settings, production = stopped
-    project = _project(tmp_path, test_left=script)
-    out = tmp_path / "out.txt"
-    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), OUT=str(out))
-    before = snapshot(production)
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
-         "sh", "-c", AFTER_THE_RUN, "sh", str(sandboxing.RUNS_DIR), str(project),
-         sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    said = out.read_text() if out.exists() else ""
-    assert snapshot(production) == before, said + done.stdout + done.stderr
+    said = _left_behind_a_run(stopped, tmp_path, script)
     if script is NESTED_STILL_STARTING and "without the app's sandbox" in said:
         # Its purge came first as a pytest without the app's plugin, found in the tree.
         assert said.startswith(
