@@ -1784,6 +1784,7 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
     pending, seen = list(_children(pid)), {pid}
+    own = _cmdline(pid) if while_running else []
     while pending:
         child = pending.pop()
         fields = _stat_fields(child)
@@ -1796,10 +1797,14 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
         entry = RUNS_DIR / _entry_name(child, fields[1])
         if _a_run_inside(entry, run):
             continue
-        if while_running and _looks_like_pytest(_cmdline(child), child):
+        command = _cmdline(child) if while_running else []
+        if while_running and command != own and _looks_like_pytest(command, child):
             # A pytest a test started (a head start on the next case, left running): a run
             # of its own, with the plugin or without it, whose rules its children get
-            # through its command line while it runs; its end hands it on if need be.
+            # through its command line while it runs; its end hands it on if need be. Not
+            # a fork of the run's process (its command line, until it runs another program):
+            # one a test left, which ran a program given production's settings alone once
+            # a later test had killed the run, purged a stopped root (red team 43).
             continue
         if not (while_running and entry.exists()):
             with contextlib.suppress(OSError):

@@ -144,6 +144,32 @@ i=0; while [ ! -s "$OUT" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
 """
 
 
+def _left_behind_a_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    tests: str,
+) -> str:
+    """Run `tests` in a PID namespace of their own, outside this suite's run, given the
+    stopped production root's settings and ``$OUT``; wait for what their daemon writes to
+    ``$OUT``; fail if production's root changed. What the daemon wrote."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not _own_proc_allowed():
+        pytest.skip("needs root and unshare --pid --mount-proc, to leave this suite's run")
+    settings, production = stopped
+    project = _project(tmp_path, test_left=tests)
+    out = tmp_path / "out.txt"
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), OUT=str(out))
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+         "sh", "-c", AFTER_THE_RUN, "sh", str(sandboxing.RUNS_DIR), str(project),
+         sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    said = out.read_text() if out.exists() else ""
+    assert snapshot(production) == before, said + done.stdout + done.stderr
+    return said
+
+
 #: Instead of ending the run: tell the daemon to act at once, while the run goes on.
 WHILE_THE_RUN_GOES_ON = """
     open(os.environ["OUT"] + ".go", "w").close()
@@ -167,21 +193,7 @@ def test_a_daemon_a_test_left_stays_in_the_run_once_the_run_is_killed(
     # The run hands its entry on to what outlives it as it exits: killed, or ended with
     # os._exit, it hands on nothing, and the daemon, re-parented out of the run's tree,
     # purged a stopped production root a moment later.
-    if os.geteuid() != 0 or shutil.which("unshare") is None or not _own_proc_allowed():
-        pytest.skip("needs root and unshare --pid --mount-proc, to leave this suite's run")
-    settings, production = stopped
-    project = _project(tmp_path, test_daemon=LEAVES_A_DAEMON.replace("END", end))
-    out = tmp_path / "out.txt"
-    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), OUT=str(out))
-    before = snapshot(production)
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
-         "sh", "-c", AFTER_THE_RUN, "sh", str(sandboxing.RUNS_DIR), str(project),
-         sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    said = out.read_text() if out.exists() else ""
-    assert snapshot(production) == before, said + done.stdout + done.stderr
+    said = _left_behind_a_run(stopped, tmp_path, LEAVES_A_DAEMON.replace("END", end))
     assert said.startswith("error: refused under pytest (sandbox: "), said
     how = (
         r"left running by a test of the run of pytest pid \d+,"
