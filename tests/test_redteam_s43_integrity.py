@@ -1,0 +1,130 @@
+"""Red team 43 on integrity: what a listing leaves out, and what streams while a session goes.
+
+Real commands on real files, and a real server on 127.0.0.1. What broke:
+
+- A session directory moved out of the root and linked back (red team 42's *not stopped*),
+  and a session whose ``session.json`` was damaged, were left out of ``app sessions list``
+  without a word (and of ``GET /sessions``, whose ``total`` counts them). The list now names
+  each one on stderr, why it is left out and what puts it back; the server logs the same when
+  a page leaves one out.
+
+What held is kept too: an upload (``PUT`` new, ``PUT`` over a file, multipart ``POST``) whose
+session is deleted while its body streams is refused 404, nothing of it acknowledged, left in
+``.tmp/`` or put in the trash.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from test_server_e2e import Server, app_env, run_app, wait_for
+
+from app.config import Config
+from app.storage import open_storage
+
+
+def test_sessions_list_names_each_session_it_leaves_out_and_what_puts_it_back(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    linked, directory, elsewhere, damaged = _move_away_and_damage(app_config, tmp_path)
+
+    for args in ((), ("--json",)):
+        listed = run_app("sessions", "list", *args, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert linked not in listed.stdout and damaged not in listed.stdout
+        # It said nothing of either.
+        assert (
+            f"warning: session {linked} is not listed: {directory} is a symbolic link "
+            f"(to {elsewhere}) where a session's directory belongs"
+        ) in listed.stderr, listed.stderr
+        assert f"`rm {directory} && mv '{elsewhere}' {directory}`" in listed.stderr
+        assert (
+            f"warning: session {damaged} is not listed: cannot read session {damaged}: its "
+            "session.json is not a JSON object"
+        ) in listed.stderr, listed.stderr
+        assert "`app data check` reports" in listed.stderr
+
+
+def _move_away_and_damage(config: Config, tmp_path: Path) -> tuple[str, Path, Path, str]:
+    """Sessions ``linked`` (its directory moved to ``other disk`` and linked back) and
+    ``damaged`` (its session.json not an object), and a third one, plain."""
+    root = config.data_root
+    with open_storage(config, writer=True, kind="tests", wanted="make") as store:
+        linked, damaged, plain = (store.create_session(t)["id"] for t in ("l", "d", "p"))
+    directory, elsewhere = root / "sessions" / linked, tmp_path / "other disk" / linked
+    elsewhere.parent.mkdir()
+    shutil.move(directory, elsewhere)
+    directory.symlink_to(elsewhere)
+    (root / "sessions" / damaged / "session.json").write_text("[]")
+    return linked, directory, elsewhere, damaged
+
+
+def _wait_for_bytes_in_tmp(root: Path) -> None:
+    def arrived() -> bool:
+        return any(p.is_file() and p.stat().st_size > 0 for p in (root / ".tmp").rglob("*"))
+
+    wait_for(arrived, f"an upload's first bytes in {root / '.tmp'}")
+
+
+def _slow_body(first: bytes, rest: bytes, go: threading.Event) -> Iterator[bytes]:
+    yield first
+    go.wait()
+    yield rest
+
+
+def test_an_upload_whose_session_is_deleted_while_it_streams_is_refused_and_leaves_nothing(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    linked, directory, elsewhere, damaged = _move_away_and_damage(app_config, tmp_path)
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http, server.client() as other:
+            # Broke: GET /sessions left both out (its total counts them) and the log said
+            # nothing; now it names each, once.
+            for _ in range(2):
+                page = http.get("/sessions").json()
+                assert page["total"] == 3 and len(page["items"]) == 1
+            assert server.output.count(
+                f"session {linked} is left out of GET /sessions: {directory} is a symbolic link"
+            ) == 1, server.output
+            assert server.output.count(
+                f"session {damaged} is left out of GET /sessions: cannot read session {damaged}"
+            ) == 1, server.output
+            for mode in ("put-new", "put-replace", "multipart"):
+                session = http.post("/sessions", json={"title": mode}).json()["id"]
+                url = f"/sessions/{session}/files/a.bin"
+                if mode == "put-replace":
+                    assert http.put(url, content=b"old").status_code == 201
+                go, answers = threading.Event(), []
+                first, rest = b"x" * (1 << 20), b"y" * (1 << 20)
+                if mode == "multipart":
+                    head = (
+                        '--B\r\nContent-Disposition: form-data; name="file"; filename="a.bin"'
+                        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    ).encode()
+                    body = _slow_body(head + first, rest + b"\r\n--B--\r\n", go)
+                    kwargs = {"headers": {"Content-Type": "multipart/form-data; boundary=B"}}
+                    send = lambda: http.post(f"/sessions/{session}/files", content=body, **kwargs)  # noqa: E731
+                else:
+                    send = lambda: http.put(url, content=_slow_body(first, rest, go))  # noqa: E731
+                sender = threading.Thread(target=lambda: answers.append(send()))
+                sender.start()
+                # The server has the first chunk once its blob holds bytes in .tmp/.
+                _wait_for_bytes_in_tmp(root)
+                assert other.delete(f"/sessions/{session}").status_code == 200
+                go.set()
+                sender.join()
+                [answer] = answers
+                assert answer.status_code == 404, (mode, answer.text)
+                assert f"no session '{session}'" in answer.json()["message"]
+                assert not any((root / ".tmp").iterdir())
+                trashed = [p.name for p in (root / ".trash").rglob("*") if p.is_file()]
+                assert trashed.count("trash.json") == len(list((root / ".trash").iterdir()))
+    finally:
+        server.stop()
