@@ -527,7 +527,6 @@ class Storage(Protocol):
         ``session.json``). None on a backend whose listing leaves none out."""
         return []
 
-
     # What the server sends as it is (see the module docstring): encoded here for backends
     # that keep nothing encoded (the remote store); the local store overrides both.
     def get_session_json(self, session_id: str) -> bytes:

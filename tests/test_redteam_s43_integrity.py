@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
@@ -55,7 +56,7 @@ def _move_away_and_damage(config: Config, tmp_path: Path) -> tuple[str, Path, Pa
     ``damaged`` (its session.json not an object), and a third one, plain."""
     root = config.data_root
     with open_storage(config, writer=True, kind="tests", wanted="make") as store:
-        linked, damaged, plain = (store.create_session(t)["id"] for t in ("l", "d", "p"))
+        linked, damaged, _ = (store.create_session(t)["id"] for t in ("l", "d", "p"))
     directory, elsewhere = root / "sessions" / linked, tmp_path / "other disk" / linked
     elsewhere.parent.mkdir()
     shutil.move(directory, elsewhere)
@@ -77,11 +78,33 @@ def _slow_body(first: bytes, rest: bytes, go: threading.Event) -> Iterator[bytes
     yield rest
 
 
+def _upload(
+    http: httpx.Client, mode: str, session: str, go: threading.Event, answers: list[object]
+) -> None:
+    """Upload ``a.bin`` (2 MiB) to ``session`` by ``mode``, its second half once ``go``."""
+    first, rest = b"x" * (1 << 20), b"y" * (1 << 20)
+    if mode == "multipart":
+        head = (
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.bin"'
+            b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        answers.append(
+            http.post(
+                f"/sessions/{session}/files",
+                content=_slow_body(head + first, rest + b"\r\n--B--\r\n", go),
+                headers={"Content-Type": "multipart/form-data; boundary=B"},
+            )
+        )
+    else:
+        url = f"/sessions/{session}/files/a.bin"
+        answers.append(http.put(url, content=_slow_body(first, rest, go)))
+
+
 def test_an_upload_whose_session_is_deleted_while_it_streams_is_refused_and_leaves_nothing(
     app_config: Config, tmp_path: Path
 ) -> None:
     root = app_config.data_root
-    linked, directory, elsewhere, damaged = _move_away_and_damage(app_config, tmp_path)
+    linked, directory, _, damaged = _move_away_and_damage(app_config, tmp_path)
     server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     try:
         with server.client() as http, server.client() as other:
@@ -90,30 +113,25 @@ def test_an_upload_whose_session_is_deleted_while_it_streams_is_refused_and_leav
             for _ in range(2):
                 page = http.get("/sessions").json()
                 assert page["total"] == 3 and len(page["items"]) == 1
-            assert server.output.count(
-                f"session {linked} is left out of GET /sessions: {directory} is a symbolic link"
-            ) == 1, server.output
-            assert server.output.count(
-                f"session {damaged} is left out of GET /sessions: cannot read session {damaged}"
-            ) == 1, server.output
+            assert (
+                server.output.count(
+                    f"session {linked} is left out of GET /sessions: {directory} is a symbolic link"
+                )
+                == 1
+            ), server.output
+            assert (
+                server.output.count(
+                    f"session {damaged} is left out of GET /sessions: cannot read session {damaged}"
+                )
+                == 1
+            ), server.output
             for mode in ("put-new", "put-replace", "multipart"):
                 session = http.post("/sessions", json={"title": mode}).json()["id"]
                 url = f"/sessions/{session}/files/a.bin"
                 if mode == "put-replace":
                     assert http.put(url, content=b"old").status_code == 201
                 go, answers = threading.Event(), []
-                first, rest = b"x" * (1 << 20), b"y" * (1 << 20)
-                if mode == "multipart":
-                    head = (
-                        '--B\r\nContent-Disposition: form-data; name="file"; filename="a.bin"'
-                        "\r\nContent-Type: application/octet-stream\r\n\r\n"
-                    ).encode()
-                    body = _slow_body(head + first, rest + b"\r\n--B--\r\n", go)
-                    kwargs = {"headers": {"Content-Type": "multipart/form-data; boundary=B"}}
-                    send = lambda: http.post(f"/sessions/{session}/files", content=body, **kwargs)  # noqa: E731
-                else:
-                    send = lambda: http.put(url, content=_slow_body(first, rest, go))  # noqa: E731
-                sender = threading.Thread(target=lambda: answers.append(send()))
+                sender = threading.Thread(target=_upload, args=(http, mode, session, go, answers))
                 sender.start()
                 # The server has the first chunk once its blob holds bytes in .tmp/.
                 _wait_for_bytes_in_tmp(root)
