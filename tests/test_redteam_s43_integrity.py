@@ -15,7 +15,9 @@ session is deleted while its body streams is refused 404, nothing of it acknowle
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +148,56 @@ def test_an_upload_whose_session_is_deleted_while_it_streams_is_refused_and_leav
                 assert trashed.count("trash.json") == len(list((root / ".trash").iterdir()))
     finally:
         server.stop()
+
+
+def _cut(server: Server, request: bytes) -> bytes:
+    """Send ``request`` on a connection of its own, end it there (FIN: the client sends
+    nothing more) and read what the server answers until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(request)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_body_cut_before_its_chunked_or_multipart_end_changes_nothing(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # Held: every byte of the file arrived, only the end of the body did not (the chunked
+    # body's last chunk, the multipart closing boundary): nothing is written or acknowledged.
+    root = app_config.data_root
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            session = http.post("/sessions", json={"title": "cut"}).json()["id"]
+            url = f"/sessions/{session}/files/a.txt"
+            assert http.put(url, content=b"version 1").status_code == 201
+            body = os.urandom(200_000)
+            chunk = f"{len(body):x}\r\n".encode() + body + b"\r\n"
+            auth = f"Authorization: Bearer {server.token}\r\nHost: x\r\n"
+            put = f"PUT {url} HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n".encode()
+            part = (
+                b'--B\r\nContent-Disposition: form-data; name="file"; filename="b.txt"\r\n'
+                b"Content-Type: application/octet-stream\r\n\r\n" + body
+            )
+            post = (
+                f"POST /sessions/{session}/files HTTP/1.1\r\n{auth}"
+                f"Content-Type: multipart/form-data; boundary=B\r\n"
+                f"Content-Length: {len(part) + 9}\r\n\r\n"
+            ).encode()
+            for request in (
+                put + chunk,
+                put + chunk + b"0\r\n",
+                *(post + part + tail for tail in (b"", b"\r\n", b"\r\n--B", b"\r\n--B--")),
+            ):
+                answer = _cut(server, request)
+                assert not answer.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2")), answer[:300]
+                assert http.get(url).content == b"version 1"
+                assert http.get(f"/sessions/{session}/files/b.txt").status_code == 404
+            assert not any((root / ".tmp").iterdir())
+    finally:
+        server.stop()
+    checked = run_app("data", "check", env=app_env(root))
+    assert checked.returncode == 0, checked.stdout
