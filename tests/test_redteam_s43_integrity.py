@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from test_redteam_s39_integrity import _detach, _traced, needs_strace
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
@@ -200,4 +202,42 @@ def test_a_body_cut_before_its_chunked_or_multipart_end_changes_nothing(
     finally:
         server.stop()
     checked = run_app("data", "check", env=app_env(root))
+    assert checked.returncode == 0, checked.stdout
+
+
+@needs_strace
+def test_a_delete_whose_move_to_the_trash_fails_after_its_commit_is_restored_whole(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # Held: the record is removed (the commit), then the rename of the bytes into the trash
+    # entry fails (EBUSY, as a bind mount answers). The DELETE is 200, the server logs that
+    # `check` will finish the move, and a restore with no check between brings the version
+    # deleted back, not the one replaced before it.
+    root = app_config.data_root
+    env = app_env(root)
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            session = http.post("/sessions", json={"title": "busy"}).json()["id"]
+            url = f"/sessions/{session}/files/a.txt"
+            assert http.put(url, content=b"version 1").status_code == 201
+            assert http.put(url, content=b"version 2").status_code == 200
+            strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename"]
+            strace += ["-e", "inject=rename:error=EBUSY:when=1", "-p", str(server.pid)]
+            tracer = subprocess.Popen(strace, stderr=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: _traced(server.pid), "strace attached to the server")
+                assert http.delete(url).status_code == 200
+            finally:
+                _detach(tracer)
+            assert http.get(url).status_code == 404
+    finally:
+        server.stop()
+    assert "to the trash yet ([Errno 16] Device or resource busy" in server.output
+    assert "`check` will" in server.output
+    restored = run_app("sessions", "restore", session, "--file", "a.txt", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"version 2"
+    checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout
