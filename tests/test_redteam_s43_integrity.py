@@ -10,7 +10,10 @@ Real commands on real files, and a real server on 127.0.0.1. What broke:
 
 What held is kept too: an upload (``PUT`` new, ``PUT`` over a file, multipart ``POST``) whose
 session is deleted while its body streams is refused 404, nothing of it acknowledged, left in
-``.tmp/`` or put in the trash.
+``.tmp/`` or put in the trash; a body cut after its last byte of data but before its chunked
+or multipart end writes nothing; and a ``DELETE`` whose move of the bytes into the trash fails
+after its commit (``EBUSY`` injected with strace) is restored whole by ``app sessions restore``
+before any check.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from test_redteam_s39_integrity import _detach, _traced, needs_strace
+from test_redteam_s39_integrity import _detach, _injected, needs_strace
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
@@ -222,11 +224,9 @@ def test_a_delete_whose_move_to_the_trash_fails_after_its_commit_is_restored_who
             url = f"/sessions/{session}/files/a.txt"
             assert http.put(url, content=b"version 1").status_code == 201
             assert http.put(url, content=b"version 2").status_code == 200
-            strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename"]
-            strace += ["-e", "inject=rename:error=EBUSY:when=1", "-p", str(server.pid)]
-            tracer = subprocess.Popen(strace, stderr=subprocess.DEVNULL)
+            # Its first rename is the bytes' into the trash (the record is unlinked).
+            tracer = _injected(server, "rename:error=EBUSY:when=1")
             try:
-                wait_for(lambda: _traced(server.pid), "strace attached to the server")
                 assert http.delete(url).status_code == 200
             finally:
                 _detach(tracer)
