@@ -759,7 +759,9 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             click.echo(row.format(entry.session_id, deleted, entry.reason, entry.kind, what))
         _warn_linked_entries(entries)
         return
+    listed = set()
     for session in store.iter_all():
+        listed.add(session["id"])
         if as_json:
             click.echo(json.dumps(session))
             continue
@@ -767,6 +769,8 @@ def sessions_list(ctx: click.Context, trash: bool, as_json: bool) -> None:
             f"{session['id']}  {session['created_at'][:19]}Z  "
             f"{len(session['files']):>4} file(s)  {_printable(session['title'])}"
         )
+    for session_id, why in store.left_out(listed):  # once left out without a word
+        click.echo(f"warning: session {session_id} is not listed: {_printable(why)}", err=True)
 
 
 def _warn_linked_entries(entries: list[TrashEntry]) -> None:

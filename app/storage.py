@@ -521,6 +521,11 @@ class Storage(Protocol):
         self, *, limit: int = 50, after: str | None = None, max_bytes: int | None = None
     ) -> Page: ...
     def iter_all(self) -> Iterator[SessionRecord]: ...
+    def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
+        """The sessions a listing leaves out, but for those in ``listed``: each id with why
+        and what puts it back (a local session directory linked back, a damaged
+        ``session.json``). None on a backend whose listing leaves none out."""
+        return []
 
     # What the server sends as it is (see the module docstring): encoded here for backends
     # that keep nothing encoded (the remote store); the local store overrides both.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, write_all
+from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, link_remedy, write_all
 from app.errors import (
     BadRequestError,
     NotInTrashError,
@@ -80,6 +81,8 @@ _GIL_YIELD_EVERY: Final = 100  # sessions of a page between two hand-overs of th
 
 T = TypeVar("T")
 
+log = logging.getLogger("app.store")
+
 
 class Sessions:
     """The sessions of one open data root (``<root>/sessions/``)."""
@@ -102,6 +105,8 @@ class Sessions:
         self.unsettled: ValidatedCache[tuple[bytes, int]] = ValidatedCache(_UNSETTLED_BYTES)
         self.records_max_age = RECORDS_MAX_AGE_SECONDS
         self.watched_records_max_age = WATCHED_RECORDS_MAX_AGE_SECONDS
+        # Sessions a page left out that the log has named (once each: a page is read often).
+        self.logged_left_out: set[str] = set()
 
     def directory(self, session_id: str) -> Path:
         """The directory of ``session_id``, once the id is checked."""
@@ -461,10 +466,14 @@ class Sessions:
             try:
                 item, bound = read(f"{self.where}/{session_id}", session_id)
             except SessionNotFoundError:
-                continue  # deleted between the listing and this read: simply not shown
+                # Deleted between the listing and this read: simply not shown; a link (moved
+                # out and linked back) is never followed, and named in the log (red team 43).
+                self._log_left_out(session_id)
+                continue
             except UnreadableSessionError:
                 # One damaged session.json must not fail every page that holds it, for
                 # every client; reading that session says so, and `check` reports it.
+                self._log_left_out(session_id)
                 continue
             if max_bytes is not None:
                 size += bound
@@ -473,6 +482,44 @@ class Sessions:
             items.append((session_id, item))
         more = start + limit < total
         return items, total, chosen[-1] if more and chosen else None
+
+    def _log_left_out(self, session_id: str) -> None:
+        if session_id in self.logged_left_out:
+            return
+        why = self.left_out_why(session_id)
+        if why is not None:
+            self.logged_left_out.add(session_id)
+            log.warning("session %s is left out of GET /sessions: %s", session_id, why)
+
+    def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
+        """Each session under ``sessions/`` but not in ``listed`` that a listing leaves out,
+        with why and what puts it back (red team 43: it was left out without a word)."""
+        found = []
+        for session_id in self.scan_ids():
+            if session_id not in listed and (why := self.left_out_why(session_id)) is not None:
+                found.append((session_id, why))
+        return found
+
+    def left_out_why(self, session_id: str) -> str | None:
+        """Why a listing leaves ``session_id`` out, or None if it is gone (or readable)."""
+        directory = self.path / session_id
+        if directory.is_symlink():
+            try:
+                remedy = link_remedy(directory, "restore the session from a backup")
+                where = f"(to {directory.readlink()}) "
+            except OSError:  # gone since
+                return None
+            return (
+                f"{directory} is a symbolic link {where}where a session's directory belongs: "
+                f"the app never follows one, so the session is not served; {remedy}"
+            )
+        try:
+            self.read(directory, session_id)
+        except UnreadableSessionError as error:
+            return str(error)
+        except SessionNotFoundError:
+            return None
+        return None
 
     def iter_all(self) -> Iterator[SessionRecord]:
         for session_id in self.ids():

@@ -302,6 +302,9 @@ class Store(Storage):
         """Every session, oldest first (reads every session.json; for commands, not HTTP)."""
         return self.sessions.iter_all()
 
+    def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
+        return self.sessions.left_out(listed)
+
     @_changes
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
         """Move a session, files and all, to ``.trash/``; audited. :meth:`restore` undoes it."""
