@@ -129,6 +129,7 @@ _READ_ONLY = {
     "get_session",
     "get_session_json",
     "iter_all",
+    "left_out",
     "list_files",
     "list_sessions",
     "list_sessions_json",
