@@ -524,7 +524,7 @@ class Storage(Protocol):
     def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
         """The sessions a listing leaves out, but for those in ``listed``: each id with why
         and what puts it back (a local session directory linked back, a damaged
-        ``session.json``). None on a backend whose listing leaves none out."""
+        ``session.json``). Empty on a backend whose listing leaves none out."""
         return []
 
     # What the server sends as it is (see the module docstring): encoded here for backends
