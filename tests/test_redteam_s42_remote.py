@@ -141,8 +141,14 @@ def test_doctor_names_a_database_that_makes_every_transaction_read_only(
     assert "writes: refused: every transaction is read-only" in said
     assert "read_only is on for its connections (set by the database's settings)" in said
     assert "RESET default_transaction_read_only" in said and "nothing was changed" in said
-    with psycopg.connect(production.database_url, autocommit=True) as admin:
-        admin.execute("SET default_transaction_read_only = off")
+    # The admin connection is the role in that database too, so it inherits what an earlier
+    # call set there (a statement_timeout of 1 ms cancels its own RESET under load): it
+    # sets its own session's values first, as options at connect time.
+    with psycopg.connect(
+        production.database_url,
+        autocommit=True,
+        options="-c statement_timeout=0 -c default_transaction_read_only=off",
+    ) as admin:
         admin.execute(f'ALTER DATABASE "{_dbname(production)}" RESET default_transaction_read_only')
     doctor = production.run("doctor")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
@@ -219,8 +225,14 @@ def _names_the_clock(message: str) -> None:
 
 
 def _for_the_role_in_the_database(production: Production, statement: str) -> None:
-    with psycopg.connect(production.database_url, autocommit=True) as admin:
-        admin.execute("SET default_transaction_read_only = off")
+    # The admin connection is the role in that database too, so it inherits what an earlier
+    # call set there (a statement_timeout of 1 ms cancels its own RESET under load): it
+    # sets its own session's values first, as options at connect time.
+    with psycopg.connect(
+        production.database_url,
+        autocommit=True,
+        options="-c statement_timeout=0 -c default_transaction_read_only=off",
+    ) as admin:
         admin.execute(f'ALTER ROLE current_user IN DATABASE "{_dbname(production)}" {statement}')
 
 
