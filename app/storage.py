@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from app.errors import AppError
 
 __all__ = [
+    "LEFT_OUT_LINKED",
+    "LEFT_OUT_UNREADABLE",
     "MAX_METADATA_BYTES",
     "MAX_TITLE_CHARS",
     "TITLE_NUL",
@@ -52,6 +54,7 @@ __all__ = [
     "Finding",
     "HolderWatch",
     "IfMatch",
+    "LeftOut",
     "Page",
     "Probe",
     "SessionRecord",
@@ -140,14 +143,22 @@ def json_body(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def page_body(items: Iterable[bytes], total: int, next: str | None) -> bytes:
+def page_body(
+    items: Iterable[bytes], total: int, next: str | None, left_out: Sequence[LeftOut] = ()
+) -> bytes:
     """The :func:`json_body` of a :class:`Page` whose items are already encoded.
 
     The same bytes as ``json_body(page.to_dict())``, by joining the items' bytes instead of
     encoding them again.
     """
     cursor = b"null" if next is None else json_body(next)
-    return b'{"items":[%s],"total":%d,"next":%s}' % (b",".join(items), total, cursor)
+    passed = json_body([one.to_dict() for one in left_out])
+    return b'{"items":[%s],"total":%d,"next":%s,"left_out":%s}' % (
+        b",".join(items),
+        total,
+        cursor,
+        passed,
+    )
 
 
 # RFC 9110, 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text.
@@ -213,6 +224,33 @@ class IfMatch:
         raise PreconditionFailedError(method, session_id, name, self.header, etag)
 
 
+#: Why a page passes over a session it counts: its directory is a symbolic link (moved out
+#: of the data root and linked back), which the app never follows.
+LEFT_OUT_LINKED: Final = "linked"
+#: Why a page passes over a session it counts: its ``session.json`` cannot be read.
+LEFT_OUT_UNREADABLE: Final = "unreadable"
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """A session a page counts in its ``total`` but does not show, and why.
+
+    Attributes:
+        id: the session's id.
+        reason: ``"linked"`` (its directory is a symbolic link) or ``"unreadable"`` (its
+            ``session.json`` cannot be read).
+        message: what that means and what to run on the server (no path of the server's:
+            the server's log and ``app data check`` name those).
+    """
+
+    id: str
+    reason: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "reason": self.reason, "message": self.message}
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of sessions, oldest first.
@@ -221,15 +259,24 @@ class Page:
         items: the sessions of this page.
         total: how many sessions exist at this moment.
         next: the cursor of the next page (pass it as ``after``), ``None`` on the last page.
+        left_out: the sessions in this page's range that it counts in ``total`` but does not
+            show (a local session directory linked back, a damaged ``session.json``), with
+            why; empty on a backend whose pages leave none out.
     """
 
     items: list[SessionRecord]
     total: int
     next: str | None
+    left_out: tuple[LeftOut, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (the body of ``GET /sessions``)."""
-        return {"items": self.items, "total": self.total, "next": self.next}
+        return {
+            "items": self.items,
+            "total": self.total,
+            "next": self.next,
+            "left_out": [one.to_dict() for one in self.left_out],
+        }
 
 
 #: The reason a trash entry is listed with when it is a symbolic link (moved out of the data

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from app.config import Config
 from app.errors import SessionNotFoundError
-from app.storage import json_body, page_body
+from app.storage import LEFT_OUT_LINKED, LeftOut, Page, json_body, page_body
 from app.store import Store
 
 
@@ -107,8 +107,14 @@ def test_page_body_joins_encoded_items_into_the_pages_json() -> None:
     items = [{"id": "a", "t": "ü"}, {"id": "b"}]
     for cursor in [None, "b"]:
         joined = page_body([json_body(i) for i in items], 7, cursor)
-        assert joined == json_body({"items": items, "total": 7, "next": cursor})
-    assert page_body([], 0, None) == json_body({"items": [], "total": 0, "next": None})
+        assert joined == json_body({"items": items, "total": 7, "next": cursor, "left_out": []})
+    empty = {"items": [], "total": 0, "next": None, "left_out": []}
+    assert page_body([], 0, None) == json_body(empty)
+    passed = LeftOut("c", LEFT_OUT_LINKED, "why ü")
+    assert page_body([], 1, None, [passed]) == json_body(
+        {**empty, "total": 1, "left_out": [{"id": "c", "reason": "linked", "message": "why ü"}]}
+    )
+    assert page_body([], 1, None, [passed]) == json_body(Page([], 1, None, (passed,)).to_dict())
 
 
 def test_the_routes_send_the_stores_bytes_as_json(
@@ -221,7 +227,7 @@ def test_a_deleted_session_is_not_found_and_not_listed_and_comes_back_restored(
     Store(store.root).delete_session(session_id)
     with pytest.raises(SessionNotFoundError):
         store.get_session_json(session_id)
-    assert listed(store) == {"items": [], "total": 0, "next": None}
+    assert listed(store) == {"items": [], "total": 0, "next": None, "left_out": []}
     store.restore(session_id)
     assert store.get_session_json(session_id) == kept
 

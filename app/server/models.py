@@ -6,7 +6,7 @@ the published contract (``tests/test_openapi.py``, ``docs/generated/http-routes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, Field
@@ -118,6 +118,20 @@ class Session(BaseModel):
     files: list[FileEntry]
 
 
+class LeftOutSession(BaseModel):
+    """A session a page counts in its `total` but does not show."""
+
+    id: str = Field(pattern=SESSION_ID_PATTERN)
+    reason: Literal["linked", "unreadable"] = Field(
+        description=(
+            "`linked`: its directory on the server is a symbolic link (moved out of the data "
+            "root and linked back), which the app never follows. `unreadable`: its "
+            "`session.json` cannot be read."
+        )
+    )
+    message: str = Field(description="What that means, and what to run on the server.")
+
+
 class SessionPage(BaseModel):
     """One page of ``GET /sessions``."""
 
@@ -128,6 +142,13 @@ class SessionPage(BaseModel):
             "Pass as `after` for the next page; null on the last. A page stops early, with "
             "fewer than `limit` items and a `next`, once its items reach the server's "
             "`page_max_bytes`."
+        )
+    )
+    left_out: list[LeftOutSession] = Field(
+        description=(
+            "The sessions in this page's range that `total` counts but the page does not "
+            "show, with why; empty unless an operator must act on the server (the server's "
+            "log and `app data check` name each)."
         )
     )
 

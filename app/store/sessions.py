@@ -30,6 +30,9 @@ from app.errors import (
 )
 from app.names import check_stored_name
 from app.storage import (
+    LEFT_OUT_LINKED,
+    LEFT_OUT_UNREADABLE,
+    LeftOut,
     Page,
     SessionRecord,
     TrashEntry,
@@ -424,13 +427,13 @@ class Sessions:
             session = self._read(directory, session_id)
             return session, 0 if max_bytes is None else _page_size_bound(session)
 
-        items, total, cursor = self._page(limit, after, max_bytes, read)
-        return Page(items=[session for _, session in items], total=total, next=cursor)
+        items, total, cursor, passed = self._page(limit, after, max_bytes, read)
+        return Page([session for _, session in items], total, cursor, passed)
 
     def page_json(self, limit: int, after: str | None, max_bytes: int | None) -> bytes:
         """:meth:`page` as :func:`app.storage.json_body` encodes it, joined from kept bytes."""
-        items, total, cursor = self._page(limit, after, max_bytes, self._checked_reader())
-        return page_body([body for _, body in items], total, cursor)
+        items, total, cursor, passed = self._page(limit, after, max_bytes, self._checked_reader())
+        return page_body([body for _, body in items], total, cursor, passed)
 
     def _page(
         self,
@@ -438,8 +441,9 @@ class Sessions:
         after: str | None,
         max_bytes: int | None,
         read: Callable[[str, str], tuple[T, int]],
-    ) -> tuple[list[tuple[str, T]], int, str | None]:
-        """A page's sessions as ``read`` gives them (with their bound), its total and cursor."""
+    ) -> tuple[list[tuple[str, T]], int, str | None, tuple[LeftOut, ...]]:
+        """A page's sessions as ``read`` gives them (with their bound), its total, cursor,
+        and the sessions of its range it counts but cannot show."""
         if limit < 1:
             raise BadRequestError(f"limit must be at least 1, not {limit}")
         cursor = None if after is None else check_session_id(after)
@@ -455,6 +459,7 @@ class Sessions:
             chosen = chosen[: bisect.bisect_left(chosen, frontier)]
             total = start + len(chosen)
         items: list[tuple[str, T]] = []
+        passed: list[LeftOut] = []
         size = 0
         for n, session_id in enumerate(chosen, 1):
             if limit > _GIL_YIELD_EVERY and n % _GIL_YIELD_EVERY == 0:
@@ -465,31 +470,46 @@ class Sessions:
                 time.sleep(0)
             try:
                 item, bound = read(f"{self.where}/{session_id}", session_id)
-            except SessionNotFoundError:
-                # Deleted between the listing and this read: simply not shown; a link (moved
-                # out and linked back) is never followed, and named in the log (red team 43).
-                self._log_left_out(session_id)
-                continue
-            except UnreadableSessionError:
-                # One damaged session.json must not fail every page that holds it, for
-                # every client; reading that session says so, and `check` reports it.
-                self._log_left_out(session_id)
+            except (SessionNotFoundError, UnreadableSessionError):
+                # Deleted between the listing and this read: simply not shown. A link (moved
+                # out and linked back) is never followed, and one damaged session.json must
+                # not fail every page that holds it, for every client: each is left out,
+                # named in the page's `left_out` (it counts in `total`) and in the log.
+                if (left := self._left_out(session_id)) is not None:
+                    passed.append(left)
                 continue
             if max_bytes is not None:
                 size += bound
                 if items and size > max_bytes:
-                    return items, total, items[-1][0]
+                    return items, total, items[-1][0], tuple(passed)
             items.append((session_id, item))
         more = start + limit < total
-        return items, total, chosen[-1] if more and chosen else None
+        return items, total, chosen[-1] if more and chosen else None, tuple(passed)
 
-    def _log_left_out(self, session_id: str) -> None:
-        if session_id in self.logged_left_out:
-            return
-        why = self.left_out_why(session_id)
-        if why is not None:
+    def _left_out(self, session_id: str) -> LeftOut | None:
+        """What a page says of a session it passes over (None if it is gone), named in the
+        log the first time: the page's word names no path of the server's, the log does."""
+        found = self.left_out_reason(session_id)
+        if found is None:
+            return None
+        reason, why = found
+        if session_id not in self.logged_left_out:
             self.logged_left_out.add(session_id)
             log.warning("session %s is left out of GET /sessions: %s", session_id, why)
+        if reason == LEFT_OUT_LINKED:
+            message = (
+                f"session {session_id} is counted but not shown: its directory is a symbolic "
+                "link (moved out of the data root and linked back), which the app never "
+                "follows; the server's log and `app data check` name the link and the "
+                "command that puts the directory back"
+            )
+        else:
+            message = (
+                f"session {session_id} is counted but not shown: its session.json cannot be "
+                "read (damaged, or not written by the app); the server's log and `app data "
+                "check` name the file and what to do"
+            )
+        return LeftOut(session_id, reason, message)
 
     def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
         """Each session under ``sessions/`` but not in ``listed`` that a listing leaves out,
@@ -502,6 +522,12 @@ class Sessions:
 
     def left_out_why(self, session_id: str) -> str | None:
         """Why a listing leaves ``session_id`` out, or None if it is gone (or readable)."""
+        found = self.left_out_reason(session_id)
+        return None if found is None else found[1]
+
+    def left_out_reason(self, session_id: str) -> tuple[str, str] | None:
+        """Why a listing leaves ``session_id`` out, as a `LeftOut` reason and the words
+        that name the paths and what puts it back; None if it is gone (or readable)."""
         directory = self.path / session_id
         if directory.is_symlink():
             try:
@@ -509,14 +535,14 @@ class Sessions:
                 where = f"(to {directory.readlink()}) "
             except OSError:  # gone since
                 return None
-            return (
+            return LEFT_OUT_LINKED, (
                 f"{directory} is a symbolic link {where}where a session's directory belongs: "
                 f"the app never follows one, so the session is not served; {remedy}"
             )
         try:
             self.read(directory, session_id)
         except UnreadableSessionError as error:
-            return str(error)
+            return LEFT_OUT_UNREADABLE, str(error)
         except SessionNotFoundError:
             return None
         return None
