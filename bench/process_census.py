@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import site
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,15 @@ import os, sys
 if os.path.exists({str(FLAG)!r}):
     import atexit, json
 
+    _app_census_start = (os.environ.get("PYTEST_CURRENT_TEST", ""), os.getcwd())
+
     def _app_process_census():
         times = os.times()
         line = json.dumps({{
             "pid": os.getpid(), "ppid": os.getppid(), "argv": sys.orig_argv[:8],
             "cpu": times.user + times.system,
-            "test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "") or _app_census_start[0],
+            "cwd": _app_census_start[1],
         }})
         try:
             fd = os.open({str(LOG)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -104,12 +108,19 @@ def report(top: int) -> None:
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line]
     by_pid = {row["pid"]: row for row in rows}
 
+    by_dir = _test_files_by_directory_name()
+
     def started_by(row: dict[str, Any]) -> str:
         seen: set[int] = set()
+        first = row
         while row and not row["test"] and row["pid"] not in seen:
             seen.add(row["pid"])
             row = by_pid.get(row["ppid"], {})
-        return row["test"].split("::", 1)[0] if row else "?"
+        if row:
+            return str(row["test"].split("::", 1)[0])
+        # No ancestor kept the variable: the directory the process started in, if it is a
+        # test's tmp_path (pytest names it after the test, cut to 30 characters).
+        return by_dir.get(_test_directory_name(first.get("cwd", "")), "?")
 
     kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     files: dict[str, dict[str, list[float]]] = collections.defaultdict(
@@ -131,6 +142,25 @@ def report(top: int) -> None:
         parts = sorted(files[name].items(), key=lambda item: -item[1][1])[:4]
         listed = ", ".join(f"{k} {count:.0f}x {cpu:.1f} s" for k, (count, cpu) in parts)
         print(f"{totals[name]:6.1f} s  {name}: {listed}")
+
+
+def _test_directory_name(cwd: str) -> str:
+    """The test's name as pytest cut it for a ``tmp_path`` the process started under."""
+    parts = Path(cwd).parts
+    for at, part in enumerate(parts):
+        if re.fullmatch(r"pytest-\d+", part):
+            rest = [p for p in parts[at + 1 :] if not p.startswith("popen-gw")]
+            return re.sub(r"\d+$", "", rest[0]) if rest else ""
+    return ""
+
+
+def _test_files_by_directory_name() -> dict[str, str]:
+    """Every test function's 30-character directory name, to its file (tests/ here)."""
+    found: dict[str, str] = {}
+    for path in sorted(Path("tests").glob("test_*.py")):
+        for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M):
+            found.setdefault(name[:30], str(path))
+    return found
 
 
 def main() -> None:
