@@ -19,9 +19,10 @@ exit while `FLAG` exists, and nothing otherwise).
 
 ``report`` groups the processes by kind (inner pytest, ``python -m app`` command, xdist
 worker, ``python -c``, multiprocessing child...) and by the test file that started them: the
-nearest logged ancestor's ``PYTEST_CURRENT_TEST`` (pytester and the incident's launcher
-remove it from their inner runs, whose children then count under the nearest ancestor that
-kept it, or under "?").
+nearest logged ancestor's ``PYTEST_CURRENT_TEST``, as it was when that process started or
+ended. pytester and the incident's launcher remove it from their inner runs: such a process
+counts under the test whose ``tmp_path`` it started in (pytest names that directory after
+the test, cut to 30 characters), else under "?".
 """
 
 from __future__ import annotations
