@@ -835,12 +835,21 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
 @sessions.command("restore")
 @click.argument("session_id", metavar="ID")
 @click.option("--file", "file_name", metavar="NAME", help="Restore one deleted file instead.")
+@click.option(
+    "--entry",
+    metavar="TRASH",
+    help="Take this trash entry (its name, as `list --trash --json` and DELETE's answer give "
+    "it) rather than the newest: an older version of a file.",
+)
 @click.pass_context
-def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None) -> None:
+def sessions_restore(
+    ctx: click.Context, session_id: str, file_name: str | None, entry: str | None
+) -> None:
     """Bring a deleted session (or one file, with --file) back from the trash.
 
-    Takes the data root's lock, so it exits 75 while a server runs on it. Refuses to
-    overwrite a session or file that exists again.
+    Takes the newest copy in the trash, or with --entry the one in that entry (a version of
+    a file replaced or deleted before the last). Takes the data root's lock, so it exits 75
+    while a server runs on it. Refuses to overwrite a session or file that exists again.
     """
     config = load_config(ctx)
     from app.storage import open_storage
@@ -851,10 +860,11 @@ def sessions_restore(ctx: click.Context, session_id: str, file_name: str | None)
     check_session_id(session_id)
     _refuse_missing_root(config, "restore")
     with open_storage(config, writer=True, wanted=what) as store:
-        session = store.restore(session_id, file=file_name)
+        session = store.restore(session_id, file=file_name, entry=entry)
     restored = f"file {file_name!r} of session" if file_name else "session"
+    taken = "" if entry is None else f" from trash entry {entry}"
     click.echo(
-        f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'})"
+        f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
     )
 
 

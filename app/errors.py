@@ -1042,9 +1042,16 @@ class NotInTrashError(SessionNotFoundError):
 
     file: str | None = None
     where: str = field(default="the trash", kw_only=True)
+    #: The trash entry asked for by name (``app sessions restore --entry``), if one was.
+    entry: str | None = field(default=None, kw_only=True)
 
     @property
     def message(self) -> str:
+        if self.entry is not None:
+            return (
+                f"no trash entry {self.entry!r} in the trash (emptied, restored already, or "
+                "never made); `app sessions list --trash --json` shows each entry's name"
+            )
         if self.file is None:
             return super().message
         return (
@@ -1100,14 +1107,21 @@ class TrashCopyLostError(StoreError):
     """On PostgreSQL and object storage: where the object was (``None`` on a data root)."""
     damage: str = "has lost its bytes"
     """What happened to them ("holds 1000 bytes, where 300000 were acknowledged")."""
+    asked: bool = field(default=False, kw_only=True)
+    """The entry was named (``app sessions restore --entry``), not taken as the newest."""
+    older: str | None = field(default=None, kw_only=True)
+    """On a data root: the next older entry that holds the file whole, if one does."""
 
     @property
     def message(self) -> str:
+        which = "the copy asked for" if self.asked else "its newest copy"
         what = (
-            f"cannot restore file {self.file!r} of session {self.session_id}: its newest "
-            f"copy in the trash, entry {self.entry}, {self.damage}"
+            f"cannot restore file {self.file!r} of session {self.session_id}: {which} in the "
+            f"trash, entry {self.entry}, {self.damage}"
         )
         older = "and the copy before it is not the version that was deleted; nothing was changed"
+        if self.asked:
+            older = "nothing was changed"
         if self.object_store is not None:
             return (
                 f"{what} (its object is gone from {self.object_store}: deleted outside the "
@@ -1116,13 +1130,23 @@ class TrashCopyLostError(StoreError):
                 "copy instead, delete that entry's row from app_files (with no replica "
                 "running)"
             )
+        if self.asked:
+            instead = (
+                ", or restore another of its entries (`app sessions list --trash --json` "
+                "shows them)"
+            )
+        elif self.older is not None:
+            instead = (
+                ", or, to restore the copy before it instead, run `app sessions restore "
+                f"{self.session_id} --file {shell_word(self.file)} --entry {self.older}`"
+            )
+        else:
+            instead = "; no other copy of it is in the trash"
         return (
             f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
             "from outside the app; `app data check` reports it as "
             f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
-            "from a backup (their SHA-256 is in its trash.json), or, to restore the older "
-            "copy instead, move the entry out of the data root's .trash/ (with no server on "
-            "it)"
+            f"from a backup (their SHA-256 is in its trash.json){instead}"
         )
 
 
@@ -1287,6 +1311,8 @@ class RestoreOverwriteError(BadRequestError):
     file: str | None
     copy: str | None = None
     """Where the copy's data lies (a data root's trash entry), if the store can say."""
+    entry: str | None = field(default=None, kw_only=True)
+    """The trash entry that holds the copy (``app sessions restore --entry`` takes it)."""
 
     @property
     def message(self) -> str:
@@ -1300,20 +1326,31 @@ class RestoreOverwriteError(BadRequestError):
             )
         where = "" if self.copy is None else f" (at {self.copy})"
         if self.file is None:
-            have = (
-                f"Its files are in that copy{where}: upload those you need into a session "
-                "(a new one, or this one under other names)"
+            upload = (
+                f"upload the files you need from it{where} into a session (a new one, or "
+                "this one under other names)"
             )
+            have = f"Its files are in that copy{where}: upload those you need into a session "
+            have += "(a new one, or this one under other names)"
+            current, option = "session", ""
         else:
+            upload = (
+                f"upload its bytes{where} with a PUT of the file (the current version then "
+                "goes to the trash, restorable), or beside it under another name"
+            )
+            have = f"To have that copy back, {upload}"
+            current, option = "file", f" --file {shell_word(self.file)}"
+        if self.entry is not None:
+            # The copy named by its entry: a restore after the delete takes that one.
             have = (
-                f"To have that copy back, upload its bytes{where} with a PUT of the file (the "
-                "current version then goes to the trash, restorable), or beside it under "
-                "another name"
+                f"To have that copy back, delete the current {current} (it goes to the trash, "
+                f"restorable), then run `app sessions restore {self.session_id}{option} "
+                f"--entry {self.entry}`; or {upload}"
             )
         return (
-            f"{refused}. Deleting the current one first would not bring it back: a restore "
-            "brings back the newest copy in the trash, which the current one would then be. "
-            f"{have}"
+            f"{refused}. Deleting the current one first and restoring again would not bring "
+            "it back: a restore takes the newest copy in the trash, which the current one "
+            f"would then be, unless it names the copy's entry. {have}"
         )
 
 

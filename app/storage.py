@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, Self, TypedDict
 
 from app.config import REMOTE
-from app.errors import BadRequestError
+from app.errors import BadRequestError, shell_word
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -64,6 +64,7 @@ __all__ = [
     "Upload",
     "check_session_id",
     "checked_session_fields",
+    "entry_holds_other",
     "holder_lost",
     "json_body",
     "open_storage",
@@ -279,6 +280,27 @@ class Page:
         }
 
 
+def entry_holds_other(
+    name: str, holds: str, holds_file: str | None, session_id: str, file: str | None
+) -> BadRequestError:
+    """The refusal of ``app sessions restore --entry NAME`` where that entry holds session
+    ``holds`` (or its file ``holds_file``), not what was asked for: what it holds, and the
+    command that restores that (every backend says it alike)."""
+    if holds_file is None:
+        what, option = f"session {holds}", ""
+    else:
+        what, option = (
+            f"file {holds_file!r} of session {holds}",
+            f" --file {shell_word(holds_file)}",
+        )
+    asked = f"session {session_id}" if file is None else f"file {file!r} of session {session_id}"
+    return BadRequestError(
+        f"trash entry {name} holds {what}, not {asked}; nothing was changed. `app sessions "
+        f"restore {holds}{option} --entry {name}` restores what it holds; `app sessions list "
+        "--trash --json` shows every entry"
+    )
+
+
 #: The reason a trash entry is listed with when it is a symbolic link (moved out of the data
 #: root and linked back), which the app never follows: what it holds is not read.
 LINKED: Final = "linked"
@@ -289,7 +311,8 @@ class TrashEntry:
     """A deleted session, or a deleted or replaced file, kept until ``empty-trash``.
 
     Attributes:
-        name: the entry's name (``app sessions list --trash`` shows it).
+        name: the entry's name (``app sessions list --trash --json`` shows it, and
+            ``app sessions restore --entry`` takes it).
         path: where it is (the local backend: its directory in ``.trash/``).
         kind: ``"session"`` or ``"file"``.
         session_id: the session it came from.
@@ -618,7 +641,9 @@ class Storage(Protocol):
 
     # trash
     def list_trash(self) -> list[TrashEntry]: ...
-    def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord: ...
+    def restore(
+        self, session_id: str, *, file: str | None = None, entry: str | None = None
+    ) -> SessionRecord: ...
     def empty_trash(
         self, older_than: timedelta | None = None, *, via: str = "command"
     ) -> list[TrashEntry]: ...

@@ -313,8 +313,9 @@ def test_a_restore_refuses_to_pass_a_newest_copy_that_lost_its_bytes(app_store: 
         f"entry {newest.name}, has lost its bytes (removed from outside the app; `app data "
         "check` reports it as file-damaged), and the copy before it is not the version that "
         "was deleted; nothing was changed. Put the bytes back into that entry as 'a.txt' "
-        "from a backup (their SHA-256 is in its trash.json), or, to restore the older copy "
-        "instead, move the entry out of the data root's .trash/ (with no server on it)"
+        "from a backup (their SHA-256 is in its trash.json), or, to restore the copy before "
+        f"it instead, run `app sessions restore {session_id} --file a.txt --entry "
+        f"{older.name}`"
     )
     assert store.get_session(session_id)["files"] == []
     for thorough in (False, True):

@@ -242,11 +242,16 @@ def test_a_restore_over_a_file_uploaded_again_says_how_to_have_the_copy_back(
     # It said "Delete the current one first": done, the restore brought back "new", the
     # newest copy in the trash, and said "restored".
     assert "Delete the current one first" not in refused.stderr
+    said = " ".join(refused.stderr.split())
     assert (
         f"session {session!r} has a file 'f.txt' again; refusing to overwrite it with its copy "
-        "in the trash. Deleting the current one first would not bring it back"
-    ) in refused.stderr, refused.stderr
-    assert f"upload its bytes (at {copy}) with a PUT of the file" in refused.stderr
+        "in the trash. Deleting the current one first and restoring again would not bring it "
+        "back: a restore takes the newest copy in the trash, which the current one would then "
+        "be, unless it names the copy's entry. To have that copy back, delete the current file "
+        "(it goes to the trash, restorable), then run `app sessions restore "
+        f"{session} --file f.txt --entry {copy.parent.name}`; or upload its bytes (at {copy}) "
+        "with a PUT of the file"
+    ) in said, said
     with open_storage(app_config, writer=True, kind="tests", wanted="follow") as store:
         store.put_file(session, "f.txt", copy.read_bytes(), replace=True)
         assert store.file_path(session, "f.txt")[0].read_bytes() == b"old, deleted"

@@ -23,6 +23,7 @@ import pytest
 from engines import S3Engine
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from test_restore_entry import restore_by_entry
 from waits import until_set
 
 from app.config import Config
@@ -387,6 +388,17 @@ def test_restore_a_session_and_a_file(store: RemoteStore) -> None:
     operations = [op for op, _ in _audit(store.database_url)]
     assert operations.count("restore-session") == 1
     assert operations.count("restore-file") == 2
+
+
+def test_an_older_copy_comes_back_by_its_trash_entry(store: RemoteStore) -> None:
+    # tests/test_restore_entry.py's scenario (`app sessions restore --entry`), on the
+    # database and the object store; the audit table names each entry restored.
+    taken = restore_by_entry(store)
+    with psycopg.connect(store.database_url) as conn:
+        rows = conn.execute(
+            "SELECT detail->>'trash' FROM app_audit WHERE operation = 'restore-file' ORDER BY id"
+        ).fetchall()
+    assert [trash for (trash,) in rows][: len(taken)] == taken
 
 
 def test_purge_and_empty_trash_remove_rows_then_objects(store: RemoteStore) -> None:

@@ -454,15 +454,18 @@ class RemoteStore(Storage):
         """Every trashed session and file, oldest first."""
         return self.trash.entries()
 
-    def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord:
-        """Bring a session (or the most recently trashed version of a file) back; audited.
+    def restore(
+        self, session_id: str, *, file: str | None = None, entry: str | None = None
+    ) -> SessionRecord:
+        """Bring a session (or the most recently trashed version of a file, or the one in
+        trash entry ``entry``) back; audited.
 
         Raises:
             SessionNotFoundError: nothing to restore (or, for a file, its session is not live:
                 restore the session first).
             BadRequestError: a live file has that name again.
         """
-        self.trash.restore(session_id, file)
+        self.trash.restore(session_id, file, entry)
         return self.sessions.get(session_id)
 
     def empty_trash(

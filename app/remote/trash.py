@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app.errors import (
+    AppError,
+    NotInTrashError,
     RestoreOverwriteError,
     SessionNotFoundError,
     TrashCopyLostError,
@@ -18,7 +21,7 @@ from app.errors import (
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry
 from app.remote.objects import ObjectStore
-from app.storage import TrashEntry
+from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 
 __all__ = ["RemoteTrash"]
@@ -67,8 +70,9 @@ class RemoteTrash:
             for r in rows
         ]
 
-    def restore(self, session_id: str, file: str | None) -> None:
-        """Bring a session (or the most recently trashed version of a file) back; audited.
+    def restore(self, session_id: str, file: str | None, entry: str | None = None) -> None:
+        """Bring a session (or the most recently trashed version of a file, or the one in
+        trash entry ``entry``) back; audited.
 
         Raises:
             SessionNotFoundError: nothing to restore (or, for a file, its session is not live:
@@ -77,17 +81,31 @@ class RemoteTrash:
         """
         check_session_id(session_id)
         if file is None:
-            self._restore_session(session_id)
+            self._restore_session(session_id, entry)
         else:
-            self._restore_file(session_id, check_file_name(file))
+            self._restore_file(session_id, check_file_name(file), entry)
 
-    def _restore_session(self, session_id: str) -> None:
+    def _not_there(self, conn: Any, entry: str, session_id: str, file: str | None) -> AppError:
+        """Why trash entry ``entry`` gives nothing to restore: it holds something else (named,
+        with the command that restores it), or there is no such entry."""
+        held = conn.execute(
+            "SELECT id AS session_id, NULL AS file FROM app_sessions WHERE trash_name = %s"
+            " UNION ALL SELECT session_id, name FROM app_files WHERE trash_name = %s",
+            (entry, entry),
+        ).fetchone()
+        if held is None:
+            return NotInTrashError(session_id, file, entry=entry)
+        return entry_holds_other(entry, held["session_id"], held["file"], session_id, file)
+
+    def _restore_session(self, session_id: str, entry: str | None) -> None:
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
                 "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL"
-                " FOR NO KEY UPDATE",
-                (session_id,),
+                " AND (%s::text IS NULL OR trash_name = %s) FOR NO KEY UPDATE",
+                (session_id, entry, entry),
             ).fetchone()
+            if row is None and entry is not None:
+                raise self._not_there(conn, entry, session_id, None)
             if row is None:
                 raise SessionNotFoundError(session_id, where="the trash")
             conn.execute(
@@ -97,28 +115,37 @@ class RemoteTrash:
             )
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
 
-    def _restore_file(self, session_id: str, name: str) -> None:
+    def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
         what = f"the restore of {name!r} into session {session_id}"
         with self.db.change(session_id, what) as (conn, _):
+            row = conn.execute(
+                "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
+                " AND deleted_at IS NOT NULL AND (%s::text IS NULL OR trash_name = %s)"
+                " ORDER BY deleted_at DESC, id DESC LIMIT 1 FOR UPDATE",
+                (session_id, name, entry, entry),
+            ).fetchone()
+            # A named entry that is not there is said first, as the local store says it.
+            if row is None and entry is not None:
+                raise self._not_there(conn, entry, session_id, name)
             if conn.execute(
                 "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NULL",
                 (session_id, name),
             ).fetchone():
-                raise RestoreOverwriteError(session_id, name)
-            row = conn.execute(
-                "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
-                " AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id DESC LIMIT 1"
-                " FOR UPDATE",
-                (session_id, name),
-            ).fetchone()
+                raise RestoreOverwriteError(
+                    session_id, name, entry=None if row is None else row["trash_name"]
+                )
             if row is None:
                 raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
             # Its object deleted behind the app, the row was made the file again and the
             # restore answered as done; every download of it was then refused (red team 36).
             if not self.objects.exists(row["blob"]):
                 raise TrashCopyLostError(
-                    session_id, name, row["trash_name"], object_store=self.objects.where
+                    session_id,
+                    name,
+                    row["trash_name"],
+                    object_store=self.objects.where,
+                    asked=entry is not None,
                 )
             conn.execute(
                 "UPDATE app_files SET deleted_at = NULL, deleted_reason = NULL,"

@@ -324,10 +324,11 @@ class Files:
         return entry
 
     def restore(
-        self, session_id: str, name: str, prepared: Prepared
+        self, session_id: str, name: str, prepared: Prepared, entry_name: str | None = None
     ) -> tuple[SessionRecord, TrashEntry]:
-        """Move the newest trashed copy of a file back into its session, which must be
-        there; the session with the file, and the trash entry it came from.
+        """Move the newest trashed copy of a file (or the one in ``entry_name``) back into
+        its session, which must be there; the session with the file, and the trash entry
+        it came from.
 
         ``prepared`` holds the audit log (opened before); the directories the move needs
         after it is made are opened into it before it, and the answer is the session read
@@ -338,15 +339,20 @@ class Files:
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             if load_record(record_path) is not None:
-                newest = self.trash.latest(session_id, name)
+                newest = self.trash.chosen(session_id, name, entry_name)
                 copy = None if newest is None else newest.path / bytes_in_entry(name)
-                raise RestoreOverwriteError(session_id, name, None if copy is None else str(copy))
+                raise RestoreOverwriteError(
+                    session_id,
+                    name,
+                    None if copy is None else str(copy),
+                    entry=None if newest is None else newest.name,
+                )
             # Chosen under the session's lock, which a delete and a replace take: chosen
             # before it, a delete that committed meanwhile put a newer version in the trash,
             # and the restore brought back the one before it (red team 32).
-            entry = self.trash.latest(session_id, name, lost=True)
+            entry = self.trash.chosen(session_id, name, entry_name, lost=True)
             if entry is None:
-                raise NotInTrashError(session_id, name)
+                raise NotInTrashError(session_id, name, entry=entry_name)
             manifest = self.trash.read_manifest(entry)
             previous: FileEntry | dict[str, Any] = manifest.get("entry") or {}
             blobs = ensure_dir(directory, BLOBS_DIR)

@@ -596,10 +596,10 @@ class Sessions:
         return entry
 
     def restore(
-        self, session_id: str, prepared: Prepared
+        self, session_id: str, prepared: Prepared, entry_name: str | None = None
     ) -> tuple[SessionRecord | None, StoreError | None, TrashEntry]:
-        """Move the newest trashed copy of a session back; refused if a session with its id
-        exists again.
+        """Move the newest trashed copy of a session (or the one in ``entry_name``) back;
+        refused if a session with its id exists again.
 
         Returns the session as it now reads, or, for one damaged from outside the app, the
         error reading it gives (it moves back all the same, to be cleared or mended); and
@@ -611,11 +611,13 @@ class Sessions:
             # restore and a delete by another thread meanwhile emptied the chosen entry and
             # made a newer one, and the restore failed with a bare FileNotFoundError (red
             # team 33), as a file's restore brought back an older version (red team 32).
-            entry = self.trash.latest(session_id, None)
+            entry = self.trash.chosen(session_id, None, entry_name)
             if entry is None:
-                raise NotInTrashError(session_id)
+                raise NotInTrashError(session_id, entry=entry_name)
             if dest.exists():
-                raise RestoreOverwriteError(session_id, None, str(entry.path / TRASHED_SESSION))
+                raise RestoreOverwriteError(
+                    session_id, None, str(entry.path / TRASHED_SESSION), entry=entry.name
+                )
             source = entry.path / TRASHED_SESSION
             # The answer is read before the move (the directory moves whole, its times
             # too): read after it, a failure (EMFILE) would report a restore that happened

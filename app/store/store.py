@@ -450,11 +450,14 @@ class Store(Storage):
         return self.trash.empty(older_than, via=via)
 
     @_changes
-    def restore(self, session_id: str, *, file: str | None = None) -> SessionRecord:
+    def restore(
+        self, session_id: str, *, file: str | None = None, entry: str | None = None
+    ) -> SessionRecord:
         """Bring back the most recently deleted session (or one of its files); audited.
 
         A file goes back into its session, which must be there (restore the session first).
-        Restoring over a session or file that exists again is refused.
+        Restoring over a session or file that exists again is refused. ``entry``: the trash
+        entry to take (its name), which may hold a copy older than the newest.
         """
         self.root.ensure_held()
         check_session_id(session_id)
@@ -465,22 +468,22 @@ class Store(Storage):
         # lock (`Sessions.restore`, `Files.restore`), and only that choice counts.
         # A FIFO or a link where the newest copy's bytes should be is refused by name here:
         # passed over, "not in the trash" was said of an entry the listing shows.
-        if self.trash.latest(session_id, name, odd=True) is None:
-            raise NotInTrashError(session_id, name)
+        if self.trash.chosen(session_id, name, entry, odd=True) is None:
+            raise NotInTrashError(session_id, name, entry=entry)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.
         with self.root.prepare(audit=True) as prepared:
             if name is None:
-                session, unreadable, entry = self.sessions.restore(session_id, prepared)
-                prepared.audit("restore-session", session_id, trash=entry.name)
+                session, unreadable, taken = self.sessions.restore(session_id, prepared, entry)
+                prepared.audit("restore-session", session_id, trash=taken.name)
                 # Raised after the audit line: a session.json damaged from outside still
                 # comes back (and is said to be unreadable), and the log has the move.
                 if unreadable is not None:
                     raise unreadable
                 assert session is not None
             else:
-                session, entry = self.files.restore(session_id, name, prepared)
-                prepared.audit("restore-file", f"{session_id}/{name}", trash=entry.name)
+                session, taken = self.files.restore(session_id, name, prepared, entry)
+                prepared.audit("restore-file", f"{session_id}/{name}", trash=taken.name)
         if name is None:
             # The restore is made and audited: a migration that cannot be made now (out of
             # descriptors, a failed fsync) is left to the next start-up or repair, which make

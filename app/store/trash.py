@@ -38,7 +38,7 @@ from app.errors import (
     TrashEntryLinkedError,
 )
 from app.lock import BOOT_ID_FILE, special_kind
-from app.storage import LINKED, FileEntry, TrashEntry
+from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
 from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
 
 if TYPE_CHECKING:
@@ -247,34 +247,120 @@ class Trash:
             entry = self.read_entry(name)
             if entry is None:
                 continue
-            if entry.reason == LINKED:
-                # It may hold what is asked for, newer than any entry below. Passed over, the
-                # restore said "no such file in the trash" of a file deleted a moment before,
-                # or brought back an older copy (red team 42).
-                raise TrashEntryLinkedError(
-                    session_id, file, name, str(entry.path), linked_entry_remedy(entry.path)
-                )
-            if entry.reason == UNREADABLE:
-                # It may hold what is asked for, newer than any entry below: restoring an
-                # older copy instead would answer with the wrong version.
-                what = f"session {session_id}" if file is None else f"file {file!r}"
-                entry = self._read_again(name, what)
-            if file is None:
-                held = entry.path / TRASHED_SESSION
-                if entry.kind == "session" and held.is_symlink():
-                    # Moved back, the link was said "no session in sessions" (red team 42).
-                    raise TrashEntryLinkedError(
-                        session_id, None, name, str(held), linked_entry_remedy(held)
-                    )
-                if entry.kind == "session" and held.is_dir():
+            entry = self._checked(entry, session_id, file)
+            try:
+                if self._holds(entry, session_id, file, lost=lost, odd=odd):
                     return entry
-            elif entry.kind == "file" and entry.file == file:
-                damage = _not_bytes(entry.path / bytes_in_entry(file))
-                if damage is None:
-                    return entry
-                if lost or (odd and not damage.startswith("has lost")):
-                    raise TrashCopyLostError(session_id, file, name, damage=damage)
+            except TrashCopyLostError as refused:
+                assert file is not None  # raised for a file's copy only
+                raise TrashCopyLostError(
+                    session_id,
+                    file,
+                    refused.entry,
+                    damage=refused.damage,
+                    older=self._older_whole(session_id, file, name),
+                ) from None
         return None
+
+    def _older_whole(self, session_id: str, file: str, newer: str) -> str | None:
+        """The name of the newest entry older than ``newer`` that holds ``file`` whole, for
+        a refusal to name (``app sessions restore --entry``); None if none does."""
+        for name in reversed(self._entry_names()):
+            found = TRASH_NAME_RE.fullmatch(name)
+            if name >= newer or found is None or found.group(2) != session_id:
+                continue
+            entry = self.read_entry(name) if found.group(3) else None
+            if entry is None or entry.reason in (LINKED, UNREADABLE):
+                continue
+            whole = entry.kind == "file" and entry.file == file
+            if whole and _not_bytes(entry.path / bytes_in_entry(file)) is None:
+                return name
+        return None
+
+    def chosen(
+        self,
+        session_id: str,
+        file: str | None,
+        entry: str | None,
+        *,
+        lost: bool = False,
+        odd: bool = False,
+    ) -> TrashEntry | None:
+        """The entry a restore takes: `latest`, or the one called ``entry`` (`named`)."""
+        if entry is None:
+            return self.latest(session_id, file, lost=lost, odd=odd)
+        return self.named(entry, session_id, file)
+
+    def named(self, name: str, session_id: str, file: str | None) -> TrashEntry | None:
+        """The entry called ``name``, where it holds the session (or its ``file``) to restore
+        (``app sessions restore --entry``, which may take a copy older than the newest);
+        None where there is no such entry, or it holds nothing to restore any more.
+
+        An entry that holds another session, another file, or the other kind is refused
+        naming what it holds and the command that restores that; one whose copy is damaged
+        or missing is refused as `latest` refuses the newest (`TrashCopyLostError`), as no
+        change in flight leaves an entry by a name already given out.
+        """
+        if TRASH_NAME_RE.fullmatch(name) is None or not os.path.lexists(self.path / name):
+            return None
+        entry = self.read_entry(name)
+        assert entry is not None  # its name is an entry's
+        entry = self._checked(entry, session_id, file)
+        kind = "session" if file is None else "file"
+        if (entry.session_id, entry.kind, entry.file if file else None) != (
+            session_id,
+            kind,
+            file,
+        ):
+            # A file entry whose manifest does not say which file: "?" (check names it).
+            held = None if entry.kind == "session" else entry.file or "?"
+            raise entry_holds_other(name, entry.session_id, held, session_id, file)
+        return entry if self._holds(entry, session_id, file, lost=True, asked=True) else None
+
+    def _checked(self, entry: TrashEntry, session_id: str, file: str | None) -> TrashEntry:
+        """``entry`` as a restore may read it: refused if it is a link, read again if its
+        manifest could not be read."""
+        if entry.reason == LINKED:
+            # It may hold what is asked for, newer than any entry below. Passed over, the
+            # restore said "no such file in the trash" of a file deleted a moment before,
+            # or brought back an older copy (red team 42).
+            raise TrashEntryLinkedError(
+                session_id, file, entry.name, str(entry.path), linked_entry_remedy(entry.path)
+            )
+        if entry.reason == UNREADABLE:
+            # It may hold what is asked for, newer than any entry below: restoring an
+            # older copy instead would answer with the wrong version.
+            what = f"session {session_id}" if file is None else f"file {file!r}"
+            entry = self._read_again(entry.name, what)
+        return entry
+
+    def _holds(
+        self,
+        entry: TrashEntry,
+        session_id: str,
+        file: str | None,
+        *,
+        lost: bool = False,
+        odd: bool = False,
+        asked: bool = False,
+    ) -> bool:
+        """Whether ``entry`` holds the session (or its ``file``) whole (see `latest`)."""
+        if file is None:
+            held = entry.path / TRASHED_SESSION
+            if entry.kind == "session" and held.is_symlink():
+                # Moved back, the link was said "no session in sessions" (red team 42).
+                raise TrashEntryLinkedError(
+                    session_id, None, entry.name, str(held), linked_entry_remedy(held)
+                )
+            return entry.kind == "session" and held.is_dir()
+        if entry.kind != "file" or entry.file != file:
+            return False
+        damage = _not_bytes(entry.path / bytes_in_entry(file))
+        if damage is None:
+            return True
+        if lost or (odd and not damage.startswith("has lost")):
+            raise TrashCopyLostError(session_id, file, entry.name, damage=damage, asked=asked)
+        return False
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:
         """Remove an entry that holds only its manifest (a change that did not happen, or

@@ -164,6 +164,7 @@ EXAMPLES: list[errors.AppError] = [
         "3f2a9c",
         "report.pdf",
         "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864/report.pdf",
+        entry="20261204T101500000000Z-3f2a9c-file-5967e864",
     ),
     errors.TrashEntryLinkedError(
         "3f2a9c",

@@ -36,6 +36,24 @@ def test_a_deleted_session_can_be_restored(app_store: Store) -> None:
 # --8<-- [end:restore]
 
 
+# --8<-- [start:restore_entry]
+def test_an_older_version_comes_back_by_its_trash_entry(app_store: Store) -> None:
+    session_id = app_store.create_session("drafts")["id"]
+    app_store.put_file(session_id, "plan.txt", b"first draft\n")
+    app_store.put_file(session_id, "plan.txt", b"second draft\n", replace=True)
+    app_store.delete_file(session_id, "plan.txt")
+
+    # Oldest first: the first draft (moved aside by the replace), then the second.
+    first, second = sorted(app_store.list_trash(), key=lambda entry: entry.deleted_at)
+    assert (first.reason, second.reason) == ("replace", "delete")
+    app_store.restore(session_id, file="plan.txt", entry=first.name)
+    path, _ = app_store.file_path(session_id, "plan.txt")
+    assert path.read_bytes() == b"first draft\n"  # the second draft stays in the trash
+
+
+# --8<-- [end:restore_entry]
+
+
 def test_upload_and_download_over_http(app_client) -> None:  # type: ignore[no-untyped-def]
     created = app_client.post("/sessions", json={"title": "upload example"})
     assert created.status_code == 201
