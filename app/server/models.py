@@ -164,7 +164,9 @@ class SessionDeleted(BaseModel):
 
     id: str
     deleted_at: str
-    trash: str = Field(description="The trash entry's name (`app sessions restore` takes it).")
+    trash: str = Field(
+        description="The trash entry's name (`app sessions restore --entry` takes it)."
+    )
 
 
 class FileDeleted(BaseModel):
