@@ -927,19 +927,30 @@ def _backend_problems(
             )
         return
     why = ", ".join(f"{name} (from {sources[name]})" for name in chosen)
+    keys = ("s3_access_key_id", "s3_secret_access_key")
+    # Neither key: the S3 client's own credential chain (a role, SSO, a credential_process,
+    # AWS_* variables), which renews credentials that expire. One without the other is a
+    # mistake, never a choice.
+    chain = all(given.get(name) is None for name in keys)
     for name in REMOTE_KEYS:
-        if given.get(name) is None:
+        if given.get(name) is None and not (chain and name in keys):
             where = (
                 f"{_secrets_file(profile)} [{profile}] or {KEYS[name].env}"
                 if KEYS[name].secret
                 else f"[{profile}] of settings.toml or {KEYS[name].env}"
+            )
+            pair = (
+                f" (with {next(k for k in keys if k != name)}, which is set; or unset both to "
+                "use the S3 client's own credentials: a role, AWS_* variables, ~/.aws)"
+                if name in keys
+                else ""
             )
             yield InvalidSettingError(
                 profile,
                 name,
                 None,
                 f"is required by the PostgreSQL and object storage backend, which this "
-                f"profile uses because it sets {why}; set it in {where}",
+                f"profile uses because it sets {why}; set it in {where}{pair}",
                 "nowhere",
             )
 

@@ -23,6 +23,9 @@ from app.errors import (
 
 _CONFIRM = " --yes-i-mean-it"
 
+#: The credentials a profile's own settings give (`ObjectStore.credentials` otherwise).
+STATIC_CREDENTIALS = "s3_access_key_id / s3_secret_access_key"
+
 Protection = bool | Callable[[str], bool]
 """Whether taking storage from the profile it is stamped with needs ``--yes-i-mean-it``: a
 flag, or a function of the stamped profile (the caller's `Config` knows which are protected)."""
@@ -410,11 +413,13 @@ class ObjectStoreUnavailableError(AppError):
     http_status = 503
     template = (
         "cannot use object store {where}: {reason}. Check s3_endpoint_url, blob_url and "
-        "the credentials s3_access_key_id / s3_secret_access_key; `app doctor` checks them"
+        "the credentials {credentials}; `app doctor` checks them"
     )
 
     where: str
     reason: str
+    #: Where the credentials come from (`app.remote.objects.ObjectStore.credentials`).
+    credentials: str = field(default=STATIC_CREDENTIALS, kw_only=True)
 
 
 class StoreClockSkewError(ObjectStoreUnavailableError):

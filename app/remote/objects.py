@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from app import sandbox
 from app.errors import AppError, InvalidSettingError, UploadTooLargeError
 from app.remote.errors import (
+    STATIC_CREDENTIALS,
     DatabaseCopiedError,
     DatabaseTimelineBehindError,
     ObjectMissingError,
@@ -117,13 +118,19 @@ _session_lock = threading.Lock()
 _sessions: list[Any] = []
 
 
-def _new_client(**kwargs: Any) -> Any:
+def _session() -> Any:
     import boto3
 
     with _session_lock:
         if not _sessions:
             _sessions.append(boto3.session.Session())
-        return _sessions[0].client(**kwargs)
+        return _sessions[0]
+
+
+def _new_client(**kwargs: Any) -> Any:
+    session = _session()
+    with _session_lock:
+        return session.client(**kwargs)
 
 
 # --- locations ---------------------------------------------------------------------------
@@ -500,6 +507,7 @@ class ObjectStore:
             ),
         )
         self.read_timeout = read_timeout
+        self._static = access_key_id is not None
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
         self._owner: tuple[str, str | None, int | None] | None = None
@@ -542,17 +550,40 @@ class ObjectStore:
             # starting), the credentials or the bucket gone (403, NoSuchBucket), and a 4xx
             # of its own (AWS's 403 InvalidObjectState for an archived object, a 409, a 412;
             # red team 38: only some codes were named, the others passed through).
-            return ObjectStoreUnavailableError(self.where, f"{code} (HTTP {status}): {error}")
+            return self._unavailable(f"{code} (HTTP {status}): {error}")
         if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)) or _timed_out(error):
             # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
-            return ObjectStoreUnavailableError(
-                self.where,
+            return self._unavailable(
                 f"{error}: it did not answer within {self._timeouts}, so it may be stopped or "
                 "overloaded (if it is only slow, raise those settings)",
             )
         if isinstance(error, BotoCoreError):
-            return ObjectStoreUnavailableError(self.where, str(error))
+            return self._unavailable(str(error))
         return error
+
+    @property
+    def credentials(self) -> str:
+        """Where this store's credentials come from, for a refusal to name: the profile's
+        settings, or (neither key set) the S3 client's own chain, which renews credentials
+        that expire (a role's, a `credential_process`'s, SSO's) as it goes."""
+        if self._static:
+            return STATIC_CREDENTIALS
+        chain = (
+            "from the S3 client's own chain ({}; s3_access_key_id and s3_secret_access_key "
+            "are unset, so it looks in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, ~/.aws/config and ~/.aws/credentials, and an instance or container "
+            "role)"
+        )
+        try:
+            found = _session().get_credentials()
+        except Exception as error:  # botocore's chain: a broken file, a failing process
+            return chain.format(f"it could not load them: {error}")
+        if found is None:
+            return chain.format("it found none")
+        return chain.format(f"its {found.method!r} provider found them")
+
+    def _unavailable(self, reason: str) -> ObjectStoreUnavailableError:
+        return ObjectStoreUnavailableError(self.where, reason, credentials=self.credentials)
 
     def _clock_skew(self, error: Any) -> StoreClockSkewError | None:
         """A refusal for a clock too far from the store's (red team 42: `RequestTimeTooSkewed`
@@ -697,8 +728,8 @@ class ObjectStore:
                 raise self._fail(error) from error
             if answer.get("Errors"):
                 first = answer["Errors"][0]
-                raise ObjectStoreUnavailableError(
-                    self.where, f"could not delete {first.get('Key')}: {first.get('Message')}"
+                raise self._unavailable(
+                    f"could not delete {first.get('Key')}: {first.get('Message')}"
                 )
 
     def objects(self, under: str = "") -> Iterator[ObjectInfo]:
@@ -790,15 +821,15 @@ class ObjectStore:
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in {"404", "NoSuchBucket", "NotFound"}:
-                raise ObjectStoreUnavailableError(
-                    self.where, f"bucket {bucket!r} does not exist on this endpoint"
+                raise self._unavailable(
+                    f"bucket {bucket!r} does not exist on this endpoint"
                 ) from None
             skewed = self._clock_skew(error)
             if skewed is not None:
                 raise skewed from None
             if code in {"403", "AccessDenied", "Forbidden"}:
-                raise ObjectStoreUnavailableError(
-                    self.where, f"the credentials may not use bucket {bucket!r} ({code})"
+                raise self._unavailable(
+                    f"the credentials may not use bucket {bucket!r} ({code})"
                 ) from None
             raise self._fail(error) from None
         except BotoCoreError as error:

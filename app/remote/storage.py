@@ -791,7 +791,7 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                 f"profile {config.profile!r}: cannot use {bucket} (blob_url from {source}, "
                 f"s3_endpoint_url from {endpoint_source}): {_sentence(error.reason)} Check "
                 "that the endpoint answers from this machine, that the bucket exists, and "
-                "that s3_access_key_id / s3_secret_access_key may use it; nothing was changed",
+                f"that the credentials {objects.credentials} may use it; nothing was changed",
                 EX_UNAVAILABLE,
             )
         ]

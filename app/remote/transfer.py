@@ -100,6 +100,7 @@ class ObjectFile(io.RawIOBase):
                 f"(object {self._blob}) was cut off after {self._position} of {self.size} "
                 "bytes: its client got a short answer and must download it again once the "
                 "object store answers",
+                credentials=self._objects.credentials,
             ) from error
 
     def readable(self) -> bool:

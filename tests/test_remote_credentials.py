@@ -1,0 +1,92 @@
+"""S3 credentials that expire: a remote profile that sets neither S3 key uses the S3 client's
+own credential chain (AWS_* variables, ~/.aws, an instance or container role, SSO, a
+``credential_process``), which renews them as they expire.
+
+Before, both keys were required, so a service could only be given static keys (red team 42
+left it open: instance roles and short-lived keys could not be used). One key without the
+other is still refused (tests/test_config_remote.py). Here a real SeaweedFS and PostgreSQL,
+and a ``credential_process`` that hands out keys expiring within the S3 client's refresh
+window, so that the client asks for them again as it goes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import test_redteam_s37_remote
+from engines import S3Engine
+from replicas import Production
+
+production = test_redteam_s37_remote.production  # the fixture, as red team 37 made it
+
+#: A credential_process (AWS's format): keys that expire 30 s from now, each call counted.
+PROCESS = """\
+import datetime, json, sys
+with open(sys.argv[1], "a") as calls:
+    calls.write("call\\n")
+soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+print(json.dumps({{"Version": 1, "AccessKeyId": {key!r}, "SecretAccessKey": {secret!r},
+                  "Expiration": soon.isoformat()}}))
+"""
+
+
+def _chain_env(production: Production, tmp_path: Path, key: str, secret: str) -> dict[str, str]:
+    """Production's environment without the S3 keys, with an AWS config whose profile's
+    credentials come from `PROCESS` (no other source: no variables, no instance role)."""
+    script, config = tmp_path / "credentials.py", tmp_path / "aws-config"
+    script.write_text(PROCESS.format(key=key, secret=secret))
+    config.write_text(
+        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'calls'}\n"
+    )
+    env = {k: v for k, v in production.env.items() if not k.startswith(("APP_S3_", "AWS_"))}
+    return env | {
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials-file"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def _app(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    # A process of its own, not a fork of the run's zygote: the S3 client reads the AWS
+    # configuration where it starts, and a zygote's was read with the run's environment.
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_without_s3_keys_the_clients_own_credentials_are_used_and_renewed(
+    production: Production, s3_engine: S3Engine, tmp_path: Path
+) -> None:
+    env = _chain_env(production, tmp_path, s3_engine.access_key_id, s3_engine.secret_access_key)
+    checked = _app(env, "data", "check")  # stamps the prefix: reads and writes objects
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Keys that expire within the client's refresh window are asked for again as it goes.
+    assert (tmp_path / "calls").read_text().count("call") >= 2
+    doctor = _app(env, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+def test_credentials_the_chain_finds_that_the_store_refuses_are_named_by_where_they_came_from(
+    production: Production, s3_engine: S3Engine, tmp_path: Path
+) -> None:
+    assert production.run("data", "check").returncode == 0  # stamped with the right keys
+    env = _chain_env(production, tmp_path, s3_engine.access_key_id, "not-the-secret")
+    doctor = _app(env, "doctor")
+    said = " ".join((doctor.stdout + doctor.stderr).split())
+    assert doctor.returncode == 69, said
+    assert (
+        "and that the credentials from the S3 client's own chain (its 'custom-process' "
+        "provider found them; s3_access_key_id and s3_secret_access_key are unset, so it "
+        "looks in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config "
+        "and ~/.aws/credentials, and an instance or container role) may use it"
+    ) in said, said
+    assert "s3_access_key_id / s3_secret_access_key may use it" not in said
+    # And none to be found anywhere: said so, where every command stops.
+    (tmp_path / "aws-config").write_text("")
+    listed = _app(env, "data", "check")
+    said = " ".join(listed.stderr.split())
+    assert listed.returncode == 69, said
+    assert "Unable to locate credentials" in said, said
+    assert "the credentials from the S3 client's own chain (it found none;" in said, said
