@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, BinaryIO
 
 import anyio
@@ -246,16 +246,17 @@ class _ShortReads:
     """A file read through `anyio`, that calls ``cut`` at a read that ends before ``size``
     (the length the answer's headers were built from)."""
 
-    def __init__(self, file: anyio.AsyncFile[bytes], size: int, cut: Any) -> None:
+    def __init__(self, file: anyio.AsyncFile[bytes], size: int, cut: Callable[[int], None]) -> None:
         self.wrapped = file.wrapped
-        self._file, self._size, self._cut, self._at = file, size, cut, 0
+        self._file: anyio.AsyncFile[bytes] = file
+        self._size, self._cut, self._at = size, cut, 0
 
     async def seek(self, offset: int) -> int:
         self._at = await self._file.seek(offset)
         return self._at
 
     async def read(self, size: int) -> bytes:
-        chunk = await self._file.read(size)
+        chunk: bytes = await self._file.read(size)
         self._at += len(chunk)
         if len(chunk) < size and self._at < self._size:
             self._cut(self._at)
