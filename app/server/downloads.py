@@ -9,7 +9,7 @@ import os
 import re
 import stat
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import anyio
 from fastapi.responses import FileResponse
@@ -218,11 +218,11 @@ class OpenFileResponse(FileResponse):
                 await send({"type": "http.response.body", "body": chunk, "more_body": more_body})
 
     @contextlib.asynccontextmanager
-    async def _open_file(self) -> AsyncIterator[Any]:
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
         self._file.seek(0)
         assert self.stat_result is not None  # given by __init__
         # closed by __call__, once, whatever was sent
-        yield _ShortReads(anyio.wrap_file(self._file), self.stat_result.st_size, self._cut)
+        yield _ShortReads(self._file, self.stat_result.st_size, self._cut)
 
     def _cut(self, at: int) -> None:
         """A read that ended at ``at``, short of the size the answer's headers promised:
@@ -242,21 +242,20 @@ class OpenFileResponse(FileResponse):
         raise Abandoned from error
 
 
-class _ShortReads:
+class _ShortReads(anyio.AsyncFile[bytes]):
     """A file read through `anyio`, that calls ``cut`` at a read that ends before ``size``
     (the length the answer's headers were built from)."""
 
-    def __init__(self, file: anyio.AsyncFile[bytes], size: int, cut: Callable[[int], None]) -> None:
-        self.wrapped = file.wrapped
-        self._file: anyio.AsyncFile[bytes] = file
+    def __init__(self, file: IO[bytes], size: int, cut: Callable[[int], None]) -> None:
+        super().__init__(file)
         self._size, self._cut, self._at = size, cut, 0
 
-    async def seek(self, offset: int) -> int:
-        self._at = await self._file.seek(offset)
+    async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
+        self._at = await super().seek(offset, whence)
         return self._at
 
-    async def read(self, size: int) -> bytes:
-        chunk: bytes = await self._file.read(size)
+    async def read(self, size: int = -1) -> bytes:
+        chunk = await super().read(size)
         self._at += len(chunk)
         if len(chunk) < size and self._at < self._size:
             self._cut(self._at)
