@@ -1,0 +1,145 @@
+"""Red team 44 on integrity: what a page counts but names nowhere, and a file cut as it is sent.
+
+Real files, real commands and a real server on 127.0.0.1. What broke:
+
+- A session directory with no ``session.json`` (removed by hand), one whose ``session.json``
+  was made a directory, and a regular file or a FIFO in a session directory's place were
+  counted in ``GET /sessions``'s ``total`` but named in no page's ``left_out`` (red team 43
+  added it for links and damaged files only), and ``app sessions list`` said nothing of
+  them; only ``app data check`` did. Each is now named, ``unreadable``, on the page and on
+  stderr.
+- A page that ``page_max_bytes`` cut short put its cursor at its last item, before the
+  sessions it had left out after it: the next page named them again.
+- A file cut (``truncate`` from outside the app) while a ``Range`` of it was sent: the
+  answer was cut, but the server logged h11's "Too little data for declared
+  Content-Length" traceback, naming neither the file nor the cause. It now logs
+  ``file_damaged`` with the byte the file ended at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server_e2e import Server, app_env, run_app
+
+from app.config import Config
+from app.storage import open_storage
+
+
+def _sessions_no_page_shows(config: Config) -> tuple[str, dict[str, str]]:
+    """A plain session, and five the pages cannot show, by id: what each one is."""
+    root = config.data_root
+    with open_storage(config, writer=True, kind="tests", wanted="make") as store:
+        made = [store.create_session("t" * 300)["id"] for _ in range(6)]
+    sessions = root / "sessions"
+    plain, *broken = made
+    kinds = dict(zip(broken, ("no-json", "json-dir", "file", "fifo", "damaged"), strict=True))
+    for session_id, kind in kinds.items():
+        directory = sessions / session_id
+        if kind in ("no-json", "json-dir"):
+            (directory / "session.json").unlink()
+            if kind == "json-dir":
+                (directory / "session.json").mkdir()
+        elif kind == "damaged":
+            (directory / "session.json").write_text("[]")
+        else:
+            shutil.rmtree(directory)
+            if kind == "file":
+                directory.write_text("not a session")
+            else:
+                os.mkfifo(directory)
+    return plain, kinds
+
+
+def _walk(http: httpx.Client, limit: int) -> tuple[list[str], list[dict[str, str]]]:
+    items: list[str] = []
+    passed: list[dict[str, str]] = []
+    after = None
+    while True:
+        query = {"limit": limit} | ({} if after is None else {"after": after})
+        page = http.get("/sessions", params=query).json()
+        assert page["total"] == 6, page
+        items += [item["id"] for item in page["items"]]
+        passed += page["left_out"]
+        if (after := page["next"]) is None:
+            return items, passed
+
+
+def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_file_is_logged(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    plain, kinds = _sessions_no_page_shows(app_config)
+    env = app_env(root, APP_PAGE_MAX_BYTES="1024")  # two sessions of 300 letters a page
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            # Pages of 1 and 2 are answered on the direct path, of 1000 by FastAPI's route.
+            for limit in (1, 2, 1000):
+                items, passed = _walk(http, limit)
+                assert items == [plain], limit
+                # Broke: the four that are no session (not "damaged") were named nowhere,
+                # and a page cut by its bytes named the ones after its last item twice.
+                assert [one["id"] for one in passed] == sorted(kinds), (limit, passed)
+                assert {one["reason"] for one in passed} == {"unreadable"}
+                assert str(root) not in str(passed)
+            for one in passed:
+                if kinds[one["id"]] != "damaged":
+                    assert one["message"] == (
+                        f"session {one['id']} is counted but not shown: its directory holds "
+                        "no session.json the app can read (removed, or replaced by something "
+                        "else), or is not a directory; the server's log and `app data check` "
+                        "name it and what to do"
+                    )
+
+            # A Range of a file cut from outside while it is sent.
+            data = os.urandom(16 << 20)
+            assert http.put(f"/sessions/{plain}/files/a.bin", content=data).status_code == 201
+            (blob,) = (root / "sessions" / plain / "blobs").iterdir()
+            got = b""
+            with (
+                pytest.raises(httpx.RemoteProtocolError, match="incomplete|without sending"),
+                http.stream(
+                    "GET", f"/sessions/{plain}/files/a.bin", headers={"Range": "bytes=1000-"}
+                ) as answer,
+            ):
+                assert answer.status_code == 206
+                for chunk in answer.iter_raw(1 << 16):
+                    if not got:
+                        os.truncate(blob, 1 << 20)
+                    got += chunk
+            assert len(got) < len(data) - 1000 and data[1000 : 1000 + len(got)] == got
+    finally:
+        assert server.stop() == 0
+    log = server.output
+    # Broke: h11's "Too little data for declared Content-Length", and nothing else.
+    assert "Too little data" not in log and "Traceback" not in log, log
+    assert f"cannot send file 'a.bin' of session {plain}: its bytes ended at byte " in log
+    assert f"while they were sent, where {16 << 20} were acknowledged" in log
+    assert "its download was cut before its last byte. `app data check` reports" in log
+
+    listed = run_app("sessions", "list", env=app_env(root))
+    assert listed.returncode == 0, listed.stderr
+    sessions = root / "sessions"
+    for session_id, kind in kinds.items():
+        said = f"warning: session {session_id} is not listed: "
+        if kind in ("file", "fifo"):
+            what = "a regular file" if kind == "file" else "a FIFO"
+            said += (
+                f"{sessions / session_id} is {what} where session {session_id}'s directory "
+                "belongs, so the session is not served; `app data check` reports it as "
+                "session-unreadable. Move it aside and restore the session from a backup"
+            )
+        elif kind != "damaged":
+            what = "missing" if kind == "no-json" else "a directory"
+            said += (
+                f"cannot read session {session_id}: its session.json "
+                f"({sessions / session_id / 'session.json'}) is {what}, so the session is not "
+                "served; `app data check` reports it as session-unreadable. Put session.json "
+                "back from a backup, or move the directory aside"
+            )
+        assert said in listed.stderr, listed.stderr
