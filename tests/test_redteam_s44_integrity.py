@@ -14,12 +14,17 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   answer was cut, but the server logged h11's "Too little data for declared
   Content-Length" traceback, naming neither the file nor the cause. It now logs
   ``file_damaged`` with the byte the file ended at.
+- A filesystem mounted inside a stopped root (a tmpfs at ``.tmp/``): ``app serve`` refuses to
+  start (78), but ``app data check`` said the root was consistent. It now reports the mount
+  (``unknown-entry``) with the commands that take it out without losing what it holds.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -102,7 +107,7 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
             (blob,) = (root / "sessions" / plain / "blobs").iterdir()
             got = b""
             with (
-                pytest.raises(httpx.RemoteProtocolError, match="incomplete|without sending"),
+                pytest.raises(httpx.RemoteProtocolError, match="without sending complete"),
                 http.stream(
                     "GET", f"/sessions/{plain}/files/a.bin", headers={"Range": "bytes=1000-"}
                 ) as answer,
@@ -143,3 +148,45 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                 "back from a backup, or move the directory aside"
             )
         assert said in listed.stderr, listed.stderr
+
+
+_CHECK = """
+import subprocess, sys
+from app.config import load
+from app.storage import open_storage
+
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", sys.argv[1]], check=True)
+with open_storage(load(), writer=False, kind="tests", wanted="check it") as store:
+    for finding in store.check(repair=False).findings:
+        print(finding.problem, finding.target, finding.detail, finding.repair, sep="|")
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="mounting a filesystem takes root and unshare(1)",
+)
+def test_check_reports_a_filesystem_mounted_inside_a_stopped_root(app_config: Config) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        store.create_session("kept")
+    mount = root / ".tmp"
+    child = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _CHECK, mount],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # Broke: nothing, where every writer (`app serve` too) refuses the root.
+    assert child.stdout.splitlines() == [
+        (
+            "unknown-entry|.tmp|a filesystem mounted inside the data root: the app moves data "
+            "within the root by rename, which cannot cross a mount point, so every writer (a "
+            "server's start-up, a restore, a purge, `check --repair`) refuses to open it|nothing: "
+            "left for a human (copy what it holds onto the data root's own filesystem before you "
+            "unmount it (a tmpfs's files are gone once it is unmounted, a disk's are hidden): with "
+            f"no server on the root, `cp -a {mount} {mount}.copy && umount {mount} && rmdir "
+            f"{mount} && mv {mount}.copy {mount}` (`rmdir` stops it if files lie under the mount "
+            "point: look at them first))"
+        )
+    ], child.stderr
