@@ -36,13 +36,14 @@ from app.storage import open_storage
 
 
 def _sessions_no_page_shows(config: Config) -> tuple[str, dict[str, str]]:
-    """A plain session, and five the pages cannot show, by id: what each one is."""
+    """A plain session, and six the pages cannot show, by id: what each one is."""
     root = config.data_root
     with open_storage(config, writer=True, kind="tests", wanted="make") as store:
-        made = [store.create_session("t" * 300)["id"] for _ in range(6)]
+        made = [store.create_session("t" * 300)["id"] for _ in range(7)]
     sessions = root / "sessions"
     plain, *broken = made
-    kinds = dict(zip(broken, ("no-json", "json-dir", "file", "fifo", "damaged"), strict=True))
+    what = ("no-json", "json-dir", "file", "fifo", "damaged", "linked")
+    kinds = dict(zip(broken, what, strict=True))
     for session_id, kind in kinds.items():
         directory = sessions / session_id
         if kind in ("no-json", "json-dir"):
@@ -51,6 +52,9 @@ def _sessions_no_page_shows(config: Config) -> tuple[str, dict[str, str]]:
                 (directory / "session.json").mkdir()
         elif kind == "damaged":
             (directory / "session.json").write_text("[]")
+        elif kind == "linked":  # to another session's directory in the same root
+            shutil.rmtree(directory)
+            directory.symlink_to(plain)
         else:
             shutil.rmtree(directory)
             if kind == "file":
@@ -67,7 +71,7 @@ def _walk(http: httpx.Client, limit: int) -> tuple[list[str], list[dict[str, str
     while True:
         query = {"limit": limit} | ({} if after is None else {"after": after})
         page = http.get("/sessions", params=query).json()
-        assert page["total"] == 6, page
+        assert page["total"] == 7, page
         items += [item["id"] for item in page["items"]]
         passed += page["left_out"]
         if (after := page["next"]) is None:
@@ -90,16 +94,23 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                 # Broke: the four that are no session (not "damaged") were named nowhere,
                 # and a page cut by its bytes named the ones after its last item twice.
                 assert [one["id"] for one in passed] == sorted(kinds), (limit, passed)
-                assert {one["reason"] for one in passed} == {"unreadable"}
+                reasons = {one["id"]: one["reason"] for one in passed}
+                assert reasons == {
+                    one: "linked" if kind == "linked" else "unreadable"
+                    for one, kind in kinds.items()
+                }
                 assert str(root) not in str(passed)
             for one in passed:
-                if kinds[one["id"]] != "damaged":
+                if kinds[one["id"]] not in ("damaged", "linked"):
                     assert one["message"] == (
                         f"session {one['id']} is counted but not shown: its directory holds "
                         "no session.json the app can read (removed, or replaced by something "
                         "else), or is not a directory; the server's log and `app data check` "
                         "name it and what to do"
                     )
+            # A cursor that names a left-out session goes on after it.
+            page = http.get("/sessions", params={"after": min(kinds), "limit": 1000}).json()
+            assert [one["id"] for one in page["left_out"]] == sorted(kinds)[1:]
 
             # A Range of a file cut from outside while it is sent.
             data = os.urandom(16 << 20)
@@ -138,6 +149,13 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                 f"{sessions / session_id} is {what} where session {session_id}'s directory "
                 "belongs, so the session is not served; `app data check` reports it as "
                 "session-unreadable. Move it aside and restore the session from a backup"
+            )
+        elif kind == "linked":
+            said += (
+                f"{sessions / session_id} is a symbolic link (to {plain}) where a session's "
+                f"directory belongs: the app never follows one, so the session is not served; "
+                f"it leads into the data root {root}, whose data must stay there: remove the "
+                f"link, `rm {sessions / session_id}`, and restore the session from a backup"
             )
         elif kind != "damaged":
             what = "missing" if kind == "no-json" else "a directory"
