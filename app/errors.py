@@ -558,6 +558,17 @@ class DataRootInUseError(AppError):
                 "that is this process: close the storage it opened first (`.close()`, or "
                 "leave its `with` block) before opening it again, or use that one"
             )
+        elif pid and self.holder and self.holder.get("stopping_since"):
+            # A start while a server drains was told to kill it, which cuts the requests it
+            # is finishing (red team 44).
+            grace = self.holder.get("shutdown_grace_seconds")
+            stop = (
+                f"it is stopping since {self.holder['stopping_since']}, finishing the requests "
+                "in flight"
+                + (f" (for at most shutdown_grace_seconds, {grace} s)" if grace else "")
+                + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
+                "those requests"
+            )
         elif pid:
             stop = f"stop it (kill {pid}) or wait for it to finish and retry"
         else:

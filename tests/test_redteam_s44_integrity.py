@@ -17,19 +17,25 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
 - A filesystem mounted inside a stopped root (a tmpfs at ``.tmp/``): ``app serve`` refuses to
   start (78), but ``app data check`` said the root was consistent. It now reports the mount
   (``unknown-entry``) with the commands that take it out without losing what it holds.
+- A start on a root whose server was told to stop while it finished an upload was refused
+  (75) with "stop it (kill <pid>)", which cuts the upload it was finishing. The stopping
+  server now says so in its details, and the refusal says to wait for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_server_e2e import Server, app_env, run_app
+from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
 from app.storage import open_storage
@@ -208,3 +214,57 @@ def test_check_reports_a_filesystem_mounted_inside_a_stopped_root(app_config: Co
             "point: look at them first))"
         )
     ], child.stderr
+
+
+def test_a_start_beside_a_server_finishing_an_upload_waits_and_keeps_it(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    one = Server(env, tmp_path / "one.log").wait_ready()
+    data, go, answers = os.urandom(4 << 20), threading.Event(), []
+
+    def body() -> Iterator[bytes]:
+        yield data[: 1 << 20]
+        go.wait()
+        yield data[1 << 20 :]
+
+    with one.client() as http:
+        session = http.post("/sessions", json={"title": "t"}).json()["id"]
+
+        def upload() -> None:
+            answers.append(http.put(f"/sessions/{session}/files/a.bin", content=body()))
+
+        sender = threading.Thread(target=upload)
+        sender.start()
+        try:
+            wait_for(
+                lambda: any(p.stat().st_size for p in (root / ".tmp").rglob("*") if p.is_file()),
+                "the upload's first bytes in .tmp/",
+            )
+            one.process.terminate()
+            wait_for(lambda: "stopping_since" in (root / ".server.lock").read_text(), "stopping")
+            refused = run_app("data", "check", "--repair", env=env)
+        finally:
+            go.set()
+            sender.join()
+    assert one.wait_exit() == 0
+    # Broke: "stop it (kill <pid>) or wait for it to finish and retry".
+    assert refused.returncode == 75, refused.stderr
+    assert f"is held by pid {one.pid}, kind server" in refused.stderr
+    assert ", stopping since " in refused.stderr
+    assert (
+        "finishing the requests in flight (for at most shutdown_grace_seconds, 30 s): wait for "
+        f"pid {one.pid} to exit and retry; do not kill it again, which cuts those requests"
+    ) in refused.stderr, refused.stderr
+    assert "kill" not in refused.stderr.replace("do not kill it", "")
+    (answer,) = answers
+    assert answer.status_code == 201, answer.text
+    two = Server(env, tmp_path / "two.log").wait_ready()  # its start-up repair runs first
+    try:
+        with two.client() as http:
+            got = http.get(f"/sessions/{session}/files/a.bin")
+        assert got.status_code == 200
+        assert hashlib.sha256(got.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        assert two.stop() == 0
