@@ -114,6 +114,11 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                         "else), or is not a directory; the server's log and `app data check` "
                         "name it and what to do"
                     )
+            # The direct path (up to 100) and FastAPI's route (above) give the same bytes.
+            for after in (None, plain, min(kinds)):
+                query = {} if after is None else {"after": after}
+                direct = http.get("/sessions", params={**query, "limit": 100}).content
+                assert http.get("/sessions", params={**query, "limit": 101}).content == direct
             # A cursor that names a left-out session goes on after it.
             page = http.get("/sessions", params={"after": min(kinds), "limit": 1000}).json()
             assert [one["id"] for one in page["left_out"]] == sorted(kinds)[1:]
