@@ -30,11 +30,11 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from test_redteam_s43_integrity import _slow_body
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
@@ -232,16 +232,13 @@ def test_a_start_beside_a_server_finishing_an_upload_waits_and_keeps_it(
     one = Server(env, tmp_path / "one.log").wait_ready()
     data, go, answers = os.urandom(4 << 20), threading.Event(), []
 
-    def body() -> Iterator[bytes]:
-        yield data[: 1 << 20]
-        go.wait()
-        yield data[1 << 20 :]
-
     with one.client() as http:
         session = http.post("/sessions", json={"title": "t"}).json()["id"]
 
+        body = _slow_body(data[: 1 << 20], data[1 << 20 :], go)
+
         def upload() -> None:
-            answers.append(http.put(f"/sessions/{session}/files/a.bin", content=body()))
+            answers.append(http.put(f"/sessions/{session}/files/a.bin", content=body))
 
         sender = threading.Thread(target=upload)
         sender.start()
