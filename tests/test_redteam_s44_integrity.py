@@ -250,6 +250,7 @@ def test_a_start_beside_a_server_finishing_an_upload_waits_and_keeps_it(
             one.process.terminate()
             wait_for(lambda: "stopping_since" in (root / ".server.lock").read_text(), "stopping")
             refused = run_app("data", "check", "--repair", env=env)
+            status = run_app("status", env=env)
         finally:
             go.set()
             sender.join()
@@ -263,6 +264,8 @@ def test_a_start_beside_a_server_finishing_an_upload_waits_and_keeps_it(
         f"pid {one.pid} to exit and retry; do not kill it again, which cuts those requests"
     ) in refused.stderr, refused.stderr
     assert "kill" not in refused.stderr.replace("do not kill it", "")
+    assert f"pid {one.pid}, kind server" in status.stdout, status.stdout
+    assert ", stopping since " in status.stdout, status.stdout
     (answer,) = answers
     assert answer.status_code == 201, answer.text
     two = Server(env, tmp_path / "two.log").wait_ready()  # its start-up repair runs first
