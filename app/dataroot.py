@@ -1674,6 +1674,10 @@ class DataRoot:
         self.ensure_held()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
         try:
+            # Appended to, not written at an offset: a file cut from outside while it is
+            # written then ends short of the bytes received, which the commit refuses; the
+            # writes went on at their offset, after a hole of zeros (red team 44).
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             # A flock refused (ENOLCK) left the file in .tmp/ and its descriptor open, one

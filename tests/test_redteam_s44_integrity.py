@@ -20,6 +20,10 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
 - A start on a root whose server was told to stop while it finished an upload was refused
   (75) with "stop it (kill <pid>)", which cuts the upload it was finishing. The stopping
   server now says so in its details, and the refusal says to wait for it.
+- An upload's temporary file cut (``truncate``) while its body streamed: the writes went on
+  at their offset after a hole of zeros, and the upload was answered 201 with the SHA-256
+  of bytes the disk never held. It is now appended to, and a commit whose file does not hold
+  the bytes received is refused (503 ``upload_changed_on_disk``), nothing stored.
 """
 
 from __future__ import annotations
@@ -68,6 +72,12 @@ def _sessions_no_page_shows(config: Config) -> tuple[str, dict[str, str]]:
             else:
                 os.mkfifo(directory)
     return plain, kinds
+
+
+def _temp_file_of(root: Path, size: int) -> Path | None:
+    """The upload's file in ``.tmp/`` once it holds ``size`` bytes."""
+    found = [p for p in (root / ".tmp").iterdir() if p.is_file() and p.stat().st_size >= size]
+    return found[0] if found else None
 
 
 def _walk(http: httpx.Client, limit: int) -> tuple[list[str], list[dict[str, str]]]:
@@ -142,6 +152,33 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                             os.truncate(blob, 1 << 20)
                         got += chunk
                 assert len(got) < len(data) - 1000, ranges
+
+            # An upload's temporary file cut while its body streams: the writes went on at
+            # their offset, after a hole of zeros of the same size, and the upload was 201
+            # with the SHA-256 of bytes the disk never held. Now refused, nothing stored.
+            go, answers = threading.Event(), []
+            body = _slow_body(data[: 1 << 20], data[1 << 20 : 4 << 20], go)
+            name = f"/sessions/{plain}/files/b.bin"
+            sender = threading.Thread(target=lambda: answers.append(http.put(name, content=body)))
+            sender.start()
+            try:
+                wait_for(lambda: _temp_file_of(root, 1 << 20), "the upload's first MiB in .tmp/")
+                os.truncate(_temp_file_of(root, 1 << 20), 0)
+            finally:
+                go.set()
+                sender.join()
+            (answer,) = answers
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["message"] == (
+                f"cannot store file 'b.bin' of session {plain}: its temporary file in the data "
+                f"root's .tmp/ holds {3 << 20} bytes where {4 << 20} were received (it was cut "
+                "or written to from outside the app while the upload was written), so nothing "
+                "was acknowledged and the session is unchanged. Send the file again; an "
+                "operator finds what writes in the data root's .tmp/ (a clean-up job, `fuser "
+                "-v`) and stops it"
+            )
+            assert http.get(name).status_code == 404
+            assert not any((root / ".tmp").iterdir())
     finally:
         assert server.stop() == 0
     log = server.output

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from app import storage
-from app.errors import UploadTooLargeError
+from app.errors import UploadChangedOnDiskError, UploadTooLargeError
 
 if TYPE_CHECKING:
     from app.digests import Digests
@@ -89,6 +90,9 @@ class Upload(storage.Upload):
             # Flushed, not closed: the open file's flock marks it in flight until the
             # rename (another writer's clean-up of .tmp/ skips it); commit_temp_file fsyncs.
             self._file.flush()
+            found = os.fstat(self._file.fileno()).st_size
+            if found != self.received:
+                raise UploadChangedOnDiskError(self.session_id, self.name, self.received, found)
             sha256 = self._hash.hexdigest()
             if self.digests is not None:
                 self.digests.require(self.session_id, self.name, sha256)
