@@ -1810,10 +1810,9 @@ class UploadChangedOnDiskError(StorageError):
     """An upload's temporary file no longer holds the bytes received, so it is not stored.
 
     The file in ``.tmp/`` was cut (``truncate``) or written to from outside the app while
-    the upload was written. It was acknowledged with the SHA-256 of the bytes received, which the disk never held
-    (red team 44: cut while the body streamed, the writes went on at their offset, leaving
-    a hole of zeros of the same size).
-    """
+    the upload was written. It was acknowledged with the SHA-256 of the bytes received,
+    which the disk never held (red team 44: cut while the body streamed, the writes went on
+    at their offset, leaving a hole of zeros of the same size)."""
 
     code = "upload_changed_on_disk"
     http_status = 503
