@@ -8,6 +8,10 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   added it for links and damaged files only), and ``app sessions list`` said nothing of
   them; only ``app data check`` did. Each is now named, ``unreadable``, on the page and on
   stderr.
+- A ``session.json`` made a link to another session's (or a copy of it): that session was
+  answered in this one's place (listed twice, ``GET`` of this id gave the other's), this one
+  hidden, and ``check`` said the root was consistent. A ``session.json`` that names another
+  session is now unreadable (left out, named, reported by ``check``).
 - A page that ``page_max_bytes`` cut short put its cursor at its last item, before the
   sessions it had left out after it: the next page named them again.
 - A file cut (``truncate`` from outside the app) while a ``Range`` of it was sent: the
@@ -46,13 +50,13 @@ from app.storage import open_storage
 
 
 def _sessions_no_page_shows(config: Config) -> tuple[str, dict[str, str]]:
-    """A plain session, and six the pages cannot show, by id: what each one is."""
+    """A plain session, and seven the pages cannot show, by id: what each one is."""
     root = config.data_root
     with open_storage(config, writer=True, kind="tests", wanted="make") as store:
-        made = [store.create_session("t" * 300)["id"] for _ in range(7)]
+        made = [store.create_session("t" * 300)["id"] for _ in range(8)]
     sessions = root / "sessions"
     plain, *broken = made
-    what = ("no-json", "json-dir", "file", "fifo", "damaged", "linked")
+    what = ("no-json", "json-dir", "file", "fifo", "damaged", "linked", "json-link")
     kinds = dict(zip(broken, what, strict=True))
     for session_id, kind in kinds.items():
         directory = sessions / session_id
@@ -62,6 +66,9 @@ def _sessions_no_page_shows(config: Config) -> tuple[str, dict[str, str]]:
                 (directory / "session.json").mkdir()
         elif kind == "damaged":
             (directory / "session.json").write_text("[]")
+        elif kind == "json-link":  # to another session's session.json
+            (directory / "session.json").unlink()
+            (directory / "session.json").symlink_to(sessions / plain / "session.json")
         elif kind == "linked":  # to another session's directory in the same root
             shutil.rmtree(directory)
             directory.symlink_to(plain)
@@ -87,7 +94,7 @@ def _walk(http: httpx.Client, limit: int) -> tuple[list[str], list[dict[str, str
     while True:
         query = {"limit": limit} | ({} if after is None else {"after": after})
         page = http.get("/sessions", params=query).json()
-        assert page["total"] == 7, page
+        assert page["total"] == 8, page
         items += [item["id"] for item in page["items"]]
         passed += page["left_out"]
         if (after := page["next"]) is None:
@@ -117,7 +124,7 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                 }
                 assert str(root) not in str(passed)
             for one in passed:
-                if kinds[one["id"]] not in ("damaged", "linked"):
+                if kinds[one["id"]] not in ("damaged", "linked", "json-link"):
                     assert one["message"] == (
                         f"session {one['id']} is counted but not shown: its directory holds "
                         "no session.json the app can read (removed, or replaced by something "
@@ -207,6 +214,11 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                 f"directory belongs: the app never follows one, so the session is not served; "
                 f"it leads into the data root {root}, whose data must stay there: remove the "
                 f"link, `rm {sessions / session_id}`, and restore the session from a backup"
+            )
+        elif kind == "json-link":
+            said += (
+                f"cannot read session {session_id}: its session.json names session {plain}, "
+                "not this one (another session's file) (it was changed outside the app)"
             )
         elif kind != "damaged":
             what = "missing" if kind == "no-json" else "a directory"
