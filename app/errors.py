@@ -1138,8 +1138,9 @@ class TrashCopyLostError(StoreError):
 
 
 class UnreadableSessionError(StoreError):
-    """A ``session.json`` that is not a JSON object, or holds a field of another type than
-    the app writes: damage from outside the app, which replaces the file whole. Reading that
+    """A ``session.json`` that is not a JSON object, holds a field of another type than the
+    app writes, or names another session (linked or copied from it by hand): damage from
+    outside the app, which replaces the file whole. Reading that
     session fails; a page of sessions leaves it out, a delete moves it to the trash as it
     is, and ``check`` reports it (``session-unreadable``)."""
 
