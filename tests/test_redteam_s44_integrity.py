@@ -230,6 +230,14 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
             )
         assert said in listed.stderr, listed.stderr
 
+    # The session whose session.json leads to the plain one's goes to the trash as it is
+    # (what DELETE does); the plain one stays.
+    (other,) = (one for one, kind in kinds.items() if kind == "json-link")
+    with open_storage(app_config, writer=True, kind="tests", wanted="delete") as store:
+        store.delete_session(other)
+        assert store.get_session(plain)["title"] == "t" * 300
+        assert [entry.session_id for entry in store.list_trash()] == [other]
+
 
 _CHECK = """
 import subprocess, sys
