@@ -1810,26 +1810,27 @@ class StorageFailedError(StorageError):
 class UploadChangedOnDiskError(StorageError):
     """An upload's temporary file no longer holds the bytes received, so it is not stored.
 
-    The file in ``.tmp/`` was cut (``truncate``) or written to from outside the app while
-    the upload was written. It was acknowledged with the SHA-256 of the bytes received,
-    which the disk never held (red team 44: cut while the body streamed, the writes went on
-    at their offset, leaving a hole of zeros of the same size)."""
+    The file in ``.tmp/`` was cut (``truncate``), replaced, or written to from outside the
+    app while the upload was written. It was acknowledged with the SHA-256 of the bytes
+    received, which the disk never held (red team 44: cut while the body streamed, the
+    writes went on at their offset after a hole of zeros; replaced, the other file was
+    renamed into place)."""
 
     code = "upload_changed_on_disk"
     http_status = 503
     # No path: the message reaches HTTP clients; `.tmp/` is the app's layout.
     template = (
         "cannot store file {name!r} of session {session_id}: its temporary file in the data "
-        "root's .tmp/ holds {found} bytes where {received} were received (it was cut or "
-        "written to from outside the app while the upload was written), so nothing was "
-        "acknowledged and the session is unchanged. Send the file again; an operator finds "
-        "what writes in the data root's .tmp/ (a clean-up job, `fuser -v`) and stops it"
+        "root's .tmp/ {damage} (cut, replaced or written to from outside the app while the "
+        "upload was written), so nothing was acknowledged and the session is unchanged. Send "
+        "the file again; an operator finds what writes in the data root's .tmp/ (a clean-up "
+        "job, `fuser -v`) and stops it"
     )
 
     session_id: str
     name: str
-    received: int
-    found: int
+    damage: str
+    """What the file is now: "holds 0 bytes where 4096 were received", "is another file"."""
 
 
 class StoppedPartwayError(StorageError):

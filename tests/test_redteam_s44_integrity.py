@@ -26,8 +26,9 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   server now says so in its details, and the refusal says to wait for it.
 - An upload's temporary file cut (``truncate``) while its body streamed: the writes went on
   at their offset after a hole of zeros, and the upload was answered 201 with the SHA-256
-  of bytes the disk never held. It is now appended to, and a commit whose file does not hold
-  the bytes received is refused (503 ``upload_changed_on_disk``), nothing stored.
+  of bytes the disk never held; replaced by another file, that file was renamed into place
+  under the same 201. It is now appended to, and a commit whose file is not the one written
+  or does not hold the bytes received is refused (503 ``upload_changed_on_disk``).
 """
 
 from __future__ import annotations
@@ -162,30 +163,42 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
 
             # An upload's temporary file cut while its body streams: the writes went on at
             # their offset, after a hole of zeros of the same size, and the upload was 201
-            # with the SHA-256 of bytes the disk never held. Now refused, nothing stored.
-            go, answers = threading.Event(), []
-            body = _slow_body(data[: 1 << 20], data[1 << 20 : 4 << 20], go)
-            name = f"/sessions/{plain}/files/b.bin"
-            sender = threading.Thread(target=lambda: answers.append(http.put(name, content=body)))
-            sender.start()
-            try:
-                wait_for(lambda: _temp_file_of(root, 1 << 20), "the upload's first MiB in .tmp/")
-                os.truncate(_temp_file_of(root, 1 << 20), 0)
-            finally:
-                go.set()
-                sender.join()
-            (answer,) = answers
-            assert answer.status_code == 503, answer.text
-            assert answer.json()["message"] == (
-                f"cannot store file 'b.bin' of session {plain}: its temporary file in the data "
-                f"root's .tmp/ holds {3 << 20} bytes where {4 << 20} were received (it was cut "
-                "or written to from outside the app while the upload was written), so nothing "
-                "was acknowledged and the session is unchanged. Send the file again; an "
-                "operator finds what writes in the data root's .tmp/ (a clean-up job, `fuser "
-                "-v`) and stops it"
-            )
-            assert http.get(name).status_code == 404
-            assert not any((root / ".tmp").iterdir())
+            # with the SHA-256 of bytes the disk never held. Replaced by another file of the
+            # same size, that file was renamed into place, under the same 201. Now refused,
+            # nothing stored.
+            for how, damage in (
+                ("cut", f"holds {3 << 20} bytes where {4 << 20} were received"),
+                ("replaced", "is another file than the one written"),
+            ):
+                go, answers = threading.Event(), []
+                body = _slow_body(data[: 1 << 20], data[1 << 20 : 4 << 20], go)
+                name = f"/sessions/{plain}/files/{how}"
+                sender = threading.Thread(
+                    target=lambda a=answers, n=name, b=body: a.append(http.put(n, content=b))
+                )
+                sender.start()
+                try:
+                    wait_for(lambda: _temp_file_of(root, 1 << 20), "the upload's first MiB")
+                    temp = _temp_file_of(root, 1 << 20)
+                    assert temp is not None
+                    if how == "cut":
+                        os.truncate(temp, 0)
+                    else:
+                        temp.rename(tmp_path / "moved away")
+                        temp.write_bytes(bytes(4 << 20))
+                finally:
+                    go.set()
+                    sender.join()
+                (answer,) = answers
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["message"] == (
+                    f"cannot store file {how!r} of session {plain}: its temporary file in the "
+                    f"data root's .tmp/ {damage} (cut, replaced or written to from outside the "
+                    "app while the upload was written), so nothing was acknowledged and the "
+                    "session is unchanged. Send the file again; an operator finds what writes "
+                    "in the data root's .tmp/ (a clean-up job, `fuser -v`) and stops it"
+                )
+                assert http.get(name).status_code == 404
     finally:
         assert server.stop() == 0
     log = server.output
