@@ -199,6 +199,7 @@ def test_every_session_a_page_counts_but_cannot_show_is_named_once_and_a_cut_fil
                     "in the data root's .tmp/ (a clean-up job, `fuser -v`) and stops it"
                 )
                 assert http.get(name).status_code == 404
+                assert not any((root / ".tmp").iterdir())
     finally:
         assert server.stop() == 0
     log = server.output
