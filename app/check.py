@@ -36,7 +36,9 @@ from app.dataroot import (
     fsync_dir,
     link_remedy,
     read_regular,
+    root_mounts,
     tmp_in_flight,
+    unmount_keeping,
 )
 from app.errors import (
     InvalidNameError,
@@ -124,6 +126,17 @@ class Checker:
                     "a restore, a purge, `check --repair`) refuses to open the root",
                     self._link_fix(path, "remove the link and let the app create the directory"),
                 )
+        # A filesystem mounted inside the root (a tmpfs on .tmp/): said "clean" here while
+        # every writer refused the root, `app serve` included (red team 44).
+        for path in root_mounts(self.root.path):
+            self.unrepaired(
+                "unknown-entry",
+                path,
+                "a filesystem mounted inside the data root: the app moves data within the "
+                "root by rename, which cannot cross a mount point, so every writer (a "
+                "server's start-up, a restore, a purge, `check --repair`) refuses to open it",
+                f"nothing: left for a human ({unmount_keeping(path)})",
+            )
 
     def locked(self, session_id: str | None) -> contextlib.AbstractContextManager[object]:
         """For a repair, the session's lock, which every change of the session takes.

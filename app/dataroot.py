@@ -1021,7 +1021,7 @@ def filesystem_type(path: Path) -> str | None:
     return None
 
 
-def _unmount_keeping(mount: Path) -> str:
+def unmount_keeping(mount: Path) -> str:
     """How to take a mount out of a root without losing what it holds.
 
     "Unmount it" alone, said of a ``.trash/`` on a tmpfs or a ``sessions/`` on a disk of its
@@ -1038,18 +1038,25 @@ def _unmount_keeping(mount: Path) -> str:
     )
 
 
-def _refuse_mounts_inside(config: Config, root: Path) -> None:
-    # The app moves data between sessions/, .trash/ and .tmp/ by rename, which the kernel
-    # refuses across mount points (EXDEV), even two of one filesystem. With .trash/ on a
-    # tmpfs, replaces and deletes were acknowledged with their old bytes left behind, a
-    # session's delete was a bare 500, and the repair that finishes the moves failed every
-    # server start-up. The root itself may be a mount point; nothing inside it may be.
+def root_mounts(root: Path) -> list[Path]:
+    """The mount points inside ``root`` (the root's own directories first checked by device,
+    for a mount ``/proc`` does not list)."""
     mounts = mounts_inside(root)
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         path = root / name
         with contextlib.suppress(OSError):
             if path.lstat().st_dev != root.lstat().st_dev and path not in mounts:
                 mounts.append(path)
+    return mounts
+
+
+def _refuse_mounts_inside(config: Config, root: Path) -> None:
+    # The app moves data between sessions/, .trash/ and .tmp/ by rename, which the kernel
+    # refuses across mount points (EXDEV), even two of one filesystem. With .trash/ on a
+    # tmpfs, replaces and deletes were acknowledged with their old bytes left behind, a
+    # session's delete was a bare 500, and the repair that finishes the moves failed every
+    # server start-up. The root itself may be a mount point; nothing inside it may be.
+    mounts = root_mounts(root)
     if mounts:
         shown = ", ".join(str(m) for m in mounts[:3]) + (", ..." if len(mounts) > 3 else "")
         raise DataRootStateError(
@@ -1057,7 +1064,7 @@ def _refuse_mounts_inside(config: Config, root: Path) -> None:
             f"a filesystem is mounted inside it ({shown}); the app moves sessions, files and "
             "trash entries within the root by rename, which cannot cross a mount point "
             "(EXDEV), so deletes and replaces would fail or leave their bytes behind",
-            f"{_unmount_keeping(mounts[0])}, and keep the whole data root on one "
+            f"{unmount_keeping(mounts[0])}, and keep the whole data root on one "
             f"filesystem; to keep the data elsewhere, point data_root of profile "
             f"{config.profile!r} there (`app config` shows where it is set)",
         )
@@ -1667,6 +1674,10 @@ class DataRoot:
         self.ensure_held()
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".part")
         try:
+            # Appended to, not written at an offset: a file cut from outside while it is
+            # written then ends short of the bytes received, which the commit refuses; the
+            # writes went on at their offset, after a hole of zeros (red team 44).
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             # A flock refused (ENOLCK) left the file in .tmp/ and its descriptor open, one

@@ -558,6 +558,17 @@ class DataRootInUseError(AppError):
                 "that is this process: close the storage it opened first (`.close()`, or "
                 "leave its `with` block) before opening it again, or use that one"
             )
+        elif pid and self.holder and self.holder.get("stopping_since"):
+            # A start while a server drains was told to kill it, which cuts the requests it
+            # is finishing (red team 44).
+            grace = self.holder.get("shutdown_grace_seconds")
+            stop = (
+                f"it is stopping since {self.holder['stopping_since']}, finishing the requests "
+                "in flight"
+                + (f" (for at most shutdown_grace_seconds, {grace} s)" if grace else "")
+                + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
+                "those requests"
+            )
         elif pid:
             stop = f"stop it (kill {pid}) or wait for it to finish and retry"
         else:
@@ -1151,8 +1162,9 @@ class TrashCopyLostError(StoreError):
 
 
 class UnreadableSessionError(StoreError):
-    """A ``session.json`` that is not a JSON object, or holds a field of another type than
-    the app writes: damage from outside the app, which replaces the file whole. Reading that
+    """A ``session.json`` that is not a JSON object, holds a field of another type than the
+    app writes, or names another session (linked or copied from it by hand): damage from
+    outside the app, which replaces the file whole. Reading that
     session fails; a page of sessions leaves it out, a delete moves it to the trash as it
     is, and ``check`` reports it (``session-unreadable``)."""
 
@@ -1830,6 +1842,32 @@ class StorageFailedError(StorageError):
     errname: str
     strerror: str
     hint: str = ""
+
+
+class UploadChangedOnDiskError(StorageError):
+    """An upload's temporary file no longer holds the bytes received, so it is not stored.
+
+    The file in ``.tmp/`` was cut (``truncate``), replaced, or written to from outside the
+    app while the upload was written. It was acknowledged with the SHA-256 of the bytes
+    received, which the disk never held (red team 44: cut while the body streamed, the
+    writes went on at their offset after a hole of zeros; replaced, the other file was
+    renamed into place)."""
+
+    code = "upload_changed_on_disk"
+    http_status = 503
+    # No path: the message reaches HTTP clients; `.tmp/` is the app's layout.
+    template = (
+        "cannot store file {name!r} of session {session_id}: its temporary file in the data "
+        "root's .tmp/ {damage} (cut, replaced or written to from outside the app while the "
+        "upload was written), so nothing was acknowledged and the session is unchanged. Send "
+        "the file again; an operator finds what writes in the data root's .tmp/ (a clean-up "
+        "job, `fuser -v`) and stops it"
+    )
+
+    session_id: str
+    name: str
+    damage: str
+    """What the file is now: "holds 0 bytes where 4096 were received", "is another file"."""
 
 
 class StoppedPartwayError(StorageError):

@@ -210,6 +210,8 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         parts.append(f"port {holder['port']}")
     if holder.get("started_at"):
         parts.append(f"since {holder['started_at']}")
+    if holder.get("stopping_since"):
+        parts.append(f"stopping since {holder['stopping_since']}")
     return ", ".join(parts)
 
 

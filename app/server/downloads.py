@@ -8,8 +8,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, BinaryIO
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import IO, Any, BinaryIO
 
 import anyio
 from fastapi.responses import FileResponse
@@ -220,7 +220,46 @@ class OpenFileResponse(FileResponse):
     @contextlib.asynccontextmanager
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
         self._file.seek(0)
-        yield anyio.wrap_file(self._file)  # closed by __call__, once, whatever was sent
+        assert self.stat_result is not None  # given by __init__
+        # closed by __call__, once, whatever was sent
+        yield _ShortReads(self._file, self.stat_result.st_size, self._cut)
+
+    def _cut(self, at: int) -> None:
+        """A read that ended at ``at``, short of the size the answer's headers promised:
+        the file was cut under the download (`truncate` from outside the app). Starlette's
+        ranges then failed in h11 ("Too little data for declared Content-Length") or with
+        a `RuntimeError` naming the server's path, a traceback that named neither the file
+        nor the cause (red team 44). The client sees its answer cut short, as before."""
+        assert self.stat_result is not None  # given by __init__
+        error = DamagedFileError(
+            self._session_id,
+            self._name,
+            f"ended at byte {at} while they were sent, where {self.stat_result.st_size} "
+            "were acknowledged",
+            "its download was cut before its last byte",
+        )
+        log.error("%s", error)
+        raise Abandoned from error
+
+
+class _ShortReads(anyio.AsyncFile[bytes]):
+    """A file read through `anyio`, that calls ``cut`` at a read that ends before ``size``
+    (the length the answer's headers were built from)."""
+
+    def __init__(self, file: IO[bytes], size: int, cut: Callable[[int], None]) -> None:
+        super().__init__(file)
+        self._size, self._cut, self._at = size, cut, 0
+
+    async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
+        self._at = await super().seek(offset, whence)
+        return self._at
+
+    async def read(self, size: int = -1) -> bytes:
+        chunk = await super().read(size)
+        self._at += len(chunk)
+        if len(chunk) < size and self._at < self._size:
+            self._cut(self._at)
+        return chunk
 
 
 def _object_stat(file: BinaryIO) -> os.stat_result:

@@ -26,6 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from copy import deepcopy
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -216,7 +217,13 @@ def _run(
     if watch_sessions is not None:
         watch_sessions()
     application = create_app(store, config)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            _publish_stopping(store, config)
+            await super().shutdown(sockets)
+
+    server = Server(
         uvicorn.Config(
             application,
             log_config=log_config,
@@ -571,3 +578,16 @@ class _StopRequest:
         self.server = server
         if self.requested:
             server.should_exit = True
+
+
+def _publish_stopping(store: Storage, config: Config) -> None:
+    """Say in the holder's details that this server is stopping, while it finishes the
+    requests in flight and still holds the root. A start meanwhile was refused with "stop it
+    (kill <pid>)", and a second signal cuts those requests (red team 44)."""
+    try:
+        store.publish(
+            stopping_since=datetime.now(UTC).isoformat(timespec="seconds"),
+            shutdown_grace_seconds=config.shutdown_grace_seconds,
+        )
+    except Exception as error:  # the stop goes on: its holder is then named as serving
+        log.warning("could not publish that this server is stopping: %s", error)

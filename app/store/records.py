@@ -258,6 +258,11 @@ def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
         if key in session and not isinstance(session[key], types):
             damage = f"has a {type(session[key]).__name__} in {key!r}, which the app never writes"
             raise UnreadableSessionError(session_id=session_id, damage=damage)
+    if session.get("id", session_id) != session_id:
+        # Another session's (linked, or copied, by hand): that session was answered in this
+        # one's place, listed twice, and this one's own was hidden (red team 44).
+        damage = f"names session {session['id']}, not this one (another session's file)"
+        raise UnreadableSessionError(session_id=session_id, damage=damage)
     return session
 
 

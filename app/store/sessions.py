@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from app.errors import (
     StoreError,
     UnreadableSessionError,
 )
+from app.lock import special_kind
 from app.names import check_stored_name
 from app.storage import (
     LEFT_OUT_LINKED,
@@ -81,6 +83,9 @@ WATCHED_RECORDS_MAX_AGE_SECONDS: Final = 60.0
 _BODY_CACHE_BYTES: Final = 64 * 1024 * 1024
 _UNSETTLED_BYTES: Final = 8 * 1024 * 1024
 _GIL_YIELD_EVERY: Final = 100  # sessions of a page between two hand-overs of the GIL
+# Why a page passes over a session, inside this module: a directory that holds no session
+# (answered as `LEFT_OUT_UNREADABLE`, with words of its own).
+_MISSING: Final = "missing"
 
 T = TypeVar("T")
 
@@ -481,7 +486,10 @@ class Sessions:
             if max_bytes is not None:
                 size += bound
                 if items and size > max_bytes:
-                    return items, total, items[-1][0], tuple(passed)
+                    # Past the sessions this page left out too: the next page began at its
+                    # last item, and named them again (red team 44).
+                    cursor = max(items[-1][0], *(left.id for left in passed))
+                    return items, total, cursor, tuple(passed)
             items.append((session_id, item))
         more = start + limit < total
         return items, total, chosen[-1] if more and chosen else None, tuple(passed)
@@ -496,7 +504,14 @@ class Sessions:
         if session_id not in self.logged_left_out:
             self.logged_left_out.add(session_id)
             log.warning("session %s is left out of GET /sessions: %s", session_id, why)
-        if reason == LEFT_OUT_LINKED:
+        if reason == _MISSING:
+            message = (
+                f"session {session_id} is counted but not shown: its directory holds no "
+                "session.json the app can read (removed, or replaced by something else), or "
+                "is not a directory; the server's log and `app data check` name it and what "
+                "to do"
+            )
+        elif reason == LEFT_OUT_LINKED:
             message = (
                 f"session {session_id} is counted but not shown: its directory is a symbolic "
                 "link (moved out of the data root and linked back), which the app never "
@@ -509,7 +524,7 @@ class Sessions:
                 "read (damaged, or not written by the app); the server's log and `app data "
                 "check` name the file and what to do"
             )
-        return LeftOut(session_id, reason, message)
+        return LeftOut(session_id, LEFT_OUT_UNREADABLE if reason == _MISSING else reason, message)
 
     def left_out(self, listed: set[str]) -> list[tuple[str, str]]:
         """Each session under ``sessions/`` but not in ``listed`` that a listing leaves out,
@@ -544,7 +559,11 @@ class Sessions:
         except UnreadableSessionError as error:
             return LEFT_OUT_UNREADABLE, str(error)
         except SessionNotFoundError:
-            return None
+            # Gone (deleted meanwhile), or there but no session: a directory whose
+            # session.json was removed or made a directory or FIFO, a file in the
+            # directory's place. Those were counted in `total` and named nowhere but by
+            # `check` (red team 44).
+            return _no_session_there(directory, session_id)
         return None
 
     def iter_all(self) -> Iterator[SessionRecord]:
@@ -747,3 +766,29 @@ class _Staging:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self.file_fd = self.dir_fd = None
+
+
+def _no_session_there(directory: Path, session_id: str) -> tuple[str, str] | None:
+    """Why ``directory`` (not a link), which read as no session, is listed yet not shown;
+    None if nothing is there any more (deleted between the listing and the read)."""
+    try:
+        mode = directory.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISDIR(mode):
+        kind = "a regular file" if stat.S_ISREG(mode) else special_kind(mode) or "not a directory"
+        return _MISSING, (
+            f"{directory} is {kind} where session {session_id}'s directory belongs, so the "
+            "session is not served; `app data check` reports it as session-unreadable. "
+            "Move it aside and restore the session from a backup"
+        )
+    found = directory / SESSION_FILE
+    try:
+        kind = special_kind(found.lstat().st_mode) or "not a regular file"
+    except FileNotFoundError:
+        kind = "missing"
+    return _MISSING, (
+        f"cannot read session {session_id}: its session.json ({found}) is {kind}, so the "
+        "session is not served; `app data check` reports it as session-unreadable. Put "
+        "session.json back from a backup, or move the directory aside"
+    )

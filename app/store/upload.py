@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from app import storage
-from app.errors import UploadTooLargeError
+from app.errors import UploadChangedOnDiskError, UploadTooLargeError
 
 if TYPE_CHECKING:
     from app.digests import Digests
@@ -89,6 +90,7 @@ class Upload(storage.Upload):
             # Flushed, not closed: the open file's flock marks it in flight until the
             # rename (another writer's clean-up of .tmp/ skips it); commit_temp_file fsyncs.
             self._file.flush()
+            self._check_on_disk()
             sha256 = self._hash.hexdigest()
             if self.digests is not None:
                 self.digests.require(self.session_id, self.name, sha256)
@@ -107,6 +109,23 @@ class Upload(storage.Upload):
             self._file.close()
         self._file = None
         return entry
+
+    def _check_on_disk(self) -> None:
+        """Refuse a temporary file that is not what was written: the commit renames it by
+        its path and records the SHA-256 of the bytes received (red team 44)."""
+        assert self._file is not None
+        written = os.fstat(self._file.fileno())
+        try:
+            named = os.lstat(self.temp_path)
+        except FileNotFoundError:
+            named = None
+        damage = None
+        if named is None or (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
+            damage = "is gone" if named is None else "is another file than the one written"
+        elif written.st_size != self.received:
+            damage = f"holds {written.st_size} bytes where {self.received} were received"
+        if damage is not None:
+            raise UploadChangedOnDiskError(self.session_id, self.name, damage)
 
     def abort(self) -> None:
         """Forget the upload and remove its temporary file. Idempotent."""

@@ -237,6 +237,9 @@ EXAMPLES: list[errors.AppError] = [
         ": a network filesystem (NFS) whose server restarted or whose export changed under "
         "the mount, so the file handles the kernel holds name nothing; remount it",
     ),
+    errors.UploadChangedOnDiskError(
+        "0193a5f0c2d97c41b7e25f0a9d3c6e18", "report.pdf", "holds 0 bytes where 4096 were received"
+    ),
     errors.StoppedPartwayError(
         doing="purge",
         done=120,
