@@ -1484,7 +1484,36 @@ def scratch_blob_url(blob_url: str, suffix: str, profile: str = "testing") -> st
 # --- registering (the pytest plugin) -------------------------------------------------------
 
 
+#: What marks a directory as a data root on disk (`app.lock.LOCK_FILE`,
+#: `app.dataroot.STAMP_FILE`; not imported: both modules import this one's users).
+_ROOT_MARKS: Final = (".server.lock", ".app-profile.json")
+
+
+def _registry_in_a_data_root() -> str | None:
+    """Where ``/tmp``, the registry's parent, is (or lies in) a data root, what says so.
+
+    A test's child in a mount namespace of its own where a data root is mounted at
+    ``/tmp`` (``unshare -m``, ``bwrap --bind <root> /tmp``) is a pytest like any other:
+    it made ``app-pytest-runs-<uid>/`` in that root and wrote its entry there, a change
+    of what its server owns (red team 44), before any check of where pytest writes.
+    """
+    parent = RUNS_DIR.parent
+    for directory in (parent, *parent.parents):
+        for mark in _ROOT_MARKS:
+            if os.path.lexists(directory / mark):
+                return (
+                    f"{parent} lies in a data root here ({directory} has {mark}), so the "
+                    f"registry {RUNS_DIR} would be made in it; run the tests where {parent} "
+                    "is a temporary directory (a mount namespace that binds a data root "
+                    f"over {parent} puts it there)"
+                )
+    return None
+
+
 def _own_runs_dir() -> Path:
+    in_root = _registry_in_a_data_root()
+    if in_root is not None:
+        raise PermissionError(in_root)  # the plugin refuses the run, with this message
     with contextlib.suppress(FileExistsError):
         RUNS_DIR.mkdir(mode=0o755)
     if not _runs_dir_trusted(RUNS_DIR, os.getuid()):

@@ -1,0 +1,74 @@
+"""Red team 44 on the guard (branch rt-guard28): what a user who did not write it tries next.
+
+What broke: a test's child pytest in a mount namespace of its own where a stopped production
+root is mounted at ``/tmp`` (``unshare -m``, ``bwrap --bind <root> /tmp``, as root). Every
+pytest in the environment announces itself in the registry, ``/tmp/app-pytest-runs-<uid>``,
+as the app's plugin is imported, before anything checks where pytest writes: it made that
+directory inside production's root, and wrote its entry there, whether its plugin was active,
+inactive (no settings found) or switched off. The registry now refuses to be made, or
+written, where ``/tmp`` lies in a data root (a stamp or a lock file there or above), and a run
+whose plugin is active is refused, naming the root and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_server_e2e import snapshot
+
+TMP = Path("/tmp")  # noqa: S108 - the registry's own parent, which the namespace replaces
+SEEN_FROM = Path("/mnt")  # where the namespace shows the real /tmp
+
+#: In a mount namespace of its own: the real /tmp at /mnt, production's root at /tmp, then a
+#: child pytest with the plugin active (`$2` the settings), and one with it switched off.
+SCRIPT = """
+mount --bind /tmp /mnt && mount --bind "$1" /tmp || exit 9
+cd "$3" || exit 9
+for off in "" "-p no:app"; do
+  APP_SETTINGS_DIR="$2" "$4" -m pytest -p no:cacheprovider -q $off --basetemp="$3/bt" \
+      test_inner.py
+  echo "=== $?"
+done
+"""
+
+
+def _seen(path: Path) -> str:
+    """`path` as the namespace shows it (anything under /tmp is at /mnt there)."""
+    path = path.resolve()
+    return str(SEEN_FROM / path.relative_to(TMP)) if path.is_relative_to(TMP) else str(path)
+
+
+def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not SEEN_FROM.is_dir():
+        pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
+         str(production), _seen(settings), _seen(tmp_path), sys.executable],
+        env=_inner_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert not (production / TMP.joinpath(f"app-pytest-runs-{os.getuid()}").name).exists()
+    active, switched_off = output.split("=== ")[1:3]
+    assert active.startswith("4"), output
+    assert (
+        f"refusing to run: the test run cannot be registered in /tmp/app-pytest-runs-"
+        f"{os.getuid()} (/tmp lies in a data root here (/tmp has .server.lock), so the "
+        "registry"
+    ) in output
+    assert "run the tests where /tmp is a temporary directory" in output
+    # Switched off, the run goes on, without a registry (nothing of the app's runs there).
+    assert switched_off.startswith("0"), output
