@@ -913,6 +913,7 @@ class _MountTable:
         self._fd = -1
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
+        self._fsroots: list[bytes] = []
         self._generation = 0
 
     @staticmethod
@@ -941,6 +942,13 @@ class _MountTable:
             self._read_locked(key)
             return self._mounts
 
+    def with_roots(self) -> list[tuple[bytes, bytes, bytes]]:
+        """Each mount's device, mount point and the directory of its filesystem it shows
+        (mountinfo's fourth field: not ``/`` for a bind mount of a directory)."""
+        mounts = self.mounts()
+        with self._lock:
+            return [(m[0], m[1], root) for m, root in zip(mounts, self._fsroots, strict=False)]
+
     def generation(self) -> int:
         """A number that changes whenever the table does: one poll while it has not.
 
@@ -963,17 +971,29 @@ class _MountTable:
         chunks = []
         while chunk := os.read(self._fd, 65536):
             chunks.append(chunk)
-        self._mounts = [_parse_mount(line) for line in b"".join(chunks).splitlines()]
+        lines = b"".join(chunks).splitlines()
+        self._mounts = [_parse_mount(line) for line in lines]
+        self._fsroots = [_fsroot(line) for line in lines]
         self._key = key
         self._generation += 1
+
+
+def _fsroot(line: bytes) -> bytes:
+    # The fourth field: the directory of its filesystem that the mount shows.
+    fields = line.split(b" ", 4)
+    return _unescape(fields[3]) if len(fields) > 4 else b""
+
+
+def _unescape(field: bytes) -> bytes:
+    # mountinfo's paths have space, tab, newline and \ octal-escaped.
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def _parse_mount(line: bytes) -> tuple[bytes, bytes, bytes | None]:
     fields = line.split(b" ")
     if len(fields) < 5:
         return b"", b"", None
-    # The fifth field is the mount point, with space, tab, newline and \ octal-escaped.
-    point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+    point = _unescape(fields[4])  # the fifth field is the mount point
     # The type follows the " - " that ends the optional fields.
     kind = fields[fields.index(b"-", 6) + 1] if b"-" in fields[6:-1] else None
     return fields[2], point, kind
@@ -993,6 +1013,62 @@ def mounts_inside(root: Path) -> list[Path]:
     prefix = os.fsencode(root).rstrip(b"/") + b"/"
     inside = {Path(os.fsdecode(point)) for _, point, _ in mounts if point.startswith(prefix)}
     return sorted(inside)
+
+
+def bound_from(path: Path) -> Path | None:
+    """Where ``path`` (absolute, resolved) lies in fact, where a bind mount of a directory
+    brings it here: the same file seen through a mount of its filesystem's root. None where
+    no bind mount is on its way, or the directory shown is mounted nowhere else.
+
+    A bind mount shows a directory under another path, with no link to resolve and nothing
+    above it to say where it comes from (production's ``sessions/`` bound into a scratch
+    directory holds no stamp, and its parent is the scratch directory): checks by path and
+    by what lies above missed it (red team 44). Linux's mountinfo says which directory of
+    its filesystem each mount shows.
+    """
+    try:
+        mounts = _MOUNTS.with_roots()
+    except OSError:
+        return None
+    wanted = os.fsencode(path)
+    found = None
+    for mount in mounts:  # in mount order: a later mount at the same point hides an earlier
+        point = mount[1].rstrip(b"/")
+        on_it = wanted == mount[1] or wanted.startswith(point + b"/")
+        if on_it and (found is None or len(point) >= len(found[1].rstrip(b"/"))):
+            found = mount
+    if found is None or found[2] in (b"/", b""):
+        return None
+    device, point, shown = found
+    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
+    for other_device, other_point, other_shown in mounts:
+        top = other_shown.rstrip(b"/")
+        if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
+            there = other_point.rstrip(b"/") + inside[len(top) :] or b"/"
+            # That path may be hidden in turn (another mount over it, in this namespace):
+            # only one that leads to the same file counts.
+            if _same_file_or_place(wanted, there):
+                return Path(os.fsdecode(there))
+    return None
+
+
+def _same_file_or_place(path: bytes, other: bytes) -> bool:
+    """Whether `path` and `other`, which end alike, name one file: the nearest existing
+    one of `path` and its parents, and the same of `other`."""
+    while True:
+        try:
+            here = os.stat(path)  # noqa: PTH116 - bytes from the mount table
+        except OSError:
+            up, other = os.path.dirname(path), os.path.dirname(other)  # noqa: PTH120
+            if up == path:
+                return False
+            path = up
+            continue
+        try:
+            seen = os.stat(other)  # noqa: PTH116 - as above
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (seen.st_dev, seen.st_ino)
 
 
 def mount_point_at(path: Path) -> bool:

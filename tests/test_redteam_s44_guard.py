@@ -23,7 +23,7 @@ from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_server_e2e import snapshot
 
-TMP = Path("/tmp")  # noqa: S108 - the registry's own parent, which the namespace replaces
+TMP = Path("/tmp")  # the registry's own parent, which the namespace replaces
 SEEN_FROM = Path("/mnt")  # where the namespace shows the real /tmp
 
 #: In a mount namespace of its own: the real /tmp at /mnt, production's root at /tmp, then a
@@ -72,3 +72,48 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
     assert "run the tests where /tmp is a temporary directory" in output
     # Switched off, the run goes on, without a registry (nothing of the app's runs there).
     assert switched_off.startswith("0"), output
+
+
+#: In a mount namespace of its own: production's sessions/ bound into the test's directory
+#: (`$2`), then a child pytest with the plugin active and one with it switched off, each told
+#: to write its report over a session's record through it (`$3` the session).
+BOUND = """
+mount --bind "$1/sessions" "$2/s" || exit 9
+cd "$2" || exit 9
+for off in "" "-p no:app"; do
+  "$4" -m pytest -p no:cacheprovider -q $off --junitxml="s/$3/session.json" test_inner.py
+  echo "=== $?"
+done
+"""
+
+
+def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # pytest's writers were checked by path, and by a stamp or a held lock at or above the
+    # path: production's sessions/ bound into the test's own directory is neither, so the
+    # report replaced a session's record, with the plugin active or switched off. The mount
+    # table says which directory a bind mount shows; it is checked where it lies in fact.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
+    _, production = stopped
+    (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
+    (tmp_path / "s").mkdir()
+    session = next((production / "sessions").iterdir()).name
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", BOUND, "sh",
+         str(production), str(tmp_path), session, sys.executable],
+        env=_inner_env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    record = production.resolve() / "sessions" / session / "session.json"
+    said = (
+        f"pytest's --junitxml rewrites {tmp_path.resolve()}/s/{session}/session.json as the "
+        f"run ends, which lies in the data root {production.resolve()} (it has a profile "
+        f"stamp, .app-profile.json): it is {record}, seen through a bind mount (`findmnt -T "
+    )
+    assert output.count(said) == 2, output
+    assert "The app's plugin is switched off in this run" in output
