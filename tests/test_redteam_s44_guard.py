@@ -13,6 +13,7 @@ whose plugin is active is refused, naming the root and what to do.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
 
 #: In a mount namespace of its own: production's sessions/ bound into the test's directory
 #: (`$2`), then a child pytest with the plugin active and one with it switched off, each told
-#: to write its report over a session's record through it (`$3` the session).
+#: to write its report over a session's record through it (`$3` the session); then pytest's
+#: base directory made through it, by `--basetemp` and by `TMPDIR`.
 BOUND = """
 mount --bind "$1/sessions" "$2/s" || exit 9
 cd "$2" || exit 9
@@ -84,6 +86,10 @@ for off in "" "-p no:app"; do
   "$4" -m pytest -p no:cacheprovider -q $off --junitxml="s/$3/session.json" test_inner.py
   echo "=== $?"
 done
+"$4" -m pytest -p no:cacheprovider -q --basetemp=s/made test_inner.py
+echo "=== $?"
+TMPDIR="$2/s" "$4" -m pytest -p no:cacheprovider -q -p no:app test_inner.py
+echo "=== $?"
 """
 
 
@@ -117,3 +123,13 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
     )
     assert output.count(said) == 2, output
     assert "The app's plugin is switched off in this run" in output
+    sessions = production.resolve() / "sessions"
+    # (The copy of the settings that names production is not this run's: found by its stamp.)
+    assert (
+        f"refusing --basetemp s/made: pytest empties it in {tmp_path.resolve()}/s/made, which "
+        f"lies inside the data root {production.resolve()} (it has a profile stamp, "
+        f".app-profile.json; it is {sessions}/made, seen through a bind mount)"
+    ) in output
+    assert (f"(it has a profile stamp, .app-profile.json; it is {sessions}/pytest-of-") in output
+    assert f", seen through a bind mount), because TMPDIR is {tmp_path}/s" in output
+    assert re.findall(r"=== (\d+)", output) == ["4", "4", "4", "1"], output
