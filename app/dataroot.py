@@ -913,7 +913,7 @@ class _MountTable:
         self._fd = -1
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
-        self._fsroots: list[bytes] = []
+        self._fsroots: list[tuple[bytes, bytes]] = []
         self._generation = 0
 
     @staticmethod
@@ -942,12 +942,13 @@ class _MountTable:
             self._read_locked(key)
             return self._mounts
 
-    def with_roots(self) -> list[tuple[bytes, bytes, bytes]]:
-        """Each mount's device, mount point and the directory of its filesystem it shows
-        (mountinfo's fourth field: not ``/`` for a bind mount of a directory)."""
+    def with_roots(self) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """Each mount's device, mount point, the directory of its filesystem it shows
+        (mountinfo's fourth field: not ``/`` for a bind mount of a directory), and the
+        directory that takes its writes where that is another (an overlay's ``upperdir``)."""
         mounts = self.mounts()
         with self._lock:
-            return [(m[0], m[1], root) for m, root in zip(mounts, self._fsroots, strict=False)]
+            return [(m[0], m[1], *more) for m, more in zip(mounts, self._fsroots, strict=False)]
 
     def generation(self) -> int:
         """A number that changes whenever the table does: one poll while it has not.
@@ -978,10 +979,17 @@ class _MountTable:
         self._generation += 1
 
 
-def _fsroot(line: bytes) -> bytes:
-    # The fourth field: the directory of its filesystem that the mount shows.
-    fields = line.split(b" ", 4)
-    return _unescape(fields[3]) if len(fields) > 4 else b""
+def _fsroot(line: bytes) -> tuple[bytes, bytes]:
+    # The fourth field: the directory of its filesystem that the mount shows; and an
+    # overlay's upper directory, from the superblock options after its type and source.
+    fields = line.split(b" ")
+    if len(fields) < 5:
+        return b"", b""
+    upper = b""
+    if b"-" in fields[6:-1] and fields[fields.index(b"-", 6) + 1] == b"overlay":
+        options = fields[-1].split(b",")
+        upper = next((o[9:] for o in options if o.startswith(b"upperdir=")), b"")
+    return _unescape(fields[3]), _unescape(upper)
 
 
 def _unescape(field: bytes) -> bytes:
@@ -1017,8 +1025,9 @@ def mounts_inside(root: Path) -> list[Path]:
 
 def bound_from(path: Path) -> Path | None:
     """Where ``path`` (absolute, resolved) lies in fact, where a bind mount of a directory
-    brings it here: the same file seen through a mount of its filesystem's root. None where
-    no bind mount is on its way, or the directory shown is mounted nowhere else.
+    brings it here: the same file seen through a mount of its filesystem's root (or, on an
+    overlay, where a write to it lands: in the upper directory). None where no such mount is
+    on its way, or the directory shown is mounted nowhere else.
 
     A bind mount shows a directory under another path, with no link to resolve and nothing
     above it to say where it comes from (production's ``sessions/`` bound into a scratch
@@ -1037,11 +1046,17 @@ def bound_from(path: Path) -> Path | None:
         on_it = wanted == mount[1] or wanted.startswith(point + b"/")
         if on_it and (found is None or len(point) >= len(found[1].rstrip(b"/"))):
             found = mount
-    if found is None or found[2] in (b"/", b""):
+    if found is None:
         return None
-    device, point, shown = found
+    device, point, shown, upper = found
+    if upper:
+        # An overlay writes into its upper directory, wherever that lies: what pytest
+        # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
+        return Path(os.fsdecode(upper.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
+    if shown in (b"/", b""):
+        return None
     inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
-    for other_device, other_point, other_shown in mounts:
+    for other_device, other_point, other_shown, _ in mounts:
         top = other_shown.rstrip(b"/")
         if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
             there = other_point.rstrip(b"/") + inside[len(top) :] or b"/"

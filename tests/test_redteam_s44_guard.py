@@ -78,7 +78,8 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
 #: In a mount namespace of its own: production's sessions/ bound into the test's directory
 #: (`$2`), then a child pytest with the plugin active and one with it switched off, each told
 #: to write its report over a session's record through it (`$3` the session); then pytest's
-#: base directory made through it, by `--basetemp` and by `TMPDIR`.
+#: base directory made through it, by `--basetemp` and by `TMPDIR`; last, the report written
+#: through an overlay whose upper directory is production's sessions/.
 BOUND = """
 mount --bind "$1/sessions" "$2/s" || exit 9
 cd "$2" || exit 9
@@ -89,6 +90,9 @@ done
 "$4" -m pytest -p no:cacheprovider -q --basetemp=s/made test_inner.py
 echo "=== $?"
 TMPDIR="$2/s" "$4" -m pytest -p no:cacheprovider -q -p no:app test_inner.py
+echo "=== $?"
+mount -t overlay overlay -o "lowerdir=$2/l,upperdir=$1/sessions,workdir=$2/w" "$2/o" || exit 9
+"$4" -m pytest -p no:cacheprovider -q -p no:app --junitxml="o/$3/session.json" test_inner.py
 echo "=== $?"
 """
 
@@ -105,7 +109,8 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
         pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
     _, production = stopped
     (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
-    (tmp_path / "s").mkdir()
+    for directory in ("s", "o", "l", "w"):
+        (tmp_path / directory).mkdir()
     session = next((production / "sessions").iterdir()).name
     before = snapshot(production)
     done = subprocess.run(
@@ -119,17 +124,19 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
     said = (
         f"pytest's --junitxml rewrites {tmp_path.resolve()}/s/{session}/session.json as the "
         f"run ends, which lies in the data root {production.resolve()} (it has a profile "
-        f"stamp, .app-profile.json): it is {record}, seen through a bind mount (`findmnt -T "
+        f"stamp, .app-profile.json): it is {record}, seen through a mount (`findmnt -T "
     )
     assert output.count(said) == 2, output
+    overlay = said.replace(f"{tmp_path.resolve()}/s/", f"{tmp_path.resolve()}/o/")
+    assert overlay in output, output
     assert "The app's plugin is switched off in this run" in output
     sessions = production.resolve() / "sessions"
     # (The copy of the settings that names production is not this run's: found by its stamp.)
     assert (
         f"refusing --basetemp s/made: pytest empties it in {tmp_path.resolve()}/s/made, which "
         f"lies inside the data root {production.resolve()} (it has a profile stamp, "
-        f".app-profile.json; it is {sessions}/made, seen through a bind mount)"
+        f".app-profile.json; it is {sessions}/made, seen through a mount)"
     ) in output
     assert (f"(it has a profile stamp, .app-profile.json; it is {sessions}/pytest-of-") in output
-    assert f", seen through a bind mount), because TMPDIR is {tmp_path}/s" in output
-    assert re.findall(r"=== (\d+)", output) == ["4", "4", "4", "1"], output
+    assert f", seen through a mount), because TMPDIR is {tmp_path}/s" in output
+    assert re.findall(r"=== (\d+)", output) == ["4", "4", "4", "1", "4"], output

@@ -320,7 +320,7 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     spelled = f" (as {lexical})" if str(lexical) != str(given) else ""
     if found is None and (source := bound_from(target)) is not None:
         found = _overlapping([source], roots)
-        spelled = f" (it is {source}, seen through a bind mount)"
+        spelled = f" (it is {source}, seen through a mount)"
     if found is not None:
         name, root = found
         raise pytest.UsageError(
@@ -393,7 +393,7 @@ def _enclosing_data_root(path: Path) -> tuple[Path, str] | None:
     source = bound_from(path) if found is None else None
     if source is not None and (found := above(source)) is not None:
         root, who = found
-        found = root, f"{who}; it is {source}, seen through a bind mount"
+        found = root, f"{who}; it is {source}, seen through a mount"
     return found
 
 

@@ -743,7 +743,7 @@ def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None
         found = _conflict_at(target._replace(path=source), roots, seen)
         if found is not None:
             found = (
-                f"{found}: it is {source}, seen through a bind mount "
+                f"{found}: it is {source}, seen through a mount "
                 f"(`findmnt -T {target.path}` shows it)"
             )
     return found
