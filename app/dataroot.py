@@ -1049,7 +1049,7 @@ def bound_from(path: Path) -> Path | None:
     if found is None:
         return None
     device, point, shown, upper = found
-    if upper:
+    if upper and os.path.isdir(upper):  # noqa: PTH112 - not a container root, upper outside
         # An overlay writes into its upper directory, wherever that lies: what pytest
         # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
         return Path(os.fsdecode(upper.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
