@@ -68,7 +68,14 @@ from app.lock import (
     special_kind,
 )
 from app.names import MAX_NAME_BYTES
-from app.sandbox import check_root, checked, current_run, just_checked, process_link
+from app.sandbox import (
+    check_root,
+    check_shown_from,
+    checked,
+    current_run,
+    just_checked,
+    process_link,
+)
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -1297,12 +1304,20 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
     # Checked again once the identities that every later write compares with are taken:
     # the path must still be the sandbox's, and the lock the file the path leads to now.
     check_root(opened.path, "open data root", run, again=True)
+    _check_mounted(opened.path, "open data root", run)
     if _lstat_identity(opened.path.resolve() / LOCK_FILE) != lock.identity:
         raise DataRootChangedError(
             opened.path,
             f"{LOCK_FILE} is not the file it locked: a directory on the path was replaced "
             "while the root was being opened",
         )
+
+
+def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
+    """`check_shown_from` where a mount on the way shows `path` from elsewhere."""
+    resolved = path.resolve()
+    if (source := bound_from(resolved)) is not None and source != resolved:
+        check_shown_from(resolved, source, what, run)
 
 
 def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
@@ -1322,6 +1337,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
+    _check_mounted(root, "re-stamp data root")
     _refuse_unfixed_path(config, root)
     from_profile = from_profile.lower()
     if not root.is_dir():

@@ -71,6 +71,7 @@ __all__ = [
     "check_remote",
     "check_root",
     "check_scratch",
+    "check_shown_from",
     "checked",
     "command_line",
     "confine",
@@ -2329,6 +2330,33 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
                 sandbox,
                 "Tests get data roots of their own under tmp_path; never mount or link a "
                 "real data root into the sandbox",
+            )
+
+
+def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None) -> None:
+    """Refuse `path` where a mount on its way shows it from `source` (`dataroot.bound_from`:
+    a bind mount of a directory, or an overlay whose writes land there) in or above a root
+    the run protects.
+
+    An overlay keeps no device or inode of what it shows, so the check by identity in
+    `check_root` missed production's root seen through one mounted over the sandbox's
+    ``data/`` (``upperdir=<settings>/data``, in a mount namespace of a test's child): a test
+    that opted into production purged the real root, which its stamp said was production's
+    (red team 44). Only the roots the run protects count: the sandbox itself may lie on a
+    bind mount (a CI's ``/tmp``), seen from elsewhere too.
+    """
+    run = _run_to_check(run)
+    if run is None:
+        return
+    for item in run.protected:
+        if source.is_relative_to(item.path) or item.path.is_relative_to(source):
+            raise SandboxViolationError(
+                f"{what} {path}: it is {source}, seen through a mount (`findmnt -T {path}`), "
+                f"and that is, lies in or holds the data root of profile {item.profile!r} "
+                f"({item.path})",
+                run.sandbox,
+                "Tests get data roots of their own under tmp_path; never mount a real data "
+                "root, or the directory that holds it, into the sandbox",
             )
 
 

@@ -140,3 +140,61 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
     assert (f"(it has a profile stamp, .app-profile.json; it is {sessions}/pytest-of-") in output
     assert f", seen through a mount), because TMPDIR is {tmp_path}/s" in output
     assert re.findall(r"=== (\d+)", output) == ["4", "4", "4", "1", "4"], output
+
+
+#: A test that opts into production, then purges it from a child in a mount namespace of its
+#: own where an overlay over the sandbox's data/ shows the settings' data/ (its upper
+#: directory), so that the sandbox's production root is the real one, stamp and all.
+OVERLAID = """
+import os, subprocess, sys, pytest
+
+SCRIPT = '''
+mount -t overlay overlay -o "lowerdir=$1/l,upperdir=$2/data,workdir=$1/w" "$3/data" || exit 9
+ENV_FOR_DYNACONF=production "$4" -m app data purge --yes-i-mean-it
+'''
+
+@pytest.mark.app_profile("production")
+def test_purges_through_an_overlay(tmp_path):
+    (tmp_path / "l").mkdir()
+    (tmp_path / "w").mkdir()
+    sandbox = os.environ["PYTEST_APP_SANDBOX"]
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh", str(tmp_path),
+         os.environ["APP_SETTINGS_DIR"], sandbox, sys.executable],
+        capture_output=True, text=True,
+    )
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+"""
+
+
+def test_a_production_root_seen_through_an_overlay_over_the_sandbox_is_refused(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The sandbox maps an opted-in production to <sandbox>/data/production, and refuses a
+    # path that is production's root by device and inode (a bind mount). An overlay keeps
+    # neither: through one, that path was the real root, its stamp said production, and the
+    # purge moved every session to the trash. Where a mount shows it from is checked too.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root makes a mount namespace with an overlay (unshare -m)")
+    settings, production = stopped
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_overlaid.py").write_text(OVERLAID)
+    (tmp_path / "tmp").mkdir()
+    before = snapshot(production)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
+        cwd=project, capture_output=True, text=True, check=False,
+        env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp_path / "tmp")),
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    assert "CHILD 78 error: refused under pytest (sandbox: " in output, output
+    assert (
+        f"/data/production: it is {production.resolve()}, seen through a mount (`findmnt -T "
+    ) in output
+    assert (
+        f"and that is, lies in or holds the data root of profile 'production' "
+        f"({production.resolve()})"
+    ) in output
