@@ -67,6 +67,7 @@ from app.lock import (
     shared_with,
     special_kind,
 )
+from app.mountinfo import shown_and_upper, shown_from, unescape
 from app.names import MAX_NAME_BYTES
 from app.sandbox import (
     check_root,
@@ -981,34 +982,16 @@ class _MountTable:
             chunks.append(chunk)
         lines = b"".join(chunks).splitlines()
         self._mounts = [_parse_mount(line) for line in lines]
-        self._fsroots = [_fsroot(line) for line in lines]
+        self._fsroots = [shown_and_upper(line) for line in lines]
         self._key = key
         self._generation += 1
-
-
-def _fsroot(line: bytes) -> tuple[bytes, bytes]:
-    # The fourth field: the directory of its filesystem that the mount shows; and an
-    # overlay's upper directory, from the superblock options after its type and source.
-    fields = line.split(b" ")
-    if len(fields) < 5:
-        return b"", b""
-    upper = b""
-    if b"-" in fields[6:-1] and fields[fields.index(b"-", 6) + 1] == b"overlay":
-        options = fields[-1].split(b",")
-        upper = next((o[9:] for o in options if o.startswith(b"upperdir=")), b"")
-    return _unescape(fields[3]), _unescape(upper)
-
-
-def _unescape(field: bytes) -> bytes:
-    # mountinfo's paths have space, tab, newline and \ octal-escaped.
-    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def _parse_mount(line: bytes) -> tuple[bytes, bytes, bytes | None]:
     fields = line.split(b" ")
     if len(fields) < 5:
         return b"", b"", None
-    point = _unescape(fields[4])  # the fifth field is the mount point
+    point = unescape(fields[4])  # the fifth field is the mount point
     # The type follows the " - " that ends the optional fields.
     kind = fields[fields.index(b"-", 6) + 1] if b"-" in fields[6:-1] else None
     return fields[2], point, kind
@@ -1031,66 +1014,13 @@ def mounts_inside(root: Path) -> list[Path]:
 
 
 def bound_from(path: Path) -> Path | None:
-    """Where ``path`` (absolute, resolved) lies in fact, where a bind mount of a directory
-    brings it here: the same file seen through a mount of its filesystem's root (or, on an
-    overlay, where a write to it lands: in the upper directory). None where no such mount is
-    on its way, or the directory shown is mounted nowhere else.
-
-    A bind mount shows a directory under another path, with no link to resolve and nothing
-    above it to say where it comes from (production's ``sessions/`` bound into a scratch
-    directory holds no stamp, and its parent is the scratch directory): checks by path and
-    by what lies above missed it (red team 44). Linux's mountinfo says which directory of
-    its filesystem each mount shows.
-    """
+    """`app.mountinfo.shown_from` on this process's mount table, read again only when it
+    changed: where a bind mount or an overlay on the way shows ``path`` from."""
     try:
         mounts = _MOUNTS.with_roots()
     except OSError:
         return None
-    wanted = os.fsencode(path)
-    found = None
-    for mount in mounts:  # in mount order: a later mount at the same point hides an earlier
-        point = mount[1].rstrip(b"/")
-        on_it = wanted == mount[1] or wanted.startswith(point + b"/")
-        if on_it and (found is None or len(point) >= len(found[1].rstrip(b"/"))):
-            found = mount
-    if found is None:
-        return None
-    device, point, shown, upper = found
-    if upper and os.path.isdir(upper):  # noqa: PTH112 - not a container root, upper outside
-        # An overlay writes into its upper directory, wherever that lies: what pytest
-        # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
-        return Path(os.fsdecode(upper.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
-    if shown in (b"/", b""):
-        return None
-    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
-    for other_device, other_point, other_shown, _ in mounts:
-        top = other_shown.rstrip(b"/")
-        if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
-            there = other_point.rstrip(b"/") + inside[len(top) :] or b"/"
-            # That path may be hidden in turn (another mount over it, in this namespace):
-            # only one that leads to the same file counts.
-            if _same_file_or_place(wanted, there):
-                return Path(os.fsdecode(there))
-    return None
-
-
-def _same_file_or_place(path: bytes, other: bytes) -> bool:
-    """Whether `path` and `other`, which end alike, name one file: the nearest existing
-    one of `path` and its parents, and the same of `other`."""
-    while True:
-        try:
-            here = os.stat(path)  # noqa: PTH116 - bytes from the mount table
-        except OSError:
-            up, other = os.path.dirname(path), os.path.dirname(other)  # noqa: PTH120
-            if up == path:
-                return False
-            path = up
-            continue
-        try:
-            seen = os.stat(other)  # noqa: PTH116 - as above
-        except OSError:
-            return False
-        return (here.st_dev, here.st_ino) == (seen.st_dev, seen.st_ino)
+    return shown_from(path, mounts)
 
 
 def mount_point_at(path: Path) -> bool:

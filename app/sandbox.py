@@ -1498,17 +1498,44 @@ def _registry_in_a_data_root() -> str | None:
     it made ``app-pytest-runs-<uid>/`` in that root and wrote its entry there, a change
     of what its server owns (red team 44), before any check of where pytest writes.
     """
+    from app import mountinfo
+
     parent = RUNS_DIR.parent
-    for directory in (parent, *parent.parents):
-        for mark in _ROOT_MARKS:
-            if os.path.lexists(directory / mark):
-                return (
-                    f"{parent} lies in a data root here ({directory} has {mark}), so the "
-                    f"registry {RUNS_DIR} would be made in it; run the tests where {parent} "
-                    "is a temporary directory (a mount namespace that binds a data root "
-                    f"over {parent} puts it there)"
-                )
+    # Where a mount over /tmp shows it from counts as well: production's sessions/ bound
+    # there holds no mark, nor does anything above /tmp.
+    # What it shows may be hidden here by that very mount (production's sessions/, under
+    # /tmp, bound over /tmp): it is looked for as the first process's namespace sees it.
+    mounts = mountinfo.read()
+    source = mountinfo.shown_from(parent, mounts)
+    starts = [parent] if source is None else [parent, source]
+    if source is None and (hidden := mountinfo.shown_from(parent, mounts, hidden=True)):
+        source = hidden
+        starts.extend(_seen_from_outside(hidden))
+    for start in starts:
+        for directory in (start, *start.parents):
+            for mark in _ROOT_MARKS:
+                if os.path.lexists(directory / mark):
+                    seen = f" (it is {source}, seen through a mount)" if start != parent else ""
+                    return (
+                        f"{parent}{seen} lies in a data root here ({directory} has {mark}), "
+                        f"so the registry {RUNS_DIR} would be made in it; run the tests where "
+                        f"{parent} is a temporary directory (a mount namespace that binds a "
+                        f"data root, or a directory of one, over {parent} puts it there)"
+                    )
     return None
+
+
+def _seen_from_outside(path: Path) -> list[Path]:
+    """`path` as the nearest ancestor in another mount namespace sees it (through its
+    ``/proc/<pid>/root``), where there is one this process may read."""
+    try:
+        own = (_PROC / "self" / "ns" / "mnt").stat().st_ino
+        for pid, _ in itertools.islice(_ancestry(), 1, None):
+            if (_PROC / str(pid) / "ns" / "mnt").stat().st_ino != own:
+                return [_PROC / str(pid) / "root" / path.relative_to("/")]
+    except OSError:
+        pass
+    return []
 
 
 def _own_runs_dir() -> Path:

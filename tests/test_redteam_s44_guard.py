@@ -28,7 +28,10 @@ TMP = Path("/tmp")  # the registry's own parent, which the namespace replaces
 SEEN_FROM = Path("/mnt")  # where the namespace shows the real /tmp
 
 #: In a mount namespace of its own: the real /tmp at /mnt, production's root at /tmp, then a
-#: child pytest with the plugin active (`$2` the settings), and one with it switched off.
+#: child pytest with the plugin active (`$2` the settings), and one with it switched off;
+#: then production's sessions/ at /tmp (no mark there or above), and the first again; last,
+#: with the real /tmp out of sight (so the settings too: the plugin inactive), a plain run
+#: from a tmpfs at /mnt.
 SCRIPT = """
 mount --bind /tmp /mnt && mount --bind "$1" /tmp || exit 9
 cd "$3" || exit 9
@@ -37,6 +40,13 @@ for off in "" "-p no:app"; do
       test_inner.py
   echo "=== $?"
 done
+umount /tmp && mount --bind "$1/sessions" /tmp || exit 9
+APP_SETTINGS_DIR="$2" "$4" -m pytest -p no:cacheprovider -q --basetemp="$3/bt" test_inner.py
+echo "=== $?"
+cd / && umount /mnt && mount -t tmpfs none /mnt && cd /mnt || exit 9
+printf 'def test_inner():\n    pass\n' > test_inner.py
+"$4" -m pytest -p no:cacheprovider -q --basetemp=/mnt/bt test_inner.py
+echo "=== $?"
 """
 
 
@@ -73,6 +83,16 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
     assert "run the tests where /tmp is a temporary directory" in output
     # Switched off, the run goes on, without a registry (nothing of the app's runs there).
     assert switched_off.startswith("0"), output
+    sessions = output.split("=== ")[3]
+    assert sessions.startswith("4"), output
+    # (Seen at /mnt here, where this namespace shows the real /tmp too.)
+    assert (
+        f"(/tmp (it is {_seen(production)}/sessions, seen through a mount) lies in a data "
+        f"root here ({_seen(production)} has .server.lock)"
+    ) in output
+    # Hidden by that mount, what it shows is read as the test's own namespace sees it.
+    assert output.split("=== ")[4].startswith("0"), output
+    assert not (production / "sessions" / f"app-pytest-runs-{os.getuid()}").exists()
 
 
 #: In a mount namespace of its own: production's sessions/ bound into the test's directory
