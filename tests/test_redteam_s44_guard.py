@@ -218,3 +218,61 @@ def test_a_production_root_seen_through_an_overlay_over_the_sandbox_is_refused(
         f"and that is, lies in or holds the data root of profile 'production' "
         f"({production.resolve()})"
     ) in output
+
+
+#: In a mount namespace of its own (`unshare -m`), a root in the sandbox whose session's
+#: directory is made a bind mount of a production session's, after the open and before it.
+SESSION_BOUND = """
+import os, subprocess, sys
+from app.config import load
+from app.storage import open_storage
+
+production = sys.argv[1]
+theirs = os.path.join(production, "sessions", os.listdir(os.path.join(production, "sessions"))[0])
+config = load()
+with open_storage(config, writer=True) as store:
+    ours = store.create_session("a test's", {})["id"]
+    store.put_file(ours, "notes.txt", b"a test's notes")
+    mine = os.path.join(config.data_root, "sessions", ours)
+    subprocess.run(["mount", "--bind", theirs, mine], check=True)
+    try:
+        store.delete_file(ours, "notes.txt")
+        print("AFTER changed")
+    except Exception as error:
+        print("AFTER", type(error).__name__, error)
+try:
+    with open_storage(config, writer=True) as store:
+        store.delete_file(ours, "notes.txt")
+        print("BEFORE changed")
+except Exception as error:
+    print("BEFORE", type(error).__name__, error)
+"""
+
+
+def test_a_session_directory_made_a_bind_mount_of_production_s_changes_nothing(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # The row "a session's directory replaced by a bind mount of production's" was written
+    # before a root refused mounts inside it (at its open, and at every change since red
+    # team 38): tried again here, once made after the open and once before it.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
+    _, production = stopped
+    before = snapshot(production)
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", SESSION_BOUND,
+         str(production)],
+        env={**os.environ, "APP_DATA_ROOT": str(tmp_path / "root")},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    root = (tmp_path / "root").resolve()
+    assert "AFTER DataRootChangedError" in output, output
+    assert "a filesystem was mounted inside it since it was opened" in output, output
+    assert (
+        f"BEFORE DataRootStateError data root {root}: a filesystem is mounted inside it "
+        f"({root}/sessions/"
+    ) in output, output
+    assert "AFTER changed" not in output and "BEFORE changed" not in output, output
