@@ -1386,6 +1386,7 @@ class DataRoot:
         check_root(self._path, "use data root")
         if not just_checked(self._path):  # open_root's own check, a moment ago
             _refuse_unfixed_path(config, self._path)
+            _check_mounted(self._path, "use data root")
         self.config = config
         self.kind = kind
         self.lock = lock
