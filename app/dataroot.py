@@ -76,6 +76,7 @@ from app.sandbox import (
     current_run,
     just_checked,
     process_link,
+    seen_from_outside,
 )
 
 if TYPE_CHECKING:
@@ -1015,12 +1016,18 @@ def mounts_inside(root: Path) -> list[Path]:
 
 def bound_from(path: Path) -> Path | None:
     """`app.mountinfo.shown_from` on this process's mount table, read again only when it
-    changed: where a bind mount or an overlay on the way shows ``path`` from."""
+    changed: where a bind mount or an overlay on the way shows ``path`` from. Where that
+    mount hides what it shows (production's ``sessions/``, under ``/tmp``, bound over
+    ``/tmp``), as the nearest ancestor in another mount namespace sees it, through its
+    ``/proc/<pid>/root`` (`app.sandbox.seen_from_outside`)."""
     try:
         mounts = _MOUNTS.with_roots()
     except OSError:
         return None
-    return shown_from(path, mounts)
+    if (source := shown_from(path, mounts)) is not None:
+        return source
+    hidden = shown_from(path, mounts, hidden=True)
+    return seen_from_outside(hidden) if hidden is not None else None
 
 
 def mount_point_at(path: Path) -> bool:

@@ -95,6 +95,7 @@ __all__ = [
     "scratch_blob_url",
     "scratch_database_url",
     "scratch_suffix",
+    "seen_from_outside",
     "shell_override",
     "swap",
     "unregister",
@@ -1510,7 +1511,8 @@ def _registry_in_a_data_root() -> str | None:
     starts = [parent] if source is None else [parent, source]
     if source is None and (hidden := mountinfo.shown_from(parent, mounts, hidden=True)):
         source = hidden
-        starts.extend(_seen_from_outside(hidden))
+        if (outside := seen_from_outside(hidden)) is not None:
+            starts.append(outside)
     for start in starts:
         for directory in (start, *start.parents):
             for mark in _ROOT_MARKS:
@@ -1525,17 +1527,17 @@ def _registry_in_a_data_root() -> str | None:
     return None
 
 
-def _seen_from_outside(path: Path) -> list[Path]:
+def seen_from_outside(path: Path) -> Path | None:
     """`path` as the nearest ancestor in another mount namespace sees it (through its
     ``/proc/<pid>/root``), where there is one this process may read."""
     try:
         own = (_PROC / "self" / "ns" / "mnt").stat().st_ino
         for pid, _ in itertools.islice(_ancestry(), 1, None):
             if (_PROC / str(pid) / "ns" / "mnt").stat().st_ino != own:
-                return [_PROC / str(pid) / "root" / path.relative_to("/")]
+                return _PROC / str(pid) / "root" / path.relative_to("/")
     except OSError:
         pass
-    return []
+    return None
 
 
 def _own_runs_dir() -> Path:

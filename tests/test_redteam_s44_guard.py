@@ -30,8 +30,8 @@ SEEN_FROM = Path("/mnt")  # where the namespace shows the real /tmp
 #: In a mount namespace of its own: the real /tmp at /mnt, production's root at /tmp, then a
 #: child pytest with the plugin active (`$2` the settings), and one with it switched off;
 #: then production's sessions/ at /tmp (no mark there or above), and the first again; last,
-#: with the real /tmp out of sight (so the settings too: the plugin inactive), a plain run
-#: from a tmpfs at /mnt.
+#: with the real /tmp out of sight (so the settings too: the plugin inactive), a run from a
+#: tmpfs at /mnt told to write its report over a session's record at /tmp (`$5` the session).
 SCRIPT = """
 mount --bind /tmp /mnt && mount --bind "$1" /tmp || exit 9
 cd "$3" || exit 9
@@ -45,7 +45,8 @@ APP_SETTINGS_DIR="$2" "$4" -m pytest -p no:cacheprovider -q --basetemp="$3/bt" t
 echo "=== $?"
 cd / && umount /mnt && mount -t tmpfs none /mnt && cd /mnt || exit 9
 printf 'def test_inner():\n    pass\n' > test_inner.py
-"$4" -m pytest -p no:cacheprovider -q --basetemp=/mnt/bt test_inner.py
+"$4" -m pytest -p no:cacheprovider -q --basetemp=/mnt/bt --junitxml="/tmp/$5/session.json" \
+    test_inner.py
 echo "=== $?"
 """
 
@@ -64,10 +65,11 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
         pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
     settings, production = stopped
     (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
+    session = next((production / "sessions").iterdir()).name
     before = snapshot(production)
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
-         str(production), _seen(settings), _seen(tmp_path), sys.executable],
+         str(production), _seen(settings), _seen(tmp_path), sys.executable, session],
         env=_inner_env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
@@ -90,8 +92,13 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
         f"(/tmp (it is {_seen(production)}/sessions, seen through a mount) lies in a data "
         f"root here ({_seen(production)} has .server.lock)"
     ) in output
-    # Hidden by that mount, what it shows is read as the test's own namespace sees it.
-    assert output.split("=== ")[4].startswith("0"), output
+    # Hidden by that mount, what it shows is read as the test's own namespace sees it: no
+    # registry there, and the report refused (the plugin inactive: no settings in sight).
+    assert output.split("=== ")[4].startswith("4"), output
+    assert (
+        f"/sessions/{session}/session.json, seen through a mount (`findmnt -T "
+        f"/tmp/{session}/session.json` shows it)"
+    ) in output, output
     assert not (production / "sessions" / f"app-pytest-runs-{os.getuid()}").exists()
 
 
