@@ -27,6 +27,29 @@ from test_server_e2e import snapshot
 TMP = Path("/tmp")  # the registry's own parent, which the namespace replaces
 SEEN_FROM = Path("/mnt")  # where the namespace shows the real /tmp
 
+
+def _beside(production: Path, *argv: str, **run: object) -> str:
+    """`argv` run (as root, skipped otherwise), its output on one line; production's root
+    must be unchanged after it."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not SEEN_FROM.is_dir():
+        pytest.skip("only root makes a mount namespace with a mount in it (unshare -m)")
+    before = snapshot(production)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, **run)  # type: ignore[call-overload]
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    return output
+
+
+def _a_test_and_a_session(tmp_path: Path, production: Path) -> str:
+    """A test for a child pytest in `tmp_path`; the id of a session of production's."""
+    (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
+    return next((production / "sessions").iterdir()).name
+
+
+def _own_mounts(*argv: str) -> tuple[str, ...]:
+    return ("unshare", "-m", "--propagation", "private", *argv)
+
+
 #: In a mount namespace of its own: the real /tmp at /mnt, production's root at /tmp, then a
 #: child pytest with the plugin active (`$2` the settings), and one with it switched off;
 #: then production's sessions/ at /tmp (no mark there or above), and the first again; last,
@@ -61,19 +84,13 @@ def test_a_child_whose_tmp_is_a_data_root_writes_no_registry_there(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
-    if os.geteuid() != 0 or shutil.which("unshare") is None or not SEEN_FROM.is_dir():
-        pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
     settings, production = stopped
-    (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
-    session = next((production / "sessions").iterdir()).name
-    before = snapshot(production)
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
-         str(production), _seen(settings), _seen(tmp_path), sys.executable, session],
-        env=_inner_env(), capture_output=True, text=True, check=False,
+    session = _a_test_and_a_session(tmp_path, production)
+    output = _beside(
+        production,
+        *_own_mounts("sh", "-c", SCRIPT, "sh", str(production), _seen(settings)),
+        _seen(tmp_path), sys.executable, session, env=_inner_env(),
     )  # fmt: skip
-    output = " ".join((done.stdout + done.stderr).split())
-    assert snapshot(production) == before, output
     assert not (production / TMP.joinpath(f"app-pytest-runs-{os.getuid()}").name).exists()
     active, switched_off = output.split("=== ")[1:3]
     assert active.startswith("4"), output
@@ -132,21 +149,14 @@ def test_a_report_written_through_a_bind_mount_of_production_s_sessions_is_refus
     # path: production's sessions/ bound into the test's own directory is neither, so the
     # report replaced a session's record, with the plugin active or switched off. The mount
     # table says which directory a bind mount shows; it is checked where it lies in fact.
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
     _, production = stopped
-    (tmp_path / "test_inner.py").write_text("def test_inner(tmp_path):\n    pass\n")
     for directory in ("s", "o", "l", "w"):
         (tmp_path / directory).mkdir()
-    session = next((production / "sessions").iterdir()).name
-    before = snapshot(production)
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", BOUND, "sh",
-         str(production), str(tmp_path), session, sys.executable],
-        env=_inner_env(), capture_output=True, text=True, check=False,
+    session = _a_test_and_a_session(tmp_path, production)
+    output = _beside(
+        production, *_own_mounts("sh", "-c", BOUND, "sh", str(production), str(tmp_path)),
+        session, sys.executable, env=_inner_env(),
     )  # fmt: skip
-    output = " ".join((done.stdout + done.stderr).split())
-    assert snapshot(production) == before, output
     record = production.resolve() / "sessions" / session / "session.json"
     said = (
         f"pytest's --junitxml rewrites {tmp_path.resolve()}/s/{session}/session.json as the "
@@ -202,21 +212,16 @@ def test_a_production_root_seen_through_an_overlay_over_the_sandbox_is_refused(
     # path that is production's root by device and inode (a bind mount). An overlay keeps
     # neither: through one, that path was the real root, its stamp said production, and the
     # purge moved every session to the trash. Where a mount shows it from is checked too.
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("only root makes a mount namespace with an overlay (unshare -m)")
     settings, production = stopped
     project = tmp_path / "project"
     project.mkdir()
     (project / "test_overlaid.py").write_text(OVERLAID)
     (tmp_path / "tmp").mkdir()
-    before = snapshot(production)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
-        cwd=project, capture_output=True, text=True, check=False,
+    output = _beside(
+        production, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s",
+        cwd=project,
         env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp_path / "tmp")),
     )  # fmt: skip
-    output = " ".join((done.stdout + done.stderr).split())
-    assert snapshot(production) == before, output
     assert "CHILD 78 error: refused under pytest (sandbox: " in output, output
     assert (
         f"/data/production: it is {production.resolve()}, seen through a mount (`findmnt -T "
@@ -263,18 +268,11 @@ def test_a_session_directory_made_a_bind_mount_of_production_s_changes_nothing(
     # The row "a session's directory replaced by a bind mount of production's" was written
     # before a root refused mounts inside it (at its open, and at every change since red
     # team 38): tried again here, once made after the open and once before it.
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("only root makes a mount namespace with a bind mount (unshare -m)")
     _, production = stopped
-    before = snapshot(production)
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", SESSION_BOUND,
-         str(production)],
+    output = _beside(
+        production, *_own_mounts(sys.executable, "-c", SESSION_BOUND, str(production)),
         env={**os.environ, "APP_DATA_ROOT": str(tmp_path / "root")},
-        capture_output=True, text=True, check=False,
     )  # fmt: skip
-    output = " ".join((done.stdout + done.stderr).split())
-    assert snapshot(production) == before, output
     root = (tmp_path / "root").resolve()
     assert "AFTER DataRootChangedError" in output, output
     assert "a filesystem was mounted inside it since it was opened" in output, output
