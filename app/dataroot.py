@@ -67,8 +67,17 @@ from app.lock import (
     shared_with,
     special_kind,
 )
+from app.mountinfo import shown_and_upper, shown_from, unescape
 from app.names import MAX_NAME_BYTES
-from app.sandbox import check_root, checked, current_run, just_checked, process_link
+from app.sandbox import (
+    check_root,
+    check_shown_from,
+    checked,
+    current_run,
+    just_checked,
+    process_link,
+    seen_from_outside,
+)
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -913,6 +922,7 @@ class _MountTable:
         self._fd = -1
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
+        self._fsroots: list[tuple[bytes, bytes]] = []
         self._generation = 0
 
     @staticmethod
@@ -941,6 +951,14 @@ class _MountTable:
             self._read_locked(key)
             return self._mounts
 
+    def with_roots(self) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """Each mount's device, mount point, the directory of its filesystem it shows
+        (mountinfo's fourth field: not ``/`` for a bind mount of a directory), and the
+        directory that takes its writes where that is another (an overlay's ``upperdir``)."""
+        mounts = self.mounts()
+        with self._lock:
+            return [(m[0], m[1], *more) for m, more in zip(mounts, self._fsroots, strict=False)]
+
     def generation(self) -> int:
         """A number that changes whenever the table does: one poll while it has not.
 
@@ -963,7 +981,9 @@ class _MountTable:
         chunks = []
         while chunk := os.read(self._fd, 65536):
             chunks.append(chunk)
-        self._mounts = [_parse_mount(line) for line in b"".join(chunks).splitlines()]
+        lines = b"".join(chunks).splitlines()
+        self._mounts = [_parse_mount(line) for line in lines]
+        self._fsroots = [shown_and_upper(line) for line in lines]
         self._key = key
         self._generation += 1
 
@@ -972,8 +992,7 @@ def _parse_mount(line: bytes) -> tuple[bytes, bytes, bytes | None]:
     fields = line.split(b" ")
     if len(fields) < 5:
         return b"", b"", None
-    # The fifth field is the mount point, with space, tab, newline and \ octal-escaped.
-    point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+    point = unescape(fields[4])  # the fifth field is the mount point
     # The type follows the " - " that ends the optional fields.
     kind = fields[fields.index(b"-", 6) + 1] if b"-" in fields[6:-1] else None
     return fields[2], point, kind
@@ -993,6 +1012,22 @@ def mounts_inside(root: Path) -> list[Path]:
     prefix = os.fsencode(root).rstrip(b"/") + b"/"
     inside = {Path(os.fsdecode(point)) for _, point, _ in mounts if point.startswith(prefix)}
     return sorted(inside)
+
+
+def bound_from(path: Path) -> Path | None:
+    """`app.mountinfo.shown_from` on this process's mount table, read again only when it
+    changed: where a bind mount or an overlay on the way shows ``path`` from. Where that
+    mount hides what it shows (production's ``sessions/``, under ``/tmp``, bound over
+    ``/tmp``), as the nearest ancestor in another mount namespace sees it, through its
+    ``/proc/<pid>/root`` (`app.sandbox.seen_from_outside`)."""
+    try:
+        mounts = _MOUNTS.with_roots()
+    except OSError:
+        return None
+    if (source := shown_from(path, mounts)) is not None:
+        return source
+    hidden = shown_from(path, mounts, hidden=True)
+    return seen_from_outside(hidden) if hidden is not None else None
 
 
 def mount_point_at(path: Path) -> bool:
@@ -1213,12 +1248,20 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
     # Checked again once the identities that every later write compares with are taken:
     # the path must still be the sandbox's, and the lock the file the path leads to now.
     check_root(opened.path, "open data root", run, again=True)
+    _check_mounted(opened.path, "open data root", run)
     if _lstat_identity(opened.path.resolve() / LOCK_FILE) != lock.identity:
         raise DataRootChangedError(
             opened.path,
             f"{LOCK_FILE} is not the file it locked: a directory on the path was replaced "
             "while the root was being opened",
         )
+
+
+def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
+    """`check_shown_from` where a mount on the way shows `path` from elsewhere."""
+    resolved = path.resolve()
+    if (source := bound_from(resolved)) is not None and source != resolved:
+        check_shown_from(resolved, source, what, run)
 
 
 def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:
@@ -1238,6 +1281,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
+    _check_mounted(root, "re-stamp data root")
     _refuse_unfixed_path(config, root)
     from_profile = from_profile.lower()
     if not root.is_dir():
@@ -1356,6 +1400,7 @@ class DataRoot:
         check_root(self._path, "use data root")
         if not just_checked(self._path):  # open_root's own check, a moment ago
             _refuse_unfixed_path(config, self._path)
+            _check_mounted(self._path, "use data root")
         self.config = config
         self.kind = kind
         self.lock = lock

@@ -71,6 +71,7 @@ __all__ = [
     "check_remote",
     "check_root",
     "check_scratch",
+    "check_shown_from",
     "checked",
     "command_line",
     "confine",
@@ -94,6 +95,7 @@ __all__ = [
     "scratch_blob_url",
     "scratch_database_url",
     "scratch_suffix",
+    "seen_from_outside",
     "shell_override",
     "swap",
     "unregister",
@@ -1484,7 +1486,64 @@ def scratch_blob_url(blob_url: str, suffix: str, profile: str = "testing") -> st
 # --- registering (the pytest plugin) -------------------------------------------------------
 
 
+#: What marks a directory as a data root on disk (`app.lock.LOCK_FILE`,
+#: `app.dataroot.STAMP_FILE`; not imported: both modules import this one's users).
+_ROOT_MARKS: Final = (".server.lock", ".app-profile.json")
+
+
+def _registry_in_a_data_root() -> str | None:
+    """Where ``/tmp``, the registry's parent, is (or lies in) a data root, what says so.
+
+    A test's child in a mount namespace of its own where a data root is mounted at
+    ``/tmp`` (``unshare -m``, ``bwrap --bind <root> /tmp``) is a pytest like any other:
+    it made ``app-pytest-runs-<uid>/`` in that root and wrote its entry there, a change
+    of what its server owns (red team 44), before any check of where pytest writes.
+    """
+    from app import mountinfo
+
+    parent = RUNS_DIR.parent
+    # Where a mount over /tmp shows it from counts as well: production's sessions/ bound
+    # there holds no mark, nor does anything above /tmp.
+    # What it shows may be hidden here by that very mount (production's sessions/, under
+    # /tmp, bound over /tmp): it is looked for as the first process's namespace sees it.
+    mounts = mountinfo.read()
+    source = mountinfo.shown_from(parent, mounts)
+    starts = [parent] if source is None else [parent, source]
+    if source is None and (hidden := mountinfo.shown_from(parent, mounts, hidden=True)):
+        source = hidden
+        if (outside := seen_from_outside(hidden)) is not None:
+            starts.append(outside)
+    for start in starts:
+        for directory in (start, *start.parents):
+            for mark in _ROOT_MARKS:
+                if os.path.lexists(directory / mark):
+                    seen = f" (it is {source}, seen through a mount)" if start != parent else ""
+                    return (
+                        f"{parent}{seen} lies in a data root here ({directory} has {mark}), "
+                        f"so the registry {RUNS_DIR} would be made in it; run the tests where "
+                        f"{parent} is a temporary directory (a mount namespace that binds a "
+                        f"data root, or a directory of one, over {parent} puts it there)"
+                    )
+    return None
+
+
+def seen_from_outside(path: Path) -> Path | None:
+    """`path` as the nearest ancestor in another mount namespace sees it (through its
+    ``/proc/<pid>/root``), where there is one this process may read."""
+    try:
+        own = (_PROC / "self" / "ns" / "mnt").stat().st_ino
+        for pid, _ in itertools.islice(_ancestry(), 1, None):
+            if (_PROC / str(pid) / "ns" / "mnt").stat().st_ino != own:
+                return _PROC / str(pid) / "root" / path.relative_to("/")
+    except OSError:
+        pass
+    return None
+
+
 def _own_runs_dir() -> Path:
+    in_root = _registry_in_a_data_root()
+    if in_root is not None:
+        raise PermissionError(in_root)  # the plugin refuses the run, with this message
     with contextlib.suppress(FileExistsError):
         RUNS_DIR.mkdir(mode=0o755)
     if not _runs_dir_trusted(RUNS_DIR, os.getuid()):
@@ -2300,6 +2359,33 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
                 sandbox,
                 "Tests get data roots of their own under tmp_path; never mount or link a "
                 "real data root into the sandbox",
+            )
+
+
+def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None) -> None:
+    """Refuse `path` where a mount on its way shows it from `source` (`dataroot.bound_from`:
+    a bind mount of a directory, or an overlay whose writes land there) in or above a root
+    the run protects.
+
+    An overlay keeps no device or inode of what it shows, so the check by identity in
+    `check_root` missed production's root seen through one mounted over the sandbox's
+    ``data/`` (``upperdir=<settings>/data``, in a mount namespace of a test's child): a test
+    that opted into production purged the real root, which its stamp said was production's
+    (red team 44). Only the roots the run protects count: the sandbox itself may lie on a
+    bind mount (a CI's ``/tmp``), seen from elsewhere too.
+    """
+    run = _run_to_check(run)
+    if run is None:
+        return
+    for item in run.protected:
+        if source.is_relative_to(item.path) or item.path.is_relative_to(source):
+            raise SandboxViolationError(
+                f"{what} {path}: it is {source}, seen through a mount (`findmnt -T {path}`), "
+                f"and that is, lies in or holds the data root of profile {item.profile!r} "
+                f"({item.path})",
+                run.sandbox,
+                "Tests get data roots of their own under tmp_path; never mount a real data "
+                "root, or the directory that holds it, into the sandbox",
             )
 
 

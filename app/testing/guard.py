@@ -312,19 +312,27 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     # follows the link first: check both spellings. Neither expands `~`, so neither does
     # this: `--basetemp='~/../sessions'` (no shell expands it in an ini file's addopts or a
     # quoted word) was checked as $HOME/../sessions while pytest emptied ./sessions.
+    from app.dataroot import bound_from
+
     lexical = Path(os.path.abspath(given))  # noqa: PTH100 - what pytest uses
     target = given.resolve()
     found = _overlapping([lexical, lexical.resolve(), target], roots)
-    if found is not None:
-        name, root = found
-        spelled = f" (as {lexical})" if str(lexical) != str(given) else ""
-        raise pytest.UsageError(
-            f"app: refusing --basetemp {given}: pytest empties it{spelled} before the run, "
-            f"and it overlaps the data root of profile {name!r} ({root}). Choose a --basetemp "
-            "outside every data root, or omit it"
-        )
+    spelled = f" (as {lexical})" if str(lexical) != str(given) else ""
+
+    def refuse_overlap() -> None:
+        if found is not None:
+            name, root = found
+            raise pytest.UsageError(
+                f"app: refusing --basetemp {given}: pytest empties it{spelled} before the "
+                f"run, and it overlaps the data root of profile {name!r} ({root}). Choose a "
+                "--basetemp outside every data root, or omit it"
+            )
+
+    refuse_overlap()
     for spelling in dict.fromkeys((lexical, lexical.resolve(), target)):
-        _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", spelling)
+        _refuse_enclosing_data_root(
+            f"--basetemp {given}", "empties it", spelling, through_mounts=False
+        )
     from app.lock import probe
 
     seen = probe(appconfig.sandbox_root(lexical, "testing"))
@@ -335,6 +343,13 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
             "Give each concurrent run its own --basetemp"
         )
     _refuse_mounts(given, (lexical, lexical.resolve(), target))
+    # Where a mount above it shows it from (production's sessions/ bound into a scratch
+    # directory): after the refusal of a mount at or in it, which says how to undo it.
+    if (source := bound_from(target)) is not None:
+        found = _overlapping([source], roots)
+        spelled = f" (it is {source}, seen through a mount)"
+        refuse_overlap()
+        _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", target)
     if lexical.is_dir():
         _refuse_data_roots_inside(given, lexical, stamped=stamped_inside)
 
@@ -368,25 +383,37 @@ def _refuse_mounts(given: Path, spellings: tuple[Path, ...]) -> None:
             )
 
 
-def _enclosing_data_root(path: Path) -> tuple[Path, str] | None:
+def _enclosing_data_root(path: Path, *, through_mounts: bool = True) -> tuple[Path, str] | None:
     """The data root that ``path`` lies in (held by a live process, or stamped), if any,
     with who holds it: by what is on disk, not by what the settings say."""
-    from app.dataroot import STAMP_FILE
+    from app.dataroot import STAMP_FILE, bound_from
     from app.lock import LOCK_FILE, probe
 
-    for directory in path.parents:
-        if (directory / LOCK_FILE).is_file() and (seen := probe(directory)).held:
-            return directory, f"held by {describe_holder(seen.holder)}"
-        if (directory / STAMP_FILE).is_file():
-            return directory, f"it has a profile stamp, {STAMP_FILE}"
-    return None
+    def above(path: Path) -> tuple[Path, str] | None:
+        for directory in path.parents:
+            if (directory / LOCK_FILE).is_file() and (seen := probe(directory)).held:
+                return directory, f"held by {describe_holder(seen.holder)}"
+            if (directory / STAMP_FILE).is_file():
+                return directory, f"it has a profile stamp, {STAMP_FILE}"
+        return None
+
+    found = above(path)
+    # Through a bind mount of a root's directory (production's sessions/ bound into a
+    # scratch directory) nothing above the path says so; where it lies in fact does.
+    source = bound_from(path) if found is None and through_mounts else None
+    if source is not None and (found := above(source)) is not None:
+        root, who = found
+        found = root, f"{who}; it is {source}, seen through a mount"
+    return found
 
 
-def _refuse_enclosing_data_root(what: str, does: str, path: Path) -> None:
+def _refuse_enclosing_data_root(
+    what: str, does: str, path: Path, *, through_mounts: bool = True
+) -> None:
     """Refuse a temporary directory inside a data root that the settings do not name (a
     service's root set in its own environment): pytest would create or empty it in there."""
     __tracebackhide__ = True
-    found = _enclosing_data_root(path)
+    found = _enclosing_data_root(path, through_mounts=through_mounts)
     if found is not None:
         root, who = found
         raise pytest.UsageError(

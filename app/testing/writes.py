@@ -734,6 +734,22 @@ def _holder(root: Path) -> str:
 
 def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
+    from app.dataroot import bound_from
+
+    found = _conflict_at(target, roots, seen)
+    if found is None and (source := bound_from(target.path)) is not None:
+        # Through a bind mount (`mount --bind <root>/sessions <tmp_path>/s`, in a mount
+        # namespace of the test's own): the same checks, where it lies in fact.
+        found = _conflict_at(target._replace(path=source), roots, seen)
+        if found is not None:
+            found = (
+                f"{found}: it is {source}, seen through a mount "
+                f"(`findmnt -T {target.path}` shows it)"
+            )
+    return found
+
+
+def _conflict_at(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     for name, root in roots.items():
         if _within(target.path, root):
             return f"which lies in the data root of profile {name!r} ({root}; {_holder(root)})"

@@ -1,0 +1,122 @@
+"""Linux's mount table (``/proc/self/mountinfo``): where a mount shows a path from.
+
+No import of the app's: `app.sandbox` (the registry) and `app.dataroot` (its cached table)
+both use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["Mount", "read", "shown_and_upper", "shown_from", "unescape"]
+
+#: A mount: its device (``major:minor``), mount point, directory shown, upper directory.
+Mount = tuple[bytes, bytes, bytes, bytes]
+
+
+def read() -> list[Mount]:
+    """This process's mount table, read now; empty where there is none (no ``/proc``)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:  # noqa: PTH123 - bytes, as a seq file
+            lines = table.read().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            mounts.append((fields[2], unescape(fields[4]), *shown_and_upper(line)))
+    return mounts
+
+
+def shown_and_upper(line: bytes) -> tuple[bytes, bytes]:
+    """A mount table line's directory of its filesystem that the mount shows (the fourth
+    field: not ``/`` for a bind mount of a directory), and an overlay's upper directory
+    (``b""`` for any other mount)."""
+    fields = line.split(b" ")
+    if len(fields) < 5:
+        return b"", b""
+    upper = b""
+    # The type follows the " - " that ends the optional fields, then the source and the
+    # superblock's options.
+    if b"-" in fields[6:-1] and fields[fields.index(b"-", 6) + 1] == b"overlay":
+        options = fields[-1].split(b",")
+        upper = next((o[9:] for o in options if o.startswith(b"upperdir=")), b"")
+    return unescape(fields[3]), unescape(upper)
+
+
+def unescape(field: bytes) -> bytes:
+    """A path of the table as it is: space, tab, newline and \\ are octal-escaped there."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> Path | None:
+    """Where ``path`` (absolute, resolved) lies in fact, where a bind mount of a directory
+    brings it here: the same file seen through a mount of its filesystem's root (or, on an
+    overlay, where a write to it lands: in the upper directory). None where no such mount is
+    on its way, or the directory shown is mounted nowhere else.
+
+    A bind mount shows a directory under another path, with no link to resolve and nothing
+    above it to say where it comes from (production's ``sessions/`` bound into a scratch
+    directory holds no stamp, and its parent is the scratch directory): checks by path and
+    by what lies above missed it (red team 44). Linux's mountinfo says which directory of
+    its filesystem each mount shows.
+
+    Args:
+        path: the path, absolute and resolved.
+        mounts: the mount table (`read`), in its order: device, mount point, directory
+            shown and upper directory of each mount.
+        hidden: also where that path is hidden here (another mount over it, as a bind
+            mount over ``/tmp`` hides what it shows): the path as a namespace without
+            that mount names it.
+    """
+    wanted = os.fsencode(path)
+    found = None
+    for mount in mounts:  # in mount order: a later mount at the same point hides an earlier
+        point = mount[1].rstrip(b"/")
+        on_it = wanted == mount[1] or wanted.startswith(point + b"/")
+        if on_it and (found is None or len(point) >= len(found[1].rstrip(b"/"))):
+            found = mount
+    if found is None:
+        return None
+    device, point, shown, upper = found
+    if upper and os.path.isdir(upper):  # noqa: PTH112 - not a container root, upper outside
+        # An overlay writes into its upper directory, wherever that lies: what pytest
+        # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
+        return Path(os.fsdecode(upper.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
+    if shown in (b"/", b""):
+        return None
+    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
+    for other_device, other_point, other_shown, _ in mounts:
+        top = other_shown.rstrip(b"/")
+        if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
+            there = other_point.rstrip(b"/") + inside[len(top) :] or b"/"
+            # That path may be hidden in turn (another mount over it, in this namespace):
+            # only one that leads to the same file counts.
+            if there == wanted:
+                continue  # the mount itself (a directory bound over the path it comes from)
+            if hidden or _same_file_or_place(wanted, there):
+                return Path(os.fsdecode(there))
+    return None
+
+
+def _same_file_or_place(path: bytes, other: bytes) -> bool:
+    """Whether `path` and `other`, which end alike, name one file: the nearest existing
+    one of `path` and its parents, and the same of `other`."""
+    while True:
+        try:
+            here = os.stat(path)  # noqa: PTH116 - bytes from the mount table
+        except OSError:
+            up, other = os.path.dirname(path), os.path.dirname(other)  # noqa: PTH120
+            if up == path:
+                return False
+            path = up
+            continue
+        try:
+            seen = os.stat(other)  # noqa: PTH116 - as above
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (seen.st_dev, seen.st_ino)
