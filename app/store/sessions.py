@@ -488,7 +488,7 @@ class Sessions:
                 if items and size > max_bytes:
                     # Past the sessions this page left out too: the next page began at its
                     # last item, and named them again (red team 44).
-                    cursor = max(items[-1][0], *(left.id for left in passed))
+                    cursor = max([items[-1][0], *(left.id for left in passed)])
                     return items, total, cursor, tuple(passed)
             items.append((session_id, item))
         more = start + limit < total
