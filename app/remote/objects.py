@@ -118,6 +118,14 @@ _session_lock = threading.Lock()
 _sessions: list[Any] = []
 
 
+_CHAIN: Final = (
+    "from the S3 client's own chain ({}; s3_access_key_id and s3_secret_access_key are unset, "
+    "so it looks in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config "
+    "and ~/.aws/credentials, and an instance or container role)"
+)
+"""Where credentials come from when neither key is set, with what the chain did ({})."""
+
+
 def _session() -> Any:
     import boto3
 
@@ -492,22 +500,34 @@ class ObjectStore:
         sandbox.check_scratch("blob_url", blob_url, "opening")
         sandbox.check_scratch_apart(self._overlaps, blob_url, "opening")
         self.where = str(self.location)
-        self._client = _new_client(
-            service_name="s3",
-            endpoint_url=endpoint_url or None,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            region_name=region,
-            config=Config(
-                # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
-                s3={"addressing_style": "path" if endpoint_url else "auto"},
-                retries={"mode": "standard", "max_attempts": max_attempts},
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-            ),
-        )
-        self.read_timeout = read_timeout
         self._static = access_key_id is not None
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            self._client = _new_client(
+                service_name="s3",
+                endpoint_url=endpoint_url or None,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                region_name=region,
+                config=Config(
+                    # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
+                    s3={"addressing_style": "path" if endpoint_url else "auto"},
+                    retries={"mode": "standard", "max_attempts": max_attempts},
+                    connect_timeout=connect_timeout,
+                    read_timeout=read_timeout,
+                ),
+            )
+        except BotoCoreError as error:
+            # Neither key set, the client loads the chain's credentials as it is made: a
+            # failing `credential_process` (or a broken ~/.aws/config) was a traceback, exit
+            # 1, from every command (red team 45).
+            raise ObjectStoreUnavailableError(
+                self.where,
+                "the S3 client could not be made: it could not load credentials",
+                credentials=_CHAIN.format(f"it could not load them: {error}"),
+            ) from error
+        self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
         self._owner: tuple[str, str | None, int | None] | None = None
@@ -568,12 +588,7 @@ class ObjectStore:
         that expire (a role's, a `credential_process`'s, SSO's) as it goes."""
         if self._static:
             return STATIC_CREDENTIALS
-        chain = (
-            "from the S3 client's own chain ({}; s3_access_key_id and s3_secret_access_key "
-            "are unset, so it looks in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, ~/.aws/config and ~/.aws/credentials, and an instance or container "
-            "role)"
-        )
+        chain = _CHAIN
         try:
             found = _session().get_credentials()
         except Exception as error:  # botocore's chain: a broken file, a failing process

@@ -23,6 +23,7 @@ from app.remote.db import Database, now, trash_entry
 from app.remote.objects import ObjectStore
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
+from app.store.trash import TRASH_NAME_RE
 
 __all__ = ["RemoteTrash"]
 
@@ -97,7 +98,19 @@ class RemoteTrash:
             return NotInTrashError(session_id, file, entry=entry)
         return entry_holds_other(entry, held["session_id"], held["file"], session_id, file)
 
+    @staticmethod
+    def _refuse_unnamed(entry: str | None, session_id: str, file: str | None) -> None:
+        """Refuse an entry name no entry of either backend has, before the database sees it.
+
+        Given to PostgreSQL, a name of bytes that are not UTF-8 (``--entry $'\\xff'``) or
+        with a NUL was a traceback, exit 1, where the local store says there is no such entry
+        (red team 45).
+        """
+        if entry is not None and TRASH_NAME_RE.fullmatch(entry) is None:
+            raise NotInTrashError(session_id, file, entry=entry)
+
     def _restore_session(self, session_id: str, entry: str | None) -> None:
+        self._refuse_unnamed(entry, session_id, None)
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
                 "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL"
@@ -118,6 +131,7 @@ class RemoteTrash:
     def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
         what = f"the restore of {name!r} into session {session_id}"
         with self.db.change(session_id, what) as (conn, _):
+            self._refuse_unnamed(entry, session_id, name)
             row = conn.execute(
                 "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NOT NULL AND (%s::text IS NULL OR trash_name = %s)"

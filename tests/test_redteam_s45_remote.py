@@ -1,0 +1,95 @@
+"""Red team 45 on PostgreSQL and object storage: ``app sessions restore --entry`` and S3
+credentials from the S3 client's own chain.
+
+What broke, each now refused as the rest of the app refuses:
+
+- ``app sessions restore ID --entry NAME`` with a name PostgreSQL cannot hold (bytes that are
+  not UTF-8, as a shell passes ``$'\\xff'``; a NUL) went to the database as it was: a
+  traceback (UnicodeEncodeError, psycopg's DataError), exit 1, where the local store says
+  there is no such entry (NotInTrashError, 66). Now refused alike, before any query.
+- A remote profile with neither S3 key whose ``credential_process`` fails: the S3 client
+  loads the chain's credentials as it is made, and its CredentialRetrievalError was a
+  traceback, exit 1, from every command. Now ObjectStoreUnavailableError (69), naming the
+  chain and what it said.
+
+All real: the suite's cluster and ``weed``, the CLI in processes of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from replicas import Production
+from test_remote_credentials import _app, _chain_env
+from test_remote_credentials import production as production  # the fixture
+from test_remote_store import opened as opened  # the fixtures
+from test_remote_store import store as store
+
+from app.errors import NotInTrashError
+from app.remote.store import RemoteStore
+
+_NO_SUCH = "in the trash (emptied, restored already, or never made); `app sessions list --trash"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "\udcff",  # a byte that is not UTF-8, as Python gives it from argv: broke
+        "2026\x00",  # a NUL: broke (not from argv, but the API takes a str)
+        "%",  # LIKE and SQL metacharacters: held (a parameter, never a pattern)
+        "_",
+        "x' OR ''='",
+    ],
+)
+def test_an_entry_name_no_entry_can_have_is_no_such_entry_for_sessions_and_files(
+    store: RemoteStore, entry: str
+) -> None:
+    sid = store.create_session("kept")["id"]
+    store.put_file(sid, "a.txt", b"one")
+    store.delete_file(sid, "a.txt")
+    with pytest.raises(NotInTrashError) as refused:
+        store.restore(sid, file="a.txt", entry=entry)
+    assert f"no trash entry {entry!r} {_NO_SUCH}" in str(refused.value)
+    store.delete_session(sid)
+    with pytest.raises(NotInTrashError) as refused:
+        store.restore(sid, entry=entry)
+    assert f"no trash entry {entry!r} {_NO_SUCH}" in str(refused.value)
+    # Nothing was taken: the session and its file come back by their own entries.
+    store.restore(sid)
+    store.restore(sid, file="a.txt")
+    assert store.open_file(sid, "a.txt")[0].read() == b"one"
+
+
+def test_restore_by_an_entry_name_of_bytes_that_are_not_utf8_is_refused_from_the_cli(
+    production: Production,
+) -> None:
+    # Before: "UnicodeEncodeError: 'utf-8' codec can't encode character '\udcff'", exit 1.
+    restored = production.run("sessions", "restore", "0" * 32, "--entry", "\udcff")
+    said = " ".join(restored.stderr.split())
+    assert restored.returncode == NotInTrashError.exit_code, said
+    assert f"no trash entry '\\udcff' {_NO_SUCH}" in said, said
+    assert "Traceback" not in said
+
+
+def test_a_failing_credential_process_is_refused_naming_the_chain_and_what_it_said(
+    production: Production, tmp_path: Path
+) -> None:
+    # Before: "botocore.exceptions.CredentialRetrievalError: Error when retrieving
+    # credentials from custom-process: ...", a traceback, exit 1.
+    env = _chain_env(production, tmp_path, "unused", "unused")
+    script = tmp_path / "failing.py"
+    script.write_text("import sys\nsys.stderr.write('the SSO session expired\\n')\nsys.exit(3)\n")
+    (tmp_path / "aws-config").write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    checked: subprocess.CompletedProcess[str] = _app(env, "data", "check")
+    said = " ".join(checked.stderr.split())
+    assert checked.returncode == 69, said
+    assert "Traceback" not in said, said
+    assert "the S3 client could not be made: it could not load credentials" in said, said
+    assert (
+        "the credentials from the S3 client's own chain (it could not load them: Error when "
+        "retrieving credentials from custom-process: the SSO session expired" in said
+    ), said
+    assert "`app doctor` checks them" in said, said
