@@ -18,6 +18,8 @@ All real: the suite's cluster and ``weed``, the CLI in processes of its own.
 from __future__ import annotations
 
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 
@@ -26,10 +28,12 @@ from replicas import Production
 from test_remote_credentials import _app, _chain_env
 from test_remote_credentials import production as production  # the fixture
 from test_remote_store import opened as opened  # the fixtures
+from test_remote_store import pair as pair
 from test_remote_store import store as store
 
 from app.errors import NotInTrashError
 from app.remote.store import RemoteStore
+from app.store import Store
 
 _NO_SUCH = "in the trash (emptied, restored already, or never made); `app sessions list --trash"
 
@@ -93,3 +97,46 @@ def test_a_failing_credential_process_is_refused_naming_the_chain_and_what_it_sa
         "retrieving credentials from custom-process: the SSO session expired" in said
     ), said
     assert "`app doctor` checks them" in said, said
+
+
+def test_two_replicas_restoring_one_entry_at_once_restore_it_once_and_an_old_name_stays_gone(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    sid = first.create_session("raced")["id"]
+    first.put_file(sid, "a.txt", b"one")
+    entry = first.delete_file(sid, "a.txt").name
+    barrier = threading.Barrier(2)
+
+    def restore(replica: RemoteStore) -> str:
+        barrier.wait()
+        try:
+            replica.restore(sid, file="a.txt", entry=entry)
+        except NotInTrashError as error:
+            return str(error)
+        return "restored"
+
+    with ThreadPoolExecutor(2) as pool:
+        said = sorted(pool.map(restore, pair))
+    assert said[1] == "restored", said
+    assert said[0].startswith(f"no trash entry {entry!r} {_NO_SUCH}"), said
+    # Restored, then deleted again: a new entry; the old name restores nothing.
+    again = second.delete_file(sid, "a.txt").name
+    assert again != entry
+    with pytest.raises(NotInTrashError):
+        first.restore(sid, file="a.txt", entry=entry)
+    # Emptied, the new name restores nothing either, and nothing half comes back.
+    first.empty_trash(None, via="test")
+    with pytest.raises(NotInTrashError):
+        second.restore(sid, file="a.txt", entry=again)
+    assert [f["name"] for f in first.get_session(sid)["files"]] == []
+
+
+def test_the_local_store_answers_the_names_postgresql_cannot_hold_alike(app_store: Store) -> None:
+    sid = app_store.create_session("kept")["id"]
+    app_store.put_file(sid, "a.txt", b"one")
+    app_store.delete_file(sid, "a.txt")
+    for entry in ("\udcff", "2026\x00", "%"):
+        with pytest.raises(NotInTrashError) as refused:
+            app_store.restore(sid, file="a.txt", entry=entry)
+        assert f"no trash entry {entry!r} {_NO_SUCH}" in str(refused.value)
