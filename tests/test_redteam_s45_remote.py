@@ -18,22 +18,24 @@ All real: the suite's cluster and ``weed``, the CLI in processes of its own.
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-import sys
 from pathlib import Path
 
 import pytest
+import test_redteam_s37_remote
+import test_remote_store
 from replicas import Production
 from test_remote_credentials import _app, _chain_env
-from test_remote_credentials import production as production  # the fixture
-from test_remote_store import opened as opened  # the fixtures
-from test_remote_store import pair as pair
-from test_remote_store import store as store
 
 from app.errors import NotInTrashError
 from app.remote.store import RemoteStore
 from app.store import Store
+
+# The fixtures, as red team 37 and tests/test_remote_store.py made them.
+production = test_redteam_s37_remote.production
+opened, store, pair = test_remote_store.opened, test_remote_store.store, test_remote_store.pair
 
 _NO_SUCH = "in the trash (emptied, restored already, or never made); `app sessions list --trash"
 
@@ -86,7 +88,9 @@ def test_a_failing_credential_process_is_refused_naming_the_chain_and_what_it_sa
     env = _chain_env(production, tmp_path, "unused", "unused")
     script = tmp_path / "failing.py"
     script.write_text("import sys\nsys.stderr.write('the SSO session expired\\n')\nsys.exit(3)\n")
-    (tmp_path / "aws-config").write_text(f"[default]\ncredential_process = {sys.executable} {script}\n")
+    (tmp_path / "aws-config").write_text(
+        f"[default]\ncredential_process = {sys.executable} {script}\n"
+    )
     checked: subprocess.CompletedProcess[str] = _app(env, "data", "check")
     said = " ".join(checked.stderr.split())
     assert checked.returncode == 69, said
