@@ -29,7 +29,7 @@ import test_remote_store
 from replicas import Production
 from test_remote_credentials import _app, _chain_env
 
-from app.errors import NotInTrashError
+from app.errors import NotInTrashError, RestoreOverwriteError
 from app.remote.store import RemoteStore
 from app.store import Store
 
@@ -98,8 +98,9 @@ def test_a_failing_credential_process_is_refused_naming_the_chain_and_what_it_sa
     assert "the S3 client could not be made: it could not load credentials" in said, said
     assert (
         "the credentials from the S3 client's own chain (it could not load them: Error when "
-        "retrieving credentials from custom-process: the SSO session expired" in said
-    ), said
+        "retrieving credentials from custom-process: the SSO session expired; s3_access_key_id"
+    ) in said, said
+    assert "expired\n" not in checked.stderr  # on one line, as the process's error ends
     assert "`app doctor` checks them" in said, said
 
 
@@ -144,3 +145,40 @@ def test_the_local_store_answers_the_names_postgresql_cannot_hold_alike(app_stor
         with pytest.raises(NotInTrashError) as refused:
             app_store.restore(sid, file="a.txt", entry=entry)
         assert f"no trash entry {entry!r} {_NO_SUCH}" in str(refused.value)
+
+
+def test_a_restore_by_entry_racing_a_replace_of_the_file_loses_neither_copy(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    sid = first.create_session("raced")["id"]
+    first.put_file(sid, "a.txt", b"old")
+    entry = first.delete_file(sid, "a.txt").name
+    barrier = threading.Barrier(2)
+
+    def restore() -> str:
+        barrier.wait()
+        try:
+            first.restore(sid, file="a.txt", entry=entry)
+        except RestoreOverwriteError as error:
+            return str(error)
+        return "restored"
+
+    def replace() -> None:
+        barrier.wait()
+        second.put_file(sid, "a.txt", b"new", replace=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        restored, replaced = pool.submit(restore), pool.submit(replace)
+        said, _ = restored.result(), replaced.result()
+    # Whichever committed first, the live file is the new one and the old one is in the
+    # trash (moved aside by the replace, or still in its entry after the refusal).
+    assert first.open_file(sid, "a.txt")[0].read() == b"new"
+    if said != "restored":
+        assert "has a file 'a.txt' again; refusing to overwrite it" in said, said
+    olds = [e for e in first.list_trash() if e.file == "a.txt"]
+    assert len(olds) == 1, olds
+    moved_aside = olds[0].name
+    first.delete_file(sid, "a.txt")
+    first.restore(sid, file="a.txt", entry=moved_aside)
+    assert first.open_file(sid, "a.txt")[0].read() == b"old"

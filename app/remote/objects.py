@@ -126,6 +126,11 @@ _CHAIN: Final = (
 """Where credentials come from when neither key is set, with what the chain did ({})."""
 
 
+def _one_line(error: BaseException) -> str:
+    """``error`` on one line: a `credential_process`'s standard error ends in a newline."""
+    return " ".join(str(error).split())
+
+
 def _session() -> Any:
     import boto3
 
@@ -525,7 +530,7 @@ class ObjectStore:
             raise ObjectStoreUnavailableError(
                 self.where,
                 "the S3 client could not be made: it could not load credentials",
-                credentials=_CHAIN.format(f"it could not load them: {error}"),
+                credentials=_CHAIN.format(f"it could not load them: {_one_line(error)}"),
             ) from error
         self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once
@@ -592,7 +597,7 @@ class ObjectStore:
         try:
             found = _session().get_credentials()
         except Exception as error:  # botocore's chain: a broken file, a failing process
-            return chain.format(f"it could not load them: {error}")
+            return chain.format(f"it could not load them: {_one_line(error)}")
         if found is None:
             return chain.format("it found none")
         return chain.format(f"its {found.method!r} provider found them")
