@@ -11,6 +11,9 @@ What broke, each now refused as the rest of the app refuses:
   loads the chain's credentials as it is made, and its CredentialRetrievalError was a
   traceback, exit 1, from every command. Now ObjectStoreUnavailableError (69), naming the
   chain and what it said.
+- Keys set or not, an ``AWS_*`` variable (or AWS config file) the S3 client refuses as it is
+  made (``AWS_REQUEST_CHECKSUM_CALCULATION=bogus``, an ``AWS_PROFILE`` no file has): a
+  traceback, exit 1. Now S3ClientSettingsError (78), naming the value and where it is read.
 
 All real: the suite's cluster and ``weed``, the CLI in processes of its own.
 """
@@ -30,6 +33,7 @@ from replicas import Production
 from test_remote_credentials import _app, _chain_env
 
 from app.errors import NotInTrashError, RestoreOverwriteError
+from app.remote.errors import S3ClientSettingsError
 from app.remote.store import RemoteStore
 from app.store import Store
 
@@ -182,3 +186,25 @@ def test_a_restore_by_entry_racing_a_replace_of_the_file_loses_neither_copy(
     first.delete_file(sid, "a.txt")
     first.restore(sid, file="a.txt", entry=moved_aside)
     assert first.open_file(sid, "a.txt")[0].read() == b"old"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("AWS_REQUEST_CHECKSUM_CALCULATION", "bogus", "request_checksum_calculation"),
+        ("AWS_PROFILE", "nosuch", "The config profile (nosuch) could not be found"),
+    ],
+)
+def test_an_aws_variable_the_s3_client_refuses_is_refused_naming_it_where_keys_are_set(
+    production: Production, variable: str, value: str, said: str
+) -> None:
+    # Before: a traceback (botocore's InvalidConfigError, ProfileNotFound), exit 1, though
+    # the profile's own keys were set.
+    checked = _app(production.env | {variable: value}, "data", "check")
+    text = " ".join(checked.stderr.split())
+    assert checked.returncode == S3ClientSettingsError.exit_code == 78, text
+    assert "error: cannot make the S3 client for object store s3://" in text, text
+    assert said in text, text
+    assert "reads this from the process's environment (AWS_* variables) or from the AWS " in text
+    assert "correct or unset it there; nothing was changed" in text, text
+    assert "Traceback" not in text

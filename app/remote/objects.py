@@ -50,6 +50,7 @@ from app.remote.errors import (
     PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
+    S3ClientSettingsError,
     StorageMismatchError,
     StoreClockSkewError,
     UnstampedNotEmptyError,
@@ -506,7 +507,13 @@ class ObjectStore:
         sandbox.check_scratch_apart(self._overlaps, blob_url, "opening")
         self.where = str(self.location)
         self._static = access_key_id is not None
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import (
+            BotoCoreError,
+            CredentialRetrievalError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ProfileNotFound,
+        )
 
         try:
             self._client = _new_client(
@@ -523,15 +530,26 @@ class ObjectStore:
                     read_timeout=read_timeout,
                 ),
             )
-        except BotoCoreError as error:
+        except (
+            CredentialRetrievalError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ProfileNotFound,
+        ) as error:
+            if self._static:
+                raise S3ClientSettingsError(self.where, _one_line(error).rstrip(".")) from error
             # Neither key set, the client loads the chain's credentials as it is made: a
-            # failing `credential_process` (or a broken ~/.aws/config) was a traceback, exit
-            # 1, from every command (red team 45).
+            # failing `credential_process` (or an AWS_PROFILE no file has) was a traceback,
+            # exit 1, from every command (red team 45).
             raise ObjectStoreUnavailableError(
                 self.where,
                 "the S3 client could not be made: it could not load credentials",
                 credentials=_CHAIN.format(f"it could not load them: {_one_line(error)}"),
             ) from error
+        except BotoCoreError as error:
+            # An AWS_* variable or the AWS config file giving the client a value it refuses
+            # (AWS_REQUEST_CHECKSUM_CALCULATION=bogus): a traceback too, keys set or not.
+            raise S3ClientSettingsError(self.where, _one_line(error).rstrip(".")) from error
         self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
