@@ -32,7 +32,7 @@ import test_remote_store
 from replicas import Production
 from test_remote_credentials import _app, _chain_env
 
-from app.errors import NotInTrashError, RestoreOverwriteError
+from app.errors import AppError, NotInTrashError, RestoreOverwriteError
 from app.remote.errors import S3ClientSettingsError
 from app.remote.store import RemoteStore
 from app.store import Store
@@ -208,3 +208,52 @@ def test_an_aws_variable_the_s3_client_refuses_is_refused_naming_it_where_keys_a
     assert "reads this from the process's environment (AWS_* variables) or from the AWS " in text
     assert "correct or unset it there; nothing was changed" in text, text
     assert "Traceback" not in text
+
+
+def _restores_by_entry(store: Store | RemoteStore) -> list[str]:
+    """What each restore by entry of a deleted session answers, its ids and entry names
+    replaced by what they are: the same on either backend."""
+    sid, other = store.create_session("asked")["id"], store.create_session("other")["id"]
+    store.put_file(sid, "a.txt", b"one")
+    store.put_file(other, "a.txt", b"two")
+    names = {
+        sid: "SID",
+        other: "OTHER",
+        store.delete_file(sid, "a.txt").name: "FILE-ENTRY",
+        store.delete_file(other, "a.txt").name: "OTHERS-FILE-ENTRY",
+    }
+    names[store.delete_session(sid).name] = "SESSION-ENTRY"
+    by = {label: name for name, label in names.items()}
+    answers = []
+    for entry, file in [
+        ("SESSION-ENTRY", "a.txt"),  # broke on PostgreSQL: "no session ... in sessions", 66
+        ("OTHERS-FILE-ENTRY", "a.txt"),  # broke on PostgreSQL: the same
+        ("FILE-ENTRY", None),
+        ("FILE-ENTRY", "a.txt"),  # the session is deleted: restore it first
+        ("SESSION-ENTRY", None),
+        ("FILE-ENTRY", "b.txt"),
+    ]:
+        try:
+            store.restore(sid, file=file, entry=by[entry])
+            answer = "restored"
+        except AppError as error:
+            answer = f"{error.exit_code}: {error}"
+        for name, label in sorted(names.items(), key=lambda item: -len(item[0])):
+            answer = answer.replace(name, label)
+        answers.append(answer)
+    return answers
+
+
+def test_restore_by_entry_of_a_deleted_session_answers_alike_on_both_backends(
+    store: RemoteStore, app_store: Store
+) -> None:
+    remote, local = _restores_by_entry(store), _restores_by_entry(app_store)
+    assert remote == local, (remote, local)
+    assert remote[0].startswith(
+        "65: trash entry SESSION-ENTRY holds session SID, not file 'a.txt' of session SID; "
+        "nothing was changed. `app sessions restore SID --entry SESSION-ENTRY` restores what it"
+    ), remote[0]
+    assert remote[1].startswith(
+        "65: trash entry OTHERS-FILE-ENTRY holds file 'a.txt' of session OTHER, not file"
+    ), remote[1]
+    assert remote[4] == "restored"

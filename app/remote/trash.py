@@ -89,14 +89,20 @@ class RemoteTrash:
     def _not_there(self, conn: Any, entry: str, session_id: str, file: str | None) -> AppError:
         """Why trash entry ``entry`` gives nothing to restore: it holds something else (named,
         with the command that restores it), or there is no such entry."""
+        held = self._held(conn, entry)
+        if held is None:
+            return NotInTrashError(session_id, file, entry=entry)
+        return entry_holds_other(entry, held[0], held[1], session_id, file)
+
+    @staticmethod
+    def _held(conn: Any, entry: str) -> tuple[str, str | None] | None:
+        """The session (and file) trash entry ``entry`` holds; None if there is none."""
         held = conn.execute(
             "SELECT id AS session_id, NULL AS file FROM app_sessions WHERE trash_name = %s"
             " UNION ALL SELECT session_id, name FROM app_files WHERE trash_name = %s",
             (entry, entry),
         ).fetchone()
-        if held is None:
-            return NotInTrashError(session_id, file, entry=entry)
-        return entry_holds_other(entry, held["session_id"], held["file"], session_id, file)
+        return None if held is None else (held["session_id"], held["file"])
 
     @staticmethod
     def _refuse_unnamed(entry: str | None, session_id: str, file: str | None) -> None:
@@ -130,6 +136,15 @@ class RemoteTrash:
 
     def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
         what = f"the restore of {name!r} into session {session_id}"
+        if entry is not None:
+            # Before the session is looked at, as the local store does: a named entry of the
+            # deleted session itself (or of another session's file) was "no session ... in
+            # sessions", 66, without a word of what the entry holds (red team 45).
+            self._refuse_unnamed(entry, session_id, name)
+            with self.db.conn() as conn:
+                held = self._held(conn, entry)
+            if held is not None and held != (session_id, name):
+                raise entry_holds_other(entry, held[0], held[1], session_id, name)
         with self.db.change(session_id, what) as (conn, _):
             self._refuse_unnamed(entry, session_id, name)
             row = conn.execute(
