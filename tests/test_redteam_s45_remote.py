@@ -7,6 +7,9 @@ What broke, each now refused as the rest of the app refuses:
   not UTF-8, as a shell passes ``$'\\xff'``; a NUL) went to the database as it was: a
   traceback (UnicodeEncodeError, psycopg's DataError), exit 1, where the local store says
   there is no such entry (NotInTrashError, 66). Now refused alike, before any query.
+- ``restore ID --file NAME --entry E`` of a deleted session, E its own entry or another
+  session's file's: "no session ... in sessions" (66) on PostgreSQL, which looked at the live
+  session first; the local store names what E holds and the command for it (65). Now alike.
 - A remote profile with neither S3 key whose ``credential_process`` fails: the S3 client
   loads the chain's credentials as it is made, and its CredentialRetrievalError was a
   traceback, exit 1, from every command. Now ObjectStoreUnavailableError (69), naming the
