@@ -23,6 +23,7 @@ All real: the suite's cluster and ``weed``, the CLI in processes of its own.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -260,3 +261,46 @@ def test_restore_by_entry_of_a_deleted_session_answers_alike_on_both_backends(
         "65: trash entry OTHERS-FILE-ENTRY holds file 'a.txt' of session OTHER, not file"
     ), remote[1]
     assert remote[4] == "restored"
+
+
+def _restores_by_entry_of_a_live_session(store: Store | RemoteStore) -> list[str]:
+    """As `_restores_by_entry`, of a live session whose file was replaced, then deleted."""
+    sid = store.create_session("asked")["id"]
+    store.put_file(sid, "a.txt", b"one")
+    names = {sid: "SID"}
+    store.put_file(sid, "a.txt", b"two", replace=True)
+    store.put_file(sid, "b.txt", b"b")
+    names[store.delete_file(sid, "a.txt").name] = "NEWER"
+    olds = [e for e in store.list_trash() if e.file == "a.txt" and e.name not in names]
+    names[olds[0].name] = "OLDER"
+    names[store.delete_file(sid, "b.txt").name] = "B"
+    by = {label: name for name, label in names.items()}
+    answers = []
+    for entry, file in [
+        ("OLDER", None),
+        ("OLDER", "a.txt"),
+        ("NEWER", "a.txt"),  # a live a.txt again: refused naming this entry
+        ("B", "a.txt"),
+        ("B", "b.txt"),
+        ("B", "b.txt"),  # restored already
+        ("OLDER", "a.txt"),
+    ]:
+        try:
+            store.restore(sid, file=file, entry=by[entry])
+            answer = "restored"
+        except AppError as error:
+            answer = f"{error.exit_code}: {error}"
+        for name, label in sorted(names.items(), key=lambda item: -len(item[0])):
+            answer = answer.replace(name, label)
+        answers.append(re.sub(r" \(at /[^)]*\)", "", answer))  # the local copy's path
+    return answers
+
+
+def test_restore_by_entry_of_a_live_session_answers_alike_on_both_backends(
+    store: RemoteStore, app_store: Store
+) -> None:
+    # Held: the older copy by its entry, refusals naming the entry, "restored already".
+    remote = _restores_by_entry_of_a_live_session(store)
+    assert remote == _restores_by_entry_of_a_live_session(app_store)
+    assert remote[1] == remote[4] == "restored"
+    assert "then run `app sessions restore SID --file a.txt --entry NEWER`" in remote[2]
