@@ -304,3 +304,38 @@ def test_restore_by_entry_of_a_live_session_answers_alike_on_both_backends(
     assert remote == _restores_by_entry_of_a_live_session(app_store)
     assert remote[1] == remote[4] == "restored"
     assert "then run `app sessions restore SID --file a.txt --entry NEWER`" in remote[2]
+
+
+def test_a_restore_by_entry_racing_an_empty_trash_either_restores_whole_or_finds_it_emptied(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    sid = first.create_session("raced")["id"]
+    first.put_file(sid, "a.txt", b"kept")
+    entry = first.delete_file(sid, "a.txt").name
+    barrier = threading.Barrier(2)
+
+    def restore() -> str:
+        barrier.wait()
+        try:
+            first.restore(sid, file="a.txt", entry=entry)
+        except NotInTrashError as error:
+            return str(error)
+        return "restored"
+
+    def empty() -> list[str]:
+        barrier.wait()
+        return [e.name for e in second.empty_trash(None, via="test")]
+
+    with ThreadPoolExecutor(2) as pool:
+        restored, emptied = pool.submit(restore), pool.submit(empty)
+        said, removed = restored.result(), emptied.result()
+    if said == "restored":
+        # Never a row that names an object the empty-trash deleted.
+        assert removed == [], removed
+        assert first.open_file(sid, "a.txt")[0].read() == b"kept"
+    else:
+        assert removed == [entry], removed
+        assert said.startswith(f"no trash entry {entry!r} {_NO_SUCH}"), said
+        assert [f["name"] for f in first.get_session(sid)["files"]] == []
+    assert first.check().findings == []
