@@ -27,8 +27,10 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import test_redteam_s37_remote
@@ -36,7 +38,7 @@ import test_remote_store
 from replicas import Production
 from test_remote_credentials import _app, _chain_env
 
-from app.errors import AppError, NotInTrashError, RestoreOverwriteError
+from app.errors import AppError, NotInTrashError
 from app.remote.errors import S3ClientSettingsError
 from app.remote.store import RemoteStore
 from app.store import Store
@@ -44,6 +46,8 @@ from app.store import Store
 # The fixtures, as red team 37 and tests/test_remote_store.py made them.
 production = test_redteam_s37_remote.production
 opened, store, pair = test_remote_store.opened, test_remote_store.store, test_remote_store.pair
+
+T = TypeVar("T")
 
 _NO_SUCH = "in the trash (emptied, restored already, or never made); `app sessions list --trash"
 
@@ -112,25 +116,51 @@ def test_a_failing_credential_process_is_refused_naming_the_chain_and_what_it_sa
     assert "`app doctor` checks them" in said, said
 
 
+def _deleted_file(store: RemoteStore, data: bytes) -> tuple[str, str]:
+    """A new session whose a.txt (``data``) was deleted, and the entry that holds it."""
+    sid = store.create_session("raced")["id"]
+    store.put_file(sid, "a.txt", data)
+    return sid, store.delete_file(sid, "a.txt").name
+
+
+def _restoring_at_once(
+    replica: RemoteStore, sid: str, entry: str, other: Callable[[], T]
+) -> tuple[str, T]:
+    """``replica``'s restore of a.txt by ``entry`` ("restored", or the refusal's message) and
+    what ``other`` returns, the two started at once in two threads."""
+    barrier = threading.Barrier(2)
+
+    def restore() -> str:
+        barrier.wait()
+        try:
+            replica.restore(sid, file="a.txt", entry=entry)
+        except AppError as error:
+            return str(error)
+        return "restored"
+
+    def then() -> T:
+        barrier.wait()
+        return other()
+
+    with ThreadPoolExecutor(2) as pool:
+        restored, done = pool.submit(restore), pool.submit(then)
+        return restored.result(), done.result()
+
+
 def test_two_replicas_restoring_one_entry_at_once_restore_it_once_and_an_old_name_stays_gone(
     pair: tuple[RemoteStore, RemoteStore],
 ) -> None:
     first, second = pair
-    sid = first.create_session("raced")["id"]
-    first.put_file(sid, "a.txt", b"one")
-    entry = first.delete_file(sid, "a.txt").name
-    barrier = threading.Barrier(2)
+    sid, entry = _deleted_file(first, b"one")
 
-    def restore(replica: RemoteStore) -> str:
-        barrier.wait()
+    def restore_on_second() -> str:
         try:
-            replica.restore(sid, file="a.txt", entry=entry)
+            second.restore(sid, file="a.txt", entry=entry)
         except NotInTrashError as error:
             return str(error)
         return "restored"
 
-    with ThreadPoolExecutor(2) as pool:
-        said = sorted(pool.map(restore, pair))
+    said = sorted(_restoring_at_once(first, sid, entry, restore_on_second))
     assert said[1] == "restored", said
     assert said[0].startswith(f"no trash entry {entry!r} {_NO_SUCH}"), said
     # Restored, then deleted again: a new entry; the old name restores nothing.
@@ -159,26 +189,10 @@ def test_a_restore_by_entry_racing_a_replace_of_the_file_loses_neither_copy(
     pair: tuple[RemoteStore, RemoteStore],
 ) -> None:
     first, second = pair
-    sid = first.create_session("raced")["id"]
-    first.put_file(sid, "a.txt", b"old")
-    entry = first.delete_file(sid, "a.txt").name
-    barrier = threading.Barrier(2)
-
-    def restore() -> str:
-        barrier.wait()
-        try:
-            first.restore(sid, file="a.txt", entry=entry)
-        except RestoreOverwriteError as error:
-            return str(error)
-        return "restored"
-
-    def replace() -> None:
-        barrier.wait()
-        second.put_file(sid, "a.txt", b"new", replace=True)
-
-    with ThreadPoolExecutor(2) as pool:
-        restored, replaced = pool.submit(restore), pool.submit(replace)
-        said, _ = restored.result(), replaced.result()
+    sid, entry = _deleted_file(first, b"old")
+    said, _ = _restoring_at_once(
+        first, sid, entry, lambda: second.put_file(sid, "a.txt", b"new", replace=True)
+    )
     # Whichever committed first, the live file is the new one and the old one is in the
     # trash (moved aside by the replace, or still in its entry after the refusal).
     assert first.open_file(sid, "a.txt")[0].read() == b"new"
@@ -227,16 +241,29 @@ def _restores_by_entry(store: Store | RemoteStore) -> list[str]:
         store.delete_file(other, "a.txt").name: "OTHERS-FILE-ENTRY",
     }
     names[store.delete_session(sid).name] = "SESSION-ENTRY"
-    by = {label: name for name, label in names.items()}
-    answers = []
-    for entry, file in [
+    asks: list[tuple[str, str | None]] = [
         ("SESSION-ENTRY", "a.txt"),  # broke on PostgreSQL: "no session ... in sessions", 66
         ("OTHERS-FILE-ENTRY", "a.txt"),  # broke on PostgreSQL: the same
         ("FILE-ENTRY", None),
         ("FILE-ENTRY", "a.txt"),  # the session is deleted: restore it first
         ("SESSION-ENTRY", None),
         ("FILE-ENTRY", "b.txt"),
-    ]:
+    ]
+    return _answers(store, sid, names, asks)
+
+
+def _answers(
+    store: Store | RemoteStore,
+    sid: str,
+    names: dict[str, str],
+    asks: list[tuple[str, str | None]],
+) -> list[str]:
+    """Each restore of ``sid`` by an entry (its label in ``names``) and file, in turn:
+    "restored", or the refusal with its exit code; ids and entry names put as their labels,
+    a local copy's path left out."""
+    by = {label: name for name, label in names.items()}
+    answers = []
+    for entry, file in asks:
         try:
             store.restore(sid, file=file, entry=by[entry])
             answer = "restored"
@@ -244,7 +271,7 @@ def _restores_by_entry(store: Store | RemoteStore) -> list[str]:
             answer = f"{error.exit_code}: {error}"
         for name, label in sorted(names.items(), key=lambda item: -len(item[0])):
             answer = answer.replace(name, label)
-        answers.append(answer)
+        answers.append(re.sub(r" \(at /[^)]*\)", "", answer))
     return answers
 
 
@@ -274,9 +301,7 @@ def _restores_by_entry_of_a_live_session(store: Store | RemoteStore) -> list[str
     olds = [e for e in store.list_trash() if e.file == "a.txt" and e.name not in names]
     names[olds[0].name] = "OLDER"
     names[store.delete_file(sid, "b.txt").name] = "B"
-    by = {label: name for name, label in names.items()}
-    answers = []
-    for entry, file in [
+    asks: list[tuple[str, str | None]] = [
         ("OLDER", None),
         ("OLDER", "a.txt"),
         ("NEWER", "a.txt"),  # a live a.txt again: refused naming this entry
@@ -284,16 +309,8 @@ def _restores_by_entry_of_a_live_session(store: Store | RemoteStore) -> list[str
         ("B", "b.txt"),
         ("B", "b.txt"),  # restored already
         ("OLDER", "a.txt"),
-    ]:
-        try:
-            store.restore(sid, file=file, entry=by[entry])
-            answer = "restored"
-        except AppError as error:
-            answer = f"{error.exit_code}: {error}"
-        for name, label in sorted(names.items(), key=lambda item: -len(item[0])):
-            answer = answer.replace(name, label)
-        answers.append(re.sub(r" \(at /[^)]*\)", "", answer))  # the local copy's path
-    return answers
+    ]
+    return _answers(store, sid, names, asks)
 
 
 def test_restore_by_entry_of_a_live_session_answers_alike_on_both_backends(
@@ -310,26 +327,11 @@ def test_a_restore_by_entry_racing_an_empty_trash_either_restores_whole_or_finds
     pair: tuple[RemoteStore, RemoteStore],
 ) -> None:
     first, second = pair
-    sid = first.create_session("raced")["id"]
-    first.put_file(sid, "a.txt", b"kept")
-    entry = first.delete_file(sid, "a.txt").name
-    barrier = threading.Barrier(2)
-
-    def restore() -> str:
-        barrier.wait()
-        try:
-            first.restore(sid, file="a.txt", entry=entry)
-        except NotInTrashError as error:
-            return str(error)
-        return "restored"
-
-    def empty() -> list[str]:
-        barrier.wait()
-        return [e.name for e in second.empty_trash(None, via="test")]
-
-    with ThreadPoolExecutor(2) as pool:
-        restored, emptied = pool.submit(restore), pool.submit(empty)
-        said, removed = restored.result(), emptied.result()
+    sid, entry = _deleted_file(first, b"kept")
+    said, emptied = _restoring_at_once(
+        first, sid, entry, lambda: second.empty_trash(None, via="test")
+    )
+    removed = [e.name for e in emptied]
     if said == "restored":
         # Never a row that names an object the empty-trash deleted.
         assert removed == [], removed
