@@ -422,6 +422,22 @@ class ObjectStoreUnavailableError(AppError):
     credentials: str = field(default=STATIC_CREDENTIALS, kw_only=True)
 
 
+class S3ClientSettingsError(ConfigError):
+    """The S3 client refused a setting it reads itself, outside the app's configuration (an
+    ``AWS_*`` variable of the process's environment, the AWS config file)."""
+
+    code = "s3_client_settings"
+    template = (
+        "cannot make the S3 client for object store {where}: {reason}. The S3 client (boto3) "
+        "reads this from the process's environment (AWS_* variables) or from the AWS config "
+        "file (AWS_CONFIG_FILE, else ~/.aws/config; its AWS_PROFILE section): correct or "
+        "unset it there; nothing was changed"
+    )
+
+    where: str
+    reason: str
+
+
 class StoreClockSkewError(ObjectStoreUnavailableError):
     """The object store refused a request as signed at a time too far from its own clock:
     this machine's clock, or the store's, is wrong (S3 allows 15 minutes)."""

@@ -50,6 +50,7 @@ from app.remote.errors import (
     PrefixStampMissingError,
     Protection,
     RemoteStampMismatchError,
+    S3ClientSettingsError,
     StorageMismatchError,
     StoreClockSkewError,
     UnstampedNotEmptyError,
@@ -116,6 +117,19 @@ _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 # to make clients from in two threads at once (boto3's documentation), hence the lock.
 _session_lock = threading.Lock()
 _sessions: list[Any] = []
+
+
+_CHAIN: Final = (
+    "from the S3 client's own chain ({}; s3_access_key_id and s3_secret_access_key are unset, "
+    "so it looks in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/config "
+    "and ~/.aws/credentials, and an instance or container role)"
+)
+"""Where credentials come from when neither key is set, with what the chain did ({})."""
+
+
+def _one_line(error: BaseException) -> str:
+    """``error`` on one line: a `credential_process`'s standard error ends in a newline."""
+    return " ".join(str(error).split())
 
 
 def _session() -> Any:
@@ -492,22 +506,51 @@ class ObjectStore:
         sandbox.check_scratch("blob_url", blob_url, "opening")
         sandbox.check_scratch_apart(self._overlaps, blob_url, "opening")
         self.where = str(self.location)
-        self._client = _new_client(
-            service_name="s3",
-            endpoint_url=endpoint_url or None,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            region_name=region,
-            config=Config(
-                # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
-                s3={"addressing_style": "path" if endpoint_url else "auto"},
-                retries={"mode": "standard", "max_attempts": max_attempts},
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-            ),
-        )
-        self.read_timeout = read_timeout
         self._static = access_key_id is not None
+        from botocore.exceptions import (
+            BotoCoreError,
+            CredentialRetrievalError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ProfileNotFound,
+        )
+
+        try:
+            self._client = _new_client(
+                service_name="s3",
+                endpoint_url=endpoint_url or None,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                region_name=region,
+                config=Config(
+                    # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
+                    s3={"addressing_style": "path" if endpoint_url else "auto"},
+                    retries={"mode": "standard", "max_attempts": max_attempts},
+                    connect_timeout=connect_timeout,
+                    read_timeout=read_timeout,
+                ),
+            )
+        except (
+            CredentialRetrievalError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ProfileNotFound,
+        ) as error:
+            if self._static:
+                raise S3ClientSettingsError(self.where, _one_line(error).rstrip(".")) from error
+            # Neither key set, the client loads the chain's credentials as it is made: a
+            # failing `credential_process` (or an AWS_PROFILE no file has) was a traceback,
+            # exit 1, from every command (red team 45).
+            raise ObjectStoreUnavailableError(
+                self.where,
+                "the S3 client could not be made: it could not load credentials",
+                credentials=_CHAIN.format(f"it could not load them: {_one_line(error)}"),
+            ) from error
+        except BotoCoreError as error:
+            # An AWS_* variable or the AWS config file giving the client a value it refuses
+            # (AWS_REQUEST_CHECKSUM_CALCULATION=bogus): a traceback too, keys set or not.
+            raise S3ClientSettingsError(self.where, _one_line(error).rstrip(".")) from error
+        self.read_timeout = read_timeout
         # The database this process opened the prefix for (its id and instance), once
         # `open` checked the stamp names it: what `handed_away` compares with.
         self._owner: tuple[str, str | None, int | None] | None = None
@@ -568,16 +611,11 @@ class ObjectStore:
         that expire (a role's, a `credential_process`'s, SSO's) as it goes."""
         if self._static:
             return STATIC_CREDENTIALS
-        chain = (
-            "from the S3 client's own chain ({}; s3_access_key_id and s3_secret_access_key "
-            "are unset, so it looks in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE, ~/.aws/config and ~/.aws/credentials, and an instance or container "
-            "role)"
-        )
+        chain = _CHAIN
         try:
             found = _session().get_credentials()
         except Exception as error:  # botocore's chain: a broken file, a failing process
-            return chain.format(f"it could not load them: {error}")
+            return chain.format(f"it could not load them: {_one_line(error)}")
         if found is None:
             return chain.format("it found none")
         return chain.format(f"its {found.method!r} provider found them")

@@ -23,6 +23,7 @@ from app.remote.db import Database, now, trash_entry
 from app.remote.objects import ObjectStore
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
+from app.store.trash import TRASH_NAME_RE
 
 __all__ = ["RemoteTrash"]
 
@@ -88,16 +89,34 @@ class RemoteTrash:
     def _not_there(self, conn: Any, entry: str, session_id: str, file: str | None) -> AppError:
         """Why trash entry ``entry`` gives nothing to restore: it holds something else (named,
         with the command that restores it), or there is no such entry."""
+        held = self._held(conn, entry)
+        if held is None:
+            return NotInTrashError(session_id, file, entry=entry)
+        return entry_holds_other(entry, held[0], held[1], session_id, file)
+
+    @staticmethod
+    def _held(conn: Any, entry: str) -> tuple[str, str | None] | None:
+        """The session (and file) trash entry ``entry`` holds; None if there is none."""
         held = conn.execute(
             "SELECT id AS session_id, NULL AS file FROM app_sessions WHERE trash_name = %s"
             " UNION ALL SELECT session_id, name FROM app_files WHERE trash_name = %s",
             (entry, entry),
         ).fetchone()
-        if held is None:
-            return NotInTrashError(session_id, file, entry=entry)
-        return entry_holds_other(entry, held["session_id"], held["file"], session_id, file)
+        return None if held is None else (held["session_id"], held["file"])
+
+    @staticmethod
+    def _refuse_unnamed(entry: str | None, session_id: str, file: str | None) -> None:
+        """Refuse an entry name no entry of either backend has, before the database sees it.
+
+        Given to PostgreSQL, a name of bytes that are not UTF-8 (``--entry $'\\xff'``) or
+        with a NUL was a traceback, exit 1, where the local store says there is no such entry
+        (red team 45).
+        """
+        if entry is not None and TRASH_NAME_RE.fullmatch(entry) is None:
+            raise NotInTrashError(session_id, file, entry=entry)
 
     def _restore_session(self, session_id: str, entry: str | None) -> None:
+        self._refuse_unnamed(entry, session_id, None)
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
                 "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL"
@@ -117,7 +136,17 @@ class RemoteTrash:
 
     def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
         what = f"the restore of {name!r} into session {session_id}"
+        if entry is not None:
+            # Before the session is looked at, as the local store does: a named entry of the
+            # deleted session itself (or of another session's file) was "no session ... in
+            # sessions", 66, without a word of what the entry holds (red team 45).
+            self._refuse_unnamed(entry, session_id, name)
+            with self.db.conn() as conn:
+                held = self._held(conn, entry)
+            if held is not None and held != (session_id, name):
+                raise entry_holds_other(entry, held[0], held[1], session_id, name)
         with self.db.change(session_id, what) as (conn, _):
+            self._refuse_unnamed(entry, session_id, name)
             row = conn.execute(
                 "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
                 " AND deleted_at IS NOT NULL AND (%s::text IS NULL OR trash_name = %s)"

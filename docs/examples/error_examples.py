@@ -325,6 +325,11 @@ EXAMPLES: list[errors.AppError] = [
         "the creation of a session titled 'notes'",
     ),
     remote.ObjectStoreUnavailableError(OBJECTS, "InvalidAccessKeyId: the access key is unknown"),
+    remote.S3ClientSettingsError(
+        OBJECTS,
+        "Unsupported configuration value for request_checksum_calculation. Expected one of "
+        "('when_supported', 'when_required') but got bogus",
+    ),
     remote.StoreClockSkewError(
         OBJECTS,
         "RequestTimeTooSkewed, a difference of 120 min 3 s, this machine ahead of the store",
