@@ -1061,6 +1061,7 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
             if source in config.protected_profiles or source not in config.profiles
             else config.profile,
             _CONFIRM_OPTION,
+            known=source in config.profiles,
         )
     from app.storage import restamp
 

@@ -851,6 +851,19 @@ class ConfirmationRequiredError(AppError):
     operation: str
     profile: str
     option: str
+    #: False where these settings define no profile of that name (a stamp's): it may be
+    #: another deployment's protected one, but is not called one here.
+    known: bool = field(default=True, kw_only=True)
+
+    @property
+    def message(self) -> str:
+        if self.known:
+            return self.template.format_map(vars(self))
+        return (
+            f"refusing to {self.operation} without confirmation: these settings define no "
+            f"profile {self.profile!r}, which may be another deployment's protected one; "
+            f"nothing was changed. Re-run with {self.option} if you mean it"
+        )
 
 
 class PortInUseError(AppError):

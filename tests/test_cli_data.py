@@ -328,7 +328,12 @@ def test_a_root_stamped_by_a_profile_these_settings_do_not_know_is_taken_only_wi
     assert suggested.endswith("--from prod-eu --yes-i-mean-it")
     code, _, err = invoke("data", "restamp", "--from", "prod-eu")
     assert code == 77
-    assert "on protected profile 'prod-eu'" in err
+    # Not called protected: these settings have no such profile (red team 45 read it so).
+    assert (
+        "without confirmation: these settings define no profile 'prod-eu', which may be "
+        "another deployment's protected one; nothing was changed. Re-run with "
+        "--yes-i-mean-it if you mean it"
+    ) in " ".join(err.split())
     assert json.loads((app_config.data_root / ".app-profile.json").read_text())["profile"] == (
         "prod-eu"
     )
