@@ -1161,6 +1161,54 @@ class TrashCopyLostError(StoreError):
         )
 
 
+class TrashManifestDamagedError(StoreError):
+    """A file's trash entry holds bytes under the file's name, but its ``trash.json`` is
+    missing or is not a manifest the app wrote (damage from outside the app): it may hold the
+    version deleted last, and which file and version it is cannot be read from it."""
+
+    exit_code = EX_DATAERR
+    code = "trash_manifest_damaged"
+    http_status = 500
+
+    session_id: str
+    file: str | None
+    """The file asked for (``None``: the session was asked for, by this entry's name)."""
+    entry: str
+    path: str
+    """The entry's directory."""
+    holds: tuple[str, ...] = ()
+    """The names the entry holds besides its manifest."""
+    asked: bool = field(default=False, kw_only=True)
+    """The entry was named (``app sessions restore --entry``), not taken as the newest."""
+    older: str | None = field(default=None, kw_only=True)
+    """The next older entry that holds the file whole, if one does."""
+
+    @property
+    def message(self) -> str:
+        what = f"session {self.session_id}"
+        if self.file is not None:
+            what = f"file {self.file!r} of {what}"
+        which = "the entry asked for" if self.asked else "which may hold its newest copy"
+        held = ", ".join(repr(name) for name in self.holds) or "nothing else"
+        if self.asked:
+            instead = "; `app sessions list --trash --json` shows the other entries"
+        elif self.older is not None:
+            instead = (
+                "; or, to restore the copy before it instead, run `app sessions restore "
+                f"{self.session_id} --file {shell_word(self.file or '')} --entry {self.older}`"
+            )
+        else:
+            instead = "; no other copy of it is in the trash"
+        return (
+            f"cannot restore {what}: trash entry {self.entry}, {which}, has a trash.json that "
+            "is missing or not a manifest the app wrote (changed from outside the app; `app "
+            "data check` reports it as trash-no-manifest), so which file and version it holds "
+            f"cannot be read (it holds {held}); nothing was changed. Put {self.path}/trash.json "
+            "back from a backup, or copy the bytes out of that directory by hand and upload "
+            f"them again{instead}"
+        )
+
+
 class UnreadableSessionError(StoreError):
     """A ``session.json`` that is not a JSON object, holds a field of another type than the
     app writes, or names another session (linked or copied from it by hand): damage from

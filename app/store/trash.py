@@ -36,6 +36,7 @@ from app.errors import (
     StoppedPartwayError,
     TrashCopyLostError,
     TrashEntryLinkedError,
+    TrashManifestDamagedError,
 )
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
@@ -248,6 +249,10 @@ class Trash:
             if entry is None:
                 continue
             entry = self._checked(entry, session_id, file)
+            if file is not None and self._unnamed(entry, file):
+                # It may hold the version deleted last: passed over, the restore brought
+                # back the one before it as the one deleted (red team 45).
+                raise self._damaged(entry, session_id, file, older=True)
             try:
                 if self._holds(entry, session_id, file, lost=lost, odd=odd):
                     return entry
@@ -306,6 +311,9 @@ class Trash:
         entry = self.read_entry(name)
         assert entry is not None  # its name is an entry's
         entry = self._checked(entry, session_id, file)
+        if entry.kind == "file" and not isinstance(entry.file, str):
+            # Once "holds file '?'", and a command `--file '?'` that could not restore it.
+            raise self._damaged(entry, session_id, file, asked=True)
         kind = "session" if file is None else "file"
         if (entry.session_id, entry.kind, entry.file if file else None) != (
             session_id,
@@ -316,6 +324,39 @@ class Trash:
             held = None if entry.kind == "session" else entry.file or "?"
             raise entry_holds_other(name, entry.session_id, held, session_id, file)
         return entry if self._holds(entry, session_id, file, lost=True, asked=True) else None
+
+    @staticmethod
+    def _unnamed(entry: TrashEntry, file: str) -> bool:
+        """Whether ``entry`` is a file's whose manifest does not say which (missing, torn,
+        not the app's), and holds bytes by ``file``'s name."""
+        if entry.kind != "file" or isinstance(entry.file, str) or entry.reason == LINKED:
+            return False
+        return os.path.lexists(entry.path / bytes_in_entry(file))
+
+    def _damaged(
+        self,
+        entry: TrashEntry,
+        session_id: str,
+        file: str | None,
+        *,
+        asked: bool = False,
+        older: bool = False,
+    ) -> TrashManifestDamagedError:
+        """The refusal of a restore that needs ``entry``, whose manifest cannot say what it
+        holds (`_unnamed`)."""
+        try:
+            holds = tuple(sorted(p.name for p in entry.path.iterdir() if p.name != TRASH_MANIFEST))
+        except OSError:
+            holds = ()
+        return TrashManifestDamagedError(
+            session_id,
+            file,
+            entry.name,
+            str(entry.path),
+            holds,
+            asked=asked,
+            older=self._older_whole(session_id, file, entry.name) if older and file else None,
+        )
 
     def _checked(self, entry: TrashEntry, session_id: str, file: str | None) -> TrashEntry:
         """``entry`` as a restore may read it: refused if it is a link, read again if its

@@ -1,0 +1,133 @@
+"""Red team 45 on integrity: restores by entry (``app sessions restore --entry``).
+
+What broke: a file's newest trash entry whose ``trash.json`` was torn or removed from
+outside the app (its bytes still in it, under the file's name) was passed over by
+``app sessions restore --file``, which brought back the version before it, answered as the
+one deleted; and ``--entry`` of such an entry was refused as holding "file '?'", with a
+command, ``--file '?'``, that could never restore it. Both are now `TrashManifestDamagedError`,
+naming the entry, what it holds, and what to do (the older entry's command included).
+
+A kill -9 before every change of a restore that takes an older entry of a file (three
+versions in the trash, the oldest asked for): each crash point repaired as a start-up
+repairs it, and every byte kept, the other entries untouched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_redteam_s18_crash_points import (
+    _ZYGOTE,
+    Zygote,
+    check_after_crashes,
+    contents,
+    open_store,
+    sha,
+)
+
+from app.config import Config
+from app.errors import TrashManifestDamagedError
+from app.store import Store
+
+_ENTRY_OP = '    elif op == "repair":'
+_ZYGOTE_ENTRY = _ZYGOTE.replace(
+    _ENTRY_OP,
+    '    elif op == "restore-entry":\n'
+    "        store.restore(args[0], file=args[1], entry=args[2])\n" + _ENTRY_OP,
+    1,
+)
+
+
+class EntryZygote(Zygote):
+    """`Zygote`, with ``restore-entry`` (a file's restore from the entry it names)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE_ENTRY],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+
+def _three_versions(store: Store) -> tuple[str, list[str]]:
+    """A session whose ``a.txt`` was replaced twice and deleted: its three entries, oldest
+    first."""
+    sid = store.create_session("versions")["id"]
+    store.put_file(sid, "a.txt", b"version 1")
+    store.put_file(sid, "a.txt", b"version 2", replace=True)
+    store.put_file(sid, "a.txt", b"version 3", replace=True)
+    store.delete_file(sid, "a.txt")
+    names = sorted(e.name for e in store.trash.entries() if e.session_id == sid)
+    return sid, names
+
+
+def test_a_kill_at_each_change_of_a_restore_by_entry_keeps_every_version(
+    app_store: Store, app_config: Config, tmp_path: Path
+) -> None:
+    sid, names = _three_versions(app_store)
+    assert len(names) == 3
+    app_store.close()
+    root = app_config.data_root
+    saved = tmp_path / "saved"
+    shutil.copytree(root, saved, symlinks=True)
+    before = contents(saved)
+    zygote = EntryZygote()
+    try:
+        crash_at = 0
+        while True:
+            shutil.rmtree(root)
+            shutil.copytree(saved, root, symlinks=True)
+            completed = zygote.run("restore-entry", crash_at, [sid, "a.txt", names[0]], root)
+            after = check_after_crashes(app_config, before, f"at {crash_at}")
+            with open_store(app_config) as store:
+                left = sorted(e.name for e in store.trash.entries() if e.session_id == sid)
+                session = store.get_session(sid)
+                files = {f["name"]: f["sha256"] for f in session["files"]}
+                if "a.txt" in files:
+                    assert files["a.txt"] == sha("version 1"), crash_at
+                    assert left == names[1:], crash_at
+                else:
+                    assert left == names, crash_at
+            assert {sha("version 2"), sha("version 3")} <= after
+            if completed:
+                break
+            crash_at += 1
+    finally:
+        zygote.close()
+    assert crash_at > 3
+
+
+@pytest.mark.parametrize("damage", ["torn", "removed", "a list"])
+def test_a_newest_entry_whose_manifest_is_damaged_is_refused_never_passed_over(
+    app_store: Store, damage: str
+) -> None:
+    sid, names = _three_versions(app_store)
+    newest = app_store.trash.path / names[-1]
+    manifest = newest / "trash.json"
+    if damage == "removed":
+        manifest.unlink()
+    else:
+        manifest.write_text("{torn" if damage == "torn" else "[]")
+    with pytest.raises(TrashManifestDamagedError) as refused:
+        app_store.restore(sid, file="a.txt")
+    message = str(refused.value)
+    assert f"trash entry {names[-1]}, which may hold its newest copy" in message
+    assert "it holds 'a.txt'" in message and "trash-no-manifest" in message
+    assert f"Put {newest}/trash.json back from a backup" in message
+    older = f"app sessions restore {sid} --file a.txt --entry {names[1]}`"
+    assert message.endswith(older), message
+    assert refused.value.exit_code == 65
+    # Nothing changed, and asked for by name it is refused so too, never "--file '?'".
+    assert [f["name"] for f in app_store.get_session(sid)["files"]] == []
+    for asked in ("a.txt", None):
+        with pytest.raises(TrashManifestDamagedError) as named:
+            app_store.restore(sid, file=asked, entry=names[-1])
+        assert "the entry asked for" in str(named.value) and "'?'" not in str(named.value)
+    # The command the refusal names brings back the copy before it, on purpose.
+    session = app_store.restore(sid, file="a.txt", entry=names[1])
+    assert [f["sha256"] for f in session["files"]] == [sha("version 2")]
