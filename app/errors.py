@@ -1178,6 +1178,8 @@ class TrashManifestDamagedError(StoreError):
     """The entry's directory."""
     holds: tuple[str, ...] = ()
     """The names the entry holds besides its manifest."""
+    names: str | None = field(default=None, kw_only=True)
+    """The file its manifest names, where it names one whose bytes it does not hold."""
     asked: bool = field(default=False, kw_only=True)
     """The entry was named (``app sessions restore --entry``), not taken as the newest."""
     older: str | None = field(default=None, kw_only=True)
@@ -1190,6 +1192,13 @@ class TrashManifestDamagedError(StoreError):
             what = f"file {self.file!r} of {what}"
         which = "the entry asked for" if self.asked else "which may hold its newest copy"
         held = ", ".join(repr(name) for name in self.holds) or "nothing else"
+        said = (
+            "is missing or not a manifest the app wrote (`app data check` reports it as "
+            "trash-no-manifest)"
+            if self.names is None
+            else f"names file {self.names!r}, whose bytes it does not hold (`app data check` "
+            "reports it as file-damaged)"
+        )
         if self.asked:
             instead = "; `app sessions list --trash --json` shows the other entries"
         elif self.older is not None:
@@ -1201,8 +1210,7 @@ class TrashManifestDamagedError(StoreError):
             instead = "; no other copy of it is in the trash"
         return (
             f"cannot restore {what}: trash entry {self.entry}, {which}, has a trash.json that "
-            "is missing or not a manifest the app wrote (changed from outside the app; `app "
-            "data check` reports it as trash-no-manifest), so which file and version it holds "
+            f"{said} (changed from outside the app), so which file and version it holds "
             f"cannot be read (it holds {held}); nothing was changed. Put {self.path}/trash.json "
             "back from a backup, or copy the bytes out of that directory by hand and upload "
             f"them again{instead}"

@@ -131,3 +131,16 @@ def test_a_newest_entry_whose_manifest_is_damaged_is_refused_never_passed_over(
     # The command the refusal names brings back the copy before it, on purpose.
     session = app_store.restore(sid, file="a.txt", entry=names[1])
     assert [f["sha256"] for f in session["files"]] == [sha("version 2")]
+
+
+def test_a_newest_entry_whose_manifest_names_another_file_is_refused(app_store: Store) -> None:
+    sid, names = _three_versions(app_store)
+    manifest = app_store.trash.path / names[-1] / "trash.json"
+    manifest.write_text(manifest.read_text().replace('"file": "a.txt"', '"file": "b.txt"'))
+    for entry in (None, names[-1]):
+        with pytest.raises(TrashManifestDamagedError) as refused:
+            app_store.restore(sid, file="a.txt", entry=entry)
+        assert "names file 'b.txt', whose bytes it does not hold" in str(refused.value)
+    assert app_store.get_session(sid)["files"] == []
+    found = [f.problem for f in app_store.check(repair=False).findings]
+    assert found == ["file-damaged"]

@@ -311,7 +311,9 @@ class Trash:
         entry = self.read_entry(name)
         assert entry is not None  # its name is an entry's
         entry = self._checked(entry, session_id, file)
-        if entry.kind == "file" and not isinstance(entry.file, str):
+        if entry.kind == "file" and (
+            not isinstance(entry.file, str) or (file is not None and self._unnamed(entry, file))
+        ):
             # Once "holds file '?'", and a command `--file '?'` that could not restore it.
             raise self._damaged(entry, session_id, file, asked=True)
         kind = "session" if file is None else "file"
@@ -328,9 +330,12 @@ class Trash:
     @staticmethod
     def _unnamed(entry: TrashEntry, file: str) -> bool:
         """Whether ``entry`` is a file's whose manifest does not say which (missing, torn,
-        not the app's), and holds bytes by ``file``'s name."""
-        if entry.kind != "file" or isinstance(entry.file, str) or entry.reason == LINKED:
+        not the app's) or names another whose bytes it does not hold, and holds bytes by
+        ``file``'s name."""
+        if entry.kind != "file" or entry.file == file or entry.reason == LINKED:
             return False
+        if isinstance(entry.file, str) and os.path.lexists(entry.path / bytes_in_entry(entry.file)):
+            return False  # another file's copy, as its manifest says
         return os.path.lexists(entry.path / bytes_in_entry(file))
 
     def _damaged(
@@ -354,6 +359,7 @@ class Trash:
             entry.name,
             str(entry.path),
             holds,
+            names=entry.file if isinstance(entry.file, str) else None,
             asked=asked,
             older=self._older_whole(session_id, file, entry.name) if older and file else None,
         )
