@@ -14,10 +14,12 @@ repairs it, and every byte kept, the other entries untouched.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from test_redteam_s18_crash_points import (
@@ -131,6 +133,9 @@ def test_a_newest_entry_whose_manifest_is_damaged_is_refused_never_passed_over(
     # The command the refusal names brings back the copy before it, on purpose.
     session = app_store.restore(sid, file="a.txt", entry=names[1])
     assert [f["sha256"] for f in session["files"]] == [sha("version 2")]
+    # Its audit line names the entry it took.
+    last = json.loads(app_store.root.audit_path.read_text().splitlines()[-1])
+    assert (last["operation"], last["details"]["trash"]) == ("restore-file", names[1]), last
 
 
 def test_a_newest_entry_whose_manifest_names_another_file_is_refused(app_store: Store) -> None:
@@ -144,3 +149,31 @@ def test_a_newest_entry_whose_manifest_names_another_file_is_refused(app_store: 
     assert app_store.get_session(sid)["files"] == []
     found = [f.problem for f in app_store.check(repair=False).findings]
     assert found == ["file-damaged"]
+
+
+def test_left_out_over_pages_with_sessions_made_damaged_and_deleted_between_them(
+    app_store: Store,
+) -> None:
+    """Held: each session there throughout is named once, in ``items`` or ``left_out``."""
+
+    def page(after: str | None) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(app_store.list_sessions_json(limit=2, after=after)))
+
+    ids = [app_store.create_session(f"s{i}")["id"] for i in range(6)]
+    (app_store.sessions_dir / ids[3] / "session.json").unlink()
+    first = page(None)
+    assert [s["id"] for s in first["items"]] == ids[:2] and first["total"] == 6
+    app_store.delete_session(ids[0])  # listed already
+    (app_store.sessions_dir / ids[1] / "session.json").write_text("[]")  # before the cursor
+    new = [app_store.create_session("new")["id"] for _ in range(2)]
+    second = page(first["next"])
+    assert [s["id"] for s in second["items"]] == [ids[2]]
+    assert [s["id"] for s in second["left_out"]] == [ids[3]] and second["total"] == 7
+    shutil.rmtree(app_store.sessions_dir / ids[3])  # named already
+    seen, after = [], second["next"]
+    while after:
+        more = page(after)
+        assert not more["left_out"] and more["total"] == 7
+        seen += [s["id"] for s in more["items"]]
+        after = more.get("next")
+    assert seen == [*ids[4:], *new]
