@@ -6,6 +6,10 @@ outside the app (its bytes still in it, under the file's name) was passed over b
 one deleted; and ``--entry`` of such an entry was refused as holding "file '?'", with a
 command, ``--file '?'``, that could never restore it. Both are now `TrashManifestDamagedError`,
 naming the entry, what it holds, and what to do (the older entry's command included).
+A newest copy of the acknowledged size with one byte changed was restored, answered with the
+acknowledged SHA-256 it no longer had, and its entry removed; it is now refused as
+`TrashCopyLostError` (the size mismatch's refusal said "no other copy of it is in the
+trash" where there was one: it now names it).
 
 A kill -9 before every change of a restore that takes an older entry of a file (three
 versions in the trash, the oldest asked for): each crash point repaired as a start-up
@@ -32,7 +36,7 @@ from test_redteam_s18_crash_points import (
 )
 
 from app.config import Config
-from app.errors import TrashManifestDamagedError
+from app.errors import TrashCopyLostError, TrashManifestDamagedError
 from app.store import Store
 
 _ENTRY_OP = '    elif op == "repair":'
@@ -177,3 +181,20 @@ def test_left_out_over_pages_with_sessions_made_damaged_and_deleted_between_them
         seen += [s["id"] for s in more["items"]]
         after = more.get("next")
     assert seen == [*ids[4:], *new]
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_a_trash_copy_of_the_acknowledged_size_with_a_changed_byte_is_refused(
+    app_store: Store, asked: bool
+) -> None:
+    sid, names = _three_versions(app_store)
+    copy = app_store.trash.path / names[-1] / "a.txt"
+    copy.write_bytes(b"versioN 3")
+    with pytest.raises(TrashCopyLostError) as refused:
+        app_store.restore(sid, file="a.txt", entry=names[-1] if asked else None)
+    message = str(refused.value)
+    assert f"holds bytes whose SHA-256 is {sha('versioN 3')}, where {sha('version 3')}" in message
+    assert "`app data check` reports it as file-damaged" in message
+    if not asked:
+        assert message.endswith(f"--file a.txt --entry {names[1]}`"), message
+    assert app_store.get_session(sid)["files"] == [] and copy.read_bytes() == b"versioN 3"

@@ -13,6 +13,7 @@ record, however many files the session has.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import stat
@@ -367,16 +368,28 @@ class Files:
                 blob = new_session_id()
             kept = entry.path / bytes_in_entry(name)
             size = kept.stat().st_size
-            acknowledged = previous.get("size")
+            acknowledged, digest = previous.get("size"), previous.get("sha256")
+            damage = None
             if isinstance(acknowledged, int) and size != acknowledged:
                 # Taken from the disk, the damaged size went into the record under the
                 # acknowledged SHA-256: listed so, and past a download's check of the size
                 # before a byte (red team 36).
+                damage = f"holds {size} bytes, where {acknowledged} were acknowledged"
+            elif isinstance(digest, str) and (found := _sha256(kept)) != digest:
+                # Bytes of the acknowledged size, changed (a flipped bit): restored under the
+                # acknowledged SHA-256, answered as the version deleted, and the entry
+                # removed (red team 45). Read once, as a thorough `check` reads it.
+                damage = f"holds bytes whose SHA-256 is {found}, where {digest} was acknowledged"
+            if damage is not None:
                 raise TrashCopyLostError(
                     session_id,
                     name,
                     entry.name,
-                    damage=f"holds {size} bytes, where {acknowledged} were acknowledged",
+                    damage=damage,
+                    asked=entry_name is not None,
+                    older=None
+                    if entry_name is not None
+                    else self.trash.older_whole(session_id, name, entry.name),
                 )
             kept.rename(blobs / blob)
 
@@ -399,6 +412,12 @@ class Files:
             self._switch_record(session_id, record_path, record, undo)
             self.trash.remove_restored(entry, prepared)
             return self.sessions.with_file(before, directory, record), entry
+
+
+def _sha256(path: Path) -> str:
+    """The SHA-256 of the regular file at ``path`` (a trash copy: `_not_bytes` saw a file)."""
+    with open(path, "rb", opener=open_regular) as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

@@ -263,11 +263,11 @@ class Trash:
                     file,
                     refused.entry,
                     damage=refused.damage,
-                    older=self._older_whole(session_id, file, name),
+                    older=self.older_whole(session_id, file, name),
                 ) from None
         return None
 
-    def _older_whole(self, session_id: str, file: str, newer: str) -> str | None:
+    def older_whole(self, session_id: str, file: str, newer: str) -> str | None:
         """The name of the newest entry older than ``newer`` that holds ``file`` whole, for
         a refusal to name (``app sessions restore --entry``); None if none does."""
         for name in reversed(self._entry_names()):
@@ -361,7 +361,7 @@ class Trash:
             holds,
             names=entry.file if isinstance(entry.file, str) else None,
             asked=asked,
-            older=self._older_whole(session_id, file, entry.name) if older and file else None,
+            older=self.older_whole(session_id, file, entry.name) if older and file else None,
         )
 
     def _checked(self, entry: TrashEntry, session_id: str, file: str | None) -> TrashEntry:
