@@ -1035,9 +1035,20 @@ class SessionNotFoundError(StoreError):
 
     session_id: str
     where: str = "sessions"
+    in_trash: str | None = field(default=None, kw_only=True)
+    """The trash entry that holds the session, for a file's restore: the session goes back
+    first."""
 
     @property
     def message(self) -> str:
+        if self.in_trash is not None:
+            # Once "`app sessions list` shows the sessions", which does not show it.
+            return (
+                f"no session {self.session_id!r} in sessions: it is in the trash (entry "
+                f"{self.in_trash}), and a file is restored into its session; nothing was "
+                f"changed. `app sessions restore {self.session_id}` brings the session back; "
+                "then restore the file"
+            )
         hint = (
             "`app sessions list` shows the sessions"
             if self.where == "sessions"

@@ -36,7 +36,7 @@ from test_redteam_s18_crash_points import (
 )
 
 from app.config import Config
-from app.errors import TrashCopyLostError, TrashManifestDamagedError
+from app.errors import SessionNotFoundError, TrashCopyLostError, TrashManifestDamagedError
 from app.store import Store
 
 _ENTRY_OP = '    elif op == "repair":'
@@ -198,3 +198,23 @@ def test_a_trash_copy_of_the_acknowledged_size_with_a_changed_byte_is_refused(
     if not asked:
         assert message.endswith(f"--file a.txt --entry {names[1]}`"), message
     assert app_store.get_session(sid)["files"] == [] and copy.read_bytes() == b"versioN 3"
+
+
+def test_a_files_restore_whose_session_is_in_the_trash_names_the_session_restore(
+    app_store: Store,
+) -> None:
+    sid, names = _three_versions(app_store)
+    app_store.put_file(sid, "b.txt", b"b")
+    session_entry = app_store.delete_session(sid).name
+    for entry in (None, names[0]):
+        with pytest.raises(SessionNotFoundError) as refused:
+            app_store.restore(sid, file="a.txt", entry=entry)
+        assert str(refused.value) == (
+            f"no session {sid!r} in sessions: it is in the trash (entry {session_entry}), and "
+            "a file is restored into its session; nothing was changed. `app sessions restore "
+            f"{sid}` brings the session back; then restore the file"
+        )
+        assert refused.value.exit_code == 66
+    app_store.restore(sid)  # as it says
+    session = app_store.restore(sid, file="a.txt", entry=names[0])
+    assert sorted(f["sha256"] for f in session["files"]) == sorted([sha("b"), sha("version 1")])
