@@ -36,7 +36,12 @@ from test_redteam_s18_crash_points import (
 )
 
 from app.config import Config
-from app.errors import SessionNotFoundError, TrashCopyLostError, TrashManifestDamagedError
+from app.errors import (
+    SessionNotFoundError,
+    TrashCopyLostError,
+    TrashEntryLinkedError,
+    TrashManifestDamagedError,
+)
 from app.store import Store
 
 _ENTRY_OP = '    elif op == "repair":'
@@ -218,3 +223,25 @@ def test_a_files_restore_whose_session_is_in_the_trash_names_the_session_restore
     app_store.restore(sid)  # as it says
     session = app_store.restore(sid, file="a.txt", entry=names[0])
     assert sorted(f["sha256"] for f in session["files"]) == sorted([sha("b"), sha("version 1")])
+
+
+def test_a_trash_entry_linked_to_nowhere_names_removing_the_link(
+    app_store: Store, tmp_path: Path
+) -> None:
+    sid, names = _three_versions(app_store)
+    link = app_store.trash.path / names[-1]
+    link.rename(tmp_path / "moved")
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(TrashEntryLinkedError) as refused:
+        app_store.restore(sid, file="a.txt")
+    # Broke: "move that back in its place: `rm <link> && mv <gone> <link>`; else restore
+    # again", which the same link refused again.
+    assert (
+        f"It leads to {tmp_path / 'gone'}, which is not there (removed, or on a disk not "
+        "mounted): mount that disk and retry, or remove the link and restore again to bring "
+        "back the copy before it"
+    ) in str(refused.value)
+    assert "mv " not in str(refused.value)
+    link.unlink()  # as it says
+    session = app_store.restore(sid, file="a.txt")
+    assert [f["sha256"] for f in session["files"]] == [sha("version 2")]

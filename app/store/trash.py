@@ -104,7 +104,8 @@ def _boot_of(recorded: object) -> tuple[str, float] | None:
 
 def linked_entry_remedy(link: Path) -> str:
     """What puts back a trash entry moved out of the data root and linked back."""
-    return link_remedy(link, "restore again to bring back the copy before it")
+    # "else restore again" alone was refused again by the same link (red team 45).
+    return link_remedy(link, "remove the link and restore again to bring back the copy before it")
 
 
 def _linked_remedy(link: Path) -> str:
