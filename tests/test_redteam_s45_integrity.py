@@ -245,3 +245,19 @@ def test_a_trash_entry_linked_to_nowhere_names_removing_the_link(
     link.unlink()  # as it says
     session = app_store.restore(sid, file="a.txt")
     assert [f["sha256"] for f in session["files"]] == [sha("version 2")]
+
+
+def test_an_orphan_restored_from_the_trash_is_recorded_with_its_sha256(app_store: Store) -> None:
+    sid = app_store.create_session("orphan")["id"]
+    app_store.put_file(sid, "kept.txt", b"kept")
+    (app_store.sessions_dir / sid / "blobs" / ("ab" * 16)).write_bytes(b"stray bytes")
+    app_store.check(repair=True, thorough=True)  # to the trash, as "never acknowledged"
+    (entry,) = app_store.trash.entries()
+    assert entry.reason == "orphan" and entry.file is not None
+    # Broke: listed and served with "sha256": null, never found damaged by a check.
+    files = app_store.restore(sid, file=entry.file)["files"]
+    assert {f["name"]: f["sha256"] for f in files}[entry.file] == sha("stray bytes")
+    blob, _ = app_store.file_path(sid, entry.file)
+    blob.write_bytes(b"stray bytez")
+    found = app_store.check(repair=False, thorough=True).findings
+    assert [f.problem for f in found] == ["file-damaged"]

@@ -380,6 +380,12 @@ class Files:
                 # acknowledged SHA-256, answered as the version deleted, and the entry
                 # removed (red team 45). Read once, as a thorough `check` reads it.
                 damage = f"holds bytes whose SHA-256 is {found}, where {digest} was acknowledged"
+            elif not isinstance(digest, str):
+                # No version acknowledged (a blob `check` moved to the trash as an orphan, a
+                # manifest without its entry): restored, it was served and listed with a
+                # SHA-256 of null, and no check could ever find it damaged (red team 45).
+                # The restore acknowledges these bytes: their hash is recorded.
+                digest = _sha256(kept)
             if damage is not None:
                 raise TrashCopyLostError(
                     session_id,
@@ -405,7 +411,7 @@ class Files:
             record: FileRecord = {
                 "name": name,
                 "size": size,
-                "sha256": previous.get("sha256"),
+                "sha256": digest,
                 "uploaded_at": previous.get("uploaded_at"),
                 "blob": blob,
             }
