@@ -202,6 +202,13 @@ def link_remedy(link: Path, otherwise: str) -> str:
     root (this one or another: a link a test planted into production's), whose data must
     never be moved; ``otherwise``: what to do if it does not lead to the directory."""
     target = link.readlink()
+    if not link.exists():
+        # Once "move that back in its place: `mv <target> ...`" of a target not there, or
+        # "else" a restore that was refused again by the same link (red team 45).
+        return (
+            f"it leads to {shell_word(target)}, which is not there (removed, or on a disk not "
+            f"mounted): mount that disk and retry, or {otherwise}"
+        )
     inside = data_root_of(link.parent / target)
     if inside is not None:
         return (

@@ -1048,9 +1048,20 @@ class SessionNotFoundError(StoreError):
 
     session_id: str
     where: str = "sessions"
+    in_trash: str | None = field(default=None, kw_only=True)
+    """The trash entry that holds the session, for a file's restore: the session goes back
+    first."""
 
     @property
     def message(self) -> str:
+        if self.in_trash is not None:
+            # Once "`app sessions list` shows the sessions", which does not show it.
+            return (
+                f"no session {self.session_id!r} in sessions: it is in the trash (entry "
+                f"{self.in_trash}), and a file is restored into its session; nothing was "
+                f"changed. `app sessions restore {self.session_id}` brings the session back; "
+                "then restore the file"
+            )
         hint = (
             "`app sessions list` shows the sessions"
             if self.where == "sessions"
@@ -1171,6 +1182,62 @@ class TrashCopyLostError(StoreError):
             "from outside the app; `app data check` reports it as "
             f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
             f"from a backup (their SHA-256 is in its trash.json){instead}"
+        )
+
+
+class TrashManifestDamagedError(StoreError):
+    """A file's trash entry holds bytes under the file's name, but its ``trash.json`` is
+    missing or is not a manifest the app wrote (damage from outside the app): it may hold the
+    version deleted last, and which file and version it is cannot be read from it."""
+
+    exit_code = EX_DATAERR
+    code = "trash_manifest_damaged"
+    http_status = 500
+
+    session_id: str
+    file: str | None
+    """The file asked for (``None``: the session was asked for, by this entry's name)."""
+    entry: str
+    path: str
+    """The entry's directory."""
+    holds: tuple[str, ...] = ()
+    """The names the entry holds besides its manifest."""
+    names: str | None = field(default=None, kw_only=True)
+    """The file its manifest names, where it names one whose bytes it does not hold."""
+    asked: bool = field(default=False, kw_only=True)
+    """The entry was named (``app sessions restore --entry``), not taken as the newest."""
+    older: str | None = field(default=None, kw_only=True)
+    """The next older entry that holds the file whole, if one does."""
+
+    @property
+    def message(self) -> str:
+        what = f"session {self.session_id}"
+        if self.file is not None:
+            what = f"file {self.file!r} of {what}"
+        which = "the entry asked for" if self.asked else "which may hold its newest copy"
+        held = ", ".join(repr(name) for name in self.holds) or "nothing else"
+        said = (
+            "is missing or not a manifest the app wrote (`app data check` reports it as "
+            "trash-no-manifest)"
+            if self.names is None
+            else f"names file {self.names!r}, whose bytes it does not hold (`app data check` "
+            "reports it as file-damaged)"
+        )
+        if self.asked:
+            instead = "; `app sessions list --trash --json` shows the other entries"
+        elif self.older is not None:
+            instead = (
+                "; or, to restore the copy before it instead, run `app sessions restore "
+                f"{self.session_id} --file {shell_word(self.file or '')} --entry {self.older}`"
+            )
+        else:
+            instead = "; no other copy of it is in the trash"
+        return (
+            f"cannot restore {what}: trash entry {self.entry}, {which}, has a trash.json that "
+            f"{said} (changed from outside the app), so which file and version it holds "
+            f"cannot be read (it holds {held}); nothing was changed. Put {self.path}/trash.json "
+            "back from a backup, or copy the bytes out of that directory by hand and upload "
+            f"them again{instead}"
         )
 
 

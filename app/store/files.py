@@ -13,6 +13,7 @@ record, however many files the session has.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import stat
@@ -367,16 +368,34 @@ class Files:
                 blob = new_session_id()
             kept = entry.path / bytes_in_entry(name)
             size = kept.stat().st_size
-            acknowledged = previous.get("size")
+            acknowledged, digest = previous.get("size"), previous.get("sha256")
+            damage = None
             if isinstance(acknowledged, int) and size != acknowledged:
                 # Taken from the disk, the damaged size went into the record under the
                 # acknowledged SHA-256: listed so, and past a download's check of the size
                 # before a byte (red team 36).
+                damage = f"holds {size} bytes, where {acknowledged} were acknowledged"
+            elif isinstance(digest, str) and (found := _sha256(kept)) != digest:
+                # Bytes of the acknowledged size, changed (a flipped bit): restored under the
+                # acknowledged SHA-256, answered as the version deleted, and the entry
+                # removed (red team 45). Read once, as a thorough `check` reads it.
+                damage = f"holds bytes whose SHA-256 is {found}, where {digest} was acknowledged"
+            elif not isinstance(digest, str):
+                # No version acknowledged (a blob `check` moved to the trash as an orphan, a
+                # manifest without its entry): restored, it was served and listed with a
+                # SHA-256 of null, and no check could ever find it damaged (red team 45).
+                # The restore acknowledges these bytes: their hash is recorded.
+                digest = _sha256(kept)
+            if damage is not None:
                 raise TrashCopyLostError(
                     session_id,
                     name,
                     entry.name,
-                    damage=f"holds {size} bytes, where {acknowledged} were acknowledged",
+                    damage=damage,
+                    asked=entry_name is not None,
+                    older=None
+                    if entry_name is not None
+                    else self.trash.older_whole(session_id, name, entry.name),
                 )
             kept.rename(blobs / blob)
 
@@ -392,13 +411,19 @@ class Files:
             record: FileRecord = {
                 "name": name,
                 "size": size,
-                "sha256": previous.get("sha256"),
+                "sha256": digest,
                 "uploaded_at": previous.get("uploaded_at"),
                 "blob": blob,
             }
             self._switch_record(session_id, record_path, record, undo)
             self.trash.remove_restored(entry, prepared)
             return self.sessions.with_file(before, directory, record), entry
+
+
+def _sha256(path: Path) -> str:
+    """The SHA-256 of the regular file at ``path`` (a trash copy: `_not_bytes` saw a file)."""
+    with open(path, "rb", opener=open_regular) as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

@@ -482,7 +482,12 @@ class Store(Storage):
                     raise unreadable
                 assert session is not None
             else:
-                session, taken = self.files.restore(session_id, name, prepared, entry)
+                try:
+                    session, taken = self.files.restore(session_id, name, prepared, entry)
+                except SessionNotFoundError as missing:
+                    if type(missing) is not SessionNotFoundError:
+                        raise
+                    raise self._session_in_trash(session_id) or missing from None
                 prepared.audit("restore-file", f"{session_id}/{name}", trash=taken.name)
         if name is None:
             # The restore is made and audited: a migration that cannot be made now (out of
@@ -492,6 +497,15 @@ class Store(Storage):
                 if self._in_first_layout(session_id):
                     session = self._migrate_restored(session_id)
         return session
+
+    def _session_in_trash(self, session_id: str) -> SessionNotFoundError | None:
+        """The refusal of a file's restore whose session is in the trash, naming its entry
+        (and `app sessions restore`); None if it is not there either."""
+        try:
+            entry = self.trash.latest(session_id, None)
+        except (AppError, OSError):
+            return None  # its own refusal is the session's restore's to give
+        return None if entry is None else SessionNotFoundError(session_id, in_trash=entry.name)
 
     def _in_first_layout(self, session_id: str) -> bool:
         """Whether the session's files are still listed in its session.json (bytes in

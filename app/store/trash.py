@@ -36,6 +36,7 @@ from app.errors import (
     StoppedPartwayError,
     TrashCopyLostError,
     TrashEntryLinkedError,
+    TrashManifestDamagedError,
 )
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
@@ -103,7 +104,8 @@ def _boot_of(recorded: object) -> tuple[str, float] | None:
 
 def linked_entry_remedy(link: Path) -> str:
     """What puts back a trash entry moved out of the data root and linked back."""
-    return link_remedy(link, "restore again to bring back the copy before it")
+    # "else restore again" alone was refused again by the same link (red team 45).
+    return link_remedy(link, "remove the link and restore again to bring back the copy before it")
 
 
 def _linked_remedy(link: Path) -> str:
@@ -248,6 +250,10 @@ class Trash:
             if entry is None:
                 continue
             entry = self._checked(entry, session_id, file)
+            if file is not None and self._unnamed(entry, file):
+                # It may hold the version deleted last: passed over, the restore brought
+                # back the one before it as the one deleted (red team 45).
+                raise self._damaged(entry, session_id, file, older=True)
             try:
                 if self._holds(entry, session_id, file, lost=lost, odd=odd):
                     return entry
@@ -258,11 +264,11 @@ class Trash:
                     file,
                     refused.entry,
                     damage=refused.damage,
-                    older=self._older_whole(session_id, file, name),
+                    older=self.older_whole(session_id, file, name),
                 ) from None
         return None
 
-    def _older_whole(self, session_id: str, file: str, newer: str) -> str | None:
+    def older_whole(self, session_id: str, file: str, newer: str) -> str | None:
         """The name of the newest entry older than ``newer`` that holds ``file`` whole, for
         a refusal to name (``app sessions restore --entry``); None if none does."""
         for name in reversed(self._entry_names()):
@@ -306,6 +312,11 @@ class Trash:
         entry = self.read_entry(name)
         assert entry is not None  # its name is an entry's
         entry = self._checked(entry, session_id, file)
+        if entry.kind == "file" and (
+            not isinstance(entry.file, str) or (file is not None and self._unnamed(entry, file))
+        ):
+            # Once "holds file '?'", and a command `--file '?'` that could not restore it.
+            raise self._damaged(entry, session_id, file, asked=True)
         kind = "session" if file is None else "file"
         if (entry.session_id, entry.kind, entry.file if file else None) != (
             session_id,
@@ -316,6 +327,43 @@ class Trash:
             held = None if entry.kind == "session" else entry.file or "?"
             raise entry_holds_other(name, entry.session_id, held, session_id, file)
         return entry if self._holds(entry, session_id, file, lost=True, asked=True) else None
+
+    @staticmethod
+    def _unnamed(entry: TrashEntry, file: str) -> bool:
+        """Whether ``entry`` is a file's whose manifest does not say which (missing, torn,
+        not the app's) or names another whose bytes it does not hold, and holds bytes by
+        ``file``'s name."""
+        if entry.kind != "file" or entry.file == file or entry.reason == LINKED:
+            return False
+        if isinstance(entry.file, str) and os.path.lexists(entry.path / bytes_in_entry(entry.file)):
+            return False  # another file's copy, as its manifest says
+        return os.path.lexists(entry.path / bytes_in_entry(file))
+
+    def _damaged(
+        self,
+        entry: TrashEntry,
+        session_id: str,
+        file: str | None,
+        *,
+        asked: bool = False,
+        older: bool = False,
+    ) -> TrashManifestDamagedError:
+        """The refusal of a restore that needs ``entry``, whose manifest cannot say what it
+        holds (`_unnamed`)."""
+        try:
+            holds = tuple(sorted(p.name for p in entry.path.iterdir() if p.name != TRASH_MANIFEST))
+        except OSError:
+            holds = ()
+        return TrashManifestDamagedError(
+            session_id,
+            file,
+            entry.name,
+            str(entry.path),
+            holds,
+            names=entry.file if isinstance(entry.file, str) else None,
+            asked=asked,
+            older=self.older_whole(session_id, file, entry.name) if older and file else None,
+        )
 
     def _checked(self, entry: TrashEntry, session_id: str, file: str | None) -> TrashEntry:
         """``entry`` as a restore may read it: refused if it is a link, read again if its

@@ -175,7 +175,15 @@ EXAMPLES: list[errors.AppError] = [
         "place: `rm /srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864 && mv "
         "/mnt/spare/20261204T101500000000Z-3f2a9c-file-5967e864 "
         "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864`, with no server on "
-        "the root; else restore again to bring back the copy before it",
+        "the root; else remove the link and restore again to bring back the copy before it",
+    ),
+    errors.TrashManifestDamagedError(
+        "3f2a9c",
+        "report.pdf",
+        "20261204T101500000000Z-3f2a9c-file-5967e864",
+        "/srv/app/data/.trash/20261204T101500000000Z-3f2a9c-file-5967e864",
+        ("report.pdf",),
+        older="20261204T091500000000Z-3f2a9c-file-0a1b2c3d",
     ),
     errors.FileNotFoundInSessionError("3f2a9c", "report.pdf"),
     errors.UnreadableSessionError("3f2a9c"),
