@@ -135,6 +135,24 @@ class RemoteTrash:
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
 
     def _restore_file(self, session_id: str, name: str, entry: str | None) -> None:
+        try:
+            self._restore_file_into(session_id, name, entry)
+        except SessionNotFoundError as missing:
+            # The session itself is not live: where it is in the trash, said so with its
+            # entry, as the local store says it (red team 45: "`app sessions list` shows the
+            # sessions", which does not show a deleted one).
+            if type(missing) is not SessionNotFoundError or missing.where != "sessions":
+                raise
+            with self.db.conn() as conn:
+                trashed = conn.execute(
+                    "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL",
+                    (session_id,),
+                ).fetchone()
+            if trashed is None:
+                raise
+            raise SessionNotFoundError(session_id, in_trash=trashed["trash_name"]) from None
+
+    def _restore_file_into(self, session_id: str, name: str, entry: str | None) -> None:
         what = f"the restore of {name!r} into session {session_id}"
         if entry is not None:
             # Before the session is looked at, as the local store does: a named entry of the
