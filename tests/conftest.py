@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from collections.abc import Iterator
@@ -87,6 +88,12 @@ NEXT_TO_LIVE_SERVERS = (
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    # What collection made (test items, modules, the app's imports) lives to the end: kept
+    # out of the collector's reach, every full collection no longer walks it again. Six
+    # in-process files, serially, alternated: 8.29 and 7.45 s of user CPU without, 7.33 and
+    # 6.66 s with (system time 0.1 to 0.3 s more); bench/README.md.
+    gc.collect()
+    gc.freeze()
     # What the collected tests will ask for, started now on the idle core (tests/head_start.py).
     # engines is imported here, not above: as a plugin (pytest_plugins) its asserts are
     # rewritten only if pytest imports it first.
