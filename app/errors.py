@@ -1145,7 +1145,7 @@ class TrashCopyLostError(StoreError):
     asked: bool = field(default=False, kw_only=True)
     """The entry was named (``app sessions restore --entry``), not taken as the newest."""
     older: str | None = field(default=None, kw_only=True)
-    """On a data root: the next older entry that holds the file whole, if one does."""
+    """The next older entry of the file (on a data root, one that holds it whole), if any."""
 
     @property
     def message(self) -> str:
@@ -1158,12 +1158,28 @@ class TrashCopyLostError(StoreError):
         if self.asked:
             older = "nothing was changed"
         if self.object_store is not None:
+            if self.damage.startswith("has lost"):
+                cause = (
+                    f"its object is gone from {self.object_store}: deleted outside the app; "
+                    "`app data check` reports it as record-without-object"
+                )
+            else:
+                cause = f"its object in {self.object_store} was rewritten outside the app"
+            if self.asked:
+                instead = (
+                    ", or restore another of its entries (`app sessions list --trash --json` "
+                    "shows them)"
+                )
+            elif self.older is not None:
+                instead = (
+                    ", or, to restore the copy before it instead, run `app sessions restore "
+                    f"{self.session_id} --file {shell_word(self.file)} --entry {self.older}`"
+                )
+            else:
+                instead = "; no other copy of it is in the trash"
             return (
-                f"{what} (its object is gone from {self.object_store}: deleted outside the "
-                f"app; `app data check` reports it as record-without-object), {older}. Put "
-                "the object back from a backup or a bucket version, or, to restore the older "
-                "copy instead, delete that entry's row from app_files (with no replica "
-                "running)"
+                f"{what} ({cause}), {older}. Put the object back from a backup or a bucket "
+                f"version{instead}"
             )
         if self.asked:
             instead = (

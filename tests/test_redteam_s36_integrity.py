@@ -639,11 +639,11 @@ def test_a_remote_restore_refuses_a_newest_copy_whose_object_is_gone(
         store.put_file(session_id, "a.txt", b"version 2", replace=True)
         store.delete_file(session_id, "a.txt")
         with pg.connect(database_url, purpose="test", autocommit=True) as conn:
-            blob, trash_name = conn.execute(
+            (blob, trash_name), (_, older) = conn.execute(
                 "SELECT blob, trash_name FROM app_files WHERE session_id = %s"
-                " ORDER BY deleted_at DESC LIMIT 1",
+                " ORDER BY deleted_at DESC LIMIT 2",
                 (session_id,),
-            ).fetchone()
+            ).fetchall()
         objects.delete(blob)
         with pytest.raises(TrashCopyLostError) as refused:
             store.restore(session_id, file="a.txt")
@@ -653,8 +653,8 @@ def test_a_remote_restore_refuses_a_newest_copy_whose_object_is_gone(
             f"{objects.where}: deleted outside the app; `app data check` reports it as "
             "record-without-object), and the copy before it is not the version that was "
             "deleted; nothing was changed. Put the object back from a backup or a bucket "
-            "version, or, to restore the older copy instead, delete that entry's row from "
-            "app_files (with no replica running)"
+            "version, or, to restore the copy before it instead, run `app sessions restore "
+            f"{session_id} --file a.txt --entry {older}`"
         )
         assert store.get_session(session_id)["files"] == []
         assert len(store.list_trash()) == 2

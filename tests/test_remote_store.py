@@ -34,6 +34,7 @@ from app.errors import (
     InvalidNameError,
     SessionNotFoundError,
     TooManyFilesError,
+    TrashCopyLostError,
     UploadTooLargeError,
 )
 from app.remote import pg
@@ -399,6 +400,40 @@ def test_an_older_copy_comes_back_by_its_trash_entry(store: RemoteStore) -> None
             "SELECT detail->>'trash' FROM app_audit WHERE operation = 'restore-file' ORDER BY id"
         ).fetchall()
     assert [trash for (trash,) in rows][: len(taken)] == taken
+
+
+def test_a_trashed_object_rewritten_with_as_many_bytes_is_refused_naming_the_copy_before(
+    store: RemoteStore, s3_engine: S3Engine, opened: tuple[str, str]
+) -> None:
+    # Rewritten outside the app with as many other bytes, the newest copy came back under
+    # the acknowledged SHA-256, answered as the version deleted (red team 45 found it on a
+    # data root and left the object store unchecked). The restore reads it once now.
+    session_id = store.create_session("rewritten")["id"]
+    store.put_file(session_id, "a.txt", b"v1")
+    store.put_file(session_id, "a.txt", b"v2", replace=True)
+    store.delete_file(session_id, "a.txt")
+    with psycopg.connect(store.database_url) as conn:
+        (blob, newest, sha256), (_, older, _) = conn.execute(
+            "SELECT blob, trash_name, sha256 FROM app_files WHERE session_id = %s"
+            " ORDER BY deleted_at DESC, id DESC",
+            (session_id,),
+        ).fetchall()
+    objects = _objects(s3_engine, opened[1])
+    objects.put(blob, b"v9")
+    with pytest.raises(TrashCopyLostError) as refused:
+        store.restore(session_id, file="a.txt")
+    assert str(refused.value) == (
+        f"cannot restore file 'a.txt' of session {session_id}: its newest copy in the trash, "
+        f"entry {newest}, holds bytes whose SHA-256 is {hashlib.sha256(b'v9').hexdigest()}, "
+        f"where {sha256} was acknowledged (its object in {objects.where} was rewritten "
+        "outside the app), and the copy before it is not the version that was deleted; "
+        "nothing was changed. Put the object back from a backup or a bucket version, or, to "
+        f"restore the copy before it instead, run `app sessions restore {session_id} --file "
+        f"a.txt --entry {older}`"
+    )
+    assert store.get_session(session_id)["files"] == []
+    store.restore(session_id, file="a.txt", entry=older)  # what the refusal said
+    assert _read(store, session_id, "a.txt") == b"v1"
 
 
 def test_purge_and_empty_trash_remove_rows_then_objects(store: RemoteStore) -> None:

@@ -7,6 +7,7 @@ audited in the transaction of the change.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,12 +21,22 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry
+from app.remote.errors import ObjectMissingError
 from app.remote.objects import ObjectStore
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
 from app.store.trash import TRASH_NAME_RE
 
 __all__ = ["RemoteTrash"]
+
+#: A file's newest trashed version (or the one in a named entry): ``session_id, name, entry,
+#: entry``.
+_TRASHED_FILE = (
+    "SELECT id, trash_name, blob, size, sha256, deleted_at FROM app_files"
+    " WHERE session_id = %s AND name = %s AND deleted_at IS NOT NULL"
+    " AND (%s::text IS NULL OR trash_name = %s)"
+    " ORDER BY deleted_at DESC, id DESC LIMIT 1"
+)
 
 # The backend's logger, shared with app.remote.transfer.
 log = logging.getLogger("app.remote.store")
@@ -163,13 +174,20 @@ class RemoteTrash:
                 held = self._held(conn, entry)
             if held is not None and held != (session_id, name):
                 raise entry_holds_other(entry, held[0], held[1], session_id, name)
+        # The copy is read whole before the session's row is locked (a replica's changes to
+        # the session wait on that lock, database_lock_wait_seconds at most). Only a copy
+        # found whole counts: any other (damaged, or emptied from the trash meanwhile) is
+        # looked at again under the lock, which says which.
+        verified = None
+        with self.db.conn() as conn:
+            candidate = conn.execute(_TRASHED_FILE, (session_id, name, entry, entry)).fetchone()
+        if candidate is not None:
+            whole = self._damage(candidate["blob"], candidate["size"], candidate["sha256"])
+            verified = candidate["id"] if whole is None else None
         with self.db.change(session_id, what) as (conn, _):
             self._refuse_unnamed(entry, session_id, name)
             row = conn.execute(
-                "SELECT id, trash_name, blob FROM app_files WHERE session_id = %s AND name = %s"
-                " AND deleted_at IS NOT NULL AND (%s::text IS NULL OR trash_name = %s)"
-                " ORDER BY deleted_at DESC, id DESC LIMIT 1 FOR UPDATE",
-                (session_id, name, entry, entry),
+                _TRASHED_FILE + " FOR UPDATE", (session_id, name, entry, entry)
             ).fetchone()
             # A named entry that is not there is said first, as the local store says it.
             if row is None and entry is not None:
@@ -184,22 +202,63 @@ class RemoteTrash:
                 )
             if row is None:
                 raise SessionNotFoundError(f"{session_id}/{name}", where="the trash")
-            # Its object deleted behind the app, the row was made the file again and the
-            # restore answered as done; every download of it was then refused (red team 36).
-            if not self.objects.exists(row["blob"]):
-                raise TrashCopyLostError(
-                    session_id,
-                    name,
-                    row["trash_name"],
-                    object_store=self.objects.where,
-                    asked=entry is not None,
-                )
+            if verified != row["id"] or not self.objects.exists(row["blob"]):
+                self._refuse_damaged(conn, row, session_id, name, entry)
             conn.execute(
                 "UPDATE app_files SET deleted_at = NULL, deleted_reason = NULL,"
                 " trash_name = NULL WHERE id = %s",
                 (row["id"],),
             )
             self.db.audit(conn, "restore-file", f"{session_id}/{name}", trash=row["trash_name"])
+
+    def _refuse_damaged(
+        self, conn: Any, row: Any, session_id: str, name: str, entry: str | None
+    ) -> None:
+        """Refuse the restore of ``row``'s copy where its object is gone or was rewritten.
+
+        Its object deleted behind the app, the row was made the file again and the restore
+        answered as done; every download of it was then refused (red team 36). Rewritten
+        with as many other bytes, it came back under the acknowledged SHA-256: the local
+        store reads its copy once since red team 45, and so does this.
+        """
+        damage = self._damage(row["blob"], row["size"], row["sha256"])
+        if damage is None:
+            return
+        older = None
+        if entry is None:
+            older = conn.execute(
+                "SELECT trash_name FROM app_files WHERE session_id = %s AND name = %s"
+                " AND deleted_at IS NOT NULL AND (deleted_at, id) < (%s, %s)"
+                " ORDER BY deleted_at DESC, id DESC LIMIT 1",
+                (session_id, name, row["deleted_at"], row["id"]),
+            ).fetchone()
+        raise TrashCopyLostError(
+            session_id,
+            name,
+            row["trash_name"],
+            object_store=self.objects.where,
+            damage=damage,
+            asked=entry is not None,
+            older=None if older is None else older["trash_name"],
+        )
+
+    def _damage(self, blob: str, size: int, sha256: str) -> str | None:
+        """What is wrong with a trashed file's object, read once whole: None where it holds
+        the bytes acknowledged (their size and SHA-256)."""
+        try:
+            stream = self.objects.get(blob)
+        except ObjectMissingError:
+            return "has lost its bytes"
+        digest = hashlib.sha256()
+        with stream:
+            if stream.size != size:
+                return f"holds {stream.size} bytes, where {size} were acknowledged"
+            for chunk in stream:
+                digest.update(chunk)
+        found = digest.hexdigest()
+        if found != sha256:
+            return f"holds bytes whose SHA-256 is {found}, where {sha256} was acknowledged"
+        return None
 
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
         """Delete trashed rows for good, then their objects: the only way bytes go; audited.
