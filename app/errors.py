@@ -1157,30 +1157,6 @@ class TrashCopyLostError(StoreError):
         older = "and the copy before it is not the version that was deleted; nothing was changed"
         if self.asked:
             older = "nothing was changed"
-        if self.object_store is not None:
-            if self.damage.startswith("has lost"):
-                cause = (
-                    f"its object is gone from {self.object_store}: deleted outside the app; "
-                    "`app data check` reports it as record-without-object"
-                )
-            else:
-                cause = f"its object in {self.object_store} was rewritten outside the app"
-            if self.asked:
-                instead = (
-                    ", or restore another of its entries (`app sessions list --trash --json` "
-                    "shows them)"
-                )
-            elif self.older is not None:
-                instead = (
-                    ", or, to restore the copy before it instead, run `app sessions restore "
-                    f"{self.session_id} --file {shell_word(self.file)} --entry {self.older}`"
-                )
-            else:
-                instead = "; no other copy of it is in the trash"
-            return (
-                f"{what} ({cause}), {older}. Put the object back from a backup or a bucket "
-                f"version{instead}"
-            )
         if self.asked:
             instead = (
                 ", or restore another of its entries (`app sessions list --trash --json` "
@@ -1193,6 +1169,18 @@ class TrashCopyLostError(StoreError):
             )
         else:
             instead = "; no other copy of it is in the trash"
+        if self.object_store is not None:
+            if self.damage.startswith("has lost"):
+                cause = (
+                    f"its object is gone from {self.object_store}: deleted outside the app; "
+                    "`app data check` reports it as record-without-object"
+                )
+            else:
+                cause = f"its object in {self.object_store} was rewritten outside the app"
+            return (
+                f"{what} ({cause}), {older}. Put the object back from a backup or a bucket "
+                f"version{instead}"
+            )
         return (
             f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
             "from outside the app; `app data check` reports it as "
