@@ -611,14 +611,13 @@ class ObjectStore:
         that expire (a role's, a `credential_process`'s, SSO's) as it goes."""
         if self._static:
             return STATIC_CREDENTIALS
-        chain = _CHAIN
         try:
             found = _session().get_credentials()
         except Exception as error:  # botocore's chain: a broken file, a failing process
-            return chain.format(f"it could not load them: {_one_line(error)}")
+            return _CHAIN.format(f"it could not load them: {_one_line(error)}")
         if found is None:
-            return chain.format("it found none")
-        return chain.format(f"its {found.method!r} provider found them")
+            return _CHAIN.format("it found none")
+        return _CHAIN.format(f"its {found.method!r} provider found them")
 
     def _unavailable(self, reason: str) -> ObjectStoreUnavailableError:
         return ObjectStoreUnavailableError(self.where, reason, credentials=self.credentials)

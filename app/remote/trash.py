@@ -37,6 +37,8 @@ _TRASHED_FILE = (
     " AND (%s::text IS NULL OR trash_name = %s)"
     " ORDER BY deleted_at DESC, id DESC LIMIT 1"
 )
+#: Whether the file is there (live) again: ``session_id, name``.
+_LIVE_FILE = "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s AND deleted_at IS NULL"
 
 # The backend's logger, shared with app.remote.transfer.
 log = logging.getLogger("app.remote.store")
@@ -181,22 +183,18 @@ class RemoteTrash:
         verified = None
         with self.db.conn() as conn:
             candidate = conn.execute(_TRASHED_FILE, (session_id, name, entry, entry)).fetchone()
-        if candidate is not None:
+            live = conn.execute(_LIVE_FILE, (session_id, name)).fetchone()
+        if candidate is not None and live is None:  # a file there again is refused unread
             whole = self._damage(candidate["blob"], candidate["size"], candidate["sha256"])
             verified = candidate["id"] if whole is None else None
         with self.db.change(session_id, what) as (conn, _):
-            self._refuse_unnamed(entry, session_id, name)
             row = conn.execute(
                 _TRASHED_FILE + " FOR UPDATE", (session_id, name, entry, entry)
             ).fetchone()
             # A named entry that is not there is said first, as the local store says it.
             if row is None and entry is not None:
                 raise self._not_there(conn, entry, session_id, name)
-            if conn.execute(
-                "SELECT 1 FROM app_files WHERE session_id = %s AND name = %s"
-                " AND deleted_at IS NULL",
-                (session_id, name),
-            ).fetchone():
+            if conn.execute(_LIVE_FILE, (session_id, name)).fetchone():
                 raise RestoreOverwriteError(
                     session_id, name, entry=None if row is None else row["trash_name"]
                 )
