@@ -254,18 +254,8 @@ class Trash:
                 # It may hold the version deleted last: passed over, the restore brought
                 # back the one before it as the one deleted (red team 45).
                 raise self._damaged(entry, session_id, file, older=True)
-            try:
-                if self._holds(entry, session_id, file, lost=lost, odd=odd):
-                    return entry
-            except TrashCopyLostError as refused:
-                assert file is not None  # raised for a file's copy only
-                raise TrashCopyLostError(
-                    session_id,
-                    file,
-                    refused.entry,
-                    damage=refused.damage,
-                    older=self.older_whole(session_id, file, name),
-                ) from None
+            if self._holds(entry, session_id, file, lost=lost, odd=odd):
+                return entry
         return None
 
     def older_whole(self, session_id: str, file: str, newer: str) -> str | None:
@@ -323,8 +313,7 @@ class Trash:
             kind,
             file,
         ):
-            # A file entry whose manifest does not say which file: "?" (check names it).
-            held = None if entry.kind == "session" else entry.file or "?"
+            held = None if entry.kind == "session" else entry.file  # a name: refused above if not
             raise entry_holds_other(name, entry.session_id, held, session_id, file)
         return entry if self._holds(entry, session_id, file, lost=True, asked=True) else None
 
@@ -407,7 +396,11 @@ class Trash:
         if damage is None:
             return True
         if lost or (odd and not damage.startswith("has lost")):
-            raise TrashCopyLostError(session_id, file, entry.name, damage=damage, asked=asked)
+            # Taken as the newest, the refusal names the copy before it and its --entry.
+            older = None if asked else self.older_whole(session_id, file, entry.name)
+            raise TrashCopyLostError(
+                session_id, file, entry.name, damage=damage, asked=asked, older=older
+            )
         return False
 
     def remove_empty(self, entry: TrashEntry, prepared: Prepared | None = None) -> None:
