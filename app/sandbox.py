@@ -312,6 +312,21 @@ def _boot_offset() -> int:
     return _BOOT_OFFSET[0]
 
 
+def _proc_bytes(pid: int | str, name: str) -> bytes:
+    """``/proc/<pid>/<name>``'s bytes, read without a file object: the walks of a process's
+    ancestors and descendants read a few of these per process, and ``Path.read_bytes``'s
+    buffered file cost more than the read itself (the check after every test walks every
+    process the run keeps, its database's included)."""
+    fd = os.open(f"{_PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _stat_fields(pid: int) -> tuple[int, int] | None:
     """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart.
 
@@ -319,7 +334,7 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
     time namespace (``unshare --time``), where a child then found no ancestor's entry.
     """
     try:
-        raw = (_PROC / str(pid) / "stat").read_bytes()
+        raw = _proc_bytes(pid, "stat")
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
@@ -885,7 +900,7 @@ def _shown(argv: list[str]) -> str:
 
 def _cmdline(pid: int | str) -> list[str]:
     try:
-        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+        raw = _proc_bytes(pid, "cmdline")
     except OSError:
         return []
     # Each word ends with a NUL: without the last one, a shown command line ended in ''.
@@ -1001,21 +1016,32 @@ def _looks_like_pytest(argv: list[str], pid: int | str | None = None) -> bool:
     # started under such a command were refused other profiles, told that pytest ran.
     if not argv:
         return False
+    said, python = _words_run_pytest(tuple(argv))
+    return said or (python and pid is not None and _script_runs_pytest(argv, pid))
+
+
+@functools.lru_cache(maxsize=256)
+def _words_run_pytest(argv: tuple[str, ...]) -> tuple[bool, bool]:
+    """Whether `argv`'s words alone say it runs pytest, and whether its program is Python
+    (`_looks_like_pytest`, which reads a Python's script too). Kept per command line: the
+    check after every test reads the same few commands (a session's database, the
+    zygote's ``python -c`` program of some 2,000 characters) twice a test, and reading
+    them anew was most of its cost (bench/README.md, "The guard's walk after each test")."""
     python = _PYTHON.fullmatch(Path(argv[0]).name) is not None
     for index, arg in enumerate(argv):
         if _PYTEST_COMMAND.fullmatch(Path(arg).name) and (
             index == 0 or "/" in arg or (python and index == 1)
         ):
-            return True
+            return True, python
         option = _MODULE_OR_CODE.fullmatch(arg) if python else None
         if option is None:
             continue
         value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
         if option[1] == "m" and value in _PYTEST_MODULES:
-            return True
+            return True, python
         if option[1] == "c" and _PYTEST_CODE.search(value):
-            return True  # python -c "import pytest; sys.exit(pytest.main())"
-    return python and pid is not None and _script_runs_pytest(argv, pid)
+            return True, python  # python -c "import pytest; sys.exit(pytest.main())"
+    return False, python
 
 
 #: `python -m unittest` (its `discover`, a module's tests) and `python -c "...unittest.main()"`,
@@ -1765,20 +1791,35 @@ def _entry_state(entry: Path) -> tuple[int, int, int] | None:
 
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
-    with contextlib.suppress(OSError), os.scandir(_PROC / str(pid) / "task") as tasks:
+    with contextlib.suppress(OSError), os.scandir(f"{_PROC}/{pid}/task") as tasks:
         for task in tasks:  # a child is listed under the thread that started it
             with contextlib.suppress(OSError, ValueError):
-                found.update(map(int, Path(task.path, "children").read_text().split()))
+                found.update(map(int, _proc_bytes(pid, f"task/{task.name}/children").split()))
     return found
+
+
+#: Entries `_a_run_inside` read, by their path and what ``stat`` said of them then.
+_ENTRIES_READ: dict[tuple[str, int, int, int, int], dict[str, Any] | None] = {}
 
 
 def _a_run_inside(entry: Path, run: Run) -> bool:
     """Whether `entry` is that of a run started inside `run` (a pytest a test started, still
     starting or keeping `run`'s protected roots): its own to hand on. An entry a test wrote
     for its daemon (no roots protected) is no run's: the daemon gets `run`'s."""
-    if not entry.exists():
+    try:
+        seen = entry.stat()
+    except OSError:
         return False
-    data = _entry_data(entry)
+    # Read again only when it changed: the check after each test looks at every process a
+    # test left running and at the run's long-lived ones (its database, its object store),
+    # twice a test. An entry is replaced whole (a new inode) or written in place, which
+    # changes its ctime, which no process can set back.
+    key = (str(entry), seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+    if key not in _ENTRIES_READ:
+        if len(_ENTRIES_READ) >= 256:
+            _ENTRIES_READ.clear()
+        _ENTRIES_READ[key] = _entry_data(entry)
+    data = _ENTRIES_READ[key]
     if data is None or "outlived" in data:  # handed on by a run, not a run's own
         return False
     return bool(data.get("starting")) or _keeps_roots(data, run)
@@ -1846,11 +1887,11 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     own = _cmdline(pid) if while_running else []
     while pending:
         child = pending.pop()
-        fields = _stat_fields(child)
+        fields = None if child in seen else _stat_fields(child)
         # A child with an entry of its own (an xdist worker still exiting, a pytest a
         # test started) is a run of its own: its entry stays as it wrote it, and what
         # it started is its own to hand on.
-        if child in seen or fields is None:
+        if fields is None:
             continue
         seen.add(child)
         entry = RUNS_DIR / _entry_name(child, fields[1])
