@@ -24,14 +24,19 @@ import pytest
 
 #: Options of every inner pytest run (``PYTEST_ADDOPTS``; tests/conftest.py and the incident's
 #: shell set it): the plugins the project's environment autoloads that no inner run uses
-#: (anyio's, time-machine's, platformdirs'), and pytest's cache, which no inner run reads.
-#: About 170 ms of an inner run's 550 ms of CPU at start-up (bench/README.md, "The suite's
-#: time"); the suite starts about a hundred. The app's plugin and xdist stay.
-INNER_ADDOPTS = "-p no:anyio -p no:time_machine -p no:platformdirs -p no:cacheprovider"
+#: (anyio's, time-machine's, platformdirs', pytest-cov's), and pytest's cache, which no inner
+#: run reads. About 170 ms of an inner run's 550 ms of CPU at start-up (bench/README.md, "The
+#: suite's time"), pytest-cov's about 45 ms more of what was left; the suite starts about a
+#: hundred. The app's plugin and xdist stay (some inner runs use ``-n 2``).
+INNER_ADDOPTS = (
+    "-p no:anyio -p no:time_machine -p no:platformdirs -p no:pytest_cov -p no:cacheprovider"
+)
 #: The same plugins alone, for the red teams' inner runs (tests/test_redteam_s24_guard.py,
 #: `_inner_env`), which choose for themselves whether pytest's cache is on. anyio's is most of
 #: it: an inner run of one trivial test used 0.58 s of CPU with them and 0.32 s without.
-INNER_PLUGINS_OFF = "-p no:anyio -p no:time_machine -p no:platformdirs"
+INNER_PLUGINS_OFF = "-p no:anyio -p no:time_machine -p no:platformdirs -p no:pytest_cov"
+#: The same but pytest-cov's, for the inner runs that give ``--cov``.
+WITH_COVERAGE = INNER_PLUGINS_OFF.removesuffix(" -p no:pytest_cov")
 
 #: The item that runs next in this process (pytest's ``nextitem``), None at the end of a run
 #: or of an xdist worker's current batch.

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from side_by_side import WITH_COVERAGE
 from test_redteam_s24_guard import A_TEST, _inner_env, serving_one_session
 from test_redteam_s27_guard import MOVE_IT, NOT_THE_APPS, _stopped_production, _tmpdir
 from test_server_e2e import Server, app_env, snapshot
@@ -89,7 +90,9 @@ def test_what_coverage_writes_is_refused_in_a_live_and_a_stopped_production_root
     done = subprocess.run(
         ["sh", "-c", CASES, "sh", sys.executable, str(live.root), str(session), str(project),
          str(stopped)],
-        env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path)),
+        env=_inner_env(
+            APP_SETTINGS_DIR=str(settings), TMPDIR=_tmpdir(tmp_path), PYTEST_ADDOPTS=WITH_COVERAGE
+        ),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
     )  # fmt: skip
     assert (snapshot(live.root), snapshot(production)) == before, done.stdout

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from project_copy import PROJECT
+from side_by_side import WITH_COVERAGE
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s27_guard import _tmpdir
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
@@ -262,7 +263,7 @@ def test_a_link_a_test_plants_where_coverage_writes_after_the_tests_is_removed(
     before = snapshot(production)
     code, output = _run(
         tmp_path, settings, "--cov=test_inner", "--cov-report=", "test_inner.py",
-        LOCK=str(lock),
+        LOCK=str(lock), PYTEST_ADDOPTS=WITH_COVERAGE,
     )  # fmt: skip
     assert snapshot(production) == before, output
     assert code == 1, output
