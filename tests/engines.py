@@ -491,11 +491,14 @@ def _weed_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("weed")
 
 
-def _s3_ready(engine: S3Engine) -> bool:
+def _s3_ready(engine: S3Engine, client: Any = None) -> bool:
+    """Whether `engine` takes a put; `client` one of its (`S3Engine.client`) to ask with
+    again and again, as a start's poll does: a new one each time cost about 20 ms of CPU,
+    some 3 s of a whole run's."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        client = engine.client()
+        client = client or engine.client()
         # A put, not only a listing: the volume server registers after the S3 gateway answers.
         client.put_object(Bucket=engine.bucket, Key=".ready", Body=b"")
         client.delete_object(Bucket=engine.bucket, Key=".ready")
@@ -579,8 +582,9 @@ def start_s3(base: Path) -> S3Engine:
             process = _popen_weed(argv, out, base)
         engine = S3Engine(process, base, f"http://127.0.0.1:{ports[6]}", tuple(ports))
         deadline = time.monotonic() + _START_SECONDS
+        client = engine.client()
         while process.poll() is None and time.monotonic() < deadline:
-            if _s3_ready(engine):
+            if _s3_ready(engine, client):
                 return engine
             time.sleep(0.05)
         last = log.read_text(errors="replace")[-2000:]

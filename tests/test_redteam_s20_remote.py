@@ -427,7 +427,8 @@ def test_an_object_store_that_stops_mid_replace_keeps_the_old_version_and_says_s
             assert "the file is as it was" in message and "retry" in message
             again = tmp_path / "weed" / "again.log"
             engine.start_again(again)
-            while not _s3_ready(engine):
+            client = engine.client()
+            while not _s3_ready(engine, client):
                 assert engine.process.poll() is None, again.read_text()
             assert store.get_session(session)["files"] == [old]
             while True:

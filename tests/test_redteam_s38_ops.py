@@ -448,7 +448,10 @@ def _restart_weed(engine: S3Engine, tmp_path: Path, secret: str) -> None:
     engine.process.wait()
     engine.start_again(tmp_path / f"weed-{secret}.log")
     rotated = dataclasses.replace(engine, secret_access_key=secret)
-    wait_for(lambda: _s3_ready(rotated) or engine.process.poll() is not None, "weed to serve")
+    client = rotated.client()
+    wait_for(
+        lambda: _s3_ready(rotated, client) or engine.process.poll() is not None, "weed to serve"
+    )
 
 
 def test_s3_keys_rotated_under_a_live_replica_are_refused_naming_the_store_and_lose_nothing(
