@@ -4,14 +4,17 @@ Usage (from the project directory)::
 
     .venv/bin/python bench/fixtures.py [--rounds 5] [--small 50] [--large 250] [--json FILE]
 
-Five generated test modules, each in a suite of ``--small`` and of ``--large`` tests:
+Six generated test modules, each in a suite of ``--small`` and of ``--large`` tests:
 
 - ``tmp_path`` (the baseline): every test takes ``tmp_path`` and writes a small file in it;
 - ``app_config``: every test takes ``app_config`` and reads its ``data_root``;
 - ``app_store``: every test takes ``app_store`` and lists its sessions (an open, locked root);
 - ``nothing`` and ``bare``: every test takes no fixture and does nothing, run with the plugin
   and without the app (`plugin_startup.without_the_app`): their difference is what the guard's
-  checks around every test cost (not a target of the issue; reported).
+  checks around every test cost (not a target of the issue; reported);
+- ``beside``: ``nothing``'s tests in a session that keeps `KEPT` processes running (a
+  session-scoped fixture's, as a suite's database or servers are): the guard looks at each
+  after every test (`app.sandbox.hand_on`), and their difference is what that costs.
 
 Each suite runs as a whole pytest process (``python -m pytest -q -p no:cacheprovider``, no
 xdist, a fresh ``--basetemp`` per run, removed outside the timing). A round runs all ten
@@ -42,6 +45,24 @@ from plugin_startup import without_the_app
 
 #: The suite of tests that do nothing, run without the app's plugin.
 BARE = "bare"
+#: The suite of tests that do nothing beside `KEPT` processes its session keeps running.
+BESIDE = "beside"
+KEPT = 20
+#: `BESIDE`'s conftest: the processes, started once for the session and stopped after it.
+KEEPS_PROCESSES = f"""\
+import subprocess
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kept():
+    started = [subprocess.Popen(["sleep", "3600"]) for _ in range({KEPT})]
+    yield
+    for process in started:
+        process.kill()
+        process.wait()
+"""
 
 BODIES = {
     "tmp_path": (
@@ -52,6 +73,7 @@ BODIES = {
     # guard's checks around every test cost, fixtures or not.
     "nothing": ("", "    pass\n"),
     BARE: ("", "    pass\n"),
+    BESIDE: ("", "    pass\n"),
     "app_config": (
         "app_config",
         '    assert app_config.data_root.name == "app-data"\n',
@@ -73,6 +95,8 @@ def write_suite(directory: Path, fixture: str, count: int) -> None:
     for number in range(count):
         lines.append(f"\ndef test_{number:04d}({argument}):\n{body}")
     (directory / f"test_{fixture}.py").write_text("".join(lines))
+    if fixture == BESIDE:
+        (directory / "conftest.py").write_text(KEEPS_PROCESSES)
 
 
 def main() -> None:
@@ -175,6 +199,13 @@ def main() -> None:
         f"the guard around a test that takes nothing: {statistics.median(guard) * 1000:.2f} ms "
         f"per test above the same test without the plugin (rounds ranged "
         f"{min(guard) * 1000:.2f} to {max(guard) * 1000:.2f})"
+    )
+    beside = [m - b for m, b in zip(marginal[BESIDE], marginal["nothing"], strict=True)]
+    results["beside"] = {"per_test_ms": statistics.median(beside) * 1000}
+    print(
+        f"the guard's look at {KEPT} processes the session keeps: "
+        f"{statistics.median(beside) * 1000:.2f} ms per test above the same test without them "
+        f"(rounds ranged {min(beside) * 1000:.2f} to {max(beside) * 1000:.2f})"
     )
     write_json(args.json, {"rounds": args.rounds, "results": results})
 
