@@ -354,6 +354,12 @@ class Config:
         "(503 object_store_unavailable beyond, after s3_max_attempts)",
         60.0,
     )
+    s3_credential_process_seconds: float = setting(
+        _positive_number,
+        "longest the S3 client's credential_process (a remote profile that sets neither S3 "
+        "key) may run before it is stopped, with what it started, and the command refused",
+        30.0,
+    )
     s3_max_attempts: int = setting(
         _int_in(1, 10),
         "attempts of one request to the object store, the first included (retried on a "

@@ -90,3 +90,82 @@ def test_credentials_the_chain_finds_that_the_store_refuses_are_named_by_where_t
     assert listed.returncode == 69, said
     assert "Unable to locate credentials" in said, said
     assert "the credentials from the S3 client's own chain (it found none;" in said, said
+
+
+#: A credential_process that never exits, as one waiting for an answer no one gives does; it
+#: starts a process of its own first, and writes both pids down.
+HANGS = """\
+import os, subprocess, sys, time
+child = subprocess.Popen(["sleep", "600"])
+with open(sys.argv[1], "w") as pids:
+    pids.write(f"{os.getpid()} {child.pid}\\n")
+time.sleep(600)
+"""
+
+#: Keys that expire 30 s from now at the first call, then a wait for ever at every later one.
+HANGS_AT_RENEWAL = """\
+import datetime, json, os, sys, time
+calls = sys.argv[1]
+if os.path.exists(calls):
+    time.sleep(600)
+open(calls, "w").close()
+soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+print(json.dumps({{"Version": 1, "AccessKeyId": {key!r}, "SecretAccessKey": {secret!r},
+                  "Expiration": soon.isoformat()}}))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_credential_process_that_never_exits_is_stopped_and_the_command_refused(
+    production: Production, tmp_path: Path
+) -> None:
+    # botocore waits for its credential_process without a time limit: every command of the
+    # profile waited with it, for ever, saying nothing (red team 45's *not stopped*).
+    env = _chain_env(production, tmp_path, "unused", "unused")
+    script = tmp_path / "credentials.py"
+    script.write_text(HANGS)
+    (tmp_path / "aws-config").write_text(
+        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'pids'}\n"
+    )
+    env["APP_S3_CREDENTIAL_PROCESS_SECONDS"] = "1"
+    for args in (("data", "check"), ("doctor",)):
+        done = _app(env, *args)
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 69, (args, said)
+        assert (
+            "the credential_process ran for longer than 1 s (s3_credential_process_seconds), "
+            "so it was stopped, with every process it started"
+        ) in said, (args, said)
+        assert "custom-process" in said, (args, said)
+        # Stopped with what it started: neither it nor its child is left running.
+        process, child = map(int, (tmp_path / "pids").read_text().split())
+        assert not _alive(process) and not _alive(child), (args, process, child)
+
+
+def test_a_credential_process_that_hangs_when_asked_again_ends_the_request_it_renews_for(
+    production: Production, s3_engine: S3Engine, tmp_path: Path
+) -> None:
+    # Keys that expire soon are asked for again as requests go; a process that hangs then
+    # held the request (and its command) for ever.
+    env = _chain_env(production, tmp_path, "unused", "unused")
+    script = tmp_path / "credentials.py"
+    script.write_text(
+        HANGS_AT_RENEWAL.format(key=s3_engine.access_key_id, secret=s3_engine.secret_access_key)
+    )
+    (tmp_path / "aws-config").write_text(
+        f"[default]\ncredential_process = {sys.executable} {script} {tmp_path / 'calls'}\n"
+    )
+    env["APP_S3_CREDENTIAL_PROCESS_SECONDS"] = "1"
+    done = _app(env, "data", "check")
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 69, said
+    assert "the credential_process ran for longer than 1 s (s3_credential_process_seconds)" in (
+        said
+    ), said

@@ -24,11 +24,15 @@ failed multipart upload. Its import costs 0.3-0.5 s, so it happens in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import secrets
+import signal
+import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -134,11 +138,82 @@ def _one_line(error: BaseException) -> str:
 
 def _session() -> Any:
     import boto3
+    import botocore.session
 
     with _session_lock:
         if not _sessions:
-            _sessions.append(boto3.session.Session())
+            core = botocore.session.get_session()
+            _bound_the_credential_process(core)
+            _sessions.append(boto3.session.Session(botocore_session=core))
         return _sessions[0]
+
+
+#: The longest the chain's `credential_process` may run (s3_credential_process_seconds), as
+#: the last store made in this process was configured: one configuration per process, but
+#: for tests, and the client's renewals of expiring credentials run the process again
+#: later, from the session every store shares.
+_credential_process_seconds: list[float] = [30.0]
+
+
+def _bound_the_credential_process(core: Any) -> None:
+    """Give the session's chain a `credential_process` provider that stops the process past
+    `_credential_process_seconds` (`_BoundedProcess`), in the place of botocore's own.
+
+    botocore waits for the process with no limit: one that never exited (a prompt no one
+    answers, a network call that hangs) made every command of a profile that sets neither S3
+    key wait with it, for ever, saying nothing (red team 45's *not stopped*). The provider
+    is botocore's, built as botocore builds it (`create_credential_resolver`), with its
+    public ``popen`` parameter; the chain is changed through its public methods."""
+    from botocore.credentials import ProcessProvider
+
+    resolver = core.get_component("credential_provider")
+    if resolver.get_provider(ProcessProvider.METHOD) is None:
+        return
+    bounded = ProcessProvider(
+        profile_name=core.get_config_variable("profile") or "default",
+        load_config=lambda: core.full_config,
+        popen=_BoundedProcess,
+    )
+    resolver.insert_after(ProcessProvider.METHOD, bounded)
+    resolver.remove(ProcessProvider.METHOD)  # the first of that name: botocore's
+
+
+class _BoundedProcess(subprocess.Popen):  # type: ignore[type-arg]
+    """A `credential_process`, in a process group of its own, stopped with everything it
+    started once it has run for `_credential_process_seconds`: the refusal then says so
+    (``CredentialRetrievalError``, which the store's refusals name, and where the setting
+    is)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, start_new_session=True, **kwargs)
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> Any:
+        limit = _credential_process_seconds[0]
+        try:
+            return super().communicate(input, timeout=limit if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        from botocore.credentials import ProcessProvider
+        from botocore.exceptions import CredentialRetrievalError
+
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        try:
+            super().communicate(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            # Something it started left its group and keeps the pipes open: not waited for.
+            for stream in (self.stdout, self.stderr):
+                if stream is not None:
+                    stream.close()
+            self.wait()
+        raise CredentialRetrievalError(
+            provider=ProcessProvider.METHOD,
+            error_msg=(
+                f"the credential_process ran for longer than {limit:g} s "
+                "(s3_credential_process_seconds), so it was stopped, with every process it "
+                "started; it may be waiting for input no one gives it"
+            ),
+        )
 
 
 def _new_client(**kwargs: Any) -> Any:
@@ -497,6 +572,7 @@ class ObjectStore:
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_attempts: int = 3,
+        credential_process_seconds: float = 30,
     ) -> None:
         from botocore.config import Config
 
@@ -515,6 +591,7 @@ class ObjectStore:
             ProfileNotFound,
         )
 
+        _credential_process_seconds[0] = credential_process_seconds
         try:
             self._client = _new_client(
                 service_name="s3",

@@ -80,6 +80,7 @@ def _objects(config: Config) -> ObjectStore:
         connect_timeout=config.s3_connect_timeout_seconds,
         read_timeout=config.s3_read_timeout_seconds,
         max_attempts=config.s3_max_attempts,
+        credential_process_seconds=config.s3_credential_process_seconds,
     )
 
 
@@ -772,6 +773,7 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
         connect_timeout=_DOCTOR_CONNECT_SECONDS,
         read_timeout=_DOCTOR_READ_SECONDS,
         max_attempts=1,
+        credential_process_seconds=config.s3_credential_process_seconds,
     )
     shown = f"{objects.location.bucket} at {endpoint}"
     bucket = f"bucket {shown}"
