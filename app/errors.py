@@ -1271,6 +1271,29 @@ class UnreadableSessionError(StoreError):
     finding: str = "session-unreadable"
 
 
+class SessionNotServedError(StoreError):
+    """A session id whose place under ``sessions/`` holds no session the app can read: a
+    directory whose ``session.json`` was removed or replaced (by a directory, a FIFO), or
+    something other than a directory in the directory's place. ``GET /sessions`` counts it
+    and names it in ``left_out`` (``unreadable``); reading, changing or deleting it
+    answered 404 ``session_not_found``, as if it were gone. Nothing is changed or moved: what
+    is there stays for a human. The same code as `UnreadableSessionError`'s, which a
+    client handles alike."""
+
+    code = "session_unreadable"
+    http_status = 500
+    # No path: the message reaches HTTP clients; `app data check` names the paths.
+    template = (
+        "session {session_id} cannot be served: its directory holds no session.json the app "
+        "can read (removed, or replaced by something else), or is not a directory (it was "
+        "changed outside the app). Nothing was changed. `app data check` reports it as "
+        "session-unreadable and names what is there: restore the session from a backup, or "
+        "move what is there aside"
+    )
+
+    session_id: str
+
+
 class DamagedFileError(StoreError):
     """A file whose bytes are no longer those its record acknowledged (another size, another
     SHA-256): damage from outside the app (a disk or filesystem fault, an edit, a partial

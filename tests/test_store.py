@@ -19,6 +19,7 @@ from app.errors import (
     LockLostError,
     NotInTrashError,
     SessionNotFoundError,
+    SessionNotServedError,
     UnreadableSessionError,
     UploadTooLargeError,
 )
@@ -526,9 +527,9 @@ def test_a_session_json_changed_on_disk_is_read_afresh_even_with_its_size_and_mt
     replacement.rename(path)
     assert app_store.get_session(session["id"])["title"] == "cccc"
 
-    # Gone: not found, not a remembered copy.
+    # Gone, the directory left: not served (its place holds no session), not a remembered copy.
     path.unlink()
-    with pytest.raises(SessionNotFoundError):
+    with pytest.raises(SessionNotServedError):
         app_store.get_session(session["id"])
 
 
@@ -572,7 +573,7 @@ def test_a_fifo_planted_as_session_json_is_not_a_session_and_does_not_hang_a_rea
     path = app_store.sessions_dir / session["id"] / "session.json"
     path.unlink()
     os.mkfifo(path)
-    with pytest.raises(SessionNotFoundError):
+    with pytest.raises(SessionNotServedError):
         app_store.get_session(session["id"])
     assert app_store.list_sessions(limit=10).items == []
 

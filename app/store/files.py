@@ -107,7 +107,8 @@ class Files:
         """Where a file's bytes are, and its entry (for tests and tools)."""
         record_path = self.record_path(session_id, name)
         directory = self.sessions.directory(session_id)
-        read_meta(directory, session_id)
+        with self.sessions.served(session_id):
+            read_meta(directory, session_id)
         record = load_record(record_path)
         if record is not None:
             blob = directory / BLOBS_DIR / record["blob"]
@@ -168,7 +169,8 @@ class Files:
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
         directory = self.sessions.directory(session_id)
-        read_meta(directory, session_id)
+        with self.sessions.served(session_id):
+            read_meta(directory, session_id)
         self._own_dirs(directory)
         old = load_record(record_path)
         if if_match is not None:

@@ -26,6 +26,7 @@ from app.errors import (
     NotInTrashError,
     RestoreOverwriteError,
     SessionNotFoundError,
+    SessionNotServedError,
     StoreError,
     UnreadableSessionError,
 )
@@ -129,7 +130,8 @@ class Sessions:
         """
         directory = self.directory(session_id)
         with self.state.lock_for(session_id):
-            read_meta(directory, session_id)
+            with self.served(session_id):
+                read_meta(directory, session_id)
             yield directory
 
     def clear_unfinished(self) -> None:
@@ -264,15 +266,33 @@ class Sessions:
                 self.state.index_update(add=item.session["id"])
 
     def get(self, session_id: str) -> SessionRecord:
-        return self.read(self.directory(session_id), session_id)
+        with self.served(session_id):
+            return self.read(self.directory(session_id), session_id)
 
     def get_json(self, session_id: str) -> bytes:
         """:meth:`get`'s session as :func:`app.storage.json_body` encodes it."""
         directory = f"{self.where}/{check_session_id(session_id)}"
-        return self._checked_reader()(directory, session_id)[0]
+        with self.served(session_id):
+            return self._checked_reader()(directory, session_id)[0]
 
     def require(self, session_id: str) -> None:
-        read_meta(self.directory(session_id), session_id)
+        with self.served(session_id):
+            read_meta(self.directory(session_id), session_id)
+
+    @contextlib.contextmanager
+    def served(self, session_id: str) -> Iterator[None]:
+        """Say `SessionNotServedError`, not `SessionNotFoundError`, for an id whose place
+        holds something that is no session (`_no_session_there`): a listing counts it and
+        names it unreadable, and a get, a change or a delete of it answered "no session",
+        as if it were gone (red team 44 named it in the listing only)."""
+        try:
+            yield
+        except SessionNotFoundError as error:
+            if error.session_id == session_id and error.in_trash is None:
+                there = self.path / check_session_id(session_id)
+                if not there.is_symlink() and _no_session_there(there, session_id) is not None:
+                    raise SessionNotServedError(session_id) from None
+            raise
 
     def read(self, directory: Path, session_id: str) -> SessionRecord:
         """The session in ``directory``, with its files, as the API shows it."""

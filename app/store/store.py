@@ -310,7 +310,8 @@ class Store(Storage):
         """Move a session, files and all, to ``.trash/``; audited. :meth:`restore` undoes it."""
         self.root.ensure_held()
         with self.root.prepare(audit=True) as prepared:
-            entry = self.sessions.move_to_trash(session_id, reason)
+            with self.sessions.served(session_id):
+                entry = self.sessions.move_to_trash(session_id, reason)
             prepared.audit(
                 "trash-session",
                 session_id,
