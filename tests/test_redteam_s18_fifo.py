@@ -21,7 +21,7 @@ import pytest
 from live_http import WAIT
 
 from app.config import Config
-from app.errors import DataRootStateError, SessionNotFoundError
+from app.errors import DataRootStateError, SessionNotServedError
 from app.storage import open_storage
 from app.store import Store
 
@@ -95,12 +95,14 @@ def test_a_session_whose_session_json_is_a_fifo_takes_no_upload(
         path = store.sessions_dir / sid / "session.json"
         path.unlink()
         fifos.append(Fifo(path, json.dumps(session).encode()))
-        # As GET /sessions/{id} already says: a session.json that is no file is no session.
-        with pytest.raises(SessionNotFoundError):
+        # As GET /sessions/{id} already says: a session.json that is no file is no session,
+        # served by no read, change or delete (and said so, not "no session": a listing
+        # names it unreadable; tests/test_session_not_served.py), and none opens the FIFO.
+        with pytest.raises(SessionNotServedError):
             store.get_session(sid)
-        with pytest.raises(SessionNotFoundError):
+        with pytest.raises(SessionNotServedError):
             store.put_file(sid, "a.txt", b"bytes")
-        with pytest.raises(SessionNotFoundError):
+        with pytest.raises(SessionNotServedError):
             store.delete_session(sid)
 
 
