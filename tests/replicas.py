@@ -34,8 +34,13 @@ from engines import PostgresEngine, S3Engine
 
 from app.testing import wait_until_serving
 
-POLL = 0.01  # a query or a request per poll: cheap next to a replica's start
-ATTEMPTS = 3000  # bounded: 30 s at most for anything to happen
+#: `wait_for`'s first pause, growing by half at each poll up to `POLL_MAX`: most conditions
+#: hold within a few polls, and a poll is a query or a request, which a replica's start (the
+#: commonest wait) competes with. Every 10 ms, the polls of a whole run were about 6 s of the
+#: workers' CPU (py-spy, bench/README.md), and as much again in the database's backends.
+POLL = 0.005
+POLL_MAX = 0.05
+WAIT_SECONDS = 30.0  # bounded: 30 s at most for anything to happen
 
 SETTINGS = """\
 [production]
@@ -56,12 +61,13 @@ data_root = "{base}/development"
 
 
 def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    for _ in range(ATTEMPTS):
-        value = condition()
-        if value:
-            return value
-        time.sleep(POLL)
-    pytest.fail(f"gave up waiting for {what}")
+    pause, deadline = POLL, time.monotonic() + WAIT_SECONDS
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(pause)
+        pause = min(POLL_MAX, pause * 1.5)
+    return value
 
 
 @dataclass
