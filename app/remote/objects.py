@@ -185,7 +185,8 @@ class _BoundedProcess(subprocess.Popen):  # type: ignore[type-arg]
     is)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, start_new_session=True, **kwargs)
+        kwargs.setdefault("start_new_session", True)
+        super().__init__(*args, **kwargs)
 
     def communicate(self, input: Any = None, timeout: float | None = None) -> Any:
         limit = _credential_process_seconds[0]
@@ -201,11 +202,13 @@ class _BoundedProcess(subprocess.Popen):  # type: ignore[type-arg]
         try:
             super().communicate(timeout=1.0)
         except subprocess.TimeoutExpired:
-            # Something it started left its group and keeps the pipes open: not waited for.
+            # Something it started left its group and keeps the pipes open, or it could not
+            # be killed (another user's, set-user-ID): not waited for, the command goes on.
             for stream in (self.stdout, self.stderr):
                 if stream is not None:
                     stream.close()
-            self.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.wait(timeout=1.0)
         raise CredentialRetrievalError(
             provider=ProcessProvider.METHOD,
             error_msg=(
