@@ -1026,7 +1026,8 @@ def _words_run_pytest(argv: tuple[str, ...]) -> tuple[bool, bool]:
     (`_looks_like_pytest`, which reads a Python's script too). Kept per command line: the
     check after every test reads the same few commands (a session's database, the
     zygote's ``python -c`` program of some 2,000 characters) twice a test, and reading
-    them anew was most of its cost (bench/README.md, "The guard's walk after each test")."""
+    them anew was most of its cost (bench/README.md, "the guard's walk and httpx's TLS
+    contexts")."""
     python = _PYTHON.fullmatch(Path(argv[0]).name) is not None
     for index, arg in enumerate(argv):
         if _PYTEST_COMMAND.fullmatch(Path(arg).name) and (
