@@ -179,3 +179,43 @@ def test_a_credential_process_that_hangs_when_asked_again_ends_the_request_it_re
     assert "the credential_process ran for longer than 1 s (s3_credential_process_seconds)" in (
         said
     ), said
+
+
+#: A credential_process that fails after printing its whole answer, keys and all, on its
+#: standard error (a debugging line left in), and a path.
+PRINTS_ITS_KEYS = """\
+import json, sys
+print(json.dumps({{"Version": 1, "AccessKeyId": {key!r}, "SecretAccessKey": {secret!r},
+                  "SessionToken": {token!r}}}), file=sys.stderr)
+print("and cannot read /home/dev/.aws/sso/cache/0123456789abcdef0123456789abcdef01234567.json",
+      file=sys.stderr)
+sys.exit(1)
+"""
+
+
+def test_what_a_failing_credential_process_prints_is_quoted_without_its_keys(
+    production: Production, tmp_path: Path
+) -> None:
+    # The refusal quotes the process's standard error (it is what says why): one that
+    # printed its keys there had them in every command's output (red team 45's *not
+    # stopped*). What looks like a key is hidden; the rest, a path included, is kept.
+    key, secret = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    token = "IQoJb3JpZ2luX2VjE" + "Ab1Cd2Ef3Gh4" * 20
+    env = _chain_env(production, tmp_path, "unused", "unused")
+    script = tmp_path / "credentials.py"
+    script.write_text(PRINTS_ITS_KEYS.format(key=key, secret=secret, token=token))
+    (tmp_path / "aws-config").write_text(
+        f"[default]\ncredential_process = {sys.executable} {script}\n"
+    )
+    for args in (("data", "check"), ("doctor",)):
+        done = _app(env, *args)
+        output = done.stdout + done.stderr
+        said = " ".join(output.split())
+        assert done.returncode == 69, (args, said)
+        assert "Error when retrieving credentials from custom-process" in said, (args, said)
+        assert '"AccessKeyId": "[a credential, hidden]"' in said, (args, said)
+        for secret_part in (key, secret, token, "EXAMPLEKEY", "Ab1Cd2Ef3Gh4"):
+            assert secret_part not in output, (args, secret_part, said)
+        assert (
+            "and cannot read /home/dev/.aws/sso/cache/0123456789abcdef0123456789abcdef01234567.json"
+        ) in said, (args, said)

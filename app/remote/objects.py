@@ -132,8 +132,30 @@ _CHAIN: Final = (
 
 
 def _one_line(error: BaseException) -> str:
-    """``error`` on one line: a `credential_process`'s standard error ends in a newline."""
-    return " ".join(str(error).split())
+    """``error`` on one line, without what looks like an AWS credential (`_hidden`): a
+    `credential_process`'s standard error ends in a newline, and one that printed its keys
+    there (a debugging ``print(json.dumps(...), file=sys.stderr)``, an SDK's dump of its
+    answer) had them quoted in every refusal (red team 45's *not stopped*)."""
+    return _CREDENTIAL_SHAPES.sub(_hidden, " ".join(str(error).split()))
+
+
+#: What AWS credentials look like in text: an access key id (its four-letter kind, then 16
+#: capitals and digits), and a run of 40 or more base64 characters, the length of a secret
+#: access key and less than a session token's.
+_CREDENTIAL_SHAPES: Final = re.compile(
+    r"\b(?:AKIA|ASIA|AROA|AIDA|AGPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b"
+    r"|(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40,}(?![A-Za-z0-9/+=])"
+)
+
+
+def _hidden(found: re.Match[str]) -> str:
+    """A credential-shaped run, hidden; a path (more than two ``/``: a key has one at most
+    in most draws) or a run of one kind of character (a line of ``=`` or ``-``) kept."""
+    text = found.group()
+    mixed = any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
+    if text.count("/") > 2 or not mixed:
+        return text
+    return "[a credential, hidden]"
 
 
 def _session() -> Any:
