@@ -46,7 +46,6 @@ from app.store.records import (
     load_record,
     open_regular,
     public,
-    read_meta,
     refuse_linked_dirs,
 )
 from app.store.upload import Upload
@@ -107,8 +106,7 @@ class Files:
         """Where a file's bytes are, and its entry (for tests and tools)."""
         record_path = self.record_path(session_id, name)
         directory = self.sessions.directory(session_id)
-        with self.sessions.served(session_id):
-            read_meta(directory, session_id)
+        self.sessions.require(session_id)
         record = load_record(record_path)
         if record is not None:
             blob = directory / BLOBS_DIR / record["blob"]
@@ -169,8 +167,7 @@ class Files:
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
         directory = self.sessions.directory(session_id)
-        with self.sessions.served(session_id):
-            read_meta(directory, session_id)
+        self.sessions.require(session_id)
         self._own_dirs(directory)
         old = load_record(record_path)
         if if_match is not None:

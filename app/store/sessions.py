@@ -123,15 +123,14 @@ class Sessions:
 
     @contextlib.contextmanager
     def locked(self, session_id: str) -> Iterator[Path]:
-        """Hold the session's lock, with the session there (else SessionNotFoundError).
+        """Hold the session's lock, with the session there (`require`).
 
         Every change to a session happens inside this block, so changes to one session
         never interleave; the session's directory is what it yields.
         """
         directory = self.directory(session_id)
         with self.state.lock_for(session_id):
-            with self.served(session_id):
-                read_meta(directory, session_id)
+            self.require(session_id)
             yield directory
 
     def clear_unfinished(self) -> None:
