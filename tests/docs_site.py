@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +39,18 @@ def _shared(factory: pytest.TempPathFactory) -> Path:
     return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
 
 
+def mkdocs_python() -> Path:
+    """The interpreter of the docs' own environment (the `docs` extra in pyproject.toml)."""
+    python = PROJECT / ".venv-docs" / "bin" / "python"
+    if not python.is_file():
+        pytest.fail(
+            f"mkdocs is not installed: {python} is missing. `bash scripts/test` installs it "
+            "(python3 -m venv .venv-docs && .venv-docs/bin/pip install -e '.[docs]')",
+            pytrace=False,
+        )
+    return python
+
+
 def build(factory: pytest.TempPathFactory, environ: dict[str, str]) -> Build:
     """The run's build of the site: made now (in `environ`), unless another worker of the
     run made it."""
@@ -51,7 +62,7 @@ def build(factory: pytest.TempPathFactory, environ: dict[str, str]) -> Build:
             env = {**environ, "NO_MKDOCS_2_WARNING": "1"}
             site = directory / "site"
             result = subprocess.run(
-                [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
+                [str(mkdocs_python()), "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
                 cwd=PROJECT,
                 env=env,
                 capture_output=True,
