@@ -117,9 +117,10 @@ def test_a_writer_a_test_points_into_a_data_root_writes_nothing(
         "Exit: app: stopping before pytest writes its results: pytest's cache provider writes "
         f"its cache_dir, {production}/sessions, which lies in the data root of profile "
         f"'production' ({production}; no process holds it now). It was checked as the run "
-        "started, and a test changed it since (a link on the way, or the writer itself: "
-        "config.cache, the junitxml writer); nothing pytest writes at the end is written for "
-        "this run (no report, no cache). Look for the test that changed it, and run again"
+        "started, and a test changed it since (a link on the way, a standard stream it "
+        "names, moved with os.dup2, or the writer itself: config.cache, the junitxml "
+        "writer); nothing pytest writes at the end is written for this run (no report, no "
+        "cache). Look for the test that changed it, and run again"
     ) in output, output
     assert not (tmp_path / "report.xml").exists(), output
 

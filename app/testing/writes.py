@@ -916,7 +916,13 @@ def _unplant(found: list[Target], roots: dict[str, Path], seen: _Seen) -> list[s
     """Remove each name a test planted on the way to what pytest writes: a symbolic link
     leading into a data root (or through a link of /proc), a hard link of a file there.
     Only the name is removed, never what it leads to, and never a name inside a data root;
-    pytest then makes a new file there. Returns what was removed, said for the message."""
+    pytest then makes a new file there. Nor a link to a standard stream (the system's
+    ``/dev/stdout``, a path pytest may write): where one leads into a data root, a test
+    moved the stream itself (``os.dup2``), and the check after this stops the run. Every
+    run with ``--junitxml=/dev/stdout`` whose end found a planted link removed the machine's
+    ``/dev/stdout``, and pytest then wrote its report as a file in its place. A name that
+    cannot be removed is left too, for that check. Returns what was removed, said for the
+    message."""
     removed: list[str] = []
     for target in found:
         for name in _names_on(target.path):
@@ -927,6 +933,8 @@ def _unplant(found: list[Target], roots: dict[str, Path], seen: _Seen) -> list[s
                 continue  # a name inside a data root is never ours to remove
             try:
                 if name.is_symlink():
+                    if process_link(name) is not None and process_link(name, streams=True) is None:
+                        continue  # a standard stream's: the system's own, or a test's
                     lead = Target(name.resolve(), "")
                     if _finding(lead, roots, seen) is None and process_link(name) is None:
                         continue  # a link that leads nowhere near a data root
@@ -936,8 +944,10 @@ def _unplant(found: list[Target], roots: dict[str, Path], seen: _Seen) -> list[s
                 else:
                     continue
                 name.unlink()
-            except FileNotFoundError:
-                continue  # gone meanwhile: nothing leads through it now
+            except OSError:
+                # Gone meanwhile (nothing leads through it now), or not this user's to
+                # remove: the check after this one stops the run if it still leads in.
+                continue
             removed.append(said)
     return list(dict.fromkeys(removed))
 
@@ -974,9 +984,10 @@ def refuse_at_end(config: pytest.Config, roots: dict[str, Path], why: str = "") 
         pytest.exit(
             "app: stopping before pytest writes its results: "
             f"{target.does.format(path=target.path)}, {where}. It was checked as the run "
-            "started, and a test changed it since (a link on the way, or the writer itself: "
-            "config.cache, the junitxml writer); nothing pytest writes at the end is written "
-            "for this run (no report, no cache). "
+            "started, and a test changed it since (a link on the way, a standard stream it "
+            "names, moved with os.dup2, or the writer itself: config.cache, the junitxml "
+            "writer); nothing pytest writes at the end is written for this run (no report, "
+            "no cache). "
             f"Look for the test that changed it, and run again{why}",
             returncode=pytest.ExitCode.INTERNAL_ERROR,
         )
