@@ -100,7 +100,6 @@ __all__ = [
     "swap",
     "unregister",
     "why_no_plugin",
-    "withdraw_start",
 ]
 
 #: The sandbox, inherited by children. Deliberately not an ``APP_`` name: dynaconf never
@@ -739,9 +738,10 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
             if bare is None:
                 who = "this process" if depth == 0 else "an ancestor process"
                 argv = _cmdline(pid)
-                bare = f"{_STARTING} ({who}, pytest pid {pid}: {_shown(argv)}){_NO_SANDBOX_YET}"
+                shown = _shown(argv) + _retitled(argv, data)
+                bare = f"{_STARTING} ({who}, pytest pid {pid}: {shown}){_NO_SANDBOX_YET}"
                 if data.get("without_plugin"):  # and never will (`note_without_plugin`)
-                    bare = f"{who} (pid {pid}: {_shown(argv)}) runs pytest without the app's plugin"
+                    bare = f"{who} (pid {pid}: {shown}) runs pytest without the app's plugin"
                 bare_argv, starting = argv, not data.get("without_plugin")
             continue
         if entry is not None:
@@ -904,8 +904,23 @@ def _cmdline(pid: int | str) -> list[str]:
     except OSError:
         return []
     # Each word ends with a NUL: without the last one, a shown command line ended in ''.
-    raw = raw[:-1] if raw.endswith(b"\0") else raw
-    return [part.decode(errors="replace") for part in raw.split(b"\0")]
+    # All of them: a title written over the arguments (setproctitle) is padded with NULs.
+    raw = raw.rstrip(b"\0")
+    return [part.decode(errors="replace") for part in raw.split(b"\0")] if raw else []
+
+
+def _retitled(argv: list[str], data: Mapping[str, Any]) -> str:
+    """Words for a message where a pytest's command line (`argv`, as ``/proc`` shows it
+    now) no longer ends with the arguments its entry recorded (``sys.argv``): a process
+    title written over them (setproctitle); else ``""``."""
+    recorded = data.get("argv")
+    if not isinstance(recorded, list) or not recorded:
+        return ""
+    words = [str(word) for word in recorded]
+    tail = words[1:]
+    if len(argv) >= len(tail) and argv[len(argv) - len(tail) :] == tail:
+        return ""
+    return f", its command line rewritten since (a process title); it started as {_shown(words)}"
 
 
 def command_line(pid: int | str) -> str:
@@ -1407,9 +1422,9 @@ _PLUGIN_INACTIVE: list[str] = []
 def note_inactive(reason: str) -> None:
     """Remember that the app's plugin was loaded in this process and stayed inactive, and
     why, so that a refusal says so instead of guessing that it was disabled; it makes no
-    run here, so the registry no longer says one is starting (`withdraw_start`)."""
+    run here, so the registry says that this pytest runs without it (`note_without_plugin`)."""
     _PLUGIN_INACTIVE.append(reason)
-    withdraw_start()
+    note_without_plugin()
 
 
 def _plugin_option() -> str:
@@ -1956,11 +1971,6 @@ def _childless() -> bool:
     return False
 
 
-#: The entry `announce_start` wrote for this image of the process, which `withdraw_start`
-#: may remove: never another's (red team 29).
-_ANNOUNCED: list[Path] = []
-
-
 def _own_entry() -> Path | None:
     own = _own_start()
     return _entry_at(RUNS_DIR, *own) if own is not None else None
@@ -1991,34 +2001,28 @@ def announce_start() -> None:
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
-        if entry is not None:
-            _ANNOUNCED.append(entry)
 
 
 def note_without_plugin() -> None:
-    """Say in this process's starting entry (`announce_start`) that its pytest runs without
-    the app's plugin for good (`app.testing.startup`): its children are then refused as
-    under such a pytest, not told to wait for a sandbox that never comes."""
+    """Say in the registry that this process's pytest runs without the app's plugin for
+    good (switched off, autoload off, or loaded and inactive): its children are then refused
+    as under such a pytest, not told to wait for a sandbox that never comes
+    (`announce_start`), and not left to find pytest in its command line.
+
+    Written where nothing announced the run too (its command line shows pytest): a test can
+    rewrite its process's command line, as ``setproctitle`` does (a worker's code under
+    test names its process), and a child it then started with production's settings alone
+    found no pytest above it and purged a stopped production root (red team 46). Never over
+    a run's entry of this very process (a run that ran pytest in its place, ``exec``).
+    """
+    if _in_process() is not None or not _runs_pytest():
+        return
     entry = _own_entry()
     data = _entry_data(entry) if entry is not None else None
-    if data is None or not data.get("starting") or _in_process() is not None:
+    if data is not None and not data.get("starting"):
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir(), without_plugin=True)
-
-
-def withdraw_start() -> None:
-    """Remove what `announce_start` wrote, where the plugin makes no run after all
-    (``--help``, another project's run); never a run's entry this process inherited from
-    the program it was before an ``exec``."""
-    if _in_process() is not None:
-        return
-    while _ANNOUNCED:
-        entry = _ANNOUNCED.pop()
-        data = _entry_data(entry)
-        if data is not None and data.get("starting"):
-            with contextlib.suppress(OSError):
-                entry.unlink()
 
 
 def register(

@@ -36,7 +36,7 @@ from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 # As pytest imports the plugin, before any later plugin's import: a child such an import
 # (PYTEST_PLUGINS) started with a hand-built environment found no run (red team 28). Our
 # first hook, a wrapper that runs before every plugin's own, registers the run over it, or
-# withdraws it.
+# says that this pytest runs without the plugin (an inactive one).
 sandboxing.announce_start()
 # Read while pytest loads its other plugins and options, for the start's check of its older
 # directories, where that check is likely; dropped once the first hook is done.
