@@ -2066,6 +2066,15 @@ def note_without_plugin() -> None:
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir(), without_plugin=True)
+        if not _REMOVED_AT_EXIT:
+            # Gone with the process: in another PID namespace, no later run could tell it
+            # dead, and it would stay in the registry for good.
+            _REMOVED_AT_EXIT.append(True)
+            atexit.register(_end_entry)
+
+
+#: Whether `note_without_plugin` registered the removal of its entry at exit already.
+_REMOVED_AT_EXIT: list[bool] = []
 
 
 def register(

@@ -1,0 +1,167 @@
+"""Red team 46 on the guard (branch rt-guard29): how else a child reaches production's settings
+alone, outside every run it could find.
+
+What broke, each time a child given production's settings alone purging a stopped production
+root, outside this suite's run (a PID namespace of its own):
+
+- a pytest without the app's plugin (``-p no:app``, autoload off, or the plugin inactive in
+  another project's run) was found by its children through its command line only. A test that
+  rewrites its process's command line, as ``setproctitle`` does (a worker's code under test
+  names its process), took every child it started afterwards out of it. Such a pytest now
+  says in the registry that it runs without the plugin, as one under a runner script did;
+- a registry a test made writable by others (``chmod 777``), or replaced by a link to itself
+  moved aside, counts for nothing (another user could have written it), and the check after
+  the test puts it right too late for the children that test starts. Such a registry, where
+  it holds an ancestor's entry, now refuses them any profile but ``testing``, as an
+  unreadable one does (red team 41).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_server_e2e import snapshot
+
+#: A test that writes a title over its process's arguments (what setproctitle does), then
+#: purges production from a child given its settings alone (`$S`).
+RETITLED = """
+import os, subprocess, sys
+
+def test_retitled():
+    raw = open("/proc/self/stat", "rb").read()
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    start, end = int(fields[45]), int(fields[46])
+    fd = os.open("/proc/self/mem", os.O_RDWR)
+    os.pwrite(fd, b"celery worker".ljust(end - start, b"\\0"), start)
+    os.close(fd)
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
+         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+"""
+
+
+def _outside_any_run(production: Path, argv: list[str], **run: object) -> str:
+    """`argv` in a PID namespace of its own (out of this suite's run), its output on one
+    line; production's root must be unchanged after it."""
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare of a user and a PID namespace")
+    before = snapshot(production)
+    done = subprocess.run(  # type: ignore[call-overload]
+        [*OWN_PROC, *argv], capture_output=True, text=True, check=False, **run
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert snapshot(production) == before, output
+    return output
+
+
+@pytest.mark.parametrize("without", ["-p no:app", "inactive"])
+def test_a_pytest_without_the_plugin_that_a_test_retitled_keeps_its_children(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+    without: str,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "test_retitled.py").write_text(RETITLED)
+    (tmp_path / "tmp").mkdir()
+    env = _inner_env(S=str(settings), TMPDIR=str(tmp_path / "tmp"))
+    off = ["-p", "no:app"]
+    if without == "-p no:app":
+        env["APP_SETTINGS_DIR"] = str(settings)
+    else:
+        env.pop("APP_SETTINGS_DIR", None)  # another project's run: no settings of the app's
+        off = []
+    output = _outside_any_run(
+        production,
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", *off,
+         "test_retitled.py"],
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert "1 passed" in output, output
+    assert "CHILD 78 error: refused under pytest: loading profile 'production' while pytest " in (
+        output
+    )
+    assert re.search(
+        r"runs without the app's sandbox \(an ancestor process \(pid \d+: 'celery worker', its "
+        r"command line rewritten since \(a process title\); it started as \S+/pytest/"
+        r"__main__\.py -p no:cacheprovider -q -s (-p no:app )?test_retitled\.py\) runs pytest "
+        r"without the app's plugin\)",
+        output,
+    ), output
+
+
+#: Tests that make the registry untrustworthy, each then purging production from a child given
+#: its settings alone (`$S`); run by a runner that calls pytest through a module of its own, so
+#: that no command line shows pytest.
+UNTRUSTED = """
+import os, subprocess, sys
+from pathlib import Path
+from app import sandbox
+
+def purge():
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
+         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+
+def test_writable_by_others():
+    os.chmod(sandbox.RUNS_DIR, 0o777)
+    purge()
+
+def test_a_link_to_it_moved_aside():
+    sandbox.RUNS_DIR.rename("/tmp/moved")
+    sandbox.RUNS_DIR.symlink_to("/tmp/moved")
+    purge()
+"""
+
+#: In the namespace: the real /tmp at /mnt, a /tmp of its own (the registry private), then
+#: the runner in `$1` (the test's directory, as /mnt shows it).
+PRIVATE_TMP = """
+mount --bind /tmp /mnt && mount -t tmpfs none /tmp || exit 9
+cd "$1" && "$2" ci.py -p no:cacheprovider -q -s test_untrusted.py
+"""
+
+
+def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profiles(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    for needed in (Path(sys.prefix).absolute(), Path(__file__).resolve().parents[1]):
+        if needed.is_relative_to("/tmp"):
+            pytest.skip(f"{needed} lies under /tmp, which this test mounts over")
+    (tmp_path / "test_untrusted.py").write_text(UNTRUSTED)
+    (tmp_path / "runner.py").write_text("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n")
+    (tmp_path / "ci.py").write_text("import runner\n")
+
+    def seen(path: Path) -> str:  # where the namespace shows the real /tmp
+        path = path.resolve()
+        return str(Path("/mnt") / path.relative_to("/tmp")) if path.is_relative_to("/tmp") else str(path)
+
+    output = _outside_any_run(
+        production, ["sh", "-c", PRIVATE_TMP, "sh", seen(tmp_path), sys.executable],
+        env=_inner_env(S=seen(settings), APP_SETTINGS_DIR=seen(settings), TMPDIR="/tmp"),
+    )  # fmt: skip
+    registry = f"/tmp/app-pytest-runs-{os.getuid()}"
+    for why in ("others may write it (drwxrwxrwx)", "a symbolic link to /tmp/moved is at its name"):
+        assert re.search(
+            r"CHILD 78 error: refused under pytest: loading profile 'production' while a test "
+            rf"run may be above this process \(ancestor pid \d+: \S+ ci\.py -p no:cacheprovider "
+            rf"-q -s test_untrusted\.py\), whose entry in the registry of test runs {registry} "
+            rf"counts for nothing: {re.escape(why)}, so another user could have written it\. "
+            rf"Make {registry} a directory that only its user may write again \(chmod 755 "
+            rf"{registry}; a link at its name removed\)",
+            output,
+        ), output
+    # The check after each test still fails the test that did it, and puts it right.
+    assert "2 passed, 2 errors" in output, output
