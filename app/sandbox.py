@@ -702,7 +702,7 @@ def _entry_of(pid: int, started: int, seen: _Seen) -> Path | None:
                     return found
                 if found is not None:
                     seen.hidden.setdefault(pid, (directory, found))
-            elif directory in seen.distrusted and os.path.exists(directory / name):
+            elif directory in seen.distrusted and (directory / name).exists():
                 # A registry a test made writable by others (`chmod 777`), whose entries
                 # count for nothing: the run's children, given production's settings alone
                 # under a runner script, purged a stopped root before the check after the

@@ -146,7 +146,11 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
 
     def seen(path: Path) -> str:  # where the namespace shows the real /tmp
         path = path.resolve()
-        return str(Path("/mnt") / path.relative_to("/tmp")) if path.is_relative_to("/tmp") else str(path)
+        return (
+            str(Path("/mnt") / path.relative_to("/tmp"))
+            if path.is_relative_to("/tmp")
+            else str(path)
+        )
 
     output = _outside_any_run(
         production, ["sh", "-c", PRIVATE_TMP, "sh", seen(tmp_path), sys.executable],
