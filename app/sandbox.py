@@ -566,6 +566,13 @@ class _Seen(dict[Path, set[str]]):
         self.hidden: dict[int, tuple[Path, str]] = {}
         #: This user's registries whose entries count for nothing, and why (`_distrusted`).
         self.distrusted: dict[Path, str] = {}
+        self._namespaces: dict[int | str, int | None] = {}
+
+    def namespace(self, pid: int | str) -> int | None:
+        """Process `pid`'s mount namespace (`_mount_namespace`), read once a walk."""
+        if pid not in self._namespaces:
+            self._namespaces[pid] = _mount_namespace(pid)
+        return self._namespaces[pid]
 
 
 def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
@@ -659,20 +666,42 @@ def _mount_namespace(pid: int | str) -> int | None:
         return None
 
 
-def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
+def _entry_in_its_own_tmp(pid: int, uid: int, name: str, seen: _Seen) -> Path | None:
     """The registry entry of ancestor `pid` as that process sees its /tmp, where it is not
     ours: a child with a /tmp of its own (bwrap, firejail --private-tmp, a tool's own
     sandbox) cannot read the run's registry at its path, only through ``/proc/<pid>/root``."""
-    theirs = _mount_namespace(pid)
-    if theirs is None or theirs == _mount_namespace("self"):
+    theirs = seen.namespace(pid)
+    if theirs is None or theirs == seen.namespace("self"):
         return None
+    return _entry_through(pid, uid, name)
+
+
+def _entry_through(pid: int, uid: int, name: str) -> Path | None:
+    """Entry `name` of user `uid`'s registry in the /tmp process `pid` sees, if it is there."""
     directory = _PROC / str(pid) / "root" / _runs_dir(uid).relative_to("/")
     if _runs_dir_trusted(directory, uid) and (directory / name).is_file():
         return directory / name
     return None
 
 
-def _entry_of(pid: int, started: int, seen: _Seen) -> Path | None:
+def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) -> Path | None:
+    """The registry entry of ancestor `pid` in the /tmp its `parent` sees, where `pid` has
+    moved since into a mount namespace of its own, shared with this process.
+
+    A test that moved the run's own process there (``unshare(CLONE_NEWNS)`` in the test, as
+    code that isolates itself does, then a tmpfs mounted on /tmp) hid the run's entry from
+    every process it started afterwards, and the run's own process left no other namespace
+    to read it through: a child given production's settings alone under a runner script
+    purged a stopped production root (red team 46). The run's parent still sees it.
+    """
+    theirs = seen.namespace(pid)
+    before = seen.namespace(parent)
+    if theirs is None or before is None or theirs == before or theirs != seen.namespace("self"):
+        return None
+    return _entry_through(parent, uid, name)
+
+
+def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) -> Path | None:
     """The registry entry of process `pid` (started at `started`), if it is a run's.
 
     Looked for under the user that owns its ``/proc`` entry, its effective user, then under
@@ -708,7 +737,9 @@ def _entry_of(pid: int, started: int, seen: _Seen) -> Path | None:
                 # under a runner script, purged a stopped root before the check after the
                 # test put it right (red team 46). A run may be above: refused as hidden.
                 seen.hidden.setdefault(pid, (directory, seen.distrusted[directory]))
-        entry = _entry_in_its_own_tmp(pid, uid, name)
+        entry = _entry_in_its_own_tmp(pid, uid, name, seen)
+        if entry is None and parent is not None:
+            entry = _entry_left_behind(pid, parent, uid, name, seen)
         if entry is not None:
             return entry
     return None
@@ -756,10 +787,12 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     bare_argv: list[str] = []
     starting = False
     walked: set[int] = set()
-    ancestry = enumerate(_ancestry())
+    chain = list(_ancestry())
+    ancestry = enumerate(chain)
     for depth, (pid, started) in ancestry:
         walked.add(pid)
-        entry = _entry_of(pid, started, seen)
+        parent = chain[depth + 1][0] if depth + 1 < len(chain) else None
+        entry = _entry_of(pid, started, seen, parent)
         data = _entry_data(entry) if entry is not None else None
         if entry is not None and data is None and (why := _unreadable(entry)) is not None:
             seen.hidden.setdefault(pid, (entry, why))
@@ -2142,6 +2175,14 @@ def restore_entry(run: Run) -> str | None:
         found = os.lstat(RUNS_DIR)
     except OSError:
         problem = f"the registry {RUNS_DIR} was removed"
+        parent = parent_pid()
+        if parent is not None and _mount_namespace("self") != _mount_namespace(parent):
+            # Not removed: out of sight, behind a mount, in a namespace the test made.
+            problem = (
+                f"the registry {RUNS_DIR} is out of this process's sight: a test moved this "
+                "process into a mount namespace of its own (unshare) whose /tmp is another "
+                "directory"
+            )
     else:
         if _trusted(found, os.getuid()):  # the lstat just made
             in_entry = _entry_problem(found, pid, started, run)

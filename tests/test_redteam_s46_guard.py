@@ -9,6 +9,11 @@ root, outside this suite's run (a PID namespace of its own):
   rewrites its process's command line, as ``setproctitle`` does (a worker's code under test
   names its process), took every child it started afterwards out of it. Such a pytest now
   says in the registry that it runs without the plugin, as one under a runner script did;
+- a test that moved the run's own process into a mount namespace of its own with a /tmp of
+  its own (``unshare(CLONE_NEWNS)``, as code that isolates itself does, then a tmpfs on
+  ``/tmp``) hid the run's registry from every process it then started, and no process of
+  theirs was left in another namespace to read it through. An ancestor's entry is now also
+  read in the /tmp its parent sees;
 - a registry a test made writable by others (``chmod 777``), or replaced by a link to itself
   moved aside, counts for nothing (another user could have written it), and the check after
   the test puts it right too late for the children that test starts. Such a registry, where
@@ -169,3 +174,61 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
         ), output
     # The check after each test still fails the test that did it, and puts it right.
     assert "2 passed, 2 errors" in output, output
+
+
+#: A test that moves the run's own process into a mount namespace of its own with a tmpfs on
+#: /tmp (the real one at /mnt, and the run's own directory, `$TOP` under /tmp, bound back in
+#: place), then purges production from a child given its settings alone (`$S`).
+OWN_TMP = """
+import ctypes, os, subprocess, sys
+
+def test_own_tmp():
+    assert ctypes.CDLL(None, use_errno=True).unshare(0x00020000) == 0  # CLONE_NEWNS
+    top = "/tmp/" + os.environ["TOP"]
+    for mount in (["--make-rprivate", "/"], ["--bind", "/tmp", "/mnt"],
+                  ["-t", "tmpfs", "none", "/tmp"], ["-m", "--bind", "/mnt/" + top[5:], top]):
+        subprocess.run(["mount", *mount], check=True)
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
+         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+"""
+
+
+def test_a_run_a_test_moved_into_a_tmp_of_its_own_keeps_its_children(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    if os.geteuid() != 0 or not Path("/mnt").is_dir():
+        pytest.skip("only root mounts a /tmp of its own in the test's process")
+    top = Path("/tmp")
+    if not (settings.resolve().is_relative_to(top) and tmp_path.resolve().is_relative_to(top)):
+        pytest.skip("the test's directories must lie under /tmp, which the test mounts over")
+    if not settings.resolve().is_relative_to(top / tmp_path.resolve().relative_to(top).parts[0]):
+        pytest.skip("the settings and the test's directory must share their directory in /tmp")
+    (tmp_path / "test_own_tmp.py").write_text(OWN_TMP)
+    (tmp_path / "runner.py").write_text("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n")
+    (tmp_path / "ci.py").write_text("import runner\n")
+    (tmp_path / "tmp").mkdir()
+    output = _outside_any_run(
+        production,
+        ["sh", "-c", '"$@"; echo "=== $?"', "sh", sys.executable, "ci.py", "-p",
+         "no:cacheprovider", "-q", "-s", "test_own_tmp.py"],
+        cwd=tmp_path,
+        env=_inner_env(S=str(settings), APP_SETTINGS_DIR=str(settings),
+                       TMPDIR=str(tmp_path / "tmp"), TOP=tmp_path.resolve().parts[2]),
+    )  # fmt: skip
+    assert re.search(
+        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
+        r"tests run on the 'testing' profile \(this process belongs to the test run through "
+        r"the process tree \(an ancestor process, pytest pid \d+, registered in /proc/\d+/root/"
+        rf"tmp/app-pytest-runs-{os.getuid()}\)\)",
+        output,
+    ), output
+    assert (
+        f"the registry /tmp/app-pytest-runs-{os.getuid()} is out of this process's sight: a "
+        "test moved this process into a mount namespace of its own (unshare) whose /tmp is "
+        "another directory; it was put back"
+    ) in output, output
