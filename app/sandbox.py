@@ -782,6 +782,8 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
+    if _proc_self() is None and (hidden := _proc_hidden()) is not None:
+        return None, *hidden
     seen = _Seen()
     bare = None
     bare_argv: list[str] = []
@@ -829,6 +831,44 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     if led is None and bare is None and seen.hidden:
         return None, *_hidden_run(seen.hidden)
     return led, bare, ""
+
+
+def _proc_hidden() -> tuple[str, str] | None:
+    """The refusal's words where something hides Linux's ``/proc`` from this process (a
+    filesystem mounted over it, or a directory with other files in it): it cannot tell
+    whether a test run is above it. None where there is no ``/proc`` at all (not Linux, or
+    a chroot that never mounted one: an empty directory), which only the environment covers.
+
+    A test (as root) that moved the run's own process into a mount namespace of its own and
+    mounted a tmpfs over ``/proc`` there (a test of code that reads ``/proc``, given a fake
+    one): every process it then started walked no ancestor, and one given production's
+    settings alone purged a stopped production root, under ``python -m pytest`` with the
+    plugin active (red team 46).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mounted = os.path.ismount(_PROC)
+        holds = any(True for _ in os.scandir(_PROC))
+    except OSError:
+        return None
+    if not (mounted or holds):
+        return None
+    what = (
+        "a filesystem that is not Linux's proc is mounted there"
+        if mounted
+        else ("it holds other files")
+    )
+    said = (
+        f"while /proc is hidden from this process ({what}, without /proc/self), so it cannot "
+        "tell whether a test run is above it"
+    )
+    fix = (
+        "Mount Linux's proc filesystem at /proc where this runs (mount -t proc proc /proc), "
+        "or run it outside the mount namespace that hides it; a test must not hide /proc "
+        "from the processes it starts"
+    )
+    return said, fix
 
 
 def _unreadable(entry: Path) -> str | None:

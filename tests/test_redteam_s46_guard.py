@@ -13,7 +13,10 @@ root, outside this suite's run (a PID namespace of its own):
   its own (``unshare(CLONE_NEWNS)``, as code that isolates itself does, then a tmpfs on
   ``/tmp``) hid the run's registry from every process it then started, and no process of
   theirs was left in another namespace to read it through. An ancestor's entry is now also
-  read in the /tmp its parent sees;
+  read in the /tmp its parent sees. With a tmpfs over ``/proc`` instead, the run's children
+  walked no ancestor at all, under ``python -m pytest`` with the plugin active: a ``/proc``
+  that something hides (a mount over it, without ``/proc/self``) now refuses them any
+  profile but ``testing``;
 - a registry a test made writable by others (``chmod 777``), or replaced by a link to itself
   moved aside, counts for nothing (another user could have written it), and the check after
   the test puts it right too late for the children that test starts. Such a registry, where
@@ -176,27 +179,39 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
     assert "2 passed, 2 errors" in output, output
 
 
-#: A test that moves the run's own process into a mount namespace of its own with a tmpfs on
-#: /tmp (the real one at /mnt, and the run's own directory, `$TOP` under /tmp, bound back in
-#: place), then purges production from a child given its settings alone (`$S`).
-OWN_TMP = """
+#: Tests that move the run's own process into a mount namespace of its own (each keeps the
+#: one before), then purge production from a child given its settings alone (`$S`): one with
+#: a tmpfs on /tmp (the real one at /mnt, and the run's own directory, `$TOP` under /tmp,
+#: bound back in place), one with a tmpfs over /proc (taken off again at its end).
+OWN_NAMESPACE = """
 import ctypes, os, subprocess, sys
 
-def test_own_tmp():
-    assert ctypes.CDLL(None, use_errno=True).unshare(0x00020000) == 0  # CLONE_NEWNS
-    top = "/tmp/" + os.environ["TOP"]
-    for mount in (["--make-rprivate", "/"], ["--bind", "/tmp", "/mnt"],
-                  ["-t", "tmpfs", "none", "/tmp"], ["-m", "--bind", "/mnt/" + top[5:], top]):
-        subprocess.run(["mount", *mount], check=True)
+def purge():
     env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
     done = subprocess.run(
         [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
          "--yes-i-mean-it"], env=env, capture_output=True, text=True)
     print("CHILD", done.returncode, done.stdout + done.stderr)
+
+def mount(*mounts):
+    assert ctypes.CDLL(None, use_errno=True).unshare(0x00020000) == 0  # CLONE_NEWNS
+    for argv in (["--make-rprivate", "/"], *mounts):
+        subprocess.run(["mount", *argv], check=True)
+
+def test_own_tmp():
+    top = "/tmp/" + os.environ["TOP"]
+    mount(["--bind", "/tmp", "/mnt"], ["-t", "tmpfs", "none", "/tmp"],
+          ["-m", "--bind", "/mnt" + top[4:], top])
+    purge()
+
+def test_proc_hidden():
+    mount(["-t", "tmpfs", "none", "/proc"])
+    purge()
+    subprocess.run(["umount", "/proc"], check=True)
 """
 
 
-def test_a_run_a_test_moved_into_a_tmp_of_its_own_keeps_its_children(
+def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
@@ -208,14 +223,14 @@ def test_a_run_a_test_moved_into_a_tmp_of_its_own_keeps_its_children(
         pytest.skip("the test's directories must lie under /tmp, which the test mounts over")
     if not settings.resolve().is_relative_to(top / tmp_path.resolve().relative_to(top).parts[0]):
         pytest.skip("the settings and the test's directory must share their directory in /tmp")
-    (tmp_path / "test_own_tmp.py").write_text(OWN_TMP)
+    (tmp_path / "test_own_namespace.py").write_text(OWN_NAMESPACE)
     (tmp_path / "runner.py").write_text("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n")
     (tmp_path / "ci.py").write_text("import runner\n")
     (tmp_path / "tmp").mkdir()
     output = _outside_any_run(
         production,
         ["sh", "-c", '"$@"; echo "=== $?"', "sh", sys.executable, "ci.py", "-p",
-         "no:cacheprovider", "-q", "-s", "test_own_tmp.py"],
+         "no:cacheprovider", "-q", "-s", "test_own_namespace.py"],
         cwd=tmp_path,
         env=_inner_env(S=str(settings), APP_SETTINGS_DIR=str(settings),
                        TMPDIR=str(tmp_path / "tmp"), TOP=tmp_path.resolve().parts[2]),
@@ -231,4 +246,11 @@ def test_a_run_a_test_moved_into_a_tmp_of_its_own_keeps_its_children(
         f"the registry /tmp/app-pytest-runs-{os.getuid()} is out of this process's sight: a "
         "test moved this process into a mount namespace of its own (unshare) whose /tmp is "
         "another directory; it was put back"
+    ) in output, output
+    assert (
+        "CHILD 78 error: refused under pytest: loading profile 'production' while /proc is "
+        "hidden from this process (a filesystem that is not Linux's proc is mounted there, "
+        "without /proc/self), so it cannot tell whether a test run is above it. Mount Linux's "
+        "proc filesystem at /proc where this runs (mount -t proc proc /proc), or run it "
+        "outside the mount namespace that hides it"
     ) in output, output
