@@ -2186,6 +2186,7 @@ def register(
         runs[-1] = run
     else:
         if not runs:  # the first run of this process
+            _REGISTERED_IN[:] = [_mount_namespace("self")]
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_end_entry)
@@ -2194,6 +2195,11 @@ def register(
     setattr(sys, _MARKER, runs)
     _publish(run)
     return run
+
+
+#: The mount namespace this process registered its run in (`register`), which a test may
+#: move it out of (`restore_entry` says so).
+_REGISTERED_IN: list[int | None] = []
 
 
 def restore_entry(run: Run) -> str | None:
@@ -2215,8 +2221,7 @@ def restore_entry(run: Run) -> str | None:
         found = os.lstat(RUNS_DIR)
     except OSError:
         problem = f"the registry {RUNS_DIR} was removed"
-        parent = parent_pid()
-        if parent is not None and _mount_namespace("self") != _mount_namespace(parent):
+        if _REGISTERED_IN and _REGISTERED_IN[0] != _mount_namespace("self"):
             # Not removed: out of sight, behind a mount, in a namespace the test made.
             problem = (
                 f"the registry {RUNS_DIR} is out of this process's sight: a test moved this "

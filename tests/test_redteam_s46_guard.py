@@ -36,13 +36,27 @@ import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s44_guard import _seen
 from test_server_e2e import snapshot
 
-#: A test that writes a title over its process's arguments (what setproctitle does), then
-#: purges production from a child given its settings alone (`$S`).
-RETITLED = """
-import os, subprocess, sys
+#: How each inner test purges production: from a child given its settings alone (`$S`).
+PURGE = """
+import ctypes, os, subprocess, sys
+from app import sandbox
 
+def purge():
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
+         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+"""
+
+#: A test that writes a title over its process's arguments (what setproctitle does), then
+#: purges production.
+RETITLED = (
+    PURGE
+    + """
 def test_retitled():
     raw = open("/proc/self/stat", "rb").read()
     fields = raw[raw.rfind(b")") + 2 :].split()
@@ -50,12 +64,18 @@ def test_retitled():
     fd = os.open("/proc/self/mem", os.O_RDWR)
     os.pwrite(fd, b"celery worker".ljust(end - start, b"\\0"), start)
     os.close(fd)
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
-         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
-    print("CHILD", done.returncode, done.stdout + done.stderr)
+    purge()
 """
+)
+
+
+def _a_runner_script(directory: Path) -> None:
+    """``ci.py`` in `directory`, which runs pytest through a module of its own (`runner.py`):
+    no command line shows pytest."""
+    (directory / "runner.py").write_text(
+        "import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n"
+    )
+    (directory / "ci.py").write_text("import runner\n")
 
 
 def _outside_any_run(production: Path, argv: list[str], **run: object) -> str:
@@ -110,18 +130,9 @@ def test_a_pytest_without_the_plugin_that_a_test_retitled_keeps_its_children(
 #: Tests that make the registry untrustworthy, each then purging production from a child given
 #: its settings alone (`$S`); run by a runner that calls pytest through a module of its own, so
 #: that no command line shows pytest.
-UNTRUSTED = """
-import os, subprocess, sys
-from pathlib import Path
-from app import sandbox
-
-def purge():
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
-         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
-    print("CHILD", done.returncode, done.stdout + done.stderr)
-
+UNTRUSTED = (
+    PURGE
+    + """
 def test_writable_by_others():
     os.chmod(sandbox.RUNS_DIR, 0o777)
     purge()
@@ -131,6 +142,7 @@ def test_a_link_to_it_moved_aside():
     sandbox.RUNS_DIR.symlink_to("/tmp/moved")
     purge()
 """
+)
 
 #: In the namespace: the real /tmp at /mnt, a /tmp of its own (the registry private), then
 #: the runner in `$1` (the test's directory, as /mnt shows it).
@@ -149,20 +161,10 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
         if needed.is_relative_to("/tmp"):
             pytest.skip(f"{needed} lies under /tmp, which this test mounts over")
     (tmp_path / "test_untrusted.py").write_text(UNTRUSTED)
-    (tmp_path / "runner.py").write_text("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n")
-    (tmp_path / "ci.py").write_text("import runner\n")
-
-    def seen(path: Path) -> str:  # where the namespace shows the real /tmp
-        path = path.resolve()
-        return (
-            str(Path("/mnt") / path.relative_to("/tmp"))
-            if path.is_relative_to("/tmp")
-            else str(path)
-        )
-
+    _a_runner_script(tmp_path)
     output = _outside_any_run(
-        production, ["sh", "-c", PRIVATE_TMP, "sh", seen(tmp_path), sys.executable],
-        env=_inner_env(S=seen(settings), APP_SETTINGS_DIR=seen(settings), TMPDIR="/tmp"),
+        production, ["sh", "-c", PRIVATE_TMP, "sh", _seen(tmp_path), sys.executable],
+        env=_inner_env(S=_seen(settings), APP_SETTINGS_DIR=_seen(settings), TMPDIR="/tmp"),
     )  # fmt: skip
     registry = f"/tmp/app-pytest-runs-{os.getuid()}"
     for why in ("others may write it (drwxrwxrwx)", "a symbolic link to /tmp/moved is at its name"):
@@ -183,16 +185,9 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
 #: one before), then purge production from a child given its settings alone (`$S`): one with
 #: a tmpfs on /tmp (the real one at /mnt, and the run's own directory, `$TOP` under /tmp,
 #: bound back in place), one with a tmpfs over /proc (taken off again at its end).
-OWN_NAMESPACE = """
-import ctypes, os, subprocess, sys
-
-def purge():
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "--profile", "production", "data", "purge",
-         "--yes-i-mean-it"], env=env, capture_output=True, text=True)
-    print("CHILD", done.returncode, done.stdout + done.stderr)
-
+OWN_NAMESPACE = (
+    PURGE
+    + """
 def mount(*mounts):
     assert ctypes.CDLL(None, use_errno=True).unshare(0x00020000) == 0  # CLONE_NEWNS
     for argv in (["--make-rprivate", "/"], *mounts):
@@ -209,6 +204,7 @@ def test_proc_hidden():
     purge()
     subprocess.run(["umount", "/proc"], check=True)
 """
+)
 
 
 def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
@@ -224,8 +220,7 @@ def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
     if not settings.resolve().is_relative_to(top / tmp_path.resolve().relative_to(top).parts[0]):
         pytest.skip("the settings and the test's directory must share their directory in /tmp")
     (tmp_path / "test_own_namespace.py").write_text(OWN_NAMESPACE)
-    (tmp_path / "runner.py").write_text("import sys, pytest\nsys.exit(pytest.main(sys.argv[1:]))\n")
-    (tmp_path / "ci.py").write_text("import runner\n")
+    _a_runner_script(tmp_path)
     (tmp_path / "tmp").mkdir()
     output = _outside_any_run(
         production,
