@@ -2016,7 +2016,6 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
     pending, seen = list(_children(pid)), {pid}
-    own = _cmdline(pid) if while_running else []
     while pending:
         child = pending.pop()
         fields = None if child in seen else _stat_fields(child)
@@ -2027,16 +2026,14 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             continue
         seen.add(child)
         entry = RUNS_DIR / _entry_name(child, fields[1])
+        # A pytest a test started (a head start on the next case, left running) says what
+        # it is in the registry, with the plugin or without it, from its start (`_a_run_inside`);
+        # its command line says nothing more. Read by it, a process that only looked like
+        # one (a dev server's script with a self-test that calls pytest.main) was skipped,
+        # and once a later test had killed the run, it purged a stopped root given
+        # production's settings alone (red team 46); so was a fork of the run's own process
+        # (red team 43).
         if _a_run_inside(entry, run):
-            continue
-        command = _cmdline(child) if while_running else []
-        if while_running and command != own and _looks_like_pytest(command, child):
-            # A pytest a test started (a head start on the next case, left running): a run
-            # of its own, with the plugin or without it, whose rules its children get
-            # through its command line while it runs; its end hands it on if need be. Not
-            # a fork of the run's process (its command line, until it runs another program):
-            # one a test left, which ran a program given production's settings alone once
-            # a later test had killed the run, purged a stopped root (red team 43).
             continue
         if not (while_running and entry.exists()):
             with contextlib.suppress(OSError):

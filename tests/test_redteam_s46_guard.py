@@ -17,6 +17,11 @@ root, outside this suite's run (a PID namespace of its own):
   walked no ancestor at all, under ``python -m pytest`` with the plugin active: a ``/proc``
   that something hides (a mount over it, without ``/proc/self``) now refuses them any
   profile but ``testing``;
+- a daemon a test left whose script only looks like a pytest (a dev server's, with a
+  self-test branch that calls ``pytest.main``) was skipped by the hand-over at the test's
+  end, read as a pytest of its own by its command line; once a later test had killed the run,
+  it purged production in its own process. Every pytest of the environment now says what it
+  is in the registry, and the hand-over reads that alone;
 - a registry a test made writable by others (``chmod 777``), or replaced by a link to itself
   moved aside, counts for nothing (another user could have written it), and the check after
   the test puts it right too late for the children that test starts. Such a registry, where
@@ -36,6 +41,7 @@ import pytest
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s41_guard import _left_behind_a_run
 from test_redteam_s44_guard import _seen
 from test_server_e2e import snapshot
 
@@ -249,3 +255,50 @@ def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
         "proc filesystem at /proc where this runs (mount -t proc proc /proc), or run it "
         "outside the mount namespace that hides it"
     ) in output, output
+
+
+#: A test that leaves a dev server whose script calls pytest.main in a self-test branch it
+#: does not take: it waits for the run's process to be gone, then purges production in its
+#: own process. A later test ends the run at once.
+LOOKS_LIKE_PYTEST = '''
+import os, signal, subprocess, sys
+
+DEVSERVER = """
+import os, select, sys
+if "--selftest" in sys.argv:
+    import pytest
+    sys.exit(pytest.main([__file__]))
+select.select([int(os.environ["RUN_FD"])], [], [])
+out = os.open(os.environ["OUT"], os.O_WRONLY | os.O_CREAT, 0o644)
+os.dup2(out, 1)
+os.dup2(out, 2)
+sys.argv = ["app", "data", "purge", "--yes-i-mean-it"]
+from app.cli import main
+main()
+"""
+
+def test_1_starts_a_dev_server(tmp_path):
+    (tmp_path / "devserver.py").write_text(DEVSERVER)
+    run = os.pidfd_open(os.getpid())
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
+    env.update(ENV_FOR_DYNACONF="production", RUN_FD=str(run))
+    subprocess.Popen([sys.executable, str(tmp_path / "devserver.py")], env=env,
+                     pass_fds=[run], start_new_session=True)
+
+def test_2_ends_the_run():
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_daemon_that_only_looks_like_a_pytest_is_handed_the_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    said = _left_behind_a_run(stopped, tmp_path, LOOKS_LIKE_PYTEST)
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    assert re.search(
+        r"loading profile 'production'; tests run on the 'testing' profile \(this process "
+        r"belongs to the test run through the process tree \(this process, started by the "
+        r"test run of pytest pid \d+, which has ended, registered in ",
+        said,
+    ), said
