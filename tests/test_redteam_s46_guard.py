@@ -22,6 +22,11 @@ root, outside this suite's run (a PID namespace of its own):
   end, read as a pytest of its own by its command line; once a later test had killed the run,
   it purged production in its own process. Every pytest of the environment now says what it
   is in the registry, and the hand-over reads that alone;
+- a test run as a user who may not look into another profile's root (a service's, kept by
+  its own user in mode 0700, as the app makes it, named by the settings of the checkout the
+  tests run from) stopped at once with a bare ``PermissionError`` from the probe of its
+  lock. The run now goes on, and its header says that root's holder cannot be seen; strict
+  mode refuses, naming why;
 - a registry a test made writable by others (``chmod 777``), or replaced by a link to itself
   moved aside, counts for nothing (another user could have written it), and the check after
   the test puts it right too late for the children that test starts. Such a registry, where
@@ -33,8 +38,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -302,3 +309,64 @@ def test_a_daemon_that_only_looks_like_a_pytest_is_handed_the_run(
         r"test run of pytest pid \d+, which has ended, registered in ",
         said,
     ), said
+
+
+def test_a_run_as_a_user_who_may_not_look_into_a_root_says_so_and_goes_on(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+) -> None:
+    _, production = stopped
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("only root runs pytest as another user (setpriv)")
+    # Outside this suite's own directories, which only root may enter: a project, its
+    # settings and production's root there, kept by user 65533 in mode 0700.
+    project = Path(tempfile.mkdtemp(prefix="rt46-"))
+    try:
+        project.chmod(0o755)
+        settings = project / "settings"
+        shutil.copytree(production.parents[1], settings, symlinks=True)
+        root = settings / "data" / "production"
+        shutil.chown(root.parent, 65533, 65533)
+        for path in (root, *root.rglob("*")):
+            shutil.chown(path, 65533, 65533)
+        (project / "tmp").mkdir(mode=0o777)
+        (project / "tmp").chmod(0o777)
+        (project / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+        env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(project / "tmp"),
+                         HOME=str(project / "tmp"))  # fmt: skip
+        said = []
+        for strict in ([], ["--app-strict"]):
+            done = subprocess.run(
+                ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                 sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *strict],
+                cwd=project, env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            said.append((done.returncode, " ".join((done.stdout + done.stderr).split())))
+    finally:
+        shutil.rmtree(project)
+    (code, output), (strict_code, strict_output) = said
+    why = (
+        re.escape(f"{root} is drwx------, owned by user 65533")
+        + r"( \(\w+\))?"
+        + re.escape(", and this process runs as user 65534")
+    )
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    assert re.search(
+        re.escape(f"app: the data root of profile 'production' at {root} cannot be looked into (")
+        + why
+        + re.escape(
+            "): whether a server holds it is not known here; tests will not touch it (nor can "
+            "this user)"
+        ),
+        output,
+    ), output
+    assert strict_code == 4, strict_output
+    assert re.search(
+        re.escape(
+            "app: strict mode refuses to run where it cannot tell whether a live process holds "
+            f"a data root: profile 'production' at {root} ("
+        )
+        + why
+        + re.escape("). Run the tests as a user who may look into it, or without --app-strict"),
+        strict_output,
+    ), strict_output
