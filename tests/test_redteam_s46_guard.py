@@ -27,6 +27,10 @@ root, outside this suite's run (a PID namespace of its own):
   tests run from) stopped at once with a bare ``PermissionError`` from the probe of its
   lock. The run now goes on, and its header says that root's holder cannot be seen; strict
   mode refuses, naming why;
+- a daemon a test left as another user (``sudo -u``, ``setpriv``) in a run as root: the run
+  hands its entry on to what outlives it, in its own registry, and the daemon looked for its
+  entry under its own user alone. Once the run had ended (a plain end), it purged
+  production. A process now looks in root's registry too;
 - a registry a test made writable by others (``chmod 777``), or replaced by a link to itself
   moved aside, counts for nothing (another user could have written it), and the check after
   the test puts it right too late for the children that test starts. Such a registry, where
@@ -370,3 +374,47 @@ def test_a_run_as_a_user_who_may_not_look_into_a_root_says_so_and_goes_on(
         + re.escape("). Run the tests as a user who may look into it, or without --app-strict"),
         strict_output,
     ), strict_output
+
+
+#: A test that leaves a daemon as another user (`setpriv`; given root's access to files, so
+#: that it reads this suite's directories): it waits for the run's process to be gone, then
+#: purges production in its own process. The run then ends as runs do.
+ANOTHER_USER_S_DAEMON = '''
+import os, subprocess, sys
+
+DAEMON = """
+import os, select, sys
+select.select([int(os.environ["RUN_FD"])], [], [])
+out = os.open(os.environ["OUT"], os.O_WRONLY | os.O_CREAT, 0o644)
+os.dup2(out, 1)
+os.dup2(out, 2)
+sys.argv = ["app", "data", "purge", "--yes-i-mean-it"]
+from app.cli import main
+main()
+"""
+
+def test_leaves_a_daemon_as_another_user():
+    run = os.pidfd_open(os.getpid())
+    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
+    env.update(ENV_FOR_DYNACONF="production", RUN_FD=str(run))
+    caps = "+dac_override,+dac_read_search"
+    subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                      "--inh-caps", caps, "--ambient-caps", caps, sys.executable, "-c", DAEMON],
+                     env=env, pass_fds=[run], start_new_session=True)
+'''
+
+
+def test_a_daemon_a_run_as_root_left_as_another_user_stays_in_the_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    said = _left_behind_a_run(stopped, tmp_path, ANOTHER_USER_S_DAEMON)
+    assert said.startswith("error: refused under pytest (sandbox: "), said
+    assert re.search(
+        r"loading profile 'production'; tests run on the 'testing' profile \(this process "
+        r"belongs to the test run through the process tree \(this process, started by the "
+        r"test run of pytest pid \d+, which has ended, registered in /tmp/app-pytest-runs-0\)",
+        said,
+    ), said
