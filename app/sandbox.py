@@ -2112,12 +2112,20 @@ def announce_start() -> None:
     """
     if _in_process() is not None or not _runs_pytest():
         return
-    entry = _own_entry()
-    data = _entry_data(entry) if entry is not None else None
-    if data is not None and not data.get("starting"):
+    if _own_run_entry():
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
+
+
+def _own_run_entry() -> bool:
+    """Whether this process has a run's entry of its own: its run's, from before it ran
+    pytest in its own place (``exec``), which stays. Not one a run handed on to it as it
+    started (`hand_on` read a pytest still starting as a process a test left), which the
+    pytest's own entry replaces, as its command line once did."""
+    entry = _own_entry()
+    data = _entry_data(entry) if entry is not None else None
+    return data is not None and not data.get("starting") and "outlived" not in data
 
 
 def note_without_plugin() -> None:
@@ -2132,11 +2140,7 @@ def note_without_plugin() -> None:
     found no pytest above it and purged a stopped production root (red team 46). Never over
     a run's entry of this very process (a run that ran pytest in its place, ``exec``).
     """
-    if _in_process() is not None or not _runs_pytest():
-        return
-    entry = _own_entry()
-    data = _entry_data(entry) if entry is not None else None
-    if data is not None and not data.get("starting"):
+    if _in_process() is not None or not _runs_pytest() or _own_run_entry():
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir(), without_plugin=True)
