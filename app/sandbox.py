@@ -718,11 +718,7 @@ def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) ->
         # Gone since the chain was read (a run that has just ended and been reaped): its
         # entry, named by its start time too, is still there and still names it.
         owner = os.getuid()
-    # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
-    # started as another user (`sudo -u`, `setpriv`), which looked under its own user alone
-    # and, once the run had ended, purged the production root that user owns (red team 46).
-    # Only root, and this user, write where this process looks.
-    for uid in dict.fromkeys((owner, os.getuid(), 0)):
+    for uid in dict.fromkeys((owner, os.getuid())):
         for directory in _registries(uid):
             if name in _registered(directory, uid, seen):
                 return directory / name
@@ -746,6 +742,12 @@ def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) ->
             entry = _entry_left_behind(pid, parent, uid, name, seen)
         if entry is not None:
             return entry
+    # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
+    # started as another user (`sudo -u`, `setpriv`), which looked under its own user alone
+    # and, once the run had ended, purged the production root that user owns (red team 46).
+    # Only root writes there; what this process may not read there says nothing more.
+    if 0 not in (owner, os.getuid()) and name in _registered(_runs_dir(0), 0, seen):
+        return _runs_dir(0) / name
     return None
 
 
