@@ -1,8 +1,8 @@
 """Red team 46 on the guard (branch rt-guard29): how else a child reaches production's settings
 alone, outside every run it could find.
 
-What broke, each time a child given production's settings alone purging a stopped production
-root, outside this suite's run (a PID namespace of its own):
+What broke (but for the fourth, a process given production's settings alone that purged a
+stopped production root, outside this suite's run: a PID namespace of its own):
 
 - a pytest without the app's plugin (``-p no:app``, autoload off, or the plugin inactive in
   another project's run) was found by its children through its command line only. A test that
