@@ -268,17 +268,10 @@ def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
     ) in output, output
 
 
-#: A test that leaves a dev server whose script calls pytest.main in a self-test branch it
-#: does not take: it waits for the run's process to be gone, then purges production in its
-#: own process. A later test ends the run at once.
-LOOKS_LIKE_PYTEST = '''
-import os, signal, subprocess, sys
-
-DEVSERVER = """
+#: What each daemon below runs, once the run's process is gone (`$RUN_FD`, a pidfd of it):
+#: a purge of production in its own process, its output in `$OUT`.
+PURGES_ONCE_THE_RUN_IS_GONE = """
 import os, select, sys
-if "--selftest" in sys.argv:
-    import pytest
-    sys.exit(pytest.main([__file__]))
 select.select([int(os.environ["RUN_FD"])], [], [])
 out = os.open(os.environ["OUT"], os.O_WRONLY | os.O_CREAT, 0o644)
 os.dup2(out, 1)
@@ -288,31 +281,39 @@ from app.cli import main
 main()
 """
 
-def test_1_starts_a_dev_server(tmp_path):
-    (tmp_path / "devserver.py").write_text(DEVSERVER)
+#: How the inner tests below start their daemon: `argv`, given production's settings alone
+#: and a pidfd of the run's process, in a session of its own.
+STARTS_A_DAEMON = """
+import os, signal, subprocess, sys
+
+def start(argv):
     run = os.pidfd_open(os.getpid())
     env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
     env.update(ENV_FOR_DYNACONF="production", RUN_FD=str(run))
-    subprocess.Popen([sys.executable, str(tmp_path / "devserver.py")], env=env,
-                     pass_fds=[run], start_new_session=True)
+    subprocess.Popen(argv, env=env, pass_fds=[run], start_new_session=True)
+"""
+
+#: A dev server's script, with a self-test branch that calls pytest.main, which it does not
+#: take: a pytest to its command line.
+DEVSERVER = (
+    'import sys\nif "--selftest" in sys.argv:\n    import pytest\n    pytest.main([__file__])\n'
+    + PURGES_ONCE_THE_RUN_IS_GONE
+)
+
+#: A test that leaves that dev server. A later test ends the run at once.
+LOOKS_LIKE_PYTEST = (
+    STARTS_A_DAEMON
+    + f"""
+DEVSERVER = {DEVSERVER!r}
+
+def test_1_starts_a_dev_server(tmp_path):
+    (tmp_path / "devserver.py").write_text(DEVSERVER)
+    start([sys.executable, str(tmp_path / "devserver.py")])
 
 def test_2_ends_the_run():
     os.kill(os.getpid(), signal.SIGKILL)
-'''
-
-
-def test_a_daemon_that_only_looks_like_a_pytest_is_handed_the_run(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
-) -> None:
-    said = _left_behind_a_run(stopped, tmp_path, LOOKS_LIKE_PYTEST)
-    assert said.startswith("error: refused under pytest (sandbox: "), said
-    assert re.search(
-        r"loading profile 'production'; tests run on the 'testing' profile \(this process "
-        r"belongs to the test run through the process tree \(this process, started by the "
-        r"test run of pytest pid \d+, which has ended, registered in ",
-        said,
-    ), said
+"""
+)
 
 
 def test_a_run_as_a_user_who_may_not_look_into_a_root_says_so_and_goes_on(
@@ -377,40 +378,30 @@ def test_a_run_as_a_user_who_may_not_look_into_a_root_says_so_and_goes_on(
 
 
 #: A test that leaves a daemon as another user (`setpriv`; given root's access to files, so
-#: that it reads this suite's directories): it waits for the run's process to be gone, then
-#: purges production in its own process. The run then ends as runs do.
-ANOTHER_USER_S_DAEMON = '''
-import os, subprocess, sys
-
-DAEMON = """
-import os, select, sys
-select.select([int(os.environ["RUN_FD"])], [], [])
-out = os.open(os.environ["OUT"], os.O_WRONLY | os.O_CREAT, 0o644)
-os.dup2(out, 1)
-os.dup2(out, 2)
-sys.argv = ["app", "data", "purge", "--yes-i-mean-it"]
-from app.cli import main
-main()
-"""
+#: that it reads this suite's directories). The run then ends as runs do.
+ANOTHER_USER_S_DAEMON = (
+    STARTS_A_DAEMON
+    + f"""
+CAPS = "+dac_override,+dac_read_search"
 
 def test_leaves_a_daemon_as_another_user():
-    run = os.pidfd_open(os.getpid())
-    env = {name: os.environ[name] for name in ("PATH", "APP_SETTINGS_DIR", "OUT")}
-    env.update(ENV_FOR_DYNACONF="production", RUN_FD=str(run))
-    caps = "+dac_override,+dac_read_search"
-    subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                      "--inh-caps", caps, "--ambient-caps", caps, sys.executable, "-c", DAEMON],
-                     env=env, pass_fds=[run], start_new_session=True)
-'''
+    start(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps",
+           CAPS, "--ambient-caps", CAPS, sys.executable, "-c", {PURGES_ONCE_THE_RUN_IS_GONE!r}])
+"""
+)
 
 
-def test_a_daemon_a_run_as_root_left_as_another_user_stays_in_the_run(
+@pytest.mark.parametrize(
+    "tests", [LOOKS_LIKE_PYTEST, ANOTHER_USER_S_DAEMON], ids=["looks-like-pytest", "another-user"]
+)
+def test_a_daemon_a_test_left_stays_in_the_run_once_the_run_has_ended(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
+    tests: str,
 ) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv")
-    said = _left_behind_a_run(stopped, tmp_path, ANOTHER_USER_S_DAEMON)
+    said = _left_behind_a_run(stopped, tmp_path, tests)
     assert said.startswith("error: refused under pytest (sandbox: "), said
     assert re.search(
         r"loading profile 'production'; tests run on the 'testing' profile \(this process "
