@@ -100,7 +100,6 @@ __all__ = [
     "swap",
     "unregister",
     "why_no_plugin",
-    "withdraw_start",
 ]
 
 #: The sandbox, inherited by children. Deliberately not an ``APP_`` name: dynaconf never
@@ -570,6 +569,15 @@ class _Seen(dict[Path, set[str]]):
         super().__init__()
         self.unlisted: set[Path] = set()
         self.hidden: dict[int, tuple[Path, str]] = {}
+        #: This user's registries whose entries count for nothing, and why (`_distrusted`).
+        self.distrusted: dict[Path, str] = {}
+        self._namespaces: dict[int | str, int | None] = {}
+
+    def namespace(self, pid: int | str) -> int | None:
+        """Process `pid`'s mount namespace (`_mount_namespace`), read once a walk."""
+        if pid not in self._namespaces:
+            self._namespaces[pid] = _mount_namespace(pid)
+        return self._namespaces[pid]
 
 
 def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
@@ -584,7 +592,30 @@ def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
                 seen.unlisted.add(directory)
             except OSError:
                 pass
+        elif (why := _distrusted(directory, uid)) is not None:
+            seen.distrusted[directory] = why
     return seen[directory]
+
+
+def _distrusted(directory: Path, uid: int) -> str | None:
+    """Why user `uid`'s own registry `directory` is not trusted, where a test of that user
+    could have made it so: others may write it, or a link is at its name. None otherwise
+    (not there, or another user's: such a registry keeps a run from starting at all)."""
+    try:
+        found = os.lstat(directory)
+    except OSError:
+        return None
+    if found.st_uid != uid:
+        return None
+    if stat.S_ISLNK(found.st_mode):
+        return f"{_DISTRUSTED[1]} {os.readlink(directory)} is at its name"  # noqa: PTH115
+    if stat.S_ISDIR(found.st_mode):
+        return f"{_DISTRUSTED[0]} ({stat.filemode(found.st_mode)})"
+    return None
+
+
+#: How `_distrusted` begins its reasons, which `_hidden_run` tells apart from unreadable.
+_DISTRUSTED: Final = ("others may write it", "a symbolic link to")
 
 
 def _hidden_entry(directory: Path, name: str) -> Path | str | None:
@@ -640,20 +671,42 @@ def _mount_namespace(pid: int | str) -> int | None:
         return None
 
 
-def _entry_in_its_own_tmp(pid: int, uid: int, name: str) -> Path | None:
+def _entry_in_its_own_tmp(pid: int, uid: int, name: str, seen: _Seen) -> Path | None:
     """The registry entry of ancestor `pid` as that process sees its /tmp, where it is not
     ours: a child with a /tmp of its own (bwrap, firejail --private-tmp, a tool's own
     sandbox) cannot read the run's registry at its path, only through ``/proc/<pid>/root``."""
-    theirs = _mount_namespace(pid)
-    if theirs is None or theirs == _mount_namespace("self"):
+    theirs = seen.namespace(pid)
+    if theirs is None or theirs == seen.namespace("self"):
         return None
+    return _entry_through(pid, uid, name)
+
+
+def _entry_through(pid: int, uid: int, name: str) -> Path | None:
+    """Entry `name` of user `uid`'s registry in the /tmp process `pid` sees, if it is there."""
     directory = _PROC / str(pid) / "root" / _runs_dir(uid).relative_to("/")
     if _runs_dir_trusted(directory, uid) and (directory / name).is_file():
         return directory / name
     return None
 
 
-def _entry_of(pid: int, started: int, seen: _Seen) -> Path | None:
+def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) -> Path | None:
+    """The registry entry of ancestor `pid` in the /tmp its `parent` sees, where `pid` has
+    moved since into a mount namespace of its own, shared with this process.
+
+    A test that moved the run's own process there (``unshare(CLONE_NEWNS)`` in the test, as
+    code that isolates itself does, then a tmpfs mounted on /tmp) hid the run's entry from
+    every process it started afterwards, and the run's own process left no other namespace
+    to read it through: a child given production's settings alone under a runner script
+    purged a stopped production root (red team 46). The run's parent still sees it.
+    """
+    theirs = seen.namespace(pid)
+    before = seen.namespace(parent)
+    if theirs is None or before is None or theirs == before or theirs != seen.namespace("self"):
+        return None
+    return _entry_through(parent, uid, name)
+
+
+def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) -> Path | None:
     """The registry entry of process `pid` (started at `started`), if it is a run's.
 
     Looked for under the user that owns its ``/proc`` entry, its effective user, then under
@@ -683,9 +736,23 @@ def _entry_of(pid: int, started: int, seen: _Seen) -> Path | None:
                     return found
                 if found is not None:
                     seen.hidden.setdefault(pid, (directory, found))
-        entry = _entry_in_its_own_tmp(pid, uid, name)
+            elif directory in seen.distrusted and (directory / name).exists():
+                # A registry a test made writable by others (`chmod 777`), whose entries
+                # count for nothing: the run's children, given production's settings alone
+                # under a runner script, purged a stopped root before the check after the
+                # test put it right (red team 46). A run may be above: refused as hidden.
+                seen.hidden.setdefault(pid, (directory, seen.distrusted[directory]))
+        entry = _entry_in_its_own_tmp(pid, uid, name, seen)
+        if entry is None and parent is not None:
+            entry = _entry_left_behind(pid, parent, uid, name, seen)
         if entry is not None:
             return entry
+    # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
+    # started as another user (`sudo -u`, `setpriv`), which looked under its own user alone
+    # and, once the run had ended, purged the production root that user owns (red team 46).
+    # Only root writes there; what this process may not read there says nothing more.
+    if 0 not in (owner, os.getuid()) and name in _registered(_runs_dir(0), 0, seen):
+        return _runs_dir(0) / name
     return None
 
 
@@ -726,15 +793,19 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
+    if _proc_self() is None and (hidden := _proc_hidden()) is not None:
+        return None, *hidden
     seen = _Seen()
     bare = None
     bare_argv: list[str] = []
     starting = False
     walked: set[int] = set()
-    ancestry = enumerate(_ancestry())
+    chain = list(_ancestry())
+    ancestry = enumerate(chain)
     for depth, (pid, started) in ancestry:
         walked.add(pid)
-        entry = _entry_of(pid, started, seen)
+        parent = chain[depth + 1][0] if depth + 1 < len(chain) else None
+        entry = _entry_of(pid, started, seen, parent)
         data = _entry_data(entry) if entry is not None else None
         if entry is not None and data is None and (why := _unreadable(entry)) is not None:
             seen.hidden.setdefault(pid, (entry, why))
@@ -744,9 +815,10 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
             if bare is None:
                 who = "this process" if depth == 0 else "an ancestor process"
                 argv = _cmdline(pid)
-                bare = f"{_STARTING} ({who}, pytest pid {pid}: {_shown(argv)}){_NO_SANDBOX_YET}"
+                shown = _shown(argv) + _retitled(argv, data)
+                bare = f"{_STARTING} ({who}, pytest pid {pid}: {shown}){_NO_SANDBOX_YET}"
                 if data.get("without_plugin"):  # and never will (`note_without_plugin`)
-                    bare = f"{who} (pid {pid}: {_shown(argv)}) runs pytest without the app's plugin"
+                    bare = f"{who} (pid {pid}: {shown}) runs pytest without the app's plugin"
                 bare_argv, starting = argv, not data.get("without_plugin")
             continue
         if entry is not None:
@@ -770,6 +842,44 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     if led is None and bare is None and seen.hidden:
         return None, *_hidden_run(seen.hidden)
     return led, bare, ""
+
+
+def _proc_hidden() -> tuple[str, str] | None:
+    """The refusal's words where something hides Linux's ``/proc`` from this process (a
+    filesystem mounted over it, or a directory with other files in it): it cannot tell
+    whether a test run is above it. None where there is no ``/proc`` at all (not Linux, or
+    a chroot that never mounted one: an empty directory), which only the environment covers.
+
+    A test (as root) that moved the run's own process into a mount namespace of its own and
+    mounted a tmpfs over ``/proc`` there (a test of code that reads ``/proc``, given a fake
+    one): every process it then started walked no ancestor, and one given production's
+    settings alone purged a stopped production root, under ``python -m pytest`` with the
+    plugin active (red team 46).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        mounted = os.path.ismount(_PROC)
+        holds = any(True for _ in os.scandir(_PROC))
+    except OSError:
+        return None
+    if not (mounted or holds):
+        return None
+    what = (
+        "a filesystem that is not Linux's proc is mounted there"
+        if mounted
+        else ("it holds other files")
+    )
+    said = (
+        f"while /proc is hidden from this process ({what}, without /proc/self), so it cannot "
+        "tell whether a test run is above it"
+    )
+    fix = (
+        "Mount Linux's proc filesystem at /proc where this runs (mount -t proc proc /proc), "
+        "or run it outside the mount namespace that hides it; a test must not hide /proc "
+        "from the processes it starts"
+    )
+    return said, fix
 
 
 def _unreadable(entry: Path) -> str | None:
@@ -801,6 +911,18 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
     """
     pid, (where, why) = next(iter(hidden.items()))
     registry = where if where.is_dir() else where.parent
+    if why.startswith(_DISTRUSTED):
+        said = (
+            f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
+            f"registry of test runs {registry} counts for nothing: {why}, so another user "
+            "could have written it"
+        )
+        fix = (
+            f"Make {registry} a directory that only its user may write again (chmod 755 "
+            f"{registry}; a link at its name removed), as the run's check after each test "
+            "does; a test must not change it"
+        )
+        return said, fix
     said = (
         f"{_HIDDEN_RUN} (ancestor pid {pid}: {_shown(_cmdline(pid))}), whose entry in the "
         f"registry of test runs {registry} this process (user {os.getuid()}) cannot read: "
@@ -909,8 +1031,23 @@ def _cmdline(pid: int | str) -> list[str]:
     except OSError:
         return []
     # Each word ends with a NUL: without the last one, a shown command line ended in ''.
-    raw = raw[:-1] if raw.endswith(b"\0") else raw
-    return [part.decode(errors="replace") for part in raw.split(b"\0")]
+    # All of them: a title written over the arguments (setproctitle) is padded with NULs.
+    raw = raw.rstrip(b"\0")
+    return [part.decode(errors="replace") for part in raw.split(b"\0")] if raw else []
+
+
+def _retitled(argv: list[str], data: Mapping[str, Any]) -> str:
+    """Words for a message where a pytest's command line (`argv`, as ``/proc`` shows it
+    now) no longer ends with the arguments its entry recorded (``sys.argv``): a process
+    title written over them (setproctitle); else ``""``."""
+    recorded = data.get("argv")
+    if not isinstance(recorded, list) or not recorded:
+        return ""
+    words = [str(word) for word in recorded]
+    tail = words[1:]
+    if len(argv) >= len(tail) and argv[len(argv) - len(tail) :] == tail:
+        return ""
+    return f", its command line rewritten since (a process title); it started as {_shown(words)}"
 
 
 def command_line(pid: int | str) -> str:
@@ -1412,9 +1549,9 @@ _PLUGIN_INACTIVE: list[str] = []
 def note_inactive(reason: str) -> None:
     """Remember that the app's plugin was loaded in this process and stayed inactive, and
     why, so that a refusal says so instead of guessing that it was disabled; it makes no
-    run here, so the registry no longer says one is starting (`withdraw_start`)."""
+    run here, so the registry says that this pytest runs without it (`note_without_plugin`)."""
     _PLUGIN_INACTIVE.append(reason)
-    withdraw_start()
+    note_without_plugin()
 
 
 def _plugin_option() -> str:
@@ -1890,7 +2027,6 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
     # through its supervisor, and when that exited after the run, it was re-parented to
     # init, out of any run.
     pending, seen = list(_children(pid)), {pid}
-    own = _cmdline(pid) if while_running else []
     while pending:
         child = pending.pop()
         fields = None if child in seen else _stat_fields(child)
@@ -1901,16 +2037,14 @@ def _hand_on_descendants(run: Run, pid: int, *, while_running: bool = False) -> 
             continue
         seen.add(child)
         entry = RUNS_DIR / _entry_name(child, fields[1])
+        # A pytest a test started (a head start on the next case, left running) says what
+        # it is in the registry, with the plugin or without it, from its start (`_a_run_inside`);
+        # its command line says nothing more. Read by it, a process that only looked like
+        # one (a dev server's script with a self-test that calls pytest.main) was skipped,
+        # and once a later test had killed the run, it purged a stopped root given
+        # production's settings alone (red team 46); so was a fork of the run's own process
+        # (red team 43).
         if _a_run_inside(entry, run):
-            continue
-        command = _cmdline(child) if while_running else []
-        if while_running and command != own and _looks_like_pytest(command, child):
-            # A pytest a test started (a head start on the next case, left running): a run
-            # of its own, with the plugin or without it, whose rules its children get
-            # through its command line while it runs; its end hands it on if need be. Not
-            # a fork of the run's process (its command line, until it runs another program):
-            # one a test left, which ran a program given production's settings alone once
-            # a later test had killed the run, purged a stopped root (red team 43).
             continue
         if not (while_running and entry.exists()):
             with contextlib.suppress(OSError):
@@ -1961,11 +2095,6 @@ def _childless() -> bool:
     return False
 
 
-#: The entry `announce_start` wrote for this image of the process, which `withdraw_start`
-#: may remove: never another's (red team 29).
-_ANNOUNCED: list[Path] = []
-
-
 def _own_entry() -> Path | None:
     own = _own_start()
     return _entry_at(RUNS_DIR, *own) if own is not None else None
@@ -1990,40 +2119,47 @@ def announce_start() -> None:
     """
     if _in_process() is not None or not _runs_pytest():
         return
-    entry = _own_entry()
-    data = _entry_data(entry) if entry is not None else None
-    if data is not None and not data.get("starting"):
+    if _own_run_entry():
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir())  # a registry it cannot use: `register` says so
-        if entry is not None:
-            _ANNOUNCED.append(entry)
+
+
+def _own_run_entry() -> bool:
+    """Whether this process has a run's entry of its own: its run's, from before it ran
+    pytest in its own place (``exec``), which stays. Not one a run handed on to it as it
+    started (`hand_on` read a pytest still starting as a process a test left), which the
+    pytest's own entry replaces, as its command line once did."""
+    entry = _own_entry()
+    data = _entry_data(entry) if entry is not None else None
+    return data is not None and not data.get("starting") and "outlived" not in data
 
 
 def note_without_plugin() -> None:
-    """Say in this process's starting entry (`announce_start`) that its pytest runs without
-    the app's plugin for good (`app.testing.startup`): its children are then refused as
-    under such a pytest, not told to wait for a sandbox that never comes."""
-    entry = _own_entry()
-    data = _entry_data(entry) if entry is not None else None
-    if data is None or not data.get("starting") or _in_process() is not None:
+    """Say in the registry that this process's pytest runs without the app's plugin for
+    good (switched off, autoload off, or loaded and inactive): its children are then refused
+    as under such a pytest, not told to wait for a sandbox that never comes
+    (`announce_start`), and not left to find pytest in its command line.
+
+    Written where nothing announced the run too (its command line shows pytest): a test can
+    rewrite its process's command line, as ``setproctitle`` does (a worker's code under
+    test names its process), and a child it then started with production's settings alone
+    found no pytest above it and purged a stopped production root (red team 46). Never over
+    a run's entry of this very process (a run that ran pytest in its place, ``exec``).
+    """
+    if _in_process() is not None or not _runs_pytest() or _own_run_entry():
         return
     with contextlib.suppress(OSError):
         _publish(None, _own_runs_dir(), without_plugin=True)
+        if not _REMOVED_AT_EXIT:
+            # Gone with the process: in another PID namespace, no later run could tell it
+            # dead, and it would stay in the registry for good.
+            _REMOVED_AT_EXIT.append(True)
+            atexit.register(_end_entry)
 
 
-def withdraw_start() -> None:
-    """Remove what `announce_start` wrote, where the plugin makes no run after all
-    (``--help``, another project's run); never a run's entry this process inherited from
-    the program it was before an ``exec``."""
-    if _in_process() is not None:
-        return
-    while _ANNOUNCED:
-        entry = _ANNOUNCED.pop()
-        data = _entry_data(entry)
-        if data is not None and data.get("starting"):
-            with contextlib.suppress(OSError):
-                entry.unlink()
+#: Whether `note_without_plugin` registered the removal of its entry at exit already.
+_REMOVED_AT_EXIT: list[bool] = []
 
 
 def register(
@@ -2062,6 +2198,7 @@ def register(
         runs[-1] = run
     else:
         if not runs:  # the first run of this process
+            _REGISTERED_IN[:] = [_mount_namespace("self")]
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_end_entry)
@@ -2070,6 +2207,11 @@ def register(
     setattr(sys, _MARKER, runs)
     _publish(run)
     return run
+
+
+#: The mount namespace this process registered its run in (`register`), which a test may
+#: move it out of (`restore_entry` says so).
+_REGISTERED_IN: list[int | None] = []
 
 
 def restore_entry(run: Run) -> str | None:
@@ -2091,6 +2233,13 @@ def restore_entry(run: Run) -> str | None:
         found = os.lstat(RUNS_DIR)
     except OSError:
         problem = f"the registry {RUNS_DIR} was removed"
+        if _REGISTERED_IN and _REGISTERED_IN[0] != _mount_namespace("self"):
+            # Not removed: out of sight, behind a mount, in a namespace the test made.
+            problem = (
+                f"the registry {RUNS_DIR} is out of this process's sight: a test moved this "
+                "process into a mount namespace of its own (unshare) whose /tmp is another "
+                "directory"
+            )
     else:
         if _trusted(found, os.getuid()):  # the lstat just made
             in_entry = _entry_problem(found, pid, started, run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,14 @@ class LiveHolder(NamedTuple):
     holder: dict[str, Any] | None
 
 
+class UnseenRoot(NamedTuple):
+    """A data root the run could not look into when it started (another user's)."""
+
+    profile: str
+    root: Path
+    why: str
+
+
 @dataclass
 class GuardState:
     """What the plugin decided, kept in ``config.stash``."""
@@ -70,6 +79,8 @@ class GuardState:
     neutralised: list[str] = field(default_factory=list)
     live: list[LiveHolder] = field(default_factory=list)
     settings_note: str = ""
+    #: The roots the run could not look into, whose holder it cannot name.
+    unseen: list[UnseenRoot] = field(default_factory=list)
     session_lock: RootLock | None = None
     factory: pytest.TempPathFactory | None = None
     roots: dict[str, Path] = field(default_factory=dict)
@@ -242,16 +253,46 @@ def shell_roots() -> tuple[str | None, dict[str, Path], Path | None]:
     )
 
 
-def probe_live(roots: dict[str, Path]) -> list[LiveHolder]:
+def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoot]]:
+    """The live holders of `roots`, and the roots this user may not look into at all."""
     from app.lock import probe
 
-    live = []
+    live, unseen = [], []
     for name, root in roots.items():
-        seen = probe(root)
+        try:
+            seen = probe(root)
+        except PermissionError:
+            # A service's root, kept by its own user in mode 0700 (as the app makes it), named
+            # by the settings of a checkout the tests run from as another user: every run
+            # stopped at once with a bare PermissionError (red team 46). That user cannot
+            # open it either; only its holder cannot be seen.
+            unseen.append(UnseenRoot(name, root, out_of_reach(root)))
+            continue
         # Another test run's session root (seen from a nested run) is not a live server.
         if seen.held and (seen.holder or {}).get("kind") != "tests":
             live.append(LiveHolder(name, root, seen.holder))
-    return live
+    return live, unseen
+
+
+def out_of_reach(root: Path) -> str:
+    """Why this process may not look into `root`: the first directory on its way (or the
+    root itself) that it may not search, its mode and owner."""
+    import pwd
+
+    for directory in (*reversed(root.parents), root):
+        try:
+            found = directory.stat()
+        except OSError:
+            break
+        if not os.access(directory, os.X_OK):
+            owner = f"user {found.st_uid}"
+            with contextlib.suppress(KeyError):
+                owner += f" ({pwd.getpwuid(found.st_uid).pw_name})"
+            return (
+                f"{directory} is {stat.filemode(found.st_mode)}, owned by {owner}, and this "
+                f"process runs as user {os.geteuid()}"
+            )
+    return f"its lock file cannot be opened by user {os.geteuid()}"
 
 
 # --- neutralising -------------------------------------------------------------------------

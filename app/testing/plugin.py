@@ -36,7 +36,7 @@ from app.testing.guard import INACTIVE, MARKED, STATE, GuardState
 # As pytest imports the plugin, before any later plugin's import: a child such an import
 # (PYTEST_PLUGINS) started with a hand-built environment found no run (red team 28). Our
 # first hook, a wrapper that runs before every plugin's own, registers the run over it, or
-# withdraws it.
+# says that this pytest runs without the plugin (an inactive one).
 sandboxing.announce_start()
 # Read while pytest loads its other plugins and options, for the start's check of its older
 # directories, where that check is likely; dropped once the first hook is done.
@@ -118,7 +118,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
         shell_profile, roots, settings_dir = guard.shell_roots()
     except AppError as error:
         raise pytest.UsageError(f"app: cannot read the settings before the run: {error}") from None
-    live = guard.probe_live(roots)
+    live, unseen = guard.probe_live(roots)
     inherited = os.environ.get(appconfig.SANDBOX_ENV)
     # An xdist worker learns its --basetemp only after this hook (xdist sets it once the
     # config is parsed); until then it stays inside the controller's sandbox, which it
@@ -156,7 +156,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     os.environ[appconfig.SANDBOX_ENV] = str(sandbox)
     data_root, source, files = guard.testing_root(sandbox)
     note = str(settings_dir) if settings_dir else "none found"
-    state = GuardState(sandbox, data_root, source, shell_profile, neutralised, live, note)
+    state = GuardState(sandbox, data_root, source, shell_profile, neutralised, live, note, unseen)
     state.factory = factory
     # A worker's --basetemp, known in pytest_configure, is checked against the enclosing
     # run's roots too, as any other run's is here.
@@ -175,13 +175,28 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     state.run = guard.register(sandbox, protected, scratch=scratch)
     early_config.stash[STATE] = state
     strict = known.app_strict or early_config.getini("app_strict")
-    if strict and live and not worker:
+    if strict and not worker:
+        _refuse_strict(live, unseen)
+
+
+def _refuse_strict(live: list[guard.LiveHolder], unseen: list[guard.UnseenRoot]) -> None:
+    """Strict mode's refusal: a live holder of any profile's root, or a root whose holder
+    this user cannot see."""
+    __tracebackhide__ = True
+    if live:
         seen = "; ".join(
             f"profile {h.profile!r} at {h.root} held by {describe_holder(h.holder)}" for h in live
         )
         raise pytest.UsageError(
             f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
             "Stop it, or run without --app-strict (the tests would not touch it anyway)"
+        )
+    if unseen:
+        seen = "; ".join(f"profile {u.profile!r} at {u.root} ({u.why})" for u in unseen)
+        raise pytest.UsageError(
+            "app: strict mode refuses to run where it cannot tell whether a live process holds "
+            f"a data root: {seen}. Run the tests as a user who may look into it, or without "
+            "--app-strict (the tests cannot open it either)"
         )
 
 
@@ -533,6 +548,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(
             f"app: live server on profile {live.profile!r} ({describe_holder(live.holder)}) "
             f"at {live.root}: tests will not touch it"
+        )
+    for unseen in state.unseen:
+        lines.append(
+            f"app: the data root of profile {unseen.profile!r} at {unseen.root} cannot be "
+            f"looked into ({unseen.why}): whether a server holds it is not known here; tests "
+            "will not touch it (nor can this user)"
         )
     return lines
 

@@ -728,7 +728,12 @@ def _data_root_inside(path: Path) -> tuple[Path, str] | None:
 def _holder(root: Path) -> str:
     from app.lock import probe
 
-    seen = probe(root)
+    try:
+        seen = probe(root)
+    except PermissionError:  # another user's root, mode 0700: its holder cannot be seen
+        from app.testing.guard import out_of_reach
+
+        return f"whether a process holds it cannot be seen here: {out_of_reach(root)}"
     return f"held by {describe_holder(seen.holder)}" if seen.held else "no process holds it now"
 
 
