@@ -1320,6 +1320,32 @@ class DamagedFileError(StoreError):
     sent: str = "nothing of it was sent"
 
 
+class FileRecordUnreadableError(StoreError):
+    """A file's name whose record the app cannot read (torn, edited, replaced by a
+    directory, a FIFO or a link from outside the app), while the bytes it acknowledged may
+    still be in the session (red team 46). A change took it for "no file": a ``PUT``, a
+    multipart ``POST`` or a restore wrote a new record over it (201 "Created") and left the
+    acknowledged bytes named by nothing, which the next repair moved to the trash as an
+    upload "never acknowledged"; a read and a delete said "no file". Every read and change of
+    that name now refuses it, and nothing is changed until a human has looked."""
+
+    code = "file_record_unreadable"
+    http_status = 500
+    # No path: the message reaches HTTP clients; `app data check` names the paths.
+    template = (
+        "cannot {action} file {name!r} of session {session_id}: its record is there but the "
+        "app cannot read it (it was damaged or replaced outside the app), and the bytes it "
+        "acknowledged may still be in the session, so nothing was changed. `app data check` "
+        "reports the record (unknown-entry) and the bytes beside it (file-without-record): "
+        "put the record back from a backup, or move it out of records/ with no server on the "
+        "root, and the next `app data check --repair` keeps those bytes in the trash"
+    )
+
+    session_id: str
+    name: str
+    action: str = "change"
+
+
 class FileNotFoundInSessionError(StoreError):
     """The session has no file of that name."""
 

@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 from app.dataroot import NotRegularFileError, fsync_dir, read_regular
-from app.errors import DataRootChangedError, SessionNotFoundError, UnreadableSessionError
+from app.errors import (
+    DataRootChangedError,
+    FileRecordUnreadableError,
+    SessionNotFoundError,
+    UnreadableSessionError,
+)
 from app.storage import FileEntry
 from app.store.ids import ID_RE
 
@@ -50,6 +55,7 @@ __all__ = [
     "public",
     "read_meta",
     "record_blob",
+    "record_to_change",
     "refuse_linked_dirs",
     "scan_records",
     "scan_records_linked",
@@ -123,6 +129,29 @@ def open_regular(path: str, flags: int) -> int:
 def load_record(path: Path) -> FileRecord | None:
     """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
     return _load_record(path)[0]
+
+
+def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | None:
+    """The record at ``path`` for a change of (or a read of) its file: ``None`` only where
+    nothing is at its name.
+
+    A file or a directory there that the app cannot read as a record is refused
+    (:class:`FileRecordUnreadableError`): taken for "no file", a ``PUT`` wrote a new record
+    over a torn one, and the acknowledged bytes it named were moved to the trash as an upload
+    "never acknowledged" at the next repair (red team 46). A link, a FIFO or a socket holds
+    no record of this session's: a write replaces it, never writing through it.
+    """
+    record = load_record(path)
+    if record is None:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError as error:
+            if error.errno in MISSING_ERRNOS:
+                return None
+            raise
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            raise FileRecordUnreadableError(session_id, path.name, action)
+    return record
 
 
 def _load_record(path: Path) -> tuple[FileRecord | None, bool]:

@@ -1,0 +1,90 @@
+"""Red team 46 on integrity: every write path meeting what it cannot read, and full disks.
+
+Real files, real commands and a real server on 127.0.0.1. What broke:
+
+- A file's record torn (or edited, or made a directory) from outside the app, its
+  acknowledged bytes still in the session. ``app data check`` keeps such bytes for a human
+  (red team 21), but every write took the record for "no file": a ``PUT`` of the name (and a
+  multipart ``POST``, and ``app sessions restore --file``) wrote a new record over it,
+  answered 201 "Created", and left the acknowledged bytes named by nothing; the next
+  start-up's repair moved them to the trash as an upload "never acknowledged", where
+  ``empty-trash`` removes them for good. A read and a ``DELETE`` of the name said 404 "no
+  file". Each is now refused, 500 ``file_record_unreadable`` (exit 65), nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from test_server_e2e import Server, app_env, run_app, snapshot
+
+from app.config import Config
+from app.storage import open_storage
+
+_NEW_ONLY = {"If-None-Match": "*"}
+_REFUSED = (
+    "cannot {action} file {name!r} of session {sid}: its record is there but the app cannot "
+    "read it (it was damaged or replaced outside the app), and the bytes it acknowledged may "
+    "still be in the session, so nothing was changed. `app data check` reports the record "
+    "(unknown-entry) and the bytes beside it (file-without-record): put the record back from "
+    "a backup, or move it out of records/ with no server on the root, and the next `app data "
+    "check --repair` keeps those bytes in the trash"
+)
+
+
+def _contents(root: Path) -> dict[str, str]:
+    """`snapshot` without the lock file, which a server's details fill while it runs."""
+    return {k: v for k, v in snapshot(root).items() if k != ".server.lock"}
+
+
+def test_no_write_takes_a_record_it_cannot_read_for_no_file(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("damaged records")["id"]
+        store.put_file(sid, "torn.txt", b"version 1")
+        store.put_file(sid, "torn.txt", b"version 2, acknowledged", replace=True)
+        store.put_file(sid, "dir.txt", b"bytes of dir.txt")
+    records = root / "sessions" / sid / "records"
+    torn = records / "torn.txt"
+    torn.write_bytes(torn.read_bytes()[:40])  # a record cut short, its bytes still there
+    (records / "dir.txt").unlink()
+    (records / "dir.txt").mkdir()
+    acknowledged = hashlib.sha256(b"version 2, acknowledged").hexdigest()
+    before = _contents(root)
+    assert acknowledged in before.values()
+
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            url = f"/sessions/{sid}/files"
+            for name in ("torn.txt", "dir.txt"):
+                asked = [
+                    ("send", http.get(f"{url}/{name}")),
+                    ("delete", http.delete(f"{url}/{name}")),
+                    ("store", http.put(f"{url}/{name}", content=b"new bytes")),
+                    ("store", http.put(f"{url}/{name}", content=b"x", headers=_NEW_ONLY)),
+                    ("store", http.post(url, files={"file": (name, b"new bytes")})),
+                ]
+                for action, answer in asked:
+                    # Broke: 404 "no file" for the reads and the delete, 201 "Created" for the
+                    # writes, the acknowledged bytes left for the repair to call an orphan.
+                    assert answer.status_code == 500, (name, action, answer.text)
+                    assert answer.json()["code"] == "file_record_unreadable"
+                    assert answer.json()["message"] == _REFUSED.format(
+                        action=action, name=name, sid=sid
+                    )
+            assert _contents(root) == before
+    finally:
+        assert server.stop() == 0
+
+    env = app_env(root)
+    # The restore of the version in the trash would have written its record over the torn one.
+    restored = run_app("sessions", "restore", sid, "--file", "torn.txt", env=env)
+    assert restored.returncode == 65, restored.stderr
+    assert _REFUSED.format(action="restore", name="torn.txt", sid=sid) in restored.stderr
+    assert _contents(root) == before
+    checked = run_app("data", "check", env=env)
+    assert "next to damaged records of the session ('dir.txt', 'torn.txt')" in checked.stdout
