@@ -1796,9 +1796,10 @@ class PermissionDeniedStorageError(StorageError):
     template = (
         "cannot {doing}: the data root's filesystem refused it (permission denied: a file or "
         "directory in the data root is immutable or append-only, read-only or owned by another "
-        "user); nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the "
-        "data root: an `i` or an `a`) and undoes it (`chattr -i -a`, `chown` to the user the "
-        "app runs as), then retries"
+        "user, or its mode keeps its owner out, as `chmod 000` does); nothing was changed. An "
+        "operator finds it (`lsattr -R` and `ls -lR` on the data root: an `i` or an `a`, a "
+        "mode without `rw` for its owner) and undoes it (`chattr -i -a`, `chown` to the user "
+        "the app runs as, `chmod u+rwX`), then retries"
     )
 
     doing: str

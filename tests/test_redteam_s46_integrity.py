@@ -10,13 +10,23 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   start-up's repair moved them to the trash as an upload "never acknowledged", where
   ``empty-trash`` removes them for good. A read and a ``DELETE`` of the name said 404 "no
   file". Each is now refused, 500 ``file_record_unreadable`` (exit 65), nothing changed.
+- ``audit.jsonl`` made mode 000 under a server that runs without root's capabilities (as a
+  service user does): every change that removes data is refused before it changes anything,
+  rightly, but the refusal (``storage_permission_denied``) named ``chattr`` and ``chown`` as
+  the remedies and not the mode, which neither undoes. It now names the mode and ``chmod``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from test_server_e2e import Server, app_env, run_app, snapshot
 
 from app.config import Config
@@ -88,3 +98,63 @@ def test_no_write_takes_a_record_it_cannot_read_for_no_file(
     assert _contents(root) == before
     checked = run_app("data", "check", env=env)
     assert "next to damaged records of the session ('dir.txt', 'torn.txt')" in checked.stdout
+
+
+class _ServerWithoutCapabilities(Server):
+    """`app serve` as root without root's capabilities (``setpriv``): a file's mode binds it
+    as it binds a service's own user, while the test's 0700 directories stay reachable."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self._port, self.log = env, None, log
+        self.root = Path(env["APP_DATA_ROOT"])
+        self.token = env.get("APP_API_TOKEN", "testing-token-not-secret")
+        drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*drop, sys.executable, "-m", "app", "serve", "--port", "0"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="drops root's capabilities"
+)
+def test_an_audit_log_the_server_may_not_open_refuses_every_change_naming_its_mode(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("audited")["id"]
+        store.put_file(sid, "a.txt", b"version 1")
+        store.delete_session(store.create_session("in the trash")["id"])
+    audit = root / "audit.jsonl"
+    server = _ServerWithoutCapabilities(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            url = f"/sessions/{sid}/files/a.txt"
+            audit.chmod(0)
+            before = _contents(root)
+            for method, path, doing in (
+                ("PUT", url, f"PUT {url}"),
+                ("DELETE", url, f"DELETE {url}"),
+                ("DELETE", f"/sessions/{sid}", f"DELETE /sessions/{sid}"),
+                ("POST", "/trash/empty", "POST /trash/empty"),
+            ):
+                body = b"version 2" if method == "PUT" else None
+                answer = http.request(method, path, content=body)
+                assert answer.status_code == 503, (method, path, answer.text)
+                message = answer.json()["message"]
+                assert message.startswith(f"cannot {doing}: "), message
+                # Broke: "chattr -i -a" and "chown", neither of which undoes a mode.
+                assert "its mode keeps its owner out, as `chmod 000` does" in message
+                assert "`chmod u+rwX`), then retries" in message
+            assert _contents(root) == before
+            assert "Permission denied: " + repr(str(audit)) in server.output
+            audit.chmod(0o600)
+            assert http.delete(url).status_code == 200
+    finally:
+        assert server.stop() == 0
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [line["operation"] for line in lines] == ["trash-session", "trash-file"]
