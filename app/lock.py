@@ -456,28 +456,58 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
     return kept
 
 
+_STAMP_NAME: Final = ".app-profile.json"  # app.dataroot.STAMP_FILE (this module is below it)
+
+
 def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
     """The live process that still holds the flock of a lock file once at ``path``, deleted
-    (or replaced) since, as its published JSON; None if there is none.
+    or moved (or replaced) since, as its published JSON; None if there is none.
 
-    The holder keeps its flock on the deleted inode, and a newcomer would lock a new file at
+    The holder keeps its flock on the old inode, and a newcomer would lock a new file at
     the path: the kernel no longer keeps them apart. Found through Linux's ``/proc``: the
     exclusive flocks on the root's device (``/proc/locks``), then those processes'
-    descriptors that name ``<path> (deleted)``. Another user's process is not visible (its
-    descriptors are not ours to read); neither is anything on a system without ``/proc``.
+    descriptors of a locked inode that name ``<path> (deleted)``, another name in the root
+    (``mv .server.lock .server.lock.old``: red team 46, where `app data check --repair` took
+    the root beside its live server), or a file moved out of the root alone whose JSON names
+    this root (a whole root moved away is another root: its stamp went with it). The holder
+    gets ``lock_file_moved_to`` where the file is now. Another user's process is not visible
+    (its descriptors are not ours to read); neither is anything on a system without ``/proc``.
     """
     try:
         # The root first: no root, no holder in it, and the first read of /proc/locks in a
         # process costs 12 to 18 ms here (every pytest start probes each profile's root,
         # and a production root is seldom on a developer's machine).
         device = path.parent.stat().st_dev
-        lines = _PROC_LOCKS.read_text().splitlines()
+        locked = _flocks_on(device)
     except OSError:
         return None
+    try:
+        current: int | None = path.lstat().st_ino  # the file at the path is not moved
+    except OSError:
+        current = None
+    for pid, inodes in locked.items():
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    opened = Path(descriptor.path)
+                    found = opened.stat()  # the open file itself, not a name
+                    if (
+                        found.st_dev == device
+                        and found.st_ino in inodes
+                        and found.st_ino != current
+                        and stat.S_ISREG(found.st_mode)
+                        and (seen := _moved_lock_file(opened, path)) is not None
+                    ):
+                        return {**(_seen_here(seen[0], pid) or {"pid": pid}), **seen[1]}
+    return None
+
+
+def _flocks_on(device: int) -> dict[int, set[int]]:
+    """Each process's exclusive flocks on ``device``, by inode, from ``/proc/locks``."""
     # "1: FLOCK  ADVISORY  WRITE 15858 fe:00:2371224 0 EOF" ("->" marks a waiter)
     on_device = f"{os.major(device):02x}:{os.minor(device):02x}:"
     locked: dict[int, set[int]] = {}
-    for line in lines:
+    for line in _PROC_LOCKS.read_text().splitlines():
         parts = line.split()
         if (
             len(parts) > 5
@@ -486,25 +516,42 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
             and parts[5].startswith(on_device)
         ):
             locked.setdefault(int(parts[4]), set()).add(int(parts[5].rpartition(":")[2]))
-    deleted = f"{path.parent.resolve() / path.name} (deleted)"  # as the kernel names it
-    for pid, inodes in locked.items():
-        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
-            for descriptor in descriptors:
-                with contextlib.suppress(OSError):
-                    if str(Path(descriptor.path).readlink()) != deleted:
-                        continue
-                    fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                    try:
-                        if os.fstat(fd).st_ino in inodes:
-                            holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
-                            return _seen_here(holder, pid) or {"pid": pid}
-                    finally:
-                        os.close(fd)
-    return None
+    return locked
 
 
-def _through_deleted(path: Path) -> str:
+def _moved_lock_file(
+    opened: Path, path: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
+    """Whether the locked file a descriptor (``/proc/<pid>/fd/<n>``) opens was the lock file
+    at ``path``: its published JSON and where it is now; None if it is another lock."""
+    root = path.parent.resolve()
+    named = str(opened.readlink())
+    fd = os.open(opened, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+    finally:
+        os.close(fd)
+    if named == f"{root / path.name} (deleted)":  # as the kernel names it
+        return holder, {}
+    moved = Path(named)
+    if moved.parent != root and (
+        # Moved out of the root: ours only if it names this root, and the root did not
+        # move with it (then it is another root, its stamp beside it).
+        (holder or {}).get("root") not in (str(path.parent), str(root))
+        or (moved.parent / _STAMP_NAME).exists()
+    ):
+        return None  # another program's lock, or another root's
+    return holder, {"lock_file_moved_to": named}
+
+
+def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
     # Appended to the holder's description: why a root with a free (or no) lock file is held.
+    if (moved := holder.get("lock_file_moved_to")) is not None:
+        return (
+            f", through its lock file {path}, which was moved to {moved} while it held it "
+            "(never move or delete the lock file: a free one is never in the way); it stops "
+            "within lock_check_seconds, then retry"
+        )
     return (
         f", through its lock file {path}, which was deleted while it held it (never delete "
         "the lock file: a free one is never in the way)"
@@ -796,7 +843,7 @@ class RootLock:
             # A root of the run's own sandbox is held only by the run's processes; looking
             # through /proc there would cost every test's root for nothing.
             if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
-                described = describe_holder(holder) + _through_deleted(self.path)
+                described = describe_holder(holder) + _through_deleted(self.path, holder)
                 raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
             written = _write_in_place(own, holder, durable=self._durable)
@@ -948,10 +995,20 @@ class RootLock:
                 current = os.lstat(self.path)
             except (FileNotFoundError, NotADirectoryError):
                 # NotADirectoryError: the data root itself was replaced by a file.
-                return "was deleted"
+                return self._moved() or "was deleted"
             if (current.st_dev, current.st_ino) != self._identity:
-                return "was replaced by another file"
+                return self._moved() or "was replaced by another file"
             return None
+
+    def _moved(self) -> str | None:
+        # Said "was deleted" of a file renamed (`mv .server.lock .server.lock.old`): one then
+        # looks for who deleted a file that is still there (red team 46).
+        # A whole root moved is told apart by the caller (`DataRoot.lost_error`).
+        try:
+            now = str(Path(f"/proc/self/fd/{self._fd}").readlink())
+        except OSError:
+            return None
+        return None if now.endswith(" (deleted)") else f"was moved to {now} (never move it)"
 
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"

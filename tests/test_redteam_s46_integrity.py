@@ -14,6 +14,11 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   service user does): every change that removes data is refused before it changes anything,
   rightly, but the refusal (``storage_permission_denied``) named ``chattr`` and ``chown`` as
   the remedies and not the mode, which neither undoes. It now names the mode and ``chmod``.
+- ``.server.lock`` moved under a live server (``mv .server.lock .server.lock.old``, as one
+  sets a stale pid file aside, or out of the root): ``app data check --repair`` locked a new
+  file at the path and repaired the root beside the server (exit 0); red team 20 had found
+  only a lock file *deleted* so. The holder of a moved lock file is now found and named, and
+  the server stops saying the file was moved (it said "deleted" of a file still there).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import pytest
 from test_server_e2e import Server, app_env, run_app, snapshot
 
 from app.config import Config
+from app.errors import DataRootInUseError
+from app.lock import RootLock, probe
 from app.storage import open_storage
 
 _NEW_ONLY = {"If-None-Match": "*"}
@@ -158,3 +165,60 @@ def test_an_audit_log_the_server_may_not_open_refuses_every_change_naming_its_mo
         assert server.stop() == 0
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [line["operation"] for line in lines] == ["trash-session", "trash-file"]
+
+
+def test_a_lock_file_moved_under_its_server_still_keeps_out_a_repair(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # `mv .server.lock .server.lock.old` under a live server (as one sets a stale pid file
+    # aside): `app data check --repair` locked a new file at the path and repaired the root
+    # beside the server, exit 0; red team 20 found only a lock file *deleted* so.
+    root = app_config.data_root
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    lock, moved = root / ".server.lock", root / ".server.lock.old"
+    try:
+        lock.rename(moved)
+        # As `app data check --repair` takes it outside a test run (a root of the run's own
+        # sandbox skips the look through /proc: only the run's processes hold it).
+        newcomer = RootLock(root, kind="maintenance", profile="testing")
+        with pytest.raises(DataRootInUseError) as refused:
+            newcomer.acquire("repair the data root")
+        assert not newcomer.held
+        assert f"is held by pid {server.pid}, kind server" in str(refused.value)
+        assert (
+            f"through its lock file {lock}, which was moved to {moved} while it held it (never "
+            "move or delete the lock file: a free one is never in the way); it stops within "
+            "lock_check_seconds, then retry" in str(refused.value)
+        )
+        seen = probe(root)
+        assert seen.held
+        assert seen.holder is not None
+        assert seen.holder["pid"] == server.pid
+    finally:
+        assert server.stop() in (0, 70)  # 70: its own look found the file moved, and it stopped
+    assert run_app("data", "check", "--repair", env=app_env(root)).returncode == 0
+
+
+def test_a_lock_file_moved_out_of_its_root_alone_is_found_and_a_root_moved_whole_is_not(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "production"
+    root.mkdir()
+    (root / ".app-profile.json").write_text('{"profile": "production"}')
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    with RootLock(root, kind="server", profile="production", port=8080) as held:
+        (root / ".server.lock").rename(away / "lock")
+        # What its server stops saying (it said "was deleted" of a file still there).
+        assert held.still_ours() == f"was moved to {away / 'lock'} (never move it)"
+        seen = probe(root)
+        assert seen.held, seen
+        assert seen.holder is not None
+        assert seen.holder["lock_file_moved_to"] == str(away / "lock")
+        (away / "lock").rename(root / ".server.lock")
+        # The whole root moved: a root made at its old path is another root, free.
+        root.rename(tmp_path / "production.old")
+        root.mkdir()
+        assert not probe(root).held
+        with RootLock(root, kind="maintenance", profile="production"):
+            pass
