@@ -94,8 +94,15 @@ def test_no_write_takes_a_record_it_cannot_read_for_no_file(
                         action=action, name=name, sid=sid
                     )
             assert _contents(root) == before
+            # Left out of the session's files, and said so where an operator looks.
+            listed = http.get(url).json()["items"]
+            assert [one["name"] for one in listed] == []
     finally:
         assert server.stop() == 0
+    for name in ("torn.txt", "dir.txt"):
+        assert f"session {sid}: file {name!r} is left out of its files: its record " in (
+            server.output
+        )
 
     env = app_env(root)
     # The restore of the version in the trash would have written its record over the torn one.

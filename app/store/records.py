@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import stat
 import threading
@@ -61,6 +62,8 @@ __all__ = [
     "scan_records_linked",
     "upload_order",
 ]
+
+log = logging.getLogger("app.store")
 
 SESSION_FILE: Final = "session.json"
 RECORDS_DIR: Final = "records"
@@ -236,8 +239,27 @@ def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
         linked |= more
         if record is not None:
             records.append(record)
+        else:
+            _say_left_out(records_dir / name, directory.name)
     records.sort(key=upload_order)
     return records, linked
+
+
+def _say_left_out(path: Path, session_id: str) -> None:
+    # A record that cannot be read is left out of the session's files; a read or a change
+    # of its name is refused (`record_to_change`). Left out without a word, a client saw the
+    # file gone, and so did the operator (red team 46).
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            log.warning(
+                "session %s: file %r is left out of its files: its record %s cannot be read "
+                "(damaged or replaced outside the app); reads and changes of it are refused "
+                "(file_record_unreadable), and `app data check` names the bytes beside it",
+                session_id,
+                path.name,
+                path,
+            )
 
 
 def _records_damaged(directory: Path, damage: str) -> UnreadableSessionError:
