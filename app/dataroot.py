@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import stat
 import sys
@@ -48,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from app import __version__
 from app.errors import (
+    AuditLogAtLimit,
     DataRootChangedError,
     DataRootStateError,
     DataRootTooNewError,
@@ -497,6 +499,25 @@ def _audit_line_lost(path: Path, record: Mapping[str, Any], error: OSError) -> N
     )
 
 
+# Room kept for the line of a change under the file size limit: a line naming one target
+# (a 255-byte name, its trash entry, the command line) is under 1 KiB. A longer one (a purge
+# of many sessions) may still not fit: it goes to the server's log (`_audit_line_lost`).
+_AUDIT_LINE_ROOM: Final = 1024
+
+
+def _refuse_audit_at_limit(fd: int, path: Path) -> None:
+    """Refuse a change before it is made if its audit line may not fit under the process's
+    file size limit (``RLIMIT_FSIZE``): found after it, every delete and ``empty-trash`` was
+    made with its line only in the server's log, for as long as the log stayed at the limit
+    (red team 46)."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return
+    size = os.fstat(fd).st_size
+    if size + _AUDIT_LINE_ROOM + len(json.dumps(sys.argv)) > limit:
+        raise AuditLogAtLimit(path, size, limit)
+
+
 class Prepared:
     """What a change needs after its commit point, opened before it: directories, the audit log.
 
@@ -524,6 +545,7 @@ class Prepared:
                 if self._audit_new:
                     self.open(root.path)  # its new entry is synced after the line
                 self._audit = _open_for_append(log)
+                _refuse_audit_at_limit(self._audit, log)
         except BaseException:
             self.close()
             raise

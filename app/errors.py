@@ -1865,6 +1865,67 @@ class SpecialFileFound(OSError):
         return (SpecialFileFound, (self.path, self.kind))
 
 
+class AuditLogAtLimit(OSError):
+    """``audit.jsonl`` has no room under the process's file size limit (``RLIMIT_FSIZE``)
+    for the line of a change about to be made: the change is refused before it is made.
+
+    The base of `AuditLogFullError`'s mapping in :func:`storage_error`. Found after the
+    change, the line was only logged (red team 19): with the log at the limit, every delete
+    and every ``empty-trash`` went on, answered 200, with no line in ``audit.jsonl``
+    (red team 46).
+
+    Attributes:
+        path: the audit log's path.
+        size: its size in bytes.
+        limit: the process's file size limit in bytes.
+    """
+
+    def __init__(self, path: Path | str, size: int, limit: int) -> None:
+        super().__init__(
+            errno.EFBIG,
+            f"no room for an audit line under the file size limit ({limit} bytes)",
+            str(path),
+        )
+        self.path = Path(path)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AuditLogAtLimit, (self.path, self.size, self.limit))
+
+
+class AuditLogFullError(StorageError):
+    """A change that removes data (a delete, a replace, a restore, an ``empty-trash``, a
+    purge), refused before it is made: the line that records it in ``audit.jsonl`` would
+    not fit under the process's file size limit (systemd's ``LimitFSIZE=``). It was made
+    and answered, its line only in the server's log (red team 46)."""
+
+    code = "audit_log_full"
+    http_status = 507
+    # No path: the message reaches HTTP clients; audit.jsonl is the app's layout.
+
+    doing: str
+    size: int
+    limit: int
+
+    @property
+    def message(self) -> str:
+        remedy = (
+            "rotates the log (`mv audit.jsonl audit.jsonl.1` in the data root: the app "
+            "starts a new one, and `app data check` reads the rotated copy) or raises that "
+            "limit"
+            if self.size >= self.limit // 2
+            else "raises that limit"
+        )
+        return (
+            f"cannot {self.doing}: the line that records it in the data root's audit log "
+            f"(audit.jsonl, {self.size} bytes) might not fit under this process's file size "
+            f"limit ({self.limit} bytes: systemd's LimitFSIZE=, `ulimit -f`), and a change "
+            f"that removes data is never made without its line; nothing was changed. An "
+            f"operator {remedy}, then retries"
+        )
+
+
 class StorageIOError(StorageError):
     """The data root's disk failed a write or a read (EIO), or ext4 found itself damaged."""
 
@@ -2116,7 +2177,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
     Returns:
         A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
-        a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
+        a `NotRegularFileStorageError` (for a `SpecialFileFound`), an `AuditLogFullError`
+        (for an `AuditLogAtLimit`), a
         `PermissionDeniedStorageError`, a `CrossDeviceStorageError`, a `StorageIOError` or a
         `StorageInterruptedError`; for any other errno a `StorageFailedError` naming it;
         ``None`` for an ``OSError`` raised without an errno, or any other exception.
@@ -2132,8 +2194,12 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else f"an fsync on the data root's filesystem failed ({reason})"
         )
         return StorageSyncFailedError(doing, cause)
-    if isinstance(error, SpecialFileFound):
-        return NotRegularFileStorageError(doing, error.path.name, error.kind)
+    if isinstance(error, SpecialFileFound | AuditLogAtLimit):  # before their errnos'
+        return (
+            NotRegularFileStorageError(doing, error.path.name, error.kind)
+            if isinstance(error, SpecialFileFound)
+            else AuditLogFullError(doing, error.size, error.limit)
+        )
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)

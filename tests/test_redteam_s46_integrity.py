@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,58 @@ def test_a_lock_file_moved_out_of_its_root_alone_is_found_and_a_root_moved_whole
         assert not probe(root).held
         with RootLock(root, kind="maintenance", profile="production"):
             pass
+
+
+def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_refused(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # audit.jsonl grown to the server's file size limit (systemd's LimitFSIZE=): every
+    # DELETE and POST /trash/empty was made and answered 200, its line only in the server's
+    # log (red team 19 kept a line that fails after its change so): an empty-trash of the
+    # files just deleted left no line in audit.jsonl at all.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("audited")["id"]
+        store.put_file(sid, "a.txt", b"a")
+        store.put_file(sid, "b.txt", b"b")
+        store.delete_file(sid, "b.txt")
+    audit = root / "audit.jsonl"
+    with audit.open("ab") as log:  # a long-lived log
+        log.write(json.dumps({"operation": "earlier", "padding": "x" * 16384}).encode() + b"\n")
+    size = audit.stat().st_size
+    limit = size + 600  # a line fits; the room kept for one (1 KiB) does not
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    env = app_env(root)
+    server = Server(env, tmp_path / "server.log", {resource.RLIMIT_FSIZE: (limit, hard)})
+    try:
+        with server.wait_ready().client() as http:
+            before = _contents(root)
+            url = f"/sessions/{sid}/files/a.txt"
+            for method, path in (
+                ("DELETE", url),
+                ("PUT", url),
+                ("DELETE", f"/sessions/{sid}"),
+                ("POST", "/trash/empty"),
+            ):
+                answer = http.request(method, path, content=b"a2" if method == "PUT" else None)
+                # Broke: 200, the change made, its line lost.
+                assert answer.status_code == 507, (method, answer.text)
+                assert answer.json()["code"] == "audit_log_full"
+                assert answer.json()["message"] == (
+                    f"cannot {method} {path}: the line that records it in the data root's "
+                    f"audit log (audit.jsonl, {size} bytes) might not fit under this "
+                    f"process's file size limit ({limit} bytes: systemd's LimitFSIZE=, "
+                    "`ulimit -f`), and a change that removes data is never made without its "
+                    "line; nothing was changed. An operator rotates the log (`mv audit.jsonl "
+                    "audit.jsonl.1` in the data root: the app starts a new one, and `app data "
+                    "check` reads the rotated copy) or raises that limit, then retries"
+                )
+            assert _contents(root) == before
+            audit.rename(root / "audit.jsonl.1")  # as the refusal says
+            assert http.delete(url).status_code == 200
+            assert http.post("/trash/empty").status_code == 200
+    finally:
+        assert server.stop() == 0
+    lines = [json.loads(line)["operation"] for line in audit.read_text().splitlines()]
+    assert lines == ["trash-file", "empty-trash"]
+    assert run_app("data", "check", env=env).returncode == 0

@@ -224,6 +224,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.AuditLogFullError("DELETE /sessions/3f2a9c/files/report.pdf", 1073741400, 1073741824),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
     errors.CrossDeviceStorageError("DELETE /sessions/3f2a9c"),
     errors.NotRegularFileStorageError(
