@@ -1577,6 +1577,23 @@ class DigestUnsupportedError(StoreError):
         "ignored), or no {header}"
     )
 
+    @property
+    def message(self) -> str:
+        if self.header not in ("Content-MD5", "Digest"):
+            return self.template.format_map(vars(self))
+        # The fields before RFC 9530 (red team 46): Content-MD5 can never name a SHA-256.
+        send = (
+            "Repr-Digest: sha-256=:<base64 of the SHA-256>: in its place"
+            if self.header == "Content-MD5"
+            else "Repr-Digest: sha-256=:<base64 of the SHA-256>: (RFC 9530, which replaces "
+            "Digest), or Digest: SHA-256=<base64 of the SHA-256>"
+        )
+        return (
+            f"{self.header} names {self.algorithms}, and the server checks {self.supported} "
+            "only; it refuses rather than store bytes it cannot check, and nothing was "
+            f"stored. Send {send}, or no {self.header}"
+        )
+
 
 class PreconditionFailedError(StoreError):
     """A write's ``If-Match`` named a version of the file that is not its current one."""

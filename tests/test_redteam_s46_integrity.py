@@ -23,6 +23,7 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -285,3 +286,67 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
     lines = [json.loads(line)["operation"] for line in audit.read_text().splitlines()]
     assert lines == ["trash-file", "empty-trash"]
     assert run_app("data", "check", env=env).returncode == 0
+
+
+def test_the_integrity_fields_before_rfc_9530_are_checked_or_refused_never_ignored(
+    app_config: Config, tmp_path: Path
+) -> None:
+    # A body changed on the way, its client's digest in RFC 3230's `Digest` or in RFC 1864's
+    # `Content-MD5` (which S3 checks): stored and acknowledged 201, the field ignored.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("digests")["id"]
+    sent = b"the bytes the client sent"
+    sha256 = base64.b64encode(hashlib.sha256(sent).digest()).decode()
+    md5 = base64.b64encode(hashlib.md5(sent).digest()).decode()
+    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as http:
+            url = f"/sessions/{sid}/files/a.txt"
+            changed = b"the bytes the server got"
+            for headers, code, message in (
+                (
+                    {"Digest": f"SHA-256={sha256}"},
+                    "digest_mismatch",
+                    f"Digest: sha-256=:{sha256}: is not the SHA-256 of the ",
+                ),
+                (
+                    {"Digest": f"MD5={md5}"},
+                    "digest_unsupported",
+                    (
+                        "Digest names md5, and the server checks sha-256 only; it refuses "
+                        "rather than store bytes it cannot check, and nothing was stored. Send "
+                        "Repr-Digest: sha-256=:<base64 of the SHA-256>: (RFC 9530, which "
+                        "replaces Digest), or Digest: SHA-256=<base64 of the SHA-256>, or no "
+                        "Digest"
+                    ),
+                ),
+                (
+                    {"Content-MD5": md5},
+                    "digest_unsupported",
+                    (
+                        "Content-MD5 names md5, and the server checks sha-256 only; it refuses "
+                        "rather than store bytes it cannot check, and nothing was stored. Send "
+                        "Repr-Digest: sha-256=:<base64 of the SHA-256>: in its place, or no "
+                        "Content-MD5"
+                    ),
+                ),
+            ):
+                for answer in (
+                    http.put(url, content=changed, headers=headers),
+                    http.post(
+                        f"/sessions/{sid}/files",
+                        files={"file": ("a.txt", changed)},
+                        headers=headers,
+                    ),
+                ):
+                    # Broke: 201, the changed bytes stored under the client's field.
+                    assert answer.status_code == 400, (headers, answer.text)
+                    assert answer.json()["code"] == code
+                    assert message in answer.json()["message"], answer.json()["message"]
+            assert http.get(f"/sessions/{sid}/files").json()["items"] == []
+            # The field RFC 9530 replaces still works for a body that arrived whole.
+            answer = http.put(url, content=sent, headers={"Digest": f"sha-256={sha256}"})
+            assert answer.status_code == 201, answer.text
+    finally:
+        assert server.stop() == 0
