@@ -523,7 +523,13 @@ def _moved_lock_file(
     opened: Path, path: Path
 ) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
     """Whether the locked file a descriptor (``/proc/<pid>/fd/<n>``) opens was the lock file
-    at ``path``: its published JSON and where it is now; None if it is another lock."""
+    at ``path``: its published JSON and where it is now; None if it is another lock.
+
+    Directories are compared by identity, not by path: a root reached through a bind mount
+    (a container's volume, the same directory mounted at two paths) has another path in the
+    holder's descriptor, and a newcomer there took the root beside a holder whose lock file
+    was deleted or moved (red team 46).
+    """
     root = path.parent.resolve()
     named = str(opened.readlink())
     fd = os.open(opened, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -531,17 +537,29 @@ def _moved_lock_file(
         holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
     finally:
         os.close(fd)
-    if named == f"{root / path.name} (deleted)":  # as the kernel names it
-        return holder, {}
-    moved = Path(named)
-    if moved.parent != root and (
+    deleted = named.endswith(" (deleted)")  # as the kernel names it
+    moved = Path(named.removesuffix(" (deleted)"))
+    if deleted:
+        return (holder, {}) if moved.name == path.name and _same_dir(moved.parent, root) else None
+    if not _same_dir(moved.parent, root) and (
         # Moved out of the root: ours only if it names this root, and the root did not
         # move with it (then it is another root, its stamp beside it).
-        (holder or {}).get("root") not in (str(path.parent), str(root))
+        not _same_dir(Path(str((holder or {}).get("root") or "/nonexistent")), root)
         or (moved.parent / _STAMP_NAME).exists()
     ):
         return None  # another program's lock, or another root's
     return holder, {"lock_file_moved_to": named}
+
+
+def _same_dir(one: Path, other: Path) -> bool:
+    """Whether two paths name one directory (by path, else by device and inode)."""
+    if one == other:
+        return True
+    try:
+        first, second = one.stat(), other.stat()
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:

@@ -350,3 +350,51 @@ def test_the_integrity_fields_before_rfc_9530_are_checked_or_refused_never_ignor
             assert answer.status_code == 201, answer.text
     finally:
         assert server.stop() == 0
+
+
+_THROUGH_AN_ALIAS = r"""
+import subprocess, sys
+from pathlib import Path
+from app.errors import DataRootInUseError
+from app.lock import RootLock, probe
+
+root, alias = Path(sys.argv[1]), Path(sys.argv[2])
+subprocess.run(["mount", "--bind", str(root), str(alias)], check=True)
+for how in ("deleted", "moved"):
+    with RootLock(root, kind="server", profile="production", port=8080):
+        if how == "deleted":
+            (root / ".server.lock").unlink()
+        else:
+            (root / ".server.lock").rename(root / ".server.lock.old")
+        try:
+            newcomer = RootLock(alias, kind="maintenance", profile="production")
+            newcomer.acquire("repair")
+        except DataRootInUseError as refused:
+            print(how, probe(alias).held, "refused:", refused)
+        else:
+            print(how, probe(alias).held, "taken beside it")
+            newcomer.release()
+    (root / ".server.lock.old").unlink(missing_ok=True)
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="a bind mount takes root"
+)
+def test_a_lock_file_deleted_or_moved_under_its_holder_is_found_through_a_bind_mount(
+    tmp_path: Path,
+) -> None:
+    # The root reached at another path (a container's volume, a bind mount): the holder's
+    # descriptor names the file by the holder's path, which the look for it compared as
+    # text, so a newcomer there took the root beside a holder whose lock file was deleted.
+    root, alias = tmp_path / "production", tmp_path / "alias"
+    root.mkdir()
+    alias.mkdir()
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    child = [*unshare, sys.executable, "-c", _THROUGH_AN_ALIAS, str(root), str(alias)]
+    said = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+    deleted, moved = said.splitlines()
+    assert deleted.startswith(f"deleted True refused: cannot repair: data root {alias} is held")
+    assert f"through its lock file {alias / '.server.lock'}, which was deleted" in deleted
+    assert moved.startswith(f"moved True refused: cannot repair: data root {alias} is held")
+    assert f"which was moved to {root / '.server.lock.old'} while it held it" in moved
