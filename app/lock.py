@@ -414,18 +414,28 @@ def _keepers(path: Path, key: str) -> list[int]:
     """The processes with a descriptor of the open file description that holds the flock on
     the lock file at `path` (or at it once, deleted since): read from every process's open
     files, so only where the process the kernel lists for the lock does not hold it."""
-    named = str(path.parent.resolve() / path.name)
-    names = {named, f"{named} (deleted)"}
+    inode = int(key.rpartition(":")[2])
     found = []
     with contextlib.suppress(OSError), os.scandir(_PROC_LOCKS.parent) as processes:
         for process in processes:
             if not process.name.isdigit():
                 continue
             with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as descriptors:
-                opened = any(str(Path(d.path).readlink()) in names for d in descriptors)
+                opened = any(_names_lock(Path(d.path), path.name, inode) for d in descriptors)
                 if opened and _lock_line(process.name, key):
                     found.append(int(process.name))
     return found
+
+
+def _names_lock(descriptor: Path, name: str, inode: int) -> bool:
+    """Whether a descriptor opens a file called `name` (deleted or not) whose inode is
+    `inode`: by the file itself, since the root may be reached at another path than the
+    descriptor names (a bind mount, red team 46). Only a file of that name is looked at."""
+    try:
+        named = str(descriptor.readlink()).removesuffix(" (deleted)")
+        return Path(named).name == name and descriptor.stat().st_ino == inode
+    except OSError:
+        return False
 
 
 def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, Any] | None:
