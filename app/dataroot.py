@@ -717,6 +717,35 @@ def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any
     return stamp
 
 
+def _write_stamp_audited(
+    root: Path, profile: str, record: Mapping[str, Any], *, durable: bool = True, **extra: Any
+) -> dict[str, Any]:
+    """:func:`_write_stamp`, then its audit line, the log opened (and its room under the
+    file size limit checked) before the stamp is written.
+
+    A line that failed after the stamp (the file size limit, a full disk) was raised as the
+    command's failure: `app data restamp` said "nothing was changed" (exit 74) of a root it
+    had re-stamped, with no line in the log (red team 46). It is now refused before, where
+    the limit leaves no room; a line that fails after goes to the log, as a change's does.
+    """
+    _layout_dir(root, TMP_DIR)  # where a hard-linked log's private copy is made
+    path = root / AUDIT_FILE
+    existed = path.exists()
+    fd = _open_for_append(path)
+    try:
+        _refuse_audit_at_limit(fd, path)
+        stamp = _write_stamp(root, profile, durable=durable, **extra)
+        try:
+            _write_audit_line(fd, record)
+            if not existed:
+                fsync_dir(root)
+        except OSError as error:
+            _audit_line_lost(path, record, error)
+        return stamp
+    finally:
+        os.close(fd)
+
+
 def _is_empty_dir(path: str) -> bool:
     with os.scandir(path) as entries:
         return next(entries, None) is None
@@ -795,14 +824,11 @@ def _check_stamp(
     made_in = {}
     if sandbox is not None and root.is_relative_to(sandbox):
         made_in["sandbox"] = str(sandbox)
-    stamp = _write_stamp(root, config.profile, durable=durable, **made_in)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.
-        _append_audit(
-            root,
-            _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True}),
-        )
-    return stamp
+        record = _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True})
+        return _write_stamp_audited(root, config.profile, record, durable=durable, **made_in)
+    return _write_stamp(root, config.profile, durable=durable, **made_in)
 
 
 # --- opening -----------------------------------------------------------------------------
@@ -1342,17 +1368,14 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             )
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
-        new = _write_stamp(root, config.profile, restamped_from=stamped, **made_in)
-        _append_audit(
-            root,
-            _audit_record(
-                config.profile,
-                "maintenance",
-                "restamp",
-                root / STAMP_FILE,
-                {"from": stamped, "to": config.profile},
-            ),
+        record = _audit_record(
+            config.profile,
+            "maintenance",
+            "restamp",
+            root / STAMP_FILE,
+            {"from": stamped, "to": config.profile},
         )
+        new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
         return {**new, "changed": True}
 
 

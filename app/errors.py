@@ -1912,10 +1912,10 @@ class AuditLogAtLimit(OSError):
 
 
 class AuditLogFullError(StorageError):
-    """A change that removes data (a delete, a replace, a restore, an ``empty-trash``, a
-    purge), refused before it is made: the line that records it in ``audit.jsonl`` would
-    not fit under the process's file size limit (systemd's ``LimitFSIZE=``). It was made
-    and answered, its line only in the server's log (red team 46)."""
+    """A change the audit log records (a delete, a replace, a restore, an ``empty-trash``, a
+    purge, a re-stamp), refused before it is made: its line in ``audit.jsonl`` might not fit
+    under the process's file size limit (systemd's ``LimitFSIZE=``). It was made and
+    answered, its line only in the server's log (red team 46)."""
 
     code = "audit_log_full"
     http_status = 507
@@ -1938,7 +1938,7 @@ class AuditLogFullError(StorageError):
             f"cannot {self.doing}: the line that records it in the data root's audit log "
             f"(audit.jsonl, {self.size} bytes) might not fit under this process's file size "
             f"limit ({self.limit} bytes: systemd's LimitFSIZE=, `ulimit -f`), and a change "
-            f"that removes data is never made without its line; nothing was changed. An "
+            f"the log records is never made without its line; nothing was changed. An "
             f"operator {remedy}, then retries"
         )
 

@@ -252,7 +252,8 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
     size = audit.stat().st_size
     limit = size + 600  # a line fits; the room kept for one (1 KiB) does not
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    env = app_env(root)
+    # No bytecode under the limit: CPython takes a .pyc cut short at it for a whole one.
+    env = app_env(root, PYTHONDONTWRITEBYTECODE="1")
     server = Server(env, tmp_path / "server.log", {resource.RLIMIT_FSIZE: (limit, hard)})
     try:
         with server.wait_ready().client() as http:
@@ -272,7 +273,7 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
                     f"cannot {method} {path}: the line that records it in the data root's "
                     f"audit log (audit.jsonl, {size} bytes) might not fit under this "
                     f"process's file size limit ({limit} bytes: systemd's LimitFSIZE=, "
-                    "`ulimit -f`), and a change that removes data is never made without its "
+                    "`ulimit -f`), and a change the log records is never made without its "
                     "line; nothing was changed. An operator rotates the log (`mv audit.jsonl "
                     "audit.jsonl.1` in the data root: the app starts a new one, and `app data "
                     "check` reads the rotated copy) or raises that limit, then retries"
@@ -398,3 +399,36 @@ def test_a_lock_file_deleted_or_moved_under_its_holder_is_found_through_a_bind_m
     assert f"through its lock file {alias / '.server.lock'}, which was deleted" in deleted
     assert moved.startswith(f"moved True refused: cannot repair: data root {alias} is held")
     assert f"which was moved to {root / '.server.lock.old'} while it held it" in moved
+
+
+def test_a_restamp_whose_audit_line_would_not_fit_is_refused_before_it_changes_the_stamp(
+    app_config: Config,
+) -> None:
+    # `app data restamp` under a file size limit its audit line passed: it said "nothing was
+    # changed" (exit 74) of a root it had re-stamped, and the log had no line of it.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        store.create_session("stamped")
+    audit = root / "audit.jsonl"
+    audit.write_text(json.dumps({"operation": "earlier", "padding": "x" * 4096}) + "\n")
+    size = audit.stat().st_size
+    env = {**app_env(root, profile="development"), "PYTHONDONTWRITEBYTECODE": "1"}
+    restamp = [sys.executable, "-m", "app", "--profile", "development", "data", "restamp"]
+    for limit in (size + 600, size + 4096):
+        limited = ["prlimit", f"--fsize={limit}", *restamp, "--from", "testing"]
+        done = subprocess.run(limited, env=env, capture_output=True, text=True, check=False)
+        stamp = json.loads((root / ".app-profile.json").read_text())
+        if limit == size + 600:
+            # Broke: exit 74 "nothing was changed", the stamp changed all the same.
+            assert done.returncode == 74, done.stdout + done.stderr
+            assert "(audit.jsonl, " in done.stderr
+            assert "nothing was changed" in done.stderr
+            assert stamp["profile"] == "testing"
+        else:
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert stamp["profile"] == "development"
+    (line,) = [json.loads(one) for one in audit.read_text().splitlines()[1:]]
+    assert (line["operation"], line["details"]) == (
+        "restamp",
+        {"from": "testing", "to": "development"},
+    )
