@@ -19,6 +19,14 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   file at the path and repaired the root beside the server (exit 0); red team 20 had found
   only a lock file *deleted* so. The holder of a moved lock file is now found and named, and
   the server stops saying the file was moved (it said "deleted" of a file still there).
+- ``audit.jsonl`` at the server's file size limit: every delete and ``empty-trash`` was made
+  and answered 200, its line only in the server's log; ``app data restamp`` said "nothing was
+  changed" of a root it had re-stamped. Such a change is now refused before it is made.
+- A body changed on the way, its client's digest in RFC 3230's ``Digest`` or RFC 1864's
+  ``Content-MD5``, or a multipart part in ``Content-Transfer-Encoding: base64``: stored and
+  answered 201. ``Digest`` is checked; the others are refused.
+- The root reached through a bind mount: a holder whose lock file was deleted or moved was not
+  found there, and ``app data check --repair`` took the root beside it.
 """
 
 from __future__ import annotations
@@ -345,7 +353,30 @@ def test_the_integrity_fields_before_rfc_9530_are_checked_or_refused_never_ignor
                     assert answer.status_code == 400, (headers, answer.text)
                     assert answer.json()["code"] == code
                     assert message in answer.json()["message"], answer.json()["message"]
+            # A part in a transfer encoding (RFC 7578 deprecates it, but allows it): its
+            # base64 text was stored as the file's bytes, undecoded, and answered 201.
+            for coding, text in (("base64", b"aGVsbG8="), ("quoted-printable", b"h=65llo")):
+                form = (
+                    b'--B\r\nContent-Disposition: form-data; name="file"; filename="b.txt"'
+                    + f"\r\nContent-Transfer-Encoding: {coding}\r\n\r\n".encode()
+                    + text
+                    + b"\r\n--B--\r\n"
+                )
+                answer = http.post(
+                    f"/sessions/{sid}/files",
+                    content=form,
+                    headers={"Content-Type": "multipart/form-data; boundary=B"},
+                )
+                assert answer.status_code == 415, answer.text
+                assert answer.json()["message"] == (
+                    f"POST /sessions/{sid}/files refused: the form field 'file' has "
+                    f"Content-Transfer-Encoding: {coding}, which this server does not decode "
+                    "(RFC 7578, 4.7, deprecates it); it would have taken the encoded text as "
+                    "the file's bytes. Nothing was stored. Send the file's bytes themselves in "
+                    "the part, without Content-Transfer-Encoding"
+                )
             assert http.get(f"/sessions/{sid}/files").json()["items"] == []
+            assert list((root / ".tmp").iterdir()) == []
             # The field RFC 9530 replaces still works for a body that arrived whole.
             answer = http.put(url, content=sent, headers={"Digest": f"sha-256={sha256}"})
             assert answer.status_code == 201, answer.text
