@@ -41,6 +41,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from test_server_e2e import Server, app_env, run_app, snapshot
 
@@ -74,6 +75,7 @@ def test_no_write_takes_a_record_it_cannot_read_for_no_file(
         store.put_file(sid, "torn.txt", b"version 1")
         store.put_file(sid, "torn.txt", b"version 2, acknowledged", replace=True)
         store.put_file(sid, "dir.txt", b"bytes of dir.txt")
+        other = store.create_session("digests")["id"]
     records = root / "sessions" / sid / "records"
     torn = records / "torn.txt"
     torn.write_bytes(torn.read_bytes()[:40])  # a record cut short, its bytes still there
@@ -107,6 +109,9 @@ def test_no_write_takes_a_record_it_cannot_read_for_no_file(
             # Left out of the session's files, and said so where an operator looks.
             listed = http.get(url).json()["items"]
             assert [one["name"] for one in listed] == []
+            # On the same server: the digests a client sends in fields of older RFCs.
+            _the_integrity_fields_before_rfc_9530_are_checked_or_refused(http, root, other)
+            before = _contents(root)
     finally:
         assert server.stop() == 0
     for name in ("torn.txt", "dir.txt"):
@@ -199,7 +204,7 @@ def test_a_lock_file_moved_under_its_server_still_keeps_out_a_repair(
         # sandbox skips the look through /proc: only the run's processes hold it).
         newcomer = RootLock(root, kind="maintenance", profile="testing")
         with pytest.raises(DataRootInUseError) as refused:
-            newcomer.acquire("repair the data root")
+            newcomer.acquire("repair the data root", timeout=0)
         assert not newcomer.held
         assert f"is held by pid {server.pid}, kind server" in str(refused.value)
         assert (
@@ -297,93 +302,6 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
     assert run_app("data", "check", env=env).returncode == 0
 
 
-def test_the_integrity_fields_before_rfc_9530_are_checked_or_refused_never_ignored(
-    app_config: Config, tmp_path: Path
-) -> None:
-    # A body changed on the way, its client's digest in RFC 3230's `Digest` or in RFC 1864's
-    # `Content-MD5` (which S3 checks): stored and acknowledged 201, the field ignored.
-    root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        sid = store.create_session("digests")["id"]
-    sent = b"the bytes the client sent"
-    sha256 = base64.b64encode(hashlib.sha256(sent).digest()).decode()
-    md5 = base64.b64encode(hashlib.md5(sent).digest()).decode()
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
-    try:
-        with server.client() as http:
-            url = f"/sessions/{sid}/files/a.txt"
-            changed = b"the bytes the server got"
-            for headers, code, message in (
-                (
-                    {"Digest": f"SHA-256={sha256}"},
-                    "digest_mismatch",
-                    f"Digest: sha-256=:{sha256}: is not the SHA-256 of the ",
-                ),
-                (
-                    {"Digest": f"MD5={md5}"},
-                    "digest_unsupported",
-                    (
-                        "Digest names md5, and the server checks sha-256 only; it refuses "
-                        "rather than store bytes it cannot check, and nothing was stored. Send "
-                        "Repr-Digest: sha-256=:<base64 of the SHA-256>: (RFC 9530, which "
-                        "replaces Digest), or Digest: SHA-256=<base64 of the SHA-256>, or no "
-                        "Digest"
-                    ),
-                ),
-                (
-                    {"Content-MD5": md5},
-                    "digest_unsupported",
-                    (
-                        "Content-MD5 names md5, and the server checks sha-256 only; it refuses "
-                        "rather than store bytes it cannot check, and nothing was stored. Send "
-                        "Repr-Digest: sha-256=:<base64 of the SHA-256>: in its place, or no "
-                        "Content-MD5"
-                    ),
-                ),
-            ):
-                for answer in (
-                    http.put(url, content=changed, headers=headers),
-                    http.post(
-                        f"/sessions/{sid}/files",
-                        files={"file": ("a.txt", changed)},
-                        headers=headers,
-                    ),
-                ):
-                    # Broke: 201, the changed bytes stored under the client's field.
-                    assert answer.status_code == 400, (headers, answer.text)
-                    assert answer.json()["code"] == code
-                    assert message in answer.json()["message"], answer.json()["message"]
-            # A part in a transfer encoding (RFC 7578 deprecates it, but allows it): its
-            # base64 text was stored as the file's bytes, undecoded, and answered 201.
-            for coding, text in (("base64", b"aGVsbG8="), ("quoted-printable", b"h=65llo")):
-                form = (
-                    b'--B\r\nContent-Disposition: form-data; name="file"; filename="b.txt"'
-                    + f"\r\nContent-Transfer-Encoding: {coding}\r\n\r\n".encode()
-                    + text
-                    + b"\r\n--B--\r\n"
-                )
-                answer = http.post(
-                    f"/sessions/{sid}/files",
-                    content=form,
-                    headers={"Content-Type": "multipart/form-data; boundary=B"},
-                )
-                assert answer.status_code == 415, answer.text
-                assert answer.json()["message"] == (
-                    f"POST /sessions/{sid}/files refused: the form field 'file' has "
-                    f"Content-Transfer-Encoding: {coding}, which this server does not decode "
-                    "(RFC 7578, 4.7, deprecates it); it would have taken the encoded text as "
-                    "the file's bytes. Nothing was stored. Send the file's bytes themselves in "
-                    "the part, without Content-Transfer-Encoding"
-                )
-            assert http.get(f"/sessions/{sid}/files").json()["items"] == []
-            assert list((root / ".tmp").iterdir()) == []
-            # The field RFC 9530 replaces still works for a body that arrived whole.
-            answer = http.put(url, content=sent, headers={"Digest": f"sha-256={sha256}"})
-            assert answer.status_code == 201, answer.text
-    finally:
-        assert server.stop() == 0
-
-
 _THROUGH_AN_ALIAS = r"""
 import subprocess, sys
 from pathlib import Path
@@ -463,3 +381,82 @@ def test_a_restamp_whose_audit_line_would_not_fit_is_refused_before_it_changes_t
         "restamp",
         {"from": "testing", "to": "development"},
     )
+
+
+def _the_integrity_fields_before_rfc_9530_are_checked_or_refused(
+    http: httpx.Client, root: Path, sid: str
+) -> None:
+    # A body changed on the way, its client's digest in RFC 3230's `Digest` or in RFC 1864's
+    # `Content-MD5` (which S3 checks): stored and acknowledged 201, the field ignored.
+    sent = b"the bytes the client sent"
+    sha256 = base64.b64encode(hashlib.sha256(sent).digest()).decode()
+    md5 = base64.b64encode(hashlib.md5(sent).digest()).decode()
+    url = f"/sessions/{sid}/files/a.txt"
+    changed = b"the bytes the server got"
+    for headers, code, message in (
+        (
+            {"Digest": f"SHA-256={sha256}"},
+            "digest_mismatch",
+            f"Digest: sha-256=:{sha256}: is not the SHA-256 of the ",
+        ),
+        (
+            {"Digest": f"MD5={md5}"},
+            "digest_unsupported",
+            (
+                "Digest names md5, and the server checks sha-256 only; it refuses "
+                "rather than store bytes it cannot check, and nothing was stored. Send "
+                "Repr-Digest: sha-256=:<base64 of the SHA-256>: (RFC 9530, which "
+                "replaces Digest), or Digest: SHA-256=<base64 of the SHA-256>, or no "
+                "Digest"
+            ),
+        ),
+        (
+            {"Content-MD5": md5},
+            "digest_unsupported",
+            (
+                "Content-MD5 names md5, and the server checks sha-256 only; it refuses "
+                "rather than store bytes it cannot check, and nothing was stored. Send "
+                "Repr-Digest: sha-256=:<base64 of the SHA-256>: in its place, or no "
+                "Content-MD5"
+            ),
+        ),
+    ):
+        for answer in (
+            http.put(url, content=changed, headers=headers),
+            http.post(
+                f"/sessions/{sid}/files",
+                files={"file": ("a.txt", changed)},
+                headers=headers,
+            ),
+        ):
+            # Broke: 201, the changed bytes stored under the client's field.
+            assert answer.status_code == 400, (headers, answer.text)
+            assert answer.json()["code"] == code
+            assert message in answer.json()["message"], answer.json()["message"]
+    # A part in a transfer encoding (RFC 7578 deprecates it, but allows it): its
+    # base64 text was stored as the file's bytes, undecoded, and answered 201.
+    for coding, text in (("base64", b"aGVsbG8="), ("quoted-printable", b"h=65llo")):
+        form = (
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="b.txt"'
+            + f"\r\nContent-Transfer-Encoding: {coding}\r\n\r\n".encode()
+            + text
+            + b"\r\n--B--\r\n"
+        )
+        answer = http.post(
+            f"/sessions/{sid}/files",
+            content=form,
+            headers={"Content-Type": "multipart/form-data; boundary=B"},
+        )
+        assert answer.status_code == 415, answer.text
+        assert answer.json()["message"] == (
+            f"POST /sessions/{sid}/files refused: the form field 'file' has "
+            f"Content-Transfer-Encoding: {coding}, which this server does not decode "
+            "(RFC 7578, 4.7, deprecates it); it would have taken the encoded text as "
+            "the file's bytes. Nothing was stored. Send the file's bytes themselves in "
+            "the part, without Content-Transfer-Encoding"
+        )
+    assert http.get(f"/sessions/{sid}/files").json()["items"] == []
+    assert list((root / ".tmp").iterdir()) == []
+    # The field RFC 9530 replaces still works for a body that arrived whole.
+    answer = http.put(url, content=sent, headers={"Digest": f"sha-256={sha256}"})
+    assert answer.status_code == 201, answer.text
