@@ -655,6 +655,16 @@ class LockFileUnreadableError(AppError):
     @property
     def why(self) -> str:
         """Why it cannot be opened, with the remedy: for a holder's description too."""
+        if int(self.mode, 8) & 0o600 == 0o600 and self.uid in (self.owner, 0):
+            # Mode and owner let it in: `chattr +i` (a hardening script, a backup tool's
+            # freeze) was told to `chmod 600` a file of mode 0600 (red team 46).
+            return (
+                f"permission denied, though its mode {self.mode} and owner uid {self.owner} "
+                f"let this process (uid {self.uid}) in: a file attribute refuses it (`lsattr "
+                f"{shell_word(str(self.path))}` shows `i`, immutable, or `a`, append-only; "
+                f"`chattr -i -a {shell_word(str(self.path))}` gives it back), or a security "
+                "module (SELinux, AppArmor: the kernel's audit log names it); never delete it"
+            )
         return (
             f"permission denied: its mode is {self.mode}, its owner uid {self.owner}, and "
             f"this process runs as uid {self.uid}; `chmod 600 {self.path}`, and `chown` it "

@@ -46,7 +46,7 @@ import pytest
 from test_server_e2e import Server, app_env, run_app, snapshot
 
 from app.config import Config
-from app.errors import DataRootInUseError
+from app.errors import DataRootInUseError, LockFileUnreadableError
 from app.lock import RootLock, probe
 from app.storage import open_storage
 
@@ -305,7 +305,7 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
 _THROUGH_AN_ALIAS = r"""
 import subprocess, sys
 from pathlib import Path
-from app.errors import DataRootInUseError
+from app.errors import DataRootInUseError, LockFileUnreadableError
 from app.lock import RootLock, probe
 
 root, alias = Path(sys.argv[1]), Path(sys.argv[2])
@@ -460,3 +460,31 @@ def _the_integrity_fields_before_rfc_9530_are_checked_or_refused(
     # The field RFC 9530 replaces still works for a body that arrived whole.
     answer = http.put(url, content=sent, headers={"Digest": f"sha-256={sha256}"})
     assert answer.status_code == 201, answer.text
+
+
+def test_an_immutable_lock_file_is_refused_naming_the_attribute_not_its_mode(
+    tmp_path: Path,
+) -> None:
+    # `chattr +i .server.lock` (a hardening script, a backup tool's freeze) under a live
+    # server: a newcomer was refused, rightly, but told to `chmod 600` a file of mode 0600
+    # and to `chown` one whose owner was right.
+    root = tmp_path / "production"
+    root.mkdir()
+    lock = root / ".server.lock"
+    with RootLock(root, kind="server", profile="production", port=8080):
+        if subprocess.run(["chattr", "+i", str(lock)], check=False).returncode != 0:
+            pytest.skip("this filesystem keeps no attributes (chattr +i failed)")
+        try:
+            with pytest.raises(LockFileUnreadableError) as refused:
+                RootLock(root, kind="maintenance", profile="production").acquire(
+                    "repair", timeout=0
+                )
+        finally:
+            subprocess.run(["chattr", "-i", str(lock)], check=True)
+    assert refused.value.why == (
+        f"permission denied, though its mode 0600 and owner uid 0 let this process (uid 0) in: "
+        f"a file attribute refuses it (`lsattr {lock}` shows `i`, immutable, or `a`, "
+        f"append-only; `chattr -i -a {lock}` gives it back), or a security module (SELinux, "
+        "AppArmor: the kernel's audit log names it); never delete it"
+    )
+    assert f"The kernel lists process {os.getpid()} " in str(refused.value)
