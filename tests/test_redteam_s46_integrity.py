@@ -199,6 +199,11 @@ def test_a_lock_file_moved_under_its_server_still_keeps_out_a_repair(
     server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     lock, moved = root / ".server.lock", root / ".server.lock.old"
     try:
+        # Held: a repair while the server is live is refused, naming it.
+        repair = run_app("data", "check", "--repair", env=app_env(root))
+        assert repair.returncode == 75, repair.stdout + repair.stderr
+        assert f"is held by pid {server.pid}, kind server, profile testing" in repair.stderr
+        assert f"stop it (kill {server.pid}) or wait for it to finish" in repair.stderr
         lock.rename(moved)
         # As `app data check --repair` takes it outside a test run (a root of the run's own
         # sandbox skips the look through /proc: only the run's processes hold it).
