@@ -500,21 +500,24 @@ def _audit_line_lost(path: Path, record: Mapping[str, Any], error: OSError) -> N
 
 
 # Room kept for the line of a change under the file size limit: a line naming one target
-# (a 255-byte name, its trash entry, the command line) is under 1 KiB. A longer one (a purge
-# of many sessions) may still not fit: it goes to the server's log (`_audit_line_lost`).
+# (a 255-byte name, its trash entry, the command line) is under 1 KiB, and each session or
+# trash entry a purge or an empty-trash lists adds under 100 bytes. A line that still does
+# not fit goes to the server's log (`_audit_line_lost`).
 _AUDIT_LINE_ROOM: Final = 1024
+_AUDIT_ITEM_ROOM: Final = 100
 
 
-def _refuse_audit_at_limit(fd: int, path: Path) -> None:
-    """Refuse a change before it is made if its audit line may not fit under the process's
-    file size limit (``RLIMIT_FSIZE``): found after it, every delete and ``empty-trash`` was
-    made with its line only in the server's log, for as long as the log stayed at the limit
-    (red team 46)."""
+def _refuse_audit_at_limit(fd: int, path: Path, items: int = 0) -> None:
+    """Refuse a change before it is made if its audit line (listing ``items`` sessions or
+    entries) may not fit under the process's file size limit (``RLIMIT_FSIZE``): found after
+    it, every delete and ``empty-trash`` was made with its line only in the server's log, for
+    as long as the log stayed at the limit (red team 46)."""
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit == resource.RLIM_INFINITY:
         return
     size = os.fstat(fd).st_size
-    if size + _AUDIT_LINE_ROOM + len(json.dumps(sys.argv)) > limit:
+    room = _AUDIT_LINE_ROOM + items * _AUDIT_ITEM_ROOM + len(json.dumps(sys.argv))
+    if size + room > limit:
         raise AuditLogAtLimit(path, size, limit)
 
 
@@ -530,7 +533,9 @@ class Prepared:
     :meth:`DataRoot.prepare`; close it (``with``) when the change is recorded.
     """
 
-    def __init__(self, root: DataRoot, dirs: tuple[Path, ...], *, audit: bool) -> None:
+    def __init__(
+        self, root: DataRoot, dirs: tuple[Path, ...], *, audit: bool, items: int = 0
+    ) -> None:
         self._root = root
         self._dirs: dict[Path, int] = {}
         self._audit: int | None = None
@@ -545,7 +550,7 @@ class Prepared:
                 if self._audit_new:
                     self.open(root.path)  # its new entry is synced after the line
                 self._audit = _open_for_append(log)
-                _refuse_audit_at_limit(self._audit, log)
+                _refuse_audit_at_limit(self._audit, log, items)
         except BaseException:
             self.close()
             raise
@@ -1722,14 +1727,16 @@ class DataRoot:
         record = _audit_record(self.config.profile, self.kind, operation, target, details)
         _append_audit(self.path, record)
 
-    def prepare(self, *dirs: Path, audit: bool = False) -> Prepared:
+    def prepare(self, *dirs: Path, audit: bool = False, items: int = 0) -> Prepared:
         """Open, before a change's commit point, what the change needs after it.
 
         Args:
             dirs: the directories the change will fsync.
             audit: open ``audit.jsonl`` too, for :meth:`Prepared.audit`.
+            items: how many sessions or trash entries its audit line will list (a purge,
+                an empty-trash), for the room it needs under the file size limit.
         """
-        return Prepared(self, dirs, audit=audit)
+        return Prepared(self, dirs, audit=audit, items=items)
 
     def _check_dest(self, dest: Path) -> Path:
         # Only the directory is resolved: the last component is replaced by the rename, so a

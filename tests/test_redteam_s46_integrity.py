@@ -45,10 +45,12 @@ import httpx
 import pytest
 from test_server_e2e import Server, app_env, run_app, snapshot
 
+import app.dataroot
 from app.config import Config
-from app.errors import DataRootInUseError, LockFileUnreadableError
+from app.errors import AuditLogAtLimit, DataRootInUseError, LockFileUnreadableError
 from app.lock import RootLock, probe
 from app.storage import open_storage
+from app.store import Store
 
 _NEW_ONLY = {"If-None-Match": "*"}
 _REFUSED = (
@@ -310,7 +312,8 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
 _THROUGH_AN_ALIAS = r"""
 import subprocess, sys
 from pathlib import Path
-from app.errors import DataRootInUseError, LockFileUnreadableError
+import app.dataroot
+from app.errors import AuditLogAtLimit, DataRootInUseError, LockFileUnreadableError
 from app.lock import RootLock, probe
 
 root, alias = Path(sys.argv[1]), Path(sys.argv[2])
@@ -493,3 +496,27 @@ def test_an_immutable_lock_file_is_refused_naming_the_attribute_not_its_mode(
         "AppArmor: the kernel's audit log names it); never delete it"
     )
     assert f"The kernel lists process {os.getpid()} " in str(refused.value)
+
+
+def test_an_empty_trash_and_a_purge_keep_room_for_every_entry_their_line_lists(
+    app_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their lines list every entry or session: 1 KiB of room was kept whatever their count.
+    sid = app_store.create_session("kept")["id"]
+    more = {app_store.create_session("kept too")["id"] for _ in range(2)}
+    for name in ("a", "b", "c"):
+        app_store.put_file(sid, name, name.encode())
+        app_store.delete_file(sid, name)
+    audit = Path(app_store.location) / "audit.jsonl"
+    monkeypatch.setattr(app.dataroot, "_AUDIT_ITEM_ROOM", 1 << 20)  # as if each took 1 MiB
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no .pyc cut at the limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (audit.stat().st_size + (2 << 20), hard))
+    try:
+        for attempt in (app_store.empty_trash, app_store.purge):
+            with pytest.raises(AuditLogAtLimit):
+                attempt()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert len(app_store.list_trash()) == 3
+    assert {s["id"] for s in app_store.list_sessions().items} == {sid, *more}
