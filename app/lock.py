@@ -499,6 +499,8 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
         with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
             for descriptor in descriptors:
                 with contextlib.suppress(OSError):
+                    if _fd_inode(pid, descriptor.name) not in (None, *inodes):
+                        continue  # not a locked file: never stat'ed (it may hang, on NFS)
                     opened = Path(descriptor.path)
                     found = opened.stat()  # the open file itself, not a name
                     if (
@@ -509,6 +511,15 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
                         and (seen := _moved_lock_file(opened, path)) is not None
                     ):
                         return {**(_seen_here(seen[0], pid) or {"pid": pid}), **seen[1]}
+    return None
+
+
+def _fd_inode(pid: int, fd: str) -> int | None:
+    """The inode a process's descriptor opens, from its ``fdinfo`` (procfs: never waits on
+    the file's filesystem); None where the kernel does not say (before Linux 5.x)."""
+    for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("ino:"):
+            return int(line.split()[1])
     return None
 
 
