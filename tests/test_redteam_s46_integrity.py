@@ -63,6 +63,20 @@ _REFUSED = (
 )
 
 
+def _made(config: Config, files: dict[str, bytes], *, deleted: str) -> str:
+    """A session holding ``files``, and something in the trash (``deleted``: one of the
+    files, or ``"a session"``): its id."""
+    with open_storage(config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("audited")["id"]
+        for name, data in files.items():
+            store.put_file(sid, name, data)
+        if deleted in files:
+            store.delete_file(sid, deleted)
+        else:
+            store.delete_session(store.create_session("in the trash")["id"])
+    return sid
+
+
 def _contents(root: Path) -> dict[str, str]:
     """`snapshot` without the lock file, which a server's details fill while it runs."""
     return {k: v for k, v in snapshot(root).items() if k != ".server.lock"}
@@ -156,10 +170,7 @@ def test_an_audit_log_the_server_may_not_open_refuses_every_change_naming_its_mo
     app_config: Config, tmp_path: Path
 ) -> None:
     root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        sid = store.create_session("audited")["id"]
-        store.put_file(sid, "a.txt", b"version 1")
-        store.delete_session(store.create_session("in the trash")["id"])
+    sid = _made(app_config, {"a.txt": b"version 1"}, deleted="a session")
     audit = root / "audit.jsonl"
     server = _ServerWithoutCapabilities(app_env(root), tmp_path / "server.log").wait_ready()
     try:
@@ -261,11 +272,7 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
     # log (red team 19 kept a line that fails after its change so): an empty-trash of the
     # files just deleted left no line in audit.jsonl at all.
     root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        sid = store.create_session("audited")["id"]
-        store.put_file(sid, "a.txt", b"a")
-        store.put_file(sid, "b.txt", b"b")
-        store.delete_file(sid, "b.txt")
+    sid = _made(app_config, {"a.txt": b"a", "b.txt": b"b"}, deleted="b.txt")
     audit = root / "audit.jsonl"
     with audit.open("ab") as log:  # a long-lived log
         log.write(json.dumps({"operation": "earlier", "padding": "x" * 16384}).encode() + b"\n")
