@@ -133,7 +133,8 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
 
     Returns:
         A JSON-ready mapping with ``pid``, ``host``, ``boot_id``, ``profile``, ``kind``,
-        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port`` and ``root``.
+        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port``, ``root`` and
+        ``root_id`` (the root directory's device and inode).
     """
     if kind not in KINDS:
         msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -149,7 +150,18 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
         "version": __version__,
         "port": port if kind == "server" else None,
         "root": str(root),
+        "root_id": _dir_id(root),
     }
+
+
+def _dir_id(path: Path) -> str | None:
+    """A directory's identity (``<device>:<inode>``), which no move or second path changes:
+    the holder of a lock file moved away is told apart by it (red team 46)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return f"{found.st_dev}:{found.st_ino}"
 
 
 def describe_holder(holder: Mapping[str, Any] | None) -> str:
@@ -560,6 +572,15 @@ def _moved_lock_file(
         os.close(fd)
     deleted = named.endswith(" (deleted)")  # as the kernel names it
     moved = Path(named.removesuffix(" (deleted)"))
+    published = (holder or {}).get("root_id")
+    if isinstance(published, str):
+        # The directory its holder opened, wherever the file went (into another root too),
+        # and never a root that moved away whole: a new one at its path is another.
+        if published != _dir_id(root):
+            return None
+        return holder, {} if deleted else {"lock_file_moved_to": named}
+    # A holder that published no root_id (an earlier build, or one without its JSON):
+    # told apart by where the file is.
     if deleted:
         return (holder, {}) if moved.name == path.name and _same_dir(moved.parent, root) else None
     if not _same_dir(moved.parent, root) and (

@@ -255,6 +255,9 @@ def test_a_lock_file_moved_out_of_its_root_alone_is_found_and_a_root_moved_whole
         assert seen.held, seen
         assert seen.holder is not None
         assert seen.holder["lock_file_moved_to"] == str(away / "lock")
+        # Moved into another root (its stamp beside it): still this root's holder's.
+        (away / ".app-profile.json").write_text('{"profile": "development"}')
+        assert probe(root).held
         (away / "lock").rename(root / ".server.lock")
         # The whole root moved: a root made at its old path is another root, free.
         root.rename(tmp_path / "production.old")
