@@ -47,7 +47,12 @@ from test_server_e2e import Server, app_env, run_app, snapshot
 
 import app.dataroot
 from app.config import Config
-from app.errors import AuditLogAtLimit, DataRootInUseError, LockFileUnreadableError
+from app.errors import (
+    AuditLogAtLimit,
+    DataRootInUseError,
+    DataRootStateError,
+    LockFileUnreadableError,
+)
 from app.lock import RootLock, probe
 from app.storage import open_storage
 from app.store import Store
@@ -323,7 +328,12 @@ _THROUGH_AN_ALIAS = r"""
 import subprocess, sys
 from pathlib import Path
 import app.dataroot
-from app.errors import AuditLogAtLimit, DataRootInUseError, LockFileUnreadableError
+from app.errors import (
+    AuditLogAtLimit,
+    DataRootInUseError,
+    DataRootStateError,
+    LockFileUnreadableError,
+)
 from app.lock import RootLock, probe
 
 root, alias = Path(sys.argv[1]), Path(sys.argv[2])
@@ -530,3 +540,26 @@ def test_an_empty_trash_and_a_purge_keep_room_for_every_entry_their_line_lists(
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert len(app_store.list_trash()) == 3
     assert {s["id"] for s in app_store.list_sessions().items} == {sid, *more}
+
+
+def test_a_link_where_a_restored_session_goes_is_refused_naming_it(app_store: Store) -> None:
+    # A dangling link at sessions/<id> (a session moved out and linked back, its disk gone):
+    # the restore took it for "no session", and the move failed as a filesystem fault, "may
+    # be made in part", with `dmesg` for a remedy, of a filesystem that was sound.
+    sid = app_store.create_session("deleted")["id"]
+    app_store.delete_session(sid)
+    place = Path(app_store.location) / "sessions" / sid
+    place.symlink_to("/nonexistent")
+    with pytest.raises(DataRootStateError) as refused:
+        app_store.restore(sid)
+    assert str(refused.value) == (
+        f"data root {app_store.location}: the restore of session {sid} would put it back at "
+        f"{place}, where a symbolic link stands (to /nonexistent), which the app never "
+        "follows; nothing was changed; it leads to /nonexistent, which is not there (removed, "
+        "or on a disk not mounted): mount that disk and retry, or remove the link, then "
+        "restore again"
+    )
+    assert len(app_store.list_trash()) == 1
+    place.unlink()
+    app_store.restore(sid)
+    assert app_store.get_session(sid)["title"] == "deleted"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, link_remedy, write_all
 from app.errors import (
     BadRequestError,
+    DataRootStateError,
     NotInTrashError,
     RestoreOverwriteError,
     SessionNotFoundError,
@@ -652,6 +653,16 @@ class Sessions:
             entry = self.trash.chosen(session_id, None, entry_name)
             if entry is None:
                 raise NotInTrashError(session_id, entry=entry_name)
+            if dest.is_symlink():
+                # Taken for "no session" (exists() follows it): the move met the link and
+                # failed as a filesystem fault, "may be made in part", `dmesg` (red team 46).
+                raise DataRootStateError(
+                    self.root.path,
+                    f"the restore of session {session_id} would put it back at {dest}, where a "
+                    f"symbolic link stands (to {dest.readlink()}), which the app never follows; "
+                    "nothing was changed",
+                    link_remedy(dest, "remove the link, then restore again"),
+                )
             if dest.exists():
                 raise RestoreOverwriteError(
                     session_id, None, str(entry.path / TRASHED_SESSION), entry=entry.name
