@@ -563,3 +563,30 @@ def test_a_link_where_a_restored_session_goes_is_refused_naming_it(app_store: St
     place.unlink()
     app_store.restore(sid)
     assert app_store.get_session(sid)["title"] == "deleted"
+
+
+@pytest.mark.parametrize("what", ["a regular file", "a directory with no session.json"])
+def test_a_restore_over_what_is_no_session_names_it_rather_than_a_delete_that_is_refused(
+    app_store: Store, what: str
+) -> None:
+    # "Session exists again: delete the current one first, then restore --entry": a DELETE
+    # of what is no session is refused (it is nothing the trash could give back), so the
+    # remedy went round in a circle.
+    sid = app_store.create_session("deleted")["id"]
+    app_store.delete_session(sid)
+    place = Path(app_store.location) / "sessions" / sid
+    if what == "a regular file":
+        place.write_text("junk")
+    else:
+        place.mkdir()
+    with pytest.raises(DataRootStateError) as refused:
+        app_store.restore(sid)
+    assert str(refused.value) == (
+        f"data root {app_store.location}: the restore of session {sid} would put it back at "
+        f"{place}, where {what} stands, which is no session the app can read or delete; "
+        f"nothing was changed; move it aside (`mv {place} <elsewhere>`) with no server on the "
+        "root, then restore again; `app data check` reports it"
+    )
+    place.rename(place.with_name("aside"))
+    app_store.restore(sid)
+    assert app_store.get_session(sid)["title"] == "deleted"
