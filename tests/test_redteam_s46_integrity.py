@@ -87,69 +87,6 @@ def _contents(root: Path) -> dict[str, str]:
     return {k: v for k, v in snapshot(root).items() if k != ".server.lock"}
 
 
-def test_no_write_takes_a_record_it_cannot_read_for_no_file(
-    app_config: Config, tmp_path: Path
-) -> None:
-    root = app_config.data_root
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        sid = store.create_session("damaged records")["id"]
-        store.put_file(sid, "torn.txt", b"version 1")
-        store.put_file(sid, "torn.txt", b"version 2, acknowledged", replace=True)
-        store.put_file(sid, "dir.txt", b"bytes of dir.txt")
-        other = store.create_session("digests")["id"]
-    records = root / "sessions" / sid / "records"
-    torn = records / "torn.txt"
-    torn.write_bytes(torn.read_bytes()[:40])  # a record cut short, its bytes still there
-    (records / "dir.txt").unlink()
-    (records / "dir.txt").mkdir()
-    acknowledged = hashlib.sha256(b"version 2, acknowledged").hexdigest()
-    before = _contents(root)
-    assert acknowledged in before.values()
-
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
-    try:
-        with server.client() as http:
-            url = f"/sessions/{sid}/files"
-            for name in ("torn.txt", "dir.txt"):
-                asked = [
-                    ("send", http.get(f"{url}/{name}")),
-                    ("delete", http.delete(f"{url}/{name}")),
-                    ("store", http.put(f"{url}/{name}", content=b"new bytes")),
-                    ("store", http.put(f"{url}/{name}", content=b"x", headers=_NEW_ONLY)),
-                    ("store", http.post(url, files={"file": (name, b"new bytes")})),
-                ]
-                for action, answer in asked:
-                    # Broke: 404 "no file" for the reads and the delete, 201 "Created" for the
-                    # writes, the acknowledged bytes left for the repair to call an orphan.
-                    assert answer.status_code == 500, (name, action, answer.text)
-                    assert answer.json()["code"] == "file_record_unreadable"
-                    assert answer.json()["message"] == _REFUSED.format(
-                        action=action, name=name, sid=sid
-                    )
-            assert _contents(root) == before
-            # Left out of the session's files, and said so where an operator looks.
-            listed = http.get(url).json()["items"]
-            assert [one["name"] for one in listed] == []
-            # On the same server: the digests a client sends in fields of older RFCs.
-            _the_integrity_fields_before_rfc_9530_are_checked_or_refused(http, root, other)
-            before = _contents(root)
-    finally:
-        assert server.stop() == 0
-    for name in ("torn.txt", "dir.txt"):
-        assert f"session {sid}: file {name!r} is left out of its files: its record " in (
-            server.output
-        )
-
-    env = app_env(root)
-    # The restore of the version in the trash would have written its record over the torn one.
-    restored = run_app("sessions", "restore", sid, "--file", "torn.txt", env=env)
-    assert restored.returncode == 65, restored.stderr
-    assert _REFUSED.format(action="restore", name="torn.txt", sid=sid) in restored.stderr
-    assert _contents(root) == before
-    checked = run_app("data", "check", env=env)
-    assert "next to damaged records of the session ('dir.txt', 'torn.txt')" in checked.stdout
-
-
 class _ServerWithoutCapabilities(Server):
     """`app serve` as root without root's capabilities (``setpriv``): a file's mode binds it
     as it binds a service's own user, while the test's 0700 directories stay reachable."""
@@ -168,80 +105,137 @@ class _ServerWithoutCapabilities(Server):
             )
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="drops root's capabilities"
-)
-def test_an_audit_log_the_server_may_not_open_refuses_every_change_naming_its_mode(
+def test_one_server_refuses_what_it_cannot_read_or_audit_and_is_found_through_a_moved_lock(
     app_config: Config, tmp_path: Path
 ) -> None:
+    # One server (run without root's capabilities where it can be, as a service user is)
+    # for four checks: records it cannot read, digests in fields of older RFCs, an audit log
+    # it may not open, and its lock file moved under it (the last: it then stops).
     root = app_config.data_root
-    sid = _made(app_config, {"a.txt": b"version 1"}, deleted="a session")
-    audit = root / "audit.jsonl"
-    server = _ServerWithoutCapabilities(app_env(root), tmp_path / "server.log").wait_ready()
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("damaged records")["id"]
+        store.put_file(sid, "torn.txt", b"version 1")
+        store.put_file(sid, "torn.txt", b"version 2, acknowledged", replace=True)
+        store.put_file(sid, "dir.txt", b"bytes of dir.txt")
+        other = store.create_session("digests")["id"]
+    audited = _made(app_config, {"a.txt": b"version 1"}, deleted="a session")
+    records = root / "sessions" / sid / "records"
+    torn = records / "torn.txt"
+    torn.write_bytes(torn.read_bytes()[:40])  # a record cut short, its bytes still there
+    (records / "dir.txt").unlink()
+    (records / "dir.txt").mkdir()
+    without_capabilities = os.geteuid() == 0 and shutil.which("setpriv") is not None
+    kind = _ServerWithoutCapabilities if without_capabilities else Server
+    server = kind(app_env(root), tmp_path / "server.log").wait_ready()
     try:
         with server.client() as http:
-            url = f"/sessions/{sid}/files/a.txt"
-            audit.chmod(0)
-            before = _contents(root)
-            for method, path, doing in (
-                ("PUT", url, f"PUT {url}"),
-                ("DELETE", url, f"DELETE {url}"),
-                ("DELETE", f"/sessions/{sid}", f"DELETE /sessions/{sid}"),
-                ("POST", "/trash/empty", "POST /trash/empty"),
-            ):
-                body = b"version 2" if method == "PUT" else None
-                answer = http.request(method, path, content=body)
-                assert answer.status_code == 503, (method, path, answer.text)
-                message = answer.json()["message"]
-                assert message.startswith(f"cannot {doing}: "), message
-                # Broke: "chattr -i -a" and "chown", neither of which undoes a mode.
-                assert "its mode keeps its owner out, as `chmod 000` does" in message
-                assert "`chmod u+rwX`), then retries" in message
-            assert _contents(root) == before
-            assert "Permission denied: " + repr(str(audit)) in server.output
-            audit.chmod(0o600)
-            assert http.delete(url).status_code == 200
+            _no_write_takes_a_record_it_cannot_read_for_no_file(http, root, sid)
+            _the_integrity_fields_before_rfc_9530_are_checked_or_refused(http, root, other)
+            if without_capabilities:
+                _an_audit_log_it_may_not_open_is_refused_naming_its_mode(http, root, audited)
+        before = _contents(root)
+        _a_lock_file_moved_under_it_still_keeps_out_a_repair(root, server.pid)
     finally:
-        assert server.stop() == 0
-    lines = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert [line["operation"] for line in lines] == ["trash-session", "trash-file"]
+        assert server.stop() in (0, 70)  # 70: its own look found the file moved, and it stopped
+    for name in ("torn.txt", "dir.txt"):
+        assert f"session {sid}: file {name!r} is left out of its files: its record " in (
+            server.output
+        )
+    if without_capabilities:
+        assert "Permission denied: " + repr(str(root / "audit.jsonl")) in server.output
+        lines = [json.loads(one) for one in (root / "audit.jsonl").read_text().splitlines()]
+        assert [line["operation"] for line in lines][-2:] == ["trash-session", "trash-file"]
+
+    (root / ".server.lock.old").unlink()  # the lock file it moved, empty now
+    env = app_env(root)
+    # The restore of the version in the trash would have written its record over the torn one.
+    restored = run_app("sessions", "restore", sid, "--file", "torn.txt", env=env)
+    assert restored.returncode == 65, restored.stderr
+    assert _REFUSED.format(action="restore", name="torn.txt", sid=sid) in restored.stderr
+    assert _contents(root) == before
+    checked = run_app("data", "check", env=env)
+    assert "next to damaged records of the session ('dir.txt', 'torn.txt')" in checked.stdout
 
 
-def test_a_lock_file_moved_under_its_server_still_keeps_out_a_repair(
-    app_config: Config, tmp_path: Path
+def _no_write_takes_a_record_it_cannot_read_for_no_file(
+    http: httpx.Client, root: Path, sid: str
 ) -> None:
+    before = _contents(root)
+    acknowledged = hashlib.sha256(b"version 2, acknowledged").hexdigest()
+    assert acknowledged in before.values()
+    url = f"/sessions/{sid}/files"
+    for name in ("torn.txt", "dir.txt"):
+        asked = [
+            ("send", http.get(f"{url}/{name}")),
+            ("delete", http.delete(f"{url}/{name}")),
+            ("store", http.put(f"{url}/{name}", content=b"new bytes")),
+            ("store", http.put(f"{url}/{name}", content=b"x", headers=_NEW_ONLY)),
+            ("store", http.post(url, files={"file": (name, b"new bytes")})),
+        ]
+        for action, answer in asked:
+            # Broke: 404 "no file" for the reads and the delete, 201 "Created" for the
+            # writes, the acknowledged bytes left for the repair to call an orphan.
+            assert answer.status_code == 500, (name, action, answer.text)
+            assert answer.json()["code"] == "file_record_unreadable"
+            assert answer.json()["message"] == _REFUSED.format(action=action, name=name, sid=sid)
+    assert _contents(root) == before
+    # Left out of the session's files, and said so where an operator looks.
+    assert http.get(url).json()["items"] == []
+
+
+def _an_audit_log_it_may_not_open_is_refused_naming_its_mode(
+    http: httpx.Client, root: Path, sid: str
+) -> None:
+    # Refused before anything changed, rightly, but told `chattr -i -a` and `chown`,
+    # neither of which undoes a mode.
+    audit = root / "audit.jsonl"
+    url = f"/sessions/{sid}/files/a.txt"
+    audit.chmod(0)
+    before = _contents(root)
+    for method, path in (
+        ("PUT", url),
+        ("DELETE", url),
+        ("DELETE", f"/sessions/{sid}"),
+        ("POST", "/trash/empty"),
+    ):
+        answer = http.request(method, path, content=b"version 2" if method == "PUT" else None)
+        assert answer.status_code == 503, (method, path, answer.text)
+        message = answer.json()["message"]
+        assert message.startswith(f"cannot {method} {path}: "), message
+        assert "its mode keeps its owner out, as `chmod 000` does" in message
+        assert "`chmod u+rwX`), then retries" in message
+    assert _contents(root) == before
+    audit.chmod(0o600)
+    assert http.delete(url).status_code == 200
+
+
+def _a_lock_file_moved_under_it_still_keeps_out_a_repair(root: Path, pid: int) -> None:
     # `mv .server.lock .server.lock.old` under a live server (as one sets a stale pid file
     # aside): `app data check --repair` locked a new file at the path and repaired the root
     # beside the server, exit 0; red team 20 found only a lock file *deleted* so.
-    root = app_config.data_root
-    server = Server(app_env(root), tmp_path / "server.log").wait_ready()
     lock, moved = root / ".server.lock", root / ".server.lock.old"
-    try:
-        # Held: a repair while the server is live is refused, naming it.
-        repair = run_app("data", "check", "--repair", env=app_env(root))
-        assert repair.returncode == 75, repair.stdout + repair.stderr
-        assert f"is held by pid {server.pid}, kind server, profile testing" in repair.stderr
-        assert f"stop it (kill {server.pid}) or wait for it to finish" in repair.stderr
-        lock.rename(moved)
-        # As `app data check --repair` takes it outside a test run (a root of the run's own
-        # sandbox skips the look through /proc: only the run's processes hold it).
-        newcomer = RootLock(root, kind="maintenance", profile="testing")
-        with pytest.raises(DataRootInUseError) as refused:
-            newcomer.acquire("repair the data root", timeout=0)
-        assert not newcomer.held
-        assert f"is held by pid {server.pid}, kind server" in str(refused.value)
-        assert (
-            f"through its lock file {lock}, which was moved to {moved} while it held it (never "
-            "move or delete the lock file: a free one is never in the way); it stops within "
-            "lock_check_seconds, then retry" in str(refused.value)
-        )
-        seen = probe(root)
-        assert seen.held
-        assert seen.holder is not None
-        assert seen.holder["pid"] == server.pid
-    finally:
-        assert server.stop() in (0, 70)  # 70: its own look found the file moved, and it stopped
-    assert run_app("data", "check", "--repair", env=app_env(root)).returncode == 0
+    # Held: a repair while the server is live is refused, naming it.
+    repair = run_app("data", "check", "--repair", env=app_env(root))
+    assert repair.returncode == 75, repair.stdout + repair.stderr
+    assert f"is held by pid {pid}, kind server, profile testing" in repair.stderr
+    assert f"stop it (kill {pid}) or wait for it to finish" in repair.stderr
+    lock.rename(moved)
+    # As `app data check --repair` takes it outside a test run (a root of the run's own
+    # sandbox skips the look through /proc: only the run's processes hold it).
+    newcomer = RootLock(root, kind="maintenance", profile="testing")
+    with pytest.raises(DataRootInUseError) as refused:
+        newcomer.acquire("repair the data root", timeout=0)
+    assert not newcomer.held
+    assert f"is held by pid {pid}, kind server" in str(refused.value)
+    assert (
+        f"through its lock file {lock}, which was moved to {moved} while it held it (never "
+        "move or delete the lock file: a free one is never in the way); it stops within "
+        "lock_check_seconds, then retry" in str(refused.value)
+    )
+    seen = probe(root)
+    assert seen.held
+    assert seen.holder is not None
+    assert seen.holder["pid"] == pid
 
 
 def test_a_lock_file_moved_out_of_its_root_alone_is_found_and_a_root_moved_whole_is_not(
