@@ -378,9 +378,17 @@ def test_a_restamp_whose_audit_line_would_not_fit_is_refused_before_it_changes_t
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
         store.create_session("stamped")
     audit = root / "audit.jsonl"
+    env = {**app_env(root, profile="development"), "PYTHONDONTWRITEBYTECODE": "1"}
+    # Same class: the log a directory. It said "nothing was changed" of a root re-stamped.
+    audit.unlink(missing_ok=True)
+    audit.mkdir()
+    refused = run_app("--profile", "development", "data", "restamp", "--from", "testing", env=env)
+    assert refused.returncode == 74, refused.stdout + refused.stderr
+    assert "audit.jsonl is a directory" in refused.stderr
+    assert json.loads((root / ".app-profile.json").read_text())["profile"] == "testing"
+    audit.rmdir()
     audit.write_text(json.dumps({"operation": "earlier", "padding": "x" * 4096}) + "\n")
     size = audit.stat().st_size
-    env = {**app_env(root, profile="development"), "PYTHONDONTWRITEBYTECODE": "1"}
     restamp = [sys.executable, "-m", "app", "--profile", "development", "data", "restamp"]
     for limit in (size + 600, size + 4096):
         limited = ["prlimit", f"--fsize={limit}", *restamp, "--from", "testing"]
