@@ -573,16 +573,18 @@ def _moved_lock_file(
     deleted = named.endswith(" (deleted)")  # as the kernel names it
     moved = Path(named.removesuffix(" (deleted)"))
     published = (holder or {}).get("root_id")
-    if isinstance(published, str):
+    same_root = published == _dir_id(root) if isinstance(published, str) else None
+    if deleted:
+        # Red team 20's rule (where the file was) stands beside the identity, so that no
+        # filesystem whose directory identities move can make a deleted lock file unseen.
+        at_path = moved.name == path.name and _same_dir(moved.parent, root)
+        return (holder, {}) if same_root or at_path else None
+    if same_root is not None:
         # The directory its holder opened, wherever the file went (into another root too),
         # and never a root that moved away whole: a new one at its path is another.
-        if published != _dir_id(root):
-            return None
-        return holder, {} if deleted else {"lock_file_moved_to": named}
+        return (holder, {"lock_file_moved_to": named}) if same_root else None
     # A holder that published no root_id (an earlier build, or one without its JSON):
     # told apart by where the file is.
-    if deleted:
-        return (holder, {}) if moved.name == path.name and _same_dir(moved.parent, root) else None
     if not _same_dir(moved.parent, root) and (
         # Moved out of the root: ours only if it names this root, and the root did not
         # move with it (then it is another root, its stamp beside it).
