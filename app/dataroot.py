@@ -499,6 +499,8 @@ def _audit_line_lost(path: Path, record: Mapping[str, Any], error: OSError) -> N
     )
 
 
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 # Room kept for the line of a change under the file size limit: a line naming one target
 # (a 255-byte name, its trash entry, the command line) is under 1 KiB, and each session or
 # trash entry a purge or an empty-trash lists adds under 100 bytes. A line that still does
@@ -534,12 +536,19 @@ class Prepared:
     """
 
     def __init__(
-        self, root: DataRoot, dirs: tuple[Path, ...], *, audit: bool, items: int = 0
+        self,
+        root: DataRoot,
+        dirs: tuple[Path, ...],
+        *,
+        audit: bool,
+        items: int = 0,
+        frees_space: bool = False,
     ) -> None:
         self._root = root
         self._dirs: dict[Path, int] = {}
         self._audit: int | None = None
         self._audit_new = False
+        self._audit_later = False
         try:
             for path in dirs:
                 self.open(path)
@@ -549,8 +558,18 @@ class Prepared:
                 self._audit_new = not log.exists()
                 if self._audit_new:
                     self.open(root.path)  # its new entry is synced after the line
-                self._audit = _open_for_append(log)
-                _refuse_audit_at_limit(self._audit, log, items)
+                try:
+                    self._audit = _open_for_append(log)
+                except OSError as error:
+                    # A change that frees space (empty-trash) is the way out of a full disk,
+                    # which a log to create, or to copy first (a hard link to it, as a backup
+                    # snapshot makes), refused it: storage_full, "empty the trash" (red team
+                    # 46). Its line is written once its bytes are gone.
+                    if not (frees_space and error.errno in _FULL_ERRNOS):
+                        raise
+                    self._audit_later = True
+                else:
+                    _refuse_audit_at_limit(self._audit, log, items)
         except BaseException:
             self.close()
             raise
@@ -574,8 +593,11 @@ class Prepared:
 
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         """Append the change's line through the log opened before it (see DataRoot.audit)."""
-        assert self._audit is not None, "prepared without the audit log"
         root = self._root
+        if self._audit_later:  # opened now that the change freed space (see __init__)
+            root.audit(operation, target, **details)
+            return
+        assert self._audit is not None, "prepared without the audit log"
         record = _audit_record(root.config.profile, root.kind, operation, target, details)
         try:
             _write_audit_line(self._audit, record)
@@ -1727,7 +1749,9 @@ class DataRoot:
         record = _audit_record(self.config.profile, self.kind, operation, target, details)
         _append_audit(self.path, record)
 
-    def prepare(self, *dirs: Path, audit: bool = False, items: int = 0) -> Prepared:
+    def prepare(
+        self, *dirs: Path, audit: bool = False, items: int = 0, frees_space: bool = False
+    ) -> Prepared:
         """Open, before a change's commit point, what the change needs after it.
 
         Args:
@@ -1735,8 +1759,10 @@ class DataRoot:
             audit: open ``audit.jsonl`` too, for :meth:`Prepared.audit`.
             items: how many sessions or trash entries its audit line will list (a purge,
                 an empty-trash), for the room it needs under the file size limit.
+            frees_space: the change frees space (empty-trash): a full disk that refuses to
+                open the log defers it until after the change, rather than refusing.
         """
-        return Prepared(self, dirs, audit=audit, items=items)
+        return Prepared(self, dirs, audit=audit, items=items, frees_space=frees_space)
 
     def _check_dest(self, dest: Path) -> Path:
         # Only the directory is resolved: the last component is replaced by the rename, so a

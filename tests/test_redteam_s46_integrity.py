@@ -27,6 +27,13 @@ Real files, real commands and a real server on 127.0.0.1. What broke:
   answered 201. ``Digest`` is checked; the others are refused.
 - The root reached through a bind mount: a holder whose lock file was deleted or moved was not
   found there, and ``app data check --repair`` took the root beside it.
+- ``.server.lock`` made immutable: refused, rightly, but told to ``chmod 600`` a file of mode
+  0600; it now names the attribute.
+- ``app data empty-trash`` on a full disk whose audit log a snapshot had hard-linked was
+  refused as a full disk (the log's private copy had no room): the way out was shut.
+- ``app sessions restore`` of a session whose place holds a link, a file or a directory with
+  no ``session.json``: a "filesystem fault, may be made in part", or "exists again, delete it
+  first" of what a delete refuses. Each is now named, with what to do.
 """
 
 from __future__ import annotations
@@ -589,3 +596,61 @@ def test_a_restore_over_what_is_no_session_names_it_rather_than_a_delete_that_is
     place.rename(place.with_name("aside"))
     app_store.restore(sid)
     assert app_store.get_session(sid)["title"] == "deleted"
+
+
+_FULL_WITH_A_LINKED_LOG = r"""
+import errno, json, os, subprocess, sys
+from app.config import load
+from app.storage import open_storage
+
+disk, root = sys.argv[1], os.environ["APP_DATA_ROOT"]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=200", "none", disk], check=True)
+with open_storage(load(), writer=True, kind="tests", wanted="fill it") as store:
+    sid = store.create_session("full")["id"]
+    for name in ("a", "b", "c"):
+        store.put_file(sid, name, b"x" * 50000)
+        store.delete_file(sid, name)
+log = os.path.join(root, "audit.jsonl")
+with open(log, "a") as out:  # a long-lived log, which a snapshot linked (`cp -al`)
+    out.write(json.dumps({"operation": "earlier", "padding": "x" * 20000}) + "\n")
+os.link(log, os.path.join(disk, "snapshot-audit.jsonl"))
+kept = open(log, "rb").read()
+fd = os.open(os.path.join(disk, "filler"), os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"\0" * 4096)
+except OSError as error:
+    assert error.errno == errno.ENOSPC
+emptied = subprocess.run(
+    [sys.executable, "-m", "app", "data", "empty-trash"], capture_output=True, text=True
+)
+print(json.dumps({
+    "code": emptied.returncode,
+    "out": emptied.stdout + emptied.stderr,
+    "snapshot": open(os.path.join(disk, "snapshot-audit.jsonl"), "rb").read() == kept,
+    "last": json.loads(open(log).read().splitlines()[-1])["operation"],
+}))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="a small tmpfs takes root"
+)
+def test_emptying_the_trash_frees_a_full_disk_whose_audit_log_a_snapshot_linked(
+    tmp_path: Path,
+) -> None:
+    # The way out a full disk's refusal names, `app data empty-trash`, was refused as a full
+    # disk itself (storage_full, "empty the trash"): the audit log, hard-linked by a backup
+    # snapshot, is first given an inode of its own (red team 31), a copy with no room.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = app_env(disk / "root", PYTHONDONTWRITEBYTECODE="1")
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    child = [*unshare, sys.executable, "-c", _FULL_WITH_A_LINKED_LOG, str(disk)]
+    done = subprocess.run(child, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = json.loads(done.stdout.splitlines()[-1])
+    assert said["code"] == 0, said["out"]
+    assert "removed 3 trash entries" in said["out"]
+    assert said["snapshot"], "the snapshot's log was written through"
+    assert said["last"] == "empty-trash"
