@@ -189,7 +189,12 @@ def _rfc3230_sha256(value: str) -> bytes:
                 f"Digest: {value} is not a list of <algorithm>=<value> (RFC 3230); nothing was "
                 "stored. Send Repr-Digest: sha-256=:<base64 of the SHA-256>:, which replaces it"
             )
-        members.setdefault(algorithm.lower(), digest)
+        if members.setdefault(algorithm.lower(), digest) != digest:
+            # The first checked and the other ignored: a proxy may have read the other.
+            raise BadRequestError(
+                f"Digest: {value} names {algorithm} twice, with two values; nothing was "
+                "stored. Send each algorithm once"
+            )
     named = members.get(ALGORITHM)
     if named is None:
         raise DigestUnsupportedError("Digest", ", ".join(members), ALGORITHM)

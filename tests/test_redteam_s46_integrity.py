@@ -489,6 +489,10 @@ def _the_integrity_fields_before_rfc_9530_are_checked_or_refused(
             "the file's bytes. Nothing was stored. Send the file's bytes themselves in "
             "the part, without Content-Transfer-Encoding"
         )
+    twice = {"Digest": f"SHA-256={sha256},sha-256={base64.b64encode(bytes(32)).decode()}"}
+    answer = http.put(url, content=sent, headers=twice)
+    assert answer.status_code == 400, answer.text
+    assert "names sha-256 twice, with two values" in answer.json()["message"]
     assert http.get(f"/sessions/{sid}/files").json()["items"] == []
     assert list((root / ".tmp").iterdir()) == []
     # The field RFC 9530 replaces still works for a body that arrived whole.
