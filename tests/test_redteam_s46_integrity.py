@@ -90,6 +90,12 @@ def _made(config: Config, files: dict[str, bytes], *, deleted: str) -> str:
     return sid
 
 
+def _audited_changes(sid: str) -> tuple[tuple[str, str], ...]:
+    """The requests that change what the audit log records, on session ``sid``'s a.txt."""
+    url = f"/sessions/{sid}/files/a.txt"
+    return (("PUT", url), ("DELETE", url), ("DELETE", f"/sessions/{sid}"), ("POST", "/trash/empty"))
+
+
 def _contents(root: Path) -> dict[str, str]:
     """`snapshot` without the lock file, which a server's details fill while it runs."""
     return {k: v for k, v in snapshot(root).items() if k != ".server.lock"}
@@ -200,12 +206,7 @@ def _an_audit_log_it_may_not_open_is_refused_naming_its_mode(
     url = f"/sessions/{sid}/files/a.txt"
     audit.chmod(0)
     before = _contents(root)
-    for method, path in (
-        ("PUT", url),
-        ("DELETE", url),
-        ("DELETE", f"/sessions/{sid}"),
-        ("POST", "/trash/empty"),
-    ):
+    for method, path in _audited_changes(sid):
         answer = http.request(method, path, content=b"version 2" if method == "PUT" else None)
         assert answer.status_code == 503, (method, path, answer.text)
         message = answer.json()["message"]
@@ -299,12 +300,7 @@ def test_a_change_whose_audit_line_would_not_fit_under_the_file_size_limit_is_re
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:
         before = _contents(root)
-        for method, path in (
-            ("DELETE", url),
-            ("PUT", url),
-            ("DELETE", f"/sessions/{sid}"),
-            ("POST", "/trash/empty"),
-        ):
+        for method, path in _audited_changes(sid):
             answer = app_client.request(method, path, content=b"a2" if method == "PUT" else None)
             # Broke: 200, the change made, its line lost.
             assert answer.status_code == 507, (method, answer.text)
