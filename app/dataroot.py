@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import stat
 import sys
@@ -48,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from app import __version__
 from app.errors import (
+    AuditLogAtLimit,
     DataRootChangedError,
     DataRootStateError,
     DataRootTooNewError,
@@ -497,6 +499,30 @@ def _audit_line_lost(path: Path, record: Mapping[str, Any], error: OSError) -> N
     )
 
 
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+# Room kept for the line of a change under the file size limit: a line naming one target
+# (a 255-byte name, its trash entry, the command line) is under 1 KiB, and each session or
+# trash entry a purge or an empty-trash lists adds under 100 bytes. A line that still does
+# not fit goes to the server's log (`_audit_line_lost`).
+_AUDIT_LINE_ROOM: Final = 1024
+_AUDIT_ITEM_ROOM: Final = 100
+
+
+def _refuse_audit_at_limit(fd: int, path: Path, items: int = 0) -> None:
+    """Refuse a change before it is made if its audit line (listing ``items`` sessions or
+    entries) may not fit under the process's file size limit (``RLIMIT_FSIZE``): found after
+    it, every delete and ``empty-trash`` was made with its line only in the server's log, for
+    as long as the log stayed at the limit (red team 46)."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return
+    size = os.fstat(fd).st_size
+    room = _AUDIT_LINE_ROOM + items * _AUDIT_ITEM_ROOM + len(json.dumps(sys.argv))
+    if size + room > limit:
+        raise AuditLogAtLimit(path, size, limit)
+
+
 class Prepared:
     """What a change needs after its commit point, opened before it: directories, the audit log.
 
@@ -509,11 +535,20 @@ class Prepared:
     :meth:`DataRoot.prepare`; close it (``with``) when the change is recorded.
     """
 
-    def __init__(self, root: DataRoot, dirs: tuple[Path, ...], *, audit: bool) -> None:
+    def __init__(
+        self,
+        root: DataRoot,
+        dirs: tuple[Path, ...],
+        *,
+        audit: bool,
+        items: int = 0,
+        frees_space: bool = False,
+    ) -> None:
         self._root = root
         self._dirs: dict[Path, int] = {}
         self._audit: int | None = None
         self._audit_new = False
+        self._audit_later = False
         try:
             for path in dirs:
                 self.open(path)
@@ -523,7 +558,18 @@ class Prepared:
                 self._audit_new = not log.exists()
                 if self._audit_new:
                     self.open(root.path)  # its new entry is synced after the line
-                self._audit = _open_for_append(log)
+                try:
+                    self._audit = _open_for_append(log)
+                except OSError as error:
+                    # A change that frees space (empty-trash) is the way out of a full disk,
+                    # which a log to create, or to copy first (a hard link to it, as a backup
+                    # snapshot makes), refused it: storage_full, "empty the trash" (red team
+                    # 46). Its line is written once its bytes are gone.
+                    if not (frees_space and error.errno in _FULL_ERRNOS):
+                        raise
+                    self._audit_later = True
+                else:
+                    _refuse_audit_at_limit(self._audit, log, items)
         except BaseException:
             self.close()
             raise
@@ -547,8 +593,11 @@ class Prepared:
 
     def audit(self, operation: str, target: str | Path, **details: Any) -> None:
         """Append the change's line through the log opened before it (see DataRoot.audit)."""
-        assert self._audit is not None, "prepared without the audit log"
         root = self._root
+        if self._audit_later:  # opened now that the change freed space (see __init__)
+            root.audit(operation, target, **details)
+            return
+        assert self._audit is not None, "prepared without the audit log"
         record = _audit_record(root.config.profile, root.kind, operation, target, details)
         try:
             _write_audit_line(self._audit, record)
@@ -695,6 +744,35 @@ def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any
     return stamp
 
 
+def _write_stamp_audited(
+    root: Path, profile: str, record: Mapping[str, Any], *, durable: bool = True, **extra: Any
+) -> dict[str, Any]:
+    """:func:`_write_stamp`, then its audit line, the log opened (and its room under the
+    file size limit checked) before the stamp is written.
+
+    A line that failed after the stamp (the file size limit, a full disk) was raised as the
+    command's failure: `app data restamp` said "nothing was changed" (exit 74) of a root it
+    had re-stamped, with no line in the log (red team 46). It is now refused before, where
+    the limit leaves no room; a line that fails after goes to the log, as a change's does.
+    """
+    _layout_dir(root, TMP_DIR)  # where a hard-linked log's private copy is made
+    path = root / AUDIT_FILE
+    existed = path.exists()
+    fd = _open_for_append(path)
+    try:
+        _refuse_audit_at_limit(fd, path)
+        stamp = _write_stamp(root, profile, durable=durable, **extra)
+        try:
+            _write_audit_line(fd, record)
+            if not existed:
+                fsync_dir(root)
+        except OSError as error:
+            _audit_line_lost(path, record, error)
+        return stamp
+    finally:
+        os.close(fd)
+
+
 def _is_empty_dir(path: str) -> bool:
     with os.scandir(path) as entries:
         return next(entries, None) is None
@@ -773,14 +851,11 @@ def _check_stamp(
     made_in = {}
     if sandbox is not None and root.is_relative_to(sandbox):
         made_in["sandbox"] = str(sandbox)
-    stamp = _write_stamp(root, config.profile, durable=durable, **made_in)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.
-        _append_audit(
-            root,
-            _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True}),
-        )
-    return stamp
+        record = _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True})
+        return _write_stamp_audited(root, config.profile, record, durable=durable, **made_in)
+    return _write_stamp(root, config.profile, durable=durable, **made_in)
 
 
 # --- opening -----------------------------------------------------------------------------
@@ -1320,17 +1395,14 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             )
         # Where the root was made (a test run's sandbox) does not change with its profile.
         made_in = {"sandbox": stamp["sandbox"]} if "sandbox" in stamp else {}
-        new = _write_stamp(root, config.profile, restamped_from=stamped, **made_in)
-        _append_audit(
-            root,
-            _audit_record(
-                config.profile,
-                "maintenance",
-                "restamp",
-                root / STAMP_FILE,
-                {"from": stamped, "to": config.profile},
-            ),
+        record = _audit_record(
+            config.profile,
+            "maintenance",
+            "restamp",
+            root / STAMP_FILE,
+            {"from": stamped, "to": config.profile},
         )
+        new = _write_stamp_audited(root, config.profile, record, restamped_from=stamped, **made_in)
         return {**new, "changed": True}
 
 
@@ -1677,14 +1749,20 @@ class DataRoot:
         record = _audit_record(self.config.profile, self.kind, operation, target, details)
         _append_audit(self.path, record)
 
-    def prepare(self, *dirs: Path, audit: bool = False) -> Prepared:
+    def prepare(
+        self, *dirs: Path, audit: bool = False, items: int = 0, frees_space: bool = False
+    ) -> Prepared:
         """Open, before a change's commit point, what the change needs after it.
 
         Args:
             dirs: the directories the change will fsync.
             audit: open ``audit.jsonl`` too, for :meth:`Prepared.audit`.
+            items: how many sessions or trash entries its audit line will list (a purge,
+                an empty-trash), for the room it needs under the file size limit.
+            frees_space: the change frees space (empty-trash): a full disk that refuses to
+                open the log defers it until after the change, rather than refusing.
         """
-        return Prepared(self, dirs, audit=audit)
+        return Prepared(self, dirs, audit=audit, items=items, frees_space=frees_space)
 
     def _check_dest(self, dest: Path) -> Path:
         # Only the directory is resolved: the last component is replaced by the rename, so a

@@ -24,6 +24,11 @@ from app.errors import BadRequestError, DigestMismatchError, DigestUnsupportedEr
 #: (415), so a body is always identity-coded and its ``Content-Digest`` covers the same
 #: bytes as its ``Repr-Digest`` (RFC 9530, 2 and 3): both are checked the same way.
 FIELDS: Final = ("Repr-Digest", "Content-Digest")
+#: Integrity fields of the specifications before RFC 9530, which clients still send: RFC
+#: 3230's ``Digest`` (its ``SHA-256`` is the hash this server computes: checked) and RFC
+#: 1864's ``Content-MD5`` (S3 checks it; this server computes no MD5: refused). Ignored, a
+#: body changed on the way was stored and acknowledged under them (red team 46).
+LEGACY_FIELDS: Final = ("Digest", "Content-MD5")
 #: The one algorithm the server computes (the file's ETag and ``sha256`` are made of it).
 #: A refusal says so in ``Want-Repr-Digest`` (the errors' ``want_digest``).
 ALGORITHM: Final = "sha-256"
@@ -96,6 +101,10 @@ class Digests:
                     f"{ALGORITHM}=:<base64 of the 32-byte SHA-256>:"
                 )
             wanted.append((name, sha256))
+        if headers.get("content-md5") is not None:
+            raise DigestUnsupportedError("Content-MD5", "md5", ALGORITHM)
+        if (value := headers.get("digest")) is not None:
+            wanted.append(("Digest", _rfc3230_sha256(value)))
         if not wanted and trailer is None:
             return None
         return cls(method, what, tuple(wanted), trailer)
@@ -132,7 +141,7 @@ class Digests:
         found: dict[str, str] = {}
         for raw_name, raw_value in fields:
             name = raw_name.decode("latin-1").lower()
-            shown = next((f for f in FIELDS if f.lower() == name), None)
+            shown = next((f for f in (*FIELDS, *LEGACY_FIELDS) if f.lower() == name), None)
             if shown is None:
                 continue
             if name in found:
@@ -161,3 +170,41 @@ def _dictionary(name: str, value: str) -> dict[str, object]:
     assert isinstance(parsed, dict)
     # Each member is (value, parameters); RFC 9530 defines no parameters, so none are read.
     return {key: item[0] if isinstance(item, tuple) else item for key, item in parsed.items()}
+
+
+def _rfc3230_sha256(value: str) -> bytes:
+    """The SHA-256 an RFC 3230 ``Digest`` field names (``SHA-256=<base64>``, one member of a
+    comma-separated list; the algorithm's case does not matter, RFC 5843 names it).
+
+    Raises:
+        BadRequestError: a member that is not ``<algorithm>=<value>``, or a SHA-256 that is
+            not 32 bytes of base64.
+        DigestUnsupportedError: no ``SHA-256`` member.
+    """
+    members: dict[str, str] = {}
+    for member in value.split(","):
+        algorithm, equals, digest = member.strip().partition("=")
+        if not (algorithm and equals and digest):
+            raise BadRequestError(
+                f"Digest: {value} is not a list of <algorithm>=<value> (RFC 3230); nothing was "
+                "stored. Send Repr-Digest: sha-256=:<base64 of the SHA-256>:, which replaces it"
+            )
+        if members.setdefault(algorithm.lower(), digest) != digest:
+            # The first checked and the other ignored: a proxy may have read the other.
+            raise BadRequestError(
+                f"Digest: {value} names {algorithm} twice, with two values; nothing was "
+                "stored. Send each algorithm once"
+            )
+    named = members.get(ALGORITHM)
+    if named is None:
+        raise DigestUnsupportedError("Digest", ", ".join(members), ALGORITHM)
+    try:
+        sha256 = base64.b64decode(named, validate=True)
+    except ValueError:
+        sha256 = b""
+    if len(sha256) != 32:
+        raise BadRequestError(
+            f"Digest: SHA-256={named} is not the base64 of a 32-byte SHA-256; nothing was "
+            "stored. Send Repr-Digest: sha-256=:<base64 of the SHA-256>:, which replaces it"
+        )
+    return sha256

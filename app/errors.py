@@ -655,6 +655,16 @@ class LockFileUnreadableError(AppError):
     @property
     def why(self) -> str:
         """Why it cannot be opened, with the remedy: for a holder's description too."""
+        if int(self.mode, 8) & 0o600 == 0o600 and self.uid in (self.owner, 0):
+            # Mode and owner let it in: `chattr +i` (a hardening script, a backup tool's
+            # freeze) was told to `chmod 600` a file of mode 0600 (red team 46).
+            return (
+                f"permission denied, though its mode {self.mode} and owner uid {self.owner} "
+                f"let this process (uid {self.uid}) in: a file attribute refuses it (`lsattr "
+                f"{shell_word(str(self.path))}` shows `i`, immutable, or `a`, append-only; "
+                f"`chattr -i -a {shell_word(str(self.path))}` gives it back), or a security "
+                "module (SELinux, AppArmor: the kernel's audit log names it); never delete it"
+            )
         return (
             f"permission denied: its mode is {self.mode}, its owner uid {self.owner}, and "
             f"this process runs as uid {self.uid}; `chmod 600 {self.path}`, and `chown` it "
@@ -1320,6 +1330,32 @@ class DamagedFileError(StoreError):
     sent: str = "nothing of it was sent"
 
 
+class FileRecordUnreadableError(StoreError):
+    """A file's name whose record the app cannot read (torn, edited, replaced by a
+    directory, a FIFO or a link from outside the app), while the bytes it acknowledged may
+    still be in the session (red team 46). A change took it for "no file": a ``PUT``, a
+    multipart ``POST`` or a restore wrote a new record over it (201 "Created") and left the
+    acknowledged bytes named by nothing, which the next repair moved to the trash as an
+    upload "never acknowledged"; a read and a delete said "no file". Every read and change of
+    that name now refuses it, and nothing is changed until a human has looked."""
+
+    code = "file_record_unreadable"
+    http_status = 500
+    # No path: the message reaches HTTP clients; `app data check` names the paths.
+    template = (
+        "cannot {action} file {name!r} of session {session_id}: its record is there but the "
+        "app cannot read it (it was damaged or replaced outside the app), and the bytes it "
+        "acknowledged may still be in the session, so nothing was changed. `app data check` "
+        "reports the record (unknown-entry) and the bytes beside it (file-without-record): "
+        "put the record back from a backup, or move it out of records/ with no server on the "
+        "root, and the next `app data check --repair` keeps those bytes in the trash"
+    )
+
+    session_id: str
+    name: str
+    action: str = "change"
+
+
 class FileNotFoundInSessionError(StoreError):
     """The session has no file of that name."""
 
@@ -1551,6 +1587,23 @@ class DigestUnsupportedError(StoreError):
         "ignored), or no {header}"
     )
 
+    @property
+    def message(self) -> str:
+        if self.header not in ("Content-MD5", "Digest"):
+            return self.template.format_map(vars(self))
+        # The fields before RFC 9530 (red team 46): Content-MD5 can never name a SHA-256.
+        send = (
+            "Repr-Digest: sha-256=:<base64 of the SHA-256>: in its place"
+            if self.header == "Content-MD5"
+            else "Repr-Digest: sha-256=:<base64 of the SHA-256>: (RFC 9530, which replaces "
+            "Digest), or Digest: SHA-256=<base64 of the SHA-256>"
+        )
+        return (
+            f"{self.header} names {self.algorithms}, and the server checks {self.supported} "
+            "only; it refuses rather than store bytes it cannot check, and nothing was "
+            f"stored. Send {send}, or no {self.header}"
+        )
+
 
 class PreconditionFailedError(StoreError):
     """A write's ``If-Match`` named a version of the file that is not its current one."""
@@ -1770,9 +1823,10 @@ class PermissionDeniedStorageError(StorageError):
     template = (
         "cannot {doing}: the data root's filesystem refused it (permission denied: a file or "
         "directory in the data root is immutable or append-only, read-only or owned by another "
-        "user); nothing was changed. An operator finds it (`lsattr -R` and `ls -lR` on the "
-        "data root: an `i` or an `a`) and undoes it (`chattr -i -a`, `chown` to the user the "
-        "app runs as), then retries"
+        "user, or its mode keeps its owner out, as `chmod 000` does); nothing was changed. An "
+        "operator finds it (`lsattr -R` and `ls -lR` on the data root: an `i` or an `a`, a "
+        "mode without `rw` for its owner) and undoes it (`chattr -i -a`, `chown` to the user "
+        "the app runs as, `chmod u+rwX`), then retries"
     )
 
     doing: str
@@ -1836,6 +1890,67 @@ class SpecialFileFound(OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SpecialFileFound, (self.path, self.kind))
+
+
+class AuditLogAtLimit(OSError):
+    """``audit.jsonl`` has no room under the process's file size limit (``RLIMIT_FSIZE``)
+    for the line of a change about to be made: the change is refused before it is made.
+
+    The base of `AuditLogFullError`'s mapping in :func:`storage_error`. Found after the
+    change, the line was only logged (red team 19): with the log at the limit, every delete
+    and every ``empty-trash`` went on, answered 200, with no line in ``audit.jsonl``
+    (red team 46).
+
+    Attributes:
+        path: the audit log's path.
+        size: its size in bytes.
+        limit: the process's file size limit in bytes.
+    """
+
+    def __init__(self, path: Path | str, size: int, limit: int) -> None:
+        super().__init__(
+            errno.EFBIG,
+            f"no room for an audit line under the file size limit ({limit} bytes)",
+            str(path),
+        )
+        self.path = Path(path)
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AuditLogAtLimit, (self.path, self.size, self.limit))
+
+
+class AuditLogFullError(StorageError):
+    """A change the audit log records (a delete, a replace, a restore, an ``empty-trash``, a
+    purge, a re-stamp), refused before it is made: its line in ``audit.jsonl`` might not fit
+    under the process's file size limit (systemd's ``LimitFSIZE=``). It was made and
+    answered, its line only in the server's log (red team 46)."""
+
+    code = "audit_log_full"
+    http_status = 507
+    # No path: the message reaches HTTP clients; audit.jsonl is the app's layout.
+
+    doing: str
+    size: int
+    limit: int
+
+    @property
+    def message(self) -> str:
+        remedy = (
+            "rotates the log (`mv audit.jsonl audit.jsonl.1` in the data root: the app "
+            "starts a new one, and `app data check` reads the rotated copy) or raises that "
+            "limit"
+            if self.size >= self.limit // 2
+            else "raises that limit"
+        )
+        return (
+            f"cannot {self.doing}: the line that records it in the data root's audit log "
+            f"(audit.jsonl, {self.size} bytes) might not fit under this process's file size "
+            f"limit ({self.limit} bytes: systemd's LimitFSIZE=, `ulimit -f`), and a change "
+            f"the log records is never made without its line; nothing was changed. An "
+            f"operator {remedy}, then retries"
+        )
 
 
 class StorageIOError(StorageError):
@@ -2089,7 +2204,8 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
     Returns:
         A `StorageSyncFailedError` for any `FsyncFailed`; else a `StorageFullError`, a
         `ReadOnlyStorageError`, a `TooManyOpenFilesError`, a `FileTooLargeForServerError`,
-        a `NotRegularFileStorageError` (for a `SpecialFileFound`), a
+        a `NotRegularFileStorageError` (for a `SpecialFileFound`), an `AuditLogFullError`
+        (for an `AuditLogAtLimit`), a
         `PermissionDeniedStorageError`, a `CrossDeviceStorageError`, a `StorageIOError` or a
         `StorageInterruptedError`; for any other errno a `StorageFailedError` naming it;
         ``None`` for an ``OSError`` raised without an errno, or any other exception.
@@ -2105,8 +2221,12 @@ def storage_error(error: BaseException, doing: str) -> StorageError | None:
             else f"an fsync on the data root's filesystem failed ({reason})"
         )
         return StorageSyncFailedError(doing, cause)
-    if isinstance(error, SpecialFileFound):
-        return NotRegularFileStorageError(doing, error.path.name, error.kind)
+    if isinstance(error, SpecialFileFound | AuditLogAtLimit):  # before their errnos'
+        return (
+            NotRegularFileStorageError(doing, error.path.name, error.kind)
+            if isinstance(error, SpecialFileFound)
+            else AuditLogFullError(doing, error.size, error.limit)
+        )
     for errnos, kind in _STORAGE_ERRORS:
         if error.errno in errnos:
             return kind(doing)

@@ -133,7 +133,8 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
 
     Returns:
         A JSON-ready mapping with ``pid``, ``host``, ``boot_id``, ``profile``, ``kind``,
-        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port`` and ``root``.
+        ``started_at`` (ISO 8601, UTC), ``argv``, ``version``, ``port``, ``root`` and
+        ``root_id`` (the root directory's device and inode).
     """
     if kind not in KINDS:
         msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -149,7 +150,18 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
         "version": __version__,
         "port": port if kind == "server" else None,
         "root": str(root),
+        "root_id": _dir_id(root),
     }
+
+
+def _dir_id(path: Path) -> str | None:
+    """A directory's identity (``<device>:<inode>``), which no move or second path changes:
+    the holder of a lock file moved away is told apart by it (red team 46)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return f"{found.st_dev}:{found.st_ino}"
 
 
 def describe_holder(holder: Mapping[str, Any] | None) -> str:
@@ -414,18 +426,28 @@ def _keepers(path: Path, key: str) -> list[int]:
     """The processes with a descriptor of the open file description that holds the flock on
     the lock file at `path` (or at it once, deleted since): read from every process's open
     files, so only where the process the kernel lists for the lock does not hold it."""
-    named = str(path.parent.resolve() / path.name)
-    names = {named, f"{named} (deleted)"}
+    inode = int(key.rpartition(":")[2])
     found = []
     with contextlib.suppress(OSError), os.scandir(_PROC_LOCKS.parent) as processes:
         for process in processes:
             if not process.name.isdigit():
                 continue
             with contextlib.suppress(OSError), os.scandir(f"{process.path}/fd") as descriptors:
-                opened = any(str(Path(d.path).readlink()) in names for d in descriptors)
+                opened = any(_names_lock(Path(d.path), path.name, inode) for d in descriptors)
                 if opened and _lock_line(process.name, key):
                     found.append(int(process.name))
     return found
+
+
+def _names_lock(descriptor: Path, name: str, inode: int) -> bool:
+    """Whether a descriptor opens a file called `name` (deleted or not) whose inode is
+    `inode`: by the file itself, since the root may be reached at another path than the
+    descriptor names (a bind mount, red team 46). Only a file of that name is looked at."""
+    try:
+        named = str(descriptor.readlink()).removesuffix(" (deleted)")
+        return Path(named).name == name and descriptor.stat().st_ino == inode
+    except OSError:
+        return False
 
 
 def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -456,28 +478,69 @@ def _kept_by(fd: int, path: Path, holder: dict[str, Any] | None) -> dict[str, An
     return kept
 
 
+_STAMP_NAME: Final = ".app-profile.json"  # app.dataroot.STAMP_FILE (this module is below it)
+
+
 def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
     """The live process that still holds the flock of a lock file once at ``path``, deleted
-    (or replaced) since, as its published JSON; None if there is none.
+    or moved (or replaced) since, as its published JSON; None if there is none.
 
-    The holder keeps its flock on the deleted inode, and a newcomer would lock a new file at
+    The holder keeps its flock on the old inode, and a newcomer would lock a new file at
     the path: the kernel no longer keeps them apart. Found through Linux's ``/proc``: the
     exclusive flocks on the root's device (``/proc/locks``), then those processes'
-    descriptors that name ``<path> (deleted)``. Another user's process is not visible (its
-    descriptors are not ours to read); neither is anything on a system without ``/proc``.
+    descriptors of a locked inode that name ``<path> (deleted)``, another name in the root
+    (``mv .server.lock .server.lock.old``: red team 46, where `app data check --repair` took
+    the root beside its live server), or a file moved out of the root alone whose JSON names
+    this root (a whole root moved away is another root: its stamp went with it). The holder
+    gets ``lock_file_moved_to`` where the file is now. Another user's process is not visible
+    (its descriptors are not ours to read); neither is anything on a system without ``/proc``.
     """
     try:
         # The root first: no root, no holder in it, and the first read of /proc/locks in a
         # process costs 12 to 18 ms here (every pytest start probes each profile's root,
         # and a production root is seldom on a developer's machine).
         device = path.parent.stat().st_dev
-        lines = _PROC_LOCKS.read_text().splitlines()
+        locked = _flocks_on(device)
     except OSError:
         return None
+    try:
+        current: int | None = path.lstat().st_ino  # the file at the path is not moved
+    except OSError:
+        current = None
+    for pid, inodes in locked.items():
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    if _fd_inode(pid, descriptor.name) not in (None, *inodes):
+                        continue  # not a locked file: never stat'ed (it may hang, on NFS)
+                    opened = Path(descriptor.path)
+                    found = opened.stat()  # the open file itself, not a name
+                    if (
+                        found.st_dev == device
+                        and found.st_ino in inodes
+                        and found.st_ino != current
+                        and stat.S_ISREG(found.st_mode)
+                        and (seen := _moved_lock_file(opened, path)) is not None
+                    ):
+                        return {**(_seen_here(seen[0], pid) or {"pid": pid}), **seen[1]}
+    return None
+
+
+def _fd_inode(pid: int, fd: str) -> int | None:
+    """The inode a process's descriptor opens, from its ``fdinfo`` (procfs: never waits on
+    the file's filesystem); None where the kernel does not say (before Linux 5.x)."""
+    for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("ino:"):
+            return int(line.split()[1])
+    return None
+
+
+def _flocks_on(device: int) -> dict[int, set[int]]:
+    """Each process's exclusive flocks on ``device``, by inode, from ``/proc/locks``."""
     # "1: FLOCK  ADVISORY  WRITE 15858 fe:00:2371224 0 EOF" ("->" marks a waiter)
     on_device = f"{os.major(device):02x}:{os.minor(device):02x}:"
     locked: dict[int, set[int]] = {}
-    for line in lines:
+    for line in _PROC_LOCKS.read_text().splitlines():
         parts = line.split()
         if (
             len(parts) > 5
@@ -486,25 +549,71 @@ def _deleted_lock_holder(path: Path) -> dict[str, Any] | None:
             and parts[5].startswith(on_device)
         ):
             locked.setdefault(int(parts[4]), set()).add(int(parts[5].rpartition(":")[2]))
-    deleted = f"{path.parent.resolve() / path.name} (deleted)"  # as the kernel names it
-    for pid, inodes in locked.items():
-        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
-            for descriptor in descriptors:
-                with contextlib.suppress(OSError):
-                    if str(Path(descriptor.path).readlink()) != deleted:
-                        continue
-                    fd = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                    try:
-                        if os.fstat(fd).st_ino in inodes:
-                            holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
-                            return _seen_here(holder, pid) or {"pid": pid}
-                    finally:
-                        os.close(fd)
-    return None
+    return locked
 
 
-def _through_deleted(path: Path) -> str:
+def _moved_lock_file(
+    opened: Path, path: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
+    """Whether the locked file a descriptor (``/proc/<pid>/fd/<n>``) opens was the lock file
+    at ``path``: its published JSON and where it is now; None if it is another lock.
+
+    Directories are compared by identity, not by path: a root reached through a bind mount
+    (a container's volume, the same directory mounted at two paths) has another path in the
+    holder's descriptor, and a newcomer there took the root beside a holder whose lock file
+    was deleted or moved (red team 46).
+    """
+    root = path.parent.resolve()
+    named = str(opened.readlink())
+    fd = os.open(opened, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        holder = _parse_holder(os.pread(fd, _MAX_HOLDER_BYTES, 0))
+    finally:
+        os.close(fd)
+    deleted = named.endswith(" (deleted)")  # as the kernel names it
+    moved = Path(named.removesuffix(" (deleted)"))
+    published = (holder or {}).get("root_id")
+    same_root = published == _dir_id(root) if isinstance(published, str) else None
+    if deleted:
+        # Red team 20's rule (where the file was) stands beside the identity, so that no
+        # filesystem whose directory identities move can make a deleted lock file unseen.
+        at_path = moved.name == path.name and _same_dir(moved.parent, root)
+        return (holder, {}) if same_root or at_path else None
+    if same_root is not None:
+        # The directory its holder opened, wherever the file went (into another root too),
+        # and never a root that moved away whole: a new one at its path is another.
+        return (holder, {"lock_file_moved_to": named}) if same_root else None
+    # A holder that published no root_id (an earlier build, or one without its JSON):
+    # told apart by where the file is.
+    if not _same_dir(moved.parent, root) and (
+        # Moved out of the root: ours only if it names this root, and the root did not
+        # move with it (then it is another root, its stamp beside it).
+        not _same_dir(Path(str((holder or {}).get("root") or "/nonexistent")), root)
+        or (moved.parent / _STAMP_NAME).exists()
+    ):
+        return None  # another program's lock, or another root's
+    return holder, {"lock_file_moved_to": named}
+
+
+def _same_dir(one: Path, other: Path) -> bool:
+    """Whether two paths name one directory (by path, else by device and inode)."""
+    if one == other:
+        return True
+    try:
+        first, second = one.stat(), other.stat()
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
     # Appended to the holder's description: why a root with a free (or no) lock file is held.
+    if (moved := holder.get("lock_file_moved_to")) is not None:
+        return (
+            f", through its lock file {path}, which was moved to {moved} while it held it "
+            "(never move or delete the lock file: a free one is never in the way); it stops "
+            "within lock_check_seconds, then retry"
+        )
     return (
         f", through its lock file {path}, which was deleted while it held it (never delete "
         "the lock file: a free one is never in the way)"
@@ -796,7 +905,7 @@ class RootLock:
             # A root of the run's own sandbox is held only by the run's processes; looking
             # through /proc there would cost every test's root for nothing.
             if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
-                described = describe_holder(holder) + _through_deleted(self.path)
+                described = describe_holder(holder) + _through_deleted(self.path, holder)
                 raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
             written = _write_in_place(own, holder, durable=self._durable)
@@ -948,10 +1057,20 @@ class RootLock:
                 current = os.lstat(self.path)
             except (FileNotFoundError, NotADirectoryError):
                 # NotADirectoryError: the data root itself was replaced by a file.
-                return "was deleted"
+                return self._moved() or "was deleted"
             if (current.st_dev, current.st_ino) != self._identity:
-                return "was replaced by another file"
+                return self._moved() or "was replaced by another file"
             return None
+
+    def _moved(self) -> str | None:
+        # Said "was deleted" of a file renamed (`mv .server.lock .server.lock.old`): one then
+        # looks for who deleted a file that is still there (red team 46).
+        # A whole root moved is told apart by the caller (`DataRoot.lost_error`).
+        try:
+            now = str(Path(f"/proc/self/fd/{self._fd}").readlink())
+        except OSError:
+            return None
+        return None if now.endswith(" (deleted)") else f"was moved to {now} (never move it)"
 
     def __repr__(self) -> str:
         state = "held" if self.held else "not held"

@@ -531,7 +531,8 @@ def test_the_watcher_reports_a_data_root_replaced_by_a_file(root: Path, tmp_path
         root.rename(tmp_path / "moved-away")
         root.write_text("not a directory")
         watcher._thread.join()  # ends after reporting (or, before, when the check raised)
-    assert reasons == ["was deleted"]
+    # Where the file went (red team 46); `DataRoot.lost_error` says the root itself moved.
+    assert reasons == [f"was moved to {tmp_path / 'moved-away' / LOCK_FILE} (never move it)"]
 
 
 def test_the_watcher_reports_a_check_that_fails_instead_of_dying_quietly(

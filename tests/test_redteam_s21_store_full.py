@@ -485,10 +485,11 @@ def test_a_session_the_server_may_not_read_is_reported_and_can_be_cleared(
         (
             f"error: cannot run `app data check` ({zygote.disk}/app-data/.app-profile.json): the "
             "data root's filesystem refused it (permission denied: a file or directory in the data "
-            "root is immutable or append-only, read-only or owned by another user); nothing was "
-            "changed. An operator finds it (`lsattr -R` and `ls -lR` on the data root: an `i` or "
-            "an `a`) and undoes it (`chattr -i -a`, `chown` to the user the app runs as), then "
-            "retries\n"
+            "root is immutable or append-only, read-only or owned by another user, or its mode "
+            "keeps its owner out, as `chmod 000` does); nothing was changed. An operator finds "
+            "it (`lsattr -R` and `ls -lR` on the data root: an `i` or an `a`, a mode without "
+            "`rw` for its owner) and undoes it (`chattr -i -a`, `chown` to the user the app runs "
+            "as, `chmod u+rwX`), then retries\n"
         ),
     ]
     assert result["listed"] == [ids["keep"]]

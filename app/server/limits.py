@@ -93,7 +93,9 @@ ONCE_ONLY: Final = frozenset(
     {
         b"authorization",
         b"content-digest",
+        b"content-md5",
         b"content-type",
+        b"digest",
         b"if-match",
         b"if-modified-since",
         b"if-none-match",

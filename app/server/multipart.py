@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
@@ -102,7 +102,7 @@ occurs: Final = _memmem() or _find_occurs
 def _parse(step: Callable[..., object], *args: Any) -> object:
     try:
         return step(*args)
-    except (AppError, OSError):
+    except (AppError, OSError, HTTPException):
         raise  # from our callbacks: a bad name, a size over the limit, a full disk, ...
     except Exception as error:  # python-multipart's own parse errors
         raise BadRequestError(f"malformed multipart body: {error}") from None
@@ -152,6 +152,10 @@ def _refuse_a_second_name(disposition: bytes) -> None:
             f"a multipart part gives {twice.decode('ascii', 'replace')!r} twice in its "
             "Content-Disposition, so it names its field or file more than once; send it once"
         )
+
+
+#: What a part's Content-Transfer-Encoding may say of bytes sent as they are.
+_IDENTITY_TRANSFER_ENCODINGS: Final = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
 
 class MultipartSink:
@@ -313,11 +317,29 @@ class MultipartSink:
         except UnicodeDecodeError:
             raise InvalidNameError("file name", repr(raw), "it is not valid UTF-8") from None
         _refuse_a_cut_path(self._headers.get(b"content-disposition", b""))
+        self._refuse_transfer_encoding()
         # Only what keeps it one name in a session here: the store holds a new name to the
         # full rule as the upload begins, and a name a file has already (stored by an earlier
         # build, whose rule was looser) is a conflict there, as any name is (red team 38).
         check_stored_name(name)
         self._pending_name, self._in_file = name, True
+
+    def _refuse_transfer_encoding(self) -> None:
+        # RFC 7578 (4.7) deprecates it, but allows it in a part: `base64` or
+        # `quoted-printable` text was stored as the file's bytes, undecoded, and answered 201
+        # (red team 46), as a Content-Encoding once was (`refuse_content_coding`).
+        given = self._headers.get(b"content-transfer-encoding", b"")
+        if given.strip().lower() in _IDENTITY_TRANSFER_ENCODINGS:
+            return
+        shown = given.decode("latin-1")
+        raise HTTPException(
+            415,
+            f"POST /sessions/{self.session_id}/files refused: the form field 'file' has "
+            f"Content-Transfer-Encoding: {shown}, which this server does not decode (RFC "
+            "7578, 4.7, deprecates it); it would have taken the encoded text as the file's "
+            "bytes. Nothing was stored. Send the file's bytes themselves in the part, without "
+            "Content-Transfer-Encoding",
+        )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:

@@ -43,9 +43,9 @@ from app.store.records import (
     FileRecord,
     bytes_in_entry,
     ensure_dir,
-    load_record,
     open_regular,
     public,
+    record_to_change,
     refuse_linked_dirs,
 )
 from app.store.upload import Upload
@@ -107,7 +107,7 @@ class Files:
         record_path = self.record_path(session_id, name)
         directory = self.sessions.directory(session_id)
         self.sessions.require(session_id)
-        record = load_record(record_path)
+        record = record_to_change(record_path, session_id, "send")
         if record is not None:
             blob = directory / BLOBS_DIR / record["blob"]
             if not blob.parent.is_symlink() and blob.is_file() and not blob.is_symlink():
@@ -124,7 +124,11 @@ class Files:
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
             blobs = directory / BLOBS_DIR
-            record = None if record_path.parent.is_symlink() else load_record(record_path)
+            record = (
+                None
+                if record_path.parent.is_symlink()
+                else record_to_change(record_path, session_id, "send")
+            )
             if record is not None and not blobs.is_symlink():
                 try:
                     file = open(blobs / record["blob"], "rb", opener=open_regular)  # noqa: SIM115
@@ -169,7 +173,7 @@ class Files:
         directory = self.sessions.directory(session_id)
         self.sessions.require(session_id)
         self._own_dirs(directory)
-        old = load_record(record_path)
+        old = record_to_change(record_path, session_id, "store")
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
             if_match.require("PUT", session_id, record_path.name, _version(old))
@@ -201,7 +205,7 @@ class Files:
         retired: TrashEntry | None = None
         with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
-            old = load_record(record_path)
+            old = record_to_change(record_path, session_id, "store")
             if upload.if_match is not None:
                 # Under the session's lock, which every switch of this record takes: the
                 # version compared is the one this commit replaces.
@@ -282,7 +286,7 @@ class Files:
         name = record_path.name
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
-            old = load_record(record_path)
+            old = record_to_change(record_path, session_id, "delete")
             if if_match is not None:
                 if_match.require("DELETE", session_id, name, _version(old))
             # lexists: a link or a FIFO at the blob's name (from outside the app) is listed,
@@ -338,7 +342,7 @@ class Files:
         record_path = self.record_path(session_id, name, stored=True)
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
-            if load_record(record_path) is not None:
+            if record_to_change(record_path, session_id, "restore") is not None:
                 newest = self.trash.chosen(session_id, name, entry_name)
                 copy = None if newest is None else newest.path / bytes_in_entry(name)
                 raise RestoreOverwriteError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import stat
 import threading
@@ -26,7 +27,12 @@ from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 from app.dataroot import NotRegularFileError, fsync_dir, read_regular
-from app.errors import DataRootChangedError, SessionNotFoundError, UnreadableSessionError
+from app.errors import (
+    DataRootChangedError,
+    FileRecordUnreadableError,
+    SessionNotFoundError,
+    UnreadableSessionError,
+)
 from app.storage import FileEntry
 from app.store.ids import ID_RE
 
@@ -50,11 +56,14 @@ __all__ = [
     "public",
     "read_meta",
     "record_blob",
+    "record_to_change",
     "refuse_linked_dirs",
     "scan_records",
     "scan_records_linked",
     "upload_order",
 ]
+
+log = logging.getLogger("app.store")
 
 SESSION_FILE: Final = "session.json"
 RECORDS_DIR: Final = "records"
@@ -123,6 +132,29 @@ def open_regular(path: str, flags: int) -> int:
 def load_record(path: Path) -> FileRecord | None:
     """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
     return _load_record(path)[0]
+
+
+def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | None:
+    """The record at ``path`` for a change of (or a read of) its file: ``None`` only where
+    nothing is at its name.
+
+    A file or a directory there that the app cannot read as a record is refused
+    (:class:`FileRecordUnreadableError`): taken for "no file", a ``PUT`` wrote a new record
+    over a torn one, and the acknowledged bytes it named were moved to the trash as an upload
+    "never acknowledged" at the next repair (red team 46). A link, a FIFO or a socket holds
+    no record of this session's: a write replaces it, never writing through it.
+    """
+    record = load_record(path)
+    if record is None:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError as error:
+            if error.errno in MISSING_ERRNOS:
+                return None
+            raise
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            raise FileRecordUnreadableError(session_id, path.name, action)
+    return record
 
 
 def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
@@ -207,8 +239,27 @@ def scan_records_linked(directory: Path) -> tuple[list[FileRecord], bool]:
         linked |= more
         if record is not None:
             records.append(record)
+        else:
+            _say_left_out(records_dir / name, directory.name)
     records.sort(key=upload_order)
     return records, linked
+
+
+def _say_left_out(path: Path, session_id: str) -> None:
+    # A record that cannot be read is left out of the session's files; a read or a change
+    # of its name is refused (`record_to_change`). Left out without a word, a client saw the
+    # file gone, and so did the operator (red team 46).
+    with contextlib.suppress(OSError):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            log.warning(
+                "session %s: file %r is left out of its files: its record %s cannot be read "
+                "(damaged or replaced outside the app); reads and changes of it are refused "
+                "(file_record_unreadable), and `app data check` names the bytes beside it",
+                session_id,
+                path.name,
+                path,
+            )
 
 
 def _records_damaged(directory: Path, damage: str) -> UnreadableSessionError:

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, link_remedy, write_all
 from app.errors import (
     BadRequestError,
+    DataRootStateError,
     NotInTrashError,
     RestoreOverwriteError,
     SessionNotFoundError,
     SessionNotServedError,
     StoreError,
     UnreadableSessionError,
+    shell_word,
 )
 from app.lock import special_kind
 from app.names import check_stored_name
@@ -652,6 +654,27 @@ class Sessions:
             entry = self.trash.chosen(session_id, None, entry_name)
             if entry is None:
                 raise NotInTrashError(session_id, entry=entry_name)
+            if dest.is_symlink():
+                # Taken for "no session" (exists() follows it): the move met the link and
+                # failed as a filesystem fault, "may be made in part", `dmesg` (red team 46).
+                raise DataRootStateError(
+                    self.root.path,
+                    f"the restore of session {session_id} would put it back at {dest}, where a "
+                    f"symbolic link stands (to {dest.readlink()}), which the app never follows; "
+                    "nothing was changed",
+                    link_remedy(dest, "remove the link, then restore again"),
+                )
+            if (what := _no_session_at(dest)) is not None:
+                # "Exists again: delete the current one first", of what a DELETE refuses to
+                # move (no session the trash could give back): a loop (red team 46).
+                raise DataRootStateError(
+                    self.root.path,
+                    f"the restore of session {session_id} would put it back at {dest}, where "
+                    f"{what} stands, which is no session the app can read or delete; nothing "
+                    "was changed",
+                    f"move it aside (`mv {shell_word(dest)} <elsewhere>`) with no server on the "
+                    "root, then restore again; `app data check` reports it",
+                )
             if dest.exists():
                 raise RestoreOverwriteError(
                     session_id, None, str(entry.path / TRASHED_SESSION), entry=entry.name
@@ -686,6 +709,25 @@ class Sessions:
             mtime = os.lstat(directory / RECORDS_DIR).st_mtime_ns
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
         return cast(SessionRecord, {**before, "files": files, "updated_at": max(times)})
+
+
+def _no_session_at(place: Path) -> str | None:
+    """What stands at a session's place that is no session (not a directory, or one with no
+    regular ``session.json``), or ``None`` if nothing or a session directory is there."""
+    try:
+        mode = place.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(mode):
+        return special_kind(mode) or "a regular file"
+    try:
+        held = (place / SESSION_FILE).lstat().st_mode
+    except FileNotFoundError:
+        return f"a directory with no {SESSION_FILE}"
+    # A file or a link there is a session's, damaged at worst: a DELETE moves it as it is.
+    if stat.S_ISREG(held) or stat.S_ISLNK(held):
+        return None
+    return f"a directory whose {SESSION_FILE} is {special_kind(held) or 'not a file'}"
 
 
 def _page_size_bound(session: SessionRecord) -> int:

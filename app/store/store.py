@@ -328,7 +328,7 @@ class Store(Storage):
         entries: list[TrashEntry] = []
         left: list[Path] = []
         ids = self.sessions.ids()
-        with self.root.prepare(audit=True) as prepared:
+        with self.root.prepare(audit=True, items=len(ids)) as prepared:
             try:
                 for session_id in ids:
                     try:

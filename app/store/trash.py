@@ -564,7 +564,9 @@ class Trash:
         state = self.root.store_state
         # .trash/ and the audit log are opened first: once an entry has left the trash, a
         # process out of descriptors must not answer "nothing was changed".
-        with self.root.prepare(self.path, audit=True) as prepared:
+        with self.root.prepare(
+            self.path, audit=True, items=len(chosen), frees_space=True
+        ) as prepared:
             # What an empty-trash killed after its renames left out of the trash: finished
             # here, with this one's audit line (it left them for a repair to find, and a
             # read-only check after this one reported them, exit 65; red team 34).

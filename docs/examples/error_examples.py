@@ -191,6 +191,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.DamagedFileError(
         "3f2a9c", "report.pdf", "are 4096 bytes long, where 81920 were acknowledged"
     ),
+    errors.FileRecordUnreadableError("3f2a9c", "report.pdf", "store"),
     _raised(lambda: check_file_name("../notes.txt")),
     errors.UploadTooLargeError(104857600, 104923136),
     errors.BodyTooLargeError("creating a session", 262144, 262145),
@@ -223,6 +224,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.FileTooLargeForServerError("PUT /sessions/3f2a9c/files/report.pdf"),
+    errors.AuditLogFullError("DELETE /sessions/3f2a9c/files/report.pdf", 1073741400, 1073741824),
     errors.PermissionDeniedStorageError("DELETE /sessions/3f2a9c/files/report.pdf"),
     errors.CrossDeviceStorageError("DELETE /sessions/3f2a9c"),
     errors.NotRegularFileStorageError(
