@@ -571,13 +571,13 @@ class _Seen(dict[Path, set[str]]):
         self.hidden: dict[int, tuple[Path, str]] = {}
         #: This user's registries whose entries count for nothing, and why (`_distrusted`).
         self.distrusted: dict[Path, str] = {}
-        self._namespaces: dict[int | str, int | None] = {}
+        self._views: dict[int | str, _View | None] = {}
 
-    def namespace(self, pid: int | str) -> int | None:
-        """Process `pid`'s mount namespace (`_mount_namespace`), read once a walk."""
-        if pid not in self._namespaces:
-            self._namespaces[pid] = _mount_namespace(pid)
-        return self._namespaces[pid]
+    def view(self, pid: int | str) -> _View | None:
+        """What process `pid` sees as its files (`_view`), read once a walk."""
+        if pid not in self._views:
+            self._views[pid] = _view(pid)
+        return self._views[pid]
 
 
 def _registered(directory: Path, uid: int, seen: _Seen) -> set[str]:
@@ -671,12 +671,44 @@ def _mount_namespace(pid: int | str) -> int | None:
         return None
 
 
+class _View(NamedTuple):
+    """What a process sees as its files: its mount namespace, and the directory it sees at
+    ``/tmp``, where the registry lies (None where it has none)."""
+
+    namespace: int
+    tmp: tuple[int, int] | None
+
+
+def _view(pid: int | str) -> _View | None:
+    """Process `pid`'s `_View`, or None where this process may not read it.
+
+    A mount namespace or a root directory of its own (``chroot``) can each give a process a
+    /tmp of its own, so a registry of its own. A child a test started under ``chroot`` (a
+    jail with ``/proc`` mounted and a ``/tmp`` of its own, as a build or a packaging test
+    makes one), and every process a test started after it ``chroot``-ed the run's own
+    process, shared the run's mount namespace, so the registry was not looked for through
+    an ancestor's ``/proc/<pid>/root``: given production's settings alone, each purged a
+    stopped production root (red team 47). The root directory itself does not tell: a jail
+    made by binding ``/`` has the same one, with another filesystem on its ``/tmp``.
+    """
+    base = _PROC / str(pid)
+    try:
+        namespace = (base / "ns" / "mnt").stat().st_ino
+    except OSError:
+        return None
+    tmp = identity(base / "root" / RUNS_DIR.parent.relative_to("/"))
+    if tmp is None and not os.access(base / "root", os.F_OK):
+        return None  # not this process's to read
+    return _View(namespace, tmp)
+
+
 def _entry_in_its_own_tmp(pid: int, uid: int, name: str, seen: _Seen) -> Path | None:
     """The registry entry of ancestor `pid` as that process sees its /tmp, where it is not
     ours: a child with a /tmp of its own (bwrap, firejail --private-tmp, a tool's own
-    sandbox) cannot read the run's registry at its path, only through ``/proc/<pid>/root``."""
-    theirs = seen.namespace(pid)
-    if theirs is None or theirs == seen.namespace("self"):
+    sandbox), or a root directory of its own (``chroot``), cannot read the run's registry at
+    its path, only through ``/proc/<pid>/root`` (`_view`)."""
+    theirs = seen.view(pid)
+    if theirs is None or theirs == seen.view("self"):
         return None
     return _entry_through(pid, uid, name)
 
@@ -691,7 +723,8 @@ def _entry_through(pid: int, uid: int, name: str) -> Path | None:
 
 def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) -> Path | None:
     """The registry entry of ancestor `pid` in the /tmp its `parent` sees, where `pid` has
-    moved since into a mount namespace of its own, shared with this process.
+    moved since into a mount namespace or a root directory of its own (`_view`), shared
+    with this process.
 
     A test that moved the run's own process there (``unshare(CLONE_NEWNS)`` in the test, as
     code that isolates itself does, then a tmpfs mounted on /tmp) hid the run's entry from
@@ -699,9 +732,9 @@ def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) 
     to read it through: a child given production's settings alone under a runner script
     purged a stopped production root (red team 46). The run's parent still sees it.
     """
-    theirs = seen.namespace(pid)
-    before = seen.namespace(parent)
-    if theirs is None or before is None or theirs == before or theirs != seen.namespace("self"):
+    theirs = seen.view(pid)
+    before = seen.view(parent)
+    if theirs is None or before is None or theirs == before or theirs != seen.view("self"):
         return None
     return _entry_through(parent, uid, name)
 
@@ -2198,7 +2231,7 @@ def register(
         runs[-1] = run
     else:
         if not runs:  # the first run of this process
-            _REGISTERED_IN[:] = [_mount_namespace("self")]
+            _REGISTERED_IN[:] = [_view("self")]
             _forget_dead_runs(_own_runs_dir())
             _become_subreaper()
             atexit.register(_end_entry)
@@ -2211,7 +2244,7 @@ def register(
 
 #: The mount namespace this process registered its run in (`register`), which a test may
 #: move it out of (`restore_entry` says so).
-_REGISTERED_IN: list[int | None] = []
+_REGISTERED_IN: list[_View | None] = []
 
 
 def restore_entry(run: Run) -> str | None:
@@ -2233,13 +2266,20 @@ def restore_entry(run: Run) -> str | None:
         found = os.lstat(RUNS_DIR)
     except OSError:
         problem = f"the registry {RUNS_DIR} was removed"
-        if _REGISTERED_IN and _REGISTERED_IN[0] != _mount_namespace("self"):
-            # Not removed: out of sight, behind a mount, in a namespace the test made.
-            problem = (
-                f"the registry {RUNS_DIR} is out of this process's sight: a test moved this "
-                "process into a mount namespace of its own (unshare) whose /tmp is another "
-                "directory"
+        now = _view("self")
+        if _REGISTERED_IN and _REGISTERED_IN[0] is not None and now is not None:
+            # Not removed: out of sight, behind a mount, in a namespace or a root directory
+            # the test gave this process.
+            was = _REGISTERED_IN[0]
+            how = (
+                "moved this process into a mount namespace of its own (unshare) whose /tmp "
+                "is another directory"
+                if was.namespace != now.namespace
+                else "gave this process another /tmp (it chroot-ed it, or mounted another "
+                "filesystem on /tmp)"
             )
+            if was != now:
+                problem = f"the registry {RUNS_DIR} is out of this process's sight: a test {how}"
     else:
         if _trusted(found, os.getuid()):  # the lstat just made
             in_entry = _entry_problem(found, pid, started, run)

@@ -1,0 +1,82 @@
+"""Red team 47 on the guard (branch rt-guard30): what else gives a process a /tmp of its own
+without a mount namespace of its own.
+
+What broke (a process given production's settings alone that purged a stopped production
+root, outside this suite's run: a PID namespace of its own):
+
+- ``chroot``. A child a test started under ``chroot`` (a jail made by binding ``/`` with a
+  ``/tmp`` of its own and ``/proc`` mounted, as a build or a packaging test makes one), and
+  every process a test started after it ``chroot``-ed the run's own process (code under test
+  that jails itself), shared the run's mount namespace, so the registry was never looked for
+  through an ancestor's ``/proc/<pid>/root``: neither found its run. What a process sees at
+  ``/tmp`` now tells apart whose registry to read, besides its mount namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s46_guard import PURGE, _a_runner_script, _outside_any_run
+
+#: A jail that shares every file but /tmp (a tmpfs), with the settings and the test's directory
+#: bound back into it at their paths; then the runner in `$1`.
+JAIL = """
+mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
+for kept in "$S" "$1"; do mkdir -p "$J$kept" && mount --bind "$kept" "$J$kept" || exit 9; done
+cd "$1" && "$2" ci.py -p no:cacheprovider -q -s -rE test_jail.py
+"""
+
+#: A child under `chroot`, then the run's own process jailed: each purges production.
+JAILED = (
+    PURGE.replace("[sys.executable", "[*pre, sys.executable").replace("purge():", "purge(pre=()):")
+    + """
+def test_a_child_under_chroot():
+    purge(["chroot", os.environ["J"]])
+
+def test_the_run_chroots_itself():
+    os.chroot(os.environ["J"])
+    os.chdir("/")
+    purge()
+"""
+)
+
+
+def test_a_chroot_with_a_tmp_of_its_own_keeps_the_run(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    settings, production = stopped
+    (tmp_path / "test_jail.py").write_text(JAILED)
+    _a_runner_script(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    env = _inner_env(
+        S=str(settings),
+        APP_SETTINGS_DIR=str(settings),
+        J=str(tmp_path / "jail"),
+        TMPDIR=str(tmp_path / "tmp"),
+    )
+    output = _outside_any_run(
+        production, ["sh", "-c", JAIL, "sh", str(tmp_path), sys.executable], env=env
+    )
+    refusals = re.findall(
+        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
+        r"tests run on the 'testing' profile \(this process belongs to the test run through "
+        r"the process tree \(an ancestor process, pytest pid \d+, registered in "
+        rf"/proc/\d+/root/tmp/app-pytest-runs-{os.getuid()}\)\)",
+        output,
+    )
+    assert len(refusals) == 2, output
+    # The check after the test says where the registry went, and fails that test.
+    assert (
+        f"the registry /tmp/app-pytest-runs-{os.getuid()} is out of this process's sight: a "
+        "test gave this process another /tmp (it chroot-ed it, or mounted another filesystem "
+        "on /tmp); it was put back"
+    ) in output, output
+    assert "2 passed, 1 error" in output, output
+
