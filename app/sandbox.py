@@ -739,6 +739,41 @@ def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) 
     return _entry_through(parent, uid, name)
 
 
+def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
+    """Entry `name` of user `uid`'s registry, read through the descriptor of it that process
+    `pid` keeps open, if it is a Python process that keeps one (a run does, `_keep_open`).
+
+    A path names what is there now: a test (as root) that mounted a filesystem on ``/tmp``
+    in the run's own mount namespace, without a namespace of its own (a clean ``/tmp`` for
+    its code, in a CI container), hid the run's registry from every process it then
+    started, and the run's parent saw the same ``/tmp``: a child given production's settings
+    alone purged a stopped production root (red team 47). A descriptor names the directory
+    itself, through any mount, ``chroot`` or namespace. Only Python's processes are looked
+    at: every process outside a run walks its ancestors, and a shell or an init has nothing
+    to find.
+    """
+    argv = _cmdline(pid)
+    if not argv or not _PYTHON.fullmatch(os.path.basename(argv[0])):
+        return None
+    wanted = _runs_dir(uid).name
+    try:
+        with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                try:
+                    target = os.readlink(descriptor.path)
+                except OSError:
+                    continue
+                if os.path.basename(target.removesuffix(" (deleted)")) != wanted:
+                    continue
+                directory = Path(descriptor.path)
+                with contextlib.suppress(OSError):
+                    if _trusted(directory.stat(), uid) and (directory / name).is_file():
+                        return directory / name
+    except OSError:
+        return None
+    return None
+
+
 def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) -> Path | None:
     """The registry entry of process `pid` (started at `started`), if it is a run's.
 
@@ -778,6 +813,8 @@ def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) ->
         entry = _entry_in_its_own_tmp(pid, uid, name, seen)
         if entry is None and parent is not None:
             entry = _entry_left_behind(pid, parent, uid, name, seen)
+        if entry is None:
+            entry = _entry_held_open(pid, uid, name)
         if entry is not None:
             return entry
     # And root's: a run as root hands its entry on, in its own registry, to a daemon a test
@@ -2239,7 +2276,32 @@ def register(
         runs.append(run)
     setattr(sys, _MARKER, runs)
     _publish(run)
+    _keep_open()
     return run
+
+
+#: The descriptor of its registry this process keeps open while it is a run (`_keep_open`).
+_KEPT_OPEN: list[int] = []
+
+
+def _keep_open() -> None:
+    """Keep a descriptor of the registry open for the rest of the process's life, where its
+    children find the run's entry through ``/proc/<pid>/fd`` when a path no longer leads
+    there (`_entry_held_open`); open it again where a test closed it (code that daemonises
+    in the test's process closes every descriptor) or the registry was made again."""
+    if _KEPT_OPEN:
+        fd = _KEPT_OPEN[0]
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(RUNS_DIR)):
+                return
+        _KEPT_OPEN.clear()
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(f"{_PROC}/self/fd/{fd}")) == RUNS_DIR.name:
+                os.close(fd)  # only ours, never a descriptor a test opened at its number
+    with contextlib.suppress(OSError):
+        _KEPT_OPEN.append(
+            os.open(RUNS_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        )
 
 
 #: The mount namespace this process registered its run in (`register`), which a test may
@@ -2262,6 +2324,7 @@ def restore_entry(run: Run) -> str | None:
     if own is None:
         return None
     pid, started = own
+    _keep_open()
     try:
         found = os.lstat(RUNS_DIR)
     except OSError:
@@ -2299,6 +2362,7 @@ def restore_entry(run: Run) -> str | None:
         _publish(run, _own_runs_dir())
     except OSError as error:
         return f"{problem}, and it cannot be put back: {error}"
+    _keep_open()
     return f"{problem}; it was put back"
 
 

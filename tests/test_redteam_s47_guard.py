@@ -24,20 +24,29 @@ from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s46_guard import PURGE, _a_runner_script, _outside_any_run
 
-#: A jail that shares every file but /tmp (a tmpfs), with the settings and the test's directory
-#: bound back into it at their paths; then the runner in `$1`.
+#: The settings at /mnt (out of /tmp); a jail that shares every file but /tmp (a tmpfs), with
+#: the test's directory bound back into it at its path; then the runner in `$1`.
 JAIL = """
+mount --bind "$3" /mnt || exit 9
 mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
-for kept in "$S" "$1"; do mkdir -p "$J$kept" && mount --bind "$kept" "$J$kept" || exit 9; done
+mkdir -p "$J$1" && mount --bind "$1" "$J$1" || exit 9
 cd "$1" && "$2" ci.py -p no:cacheprovider -q -s -rE test_jail.py
 """
 
-#: A child under `chroot`, then the run's own process jailed: each purges production.
+#: A child under `chroot`; a tmpfs on the run's own /tmp for a while; the run's own process
+#: jailed: each purges production.
 JAILED = (
     PURGE.replace("[sys.executable", "[*pre, sys.executable").replace("purge():", "purge(pre=()):")
     + """
 def test_a_child_under_chroot():
     purge(["chroot", os.environ["J"]])
+
+def test_a_tmpfs_on_the_runs_own_tmp():
+    subprocess.run(["mount", "-t", "tmpfs", "none", "/tmp"], check=True)
+    try:
+        purge()
+    finally:
+        subprocess.run(["umount", "/tmp"], check=True)
 
 def test_the_run_chroots_itself():
     os.chroot(os.environ["J"])
@@ -56,27 +65,33 @@ def test_a_chroot_with_a_tmp_of_its_own_keeps_the_run(
     _a_runner_script(tmp_path)
     (tmp_path / "tmp").mkdir()
     env = _inner_env(
-        S=str(settings),
+        S="/mnt",
         APP_SETTINGS_DIR=str(settings),
         J=str(tmp_path / "jail"),
         TMPDIR=str(tmp_path / "tmp"),
     )
     output = _outside_any_run(
-        production, ["sh", "-c", JAIL, "sh", str(tmp_path), sys.executable], env=env
+        production, ["sh", "-c", JAIL, "sh", str(tmp_path), sys.executable, str(settings)], env=env
     )
     refusals = re.findall(
         r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
         r"tests run on the 'testing' profile \(this process belongs to the test run through "
         r"the process tree \(an ancestor process, pytest pid \d+, registered in "
-        rf"/proc/\d+/root/tmp/app-pytest-runs-{os.getuid()}\)\)",
+        rf"/proc/\d+/(root/tmp/app-pytest-runs-{os.getuid()}|fd/\d+)\)\)",
         output,
     )
-    assert len(refusals) == 2, output
+    # Read through the ancestor's root (a chroot), or the registry it keeps open (a tmpfs).
+    registry = f"root/tmp/app-pytest-runs-{os.getuid()}"
+    assert ["fd" if how.startswith("fd/") else how for how in refusals] == [
+        registry,
+        "fd",
+        registry,
+    ], output
     # The check after the test says where the registry went, and fails that test.
     assert (
         f"the registry /tmp/app-pytest-runs-{os.getuid()} is out of this process's sight: a "
         "test gave this process another /tmp (it chroot-ed it, or mounted another filesystem "
         "on /tmp); it was put back"
     ) in output, output
-    assert "2 passed, 1 error" in output, output
+    assert "3 passed, 1 error" in output, output
 
