@@ -755,15 +755,15 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     argv = _cmdline(pid)
     if not argv or not _PYTHON.fullmatch(os.path.basename(argv[0])):
         return None
-    wanted = _runs_dir(uid).name
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
+                # Any directory, not only one at the registry's name: a test that moved the
+                # registry aside and made an empty one in its place hid the entry as well.
                 try:
-                    target = os.readlink(descriptor.path)
+                    if not os.readlink(descriptor.path).startswith("/"):
+                        continue  # a pipe, a socket
                 except OSError:
-                    continue
-                if os.path.basename(target.removesuffix(" (deleted)")) != wanted:
                     continue
                 directory = Path(descriptor.path)
                 with contextlib.suppress(OSError):

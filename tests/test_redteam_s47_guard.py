@@ -24,17 +24,17 @@ from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s46_guard import PURGE, _a_runner_script, _outside_any_run
 
-#: The settings at /mnt (out of /tmp); a jail that shares every file but /tmp (a tmpfs), with
-#: the test's directory bound back into it at its path; then the runner in `$1`.
+#: In the namespace: the directory that holds the settings and the test's (`$1`) at /mnt, a
+#: /tmp of its own (the registry private: a test moves it), a jail that shares every file but
+#: /tmp (a tmpfs of its own); then the runner in `$2` (as /mnt shows it).
 JAIL = """
-mount --bind "$3" /mnt || exit 9
+mount --bind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
 mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
-mkdir -p "$J$1" && mount --bind "$1" "$J$1" || exit 9
-cd "$1" && "$2" ci.py -p no:cacheprovider -q -s -rE test_jail.py
+cd "$2" && "$3" ci.py -p no:cacheprovider -q -s -rE test_jail.py
 """
 
-#: A child under `chroot`; a tmpfs on the run's own /tmp for a while; the run's own process
-#: jailed: each purges production.
+#: A child under `chroot`; a tmpfs on the run's own /tmp for a while; the registry moved aside
+#: for a while, an empty one in its place; the run's own process jailed: each purges production.
 JAILED = (
     PURGE.replace("[sys.executable", "[*pre, sys.executable").replace("purge():", "purge(pre=()):")
     + """
@@ -48,6 +48,15 @@ def test_a_tmpfs_on_the_runs_own_tmp():
     finally:
         subprocess.run(["umount", "/tmp"], check=True)
 
+def test_the_registry_moved_aside():
+    sandbox.RUNS_DIR.rename("/tmp/saved")
+    sandbox.RUNS_DIR.mkdir()
+    try:
+        purge()
+    finally:
+        sandbox.RUNS_DIR.rmdir()
+        os.rename("/tmp/saved", sandbox.RUNS_DIR)
+
 def test_the_run_chroots_itself():
     os.chroot(os.environ["J"])
     os.chdir("/")
@@ -56,22 +65,26 @@ def test_the_run_chroots_itself():
 )
 
 
-def test_a_chroot_with_a_tmp_of_its_own_keeps_the_run(
+def test_a_tmp_of_its_own_without_a_namespace_of_its_own_keeps_the_run(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
     settings, production = stopped
+    if Path(sys.prefix).absolute().is_relative_to("/tmp"):
+        pytest.skip(f"{sys.prefix} lies under /tmp, which this test mounts over")
     (tmp_path / "test_jail.py").write_text(JAILED)
     _a_runner_script(tmp_path)
     (tmp_path / "tmp").mkdir()
+    top = Path(os.path.commonpath([settings, tmp_path]))
+    here = Path("/mnt") / tmp_path.relative_to(top)
     env = _inner_env(
-        S="/mnt",
-        APP_SETTINGS_DIR=str(settings),
-        J=str(tmp_path / "jail"),
-        TMPDIR=str(tmp_path / "tmp"),
+        S=str(Path("/mnt") / settings.relative_to(top)),
+        APP_SETTINGS_DIR=str(Path("/mnt") / settings.relative_to(top)),
+        J=str(here / "jail"),
+        TMPDIR=str(here / "tmp"),
     )
     output = _outside_any_run(
-        production, ["sh", "-c", JAIL, "sh", str(tmp_path), sys.executable, str(settings)], env=env
+        production, ["sh", "-c", JAIL, "sh", str(top), str(here), sys.executable], env=env
     )
     refusals = re.findall(
         r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
@@ -85,6 +98,7 @@ def test_a_chroot_with_a_tmp_of_its_own_keeps_the_run(
     assert ["fd" if how.startswith("fd/") else how for how in refusals] == [
         registry,
         "fd",
+        "fd",
         registry,
     ], output
     # The check after the test says where the registry went, and fails that test.
@@ -93,5 +107,5 @@ def test_a_chroot_with_a_tmp_of_its_own_keeps_the_run(
         "test gave this process another /tmp (it chroot-ed it, or mounted another filesystem "
         "on /tmp); it was put back"
     ) in output, output
-    assert "3 passed, 1 error" in output, output
+    assert "4 passed, 1 error" in output, output
 
