@@ -34,6 +34,21 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal acts on or hides written as Python escapes it
+    (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``).
+
+    A session's title is its client's text, and a path is whatever its directory was named:
+    printed as they are, ``\\r`` and a forged line rewrote the operator's screen, an escape
+    sequence set the terminal's title, and a right-to-left override reversed what followed.
+    A data root's name did the same to the pytest header that names a live server on it,
+    and a newline there made a line of its own, shown as the plugin's (red team 47).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
 class AppError(Exception):
     """Base class of every error the app raises on purpose.

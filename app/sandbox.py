@@ -753,7 +753,7 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     to find.
     """
     argv = _cmdline(pid)
-    if not argv or not _PYTHON.fullmatch(os.path.basename(argv[0])):
+    if not argv or not _PYTHON.fullmatch(Path(argv[0]).name):
         return None
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
@@ -761,7 +761,7 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
                 # Any directory, not only one at the registry's name: a test that moved the
                 # registry aside and made an empty one in its place hid the entry as well.
                 try:
-                    if not os.readlink(descriptor.path).startswith("/"):
+                    if not str(Path(descriptor.path).readlink()).startswith("/"):
                         continue  # a pipe, a socket
                 except OSError:
                     continue
@@ -2292,11 +2292,11 @@ def _keep_open() -> None:
     if _KEPT_OPEN:
         fd = _KEPT_OPEN[0]
         with contextlib.suppress(OSError):
-            if os.path.samestat(os.fstat(fd), os.stat(RUNS_DIR)):
+            if os.path.samestat(os.fstat(fd), RUNS_DIR.stat()):
                 return
         _KEPT_OPEN.clear()
         with contextlib.suppress(OSError):
-            if os.path.basename(os.readlink(f"{_PROC}/self/fd/{fd}")) == RUNS_DIR.name:
+            if (_PROC / "self" / "fd" / str(fd)).readlink().name == RUNS_DIR.name:
                 os.close(fd)  # only ours, never a descriptor a test opened at its number
     with contextlib.suppress(OSError):
         _KEPT_OPEN.append(

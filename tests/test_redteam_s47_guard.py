@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s46_guard import PURGE, _a_runner_script, _outside_any_run
@@ -109,3 +111,52 @@ def test_a_tmp_of_its_own_without_a_namespace_of_its_own_keeps_the_run(
     ) in output, output
     assert "4 passed, 1 error" in output, output
 
+
+#: Holds a data root's lock (`argv[1]`) as a server of production would, until stdin closes.
+HOLD = """
+import sys
+from pathlib import Path
+from app.lock import RootLock
+with RootLock(Path(sys.argv[1]), kind="server", profile="production").acquire("serve"):
+    print("HELD", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_data_roots_name_cannot_forge_the_header_or_a_refusal(tmp_path: Path) -> None:
+    # A data root's name is whatever its directory was called: printed as it was, a newline
+    # made a line of the header of its own, shown as the plugin's, and an escape sequence
+    # acted on the terminal (here: red text), in the header and in strict mode's refusal.
+    settings = copy_project_settings(tmp_path / "settings")
+    real = tmp_path / "real\x1b[31m\napp: no live server"
+    real.mkdir()
+    (settings / "data").mkdir()
+    (settings / "data" / "production").symlink_to(real)
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(real)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"HELD\n"
+        done, strict = (
+            subprocess.run(
+                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *strict,
+                 f"--basetemp={tmp_path / 'basetemp'}", "test_nothing.py"],
+                cwd=tmp_path, env=_inner_env(APP_SETTINGS_DIR=str(settings)),
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            for strict in ([], ["--app-strict"])
+        )
+        holder.communicate(b"")
+    shown = str(real).replace("\x1b", "\\x1b").replace("\n", "\\n")
+    header = [line for line in done.stdout.splitlines() if line.startswith("app: live server")]
+    assert len(header) == 1, done.stdout
+    assert header[0].startswith(f"app: live server on profile 'production' (pid {holder.pid}, ")
+    assert header[0].endswith(f" at {shown}: tests will not touch it"), header
+    assert "\x1b" not in done.stdout + strict.stderr, done.stdout + strict.stderr
+    assert strict.returncode == 4, strict.stdout + strict.stderr
+    assert strict.stderr.startswith(
+        "ERROR: app: strict mode refuses to run while a live process holds a data root: "
+        f"profile 'production' at {shown} held by pid {holder.pid}, kind server"
+    ), strict.stderr
+    assert strict.stderr.count("\n") == 2, strict.stderr  # the line, and pytest's blank one
