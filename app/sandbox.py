@@ -749,11 +749,16 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     started, and the run's parent saw the same ``/tmp``: a child given production's settings
     alone purged a stopped production root (red team 47). A descriptor names the directory
     itself, through any mount, ``chroot`` or namespace. Only Python's processes are looked
-    at: every process outside a run walks its ancestors, and a shell or an init has nothing
-    to find.
+    at (by their program): every process outside a run walks its ancestors, and a shell or
+    an init has nothing to find.
     """
-    argv = _cmdline(pid)
-    if not argv or not _PYTHON.fullmatch(Path(argv[0]).name):
+    try:
+        # Its program, not its command line: a test can write a title over that
+        # (setproctitle), as code under test that names its process does.
+        program = (_PROC / str(pid) / "exe").readlink().name
+    except OSError:
+        return None
+    if not _PYTHON.fullmatch(program):
         return None
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:

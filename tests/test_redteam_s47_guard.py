@@ -35,7 +35,8 @@ mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
 cd "$2" && "$3" ci.py -p no:cacheprovider -q -s -rE test_jail.py
 """
 
-#: A child under `chroot`; a tmpfs on the run's own /tmp for a while; the registry moved aside
+#: A child under `chroot`; a tmpfs on the run's own /tmp for a while (its process retitled, as
+#: setproctitle does); the registry moved aside
 #: for a while, an empty one in its place; the run's own process jailed: each purges production.
 JAILED = (
     PURGE.replace("[sys.executable", "[*pre, sys.executable").replace("purge():", "purge(pre=()):")
@@ -43,7 +44,13 @@ JAILED = (
 def test_a_child_under_chroot():
     purge(["chroot", os.environ["J"]])
 
-def test_a_tmpfs_on_the_runs_own_tmp():
+def test_a_tmpfs_on_the_runs_own_tmp_retitled():
+    raw = open("/proc/self/stat", "rb").read()
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    start, end = int(fields[45]), int(fields[46])
+    fd = os.open("/proc/self/mem", os.O_RDWR)
+    os.pwrite(fd, b"celery worker".ljust(end - start, b"\\0"), start)
+    os.close(fd)
     subprocess.run(["mount", "-t", "tmpfs", "none", "/tmp"], check=True)
     try:
         purge()
@@ -138,14 +145,19 @@ def test_a_data_roots_name_cannot_forge_the_header_or_a_refusal(tmp_path: Path) 
     ) as holder:
         assert holder.stdout is not None
         assert holder.stdout.readline() == b"HELD\n"
+        env = _inner_env(APP_SETTINGS_DIR=str(settings))
+        basetemp = f"--basetemp={tmp_path / 'basetemp'}"
+        pytest_ = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", basetemp]
         done, strict = (
             subprocess.run(
-                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *strict,
-                 f"--basetemp={tmp_path / 'basetemp'}", "test_nothing.py"],
-                cwd=tmp_path, env=_inner_env(APP_SETTINGS_DIR=str(settings)),
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            for strict in ([], ["--app-strict"])
+                [*pytest_, *flags, "test_nothing.py"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            for flags in ([], ["--app-strict"])
         )
         holder.communicate(b"")
     shown = str(real).replace("\x1b", "\\x1b").replace("\n", "\\n")
