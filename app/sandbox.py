@@ -446,11 +446,11 @@ def _runs_dir_trusted(directory: Path, uid: int) -> bool:
         return False
 
 
-def _trusted(found: os.stat_result, uid: int) -> bool:
+def _trusted(found: os.stat_result, uid: int, kind: Callable[[int], bool] = stat.S_ISDIR) -> bool:
     # Anyone can create a directory in /tmp: entries count only from a directory that its
     # user owns and nobody else may write, so another user cannot fake (or hide) a run.
     return (
-        stat.S_ISDIR(found.st_mode)
+        kind(found.st_mode)
         and found.st_uid == uid
         and not found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     )
@@ -537,10 +537,18 @@ def _read_entry(
         sandbox,
         pid,
         protected,
-        f"the process tree ({how}, registered in {path.parent})",
+        f"the process tree ({how}, registered in {_registered_in(path)})",
         scratch=_scratch_suffix(data.get("scratch")),
         ended=ended if isinstance(ended, int) else None,
     )
+
+
+def _registered_in(entry: Path) -> str:
+    """Where a message says `entry` was found: its registry, or the descriptor of it a run
+    keeps open (`_entry_held_open`) where no path leads there any more."""
+    if entry.parent.name == "fd" and entry.is_relative_to(_PROC):
+        return f"{entry}, the descriptor of its entry that it keeps open"
+    return str(entry.parent)
 
 
 def _in_subinterpreter() -> bool:
@@ -740,17 +748,19 @@ def _entry_left_behind(pid: int, parent: int, uid: int, name: str, seen: _Seen) 
 
 
 def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
-    """Entry `name` of user `uid`'s registry, read through the descriptor of it that process
-    `pid` keeps open, if it is a Python process that keeps one (a run does, `_keep_open`).
+    """Entry `name` of user `uid`'s registry, read through a descriptor of it, or of the
+    registry, that process `pid` keeps open, if it is a Python process that keeps one (a
+    run does, `_keep_open`).
 
     A path names what is there now: a test (as root) that mounted a filesystem on ``/tmp``
     in the run's own mount namespace, without a namespace of its own (a clean ``/tmp`` for
     its code, in a CI container), hid the run's registry from every process it then
     started, and the run's parent saw the same ``/tmp``: a child given production's settings
     alone purged a stopped production root (red team 47). A descriptor names the directory
-    itself, through any mount, ``chroot`` or namespace. Only Python's processes are looked
-    at (by their program): every process outside a run walks its ancestors, and a shell or
-    an init has nothing to find.
+    itself, through any mount, ``chroot`` or namespace; the entry's own names its bytes,
+    even once a test (of this run, or of another run of this user) removed it. Only
+    Python's processes are looked at (by their program): every process outside a run walks
+    its ancestors, and a shell or an init has nothing to find.
     """
     try:
         # Its program, not its command line: a test can write a title over that
@@ -763,17 +773,26 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
-                # Any directory, not only one at the registry's name: a test that moved the
-                # registry aside and made an empty one in its place hid the entry as well.
                 try:
-                    if not str(Path(descriptor.path).readlink()).startswith("/"):
-                        continue  # a pipe, a socket
+                    target = str(Path(descriptor.path).readlink())
                 except OSError:
                     continue
-                directory = Path(descriptor.path)
+                if not target.startswith("/"):
+                    continue  # a pipe, a socket
+                held = Path(descriptor.path)
                 with contextlib.suppress(OSError):
-                    if _trusted(directory.stat(), uid) and (directory / name).is_file():
-                        return directory / name
+                    found = held.stat()
+                    # The entry itself, removed or not (`rm -rf /tmp/app-*`, in this run or
+                    # another's): its bytes stay while it is open.
+                    if stat.S_ISREG(found.st_mode):
+                        if Path(target.removesuffix(" (deleted)")).name == name and _trusted(
+                            found, uid, stat.S_ISREG
+                        ):
+                            return held
+                    # Any directory, not only one at the registry's name: a test that moved
+                    # the registry aside and made an empty one in its place hid the entry.
+                    elif _trusted(found, uid) and (held / name).is_file():
+                        return held / name
     except OSError:
         return None
     return None
@@ -2286,27 +2305,39 @@ def register(
 
 
 #: The descriptor of its registry this process keeps open while it is a run (`_keep_open`).
-_KEPT_OPEN: list[int] = []
+_KEPT_OPEN: dict[str, int] = {}
 
 
 def _keep_open() -> None:
-    """Keep a descriptor of the registry open for the rest of the process's life, where its
-    children find the run's entry through ``/proc/<pid>/fd`` when a path no longer leads
-    there (`_entry_held_open`); open it again where a test closed it (code that daemonises
-    in the test's process closes every descriptor) or the registry was made again."""
-    if _KEPT_OPEN:
-        fd = _KEPT_OPEN[0]
+    """Keep descriptors of the registry and of this run's entry open for the rest of the
+    process's life, where its children find the entry through ``/proc/<pid>/fd`` when a
+    path no longer leads there (`_entry_held_open`); open them again where a test closed
+    them (code that daemonises in the test's process closes every descriptor), or where
+    either was made again."""
+    entry = _own_entry()
+    kept = (
+        ("registry", RUNS_DIR, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY),
+        ("entry", entry, os.O_RDONLY | os.O_NONBLOCK),
+    )
+    for key, path, flags in kept:
+        if path is None:
+            continue
+        fd = _KEPT_OPEN.pop(key, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(fd), path.stat()):
+                    _KEPT_OPEN[key] = fd
+                    continue
+            with contextlib.suppress(OSError):
+                held = str((_PROC / "self" / "fd" / str(fd)).readlink())
+                if Path(held.removesuffix(" (deleted)")).name == path.name:
+                    os.close(fd)  # only ours, never a descriptor a test opened at its number
         with contextlib.suppress(OSError):
-            if os.path.samestat(os.fstat(fd), RUNS_DIR.stat()):
-                return
-        _KEPT_OPEN.clear()
-        with contextlib.suppress(OSError):
-            if (_PROC / "self" / "fd" / str(fd)).readlink().name == RUNS_DIR.name:
-                os.close(fd)  # only ours, never a descriptor a test opened at its number
-    with contextlib.suppress(OSError):
-        _KEPT_OPEN.append(
-            os.open(RUNS_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        )
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if key == "entry" and not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)  # a FIFO a test put there
+                continue
+            _KEPT_OPEN[key] = fd
 
 
 #: The mount namespace this process registered its run in (`register`), which a test may

@@ -37,10 +37,13 @@ cd "$2" && "$3" ci.py -p no:cacheprovider -q -s -rE test_jail.py
 
 #: A child under `chroot`; a tmpfs on the run's own /tmp for a while (its process retitled, as
 #: setproctitle does); the registry moved aside
-#: for a while, an empty one in its place; the run's own process jailed: each purges production.
+#: for a while, an empty one in its place; the registry removed; the registry made writable by
+#: others; the run's own process jailed: each purges production.
 JAILED = (
     PURGE.replace("[sys.executable", "[*pre, sys.executable").replace("purge():", "purge(pre=()):")
     + """
+import shutil
+
 def test_a_child_under_chroot():
     purge(["chroot", os.environ["J"]])
 
@@ -65,6 +68,14 @@ def test_the_registry_moved_aside():
     finally:
         sandbox.RUNS_DIR.rmdir()
         os.rename("/tmp/saved", sandbox.RUNS_DIR)
+
+def test_the_registry_removed():
+    shutil.rmtree(sandbox.RUNS_DIR)
+    purge()
+
+def test_the_registry_writable_by_others():
+    os.chmod(sandbox.RUNS_DIR, 0o777)
+    purge()
 
 def test_the_run_chroots_itself():
     os.chroot(os.environ["J"])
@@ -99,15 +110,24 @@ def test_a_tmp_of_its_own_without_a_namespace_of_its_own_keeps_the_run(
         r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
         r"tests run on the 'testing' profile \(this process belongs to the test run through "
         r"the process tree \(an ancestor process, pytest pid \d+, registered in "
-        rf"/proc/\d+/(root/tmp/app-pytest-runs-{os.getuid()}|fd/\d+)\)\)",
+        rf"/proc/\d+/(root/tmp/app-pytest-runs-{os.getuid()}|fd/\d+(?=\)\))|fd/\d+, the "
+        r"descriptor of its entry that it keeps open)\)\)",
         output,
     )
-    # Read through the ancestor's root (a chroot), or the registry it keeps open (a tmpfs).
+    # Read through the ancestor's root (a chroot), the registry it keeps open (a tmpfs, the
+    # registry moved aside), or its entry it keeps open (the registry removed, or writable
+    # by others, where another user could have written its entries, not what it holds).
     registry = f"root/tmp/app-pytest-runs-{os.getuid()}"
-    assert ["fd" if how.startswith("fd/") else how for how in refusals] == [
+    kinds = [
+        "entry" if "its entry" in how else "fd" if how.startswith("fd/") else how
+        for how in refusals
+    ]
+    assert kinds == [
         registry,
         "fd",
         "fd",
+        "entry",
+        "entry",
         registry,
     ], output
     # The check after the test says where the registry went, and fails that test.
@@ -116,7 +136,7 @@ def test_a_tmp_of_its_own_without_a_namespace_of_its_own_keeps_the_run(
         "test gave this process another /tmp (it chroot-ed it, or mounted another filesystem "
         "on /tmp); it was put back"
     ) in output, output
-    assert "4 passed, 1 error" in output, output
+    assert "6 passed, 3 errors" in output, output
 
 
 #: Holds a data root's lock (`argv[1]`) as a server of production would, until stdin closes.
