@@ -1138,10 +1138,21 @@ def _retitled(argv: list[str], data: Mapping[str, Any]) -> str:
     if not isinstance(recorded, list) or not recorded:
         return ""
     words = [str(word) for word in recorded]
-    tail = words[1:]
+    # As `_cmdline` decodes /proc: a word of bytes that are not UTF-8 (a test file named in
+    # Latin-1) is in sys.argv with surrogates, and every such run read as retitled.
+    tail = [_as_proc_shows(word) for word in words[1:]]
     if len(argv) >= len(tail) and argv[len(argv) - len(tail) :] == tail:
         return ""
     return f", its command line rewritten since (a process title); it started as {_shown(words)}"
+
+
+def _as_proc_shows(word: str) -> str:
+    """`word` of ``sys.argv`` as `_cmdline` reads it from /proc (bytes that are not UTF-8,
+    which ``sys.argv`` holds as surrogates, each shown as U+FFFD)."""
+    try:
+        return word.encode("utf-8", "surrogateescape").decode(errors="replace")
+    except UnicodeEncodeError:  # not from a command line (an entry written by hand)
+        return word
 
 
 def command_line(pid: int | str) -> str:

@@ -26,6 +26,8 @@ from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_redteam_s46_guard import PURGE, _a_runner_script, _outside_any_run
 
+from app import sandbox
+
 #: In the namespace: the directory that holds the settings and the test's (`$1`) at /mnt, a
 #: /tmp of its own (the registry private: a test moves it), a jail that shares every file but
 #: /tmp (a tmpfs of its own); then the runner in `$2` (as /mnt shows it).
@@ -192,3 +194,23 @@ def test_a_data_roots_name_cannot_forge_the_header_or_a_refusal(tmp_path: Path) 
         f"profile 'production' at {shown} held by pid {holder.pid}, kind server"
     ), strict.stderr
     assert strict.stderr.count("\n") == 2, strict.stderr  # the line, and pytest's blank one
+
+
+def test_a_command_line_of_bytes_that_are_not_utf8_is_not_read_as_retitled() -> None:
+    # A pytest on a test file named in Latin-1 (`test_\xe9.py`): sys.argv holds the byte as
+    # a surrogate, /proc as U+FFFD, and every refusal of its children said that a title had
+    # been written over its command line (setproctitle), which nobody had.
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", os.fsdecode(b"test_\xe9.py")],
+        stdin=subprocess.PIPE,
+    ) as child:
+        argv = sandbox._cmdline(child.pid)
+        recorded = ["-c", os.fsdecode(b"test_\xe9.py")]  # its sys.argv
+        said = sandbox._retitled(argv, {"argv": recorded})
+        child.communicate(b"")
+    assert argv[-1] == "test_\ufffd.py", argv
+    assert said == "", said
+    # A title written over it is still told.
+    assert sandbox._retitled(["celery worker"], {"argv": recorded}).startswith(
+        ", its command line rewritten since (a process title); it started as -c"
+    )
