@@ -472,12 +472,17 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
         meanwhile = (
             "followed the changed entry, not the run's rules"
             if "was changed" in lost
-            else "was not part of the run"
+            else "was part of the run only through the descriptors of the registry and of "
+            "its entry that the run keeps open"
         )
+        # Another run of this user beside this one shares the registry: its test's clean-up
+        # of /tmp/app-* is found here, after this run's test, which did nothing.
         failures.append(
             f"app: after {item.nodeid}, {lost}. Until then, a process started "
             f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
-            f"must not remove or change {sandboxing.RUNS_DIR}"
+            f"must not remove or change {sandboxing.RUNS_DIR} (if this test did not, "
+            f"another process of user {os.getuid()} did meanwhile, such as a test of another "
+            "run beside this one)"
         )
     if state.run is not None:
         # What the test left running stays in the run even if the run is killed later.
