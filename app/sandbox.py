@@ -2344,9 +2344,11 @@ def _keep_open() -> None:
                 if Path(held.removesuffix(" (deleted)")).name == path.name:
                     os.close(fd)  # only ours, never a descriptor a test opened at its number
         with contextlib.suppress(OSError):
+            if key == "entry" and not stat.S_ISREG(path.lstat().st_mode):
+                continue  # a FIFO or a device a test put there: never opened
             fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
             if key == "entry" and not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)  # a FIFO a test put there
+                os.close(fd)  # put there in between
                 continue
             _KEPT_OPEN[key] = fd
 
