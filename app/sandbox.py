@@ -502,7 +502,7 @@ def _read_entry(
     if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
         return None  # no run makes such a sandbox (a test wrote it): not a run's entry
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
-    if depth == 0 and data.get("argv") != sys.argv:
+    if depth == 0 and data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
         # Unmarked, with a run's entry of its own: the run's process after an exec, or a
         # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec).
         how = (
@@ -980,12 +980,24 @@ def _unreadable(entry: Path) -> str | None:
     """Why this process may not read `entry` (a test's ``chmod 0200`` of it, an access
     control list), or None where it can, or where it fails otherwise."""
     try:
-        os.close(os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except PermissionError as error:
         return error.strerror or "Permission denied"
     except OSError:
         return None
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size > _ENTRY_MAX_BYTES:
+        # No run writes one so long now; one did (thousands of node ids on its command
+        # line), and its children took it for no entry at all (red team 47).
+        return f"{_TOO_LONG} ({size} bytes, more than {_ENTRY_MAX_BYTES})"
     return None
+
+
+#: How `_unreadable` says an entry is longer than a reader reads (`_hidden_run` tells it).
+_TOO_LONG: Final = "it is longer than a run's entry"
 
 
 #: How a refusal names an ancestor whose registry entry this process may not read.
@@ -1022,6 +1034,13 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
         f"registry of test runs {registry} this process (user {os.getuid()}) cannot read: "
         f"{why}"
     )
+    if why.startswith(_TOO_LONG):
+        fix = (
+            f"Run the tests with a release of the app whose runs keep their entries short "
+            f"(an older one recorded every word of a long command line), or end pid {pid}; "
+            f"a test must not write such an entry in {registry}"
+        )
+        return said, fix
     fix = (
         f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
         f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
@@ -1141,7 +1160,15 @@ def _retitled(argv: list[str], data: Mapping[str, Any]) -> str:
     # As `_cmdline` decodes /proc: a word of bytes that are not UTF-8 (a test file named in
     # Latin-1) is in sys.argv with surrogates, and every such run read as retitled.
     tail = [_as_proc_shows(word) for word in words[1:]]
-    if len(argv) >= len(tail) and argv[len(argv) - len(tail) :] == tail:
+    total = data.get("argv_cut")
+    if isinstance(total, int) and total >= len(words):
+        # Cut (`_recorded_argv`): /proc ends with its last total - 1 words, the first of
+        # which the entry kept, each cut as it was.
+        start = len(argv) - (total - 1)
+        window = [word[:_ARGV_WORD] for word in argv[start : start + len(tail)]]
+        if start >= 0 and window == [word[:_ARGV_WORD] for word in tail]:
+            return ""
+    elif len(argv) >= len(tail) and argv[len(argv) - len(tail) :] == tail:
         return ""
     return f", its command line rewritten since (a process title); it started as {_shown(words)}"
 
@@ -1965,7 +1992,9 @@ def _publish(
 
 def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
     """What `_publish` writes for `run` as `pid`'s entry (None: a run still starting)."""
-    data: dict[str, Any] = {"pid": pid, "argv": list(sys.argv)}
+    data: dict[str, Any] = {"pid": pid, "argv": _recorded_argv(sys.argv)}
+    if len(sys.argv) > _ARGV_WORDS or any(len(word) > _ARGV_WORD for word in sys.argv):
+        data["argv_cut"] = len(sys.argv)
     if run is None:
         data["starting"] = True
     else:
@@ -1974,6 +2003,19 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
         data["scratch"] = run.scratch
     data["pid_namespace"] = _pid_namespace()
     return data
+
+
+#: How much of ``sys.argv`` an entry keeps: its first words, each cut at a length. A run
+#: given thousands of node ids (a CI tool that shards a suite) wrote an entry longer than any
+#: reader reads (`_ENTRY_MAX_BYTES`), and its children, finding no run, purged a stopped
+#: production root (red team 47). What reads it needs no more (`_retitled`, `_read_entry`).
+_ARGV_WORDS: Final = 64
+_ARGV_WORD: Final = 1024
+
+
+def _recorded_argv(argv: list[str]) -> list[str]:
+    """`argv` as an entry keeps it: its first `_ARGV_WORDS` words, each cut at `_ARGV_WORD`."""
+    return [word[:_ARGV_WORD] for word in argv[:_ARGV_WORDS]]
 
 
 def _clear_entry_name(name: str, parent: int) -> None:
@@ -2562,7 +2604,8 @@ def _rewritten(entry: Path, text: bytes, run: Run, pid: int) -> bool:
     expected = json.loads(json.dumps(_entry_dict(run, pid)))
     # The command line is the process's own to change (a test that sets sys.argv): it only
     # tells a pytest that exec'd another program from one that did not (`_read_entry`).
-    return not isinstance(data, dict) or {**data, "argv": None} != {**expected, "argv": None}
+    ignored = {"argv": None, "argv_cut": None}
+    return not isinstance(data, dict) or {**data, **ignored} != {**expected, **ignored}
 
 
 def unregister(run: Run) -> None:

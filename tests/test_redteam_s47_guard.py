@@ -214,3 +214,70 @@ def test_a_command_line_of_bytes_that_are_not_utf8_is_not_read_as_retitled() -> 
     assert sandbox._retitled(["celery worker"], {"argv": recorded}).startswith(
         ", its command line rewritten since (a process title); it started as -c"
     )
+
+
+#: The directory that holds the settings and the test's (`$1`) at /mnt, a /tmp of its own (a
+#: test rewrites its run's entry), then the runner in `$2`, run by `$3`, with the rest.
+LONG_RUN = """
+mount --bind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
+cd "$2" && python="$3" && shift 3 || exit 9
+exec "$python" ci.py -p no:cacheprovider -q -s test_long.py "$@"
+"""
+
+#: A run given a long command line, whose child purges production; then the run's entry made
+#: as long as an older release wrote it for such a run, and a child again.
+LONG = (
+    PURGE
+    + """
+import json
+
+def test_a_long_command_line():
+    purge()
+
+def test_an_entry_as_long_as_an_older_release_wrote():
+    entry = sandbox._own_entry()
+    data = json.loads(entry.read_text())
+    data["argv"] = sys.argv
+    entry.write_text(json.dumps(data))
+    purge()
+"""
+)
+
+
+def test_a_run_with_a_command_line_longer_than_an_entry_keeps_its_children(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # A CI tool that shards a suite passes thousands of node ids (here: ten long ones,
+    # quicker for pytest to parse): the entry recorded every word, grew past what a reader
+    # reads (1 MiB), and the run's children took it for no entry at all. An entry now keeps
+    # the first words of the command line, cut; one as long (an older release's) refuses.
+    settings, production = stopped
+    (tmp_path / "test_long.py").write_text(LONG)
+    _a_runner_script(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    many = [f"--deselect=test_long.py::test_{'x' * 120_000}_{n}" for n in range(10)]
+    top = Path(os.path.commonpath([settings, tmp_path]))
+    here = Path("/mnt") / tmp_path.relative_to(top)
+    seen = Path("/mnt") / settings.relative_to(top)
+    output = _outside_any_run(
+        production,
+        ["sh", "-c", LONG_RUN, "sh", str(top), str(here), sys.executable, *many],
+        env=_inner_env(S=str(seen), APP_SETTINGS_DIR=str(seen), TMPDIR=str(here / "tmp")),
+    )
+    assert re.search(
+        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
+        r"tests run on the 'testing' profile \(this process belongs to the test run through "
+        r"the process tree \(an ancestor process, pytest pid \d+, registered in "
+        rf"/tmp/app-pytest-runs-{os.getuid()}\)\)",
+        output,
+    ), output
+    assert re.search(
+        r"CHILD 78 error: refused under pytest: loading profile 'production' while a test run "
+        r"may be above this process \(ancestor pid \d+: \S+ ci\.py -p no:cacheprovider -q -s "
+        r"test_long\.py --deselect=\S+\.\.\.\), whose entry in the registry of test runs "
+        rf"/tmp/app-pytest-runs-{os.getuid()} this process \(user {os.getuid()}\) cannot "
+        r"read: it is longer than a run's entry \(\d+ bytes, more than 1048576\)\. Run the "
+        r"tests with a release of the app whose runs keep their entries short",
+        output,
+    ), output
