@@ -1,15 +1,23 @@
-"""Red team 47 on the guard (branch rt-guard30): what else gives a process a /tmp of its own
-without a mount namespace of its own.
+"""Red team 47 on the guard (branch rt-guard30): what else gives a process a /tmp of its own,
+or takes the registry from under it, without a mount namespace of its own; and what the guard
+writes and says given what a user names.
 
-What broke (a process given production's settings alone that purged a stopped production
-root, outside this suite's run: a PID namespace of its own):
+What broke (the first five: a process given production's settings alone that purged a
+stopped production root, outside this suite's run, in a PID namespace of its own):
 
-- ``chroot``. A child a test started under ``chroot`` (a jail made by binding ``/`` with a
-  ``/tmp`` of its own and ``/proc`` mounted, as a build or a packaging test makes one), and
-  every process a test started after it ``chroot``-ed the run's own process (code under test
-  that jails itself), shared the run's mount namespace, so the registry was never looked for
-  through an ancestor's ``/proc/<pid>/root``: neither found its run. What a process sees at
-  ``/tmp`` now tells apart whose registry to read, besides its mount namespace.
+- ``chroot``: a child a test started under ``chroot`` (a jail with a ``/tmp`` of its own), and
+  every process a test started after it ``chroot``-ed the run's own process, shared the run's
+  mount namespace, so the registry was never read through an ancestor's ``/proc/<pid>/root``.
+  What a process sees at ``/tmp`` now tells too;
+- a tmpfs a test (as root) mounted on the run's own ``/tmp``, in the run's namespace; the
+  registry moved aside with an empty one in its place; the registry removed (by this run's
+  test or another run's beside it). The run now keeps descriptors of its registry and of its
+  entry open, and a child reads a Python ancestor's entry through them where no path leads;
+- a run given a command line longer than 1 MiB (thousands of node ids): its entry recorded
+  every word, grew past what a reader reads, and read as no entry. It keeps the first words;
+- a data root named with a terminal escape and a newline: the header and ``--app-strict``'s
+  refusal acted on the terminal and printed a forged line. They show such characters escaped;
+- a pytest on a test file named in bytes that are not UTF-8 was said to be retitled.
 """
 
 from __future__ import annotations
