@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 
 def fail(error: AppError) -> NoReturn:
     """Print an app error the same way for every command, then exit with its code."""
-    click.echo(f"error: {error.message}", err=True)
+    # Each line as text: a path it names is whatever its directory was called, and an
+    # escape in it acted on the terminal (red team 47); the lines a message has stay.
+    shown = "\n".join(_printable(line) for line in error.message.split("\n"))
+    click.echo(f"error: {shown}", err=True)
     sys.exit(error.exit_code)
 
 

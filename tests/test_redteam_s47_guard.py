@@ -190,6 +190,16 @@ def test_a_data_roots_name_cannot_forge_the_header_or_a_refusal(tmp_path: Path) 
             for flags in ([], ["--app-strict"])
         )
         holder.communicate(b"")
+    # The command line's refusals show a root's escapes as text too: testing's, linked
+    # there, is production's (layer 2's refusal).
+    (settings / "data" / "testing").symlink_to(real)
+    status = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "testing", "status"],
+        env={**os.environ, "APP_SETTINGS_DIR": str(settings)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     shown = str(real).replace("\x1b", "\\x1b").replace("\n", "\\n")
     header = [line for line in done.stdout.splitlines() if line.startswith("app: live server")]
     assert len(header) == 1, done.stdout
@@ -202,6 +212,10 @@ def test_a_data_roots_name_cannot_forge_the_header_or_a_refusal(tmp_path: Path) 
         f"profile 'production' at {shown} held by pid {holder.pid}, kind server"
     ), strict.stderr
     assert strict.stderr.count("\n") == 2, strict.stderr  # the line, and pytest's blank one
+    assert status.returncode == 78, status.stderr
+    # Its escape, that is: the newline still splits its line (a table row, not stopped).
+    assert "share the same data root: testing -> " + shown.split("\\n")[0] in status.stderr
+    assert "\x1b" not in status.stderr, status.stderr
 
 
 def test_a_command_line_of_bytes_that_are_not_utf8_is_not_read_as_retitled() -> None:
