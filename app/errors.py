@@ -316,8 +316,26 @@ def not_plain_ascii(name: str) -> str:
         return ""
     import unicodedata  # here: only a refusal pays for it
 
-    named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
+    named = ", ".join(
+        not_utf8_byte(c) or f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd
+    )
     return f"written with {named}, not plain ASCII"
+
+
+def not_utf8_byte(char: str) -> str:
+    """How a message names `char` where it stands for a byte that is not UTF-8 (Python keeps
+    such a byte of a command line, the environment or a path as U+DC80 to U+DCFF), else ``""``.
+
+    ``ENV_FOR_DYNACONF`` set in a shell of another encoding (Latin-1's ``é`` is the byte
+    0xE9) was refused as written with "U+DCE9 with no name", or as "a control character
+    (pasted from a web page?)": neither says what to fix (red team 47).
+    """
+    if not "\udc80" <= char <= "\udcff":
+        return ""
+    return (
+        f"the byte 0x{ord(char) - 0xDC00:02X}, which is not UTF-8 (set in a shell or a file "
+        "of another encoding, such as Latin-1?)"
+    )
 
 
 def noting_odd(shown: str, name: str) -> str:

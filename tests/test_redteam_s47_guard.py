@@ -303,3 +303,29 @@ def test_a_run_with_a_command_line_longer_than_an_entry_keeps_its_children(
         r"tests with a release of the app whose runs keep their entries short",
         output,
     ), output
+
+
+def test_a_byte_that_is_not_utf8_in_a_profile_or_a_root_is_named_as_a_byte() -> None:
+    # Set in a shell of another encoding (Latin-1's é is the byte 0xE9), a profile was
+    # refused as "written with U+DCE9 with no name", a data root as holding "a control
+    # character (pasted from a web page?)": neither said what to fix.
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "config"],
+        env={**os.environ, "ENV_FOR_DYNACONF": os.fsdecode(b"producti\xe9on")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 78, done.stderr
+    assert (
+        "it is written with the byte 0xE9, which is not UTF-8 (set in a shell or a file of "
+        "another encoding, such as Latin-1?), not plain ASCII, and only looks like "
+        "'production'"
+    ) in done.stderr, done.stderr
+    from app import config
+
+    assert config._unseen(os.fsdecode(b"/srv/donn\xe9es")) == (
+        "contains a byte that is not text at position 9, the byte 0xE9, which is not UTF-8 "
+        "(set in a shell or a file of another encoding, such as Latin-1?); remove it, or "
+        "write it in UTF-8, where the value is set"
+    )
