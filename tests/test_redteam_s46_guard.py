@@ -69,18 +69,24 @@ def purge():
     print("CHILD", done.returncode, done.stdout + done.stderr)
 """
 
-#: A test that writes a title over its process's arguments (what setproctitle does), then
-#: purges production.
-RETITLED = (
-    PURGE
-    + """
-def test_retitled():
+#: Writes a title over its process's arguments, as setproctitle does.
+RETITLE = """
+def retitle():
     raw = open("/proc/self/stat", "rb").read()
     fields = raw[raw.rfind(b")") + 2 :].split()
     start, end = int(fields[45]), int(fields[46])
     fd = os.open("/proc/self/mem", os.O_RDWR)
     os.pwrite(fd, b"celery worker".ljust(end - start, b"\\0"), start)
     os.close(fd)
+"""
+
+#: A test that writes a title over its process's arguments, then purges production.
+RETITLED = (
+    PURGE
+    + RETITLE
+    + """
+def test_retitled():
+    retitle()
     purge()
 """
 )

@@ -32,18 +32,58 @@ import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_redteam_s46_guard import PURGE, _a_runner_script, _outside_any_run
+from test_redteam_s46_guard import PURGE, RETITLE, _a_runner_script, _outside_any_run
 
 from app import sandbox
 
 #: In the namespace: the directory that holds the settings and the test's (`$1`) at /mnt, a
-#: /tmp of its own (the registry private: a test moves it), a jail that shares every file but
-#: /tmp (a tmpfs of its own); then the runner in `$2` (as /mnt shows it).
-JAIL = """
+#: /tmp of its own (the registry private: tests move it, rewrite the run's entry), a jail that
+#: shares every file but /tmp (a tmpfs of its own) where `$J` names one; then the runner in
+#: `$2` (as /mnt shows it), run by `$3`, with the rest of the arguments.
+OWN_TMP = """
 mount --bind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
-mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
-cd "$2" && "$3" ci.py -p no:cacheprovider -q -s -rE test_jail.py
+if [ -n "$J" ]; then
+  mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
+fi
+cd "$2" && python="$3" && shift 3 || exit 9
+"$python" ci.py -p no:cacheprovider -q -s -rE "$@"
 """
+
+
+#: How a child that its run's entry keeps in the run is refused production (then where the
+#: entry was read).
+IN_THE_RUN = (
+    r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
+    r"tests run on the 'testing' profile \(this process belongs to the test run through the "
+    r"process tree \(an ancestor process, pytest pid \d+, registered in "
+)
+
+
+def _in_a_tmp_of_its_own(
+    production: Path, settings: Path, tmp_path: Path, tests: str, *args: str, jail: bool = False
+) -> str:
+    """`tests` (test_inner.py) run by a runner script under a /tmp of its own (`OWN_TMP`),
+    outside this suite's run, with production's settings at `$S`; its output."""
+    if Path(sys.prefix).absolute().is_relative_to("/tmp"):
+        pytest.skip(f"{sys.prefix} lies under /tmp, which this test mounts over")
+    (tmp_path / "test_inner.py").write_text(tests)
+    _a_runner_script(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    top = Path(os.path.commonpath([settings, tmp_path]))
+    here = Path("/mnt") / tmp_path.relative_to(top)
+    seen = Path("/mnt") / settings.relative_to(top)
+    env = _inner_env(
+        S=str(seen),
+        APP_SETTINGS_DIR=str(seen),
+        J=str(here / "jail") if jail else "",
+        TMPDIR=str(here / "tmp"),
+    )
+    return _outside_any_run(
+        production,
+        ["sh", "-c", OWN_TMP, "sh", str(top), str(here), sys.executable, "test_inner.py", *args],
+        env=env,
+    )
+
 
 #: A child under `chroot`; a tmpfs on the run's own /tmp for a while (its process retitled, as
 #: setproctitle does); the registry moved aside
@@ -51,6 +91,7 @@ cd "$2" && "$3" ci.py -p no:cacheprovider -q -s -rE test_jail.py
 #: others; the run's own process jailed: each purges production.
 JAILED = (
     PURGE.replace("[sys.executable", "[*pre, sys.executable").replace("purge():", "purge(pre=()):")
+    + RETITLE
     + """
 import shutil
 
@@ -58,12 +99,7 @@ def test_a_child_under_chroot():
     purge(["chroot", os.environ["J"]])
 
 def test_a_tmpfs_on_the_runs_own_tmp_retitled():
-    raw = open("/proc/self/stat", "rb").read()
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    start, end = int(fields[45]), int(fields[46])
-    fd = os.open("/proc/self/mem", os.O_RDWR)
-    os.pwrite(fd, b"celery worker".ljust(end - start, b"\\0"), start)
-    os.close(fd)
+    retitle()
     subprocess.run(["mount", "-t", "tmpfs", "none", "/tmp"], check=True)
     try:
         purge()
@@ -100,27 +136,10 @@ def test_a_tmp_of_its_own_without_a_namespace_of_its_own_keeps_the_run(
     tmp_path: Path,
 ) -> None:
     settings, production = stopped
-    if Path(sys.prefix).absolute().is_relative_to("/tmp"):
-        pytest.skip(f"{sys.prefix} lies under /tmp, which this test mounts over")
-    (tmp_path / "test_jail.py").write_text(JAILED)
-    _a_runner_script(tmp_path)
-    (tmp_path / "tmp").mkdir()
-    top = Path(os.path.commonpath([settings, tmp_path]))
-    here = Path("/mnt") / tmp_path.relative_to(top)
-    env = _inner_env(
-        S=str(Path("/mnt") / settings.relative_to(top)),
-        APP_SETTINGS_DIR=str(Path("/mnt") / settings.relative_to(top)),
-        J=str(here / "jail"),
-        TMPDIR=str(here / "tmp"),
-    )
-    output = _outside_any_run(
-        production, ["sh", "-c", JAIL, "sh", str(top), str(here), sys.executable], env=env
-    )
+    output = _in_a_tmp_of_its_own(production, settings, tmp_path, JAILED, jail=True)
     refusals = re.findall(
-        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
-        r"tests run on the 'testing' profile \(this process belongs to the test run through "
-        r"the process tree \(an ancestor process, pytest pid \d+, registered in "
-        rf"/proc/\d+/(root/tmp/app-pytest-runs-{os.getuid()}|fd/\d+(?=\)\))|fd/\d+, the "
+        IN_THE_RUN
+        + rf"/proc/\d+/(root/tmp/app-pytest-runs-{os.getuid()}|fd/\d+(?=\)\))|fd/\d+, the "
         r"descriptor of its entry that it keeps open)\)\)",
         output,
     )
@@ -222,10 +241,14 @@ def test_a_command_line_of_bytes_that_are_not_utf8_is_not_read_as_retitled() -> 
     # A pytest on a test file named in Latin-1 (`test_\xe9.py`): sys.argv holds the byte as
     # a surrogate, /proc as U+FFFD, and every refusal of its children said that a title had
     # been written over its command line (setproctitle), which nobody had.
+    code = "import sys; print(flush=True); sys.stdin.read()"
     with subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()", os.fsdecode(b"test_\xe9.py")],
+        [sys.executable, "-c", code, os.fsdecode(b"test_\xe9.py")],
         stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     ) as child:
+        assert child.stdout is not None
+        child.stdout.readline()  # it runs: its command line is its own
         argv = sandbox._cmdline(child.pid)
         recorded = ["-c", os.fsdecode(b"test_\xe9.py")]  # its sys.argv
         said = sandbox._retitled(argv, {"argv": recorded})
@@ -237,14 +260,6 @@ def test_a_command_line_of_bytes_that_are_not_utf8_is_not_read_as_retitled() -> 
         ", its command line rewritten since (a process title); it started as -c"
     )
 
-
-#: The directory that holds the settings and the test's (`$1`) at /mnt, a /tmp of its own (a
-#: test rewrites its run's entry), then the runner in `$2`, run by `$3`, with the rest.
-LONG_RUN = """
-mount --bind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
-cd "$2" && python="$3" && shift 3 || exit 9
-exec "$python" ci.py -p no:cacheprovider -q -s test_long.py "$@"
-"""
 
 #: A run given a long command line, whose child purges production; then the run's entry made
 #: as long as an older release wrote it for such a run, and a child again.
@@ -275,29 +290,16 @@ def test_a_run_with_a_command_line_longer_than_an_entry_keeps_its_children(
     # reads (1 MiB), and the run's children took it for no entry at all. An entry now keeps
     # the first words of the command line, cut; one as long (an older release's) refuses.
     settings, production = stopped
-    (tmp_path / "test_long.py").write_text(LONG)
-    _a_runner_script(tmp_path)
-    (tmp_path / "tmp").mkdir()
-    many = [f"--deselect=test_long.py::test_{'x' * 120_000}_{n}" for n in range(10)]
-    top = Path(os.path.commonpath([settings, tmp_path]))
-    here = Path("/mnt") / tmp_path.relative_to(top)
-    seen = Path("/mnt") / settings.relative_to(top)
-    output = _outside_any_run(
-        production,
-        ["sh", "-c", LONG_RUN, "sh", str(top), str(here), sys.executable, *many],
-        env=_inner_env(S=str(seen), APP_SETTINGS_DIR=str(seen), TMPDIR=str(here / "tmp")),
-    )
+    many = [f"--deselect=test_inner.py::test_{'x' * 120_000}_{n}" for n in range(10)]
+    output = _in_a_tmp_of_its_own(production, settings, tmp_path, LONG, *many)
     assert re.search(
-        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
-        r"tests run on the 'testing' profile \(this process belongs to the test run through "
-        r"the process tree \(an ancestor process, pytest pid \d+, registered in "
-        rf"/tmp/app-pytest-runs-{os.getuid()}\)\)",
+        IN_THE_RUN + rf"/tmp/app-pytest-runs-{os.getuid()}\)\)",
         output,
     ), output
     assert re.search(
         r"CHILD 78 error: refused under pytest: loading profile 'production' while a test run "
         r"may be above this process \(ancestor pid \d+: \S+ ci\.py -p no:cacheprovider -q -s "
-        r"test_long\.py --deselect=\S+\.\.\.\), whose entry in the registry of test runs "
+        r"-rE test_inner\.py --deselect=\S+\.\.\.\), whose entry in the registry of test runs "
         rf"/tmp/app-pytest-runs-{os.getuid()} this process \(user {os.getuid()}\) cannot "
         r"read: it is longer than a run's entry \(\d+ bytes, more than 1048576\)\. Run the "
         r"tests with a release of the app whose runs keep their entries short",
