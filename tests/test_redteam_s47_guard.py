@@ -16,8 +16,11 @@ stopped production root, outside this suite's run, in a PID namespace of its own
 - a run given a command line longer than 1 MiB (thousands of node ids): its entry recorded
   every word, grew past what a reader reads, and read as no entry. It keeps the first words;
 - a data root named with a terminal escape and a newline: the header and ``--app-strict``'s
-  refusal acted on the terminal and printed a forged line. They show such characters escaped;
-- a pytest on a test file named in bytes that are not UTF-8 was said to be retitled.
+  refusal acted on the terminal and printed a forged line, and the command line's errors the
+  escape. They show such characters as text;
+- a pytest on a test file named in bytes that are not UTF-8 was said to be retitled; such a
+  byte in a profile's name or a setting was named as "U+DCE9 with no name" or a control
+  character pasted from a web page. It is named as the byte, not UTF-8.
 """
 
 from __future__ import annotations
