@@ -36,6 +36,7 @@ from app.errors import (
     OutputClosedError,
     storage_error,
 )
+from app.errors import printable as _printable
 
 if TYPE_CHECKING:
     from app.storage import Status, Storage, TrashEntry
@@ -43,7 +44,10 @@ if TYPE_CHECKING:
 
 def fail(error: AppError) -> NoReturn:
     """Print an app error the same way for every command, then exit with its code."""
-    click.echo(f"error: {error.message}", err=True)
+    # Each line as text: a path it names is whatever its directory was called, and an
+    # escape in it acted on the terminal (red team 47); the lines a message has stay.
+    shown = "\n".join(_printable(line) for line in error.message.split("\n"))
+    click.echo(f"error: {shown}", err=True)
     sys.exit(error.exit_code)
 
 
@@ -793,19 +797,6 @@ def _warn_linked_entries(entries: list[TrashEntry]) -> None:
             f"newest copy. {_printable(remedy[0].upper() + remedy[1:])}",
             err=True,
         )
-
-
-def _printable(text: str) -> str:
-    """`text` with each character a terminal acts on or hides written as Python escapes it
-    (``\\x1b``, ``\\r``, ``\\u202e``).
-
-    A title is its client's text: printed as it is, ``\\r`` and a forged line rewrote the
-    operator's screen, an escape sequence set the terminal's title, and a right-to-left
-    override reversed what followed. The ``--json`` outputs keep the text as stored.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @sessions.command("show")

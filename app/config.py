@@ -56,6 +56,7 @@ from app.errors import (
     UnknownProfileError,
     VariableMisspeltError,
     folded,
+    not_utf8_byte,
     noting_odd,
 )
 
@@ -144,6 +145,9 @@ def _unseen(value: Any) -> str | None:
         what = f"contains an invisible character at position {position}"
     import unicodedata  # only for a value about to be refused
 
+    if byte := not_utf8_byte(char):
+        what = what.replace("an invisible character", "a byte that is not text")
+        return f"{what}, {byte}; remove it, or write it in UTF-8, where the value is set"
     name, cause = _UNSEEN.get(
         char, (unicodedata.name(char, "a control character"), "pasted from a web page?")
     )

@@ -34,6 +34,21 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
+def printable(text: str) -> str:
+    """`text` with each character a terminal acts on or hides written as Python escapes it
+    (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``).
+
+    A session's title is its client's text, and a path is whatever its directory was named:
+    printed as they are, ``\\r`` and a forged line rewrote the operator's screen, an escape
+    sequence set the terminal's title, and a right-to-left override reversed what followed.
+    A data root's name did the same to the pytest header that names a live server on it,
+    and a newline there made a line of its own, shown as the plugin's (red team 47).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
 class AppError(Exception):
     """Base class of every error the app raises on purpose.
@@ -301,8 +316,26 @@ def not_plain_ascii(name: str) -> str:
         return ""
     import unicodedata  # here: only a refusal pays for it
 
-    named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd)
+    named = ", ".join(
+        not_utf8_byte(c) or f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd
+    )
     return f"written with {named}, not plain ASCII"
+
+
+def not_utf8_byte(char: str) -> str:
+    """How a message names `char` where it stands for a byte that is not UTF-8 (Python keeps
+    such a byte of a command line, the environment or a path as U+DC80 to U+DCFF), else ``""``.
+
+    ``ENV_FOR_DYNACONF`` set in a shell of another encoding (Latin-1's ``é`` is the byte
+    0xE9) was refused as written with "U+DCE9 with no name", or as "a control character
+    (pasted from a web page?)": neither says what to fix (red team 47).
+    """
+    if not "\udc80" <= char <= "\udcff":
+        return ""
+    return (
+        f"the byte 0x{ord(char) - 0xDC00:02X}, which is not UTF-8 (set in a shell or a file "
+        "of another encoding, such as Latin-1?)"
+    )
 
 
 def noting_odd(shown: str, name: str) -> str:

@@ -205,8 +205,11 @@ def test_the_readme_lists_every_exit_code_the_program_uses() -> None:
     assert {int(n) for n in re.findall(r"\b(\d+) ", app_part)} == _app_exit_codes()
     assert "exits 4 (pytest's usage error)" in pytest_part
     assert int(pytest.ExitCode.USAGE_ERROR) == 4
+    # The plugin refuses a run through `guard.usage_error`, a pytest.UsageError.
     plugin = (PROJECT / "app" / "testing" / "plugin.py").read_text(encoding="utf-8")
-    assert "pytest.UsageError(" in plugin
+    guard = (PROJECT / "app" / "testing" / "guard.py").read_text(encoding="utf-8")
+    assert "raise guard.usage_error(" in plugin
+    assert "return pytest.UsageError(" in guard
     cli_page = (DOCS / "reference" / "cli.md").read_text(encoding="utf-8")
     table = {int(n) for n in re.findall(r"^\| (\d+) \|", cli_page, re.M)}
     assert table == _app_exit_codes(), "docs/reference/cli.md's exit code table"

@@ -275,8 +275,10 @@ def test_a_test_that_damages_the_run_s_registry_fails_and_the_run_stays_guarded(
             (
                 f"*app: after test_damage.py::test_1_removes_its_entry, {entry}; it was put "
                 "back. Until then, a process started with a hand-built environment (and any "
-                "after the run) was not part of the run. Tests must not remove or change "
-                f"{sandbox.RUNS_DIR}"
+                "after the run) was part of the run only through the descriptors of the registry "
+                "and of its entry that the run keeps open. Tests must not remove or change "
+                f"{sandbox.RUNS_DIR} (if this test did not, another process of user "
+                f"{os.getuid()} did meanwhile, such as a test of another run beside this one)"
             ),
             f"*app: after test_damage.py::test_2_removes_the_registry, {removed}; it was put*",
             f"*app: after test_damage.py::test_3_*_by_all, {writable}; it was put back.*",

@@ -192,7 +192,8 @@ def test_a_registry_replaced_by_a_link_takes_no_entry_and_is_put_back(
         "app: after test_inner.py::test_1_replaces_the_registry_by_a_link, the registry "
         f"{sandbox.RUNS_DIR} was replaced by a symbolic link to {production}/sessions (the "
         "name removed, never its target); it was put back. Until then, a process started "
-        "with a hand-built environment (and any after the run) was not part of the run. "
+        "with a hand-built environment (and any after the run) was part of the run only "
+        "through the descriptors of the registry and of its entry that the run keeps open. "
         f"Tests must not remove or change {sandbox.RUNS_DIR}"
     ) in output, output
 

@@ -316,7 +316,8 @@ def test_a_registry_a_test_made_unreadable_to_the_run_s_children_is_put_back(
         ) in output, output
     assert (
         "); it was put back. Until then, a process started with a hand-built environment "
-        "(and any after the run) was not part of the run." in output
+        "(and any after the run) was part of the run only through the descriptors of the "
+        "registry and of its entry that the run keeps open." in output
     ), output
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from app import config as appconfig
 from app import sandbox as sandboxing
-from app.errors import AppError, SettingsNotFoundError, UnknownProfileError
+from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, printable
 from app.lock import describe_holder
 
 if TYPE_CHECKING:
@@ -38,6 +38,12 @@ NEUTRALISED = frozenset(
 SANDBOX_MARK = ".app-sandbox"
 #: The pid of the run that created the sandbox, so that its xdist workers recognise it.
 OWNER_ENV = "PYTEST_APP_SANDBOX_OWNER"
+
+
+def usage_error(message: str) -> pytest.UsageError:
+    """pytest's refusal of the run, `message` shown as text (`app.errors.printable`): the
+    paths it names are whatever their directories were called."""
+    return pytest.UsageError(printable(message))
 
 
 class RemoteTesting(NamedTuple):
@@ -199,7 +205,7 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
         try:
             _check_temproot(enclosing_roots_here(), enclosing=True)
         except pytest.UsageError as refused:
-            raise pytest.UsageError(
+            raise usage_error(
                 f"{refused}. The app's plugin is inactive in this run ({reason}), and "
                 "pytest makes its temporary directories there all the same"
             ) from None
@@ -211,7 +217,7 @@ def refuse_deletions_inactive(config: pytest.Config, reason: str) -> None:
     try:
         _check_basetemp(Path(given), enclosing_roots_here(), stamped_inside=False)
     except pytest.UsageError as refused:
-        raise pytest.UsageError(
+        raise usage_error(
             f"{refused}. The app's plugin is inactive in this run ({reason}), and pytest "
             "empties a --basetemp all the same"
         ) from None
@@ -222,7 +228,7 @@ def refuse_early_loads() -> None:
     early = appconfig.loaded()
     if early:
         first = early[0]
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: the configuration was loaded (profile {first.profile!r}, "
             f"{first.storage}) at {first.caller} before the app pytest plugin could confine "
             "it to the test sandbox. Call app.config.load() inside a fixture or function, "
@@ -363,7 +369,7 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     def refuse_overlap() -> None:
         if found is not None:
             name, root = found
-            raise pytest.UsageError(
+            raise usage_error(
                 f"app: refusing --basetemp {given}: pytest empties it{spelled} before the "
                 f"run, and it overlaps the data root of profile {name!r} ({root}). Choose a "
                 "--basetemp outside every data root, or omit it"
@@ -378,7 +384,7 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
 
     seen = probe(appconfig.sandbox_root(lexical, "testing"))
     if seen.held:
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: refusing --basetemp {given}: another run uses it; its testing data root is "
             f"held by {describe_holder(seen.holder)}. pytest would empty it under that run. "
             "Give each concurrent run its own --basetemp"
@@ -416,7 +422,7 @@ def _refuse_mounts(given: Path, spellings: tuple[Path, ...]) -> None:
                 if point == spelling
                 else f"a filesystem is mounted in it at {point}"
             )
-            raise pytest.UsageError(
+            raise usage_error(
                 f"app: refusing --basetemp {given}: {where} (`findmnt {point}` shows what), "
                 "and pytest empties the --basetemp before the run: its deletion would go on "
                 f"into the mounted filesystem and delete what it holds. Unmount it (umount "
@@ -457,7 +463,7 @@ def _refuse_enclosing_data_root(
     found = _enclosing_data_root(path, through_mounts=through_mounts)
     if found is not None:
         root, who = found
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: refusing {what}: pytest {does} in {path}, which lies inside the data root "
             f"{root} ({who}). Choose a temporary directory outside every data root"
         )
@@ -483,7 +489,7 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
         here = Path(directory)
         what = "it is" if here == target else "it holds"
         if LOCK_FILE in files and (seen := probe(here)).held:
-            raise pytest.UsageError(
+            raise usage_error(
                 f"app: refusing --basetemp {given}: {what} the data root {here}, held by "
                 f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root"
@@ -491,13 +497,13 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
         if STAMP_FILE not in files or not (stamped or here == target):
             continue
         if not earlier_sandbox:
-            raise pytest.UsageError(
+            raise usage_error(
                 f"app: refusing --basetemp {given}: {what} the data root {here} (it has a "
                 f"profile stamp, {STAMP_FILE}), and pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root, or a new directory"
             )
         if (made := _made_by_a_run(here, target)) is not None:
-            raise pytest.UsageError(
+            raise usage_error(
                 f"app: refusing --basetemp {given}: it is marked as an earlier run's sandbox "
                 f"({SANDBOX_MARK}), but it holds the data root {here}, which no run of the "
                 f"app's plugin made there ({made}); pytest empties the --basetemp before the "
@@ -737,7 +743,7 @@ def _refuse_live_roots_in_old_directories(config: pytest.Config, rootdir: Path) 
     for lock in sorted(_lock_files_under(doomed)):
         if (seen := probe(lock.parent)).held:
             old = next(d for d in doomed if lock.is_relative_to(d))
-            raise pytest.UsageError(
+            raise usage_error(
                 f"app: refusing to run: pytest deletes {old} at the end of this run (it "
                 f"keeps only the last {keep} of its temporary directories, "
                 f"tmp_path_retention_count), and it holds the data root {lock.parent}, held "
@@ -780,7 +786,7 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
         where = f"lies inside the data root {root} ({who})"
     if where is not None:
         variable = _temproot_variable(temproot)
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
             f"directories in {rootdir}, which {where}, because {variable} is {temproot}. "
             f"Point {variable} outside every data root, or pass --basetemp"
@@ -1115,9 +1121,9 @@ def testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
     except SettingsNotFoundError as error:
         return appconfig.sandbox_root(sandbox, "testing"), f"pytest sandbox ({error})", {}
     except AppError as error:
-        raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
+        raise usage_error(f"app: cannot read the settings: {error}") from None
     for overlap in appconfig.overlaps(roots):
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: the testing profile cannot be used: {overlap}. Fix settings.toml "
             "(see `app doctor`)"
         )
@@ -1125,7 +1131,7 @@ def testing_root(sandbox: Path) -> tuple[Path, str, dict[str, Path]]:
         if testing_remote() is not None:
             files = {name: root for name, (root, _) in roots.items()}
             return appconfig.sandbox_root(sandbox, "testing"), _MARKS_THE_RUN, files
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: settings.toml in {appconfig.settings_dir()} has no [testing] profile with a "
             "data_root, or a database_url and blob_url; the tests run on it. Add one (see "
             "`app doctor`)"
@@ -1161,9 +1167,9 @@ def testing_remote() -> RemoteTesting | None:
     except SettingsNotFoundError:
         return None
     except AppError as error:
-        raise pytest.UsageError(f"app: cannot read the settings: {error}") from None
+        raise usage_error(f"app: cannot read the settings: {error}") from None
     for clash in clashes:
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: the testing profile cannot be used: {clash}. Fix settings.toml "
             "(see `app doctor`)"
         )
@@ -1297,7 +1303,7 @@ def register(
             why = f"{error.strerror}, writing {error.filename or sandboxing.RUNS_DIR}"
             default = f"Make {sandboxing.RUNS_DIR} writable by this user and run again"
             fix = ". " + _REGISTRY_FIXES.get(error.errno or 0, default).format(tmp=tmp)
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: refusing to run: the test run cannot be registered in {sandboxing.RUNS_DIR} "
             f"({why}); without its entry there, a process its tests start with a hand-built "
             f"environment could not be told apart from a production shell{fix}"
@@ -1320,6 +1326,6 @@ def hold_session_root(root: Path, sandbox: Path) -> RootLock:
         lock = RootLock(root, kind="tests", profile="testing", durable=not own, own_sandbox=own)
         return lock.acquire("run the tests on it")
     except DataRootInUseError as error:
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: the testing data root is held by a live process: {error}"
         ) from None

@@ -21,7 +21,7 @@ import pytest
 from app import config as appconfig
 from app import config_files
 from app import sandbox as sandboxing
-from app.errors import AppError
+from app.errors import AppError, printable
 from app.lock import describe_holder
 from app.testing import guard, watch
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
@@ -117,7 +117,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
         switches = guard.remove_switches()
         shell_profile, roots, settings_dir = guard.shell_roots()
     except AppError as error:
-        raise pytest.UsageError(f"app: cannot read the settings before the run: {error}") from None
+        raise guard.usage_error(f"app: cannot read the settings before the run: {error}") from None
     live, unseen = guard.probe_live(roots)
     inherited = os.environ.get(appconfig.SANDBOX_ENV)
     # An xdist worker learns its --basetemp only after this hook (xdist sets it once the
@@ -187,13 +187,13 @@ def _refuse_strict(live: list[guard.LiveHolder], unseen: list[guard.UnseenRoot])
         seen = "; ".join(
             f"profile {h.profile!r} at {h.root} held by {describe_holder(h.holder)}" for h in live
         )
-        raise pytest.UsageError(
+        raise guard.usage_error(
             f"app: strict mode refuses to run while a live process holds a data root: {seen}. "
             "Stop it, or run without --app-strict (the tests would not touch it anyway)"
         )
     if unseen:
         seen = "; ".join(f"profile {u.profile!r} at {u.root} ({u.why})" for u in unseen)
-        raise pytest.UsageError(
+        raise guard.usage_error(
             "app: strict mode refuses to run where it cannot tell whether a live process holds "
             f"a data root: {seen}. Run the tests as a user who may look into it, or without "
             "--app-strict (the tests cannot open it either)"
@@ -219,7 +219,7 @@ def _refuse_misspelt_ini(config: pytest.Config) -> None:
         return
     for key in _ini_keys(path):
         if key != "app_strict" and get_close_matches(key, ["app_strict"], cutoff=0.8):
-            raise pytest.UsageError(
+            raise guard.usage_error(
                 f"app: {path} sets {key!r}, which is no ini key of the app (did you mean "
                 "'app_strict'?); the run would go on without what it asks for. Spell it "
                 "app_strict"
@@ -472,12 +472,17 @@ def _after_the_test(item: pytest.Item, state: guard.GuardState) -> list[str]:
         meanwhile = (
             "followed the changed entry, not the run's rules"
             if "was changed" in lost
-            else "was not part of the run"
+            else "was part of the run only through the descriptors of the registry and of "
+            "its entry that the run keeps open"
         )
+        # Another run of this user beside this one shares the registry: its test's clean-up
+        # of /tmp/app-* is found here, after this run's test, which did nothing.
         failures.append(
             f"app: after {item.nodeid}, {lost}. Until then, a process started "
             f"with a hand-built environment (and any after the run) {meanwhile}. Tests "
-            f"must not remove or change {sandboxing.RUNS_DIR}"
+            f"must not remove or change {sandboxing.RUNS_DIR} (if this test did not, "
+            f"another process of user {os.getuid()} did meanwhile, such as a test of another "
+            "run beside this one)"
         )
     if state.run is not None:
         # What the test left running stays in the run even if the run is killed later.
@@ -505,7 +510,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     state = config.stash.get(STATE, None)
     if state is None:
         inactive = config.stash.get(INACTIVE, None)
-        return [f"app: inactive, nothing neutralised or forced: {inactive}"] if inactive else []
+        said = f"app: inactive, nothing neutralised or forced: {inactive}"
+        return [printable(said)] if inactive else []
     forced = "forced"
     if state.shell_profile is not None and state.shell_profile.strip().lower() != "testing":
         forced += f"; the shell asked for {state.shell_profile!r}"
@@ -555,7 +561,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"looked into ({unseen.why}): whether a server holds it is not known here; tests "
             "will not touch it (nor can this user)"
         )
-    return lines
+    # Each line as text: a data root's name, a holder's published details, are whatever
+    # their writers made them, and one holding a newline or a terminal's escape forged
+    # lines of the header (red team 47).
+    return [printable(line) for line in lines]
 
 
 @functools.cache

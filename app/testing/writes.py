@@ -36,7 +36,7 @@ import pytest
 
 from app.lock import describe_holder
 from app.sandbox import process_link
-from app.testing.guard import pytest_ini
+from app.testing.guard import pytest_ini, usage_error
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
 _READ_ONLY_OPTIONS = frozenset(
@@ -797,7 +797,7 @@ def refuse(
     for target, (where, fix) in _findings(found, roots, seen):
         does = target.does.format(path=target.path)
         _prevent(found, roots, seen)
-        raise pytest.UsageError(
+        raise usage_error(
             f"app: refusing to run: {does}, {where}. None of it goes through the app, so its "
             f"sandbox cannot stop it, whoever's run it is. {fix}{_changed(config, at_configure)}"
             f"{why}"
