@@ -214,8 +214,9 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
 
 #: Tests that move the run's own process into a mount namespace of its own (each keeps the
 #: one before), then purge production from a child given its settings alone (`$S`): one with
-#: a tmpfs on /tmp (the real one at /mnt, and the run's own directory, `$TOP` under /tmp,
-#: bound back in place), one with a tmpfs over /proc (taken off again at its end).
+#: a tmpfs on /tmp (the real one at /mnt, and the run's own directory and the checkout with
+#: its interpreter where they lie in /tmp, `$TOP`, bound back in place: CI clones into
+#: `mktemp -d`), one with a tmpfs over /proc (taken off again at its end).
 OWN_NAMESPACE = (
     PURGE
     + """
@@ -225,9 +226,9 @@ def mount(*mounts):
         subprocess.run(["mount", *argv], check=True)
 
 def test_own_tmp():
-    top = "/tmp/" + os.environ["TOP"]
+    tops = ["/tmp/" + top for top in os.environ["TOP"].split(":")]
     mount(["--bind", "/tmp", "/mnt"], ["-t", "tmpfs", "none", "/tmp"],
-          ["-m", "--bind", "/mnt" + top[4:], top])
+          *(["-m", "--bind", "/mnt" + top[4:], top] for top in tops))
     purge()
 
 def test_proc_hidden():
@@ -236,6 +237,14 @@ def test_proc_hidden():
     subprocess.run(["umount", "/proc"], check=True)
 """
 )
+
+
+def _tops_in_tmp(tmp_path: Path) -> str:
+    """The directories of /tmp that a test's own /tmp must show again: the one the test's
+    directory lies in, and the checkout's and its interpreter's where they lie in /tmp."""
+    wanted = (tmp_path.resolve(), Path(__file__).resolve().parents[1], Path(sys.prefix).resolve())
+    tops = [path.parts[2] for path in wanted if path.is_relative_to("/tmp")]
+    return ":".join(dict.fromkeys(tops))
 
 
 def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
@@ -259,7 +268,7 @@ def test_a_run_a_test_moved_into_a_namespace_of_its_own_keeps_its_children(
          "no:cacheprovider", "-q", "-s", "test_own_namespace.py"],
         cwd=tmp_path,
         env=_inner_env(S=str(settings), APP_SETTINGS_DIR=str(settings),
-                       TMPDIR=str(tmp_path / "tmp"), TOP=tmp_path.resolve().parts[2]),
+                       TMPDIR=str(tmp_path / "tmp"), TOP=_tops_in_tmp(tmp_path)),
     )  # fmt: skip
     assert re.search(
         r"CHILD 78 error: refused under pytest \(sandbox: \S+\): loading profile 'production'; "
