@@ -175,12 +175,21 @@ def test_a_link_to_it_moved_aside():
 """
 )
 
-#: In the namespace: the real /tmp at /mnt, a /tmp of its own (the registry private), then
-#: the runner in `$1` (the test's directory, as /mnt shows it).
+#: In the namespace: the real /tmp at /mnt, a /tmp of its own (the registry private) that
+#: shows the checkout and its interpreter again where they lie in /tmp (`$KEEP`:
+#: `checkout_in_tmp`), then the runner in `$1` (the test's directory, as /mnt shows it).
 PRIVATE_TMP = """
 mount --bind /tmp /mnt && mount -t tmpfs none /tmp || exit 9
+for keep in $KEEP; do mkdir -p "$keep" && mount --bind "/mnt${keep#/tmp}" "$keep" || exit 9; done
 cd "$1" && "$2" ci.py -p no:cacheprovider -q -s test_untrusted.py
 """
+
+
+def checkout_in_tmp() -> str:
+    """The directories of /tmp that hold this checkout and its interpreter, if any (CI clones
+    into `mktemp -d`): a /tmp of a test's own binds them back in, or nothing can start."""
+    wanted = (Path(__file__).resolve().parents[1], Path(sys.prefix).resolve())
+    return " ".join(dict.fromkeys(f"/tmp/{p.parts[2]}" for p in wanted if p.is_relative_to("/tmp")))
 
 
 def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profiles(
@@ -188,14 +197,14 @@ def test_a_registry_a_test_made_untrustworthy_refuses_its_children_other_profile
     tmp_path: Path,
 ) -> None:
     settings, production = stopped
-    for needed in (Path(sys.prefix).absolute(), Path(__file__).resolve().parents[1]):
-        if needed.is_relative_to("/tmp"):
-            pytest.skip(f"{needed} lies under /tmp, which this test mounts over")
     (tmp_path / "test_untrusted.py").write_text(UNTRUSTED)
     _a_runner_script(tmp_path)
     output = _outside_any_run(
         production, ["sh", "-c", PRIVATE_TMP, "sh", _seen(tmp_path), sys.executable],
-        env=_inner_env(S=_seen(settings), APP_SETTINGS_DIR=_seen(settings), TMPDIR="/tmp"),
+        env=_inner_env(
+            S=_seen(settings), APP_SETTINGS_DIR=_seen(settings), TMPDIR="/tmp",
+            KEEP=checkout_in_tmp(),
+        ),
     )  # fmt: skip
     registry = f"/tmp/app-pytest-runs-{os.getuid()}"
     for why in ("others may write it (drwxrwxrwx)", "a symbolic link to /tmp/moved is at its name"):

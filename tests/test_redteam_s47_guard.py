@@ -35,18 +35,29 @@ import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_redteam_s46_guard import PURGE, RETITLE, _a_runner_script, _outside_any_run
+from test_redteam_s46_guard import (
+    PURGE,
+    RETITLE,
+    _a_runner_script,
+    _outside_any_run,
+    checkout_in_tmp,
+)
 
 from app import sandbox
 
 #: In the namespace: the directory that holds the settings and the test's (`$1`) at /mnt, a
-#: /tmp of its own (the registry private: tests move it, rewrite the run's entry), a jail that
+#: /tmp of its own (the registry private: tests move it, rewrite the run's entry) that shows
+#: the checkout and its interpreter again where they lie in /tmp (`$KEEP`), a jail that
 #: shares every file but /tmp (a tmpfs of its own) where `$J` names one; then the runner in
 #: `$2` (as /mnt shows it), run by `$3`, with the rest of the arguments.
 OWN_TMP = """
+old=$(mktemp -d /run/app-s47-tmp.XXXXXX) && mount --bind /tmp "$old" || exit 9
 mount --bind "$1" /mnt && mount -t tmpfs none /tmp || exit 9
+for keep in $KEEP; do mkdir -p "$keep" && mount --bind "$old${keep#/tmp}" "$keep" || exit 9; done
+umount "$old" && rmdir "$old" || exit 9
 if [ -n "$J" ]; then
   mkdir -p "$J" && mount --rbind / "$J" && mount -t tmpfs none "$J/tmp" || exit 9
+  for keep in $KEEP; do mkdir -p "$J$keep" && mount --bind "$keep" "$J$keep" || exit 9; done
 fi
 cd "$2" && python="$3" && shift 3 || exit 9
 "$python" ci.py -p no:cacheprovider -q -s -rE "$@"
@@ -67,8 +78,9 @@ def _in_a_tmp_of_its_own(
 ) -> str:
     """`tests` (test_inner.py) run by a runner script under a /tmp of its own (`OWN_TMP`),
     outside this suite's run, with production's settings at `$S`; its output."""
-    if Path(sys.prefix).absolute().is_relative_to("/tmp"):
-        pytest.skip(f"{sys.prefix} lies under /tmp, which this test mounts over")
+    if jail and checkout_in_tmp():
+        # Its tests mount a tmpfs on the run's own /tmp, which hides an interpreter there.
+        pytest.skip(f"{sys.prefix} lies under /tmp, which this test's tests mount over")
     (tmp_path / "test_inner.py").write_text(tests)
     _a_runner_script(tmp_path)
     (tmp_path / "tmp").mkdir()
@@ -80,6 +92,7 @@ def _in_a_tmp_of_its_own(
         APP_SETTINGS_DIR=str(seen),
         J=str(here / "jail") if jail else "",
         TMPDIR=str(here / "tmp"),
+        KEEP=checkout_in_tmp(),
     )
     return _outside_any_run(
         production,
