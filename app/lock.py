@@ -58,7 +58,7 @@ from app.errors import (
     LockUnavailableError,
     shell_word,
 )
-from app.sandbox import check_root, command_line
+from app.sandbox import check_root, command_line, identity
 
 if TYPE_CHECKING:
     from filelock import UnixFileLock
@@ -157,11 +157,8 @@ def holder_info(kind: str, profile: str, *, port: int | None = None, root: Path)
 def _dir_id(path: Path) -> str | None:
     """A directory's identity (``<device>:<inode>``), which no move or second path changes:
     the holder of a lock file moved away is told apart by it (red team 46)."""
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return f"{found.st_dev}:{found.st_ino}"
+    found = identity(path)
+    return None if found is None else f"{found[0]}:{found[1]}"
 
 
 def describe_holder(holder: Mapping[str, Any] | None) -> str:
@@ -599,11 +596,8 @@ def _same_dir(one: Path, other: Path) -> bool:
     """Whether two paths name one directory (by path, else by device and inode)."""
     if one == other:
         return True
-    try:
-        first, second = one.stat(), other.stat()
-    except OSError:
-        return False
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    found = identity(one)
+    return found is not None and found == identity(other)
 
 
 def _through_deleted(path: Path, holder: Mapping[str, Any]) -> str:
