@@ -221,7 +221,7 @@ def process_link(path: Path | str, *, streams: bool = False) -> str | None:
         links += 1
         if links > _MAX_LINKS:
             return None
-        if _PROCESS_LINK.fullmatch(here) is not None and not target.startswith("/"):
+        if found is not None and not target.startswith("/"):
             # A standard stream that is no file (``pipe:[9142803]``, ``socket:[...]``): no
             # path goes on from it. Read as a name in /proc/self/fd, it made
             # ``--junitxml=/dev/stdout`` a process link wherever the output was a pipe.

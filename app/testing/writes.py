@@ -938,10 +938,11 @@ def _unplant(found: list[Target], roots: dict[str, Path], seen: _Seen) -> list[s
                 continue  # a name inside a data root is never ours to remove
             try:
                 if name.is_symlink():
-                    if process_link(name) is not None and process_link(name, streams=True) is None:
+                    through = process_link(name)
+                    if through is not None and process_link(name, streams=True) is None:
                         continue  # a standard stream's: the system's own, or a test's
                     lead = Target(name.resolve(), "")
-                    if _finding(lead, roots, seen) is None and process_link(name) is None:
+                    if _finding(lead, roots, seen) is None and through is None:
                         continue  # a link that leads nowhere near a data root
                     said = f"{name} (a symbolic link to {name.readlink()})"
                 elif _other_names(name, roots) is not None:
