@@ -41,6 +41,7 @@ from app.dataroot import (
     unmount_keeping,
 )
 from app.errors import (
+    FsyncFailed,
     InvalidNameError,
     SessionNotFoundError,
     UnreadableSessionError,
@@ -166,6 +167,23 @@ class Checker:
         start = len(self.findings)
         try:
             yield
+        except FsyncFailed as error:
+            # The repair's change (a rename, an unlink) may be made, and is not durable; no
+            # change of this process is from now on (app.dataroot's fsyncgate). Taken for
+            # "not done", it was so reported (exit 65, "nothing was done about them"), and
+            # the run went on changing the root (red team 48): it stops here.
+            tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
+            if tried:
+                finding = self.findings[tried[-1]]
+                self.findings[tried[-1]] = dataclasses.replace(
+                    finding,
+                    repaired=False,
+                    repair=f"{finding.repair} (stopped: an fsync failed during it "
+                    f"({error.strerror or error}), so it may be made, in part or whole, and "
+                    "not durable; no repair was made after it. Mend the disk (`dmesg`), then "
+                    "run `app data check --repair` again)",
+                )
+            raise
         except OSError as error:
             tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
             if not tried:

@@ -543,8 +543,19 @@ class Store(Storage):
         from app.check import Checker
 
         checker = Checker(self, repair=True, thorough=False)
-        with self.root.changing():
-            step(checker)
+        try:
+            with self.root.changing():
+                step(checker)
+        finally:
+            self._audit_repairs(checker)
+
+    def _audit_repairs(self, checker: Checker) -> None:
+        """The ``check-repair`` audit line of what ``checker`` found and did (if anything).
+
+        Also when an fsync stopped the repair (`app.check.Checker.item`): the log then
+        refuses the line, which goes, whole, to the process's log (`DataRoot.audit`) with
+        the repairs already made.
+        """
         if checker.findings:
             self.root.audit(
                 "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
@@ -589,13 +600,15 @@ class Store(Storage):
         try:
             with self.root.changing() if repair else contextlib.nullcontext():
                 checker.run()
+        except FsyncFailed:
+            if repair:
+                self._audit_repairs(checker)  # to the process's log: the audit log refuses
+            raise
         finally:
             if repair:
                 self.root.store_state.records.clear()  # repairs change records behind it
-        if repair and checker.findings:
-            self.root.audit(
-                "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
-            )
+        if repair:
+            self._audit_repairs(checker)
         if repair or not checker.findings:
             return CheckReport(checker.findings, repair)
         # Next to a live writer a change in flight looks like a crashed one: what is still
