@@ -17,17 +17,23 @@ a workload, then restarted, checked and read back) or of a real command. What br
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import forked_app
+import httpx
 import pytest
+from test_server_e2e import app_env, run_app
 
-from app.config import Config
+from app.config import Config, load
 from app.storage import open_storage
+from app.testing.live_server import stop_server
 
 needs_strace = pytest.mark.skipif(
     shutil.which("strace") is None or os.geteuid() != 0,
@@ -95,3 +101,103 @@ def test_a_repair_whose_fsync_fails_stops_there_and_says_its_change_may_be_made(
             handle, _ = store.open_file(sid, "a.txt")
             with handle:
                 assert handle.read() == f"{title} version 2".encode()
+
+
+def _every_thread_traced(pid: int) -> bool:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with (task / "status").open() as status:
+            tracer = next(line for line in status if line.startswith("TracerPid:"))
+        if tracer.split()[1] == "0":
+            return False
+    return True
+
+
+def _attach(pid: int, calls: str, inject: str, *paths: Path) -> subprocess.Popen[bytes]:
+    """strace on every thread of `pid`, failing every call of `calls` that touches `paths`
+    with `inject` (``error=EIO``), until it is terminated."""
+    only = [arg for path in paths for arg in ("-P", str(path))]
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={calls}",
+         "-e", f"inject={calls}:{inject}", "-p", str(pid)],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while not _every_thread_traced(pid):
+        assert tracer.poll() is None, "strace could not attach"
+        time.sleep(0.01)
+    return tracer
+
+
+def _detach(tracer: subprocess.Popen[bytes]) -> None:
+    tracer.terminate()
+    tracer.wait()
+
+
+@needs_strace
+def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_every_byte(
+    tmp_path: Path,
+) -> None:
+    # The hand sweep (docs/explanation/attacks.md) walked N over every rename, unlink,
+    # fsync, mkdir and write of seven write paths; these are its commit points, kept.
+    root = tmp_path / "live-data"
+    env = app_env(root)
+    process, url = forked_app.start_server(env, root, tmp_path / "first.log")
+    headers = {"Authorization": f"Bearer {env.get('APP_API_TOKEN', 'testing-token-not-secret')}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            sid = http.post("/sessions", json={"title": "faults"}).json()["id"]
+            files = f"/sessions/{sid}/files"
+            assert http.put(f"{files}/a.txt", content=b"a version 1").status_code == 201
+            assert http.put(f"{files}/b.txt", content=b"b kept").status_code == 201
+            records = root / "sessions" / sid / "records"
+            # A replace's second rename (its blob's first): the record's, its commit point.
+            # strace's -P does not match a rename's destination, so it is counted.
+            tracer = _attach(process.pid, "rename", "error=EIO:when=2")
+            try:
+                replaced = http.put(f"{files}/a.txt", content=b"a version 2")
+            finally:
+                _detach(tracer)
+            tracer = _attach(process.pid, "unlink", "error=EIO", records / "b.txt")
+            try:
+                deleted = http.delete(f"{files}/b.txt")
+            finally:
+                _detach(tracer)
+            for refused in (replaced, deleted):
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["code"] == "storage_io_error", refused.text
+                assert "not acknowledged" in refused.json()["message"]
+            assert http.get(f"{files}/a.txt").content == b"a version 1"
+            assert http.get(f"{files}/b.txt").content == b"b kept"
+            assert http.put(f"{files}/a.txt", content=b"a version 3").status_code == 200
+            # A replace whose fsync of records/ fails after its rename: made, never a 2xx,
+            # and nothing after it acknowledged (fsyncgate).
+            tracer = _attach(process.pid, "fsync", "error=EIO", records)
+            try:
+                synced = http.put(f"{files}/a.txt", content=b"a version 4")
+            finally:
+                _detach(tracer)
+            assert synced.status_code == 503, synced.text
+            assert synced.json()["code"] == "storage_sync_failed", synced.text
+            later = http.put(f"{files}/c.txt", content=b"never")
+            assert later.json()["code"] == "storage_sync_failed", later.text
+    finally:
+        stop_server(process)
+    # What the next start-up repairs (the failed fsync's replace left its old bytes to move
+    # into the trash), then a check that finds the root clean and every acknowledged byte.
+    repaired = run_app("data", "check", "--repair", env=env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = load("testing", environ=env)
+    with open_storage(config, writer=False, kind="tests", wanted="read") as store:
+        served = {}
+        for entry in store.list_files(sid):
+            handle, _ = store.open_file(sid, entry["name"])
+            with handle:
+                served[entry["name"]] = handle.read()
+            assert entry["sha256"] == hashlib.sha256(served[entry["name"]]).hexdigest()
+    assert served["b.txt"] == b"b kept"
+    assert served["a.txt"] in (b"a version 3", b"a version 4")  # 3 was acknowledged
+    assert "c.txt" not in served
+    # Every acknowledged version of a.txt is served or kept in the trash.
+    kept = {p.read_bytes() for p in (root / ".trash").glob("*/a.txt")} | {served["a.txt"]}
+    assert {b"a version 1", b"a version 3"} <= kept

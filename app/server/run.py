@@ -190,18 +190,8 @@ def serve(
         sys.exit(128 + stop.restart_signal)
 
 
-def _run(
-    config: Config, store: Storage, sock: socket.socket, host: str, stop: _StopRequest
-) -> None:
-    """Serve on a bound socket until told to stop; raise the store's lost error if it lost
-    its hold meanwhile."""
-    import uvicorn
-
-    log_config = _log_config(config.log_level)
-    bound_port: int = sock.getsockname()[1]
-    store.publish(port=bound_port, url=_public_url(host, bound_port))
-    # Whatever a crash of the last holder left half done is finished or undone before the
-    # first request; the audit log says what was done.
+def _start_up_check(store: Storage) -> None:
+    """The start-up's repair of what a crash of the last holder left, each finding logged."""
     try:
         findings = store.check(repair=True, thorough=False).findings
     except FsyncFailed as failed:
@@ -224,6 +214,21 @@ def _run(
             "" if finding.repaired else "NOT repaired: ",
             finding.repair,
         )
+
+
+def _run(
+    config: Config, store: Storage, sock: socket.socket, host: str, stop: _StopRequest
+) -> None:
+    """Serve on a bound socket until told to stop; raise the store's lost error if it lost
+    its hold meanwhile."""
+    import uvicorn
+
+    log_config = _log_config(config.log_level)
+    bound_port: int = sock.getsockname()[1]
+    store.publish(port=bound_port, url=_public_url(host, bound_port))
+    # Whatever a crash of the last holder left half done is finished or undone before the
+    # first request; the audit log says what was done.
+    _start_up_check(store)
     # A kept session's answer trusted on the kernel's change events rather than its stat
     # calls (app.store.watch); the remote store keeps no answers and has no such method.
     watch_sessions = getattr(store, "watch_sessions", None)
