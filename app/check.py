@@ -63,6 +63,7 @@ from app.store.records import (
     bytes_in_entry,
     load_record,
     open_regular,
+    public,
     read_meta,
     record_blob,
 )
@@ -686,7 +687,6 @@ class Checker:
     def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
         """A session's records against its blobs: each record's bytes there, each blob named."""
         referenced: set[str] = set()
-        records_dir = self.store.sessions_dir / session_id / RECORDS_DIR
         blobs_dir = self.store.sessions_dir / session_id / BLOBS_DIR
         unreadable: list[str] = []
         dangling: list[tuple[Path, FileRecord]] = []
@@ -762,11 +762,15 @@ class Checker:
             elif self.found(
                 "record-without-file",
                 path,
-                f"the record of {path.name!r} names bytes that are not there",
-                "remove the record (the audit line keeps it); nothing is left to serve",
+                f"the record of {path.name!r} names bytes that are not there (removed from "
+                "outside the app: `fsck` may have moved them to lost+found, a backup may have "
+                "left them out)",
+                "move the record into the trash, whose trash.json keeps its name, size and "
+                "SHA-256: `check` then names the entry and the bytes to put back into it, "
+                "and a restore of the file checks them",
             ):
-                path.unlink()
-                fsync_dir(records_dir)
+                self._keep_lost_record(session_id, path, record)
+
         for path in orphans:
             if path in held:
                 continue
@@ -788,6 +792,36 @@ class Checker:
                 self.root.audit(
                     "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
                 )
+
+    def _keep_lost_record(self, session_id: str, path: Path, record: FileRecord) -> None:
+        """Move an acknowledged file's record whose bytes are gone into a trash entry.
+
+        Removed, its name, size, SHA-256 and upload time went for good (the audit line said
+        only its path), at every server's start-up: bytes found again later (in lost+found,
+        in a backup) were "never acknowledged" to the next repair (red team 48). In the
+        entry they wait for a human, as a file whose trash copy lost its bytes does
+        (`_lost`): put back, a restore checks them against the SHA-256.
+        """
+        records_dir = path.parent
+        entry = self.store.trash.new_entry(
+            session_id, "file", path.name, "lost", previous=public(record), blob=record["blob"]
+        )
+        try:
+            prepared = self.root.prepare(records_dir, entry.path, audit=True)
+        except BaseException:
+            self.store.trash.remove_empty(entry)
+            raise
+        with prepared:
+            try:
+                path.unlink()
+            except BaseException:
+                if os.path.lexists(path):
+                    self.store.trash.remove_empty(entry)
+                raise
+            prepared.sync(records_dir)
+            prepared.audit(
+                "trash-file", f"{session_id}/{path.name}", trash=entry.name, reason="lost"
+            )
 
 
 def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) -> str | None:

@@ -13,6 +13,17 @@ a workload, then restarted, checked and read back) or of a real command. What br
   command exits 74 (``storage_sync_failed``: the change it began may be made), the repair it
   made is logged as made, nothing more is changed, and a server's start-up serves reads
   with its writes stopped, saying why.
+- A file's record whose bytes are gone from ``blobs/`` (``fsck`` moved them to
+  ``lost+found``; a backup restored without its large files). Every repair, and so every
+  server's start-up, removed the record for good, saying "the audit line keeps it": the line
+  kept its path only. The name, size and SHA-256 that let an operator find the bytes (in
+  ``lost+found``, in a backup) and the ``uploaded_at`` were gone; the file left its session's
+  listing without a word to anyone, and bytes put back later were an upload "never
+  acknowledged" to the next repair, which moved them to the trash for ``empty-trash`` to
+  remove. (The PostgreSQL backend never repairs its ``record-without-object``.) The repair
+  now moves the record into the trash, whose ``trash.json`` keeps all of it: ``check`` names
+  the entry and the SHA-256 to put back, a restore is refused naming them, and once the
+  bytes are back in the entry the restore brings the file back, checked against its SHA-256.
 """
 
 from __future__ import annotations
@@ -148,7 +159,17 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             files = f"/sessions/{sid}/files"
             assert http.put(f"{files}/a.txt", content=b"a version 1").status_code == 201
             assert http.put(f"{files}/b.txt", content=b"b kept").status_code == 201
+            assert http.put(f"{files}/gone.txt", content=b"lost+found").status_code == 201
+            assert http.put(f"{files}/lost.txt", content=b"in a backup").status_code == 201
             records = root / "sessions" / sid / "records"
+            for name in ("gone.txt", "lost.txt"):
+                blob = json.loads((records / name).read_bytes())["blob"]
+                (root / "sessions" / sid / "blobs" / blob).rename(tmp_path / name)
+            # Deleted as any listed file is (it was 404 "no file"): its record goes into the
+            # trash entry, which waits for the bytes; put back, the entry is whole.
+            trashed = http.delete(f"{files}/lost.txt")
+            assert trashed.status_code == 200, trashed.text
+            (tmp_path / "lost.txt").rename(root / ".trash" / trashed.json()["trash"] / "lost.txt")
             # A replace's second rename (its blob's first): the record's, its commit point.
             # strace's -P does not match a rename's destination, so it is counted.
             tracer = _attach(process.pid, "rename", "error=EIO:when=2")
@@ -179,12 +200,24 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             assert synced.json()["code"] == "storage_sync_failed", synced.text
             later = http.put(f"{files}/c.txt", content=b"never")
             assert later.json()["code"] == "storage_sync_failed", later.text
+            # A listed file whose bytes were removed from outside the app (by the test, as
+            # fsck would): named damaged, not 404 "no file ... GET lists its files".
+            gone = http.get(f"{files}/gone.txt")
+            assert gone.status_code == 500, gone.text
+            assert gone.json()["code"] == "file_damaged", gone.text
+            assert "removed from outside the app" in gone.json()["message"], gone.text
     finally:
         stop_server(process)
     # What the next start-up repairs (the failed fsync's replace left its old bytes to move
     # into the trash), then a check that finds the root clean and every acknowledged byte.
     repaired = run_app("data", "check", "--repair", env=env)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    # gone.txt's record is in the trash now (`record-without-file`); its bytes go back there.
+    (kept_record,) = (
+        p for p in (root / ".trash").glob(f"*-{sid}-file-*")
+        if json.loads((p / "trash.json").read_bytes())["file"] == "gone.txt"
+    )  # fmt: skip
+    (tmp_path / "gone.txt").rename(kept_record / "gone.txt")
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     config = load("testing", environ=env)
@@ -201,3 +234,49 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
     # Every acknowledged version of a.txt is served or kept in the trash.
     kept = {p.read_bytes() for p in (root / ".trash").glob("*/a.txt")} | {served["a.txt"]}
     assert {b"a version 1", b"a version 3"} <= kept
+
+
+def test_a_record_whose_bytes_are_gone_is_kept_in_the_trash_by_the_repair_not_removed(
+    app_config: Config,
+) -> None:
+    root = app_config.data_root
+    data = b"acknowledged bytes, moved to lost+found by fsck"
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        sid = store.create_session("lost bytes")["id"]
+        store.put_file(sid, "x.txt", data)
+        store.put_file(sid, "y.txt", b"kept")
+    record = json.loads((root / "sessions" / sid / "records" / "x.txt").read_bytes())
+    lost_found = root.parent / "lost+found"
+    lost_found.mkdir()
+    (root / "sessions" / sid / "blobs" / record["blob"]).rename(lost_found / "#1234")
+    env = app_env(root)
+    repaired = run_app("data", "check", "--repair", env=env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "record-without-file" in repaired.stdout
+    # The record is in the trash, whole, with the SHA-256 that finds the bytes again.
+    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    manifest = json.loads((entry / "trash.json").read_bytes())
+    assert manifest["file"] == "x.txt"
+    assert manifest["entry"] == {k: record[k] for k in ("name", "size", "sha256", "uploaded_at")}
+    assert manifest["blob"] == record["blob"]
+    # Reported, for a human, every time, naming the entry and the bytes to put back.
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 65, checked.stdout + checked.stderr
+    assert entry.name in checked.stdout and "put the bytes back" in checked.stdout
+    restore = ("sessions", "restore", sid, "--file", "x.txt")
+    refused = run_app(*restore, env=env)
+    assert refused.returncode == 65, refused.stdout + refused.stderr
+    assert entry.name in refused.stderr
+    # The operator finds the bytes by their SHA-256 and puts them back: restored, checked.
+    assert hashlib.sha256((lost_found / "#1234").read_bytes()).hexdigest() == record["sha256"]
+    (lost_found / "#1234").rename(entry / "x.txt")
+    restored = run_app(*restore, env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert run_app("data", "check", env=env).returncode == 0
+    with open_storage(app_config, writer=False, kind="tests", wanted="read") as store:
+        files = {f["name"]: f for f in store.list_files(sid)}
+        assert files["x.txt"]["sha256"] == record["sha256"]
+        assert files["x.txt"]["uploaded_at"] == record["uploaded_at"]
+        handle, _ = store.open_file(sid, "x.txt")
+        with handle:
+            assert handle.read() == data

@@ -470,6 +470,10 @@ class Store(Storage):
         # A FIFO or a link where the newest copy's bytes should be is refused by name here:
         # passed over, "not in the trash" was said of an entry the listing shows.
         if self.trash.chosen(session_id, name, entry, odd=True) is None:
+            # A newest copy that lost its bytes (a record `check` kept after its bytes went,
+            # red team 48) is named, with what puts it back, not "no file in the trash".
+            if name is not None:
+                self.trash.chosen(session_id, name, entry, lost=True)
             raise NotInTrashError(session_id, name, entry=entry)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.
