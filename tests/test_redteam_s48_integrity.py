@@ -31,25 +31,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import forked_app
 import httpx
-import pytest
+from test_redteam_s39_integrity import _detach, _injected, needs_strace
 from test_server_e2e import app_env, run_app
 
 from app.config import Config, load
 from app.storage import open_storage
+from app.testing import LiveServer
 from app.testing.live_server import stop_server
-
-needs_strace = pytest.mark.skipif(
-    shutil.which("strace") is None or os.geteuid() != 0,
-    reason="a fault injected into one call of a real process takes strace(1) and root",
-)
 
 
 def _half_replaced(config: Config, title: str) -> tuple[str, Path, Path]:
@@ -101,10 +95,7 @@ def test_a_repair_whose_fsync_fails_stops_there_and_says_its_change_may_be_made(
     # The repair made is in the command's log, as a line the audit log should hold.
     assert "check-repair" in done.stderr and "trash-unfinished" in done.stderr, done.stderr
     # Without the fault, the next repair finishes the rest; both old versions are kept.
-    again = subprocess.run(
-        [sys.executable, "-m", "app", "data", "check", "--repair"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    again = run_app("data", "check", "--repair", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (later / "a.txt").read_bytes() == b"second version 1"
     with open_storage(app_config, writer=False, kind="tests", wanted="read") as store:
@@ -112,35 +103,6 @@ def test_a_repair_whose_fsync_fails_stops_there_and_says_its_change_may_be_made(
             handle, _ = store.open_file(sid, "a.txt")
             with handle:
                 assert handle.read() == f"{title} version 2".encode()
-
-
-def _every_thread_traced(pid: int) -> bool:
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with (task / "status").open() as status:
-            tracer = next(line for line in status if line.startswith("TracerPid:"))
-        if tracer.split()[1] == "0":
-            return False
-    return True
-
-
-def _attach(pid: int, calls: str, inject: str, *paths: Path) -> subprocess.Popen[bytes]:
-    """strace on every thread of `pid`, failing every call of `calls` that touches `paths`
-    with `inject` (``error=EIO``), until it is terminated."""
-    only = [arg for path in paths for arg in ("-P", str(path))]
-    tracer = subprocess.Popen(
-        ["strace", "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={calls}",
-         "-e", f"inject={calls}:{inject}", "-p", str(pid)],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    while not _every_thread_traced(pid):
-        assert tracer.poll() is None, "strace could not attach"
-        time.sleep(0.01)
-    return tracer
-
-
-def _detach(tracer: subprocess.Popen[bytes]) -> None:
-    tracer.terminate()
-    tracer.wait()
 
 
 @needs_strace
@@ -151,10 +113,11 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
     # fsync, mkdir and write of seven write paths; these are its commit points, kept.
     root = tmp_path / "live-data"
     env = app_env(root)
+    config = load("testing", environ=env)
     process, url = forked_app.start_server(env, root, tmp_path / "first.log")
-    headers = {"Authorization": f"Bearer {env.get('APP_API_TOKEN', 'testing-token-not-secret')}"}
+    server = LiveServer(url, root, process.pid, config.api_token, tmp_path / "first.log", config)
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        with httpx.Client(base_url=url, headers=server.headers, timeout=30) as http:
             sid = http.post("/sessions", json={"title": "faults"}).json()["id"]
             files = f"/sessions/{sid}/files"
             assert http.put(f"{files}/a.txt", content=b"a version 1").status_code == 201
@@ -172,12 +135,12 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             (tmp_path / "lost.txt").rename(root / ".trash" / trashed.json()["trash"] / "lost.txt")
             # A replace's second rename (its blob's first): the record's, its commit point.
             # strace's -P does not match a rename's destination, so it is counted.
-            tracer = _attach(process.pid, "rename", "error=EIO:when=2")
+            tracer = _injected(server, "rename:error=EIO:when=2")
             try:
                 replaced = http.put(f"{files}/a.txt", content=b"a version 2")
             finally:
                 _detach(tracer)
-            tracer = _attach(process.pid, "unlink", "error=EIO", records / "b.txt")
+            tracer = _injected(server, "unlink:error=EIO", records / "b.txt")
             try:
                 deleted = http.delete(f"{files}/b.txt")
             finally:
@@ -191,7 +154,7 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             assert http.put(f"{files}/a.txt", content=b"a version 3").status_code == 200
             # A replace whose fsync of records/ fails after its rename: made, never a 2xx,
             # and nothing after it acknowledged (fsyncgate).
-            tracer = _attach(process.pid, "fsync", "error=EIO", records)
+            tracer = _injected(server, "fsync:error=EIO", records)
             try:
                 synced = http.put(f"{files}/a.txt", content=b"a version 4")
             finally:
@@ -220,7 +183,6 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
     (tmp_path / "gone.txt").rename(kept_record / "gone.txt")
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    config = load("testing", environ=env)
     with open_storage(config, writer=False, kind="tests", wanted="read") as store:
         served = {}
         for entry in store.list_files(sid):
