@@ -33,7 +33,6 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
-    fsync_dir,
     link_remedy,
     read_regular,
     root_mounts,
@@ -501,9 +500,11 @@ class Checker:
             "move them into the entry and append its audit line",
         ):
             return False
-        blob_path.rename(path / bytes_in_entry(file))
-        fsync_dir(path)
-        fsync_dir(blob_path.parent)
+        # The directories it syncs opened before the move: out of descriptors after it, the
+        # repair was reported "not done" of bytes it had moved (red team 48).
+        with self.root.prepare(path, blob_path.parent) as prepared:
+            blob_path.rename(path / bytes_in_entry(file))
+            prepared.sync()
         return True
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
@@ -785,13 +786,26 @@ class Checker:
                 "acknowledged)",
                 f"move them to the trash as file {name!r} (reason 'orphan')",
             ):
-                entry = self.store.trash.new_entry(session_id, "file", name, "orphan")
+                self._trash_orphan(session_id, path, name)
+
+    def _trash_orphan(self, session_id: str, path: Path, name: str) -> None:
+        """Move bytes no record names into a trash entry of their own, as file ``name``."""
+        blobs_dir = path.parent
+        entry = self.store.trash.new_entry(session_id, "file", name, "orphan")
+        try:
+            prepared = self.root.prepare(entry.path, blobs_dir, audit=True)
+        except BaseException:
+            self.store.trash.remove_empty(entry)
+            raise
+        with prepared:
+            try:
                 path.rename(entry.path / name)
-                fsync_dir(entry.path)
-                fsync_dir(blobs_dir)
-                self.root.audit(
-                    "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
-                )
+            except BaseException:
+                if os.path.lexists(path):
+                    self.store.trash.remove_empty(entry)
+                raise
+            prepared.sync()
+            prepared.audit("trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan")
 
     def _keep_lost_record(self, session_id: str, path: Path, record: FileRecord) -> None:
         """Move an acknowledged file's record whose bytes are gone into a trash entry.
