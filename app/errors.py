@@ -2135,7 +2135,7 @@ class StoppedPartwayError(StorageError):
     code = "stopped_partway"
     template = (
         "{doing} stopped after {done} of {total} ({cause}): the {done} done are {where}, "
-        "and audited; the rest are unchanged. {fix}"
+        "and audited; {rest}. {fix}"
     )
 
     doing: str
@@ -2144,6 +2144,19 @@ class StoppedPartwayError(StorageError):
     cause: str
     where: str
     fix: str
+    rest: str = "the rest are unchanged"
+
+
+def partway_cause(error: OSError) -> tuple[str, bool]:
+    """What stopped a command over many items (`StoppedPartwayError`), said without a path
+    (``POST /trash/empty`` sends it to a client), and whether the call it failed may have
+    been carried out all the same: an interrupted call (``EINTR``, which a network or FUSE
+    filesystem may have made) or a disk fault (``EIO``). The item it stopped at is then not
+    "unchanged" (red team 48: ``str(error)`` gave the server's paths, and "the rest are
+    unchanged" of an entry the filesystem may have moved)."""
+    number = error.errno or 0
+    cause = f"{errno.errorcode.get(number, f'errno {number}')}: {error.strerror or error}"
+    return cause, number in _IO_ERRNOS | _INTERRUPTED_ERRNOS
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

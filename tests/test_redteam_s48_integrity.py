@@ -119,6 +119,7 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
     try:
         with httpx.Client(base_url=url, headers=server.headers, timeout=30) as http:
             sid = http.post("/sessions", json={"title": "faults"}).json()["id"]
+            other = http.post("/sessions", json={"title": "to the trash"}).json()["id"]
             files = f"/sessions/{sid}/files"
             assert http.put(f"{files}/a.txt", content=b"a version 1").status_code == 201
             assert http.put(f"{files}/b.txt", content=b"b kept").status_code == 201
@@ -133,6 +134,21 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             trashed = http.delete(f"{files}/lost.txt")
             assert trashed.status_code == 200, trashed.text
             (tmp_path / "lost.txt").rename(root / ".trash" / trashed.json()["trash"] / "lost.txt")
+            # An empty-trash whose rename of its second entry is interrupted (EINTR: a
+            # network filesystem mounted to allow it, which may have carried the call out).
+            # It said "the rest are unchanged", with the server's paths, to the client.
+            assert http.delete(f"/sessions/{other}").status_code == 200
+            tracer = _injected(server, "rename:error=EINTR:when=2")
+            try:
+                emptied = http.post("/trash/empty")
+            finally:
+                _detach(tracer)
+            assert emptied.status_code == 500, emptied.text
+            assert emptied.json()["code"] == "stopped_partway", emptied.text
+            said = emptied.json()["message"]
+            assert "empty-trash stopped after 1 of " in said, said
+            assert str(root) not in said and "EINTR" in said, said
+            assert "the entry it stopped at may be removed too" in said, said
             # A replace's second rename (its blob's first): the record's, its commit point.
             # strace's -P does not match a rename's destination, so it is counted.
             tracer = _injected(server, "rename:error=EIO:when=2")

@@ -45,6 +45,7 @@ from app.errors import (
     SessionNotFoundError,
     StoppedPartwayError,
     UnreadableSessionError,
+    partway_cause,
 )
 from app.names import check_stored_name
 from app.storage import (
@@ -350,15 +351,25 @@ class Store(Storage):
                     # The session it failed on may have moved as well: "the rest are
                     # unchanged" would be untrue, and "run it again" is refused until restart.
                     raise
+                cause, maybe_done = partway_cause(error)
                 raise StoppedPartwayError(
                     doing="purge",
                     done=len(entries),
                     total=len(ids),
-                    cause=str(error),
+                    cause=f"{cause}: {error.filename}" if error.filename else cause,
                     where=f"in the trash ({self.trash_location})",
-                    fix="Resolve the cause (`ulimit -n`, free space, permissions), then run "
-                    "`app data purge` again to move the rest; `app sessions restore ID` brings "
-                    "one back",
+                    fix="Resolve the cause (`ulimit -n`, free space, permissions; `dmesg` for "
+                    "a disk fault), then run `app data purge` again to move the rest; `app "
+                    "sessions restore ID` brings one back",
+                    **(
+                        {
+                            "rest": "the session it stopped at may be in the trash too (the "
+                            "filesystem may have made the call it failed: `app sessions list "
+                            "--trash` says), and the rest are unchanged"
+                        }
+                        if maybe_done
+                        else {}
+                    ),
                 ) from error
             prepared.audit(
                 "purge",
