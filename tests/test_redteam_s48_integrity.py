@@ -24,6 +24,14 @@ a workload, then restarted, checked and read back) or of a real command. What br
   now moves the record into the trash, whose ``trash.json`` keeps all of it: ``check`` names
   the entry and the SHA-256 to put back, a restore is refused naming them, and once the
   bytes are back in the entry the restore brings the file back, checked against its SHA-256.
+  The same file under a live server: a download and a ``DELETE`` were 404 "has no file ...
+  GET lists its files" of a listed file; a download is now ``file_damaged`` and a ``DELETE``
+  moves it to the trash. A restore whose only copy lost its bytes said "no file in the
+  trash"; it names the entry.
+- ``POST /trash/empty`` whose rename of an entry was interrupted (``EINTR``) after others
+  were removed: 500 ``stopped_partway`` with the server's paths in the message, saying "the
+  rest are unchanged" of an entry the filesystem may have moved. It names the errno only,
+  and says the entry it stopped at may be removed too; ``app data purge`` alike.
 """
 
 from __future__ import annotations
