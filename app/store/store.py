@@ -483,8 +483,11 @@ class Store(Storage):
         if self.trash.chosen(session_id, name, entry, odd=True) is None:
             # A newest copy that lost its bytes (a record `check` kept after its bytes went,
             # red team 48) is named, with what puts it back, not "no file in the trash".
+            # Under the session's lock, as `latest` asks: an entry a delete is filling is
+            # not one that lost its bytes.
             if name is not None:
-                self.trash.chosen(session_id, name, entry, lost=True)
+                with self.sessions.state.lock_for(session_id):
+                    self.trash.chosen(session_id, name, entry, lost=True)
             raise NotInTrashError(session_id, name, entry=entry)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.
