@@ -536,9 +536,9 @@ class Checker:
             "among the session's blobs, and the session no longer has that version: removed "
             "from outside the app; a restore of the file is refused while this is its "
             "newest entry",
-            "nothing: left for a human (put the bytes back into the entry from a backup, "
-            "their SHA-256 is in its trash.json; or move the entry out of .trash/ to let a "
-            "restore bring back the copy before it)",
+            f"nothing: left for a human (put the bytes back into the entry as "
+            f"{bytes_in_entry(file)!r} from a backup, their SHA-256 is in its trash.json; or "
+            "move the entry out of .trash/ to let a restore bring back the copy before it)",
         )
         return True
 

@@ -1212,6 +1212,10 @@ class TrashCopyLostError(StoreError):
             )
         else:
             instead = "; no other copy of it is in the trash"
+        # The name an entry keeps the bytes under (`app.store.records.bytes_in_entry`): put
+        # back as "trash.json", a file of that name went over the entry's manifest, the
+        # record of the SHA-256 that finds them (red team 48).
+        kept = f".{self.file}" if self.file == "trash.json" else self.file
         if self.object_store is not None:
             if self.damage.startswith("has lost"):
                 cause = (
@@ -1227,7 +1231,7 @@ class TrashCopyLostError(StoreError):
         return (
             f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
             "from outside the app; `app data check` reports it as "
-            f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
+            f"file-damaged), {older}. Put the bytes back into that entry as {kept!r} "
             f"from a backup (their SHA-256 is in its trash.json){instead}"
         )
 

@@ -27,7 +27,8 @@ a workload, then restarted, checked and read back) or of a real command. What br
   The same file under a live server: a download and a ``DELETE`` were 404 "has no file ...
   GET lists its files" of a listed file; a download is now ``file_damaged`` and a ``DELETE``
   moves it to the trash. A restore whose only copy lost its bytes said "no file in the
-  trash"; it names the entry.
+  trash"; it names the entry. For a file named ``trash.json`` the remedy said to put the
+  bytes back as ``trash.json``, over the entry's manifest; it names ``.trash.json``.
 - ``POST /trash/empty`` whose rename of an entry was interrupted (``EINTR``) after others
   were removed: 500 ``stopped_partway`` with the server's paths in the message, saying "the
   rest are unchanged" of an entry the filesystem may have moved. It names the errno only,
@@ -231,16 +232,23 @@ def test_a_record_whose_bytes_are_gone_is_kept_in_the_trash_by_the_repair_not_re
         sid = store.create_session("lost bytes")["id"]
         store.put_file(sid, "x.txt", data)
         store.put_file(sid, "y.txt", b"kept")
+        store.put_file(sid, "trash.json", b"a file of the manifest's name")
     record = json.loads((root / "sessions" / sid / "records" / "x.txt").read_bytes())
     lost_found = root.parent / "lost+found"
     lost_found.mkdir()
     (root / "sessions" / sid / "blobs" / record["blob"]).rename(lost_found / "#1234")
+    named = json.loads((root / "sessions" / sid / "records" / "trash.json").read_bytes())
+    (root / "sessions" / sid / "blobs" / named["blob"]).rename(lost_found / "#1235")
     env = app_env(root)
     repaired = run_app("data", "check", "--repair", env=env)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "record-without-file" in repaired.stdout
     # The record is in the trash, whole, with the SHA-256 that finds the bytes again.
-    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    entries = {
+        json.loads((p / "trash.json").read_bytes())["file"]: p
+        for p in (root / ".trash").glob(f"*-{sid}-file-*")
+    }
+    entry = entries["x.txt"]
     manifest = json.loads((entry / "trash.json").read_bytes())
     assert manifest["file"] == "x.txt"
     assert manifest["entry"] == {k: record[k] for k in ("name", "size", "sha256", "uploaded_at")}
@@ -249,6 +257,7 @@ def test_a_record_whose_bytes_are_gone_is_kept_in_the_trash_by_the_repair_not_re
     checked = run_app("data", "check", env=env)
     assert checked.returncode == 65, checked.stdout + checked.stderr
     assert entry.name in checked.stdout and "put the bytes back" in checked.stdout
+    assert "into the entry as '.trash.json'" in checked.stdout, checked.stdout
     restore = ("sessions", "restore", sid, "--file", "x.txt")
     refused = run_app(*restore, env=env)
     assert refused.returncode == 65, refused.stdout + refused.stderr
@@ -258,6 +267,13 @@ def test_a_record_whose_bytes_are_gone_is_kept_in_the_trash_by_the_repair_not_re
     (lost_found / "#1234").rename(entry / "x.txt")
     restored = run_app(*restore, env=env)
     assert restored.returncode == 0, restored.stdout + restored.stderr
+    # A file named as the manifest is kept as .trash.json; the remedy said "as 'trash.json'",
+    # over the manifest that holds the SHA-256 to find the bytes by.
+    other = ("sessions", "restore", sid, "--file", "trash.json")
+    refused = run_app(*other, env=env)
+    assert "Put the bytes back into that entry as '.trash.json'" in refused.stderr, refused
+    (lost_found / "#1235").rename(entries["trash.json"] / ".trash.json")
+    assert run_app(*other, env=env).returncode == 0
     assert run_app("data", "check", env=env).returncode == 0
     with open_storage(app_config, writer=False, kind="tests", wanted="read") as store:
         files = {f["name"]: f for f in store.list_files(sid)}
