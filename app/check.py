@@ -33,7 +33,6 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
-    fsync_dir,
     link_remedy,
     read_regular,
     root_mounts,
@@ -41,6 +40,7 @@ from app.dataroot import (
     unmount_keeping,
 )
 from app.errors import (
+    FsyncFailed,
     InvalidNameError,
     SessionNotFoundError,
     UnreadableSessionError,
@@ -62,6 +62,7 @@ from app.store.records import (
     bytes_in_entry,
     load_record,
     open_regular,
+    public,
     read_meta,
     record_blob,
 )
@@ -166,6 +167,23 @@ class Checker:
         start = len(self.findings)
         try:
             yield
+        except FsyncFailed as error:
+            # The repair's change (a rename, an unlink) may be made, and is not durable; no
+            # change of this process is from now on (app.dataroot's fsyncgate). Taken for
+            # "not done", it was so reported (exit 65, "nothing was done about them"), and
+            # the run went on changing the root (red team 48): it stops here.
+            tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
+            if tried:
+                finding = self.findings[tried[-1]]
+                self.findings[tried[-1]] = dataclasses.replace(
+                    finding,
+                    repaired=False,
+                    repair=f"{finding.repair} (stopped: an fsync failed during it "
+                    f"({error.strerror or error}), so it may be made, in part or whole, and "
+                    "not durable; no repair was made after it. Mend the disk (`dmesg`), then "
+                    "run `app data check --repair` again)",
+                )
+            raise
         except OSError as error:
             tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
             if not tried:
@@ -482,9 +500,11 @@ class Checker:
             "move them into the entry and append its audit line",
         ):
             return False
-        blob_path.rename(path / bytes_in_entry(file))
-        fsync_dir(path)
-        fsync_dir(blob_path.parent)
+        # The directories it syncs opened before the move: out of descriptors after it, the
+        # repair was reported "not done" of bytes it had moved (red team 48).
+        with self.root.prepare(path, blob_path.parent) as prepared:
+            blob_path.rename(path / bytes_in_entry(file))
+            prepared.sync()
         return True
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
@@ -516,9 +536,9 @@ class Checker:
             "among the session's blobs, and the session no longer has that version: removed "
             "from outside the app; a restore of the file is refused while this is its "
             "newest entry",
-            "nothing: left for a human (put the bytes back into the entry from a backup, "
-            "their SHA-256 is in its trash.json; or move the entry out of .trash/ to let a "
-            "restore bring back the copy before it)",
+            f"nothing: left for a human (put the bytes back into the entry as "
+            f"{bytes_in_entry(file)!r} from a backup, their SHA-256 is in its trash.json; or "
+            "move the entry out of .trash/ to let a restore bring back the copy before it)",
         )
         return True
 
@@ -668,7 +688,6 @@ class Checker:
     def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
         """A session's records against its blobs: each record's bytes there, each blob named."""
         referenced: set[str] = set()
-        records_dir = self.store.sessions_dir / session_id / RECORDS_DIR
         blobs_dir = self.store.sessions_dir / session_id / BLOBS_DIR
         unreadable: list[str] = []
         dangling: list[tuple[Path, FileRecord]] = []
@@ -744,11 +763,15 @@ class Checker:
             elif self.found(
                 "record-without-file",
                 path,
-                f"the record of {path.name!r} names bytes that are not there",
-                "remove the record (the audit line keeps it); nothing is left to serve",
+                f"the record of {path.name!r} names bytes that are not there (removed from "
+                "outside the app: `fsck` may have moved them to lost+found, a backup may have "
+                "left them out)",
+                "move the record into the trash, whose trash.json keeps its name, size and "
+                "SHA-256: `check` then names the entry and the bytes to put back into it, "
+                "and a restore of the file checks them",
             ):
-                path.unlink()
-                fsync_dir(records_dir)
+                self._keep_lost_record(session_id, path, record)
+
         for path in orphans:
             if path in held:
                 continue
@@ -763,13 +786,56 @@ class Checker:
                 "acknowledged)",
                 f"move them to the trash as file {name!r} (reason 'orphan')",
             ):
-                entry = self.store.trash.new_entry(session_id, "file", name, "orphan")
+                self._trash_orphan(session_id, path, name)
+
+    def _trash_orphan(self, session_id: str, path: Path, name: str) -> None:
+        """Move bytes no record names into a trash entry of their own, as file ``name``."""
+        blobs_dir = path.parent
+        entry = self.store.trash.new_entry(session_id, "file", name, "orphan")
+        try:
+            prepared = self.root.prepare(entry.path, blobs_dir, audit=True)
+        except BaseException:
+            self.store.trash.remove_empty(entry)
+            raise
+        with prepared:
+            try:
                 path.rename(entry.path / name)
-                fsync_dir(entry.path)
-                fsync_dir(blobs_dir)
-                self.root.audit(
-                    "trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan"
-                )
+            except BaseException:
+                if os.path.lexists(path):
+                    self.store.trash.remove_empty(entry)
+                raise
+            prepared.sync()
+            prepared.audit("trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan")
+
+    def _keep_lost_record(self, session_id: str, path: Path, record: FileRecord) -> None:
+        """Move an acknowledged file's record whose bytes are gone into a trash entry.
+
+        Removed, its name, size, SHA-256 and upload time went for good (the audit line said
+        only its path), at every server's start-up: bytes found again later (in lost+found,
+        in a backup) were "never acknowledged" to the next repair (red team 48). In the
+        entry they wait for a human, as a file whose trash copy lost its bytes does
+        (`_lost`): put back, a restore checks them against the SHA-256.
+        """
+        records_dir = path.parent
+        entry = self.store.trash.new_entry(
+            session_id, "file", path.name, "lost", previous=public(record), blob=record["blob"]
+        )
+        try:
+            prepared = self.root.prepare(records_dir, entry.path, audit=True)
+        except BaseException:
+            self.store.trash.remove_empty(entry)
+            raise
+        with prepared:
+            try:
+                path.unlink()
+            except BaseException:
+                if os.path.lexists(path):
+                    self.store.trash.remove_empty(entry)
+                raise
+            prepared.sync(records_dir)
+            prepared.audit(
+                "trash-file", f"{session_id}/{path.name}", trash=entry.name, reason="lost"
+            )
 
 
 def _damage(path: Path, acknowledged: Mapping[str, Any], *, hash_bytes: bool) -> str | None:

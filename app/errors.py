@@ -1212,6 +1212,10 @@ class TrashCopyLostError(StoreError):
             )
         else:
             instead = "; no other copy of it is in the trash"
+        # The name an entry keeps the bytes under (`app.store.records.bytes_in_entry`): put
+        # back as "trash.json", a file of that name went over the entry's manifest, the
+        # record of the SHA-256 that finds them (red team 48).
+        kept = f".{self.file}" if self.file == "trash.json" else self.file
         if self.object_store is not None:
             if self.damage.startswith("has lost"):
                 cause = (
@@ -1227,7 +1231,7 @@ class TrashCopyLostError(StoreError):
         return (
             f"{what} ({'removed' if self.damage.startswith('has lost') else 'changed'} "
             "from outside the app; `app data check` reports it as "
-            f"file-damaged), {older}. Put the bytes back into that entry as {self.file!r} "
+            f"file-damaged), {older}. Put the bytes back into that entry as {kept!r} "
             f"from a backup (their SHA-256 is in its trash.json){instead}"
         )
 
@@ -2135,7 +2139,7 @@ class StoppedPartwayError(StorageError):
     code = "stopped_partway"
     template = (
         "{doing} stopped after {done} of {total} ({cause}): the {done} done are {where}, "
-        "and audited; the rest are unchanged. {fix}"
+        "and audited; {rest}. {fix}"
     )
 
     doing: str
@@ -2144,6 +2148,19 @@ class StoppedPartwayError(StorageError):
     cause: str
     where: str
     fix: str
+    rest: str = "the rest are unchanged"
+
+
+def partway_cause(error: OSError) -> tuple[str, bool]:
+    """What stopped a command over many items (`StoppedPartwayError`), said without a path
+    (``POST /trash/empty`` sends it to a client), and whether the call it failed may have
+    been carried out all the same: an interrupted call (``EINTR``, which a network or FUSE
+    filesystem may have made) or a disk fault (``EIO``). The item it stopped at is then not
+    "unchanged" (red team 48: ``str(error)`` gave the server's paths, and "the rest are
+    unchanged" of an entry the filesystem may have moved)."""
+    number = error.errno or 0
+    cause = f"{errno.errorcode.get(number, f'errno {number}')}: {error.strerror or error}"
+    return cause, number in _IO_ERRNOS | _INTERRUPTED_ERRNOS
 
 
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -318,7 +318,8 @@ class TrashEntry:
         session_id: the session it came from.
         file: the file name, for a file entry.
         deleted_at: when it was moved to the trash (UTC).
-        reason: ``"delete"``, ``"purge"``, ``"replace"`` or ``"orphan"``; ``"unknown"`` for a
+        reason: ``"delete"``, ``"purge"``, ``"replace"``, ``"orphan"`` or ``"lost"`` (a record
+            `check` kept after its bytes were removed from outside the app); ``"unknown"`` for a
             damaged manifest, ``"unreadable"`` for one this process may not read, ``"linked"``
             for a symbolic link at an entry's name (never followed).
         title: the session's title when it was deleted (session entries).

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from app.errors import EX_SOFTWARE, AppError, PortInUseError, thread_limit
+from app.errors import EX_SOFTWARE, AppError, FsyncFailed, PortInUseError, thread_limit
 from app.server.committer import Committer
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
@@ -190,6 +190,32 @@ def serve(
         sys.exit(128 + stop.restart_signal)
 
 
+def _start_up_check(store: Storage) -> None:
+    """The start-up's repair of what a crash of the last holder left, each finding logged."""
+    try:
+        findings = store.check(repair=True, thorough=False).findings
+    except FsyncFailed as failed:
+        # The check stopped at it, its repairs logged (`Store.check`); this process changes
+        # nothing more, as after any failed fsync: it serves reads, and GET /health and every
+        # change say why, until a restart once the disk is mended (red team 48).
+        log.error(
+            "start-up check stopped: an fsync on the data root's filesystem failed (%s); "
+            "this server serves reads and refuses every change until it is restarted. Mend "
+            "the disk (`dmesg`), then restart it: its start-up runs the repair again",
+            failed.strerror or failed,
+        )
+        findings = []
+    for finding in findings:
+        log.warning(
+            "start-up check: %s %s: %s; %s%s",
+            finding.problem,
+            finding.target,
+            finding.detail,
+            "" if finding.repaired else "NOT repaired: ",
+            finding.repair,
+        )
+
+
 def _run(
     config: Config, store: Storage, sock: socket.socket, host: str, stop: _StopRequest
 ) -> None:
@@ -202,15 +228,7 @@ def _run(
     store.publish(port=bound_port, url=_public_url(host, bound_port))
     # Whatever a crash of the last holder left half done is finished or undone before the
     # first request; the audit log says what was done.
-    for finding in store.check(repair=True, thorough=False).findings:
-        log.warning(
-            "start-up check: %s %s: %s; %s%s",
-            finding.problem,
-            finding.target,
-            finding.detail,
-            "" if finding.repaired else "NOT repaired: ",
-            finding.repair,
-        )
+    _start_up_check(store)
     # A kept session's answer trusted on the kernel's change events rather than its stat
     # calls (app.store.watch); the remote store keeps no answers and has no such method.
     watch_sessions = getattr(store, "watch_sessions", None)

@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from app.errors import (
     DamagedFileError,
@@ -143,6 +143,12 @@ class Files:
                             "are not there (their name holds a symbolic link, which the app "
                             "never follows: `app data check` names where it leads)",
                         ) from None
+                    # Gone, under the lock every move of them takes: removed from outside
+                    # the app. A 404 "no file ... GET lists its files", of a file the
+                    # listing showed, hid the loss (red team 48).
+                    raise DamagedFileError(
+                        session_id, record_path.name, LOST_BYTES, "nothing of it was sent"
+                    ) from None
                 else:
                     mode = os.fstat(file.fileno()).st_mode
                     if stat.S_ISREG(mode):
@@ -273,6 +279,17 @@ class Files:
     ) -> None:
         # After the switch the old blob is no longer the file; moving it into its trash entry
         # may fail (a full disk) without undoing anything: `check` finishes the move.
+        if not os.path.lexists(directory / BLOBS_DIR / blob):
+            log.warning(
+                "file %r of session %s: its bytes (blob %s) were not there, removed from "
+                "outside the app; trash entry %s keeps its record for them, and `app data "
+                "check` names it until they are put back into it",
+                name,
+                directory.name,
+                blob,
+                entry.name,
+            )
+            return
         try:
             (directory / BLOBS_DIR / blob).rename(entry.path / bytes_in_entry(name))
             prepared.sync(entry.path, directory / BLOBS_DIR)
@@ -292,7 +309,10 @@ class Files:
             # lexists: a link or a FIFO at the blob's name (from outside the app) is listed,
             # and moves to the trash as it is; a 404 "no file" of a listed file named no
             # way to remove it (red team 41).
-            if old is None or not os.path.lexists(directory / BLOBS_DIR / old["blob"]):
+            # A file whose bytes are gone (removed from outside the app) is deleted too: its
+            # record goes into the trash entry, which waits for them (`_retire_blob`); a
+            # 404 "no file" of a listed file named no way to remove it (red team 48).
+            if old is None:
                 raise FileNotFoundInSessionError(session_id, name)
             entry = self.trash.new_entry(
                 session_id, "file", name, "delete", previous=public(old), blob=old["blob"]
@@ -421,6 +441,14 @@ class Files:
             self._switch_record(session_id, record_path, record, undo)
             self.trash.remove_restored(entry, prepared)
             return self.sessions.with_file(before, directory, record), entry
+
+
+#: What a download says of a file whose record is there and whose bytes are not.
+LOST_BYTES: Final = (
+    "are not there (removed from outside the app: `fsck` may have moved them to lost+found, "
+    "a backup may have left them out; `app data check --repair` keeps the file's record, "
+    "with their SHA-256, in the trash for them)"
+)
 
 
 def _sha256(path: Path) -> str:

@@ -45,6 +45,7 @@ from app.errors import (
     SessionNotFoundError,
     StoppedPartwayError,
     UnreadableSessionError,
+    partway_cause,
 )
 from app.names import check_stored_name
 from app.storage import (
@@ -350,15 +351,25 @@ class Store(Storage):
                     # The session it failed on may have moved as well: "the rest are
                     # unchanged" would be untrue, and "run it again" is refused until restart.
                     raise
+                cause, maybe_done = partway_cause(error)
                 raise StoppedPartwayError(
                     doing="purge",
                     done=len(entries),
                     total=len(ids),
-                    cause=str(error),
+                    cause=f"{cause}: {error.filename}" if error.filename else cause,
                     where=f"in the trash ({self.trash_location})",
-                    fix="Resolve the cause (`ulimit -n`, free space, permissions), then run "
-                    "`app data purge` again to move the rest; `app sessions restore ID` brings "
-                    "one back",
+                    fix="Resolve the cause (`ulimit -n`, free space, permissions; `dmesg` for "
+                    "a disk fault), then run `app data purge` again to move the rest; `app "
+                    "sessions restore ID` brings one back",
+                    **(
+                        {
+                            "rest": "the session it stopped at may be in the trash too (the "
+                            "filesystem may have made the call it failed: `app sessions list "
+                            "--trash` says), and the rest are unchanged"
+                        }
+                        if maybe_done
+                        else {}
+                    ),
                 ) from error
             prepared.audit(
                 "purge",
@@ -470,6 +481,13 @@ class Store(Storage):
         # A FIFO or a link where the newest copy's bytes should be is refused by name here:
         # passed over, "not in the trash" was said of an entry the listing shows.
         if self.trash.chosen(session_id, name, entry, odd=True) is None:
+            # A newest copy that lost its bytes (a record `check` kept after its bytes went,
+            # red team 48) is named, with what puts it back, not "no file in the trash".
+            # Under the session's lock, as `latest` asks: an entry a delete is filling is
+            # not one that lost its bytes.
+            if name is not None:
+                with self.sessions.state.lock_for(session_id):
+                    self.trash.chosen(session_id, name, entry, lost=True)
             raise NotInTrashError(session_id, name, entry=entry)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.
@@ -543,8 +561,19 @@ class Store(Storage):
         from app.check import Checker
 
         checker = Checker(self, repair=True, thorough=False)
-        with self.root.changing():
-            step(checker)
+        try:
+            with self.root.changing():
+                step(checker)
+        finally:
+            self._audit_repairs(checker)
+
+    def _audit_repairs(self, checker: Checker) -> None:
+        """The ``check-repair`` audit line of what ``checker`` found and did (if anything).
+
+        Also when an fsync stopped the repair (`app.check.Checker.item`): the log then
+        refuses the line, which goes, whole, to the process's log (`DataRoot.audit`) with
+        the repairs already made.
+        """
         if checker.findings:
             self.root.audit(
                 "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
@@ -589,13 +618,15 @@ class Store(Storage):
         try:
             with self.root.changing() if repair else contextlib.nullcontext():
                 checker.run()
+        except FsyncFailed:
+            if repair:
+                self._audit_repairs(checker)  # to the process's log: the audit log refuses
+            raise
         finally:
             if repair:
                 self.root.store_state.records.clear()  # repairs change records behind it
-        if repair and checker.findings:
-            self.root.audit(
-                "check-repair", self.root.path, findings=[f.to_dict() for f in checker.findings]
-            )
+        if repair:
+            self._audit_repairs(checker)
         if repair or not checker.findings:
             return CheckReport(checker.findings, repair)
         # Next to a live writer a change in flight looks like a crashed one: what is still

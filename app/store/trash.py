@@ -37,6 +37,7 @@ from app.errors import (
     TrashCopyLostError,
     TrashEntryLinkedError,
     TrashManifestDamagedError,
+    partway_cause,
 )
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
@@ -654,13 +655,23 @@ class Trash:
             **finished,
         )
         if stopped is not None:
+            cause, maybe_done = partway_cause(stopped)
             raise StoppedPartwayError(
                 doing="empty-trash",
                 done=len(removed),
                 total=len(chosen),
-                cause=str(stopped),
+                cause=cause,
                 where="removed for good",
-                fix="Resolve the cause (`ulimit -n`, free space, permissions), then empty "
-                "the trash again to remove the rest",
+                fix="Resolve the cause (`ulimit -n`, free space, permissions; `dmesg` for a "
+                "disk fault), then empty the trash again to remove the rest",
+                **(
+                    {
+                        "rest": "the entry it stopped at may be removed too (the filesystem "
+                        "may have made the call it failed: `app data check` says), and the "
+                        "rest are unchanged"
+                    }
+                    if maybe_done
+                    else {}
+                ),
             ) from stopped
         return removed
