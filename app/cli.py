@@ -9,16 +9,18 @@ and ``app doctor`` start as fast as dynaconf allows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
 
 import click
 
@@ -34,6 +36,7 @@ from app.errors import (
     DataRootInUseError,
     DataRootStateError,
     OutputClosedError,
+    OutputFailedError,
     storage_error,
 )
 from app.errors import printable as _printable
@@ -159,10 +162,65 @@ class AppCommand(_OnceEach, click.Command):
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        output = sys.stdout = _StandardOutput(sys.stdout)
         try:
             return super().invoke(ctx)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if sys.stdout is output:  # not once a refusal sent it to /dev/null for the exit
+                sys.stdout = output.stream
+
+
+class OutputFailed(Exception):
+    """Standard output refused a write (`_StandardOutput`); `error` is the OSError."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _StandardOutput:
+    """A command's standard output, whose failed write is told apart from the data root's.
+
+    ``app data purge > /dev/full`` (or ``> report.txt`` on a full disk, a terminal hung up)
+    purged, then its ENOSPC reached the handler of the data root's errors: "the data root's
+    filesystem is full; nothing was changed. Free space ... empties the trash" (red team 48).
+    A refused write raises `OutputFailed`, which no handler of the data root's catches; a
+    closed pipe stays a `BrokenPipeError` (``| head``). Its binary ``buffer`` is guarded too:
+    click writes there itself when the stream's encoding is ASCII.
+    """
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.stream = stream
+
+    def write(self, data: Any) -> int:
+        with _refused_as_output():
+            return self.stream.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        with _refused_as_output():
+            self.stream.writelines(lines)
+
+    def flush(self) -> None:
+        with _refused_as_output():
+            self.stream.flush()
+
+    @property
+    def buffer(self) -> _StandardOutput:
+        return _StandardOutput(getattr(self.stream, "buffer"))  # noqa: B009 - text streams only
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _refused_as_output() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(error) from error
 
 
 class _Terminated(KeyboardInterrupt):
@@ -211,6 +269,18 @@ class AppGroup(CommandGroup):
             with contextlib.suppress(OSError):  # stderr may be the same closed pipe
                 fail(OutputClosedError(command))
             sys.exit(OutputClosedError.exit_code)
+        except OutputFailed as failed:
+            command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
+            code = failed.error.errno or 0
+            refusal = OutputFailedError(
+                command,
+                f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}",
+                changes=bool(ctx.meta.get(_CHANGES_KEY)),
+            )
+            with contextlib.suppress(OSError):  # stderr may be the same full file
+                fail(refusal)
+            sys.exit(refusal.exit_code)
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"

@@ -995,6 +995,39 @@ class OutputClosedError(AppError):
     command: str
 
 
+class OutputFailedError(AppError):
+    """A command's standard output refused a write: a full disk under ``> report.txt``,
+    ``/dev/full``, a terminal hung up.
+
+    The write's ``ENOSPC`` was taken for the data root's: ``app data purge > /dev/full``
+    purged, then said the data root's filesystem was full, that nothing was changed, and to
+    empty the trash to make room, which would have deleted what it purged (red team 48).
+    """
+
+    exit_code = EX_IOERR
+    code = "output_failed"
+
+    command: str
+    reason: str
+    changes: bool = False
+
+    @property
+    def message(self) -> str:
+        done = (
+            "Anything it changed is done: each change stays made, whole and audited, and `app "
+            "sessions list --trash` and `app data check` show the data root as it is, which "
+            "needs no room made (do not empty the trash for this)"
+            if self.changes
+            else "It changes nothing"
+        )
+        return (
+            f"`{self.command}` could not write its output: a write to its standard output "
+            f"failed ({self.reason}), where the output was sent (a file, a full disk, a "
+            f"terminal gone), not in the data root. {done}. Send its output to a file on a "
+            "disk with room, or to a terminal"
+        )
+
+
 EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a command that `kill` stopped
 #: 128 + SIGPIPE, as a shell reports a command whose reader exited (`seq 1000000 | head -1`):
 #: a command that changes nothing ends so, quietly, when its output is closed.

@@ -155,6 +155,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.CommandInterruptedError("app data purge"),
     errors.CommandTerminatedError("app data purge"),
     errors.OutputClosedError("app data purge"),
+    errors.OutputFailedError("app data purge", "No space left on device, ENOSPC", changes=True),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.TrashCopyLostError(

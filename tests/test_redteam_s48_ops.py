@@ -1,0 +1,65 @@
+"""Red team 48 on operations: the command line as an operator runs it, on a local data root.
+
+What broke: a command whose standard output refused a write (``app data purge >
+/dev/full``, ``> report.txt`` on a full disk, a terminal hung up) had that write's
+``ENOSPC`` (or ``EIO``) taken for the data root's: after the purge was done it said "the data
+root's filesystem is full; nothing was changed" and to empty the trash to make room, which
+would have deleted for good what it had just purged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import forked_app
+
+from app.storage import open_storage
+
+
+def _run_into(output: Path, errors: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
+    """``python -m app *args`` with its standard output sent to `output` (a file, or
+    ``/dev/full``) and its standard error to `errors`: its exit code and standard error."""
+    zygote = forked_app._forking(env)  # one child forked, as run_app does
+    if zygote is None:
+        with output.open("ab") as out, errors.open("wb") as err:
+            code = subprocess.run(
+                [sys.executable, "-m", "app", *args], env=env, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, check=False,
+            ).returncode  # fmt: skip
+    else:
+        code = zygote.fork(env, list(args), output, errors).wait(timeout=120)
+    return code, errors.read_text()
+
+
+def test_a_purge_whose_output_cannot_be_written_says_so_not_that_the_data_root_is_full(
+    app_config: Any, tmp_path: Path
+) -> None:
+    with open_storage(app_config, writer=True) as store:
+        ids = sorted(store.create_session("s")["id"] for _ in range(2))
+    env = {**os.environ, "APP_DATA_ROOT": str(app_config.data_root)}
+    code, stderr = _run_into(Path("/dev/full"), tmp_path / "purge.err", env, "data", "purge")
+    assert code == 74, stderr
+    assert stderr == (
+        "error: `app data purge` could not write its output: a write to its standard output "
+        "failed (No space left on device, ENOSPC), where the output was sent (a file, a full "
+        "disk, a terminal gone), not in the data root. Anything it changed is done: each "
+        "change stays made, whole and audited, and `app sessions list --trash` and `app data "
+        "check` show the data root as it is, which needs no room made (do not empty the "
+        "trash for this). Send its output to a file on a disk with room, or to a terminal\n"
+    )
+    with open_storage(app_config, writer=True) as store:
+        assert store.session_ids() == []
+        assert sorted(e.session_id for e in store.list_trash()) == ids
+
+    # A command that changes nothing says so, and no more of the data root.
+    code, stderr = _run_into(
+        Path("/dev/full"), tmp_path / "list.err", env, "sessions", "list", "--trash"
+    )
+    assert code == 74, stderr
+    assert "(No space left on device, ENOSPC), where the output was sent" in stderr
+    assert "not in the data root. It changes nothing. Send its output" in stderr
+    assert "filesystem is full" not in stderr
