@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import forked_app
+import pytest
+from test_server_e2e import app_env, run_app
 
+from app.errors import InvalidSettingError
 from app.storage import open_storage
 
 
@@ -63,3 +66,35 @@ def test_a_purge_whose_output_cannot_be_written_says_so_not_that_the_data_root_i
     assert "(No space left on device, ENOSPC), where the output was sent" in stderr
     assert "not in the data root. It changes nothing. Send its output" in stderr
     assert "filesystem is full" not in stderr
+
+
+# --- a data root under `~` with HOME empty or relative -------------------------------------
+
+
+def test_a_data_root_under_home_is_refused_while_home_is_empty(tmp_path: Path) -> None:
+    # `HOME=` (an `env` line, a container's `ENV HOME=`): Python expands `~/data` to
+    # `/data`, a root `app serve` created and served, empty, beside the real one.
+    done = run_app("status", env=app_env(Path("~/data"), HOME=""))
+    assert done.returncode == 78, done.stderr
+    assert (
+        "error: profile 'testing': data_root = '~/data' (from environment APP_DATA_ROOT): "
+        "starts with '~', but HOME is set and empty, so '~' would name the filesystem's root "
+        "'/': write the path out in full where the value is set, or set HOME to this user's "
+        "home directory"
+    ) in done.stderr, done.stderr
+
+
+def test_a_data_root_under_home_is_refused_while_home_is_relative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A relative HOME made `~/data` a root under the settings directory.
+    from app import config
+
+    monkeypatch.setenv("HOME", "home/app")
+    monkeypatch.setenv("APP_DATA_ROOT", "~/data")
+    with pytest.raises(InvalidSettingError) as refused:
+        config.load("testing")
+    assert (
+        "starts with '~', but HOME is 'home/app', not an absolute path, so '~' names no home "
+        "directory: write the path out in full"
+    ) in str(refused.value)
