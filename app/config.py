@@ -1106,22 +1106,8 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
     home = value.split("/", 1)[0]
-    if home == "~" and (unusable := _unusable_home()) is not None:
-        return (
-            f"starts with '~', but {unusable}: write the path out in full where the value is "
-            "set, or set HOME to this user's home directory"
-        )
-    if home.startswith("~"):
-        try:
-            Path(home).expanduser()
-        except RuntimeError:
-            # pathlib raised it from every command, a bare traceback (red team 36).
-            who = f"user {home[1:]!r}" if home != "~" else "this process (HOME is not set)"
-            return (
-                f"starts with {home!r}, but this system knows no home directory of {who} "
-                "(a user of another machine, or one a container lacks): write the path out "
-                "in full where the value is set"
-            )
+    if home.startswith("~") and (problem := _home_problem(home)) is not None:
+        return problem
     found = _UNEXPANDED.search(value)
     if found is None:
         return None
@@ -1131,6 +1117,26 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant; write the "
         f"path out in full where the value is set {_WHERE_EXPANDED}"
     )
+
+
+def _home_problem(home: str) -> str | None:
+    """Why `home` (``~`` or ``~user``, a path's first name) names no home directory, or None."""
+    if home == "~" and (unusable := _unusable_home()) is not None:
+        return (
+            f"starts with '~', but {unusable}: write the path out in full where the value is "
+            "set, or set HOME to this user's home directory"
+        )
+    try:
+        Path(home).expanduser()
+    except RuntimeError:
+        # pathlib raised it from every command, a bare traceback (red team 36).
+        who = f"user {home[1:]!r}" if home != "~" else "this process (HOME is not set)"
+        return (
+            f"starts with {home!r}, but this system knows no home directory of {who} "
+            "(a user of another machine, or one a container lacks): write the path out "
+            "in full where the value is set"
+        )
+    return None
 
 
 def _unusable_home() -> str | None:
