@@ -924,6 +924,28 @@ class PortInUseError(AppError):
     reason: str
 
 
+class ListenAddressError(AppError):
+    """The server cannot listen on its address for a reason of the address itself: a host
+    that does not resolve, an address not this machine's, a port it may not bind.
+
+    Each was said as `PortInUseError`, "Another process uses that port; stop it": a
+    mistyped ``--host 127.0.0.1:8000`` sent the operator to stop a process nobody ran
+    (red team 48).
+    """
+
+    exit_code = EX_UNAVAILABLE
+    code = "address_unusable"
+    template = (
+        "cannot listen on {host}:{port}: {reason}. No other process is in the way, and the "
+        "data root's lock was released. {remedy}"
+    )
+
+    host: str
+    port: int
+    reason: str
+    remedy: str
+
+
 class RequestCutShortError(AppError):
     """The server was told to stop, and a request ran past its shutdown grace."""
 

@@ -98,3 +98,30 @@ def test_a_data_root_under_home_is_refused_while_home_is_relative(
         "starts with '~', but HOME is 'home/app', not an absolute path, so '~' names no home "
         "directory: write the path out in full"
     ) in str(refused.value)
+
+
+# --- app serve on an address it cannot use ------------------------------------------------
+
+
+def test_a_host_that_cannot_be_listened_on_is_not_called_a_port_in_use(tmp_path: Path) -> None:
+    # `--host 127.0.0.1:8000` (a URL's host and port run together), or an address that is
+    # not this machine's: both said "Another process uses that port; stop it", naming none.
+    root = tmp_path / "data"
+    typo = run_app("serve", "--host", "127.0.0.1:8000", "--port", "0", env=app_env(root))
+    assert typo.returncode == 69, typo.stderr
+    assert (
+        "error: cannot listen on 127.0.0.1:8000:0: the host '127.0.0.1:8000' does not resolve "
+        "to an address (Name or service not known). No other process is in the way, and the "
+        "data root's lock was released. Set the host to an address of this machine (127.0.0.1, "
+        "0.0.0.0 for every interface) or a name that resolves to one, with --host or APP_HOST "
+        "(`app config` shows where host is set); the port is set apart, with --port or "
+        "APP_PORT\n"
+    ) in typo.stderr, typo.stderr
+    elsewhere = run_app("serve", "--port", "0", env=app_env(root, APP_HOST="192.0.2.1"))
+    assert elsewhere.returncode == 69, elsewhere.stderr
+    assert (
+        "error: cannot listen on 192.0.2.1:0: '192.0.2.1' is not an address of this machine, "
+        "Cannot assign requested address (EADDRNOTAVAIL). No other process is in the way"
+    ) in elsewhere.stderr, elsewhere.stderr
+    assert "Another process uses that port" not in typo.stderr + elsewhere.stderr
+    assert run_app("status", env=app_env(root)).stdout.endswith("held by: nobody\n")
