@@ -602,6 +602,12 @@ class DataRootInUseError(AppError):
                 + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
                 "those requests"
             )
+        elif pid and self.holder and self.holder.get("kind") == "maintenance":
+            # Killed, it leaves what it began for a repair: waiting is the first advice.
+            stop = (
+                "wait for it to finish and retry, or stop it (kill "
+                f"{pid}; what it had begun is finished by `app data check --repair`)"
+            )
         elif pid:
             stop = f"stop it (kill {pid}) or wait for it to finish and retry"
         else:

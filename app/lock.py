@@ -36,6 +36,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import socket
 import stat
 import sys
@@ -209,6 +210,13 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             else f"pid {theirs} in a PID namespace this process cannot see (another "
             "container's, or the host's: stop it there)"
         ]
+    parts.extend(_details(holder))
+    return ", ".join(parts)
+
+
+def _details(holder: Mapping[str, Any]) -> list[str]:
+    """What a holder published besides its pid, as `describe_holder` lists it."""
+    parts: list[str] = []
     if holder.get("kind"):
         parts.append(f"kind {holder['kind']}")
     if holder.get("profile"):
@@ -219,9 +227,24 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         parts.append(f"port {holder['port']}")
     if holder.get("started_at"):
         parts.append(f"since {holder['started_at']}")
+    if holder.get("kind") == "maintenance" and (command := _maintenance_command(holder)):
+        # "kind maintenance" alone did not tell a `data check` that reads from an
+        # `empty-trash` that deletes, which decides between waiting and stopping it.
+        parts.append(f"running `{command}`")
     if holder.get("stopping_since"):
         parts.append(f"stopping since {holder['stopping_since']}")
-    return ", ".join(parts)
+    return parts
+
+
+def _maintenance_command(holder: Mapping[str, Any]) -> str | None:
+    """The command a maintenance holder runs, as typed (``app data purge``), from its argv."""
+    argv = holder.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return None
+    program = argv[0]
+    if Path(program).name in ("app", "__main__.py"):  # the console script, `python -m app`
+        program = "app"
+    return shlex.join([program, *argv[1:]])
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ would have deleted for good what it had just purged.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from test_server_e2e import app_env, run_app
 
 from app.errors import InvalidSettingError
+from app.lock import RootLock
 from app.storage import open_storage
 
 
@@ -125,3 +127,29 @@ def test_a_host_that_cannot_be_listened_on_is_not_called_a_port_in_use(tmp_path:
     ) in elsewhere.stderr, elsewhere.stderr
     assert "Another process uses that port" not in typo.stderr + elsewhere.stderr
     assert run_app("status", env=app_env(root)).stdout.endswith("held by: nobody\n")
+
+
+# --- a root held by a maintenance command -------------------------------------------------
+
+
+def test_a_root_held_by_a_maintenance_command_is_refused_naming_that_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "held by pid N, kind maintenance, ...; stop it (kill N)": which command, a `data check`
+    # that reads or an `empty-trash` that deletes, the operator had to find with `ps`.
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setattr(
+        sys, "argv", ["/srv/app/.venv/bin/app", "data", "empty-trash", "--older-than", "7d"]
+    )
+    with RootLock(root, kind="maintenance", profile="testing"):
+        refused = run_app("data", "purge", env=app_env(root))
+    assert refused.returncode == 75, refused.stderr
+    assert (
+        f"kind maintenance, profile testing, host {socket.gethostname()}, since "
+    ) in refused.stderr, refused.stderr
+    assert (
+        ", running `app data empty-trash --older-than 7d`; wait for it to finish and retry, or "
+        f"stop it (kill {os.getpid()}; what it had begun is finished by `app data check "
+        "--repair`). `app status` shows the holder\n"
+    ) in refused.stderr, refused.stderr
