@@ -37,6 +37,7 @@ from app.errors import (
     DataRootStateError,
     OutputClosedError,
     OutputFailedError,
+    SessionNotFoundError,
     storage_error,
 )
 from app.errors import printable as _printable
@@ -879,7 +880,17 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
     from app.storage import check_session_id
 
     check_session_id(session_id)  # a malformed id is the argument's fault, wherever the root is
-    session = _reader_store(config, "show").get_session(session_id)
+    store = _reader_store(config, "show")
+    try:
+        session = store.get_session(session_id)
+    except SessionNotFoundError:
+        deleted = [
+            e for e in store.list_trash() if e.kind == "session" and e.session_id == session_id
+        ]
+        if not deleted:
+            raise
+        newest = max(deleted, key=lambda entry: entry.deleted_at).name
+        raise SessionNotFoundError(session_id, deleted=newest) from None
     if as_json:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))
         return

@@ -1155,9 +1155,18 @@ class SessionNotFoundError(StoreError):
     in_trash: str | None = field(default=None, kw_only=True)
     """The trash entry that holds the session, for a file's restore: the session goes back
     first."""
+    deleted: str | None = field(default=None, kw_only=True)
+    """The newest trash entry of the session, for `app sessions show` of a deleted one."""
 
     @property
     def message(self) -> str:
+        if self.deleted is not None:
+            # Once "`app sessions list` shows the sessions", which does not show it either.
+            return (
+                f"no session {self.session_id!r} in sessions: it was deleted, and is in the "
+                f"trash (entry {self.deleted}). `app sessions restore {self.session_id}` "
+                "brings it back; `app sessions list --trash` shows the trash"
+            )
         if self.in_trash is not None:
             # Once "`app sessions list` shows the sessions", which does not show it.
             return (

@@ -153,3 +153,18 @@ def test_a_root_held_by_a_maintenance_command_is_refused_naming_that_command(
         f"stop it (kill {os.getpid()}; what it had begun is finished by `app data check "
         "--repair`). `app status` shows the holder\n"
     ) in refused.stderr, refused.stderr
+
+
+def test_show_of_a_deleted_session_names_its_trash_entry_and_the_restore(app_config: Any) -> None:
+    # "no session ... `app sessions list` shows the sessions", which does not show it.
+    with open_storage(app_config, writer=True) as store:
+        session_id = store.create_session("s")["id"]
+        entry = store.delete_session(session_id).name
+    env = {**os.environ, "APP_DATA_ROOT": str(app_config.data_root)}
+    shown = run_app("sessions", "show", session_id, env=env)
+    assert shown.returncode == 66, shown.stderr
+    assert shown.stderr == (
+        f"error: no session '{session_id}' in sessions: it was deleted, and is in the trash "
+        f"(entry {entry}). `app sessions restore {session_id}` brings it back; `app sessions "
+        "list --trash` shows the trash\n"
+    )
