@@ -35,6 +35,7 @@ from app.errors import (
     ConfirmationRequiredError,
     DataRootInUseError,
     DataRootStateError,
+    NotInTrashError,
     OutputClosedError,
     OutputFailedError,
     SessionNotFoundError,
@@ -932,12 +933,26 @@ def sessions_restore(
     check_session_id(session_id)
     _refuse_missing_root(config, "restore")
     with open_storage(config, writer=True, wanted=what) as store:
-        session = store.restore(session_id, file=file_name, entry=entry)
+        try:
+            session = store.restore(session_id, file=file_name, entry=entry)
+        except NotInTrashError as missing:
+            if file_name is not None or entry is not None or not _is_live(store, session_id):
+                raise
+            raise NotInTrashError(session_id, live=True) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
     click.echo(
         f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
     )
+
+
+def _is_live(store: Storage, session_id: str) -> bool:
+    """Whether `session_id` is a live session (a restore that found none in the trash)."""
+    try:
+        store.get_session(session_id)
+    except (AppError, OSError):
+        return False
+    return True
 
 
 @cli.group()

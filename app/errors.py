@@ -1192,9 +1192,19 @@ class NotInTrashError(SessionNotFoundError):
     where: str = field(default="the trash", kw_only=True)
     #: The trash entry asked for by name (``app sessions restore --entry``), if one was.
     entry: str | None = field(default=None, kw_only=True)
+    #: The session is live: restored already (by a restore run at the same time, say).
+    live: bool = field(default=False, kw_only=True)
 
     @property
     def message(self) -> str:
+        if self.live and self.entry is None and self.file is None:
+            # Once "`app sessions list --trash` shows what can be restored": the loser of
+            # two restores at once looked for it there (red team 48).
+            return (
+                f"no session {self.session_id!r} in the trash: it is in sessions (restored "
+                "already, or never deleted), so nothing was changed. `app sessions show "
+                f"{self.session_id}` shows it"
+            )
         if self.entry is not None:
             return (
                 f"no trash entry {self.entry!r} in the trash (emptied, restored already, or "

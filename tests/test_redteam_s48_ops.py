@@ -168,3 +168,21 @@ def test_show_of_a_deleted_session_names_its_trash_entry_and_the_restore(app_con
         f"(entry {entry}). `app sessions restore {session_id}` brings it back; `app sessions "
         "list --trash` shows the trash\n"
     )
+
+
+def test_the_second_of_two_restores_of_one_session_says_it_is_restored_already(
+    app_config: Any,
+) -> None:
+    # Two `app sessions restore ID` at once: the second waits for the lock, then found the
+    # trash empty of it and was sent to `app sessions list --trash`, which does not show it.
+    with open_storage(app_config, writer=True) as store:
+        session_id = store.create_session("s")["id"]
+        store.delete_session(session_id)
+    env = {**os.environ, "APP_DATA_ROOT": str(app_config.data_root)}
+    assert run_app("sessions", "restore", session_id, env=env).returncode == 0
+    again = run_app("sessions", "restore", session_id, env=env)
+    assert again.returncode == 66, again.stderr
+    assert again.stderr == (
+        f"error: no session '{session_id}' in the trash: it is in sessions (restored already, "
+        f"or never deleted), so nothing was changed. `app sessions show {session_id}` shows it\n"
+    )
