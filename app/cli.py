@@ -1162,4 +1162,35 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
 def main() -> None:
     """Console-script entry point."""
+    sys.stderr = _StandardError(sys.stderr)
     cli(prog_name="app")
+
+
+class _StandardError:
+    """The process's standard error, whose refused write is dropped: the message cannot be
+    shown anyway, and the exit code must still say what happened.
+
+    ``app data empty-trash 2>>cron.log`` on a full disk (or ``2>/dev/full``) exited 1, a
+    traceback nobody could read, for every refusal: a held root's 75, a confirmation's 77, a
+    usage error's 2 alike (red team 48).
+    """
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.stream = stream
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError:
+            return len(data)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.flush()
+
+    @property
+    def buffer(self) -> _StandardError:
+        return _StandardError(getattr(self.stream, "buffer"))  # noqa: B009 - text streams only
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)

@@ -37,7 +37,7 @@ def _run_into(output: Path, errors: Path, env: dict[str, str], *args: str) -> tu
             ).returncode  # fmt: skip
     else:
         code = zygote.fork(env, list(args), output, errors).wait(timeout=120)
-    return code, errors.read_text()
+    return code, "" if errors == Path("/dev/full") else errors.read_text()
 
 
 def test_a_purge_whose_output_cannot_be_written_says_so_not_that_the_data_root_is_full(
@@ -186,3 +186,18 @@ def test_the_second_of_two_restores_of_one_session_says_it_is_restored_already(
         f"error: no session '{session_id}' in the trash: it is in sessions (restored already, "
         f"or never deleted), so nothing was changed. `app sessions show {session_id}` shows it\n"
     )
+
+
+def test_a_refusal_keeps_its_exit_code_when_standard_error_cannot_be_written(
+    tmp_path: Path,
+) -> None:
+    # `app data empty-trash 2>>cron.log` on a full disk: every refusal exited 1 (a traceback
+    # nobody could read), so the job could not tell a held root (75, retry) from the rest.
+    root = tmp_path / "data"
+    root.mkdir()
+    env = app_env(root)
+    with RootLock(root, kind="server", profile="testing"):
+        held, _ = _run_into(tmp_path / "out", Path("/dev/full"), env, "data", "empty-trash")
+    assert held == 75
+    usage, _ = _run_into(tmp_path / "out", Path("/dev/full"), env, "status", "--bogus")
+    assert usage == 2
