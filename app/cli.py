@@ -164,13 +164,10 @@ class AppCommand(_OnceEach, click.Command):
         if self.name == "serve" or threading.current_thread() is not threading.main_thread():
             return super().invoke(ctx)  # a server stops gracefully on SIGTERM by itself
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        output = sys.stdout = _StandardOutput(sys.stdout)
         try:
             return super().invoke(ctx)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            if sys.stdout is output:  # not once a refusal sent it to /dev/null for the exit
-                sys.stdout = output.stream
 
 
 class OutputFailed(Exception):
@@ -182,7 +179,7 @@ class OutputFailed(Exception):
 
 
 class _StandardOutput:
-    """A command's standard output, whose failed write is told apart from the data root's.
+    """The process's standard output, whose failed write is told apart from the data root's.
 
     ``app data purge > /dev/full`` (or ``> report.txt`` on a full disk, a terminal hung up)
     purged, then its ENOSPC reached the handler of the data root's errors: "the data root's
@@ -273,16 +270,7 @@ class AppGroup(CommandGroup):
             sys.exit(OutputClosedError.exit_code)
         except OutputFailed as failed:
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
-            sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
-            code = failed.error.errno or 0
-            refusal = OutputFailedError(
-                command,
-                f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}",
-                changes=bool(ctx.meta.get(_CHANGES_KEY)),
-            )
-            with contextlib.suppress(OSError):  # stderr may be the same full file
-                fail(refusal)
-            sys.exit(refusal.exit_code)
+            _output_failed(command, failed, changes=bool(ctx.meta.get(_CHANGES_KEY)))
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
@@ -1162,8 +1150,20 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
 def main() -> None:
     """Console-script entry point."""
+    sys.stdout = _StandardOutput(sys.stdout)
     sys.stderr = _StandardError(sys.stderr)
-    cli(prog_name="app")
+    try:
+        cli(prog_name="app")
+    except OutputFailed as failed:  # `app --help > /dev/full`: before any command runs
+        _output_failed("app", failed, changes=False)
+
+
+def _output_failed(command: str, failed: OutputFailed, *, changes: bool) -> NoReturn:
+    """Say that `command`'s standard output refused a write (`OutputFailedError`), and exit."""
+    sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
+    code = failed.error.errno or 0
+    reason = f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}"
+    fail(OutputFailedError(command, reason, changes=changes))
 
 
 class _StandardError:

@@ -69,6 +69,11 @@ def test_a_purge_whose_output_cannot_be_written_says_so_not_that_the_data_root_i
     assert "not in the data root. It changes nothing. Send its output" in stderr
     assert "filesystem is full" not in stderr
 
+    # Help, printed before any command runs, was a traceback (exit 1).
+    code, stderr = _run_into(Path("/dev/full"), tmp_path / "help.err", env, "data", "--help")
+    assert code == 74, stderr
+    assert stderr.startswith("error: `app` could not write its output: a write to its standard")
+
 
 # --- a data root under `~` with HOME empty or relative -------------------------------------
 
