@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -171,42 +172,50 @@ class AppCommand(_OnceEach, click.Command):
 
 
 class OutputFailed(Exception):
-    """Standard output refused a write (`_StandardOutput`); `error` is the OSError."""
+    """Standard output refused a write (`_StandardStream`); `error` is the OSError."""
 
     def __init__(self, error: OSError) -> None:
         super().__init__(error)
         self.error = error
 
 
-class _StandardOutput:
-    """The process's standard output, whose failed write is told apart from the data root's.
+class _StandardStream:
+    """A standard stream of the process, whose refused write goes to `refused` (a context
+    manager around each write) rather than to the handler of the data root's errors.
 
-    ``app data purge > /dev/full`` (or ``> report.txt`` on a full disk, a terminal hung up)
-    purged, then its ENOSPC reached the handler of the data root's errors: "the data root's
-    filesystem is full; nothing was changed. Free space ... empties the trash" (red team 48).
-    A refused write raises `OutputFailed`, which no handler of the data root's catches; a
-    closed pipe stays a `BrokenPipeError` (``| head``). Its binary ``buffer`` is guarded too:
-    click writes there itself when the stream's encoding is ASCII.
+    Standard output: ``app data purge > /dev/full`` (or ``> report.txt`` on a full disk, a
+    terminal gone) purged, then its ENOSPC reached that handler: "the data root's filesystem
+    is full; nothing was changed. Free space ... empties the trash" (red team 48). Its
+    refused write raises `OutputFailed`; a closed pipe stays a `BrokenPipeError` (``|
+    head``). Standard error: ``app data empty-trash 2>>cron.log`` on a full disk exited 1, a
+    traceback nobody could read, for every refusal (75, 77, a usage error's 2 alike); its
+    refused write is dropped, since the message cannot be shown anyway, and the exit code
+    still says what happened. The binary ``buffer`` is guarded too: click writes there itself
+    when a stream's encoding is ASCII.
     """
 
-    def __init__(self, stream: IO[Any]) -> None:
+    def __init__(
+        self, stream: IO[Any], refused: Callable[[], contextlib.AbstractContextManager[object]]
+    ) -> None:
         self.stream = stream
+        self.refused = refused
 
     def write(self, data: Any) -> int:
-        with _refused_as_output():
+        with self.refused():
             return self.stream.write(data)
+        return len(data)  # dropped
 
     def writelines(self, lines: Any) -> None:
-        with _refused_as_output():
+        with self.refused():
             self.stream.writelines(lines)
 
     def flush(self) -> None:
-        with _refused_as_output():
+        with self.refused():
             self.stream.flush()
 
     @property
-    def buffer(self) -> _StandardOutput:
-        return _StandardOutput(getattr(self.stream, "buffer"))  # noqa: B009 - text streams only
+    def buffer(self) -> _StandardStream:
+        return _StandardStream(getattr(self.stream, "buffer"), self.refused)  # noqa: B009
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
@@ -1150,8 +1159,8 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
 def main() -> None:
     """Console-script entry point."""
-    sys.stdout = _StandardOutput(sys.stdout)
-    sys.stderr = _StandardError(sys.stderr)
+    sys.stdout = _StandardStream(sys.stdout, _refused_as_output)
+    sys.stderr = _StandardStream(sys.stderr, functools.partial(contextlib.suppress, OSError))
     try:
         cli(prog_name="app")
     except OutputFailed as failed:  # `app --help > /dev/full`: before any command runs
@@ -1164,33 +1173,3 @@ def _output_failed(command: str, failed: OutputFailed, *, changes: bool) -> NoRe
     code = failed.error.errno or 0
     reason = f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}"
     fail(OutputFailedError(command, reason, changes=changes))
-
-
-class _StandardError:
-    """The process's standard error, whose refused write is dropped: the message cannot be
-    shown anyway, and the exit code must still say what happened.
-
-    ``app data empty-trash 2>>cron.log`` on a full disk (or ``2>/dev/full``) exited 1, a
-    traceback nobody could read, for every refusal: a held root's 75, a confirmation's 77, a
-    usage error's 2 alike (red team 48).
-    """
-
-    def __init__(self, stream: IO[Any]) -> None:
-        self.stream = stream
-
-    def write(self, data: Any) -> int:
-        try:
-            return self.stream.write(data)
-        except OSError:
-            return len(data)
-
-    def flush(self) -> None:
-        with contextlib.suppress(OSError):
-            self.stream.flush()
-
-    @property
-    def buffer(self) -> _StandardError:
-        return _StandardError(getattr(self.stream, "buffer"))  # noqa: B009 - text streams only
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
