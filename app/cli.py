@@ -1159,8 +1159,10 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
 def main() -> None:
     """Console-script entry point."""
-    sys.stdout = _StandardStream(sys.stdout, _refused_as_output)
-    sys.stderr = _StandardStream(sys.stderr, functools.partial(contextlib.suppress, OSError))
+    if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
+        sys.stdout = _StandardStream(sys.stdout, _refused_as_output)
+    if sys.stderr is not None:
+        sys.stderr = _StandardStream(sys.stderr, functools.partial(contextlib.suppress, OSError))
     try:
         cli(prog_name="app")
     except OutputFailed as failed:  # `app --help > /dev/full`: before any command runs

@@ -206,3 +206,12 @@ def test_a_refusal_keeps_its_exit_code_when_standard_error_cannot_be_written(
     assert held == 75
     usage, _ = _run_into(tmp_path / "out", Path("/dev/full"), env, "status", "--bogus")
     assert usage == 2
+
+    # Started with standard output closed (`>&-`), Python has none and click prints nothing:
+    # the guard above must not turn that into a traceback.
+    closed = subprocess.run(
+        [sys.executable, "-m", "app", "status"], env=env, stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, check=False, pass_fds=(), close_fds=True,
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert (closed.returncode, closed.stderr) == (0, "")
