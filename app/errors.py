@@ -602,6 +602,12 @@ class DataRootInUseError(AppError):
                 + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
                 "those requests"
             )
+        elif pid and self.holder and self.holder.get("stopped"):
+            # A stopped process acts on SIGTERM only once continued.
+            stop = (
+                f"resume it to let it finish (`fg` in the shell that started it, or kill -CONT "
+                f"{pid}), or end it (kill {pid}, then kill -CONT {pid}), then retry"
+            )
         elif pid and self.holder and self.holder.get("kind") == "maintenance":
             # Killed, it leaves what it began for a repair: waiting is the first advice.
             stop = (

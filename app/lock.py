@@ -233,6 +233,8 @@ def _details(holder: Mapping[str, Any]) -> list[str]:
         parts.append(f"running `{command}`")
     if holder.get("stopping_since"):
         parts.append(f"stopping since {holder['stopping_since']}")
+    if holder.get("stopped"):
+        parts.append("stopped by a signal (SIGSTOP, Ctrl-Z in its shell): it waits to be resumed")
     return parts
 
 
@@ -382,6 +384,26 @@ def _flock_pid_of(found: os.stat_result) -> int | None:
 
 
 def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
+    seen = _seen_here_as_published(holder, pid_here)
+    if seen is not None and pid_here and _is_stopped(pid_here):
+        # Ctrl-Z on a maintenance command, left in a forgotten shell job (or a SIGSTOP):
+        # it holds the root for ever, and "wait for it to finish" was no remedy.
+        return {**seen, "stopped": True}
+    return seen
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped by a signal (SIGSTOP, Ctrl-Z's SIGTSTP): state T of its stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["T"]
+
+
+def _seen_here_as_published(
+    holder: dict[str, Any] | None, pid_here: int | None
+) -> dict[str, Any] | None:
     # A holder publishes its pid as its own PID namespace numbers it: a server in a
     # container is pid 1 there, and advising `kill 1` (or the pid of an unrelated process
     # here) would stop the wrong process. The pid the kernel lists for the flock is ours.

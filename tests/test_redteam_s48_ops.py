@@ -10,6 +10,7 @@ would have deleted for good what it had just purged.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import forked_app
 import pytest
-from test_server_e2e import app_env, run_app
+from test_server_e2e import app_env, run_app, wait_for
 
 from app.errors import InvalidSettingError
 from app.lock import RootLock
@@ -215,3 +216,37 @@ def test_a_refusal_keeps_its_exit_code_when_standard_error_cannot_be_written(
         preexec_fn=lambda: os.close(1),
     )  # fmt: skip
     assert (closed.returncode, closed.stderr) == (0, "")
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from app.lock import RootLock
+sys.argv = ["app", "data", "check", "--repair"]
+with RootLock(Path(sys.argv_root), kind="maintenance", profile="testing"):
+    Path(sys.argv_root).with_name("held").write_text("")
+    time.sleep(600)
+"""
+
+
+def test_a_root_held_by_a_stopped_command_says_to_resume_it_not_to_wait(tmp_path: Path) -> None:
+    # Ctrl-Z on `app data check --repair`, the job forgotten: every start and command was
+    # refused 75, "wait for it to finish", which a stopped process never does.
+    root = tmp_path / "data"
+    root.mkdir()
+    code = _HOLD.replace("sys.argv_root", repr(str(root)))
+    holder = forked_app.python_c(code, [], tmp_path / "holder.log")
+    try:
+        wait_for((tmp_path / "held").exists, "the holder to take the lock")
+        holder.send_signal(signal.SIGSTOP)
+        refused = run_app("data", "purge", env=app_env(root))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 75, refused.stderr
+    assert (
+        "running `app data check --repair`, stopped by a signal (SIGSTOP, Ctrl-Z in its "
+        "shell): it waits to be resumed; resume it to let it finish (`fg` in the shell that "
+        f"started it, or kill -CONT {holder.pid}), or end it (kill {holder.pid}, then kill "
+        f"-CONT {holder.pid}), then retry. `app status` shows the holder\n"
+    ) in refused.stderr, refused.stderr
