@@ -179,7 +179,7 @@ def test_show_of_a_deleted_session_names_its_trash_entry_and_the_restore(app_con
 def test_the_second_of_two_restores_of_one_session_says_it_is_restored_already(
     app_config: Any,
 ) -> None:
-    # Two `app sessions restore ID` at once: the second waits for the lock, then found the
+    # Two `app sessions restore ID` at once: the second retries the lock, then found the
     # trash empty of it and was sent to `app sessions list --trash`, which does not show it.
     with open_storage(app_config, writer=True) as store:
         session_id = store.create_session("s")["id"]
