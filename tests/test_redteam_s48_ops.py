@@ -1,10 +1,20 @@
-"""Red team 48 on operations: the command line as an operator runs it, on a local data root.
+"""Red team 48 on operations: the command line and the server as an operator runs them, on a
+local data root.
 
-What broke: a command whose standard output refused a write (``app data purge >
-/dev/full``, ``> report.txt`` on a full disk, a terminal hung up) had that write's
-``ENOSPC`` (or ``EIO``) taken for the data root's: after the purge was done it said "the data
-root's filesystem is full; nothing was changed" and to empty the trash to make room, which
-would have deleted for good what it had just purged.
+What broke:
+
+- a command whose standard output refused a write (``app data purge > /dev/full``, ``>
+  report.txt`` on a full disk, a terminal gone) had that write's ``ENOSPC`` taken for the data
+  root's: after the purge was done it said "the data root's filesystem is full; nothing was
+  changed" and to empty the trash to make room, which would have deleted for good what it had
+  just purged; with standard error unwritable, every refusal exited 1;
+- ``~/data`` with ``HOME`` set but empty was the root ``/data`` (relative: a root under the
+  settings directory), created and served empty;
+- ``app serve --host 127.0.0.1:8000`` (or an address not this machine's) was "Another process
+  uses that port; stop it", naming none;
+- a root held by a maintenance command did not say which, nor that a stopped one (Ctrl-Z)
+  never finishes; ``sessions show`` of a deleted session, and the second of two restores, sent
+  the operator to listings that do not show it.
 """
 
 from __future__ import annotations
