@@ -958,6 +958,18 @@ class ListenAddressError(AppError):
     remedy: str
 
 
+class ListenAddressUnresolvedError(ListenAddressError):
+    """The server's host name could not be looked up just now (``EAI_AGAIN``: no resolver
+    answered, as at a boot before the network is up): safe to retry.
+
+    Said as a host that does not resolve (69), which the deploy guide's unit does not
+    restart: the service stayed down after a boot that raced its DNS (red team 48).
+    """
+
+    exit_code = EX_TEMPFAIL
+    code = "address_unresolved"
+
+
 class RequestCutShortError(AppError):
     """The server was told to stop, and a request ran past its shutdown grace."""
 

@@ -20,6 +20,7 @@ What broke:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -260,3 +261,25 @@ def test_a_root_held_by_a_stopped_command_says_to_resume_it_not_to_wait(tmp_path
         f"started it, or kill -CONT {holder.pid}), or end it (kill {holder.pid}, then kill "
         f"-CONT {holder.pid}), then retry. `app status` shows the holder\n"
     ) in refused.stderr, refused.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a network namespace of its own (`unshare -n`) needs root and util-linux's unshare",
+)
+def test_a_host_name_that_cannot_be_looked_up_now_is_retried_not_given_up(tmp_path: Path) -> None:
+    # A boot that raced its DNS (here: a network namespace with no route to the resolver):
+    # exit 69, "does not resolve", which the deploy guide's unit does not restart.
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "app", "serve", "--host", "app-rt48.example",
+         "--port", "0"],
+        env=app_env(tmp_path / "data"), stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 75, done.stderr
+    assert (
+        "error: cannot listen on app-rt48.example:0: the host 'app-rt48.example' could not be "
+        "looked up now (Temporary failure in name resolution). No other process is in the way, "
+        "and the data root's lock was released. Retry once name resolution works (exit 75: a "
+        "service manager restarts it), or give the host as an address"
+    ) in done.stderr, done.stderr

@@ -31,7 +31,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from app.errors import EX_SOFTWARE, AppError, ListenAddressError, PortInUseError, thread_limit
+from app.errors import (
+    EX_SOFTWARE,
+    AppError,
+    ListenAddressError,
+    ListenAddressUnresolvedError,
+    PortInUseError,
+    thread_limit,
+)
 from app.server.committer import Committer
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
@@ -65,11 +72,15 @@ def bind(host: str, port: int) -> socket.socket:
     Raises:
         PortInUseError: the port is taken (exit 69).
         ListenAddressError: the host does not resolve, is not this machine's, or the port
-            may not be bound (exit 69).
+            may not be bound (exit 69); `ListenAddressUnresolvedError` when its lookup failed
+            for now (exit 75).
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
+        if error.errno == socket.EAI_AGAIN:
+            reason = f"the host {host!r} could not be looked up now ({error.strerror})"
+            raise ListenAddressUnresolvedError(host, port, reason, _LOOKUP_REMEDY) from None
         reason = f"the host {host!r} does not resolve to an address ({error.strerror})"
         raise ListenAddressError(host, port, reason, _HOST_REMEDY) from None
     family, kind, proto, _, address = infos[0]
@@ -92,6 +103,12 @@ _HOST_REMEDY: Final = (
     "Set the host to an address of this machine (127.0.0.1, 0.0.0.0 for every interface) or "
     "a name that resolves to one, with --host or APP_HOST (`app config` shows where host is "
     "set); the port is set apart, with --port or APP_PORT"
+)
+
+
+_LOOKUP_REMEDY: Final = (
+    "Retry once name resolution works (exit 75: a service manager restarts it), or give the "
+    "host as an address, which needs no lookup, with --host or APP_HOST"
 )
 
 
