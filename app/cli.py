@@ -9,16 +9,19 @@ and ``app doctor`` start as fast as dynaconf allows.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import re
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
 
 import click
 
@@ -33,7 +36,10 @@ from app.errors import (
     ConfirmationRequiredError,
     DataRootInUseError,
     DataRootStateError,
+    NotInTrashError,
     OutputClosedError,
+    OutputFailedError,
+    SessionNotFoundError,
     storage_error,
 )
 from app.errors import printable as _printable
@@ -165,6 +171,66 @@ class AppCommand(_OnceEach, click.Command):
             signal.signal(signal.SIGTERM, previous)
 
 
+class OutputFailed(Exception):
+    """Standard output refused a write (`_StandardStream`); `error` is the OSError."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _StandardStream:
+    """A standard stream of the process, whose refused write goes to `refused` (a context
+    manager around each write) rather than to the handler of the data root's errors.
+
+    Standard output: ``app data purge > /dev/full`` (or ``> report.txt`` on a full disk, a
+    terminal gone) purged, then its ENOSPC reached that handler: "the data root's filesystem
+    is full; nothing was changed. Free space ... empties the trash" (red team 48). Its
+    refused write raises `OutputFailed`; a closed pipe stays a `BrokenPipeError` (``|
+    head``). Standard error: ``app data empty-trash 2>>cron.log`` on a full disk exited 1, a
+    traceback nobody could read, for every refusal (75, 77, a usage error's 2 alike); its
+    refused write is dropped, since the message cannot be shown anyway, and the exit code
+    still says what happened. The binary ``buffer`` is guarded too: click writes there itself
+    when a stream's encoding is ASCII.
+    """
+
+    def __init__(
+        self, stream: IO[Any], refused: Callable[[], contextlib.AbstractContextManager[object]]
+    ) -> None:
+        self.stream = stream
+        self.refused = refused
+
+    def write(self, data: Any) -> int:
+        with self.refused():
+            return self.stream.write(data)
+        return len(data)  # dropped
+
+    def writelines(self, lines: Any) -> None:
+        with self.refused():
+            self.stream.writelines(lines)
+
+    def flush(self) -> None:
+        with self.refused():
+            self.stream.flush()
+
+    @property
+    def buffer(self) -> _StandardStream:
+        return _StandardStream(getattr(self.stream, "buffer"), self.refused)  # noqa: B009
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _refused_as_output() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(error) from error
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` would be, so that every undo
     that handles an interruption handles it the same way."""
@@ -211,6 +277,9 @@ class AppGroup(CommandGroup):
             with contextlib.suppress(OSError):  # stderr may be the same closed pipe
                 fail(OutputClosedError(command))
             sys.exit(OutputClosedError.exit_code)
+        except OutputFailed as failed:
+            command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            _output_failed(command, failed, changes=bool(ctx.meta.get(_CHANGES_KEY)))
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
@@ -809,7 +878,17 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
     from app.storage import check_session_id
 
     check_session_id(session_id)  # a malformed id is the argument's fault, wherever the root is
-    session = _reader_store(config, "show").get_session(session_id)
+    store = _reader_store(config, "show")
+    try:
+        session = store.get_session(session_id)
+    except SessionNotFoundError:
+        deleted = [
+            e for e in store.list_trash() if e.kind == "session" and e.session_id == session_id
+        ]
+        if not deleted:
+            raise
+        newest = max(deleted, key=lambda entry: entry.deleted_at).name
+        raise SessionNotFoundError(session_id, deleted=newest) from None
     if as_json:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))
         return
@@ -851,12 +930,26 @@ def sessions_restore(
     check_session_id(session_id)
     _refuse_missing_root(config, "restore")
     with open_storage(config, writer=True, wanted=what) as store:
-        session = store.restore(session_id, file=file_name, entry=entry)
+        try:
+            session = store.restore(session_id, file=file_name, entry=entry)
+        except NotInTrashError as missing:
+            if file_name is not None or entry is not None or not _is_live(store, session_id):
+                raise
+            raise NotInTrashError(session_id, live=True) from missing
     restored = f"file {file_name!r} of session" if file_name else "session"
     taken = "" if entry is None else f" from trash entry {entry}"
     click.echo(
         f"restored {restored} {session['id']} ({_printable(session['title']) or 'untitled'}){taken}"
     )
+
+
+def _is_live(store: Storage, session_id: str) -> bool:
+    """Whether `session_id` is a live session (a restore that found none in the trash)."""
+    try:
+        store.get_session(session_id)
+    except (AppError, OSError):
+        return False
+    return True
 
 
 @cli.group()
@@ -1066,4 +1159,19 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="app")
+    if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
+        sys.stdout = _StandardStream(sys.stdout, _refused_as_output)
+    if sys.stderr is not None:
+        sys.stderr = _StandardStream(sys.stderr, functools.partial(contextlib.suppress, OSError))
+    try:
+        cli(prog_name="app")
+    except OutputFailed as failed:  # `app --help > /dev/full`: before any command runs
+        _output_failed("app", failed, changes=False)
+
+
+def _output_failed(command: str, failed: OutputFailed, *, changes: bool) -> NoReturn:
+    """Say that `command`'s standard output refused a write (`OutputFailedError`), and exit."""
+    sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
+    code = failed.error.errno or 0
+    reason = f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}"
+    fail(OutputFailedError(command, reason, changes=changes))

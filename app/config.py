@@ -1106,17 +1106,8 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
     home = value.split("/", 1)[0]
-    if home.startswith("~"):
-        try:
-            Path(home).expanduser()
-        except RuntimeError:
-            # pathlib raised it from every command, a bare traceback (red team 36).
-            who = f"user {home[1:]!r}" if home != "~" else "this process (HOME is not set)"
-            return (
-                f"starts with {home!r}, but this system knows no home directory of {who} "
-                "(a user of another machine, or one a container lacks): write the path out "
-                "in full where the value is set"
-            )
+    if home.startswith("~") and (problem := _home_problem(home)) is not None:
+        return problem
     found = _UNEXPANDED.search(value)
     if found is None:
         return None
@@ -1126,6 +1117,44 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant; write the "
         f"path out in full where the value is set {_WHERE_EXPANDED}"
     )
+
+
+def _home_problem(home: str) -> str | None:
+    """Why `home` (``~`` or ``~user``, a path's first name) names no home directory, or None."""
+    if home == "~" and (unusable := _unusable_home()) is not None:
+        return (
+            f"starts with '~', but {unusable}: write the path out in full where the value is "
+            "set, or set HOME to this user's home directory"
+        )
+    try:
+        Path(home).expanduser()
+    except RuntimeError:
+        # pathlib raised it from every command, a bare traceback (red team 36).
+        who = f"user {home[1:]!r}" if home != "~" else "this process (HOME is not set)"
+        return (
+            f"starts with {home!r}, but this system knows no home directory of {who} "
+            "(a user of another machine, or one a container lacks): write the path out "
+            "in full where the value is set"
+        )
+    return None
+
+
+def _unusable_home() -> str | None:
+    """Why ``~`` cannot stand for this process's home directory, or None.
+
+    Python expands ``~`` to ``$HOME`` as it is: ``HOME=`` (empty, as an ``env`` line or a
+    container's ``ENV HOME=`` leaves it) made ``~/data`` the root ``/data``, and a relative
+    ``HOME`` a root under the settings directory, each created and served, empty, beside the
+    real one (red team 48). ``HOME`` unset is the password database's home (pathlib).
+    """
+    if "HOME" not in os.environ:
+        return None
+    home = os.environ["HOME"]
+    if not home:
+        return "HOME is set and empty, so '~' would name the filesystem's root '/'"
+    if not home.startswith("/"):
+        return f"HOME is {home!r}, not an absolute path, so '~' names no home directory"
+    return None
 
 
 _WHERE_EXPANDED = (

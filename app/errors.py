@@ -602,6 +602,18 @@ class DataRootInUseError(AppError):
                 + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
                 "those requests"
             )
+        elif pid and self.holder and self.holder.get("stopped"):
+            # A stopped process acts on SIGTERM only once continued.
+            stop = (
+                f"resume it to let it finish (`fg` in the shell that started it, or kill -CONT "
+                f"{pid}), or end it (kill {pid}, then kill -CONT {pid}), then retry"
+            )
+        elif pid and self.holder and self.holder.get("kind") == "maintenance":
+            # Killed, it leaves what it began for a repair: waiting is the first advice.
+            stop = (
+                "wait for it to finish and retry, or stop it (kill "
+                f"{pid}; what it had begun is finished by `app data check --repair`)"
+            )
         elif pid:
             stop = f"stop it (kill {pid}) or wait for it to finish and retry"
         else:
@@ -924,6 +936,40 @@ class PortInUseError(AppError):
     reason: str
 
 
+class ListenAddressError(AppError):
+    """The server cannot listen on its address for a reason of the address itself: a host
+    that does not resolve, an address not this machine's, a port it may not bind.
+
+    Each was said as `PortInUseError`, "Another process uses that port; stop it": a
+    mistyped ``--host 127.0.0.1:8000`` sent the operator to stop a process nobody ran
+    (red team 48).
+    """
+
+    exit_code = EX_UNAVAILABLE
+    code = "address_unusable"
+    template = (
+        "cannot listen on {host}:{port}: {reason}. No other process is in the way, and the "
+        "data root's lock was released. {remedy}"
+    )
+
+    host: str
+    port: int
+    reason: str
+    remedy: str
+
+
+class ListenAddressUnresolvedError(ListenAddressError):
+    """The server's host name could not be looked up just now (``EAI_AGAIN``: no resolver
+    answered, as at a boot before the network is up): safe to retry.
+
+    Said as a host that does not resolve (69), which the deploy guide's unit does not
+    restart: the service stayed down after a boot that raced its DNS (red team 48).
+    """
+
+    exit_code = EX_TEMPFAIL
+    code = "address_unresolved"
+
+
 class RequestCutShortError(AppError):
     """The server was told to stop, and a request ran past its shutdown grace."""
 
@@ -993,6 +1039,39 @@ class OutputClosedError(AppError):
     )
 
     command: str
+
+
+class OutputFailedError(AppError):
+    """A command's standard output refused a write: a full disk under ``> report.txt``,
+    ``/dev/full``, a terminal hung up.
+
+    The write's ``ENOSPC`` was taken for the data root's: ``app data purge > /dev/full``
+    purged, then said the data root's filesystem was full, that nothing was changed, and to
+    empty the trash to make room, which would have deleted what it purged (red team 48).
+    """
+
+    exit_code = EX_IOERR
+    code = "output_failed"
+
+    command: str
+    reason: str
+    changes: bool = False
+
+    @property
+    def message(self) -> str:
+        done = (
+            "Anything it changed is done: each change stays made, whole and audited, and `app "
+            "sessions list --trash` and `app data check` show the data root as it is, which "
+            "needs no room made (do not empty the trash for this)"
+            if self.changes
+            else "It changes nothing"
+        )
+        return (
+            f"`{self.command}` could not write its output: a write to its standard output "
+            f"failed ({self.reason}), where the output was sent (a file, a full disk, a "
+            f"terminal gone), not in the data root. {done}. Send its output to a file on a "
+            "disk with room, or to a terminal"
+        )
 
 
 EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a command that `kill` stopped
@@ -1094,9 +1173,18 @@ class SessionNotFoundError(StoreError):
     in_trash: str | None = field(default=None, kw_only=True)
     """The trash entry that holds the session, for a file's restore: the session goes back
     first."""
+    deleted: str | None = field(default=None, kw_only=True)
+    """The newest trash entry of the session, for `app sessions show` of a deleted one."""
 
     @property
     def message(self) -> str:
+        if self.deleted is not None:
+            # Once "`app sessions list` shows the sessions", which does not show it either.
+            return (
+                f"no session {self.session_id!r} in sessions: it was deleted, and is in the "
+                f"trash (entry {self.deleted}). `app sessions restore {self.session_id}` "
+                "brings it back; `app sessions list --trash` shows the trash"
+            )
         if self.in_trash is not None:
             # Once "`app sessions list` shows the sessions", which does not show it.
             return (
@@ -1122,9 +1210,19 @@ class NotInTrashError(SessionNotFoundError):
     where: str = field(default="the trash", kw_only=True)
     #: The trash entry asked for by name (``app sessions restore --entry``), if one was.
     entry: str | None = field(default=None, kw_only=True)
+    #: The session is live: restored already (by a restore run at the same time, say).
+    live: bool = field(default=False, kw_only=True)
 
     @property
     def message(self) -> str:
+        if self.live and self.entry is None and self.file is None:
+            # Once "`app sessions list --trash` shows what can be restored": the loser of
+            # two restores at once looked for it there (red team 48).
+            return (
+                f"no session {self.session_id!r} in the trash: it is in sessions (restored "
+                "already, or never deleted), so nothing was changed. `app sessions show "
+                f"{self.session_id}` shows it"
+            )
         if self.entry is not None:
             return (
                 f"no trash entry {self.entry!r} in the trash (emptied, restored already, or "

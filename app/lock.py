@@ -36,6 +36,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import socket
 import stat
 import sys
@@ -209,6 +210,13 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
             else f"pid {theirs} in a PID namespace this process cannot see (another "
             "container's, or the host's: stop it there)"
         ]
+    parts.extend(_details(holder))
+    return ", ".join(parts)
+
+
+def _details(holder: Mapping[str, Any]) -> list[str]:
+    """What a holder published besides its pid, as `describe_holder` lists it."""
+    parts: list[str] = []
     if holder.get("kind"):
         parts.append(f"kind {holder['kind']}")
     if holder.get("profile"):
@@ -219,9 +227,26 @@ def describe_holder(holder: Mapping[str, Any] | None) -> str:
         parts.append(f"port {holder['port']}")
     if holder.get("started_at"):
         parts.append(f"since {holder['started_at']}")
+    if holder.get("kind") == "maintenance" and (command := _maintenance_command(holder)):
+        # "kind maintenance" alone did not tell a `data check` that reads from an
+        # `empty-trash` that deletes, which decides between waiting and stopping it.
+        parts.append(f"running `{command}`")
     if holder.get("stopping_since"):
         parts.append(f"stopping since {holder['stopping_since']}")
-    return ", ".join(parts)
+    if holder.get("stopped"):
+        parts.append("stopped by a signal (SIGSTOP, Ctrl-Z in its shell): it waits to be resumed")
+    return parts
+
+
+def _maintenance_command(holder: Mapping[str, Any]) -> str | None:
+    """The command a maintenance holder runs, as typed (``app data purge``), from its argv."""
+    argv = holder.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return None
+    program = argv[0]
+    if Path(program).name in ("app", "__main__.py"):  # the console script, `python -m app`
+        program = "app"
+    return shlex.join([program, *argv[1:]])
 
 
 def _parse_holder(raw: bytes) -> dict[str, Any] | None:
@@ -359,6 +384,26 @@ def _flock_pid_of(found: os.stat_result) -> int | None:
 
 
 def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
+    seen = _seen_here_as_published(holder, pid_here)
+    if seen is not None and pid_here and _is_stopped(pid_here):
+        # Ctrl-Z on a maintenance command, left in a forgotten shell job (or a SIGSTOP):
+        # it holds the root for ever, and "wait for it to finish" was no remedy.
+        return {**seen, "stopped": True}
+    return seen
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped by a signal (SIGSTOP, Ctrl-Z's SIGTSTP): state T of its stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["T"]
+
+
+def _seen_here_as_published(
+    holder: dict[str, Any] | None, pid_here: int | None
+) -> dict[str, Any] | None:
     # A holder publishes its pid as its own PID namespace numbers it: a server in a
     # container is pid 1 there, and advising `kill 1` (or the pid of an unrelated process
     # here) would stop the wrong process. The pid the kernel lists for the flock is ours.

@@ -169,7 +169,8 @@ def test_restore_brings_a_session_back_and_audits_it(
     assert audit(app_config)[-1]["operation"] == "restore-session"
     code, _, err = invoke("sessions", "restore", seeded[1])
     assert code == 66
-    assert "sessions list --trash" in err
+    assert "it is in sessions (restored already, or never deleted)" in err
+    assert f"`app sessions show {seeded[1]}` shows it" in err
 
 
 def test_restore_of_a_single_file(seeded: tuple[str, str], app_config: Config) -> None:

@@ -31,7 +31,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from app.errors import EX_SOFTWARE, AppError, FsyncFailed, PortInUseError, thread_limit
+from app.errors import (
+    EX_SOFTWARE,
+    AppError,
+    FsyncFailed,
+    ListenAddressError,
+    ListenAddressUnresolvedError,
+    PortInUseError,
+    thread_limit,
+)
 from app.server.committer import Committer
 from app.server.factory import create_app
 from app.server.protocol import bounded_h11
@@ -63,12 +71,19 @@ def bind(host: str, port: int) -> socket.socket:
     connections linger in TIME_WAIT; it never lets two servers listen on one port.
 
     Raises:
-        PortInUseError: the port is taken, or the address cannot be used (exit 69).
+        PortInUseError: the port is taken (exit 69).
+        ListenAddressError: the host does not resolve, is not this machine's, or the port
+            may not be bound (exit 69); `ListenAddressUnresolvedError` when its lookup failed
+            for now (exit 75).
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        raise PortInUseError(host, port, f"cannot resolve {host!r}: {error.strerror}") from None
+        if error.errno == socket.EAI_AGAIN:
+            reason = f"the host {host!r} could not be looked up now ({error.strerror})"
+            raise ListenAddressUnresolvedError(host, port, reason, _LOOKUP_REMEDY) from None
+        reason = f"the host {host!r} does not resolve to an address ({error.strerror})"
+        raise ListenAddressError(host, port, reason, _HOST_REMEDY) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -77,14 +92,43 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as error:
         sock.close()
-        reason = (
-            f"the address is already in use, by {_listener(port)}"
-            if error.errno == errno.EADDRINUSE
-            else os.strerror(error.errno or 0)
-        )
+        if error.errno != errno.EADDRINUSE:
+            raise _unusable(host, port, error) from None
+        reason = f"the address is already in use, by {_listener(port)}"
         raise PortInUseError(host, port, reason) from None
     sock.set_inheritable(True)
     return sock
+
+
+_HOST_REMEDY: Final = (
+    "Set the host to an address of this machine (127.0.0.1, 0.0.0.0 for every interface) or "
+    "a name that resolves to one, with --host or APP_HOST (`app config` shows where host is "
+    "set); the port is set apart, with --port or APP_PORT"
+)
+
+
+_LOOKUP_REMEDY: Final = (
+    "Retry once name resolution works (exit 75: a service manager restarts it), or give the "
+    "host as an address, which needs no lookup, with --host or APP_HOST"
+)
+
+
+def _unusable(host: str, port: int, error: OSError) -> ListenAddressError:
+    """Why binding `host:port` failed, other than a port in use: the address's own fault."""
+    reason = f"{os.strerror(error.errno or 0)} ({errno.errorcode.get(error.errno or 0, '?')})"
+    if error.errno == errno.EADDRNOTAVAIL:
+        reason = f"{host!r} is not an address of this machine, {reason}"
+        return ListenAddressError(host, port, reason, _HOST_REMEDY)
+    if error.errno == errno.EACCES:
+        return ListenAddressError(
+            host,
+            port,
+            f"this process may not bind port {port}, {reason}",
+            "A port below 1024 needs root or CAP_NET_BIND_SERVICE (systemd's "
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE); or choose a port above 1023 with "
+            "--port or APP_PORT",
+        )
+    return ListenAddressError(host, port, reason, _HOST_REMEDY)
 
 
 def _listener(port: int) -> str:

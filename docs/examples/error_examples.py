@@ -155,6 +155,23 @@ EXAMPLES: list[errors.AppError] = [
     errors.CommandInterruptedError("app data purge"),
     errors.CommandTerminatedError("app data purge"),
     errors.OutputClosedError("app data purge"),
+    errors.ListenAddressError(
+        "127.0.0.1:8000",
+        0,
+        "the host '127.0.0.1:8000' does not resolve to an address (Name or service not known)",
+        "Set the host to an address of this machine (127.0.0.1, 0.0.0.0 for every interface) "
+        "or a name that resolves to one, with --host or APP_HOST (`app config` shows where "
+        "host is set); the port is set apart, with --port or APP_PORT",
+    ),
+    errors.ListenAddressUnresolvedError(
+        "review.internal",
+        8080,
+        "the host 'review.internal' could not be looked up now (Temporary failure in name "
+        "resolution)",
+        "Retry once name resolution works (exit 75: a service manager restarts it), or give "
+        "the host as an address, which needs no lookup, with --host or APP_HOST",
+    ),
+    errors.OutputFailedError("app data purge", "No space left on device, ENOSPC", changes=True),
     errors.SessionNotFoundError("3f2a9c"),
     errors.NotInTrashError("3f2a9c", "report.pdf"),
     errors.TrashCopyLostError(
