@@ -297,23 +297,89 @@ class Run(NamedTuple):
 # --- the process tree (Linux /proc) -------------------------------------------------------
 
 
-#: This process's time namespace's boot-time offset, in clock ticks (read once).
-_BOOT_OFFSET: list[int] = []
+#: This process's time namespace's boot-time offset, in nanoseconds, or None where it cannot
+#: be read (`_read_boot_offset`); read once.
+_BOOT_OFFSET: list[int | None] = []
+# A fork made after its parent's `unshare(CLONE_NEWTIME)` is in the new namespace.
+os.register_at_fork(after_in_child=_BOOT_OFFSET.clear)
 
 
-def _boot_offset() -> int:
+def _boot_offset() -> int | None:
     """How much later than the machine's this process's time namespace says it booted, in
-    the clock ticks of ``/proc/<pid>/stat`` (0 outside a time namespace)."""
+    nanoseconds (0 outside a time namespace); None where that cannot be known."""
     if not _BOOT_OFFSET:
-        offset = 0
-        with contextlib.suppress(OSError, ValueError):
-            for line in (_PROC / "self" / "timens_offsets").read_text().splitlines():
-                clock, seconds, nanoseconds = line.split()
-                if clock in ("boottime", "7"):  # older kernels name clocks by number
-                    ticks = os.sysconf("SC_CLK_TCK")
-                    offset = (int(seconds) * 10**9 + int(nanoseconds)) * ticks // 10**9
-        _BOOT_OFFSET.append(offset)
+        _BOOT_OFFSET.append(_read_boot_offset())
     return _BOOT_OFFSET[0]
+
+
+def _offsets_file(pid: int | str) -> int | None:
+    """The boot-time offset ``/proc/<pid>/timens_offsets`` gives, in nanoseconds."""
+    offset = 0
+    try:
+        text = (_PROC / str(pid) / "timens_offsets").read_text()
+    except FileNotFoundError:
+        return 0  # a kernel without time namespaces
+    except OSError:
+        return None
+    for line in text.splitlines():
+        clock, seconds, nanoseconds = line.split()
+        if clock in ("boottime", "7"):  # older kernels name clocks by number
+            offset = int(seconds) * 10**9 + int(nanoseconds)
+    return offset
+
+
+def _time_namespace(pid: int | str, which: str = "time") -> int | None:
+    try:
+        return (_PROC / str(pid) / "ns" / which).stat().st_ino
+    except OSError:
+        return None
+
+
+def _read_boot_offset() -> int | None:
+    """This process's boot-time offset (`_boot_offset`).
+
+    ``/proc/<pid>/timens_offsets`` gives the offsets of the time namespace that process's
+    children get, not always its own: a process that made one for its children
+    (``unshare(CLONE_NEWTIME)``, then its offsets written) stays in its old one until it
+    forks or execs. Read as its own, every ancestor's start time was shifted, no entry
+    was found, and such a process, given production's settings alone, purged a stopped
+    production root (red team 48). Its own offsets are then read where they are its
+    children's: from the nearest ancestor whose children get this process's namespace.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        own = _time_namespace("self")
+        if own is None or own == _time_namespace("self", "time_for_children"):
+            return _offsets_file("self")
+        pid = _proc_self()
+        walked: set[int] = set()
+        while pid is not None and pid > 0 and pid not in walked:
+            walked.add(pid)
+            raw = _proc_bytes(pid, "stat")
+            pid = int(raw[raw.rfind(b")") + 2 :].split()[1])
+            if pid > 0 and _time_namespace(pid, "time_for_children") == own:
+                return _offsets_file(pid)
+    return None
+
+
+@functools.cache
+def _tick() -> int:
+    """A clock tick of ``/proc/<pid>/stat``'s start times, in nanoseconds."""
+    return 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def _start_ticks(shown: int) -> tuple[int, ...]:
+    """The start times, as the machine counts them, of a process ``/proc`` shows this
+    process as started at `shown` (in clock ticks): one, or two where this process's
+    boot-time offset is not a whole number of ticks (checkpoint and restore tools set it to
+    the nanosecond), as ``/proc`` shifts the start by the offset before it cuts it to ticks.
+    Taking the first alone, a child in such a namespace missed the entry of every ancestor
+    started late in its tick, and purged a stopped production root (red team 48). Empty
+    where the offset cannot be known (`_read_boot_offset`)."""
+    offset = _boot_offset()
+    if offset is None:
+        return ()
+    whole, part = divmod(offset, _tick())
+    return (shown - whole,) if part == 0 else (shown - whole - 1, shown - whole)
 
 
 def _proc_bytes(pid: int | str, name: str) -> bytes:
@@ -336,7 +402,14 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
 
     The start time as the machine counts it: ``/proc`` shows it shifted by the reader's
     time namespace (``unshare --time``), where a child then found no ancestor's entry.
+    Where that is one of two (`_start_ticks`), the earlier; `_starts` gives both.
     """
+    found = _starts(pid)
+    return (found[0], found[1][0]) if found is not None else None
+
+
+def _starts(pid: int) -> tuple[int, tuple[int, ...]] | None:
+    """``(ppid, the start times it may have)`` of ``pid`` (`_start_ticks`), or None."""
     try:
         raw = _proc_bytes(pid, "stat")
     except OSError:
@@ -344,7 +417,8 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return int(rest[1]), int(rest[19]) - _boot_offset()
+        starts = _start_ticks(int(rest[19]))
+        return (int(rest[1]), starts) if starts else None
     except (IndexError, ValueError):
         return None
 
@@ -768,6 +842,10 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
         program = (_PROC / str(pid) / "exe").readlink().name
     except OSError:
         return None
+    # A program replaced on disk while it runs (Python upgraded in place by the system's
+    # packages during a long run) is shown with this suffix: its process was passed over,
+    # and with the registry removed meanwhile, a child purged a stopped root (red team 48).
+    program = program.removesuffix(" (deleted)")
     if not _PYTHON.fullmatch(program):
         return None
     try:
@@ -807,8 +885,26 @@ def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) ->
     took every child it started meanwhile, which keeps the real one, out of the run. Not
     every user ``/proc/<pid>/status`` names: that read, for every ancestor of every process
     outside a run, cost a third more than the walk.
+
+    In a time namespace whose offset is not a whole number of ticks, `started` is the first
+    of the two start times the process may have (`_start_ticks`): the second is looked for
+    too.
     """
-    name = _entry_name(pid, started)
+    for candidate in (started, started + 1) if _start_uncertain() else (started,):
+        entry = _entry_named(pid, _entry_name(pid, candidate), seen, parent)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _start_uncertain() -> bool:
+    """Whether ``/proc`` shows this process each start time as one of two (`_start_ticks`)."""
+    offset = _boot_offset()
+    return offset is not None and offset % _tick() != 0
+
+
+def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
+    """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
         owner = (_PROC / str(pid)).stat().st_uid
     except OSError:
@@ -889,6 +985,8 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
     if _proc_self() is None and (hidden := _proc_hidden()) is not None:
         return None, *hidden
+    if _boot_offset() is None:
+        return None, *_TIME_UNKNOWN
     seen = _Seen()
     bare = None
     bare_argv: list[str] = []
@@ -936,6 +1034,16 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     if led is None and bare is None and seen.hidden:
         return None, *_hidden_run(seen.hidden)
     return led, bare, ""
+
+
+#: The refusal's words where this process's start times cannot be read (`_read_boot_offset`).
+_TIME_UNKNOWN: Final = (
+    "while this process cannot read the start times of its ancestors (it made a time "
+    "namespace for its children, unshare(CLONE_NEWTIME), and no ancestor shows its own "
+    "time namespace's offsets), so it cannot tell whether a test run is above it",
+    "Use the app in a process started in the new time namespace (fork or exec after the "
+    "unshare, as `unshare --time` does), not in the process that made it",
+)
 
 
 def _proc_hidden() -> tuple[str, str] | None:
@@ -1902,8 +2010,14 @@ def _forget_dead_runs(directory: Path) -> None:
         pid, _, _ = name.partition("-")
         if not pid.isdigit():
             continue
-        fields = _stat_fields(int(pid))
-        if fields is None or _entry_name(int(pid), fields[1]) != name:
+        found = _starts(int(pid))
+        # One tick earlier too: a run in a time namespace whose offset is not a whole
+        # number of ticks names its entry by the earlier of its two start times.
+        alive = found is not None and name in {
+            _entry_name(int(pid), started)
+            for started in range(min(found[1]) - 1, max(found[1]) + 1)
+        }
+        if not alive:
             # Only a run of this PID namespace is known dead by its pid: a run in another
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
