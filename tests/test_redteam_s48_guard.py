@@ -109,7 +109,7 @@ def test_a_child_finds_its_run_however_its_time_or_its_run_s_program_reads(
     )  # fmt: skip
     argv = ["sh", "-c", REPLACED_PYTHON, "sh", str(top), str(here), sys.executable]
     output = _outside_any_run(production, [*argv, "test_inner.py"], env=env)
-    refusals = re.findall(IN_THE_RUN + r"(\S+?)\)\)", output)
+    refusals = re.findall(IN_THE_RUN + r"(/\S+)", output)
     assert [where.startswith("/proc/") for where in refusals] == [False, False, True], output
     # (Its exit status is its parent's, which left it to the run.)
     assert (
