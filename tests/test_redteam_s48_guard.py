@@ -17,7 +17,13 @@ own):
   system's packages during a long run), then the registry removed (a test of another run
   beside it: ``rm -rf /tmp/app-*``): ``/proc/<pid>/exe`` then ends in `` (deleted)``, the
   run was not taken for a Python process, and the descriptors it keeps open of its entry
-  (red team 47) were not read.
+  (red team 47) were not read;
+- a data root that became a filesystem of its own after the run began (a volume mounted at
+  its path, a restore onto a new disk, a tmpfs made anew), bound into the sandbox by a test
+  that opted into its profile: the run knew the root's identity from its start, and a mount
+  of a whole filesystem was not read as showing it from elsewhere. It is, where that
+  filesystem is mounted elsewhere too. (Production's root is changed only in the test's own
+  mount namespace, so it is checked there, not after.)
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ REPLACED_PYTHON = OWN_TMP.replace(
 #: Each test starts a child given production's settings alone, which purges production.
 TESTS = r'''
 import ctypes, os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
 from app import sandbox
 
 PURGE = ["-m", "app", "--profile", "production", "data", "purge", "--yes-i-mean-it"]
@@ -84,6 +92,21 @@ def test_a_time_namespace_offset_by_part_of_a_tick():
 def test_a_time_namespace_made_where_no_ancestor_shows_its_maker_s():
     child("-c", TIMENS, str(10**14), "orphan")
 
+@pytest.mark.app_profile("production")
+def test_a_volume_mounted_at_a_root_since_the_run_began_bound_into_the_sandbox(
+    tmp_path_factory,
+):
+    root = Path(os.environ["S"]) / "data" / "production"
+    copy = shutil.copytree(root, tmp_path_factory.mktemp("copy") / "root", symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+    shutil.copytree(copy, root, symlinks=True, dirs_exist_ok=True)
+    mapped = tmp_path_factory.getbasetemp() / "data" / "production"
+    mapped.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(root), str(mapped)], check=True)
+    done = subprocess.run([sys.executable, *PURGE], capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+    print("PRODUCTION", len(os.listdir(root / "sessions")), "SESSIONS")
+
 def test_python_replaced_on_disk_then_the_registry_removed():
     os.unlink("/tmp/python-copy")
     assert os.readlink("/proc/self/exe").endswith(" (deleted)")
@@ -92,7 +115,7 @@ def test_python_replaced_on_disk_then_the_registry_removed():
 '''
 
 
-def test_a_child_finds_its_run_however_its_time_or_its_run_s_program_reads(
+def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_change(
     stopped: tuple[Path, Path],  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
@@ -121,5 +144,12 @@ def test_a_child_finds_its_run_however_its_time_or_its_run_s_program_reads(
     assert "Use the app in a process started in the new time namespace (fork or exec after " in (
         output
     )
+    # Production's root as the namespace shows it: its filesystem, bound into the sandbox.
+    assert "PRODUCTION 1 SESSIONS" in output, output
+    assert re.search(
+        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): open data root "
+        r"\S+/data/production: it is \S+/data/production, seen through a mount \(`findmnt -T ",
+        output,
+    ), output
     # The registry removed fails that test, at the check after it.
-    assert "4 passed, 1 error" in output, output
+    assert "5 passed, 1 error" in output, output
