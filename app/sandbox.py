@@ -243,29 +243,58 @@ class Protected(NamedTuple):
     identities: frozenset[tuple[int, int]] = frozenset()
     #: The identities of the root's ancestors: a directory with one of them holds the root.
     ancestors: frozenset[tuple[int, int]] = frozenset()
+    #: The root as its settings spell it, where a symbolic link on the way leads elsewhere:
+    #: where it lies may change while the run goes on (`paths_now`).
+    spelled: Path | None = None
 
     @classmethod
-    def of(cls, profile: str, path: Path) -> Protected:
+    def of(cls, profile: str, path: Path, spelled: Path | None = None) -> Protected:
         """Record ``path`` as it is now (what does not exist yet has no identity)."""
         own = {identity(path / name) for name in ("", "sessions", ".trash", ".tmp")}
         above = {identity(parent) for parent in path.parents}
-        return cls(profile, path, frozenset(own - {None}), frozenset(above - {None}))  # type: ignore[arg-type]
+        return cls(
+            profile,
+            path,
+            frozenset(own - {None}),  # type: ignore[arg-type]
+            frozenset(above - {None}),  # type: ignore[arg-type]
+            spelled if spelled is not None and spelled != path else None,
+        )
+
+    def paths_now(self) -> tuple[Path, ...]:
+        """Where the root lies: as the run began, and where its spelling leads now.
+
+        A deploy that switches a link on a root's way (``current`` -> a release, blue to
+        green) moves the root while a run goes on: production's new root, bound into the
+        sandbox by a test that opted into its profile, was opened and purged as the
+        sandbox's, the run knowing only the old one (red team 48).
+        """
+        if self.spelled is None:
+            return (self.path,)
+        try:
+            return (self.path, self.spelled.resolve())
+        except (OSError, RuntimeError):
+            return (self.path,)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "profile": self.profile,
             "path": str(self.path),
             "identities": sorted(self.identities),
             "ancestors": sorted(self.ancestors),
         }
+        if self.spelled is not None:
+            data["spelled"] = str(self.spelled)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Protected:
+        spelled = data.get("spelled")
         return cls(
             str(data["profile"]),
             Path(data["path"]),
             frozenset((int(a), int(b)) for a, b in data.get("identities", ())),
             frozenset((int(a), int(b)) for a, b in data.get("ancestors", ())),
+            Path(spelled) if isinstance(spelled, str) else None,
         )
 
 
@@ -983,10 +1012,8 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
-    if _proc_self() is None and (hidden := _proc_hidden()) is not None:
+    if (hidden := _unwalkable()) is not None:
         return None, *hidden
-    if _boot_offset() is None:
-        return None, *_TIME_UNKNOWN
     seen = _Seen()
     bare = None
     bare_argv: list[str] = []
@@ -1038,12 +1065,24 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
 
 #: The refusal's words where this process's start times cannot be read (`_read_boot_offset`).
 _TIME_UNKNOWN: Final = (
-    "while this process cannot read the start times of its ancestors (it made a time "
-    "namespace for its children, unshare(CLONE_NEWTIME), and no ancestor shows its own "
-    "time namespace's offsets), so it cannot tell whether a test run is above it",
-    "Use the app in a process started in the new time namespace (fork or exec after the "
-    "unshare, as `unshare --time` does), not in the process that made it",
+    (
+        "while this process cannot read the start times of its ancestors (it made a time "
+        "namespace for its children, unshare(CLONE_NEWTIME), and no ancestor shows its own "
+        "time namespace's offsets), so it cannot tell whether a test run is above it"
+    ),
+    (
+        "Use the app in a process started in the new time namespace (fork or exec after the "
+        "unshare, as `unshare --time` does), not in the process that made it"
+    ),
 )
+
+
+def _unwalkable() -> tuple[str, str] | None:
+    """A refusal's words where this process cannot walk its ancestors (`_proc_hidden`,
+    `_TIME_UNKNOWN`), else None."""
+    if _proc_self() is None:
+        return _proc_hidden()
+    return _TIME_UNKNOWN if _boot_offset() is None else None
 
 
 def _proc_hidden() -> tuple[str, str] | None:
@@ -2884,15 +2923,24 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
     if run is None:
         return
     for item in run.protected:
-        if source.is_relative_to(item.path) or item.path.is_relative_to(source):
+        for root in item.paths_now():
+            if not (source.is_relative_to(root) or root.is_relative_to(source)):
+                continue
             raise SandboxViolationError(
                 f"{what} {path}: it is {source}, seen through a mount (`findmnt -T {path}`), "
                 f"and that is, lies in or holds the data root of profile {item.profile!r} "
-                f"({item.path})",
+                f"({root}{_spelled_since(item, root)})",
                 run.sandbox,
                 "Tests get data roots of their own under tmp_path; never mount a real data "
                 "root, or the directory that holds it, into the sandbox",
             )
+
+
+def _spelled_since(item: Protected, root: Path) -> str:
+    # Where a link on the way has led elsewhere since the run began.
+    if root == item.path or item.spelled is None:
+        return ""
+    return f", where {item.spelled} leads now; it was {item.path} as the run began"
 
 
 def _left_over(run: Run) -> str:

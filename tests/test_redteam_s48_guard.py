@@ -23,20 +23,29 @@ own):
   that opted into its profile: the run knew the root's identity from its start, and a mount
   of a whole filesystem was not read as showing it from elsewhere. It is, where that
   filesystem is mounted elsewhere too. (Production's root is changed only in the test's own
-  mount namespace, so it is checked there, not after.)
+  mount namespace, so it is checked there, not after.);
+- a data root whose path goes through a link that a deploy switched while the run went on
+  (``current`` -> ``blue``, then ``green``), bound into the sandbox by a test that opted into
+  its profile: the run knew only where the link led as it began. A root's spelling is kept
+  where a link leads there, and a mount is checked against where it leads now too.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
-from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_redteam_s31_guard import CREATE
 from test_redteam_s46_guard import _a_runner_script, _outside_any_run, checkout_in_tmp
 from test_redteam_s47_guard import IN_THE_RUN, OWN_TMP
+from test_server_e2e import app_env
 
 #: `OWN_TMP`, the interpreter first replaced by a copy of itself (bound over it), which a
 #: test removes as a system's upgrade of Python would.
@@ -96,7 +105,7 @@ def test_a_time_namespace_made_where_no_ancestor_shows_its_maker_s():
 def test_a_volume_mounted_at_a_root_since_the_run_began_bound_into_the_sandbox(
     tmp_path_factory,
 ):
-    root = Path(os.environ["S"]) / "data" / "production"
+    root = Path(os.environ["S"]) / "current" / "production"
     copy = shutil.copytree(root, tmp_path_factory.mktemp("copy") / "root", symlinks=True)
     subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
     shutil.copytree(copy, root, symlinks=True, dirs_exist_ok=True)
@@ -107,6 +116,19 @@ def test_a_volume_mounted_at_a_root_since_the_run_began_bound_into_the_sandbox(
     print("CHILD", done.returncode, done.stdout + done.stderr)
     print("PRODUCTION", len(os.listdir(root / "sessions")), "SESSIONS")
 
+@pytest.mark.app_profile("production")
+def test_a_deploy_that_switches_a_link_on_a_root_s_way(tmp_path_factory):
+    settings = Path(os.environ["S"])
+    (settings / "next").symlink_to("green")
+    os.replace(settings / "next", settings / "current")  # production lives in green now
+    mapped = tmp_path_factory.getbasetemp() / "data" / "production"
+    mapped.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(settings / "current" / "production"), str(mapped)],
+                   check=True)
+    done = subprocess.run([sys.executable, *PURGE], capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+    print("GREEN", len(os.listdir(settings / "green" / "production" / "sessions")), "SESSIONS")
+
 def test_python_replaced_on_disk_then_the_registry_removed():
     os.unlink("/tmp/python-copy")
     assert os.readlink("/proc/self/exe").endswith(" (deleted)")
@@ -115,11 +137,26 @@ def test_python_replaced_on_disk_then_the_registry_removed():
 '''
 
 
+@pytest.fixture
+def blue_green(tmp_path: Path) -> tuple[Path, Path]:
+    """Settings whose production root lies through a link a deploy switches (``current`` ->
+    ``blue``, then ``green``, a copy of it), and that root (blue's): no server."""
+    settings = copy_project_settings(tmp_path / "settings")
+    toml = settings / "settings.toml"
+    toml.write_text(toml.read_text().replace('"data/production"', '"current/production"'))
+    blue = settings / "blue" / "production"
+    blue.parent.mkdir()
+    (settings / "current").symlink_to("blue")
+    env = app_env(blue, profile="production")
+    subprocess.run([sys.executable, "-c", CREATE], env=env, check=True)
+    shutil.copytree(blue, settings / "green" / "production", symlinks=True)
+    return settings, blue
+
+
 def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_change(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
+    blue_green: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    settings, production = stopped
+    settings, production = blue_green
     (tmp_path / "test_inner.py").write_text(TESTS)
     _a_runner_script(tmp_path)
     (tmp_path / "tmp").mkdir()
@@ -144,12 +181,17 @@ def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_cha
     assert "Use the app in a process started in the new time namespace (fork or exec after " in (
         output
     )
-    # Production's root as the namespace shows it: its filesystem, bound into the sandbox.
+    # Production's root as the namespace shows it: its filesystem, bound into the sandbox;
+    # then the root a link leads to since the run began.
     assert "PRODUCTION 1 SESSIONS" in output, output
-    assert re.search(
+    assert "GREEN 1 SESSIONS" in output, output
+    mounted = (
         r"CHILD 78 error: refused under pytest \(sandbox: \S+\): open data root "
-        r"\S+/data/production: it is \S+/data/production, seen through a mount \(`findmnt -T ",
-        output,
-    ), output
+        r"\S+/data/production: it is (\S+), seen through a mount \(`findmnt -T \S+`\), and "
+        r"that is, lies in or holds the data root of profile 'production' \(([^)]*)\)"
+    )
+    blue, green = (f"{seen}/{color}/production" for color in ("blue", "green"))
+    moved = f"{green}, where {seen}/current/production leads now; it was {blue} as the run began"
+    assert re.findall(mounted, output) == [(blue, blue), (green, moved)], output
     # The registry removed fails that test, at the check after it.
-    assert "5 passed, 1 error" in output, output
+    assert "6 passed, 1 error" in output, output
