@@ -2044,6 +2044,8 @@ def _pid_namespace() -> int | None:
 
 
 def _forget_dead_runs(directory: Path) -> None:
+    if _boot_offset() is None:
+        return  # no start time can be read here (`_read_boot_offset`): every run looks dead
     ours = _pid_namespace()
     for name in (entry.name for entry in directory.iterdir()):
         pid, _, _ = name.partition("-")
