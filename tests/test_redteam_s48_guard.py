@@ -41,10 +41,8 @@ from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
-from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import CREATE
-from test_redteam_s46_guard import _a_runner_script, _outside_any_run, checkout_in_tmp
-from test_redteam_s47_guard import IN_THE_RUN, OWN_TMP
+from test_redteam_s47_guard import IN_THE_RUN, OWN_TMP, _in_a_tmp_of_its_own
 from test_server_e2e import app_env
 
 #: `OWN_TMP`, the interpreter first replaced by a copy of itself (bound over it), which a
@@ -157,18 +155,8 @@ def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_cha
     blue_green: tuple[Path, Path], tmp_path: Path
 ) -> None:
     settings, production = blue_green
-    (tmp_path / "test_inner.py").write_text(TESTS)
-    _a_runner_script(tmp_path)
-    (tmp_path / "tmp").mkdir()
-    top = Path(os.path.commonpath([settings, tmp_path]))
-    here = Path("/mnt") / tmp_path.relative_to(top)
-    seen = Path("/mnt") / settings.relative_to(top)
-    env = _inner_env(
-        S=str(seen), APP_SETTINGS_DIR=str(seen), J="", TMPDIR=str(here / "tmp"),
-        KEEP=checkout_in_tmp(),
-    )  # fmt: skip
-    argv = ["sh", "-c", REPLACED_PYTHON, "sh", str(top), str(here), sys.executable]
-    output = _outside_any_run(production, [*argv, "test_inner.py"], env=env)
+    output = _in_a_tmp_of_its_own(production, settings, tmp_path, TESTS, script=REPLACED_PYTHON)
+    seen = Path("/mnt") / settings.relative_to(Path(os.path.commonpath([settings, tmp_path])))
     refusals = re.findall(IN_THE_RUN + r"(/\S+)", output)
     assert [where.startswith("/proc/") for where in refusals] == [False, False, True], output
     # (Its exit status is its parent's, which left it to the run.)
