@@ -1060,7 +1060,54 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     led = _led_by_a_run(walked, seen)
     if led is None and bare is None and seen.hidden:
         return None, *_hidden_run(seen.hidden)
+    if led is None and bare is None and (denied := _walk_denied(chain)) is not None:
+        return None, *_proc_denied(denied)
     return led, bare, ""
+
+
+def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
+    """The ancestor past the last one walked that this process may not read in ``/proc``
+    (`_proc_denied`), or None where the walk ended at pid 1, at one that is gone, or at
+    another user's that ``/proc`` hides (``hidepid=``: a service's parent, its init)."""
+    fields = _stat_fields(chain[-1][0]) if chain else None
+    parent = fields[0] if fields is not None else 0
+    if parent <= 0 or not _may_not_read(parent):
+        return None
+    try:
+        owner = (_PROC / str(parent)).stat().st_uid
+    except OSError:
+        owner = None
+    if owner != os.getuid() and proc_hides_processes() is not None:
+        return None
+    return parent
+
+
+def _may_not_read(pid: int | str) -> bool:
+    """Whether this process is denied ``/proc/<pid>/stat`` (not: it is gone)."""
+    try:
+        os.close(os.open(f"{_PROC}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _proc_denied(pid: int | str) -> tuple[str, str]:
+    """The refusal's words where this process may not read ``/proc/<pid>``: a process
+    confined by a Landlock ruleset that leaves ``/proc`` out (unprivileged: a worker's
+    sandbox a test sets up, as code that confines its workers does) walked no ancestor,
+    and given production's settings alone purged a stopped production root (red team 48)."""
+    which = "/proc/self" if pid == "self" else f"/proc/{pid} (an ancestor)"
+    said = (
+        f"while this process may not read {which}: a Landlock ruleset, or another security "
+        "policy, denies it, so it cannot tell whether a test run is above it"
+    )
+    fix = (
+        "Give the process read access to /proc (add it to its Landlock ruleset, or to its "
+        "security profile), or start it outside the test run"
+    )
+    return said, fix
 
 
 #: The refusal's words where this process's start times cannot be read (`_read_boot_offset`).
@@ -1079,9 +1126,11 @@ _TIME_UNKNOWN: Final = (
 
 def _unwalkable() -> tuple[str, str] | None:
     """A refusal's words where this process cannot walk its ancestors (`_proc_hidden`,
-    `_TIME_UNKNOWN`), else None."""
+    `_proc_denied`, `_TIME_UNKNOWN`), else None."""
     if _proc_self() is None:
         return _proc_hidden()
+    if _may_not_read("self"):
+        return _proc_denied("self")
     return _TIME_UNKNOWN if _boot_offset() is None else None
 
 

@@ -41,7 +41,9 @@ from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
-from test_redteam_s31_guard import CREATE
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
+from test_redteam_s46_guard import _a_runner_script, _outside_any_run
 from test_redteam_s47_guard import IN_THE_RUN, OWN_TMP, _in_a_tmp_of_its_own
 from test_server_e2e import app_env
 
@@ -185,3 +187,89 @@ def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_cha
     assert re.findall(mounted, output) == [(blue, blue), (green, moved)], output
     # The registry removed fails that test, at the check after it.
     assert "6 passed, 1 error" in output, output
+
+
+#: A worker confined by Landlock (unprivileged), reading everything but /proc (`$1`:
+#: ``none``) or but the rest of /proc (``self``: its own entry allowed), then the purge;
+#: and the run's own process confined so, as code that sandboxes itself does.
+LANDLOCKED = r'''
+import ctypes, os, struct, subprocess, sys
+
+CONFINE = """
+import ctypes, os, struct, sys
+def confine(proc):
+    libc = ctypes.CDLL(None, use_errno=True)
+    read = 4 | 8 | 8192  # READ_FILE, READ_DIR, REFER (a rename into .trash/)
+    ruleset = libc.syscall(444, ctypes.c_char_p(struct.pack("Q", read)), 8, 0)
+    assert ruleset >= 0, ctypes.get_errno()
+    for name in os.listdir("/"):
+        path = "/" + (name if name != "proc" else proc)
+        if name == "proc" and proc == "none":
+            continue
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        rule = struct.pack("=Qi", read if os.path.isdir(path) else 4, fd)
+        assert libc.syscall(445, ruleset, 1, ctypes.c_char_p(rule), 0) == 0, path
+        os.close(fd)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.syscall(446, ruleset, 0) == 0, ctypes.get_errno()
+"""
+PURGE = ["-m", "app", "--profile", "production", "data", "purge", "--yes-i-mean-it"]
+
+def child(*argv):
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["S"]}
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+
+def confined_worker(proc):
+    purge = f"os.execv(sys.executable, [sys.executable, *{PURGE!r}])"
+    child("-c", CONFINE + f"confine({proc!r})\n" + purge)
+
+def test_a_worker_that_may_not_read_proc():
+    confined_worker("none")
+
+def test_a_worker_that_may_read_its_own_proc_entry_alone():
+    confined_worker("proc/self")
+
+def test_the_run_confines_itself():
+    exec(CONFINE + "confine('none')", {})
+    child(*PURGE)
+'''
+
+
+def test_a_process_that_may_not_read_proc_is_refused_other_profiles(
+    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    # Landlock, unprivileged since Linux 5.13 (ABI 2 for the rename into .trash/): a
+    # process confined to an allow-list of paths that leaves /proc out walked no ancestor.
+    if subprocess.run(
+        [sys.executable, "-c", LANDLOCK_ABI], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("this kernel offers no Landlock ABI 2 (Linux 5.19 and later)")
+    settings, production = stopped
+    (tmp_path / "test_inner.py").write_text(LANDLOCKED)
+    _a_runner_script(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    env = _inner_env(S=str(settings), APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp_path / "tmp"))
+    argv = [sys.executable, "ci.py", "-p", "no:cacheprovider", "-q", "-s", "test_inner.py"]
+    output = _outside_any_run(production, argv, cwd=tmp_path, env=env)
+    said = re.findall(
+        r"CHILD 78 error: refused under pytest: loading profile 'production' while this "
+        r"process may not read (/proc/self|/proc/\d+ \(an ancestor\)): a Landlock ruleset, "
+        r"or another security policy, denies it, so it cannot tell whether a test run is "
+        r"above it\. Give the process read access to /proc \(add it to its Landlock ruleset",
+        output,
+    )
+    assert [word.split(" ")[0].rstrip("0123456789") for word in said] == [
+        "/proc/self",
+        "/proc/",
+        "/proc/self",
+    ], output
+    assert "3 passed" in output, output
+
+
+#: Exits 0 where Landlock offers ABI 2 or later.
+LANDLOCK_ABI = (
+    "import ctypes, sys; "
+    "sys.exit(ctypes.CDLL(None).syscall(444, None, 0, 1) < 2)"  # VERSION
+)
