@@ -1058,11 +1058,18 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     led = _led_by_a_run(walked, seen)
-    if led is None and bare is None and seen.hidden:
-        return None, *_hidden_run(seen.hidden)
-    if led is None and bare is None and (denied := _walk_denied(chain)) is not None:
-        return None, *_proc_denied(denied)
+    if led is None and bare is None and (unseen := _unseen_run(seen, chain)) is not None:
+        return None, *unseen
     return led, bare, ""
+
+
+def _unseen_run(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | None:
+    """A refusal's words where no run was found but one may be there unseen: an entry this
+    process may not read (`_hidden_run`), or an ancestor (`_walk_denied`)."""
+    if seen.hidden:
+        return _hidden_run(seen.hidden)
+    denied = _walk_denied(chain)
+    return _proc_denied(denied) if denied is not None else None
 
 
 def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
