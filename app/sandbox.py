@@ -1075,7 +1075,9 @@ def _unseen_run(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | 
 def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
     """The ancestor past the last one walked that this process may not read in ``/proc``
     (`_proc_denied`), or None where the walk ended at pid 1, at one that is gone, or at
-    another user's that ``/proc`` hides (``hidepid=``: a service's parent, its init)."""
+    another user's: ``hidepid=`` and a security profile's ``owner`` rules deny those by
+    design (a service's parent, its init, under ``ProtectProc=`` or AppArmor), and a run's
+    child as another user is a limit of its own."""
     fields = _stat_fields(chain[-1][0]) if chain else None
     parent = fields[0] if fields is not None else 0
     if parent <= 0 or not _may_not_read(parent):
@@ -1083,10 +1085,8 @@ def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
     try:
         owner = (_PROC / str(parent)).stat().st_uid
     except OSError:
-        owner = None
-    if owner != os.getuid() and proc_hides_processes() is not None:
         return None
-    return parent
+    return parent if owner == os.getuid() else None
 
 
 def _may_not_read(pid: int | str) -> bool:
