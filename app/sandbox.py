@@ -1244,12 +1244,32 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             f"a test must not write such an entry in {registry}"
         )
         return said, fix
+    if _readable_by_mode(registry) and _readable_by_mode(where):
+        # Neither mode nor access control list: a Landlock ruleset that leaves the
+        # registry out (red team 48), or another security policy, was told to `chmod`.
+        fix = (
+            f"Give this process read access to {registry} (a Landlock ruleset, or another "
+            "security policy, denies it: add the registry to the paths it may read), or "
+            "start it outside the test run"
+        )
+        return said, fix
     fix = (
         f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
         f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
         "each test does; a test must not hide it from the processes it starts"
     )
     return said, fix
+
+
+def _readable_by_mode(path: Path) -> bool:
+    """Whether every user may read `path` by its mode, with no access control list on it."""
+    try:
+        mode = path.stat().st_mode
+        acls = [name for name in os.listxattr(path) if name in _ACLS]
+    except OSError:
+        return False
+    wanted = 0o005 if stat.S_ISDIR(mode) else 0o004
+    return mode & wanted == wanted and not acls
 
 
 def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:

@@ -189,23 +189,25 @@ def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_cha
     assert "6 passed, 1 error" in output, output
 
 
-#: A worker confined by Landlock (unprivileged), reading everything but /proc (`$1`:
-#: ``none``) or but the rest of /proc (``self``: its own entry allowed), then the purge;
-#: and the run's own process confined so, as code that sandboxes itself does.
+#: A worker confined by Landlock (unprivileged), reading everything but one path (/proc,
+#: or the registry), or but /proc with its own entry there allowed; then the purge. And the
+#: run's own process confined so, as code that sandboxes itself does.
 LANDLOCKED = r'''
 import ctypes, os, struct, subprocess, sys
+from app import sandbox
 
 CONFINE = """
 import ctypes, os, struct, sys
-def confine(proc):
+def confine(out, also=()):
     libc = ctypes.CDLL(None, use_errno=True)
     read = 4 | 8 | 8192  # READ_FILE, READ_DIR, REFER (a rename into .trash/)
     ruleset = libc.syscall(444, ctypes.c_char_p(struct.pack("Q", read)), 8, 0)
     assert ruleset >= 0, ctypes.get_errno()
-    for name in os.listdir("/"):
-        path = "/" + (name if name != "proc" else proc)
-        if name == "proc" and proc == "none":
-            continue
+    allowed, above = list(also), "/"
+    for part in out.strip("/").split("/"):  # every other name on the way to `out`
+        allowed += [os.path.join(above, n) for n in os.listdir(above) if n != part]
+        above = os.path.join(above, part)
+    for path in allowed:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         rule = struct.pack("=Qi", read if os.path.isdir(path) else 4, fd)
         assert libc.syscall(445, ruleset, 1, ctypes.c_char_p(rule), 0) == 0, path
@@ -220,18 +222,21 @@ def child(*argv):
     done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
     print("CHILD", done.returncode, done.stdout + done.stderr)
 
-def confined_worker(proc):
+def confined_worker(*how):
     purge = f"os.execv(sys.executable, [sys.executable, *{PURGE!r}])"
-    child("-c", CONFINE + f"confine({proc!r})\n" + purge)
+    child("-c", CONFINE + f"confine(*{how!r})\n" + purge)
 
 def test_a_worker_that_may_not_read_proc():
-    confined_worker("none")
+    confined_worker("/proc")
 
 def test_a_worker_that_may_read_its_own_proc_entry_alone():
-    confined_worker("proc/self")
+    confined_worker("/proc", ["/proc/self"])
+
+def test_a_worker_that_may_not_read_the_registry():
+    confined_worker(str(sandbox.RUNS_DIR))
 
 def test_the_run_confines_itself():
-    exec(CONFINE + "confine('none')", {})
+    exec(CONFINE + "confine('/proc')", {})
     child(*PURGE)
 '''
 
@@ -265,7 +270,16 @@ def test_a_process_that_may_not_read_proc_is_refused_other_profiles(
         "/proc/",
         "/proc/self",
     ], output
-    assert "3 passed" in output, output
+    # Denied the registry alone: as an entry it may not read, with a remedy for a policy.
+    assert re.search(
+        r"CHILD 78 error: refused under pytest: loading profile 'production' while a test run "
+        r"may be above this process \(ancestor pid \d+: [^)]*\), whose entry in the registry "
+        r"of test runs \S+ this process \(user \d+\) cannot read: Permission denied\. Give "
+        r"this process read access to \S+ \(a Landlock ruleset, or another security policy, "
+        r"denies it: add the registry to the paths it may read\)",
+        output,
+    ), output
+    assert "4 passed" in output, output
 
 
 #: Exits 0 where Landlock offers ABI 2 or later.
