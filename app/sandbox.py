@@ -1089,10 +1089,10 @@ def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
     return parent if owner == os.getuid() else None
 
 
-def _may_not_read(pid: int | str) -> bool:
-    """Whether this process is denied ``/proc/<pid>/stat`` (not: it is gone)."""
+def _may_not_read(pid: int | str, name: str = "stat") -> bool:
+    """Whether this process is denied ``/proc/<pid>/<name>`` (not: it is gone)."""
     try:
-        os.close(os.open(f"{_PROC}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC))
+        os.close(os.open(f"{_PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
     except PermissionError:
         return True
     except OSError:
@@ -1138,7 +1138,9 @@ def _unwalkable() -> tuple[str, str] | None:
         return _proc_hidden()
     if _may_not_read("self"):
         return _proc_denied("self")
-    return _TIME_UNKNOWN if _boot_offset() is None else None
+    if _boot_offset() is None:
+        return _proc_denied("self") if _may_not_read("self", "timens_offsets") else _TIME_UNKNOWN
+    return None
 
 
 def _proc_hidden() -> tuple[str, str] | None:

@@ -235,6 +235,9 @@ def test_a_worker_that_may_read_its_own_proc_entry_alone():
 def test_a_worker_that_may_not_read_the_registry():
     confined_worker(str(sandbox.RUNS_DIR))
 
+def test_a_worker_that_may_read_start_times_but_not_its_time_namespace_s():
+    confined_worker("/proc", ["/proc/self/stat", f"/proc/{os.getpid()}/stat"])
+
 def test_the_run_confines_itself():
     exec(CONFINE + "confine('/proc')", {})
     child(*PURGE)
@@ -269,6 +272,7 @@ def test_a_process_that_may_not_read_proc_is_refused_other_profiles(
         "/proc/self",
         "/proc/",
         "/proc/self",
+        "/proc/self",
     ], output
     # Denied the registry alone: as an entry it may not read, with a remedy for a policy.
     assert re.search(
@@ -279,7 +283,7 @@ def test_a_process_that_may_not_read_proc_is_refused_other_profiles(
         r"denies it: add the registry to the paths it may read\)",
         output,
     ), output
-    assert "4 passed" in output, output
+    assert "5 passed" in output, output
 
 
 #: Exits 0 where Landlock offers ABI 2 or later.
