@@ -1136,11 +1136,11 @@ def _unwalkable() -> tuple[str, str] | None:
     `_proc_denied`, `_TIME_UNKNOWN`), else None."""
     if _proc_self() is None:
         return _proc_hidden()
-    if _may_not_read("self"):
+    if _own_start() is not None:
+        return None  # its own start read (once a process), so its ancestors' can be
+    if _may_not_read("self") or _may_not_read("self", "timens_offsets"):
         return _proc_denied("self")
-    if _boot_offset() is None:
-        return _proc_denied("self") if _may_not_read("self", "timens_offsets") else _TIME_UNKNOWN
-    return None
+    return _TIME_UNKNOWN if _boot_offset() is None else None
 
 
 def _proc_hidden() -> tuple[str, str] | None:
