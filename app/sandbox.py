@@ -2967,15 +2967,22 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
             f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
         )
-    if not run.protected:
-        return
+    if run.protected:
+        _refuse_same_directory(resolved, sandbox, run.protected, what)
+
+
+def _refuse_same_directory(
+    resolved: Path, sandbox: Path, protected: Iterable[Protected], what: str
+) -> None:
+    """Refuse `resolved` (in `sandbox`) where it is, lies in or holds one of `protected` by
+    device and inode (a bind mount or a link of a real root)."""
     # The path and its existing ancestors inside the sandbox, by identity.
     # (Counted rather than tested with is_relative_to, which costs ~20 us a parent here.)
     inside = len(resolved.parts) - len(sandbox.parts)
     chain = [resolved, *resolved.parents[:inside]]
     seen = {ident for p in chain if (ident := identity(p)) is not None}
     own = identity(resolved)
-    for item in run.protected:
+    for item in protected:
         if seen & item.identities or (own is not None and own in item.ancestors):
             raise SandboxViolationError(
                 f"{what} {resolved}: it is another path to the data root of profile "
@@ -3014,6 +3021,13 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
                 "Tests get data roots of their own under tmp_path; never mount a real data "
                 "root, or the directory that holds it, into the sandbox",
             )
+    # Then by identity, as each root is now: a directory mounted on a root's way since the
+    # run began (a deploy that binds a release over `current`, a disk attached above it)
+    # put another directory at its path, and the mount shows it from a path of its own
+    # (red team 48). Only here, where a mount is on the way: nothing else leads into the
+    # sandbox from outside (a link resolves out of it).
+    now = [Protected.of(item.profile, root) for item in run.protected for root in item.paths_now()]
+    _refuse_same_directory(path.resolve(), run.sandbox, now, what)
 
 
 def _spelled_since(item: Protected, root: Path) -> str:

@@ -129,6 +129,18 @@ def test_a_deploy_that_switches_a_link_on_a_root_s_way(tmp_path_factory):
     print("CHILD", done.returncode, done.stdout + done.stderr)
     print("GREEN", len(os.listdir(settings / "green" / "production" / "sessions")), "SESSIONS")
 
+@pytest.mark.app_profile("production")
+def test_a_deploy_that_binds_a_release_over_a_root_s_way(tmp_path_factory):
+    settings = Path(os.environ["S"])
+    subprocess.run(["mount", "--bind", str(settings / "purple"), str(settings / "green")],
+                   check=True)  # production lives in purple now, at green's path
+    mapped = tmp_path_factory.getbasetemp() / "data" / "production"
+    subprocess.run(["mount", "--bind", str(settings / "current" / "production"), str(mapped)],
+                   check=True)
+    done = subprocess.run([sys.executable, *PURGE], capture_output=True, text=True)
+    print("CHILD", done.returncode, done.stdout + done.stderr)
+    print("PURPLE", len(os.listdir(settings / "purple" / "production" / "sessions")), "SESSIONS")
+
 def test_python_replaced_on_disk_then_the_registry_removed():
     os.unlink("/tmp/python-copy")
     assert os.readlink("/proc/self/exe").endswith(" (deleted)")
@@ -149,7 +161,8 @@ def blue_green(tmp_path: Path) -> tuple[Path, Path]:
     (settings / "current").symlink_to("blue")
     env = app_env(blue, profile="production")
     subprocess.run([sys.executable, "-c", CREATE], env=env, check=True)
-    shutil.copytree(blue, settings / "green" / "production", symlinks=True)
+    for color in ("green", "purple"):
+        shutil.copytree(blue, settings / color / "production", symlinks=True)
     return settings, blue
 
 
@@ -177,6 +190,13 @@ def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_cha
     # then the root a link leads to since the run began.
     assert "PRODUCTION 1 SESSIONS" in output, output
     assert "GREEN 1 SESSIONS" in output, output
+    assert "PURPLE 1 SESSIONS" in output, output
+    assert re.search(
+        r"CHILD 78 error: refused under pytest \(sandbox: \S+\): open data root "
+        rf"\S+/data/production: it is another path to the data root of profile 'production' "
+        rf"\({seen}/green/production\), or lies in it or holds it \(same device and inode",
+        output,
+    ), output
     mounted = (
         r"CHILD 78 error: refused under pytest \(sandbox: \S+\): open data root "
         r"\S+/data/production: it is (\S+), seen through a mount \(`findmnt -T \S+`\), and "
@@ -186,7 +206,7 @@ def test_a_child_keeps_its_run_and_its_roots_however_time_programs_or_mounts_cha
     moved = f"{green}, where {seen}/current/production leads now; it was {blue} as the run began"
     assert re.findall(mounted, output) == [(blue, blue), (green, moved)], output
     # The registry removed fails that test, at the check after it.
-    assert "6 passed, 1 error" in output, output
+    assert "7 passed, 1 error" in output, output
 
 
 #: A worker confined by Landlock (unprivileged), reading everything but one path (/proc,
