@@ -1,4 +1,5 @@
-"""Red team 48 on the guard (branch rt-guard31): the identity a child keys its run on.
+"""Red team 48 on the guard (branch rt-guard31): what a child keys its run on, and the run
+its roots, read when it no longer says what it said as the run began, or not read at all.
 
 What broke (each: a process given production's settings alone that purged a stopped
 production root, outside this suite's run, under a runner script, in a PID namespace of its
@@ -27,7 +28,15 @@ own):
 - a data root whose path goes through a link that a deploy switched while the run went on
   (``current`` -> ``blue``, then ``green``), bound into the sandbox by a test that opted into
   its profile: the run knew only where the link led as it began. A root's spelling is kept
-  where a link leads there, and a mount is checked against where it leads now too.
+  where a link leads there, and a mount is checked against where it leads now too; so is
+  the same deploy made by binding a release over a directory on the root's way, by device
+  and inode as each root is now;
+- a process confined by Landlock (unprivileged) to an allow-list of paths that leaves
+  ``/proc`` out, or allows its own entry alone (a worker a test sandboxes, as code that
+  confines its workers does; or the run's own process, confining itself): it walked no
+  ancestor and was outside any run. It is refused any profile but ``testing`` now, naming
+  what it may not read and the fix; denied the registry alone, it was refused but told to
+  ``chmod`` it, and is now told that a security policy denies it.
 """
 
 from __future__ import annotations
