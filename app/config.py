@@ -1062,6 +1062,19 @@ def _absolute_root(value: str, directory: Path) -> Path:
     return _spelled_root(value, directory).resolve()
 
 
+def _spelled_settings_dir(env: Mapping[str, str], directory: Path) -> Path:
+    """The settings directory `directory` (resolved) as ``APP_SETTINGS_DIR`` spells it, where
+    that leads there through a link (a deploy's ``current``): a root relative to it moves
+    with the link."""
+    raw = env.get(config_files.SETTINGS_DIR_ENV, "")
+    try:
+        spelled = Path(raw).expanduser()
+        spelled = spelled if spelled.is_absolute() else Path.cwd() / spelled
+        return spelled if raw.strip() and spelled.resolve() == directory else directory
+    except (OSError, RuntimeError):
+        return directory
+
+
 def _spelled_root(value: str, directory: Path) -> Path:
     """`_absolute_root` before its symbolic links are resolved."""
     raw = Path(value)
@@ -1463,8 +1476,9 @@ def configured_roots(
             # skipped, or the plugin would take the profile for one with no data root.
             raise InvalidSettingError(name, "data_root", value, str(_unseen(value)), source)
     absolute = _absolute_root if resolved else _spelled_root
+    directory = files.directory if resolved else _spelled_settings_dir(env, files.directory)
     roots = {
-        name: (absolute(value, files.directory), source)
+        name: (absolute(value, directory), source)
         for name, (value, source) in plain.items()
         if isinstance(value, str) and value.strip()
     }
@@ -1473,7 +1487,7 @@ def configured_roots(
         override = env.get(KEYS["data_root"].env, "")
         if override.strip():
             roots[selected] = (
-                absolute(override, files.directory),
+                absolute(override, directory),
                 f"environment {KEYS['data_root'].env}",
             )
     return roots

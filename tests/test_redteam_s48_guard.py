@@ -56,6 +56,9 @@ from test_redteam_s46_guard import _a_runner_script, _outside_any_run
 from test_redteam_s47_guard import IN_THE_RUN, OWN_TMP, _in_a_tmp_of_its_own
 from test_server_e2e import app_env
 
+from app import config as appconfig
+from app import sandbox
+
 #: `OWN_TMP`, the interpreter first replaced by a copy of itself (bound over it), which a
 #: test removes as a system's upgrade of Python would.
 REPLACED_PYTHON = OWN_TMP.replace(
@@ -320,3 +323,26 @@ LANDLOCK_ABI = (
     "import ctypes, sys; "
     "sys.exit(ctypes.CDLL(None).syscall(444, None, 0, 1) < 2)"  # VERSION
 )
+
+
+def test_a_root_under_a_settings_directory_reached_through_a_link_moves_with_the_link(
+    tmp_path: Path,
+) -> None:
+    # A deploy's `current` link to a release holds the settings (APP_SETTINGS_DIR), and a
+    # root relative to them: the settings directory is resolved, so the root was kept only
+    # where the link led as the run began, and a deploy that switched it mid-run moved
+    # production's root out of what the run checks a mount against.
+    releases = [copy_project_settings(tmp_path / "releases" / str(n)) for n in (1, 2)]
+    current = tmp_path / "current"
+    current.symlink_to(releases[0])
+    env = {**os.environ, "APP_SETTINGS_DIR": str(current)}
+    spelled = appconfig.configured_roots(None, env, resolved=False)["production"][0]
+    resolved = appconfig.configured_roots(None, env)["production"][0]
+    assert (spelled, resolved) == (
+        current / "data" / "production",
+        releases[0] / "data" / "production",
+    )
+    kept = sandbox.Protected.of("production", resolved, spelled)
+    (tmp_path / "next").symlink_to(releases[1])
+    (tmp_path / "next").replace(current)
+    assert kept.paths_now() == (resolved, releases[1] / "data" / "production")
