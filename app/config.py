@@ -1059,10 +1059,28 @@ def _has_password(database_url: str) -> bool:
 def _absolute_root(value: str, directory: Path) -> Path:
     """A configured root made absolute: ``~`` expanded, relative to the settings directory
     (never the current one), symlinks resolved."""
+    return _spelled_root(value, directory).resolve()
+
+
+def _spelled_settings_dir(env: Mapping[str, str], directory: Path) -> Path:
+    """The settings directory `directory` (resolved) as ``APP_SETTINGS_DIR`` spells it, where
+    that leads there through a link (a deploy's ``current``): a root relative to it moves
+    with the link."""
+    raw = env.get(config_files.SETTINGS_DIR_ENV, "")
+    try:
+        spelled = Path(raw).expanduser()
+        spelled = spelled if spelled.is_absolute() else Path.cwd() / spelled
+        return spelled if raw.strip() and spelled.resolve() == directory else directory
+    except (OSError, RuntimeError):
+        return directory
+
+
+def _spelled_root(value: str, directory: Path) -> Path:
+    """`_absolute_root` before its symbolic links are resolved."""
     raw = Path(value)
     with contextlib.suppress(RuntimeError):  # `~user` unknown here: refused by `_unexpanded`
         raw = raw.expanduser()
-    return (raw if raw.is_absolute() else directory / raw).resolve()
+    return raw if raw.is_absolute() else directory / raw
 
 
 def _limit(path: Path, name: str, default: int) -> int:
@@ -1451,14 +1469,19 @@ def _env_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def configured_roots(
-    profile: str | None = None, environ: Mapping[str, str] | None = None
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    resolved: bool = True,
 ) -> dict[str, tuple[Path, str]]:
     """Every profile's data root as configured, with its source: no validation, no sandbox.
 
     What the pytest plugin needs before it neutralises anything: where would the shell put
     each profile's data? `profile` names the profile the environment selects (its
     ``APP_DATA_ROOT`` applies to it alone); None applies no override. Roots that are not set
-    are left out (`load` reports those).
+    are left out (`load` reports those). `resolved` False: each absolute, as spelled, its
+    symbolic links not followed (where the root lies may change while a run goes on: a
+    deploy that switches a ``current`` link).
 
     Raises:
         ConfigError: a dynaconf switch, no settings directory, a file that is not TOML, an
@@ -1481,8 +1504,10 @@ def configured_roots(
             # No path can hold it, so no root to protect can be named: refused here, not
             # skipped, or the plugin would take the profile for one with no data root.
             raise InvalidSettingError(name, "data_root", value, str(_unseen(value)), source)
+    absolute = _absolute_root if resolved else _spelled_root
+    directory = files.directory if resolved else _spelled_settings_dir(env, files.directory)
     roots = {
-        name: (_absolute_root(value, files.directory), source)
+        name: (absolute(value, directory), source)
         for name, (value, source) in plain.items()
         if isinstance(value, str) and value.strip()
     }
@@ -1491,7 +1516,7 @@ def configured_roots(
         override = env.get(KEYS["data_root"].env, "")
         if override.strip():
             roots[selected] = (
-                _absolute_root(override, files.directory),
+                absolute(override, directory),
                 f"environment {KEYS['data_root'].env}",
             )
     return roots

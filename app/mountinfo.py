@@ -87,13 +87,15 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
         # An overlay writes into its upper directory, wherever that lies: what pytest
         # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
         return Path(os.fsdecode(upper.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
-    if shown in (b"/", b""):
-        return None
-    inside = shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]
+    # A mount of a filesystem's root (``/`` shown) is where it lies in fact, unless that
+    # filesystem is mounted elsewhere too: a whole volume mounted at a data root after the
+    # run took the root's identity (a disk attached, a restore, a tmpfs made anew), then
+    # bound into the sandbox, was opened and purged as the sandbox's (red team 48).
+    inside = (shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]) or b"/"
     for other_device, other_point, other_shown, _ in mounts:
         top = other_shown.rstrip(b"/")
         if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
-            there = other_point.rstrip(b"/") + inside[len(top) :] or b"/"
+            there = (other_point.rstrip(b"/") + inside[len(top) :]).rstrip(b"/") or b"/"
             # That path may be hidden in turn (another mount over it, in this namespace):
             # only one that leads to the same file counts.
             if there == wanted:

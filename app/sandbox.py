@@ -243,29 +243,58 @@ class Protected(NamedTuple):
     identities: frozenset[tuple[int, int]] = frozenset()
     #: The identities of the root's ancestors: a directory with one of them holds the root.
     ancestors: frozenset[tuple[int, int]] = frozenset()
+    #: The root as its settings spell it, where a symbolic link on the way leads elsewhere:
+    #: where it lies may change while the run goes on (`paths_now`).
+    spelled: Path | None = None
 
     @classmethod
-    def of(cls, profile: str, path: Path) -> Protected:
+    def of(cls, profile: str, path: Path, spelled: Path | None = None) -> Protected:
         """Record ``path`` as it is now (what does not exist yet has no identity)."""
         own = {identity(path / name) for name in ("", "sessions", ".trash", ".tmp")}
         above = {identity(parent) for parent in path.parents}
-        return cls(profile, path, frozenset(own - {None}), frozenset(above - {None}))  # type: ignore[arg-type]
+        return cls(
+            profile,
+            path,
+            frozenset(own - {None}),  # type: ignore[arg-type]
+            frozenset(above - {None}),  # type: ignore[arg-type]
+            spelled if spelled is not None and spelled != path else None,
+        )
+
+    def paths_now(self) -> tuple[Path, ...]:
+        """Where the root lies: as the run began, and where its spelling leads now.
+
+        A deploy that switches a link on a root's way (``current`` -> a release, blue to
+        green) moves the root while a run goes on: production's new root, bound into the
+        sandbox by a test that opted into its profile, was opened and purged as the
+        sandbox's, the run knowing only the old one (red team 48).
+        """
+        if self.spelled is None:
+            return (self.path,)
+        try:
+            return (self.path, self.spelled.resolve())
+        except (OSError, RuntimeError):
+            return (self.path,)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "profile": self.profile,
             "path": str(self.path),
             "identities": sorted(self.identities),
             "ancestors": sorted(self.ancestors),
         }
+        if self.spelled is not None:
+            data["spelled"] = str(self.spelled)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Protected:
+        spelled = data.get("spelled")
         return cls(
             str(data["profile"]),
             Path(data["path"]),
             frozenset((int(a), int(b)) for a, b in data.get("identities", ())),
             frozenset((int(a), int(b)) for a, b in data.get("ancestors", ())),
+            Path(spelled) if isinstance(spelled, str) else None,
         )
 
 
@@ -297,23 +326,89 @@ class Run(NamedTuple):
 # --- the process tree (Linux /proc) -------------------------------------------------------
 
 
-#: This process's time namespace's boot-time offset, in clock ticks (read once).
-_BOOT_OFFSET: list[int] = []
+#: This process's time namespace's boot-time offset, in nanoseconds, or None where it cannot
+#: be read (`_read_boot_offset`); read once.
+_BOOT_OFFSET: list[int | None] = []
+# A fork made after its parent's `unshare(CLONE_NEWTIME)` is in the new namespace.
+os.register_at_fork(after_in_child=_BOOT_OFFSET.clear)
 
 
-def _boot_offset() -> int:
+def _boot_offset() -> int | None:
     """How much later than the machine's this process's time namespace says it booted, in
-    the clock ticks of ``/proc/<pid>/stat`` (0 outside a time namespace)."""
+    nanoseconds (0 outside a time namespace); None where that cannot be known."""
     if not _BOOT_OFFSET:
-        offset = 0
-        with contextlib.suppress(OSError, ValueError):
-            for line in (_PROC / "self" / "timens_offsets").read_text().splitlines():
-                clock, seconds, nanoseconds = line.split()
-                if clock in ("boottime", "7"):  # older kernels name clocks by number
-                    ticks = os.sysconf("SC_CLK_TCK")
-                    offset = (int(seconds) * 10**9 + int(nanoseconds)) * ticks // 10**9
-        _BOOT_OFFSET.append(offset)
+        _BOOT_OFFSET.append(_read_boot_offset())
     return _BOOT_OFFSET[0]
+
+
+def _offsets_file(pid: int | str) -> int | None:
+    """The boot-time offset ``/proc/<pid>/timens_offsets`` gives, in nanoseconds."""
+    offset = 0
+    try:
+        text = (_PROC / str(pid) / "timens_offsets").read_text()
+    except FileNotFoundError:
+        return 0  # a kernel without time namespaces
+    except OSError:
+        return None
+    for line in text.splitlines():
+        clock, seconds, nanoseconds = line.split()
+        if clock in ("boottime", "7"):  # older kernels name clocks by number
+            offset = int(seconds) * 10**9 + int(nanoseconds)
+    return offset
+
+
+def _time_namespace(pid: int | str, which: str = "time") -> int | None:
+    try:
+        return (_PROC / str(pid) / "ns" / which).stat().st_ino
+    except OSError:
+        return None
+
+
+def _read_boot_offset() -> int | None:
+    """This process's boot-time offset (`_boot_offset`).
+
+    ``/proc/<pid>/timens_offsets`` gives the offsets of the time namespace that process's
+    children get, not always its own: a process that made one for its children
+    (``unshare(CLONE_NEWTIME)``, then its offsets written) stays in its old one until it
+    forks or execs. Read as its own, every ancestor's start time was shifted, no entry
+    was found, and such a process, given production's settings alone, purged a stopped
+    production root (red team 48). Its own offsets are then read where they are its
+    children's: from the nearest ancestor whose children get this process's namespace.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        own = _time_namespace("self")
+        if own is None or own == _time_namespace("self", "time_for_children"):
+            return _offsets_file("self")
+        pid = _proc_self()
+        walked: set[int] = set()
+        while pid is not None and pid > 0 and pid not in walked:
+            walked.add(pid)
+            raw = _proc_bytes(pid, "stat")
+            pid = int(raw[raw.rfind(b")") + 2 :].split()[1])
+            if pid > 0 and _time_namespace(pid, "time_for_children") == own:
+                return _offsets_file(pid)
+    return None
+
+
+@functools.cache
+def _tick() -> int:
+    """A clock tick of ``/proc/<pid>/stat``'s start times, in nanoseconds."""
+    return 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def _start_ticks(shown: int) -> tuple[int, ...]:
+    """The start times, as the machine counts them, of a process ``/proc`` shows this
+    process as started at `shown` (in clock ticks): one, or two where this process's
+    boot-time offset is not a whole number of ticks (checkpoint and restore tools set it to
+    the nanosecond), as ``/proc`` shifts the start by the offset before it cuts it to ticks.
+    Taking the first alone, a child in such a namespace missed the entry of every ancestor
+    started late in its tick, and purged a stopped production root (red team 48). Empty
+    where the offset cannot be known (`_read_boot_offset`)."""
+    offset = _boot_offset()
+    if offset is None:
+        return ()
+    whole, part = divmod(offset, _tick())
+    return (shown - whole,) if part == 0 else (shown - whole - 1, shown - whole)
 
 
 def _proc_bytes(pid: int | str, name: str) -> bytes:
@@ -336,7 +431,14 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
 
     The start time as the machine counts it: ``/proc`` shows it shifted by the reader's
     time namespace (``unshare --time``), where a child then found no ancestor's entry.
+    Where that is one of two (`_start_ticks`), the earlier; `_starts` gives both.
     """
+    found = _starts(pid)
+    return (found[0], found[1][0]) if found is not None else None
+
+
+def _starts(pid: int) -> tuple[int, tuple[int, ...]] | None:
+    """``(ppid, the start times it may have)`` of ``pid`` (`_start_ticks`), or None."""
     try:
         raw = _proc_bytes(pid, "stat")
     except OSError:
@@ -344,7 +446,8 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return int(rest[1]), int(rest[19]) - _boot_offset()
+        starts = _start_ticks(int(rest[19]))
+        return (int(rest[1]), starts) if starts else None
     except (IndexError, ValueError):
         return None
 
@@ -768,6 +871,10 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
         program = (_PROC / str(pid) / "exe").readlink().name
     except OSError:
         return None
+    # A program replaced on disk while it runs (Python upgraded in place by the system's
+    # packages during a long run) is shown with this suffix: its process was passed over,
+    # and with the registry removed meanwhile, a child purged a stopped root (red team 48).
+    program = program.removesuffix(" (deleted)")
     if not _PYTHON.fullmatch(program):
         return None
     try:
@@ -807,8 +914,26 @@ def _entry_of(pid: int, started: int, seen: _Seen, parent: int | None = None) ->
     took every child it started meanwhile, which keeps the real one, out of the run. Not
     every user ``/proc/<pid>/status`` names: that read, for every ancestor of every process
     outside a run, cost a third more than the walk.
+
+    In a time namespace whose offset is not a whole number of ticks, `started` is the first
+    of the two start times the process may have (`_start_ticks`): the second is looked for
+    too.
     """
-    name = _entry_name(pid, started)
+    for candidate in (started, started + 1) if _start_uncertain() else (started,):
+        entry = _entry_named(pid, _entry_name(pid, candidate), seen, parent)
+        if entry is not None:
+            return entry
+    return None
+
+
+def _start_uncertain() -> bool:
+    """Whether ``/proc`` shows this process each start time as one of two (`_start_ticks`)."""
+    offset = _boot_offset()
+    return offset is not None and offset % _tick() != 0
+
+
+def _entry_named(pid: int, name: str, seen: _Seen, parent: int | None) -> Path | None:
+    """Registry entry `name` of process `pid`, where it is (`_entry_of`)."""
     try:
         owner = (_PROC / str(pid)).stat().st_uid
     except OSError:
@@ -887,7 +1012,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
-    if _proc_self() is None and (hidden := _proc_hidden()) is not None:
+    if (hidden := _unwalkable()) is not None:
         return None, *hidden
     seen = _Seen()
     bare = None
@@ -933,9 +1058,89 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     led = _led_by_a_run(walked, seen)
-    if led is None and bare is None and seen.hidden:
-        return None, *_hidden_run(seen.hidden)
+    if led is None and bare is None and (unseen := _unseen_run(seen, chain)) is not None:
+        return None, *unseen
     return led, bare, ""
+
+
+def _unseen_run(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | None:
+    """A refusal's words where no run was found but one may be there unseen: an entry this
+    process may not read (`_hidden_run`), or an ancestor (`_walk_denied`)."""
+    if seen.hidden:
+        return _hidden_run(seen.hidden)
+    denied = _walk_denied(chain)
+    return _proc_denied(denied) if denied is not None else None
+
+
+def _walk_denied(chain: list[tuple[int, int]]) -> int | None:
+    """The ancestor past the last one walked that this process may not read in ``/proc``
+    (`_proc_denied`), or None where the walk ended at pid 1, at one that is gone, or at
+    another user's: ``hidepid=`` and a security profile's ``owner`` rules deny those by
+    design (a service's parent, its init, under ``ProtectProc=`` or AppArmor), and a run's
+    child as another user is a limit of its own."""
+    fields = _stat_fields(chain[-1][0]) if chain else None
+    parent = fields[0] if fields is not None else 0
+    if parent <= 0 or not _may_not_read(parent):
+        return None
+    try:
+        owner = (_PROC / str(parent)).stat().st_uid
+    except OSError:
+        return None
+    return parent if owner == os.getuid() else None
+
+
+def _may_not_read(pid: int | str, name: str = "stat") -> bool:
+    """Whether this process is denied ``/proc/<pid>/<name>`` (not: it is gone)."""
+    try:
+        os.close(os.open(f"{_PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _proc_denied(pid: int | str) -> tuple[str, str]:
+    """The refusal's words where this process may not read ``/proc/<pid>``: a process
+    confined by a Landlock ruleset that leaves ``/proc`` out (unprivileged: a worker's
+    sandbox a test sets up, as code that confines its workers does) walked no ancestor,
+    and given production's settings alone purged a stopped production root (red team 48)."""
+    which = "/proc/self" if pid == "self" else f"/proc/{pid} (an ancestor)"
+    said = (
+        f"while this process may not read {which}: a Landlock ruleset, or another security "
+        "policy, denies it, so it cannot tell whether a test run is above it"
+    )
+    fix = (
+        "Give the process read access to /proc (add it to its Landlock ruleset, or to its "
+        "security profile), or start it outside the test run"
+    )
+    return said, fix
+
+
+#: The refusal's words where this process's start times cannot be read (`_read_boot_offset`).
+_TIME_UNKNOWN: Final = (
+    (
+        "while this process cannot read the start times of its ancestors (it made a time "
+        "namespace for its children, unshare(CLONE_NEWTIME), and no ancestor shows its own "
+        "time namespace's offsets), so it cannot tell whether a test run is above it"
+    ),
+    (
+        "Use the app in a process started in the new time namespace (fork or exec after the "
+        "unshare, as `unshare --time` does), not in the process that made it"
+    ),
+)
+
+
+def _unwalkable() -> tuple[str, str] | None:
+    """A refusal's words where this process cannot walk its ancestors (`_proc_hidden`,
+    `_proc_denied`, `_TIME_UNKNOWN`), else None."""
+    if _proc_self() is None:
+        return _proc_hidden()
+    if _own_start() is not None:
+        return None  # its own start read (once a process), so its ancestors' can be
+    if _may_not_read("self") or _may_not_read("self", "timens_offsets"):
+        return _proc_denied("self")
+    return _TIME_UNKNOWN if _boot_offset() is None else None
 
 
 def _proc_hidden() -> tuple[str, str] | None:
@@ -1041,12 +1246,32 @@ def _hidden_run(hidden: Mapping[int, tuple[Path, str]]) -> tuple[str, str]:
             f"a test must not write such an entry in {registry}"
         )
         return said, fix
+    if _readable_by_mode(registry) and _readable_by_mode(where):
+        # Neither mode nor access control list: a Landlock ruleset that leaves the
+        # registry out (red team 48), or another security policy, was told to `chmod`.
+        fix = (
+            f"Give this process read access to {registry} (a Landlock ruleset, or another "
+            "security policy, denies it: add the registry to the paths it may read), or "
+            "start it outside the test run"
+        )
+        return said, fix
     fix = (
         f"Let every user read {registry} and its entries again (setfacl -b {registry}; "
         f"chmod 755 {registry}; chmod 644 {registry}/*.json), as the run's check after "
         "each test does; a test must not hide it from the processes it starts"
     )
     return said, fix
+
+
+def _readable_by_mode(path: Path) -> bool:
+    """Whether every user may read `path` by its mode, with no access control list on it."""
+    try:
+        mode = path.stat().st_mode
+        acls = [name for name in os.listxattr(path) if name in _ACLS]
+    except OSError:
+        return False
+    wanted = 0o005 if stat.S_ISDIR(mode) else 0o004
+    return mode & wanted == wanted and not acls
 
 
 def _keeps_roots(inner: Run | Mapping[str, Any], outer: Run) -> bool:
@@ -1897,13 +2122,21 @@ def _pid_namespace() -> int | None:
 
 
 def _forget_dead_runs(directory: Path) -> None:
+    if _boot_offset() is None:
+        return  # no start time can be read here (`_read_boot_offset`): every run looks dead
     ours = _pid_namespace()
     for name in (entry.name for entry in directory.iterdir()):
         pid, _, _ = name.partition("-")
         if not pid.isdigit():
             continue
-        fields = _stat_fields(int(pid))
-        if fields is None or _entry_name(int(pid), fields[1]) != name:
+        found = _starts(int(pid))
+        # One tick earlier too: a run in a time namespace whose offset is not a whole
+        # number of ticks names its entry by the earlier of its two start times.
+        alive = found is not None and name in {
+            _entry_name(int(pid), started)
+            for started in range(min(found[1]) - 1, max(found[1]) + 1)
+        }
+        if not alive:
             # Only a run of this PID namespace is known dead by its pid: a run in another
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
@@ -2734,15 +2967,22 @@ def check_root(path: Path, what: str, run: Run | None = None, *, again: bool = F
             "Tests may only touch data under the sandbox: use the app_config, app_store or "
             f"app_live_server fixtures, or a path under tmp_path{_left_over(run)}",
         )
-    if not run.protected:
-        return
+    if run.protected:
+        _refuse_same_directory(resolved, sandbox, run.protected, what)
+
+
+def _refuse_same_directory(
+    resolved: Path, sandbox: Path, protected: Iterable[Protected], what: str
+) -> None:
+    """Refuse `resolved` (in `sandbox`) where it is, lies in or holds one of `protected` by
+    device and inode (a bind mount or a link of a real root)."""
     # The path and its existing ancestors inside the sandbox, by identity.
     # (Counted rather than tested with is_relative_to, which costs ~20 us a parent here.)
     inside = len(resolved.parts) - len(sandbox.parts)
     chain = [resolved, *resolved.parents[:inside]]
     seen = {ident for p in chain if (ident := identity(p)) is not None}
     own = identity(resolved)
-    for item in run.protected:
+    for item in protected:
         if seen & item.identities or (own is not None and own in item.ancestors):
             raise SandboxViolationError(
                 f"{what} {resolved}: it is another path to the data root of profile "
@@ -2770,15 +3010,31 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
     if run is None:
         return
     for item in run.protected:
-        if source.is_relative_to(item.path) or item.path.is_relative_to(source):
+        for root in item.paths_now():
+            if not (source.is_relative_to(root) or root.is_relative_to(source)):
+                continue
             raise SandboxViolationError(
                 f"{what} {path}: it is {source}, seen through a mount (`findmnt -T {path}`), "
                 f"and that is, lies in or holds the data root of profile {item.profile!r} "
-                f"({item.path})",
+                f"({root}{_spelled_since(item, root)})",
                 run.sandbox,
                 "Tests get data roots of their own under tmp_path; never mount a real data "
                 "root, or the directory that holds it, into the sandbox",
             )
+    # Then by identity, as each root is now: a directory mounted on a root's way since the
+    # run began (a deploy that binds a release over `current`, a disk attached above it)
+    # put another directory at its path, and the mount shows it from a path of its own
+    # (red team 48). Only here, where a mount is on the way: nothing else leads into the
+    # sandbox from outside (a link resolves out of it).
+    now = [Protected.of(item.profile, root) for item in run.protected for root in item.paths_now()]
+    _refuse_same_directory(path.resolve(), run.sandbox, now, what)
+
+
+def _spelled_since(item: Protected, root: Path) -> str:
+    # Where a link on the way has led elsewhere since the run began.
+    if root == item.path or item.spelled is None:
+        return ""
+    return f", where {item.spelled} leads now; it was {item.path} as the run began"
 
 
 def _left_over(run: Run) -> str:

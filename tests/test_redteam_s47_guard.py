@@ -74,10 +74,17 @@ IN_THE_RUN = (
 
 
 def _in_a_tmp_of_its_own(
-    production: Path, settings: Path, tmp_path: Path, tests: str, *args: str, jail: bool = False
+    production: Path,
+    settings: Path,
+    tmp_path: Path,
+    tests: str,
+    *args: str,
+    jail: bool = False,
+    script: str = OWN_TMP,
 ) -> str:
-    """`tests` (test_inner.py) run by a runner script under a /tmp of its own (`OWN_TMP`),
-    outside this suite's run, with production's settings at `$S`; its output."""
+    """`tests` (test_inner.py) run by a runner script under a /tmp of its own (`script`,
+    `OWN_TMP` or one made from it), outside this suite's run, with production's settings at
+    `$S`; its output."""
     if jail and checkout_in_tmp():
         # Its tests mount a tmpfs on the run's own /tmp, which hides an interpreter there.
         pytest.skip(f"{sys.prefix} lies under /tmp, which this test's tests mount over")
@@ -96,7 +103,7 @@ def _in_a_tmp_of_its_own(
     )
     return _outside_any_run(
         production,
-        ["sh", "-c", OWN_TMP, "sh", str(top), str(here), sys.executable, "test_inner.py", *args],
+        ["sh", "-c", script, "sh", str(top), str(here), sys.executable, "test_inner.py", *args],
         env=env,
     )
 

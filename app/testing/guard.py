@@ -239,15 +239,18 @@ def refuse_early_loads() -> None:
 # --- what the user's shell points at ------------------------------------------------------
 
 
-def shell_roots() -> tuple[str | None, dict[str, Path], Path | None]:
-    """Every profile's root as the shell would resolve it, before anything is neutralised."""
+def shell_roots(*, resolved: bool = True) -> tuple[str | None, dict[str, Path], Path | None]:
+    """Every profile's root as the shell would resolve it, before anything is neutralised
+    (`resolved` False: as spelled, see `appconfig.configured_roots`)."""
     shell_profile = os.environ.get(appconfig.PROFILE_ENV)
     try:
-        roots = appconfig.configured_roots(shell_profile or appconfig.DEFAULT_PROFILE)
+        roots = appconfig.configured_roots(
+            shell_profile or appconfig.DEFAULT_PROFILE, resolved=resolved
+        )
     except UnknownProfileError:
         # The shell's profile name is a typo: its overrides apply to no profile, so the files
         # alone say where the roots are.
-        roots = appconfig.configured_roots(None)
+        roots = appconfig.configured_roots(None, resolved=resolved)
     except SettingsNotFoundError:
         # The package is installed where it has no settings (a dependency of another
         # project): nothing to probe, but the sandbox and the forcing still apply.
@@ -1188,16 +1191,29 @@ def scratch_names(remote: RemoteTesting, suffix: str) -> tuple[str, str]:
 
 
 def protected(
-    shell: dict[str, Path], files: dict[str, Path], live: list[LiveHolder], sandbox: Path
+    shell: dict[str, Path],
+    files: dict[str, Path],
+    live: list[LiveHolder],
+    sandbox: Path,
+    spelled: dict[str, Path] | None = None,
 ) -> list[sandboxing.Protected]:
     """Every root the run must never open, by path and identity: the shell's view, the
-    files', and the live holders'. A root inside the sandbox is the run's own."""
+    files', and the live holders'. A root inside the sandbox is the run's own. `spelled`:
+    the shell's roots as spelled (`shell_roots`), kept where a link leads there."""
     found: dict[tuple[str, Path], sandboxing.Protected] = {}
+    spellings = {(name, _resolved(path)): path for name, path in (spelled or {}).items()}
     pairs = [*shell.items(), *files.items(), *((h.profile, h.root) for h in live)]
     for name, root in pairs:
         if not root.is_relative_to(sandbox) and (name, root) not in found:
-            found[name, root] = sandboxing.Protected.of(name, root)
+            found[name, root] = sandboxing.Protected.of(name, root, spellings.get((name, root)))
     return list(found.values())
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 #: What lets the registry take an entry again, by errno; anything else: its mode.

@@ -116,6 +116,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     try:
         switches = guard.remove_switches()
         shell_profile, roots, settings_dir = guard.shell_roots()
+        spelled = guard.shell_roots(resolved=False)[1]
     except AppError as error:
         raise guard.usage_error(f"app: cannot read the settings before the run: {error}") from None
     live, unseen = guard.probe_live(roots)
@@ -171,7 +172,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
         os.environ.get(sandboxing.SCRATCH_ENV),
     )
     os.environ[sandboxing.SCRATCH_ENV] = scratch
-    protected = [*guard.protected(roots, files, live, sandbox), *inherited_protected]
+    protected = [*guard.protected(roots, files, live, sandbox, spelled), *inherited_protected]
     state.run = guard.register(sandbox, protected, scratch=scratch)
     early_config.stash[STATE] = state
     strict = known.app_strict or early_config.getini("app_strict")
