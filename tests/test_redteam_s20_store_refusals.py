@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import step_ahead
-from test_redteam_s18_crash_points import RUN_OPERATION, contents
+from test_redteam_s18_crash_points import RUN_OPERATION, WARM_UP, contents
 
 from app.config import Config, load
 from app.storage import open_storage
@@ -86,6 +86,7 @@ def view(store):
 
 _ZYGOTE = (
     RUN_OPERATION
+    + WARM_UP
     + r"""
 import array, errno, fcntl, json, os, resource, sys, traceback
 
@@ -212,21 +213,9 @@ def child(op, at, mode, args):
     }
 
 
-warmed = False
 for line in sys.stdin:
     request = json.loads(line)
-    if not warmed:
-        # Once, before the first fork: the settings loaded here as the child loads them (its
-        # environment, its root), so that every child's own load() finds dynaconf's and the
-        # app's caches warm: about 14 ms of CPU a child before, 4 ms after (bench/README.md,
-        # "The suite after suite12"). Each child still loads, and checks, its own.
-        warmed = True
-        os.environ.clear()
-        os.environ.update(request["env"])
-        try:
-            load()
-        except Exception:
-            pass  # the child meets it again, and answers it
+    warm_up(request["env"])
     out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:

@@ -33,7 +33,7 @@ import forked_app
 import httpx
 import pytest
 import test_redteam_s20_store_refusals as refusals
-from test_redteam_s18_crash_points import RUN_OPERATION
+from test_redteam_s18_crash_points import RUN_OPERATION, WARM_UP
 from test_redteam_s20_store_refusals import CLIENT_VIEW
 from test_redteam_s21_store_full import CONTENTS, OPERATIONS, ZYGOTE_IMPORTS, template
 
@@ -96,6 +96,7 @@ def _zygote_source() -> str:
     return "\n".join(
         [
             RUN_OPERATION,
+            WARM_UP,
             ZYGOTE_IMPORTS,
             "import time\nfrom pathlib import Path\nfrom app.errors import AppError\n",
             CLIENT_VIEW,
@@ -180,23 +181,6 @@ def in_child(function, *args):
     return json.loads(text) if text else None
 
 
-WARMED = []
-
-
-def warm_up():
-    # Once, before the first fork: the settings loaded here as the children load them (their
-    # environment, their root), so that each child's own load() finds dynaconf's and the
-    # app's caches warm: about 14 ms of CPU a child before, 4 ms after (bench/README.md,
-    # "The suite after suite12"). Each child still loads, and checks, its own, before strace
-    # attaches: the syscalls it counts are the operation's alone, as before.
-    if not WARMED:
-        WARMED.append(True)
-        try:
-            load()
-        except Exception:
-            pass  # the child meets it again, and answers it
-
-
 def case(request):
     root = os.path.join(WORK, "app-data")
     shutil.rmtree(root, ignore_errors=True)
@@ -204,7 +188,8 @@ def case(request):
     os.environ.clear()
     os.environ.update(request["env"])
     os.environ["APP_DATA_ROOT"] = root
-    warm_up()
+    # The children's own loads come before strace attaches: what it counts is the operation's.
+    warm_up(dict(os.environ))
     kept = contents(root, trash=request["op"] != "empty-trash")
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
