@@ -204,44 +204,63 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         head_start.begin(config, "remote-hostile", next_to_a_pair, _nothing)
 
 
-#: The order in which xdist hands out the slow files under ``-n 2`` (the seconds of their
-#: tests' set-up, call and tear-down on the 2-CPU VM, and the cores they keep busy when run
-#: alone: bench/suite_times.py, bench/README.md "The suite's time"). The longest first, so
-#: that the run does not end on one worker; but right after the incident's file, which keeps
-#: both cores busy (two inner runs side by side), the files whose tests mostly wait (stopped
-#: engines, stalled servers and clients: 0.4 of a core), so that the other worker runs those
-#: beside it instead of a second file that wants both cores (before, the docs' browser and
-#: the replicas ran beside it, and the waiting files beside each other later, at half the
-#: machine). Refresh it when a file's tests grow: a slow file left out of it only runs in its
+#: The order in which xdist hands out the slow files (`scripts/test`: ``-n 3 --dist loadfile``).
+#: Each file's figures are its tests' seconds (set-up, call and tear-down) and the CPU of its
+#: worker's process tree meanwhile, in one whole run (2026-12-05, branch suite12, the machine
+#: shared with other runs at load 6 to 9: about 1.6 times a quiet run's seconds; bench/README.md,
+#: "The suite after suite12"). The longest first, so that the run does not end on one worker;
+#: but right after the incident's file, which keeps both cores busy (two inner runs side by
+#: side), the files whose tests mostly wait (stopped engines, stalled servers and clients: a
+#: fifth of a core), so that the other workers run those beside it instead of files that want
+#: both cores. Refresh it when a file's tests grow: a slow file left out of it only runs in its
 #: alphabetical place again.
 SLOWEST_FILES = (
-    "tests/test_incident.py",  # 66 s, 1.8 cores
-    "tests/test_redteam_s28_remote.py",  # 14 s, 0.4 cores
-    "tests/test_redteam_s27_remote.py",  # 11 s, 0.4 cores
-    "tests/test_server_resources.py",  # 15 s, 0.4 cores
-    "tests/test_remote_replicas.py",  # 39 s
-    "tests/test_redteam_s38_ops.py",  # 35 s (its servers, weed restarted, two databases)
-    "tests/test_plugin_remote.py",  # 34 s
-    "tests/test_docs_browser.py",  # 30 s, 1.4 cores
-    "tests/test_remote_hostile.py",  # 23 s
-    "tests/test_docs_remote.py",  # 22 s
-    "tests/test_redteam_s20_store_refusals.py",  # 19 s
-    "tests/test_server_e2e.py",  # 17 s
-    "tests/test_plugin.py",  # 17 s
-    "tests/test_integrity.py",  # 15 s
-    "tests/test_next_to_live_servers.py",  # 14 s
-    "tests/test_redteam_s28_faults.py",  # 14 s
-    "tests/test_openapi.py",  # 11 s
-    "tests/test_server_transfers.py",  # 11 s
-    "tests/test_remote_doctor.py",  # 10 s
-    "tests/test_redteam_s27_guard.py",  # 10 s
-    "tests/test_redteam_s18_crash_points.py",  # 10 s
-    "tests/test_remote_pg.py",  # 9 s
-    "tests/test_cli_config.py",  # 9 s
-    "tests/test_remote_store.py",  # 9 s
-    "tests/test_remote_bounded_commands.py",  # 8 s
-    "tests/test_redteam_s30_history.py",  # 6 s
-    "tests/test_redteam_s30_guard.py",  # 6 s
+    "tests/test_incident.py",  # 81 s, 45 s of CPU
+    "tests/test_redteam_s28_remote.py",  # 21 s, 4 s of CPU
+    "tests/test_redteam_s27_remote.py",  # 19 s, 5 s of CPU
+    "tests/test_server_resources.py",  # 19 s, 2 s of CPU
+    "tests/test_remote_replicas.py",  # 30 s, 11 s of CPU
+    "tests/test_redteam_s38_ops.py",  # 75 s, 19 s of CPU
+    "tests/test_plugin_remote.py",  # 43 s, 14 s of CPU
+    "tests/test_docs_browser.py",  # 40 s, 24 s of CPU
+    "tests/test_remote_hostile.py",  # 31 s, 14 s of CPU
+    "tests/test_redteam_s20_store_refusals.py",  # 58 s, 12 s of CPU
+    "tests/test_redteam_s39_ops.py",  # 41 s, 19 s of CPU
+    "tests/test_plugin.py",  # 37 s, 11 s of CPU
+    "tests/test_next_to_live_servers.py",  # 31 s, 9 s of CPU
+    "tests/test_redteam_s28_faults.py",  # 27 s, 8 s of CPU
+    "tests/test_openapi.py",  # 26 s, 8 s of CPU
+    "tests/test_redteam_s18_crash_points.py",  # 24 s, 7 s of CPU
+    "tests/test_redteam_s37_remote.py",  # 22 s, 10 s of CPU
+    "tests/test_remote_credentials.py",  # 22 s, 8 s of CPU
+    "tests/test_docs_remote.py",  # 21 s, 9 s of CPU
+    "tests/test_redteam_s39_guard.py",  # 21 s, 12 s of CPU
+    "tests/test_remote_store.py",  # 21 s, 7 s of CPU
+    "tests/test_redteam_s36_guard.py",  # 20 s, 15 s of CPU
+    "tests/test_redteam_s27_guard.py",  # 18 s, 6 s of CPU
+    "tests/test_integrity.py",  # 18 s, 4 s of CPU
+    "tests/test_server_transfers.py",  # 17 s, 4 s of CPU
+    "tests/test_redteam_s40_guard.py",  # 16 s, 9 s of CPU
+    "tests/test_redteam_s38_guard.py",  # 14 s, 10 s of CPU
+    "tests/test_redteam_s42_guard.py",  # 14 s, 7 s of CPU
+    "tests/test_redteam_s45_remote.py",  # 14 s, 5 s of CPU
+    "tests/test_redteam_s42_remote.py",  # 13 s, 5 s of CPU
+    "tests/test_redteam_s37_guard.py",  # 13 s, 10 s of CPU
+    "tests/test_server_e2e.py",  # 12 s, 3 s of CPU
+    "tests/test_redteam_s29_powerloss.py",  # 12 s, 4 s of CPU
+    "tests/test_redteam_s41_guard.py",  # 11 s, 6 s of CPU
+    "tests/test_server_upload_bodies.py",  # 10 s, 3 s of CPU
+    "tests/test_cli_config.py",  # 10 s, 5 s of CPU
+    "tests/test_redteam_s41_remote.py",  # 10 s, 4 s of CPU
+    "tests/test_redteam_s37_ops.py",  # 10 s, 3 s of CPU
+    "tests/test_redteam_s39_integrity.py",  # 10 s, 5 s of CPU
+    "tests/test_redteam_s26_remote.py",  # 9 s, 4 s of CPU
+    "tests/test_redteam_s46_guard.py",  # 9 s, 5 s of CPU
+    "tests/test_redteam_s44_guard.py",  # 9 s, 3 s of CPU
+    "tests/test_fixtures.py",  # 9 s, 3 s of CPU
+    "tests/test_redteam_s43_guard.py",  # 8 s, 3 s of CPU
+    "tests/test_redteam_s32_maintenance.py",  # 8 s, 2 s of CPU
+    "tests/test_redteam_s35_guard.py",  # 8 s, 5 s of CPU
 )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 import step_ahead
-from test_redteam_s18_crash_points import RUN_OPERATION, contents
+from test_redteam_s18_crash_points import RUN_OPERATION, WARM_UP, contents
 
 from app.config import Config, load
 from app.storage import open_storage
@@ -86,6 +86,7 @@ def view(store):
 
 _ZYGOTE = (
     RUN_OPERATION
+    + WARM_UP
     + r"""
 import array, errno, fcntl, json, os, resource, sys, traceback
 
@@ -214,6 +215,7 @@ def child(op, at, mode, args):
 
 for line in sys.stdin:
     request = json.loads(line)
+    warm_up(request["env"])
     out_r, out_w = os.pipe()
     pid = os.fork()
     if pid == 0:

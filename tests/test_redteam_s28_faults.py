@@ -33,7 +33,7 @@ import forked_app
 import httpx
 import pytest
 import test_redteam_s20_store_refusals as refusals
-from test_redteam_s18_crash_points import RUN_OPERATION
+from test_redteam_s18_crash_points import RUN_OPERATION, WARM_UP
 from test_redteam_s20_store_refusals import CLIENT_VIEW
 from test_redteam_s21_store_full import CONTENTS, OPERATIONS, ZYGOTE_IMPORTS, template
 
@@ -96,6 +96,7 @@ def _zygote_source() -> str:
     return "\n".join(
         [
             RUN_OPERATION,
+            WARM_UP,
             ZYGOTE_IMPORTS,
             "import time\nfrom pathlib import Path\nfrom app.errors import AppError\n",
             CLIENT_VIEW,
@@ -187,6 +188,8 @@ def case(request):
     os.environ.clear()
     os.environ.update(request["env"])
     os.environ["APP_DATA_ROOT"] = root
+    # The children's own loads come before strace attaches: what it counts is the operation's.
+    warm_up(dict(os.environ))
     kept = contents(root, trash=request["op"] != "empty-trash")
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
