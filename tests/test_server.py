@@ -416,12 +416,16 @@ def test_a_file_deleted_as_its_download_starts_is_never_a_500(
     assert app_client.get(f"/sessions/{sid}/files/doomed").status_code == 404
 
 
-def test_a_file_listed_but_gone_from_disk_is_404(
+def test_a_file_listed_whose_bytes_are_gone_from_disk_is_damaged_not_missing(
     app_client: TestClient, app_store: Store, sid: str
 ) -> None:
+    # Its record is there (GET lists it): a 404 "no file" hid the loss (red team 48).
     app_client.put(f"/sessions/{sid}/files/gone", content=b"bytes")
     app_store.file_path(sid, "gone")[0].unlink()
-    assert_error(app_client.get(f"/sessions/{sid}/files/gone"), 404, "file_not_found", "'gone'")
+    got = app_client.get(f"/sessions/{sid}/files/gone")
+    assert_error(got, 500, "file_damaged", "'gone'")
+    assert "are not there" in got.json()["message"]
+    assert "app data check --repair" in got.json()["message"]
 
 
 def test_a_ranged_download_is_served_from_the_opened_file(app_client: TestClient, sid: str) -> None:
