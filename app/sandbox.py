@@ -71,6 +71,7 @@ __all__ = [
     "check_remote",
     "check_root",
     "check_scratch",
+    "check_served",
     "check_shown_from",
     "checked",
     "command_line",
@@ -3028,6 +3029,31 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
     # sandbox from outside (a link resolves out of it).
     now = [Protected.of(item.profile, root) for item in run.protected for root in item.paths_now()]
     _refuse_same_directory(path.resolve(), run.sandbox, now, what)
+
+
+def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None = None) -> None:
+    """Refuse `path` where it lies on a `kind` filesystem mounted at `point` in the sandbox,
+    that this machine does not keep itself (`app.dataroot.served_from`: FUSE, NFS, SMB).
+
+    pytest makes the sandbox afresh for each run, so such a mount in it was made by a test,
+    and what it shows may be any directory, a data root the run protects too: neither its
+    device and inodes nor the mount table say which (bindfs showed a live production root
+    in ``tmp_path``, and a test that opted into production purged it; red team 49). A
+    mount above the sandbox is left alone: a machine may keep all of ``/tmp`` on one.
+    """
+    run = _run_to_check(run)
+    if run is None or not point.is_relative_to(run.sandbox):
+        return
+    raise SandboxViolationError(
+        f"{what} {path}: it lies on a filesystem of type {kind} mounted at {point}, in the "
+        "sandbox, whose files a daemon or another machine serves (bindfs, sshfs, NFS): it "
+        "may show any directory, the data root of another profile or of a live server too, "
+        "and nothing here says which",
+        run.sandbox,
+        f"Tests get data roots of their own under tmp_path, on the sandbox's own filesystem: "
+        f"unmount it (`fusermount -u {point}`, or `umount {point}`) and copy what the test "
+        "needs into tmp_path instead",
+    )
 
 
 def _spelled_since(item: Protected, root: Path) -> str:
