@@ -108,12 +108,12 @@ __all__ = [
     "json_bytes",
     "link_remedy",
     "mount_point_at",
-    "served_from",
     "mounts_inside",
     "open_root",
     "read_regular",
     "read_stamp",
     "restamp",
+    "served_from",
     "syncfs",
     "tmp_in_flight",
     "write_all",
@@ -1141,12 +1141,12 @@ def served_from(path: Path) -> tuple[Path, str] | None:
         return None
     wanted = os.fsencode(path)
     found: tuple[bytes, bytes | None] | None = None
-    for _, point, kind in mounts:  # the longest mount point on the way: the nearest mount
+    for _, point, raw in mounts:  # the longest mount point on the way: the nearest mount
         top = point.rstrip(b"/")
         if (wanted == point or wanted.startswith(top + b"/")) and (
             found is None or len(top) >= len(found[0].rstrip(b"/"))
         ):
-            found = (point, kind)
+            found = (point, raw)
     if found is None or found[1] is None:
         return None
     kind = os.fsdecode(found[1])
