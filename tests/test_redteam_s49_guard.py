@@ -14,10 +14,13 @@ flock is not seen through it:
   cleared it: a live server's lock file was left empty (the server named itself there again
   at its next check, warning of "a backup copied into a live data root");
 - a child pytest given ``--basetemp=<tmp_path>/bf/x``, where ``bf`` is a bindfs of a live
-  root's ``sessions/``: no mark lies above that path, and pytest made ``x/`` in the sessions.
+  root's ``sessions/``: no mark lies above that path, and pytest made ``x/`` in the sessions;
+  with the bindfs outside the sandbox and ``--basetemp=<it>/<a session>``, pytest emptied
+  the live server's session.
 
 A data root, and what pytest writes, on a filesystem that is not one of this machine's own
-(FUSE, NFS, SMB) mounted in a sandbox is now refused, before anything is opened.
+(FUSE, NFS, SMB) mounted in a sandbox is now refused, before anything is opened; elsewhere,
+a --basetemp there that holds what no run made.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +110,25 @@ def test_pytest_writes_nothing_through_a_fuse_daemon_in_the_sandbox(
             assert done.returncode == 4, output
             assert refused in output
             assert f"a filesystem of type fuse mounted at {shown}" in output
+    # Outside the sandbox, where a home on NFS is a usual place for a --basetemp: pytest
+    # would empty a directory there that no run made, a live session's through bindfs.
+    outside = Path(tempfile.mkdtemp(prefix="rt49-", dir="/tmp"))
+    try:
+        with bindfs(production / "sessions", outside / "bf") as shown:
+            given = f"--basetemp={shown}/{session}"
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", given],
+                cwd=tmp_path / "inner",
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+    finally:
+        shutil.rmtree(outside)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 4, output
+    assert f"refusing --basetemp {shown}/{session}: it holds files that no run" in output
     assert snapshot(production) == before
 
 

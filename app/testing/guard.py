@@ -396,7 +396,8 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     # On a FUSE or network filesystem mounted in a sandbox (bindfs of a live root's
     # sessions/ at <tmp_path>/bf, then a child's --basetemp=<tmp_path>/bf/x): nothing says
     # what it shows, and pytest made x/ in the live root (red team 49).
-    if (served := served_from(target)) is not None and in_a_sandbox(served[0]):
+    served = served_from(target)
+    if served is not None and in_a_sandbox(served[0]):
         point, kind = served
         raise usage_error(
             f"app: refusing --basetemp {given}: it lies on a filesystem of type {kind} "
@@ -405,6 +406,18 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
             "too, and nothing here says which; pytest empties the --basetemp before the run. "
             f"Unmount it (`fusermount -u {point}`, or `umount {point}`), or choose a "
             "--basetemp on the sandbox's own filesystem"
+        )
+    # Elsewhere (a home on NFS is a usual place for one) only what pytest would empty: a
+    # bindfs of a live root's sessions/ and --basetemp=<it>/<a session> emptied the session.
+    if served is not None and _holds_what_no_run_made(target):
+        point, kind = served
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it holds files that no run of this plugin "
+            f"made (no {SANDBOX_MARK}), on a filesystem of type {kind} mounted at {point} "
+            "whose files a daemon or another machine serves (bindfs, sshfs, NFS): they may "
+            "be a data root's, which nothing here can tell, and pytest empties the "
+            "--basetemp before the run. Give a --basetemp that is empty or new, or one on a "
+            "local filesystem"
         )
     # Where a mount above it shows it from (production's sessions/ bound into a scratch
     # directory): after the refusal of a mount at or in it, which says how to undo it.
@@ -415,6 +428,16 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
         _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", target)
     if lexical.is_dir():
         _refuse_data_roots_inside(given, lexical, stamped=stamped_inside)
+
+
+def _holds_what_no_run_made(directory: Path) -> bool:
+    """Whether `directory` exists, holds anything, and is no earlier sandbox."""
+    try:
+        with os.scandir(directory) as entries:
+            held = any(True for _ in entries)
+    except OSError:
+        return False
+    return held and not (directory / SANDBOX_MARK).is_file()
 
 
 def in_a_sandbox(path: Path) -> bool:
