@@ -18,9 +18,13 @@ flock is not seen through it:
   with the bindfs outside the sandbox and ``--basetemp=<it>/<a session>``, pytest emptied
   the live server's session.
 
+- the same bindfs mounted above the sandbox, in a child's mount namespace, over a tree in
+  which production's root lies at the sandbox's path: the child purged it as the sandbox's.
+
 A data root, and what pytest writes, on a filesystem that is not one of this machine's own
 (FUSE, NFS, SMB) mounted in a sandbox is now refused, before anything is opened; elsewhere,
-a --basetemp there that holds what no run made.
+a --basetemp there that holds what no run made; and a root under such a mount above the
+sandbox where the sandbox is no longer the directory the run made (its entry records it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
 from test_server_e2e import app_env, run_app, snapshot
 
 from app import config as appconfig
+from app import sandbox
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bindfs") is None or not os.access("/dev/fuse", os.R_OK | os.W_OK),
@@ -57,12 +62,25 @@ def bindfs(source: Path, point: Path) -> Iterator[Path]:
         subprocess.run(["fusermount", "-u", str(point)], check=True)
 
 
-def test_a_root_shown_in_the_sandbox_by_a_fuse_daemon_is_refused_before_it_is_opened(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
-) -> None:
+def _run(argv: list[str], **how: object) -> tuple[int, str]:
+    """`argv` run to its end: its exit status and its output on one line."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, **how)  # type: ignore[call-overload]
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+@pytest.fixture
+def kept(stopped: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:  # noqa: F811 - the fixture
+    """`stopped`'s settings and production root, which the test must leave as they were."""
     settings, production = stopped
     before = snapshot(production)
+    yield settings, production
+    assert snapshot(production) == before
+
+
+def test_a_root_shown_in_the_sandbox_by_a_fuse_daemon_is_refused_before_it_is_opened(
+    kept: tuple[Path, Path], tmp_path: Path
+) -> None:
+    settings, production = kept
     lock = production / ".server.lock"
     touched = lock.stat().st_mtime_ns
     with bindfs(production, tmp_path / "bf") as shown:
@@ -75,19 +93,47 @@ def test_a_root_shown_in_the_sandbox_by_a_fuse_daemon_is_refused_before_it_is_op
             assert f"open data root {shown}: it lies on a filesystem of type fuse" in output
             assert f"mounted at {shown}, in the sandbox" in output
             assert f"`fusermount -u {shown}`" in output
-    assert snapshot(production) == before
     assert lock.stat().st_mtime_ns == touched  # not even the lock was taken
 
 
+#: A shell in a mount namespace of its own.
+OWN_MOUNTS = ("unshare", "-m", "--propagation", "private", "sh", "-c")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace of its own")
+def test_a_fuse_daemon_mounted_above_the_sandbox_that_shows_a_root_in_its_place(
+    kept: tuple[Path, Path], tmp_path: Path
+) -> None:
+    settings, production = kept
+    run = sandbox.current_run()
+    assert run is not None and run.sandbox_identity is not None
+    # In a mount namespace of the child's own: a tree in which production's root lies at
+    # <sandbox>/rt (bound there), shown by bindfs over the sandbox's parent.
+    # The settings are bound there too, where the child looks for them.
+    tree, above = tmp_path / "tree", run.sandbox.parent
+    (tree / run.sandbox.name / "rt").mkdir(parents=True)
+    (tree / settings.relative_to(above)).mkdir(parents=True)
+    script = (
+        f'mount --bind "$1" "$2/{run.sandbox.name}/rt" && mount --bind "$5" '
+        f'"$2/{settings.relative_to(above)}" && bindfs -o nonempty "$2" "$3" || exit 9\n'
+        '"$4" -m app data purge --yes-i-mean-it; done=$?; fusermount -u "$3"; exit $done'
+    )
+    env = app_env(run.sandbox / "rt", profile="production", APP_SETTINGS_DIR=str(settings))
+    words = map(str, (production, tree, above, sys.executable, settings))
+    status, output = _run([*OWN_MOUNTS, script, "sh", *words], env=env)
+    assert status == 78, output
+    assert "the sandbox is not the directory the run made: a filesystem of type fuse" in output
+    assert f"`fusermount -u {above}`" in output
+
+
 INNER = "def test_nothing(tmp_path):\n    pass\n"
+PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:randomly")
 
 
 def test_pytest_writes_nothing_through_a_fuse_daemon_in_the_sandbox(
-    stopped: tuple[Path, Path],  # noqa: F811 - the fixture
-    tmp_path: Path,
+    kept: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    settings, production = stopped
-    before = snapshot(production)
+    settings, production = kept
     (tmp_path / "inner").mkdir()
     (tmp_path / "inner" / "test_inner.py").write_text(INNER)
     session = next((production / "sessions").iterdir()).name
@@ -98,16 +144,8 @@ def test_pytest_writes_nothing_through_a_fuse_daemon_in_the_sandbox(
             (f"--junitxml={shown}/{session}/report.xml", "--junitxml"),
         ):
             basetemp = [] if option.startswith("--basetemp") else [f"--basetemp={tmp_path}/t"]
-            done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", option, *basetemp],
-                cwd=tmp_path / "inner",
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            output = " ".join((done.stdout + done.stderr).split())
-            assert done.returncode == 4, output
+            status, output = _run([*PYTEST, option, *basetemp], cwd=tmp_path / "inner", env=env)
+            assert status == 4, output
             assert refused in output
             assert f"a filesystem of type fuse mounted at {shown}" in output
     # Outside the sandbox, where a home on NFS is a usual place for a --basetemp: pytest
@@ -116,20 +154,11 @@ def test_pytest_writes_nothing_through_a_fuse_daemon_in_the_sandbox(
     try:
         with bindfs(production / "sessions", outside / "bf") as shown:
             given = f"--basetemp={shown}/{session}"
-            done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", given],
-                cwd=tmp_path / "inner",
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            status, output = _run([*PYTEST, given], cwd=tmp_path / "inner", env=env)
     finally:
         shutil.rmtree(outside)
-    output = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 4, output
+    assert status == 4, output
     assert f"refusing --basetemp {shown}/{session}: it holds files that no run" in output
-    assert snapshot(production) == before
 
 
 @pytest.mark.filterwarnings("ignore:.* is deprecated please use:DeprecationWarning")
