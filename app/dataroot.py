@@ -73,6 +73,7 @@ from app.mountinfo import shown_and_upper, shown_from, unescape
 from app.names import MAX_NAME_BYTES
 from app.sandbox import (
     check_root,
+    check_served,
     check_shown_from,
     checked,
     current_run,
@@ -91,6 +92,7 @@ __all__ = [
     "DEEPEST_INSIDE",
     "DIR_MODE",
     "FILE_MODE",
+    "LOCAL_FILESYSTEMS",
     "SESSIONS_DIR",
     "STAMP_FILE",
     "TMP_DIR",
@@ -111,6 +113,7 @@ __all__ = [
     "read_regular",
     "read_stamp",
     "restamp",
+    "served_from",
     "syncfs",
     "tmp_in_flight",
     "write_all",
@@ -1112,6 +1115,44 @@ def bound_from(path: Path) -> Path | None:
     return seen_from_outside(hidden) if hidden is not None else None
 
 
+#: Filesystems that keep their files on this machine's own disks or memory. On any other
+#: (NFS, SMB, 9p, FUSE: ``fuse.sshfs``, bindfs's ``fuse``) a daemon or another machine
+#: serves the files, and may serve any directory, one of this machine's included.
+LOCAL_FILESYSTEMS: Final = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs"}
+    | {"tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2", "minix"}
+)
+
+
+def served_from(path: Path) -> tuple[Path, str] | None:
+    """The mount point and type of the filesystem ``path`` (absolute, resolved) lies on,
+    where that type is not one of `LOCAL_FILESYSTEMS`; None where it is, or where the mount
+    table cannot tell.
+
+    Neither such a filesystem's device and inodes nor the mount table say what it shows:
+    bindfs (a FUSE daemon any user may mount) showed a stopped production root, and a live
+    server's, in a test's ``tmp_path``, and a test that opted into production purged it
+    there, past every check by identity, mount source and lock (FUSE keeps its own locks,
+    so the live server's flock was not seen; red team 49).
+    """
+    try:
+        mounts = _MOUNTS.mounts()
+    except OSError:
+        return None
+    wanted = os.fsencode(path)
+    found: tuple[bytes, bytes | None] | None = None
+    for _, point, raw in mounts:  # the longest mount point on the way: the nearest mount
+        top = point.rstrip(b"/")
+        if (wanted == point or wanted.startswith(top + b"/")) and (
+            found is None or len(top) >= len(found[0].rstrip(b"/"))
+        ):
+            found = (point, raw)
+    if found is None or found[1] is None:
+        return None
+    kind = os.fsdecode(found[1])
+    return None if kind in LOCAL_FILESYSTEMS else (Path(os.fsdecode(found[0])), kind)
+
+
 def mount_point_at(path: Path) -> bool:
     """Whether a filesystem is mounted at ``path`` itself (Linux's mountinfo; False where
     that cannot be told)."""
@@ -1283,6 +1324,10 @@ def _open_checked(
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
     _refuse_unfixed_path(config, root)
     _refuse_too_deep(config, root)
+    # Before the lock: taken through a mount that shows another root (a FUSE daemon keeps
+    # its own locks), it published this process in that root's lock file, and cleared it
+    # again as the stamp was refused, under its live server (red team 49).
+    _check_mounted(root, "open data root", run)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
     durable = run is None or run.pid is None
@@ -1340,10 +1385,14 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
 
 
 def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
-    """`check_shown_from` where a mount on the way shows `path` from elsewhere."""
+    """`check_shown_from` where a mount on the way shows `path` from elsewhere, and
+    `check_served` where `path` lies on a filesystem that is not one of this machine's own
+    (`served_from`)."""
     resolved = path.resolve()
     if (source := bound_from(resolved)) is not None and source != resolved:
         check_shown_from(resolved, source, what, run)
+    if (served := served_from(resolved)) is not None:
+        check_served(resolved, *served, what, run)
 
 
 def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:

@@ -71,6 +71,7 @@ __all__ = [
     "check_remote",
     "check_root",
     "check_scratch",
+    "check_served",
     "check_shown_from",
     "checked",
     "command_line",
@@ -321,6 +322,9 @@ class Run(NamedTuple):
     #: The pytest process whose run this was, for a process that outlived it (its entry
     #: was handed on when the run ended), else None.
     ended: int | None = None
+    #: The sandbox's device and inode as the run made it, where its entry says: a
+    #: filesystem mounted above it later may show another directory at its path.
+    sandbox_identity: tuple[int, int] | None = None
 
 
 # --- the process tree (Linux /proc) -------------------------------------------------------
@@ -636,6 +640,7 @@ def _read_entry(
         # Not as a run writes it (a test wrote it by hand): no run's, as an unreadable one;
         # its children once stopped at it with a bare traceback (red team 39).
         return None
+    made = data.get("sandbox_identity")
     return Run(
         sandbox,
         pid,
@@ -643,6 +648,11 @@ def _read_entry(
         f"the process tree ({how}, registered in {_registered_in(path)})",
         scratch=_scratch_suffix(data.get("scratch")),
         ended=ended if isinstance(ended, int) else None,
+        sandbox_identity=(
+            (made[0], made[1])
+            if isinstance(made, list) and len(made) == 2 and all(type(n) is int for n in made)
+            else None
+        ),
     )
 
 
@@ -2234,6 +2244,8 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
         data["sandbox"] = str(run.sandbox)
         data["protected"] = [item.to_dict() for item in run.protected]
         data["scratch"] = run.scratch
+        if run.sandbox_identity is not None:
+            data["sandbox_identity"] = list(run.sandbox_identity)
     data["pid_namespace"] = _pid_namespace()
     return data
 
@@ -2572,7 +2584,13 @@ def register(
             enclosing = current_run()
             if enclosing is not None:
                 protected = _joined(protected, enclosing.protected)
-    run = Run(sandbox, _proc_self() or os.getpid(), protected, scratch=scratch)
+    run = Run(
+        sandbox,
+        _proc_self() or os.getpid(),
+        protected,
+        scratch=scratch,
+        sandbox_identity=identity(sandbox),
+    )
     runs: list[Run] = getattr(sys, _MARKER, None) or []
     if replacing is not None and runs and runs[-1] is replacing:
         runs[-1] = run
@@ -3028,6 +3046,50 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
     # sandbox from outside (a link resolves out of it).
     now = [Protected.of(item.profile, root) for item in run.protected for root in item.paths_now()]
     _refuse_same_directory(path.resolve(), run.sandbox, now, what)
+
+
+def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None = None) -> None:
+    """Refuse `path` where it lies on a `kind` filesystem mounted at `point` in the sandbox,
+    that this machine does not keep itself (`app.dataroot.served_from`: FUSE, NFS, SMB).
+
+    pytest makes the sandbox afresh for each run, so such a mount in it was made by a test,
+    and what it shows may be any directory, a data root the run protects too: neither its
+    device and inodes nor the mount table say which (bindfs showed a live production root
+    in ``tmp_path``, and a test that opted into production purged it; red team 49). A
+    mount above the sandbox is refused only where the sandbox is not the directory the run
+    made (`Run.sandbox_identity`): a machine may keep all of ``/tmp`` on one.
+    """
+    run = _run_to_check(run)
+    if run is None:
+        return
+    if not point.is_relative_to(run.sandbox):
+        if run.sandbox.is_relative_to(point) and run.sandbox_identity not in (
+            None,
+            identity(run.sandbox),
+        ):
+            # Mounted above the sandbox since the run made it: a tree arranged to put a
+            # data root at the sandbox's path (bindfs over /tmp/pytest-of-<user>, in a
+            # child's mount namespace) was purged as the sandbox's (red team 49).
+            raise SandboxViolationError(
+                f"{what} {path}: the sandbox is not the directory the run made: a "
+                f"filesystem of type {kind} mounted at {point} since shows another in its "
+                "place, whose files a daemon or another machine serves (bindfs, sshfs, "
+                "NFS), a data root of another profile or of a live server maybe",
+                run.sandbox,
+                f"Unmount it (`fusermount -u {point}`, or `umount {point}`); tests get data "
+                "roots of their own under tmp_path",
+            )
+        return
+    raise SandboxViolationError(
+        f"{what} {path}: it lies on a filesystem of type {kind} mounted at {point}, in the "
+        "sandbox, whose files a daemon or another machine serves (bindfs, sshfs, NFS): it "
+        "may show any directory, the data root of another profile or of a live server too, "
+        "and nothing here says which",
+        run.sandbox,
+        f"Tests get data roots of their own under tmp_path, on the sandbox's own filesystem: "
+        f"unmount it (`fusermount -u {point}`, or `umount {point}`) and copy what the test "
+        "needs into tmp_path instead",
+    )
 
 
 def _spelled_since(item: Protected, root: Path) -> str:

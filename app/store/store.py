@@ -37,7 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
-from app.dataroot import filesystem_type, link_remedy
+from app.dataroot import LOCAL_FILESYSTEMS, filesystem_type, link_remedy
 from app.errors import (
     AppError,
     FsyncFailed,
@@ -79,15 +79,6 @@ log = logging.getLogger("app.store")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-#: Filesystems whose reads wait for nothing but a local disk or memory. On any other (NFS,
-#: SMB, FUSE, 9p, Ceph, a type not known here) a read can wait as long as a server or a
-#: daemon does, so the server never reads there on its event loop (red team 23). overlay
-#: is what a container's own filesystem is, made of local directories.
-LOCAL_FILESYSTEMS: Final = frozenset(
-    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "zfs", "bcachefs"}
-    | {"tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2", "minix"}
-)
-
 #: Filesystems held in memory: whatever a server acknowledges there is gone at a reboot.
 IN_MEMORY_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
 
@@ -123,7 +114,8 @@ class Store(Storage):
         kind = filesystem_type(root.path)
         self.reads_may_wait = kind not in LOCAL_FILESYSTEMS
         """Whether a read may wait on something other than a local disk (NFS, a FUSE daemon):
-        then the server reads on worker threads, never on its event loop."""
+        then the server reads on worker threads, never on its event loop (red team 23;
+        overlay is what a container's own filesystem is, made of local directories)."""
         self.in_memory = kind if kind in IN_MEMORY_FILESYSTEMS else None
         """The filesystem's type where the root lives in memory (``tmpfs``), which a reboot
         empties: `app serve` warns of it (red team 42)."""

@@ -362,7 +362,7 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     # follows the link first: check both spellings. Neither expands `~`, so neither does
     # this: `--basetemp='~/../sessions'` (no shell expands it in an ini file's addopts or a
     # quoted word) was checked as $HOME/../sessions while pytest emptied ./sessions.
-    from app.dataroot import bound_from
+    from app.dataroot import bound_from, served_from
 
     lexical = Path(os.path.abspath(given))  # noqa: PTH100 - what pytest uses
     target = given.resolve()
@@ -393,6 +393,32 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
             "Give each concurrent run its own --basetemp"
         )
     _refuse_mounts(given, (lexical, lexical.resolve(), target))
+    # On a FUSE or network filesystem mounted in a sandbox (bindfs of a live root's
+    # sessions/ at <tmp_path>/bf, then a child's --basetemp=<tmp_path>/bf/x): nothing says
+    # what it shows, and pytest made x/ in the live root (red team 49).
+    served = served_from(target)
+    if served is not None and in_a_sandbox(served[0]):
+        point, kind = served
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it lies on a filesystem of type {kind} "
+            f"mounted at {point}, in a test run's sandbox, whose files a daemon or another "
+            "machine serves (bindfs, sshfs, NFS): it may show any directory, a data root "
+            "too, and nothing here says which; pytest empties the --basetemp before the run. "
+            f"Unmount it (`fusermount -u {point}`, or `umount {point}`), or choose a "
+            "--basetemp on the sandbox's own filesystem"
+        )
+    # Elsewhere (a home on NFS is a usual place for one) only what pytest would empty: a
+    # bindfs of a live root's sessions/ and --basetemp=<it>/<a session> emptied the session.
+    if served is not None and _holds_what_no_run_made(target):
+        point, kind = served
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it holds files that no run of this plugin "
+            f"made (no {SANDBOX_MARK}), on a filesystem of type {kind} mounted at {point} "
+            "whose files a daemon or another machine serves (bindfs, sshfs, NFS): they may "
+            "be a data root's, which nothing here can tell, and pytest empties the "
+            "--basetemp before the run. Give a --basetemp that is empty or new, or one on a "
+            "local filesystem"
+        )
     # Where a mount above it shows it from (production's sessions/ bound into a scratch
     # directory): after the refusal of a mount at or in it, which says how to undo it.
     if (source := bound_from(target)) is not None:
@@ -402,6 +428,25 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
         _refuse_enclosing_data_root(f"--basetemp {given}", "empties it", target)
     if lexical.is_dir():
         _refuse_data_roots_inside(given, lexical, stamped=stamped_inside)
+
+
+def _holds_what_no_run_made(directory: Path) -> bool:
+    """Whether `directory` exists, holds anything, and is no earlier sandbox."""
+    try:
+        with os.scandir(directory) as entries:
+            held = any(True for _ in entries)
+    except OSError:
+        return False
+    return held and not (directory / SANDBOX_MARK).is_file()
+
+
+def in_a_sandbox(path: Path) -> bool:
+    """Whether `path` lies in this process's run's sandbox, or in a directory the plugin
+    marked as one (an enclosing run's, seen from a run a test started inside it)."""
+    run = sandboxing.current_run()
+    if run is not None and path.is_relative_to(run.sandbox):
+        return True
+    return any((above / SANDBOX_MARK).is_file() for above in (path, *path.parents))
 
 
 def _refuse_mounts(given: Path, spellings: tuple[Path, ...]) -> None:

@@ -739,7 +739,8 @@ def _holder(root: Path) -> str:
 
 def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
-    from app.dataroot import bound_from
+    from app.dataroot import bound_from, served_from
+    from app.testing.guard import in_a_sandbox
 
     found = _conflict_at(target, roots, seen)
     if found is None and (source := bound_from(target.path)) is not None:
@@ -750,6 +751,18 @@ def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None
             found = (
                 f"{found}: it is {source}, seen through a mount "
                 f"(`findmnt -T {target.path}` shows it)"
+            )
+    if found is None and (served := served_from(target.path)) is not None:
+        # Through a FUSE or network filesystem a test mounted in a sandbox (bindfs of a
+        # live root's sessions/ at <tmp_path>/bf: a child's --basetemp=<tmp_path>/bf/x made
+        # x/ in it; red team 49), no mark, device or mount source says what lies there.
+        point, kind = served
+        if in_a_sandbox(point):
+            found = (
+                f"which lies on a filesystem of type {kind} mounted at {point}, in a test "
+                "run's sandbox, whose files a daemon or another machine serves (bindfs, "
+                "sshfs, NFS): it may show any directory, a data root too, and nothing here "
+                f"says which (unmount it: `fusermount -u {point}`, or `umount {point}`)"
             )
     return found
 
