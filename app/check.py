@@ -517,14 +517,23 @@ class Checker:
         stopped before its commit", the entry was removed, and a restore brought back the
         version before it, as the one deleted (red team 36).
         """
-        session_dir = self.store.sessions_dir / entry.session_id
-        if not (session_dir.is_dir() and isinstance(blob, str)) or session_dir.is_symlink():
+        if not isinstance(blob, str):
             return False
-        if os.path.lexists(session_dir / BLOBS_DIR / blob):
+        live = self.store.sessions_dir / entry.session_id
+        if live.is_symlink():
             return False
-        with contextlib.suppress(InvalidNameError):
-            if record_blob(session_dir / RECORDS_DIR / check_stored_name(file)) == blob:
-                return False  # the delete did not commit: the record names them still
+        # The session deleted or purged since (its copy in the trash): looked for there. Taken
+        # for "stopped before its commit", the entry was removed, and with it the only
+        # record of a lost file's name, size and SHA-256 (red team 49).
+        homes = [live] if live.is_dir() else self._trashed_sessions(entry.session_id)
+        if not homes and entry.reason != "lost":
+            return False  # the session is gone for good: nothing tells a crash's leftover
+        for home in homes:
+            if os.path.lexists(home / BLOBS_DIR / blob):
+                return False
+            with contextlib.suppress(InvalidNameError):
+                if record_blob(home / RECORDS_DIR / check_stored_name(file)) == blob:
+                    return False  # the delete did not commit: the record names them still
         if os.path.lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
@@ -559,16 +568,22 @@ class Checker:
 
     def _trashed_copy(self, session_id: str, blob: str) -> Path | None:
         """The session's newest copy in the trash that holds ``blob`` among its blobs."""
+        for copy in self._trashed_sessions(session_id):
+            if (copy / BLOBS_DIR / blob).is_file():
+                return copy
+        return None
+
+    def _trashed_sessions(self, session_id: str) -> list[Path]:
+        """The session's copies in the trash, newest first (links never followed)."""
+        copies = []
         for path in reversed(_listing(self.root.trash_dir)):
             found = TRASH_NAME_RE.fullmatch(path.name)
             if found is None or found.group(2) != session_id or found.group(3) is not None:
                 continue
             copy = path / TRASHED_SESSION
-            if path.is_symlink() or copy.is_symlink():
-                continue  # never followed
-            if (copy / BLOBS_DIR / blob).is_file():
-                return copy
-        return None
+            if not (path.is_symlink() or copy.is_symlink()) and copy.is_dir():
+                copies.append(copy)
+        return copies
 
     def _linked(self, directory: Path) -> bool:
         """Whether a link stands where the session keeps its files (reported, left alone).
