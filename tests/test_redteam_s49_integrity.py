@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from test_server_e2e import app_env, run_app
@@ -52,52 +53,31 @@ def test_a_lost_files_entry_outlives_its_sessions_delete_and_a_repair(app_config
             assert handle.read() == data
 
 
-def test_experiment(app_config: Config) -> None:
+def test_bytes_put_back_wrong_into_a_lost_files_entry_are_refused_and_kept(
+    app_config: Config,
+) -> None:
     root = app_config.data_root
-    sid, record, found, data = _lost_record(app_config, "deleted after")
     env = app_env(root)
-    r = run_app("data", "check", "--repair", env=env)
-    print(r.stdout, r.stderr)
-    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
-    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        store.delete_session(sid)
-    r = run_app("data", "check", env=env)
-    print("CHECK", r.returncode, r.stdout, r.stderr)
-    r = run_app("data", "check", "--repair", env=env)
-    print("REPAIR", r.returncode, r.stdout, r.stderr)
-    print(list((root / ".trash").iterdir()), entry.exists())
-    print(open(root / "audit.jsonl").read())
-    assert entry.exists()
-
-
-def test_experiment2(app_config: Config) -> None:
-    import os
-    root = app_config.data_root
     sid, record, found, data = _lost_record(app_config, "put back")
-    env = app_env(root)
-    r = run_app("data", "check", "--repair", env=env)
+    assert run_app("data", "check", "--repair", env=env).returncode == 0
     (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    put = entry / "x.txt"
     restore = ("sessions", "restore", sid, "--file", "x.txt")
-    for label, make in (
-        ("wrong", lambda p: p.write_bytes(b"x" * len(data))),
-        ("half", lambda p: p.write_bytes(data[: len(data) // 2])),
-        ("symlink", lambda p: p.symlink_to(found)),
-        ("dir", lambda p: p.mkdir()),
-        ("fifo", lambda p: os.mkfifo(p)),
-    ):
-        make(entry / "x.txt")
-        c = run_app("data", "check", env=env)
-        print(label, "CHECK", c.returncode, c.stdout[-600:], c.stderr[-300:])
-        r = run_app(*restore, env=env)
-        print(label, "RESTORE", r.returncode, r.stdout[-300:], r.stderr[-600:])
-        c = run_app("data", "check", "--repair", env=env)
-        print(label, "REPAIR", c.returncode, c.stdout[-600:], c.stderr[-300:])
-        p = entry / "x.txt"
-        if p.is_dir() and not p.is_symlink():
-            p.rmdir()
-        elif os.path.lexists(p):
-            p.unlink()
-        assert entry.exists(), label
-    os.link(found, entry / "x.txt")
-    r = run_app(*restore, env=env)
-    print("hardlink RESTORE", r.returncode, r.stdout[-300:], r.stderr[-600:])
+    wrong = {
+        "SHA-256 ": lambda: put.write_bytes(b"x" * len(data)),
+        f"holds {len(data) // 2} bytes": lambda: put.write_bytes(data[: len(data) // 2]),
+        "holds a symbolic link": lambda: put.symlink_to(found),
+        "holds a directory": put.mkdir,
+        "holds a FIFO": lambda: os.mkfifo(put),
+    }
+    for said, make in wrong.items():
+        make()
+        refused = run_app(*restore, env=env)
+        assert refused.returncode == 65, refused.stdout + refused.stderr
+        assert said in refused.stderr and entry.name in refused.stderr, refused.stderr
+        assert record["sha256"] in refused.stderr or "its trash.json" in refused.stderr
+        for _ in range(2):
+            repaired = run_app("data", "check", "--repair", env=env)
+            assert repaired.returncode == 65 and "file-damaged" in repaired.stdout, repaired
+        assert json.loads((entry / "trash.json").read_bytes())["blob"] == record["blob"]
+        put.rmdir() if put.is_dir() and not put.is_symlink() else put.unlink()
