@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
+from test_redteam_s39_integrity import needs_strace
+from test_redteam_s48_integrity import _half_replaced, _traced
 from test_server_e2e import app_env, run_app
 
 from app.config import Config
+from app.lock import read_holder
 from app.storage import open_storage
+
+
+def _published(root: Path, tracer: subprocess.Popen[bytes]) -> int:
+    """The port a server started under strace published (the holder is strace's child)."""
+    while not ((holder := read_holder(root)) and holder.get("port")):
+        assert tracer.poll() is None, "app serve exited"
+        time.sleep(0.01)
+    return int(holder["port"])
+
+
+def _headers(config: Config) -> dict[str, str]:
+    return {"Authorization": f"Bearer {config.api_token}"} if config.api_token else {}
 
 
 def _lost_record(config: Config, title: str) -> tuple[str, dict, Path, bytes]:
@@ -81,3 +100,50 @@ def test_bytes_put_back_wrong_into_a_lost_files_entry_are_refused_and_kept(
             assert repaired.returncode == 65 and "file-damaged" in repaired.stdout, repaired
         assert json.loads((entry / "trash.json").read_bytes())["blob"] == record["blob"]
         put.rmdir() if put.is_dir() and not put.is_symlink() else put.unlink()
+
+
+@needs_strace
+def test_a_server_whose_start_up_fsync_failed_refuses_every_write_route_and_says_why(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    sid, entry, _ = _half_replaced(app_config, "start-up")
+    env = app_env(root)
+    log = tmp_path / "serve.log"
+    serve = _traced(["serve", "--port", "0"], "fsync:error=EIO:when=1", entry, env)
+    with log.open("wb") as out:
+        process = subprocess.Popen(serve, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = _published(root, process)
+        url = f"http://127.0.0.1:{port}"
+        files = f"/sessions/{sid}/files"
+        with httpx.Client(base_url=url, headers=_headers(app_config), timeout=30) as http:
+            while True:  # it answers 503 (writes stopped): not what wait_until_serving waits for
+                try:
+                    health = http.get("/health")
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, log.read_text()
+                    time.sleep(0.01)
+            assert health.status_code == 503 and health.json()["status"] == "writes_stopped"
+            assert "an fsync" in health.json()["reason"], health.text
+            for method, path, extra in (
+                ("POST", "/sessions", {"json": {"title": "x"}}),
+                ("PUT", f"{files}/a.txt", {"content": b"new"}),
+                ("PUT", f"{files}/n.txt", {"content": b"new"}),
+                ("POST", files, {"files": {"file": ("m.txt", b"zz")}}),
+                ("DELETE", f"{files}/a.txt", {}),
+                ("DELETE", f"/sessions/{sid}", {}),
+                ("POST", "/trash/empty", {}),
+            ):
+                refused = http.request(method, path, **extra)
+                assert refused.status_code == 503, (method, path, refused.text)
+                said = refused.json()["detail"]
+                assert f"cannot {method} {path}: an fsync" in said, said
+                assert "until it is restarted" in said and "`dmesg`" in said, said
+            assert http.get(f"{files}/a.txt").content == b"start-up version 2"
+    finally:
+        holder = read_holder(root)
+        if holder and holder.get("pid"):
+            os.kill(int(holder["pid"]), signal.SIGTERM)  # the server, not strace
+        process.wait()
