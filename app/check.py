@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import zlib
@@ -376,10 +377,12 @@ class Checker:
         if not self._complete(entry, manifest, contents):
             return
         file, previous = manifest.get("file"), manifest.get("entry")
+        reason = manifest.get("reason")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
             # A version a restore would bring back, checked as a file is (red team 35).
-            self._verify(path, path / bytes_in_entry(file), file, previous)
-        reason = manifest.get("reason")
+            whole = self._verify(path, path / bytes_in_entry(file), file, previous)
+            if whole and reason == "lost":
+                self._lost_and_found(entry, file)
         if name in audited or (reason == "purge" and entry.session_id in purged):
             return
         operation = (
@@ -492,11 +495,15 @@ class Checker:
             return False
         assert isinstance(file, str) and isinstance(blob, str)
         self.awaited.add((entry.session_id, blob))
+        reason = manifest.get("reason")
         if not self.found(
             "trash-unfinished",
             path,
-            f"a file {manifest.get('reason')} that stopped after its commit: the old bytes "
-            "are still among the session's blobs",
+            f"the bytes of file {file!r}, lost from outside the app, are back among the "
+            "session's blobs"
+            if reason == "lost"
+            else f"a file {reason} that stopped after its commit: the old bytes are still "
+            "among the session's blobs",
             "move them into the entry and append its audit line",
         ):
             return False
@@ -678,15 +685,37 @@ class Checker:
             return
         self._check_files(session_id, records, blobs)
 
-    def _verify(self, target: Path, data: Path, name: str, acknowledged: Mapping[str, Any]) -> None:
-        """A file's bytes against what was acknowledged (thorough only: it reads them all).
+    def _lost_and_found(self, entry: TrashEntry, file: str) -> None:
+        """A file whose record a repair moved into the trash when its bytes were lost
+        (`_keep_lost_record`), whose bytes are back: reported while its session, there,
+        lacks it. No client deleted it: said "clean", the acknowledged file stayed out of
+        its session without a word once its bytes were found (red team 49)."""
+        live = self.store.sessions_dir / entry.session_id
+        if not live.is_dir() or live.is_symlink():
+            return  # the session is in the trash, or gone: its own restore comes first
+        with contextlib.suppress(InvalidNameError):
+            if os.path.lexists(live / RECORDS_DIR / check_stored_name(file)):
+                return  # uploaded again since: this copy is an older version, as a replace's
+        self.unrepaired(
+            "file-lost-found",
+            entry.path,
+            f"file {file!r}, moved into the trash when its bytes were lost from outside the "
+            "app (reason 'lost'), holds its bytes again, as acknowledged, and is not in its "
+            "session: no client deleted it",
+            f"nothing: left for a human (`app sessions restore {entry.session_id} --file "
+            f"{shlex.quote(file)}` puts it back, or empty the trash to let it go)",
+        )
+
+    def _verify(self, target: Path, data: Path, name: str, acknowledged: Mapping[str, Any]) -> bool:
+        """A file's bytes against what was acknowledged (thorough only: it reads them all);
+        whether they are as acknowledged (False also where they were not read).
 
         Nothing is repaired: the app cannot tell which bytes were meant, and a repair that
         moved them aside would lose the only copy there is. A download refuses them
         (`DamagedFileError`), where it once sent them as the acknowledged file (red team 35).
         """
         if not self.thorough:
-            return
+            return False
         damage = _damage(data, acknowledged, hash_bytes=self.hash_bytes)
         if damage is not None:
             self.unrepaired(
@@ -699,6 +728,7 @@ class Checker:
                 "`sha256sum` is the one acknowledged, or upload the file again, which keeps "
                 "these bytes in the trash)",
             )
+        return damage is None
 
     def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
         """A session's records against its blobs: each record's bytes there, each blob named."""

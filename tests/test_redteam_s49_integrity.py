@@ -72,6 +72,36 @@ def test_a_lost_files_entry_outlives_its_sessions_delete_and_a_repair(app_config
             assert handle.read() == data
 
 
+def test_a_lost_file_whose_bytes_are_back_is_named_until_it_is_back_in_its_session(
+    app_config: Config,
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    into_entry = _lost_record(app_config, "put back into its entry")
+    into_blobs = _lost_record(app_config, "put back where fsck took them")
+    assert run_app("data", "check", "--repair", env=env).returncode == 0
+    entries = {}
+    for sid, record, found, _ in (into_entry, into_blobs):
+        (entries[sid],) = (root / ".trash").glob(f"*-{sid}-file-*")
+    found = into_entry[2]
+    found.rename(entries[into_entry[0]] / "x.txt")
+    sid, record, found, _ = into_blobs
+    found.rename(root / "sessions" / sid / "blobs" / record["blob"])
+    # The second is moved into its entry by the repair; then both were "clean", each file
+    # out of its session, which no client deleted, without a word.
+    repaired = run_app("data", "check", "--repair", env=env)
+    assert "trash-unfinished" in repaired.stdout, repaired.stdout
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 65, checked.stdout + checked.stderr
+    for sid, entry in entries.items():
+        line = next(x for x in checked.stdout.splitlines() if entry.name in x)
+        assert line.startswith("file-lost-found"), checked.stdout
+        assert f"`app sessions restore {sid} --file x.txt` puts it back" in line, line
+        restored = run_app("sessions", "restore", sid, "--file", "x.txt", env=env)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert run_app("data", "check", env=env).returncode == 0
+
+
 def test_bytes_put_back_wrong_into_a_lost_files_entry_are_refused_and_kept(
     app_config: Config,
 ) -> None:
