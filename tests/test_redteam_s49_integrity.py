@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import forked_app
 import httpx
-from test_redteam_s39_integrity import needs_strace
-from test_redteam_s48_integrity import _half_replaced, _traced
+from test_redteam_s39_integrity import _detach, _traced, needs_strace
+from test_redteam_s48_integrity import _half_replaced
+from test_redteam_s48_integrity import _traced as _under_strace
 from test_server_e2e import app_env, run_app
 
-from app.config import Config
+from app.config import Config, load
 from app.lock import read_holder
 from app.storage import open_storage
+from app.testing.live_server import stop_server
 
 
 def _published(root: Path, tracer: subprocess.Popen[bytes]) -> int:
@@ -140,7 +145,7 @@ def test_a_server_whose_start_up_fsync_failed_refuses_every_write_route_and_says
     sid, entry, _ = _half_replaced(app_config, "start-up")
     env = app_env(root)
     log = tmp_path / "serve.log"
-    serve = _traced(["serve", "--port", "0"], "fsync:error=EIO:when=1", entry, env)
+    serve = _under_strace(["serve", "--port", "0"], "fsync:error=EIO:when=1", entry, env)
     with log.open("wb") as out:
         process = subprocess.Popen(serve, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -177,3 +182,61 @@ def test_a_server_whose_start_up_fsync_failed_refuses_every_write_route_and_says
         if holder and holder.get("pid"):
             os.kill(int(holder["pid"]), signal.SIGTERM)  # the server, not strace
         process.wait()
+
+
+
+def _in_write_to(pid: int, path: Path) -> bool:
+    """Whether a thread of ``pid`` is in a ``write`` to ``path`` (stopped there by strace)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            call = (task / "syscall").read_text().split()
+            if call[0] == "1" and os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}") == str(path):
+                return True
+    return False
+
+
+@needs_strace
+def test_an_audit_line_that_does_not_fit_takes_back_only_itself_not_anothers(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "live-data"
+    env = app_env(root)
+    config = load("testing", environ=env)
+    process, url = forked_app.start_server(env, root, tmp_path / "serve.log")
+    audit = root / "audit.jsonl"
+    long_name = "a" * 250
+    try:
+        with httpx.Client(base_url=url, headers=_headers(config), timeout=60) as http:
+            one = http.post("/sessions", json={"title": "one"}).json()["id"]
+            two = http.post("/sessions", json={"title": "t" * 300}).json()["id"]
+            assert http.put(f"/sessions/{one}/files/{long_name}", content=b"a").status_code == 201
+            # Room for one line of about 600 bytes more, not for two: each change passes the
+            # check of room made before it (`_refuse_audit_at_limit`), both at this size.
+            size = audit.stat().st_size
+            limit = f"--fsize={size + 1150}:unlimited"
+            subprocess.run(["prlimit", f"--pid={process.pid}", limit], check=True)
+            # Each thread's first write to the log held back a second: both changes have
+            # read the log's size before either line is written.
+            tracer = subprocess.Popen(
+                ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit), "-e", "trace=write",
+                 "-e", "inject=write:delay_enter=1000000:when=1", "-p", str(process.pid)],
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                while not _traced(process.pid):
+                    assert tracer.poll() is None, "strace could not attach"
+                with ThreadPoolExecutor(1) as pool:
+                    first = pool.submit(http.delete, f"/sessions/{one}/files/{long_name}")
+                    while not _in_write_to(process.pid, audit):
+                        assert not first.done(), first.result().text
+                    with httpx.Client(base_url=url, headers=_headers(config)) as other:
+                        second = other.delete(f"/sessions/{two}", timeout=60)
+                    assert first.result().status_code == 200 and second.status_code == 200
+            finally:
+                _detach(tracer)
+    finally:
+        stop_server(process)
+    # The line that did not fit was taken back to the size read before the other's was
+    # written: both acknowledged deletes were gone from the log.
+    lines = audit.read_text().splitlines()[-2:]
+    assert sum(long_name in line or two in line for line in lines) == 1, lines
