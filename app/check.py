@@ -696,6 +696,8 @@ class Checker:
         with contextlib.suppress(InvalidNameError):
             if os.path.lexists(live / RECORDS_DIR / check_stored_name(file)):
                 return  # uploaded again since: this copy is an older version, as a replace's
+        if self._newer_entry_of(entry, file):
+            return  # uploaded again and deleted by a client since: the newer one is restored
         self.unrepaired(
             "file-lost-found",
             entry.path,
@@ -705,6 +707,17 @@ class Checker:
             f"nothing: left for a human (`app sessions restore {entry.session_id} --file "
             f"{shlex.quote(file)}` puts it back, or empty the trash to let it go)",
         )
+
+    def _newer_entry_of(self, entry: TrashEntry, file: str) -> bool:
+        """Whether an entry newer than ``entry`` holds a version of its session's ``file``."""
+        for path in _listing(self.root.trash_dir):
+            found = TRASH_NAME_RE.fullmatch(path.name)
+            if found is None or path.name <= entry.name or found.group(2) != entry.session_id:
+                continue
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if json.loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
+                    return True
+        return False
 
     def _verify(self, target: Path, data: Path, name: str, acknowledged: Mapping[str, Any]) -> bool:
         """A file's bytes against what was acknowledged (thorough only: it reads them all);

@@ -107,6 +107,23 @@ def test_a_lost_file_whose_bytes_are_back_is_named_until_it_is_back_in_its_sessi
     assert run_app("data", "check", env=env).returncode == 0
 
 
+def test_a_lost_version_a_client_uploaded_again_and_deleted_is_not_named_lost(
+    app_config: Config,
+) -> None:
+    root = app_config.data_root
+    env = app_env(root)
+    sid, _, found, _ = _lost_record(app_config, "superseded")
+    assert run_app("data", "check", "--repair", env=env).returncode == 0
+    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    found.rename(entry / "x.txt")
+    with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
+        store.put_file(sid, "x.txt", b"uploaded again")
+        store.delete_file(sid, "x.txt")
+    # A restore brings back the version the client deleted, not this one: nothing to name.
+    checked = run_app("data", "check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_bytes_put_back_wrong_into_a_lost_files_entry_are_refused_and_kept(
     app_config: Config,
 ) -> None:
