@@ -524,23 +524,8 @@ class Checker:
         stopped before its commit", the entry was removed, and a restore brought back the
         version before it, as the one deleted (red team 36).
         """
-        if not isinstance(blob, str):
+        if not isinstance(blob, str) or self._not_lost_here(entry, file, blob):
             return False
-        live = self.store.sessions_dir / entry.session_id
-        if live.is_symlink():
-            return False
-        # The session deleted or purged since (its copy in the trash): looked for there. Taken
-        # for "stopped before its commit", the entry was removed, and with it the only
-        # record of a lost file's name, size and SHA-256 (red team 49).
-        homes = [live] if live.is_dir() else self._trashed_sessions(entry.session_id)
-        if not homes and entry.reason != "lost":
-            return False  # the session is gone for good: nothing tells a crash's leftover
-        for home in homes:
-            if os.path.lexists(home / BLOBS_DIR / blob):
-                return False
-            with contextlib.suppress(InvalidNameError):
-                if record_blob(home / RECORDS_DIR / check_stored_name(file)) == blob:
-                    return False  # the delete did not commit: the record names them still
         if os.path.lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
@@ -557,6 +542,26 @@ class Checker:
             "move the entry out of .trash/ to let a restore bring back the copy before it)",
         )
         return True
+
+    def _not_lost_here(self, entry: TrashEntry, file: str, blob: str) -> bool:
+        """Whether the entry's session (live, or its copy in the trash) still holds ``blob``
+        or a record naming it (a crash's leftover), or nothing can tell (`_lost`)."""
+        live = self.store.sessions_dir / entry.session_id
+        if live.is_symlink():
+            return True
+        # The session deleted or purged since (its copy in the trash): looked for there. Taken
+        # for "stopped before its commit", the entry was removed, and with it the only
+        # record of a lost file's name, size and SHA-256 (red team 49).
+        homes = [live] if live.is_dir() else self._trashed_sessions(entry.session_id)
+        if not homes and entry.reason != "lost":
+            return True  # the session is gone for good: nothing tells a crash's leftover
+        for home in homes:
+            if os.path.lexists(home / BLOBS_DIR / blob):
+                return True
+            with contextlib.suppress(InvalidNameError):
+                if record_blob(home / RECORDS_DIR / check_stored_name(file)) == blob:
+                    return True  # the delete did not commit: the record names them still
+        return False
 
     def _kept(self, entry: TrashEntry, blob: str) -> bool:
         """Whether another of the session's entries records ``blob`` as the bytes it holds."""

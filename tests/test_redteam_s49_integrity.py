@@ -1,4 +1,27 @@
-"""Red team 49 on integrity (work in progress)."""
+"""Red team 49 on integrity: the trash's record of a lost file, and the audit log's appends.
+
+Real commands on real files, real servers (one under ``strace``). What broke:
+
+- A file's trash entry whose bytes were removed from outside the app (red team 48's entry of
+  reason ``lost``, which keeps the record of a file ``fsck`` took the bytes of; or a deleted
+  version whose copy went the same way), once its session was deleted or purged: every
+  repair, and so every server's start-up, took it for "a file lost that stopped before its
+  commit; the file is unchanged" and removed it, with the name, size and SHA-256 that find
+  the bytes. The session's copy in the trash is now read as ``sessions/`` is.
+- The bytes of such a file found and put back (into its entry, or where ``fsck`` took them
+  from): ``check`` said clean, and the acknowledged file, which no client deleted, stayed
+  out of its session for good without a word. ``check`` names it (``file-lost-found``) with
+  the restore that puts it back.
+- Two changes of a server at once whose audit lines fit under the file size limit one at a
+  time, not both: the append that did not fit cut the log back to the size it had read,
+  past the other change's line, acknowledged: both deletes answered 200, neither in
+  ``audit.jsonl``. An append now holds a lock of the process from its look at the size to
+  its fsync.
+
+What held is kept too: bytes put back wrong, half, as a link, a directory or a FIFO are
+refused by a restore and left by the repair; a server whose start-up fsync failed refuses
+every write route, naming why, and ``GET /health`` says so.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +109,7 @@ def test_a_lost_file_whose_bytes_are_back_is_named_until_it_is_back_in_its_sessi
     into_blobs = _lost_record(app_config, "put back where fsck took them")
     assert run_app("data", "check", "--repair", env=env).returncode == 0
     entries = {}
-    for sid, record, found, _ in (into_entry, into_blobs):
+    for sid, *_ in (into_entry, into_blobs):
         (entries[sid],) = (root / ".trash").glob(f"*-{sid}-file-*")
     found = into_entry[2]
     found.rename(entries[into_entry[0]] / "x.txt")
@@ -199,7 +222,6 @@ def test_a_server_whose_start_up_fsync_failed_refuses_every_write_route_and_says
         if holder and holder.get("pid"):
             os.kill(int(holder["pid"]), signal.SIGTERM)  # the server, not strace
         process.wait()
-
 
 
 def _in_write_to(pid: int, path: Path) -> bool:
