@@ -33,6 +33,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import forked_app
 import httpx
@@ -71,12 +72,20 @@ def _lost_record(config: Config, title: str) -> tuple[str, dict, Path, bytes]:
     return sid, record, found, data
 
 
-def test_a_lost_files_entry_outlives_its_sessions_delete_and_a_repair(app_config: Config) -> None:
-    root = app_config.data_root
-    env = app_env(root)
-    sid, record, found, data = _lost_record(app_config, "deleted after")
+def _repaired_lost(
+    config: Config, title: str
+) -> tuple[dict[str, str], str, dict[str, Any], Path, bytes, Path]:
+    """`_lost_record`, then the repair that moves the record into the trash: the commands'
+    environment, the session, the record, where the bytes went, the bytes, and the entry."""
+    env = app_env(config.data_root)
+    sid, record, found, data = _lost_record(config, title)
     assert run_app("data", "check", "--repair", env=env).returncode == 0
-    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    (entry,) = (config.data_root / ".trash").glob(f"*-{sid}-file-*")
+    return env, sid, record, found, data, entry
+
+
+def test_a_lost_files_entry_outlives_its_sessions_delete_and_a_repair(app_config: Config) -> None:
+    env, sid, record, found, data, entry = _repaired_lost(app_config, "deleted after")
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
         store.delete_session(sid)
     # The session in the trash, the entry is no crash's leftover: it was removed ("a file
@@ -133,11 +142,7 @@ def test_a_lost_file_whose_bytes_are_back_is_named_until_it_is_back_in_its_sessi
 def test_a_lost_version_a_client_uploaded_again_and_deleted_is_not_named_lost(
     app_config: Config,
 ) -> None:
-    root = app_config.data_root
-    env = app_env(root)
-    sid, _, found, _ = _lost_record(app_config, "superseded")
-    assert run_app("data", "check", "--repair", env=env).returncode == 0
-    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    env, sid, _, found, _, entry = _repaired_lost(app_config, "superseded")
     found.rename(entry / "x.txt")
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
         store.put_file(sid, "x.txt", b"uploaded again")
@@ -150,11 +155,7 @@ def test_a_lost_version_a_client_uploaded_again_and_deleted_is_not_named_lost(
 def test_bytes_put_back_wrong_into_a_lost_files_entry_are_refused_and_kept(
     app_config: Config,
 ) -> None:
-    root = app_config.data_root
-    env = app_env(root)
-    sid, record, found, data = _lost_record(app_config, "put back")
-    assert run_app("data", "check", "--repair", env=env).returncode == 0
-    (entry,) = (root / ".trash").glob(f"*-{sid}-file-*")
+    env, sid, record, found, data, entry = _repaired_lost(app_config, "put back")
     put = entry / "x.txt"
     restore = ("sessions", "restore", sid, "--file", "x.txt")
     wrong = {
