@@ -255,11 +255,11 @@ def test_an_audit_line_that_does_not_fit_takes_back_only_itself_not_anothers(
             size = audit.stat().st_size
             limit = f"--fsize={size + 1150}:unlimited"
             subprocess.run(["prlimit", f"--pid={process.pid}", limit], check=True)
-            # Each thread's first write to the log held back a second: both changes have
+            # Each thread's first write to the log held back half a second: both changes have
             # read the log's size before either line is written.
             tracer = subprocess.Popen(
                 ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit), "-e", "trace=write",
-                 "-e", "inject=write:delay_enter=1000000:when=1", "-p", str(process.pid)],
+                 "-e", "inject=write:delay_enter=500000:when=1", "-p", str(process.pid)],
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             try:
