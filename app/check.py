@@ -707,8 +707,9 @@ class Checker:
             "file-lost-found",
             entry.path,
             f"file {file!r}, moved into the trash when its bytes were lost from outside the "
-            "app (reason 'lost'), holds its bytes again, as acknowledged, and is not in its "
-            "session: no client deleted it",
+            "app (reason 'lost'), holds "
+            + ("its bytes again, as acknowledged" if self.hash_bytes else "bytes of its size")
+            + " and is not in its session: no client deleted it",
             f"nothing: left for a human (`app sessions restore {entry.session_id} --file "
             f"{shlex.quote(file)}` puts it back, or empty the trash to let it go)",
         )
