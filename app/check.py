@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import zlib
@@ -376,10 +377,12 @@ class Checker:
         if not self._complete(entry, manifest, contents):
             return
         file, previous = manifest.get("file"), manifest.get("entry")
+        reason = manifest.get("reason")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
             # A version a restore would bring back, checked as a file is (red team 35).
-            self._verify(path, path / bytes_in_entry(file), file, previous)
-        reason = manifest.get("reason")
+            whole = self._verify(path, path / bytes_in_entry(file), file, previous)
+            if whole and reason == "lost":
+                self._lost_and_found(entry, file)
         if name in audited or (reason == "purge" and entry.session_id in purged):
             return
         operation = (
@@ -492,11 +495,15 @@ class Checker:
             return False
         assert isinstance(file, str) and isinstance(blob, str)
         self.awaited.add((entry.session_id, blob))
+        reason = manifest.get("reason")
         if not self.found(
             "trash-unfinished",
             path,
-            f"a file {manifest.get('reason')} that stopped after its commit: the old bytes "
-            "are still among the session's blobs",
+            f"the bytes of file {file!r}, lost from outside the app, are back among the "
+            "session's blobs"
+            if reason == "lost"
+            else f"a file {reason} that stopped after its commit: the old bytes are still "
+            "among the session's blobs",
             "move them into the entry and append its audit line",
         ):
             return False
@@ -517,14 +524,8 @@ class Checker:
         stopped before its commit", the entry was removed, and a restore brought back the
         version before it, as the one deleted (red team 36).
         """
-        session_dir = self.store.sessions_dir / entry.session_id
-        if not (session_dir.is_dir() and isinstance(blob, str)) or session_dir.is_symlink():
+        if not isinstance(blob, str) or self._not_lost_here(entry, file, blob):
             return False
-        if os.path.lexists(session_dir / BLOBS_DIR / blob):
-            return False
-        with contextlib.suppress(InvalidNameError):
-            if record_blob(session_dir / RECORDS_DIR / check_stored_name(file)) == blob:
-                return False  # the delete did not commit: the record names them still
         if os.path.lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
@@ -541,6 +542,26 @@ class Checker:
             "move the entry out of .trash/ to let a restore bring back the copy before it)",
         )
         return True
+
+    def _not_lost_here(self, entry: TrashEntry, file: str, blob: str) -> bool:
+        """Whether the entry's session (live, or its copy in the trash) still holds ``blob``
+        or a record naming it (a crash's leftover), or nothing can tell (`_lost`)."""
+        live = self.store.sessions_dir / entry.session_id
+        if live.is_symlink():
+            return True
+        # The session deleted or purged since (its copy in the trash): looked for there. Taken
+        # for "stopped before its commit", the entry was removed, and with it the only
+        # record of a lost file's name, size and SHA-256 (red team 49).
+        homes = [live] if live.is_dir() else self._trashed_sessions(entry.session_id)
+        if not homes and entry.reason != "lost":
+            return True  # the session is gone for good: nothing tells a crash's leftover
+        for home in homes:
+            if os.path.lexists(home / BLOBS_DIR / blob):
+                return True
+            with contextlib.suppress(InvalidNameError):
+                if record_blob(home / RECORDS_DIR / check_stored_name(file)) == blob:
+                    return True  # the delete did not commit: the record names them still
+        return False
 
     def _kept(self, entry: TrashEntry, blob: str) -> bool:
         """Whether another of the session's entries records ``blob`` as the bytes it holds."""
@@ -559,16 +580,22 @@ class Checker:
 
     def _trashed_copy(self, session_id: str, blob: str) -> Path | None:
         """The session's newest copy in the trash that holds ``blob`` among its blobs."""
+        for copy in self._trashed_sessions(session_id):
+            if (copy / BLOBS_DIR / blob).is_file():
+                return copy
+        return None
+
+    def _trashed_sessions(self, session_id: str) -> list[Path]:
+        """The session's copies in the trash, newest first (links never followed)."""
+        copies = []
         for path in reversed(_listing(self.root.trash_dir)):
             found = TRASH_NAME_RE.fullmatch(path.name)
             if found is None or found.group(2) != session_id or found.group(3) is not None:
                 continue
             copy = path / TRASHED_SESSION
-            if path.is_symlink() or copy.is_symlink():
-                continue  # never followed
-            if (copy / BLOBS_DIR / blob).is_file():
-                return copy
-        return None
+            if not (path.is_symlink() or copy.is_symlink()) and copy.is_dir():
+                copies.append(copy)
+        return copies
 
     def _linked(self, directory: Path) -> bool:
         """Whether a link stands where the session keeps its files (reported, left alone).
@@ -663,15 +690,51 @@ class Checker:
             return
         self._check_files(session_id, records, blobs)
 
-    def _verify(self, target: Path, data: Path, name: str, acknowledged: Mapping[str, Any]) -> None:
-        """A file's bytes against what was acknowledged (thorough only: it reads them all).
+    def _lost_and_found(self, entry: TrashEntry, file: str) -> None:
+        """A file whose record a repair moved into the trash when its bytes were lost
+        (`_keep_lost_record`), whose bytes are back: reported while its session, there,
+        lacks it. No client deleted it: said "clean", the acknowledged file stayed out of
+        its session without a word once its bytes were found (red team 49)."""
+        live = self.store.sessions_dir / entry.session_id
+        if not live.is_dir() or live.is_symlink():
+            return  # the session is in the trash, or gone: its own restore comes first
+        with contextlib.suppress(InvalidNameError):
+            if os.path.lexists(live / RECORDS_DIR / check_stored_name(file)):
+                return  # uploaded again since: this copy is an older version, as a replace's
+        if self._newer_entry_of(entry, file):
+            return  # uploaded again and deleted by a client since: the newer one is restored
+        self.unrepaired(
+            "file-lost-found",
+            entry.path,
+            f"file {file!r}, moved into the trash when its bytes were lost from outside the "
+            "app (reason 'lost'), holds "
+            + ("its bytes again, as acknowledged" if self.hash_bytes else "bytes of its size")
+            + " and is not in its session: no client deleted it",
+            f"nothing: left for a human (`app sessions restore {entry.session_id} --file "
+            f"{shlex.quote(file)}` puts it back, or empty the trash to let it go)",
+        )
+
+    def _newer_entry_of(self, entry: TrashEntry, file: str) -> bool:
+        """Whether an entry newer than ``entry`` holds a version of its session's ``file``."""
+        for path in _listing(self.root.trash_dir):
+            found = TRASH_NAME_RE.fullmatch(path.name)
+            if found is None or path.name <= entry.name or found.group(2) != entry.session_id:
+                continue
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if json.loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
+                    return True
+        return False
+
+    def _verify(self, target: Path, data: Path, name: str, acknowledged: Mapping[str, Any]) -> bool:
+        """A file's bytes against what was acknowledged (thorough only: it reads them all);
+        whether they are as acknowledged (False also where they were not read).
 
         Nothing is repaired: the app cannot tell which bytes were meant, and a repair that
         moved them aside would lose the only copy there is. A download refuses them
         (`DamagedFileError`), where it once sent them as the acknowledged file (red team 35).
         """
         if not self.thorough:
-            return
+            return False
         damage = _damage(data, acknowledged, hash_bytes=self.hash_bytes)
         if damage is not None:
             self.unrepaired(
@@ -684,6 +747,7 @@ class Checker:
                 "`sha256sum` is the one acknowledged, or upload the file again, which keeps "
                 "these bytes in the trash)",
             )
+        return damage is None
 
     def _check_files(self, session_id: str, records: list[Path], blobs: list[Path]) -> None:
         """A session's records against its blobs: each record's bytes there, each blob named."""

@@ -364,7 +364,8 @@ class Finding:
             ``trash-empty``, ``trash-manifest-only``, ``trash-unfinished``,
             ``trash-unaudited``, ``trash-no-manifest``, ``trash-emptying``,
             ``record-without-file``, ``file-without-record``, ``legacy-layout``,
-            ``session-unreadable``, ``permission-denied`` or ``unknown-entry``.
+            ``file-damaged``, ``file-lost-found``, ``session-unreadable``,
+            ``permission-denied`` or ``unknown-entry``.
         target: what it concerns, relative to the data root.
         detail: what it is and how it came about.
         repair: what ``--repair`` does about it (``"nothing: ..."`` if it needs a human).
