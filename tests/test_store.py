@@ -594,3 +594,54 @@ def test_a_data_root_swapped_for_a_link_to_itself_is_refused_before_a_write(
     finally:
         root.unlink()
         moved.rename(root)
+
+
+def test_a_record_switched_in_as_a_change_looks_is_never_taken_for_a_damaged_one(
+    tmp_path: Path,
+) -> None:
+    """A PUT checks a file's record before its body, outside the session's lock. That check
+    read nothing (another client's delete had just moved the record away), then looked at
+    the name again and met a third client's new record there: "its record is there but the
+    app cannot read it" (500 file_record_unreadable) for a sound record, once in red team
+    30's randomized history. What is there is judged by the open that read it."""
+    import threading
+
+    from app.errors import FileRecordUnreadableError
+    from app.store.records import record_to_change
+
+    path = tmp_path / "a.txt"
+    source = tmp_path / ".record"
+    blob = "01a246e1e42a7358aa3397434a0cb84f"
+    source.write_text(json.dumps({"name": "a.txt", "blob": blob, "size": 1, "sha256": "0"}))
+    stop = threading.Event()
+
+    def switch_in_and_delete() -> None:  # as commits and deletes do it: a rename, an unlink
+        while not stop.is_set():
+            os.link(source, tmp_path / ".next")
+            os.rename(tmp_path / ".next", path)
+            os.unlink(path)
+
+    churn = threading.Thread(target=switch_in_and_delete)
+    churn.start()
+    seen: dict[str, int] = {"record": 0, "nothing": 0, "refused": 0}
+    try:
+        for _ in range(50_000):
+            try:
+                found = record_to_change(path, "s", "store")
+            except FileRecordUnreadableError:
+                seen["refused"] += 1
+            else:
+                seen["record" if found is not None else "nothing"] += 1
+    finally:
+        stop.set()
+        churn.join()
+    assert seen["refused"] == 0, seen
+    assert seen["record"] and seen["nothing"], seen  # the race was run, both ways
+    # A record the app cannot read is still refused, judged by the same open.
+    path.write_text("{torn")
+    with pytest.raises(FileRecordUnreadableError):
+        record_to_change(path, "s", "store")
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(FileRecordUnreadableError):
+        record_to_change(path, "s", "store")

@@ -144,33 +144,41 @@ def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | N
     "never acknowledged" at the next repair (red team 46). A link, a FIFO or a socket holds
     no record of this session's: a write replaces it, never writing through it.
     """
-    record = load_record(path)
-    if record is None:
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError as error:
-            if error.errno in MISSING_ERRNOS:
-                return None
-            raise
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-            raise FileRecordUnreadableError(session_id, path.name, action)
+    # What is there is judged by the one open that read it: a look at the name after a read
+    # that found nothing (the file deleted by a change under way) met the next change's new
+    # record, and a PUT's check before its body was refused as "damaged outside the app" (a
+    # race of two clients, seen in red team 30's history test).
+    record, opened = _opened_record(path)
+    if (
+        record is None
+        and opened is not None
+        and (stat.S_ISREG(opened.st_mode) or stat.S_ISDIR(opened.st_mode))
+    ):
+        raise FileRecordUnreadableError(session_id, path.name, action)
     return record
 
 
 def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
     """:func:`load_record`, and whether the file is linked elsewhere too (``st_nlink`` > 1)."""
+    record, opened = _opened_record(path)
+    return record, opened is not None and opened.st_nlink > 1
+
+
+def _opened_record(path: Path) -> tuple[FileRecord | None, os.stat_result | None]:
+    """The record at ``path`` (None where what is there is none of ours), and what the open
+    that read it found there (None where it opened nothing: no name, a link, a socket)."""
     try:
         fd = open_regular(str(path), os.O_RDONLY)
     except OSError as error:
         if error.errno in MISSING_ERRNOS:
-            return None, False
+            return None, None
         raise
     try:
         info = os.fstat(fd)
         # Checked before a file object is made on it: os.fdopen refuses a directory (made
         # there by hand) with IsADirectoryError, which failed every read of the session.
         if not stat.S_ISREG(info.st_mode):
-            return None, False
+            return None, info
         # One read of what fstat said, plus one byte: short of that is the end of the file
         # (the second read a file object makes to find it was a system call per record).
         limit = _MAX_RECORD_BYTES + 1
@@ -185,7 +193,7 @@ def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
         raise
     finally:
         os.close(fd)
-    return _parsed_record(raw, path.name), info.st_nlink > 1
+    return _parsed_record(raw, path.name), info
 
 
 def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
