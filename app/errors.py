@@ -1454,7 +1454,7 @@ class DamagedFileError(StoreError):
         "cannot send file {name!r} of session {session_id}: its bytes {damage}, so they are "
         "not the file that was acknowledged (they were changed outside the app: a disk "
         "fault, an edit, a partial restore); {sent}. `app data check` "
-        "reports every such file as file-damaged. Put the file back from a backup (its "
+        "reports every such file as {finding}. Put the file back from a backup (its "
         "SHA-256 is the ETag it was served with), or upload it again (PUT "
         "/sessions/{session_id}/files/{name}), which keeps the damaged bytes in the trash"
     )
@@ -1463,6 +1463,9 @@ class DamagedFileError(StoreError):
     name: str
     damage: str
     sent: str = "nothing of it was sent"
+    finding: str = field(default="file-damaged", kw_only=True)
+    """What `app data check` calls it: on PostgreSQL and object storage, one of the
+    remote check's own findings (``record-without-object``, ``record-object-changed``)."""
 
 
 class FileRecordUnreadableError(StoreError):

@@ -467,25 +467,6 @@ class ObjectMissingError(StorageError):
     where: str
 
 
-class ObjectChangedError(StorageError):
-    """A file's object is not the size its row recorded: it was rewritten outside the app."""
-
-    code = "object_changed"
-    template = (
-        "object {where} is {found} bytes, but file {name!r} of session {session_id} was saved "
-        "as {recorded} bytes: the object was overwritten outside the app, which never "
-        "rewrites one; nothing was sent. Bring back its version of {recorded} bytes (the "
-        "bucket's versioning keeps it, or a backup), or delete the file; `app data check` "
-        "lists every such file"
-    )
-
-    where: str
-    found: int
-    recorded: int
-    name: str
-    session_id: str
-
-
 class ReplicasLiveError(AppError):
     """Destructive maintenance while replicas hold the database (or another maintenance)."""
 

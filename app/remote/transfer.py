@@ -19,10 +19,10 @@ from typing import Any, Final
 
 from app import storage
 from app.digests import Digests
-from app.errors import UploadTooLargeError
+from app.errors import DamagedFileError, UploadTooLargeError
 from app.remote.errors import (
     CommitUnknownError,
-    ObjectChangedError,
+    ObjectMissingError,
     ObjectStoreUnavailableError,
 )
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
@@ -38,6 +38,14 @@ _FEED_DEPTH: Final = 16  # chunks an upload may queue ahead of the object store
 # --- reading a file ---------------------------------------------------------------------------
 
 
+#: What a download says of a file whose row is there and whose object is not.
+OBJECT_LOST: Final = (
+    "are not there (their object was removed from the object store from outside the app: "
+    "by hand, a lifecycle rule, a restore that left it out; `app data check` names it, and "
+    "only a backup or the bucket's versioning has it)"
+)
+
+
 class ObjectFile(io.RawIOBase):
     """A file's object, readable and seekable, fetched with ranged GETs as it is read.
 
@@ -46,6 +54,9 @@ class ObjectFile(io.RawIOBase):
     closes it and opens one from there (so seeking to the end for the size and back costs
     no request). ``size`` and ``mtime`` come from the file's row.
     """
+
+    #: What `app data check` reports of bytes not those acknowledged (`DamagedFileError`).
+    damage_finding: Final = "record-object-changed"
 
     def __init__(
         self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str, session_id: str
@@ -65,16 +76,27 @@ class ObjectFile(io.RawIOBase):
 
     def _open(self, start: int) -> None:
         # No Range for the start: an empty object has no byte 0 to ask for (416).
-        self._stream = self._objects.get(self._blob, start=start or None)
+        try:
+            self._stream = self._objects.get(self._blob, start=start or None)
+        except ObjectMissingError:
+            # As a data root answers a file whose bytes are gone, without the bucket or the
+            # endpoint, which were sent to the client as "object_missing" (red team 49).
+            raise DamagedFileError(
+                self.session_id, self.name, OBJECT_LOST, finding="record-without-object"
+            ) from None
         found = self._stream.size
         if found != self.size:
             # Rewritten by hand: the bytes are not those the row describes (a shorter object
             # would end a response early, a longer one be cut at the recorded size).
             self._drop()
-            raise ObjectChangedError(
-                f"{self._objects.where}/{self._blob}", found, self.size,
-                self.name, self.session_id,
-            )  # fmt: skip
+            raise DamagedFileError(
+                self.session_id,
+                self.name,
+                f"are {found} bytes long, where {self.size} were acknowledged (their object "
+                "was overwritten outside the app, which never rewrites one: the bucket's "
+                "versioning may keep the version acknowledged)",
+                finding=self.damage_finding,
+            )
         self._chunks = iter(self._stream)
         self._pending = memoryview(b"")
         self._at = start

@@ -1,0 +1,150 @@
+"""Red team 49 on PostgreSQL and object storage: a file's object gone from the bucket.
+
+What broke:
+
+- A download of a listed file whose object was removed from the bucket from outside the app
+  (by hand, a lifecycle rule, a restore that left it out) was 500 ``object_missing``, "object
+  s3://<bucket>/<prefix> at <endpoint>/blobs/<hex> is recorded but missing": the bucket and
+  endpoint sent to the HTTP client, neither the file nor its session named, and no remedy but
+  "`app data check` lists such rows". An object of another size was 500 ``object_changed``,
+  the bucket named too. The local backend, and the API reference for both, answer such a
+  file 500 ``file_damaged``, naming the file, its session, what happened to its bytes and
+  what resolves it. Both now answer ``file_damaged`` on PostgreSQL too, naming the finding
+  `app data check` reports (``record-without-object``, ``record-object-changed``), and no
+  bucket or endpoint.
+- A download whose file was deleted (or replaced) and the trash emptied by another replica
+  between the download's read of the file's row and its first read of the object (a
+  ``POST /trash/empty`` that is not aged) was that same 500, saying the object was "missing
+  from the object store" and to run `app data check`, which found nothing wrong: no damage,
+  only a delete that came first. It is now what a download after the delete is: 404 (or the
+  new version, after a replace).
+
+What held is kept below: a ``DELETE`` and a replacing ``PUT`` of such a file work under a live
+server; `app data check --repair` never removes its row; `app sessions restore` of it is
+refused by name (``trash_copy_lost``); `empty-trash` removes its trashed row.
+
+All real: the suite's cluster and ``weed``, two replicas as two RemoteStores, the HTTP app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import test_remote_store
+from engines import S3Engine
+from fastapi.testclient import TestClient
+
+from app.config import Config
+from app.errors import DamagedFileError, FileNotFoundInSessionError
+from app.remote.store import RemoteStore
+from app.server import create_app
+
+opened, store, pair = test_remote_store.opened, test_remote_store.store, test_remote_store.pair
+
+
+def _blob(store: RemoteStore, session_id: str, name: str) -> str:
+    row = store.db.conn
+    with row() as conn:
+        found = conn.execute(
+            "SELECT blob FROM app_files WHERE session_id = %s AND name = %s"
+            " AND deleted_at IS NULL",
+            (session_id, name),
+        ).fetchone()
+    assert found is not None
+    return str(found["blob"])
+
+
+@pytest.fixture
+def http(store: RemoteStore, app_config: Config) -> Iterator[TestClient]:
+    headers = {"Authorization": f"Bearer {app_config.api_token}"}
+    with TestClient(create_app(store, app_config), headers=headers) as client:
+        yield client
+
+
+def test_a_file_whose_object_is_gone_or_rewritten_is_file_damaged_as_on_a_data_root(
+    store: RemoteStore, http: TestClient, s3_engine: S3Engine
+) -> None:
+    sid = store.create_session("lost")["id"]
+    store.put_file(sid, "gone.txt", b"acknowledged")
+    store.put_file(sid, "short.txt", b"the saved bytes")
+    s3 = s3_engine.client()
+    location = store.objects.location
+    s3.delete_object(Bucket=s3_engine.bucket, Key=location.key(_blob(store, sid, "gone.txt")))
+    s3.put_object(
+        Bucket=s3_engine.bucket, Key=location.key(_blob(store, sid, "short.txt")), Body=b"x"
+    )
+    # Before: 500 object_missing / object_changed, naming the bucket and the endpoint.
+    for name, damage, finding in [
+        ("gone.txt", "are not there (their object was removed from the object store", "record-without-object"),
+        ("short.txt", "are 1 bytes long, where 15 were acknowledged", "record-object-changed"),
+    ]:  # fmt: skip
+        for answer in (http.get(f"/sessions/{sid}/files/{name}"), http.head(f"/sessions/{sid}/files/{name}")):
+            assert (answer.status_code, answer.headers.get("content-type")) == (
+                500, "application/problem+json"
+            ), answer.text  # fmt: skip
+        got = http.get(f"/sessions/{sid}/files/{name}").json()
+        said = got["detail"]
+        assert got["code"] == "file_damaged", said
+        assert f"cannot send file {name!r} of session {sid}: its bytes {damage}" in said
+        assert f"`app data check` reports every such file as {finding}" in said, said
+        assert f"upload it again (PUT /sessions/{sid}/files/{name})" in said, said
+        assert s3_engine.bucket not in said and "http" not in said, said
+        with pytest.raises(DamagedFileError):
+            store.open_file(sid, name)
+    # Held: the check names each, its repair removes neither row.
+    findings = store.check(repair=False).findings
+    assert sorted((f.problem, f.target) for f in findings) == [
+        ("record-object-changed", f"{sid}/short.txt"),
+        ("record-without-object", f"{sid}/gone.txt"),
+    ]
+    # Held: a replace and a delete of such files work; the rows wait in the trash.
+    assert http.put(f"/sessions/{sid}/files/short.txt", content=b"new").status_code == 200
+    assert http.get(f"/sessions/{sid}/files/short.txt").content == b"new"
+    assert http.delete(f"/sessions/{sid}/files/gone.txt").status_code == 200
+    assert [f["name"] for f in http.get(f"/sessions/{sid}").json()["files"]] == ["short.txt"]
+
+
+def _between_row_and_object(replica: RemoteStore, step: Callable[[], Any]) -> None:
+    """Run ``step`` once, at ``replica``'s next read of an object: after the download has
+    read the file's row, before the object store answers it (the window another replica's
+    requests fall into)."""
+    objects = replica.objects
+    real = objects.get
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        del objects.get  # the bound method again, for this and every later read
+        step()
+        return real(*args, **kwargs)
+
+    objects.get = get  # type: ignore[method-assign]
+
+
+def test_a_download_that_another_replica_s_delete_and_empty_trash_overtook_is_a_404(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    sid = first.create_session("raced")["id"]
+    first.put_file(sid, "a.txt", b"one")
+    first.put_file(sid, "b.txt", b"two")
+
+    def delete_and_empty() -> None:
+        second.delete_file(sid, "a.txt")
+        second.empty_trash(None, via="test")
+
+    # Before: ObjectMissingError, a 500 "recorded but missing from the object store".
+    _between_row_and_object(first, delete_and_empty)
+    with pytest.raises(FileNotFoundInSessionError):
+        first.open_file(sid, "a.txt")
+
+    def replace_and_empty() -> None:
+        second.put_file(sid, "b.txt", b"three", replace=True)
+        second.empty_trash(None, via="test")
+
+    # A replace that came first: the download is of the new version, as after it.
+    _between_row_and_object(first, replace_and_empty)
+    file, entry = first.open_file(sid, "b.txt")
+    with file:
+        assert (file.read(), entry["size"]) == (b"three", 5)
+    assert first.check(repair=False).findings == []
