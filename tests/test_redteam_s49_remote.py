@@ -148,3 +148,37 @@ def test_a_download_that_another_replica_s_delete_and_empty_trash_overtook_is_a_
     with file:
         assert (file.read(), entry["size"]) == (b"three", 5)
     assert first.check(repair=False).findings == []
+
+
+def _between_rows_and_listing(replica: RemoteStore, step: Callable[[], Any]) -> None:
+    """Run ``step`` once, at ``replica``'s next listing of objects: in its check, after the
+    rows were read."""
+    objects = replica.objects
+    real = objects.objects
+
+    def listing(*args: Any, **kwargs: Any) -> Any:
+        del objects.objects
+        step()
+        return real(*args, **kwargs)
+
+    objects.objects = listing  # type: ignore[method-assign]
+
+
+def test_a_check_beside_a_replica_that_empties_the_trash_reports_no_lost_object(
+    pair: tuple[RemoteStore, RemoteStore],
+) -> None:
+    first, second = pair
+    sid = first.create_session("checked")["id"]
+    first.put_file(sid, "a.txt", b"one")
+    first.delete_file(sid, "a.txt")
+    first.put_file(sid, "kept.txt", b"kept")
+
+    # Before: record-without-object "the bytes are gone; restore them from a backup", of a
+    # row the other replica's empty-trash removed with its object as the check ran.
+    _between_rows_and_listing(first, lambda: second.empty_trash(None, via="test"))
+    assert first.check(repair=False).findings == []
+    # Held: an object really gone is still reported, beside the race.
+    first.objects.delete(_blob(first, sid, "kept.txt"))
+    _between_rows_and_listing(first, lambda: None)
+    [lost] = first.check(repair=False).findings
+    assert (lost.problem, lost.target) == ("record-without-object", f"{sid}/kept.txt")
