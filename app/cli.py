@@ -1104,6 +1104,11 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
         unresolved = report.unresolved
         if not report.findings:
             click.echo(f"clean: {_named(config, location)} is consistent")
+        elif not unresolved and report.unaudited is not None:
+            click.echo(
+                f"repaired {len(report.findings)} finding(s); the audit log could not record "
+                f"them ({report.unaudited}): their record is in this command's log, above"
+            )
         elif not unresolved:
             click.echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
         elif repair:

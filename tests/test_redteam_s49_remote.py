@@ -28,12 +28,17 @@ All real: the suite's cluster and ``weed``, two replicas as two RemoteStores, th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import forked_app
+import psycopg
 import pytest
+import test_redteam_s37_remote
 import test_remote_store
 from engines import S3Engine
+from replicas import Production
 from fastapi.testclient import TestClient
 
 from app.config import Config
@@ -42,6 +47,7 @@ from app.remote.store import RemoteStore
 from app.server import create_app
 
 opened, store, pair = test_remote_store.opened, test_remote_store.store, test_remote_store.pair
+production = test_redteam_s37_remote.production
 
 
 def _blob(store: RemoteStore, session_id: str, name: str) -> str:
@@ -182,3 +188,36 @@ def test_a_check_beside_a_replica_that_empties_the_trash_reports_no_lost_object(
     _between_rows_and_listing(first, lambda: None)
     [lost] = first.check(repair=False).findings
     assert (lost.problem, lost.target) == ("record-without-object", f"{sid}/kept.txt")
+
+
+def test_a_repair_whose_audit_row_is_refused_says_what_it_did_and_logs_the_row(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    assert production.run("sessions", "list").returncode == 0  # opened: stamped and bound
+    bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
+    s3 = s3_engine.client()
+    orphans = [f"blobs/{i:032x}" for i in range(2)]
+    for name in orphans:
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=b"never committed")
+    # Another client holds a lock the audit row's INSERT waits for (a SHARE lock: the
+    # check's reads pass), past the app's lock_timeout.
+    with psycopg.connect(production.database_url) as other:
+        other.execute("LOCK TABLE app_audit IN SHARE MODE")
+        repaired = forked_app.run(
+            {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "0.3"},
+            ["data", "check", "--repair"],
+        )
+    out, err = repaired.stdout, " ".join(repaired.stderr.split())
+    # Before: exit 69, "refused the audit record of check-repair: ... lock timeout ...;
+    # nothing was changed", the orphans deleted all the same and recorded nowhere.
+    assert repaired.returncode == 0, err
+    assert "nothing was changed" not in out + err
+    assert out.count("object-without-record") == 2 and "repaired: delete the object" in out
+    assert "repaired 2 finding(s); the audit log could not record them (canceling" in out, out
+    assert "lock timeout" in out and "their record is in this command's log, above" in out
+    assert "could not record the repair in" in err and "the row it should hold:" in err, err
+    logged = json.loads(err.rpartition("the row it should hold: ")[2])
+    assert logged["operation"] == "check-repair"
+    assert [f["target"] for f in logged["findings"]] == orphans
+    assert all(f["repaired"] for f in logged["findings"])
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/")["KeyCount"] == 0

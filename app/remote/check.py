@@ -8,9 +8,12 @@ nothing.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.errors import AppError
 from app.remote import pg
 from app.remote.db import Database
 from app.remote.errors import ObjectMissingError
@@ -18,6 +21,8 @@ from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
 from app.storage import CheckReport, Finding
 
 __all__ = ["check"]
+
+log = logging.getLogger("app.remote.store")
 
 
 def check(
@@ -127,8 +132,13 @@ def check(
             if finding is not None:
                 findings.append(finding)
     if repair and (orphans or unfinished):
-        objects.delete(*(info.name for info in orphans))
-        objects.abort_uploads(*unfinished)
+        try:
+            objects.delete(*(info.name for info in orphans))
+            objects.abort_uploads(*unfinished)
+        except AppError:
+            # Some may be gone already: what was found is recorded, then the refusal raised.
+            _record(db, findings)
+            raise
         findings = [
             Finding(f.problem, f.target, f.detail, f.repair, True)
             if f.problem in {"object-without-record", "upload-without-object"}
@@ -136,9 +146,35 @@ def check(
             for f in findings
         ]
     findings = _recount(db, findings) if repair and exclusive and drift else findings
-    if repair and findings:
-        db.audit_alone("check-repair", db.where, findings=[f.to_dict() for f in findings])
-    return CheckReport(findings, repair)
+    unaudited = _record(db, findings) if repair and findings else None
+    return CheckReport(findings, repair, unaudited)
+
+
+def _record(db: Database, findings: list[Finding]) -> str | None:
+    """The ``check-repair`` audit row of what the repair found and did.
+
+    Its objects are deleted by then, which no rollback brings back: a refusal of the row (a
+    lock held on ``app_audit``, the database's disk full, its connection lost) turned a
+    repair that happened into "nothing was changed", exit 69, and left no record of it (red
+    team 49). The row goes to the process's log instead, as a data root's line does.
+    """
+    details = {"findings": [f.to_dict() for f in findings]}
+    try:
+        db.audit_alone("check-repair", db.where, **details)
+    except AppError as error:
+        # Its reason alone: the refusal's "nothing was changed" is of the row, not the repair.
+        reason = str(getattr(error, "reason", "") or error.message)
+        sqlstate = getattr(error, "sqlstate", None)
+        remedy = getattr(error, "remedy", "")
+        why = f"{reason}{f' (SQLSTATE {sqlstate})' if sqlstate else ''}{f'; {remedy}' if remedy else ''}"
+        log.warning(
+            "could not record the repair in %s's audit table (%s); the row it should hold: %s",
+            db.where,
+            why,
+            json.dumps({"operation": "check-repair", "target": db.where, **details}),
+        )
+        return why
+    return None
 
 
 def _count_drift(counted: dict[str, Any] | None, exclusive: bool) -> Finding | None:
