@@ -1157,6 +1157,11 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
     stamp = restamp(config, from_profile)
     if stamp["changed"]:
         click.echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
+        if stamp.get("unaudited"):
+            click.echo(
+                f"the audit log could not record it ({stamp['unaudited']}): its record is in "
+                "this command's log, above"
+            )
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
         click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")

@@ -190,34 +190,64 @@ def test_a_check_beside_a_replica_that_empties_the_trash_reports_no_lost_object(
     assert (lost.problem, lost.target) == ("record-without-object", f"{sid}/kept.txt")
 
 
-def test_a_repair_whose_audit_row_is_refused_says_what_it_did_and_logs_the_row(
+def test_changes_in_the_object_store_whose_audit_row_is_refused_are_said_and_logged(
     production: Production, s3_engine: S3Engine
 ) -> None:
-    assert production.run("sessions", "list").returncode == 0  # opened: stamped and bound
+    replica = production.start()
+    with production.client(replica) as http:
+        sid = http.post("/sessions", json={}).json()["id"]
+        assert http.put(f"/sessions/{sid}/files/a.txt", content=b"kept").status_code == 201
+    replica.stop()
     bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
     s3 = s3_engine.client()
+    s3.delete_object(Bucket=bucket, Key=f"{prefix}/.app-profile.json")  # the stamp lost
     orphans = [f"blobs/{i:032x}" for i in range(2)]
     for name in orphans:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=b"never committed")
-    # Another client holds a lock the audit row's INSERT waits for (a SHARE lock: the
-    # check's reads pass), past the app's lock_timeout.
+    env = {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "0.3"}
+    # Another client holds a lock the audit row's INSERT waits for (a SHARE lock: reads
+    # pass), past the app's lock_timeout.
     with psycopg.connect(production.database_url) as other:
         other.execute("LOCK TABLE app_audit IN SHARE MODE")
-        repaired = forked_app.run(
-            {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "0.3"},
-            ["data", "check", "--repair"],
-        )
-    out, err = repaired.stdout, " ".join(repaired.stderr.split())
+        restamped = forked_app.run(
+            env, ["data", "restamp", "--profile", "production", "--from", "production",
+                  "--yes-i-mean-it"],
+        )  # fmt: skip
+        repaired = forked_app.run(env, ["data", "check", "--repair"])
+    # Before: a traceback, psycopg's LockNotAvailable, exit 1, with the stamp written back.
+    out, err = restamped.stdout, " ".join(restamped.stderr.split())
+    assert restamped.returncode == 0 and "Traceback" not in err, err
+    assert "is now stamped 'production'" in out, out
+    assert "the audit log could not record it (canceling statement due to lock timeout" in out
+    assert "its record is in this command's log, above" in out, out
+    logged = json.loads(err.rpartition("the row it should hold: ")[2])
+    assert logged == {
+        "operation": "restamp", "target": logged["target"], "restored": True, "to": "production"
+    }  # fmt: skip
+    assert s3.head_object(Bucket=bucket, Key=f"{prefix}/.app-profile.json")
     # Before: exit 69, "refused the audit record of check-repair: ... lock timeout ...;
     # nothing was changed", the orphans deleted all the same and recorded nowhere.
+    out, err = repaired.stdout, " ".join(repaired.stderr.split())
     assert repaired.returncode == 0, err
     assert "nothing was changed" not in out + err
     assert out.count("object-without-record") == 2 and "repaired: delete the object" in out
     assert "repaired 2 finding(s); the audit log could not record them (canceling" in out, out
     assert "lock timeout" in out and "their record is in this command's log, above" in out
-    assert "could not record the repair in" in err and "the row it should hold:" in err, err
+    assert "could not record the repair in" in err, err
     logged = json.loads(err.rpartition("the row it should hold: ")[2])
     assert logged["operation"] == "check-repair"
     assert [f["target"] for f in logged["findings"]] == orphans
     assert all(f["repaired"] for f in logged["findings"])
-    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/")["KeyCount"] == 0
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/")["Contents"]
+    assert [o["Key"].rpartition("/")[2] for o in listed] == [
+        _blob_of(production.database_url, sid)
+    ]
+    # With the lock gone, the next change is audited as before.
+    assert production.run("data", "check").returncode == 0
+
+
+def _blob_of(database_url: str, sid: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT blob FROM app_files WHERE session_id = %s", (sid,)).fetchone()
+    assert row is not None
+    return str(row[0]).rpartition("/")[2]
