@@ -19,6 +19,14 @@ What broke:
   only a delete that came first. It is now what a download after the delete is: 404 (or the
   new version, after a replace).
 
+- ``app data check --repair`` whose ``check-repair`` audit row the database refused (a lock
+  another client held on ``app_audit``) after it had deleted the orphan objects: exit 69,
+  "nothing was changed", the deletions recorded nowhere. ``app data restamp`` the same after
+  writing a lost stamp back: a psycopg traceback, exit 1. The row now goes to the command's
+  log, and the command says what it did and that the audit log could not record it.
+- ``app data restamp`` reading which rows name its objects behind another client's lock
+  (``VACUUM FULL app_files``): a psycopg traceback; now ``database_refused`` (69).
+
 What held is kept below: a ``DELETE`` and a replacing ``PUT`` of such a file work under a live
 server; `app data check --repair` never removes its row; `app sessions restore` of it is
 refused by name (``trash_copy_lost``); `empty-trash` removes its trashed row.
@@ -205,14 +213,26 @@ def test_changes_in_the_object_store_whose_audit_row_is_refused_are_said_and_log
     for name in orphans:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=b"never committed")
     env = {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "0.3"}
+    restamp = ["data", "restamp", "--profile", "production", "--from", "production",
+               "--yes-i-mean-it"]  # fmt: skip
+    # What `VACUUM FULL app_files` (or an ALTER TABLE) holds while it runs, past the app's
+    # lock_timeout: the re-stamp's read of which rows name which objects waits behind it.
+    with psycopg.connect(production.database_url) as other:
+        other.execute("LOCK TABLE app_files IN ACCESS EXCLUSIVE MODE")
+        waited = forked_app.run(env, restamp)
+    # Before: psycopg's LockNotAvailable, a traceback, exit 1.
+    said = " ".join(waited.stderr.split())
+    assert waited.returncode == 69 and "Traceback" not in said, said
+    assert (
+        "refused the re-stamp of its object prefix: canceling statement due to lock timeout"
+    ) in said, said
+    assert "nothing was changed" in said and "pg_stat_activity" in said, said
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/.app-profile")
     # Another client holds a lock the audit row's INSERT waits for (a SHARE lock: reads
     # pass), past the app's lock_timeout.
     with psycopg.connect(production.database_url) as other:
         other.execute("LOCK TABLE app_audit IN SHARE MODE")
-        restamped = forked_app.run(
-            env, ["data", "restamp", "--profile", "production", "--from", "production",
-                  "--yes-i-mean-it"],
-        )  # fmt: skip
+        restamped = forked_app.run(env, restamp)
         repaired = forked_app.run(env, ["data", "check", "--repair"])
     # Before: a traceback, psycopg's LockNotAvailable, exit 1, with the stamp written back.
     out, err = restamped.stdout, " ".join(restamped.stderr.split())
@@ -251,3 +271,4 @@ def _blob_of(database_url: str, sid: str) -> str:
         row = conn.execute("SELECT blob FROM app_files WHERE session_id = %s", (sid,)).fetchone()
     assert row is not None
     return str(row[0]).rpartition("/")[2]
+

@@ -249,7 +249,13 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
         # (or refuses a database with tables of its own).
         pg.open_database(database_url, config.profile, protected=protection, bounds=bounds)
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
-    with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
+    # Its reads on the held connection (which rows name which objects) under the server's
+    # refusals too: one waiting past lock_timeout behind a `VACUUM FULL app_files` was a
+    # bare psycopg traceback, exit 1 (red team 49).
+    with (
+        _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance,
+        pg.refusals(pg.mask_url(database_url), "the re-stamp of its object prefix"),
+    ):
         before = objects.read_stamp()
         taken = (
             None
