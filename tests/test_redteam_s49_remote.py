@@ -46,8 +46,8 @@ import pytest
 import test_redteam_s37_remote
 import test_remote_store
 from engines import S3Engine
-from replicas import Production
 from fastapi.testclient import TestClient
+from replicas import Production
 
 from app.config import Config
 from app.errors import DamagedFileError, FileNotFoundInSessionError
@@ -62,8 +62,7 @@ def _blob(store: RemoteStore, session_id: str, name: str) -> str:
     row = store.db.conn
     with row() as conn:
         found = conn.execute(
-            "SELECT blob FROM app_files WHERE session_id = %s AND name = %s"
-            " AND deleted_at IS NULL",
+            "SELECT blob FROM app_files WHERE session_id = %s AND name = %s AND deleted_at IS NULL",
             (session_id, name),
         ).fetchone()
     assert found is not None
@@ -90,14 +89,15 @@ def test_a_file_whose_object_is_gone_or_rewritten_is_file_damaged_as_on_a_data_r
         Bucket=s3_engine.bucket, Key=location.key(_blob(store, sid, "short.txt")), Body=b"x"
     )
     # Before: 500 object_missing / object_changed, naming the bucket and the endpoint.
+    lost = "are not there (their object was removed from the object store"
     for name, damage, finding in [
-        ("gone.txt", "are not there (their object was removed from the object store", "record-without-object"),
+        ("gone.txt", lost, "record-without-object"),
         ("short.txt", "are 1 bytes long, where 15 were acknowledged", "record-object-changed"),
-    ]:  # fmt: skip
-        for answer in (http.get(f"/sessions/{sid}/files/{name}"), http.head(f"/sessions/{sid}/files/{name}")):
-            assert (answer.status_code, answer.headers.get("content-type")) == (
-                500, "application/problem+json"
-            ), answer.text  # fmt: skip
+    ]:
+        path = f"/sessions/{sid}/files/{name}"
+        for answer in (http.get(path), http.head(path)):
+            assert answer.status_code == 500, answer.text
+            assert answer.headers["content-type"] == "application/problem+json"
         got = http.get(f"/sessions/{sid}/files/{name}").json()
         said = got["detail"]
         assert got["code"] == "file_damaged", said
@@ -259,9 +259,7 @@ def test_changes_in_the_object_store_whose_audit_row_is_refused_are_said_and_log
     assert [f["target"] for f in logged["findings"]] == orphans
     assert all(f["repaired"] for f in logged["findings"])
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/")["Contents"]
-    assert [o["Key"].rpartition("/")[2] for o in listed] == [
-        _blob_of(production.database_url, sid)
-    ]
+    assert [o["Key"].rpartition("/")[2] for o in listed] == [_blob_of(production.database_url, sid)]
     # With the lock gone, the next change is audited as before.
     assert production.run("data", "check").returncode == 0
 
@@ -271,4 +269,3 @@ def _blob_of(database_url: str, sid: str) -> str:
         row = conn.execute("SELECT blob FROM app_files WHERE session_id = %s", (sid,)).fetchone()
     assert row is not None
     return str(row[0]).rpartition("/")[2]
-

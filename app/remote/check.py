@@ -118,13 +118,7 @@ def check(
         # and its object, since. Its object was reported lost, "restore them from a backup",
         # of a delete that came first (red team 49): a row is missing its object only if it
         # is still there once the listing is done.
-        gone = {row["blob"] for row in rows if row["blob"] not in present}
-        if gone:
-            with db.conn() as conn:
-                kept = conn.execute(
-                    "SELECT blob FROM app_files WHERE blob = ANY(%s)", (list(gone),)
-                ).fetchall()
-            gone -= {row["blob"] for row in kept}
+        gone = _removed_since(db, {row["blob"] for row in rows if row["blob"] not in present})
         for row in rows:
             if row["blob"] in gone:
                 continue
@@ -166,7 +160,8 @@ def _record(db: Database, findings: list[Finding]) -> str | None:
         reason = str(getattr(error, "reason", "") or error.message)
         sqlstate = getattr(error, "sqlstate", None)
         remedy = getattr(error, "remedy", "")
-        why = f"{reason}{f' (SQLSTATE {sqlstate})' if sqlstate else ''}{f'; {remedy}' if remedy else ''}"
+        why = reason + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+        why += f"; {remedy}" if remedy else ""
         log.warning(
             "could not record the repair in %s's audit table (%s); the row it should hold: %s",
             db.where,
@@ -175,6 +170,17 @@ def _record(db: Database, findings: list[Finding]) -> str | None:
         )
         return why
     return None
+
+
+def _removed_since(db: Database, missing: set[str]) -> set[str]:
+    """Of the objects ``missing`` from the listing, those whose rows are gone now too."""
+    if not missing:
+        return set()
+    with db.conn() as conn:
+        kept = conn.execute(
+            "SELECT blob FROM app_files WHERE blob = ANY(%s)", (list(missing),)
+        ).fetchall()
+    return missing - {row["blob"] for row in kept}
 
 
 def _count_drift(counted: dict[str, Any] | None, exclusive: bool) -> Finding | None:
