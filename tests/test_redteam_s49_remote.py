@@ -27,6 +27,10 @@ What broke:
 - ``app data restamp`` reading which rows name its objects behind another client's lock
   (``VACUUM FULL app_files``): a psycopg traceback; now ``database_refused`` (69).
 
+- A new database with a monitoring extension (``pg_stat_statements``, often in template1)
+  was refused as holding "things that are not the app's", with the remedy "a new or empty
+  one", which held them too. An extension's relations no longer count.
+
 What held is kept below: a ``DELETE`` and a replacing ``PUT`` of such a file work under a live
 server; `app data check --repair` never removes its row; `app sessions restore` of it is
 refused by name (``trash_copy_lost``); `empty-trash` removes its trashed row.
@@ -51,6 +55,8 @@ from replicas import Production
 
 from app.config import Config
 from app.errors import DamagedFileError, FileNotFoundInSessionError
+from app.remote import pg
+from app.remote.errors import UnstampedNotEmptyError
 from app.remote.store import RemoteStore
 from app.server import create_app
 
@@ -269,3 +275,31 @@ def _blob_of(database_url: str, sid: str) -> str:
         row = conn.execute("SELECT blob FROM app_files WHERE session_id = %s", (sid,)).fetchone()
     assert row is not None
     return str(row[0]).rpartition("/")[2]
+
+
+def test_a_new_database_with_a_monitoring_extension_is_opened_as_empty(
+    database_url: str, s3_engine: S3Engine, blob_url: str
+) -> None:
+    # What a DBA installs in every database (often in template1, so every new one has it):
+    # views and tables that belong to an extension, not to another application.
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("CREATE EXTENSION pg_stat_statements")
+        admin.execute("CREATE EXTENSION pg_buffercache")
+        admin.execute("CREATE TABLE reports (id int)")  # another application's: refused
+    # Before: UnstampedNotEmptyError, "holds things that are not the app's
+    # (public.pg_buffercache, public.pg_stat_statements, ...)", "point database_url at a
+    # new or empty one", which has them too.
+    with pytest.raises(UnstampedNotEmptyError) as refused:
+        pg.open_database(database_url, "production")
+    assert "it holds things that are not the app's (public.reports)" in str(refused.value)
+    assert "`CREATE DATABASE <name> TEMPLATE template0` makes one without" in str(refused.value)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("DROP TABLE reports")
+    stamp = pg.open_database(database_url, "production")
+    assert stamp.profile == "production"
+    with RemoteStore(
+        database_url, test_remote_store._objects(s3_engine, blob_url), "production"
+    ) as opened:
+        sid = opened.create_session("kept")["id"]
+        assert opened.check(repair=False).findings == []
+        assert opened.get_session(sid)["title"] == "kept"

@@ -118,6 +118,14 @@ class UnstampedNotEmptyError(ConfigError):
             f"profile {self.profile!r}: {self.what} is not empty and has no profile stamp, and "
             f"it holds things that are not the app's ({shown}); refusing to adopt it. "
             f"Point {self.key} at a new or empty one"
+            + (
+                # A new database is a copy of template1, which a DBA may have given tables
+                # of their own: the new one then held them too (red team 49).
+                " (`CREATE DATABASE <name> TEMPLATE template0` makes one without what "
+                "template1 holds)"
+                if self.key == "database_url"
+                else ""
+            )
         )
 
 

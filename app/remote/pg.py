@@ -768,7 +768,13 @@ class Stamp:
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
     """The tables, views and foreign tables of the database, outside PostgreSQL's own
-    schemas: on a database without the app's stamp, what makes it not the app's to adopt."""
+    schemas: on a database without the app's stamp, what makes it not the app's to adopt.
+
+    Not those of an extension (``pg_stat_statements``' views, PostGIS's
+    ``spatial_ref_sys``), which a DBA installs in every database, often in ``template1`` so
+    that every new one has them: a new database was refused as holding "things that are not
+    the app's", and the remedy, "a new or empty one", had them too (red team 49).
+    """
     rows = conn.execute(
         """
         SELECT n.nspname || '.' || c.relname FROM pg_class c
@@ -776,6 +782,10 @@ def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+          AND NOT EXISTS (
+            SELECT 1 FROM pg_depend d
+            WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+          )
         ORDER BY 1
         """
     ).fetchall()
