@@ -17,7 +17,8 @@ What broke:
   ``POST /trash/empty`` that is not aged) was that same 500, saying the object was "missing
   from the object store" and to run `app data check`, which found nothing wrong: no damage,
   only a delete that came first. It is now what a download after the delete is: 404 (or the
-  new version, after a replace).
+  new version, after a replace). A ``Range`` past byte 0 overtaken so was cut, the object
+  asked for again from the range's start: the stream opened first is now read on to it.
 
 - ``app data check --repair`` whose ``check-repair`` audit row the database refused (a lock
   another client held on ``app_audit``) after it had deleted the orphan objects: exit 69,
@@ -157,6 +158,19 @@ def test_a_download_that_another_replica_s_delete_and_empty_trash_overtook_is_a_
     _between_row_and_object(first, delete_and_empty)
     with pytest.raises(FileNotFoundInSessionError):
         first.open_file(sid, "a.txt")
+
+    # A range past byte 0 asks for the object again from its start: gone by then, it was
+    # cut (and logged as damaged). The stream opened first is read on to it.
+    first.put_file(sid, "c.txt", bytes(range(256)) * 64)
+    file, _ = first.open_file(sid, "c.txt")
+    with file:
+        second.delete_file(sid, "c.txt")
+        second.empty_trash(None, via="test")
+        file.seek(5000)
+        assert file.read(300) == (bytes(range(256)) * 64)[5000:5300]
+        file.seek(100)  # behind the stream: asked for again, and it is gone
+        with pytest.raises(DamagedFileError):
+            file.read(1)
 
     def replace_and_empty() -> None:
         second.put_file(sid, "b.txt", b"three", replace=True)

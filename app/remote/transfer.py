@@ -46,6 +46,10 @@ OBJECT_LOST: Final = (
 )
 
 
+#: What `app data check` reports of a row whose object is missing.
+MISSING_FINDING: Final = "record-without-object"
+
+
 class ObjectFile(io.RawIOBase):
     """A file's object, readable and seekable, fetched with ranged GETs as it is read.
 
@@ -82,7 +86,7 @@ class ObjectFile(io.RawIOBase):
             # As a data root answers a file whose bytes are gone, without the bucket or the
             # endpoint, which were sent to the client as "object_missing" (red team 49).
             raise DamagedFileError(
-                self.session_id, self.name, OBJECT_LOST, finding="record-without-object"
+                self.session_id, self.name, OBJECT_LOST, finding=MISSING_FINDING
             ) from None
         found = self._stream.size
         if found != self.size:
@@ -125,6 +129,43 @@ class ObjectFile(io.RawIOBase):
                 credentials=self._objects.credentials,
             ) from error
 
+    def _move(self) -> None:
+        """Have the stream stand at the position: a new GET from there.
+
+        The object may be gone since the open: another replica's delete and empty-trash,
+        which the download came before. A range past byte 0 was then cut, where a whole
+        download goes on with the stream it opened, which the store serves whole (red team
+        49). The stream open before, if it stands before the position, is then read on to it.
+        """
+        kept = (self._stream, self._chunks, self._pending, self._at)
+        self._stream, self._chunks, self._pending = None, None, memoryview(b"")
+        try:
+            self._open(self._position)
+        except DamagedFileError as error:
+            stream, chunks, pending, at = kept
+            if stream is None or at > self._position or error.finding != MISSING_FINDING:
+                if stream is not None:
+                    stream.close()
+                raise
+            self._stream, self._chunks, self._pending, self._at = stream, chunks, pending, at
+            self._skip(self._position - at)
+        else:
+            if kept[0] is not None:
+                kept[0].close()
+
+    def _skip(self, count: int) -> None:
+        """Read ``count`` bytes of the open stream, and drop them."""
+        while count > 0:
+            if not self._pending:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    return  # the object ended early: the read after this says so
+                self._pending = memoryview(chunk)
+            dropped = min(count, len(self._pending))
+            self._pending = self._pending[dropped:]
+            self._at += dropped
+            count -= dropped
+
     def readable(self) -> bool:
         return True
 
@@ -145,7 +186,7 @@ class ObjectFile(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         filled = 0
         if self._chunks is not None and self._at != self._position:
-            self._drop()
+            self._move()
         while filled < len(view) and self._position < self.size:
             if not self._pending:
                 if self._chunks is None:
