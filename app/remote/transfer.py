@@ -139,19 +139,18 @@ class ObjectFile(io.RawIOBase):
         """
         kept = (self._stream, self._chunks, self._pending, self._at)
         self._stream, self._chunks, self._pending = None, None, memoryview(b"")
+        stream, chunks, pending, at = kept
         try:
             self._open(self._position)
         except DamagedFileError as error:
-            stream, chunks, pending, at = kept
             if stream is None or at > self._position or error.finding != MISSING_FINDING:
-                if stream is not None:
-                    stream.close()
                 raise
             self._stream, self._chunks, self._pending, self._at = stream, chunks, pending, at
+            stream = None  # read on, not closed
             self._skip(self._position - at)
-        else:
-            if kept[0] is not None:
-                kept[0].close()
+        finally:
+            if stream is not None:
+                stream.close()
 
     def _skip(self, count: int) -> None:
         """Read ``count`` bytes of the open stream, and drop them."""
