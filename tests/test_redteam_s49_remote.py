@@ -214,7 +214,7 @@ def test_changes_in_the_object_store_whose_audit_row_is_refused_are_said_and_log
     orphans = [f"blobs/{i:032x}" for i in range(2)]
     for name in orphans:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=b"never committed")
-    env = {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "0.3"}
+    env = {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "0.1"}
     restamp = ["data", "restamp", "--profile", "production", "--from", "production",
                "--yes-i-mean-it"]  # fmt: skip
     # What `VACUUM FULL app_files` (or an ALTER TABLE) holds while it runs, past the app's
