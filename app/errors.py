@@ -1296,7 +1296,9 @@ class TrashCopyLostError(StoreError):
             f"trash, entry {self.entry}, {self.damage}"
         )
         older = "and the copy before it is not the version that was deleted; nothing was changed"
-        if self.asked:
+        if self.asked or self.older is None:
+            # Of a file with no copy before it, "the copy before it" named one that is not
+            # there, then said there was none (red team 49).
             older = "nothing was changed"
         if self.asked:
             instead = (

@@ -55,7 +55,7 @@ from fastapi.testclient import TestClient
 from replicas import Production
 
 from app.config import Config
-from app.errors import DamagedFileError, FileNotFoundInSessionError
+from app.errors import DamagedFileError, FileNotFoundInSessionError, TrashCopyLostError
 from app.remote import pg
 from app.remote.errors import UnstampedNotEmptyError
 from app.remote.store import RemoteStore
@@ -125,6 +125,14 @@ def test_a_file_whose_object_is_gone_or_rewritten_is_file_damaged_as_on_a_data_r
     assert http.get(f"/sessions/{sid}/files/short.txt").content == b"new"
     assert http.delete(f"/sessions/{sid}/files/gone.txt").status_code == 200
     assert [f["name"] for f in http.get(f"/sessions/{sid}").json()["files"]] == ["short.txt"]
+    # Held, refused by name; broke in its words: "and the copy before it is not the version
+    # that was deleted", then "no other copy of it is in the trash".
+    with pytest.raises(TrashCopyLostError) as refused:
+        store.restore(sid, file="gone.txt")
+    said = str(refused.value)
+    assert "record-without-object), nothing was changed. Put the object back" in said, said
+    assert said.endswith("; no other copy of it is in the trash"), said
+    assert "the copy before it" not in said, said
 
 
 def _at_next(replica: RemoteStore, method: str, step: Callable[[], Any]) -> None:
