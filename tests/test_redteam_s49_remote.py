@@ -1,4 +1,5 @@
-"""Red team 49 on PostgreSQL and object storage: a file's object gone from the bucket.
+"""Red team 49 on PostgreSQL and object storage: a file's object gone from the bucket, and
+changes made in the object store that the database then refuses to record.
 
 What broke:
 
@@ -19,7 +20,9 @@ What broke:
   only a delete that came first. It is now what a download after the delete is: 404 (or the
   new version, after a replace). A ``Range`` past byte 0 overtaken so was cut, the object
   asked for again from the range's start: the stream opened first is now read on to it.
-
+  `app data check` beside live replicas reported such a row ``record-without-object``.
+- ``trash_copy_lost`` of a file with one copy said "the copy before it is not the version
+  that was deleted", then that there was no other copy.
 - ``app data check --repair`` whose ``check-repair`` audit row the database refused (a lock
   another client held on ``app_audit``) after it had deleted the orphan objects: exit 69,
   "nothing was changed", the deletions recorded nowhere. ``app data restamp`` the same after
@@ -27,7 +30,6 @@ What broke:
   log, and the command says what it did and that the audit log could not record it.
 - ``app data restamp`` reading which rows name its objects behind another client's lock
   (``VACUUM FULL app_files``): a psycopg traceback; now ``database_refused`` (69).
-
 - A new database with a monitoring extension (``pg_stat_statements``, often in template1)
   was refused as holding "things that are not the app's", with the remedy "a new or empty
   one", which held them too. An extension's relations no longer count.
