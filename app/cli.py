@@ -1104,6 +1104,11 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
         unresolved = report.unresolved
         if not report.findings:
             click.echo(f"clean: {_named(config, location)} is consistent")
+        elif not unresolved and report.unaudited is not None:
+            click.echo(
+                f"repaired {len(report.findings)} finding(s); the audit log could not record "
+                f"them ({report.unaudited}): their record is in this command's log, above"
+            )
         elif not unresolved:
             click.echo(f"repaired {len(report.findings)} finding(s); the audit log lists them")
         elif repair:
@@ -1152,6 +1157,11 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
     stamp = restamp(config, from_profile)
     if stamp["changed"]:
         click.echo(f"{where} is now stamped {stamp['profile']!r} (was {source!r})")
+        if stamp.get("unaudited"):
+            click.echo(
+                f"the audit log could not record it ({stamp['unaudited']}): its record is in "
+                "this command's log, above"
+            )
     else:
         # A repeated command (one interrupted halfway is finished above, and says "now").
         click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")

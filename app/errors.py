@@ -1296,7 +1296,9 @@ class TrashCopyLostError(StoreError):
             f"trash, entry {self.entry}, {self.damage}"
         )
         older = "and the copy before it is not the version that was deleted; nothing was changed"
-        if self.asked:
+        if self.asked or self.older is None:
+            # Of a file with no copy before it, "the copy before it" named one that is not
+            # there, then said there was none (red team 49).
             older = "nothing was changed"
         if self.asked:
             instead = (
@@ -1454,7 +1456,7 @@ class DamagedFileError(StoreError):
         "cannot send file {name!r} of session {session_id}: its bytes {damage}, so they are "
         "not the file that was acknowledged (they were changed outside the app: a disk "
         "fault, an edit, a partial restore); {sent}. `app data check` "
-        "reports every such file as file-damaged. Put the file back from a backup (its "
+        "reports every such file as {finding}. Put the file back from a backup (its "
         "SHA-256 is the ETag it was served with), or upload it again (PUT "
         "/sessions/{session_id}/files/{name}), which keeps the damaged bytes in the trash"
     )
@@ -1463,6 +1465,9 @@ class DamagedFileError(StoreError):
     name: str
     damage: str
     sent: str = "nothing of it was sent"
+    finding: str = field(default="file-damaged", kw_only=True)
+    """What `app data check` calls it: on PostgreSQL and object storage, one of the
+    remote check's own findings (``record-without-object``, ``record-object-changed``)."""
 
 
 class FileRecordUnreadableError(StoreError):

@@ -396,10 +396,13 @@ class CheckReport:
     Attributes:
         findings: everything found, repaired or not.
         repair: whether the check ran with repair.
+        unaudited: why the audit refused the repair's record, which went to the process's
+            log instead (red team 49: on PostgreSQL, after its objects were deleted).
     """
 
     findings: list[Finding]
     repair: bool
+    unaudited: str | None = None
 
     @property
     def unresolved(self) -> list[Finding]:
@@ -412,6 +415,7 @@ class CheckReport:
             "repair": self.repair,
             "clean": not self.unresolved,
             "findings": [f.to_dict() for f in self.findings],
+            **({} if self.unaudited is None else {"unaudited": self.unaudited}),
         }
 
 

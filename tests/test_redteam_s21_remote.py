@@ -22,9 +22,9 @@ from test_remote_store import _objects
 
 from app import sandbox
 from app.config import Config
-from app.errors import SandboxViolationError
+from app.errors import DamagedFileError, SandboxViolationError
 from app.remote import pg
-from app.remote.errors import DatabaseRefusedError, ObjectChangedError
+from app.remote.errors import DatabaseRefusedError
 from app.remote.objects import BLOBS, ObjectStore
 from app.remote.store import RemoteStore
 from app.server import create_app
@@ -124,15 +124,16 @@ def test_an_object_overwritten_by_hand_is_refused_not_served_as_the_file(
     [blob] = _blobs(store)
     key = store.objects.location.key(blob)
     s3_engine.client().put_object(Bucket=s3_engine.bucket, Key=key, Body=bytes_now)
-    with pytest.raises(ObjectChangedError) as caught:
+    with pytest.raises(DamagedFileError) as caught:
         store.open_file(session_id, "a.txt")
-    assert caught.value.message == (
-        f"object {store.objects.where}/{blob} is {len(bytes_now)} bytes, but file 'a.txt' of "
-        f"session {session_id} was saved as 15 bytes: the object was overwritten outside "
-        "the app, which never rewrites one; nothing was sent. Bring back its version of 15 "
-        "bytes (the bucket's versioning keeps it, or a backup), or delete the file; `app data "
-        "check` lists every such file"
+    # The data root's refusal since red team 49 (it was object_changed, naming the bucket).
+    assert caught.value.message.startswith(
+        f"cannot send file 'a.txt' of session {session_id}: its bytes are {len(bytes_now)} "
+        "bytes long, where 15 were acknowledged (their object was overwritten outside the "
+        "app, which never rewrites one: the bucket's versioning may keep the version "
+        "acknowledged)"
     )
+    assert "reports every such file as record-object-changed" in caught.value.message
     [finding] = store.check().findings
     assert (finding.problem, finding.target) == ("record-object-changed", f"{session_id}/a.txt")
     assert f"is {len(bytes_now)} bytes" in finding.detail

@@ -585,9 +585,9 @@ def test_an_object_rewritten_with_bytes_of_the_same_length_is_never_a_complete_d
         headers = {"Authorization": f"Bearer {app_config.api_token}"}
         with TestClient(create_app(store, app_config), headers=headers) as client:
             short = client.get(f"/sessions/{session_id}/files/short.bin")
-            # The remote backend's own refusal of another length (red team 26's).
-            assert (short.status_code, short.json()["code"]) == (500, "object_changed")
-            assert f"is 10 bytes, but file 'short.bin' of session {session_id}" in short.text
+            # Refused as a data root refuses another length (red team 49: object_changed).
+            assert (short.status_code, short.json()["code"]) == (500, "file_damaged")
+            assert f"file 'short.bin' of session {session_id}: its bytes are 10 bytes" in short.text
             with client.stream("GET", f"/sessions/{session_id}/files/same.bin") as same:
                 got = b"".join(same.iter_raw())
             assert same.status_code == 200

@@ -29,6 +29,7 @@ from waits import until_set
 from app.config import Config
 from app.errors import (
     BadRequestError,
+    DamagedFileError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
     InvalidNameError,
@@ -41,7 +42,6 @@ from app.remote import pg
 from app.remote.errors import (
     HolderLostError,
     MaintenanceRunningError,
-    ObjectMissingError,
     ReplicasLiveError,
 )
 from app.remote.objects import BLOBS, ObjectStore
@@ -564,7 +564,7 @@ def test_check_reports_a_row_whose_object_is_missing(store: RemoteStore) -> None
     session_id = store.create_session()["id"]
     store.put_file(session_id, "lost", b"bytes")
     store.objects.delete(*_blobs(store))
-    with pytest.raises(ObjectMissingError, match="app data check"):
+    with pytest.raises(DamagedFileError, match="as record-without-object"):
         store.open_file(session_id, "lost")
     findings = store.check(repair=True).findings
     assert [(f.problem, f.target, f.repaired) for f in findings] == [

@@ -8,9 +8,12 @@ nothing.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.errors import AppError
 from app.remote import pg
 from app.remote.db import Database
 from app.remote.errors import ObjectMissingError
@@ -18,6 +21,8 @@ from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
 from app.storage import CheckReport, Finding
 
 __all__ = ["check"]
+
+log = logging.getLogger("app.remote.store")
 
 
 def check(
@@ -109,13 +114,25 @@ def check(
                     "profile's blob_url), or delete the object by hand if it is no one's",
                 )
             )
+        # Rows read before the listing: another replica's empty-trash may have removed one,
+        # and its object, since. Its object was reported lost, "restore them from a backup",
+        # of a delete that came first (red team 49): a row is missing its object only if it
+        # is still there once the listing is done.
+        gone = _removed_since(db, {row["blob"] for row in rows if row["blob"] not in present})
         for row in rows:
+            if row["blob"] in gone:
+                continue
             finding = _compare(row, present.get(row["blob"]), objects, hash_bytes=hash_bytes)
             if finding is not None:
                 findings.append(finding)
     if repair and (orphans or unfinished):
-        objects.delete(*(info.name for info in orphans))
-        objects.abort_uploads(*unfinished)
+        try:
+            objects.delete(*(info.name for info in orphans))
+            objects.abort_uploads(*unfinished)
+        except AppError:
+            # Some may be gone already: what was found is recorded, then the refusal raised.
+            _record(db, findings)
+            raise
         findings = [
             Finding(f.problem, f.target, f.detail, f.repair, True)
             if f.problem in {"object-without-record", "upload-without-object"}
@@ -123,9 +140,47 @@ def check(
             for f in findings
         ]
     findings = _recount(db, findings) if repair and exclusive and drift else findings
-    if repair and findings:
-        db.audit_alone("check-repair", db.where, findings=[f.to_dict() for f in findings])
-    return CheckReport(findings, repair)
+    unaudited = _record(db, findings) if repair and findings else None
+    return CheckReport(findings, repair, unaudited)
+
+
+def _record(db: Database, findings: list[Finding]) -> str | None:
+    """The ``check-repair`` audit row of what the repair found and did.
+
+    Its objects are deleted by then, which no rollback brings back: a refusal of the row (a
+    lock held on ``app_audit``, the database's disk full, its connection lost) turned a
+    repair that happened into "nothing was changed", exit 69, and left no record of it (red
+    team 49). The row goes to the process's log instead, as a data root's line does.
+    """
+    details = {"findings": [f.to_dict() for f in findings]}
+    try:
+        db.audit_alone("check-repair", db.where, **details)
+    except AppError as error:
+        # Its reason alone: the refusal's "nothing was changed" is of the row, not the repair.
+        reason = str(getattr(error, "reason", "") or error.message)
+        sqlstate = getattr(error, "sqlstate", None)
+        remedy = getattr(error, "remedy", "")
+        why = reason + (f" (SQLSTATE {sqlstate})" if sqlstate else "")
+        why += f"; {remedy}" if remedy else ""
+        log.warning(
+            "could not record the repair in %s's audit table (%s); the row it should hold: %s",
+            db.where,
+            why,
+            json.dumps({"operation": "check-repair", "target": db.where, **details}),
+        )
+        return why
+    return None
+
+
+def _removed_since(db: Database, missing: set[str]) -> set[str]:
+    """Of the objects ``missing`` from the listing, those whose rows are gone now too."""
+    if not missing:
+        return set()
+    with db.conn() as conn:
+        kept = conn.execute(
+            "SELECT blob FROM app_files WHERE blob = ANY(%s)", (list(missing),)
+        ).fetchall()
+    return missing - {row["blob"] for row in kept}
 
 
 def _count_drift(counted: dict[str, Any] | None, exclusive: bool) -> Finding | None:

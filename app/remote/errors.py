@@ -118,6 +118,14 @@ class UnstampedNotEmptyError(ConfigError):
             f"profile {self.profile!r}: {self.what} is not empty and has no profile stamp, and "
             f"it holds things that are not the app's ({shown}); refusing to adopt it. "
             f"Point {self.key} at a new or empty one"
+            + (
+                # A new database is a copy of template1, which a DBA may have given tables
+                # of their own: the new one then held them too (red team 49).
+                " (`CREATE DATABASE <name> TEMPLATE template0` makes one without what "
+                "template1 holds)"
+                if self.key == "database_url"
+                else ""
+            )
         )
 
 
@@ -465,25 +473,6 @@ class ObjectMissingError(StorageError):
     )
 
     where: str
-
-
-class ObjectChangedError(StorageError):
-    """A file's object is not the size its row recorded: it was rewritten outside the app."""
-
-    code = "object_changed"
-    template = (
-        "object {where} is {found} bytes, but file {name!r} of session {session_id} was saved "
-        "as {recorded} bytes: the object was overwritten outside the app, which never "
-        "rewrites one; nothing was sent. Bring back its version of {recorded} bytes (the "
-        "bucket's versioning keeps it, or a backup), or delete the file; `app data check` "
-        "lists every such file"
-    )
-
-    where: str
-    found: int
-    recorded: int
-    name: str
-    session_id: str
 
 
 class ReplicasLiveError(AppError):

@@ -26,6 +26,8 @@ import configparser
 import contextlib
 import dataclasses
 import getpass
+import json
+import logging
 import os
 import re
 import select
@@ -46,6 +48,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from app import sandbox
+from app.errors import AppError
 from app.remote.errors import (
     CommitUnknownError,
     DatabaseEncodingError,
@@ -69,6 +72,8 @@ from app.remote.errors import (
     needs_confirmation,
 )
 from app.remote.hosts import is_this_machine
+
+log = logging.getLogger("app.remote.store")
 
 SCHEMA_VERSION = 1
 
@@ -763,7 +768,13 @@ class Stamp:
 
 def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
     """The tables, views and foreign tables of the database, outside PostgreSQL's own
-    schemas: on a database without the app's stamp, what makes it not the app's to adopt."""
+    schemas: on a database without the app's stamp, what makes it not the app's to adopt.
+
+    Not those of an extension (``pg_stat_statements``' views, PostGIS's
+    ``spatial_ref_sys``), which a DBA installs in every database, often in ``template1`` so
+    that every new one has them: a new database was refused as holding "things that are not
+    the app's", and the remedy, "a new or empty one", had them too (red team 49).
+    """
     rows = conn.execute(
         """
         SELECT n.nspname || '.' || c.relname FROM pg_class c
@@ -771,6 +782,10 @@ def foreign_tables(conn: psycopg.Connection[Any]) -> list[str]:
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+          AND NOT EXISTS (
+            SELECT 1 FROM pg_depend d
+            WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+          )
         ORDER BY 1
         """
     ).fetchall()
@@ -1329,6 +1344,39 @@ class Maintenance:
     def audit(self, operation: str, target: str, detail: Mapping[str, Any] | None = None) -> None:
         """Append a maintenance record (in the current transaction, if any)."""
         audit(self.conn, self.profile, "maintenance", operation, target, detail)
+
+    def audit_made(
+        self, operation: str, target: str, detail: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Append the record of a change already made in the object store (a stamp written
+        back, handed over, adopted), which no rollback undoes.
+
+        A refusal of the row (a lock held on ``app_audit`` past ``lock_timeout``, the disk
+        full, the connection lost) was a bare psycopg traceback, exit 1, of a re-stamp that
+        was made, recorded nowhere (red team 49). The row goes to the process's log instead,
+        as a data root's line does.
+
+        Returns:
+            Why the row was refused, or None once it is written.
+        """
+        try:
+            with refusals(self.where, f"the audit record of {operation}"):
+                self.audit(operation, target, detail)
+        except (AppError, psycopg.Error) as error:
+            why = (
+                str(getattr(error, "reason", "") or error.message)
+                if isinstance(error, AppError)
+                else " ".join(str(error).split())
+            )
+            row = {"operation": operation, "target": target, **dict(detail or {})}
+            log.warning(
+                "could not record a change in %s's audit table (%s); the row it should hold: %s",
+                self.where,
+                why,
+                json.dumps(row, default=str),
+            )
+            return why
+        return None
 
     def names_objects(self, bucket: str, prefix: str, blobs: list[str]) -> str | None:
         """The database's id if it is bound to ``bucket`` and ``prefix`` and its rows name

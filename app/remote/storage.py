@@ -249,7 +249,13 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
         # (or refuses a database with tables of its own).
         pg.open_database(database_url, config.profile, protected=protection, bounds=bounds)
     wanted = f"re-stamp {_describe_location(config)} from {source!r} to {config.profile!r}"
-    with _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance:
+    # Its reads on the held connection (which rows name which objects) under the server's
+    # refusals too: one waiting past lock_timeout behind a `VACUUM FULL app_files` was a
+    # bare psycopg traceback, exit 1 (red team 49).
+    with (
+        _exclusive(database_url, config.profile, wanted, 1.0, bounds) as maintenance,
+        pg.refusals(pg.mask_url(database_url), "the re-stamp of its object prefix"),
+    ):
         before = objects.read_stamp()
         taken = (
             None
@@ -271,6 +277,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 protected=needs_confirmation(protection, source),
             )  # fmt: skip
         stamp = maintenance.restamp(source, protected=protection)
+        unaudited: str | None = None
         # Stamped for this profile already, both of them: a repeated command.
         changed = found is None or found.profile != config.profile
         if before is None:
@@ -286,7 +293,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
             )
             if database_id is not None:
                 objects.restore_stamp(config.profile, database_id, pg.instance(maintenance.conn))
-                maintenance.audit(
+                unaudited = maintenance.audit_made(
                     "restamp", objects.where, {"restored": True, "to": config.profile}
                 )
             else:
@@ -294,7 +301,9 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
             changed = True
         elif before.get("profile") != config.profile:
             objects.restamp(source, config.profile)
-            maintenance.audit("restamp", objects.where, {"from": source, "to": config.profile})
+            unaudited = maintenance.audit_made(
+                "restamp", objects.where, {"from": source, "to": config.profile}
+            )
             changed = True
         else:
             # A copy of the database the prefix belongs to (a restore) made the one whose
@@ -308,7 +317,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 else objects.adopt(config.profile, bound, here, pg.timeline(maintenance.conn))
             )
             if old is not None:
-                maintenance.audit(
+                unaudited = maintenance.audit_made(
                     "adopt-copy",
                     objects.where,
                     {"database": bound, "from": old.get("instance"), "to": here},
@@ -320,6 +329,7 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
         "created": stamp.created.isoformat(),
         "restamped_from": stamp.restamped_from,
         "changed": changed,
+        **({} if unaudited is None else {"unaudited": unaudited}),
     }
 
 

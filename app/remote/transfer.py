@@ -19,10 +19,10 @@ from typing import Any, Final
 
 from app import storage
 from app.digests import Digests
-from app.errors import UploadTooLargeError
+from app.errors import DamagedFileError, UploadTooLargeError
 from app.remote.errors import (
     CommitUnknownError,
-    ObjectChangedError,
+    ObjectMissingError,
     ObjectStoreUnavailableError,
 )
 from app.remote.objects import ObjectStore, ObjectStream, PutResult
@@ -38,6 +38,18 @@ _FEED_DEPTH: Final = 16  # chunks an upload may queue ahead of the object store
 # --- reading a file ---------------------------------------------------------------------------
 
 
+#: What a download says of a file whose row is there and whose object is not.
+OBJECT_LOST: Final = (
+    "are not there (their object was removed from the object store from outside the app: "
+    "by hand, a lifecycle rule, a restore that left it out; `app data check` names it, and "
+    "only a backup or the bucket's versioning has it)"
+)
+
+
+#: What `app data check` reports of a row whose object is missing.
+MISSING_FINDING: Final = "record-without-object"
+
+
 class ObjectFile(io.RawIOBase):
     """A file's object, readable and seekable, fetched with ranged GETs as it is read.
 
@@ -46,6 +58,9 @@ class ObjectFile(io.RawIOBase):
     closes it and opens one from there (so seeking to the end for the size and back costs
     no request). ``size`` and ``mtime`` come from the file's row.
     """
+
+    #: What `app data check` reports of bytes not those acknowledged (`DamagedFileError`).
+    damage_finding: Final = "record-object-changed"
 
     def __init__(
         self, objects: ObjectStore, blob: str, size: int, mtime: float, name: str, session_id: str
@@ -65,16 +80,27 @@ class ObjectFile(io.RawIOBase):
 
     def _open(self, start: int) -> None:
         # No Range for the start: an empty object has no byte 0 to ask for (416).
-        self._stream = self._objects.get(self._blob, start=start or None)
+        try:
+            self._stream = self._objects.get(self._blob, start=start or None)
+        except ObjectMissingError:
+            # As a data root answers a file whose bytes are gone, without the bucket or the
+            # endpoint, which were sent to the client as "object_missing" (red team 49).
+            raise DamagedFileError(
+                self.session_id, self.name, OBJECT_LOST, finding=MISSING_FINDING
+            ) from None
         found = self._stream.size
         if found != self.size:
             # Rewritten by hand: the bytes are not those the row describes (a shorter object
             # would end a response early, a longer one be cut at the recorded size).
             self._drop()
-            raise ObjectChangedError(
-                f"{self._objects.where}/{self._blob}", found, self.size,
-                self.name, self.session_id,
-            )  # fmt: skip
+            raise DamagedFileError(
+                self.session_id,
+                self.name,
+                f"are {found} bytes long, where {self.size} were acknowledged (their object "
+                "was overwritten outside the app, which never rewrites one: the bucket's "
+                "versioning may keep the version acknowledged)",
+                finding=self.damage_finding,
+            )
         self._chunks = iter(self._stream)
         self._pending = memoryview(b"")
         self._at = start
@@ -103,6 +129,42 @@ class ObjectFile(io.RawIOBase):
                 credentials=self._objects.credentials,
             ) from error
 
+    def _move(self) -> None:
+        """Have the stream stand at the position: a new GET from there.
+
+        The object may be gone since the open: another replica's delete and empty-trash,
+        which the download came before. A range past byte 0 was then cut, where a whole
+        download goes on with the stream it opened, which the store serves whole (red team
+        49). The stream open before, if it stands before the position, is then read on to it.
+        """
+        kept = (self._stream, self._chunks, self._pending, self._at)
+        self._stream, self._chunks, self._pending = None, None, memoryview(b"")
+        stream, chunks, pending, at = kept
+        try:
+            self._open(self._position)
+        except DamagedFileError as error:
+            if stream is None or at > self._position or error.finding != MISSING_FINDING:
+                raise
+            self._stream, self._chunks, self._pending, self._at = stream, chunks, pending, at
+            stream = None  # read on, not closed
+            self._skip(self._position - at)
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _skip(self, count: int) -> None:
+        """Read ``count`` bytes of the open stream, and drop them."""
+        while count > 0:
+            if not self._pending:
+                chunk = self._next_chunk()
+                if chunk is None:
+                    return  # the object ended early: the read after this says so
+                self._pending = memoryview(chunk)
+            dropped = min(count, len(self._pending))
+            self._pending = self._pending[dropped:]
+            self._at += dropped
+            count -= dropped
+
     def readable(self) -> bool:
         return True
 
@@ -123,7 +185,7 @@ class ObjectFile(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         filled = 0
         if self._chunks is not None and self._at != self._position:
-            self._drop()
+            self._move()
         while filled < len(view) and self._position < self.size:
             if not self._pending:
                 if self._chunks is None:

@@ -64,12 +64,15 @@ class OpenFileResponse(FileResponse):
         # partial restore) were answered as a 200 of that size under the old ETag, and the
         # client took a damaged file for the acknowledged one (red team 35).
         self._session_id, self._name = session_id, str(entry.get("name", ""))
+        # What `app data check` calls such bytes: an object's check has names of its own.
+        self._finding = str(getattr(file, "damage_finding", "file-damaged"))
         size, self._sha256 = entry.get("size"), entry.get("sha256")
         if isinstance(size, int) and size != stat_result.st_size:
             raise DamagedFileError(
                 session_id,
                 self._name,
                 f"are {stat_result.st_size} bytes long, where {size} were acknowledged",
+                finding=self._finding,
             )
         super().__init__(str(getattr(file, "name", "")), stat_result=stat_result, **kwargs)
 
@@ -212,6 +215,7 @@ class OpenFileResponse(FileResponse):
                         self._name,
                         f"have the SHA-256 {digest.hexdigest()}, where {expected} was acknowledged",
                         "its download was cut before its last byte",
+                        finding=self._finding,
                     )
                     log.error("%s", error)
                     raise Abandoned from error
@@ -237,6 +241,7 @@ class OpenFileResponse(FileResponse):
             f"ended at byte {at} while they were sent, where {self.stat_result.st_size} "
             "were acknowledged",
             "its download was cut before its last byte",
+            finding=self._finding,
         )
         log.error("%s", error)
         raise Abandoned from error

@@ -365,13 +365,6 @@ EXAMPLES: list[errors.AppError] = [
         there="2025-12-04T09:12:03+00:00",
     ),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
-    remote.ObjectChangedError(
-        "s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
-        5,
-        15,
-        "notes.txt",
-        "0192b0f2c5a87b3e9c4d2a1f0e6b7c8d",
-    ),
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
     remote.HolderLostError(DATABASE, "the server closed the connection unexpectedly"),
