@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
@@ -204,7 +205,8 @@ class Files:
             raise TooManyFilesError(session_id, self.max_files)
 
     def commit_upload(self, upload: Upload, entry: FileEntry) -> None:
-        """Switch a complete upload into its session (:meth:`Upload.commit` calls it)."""
+        """Switch a complete upload into its session (:meth:`Upload.commit` calls it),
+        stamping ``entry``'s ``uploaded_at`` under the session's lock."""
         session_id, name = upload.session_id, upload.name
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
@@ -221,6 +223,10 @@ class Files:
             if old is None:
                 self._refuse_one_file_too_many(session_id, record_path.parent)
             upload.replaced = old is not None
+            # Stamped here, under the lock that orders the switches of this record: taken
+            # before it, a PUT that waited for another's commit was recorded as uploaded
+            # before the version it replaced (red team 50).
+            entry["uploaded_at"] = _upload_moment(old)
             blobs = ensure_dir(directory, BLOBS_DIR)
             ensure_dir(directory, RECORDS_DIR)
             version = new_session_id()
@@ -464,6 +470,18 @@ def _inode(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return found.st_dev, found.st_ino
+
+
+def _upload_moment(old: FileRecord | None) -> str:
+    """When a commit switches a file in: now, or just after the version it replaces if that
+    reads later (a clock stepped back), as `Trash.moment` names entries; so the newest
+    version of a file never reads as uploaded before the one it replaced."""
+    moment = datetime.now(UTC)
+    with contextlib.suppress(TypeError, ValueError):
+        before = datetime.fromisoformat(str((old or {}).get("uploaded_at")))
+        if before.tzinfo is not None:
+            moment = max(moment, before + timedelta(microseconds=1))
+    return moment.isoformat(timespec="microseconds")
 
 
 def _version(record: FileRecord | None) -> str | None:
