@@ -7,43 +7,102 @@ What broke (each test says how it was found):
   recorded (and listed, and answered) as uploaded before the version it replaced, so the
   newest version read as the older one (2 of 150 pairs of ``PUT`` at once on a real server,
   9 of 100 pairs of commits in one process). It is now stamped under the lock, and never
-  before the version it replaces (a clock stepped back), as the trash names its entries.
+  before the version it replaces (a clock stepped back), as the trash names its entries;
+* a file whose name only an earlier build's rule took (a trailing space, a no-break space:
+  red team 38) was found by a look at its name before the session's lock, to choose the rule
+  its name is held to: once another client's delete had moved it away, a second delete (a
+  client's retry, or the one that lost the race), a download and a replace whose body was
+  streaming were each refused 400 "invalid file name", of a file listed a moment before,
+  where the truth was "no file" (404). A name is now looked up under the earlier rule, and
+  only a change that would make a new file with it is refused, by the commit's own read under
+  the lock (the replace above: 400, naming the character, nothing stored).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 
+import pytest
+from test_redteam_s38_integrity import _first_builds_session
+
 from app.config import Config
+from app.errors import FileNotFoundInSessionError, InvalidNameError
 from app.storage import FileEntry, open_storage
+from app.store import Store
+from app.store.upload import Upload
 
 
 def test_a_put_that_waited_for_anothers_commit_is_never_stamped_before_the_version_it_replaced(
     app_config: Config,
 ) -> None:
-    """Two commits of one name at once, each on a thread of its own (as two clients' PUTs
-    are): the version that ends up in the session replaced the other, so it must not read
-    as uploaded before it. Before the fix the stamp was taken before the lock was waited
-    for: 9 of 100 rounds read so."""
+    """Three commits of one name at once, each on a thread of its own (as three clients'
+    PUTs are): the version that ends up in the session replaced the others, so it must not
+    read as uploaded before them. Before the fix the stamp was taken before the lock was
+    waited for: 9 of 100 rounds of two read so, , and nearly
+    every round of three with threads switched often."""
+    # The interpreter switches threads often, as a loaded machine does: a thread stamped,
+    # then another stamped and took the lock first.
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        _three_commits_at_once(app_config)
+    finally:
+        sys.setswitchinterval(switching)
+
+
+def _three_commits_at_once(app_config: Config) -> None:
     with open_storage(app_config, writer=True, kind="tests", wanted="make") as store:
-        sid = store.create_session("two at once")["id"]
+        sid = store.create_session("three at once")["id"]
         store.put_file(sid, "a.txt", b"first")
-        for round_ in range(60):
-            uploads = [store.begin_upload(sid, "a.txt", replace=True) for _ in range(2)]
-            answers: list[FileEntry | None] = [None, None]
+        for round_ in range(25):
+            uploads = [store.begin_upload(sid, "a.txt", replace=True) for _ in range(3)]
+            answers: list[FileEntry] = []
             for index, upload in enumerate(uploads):
                 upload.write(b"round %d, client %d" % (round_, index))
 
-            def commit(index: int) -> None:
-                answers[index] = uploads[index].commit()
+            def commit(upload: Upload) -> None:
+                answers.append(upload.commit())
 
-            threads = [threading.Thread(target=commit, args=(i,)) for i in range(2)]
+            threads = [threading.Thread(target=commit, args=(u,)) for u in uploads]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            assert answers[0] is not None and answers[1] is not None
             (current,) = store.list_files(sid)
             assert current in answers  # the answer is what was stored
-            (replaced,) = [a for a in answers if a != current]
-            assert current["uploaded_at"] > replaced["uploaded_at"], (round_, current, replaced)
+            replaced = [a for a in answers if a != current]
+            assert len(replaced) == 2
+            assert all(current["uploaded_at"] > r["uploaded_at"] for r in replaced), (
+                round_,
+                current,
+                replaced,
+            )
+
+
+def test_a_file_with_an_earlier_builds_name_deleted_by_another_client_is_no_file_not_a_bad_name(
+    app_store: Store,
+) -> None:
+    nbsp = "report\u00a0final.pdf"
+    session = _first_builds_session(app_store, {"notes ": b"trailing", nbsp: b"no-break"})
+    app_store.check(repair=True)  # migrated, as every start-up does
+    upload = app_store.begin_upload(session, nbsp, replace=True)  # a PUT's body streaming
+    upload.write(b"the replace that lost the race")
+    app_store.delete_file(session, "notes ")
+    app_store.delete_file(session, nbsp)  # another client's delete, while the PUT streams
+    for lost_race in (
+        lambda: app_store.delete_file(session, "notes "),  # a retry, or the second client
+        lambda: app_store.open_file(session, "notes "),
+    ):
+        with pytest.raises(FileNotFoundInSessionError) as missing:
+            lost_race()
+        assert "has no file 'notes '" in str(missing.value)
+    # The replace now makes a new file with that name, which no new file may have: refused
+    # by the commit's own read, naming the character; nothing stored.
+    with pytest.raises(InvalidNameError, match="U\\+00A0"):
+        upload.commit()
+    with pytest.raises(InvalidNameError, match="U\\+00A0"):
+        app_store.begin_upload(session, nbsp)
+    assert app_store.list_files(session) == []
+    kept = sorted(e.file or "" for e in app_store.list_trash() if e.kind == "file")
+    assert kept == sorted(["notes ", nbsp])
