@@ -61,10 +61,7 @@ def _three_commits_at_once(app_config: Config) -> None:
             for index, upload in enumerate(uploads):
                 upload.write(b"round %d, client %d" % (round_, index))
 
-            def commit(upload: Upload) -> None:
-                answers.append(upload.commit())
-
-            threads = [threading.Thread(target=commit, args=(u,)) for u in uploads]
+            threads = [threading.Thread(target=_commit, args=(u, answers)) for u in uploads]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -78,6 +75,10 @@ def _three_commits_at_once(app_config: Config) -> None:
                 current,
                 replaced,
             )
+
+
+def _commit(upload: Upload, answers: list[FileEntry]) -> None:
+    answers.append(upload.commit())
 
 
 def test_a_file_with_an_earlier_builds_name_deleted_by_another_client_is_no_file_not_a_bad_name(

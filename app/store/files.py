@@ -491,7 +491,7 @@ def _upload_moment(old: FileRecord | None) -> str:
     version of a file never reads as uploaded before the one it replaced."""
     moment = datetime.now(UTC)
     with contextlib.suppress(TypeError, ValueError):
-        before = datetime.fromisoformat(str((old or {}).get("uploaded_at")))
+        before = datetime.fromisoformat(str(None if old is None else old.get("uploaded_at")))
         if before.tzinfo is not None:
             moment = max(moment, before + timedelta(microseconds=1))
     return moment.isoformat(timespec="microseconds")
