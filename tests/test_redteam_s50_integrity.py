@@ -15,13 +15,21 @@ What broke (each test says how it was found):
   streaming were each refused 400 "invalid file name", of a file listed a moment before,
   where the truth was "no file" (404). A name is now looked up under the earlier rule, and
   only a change that would make a new file with it is refused, by the commit's own read under
-  the lock (the replace above: 400, naming the character, nothing stored).
+  the lock (the replace above: 400, naming the character, nothing stored);
+* a session's delete moves it into the trash under the session's lock, and shares the fsync
+  of sessions/ and writes its audit line after it: an `empty-trash` in between removed the
+  entry for good and wrote its line first, so `audit.jsonl` named the entry's removal before
+  the delete that made it, and a crash between the two left the delete unaudited for good
+  (`check` writes a missing line only for an entry still there). An `empty-trash` now leaves
+  an entry whose delete has not written its line, as it leaves one made after it began.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
+import time
 
 import pytest
 from test_redteam_s38_integrity import _first_builds_session
@@ -107,3 +115,34 @@ def test_a_file_with_an_earlier_builds_name_deleted_by_another_client_is_no_file
     assert app_store.list_files(session) == []
     kept = sorted(e.file or "" for e in app_store.list_trash() if e.kind == "file")
     assert kept == sorted(["notes ", nbsp])
+
+
+def test_an_empty_trash_never_removes_a_session_whose_delete_has_not_written_its_audit_line(
+    app_store: Store,
+) -> None:
+    """Found by reading `Store.delete_session`; made to happen by holding the shared fsync
+    of sessions/ (`GroupSync`), which the delete waits for after its move."""
+    sid = app_store.create_session("deleted as the trash is emptied")["id"]
+    gate = app_store.sessions.state.sessions_sync._cond
+    deleted: list[str] = []
+    with gate:
+        deleting = threading.Thread(
+            target=lambda: deleted.append(app_store.delete_session(sid).name)
+        )
+        deleting.start()
+        trash = app_store.root.trash_dir
+        while not any(trash.glob(f"*-{sid}/session")):  # moved; its fsync waits for the gate
+            time.sleep(0.001)
+        emptied = app_store.empty_trash()
+    deleting.join()
+    assert emptied == []  # left, as an entry made after the empty-trash began
+    (entry,) = deleted
+    assert [e.name for e in app_store.list_trash()] == [entry]
+    assert [e.name for e in app_store.empty_trash()] == [entry]
+    lines = [json.loads(line) for line in app_store.root.audit_path.read_text().splitlines()]
+    said = [
+        line["operation"]
+        for line in lines
+        if entry in (line["details"].get("trash"), *line["details"].get("entries", ()))
+    ]
+    assert said == ["trash-session", "empty-trash"]
