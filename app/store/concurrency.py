@@ -9,12 +9,13 @@ interleave changes to one session.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -52,6 +53,34 @@ class RootState:
         # any other is what a killed one left, which the next one finishes (red team 34).
         self.emptying: set[str] = set()
         self.emptying_lock = threading.Lock()
+        # The entries of session deletes (and purges) whose audit line is not written yet:
+        # an `empty-trash` leaves them for the next one (see `unaudited_moves`).
+        self.unaudited: set[str] = set()
+
+    @contextlib.contextmanager
+    def unaudited_moves(self) -> Iterator[set[str]]:
+        """A set a session's move into the trash adds its entry's name to, from its making
+        under the session's lock until its caller has written the audit line (this block's
+        end). The move is made under the lock, its fsync (shared, `GroupSync`) and its line
+        after it: an `empty-trash` in between removed the entry and wrote its own line first,
+        and a crash then left no line of the delete at all (red team 50)."""
+        names: set[str] = set()
+        try:
+            yield names
+        finally:
+            with self.emptying_lock:
+                self.unaudited.difference_update(names)
+
+    def being_audited(self, name: str) -> bool:
+        """Whether ``name`` is an entry of a move whose audit line is not written yet."""
+        with self.emptying_lock:
+            return name in self.unaudited
+
+    def add_unaudited(self, names: set[str], name: str) -> None:
+        """Add ``name`` to a block of `unaudited_moves` (``names``) and to the root's set."""
+        with self.emptying_lock:
+            names.add(name)
+            self.unaudited.add(name)
 
     def creation_frontier(self, prefix: int) -> str | None:
         """The lowest id of a session in creation (its staging name minus ``prefix``

@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
@@ -78,12 +79,17 @@ class Files:
     def _own_dirs(self, directory: Path) -> None:
         refuse_linked_dirs(self.root.path, directory, (RECORDS_DIR, BLOBS_DIR))
 
-    def record_path(self, session_id: str, name: str, *, stored: bool = False) -> Path:
+    def record_path(self, session_id: str, name: str) -> Path:
         """Where the record of ``name`` is, once the id and the name are checked.
 
-        A name is held to :func:`check_file_name` unless a file has it already (or, with
-        ``stored``, the trash may: a restore), which an earlier build may have stored under
-        its looser rule (`check_stored_name`): such a file stays reachable (red team 38).
+        A name is held to the rule an earlier build stored names under (`check_stored_name`),
+        which a file may have (red team 38): a read, a delete or a replace of it finds it,
+        and one that is not there is "no file". A new file's name is held to
+        :func:`check_file_name` by the change that would make it (`_refuse_new_name`), under
+        the session's lock, from the one read of the record that decides it is new: decided
+        here, by a look at the name before the lock, a delete of such a file that another
+        client's delete had just made was refused as an invalid name, 400, where the file was
+        listed a moment before (red team 50).
         """
         records = self.sessions.directory(session_id) / RECORDS_DIR
         try:
@@ -92,8 +98,6 @@ class Files:
             try:
                 checked = check_stored_name(name)
             except InvalidNameError:
-                raise refused from None
-            if not (stored or os.path.lexists(records / checked)):
                 raise refused from None
         path = records / checked
         # The checks above already make escaping impossible; this says so at the place
@@ -180,6 +184,8 @@ class Files:
         self.sessions.require(session_id)
         self._own_dirs(directory)
         old = record_to_change(record_path, session_id, "store")
+        if old is None:
+            _refuse_new_name(name)
         if if_match is not None:
             # Before the body too, so a stale client is not made to send it for nothing.
             if_match.require("PUT", session_id, record_path.name, _version(old))
@@ -204,7 +210,8 @@ class Files:
             raise TooManyFilesError(session_id, self.max_files)
 
     def commit_upload(self, upload: Upload, entry: FileEntry) -> None:
-        """Switch a complete upload into its session (:meth:`Upload.commit` calls it)."""
+        """Switch a complete upload into its session (:meth:`Upload.commit` calls it),
+        stamping ``entry``'s ``uploaded_at`` under the session's lock."""
         session_id, name = upload.session_id, upload.name
         record_path = self.record_path(session_id, name)
         self.root.ensure_held()
@@ -212,6 +219,8 @@ class Files:
         with self.root.changing(), self.sessions.locked(session_id) as directory:  # gone: 404
             self._own_dirs(directory)
             old = record_to_change(record_path, session_id, "store")
+            if old is None:
+                _refuse_new_name(name)
             if upload.if_match is not None:
                 # Under the session's lock, which every switch of this record takes: the
                 # version compared is the one this commit replaces.
@@ -221,6 +230,10 @@ class Files:
             if old is None:
                 self._refuse_one_file_too_many(session_id, record_path.parent)
             upload.replaced = old is not None
+            # Stamped here, under the lock that orders the switches of this record: taken
+            # before it, a PUT that waited for another's commit was recorded as uploaded
+            # before the version it replaced (red team 50).
+            entry["uploaded_at"] = _upload_moment(old)
             blobs = ensure_dir(directory, BLOBS_DIR)
             ensure_dir(directory, RECORDS_DIR)
             version = new_session_id()
@@ -359,7 +372,7 @@ class Files:
         before it, with the file added: a failure after the move (EMFILE) would otherwise
         answer "nothing was changed" for a file that is back.
         """
-        record_path = self.record_path(session_id, name, stored=True)
+        record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
             self._own_dirs(directory)
             if record_to_change(record_path, session_id, "restore") is not None:
@@ -464,6 +477,24 @@ def _inode(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return found.st_dev, found.st_ino
+
+
+def _refuse_new_name(name: str) -> None:
+    """Refuse a new file whose name only an earlier build's rule took (`Files.record_path`):
+    such a name stays reachable while a file has it, and is given to no new one."""
+    check_file_name(name)
+
+
+def _upload_moment(old: FileRecord | None) -> str:
+    """When a commit switches a file in: now, or just after the version it replaces if that
+    reads later (a clock stepped back), as `Trash.moment` names entries; so the newest
+    version of a file never reads as uploaded before the one it replaced."""
+    moment = datetime.now(UTC)
+    with contextlib.suppress(TypeError, ValueError):
+        before = datetime.fromisoformat(str(None if old is None else old.get("uploaded_at")))
+        if before.tzinfo is not None:
+            moment = max(moment, before + timedelta(microseconds=1))
+    return moment.isoformat(timespec="microseconds")
 
 
 def _version(record: FileRecord | None) -> str | None:

@@ -592,8 +592,14 @@ class Sessions:
             with contextlib.suppress(SessionNotFoundError, UnreadableSessionError):
                 yield self.read(self.path / session_id, session_id)
 
-    def move_to_trash(self, session_id: str, reason: str) -> TrashEntry:
-        """Move a session, files and all, into a new trash entry (not audited here)."""
+    def move_to_trash(
+        self, session_id: str, reason: str, unaudited: set[str] | None = None
+    ) -> TrashEntry:
+        """Move a session, files and all, into a new trash entry (not audited here).
+
+        ``unaudited``: a block of `RootState.unaudited_moves` the entry is added to, which the
+        caller ends once it has written the audit line; an `empty-trash` leaves it till then.
+        """
         directory = self.directory(session_id)
         with self.state.lock_for(session_id):
             # session.json alone: the title is all the entry needs, and the whole session
@@ -606,6 +612,8 @@ class Sessions:
                 # (and a purge is whole) while its bytes stay for a human.
                 title = None
             entry = self.trash.new_entry(session_id, "session", None, reason, title=title)
+            if unaudited is not None:
+                self.state.add_unaudited(unaudited, entry.name)
             # The data lives in sessions/ or in .trash/, never in .tmp/ (which a restart
             # clears): the manifest is written first, then the directory moves in one rename.
             try:

@@ -302,9 +302,10 @@ class Store(Storage):
     def delete_session(self, session_id: str, *, reason: str = "delete") -> TrashEntry:
         """Move a session, files and all, to ``.trash/``; audited. :meth:`restore` undoes it."""
         self.root.ensure_held()
-        with self.root.prepare(audit=True) as prepared:
+        state = self.sessions.state
+        with self.root.prepare(audit=True) as prepared, state.unaudited_moves() as moving:
             with self.sessions.served(session_id):
-                entry = self.sessions.move_to_trash(session_id, reason)
+                entry = self.sessions.move_to_trash(session_id, reason, moving)
             prepared.audit(
                 "trash-session",
                 session_id,
@@ -321,11 +322,12 @@ class Store(Storage):
         entries: list[TrashEntry] = []
         left: list[Path] = []
         ids = self.sessions.ids()
-        with self.root.prepare(audit=True, items=len(ids)) as prepared:
+        moves = self.sessions.state.unaudited_moves()
+        with self.root.prepare(audit=True, items=len(ids)) as prepared, moves as moving:
             try:
                 for session_id in ids:
                     try:
-                        entries.append(self.sessions.move_to_trash(session_id, "purge"))
+                        entries.append(self.sessions.move_to_trash(session_id, "purge", moving))
                     except SessionNotFoundError:  # deleted meanwhile, or not followed
                         if (linked := self.sessions_dir / session_id).is_symlink():
                             left.append(linked)

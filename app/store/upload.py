@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING
 
 from app import storage
@@ -98,7 +97,8 @@ class Upload(storage.Upload):
                 "name": self.name,
                 "size": self.received,
                 "sha256": sha256,
-                "uploaded_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+                # Stamped by the commit, under the session's lock (`_upload_moment`).
+                "uploaded_at": "",
             }
             self.files.commit_upload(self, entry)
         except BaseException:
