@@ -97,6 +97,7 @@ __all__ = [
     "scratch_database_url",
     "scratch_suffix",
     "seen_from_outside",
+    "served_by",
     "shell_override",
     "swap",
     "unregister",
@@ -3039,6 +3040,21 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
                 "Tests get data roots of their own under tmp_path; never mount a real data "
                 "root, or the directory that holds it, into the sandbox",
             )
+    # The directory it is, by identity: an overlay's upper directory named through a link
+    # or a bind mount of the root is the root under another path (red team 50).
+    chain = [source, *source.parents]
+    seen = {ident for p in chain if (ident := identity(p)) is not None}
+    own = identity(source)
+    for item in run.protected:
+        if seen & item.identities or (own is not None and own in item.ancestors):
+            raise SandboxViolationError(
+                f"{what} {path}: it is {source}, seen through a mount (`findmnt -T {path}`), "
+                f"which is, lies in or holds the data root of profile {item.profile!r} "
+                f"({item.path}) under another path (same device and inode)",
+                run.sandbox,
+                "Tests get data roots of their own under tmp_path; never mount a real data "
+                "root, or the directory that holds it, into the sandbox",
+            )
     # Then by identity, as each root is now: a directory mounted on a root's way since the
     # run began (a deploy that binds a release over `current`, a disk attached above it)
     # put another directory at its path, and the mount shows it from a path of its own
@@ -3073,8 +3089,8 @@ def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None 
             raise SandboxViolationError(
                 f"{what} {path}: the sandbox is not the directory the run made: a "
                 f"filesystem of type {kind} mounted at {point} since shows another in its "
-                "place, whose files a daemon or another machine serves (bindfs, sshfs, "
-                "NFS), a data root of another profile or of a live server maybe",
+                f"place, {served_by(kind)}, a data root of another profile or of a live "
+                "server maybe",
                 run.sandbox,
                 f"Unmount it (`fusermount -u {point}`, or `umount {point}`); tests get data "
                 "roots of their own under tmp_path",
@@ -3082,14 +3098,25 @@ def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None 
         return
     raise SandboxViolationError(
         f"{what} {path}: it lies on a filesystem of type {kind} mounted at {point}, in the "
-        "sandbox, whose files a daemon or another machine serves (bindfs, sshfs, NFS): it "
-        "may show any directory, the data root of another profile or of a live server too, "
-        "and nothing here says which",
+        f"sandbox, {served_by(kind)}: it may show any directory, the data root of another "
+        "profile or of a live server too, and nothing here says which",
         run.sandbox,
         f"Tests get data roots of their own under tmp_path, on the sandbox's own filesystem: "
         f"unmount it (`fusermount -u {point}`, or `umount {point}`) and copy what the test "
         "needs into tmp_path instead",
     )
+
+
+def served_by(kind: str) -> str:
+    """Why nothing says what a filesystem of type `kind` that `dataroot.served_from`
+    reported shows, for a refusal: a daemon or another machine serves it, or an overlay
+    writes into an upper directory its mount does not name for certain."""
+    if kind == "overlay":
+        return (
+            "whose upper directory, where its writes land, the mount table names as the "
+            "mount was given it (a relative path, or a link), which does not lead there now"
+        )
+    return "whose files a daemon or another machine serves (bindfs, sshfs, NFS)"
 
 
 def _spelled_since(item: Protected, root: Path) -> str:

@@ -401,20 +401,21 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
         point, kind = served
         raise usage_error(
             f"app: refusing --basetemp {given}: it lies on a filesystem of type {kind} "
-            f"mounted at {point}, in a test run's sandbox, whose files a daemon or another "
-            "machine serves (bindfs, sshfs, NFS): it may show any directory, a data root "
-            "too, and nothing here says which; pytest empties the --basetemp before the run. "
+            f"mounted at {point}, in a test run's sandbox, {sandboxing.served_by(kind)}: it "
+            "may show any directory, a data root too, and nothing here says which; pytest "
+            "empties the --basetemp before the run. "
             f"Unmount it (`fusermount -u {point}`, or `umount {point}`), or choose a "
             "--basetemp on the sandbox's own filesystem"
         )
     # Elsewhere (a home on NFS is a usual place for one) only what pytest would empty: a
     # bindfs of a live root's sessions/ and --basetemp=<it>/<a session> emptied the session.
-    if served is not None and _holds_what_no_run_made(target):
+    # (Not a container's root: an overlay at / whose upper directory is the host's.)
+    if served is not None and served[0] != Path("/") and _holds_what_no_run_made(target):
         point, kind = served
         raise usage_error(
             f"app: refusing --basetemp {given}: it holds files that no run of this plugin "
             f"made (no {SANDBOX_MARK}), on a filesystem of type {kind} mounted at {point} "
-            "whose files a daemon or another machine serves (bindfs, sshfs, NFS): they may "
+            f"{sandboxing.served_by(kind)}: they may "
             "be a data root's, which nothing here can tell, and pytest empties the "
             "--basetemp before the run. Give a --basetemp that is empty or new, or one on a "
             "local filesystem"

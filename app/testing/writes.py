@@ -740,6 +740,7 @@ def _holder(root: Path) -> str:
 def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
     from app.dataroot import bound_from, served_from
+    from app.sandbox import served_by
     from app.testing.guard import in_a_sandbox
 
     found = _conflict_at(target, roots, seen)
@@ -760,9 +761,9 @@ def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None
         if in_a_sandbox(point):
             found = (
                 f"which lies on a filesystem of type {kind} mounted at {point}, in a test "
-                "run's sandbox, whose files a daemon or another machine serves (bindfs, "
-                "sshfs, NFS): it may show any directory, a data root too, and nothing here "
-                f"says which (unmount it: `fusermount -u {point}`, or `umount {point}`)"
+                f"run's sandbox, {served_by(kind)}: it may show any directory, a data root "
+                f"too, and nothing here says which (unmount it: `fusermount -u {point}`, or "
+                f"`umount {point}`)"
             )
     return found
 

@@ -1,0 +1,131 @@
+"""Red team 50 on the guard (branch rt-guard33): an overlay whose upper directory the mount
+table names by a path that does not lead there.
+
+What broke: the kernel keeps an overlay's ``upperdir=`` in the mount table as the mount was
+given it. Red team 44's check took it for the directory the overlay writes into; a test
+(run as root) that mounted an overlay at the sandbox's root of an opted-in production, with
+
+- ``upperdir=<tmp_path>/up``, a link to production's root, or
+- ``upperdir=`` a path relative to the directory it mounted from,
+
+then ran ``app data purge --yes-i-mean-it`` in a child: the purge moved production's
+sessions to its trash (its stamp said production, and an overlay keeps no device or inode of
+what it writes into). A link swapped for an empty directory after the mount, or an upper
+directory bound from production's root, are the same shape.
+
+Now where an overlay writes is where its upper path leads now only if that directory is the
+one the overlay's root shows (by inode number); through a bind mount, where that one shows it
+from. An overlay whose upper directory cannot be told so, mounted in the sandbox, is refused
+as a FUSE or network filesystem there is (red team 49).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_redteam_s24_guard import _inner_env
+from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
+from test_server_e2e import snapshot
+
+
+@pytest.fixture
+def kept(stopped: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:  # noqa: F811 - the fixture
+    """`stopped`'s settings and production root, which the test must leave as they were."""
+    settings, production = stopped
+    before = snapshot(production)
+    yield settings, production
+    assert snapshot(production) == before
+
+
+#: A test that opts into production, then purges it from a child through an overlay in its
+#: tmp_path whose upper directory is production's root (`$REAL`) spelled another way: a link
+#: (then swapped for one to an empty directory), a path relative to where it was mounted
+#: from. Each child's output is printed after `CASE <what>`.
+OVERLAID = """
+import os, subprocess, sys, pytest
+
+@pytest.mark.app_profile("production")
+def test_purges_through_overlays(tmp_path):
+    real = os.environ["REAL"]
+    link, decoy = tmp_path / "link", tmp_path / "decoy"
+    link.symlink_to(real)
+    cases = [("link", str(link)), ("relative", os.path.relpath(real, tmp_path)),
+             ("swapped", str(link))]
+    for n, (what, upper) in enumerate(cases):
+        scratch, point = tmp_path / f"s{n}", tmp_path / f"o{n}"
+        for made in (scratch / "l", scratch / "w", point):
+            made.mkdir(parents=True)
+        options = f"lowerdir={scratch}/l,upperdir={upper},workdir={scratch}/w"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(point)],
+                       check=True, cwd=tmp_path)
+        try:
+            if what == "swapped":  # a link to production's root when mounted, not now
+                link.unlink()
+                decoy.mkdir()
+                link.symlink_to(decoy)
+            env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(point)}
+            done = subprocess.run(
+                [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                env=env, capture_output=True, text=True,
+            )
+            print("CASE", what, point, done.returncode, done.stdout + done.stderr)
+            if what == "relative":  # pytest's report, written over a session's record
+                (tmp_path / "test_inner.py").write_text("def test_nothing():\\n    pass\\n")
+                session = next((point / "sessions").iterdir()).name
+                report = f"--junitxml={point}/sessions/{session}/session.json"
+                done = subprocess.run(
+                    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", report,
+                     f"--basetemp={tmp_path}/inner", "test_inner.py"],
+                    cwd=tmp_path, capture_output=True, text=True,
+                )
+                print("CASE report", point, done.returncode, done.stdout + done.stderr)
+        finally:
+            subprocess.run(["umount", str(point)], check=True)
+"""
+
+
+def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
+    kept: tuple[Path, Path], tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount an overlay")
+    settings, production = kept
+    real = production.resolve()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_overlaid.py").write_text(OVERLAID)
+    (tmp_path / "tmp").mkdir()
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), REAL=str(real), TMPDIR=str(tmp_path / "tmp"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
+        cwd=project, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    cases = dict(re.findall(r"CASE (\w+) (.*?)(?= CASE |\.\s*1 passed|$)", output))
+    assert sorted(cases) == ["link", "relative", "report", "swapped"], output
+    for what in ("link",):  # where it lies in fact is production's root
+        assert " 78 error: refused under pytest (sandbox: " in cases[what], output
+        assert f": it is {real}, seen through a mount (`findmnt -T " in cases[what], output
+        assert f"the data root of profile 'production' ({real})" in cases[what], output
+    for what in ("relative", "swapped"):  # nothing says where it writes
+        point = cases[what].split()[0]
+        assert (
+            f"open data root {point}: it lies on a filesystem of type overlay mounted at "
+            f"{point}, in the sandbox, whose upper directory, where its writes land, the "
+            "mount table names as the mount was given it (a relative path, or a link), which "
+            "does not lead there now"
+        ) in cases[what], output
+        assert f"`umount {point}`" in cases[what], output
+    point = cases["report"].split()[0]
+    assert cases["report"].split()[1] == "4", output
+    # *held*: pytest's report over a session's record through it (the stamp shows there).
+    assert f"refusing to run: pytest's --junitxml rewrites {point}/sessions/" in cases["report"], (
+        output
+    )
+    assert f"which lies in the data root {point} (it has a profile stamp" in cases["report"]
