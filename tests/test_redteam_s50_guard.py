@@ -46,7 +46,7 @@ def kept(stopped: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:  # noqa: F8
 #: A test that opts into production, then purges it from a child through an overlay in its
 #: tmp_path whose upper directory is production's root (`$REAL`) spelled another way: a link
 #: (then swapped for one to an empty directory), a path relative to where it was mounted
-#: from. Each child's output is printed after `CASE <what>`.
+#: from, a bind mount of the directory above it. Each child's output is printed after `CASE <what>`.
 OVERLAID = """
 import os, subprocess, sys, pytest
 
@@ -55,13 +55,20 @@ def test_purges_through_overlays(tmp_path):
     real = os.environ["REAL"]
     link, decoy = tmp_path / "link", tmp_path / "decoy"
     link.symlink_to(real)
+    # The directory above production's root, bound into tmp_path: the work directory must
+    # lie on the upper directory's mount (it is made beside the root, not in it).
+    above = tmp_path / "above"
+    above.mkdir()
+    subprocess.run(["mount", "--bind", os.path.dirname(real), str(above)], check=True)
     cases = [("link", str(link)), ("relative", os.path.relpath(real, tmp_path)),
-             ("swapped", str(link))]
+             ("swapped", str(link)), ("bound", f"{above}/{os.path.basename(real)}")]
     for n, (what, upper) in enumerate(cases):
         scratch, point = tmp_path / f"s{n}", tmp_path / f"o{n}"
         for made in (scratch / "l", scratch / "w", point):
             made.mkdir(parents=True)
-        options = f"lowerdir={scratch}/l,upperdir={upper},workdir={scratch}/w"
+        work = f"{above}/rt50-work" if what == "bound" else f"{scratch}/w"
+        os.makedirs(work, exist_ok=True)
+        options = f"lowerdir={scratch}/l,upperdir={upper},workdir={work}"
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(point)],
                        check=True, cwd=tmp_path)
         try:
@@ -87,6 +94,7 @@ def test_purges_through_overlays(tmp_path):
                 print("CASE report", point, done.returncode, done.stdout + done.stderr)
         finally:
             subprocess.run(["umount", str(point)], check=True)
+    subprocess.run(["umount", str(above)], check=True)
 """
 
 
@@ -108,10 +116,17 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
     cases = dict(re.findall(r"CASE (\w+) (.*?)(?= CASE |\.\s*1 passed|$)", output))
-    assert sorted(cases) == ["link", "relative", "report", "swapped"], output
-    for what in ("link",):  # where it lies in fact is production's root
+    assert sorted(cases) == ["bound", "link", "relative", "report", "swapped"], output
+    # Where it lies in fact is production's root: the link followed, the bind mount's
+    # directory the root by device and inode.
+    assert f": it is {real}, seen through a mount (`findmnt -T " in cases["link"], output
+    assert (
+        f"/above/{real.name}, seen through a mount (`findmnt -T {cases['bound'].split()[0]}`), "
+        f"which is, lies in or holds the data root of profile 'production' ({real}) under "
+        "another path (same device and inode)"
+    ) in cases["bound"], output
+    for what in ("link", "bound"):
         assert " 78 error: refused under pytest (sandbox: " in cases[what], output
-        assert f": it is {real}, seen through a mount (`findmnt -T " in cases[what], output
         assert f"the data root of profile 'production' ({real})" in cases[what], output
     for what in ("relative", "swapped"):  # nothing says where it writes
         point = cases[what].split()[0]
