@@ -48,7 +48,7 @@ def kept(stopped: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:  # noqa: F8
 #: (then swapped for one to an empty directory), a path relative to where it was mounted
 #: from, a bind mount of the directory above it. Each child's output is printed after `CASE <what>`.
 OVERLAID = """
-import os, subprocess, sys, pytest
+import os, shutil, subprocess, sys, tempfile, pytest
 
 @pytest.mark.app_profile("production")
 def test_purges_through_overlays(tmp_path):
@@ -82,19 +82,36 @@ def test_purges_through_overlays(tmp_path):
                 env=env, capture_output=True, text=True,
             )
             print("CASE", what, point, done.returncode, done.stdout + done.stderr)
-            if what == "relative":  # pytest's report, written over a session's record
-                (tmp_path / "test_inner.py").write_text("def test_nothing():\\n    pass\\n")
-                session = next((point / "sessions").iterdir()).name
-                report = f"--junitxml={point}/sessions/{session}/session.json"
-                done = subprocess.run(
-                    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", report,
-                     f"--basetemp={tmp_path}/inner", "test_inner.py"],
-                    cwd=tmp_path, capture_output=True, text=True,
-                )
-                print("CASE report", point, done.returncode, done.stdout + done.stderr)
         finally:
             subprocess.run(["umount", str(point)], check=True)
     subprocess.run(["umount", str(above)], check=True)
+
+
+def test_pytest_writes_nothing_through_such_an_overlay_outside_the_sandbox(tmp_path):
+    # Outside any sandbox, where a test may mount one too: production's sessions/ as the
+    # upper directory, relative to the directory it was mounted from.
+    sessions = os.path.join(os.environ["REAL"], "sessions")
+    session = os.listdir(sessions)[0]
+    outside = tempfile.mkdtemp(prefix="rt50-", dir="/tmp")
+    point = os.path.join(outside, "o")
+    for made in ("l", "w", "o"):
+        os.mkdir(os.path.join(outside, made))
+    options = f"lowerdir=l,upperdir={os.path.relpath(sessions, outside)},workdir=w"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, point],
+                   check=True, cwd=outside)
+    (tmp_path / "test_inner.py").write_text("def test_nothing():\\n    pass\\n")
+    try:
+        for option in (f"--junitxml={point}/{session}/session.json",
+                       f"--basetemp={point}/made"):
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", option,
+                 "test_inner.py"],
+                cwd=tmp_path, capture_output=True, text=True,
+            )
+            print("CASE", option[2:10], point, done.returncode, done.stdout + done.stderr)
+    finally:
+        subprocess.run(["umount", point], check=True)
+        shutil.rmtree(outside)
 """
 
 
@@ -115,8 +132,8 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
         cwd=project, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     output = " ".join((done.stdout + done.stderr).split())
-    cases = dict(re.findall(r"CASE (\w+) (.*?)(?= CASE |\.\s*1 passed|$)", output))
-    assert sorted(cases) == ["bound", "link", "relative", "report", "swapped"], output
+    cases = dict(re.findall(r"CASE (\w+) (.*?)(?=\.? ?CASE \w+ /|\.\s*2 passed|$)", output))
+    assert sorted(cases) == ["basetemp", "bound", "junitxml", "link", "relative", "swapped"], output
     # Where it lies in fact is production's root: the link followed, the bind mount's
     # directory the root by device and inode.
     assert f": it is {real}, seen through a mount (`findmnt -T " in cases["link"], output
@@ -137,10 +154,17 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
             "does not lead there now"
         ) in cases[what], output
         assert f"`umount {point}`" in cases[what], output
-    point = cases["report"].split()[0]
-    assert cases["report"].split()[1] == "4", output
-    # *held*: pytest's report over a session's record through it (the stamp shows there).
-    assert f"refusing to run: pytest's --junitxml rewrites {point}/sessions/" in cases["report"], (
-        output
-    )
-    assert f"which lies in the data root {point} (it has a profile stamp" in cases["report"]
+    # Outside any sandbox: pytest replaced a session's record with its report, and made its
+    # --basetemp among the sessions.
+    for what, refused in (
+        ("junitxml", "refusing to run: pytest's --junitxml rewrites"),
+        ("basetemp", "refusing --basetemp"),
+    ):
+        point = cases[what].split()[0]
+        assert cases[what].split()[1] == "4", output
+        assert refused in cases[what], output
+        assert (
+            f"lies on a filesystem of type overlay mounted at {point}, outside any sandbox, "
+            "whose upper directory, where its writes land, the mount table names as the "
+            "mount was given it (a relative path, or a link), which does not lead there now"
+        ) in cases[what], output

@@ -397,11 +397,11 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     # sessions/ at <tmp_path>/bf, then a child's --basetemp=<tmp_path>/bf/x): nothing says
     # what it shows, and pytest made x/ in the live root (red team 49).
     served = served_from(target)
-    if served is not None and in_a_sandbox(served[0]):
+    if served is not None and (where := unknown_mount_at(*served)) is not None:
         point, kind = served
         raise usage_error(
             f"app: refusing --basetemp {given}: it lies on a filesystem of type {kind} "
-            f"mounted at {point}, in a test run's sandbox, {sandboxing.served_by(kind)}: it "
+            f"mounted at {point}, {where}, {sandboxing.served_by(kind)}: it "
             "may show any directory, a data root too, and nothing here says which; pytest "
             "empties the --basetemp before the run. "
             f"Unmount it (`fusermount -u {point}`, or `umount {point}`), or choose a "
@@ -439,6 +439,23 @@ def _holds_what_no_run_made(directory: Path) -> bool:
     except OSError:
         return False
     return held and not (directory / SANDBOX_MARK).is_file()
+
+
+def unknown_mount_at(point: Path, kind: str) -> str | None:
+    """Where a mount that `app.dataroot.served_from` reported lies, said for a refusal of
+    what pytest writes through it; None where that is allowed.
+
+    In a sandbox, any such mount was made by a test. Elsewhere a FUSE or network
+    filesystem is a usual place for reports (a home on NFS), but an overlay whose upper
+    directory cannot be told is not, except a container's root: through one mounted with
+    ``upperdir=../data/production/sessions`` a child's ``--junitxml`` replaced a session's
+    record, and its new ``--basetemp`` was made among the sessions (red team 50).
+    """
+    if in_a_sandbox(point):
+        return "in a test run's sandbox"
+    if kind == "overlay" and point != Path("/"):
+        return "outside any sandbox"
+    return None
 
 
 def in_a_sandbox(path: Path) -> bool:
