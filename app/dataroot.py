@@ -73,6 +73,7 @@ from app.mountinfo import shown_and_upper, shown_from, unescape, upper_in_fact
 from app.names import MAX_NAME_BYTES
 from app.sandbox import (
     check_root,
+    check_same_filesystem,
     check_served,
     check_shown_from,
     checked,
@@ -1411,10 +1412,12 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
 
 
 def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
-    """`check_shown_from` where a mount on the way shows `path` from elsewhere, and
+    """`check_same_filesystem` (a protected root's filesystem mounted again through another
+    device), `check_shown_from` where a mount on the way shows `path` from elsewhere, and
     `check_served` where `path` lies on a filesystem that is not one of this machine's own
     (`served_from`)."""
     resolved = path.resolve()
+    check_same_filesystem(resolved, what, run)
     if (source := bound_from(resolved)) is not None and source != resolved:
         check_shown_from(resolved, source, what, run)
     if (served := served_from(resolved)) is not None:

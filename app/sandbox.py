@@ -70,6 +70,7 @@ __all__ = [
     "check_profile",
     "check_remote",
     "check_root",
+    "check_same_filesystem",
     "check_scratch",
     "check_served",
     "check_shown_from",
@@ -3062,6 +3063,60 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
     # sandbox from outside (a link resolves out of it).
     now = [Protected.of(item.profile, root) for item in run.protected for root in item.paths_now()]
     _refuse_same_directory(path.resolve(), run.sandbox, now, what)
+
+
+def check_same_filesystem(path: Path, what: str, run: Run | None = None) -> None:
+    """Refuse `path` (absolute, resolved) where it, or a directory above it in the sandbox,
+    is a root the run protects on the same filesystem mounted again through another device.
+
+    A disk image's filesystem mounted through a second loop device (``losetup -f --show
+    <image>``, then ``mount``) is a second superblock of the same filesystem: its device
+    number is another, so the check by device and inode passed, and a test that opted
+    into production purged the real root through it, past a live server's flock too
+    (red team 50). The filesystem's id (``statfs``'s ``f_fsid``, from an ext4 or XFS
+    volume's UUID) is the same through either device; with the inode number it names the
+    directory. Only where the device differs from the root's: on the same device the check
+    by device and inode holds.
+    """
+    run = _run_to_check(run)
+    if run is None or not run.protected:
+        return
+    resolved = path  # resolved by the caller (`app.dataroot`)
+    if not resolved.is_relative_to(run.sandbox):
+        return
+    inside = len(resolved.parts) - len(run.sandbox.parts)
+    chain = []
+    for directory in (resolved, *resolved.parents[:inside]):
+        with contextlib.suppress(OSError):
+            chain.append((directory, os.stat(directory)))  # noqa: PTH116 - st_dev and st_ino
+    for item in run.protected:
+        for root in item.paths_now():
+            try:
+                found = os.stat(root)  # noqa: PTH116 - as above
+                fsid = None
+            except OSError:
+                continue
+            for directory, seen in chain:
+                if seen.st_dev == found.st_dev or seen.st_ino != found.st_ino:
+                    continue
+                if fsid is None:
+                    fsid = os.statvfs(root).f_fsid
+                with contextlib.suppress(OSError):
+                    if os.statvfs(directory).f_fsid != fsid:
+                        continue
+                    raise SandboxViolationError(
+                        f"{what} {path}: it is the data root of profile {item.profile!r} "
+                        f"({root}), its filesystem mounted again through another device "
+                        f"({directory} is device {os.major(seen.st_dev)}:"
+                        f"{os.minor(seen.st_dev)}, the root {os.major(found.st_dev)}:"
+                        f"{os.minor(found.st_dev)}; one filesystem id and inode: a second "
+                        "loop device of its disk image, say)",
+                        run.sandbox,
+                        f"Unmount it (`umount $(findmnt -n -o TARGET -T {directory})`, then "
+                        "`losetup -d` the device); tests get data roots of their own under "
+                        "tmp_path. Never mount a mounted filesystem a second time: its two "
+                        "mounts overwrite each other's writes",
+                    )
 
 
 def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None = None) -> None:

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
-from test_redteam_s31_guard import stopped  # noqa: F401 - a fixture
-from test_server_e2e import snapshot
+from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
+from test_server_e2e import app_env, snapshot
 
 
 @pytest.fixture
@@ -62,29 +64,31 @@ def test_purges_through_overlays(tmp_path):
     subprocess.run(["mount", "--bind", os.path.dirname(real), str(above)], check=True)
     cases = [("link", str(link)), ("relative", os.path.relpath(real, tmp_path)),
              ("swapped", str(link)), ("bound", f"{above}/{os.path.basename(real)}")]
-    for n, (what, upper) in enumerate(cases):
-        scratch, point = tmp_path / f"s{n}", tmp_path / f"o{n}"
-        for made in (scratch / "l", scratch / "w", point):
-            made.mkdir(parents=True)
-        work = f"{above}/rt50-work" if what == "bound" else f"{scratch}/w"
-        os.makedirs(work, exist_ok=True)
-        options = f"lowerdir={scratch}/l,upperdir={upper},workdir={work}"
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(point)],
-                       check=True, cwd=tmp_path)
-        try:
-            if what == "swapped":  # a link to production's root when mounted, not now
-                link.unlink()
-                decoy.mkdir()
-                link.symlink_to(decoy)
-            env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(point)}
-            done = subprocess.run(
-                [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
-                env=env, capture_output=True, text=True,
-            )
-            print("CASE", what, point, done.returncode, done.stdout + done.stderr)
-        finally:
-            subprocess.run(["umount", str(point)], check=True)
-    subprocess.run(["umount", str(above)], check=True)
+    try:
+        for n, (what, upper) in enumerate(cases):
+            scratch, point = tmp_path / f"s{n}", tmp_path / f"o{n}"
+            for made in (scratch / "l", scratch / "w", point):
+                made.mkdir(parents=True)
+            work = f"{above}/rt50-work" if what == "bound" else f"{scratch}/w"
+            os.makedirs(work, exist_ok=True)
+            options = f"lowerdir={scratch}/l,upperdir={upper},workdir={work}"
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(point)],
+                           check=True, cwd=tmp_path)
+            try:
+                if what == "swapped":  # a link to production's root when mounted, not now
+                    link.unlink()
+                    decoy.mkdir()
+                    link.symlink_to(decoy)
+                env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(point)}
+                done = subprocess.run(
+                    [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                    env=env, capture_output=True, text=True,
+                )
+                print("CASE", what, point, done.returncode, done.stdout + done.stderr)
+            finally:
+                subprocess.run(["umount", str(point)], check=True)
+    finally:
+        subprocess.run(["umount", str(above)], check=True)
 
 
 def test_pytest_writes_nothing_through_such_an_overlay_outside_the_sandbox(tmp_path):
@@ -168,3 +172,84 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
             "whose upper directory, where its writes land, the mount table names as the "
             "mount was given it (a relative path, or a link), which does not lead there now"
         ) in cases[what], output
+
+
+#: A test that opts into production, then purges it from a child through a second loop
+#: device of the disk image production's root lies on, mounted in its tmp_path: the same
+#: filesystem under another device number (`$IMAGE`, the root's path in it `$INSIDE`).
+AGAIN = """
+import os, subprocess, sys, pytest
+
+@pytest.mark.app_profile("production")
+def test_purges_through_a_second_loop_device(tmp_path):
+    device = subprocess.run(["losetup", "-f", "--show", os.environ["IMAGE"]], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    point = tmp_path / "disk"
+    point.mkdir()
+    try:
+        subprocess.run(["mount", device, str(point)], check=True)
+        try:
+            root = point / os.environ["INSIDE"]
+            env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(root)}
+            done = subprocess.run(
+                [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                env=env, capture_output=True, text=True,
+            )
+            print("CASE", root, device, done.returncode, done.stdout + done.stderr)
+        finally:
+            subprocess.run(["umount", str(point)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+"""
+
+
+def test_a_root_on_its_filesystem_mounted_again_through_another_device_is_refused(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0 or shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs root, losetup and mkfs.ext4 for a disk image of its own")
+    image, disk = tmp_path / "disk.img", tmp_path / "disk"
+    with image.open("wb") as made:
+        made.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    disk.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
+    try:
+        settings = copy_project_settings(tmp_path / "settings")
+        production = disk / "srv" / "production"
+        text = (settings / "settings.toml").read_text()
+        (settings / "settings.toml").write_text(
+            text.replace('data_root = "data/production"', f'data_root = "{production}"')
+        )
+        env = app_env(production, profile="production", APP_SETTINGS_DIR=str(settings))
+        subprocess.run([sys.executable, "-c", CREATE], env=env, check=True)
+        os.sync()  # on the disk, as a server's data is after a while
+        before = snapshot(production)
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "test_again.py").write_text(AGAIN)
+        (tmp_path / "tmp").mkdir()
+        inner = _inner_env(
+            APP_SETTINGS_DIR=str(settings), IMAGE=str(image), INSIDE="srv/production",
+            TMPDIR=str(tmp_path / "tmp"),
+        )  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s"],
+            cwd=project, env=inner, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        output = " ".join((done.stdout + done.stderr).split())
+        subprocess.run(["umount", str(disk)], check=True)  # what the disk holds now
+        subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
+        assert snapshot(production) == before, output
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    found = re.search(r"CASE (\S+) (\S+) (\d+) ", output)
+    assert found is not None, output
+    root, _, status = found.groups()
+    assert status == "78", output
+    assert (
+        f"open data root {root}: it is the data root of profile 'production' ({production}), "
+        f"its filesystem mounted again through another device ({root} is device "
+    ) in output
+    assert "one filesystem id and inode: a second loop device of its disk image" in output
+    assert f"`umount $(findmnt -n -o TARGET -T {root})`, then `losetup -d` the device" in output
