@@ -26,31 +26,33 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_redteam_s31_guard import CREATE, stopped  # noqa: F401 - a fixture
+from test_redteam_s49_guard import kept  # noqa: F401 - a fixture
 from test_server_e2e import app_env, snapshot
-
-
-@pytest.fixture
-def kept(stopped: tuple[Path, Path]) -> Iterator[tuple[Path, Path]]:  # noqa: F811 - the fixture
-    """`stopped`'s settings and production root, which the test must leave as they were."""
-    settings, production = stopped
-    before = snapshot(production)
-    yield settings, production
-    assert snapshot(production) == before
-
 
 #: A test that opts into production, then purges it from a child through an overlay in its
 #: tmp_path whose upper directory is production's root (`$REAL`) spelled another way: a link
 #: (then swapped for one to an empty directory), a path relative to where it was mounted
 #: from, a bind mount of the directory above it. Each child's output is printed after `CASE <what>`.
-OVERLAID = """
+#: What both inner tests start with: a child that purges production's root at `root`.
+PURGE = """
 import os, shutil, subprocess, sys, tempfile, pytest
+
+def purge(root):
+    env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(root)}
+    done = subprocess.run([sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
+                          env=env, capture_output=True, text=True)
+    return f"{done.returncode} {done.stdout + done.stderr}"
+"""
+
+OVERLAID = (
+    PURGE
+    + """
 
 @pytest.mark.app_profile("production")
 def test_purges_through_overlays(tmp_path):
@@ -79,12 +81,7 @@ def test_purges_through_overlays(tmp_path):
                     link.unlink()
                     decoy.mkdir()
                     link.symlink_to(decoy)
-                env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(point)}
-                done = subprocess.run(
-                    [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
-                    env=env, capture_output=True, text=True,
-                )
-                print("CASE", what, point, done.returncode, done.stdout + done.stderr)
+                print("CASE", what, point, purge(point))
             finally:
                 subprocess.run(["umount", str(point)], check=True)
     finally:
@@ -117,10 +114,12 @@ def test_pytest_writes_nothing_through_such_an_overlay_outside_the_sandbox(tmp_p
         subprocess.run(["umount", point], check=True)
         shutil.rmtree(outside)
 """
+)
 
 
 def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
-    kept: tuple[Path, Path], tmp_path: Path
+    kept: tuple[Path, Path],  # noqa: F811 - the fixture
+    tmp_path: Path,
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to mount an overlay")
@@ -177,8 +176,9 @@ def test_an_overlay_whose_upper_directory_is_spelled_another_way_is_refused(
 #: A test that opts into production, then purges it from a child through a second loop
 #: device of the disk image production's root lies on, mounted in its tmp_path: the same
 #: filesystem under another device number (`$IMAGE`, the root's path in it `$INSIDE`).
-AGAIN = """
-import os, subprocess, sys, pytest
+AGAIN = (
+    PURGE
+    + """
 
 @pytest.mark.app_profile("production")
 def test_purges_through_a_second_loop_device(tmp_path):
@@ -190,17 +190,13 @@ def test_purges_through_a_second_loop_device(tmp_path):
         subprocess.run(["mount", device, str(point)], check=True)
         try:
             root = point / os.environ["INSIDE"]
-            env = {**os.environ, "ENV_FOR_DYNACONF": "production", "APP_DATA_ROOT": str(root)}
-            done = subprocess.run(
-                [sys.executable, "-m", "app", "data", "purge", "--yes-i-mean-it"],
-                env=env, capture_output=True, text=True,
-            )
-            print("CASE", root, device, done.returncode, done.stdout + done.stderr)
+            print("CASE", root, device, purge(root))
         finally:
             subprocess.run(["umount", str(point)], check=True)
     finally:
         subprocess.run(["losetup", "-d", device], check=True)
 """
+)
 
 
 def test_a_root_on_its_filesystem_mounted_again_through_another_device_is_refused(
