@@ -1,22 +1,24 @@
-"""Red team 50 on the guard (branch rt-guard33): an overlay whose upper directory the mount
-table names by a path that does not lead there.
+"""Red team 50 on the guard (branch rt-guard33): a data root shown in the sandbox by a mount
+of one of this machine's own filesystems that says nothing true of what it shows.
 
-What broke: the kernel keeps an overlay's ``upperdir=`` in the mount table as the mount was
-given it. Red team 44's check took it for the directory the overlay writes into; a test
-(run as root) that mounted an overlay at the sandbox's root of an opted-in production, with
+What broke (a test run as root, as on this machine, mounting in its own tmp_path):
 
-- ``upperdir=<tmp_path>/up``, a link to production's root, or
-- ``upperdir=`` a path relative to the directory it mounted from,
+- an overlay whose ``upperdir=`` (kept by the kernel as the mount was given it) is a link to
+  production's root, a path relative to where it was mounted from, a link swapped for one
+  to an empty directory since, or production's root under a bind mount of its parent: red
+  team 44's check took the text for where writes land, and a child of a test that opted
+  into production purged the real root through it (an overlay keeps no device or inode of
+  its upper directory, and a live server's flock is not seen through it);
+- the same overlay mounted outside any sandbox, over production's ``sessions/``: a child
+  pytest's ``--junitxml`` replaced a session's record, its ``--basetemp`` was made there;
+- production's root on a disk image, the image mounted again through a second loop device
+  in the sandbox: another device number, so the check by device and inode passed, and the
+  purge moved the sessions to the trash on the disk.
 
-then ran ``app data purge --yes-i-mean-it`` in a child: the purge moved production's
-sessions to its trash (its stamp said production, and an overlay keeps no device or inode of
-what it writes into). A link swapped for an empty directory after the mount, or an upper
-directory bound from production's root, are the same shape.
-
-Now where an overlay writes is where its upper path leads now only if that directory is the
-one the overlay's root shows (by inode number); through a bind mount, where that one shows it
-from. An overlay whose upper directory cannot be told so, mounted in the sandbox, is refused
-as a FUSE or network filesystem there is (red team 49).
+Now an overlay's upper directory counts only where its path leads to the directory the
+overlay's root shows (by inode), and one that cannot be told is refused in the sandbox and,
+for what pytest writes, anywhere but a container's root; a root on another device than a
+protected root with the same filesystem id (``f_fsid``) and inode is refused.
 """
 
 from __future__ import annotations
