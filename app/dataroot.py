@@ -69,10 +69,11 @@ from app.lock import (
     shared_with,
     special_kind,
 )
-from app.mountinfo import shown_and_upper, shown_from, unescape
+from app.mountinfo import shown_and_upper, shown_from, unescape, upper_in_fact
 from app.names import MAX_NAME_BYTES
 from app.sandbox import (
     check_root,
+    check_same_filesystem,
     check_served,
     check_shown_from,
     checked,
@@ -1056,6 +1057,13 @@ class _MountTable:
         with self._lock:
             return [(m[0], m[1], *more) for m, more in zip(mounts, self._fsroots, strict=False)]
 
+    def with_uppers(self) -> list[tuple[bytes, bytes | None, bytes]]:
+        """Each mount's mount point, filesystem type and an overlay's upper directory
+        (``b""`` for any other mount), from one reading of the table."""
+        self.mounts()
+        with self._lock:
+            return [(m[1], m[2], f[1]) for m, f in zip(self._mounts, self._fsroots, strict=False)]
+
     def generation(self) -> int:
         """A number that changes whenever the table does: one poll while it has not.
 
@@ -1146,23 +1154,30 @@ def served_from(path: Path) -> tuple[Path, str] | None:
     server's, in a test's ``tmp_path``, and a test that opted into production purged it
     there, past every check by identity, mount source and lock (FUSE keeps its own locks,
     so the live server's flock was not seen; red team 49).
+
+    An overlay is one of this machine's own, but where it writes is told by its upper
+    directory as the mount was given it, which may be a link or a relative path: one whose
+    upper directory cannot be told for certain (`upper_in_fact`) is reported too, of type
+    ``overlay``, as nothing else says what it shows (red team 50).
     """
     try:
-        mounts = _MOUNTS.mounts()
+        mounts = _MOUNTS.with_uppers()
     except OSError:
         return None
     wanted = os.fsencode(path)
-    found: tuple[bytes, bytes | None] | None = None
-    for _, point, raw in mounts:  # the longest mount point on the way: the nearest mount
-        top = point.rstrip(b"/")
+    found: tuple[bytes, bytes | None, bytes] | None = None
+    for point, raw, upper in mounts:
+        top = point.rstrip(b"/")  # the longest mount point on the way: the nearest mount
         if (wanted == point or wanted.startswith(top + b"/")) and (
             found is None or len(top) >= len(found[0].rstrip(b"/"))
         ):
-            found = (point, raw)
+            found = (point, raw, upper)
     if found is None or found[1] is None:
         return None
-    kind = os.fsdecode(found[1])
-    return None if kind in LOCAL_FILESYSTEMS else (Path(os.fsdecode(found[0])), kind)
+    point, kind = found[0], os.fsdecode(found[1])
+    if kind == "overlay" and found[2] and upper_in_fact(point, found[2]) is None:
+        return Path(os.fsdecode(point)), kind
+    return None if kind in LOCAL_FILESYSTEMS else (Path(os.fsdecode(point)), kind)
 
 
 def mount_point_at(path: Path) -> bool:
@@ -1397,10 +1412,12 @@ def _refuse_swapped_while_opening(opened: DataRoot, lock: RootLock, run: Run | N
 
 
 def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
-    """`check_shown_from` where a mount on the way shows `path` from elsewhere, and
+    """`check_same_filesystem` (a protected root's filesystem mounted again through another
+    device), `check_shown_from` where a mount on the way shows `path` from elsewhere, and
     `check_served` where `path` lies on a filesystem that is not one of this machine's own
     (`served_from`)."""
     resolved = path.resolve()
+    check_same_filesystem(resolved, what, run)
     if (source := bound_from(resolved)) is not None and source != resolved:
         check_shown_from(resolved, source, what, run)
     if (served := served_from(resolved)) is not None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Mount", "read", "shown_and_upper", "shown_from", "unescape"]
+__all__ = ["Mount", "read", "shown_and_upper", "shown_from", "unescape", "upper_in_fact"]
 
 #: A mount: its device (``major:minor``), mount point, directory shown, upper directory.
 Mount = tuple[bytes, bytes, bytes, bytes]
@@ -83,10 +84,10 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
     if found is None:
         return None
     device, point, shown, upper = found
-    if upper and os.path.isdir(upper):  # noqa: PTH112 - not a container root, upper outside
+    if upper and (real := upper_in_fact(point, upper)) is not None:
         # An overlay writes into its upper directory, wherever that lies: what pytest
         # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
-        return Path(os.fsdecode(upper.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
+        return Path(os.fsdecode(real.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
     # A mount of a filesystem's root (``/`` shown) is where it lies in fact, unless that
     # filesystem is mounted elsewhere too: a whole volume mounted at a data root after the
     # run took the root's identity (a disk attached, a restore, a tmpfs made anew), then
@@ -103,6 +104,29 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
             if hidden or _same_file_or_place(wanted, there):
                 return Path(os.fsdecode(there))
     return None
+
+
+def upper_in_fact(point: bytes, upper: bytes) -> bytes | None:
+    """The directory an overlay mounted at `point` writes into, where the mount table's
+    `upper` (its ``upperdir=`` as the mount was given it) leads there now; None where it
+    does not, or where that cannot be told (`point` hidden, a container's upper directory
+    in another namespace).
+
+    The kernel keeps the option as it was written: a relative path (resolved against the
+    working directory of whoever mounted it), or a link (to a live root's directory, or
+    swapped for an empty directory since), was taken for a directory of the sandbox, and a
+    test that opted into production purged the real root through it (red team 50). The
+    overlay's root shows its upper directory's inode number (its layer's own, unmapped), so
+    where the path leads now is checked against it.
+    """
+    if not upper.startswith(b"/"):
+        return None
+    real = os.path.realpath(upper)
+    try:
+        shown, there = os.stat(point), os.stat(real)  # noqa: PTH116 - bytes from the table
+    except OSError:
+        return None
+    return real if stat.S_ISDIR(there.st_mode) and shown.st_ino == there.st_ino else None
 
 
 def _same_file_or_place(path: bytes, other: bytes) -> bool:

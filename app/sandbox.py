@@ -70,6 +70,7 @@ __all__ = [
     "check_profile",
     "check_remote",
     "check_root",
+    "check_same_filesystem",
     "check_scratch",
     "check_served",
     "check_shown_from",
@@ -97,6 +98,7 @@ __all__ = [
     "scratch_database_url",
     "scratch_suffix",
     "seen_from_outside",
+    "served_by",
     "shell_override",
     "swap",
     "unregister",
@@ -3039,6 +3041,21 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
                 "Tests get data roots of their own under tmp_path; never mount a real data "
                 "root, or the directory that holds it, into the sandbox",
             )
+    # The directory it is, by identity: an overlay's upper directory named through a link
+    # or a bind mount of the root is the root under another path (red team 50).
+    chain = [source, *source.parents]
+    seen = {ident for p in chain if (ident := identity(p)) is not None}
+    own = identity(source)
+    for item in run.protected:
+        if seen & item.identities or (own is not None and own in item.ancestors):
+            raise SandboxViolationError(
+                f"{what} {path}: it is {source}, seen through a mount (`findmnt -T {path}`), "
+                f"which is, lies in or holds the data root of profile {item.profile!r} "
+                f"({item.path}) under another path (same device and inode)",
+                run.sandbox,
+                "Tests get data roots of their own under tmp_path; never mount a real data "
+                "root, or the directory that holds it, into the sandbox",
+            )
     # Then by identity, as each root is now: a directory mounted on a root's way since the
     # run began (a deploy that binds a release over `current`, a disk attached above it)
     # put another directory at its path, and the mount shows it from a path of its own
@@ -3046,6 +3063,60 @@ def check_shown_from(path: Path, source: Path, what: str, run: Run | None = None
     # sandbox from outside (a link resolves out of it).
     now = [Protected.of(item.profile, root) for item in run.protected for root in item.paths_now()]
     _refuse_same_directory(path.resolve(), run.sandbox, now, what)
+
+
+def check_same_filesystem(path: Path, what: str, run: Run | None = None) -> None:
+    """Refuse `path` (absolute, resolved) where it, or a directory above it in the sandbox,
+    is a root the run protects on the same filesystem mounted again through another device.
+
+    A disk image's filesystem mounted through a second loop device (``losetup -f --show
+    <image>``, then ``mount``) is a second superblock of the same filesystem: its device
+    number is another, so the check by device and inode passed, and a test that opted
+    into production purged the real root through it, past a live server's flock too
+    (red team 50). The filesystem's id (``statfs``'s ``f_fsid``, from an ext4 or XFS
+    volume's UUID) is the same through either device; with the inode number it names the
+    directory. Only where the device differs from the root's: on the same device the check
+    by device and inode holds.
+    """
+    run = _run_to_check(run)
+    if run is None or not run.protected:
+        return
+    resolved = path  # resolved by the caller (`app.dataroot`)
+    if not resolved.is_relative_to(run.sandbox):
+        return
+    inside = len(resolved.parts) - len(run.sandbox.parts)
+    chain = []
+    for directory in (resolved, *resolved.parents[:inside]):
+        with contextlib.suppress(OSError):
+            chain.append((directory, os.stat(directory)))  # noqa: PTH116 - st_dev and st_ino
+    for item in run.protected:
+        for root in item.paths_now():
+            try:
+                found = os.stat(root)  # noqa: PTH116 - as above
+                fsid = None
+            except OSError:
+                continue
+            for directory, seen in chain:
+                if seen.st_dev == found.st_dev or seen.st_ino != found.st_ino:
+                    continue
+                if fsid is None:
+                    fsid = os.statvfs(root).f_fsid
+                with contextlib.suppress(OSError):
+                    if os.statvfs(directory).f_fsid != fsid:
+                        continue
+                    raise SandboxViolationError(
+                        f"{what} {path}: it is the data root of profile {item.profile!r} "
+                        f"({root}), its filesystem mounted again through another device "
+                        f"({directory} is device {os.major(seen.st_dev)}:"
+                        f"{os.minor(seen.st_dev)}, the root {os.major(found.st_dev)}:"
+                        f"{os.minor(found.st_dev)}; one filesystem id and inode: a second "
+                        "loop device of its disk image, say)",
+                        run.sandbox,
+                        f"Unmount it (`umount $(findmnt -n -o TARGET -T {directory})`, then "
+                        "`losetup -d` the device); tests get data roots of their own under "
+                        "tmp_path. Never mount a mounted filesystem a second time: its two "
+                        "mounts overwrite each other's writes",
+                    )
 
 
 def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None = None) -> None:
@@ -3073,8 +3144,8 @@ def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None 
             raise SandboxViolationError(
                 f"{what} {path}: the sandbox is not the directory the run made: a "
                 f"filesystem of type {kind} mounted at {point} since shows another in its "
-                "place, whose files a daemon or another machine serves (bindfs, sshfs, "
-                "NFS), a data root of another profile or of a live server maybe",
+                f"place, {served_by(kind)}, a data root of another profile or of a live "
+                "server maybe",
                 run.sandbox,
                 f"Unmount it (`fusermount -u {point}`, or `umount {point}`); tests get data "
                 "roots of their own under tmp_path",
@@ -3082,14 +3153,25 @@ def check_served(path: Path, point: Path, kind: str, what: str, run: Run | None 
         return
     raise SandboxViolationError(
         f"{what} {path}: it lies on a filesystem of type {kind} mounted at {point}, in the "
-        "sandbox, whose files a daemon or another machine serves (bindfs, sshfs, NFS): it "
-        "may show any directory, the data root of another profile or of a live server too, "
-        "and nothing here says which",
+        f"sandbox, {served_by(kind)}: it may show any directory, the data root of another "
+        "profile or of a live server too, and nothing here says which",
         run.sandbox,
         f"Tests get data roots of their own under tmp_path, on the sandbox's own filesystem: "
         f"unmount it (`fusermount -u {point}`, or `umount {point}`) and copy what the test "
         "needs into tmp_path instead",
     )
+
+
+def served_by(kind: str) -> str:
+    """Why nothing says what a filesystem of type `kind` that `dataroot.served_from`
+    reported shows, for a refusal: a daemon or another machine serves it, or an overlay
+    writes into an upper directory its mount does not name for certain."""
+    if kind == "overlay":
+        return (
+            "whose upper directory, where its writes land, the mount table names as the "
+            "mount was given it (a relative path, or a link), which does not lead there now"
+        )
+    return "whose files a daemon or another machine serves (bindfs, sshfs, NFS)"
 
 
 def _spelled_since(item: Protected, root: Path) -> str:

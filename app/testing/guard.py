@@ -397,24 +397,25 @@ def _check_basetemp(given: Path, roots: dict[str, Path], *, stamped_inside: bool
     # sessions/ at <tmp_path>/bf, then a child's --basetemp=<tmp_path>/bf/x): nothing says
     # what it shows, and pytest made x/ in the live root (red team 49).
     served = served_from(target)
-    if served is not None and in_a_sandbox(served[0]):
+    if served is not None and (where := unknown_mount_at(*served)) is not None:
         point, kind = served
         raise usage_error(
             f"app: refusing --basetemp {given}: it lies on a filesystem of type {kind} "
-            f"mounted at {point}, in a test run's sandbox, whose files a daemon or another "
-            "machine serves (bindfs, sshfs, NFS): it may show any directory, a data root "
-            "too, and nothing here says which; pytest empties the --basetemp before the run. "
+            f"mounted at {point}, {where}, {sandboxing.served_by(kind)}: it "
+            "may show any directory, a data root too, and nothing here says which; pytest "
+            "empties the --basetemp before the run. "
             f"Unmount it (`fusermount -u {point}`, or `umount {point}`), or choose a "
             "--basetemp on the sandbox's own filesystem"
         )
     # Elsewhere (a home on NFS is a usual place for one) only what pytest would empty: a
     # bindfs of a live root's sessions/ and --basetemp=<it>/<a session> emptied the session.
-    if served is not None and _holds_what_no_run_made(target):
+    # (Not a container's root: an overlay at / whose upper directory is the host's.)
+    if served is not None and served[0] != Path("/") and _holds_what_no_run_made(target):
         point, kind = served
         raise usage_error(
             f"app: refusing --basetemp {given}: it holds files that no run of this plugin "
             f"made (no {SANDBOX_MARK}), on a filesystem of type {kind} mounted at {point} "
-            "whose files a daemon or another machine serves (bindfs, sshfs, NFS): they may "
+            f"{sandboxing.served_by(kind)}: they may "
             "be a data root's, which nothing here can tell, and pytest empties the "
             "--basetemp before the run. Give a --basetemp that is empty or new, or one on a "
             "local filesystem"
@@ -438,6 +439,23 @@ def _holds_what_no_run_made(directory: Path) -> bool:
     except OSError:
         return False
     return held and not (directory / SANDBOX_MARK).is_file()
+
+
+def unknown_mount_at(point: Path, kind: str) -> str | None:
+    """Where a mount that `app.dataroot.served_from` reported lies, said for a refusal of
+    what pytest writes through it; None where that is allowed.
+
+    In a sandbox, any such mount was made by a test. Elsewhere a FUSE or network
+    filesystem is a usual place for reports (a home on NFS), but an overlay whose upper
+    directory cannot be told is not, except a container's root: through one mounted with
+    ``upperdir=../data/production/sessions`` a child's ``--junitxml`` replaced a session's
+    record, and its new ``--basetemp`` was made among the sessions (red team 50).
+    """
+    if in_a_sandbox(point):
+        return "in a test run's sandbox"
+    if kind == "overlay" and point != Path("/"):
+        return "outside any sandbox"
+    return None
 
 
 def in_a_sandbox(path: Path) -> bool:

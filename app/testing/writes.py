@@ -740,7 +740,8 @@ def _holder(root: Path) -> str:
 def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None:
     """Where `target` meets a data root, said for a refusal; None where it meets none."""
     from app.dataroot import bound_from, served_from
-    from app.testing.guard import in_a_sandbox
+    from app.sandbox import served_by
+    from app.testing.guard import unknown_mount_at
 
     found = _conflict_at(target, roots, seen)
     if found is None and (source := bound_from(target.path)) is not None:
@@ -757,12 +758,12 @@ def _conflict(target: Target, roots: dict[str, Path], seen: _Seen) -> str | None
         # live root's sessions/ at <tmp_path>/bf: a child's --basetemp=<tmp_path>/bf/x made
         # x/ in it; red team 49), no mark, device or mount source says what lies there.
         point, kind = served
-        if in_a_sandbox(point):
+        if (where := unknown_mount_at(point, kind)) is not None:
             found = (
-                f"which lies on a filesystem of type {kind} mounted at {point}, in a test "
-                "run's sandbox, whose files a daemon or another machine serves (bindfs, "
-                "sshfs, NFS): it may show any directory, a data root too, and nothing here "
-                f"says which (unmount it: `fusermount -u {point}`, or `umount {point}`)"
+                f"which lies on a filesystem of type {kind} mounted at {point}, {where}, "
+                f"{served_by(kind)}: it may show any directory, a data root "
+                f"too, and nothing here says which (unmount it: `fusermount -u {point}`, or "
+                f"`umount {point}`)"
             )
     return found
 
