@@ -574,7 +574,13 @@ class Checker:
             except (OSError, ValueError):
                 continue
             held = manifest.get("file") if isinstance(manifest, dict) else None
-            if manifest.get("blob") == blob and isinstance(held, str) and (path / held).exists():
+            # Under the name an entry keeps bytes as: a file named trash.json has its
+            # manifest at its own name, which made any entry of it "keep" the bytes.
+            if (
+                manifest.get("blob") == blob
+                and isinstance(held, str)
+                and (path / bytes_in_entry(held)).exists()
+            ):
                 return True
         return False
 

@@ -645,3 +645,32 @@ def test_a_record_switched_in_as_a_change_looks_is_never_taken_for_a_damaged_one
     path.mkdir()
     with pytest.raises(FileRecordUnreadableError):
         record_to_change(path, "s", "store")
+
+
+def test_an_entry_of_a_file_named_trash_json_is_not_kept_by_another_entrys_manifest(
+    app_store: Store,
+) -> None:
+    """`check` asks whether another trash entry keeps a lost version's bytes. It looked for
+    them under the file's own name, where a file named ``trash.json`` has its entry's
+    manifest (its bytes are kept as ``.trash.json``): so any other entry of that version
+    "kept" them, and two entries whose bytes were both removed from outside the app (a
+    backup that copied an entry's manifest alone) were each taken for a crash's leftover
+    rather than reported for a human. Found by reading (red teams 49 and 50)."""
+    import shutil
+
+    from app.store.records import bytes_in_entry
+
+    sid = app_store.create_session()["id"]
+    app_store.put_file(sid, "trash.json", b"acknowledged")
+    app_store.delete_file(sid, "trash.json")
+    (entry,) = [e for e in app_store.list_trash() if e.file == "trash.json"]
+    stamp, rest = entry.name.split("-", 1)
+    twin = entry.path.with_name(f"{stamp[:-3]}{int(stamp[-3:-1]) + 1:02d}Z-{rest}")
+    twin.mkdir()
+    shutil.copy2(entry.path / "trash.json", twin / "trash.json")  # the manifest alone
+    (entry.path / bytes_in_entry("trash.json")).unlink()  # removed from outside the app
+    findings = app_store.check(repair=True, thorough=False).findings
+    for path in (entry.path, twin):
+        assert path.is_dir(), findings  # removed as "a delete that stopped before its commit"
+        (finding,) = [f for f in findings if str(f.target).endswith(path.name)]
+        assert (finding.problem, finding.repaired) == ("file-damaged", False), finding
