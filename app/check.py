@@ -24,7 +24,7 @@ import shlex
 import shutil
 import stat
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -860,22 +860,8 @@ class Checker:
 
     def _trash_orphan(self, session_id: str, path: Path, name: str) -> None:
         """Move bytes no record names into a trash entry of their own, as file ``name``."""
-        blobs_dir = path.parent
         entry = self.store.trash.new_entry(session_id, "file", name, "orphan")
-        try:
-            prepared = self.root.prepare(entry.path, blobs_dir, audit=True)
-        except BaseException:
-            self.store.trash.remove_empty(entry)
-            raise
-        with prepared:
-            try:
-                path.rename(entry.path / name)
-            except BaseException:
-                if os.path.lexists(path):
-                    self.store.trash.remove_empty(entry)
-                raise
-            prepared.sync()
-            prepared.audit("trash-file", f"{session_id}/{name}", trash=entry.name, reason="orphan")
+        self._into_entry(entry, path, lambda: path.rename(entry.path / name), moved_in=True)
 
     def _keep_lost_record(self, session_id: str, path: Path, record: FileRecord) -> None:
         """Move an acknowledged file's record whose bytes are gone into a trash entry.
@@ -886,25 +872,37 @@ class Checker:
         entry they wait for a human, as a file whose trash copy lost its bytes does
         (`_lost`): put back, a restore checks them against the SHA-256.
         """
-        records_dir = path.parent
         entry = self.store.trash.new_entry(
             session_id, "file", path.name, "lost", previous=public(record), blob=record["blob"]
         )
+        self._into_entry(entry, path, path.unlink, moved_in=False)
+
+    def _into_entry(
+        self, entry: TrashEntry, path: Path, move: Callable[[], object], *, moved_in: bool
+    ) -> None:
+        """Take `path` (a session's blob or record) out of its directory by `move`, for the
+        new file entry `entry` (its manifest written), synced and audited; the entry is
+        removed again where `path` is still there. `moved_in`: whether `move` puts something
+        into the entry, whose directory then changes too."""
+        changed = (path.parent, entry.path) if moved_in else (path.parent,)
         try:
-            prepared = self.root.prepare(records_dir, entry.path, audit=True)
+            prepared = self.root.prepare(path.parent, entry.path, audit=True)
         except BaseException:
             self.store.trash.remove_empty(entry)
             raise
         with prepared:
             try:
-                path.unlink()
+                move()
             except BaseException:
                 if os.path.lexists(path):
                     self.store.trash.remove_empty(entry)
                 raise
-            prepared.sync(records_dir)
+            prepared.sync(*changed)
             prepared.audit(
-                "trash-file", f"{session_id}/{path.name}", trash=entry.name, reason="lost"
+                "trash-file",
+                f"{entry.session_id}/{entry.file}",
+                trash=entry.name,
+                reason=entry.reason,
             )
 
 

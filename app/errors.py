@@ -1312,10 +1312,12 @@ class TrashCopyLostError(StoreError):
             )
         else:
             instead = "; no other copy of it is in the trash"
-        # The name an entry keeps the bytes under (`app.store.records.bytes_in_entry`): put
-        # back as "trash.json", a file of that name went over the entry's manifest, the
-        # record of the SHA-256 that finds them (red team 48).
-        kept = f".{self.file}" if self.file == "trash.json" else self.file
+        # The name an entry keeps the bytes under: put back as "trash.json", a file of that
+        # name went over the entry's manifest, the record of the SHA-256 that finds them
+        # (red team 48). Imported here: the store's modules import this one.
+        from app.store.records import bytes_in_entry
+
+        kept = bytes_in_entry(self.file)
         if self.object_store is not None:
             if self.damage.startswith("has lost"):
                 cause = (
