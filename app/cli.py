@@ -882,12 +882,9 @@ def sessions_show(ctx: click.Context, session_id: str, as_json: bool) -> None:
     try:
         session = store.get_session(session_id)
     except SessionNotFoundError:
-        deleted = [
-            e for e in store.list_trash() if e.kind == "session" and e.session_id == session_id
-        ]
-        if not deleted:
+        newest = store.deleted_entry(session_id)
+        if newest is None:
             raise
-        newest = max(deleted, key=lambda entry: entry.deleted_at).name
         raise SessionNotFoundError(session_id, deleted=newest) from None
     if as_json:
         click.echo(json.dumps(session, indent=2, ensure_ascii=False))

@@ -1162,7 +1162,8 @@ class StoreError(AppError):
 
 
 class SessionNotFoundError(StoreError):
-    """No session with that id (or not in the trash, for restore)."""
+    """No session with that id (or not in the trash, for restore); a deleted one is named
+    with its trash entry and the restore, over HTTP and by `app sessions show`."""
 
     exit_code = EX_NOINPUT
     code = "session_not_found"

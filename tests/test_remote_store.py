@@ -722,9 +722,25 @@ def test_the_http_routes_over_a_remote_store(store: RemoteStore, app_config: Con
         gone = client.get(f"/sessions/{session_id}/files/missing")
         assert (gone.status_code, gone.json()["code"]) == (404, "file_not_found")
         assert client.delete(f"/sessions/{session_id}/files/x.bin").status_code == 200
-        assert client.delete(f"/sessions/{session_id}").status_code == 200
-        assert client.get(f"/sessions/{session_id}").status_code == 404
+        deleted = client.delete(f"/sessions/{session_id}")
+        assert deleted.status_code == 200, deleted.text
+        entry = deleted.json()["trash"]
+        # A request to the deleted session names its trash entry and the restore, as the
+        # local backend's does.
+        for gone in (
+            client.get(f"/sessions/{session_id}"),
+            client.put(f"/sessions/{session_id}/files/y.bin", content=b"y"),
+        ):
+            assert gone.status_code == 404, gone.text
+            assert gone.json()["message"] == (
+                f"no session '{session_id}' in sessions: it was deleted, and is in the trash "
+                f"(entry {entry}). `app sessions restore {session_id}` brings it back; "
+                "`app sessions list --trash` shows the trash"
+            )
     assert {e.kind for e in store.list_trash()} == {"session", "file"}
+    assert store.deleted_entry(session_id) == entry
+    store.restore(session_id)
+    assert store.deleted_entry(session_id) is None
 
 
 def test_uploads_and_downloads_over_a_remote_store_answer_however_the_body_is_framed(

@@ -156,9 +156,31 @@ def test_deleting_a_session_moves_it_to_the_trash(
     response = app_client.delete(f"/sessions/{sid}")
     assert response.status_code == 200
     assert response.json()["id"] == sid
-    assert_error(app_client.get(f"/sessions/{sid}"), 404, "session_not_found")
     [entry] = app_store.list_trash()
     assert entry.session_id == sid
+    assert response.json()["trash"] == entry.name
+    # Every later request to it (another client's, one in flight) names its trash entry and
+    # the restore: "`app sessions list` shows the sessions" does not show it.
+    for gone in (
+        app_client.get(f"/sessions/{sid}"),
+        app_client.get(f"/sessions/{sid}/files"),
+        app_client.put(f"/sessions/{sid}/files/a.txt", content=b"a"),
+        app_client.delete(f"/sessions/{sid}"),
+    ):
+        assert_error(
+            gone,
+            404,
+            "session_not_found",
+            f"no session '{sid}' in sessions: it was deleted, and is in the trash (entry "
+            f"{entry.name}). `app sessions restore {sid}` brings it back; `app sessions list "
+            "--trash` shows the trash",
+        )
+    assert_error(
+        app_client.get(f"/sessions/{new_session_id()}"),
+        404,
+        "session_not_found",
+        "`app sessions list` shows the sessions",
+    )
     audit = [json.loads(x) for x in app_store.root.audit_path.read_text().splitlines()]
     assert audit[-1]["operation"] == "trash-session"
     assert audit[-1]["target"] == sid

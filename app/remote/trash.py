@@ -156,14 +156,23 @@ class RemoteTrash:
             # sessions", which does not show a deleted one).
             if type(missing) is not SessionNotFoundError or missing.where != "sessions":
                 raise
+            trashed = self.deleted_entry(session_id)
+            if trashed is None:
+                raise
+            raise SessionNotFoundError(session_id, in_trash=trashed) from None
+
+    def deleted_entry(self, session_id: str) -> str | None:
+        """The trash entry of the deleted session ``session_id``; None where it is not
+        deleted, or the database cannot say now (the request's own refusal stands)."""
+        try:
             with self.db.conn() as conn:
                 trashed = conn.execute(
                     "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL",
                     (session_id,),
                 ).fetchone()
-            if trashed is None:
-                raise
-            raise SessionNotFoundError(session_id, in_trash=trashed["trash_name"]) from None
+        except AppError:
+            return None
+        return None if trashed is None else str(trashed["trash_name"])
 
     def _restore_file_into(self, session_id: str, name: str, entry: str | None) -> None:
         what = f"the restore of {name!r} into session {session_id}"

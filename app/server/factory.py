@@ -49,7 +49,7 @@ def create_app(store: Storage, config: Config) -> FastAPI:
     app.router.route_class = TokenRoute  # the routes below check their token first
     auth = [Depends(require_token(config))]
     add_api_docs(app)
-    add_error_handlers(app)
+    add_error_handlers(app, store)
     add_session_routes(app, store, config, auth)
     add_file_routes(app, store, auth, UploadSlots(config.max_uploads_in_flight))
     app.openapi = openapi(app)  # type: ignore[method-assign]

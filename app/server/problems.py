@@ -12,12 +12,19 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from app.errors import AppError, RequestTimeoutError, storage_error, thread_limit
-from app.storage import holder_lost
+from app.errors import (
+    AppError,
+    RequestTimeoutError,
+    SessionNotFoundError,
+    storage_error,
+    thread_limit,
+)
+from app.storage import Storage, holder_lost
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +137,7 @@ def _mapped_or_raised(
     return handler
 
 
-def add_error_handlers(app: FastAPI) -> None:
+def add_error_handlers(app: FastAPI, store: Storage) -> None:
     @app.exception_handler(AppError)
     async def app_error(request: Request, error: AppError) -> ProblemResponse:
         if holder_lost(error):
@@ -138,6 +145,14 @@ def add_error_handlers(app: FastAPI) -> None:
             stop = getattr(request.app.state, "on_lock_lost", None)
             if stop is not None:
                 stop(getattr(error, "reason", error.message))
+        if type(error) is SessionNotFoundError and error.where == "sessions":
+            # A session deleted (by another client, or meanwhile) was "no session ...
+            # `app sessions list` shows the sessions", which does not show it: named with its
+            # trash entry and the restore, as `app sessions show` names it. Only on this
+            # miss, off the event loop (a trash directory or a database is read).
+            entry = await run_in_threadpool(store.deleted_entry, error.session_id)
+            if entry is not None:
+                error = SessionNotFoundError(error.session_id, deleted=entry)
         if isinstance(error, RequestTimeoutError):
             # The rest of the body may still come: the connection cannot carry another request.
             return problem_of(error, {"Connection": "close"})

@@ -514,11 +514,18 @@ class Store(Storage):
     def _session_in_trash(self, session_id: str) -> SessionNotFoundError | None:
         """The refusal of a file's restore whose session is in the trash, naming its entry
         (and `app sessions restore`); None if it is not there either."""
+        entry = self.deleted_entry(session_id)
+        return None if entry is None else SessionNotFoundError(session_id, in_trash=entry)
+
+    def deleted_entry(self, session_id: str) -> str | None:
+        """The newest trash entry that holds the deleted session (its manifests read by name
+        first, as a restore finds it); None where none does or the trash cannot be read
+        now (its own refusal is the restore's to give)."""
         try:
             entry = self.trash.latest(session_id, None)
         except (AppError, OSError):
-            return None  # its own refusal is the session's restore's to give
-        return None if entry is None else SessionNotFoundError(session_id, in_trash=entry.name)
+            return None
+        return None if entry is None else entry.name
 
     def _in_first_layout(self, session_id: str) -> bool:
         """Whether the session's files are still listed in its session.json (bytes in
