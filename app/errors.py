@@ -602,6 +602,24 @@ class DataRootInUseError(AppError):
                 + f": wait for pid {pid} to exit and retry; do not kill it again, which cuts "
                 "those requests"
             )
+        elif pid and self.holder and "traced_by" in self.holder:
+            # At a breakpoint, it acts on nothing but SIGKILL until the debugger lets it go;
+            # a debugger ended while it is stopped leaves it stopped (SIGSTOP).
+            tracer = self.holder["traced_by"]
+            debugger = f"the debugger (pid {tracer})" if tracer else "its debugger"
+            stop = (
+                f"continue or detach it in {debugger}, or end {debugger} and then resume it "
+                f"(kill -CONT {pid}), and let it finish; or end it (kill -KILL {pid}, which "
+                "skips its clean-up); then retry"
+            )
+        elif pid and self.holder and self.holder.get("frozen"):
+            # Frozen, it acts on no signal but SIGKILL until thawed.
+            thaw = self.holder.get("thaw")
+            stop = (
+                "thaw it (`docker unpause` or `systemctl thaw`, whichever froze it"
+                + (f", or `{thaw}`" if thaw else "")
+                + f"), then let it finish or stop it (kill {pid}), then retry"
+            )
         elif pid and self.holder and self.holder.get("stopped"):
             # A stopped process acts on SIGTERM only once continued.
             stop = (

@@ -59,6 +59,7 @@ from app.errors import (
     LockUnavailableError,
     shell_word,
 )
+from app.mountinfo import unescape
 from app.sandbox import check_root, command_line, identity
 
 if TYPE_CHECKING:
@@ -235,6 +236,15 @@ def _details(holder: Mapping[str, Any]) -> list[str]:
         parts.append(f"stopping since {holder['stopping_since']}")
     if holder.get("stopped"):
         parts.append("stopped by a signal (SIGSTOP, Ctrl-Z in its shell): it waits to be resumed")
+    if "traced_by" in holder:
+        tracer = holder["traced_by"]
+        parts.append(
+            "stopped by a debugger"
+            + (f" (pid {tracer} traces it)" if tracer else "")
+            + ": it waits for the debugger to continue it"
+        )
+    if holder.get("frozen"):
+        parts.append(f"frozen with its cgroup {holder['frozen']}: it waits to be thawed")
     return parts
 
 
@@ -385,20 +395,88 @@ def _flock_pid_of(found: os.stat_result) -> int | None:
 
 def _seen_here(holder: dict[str, Any] | None, pid_here: int | None) -> dict[str, Any] | None:
     seen = _seen_here_as_published(holder, pid_here)
-    if seen is not None and pid_here and _is_stopped(pid_here):
-        # Ctrl-Z on a maintenance command, left in a forgotten shell job (or a SIGSTOP):
-        # it holds the root for ever, and "wait for it to finish" was no remedy.
-        return {**seen, "stopped": True}
+    if seen is not None and pid_here:
+        # Ctrl-Z on a maintenance command, left in a forgotten shell job (or a SIGSTOP), a
+        # server at a debugger's breakpoint, a container paused: it holds the root for ever,
+        # and neither "wait for it to finish" nor `kill` (acted on only once it runs) was a
+        # remedy.
+        return {**seen, **_paused(pid_here)}
     return seen
 
 
-def _is_stopped(pid: int) -> bool:
-    """Whether `pid` is stopped by a signal (SIGSTOP, Ctrl-Z's SIGTSTP): state T of its stat."""
+def _paused(pid: int) -> dict[str, Any]:
+    """How `pid` is kept from running, as a holder's fields: ``stopped`` (SIGSTOP, Ctrl-Z's
+    SIGTSTP: state T), ``traced_by`` (the debugger's pid: state t, a tracing stop),
+    ``frozen`` (the directory of the cgroup that freezes it) and ``thaw`` (the command that
+    thaws that cgroup); empty where it runs."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["T"]
+        return {}
+    state = stat_line.rpartition(")")[2].split()[:1]
+    if state == ["T"]:
+        return {"stopped": True}
+    if state == ["t"]:
+        return {"traced_by": _tracer(pid)}
+    # A frozen task sleeps (S, or D under cgroup v1's freezer), as a running one may.
+    frozen = _frozen_cgroup(pid) if state in (["S"], ["D"]) else None
+    return {} if frozen is None else {"frozen": frozen[0], "thaw": frozen[1]}
+
+
+def _tracer(pid: int) -> int | None:
+    """The pid of the process that traces `pid` (``TracerPid``), None where unknown."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    found = next((line.split()[1:] for line in lines if line.startswith("TracerPid:")), [])
+    return int(found[0]) if found and found[0].isdigit() and found[0] != "0" else None
+
+
+def _frozen_cgroup(pid: int) -> tuple[str, str] | None:
+    """The directory of the cgroup that freezes `pid` (`docker pause`, `systemctl freeze`,
+    cgroup v1's freezer) and the command that thaws it, None where none does or it cannot be
+    read.
+
+    By hand, not with a library: psutil reads neither a cgroup's freezer nor where this
+    process sees the hierarchy mounted, and the table and two short files are all it takes.
+    """
+    try:
+        groups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        table = Path("/proc/self/mountinfo").read_bytes().splitlines()
+    except OSError:
+        return None
+    for group in groups:
+        hierarchy, _, rest = group.partition(":")
+        controllers, _, path = rest.partition(":")
+        unified = hierarchy == "0" and not controllers
+        if not unified and "freezer" not in controllers.split(","):
+            continue
+        for line in table:
+            fields = line.split(b" ")
+            if b"-" not in fields[6:-1]:
+                continue
+            kind = fields[fields.index(b"-", 6) + 1]
+            if kind != (b"cgroup2" if unified else b"cgroup"):
+                continue
+            if not unified and b"freezer" not in fields[-1].split(b","):
+                continue
+            # A mount shows the hierarchy from its fourth field down (a container's `/`).
+            root = os.fsdecode(unescape(fields[3])).rstrip("/")
+            if path != root and not path.startswith(root + "/"):
+                continue
+            where = Path(os.fsdecode(unescape(fields[4])), path[len(root) :].lstrip("/"))
+            try:
+                if unified:
+                    frozen = "frozen 1" in (where / "cgroup.events").read_text().splitlines()
+                else:
+                    frozen = (where / "freezer.state").read_text().strip() != "THAWED"
+            except OSError:
+                continue
+            if frozen:
+                value, control = ("0", "cgroup.freeze") if unified else ("THAWED", "freezer.state")
+                return str(where), f"echo {value} > {shlex.quote(str(where / control))}"
+    return None
 
 
 def _seen_here_as_published(
