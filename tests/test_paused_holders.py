@@ -15,12 +15,10 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import forked_app
 import pytest
-from test_redteam_s48_ops import _HOLD
+from test_redteam_s48_ops import _maintenance_holder  # noqa: F401 - a fixture
 from test_server_e2e import app_env, run_app, wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -43,25 +41,10 @@ sys.stdin.read()
 """
 
 
-@pytest.fixture
-def holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """A maintenance command holding ``tmp_path/data``, as `app data check --repair` does."""
-    root = tmp_path / "data"
-    root.mkdir()
-    code = _HOLD.replace("sys.argv_root", repr(str(root)))
-    process = forked_app.python_c(code, [], tmp_path / "holder.log")
-    try:
-        wait_for((tmp_path / "held").exists, "the holder to take the lock")
-        yield root, process
-    finally:
-        process.kill()
-        process.wait()
-
-
 def test_a_holder_at_a_debuggers_breakpoint_names_the_debugger_and_what_lets_it_go(
-    holder: tuple[Path, subprocess.Popen[bytes]],
+    maintenance_holder: tuple[Path, subprocess.Popen[bytes]],
 ) -> None:
-    root, process = holder
+    root, process = maintenance_holder
     tracer = subprocess.Popen(
         [sys.executable, "-c", _TRACER, str(process.pid)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -102,9 +85,9 @@ def _freezer_dirs() -> list[tuple[str, Path]]:
 
 @pytest.mark.parametrize("version", ["v2", "v1"])
 def test_a_holder_frozen_with_its_cgroup_names_the_cgroup_and_how_to_thaw_it(
-    holder: tuple[Path, subprocess.Popen[bytes]], version: str
+    maintenance_holder: tuple[Path, subprocess.Popen[bytes]], version: str
 ) -> None:
-    root, process = holder
+    root, process = maintenance_holder
     mounts = [point for kind, point in _freezer_dirs() if kind == version]
     if not mounts:
         pytest.skip(f"no writable cgroup {version} hierarchy with a freezer is mounted here")

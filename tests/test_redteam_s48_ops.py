@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,20 +241,30 @@ with RootLock(Path(sys.argv_root), kind="maintenance", profile="testing"):
 """
 
 
-def test_a_root_held_by_a_stopped_command_says_to_resume_it_not_to_wait(tmp_path: Path) -> None:
-    # Ctrl-Z on `app data check --repair`, the job forgotten: every start and command was
-    # refused 75, "wait for it to finish", which a stopped process never does.
+@pytest.fixture(name="maintenance_holder")
+def _maintenance_holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """A maintenance command holding ``tmp_path/data``, as `app data check --repair` does,
+    killed at the end."""
     root = tmp_path / "data"
     root.mkdir()
     code = _HOLD.replace("sys.argv_root", repr(str(root)))
-    holder = forked_app.python_c(code, [], tmp_path / "holder.log")
+    process = forked_app.python_c(code, [], tmp_path / "holder.log")
     try:
         wait_for((tmp_path / "held").exists, "the holder to take the lock")
-        holder.send_signal(signal.SIGSTOP)
-        refused = run_app("data", "purge", env=app_env(root))
+        yield root, process
     finally:
-        holder.kill()
-        holder.wait()
+        process.kill()
+        process.wait()
+
+
+def test_a_root_held_by_a_stopped_command_says_to_resume_it_not_to_wait(
+    maintenance_holder: tuple[Path, subprocess.Popen[bytes]],
+) -> None:
+    # Ctrl-Z on `app data check --repair`, the job forgotten: every start and command was
+    # refused 75, "wait for it to finish", which a stopped process never does.
+    root, holder = maintenance_holder
+    holder.send_signal(signal.SIGSTOP)
+    refused = run_app("data", "purge", env=app_env(root))
     assert refused.returncode == 75, refused.stderr
     assert (
         "running `app data check --repair`, stopped by a signal (SIGSTOP, Ctrl-Z in its "
