@@ -585,6 +585,14 @@ class DataRootInUseError(AppError):
         import socket  # here: start-ups that raise nothing do not pay for it
 
         pid = self.holder.get("pid") if self.holder else None
+        # What the holder published of itself, where the pid is the process that published
+        # it (not one that kept its descriptor, nor bytes copied over the lock file).
+        kind = (
+            self.holder.get("kind")
+            if self.holder
+            and not {"took_lock", "unpublished", "pid_written_over"} & self.holder.keys()
+            else None
+        )
         if pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
             # `kill` would stop the very process that asks: the first writer is its own.
             stop = (
@@ -632,6 +640,14 @@ class DataRootInUseError(AppError):
                 "wait for it to finish and retry, or stop it (kill "
                 f"{pid}; what it had begun is finished by `app data check --repair`)"
             )
+        elif pid and kind == "server":
+            # "Or wait for it to finish": a server never does.
+            stop = (
+                f"a server holds its data root until it is stopped: stop it (kill {pid}, or "
+                "its service's stop, such as `systemctl stop`), retry, and start it again"
+            )
+        elif pid and kind == "tests":
+            stop = f"wait for that test run to finish and retry, or stop it (kill {pid})"
         elif pid:
             stop = f"stop it (kill {pid}) or wait for it to finish and retry"
         else:

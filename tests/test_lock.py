@@ -119,8 +119,26 @@ def test_it_refuses_a_data_root_held_by_a_live_server(root: Path, holder: Holder
     message = str(error)
     assert message.startswith(f"cannot purge sessions: data root {root} is held by ")
     assert f"pid {holder.pid}, kind server, profile development" in message
-    assert f"kill {holder.pid}" in message
+    # Not "or wait for it to finish", which a server never does.
+    assert message.endswith(
+        f"; a server holds its data root until it is stopped: stop it (kill {holder.pid}, or its "
+        "service's stop, such as `systemctl stop`), retry, and start it again. `app status` "
+        "shows the holder"
+    ), message
     assert not lock.held
+
+
+def test_a_root_held_by_another_test_run_says_to_wait_for_it(root: Path) -> None:
+    run = Holder(root, "tests")
+    try:
+        with pytest.raises(DataRootInUseError) as refused:
+            RootLock(root, kind="maintenance", profile="testing").acquire("purge", timeout=0)
+    finally:
+        run.close()
+    assert str(refused.value).endswith(
+        f"; wait for that test run to finish and retry, or stop it (kill {run.pid}). `app "
+        "status` shows the holder"
+    ), refused.value
 
 
 def test_the_refusal_survives_a_pickle_round_trip_with_its_holder(

@@ -508,7 +508,7 @@ def test_a_holder_in_another_pid_namespace_is_named_by_a_pid_that_stops_it(
         assert f"is held by pid {pid} (pid 1 in a PID namespace of its own), kind server" in (
             message
         )
-        assert f"stop it (kill {pid})" in message
+        assert f"stop it (kill {pid}, or its service's stop" in message
         assert "kill 1)" not in message
     finally:
         holder.stdin.close()

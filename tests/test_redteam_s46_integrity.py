@@ -227,7 +227,9 @@ def _a_lock_file_moved_under_it_still_keeps_out_a_repair(root: Path, pid: int) -
     repair = run_app("data", "check", "--repair", env=app_env(root))
     assert repair.returncode == 75, repair.stdout + repair.stderr
     assert f"is held by pid {pid}, kind server, profile testing" in repair.stderr
-    assert f"stop it (kill {pid}) or wait for it to finish" in repair.stderr
+    assert (
+        f"a server holds its data root until it is stopped: stop it (kill {pid}, " in repair.stderr
+    )
     lock.rename(moved)
     # As `app data check --repair` takes it outside a test run (a root of the run's own
     # sandbox skips the look through /proc: only the run's processes hold it).
