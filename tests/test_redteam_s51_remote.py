@@ -1,10 +1,16 @@
-"""Red team 51 on PostgreSQL and object storage: the command line's own refusals on a
-remote profile.
+"""Red team 51 on PostgreSQL and object storage: a run's scratch database made from a
+template1 a DBA filled, and the command line's own refusals on a remote profile.
 
-What broke: ``app data purge > /dev/full`` on a remote profile. ``output_failed`` said the
-failed write was "not in the data root" and that `app data check` shows "the data root as
-it is", of a profile that has none. The command line's own refusals now name the database
-and the object store.
+What broke:
+
+- A table of a DBA's own in ``template1`` of testing's server: the plugin's scratch
+  databases, plain ``CREATE DATABASE`` copies of it, were refused at their first open as
+  holding "things that are not the app's", and every remote test of the run failed, told to
+  point database_url at a new database, which the plugin makes itself. Scratch databases
+  are now copies of ``template0``, in UTF-8.
+- ``app data purge > /dev/full`` on a remote profile: ``output_failed`` said the failed
+  write was "not in the data root" and that `app data check` shows "the data root as it
+  is". The command line's own refusals now name the database and the object store.
 
 All real: the suite's cluster and ``weed``, real commands forked from the suite's zygote.
 """
@@ -21,9 +27,10 @@ import forked_app
 import psycopg
 import pytest
 import test_remote_store
-from engines import PostgresEngine, S3Engine, new_blob_url
+from engines import PostgresEngine, S3Engine, new_blob_url, scratch
 from replicas import Production, production_on
 
+from app.remote import pg
 from app.remote.store import RemoteStore
 
 
@@ -38,6 +45,34 @@ def production(
     with production_on(base, postgres_engine, s3_engine, new_blob_url(s3_engine)) as opened:
         assert opened.run("sessions", "list").returncode == 0
         yield opened
+
+
+def test_a_scratch_database_holds_nothing_template1_was_given(
+    postgres_engine: PostgresEngine,
+) -> None:
+    # A DBA's table in template1 of testing's server, so that every new database has it.
+    # (This worker's cluster is its own, and its tests run one at a time: nothing else
+    # creates a database while the table is there.)
+    testing = postgres_engine.create_database("tpl")
+    suffix = f"_t1{scratch()}"
+    with postgres_engine.connect("template1") as conn:
+        conn.execute("CREATE TABLE dba_notes (id int)")
+    try:
+        url = pg.create_scratch_database(postgres_engine.url(testing), suffix)
+    finally:
+        with postgres_engine.connect("template1") as conn:
+            conn.execute("DROP TABLE dba_notes")
+    try:
+        # Before: UnstampedNotEmptyError, "it holds things that are not the app's
+        # (public.dba_notes) ... Point database_url at a new or empty one", at the first
+        # open of every run's scratch database.
+        assert pg.open_database(url, "testing").profile == "testing"
+        with psycopg.connect(url) as conn:
+            encoding = conn.execute("SHOW server_encoding").fetchone()
+        assert encoding == ("UTF8",)
+    finally:
+        pg.drop_scratch_database(postgres_engine.url(testing), suffix)
+        postgres_engine.drop_database(testing)
 
 
 def _run_to(env: dict[str, str], args: list[str], stdout: Path) -> tuple[int, str]:

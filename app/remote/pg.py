@@ -1479,7 +1479,8 @@ def scratch_url(database_url: str, suffix: str) -> str:
 
 
 def create_scratch_database(database_url: str, suffix: str) -> str:
-    """Create :func:`scratch_url`'s database (empty; the app stamps it on first open).
+    """Create :func:`scratch_url`'s database (empty, whatever ``template1`` holds; the app
+    stamps it on first open).
 
     Under pytest only the run's own: ``suffix`` must end with the run's scratch suffix.
 
@@ -1498,8 +1499,40 @@ def create_scratch_database(database_url: str, suffix: str) -> str:
         )
         raise ValueError(msg)
     with _server(url, "creating") as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        _create_from_template0(conn, name)
     return url
+
+
+def _create_from_template0(conn: psycopg.Connection[Any], name: str) -> None:
+    """``CREATE DATABASE`` of a scratch database: a copy of ``template0``, in UTF-8.
+
+    A plain ``CREATE DATABASE`` copies ``template1``, which a DBA may have given tables of
+    their own (or an encoding other than UTF-8): every scratch database then held them, its
+    first open was refused as holding "things that are not the app's", and every remote test
+    of the run failed, told to point database_url at a new database, which the plugin makes
+    itself (red team 51). ``template0`` holds nothing but the system's catalogues; the
+    collation and character classes stay template1's, as a database a DBA makes has them,
+    unless they cannot hold UTF-8 (then ``C``, which holds any encoding).
+    """
+    found = conn.execute(
+        "SELECT datcollate, datctype FROM pg_database WHERE datname = 'template1'"
+    ).fetchone()
+    create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
+        sql.Identifier(name)
+    )
+    if found is not None:
+        try:
+            conn.execute(
+                create
+                + sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(
+                    sql.Literal(found[0]), sql.Literal(found[1])
+                )
+            )
+        except psycopg.errors.InvalidParameterValue:
+            pass  # a locale of another encoding than UTF-8 (en_US.ISO-8859-1, say)
+        else:
+            return
+    conn.execute(create + sql.SQL(" LOCALE 'C'"))
 
 
 def drop_scratch_database(database_url: str, suffix: str) -> None:
