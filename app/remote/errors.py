@@ -430,6 +430,40 @@ class ObjectStoreUnavailableError(AppError):
     credentials: str = field(default=STATIC_CREDENTIALS, kw_only=True)
 
 
+class ObjectStoreCutShortError(AppError):
+    """A maintenance command stopped part-way: the object store refused one of its requests
+    after the command had changed something (`app data check --repair`'s deletions, `app
+    data restamp`'s database).
+
+    Each was the refusal of that request alone, ``object_store_unavailable`` with "check
+    s3_endpoint_url, blob_url and the credentials" (which a store that answers 5xx does not
+    need), saying nothing of what was already done nor how to finish it; the repair's audit
+    row marked every finding not repaired, the objects it had deleted among them (red team
+    51).
+    """
+
+    exit_code = EX_UNAVAILABLE
+    code = "object_store_cut_short"
+    http_status = 503
+    template = (
+        "`{command}` was cut short: object store {where} refused {refused} ({reason}). "
+        "{done}; it left {left}. {recorded}. Run `{command}` again once the object store "
+        "answers (`app doctor` checks it): {again}"
+    )
+
+    command: str
+    where: str
+    #: What the object store refused, and its answer.
+    refused: str
+    reason: str
+    #: What the command had done by then, what it left, where that is recorded, and what
+    #: running it again does: sentences.
+    done: str
+    left: str
+    recorded: str
+    again: str
+
+
 class S3ClientSettingsError(ConfigError):
     """The S3 client refused a setting it reads itself, outside the app's configuration (an
     ``AWS_*`` variable of the process's environment, the AWS config file)."""
