@@ -21,6 +21,10 @@ What broke:
 - ``app data check --repair`` whose recount of live sessions the database refused (a lock
   past ``lock_timeout``) after it had deleted the orphans: "nothing was changed", and no
   audit row. The recount now comes before the deletions.
+- A store that answered every attempt with a 5xx: "Check s3_endpoint_url, blob_url and the
+  credentials", of settings that had reached it. Its refusal now says the store runs and is
+  failing or overloaded, and to retry. And ``s3_max_attempts = 1`` tried each request twice
+  (botocore's ``max_attempts`` counts the retries alone): it is now the total.
 - ``app data purge > /dev/full`` on a remote profile: ``output_failed`` said the failed
   write was "not in the data root" and that `app data check` shows "the data root as it
   is". The command line's own refusals now name the database and the object store.
@@ -153,6 +157,7 @@ class _Refusing(ThreadingHTTPServer):
         self.target = urlsplit(target)
         self.refused = refused
         self.after = after
+        self.refusals = 0  # how many requests it answered with its error
         super().__init__(("127.0.0.1", 0), _Forward)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
@@ -171,6 +176,7 @@ class _Forward(BaseHTTPRequestHandler):
         if refused and self.server.after:
             self._forwarded(body)
         if refused:
+            self.server.refusals += 1
             error = (
                 b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
                 b"<Message>We encountered an internal error. Please try again.</Message></Error>"
@@ -252,12 +258,32 @@ def test_an_object_store_that_fails_in_the_middle_of_a_repair_is_said_and_audite
     def aborts(method: str, path: str) -> bool:
         return method == "DELETE" and "uploadId=" in path
 
-    def repair(refused: Callable[[str, str], bool], *, after: bool = False) -> tuple[int, str]:
+    def repair(
+        refused: Callable[[str, str], bool], *, after: bool = False, command: str = "--repair"
+    ) -> tuple[int, str]:
         with _refusing(s3_engine, refused, after=after) as proxy:
             env = {**production.env, "APP_S3_ENDPOINT_URL": proxy.url, "APP_S3_MAX_ATTEMPTS": "1"}
-            done = forked_app.run(env, ["data", "check", "--repair"])
+            args = ["data", "check", "--repair"] if command == "--repair" else ["data", "check"]
+            done = forked_app.run(env, args)
+        # One attempt, as s3_max_attempts = 1 says (before: two, botocore's "max_attempts"
+        # counting the retries alone).
+        assert proxy.refusals == 1, proxy.refusals
         return done.returncode, " ".join(done.stderr.split())
 
+    # Its listing answered 500 each time (s3_max_attempts): before, "cannot use object
+    # store ...: InternalError (HTTP 500) ... Check s3_endpoint_url, blob_url and the
+    # credentials", of settings that had reached it.
+    code, said = repair(lambda method, path: "list-type=2" in path, command="check")
+    assert code == 69 and "Check s3_endpoint_url" not in said, said
+    assert (
+        "InternalError (HTTP 500): An error occurred (InternalError) when calling the "
+        "ListObjectsV2 operation (reached max retries: 0)"
+    ) in said, said
+    assert (
+        "It answered each of its 1 attempt(s) (s3_max_attempts) with a server error: it runs "
+        "and these settings reach it, so it is failing or overloaded. Retry once it answers "
+        "(`app doctor` checks it); nothing in the settings needs to change"
+    ) in said, said
     # The orphans deleted, then the abort answered 500 (an overloaded node, a balancer).
     # Before: the store's refusal alone, "cannot use object store ...: InternalError (HTTP
     # 500) ... Check s3_endpoint_url, blob_url and the credentials", and an audit row that

@@ -765,9 +765,14 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                 "bucket",
                 f"{shown}: cannot use it",
                 f"profile {config.profile!r}: cannot use {bucket} (blob_url from {source}, "
-                f"s3_endpoint_url from {endpoint_source}): {_sentence(error.reason)} Check "
-                "that the endpoint answers from this machine, that the bucket exists, and "
-                f"that the credentials {objects.credentials} may use it; nothing was changed",
+                f"s3_endpoint_url from {endpoint_source}): {_sentence(error.reason)} "
+                + (
+                    f"{error.remedy}; nothing was changed"
+                    if error.store_failing
+                    else "Check that the endpoint answers from this machine, that the bucket "
+                    f"exists, and that the credentials {objects.credentials} may use it; "
+                    "nothing was changed"
+                ),
                 EX_UNAVAILABLE,
             )
         ]
@@ -784,8 +789,13 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                 "prefix",
                 f"{objects.where}: cannot read it",
                 f"profile {config.profile!r}: cannot read object prefix {objects.where} "
-                f"(blob_url from {source}): {_sentence(error.reason)} Check that the "
-                "credentials may read and list it; nothing was changed",
+                f"(blob_url from {source}): {_sentence(error.reason)} "
+                + (
+                    error.remedy
+                    if error.store_failing
+                    else "Check that the credentials may read and list it"
+                )
+                + "; nothing was changed",
                 EX_UNAVAILABLE,
             )
         )
