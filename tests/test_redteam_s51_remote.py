@@ -308,10 +308,9 @@ def test_an_object_store_that_fails_in_the_middle_of_a_repair_is_said_and_audite
     assert _audited_repairs(production.database_url)[-1] == {
         second[0]: True, second[1]: True, upload: False
     }  # fmt: skip
-    # Once the store answers, the next repair finishes it.
-    done = production.run("data", "check", "--repair")
-    assert done.returncode == 0, done.stderr
-    assert listed() == [] and _audited_repairs(production.database_url)[-1] == {upload: True}
+    # What is left is left for the next repair (the recount's test runs one to its end).
+    [left] = s3.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/blobs/")["Uploads"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=left["Key"], UploadId=left["UploadId"])
 
 
 def test_a_restamp_whose_prefix_the_object_store_refuses_says_the_database_was_handed_over(
