@@ -1,6 +1,7 @@
 """Red team 51 on PostgreSQL and object storage: a run's scratch database made from a
-template1 a DBA filled, and maintenance commands cut short by the object store or the
-database after they had changed something.
+template1 a DBA filled, a database named by libpq's default user, a store answering 5xx,
+and maintenance commands cut short by the object store or the database after they had
+changed something.
 
 What broke:
 
@@ -25,6 +26,9 @@ What broke:
   credentials", of settings that had reached it. Its refusal now says the store runs and is
   failing or overloaded, and to retry. And ``s3_max_attempts = 1`` tried each request twice
   (botocore's ``max_attempts`` counts the retries alone): it is now the total.
+- A ``database_url`` naming no user nor database beside one naming ``root``, in a process
+  of root whose ``$USER`` names another: libpq reaches ``root`` for both (its default user
+  is the effective uid's), the overlap check read ``$USER`` and saw two databases.
 - ``app data purge > /dev/full`` on a remote profile: ``output_failed`` said the failed
   write was "not in the data root" and that `app data check` shows "the data root as it
   is". The command line's own refusals now name the database and the object store.
@@ -39,6 +43,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -50,12 +56,15 @@ from urllib.parse import urlsplit
 
 import forked_app
 import psycopg
+import psycopg.sql
 import pytest
 import test_remote_store
 from engines import PostgresEngine, S3Engine, new_blob_url, scratch
 from replicas import Production, production_on
 
+from app.config import inspect_profiles
 from app.remote import pg
+from app.remote.errors import ResourceOverlapError
 from app.remote.store import RemoteStore
 
 
@@ -382,3 +391,70 @@ def test_a_repair_whose_recount_the_database_refuses_deletes_nothing(
     assert _audited_repairs(production.database_url)[-1] == {
         orphans[0]: True, orphans[1]: True, "app_session_counts": True
     }  # fmt: skip
+
+
+# --- two profiles that leave the database's name to libpq ----------------------------------
+
+
+def test_a_database_named_by_libpq_s_default_user_is_the_one_it_reaches(
+    postgres_engine: PostgresEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libpq's user, when a URL names none (nor PGUSER), is the name of the process's
+    # effective uid, and the database's name defaults to that user's: not $USER nor
+    # $LOGNAME, which a container's ENV, `sudo -E` or `su` without `-` leave naming another.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    for name in ("PGUSER", "PGDATABASE", "PGSERVICE", "PGHOST", "PGHOSTADDR", "PGPORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USER", "rt51-someone-else")
+    monkeypatch.setenv("LOGNAME", "rt51-someone-else")
+    named = f"postgresql://127.0.0.1:{postgres_engine.port}/{me}"
+    unnamed = f"postgresql://127.0.0.1:{postgres_engine.port}/"
+    role = psycopg.sql.Identifier(me)
+    with postgres_engine.connect() as conn:
+        # The cluster's own superuser where initdb ran as this user (not as root).
+        made_role = not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (me,)).fetchone()
+        if made_role:
+            conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
+    try:
+        # It is the same database, for real.
+        with psycopg.connect(unnamed) as conn:
+            reached = conn.execute("SELECT current_database(), current_user").fetchone()
+        assert reached == (me, me)
+        _settings(
+            tmp_path,
+            monkeypatch,
+            production={**_KEYS, "database_url": named},
+            staging={**_KEYS, "blob_url": "s3://b/y", "database_url": unnamed},
+        )
+        # Before: none, the check taking the unnamed one for database 'rt51-someone-else'.
+        [overlap] = _overlaps()
+        assert overlap.kind == "database"
+        assert "'production' and 'staging' name the same database" in overlap.message
+    finally:
+        with postgres_engine.connect() as conn:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(role))
+            if made_role:
+                conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(role))
+
+
+_KEYS = {"blob_url": "s3://b/x", "s3_endpoint_url": "http://127.0.0.1:9"}
+
+
+def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **profiles: dict[str, str]) -> None:
+    """A settings directory of its own, with `profiles` besides development and testing
+    (as red team 39's)."""
+    for name in [n for n in os.environ if n.startswith("APP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("ENV_FOR_DYNACONF", raising=False)
+    text = f'[development]\ndata_root = "{tmp_path}/development"\n'
+    text += f'[testing]\ndata_root = "{tmp_path}/testing"\n'
+    for name, keys in profiles.items():
+        text += f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
+    (tmp_path / "settings.toml").write_text(text)
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
+
+
+def _overlaps() -> list[ResourceOverlapError]:
+    report = inspect_profiles("development")
+    return [p for p in report.problems if isinstance(p, ResourceOverlapError)]

@@ -29,6 +29,7 @@ import getpass
 import json
 import logging
 import os
+import pwd
 import re
 import select
 import socket
@@ -274,6 +275,22 @@ def _service(params: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+def _os_user() -> str:
+    """The user libpq connects as when neither the URL nor ``PGUSER`` names one, and so the
+    database it names by default: the name of the process's effective uid, as libpq's
+    ``pg_fe_getusername`` finds it. Not `getpass.getuser`, which reads ``$LOGNAME`` and
+    ``$USER`` first: a container's ``ENV USER=``, ``sudo -E`` or ``su`` without ``-`` left
+    them naming another user, and two profiles on one database were two (red team 51)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no entry (a container's): libpq fails to connect then
+        pass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.geteuid()}"
+
+
 def _server_name(name: str) -> str:
     # The server cuts a longer database name to this many bytes, and connects to, creates or
     # drops the database so named: the name to check is the one it will use.
@@ -294,7 +311,7 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR")
     hosts = str(hostaddr or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
-    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    user = params.get("user") or os.environ.get("PGUSER") or _os_user()
     dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
     host_list = hosts.split(",") if hosts else [""]
     port_list = ports.split(",")
