@@ -209,6 +209,11 @@ def _cut_short(
         for k in kinds
         if (n := sum(1 for f in findings if f.problem == k and not f.repaired))
     ]
+    # The recount, made before the deletions, is the one row the repair changed.
+    recounted = any(f.problem == "session-count-drift" and f.repaired for f in findings)
+    if recounted:
+        done.insert(0, "recounted the live sessions")
+    rows = "but for that count" if recounted else "as it was"
     recorded = (
         "The check-repair row of the audit log records which findings were repaired"
         if unaudited is None
@@ -222,7 +227,7 @@ def _cut_short(
         str(getattr(error, "reason", "") or error.message),
         f"By then it had {' and '.join(done)}" if done else "It had repaired nothing yet",
         f"{' and '.join(left) or 'nothing else it found'} as found, and every row of the "
-        "database as it was",
+        f"database {rows}",
         recorded,
         "it finds and repairs what is left",
     )
