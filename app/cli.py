@@ -61,6 +61,9 @@ _PROFILE_KEY = "app.profile"
 _COMMAND_KEY = "app.command"
 #: Set when the command run can change data: its output closed early is then worth a word.
 _CHANGES_KEY = "app.changes"
+#: Set once the selected profile is known to keep its data in PostgreSQL and object storage:
+#: a refusal of the command line then names them, not a data root (red team 51).
+_REMOTE_KEY = "app.remote"
 _CHANGING: Final = {
     ("data", "purge"),
     ("data", "empty-trash"),
@@ -99,6 +102,7 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
     needs: looking at or maintaining a root never asks for production's HTTP token.
     """
     config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
+    ctx.meta[_REMOTE_KEY] = config.backend == appconfig.REMOTE
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -107,6 +111,8 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
 def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     """Every profile, for ``config --all`` and ``doctor``; warnings go to standard error."""
     report = appconfig.inspect_profiles(selected_profile(ctx), profile_source="--profile")
+    selected = report.profiles.get(report.selected)
+    ctx.meta[_REMOTE_KEY] = selected is not None and selected.values.get("database_url") is not None
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     return report
@@ -263,9 +269,10 @@ class AppGroup(CommandGroup):
             # click's "Aborted!" (exit 1) said nothing of what a maintenance command had
             # done, nor how to finish it (red team 35); SIGTERM ended it silently.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            remote = bool(ctx.meta.get(_REMOTE_KEY))
             if isinstance(stop, _Terminated):
-                fail(CommandTerminatedError(command))
-            fail(CommandInterruptedError(command))
+                fail(CommandTerminatedError(command, remote=remote))
+            fail(CommandInterruptedError(command, remote=remote))
         except BrokenPipeError:
             # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
@@ -275,11 +282,16 @@ class AppGroup(CommandGroup):
                 # any tool `head` stops is: quietly, with the status SIGPIPE gives.
                 sys.exit(EX_OUTPUT_GONE)
             with contextlib.suppress(OSError):  # stderr may be the same closed pipe
-                fail(OutputClosedError(command))
+                fail(OutputClosedError(command, remote=bool(ctx.meta.get(_REMOTE_KEY))))
             sys.exit(OutputClosedError.exit_code)
         except OutputFailed as failed:
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
-            _output_failed(command, failed, changes=bool(ctx.meta.get(_CHANGES_KEY)))
+            _output_failed(
+                command,
+                failed,
+                changes=bool(ctx.meta.get(_CHANGES_KEY)),
+                remote=bool(ctx.meta.get(_REMOTE_KEY)),
+            )
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
@@ -1176,9 +1188,11 @@ def main() -> None:
         _output_failed("app", failed, changes=False)
 
 
-def _output_failed(command: str, failed: OutputFailed, *, changes: bool) -> NoReturn:
+def _output_failed(
+    command: str, failed: OutputFailed, *, changes: bool, remote: bool = False
+) -> NoReturn:
     """Say that `command`'s standard output refused a write (`OutputFailedError`), and exit."""
     sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
     code = failed.error.errno or 0
     reason = f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}"
-    fail(OutputFailedError(command, reason, changes=changes))
+    fail(OutputFailedError(command, reason, changes=changes, remote=remote))
