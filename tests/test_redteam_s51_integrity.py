@@ -1,22 +1,31 @@
-"""Red team 51 on integrity: a repair that decided from a look the filesystem failed.
+"""Red team 51 on integrity: decisions made from a look the filesystem failed.
 
-What broke (each test says how it was found):
+Each fault is injected by the kernel into calls of a real process (``strace --inject``: a
+real command, or a real ``app serve`` attached for one request), so the tests need strace(1)
+and root. Found by running red team 28's harness at every open and every ``stat`` of
+``app data check --repair`` and of a file's restore, which red team 32 had run for five
+other operations (every other operation and call held). What broke:
 
-* ``app data check --repair`` (every server's start-up runs it) after a replace (or a
-  file's delete) that stopped after its commit, which leaves the old bytes among the
-  session's blobs and its trash entry waiting for them. One read of that entry that failed
-  (``EIO`` or ``ENOSPC`` at the open of its ``trash.json``, of its directory or of the
-  file's record; an ``lstat`` of it that failed) was reported as ``unreadable``, rightly,
-  but the entry was then passed over by the rest of the run, and the session's pass took the
-  bytes it waits for for an upload never acknowledged: they went to the trash as
-  ``orphan-<blob>``, and every later repair called the replaced version's entry "removed from
-  outside the app" (``file-damaged``), its restore refused for good, after one failed read.
-  A trash entry that a run could not check now leaves its session's unnamed bytes where they
-  are, reported for the next run (``file-without-record``, not repaired), which moves them
-  into the entry once it reads; and a look at an entry that fails is no longer read as
-  "restored meanwhile" (``os.path.lexists`` says "nothing" of an ``EIO``). Found by running
-  red team 28's harness (``strace --inject``) at every open and every ``stat`` of a repair,
-  which red team 32 had run for five other operations.
+* ``app data check --repair`` (every server's start-up runs it) after a replace (or a file's
+  delete) that stopped after its commit, which leaves the old bytes among the session's
+  blobs and its trash entry waiting for them. A read of that entry that failed (``EIO`` at
+  the open of its ``trash.json``, of its directory or of the file's record) was reported
+  ``unreadable``, rightly, but the session's pass then took the bytes it waits for for an
+  upload never acknowledged: they went to the trash as ``orphan-<blob>``, and every later
+  repair called the replaced version's entry "removed from outside the app", its restore
+  refused for good. A failed ``lstat`` of the entry was read as "restored meanwhile"
+  (``os.path.lexists``), the entry passed over without a word. A session with an entry the
+  run could not check now keeps its unnamed bytes (``file-without-record``, not repaired,
+  naming the entry), and the next repair moves them into the entry once it reads.
+* A look at a session's ``records/`` that failed was read as "no records/ yet": ``GET
+  /sessions/<id>`` answered 200 with no files, of a session holding two, and the writer kept
+  that empty copy, which the next change (a restore, a ``PUT``) then listed with its one file
+  alone. It is now the refusal of its error (503 ``storage_io_error``).
+* ``app sessions restore --file`` right after a crash between a file's delete and the move of
+  its bytes: the restore's finishing of that entry passed over a look that failed, then found
+  the entry without bytes and refused, "removed from outside the app", naming ``--entry`` of
+  an older copy. The look's failure now refuses the restore (74), which works once the disk
+  reads.
 """
 
 from __future__ import annotations
@@ -182,3 +191,54 @@ def test_a_look_at_records_that_fails_never_answers_a_session_without_its_files(
     assert http.put(f"/sessions/{session}/files/c.txt", content=b"c").status_code == 201
     files = http.get(f"/sessions/{session}").json()["files"]
     assert [f["name"] for f in files] == ["a.txt", "b.txt", "c.txt"]
+
+
+# --- a restore right after a crash, whose finishing of the entry met a failed read -------------
+
+
+@needs_strace
+def test_a_restore_whose_look_at_a_half_made_entry_fails_is_refused_not_sent_to_an_older_copy(
+    app_config: Config,
+) -> None:
+    # A file's delete killed after its commit leaves its entry waiting for the bytes, still
+    # among the session's blobs; a restore first finishes such entries (red team 30). The
+    # look at the entry that failed (EIO) was passed over: the restore then found the entry
+    # without its bytes and refused, saying they were "removed from outside the app", to put
+    # them back from a backup, or to restore the copy before it with --entry: a version
+    # older than the one deleted, whose bytes were on the disk all along.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"version 1")
+        store.put_file(session, "a.txt", b"version 2", replace=True)
+        deleted = store.delete_file(session, "a.txt").path
+    blob = (
+        root
+        / "sessions"
+        / session
+        / "blobs"
+        / json.loads((deleted / "trash.json").read_text())["blob"]
+    )
+    (deleted / "a.txt").rename(blob)  # what a kill right after the delete's commit leaves
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(deleted)]
+    strace += ["-e", "trace=openat", "-e", "inject=openat:error=EIO:when=1"]
+    env = {**os.environ, "APP_DATA_ROOT": str(root)}
+    restore = [sys.executable, "-m", "app", "sessions", "restore", session, "--file", "a.txt"]
+    refused = subprocess.run(
+        [*strace, *restore], capture_output=True, text=True, env=env, check=False
+    )
+    # Before the fix: 65, trash_copy_lost, "removed from outside the app ... --entry <older>".
+    assert refused.returncode == 74, (refused.stdout, refused.stderr)
+    assert "--entry" not in refused.stderr, refused.stderr
+    assert refused.stderr.startswith(
+        f"error: cannot run `app sessions restore` ({deleted}): the data root's disk failed to "
+        "read or store it (an I/O error; the kernel's log, `dmesg`, says where)"
+    ), refused.stderr
+    assert "then runs `app data check --repair`" in refused.stderr, refused.stderr
+    assert blob.read_bytes() == b"version 2"
+    # The disk reads again: the restore brings back the version deleted.
+    restored = subprocess.run(restore, capture_output=True, text=True, env=env, check=False)
+    assert restored.returncode == 0, (restored.stdout, restored.stderr)
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"version 2"
+        assert store.check(repair=False).findings == []
