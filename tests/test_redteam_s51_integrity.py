@@ -1,8 +1,8 @@
 """Red team 51 on integrity: decisions made from a look the filesystem failed.
 
-Each fault is injected by the kernel into calls of a real process (``strace --inject``: a
-real command, or a real ``app serve`` attached for one request), so the tests need strace(1)
-and root. Found by running red team 28's harness at every open and every ``stat`` of
+Each fault (or kill) is injected by the kernel into calls of a real process (``strace
+--inject``: a real command, or a real ``app serve`` attached for one request), so the tests
+need strace(1) and root. Found by running red team 28's harness at every open and every ``stat`` of
 ``app data check --repair`` and of a file's restore, which red team 32 had run for five
 other operations (every other operation and call held). What broke:
 
@@ -26,6 +26,10 @@ other operations (every other operation and call held). What broke:
   the entry without bytes and refused, "removed from outside the app", naming ``--entry`` of
   an older copy. The look's failure now refuses the restore (74), which works once the disk
   reads.
+* ``app data empty-trash`` killed between the removal of the bytes and its audit line (found
+  by reading the order): the entries were gone for good and no line named their removal;
+  ``check`` said "clean". Each entry's directory now goes after the line, emptied: one left
+  by a kill is named and audited by the next ``empty-trash`` or ``check --repair``.
 """
 
 from __future__ import annotations
@@ -241,4 +245,53 @@ def test_a_restore_whose_look_at_a_half_made_entry_fails_is_refused_not_sent_to_
     assert restored.returncode == 0, (restored.stdout, restored.stderr)
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"version 2"
+        assert store.check(repair=False).findings == []
+
+
+# --- an empty-trash killed as it writes its audit line -----------------------------------------
+
+
+@needs_strace
+def test_an_empty_trash_killed_at_its_audit_line_leaves_what_names_the_entries_it_removed(
+    app_config: Config,
+) -> None:
+    # The bytes go first, then the line (on a full disk it needs the space they free). A
+    # kill (or a power cut) between the two removed the entries for good and recorded that
+    # nowhere: every other change's move into the trash is found and audited by `check`,
+    # and red team 34 finished an empty-trash killed before its removals were done.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"deleted")
+        store.delete_file(session, "a.txt")
+        store.delete_session(session)
+        entries = sorted(e.name for e in store.list_trash())
+    audit = root / "audit.jsonl"
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit)]
+    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
+    env = {**os.environ, "APP_DATA_ROOT": str(root)}
+    killed = subprocess.run(
+        [*strace, sys.executable, "-m", "app", "data", "empty-trash"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert killed.returncode == -9 or killed.returncode == 137, (killed.stdout, killed.stderr)
+    assert "empty-trash" not in audit.read_text()  # killed before its line
+    checked = subprocess.run(
+        [sys.executable, "-m", "app", "data", "check", "--repair"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    # Before the fix: exit 0, "clean", and no line of the log named either entry's removal.
+    for name in entries:
+        assert f".trash/.emptying-{name}" in checked.stdout, checked.stdout
+    logged = [json.loads(line) for line in audit.read_text().splitlines()]
+    named = json.dumps([line for line in logged if line["operation"] == "check-repair"])
+    assert all(f".emptying-{name}" in named for name in entries), named
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.list_trash() == []
         assert store.check(repair=False).findings == []
