@@ -30,6 +30,9 @@ other operations (every other operation and call held). What broke:
   by reading the order): the entries were gone for good and no line named their removal;
   ``check`` said "clean". Each entry's directory now goes after the line, emptied: one left
   by a kill is named and audited by the next ``empty-trash`` or ``check --repair``.
+* A read-only ``app data check`` said "``--repair`` reconciles them (stop the server
+  first...)" of findings only a human can mend: it now counts those apart, and says that the
+  repair leaves them as they are.
 """
 
 from __future__ import annotations
@@ -295,3 +298,58 @@ def test_an_empty_trash_killed_at_its_audit_line_leaves_what_names_the_entries_i
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.list_trash() == []
         assert store.check(repair=False).findings == []
+
+
+# --- what a read-only check says of findings only a human can mend -----------------------------
+
+
+def test_a_check_whose_findings_need_a_human_does_not_send_the_operator_to_stop_the_server(
+    app_config: Config,
+) -> None:
+    # Found while running `app data check --repair` killed at each of its changes and run
+    # again (held: no byte lost, clean but for what needs a human). A read-only check of
+    # a root whose only finding needs a human (bytes removed from outside the app) said
+    # "`app data check --repair` reconciles them (stop the server first...)": an operator
+    # stopped a live server for a repair that changed nothing.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"lost")
+        store.put_file(session, "b.txt", b"kept")
+        store.file_path(session, "a.txt")[0].unlink()  # fsck took it to lost+found
+        store.check(repair=True)  # its record is kept in the trash, for a human
+        entry = store.list_trash()[0].name
+        (root / "sessions" / session / "blobs" / "01a20000000070008000000000000001").write_bytes(
+            b"an upload killed before its commit"
+        )
+    env = {**os.environ, "APP_DATA_ROOT": str(root)}
+    checked = subprocess.run(
+        [sys.executable, "-m", "app", "data", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert checked.returncode == 65, (checked.stdout, checked.stderr)
+    assert f"file-damaged  .trash/{entry}: " in checked.stdout, checked.stdout
+    assert checked.stdout.endswith(
+        "2 finding(s); `app data check --repair` reconciles 1 of them (stop the server first: "
+        "it takes the lock; a server start-up repairs too), and 1 need a human: each says above "
+        "what to do\n"
+    ), checked.stdout
+    with open_storage(app_config, writer=True, kind="tests", wanted="repair") as store:
+        store.check(repair=True)  # the orphan goes to the trash; the lost file stays
+    checked = subprocess.run(
+        [sys.executable, "-m", "app", "data", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert checked.returncode == 65, (checked.stdout, checked.stderr)
+    # Before the fix: "1 finding(s); `app data check --repair` reconciles them (stop the
+    # server first: ...)", of the lost file alone.
+    assert checked.stdout.endswith(
+        "1 finding(s) need a human, which `app data check --repair` leaves as they are: each "
+        "says above what to do (no server need stop for it)\n"
+    ), checked.stdout
