@@ -244,8 +244,8 @@ def test_a_restore_whose_look_at_a_half_made_entry_fails_is_refused_not_sent_to_
     assert "then runs `app data check --repair`" in refused.stderr, refused.stderr
     assert blob.read_bytes() == b"version 2"
     # The disk reads again: the restore brings back the version deleted.
-    restored = subprocess.run(restore, capture_output=True, text=True, env=env, check=False)
-    assert restored.returncode == 0, (restored.stdout, restored.stderr)
+    code, said = _command("sessions", "restore", session, "--file", "a.txt")
+    assert code == 0, said
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"version 2"
         assert store.check(repair=False).findings == []
@@ -282,16 +282,11 @@ def test_an_empty_trash_killed_at_its_audit_line_leaves_what_names_the_entries_i
     )
     assert killed.returncode == -9 or killed.returncode == 137, (killed.stdout, killed.stderr)
     assert "empty-trash" not in audit.read_text()  # killed before its line
-    checked = subprocess.run(
-        [sys.executable, "-m", "app", "data", "check", "--repair"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    code, said = _command("data", "check", "--repair")
     # Before the fix: exit 0, "clean", and no line of the log named either entry's removal.
+    assert code == 0, said
     for name in entries:
-        assert f".trash/.emptying-{name}" in checked.stdout, checked.stdout
+        assert f".trash/.emptying-{name}" in said, said
     logged = [json.loads(line) for line in audit.read_text().splitlines()]
     named = json.dumps([line for line in logged if line["operation"] == "check-repair"])
     assert all(f".emptying-{name}" in named for name in entries), named
@@ -301,6 +296,17 @@ def test_an_empty_trash_killed_at_its_audit_line_leaves_what_names_the_entries_i
 
 
 # --- what a read-only check says of findings only a human can mend -----------------------------
+
+
+def _command(*args: str) -> tuple[int, str]:
+    """The `app` command run in this process (on the testing profile's root): its exit code
+    and what it printed."""
+    from click.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout + result.stderr
 
 
 def test_a_check_whose_findings_need_a_human_does_not_send_the_operator_to_stop_the_server(
@@ -322,34 +328,21 @@ def test_a_check_whose_findings_need_a_human_does_not_send_the_operator_to_stop_
         (root / "sessions" / session / "blobs" / "01a20000000070008000000000000001").write_bytes(
             b"an upload killed before its commit"
         )
-    env = {**os.environ, "APP_DATA_ROOT": str(root)}
-    checked = subprocess.run(
-        [sys.executable, "-m", "app", "data", "check"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert checked.returncode == 65, (checked.stdout, checked.stderr)
-    assert f"file-damaged  .trash/{entry}: " in checked.stdout, checked.stdout
-    assert checked.stdout.endswith(
+    code, said = _command("data", "check")
+    assert code == 65, said
+    assert f"file-damaged  .trash/{entry}: " in said, said
+    assert said.endswith(
         "2 finding(s); `app data check --repair` reconciles 1 of them (stop the server first: "
         "it takes the lock; a server start-up repairs too), and 1 need a human: each says above "
         "what to do\n"
-    ), checked.stdout
+    ), said
     with open_storage(app_config, writer=True, kind="tests", wanted="repair") as store:
         store.check(repair=True)  # the orphan goes to the trash; the lost file stays
-    checked = subprocess.run(
-        [sys.executable, "-m", "app", "data", "check"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert checked.returncode == 65, (checked.stdout, checked.stderr)
+    code, said = _command("data", "check")
+    assert code == 65, said
     # Before the fix: "1 finding(s); `app data check --repair` reconciles them (stop the
     # server first: ...)", of the lost file alone.
-    assert checked.stdout.endswith(
+    assert said.endswith(
         "1 finding(s) need a human, which `app data check --repair` leaves as they are: each "
         "says above what to do (no server need stop for it)\n"
-    ), checked.stdout
+    ), said
