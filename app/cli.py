@@ -45,7 +45,7 @@ from app.errors import (
 from app.errors import printable as _printable
 
 if TYPE_CHECKING:
-    from app.storage import Status, Storage, TrashEntry
+    from app.storage import Finding, Status, Storage, TrashEntry
 
 
 def fail(error: AppError) -> NoReturn:
@@ -1123,12 +1123,32 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
         elif repair:
             click.echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
         else:
-            click.echo(
-                f"{len(unresolved)} finding(s); `app data check --repair` reconciles them "
-                "(stop the server first: it takes the lock; a server start-up repairs too)"
-            )
+            click.echo(_unrepaired_summary(unresolved))
     if report.unresolved:
         sys.exit(EX_DATAERR)
+
+
+def _unrepaired_summary(unresolved: list[Finding]) -> str:
+    """What a read-only `app data check` says of its findings: which `--repair` reconciles,
+    and which need a human (their ``repair`` says "nothing: ..."), which it leaves as they
+    are. "`--repair` reconciles them (stop the server first)", said of findings only a human
+    can mend, had an operator stop a live server for a repair that changed nothing (red
+    team 51)."""
+    human = sum(1 for finding in unresolved if finding.repair.startswith("nothing"))
+    repairable = len(unresolved) - human
+    if not repairable:
+        return (
+            f"{human} finding(s) need a human, which `app data check --repair` leaves as they "
+            "are: each says above what to do (no server need stop for it)"
+        )
+    said = (
+        f"{len(unresolved)} finding(s); `app data check --repair` reconciles "
+        + ("them" if not human else f"{repairable} of them")
+        + " (stop the server first: it takes the lock; a server start-up repairs too)"
+    )
+    if human:
+        said += f", and {human} need a human: each says above what to do"
+    return said
 
 
 @data.command("restamp")
