@@ -8,6 +8,12 @@ What broke:
   the last value; libpq stops at the end of the section's first appearance and keeps a
   key's first value. Staging's ``service=staging`` reached production's database while the
   overlap check saw another one, and said nothing. The file is now read as libpq reads it.
+- ``app data empty-trash`` whose deletion of the removed entries' objects the object store
+  refused (a 500), after the entries' rows were deleted and audited: it said "`app data
+  check --repair` was cut short ... every row of the database as it was", or, its listing
+  refused, only that the store could not be used, of a command that had removed every
+  entry. Now ``object_store_cut_short`` names the empty-trash, the entries it removed, the
+  objects it left, and `app data check --repair`, which deletes them and removes no entry.
 
 All real: the suite's cluster (and ``weed``), libpq's own connection to show where a URL
 leads.
@@ -15,16 +21,36 @@ leads.
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import forked_app
 import psycopg
 import pytest
-from engines import PostgresEngine
+import test_remote_store
+from engines import PostgresEngine, S3Engine, new_blob_url
+from replicas import Production, production_on
+from test_redteam_s51_remote import _refusing
 
 from app.config import inspect_profiles
 from app.remote import pg
 from app.remote.errors import ResourceOverlapError
+from app.remote.store import RemoteStore
+
+
+@pytest.fixture(scope="module")
+def production(
+    tmp_path_factory: pytest.TempPathFactory, postgres_engine: PostgresEngine, s3_engine: S3Engine
+) -> Iterator[Production]:
+    """A production profile on the suite's engines, opened (stamped and bound) by a command,
+    shared by the tests below."""
+    base = tmp_path_factory.mktemp("production")
+    with production_on(base, postgres_engine, s3_engine, new_blob_url(s3_engine)) as opened:
+        assert opened.run("sessions", "list").returncode == 0
+        yield opened
+
 
 # --- a service file read as libpq reads it ---------------------------------------------------
 
@@ -86,3 +112,70 @@ def test_a_service_given_twice_is_the_database_libpq_connects_to(
 
 
 _KEYS = {"blob_url": "s3://b/x", "s3_endpoint_url": "http://127.0.0.1:9"}
+
+
+# --- an empty-trash cut short by the object store ---------------------------------------------
+
+
+def test_an_empty_trash_cut_short_by_the_object_store_says_what_it_removed(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
+    s3 = s3_engine.client()
+    objects = test_remote_store._objects(s3_engine, production.blob_url)
+
+    def trashed() -> str:
+        """A session with a file, deleted: a trash entry whose object empty-trash deletes."""
+        with RemoteStore(production.database_url, objects, "production") as served:
+            session = served.create_session("to be emptied")
+            served.put_file(session["id"], "a.txt", io.BytesIO(b"acknowledged, then deleted"))
+            served.delete_session(session["id"])
+        return session["id"]
+
+    def blobs() -> int:
+        return s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/").get("KeyCount", 0)
+
+    def emptied(refused: str) -> tuple[int, str]:
+        def refuses(method: str, path: str) -> bool:
+            if refused == "delete":
+                return method == "POST" and "delete" in path
+            return "list-type=2" in path
+
+        with _refusing(s3_engine, refuses) as proxy:
+            env = {**production.env, "APP_S3_ENDPOINT_URL": proxy.url, "APP_S3_MAX_ATTEMPTS": "1"}
+            done = forked_app.run(env, ["data", "empty-trash", "--yes-i-mean-it"])
+        return done.returncode, " ".join(done.stderr.split())
+
+    trashed()
+    # Its deletion of the entry's object answered 500, then its repair's deletion again.
+    # Before: "`app data check --repair` was cut short ... It had repaired nothing yet; it
+    # left 1 orphan object as found, and every row of the database as it was", of an
+    # empty-trash that had deleted the entry's rows for good.
+    code, said = emptied("delete")
+    assert code == 69 and "every row of the database as it was" not in said, said
+    assert "error: `app data empty-trash` was cut short: object store" in said, said
+    assert "refused the deletion of 1 orphan object (InternalError (HTTP 500)" in said, said
+    assert (
+        "By then it had removed 1 trash entry for good (deleted from the database; the "
+        "empty-trash row of its audit log names them); it left 1 orphan object, which no row "
+        "names, in the object store. Run `app data check --repair` once the object store "
+        "answers (`app doctor` checks it): it deletes the objects no row names, and removes "
+        "no trash entry"
+    ) in said, said
+    # Its listing of what no row names answered 500. Before: "cannot use object store ...",
+    # nothing of the entry it had removed.
+    trashed()
+    code, said = emptied("list")
+    assert code == 69 and "refused the listing of the objects no row names" in said, said
+    assert "By then it had removed 1 trash entry for good" in said, said
+    assert (
+        "names them) and deleted the 1 object they named; it left any other object no row "
+        "names (it could not list them) in the object store"
+    ) in said, said
+    with psycopg.connect(production.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM app_sessions").fetchone() == (0,)
+    assert blobs() == 1  # the first's
+    # The remedy it names: both objects deleted, no entry to remove.
+    done = production.run("data", "check", "--repair")
+    assert done.returncode == 0, done.stderr
+    assert blobs() == 0

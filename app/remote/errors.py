@@ -481,6 +481,40 @@ class ObjectStoreCutShortError(AppError):
     again: str
 
 
+class TrashEmptiedCutShortError(AppError):
+    """``app data empty-trash`` stopped part-way on a remote profile: the trash's rows were
+    deleted (and audited) for good, then the object store refused a request of the deletion
+    of their objects.
+
+    It was refused as ``app data check --repair`` cut short, "every row of the database as
+    it was", or as a store that cannot be used at all, of a command that had removed every
+    entry it was asked to, said nowhere (red team 52); an operator who took either at its
+    word ran the empty-trash again, or looked for the entries it had removed.
+    """
+
+    exit_code = EX_UNAVAILABLE
+    code = "object_store_cut_short"
+    http_status = 503
+    template = (
+        "`app data empty-trash` was cut short: object store {where} refused {refused} "
+        "({reason}). By then it had removed {removed} for good (deleted from the database; "
+        "the empty-trash row of its audit log names them){done}; it left {left} in the "
+        "object store. Run `app data check --repair` once the object store answers (`app "
+        "doctor` checks it): it deletes the objects no row names, and removes no trash entry"
+    )
+
+    where: str
+    #: What the object store refused, and its answer.
+    refused: str
+    reason: str
+    #: How many trash entries were removed ("3 trash entries").
+    removed: str
+    #: What the deletion of objects did by then (", and it had deleted ..."), or nothing.
+    done: str
+    #: The objects it left, which no row names.
+    left: str
+
+
 class S3ClientSettingsError(ConfigError):
     """The S3 client refused a setting it reads itself, outside the app's configuration (an
     ``AWS_*`` variable of the process's environment, the AWS config file)."""

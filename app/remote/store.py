@@ -38,10 +38,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.digests import Digests
+from app.errors import AppError
 from app.remote import pg
 from app.remote.check import check
 from app.remote.db import Database
-from app.remote.errors import HolderLostError, ObjectStoreUnavailableError
+from app.remote.errors import (
+    HolderLostError,
+    ObjectStoreCutShortError,
+    ObjectStoreUnavailableError,
+    TrashEmptiedCutShortError,
+)
 from app.remote.files import RemoteFiles
 from app.remote.objects import ObjectStore
 from app.remote.sessions import RemoteSessions
@@ -486,11 +492,23 @@ class RemoteStore(Storage):
         left, and a read-only check after the next one reported them as uploads never
         committed (red team 34). It lists the bucket's objects once.
         """
-        removed = self.trash.empty(older_than, via=via)
+        removed, named, refused = self.trash.empty(older_than, via=via)
         if self.db.kind == "maintenance":
-            check(
-                self.db, self.objects, orphan_grace=self.orphan_grace, repair=True, thorough=False
-            )
+            try:
+                check(
+                    self.db,
+                    self.objects,
+                    orphan_grace=self.orphan_grace,
+                    repair=True,
+                    thorough=False,
+                )
+            except (ObjectStoreCutShortError, ObjectStoreUnavailableError) as error:
+                # The entries are gone, audited: the refusal says so, and what finishes the
+                # rest. It was the repair's ("every row of the database as it was") or the
+                # store's alone, of a command that had removed them (red team 52).
+                raise _emptied_cut_short(
+                    removed, named, refused, error, self.objects.where
+                ) from None
         return removed
 
     # -- consistency --------------------------------------------------------------------
@@ -507,3 +525,39 @@ class RemoteStore(Storage):
             thorough=thorough,
             hash_bytes=hash_bytes,
         )
+
+
+def _emptied_cut_short(
+    removed: list[TrashEntry],
+    named: int,
+    refused: AppError | None,
+    error: ObjectStoreCutShortError | ObjectStoreUnavailableError,
+    where: str,
+) -> TrashEmptiedCutShortError:
+    """The refusal of an ``app data empty-trash`` that the object store cut short after its
+    rows were deleted: what it removed, and what it left. ``named``: how many objects the
+    removed rows named; ``refused``: the store's refusal of their deletion, if it refused."""
+    count = len(removed)
+    entries = f"{count} trash entr{'y' if count == 1 else 'ies'}"
+    theirs = f"{named} object{'' if named == 1 else 's'}"
+    if isinstance(error, ObjectStoreCutShortError):
+        # The repair lists what no row names after the entries' own deletion: its count.
+        done = error.done.removeprefix("By then it had ")
+        done = "" if done == error.done else f", and it had {done} since"
+        return TrashEmptiedCutShortError(
+            where,
+            error.refused,
+            error.reason,
+            entries,
+            done,
+            error.left.partition(" as found")[0] + ", which no row names,",
+        )
+    if refused is None:
+        done = f" and deleted the {theirs} they named" if named else ""
+        left = "any other object no row names (it could not list them)"
+    else:
+        done = ""
+        left = f"the {theirs} they named, which no row names now, and any other such object,"
+    return TrashEmptiedCutShortError(
+        where, "the listing of the objects no row names", error.reason, entries, done, left
+    )
