@@ -14,6 +14,11 @@ What broke:
   refused, only that the store could not be used, of a command that had removed every
   entry. Now ``object_store_cut_short`` names the empty-trash, the entries it removed, the
   objects it left, and `app data check --repair`, which deletes them and removes no entry.
+- An object store (or a gateway in front of it) that answers 200 to a write it does not
+  keep, or keeps cut short: the app committed the file's row, the upload was acknowledged,
+  and its bytes were gone, found by the next download. A write is now read back with one
+  HEAD (S3 reads its own writes at once): a missing object or another size refuses the
+  upload, naming the store's failure, before any row names the object.
 
 All real: the suite's cluster (and ``weed``), libpq's own connection to show where a URL
 leads.
@@ -21,10 +26,15 @@ leads.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
+import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import forked_app
 import psycopg
@@ -32,11 +42,12 @@ import pytest
 import test_remote_store
 from engines import PostgresEngine, S3Engine, new_blob_url
 from replicas import Production, production_on
-from test_redteam_s51_remote import _refusing
+from test_redteam_s51_remote import _Forward, _Refusing, _refusing
 
 from app.config import inspect_profiles
 from app.remote import pg
-from app.remote.errors import ResourceOverlapError
+from app.remote.errors import ObjectStoreUnavailableError, ResourceOverlapError
+from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
 
@@ -179,3 +190,81 @@ def test_an_empty_trash_cut_short_by_the_object_store_says_what_it_removed(
     done = production.run("data", "check", "--repair")
     assert done.returncode == 0, done.stderr
     assert blobs() == 0
+
+
+# --- an object store that acknowledges a write it does not keep --------------------------------
+
+
+class _Losing(_Forward):
+    """Forwards every request to ``weed`` but the upload of an object under ``blobs/``,
+    which it answers 200 itself, as S3 does, having sent on nothing (``cut``: the body's
+    first half): a gateway or cache that acknowledges before the store has kept the bytes."""
+
+    cut = False
+
+    def do_PUT(self) -> None:
+        if "/blobs/" not in self.path or "uploadId=" in self.path:
+            self._any()
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.cut:  # its first half kept, by a request of the proxy's own
+            bucket, _, key = unquote(urlsplit(self.path).path).lstrip("/").partition("/")
+            client = getattr(self.server, "client")  # noqa: B009 - set by `_losing`
+            client.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
+        self.server.refusals += 1
+        self.send_response(200)
+        self.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@contextlib.contextmanager
+def _losing(s3_engine: S3Engine, cut: bool) -> Iterator[_Refusing]:
+    handler = type("_LosingNow", (_Losing,), {"cut": cut})
+    proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
+    proxy.RequestHandlerClass = handler
+    setattr(proxy, "client", s3_engine.client())  # noqa: B010 - read by `_Losing`
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["dropped", "cut"])
+def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
+    production: Production, s3_engine: S3Engine, cut: bool
+) -> None:
+    body = b"acknowledged bytes " * 50
+    with _losing(s3_engine, cut) as proxy:
+        objects = ObjectStore(
+            production.blob_url,
+            proxy.url,
+            s3_engine.access_key_id,
+            s3_engine.secret_access_key,
+            max_attempts=1,
+        )
+        objects.open("production")
+        with RemoteStore(production.database_url, objects, "production") as served:
+            session = served.create_session("a store that loses writes")
+            # Before: the file's row committed, the upload answered as saved, and the
+            # download then refused ("their object was removed from the object store
+            # from outside the app"): acknowledged bytes, lost.
+            with pytest.raises(ObjectStoreUnavailableError) as refused:
+                served.put_file(session["id"], "a.txt", io.BytesIO(body))
+            assert served.list_files(session["id"]) == []
+            served.delete_session(session["id"])
+    assert proxy.refusals == 1
+    said = str(refused.value)
+    # (The body the proxy cut may be S3's chunked framing of it: the size is the store's.)
+    kept = r"holds it with \d+ bytes" if cut else "does not have it"
+    assert re.search(rf"\({len(body)} bytes\), then {kept} \(a HEAD right after the write\)", said)
+    assert (
+        "It loses writes it has answered as done: a node or disk failing, or a gateway, cache "
+        "or proxy in front of it that answers before the store has kept the bytes. Nothing "
+        "names the object, so nothing was saved: the client may send it again"
+    ) in said, said
+    assert "Check s3_endpoint_url" not in said, said
