@@ -19,6 +19,10 @@ What broke:
   and its bytes were gone, found by the next download. A write is now read back with one
   HEAD (S3 reads its own writes at once): a missing object or another size refuses the
   upload, naming the store's failure, before any row names the object.
+- This machine's own address (``192.0.2.2``, ``fd00::2``) as a database's host or an
+  object store's endpoint, beside ``127.0.0.1``: a server that listens on every address
+  is one server by both, and the overlap check, which knew loopback's spellings alone,
+  took them for two. Its own addresses (from ``/proc``, no lookup) are now this machine.
 
 All real: the suite's cluster (and ``weed``), libpq's own connection to show where a URL
 leads.
@@ -33,7 +37,9 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import forked_app
@@ -45,7 +51,7 @@ from replicas import Production, production_on
 from test_redteam_s51_remote import _Forward, _Refusing, _refusing
 
 from app.config import inspect_profiles
-from app.remote import pg
+from app.remote import hosts, pg
 from app.remote.errors import ObjectStoreUnavailableError, ResourceOverlapError
 from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
@@ -268,3 +274,72 @@ def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
         "names the object, so nothing was saved: the client may send it again"
     ) in said, said
     assert "Check s3_endpoint_url" not in said, said
+
+
+# --- this machine's own address ------------------------------------------------------------------
+
+
+class _Everywhere(_Refusing):
+    """The suite's ``weed`` as a store listening on every address (``0.0.0.0``) serves:
+    the proxy of red team 51, bound there, refusing nothing."""
+
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
+        self.refused = lambda method, path: False
+        self.after = False
+        self.refusals = 0
+        ThreadingHTTPServer.__init__(self, ("0.0.0.0", 0), _Forward)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_this_machine_s_own_address_is_the_server_its_loopback_reaches(
+    s3_engine: S3Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = sorted(str(a) for a in hosts.own_addresses() if a.version == 4 and not a.is_loopback)
+    if not own:
+        pytest.skip("this machine has no IPv4 address but loopback's")
+    proxy = _Everywhere(s3_engine.endpoint_url)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = proxy.server_address[1]
+        blob_url = new_blob_url(s3_engine)
+        bucket, _, prefix = blob_url.removeprefix("s3://").partition("/")
+        by_address = f"http://{own[0]}:{port}"
+        import boto3
+
+        def client(endpoint: str) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                aws_access_key_id=s3_engine.access_key_id,
+                aws_secret_access_key=s3_engine.secret_access_key,
+                region_name="us-east-1",
+            )
+
+        # One store by both, for real: written by loopback, read by the machine's address.
+        client(proxy.url).put_object(Bucket=bucket, Key=f"{prefix}/probe", Body=b"one store")
+        found = client(by_address).get_object(Bucket=bucket, Key=f"{prefix}/probe")
+        assert found["Body"].read() == b"one store"
+        _settings(
+            tmp_path,
+            monkeypatch,
+            production={"database_url": "postgresql://app@127.0.0.1/production",
+                        "blob_url": blob_url, "s3_endpoint_url": proxy.url},
+            staging={"database_url": "postgresql://app@127.0.0.1/staging",
+                     "blob_url": blob_url, "s3_endpoint_url": by_address},
+        )  # fmt: skip
+        # Before: none, the machine's own address taken for another machine's.
+        [overlap] = _overlaps()
+        assert overlap.kind == "object prefix", overlap.message
+        assert "'production' and 'staging' name overlapping object prefixes" in overlap.message
+        # And a database reached by it: the same server as 127.0.0.1's on that port.
+        assert pg.same_database(
+            "postgresql://app@127.0.0.1/production", f"postgresql://app@{own[0]}/production"
+        )
+        for address in hosts.own_addresses():
+            assert hosts.is_this_machine(f"[{address}]" if address.version == 6 else str(address))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
