@@ -23,6 +23,12 @@ What broke:
   object store's endpoint, beside ``127.0.0.1``: a server that listens on every address
   is one server by both, and the overlap check, which knew loopback's spellings alone,
   took them for two. Its own addresses (from ``/proc``, no lookup) are now this machine.
+- A connection the database had answered on, ended under a read (an operator's
+  ``pg_terminate_backend``, a restart, a failover): "cannot connect to database ...: check
+  that the server runs and that database_url names it", of settings that reached it
+  (`app data check --repair`). It is now ``connection_lost``, naming the read and that
+  nothing was changed; and an empty-trash whose search for what no row names ended so says
+  what it had removed, as the object store's refusal above does.
 
 All real: the suite's cluster (and ``weed``), libpq's own connection to show where a URL
 leads.
@@ -47,7 +53,7 @@ import psycopg
 import pytest
 import test_remote_store
 from engines import PostgresEngine, S3Engine, new_blob_url
-from replicas import Production, production_on
+from replicas import Production, production_on, wait_for
 from test_redteam_s51_remote import _Forward, _Refusing, _refusing
 
 from app.config import inspect_profiles
@@ -262,7 +268,13 @@ def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
             with pytest.raises(ObjectStoreUnavailableError) as refused:
                 served.put_file(session["id"], "a.txt", io.BytesIO(body))
             assert served.list_files(session["id"]) == []
+            # As found, for the tests after it: no session, no trash, no object.
             served.delete_session(session["id"])
+            served.empty_trash()
+    bucket, _, prefix = production.blob_url.removeprefix("s3://").partition("/")
+    s3 = s3_engine.client()
+    for found in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/").get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=found["Key"])
     assert proxy.refusals == 1
     said = str(refused.value)
     # (The body the proxy cut may be S3's chunked framing of it: the size is the store's.)
@@ -343,3 +355,71 @@ def test_this_machine_s_own_address_is_the_server_its_loopback_reaches(
         proxy.shutdown()
         proxy.server_close()
         thread.join()
+
+
+# --- a connection ended under a read ----------------------------------------------------------
+
+
+def _killed_in(production: Production, args: list[str], table: str) -> tuple[int, str]:
+    """Run `args` while another client holds `table` (ACCESS EXCLUSIVE), and end the
+    command's backend (``pg_terminate_backend``) once it waits there."""
+    env = {**production.env, "APP_DATABASE_LOCK_WAIT_SECONDS": "20"}
+    done: list[Any] = []
+    with psycopg.connect(production.database_url) as holding:
+        holding.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        command = threading.Thread(target=lambda: done.append(forked_app.run(env, args)))
+        command.start()
+        with psycopg.connect(production.database_url, autocommit=True) as operator:
+            waiting = (
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND application_name LIKE 'app %' AND pid <> pg_backend_pid()"
+            )
+            [(pid,)] = wait_for(lambda: operator.execute(waiting).fetchall(), "a wait")
+            operator.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        command.join()
+    return done[0].returncode, " ".join(done[0].stderr.split())
+
+
+def test_a_connection_ended_under_a_read_is_not_a_database_it_cannot_connect_to(
+    production: Production, s3_engine: S3Engine
+) -> None:
+    # `app data check --repair`, its read of the live sessions' count ended.
+    code, said = _killed_in(production, ["data", "check", "--repair"], "app_session_counts")
+    # Before: "cannot connect to database ...: terminating connection due to administrator
+    # command ... Check that the server runs and that database_url (APP_DATABASE_URL) names
+    # it; `app doctor` checks the settings".
+    assert code == 69 and "cannot connect" not in said, said
+    assert (
+        "during the check's read of every file's row and of the live sessions' count "
+        "(terminating connection due to administrator command"
+    ) in said, said
+    assert (
+        "the server ended it after it had answered on it (an operator's pg_terminate_backend, "
+        "a restart, a failover), so database_url reaches it and nothing in the settings needs "
+        "to change; a read changes nothing, so nothing was changed. Retry it"
+    ) in said, said
+    # `app data empty-trash`, the same read of its search for what no row names, after it
+    # had removed the entry: before, that "a read changes nothing, so nothing was changed".
+    objects = test_remote_store._objects(s3_engine, production.blob_url)
+    with RemoteStore(production.database_url, objects, "production") as served:
+        session = served.create_session("to be emptied")
+        served.delete_session(session["id"])
+    with psycopg.connect(production.database_url) as conn:
+        [(entries,)] = conn.execute(
+            "SELECT (SELECT count(*) FROM app_sessions WHERE deleted_at IS NOT NULL)"
+            " + (SELECT count(*) FROM app_files WHERE trash_name IS NOT NULL)"
+        ).fetchall()  # another test's too
+    args = ["data", "empty-trash", "--yes-i-mean-it"]
+    code, said = _killed_in(production, args, "app_session_counts")
+    assert code == 69 and "nothing was changed" not in said, said
+    assert "`app data empty-trash` was cut short: database postgresql://" in said, said
+    assert "failed its search for the objects no row names (terminating connection" in said, said
+    assert (
+        f"By then it had removed {entries} trash entr{'y' if entries == 1 else 'ies'} for "
+        "good (deleted from the database; the "
+        "empty-trash row of its audit log names them); it left any other object no row names "
+        "(it could not list them) in the object store. Run `app data check --repair` once the "
+        "database answers"
+    ) in said, said
+    with psycopg.connect(production.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM app_sessions").fetchone() == (0,)

@@ -47,6 +47,7 @@ from app.remote.errors import (
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     HolderLostError,
+    StatementConnectionLostError,
 )
 from app.storage import TrashEntry
 
@@ -244,12 +245,18 @@ class Database:
         self._pool.close()
 
     @contextlib.contextmanager
-    def conn(self) -> Iterator[Connection]:
-        """A connection from the pool, in autocommit mode."""
+    def conn(self, what: str = "a read", outcome: str | None = None) -> Iterator[Connection]:
+        """A connection from the pool, in autocommit mode.
+
+        ``what`` names its statements, and ``outcome`` what they had done (by default,
+        nothing: a read), where the connection ends under them.
+        """
         from psycopg_pool import PoolTimeout
 
+        lent = False
         try:
             with pg.refusals(self.where), self._pooled() as conn:
+                lent = True
                 with self._lending:
                     self._lent += 1
                 try:
@@ -293,6 +300,15 @@ class Database:
         except pg.WaitTimeoutError as error:
             raise DatabaseTimeoutError(self.where, _reason(error), error.seconds) from None
         except psycopg.OperationalError as error:
+            if lent:
+                # Reached, then ended under a statement: not "cannot connect ... check that
+                # database_url names it", of settings that reached it (red team 52).
+                raise StatementConnectionLostError(
+                    self.where,
+                    _reason(error),
+                    what,
+                    **({} if outcome is None else {"outcome": outcome}),
+                ) from None
             raise DatabaseUnavailableError(
                 self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
             ) from None

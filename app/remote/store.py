@@ -291,7 +291,8 @@ class RemoteStore(Storage):
         url = fields.get("url") or (f"port {fields['port']}" if "port" in fields else None)
         if url is None:
             return
-        with self.db.conn() as conn:
+        what = "the write of this replica's address into its holder row"
+        with self.db.conn(what, "it may or may not have been written") as conn:
             conn.execute(
                 "UPDATE app_holders SET url = %s WHERE id = %s", (str(url), self.holder.row["id"])
             )
@@ -502,12 +503,12 @@ class RemoteStore(Storage):
                     repair=True,
                     thorough=False,
                 )
-            except (ObjectStoreCutShortError, ObjectStoreUnavailableError) as error:
+            except AppError as error:
                 # The entries are gone, audited: the refusal says so, and what finishes the
                 # rest. It was the repair's ("every row of the database as it was") or the
                 # store's alone, of a command that had removed them (red team 52).
                 raise _emptied_cut_short(
-                    removed, named, refused, error, self.objects.where
+                    removed, named, refused, error, self.objects.where, self.db.where
                 ) from None
         return removed
 
@@ -531,12 +532,14 @@ def _emptied_cut_short(
     removed: list[TrashEntry],
     named: int,
     refused: AppError | None,
-    error: ObjectStoreCutShortError | ObjectStoreUnavailableError,
-    where: str,
+    error: AppError,
+    objects: str,
+    database: str,
 ) -> TrashEmptiedCutShortError:
-    """The refusal of an ``app data empty-trash`` that the object store cut short after its
-    rows were deleted: what it removed, and what it left. ``named``: how many objects the
-    removed rows named; ``refused``: the store's refusal of their deletion, if it refused."""
+    """The refusal of an ``app data empty-trash`` cut short after its rows were deleted, by
+    the object store or the database: what it removed, and what it left. ``named``: how
+    many objects the removed rows named; ``refused``: the store's refusal of their deletion,
+    if it refused."""
     count = len(removed)
     entries = f"{count} trash entr{'y' if count == 1 else 'ies'}"
     theirs = f"{named} object{'' if named == 1 else 's'}"
@@ -545,12 +548,11 @@ def _emptied_cut_short(
         done = error.done.removeprefix("By then it had ")
         done = "" if done == error.done else f", and it had {done} since"
         return TrashEmptiedCutShortError(
-            where,
-            error.refused,
-            error.reason,
+            f"object store {objects} refused {error.refused} ({error.reason})",
             entries,
             done,
             error.left.partition(" as found")[0] + ", which no row names,",
+            "object store",
         )
     if refused is None:
         done = f" and deleted the {theirs} they named" if named else ""
@@ -558,6 +560,11 @@ def _emptied_cut_short(
     else:
         done = ""
         left = f"the {theirs} they named, which no row names now, and any other such object,"
-    return TrashEmptiedCutShortError(
-        where, "the listing of the objects no row names", error.reason, entries, done, left
-    )
+    reason = str(getattr(error, "reason", "") or error.message)
+    if isinstance(error, ObjectStoreUnavailableError):
+        refusal = f"object store {objects} refused the listing of the objects no row names"
+        return TrashEmptiedCutShortError(
+            f"{refusal} ({reason})", entries, done, left, "object store"
+        )
+    refusal = f"database {database} failed its search for the objects no row names ({reason})"
+    return TrashEmptiedCutShortError(refusal, entries, done, left, "database")
