@@ -389,6 +389,9 @@ def test_a_connection_ended_under_a_read_is_not_a_database_it_cannot_connect_to(
     # command ... Check that the server runs and that database_url (APP_DATABASE_URL) names
     # it; `app doctor` checks the settings".
     assert code == 69 and "cannot connect" not in said, said
+    # Nor, above it, psycopg's pool: "discarding closed connection: <...BoundedConnection [BAD]
+    # at 0x7f...>".
+    assert said.startswith("error: lost the connection to database"), said
     assert (
         "during the check's read of every file's row and of the live sessions' count "
         "(terminating connection due to administrator command"

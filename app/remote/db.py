@@ -24,6 +24,7 @@ broken connection per thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import secrets
 import threading
@@ -59,6 +60,23 @@ __all__ = ["TRASH_TIME_FORMAT", "Connection", "Database", "now", "trash_entry", 
 TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 
 Connection = psycopg.Connection[dict[str, Any]]
+
+
+class _PoolDiscards(logging.Filter):
+    """psycopg's pool warns of each connection it discards as broken or closed, naming it by
+    its repr (``<...BoundedConnection [BAD] at 0x7f...>``): a command whose connection the
+    server ended printed that line above its own refusal, which says what was lost and what
+    to do (red team 52). Demoted to INFO: a log configured for it keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(("discarding broken connection", "discarding closed")):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_POOL_LOG: Final = logging.getLogger("psycopg.pool")
+if not any(isinstance(each, _PoolDiscards) for each in _POOL_LOG.filters):
+    _POOL_LOG.addFilter(_PoolDiscards())
 
 
 def utc(column: str) -> str:
