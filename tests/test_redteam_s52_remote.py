@@ -96,39 +96,38 @@ def _overlaps() -> list[ResourceOverlapError]:
     return [p for p in report.problems if isinstance(p, ResourceOverlapError)]
 
 
-@pytest.mark.parametrize("twice", ["section", "key"])
 def test_a_service_given_twice_is_the_database_libpq_connects_to(
-    postgres_engine: PostgresEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twice: str
+    postgres_engine: PostgresEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     production = postgres_engine.create_database("production", outside_the_run=True)
     staging = postgres_engine.create_database("staging", outside_the_run=True)
-    # Staging's section, once naming production's database, changed by appending to the file
-    # rather than editing it: the section again, or the key again.
-    again = "\n[staging]\n" if twice == "section" else ""
-    (tmp_path / "pg_service.conf").write_text(
-        f"[staging]\nhost=127.0.0.1\nport={postgres_engine.port}\ndbname={production}\n"
-        f"{again}dbname={staging}\n"
-    )
     monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
     monkeypatch.setenv("PGSYSCONFDIR", str(tmp_path))  # no system file of this machine's
     for name in ("PGSERVICE", "PGDATABASE", "PGHOST", "PGHOSTADDR", "PGPORT"):
         monkeypatch.delenv(name, raising=False)
     via_service = f"postgresql://{postgres_engine.user}@/?service=staging"
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={**_KEYS, "database_url": postgres_engine.url(production)},
+        staging={**_KEYS, "blob_url": "s3://b/y", "database_url": via_service},
+    )
     try:
-        # Where libpq goes, for real: production's database.
-        with psycopg.connect(via_service, connect_timeout=10) as conn:
-            assert conn.info.dbname == production
-        assert [a.dbname for a in pg.database_addresses(via_service)] == [production]
-        _settings(
-            tmp_path,
-            monkeypatch,
-            production={**_KEYS, "database_url": postgres_engine.url(production)},
-            staging={**_KEYS, "blob_url": "s3://b/y", "database_url": via_service},
-        )
-        # Before: none, the check reading the section's last dbname, staging's.
-        [overlap] = _overlaps()
-        assert overlap.kind == "database"
-        assert "'production' and 'staging' name the same database" in overlap.message
+        # Staging's section, once naming production's database, changed by appending to the
+        # file rather than editing it: the section again, or the key again.
+        for again in ("\n[staging]\n", ""):
+            (tmp_path / "pg_service.conf").write_text(
+                f"[staging]\nhost=127.0.0.1\nport={postgres_engine.port}\ndbname={production}\n"
+                f"{again}dbname={staging}\n"
+            )
+            # Where libpq goes, for real: production's database.
+            with psycopg.connect(via_service, connect_timeout=10) as conn:
+                assert conn.info.dbname == production
+            assert [a.dbname for a in pg.database_addresses(via_service)] == [production]
+            # Before: none, the check reading the section's last dbname, staging's.
+            [overlap] = _overlaps()
+            assert overlap.kind == "database"
+            assert "'production' and 'staging' name the same database" in overlap.message
     finally:
         postgres_engine.drop_database(production)
         postgres_engine.drop_database(staging)
@@ -209,17 +208,16 @@ def test_an_empty_trash_cut_short_by_the_object_store_says_what_it_removed(
 
 class _Losing(_Forward):
     """Forwards every request to ``weed`` but the upload of an object under ``blobs/``,
-    which it answers 200 itself, as S3 does, having sent on nothing (``cut``: the body's
-    first half): a gateway or cache that acknowledges before the store has kept the bytes."""
-
-    cut = False
+    which it answers 200 itself, as S3 does, having sent on nothing (with the server's
+    ``cut``, the body's first half): a gateway or cache that acknowledges before the store
+    has kept the bytes."""
 
     def do_PUT(self) -> None:
         if "/blobs/" not in self.path or "uploadId=" in self.path:
             self._any()
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.cut:  # its first half kept, by a request of the proxy's own
+        if getattr(self.server, "cut", False):  # its first half kept, by a request of its own
             bucket, _, key = unquote(urlsplit(self.path).path).lstrip("/").partition("/")
             client = getattr(self.server, "client")  # noqa: B009 - set by `_losing`
             client.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
@@ -231,10 +229,9 @@ class _Losing(_Forward):
 
 
 @contextlib.contextmanager
-def _losing(s3_engine: S3Engine, cut: bool) -> Iterator[_Refusing]:
-    handler = type("_LosingNow", (_Losing,), {"cut": cut})
+def _losing(s3_engine: S3Engine) -> Iterator[_Refusing]:
     proxy = _Refusing(s3_engine.endpoint_url, lambda method, path: False, False)
-    proxy.RequestHandlerClass = handler
+    proxy.RequestHandlerClass = _Losing
     setattr(proxy, "client", s3_engine.client())  # noqa: B010 - read by `_Losing`
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
@@ -246,12 +243,12 @@ def _losing(s3_engine: S3Engine, cut: bool) -> Iterator[_Refusing]:
         thread.join()
 
 
-@pytest.mark.parametrize("cut", [False, True], ids=["dropped", "cut"])
 def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
-    production: Production, s3_engine: S3Engine, cut: bool
+    production: Production, s3_engine: S3Engine
 ) -> None:
     body = b"acknowledged bytes " * 50
-    with _losing(s3_engine, cut) as proxy:
+    said: dict[bool, str] = {}
+    with _losing(s3_engine) as proxy:
         objects = ObjectStore(
             production.blob_url,
             proxy.url,
@@ -262,12 +259,15 @@ def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
         objects.open("production")
         with RemoteStore(production.database_url, objects, "production") as served:
             session = served.create_session("a store that loses writes")
-            # Before: the file's row committed, the upload answered as saved, and the
-            # download then refused ("their object was removed from the object store
-            # from outside the app"): acknowledged bytes, lost.
-            with pytest.raises(ObjectStoreUnavailableError) as refused:
-                served.put_file(session["id"], "a.txt", io.BytesIO(body))
-            assert served.list_files(session["id"]) == []
+            for cut in (False, True):
+                setattr(proxy, "cut", cut)  # noqa: B010 - read by `_Losing`
+                # Before: the file's row committed, the upload answered as saved, and the
+                # download then refused ("their object was removed from the object store
+                # from outside the app"): acknowledged bytes, lost.
+                with pytest.raises(ObjectStoreUnavailableError) as refused:
+                    served.put_file(session["id"], "a.txt", io.BytesIO(body))
+                said[cut] = str(refused.value)
+                assert served.list_files(session["id"]) == []
             # As found, for the tests after it: no session, no trash, no object.
             served.delete_session(session["id"])
             served.empty_trash()
@@ -275,17 +275,19 @@ def test_a_write_the_object_store_acknowledges_and_does_not_keep_is_refused(
     s3 = s3_engine.client()
     for found in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/blobs/").get("Contents", []):
         s3.delete_object(Bucket=bucket, Key=found["Key"])
-    assert proxy.refusals == 1
-    said = str(refused.value)
-    # (The body the proxy cut may be S3's chunked framing of it: the size is the store's.)
-    kept = r"holds it with \d+ bytes" if cut else "does not have it"
-    assert re.search(rf"\({len(body)} bytes\), then {kept} \(a HEAD right after the write\)", said)
-    assert (
-        "It loses writes it has answered as done: a node or disk failing, or a gateway, cache "
-        "or proxy in front of it that answers before the store has kept the bytes. Nothing "
-        "names the object, so nothing was saved: the client may send it again"
-    ) in said, said
-    assert "Check s3_endpoint_url" not in said, said
+    assert proxy.refusals == 2
+    for cut, message in said.items():
+        # (The body the proxy cut may be S3's chunked framing of it: the size is the store's.)
+        kept = r"holds it with \d+ bytes" if cut else "does not have it"
+        assert re.search(
+            rf"\({len(body)} bytes\), then {kept} \(a HEAD right after the write\)", message
+        ), message
+        assert (
+            "It loses writes it has answered as done: a node or disk failing, or a gateway, "
+            "cache or proxy in front of it that answers before the store has kept the bytes. "
+            "Nothing names the object, so nothing was saved: the client may send it again"
+        ) in message, message
+        assert "Check s3_endpoint_url" not in message, message
 
 
 # --- this machine's own address ------------------------------------------------------------------
