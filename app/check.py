@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +35,7 @@ from app.dataroot import (
     NotRegularFileError,
     link_remedy,
     read_regular,
+    remove_tree,
     root_mounts,
     tmp_in_flight,
     unmount_keeping,
@@ -250,7 +250,7 @@ class Checker:
                     "a session create that crashed before its rename; it was never acknowledged",
                     "delete it",
                 ):
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path, ignore_errors=True)
             elif not ID_RE.fullmatch(name):
                 self.unrepaired(
                     "unknown-entry", path, "not a session directory", "nothing: left for a human"
@@ -348,7 +348,7 @@ class Checker:
                 "an entry that `empty-trash` had taken out of the trash when it was stopped",
                 "finish removing it",
             ):
-                shutil.rmtree(path)
+                remove_tree(path)
             return
         if found is not None and path.is_symlink():
             # Moved to another disk and linked back: "not a trash entry", and the trash read as

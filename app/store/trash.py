@@ -16,7 +16,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import stat
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from app.dataroot import (
     json_bytes,
     link_remedy,
     read_regular,
+    remove_tree,
     write_new_file,
 )
 from app.errors import (
@@ -639,7 +639,7 @@ class Trash:
         try:
             for name in [*left, *names]:
                 try:
-                    shutil.rmtree(self.path / name)
+                    remove_tree(self.path / name)
                 except OSError as error:
                     # Out of the trash already (the rename above): `check` finishes it.
                     log.warning("could not finish removing %s yet (%s); `check` will", name, error)

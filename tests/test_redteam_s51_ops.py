@@ -1,0 +1,81 @@
+"""Red team 51 on operations (branch rt-ops25): the command line and the server as an
+operator runs them, on a local data root.
+
+What broke:
+
+- a directory tree deeper than Python's stack (1,000 levels) in a session that was then
+  deleted, or in a create or an ``empty-trash`` left half done: ``shutil.rmtree`` recursed
+  once per level, so ``app data empty-trash``, ``app data check --repair`` and every
+  ``app serve``'s start-up were a ``RecursionError`` traceback, exit 1, the entry left half
+  removed under ``.emptying-``; a service manager restarted the server in a loop that never
+  served. Every removal of a tree in a data root now walks it with a list of its own, one
+  directory open at a time (`app.dataroot.remove_tree`);
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import forked_app
+import pytest
+
+from app.storage import open_storage
+
+#: Python's recursion limit in the commands of the test below (1,000 by default), and a
+#: depth past it: what `shutil.rmtree`, one call per level, ran out of. Lowered for the
+#: test's time (a level costs a few milliseconds on a busy disk); `remove_tree`'s depth
+#: depends on neither.
+LIMIT, DEPTH = 120, 160
+
+#: ``app *argv`` as the console script runs it, under Python's recursion limit `LIMIT`.
+UNDER_LIMIT = f"import sys; sys.setrecursionlimit({LIMIT}); from app.cli import main; main()"
+
+
+def _deep_tree(top: Path) -> None:
+    """``top/a/a/.../a``, `DEPTH` levels, a file and a link to ``/`` at the deepest."""
+    here = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(DEPTH):
+            os.mkdir("a", dir_fd=here)
+            below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here = below
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=here))
+        os.symlink("/", "l", dir_fd=here)
+    finally:
+        os.close(here)
+
+
+def _app(log: Path, *args: str) -> tuple[int, str]:
+    """``app *args`` under `UNDER_LIMIT`: its exit code and output."""
+    code = forked_app.python_c(UNDER_LIMIT, list(args), log).wait(timeout=120)
+    return code, log.read_text()
+
+
+def test_a_tree_deeper_than_python_s_stack_is_emptied_from_the_trash_and_repaired(
+    app_config: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True) as store:
+        emptied, stopped = (store.create_session(t)["id"] for t in ("e", "s"))
+        first = store.delete_session(emptied).name
+        second = store.delete_session(stopped).name
+    # In a session, by hand or by a tool, before it was deleted; an empty-trash stopped
+    # (SIGKILL) once it had taken the other entry out of the trash.
+    (root / ".trash" / first / "session" / "deep").mkdir()
+    _deep_tree(root / ".trash" / first / "session" / "deep")
+    (root / ".trash" / second).rename(root / ".trash" / f".emptying-{second}")
+    _deep_tree(root / ".trash" / f".emptying-{second}")
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+
+    # What every server's start-up runs first: it was a RecursionError, exit 1, for ever.
+    code, output = _app(tmp_path / "repair.log", "data", "check", "--repair")
+    assert code == 0, output
+    assert f"trash-emptying  .trash/.emptying-{second}: an entry that `empty-trash`" in output
+    assert os.listdir(root / ".trash") == [first]
+
+    code, output = _app(tmp_path / "empty.log", "data", "empty-trash")
+    assert (code, output) == (0, "removed 1 trash entry\n")
+    assert os.listdir(root / ".trash") == []
