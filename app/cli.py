@@ -721,13 +721,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  {describe_replica(replica)}")
         return
     click.echo(f"held by: {seen.held_by}")
-    if (
-        holder
-        and holder.get("kind") == "server"
-        and holder.get("port")
-        and "took_lock" not in holder
-    ):
-        click.echo(f"serving: http://{config.host}:{holder['port']}")
+    from app.lock import local_url
+
+    url = local_url(holder, config.host) if holder and "took_lock" not in holder else None
+    if url is not None:
+        click.echo(f"serving: {url}")
 
 
 def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
@@ -1038,10 +1036,9 @@ def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
     for replica in replicas:
         if str(replica.get("url") or "").startswith("http"):
             return str(replica["url"])
-    holder = getattr(error, "holder", None) or {}
-    if holder.get("kind") == "server" and holder.get("port"):
-        return f"http://{config.host}:{holder['port']}"
-    return None
+    from app.lock import local_url
+
+    return local_url(getattr(error, "holder", None) or {}, config.host)
 
 
 @data.command("check")

@@ -10,18 +10,29 @@ What broke:
   removed under ``.emptying-``; a service manager restarted the server in a loop that never
   served. Every removal of a tree in a data root now walks it with a list of its own, one
   directory open at a time (`app.dataroot.remove_tree`);
+- ``app status`` and ``empty-trash``'s refusal named the server's URL from the command's own
+  ``host`` setting: a server started with ``--host ::1`` (or an ``APP_HOST`` the operator's
+  shell does not have) was said to serve at ``http://127.0.0.1:PORT``, where nothing (or
+  another server) answers, and an IPv6 host gave ``http://::1:PORT``, which curl refuses. The
+  server now publishes the address it listens on, and both name it (`app.lock.local_url`);
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import forked_app
+import httpx
 import pytest
+from test_server_e2e import app_env, run_app
 
 from app.storage import open_storage
+from app.testing.live_server import published_port
 
 #: Python's recursion limit in the commands of the test below (1,000 by default), and a
 #: depth past it: what `shutil.rmtree`, one call per level, ran out of. Lowered for the
@@ -79,3 +90,47 @@ def test_a_tree_deeper_than_python_s_stack_is_emptied_from_the_trash_and_repaire
     code, output = _app(tmp_path / "empty.log", "data", "empty-trash")
     assert (code, output) == (0, "removed 1 trash entry\n")
     assert os.listdir(root / ".trash") == []
+
+
+# --- the URL of a server that listens elsewhere than the command's settings say ------------
+
+
+def _ipv6_loopback() -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        return True
+    return False
+
+
+@pytest.fixture
+def on_ipv6_loopback(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A real ``app serve --host ::1 --port 0`` on a root of its own (the command's settings
+    say 127.0.0.1): its root and port."""
+    if not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback address to listen on")
+    root = tmp_path / "data"
+    log = tmp_path / "server.log"
+    process = forked_app.serve(app_env(root), log, ["serve", "--host", "::1", "--port", "0"])
+    try:
+        yield root, published_port(root, process, log)  # type: ignore[arg-type]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=60)
+
+
+def test_status_and_a_refusal_name_the_address_the_server_listens_on(
+    on_ipv6_loopback: tuple[Path, int],
+) -> None:
+    root, port = on_ipv6_loopback
+    url = f"http://[::1]:{port}"
+    # The operator's shell, as the settings say (127.0.0.1), and with the server's APP_HOST.
+    for host in ("127.0.0.1", "::1"):
+        status = run_app("status", env=app_env(root, APP_HOST=host))
+        assert status.returncode == 0, status.stderr
+        assert f"serving: {url}\n" in status.stdout, status.stdout
+    refused = run_app("data", "empty-trash", env=app_env(root))
+    assert refused.returncode == 75, refused.stderr
+    assert f'"{url}/trash/empty"' in refused.stderr, refused.stderr
+    # What answers there is this root's server.
+    assert httpx.get(f"{url}/health", timeout=10).json()["profile"] == "testing"
