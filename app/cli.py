@@ -1161,9 +1161,47 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
         click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
 
 
+#: The error handler of standard output's encoding (`_unencodable`).
+_OUTPUT_ERRORS: Final = "app-output"
+
+
+def _unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """What standard output writes for text its encoding cannot take, rather than raise.
+
+    A name of the data root that is not UTF-8 (a file ``zz\\xff`` under ``sessions/``, read by
+    Python as U+DCFF) made ``app data check`` a ``UnicodeEncodeError`` traceback, exit 1, on a
+    host whose locale is UTF-8 (Python's strict ``errors`` there; only the C locale's is
+    ``surrogateescape``), and a session's title a locale's encoding has no letter for (``☃``
+    under Latin-1) did the same to ``sessions list``, and to ``sessions restore`` after it had
+    restored the session (red team 51). Such a name is written as the bytes it was read
+    from, as ``ls`` does; any other character as its ``\\u`` escape.
+    """
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    piece = error.object[error.start : error.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in piece):
+        return bytes(ord(c) - 0xDC00 for c in piece), error.end
+    return piece.encode("ascii", "backslashreplace").decode("ascii"), error.end
+
+
+def _encode_all(stream: IO[Any]) -> None:
+    """Give ``stream`` (a standard stream) the `_unencodable` handler, where it has one."""
+    import codecs
+
+    try:
+        codecs.lookup_error(_OUTPUT_ERRORS)
+    except LookupError:
+        codecs.register_error(_OUTPUT_ERRORS, _unencodable)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(OSError, ValueError):
+            reconfigure(errors=_OUTPUT_ERRORS)
+
+
 def main() -> None:
     """Console-script entry point."""
     if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
+        _encode_all(sys.stdout)
         sys.stdout = _StandardStream(sys.stdout, _refused_as_output)
     if sys.stderr is not None:
         sys.stderr = _StandardStream(sys.stderr, functools.partial(contextlib.suppress, OSError))

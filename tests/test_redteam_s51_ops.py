@@ -15,6 +15,12 @@ What broke:
   shell does not have) was said to serve at ``http://127.0.0.1:PORT``, where nothing (or
   another server) answers, and an IPv6 host gave ``http://::1:PORT``, which curl refuses. The
   server now publishes the address it listens on, and both name it (`app.lock.local_url`);
+- a name in the data root that is not UTF-8 (read by Python as a lone surrogate) made ``app
+  data check`` a ``UnicodeEncodeError`` traceback, exit 1, under a UTF-8 locale (Python's
+  standard output is strict there; only the C locale's is not), and a session title the
+  locale's encoding cannot write did the same to ``sessions restore``, after it had restored
+  the session. Standard output now writes such a name as its bytes, and any other character
+  it cannot encode as its escape.
 """
 
 from __future__ import annotations
@@ -134,3 +140,40 @@ def test_status_and_a_refusal_name_the_address_the_server_listens_on(
     assert f'"{url}/trash/empty"' in refused.stderr, refused.stderr
     # What answers there is this root's server.
     assert httpx.get(f"{url}/health", timeout=10).json()["profile"] == "testing"
+
+
+# --- names and titles standard output's encoding cannot take -------------------------------
+
+
+#: ``app *argv`` as the console script runs it, its standard output first made what a
+#: host's strict locale makes it: Latin-1 (no U+2603, no lone surrogate), errors raised.
+#: (Forked from the zygote, which ``PYTHONIOENCODING=latin-1`` would not be.)
+LATIN_1 = (
+    "import sys; sys.stdout.reconfigure(encoding='latin-1', errors='strict'); "
+    "from app.cli import main; main()"
+)
+
+
+def test_a_name_or_a_title_the_output_cannot_encode_is_written_not_a_traceback(
+    app_config: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True) as store:
+        deleted = store.create_session("résumé ☃")["id"]
+        store.delete_session(deleted)
+    # A name that is not UTF-8 (Latin-1's 0xFF), left in the root by another tool.
+    (root / "sessions" / os.fsdecode(b"zz\xff")).touch()
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+
+    check = tmp_path / "check.log"
+    assert forked_app.python_c(LATIN_1, ["data", "check"], check).wait(timeout=120) == 65
+    assert check.read_bytes().startswith(
+        b"unknown-entry  sessions/zz\xff: not a session directory; --repair: nothing"
+    ), check.read_bytes()
+
+    restore = tmp_path / "restore.log"
+    code = forked_app.python_c(LATIN_1, ["sessions", "restore", deleted], restore).wait(120)
+    assert (code, restore.read_bytes()) == (
+        0,
+        f"restored session {deleted} (r\xe9sum\xe9 \\u2603)\n".encode("latin-1"),
+    )
