@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -45,6 +44,7 @@ from app.errors import (
     InvalidNameError,
     SessionNotFoundError,
     UnreadableSessionError,
+    json_loads,
     shell_word,
 )
 from app.lock import special_kind
@@ -269,7 +269,7 @@ class Checker:
             lines += older
         for line in lines:
             try:
-                record = json.loads(line)
+                record = json_loads(line)
             except ValueError:
                 continue  # a line torn by a crash mid-append names nothing
             # Only the app's shape counts: a line of another (a note appended by hand, a log
@@ -328,7 +328,7 @@ class Checker:
                 entry = self.store.trash.read_entry(path.name)
                 assert entry is not None
                 try:
-                    manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                    manifest = json_loads(read_regular(path / TRASH_MANIFEST))
                     contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
                 except (*MISSING_MANIFEST, ValueError, PermissionError):
                     # No data a restore could choose, or one it refuses, naming the entry
@@ -367,7 +367,7 @@ class Checker:
         entry = self.store.trash.read_entry(name)
         assert entry is not None
         try:
-            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            manifest = json_loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = None
         contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
@@ -570,7 +570,7 @@ class Checker:
             if found is None or found.group(2) != entry.session_id or path == entry.path:
                 continue
             try:
-                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                manifest = json_loads(read_regular(path / TRASH_MANIFEST))
             except (OSError, ValueError):
                 continue
             held = manifest.get("file") if isinstance(manifest, dict) else None
@@ -727,7 +727,7 @@ class Checker:
             if found is None or path.name <= entry.name or found.group(2) != entry.session_id:
                 continue
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                if json.loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
+                if json_loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
                     return True
         return False
 

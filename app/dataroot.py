@@ -58,6 +58,7 @@ from app.errors import (
     LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
+    json_loads,
     shell_word,
 )
 from app.lock import (
@@ -764,7 +765,7 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
     except NotRegularFileError as error:
         raise DataRootStateError(root, str(error), f"move it away, then {_WRITE_STAMP}") from None
     try:
-        stamp = json.loads(raw)
+        stamp = json_loads(raw)
     except ValueError as error:
         problem = f"its profile stamp {path} is not valid JSON ({error})"
     else:

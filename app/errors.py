@@ -34,6 +34,24 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
+def json_loads(raw: str | bytes) -> Any:
+    """``json.loads(raw)`` of a file in a data root, where nesting too deep for Python's
+    stack is damage like any other: a `ValueError`, which every reader handles.
+
+    ``json.loads`` recursed once per level and raised ``RecursionError``: a line ``[[[...]]]``
+    1,000 levels deep appended to ``audit.jsonl`` (whose lines of another shape are left
+    alone), a ``session.json`` or a stamp written so, made ``app data check``, ``sessions
+    list``, every command and every server's start-up a traceback, exit 1 (red team 51).
+    """
+    import json
+
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        msg = "JSON nested too deep to read (more levels than Python's stack holds)"
+        raise ValueError(msg) from None
+
+
 def printable(text: str) -> str:
     """`text` with each character a terminal acts on or hides written as Python escapes it
     (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``).

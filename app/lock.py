@@ -57,6 +57,7 @@ from app.errors import (
     LockFileKindError,
     LockFileUnreadableError,
     LockUnavailableError,
+    json_loads,
     shell_word,
 )
 from app.mountinfo import unescape
@@ -263,7 +264,7 @@ def _parse_holder(raw: bytes) -> dict[str, Any] | None:
     if not raw.strip():
         return None
     try:
-        value = json.loads(raw)
+        value = json_loads(raw)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

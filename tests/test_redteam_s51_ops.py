@@ -20,7 +20,12 @@ What broke:
   standard output is strict there; only the C locale's is not), and a session title the
   locale's encoding cannot write did the same to ``sessions restore``, after it had restored
   the session. Standard output now writes such a name as its bytes, and any other character
-  it cannot encode as its escape.
+  it cannot encode as its escape;
+- JSON nested deeper than Python's stack in a data root's file (a line ``[[[...]]]`` appended
+  to ``audit.jsonl``, whose lines of another shape are left alone, a ``session.json`` or the
+  stamp written so): ``json.loads`` recursed, so ``app data check``, ``sessions list``, every
+  command and every server's start-up were a ``RecursionError`` traceback, exit 1. Every read
+  of such a file now takes it for damage like any other (`app.errors.json_loads`).
 """
 
 from __future__ import annotations
@@ -177,3 +182,41 @@ def test_a_name_or_a_title_the_output_cannot_encode_is_written_not_a_traceback(
         0,
         f"restored session {deleted} (r\xe9sum\xe9 \\u2603)\n".encode("latin-1"),
     )
+
+
+# --- JSON nested deeper than Python's stack, in a data root's files ------------------------
+
+
+#: A JSON value ``json.loads`` recursed into once per level, past Python's limit.
+NESTED = "[" * 5000 + "]" * 5000
+
+
+def test_json_nested_deeper_than_python_s_stack_is_damage_not_a_traceback(
+    app_config: Any,
+) -> None:
+    root = app_config.data_root
+    with open_storage(app_config, writer=True) as store:
+        kept, hurt = (store.create_session(t)["id"] for t in ("k", "h"))
+        store.delete_session(kept)
+    # A line of another shape appended to the audit log (left alone by design), and a
+    # session.json written so by hand.
+    with (root / "audit.jsonl").open("a") as log:
+        log.write(NESTED + "\n")
+    (root / "sessions" / hurt / "session.json").write_text(NESTED)
+    env = {**os.environ, "APP_DATA_ROOT": str(root)}
+
+    check = run_app("data", "check", env=env)
+    assert check.returncode == 65, check.stderr
+    assert check.stdout.startswith(
+        f"session-unreadable  sessions/{hurt}: a session directory without a readable "
+        "session.json; --repair: nothing: left for a human"
+    ), check.stdout + check.stderr
+
+    (root / ".app-profile.json").write_text(NESTED)
+    status = run_app("status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert (
+        "stamp: unreadable: its profile stamp "
+        f"{root}/.app-profile.json is not valid JSON (JSON nested too deep to read (more "
+        "levels than Python's stack holds)); restore the file from a backup"
+    ) in status.stdout, status.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ from app.errors import (
     TrashCopyLostError,
     TrashEntryLinkedError,
     TrashManifestDamagedError,
+    json_loads,
     partway_cause,
 )
 from app.lock import BOOT_ID_FILE, special_kind
@@ -503,7 +503,7 @@ class Trash:
     def _manifest(path: Path, *, strict: bool) -> dict[str, Any]:
         """The manifest of the entry at ``path`` (`_entry`), ``{}`` for a damaged one."""
         try:
-            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            manifest = json_loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = {}
         except OSError:
@@ -523,7 +523,7 @@ class Trash:
         return manifest
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
-        manifest: TrashManifest = json.loads(read_regular(entry.path / TRASH_MANIFEST))
+        manifest: TrashManifest = json_loads(read_regular(entry.path / TRASH_MANIFEST))
         return manifest
 
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
