@@ -917,6 +917,17 @@ def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = Fal
             f"(from {config.sources.get('data_root', 'the settings')}; `app config --all` "
             "shows every profile's root)",
         )
+    from app.config import home_at, home_remedy  # here: only such a refusal pays for it
+
+    whose = home_at(root)
+    if whose is not None:
+        # Not a mistyped path: the files of the user's programs (red team 51).
+        raise DataRootStateError(
+            root,
+            f"{what}; refusing to adopt it as a data root: it is {whose}, where programs run "
+            "as that user keep their files (pip's cache in .cache, a shell's history)",
+            f"{home_remedy(whose)}, then move those files out of the directory and start again",
+        )
     raise DataRootStateError(
         root,
         f"{what}; refusing to adopt it as a data root",

@@ -25,7 +25,11 @@ What broke:
   to ``audit.jsonl``, whose lines of another shape are left alone, a ``session.json`` or the
   stamp written so): ``json.loads`` recursed, so ``app data check``, ``sessions list``, every
   command and every server's start-up were a ``RecursionError`` traceback, exit 1. Every read
-  of such a file now takes it for damage like any other (`app.errors.json_loads`).
+  of such a file now takes it for damage like any other (`app.errors.json_loads`);
+- the deploy guide followed literally: the service user's home was the data root, so ``sudo
+  -u app pip install`` left pip's cache in it and the first start was refused, told to point
+  data_root at an empty directory. Every command now warns of a data root that is a user's
+  home, the refusal names it and how to move the home, and the guide gives it another home.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +226,34 @@ def test_json_nested_deeper_than_python_s_stack_is_damage_not_a_traceback(
         f"{root}/.app-profile.json is not valid JSON (JSON nested too deep to read (more "
         "levels than Python's stack holds)); restore the file from a backup"
     ) in status.stdout, status.stdout
+
+
+# --- the deploy guide followed literally: the service user's home was the data root ---------
+
+
+def test_a_data_root_that_is_its_user_s_home_is_named_so_with_how_to_move_the_home(
+    tmp_path: Path,
+) -> None:
+    # `useradd --home /var/lib/app` (the guide's step 1), then `sudo -u app pip install`
+    # (step 2): pip's cache in the root, whose first start was told to point data_root at
+    # an empty directory.
+    root = tmp_path / "data"
+    (root / ".cache" / "pip").mkdir(parents=True)
+    env = app_env(root, HOME=str(root))
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
+        env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 78, done.stderr
+    assert (
+        f"warning: data_root of profile 'testing' ({root}) is HOME ({root}): what programs "
+        "run as that user keep in their home (pip's cache in .cache, a shell's history) is "
+        "written into the data root"
+    ) in done.stderr, done.stderr
+    assert (
+        "holds files that are not the app's (.cache); refusing to adopt it as a data root: it "
+        f"is HOME ({root}), where programs run as that user keep their files (pip's cache in "
+        ".cache, a shell's history); set HOME to a directory outside the data root where the "
+        "app runs, then move those files out of the directory and start again"
+    ) in done.stderr, done.stderr
+    assert sorted(os.listdir(root)) == [".cache"]
