@@ -37,8 +37,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,29 +229,33 @@ def test_json_nested_deeper_than_python_s_stack_is_damage_not_a_traceback(
 # --- the deploy guide followed literally: the service user's home was the data root ---------
 
 
+#: ``app *argv[1:]`` with ``HOME`` set to ``argv[0]``, as ``sudo -u`` and systemd's ``User=``
+#: set it (forked from the zygote, which a child of another ``HOME`` would not be).
+AT_HOME = "import os, sys; os.environ['HOME'] = sys.argv.pop(1); from app.cli import main; main()"
+
+
 def test_a_data_root_that_is_its_user_s_home_is_named_so_with_how_to_move_the_home(
-    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # `useradd --home /var/lib/app` (the guide's step 1), then `sudo -u app pip install`
     # (step 2): pip's cache in the root, whose first start was told to point data_root at
     # an empty directory.
     root = tmp_path / "data"
     (root / ".cache" / "pip").mkdir(parents=True)
-    env = app_env(root, HOME=str(root))
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "serve", "--port", "0"],
-        env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert done.returncode == 78, done.stderr
+    monkeypatch.setenv("APP_DATA_ROOT", str(root))
+    log = tmp_path / "serve.log"
+    args = [str(root), "serve", "--port", "0"]
+    assert forked_app.python_c(AT_HOME, args, log).wait(timeout=120) == 78
+    output = log.read_text()
     assert (
         f"warning: data_root of profile 'testing' ({root}) is HOME ({root}): what programs "
         "run as that user keep in their home (pip's cache in .cache, a shell's history) is "
         "written into the data root"
-    ) in done.stderr, done.stderr
+    ) in output, output
     assert (
         "holds files that are not the app's (.cache); refusing to adopt it as a data root: it "
         f"is HOME ({root}), where programs run as that user keep their files (pip's cache in "
         ".cache, a shell's history); set HOME to a directory outside the data root where the "
         "app runs, then move those files out of the directory and start again"
-    ) in done.stderr, done.stderr
+    ) in output, output
     assert sorted(os.listdir(root)) == [".cache"]
