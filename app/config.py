@@ -688,8 +688,48 @@ def dynaconf_switches(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(
         k
         for k in names
-        if (k.endswith("_FOR_DYNACONF") and k != PROFILE_ENV) or k in _OTHER_SWITCHES
+        if (k.endswith("_FOR_DYNACONF") and visible(k) != PROFILE_ENV) or k in _OTHER_SWITCHES
     )
+
+
+def visible(name: str) -> str:
+    """`name` without the characters that show as nothing (Unicode's format characters: a
+    byte-order mark U+FEFF, a zero-width space U+200B)."""
+    import unicodedata
+
+    return "".join(c for c in name if unicodedata.category(c) != "Cf")
+
+
+def _hidden_character_variables(
+    environ: Mapping[str, str], selected: str
+) -> Iterator[VariableMisspeltError]:
+    """A variable named as one of the app's settings with a character that shows as nothing.
+
+    The first line of an environment file saved with a byte-order mark (as some editors on
+    Windows save it) names ``\\ufeffAPP_API_TOKEN``: `env $(... | xargs)`, as the guides run
+    commands, passes it so. Production was then refused as "api_token is not set (from
+    built-in default)", though the file plainly sets it, and ``\\ufeffENV_FOR_DYNACONF`` as a
+    dynaconf switch that "would change which files ... dynaconf loads" (red team 51). The
+    resource keys are `_misspelt_resource_variables`'.
+    """
+    for key, spec in KEYS.items():
+        meant = spec.env
+        if key in _RESOURCE_KEYS or meant in environ:
+            continue
+        name = next((n for n in sorted(environ) if n != meant and visible(n) == meant), None)
+        if name is None:
+            continue
+        secret = spec.secret
+        yield VariableMisspeltError(
+            name,
+            "******" if secret else environ[name],
+            meant,
+            f"sets {key} of the selected profile, {selected!r}",
+            f"{key} of profile {selected!r} as the settings files give it",
+            f"name it {meant} where it is set (the file's first line, if it was saved with a "
+            f"byte-order mark: save it without one), or export {meant} with its value and "
+            f"unset {name}",
+        )
 
 
 def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
@@ -1741,6 +1781,8 @@ def inspect_profiles(
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
         problems.extend(_misspelt_resource_variables(env, selected))
+    # In a run too: it names no root, and a test's child given such a name meant the setting.
+    problems.extend(_hidden_character_variables(env, selected))
     from_files = config_files.file_values(files, KEYS)
     resolved = {
         name: _resolve_profile(files, name, from_files[name], env if name == selected else None)

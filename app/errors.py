@@ -335,9 +335,18 @@ def not_plain_ascii(name: str) -> str:
     import unicodedata  # here: only a refusal pays for it
 
     named = ", ".join(
-        not_utf8_byte(c) or f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd
+        not_utf8_byte(c)
+        or f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}{_BOM if c == chr(0xFEFF) else ''}"
+        for c in odd
     )
     return f"written with {named}, not plain ASCII"
+
+
+#: What U+FEFF is where a name holds it (red team 51: an environment file saved with one).
+_BOM: Final = (
+    " (a byte-order mark, which some editors write at the start of a file: save the file "
+    "as UTF-8 without one)"
+)
 
 
 def not_utf8_byte(char: str) -> str:

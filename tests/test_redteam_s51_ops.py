@@ -29,7 +29,12 @@ What broke:
 - the deploy guide followed literally: the service user's home was the data root, so ``sudo
   -u app pip install`` left pip's cache in it and the first start was refused, told to point
   data_root at an empty directory. Every command now warns of a data root that is a user's
-  home, the refusal names it and how to move the home, and the guide gives it another home.
+  home, the refusal names it and how to move the home, and the guide gives it another home;
+- an environment file saved with a byte-order mark named its first variable
+  ``\\ufeffAPP_API_TOKEN`` (or ``\\ufeffENV_FOR_DYNACONF``): production was refused as "api_token
+  is not set", and the profile's variable as a dynaconf switch. A variable named as one of
+  the app's with characters that show as nothing is now refused as meant for it, naming the
+  byte-order mark.
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ from typing import Any
 import forked_app
 import httpx
 import pytest
+from test_config import allow
 from test_server_e2e import app_env, run_app
 
+from app.config import load
+from app.errors import VariableMisspeltError
 from app.storage import open_storage
 from app.testing.live_server import published_port
 
@@ -259,3 +267,45 @@ def test_a_data_root_that_is_its_user_s_home_is_named_so_with_how_to_move_the_ho
         "app runs, then move those files out of the directory and start again"
     ) in output, output
     assert sorted(os.listdir(root)) == [".cache"]
+
+
+# --- an environment file saved with a byte-order mark -------------------------------------
+
+
+#: How a refusal names a byte-order mark at the start of a variable's name.
+BOM_NAMED = (
+    "(written with U+FEFF ZERO WIDTH NO-BREAK SPACE (a byte-order mark, which some editors "
+    "write at the start of a file: save the file as UTF-8 without one), not plain ASCII)"
+)
+
+
+def test_a_variable_named_with_a_byte_order_mark_is_named_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first line of /etc/app.env saved with a BOM, passed on by the guides' `env $(grep
+    # ... | xargs)`: production was refused as "api_token is not set (from built-in
+    # default)", and a BOM'd ENV_FOR_DYNACONF as a dynaconf switch.
+    token = "Zx9v3Qm7Lp2Kw8Rt5Yb1Nc6Hd4Gf0Js"
+    monkeypatch.setenv("\ufeffAPP_API_TOKEN", token)
+    with pytest.raises(VariableMisspeltError) as refused:
+        load("testing")
+    assert str(refused.value).startswith(
+        f"environment variable \ufeffAPP_API_TOKEN='******' {BOM_NAMED} looks meant as "
+        "APP_API_TOKEN, but only APP_API_TOKEN sets api_token of the selected profile, "
+        "'testing'; as it is, the app would use api_token of profile 'testing' as the "
+        "settings files give it. To use what it names: name it APP_API_TOKEN where it is set "
+        "(the file's first line, if it was saved with a byte-order mark: save it without one)"
+    ), str(refused.value)
+    assert token not in str(refused.value)
+    assert refused.value.exit_code == 78
+    monkeypatch.delenv("\ufeffAPP_API_TOKEN")
+
+    allow(monkeypatch, "development")
+    monkeypatch.delenv("ENV_FOR_DYNACONF")
+    monkeypatch.setenv("\ufeffENV_FOR_DYNACONF", "production")
+    with pytest.raises(VariableMisspeltError) as refused:
+        load()
+    assert str(refused.value).startswith(
+        f"environment variable \ufeffENV_FOR_DYNACONF='production' {BOM_NAMED} looks meant as "
+        "ENV_FOR_DYNACONF, but only ENV_FOR_DYNACONF (or --profile) selects the profile"
+    ), str(refused.value)
