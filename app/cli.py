@@ -263,9 +263,10 @@ class AppGroup(CommandGroup):
             # click's "Aborted!" (exit 1) said nothing of what a maintenance command had
             # done, nor how to finish it (red team 35); SIGTERM ended it silently.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            changes = bool(ctx.meta.get(_CHANGES_KEY))
             if isinstance(stop, _Terminated):
-                fail(CommandTerminatedError(command))
-            fail(CommandInterruptedError(command))
+                fail(CommandTerminatedError(command, changes=changes))
+            fail(CommandInterruptedError(command, changes=changes))
         except BrokenPipeError:
             # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path

@@ -1077,9 +1077,25 @@ class CommandInterruptedError(AppError):
 
     exit_code = EX_INTERRUPTED
     code = "interrupted"
-    template = _stopped_template("was interrupted (Ctrl-C, SIGINT)", "the interruption")
+    how: ClassVar[str] = "was interrupted (Ctrl-C, SIGINT)"
+    template = _stopped_template(how, "the interruption")
 
     command: str
+    #: Whether the command changes the data root. One that only reads (``data check``
+    #: without ``--repair``, ``sessions list``) was told that what it had changed stays
+    #: changed and to stop the server for ``check --repair``: ``timeout 60 app data check
+    #: --quick``, a cron job's check, sent the operator to a repair of nothing (red team 51).
+    changes: bool = True
+
+    @property
+    def message(self) -> str:
+        if self.changes:
+            return super().message
+        return (
+            f"`{self.command}` {self.how} before it finished. It changes nothing (it only "
+            "reads), so the stop left nothing to finish or repair: run it again, with more "
+            "time if a time limit stopped it (`timeout`, a job's or a service manager's)"
+        )
 
 
 class OutputClosedError(AppError):
@@ -1151,7 +1167,8 @@ class CommandTerminatedError(CommandInterruptedError):
 
     exit_code = EX_TERMINATED
     code = "terminated"
-    template = _stopped_template("was stopped (SIGTERM)", "the stop")
+    how: ClassVar[str] = "was stopped (SIGTERM)"
+    template = _stopped_template(how, "the stop")
 
 
 PIDS_LIMITS: Final = (

@@ -34,7 +34,10 @@ What broke:
   ``\\ufeffAPP_API_TOKEN`` (or ``\\ufeffENV_FOR_DYNACONF``): production was refused as "api_token
   is not set", and the profile's variable as a dynaconf switch. A variable named as one of
   the app's with characters that show as nothing is now refused as meant for it, naming the
-  byte-order mark.
+  byte-order mark;
+- a command that only reads (``data check`` without ``--repair``, ``sessions list``) stopped by
+  a time limit (``timeout``: SIGTERM) or Ctrl-C said that what it had changed stays changed
+  and to stop the server for ``app data check --repair``; it now says it left nothing to finish.
 """
 
 from __future__ import annotations
@@ -309,3 +312,44 @@ def test_a_variable_named_with_a_byte_order_mark_is_named_so(
         f"environment variable \ufeffENV_FOR_DYNACONF='production' {BOM_NAMED} looks meant as "
         "ENV_FOR_DYNACONF, but only ENV_FOR_DYNACONF (or --profile) selects the profile"
     ), str(refused.value)
+
+
+# --- a command that only reads, stopped by a time limit ------------------------------------
+
+
+#: ``app *argv``, sent SIGTERM (as ``timeout`` sends it) once its check reaches the trash.
+STOPPED_IN_CHECK = """
+import os, signal
+import app.check
+reached = app.check.Checker.check_trash
+def stop(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return reached(self)
+app.check.Checker.check_trash = stop
+from app.cli import main
+main()
+"""
+
+
+def test_a_check_that_only_reads_stopped_by_a_time_limit_is_not_sent_to_a_repair(
+    app_config: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `timeout 60 app data check --quick` in a cron job (the how-to's advice for a check run
+    # often): told "what it had changed stays changed ... Run `app data check --repair` (with
+    # no server on the data root)", a repair of nothing that needs the server stopped.
+    with open_storage(app_config, writer=True) as store:
+        store.create_session("s")
+    monkeypatch.setenv("APP_DATA_ROOT", str(app_config.data_root))
+    log = tmp_path / "check.log"
+    args = ["data", "check", "--quick"]
+    assert forked_app.python_c(STOPPED_IN_CHECK, args, log).wait(timeout=120) == 143
+    assert log.read_text() == (
+        "error: `app data check` was stopped (SIGTERM) before it finished. It changes nothing "
+        "(it only reads), so the stop left nothing to finish or repair: run it again, with "
+        "more time if a time limit stopped it (`timeout`, a job's or a service manager's)\n"
+    )
+    # One that changes the root still says what to finish.
+    log = tmp_path / "repair.log"
+    args = ["data", "check", "--repair"]
+    assert forked_app.python_c(STOPPED_IN_CHECK, args, log).wait(timeout=120) == 143
+    assert "what it had changed stays changed" in log.read_text(), log.read_text()
