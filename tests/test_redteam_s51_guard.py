@@ -1,0 +1,102 @@
+"""Red team 51 on the guard (branch rt-guard34): what argparse writes as pytest reads its
+command line.
+
+What broke (next to a stopped production root named by the settings, pytest in a
+subprocess, as a user's ordinary suite would have it):
+
+- an option declared with ``type=argparse.FileType("w")`` (a conftest's ``--report-to``, a
+  plugin's ``--plug-out``), given a production session's ``session.json``, or holding it as
+  its string default: argparse opens such a file as it parses the arguments, before any
+  hook of pytest's runs after the parse, so the record was emptied and the run passed. The
+  walk of option values found no path there (the value is an open file by then), and the
+  checks of what pytest writes come after the parse.
+
+Now every option argparse opens for writing is checked before argparse opens it, by the
+plugin and by its fallback (``-p no:app``), for the options registered before either and
+after: the run is refused, naming the option, the path, the data root and what to write
+instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from project_copy import copy_project_settings
+from test_redteam_s24_guard import _inner_env
+from test_server_e2e import app_env, snapshot
+
+CREATE = """
+from app.config import load
+from app.storage import open_storage
+with open_storage(load(serving=False), writer=True) as store:
+    store.create_session("a review", {})
+"""
+
+#: A conftest whose option argparse opens for writing (emptying it) as pytest parses it.
+CONFTEST = """
+import argparse
+
+def pytest_addoption(parser):
+    parser.addoption("--report-to", type=argparse.FileType("w"), default=None)
+"""
+
+#: A `-p` plugin (registered before the app's) whose option's string default argparse
+#: opens for appending, given or not.
+PLUGIN = """
+import argparse, os
+
+def pytest_addoption(parser):
+    parser.addoption("--plug-out", type=argparse.FileType("a"), default=os.environ["RECORD"])
+"""
+
+
+def test_an_option_argparse_opens_for_writing_is_refused_before_it_is_opened(
+    tmp_path: Path,
+) -> None:
+    settings = copy_project_settings(tmp_path / "settings")
+    production = settings / "data" / "production"
+    subprocess.run(
+        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
+    )
+    (record,) = production.glob("sessions/*/session.json")
+    before = snapshot(production)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "conftest.py").write_text(CONFTEST)
+    (project / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "plugins" / "fileplug.py").write_text(PLUGIN)
+    env = _inner_env(
+        APP_SETTINGS_DIR=str(settings),
+        RECORD=str(record),
+        PYTHONPATH=str(tmp_path / "plugins"),
+        TMPDIR=str(tmp_path / "tmp"),  # pytest's own, outside the settings' roots
+    )
+    runs = {
+        "conftest": [f"--report-to={record}"],
+        "plugin, app off": ["-p", "fileplug", "-p", "no:app"],
+    }
+    for what, options in runs.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
+            cwd=project, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        output = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 4, (what, output)
+        option, mode = ("--report-to", "'w'") if what == "conftest" else ("--plug-out", "'a'")
+        assert (
+            f"app: refusing to run: argparse opens {record} for writing (mode {mode}"
+        ) in output, (what, output)
+        assert f"as pytest parses the option {option}, whose type is argparse.FileType" in output
+        root = (
+            f"the data root of profile 'production' ({production}"
+            if what == "conftest"
+            else f"the data root {production} (it has a profile stamp"
+        )
+        assert root in output, (what, output)
+        assert f"Give {option} a path outside every data root" in output, (what, output)
+        assert "Traceback" not in output, (what, output)
+        assert snapshot(production) == before, what
