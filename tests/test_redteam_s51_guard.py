@@ -15,17 +15,29 @@ Now every option argparse opens for writing is checked before argparse opens it,
 plugin and by its fallback (``-p no:app``), for the options registered before either and
 after: the run is refused, naming the option, the path, the data root and what to write
 instead.
+
+- a settings file that is not UTF-8 without a byte order mark: a Latin-1 ``é`` in a
+  comment, or a file saved as UTF-16 (Windows PowerShell's ``>``), was a bare
+  ``UnicodeDecodeError`` traceback from every command and from the plugin before the run;
+  a UTF-8 file with a byte order mark (Notepad's) was "invalid TOML: Invalid statement" on
+  a first line that looks right. Each is now ``settings_syntax`` (exit 78) naming the
+  encoding, the byte, its line and column, and the command that converts the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_server_e2e import app_env, snapshot
+
+from app.config import load
+from app.errors import SettingsSyntaxError
 
 CREATE = """
 from app.config import load
@@ -100,3 +112,66 @@ def test_an_option_argparse_opens_for_writing_is_refused_before_it_is_opened(
         assert f"Give {option} a path outside every data root" in output, (what, output)
         assert "Traceback" not in output, (what, output)
         assert snapshot(production) == before, what
+
+
+#: What a settings file's bytes are made into, and what the refusal says of them.
+ENCODINGS = {
+    "latin-1": (
+        lambda text: text + "# réglages\n".encode("latin-1"),
+        (
+            "line {lines}: invalid TOML: the byte 0xE9 at column 4 is not UTF-8 (the file, or that "
+            "line, was saved in another encoding, such as Latin-1 or Windows-1252)"
+        ),
+    ),
+    "utf-8-bom": (
+        lambda text: codecs.BOM_UTF8 + text,
+        (
+            "line 1: invalid TOML: the file is saved as UTF-8 with a byte order mark (it starts "
+            "with the bytes EF BB BF, a byte order mark), and TOML reads UTF-8 without one"
+        ),
+    ),
+    "utf-16": (
+        lambda text: codecs.BOM_UTF16_LE + text.decode().encode("utf-16-le"),
+        (
+            "line 1: invalid TOML: the file is saved as UTF-16 (it starts with the bytes FF FE, "
+            "a byte order mark), and TOML reads UTF-8 without one: save it as UTF-8 without a "
+            "byte order mark (`iconv -f UTF-16 -t UTF-8 {path}`, into a new file"
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", [".secrets.toml", "settings.toml"])
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_a_settings_file_saved_in_another_encoding_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str, name: str
+) -> None:
+    settings = copy_project_settings(tmp_path / "settings")
+    path = settings / name
+    text = path.read_bytes()
+    change, said = ENCODINGS[encoding]
+    path.write_bytes(change(text))
+    monkeypatch.setenv("APP_SETTINGS_DIR", str(settings))
+    with pytest.raises(SettingsSyntaxError) as caught:
+        load("testing")
+    expected = said.format(lines=text.count(b"\n") + 1, path=path)
+    assert f"{path}, {expected}" in str(caught.value)
+    assert caught.value.exit_code == 78
+
+
+def test_a_settings_file_not_in_utf8_is_no_traceback_from_the_command_line(
+    tmp_path: Path,
+) -> None:
+    settings = copy_project_settings(tmp_path / "settings")
+    path = settings / "settings.toml"
+    path.write_bytes(ENCODINGS["latin-1"][0](path.read_bytes()))
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "config"],
+        env={**_inner_env(), "APP_SETTINGS_DIR": str(settings)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 78, output
+    assert "Traceback" not in output
+    assert "the byte 0xE9 at column 4 is not UTF-8" in output
+    assert "`iconv -f LATIN1 -t UTF-8`" in output
