@@ -16,6 +16,13 @@ plugin and by its fallback (``-p no:app``), for the options registered before ei
 after: the run is refused, naming the option, the path, the data root and what to write
 instead.
 
+- a user name that is a path: pytest keeps its numbered directories in
+  ``<TMPDIR>/pytest-of-<user>``, the name taken from ``LOGNAME`` (or ``USER``) as it is, so
+  a child pytest given ``LOGNAME=x/../../<production's root>`` (beside an existing
+  ``pytest-of-x``) made ``pytest-0``, ``pytest-1`` and ``pytest-current`` in production's
+  root, with the plugin active or switched off: the check of that directory read it
+  lexically, and only the directories above it. It is now read where the system opens it,
+  the directory itself included, and the refusal names the variable.
 - a settings file that is not UTF-8 without a byte order mark: a Latin-1 ``é`` in a
   comment, or a file saved as UTF-16 (Windows PowerShell's ``>``), was a bare
   ``UnicodeDecodeError`` traceback from every command and from the plugin before the run;
@@ -46,6 +53,21 @@ with open_storage(load(serving=False), writer=True) as store:
     store.create_session("a review", {})
 """
 
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A copy of the project's settings, production's root in it with a session (no server),
+    and a temporary root for the inner runs beside the settings."""
+    base = tmp_path_factory.mktemp("s51")
+    settings = copy_project_settings(base / "settings")
+    production = settings / "data" / "production"
+    subprocess.run(
+        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
+    )
+    (base / "tmp" / "pytest-of-x").mkdir(parents=True)
+    return settings, production, base / "tmp"
+
+
 #: A conftest whose option argparse opens for writing (emptying it) as pytest parses it.
 CONFTEST = """
 import argparse
@@ -65,13 +87,9 @@ def pytest_addoption(parser):
 
 
 def test_an_option_argparse_opens_for_writing_is_refused_before_it_is_opened(
-    tmp_path: Path,
+    stopped: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    settings = copy_project_settings(tmp_path / "settings")
-    production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    settings, production, tmp = stopped
     (record,) = production.glob("sessions/*/session.json")
     before = snapshot(production)
     project = tmp_path / "project"
@@ -79,13 +97,12 @@ def test_an_option_argparse_opens_for_writing_is_refused_before_it_is_opened(
     (project / "conftest.py").write_text(CONFTEST)
     (project / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "tmp").mkdir()
     (tmp_path / "plugins" / "fileplug.py").write_text(PLUGIN)
     env = _inner_env(
         APP_SETTINGS_DIR=str(settings),
         RECORD=str(record),
         PYTHONPATH=str(tmp_path / "plugins"),
-        TMPDIR=str(tmp_path / "tmp"),  # pytest's own, outside the settings' roots
+        TMPDIR=str(tmp),  # pytest's own, outside the settings' roots
     )
     runs = {
         "conftest": [f"--report-to={record}"],
@@ -175,3 +192,32 @@ def test_a_settings_file_not_in_utf8_is_no_traceback_from_the_command_line(
     assert "Traceback" not in output
     assert "the byte 0xE9 at column 4 is not UTF-8" in output
     assert "`iconv -f LATIN1 -t UTF-8`" in output
+
+
+def test_a_user_name_that_leads_pytest_s_directories_into_a_root_is_refused(
+    stopped: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    settings, production, tmp = stopped
+    before = snapshot(production)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_nothing.py").write_text("def test_nothing(tmp_path):\n    pass\n")
+    # <tmp>/pytest-of-x/../.. holds the settings: pytest-of-<user> is production's root.
+    name = "x/../../settings/data/production"
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp), LOGNAME=name)
+    for options in ([], ["-p", "no:app"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options],
+            cwd=project, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        output = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode != 0, (options, output)
+        assert (
+            "app: refusing to run: pytest would create (and clean up) its temporary "
+            f"directories in {tmp}/pytest-of-{name} (it is {production}), which "
+        ) in output, (options, output)
+        assert (
+            f"because the user name pytest reads from LOGNAME is {name!r}, a path rather "
+            "than a name. Set LOGNAME to the user's own name, or unset it"
+        ) in output, (options, output)
+        assert snapshot(production) == before, options

@@ -839,18 +839,42 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
     """
     __tracebackhide__ = True
     temproot, rootdir = _default_rootdir()
+    # Where the system opens it: the user's name is pytest's text, taken from LOGNAME or
+    # USER as it is, so `USER=root/../../srv/app/data` (with /tmp/pytest-of-root there)
+    # made pytest-of-<user> production's root itself, and pytest made its numbered
+    # directories in it, plugin active or off (red team 51).
+    # A link at that name itself pytest refuses before it makes anything (since 7.3), with a
+    # message of its own that says what to fix.
+    linked = rootdir.is_symlink()
+    real = rootdir if linked else Path(os.path.realpath(rootdir))
     if enclosing:
-        roots = {name: root for name, root in roots.items() if not root.is_relative_to(rootdir)}
+        roots = {
+            name: root
+            for name, root in roots.items()
+            if not (root.is_relative_to(rootdir) or root.is_relative_to(real))
+        }
     # A root the settings name, else one found on disk (a service's root set in its own
     # environment): the same refusal, saying how the root was recognised.
     where = None
-    if (named := _overlapping([rootdir], roots)) is not None:
+    if (named := _overlapping([rootdir, real], roots)) is not None:
         name, root = named
         where = f"overlaps the data root of profile {name!r} ({root})"
     elif (on_disk := _enclosing_data_root(rootdir)) is not None:
         root, who = on_disk
         where = f"lies inside the data root {root} ({who})"
+    elif not linked and (on_disk := _data_root_at(real)) is not None:
+        root, who = on_disk
+        where = f"is or lies inside the data root {root} ({who})"
     if where is not None:
+        if (user := _user_variable()) is not None:
+            variable, name = user
+            seen = f" (it is {real})" if real != rootdir else ""
+            raise usage_error(
+                f"app: refusing to run: pytest would create (and clean up) its temporary "
+                f"directories in {rootdir}{seen}, which {where}, because the user name "
+                f"pytest reads from {variable} is {name!r}, a path rather than a name. Set "
+                f"{variable} to the user's own name, or unset it"
+            )
         variable = _temproot_variable(temproot)
         raise usage_error(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
@@ -858,6 +882,21 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
             f"Point {variable} outside every data root, or pass --basetemp"
         )
     return rootdir
+
+
+def _data_root_at(path: Path) -> tuple[Path, str] | None:
+    """`_enclosing_data_root` of `path`, `path` itself included: pytest makes its numbered
+    directories right inside ``pytest-of-<user>``, which may be a data root itself."""
+    return _enclosing_data_root(path / "pytest-0")
+
+
+def _user_variable() -> tuple[str, str] | None:
+    """The variable pytest's user name comes from (``getpass.getuser``'s order), and its
+    value, where that name is a path rather than a name (a ``/`` in it, or ``..``)."""
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if name := os.environ.get(variable):
+            return (variable, name) if "/" in name or name in {".", ".."} else None
+    return None
 
 
 def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
