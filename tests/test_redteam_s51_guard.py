@@ -23,6 +23,11 @@ instead.
   root, with the plugin active or switched off: the check of that directory read it
   lexically, and only the directories above it. It is now read where the system opens it,
   the directory itself included, and the refusal names the variable.
+- coverage's debug output file under pytest-cov's ``--cov``: ``COVERAGE_DEBUG_FILE`` (or
+  ``[run] debug_file``) naming a production record, which coverage opens for appending as
+  its measurement starts: ``COVERAGE_DEBUG=sys`` appended 11 kB of text to the record. The
+  data file and the reports were checked, the debug file was not; it is now, with the
+  plugin and under ``-p no:app`` (one code path: the test runs the first).
 - a settings file that is not UTF-8 without a byte order mark: a Latin-1 ``é`` in a
   comment, or a file saved as UTF-16 (Windows PowerShell's ``>``), was a bare
   ``UnicodeDecodeError`` traceback from every command and from the plugin before the run;
@@ -40,6 +45,7 @@ from pathlib import Path
 
 import pytest
 from project_copy import copy_project_settings
+from side_by_side import WITH_COVERAGE
 from test_redteam_s24_guard import _inner_env
 from test_server_e2e import app_env, snapshot
 
@@ -221,3 +227,30 @@ def test_a_user_name_that_leads_pytest_s_directories_into_a_root_is_refused(
             "than a name. Set LOGNAME to the user's own name, or unset it"
         ) in output, (options, output)
         assert snapshot(production) == before, options
+
+
+def test_coverage_s_debug_file_in_a_root_is_refused(
+    stopped: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    settings, production, tmp = stopped
+    (record,) = production.glob("sessions/*/session.json")
+    before = snapshot(production)
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp), PYTEST_ADDOPTS=WITH_COVERAGE)
+    env |= {"COVERAGE_DEBUG": "sys", "COVERAGE_DEBUG_FILE": str(record)}
+    env.pop("COVERAGE_PROCESS_START", None)
+    # One run: the plugin's fallback (-p no:app) reads coverage's paths with the same code.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--cov=app",
+         "--cov-report="],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 4, output
+    assert (
+        f"app: refusing to run: coverage appends its debug output to COVERAGE_DEBUG_FILE, "
+        f"{record}, opening it as the measurement starts, which lies in the data root of "
+        f"profile 'production' ({production}"
+    ) in output, output
+    assert "unset it (COVERAGE_DEBUG_FILE, or debug_file in coverage's configuration)" in output
+    assert snapshot(production) == before

@@ -292,6 +292,7 @@ def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
                "parallel ones beside it) as the run starts, and writes it at the end")
         for path in _spellings(str(read.data_file), cwd)
     ]  # fmt: skip
+    found += _coverage_debug_targets(read.debug_file, cwd)
     reports = getattr(options, "cov_report", None)
     for kind, dest in reports.items() if isinstance(reports, Mapping) else ():
         if kind.startswith("term") or (dest is None and kind not in _COVERAGE_REPORTS):
@@ -302,6 +303,29 @@ def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
             for path in _spellings(str(value), cwd)
         ]
     return found
+
+
+def _coverage_debug_targets(debug_file: str | None, cwd: Path) -> list[Target]:
+    """Coverage's debug output file: ``[run] debug_file``, else ``COVERAGE_DEBUG_FILE``
+    (``stdout`` and ``stderr`` name the streams). Coverage opens it for appending as the
+    measurement is made, debug options or not, and appends to it what ``COVERAGE_DEBUG`` (or
+    ``[run] debug``) asks: ``COVERAGE_DEBUG=sys`` with ``COVERAGE_DEBUG_FILE`` naming a
+    production record appended 11 kB of text to it, under pytest-cov's ``--cov`` (red team
+    51)."""
+    name = debug_file or os.environ.get("COVERAGE_DEBUG_FILE")
+    if not name or (debug_file is None and name in {"stdout", "stderr"}):
+        return []
+    where = "[run] debug_file" if debug_file else "COVERAGE_DEBUG_FILE"
+    return [
+        Target(
+            path,
+            f"coverage appends its debug output to {where}, {{path}}, opening it as the "
+            "measurement starts",
+            fix="Point it outside every data root, or unset it (COVERAGE_DEBUG_FILE, or "
+            "debug_file in coverage's configuration)",
+        )
+        for path in _spellings(str(name), cwd)
+    ]
 
 
 def _running_coverage_targets(cwd: Path) -> list[Target]:
@@ -342,7 +366,7 @@ def _running_coverage_targets(cwd: Path) -> list[Target]:
             prevent=prevent,
         )
         for path in _spellings(data_file, cwd)
-    ]
+    ] + _coverage_debug_targets(running.config.debug_file, cwd)
 
 
 #: Python's own profilers and tracer, run as ``python -m <module> ... -m pytest``: the options
