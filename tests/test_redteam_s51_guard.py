@@ -28,6 +28,16 @@ instead.
   its measurement starts: ``COVERAGE_DEBUG=sys`` appended 11 kB of text to the record. The
   data file and the reports were checked, the debug file was not; it is now, with the
   plugin and under ``-p no:app`` (one code path: the test runs the first).
+- ``TMPDIR`` in a production root's ``sessions/`` with a ``--basetemp``: pytest then makes
+  nothing in the temporary root, so nothing checked it, and every temporary file and
+  directory the tests made through Python's ``tempfile`` (``mkdtemp``,
+  ``NamedTemporaryFile``; multiprocessing's ``pymp-*``) was made among production's
+  sessions. It is now a path the run writes in, refused as the run starts.
+- a ``--basetemp`` that names a file (a settings file, say): pytest's own error, which it
+  reports as a test's where it makes the directory itself, was a ``FileExistsError``
+  traceback through the plugin, which makes the sandbox first. It is now a refusal that
+  names the option and what to give (nothing was ever removed: pytest's emptying fails on a
+  file).
 - a settings file that is not UTF-8 without a byte order mark: a Latin-1 ``é`` in a
   comment, or a file saved as UTF-16 (Windows PowerShell's ``>``), was a bare
   ``UnicodeDecodeError`` traceback from every command and from the plugin before the run;
@@ -254,3 +264,50 @@ def test_coverage_s_debug_file_in_a_root_is_refused(
     ) in output, output
     assert "unset it (COVERAGE_DEBUG_FILE, or debug_file in coverage's configuration)" in output
     assert snapshot(production) == before
+
+
+def test_a_temporary_root_in_a_root_is_refused_with_a_basetemp_too(
+    stopped: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    settings, production, _tmp = stopped
+    before = snapshot(production)
+    (tmp_path / "test_temporary.py").write_text(
+        "import tempfile\n\ndef test_temporary():\n    tempfile.mkdtemp(prefix='suite-')\n"
+    )
+    env = _inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(production / "sessions"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={tmp_path / 'bt'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 4, output
+    assert (
+        "app: refusing to run: Python's tempfile makes the temporary files and directories of "
+        "the run's code (tempfile.mkdtemp, NamedTemporaryFile, multiprocessing's pymp-*) and "
+        f"of every process it starts in {production / 'sessions'}, which lies in the data root"
+    ) in output, output
+    assert "Point TMPDIR (or TEMP, TMP) outside every data root" in output
+    assert snapshot(production) == before
+
+
+def test_a_basetemp_that_is_a_file_is_a_refusal_not_a_traceback(
+    stopped: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    settings, _production, tmp = stopped
+    given = settings / "settings.toml"
+    kept = given.read_bytes()
+    (tmp_path / "test_nothing.py").write_text("def test_nothing(tmp_path):\n    pass\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={given}"],
+        cwd=tmp_path, env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(tmp)),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 4, output
+    assert "Traceback" not in output, output
+    assert (
+        f"app: pytest cannot make --basetemp {given}, the test sandbox: [Errno 17] File "
+        f"exists: '{given}'. Give --basetemp a directory of its own (pytest empties it)"
+    ) in output, output
+    assert given.read_bytes() == kept

@@ -1196,7 +1196,20 @@ def make_sandbox(
         _ispytest=True,
     )
     setattr(factory, _KEEPS, True)
-    sandbox = factory.getbasetemp().resolve()
+    try:
+        sandbox = factory.getbasetemp().resolve()
+    except OSError as error:
+        # pytest's own refusal (a --basetemp that names a file, or under one; its
+        # pytest-of-<user> a link), which pytest says as a test's error where it makes the
+        # directory itself: made here first, it was a traceback through the plugin.
+        if not given:  # pytest's own words end it: they say what to fix
+            raise usage_error(
+                f"app: pytest cannot make its base temporary directory, the test sandbox: {error}"
+            ) from None
+        raise usage_error(
+            f"app: pytest cannot make --basetemp {given}, the test sandbox: {error}. Give "
+            "--basetemp a directory of its own (pytest empties it)"
+        ) from None
     if not given:
         # Just before pytest's clean-up of the older numbered directories, at the session's
         # end or at exit.

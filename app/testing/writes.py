@@ -28,6 +28,7 @@ import importlib.util
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,7 +37,7 @@ from urllib.parse import unquote
 import pytest
 
 from app.lock import describe_holder
-from app.sandbox import process_link
+from app.sandbox import RUNS_DIR, process_link
 from app.testing.guard import pytest_ini, usage_error
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
@@ -503,6 +504,24 @@ def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target
         "hypothesis writes its example database (examples/, constants/) under "
         "HYPOTHESIS_STORAGE_DIRECTORY, {path}",
     )
+    # Python's tempfile, which the run's code and every process it starts use: with a
+    # --basetemp, pytest's own temporary root was never checked, and TMPDIR in a production
+    # root's sessions/ got every test's mkdtemp() and NamedTemporaryFile made there (red team
+    # 51). Where it is, as tempfile.gettempdir() says (cached). Without a --basetemp, pytest
+    # makes pytest-of-<user> there, which the sandbox's own check refuses first, saying so;
+    # /tmp itself is the registry's, which refuses a run where it lies in a data root
+    # (red team 44), naming /tmp rather than a variable.
+    temporary = Path(tempfile.gettempdir())
+    if getattr(options, "basetemp", None) and _real(str(temporary)) != RUNS_DIR.parent:
+        found.append(
+            Target(
+                temporary,
+                "Python's tempfile makes the temporary files and directories of the run's "
+                "code (tempfile.mkdtemp, NamedTemporaryFile, multiprocessing's pymp-*) and of "
+                "every process it starts in {path}",
+                fix="Point TMPDIR (or TEMP, TMP) outside every data root",
+            )
+        )
     found += _xdist_targets(config, options, cwd)
     found += _coverage_targets(options, cwd)
     found += _running_coverage_targets(cwd)
