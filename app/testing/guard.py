@@ -7,6 +7,7 @@ every pytest start, and the first test that calls `app.config.load` pays for dyn
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
@@ -1152,9 +1153,11 @@ def _keep_held_directories_after(
     # pytest registered its clean-up on this stack as it made the directory; the stack runs
     # last in, first out, so this runs just before it (private: see the pytest bound in
     # pyproject.toml). Its locks count as alive against the directory's creation, as there.
-    factory._exit_stack.callback(
-        _keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp
-    )
+    # pytest 8 registers it with atexit instead, also last in, first out: there, every run
+    # with the plugin active stopped here with an AttributeError before any test.
+    stack = getattr(factory, "_exit_stack", None)
+    register = stack.callback if stack is not None else atexit.register
+    register(_keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp)
 
 
 def keep_held_directories_inactive(config: pytest.Config) -> None:
