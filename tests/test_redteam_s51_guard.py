@@ -39,6 +39,15 @@ instead.
   traceback through the plugin, which makes the sandbox first. It is now a refusal that
   names the option and what to give (nothing was ever removed: pytest's emptying fails on a
   file).
+- ``pytest -p no:app --basetemp=data`` in the project (or a test's child given the
+  settings), where ``data/`` holds every profile's root, and the same ``--basetemp`` in a
+  run whose plugin stays inactive (another project's): pytest emptied it, a stopped
+  production root with it. Without the plugin, or inactive, a stamped root below a
+  ``--basetemp`` counted for nothing (another project's tests may stamp roots of their
+  own), and the fallback checked only the roots an enclosing run protects, whose settings
+  may be other ones. The fallback now checks the settings' own roots too, as the plugin
+  does, and both refuse a root below whose stamp names another profile than ``testing``:
+  under pytest the app opens no other profile outside a sandbox of the plugin's.
 - a settings file that is not UTF-8 without a byte order mark: a Latin-1 ``é`` in a
   comment, or a file saved as UTF-16 (Windows PowerShell's ``>``), was a bare
   ``UnicodeDecodeError`` traceback from every command and from the plugin before the run;
@@ -50,6 +59,7 @@ instead.
 from __future__ import annotations
 
 import codecs
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +323,41 @@ def test_a_basetemp_that_is_a_file_is_a_refusal_not_a_traceback(
         f"exists: '{given}'. Give --basetemp a directory of its own (pytest empties it)"
     ) in output, output
     assert given.read_bytes() == kept
+
+
+def test_a_basetemp_that_holds_a_production_root_is_refused_without_the_plugin(
+    stopped: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _settings, production, tmp = stopped
+    # Settings of its own, their production root a copy of the stopped one (stamped, no
+    # holder): the fixture's stays out of reach if pytest empties this one.
+    settings = copy_project_settings(tmp_path / "settings")
+    shutil.copytree(production, settings / "data" / "production")
+    data = settings / "data"
+    before = snapshot(data)
+    (tmp_path / "test_nothing.py").write_text("def test_nothing(tmp_path):\n    pass\n")
+    env = _inner_env(TMPDIR=str(tmp))
+    env.pop("APP_SETTINGS_DIR", None)
+    runs = {
+        # Switched off, given the settings: the first test to ask for tmp_path errors.
+        "off": (["-p", "no:app"], {"APP_SETTINGS_DIR": str(settings)}, 1),
+        # Inactive (the settings are the package's project's, the rootdir this directory).
+        "inactive": ([], {}, 4),
+    }
+    for what, (options, extra, code) in runs.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options,
+             f"--basetemp={data}"],
+            cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        output = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == code, (what, output)
+        refused = (
+            f"app: refusing --basetemp {data}: pytest empties it before the run, and it "
+            f"overlaps the data root of profile 'production' ({data / 'production'})"
+            if what == "off"
+            else f"app: refusing --basetemp {data}: it holds the data root "
+            f"{data / 'production'} (it has a profile stamp, .app-profile.json)"
+        )
+        assert refused in output, (what, output)
+        assert snapshot(data) == before, what

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
 import os
 import stat
 import sys
@@ -260,6 +261,22 @@ def shell_roots(*, resolved: bool = True) -> tuple[str | None, dict[str, Path], 
         shell_profile,
         {name: root for name, (root, _) in roots.items()},
         appconfig.settings_dir(),
+    )
+
+
+def _settings_roots() -> dict[str, Path]:
+    """Every profile's root as the settings name them, where they can be read; none where
+    they cannot (a run without the plugin goes on, checked by what is on disk alone)."""
+    try:
+        roots = shell_roots()[1]
+    except (AppError, OSError):
+        return {}
+    # A refusal names the first root a path overlaps: one with data, production's first.
+    return dict(
+        sorted(
+            roots.items(),
+            key=lambda item: (not item[1].exists(), item[0] != appconfig.ALWAYS_PROTECTED),
+        )
     )
 
 
@@ -561,7 +578,13 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root"
             )
-        if STAMP_FILE not in files or not (stamped or here == target):
+        if STAMP_FILE not in files:
+            continue
+        # Without the plugin (or inactive), a stamped root below counts only where its stamp
+        # names another profile than testing: under pytest the app opens no other profile
+        # outside a sandbox of the plugin's, so no test made it, and a stopped production
+        # root below another project's --basetemp was emptied (red team 51).
+        if not (stamped or here == target or _stamped_beyond_testing(here / STAMP_FILE)):
             continue
         if not earlier_sandbox:
             raise usage_error(
@@ -577,6 +600,16 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 "run. Choose another --basetemp; if that root is only an old test's, delete "
                 "it yourself first"
             )
+
+
+def _stamped_beyond_testing(stamp: Path) -> bool:
+    """Whether the profile stamp `stamp` names a profile other than ``testing`` (one that
+    cannot be read says nothing: an earlier test's own may be damaged on purpose)."""
+    try:
+        profile = json.loads(stamp.read_bytes()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(profile, str) and profile.strip().lower() != "testing"
 
 
 def _made_by_a_run(root: Path, sandbox: Path) -> str | None:
@@ -1391,7 +1424,16 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
         if guarded:
             # Outside any run too, where the app's plugin is switched off; only what is on
             # disk counts there, as in an inactive run.
-            roots = enclosing_roots(run) if run is not None else {}
+            # The settings' own roots too, in a run and outside: `pytest -p no:app
+            # --basetemp=data` in the project, where `data/` holds every profile's root,
+            # emptied a stopped production root, whose stamp below a --basetemp counts for
+            # nothing here (another project's tests may stamp roots of their own there), and
+            # which an enclosing run protects only where its own settings name it (red team
+            # 51).
+            roots = {  # the enclosing run's first: a refusal names the run that protects it
+                **(enclosing_roots(run) if run is not None else {}),
+                **_settings_roots(),
+            }
             if given is not None:
                 # A user's `pytest -p no:app --basetemp=/srv/app/data/sessions` emptied a
                 # stopped production root's sessions that the same run with the plugin
