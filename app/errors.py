@@ -174,7 +174,8 @@ class SettingsDirEmptyError(SettingsNotFoundError):
 
 
 class SettingsSyntaxError(ConfigError):
-    """A settings file is not valid TOML."""
+    """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
+    reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion)."""
 
     code = "settings_syntax"
 
