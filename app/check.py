@@ -90,6 +90,9 @@ class Checker:
         self.findings: list[Finding] = []
         # Blobs a half trash entry still waits for: they are not files without records.
         self.awaited: set[tuple[str, str]] = set()
+        # Sessions with a trash entry this run could not check (a read the filesystem
+        # failed), by the entry's name: it may wait for any of their unnamed blobs.
+        self.unchecked: dict[str, str] = {}
 
     def found(self, problem: str, target: Path | str, detail: str, repair: str) -> bool:
         """Record a finding; returns whether to repair it now (the caller then does)."""
@@ -157,13 +160,18 @@ class Checker:
         return self.store.sessions.state.lock_for(session_id)
 
     @contextlib.contextmanager
-    def item(self) -> Iterator[None]:
+    def item(self, entry: re.Match[str] | None = None) -> Iterator[None]:
         """One entry's checks: a repair the filesystem refuses is reported as not made.
 
         Each repair is whole on its own, so the others still run: a full disk (which a
         repair's new trash entry, or its audit line, needs room on) once stopped the
         whole run, and so every server's start-up, with "nothing was changed" said of
         repairs already made.
+
+        ``entry``: the trash entry checked (its name matched by `TRASH_NAME_RE`). Where a
+        read of it fails, its session is `unchecked`: the entry may be one that waits for
+        bytes still among the session's blobs (a delete or a replace stopped after its
+        commit), which `_check_files` must not take for an upload never acknowledged.
         """
         start = len(self.findings)
         try:
@@ -188,6 +196,8 @@ class Checker:
         except OSError as error:
             tried = [i for i in range(start, len(self.findings)) if self.findings[i].repaired]
             if not tried:
+                if entry is not None and error.filename:
+                    self.unchecked.setdefault(entry.group(2), entry.group(0))
                 if isinstance(error, PermissionError) and error.filename:
                     # One file this process may not read (mode 000, another user's) once
                     # stopped every check, and so every server's start-up, at it.
@@ -294,8 +304,9 @@ class Checker:
             audited, purged = self._audited(rotated=True)
         for path in listing:
             found = TRASH_NAME_RE.fullmatch(path.name.removeprefix(EMPTYING_PREFIX))
-            with self.item(), self.locked(None if found is None else found.group(2)):
-                if self.repair and not os.path.lexists(path):
+            entry = TRASH_NAME_RE.fullmatch(path.name)  # not one `empty-trash` took out
+            with self.item(entry), self.locked(None if found is None else found.group(2)):
+                if self.repair and not _still_there(path):
                     continue  # restored or emptied meanwhile (read again under the lock)
                 self.check_trash_entry(path, audited, purged)
 
@@ -312,17 +323,28 @@ class Checker:
         name, as `Trash.latest` reads, and only entries that hold nothing but their manifest:
         a complete entry's manifest is not read.
         """
+        # A restore's (one session's) is strict: a look at an entry that fails is raised, the
+        # restore refused by it. Passed over, an entry waiting for bytes still among the
+        # session's blobs was then found without them: the restore refused, saying they were
+        # "removed from outside the app", and named `--entry` of the copy before it, older
+        # than the version deleted (red team 51). An `empty-trash` goes on: one entry that
+        # cannot be read must not keep the rest of the trash from being emptied.
+        strict = session_id is not None
         for path in _listing(self.root.trash_dir):
             found = TRASH_NAME_RE.fullmatch(path.name)
             if found is None or (session_id is not None and found.group(2) != session_id):
                 continue
-            if path.is_symlink() or not path.is_dir():
-                continue  # reported by the whole check; never followed
             try:
+                if path.is_symlink() or not path.is_dir():
+                    continue  # reported by the whole check; never followed
                 if {p.name for p in path.iterdir()} != {TRASH_MANIFEST}:
                     continue  # holds its data (`_complete` has nothing to do), or is empty
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone meanwhile (restored, emptied)
             except OSError:
-                continue  # gone meanwhile (restored, emptied), or unreadable: the check's
+                if strict:
+                    raise
+                continue  # unreadable: the whole check reports it
             with self.store.sessions.state.lock_for(found.group(2)):
                 # Read again under the lock: a change of the session may have been making it.
                 entry = self.store.trash.read_entry(path.name)
@@ -335,7 +357,7 @@ class Checker:
                     # (`Trash.latest`): left to the whole check, which reports both.
                     continue
                 if _app_shaped(manifest, found.group(2)):
-                    with self.item():
+                    with contextlib.nullcontext() if strict else self.item():
                         self._complete(entry, manifest, contents)
 
     def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
@@ -842,11 +864,32 @@ class Checker:
             ):
                 self._keep_lost_record(session_id, path, record)
 
+        self._orphans(session_id, [path for path in orphans if path not in held])
+
+    def _orphans(self, session_id: str, orphans: list[Path]) -> None:
+        """A session's blobs no record names, nor a half trash entry waits for."""
+        unchecked = self.unchecked.get(session_id)
         for path in orphans:
-            if path in held:
-                continue
             if (what := _not_a_blob(path)) is not None:
                 self.unrepaired("unknown-entry", path, what, "nothing: left for a human")
+                continue
+            if unchecked is not None:
+                # Taken for an upload never acknowledged, the old bytes a replace (or a
+                # delete) that stopped after its commit left for that entry went to the
+                # trash as an orphan, and its entry was "removed from outside the app" for
+                # good: a restore of the file refused, after one read that failed (red
+                # team 51).
+                self.unrepaired(
+                    "file-without-record",
+                    path,
+                    f"bytes no record names, in a session whose trash entry {unchecked} this "
+                    "run could not check (a read failed, above): they may be the old bytes "
+                    "of an acknowledged version that entry waits for, left by a delete or a "
+                    "replace that stopped after its commit",
+                    "nothing now: left until that entry reads again (an operator mends the "
+                    "filesystem: `dmesg`, `findmnt -T`), then `app data check --repair` "
+                    "moves them into it, or to the trash if no entry waits for them",
+                )
                 continue
             name = f"orphan-{path.name}"
             if self.found(
@@ -988,6 +1031,20 @@ def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
         except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
             continue  # a copy damaged or cut short: it spares no report, and stops no check
         yield data.splitlines()
+
+
+def _still_there(path: Path) -> bool:
+    """Whether anything is at ``path`` (an lstat); a look that fails otherwise is raised.
+
+    ``os.path.lexists`` says "nothing" of a look that failed (``EIO``): a trash entry was
+    passed over as restored meanwhile, its session not `unchecked`, and the bytes it waited
+    for went to the trash as an upload never acknowledged (red team 51).
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _not_a_directory(path: Path) -> str | None:

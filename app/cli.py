@@ -45,7 +45,7 @@ from app.errors import (
 from app.errors import printable as _printable
 
 if TYPE_CHECKING:
-    from app.storage import Status, Storage, TrashEntry
+    from app.storage import Finding, Status, Storage, TrashEntry
 
 
 def fail(error: AppError) -> NoReturn:
@@ -61,6 +61,9 @@ _PROFILE_KEY = "app.profile"
 _COMMAND_KEY = "app.command"
 #: Set when the command run can change data: its output closed early is then worth a word.
 _CHANGES_KEY = "app.changes"
+#: Set once the selected profile is known to keep its data in PostgreSQL and object storage:
+#: a refusal of the command line then names them, not a data root (red team 51).
+_REMOTE_KEY = "app.remote"
 _CHANGING: Final = {
     ("data", "purge"),
     ("data", "empty-trash"),
@@ -99,6 +102,7 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
     needs: looking at or maintaining a root never asks for production's HTTP token.
     """
     config = appconfig.load(selected_profile(ctx), profile_source="--profile", serving=serving)
+    ctx.meta[_REMOTE_KEY] = config.backend == appconfig.REMOTE
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
     return config
@@ -107,6 +111,8 @@ def load_config(ctx: click.Context, *, serving: bool = False) -> appconfig.Confi
 def inspect_profiles(ctx: click.Context) -> appconfig.Report:
     """Every profile, for ``config --all`` and ``doctor``; warnings go to standard error."""
     report = appconfig.inspect_profiles(selected_profile(ctx), profile_source="--profile")
+    selected = report.profiles.get(report.selected)
+    ctx.meta[_REMOTE_KEY] = selected is not None and selected.values.get("database_url") is not None
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     return report
@@ -263,10 +269,11 @@ class AppGroup(CommandGroup):
             # click's "Aborted!" (exit 1) said nothing of what a maintenance command had
             # done, nor how to finish it (red team 35); SIGTERM ended it silently.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
+            remote = bool(ctx.meta.get(_REMOTE_KEY))
             changes = bool(ctx.meta.get(_CHANGES_KEY))
             if isinstance(stop, _Terminated):
-                fail(CommandTerminatedError(command, changes=changes))
-            fail(CommandInterruptedError(command, changes=changes))
+                fail(CommandTerminatedError(command, remote=remote, changes=changes))
+            fail(CommandInterruptedError(command, remote=remote, changes=changes))
         except BrokenPipeError:
             # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
@@ -276,11 +283,16 @@ class AppGroup(CommandGroup):
                 # any tool `head` stops is: quietly, with the status SIGPIPE gives.
                 sys.exit(EX_OUTPUT_GONE)
             with contextlib.suppress(OSError):  # stderr may be the same closed pipe
-                fail(OutputClosedError(command))
+                fail(OutputClosedError(command, remote=bool(ctx.meta.get(_REMOTE_KEY))))
             sys.exit(OutputClosedError.exit_code)
         except OutputFailed as failed:
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
-            _output_failed(command, failed, changes=bool(ctx.meta.get(_CHANGES_KEY)))
+            _output_failed(
+                command,
+                failed,
+                changes=bool(ctx.meta.get(_CHANGES_KEY)),
+                remote=bool(ctx.meta.get(_REMOTE_KEY)),
+            )
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
@@ -1109,12 +1121,32 @@ def data_check(ctx: click.Context, repair: bool, quick: bool, as_json: bool) -> 
         elif repair:
             click.echo(f"{len(unresolved)} finding(s) need a human; nothing was done about them")
         else:
-            click.echo(
-                f"{len(unresolved)} finding(s); `app data check --repair` reconciles them "
-                "(stop the server first: it takes the lock; a server start-up repairs too)"
-            )
+            click.echo(_unrepaired_summary(unresolved))
     if report.unresolved:
         sys.exit(EX_DATAERR)
+
+
+def _unrepaired_summary(unresolved: list[Finding]) -> str:
+    """What a read-only `app data check` says of its findings: which `--repair` reconciles,
+    and which need a human (their ``repair`` says "nothing: ..."), which it leaves as they
+    are. "`--repair` reconciles them (stop the server first)", said of findings only a human
+    can mend, had an operator stop a live server for a repair that changed nothing (red
+    team 51)."""
+    human = sum(1 for finding in unresolved if finding.repair.startswith("nothing"))
+    repairable = len(unresolved) - human
+    if not repairable:
+        return (
+            f"{human} finding(s) need a human, which `app data check --repair` leaves as they "
+            "are: each says above what to do (no server need stop for it)"
+        )
+    said = (
+        f"{len(unresolved)} finding(s); `app data check --repair` reconciles "
+        + ("them" if not human else f"{repairable} of them")
+        + " (stop the server first: it takes the lock; a server start-up repairs too)"
+    )
+    if human:
+        said += f", and {human} need a human: each says above what to do"
+    return said
 
 
 @data.command("restamp")
@@ -1212,9 +1244,11 @@ def main() -> None:
         _output_failed("app", failed, changes=False)
 
 
-def _output_failed(command: str, failed: OutputFailed, *, changes: bool) -> NoReturn:
+def _output_failed(
+    command: str, failed: OutputFailed, *, changes: bool, remote: bool = False
+) -> NoReturn:
     """Say that `command`'s standard output refused a write (`OutputFailedError`), and exit."""
     sys.stdout = Path(os.devnull).open("w")  # noqa: SIM115 - for the exit's flush
     code = failed.error.errno or 0
     reason = f"{failed.error.strerror or 'error'}, {errno.errorcode.get(code, code)}"
-    fail(OutputFailedError(command, reason, changes=changes))
+    fail(OutputFailedError(command, reason, changes=changes, remote=remote))

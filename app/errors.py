@@ -192,7 +192,8 @@ class SettingsDirEmptyError(SettingsNotFoundError):
 
 
 class SettingsSyntaxError(ConfigError):
-    """A settings file is not valid TOML."""
+    """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
+    reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion)."""
 
     code = "settings_syntax"
 
@@ -1055,13 +1056,34 @@ class RequestCutShortError(AppError):
 EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
 
 
+#: How a refusal of the command line names where the data is, and what stays in it: a data
+#: root on the local backend, the database and its objects on the remote one (red team 51:
+#: a refused write of a remote command's output said it was "not in the data root", and
+#: that `app data check` shows "the data root as it is", of a profile that has none).
+_STORED = {
+    False: {
+        "place": "the data root",
+        "shown": "the data root as it is, which needs",
+        "whole": "(the last one may lack its trash entry's final move or its audit line)",
+        "alone": "with no server on the data root",
+    },
+    True: {
+        "place": "the profile's database or object store",
+        "shown": "the database and its objects as they are, which need",
+        "whole": "(each is one transaction of the database; the last may have left an "
+        "object no row names yet)",
+        "alone": "with no replica serving the database",
+    },
+}
+
+
 def _stopped_template(how: str, stop: str) -> str:
     """The refusal of a command stopped part-way, by Ctrl-C or by SIGTERM: one text."""
     return (
         f"`{{command}}` {how} before it finished: what it had changed stays changed, each "
-        "change whole (the last one may lack its trash entry's final move or its audit line), "
-        "and what it had not reached is unchanged. Run `app data check --repair` (with no "
-        f"server on the data root) to finish what {stop} left, then `{{command}}` again if it "
+        "change whole {whole}, "
+        "and what it had not reached is unchanged. Run `app data check --repair` ({alone}) "
+        f"to finish what {stop} left, then `{{command}}` again if it "
         "is still wanted"
     )
 
@@ -1081,16 +1103,18 @@ class CommandInterruptedError(AppError):
     template = _stopped_template(how, "the interruption")
 
     command: str
-    #: Whether the command changes the data root. One that only reads (``data check``
-    #: without ``--repair``, ``sessions list``) was told that what it had changed stays
-    #: changed and to stop the server for ``check --repair``: ``timeout 60 app data check
-    #: --quick``, a cron job's check, sent the operator to a repair of nothing (red team 51).
-    changes: bool = True
+    #: The profile keeps its data in PostgreSQL and object storage, not in a data root.
+    remote: bool = field(default=False, kw_only=True)
+    #: Whether the command changes the data. One that only reads (``data check`` without
+    #: ``--repair``, ``sessions list``) was told that what it had changed stays changed and
+    #: to stop the server for ``check --repair``: ``timeout 60 app data check --quick``, a
+    #: cron job's check, sent the operator to a repair of nothing (red team 51).
+    changes: bool = field(default=True, kw_only=True)
 
     @property
     def message(self) -> str:
         if self.changes:
-            return super().message
+            return self.template.format_map({**vars(self), **_STORED[self.remote]})
         return (
             f"`{self.command}` {self.how} before it finished. It changes nothing (it only "
             "reads), so the stop left nothing to finish or repair: run it again, with more "
@@ -1111,11 +1135,16 @@ class OutputClosedError(AppError):
         "`{command}` could not write all of its output: its standard output was closed (a "
         "pipe whose reader exited, such as `| head`). Anything it changed is done: each "
         "change stays made, whole and audited, and `app sessions list --trash` and `app data "
-        "check` show the data root as it is. Send its output to a file, or to a reader that "
-        "reads all of it"
+        "check` show {shown}. Send its output to a file, or to a reader that reads all of it"
     )
 
     command: str
+    remote: bool = field(default=False, kw_only=True)
+
+    @property
+    def message(self) -> str:
+        shown = _STORED[self.remote]["shown"].rpartition(", which")[0]
+        return self.template.format_map({**vars(self), "shown": shown})
 
 
 class OutputFailedError(AppError):
@@ -1133,21 +1162,23 @@ class OutputFailedError(AppError):
     command: str
     reason: str
     changes: bool = False
+    remote: bool = field(default=False, kw_only=True)
 
     @property
     def message(self) -> str:
+        stored = _STORED[self.remote]
         done = (
             "Anything it changed is done: each change stays made, whole and audited, and `app "
-            "sessions list --trash` and `app data check` show the data root as it is, which "
-            "needs no room made (do not empty the trash for this)"
+            f"sessions list --trash` and `app data check` show {stored['shown']} no room made "
+            "(do not empty the trash for this)"
             if self.changes
             else "It changes nothing"
         )
         return (
             f"`{self.command}` could not write its output: a write to its standard output "
             f"failed ({self.reason}), where the output was sent (a file, a full disk, a "
-            f"terminal gone), not in the data root. {done}. Send its output to a file on a "
-            "disk with room, or to a terminal"
+            f"terminal gone), not in {stored['place']}. {done}. Send its output to a file on "
+            "a disk with room, or to a terminal"
         )
 
 

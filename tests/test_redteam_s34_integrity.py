@@ -124,6 +124,7 @@ store.close()
 _READ_ONLY = {
     "audit",
     "close",
+    "deleted_entry",
     "ensure_held",
     "file_path",
     "get_session",

@@ -125,23 +125,112 @@ def check(
             finding = _compare(row, present.get(row["blob"]), objects, hash_bytes=hash_bytes)
             if finding is not None:
                 findings.append(finding)
+    # The recount first: the database may refuse it ("nothing was changed"), which was said
+    # after the orphans were deleted, and no row recorded their deletion (red team 51). The
+    # deletions, which nothing undoes, come last, just before the row that records them.
+    findings = _recount(db, findings) if repair and exclusive and drift else findings
     if repair and (orphans or unfinished):
-        try:
-            objects.delete(*(info.name for info in orphans))
-            objects.abort_uploads(*unfinished)
-        except AppError:
-            # Some may be gone already: what was found is recorded, then the refusal raised.
-            _record(db, findings)
-            raise
+        repaired, refused = _repair_unnamed(objects, orphans, unfinished)
         findings = [
             Finding(f.problem, f.target, f.detail, f.repair, True)
-            if f.problem in {"object-without-record", "upload-without-object"}
+            if (f.problem, f.target) in repaired
             else f
             for f in findings
         ]
-    findings = _recount(db, findings) if repair and exclusive and drift else findings
+        if refused is not None:
+            # Some are gone already: the row records which, then the repair is refused,
+            # saying what it did and what it left (red team 51: every finding was recorded
+            # as not repaired, the deleted objects too, and the refusal was only the store's).
+            raise _cut_short(db, objects, findings, repaired, refused)
     unaudited = _record(db, findings) if repair and findings else None
     return CheckReport(findings, repair, unaudited)
+
+
+_Repaired = set[tuple[str, str]]
+"""The ``(problem, target)`` of each finding a repair made good."""
+
+
+def _repair_unnamed(
+    objects: ObjectStore, orphans: list[ObjectInfo], unfinished: list[UnfinishedUpload]
+) -> tuple[_Repaired, tuple[str, AppError] | None]:
+    """Delete the orphan objects, then abort the unfinished uploads: what it repaired, and
+    what the object store refused with its refusal (None if nothing).
+
+    A refused batch of deletions may have deleted some of its objects (S3 answers for each
+    key; a request cut off may have been carried out): the listing says which are gone.
+    """
+    repaired: _Repaired = set()
+    if orphans:
+        try:
+            objects.delete(*(info.name for info in orphans))
+        except AppError as error:
+            try:
+                present = {info.name for info in objects.objects(BLOBS)}
+            except AppError:
+                present = {info.name for info in orphans}  # not known: none counted
+            gone = {("object-without-record", i.name) for i in orphans if i.name not in present}
+            what = f"the deletion of {_count(len(orphans), 'orphan object')}"
+            return gone, (what, error)
+        repaired |= {("object-without-record", info.name) for info in orphans}
+    for upload in unfinished:
+        try:
+            objects.abort_uploads(upload)
+        except AppError as error:
+            return repaired, (f"the abort of the unfinished upload into {upload.name}", error)
+        repaired.add(("upload-without-object", upload.name))
+    return repaired, None
+
+
+def _count(number: int, what: str) -> str:
+    return f"{number} {what}" + ("" if number == 1 else "s")
+
+
+def _cut_short(
+    db: Database,
+    objects: ObjectStore,
+    findings: list[Finding],
+    repaired: _Repaired,
+    refused: tuple[str, AppError],
+) -> AppError:
+    """Record what a repair cut short by the object store found and did; its refusal."""
+    from app.remote.errors import ObjectStoreCutShortError
+
+    what, error = refused
+    unaudited = _record(db, findings)
+    kinds = {"object-without-record": "orphan object", "upload-without-object": "unfinished upload"}
+    verbs = {"object-without-record": "deleted", "upload-without-object": "aborted"}
+    done = [
+        f"{verbs[k]} {_count(n, kinds[k])}"
+        for k in kinds
+        if (n := sum(1 for problem, _ in repaired if problem == k))
+    ]
+    left = [
+        _count(n, kinds[k])
+        for k in kinds
+        if (n := sum(1 for f in findings if f.problem == k and not f.repaired))
+    ]
+    # The recount, made before the deletions, is the one row the repair changed.
+    recounted = any(f.problem == "session-count-drift" and f.repaired for f in findings)
+    if recounted:
+        done.insert(0, "recounted the live sessions")
+    rows = "but for that count" if recounted else "as it was"
+    recorded = (
+        "The check-repair row of the audit log records which findings were repaired"
+        if unaudited is None
+        else "The audit log could not record which findings were repaired "
+        f"({unaudited}): its row is in this command's log, above"
+    )
+    return ObjectStoreCutShortError(
+        "app data check --repair",
+        objects.where,
+        what,
+        str(getattr(error, "reason", "") or error.message),
+        f"By then it had {' and '.join(done)}" if done else "It had repaired nothing yet",
+        f"{' and '.join(left) or 'nothing else it found'} as found, and every row of the "
+        f"database {rows}",
+        recorded,
+        "it finds and repairs what is left",
+    )
 
 
 def _record(db: Database, findings: list[Finding]) -> str | None:

@@ -419,15 +419,66 @@ class ObjectStoreUnavailableError(AppError):
     exit_code = EX_UNAVAILABLE
     code = "object_store_unavailable"
     http_status = 503
-    template = (
-        "cannot use object store {where}: {reason}. Check s3_endpoint_url, blob_url and "
-        "the credentials {credentials}; `app doctor` checks them"
-    )
+    template = "cannot use object store {where}: {reason}. {remedy}"
 
     where: str
     reason: str
     #: Where the credentials come from (`app.remote.objects.ObjectStore.credentials`).
     credentials: str = field(default=STATIC_CREDENTIALS, kw_only=True)
+    #: What resolves it, where that is not the settings: a store that answered with a server
+    #: error, or not at all in time, runs and is reached (red team 51: "Check s3_endpoint_url,
+    #: blob_url and the credentials" of a store answering 500 to every attempt).
+    remedy: str = field(default="", kw_only=True)
+
+    def __post_init__(self) -> None:
+        self.remedy = self.remedy or self._settings_remedy()
+        super().__post_init__()
+
+    def _settings_remedy(self) -> str:
+        return (
+            f"Check s3_endpoint_url, blob_url and the credentials {self.credentials}; "
+            "`app doctor` checks them"
+        )
+
+    @property
+    def store_failing(self) -> bool:
+        """Whether the store answered with a server error, or not in time: it runs and the
+        settings reach it, so no setting is to blame (the remedy says what to do)."""
+        return self.remedy != self._settings_remedy()
+
+
+class ObjectStoreCutShortError(AppError):
+    """A maintenance command stopped part-way: the object store refused one of its requests
+    after the command had changed something (`app data check --repair`'s deletions, `app
+    data restamp`'s database).
+
+    Each was the refusal of that request alone, ``object_store_unavailable`` with "check
+    s3_endpoint_url, blob_url and the credentials" (which a store that answers 5xx does not
+    need), saying nothing of what was already done nor how to finish it; the repair's audit
+    row marked every finding not repaired, the objects it had deleted among them (red team
+    51).
+    """
+
+    exit_code = EX_UNAVAILABLE
+    code = "object_store_cut_short"
+    http_status = 503
+    template = (
+        "`{command}` was cut short: object store {where} refused {refused} ({reason}). "
+        "{done}; it left {left}. {recorded}. Run `{command}` again once the object store "
+        "answers (`app doctor` checks it): {again}"
+    )
+
+    command: str
+    where: str
+    #: What the object store refused, and its answer.
+    refused: str
+    reason: str
+    #: What the command had done by then, what it left, where that is recorded, and what
+    #: running it again does: sentences.
+    done: str
+    left: str
+    recorded: str
+    again: str
 
 
 class S3ClientSettingsError(ConfigError):

@@ -549,6 +549,19 @@ def _file_chunks(file: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+#: The remedy of a store that answered each attempt with a server error (5xx).
+_SERVER_ERROR = (
+    "It answered each of its {attempts} attempt(s) (s3_max_attempts) with a server error: it "
+    "runs and these settings reach it, so it is failing or overloaded. Retry once it answers "
+    "(`app doctor` checks it); nothing in the settings needs to change"
+)
+#: The remedy of a store that did not answer in time.
+NO_ANSWER = (
+    "Retry once it answers (`app doctor` checks it); its address and credentials need no "
+    "change for this"
+)
+
+
 def _timed_out(error: Exception) -> bool:
     """Whether botocore's "Connection was closed before we received a valid response" is a
     timeout while the request's body was sent: urllib3 reports a socket timeout in a send
@@ -627,7 +640,9 @@ class ObjectStore:
                 config=Config(
                     # Path-style: S3-compatible servers rarely have wildcard DNS for buckets.
                     s3={"addressing_style": "path" if endpoint_url else "auto"},
-                    retries={"mode": "standard", "max_attempts": max_attempts},
+                    # total_: botocore's "max_attempts" counts the retries alone, one more
+                    # attempt than s3_max_attempts says (red team 51).
+                    retries={"mode": "standard", "total_max_attempts": max_attempts},
                     connect_timeout=connect_timeout,
                     read_timeout=read_timeout,
                 ),
@@ -667,6 +682,7 @@ class ObjectStore:
             f"to connect (s3_connect_timeout_seconds), {max_attempts} attempt(s) "
             "(s3_max_attempts)"
         )
+        self._attempts = max_attempts
         self._part_bytes = part_bytes
         self._max_parts = max_parts
         self._transfers: dict[int, Any] = {}
@@ -695,12 +711,17 @@ class ObjectStore:
             # starting), the credentials or the bucket gone (403, NoSuchBucket), and a 4xx
             # of its own (AWS's 403 InvalidObjectState for an archived object, a 409, a 412;
             # red team 38: only some codes were named, the others passed through).
-            return self._unavailable(f"{code} (HTTP {status}): {error}")
+            # A 5xx is the store failing, not the settings: they reached it (red team 51);
+            # but a 501 is a request it does not implement, which no retry changes.
+            failing = status >= 500 and status != 501
+            remedy = _SERVER_ERROR.format(attempts=self._attempts) if failing else ""
+            return self._unavailable(f"{code} (HTTP {status}): {error}", remedy)
         if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)) or _timed_out(error):
             # A store that is stopped (SIGSTOP, a hung disk) or overloaded, not misconfigured.
             return self._unavailable(
                 f"{error}: it did not answer within {self._timeouts}, so it may be stopped or "
                 "overloaded (if it is only slow, raise those settings)",
+                NO_ANSWER,
             )
         if isinstance(error, BotoCoreError):
             return self._unavailable(str(error))
@@ -721,8 +742,10 @@ class ObjectStore:
             return _CHAIN.format("it found none")
         return _CHAIN.format(f"its {found.method!r} provider found them")
 
-    def _unavailable(self, reason: str) -> ObjectStoreUnavailableError:
-        return ObjectStoreUnavailableError(self.where, reason, credentials=self.credentials)
+    def _unavailable(self, reason: str, remedy: str = "") -> ObjectStoreUnavailableError:
+        return ObjectStoreUnavailableError(
+            self.where, reason, credentials=self.credentials, remedy=remedy
+        )
 
     def _clock_skew(self, error: Any) -> StoreClockSkewError | None:
         """A refusal for a clock too far from the store's (red team 42: `RequestTimeTooSkewed`

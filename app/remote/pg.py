@@ -29,6 +29,7 @@ import getpass
 import json
 import logging
 import os
+import pwd
 import re
 import select
 import socket
@@ -274,6 +275,22 @@ def _service(params: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+def _os_user() -> str:
+    """The user libpq connects as when neither the URL nor ``PGUSER`` names one, and so the
+    database it names by default: the name of the process's effective uid, as libpq's
+    ``pg_fe_getusername`` finds it. Not `getpass.getuser`, which reads ``$LOGNAME`` and
+    ``$USER`` first: a container's ``ENV USER=``, ``sudo -E`` or ``su`` without ``-`` left
+    them naming another user, and two profiles on one database were two (red team 51)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no entry (a container's): libpq fails to connect then
+        pass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.geteuid()}"
+
+
 def _server_name(name: str) -> str:
     # The server cuts a longer database name to this many bytes, and connects to, creates or
     # drops the database so named: the name to check is the one it will use.
@@ -294,7 +311,7 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR")
     hosts = str(hostaddr or params.get("host") or os.environ.get("PGHOST") or "")
     ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
-    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    user = params.get("user") or os.environ.get("PGUSER") or _os_user()
     dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
     host_list = hosts.split(",") if hosts else [""]
     port_list = ports.split(",")
@@ -1479,7 +1496,8 @@ def scratch_url(database_url: str, suffix: str) -> str:
 
 
 def create_scratch_database(database_url: str, suffix: str) -> str:
-    """Create :func:`scratch_url`'s database (empty; the app stamps it on first open).
+    """Create :func:`scratch_url`'s database (empty, whatever ``template1`` holds; the app
+    stamps it on first open).
 
     Under pytest only the run's own: ``suffix`` must end with the run's scratch suffix.
 
@@ -1498,8 +1516,40 @@ def create_scratch_database(database_url: str, suffix: str) -> str:
         )
         raise ValueError(msg)
     with _server(url, "creating") as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        _create_from_template0(conn, name)
     return url
+
+
+def _create_from_template0(conn: psycopg.Connection[Any], name: str) -> None:
+    """``CREATE DATABASE`` of a scratch database: a copy of ``template0``, in UTF-8.
+
+    A plain ``CREATE DATABASE`` copies ``template1``, which a DBA may have given tables of
+    their own (or an encoding other than UTF-8): every scratch database then held them, its
+    first open was refused as holding "things that are not the app's", and every remote test
+    of the run failed, told to point database_url at a new database, which the plugin makes
+    itself (red team 51). ``template0`` holds nothing but the system's catalogues; the
+    collation and character classes stay template1's, as a database a DBA makes has them,
+    unless they cannot hold UTF-8 (then ``C``, which holds any encoding).
+    """
+    found = conn.execute(
+        "SELECT datcollate, datctype FROM pg_database WHERE datname = 'template1'"
+    ).fetchone()
+    create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
+        sql.Identifier(name)
+    )
+    if found is not None:
+        try:
+            conn.execute(
+                create
+                + sql.SQL(" LC_COLLATE {} LC_CTYPE {}").format(
+                    sql.Literal(found[0]), sql.Literal(found[1])
+                )
+            )
+        except psycopg.errors.InvalidParameterValue:
+            pass  # a locale of another encoding than UTF-8 (en_US.ISO-8859-1, say)
+        else:
+            return
+    conn.execute(create + sql.SQL(" LOCALE 'C'"))
 
 
 def drop_scratch_database(database_url: str, suffix: str) -> None:

@@ -38,6 +38,8 @@ from app.remote.errors import (
     DatabaseStampMissingError,
     DatabaseTimeoutError,
     DatabaseUnavailableError,
+    ObjectStoreCutShortError,
+    ObjectStoreUnavailableError,
     PrefixEmptiedError,
     PrefixStampMissingError,
     RemoteStampMismatchError,
@@ -277,52 +279,14 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
                 protected=needs_confirmation(protection, source),
             )  # fmt: skip
         stamp = maintenance.restamp(source, protected=protection)
-        unaudited: str | None = None
         # Stamped for this profile already, both of them: a repeated command.
         changed = found is None or found.profile != config.profile
-        if before is None:
-            # A prefix that lost its stamp and holds the app's objects: written back when
-            # this database is bound to it and its rows name objects there (red team 37: no
-            # command brought such a prefix back); anything else is refused by open.
-            location = objects.location
-            blobs = [n for n in objects.first_names(1000) if objects.is_blob_name(n)]
-            database_id = (
-                maintenance.names_objects(location.bucket, location.prefix, blobs)
-                if blobs
-                else None
-            )
-            if database_id is not None:
-                objects.restore_stamp(config.profile, database_id, pg.instance(maintenance.conn))
-                unaudited = maintenance.audit_made(
-                    "restamp", objects.where, {"restored": True, "to": config.profile}
-                )
-            else:
-                objects.open(config.profile, protected=protection)
-            changed = True
-        elif before.get("profile") != config.profile:
-            objects.restamp(source, config.profile)
-            unaudited = maintenance.audit_made(
-                "restamp", objects.where, {"from": source, "to": config.profile}
-            )
-            changed = True
-        else:
-            # A copy of the database the prefix belongs to (a restore) made the one whose
-            # rows name its objects (red team 39): the original is refused from now on.
-            location = objects.location
-            bound = maintenance.bound_to(location.bucket, location.prefix)
-            here = pg.instance(maintenance.conn)
-            old = (
-                None
-                if bound is None
-                else objects.adopt(config.profile, bound, here, pg.timeline(maintenance.conn))
-            )
-            if old is not None:
-                unaudited = maintenance.audit_made(
-                    "adopt-copy",
-                    objects.where,
-                    {"database": bound, "from": old.get("instance"), "to": here},
-                )
-                changed = True
+        cut_short = _prefix_after_database(
+            config, source, objects.where, pg.mask_url(database_url), found, before
+        )
+        with cut_short:
+            handed, unaudited = _hand_over_prefix(config, source, objects, maintenance, before)
+        changed = changed or handed
     return {
         "profile": stamp.profile,
         "schema_version": stamp.schema_version,
@@ -801,9 +765,14 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                 "bucket",
                 f"{shown}: cannot use it",
                 f"profile {config.profile!r}: cannot use {bucket} (blob_url from {source}, "
-                f"s3_endpoint_url from {endpoint_source}): {_sentence(error.reason)} Check "
-                "that the endpoint answers from this machine, that the bucket exists, and "
-                f"that the credentials {objects.credentials} may use it; nothing was changed",
+                f"s3_endpoint_url from {endpoint_source}): {_sentence(error.reason)} "
+                + (
+                    f"{error.remedy}; nothing was changed"
+                    if error.store_failing
+                    else "Check that the endpoint answers from this machine, that the bucket "
+                    f"exists, and that the credentials {objects.credentials} may use it; "
+                    "nothing was changed"
+                ),
                 EX_UNAVAILABLE,
             )
         ]
@@ -820,8 +789,13 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
                 "prefix",
                 f"{objects.where}: cannot read it",
                 f"profile {config.profile!r}: cannot read object prefix {objects.where} "
-                f"(blob_url from {source}): {_sentence(error.reason)} Check that the "
-                "credentials may read and list it; nothing was changed",
+                f"(blob_url from {source}): {_sentence(error.reason)} "
+                + (
+                    error.remedy
+                    if error.store_failing
+                    else "Check that the credentials may read and list it"
+                )
+                + "; nothing was changed",
                 EX_UNAVAILABLE,
             )
         )
@@ -870,3 +844,100 @@ def _diagnose_objects(config: Config, seen: dict[str, Any]) -> list[Probe]:
         probes.append(Probe("prefix", f"{objects.where}: empty{stamps}"))
         seen["prefix"] = ({}, objects.location, objects.where)
     return probes
+
+
+def _hand_over_prefix(
+    config: Config,
+    source: str,
+    objects: ObjectStore,
+    maintenance: pg.Maintenance,
+    before: Mapping[str, Any] | None,
+) -> tuple[bool, str | None]:
+    """`restamp`'s change of the prefix, once the database's is made: whether it changed
+    the prefix, and why the audit log could not record it (None if it did)."""
+    protection = config.taking_needs_confirmation
+    unaudited: str | None = None
+    changed = False
+    if before is None:
+        # A prefix that lost its stamp and holds the app's objects: written back when
+        # this database is bound to it and its rows name objects there (red team 37: no
+        # command brought such a prefix back); anything else is refused by open.
+        location = objects.location
+        blobs = [n for n in objects.first_names(1000) if objects.is_blob_name(n)]
+        database_id = (
+            maintenance.names_objects(location.bucket, location.prefix, blobs) if blobs else None
+        )
+        if database_id is not None:
+            objects.restore_stamp(config.profile, database_id, pg.instance(maintenance.conn))
+            unaudited = maintenance.audit_made(
+                "restamp", objects.where, {"restored": True, "to": config.profile}
+            )
+        else:
+            objects.open(config.profile, protected=protection)
+        changed = True
+    elif before.get("profile") != config.profile:
+        objects.restamp(source, config.profile)
+        unaudited = maintenance.audit_made(
+            "restamp", objects.where, {"from": source, "to": config.profile}
+        )
+        changed = True
+    else:
+        # A copy of the database the prefix belongs to (a restore) made the one whose
+        # rows name its objects (red team 39): the original is refused from now on.
+        location = objects.location
+        bound = maintenance.bound_to(location.bucket, location.prefix)
+        here = pg.instance(maintenance.conn)
+        old = (
+            None
+            if bound is None
+            else objects.adopt(config.profile, bound, here, pg.timeline(maintenance.conn))
+        )
+        if old is not None:
+            unaudited = maintenance.audit_made(
+                "adopt-copy",
+                objects.where,
+                {"database": bound, "from": old.get("instance"), "to": here},
+            )
+            changed = True
+    return changed, unaudited
+
+
+@contextlib.contextmanager
+def _prefix_after_database(
+    config: Config,
+    source: str,
+    where: str,
+    database: str,
+    found: pg.Stamp | None,
+    before: Mapping[str, Any] | None,
+) -> Iterator[None]:
+    """A re-stamp's change of the prefix, made after its database's: the object store's
+    refusal there is the command cut short, saying what it did and how to finish it.
+
+    It was the store's refusal alone, "check s3_endpoint_url, blob_url and the credentials"
+    (or, for a clock, "nothing was changed"), with the database already handed over and
+    audited, and every command of either profile refused until the prefix was (red team 51).
+    """
+    try:
+        yield
+    except ObjectStoreUnavailableError as error:
+        if found is None or found.profile == config.profile:
+            raise  # the database was not changed by this command: the refusal stands
+        import shlex
+
+        confirm = " --yes-i-mean-it" if config.taking_needs_confirmation(source) else ""
+        command = f"app data restamp --profile {config.profile} --from {shlex.quote(source)}"
+        stamped = (
+            f"stamped {str(before.get('profile'))!r}" if before is not None else "without a stamp"
+        )
+        raise ObjectStoreCutShortError(
+            command + confirm,
+            where,
+            f"the write of the prefix's stamp ({STAMP_NAME})",
+            error.reason,
+            f"By then it had re-stamped database {database} from {source!r} to {config.profile!r}",
+            f"the object prefix {stamped}, so every command and replica of either profile "
+            "is refused until it is finished",
+            "The database's re-stamp is in its audit log",
+            f"it finds the database stamped {config.profile!r} already and re-stamps the prefix",
+        ) from None

@@ -25,7 +25,7 @@ from app.remote.errors import (
     ObjectMissingError,
     ObjectStoreUnavailableError,
 )
-from app.remote.objects import ObjectStore, ObjectStream, PutResult
+from app.remote.objects import NO_ANSWER, ObjectStore, ObjectStream, PutResult
 from app.storage import FileEntry, IfMatch
 
 __all__ = ["ObjectFile", "RemoteUpload"]
@@ -127,6 +127,7 @@ class ObjectFile(io.RawIOBase):
                 "bytes: its client got a short answer and must download it again once the "
                 "object store answers",
                 credentials=self._objects.credentials,
+                remedy=NO_ANSWER,
             ) from error
 
     def _move(self) -> None:

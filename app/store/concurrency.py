@@ -25,7 +25,13 @@ from app.dataroot import fsync
 if TYPE_CHECKING:
     from app.store.records import FileRecord
 
-__all__ = ["GroupSync", "RecordCache", "RootState", "records_identity"]
+__all__ = [
+    "GroupSync",
+    "RecordCache",
+    "RootState",
+    "identity_after_change",
+    "records_identity",
+]
 
 _LOCK_STRIPES: Final = 64
 _RECORD_CACHE_LIMIT: Final = 200_000  # records (a few hundred bytes each) a writer keeps
@@ -139,12 +145,27 @@ def records_identity(path: str) -> tuple[int, int, int] | None:
     a ``records/`` with the inode of the one removed (red team 24). The ctime tells it: no
     process can set it, a directory made later has a later one, and every entry added,
     removed or renamed in it changes it (a record removed or put back by hand, too).
+
+    A look that fails otherwise (``EIO``, ``ESTALE``, ``ENOTCONN``) is raised: read as "not
+    there", the session was answered with no files, a state it never had, and that empty
+    copy was kept; a change then added its one file to it, and the session was listed with
+    that file alone (red team 51).
     """
     try:
         info = os.lstat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
+def identity_after_change(path: str) -> tuple[int, int, int] | None:
+    """`records_identity` of a ``records/`` a write has just changed, ``None`` where the
+    look fails: the write is made, and must be answered as made; given no identity, the
+    cache forgets the session's copy (`RecordCache.changed`), which is read again."""
+    try:
+        return records_identity(path)
+    except OSError:
+        return None
 
 
 class RecordCache:

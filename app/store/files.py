@@ -35,7 +35,7 @@ from app.errors import (
 from app.lock import special_kind
 from app.names import check_file_name, check_stored_name
 from app.storage import FileEntry, SessionRecord, TrashEntry
-from app.store.concurrency import records_identity
+from app.store.concurrency import identity_after_change
 from app.store.ids import ID_RE, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -285,7 +285,7 @@ class Files:
                     undo()
             raise
         # With records/'s identity now: its ctime moved with the rename (`records_identity`).
-        self.records.changed(session_id, path.name, record, records_identity(str(path.parent)))
+        self.records.changed(session_id, path.name, record, identity_after_change(str(path.parent)))
 
     def _retire_blob(
         self, directory: Path, blob: str, entry: TrashEntry, name: str, prepared: Prepared
@@ -353,7 +353,7 @@ class Files:
                         self.records.changed(session_id)
                     raise
                 self.records.changed(
-                    session_id, name, None, records_identity(str(record_path.parent))
+                    session_id, name, None, identity_after_change(str(record_path.parent))
                 )
                 prepared.sync(record_path.parent)
                 self._retire_blob(directory, old["blob"], entry, name, prepared)

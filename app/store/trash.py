@@ -117,6 +117,19 @@ def _linked_remedy(link: Path) -> str:
         return f"it is gone since ({error.strerror}): list the trash again"
 
 
+def _remove_contents(directory: Path) -> None:
+    """Remove everything in ``directory`` (an entry `empty-trash` took out of the trash),
+    and leave the directory itself; links are removed, never followed, at any depth
+    (`remove_tree`: red team 51's tree deeper than Python's stack)."""
+    with os.scandir(directory) as entries:
+        children = list(entries)
+    for child in children:
+        if child.is_dir(follow_symlinks=False):
+            remove_tree(child.path)
+        else:
+            Path(child.path).unlink(missing_ok=True)
+
+
 def _not_bytes(path: Path) -> str | None:
     """``None`` if ``path`` is a regular file, else what is wrong with it, for a refusal."""
     try:
@@ -591,6 +604,49 @@ class Trash:
         except FileNotFoundError:
             return []
 
+    def _remove_and_audit(
+        self,
+        taken: list[str],
+        prepared: Prepared,
+        left: list[str],
+        removed: list[TrashEntry],
+        older_than: timedelta | None,
+        via: str,
+    ) -> None:
+        """Remove the bytes of the entries ``taken`` out of the trash, write the line that
+        names them, then remove their emptied directories.
+
+        Each entry's directory goes after the line that names it: removed with its bytes, a
+        kill (or a power cut) before the line removed the entries for good and recorded that
+        nowhere. Left, it is named by the next `empty-trash` (``finished``) or `check
+        --repair` (``trash-emptying``), which audit it (red team 51). An empty directory frees
+        no space the line waits for.
+        """
+        for name in taken:
+            try:
+                _remove_contents(self.path / name)
+            except OSError as error:
+                # Out of the trash already (the rename before): `check` finishes it.
+                log.warning("could not finish removing %s yet (%s); `check` will", name, error)
+        if taken:
+            prepared.sync(self.path)
+        finished = {"finished": [n.removeprefix(EMPTYING_PREFIX) for n in left]} if left else {}
+        # After the bytes are gone: on a full disk, the line needs the space this freed.
+        prepared.audit(
+            "empty-trash",
+            self.path,
+            count=len(removed),
+            entries=[e.name for e in removed],
+            older_than=None if older_than is None else older_than.total_seconds(),
+            via=via,
+            **finished,
+        )
+        # Not synced: an empty directory a power cut brings back is finished as one a kill
+        # left, and a failed fsync here would answer a change that was made as one that failed.
+        for name in taken:
+            with contextlib.suppress(OSError):
+                (self.path / name).rmdir()  # what could not be emptied stays for `check`
+
     def _empty(
         self,
         chosen: list[TrashEntry],
@@ -637,28 +693,10 @@ class Trash:
             prepared.sync(self.path)
         names = [f"{EMPTYING_PREFIX}{entry.name}" for entry in removed]
         try:
-            for name in [*left, *names]:
-                try:
-                    remove_tree(self.path / name)
-                except OSError as error:
-                    # Out of the trash already (the rename above): `check` finishes it.
-                    log.warning("could not finish removing %s yet (%s); `check` will", name, error)
+            self._remove_and_audit([*left, *names], prepared, left, removed, older_than, via)
         finally:
             with state.emptying_lock:
                 state.emptying.difference_update(names)
-        if removed or left:
-            prepared.sync(self.path)
-        finished = {"finished": [n.removeprefix(EMPTYING_PREFIX) for n in left]} if left else {}
-        # After the bytes are gone: on a full disk, the line needs the space this freed.
-        prepared.audit(
-            "empty-trash",
-            self.path,
-            count=len(removed),
-            entries=[e.name for e in removed],
-            older_than=None if older_than is None else older_than.total_seconds(),
-            via=via,
-            **finished,
-        )
         if stopped is not None:
             cause, maybe_done = partway_cause(stopped)
             raise StoppedPartwayError(

@@ -7,8 +7,10 @@ every pytest start, and the first test that calls `app.config.load` pays for dyn
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import json
 import os
 import stat
 import sys
@@ -259,6 +261,22 @@ def shell_roots(*, resolved: bool = True) -> tuple[str | None, dict[str, Path], 
         shell_profile,
         {name: root for name, (root, _) in roots.items()},
         appconfig.settings_dir(),
+    )
+
+
+def _settings_roots() -> dict[str, Path]:
+    """Every profile's root as the settings name them, where they can be read; none where
+    they cannot (a run without the plugin goes on, checked by what is on disk alone)."""
+    try:
+        roots = shell_roots()[1]
+    except (AppError, OSError):
+        return {}
+    # A refusal names the first root a path overlaps: one with data, production's first.
+    return dict(
+        sorted(
+            roots.items(),
+            key=lambda item: (not item[1].exists(), item[0] != appconfig.ALWAYS_PROTECTED),
+        )
     )
 
 
@@ -560,7 +578,13 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root"
             )
-        if STAMP_FILE not in files or not (stamped or here == target):
+        if STAMP_FILE not in files:
+            continue
+        # Without the plugin (or inactive), a stamped root below counts only where its stamp
+        # names another profile than testing: under pytest the app opens no other profile
+        # outside a sandbox of the plugin's, so no test made it, and a stopped production
+        # root below another project's --basetemp was emptied (red team 51).
+        if not (stamped or here == target or _stamped_beyond_testing(here / STAMP_FILE)):
             continue
         if not earlier_sandbox:
             raise usage_error(
@@ -576,6 +600,16 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 "run. Choose another --basetemp; if that root is only an old test's, delete "
                 "it yourself first"
             )
+
+
+def _stamped_beyond_testing(stamp: Path) -> bool:
+    """Whether the profile stamp `stamp` names a profile other than ``testing`` (one that
+    cannot be read says nothing: an earlier test's own may be damaged on purpose)."""
+    try:
+        profile = json.loads(stamp.read_bytes()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(profile, str) and profile.strip().lower() != "testing"
 
 
 def _made_by_a_run(root: Path, sandbox: Path) -> str | None:
@@ -839,18 +873,42 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
     """
     __tracebackhide__ = True
     temproot, rootdir = _default_rootdir()
+    # Where the system opens it: the user's name is pytest's text, taken from LOGNAME or
+    # USER as it is, so `USER=root/../../srv/app/data` (with /tmp/pytest-of-root there)
+    # made pytest-of-<user> production's root itself, and pytest made its numbered
+    # directories in it, plugin active or off (red team 51).
+    # A link at that name itself pytest refuses before it makes anything (since 7.3), with a
+    # message of its own that says what to fix.
+    linked = rootdir.is_symlink()
+    real = rootdir if linked else Path(os.path.realpath(rootdir))
     if enclosing:
-        roots = {name: root for name, root in roots.items() if not root.is_relative_to(rootdir)}
+        roots = {
+            name: root
+            for name, root in roots.items()
+            if not (root.is_relative_to(rootdir) or root.is_relative_to(real))
+        }
     # A root the settings name, else one found on disk (a service's root set in its own
     # environment): the same refusal, saying how the root was recognised.
     where = None
-    if (named := _overlapping([rootdir], roots)) is not None:
+    if (named := _overlapping([rootdir, real], roots)) is not None:
         name, root = named
         where = f"overlaps the data root of profile {name!r} ({root})"
     elif (on_disk := _enclosing_data_root(rootdir)) is not None:
         root, who = on_disk
         where = f"lies inside the data root {root} ({who})"
+    elif not linked and (on_disk := _data_root_at(real)) is not None:
+        root, who = on_disk
+        where = f"is or lies inside the data root {root} ({who})"
     if where is not None:
+        if (user := _user_variable()) is not None:
+            variable, name = user
+            seen = f" (it is {real})" if real != rootdir else ""
+            raise usage_error(
+                f"app: refusing to run: pytest would create (and clean up) its temporary "
+                f"directories in {rootdir}{seen}, which {where}, because the user name "
+                f"pytest reads from {variable} is {name!r}, a path rather than a name. Set "
+                f"{variable} to the user's own name, or unset it"
+            )
         variable = _temproot_variable(temproot)
         raise usage_error(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
@@ -858,6 +916,21 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
             f"Point {variable} outside every data root, or pass --basetemp"
         )
     return rootdir
+
+
+def _data_root_at(path: Path) -> tuple[Path, str] | None:
+    """`_enclosing_data_root` of `path`, `path` itself included: pytest makes its numbered
+    directories right inside ``pytest-of-<user>``, which may be a data root itself."""
+    return _enclosing_data_root(path / "pytest-0")
+
+
+def _user_variable() -> tuple[str, str] | None:
+    """The variable pytest's user name comes from (``getpass.getuser``'s order), and its
+    value, where that name is a path rather than a name (a ``/`` in it, or ``..``)."""
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if name := os.environ.get(variable):
+            return (variable, name) if "/" in name or name in {".", ".."} else None
+    return None
 
 
 def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
@@ -1113,9 +1186,11 @@ def _keep_held_directories_after(
     # pytest registered its clean-up on this stack as it made the directory; the stack runs
     # last in, first out, so this runs just before it (private: see the pytest bound in
     # pyproject.toml). Its locks count as alive against the directory's creation, as there.
-    factory._exit_stack.callback(
-        _keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp
-    )
+    # pytest 8 registers it with atexit instead, also last in, first out: there, every run
+    # with the plugin active stopped here with an AttributeError before any test.
+    stack = getattr(factory, "_exit_stack", None)
+    register = stack.callback if stack is not None else atexit.register
+    register(_keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp)
 
 
 def keep_held_directories_inactive(config: pytest.Config) -> None:
@@ -1157,7 +1232,20 @@ def make_sandbox(
         _ispytest=True,
     )
     setattr(factory, _KEEPS, True)
-    sandbox = factory.getbasetemp().resolve()
+    try:
+        sandbox = factory.getbasetemp().resolve()
+    except OSError as error:
+        # pytest's own refusal (a --basetemp that names a file, or under one; its
+        # pytest-of-<user> a link), which pytest says as a test's error where it makes the
+        # directory itself: made here first, it was a traceback through the plugin.
+        if not given:  # pytest's own words end it: they say what to fix
+            raise usage_error(
+                f"app: pytest cannot make its base temporary directory, the test sandbox: {error}"
+            ) from None
+        raise usage_error(
+            f"app: pytest cannot make --basetemp {given}, the test sandbox: {error}. Give "
+            "--basetemp a directory of its own (pytest empties it)"
+        ) from None
     if not given:
         # Just before pytest's clean-up of the older numbered directories, at the session's
         # end or at exit.
@@ -1336,7 +1424,16 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
         if guarded:
             # Outside any run too, where the app's plugin is switched off; only what is on
             # disk counts there, as in an inactive run.
-            roots = enclosing_roots(run) if run is not None else {}
+            # The settings' own roots too, in a run and outside: `pytest -p no:app
+            # --basetemp=data` in the project, where `data/` holds every profile's root,
+            # emptied a stopped production root, whose stamp below a --basetemp counts for
+            # nothing here (another project's tests may stamp roots of their own there), and
+            # which an enclosing run protects only where its own settings name it (red team
+            # 51).
+            roots = {  # the enclosing run's first: a refusal names the run that protects it
+                **(enclosing_roots(run) if run is not None else {}),
+                **_settings_roots(),
+            }
             if given is not None:
                 # A user's `pytest -p no:app --basetemp=/srv/app/data/sessions` emptied a
                 # stopped production root's sessions that the same run with the plugin

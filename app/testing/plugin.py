@@ -23,7 +23,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import guard, watch
+from app.testing import guard, watch, writes
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     _app_remote_scratch,
     app_client,
@@ -45,6 +45,8 @@ if guard.flocks_due_at_start():
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    # Also where the fallback is switched off: argparse opens a FileType option as it parses.
+    writes.guard_file_options(parser)
     group = parser.getgroup("app", "app: keep tests away from live data")
     group.addoption(
         "--app-strict",
