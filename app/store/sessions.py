@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, link_remedy, write_all
+from app.dataroot import (
+    FILE_MODE,
+    fsync,
+    fsync_dir,
+    json_bytes,
+    link_remedy,
+    remove_tree,
+    write_all,
+)
 from app.errors import (
     BadRequestError,
     DataRootStateError,
@@ -148,7 +155,7 @@ class Sessions:
                     if e.name.startswith(NEW_PREFIX) and e.name not in self.state.creating
                 ]
             for path in stale:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path, ignore_errors=True)
         if stale:
             self.root.audit(
                 "clear-unfinished-create", self.path, removed=sorted(Path(p).name for p in stale)
@@ -205,7 +212,7 @@ class Sessions:
             for item in staged:
                 if not item.renamed:
                     item.close()
-                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
             raise
         finally:
             for item in staged:
@@ -236,7 +243,7 @@ class Sessions:
                 except Exception as error:  # this one's answer
                     results[item.index] = error
                     item.close()
-                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
                 else:
                     going.append(item)
             return going
