@@ -734,9 +734,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  {describe_replica(replica)}")
         return
     click.echo(f"held by: {seen.held_by}")
-    from app.lock import local_url
+    from app.storage import serving_url
 
-    url = local_url(holder, config.host) if holder and "took_lock" not in holder else None
+    url = serving_url(holder, config.host) if holder and "took_lock" not in holder else None
     if url is not None:
         click.echo(f"serving: {url}")
 
@@ -1049,9 +1049,9 @@ def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
     for replica in replicas:
         if str(replica.get("url") or "").startswith("http"):
             return str(replica["url"])
-    from app.lock import local_url
+    from app.storage import serving_url
 
-    return local_url(getattr(error, "holder", None) or {}, config.host)
+    return serving_url(getattr(error, "holder", None) or {}, config.host)
 
 
 @data.command("check")

@@ -342,8 +342,11 @@ def fsync_dir(path: Path | str) -> None:
 _TREE_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def remove_tree(path: Path | str, *, ignore_errors: bool = False) -> None:
-    """Remove the directory ``path`` and all it holds, at any depth, as ``rm -rf`` does.
+def remove_tree(
+    path: Path | str, *, ignore_errors: bool = False, contents_only: bool = False
+) -> None:
+    """Remove the directory ``path`` and all it holds, at any depth, as ``rm -rf`` does
+    (``contents_only``: what it holds, leaving the directory itself).
 
     ``shutil.rmtree`` recurses once per level: a session's directory holding a tree 1,000
     levels deep (left by hand, or by a tool, in a session that was then deleted) made
@@ -357,13 +360,13 @@ def remove_tree(path: Path | str, *, ignore_errors: bool = False) -> None:
     An ``OSError`` stops it, raised unless ``ignore_errors``; what is gone by then is gone.
     """
     try:
-        _remove_tree(os.fspath(path))
+        _remove_tree(os.fspath(path), contents_only=contents_only)
     except OSError:
         if not ignore_errors:
             raise
 
 
-def _remove_tree(top: str) -> None:
+def _remove_tree(top: str, *, contents_only: bool) -> None:
     found = os.lstat(top)
     if not stat.S_ISDIR(found.st_mode):
         # shutil.rmtree's refusal of a link (its callers then remove the link themselves).
@@ -410,7 +413,8 @@ def _remove_tree(top: str) -> None:
             os.rmdir(name, dir_fd=fd)
     finally:
         os.close(fd)
-    Path(top).rmdir()
+    if not contents_only:
+        Path(top).rmdir()
 
 
 def _remove_files(fd: int) -> list[str]:

@@ -120,14 +120,10 @@ def _linked_remedy(link: Path) -> str:
 def _remove_contents(directory: Path) -> None:
     """Remove everything in ``directory`` (an entry `empty-trash` took out of the trash),
     and leave the directory itself; links are removed, never followed, at any depth
-    (`remove_tree`: red team 51's tree deeper than Python's stack)."""
-    with os.scandir(directory) as entries:
-        children = list(entries)
-    for child in children:
-        if child.is_dir(follow_symlinks=False):
-            remove_tree(child.path)
-        else:
-            Path(child.path).unlink(missing_ok=True)
+    (`remove_tree`: red team 51's tree deeper than Python's stack), each name relative to
+    its directory's descriptor: by whole paths, a file of a root near the path length limit
+    was left (``ENAMETOOLONG``) and its entry with it (red team 20's longest names)."""
+    remove_tree(directory, contents_only=True)
 
 
 def _not_bytes(path: Path) -> str | None:
