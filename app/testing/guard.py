@@ -301,6 +301,146 @@ def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoo
     return live, unseen
 
 
+#: The hosts a server of the testing profile answers on this machine, probed as they are
+#: spelled, and the address a wildcard one is reached at.
+_LOCAL_HOSTS: Final = {
+    "127.0.0.1": "127.0.0.1",
+    "localhost": "127.0.0.1",
+    "::1": "::1",
+    "0.0.0.0": "127.0.0.1",  # noqa: S104 - a wildcard is reached through the loopback
+    "::": "::1",
+    "": "127.0.0.1",
+}
+
+
+def _address(profile: str) -> tuple[str, int, str] | None:
+    """`profile`'s host and port as the run's tests get them (the files but the local ones:
+    ``APP_HOST`` and ``APP_PORT`` are neutralised), with where the port is set; None where
+    it is 0 (each server picks one), not a plain value of the files (dynaconf's syntax: not
+    read before the run, to keep dynaconf out of the start-up), not a host of this machine,
+    or where the run cannot authenticate to its server (a protected profile, production,
+    whose token the files the run reads do not hold)."""
+    from app import config_files
+
+    try:
+        files = config_files.read_files(os.environ, sandboxed=True)
+    except (AppError, OSError):
+        return None
+    found: dict[str, Any] = {
+        key: appconfig.KEYS[key].default for key in ("host", "port", "protected", "api_token")
+    }
+    source = "built-in default"
+    for layer in config_files.layers(files, profile):
+        found.update({key: layer.body[key] for key in found if key in layer.body})
+        if "port" in layer.body:
+            source = layer.source
+    host, port = found["host"], found["port"]
+    if found["protected"] is not False and not found["api_token"]:
+        return None
+    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
+        return None
+    address = _LOCAL_HOSTS.get(host.strip().lower())
+    return (address, port, source) if address is not None else None
+
+
+def _listening_pids(port: int) -> list[int]:
+    """The processes with a TCP socket listening on `port` (``/proc/net/tcp``, ``tcp6``,
+    then their descriptors), as far as this user may see them."""
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            rows = (Path("/proc/net") / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address (hex ip:port), state 0A (LISTEN), inode in the tenth column
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rpartition(":")[2], 16) == port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    found = []
+    for entry in Path("/proc").iterdir() if inodes else ():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(_fd_target(fd) in inodes for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+    return found
+
+
+def _fd_target(link: Path) -> str:
+    try:
+        return str(link.readlink())
+    except OSError:
+        return ""
+
+
+def port_served(profile: str, live: list[LiveHolder], *, marked: bool = False) -> str | None:
+    """Why the run (or, `marked`, a test that opted into `profile`) may not go on where a
+    process outside the run already listens on `profile`'s port on this machine; None where
+    nothing does.
+
+    Every test gets the testing profile's host, port and token (the committed
+    ``.secrets.toml``'s), and a test that opts into development gets development's. A suite
+    whose fixture starts ``app serve`` in the sandbox and waits for ``/health`` at that
+    port, as a suite written against the app does, found a developer's own
+    ``ENV_FOR_DYNACONF=testing app serve`` there: the run's server could not bind the port,
+    the developer's answered, and the test's clean-up deleted its sessions (red team 52).
+    Nothing of the run listens as it starts, so whoever does is someone else's server.
+    """
+    address = _address(profile)
+    if address is None:
+        return None
+    host, port, source = address
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            pass
+    except OSError:
+        return None  # nothing listens (refused), or the address is not this machine's
+    holders = [h for h in live if (h.holder or {}).get("port") == port]
+    pids = _listening_pids(port)
+    if holders:
+        who = "; ".join(
+            f"{describe_holder(h.holder)}, serving the data root of profile {h.profile!r} "
+            f"({h.root})"
+            for h in holders
+        )
+    elif pids:
+        who = "; ".join(
+            f"pid {pid} ({sandboxing.command_line(pid) or 'command line unknown'})" for pid in pids
+        )
+    else:
+        who = "a process this user cannot see (as root, `ss -ltnp` names it)"
+    gets = (
+        f"This test opted into {profile!r} (@pytest.mark.app_profile), and gets"
+        if marked
+        else "Every test gets"
+    )
+    return (
+        f"app: refusing to run: the {profile} profile's port {port} ({source}) is already "
+        f"served on {host} by {who}, a process outside this run. {gets} that port and the "
+        f"{profile} profile's token, so a request a test sends to the {profile} profile's "
+        "server (a fixture that starts `app serve` and waits for /health there) reaches that "
+        "server and changes its data. Stop that server, or serve it on another port (`app "
+        f"serve --port N`); or give [{profile}] a port no other server uses in settings.toml "
+        "(the app_live_server fixture picks a free one for itself)"
+    )
+
+
+def refuse_testing_port_served(live: list[LiveHolder]) -> None:
+    """Refuse the run where a process outside it serves the testing profile's port
+    (`port_served`): checked as the run starts, before any test could start a server."""
+    __tracebackhide__ = True
+    refusal = port_served("testing", live)
+    if refusal is not None:
+        raise usage_error(refusal)
+
+
 def out_of_reach(root: Path) -> str:
     """Why this process may not look into `root`: the first directory on its way (or the
     root itself) that it may not search, its mode and owner."""
