@@ -301,16 +301,22 @@ def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoo
     return live, unseen
 
 
-#: The hosts a server of the testing profile answers on this machine, probed as they are
-#: spelled, and the address a wildcard one is reached at.
-_LOCAL_HOSTS: Final = {
-    "127.0.0.1": "127.0.0.1",
-    "localhost": "127.0.0.1",
-    "::1": "::1",
-    "0.0.0.0": "127.0.0.1",  # noqa: S104 - a wildcard is reached through the loopback
-    "::": "::1",
-    "": "127.0.0.1",
-}
+def _local_address(host: str) -> str | None:
+    """The address a client of this machine reaches a server configured with `host` at,
+    where that is this machine (a loopback address, ``localhost``, a wildcard one); None
+    for a name or address of another machine (not probed: a name may take a DNS lookup)."""
+    import ipaddress
+
+    text = host.strip().strip("[]").lower()
+    if text in {"localhost", ""}:
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.is_unspecified:  # a wildcard is reached through the loopback
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return str(address) if address.is_loopback else None
 
 
 def _address(profile: str) -> tuple[str, int, str] | None:
@@ -339,7 +345,7 @@ def _address(profile: str) -> tuple[str, int, str] | None:
         return None
     if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
         return None
-    address = _LOCAL_HOSTS.get(host.strip().lower())
+    address = _local_address(host)
     return (address, port, source) if address is not None else None
 
 
@@ -378,7 +384,27 @@ def _fd_target(link: Path) -> str:
         return ""
 
 
-def port_served(profile: str, live: list[LiveHolder], *, marked: bool = False) -> str | None:
+def _descends_from(pid: int, ancestors: set[int]) -> bool:
+    """Whether `pid` is, or descends from, one of `ancestors` (``/proc`` numbering)."""
+    seen: set[int] = set()
+    while pid > 0 and pid not in seen:
+        if pid in ancestors:
+            return True
+        seen.add(pid)
+        fields = sandboxing._stat_fields(pid)
+        if fields is None:
+            return False
+        pid = fields[0]
+    return False
+
+
+def port_served(
+    profile: str,
+    live: list[LiveHolder],
+    *,
+    marked: bool = False,
+    runs: tuple[sandboxing.Run | None, ...] = (),
+) -> str | None:
     """Why the run (or, `marked`, a test that opted into `profile`) may not go on where a
     process outside the run already listens on `profile`'s port on this machine; None where
     nothing does.
@@ -390,6 +416,8 @@ def port_served(profile: str, live: list[LiveHolder], *, marked: bool = False) -
     ``ENV_FOR_DYNACONF=testing app serve`` there: the run's server could not bind the port,
     the developer's answered, and the test's clean-up deleted its sessions (red team 52).
     Nothing of the run listens as it starts, so whoever does is someone else's server.
+    Later (a test that opts into a profile), one that a process of `runs` (this run)
+    started is the run's own, and is left alone (a suite's own server on that port).
     """
     address = _address(profile)
     if address is None:
@@ -404,6 +432,9 @@ def port_served(profile: str, live: list[LiveHolder], *, marked: bool = False) -
         return None  # nothing listens (refused), or the address is not this machine's
     holders = [h for h in live if (h.holder or {}).get("port") == port]
     pids = _listening_pids(port)
+    own = {run.pid for run in runs if run is not None and run.pid is not None}
+    if pids and own and all(_descends_from(pid, own) for pid in pids):
+        return None
     if holders:
         who = "; ".join(
             f"{describe_holder(h.holder)}, serving the data root of profile {h.profile!r} "
@@ -434,7 +465,10 @@ def port_served(profile: str, live: list[LiveHolder], *, marked: bool = False) -
 
 def refuse_testing_port_served(live: list[LiveHolder]) -> None:
     """Refuse the run where a process outside it serves the testing profile's port
-    (`port_served`): checked as the run starts, before any test could start a server."""
+    (`port_served`): checked as the run starts, before any test could start a server. A
+    server of a run enclosing this one counts as outside it: its data is not in this run's
+    sandbox (a test that runs pytest next to a server it started, as this project's own
+    tests put a live server beside an inner run)."""
     __tracebackhide__ = True
     refusal = port_served("testing", live)
     if refusal is not None:

@@ -390,7 +390,7 @@ def _apply_marks(item: pytest.Item, state: GuardState) -> None:
     if not names or state.run is None:
         return
     for name in {str(n).lower() for n in names} - {"testing"}:
-        refusal = guard.port_served(name, state.live, marked=True)
+        refusal = guard.port_served(name, state.live, marked=True, runs=(state.run,))
         if refusal is not None:
             pytest.fail(printable(refusal), pytrace=False)
     previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
