@@ -24,7 +24,8 @@ naming it (the app holder's details where one of the roots the settings name is 
 else the pid and command line of what listens) and how to resolve it; and, as a test that
 opts into another profile is set up, the same for that profile's port, failing that test.
 A protected profile whose token the run does not hold (production) is not looked at: its
-server refuses the run's requests.
+server refuses the run's requests. And the ``app_config`` fixture, which hands a test the
+port and the token, looks again at each test, for a server started since the run began.
 """
 
 from __future__ import annotations
@@ -193,7 +194,79 @@ def test_a_test_that_opts_into_a_profile_served_outside_the_run_errors(tmp_path:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 passed, 1 error" in done.stdout
     assert (
-        f"app: refusing to run: the development profile's port {port} (settings.toml "
+        f"app: refusing this test: the development profile's port {port} (settings.toml "
         f"[default]) is already served on 127.0.0.1 by pid {os.getpid()} ("
     ) in done.stdout
     assert "This test opted into 'development' (@pytest.mark.app_profile)" in done.stdout
+
+
+#: A server outside the run that starts listening on the testing port once the run has
+#: begun: the first test lets it listen (through two FIFOs, no waiting on time), the
+#: second asks for `app_config`.
+LATE_SUITE = """
+import os
+
+
+def test_a_first_one():
+    with open(os.environ["RT_GO"], "w") as go:
+        go.write("listen")
+    with open(os.environ["RT_READY"]) as ready:
+        assert ready.read() == "listening"
+
+
+def test_a_later_one(app_config):
+    pass
+"""
+
+LATE_LISTENER = """
+import socket, sys
+with socket.socket() as s:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    with open(sys.argv[2]) as go:
+        go.read()
+    s.listen()
+    with open(sys.argv[3], "w") as ready:
+        ready.write("listening")
+    sys.stdin.read()  # until the test is done with it
+"""
+
+
+def test_a_server_that_starts_on_the_testing_port_during_the_run_fails_app_config(
+    tmp_path: Path,
+) -> None:
+    other = copy_project_settings(tmp_path / "settings")
+    (port,) = free_ports(1)
+    text = other.joinpath("settings.toml").read_text()
+    other.joinpath("settings.toml").write_text(text.replace("port = 8001", f"port = {port}"))
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "test_user.py").write_text(LATE_SUITE)
+    go, ready = tmp_path / "go", tmp_path / "ready"
+    os.mkfifo(go)
+    os.mkfifo(ready)
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LATE_LISTENER, str(port), str(go), str(ready)],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        temporary = tmp_path / "tmp"
+        temporary.mkdir()
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rE"],
+            cwd=tmp_path / "suite",
+            env=_inner_env(
+                APP_SETTINGS_DIR=str(other),
+                TMPDIR=str(temporary),
+                RT_GO=str(go),
+                RT_READY=str(ready),
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        listener.communicate(b"")
+    assert "1 passed, 1 error" in done.stdout, done.stdout + done.stderr
+    assert (
+        f"app: refusing this test: the testing profile's port {port} (settings.toml "
+        f"[testing]) is already served on 127.0.0.1 by pid {listener.pid} ("
+    ) in done.stdout

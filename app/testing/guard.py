@@ -319,6 +319,13 @@ def _local_address(host: str) -> str | None:
     return str(address) if address.is_loopback else None
 
 
+def local_address(host: str, port: int, source: str) -> tuple[str, int, str] | None:
+    """`port_served`'s address of a loaded configuration's `host` and `port` (its value
+    and source): None where the port is 0 or the host not this machine's."""
+    address = _local_address(host)
+    return (address, port, source) if address is not None and 0 < port < 65536 else None
+
+
 def _address(profile: str) -> tuple[str, int, str] | None:
     """`profile`'s host and port as the run's tests get them (the files but the local ones:
     ``APP_HOST`` and ``APP_PORT`` are neutralised), with where the port is set; None where
@@ -349,9 +356,9 @@ def _address(profile: str) -> tuple[str, int, str] | None:
     return (address, port, source) if address is not None else None
 
 
-def _listening_pids(port: int) -> list[int]:
-    """The processes with a TCP socket listening on `port` (``/proc/net/tcp``, ``tcp6``,
-    then their descriptors), as far as this user may see them."""
+def _listening_sockets(port: int) -> set[str]:
+    """The TCP sockets listening on `port` on this machine (``/proc/net/tcp``, ``tcp6``), as
+    a process's descriptor links name them (``socket:[<inode>]``)."""
     inodes = set()
     for name in ("tcp", "tcp6"):
         try:
@@ -367,14 +374,24 @@ def _listening_pids(port: int) -> list[int]:
                 and int(fields[1].rpartition(":")[2], 16) == port
             ):
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _holding(sockets: set[str]) -> list[int]:
+    """The processes that hold one of `sockets` open, as far as this user may see them."""
     found = []
-    for entry in Path("/proc").iterdir() if inodes else ():
+    for entry in Path("/proc").iterdir() if sockets else ():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            if any(_fd_target(fd) in inodes for fd in (entry / "fd").iterdir()):
+            if any(_fd_target(fd) in sockets for fd in (entry / "fd").iterdir()):
                 found.append(int(entry.name))
     return found
+
+
+#: Listening sockets found to be held by processes of this run alone (`port_served`): a
+#: suite's own server on the testing port is looked up once, not at every test.
+_OWN_SOCKETS: set[str] = set()
 
 
 def _fd_target(link: Path) -> str:
@@ -404,6 +421,7 @@ def port_served(
     *,
     marked: bool = False,
     runs: tuple[sandboxing.Run | None, ...] = (),
+    address: tuple[str, int, str] | None = None,
 ) -> str | None:
     """Why the run (or, `marked`, a test that opted into `profile`) may not go on where a
     process outside the run already listens on `profile`'s port on this machine; None where
@@ -419,7 +437,7 @@ def port_served(
     Later (a test that opts into a profile), one that a process of `runs` (this run)
     started is the run's own, and is left alone (a suite's own server on that port).
     """
-    address = _address(profile)
+    address = address or _address(profile)
     if address is None:
         return None
     host, port, source = address
@@ -430,10 +448,14 @@ def port_served(
             pass
     except OSError:
         return None  # nothing listens (refused), or the address is not this machine's
+    sockets = _listening_sockets(port)
+    if sockets and sockets <= _OWN_SOCKETS:
+        return None
     holders = [h for h in live if (h.holder or {}).get("port") == port]
-    pids = _listening_pids(port)
+    pids = _holding(sockets)
     own = {run.pid for run in runs if run is not None and run.pid is not None}
     if pids and own and all(_descends_from(pid, own) for pid in pids):
+        _OWN_SOCKETS.update(sockets)
         return None
     if holders:
         who = "; ".join(
@@ -453,7 +475,8 @@ def port_served(
         else "Every test gets"
     )
     return (
-        f"app: refusing to run: the {profile} profile's port {port} ({source}) is already "
+        f"app: refusing {'this test' if runs else 'to run'}: the {profile} profile's port "
+        f"{port} ({source}) is already "
         f"served on {host} by {who}, a process outside this run. {gets} that port and the "
         f"{profile} profile's token, so a request a test sends to the {profile} profile's "
         "server (a fixture that starts `app serve` and waits for /health there) reaches that "
