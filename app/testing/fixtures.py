@@ -111,7 +111,7 @@ def app_config(
         refusal = port_served(
             "testing",
             state.live,
-            runs=(state.run,),
+            runs=state.own_runs,
             address=local_address(config.host, config.port, config.sources.get("port", "")),
         )
         if refusal is not None:

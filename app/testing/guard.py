@@ -100,9 +100,17 @@ class GuardState:
     remote: RemoteTesting | None = None
     #: Whether this process is an xdist worker of the run (not a run a worker started).
     worker: bool = False
+    #: A worker's controller: a server it started (in a hook of a conftest, for the
+    #: workers to share) is the run's own, as the worker's are (`own_runs`).
+    controller: sandboxing.Run | None = None
     #: Whether a test was already failed for replacing the sandbox (said once; `mktemp`
     #: refuses on every call).
     replaced_reported: bool = False
+
+    @property
+    def own_runs(self) -> tuple[sandboxing.Run | None, ...]:
+        """The runs whose processes' servers are this run's own (`port_served`)."""
+        return (self.run, self.controller)
 
     @property
     def sandbox_identity(self) -> tuple[int, int] | None:

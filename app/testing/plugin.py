@@ -167,6 +167,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     state.saved_env = saved
     state.remote = guard.testing_remote()
     state.worker = worker
+    state.controller = enclosing if worker else None
     # A worker's scratch names are its controller's with its id: the controller's header
     # can name them all, and each worker drops its own.
     scratch = sandboxing.scratch_suffix(
@@ -390,7 +391,7 @@ def _apply_marks(item: pytest.Item, state: GuardState) -> None:
     if not names or state.run is None:
         return
     for name in {str(n).lower() for n in names} - {"testing"}:
-        refusal = guard.port_served(name, state.live, marked=True, runs=(state.run,))
+        refusal = guard.port_served(name, state.live, marked=True, runs=state.own_runs)
         if refusal is not None:
             pytest.fail(printable(refusal), pytrace=False)
     previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
