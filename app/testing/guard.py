@@ -100,9 +100,17 @@ class GuardState:
     remote: RemoteTesting | None = None
     #: Whether this process is an xdist worker of the run (not a run a worker started).
     worker: bool = False
+    #: A worker's controller: a server it started (in a hook of a conftest, for the
+    #: workers to share) is the run's own, as the worker's are (`own_runs`).
+    controller: sandboxing.Run | None = None
     #: Whether a test was already failed for replacing the sandbox (said once; `mktemp`
     #: refuses on every call).
     replaced_reported: bool = False
+
+    @property
+    def own_runs(self) -> tuple[sandboxing.Run | None, ...]:
+        """The runs whose processes' servers are this run's own (`port_served`)."""
+        return (self.run, self.controller)
 
     @property
     def sandbox_identity(self) -> tuple[int, int] | None:
@@ -299,6 +307,203 @@ def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoo
         if seen.held and (seen.holder or {}).get("kind") != "tests":
             live.append(LiveHolder(name, root, seen.holder))
     return live, unseen
+
+
+def _local_address(host: str) -> str | None:
+    """The address a client of this machine reaches a server configured with `host` at,
+    where that is this machine (a loopback address, ``localhost``, a wildcard one); None
+    for a name or address of another machine (not probed: a name may take a DNS lookup)."""
+    import ipaddress
+
+    text = host.strip().strip("[]").lower()
+    if text in {"localhost", ""}:
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.is_unspecified:  # a wildcard is reached through the loopback
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return str(address) if address.is_loopback else None
+
+
+def local_address(host: str, port: int, source: str) -> tuple[str, int, str] | None:
+    """`port_served`'s address of a loaded configuration's `host` and `port` (its value
+    and source): None where the port is 0 or the host not this machine's."""
+    address = _local_address(host)
+    return (address, port, source) if address is not None and 0 < port < 65536 else None
+
+
+def _address(profile: str) -> tuple[str, int, str] | None:
+    """`profile`'s host and port as the run's tests get them (the files but the local ones:
+    ``APP_HOST`` and ``APP_PORT`` are neutralised), with where the port is set; None where
+    it is 0 (each server picks one), not a plain value of the files (dynaconf's syntax: not
+    read before the run, to keep dynaconf out of the start-up), not a host of this machine,
+    or where the run cannot authenticate to its server (a protected profile, production,
+    whose token the files the run reads do not hold)."""
+    from app import config_files
+
+    try:
+        files = config_files.read_files(os.environ, sandboxed=True)
+    except (AppError, OSError):
+        return None
+    found: dict[str, Any] = {
+        key: appconfig.KEYS[key].default for key in ("host", "port", "protected", "api_token")
+    }
+    source = "built-in default"
+    for layer in config_files.layers(files, profile):
+        found.update({key: layer.body[key] for key in found if key in layer.body})
+        if "port" in layer.body:
+            source = layer.source
+    host, port = found["host"], found["port"]
+    if found["protected"] is not False and not found["api_token"]:
+        return None
+    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
+        return None
+    address = _local_address(host)
+    return (address, port, source) if address is not None else None
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The TCP sockets listening on `port` on this machine (``/proc/net/tcp``, ``tcp6``), as
+    a process's descriptor links name them (``socket:[<inode>]``)."""
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            rows = (Path("/proc/net") / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address (hex ip:port), state 0A (LISTEN), inode in the tenth column
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rpartition(":")[2], 16) == port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _holding(sockets: set[str]) -> list[int]:
+    """The processes that hold one of `sockets` open, as far as this user may see them."""
+    found = []
+    for entry in Path("/proc").iterdir() if sockets else ():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(_fd_target(fd) in sockets for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+    return found
+
+
+#: Listening sockets found to be held by processes of this run alone (`port_served`): a
+#: suite's own server on the testing port is looked up once, not at every test.
+_OWN_SOCKETS: set[str] = set()
+
+
+def _fd_target(link: Path) -> str:
+    try:
+        return str(link.readlink())
+    except OSError:
+        return ""
+
+
+def _descends_from(pid: int, ancestors: set[int]) -> bool:
+    """Whether `pid` is, or descends from, one of `ancestors` (``/proc`` numbering)."""
+    seen: set[int] = set()
+    while pid > 0 and pid not in seen:
+        if pid in ancestors:
+            return True
+        seen.add(pid)
+        fields = sandboxing._stat_fields(pid)
+        if fields is None:
+            return False
+        pid = fields[0]
+    return False
+
+
+def port_served(
+    profile: str,
+    live: list[LiveHolder],
+    *,
+    marked: bool = False,
+    runs: tuple[sandboxing.Run | None, ...] = (),
+    address: tuple[str, int, str] | None = None,
+) -> str | None:
+    """Why the run (or, `marked`, a test that opted into `profile`) may not go on where a
+    process outside the run already listens on `profile`'s port on this machine; None where
+    nothing does.
+
+    Every test gets the testing profile's host, port and token (the committed
+    ``.secrets.toml``'s), and a test that opts into development gets development's. A suite
+    whose fixture starts ``app serve`` in the sandbox and waits for ``/health`` at that
+    port, as a suite written against the app does, found a developer's own
+    ``ENV_FOR_DYNACONF=testing app serve`` there: the run's server could not bind the port,
+    the developer's answered, and the test's clean-up deleted its sessions (red team 52).
+    Nothing of the run listens as it starts, so whoever does is someone else's server.
+    Later (a test that opts into a profile), one that a process of `runs` (this run)
+    started is the run's own, and is left alone (a suite's own server on that port).
+    """
+    address = address or _address(profile)
+    if address is None:
+        return None
+    host, port, source = address
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            pass
+    except OSError:
+        return None  # nothing listens (refused), or the address is not this machine's
+    sockets = _listening_sockets(port)
+    if sockets and sockets <= _OWN_SOCKETS:
+        return None
+    holders = [h for h in live if (h.holder or {}).get("port") == port]
+    pids = _holding(sockets)
+    own = {run.pid for run in runs if run is not None and run.pid is not None}
+    if pids and own and all(_descends_from(pid, own) for pid in pids):
+        _OWN_SOCKETS.update(sockets)
+        return None
+    if holders:
+        who = "; ".join(
+            f"{describe_holder(h.holder)}, serving the data root of profile {h.profile!r} "
+            f"({h.root})"
+            for h in holders
+        )
+    elif pids:
+        who = "; ".join(
+            f"pid {pid} ({sandboxing.command_line(pid) or 'command line unknown'})" for pid in pids
+        )
+    else:
+        who = "a process this user cannot see (as root, `ss -ltnp` names it)"
+    gets = (
+        f"This test opted into {profile!r} (@pytest.mark.app_profile), and gets"
+        if marked
+        else "Every test gets"
+    )
+    return (
+        f"app: refusing {'this test' if runs else 'to run'}: the {profile} profile's port "
+        f"{port} ({source}) is already "
+        f"served on {host} by {who}, a process outside this run. {gets} that port and the "
+        f"{profile} profile's token, so a request a test sends to the {profile} profile's "
+        "server (a fixture that starts `app serve` and waits for /health there) reaches that "
+        "server and changes its data. Stop that server, or serve it on another port (`app "
+        f"serve --port N`); or give [{profile}] a port no other server uses in settings.toml "
+        "(the app_live_server fixture picks a free one for itself)"
+    )
+
+
+def refuse_testing_port_served(live: list[LiveHolder]) -> None:
+    """Refuse the run where a process outside it serves the testing profile's port
+    (`port_served`): checked as the run starts, before any test could start a server. A
+    server of a run enclosing this one counts as outside it: its data is not in this run's
+    sandbox (a test that runs pytest next to a server it started, as this project's own
+    tests put a live server beside an inner run)."""
+    __tracebackhide__ = True
+    refusal = port_served("testing", live)
+    if refusal is not None:
+        raise usage_error(refusal)
 
 
 def out_of_reach(root: Path) -> str:
