@@ -341,6 +341,23 @@ def _address(profile: str) -> tuple[str, int, str] | None:
     read before the run, to keep dynaconf out of the start-up), not a host of this machine,
     or where the run cannot authenticate to its server (a protected profile, production,
     whose token the files the run reads do not hold)."""
+    found = _profile_values(profile)
+    if found is None:
+        return None
+    source = found.pop("source")
+    host, port = found["host"], found["port"]
+    if found["protected"] is not False and not found["api_token"]:
+        return None
+    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
+        return None
+    address = _local_address(host)
+    return (address, port, source) if address is not None else None
+
+
+def _profile_values(profile: str) -> dict[str, Any] | None:
+    """`profile`'s host, port, protection and token as the run's tests get them (the files
+    but the local ones), and where its port is set (``source``); None where the files cannot
+    be read before the run (they are refused later, with their own message)."""
     from app import config_files
 
     try:
@@ -350,18 +367,39 @@ def _address(profile: str) -> tuple[str, int, str] | None:
     found: dict[str, Any] = {
         key: appconfig.KEYS[key].default for key in ("host", "port", "protected", "api_token")
     }
-    source = "built-in default"
+    found["source"] = "built-in default"
     for layer in config_files.layers(files, profile):
         found.update({key: layer.body[key] for key in found if key in layer.body})
         if "port" in layer.body:
-            source = layer.source
-    host, port = found["host"], found["port"]
-    if found["protected"] is not False and not found["api_token"]:
+            found["source"] = layer.source
+    return found
+
+
+def _opens_with(host: str, port: int, token: object) -> bool | None:
+    """Whether the server listening at `host`:`port` serves a request with `token`, the one
+    every test gets (``GET /sessions?limit=1``, a read): True where it answers 200, False
+    where it answers anything else (401: another profile's server, whose token the run does
+    not hold; 404: no server of this app), None where it gives no answer in time.
+
+    Looked at only where something listens on the testing port: a run beside the README's
+    development server, on a port that a user's settings also give testing (both at
+    ``[default]``'s 8000, as in this project's own inner runs), was refused for a server
+    that answers every request of the run 401 (red team 52's first check). The standard
+    library's client: httpx builds a TLS context per client, 16 ms here."""
+    import http.client
+
+    headers = {"Host": "localhost"}
+    if isinstance(token, str) and token:
+        headers["Authorization"] = f"Bearer {token}"
+    connection = http.client.HTTPConnection(host, port, timeout=1.0)
+    try:
+        connection.request("GET", "/sessions?limit=1", headers=headers)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException):
         return None
-    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
-        return None
-    address = _local_address(host)
-    return (address, port, source) if address is not None else None
+    finally:
+        connection.close()
+    return status == 200
 
 
 def _listening_sockets(port: int) -> set[str]:
@@ -397,8 +435,8 @@ def _holding(sockets: set[str]) -> list[int]:
     return found
 
 
-#: Listening sockets found to be held by processes of this run alone (`port_served`): a
-#: suite's own server on the testing port is looked up once, not at every test.
+#: Listening sockets found to be held by processes of this run alone, or by a server that
+#: refuses the run's token (`port_served`): each is looked up once, not at every test.
 _OWN_SOCKETS: set[str] = set()
 
 
@@ -427,13 +465,11 @@ def port_served(
     profile: str,
     live: list[LiveHolder],
     *,
-    marked: bool = False,
     runs: tuple[sandboxing.Run | None, ...] = (),
     address: tuple[str, int, str] | None = None,
 ) -> str | None:
-    """Why the run (or, `marked`, a test that opted into `profile`) may not go on where a
-    process outside the run already listens on `profile`'s port on this machine; None where
-    nothing does.
+    """Why the run (or, given `runs`, a test) may not go on where a process outside the run
+    already listens on `profile`'s port on this machine; None where nothing does.
 
     Every test gets the testing profile's host, port and token (the committed
     ``.secrets.toml``'s), and a test that opts into development gets development's. A suite
@@ -461,6 +497,9 @@ def port_served(
         return None
     holders = [h for h in live if (h.holder or {}).get("port") == port]
     pids = _holding(sockets)
+    if _opens_with(host, port, (_profile_values(profile) or {}).get("api_token")) is False:
+        _OWN_SOCKETS.update(sockets)  # not the run's, but no request of the run gets in
+        return None
     own = {run.pid for run in runs if run is not None and run.pid is not None}
     if pids and own and all(_descends_from(pid, own) for pid in pids):
         _OWN_SOCKETS.update(sockets)
@@ -477,15 +516,10 @@ def port_served(
         )
     else:
         who = "a process this user cannot see (as root, `ss -ltnp` names it)"
-    gets = (
-        f"This test opted into {profile!r} (@pytest.mark.app_profile), and gets"
-        if marked
-        else "Every test gets"
-    )
     return (
         f"app: refusing {'this test' if runs else 'to run'}: the {profile} profile's port "
         f"{port} ({source}) is already "
-        f"served on {host} by {who}, a process outside this run. {gets} that port and the "
+        f"served on {host} by {who}, a process outside this run. Every test gets that port and the "
         f"{profile} profile's token, so a request a test sends to the {profile} profile's "
         "server (a fixture that starts `app serve` and waits for /health there) reaches that "
         "server and changes its data. Stop that server, or serve it on another port (`app "

@@ -390,10 +390,6 @@ def _apply_marks(item: pytest.Item, state: GuardState) -> None:
     names = [name for mark in item.iter_markers("app_profile") for name in mark.args]
     if not names or state.run is None:
         return
-    for name in {str(n).lower() for n in names} - {"testing"}:
-        refusal = guard.port_served(name, state.live, marked=True, runs=state.own_runs)
-        if refusal is not None:
-            pytest.fail(printable(refusal), pytrace=False)
     previous = os.environ.get(appconfig.ALLOW_PROFILES_ENV)
     os.environ[appconfig.ALLOW_PROFILES_ENV] = ",".join(str(n).lower() for n in names)
     marked = sandboxing.allowing(state.run, (str(n).lower() for n in names))
