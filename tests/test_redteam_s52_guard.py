@@ -229,3 +229,36 @@ def test_a_server_that_starts_on_the_testing_port_during_the_run_fails_app_confi
         f"app: refusing this test: the testing profile's port {port} (settings.toml "
         f"[testing]) is already served on 127.0.0.1 by pid {listener.pid} ("
     ) in done.stdout
+
+
+PLAIN_SUITE = """
+def test_testing(app_config):
+    assert app_config.profile == "testing"
+"""
+
+
+def test_another_profiles_server_there_that_refuses_the_runs_token_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    # The README's development server, on a port the settings give testing too (both at
+    # [default]'s): it answers the run's token 401, so no request of the run gets in. The
+    # refusal of any listener there refused this project's own inner runs beside it.
+    settings = copy_project_settings(tmp_path / "settings")
+    (port,) = free_ports(1)
+    text = settings.joinpath("settings.toml").read_text()
+    settings.joinpath("settings.toml").write_text(text.replace("port = 8001", f"port = {port}"))
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "test_user.py").write_text(PLAIN_SUITE)
+    env = app_env(
+        settings / "data" / "development",
+        profile="development",
+        port=port,
+        APP_SETTINGS_DIR=str(settings),
+    )
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    try:
+        done = _run_suite(settings)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
