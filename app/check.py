@@ -34,6 +34,7 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
+    lexists,
     link_remedy,
     read_regular,
     root_mounts,
@@ -90,6 +91,8 @@ class Checker:
         self.findings: list[Finding] = []
         # Blobs a half trash entry still waits for: they are not files without records.
         self.awaited: set[tuple[str, str]] = set()
+        # Trash entries a restore's audit line names (`_audited`).
+        self.restored_from: set[str] = set()
         # Sessions with a trash entry this run could not check (a read the filesystem
         # failed), by the entry's name: it may wait for any of their unnamed blobs.
         self.unchecked: dict[str, str] = {}
@@ -252,7 +255,7 @@ class Checker:
                 with state.creating_lock:
                     # Read again with the set: a create that finished since the listing was
                     # reported as one that crashed.
-                    if name in state.creating or not os.path.lexists(path):
+                    if name in state.creating or not lexists(path):
                         continue
                 if self.found(
                     "unfinished-create",
@@ -277,6 +280,7 @@ class Checker:
             lines = []
         for older in _rotated_logs(self.root.path) if rotated else []:
             lines += older
+        self.restored_from = set()
         for line in lines:
             try:
                 record = json.loads(line)
@@ -289,6 +293,8 @@ class Checker:
                 continue
             if isinstance(details.get("trash"), str):
                 trash.add(details["trash"])
+                if record.get("operation") in ("restore-file", "restore-session"):
+                    self.restored_from.add(details["trash"])
             sessions = details.get("sessions")
             if record.get("operation") == "purge" and isinstance(sessions, list):
                 purged.update(s for s in sessions if isinstance(s, str))
@@ -306,7 +312,7 @@ class Checker:
             found = TRASH_NAME_RE.fullmatch(path.name.removeprefix(EMPTYING_PREFIX))
             entry = TRASH_NAME_RE.fullmatch(path.name)  # not one `empty-trash` took out
             with self.item(entry), self.locked(None if found is None else found.group(2)):
-                if self.repair and not _still_there(path):
+                if self.repair and not lexists(path):
                     continue  # restored or emptied meanwhile (read again under the lock)
                 self.check_trash_entry(path, audited, purged)
 
@@ -396,10 +402,11 @@ class Checker:
         if not _app_shaped(manifest, entry.session_id):
             self._no_manifest(entry, contents)
             return
-        if not self._complete(entry, manifest, contents):
+        reason = manifest.get("reason")
+        logged = name in audited or (reason == "purge" and entry.session_id in purged)
+        if not self._complete(entry, manifest, contents, logged=logged):
             return
         file, previous = manifest.get("file"), manifest.get("entry")
-        reason = manifest.get("reason")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
             # A version a restore would bring back, checked as a file is (red team 35).
             whole = self._verify(path, path / bytes_in_entry(file), file, previous)
@@ -470,14 +477,29 @@ class Checker:
         )
         return True
 
-    def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
-        """Whether a trash entry holds its data; repairs a half one. False: done with it."""
+    def _complete(
+        self,
+        entry: TrashEntry,
+        manifest: dict[str, Any],
+        contents: set[str],
+        *,
+        logged: bool = False,
+    ) -> bool:
+        """Whether a trash entry holds its data; repairs a half one. False: done with it.
+
+        ``logged``: whether the audit log names the change that made the entry, which is
+        written only after its commit: an entry of it left holding only its manifest, where
+        the session (or the file's record) has its data again, is a restore's that stopped
+        between putting the data back and removing the entry (`_restored`).
+        """
         path = entry.path
         session_dir = self.store.sessions_dir / entry.session_id
         if entry.kind == "session":
             if TRASHED_SESSION in contents:
                 return not self._linked_session_copy(path / TRASHED_SESSION)
-            if self.found(
+            if logged and session_dir.is_dir():
+                self._restored(entry, None)
+            elif self.found(
                 "trash-manifest-only",
                 path,
                 "a session delete that stopped before its move; the session "
@@ -506,7 +528,10 @@ class Checker:
                 switched = current != blob
         if not switched:
             lost = named and isinstance(file, str) and self._lost(entry, file, blob)
-            if not lost and self.found(
+            restored = logged and named and isinstance(file, str) and not linked
+            if not lost and restored and blob_path.is_file():
+                self._restored(entry, file)  # the record names the entry's bytes again
+            elif not lost and self.found(
                 "trash-manifest-only",
                 path,
                 f"a file {manifest.get('reason')} that stopped before its commit; the file "
@@ -525,7 +550,13 @@ class Checker:
             "session's blobs"
             if reason == "lost"
             else f"a file {reason} that stopped after its commit: the old bytes are still "
-            "among the session's blobs",
+            "among the session's blobs"
+            + (
+                f" (or a restore of {file!r} from this entry that stopped before its commit: "
+                "the file is still deleted)"
+                if logged
+                else ""
+            ),
             "move them into the entry and append its audit line",
         ):
             return False
@@ -535,6 +566,36 @@ class Checker:
             blob_path.rename(path / bytes_in_entry(file))
             prepared.sync()
         return True
+
+    def _restored(self, entry: TrashEntry, file: str | None) -> None:
+        """An entry whose data a restore put back, left by that restore holding only its
+        manifest (killed, or its removal refused, after the data moved): removed, and the
+        restore's audit line appended where it lacks one.
+
+        Said to be "a delete that stopped before its commit; the file is unchanged", it
+        told the operator a restore that had happened had not (red team 52)."""
+        what = "the session" if file is None else f"file {file!r}"
+        back = "the session is back" if file is None else "the file is back in its session"
+        logged = entry.name in self.restored_from
+        if logged:
+            detail = (
+                f"a restore of {what} from this entry, which could not remove it after its "
+                f"commit: {back}, and the log has the restore's line"
+            )
+            fix = "remove the entry (it holds no data)"
+        else:
+            detail = (
+                f"a restore of {what} from this entry that stopped after its commit: {back}, "
+                "and the restore's audit line was not written"
+            )
+            fix = "remove the entry (it holds no data) and append the restore's audit line"
+        if not self.found("trash-manifest-only", entry.path, detail, fix):
+            return
+        self.store.trash.remove_empty(entry)
+        if not logged:
+            operation = "restore-session" if file is None else "restore-file"
+            target = entry.session_id + ("" if file is None else f"/{file}")
+            self.root.append_audit_line(operation, target, {"trash": entry.name, "recovered": True})
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
         """Whether a file's entry holding only its manifest lost its bytes from outside the
@@ -548,7 +609,7 @@ class Checker:
         """
         if not isinstance(blob, str) or self._not_lost_here(entry, file, blob):
             return False
-        if os.path.lexists(entry.path / bytes_in_entry(file)):
+        if lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
             return False
@@ -578,7 +639,7 @@ class Checker:
         if not homes and entry.reason != "lost":
             return True  # the session is gone for good: nothing tells a crash's leftover
         for home in homes:
-            if os.path.lexists(home / BLOBS_DIR / blob):
+            if lexists(home / BLOBS_DIR / blob):
                 return True
             with contextlib.suppress(InvalidNameError):
                 if record_blob(home / RECORDS_DIR / check_stored_name(file)) == blob:
@@ -727,7 +788,7 @@ class Checker:
         if not live.is_dir() or live.is_symlink():
             return  # the session is in the trash, or gone: its own restore comes first
         with contextlib.suppress(InvalidNameError):
-            if os.path.lexists(live / RECORDS_DIR / check_stored_name(file)):
+            if lexists(live / RECORDS_DIR / check_stored_name(file)):
                 return  # uploaded again since: this copy is an older version, as a replace's
         if self._newer_entry_of(entry, file):
             return  # uploaded again and deleted by a client since: the newer one is restored
@@ -937,7 +998,7 @@ class Checker:
             try:
                 move()
             except BaseException:
-                if os.path.lexists(path):
+                if lexists(path):
                     self.store.trash.remove_empty(entry)
                 raise
             prepared.sync(*changed)
@@ -1031,20 +1092,6 @@ def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
         except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
             continue  # a copy damaged or cut short: it spares no report, and stops no check
         yield data.splitlines()
-
-
-def _still_there(path: Path) -> bool:
-    """Whether anything is at ``path`` (an lstat); a look that fails otherwise is raised.
-
-    ``os.path.lexists`` says "nothing" of a look that failed (``EIO``): a trash entry was
-    passed over as restored meanwhile, its session not `unchecked`, and the bytes it waited
-    for went to the trash as an upload never acknowledged (red team 51).
-    """
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
 
 
 def _not_a_directory(path: Path) -> str | None:

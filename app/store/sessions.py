@@ -20,7 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, link_remedy, write_all
+from app.dataroot import (
+    FILE_MODE,
+    fsync,
+    fsync_dir,
+    json_bytes,
+    lexists,
+    link_remedy,
+    write_all,
+)
 from app.errors import (
     BadRequestError,
     DataRootStateError,
@@ -626,7 +634,11 @@ class Sessions:
             except BaseException:
                 # Told from the disk, not from the exception: a Ctrl-C lands right after
                 # the rename too, and the session is then in the trash (red team 35).
-                moved = os.path.lexists(entry.path / TRASHED_SESSION)
+                try:
+                    moved = lexists(entry.path / TRASHED_SESSION)
+                except OSError:
+                    # Unknown: the entry stays for `check`, which tells (red team 52).
+                    moved = True
                 prepared.close()
                 if moved:
                     self.state.records.changed(session_id)
