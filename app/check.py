@@ -336,6 +336,8 @@ class Checker:
         # than the version deleted (red team 51). An `empty-trash` goes on: one entry that
         # cannot be read must not keep the rest of the trash from being emptied.
         strict = session_id is not None
+        audited: tuple[set[str], set[str]] | None = None  # read once, if an entry needs it
+        rotated = False
         for path in _listing(self.root.trash_dir):
             found = TRASH_NAME_RE.fullmatch(path.name)
             if found is None or (session_id is not None and found.group(2) != session_id):
@@ -363,8 +365,20 @@ class Checker:
                     # (`Trash.latest`): left to the whole check, which reports both.
                     continue
                 if _app_shaped(manifest, found.group(2)):
+                    # Whether the log names the change that made it: a restore's leftover
+                    # was said to be "a delete that stopped before its commit" in the
+                    # repair's audit line, and the restore's own line never written (red
+                    # team 52).
+                    if audited is None:
+                        audited = self._audited()
+                    if _unaudited(path.name, *audited) and not rotated:
+                        audited, rotated = self._audited(rotated=True), True
+                    reason = manifest.get("reason")
+                    logged = path.name in audited[0] or (
+                        reason == "purge" and found.group(2) in audited[1]
+                    )
                     with contextlib.nullcontext() if strict else self.item():
-                        self._complete(entry, manifest, contents)
+                        self._complete(entry, manifest, contents, logged=logged)
 
     def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
         name = path.name
