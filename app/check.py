@@ -566,8 +566,8 @@ class Checker:
             else f"a file {reason} that stopped after its commit: the old bytes are still "
             "among the session's blobs"
             + (
-                f" (or a restore of {file!r} from this entry that stopped before its commit: "
-                "the file is still deleted)"
+                f" (or a restore of {file!r} from this entry that stopped before its commit, "
+                "which brought nothing back)"
                 if logged
                 else ""
             ),
@@ -605,11 +605,13 @@ class Checker:
             fix = "remove the entry (it holds no data) and append the restore's audit line"
         if not self.found("trash-manifest-only", entry.path, detail, fix):
             return
-        self.store.trash.remove_empty(entry)
         if not logged:
+            # The line first: killed between the two, the next run finds the entry with
+            # the line (and removes it), where the other order left the restore unlogged.
             operation = "restore-session" if file is None else "restore-file"
             target = entry.session_id + ("" if file is None else f"/{file}")
             self.root.append_audit_line(operation, target, {"trash": entry.name, "recovered": True})
+        self.store.trash.remove_empty(entry)
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
         """Whether a file's entry holding only its manifest lost its bytes from outside the
