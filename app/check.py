@@ -373,12 +373,11 @@ class Checker:
                         audited = self._audited()
                     if _unaudited(path.name, *audited) and not rotated:
                         audited, rotated = self._audited(rotated=True), True
-                    reason = manifest.get("reason")
-                    logged = path.name in audited[0] or (
-                        reason == "purge" and found.group(2) in audited[1]
-                    )
+                    purged = manifest.get("reason") == "purge" and found.group(2) in audited[1]
                     with contextlib.nullcontext() if strict else self.item():
-                        self._complete(entry, manifest, contents, logged=logged)
+                        self._complete(
+                            entry, manifest, contents, logged=path.name in audited[0], purged=purged
+                        )
 
     def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
         name = path.name
@@ -417,8 +416,8 @@ class Checker:
             self._no_manifest(entry, contents)
             return
         reason = manifest.get("reason")
-        logged = name in audited or (reason == "purge" and entry.session_id in purged)
-        if not self._complete(entry, manifest, contents, logged=logged):
+        purge = reason == "purge" and entry.session_id in purged
+        if not self._complete(entry, manifest, contents, logged=name in audited, purged=purge):
             return
         file, previous = manifest.get("file"), manifest.get("entry")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
@@ -426,7 +425,7 @@ class Checker:
             whole = self._verify(path, path / bytes_in_entry(file), file, previous)
             if whole and reason == "lost":
                 self._lost_and_found(entry, file)
-        if name in audited or (reason == "purge" and entry.session_id in purged):
+        if name in audited or purge:
             return
         operation = (
             "trash-session"
@@ -498,13 +497,16 @@ class Checker:
         contents: set[str],
         *,
         logged: bool = False,
+        purged: bool = False,
     ) -> bool:
         """Whether a trash entry holds its data; repairs a half one. False: done with it.
 
         ``logged``: whether the audit log names the change that made the entry, which is
         written only after its commit: an entry of it left holding only its manifest, where
         the session (or the file's record) has its data again, is a restore's that stopped
-        between putting the data back and removing the entry (`_restored`).
+        between putting the data back and removing the entry (`_restored`). ``purged``: a
+        purge's line names the session (a purge's names sessions, not entries: which purge
+        made the entry, the log cannot tell).
         """
         path = entry.path
         session_dir = self.store.sessions_dir / entry.session_id
@@ -516,8 +518,19 @@ class Checker:
             elif self.found(
                 "trash-manifest-only",
                 path,
-                "a session delete that stopped before its move; the session "
-                + ("is unchanged" if session_dir.is_dir() else "is not there either"),
+                f"a session {manifest.get('reason')} that stopped before its move"
+                + (
+                    ", or a restore from this entry that stopped after its commit (a line of "
+                    "the log names a purge of the session, and a purge's line names no entry)"
+                    if purged and session_dir.is_dir()
+                    else ""
+                )
+                + "; the session "
+                + (
+                    ("is there" if purged else "is unchanged")
+                    if session_dir.is_dir()
+                    else "is not there either"
+                ),
                 "remove the entry (it holds no data)",
             ):
                 self.store.trash.remove_empty(entry)

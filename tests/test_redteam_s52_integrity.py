@@ -218,3 +218,43 @@ def test_a_restore_killed_after_its_commit_is_said_to_have_happened(app_config: 
         assert store.get_session(other)["id"] == other
         assert store.list_trash() == []
         assert store.check(repair=False).findings == []
+
+
+@needs_strace
+def test_a_purge_killed_before_its_move_is_not_taken_for_a_restore(app_config: Config) -> None:
+    # A purge's audit line names the sessions it moved, not their entries: an earlier
+    # purge's line named the session, so an entry of a later purge killed before its move
+    # read as "logged", and (with the session there) as a restore's leftover: a
+    # `restore-session` line appended for a restore that never happened.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.purge()
+        store.restore(session)
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(root / "sessions" / session)]
+    strace += ["-e", "trace=rename,renameat,renameat2"]
+    strace += ["-e", "inject=rename,renameat,renameat2:signal=KILL:when=1"]
+    killed = subprocess.run(
+        [*strace, sys.executable, "-m", "app", "data", "purge"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(root)},
+        check=False,
+    )
+    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+    (entry,) = (root / ".trash").iterdir()
+    code, said = _command("data", "check")
+    assert code == 65, said
+    assert (
+        f"trash-manifest-only  .trash/{entry.name}: a session purge that stopped before its "
+        "move, or a restore from this entry that stopped after its commit (a line of the log "
+        "names a purge of the session, and a purge's line names no entry); the session is "
+        "there; --repair: remove the entry (it holds no data)"
+    ) in said, said
+    code, said = _command("data", "check", "--repair")
+    assert code == 0, said
+    audit = (root / "audit.jsonl").read_text()
+    assert audit.count('"restore-session"') == 1, audit  # the one restore made
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.get_session(session)["title"] == "t"
+        assert store.check(repair=False).findings == []
