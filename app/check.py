@@ -295,8 +295,12 @@ class Checker:
                 trash.add(details["trash"])
                 if record.get("operation") in ("restore-file", "restore-session"):
                     self.restored_from.add(details["trash"])
-            sessions = details.get("sessions")
-            if record.get("operation") == "purge" and isinstance(sessions, list):
+            sessions, entries = details.get("sessions"), details.get("entries")
+            if record.get("operation") == "purge" and isinstance(entries, list):
+                # Its entries by name (since red team 52): a line of an earlier purge of the
+                # same session no longer stands for a later purge's entry.
+                trash.update(e for e in entries if isinstance(e, str))
+            elif record.get("operation") == "purge" and isinstance(sessions, list):
                 purged.update(s for s in sessions if isinstance(s, str))
         return trash, purged
 

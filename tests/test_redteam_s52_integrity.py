@@ -245,11 +245,11 @@ def test_a_purge_killed_before_its_move_is_not_taken_for_a_restore(app_config: C
     (entry,) = (root / ".trash").iterdir()
     code, said = _command("data", "check")
     assert code == 65, said
+    # Its purge's line names no entry of its own (a line before red team 52's named only
+    # sessions: then it is said to be either, and no line is appended either).
     assert (
         f"trash-manifest-only  .trash/{entry.name}: a session purge that stopped before its "
-        "move, or a restore from this entry that stopped after its commit (a line of the log "
-        "names a purge of the session, and a purge's line names no entry); the session is "
-        "there; --repair: remove the entry (it holds no data)"
+        "move; the session is unchanged; --repair: remove the entry (it holds no data)"
     ) in said, said
     code, said = _command("data", "check", "--repair")
     assert code == 0, said
@@ -258,3 +258,42 @@ def test_a_purge_killed_before_its_move_is_not_taken_for_a_restore(app_config: C
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.get_session(session)["title"] == "t"
         assert store.check(repair=False).findings == []
+
+
+@needs_strace
+def test_a_purge_killed_before_its_audit_line_is_logged_though_an_earlier_purge_named_the_session(
+    app_config: Config,
+) -> None:
+    # A purge's line named its sessions, not their entries: a second purge of a session
+    # (purged, restored, purged again) killed after its move and before its line left an
+    # entry an earlier line "named", and `check` never reported or logged the second purge.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"kept")
+        store.purge()
+        store.restore(session)
+    audit = root / "audit.jsonl"
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit)]
+    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
+    killed = subprocess.run(
+        [*strace, sys.executable, "-m", "app", "data", "purge"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(root)},
+        check=False,
+    )
+    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+    (entry,) = (root / ".trash").iterdir()
+    code, said = _command("data", "check", "--repair")
+    assert code == 0, said
+    # Before the fix: "clean": the second purge's move into the trash logged nowhere.
+    assert f"trash-unaudited  .trash/{entry.name}: a complete trash entry (purge)" in said, said
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [line["details"]["trash"] for line in lines if line["details"].get("recovered")] == [
+        entry.name
+    ], lines
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.check(repair=False).findings == []
+        store.restore(session)
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"kept"

@@ -339,6 +339,7 @@ class Store(Storage):
                     self.sessions_dir,
                     count=len(entries),
                     sessions=[e.session_id for e in entries],
+                    entries=[e.name for e in entries],
                     stopped=str(error),
                 )
                 if isinstance(error, FsyncFailed):
@@ -370,6 +371,10 @@ class Store(Storage):
                 self.sessions_dir,
                 count=len(entries),
                 sessions=[e.session_id for e in entries],
+                # By name too: by its sessions alone, an earlier purge's line stood for a
+                # later purge's entry of the same session, killed before its own line,
+                # which `check` then never logged (red team 52).
+                entries=[e.name for e in entries],
                 **({"left": [link.name for link in left]} if left else {}),
             )
         for link in left:
