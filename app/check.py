@@ -610,8 +610,8 @@ class Checker:
         logged = entry.name in self.restored_from
         if logged:
             detail = (
-                f"a restore of {what} from this entry, which could not remove it after its "
-                f"commit: {back}, and the log has the restore's line"
+                f"a restore of {what} from this entry that stopped before removing it: "
+                f"{back}, and the log has the restore's line"
             )
             fix = "remove the entry (it holds no data)"
         else:

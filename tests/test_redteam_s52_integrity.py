@@ -22,7 +22,12 @@ each told the operator something that was not so):
   where a restore had happened and been answered. The change that made an entry is logged
   only after its commit: an entry the log names, holding only its manifest, whose data is
   back in its session, is now said to be a restore's that stopped after its commit, and the
-  repair appends the restore's missing audit line as it removes the entry.
+  repair appends the restore's missing audit line as it removes the entry. A restore now
+  writes its line before it removes the entry: killed between them, the line was lost for
+  good (the entry gone, nothing for ``check`` to find).
+* A purge's audit line named its sessions, not their entries, and ``check`` took any purge
+  line naming an entry's session for that entry's line: a second purge of a session, killed
+  between its move and its line, was never logged ("clean"). The line now names its entries.
 """
 
 from __future__ import annotations
@@ -157,7 +162,7 @@ def test_a_replace_whose_look_at_the_old_bytes_fails_does_not_log_them_removed(
 
 def _killed_restore(root: Path, entry: Path, *restore: str) -> None:
     """`app sessions restore ...` killed at the unlink of the entry's manifest: after its
-    commit, before its audit line."""
+    commit (and, since red team 52, after its audit line)."""
     strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(entry / "trash.json")]
     strace += ["-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL:when=1"]
     killed = subprocess.run(
@@ -189,13 +194,12 @@ def test_a_restore_killed_after_its_commit_is_said_to_have_happened(app_config: 
     assert "stopped before its" not in said, said
     assert (
         f"trash-manifest-only  .trash/{file_entry.name}: a restore of file 'a.txt' from this "
-        "entry that stopped after its commit: the file is back in its session, and the "
-        "restore's audit line was not written; --repair: remove the entry (it holds no data) and "
-        "append the restore's audit line"
+        "entry that stopped before removing it: the file is back in its session, and the log "
+        "has the restore's line; --repair: remove the entry (it holds no data)"
     ) in said, said
     assert (
         f"trash-manifest-only  .trash/{session_entry.name}: a restore of the session from this "
-        "entry that stopped after its commit: the session is back"
+        "entry that stopped before removing it: the session is back"
     ) in said, said
     # An empty-trash (or a restore) finishes its session's half-made entries first, as
     # the start-up's repair would: the same, in its `check-repair` line.
@@ -297,3 +301,38 @@ def test_a_purge_killed_before_its_audit_line_is_logged_though_an_earlier_purge_
         assert store.check(repair=False).findings == []
         store.restore(session)
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"kept"
+
+
+@needs_strace
+def test_a_restore_killed_at_its_audit_line_is_logged_by_the_next_check(
+    app_config: Config,
+) -> None:
+    # A restore removed its entry, then wrote its line: killed between the two (or cut by a
+    # power loss), the file was back and no line of the log said so, for good (`check`
+    # found nothing to report). The line now comes first, the entry's removal after it.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"back")
+        entry = store.delete_file(session, "a.txt").path
+    audit = root / "audit.jsonl"
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit)]
+    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
+    restore = [sys.executable, "-m", "app", "sessions", "restore", session, "--file", "a.txt"]
+    killed = subprocess.run(
+        [*strace, *restore],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(root)},
+        check=False,
+    )
+    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+    code, said = _command("data", "check", "--repair")
+    assert code == 0, said
+    # Before the fix: "clean", and no line named the restore.
+    assert f"trash-manifest-only  .trash/{entry.name}: a restore of file 'a.txt'" in said, said
+    restored = [line for line in audit.read_text().splitlines() if '"restore-file"' in line]
+    assert len(restored) == 1 and entry.name in restored[0], restored
+    with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
+        assert store.file_path(session, "a.txt")[0].read_bytes() == b"back"
+        assert store.check(repair=False).findings == []

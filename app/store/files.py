@@ -382,7 +382,12 @@ class Files:
         return entry
 
     def restore(
-        self, session_id: str, name: str, prepared: Prepared, entry_name: str | None = None
+        self,
+        session_id: str,
+        name: str,
+        prepared: Prepared,
+        entry_name: str | None = None,
+        audit: Callable[[TrashEntry], None] = lambda entry: None,
     ) -> tuple[SessionRecord, TrashEntry]:
         """Move the newest trashed copy of a file (or the one in ``entry_name``) back into
         its session, which must be there; the session with the file, and the trash entry
@@ -391,7 +396,8 @@ class Files:
         ``prepared`` holds the audit log (opened before); the directories the move needs
         after it is made are opened into it before it, and the answer is the session read
         before it, with the file added: a failure after the move (EMFILE) would otherwise
-        answer "nothing was changed" for a file that is back.
+        answer "nothing was changed" for a file that is back. ``audit`` writes the restore's
+        line, once the file is back and before its entry is removed.
         """
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
@@ -473,6 +479,10 @@ class Files:
                 "blob": blob,
             }
             self._switch_record(session_id, record_path, record, undo)
+            # The line before the entry goes: killed between them, `check` finds the entry,
+            # which the line names, and removes it; in the other order a kill left the
+            # restore logged nowhere (red team 52).
+            audit(entry)
             self.trash.remove_restored(entry, prepared)
             return self.sessions.with_file(before, directory, record), entry
 
