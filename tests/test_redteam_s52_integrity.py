@@ -120,6 +120,23 @@ def test_a_look_at_a_named_entry_that_fails_is_not_said_to_be_no_entry(
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"deleted"
 
 
+@needs_strace
+def test_an_entry_the_undo_of_a_change_cannot_list_keeps_its_manifest(app_config: Config) -> None:
+    # The undo of a change that raised (a Ctrl-C right after a session's move) removes its
+    # entry only if it holds nothing but its manifest: a listing that failed (EIO) was read
+    # as "nothing else", the manifest removed from an entry holding the session, which
+    # `check` could only leave for a human (`trash-no-manifest`).
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        entry = store.delete_session(session)
+        with _Injected(os.getpid(), "openat:error=EIO:when=1+", entry.path):
+            store.trash.remove_empty(entry)
+        assert (entry.path / "trash.json").is_file()  # before the fix: removed
+        assert store.check(repair=False).findings == []
+        store.restore(session)
+        assert store.get_session(session)["title"] == "t"
+
+
 # --- a replace whose look at the old bytes fails after its commit ------------------------------
 
 
