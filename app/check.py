@@ -393,6 +393,18 @@ class Checker:
                 "an entry that `empty-trash` had taken out of the trash when it was stopped",
                 "finish removing it",
             ):
+                # Its line first: the repair's own line comes at the end of the run, and a
+                # kill between the removal and it left the entry's removal logged nowhere
+                # (the `empty-trash` stopped before its own line; red team 52).
+                self.root.append_audit_line(
+                    "empty-trash",
+                    self.root.trash_dir,
+                    {
+                        "entries": [name.removeprefix(EMPTYING_PREFIX)],
+                        "via": "check",
+                        "recovered": True,
+                    },
+                )
                 shutil.rmtree(path)
             return
         if found is not None and path.is_symlink():

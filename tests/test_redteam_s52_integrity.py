@@ -28,6 +28,11 @@ each told the operator something that was not so):
 * A purge's audit line named its sessions, not their entries, and ``check`` took any purge
   line naming an entry's session for that entry's line: a second purge of a session, killed
   between its move and its line, was never logged ("clean"). The line now names its entries.
+* ``check --repair`` named the ``.trash/.emptying-<entry>`` it finished (an ``empty-trash``
+  killed before its line) only in its one line at the end of its run: killed in between, the
+  entry's removal was logged nowhere. It now writes the entry's ``empty-trash`` line first.
+* (With them, a trash entry whose listing fails is no longer taken for one holding only its
+  manifest by the undo of a change.)
 """
 
 from __future__ import annotations
@@ -353,3 +358,43 @@ def test_a_restore_killed_at_its_audit_line_is_logged_by_the_next_check(
     with open_storage(app_config, writer=True, kind="tests", wanted="look") as store:
         assert store.file_path(session, "a.txt")[0].read_bytes() == b"back"
         assert store.check(repair=False).findings == []
+
+
+def _killed_at_audit_write(root: Path, *command: str) -> None:
+    """`app <command>` killed by strace at its first write to the audit log."""
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(root / "audit.jsonl")]
+    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
+    killed = subprocess.run(
+        [*strace, sys.executable, "-m", "app", *command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "APP_DATA_ROOT": str(root)},
+        check=False,
+    )
+    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+
+
+@needs_strace
+def test_a_repair_killed_after_finishing_an_emptying_entry_leaves_its_removal_logged(
+    app_config: Config,
+) -> None:
+    # An `empty-trash` killed before its line leaves `.trash/.emptying-<entry>` (red team
+    # 51), which `check --repair` removes and names in its one line, written at the end of
+    # its run. Killed in between (a second crash), the entry's removal was logged nowhere.
+    root = app_config.data_root
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "a.txt", b"deleted")
+        entry = store.delete_file(session, "a.txt").name
+    _killed_at_audit_write(root, "data", "empty-trash")
+    assert (root / ".trash" / f".emptying-{entry}").is_dir()
+    _killed_at_audit_write(root, "data", "check", "--repair")
+    code, said = _command("data", "check", "--repair")
+    assert code == 0, said
+    lines = [json.loads(line) for line in (root / "audit.jsonl").read_text().splitlines()]
+    # Before the fix: the entry's directory gone, "clean", and no line named it.
+    assert any(
+        line["operation"] == "empty-trash" and line["details"]["entries"] == [entry]
+        for line in lines
+    ), lines
+    assert not (root / ".trash").exists() or not any((root / ".trash").iterdir())
