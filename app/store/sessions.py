@@ -634,16 +634,16 @@ class Sessions:
             except BaseException:
                 # Told from the disk, not from the exception: a Ctrl-C lands right after
                 # the rename too, and the session is then in the trash (red team 35).
+                moved: bool | None
                 try:
                     moved = lexists(entry.path / TRASHED_SESSION)
                 except OSError:
-                    # Unknown: the entry stays for `check`, which tells (red team 52).
-                    moved = True
+                    moved = None  # unknown: the entry stays for `check` to tell (red team 52)
                 prepared.close()
+                self.state.records.changed(session_id)
                 if moved:
-                    self.state.records.changed(session_id)
                     self.state.index_update(remove=session_id)
-                else:
+                elif moved is not None:
                     self.trash.remove_empty(entry)
                 raise
             self.state.records.changed(session_id)
