@@ -17,11 +17,9 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +35,7 @@ from app.dataroot import (
     lexists,
     link_remedy,
     read_regular,
+    remove_tree,
     root_mounts,
     tmp_in_flight,
     unmount_keeping,
@@ -46,6 +45,7 @@ from app.errors import (
     InvalidNameError,
     SessionNotFoundError,
     UnreadableSessionError,
+    json_loads,
     shell_word,
 )
 from app.lock import special_kind
@@ -263,7 +263,7 @@ class Checker:
                     "a session create that crashed before its rename; it was never acknowledged",
                     "delete it",
                 ):
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path, ignore_errors=True)
             elif not ID_RE.fullmatch(name):
                 self.unrepaired(
                     "unknown-entry", path, "not a session directory", "nothing: left for a human"
@@ -283,7 +283,7 @@ class Checker:
         self.restored_from = set()
         for line in lines:
             try:
-                record = json.loads(line)
+                record = json_loads(line)
             except ValueError:
                 continue  # a line torn by a crash mid-append names nothing
             # Only the app's shape counts: a line of another (a note appended by hand, a log
@@ -362,7 +362,7 @@ class Checker:
                 entry = self.store.trash.read_entry(path.name)
                 assert entry is not None
                 try:
-                    manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                    manifest = json_loads(read_regular(path / TRASH_MANIFEST))
                     contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
                 except (*MISSING_MANIFEST, ValueError, PermissionError):
                     # No data a restore could choose, or one it refuses, naming the entry
@@ -405,7 +405,7 @@ class Checker:
                         "recovered": True,
                     },
                 )
-                shutil.rmtree(path)
+                remove_tree(path)
             return
         if found is not None and path.is_symlink():
             # Moved to another disk and linked back: "not a trash entry", and the trash read as
@@ -424,7 +424,7 @@ class Checker:
         entry = self.store.trash.read_entry(name)
         assert entry is not None
         try:
-            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            manifest = json_loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = None
         contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
@@ -698,7 +698,7 @@ class Checker:
             if found is None or found.group(2) != entry.session_id or path == entry.path:
                 continue
             try:
-                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                manifest = json_loads(read_regular(path / TRASH_MANIFEST))
             except (OSError, ValueError):
                 continue
             held = manifest.get("file") if isinstance(manifest, dict) else None
@@ -855,7 +855,7 @@ class Checker:
             if found is None or path.name <= entry.name or found.group(2) != entry.session_id:
                 continue
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                if json.loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
+                if json_loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
                     return True
         return False
 

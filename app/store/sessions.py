@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from app.dataroot import (
     json_bytes,
     lexists,
     link_remedy,
+    remove_tree,
     write_all,
 )
 from app.errors import (
@@ -156,7 +156,7 @@ class Sessions:
                     if e.name.startswith(NEW_PREFIX) and e.name not in self.state.creating
                 ]
             for path in stale:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path, ignore_errors=True)
         if stale:
             self.root.audit(
                 "clear-unfinished-create", self.path, removed=sorted(Path(p).name for p in stale)
@@ -213,7 +213,7 @@ class Sessions:
             for item in staged:
                 if not item.renamed:
                     item.close()
-                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
             raise
         finally:
             for item in staged:
@@ -244,7 +244,7 @@ class Sessions:
                 except Exception as error:  # this one's answer
                     results[item.index] = error
                     item.close()
-                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
                 else:
                     going.append(item)
             return going

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
 import re
 import secrets
-import shutil
 import stat
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,6 +28,7 @@ from app.dataroot import (
     lexists,
     link_remedy,
     read_regular,
+    remove_tree,
     write_new_file,
 )
 from app.errors import (
@@ -38,6 +37,7 @@ from app.errors import (
     TrashCopyLostError,
     TrashEntryLinkedError,
     TrashManifestDamagedError,
+    json_loads,
     partway_cause,
 )
 from app.lock import BOOT_ID_FILE, special_kind
@@ -120,14 +120,11 @@ def _linked_remedy(link: Path) -> str:
 
 def _remove_contents(directory: Path) -> None:
     """Remove everything in ``directory`` (an entry `empty-trash` took out of the trash),
-    and leave the directory itself; links are removed, never followed (as `shutil.rmtree`)."""
-    with os.scandir(directory) as entries:
-        children = list(entries)
-    for child in children:
-        if child.is_dir(follow_symlinks=False):
-            shutil.rmtree(child.path)
-        else:
-            Path(child.path).unlink(missing_ok=True)
+    and leave the directory itself; links are removed, never followed, at any depth
+    (`remove_tree`: red team 51's tree deeper than Python's stack), each name relative to
+    its directory's descriptor: by whole paths, a file of a root near the path length limit
+    was left (``ENAMETOOLONG``) and its entry with it (red team 20's longest names)."""
+    remove_tree(directory, contents_only=True)
 
 
 def _not_bytes(path: Path) -> str | None:
@@ -532,7 +529,7 @@ class Trash:
     def _manifest(path: Path, *, strict: bool) -> dict[str, Any]:
         """The manifest of the entry at ``path`` (`_entry`), ``{}`` for a damaged one."""
         try:
-            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            manifest = json_loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = {}
         except OSError:
@@ -552,7 +549,7 @@ class Trash:
         return manifest
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
-        manifest: TrashManifest = json.loads(read_regular(entry.path / TRASH_MANIFEST))
+        manifest: TrashManifest = json_loads(read_regular(entry.path / TRASH_MANIFEST))
         return manifest
 
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
