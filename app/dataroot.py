@@ -203,6 +203,22 @@ def data_root_of(path: Path) -> Path | None:
     return None
 
 
+def lexists(path: Path | str) -> bool:
+    """Whether anything is at ``path`` (an ``lstat``, links not followed); a look that fails
+    otherwise (``EIO``, ``ESTALE``, ``EMFILE``) is raised, never read as an answer.
+
+    ``os.path.lexists`` says "nothing" of a look that failed: `check` passed a trash entry
+    over as restored meanwhile (red team 51), ``restore --entry`` said the entry was "not in
+    the trash", and a replace logged its old bytes "removed from outside the app" (red
+    team 52).
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 def link_remedy(link: Path, otherwise: str) -> str:
     """What a human does about a directory of a root's made a symbolic link (moved to another
     disk and linked back): move what it leads to back in its place, unless that lies in a data

@@ -24,6 +24,7 @@ from app.dataroot import (
     fsync,
     fsync_dir,
     json_bytes,
+    lexists,
     link_remedy,
     remove_tree,
     write_all,
@@ -633,12 +634,16 @@ class Sessions:
             except BaseException:
                 # Told from the disk, not from the exception: a Ctrl-C lands right after
                 # the rename too, and the session is then in the trash (red team 35).
-                moved = os.path.lexists(entry.path / TRASHED_SESSION)
+                moved: bool | None
+                try:
+                    moved = lexists(entry.path / TRASHED_SESSION)
+                except OSError:
+                    moved = None  # unknown: the entry stays for `check` to tell (red team 52)
                 prepared.close()
+                self.state.records.changed(session_id)
                 if moved:
-                    self.state.records.changed(session_id)
                     self.state.index_update(remove=session_id)
-                else:
+                elif moved is not None:
                     self.trash.remove_empty(entry)
                 raise
             self.state.records.changed(session_id)
@@ -651,7 +656,11 @@ class Sessions:
         return entry
 
     def restore(
-        self, session_id: str, prepared: Prepared, entry_name: str | None = None
+        self,
+        session_id: str,
+        prepared: Prepared,
+        entry_name: str | None = None,
+        audit: Callable[[TrashEntry], None] = lambda entry: None,
     ) -> tuple[SessionRecord | None, StoreError | None, TrashEntry]:
         """Move the newest trashed copy of a session (or the one in ``entry_name``) back;
         refused if a session with its id exists again.
@@ -710,6 +719,7 @@ class Sessions:
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
+            audit(entry)  # before the entry goes, as a file's restore (red team 52)
             self.trash.remove_restored(entry, prepared)
             return session, unreadable, entry
 
