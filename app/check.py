@@ -17,11 +17,9 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -34,8 +32,10 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
+    lexists,
     link_remedy,
     read_regular,
+    remove_tree,
     root_mounts,
     tmp_in_flight,
     unmount_keeping,
@@ -45,6 +45,7 @@ from app.errors import (
     InvalidNameError,
     SessionNotFoundError,
     UnreadableSessionError,
+    json_loads,
     shell_word,
 )
 from app.lock import special_kind
@@ -90,6 +91,8 @@ class Checker:
         self.findings: list[Finding] = []
         # Blobs a half trash entry still waits for: they are not files without records.
         self.awaited: set[tuple[str, str]] = set()
+        # Trash entries a restore's audit line names (`_audited`).
+        self.restored_from: set[str] = set()
         # Sessions with a trash entry this run could not check (a read the filesystem
         # failed), by the entry's name: it may wait for any of their unnamed blobs.
         self.unchecked: dict[str, str] = {}
@@ -252,7 +255,7 @@ class Checker:
                 with state.creating_lock:
                     # Read again with the set: a create that finished since the listing was
                     # reported as one that crashed.
-                    if name in state.creating or not os.path.lexists(path):
+                    if name in state.creating or not lexists(path):
                         continue
                 if self.found(
                     "unfinished-create",
@@ -260,7 +263,7 @@ class Checker:
                     "a session create that crashed before its rename; it was never acknowledged",
                     "delete it",
                 ):
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path, ignore_errors=True)
             elif not ID_RE.fullmatch(name):
                 self.unrepaired(
                     "unknown-entry", path, "not a session directory", "nothing: left for a human"
@@ -277,9 +280,10 @@ class Checker:
             lines = []
         for older in _rotated_logs(self.root.path) if rotated else []:
             lines += older
+        self.restored_from = set()
         for line in lines:
             try:
-                record = json.loads(line)
+                record = json_loads(line)
             except ValueError:
                 continue  # a line torn by a crash mid-append names nothing
             # Only the app's shape counts: a line of another (a note appended by hand, a log
@@ -289,8 +293,14 @@ class Checker:
                 continue
             if isinstance(details.get("trash"), str):
                 trash.add(details["trash"])
-            sessions = details.get("sessions")
-            if record.get("operation") == "purge" and isinstance(sessions, list):
+                if record.get("operation") in ("restore-file", "restore-session"):
+                    self.restored_from.add(details["trash"])
+            sessions, entries = details.get("sessions"), details.get("entries")
+            if record.get("operation") == "purge" and isinstance(entries, list):
+                # Its entries by name (since red team 52): a line of an earlier purge of the
+                # same session no longer stands for a later purge's entry.
+                trash.update(e for e in entries if isinstance(e, str))
+            elif record.get("operation") == "purge" and isinstance(sessions, list):
                 purged.update(s for s in sessions if isinstance(s, str))
         return trash, purged
 
@@ -306,7 +316,7 @@ class Checker:
             found = TRASH_NAME_RE.fullmatch(path.name.removeprefix(EMPTYING_PREFIX))
             entry = TRASH_NAME_RE.fullmatch(path.name)  # not one `empty-trash` took out
             with self.item(entry), self.locked(None if found is None else found.group(2)):
-                if self.repair and not _still_there(path):
+                if self.repair and not lexists(path):
                     continue  # restored or emptied meanwhile (read again under the lock)
                 self.check_trash_entry(path, audited, purged)
 
@@ -330,6 +340,8 @@ class Checker:
         # than the version deleted (red team 51). An `empty-trash` goes on: one entry that
         # cannot be read must not keep the rest of the trash from being emptied.
         strict = session_id is not None
+        audited: tuple[set[str], set[str]] | None = None  # read once, if an entry needs it
+        rotated = False
         for path in _listing(self.root.trash_dir):
             found = TRASH_NAME_RE.fullmatch(path.name)
             if found is None or (session_id is not None and found.group(2) != session_id):
@@ -350,15 +362,26 @@ class Checker:
                 entry = self.store.trash.read_entry(path.name)
                 assert entry is not None
                 try:
-                    manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                    manifest = json_loads(read_regular(path / TRASH_MANIFEST))
                     contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
                 except (*MISSING_MANIFEST, ValueError, PermissionError):
                     # No data a restore could choose, or one it refuses, naming the entry
                     # (`Trash.latest`): left to the whole check, which reports both.
                     continue
                 if _app_shaped(manifest, found.group(2)):
+                    # Whether the log names the change that made it: a restore's leftover
+                    # was said to be "a delete that stopped before its commit" in the
+                    # repair's audit line, and the restore's own line never written (red
+                    # team 52).
+                    if audited is None:
+                        audited = self._audited()
+                    if _unaudited(path.name, *audited) and not rotated:
+                        audited, rotated = self._audited(rotated=True), True
+                    purged = manifest.get("reason") == "purge" and found.group(2) in audited[1]
                     with contextlib.nullcontext() if strict else self.item():
-                        self._complete(entry, manifest, contents)
+                        self._complete(
+                            entry, manifest, contents, logged=path.name in audited[0], purged=purged
+                        )
 
     def check_trash_entry(self, path: Path, audited: set[str], purged: set[str]) -> None:
         name = path.name
@@ -370,7 +393,19 @@ class Checker:
                 "an entry that `empty-trash` had taken out of the trash when it was stopped",
                 "finish removing it",
             ):
-                shutil.rmtree(path)
+                # Its line first: the repair's own line comes at the end of the run, and a
+                # kill between the removal and it left the entry's removal logged nowhere
+                # (the `empty-trash` stopped before its own line; red team 52).
+                self.root.append_audit_line(
+                    "empty-trash",
+                    self.root.trash_dir,
+                    {
+                        "entries": [name.removeprefix(EMPTYING_PREFIX)],
+                        "via": "check",
+                        "recovered": True,
+                    },
+                )
+                remove_tree(path)
             return
         if found is not None and path.is_symlink():
             # Moved to another disk and linked back: "not a trash entry", and the trash read as
@@ -389,23 +424,24 @@ class Checker:
         entry = self.store.trash.read_entry(name)
         assert entry is not None
         try:
-            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            manifest = json_loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = None
         contents = {p.name for p in path.iterdir()} - {TRASH_MANIFEST}
         if not _app_shaped(manifest, entry.session_id):
             self._no_manifest(entry, contents)
             return
-        if not self._complete(entry, manifest, contents):
+        reason = manifest.get("reason")
+        purge = reason == "purge" and entry.session_id in purged
+        if not self._complete(entry, manifest, contents, logged=name in audited, purged=purge):
             return
         file, previous = manifest.get("file"), manifest.get("entry")
-        reason = manifest.get("reason")
         if entry.kind == "file" and isinstance(file, str) and isinstance(previous, dict):
             # A version a restore would bring back, checked as a file is (red team 35).
             whole = self._verify(path, path / bytes_in_entry(file), file, previous)
             if whole and reason == "lost":
                 self._lost_and_found(entry, file)
-        if name in audited or (reason == "purge" and entry.session_id in purged):
+        if name in audited or purge:
             return
         operation = (
             "trash-session"
@@ -470,18 +506,47 @@ class Checker:
         )
         return True
 
-    def _complete(self, entry: TrashEntry, manifest: dict[str, Any], contents: set[str]) -> bool:
-        """Whether a trash entry holds its data; repairs a half one. False: done with it."""
+    def _complete(
+        self,
+        entry: TrashEntry,
+        manifest: dict[str, Any],
+        contents: set[str],
+        *,
+        logged: bool = False,
+        purged: bool = False,
+    ) -> bool:
+        """Whether a trash entry holds its data; repairs a half one. False: done with it.
+
+        ``logged``: whether the audit log names the change that made the entry, which is
+        written only after its commit: an entry of it left holding only its manifest, where
+        the session (or the file's record) has its data again, is a restore's that stopped
+        between putting the data back and removing the entry (`_restored`). ``purged``: a
+        purge's line names the session (a purge's names sessions, not entries: which purge
+        made the entry, the log cannot tell).
+        """
         path = entry.path
         session_dir = self.store.sessions_dir / entry.session_id
         if entry.kind == "session":
             if TRASHED_SESSION in contents:
                 return not self._linked_session_copy(path / TRASHED_SESSION)
-            if self.found(
+            if logged and session_dir.is_dir():
+                self._restored(entry, None)
+            elif self.found(
                 "trash-manifest-only",
                 path,
-                "a session delete that stopped before its move; the session "
-                + ("is unchanged" if session_dir.is_dir() else "is not there either"),
+                f"a session {manifest.get('reason')} that stopped before its move"
+                + (
+                    ", or a restore from this entry that stopped after its commit (a line of "
+                    "the log names a purge of the session, and a purge's line names no entry)"
+                    if purged and session_dir.is_dir()
+                    else ""
+                )
+                + "; the session "
+                + (
+                    ("is there" if purged else "is unchanged")
+                    if session_dir.is_dir()
+                    else "is not there either"
+                ),
                 "remove the entry (it holds no data)",
             ):
                 self.store.trash.remove_empty(entry)
@@ -506,7 +571,10 @@ class Checker:
                 switched = current != blob
         if not switched:
             lost = named and isinstance(file, str) and self._lost(entry, file, blob)
-            if not lost and self.found(
+            restored = logged and named and isinstance(file, str) and not linked
+            if not lost and restored and blob_path.is_file():
+                self._restored(entry, file)  # the record names the entry's bytes again
+            elif not lost and self.found(
                 "trash-manifest-only",
                 path,
                 f"a file {manifest.get('reason')} that stopped before its commit; the file "
@@ -525,7 +593,13 @@ class Checker:
             "session's blobs"
             if reason == "lost"
             else f"a file {reason} that stopped after its commit: the old bytes are still "
-            "among the session's blobs",
+            "among the session's blobs"
+            + (
+                f" (or a restore of {file!r} from this entry that stopped before its commit, "
+                "which brought nothing back)"
+                if logged
+                else ""
+            ),
             "move them into the entry and append its audit line",
         ):
             return False
@@ -535,6 +609,38 @@ class Checker:
             blob_path.rename(path / bytes_in_entry(file))
             prepared.sync()
         return True
+
+    def _restored(self, entry: TrashEntry, file: str | None) -> None:
+        """An entry whose data a restore put back, left by that restore holding only its
+        manifest (killed, or its removal refused, after the data moved): removed, and the
+        restore's audit line appended where it lacks one.
+
+        Said to be "a delete that stopped before its commit; the file is unchanged", it
+        told the operator a restore that had happened had not (red team 52)."""
+        what = "the session" if file is None else f"file {file!r}"
+        back = "the session is back" if file is None else "the file is back in its session"
+        logged = entry.name in self.restored_from
+        if logged:
+            detail = (
+                f"a restore of {what} from this entry that stopped before removing it: "
+                f"{back}, and the log has the restore's line"
+            )
+            fix = "remove the entry (it holds no data)"
+        else:
+            detail = (
+                f"a restore of {what} from this entry that stopped after its commit: {back}, "
+                "and the restore's audit line was not written"
+            )
+            fix = "remove the entry (it holds no data) and append the restore's audit line"
+        if not self.found("trash-manifest-only", entry.path, detail, fix):
+            return
+        if not logged:
+            # The line first: killed between the two, the next run finds the entry with
+            # the line (and removes it), where the other order left the restore unlogged.
+            operation = "restore-session" if file is None else "restore-file"
+            target = entry.session_id + ("" if file is None else f"/{file}")
+            self.root.append_audit_line(operation, target, {"trash": entry.name, "recovered": True})
+        self.store.trash.remove_empty(entry)
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:
         """Whether a file's entry holding only its manifest lost its bytes from outside the
@@ -548,7 +654,7 @@ class Checker:
         """
         if not isinstance(blob, str) or self._not_lost_here(entry, file, blob):
             return False
-        if os.path.lexists(entry.path / bytes_in_entry(file)):
+        if lexists(entry.path / bytes_in_entry(file)):
             return False  # moved in since the entry was listed (a delete next to a read-only check)
         if self._trashed_copy(entry.session_id, blob) is not None or self._kept(entry, blob):
             return False
@@ -578,7 +684,7 @@ class Checker:
         if not homes and entry.reason != "lost":
             return True  # the session is gone for good: nothing tells a crash's leftover
         for home in homes:
-            if os.path.lexists(home / BLOBS_DIR / blob):
+            if lexists(home / BLOBS_DIR / blob):
                 return True
             with contextlib.suppress(InvalidNameError):
                 if record_blob(home / RECORDS_DIR / check_stored_name(file)) == blob:
@@ -592,7 +698,7 @@ class Checker:
             if found is None or found.group(2) != entry.session_id or path == entry.path:
                 continue
             try:
-                manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+                manifest = json_loads(read_regular(path / TRASH_MANIFEST))
             except (OSError, ValueError):
                 continue
             held = manifest.get("file") if isinstance(manifest, dict) else None
@@ -727,7 +833,7 @@ class Checker:
         if not live.is_dir() or live.is_symlink():
             return  # the session is in the trash, or gone: its own restore comes first
         with contextlib.suppress(InvalidNameError):
-            if os.path.lexists(live / RECORDS_DIR / check_stored_name(file)):
+            if lexists(live / RECORDS_DIR / check_stored_name(file)):
                 return  # uploaded again since: this copy is an older version, as a replace's
         if self._newer_entry_of(entry, file):
             return  # uploaded again and deleted by a client since: the newer one is restored
@@ -749,7 +855,7 @@ class Checker:
             if found is None or path.name <= entry.name or found.group(2) != entry.session_id:
                 continue
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                if json.loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
+                if json_loads(read_regular(path / TRASH_MANIFEST)).get("file") == file:
                     return True
         return False
 
@@ -937,7 +1043,7 @@ class Checker:
             try:
                 move()
             except BaseException:
-                if os.path.lexists(path):
+                if lexists(path):
                     self.store.trash.remove_empty(entry)
                 raise
             prepared.sync(*changed)
@@ -1031,20 +1137,6 @@ def _rotated_logs(root: Path) -> Iterator[list[bytes]]:
         except (OSError, EOFError, zlib.error):  # gzip.BadGzipFile is an OSError
             continue  # a copy damaged or cut short: it spares no report, and stops no check
         yield data.splitlines()
-
-
-def _still_there(path: Path) -> bool:
-    """Whether anything is at ``path`` (an lstat); a look that fails otherwise is raised.
-
-    ``os.path.lexists`` says "nothing" of a look that failed (``EIO``): a trash entry was
-    passed over as restored meanwhile, its session not `unchecked`, and the bytes it waited
-    for went to the trash as an upload never acknowledged (red team 51).
-    """
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
 
 
 def _not_a_directory(path: Path) -> str | None:

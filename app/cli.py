@@ -270,9 +270,10 @@ class AppGroup(CommandGroup):
             # done, nor how to finish it (red team 35); SIGTERM ended it silently.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
             remote = bool(ctx.meta.get(_REMOTE_KEY))
+            changes = bool(ctx.meta.get(_CHANGES_KEY))
             if isinstance(stop, _Terminated):
-                fail(CommandTerminatedError(command, remote=remote))
-            fail(CommandInterruptedError(command, remote=remote))
+                fail(CommandTerminatedError(command, remote=remote, changes=changes))
+            fail(CommandInterruptedError(command, remote=remote, changes=changes))
         except BrokenPipeError:
             # stdout closed (`| head`): click exited 1 saying nothing, after a change made.
             command = ctx.meta.get(_COMMAND_KEY) or ctx.command_path
@@ -733,13 +734,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  {describe_replica(replica)}")
         return
     click.echo(f"held by: {seen.held_by}")
-    if (
-        holder
-        and holder.get("kind") == "server"
-        and holder.get("port")
-        and "took_lock" not in holder
-    ):
-        click.echo(f"serving: http://{config.host}:{holder['port']}")
+    from app.storage import serving_url
+
+    url = serving_url(holder, config.host) if holder and "took_lock" not in holder else None
+    if url is not None:
+        click.echo(f"serving: {url}")
 
 
 def _echo_stamp(seen: Status, profile: str, remote: bool) -> None:
@@ -1050,10 +1049,9 @@ def _serving_url(config: appconfig.Config, error: AppError) -> str | None:
     for replica in replicas:
         if str(replica.get("url") or "").startswith("http"):
             return str(replica["url"])
-    holder = getattr(error, "holder", None) or {}
-    if holder.get("kind") == "server" and holder.get("port"):
-        return f"http://{config.host}:{holder['port']}"
-    return None
+    from app.storage import serving_url
+
+    return serving_url(getattr(error, "holder", None) or {}, config.host)
 
 
 @data.command("check")
@@ -1196,9 +1194,47 @@ def data_restamp(ctx: click.Context, from_profile: str, confirmed: bool) -> None
         click.echo(f"{where} is already stamped {stamp['profile']!r}: nothing was changed")
 
 
+#: The error handler of standard output's encoding (`_unencodable`).
+_OUTPUT_ERRORS: Final = "app-output"
+
+
+def _unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """What standard output writes for text its encoding cannot take, rather than raise.
+
+    A name of the data root that is not UTF-8 (a file ``zz\\xff`` under ``sessions/``, read by
+    Python as U+DCFF) made ``app data check`` a ``UnicodeEncodeError`` traceback, exit 1, on a
+    host whose locale is UTF-8 (Python's strict ``errors`` there; only the C locale's is
+    ``surrogateescape``), and a session's title a locale's encoding has no letter for (``☃``
+    under Latin-1) did the same to ``sessions list``, and to ``sessions restore`` after it had
+    restored the session (red team 51). Such a name is written as the bytes it was read
+    from, as ``ls`` does; any other character as its ``\\u`` escape.
+    """
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    piece = error.object[error.start : error.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in piece):
+        return bytes(ord(c) - 0xDC00 for c in piece), error.end
+    return piece.encode("ascii", "backslashreplace").decode("ascii"), error.end
+
+
+def _encode_all(stream: IO[Any]) -> None:
+    """Give ``stream`` (a standard stream) the `_unencodable` handler, where it has one."""
+    import codecs
+
+    try:
+        codecs.lookup_error(_OUTPUT_ERRORS)
+    except LookupError:
+        codecs.register_error(_OUTPUT_ERRORS, _unencodable)
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(OSError, ValueError):
+            reconfigure(errors=_OUTPUT_ERRORS)
+
+
 def main() -> None:
     """Console-script entry point."""
     if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
+        _encode_all(sys.stdout)
         sys.stdout = _StandardStream(sys.stdout, _refused_as_output)
     if sys.stderr is not None:
         sys.stderr = _StandardStream(sys.stderr, functools.partial(contextlib.suppress, OSError))

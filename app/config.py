@@ -688,8 +688,48 @@ def dynaconf_switches(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(
         k
         for k in names
-        if (k.endswith("_FOR_DYNACONF") and k != PROFILE_ENV) or k in _OTHER_SWITCHES
+        if (k.endswith("_FOR_DYNACONF") and visible(k) != PROFILE_ENV) or k in _OTHER_SWITCHES
     )
+
+
+def visible(name: str) -> str:
+    """`name` without the characters that show as nothing (Unicode's format characters: a
+    byte-order mark U+FEFF, a zero-width space U+200B)."""
+    import unicodedata
+
+    return "".join(c for c in name if unicodedata.category(c) != "Cf")
+
+
+def _hidden_character_variables(
+    environ: Mapping[str, str], selected: str
+) -> Iterator[VariableMisspeltError]:
+    """A variable named as one of the app's settings with a character that shows as nothing.
+
+    The first line of an environment file saved with a byte-order mark (as some editors on
+    Windows save it) names ``\\ufeffAPP_API_TOKEN``: `env $(... | xargs)`, as the guides run
+    commands, passes it so. Production was then refused as "api_token is not set (from
+    built-in default)", though the file plainly sets it, and ``\\ufeffENV_FOR_DYNACONF`` as a
+    dynaconf switch that "would change which files ... dynaconf loads" (red team 51). The
+    resource keys are `_misspelt_resource_variables`'.
+    """
+    for key, spec in KEYS.items():
+        meant = spec.env
+        if key in _RESOURCE_KEYS or meant in environ:
+            continue
+        name = next((n for n in sorted(environ) if n != meant and visible(n) == meant), None)
+        if name is None:
+            continue
+        secret = spec.secret
+        yield VariableMisspeltError(
+            name,
+            "******" if secret else environ[name],
+            meant,
+            f"sets {key} of the selected profile, {selected!r}",
+            f"{key} of profile {selected!r} as the settings files give it",
+            f"name it {meant} where it is set (the file's first line, if it was saved with a "
+            f"byte-order mark: save it without one), or export {meant} with its value and "
+            f"unset {name}",
+        )
 
 
 def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
@@ -1407,6 +1447,65 @@ def _weak_token(token: str, placeholders: list[str | None]) -> str | None:
     return None
 
 
+def home_at(path: Path) -> str | None:
+    """Whose home directory ``path`` is, in words, or ``None``: ``HOME``'s (when absolute),
+    or the password database's home of the user running the app or of the path's owner.
+
+    The deploy guide made the service user with ``useradd --home /var/lib/app``, its data
+    root: its step 2, ``sudo -u app pip install``, then wrote pip's cache into
+    ``/var/lib/app/.cache``, and the first start was refused as a directory holding files
+    that are not the app's, told to point data_root at an empty directory (red team 51).
+    Whatever runs as that user keeps its files there (caches, a shell's history).
+    """
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    import pwd  # here: only a root that exists pays for it
+
+    candidates: list[tuple[str, str]] = []
+    home = os.environ.get("HOME", "")
+    if home and Path(home).is_absolute():
+        candidates.append((home, f"HOME ({home})"))
+    for uid in dict.fromkeys((os.geteuid(), found.st_uid)):
+        with contextlib.suppress(KeyError):
+            user = pwd.getpwuid(uid)
+            candidates.append((user.pw_dir, f"the home directory of user {user.pw_name!r}"))
+    for directory, whose in candidates:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(Path(directory).stat(), found):
+                return whose
+    return None
+
+
+def home_remedy(whose: str) -> str:
+    """What gives the user of `home_at`'s answer a home outside its data root."""
+    if whose.startswith("HOME"):
+        return "set HOME to a directory outside the data root where the app runs"
+    user = whose.rsplit(" ", 1)[-1].strip("'")
+    return (
+        f"give user {user!r} a home outside the data root (as root, with none of its "
+        f"processes running: `usermod --home /opt/app {user}`, the directory the app is "
+        "installed in; Deploy production, step 1)"
+    )
+
+
+def _roots_at_home(resolved: Mapping[str, Resolved]) -> tuple[str, ...]:
+    """A data root that is a user's home directory (`home_at`)."""
+    out = []
+    for name, profile in resolved.items():
+        root = profile.data_root
+        whose = None if root is None else home_at(root)
+        if whose is not None:
+            out.append(
+                f"data_root of profile {name!r} ({root}) is {whose}: what programs run as that "
+                "user keep in their home (pip's cache in .cache, a shell's history) is written "
+                "into the data root, and a root that holds such files before its first start "
+                f"is refused; {home_remedy(whose)}"
+            )
+    return tuple(out)
+
+
 def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -> tuple[str, ...]:
     """A protected profile's secret kept in a settings file other users may read (red team
     37: a ``.secrets.local.toml`` of mode 0644 with production's token, said nowhere)."""
@@ -1682,6 +1781,8 @@ def inspect_profiles(
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
         problems.extend(_misspelt_resource_variables(env, selected))
+    # In a run too: it names no root, and a test's child given such a name meant the setting.
+    problems.extend(_hidden_character_variables(env, selected))
     from_files = config_files.file_values(files, KEYS)
     resolved = {
         name: _resolve_profile(files, name, from_files[name], env if name == selected else None)
@@ -1717,7 +1818,7 @@ def inspect_profiles(
         files.skipped,
         MappingProxyType(resolved),
         tuple(problems),
-        _env_warnings(env) + _readable_secrets(resolved, files.paths),
+        _env_warnings(env) + _readable_secrets(resolved, files.paths) + _roots_at_home(resolved),
         run.sandbox if run is not None else None,
         serving,
         where,

@@ -12,6 +12,7 @@ more than everything else the pytest plugin does at start-up). Values in dynacon
 
 from __future__ import annotations
 
+import codecs
 import copy
 import os
 import re
@@ -186,10 +187,57 @@ def _refuse_unclear_names(path: Path, parsed: Mapping[str, Any]) -> None:
             raise SettingsAmbiguousError(path, spellings, name)
 
 
+#: Byte order marks a settings file saved by another tool may start with, and their names.
+_BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF8, "UTF-8 with a byte order mark"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _not_utf8(path: Path, raw: bytes) -> tuple[int, str] | None:
+    """Why ``raw`` is no UTF-8 text that TOML reads, with its line, or None where it is.
+
+    TOML is UTF-8 without a byte order mark. A file saved by another tool was a bare
+    ``UnicodeDecodeError`` traceback from every command and from the pytest plugin before
+    the run (Latin-1's ``é`` in a comment; UTF-16, which Windows PowerShell's ``>`` writes),
+    and a UTF-8 one with a byte order mark (Notepad's) "invalid TOML: Invalid statement" on
+    a first line that looks right (red team 51)."""
+    for mark, name in _BYTE_ORDER_MARKS:
+        if raw.startswith(mark):
+            shown = " ".join(f"{b:02X}" for b in mark)
+            how = (
+                f"`sed -i '1s/^\\xEF\\xBB\\xBF//' {path}`"
+                if mark == codecs.BOM_UTF8
+                else f"`iconv -f {name} -t UTF-8 {path}`, into a new file"
+            )
+            return 1, (
+                f"the file is saved as {name} (it starts with the bytes {shown}, a byte order "
+                "mark), and TOML reads UTF-8 without one: save it as UTF-8 without a byte "
+                f"order mark ({how}, or your editor's encoding setting)"
+            )
+    try:
+        raw.decode()
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        return line, (
+            f"the byte 0x{raw[error.start]:02X} at column {column} is not UTF-8 (the file, or "
+            "that line, was saved in another encoding, such as Latin-1 or Windows-1252), and "
+            "TOML reads UTF-8 only: save the file as UTF-8 (`iconv -f LATIN1 -t UTF-8`, or your "
+            "editor's encoding setting)"
+        )
+    return None
+
+
 def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     raw = path.read_bytes()
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
+        if (not_utf8 := _not_utf8(path, raw)) is not None:
+            raise SettingsSyntaxError(path, *not_utf8)
         try:
             parsed = tomllib.loads(raw.decode())
         except tomllib.TOMLDecodeError as error:

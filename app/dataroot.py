@@ -58,6 +58,7 @@ from app.errors import (
     LockUncheckedError,
     ProfileStampMismatchError,
     SpecialFileFound,
+    json_loads,
     shell_word,
 )
 from app.lock import (
@@ -202,6 +203,22 @@ def data_root_of(path: Path) -> Path | None:
     return None
 
 
+def lexists(path: Path | str) -> bool:
+    """Whether anything is at ``path`` (an ``lstat``, links not followed); a look that fails
+    otherwise (``EIO``, ``ESTALE``, ``EMFILE``) is raised, never read as an answer.
+
+    ``os.path.lexists`` says "nothing" of a look that failed: `check` passed a trash entry
+    over as restored meanwhile (red team 51), ``restore --entry`` said the entry was "not in
+    the trash", and a replace logged its old bytes "removed from outside the app" (red
+    team 52).
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 def link_remedy(link: Path, otherwise: str) -> str:
     """What a human does about a directory of a root's made a symbolic link (moved to another
     disk and linked back): move what it leads to back in its place, unless that lies in a data
@@ -336,6 +353,97 @@ def fsync_dir(path: Path | str) -> None:
         fsync(fd)
     finally:
         os.close(fd)
+
+
+_TREE_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(
+    path: Path | str, *, ignore_errors: bool = False, contents_only: bool = False
+) -> None:
+    """Remove the directory ``path`` and all it holds, at any depth, as ``rm -rf`` does
+    (``contents_only``: what it holds, leaving the directory itself).
+
+    ``shutil.rmtree`` recurses once per level: a session's directory holding a tree 1,000
+    levels deep (left by hand, or by a tool, in a session that was then deleted) made
+    ``empty-trash``, ``check --repair`` and every server's start-up a ``RecursionError``
+    traceback, exit 1, with the entry half removed under ``.emptying-``, so a service
+    manager restarted the server in a loop that never served (red team 51). This walks the
+    tree with a list of its own and one open directory at a time (so neither Python's stack
+    nor the file limit bounds the depth), relative to each directory's descriptor, never
+    following a link (a link is removed as a file); it goes back up by ``..``, checked to be
+    the directory it came down from (else it stops, ``ESTALE``: the tree was moved meanwhile).
+    An ``OSError`` stops it, raised unless ``ignore_errors``; what is gone by then is gone.
+    """
+    try:
+        _remove_tree(os.fspath(path), contents_only=contents_only)
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _remove_tree(top: str, *, contents_only: bool) -> None:
+    found = os.lstat(top)
+    if not stat.S_ISDIR(found.st_mode):
+        # shutil.rmtree's refusal of a link (its callers then remove the link themselves).
+        raise OSError(errno.ENOTDIR, "not a directory (a link is never followed)", top)
+    fd = os.open(top, _TREE_DIR_FLAGS)
+    try:
+        opened = os.fstat(fd)
+        if not os.path.samestat(found, opened):
+            raise OSError(errno.ESTALE, "replaced while being removed", top)
+        # Each level: its name in its parent, its identity, the subdirectories left in it.
+        levels: list[tuple[str, tuple[int, int], list[str]]] = [
+            ("", (opened.st_dev, opened.st_ino), _remove_files(fd))
+        ]
+        while levels:
+            name, _identity, left = levels[-1]
+            if left:
+                below = left.pop()
+                try:
+                    child = os.open(below, _TREE_DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as error:
+                    if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise OSError(error.errno, error.strerror, f"{top}/.../{below}") from error
+                    # Made a link or a file since it was listed: removed as one.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(below, dir_fd=fd)
+                    continue
+                os.close(fd)
+                fd = child
+                here = os.fstat(fd)
+                levels.append((below, (here.st_dev, here.st_ino), _remove_files(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            above = os.fstat(parent)
+            if (above.st_dev, above.st_ino) != levels[-1][1]:
+                os.close(parent)
+                raise OSError(errno.ESTALE, "moved while being removed", f"{top}/.../{name}")
+            os.close(fd)
+            fd = parent
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not contents_only:
+        Path(top).rmdir()
+
+
+def _remove_files(fd: int) -> list[str]:
+    """Unlink everything in the directory ``fd`` but its subdirectories; their names."""
+    subdirectories = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirectories.append(entry.name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    return subdirectories
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -677,7 +785,7 @@ def read_stamp(root: Path) -> dict[str, Any] | None:
     except NotRegularFileError as error:
         raise DataRootStateError(root, str(error), f"move it away, then {_WRITE_STAMP}") from None
     try:
-        stamp = json.loads(raw)
+        stamp = json_loads(raw)
     except ValueError as error:
         problem = f"its profile stamp {path} is not valid JSON ({error})"
     else:
@@ -828,6 +936,17 @@ def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = Fal
             f"if the path is mistyped, correct data_root of profile {config.profile!r} "
             f"(from {config.sources.get('data_root', 'the settings')}; `app config --all` "
             "shows every profile's root)",
+        )
+    from app.config import home_at, home_remedy  # here: only such a refusal pays for it
+
+    whose = home_at(root)
+    if whose is not None:
+        # Not a mistyped path: the files of the user's programs (red team 51).
+        raise DataRootStateError(
+            root,
+            f"{what}; refusing to adopt it as a data root: it is {whose}, where programs run "
+            "as that user keep their files (pip's cache in .cache, a shell's history)",
+            f"{home_remedy(whose)}, then move those files out of the directory and start again",
         )
     raise DataRootStateError(
         root,

@@ -34,6 +34,24 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 
 
+def json_loads(raw: str | bytes) -> Any:
+    """``json.loads(raw)`` of a file in a data root, where nesting too deep for Python's
+    stack is damage like any other: a `ValueError`, which every reader handles.
+
+    ``json.loads`` recursed once per level and raised ``RecursionError``: a line ``[[[...]]]``
+    1,000 levels deep appended to ``audit.jsonl`` (whose lines of another shape are left
+    alone), a ``session.json`` or a stamp written so, made ``app data check``, ``sessions
+    list``, every command and every server's start-up a traceback, exit 1 (red team 51).
+    """
+    import json
+
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        msg = "JSON nested too deep to read (more levels than Python's stack holds)"
+        raise ValueError(msg) from None
+
+
 def printable(text: str) -> str:
     """`text` with each character a terminal acts on or hides written as Python escapes it
     (``\\x1b``, ``\\n``, ``\\r``, ``\\u202e``).
@@ -174,7 +192,8 @@ class SettingsDirEmptyError(SettingsNotFoundError):
 
 
 class SettingsSyntaxError(ConfigError):
-    """A settings file is not valid TOML."""
+    """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
+    reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion)."""
 
     code = "settings_syntax"
 
@@ -317,9 +336,18 @@ def not_plain_ascii(name: str) -> str:
     import unicodedata  # here: only a refusal pays for it
 
     named = ", ".join(
-        not_utf8_byte(c) or f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}" for c in odd
+        not_utf8_byte(c)
+        or f"U+{ord(c):04X} {unicodedata.name(c, 'with no name')}{_BOM if c == chr(0xFEFF) else ''}"
+        for c in odd
     )
     return f"written with {named}, not plain ASCII"
+
+
+#: What U+FEFF is where a name holds it (red team 51: an environment file saved with one).
+_BOM: Final = (
+    " (a byte-order mark, which some editors write at the start of a file: save the file "
+    "as UTF-8 without one)"
+)
 
 
 def not_utf8_byte(char: str) -> str:
@@ -1071,15 +1099,27 @@ class CommandInterruptedError(AppError):
 
     exit_code = EX_INTERRUPTED
     code = "interrupted"
-    template = _stopped_template("was interrupted (Ctrl-C, SIGINT)", "the interruption")
+    how: ClassVar[str] = "was interrupted (Ctrl-C, SIGINT)"
+    template = _stopped_template(how, "the interruption")
 
     command: str
     #: The profile keeps its data in PostgreSQL and object storage, not in a data root.
     remote: bool = field(default=False, kw_only=True)
+    #: Whether the command changes the data. One that only reads (``data check`` without
+    #: ``--repair``, ``sessions list``) was told that what it had changed stays changed and
+    #: to stop the server for ``check --repair``: ``timeout 60 app data check --quick``, a
+    #: cron job's check, sent the operator to a repair of nothing (red team 51).
+    changes: bool = field(default=True, kw_only=True)
 
     @property
     def message(self) -> str:
-        return self.template.format_map({**vars(self), **_STORED[self.remote]})
+        if self.changes:
+            return self.template.format_map({**vars(self), **_STORED[self.remote]})
+        return (
+            f"`{self.command}` {self.how} before it finished. It changes nothing (it only "
+            "reads), so the stop left nothing to finish or repair: run it again, with more "
+            "time if a time limit stopped it (`timeout`, a job's or a service manager's)"
+        )
 
 
 class OutputClosedError(AppError):
@@ -1158,7 +1198,8 @@ class CommandTerminatedError(CommandInterruptedError):
 
     exit_code = EX_TERMINATED
     code = "terminated"
-    template = _stopped_template("was stopped (SIGTERM)", "the stop")
+    how: ClassVar[str] = "was stopped (SIGTERM)"
+    template = _stopped_template(how, "the stop")
 
 
 PIDS_LIMITS: Final = (

@@ -57,6 +57,7 @@ from app.errors import (
     LockFileKindError,
     LockFileUnreadableError,
     LockUnavailableError,
+    json_loads,
     shell_word,
 )
 from app.mountinfo import unescape
@@ -263,7 +264,7 @@ def _parse_holder(raw: bytes) -> dict[str, Any] | None:
     if not raw.strip():
         return None
     try:
-        value = json.loads(raw)
+        value = json_loads(raw)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -1278,6 +1279,40 @@ _KINDS_OF_FILE: Final = (
     (stat.S_ISCHR, "a device"),
     (stat.S_ISBLK, "a device"),
 )
+
+
+#: What a command on this machine connects to for a server listening on every address.
+_LOOPBACK_FOR: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets (``http://::1:8000`` is no URL)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def local_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
+    """Where a command on this machine reaches the server ``holder`` describes, or ``None``.
+
+    From the address the server listens on, which it publishes (``address``): `app status`
+    and `empty-trash`'s refusal built the URL from the command's own ``host`` setting, so a
+    server started with ``--host ::1`` (or an ``APP_HOST`` the shell does not have) was
+    said to serve at ``http://127.0.0.1:PORT``, where nothing, or another server, answers;
+    and ``APP_HOST=::1`` gave ``http://::1:PORT``, which curl refuses (red team 51). An
+    address of every interface is reached at the loopback of its family. A holder of an
+    earlier build, which published no address, is named by the URL it published.
+    """
+    port = holder.get("port")
+    if holder.get("kind") != "server" or not isinstance(port, int) or not port:
+        return None
+    address = holder.get("address")
+    if not isinstance(address, str):
+        published = holder.get("url")
+        if isinstance(published, str) and published.startswith("http"):
+            return published
+        address = configured_host
+    return http_url(_LOOPBACK_FOR.get(address, address), port)
 
 
 def special_kind(mode: int) -> str | None:

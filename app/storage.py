@@ -764,6 +764,14 @@ def status(config: Config) -> Status:
     return describe(config.local_root("show the status of a data root"))
 
 
+def serving_url(holder: Mapping[str, Any], configured_host: str) -> str | None:
+    """Where a command on this machine reaches the server a data root's ``holder`` describes
+    (from the address it listens on, which it publishes), or ``None``."""
+    from app.lock import local_url
+
+    return local_url(holder, configured_host)
+
+
 def probe(config: Config) -> list[Probe]:
     """Reach the profile's storage as ``app doctor`` does: read-only, each wait bounded.
 

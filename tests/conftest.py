@@ -246,6 +246,7 @@ SLOWEST_FILES = (
     "tests/test_redteam_s45_remote.py",  # 14 s, 5 s of CPU
     "tests/test_redteam_s42_remote.py",  # 13 s, 5 s of CPU
     "tests/test_redteam_s37_guard.py",  # 13 s, 10 s of CPU
+    "tests/test_redteam_s38_integrity.py",  # suite13: 21 and 17 s (load 3 to 18)
     "tests/test_server_e2e.py",  # 12 s, 3 s of CPU
     "tests/test_redteam_s29_powerloss.py",  # 12 s, 4 s of CPU
     "tests/test_redteam_s41_guard.py",  # 11 s, 6 s of CPU
@@ -259,6 +260,9 @@ SLOWEST_FILES = (
     "tests/test_redteam_s44_guard.py",  # 9 s, 3 s of CPU
     "tests/test_fixtures.py",  # 9 s, 3 s of CPU
     "tests/test_redteam_s43_guard.py",  # 8 s, 3 s of CPU
+    "tests/test_redteam_s47_guard.py",  # suite13: 16 and 8 s (load 3 to 18)
+    "tests/test_redteam_s48_guard.py",  # suite13: 14 and 8 s
+    "tests/test_redteam_s46_integrity.py",  # suite13: 14 and 7 s
     "tests/test_redteam_s32_maintenance.py",  # 8 s, 2 s of CPU
     "tests/test_redteam_s35_guard.py",  # 8 s, 5 s of CPU
 )

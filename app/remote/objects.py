@@ -41,7 +41,7 @@ from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
 from app import sandbox
-from app.errors import AppError, InvalidSettingError, UploadTooLargeError
+from app.errors import AppError, InvalidSettingError, UploadTooLargeError, json_loads
 from app.remote.errors import (
     STATIC_CREDENTIALS,
     DatabaseCopiedError,
@@ -1084,7 +1084,7 @@ class ObjectStore:
         # Written by hand or cut short: a bare JSONDecodeError or AttributeError before,
         # a traceback from every command (red team 37; the data root's stamp, red team 36).
         try:
-            stamp = json.loads(raw)
+            stamp = json_loads(raw)
         except ValueError as error:
             raise PrefixStampDamagedError(self.where, f"is not JSON ({error})") from None
         if not (isinstance(stamp, dict) and isinstance(stamp.get("profile"), str)):

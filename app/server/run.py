@@ -269,7 +269,8 @@ def _run(
 
     log_config = _log_config(config.log_level)
     bound_port: int = sock.getsockname()[1]
-    store.publish(port=bound_port, url=_public_url(host, bound_port))
+    address: str = sock.getsockname()[0]
+    store.publish(port=bound_port, url=_public_url(host, bound_port), address=address)
     # Whatever a crash of the last holder left half done is finished or undone before the
     # first request; the audit log says what was done.
     _start_up_check(store)
@@ -340,11 +341,10 @@ def _run(
             config.profile,
         )
     log.info(
-        "serving profile %s from %s on http://%s:%d (pid %d)",
+        "serving profile %s from %s on %s (pid %d)",
         config.profile,
         store.location,
-        host,
-        bound_port,
+        _url(host, bound_port),
         os.getpid(),
     )
     server.config.load()  # what server.run does first: the protocol, the wrapped application
@@ -473,10 +473,9 @@ def serve_workers(config: Config, *, host: str, port: int, workers: int) -> None
         for process in processes:
             process.start()
         log.info(
-            "started %d workers on http://%s:%d (pids %s), each a replica of profile %s",
+            "started %d workers on %s (pids %s), each a replica of profile %s",
             workers,
-            host,
-            sock.getsockname()[1],
+            _url(host, sock.getsockname()[1]),
             ", ".join(str(p.pid) for p in processes),
             config.profile,
         )
@@ -571,11 +570,17 @@ def _stop_with_parent(parent: int) -> None:
 
 def _public_url(host: str, port: int) -> str:
     """The URL other machines can reach this server at, as far as this process knows."""
-    if host in _WILDCARDS:
-        host = socket.gethostname()
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return _url(socket.gethostname() if host in _WILDCARDS else host, port)
+
+
+def _url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets: the start-up's line said
+    ``http://::1:8000``, which is no URL (red team 51; `app.lock.http_url` for commands)."""
+    return (
+        f"http://[{host}]:{port}"
+        if ":" in host and not host.startswith("[")
+        else f"http://{host}:{port}"
+    )
 
 
 #: Signals an operator sends a server out of habit from other servers (reload, reopen logs).

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
+from app.dataroot import lexists
 from app.errors import (
     DamagedFileError,
     FileExistsInSessionError,
@@ -292,7 +293,23 @@ class Files:
     ) -> None:
         # After the switch the old blob is no longer the file; moving it into its trash entry
         # may fail (a full disk) without undoing anything: `check` finishes the move.
-        if not os.path.lexists(directory / BLOBS_DIR / blob):
+        try:
+            there = lexists(directory / BLOBS_DIR / blob)
+        except OSError as error:
+            # Logged as "removed from outside the app", of bytes a look failed to see
+            # (red team 52): they are there, and `check` moves them into the entry.
+            log.warning(
+                "file %r of session %s: could not look at its old bytes (blob %s: %s); "
+                "they stay among the session's blobs, and `app data check --repair` moves "
+                "them into trash entry %s once the disk reads (a server's start-up runs it)",
+                name,
+                directory.name,
+                blob,
+                error.strerror,
+                entry.name,
+            )
+            return
+        if not there:
             log.warning(
                 "file %r of session %s: its bytes (blob %s) were not there, removed from "
                 "outside the app; trash entry %s keeps its record for them, and `app data "
@@ -347,10 +364,14 @@ class Files:
                     # right after the unlink, the undo removed the entry waiting for the
                     # deleted bytes, which `check` then took for an upload never
                     # acknowledged (red team 35). Made, the entry stays for `check` to fill.
-                    if os.path.lexists(record_path):
-                        self.trash.remove_empty(entry)
-                    else:
+                    try:
+                        committed = not lexists(record_path)
+                    except OSError:
+                        committed = True  # unknown: the entry stays for `check` to judge
+                    if committed:
                         self.records.changed(session_id)
+                    else:
+                        self.trash.remove_empty(entry)
                     raise
                 self.records.changed(
                     session_id, name, None, identity_after_change(str(record_path.parent))
@@ -361,7 +382,12 @@ class Files:
         return entry
 
     def restore(
-        self, session_id: str, name: str, prepared: Prepared, entry_name: str | None = None
+        self,
+        session_id: str,
+        name: str,
+        prepared: Prepared,
+        entry_name: str | None = None,
+        audit: Callable[[TrashEntry], None] = lambda entry: None,
     ) -> tuple[SessionRecord, TrashEntry]:
         """Move the newest trashed copy of a file (or the one in ``entry_name``) back into
         its session, which must be there; the session with the file, and the trash entry
@@ -370,7 +396,8 @@ class Files:
         ``prepared`` holds the audit log (opened before); the directories the move needs
         after it is made are opened into it before it, and the answer is the session read
         before it, with the file added: a failure after the move (EMFILE) would otherwise
-        answer "nothing was changed" for a file that is back.
+        answer "nothing was changed" for a file that is back. ``audit`` writes the restore's
+        line, once the file is back and before its entry is removed.
         """
         record_path = self.record_path(session_id, name)
         with self.sessions.locked(session_id) as directory:
@@ -452,6 +479,10 @@ class Files:
                 "blob": blob,
             }
             self._switch_record(session_id, record_path, record, undo)
+            # The line before the entry goes: killed between them, `check` finds the entry,
+            # which the line names, and removes it; in the other order a kill left the
+            # restore logged nowhere (red team 52).
+            audit(entry)
             self.trash.remove_restored(entry, prepared)
             return self.sessions.with_file(before, directory, record), entry
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import stat
@@ -32,6 +31,7 @@ from app.errors import (
     FileRecordUnreadableError,
     SessionNotFoundError,
     UnreadableSessionError,
+    json_loads,
 )
 from app.storage import FileEntry
 from app.store.ids import ID_RE
@@ -198,7 +198,7 @@ def _opened_record(path: Path) -> tuple[FileRecord | None, os.stat_result | None
 
 def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
     try:
-        record = json.loads(raw)
+        record = json_loads(raw)
     except ValueError:
         return None
     if (
@@ -308,7 +308,7 @@ def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
     writes, else `UnreadableSessionError` (a number in ``updated_at`` once failed every page
     that held a session with files)."""
     try:
-        session = json.loads(raw)
+        session = json_loads(raw)
     except ValueError:
         session = None
     if not isinstance(session, dict):

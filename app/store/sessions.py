@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from app.dataroot import FILE_MODE, fsync, fsync_dir, json_bytes, link_remedy, write_all
+from app.dataroot import (
+    FILE_MODE,
+    fsync,
+    fsync_dir,
+    json_bytes,
+    lexists,
+    link_remedy,
+    remove_tree,
+    write_all,
+)
 from app.errors import (
     BadRequestError,
     DataRootStateError,
@@ -148,7 +156,7 @@ class Sessions:
                     if e.name.startswith(NEW_PREFIX) and e.name not in self.state.creating
                 ]
             for path in stale:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path, ignore_errors=True)
         if stale:
             self.root.audit(
                 "clear-unfinished-create", self.path, removed=sorted(Path(p).name for p in stale)
@@ -205,7 +213,7 @@ class Sessions:
             for item in staged:
                 if not item.renamed:
                     item.close()
-                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
             raise
         finally:
             for item in staged:
@@ -236,7 +244,7 @@ class Sessions:
                 except Exception as error:  # this one's answer
                     results[item.index] = error
                     item.close()
-                    shutil.rmtree(f"{self.where}/{item.name}", ignore_errors=True)
+                    remove_tree(f"{self.where}/{item.name}", ignore_errors=True)
                 else:
                     going.append(item)
             return going
@@ -626,12 +634,16 @@ class Sessions:
             except BaseException:
                 # Told from the disk, not from the exception: a Ctrl-C lands right after
                 # the rename too, and the session is then in the trash (red team 35).
-                moved = os.path.lexists(entry.path / TRASHED_SESSION)
+                moved: bool | None
+                try:
+                    moved = lexists(entry.path / TRASHED_SESSION)
+                except OSError:
+                    moved = None  # unknown: the entry stays for `check` to tell (red team 52)
                 prepared.close()
+                self.state.records.changed(session_id)
                 if moved:
-                    self.state.records.changed(session_id)
                     self.state.index_update(remove=session_id)
-                else:
+                elif moved is not None:
                     self.trash.remove_empty(entry)
                 raise
             self.state.records.changed(session_id)
@@ -644,7 +656,11 @@ class Sessions:
         return entry
 
     def restore(
-        self, session_id: str, prepared: Prepared, entry_name: str | None = None
+        self,
+        session_id: str,
+        prepared: Prepared,
+        entry_name: str | None = None,
+        audit: Callable[[TrashEntry], None] = lambda entry: None,
     ) -> tuple[SessionRecord | None, StoreError | None, TrashEntry]:
         """Move the newest trashed copy of a session (or the one in ``entry_name``) back;
         refused if a session with its id exists again.
@@ -703,6 +719,7 @@ class Sessions:
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
+            audit(entry)  # before the entry goes, as a file's restore (red team 52)
             self.trash.remove_restored(entry, prepared)
             return session, unreadable, entry
 

@@ -339,6 +339,7 @@ class Store(Storage):
                     self.sessions_dir,
                     count=len(entries),
                     sessions=[e.session_id for e in entries],
+                    entries=[e.name for e in entries],
                     stopped=str(error),
                 )
                 if isinstance(error, FsyncFailed):
@@ -370,6 +371,10 @@ class Store(Storage):
                 self.sessions_dir,
                 count=len(entries),
                 sessions=[e.session_id for e in entries],
+                # By name too: by its sessions alone, an earlier purge's line stood for a
+                # later purge's entry of the same session, killed before its own line,
+                # which `check` then never logged (red team 52).
+                entries=[e.name for e in entries],
                 **({"left": [link.name for link in left]} if left else {}),
             )
         for link in left:
@@ -487,8 +492,12 @@ class Store(Storage):
         # audit log included: a restore that happened is answered as one.
         with self.root.prepare(audit=True) as prepared:
             if name is None:
-                session, unreadable, taken = self.sessions.restore(session_id, prepared, entry)
-                prepared.audit("restore-session", session_id, trash=taken.name)
+                session, unreadable, _ = self.sessions.restore(
+                    session_id,
+                    prepared,
+                    entry,
+                    lambda taken: prepared.audit("restore-session", session_id, trash=taken.name),
+                )
                 # Raised after the audit line: a session.json damaged from outside still
                 # comes back (and is said to be unreadable), and the log has the move.
                 if unreadable is not None:
@@ -496,12 +505,19 @@ class Store(Storage):
                 assert session is not None
             else:
                 try:
-                    session, taken = self.files.restore(session_id, name, prepared, entry)
+                    session, _ = self.files.restore(
+                        session_id,
+                        name,
+                        prepared,
+                        entry,
+                        lambda taken: prepared.audit(
+                            "restore-file", f"{session_id}/{name}", trash=taken.name
+                        ),
+                    )
                 except SessionNotFoundError as missing:
                     if type(missing) is not SessionNotFoundError:
                         raise
                     raise self._session_in_trash(session_id) or missing from None
-                prepared.audit("restore-file", f"{session_id}/{name}", trash=taken.name)
         if name is None:
             # The restore is made and audited: a migration that cannot be made now (out of
             # descriptors, a failed fsync) is left to the next start-up or repair, which make

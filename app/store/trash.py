@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
 import re
 import secrets
-import shutil
 import stat
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,8 +25,10 @@ from app.dataroot import (
     NotRegularFileError,
     fsync_dir,
     json_bytes,
+    lexists,
     link_remedy,
     read_regular,
+    remove_tree,
     write_new_file,
 )
 from app.errors import (
@@ -37,6 +37,7 @@ from app.errors import (
     TrashCopyLostError,
     TrashEntryLinkedError,
     TrashManifestDamagedError,
+    json_loads,
     partway_cause,
 )
 from app.lock import BOOT_ID_FILE, special_kind
@@ -119,14 +120,11 @@ def _linked_remedy(link: Path) -> str:
 
 def _remove_contents(directory: Path) -> None:
     """Remove everything in ``directory`` (an entry `empty-trash` took out of the trash),
-    and leave the directory itself; links are removed, never followed (as `shutil.rmtree`)."""
-    with os.scandir(directory) as entries:
-        children = list(entries)
-    for child in children:
-        if child.is_dir(follow_symlinks=False):
-            shutil.rmtree(child.path)
-        else:
-            Path(child.path).unlink(missing_ok=True)
+    and leave the directory itself; links are removed, never followed, at any depth
+    (`remove_tree`: red team 51's tree deeper than Python's stack), each name relative to
+    its directory's descriptor: by whole paths, a file of a root near the path length limit
+    was left (``ENAMETOOLONG``) and its entry with it (red team 20's longest names)."""
+    remove_tree(directory, contents_only=True)
 
 
 def _not_bytes(path: Path) -> str | None:
@@ -310,7 +308,9 @@ class Trash:
         or missing is refused as `latest` refuses the newest (`TrashCopyLostError`), as no
         change in flight leaves an entry by a name already given out.
         """
-        if TRASH_NAME_RE.fullmatch(name) is None or not os.path.lexists(self.path / name):
+        # A look at it that fails is raised: read as "nothing there", `restore --entry`
+        # said it was not in the trash, of an entry the listing shows (red team 52).
+        if TRASH_NAME_RE.fullmatch(name) is None or not lexists(self.path / name):
             return None
         entry = self.read_entry(name)
         assert entry is not None  # its name is an entry's
@@ -337,9 +337,9 @@ class Trash:
         ``file``'s name."""
         if entry.kind != "file" or entry.file == file or entry.reason == LINKED:
             return False
-        if isinstance(entry.file, str) and os.path.lexists(entry.path / bytes_in_entry(entry.file)):
+        if isinstance(entry.file, str) and lexists(entry.path / bytes_in_entry(entry.file)):
             return False  # another file's copy, as its manifest says
-        return os.path.lexists(entry.path / bytes_in_entry(file))
+        return lexists(entry.path / bytes_in_entry(file))
 
     def _damaged(
         self,
@@ -426,10 +426,24 @@ class Trash:
         The manifest was removed and the entry left with the session in it, which `check`
         could only leave for a human (``trash-no-manifest``; red team 35).
         """
-        with contextlib.suppress(OSError):
-            if any(p.name != TRASH_MANIFEST for p in entry.path.iterdir()):
-                log.warning("trash entry %s holds data: kept whole, with its manifest", entry.name)
-                return
+        try:
+            held = any(p.name != TRASH_MANIFEST for p in entry.path.iterdir())
+        except FileNotFoundError:
+            held = False
+        except OSError as error:
+            # A listing that fails (EIO) says nothing of what the entry holds: read as
+            # "nothing but the manifest", a session moved in just before a Ctrl-C lost
+            # it, and `check` could only leave the entry for a human (red team 52).
+            log.warning(
+                "trash entry %s could not be listed (%s): kept whole, with its manifest; "
+                "`app data check --repair` removes it if it holds nothing",
+                entry.name,
+                error.strerror,
+            )
+            return
+        if held:
+            log.warning("trash entry %s holds data: kept whole, with its manifest", entry.name)
+            return
         with contextlib.suppress(FileNotFoundError):
             (entry.path / TRASH_MANIFEST).unlink()
         with contextlib.suppress(OSError):
@@ -515,7 +529,7 @@ class Trash:
     def _manifest(path: Path, *, strict: bool) -> dict[str, Any]:
         """The manifest of the entry at ``path`` (`_entry`), ``{}`` for a damaged one."""
         try:
-            manifest = json.loads(read_regular(path / TRASH_MANIFEST))
+            manifest = json_loads(read_regular(path / TRASH_MANIFEST))
         except (*MISSING_MANIFEST, ValueError):
             manifest = {}
         except OSError:
@@ -535,7 +549,7 @@ class Trash:
         return manifest
 
     def read_manifest(self, entry: TrashEntry) -> TrashManifest:
-        manifest: TrashManifest = json.loads(read_regular(entry.path / TRASH_MANIFEST))
+        manifest: TrashManifest = json_loads(read_regular(entry.path / TRASH_MANIFEST))
         return manifest
 
     def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
@@ -668,7 +682,7 @@ class Trash:
             # not yet filled was taken away from under it, its bytes left among the
             # session's blobs (red team 33). One gone meanwhile is not removed here.
             with self.root.store_state.lock_for(entry.session_id):
-                if not os.path.lexists(entry.path):
+                if not lexists(entry.path):
                     continue
                 if state.being_audited(entry.name):
                     # A session's delete made it, and has not written its audit line yet:

@@ -26,12 +26,16 @@ from collections.abc import Generator
 import pytest
 
 
-def pytest_addoption(pluginmanager: pytest.PytestPluginManager) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     """Guard from the moment pytest registers this module, before any conftest is imported:
     a conftest's ``tryfirst`` ``pytest_configure`` that made pytest's base directory
     (``TempPathFactory.from_config(config).getbasetemp()``) ran before this module's
     `pytest_configure`, and its pytest emptied a production root given as the
-    ``--basetemp`` (red team 40)."""
+    ``--basetemp`` (red team 40). And an option argparse opens for writing as it parses
+    (``argparse.FileType("w")``), checked before it opens it, plugin on or off (red team 51)."""
+    from app.testing import writes
+
+    writes.guard_file_options(parser)
     if pluginmanager.is_blocked("app"):
         from app.testing import guard
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from app import config as appconfig
-from app.errors import AppError
-from app.testing.guard import INACTIVE, STATE, scratch_names
+from app.errors import AppError, printable
+from app.testing.guard import INACTIVE, STATE, local_address, port_served, scratch_names
 
 if TYPE_CHECKING:
     from app.storage import Storage
@@ -101,10 +101,22 @@ def app_config(
         assert config.database_url is not None and config.blob_url is not None
         monkeypatch.setenv("APP_DATABASE_URL", config.database_url)
         monkeypatch.setenv("APP_BLOB_URL", config.blob_url)
-        return config
-    root = tmp_path / "app-data"
-    monkeypatch.setenv("APP_DATA_ROOT", str(root))
-    return appconfig.load("testing")
+    else:
+        monkeypatch.setenv("APP_DATA_ROOT", str(tmp_path / "app-data"))
+        config = appconfig.load("testing")
+    if state is not None:
+        # The run looked as it started; a server outside it may have started since (a
+        # developer's `app serve` on the testing port, red team 52): this test gets the
+        # port and the token that reach it.
+        refusal = port_served(
+            "testing",
+            state.live,
+            runs=state.own_runs,
+            address=local_address(config.host, config.port, config.sources.get("port", "")),
+        )
+        if refusal is not None:
+            pytest.fail(printable(refusal), pytrace=False)
+    return config
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ every pytest start, and the first test that calls `app.config.load` pays for dyn
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import json
 import os
 import stat
 import sys
@@ -98,9 +100,17 @@ class GuardState:
     remote: RemoteTesting | None = None
     #: Whether this process is an xdist worker of the run (not a run a worker started).
     worker: bool = False
+    #: A worker's controller: a server it started (in a hook of a conftest, for the
+    #: workers to share) is the run's own, as the worker's are (`own_runs`).
+    controller: sandboxing.Run | None = None
     #: Whether a test was already failed for replacing the sandbox (said once; `mktemp`
     #: refuses on every call).
     replaced_reported: bool = False
+
+    @property
+    def own_runs(self) -> tuple[sandboxing.Run | None, ...]:
+        """The runs whose processes' servers are this run's own (`port_served`)."""
+        return (self.run, self.controller)
 
     @property
     def sandbox_identity(self) -> tuple[int, int] | None:
@@ -262,6 +272,22 @@ def shell_roots(*, resolved: bool = True) -> tuple[str | None, dict[str, Path], 
     )
 
 
+def _settings_roots() -> dict[str, Path]:
+    """Every profile's root as the settings name them, where they can be read; none where
+    they cannot (a run without the plugin goes on, checked by what is on disk alone)."""
+    try:
+        roots = shell_roots()[1]
+    except (AppError, OSError):
+        return {}
+    # A refusal names the first root a path overlaps: one with data, production's first.
+    return dict(
+        sorted(
+            roots.items(),
+            key=lambda item: (not item[1].exists(), item[0] != appconfig.ALWAYS_PROTECTED),
+        )
+    )
+
+
 def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoot]]:
     """The live holders of `roots`, and the roots this user may not look into at all."""
     from app.lock import probe
@@ -281,6 +307,237 @@ def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoo
         if seen.held and (seen.holder or {}).get("kind") != "tests":
             live.append(LiveHolder(name, root, seen.holder))
     return live, unseen
+
+
+def _local_address(host: str) -> str | None:
+    """The address a client of this machine reaches a server configured with `host` at,
+    where that is this machine (a loopback address, ``localhost``, a wildcard one); None
+    for a name or address of another machine (not probed: a name may take a DNS lookup)."""
+    import ipaddress
+
+    text = host.strip().strip("[]").lower()
+    if text in {"localhost", ""}:
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.is_unspecified:  # a wildcard is reached through the loopback
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return str(address) if address.is_loopback else None
+
+
+def local_address(host: str, port: int, source: str) -> tuple[str, int, str] | None:
+    """`port_served`'s address of a loaded configuration's `host` and `port` (its value
+    and source): None where the port is 0 or the host not this machine's."""
+    address = _local_address(host)
+    return (address, port, source) if address is not None and 0 < port < 65536 else None
+
+
+def _address(profile: str) -> tuple[str, int, str] | None:
+    """`profile`'s host and port as the run's tests get them (the files but the local ones:
+    ``APP_HOST`` and ``APP_PORT`` are neutralised), with where the port is set; None where
+    it is 0 (each server picks one), not a plain value of the files (dynaconf's syntax: not
+    read before the run, to keep dynaconf out of the start-up), not a host of this machine,
+    or where the run cannot authenticate to its server (a protected profile, production,
+    whose token the files the run reads do not hold)."""
+    found = _profile_values(profile)
+    if found is None:
+        return None
+    source = found.pop("source")
+    host, port = found["host"], found["port"]
+    if found["protected"] is not False and not found["api_token"]:
+        return None
+    if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
+        return None
+    address = _local_address(host)
+    return (address, port, source) if address is not None else None
+
+
+def _profile_values(profile: str) -> dict[str, Any] | None:
+    """`profile`'s host, port, protection and token as the run's tests get them (the files
+    but the local ones), and where its port is set (``source``); None where the files cannot
+    be read before the run (they are refused later, with their own message)."""
+    from app import config_files
+
+    try:
+        files = config_files.read_files(os.environ, sandboxed=True)
+    except (AppError, OSError):
+        return None
+    found: dict[str, Any] = {
+        key: appconfig.KEYS[key].default for key in ("host", "port", "protected", "api_token")
+    }
+    found["source"] = "built-in default"
+    for layer in config_files.layers(files, profile):
+        found.update({key: layer.body[key] for key in found if key in layer.body})
+        if "port" in layer.body:
+            found["source"] = layer.source
+    return found
+
+
+def _opens_with(host: str, port: int, token: object) -> bool | None:
+    """Whether the server listening at `host`:`port` serves a request with `token`, the one
+    every test gets (``GET /sessions?limit=1``, a read): True where it answers 200, False
+    where it answers anything else (401: another profile's server, whose token the run does
+    not hold; 404: no server of this app), None where it gives no answer in time.
+
+    Looked at only where something listens on the testing port: a run beside the README's
+    development server, on a port that a user's settings also give testing (both at
+    ``[default]``'s 8000, as in this project's own inner runs), was refused for a server
+    that answers every request of the run 401 (red team 52's first check). The standard
+    library's client: httpx builds a TLS context per client, 16 ms here."""
+    import http.client
+
+    headers = {"Host": "localhost"}
+    if isinstance(token, str) and token:
+        headers["Authorization"] = f"Bearer {token}"
+    connection = http.client.HTTPConnection(host, port, timeout=1.0)
+    try:
+        connection.request("GET", "/sessions?limit=1", headers=headers)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    return status == 200
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The TCP sockets listening on `port` on this machine (``/proc/net/tcp``, ``tcp6``), as
+    a process's descriptor links name them (``socket:[<inode>]``)."""
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            rows = (Path("/proc/net") / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address (hex ip:port), state 0A (LISTEN), inode in the tenth column
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rpartition(":")[2], 16) == port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _holding(sockets: set[str]) -> list[int]:
+    """The processes that hold one of `sockets` open, as far as this user may see them."""
+    found = []
+    for entry in Path("/proc").iterdir() if sockets else ():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(_fd_target(fd) in sockets for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+    return found
+
+
+#: Listening sockets found to be held by processes of this run alone, or by a server that
+#: refuses the run's token (`port_served`): each is looked up once, not at every test.
+_OWN_SOCKETS: set[str] = set()
+
+
+def _fd_target(link: Path) -> str:
+    try:
+        return str(link.readlink())
+    except OSError:
+        return ""
+
+
+def _descends_from(pid: int, ancestors: set[int]) -> bool:
+    """Whether `pid` is, or descends from, one of `ancestors` (``/proc`` numbering)."""
+    seen: set[int] = set()
+    while pid > 0 and pid not in seen:
+        if pid in ancestors:
+            return True
+        seen.add(pid)
+        fields = sandboxing._stat_fields(pid)
+        if fields is None:
+            return False
+        pid = fields[0]
+    return False
+
+
+def port_served(
+    profile: str,
+    live: list[LiveHolder],
+    *,
+    runs: tuple[sandboxing.Run | None, ...] = (),
+    address: tuple[str, int, str] | None = None,
+) -> str | None:
+    """Why the run (or, given `runs`, a test) may not go on where a process outside the run
+    already listens on `profile`'s port on this machine; None where nothing does.
+
+    Every test gets the testing profile's host, port and token (the committed
+    ``.secrets.toml``'s), and a test that opts into development gets development's. A suite
+    whose fixture starts ``app serve`` in the sandbox and waits for ``/health`` at that
+    port, as a suite written against the app does, found a developer's own
+    ``ENV_FOR_DYNACONF=testing app serve`` there: the run's server could not bind the port,
+    the developer's answered, and the test's clean-up deleted its sessions (red team 52).
+    Nothing of the run listens as it starts, so whoever does is someone else's server.
+    Later (a test that opts into a profile), one that a process of `runs` (this run)
+    started is the run's own, and is left alone (a suite's own server on that port).
+    """
+    address = address or _address(profile)
+    if address is None:
+        return None
+    host, port, source = address
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            pass
+    except OSError:
+        return None  # nothing listens (refused), or the address is not this machine's
+    sockets = _listening_sockets(port)
+    if sockets and sockets <= _OWN_SOCKETS:
+        return None
+    holders = [h for h in live if (h.holder or {}).get("port") == port]
+    pids = _holding(sockets)
+    if _opens_with(host, port, (_profile_values(profile) or {}).get("api_token")) is False:
+        _OWN_SOCKETS.update(sockets)  # not the run's, but no request of the run gets in
+        return None
+    own = {run.pid for run in runs if run is not None and run.pid is not None}
+    if pids and own and all(_descends_from(pid, own) for pid in pids):
+        _OWN_SOCKETS.update(sockets)
+        return None
+    if holders:
+        who = "; ".join(
+            f"{describe_holder(h.holder)}, serving the data root of profile {h.profile!r} "
+            f"({h.root})"
+            for h in holders
+        )
+    elif pids:
+        who = "; ".join(
+            f"pid {pid} ({sandboxing.command_line(pid) or 'command line unknown'})" for pid in pids
+        )
+    else:
+        who = "a process this user cannot see (as root, `ss -ltnp` names it)"
+    return (
+        f"app: refusing {'this test' if runs else 'to run'}: the {profile} profile's port "
+        f"{port} ({source}) is already "
+        f"served on {host} by {who}, a process outside this run. Every test gets that port and the "
+        f"{profile} profile's token, so a request a test sends to the {profile} profile's "
+        "server (a fixture that starts `app serve` and waits for /health there) reaches that "
+        "server and changes its data. Stop that server, or serve it on another port (`app "
+        f"serve --port N`); or give [{profile}] a port no other server uses in settings.toml "
+        "(the app_live_server fixture picks a free one for itself)"
+    )
+
+
+def refuse_testing_port_served(live: list[LiveHolder]) -> None:
+    """Refuse the run where a process outside it serves the testing profile's port
+    (`port_served`): checked as the run starts, before any test could start a server. A
+    server of a run enclosing this one counts as outside it: its data is not in this run's
+    sandbox (a test that runs pytest next to a server it started, as this project's own
+    tests put a live server beside an inner run)."""
+    __tracebackhide__ = True
+    refusal = port_served("testing", live)
+    if refusal is not None:
+        raise usage_error(refusal)
 
 
 def out_of_reach(root: Path) -> str:
@@ -560,7 +817,13 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 f"{describe_holder(seen.holder)}; pytest empties the --basetemp before the "
                 "run. Choose a --basetemp outside every data root"
             )
-        if STAMP_FILE not in files or not (stamped or here == target):
+        if STAMP_FILE not in files:
+            continue
+        # Without the plugin (or inactive), a stamped root below counts only where its stamp
+        # names another profile than testing: under pytest the app opens no other profile
+        # outside a sandbox of the plugin's, so no test made it, and a stopped production
+        # root below another project's --basetemp was emptied (red team 51).
+        if not (stamped or here == target or _stamped_beyond_testing(here / STAMP_FILE)):
             continue
         if not earlier_sandbox:
             raise usage_error(
@@ -576,6 +839,16 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 "run. Choose another --basetemp; if that root is only an old test's, delete "
                 "it yourself first"
             )
+
+
+def _stamped_beyond_testing(stamp: Path) -> bool:
+    """Whether the profile stamp `stamp` names a profile other than ``testing`` (one that
+    cannot be read says nothing: an earlier test's own may be damaged on purpose)."""
+    try:
+        profile = json.loads(stamp.read_bytes()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(profile, str) and profile.strip().lower() != "testing"
 
 
 def _made_by_a_run(root: Path, sandbox: Path) -> str | None:
@@ -839,18 +1112,42 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
     """
     __tracebackhide__ = True
     temproot, rootdir = _default_rootdir()
+    # Where the system opens it: the user's name is pytest's text, taken from LOGNAME or
+    # USER as it is, so `USER=root/../../srv/app/data` (with /tmp/pytest-of-root there)
+    # made pytest-of-<user> production's root itself, and pytest made its numbered
+    # directories in it, plugin active or off (red team 51).
+    # A link at that name itself pytest refuses before it makes anything (since 7.3), with a
+    # message of its own that says what to fix.
+    linked = rootdir.is_symlink()
+    real = rootdir if linked else Path(os.path.realpath(rootdir))
     if enclosing:
-        roots = {name: root for name, root in roots.items() if not root.is_relative_to(rootdir)}
+        roots = {
+            name: root
+            for name, root in roots.items()
+            if not (root.is_relative_to(rootdir) or root.is_relative_to(real))
+        }
     # A root the settings name, else one found on disk (a service's root set in its own
     # environment): the same refusal, saying how the root was recognised.
     where = None
-    if (named := _overlapping([rootdir], roots)) is not None:
+    if (named := _overlapping([rootdir, real], roots)) is not None:
         name, root = named
         where = f"overlaps the data root of profile {name!r} ({root})"
     elif (on_disk := _enclosing_data_root(rootdir)) is not None:
         root, who = on_disk
         where = f"lies inside the data root {root} ({who})"
+    elif not linked and (on_disk := _data_root_at(real)) is not None:
+        root, who = on_disk
+        where = f"is or lies inside the data root {root} ({who})"
     if where is not None:
+        if (user := _user_variable()) is not None:
+            variable, name = user
+            seen = f" (it is {real})" if real != rootdir else ""
+            raise usage_error(
+                f"app: refusing to run: pytest would create (and clean up) its temporary "
+                f"directories in {rootdir}{seen}, which {where}, because the user name "
+                f"pytest reads from {variable} is {name!r}, a path rather than a name. Set "
+                f"{variable} to the user's own name, or unset it"
+            )
         variable = _temproot_variable(temproot)
         raise usage_error(
             f"app: refusing to run: pytest would create (and clean up) its temporary "
@@ -858,6 +1155,21 @@ def _check_temproot(roots: dict[str, Path], *, enclosing: bool = False) -> Path:
             f"Point {variable} outside every data root, or pass --basetemp"
         )
     return rootdir
+
+
+def _data_root_at(path: Path) -> tuple[Path, str] | None:
+    """`_enclosing_data_root` of `path`, `path` itself included: pytest makes its numbered
+    directories right inside ``pytest-of-<user>``, which may be a data root itself."""
+    return _enclosing_data_root(path / "pytest-0")
+
+
+def _user_variable() -> tuple[str, str] | None:
+    """The variable pytest's user name comes from (``getpass.getuser``'s order), and its
+    value, where that name is a path rather than a name (a ``/`` in it, or ``..``)."""
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if name := os.environ.get(variable):
+            return (variable, name) if "/" in name or name in {".", ".."} else None
+    return None
 
 
 def keep_sandbox_with_mounts(state: GuardState, when: str) -> str | None:
@@ -1113,9 +1425,11 @@ def _keep_held_directories_after(
     # pytest registered its clean-up on this stack as it made the directory; the stack runs
     # last in, first out, so this runs just before it (private: see the pytest bound in
     # pyproject.toml). Its locks count as alive against the directory's creation, as there.
-    factory._exit_stack.callback(
-        _keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp
-    )
+    # pytest 8 registers it with atexit instead, also last in, first out: there, every run
+    # with the plugin active stopped here with an AttributeError before any test.
+    stack = getattr(factory, "_exit_stack", None)
+    register = stack.callback if stack is not None else atexit.register
+    register(_keep_held_directories, config, basetemp.parent, keep, alive_after, basetemp)
 
 
 def keep_held_directories_inactive(config: pytest.Config) -> None:
@@ -1157,7 +1471,20 @@ def make_sandbox(
         _ispytest=True,
     )
     setattr(factory, _KEEPS, True)
-    sandbox = factory.getbasetemp().resolve()
+    try:
+        sandbox = factory.getbasetemp().resolve()
+    except OSError as error:
+        # pytest's own refusal (a --basetemp that names a file, or under one; its
+        # pytest-of-<user> a link), which pytest says as a test's error where it makes the
+        # directory itself: made here first, it was a traceback through the plugin.
+        if not given:  # pytest's own words end it: they say what to fix
+            raise usage_error(
+                f"app: pytest cannot make its base temporary directory, the test sandbox: {error}"
+            ) from None
+        raise usage_error(
+            f"app: pytest cannot make --basetemp {given}, the test sandbox: {error}. Give "
+            "--basetemp a directory of its own (pytest empties it)"
+        ) from None
     if not given:
         # Just before pytest's clean-up of the older numbered directories, at the session's
         # end or at exit.
@@ -1336,7 +1663,16 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
         if guarded:
             # Outside any run too, where the app's plugin is switched off; only what is on
             # disk counts there, as in an inactive run.
-            roots = enclosing_roots(run) if run is not None else {}
+            # The settings' own roots too, in a run and outside: `pytest -p no:app
+            # --basetemp=data` in the project, where `data/` holds every profile's root,
+            # emptied a stopped production root, whose stamp below a --basetemp counts for
+            # nothing here (another project's tests may stamp roots of their own there), and
+            # which an enclosing run protects only where its own settings name it (red team
+            # 51).
+            roots = {  # the enclosing run's first: a refusal names the run that protects it
+                **(enclosing_roots(run) if run is not None else {}),
+                **_settings_roots(),
+            }
             if given is not None:
                 # A user's `pytest -p no:app --basetemp=/srv/app/data/sessions` emptied a
                 # stopped production root's sessions that the same run with the plugin

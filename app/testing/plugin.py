@@ -23,7 +23,7 @@ from app import config_files
 from app import sandbox as sandboxing
 from app.errors import AppError, printable
 from app.lock import describe_holder
-from app.testing import guard, watch
+from app.testing import guard, watch, writes
 from app.testing.fixtures import (  # noqa: F401 - registered with the plugin, as pytest-django does
     _app_remote_scratch,
     app_client,
@@ -45,6 +45,8 @@ if guard.flocks_due_at_start():
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    # Also where the fallback is switched off: argparse opens a FileType option as it parses.
+    writes.guard_file_options(parser)
     group = parser.getgroup("app", "app: keep tests away from live data")
     group.addoption(
         "--app-strict",
@@ -165,6 +167,7 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     state.saved_env = saved
     state.remote = guard.testing_remote()
     state.worker = worker
+    state.controller = enclosing if worker else None
     # A worker's scratch names are its controller's with its id: the controller's header
     # can name them all, and each worker drops its own.
     scratch = sandboxing.scratch_suffix(
@@ -175,9 +178,19 @@ def _before_the_conftests(early_config: pytest.Config) -> None:
     protected = [*guard.protected(roots, files, live, sandbox, spelled), *inherited_protected]
     state.run = guard.register(sandbox, protected, scratch=scratch)
     early_config.stash[STATE] = state
-    strict = known.app_strict or early_config.getini("app_strict")
-    if strict and not worker:
+    if not worker:  # its controller looked, before any test started a server
+        _refuse_live(known.app_strict or early_config.getini("app_strict"), live, unseen)
+
+
+def _refuse_live(
+    strict: bool, live: list[guard.LiveHolder], unseen: list[guard.UnseenRoot]
+) -> None:
+    """What a live process outside the run refuses it for: in strict mode, any live holder;
+    always, a process that serves the testing profile's port (red team 52)."""
+    __tracebackhide__ = True
+    if strict:
         _refuse_strict(live, unseen)
+    guard.refuse_testing_port_served(live)
 
 
 def _refuse_strict(live: list[guard.LiveHolder], unseen: list[guard.UnseenRoot]) -> None:

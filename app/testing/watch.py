@@ -57,6 +57,8 @@ def refuse_pytest_writes(
             f". The app's plugin is switched off in this run ({switched_off}), and pytest "
             "writes there all the same"
         )
+    # What an option argparse opens as pytest parses it is checked against too (red team 51).
+    writes.FILE_OPTION_ROOTS.update(roots)
     writes.refuse(config, config.known_args_namespace, roots, why)
     # Registered under no name of ours: pluggy names it by its id, which no `-p no:NAME`
     # can know in advance. Named `app-pytest-writes`, `-p no:app-pytest-writes` blocked it

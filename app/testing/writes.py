@@ -20,6 +20,7 @@ be written. Only what pytest is known to read alone is left out (``--ignore``, p
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import contextvars
 import glob
@@ -27,6 +28,7 @@ import importlib.util
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +37,7 @@ from urllib.parse import unquote
 import pytest
 
 from app.lock import describe_holder
-from app.sandbox import process_link
+from app.sandbox import RUNS_DIR, process_link
 from app.testing.guard import pytest_ini, usage_error
 
 #: Option destinations pytest only reads, or that a rule below checks by what it does.
@@ -291,6 +293,7 @@ def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
                "parallel ones beside it) as the run starts, and writes it at the end")
         for path in _spellings(str(read.data_file), cwd)
     ]  # fmt: skip
+    found += _coverage_debug_targets(read.debug_file, cwd)
     reports = getattr(options, "cov_report", None)
     for kind, dest in reports.items() if isinstance(reports, Mapping) else ():
         if kind.startswith("term") or (dest is None and kind not in _COVERAGE_REPORTS):
@@ -301,6 +304,29 @@ def _coverage_targets(options: Any, cwd: Path) -> list[Target]:
             for path in _spellings(str(value), cwd)
         ]
     return found
+
+
+def _coverage_debug_targets(debug_file: str | None, cwd: Path) -> list[Target]:
+    """Coverage's debug output file: ``[run] debug_file``, else ``COVERAGE_DEBUG_FILE``
+    (``stdout`` and ``stderr`` name the streams). Coverage opens it for appending as the
+    measurement is made, debug options or not, and appends to it what ``COVERAGE_DEBUG`` (or
+    ``[run] debug``) asks: ``COVERAGE_DEBUG=sys`` with ``COVERAGE_DEBUG_FILE`` naming a
+    production record appended 11 kB of text to it, under pytest-cov's ``--cov`` (red team
+    51)."""
+    name = debug_file or os.environ.get("COVERAGE_DEBUG_FILE")
+    if not name or (debug_file is None and name in {"stdout", "stderr"}):
+        return []
+    where = "[run] debug_file" if debug_file else "COVERAGE_DEBUG_FILE"
+    return [
+        Target(
+            path,
+            f"coverage appends its debug output to {where}, {{path}}, opening it as the "
+            "measurement starts",
+            fix="Point it outside every data root, or unset it (COVERAGE_DEBUG_FILE, or "
+            "debug_file in coverage's configuration)",
+        )
+        for path in _spellings(str(name), cwd)
+    ]
 
 
 def _running_coverage_targets(cwd: Path) -> list[Target]:
@@ -341,7 +367,7 @@ def _running_coverage_targets(cwd: Path) -> list[Target]:
             prevent=prevent,
         )
         for path in _spellings(data_file, cwd)
-    ]
+    ] + _coverage_debug_targets(running.config.debug_file, cwd)
 
 
 #: Python's own profilers and tracer, run as ``python -m <module> ... -m pytest``: the options
@@ -478,6 +504,24 @@ def _targets_from(config: pytest.Config, options: Any, cwd: Path) -> list[Target
         "hypothesis writes its example database (examples/, constants/) under "
         "HYPOTHESIS_STORAGE_DIRECTORY, {path}",
     )
+    # Python's tempfile, which the run's code and every process it starts use: with a
+    # --basetemp, pytest's own temporary root was never checked, and TMPDIR in a production
+    # root's sessions/ got every test's mkdtemp() and NamedTemporaryFile made there (red team
+    # 51). Where it is, as tempfile.gettempdir() says (cached). Without a --basetemp, pytest
+    # makes pytest-of-<user> there, which the sandbox's own check refuses first, saying so;
+    # /tmp itself is the registry's, which refuses a run where it lies in a data root
+    # (red team 44), naming /tmp rather than a variable.
+    temporary = Path(tempfile.gettempdir())
+    if getattr(options, "basetemp", None) and _real(str(temporary)) != RUNS_DIR.parent:
+        found.append(
+            Target(
+                temporary,
+                "Python's tempfile makes the temporary files and directories of the run's "
+                "code (tempfile.mkdtemp, NamedTemporaryFile, multiprocessing's pymp-*) and of "
+                "every process it starts in {path}",
+                fix="Point TMPDIR (or TEMP, TMP) outside every data root",
+            )
+        )
     found += _xdist_targets(config, options, cwd)
     found += _coverage_targets(options, cwd)
     found += _running_coverage_targets(cwd)
@@ -602,6 +646,104 @@ def _import_path_targets() -> list[Target]:
             for path in _spellings(entry, Path.cwd())
         ]
     return found
+
+
+#: The roots the run protects, by name, once the plugin (or its fallback) knows them: what
+#: an option that argparse opens as it parses is checked against (`guard_file_options`),
+#: with what lies on disk, before they are known too.
+FILE_OPTION_ROOTS: dict[str, Path] = {}
+
+#: The letters of a mode in which ``open`` writes (truncates, appends, creates).
+_WRITING_MODES = frozenset("wax+")
+
+
+class _CheckedFileType:
+    """An option's ``argparse.FileType`` in a writing mode, which checks the path before
+    argparse opens it.
+
+    argparse opens such a file as it parses the command line, before any hook of pytest's
+    runs after the parse: ``type=argparse.FileType("w")`` on a conftest's option, given a
+    production session's ``session.json``, emptied the record while the run passed (red
+    team 51). Every parse of the arguments calls it (pytest parses them several times), and
+    the option's string default too.
+    """
+
+    def __init__(self, inner: argparse.FileType, option: str) -> None:
+        self.inner, self.option = inner, option
+
+    def __call__(self, value: str) -> Any:
+        __tracebackhide__ = True
+        if value != "-":  # argparse's standard stream, no file
+            refuse_file_option(self.option, getattr(self.inner, "_mode", "w"), value)
+        return self.inner(value)
+
+    def __repr__(self) -> str:  # as argparse names it in its own errors
+        return repr(self.inner)
+
+
+def _check_file_type(option: Any) -> None:
+    """Put `_CheckedFileType` in place of `option`'s ``argparse.FileType`` in a writing mode.
+    pytest 9 keeps the argparse action (``_action``), pytest 8 the keywords it builds each
+    parse's action from (``_attrs``). Private: see pyproject.toml."""
+    action = getattr(option, "_action", None)
+    attrs = vars(action) if action is not None else getattr(option, "_attrs", None)
+    if not isinstance(attrs, dict):
+        return
+    kind = attrs.get("type")
+    if not isinstance(kind, argparse.FileType):
+        return
+    if not _WRITING_MODES & set(getattr(kind, "_mode", "")):
+        return  # read only: argparse opens the file, and nothing is changed
+    names = list(option.names()) or [str(getattr(option, "dest", "?"))]
+    attrs["type"] = _CheckedFileType(kind, max(names, key=len))
+    if action is None and hasattr(option, "type"):
+        option.type = attrs["type"]
+
+
+def guard_file_options(parser: pytest.Parser) -> None:
+    """Check, before argparse opens it, the path of every option that argparse opens for
+    writing as it parses (``type=argparse.FileType("w")``): the options registered so far,
+    and each one a plugin or a conftest registers later. Private: see pyproject.toml."""
+    if getattr(parser, "_app_file_options", False):
+        return
+    for group in [parser._anonymous, *parser._groups]:
+        for option in group.options:
+            _check_file_type(option)
+    processoption = parser.processoption
+
+    def checked(option: Any) -> None:
+        _check_file_type(option)
+        processoption(option)
+
+    parser.processoption = checked  # type: ignore[method-assign]
+    parser._app_file_options = True  # type: ignore[attr-defined]
+
+
+def refuse_file_option(option: str, mode: str, value: str) -> None:
+    """Refuse to let argparse open `value` for the option `option` in `mode` where it leads
+    into a data root (`_finding`: by path, what lies on disk, a mount, another name)."""
+    __tracebackhide__ = True
+    try:
+        here = Path.cwd()
+    except OSError:
+        return  # a current directory removed: argparse cannot open a relative path either
+    what = (
+        f"argparse opens {{path}} for writing (mode {mode!r}: "
+        f"{'it empties the file first' if 'w' in mode else 'it writes into it'}) as pytest "
+        f"parses the option {option}, whose type is argparse.FileType, before any check of "
+        "the run"
+    )
+    fix = (
+        f"Give {option} a path outside every data root; and leave argparse.FileType out of "
+        "the option's declaration (pytest_addoption): a path type (str, pathlib.Path) "
+        "opened by the code that writes, when it writes, can be checked by the run"
+    )
+    found = [Target(path, what, fix=fix) for path in _spellings(value, here)]
+    for target, (where, fixed) in _findings(found, dict(FILE_OPTION_ROOTS), {}):
+        raise usage_error(
+            f"app: refusing to run: {target.does.format(path=target.path)}, {where}. None of "
+            f"it goes through the app, so its sandbox cannot stop it. {fixed}"
+        )
 
 
 def pycache_prefix_conflict(prefix: str, roots: dict[str, Path]) -> str | None:
