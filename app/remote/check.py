@@ -53,7 +53,7 @@ def check(
     exclusive = db.kind == "maintenance"
     if not thorough and not exclusive:
         return CheckReport([], repair)
-    with db.conn() as conn:
+    with db.conn("the check's read of every file's row and of the live sessions' count") as conn:
         rows = conn.execute(
             "SELECT blob, session_id, name, size, sha256, deleted_at IS NOT NULL AS trashed"
             " FROM app_files"

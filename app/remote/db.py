@@ -24,6 +24,7 @@ broken connection per thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import secrets
 import threading
@@ -47,6 +48,7 @@ from app.remote.errors import (
     DatabaseTimeoutError,
     DatabaseUnavailableError,
     HolderLostError,
+    StatementConnectionLostError,
 )
 from app.storage import TrashEntry
 
@@ -58,6 +60,23 @@ __all__ = ["TRASH_TIME_FORMAT", "Connection", "Database", "now", "trash_entry", 
 TRASH_TIME_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 
 Connection = psycopg.Connection[dict[str, Any]]
+
+
+class _PoolDiscards(logging.Filter):
+    """psycopg's pool warns of each connection it discards as broken or closed, naming it by
+    its repr (``<...BoundedConnection [BAD] at 0x7f...>``): a command whose connection the
+    server ended printed that line above its own refusal, which says what was lost and what
+    to do (red team 52). Demoted to INFO: a log configured for it keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(("discarding broken connection", "discarding closed")):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_POOL_LOG: Final = logging.getLogger("psycopg.pool")
+if not any(isinstance(each, _PoolDiscards) for each in _POOL_LOG.filters):
+    _POOL_LOG.addFilter(_PoolDiscards())
 
 
 def utc(column: str) -> str:
@@ -244,12 +263,18 @@ class Database:
         self._pool.close()
 
     @contextlib.contextmanager
-    def conn(self) -> Iterator[Connection]:
-        """A connection from the pool, in autocommit mode."""
+    def conn(self, what: str = "a read", outcome: str | None = None) -> Iterator[Connection]:
+        """A connection from the pool, in autocommit mode.
+
+        ``what`` names its statements, and ``outcome`` what they had done (by default,
+        nothing: a read), where the connection ends under them.
+        """
         from psycopg_pool import PoolTimeout
 
+        lent = False
         try:
             with pg.refusals(self.where), self._pooled() as conn:
+                lent = True
                 with self._lending:
                     self._lent += 1
                 try:
@@ -293,6 +318,15 @@ class Database:
         except pg.WaitTimeoutError as error:
             raise DatabaseTimeoutError(self.where, _reason(error), error.seconds) from None
         except psycopg.OperationalError as error:
+            if lent:
+                # Reached, then ended under a statement: not "cannot connect ... check that
+                # database_url names it", of settings that reached it (red team 52).
+                raise StatementConnectionLostError(
+                    self.where,
+                    _reason(error),
+                    what,
+                    **({} if outcome is None else {"outcome": outcome}),
+                ) from None
             raise DatabaseUnavailableError(
                 self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
             ) from None

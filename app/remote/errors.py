@@ -481,6 +481,41 @@ class ObjectStoreCutShortError(AppError):
     again: str
 
 
+class TrashEmptiedCutShortError(AppError):
+    """``app data empty-trash`` stopped part-way on a remote profile: the trash's rows were
+    deleted (and audited) for good, then the object store or the database refused a request
+    of the deletion of their objects.
+
+    It was refused as ``app data check --repair`` cut short, "every row of the database as
+    it was", or as a store that cannot be used at all (or a read that "changes nothing"), of
+    a command that had removed every entry it was asked to, said nowhere (red team 52); an
+    operator who took either at its word ran the empty-trash again, or looked for the
+    entries it had removed.
+    """
+
+    exit_code = EX_UNAVAILABLE
+    code = "object_store_cut_short"
+    http_status = 503
+    template = (
+        "`app data empty-trash` was cut short: {refusal}. By then it had removed {removed} "
+        "for good (deleted from the database; the empty-trash row of its audit log names "
+        "them){done}; it left {left} in the object store. Run `app data check --repair` once "
+        "the {answering} answers (`app doctor` checks it): it deletes the objects no row "
+        "names, and removes no trash entry"
+    )
+
+    #: Who refused what, and why ("object store ... refused the deletion of ... (...)").
+    refusal: str
+    #: How many trash entries were removed ("3 trash entries").
+    removed: str
+    #: What the deletion of objects did by then (", and it had deleted ..."), or nothing.
+    done: str
+    #: The objects it left, which no row names.
+    left: str
+    #: What must answer again: "object store" or "database".
+    answering: str
+
+
 class S3ClientSettingsError(ConfigError):
     """The S3 client refused a setting it reads itself, outside the app's configuration (an
     ``AWS_*`` variable of the process's environment, the AWS config file)."""
@@ -694,6 +729,29 @@ class ConnectionLostError(DatabaseUnavailableError):
     )
 
     what: str
+
+
+class StatementConnectionLostError(DatabaseUnavailableError):
+    """A connection the server had answered on ended under a statement outside any change
+    (a read; its backend ended by ``pg_terminate_backend``, a restart, a failover).
+
+    It was "cannot connect to database ...: check that the server runs and that
+    database_url names it", of settings that had reached it (red team 52: `app data check
+    --repair` whose first read an operator's ``pg_terminate_backend`` ended).
+    """
+
+    code = "connection_lost"
+    template = (
+        "lost the connection to database {where} during {what} ({reason}): the server "
+        "ended it after it had answered on it (an operator's pg_terminate_backend, a "
+        "restart, a failover), so database_url reaches it and nothing in the settings needs "
+        "to change; {outcome}. Retry it (if the database does not answer, check that the "
+        "server runs)"
+    )
+
+    what: str
+    #: What the statement had done: a read changes nothing.
+    outcome: str = "a read changes nothing, so nothing was changed"
 
 
 class DatabaseCopiedError(ConfigError):

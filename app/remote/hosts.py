@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
 
 __all__ = ["is_this_machine"]
 
@@ -38,7 +39,40 @@ def is_this_machine(host: str) -> bool:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.is_loopback or address.is_unspecified
+    return address.is_loopback or address.is_unspecified or address in own_addresses()
+
+
+#: Where Linux lists the machine's own addresses: IPv4's local routes, IPv6's addresses.
+_FIB_TRIE = Path("/proc/net/fib_trie")
+_IF_INET6 = Path("/proc/net/if_inet6")
+
+
+def own_addresses() -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses of this machine's own interfaces (``192.0.2.2``, ``fd00::2``), read
+    from ``/proc`` (no lookup; empty elsewhere). Read at each call: they change (DHCP).
+
+    A server that listens on every address (PostgreSQL's ``listen_addresses = '*'``, a
+    store on ``0.0.0.0``) is reached by them as by ``127.0.0.1``: production's
+    ``postgresql://10.0.0.5/app`` and staging's ``postgresql://localhost/app``, on that
+    machine, were one database to it and two to the overlap check (red team 52).
+    """
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    try:
+        last = ""
+        for line in _FIB_TRIE.read_text().splitlines():
+            text = line.strip()
+            if text.startswith("|-- "):
+                last = text[4:]
+            elif text == "/32 host LOCAL" and last:
+                found.add(ipaddress.IPv4Address(last))
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in _IF_INET6.read_text().splitlines():
+            found.add(ipaddress.IPv6Address(int(line.split()[0], 16)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(found)
 
 
 def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

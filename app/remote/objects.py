@@ -462,6 +462,15 @@ def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
 # --- objects -----------------------------------------------------------------------------
 
 
+#: The remedy of a write the store acknowledged and did not keep as sent.
+_WRITE_LOST: Final = (
+    "It loses writes it has answered as done: a node or disk failing, or a gateway, cache or "
+    "proxy in front of it that answers before the store has kept the bytes. Nothing names "
+    "the object, so nothing was saved: the client may send it again. Check the store's "
+    "health and logs (`app data check` lists what no row names)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PutResult:
     """A written object: its name under the prefix, size and SHA-256."""
@@ -838,9 +847,42 @@ class ObjectStore:
             )
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
+        self._check_kept(name, reader.size)
         if self._sample is None and self.is_blob_name(name):
             self._sample = name
         return PutResult(name, reader.size, reader.sha256.hexdigest())
+
+    def _check_kept(self, name: str, size: int) -> None:
+        """Refuse a write the store acknowledged and does not hold as sent: one HEAD.
+
+        A store (or a gateway, a cache, a proxy in front of it) that answered 200 to a write
+        it did not keep, or kept cut short, had the app commit the row of a file that was
+        never there: the upload was answered 201 and its bytes were lost, found only by the
+        next download or `app data check` (red team 52). S3 reads its own writes at once,
+        so a HEAD that misses the object or gives another size is the store's failure, said
+        before anything names the object.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self._client.head_object(
+                Bucket=self.location.bucket, Key=self.location.key(name)
+            )
+        except (BotoCoreError, ClientError) as error:
+            failed = self._fail(error, name)
+            if not isinstance(failed, ObjectMissingError):
+                raise failed from error
+            kept = "does not have it"
+        else:
+            found = int(answer.get("ContentLength", -1))
+            if found == size:
+                return
+            kept = f"holds it with {found} bytes"
+        raise self._unavailable(
+            f"it acknowledged the write of object {name} ({size} bytes), then {kept} (a HEAD "
+            "right after the write)",
+            _WRITE_LOST,
+        )
 
     def get(self, name: str, start: int | None = None, end: int | None = None) -> ObjectStream:
         """Open an object for streaming; ``start``/``end`` (inclusive) ask for a range.

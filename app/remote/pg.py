@@ -22,7 +22,6 @@ psycopg 3: the maintained PostgreSQL driver, typed, with binary wheels (``psycop
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import dataclasses
 import getpass
@@ -254,8 +253,7 @@ def _service(params: Mapping[str, Any]) -> dict[str, str]:
     found as libpq finds them: its section of the user's service file, else of the system's.
     """
     # libpq applies a service only inside a connection attempt, and has no call that resolves
-    # one without connecting (PQconndefaults reads PGSERVICE alone); the file is the INI
-    # format that configparser reads.
+    # one without connecting (PQconndefaults reads PGSERVICE alone).
     name = params.get("service") or os.environ.get("PGSERVICE")
     if not name:
         return {}
@@ -263,16 +261,46 @@ def _service(params: Mapping[str, Any]) -> dict[str, str]:
     # PGSYSCONFDIR, else the directory Debian's libpq was built with.
     system = Path(os.environ.get("PGSYSCONFDIR") or "/etc/postgresql-common") / "pg_service.conf"
     for path in (mine, system):
-        parser = configparser.ConfigParser(
-            interpolation=None, delimiters=("=",), comment_prefixes=("#",), strict=False
-        )
-        try:
-            parser.read(path, encoding="utf-8")  # a file that is not there reads as empty
-        except (configparser.Error, UnicodeDecodeError):
-            continue
-        if parser.has_section(str(name)):
-            return dict(parser[str(name)])
+        found = _service_section(path, str(name))
+        if found is not None:
+            return found
     return {}
+
+
+def _service_section(path: Path, name: str) -> dict[str, str] | None:
+    """Section ``name`` of service file ``path`` as libpq's ``parseServiceFile`` reads it;
+    None where the file is not there or has no such section.
+
+    Not `configparser` (as it was): it merges a section given twice and keeps a key's last
+    value, where libpq stops at the end of the section's first appearance and keeps a key's
+    first value (it never overrides a value it has). A ``[staging]`` section appended again
+    to change its host (or a ``host=`` line added below the old one) was another database to
+    the overlap check than the one libpq connected to: production's, said to be distinct
+    (red team 52). Lines are stripped; ``#`` starts a comment line; a header is ``[name]``
+    followed by anything; ``key=value`` splits at the first ``=``, nothing trimmed around it.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # libpq passes over a file it cannot find
+    section: dict[str, str] | None = None
+    for raw in data.decode("utf-8", errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if section is not None:
+                break  # the end of the section's first appearance: libpq reads no further
+            if line[1 : len(name) + 1] == name and line[len(name) + 1 : len(name) + 2] == "]":
+                section = {}
+            continue
+        if section is None:
+            continue
+        key, equals, value = line.partition("=")
+        if not equals:
+            break  # libpq refuses the file ("syntax error in service file")
+        section.setdefault(key, value)  # the first value counts, as in libpq
+    return section
 
 
 def _os_user() -> str:

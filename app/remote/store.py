@@ -38,10 +38,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.digests import Digests
+from app.errors import AppError
 from app.remote import pg
 from app.remote.check import check
 from app.remote.db import Database
-from app.remote.errors import HolderLostError, ObjectStoreUnavailableError
+from app.remote.errors import (
+    HolderLostError,
+    ObjectStoreCutShortError,
+    ObjectStoreUnavailableError,
+    TrashEmptiedCutShortError,
+)
 from app.remote.files import RemoteFiles
 from app.remote.objects import ObjectStore
 from app.remote.sessions import RemoteSessions
@@ -285,7 +291,8 @@ class RemoteStore(Storage):
         url = fields.get("url") or (f"port {fields['port']}" if "port" in fields else None)
         if url is None:
             return
-        with self.db.conn() as conn:
+        what = "the write of this replica's address into its holder row"
+        with self.db.conn(what, "it may or may not have been written") as conn:
             conn.execute(
                 "UPDATE app_holders SET url = %s WHERE id = %s", (str(url), self.holder.row["id"])
             )
@@ -486,11 +493,23 @@ class RemoteStore(Storage):
         left, and a read-only check after the next one reported them as uploads never
         committed (red team 34). It lists the bucket's objects once.
         """
-        removed = self.trash.empty(older_than, via=via)
+        removed, named, refused = self.trash.empty(older_than, via=via)
         if self.db.kind == "maintenance":
-            check(
-                self.db, self.objects, orphan_grace=self.orphan_grace, repair=True, thorough=False
-            )
+            try:
+                check(
+                    self.db,
+                    self.objects,
+                    orphan_grace=self.orphan_grace,
+                    repair=True,
+                    thorough=False,
+                )
+            except AppError as error:
+                # The entries are gone, audited: the refusal says so, and what finishes the
+                # rest. It was the repair's ("every row of the database as it was") or the
+                # store's alone, of a command that had removed them (red team 52).
+                raise _emptied_cut_short(
+                    removed, named, refused, error, self.objects.where, self.db.where
+                ) from None
         return removed
 
     # -- consistency --------------------------------------------------------------------
@@ -507,3 +526,45 @@ class RemoteStore(Storage):
             thorough=thorough,
             hash_bytes=hash_bytes,
         )
+
+
+def _emptied_cut_short(
+    removed: list[TrashEntry],
+    named: int,
+    refused: AppError | None,
+    error: AppError,
+    objects: str,
+    database: str,
+) -> TrashEmptiedCutShortError:
+    """The refusal of an ``app data empty-trash`` cut short after its rows were deleted, by
+    the object store or the database: what it removed, and what it left. ``named``: how
+    many objects the removed rows named; ``refused``: the store's refusal of their deletion,
+    if it refused."""
+    count = len(removed)
+    entries = f"{count} trash entr{'y' if count == 1 else 'ies'}"
+    theirs = f"{named} object{'' if named == 1 else 's'}"
+    if isinstance(error, ObjectStoreCutShortError):
+        # The repair lists what no row names after the entries' own deletion: its count.
+        done = error.done.removeprefix("By then it had ")
+        done = "" if done == error.done else f", and it had {done} since"
+        return TrashEmptiedCutShortError(
+            f"object store {objects} refused {error.refused} ({error.reason})",
+            entries,
+            done,
+            error.left.partition(" as found")[0] + ", which no row names,",
+            "object store",
+        )
+    if refused is None:
+        done = f" and deleted the {theirs} they named" if named else ""
+        left = "any other object no row names (it could not list them)"
+    else:
+        done = ""
+        left = f"the {theirs} they named, which no row names now, and any other such object,"
+    reason = str(getattr(error, "reason", "") or error.message)
+    if isinstance(error, ObjectStoreUnavailableError):
+        refusal = f"object store {objects} refused the listing of the objects no row names"
+        return TrashEmptiedCutShortError(
+            f"{refusal} ({reason})", entries, done, left, "object store"
+        )
+    refusal = f"database {database} failed its search for the objects no row names ({reason})"
+    return TrashEmptiedCutShortError(refusal, entries, done, left, "database")

@@ -267,11 +267,17 @@ class RemoteTrash:
             return f"holds bytes whose SHA-256 is {found}, where {sha256} was acknowledged"
         return None
 
-    def empty(self, older_than: timedelta | None, *, via: str) -> list[TrashEntry]:
+    def empty(
+        self, older_than: timedelta | None, *, via: str
+    ) -> tuple[list[TrashEntry], int, AppError | None]:
         """Delete trashed rows for good, then their objects: the only way bytes go; audited.
 
         The rows go first, in one transaction: a crash after it leaves objects that no row
         names, which the check removes; the other order could leave rows naming nothing.
+
+        Returns:
+            The entries removed, how many objects their rows named, and the object store's
+            refusal of their deletion (None where it deleted them).
         """
         cutoff = datetime.max.replace(tzinfo=UTC) if older_than is None else now() - older_than
         with self.db.write("the emptying of the trash") as conn:
@@ -321,10 +327,14 @@ class RemoteTrash:
                 older_than=None if older_than is None else older_than.total_seconds(),
                 via=via,
             )
+        refused: AppError | None = None
         try:
             self.objects.delete(*(row["blob"] for row in files))
         except Exception as error:  # the rows are gone, so the trash is emptied all the same
+            refused = error if isinstance(error, AppError) else None
             log.warning(
-                "trash emptied, but some objects remain (%s); `app data check` removes them", error
+                "trash emptied, but some objects remain (%s); `app data check --repair` "
+                "removes them",
+                error,
             )
-        return removed
+        return removed, len(files), refused

@@ -374,6 +374,19 @@ EXAMPLES: list[errors.AppError] = [
         "The check-repair row of the audit log records which findings were repaired",
         "it finds and repairs what is left",
     ),
+    remote.TrashEmptiedCutShortError(
+        f"object store {OBJECTS} refused the deletion of 3 orphan objects (InternalError "
+        "(HTTP 500): We encountered an internal error. Please try again.)",
+        "2 trash entries",
+        "",
+        "3 orphan objects, which no row names,",
+        "object store",
+    ),
+    remote.StatementConnectionLostError(
+        DATABASE,
+        "terminating connection due to administrator command",
+        "the check's read of every file's row",
+    ),
     remote.ObjectMissingError("s3://app-data/production/blobs/0192b0f2c5a87b3e9c4d2a1f0e6b7c8d"),
     remote.ReplicasLiveError("empty the trash", DATABASE, REPLICAS),
     remote.MaintenanceRunningError(DATABASE, "backend pid 31337, app data purge"),
