@@ -61,10 +61,9 @@ import pytest
 import test_remote_store
 from engines import PostgresEngine, S3Engine, new_blob_url, scratch
 from replicas import Production, production_on
+from test_redteam_s39_ops import _overlaps, _settings
 
-from app.config import inspect_profiles
 from app.remote import pg
-from app.remote.errors import ResourceOverlapError
 from app.remote.store import RemoteStore
 
 
@@ -439,22 +438,3 @@ def test_a_database_named_by_libpq_s_default_user_is_the_one_it_reaches(
 
 
 _KEYS = {"blob_url": "s3://b/x", "s3_endpoint_url": "http://127.0.0.1:9"}
-
-
-def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **profiles: dict[str, str]) -> None:
-    """A settings directory of its own, with `profiles` besides development and testing
-    (as red team 39's)."""
-    for name in [n for n in os.environ if n.startswith("APP_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.delenv("ENV_FOR_DYNACONF", raising=False)
-    text = f'[development]\ndata_root = "{tmp_path}/development"\n'
-    text += f'[testing]\ndata_root = "{tmp_path}/testing"\n'
-    for name, keys in profiles.items():
-        text += f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
-    (tmp_path / "settings.toml").write_text(text)
-    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
-
-
-def _overlaps() -> list[ResourceOverlapError]:
-    report = inspect_profiles("development")
-    return [p for p in report.problems if isinstance(p, ResourceOverlapError)]

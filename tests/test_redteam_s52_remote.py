@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -54,11 +53,11 @@ import pytest
 import test_remote_store
 from engines import PostgresEngine, S3Engine, new_blob_url
 from replicas import Production, production_on, wait_for
+from test_redteam_s39_ops import _overlaps, _settings
 from test_redteam_s51_remote import _Forward, _Refusing, _refusing
 
-from app.config import inspect_profiles
 from app.remote import hosts, pg
-from app.remote.errors import ObjectStoreUnavailableError, ResourceOverlapError
+from app.remote.errors import ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore
 from app.remote.store import RemoteStore
 
@@ -76,24 +75,6 @@ def production(
 
 
 # --- a service file read as libpq reads it ---------------------------------------------------
-
-
-def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **profiles: dict[str, str]) -> None:
-    """A settings directory of its own, with `profiles` besides development and testing."""
-    for name in [n for n in os.environ if n.startswith("APP_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.delenv("ENV_FOR_DYNACONF", raising=False)
-    text = f'[development]\ndata_root = "{tmp_path}/development"\n'
-    text += f'[testing]\ndata_root = "{tmp_path}/testing"\n'
-    for name, keys in profiles.items():
-        text += f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
-    (tmp_path / "settings.toml").write_text(text)
-    monkeypatch.setenv("APP_SETTINGS_DIR", str(tmp_path))
-
-
-def _overlaps() -> list[ResourceOverlapError]:
-    report = inspect_profiles("development")
-    return [p for p in report.problems if isinstance(p, ResourceOverlapError)]
 
 
 def test_a_service_given_twice_is_the_database_libpq_connects_to(
