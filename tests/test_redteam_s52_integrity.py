@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_redteam_s51_integrity import _command, _traced
 
 from app.config import Config
 from app.errors import NotInTrashError
@@ -56,16 +57,6 @@ needs_strace = pytest.mark.skipif(
     shutil.which("strace") is None or os.geteuid() != 0,
     reason="a fault injected into one call of a real process takes strace(1) and root",
 )
-
-
-def _traced(pid: int) -> bool:
-    """Whether every thread of `pid` is under a tracer (strace has attached to them all)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with (task / "status").open() as status:
-            tracer = next(line for line in status if line.startswith("TracerPid:"))
-        if tracer.split()[1] == "0":
-            return False
-    return True
 
 
 class _Injected:
@@ -87,16 +78,6 @@ class _Injected:
     def __exit__(self, *_: object) -> None:
         self.tracer.terminate()
         self.tracer.wait()
-
-
-def _command(*args: str) -> tuple[int, str]:
-    """The `app` command run in this process (on the testing profile's root)."""
-    from click.testing import CliRunner
-
-    from app.cli import cli
-
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout + result.stderr
 
 
 # --- restore --entry whose look at the entry fails ---------------------------------------------
