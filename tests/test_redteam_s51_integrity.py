@@ -49,6 +49,7 @@ from pathlib import Path
 import httpx
 import pytest
 from redteam_s19_http import one_server
+from test_redteam_s39_integrity import _traced
 
 from app.config import Config
 from app.storage import Storage, open_storage
@@ -141,16 +142,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
         yield client
-
-
-def _traced(pid: int) -> bool:
-    """Whether every thread of `pid` is under a tracer (strace has attached to them all)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with (task / "status").open() as status:
-            tracer = next(line for line in status if line.startswith("TracerPid:"))
-        if tracer.split()[1] == "0":
-            return False
-    return True
 
 
 def _injected(server: LiveServer, inject: str, path: Path) -> subprocess.Popen[bytes]:

@@ -47,7 +47,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_redteam_s51_integrity import _command, _traced
+from test_redteam_s39_integrity import _traced
+from test_redteam_s51_integrity import _command
 
 from app.config import Config
 from app.errors import NotInTrashError
