@@ -867,7 +867,9 @@ def _refuse_later_layout(root: Path, stamp: Mapping[str, Any]) -> None:
         return
     else:
         shown = str(found)
-    raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION)
+    ours, theirs = _version_key(__version__), _version_key(version)
+    later = ours is None or theirs is None or theirs > ours
+    raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION, later=later)
 
 
 def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any) -> dict[str, Any]:

@@ -15,7 +15,12 @@ What broke:
   ``.tmp``) is a file blamed the filesystem: "failed a call with ENOTDIR ... read ``dmesg``,
   ``findmnt``", exit 74, sending the operator to the kernel's log for a file put in the wrong
   place. A read-only open now checks the app's directories as a writer's does, and names the
-  file and what to do (78).
+  file and what to do (78);
+- a root whose stamp's ``layout_version`` is later than this release reads, but whose
+  ``app_version`` is this release's own (a development build of the next release that still
+  calls itself so, or a hand edit), was refused with "Run app 0.1.0 or later on it (`pip
+  install 'app>=0.1.0'`)": the release already running. The refusal now names no release when
+  the stamp's is not later, and says to run the build that laid it out or restore the stamp.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from test_server_e2e import app_env, run_app
 
+from app import __version__
 from app.storage import open_storage
 
 
@@ -80,3 +86,19 @@ def test_a_file_where_sessions_belongs_is_named_not_blamed_on_the_filesystem(
         assert f"{root / 'sessions'} is not a directory" in refused.stderr
         assert "move it away and let the app create the directory" in refused.stderr
         assert "ENOTDIR" not in refused.stderr and "dmesg" not in refused.stderr
+
+
+def test_a_later_layout_under_this_release_s_own_version_names_no_release_to_install(
+    app_config: Any, tmp_path: Path
+) -> None:
+    root = _copy(app_config, tmp_path)
+    stamp = root / ".app-profile.json"
+    stamped = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**stamped, "layout_version": 2}))
+    refused = run_app("sessions", "list", env=app_env(root))
+    assert refused.returncode == 78, refused.stderr
+    said = " ".join(refused.stderr.split())
+    assert f"laid out by app {__version__} (layout 2" in said
+    assert "pip install" not in said and f"Run app {__version__} or later" not in said
+    assert "installing one would not help" in said
+    assert "Run the build that laid it out (`app --version` there)" in said
