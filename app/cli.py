@@ -490,9 +490,14 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
             " (doctor connects to the selected profile's only; check one where it runs: "
             "ENV_FOR_DYNACONF=NAME app doctor)"
         )
-    if not _is_remote(report.profiles[report.selected]):
-        return ""
     selected = report.selected
+    if not _is_remote(report.profiles[selected]):
+        root = report.profiles[selected].data_root
+        # Only a root that is there (the first start makes it): a fresh checkout's doctor
+        # imports neither the lock nor the storage.
+        if not failing and root is not None and os.path.lexists(root):
+            _check_local_root(selected, failing)
+        return ""
     if report.problems:
         click.echo(f"profile {selected}: database and bucket not checked until the settings' "
                    "problems below are fixed")  # fmt: skip
@@ -512,6 +517,23 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
         if found.problem is not None:
             failing.append(_Problem(found.problem, found.exit_code))
     return "" if len(failing) > count else f"; profile {selected}'s database and bucket answer"
+
+
+def _check_local_root(selected: str, failing: list[_Problem]) -> None:
+    """Add to ``failing`` what every command that opens the selected profile's data root
+    would refuse (red team 53: doctor said "ok" of a root stamped with another profile)."""
+    try:
+        config = appconfig.load(selected, profile_source="--profile", serving=False)
+    except AppError as error:
+        failing.append(_Problem(error.message, error.exit_code))
+        return
+    from app.storage import probe
+
+    failing.extend(
+        _Problem(found.problem, found.exit_code)
+        for found in probe(config)
+        if found.problem is not None
+    )
 
 
 def _storage_line(resolved: appconfig.Resolved) -> str:

@@ -54,6 +54,7 @@ from app.errors import (
     DataRootStateError,
     DataRootTooNewError,
     FsyncFailed,
+    LockFileKindError,
     LockLostError,
     LockUncheckedError,
     ProfileStampMismatchError,
@@ -806,26 +807,42 @@ def _layout_dir(root: Path, name: str) -> Path:
     try:
         path.mkdir(mode=DIR_MODE)
     except FileExistsError:
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            # "Move it away and let the app create the directory", said of sessions/ or
-            # .trash/ moved to another disk and linked back, served an empty profile, or
-            # an empty trash, the deleted data left where nothing names it (red team 42).
-            raise DataRootStateError(
-                root,
-                f"{path} is a symbolic link (to {path.readlink()}); the app's own directories "
-                "must be real directories inside the data root, or its writes and clean-ups "
-                "could reach outside it",
-                link_remedy(path, "remove the link and let the app create the directory"),
-            ) from None
-        if not stat.S_ISDIR(mode):
-            raise DataRootStateError(
-                root,
-                f"{path} is not a directory; the app's own directories must be real "
-                "directories inside the data root",
-                "move it away and let the app create the directory",
-            ) from None
+        _refuse_layout_kind(root, name)
     return path
+
+
+def _refuse_layout_kind(root: Path, name: str, *, links: bool = True) -> None:
+    """Refuse ``root/name`` (one of the app's own directories) if it is there as anything but
+    a real directory; creates nothing. A reader checks it too: `app sessions list` and `app
+    data check` on a root whose ``sessions`` was a file blamed the filesystem ("failed a call
+    with ENOTDIR", read `dmesg`), sending the operator the wrong way (red team 53). With
+    ``links=False`` a symbolic link is left to the reader: `app data check` reports it with
+    the `rm && mv` that puts the directory back (red team 42)."""
+    path = root / name
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode) and not links:
+        return
+    if stat.S_ISLNK(mode):
+        # "Move it away and let the app create the directory", said of sessions/ or
+        # .trash/ moved to another disk and linked back, served an empty profile, or
+        # an empty trash, the deleted data left where nothing names it (red team 42).
+        raise DataRootStateError(
+            root,
+            f"{path} is a symbolic link (to {path.readlink()}); the app's own directories "
+            "must be real directories inside the data root, or its writes and clean-ups "
+            "could reach outside it",
+            link_remedy(path, "remove the link and let the app create the directory"),
+        ) from None
+    if not stat.S_ISDIR(mode):
+        raise DataRootStateError(
+            root,
+            f"{path} is not a directory; the app's own directories must be real "
+            "directories inside the data root",
+            "move it away and let the app create the directory",
+        ) from None
 
 
 def _version_key(version: str) -> tuple[int, ...] | None:
@@ -850,7 +867,9 @@ def _refuse_later_layout(root: Path, stamp: Mapping[str, Any]) -> None:
         return
     else:
         shown = str(found)
-    raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION)
+    ours, theirs = _version_key(__version__), _version_key(version)
+    later = ours is None or theirs is None or theirs > ours
+    raise DataRootTooNewError(root, version, shown, __version__, LAYOUT_VERSION, later=later)
 
 
 def _write_stamp(root: Path, profile: str, *, durable: bool = True, **extra: Any) -> dict[str, Any]:
@@ -1480,6 +1499,8 @@ def _open_checked(
     if not write:
         stamp = _check_stamp(config, root, kind=kind, write=False)
         _refuse_special_audit_log(root)
+        for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+            _refuse_layout_kind(root, name, links=False)
         return DataRoot(config, kind=kind, lock=None, stamp=stamp)
 
     if root.is_dir() and not (root / STAMP_FILE).exists():
@@ -1541,6 +1562,35 @@ def _check_mounted(path: Path, what: str, run: Run | None = None) -> None:
         check_shown_from(resolved, source, what, run)
     if (served := served_from(resolved)) is not None:
         check_served(resolved, *served, what, run)
+
+
+def check_opens(config: Config) -> dict[str, Any] | None:
+    """Refuse what every command that opens ``config``'s data root would refuse, read-only.
+
+    For ``app doctor``: it said "ok" of a root stamped with another profile (a backup
+    restored into the wrong root), of a stamp that is not JSON, of a lock file that is a
+    directory, while every start and command was refused (red team 53). Takes no lock and
+    creates nothing; a root that does not exist yet is not checked (the first start makes it).
+
+    Returns:
+        The root's stamp, ``None`` if it has none yet.
+    """
+    root = _local_root(config, "check the data root")
+    if not lexists(root):
+        return None
+    with open_root(config, write=False, wanted="check the data root") as opened:
+        stamp = opened.stamp
+    for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+        # A link too, which a reader leaves to `app data check` but every writer refuses.
+        _refuse_layout_kind(root, name)
+    lock_file = root / LOCK_FILE
+    try:
+        mode = lock_file.lstat().st_mode
+    except FileNotFoundError:
+        return stamp
+    if (kind := special_kind(mode)) is not None:
+        raise LockFileKindError(lock_file, kind)
+    return stamp
 
 
 def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[str, Any]:

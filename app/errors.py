@@ -918,15 +918,31 @@ class DataRootTooNewError(ConfigError):
     found_layout: str
     version: str
     layout: int
+    #: Whether the stamp's ``app_version`` is a later release than this one. When it is not
+    #: (a build of the next release that still calls itself this version, or a stamp edited
+    #: by hand), "run app X or later" named the release already running (red team 53).
+    later: bool = field(default=True, kw_only=True)
 
     @property
     def message(self) -> str:
-        return (
+        said = (
             f"data root {self.root} was laid out by app {self.found_version} (layout "
             f"{self.found_layout}, in {self.root}/.app-profile.json), and this is app "
             f"{self.version}, which reads layout {self.layout} and earlier only: it could "
             "misread or damage what a later release wrote. Refusing to open it; nothing was "
-            f"changed. Run app {self.found_version} or later on it (`pip install "
+            "changed. "
+        )
+        if not self.later:
+            return said + (
+                "Its stamp names no later release than this one, so installing one would not "
+                "help: the root was laid out by a development build of a later release that "
+                "still calls itself by an earlier version, or its stamp was edited by hand. Run "
+                "the build that laid it out (`app --version` there); if the stamp was edited, "
+                "restore it from a backup; to go back to this release, restore the backup "
+                "taken before the upgrade into a new data root"
+            )
+        return said + (
+            f"Run app {self.found_version} or later on it (`pip install "
             f"'app>={self.found_version}'`); to go back to this release, restore the backup "
             "taken before the upgrade into a new data root"
         )

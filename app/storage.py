@@ -777,13 +777,22 @@ def probe(config: Config) -> list[Probe]:
 
     On PostgreSQL and object storage: the database (reachable, its stamp and schema
     version, live replicas, a maintenance command) and the bucket (reachable, versioning,
-    the prefix's stamp object). A data root is on this machine, and ``app status`` shows
-    its holder and stamp: nothing to reach, so nothing is probed.
+    the prefix's stamp object). On a data root: what every command that opens it would
+    refuse (another profile's stamp, a stamp or lock file that is not a file, one of the
+    app's directories that is not one), found read-only; nothing when it is fine or not
+    there yet (red team 53: doctor said "ok" of a root every start refused).
     """
     if config.backend == REMOTE:
         from app.remote.storage import diagnose
 
         return diagnose(config)
+    from app import dataroot
+    from app.errors import AppError
+
+    try:
+        dataroot.check_opens(config)
+    except AppError as error:
+        return [Probe("data root", str(config.data_root), error.message, error.exit_code)]
     return []
 
 

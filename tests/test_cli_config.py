@@ -302,8 +302,15 @@ def test_config_and_doctor_do_not_import_the_server_stack_or_the_remote_backend(
         "         'jinja2')\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)\n"
     )
+    # A root that is not there yet, as on a fresh machine: doctor reads one that is, as every
+    # command that opens it would (red team 53), and that needs the lock's module.
+    missing = Path(base_env[SANDBOX_ENV]) / "doctor-not-there"
     result = subprocess.run(
-        [sys.executable, "-c", code], env=base_env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", code],
+        env={**base_env, "APP_DATA_ROOT": str(missing)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     imported = json.loads(result.stderr.splitlines()[-1])
