@@ -154,6 +154,26 @@ def _refuse_a_second_name(disposition: bytes) -> None:
         )
 
 
+def _refuse_an_epilogue(boundary: bytes, after: bytes) -> None:
+    """Refuse bytes other than white space after the closing boundary (``--B--``).
+
+    RFC 2046 (5.1.1) calls them an epilogue, to be ignored, and python-multipart drops them
+    unread: a second ``file`` part sent after the close (a client or a proxy that joined
+    two forms) was a 201 for the first file alone, the second dropped unsaid, where a
+    parser that reads on (or a scanner in front) saw both. No HTTP client sends an
+    epilogue; one is refused before anything is stored.
+    """
+    if not after.strip(b" \t\r\n"):
+        return
+    shown = after.strip()[:40].decode("utf-8", "backslashreplace")
+    close = boundary.decode("latin-1")
+    raise BadRequestError(
+        f"the multipart body goes on after its closing boundary (--{close}--) with {shown!r}, "
+        "which this server would drop unread (a part there is no part of the form). Nothing "
+        f"was stored; end the body at --{close}--, and send each file in a request of its own"
+    )
+
+
 #: What a part's Content-Transfer-Encoding may say of bytes sent as they are.
 _IDENTITY_TRANSFER_ENCODINGS: Final = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
@@ -202,8 +222,12 @@ class MultipartSink:
         assert isinstance(parser, MultipartParser)
         limit = self.store.max_upload_bytes
         received = 0
+        close = b"\r\n--" + boundary + b"--"
+        tail = b"\r\n"  # the body's first delimiter has no CRLF before it
         async for chunk in request.stream():
-            if chunk:
+            if chunk and self._ended:
+                _refuse_an_epilogue(boundary, bytes(chunk))
+            elif chunk:
                 # The same bound a Content-Length is held to (`refuse_declared_length`), for
                 # a chunked body: the parser skips junk around the parts without a limit.
                 received += len(chunk)
@@ -213,6 +237,10 @@ class MultipartSink:
                     self._body_hash.update(chunk)
                 if not self._content_only(parser, chunk):
                     _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                    if self._ended:  # the closing delimiter is in this chunk, or ends in it
+                        seen = tail + bytes(chunk)
+                        _refuse_an_epilogue(boundary, seen[seen.find(close) + len(close) :])
+                tail = (tail + bytes(chunk))[-len(close) :]
                 await self._begin_pending()
                 if self.pipeline is not None:
                     await self.pipeline.flush_if_full()
