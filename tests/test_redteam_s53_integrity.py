@@ -9,10 +9,17 @@ What broke:
   counted both. An epilogue of anything but white space is now refused (400 naming it and
   what to send), whether it comes in the chunk that closes the body or after it, and
   nothing of the body is stored (`app.server.multipart._refuse_an_epilogue`).
+* A ``file`` part with ``Content-Encoding: gzip``. RFC 7578 (4.8) says a part's other
+  headers must be ignored, and so it was: stored compressed, answered 201 and downloaded
+  without the coding, under the SHA-256 of the compressed bytes, as a request's own
+  ``Content-Encoding`` once was (red team 25) and a part's ``Content-Transfer-Encoding``
+  (red team 46). It is now 415 naming the coding, with ``Accept-Encoding: identity``, and
+  nothing is stored; two such headers are read together (``identity`` then ``gzip``).
 """
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 import httpx
@@ -20,6 +27,7 @@ import pytest
 from live_http import a_session
 from redteam_s19_http import one_server
 
+from app.dataroot import TMP_DIR
 from app.testing import LiveServer
 
 
@@ -70,7 +78,45 @@ def test_a_part_after_the_closing_boundary_is_refused_and_nothing_is_stored(
     answer = _post(http, session, iter([body[:cut], body[cut:]]))
     assert answer.status_code == 400, answer.text
     assert _names(http, session) == []
+    if server.data_root is not None:  # no upload's temporary file is left behind either
+        assert list((server.data_root / TMP_DIR).iterdir()) == []
     # White space after the close is what clients send: accepted, stored whole.
     answer = _post(http, session, iter([_part("first.txt", b"one") + b"--B--", b"\r\n \r\n"]))
     assert answer.status_code == 201, answer.text
     assert http.get(f"/sessions/{session}/files/first.txt").content == b"one"
+    # A byte a chunk: the close is found however it is cut.
+    whole = _part("second.txt", b"two") + b"--B--\r\n"
+    answer = _post(http, session, iter([whole[i : i + 1] for i in range(len(whole))]))
+    assert answer.status_code == 201, answer.text
+    answer = _post(http, session, iter([bytes([b]) for b in _part("third.txt", b"3") + b"--B--x"]))
+    assert answer.status_code == 400, answer.text
+    assert _names(http, session) == ["first.txt", "second.txt"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "shown"),
+    [
+        ("Content-Encoding: gzip", "gzip"),
+        ("Content-Encoding: identity\r\nContent-Encoding: gzip", "identity,gzip"),
+    ],
+    ids=["gzip", "identity-then-gzip"],
+)
+def test_a_part_in_a_content_coding_is_refused_and_nothing_is_stored(
+    server: LiveServer, http: httpx.Client, headers: str, shown: str
+) -> None:
+    session = a_session(server)
+    coded = gzip.compress(b"the file's bytes")
+    body = _part("report.csv", coded).replace(b"\r\n\r\n", f"\r\n{headers}\r\n\r\n".encode(), 1)
+    answer = _post(http, session, body + b"--B--\r\n")
+    assert answer.status_code == 415, answer.text
+    assert answer.headers["accept-encoding"] == "identity"
+    message = answer.json()["message"]
+    assert f"the form field 'file' has Content-Encoding: {shown}" in message
+    assert "Nothing was stored" in message and "without Content-Encoding" in message
+    assert _names(http, session) == []
+    # `identity` is no coding: stored as sent.
+    plain = _part("report.csv", b"a,b\r\n").replace(
+        b"\r\n\r\n", b"\r\nContent-Encoding: identity\r\n\r\n", 1
+    )
+    assert _post(http, session, plain + b"--B--\r\n").status_code == 201
+    assert http.get(f"/sessions/{session}/files/report.csv").content == b"a,b\r\n"

@@ -174,6 +174,9 @@ def _refuse_an_epilogue(boundary: bytes, after: bytes) -> None:
     )
 
 
+#: A part's headers that say how its bytes are coded: given twice, they are read together.
+_CODING_HEADERS: Final = frozenset({b"content-encoding", b"content-transfer-encoding"})
+
 #: What a part's Content-Transfer-Encoding may say of bytes sent as they are.
 _IDENTITY_TRANSFER_ENCODINGS: Final = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
@@ -325,6 +328,8 @@ class MultipartSink:
                 "a multipart part has two Content-Disposition headers, so it names its field "
                 "and file more than once; send one"
             )
+        if field in _CODING_HEADERS and field in self._headers:  # read together, as a list
+            self._value = self._headers[field] + b"," + self._value
         self._headers[field] = self._value
         self._field = self._value = b""
 
@@ -356,6 +361,7 @@ class MultipartSink:
         # RFC 7578 (4.7) deprecates it, but allows it in a part: `base64` or
         # `quoted-printable` text was stored as the file's bytes, undecoded, and answered 201
         # (red team 46), as a Content-Encoding once was (`refuse_content_coding`).
+        self._refuse_content_coding()
         given = self._headers.get(b"content-transfer-encoding", b"")
         if given.strip().lower() in _IDENTITY_TRANSFER_ENCODINGS:
             return
@@ -367,6 +373,27 @@ class MultipartSink:
             "7578, 4.7, deprecates it); it would have taken the encoded text as the file's "
             "bytes. Nothing was stored. Send the file's bytes themselves in the part, without "
             "Content-Transfer-Encoding",
+        )
+
+    def _refuse_content_coding(self) -> None:
+        # RFC 7578 (4.8) says a part's other headers must be ignored, and so they were: a part
+        # with `Content-Encoding: gzip` was stored compressed, answered 201 and downloaded
+        # without the coding, under the SHA-256 of the compressed bytes (red team 53), as a
+        # request's own Content-Encoding once was (`refuse_content_coding`).
+        given = self._headers.get(b"content-encoding", b"")
+        codings = [c.strip().lower() for c in given.split(b",")]
+        if all(c in (b"", b"identity") for c in codings):
+            return
+        shown = given.decode("latin-1")
+        raise HTTPException(
+            415,
+            f"POST /sessions/{self.session_id}/files refused: the form field 'file' has "
+            f"Content-Encoding: {shown}, which this server does not decode (RFC 7578, 4.8, "
+            "allows a part no such header); it would have taken the encoded bytes as the "
+            "file's. Nothing was stored. Send the file's bytes themselves in the part, "
+            "without Content-Encoding (a compressed file is kept as it is when it is sent "
+            "without the header, under a name that says so: report.csv.gz)",
+            headers={"Accept-Encoding": "identity"},
         )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
