@@ -15,6 +15,11 @@ What broke:
   ``Content-Encoding`` once was (red team 25) and a part's ``Content-Transfer-Encoding``
   (red team 46). It is now 415 naming the coding, with ``Accept-Encoding: identity``, and
   nothing is stored; two such headers are read together (``identity`` then ``gzip``).
+* A ``file`` part that is itself ``multipart/mixed`` (RFC 2388's several files in one
+  field, which RFC 7578, 4.3, deprecates): nothing read the part's type, and the nested body,
+  boundaries and part headers included, was stored as one file and answered 201, its client
+  believing each of its files stored. It is now 400 naming the field and saying to send each
+  file in a request of its own; nothing is stored.
 """
 
 from __future__ import annotations
@@ -120,3 +125,22 @@ def test_a_part_in_a_content_coding_is_refused_and_nothing_is_stored(
     )
     assert _post(http, session, plain + b"--B--\r\n").status_code == 201
     assert http.get(f"/sessions/{session}/files/report.csv").content == b"a,b\r\n"
+
+
+def test_several_files_in_one_field_are_refused_and_nothing_is_stored(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    session = a_session(server)
+    nested = (
+        b"--C\r\nContent-Disposition: file; filename=a.txt\r\n\r\nA\r\n"
+        b"--C\r\nContent-Disposition: file; filename=b.txt\r\n\r\nB\r\n--C--"
+    )
+    body = _part("files", nested).replace(
+        b"\r\n\r\n", b"\r\nContent-Type: Multipart/Mixed; boundary=C\r\n\r\n", 1
+    )
+    answer = _post(http, session, body + b"--B--\r\n")
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["message"]
+    assert "the form field 'file' ('files') is a multipart/mixed body" in message
+    assert "Nothing was stored; send each file as 'file', in a request of its own" in message
+    assert _names(http, session) == []

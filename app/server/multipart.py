@@ -174,6 +174,26 @@ def _refuse_an_epilogue(boundary: bytes, after: bytes) -> None:
     )
 
 
+def _refuse_nested_files(content_type: bytes | None, name: str) -> None:
+    """Refuse a ``file`` part that is itself ``multipart/mixed``: several files in one field.
+
+    RFC 2388 sent a field's several files so, and RFC 7578 (4.3) deprecates it but a
+    receiver may still meet it. Nothing read the part's type: the nested body, boundaries
+    and part headers included, was stored as one file under the outer name and answered
+    201, its client believing each of its files stored (red team 53).
+    """
+    if content_type is None:
+        return
+    kind, _ = parse_options_header(content_type)
+    if kind.lower() == b"multipart/mixed":
+        raise BadRequestError(
+            f"the form field 'file' ({name!r}) is a multipart/mixed body, several files in one "
+            "field (RFC 2388; RFC 7578, 4.3, deprecates it), which this server would have "
+            "stored as one file, boundaries and all. Nothing was stored; send each file as "
+            "'file', in a request of its own"
+        )
+
+
 #: A part's headers that say how its bytes are coded: given twice, they are read together.
 _CODING_HEADERS: Final = frozenset({b"content-encoding", b"content-transfer-encoding"})
 
@@ -351,6 +371,7 @@ class MultipartSink:
             raise InvalidNameError("file name", repr(raw), "it is not valid UTF-8") from None
         _refuse_a_cut_path(self._headers.get(b"content-disposition", b""))
         self._refuse_transfer_encoding()
+        _refuse_nested_files(self._headers.get(b"content-type"), name)
         # Only what keeps it one name in a session here: the store holds a new name to the
         # full rule as the upload begins, and a name a file has already (stored by an earlier
         # build, whose rule was looser) is a conflict there, as any name is (red team 38).
