@@ -19,7 +19,8 @@ What broke:
   field, which RFC 7578, 4.3, deprecates): nothing read the part's type, and the nested body,
   boundaries and part headers included, was stored as one file and answered 201, its client
   believing each of its files stored. It is now 400 naming the field and saying to send each
-  file in a request of its own; nothing is stored.
+  file in a request of its own; nothing is stored. A part with two ``Content-Type`` headers
+  (the last was read, so a second type hid the first) is refused too.
 """
 
 from __future__ import annotations
@@ -143,4 +144,9 @@ def test_several_files_in_one_field_are_refused_and_nothing_is_stored(
     message = answer.json()["message"]
     assert "the form field 'file' ('files') is a multipart/mixed body" in message
     assert "Nothing was stored; send each file as 'file', in a request of its own" in message
+    # Behind a second Content-Type (the last one was read): refused as the part's two types.
+    hidden = body.replace(b"\r\n\r\n", b"\r\nContent-Type: text/plain\r\n\r\n", 1)
+    answer = _post(http, session, hidden + b"--B--\r\n")
+    assert answer.status_code == 400, answer.text
+    assert "a multipart part has two Content-Type headers" in answer.json()["message"]
     assert _names(http, session) == []

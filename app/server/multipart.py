@@ -348,6 +348,13 @@ class MultipartSink:
                 "a multipart part has two Content-Disposition headers, so it names its field "
                 "and file more than once; send one"
             )
+        if field == b"content-type" and field in self._headers:
+            # The last was read: a nested multipart/mixed (`_refuse_nested_files`) passed
+            # behind a second type, which a scanner that reads the first did not see.
+            raise BadRequestError(
+                "a multipart part has two Content-Type headers, so it says two things of "
+                "what it holds; send one"
+            )
         if field in _CODING_HEADERS and field in self._headers:  # read together, as a list
             self._value = self._headers[field] + b"," + self._value
         self._headers[field] = self._value
