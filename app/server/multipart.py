@@ -263,7 +263,7 @@ class MultipartSink:
                     if self._ended:  # the closing delimiter is in this chunk, or ends in it
                         seen = tail + bytes(chunk)
                         _refuse_an_epilogue(boundary, seen[seen.find(close) + len(close) :])
-                tail = (tail + bytes(chunk))[-len(close) :]
+                tail = (tail + bytes(chunk[-len(close) :]))[-len(close) :]  # no copy of the chunk
                 await self._begin_pending()
                 if self.pipeline is not None:
                     await self.pipeline.flush_if_full()
