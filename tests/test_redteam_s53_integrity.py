@@ -99,26 +99,23 @@ def test_a_part_after_the_closing_boundary_is_refused_and_nothing_is_stored(
     assert _names(http, session) == ["first.txt", "second.txt"]
 
 
-@pytest.mark.parametrize(
-    ("headers", "shown"),
-    [
-        ("Content-Encoding: gzip", "gzip"),
-        ("Content-Encoding: identity\r\nContent-Encoding: gzip", "identity,gzip"),
-    ],
-    ids=["gzip", "identity-then-gzip"],
-)
 def test_a_part_in_a_content_coding_is_refused_and_nothing_is_stored(
-    server: LiveServer, http: httpx.Client, headers: str, shown: str
+    server: LiveServer, http: httpx.Client
 ) -> None:
     session = a_session(server)
     coded = gzip.compress(b"the file's bytes")
-    body = _part("report.csv", coded).replace(b"\r\n\r\n", f"\r\n{headers}\r\n\r\n".encode(), 1)
-    answer = _post(http, session, body + b"--B--\r\n")
-    assert answer.status_code == 415, answer.text
-    assert answer.headers["accept-encoding"] == "identity"
-    message = answer.json()["message"]
-    assert f"the form field 'file' has Content-Encoding: {shown}" in message
-    assert "Nothing was stored" in message and "without Content-Encoding" in message
+    for headers, shown in [
+        ("Content-Encoding: gzip", "gzip"),
+        ("Content-Encoding: identity\r\nContent-Encoding: gzip", "identity,gzip"),
+    ]:
+        part = _part("report.csv", coded)
+        body = part.replace(b"\r\n\r\n", f"\r\n{headers}\r\n\r\n".encode(), 1)
+        answer = _post(http, session, body + b"--B--\r\n")
+        assert answer.status_code == 415, answer.text
+        assert answer.headers["accept-encoding"] == "identity"
+        message = answer.json()["message"]
+        assert f"the form field 'file' has Content-Encoding: {shown}" in message
+        assert "Nothing was stored" in message and "without Content-Encoding" in message
     assert _names(http, session) == []
     # `identity` is no coding: stored as sent.
     plain = _part("report.csv", b"a,b\r\n").replace(
