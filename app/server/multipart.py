@@ -154,6 +154,49 @@ def _refuse_a_second_name(disposition: bytes) -> None:
         )
 
 
+def _refuse_an_epilogue(boundary: bytes, after: bytes) -> None:
+    """Refuse bytes other than white space after the closing boundary (``--B--``).
+
+    RFC 2046 (5.1.1) calls them an epilogue, to be ignored, and python-multipart drops them
+    unread: a second ``file`` part sent after the close (a client or a proxy that joined
+    two forms) was a 201 for the first file alone, the second dropped unsaid, where a
+    parser that reads on (or a scanner in front) saw both. No HTTP client sends an
+    epilogue; one is refused before anything is stored.
+    """
+    if not after.strip(b" \t\r\n"):
+        return
+    shown = after.strip()[:40].decode("utf-8", "backslashreplace")
+    close = boundary.decode("latin-1")
+    raise BadRequestError(
+        f"the multipart body goes on after its closing boundary (--{close}--) with {shown!r}, "
+        "which this server would drop unread (a part there is no part of the form). Nothing "
+        f"was stored; end the body at --{close}--, and send each file in a request of its own"
+    )
+
+
+def _refuse_nested_files(content_type: bytes | None, name: str) -> None:
+    """Refuse a ``file`` part that is itself ``multipart/mixed``: several files in one field.
+
+    RFC 2388 sent a field's several files so, and RFC 7578 (4.3) deprecates it but a
+    receiver may still meet it. Nothing read the part's type: the nested body, boundaries
+    and part headers included, was stored as one file under the outer name and answered
+    201, its client believing each of its files stored (red team 53).
+    """
+    if content_type is None:
+        return
+    kind, _ = parse_options_header(content_type)
+    if kind.lower() == b"multipart/mixed":
+        raise BadRequestError(
+            f"the form field 'file' ({name!r}) is a multipart/mixed body, several files in one "
+            "field (RFC 2388; RFC 7578, 4.3, deprecates it), which this server would have "
+            "stored as one file, boundaries and all. Nothing was stored; send each file as "
+            "'file', in a request of its own"
+        )
+
+
+#: A part's headers that say how its bytes are coded: given twice, they are read together.
+_CODING_HEADERS: Final = frozenset({b"content-encoding", b"content-transfer-encoding"})
+
 #: What a part's Content-Transfer-Encoding may say of bytes sent as they are.
 _IDENTITY_TRANSFER_ENCODINGS: Final = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
@@ -202,8 +245,12 @@ class MultipartSink:
         assert isinstance(parser, MultipartParser)
         limit = self.store.max_upload_bytes
         received = 0
+        close = b"\r\n--" + boundary + b"--"
+        tail = b"\r\n"  # the body's first delimiter has no CRLF before it
         async for chunk in request.stream():
-            if chunk:
+            if chunk and self._ended:
+                _refuse_an_epilogue(boundary, bytes(chunk))
+            elif chunk:
                 # The same bound a Content-Length is held to (`refuse_declared_length`), for
                 # a chunked body: the parser skips junk around the parts without a limit.
                 received += len(chunk)
@@ -213,6 +260,10 @@ class MultipartSink:
                     self._body_hash.update(chunk)
                 if not self._content_only(parser, chunk):
                     _parse(parser.write, chunk)  # the callbacks queue the file's bytes
+                    if self._ended:  # the closing delimiter is in this chunk, or ends in it
+                        seen = tail + bytes(chunk)
+                        _refuse_an_epilogue(boundary, seen[seen.find(close) + len(close) :])
+                tail = (tail + bytes(chunk[-len(close) :]))[-len(close) :]  # no copy of the chunk
                 await self._begin_pending()
                 if self.pipeline is not None:
                     await self.pipeline.flush_if_full()
@@ -297,6 +348,15 @@ class MultipartSink:
                 "a multipart part has two Content-Disposition headers, so it names its field "
                 "and file more than once; send one"
             )
+        if field == b"content-type" and field in self._headers:
+            # The last was read: a nested multipart/mixed (`_refuse_nested_files`) passed
+            # behind a second type, which a scanner that reads the first did not see.
+            raise BadRequestError(
+                "a multipart part has two Content-Type headers, so it says two things of "
+                "what it holds; send one"
+            )
+        if field in _CODING_HEADERS and field in self._headers:  # read together, as a list
+            self._value = self._headers[field] + b"," + self._value
         self._headers[field] = self._value
         self._field = self._value = b""
 
@@ -318,6 +378,7 @@ class MultipartSink:
             raise InvalidNameError("file name", repr(raw), "it is not valid UTF-8") from None
         _refuse_a_cut_path(self._headers.get(b"content-disposition", b""))
         self._refuse_transfer_encoding()
+        _refuse_nested_files(self._headers.get(b"content-type"), name)
         # Only what keeps it one name in a session here: the store holds a new name to the
         # full rule as the upload begins, and a name a file has already (stored by an earlier
         # build, whose rule was looser) is a conflict there, as any name is (red team 38).
@@ -328,6 +389,7 @@ class MultipartSink:
         # RFC 7578 (4.7) deprecates it, but allows it in a part: `base64` or
         # `quoted-printable` text was stored as the file's bytes, undecoded, and answered 201
         # (red team 46), as a Content-Encoding once was (`refuse_content_coding`).
+        self._refuse_content_coding()
         given = self._headers.get(b"content-transfer-encoding", b"")
         if given.strip().lower() in _IDENTITY_TRANSFER_ENCODINGS:
             return
@@ -339,6 +401,27 @@ class MultipartSink:
             "7578, 4.7, deprecates it); it would have taken the encoded text as the file's "
             "bytes. Nothing was stored. Send the file's bytes themselves in the part, without "
             "Content-Transfer-Encoding",
+        )
+
+    def _refuse_content_coding(self) -> None:
+        # RFC 7578 (4.8) says a part's other headers must be ignored, and so they were: a part
+        # with `Content-Encoding: gzip` was stored compressed, answered 201 and downloaded
+        # without the coding, under the SHA-256 of the compressed bytes (red team 53), as a
+        # request's own Content-Encoding once was (`refuse_content_coding`).
+        given = self._headers.get(b"content-encoding", b"")
+        codings = [c.strip().lower() for c in given.split(b",")]
+        if all(c in (b"", b"identity") for c in codings):
+            return
+        shown = given.decode("latin-1")
+        raise HTTPException(
+            415,
+            f"POST /sessions/{self.session_id}/files refused: the form field 'file' has "
+            f"Content-Encoding: {shown}, which this server does not decode (RFC 7578, 4.8, "
+            "allows a part no such header); it would have taken the encoded bytes as the "
+            "file's. Nothing was stored. Send the file's bytes themselves in the part, "
+            "without Content-Encoding (a compressed file is kept as it is when it is sent "
+            "without the header, under a name that says so: report.csv.gz)",
+            headers={"Accept-Encoding": "identity"},
         )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
