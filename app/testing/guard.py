@@ -16,7 +16,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import pytest
 
@@ -435,9 +435,15 @@ def _holding(sockets: set[str]) -> list[int]:
     return found
 
 
-#: Listening sockets found to be held by processes of this run alone, or by a server that
-#: refuses the run's token (`port_served`): each is looked up once, not at every test.
+#: Listening sockets found to be held by processes of this run alone (`port_served`): each
+#: is looked up once, not at every test.
 _OWN_SOCKETS: set[str] = set()
+
+#: Listening sockets, each with the token its server refused (`port_served`): left alone
+#: for that token only. A conftest that gives the testing profile another token at its
+#: import (``os.environ["APP_API_TOKEN"] = ...``) hands every test one that the server
+#: asked as the run started was never asked with (red team 53).
+_REFUSING: set[tuple[str, str | None]] = set()
 
 
 def _fd_target(link: Path) -> str:
@@ -467,6 +473,7 @@ def port_served(
     *,
     runs: tuple[sandboxing.Run | None, ...] = (),
     address: tuple[str, int, str] | None = None,
+    token: str | Literal[False] | None = False,
 ) -> str | None:
     """Why the run (or, given `runs`, a test) may not go on where a process outside the run
     already listens on `profile`'s port on this machine; None where nothing does.
@@ -480,6 +487,9 @@ def port_served(
     Nothing of the run listens as it starts, so whoever does is someone else's server.
     Later (a test that opts into a profile), one that a process of `runs` (this run)
     started is the run's own, and is left alone (a suite's own server on that port).
+
+    A server that refuses `token` (the one the test gets; the settings files' where it is
+    ``False``, as the run starts) is left alone too, for that token only.
     """
     address = address or _address(profile)
     if address is None:
@@ -493,12 +503,16 @@ def port_served(
     except OSError:
         return None  # nothing listens (refused), or the address is not this machine's
     sockets = _listening_sockets(port)
-    if sockets and sockets <= _OWN_SOCKETS:
+    if token is False:
+        files_token = (_profile_values(profile) or {}).get("api_token")
+        token = files_token if isinstance(files_token, str) and files_token else None
+    if sockets and all(s in _OWN_SOCKETS or (s, token) in _REFUSING for s in sockets):
         return None
     holders = [h for h in live if (h.holder or {}).get("port") == port]
     pids = _holding(sockets)
-    if _opens_with(host, port, (_profile_values(profile) or {}).get("api_token")) is False:
-        _OWN_SOCKETS.update(sockets)  # not the run's, but no request of the run gets in
+    if _opens_with(host, port, token) is False:
+        # Not the run's, but no request with this token gets in.
+        _REFUSING.update((s, token) for s in sockets)
         return None
     own = {run.pid for run in runs if run is not None and run.pid is not None}
     if pids and own and all(_descends_from(pid, own) for pid in pids):

@@ -1,0 +1,115 @@
+"""Red team 53 on the guard (branch rt-guard36): the plugin's fixtures used as a user's suite
+uses them.
+
+What broke (pytest in a subprocess, next to a live server that is not the run's):
+
+- the configuration the ``app_live_server`` fixture hands a test (``server.config``) named
+  the testing profile's port from the settings, not the port of the server the fixture
+  started (``app serve --port 0``), and its token is the testing profile's. A test that
+  built its URL from that configuration (``f"http://{cfg.host}:{cfg.port}"``, as it would
+  from ``app_config``) reached whatever listened on the testing port: a developer's own
+  ``ENV_FOR_DYNACONF=testing app serve`` started once the run had begun, which the run's
+  look as it starts cannot see and which red team 52's look again at each test makes in
+  ``app_config`` alone. Its clean-up moved the developer's sessions to their trash, and the
+  run passed.
+
+- a conftest that gives the testing profile the team's own token at its import
+  (``os.environ["APP_API_TOKEN"] = ...``), next to a developer's testing server run with
+  that token: the run's look as it starts asked that server with the settings files' token,
+  got 401, and left its socket alone for the rest of the run, so ``app_config``'s look at
+  each test did too, while every test carried the token the server accepts.
+
+Now ``server.config`` names the server the fixture started: its host and the port it bound
+(``sources`` says so), so a request built from it reaches that server alone. A server that
+refuses a token is left alone for that token only, and ``app_config`` asks with the token
+the test gets.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from engines import free_ports
+from project_copy import copy_project_settings
+from test_redteam_s24_guard import _inner_env
+from test_server_e2e import Server, app_env
+
+TOKEN = "the-team-s-testing-token"
+
+#: A user's suite: its conftest gives the testing profile the team's own token (as a conftest
+#: sets what its tests need, at its import); each test cleans "the testing server" through
+#: the configuration a fixture hands it.
+CONFTEST = f"""
+import os
+
+os.environ["APP_API_TOKEN"] = "{TOKEN}"
+"""
+
+SUITE = """
+import httpx
+
+
+def clean(cfg):
+    url = f"http://{cfg.host}:{cfg.port}"
+    auth = {"Authorization": f"Bearer {cfg.api_token}"}
+    for session in httpx.get(url + "/sessions", headers=auth).json()["items"]:
+        httpx.delete(f"{url}/sessions/{session['id']}", headers=auth).raise_for_status()
+
+
+def test_through_the_live_server_s_configuration(app_live_server):
+    clean(app_live_server.config)
+    assert app_live_server.config.port == int(app_live_server.url.rpartition(":")[2])
+    assert "app_live_server" in app_live_server.config.sources["port"]
+
+
+def test_through_app_config(app_config):
+    clean(app_config)
+"""
+
+
+def test_the_configuration_a_fixture_hands_a_test_reaches_no_server_outside_the_run(
+    tmp_path: Path,
+) -> None:
+    settings = copy_project_settings(tmp_path / "settings")
+    (port,) = free_ports(1)
+    text = settings.joinpath("settings.toml").read_text()
+    settings.joinpath("settings.toml").write_text(text.replace("port = 8001", f"port = {port}"))
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(CONFTEST)
+    (suite / "test_user.py").write_text(SUITE)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    # The developer's own testing server, with the team's token, outside the run.
+    env = app_env(
+        settings / "data" / "testing",
+        port=port,
+        APP_SETTINGS_DIR=str(settings),
+        APP_API_TOKEN=TOKEN,
+    )
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as client:
+            client.post("/sessions", json={"title": "the developer's"}).raise_for_status()
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"],
+            cwd=suite,
+            env=_inner_env(APP_SETTINGS_DIR=str(settings), TMPDIR=str(temporary)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        with server.client() as client:
+            titles = [s["title"] for s in client.get("/sessions").json()["items"]]
+    finally:
+        server.stop()
+    assert titles == ["the developer's"], done.stdout + done.stderr
+    assert "1 passed, 1 error" in done.stdout, done.stdout + done.stderr
+    assert (
+        f"app: refusing this test: the testing profile's port {port} (settings.toml "
+        f"[testing]) is already served on 127.0.0.1 by pid {server.pid}, kind server, "
+        "profile testing"
+    ) in done.stdout, done.stdout
+    assert "Stop that server, or serve it on another port" in done.stdout
