@@ -23,6 +23,12 @@ Now ``server.config`` names the server the fixture started: its host and the por
 (``sources`` says so), so a request built from it reaches that server alone. A server that
 refuses a token is left alone for that token only, and ``app_config`` asks with the token
 the test gets.
+
+Also: a test that removed ``ENV_FOR_DYNACONF`` (as a test of the default profile does) and
+then asked for ``app_live_server`` got a server of development, refused, whose refusal told
+it to opt into development, where its server would run on development's profile and token
+while ``server.config`` and ``server.headers`` named testing's. The fixture now gives its
+server the testing profile, as its configuration says.
 """
 
 from __future__ import annotations
@@ -58,14 +64,18 @@ def clean(cfg):
         httpx.delete(f"{url}/sessions/{session['id']}", headers=auth).raise_for_status()
 
 
-def test_through_the_live_server_s_configuration(app_live_server):
+def test_through_the_live_server_s_configuration(monkeypatch, request):
+    monkeypatch.delenv("ENV_FOR_DYNACONF")  # as a test of the default profile does
+    app_live_server = request.getfixturevalue("app_live_server")
     clean(app_live_server.config)
+    assert app_live_server.config.profile == "testing"
     assert app_live_server.config.port == int(app_live_server.url.rpartition(":")[2])
     assert "app_live_server" in app_live_server.config.sources["port"]
 
 
 def test_through_app_config(app_config):
     clean(app_config)
+
 """
 
 

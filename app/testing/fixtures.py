@@ -160,7 +160,12 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
     state = request.config.stash.get(STATE, None)
     log = tmp_path / "live-server.log"
-    env = {**os.environ, "APP_HOST": "127.0.0.1"}
+    # The testing profile, whatever the test's environment selects: its configuration
+    # (below) is testing's. A test that had removed ENV_FOR_DYNACONF (as a test of the
+    # default profile does) got a server of development, refused, whose refusal told it to
+    # opt into development; opted in, its server ran on development's profile and token
+    # while `config` and `headers` named testing's (red team 53).
+    env = {**os.environ, "APP_HOST": "127.0.0.1", appconfig.PROFILE_ENV: "testing"}
     if state is not None and state.remote is not None:
         # Every process of the run maps testing's database and prefix to the run's scratch
         # ones; exporting them says so to the server explicitly, as app_config does.
