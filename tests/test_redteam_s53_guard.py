@@ -24,6 +24,12 @@ Now ``server.config`` names the server the fixture started: its host and the por
 refuses a token is left alone for that token only, and ``app_config`` asks with the token
 the test gets.
 
+- a testing host given as the machine's own address on its network (``192.0.2.2``: for a
+  container or a phone to reach the server), where a developer's server listens on the
+  wildcard address: the look took any address but a loopback or a wildcard one for another
+  machine's, and looked at nothing. An address one of the machine's interfaces has is now
+  looked at as the loopback is (found by binding it: no lookup).
+
 Also: a test that removed ``ENV_FOR_DYNACONF`` (as a test of the default profile does) and
 then asked for ``app_live_server`` got a server of development, refused, whose refusal told
 it to opt into development, where its server would run on development's profile and token
@@ -33,14 +39,21 @@ server the testing profile, as its configuration says.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import pytest
 from engines import free_ports
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 from test_server_e2e import Server, app_env
+
+from app.testing import guard
 
 TOKEN = "the-team-s-testing-token"
 
@@ -123,3 +136,51 @@ def test_the_configuration_a_fixture_hands_a_test_reaches_no_server_outside_the_
         "profile testing"
     ) in done.stdout, done.stdout
     assert "Stop that server, or serve it on another port" in done.stdout
+
+
+def _own_network_address() -> str:
+    """An address of this machine's own network interface (the one a route out leaves by;
+    a UDP socket's connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))
+        except OSError:
+            pytest.skip("this machine has no route out, so no address but its loopback")
+        address = str(probe.getsockname()[0])
+    if address.startswith("127."):
+        pytest.skip("this machine's route out leaves by its loopback")
+    return address
+
+
+def test_the_machine_s_own_network_address_is_looked_at_too() -> None:
+    address = _own_network_address()
+    with socket.socket() as listener:
+        # A developer's server on the wildcard address, answering whatever it is asked 200.
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+
+        def answer() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError), listener.accept()[0] as connection:
+                    connection.settimeout(1.0)
+                    if connection.recv(4096):
+                        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        try:
+            found = guard.local_address(address, port, "settings.toml [testing]")
+            assert found == (address, port, "settings.toml [testing]")
+            refusal = guard.port_served("testing", [], address=found)
+        finally:
+            stop.set()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                pass
+            thread.join()
+    assert refusal is not None
+    assert (
+        f"the testing profile's port {port} (settings.toml [testing]) is already served on "
+        f"{address} by pid {os.getpid()} ("
+    ) in refusal

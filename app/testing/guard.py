@@ -311,8 +311,9 @@ def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoo
 
 def _local_address(host: str) -> str | None:
     """The address a client of this machine reaches a server configured with `host` at,
-    where that is this machine (a loopback address, ``localhost``, a wildcard one); None
-    for a name or address of another machine (not probed: a name may take a DNS lookup)."""
+    where that is this machine (a loopback address, ``localhost``, a wildcard one, or an
+    address of one of its interfaces); None for a name (not probed: a name may take a DNS
+    lookup) or an address of another machine."""
     import ipaddress
 
     text = host.strip().strip("[]").lower()
@@ -324,7 +325,32 @@ def _local_address(host: str) -> str | None:
         return None
     if address.is_unspecified:  # a wildcard is reached through the loopback
         return "::1" if address.version == 6 else "127.0.0.1"
-    return str(address) if address.is_loopback else None
+    if address.is_loopback or _assigned_here(str(address), address.version):
+        return str(address)
+    return None
+
+
+def _assigned_here(address: str, version: int) -> bool:
+    """Whether `address` (a literal, no lookup) is one of this machine's own interfaces'.
+
+    A testing host given as the machine's own address on its network (``192.0.2.2``, for a
+    container or a phone to reach the server) reaches a developer's server listening on the
+    wildcard address there as surely as the loopback does, and was not looked at (red team
+    53). Only a local address can be bound, unless the system lets any be
+    (``ip_nonlocal_bind``): then none counts, so no request goes to another machine.
+    """
+    import socket
+
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    switch = Path("/proc/sys/net") / ("ipv6" if version == 6 else "ipv4") / "ip_nonlocal_bind"
+    try:
+        if switch.read_text().strip() != "0":
+            return False
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def local_address(host: str, port: int, source: str) -> tuple[str, int, str] | None:
