@@ -1,40 +1,36 @@
 """Red team 53 on the guard (branch rt-guard36): the plugin's fixtures used as a user's suite
 uses them.
 
-What broke (pytest in a subprocess, next to a live server that is not the run's):
+What broke (pytest in a subprocess, next to a developer's own testing server outside the
+run, unless said otherwise):
 
 - the configuration the ``app_live_server`` fixture hands a test (``server.config``) named
   the testing profile's port from the settings, not the port of the server the fixture
   started (``app serve --port 0``), and its token is the testing profile's. A test that
   built its URL from that configuration (``f"http://{cfg.host}:{cfg.port}"``, as it would
   from ``app_config``) reached whatever listened on the testing port: a developer's own
-  ``ENV_FOR_DYNACONF=testing app serve`` started once the run had begun, which the run's
-  look as it starts cannot see and which red team 52's look again at each test makes in
-  ``app_config`` alone. Its clean-up moved the developer's sessions to their trash, and the
-  run passed.
-
+  ``ENV_FOR_DYNACONF=testing app serve``, which red team 52's look again at each test
+  looks for in ``app_config`` alone. Its clean-up moved the developer's sessions to their
+  trash, and the run passed;
 - a conftest that gives the testing profile the team's own token at its import
   (``os.environ["APP_API_TOKEN"] = ...``), next to a developer's testing server run with
   that token: the run's look as it starts asked that server with the settings files' token,
   got 401, and left its socket alone for the rest of the run, so ``app_config``'s look at
-  each test did too, while every test carried the token the server accepts.
+  each test did too, while every test carried the token the server accepts;
+- a test that removed ``ENV_FOR_DYNACONF`` (as a test of the default profile does) and then
+  asked for ``app_live_server`` got a server of development, refused, whose refusal told it
+  to opt into development, where its server would run on development's profile and token
+  while ``server.config`` and ``server.headers`` named testing's;
+- (in this process, with a real listener) a testing host given as the machine's own address
+  on its network (``192.0.2.2``: for a container or a phone to reach the server), where a
+  developer's server listens on the wildcard address: the look took any address but a
+  loopback or a wildcard one for another machine's, and looked at nothing.
 
-Now ``server.config`` names the server the fixture started: its host and the port it bound
-(``sources`` says so), so a request built from it reaches that server alone. A server that
-refuses a token is left alone for that token only, and ``app_config`` asks with the token
-the test gets.
-
-- a testing host given as the machine's own address on its network (``192.0.2.2``: for a
-  container or a phone to reach the server), where a developer's server listens on the
-  wildcard address: the look took any address but a loopback or a wildcard one for another
-  machine's, and looked at nothing. An address one of the machine's interfaces has is now
-  looked at as the loopback is (found by binding it: no lookup).
-
-Also: a test that removed ``ENV_FOR_DYNACONF`` (as a test of the default profile does) and
-then asked for ``app_live_server`` got a server of development, refused, whose refusal told
-it to opt into development, where its server would run on development's profile and token
-while ``server.config`` and ``server.headers`` named testing's. The fixture now gives its
-server the testing profile, as its configuration says.
+What changed: ``server.config`` names the server the fixture started (its host and the port
+it bound; ``sources`` says so), and the fixture gives its server the testing profile, as
+that configuration says. A server that refuses a token is left alone for that token only,
+and ``app_config`` asks with the token the test gets. An address one of the machine's
+interfaces has is looked at as the loopback is (found by binding it: no lookup).
 """
 
 from __future__ import annotations
