@@ -24,13 +24,17 @@ run, unless said otherwise):
 - (in this process, with a real listener) a testing host given as the machine's own address
   on its network (``192.0.2.2``: for a container or a phone to reach the server), where a
   developer's server listens on the wildcard address: the look took any address but a
-  loopback or a wildcard one for another machine's, and looked at nothing.
+  loopback or a wildcard one for another machine's, and looked at nothing;
+- (in a mount namespace whose hosts file names ``localhost`` for ``::1`` first) a testing
+  host ``localhost`` and a server outside the run on ``[::1]`` alone: the look connected to
+  ``127.0.0.1`` alone, a test's client reached ``::1``.
 
 What changed: ``server.config`` names the server the fixture started (its host and the port
 it bound; ``sources`` says so), and the fixture gives its server the testing profile, as
 that configuration says. A server that refuses a token is left alone for that token only,
 and ``app_config`` asks with the token the test gets. An address one of the machine's
-interfaces has is looked at as the loopback is (found by binding it: no lookup).
+interfaces has is looked at as the loopback is (found by binding it: no lookup), and so is
+each loopback address of ``localhost``, in the order a client tries them.
 """
 
 from __future__ import annotations
@@ -180,3 +184,53 @@ def test_the_machine_s_own_network_address_is_looked_at_too() -> None:
         f"the testing profile's port {port} (settings.toml [testing]) is already served on "
         f"{address} by pid {os.getpid()} ("
     ) in refusal
+
+
+#: In a mount namespace of its own whose hosts file names ``localhost`` for ``::1`` first: a
+#: server on ``[::1]`` alone on a port (answering 200 to whatever it is asked), and the look
+#: at a testing host ``localhost`` there.
+IPV6_FIRST = """
+import socket, sys, threading
+from app.testing import guard
+
+with socket.socket(socket.AF_INET6) as listener:
+    listener.bind(("::1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def answer():
+        while True:
+            connection = listener.accept()[0]
+            with connection:
+                if connection.recv(4096):
+                    connection.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    first = socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)[0][4][0]
+    print(first, port)
+    print(guard.port_served("testing", [], address=guard.local_address("localhost", port, "x")))
+"""
+
+
+def test_localhost_s_ipv6_address_is_looked_at_where_it_comes_first(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"):
+        pytest.skip("only root makes a mount namespace with its own hosts file (unshare -m)")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 localhost\n127.0.0.1 localhost\n")
+    done = subprocess.run(
+        [
+            "unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" /etc/hosts && exec "$2" -c "$3"', "sh",
+            str(hosts), sys.executable, IPV6_FIRST,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, port = done.stdout.splitlines()[0].split()
+    if first != "::1":
+        pytest.skip(f"this machine's resolver gives localhost's {first} first, even so")
+    assert (
+        f"the testing profile's port {port} (x) is already served on ::1 by pid "
+    ) in done.stdout, done.stdout + done.stderr

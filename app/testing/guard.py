@@ -317,7 +317,9 @@ def _local_address(host: str) -> str | None:
     import ipaddress
 
     text = host.strip().strip("[]").lower()
-    if text in {"localhost", ""}:
+    if text == "localhost":
+        return "localhost"  # each of its addresses is looked at (`_loopbacks`)
+    if text == "":
         return "127.0.0.1"
     try:
         address = ipaddress.ip_address(text)
@@ -328,6 +330,32 @@ def _local_address(host: str) -> str | None:
     if address.is_loopback or _assigned_here(str(address), address.version):
         return str(address)
     return None
+
+
+def _loopbacks(host: str) -> list[str]:
+    """The addresses a client reaches `host` at, in the order it tries them: ``localhost``'s
+    loopback addresses as this machine's hosts file gives them (``::1`` first where it comes
+    first, and a client falls back to the next where nothing listens there), else `host`.
+
+    A server outside the run on ``[::1]`` alone, on a machine that names ``localhost`` for
+    ``::1`` first, was reached by a test's client while the look connected to ``127.0.0.1``
+    alone (red team 53)."""
+    import ipaddress
+    import socket
+
+    if host != "localhost":
+        return [host]
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        found = []
+    addresses = []
+    for _family, _type, _proto, _name, sockaddr in found:
+        text = str(sockaddr[0])
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(text).is_loopback and text not in addresses:
+                addresses.append(text)
+    return addresses or ["127.0.0.1"]
 
 
 def _assigned_here(address: str, version: int) -> bool:
@@ -520,14 +548,17 @@ def port_served(
     address = address or _address(profile)
     if address is None:
         return None
-    host, port, source = address
+    given, port, source = address
     import socket
 
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            pass
-    except OSError:
-        return None  # nothing listens (refused), or the address is not this machine's
+    for host in _loopbacks(given):
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                break
+        except OSError:
+            continue  # nothing listens (refused), or the address is not this machine's
+    else:
+        return None
     sockets = _listening_sockets(port)
     if token is False:
         files_token = (_profile_values(profile) or {}).get("api_token")
