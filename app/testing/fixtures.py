@@ -4,10 +4,12 @@ with pytest-django's and pytest-flask's ``client`` and ``live_server`` in a shar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -113,6 +115,8 @@ def app_config(
             state.live,
             runs=state.own_runs,
             address=local_address(config.host, config.port, config.sources.get("port", "")),
+            # The token this test gets, which a conftest may have set (red team 53).
+            token=config.api_token,
         )
         if refusal is not None:
             pytest.fail(printable(refusal), pytrace=False)
@@ -156,7 +160,12 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
     state = request.config.stash.get(STATE, None)
     log = tmp_path / "live-server.log"
-    env = {**os.environ, "APP_HOST": "127.0.0.1"}
+    # The testing profile, whatever the test's environment selects: its configuration
+    # (below) is testing's. A test that had removed ENV_FOR_DYNACONF (as a test of the
+    # default profile does) got a server of development, refused, whose refusal told it to
+    # opt into development; opted in, its server ran on development's profile and token
+    # while `config` and `headers` named testing's (red team 53).
+    env = {**os.environ, "APP_HOST": "127.0.0.1", appconfig.PROFILE_ENV: "testing"}
     if state is not None and state.remote is not None:
         # Every process of the run maps testing's database and prefix to the run's scratch
         # ones; exporting them says so to the server explicitly, as app_config does.
@@ -165,6 +174,7 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
         env |= {"APP_DATABASE_URL": config.database_url, "APP_BLOB_URL": config.blob_url}
         process, url = start_replica(env, config.database_url, log)
         try:
+            config = _served_at(config, url)
             yield LiveServer(url, None, process.pid, config.api_token, log, config)
         finally:
             stop_server(process, config.database_url)
@@ -175,6 +185,24 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     config = appconfig.load("testing", environ=env)
     process, url = start_server(env, root, log)
     try:
+        config = _served_at(config, url)
         yield LiveServer(url, root, process.pid, config.api_token, log, config)
     finally:
         stop_server(process)
+
+
+def _served_at(config: appconfig.Config, url: str) -> appconfig.Config:
+    """`config` with the host and port of the server the fixture started (at `url`).
+
+    The settings' port is the testing profile's, where a server outside the run may listen
+    (a developer's own ``app serve``, started after the run's look as it began): a test that
+    built its URL from the configuration the fixture hands it, as it would from
+    ``app_config``'s, reached that server with the testing token and cleaned its sessions
+    (red team 53). The configuration now names the fixture's own server alone.
+    """
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"app_live_server: no host and port in the server's URL {url!r}")
+    said = "app_live_server (the address its own server listens on)"
+    sources = {**config.sources, "host": said, "port": said}
+    return dataclasses.replace(config, host=parts.hostname, port=parts.port, sources=sources)

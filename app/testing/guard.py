@@ -16,7 +16,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import pytest
 
@@ -311,12 +311,15 @@ def probe_live(roots: dict[str, Path]) -> tuple[list[LiveHolder], list[UnseenRoo
 
 def _local_address(host: str) -> str | None:
     """The address a client of this machine reaches a server configured with `host` at,
-    where that is this machine (a loopback address, ``localhost``, a wildcard one); None
-    for a name or address of another machine (not probed: a name may take a DNS lookup)."""
+    where that is this machine (a loopback address, ``localhost``, a wildcard one, or an
+    address of one of its interfaces); None for a name (not probed: a name may take a DNS
+    lookup) or an address of another machine."""
     import ipaddress
 
     text = host.strip().strip("[]").lower()
-    if text in {"localhost", ""}:
+    if text == "localhost":
+        return "localhost"  # each of its addresses is looked at (`_loopbacks`)
+    if text == "":
         return "127.0.0.1"
     try:
         address = ipaddress.ip_address(text)
@@ -324,7 +327,58 @@ def _local_address(host: str) -> str | None:
         return None
     if address.is_unspecified:  # a wildcard is reached through the loopback
         return "::1" if address.version == 6 else "127.0.0.1"
-    return str(address) if address.is_loopback else None
+    if address.is_loopback or _assigned_here(str(address), address.version):
+        return str(address)
+    return None
+
+
+def _loopbacks(host: str) -> list[str]:
+    """The addresses a client reaches `host` at, in the order it tries them: ``localhost``'s
+    loopback addresses as this machine's hosts file gives them (``::1`` first where it comes
+    first, and a client falls back to the next where nothing listens there), else `host`.
+
+    A server outside the run on ``[::1]`` alone, on a machine that names ``localhost`` for
+    ``::1`` first, was reached by a test's client while the look connected to ``127.0.0.1``
+    alone (red team 53)."""
+    import ipaddress
+    import socket
+
+    if host != "localhost":
+        return [host]
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        found = []
+    addresses = []
+    for _family, _type, _proto, _name, sockaddr in found:
+        text = str(sockaddr[0])
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(text).is_loopback and text not in addresses:
+                addresses.append(text)
+    return addresses or ["127.0.0.1"]
+
+
+def _assigned_here(address: str, version: int) -> bool:
+    """Whether `address` (a literal, no lookup) is one of this machine's own interfaces'.
+
+    A testing host given as the machine's own address on its network (``192.0.2.2``, for a
+    container or a phone to reach the server) reaches a developer's server listening on the
+    wildcard address there as surely as the loopback does, and was not looked at (red team
+    53). Only a local address can be bound, unless the system lets any be
+    (``ip_nonlocal_bind``): then none counts, so no request goes to another machine.
+    """
+    import socket
+
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    switch = Path("/proc/sys/net") / ("ipv6" if version == 6 else "ipv4") / "ip_nonlocal_bind"
+    try:
+        if switch.read_text().strip() != "0":
+            return False
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def local_address(host: str, port: int, source: str) -> tuple[str, int, str] | None:
@@ -435,9 +489,15 @@ def _holding(sockets: set[str]) -> list[int]:
     return found
 
 
-#: Listening sockets found to be held by processes of this run alone, or by a server that
-#: refuses the run's token (`port_served`): each is looked up once, not at every test.
+#: Listening sockets found to be held by processes of this run alone (`port_served`): each
+#: is looked up once, not at every test.
 _OWN_SOCKETS: set[str] = set()
+
+#: Listening sockets, each with the token its server refused (`port_served`): left alone
+#: for that token only. A conftest that gives the testing profile another token at its
+#: import (``os.environ["APP_API_TOKEN"] = ...``) hands every test one that the server
+#: asked as the run started was never asked with (red team 53).
+_REFUSING: set[tuple[str, str | None]] = set()
 
 
 def _fd_target(link: Path) -> str:
@@ -467,6 +527,7 @@ def port_served(
     *,
     runs: tuple[sandboxing.Run | None, ...] = (),
     address: tuple[str, int, str] | None = None,
+    token: str | Literal[False] | None = False,
 ) -> str | None:
     """Why the run (or, given `runs`, a test) may not go on where a process outside the run
     already listens on `profile`'s port on this machine; None where nothing does.
@@ -480,25 +541,35 @@ def port_served(
     Nothing of the run listens as it starts, so whoever does is someone else's server.
     Later (a test that opts into a profile), one that a process of `runs` (this run)
     started is the run's own, and is left alone (a suite's own server on that port).
+
+    A server that refuses `token` (the one the test gets; the settings files' where it is
+    ``False``, as the run starts) is left alone too, for that token only.
     """
     address = address or _address(profile)
     if address is None:
         return None
-    host, port, source = address
+    given, port, source = address
     import socket
 
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            pass
-    except OSError:
-        return None  # nothing listens (refused), or the address is not this machine's
+    for host in _loopbacks(given):
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                break
+        except OSError:
+            continue  # nothing listens (refused), or the address is not this machine's
+    else:
+        return None
     sockets = _listening_sockets(port)
-    if sockets and sockets <= _OWN_SOCKETS:
+    if token is False:
+        files_token = (_profile_values(profile) or {}).get("api_token")
+        token = files_token if isinstance(files_token, str) and files_token else None
+    if sockets and all(s in _OWN_SOCKETS or (s, token) in _REFUSING for s in sockets):
         return None
     holders = [h for h in live if (h.holder or {}).get("port") == port]
     pids = _holding(sockets)
-    if _opens_with(host, port, (_profile_values(profile) or {}).get("api_token")) is False:
-        _OWN_SOCKETS.update(sockets)  # not the run's, but no request of the run gets in
+    if _opens_with(host, port, token) is False:
+        # Not the run's, but no request with this token gets in.
+        _REFUSING.update((s, token) for s in sockets)
         return None
     own = {run.pid for run in runs if run is not None and run.pid is not None}
     if pids and own and all(_descends_from(pid, own) for pid in pids):

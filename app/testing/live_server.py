@@ -43,8 +43,9 @@ class LiveServer:
         token: the bearer token it requires, if any.
         log: the file its output goes to.
         config: the configuration it was started with (its profile and storage;
-            ``open_storage(server.config, writer=False)`` reads what it wrote). Its repr
-            shows no secret.
+            ``open_storage(server.config, writer=False)`` reads what it wrote), with the
+            host and port it listens on (not the settings' port, where another server may
+            listen). Its repr shows no secret.
     """
 
     url: str
