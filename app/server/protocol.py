@@ -708,6 +708,32 @@ def bounded_h11(
             self._stop_waiting()
             super().connection_lost(exc)
 
+        def eof_received(self) -> bool | None:  # type: ignore[override]
+            """The client shut its side down (``shutdown(SHUT_WR)``, ``nc -N``): keep the
+            connection open for the answer if its request has all come.
+
+            uvicorn returned nothing, so asyncio closed the connection at once and the request
+            was marked disconnected: a route that had read the whole body (or needs none: a
+            ``DELETE``) committed its write and its answer was dropped, the client told
+            nothing of a file replaced or deleted; one that had not read it yet dropped a
+            body that had come whole. RFC 9112 (9.6) lets a client close its side after its
+            request and still read the answer. A request whose body has not all come is
+            abandoned as before (it cannot come now), and so is a connection between
+            requests. The answer says ``Connection: close``, and the connection closes after
+            it: a request pipelined behind it is not run, which that header tells its client
+            (RFC 9112, 9.3.2: it may send it again).
+            """
+            cycle = self.cycle
+            if (
+                cycle is not None
+                and not cycle.response_complete
+                and not cycle.disconnected
+                and self.conn.their_state in _REQUEST_DONE
+            ):
+                cycle.keep_alive = False
+                return True
+            return None
+
         def send_400_response(self, msg: str) -> None:
             # h11 refuses a head over its bound as a protocol error; uvicorn answers every one
             # with the same plain-text 400. Say which, in the problem shape of every error.
