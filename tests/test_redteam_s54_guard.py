@@ -13,10 +13,17 @@ three of the project, as a team adds one for a device):
   as not plain ASCII. ``lower()`` runs before the comparison, and U+212A is the one
   character whose lower case is an ASCII letter, so it passed as ``k``.
 
+- a conftest that defines a ``tmp_path`` fixture of its own returning a fixed directory
+  (here production's ``sessions/``): ``app_config``, ``app_store`` and ``app_live_server``
+  failed with a ``ConfigProblems`` traceback through the app's frames whose fix was "point
+  APP_DATA_ROOT under tmp_path, or use the app_config fixture" (the test did both); with a
+  remote testing profile (by reading), ``app_live_server`` wrote its log there.
+
 What changed: a selected name (``--profile``, ``ENV_FOR_DYNACONF``, ``load(profile)``) and
 an ``app_profile`` mark are compared only when they are ASCII once stripped; otherwise the
 refusal is ``unknown_profile`` (exit 78), naming the character and the profile it only looks
-like.
+like. ``app_config`` and ``app_live_server`` fail a test whose ``tmp_path`` lies outside the
+run's sandbox before they use it, naming the fixture that overrides pytest's.
 """
 
 from __future__ import annotations
@@ -37,6 +44,29 @@ import pytest
 
 @pytest.mark.app_profile("{KELVIN}iosk")
 def test_marked():
+    pass
+"""
+
+#: A suite that keeps its scratch files in one place, to look at them after a run.
+OWN_TMP_PATH = """
+import pathlib
+import pytest
+
+@pytest.fixture
+def tmp_path():
+    return pathlib.Path("{sessions}")
+"""
+
+SCRATCH = """
+def test_config(app_config):
+    pass
+
+
+def test_store(app_store):
+    pass
+
+
+def test_live(app_live_server):
     pass
 """
 
@@ -77,8 +107,17 @@ def test_a_profile_name_that_lower_case_makes_ascii_selects_nothing(settings: Pa
         assert "loading profile 'kiosk'" not in done.stderr, done.stderr
 
 
-def test_an_app_profile_mark_so_written_is_no_profile(settings: Path, tmp_path: Path) -> None:
+def test_a_mark_so_written_and_a_tmp_path_outside_the_sandbox_are_refused(
+    settings: Path, tmp_path: Path
+) -> None:
+    # One inner run for both: the mark at the top, the suite that keeps its scratch files in
+    # production's sessions/ in a directory of its own (a conftest there overrides tmp_path).
+    sessions = settings / "data" / "production" / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
     (tmp_path / "test_marked.py").write_text(MARKED)
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "scratch" / "conftest.py").write_text(OWN_TMP_PATH.format(sessions=sessions))
+    (tmp_path / "scratch" / "test_scratch.py").write_text(SCRATCH)
     basetemp = f"--basetemp={tmp_path / 'inner'}"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", basetemp],
@@ -88,7 +127,16 @@ def test_an_app_profile_mark_so_written_is_no_profile(settings: Path, tmp_path: 
         text=True,
         check=False,
     )
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert f"@pytest.mark.app_profile names '{KELVIN}iosk', which is no profile" in done.stdout, (
-        done.stdout
-    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert f"@pytest.mark.app_profile names '{KELVIN}iosk', which is no profile" in out, out
+    for fixture in ("app_config", "app_live_server"):
+        assert (
+            f"app: refusing this test: the tmp_path it gets, {sessions}, lies outside the "
+            f"run's sandbox ({tmp_path / 'inner'}) (its fixture is defined in "
+            f"{tmp_path / 'scratch' / 'conftest.py'}, line 5, which overrides pytest's). The "
+            f"{fixture} fixture makes the test's data root and files under tmp_path"
+        ) in out, out
+    assert out.count("app: refusing this test: the tmp_path it gets") == 3, out
+    assert "Traceback" not in out and "ConfigProblems" not in out, out
+    assert list(sessions.iterdir()) == []
