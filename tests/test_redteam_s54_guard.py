@@ -1,23 +1,24 @@
 """Red team 54 on the guard (branch rt-guard37): the app's Python API used from a test, the
 settings files rewritten during a run, mounts and links in the sandbox, and profile names.
 
-What broke (settings copied into the test's directory, with a profile ``kiosk`` beside the
-three of the project, as a team adds one for a device):
+What broke (pytest or the app in a subprocess, with settings of the test's own):
 
-- a profile name that ``str.lower`` turns into ASCII: ``ENV_FOR_DYNACONF=\\u212aiosk`` (the
+- (settings with a profile ``kiosk`` beside the project's three, as a team adds one for a
+  device) a profile name that ``str.lower`` turns into ASCII: ``ENV_FOR_DYNACONF=\\u212aiosk`` (the
   first letter U+212A KELVIN SIGN, which an input method or a copy from a document gives
   for ``K``) selected ``kiosk``, and so did ``app --profile \\u212aIOSK`` and an
   ``@pytest.mark.app_profile`` so written, while a section so named is refused ("a profile
   is named with ASCII letters, digits, '-' and '_' only, so that no name can pass for
   another") and every other look-alike of a name (a Cyrillic ``\\u0440``, a byte 0xFF) is refused
   as not plain ASCII. ``lower()`` runs before the comparison, and U+212A is the one
-  character whose lower case is an ASCII letter, so it passed as ``k``.
-
+  character whose lower case is an ASCII letter, so it passed as ``k``;
 - a conftest that defines a ``tmp_path`` fixture of its own returning a fixed directory
   (here production's ``sessions/``): ``app_config``, ``app_store`` and ``app_live_server``
   failed with a ``ConfigProblems`` traceback through the app's frames whose fix was "point
   APP_DATA_ROOT under tmp_path, or use the app_config fixture" (the test did both); with a
-  remote testing profile (by reading), ``app_live_server`` wrote its log there.
+  remote testing profile (real PostgreSQL and SeaweedFS), ``app_live_server`` loads no data
+  root and wrote its log there: a production file named ``live-server.log`` was emptied
+  and filled with the replica's output, and the run passed.
 
 What changed: a selected name (``--profile``, ``ENV_FOR_DYNACONF``, ``load(profile)``) and
 an ``app_profile`` mark are compared only when they are ASCII once stripped; otherwise the
@@ -28,11 +29,13 @@ run's sandbox before they use it, naming the fixture that overrides pytest's.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from engines import PostgresEngine, S3Engine
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
 
@@ -140,3 +143,69 @@ def test_a_mark_so_written_and_a_tmp_path_outside_the_sandbox_are_refused(
     assert out.count("app: refusing this test: the tmp_path it gets") == 3, out
     assert "Traceback" not in out and "ConfigProblems" not in out, out
     assert list(sessions.iterdir()) == []
+
+
+REMOTE_SETTINGS = """\
+[default]
+s3_endpoint_url = "{endpoint}"
+
+[development]
+data_root = "roots/development"
+
+[testing]
+database_url = "{testing_url}"
+blob_url = "s3://{bucket}/testing-s54-{pid}"
+
+[production]
+data_root = "roots/production"
+protected = true
+"""
+
+REMOTE_SECRETS = """\
+[default]
+s3_access_key_id = "{key}"
+s3_secret_access_key = "{secret}"
+"""
+
+
+def test_a_replica_s_log_is_not_written_in_a_tmp_path_outside_the_sandbox(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path
+) -> None:
+    # With a remote testing profile, app_live_server loads no data root: nothing refused the
+    # conftest's tmp_path, and the replica's log emptied a production file of its name.
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "settings.toml").write_text(
+        REMOTE_SETTINGS.format(
+            endpoint=s3_engine.endpoint_url,
+            testing_url=postgres_engine.url(f"testing_s54_{os.getpid()}"),
+            bucket=s3_engine.bucket,
+            pid=os.getpid(),
+        )
+    )
+    (settings / ".secrets.toml").write_text(
+        REMOTE_SECRETS.format(key=s3_engine.access_key_id, secret=s3_engine.secret_access_key)
+    )
+    (settings / ".secrets.toml").chmod(0o600)
+    sessions = settings / "roots" / "production" / "sessions"
+    sessions.mkdir(parents=True)
+    (sessions / "live-server.log").write_text("a production file of that name\n")
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(OWN_TMP_PATH.format(sessions=sessions))
+    (suite / "test_live.py").write_text("def test_live(app_live_server):\n    pass\n")
+    basetemp = f"--basetemp={tmp_path / 'inner'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", basetemp],
+        cwd=suite,
+        env=_inner_env(APP_SETTINGS_DIR=str(settings)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert f"app: refusing this test: the tmp_path it gets, {sessions}, lies outside" in out, out
+    assert "The app_live_server fixture makes" in out, out
+    assert (sessions / "live-server.log").read_text() == "a production file of that name\n"
+    assert [p.name for p in sessions.iterdir()] == ["live-server.log"]
