@@ -568,8 +568,11 @@ def _select(
     else:
         _refuse_misspelt_selector(environ, known)
         name, source = DEFAULT_PROFILE, "default"
+    # ASCII only, as a section's name is (red team 54): ``str.lower`` makes U+212A KELVIN
+    # SIGN a plain ``k``, so ``ENV_FOR_DYNACONF=\u212aiosk`` selected ``kiosk`` while every
+    # other non-ASCII look-alike of a name is refused as not plain ASCII.
     normalised = name.strip().lower()
-    if not normalised or normalised not in known:
+    if not normalised or normalised not in known or not name.strip().isascii():
         raise UnknownProfileError(name, known, source)
     return normalised, source
 

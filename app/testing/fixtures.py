@@ -79,6 +79,43 @@ def _empty_scratch_prefix(prefix: str, suffix: str) -> None:
         store.delete(*names)
 
 
+def _refuse_tmp_path_outside(request: pytest.FixtureRequest, tmp_path: Path, fixture: str) -> None:
+    """Fail the test if the ``tmp_path`` it gets lies outside the run's sandbox.
+
+    A conftest (or a plugin) may define a ``tmp_path`` fixture of its own, to keep a suite's
+    scratch files in one place; pytest lets the closer one win. The app's fixtures make the
+    test's data root and a live server's log under it: a ``tmp_path`` in a data root's
+    ``sessions/`` had ``app_config`` fail with a traceback through the app's frames that told
+    the test to use ``app_config`` (it did), and ``app_live_server`` on a remote testing
+    profile wrote its log there (red team 54).
+    """
+    state = request.config.stash.get(STATE, None)
+    if state is None:
+        return
+    resolved = tmp_path.resolve()
+    if resolved.is_relative_to(state.sandbox.resolve()):
+        return
+    info = getattr(request.node, "_fixtureinfo", None)  # private: see pyproject.toml
+    defs = info.name2fixturedefs.get("tmp_path") if info is not None else None
+    code = getattr(defs[-1].func, "__code__", None) if defs else None
+    where = (
+        f" (its fixture is defined in {code.co_filename}, line {code.co_firstlineno}, which "
+        "overrides pytest's)"
+        if code is not None and "_pytest" not in Path(code.co_filename).parts
+        else ""
+    )
+    pytest.fail(
+        printable(
+            f"app: refusing this test: the tmp_path it gets, {tmp_path}, lies outside the run's "
+            f"sandbox ({state.sandbox}){where}. The {fixture} fixture makes the test's data "
+            "root and files under tmp_path, and a test run writes nowhere else. Remove that "
+            "tmp_path fixture, or have it return a directory the run makes "
+            "(`tmp_path_factory.mktemp(...)`)"
+        ),
+        pytrace=False,
+    )
+
+
 @pytest.fixture
 def app_config(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -104,6 +141,7 @@ def app_config(
         monkeypatch.setenv("APP_DATABASE_URL", config.database_url)
         monkeypatch.setenv("APP_BLOB_URL", config.blob_url)
     else:
+        _refuse_tmp_path_outside(request, tmp_path, "app_config")
         monkeypatch.setenv("APP_DATA_ROOT", str(tmp_path / "app-data"))
         config = appconfig.load("testing")
     if state is not None:
@@ -158,6 +196,7 @@ def app_live_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     """
     from app.testing.live_server import LiveServer, start_replica, start_server, stop_server
 
+    _refuse_tmp_path_outside(request, tmp_path, "app_live_server")
     state = request.config.stash.get(STATE, None)
     log = tmp_path / "live-server.log"
     # The testing profile, whatever the test's environment selects: its configuration
