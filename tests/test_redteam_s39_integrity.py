@@ -40,6 +40,7 @@ from pathlib import Path
 import forked_app
 import httpx
 import pytest
+from faults import attach, detach, needs_strace
 from redteam_s19_http import blob_of, one_server
 
 from app import config as appconfig
@@ -47,11 +48,6 @@ from app.config import Config
 from app.storage import open_storage
 from app.testing import LiveServer
 from app.testing.live_server import stop_server
-
-needs_strace = pytest.mark.skipif(
-    shutil.which("strace") is None or os.geteuid() != 0,
-    reason="a fault injected into one call of a real process takes strace(1) and root",
-)
 
 pytestmark = needs_strace
 
@@ -66,37 +62,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
         yield client
-
-
-def _traced(pid: int) -> bool:
-    """Whether every thread of `pid` is under a tracer (strace has attached to them all)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with (task / "status").open() as status:
-            tracer = next(line for line in status if line.startswith("TracerPid:"))
-        if tracer.split()[1] == "0":
-            return False
-    return True
-
-
-def _injected(server: LiveServer, inject: str, *paths: Path) -> subprocess.Popen[bytes]:
-    """strace attached to every thread of the server, failing one call (`inject`, of the
-    calls that touch `paths` if any), until it is terminated."""
-    only = [arg for path in paths for arg in ("-P", str(path))]
-    call = inject.split(":", 1)[0]
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={call}"]
-    tracer = subprocess.Popen(
-        [*strace, "-e", f"inject={inject}", "-p", str(server.pid)],
-        stderr=subprocess.DEVNULL,
-    )
-    while not _traced(server.pid):
-        assert tracer.poll() is None, "strace could not attach"
-        time.sleep(0.01)
-    return tracer
-
-
-def _detach(tracer: subprocess.Popen[bytes]) -> None:
-    tracer.terminate()
-    tracer.wait()
 
 
 def _session_with(http: httpx.Client, content: bytes) -> str:
@@ -125,11 +90,11 @@ def test_a_lock_the_filesystem_refuses_is_named_and_the_old_bytes_stay(
     # lock manager answers ENOLCK when it has no lock to give. It was a bare 500.
     assert server.data_root is not None
     session = _session_with(http, b"version 1")
-    tracer = _injected(server, "flock:error=ENOLCK:when=1", server.data_root / ".tmp")
+    tracer = attach(server.pid, "flock:error=ENOLCK:when=1", server.data_root / ".tmp")
     try:
         refused = http.put(f"/sessions/{session}/files/a.txt", content=b"version 2")
     finally:
-        _detach(tracer)
+        detach(tracer)
     assert refused.status_code == 503, refused.text
     assert refused.json()["code"] == "storage_failed"
     assert refused.json()["message"] == (
@@ -149,11 +114,11 @@ def test_an_upload_whose_temporary_file_cannot_be_locked_leaves_nothing_behind(
     session = _session_with(http, b"version 1")
     before = len(os.listdir(f"/proc/{server.pid}/fd"))
     for _ in range(3):
-        tracer = _injected(server, "flock:error=ENOLCK:when=1")  # the upload's own, first
+        tracer = attach(server.pid, "flock:error=ENOLCK:when=1")  # the upload's own, first
         try:
             refused = http.put(f"/sessions/{session}/files/a.txt", content=b"version 2")
         finally:
-            _detach(tracer)
+            detach(tracer)
         assert refused.status_code == 503, refused.text
         assert "ENOLCK (No locks available)" in refused.json()["message"]
     assert os.listdir(server.data_root / ".tmp") == []
@@ -167,11 +132,11 @@ def test_a_stale_network_file_handle_is_named_on_a_download(
     assert server.data_root is not None
     session = _session_with(http, b"version 1")
     record = server.data_root / "sessions" / session / "records" / "a.txt"
-    tracer = _injected(server, "openat:error=ESTALE:when=1", record)
+    tracer = attach(server.pid, "openat:error=ESTALE:when=1", record)
     try:
         refused = http.get(f"/sessions/{session}/files/a.txt")
     finally:
-        _detach(tracer)
+        detach(tracer)
     assert refused.status_code == 503, refused.text
     assert refused.json()["code"] == "storage_failed"
     assert refused.json()["message"].startswith(
@@ -199,11 +164,11 @@ def test_a_look_at_sessions_that_fails_is_not_called_a_moved_root(
     assert server.data_root is not None
     session = _session_with(http, b"version 1")
     sessions = server.data_root / "sessions"
-    tracer = _injected(server, f"newfstatat:error={fault}:when=1", sessions)
+    tracer = attach(server.pid, f"newfstatat:error={fault}:when=1", sessions)
     try:
         refused = http.put(f"/sessions/{session}/files/a.txt", content=b"version 2")
     finally:
-        _detach(tracer)
+        detach(tracer)
     assert refused.status_code == 503, refused.text
     assert refused.json()["code"] == code
     assert says in refused.json()["message"]
@@ -258,21 +223,21 @@ def test_a_lock_file_that_cannot_be_looked_at_once_does_not_stop_the_server_and_
     lock = root / ".server.lock"
     try:
         live = LiveServer(url, root, process.pid, None, log, appconfig.load("testing", environ=env))
-        tracer = _injected(live, "newfstatat:error=ESTALE:when=1", lock)
+        tracer = attach(live.pid, "newfstatat:error=ESTALE:when=1", lock)
         try:
             while "checked again: still this process's" not in log.read_text():
                 assert process.poll() is None, log.read_text()
                 time.sleep(0.05)
         finally:
-            _detach(tracer)
+            detach(tracer)
         token = {"Authorization": "Bearer testing-token-not-secret"}
         with httpx.Client(base_url=url, headers=token) as http:
             assert http.post("/sessions", json={"title": "still served"}).status_code == 201
-        tracer = _injected(live, "newfstatat:error=ESTALE", lock)
+        tracer = attach(live.pid, "newfstatat:error=ESTALE", lock)
         try:
             assert process.wait(timeout=60) == 70
         finally:
-            _detach(tracer)
+            detach(tracer)
     finally:
         stop_server(process)
     said = log.read_text()
@@ -314,13 +279,13 @@ def test_a_download_whose_bytes_fail_to_read_midway_is_cut_and_logged_by_cause(
     path = f"/sessions/{session}/files/big.bin"
     assert http.put(path, content=os.urandom(3_000_000)).status_code == 201
     blob = blob_of(server.data_root, session, "big.bin")
-    tracer = _injected(server, "read:error=EIO:when=2", blob)
+    tracer = attach(server.pid, "read:error=EIO:when=2", blob)
     try:
         headers = {} if wanted is None else {"Range": wanted}
         with pytest.raises(httpx.RemoteProtocolError):  # fewer bytes than Content-Length
             http.get(path, headers=headers)
     finally:
-        _detach(tracer)
+        detach(tracer)
     said = server.log.read_text()
     assert (
         f"ERROR:    cannot GET {path}: the data root's disk failed to read or store it (an I/O "
@@ -488,11 +453,11 @@ def test_one_trash_manifest_that_fails_to_read_does_not_block_emptying_the_trash
     trash = server.data_root / ".trash"
     mine = sorted(p for p in trash.iterdir() if session in p.name)
     assert len(mine) == 2
-    tracer = _injected(server, "read:error=EIO", mine[0] / "trash.json")
+    tracer = attach(server.pid, "read:error=EIO", mine[0] / "trash.json")
     try:
         emptied = http.post("/trash/empty")
     finally:
-        _detach(tracer)
+        detach(tracer)
     assert emptied.status_code == 200, emptied.text
     assert {p.name for p in mine} <= set(emptied.json()["entries"])
     assert not any(session in p.name for p in trash.iterdir())

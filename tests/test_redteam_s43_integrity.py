@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from test_redteam_s39_integrity import _detach, _injected, needs_strace
+from faults import attach, detach, needs_strace
 from test_server_e2e import Server, app_env, run_app, wait_for
 
 from app.config import Config
@@ -265,11 +265,11 @@ def test_a_delete_whose_move_to_the_trash_fails_after_its_commit_is_restored_who
             assert http.put(url, content=b"version 1").status_code == 201
             assert http.put(url, content=b"version 2").status_code == 200
             # Its first rename is the bytes' into the trash (the record is unlinked).
-            tracer = _injected(server, "rename:error=EBUSY:when=1")
+            tracer = attach(server.pid, "rename:error=EBUSY:when=1")
             try:
                 assert http.delete(url).status_code == 200
             finally:
-                _detach(tracer)
+                detach(tracer)
             assert http.get(url).status_code == 404
     finally:
         server.stop()

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import forked_app
 import httpx
-from test_redteam_s39_integrity import _detach, _injected, needs_strace
+from faults import attach, detach, needs_strace, strace_prefix
 from test_server_e2e import app_env, run_app
 
 from app.config import Config, load
@@ -70,14 +70,10 @@ def _half_replaced(config: Config, title: str) -> tuple[str, Path, Path]:
     return sid, entry, waiting
 
 
-def _traced(args: list[str], inject: str, path: Path, env: dict[str, str]) -> list[str]:
+def _app_under_strace(args: list[str], inject: str, path: Path) -> list[str]:
     """``python -m app *args`` under strace, ``inject`` failing one call that touches ``path``
     (seccomp: the process stops only at the traced call)."""
-    call = inject.split(":", 1)[0]
-    return [
-        "strace", "-f", "-qq", "--seccomp-bpf", "-o", "/dev/null", "-P", str(path),
-        "-e", f"trace={call}", "-e", f"inject={inject}", sys.executable, "-m", "app", *args,
-    ]  # fmt: skip
+    return [*strace_prefix(inject, path, seccomp=True), sys.executable, "-m", "app", *args]
 
 
 @needs_strace
@@ -89,7 +85,7 @@ def test_a_repair_whose_fsync_fails_stops_there_and_says_its_change_may_be_made(
     second, later, still = _half_replaced(app_config, "second")
     assert entry.name < later.name  # the check finishes the first entry first
     env = {**os.environ, "APP_DATA_ROOT": str(root)}
-    command = _traced(["data", "check", "--repair"], "fsync:error=EIO:when=1", entry, env)
+    command = _app_under_strace(["data", "check", "--repair"], "fsync:error=EIO:when=1", entry)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     # The rename into the entry was made; its fsync failed. Not "not done", not 65.
     assert done.returncode == 74, done.stdout + done.stderr
@@ -147,11 +143,11 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             # network filesystem mounted to allow it, which may have carried the call out).
             # It said "the rest are unchanged", with the server's paths, to the client.
             assert http.delete(f"/sessions/{other}").status_code == 200
-            tracer = _injected(server, "rename:error=EINTR:when=2")
+            tracer = attach(server.pid, "rename:error=EINTR:when=2")
             try:
                 emptied = http.post("/trash/empty")
             finally:
-                _detach(tracer)
+                detach(tracer)
             assert emptied.status_code == 500, emptied.text
             assert emptied.json()["code"] == "stopped_partway", emptied.text
             said = emptied.json()["message"]
@@ -160,16 +156,16 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             assert "the entry it stopped at may be removed too" in said, said
             # A replace's second rename (its blob's first): the record's, its commit point.
             # strace's -P does not match a rename's destination, so it is counted.
-            tracer = _injected(server, "rename:error=EIO:when=2")
+            tracer = attach(server.pid, "rename:error=EIO:when=2")
             try:
                 replaced = http.put(f"{files}/a.txt", content=b"a version 2")
             finally:
-                _detach(tracer)
-            tracer = _injected(server, "unlink:error=EIO", records / "b.txt")
+                detach(tracer)
+            tracer = attach(server.pid, "unlink:error=EIO", records / "b.txt")
             try:
                 deleted = http.delete(f"{files}/b.txt")
             finally:
-                _detach(tracer)
+                detach(tracer)
             for refused in (replaced, deleted):
                 assert refused.status_code == 503, refused.text
                 assert refused.json()["code"] == "storage_io_error", refused.text
@@ -179,11 +175,11 @@ def test_a_failed_call_at_each_commit_point_answers_truly_and_the_repair_keeps_e
             assert http.put(f"{files}/a.txt", content=b"a version 3").status_code == 200
             # A replace whose fsync of records/ fails after its rename: made, never a 2xx,
             # and nothing after it acknowledged (fsyncgate).
-            tracer = _injected(server, "fsync:error=EIO", records)
+            tracer = attach(server.pid, "fsync:error=EIO", records)
             try:
                 synced = http.put(f"{files}/a.txt", content=b"a version 4")
             finally:
-                _detach(tracer)
+                detach(tracer)
             assert synced.status_code == 503, synced.text
             assert synced.json()["code"] == "storage_sync_failed", synced.text
             later = http.put(f"{files}/c.txt", content=b"never")

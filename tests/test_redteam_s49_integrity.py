@@ -37,9 +37,8 @@ from typing import Any
 
 import forked_app
 import httpx
-from test_redteam_s39_integrity import _detach, _traced, needs_strace
-from test_redteam_s48_integrity import _half_replaced
-from test_redteam_s48_integrity import _traced as _under_strace
+from faults import attach, detach, needs_strace
+from test_redteam_s48_integrity import _app_under_strace, _half_replaced
 from test_server_e2e import app_env, run_app
 
 from app.config import Config, load
@@ -186,7 +185,7 @@ def test_a_server_whose_start_up_fsync_failed_refuses_every_write_route_and_says
     sid, entry, _ = _half_replaced(app_config, "start-up")
     env = app_env(root)
     log = tmp_path / "serve.log"
-    serve = _under_strace(["serve", "--port", "0"], "fsync:error=EIO:when=1", entry, env)
+    serve = _app_under_strace(["serve", "--port", "0"], "fsync:error=EIO:when=1", entry)
     with log.open("wb") as out:
         process = subprocess.Popen(serve, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -257,14 +256,8 @@ def test_an_audit_line_that_does_not_fit_takes_back_only_itself_not_anothers(
             subprocess.run(["prlimit", f"--pid={process.pid}", limit], check=True)
             # Each thread's first write to the log held back half a second: both changes have
             # read the log's size before either line is written.
-            tracer = subprocess.Popen(
-                ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit), "-e", "trace=write",
-                 "-e", "inject=write:delay_enter=500000:when=1", "-p", str(process.pid)],
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            tracer = attach(process.pid, "write:delay_enter=500000:when=1", audit)
             try:
-                while not _traced(process.pid):
-                    assert tracer.poll() is None, "strace could not attach"
                 with ThreadPoolExecutor(1) as pool:
                     first = pool.submit(http.delete, f"/sessions/{one}/files/{long_name}")
                     while not _in_write_to(process.pid, audit):
@@ -273,7 +266,7 @@ def test_an_audit_line_that_does_not_fit_takes_back_only_itself_not_anothers(
                         second = other.delete(f"/sessions/{two}", timeout=60)
                     assert first.result().status_code == 200 and second.status_code == 200
             finally:
-                _detach(tracer)
+                detach(tracer)
     finally:
         stop_server(process)
     # The line that did not fit was taken back to the size read before the other's was

@@ -38,27 +38,17 @@ other operations (every other operation and call held). What broke:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from faults import app_with_fault, attached, killed_app, needs_strace
 from redteam_s19_http import one_server
-from test_redteam_s39_integrity import _traced
 
 from app.config import Config
 from app.storage import Storage, open_storage
 from app.testing import LiveServer
-
-needs_strace = pytest.mark.skipif(
-    shutil.which("strace") is None or os.geteuid() != 0,
-    reason="a fault injected into one call of a real process takes strace(1) and root",
-)
 
 
 def _replace_stopped_after_its_commit(store: Storage, root: Path) -> tuple[str, Path, Path]:
@@ -90,15 +80,12 @@ def test_a_read_of_a_trash_entry_that_fails_never_makes_its_bytes_an_orphan(
     (_, opened, _), (_, looked_at, _) = halves
     # Every look at the first entry's manifest fails (its open, and the fstat of its read),
     # and every lstat of the second entry: a disk that fails to read them for the whole run.
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(opened / "trash.json")]
-    strace += ["-P", str(looked_at), "-e", "trace=openat,newfstatat"]
-    strace += ["-e", "inject=openat,newfstatat:error=EIO:when=1+"]
-    checked = subprocess.run(
-        [*strace, sys.executable, "-m", "app", "data", "check", "--repair"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
-        check=False,
+    checked = app_with_fault(
+        root,
+        "openat,newfstatat:error=EIO:when=1+",
+        opened / "trash.json",
+        looked_at,
+        command=("data", "check", "--repair"),
     )
     said = checked.stdout
     assert checked.returncode == 65, (said, checked.stderr)
@@ -144,20 +131,6 @@ def http(server: LiveServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def _injected(server: LiveServer, inject: str, path: Path) -> subprocess.Popen[bytes]:
-    """strace attached to every thread of the server, failing `inject` of the calls that
-    touch `path`, until it is terminated."""
-    call = inject.split(":", 1)[0]
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(path), "-e", f"trace={call}"]
-    tracer = subprocess.Popen(
-        [*strace, "-e", f"inject={inject}", "-p", str(server.pid)], stderr=subprocess.DEVNULL
-    )
-    while not _traced(server.pid):
-        assert tracer.poll() is None, "strace could not attach"
-        time.sleep(0.01)
-    return tracer
-
-
 @needs_strace
 def test_a_look_at_records_that_fails_never_answers_a_session_without_its_files(
     server: LiveServer, http: httpx.Client
@@ -171,12 +144,8 @@ def test_a_look_at_records_that_fails_never_answers_a_session_without_its_files(
     for name in ("a.txt", "b.txt"):
         assert http.put(f"/sessions/{session}/files/{name}", content=name.encode()).is_success
     records = server.data_root / "sessions" / session / "records"
-    tracer = _injected(server, "newfstatat:error=EIO:when=1+", records)
-    try:
+    with attached(server.pid, "newfstatat:error=EIO:when=1+", records):
         looked = http.get(f"/sessions/{session}")
-    finally:
-        tracer.terminate()
-        tracer.wait()
     listed = http.get(f"/sessions/{session}/files")
     # Before the fix: 200, "files": [] (and a PUT then made the copy kept hold its file alone).
     assert looked.status_code == 503, looked.text
@@ -218,12 +187,11 @@ def test_a_restore_whose_look_at_a_half_made_entry_fails_is_refused_not_sent_to_
         / json.loads((deleted / "trash.json").read_text())["blob"]
     )
     (deleted / "a.txt").rename(blob)  # what a kill right after the delete's commit leaves
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(deleted)]
-    strace += ["-e", "trace=openat", "-e", "inject=openat:error=EIO:when=1"]
-    env = {**os.environ, "APP_DATA_ROOT": str(root)}
-    restore = [sys.executable, "-m", "app", "sessions", "restore", session, "--file", "a.txt"]
-    refused = subprocess.run(
-        [*strace, *restore], capture_output=True, text=True, env=env, check=False
+    refused = app_with_fault(
+        root,
+        "openat:error=EIO:when=1",
+        deleted,
+        command=("sessions", "restore", session, "--file", "a.txt"),
     )
     # Before the fix: 65, trash_copy_lost, "removed from outside the app ... --entry <older>".
     assert refused.returncode == 74, (refused.stdout, refused.stderr)
@@ -261,17 +229,7 @@ def test_an_empty_trash_killed_at_its_audit_line_leaves_what_names_the_entries_i
         store.delete_session(session)
         entries = sorted(e.name for e in store.list_trash())
     audit = root / "audit.jsonl"
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit)]
-    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
-    env = {**os.environ, "APP_DATA_ROOT": str(root)}
-    killed = subprocess.run(
-        [*strace, sys.executable, "-m", "app", "data", "empty-trash"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert killed.returncode == -9 or killed.returncode == 137, (killed.stdout, killed.stderr)
+    killed_app(root, "write,pwrite64:signal=KILL:when=1", audit, command=("data", "empty-trash"))
     assert "empty-trash" not in audit.read_text()  # killed before its line
     code, said = _command("data", "check", "--repair")
     # Before the fix: exit 0, "clean", and no line of the log named either entry's removal.

@@ -40,46 +40,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_redteam_s39_integrity import _traced
+from faults import attached, killed_app, needs_strace
 from test_redteam_s51_integrity import _command
 
 from app.config import Config
 from app.errors import NotInTrashError
 from app.storage import open_storage
-
-needs_strace = pytest.mark.skipif(
-    shutil.which("strace") is None or os.geteuid() != 0,
-    reason="a fault injected into one call of a real process takes strace(1) and root",
-)
-
-
-class _Injected:
-    """strace attached to every thread of `pid`, failing `inject` of the calls that touch
-    `path`, until the block ends."""
-
-    def __init__(self, pid: int, inject: str, path: Path) -> None:
-        self.pid, self.inject, self.path = pid, inject, path
-
-    def __enter__(self) -> None:
-        call = self.inject.split(":", 1)[0]
-        strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(self.path)]
-        strace += ["-e", f"trace={call}", "-e", f"inject={self.inject}", "-p", str(self.pid)]
-        self.tracer = subprocess.Popen(strace, stderr=subprocess.DEVNULL)
-        while not _traced(self.pid):
-            assert self.tracer.poll() is None, "strace could not attach"
-            time.sleep(0.01)
-
-    def __exit__(self, *_: object) -> None:
-        self.tracer.terminate()
-        self.tracer.wait()
-
 
 # --- restore --entry whose look at the entry fails ---------------------------------------------
 
@@ -95,7 +64,7 @@ def test_a_look_at_a_named_entry_that_fails_is_not_said_to_be_no_entry(
         # The look restore --entry makes at the entry it is given, under the session's lock
         # (`Files.restore`) and before it (`Store.restore`): its lstat fails (EIO).
         with (
-            _Injected(os.getpid(), "newfstatat:error=EIO:when=1+", entry.path),
+            attached(os.getpid(), "newfstatat:error=EIO:when=1+", entry.path),
             pytest.raises(OSError) as failed,
         ):
             store.trash.chosen(session, "a.txt", entry.name, lost=True)
@@ -116,7 +85,7 @@ def test_an_entry_the_undo_of_a_change_cannot_list_keeps_its_manifest(app_config
     with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
         session = store.create_session("t")["id"]
         entry = store.delete_session(session)
-        with _Injected(os.getpid(), "openat:error=EIO:when=1+", entry.path):
+        with attached(os.getpid(), "openat:error=EIO:when=1+", entry.path):
             store.trash.remove_empty(entry)
         assert (entry.path / "trash.json").is_file()  # before the fix: removed
         assert store.check(repair=False).findings == []
@@ -138,7 +107,7 @@ def test_a_replace_whose_look_at_the_old_bytes_fails_does_not_log_them_removed(
         old = store.file_path(session, "a.txt")[0]
         with (
             caplog.at_level(logging.WARNING, logger="app.store"),
-            _Injected(os.getpid(), "newfstatat:error=EIO:when=1+", old),
+            attached(os.getpid(), "newfstatat:error=EIO:when=1+", old),
         ):
             store.put_file(session, "a.txt", b"version 2", replace=True)
         (entry,) = store.list_trash()
@@ -167,16 +136,12 @@ def test_a_replace_whose_look_at_the_old_bytes_fails_does_not_log_them_removed(
 def _killed_restore(root: Path, entry: Path, *restore: str) -> None:
     """`app sessions restore ...` killed at the unlink of the entry's manifest: after its
     commit (and, since red team 52, after its audit line)."""
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(entry / "trash.json")]
-    strace += ["-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:signal=KILL:when=1"]
-    killed = subprocess.run(
-        [*strace, sys.executable, "-m", "app", "sessions", "restore", *restore],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
-        check=False,
+    killed_app(
+        root,
+        "unlink,unlinkat:signal=KILL:when=1",
+        entry / "trash.json",
+        command=("sessions", "restore", *restore),
     )
-    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
 
 
 @needs_strace
@@ -239,17 +204,12 @@ def test_a_purge_killed_before_its_move_is_not_taken_for_a_restore(app_config: C
         session = store.create_session("t")["id"]
         store.purge()
         store.restore(session)
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(root / "sessions" / session)]
-    strace += ["-e", "trace=rename,renameat,renameat2"]
-    strace += ["-e", "inject=rename,renameat,renameat2:signal=KILL:when=1"]
-    killed = subprocess.run(
-        [*strace, sys.executable, "-m", "app", "data", "purge"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
-        check=False,
+    killed_app(
+        root,
+        "rename,renameat,renameat2:signal=KILL:when=1",
+        root / "sessions" / session,
+        command=("data", "purge"),
     )
-    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
     (entry,) = (root / ".trash").iterdir()
     code, said = _command("data", "check")
     assert code == 65, said
@@ -282,16 +242,7 @@ def test_a_purge_killed_before_its_audit_line_is_logged_though_an_earlier_purge_
         store.purge()
         store.restore(session)
     audit = root / "audit.jsonl"
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit)]
-    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
-    killed = subprocess.run(
-        [*strace, sys.executable, "-m", "app", "data", "purge"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
-        check=False,
-    )
-    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+    killed_app(root, "write,pwrite64:signal=KILL:when=1", audit, command=("data", "purge"))
     (entry,) = (root / ".trash").iterdir()
     code, said = _command("data", "check", "--repair")
     assert code == 0, said
@@ -320,17 +271,8 @@ def test_a_restore_killed_at_its_audit_line_is_logged_by_the_next_check(
         store.put_file(session, "a.txt", b"back")
         entry = store.delete_file(session, "a.txt").path
     audit = root / "audit.jsonl"
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(audit)]
-    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
-    restore = [sys.executable, "-m", "app", "sessions", "restore", session, "--file", "a.txt"]
-    killed = subprocess.run(
-        [*strace, *restore],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
-        check=False,
-    )
-    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+    restore = ("sessions", "restore", session, "--file", "a.txt")
+    killed_app(root, "write,pwrite64:signal=KILL:when=1", audit, command=restore)
     code, said = _command("data", "check", "--repair")
     assert code == 0, said
     # Before the fix: "clean", and no line named the restore.
@@ -344,16 +286,7 @@ def test_a_restore_killed_at_its_audit_line_is_logged_by_the_next_check(
 
 def _killed_at_audit_write(root: Path, *command: str) -> None:
     """`app <command>` killed by strace at its first write to the audit log."""
-    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(root / "audit.jsonl")]
-    strace += ["-e", "trace=write,pwrite64", "-e", "inject=write,pwrite64:signal=KILL:when=1"]
-    killed = subprocess.run(
-        [*strace, sys.executable, "-m", "app", *command],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "APP_DATA_ROOT": str(root)},
-        check=False,
-    )
-    assert killed.returncode in (-9, 137), (killed.stdout, killed.stderr)
+    killed_app(root, "write,pwrite64:signal=KILL:when=1", root / "audit.jsonl", command=command)
 
 
 @needs_strace
