@@ -1118,6 +1118,10 @@ def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
     if fields is None or fields[0] <= 0 or fields[0] in walked:
         return None  # the end of the tree, a cycle, or the last one read is gone itself
     parent = fields[0]
+    if not (_PROC / str(parent)).exists() and proc_hides_processes() is not None:
+        # `hidepid=invisible`: another user's process (a service's parent, init) is not
+        # shown at all, as before; refused, a server under systemd would never start.
+        return None
     said = (
         f"while /proc/{parent}/stat cannot be read though process {child} still names "
         f"{parent} its parent (its read failed: a tracer that injects faults, such as "
