@@ -417,13 +417,24 @@ def _start_ticks(shown: int) -> tuple[int, ...]:
     return (shown - whole,) if part == 0 else (shown - whole - 1, shown - whole)
 
 
-def _proc_bytes(pid: int | str, name: str) -> bytes:
+#: Processes whose ``/proc/<pid>/stat`` is not their own (`_starts`), and what it is instead:
+#: something mounted over the entry. Emptied at each walk of the tree (`_walk_tree`).
+_MISSHOWN: dict[int, str] = {}
+
+
+def _proc_bytes(pid: int | str, name: str, *, misshown: bool = False) -> bytes:
     """``/proc/<pid>/<name>``'s bytes, read without a file object: the walks of a process's
     ancestors and descendants read a few of these per process, and ``Path.read_bytes``'s
     buffered file cost more than the read itself (the check after every test walks every
-    process the run keeps, its database's included)."""
+    process the run keeps, its database's included).
+
+    With `misshown`, a file of another filesystem than ``/proc``'s (a fake one bound over
+    the entry, red team 55) is noted in `_MISSHOWN` and read as missing (``ENOENT``)."""
     fd = os.open(f"{_PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if misshown and os.fstat(fd).st_dev != _PROC.stat().st_dev:
+            _MISSHOWN.setdefault(int(pid), "it is a file of another filesystem than /proc's")
+            raise FileNotFoundError(errno.ENOENT, "not /proc's", f"{_PROC}/{pid}/{name}")
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
@@ -446,8 +457,13 @@ def _stat_fields(pid: int) -> tuple[int, int] | None:
 def _starts(pid: int) -> tuple[int, tuple[int, ...]] | None:
     """``(ppid, the start times it may have)`` of ``pid`` (`_start_ticks`), or None."""
     try:
-        raw = _proc_bytes(pid, "stat")
+        raw = _proc_bytes(pid, "stat", misshown=True)
     except OSError:
+        return None
+    if not raw.startswith(b"%d (" % int(pid)):
+        shown = raw.split(b" ", 1)[0].decode(errors="backslashreplace")
+        what = f"it shows process {shown}'s" if shown.isdigit() else f"it reads as {raw[:20]!r}"
+        _MISSHOWN.setdefault(int(pid), what)
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(b")") + 2 :].split()
@@ -1024,6 +1040,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     leads its session or process group, `_led_by_a_run`), whether a pytest without the
     plugin sits between (its rules then apply as well), and what resolves a refusal where
     that is all of it (an ancestor's entry this process may not read, `_hidden_run`)."""
+    _MISSHOWN.clear()
     if (hidden := _unwalkable()) is not None:
         return None, *hidden
     seen = _Seen()
@@ -1070,9 +1087,107 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     led = _led_by_a_run(walked, seen)
-    if led is None and bare is None and (unseen := _unseen_run(seen, chain)) is not None:
+    if led is None and bare is None and (unseen := _nothing_above(seen, chain)) is not None:
         return None, *unseen
     return led, bare, ""
+
+
+def _nothing_above(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | None:
+    """A refusal's words where the walk found no run, but one may be above unseen
+    (`_unseen_run`), or ``/proc`` showed the walk another process's entry (`_misshown`,
+    `_proc_entry_mounted`); else None."""
+    return _unseen_run(seen, chain) or _misshown() or _cut_short(chain) or _proc_entry_mounted()
+
+
+def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
+    """A refusal's words where the walk stopped at an ancestor it could not read whose child
+    still names it its parent, after `_REREADS` reads (an ancestor that exits is gone from
+    its child's ``stat`` before its own entry goes), else None.
+
+    A test's child run under a fault injector (``strace -f -P /proc/<pid>/stat -e
+    inject=openat:error=ENOENT``, or a sweep that fails each ``openat`` in turn, as the
+    project's own fault tests do) whose read of an ancestor's ``stat`` failed took that
+    ancestor for one that had exited: the walk stopped below the run, and given production's
+    settings alone it purged a stopped production root (red team 55).
+    """
+    if not chain:
+        return None
+    child = chain[-1][0]
+    fields = _stat_fields(child)
+    walked = {pid for pid, _ in chain}
+    if fields is None or fields[0] <= 0 or fields[0] in walked:
+        return None  # the end of the tree, a cycle, or the last one read is gone itself
+    parent = fields[0]
+    if not (_PROC / str(parent)).exists() and proc_hides_processes() is not None:
+        # `hidepid=invisible`: another user's process (a service's parent, init) is not
+        # shown at all, as before; refused, a server under systemd would never start.
+        return None
+    said = (
+        f"while /proc/{parent}/stat cannot be read though process {child} still names "
+        f"{parent} its parent (its read failed: a tracer that injects faults, such as "
+        "`strace --inject`, or a security policy), so this process cannot tell whether a "
+        "test run is above it"
+    )
+    fix = (
+        f"Let the process read /proc/{parent}/stat (inject faults only into the calls the "
+        "test means, e.g. `strace -P <the file>`), or start it outside the test run"
+    )
+    return said, fix
+
+
+def _misshown() -> tuple[str, str] | None:
+    """A refusal's words where a process's ``/proc/<pid>/stat`` read in the walk was not its
+    own (`_MISSHOWN`): something is mounted over its entry (see `_proc_entry_mounted`)."""
+    if not _MISSHOWN:
+        return None
+    pid, what = next(iter(_MISSHOWN.items()))
+    said = (
+        f"while /proc/{pid}/stat is not that process's own ({what}: something is mounted "
+        "over its entry of /proc, or a tracer changes what it reads), so this process cannot "
+        "tell whether a test run is above it"
+    )
+    fix = (
+        f"Unmount what is mounted over /proc/{pid} or its files (umount /proc/{pid}), or "
+        "start this process outside the mount namespace (or the tracer) that has it; a test "
+        "must not mount over the /proc entries of the processes it starts"
+    )
+    return said, fix
+
+
+#: A mount point at or inside a process's own entry of ``/proc``: its number, or the links
+#: ``self`` and ``thread-self`` (a mount there lands on the entry they name).
+_PROC_ENTRY: Final = re.compile(rb"/proc/(?:\d+|self|thread-self)(?:/.*)?", re.DOTALL)
+
+
+def _proc_entry_mounted() -> tuple[str, str] | None:
+    """A refusal's words where something is mounted over a process's entry of ``/proc``
+    (found where the walk found no run), else None.
+
+    A child a test started as root in a mount namespace of its own (``unshare -m``, as a
+    harness that fakes what a tool reads of ``/proc`` does) that bound ``/proc/1`` over
+    ``/proc/$$`` (or ``/proc/1/stat`` over its own ``stat``, or over its parent's entry)
+    and then ran the app: the walk read init's parent (none) and start time for its own,
+    found no run above it and no pytest, and given production's settings alone it purged a
+    stopped production root (red team 55). ``/proc`` is Linux's own filesystem there, with
+    ``/proc/self``, so nothing looked hidden.
+    """
+    from app import mountinfo  # read only where no run was found
+
+    for _device, point, _shown_dir, _upper in mountinfo.read():
+        if _PROC_ENTRY.fullmatch(point):
+            shown = point.decode(errors="backslashreplace")
+            said = (
+                f"while something is mounted over {shown} (a process's own entry of /proc, "
+                "which then shows another process's), so this process cannot tell whether "
+                "a test run is above it"
+            )
+            fix = (
+                f"Unmount it (umount {shown}), or start this process outside the mount "
+                "namespace that has it; a test must not mount over the /proc entries of the "
+                "processes it starts"
+            )
+            return said, fix
+    return None
 
 
 def _unseen_run(seen: _Seen, chain: list[tuple[int, int]]) -> tuple[str, str] | None:
@@ -1150,6 +1265,8 @@ def _unwalkable() -> tuple[str, str] | None:
         return _proc_hidden()
     if _own_start() is not None:
         return None  # its own start read (once a process), so its ancestors' can be
+    if _MISSHOWN:
+        return _misshown()
     if _may_not_read("self") or _may_not_read("self", "timens_offsets"):
         return _proc_denied("self")
     return _TIME_UNKNOWN if _boot_offset() is None else None
@@ -1176,6 +1293,20 @@ def _proc_hidden() -> tuple[str, str] | None:
         return None
     if not (mounted or holds):
         return None
+    if mounted and _linux_proc():
+        # Linux's own /proc, whose /proc/self could not be read: a tracer's fault (`strace
+        # --inject=readlinkat:error=ENOENT -P /proc/self`) was refused as "a filesystem that
+        # is not Linux's proc is mounted there", which nothing was (red team 55).
+        said = (
+            "while this process cannot read /proc/self (/proc is Linux's proc filesystem, "
+            "but the read failed: a tracer that injects faults, such as `strace --inject`, "
+            "or a security policy), so it cannot tell whether a test run is above it"
+        )
+        fix = (
+            "Let the process read /proc/self (inject faults only into the calls the test "
+            "means, e.g. `strace -P <the file>`), or start it outside the test run"
+        )
+        return said, fix
     what = (
         "a filesystem that is not Linux's proc is mounted there"
         if mounted
@@ -1191,6 +1322,15 @@ def _proc_hidden() -> tuple[str, str] | None:
         "from the processes it starts"
     )
     return said, fix
+
+
+def _linux_proc() -> bool:
+    """Whether ``/proc`` reads as Linux's proc filesystem (its ``version``); for the words of
+    a refusal only, which a fake ``/proc`` may choose."""
+    try:
+        return (_PROC / "version").read_bytes().startswith(b"Linux version ")
+    except OSError:
+        return False
 
 
 def _unreadable(entry: Path) -> str | None:
