@@ -10,6 +10,13 @@ What broke:
   59 s where 59.4 was asked. The hint now gives the age exactly, as the server reads it
   (``app.cli._seconds_text``), so the command it names removes no entry the operator asked
   to keep.
+* ``app sessions restore ID --file NAME`` of a file deleted with its session (it has no trash
+  entry of its own: it is in the session's) was refused "no file NAME of session ID in the
+  trash; `app sessions list --trash` shows what can be restored", which lists no entry for it
+  either: an operator told the bytes are gone, where the session's restore brings them back.
+  The local store looked for the file's own entry before it looked at the session (the
+  remote backend looks at the session first). It now names the session's entry and its
+  restore, as it did for a file with an entry of its own (red team 45).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import pytest
 from redteam_s19_http import one_server
 
 from app.cli import _seconds_text
+from app.errors import SessionNotFoundError
+from app.storage import Storage
 from app.testing import LiveServer
 
 
@@ -65,3 +74,28 @@ def test_the_hint_to_empty_a_live_servers_trash_keeps_what_the_age_keeps(
     emptied = httpx.post(f"{server.url}/trash/empty{query}", headers=server.headers)
     assert emptied.status_code == 200, emptied.text
     assert deleted.json()["trash"] not in emptied.json()["entries"]
+
+
+def test_a_file_deleted_with_its_session_is_named_in_the_sessions_entry(
+    app_store: Storage,
+) -> None:
+    session = app_store.create_session(title="kept")["id"]
+    app_store.put_file(session, "a.txt", b"a")
+    app_store.put_file(session, "b.txt", b"b")
+    app_store.delete_file(session, "a.txt")
+    entry = app_store.delete_session(session).name
+    for name in ("b.txt", "a.txt"):  # b.txt went with the session, a.txt has an entry too
+        with pytest.raises(SessionNotFoundError) as refused:
+            app_store.restore(session, file=name)
+        # Before the fix, of b.txt: "no file 'b.txt' of session ... in the trash".
+        assert str(refused.value) == (
+            f"no session {session!r} in sessions: it is in the trash (entry {entry}), and a "
+            "file is restored into its session; nothing was changed. `app sessions restore "
+            f"{session}` brings the session back, with the files it held when it was deleted; "
+            "then restore the file, if it is not among them"
+        )
+        assert refused.value.exit_code == 66
+    app_store.restore(session)  # as it says: b.txt comes back with it, then a.txt
+    app_store.restore(session, file="a.txt")
+    files = app_store.get_session(session)["files"]
+    assert sorted(f["name"] for f in files) == ["a.txt", "b.txt"]
