@@ -1044,7 +1044,7 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
         server = _serving_url(config, error)
         if server is not None:
             # A server writes to its storage: it empties the trash itself when asked.
-            query = [] if older_than is None else [f"older_than={int(older_than.total_seconds())}"]
+            query = [] if older_than is None else [f"older_than={_seconds_text(older_than)}"]
             if config.protected:
                 query.append("confirm=yes-i-mean-it")
             seconds = f"?{'&'.join(query)}" if query else ""
@@ -1058,6 +1058,17 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
     with store:
         removed = store.empty_trash(older_than=older_than)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+def _seconds_text(age: timedelta) -> str:
+    """``age`` in seconds, exactly, as ``POST /trash/empty?older_than=`` reads it: ``0.5``.
+
+    Cut to whole seconds (``int()``), the hint for ``--older-than 0.5s`` was ``older_than=0``,
+    which empties every entry, those deleted in the last half second the operator asked to
+    keep too; ``0.99m`` was 59 s, not 59.4 (red team 55).
+    """
+    whole, micro = divmod(age // timedelta(microseconds=1), 1_000_000)
+    return str(whole) if not micro else f"{whole}.{micro:06d}".rstrip("0")
 
 
 def _named(config: appconfig.Config, location: str) -> str:

@@ -1316,8 +1316,9 @@ class SessionNotFoundError(StoreError):
             return (
                 f"no session {self.session_id!r} in sessions: it is in the trash (entry "
                 f"{self.in_trash}), and a file is restored into its session; nothing was "
-                f"changed. `app sessions restore {self.session_id}` brings the session back; "
-                "then restore the file"
+                f"changed. `app sessions restore {self.session_id}` brings the session back, "
+                "with the files it held when it was deleted; then restore the file, if it is "
+                "not among them"
             )
         hint = (
             "`app sessions list` shows the sessions"

@@ -217,7 +217,8 @@ def test_a_files_restore_whose_session_is_in_the_trash_names_the_session_restore
         assert str(refused.value) == (
             f"no session {sid!r} in sessions: it is in the trash (entry {session_entry}), and "
             "a file is restored into its session; nothing was changed. `app sessions restore "
-            f"{sid}` brings the session back; then restore the file"
+            f"{sid}` brings the session back, with the files it held when it was deleted; "
+            "then restore the file, if it is not among them"
         )
         assert refused.value.exit_code == 66
     app_store.restore(sid)  # as it says

@@ -37,7 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
-from app.dataroot import LOCAL_FILESYSTEMS, filesystem_type, link_remedy
+from app.dataroot import LOCAL_FILESYSTEMS, filesystem_type, lexists, link_remedy
 from app.errors import (
     AppError,
     FsyncFailed,
@@ -487,6 +487,12 @@ class Store(Storage):
             if name is not None:
                 with self.sessions.state.lock_for(session_id):
                     self.trash.chosen(session_id, name, entry, lost=True)
+                # A file deleted with its session has no entry of its own: it is in the
+                # session's. "No file in the trash" was said of it (red team 55), as the
+                # remote backend, which looks at the session first, never says.
+                named_or_live = entry is not None or lexists(self.sessions_dir / session_id)
+                if not named_or_live and (trashed := self._session_in_trash(session_id)):
+                    raise trashed
             raise NotInTrashError(session_id, name, entry=entry)
         # Everything the restore needs once its move is made is opened before it, the
         # audit log included: a restore that happened is answered as one.
