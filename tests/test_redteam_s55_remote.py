@@ -14,20 +14,38 @@ What broke:
   ``%40`` and ``%2F`` (or to use PGPASSFILE), and every display of a URL that libpq would not
   read as written, or cannot read, stars everything before its last ``@``.
 
+- A testing profile whose password is in a password file (``PGPASSFILE``, ``~/.pgpass``)
+  on a line for testing's database alone, as libpq's documentation shows one. `app doctor`
+  reached that database and said ok, but the plugin connects to the server's ``postgres``
+  to create the run's scratch database, then to that one, neither of which the line
+  matches: every run failed with "fe_sendauth: no password supplied ... Check that the
+  server runs and that database_url names it; `app doctor` checks the settings", and, the
+  ``postgres`` line added, every test's open of the scratch database failed alike, once per
+  test. The plugin now connects to its scratch database once, as it creates it (dropping it
+  again if it cannot), and a refusal for want of a password names both databases, why the
+  file's line does not reach them, and the ``*`` that does.
+
 All real: ``python -m app`` commands (forked: tests/forked_app.py) on a production profile
-opted into the way ``@pytest.mark.app_profile`` does, libpq's own reading of each URL.
+opted into the way ``@pytest.mark.app_profile`` does, libpq's own reading of each URL; the
+suite's cluster, with a role of the test's own that must give a password (a ``pg_hba.conf``
+line for that role alone), and a real password file.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import forked_app
+import psycopg
+import pytest
+from engines import PostgresEngine, scratch
 from psycopg.conninfo import conninfo_to_dict
 
 from app.config import mask_database_url
+from app.testing import fixtures
 
 # Each password's rest, after its '@' or '/', is what was shown.
 _URLS = [
@@ -53,13 +71,21 @@ def test_a_password_libpq_does_not_read_as_written_is_refused_and_never_shown(
         "APP_API_TOKEN": secrets.token_urlsafe(32),
         "PYTEST_APP_ALLOW_PROFILES": "production",
     }
-    for url, command in _URLS:
+    for url, _ in _URLS:
         # libpq's own reading: the password cut at the '@' or gone, its rest elsewhere.
         read = conninfo_to_dict(url)
         assert read.get("password") != url.partition("app:")[2].rpartition("@")[0]
         assert "SecretTail" in f"{read.get('host')}/{read.get('port')}/{read.get('dbname')}"
-        # In the service's environment, as the deploy guide has it.
-        done = forked_app.run({**env, "APP_DATABASE_URL": url}, command.split())
+    # In the service's environment, as the deploy guide has it; side by side, their
+    # start-ups overlapping.
+    with ThreadPoolExecutor(len(_URLS)) as pool:
+        runs = list(
+            pool.map(
+                lambda case: forked_app.run({**env, "APP_DATABASE_URL": case[0]}, case[1].split()),
+                _URLS,
+            )
+        )
+    for done in runs:
         output = done.stdout + done.stderr
         assert "SecretTail" not in output, output
         assert done.returncode == 78, output
@@ -82,3 +108,57 @@ def test_every_display_of_a_url_hides_what_may_be_its_password() -> None:
     assert mask_database_url("host=db user=app password='a@b/c' dbname=x") == (
         "postgresql://app@db:5432/x"
     )
+
+
+def test_a_password_file_line_for_testing_s_database_alone_is_named_as_what_the_run_misses(
+    postgres_engine: PostgresEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    role, password = f"rt55pw_{os.getpid()}", secrets.token_urlsafe(16)
+    hba = postgres_engine.base / "data" / "pg_hba.conf"
+    before = hba.read_text()
+    # For this role alone: every other connection to the cluster stays as it was.
+    rule = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+    testing = postgres_engine.create_database("rt55", outside_the_run=True)
+    with postgres_engine.connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'")
+        hba.write_text(rule + before)
+        conn.execute("SELECT pg_reload_conf()")
+    url = f"postgresql://{role}@{postgres_engine.host}:{postgres_engine.port}/{testing}"
+    suffix = f"_pw{scratch()}"
+    passfile = tmp_path / "pgpass"
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    line = f"{postgres_engine.host}:{postgres_engine.port}:{{}}:{role}:{password}\n"
+    try:
+        passfile.write_text(line.format(testing))
+        passfile.chmod(0o600)
+        with psycopg.connect(url):  # what `app doctor` reaches: testing's database
+            pass
+        # Before: "cannot connect to database .../postgres: ... fe_sendauth: no password
+        # supplied. Check that the server runs and that database_url ... names it; `app
+        # doctor` checks the settings", and nothing more; with postgres's line added, no
+        # refusal here, then every test's open of the scratch database refused alike.
+        for lines, done in (([testing], "cannot create"), ([testing, "postgres"], "created")):
+            passfile.write_text("".join(line.format(name) for name in lines))
+            said = " ".join(fixtures._create_scratch(url, suffix, "the-scratch").split())
+            assert said.startswith(f"app: {done} the run's scratch database the-scratch"), said
+            assert "fe_sendauth: no password supplied" in said
+            assert (
+                "The run connects to the server's database postgres to create and drop its "
+                "scratch database, then to the scratch database itself (the-scratch), each a "
+                "database testing's database_url does not name"
+            ) in said
+            assert "write * as that line's database (host:port:*:user:password)" in said
+            assert password not in said
+            with postgres_engine.connect() as conn:  # nothing left behind
+                assert not conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (testing + suffix,)
+                ).fetchall()
+        passfile.write_text(line.format("*"))
+        assert fixtures._create_scratch(url, suffix, "the-scratch") == ""
+    finally:
+        with postgres_engine.connect() as conn:
+            hba.write_text(before)
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(f'DROP DATABASE IF EXISTS "{testing + suffix}" WITH (FORCE)')
+            conn.execute(f'DROP DATABASE IF EXISTS "{testing}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
