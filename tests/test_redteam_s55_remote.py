@@ -25,6 +25,12 @@ What broke:
   again if it cannot), and a refusal for want of a password names both databases, why the
   file's line does not reach them, and the ``*`` that does.
 
+- A run whose object store refused the emptying of its scratch prefix at its end (credentials
+  rotated during the run, the store down): pytest printed the plugin's teardown as an error
+  with botocore's and urllib3's whole traceback, and nothing said what was left or what to
+  do. It is now one line naming what the run could not remove (the database, the prefix),
+  why, that they are left as a killed run leaves them, and how to clear them.
+
 All real: ``python -m app`` commands (forked: tests/forked_app.py) on a production profile
 opted into the way ``@pytest.mark.app_profile`` does, libpq's own reading of each URL; the
 suite's cluster, with a role of the test's own that must give a password (a ``pg_hba.conf``
@@ -41,8 +47,9 @@ from pathlib import Path
 import forked_app
 import psycopg
 import pytest
-from engines import PostgresEngine, scratch
+from engines import PostgresEngine, S3Engine, scratch
 from psycopg.conninfo import conninfo_to_dict
+from side_by_side import inner_environ, pytest_side_by_side
 
 from app.config import mask_database_url
 from app.testing import fixtures
@@ -64,7 +71,7 @@ def test_a_password_libpq_does_not_read_as_written_is_refused_and_never_shown(
         '[production]\nprotected = true\nblob_url = "s3://b/prod"\n'
         's3_endpoint_url = "http://127.0.0.1:9"\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "PG"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
     env |= {
         "APP_SETTINGS_DIR": str(tmp_path),
         "ENV_FOR_DYNACONF": "production",
@@ -162,3 +169,45 @@ def test_a_password_file_line_for_testing_s_database_alone_is_named_as_what_the_
             conn.execute(f'DROP DATABASE IF EXISTS "{testing + suffix}" WITH (FORCE)')
             conn.execute(f'DROP DATABASE IF EXISTS "{testing}" WITH (FORCE)')
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_scratch_prefix_the_store_refuses_to_empty_at_the_end_is_said_in_one_line(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path
+) -> None:
+    settings, project, tmproot = tmp_path / "settings", tmp_path / "project", tmp_path / "tmp"
+    for directory in (settings, project, tmproot):
+        directory.mkdir()
+    testing = f"rt55t_{os.getpid()}"
+    (settings / "settings.toml").write_text(
+        f'[development]\ndata_root = "{tmp_path}/development"\n'
+        f'[testing]\ndatabase_url = "{postgres_engine.url(testing)}"\n'
+        f'blob_url = "s3://{s3_engine.bucket}/rt55-{os.getpid()}"\n'
+        f's3_endpoint_url = "{s3_engine.endpoint_url}"\n'
+    )
+    # Keys the store refuses (rotated while the run ran): answered at once, no retries.
+    (settings / ".secrets.toml").write_text(
+        f'[testing]\ns3_access_key_id = "{s3_engine.access_key_id}"\n'
+        's3_secret_access_key = "rotated-away"\n'
+    )
+    (project / "test_inner.py").write_text("def test_nothing_stored():\n    pass\n")
+    env = inner_environ(os.environ, project, tmproot) | {"APP_SETTINGS_DIR": str(settings)}
+    (result,) = pytest_side_by_side(project, env, ["-p", "no:randomly"])
+    output = "\n".join(result.outlines + result.errlines)
+    said = " ".join(output.split())
+    # Before: "ERROR at teardown of test_nothing_stored", then botocore's and urllib3's
+    # frames, ending in ObjectStoreUnavailableError; nothing of what was left.
+    assert "1 passed, 1 error" in said, output
+    assert "Traceback" not in output and "botocore/" not in output, output
+    assert (
+        "app: the run's tests are done, but it could not remove the objects under its scratch "
+        f"prefix s3://{s3_engine.bucket}/rt55-{os.getpid()}/pytest_"
+    ) in said, output
+    assert (
+        "They are left on testing's server, as a killed run leaves them; nothing else was "
+        "changed. Clear them by hand once the server answers"
+    ) in said
+    assert "--app-keep-remote" in said
+    with postgres_engine.connect() as conn:  # the database was dropped all the same
+        assert not conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{testing}_%",)
+        ).fetchall()

@@ -43,9 +43,26 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         if not request.config.getoption("app_keep_remote"):
-            # Only names that end with the run's suffix: never a configured database.
-            drop_scratch_database(state.remote.database_url, suffix)
-            _empty_scratch_prefix(prefix, suffix)
+            left = []
+            try:
+                # Only names that end with the run's suffix: never a configured database.
+                drop_scratch_database(state.remote.database_url, suffix)
+            except Exception as error:  # the app's refusals, and psycopg's
+                left.append(f"its scratch database {database} ({_reason(error)})")
+            try:
+                _empty_scratch_prefix(prefix, suffix)
+            except Exception as error:  # the app's refusals, and the S3 client's
+                left.append(f"the objects under its scratch prefix {prefix} ({_reason(error)})")
+            if left:  # not in an except block: pytest would print each exception handled
+                pytest.fail(
+                    "app: the run's tests are done, but it could not remove "
+                    + "; nor ".join(left)
+                    + ". They are left on testing's server, as a killed run leaves them; "
+                    "nothing else was changed. Clear them by hand once the server answers "
+                    "(docs/explanation/remote.md, what a killed run leaves), or keep them on "
+                    "purpose with --app-keep-remote",
+                    pytrace=False,
+                )
 
 
 def _create_scratch(database_url: str, suffix: str, database: str) -> str:
