@@ -1111,7 +1111,7 @@ def _committed_secrets(
         if name == "database_url":
             if not _has_password(value):
                 continue
-            what = "has a password"
+            what = "has a password (password=, or sslpassword=, the SSL key's passphrase)"
         elif KEYS[name].secret:
             what = "is a secret"
         else:
@@ -1138,10 +1138,16 @@ def _secrets_file(profile: str, *, why: bool = False) -> str:
     return f"{name} ({note})" if why else name
 
 
+#: libpq's parameters that hold a secret: the password, and the passphrase of the client's
+#: SSL key (red team 55: ``?sslpassword=`` in settings.toml was neither refused nor warned of).
+DATABASE_SECRETS = ("password", "sslpassword")
+
+
 def _has_password(database_url: str) -> bool:
     from psycopg.conninfo import conninfo_to_dict
 
-    return bool(conninfo_to_dict(database_url).get("password"))
+    params = conninfo_to_dict(database_url)
+    return any(params.get(name) for name in DATABASE_SECRETS)
 
 
 def _absolute_root(value: str, directory: Path) -> Path:

@@ -31,6 +31,11 @@ What broke:
   do. It is now one line naming what the run could not remove (the database, the prefix),
   why, that they are left as a killed run leaves them, and how to clear them.
 
+- ``sslpassword=`` (the passphrase of the client's SSL key) in a ``database_url`` written in
+  settings.toml, the committed file: red team 38's refusal of a password there read
+  ``password=`` alone, so the passphrase was committed with nothing said. It is a password
+  to that check now, and to the scrubbing of the drivers' messages.
+
 All real: ``python -m app`` commands (forked: tests/forked_app.py) on a production profile
 opted into the way ``@pytest.mark.app_profile`` does, libpq's own reading of each URL; the
 suite's cluster, with a role of the test's own that must give a password (a ``pg_hba.conf``
@@ -83,15 +88,28 @@ def test_a_password_libpq_does_not_read_as_written_is_refused_and_never_shown(
         read = conninfo_to_dict(url)
         assert read.get("password") != url.partition("app:")[2].rpartition("@")[0]
         assert "SecretTail" in f"{read.get('host')}/{read.get('port')}/{read.get('dbname')}"
+    # sslpassword= (the SSL key's passphrase) in settings.toml, the committed file.
+    ssl = tmp_path / "ssl"
+    ssl.mkdir()
+    (ssl / "settings.toml").write_text(
+        (tmp_path / "settings.toml").read_text()
+        + 'database_url = "postgresql://app@127.0.0.1:9/prod?sslmode=require&sslkey='
+        '/etc/app/key.pem&sslpassword=KeyPassphrase55"\n'
+    )
+    commands = [({**env, "APP_DATABASE_URL": url}, command.split()) for url, command in _URLS]
+    commands.append(({**env, "APP_SETTINGS_DIR": str(ssl)}, ["config"]))
     # In the service's environment, as the deploy guide has it; side by side, their
     # start-ups overlapping.
-    with ThreadPoolExecutor(len(_URLS)) as pool:
-        runs = list(
-            pool.map(
-                lambda case: forked_app.run({**env, "APP_DATABASE_URL": case[0]}, case[1].split()),
-                _URLS,
-            )
-        )
+    with ThreadPoolExecutor(len(commands)) as pool:
+        *runs, ssl_run = list(pool.map(lambda case: forked_app.run(*case), commands))
+    # Before: exit 0, the passphrase committed with nothing said (the URL shown without it).
+    output = ssl_run.stdout + ssl_run.stderr
+    assert ssl_run.returncode == 78, output
+    assert "KeyPassphrase55" not in output
+    assert (
+        "has a password (password=, or sslpassword=, the SSL key's passphrase), and "
+        "settings.toml is committed with the code"
+    ) in " ".join(output.split())
     for done in runs:
         output = done.stdout + done.stderr
         assert "SecretTail" not in output, output
