@@ -36,6 +36,12 @@ What broke:
   ``password=`` alone, so the passphrase was committed with nothing said. It is a password
   to that check now, and to the scrubbing of the drivers' messages.
 
+- The plugin's creation of its scratch database under a ``statement_timeout`` of the
+  role's (or of the ``postgres`` database's): "canceling statement due to statement timeout
+  ... the user needs CREATEDB", nothing of the setting. The creation and the drop now give the
+  app's own refusal, naming the database connected to, the SQLSTATE, and the query that says
+  where the setting comes from with each place to change it.
+
 All real: ``python -m app`` commands (forked: tests/forked_app.py) on a production profile
 opted into the way ``@pytest.mark.app_profile`` does, libpq's own reading of each URL; the
 suite's cluster, with a role of the test's own that must give a password (a ``pg_hba.conf``
@@ -180,11 +186,25 @@ def test_a_password_file_line_for_testing_s_database_alone_is_named_as_what_the_
                 ).fetchall()
         passfile.write_text(line.format("*"))
         assert fixtures._create_scratch(url, suffix, "the-scratch") == ""
+        # A statement_timeout of the role's: before, "canceling statement due to statement
+        # timeout. Check database_url of [testing] (`app doctor`); the user needs CREATEDB".
+        with postgres_engine.connect() as conn:
+            conn.execute(f"ALTER ROLE {role} SET statement_timeout = '1ms'")
+        said = " ".join(fixtures._create_scratch(url, f"_to{scratch()}", "the-scratch").split())
+        assert f"database postgresql://{role}@{postgres_engine.host}:{postgres_engine.port}/" in (
+            said
+        )
+        assert "/postgres refused the creation of the scratch database" in said, said
+        assert "(SQLSTATE 57014); nothing was changed" in said
+        assert "SELECT setting, source FROM pg_settings WHERE name = 'statement_timeout'" in said
     finally:
         with postgres_engine.connect() as conn:
             hba.write_text(before)
             conn.execute("SELECT pg_reload_conf()")
-            conn.execute(f'DROP DATABASE IF EXISTS "{testing + suffix}" WITH (FORCE)')
+            for name in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (_like_prefix(testing),)
+            ).fetchall():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name[0]}" WITH (FORCE)')
             conn.execute(f'DROP DATABASE IF EXISTS "{testing}" WITH (FORCE)')
             conn.execute(f"DROP ROLE IF EXISTS {role}")
 
@@ -227,5 +247,10 @@ def test_a_scratch_prefix_the_store_refuses_to_empty_at_the_end_is_said_in_one_l
     assert "--app-keep-remote" in said
     with postgres_engine.connect() as conn:  # the database was dropped all the same
         assert not conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{testing}_%",)
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (_like_prefix(testing),)
         ).fetchall()
+
+
+def _like_prefix(name: str) -> str:
+    """A LIKE pattern of the names that start with `name` and `_` (its `_` taken as written)."""
+    return name.replace("_", "\\_") + "\\_%"
