@@ -178,6 +178,9 @@ def _database_url(value: Any) -> str | None:
     # local profile never pays it.
     from app.remote.pg import database_addresses
 
+    problem = _url_userinfo_problem(value)
+    if problem is not None:
+        return problem
     try:
         database_addresses(value)
     except (AppError, ValueError):  # ValueError: a port that is not a number
@@ -229,23 +232,58 @@ def _endpoint_url(value: Any) -> str | None:
     return None
 
 
-# Patterns, not compiled ones: `re` compiles them on first use (a URL psycopg cannot parse),
+# A pattern, not a compiled one: `re` compiles it on first use (a URL psycopg cannot parse),
 # not on every start.
-_URL_USERINFO = r"(://[^/@:]*:)[^/@]*@"
 _CONNINFO_PAIR = r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)"
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _url_userinfo_problem(value: str) -> str | None:
+    """Why libpq would not read a URL's user and password as they were written, or None.
+
+    libpq takes the user and password from the text before the first ``@``, and only when no
+    ``/`` comes before that ``@`` (red team 55): a password with an ``@`` not written ``%40``
+    (``app:p@ss@db``) leaves the rest of it in the host (``ss@db``), and one with a ``/`` not
+    written ``%2F`` (``app:1234/x@db``) makes the user the host, the password's start its
+    port and the rest the database's name. Either way the server named is not the one meant,
+    and the password's rest was shown as a host, a port or a database in every message.
+    Never quotes the value: it holds the password.
+    """
+    if not value.startswith(_URL_SCHEMES):
+        return None
+    authority, _, path = value.partition("://")[2].partition("/")
+    if authority.count("@") > 1 or "@" in path.partition("?")[0]:
+        return (
+            "has an '@' that libpq does not read as the end of the user and password (it "
+            "ends them at the first '@', and only before the first '/'), so it would connect "
+            "to another host, port or database than the one written and show the rest of "
+            "the password as one; percent-encode a password's (or a user's) '@' as %40 and "
+            "'/' as %2F, or give the password in PGPASSFILE instead (shown here with "
+            "everything before its last '@' starred)"
+        )
+    return None
+
+
+def _userinfo_masked(value: str) -> str:
+    # Everything up to the last '@' may be a user or password (written as meant or not).
+    scheme, _, rest = value.partition("://")
+    return f"{scheme}://******@{rest.rpartition('@')[2]}" if "@" in rest else value
 
 
 def mask_database_url(value: Any) -> Any:
     """How a ``database_url`` is shown: without its password (`app.remote.pg.mask_url`),
-    or, when it cannot be parsed, with anything that looks like a password starred."""
+    or, when libpq would not read it as written or it cannot be parsed, with everything
+    that may be a user or password starred."""
     if not isinstance(value, str):
         return value
-    try:
-        from app.remote.pg import mask_url
+    if _url_userinfo_problem(value) is None:
+        try:
+            from app.remote.pg import mask_url
 
-        return mask_url(value)
-    except (AppError, ValueError):
-        return re.sub(_CONNINFO_PAIR, r"\1******", re.sub(_URL_USERINFO, r"\1******@", value))
+            return mask_url(value)
+        except (AppError, ValueError):
+            pass
+    return re.sub(_CONNINFO_PAIR, r"\1******", _userinfo_masked(value))
 
 
 # --- the schema -------------------------------------------------------------------------
@@ -1073,7 +1111,7 @@ def _committed_secrets(
         if name == "database_url":
             if not _has_password(value):
                 continue
-            what = "has a password"
+            what = "has a password (password=, or sslpassword=, the SSL key's passphrase)"
         elif KEYS[name].secret:
             what = "is a secret"
         else:
@@ -1100,10 +1138,16 @@ def _secrets_file(profile: str, *, why: bool = False) -> str:
     return f"{name} ({note})" if why else name
 
 
+#: libpq's parameters that hold a secret: the password, and the passphrase of the client's
+#: SSL key (red team 55: ``?sslpassword=`` in settings.toml was neither refused nor warned of).
+DATABASE_SECRETS = ("password", "sslpassword")
+
+
 def _has_password(database_url: str) -> bool:
     from psycopg.conninfo import conninfo_to_dict
 
-    return bool(conninfo_to_dict(database_url).get("password"))
+    params = conninfo_to_dict(database_url)
+    return any(params.get(name) for name in DATABASE_SECRETS)
 
 
 def _absolute_root(value: str, directory: Path) -> Path:

@@ -1543,7 +1543,12 @@ def create_scratch_database(database_url: str, suffix: str) -> str:
             f"({name!r}): name a database of at most {room} bytes in database_url"
         )
         raise ValueError(msg)
-    with _server(url, "creating") as conn:
+    with (
+        _server(url, "creating") as conn,
+        refusals(_admin_where(url), f"the creation of the scratch database {name!r}"),
+    ):
+        # Under refusals: a statement_timeout of the role's (or the database's) cancels it
+        # with the settings' sources named, not a bare "canceling statement" (red team 55).
         _create_from_template0(conn, name)
     return url
 
@@ -1591,10 +1596,18 @@ def drop_scratch_database(database_url: str, suffix: str) -> None:
     name = database_addresses(url)[0].dbname
     if not suffix or not name.endswith(suffix):
         raise ValueError(f"refusing to drop {name!r}: not a scratch database ending in {suffix!r}")
-    with _server(url, "dropping") as conn:
+    with (
+        _server(url, "dropping") as conn,
+        refusals(_admin_where(url), f"the drop of the scratch database {name!r}"),
+    ):
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def _admin_where(scratch: str) -> str:
+    """The database :func:`_server` connects to, as messages show it."""
+    return mask_url(make_conninfo(scratch, dbname="postgres"))
 
 
 def _server(scratch: str, verb: str) -> psycopg.Connection[tuple[Any, ...]]:

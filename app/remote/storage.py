@@ -440,9 +440,12 @@ def _secrets(config: Config) -> list[str]:
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
+    from app.config import DATABASE_SECRETS
+
     found = [config.s3_access_key_id, config.s3_secret_access_key, config.api_token]
     with contextlib.suppress(ProgrammingError):  # unparsable: the configuration refuses it
-        found.append(str(conninfo_to_dict(_urls(config)[0]).get("password") or ""))
+        params = conninfo_to_dict(_urls(config)[0])
+        found += [str(params.get(name) or "") for name in DATABASE_SECRETS]
     return [secret for secret in found if secret]
 
 

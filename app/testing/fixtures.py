@@ -32,26 +32,80 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
     if state is None or state.remote is None or state.run is None:
         yield
         return
-    from app.remote.pg import create_scratch_database, drop_scratch_database
+    from app.remote.pg import drop_scratch_database
 
     suffix = state.run.scratch
     database, prefix = scratch_names(state.remote, suffix)
-    try:
-        create_scratch_database(state.remote.database_url, suffix)
-    except Exception as error:  # psycopg's errors, and the app's (server unreachable)
-        pytest.fail(
-            f"app: cannot create the run's scratch database {database} on the testing "
-            f"profile's server: {_reason(error)}. Check database_url of [testing] "
-            "(`app doctor`); the user needs CREATEDB",
-            pytrace=False,
-        )
+    refused = _create_scratch(state.remote.database_url, suffix, database)
+    if refused:  # not in an except block: pytest would print the exception handled too
+        pytest.fail(refused, pytrace=False)
     try:
         yield
     finally:
         if not request.config.getoption("app_keep_remote"):
-            # Only names that end with the run's suffix: never a configured database.
-            drop_scratch_database(state.remote.database_url, suffix)
-            _empty_scratch_prefix(prefix, suffix)
+            left = []
+            try:
+                # Only names that end with the run's suffix: never a configured database.
+                drop_scratch_database(state.remote.database_url, suffix)
+            except Exception as error:  # the app's refusals, and psycopg's
+                left.append(f"its scratch database {database} ({_reason(error)})")
+            try:
+                _empty_scratch_prefix(prefix, suffix)
+            except Exception as error:  # the app's refusals, and the S3 client's
+                left.append(f"the objects under its scratch prefix {prefix} ({_reason(error)})")
+            if left:  # not in an except block: pytest would print each exception handled
+                pytest.fail(
+                    "app: the run's tests are done, but it could not remove "
+                    + "; nor ".join(left)
+                    + ". They are left on testing's server, as a killed run leaves them; "
+                    "nothing else was changed. Clear them by hand once the server answers "
+                    "(docs/explanation/remote.md, what a killed run leaves), or keep them on "
+                    "purpose with --app-keep-remote",
+                    pytrace=False,
+                )
+
+
+def _create_scratch(database_url: str, suffix: str, database: str) -> str:
+    """Create the run's scratch database and connect to it once; what refuses the run
+    (``""``: nothing). `database`: its URL as messages show it."""
+    from app.remote.pg import connect, create_scratch_database, drop_scratch_database
+
+    try:
+        url = create_scratch_database(database_url, suffix)
+    except Exception as error:  # psycopg's errors, and the app's (server unreachable)
+        return (
+            f"app: cannot create the run's scratch database {database} on the testing "
+            f"profile's server: {_reason(error)}.{_password_hint(error, database)} Check "
+            "database_url of [testing] (`app doctor`); the user needs CREATEDB"
+        )
+    try:
+        # Once, here: not at every test's open, each refused alike.
+        connect(url, purpose="app reaching its scratch database").close()
+    except Exception as error:
+        drop_scratch_database(database_url, suffix)
+        return (
+            f"app: created the run's scratch database {database} on the testing profile's "
+            f"server, and cannot connect to it: {_reason(error)}."
+            f"{_password_hint(error, database)} It was dropped again"
+        )
+    return ""
+
+
+def _password_hint(error: BaseException, database: str) -> str:
+    """What a refusal for want of a password (or of the right one) adds: the run connects
+    to databases testing's ``database_url`` does not name (red team 55: a password in a
+    password file for testing's database alone reached ``app doctor``, not the run)."""
+    if "password" not in _reason(error).lower():
+        return ""
+    return (
+        f" The run connects to the server's database postgres to create and drop its scratch "
+        f"database, then to the scratch database itself ({database}), each a database "
+        "testing's database_url does not name: a password file (PGPASSFILE, ~/.pgpass) line "
+        "for testing's database alone gives libpq no password for them, while `app doctor` "
+        "reaches testing's; write * as that line's database (host:port:*:user:password), or "
+        "give the password in testing's database_url (libpq reads no password file that "
+        "its group or others may read: chmod 600 it)."
+    )
 
 
 def _reason(error: BaseException) -> str:
