@@ -51,6 +51,7 @@ from app import __version__
 from app.errors import (
     AuditLogAtLimit,
     DataRootChangedError,
+    DataRootOwnerError,
     DataRootStateError,
     DataRootTooNewError,
     FsyncFailed,
@@ -1430,6 +1431,45 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
     )
 
 
+def _command_line() -> str:
+    """This process's command as a shell would run it again (``python -m app`` for a
+    ``__main__``), for the ``sudo -u`` a refusal names."""
+    argv = list(sys.argv) or ["app"]
+    if argv[0].endswith("__main__.py"):
+        argv[:1] = [sys.executable, "-m", "app"]
+    return " ".join(shell_word(word) for word in argv)
+
+
+def refuse_other_owner(root: Path, wanted: str) -> None:
+    """Refuse a writer whose effective user is not the data root's owner.
+
+    Everything a writer makes in a root (the audit log, ``.tmp/``, a record, a trash entry,
+    the lock file) is its own, mode 0600 or 0700: made by root in the service user's root,
+    it cannot be written by the server afterwards, which then refuses every upload and
+    delete while ``/health`` says ok (red team 55, `DataRootOwnerError`). A root that is
+    not there yet (the writer makes it, and owns it) or cannot be looked at (refused below
+    with its own reason) is left to the open.
+    """
+    try:
+        found = root.stat()
+    except OSError:
+        return
+    uid = os.geteuid()
+    if found.st_uid == uid:
+        return
+    import pwd  # here: only a refusal pays for it
+
+    def name(of: int) -> str:
+        try:
+            return pwd.getpwuid(of).pw_name
+        except KeyError:
+            return ""
+
+    raise DataRootOwnerError(
+        root, found.st_uid, name(found.st_uid), uid, name(uid), wanted, _command_line()
+    )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -1503,6 +1543,9 @@ def _open_checked(
             _refuse_layout_kind(root, name, links=False)
         return DataRoot(config, kind=kind, lock=None, stamp=stamp)
 
+    # Before anything is made in it: a root-run command left root's files in the service
+    # user's root, which the server then could not write (red team 55).
+    refuse_other_owner(root, wanted or f"open the data root as a {kind} process")
     if root.is_dir() and not (root / STAMP_FILE).exists():
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
@@ -1619,6 +1662,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             "the directory does not exist, so there is no stamp to change",
             f"check data_root of profile {config.profile!r} (`app config` shows where it is set)",
         )
+    refuse_other_owner(root, "re-stamp it")
     with RootLock(root, kind="maintenance", profile=config.profile).acquire(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):

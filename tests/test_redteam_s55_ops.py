@@ -1,0 +1,136 @@
+"""Red team 55 on operations (branch rt-ops27): the wrong user. The service runs as a user
+that owns its data root (``app``, mode 0700, as the deploy guide makes it); an operator runs
+a maintenance command as root (``sudo app sessions restore ...``), or as a third user.
+
+What broke (tried by hand with a real ``app serve`` as a service user, then kept here on a
+root of the run's sandbox given to user 65534):
+
+- ``app sessions restore`` (a session, a file), ``app data check --repair``, ``app data
+  empty-trash``, ``app data restamp`` and ``app serve`` run as root on the service user's
+  root succeeded, and left what they made there root's, mode 0600 or 0700: ``audit.jsonl``
+  (when the log had been rotated away), ``.tmp/``, the restored file's record, a repair's
+  trash entry. The service then started as its user, ``/health`` said ``ok``, and every
+  upload (its temporary file goes to ``.tmp/``) and every delete (its audit line) was a 503
+  ``storage_permission_denied`` until someone found the files with ``ls -lR``;
+- the same commands run as a third user, which cannot write the root, were refused by the
+  lock file (74) with "``chmod 600`` it, and ``chown`` it if its owner is wrong": the owner
+  was right, and the advice sent the operator to give production's root to the wrong user.
+
+What changed: every writer (``open_root`` with ``write=True``, and ``restamp``) refuses,
+before it makes anything, to run as another effective user than the data root's owner
+(``data_root_owner``, exit 78, which the unit's ``RestartPreventExitStatus=`` keeps from a
+restart loop), naming the owner and this process's user by name and uid, why, and the
+``sudo -u <owner> <the command as run>`` that resolves it (or the ``chown -R`` that hands
+the root over, if this user is meant to run the app). Readers (``status``, ``sessions
+list``, ``data check``) create nothing and still run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_server_e2e import app_env, run_app
+
+from app.storage import open_storage
+
+NOBODY = 65534
+
+
+def _owned_files(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(root)): (path.lstat().st_uid, path.lstat().st_ino)
+        for path in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def service_root(tmp_path: Path, app_config: Any) -> Path:
+    """A root of the run's sandbox as the service user left it: a session with a file, a
+    deleted file in the trash, the audit log rotated away and ``.tmp/`` gone, all of it
+    given to user 65534 (the service's user here)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the root is given to another user with chown")
+    with open_storage(app_config, writer=True) as store:
+        sid = store.create_session("kept")["id"]
+        store.put_file(sid, "a.txt", b"one")
+        store.put_file(sid, "b.txt", b"two")
+        store.delete_file(sid, "b.txt")
+    root = tmp_path / "root"
+    shutil.copytree(app_config.data_root, root, symlinks=True)
+    (root / ".server.lock").unlink()
+    (root / "audit.jsonl").rename(root / "audit.jsonl.1")  # logrotate's move
+    shutil.rmtree(root / ".tmp")
+    (tmp_path / "sid").write_text(sid)
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    return root
+
+
+def test_a_maintenance_command_run_as_root_on_the_service_user_s_root_is_refused(
+    service_root: Path,
+) -> None:
+    root = service_root
+    sid = (root.parent / "sid").read_text()
+    before = _owned_files(root)
+    env = app_env(root)
+    for command in (
+        ("sessions", "restore", sid, "--file", "b.txt"),
+        ("data", "check", "--repair"),
+        ("data", "empty-trash", "--older-than", "0m"),
+        ("data", "restamp", "--from", "production", "--yes-i-mean-it"),
+        ("serve", "--port", "0"),
+    ):
+        refused = run_app(*command, env=env)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 78, (command, refused.stdout, refused.stderr)
+        assert "Traceback" not in refused.stderr
+        assert f"data root {root} belongs to user 'nobody' (uid {NOBODY})" in said, said
+        assert "this process runs as user 'root' (uid 0)" in said
+        assert "Nothing was changed" in said
+        assert f"`sudo -u nobody {sys.executable} -m app {' '.join(command)}`" in said, said
+        assert _owned_files(root) == before, command  # nothing made, nothing moved
+    # Readers make nothing: root may still look.
+    for command in (("status",), ("data", "check")):
+        looked = run_app(*command, env=env)
+        assert looked.returncode == 0, (command, looked.stdout, looked.stderr)
+    assert _owned_files(root) == before
+
+
+def test_a_third_user_is_told_to_run_as_the_owner_not_to_chown_the_lock_file(
+    service_root: Path,
+) -> None:
+    # A user that cannot write the root (here uid 1234, with no name, given only the
+    # capability to read and search, so that it can reach the run's sandbox and Python):
+    # it was refused by the lock file, told to `chmod 600` and `chown` a file whose owner
+    # was right.
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    root = service_root
+    before = _owned_files(root)
+    as_third = [
+        "setpriv", "--reuid=1234", "--regid=1234", "--clear-groups",
+        "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [*as_third, sys.executable, "-m", "app", "data", "check", "--repair"],
+        env=app_env(root),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+    )
+    said = " ".join(done.stderr.split())
+    if "Operation not permitted" in said and "setpriv" in said:
+        pytest.skip(f"setpriv cannot give the capability here: {said}")
+    assert done.returncode == 78, (done.stdout, done.stderr)
+    assert f"belongs to user 'nobody' (uid {NOBODY})" in said, said
+    assert "this process runs as uid 1234" in said
+    assert f"`sudo -u nobody {sys.executable} -m app data check --repair`" in said
+    assert "chmod 600" not in said
+    assert _owned_files(root) == before
