@@ -1470,6 +1470,51 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
     )
 
 
+def _user_name(uid: int) -> str:
+    """``'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
+    import pwd  # here: only a refusal pays for it
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def refuse_foreign_entries(root: Path) -> None:
+    """Refuse a root whose own files and directories are not all its owner's.
+
+    What a command run as root left in the service user's root before `refuse_other_owner`
+    (``.tmp/``, ``audit.jsonl``, mode 0700 and 0600) kept the server from writing them: it
+    started, ``/health`` said ok, and every upload and delete was a 503 (red team 55). Only
+    the root's own entries are looked at (a few ``lstat``): a file of a session so made is
+    found by ``app data check`` as the server's user (``permission-denied``).
+    """
+    try:
+        owner = root.stat().st_uid
+    except OSError:
+        return
+    foreign = []
+    for name in (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+        try:
+            found = (root / name).lstat()
+        except OSError:
+            continue
+        if found.st_uid != owner:
+            foreign.append(f"{name} (owned by {_user_name(found.st_uid)})")
+    if foreign:
+        who = _user_name(owner)
+        user = who.split("'")[1] if "'" in who else str(owner)
+        raise DataRootStateError(
+            root,
+            f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not owned by "
+            f"{who}, who owns the root and runs the app: a command run as another user "
+            "(`sudo app ...`) made them, and the server could not write them, refusing every "
+            "upload and delete while /health says ok. Nothing was changed",
+            f"with the server stopped, give them back as root (`chown -R {user}: "
+            f"{shell_word(str(root))}`), then start it again",
+        )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -1546,6 +1591,7 @@ def _open_checked(
     # Before anything is made in it: a root-run command left root's files in the service
     # user's root, which the server then could not write (red team 55).
     refuse_other_owner(root, wanted or f"open the data root as a {kind} process")
+    refuse_foreign_entries(root)
     if root.is_dir() and not (root / STAMP_FILE).exists():
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
@@ -1623,6 +1669,7 @@ def check_opens(config: Config) -> dict[str, Any] | None:
         return None
     with open_root(config, write=False, wanted="check the data root") as opened:
         stamp = opened.stamp
+    refuse_foreign_entries(root)
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         # A link too, which a reader leaves to `app data check` but every writer refuses.
         _refuse_layout_kind(root, name)

@@ -15,6 +15,9 @@ root of the run's sandbox given to user 65534):
 - the same commands run as a third user, which cannot write the root, were refused by the
   lock file (74) with "``chmod 600`` it, and ``chown`` it if its owner is wrong": the owner
   was right, and the advice sent the operator to give production's root to the wrong user.
+- a root such a command had already left so (``.tmp/`` and ``audit.jsonl`` another user's,
+  the rest the owner's): the server started and refused every write, and ``app doctor`` said
+  ok.
 
 What changed: every writer (``open_root`` with ``write=True``, and ``restamp``) refuses,
 before it makes anything, to run as another effective user than the data root's owner
@@ -22,7 +25,10 @@ before it makes anything, to run as another effective user than the data root's 
 restart loop), naming the owner and this process's user by name and uid, why, and the
 ``sudo -u <owner> <the command as run>`` that resolves it (or the ``chown -R`` that hands
 the root over, if this user is meant to run the app). Readers (``status``, ``sessions
-list``, ``data check``) create nothing and still run as root.
+list``, ``data check``) create nothing and still run as root. Every writer's open and ``app
+doctor`` also refuse a root whose own entries (lock file, stamp, audit log, ``sessions/``,
+``.trash/``, ``.tmp/``) are not all its owner's (``data_root_state``, 78), naming each and
+the ``chown -R`` that gives them back.
 """
 
 from __future__ import annotations
@@ -133,4 +139,33 @@ def test_a_third_user_is_told_to_run_as_the_owner_not_to_chown_the_lock_file(
     assert "this process runs as uid 1234" in said
     assert f"`sudo -u nobody {sys.executable} -m app data check --repair`" in said
     assert "chmod 600" not in said
+    assert _owned_files(root) == before
+
+
+def test_a_root_left_with_another_user_s_files_by_an_earlier_command_is_named(
+    service_root: Path,
+) -> None:
+    # What such a command left before it was refused (an earlier release, a restore made as
+    # root): the root and its sessions the owner's, `.tmp/` and `audit.jsonl` another's. The
+    # server started and answered every upload and delete 503 while /health said ok; doctor
+    # said ok. Here the owner is root (the run's user) and the leftovers user 65534's.
+    root = service_root
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    (root / ".tmp").mkdir(mode=0o700)
+    (root / "audit.jsonl").write_bytes(b"")
+    for name in (".tmp", "audit.jsonl"):
+        os.chown(root / name, NOBODY, NOBODY)
+    before = _owned_files(root)
+    env = app_env(root)
+    for command in (("data", "check", "--repair"), ("doctor",)):
+        refused = run_app(*command, env=env)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 78, (command, refused.stdout, refused.stderr)
+        assert (
+            f"data root {root}: audit.jsonl (owned by user 'nobody' (uid {NOBODY})), .tmp "
+            f"(owned by user 'nobody' (uid {NOBODY})) are not owned by user 'root' (uid 0), "
+            "who owns the root and runs the app"
+        ) in said, said
+        assert f"(`chown -R root: {root}`)" in said
     assert _owned_files(root) == before
