@@ -1016,13 +1016,33 @@ def _check_stamp(
 # --- opening -----------------------------------------------------------------------------
 
 
+PARENT_MODE: Final = 0o755
+
+
+def _make_parents(path: Path) -> None:
+    """``mkdir -p path``, each directory made with `PARENT_MODE` (which the umask can only
+    narrow): never writable by the group or others."""
+    missing = []
+    while not lexists(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=PARENT_MODE)
+
+
 def _create_root(root: Path, *, durable: bool = True) -> bool:
     """Make ``root`` if it is not there; True if this call made it."""
     try:
         root.mkdir(mode=DIR_MODE)
     except FileNotFoundError:
-        # Parents get the usual permissions; only the root itself is private.
-        root.parent.mkdir(parents=True, exist_ok=True)
+        # Parents get the usual permissions, never wider than 0755; only the root itself is
+        # private. Made by `mkdir -p` under `umask 000` (a unit's `UMask=0000`, a shell's
+        # slip) they were 0777: any user could move the root aside, and the next start made
+        # a new, empty one in its place (red team 55).
+        _make_parents(root.parent)
         try:
             root.mkdir(mode=DIR_MODE)
         except FileExistsError:

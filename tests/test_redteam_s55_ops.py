@@ -15,6 +15,9 @@ root of the run's sandbox given to user 65534):
 - the same commands run as a third user, which cannot write the root, were refused by the
   lock file (74) with "``chmod 600`` it, and ``chown`` it if its owner is wrong": the owner
   was right, and the advice sent the operator to give production's root to the wrong user.
+- ``app serve`` making a root whose parents are missing under ``umask 000``: the parents were
+  0777, so any user could move the root aside and the next start made a new, empty one;
+  they are now made with mode 0755, which the umask can only narrow;
 - a root such a command had already left so (``.tmp/`` and ``audit.jsonl`` another user's,
   the rest the owner's): the server started and refused every write, and ``app doctor`` said
   ok.
@@ -169,3 +172,30 @@ def test_a_root_left_with_another_user_s_files_by_an_earlier_command_is_named(
         ) in said, said
         assert f"(`chown -R root: {root}`)" in said
     assert _owned_files(root) == before
+
+
+def test_the_parents_a_first_start_makes_under_umask_000_are_not_writable_by_others(
+    tmp_path: Path,
+) -> None:
+    # A root whose parents are missing (`data_root = "/srv/app/data/development"` on a new
+    # host), first opened under `umask 000` (a unit's `UMask=0000`): the root was 0700, but
+    # its parents were made 0777, so any user could move the root aside (`mv`), and the next
+    # start made a new, empty root in its place.
+    root = tmp_path / "srv" / "app" / "root"
+    opened = (
+        "from app.config import load\n"
+        "from app.dataroot import open_root\n"
+        "open_root(load()).close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", opened],
+        env=app_env(root),
+        capture_output=True,
+        text=True,
+        check=False,
+        umask=0,
+    )
+    assert done.returncode == 0, done.stderr
+    assert oct(root.stat().st_mode & 0o777) == "0o700"
+    for parent in (tmp_path / "srv", tmp_path / "srv" / "app"):
+        assert oct(parent.stat().st_mode & 0o777) == "0o755", parent
