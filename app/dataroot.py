@@ -1490,7 +1490,7 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
     )
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
     """``'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
     import pwd  # here: only a refusal pays for it
 
@@ -1507,7 +1507,8 @@ def refuse_foreign_entries(root: Path) -> None:
     (``.tmp/``, ``audit.jsonl``, mode 0700 and 0600) kept the server from writing them: it
     started, ``/health`` said ok, and every upload and delete was a 503 (red team 55). Only
     the root's own entries are looked at (a few ``lstat``): a file of a session so made is
-    found by ``app data check`` as the server's user (``permission-denied``).
+    found by ``app data check``, as ``wrong-owner`` run as root, as ``permission-denied``
+    run as the server's user.
     """
     try:
         owner = root.stat().st_uid
@@ -1520,9 +1521,9 @@ def refuse_foreign_entries(root: Path) -> None:
         except OSError:
             continue
         if found.st_uid != owner:
-            foreign.append(f"{name} (owned by {_user_name(found.st_uid)})")
+            foreign.append(f"{name} (owned by {user_name(found.st_uid)})")
     if foreign:
-        who = _user_name(owner)
+        who = user_name(owner)
         user = who.split("'")[1] if "'" in who else str(owner)
         raise DataRootStateError(
             root,

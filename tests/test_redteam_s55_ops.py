@@ -18,6 +18,10 @@ root of the run's sandbox given to user 65534):
 - ``app serve`` making a root whose parents are missing under ``umask 000``: the parents were
   0777, so any user could move the root aside and the next start made a new, empty one;
   they are now made with mode 0755, which the umask can only narrow;
+- ``app data check`` run as root (``sudo``, which reads everything) on a root where such a
+  command had left a session's record root's, mode 0600: "clean", while the server refused
+  that session's changes. Run as another user than the root's owner, it now reports each
+  entry of ``sessions/`` and ``.trash/`` that is not the owner's (``wrong-owner``);
 - a root such a command had already left so (``.tmp/`` and ``audit.jsonl`` another user's,
   the rest the owner's): the server started and refused every write, and ``app doctor`` said
   ok.
@@ -199,3 +203,23 @@ def test_the_parents_a_first_start_makes_under_umask_000_are_not_writable_by_oth
     assert oct(root.stat().st_mode & 0o777) == "0o700"
     for parent in (tmp_path / "srv", tmp_path / "srv" / "app"):
         assert oct(parent.stat().st_mode & 0o777) == "0o755", parent
+
+
+def test_a_check_run_as_root_names_the_files_that_are_not_the_owner_s(
+    service_root: Path,
+) -> None:
+    # A file's record a restore run as root had left root's, mode 0600, deep in a session:
+    # the server, as the owner, could neither read nor replace it. `sudo app data check`,
+    # which the operator runs then, reads everything and said "clean".
+    root = service_root
+    sid = (root.parent / "sid").read_text()
+    record = root / "sessions" / sid / "records" / "a.txt"
+    os.chown(record, 0, 0)
+    done = run_app("data", "check", env=app_env(root))
+    said = " ".join(done.stdout.split())
+    assert done.returncode == 65, (done.stdout, done.stderr)
+    assert (
+        f"wrong-owner sessions/{sid}/records/a.txt: owned by user 'root' (uid 0), not by user "
+        f"'nobody' (uid {NOBODY}), who owns the data root and runs the app"
+    ) in said, said
+    assert f"`chown -R nobody: {root}`" in said
