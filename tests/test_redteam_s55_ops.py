@@ -22,6 +22,9 @@ root of the run's sandbox given to user 65534):
   command had left a session's record root's, mode 0600: "clean", while the server refused
   that session's changes. Run as another user than the root's owner, it now reports each
   entry of ``sessions/`` and ``.trash/`` that is not the owner's (``wrong-owner``);
+- (beside the wrong user) a stamp made immutable (``chattr +i``), then ``app data restamp``:
+  refused (74), naming only the temporary file the stamp is written to; a refused rename is
+  now named by both its paths;
 - a root such a command had already left so (``.tmp/`` and ``audit.jsonl`` another user's,
   the rest the owner's): the server started and refused every write, and ``app doctor`` said
   ok.
@@ -223,3 +226,30 @@ def test_a_check_run_as_root_names_the_files_that_are_not_the_owner_s(
         f"'nobody' (uid {NOBODY}), who owns the data root and runs the app"
     ) in said, said
     assert f"`chown -R nobody: {root}`" in said
+
+
+def test_a_rename_refused_names_the_file_it_would_replace(app_config: Any, tmp_path: Path) -> None:
+    # `chattr +i .app-profile.json` (a hardening script's freeze of a file that "never
+    # changes"), then the restamp the stamp's refusal names: refused, rightly (74, nothing
+    # changed), but the message named only the temporary file the stamp is written to.
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("chattr +i takes root")
+    with open_storage(app_config, writer=True):
+        pass
+    root = tmp_path / "copy"
+    shutil.copytree(app_config.data_root, root, symlinks=True)
+    (root / ".server.lock").unlink()
+    stamp = root / ".app-profile.json"
+    stamp.write_text(stamp.read_text().replace('"testing"', '"development"'))
+    if subprocess.run(["chattr", "+i", str(stamp)], check=False).returncode != 0:
+        pytest.skip("this filesystem keeps no attributes (chattr +i failed)")
+    try:
+        refused = run_app("data", "restamp", "--from", "development", env=app_env(root))
+    finally:
+        subprocess.run(["chattr", "-i", str(stamp)], check=True)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 74, (refused.stdout, refused.stderr)
+    assert f"cannot run `app data restamp` (moving {root / '.tmp'}/write-" in said, said
+    assert f".part to {stamp}): the data root's filesystem refused it" in said
+    assert "nothing was changed" in said and "`chattr -i -a`" in said
+    assert '"development"' in stamp.read_text()
