@@ -32,6 +32,7 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
+    chown_back,
     lexists,
     link_remedy,
     read_regular,
@@ -133,7 +134,6 @@ class Checker:
         if os.geteuid() == owner:
             return
         owner_words = user_name(owner)
-        login = owner_words.split("'")[1] if "'" in owner_words else str(owner)
         for top in (SESSIONS_DIR, TRASH_DIR):
             for directory, subdirectories, files in os.walk(root / top):
                 for name in [*subdirectories, *files]:
@@ -153,8 +153,8 @@ class Checker:
                         "root and runs the app (a command run as another user made it): the "
                         "server cannot change it, and cannot read it if its mode keeps others "
                         "out, so its session's changes are refused",
-                        f"nothing: left for a human (with the server stopped, give it back as "
-                        f"root: `chown -R {login}: {shell_word(str(root))}`)",
+                        "nothing: left for a human (with the server stopped, give it back as "
+                        f"root: `{chown_back(owner, root)}`)",
                     )
 
     def check_layout(self) -> None:

@@ -1477,27 +1477,30 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
     uid = os.geteuid()
     if found.st_uid == uid:
         return
-    import pwd  # here: only a refusal pays for it
-
-    def name(of: int) -> str:
-        try:
-            return pwd.getpwuid(of).pw_name
-        except KeyError:
-            return ""
-
     raise DataRootOwnerError(
-        root, found.st_uid, name(found.st_uid), uid, name(uid), wanted, _command_line()
+        root, found.st_uid, login(found.st_uid), uid, login(uid), wanted, _command_line()
     )
 
 
-def user_name(uid: int) -> str:
-    """``'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
+def login(uid: int) -> str:
+    """The password database's name of ``uid``, ``""`` for an id it does not know."""
     import pwd  # here: only a refusal pays for it
 
     try:
-        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {uid}"
+        return ""
+
+
+def user_name(uid: int) -> str:
+    """``user 'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
+    name = login(uid)
+    return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
+
+
+def chown_back(uid: int, root: Path) -> str:
+    """The command that gives every file of ``root`` back to ``uid``."""
+    return f"chown -R {login(uid) or uid}: {shell_word(str(root))}"
 
 
 def refuse_foreign_entries(root: Path) -> None:
@@ -1523,16 +1526,14 @@ def refuse_foreign_entries(root: Path) -> None:
         if found.st_uid != owner:
             foreign.append(f"{name} (owned by {user_name(found.st_uid)})")
     if foreign:
-        who = user_name(owner)
-        user = who.split("'")[1] if "'" in who else str(owner)
         raise DataRootStateError(
             root,
             f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not owned by "
-            f"{who}, who owns the root and runs the app: a command run as another user "
-            "(`sudo app ...`) made them, and the server could not write them, refusing every "
-            "upload and delete while /health says ok. Nothing was changed",
-            f"with the server stopped, give them back as root (`chown -R {user}: "
-            f"{shell_word(str(root))}`), then start it again",
+            f"{user_name(owner)}, who owns the root and runs the app: a command run as "
+            "another user (`sudo app ...`) made them, and the server could not write them, "
+            "refusing every upload and delete while /health says ok. Nothing was changed",
+            f"with the server stopped, give them back as root (`{chown_back(owner, root)}`), "
+            "then start it again",
         )
 
 
@@ -1731,6 +1732,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             f"check data_root of profile {config.profile!r} (`app config` shows where it is set)",
         )
     refuse_other_owner(root, "re-stamp it")
+    refuse_foreign_entries(root)
     with RootLock(root, kind="maintenance", profile=config.profile).acquire(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):
