@@ -32,6 +32,7 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
+    chown_back,
     lexists,
     link_remedy,
     read_regular,
@@ -39,6 +40,7 @@ from app.dataroot import (
     root_mounts,
     tmp_in_flight,
     unmount_keeping,
+    user_name,
 )
 from app.errors import (
     FsyncFailed,
@@ -110,6 +112,7 @@ class Checker:
         )
 
     def run(self) -> None:
+        self.check_owners()
         self.check_layout()
         self.check_tmp()
         self.check_staging()
@@ -119,6 +122,40 @@ class Checker:
                 if self.repair and not (self.store.sessions_dir / session_id).is_dir():
                     continue  # deleted meanwhile (read again under the lock)
                 self.check_session(session_id)
+
+    def check_owners(self) -> None:
+        """Run as another user than the root's owner (root's `sudo app data check`, which
+        reads all): what is not the owner's in `sessions/` and `.trash/`, which the server
+        running as the owner cannot write, nor read at mode 0600. Said "clean" of a record a
+        restore run as root had left root's while the server refused its session (red team
+        55). The owner's own check finds what it may not read as ``permission-denied``."""
+        root = self.root.path
+        owner = root.stat().st_uid
+        if os.geteuid() == owner:
+            return
+        owner_words = user_name(owner)
+        for top in (SESSIONS_DIR, TRASH_DIR):
+            for directory, subdirectories, files in os.walk(root / top):
+                for name in [*subdirectories, *files]:
+                    path = Path(directory) / name
+                    try:
+                        uid = path.lstat().st_uid
+                    except OSError:
+                        continue
+                    if uid == owner:
+                        continue
+                    if name in subdirectories:
+                        subdirectories.remove(name)  # reported once, with what it holds
+                    self.unrepaired(
+                        "wrong-owner",
+                        path,
+                        f"owned by {user_name(uid)}, not by {owner_words}, who owns the data "
+                        "root and runs the app (a command run as another user made it): the "
+                        "server cannot change it, and cannot read it if its mode keeps others "
+                        "out, so its session's changes are refused",
+                        "nothing: left for a human (with the server stopped, give it back as "
+                        f"root: `{chown_back(owner, root)}`)",
+                    )
 
     def check_layout(self) -> None:
         """The root's own directories made symbolic links: read through here, said "clean",

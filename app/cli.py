@@ -296,7 +296,13 @@ class AppGroup(CommandGroup):
         except OSError as error:
             # A full or read-only filesystem: say so with its exit code, not a traceback.
             doing = f"run `{ctx.meta.get(_COMMAND_KEY) or ctx.command_path}`"
-            if error.filename is not None:
+            if error.filename2 is not None:
+                # A rename names both: refused for the file it replaces (`chattr +i` on the
+                # stamp, under `restamp`), it named only the temporary file (red team 55).
+                doing += (
+                    f" (moving {os.fsdecode(error.filename)} to {os.fsdecode(error.filename2)})"
+                )
+            elif error.filename is not None:
                 # Here, unlike over HTTP, the path is the operator's to see: the file refused.
                 doing += f" ({os.fsdecode(error.filename)})"
             mapped = storage_error(error, doing)

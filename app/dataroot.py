@@ -51,6 +51,7 @@ from app import __version__
 from app.errors import (
     AuditLogAtLimit,
     DataRootChangedError,
+    DataRootOwnerError,
     DataRootStateError,
     DataRootTooNewError,
     FsyncFailed,
@@ -1015,13 +1016,33 @@ def _check_stamp(
 # --- opening -----------------------------------------------------------------------------
 
 
+PARENT_MODE: Final = 0o755
+
+
+def _make_parents(path: Path) -> None:
+    """``mkdir -p path``, each directory made with `PARENT_MODE` (which the umask can only
+    narrow): never writable by the group or others."""
+    missing = []
+    while not lexists(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=PARENT_MODE)
+
+
 def _create_root(root: Path, *, durable: bool = True) -> bool:
     """Make ``root`` if it is not there; True if this call made it."""
     try:
         root.mkdir(mode=DIR_MODE)
     except FileNotFoundError:
-        # Parents get the usual permissions; only the root itself is private.
-        root.parent.mkdir(parents=True, exist_ok=True)
+        # Parents get the usual permissions, never wider than 0755; only the root itself is
+        # private. Made by `mkdir -p` under `umask 000` (a unit's `UMask=0000`, a shell's
+        # slip) they were 0777: any user could move the root aside, and the next start made
+        # a new, empty one in its place (red team 55).
+        _make_parents(root.parent)
         try:
             root.mkdir(mode=DIR_MODE)
         except FileExistsError:
@@ -1430,6 +1451,92 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
     )
 
 
+def _command_line() -> str:
+    """This process's command as a shell would run it again (``python -m app`` for a
+    ``__main__``), for the ``sudo -u`` a refusal names."""
+    argv = list(sys.argv) or ["app"]
+    if argv[0].endswith("__main__.py"):
+        argv[:1] = [sys.executable, "-m", "app"]
+    return " ".join(shell_word(word) for word in argv)
+
+
+def refuse_other_owner(root: Path, wanted: str) -> None:
+    """Refuse a writer whose effective user is not the data root's owner.
+
+    Everything a writer makes in a root (the audit log, ``.tmp/``, a record, a trash entry,
+    the lock file) is its own, mode 0600 or 0700: made by root in the service user's root,
+    it cannot be written by the server afterwards, which then refuses every upload and
+    delete while ``/health`` says ok (red team 55, `DataRootOwnerError`). A root that is
+    not there yet (the writer makes it, and owns it) or cannot be looked at (refused below
+    with its own reason) is left to the open.
+    """
+    try:
+        found = root.stat()
+    except OSError:
+        return
+    uid = os.geteuid()
+    if found.st_uid == uid:
+        return
+    raise DataRootOwnerError(
+        root, found.st_uid, login(found.st_uid), uid, login(uid), wanted, _command_line()
+    )
+
+
+def login(uid: int) -> str:
+    """The password database's name of ``uid``, ``""`` for an id it does not know."""
+    import pwd  # here: only a refusal pays for it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+def user_name(uid: int) -> str:
+    """``user 'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
+    name = login(uid)
+    return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
+
+
+def chown_back(uid: int, root: Path) -> str:
+    """The command that gives every file of ``root`` back to ``uid``."""
+    return f"chown -R {login(uid) or uid}: {shell_word(str(root))}"
+
+
+def refuse_foreign_entries(root: Path) -> None:
+    """Refuse a root whose own files and directories are not all its owner's.
+
+    What a command run as root left in the service user's root before `refuse_other_owner`
+    (``.tmp/``, ``audit.jsonl``, mode 0700 and 0600) kept the server from writing them: it
+    started, ``/health`` said ok, and every upload and delete was a 503 (red team 55). Only
+    the root's own entries are looked at (a few ``lstat``): a file of a session so made is
+    found by ``app data check``, as ``wrong-owner`` run as root, as ``permission-denied``
+    run as the server's user.
+    """
+    try:
+        owner = root.stat().st_uid
+    except OSError:
+        return
+    foreign = []
+    for name in (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+        try:
+            found = (root / name).lstat()
+        except OSError:
+            continue
+        if found.st_uid != owner:
+            foreign.append(f"{name} (owned by {user_name(found.st_uid)})")
+    if foreign:
+        raise DataRootStateError(
+            root,
+            f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not owned by "
+            f"{user_name(owner)}, who owns the root and runs the app: a command run as "
+            "another user (`sudo app ...`) made them, and the server could not write them, "
+            "refusing every upload and delete while /health says ok. Nothing was changed",
+            f"with the server stopped, give them back as root (`{chown_back(owner, root)}`), "
+            "then start it again",
+        )
+
+
 def _local_root(config: Config, wanted: str) -> Path:
     # A profile on PostgreSQL and object storage has no data root: refused by name, rather
     # than failing on None somewhere below.
@@ -1503,6 +1610,10 @@ def _open_checked(
             _refuse_layout_kind(root, name, links=False)
         return DataRoot(config, kind=kind, lock=None, stamp=stamp)
 
+    # Before anything is made in it: a root-run command left root's files in the service
+    # user's root, which the server then could not write (red team 55).
+    refuse_other_owner(root, wanted or f"open the data root as a {kind} process")
+    refuse_foreign_entries(root)
     if root.is_dir() and not (root / STAMP_FILE).exists():
         # Checked again under the lock; this early look only spares a directory that is
         # not ours even the lock file.
@@ -1580,6 +1691,7 @@ def check_opens(config: Config) -> dict[str, Any] | None:
         return None
     with open_root(config, write=False, wanted="check the data root") as opened:
         stamp = opened.stamp
+    refuse_foreign_entries(root)
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         # A link too, which a reader leaves to `app data check` but every writer refuses.
         _refuse_layout_kind(root, name)
@@ -1619,6 +1731,8 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
             "the directory does not exist, so there is no stamp to change",
             f"check data_root of profile {config.profile!r} (`app config` shows where it is set)",
         )
+    refuse_other_owner(root, "re-stamp it")
+    refuse_foreign_entries(root)
     with RootLock(root, kind="maintenance", profile=config.profile).acquire(
         f"re-stamp data root {root} from {from_profile!r} to {config.profile!r}", timeout=timeout
     ):

@@ -796,6 +796,52 @@ class LockFileUnreadableError(AppError):
         )
 
 
+class DataRootOwnerError(AppError):
+    """A writer runs as another user than the one that owns the data root.
+
+    The service runs as ``app``, which owns its root (mode 0700); an operator ran
+    ``sudo app sessions restore ...`` (or ``check --repair``, ``empty-trash``, ``serve``) as
+    root. It succeeded, and left ``audit.jsonl``, ``.tmp/`` and the restored file's record
+    owned by root, mode 0600: the service then started, ``/health`` said ``ok``, and every
+    upload and delete was a 503 (red team 55). A third user that cannot write the root was
+    told to ``chmod`` and ``chown`` the lock file, whose owner was right. Refused before
+    anything is created.
+    """
+
+    exit_code = EX_CONFIG
+    code = "data_root_owner"
+    path: Path
+    owner: int
+    owner_name: str  # the password database's name, "" for none
+    uid: int
+    user_name: str
+    wanted: str
+    command: str  # the command as it was run, for the `sudo -u` that runs it again
+
+    @property
+    def message(self) -> str:
+        """Who owns the root, who runs, why it is refused, and the command that resolves it."""
+        owner = (
+            f"user {self.owner_name!r} (uid {self.owner})"
+            if self.owner_name
+            else (f"uid {self.owner} (no user of that id here)")
+        )
+        user = f"user {self.user_name!r} (uid {self.uid})" if self.user_name else f"uid {self.uid}"
+        sudo_user = shell_word(self.owner_name) if self.owner_name else shell_word(f"#{self.owner}")
+        return (
+            f"refusing to {self.wanted}: data root {self.path} belongs to {owner}, the user "
+            f"the app runs as, and this process runs as {user}. What it would create there "
+            "(the audit log, .tmp/, a restored file's record, a trash entry, the lock file) "
+            f"would be owned by {user}, mode 0600, and the server running as its owner could "
+            "then not write them: every upload and delete refused while /health says ok. Nothing "
+            f"was changed. Run it as the owner: `sudo -u {sudo_user} {self.command}`, with the "
+            "service's environment as the guides pass it (`sudo -u "
+            f"{sudo_user} env $(sudo grep -v '^[[:space:]]*#' /etc/app.env | xargs) ...`). "
+            f"If {user} is meant to run the app from now on, stop the server and give it the "
+            f"root first (`chown -R {self.uid}: {shell_word(str(self.path))}`)"
+        )
+
+
 class DataRootChangedError(AppError):
     """The data root, or a directory of the app's in it, is no longer what was opened."""
 

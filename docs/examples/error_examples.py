@@ -130,6 +130,15 @@ EXAMPLES: list[errors.AppError] = [
     errors.LockFileUnreadableError(
         ROOT / ".server.lock", "0000", 998, 998, 4242, "/usr/bin/python3 -m app serve"
     ),
+    errors.DataRootOwnerError(
+        ROOT,
+        998,
+        "app",
+        0,
+        "root",
+        "restore session 0190a1b2c3d4 file 'plan.pdf'",
+        "/opt/app/.venv/bin/app sessions restore 0190a1b2c3d4 --file plan.pdf",
+    ),
     errors.LockUncheckedError(
         ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"
     ),
