@@ -26,6 +26,8 @@ from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, pri
 from app.lock import describe_holder
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from app.lock import RootLock
 
 #: The app's own overrides (``APP_<KEY>``), dynaconf's names for the same keys
@@ -875,11 +877,13 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
     deletion of the same tree is about to cost anyway.
     """
     __tracebackhide__ = True
-    from app.dataroot import STAMP_FILE
+    from app.dataroot import STAMP_FILE, walk_tree
     from app.lock import LOCK_FILE, probe
 
     earlier_sandbox = (target / SANDBOX_MARK).is_file()
-    for directory, _dirs, files in os.walk(target):
+    deepest = (0, os.fspath(target))
+    for directory, _dirs, files, depth in walk_tree(target):
+        deepest = max(deepest, (depth, directory))
         here = Path(directory)
         what = "it is" if here == target else "it holds"
         if LOCK_FILE in files and (seen := probe(here)).held:
@@ -910,6 +914,30 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 "run. Choose another --basetemp; if that root is only an old test's, delete "
                 "it yourself first"
             )
+    if deepest[0] >= (reach := _removable_depth()):
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it holds a directory tree {deepest[0]} levels "
+            f"deep ({_shortened(deepest[1])}), and pytest empties the --basetemp before the "
+            "run with shutil.rmtree, which goes down one level per Python call: past about "
+            f"{reach} levels (Python's recursion limit, {sys.getrecursionlimit()}) it stops in "
+            "a RecursionError traceback, the tree half removed. Nothing in it is a data root: "
+            f"remove it yourself (rm -rf {given}), or give another --basetemp"
+        )
+
+
+def _removable_depth() -> int:
+    """How many levels deep a tree can be for a ``shutil.rmtree`` called from about here:
+    Python's recursion limit, less the calls under way and a margin for pytest's own."""
+    frame: FrameType | None = sys._getframe()
+    calls = 0
+    while frame is not None:
+        frame, calls = frame.f_back, calls + 1
+    return max(sys.getrecursionlimit() - calls - 100, 1)
+
+
+def _shortened(text: str, keep: int = 120) -> str:
+    """`text`, cut in the middle past `keep` characters, for a path in a message."""
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}"
 
 
 def _stamped_beyond_testing(stamp: Path) -> bool:
@@ -1111,10 +1139,12 @@ def _lock_files_under(directories: list[Path]) -> set[Path]:
 
     holders = _flock_holders()
     if holders is None:
+        from app.dataroot import walk_tree
+
         return {
             Path(directory) / LOCK_FILE
             for old in directories
-            for directory, _dirs, files in os.walk(old)
+            for directory, _dirs, files, _depth in walk_tree(old)
             if LOCK_FILE in files
         }
     found = set()

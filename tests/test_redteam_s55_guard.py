@@ -1,0 +1,115 @@
+"""Red team 55 on the guard (branch rt-guard38): the sandbox's own walks of directory trees.
+
+What broke (pytest in a subprocess, the app's plugin active, real directories):
+
+- Python 3.11's ``os.walk`` recurses once per level (3.12 made it iterative). Every walk of
+  the plugin went through it: the look for data roots in an existing ``--basetemp`` before
+  pytest empties it, for links and hard links in pytest's cache (at the start and again as
+  the run ends), for a data root under what pytest deletes, for another name of a file in a
+  data root, and for lock files in pytest's old numbered directories. A directory tree deeper
+  than Python's stack (1,100 levels under the default limit: a test's ``tmp_path`` kept by
+  ``--basetemp``, a tool's cache, a ``mkdir`` in a loop) in any of them made the check a
+  ``RecursionError``
+  traceback: a run with such a ``--basetemp`` ended as an internal error before any test,
+  and one with such a tree in ``.pytest_cache`` never started either, every run, until
+  someone found the tree.
+
+What changed: every walk of the guard goes through ``app.dataroot.walk_tree``, ``os.walk``
+with a list of its own (no depth bound). Where a ``--basetemp`` holds a tree deeper than
+pytest's own emptying can go (``shutil.rmtree`` recurses too), the run is refused before
+pytest starts it, naming the tree, its depth and ``rm -rf`` on the directory; a tree that deep
+in pytest's cache, which pytest never deletes unasked, is walked and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from project_copy import copy_project_settings
+from test_redteam_s24_guard import _inner_env
+
+#: The inner runs' recursion limit, lowered from Python's 1,000 for time (each level is a
+#: directory made and walked several times); by hand, 1,100 levels under the default limit
+#: failed alike.
+LIMIT = 300
+#: Deeper than ``os.walk`` or ``shutil.rmtree`` can go under that limit.
+DEPTH = 350
+
+#: pytest, under the lowered limit (a runner that calls ``pytest.main``, as the plugin obeys).
+RUN = f"import sys; sys.setrecursionlimit({LIMIT}); import pytest; sys.exit(pytest.main())"
+
+A_TEST = """
+def test_scratch(tmp_path):
+    (tmp_path / "made").write_text("x")
+"""
+
+
+def _deep_tree(top: Path, depth: int = DEPTH) -> Path:
+    """A chain of `depth` directories ``d`` under `top`, made relative to each one's
+    descriptor (no path grows past the system's limit); its deepest directory."""
+    top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    finally:
+        os.close(fd)
+    return top.joinpath(*["d"] * depth)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project_settings(tmp_path_factory.mktemp("settings"))
+
+
+def _pytest(settings: Path, cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, "-q", "-p", "no:randomly", *args],
+        cwd=cwd,
+        env=_inner_env(APP_SETTINGS_DIR=str(settings)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done, done.stdout + done.stderr
+
+
+def test_a_basetemp_holding_a_tree_deeper_than_python_s_stack_is_refused_in_words(
+    settings: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "test_scratch.py").write_text(A_TEST)
+    basetemp = tmp_path / "kept"
+    _deep_tree(basetemp / "test_scratch0" / "cache")
+    done, out = _pytest(settings, tmp_path, "-p", "no:cacheprovider", f"--basetemp={basetemp}")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, out
+    assert "Traceback" not in out, out
+    assert "maximum recursion depth" not in out, out
+    said = f"app: refusing --basetemp {basetemp}: it holds a directory tree {DEPTH + 2} levels"
+    assert said in out, out
+    assert "pytest empties the --basetemp before the run with shutil.rmtree" in out, out
+    assert f"remove it yourself (rm -rf {basetemp}), or give another --basetemp" in out, out
+    # Refused before pytest emptied anything: the tree is there as it was.
+    assert (basetemp / "test_scratch0" / "cache" / "d").is_dir()
+
+
+def test_a_tree_deeper_than_python_s_stack_in_pytest_s_cache_is_walked(
+    settings: Path, tmp_path: Path
+) -> None:
+    # A tool's cache under pytest's (config.cache.mkdir), which pytest never deletes unasked:
+    # the plugin looks through the whole cache for links and hard links at the start and as
+    # the run ends.
+    (tmp_path / "test_scratch.py").write_text(A_TEST)
+    deepest = _deep_tree(tmp_path / ".pytest_cache" / "d" / "tool")
+    done, out = _pytest(settings, tmp_path, f"--basetemp={tmp_path / 'inner'}")
+    assert done.returncode == pytest.ExitCode.OK, out
+    assert "Traceback" not in out, out
+    assert "1 passed" in out, out
+    assert (tmp_path / ".pytest_cache" / "v" / "cache" / "nodeids").is_file(), out
+    assert deepest.is_dir()  # left as it was
