@@ -113,3 +113,38 @@ def test_a_tree_deeper_than_python_s_stack_in_pytest_s_cache_is_walked(
     assert "1 passed" in out, out
     assert (tmp_path / ".pytest_cache" / "v" / "cache" / "nodeids").is_file(), out
     assert deepest.is_dir()  # left as it was
+
+
+def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Production's root copied from a browser's address bar, development's escaped for a
+    # URL: each was taken as a relative path, a new, empty root under the settings directory
+    # beside the one meant (`<settings>/file:/srv/app/data`), which `app serve` created.
+    settings = copy_project_settings(tmp_path / "settings")
+    text = (settings / "settings.toml").read_text()
+    text = text.replace('data_root = "data/production"', 'data_root = "file:///srv/app/data"')
+    text = text.replace('data_root = "data/development"', 'data_root = "data%2Fdevelopment"')
+    (settings / "settings.toml").write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "config"],
+        env=_inner_env(APP_SETTINGS_DIR=str(settings)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 78, out
+    assert "Traceback" not in out, out
+    assert (
+        "profile 'production': data_root = 'file:///srv/app/data' (from settings.toml "
+        "[production]): is written as a file:// URL, but a path setting takes a path: the app "
+        f"takes it as written, so this root would be {settings}/file:/srv/app/data, beside the "
+        "one meant; write the path alone: '/srv/app/data'"
+    ) in out, out
+    assert (
+        "profile 'development': data_root = 'data%2Fdevelopment' (from settings.toml "
+        "[development]): holds '%2F', a URL's escape of '/', which the app does not decode"
+    ) in out, out
+    assert "write the path with the character itself: 'data/development'" in out, out
+    assert not (settings / "file:").exists()
