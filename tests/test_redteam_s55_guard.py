@@ -99,22 +99,6 @@ def test_a_basetemp_holding_a_tree_deeper_than_python_s_stack_is_refused_in_word
     assert (basetemp / "test_scratch0" / "cache" / "d").is_dir()
 
 
-def test_a_tree_deeper_than_python_s_stack_in_pytest_s_cache_is_walked(
-    settings: Path, tmp_path: Path
-) -> None:
-    # A tool's cache under pytest's (config.cache.mkdir), which pytest never deletes unasked:
-    # the plugin looks through the whole cache for links and hard links at the start and as
-    # the run ends.
-    (tmp_path / "test_scratch.py").write_text(A_TEST)
-    deepest = _deep_tree(tmp_path / ".pytest_cache" / "d" / "tool")
-    done, out = _pytest(settings, tmp_path, f"--basetemp={tmp_path / 'inner'}")
-    assert done.returncode == pytest.ExitCode.OK, out
-    assert "Traceback" not in out, out
-    assert "1 passed" in out, out
-    assert (tmp_path / ".pytest_cache" / "v" / "cache" / "nodeids").is_file(), out
-    assert deepest.is_dir()  # left as it was
-
-
 def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
     tmp_path: Path,
 ) -> None:
@@ -136,15 +120,83 @@ def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
     out = done.stdout + done.stderr
     assert done.returncode == 78, out
     assert "Traceback" not in out, out
+    # (The directory it would have been is cut at 100 characters in a message.)
     assert (
         "profile 'production': data_root = 'file:///srv/app/data' (from settings.toml "
         "[production]): is written as a file:// URL, but a path setting takes a path: the app "
-        f"takes it as written, so this root would be {settings}/file:/srv/app/data, beside the "
-        "one meant; write the path alone: '/srv/app/data'"
+        f"takes it as written, so this root would be {str(settings)[:60]}"
     ) in out, out
+    assert "beside the one meant; write the path alone: '/srv/app/data'" in out, out
     assert (
         "profile 'development': data_root = 'data%2Fdevelopment' (from settings.toml "
         "[development]): holds '%2F', a URL's escape of '/', which the app does not decode"
     ) in out, out
     assert "write the path with the character itself: 'data/development'" in out, out
     assert not (settings / "file:").exists()
+
+
+#: A suite that makes its own factory of temporary directories, in one fixed place.
+OWN_FACTORY = """
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tmp_path_factory(request):
+    return pytest.TempPathFactory(
+        given_basetemp="{given}",
+        retention_count=3,
+        retention_policy="all",
+        trace=request.config.trace.get("tmpdir"),
+        _ispytest=True,
+    )
+"""
+
+
+@pytest.fixture(scope="module")
+def one_run(settings: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """One inner run for two cases: a tree deeper than Python's stack in pytest's cache,
+    and a conftest's own ``tmp_path_factory`` whose base directory is production's
+    ``sessions/``; (the run's directory, that sessions/, the run's output)."""
+    project = tmp_path_factory.mktemp("project")
+    # A tool's cache under pytest's (config.cache.mkdir), which pytest never deletes
+    # unasked: the plugin looks through the whole cache for links and hard links at the
+    # start and as the run ends.
+    _deep_tree(project / ".pytest_cache" / "d" / "tool")
+    sessions = settings / "data" / "production" / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    (sessions / "kept").write_text("production's")
+    (project / "conftest.py").write_text(OWN_FACTORY.format(given=sessions))
+    (project / "test_scratch.py").write_text(A_TEST)
+    # The run's own --basetemp elsewhere (its settings lie under pytest's temporary root).
+    done, out = _pytest(settings, project, f"--basetemp={project / 'inner'}")
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
+    return project, sessions, out
+
+
+def test_a_tree_deeper_than_python_s_stack_in_pytest_s_cache_is_walked(
+    one_run: tuple[Path, Path, str],
+) -> None:
+    project, _sessions, out = one_run
+    assert "maximum recursion depth" not in out, out
+    assert "1 error" in out, out  # the test's, below
+    assert (project / ".pytest_cache" / "v" / "cache" / "nodeids").is_file(), out
+    assert (project / ".pytest_cache" / "d" / "tool").joinpath(*["d"] * DEPTH).is_dir()
+
+
+def test_a_conftest_s_own_factory_is_refused_in_its_own_words(
+    one_run: tuple[Path, Path, str],
+) -> None:
+    # pytest empties a factory's given base directory as the first test asks for tmp_path,
+    # as it does a --basetemp: red team 39's wrapper refused it, but as `refusing --basetemp`
+    # where none was given, with a traceback through the guard's frames.
+    _project, sessions, out = one_run
+    assert (
+        f"app: refusing the base directory {sessions} of a pytest.TempPathFactory made in "
+        "code, not from the run's options (a conftest's own tmp_path_factory fixture, say: "
+        "no --basetemp was given): pytest empties it as the first test asks for tmp_path, "
+        "and it overlaps the data root of profile 'production"
+    ) in out, out
+    assert "Give that TempPathFactory a base directory outside every data root" in out, out
+    assert f"--basetemp {sessions}" not in out and "--basetemp outside" not in out, out
+    assert "Traceback" not in out and "guard.py" not in out, out
+    assert (sessions / "kept").read_text() == "production's"

@@ -1774,11 +1774,13 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
                 **(enclosing_roots(run) if run is not None else {}),
                 **_settings_roots(),
             }
-            if given is not None:
+            if given is not None and getattr(self, _FROM_OPTIONS, False):
                 # A user's `pytest -p no:app --basetemp=/srv/app/data/sessions` emptied a
                 # stopped production root's sessions that the same run with the plugin
                 # inactive refuses (red team 40).
                 _check_basetemp(Path(given), roots, stamped_inside=False)
+            elif given is not None:
+                _check_factory_basetemp(Path(given), roots)
             else:
                 # No --basetemp: pytest makes pytest-of-<user> in its temporary root, which
                 # a test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put
@@ -1795,6 +1797,58 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
     getbasetemp._app_guarded = True  # type: ignore[attr-defined]
     getbasetemp._app_switched_off = switched_off  # type: ignore[attr-defined]
     factory.getbasetemp = getbasetemp  # type: ignore[method-assign]
+    made_from = factory.from_config.__func__  # type: ignore[attr-defined]
+
+    def from_config(
+        cls: type[pytest.TempPathFactory], config: pytest.Config, *, _ispytest: bool = False
+    ) -> pytest.TempPathFactory:
+        made: pytest.TempPathFactory = made_from(cls, config, _ispytest=_ispytest)
+        setattr(made, _FROM_OPTIONS, True)  # its given_basetemp is the run's --basetemp
+        return made
+
+    factory.from_config = classmethod(from_config)  # type: ignore[method-assign, assignment]
+
+
+#: Set on a ``TempPathFactory`` pytest made from a run's options (``from_config``): its given
+#: base directory is that run's ``--basetemp``, where one made in code has none.
+_FROM_OPTIONS = "_app_from_options"
+
+
+def _check_factory_basetemp(given: Path, roots: dict[str, Path]) -> None:
+    """`_check_basetemp` for a ``TempPathFactory`` made in code with a base directory (a
+    conftest's own ``tmp_path_factory`` fixture returning one), which pytest empties as the
+    first ``tmp_path`` asks for it, as it does a ``--basetemp``.
+
+    Its refusal read ``refusing --basetemp <dir>`` where no run was given the option, as a
+    ``UsageError`` with a traceback through the guard's frames in the test's setup (red team
+    54, changed by red team 55): it now names what gave the directory, and fails the test
+    alone, without a traceback.
+    """
+    __tracebackhide__ = True
+    try:
+        _check_basetemp(given, roots, stamped_inside=False)
+    except pytest.UsageError as error:
+        refused = str(error)
+    else:
+        return
+    named = (
+        f"the base directory {given} of a pytest.TempPathFactory made in code, not from "
+        "the run's options (a conftest's own tmp_path_factory fixture, say: no "
+        "--basetemp was given)"
+    )
+    message = (
+        refused.replace(f"--basetemp {given}", named)
+        .replace("empties the --basetemp", "empties that directory")
+        .replace(" before the run", " as the first test asks for tmp_path")
+        .replace("Choose a --basetemp", "Give that TempPathFactory a base directory")
+        .replace("give another --basetemp", "give it another base directory")
+        .replace("Give a --basetemp", "Give it a base directory")
+        .replace("Choose another --basetemp", "Give it another base directory")
+    )
+    message = message.replace(
+        "or omit it", "or return the run's own tmp_path_factory fixture instead"
+    )
+    pytest.fail(message, pytrace=False)
 
 
 def register(
