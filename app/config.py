@@ -910,6 +910,7 @@ def _resolve_profile(
             (None if name == "api_token" else _unseen(value))
             or key.check(value)
             or _spelled_as_url(key, value, files.directory)
+            or _escaped(key, value, files.directory)
             or _unexpanded(key, value, files.directory)
             or _unnameable(key, value, files.directory)
         )
@@ -1200,7 +1201,8 @@ def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
     object store's ``file://`` backend, or pytest-benchmark's storage option) was taken as a
     relative path, ``<settings dir>/file:/srv/app/data``: a new, empty root beside the real
     one, which ``app serve`` created, stamped and served; ``data%2Fproduction`` (a path
-    escaped for a URL) named a directory of that very text (red team 55).
+    escaped for a URL) and ``data\\production`` (Windows' separator) named a directory of
+    that very text (red team 55).
     """
     from urllib.parse import unquote, urlsplit
 
@@ -1230,6 +1232,23 @@ def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
             "is written as a file:// URL, but a path setting takes a path: the app takes it "
             f"as written, so this root would be {where}; write the path alone: "
             f"{unquote(parts.path)!r}"
+        )
+    return None
+
+
+def _escaped(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` holds a URL's escape (``%2F``) or Windows' separator,
+    which the app takes as characters of a name, or None (see `_spelled_as_url`)."""
+    from urllib.parse import unquote
+
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
+    if "\\" in value:
+        slashed = value.replace("\\", "/")
+        return (
+            "holds '\\', the separator of Windows' paths, which is a character of a name "
+            f"here: this root would be {where}; write '/' instead: {slashed!r}"
         )
     if (escape := _URL_ESCAPE.search(value)) is not None:
         return (

@@ -1,6 +1,8 @@
-"""Red team 55 on the guard (branch rt-guard38): the sandbox's own walks of directory trees.
+"""Red team 55 on the guard (branch rt-guard38): the sandbox's own walks of directory trees,
+path settings spelled for another system, and a conftest's own factory of temporary
+directories.
 
-What broke (pytest in a subprocess, the app's plugin active, real directories):
+What broke (pytest or the app in a subprocess, the app's plugin active, real directories):
 
 - Python 3.11's ``os.walk`` recurses once per level (3.12 made it iterative). Every walk of
   the plugin went through it: the look for data roots in an existing ``--basetemp`` before
@@ -9,16 +11,24 @@ What broke (pytest in a subprocess, the app's plugin active, real directories):
   data root, and for lock files in pytest's old numbered directories. A directory tree deeper
   than Python's stack (1,100 levels under the default limit: a test's ``tmp_path`` kept by
   ``--basetemp``, a tool's cache, a ``mkdir`` in a loop) in any of them made the check a
-  ``RecursionError``
-  traceback: a run with such a ``--basetemp`` ended as an internal error before any test,
-  and one with such a tree in ``.pytest_cache`` never started either, every run, until
-  someone found the tree.
+  ``RecursionError`` traceback: a run with such a ``--basetemp`` ended before any test, and
+  one with such a tree in ``.pytest_cache`` never started either, every run, until someone
+  found the tree;
+- ``data_root = "file:///srv/app/data"``, ``"data%2Fdevelopment"`` or ``"data\\testing"``
+  was taken as a relative path under the settings directory (``<settings>/file:/srv/...``):
+  a new, empty root beside the one meant, which ``app serve`` created and served;
+- a conftest's ``tmp_path_factory`` fixture returning a ``TempPathFactory`` given production's
+  ``sessions/`` was refused as ``refusing --basetemp <dir>`` in a run given no
+  ``--basetemp``, with a traceback through the guard's frames (red team 54 saw it).
 
 What changed: every walk of the guard goes through ``app.dataroot.walk_tree``, ``os.walk``
 with a list of its own (no depth bound). Where a ``--basetemp`` holds a tree deeper than
 pytest's own emptying can go (``shutil.rmtree`` recurses too), the run is refused before
 pytest starts it, naming the tree, its depth and ``rm -rf`` on the directory; a tree that deep
-in pytest's cache, which pytest never deletes unasked, is walked and the run goes on.
+in pytest's cache, which pytest never deletes unasked, is walked and the run goes on. A path
+setting written as a URL, with a URL's escapes or with ``\\`` is ``invalid_setting`` (exit
+78), naming what to write. A factory made in code is refused in its own words, failing the
+test that asked for ``tmp_path`` alone, without a traceback.
 """
 
 from __future__ import annotations
@@ -109,6 +119,7 @@ def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
     text = (settings / "settings.toml").read_text()
     text = text.replace('data_root = "data/production"', 'data_root = "file:///srv/app/data"')
     text = text.replace('data_root = "data/development"', 'data_root = "data%2Fdevelopment"')
+    text = text.replace('data_root = "data/testing"', 'data_root = "data\\\\testing"')
     (settings / "settings.toml").write_text(text)
     done = subprocess.run(
         [sys.executable, "-m", "app", "config"],
@@ -132,6 +143,11 @@ def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
         "[development]): holds '%2F', a URL's escape of '/', which the app does not decode"
     ) in out, out
     assert "write the path with the character itself: 'data/development'" in out, out
+    assert (
+        "profile 'testing': data_root = 'data\\\\testing' (from settings.toml [testing]): "
+        "holds '\\', the separator of Windows' paths, which is a character of a name here"
+    ) in out, out
+    assert "write '/' instead: 'data/testing'" in out, out
     assert not (settings / "file:").exists()
 
 
