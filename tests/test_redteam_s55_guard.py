@@ -17,6 +17,9 @@ What broke (pytest or the app in a subprocess, the app's plugin active, real dir
 - ``data_root = "file:///srv/app/data"``, ``"data%2Fdevelopment"`` or ``"data\\testing"``
   was taken as a relative path under the settings directory (``<settings>/file:/srv/...``):
   a new, empty root beside the one meant, which ``app serve`` created and served;
+- a file in this user's registry of runs named as a dead run's entry, holding JSON nested
+  5,000 deep: every later pytest run of the user read it as it started, and ``json.loads``
+  raised ``RecursionError``, a traceback before any test;
 - a conftest's ``tmp_path_factory`` fixture returning a ``TempPathFactory`` given production's
   ``sessions/`` was refused as ``refusing --basetemp <dir>`` in a run given no
   ``--basetemp``, with a traceback through the guard's frames (red team 54 saw it).
@@ -27,7 +30,8 @@ pytest's own emptying can go (``shutil.rmtree`` recurses too), the run is refuse
 pytest starts it, naming the tree, its depth and ``rm -rf`` on the directory; a tree that deep
 in pytest's cache, which pytest never deletes unasked, is walked and the run goes on. A path
 setting written as a URL, with a URL's escapes or with ``\\`` is ``invalid_setting`` (exit
-78), naming what to write. A factory made in code is refused in its own words, failing the
+78), naming what to write. The registry's readers use ``app.errors.json_loads`` (too deep
+is damage, a ``ValueError``). A factory made in code is refused in its own words, failing the
 test that asked for ``tmp_path`` alone, without a traceback.
 """
 
@@ -39,7 +43,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from project_copy import copy_project_settings
+from project_copy import PROJECT, copy_project_settings
 from test_redteam_s24_guard import _inner_env
 
 #: The inner runs' recursion limit, lowered from Python's 1,000 for time (each level is a
@@ -216,3 +220,41 @@ def test_a_conftest_s_own_factory_is_refused_in_its_own_words(
     assert f"--basetemp {sessions}" not in out and "--basetemp outside" not in out, out
     assert "Traceback" not in out and "guard.py" not in out, out
     assert (sessions / "kept").read_text() == "production's"
+
+
+#: In a mount namespace of its own, with a /tmp of its own (the shared registry of runs left
+#: alone): a file planted in the registry as a dead run's entry, holding JSON nested deeper
+#: than Python's stack, then a run.
+REGISTRY_SCRIPT = """
+mount -t tmpfs tmpfs /tmp || exit 9
+mkdir -p /tmp/w/s /tmp/w/p && cp "$1/settings.toml" "$1/.secrets.toml" /tmp/w/s/ || exit 9
+cd /tmp/w/p && printf 'def test_scratch(tmp_path):\\n    pass\\n' > test_scratch.py
+"$2" -c 'from app.sandbox import RUNS_DIR; RUNS_DIR.mkdir(mode=0o755)
+(RUNS_DIR / "99999999-1.json").write_text("[" * 5000 + "]" * 5000)' || exit 8
+"$2" -m pytest -q -p no:cacheprovider test_scratch.py 2>&1
+echo "=== $?"
+ls /tmp/app-pytest-runs-*/
+"""
+
+
+def test_an_entry_nested_deeper_than_python_s_stack_in_the_registry_is_damage() -> None:
+    # The registry of runs is a directory of this user's in /tmp: a file there that no run
+    # wrote (a test's, a tool's) made every later run of this user a RecursionError
+    # traceback as it read the entries of dead runs to forget them.
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare"):
+        pytest.skip("only root makes a mount namespace with a /tmp of its own (unshare -m)")
+    done = subprocess.run(
+        [
+            "unshare", "-m", "--propagation", "private", "sh", "-c", REGISTRY_SCRIPT, "sh",
+            str(PROJECT), sys.executable,
+        ],
+        env=_inner_env(APP_SETTINGS_DIR="/tmp/w/s"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "=== 0" in out, out
+    assert "Traceback" not in out and "RecursionError" not in out, out
+    assert "99999999-1.json" not in out, out  # forgotten as a dead run's

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import json
 import os
 import stat
 import sys
@@ -22,7 +21,13 @@ import pytest
 
 from app import config as appconfig
 from app import sandbox as sandboxing
-from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, printable
+from app.errors import (
+    AppError,
+    SettingsNotFoundError,
+    UnknownProfileError,
+    json_loads,
+    printable,
+)
 from app.lock import describe_holder
 
 if TYPE_CHECKING:
@@ -944,7 +949,7 @@ def _stamped_beyond_testing(stamp: Path) -> bool:
     """Whether the profile stamp `stamp` names a profile other than ``testing`` (one that
     cannot be read says nothing: an earlier test's own may be damaged on purpose)."""
     try:
-        profile = json.loads(stamp.read_bytes()).get("profile")
+        profile = json_loads(stamp.read_bytes()).get("profile")
     except (OSError, ValueError, AttributeError):
         return False
     return isinstance(profile, str) and profile.strip().lower() != "testing"
