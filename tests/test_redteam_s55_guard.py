@@ -17,6 +17,8 @@ What broke (pytest or the app in a subprocess, the app's plugin active, real dir
 - ``data_root = "file:///srv/app/data"``, ``"data%2Fdevelopment"`` or ``"data\\testing"``
   was taken as a relative path under the settings directory (``<settings>/file:/srv/...``):
   a new, empty root beside the one meant, which ``app serve`` created and served;
+- a settings file with a value nested 400 levels deep made every command a
+  ``RecursionError`` traceback (2,000 levels: in ``tomllib`` itself);
 - a file in this user's registry of runs named as a dead run's entry, holding JSON nested
   5,000 deep: every later pytest run of the user read it as it started, and ``json.loads``
   raised ``RecursionError``, a traceback before any test;
@@ -30,7 +32,8 @@ pytest's own emptying can go (``shutil.rmtree`` recurses too), the run is refuse
 pytest starts it, naming the tree, its depth and ``rm -rf`` on the directory; a tree that deep
 in pytest's cache, which pytest never deletes unasked, is walked and the run goes on. A path
 setting written as a URL, with a URL's escapes or with ``\\`` is ``invalid_setting`` (exit
-78), naming what to write. The registry's readers use ``app.errors.json_loads`` (too deep
+78), naming what to write; a settings file nesting more than 32 levels is
+``settings_syntax``. The registry's readers use ``app.errors.json_loads`` (too deep
 is damage, a ``ValueError``). A factory made in code is refused in its own words, failing the
 test that asked for ``tmp_path`` alone, without a traceback.
 """
@@ -113,7 +116,7 @@ def test_a_basetemp_holding_a_tree_deeper_than_python_s_stack_is_refused_in_word
     assert (basetemp / "test_scratch0" / "cache" / "d").is_dir()
 
 
-def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
+def test_a_data_root_written_as_a_url_or_a_value_nested_too_deep_is_refused(
     tmp_path: Path,
 ) -> None:
     # Production's root copied from a browser's address bar, development's escaped for a
@@ -153,6 +156,25 @@ def test_a_data_root_written_as_a_url_or_with_a_url_s_escapes_is_refused(
     ) in out, out
     assert "write '/' instead: 'data/testing'" in out, out
     assert not (settings / "file:").exists()
+    # And a value nested deeper than any setting (a generated file, say): 400 levels parsed,
+    # then every command was a RecursionError traceback; 2,000 in the parser itself.
+    toml = settings / "settings.toml"
+    for depth, said in (
+        (400, "the value of [deep] extra nests more than 32 levels deep"),
+        (2000, "a value nests deeper than Python's stack lets the parser read"),
+    ):
+        toml.write_text(f"{text}\n[deep]\nextra = {'[' * depth}1{']' * depth}\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "config"],
+            env=_inner_env(APP_SETTINGS_DIR=str(settings)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 78, out
+        assert f"{toml}: invalid TOML: {said}" in out, out
+        assert "write that value flat, or remove it" in out and "Traceback" not in out, out
 
 
 #: A suite that makes its own factory of temporary directories, in one fixed place.
