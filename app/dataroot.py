@@ -359,7 +359,9 @@ def fsync_dir(path: Path | str) -> None:
 _TREE_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def walk_tree(top: Path | str) -> Iterator[tuple[str, list[str], list[str], int]]:
+def walk_tree(
+    top: Path | str, onerror: Callable[[str, OSError], None] | None = None
+) -> Iterator[tuple[str, list[str], list[str], int]]:
     """``os.walk(top)`` (top-down, links not followed, a directory it cannot list left out),
     with each directory's depth below `top` (0 for `top`): (directory, dirs, files, depth).
 
@@ -369,7 +371,8 @@ def walk_tree(top: Path | str) -> Iterator[tuple[str, list[str], list[str], int]
     walks them a ``RecursionError`` traceback, which ended the run before any test, or at its
     end before pytest wrote its report (red team 55). This keeps a list of its own, so
     neither Python's stack nor the depth bounds it. As with ``os.walk``, a caller may prune
-    ``dirs`` in place; a link to a directory is named in ``dirs`` and not walked into.
+    ``dirs`` in place; a link to a directory is named in ``dirs`` and not walked into; a
+    directory that cannot be listed is given to `onerror` (with its error) and left out.
     """
     pending: list[tuple[str, int]] = [(os.fspath(top), 0)]
     while pending:
@@ -393,7 +396,9 @@ def walk_tree(top: Path | str) -> Iterator[tuple[str, list[str], list[str], int]
                             walk_into.append(entry.name)
                     except OSError:
                         continue
-        except OSError:
+        except OSError as error:
+            if onerror is not None:
+                onerror(directory, error)
             continue
         yield directory, dirs, files, depth
         # What the caller left of `dirs`, in order: the last pushed is walked first.

@@ -13,7 +13,9 @@ What broke (pytest or the app in a subprocess, the app's plugin active, real dir
   ``--basetemp``, a tool's cache, a ``mkdir`` in a loop) in any of them made the check a
   ``RecursionError`` traceback: a run with such a ``--basetemp`` ended before any test, and
   one with such a tree in ``.pytest_cache`` never started either, every run, until someone
-  found the tree;
+  found the tree; and ``os.walk`` leaves out what it cannot list without a word: a stamped
+  production root below a path longer than the system's limit in a ``--basetemp`` was never
+  seen, and pytest's emptying (relative to descriptors) removed it;
 - ``data_root = "file:///srv/app/data"``, ``"data%2Fdevelopment"`` or ``"data\\testing"``
   was taken as a relative path under the settings directory (``<settings>/file:/srv/...``):
   a new, empty root beside the one meant, which ``app serve`` created and served;
@@ -30,7 +32,8 @@ What changed: every walk of the guard goes through ``app.dataroot.walk_tree``, `
 with a list of its own (no depth bound). Where a ``--basetemp`` holds a tree deeper than
 pytest's own emptying can go (``shutil.rmtree`` recurses too), the run is refused before
 pytest starts it, naming the tree, its depth and ``rm -rf`` on the directory; a tree that deep
-in pytest's cache, which pytest never deletes unasked, is walked and the run goes on. A path
+in pytest's cache, which pytest never deletes unasked, is walked and the run goes on; a
+directory of a ``--basetemp`` the walk cannot list refuses it, naming the error. A path
 setting written as a URL, with a URL's escapes or with ``\\`` is ``invalid_setting`` (exit
 78), naming what to write; a settings file nesting more than 32 levels is
 ``settings_syntax``. The registry's readers use ``app.errors.json_loads`` (too deep
@@ -157,12 +160,10 @@ def test_a_data_root_written_as_a_url_or_a_value_nested_too_deep_is_refused(
     assert "write '/' instead: 'data/testing'" in out, out
     assert not (settings / "file:").exists()
     # And a value nested deeper than any setting (a generated file, say): 400 levels parsed,
-    # then every command was a RecursionError traceback; 2,000 in the parser itself.
+    # then every command was a RecursionError traceback.
     toml = settings / "settings.toml"
-    for depth, said in (
-        (400, "the value of [deep] extra nests more than 32 levels deep"),
-        (2000, "a value nests deeper than Python's stack lets the parser read"),
-    ):
+    # (By hand, 2,000 levels: "a value nests deeper than Python's stack lets the parser read".)
+    for depth, said in ((400, "the value of [deep] extra nests more than 32 levels deep"),):
         toml.write_text(f"{text}\n[deep]\nextra = {'[' * depth}1{']' * depth}\n")
         done = subprocess.run(
             [sys.executable, "-m", "app", "config"],
@@ -194,16 +195,56 @@ def tmp_path_factory(request):
 """
 
 
-@pytest.fixture(scope="module")
-def one_run(settings: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """One inner run for two cases: a tree deeper than Python's stack in pytest's cache,
-    and a conftest's own ``tmp_path_factory`` whose base directory is production's
-    ``sessions/``; (the run's directory, that sessions/, the run's output)."""
-    project = tmp_path_factory.mktemp("project")
+def test_a_stamped_root_past_the_system_s_path_limit_in_a_basetemp_is_refused(
+    settings: Path, tmp_path: Path
+) -> None:
+    # os.walk leaves out a directory it cannot list, without a word: a production root
+    # (stamped) below a path longer than PATH_MAX (17 names of 243 bytes) in a --basetemp
+    # was never seen, and pytest's emptying, which works relative to each directory's
+    # descriptor, removed it with the rest.
+    (tmp_path / "test_scratch.py").write_text(A_TEST)
+    basetemp = tmp_path / "kept"
+    basetemp.mkdir()
+    fd = os.open(basetemp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(17):
+            name = f"n{level:02d}" + "x" * 240
+            os.mkdir(name, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.mkdir("root", dir_fd=fd)
+        stamp = os.open("root/.app-profile.json", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(stamp, b'{"profile": "production", "created_at": "2026-01-01T00:00:00Z"}')
+        os.close(stamp)
+    finally:
+        os.close(fd)
+    done, out = _pytest(settings, tmp_path, "-p", "no:cacheprovider", f"--basetemp={basetemp}")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, out
+    # (The directory is cut in the middle in the message.)
+    assert f"app: refusing --basetemp {basetemp}: it holds {str(basetemp)[:40]}" in out, out
+    assert (
+        "which cannot be looked through for a data root (File name too long: its path is "
+        "longer than the system's limit), and pytest empties the --basetemp, all of it, "
+        f"before the run. Look at what it holds yourself, and remove it (rm -rf {basetemp})"
+    ) in out, out
+    assert (basetemp / ("n00" + "x" * 240)).is_dir()  # nothing emptied
+
+
+def test_a_deep_tree_in_the_cache_is_walked_and_a_conftest_s_factory_refused_in_words(
+    settings: Path, tmp_path: Path
+) -> None:
+    # One inner run for both (one pytest start): a tree deeper than Python's stack in
+    # pytest's cache, and a conftest's own tmp_path_factory whose base directory is
+    # production's sessions/.
+    project = tmp_path
     # A tool's cache under pytest's (config.cache.mkdir), which pytest never deletes
     # unasked: the plugin looks through the whole cache for links and hard links at the
     # start and as the run ends.
-    _deep_tree(project / ".pytest_cache" / "d" / "tool")
+    deepest = _deep_tree(project / ".pytest_cache" / "d" / "tool")
+    # pytest empties a factory's given base directory as the first test asks for tmp_path,
+    # as it does a --basetemp: red team 39's wrapper refused it, but as `refusing --basetemp`
+    # where none was given, with a traceback through the guard's frames.
     sessions = settings / "data" / "production" / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     (sessions / "kept").write_text("production's")
@@ -212,26 +253,12 @@ def one_run(settings: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     # The run's own --basetemp elsewhere (its settings lie under pytest's temporary root).
     done, out = _pytest(settings, project, f"--basetemp={project / 'inner'}")
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, out
-    return project, sessions, out
-
-
-def test_a_tree_deeper_than_python_s_stack_in_pytest_s_cache_is_walked(
-    one_run: tuple[Path, Path, str],
-) -> None:
-    project, _sessions, out = one_run
+    # The cache: walked, written, the tree left as it was.
     assert "maximum recursion depth" not in out, out
     assert "1 error" in out, out  # the test's, below
     assert (project / ".pytest_cache" / "v" / "cache" / "nodeids").is_file(), out
-    assert (project / ".pytest_cache" / "d" / "tool").joinpath(*["d"] * DEPTH).is_dir()
-
-
-def test_a_conftest_s_own_factory_is_refused_in_its_own_words(
-    one_run: tuple[Path, Path, str],
-) -> None:
-    # pytest empties a factory's given base directory as the first test asks for tmp_path,
-    # as it does a --basetemp: red team 39's wrapper refused it, but as `refusing --basetemp`
-    # where none was given, with a traceback through the guard's frames.
-    _project, sessions, out = one_run
+    assert deepest.is_dir()
+    # The factory: refused in its own words, the test alone failed.
     assert (
         f"app: refusing the base directory {sessions} of a pytest.TempPathFactory made in "
         "code, not from the run's options (a conftest's own tmp_path_factory fixture, say: "

@@ -887,7 +887,8 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
 
     earlier_sandbox = (target / SANDBOX_MARK).is_file()
     deepest = (0, os.fspath(target))
-    for directory, _dirs, files, depth in walk_tree(target):
+    unseen: list[tuple[str, OSError]] = []
+    for directory, _dirs, files, depth in walk_tree(target, lambda *found: unseen.append(found)):
         deepest = max(deepest, (depth, directory))
         here = Path(directory)
         what = "it is" if here == target else "it holds"
@@ -919,6 +920,22 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 "run. Choose another --basetemp; if that root is only an old test's, delete "
                 "it yourself first"
             )
+    # A directory the walk cannot list hides what it holds, and pytest empties it all the
+    # same: a production root (stamped) below a path longer than the system's limit, or
+    # behind a directory of mode 000 (pytest makes it removable first), was emptied unseen
+    # (red team 55).
+    for directory, error in unseen:
+        if isinstance(error, FileNotFoundError):
+            continue  # gone meanwhile: nothing to empty there
+        why = error.strerror or str(error)
+        if error.errno == errno.ENAMETOOLONG:
+            why = f"{why}: its path is longer than the system's limit"
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it holds {_shortened(directory)}, which "
+            f"cannot be looked through for a data root ({why}), and pytest empties the "
+            "--basetemp, all of it, before the run. Look at what it holds yourself, and "
+            f"remove it (rm -rf {given}) or give another --basetemp"
+        )
     if deepest[0] >= (reach := _removable_depth()):
         raise usage_error(
             f"app: refusing --basetemp {given}: it holds a directory tree {deepest[0]} levels "
