@@ -195,17 +195,11 @@ def tmp_path_factory(request):
 """
 
 
-def test_a_stamped_root_past_the_system_s_path_limit_in_a_basetemp_is_refused(
-    settings: Path, tmp_path: Path
-) -> None:
-    # os.walk leaves out a directory it cannot list, without a word: a production root
-    # (stamped) below a path longer than PATH_MAX (17 names of 243 bytes) in a --basetemp
-    # was never seen, and pytest's emptying, which works relative to each directory's
-    # descriptor, removed it with the rest.
-    (tmp_path / "test_scratch.py").write_text(A_TEST)
-    basetemp = tmp_path / "kept"
-    basetemp.mkdir()
-    fd = os.open(basetemp, os.O_RDONLY | os.O_DIRECTORY)
+def _stamped_past_path_max(top: Path) -> None:
+    """A production root (stamped) below `top` at a path longer than PATH_MAX (17 names of
+    243 bytes), made relative to each directory's descriptor."""
+    top.mkdir(parents=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for level in range(17):
             name = f"n{level:02d}" + "x" * 240
@@ -219,6 +213,17 @@ def test_a_stamped_root_past_the_system_s_path_limit_in_a_basetemp_is_refused(
         os.close(stamp)
     finally:
         os.close(fd)
+
+
+def test_a_stamped_root_past_the_system_s_path_limit_in_a_basetemp_is_refused(
+    settings: Path, tmp_path: Path
+) -> None:
+    # os.walk leaves out a directory it cannot list, without a word: a production root
+    # below a path longer than PATH_MAX in a --basetemp was never seen, and pytest's
+    # emptying, which works relative to each directory's descriptor, removed it.
+    (tmp_path / "test_scratch.py").write_text(A_TEST)
+    basetemp = tmp_path / "kept"
+    _stamped_past_path_max(basetemp)
     done, out = _pytest(settings, tmp_path, "-p", "no:cacheprovider", f"--basetemp={basetemp}")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, out
     # (The directory is cut in the middle in the message.)
@@ -229,6 +234,15 @@ def test_a_stamped_root_past_the_system_s_path_limit_in_a_basetemp_is_refused(
         f"before the run. Look at what it holds yourself, and remove it (rm -rf {basetemp})"
     ) in out, out
     assert (basetemp / ("n00" + "x" * 240)).is_dir()  # nothing emptied
+    # The same in what pytest deletes otherwise (`--cache-clear`'s `v/`), checked in this
+    # process on the same kind of tree (an inner run costs a second).
+    from app.testing import writes
+
+    cache = tmp_path / "cache"
+    _stamped_past_path_max(cache / "v" / "long")
+    found = writes._data_root_inside(cache / "v")
+    assert found is not None
+    assert found[1] == "cannot be looked through for a data root (File name too long)", found
 
 
 def test_a_deep_tree_in_the_cache_is_walked_and_a_conftest_s_factory_refused_in_words(

@@ -866,12 +866,19 @@ def _data_root_inside(path: Path) -> tuple[Path, str] | None:
     from app.dataroot import STAMP_FILE, walk_tree
     from app.lock import LOCK_FILE, probe
 
-    for directory, _dirs, files, _depth in walk_tree(path):
+    unseen: list[tuple[str, OSError]] = []
+    for directory, _dirs, files, _depth in walk_tree(path, lambda *found: unseen.append(found)):
         here = Path(directory)
         if LOCK_FILE in files and (held := probe(here)).held:
             return here, f"held by {describe_holder(held.holder)}"
         if STAMP_FILE in files:
             return here, f"it has a profile stamp, {STAMP_FILE}"
+    # What cannot be listed hides what it holds, and is deleted all the same (a stamped
+    # root below a path past the system's limit, red team 55).
+    for directory, error in unseen:
+        if not isinstance(error, FileNotFoundError) and directory != os.fspath(path):
+            why = error.strerror or str(error)
+            return Path(directory), f"cannot be looked through for a data root ({why})"
     return None
 
 
@@ -927,6 +934,10 @@ def _conflict_at(target: Target, roots: dict[str, Path], seen: _Seen) -> str | N
     if (above := _data_root_at_or_above(target.path, seen)) is not None:
         return f"which lies in the data root {above[0]} ({above[1]})"
     if target.deletes and (inside := _data_root_inside(target.path)) is not None:
+        if inside[1].startswith("cannot be looked through"):
+            from app.testing.guard import _shortened
+
+            return f"which holds {_shortened(str(inside[0]))}, which {inside[1]}"
         return f"which holds the data root {inside[0]} ({inside[1]})"
     return None
 
