@@ -947,6 +947,8 @@ def _resolve_profile(
         problem = (
             (None if name == "api_token" else _unseen(value))
             or key.check(value)
+            or _spelled_as_url(key, value, files.directory)
+            or _escaped(key, value, files.directory)
             or _unexpanded(key, value, files.directory)
             or _unnameable(key, value, files.directory)
         )
@@ -1229,6 +1231,76 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
         f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant; write the "
         f"path out in full where the value is set {_WHERE_EXPANDED}"
     )
+
+
+#: A URL's scheme (``file://``, ``file:/``), and a URL's escape of a byte (``%2F``).
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?=/)")
+_URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` is written as a URL (or with a URL's escapes), or None.
+
+    ``data_root = "file:///srv/app/data"`` (a path copied from a browser's address bar, an
+    object store's ``file://`` backend, or pytest-benchmark's storage option) was taken as a
+    relative path, ``<settings dir>/file:/srv/app/data``: a new, empty root beside the real
+    one, which ``app serve`` created, stamped and served; ``data%2Fproduction`` (a path
+    escaped for a URL) and ``data\\production`` (Windows' separator) named a directory of
+    that very text (red team 55).
+    """
+    from urllib.parse import unquote, urlsplit
+
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
+    if (scheme := _URL_SCHEME.match(value)) is not None:
+        if scheme.group().lower() != "file:":
+            spelled = (
+                f"is written as a URL ({scheme.group()}//...)"
+                if value[scheme.end() :].startswith("//")
+                else f"starts with {scheme.group()!r}, a URL's scheme or another system's drive"
+            )
+            return (
+                f"{spelled}, but a path setting takes a path on this machine: the app takes "
+                f"it as written, so this root would be {where}; write the directory's path, "
+                "starting with '/'"
+            )
+        parts = urlsplit(value)
+        if parts.netloc not in ("", "localhost"):
+            return (
+                f"is a file:// URL of the machine {parts.netloc!r}, but a path setting takes "
+                f"a path on this machine: the app takes it as written, so this root would be "
+                f"{where}; mount that machine's directory here and write its path"
+            )
+        return (
+            "is written as a file:// URL, but a path setting takes a path: the app takes it "
+            f"as written, so this root would be {where}; write the path alone: "
+            f"{unquote(parts.path)!r}"
+        )
+    return None
+
+
+def _escaped(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` holds a URL's escape (``%2F``) or Windows' separator,
+    which the app takes as characters of a name, or None (see `_spelled_as_url`)."""
+    from urllib.parse import unquote
+
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
+    if "\\" in value:
+        slashed = value.replace("\\", "/")
+        return (
+            "holds '\\', the separator of Windows' paths, which is a character of a name "
+            f"here: this root would be {where}; write '/' instead: {slashed!r}"
+        )
+    if (escape := _URL_ESCAPE.search(value)) is not None:
+        return (
+            f"holds {escape.group()!r}, a URL's escape of {unquote(escape.group())!r}, which "
+            f"the app does not decode: it takes a path as written, so this root would be "
+            f"{where}; write the path with the character itself: {unquote(value)!r}"
+        )
+    return None
 
 
 def _home_problem(home: str) -> str | None:

@@ -232,6 +232,31 @@ def _not_utf8(path: Path, raw: bytes) -> tuple[int, str] | None:
     return None
 
 
+#: Deeper than any setting nests (a table of profiles, of keys, a list of values): what the
+#: readers after the parser (a copy, dynaconf's merge, the check of its syntax) recurse on.
+_MAX_NESTING = 32
+
+
+def _too_deep(parsed: dict[str, Any]) -> str | None:
+    """The key (``[section] key``) whose value nests deeper than `_MAX_NESTING`, or None.
+
+    A value nested 400 levels deep (``x = [[[...]]]`` in ``settings.local.toml``) parsed, and
+    every command ended in a ``RecursionError`` traceback in the readers after the parser;
+    2,000 levels in the parser itself (red team 55). Looked for with a list of its own.
+    """
+    pending: list[tuple[Any, int, tuple[str, ...]]] = [(parsed, 0, ())]
+    while pending:
+        value, depth, names = pending.pop()
+        if depth > _MAX_NESTING:
+            section, *rest = [*names, ""]
+            return f"[{section}] {'.'.join(n for n in rest if n)}".strip()
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1, (*names, str(key))) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1, names) for item in value)
+    return None
+
+
 def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     raw = path.read_bytes()
     parsed = _TOML_MEMO.get(raw)
@@ -243,6 +268,17 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
         except tomllib.TOMLDecodeError as error:
             line, problem = _toml_line(error)
             raise SettingsSyntaxError(path, line, problem) from None
+        except RecursionError:
+            parsed = None
+        if parsed is None or (deep := _too_deep(parsed)) is not None:
+            problem = (
+                "a value nests deeper than Python's stack lets the parser read"
+                if parsed is None
+                else f"the value of {deep} nests more than {_MAX_NESTING} levels deep, "
+                "which no setting does (the readers after the parser recurse once a level)"
+            )
+            problem += "; write that value flat, or remove it"
+            raise SettingsSyntaxError(path, None, problem)
         _refuse_unclear_names(path, parsed)
         with _MEMO_LOCK:
             while len(_TOML_MEMO) >= _TOML_MEMO_SIZE:

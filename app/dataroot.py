@@ -360,6 +360,57 @@ def fsync_dir(path: Path | str) -> None:
 _TREE_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def walk_tree(
+    top: Path | str, onerror: Callable[[str, OSError], None] | None = None
+) -> Iterator[tuple[str, list[str], list[str], int]]:
+    """``os.walk(top)`` (top-down, links not followed, a directory it cannot list left out),
+    with each directory's depth below `top` (0 for `top`): (directory, dirs, files, depth).
+
+    Python 3.11's ``os.walk`` recurses once per level (3.12 made it iterative): a tree 1,000
+    levels deep (a test's ``tmp_path``, a tool's cache, a ``mkdir`` in a loop) in a
+    ``--basetemp``, in pytest's cache or in a data root made every check of the plugin that
+    walks them a ``RecursionError`` traceback, which ended the run before any test, or at its
+    end before pytest wrote its report (red team 55). This keeps a list of its own, so
+    neither Python's stack nor the depth bounds it. As with ``os.walk``, a caller may prune
+    ``dirs`` in place; a link to a directory is named in ``dirs`` and not walked into; a
+    directory that cannot be listed is given to `onerror` (with its error) and left out.
+    """
+    pending: list[tuple[str, int]] = [(os.fspath(top), 0)]
+    while pending:
+        directory, depth = pending.pop()
+        dirs: list[str] = []
+        files: list[str] = []
+        walk_into: list[str] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    if not is_dir:
+                        files.append(entry.name)
+                        continue
+                    dirs.append(entry.name)
+                    try:
+                        if not entry.is_symlink():
+                            walk_into.append(entry.name)
+                    except OSError:
+                        continue
+        except OSError as error:
+            if onerror is not None:
+                onerror(directory, error)
+            continue
+        yield directory, dirs, files, depth
+        # What the caller left of `dirs`, in order: the last pushed is walked first.
+        walkable = set(walk_into)
+        below = [name for name in dirs if name in walkable]
+        pending.extend(
+            (os.path.join(directory, name), depth + 1)  # noqa: PTH118 - a walk's names
+            for name in reversed(below)
+        )
+
+
 def remove_tree(
     path: Path | str, *, ignore_errors: bool = False, contents_only: bool = False
 ) -> None:

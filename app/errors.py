@@ -193,7 +193,8 @@ class SettingsDirEmptyError(SettingsNotFoundError):
 
 class SettingsSyntaxError(ConfigError):
     """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
-    reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion)."""
+    reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion), or nests a
+    value deeper than any setting does (more than 32 levels)."""
 
     code = "settings_syntax"
 

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from app.errors import SandboxViolationError
+from app.errors import SandboxViolationError, json_loads
 
 __all__ = [
     "ALLOW_PROFILES_ENV",
@@ -610,7 +610,7 @@ def _entry_bytes(path: Path) -> bytes:
 
 def _entry_data(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(_entry_bytes(path))
+        data = json_loads(_entry_bytes(path))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -2293,7 +2293,7 @@ def _forget_dead_runs(directory: Path) -> None:
             # (a container sharing /tmp, `unshare`) has pids this /proc does not show, and
             # forgetting its live entry took its children out of it.
             try:
-                data = json.loads(_entry_bytes(directory / name))
+                data = json_loads(_entry_bytes(directory / name))
                 recorded, ended = data.get("pid_namespace"), data.get("ended_at")
             except (OSError, ValueError, AttributeError):
                 recorded = ended = None  # unreadable, or from before entries said these
@@ -2991,7 +2991,7 @@ def _rewritten(entry: Path, text: bytes, run: Run, pid: int) -> bool:
     if text:
         return found != text
     try:
-        data = json.loads(found)
+        data = json_loads(found)
     except ValueError:
         return True
     expected = json.loads(json.dumps(_entry_dict(run, pid)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import json
 import os
 import stat
 import sys
@@ -22,10 +21,18 @@ import pytest
 
 from app import config as appconfig
 from app import sandbox as sandboxing
-from app.errors import AppError, SettingsNotFoundError, UnknownProfileError, printable
+from app.errors import (
+    AppError,
+    SettingsNotFoundError,
+    UnknownProfileError,
+    json_loads,
+    printable,
+)
 from app.lock import describe_holder
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from app.lock import RootLock
 
 #: The app's own overrides (``APP_<KEY>``), dynaconf's names for the same keys
@@ -875,11 +882,14 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
     deletion of the same tree is about to cost anyway.
     """
     __tracebackhide__ = True
-    from app.dataroot import STAMP_FILE
+    from app.dataroot import STAMP_FILE, walk_tree
     from app.lock import LOCK_FILE, probe
 
     earlier_sandbox = (target / SANDBOX_MARK).is_file()
-    for directory, _dirs, files in os.walk(target):
+    deepest = (0, os.fspath(target))
+    unseen: list[tuple[str, OSError]] = []
+    for directory, _dirs, files, depth in walk_tree(target, lambda *found: unseen.append(found)):
+        deepest = max(deepest, (depth, directory))
         here = Path(directory)
         what = "it is" if here == target else "it holds"
         if LOCK_FILE in files and (seen := probe(here)).held:
@@ -910,13 +920,53 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
                 "run. Choose another --basetemp; if that root is only an old test's, delete "
                 "it yourself first"
             )
+    # A directory the walk cannot list hides what it holds, and pytest empties it all the
+    # same: a production root (stamped) below a path longer than the system's limit, or
+    # behind a directory of mode 000 (pytest makes it removable first), was emptied unseen
+    # (red team 55).
+    for directory, error in unseen:
+        if isinstance(error, FileNotFoundError):
+            continue  # gone meanwhile: nothing to empty there
+        why = error.strerror or str(error)
+        if error.errno == errno.ENAMETOOLONG:
+            why = f"{why}: its path is longer than the system's limit"
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it holds {_shortened(directory)}, which "
+            f"cannot be looked through for a data root ({why}), and pytest empties the "
+            "--basetemp, all of it, before the run. Look at what it holds yourself, and "
+            f"remove it (rm -rf {given}) or give another --basetemp"
+        )
+    if deepest[0] >= (reach := _removable_depth()):
+        raise usage_error(
+            f"app: refusing --basetemp {given}: it holds a directory tree {deepest[0]} levels "
+            f"deep ({_shortened(deepest[1])}), and pytest empties the --basetemp before the "
+            "run with shutil.rmtree, which goes down one level per Python call: past about "
+            f"{reach} levels (Python's recursion limit, {sys.getrecursionlimit()}) it stops in "
+            "a RecursionError traceback, the tree half removed. Nothing in it is a data root: "
+            f"remove it yourself (rm -rf {given}), or give another --basetemp"
+        )
+
+
+def _removable_depth() -> int:
+    """How many levels deep a tree can be for a ``shutil.rmtree`` called from about here:
+    Python's recursion limit, less the calls under way and a margin for pytest's own."""
+    frame: FrameType | None = sys._getframe()
+    calls = 0
+    while frame is not None:
+        frame, calls = frame.f_back, calls + 1
+    return max(sys.getrecursionlimit() - calls - 100, 1)
+
+
+def _shortened(text: str, keep: int = 120) -> str:
+    """`text`, cut in the middle past `keep` characters, for a path in a message."""
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}"
 
 
 def _stamped_beyond_testing(stamp: Path) -> bool:
     """Whether the profile stamp `stamp` names a profile other than ``testing`` (one that
     cannot be read says nothing: an earlier test's own may be damaged on purpose)."""
     try:
-        profile = json.loads(stamp.read_bytes()).get("profile")
+        profile = json_loads(stamp.read_bytes()).get("profile")
     except (OSError, ValueError, AttributeError):
         return False
     return isinstance(profile, str) and profile.strip().lower() != "testing"
@@ -1111,10 +1161,12 @@ def _lock_files_under(directories: list[Path]) -> set[Path]:
 
     holders = _flock_holders()
     if holders is None:
+        from app.dataroot import walk_tree
+
         return {
             Path(directory) / LOCK_FILE
             for old in directories
-            for directory, _dirs, files in os.walk(old)
+            for directory, _dirs, files, _depth in walk_tree(old)
             if LOCK_FILE in files
         }
     found = set()
@@ -1744,11 +1796,13 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
                 **(enclosing_roots(run) if run is not None else {}),
                 **_settings_roots(),
             }
-            if given is not None:
+            if given is not None and getattr(self, _FROM_OPTIONS, False):
                 # A user's `pytest -p no:app --basetemp=/srv/app/data/sessions` emptied a
                 # stopped production root's sessions that the same run with the plugin
                 # inactive refuses (red team 40).
                 _check_basetemp(Path(given), roots, stamped_inside=False)
+            elif given is not None:
+                _check_factory_basetemp(Path(given), roots)
             else:
                 # No --basetemp: pytest makes pytest-of-<user> in its temporary root, which
                 # a test's child given TMPDIR=<production> (or PYTEST_DEBUG_TEMPROOT) put
@@ -1765,6 +1819,58 @@ def _guard_basetemps_in_this_process(*, switched_off: bool = False) -> None:
     getbasetemp._app_guarded = True  # type: ignore[attr-defined]
     getbasetemp._app_switched_off = switched_off  # type: ignore[attr-defined]
     factory.getbasetemp = getbasetemp  # type: ignore[method-assign]
+    made_from = factory.from_config.__func__  # type: ignore[attr-defined]
+
+    def from_config(
+        cls: type[pytest.TempPathFactory], config: pytest.Config, *, _ispytest: bool = False
+    ) -> pytest.TempPathFactory:
+        made: pytest.TempPathFactory = made_from(cls, config, _ispytest=_ispytest)
+        setattr(made, _FROM_OPTIONS, True)  # its given_basetemp is the run's --basetemp
+        return made
+
+    factory.from_config = classmethod(from_config)  # type: ignore[method-assign, assignment]
+
+
+#: Set on a ``TempPathFactory`` pytest made from a run's options (``from_config``): its given
+#: base directory is that run's ``--basetemp``, where one made in code has none.
+_FROM_OPTIONS = "_app_from_options"
+
+
+def _check_factory_basetemp(given: Path, roots: dict[str, Path]) -> None:
+    """`_check_basetemp` for a ``TempPathFactory`` made in code with a base directory (a
+    conftest's own ``tmp_path_factory`` fixture returning one), which pytest empties as the
+    first ``tmp_path`` asks for it, as it does a ``--basetemp``.
+
+    Its refusal read ``refusing --basetemp <dir>`` where no run was given the option, as a
+    ``UsageError`` with a traceback through the guard's frames in the test's setup (red team
+    54, changed by red team 55): it now names what gave the directory, and fails the test
+    alone, without a traceback.
+    """
+    __tracebackhide__ = True
+    try:
+        _check_basetemp(given, roots, stamped_inside=False)
+    except pytest.UsageError as error:
+        refused = str(error)
+    else:
+        return
+    named = (
+        f"the base directory {given} of a pytest.TempPathFactory made in code, not from "
+        "the run's options (a conftest's own tmp_path_factory fixture, say: no "
+        "--basetemp was given)"
+    )
+    message = (
+        refused.replace(f"--basetemp {given}", named)
+        .replace("empties the --basetemp", "empties that directory")
+        .replace(" before the run", " as the first test asks for tmp_path")
+        .replace("Choose a --basetemp", "Give that TempPathFactory a base directory")
+        .replace("give another --basetemp", "give it another base directory")
+        .replace("Give a --basetemp", "Give it a base directory")
+        .replace("Choose another --basetemp", "Give it another base directory")
+    )
+    message = message.replace(
+        "or omit it", "or return the run's own tmp_path_factory fixture instead"
+    )
+    pytest.fail(message, pytrace=False)
 
 
 def register(

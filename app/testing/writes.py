@@ -760,9 +760,15 @@ def _links_and_files(directory: Path) -> Iterator[Path]:
     """Every file and link under ``directory`` (links not followed): what pytest's cache
     rewrites in place (``Cache.set`` is ``write_text``, through a link: its ``nodeids``, every
     run), where a check of the directory alone never looked."""
-    for here, dirs, files in os.walk(directory):
+    from app.dataroot import walk_tree
+
+    for here, dirs, files, _depth in walk_tree(directory):
         yield from (Path(here, name) for name in files)
-        yield from (Path(here, name) for name in dirs if Path(here, name).is_symlink())
+        # As text: a Path of each directory of a deep tree (a tool's cache 1,000 levels
+        # deep) parsed its whole path again, seconds a run (red team 55).
+        for name in dirs:
+            if os.path.islink(joined := os.path.join(here, name)):  # noqa: PTH114, PTH118
+                yield Path(joined)
 
 
 def _other_names(path: Path, roots: dict[str, Path]) -> tuple[str, str] | None:
@@ -802,7 +808,9 @@ def _named_in(root: Path, wanted: tuple[int, int]) -> Path | None:
     with contextlib.suppress(OSError):
         if root.stat().st_dev != wanted[0]:
             return None  # a hard link never crosses filesystems
-    for here, _dirs, files in os.walk(root):
+    from app.dataroot import walk_tree
+
+    for here, _dirs, files, _depth in walk_tree(root):
         for name in files:
             with contextlib.suppress(OSError):
                 seen = os.lstat(os.path.join(here, name))  # noqa: PTH118 - a walk's names
@@ -855,15 +863,22 @@ def _within(path: Path, root: Path) -> bool:
 
 def _data_root_inside(path: Path) -> tuple[Path, str] | None:
     """A data root below a directory pytest deletes: held by a live process, or stamped."""
-    from app.dataroot import STAMP_FILE
+    from app.dataroot import STAMP_FILE, walk_tree
     from app.lock import LOCK_FILE, probe
 
-    for directory, _dirs, files in os.walk(path):
+    unseen: list[tuple[str, OSError]] = []
+    for directory, _dirs, files, _depth in walk_tree(path, lambda *found: unseen.append(found)):
         here = Path(directory)
         if LOCK_FILE in files and (held := probe(here)).held:
             return here, f"held by {describe_holder(held.holder)}"
         if STAMP_FILE in files:
             return here, f"it has a profile stamp, {STAMP_FILE}"
+    # What cannot be listed hides what it holds, and is deleted all the same (a stamped
+    # root below a path past the system's limit, red team 55).
+    for directory, error in unseen:
+        if not isinstance(error, FileNotFoundError) and directory != os.fspath(path):
+            why = error.strerror or str(error)
+            return Path(directory), f"cannot be looked through for a data root ({why})"
     return None
 
 
@@ -919,6 +934,10 @@ def _conflict_at(target: Target, roots: dict[str, Path], seen: _Seen) -> str | N
     if (above := _data_root_at_or_above(target.path, seen)) is not None:
         return f"which lies in the data root {above[0]} ({above[1]})"
     if target.deletes and (inside := _data_root_inside(target.path)) is not None:
+        if inside[1].startswith("cannot be looked through"):
+            from app.testing.guard import _shortened
+
+            return f"which holds {_shortened(str(inside[0]))}, which {inside[1]}"
         return f"which holds the data root {inside[0]} ({inside[1]})"
     return None
 
