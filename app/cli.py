@@ -13,7 +13,6 @@ import errno
 import functools
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -43,6 +42,7 @@ from app.errors import (
     storage_error,
 )
 from app.errors import printable as _printable
+from app.sandbox import LazyPattern
 
 if TYPE_CHECKING:
     from app.storage import Finding, Status, Storage, TrashEntry
@@ -615,7 +615,7 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
     name = "duration"
     # [0-9], not \d: \d is any script's digit, and float() reads them (Arabic-Indic 12d was
     # 12 days).
-    _FORM = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw])")
+    _FORM = LazyPattern(r"([0-9]+(?:\.[0-9]+)?)([smhdw])")
     _UNIT_SECONDS: ClassVar[dict[str, int]] = {
         "s": 1,
         "m": 60,

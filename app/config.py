@@ -1191,8 +1191,9 @@ def _limit(path: Path, name: str, default: int) -> int:
 
 #: What a shell or a service manager expands and the app never does: ``$NAME``, ``${...}``,
 #: ``$(...)``, and a systemd specifier (``%h``, ``%S``) as a whole name.
-_UNEXPANDED = re.compile(
-    r"\$(?:\{[^}]*\}?|\([^)]*\)?|[A-Za-z_][A-Za-z0-9_]*)|(?:(?<=/)|^)%[A-Za-z](?=/|$)"
+_UNEXPANDED = sandboxing.LazyPattern(
+    r"\$(?:\{[^}]*\}?|\([^)]*\)?|[A-Za-z_][A-Za-z0-9_]*)|(?:(?<=/)|^)%[A-Za-z](?=/|$)",
+    needs=("$", "%"),
 )
 
 

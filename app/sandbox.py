@@ -60,6 +60,7 @@ __all__ = [
     "SANDBOX_ENV",
     "SCRATCH_ENV",
     "Context",
+    "LazyPattern",
     "LoadRecord",
     "Protected",
     "Run",
@@ -105,6 +106,54 @@ __all__ = [
     "why_no_plugin",
 ]
 
+
+class LazyPattern:
+    """A regular expression compiled when it is first needed, not when its module is imported.
+
+    Compiling the ten patterns of the modules every `app` command and every pytest start
+    imports cost about 12 M instructions (bench/README.md, "Patterns compiled when first
+    needed"), and most processes need few of them. ``starts``: every string the pattern can
+    fullmatch starts with one of these; ``needs``: every string it can find something in holds
+    one of these. A string without them is answered None without compiling (the same answer
+    the pattern gives). Two threads that race compile it twice, to equal patterns.
+    """
+
+    __slots__ = ("_compiled", "_flags", "_needs", "_source", "_starts")
+
+    def __init__(
+        self,
+        source: str,
+        flags: int = 0,
+        *,
+        starts: tuple[str, ...] = ("",),
+        needs: tuple[str, ...] = (),
+    ) -> None:
+        self._source = source
+        self._flags = flags
+        self._starts = starts
+        self._needs = needs
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        """The compiled pattern (compiled now if it was not yet)."""
+        if self._compiled is None:
+            self._compiled = re.compile(self._source, self._flags)
+        return self._compiled
+
+    def fullmatch(self, string: str) -> re.Match[str] | None:
+        """`re.Pattern.fullmatch`."""
+        if not string.startswith(self._starts):
+            return None
+        return self.compiled.fullmatch(string)
+
+    def search(self, string: str) -> re.Match[str] | None:
+        """`re.Pattern.search`."""
+        if self._needs and not any(part in string for part in self._needs):
+            return None
+        return self.compiled.search(string)
+
+
 #: The sandbox, inherited by children. Deliberately not an ``APP_`` name: dynaconf never
 #: reads it, and the plugin's neutralising never removes it.
 SANDBOX_ENV: Final = "PYTEST_APP_SANDBOX"
@@ -114,7 +163,7 @@ ALLOW_PROFILES_ENV: Final = "PYTEST_APP_ALLOW_PROFILES"
 #: The run's scratch suffix (see `Run.scratch`), inherited by children: read only where the
 #: process tree says nothing, like `SANDBOX_ENV`.
 SCRATCH_ENV: Final = "PYTEST_APP_SCRATCH"
-_SCRATCH_FORM: Final = re.compile(r"_pytest_\d+_[0-9a-f]{4}(_gw\d+)?")
+_SCRATCH_FORM: Final = LazyPattern(r"_pytest_\d+_[0-9a-f]{4}(_gw\d+)?", starts=("_pytest_",))
 
 
 #: Where runs register, one file per live pytest process. A fixed path, not
@@ -154,10 +203,12 @@ _ENDED_LONG_AGO: Final = 3600
 #: (``PYTEST_VERSION``, pytest 8.2+), in the process and the children that inherit them.
 _PYTEST_VARIABLES: Final = ("PYTEST_CURRENT_TEST", "PYTEST_VERSION")
 #: pytest's scripts: pip's, and Debian's (`pytest-3`, `py.test-3`).
-_PYTEST_COMMAND: Final = re.compile(r"(?:pytest|py\.test)(?:-3)?")
+_PYTEST_COMMAND: Final = LazyPattern(r"(?:pytest|py\.test)(?:-3)?", starts=("pytest", "py.test"))
 #: A Python interpreter's name (`python3.12`, `python3.13t`, `pypy3`, `python3-dbg`): only its
 #: `-m` and `-c` are Python's own; another program's `-m pytest` is a value of its own.
-_PYTHON: Final = re.compile(r"(?:python|pypy|graalpy)[\w.-]*")
+_PYTHON: Final = LazyPattern(
+    r"(?:python|pypy|graalpy)[\w.-]*", starts=("python", "pypy", "graalpy")
+)
 
 
 def identity(path: Path | str) -> tuple[int, int] | None:
@@ -175,8 +226,9 @@ def identity(path: Path | str) -> tuple[int, int] | None:
 
 #: A link of Linux's /proc that names what a process has open, or where it is, at the moment
 #: it is followed: its open files, its directory, its root (`process_link`).
-_PROCESS_LINK: Final = re.compile(
-    r"/proc/[^/]+/(?:task/[^/]+/)?(?:cwd|root|map_files/[^/]+|fd/(?P<fd>[^/]+))"
+_PROCESS_LINK: Final = LazyPattern(
+    r"/proc/[^/]+/(?:task/[^/]+/)?(?:cwd|root|map_files/[^/]+|fd/(?P<fd>[^/]+))",
+    starts=("/proc/",),
 )
 #: Links followed before a path is given up on (the kernel's own limit).
 _MAX_LINKS: Final = 40
@@ -1569,7 +1621,7 @@ def command_line(pid: int | str) -> str:
 #: `from pytest import main`, `import pytest as pt; pt.main`, `__import__("pytest").main`,
 #: `runpy.run_module("pytest")`): a bare word would match a path such as
 #: /tmp/pytest-of-<user>/..., which `sh -c` command lines of the suite's own children hold.
-_PYTEST_CODE: Final = re.compile(
+_PYTEST_CODE: Final = LazyPattern(
     r"\bpytest(?:['\"]\))?\.(?:main|console_main)\b"
     r"|\bfrom\s+pytest\s+import\s[^;\n]*\b(?:main|console_main)\b"
     # pytest's own console script, from pytest 9 (`from _pytest.config import _console_main`)
@@ -1577,12 +1629,13 @@ _PYTEST_CODE: Final = re.compile(
     r"|\bimport\s+pytest\s+as\s+(\w+)\b.*\b\1\.(?:main|console_main)\b"
     r"|\brun_module\(\s*['\"]pytest['\"]",
     re.S,
+    needs=("pytest",),
 )
 #: `-m` or `-c`, after any of Python's short options that take no value run together with
 #: it (`-Im pytest`, `-bBmpytest`, `-Ic "..."`), its value glued on or the next word. Every
 #: one of them: `-R` (hash randomisation) was missing, and `python -Rm pytest -p no:app`
 #: was no pytest to its tests' children.
-_MODULE_OR_CODE: Final = re.compile(r"-[bBdEhiIOPqRsSuvVx]*([mc])(.*)", re.S)
+_MODULE_OR_CODE: Final = LazyPattern(r"-[bBdEhiIOPqRsSuvVx]*([mc])(.*)", re.S, starts=("-",))
 _PYTEST_MODULES: Final = frozenset({"pytest", "py.test", "pytest.__main__"})
 
 
@@ -1704,9 +1757,11 @@ _UNITTEST_MODULES: Final = frozenset(
     {"unittest", "unittest.__main__", "nose2", "nose2.__main__", "green", "xmlrunner",
      "twisted.trial", "testtools.run", "subunit.run"}
 )  # fmt: skip
-_UNITTEST_SCRIPT: Final = re.compile(r"nose2(?:-3)?|green3?|zope-testrunner")
-_UNITTEST_CODE: Final = re.compile(
-    r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b"
+_UNITTEST_SCRIPT: Final = LazyPattern(
+    r"nose2(?:-3)?|green3?|zope-testrunner", starts=("nose2", "green", "zope-testrunner")
+)
+_UNITTEST_CODE: Final = LazyPattern(
+    r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b", needs=("unittest",)
 )
 #: How a refusal names a unittest run, which has no plugin of the app's to run under.
 _UNITTEST_ANCESTOR: Final = "an ancestor process runs tests with unittest"
