@@ -1235,8 +1235,9 @@ def _unexpanded(key: Key, value: Any, directory: Path) -> str | None:
 
 
 #: A URL's scheme (``file://``, ``file:/``), and a URL's escape of a byte (``%2F``).
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?=/)")
-_URL_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+#: Compiled when first needed (`sandboxing.LazyPattern`): every load checks each path setting.
+_URL_SCHEME = sandboxing.LazyPattern(r"^[A-Za-z][A-Za-z0-9+.-]*:(?=/)", needs=(":",))
+_URL_ESCAPE = sandboxing.LazyPattern(r"%[0-9A-Fa-f]{2}", needs=("%",))
 
 
 def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
@@ -1254,7 +1255,7 @@ def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
     where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
-    if (scheme := _URL_SCHEME.match(value)) is not None:
+    if (scheme := _URL_SCHEME.search(value)) is not None:
         if scheme.group().lower() != "file:":
             spelled = (
                 f"is written as a URL ({scheme.group()}//...)"

@@ -1208,7 +1208,7 @@ def _misshown() -> tuple[str, str] | None:
 
 #: A mount point at or inside a process's own entry of ``/proc``: its number, or the links
 #: ``self`` and ``thread-self`` (a mount there lands on the entry they name).
-_PROC_ENTRY: Final = re.compile(rb"/proc/(?:\d+|self|thread-self)(?:/.*)?", re.DOTALL)
+_PROC_ENTRY: Final = rb"/proc/(?:\d+|self|thread-self)(?:/.*)?"
 
 
 def _proc_entry_mounted() -> tuple[str, str] | None:
@@ -1226,7 +1226,7 @@ def _proc_entry_mounted() -> tuple[str, str] | None:
     from app import mountinfo  # read only where no run was found
 
     for _device, point, _shown_dir, _upper in mountinfo.read():
-        if _PROC_ENTRY.fullmatch(point):
+        if re.fullmatch(_PROC_ENTRY, point, re.DOTALL):
             shown = point.decode(errors="backslashreplace")
             said = (
                 f"while something is mounted over {shown} (a process's own entry of /proc, "
