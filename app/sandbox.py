@@ -1170,6 +1170,12 @@ def _cut_short(chain: list[tuple[int, int]]) -> tuple[str, str] | None:
     if fields is None or fields[0] <= 0 or fields[0] in walked:
         return None  # the end of the tree, a cycle, or the last one read is gone itself
     parent = fields[0]
+    if _may_not_read(parent):
+        # Denied, not failed: `_walk_denied`'s to judge (another user's process under
+        # `hidepid=noaccess` or `ProtectProc=noaccess`, a service's parent or init, is
+        # denied by design). Refused here, every command of a service so confined was
+        # refused "under pytest", with no pytest anywhere.
+        return None
     if not (_PROC / str(parent)).exists() and proc_hides_processes() is not None:
         # `hidepid=invisible`: another user's process (a service's parent, init) is not
         # shown at all, as before; refused, a server under systemd would never start.

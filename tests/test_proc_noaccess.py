@@ -1,0 +1,75 @@
+"""A service whose ``/proc`` hides other users' processes is not refused as if under pytest.
+
+Red team 55 (children) made the walk of a process's ancestors refuse where it stopped at a
+parent its child still names (a fault injected into the read of the parent's ``stat``). Under
+``hidepid=noaccess`` (or systemd's ``ProtectProc=noaccess``), a service's parent (init, or the
+service manager) is another user's, and its ``stat`` is denied by design: every command of the
+service, run as its own user, was then refused "under pytest" (exit 78), with no pytest
+anywhere. A denied parent is again left to the walk's own judgement (`_walk_denied`: another
+user's is by design, the process's own user's is refused).
+
+Real parts: a PID namespace of its own with a ``/proc`` mounted ``hidepid=noaccess``, and
+``app config`` run in it as user 65534 with a hand-built environment (root reads every entry
+of ``/proc``, so only another user sees what a service sees). Needs root, ``unshare`` and
+``setpriv``; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import pytest
+from project_copy import PROJECT, copy_project_settings
+from test_redteam_s22_guard import _own_proc_allowed
+from test_redteam_s39_guard import NOBODY, _python_for_nobody
+
+#: In a PID namespace of its own (its children outside this suite's run, as a service is),
+#: /proc hiding other users' processes, the settings mounted where user 65534 can read them.
+AS_A_CONFINED_SERVICE = """
+mount -o remount,hidepid=noaccess /proc || exit 9
+mount --bind "$1" "$2" || exit 9
+shift 2
+"$@"  # a child of this shell (root's, as a service's parent is), not pid 1 itself
+"""
+
+
+def test_a_service_under_hidepid_noaccess_is_not_refused_as_if_under_pytest(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "unshare"))):
+        pytest.skip("needs root, setpriv and unshare, to run as a user /proc hides others from")
+    if not _own_proc_allowed():
+        pytest.skip("needs unshare --pid --mount-proc")
+    path = os.pathsep.join([str(PROJECT), sysconfig.get_paths()["purelib"]])
+    python = _python_for_nobody(path)
+    if python is None:
+        pytest.skip("no interpreter here that user 65534 can run with the app")
+    work = tmp_path / "work"
+    copy_project_settings(work)
+    subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
+    seen = Path(tempfile.mkdtemp(prefix="app-noaccess-", dir="/tmp"))  # a mount point, empty
+    seen.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"], "PYTHONPATH": path, "HOME": str(seen),
+        "APP_SETTINGS_DIR": str(seen), "ENV_FOR_DYNACONF": "development",
+    }  # fmt: skip
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+             "--mount-proc", "sh", "-c", AS_A_CONFINED_SERVICE, "sh", str(work), str(seen),
+             *NOBODY, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+             python, "-m", "app", "config"],
+            capture_output=True, text=True, check=False, cwd="/",
+        )  # fmt: skip
+    finally:
+        seen.rmdir()
+    # Before the fix: 78, "refused under pytest: loading profile 'development' while
+    # /proc/1/stat cannot be read though process 3 still names 1 its parent".
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("profile: development"), done.stdout
+    assert "refused" not in done.stderr, done.stderr
