@@ -383,3 +383,17 @@ def test_the_python_api_lists_modules_in_the_order_they_import_each_other() -> N
         for i, module in enumerate(order)
     }
     assert {module: names for module, names in later.items() if names} == {}
+
+
+def test_the_site_s_tools_are_named_in_their_own_environment() -> None:
+    """mkdocs.yml's first line said `.venv/bin/mkdocs serve`; mkdocs lives in `.venv-docs`
+    (a `.venv` holding it is remade by scripts/test), as the README and index.md say."""
+    files = [PROJECT / "README.md", PROJECT / "mkdocs.yml", *sorted(DOCS.rglob("*.md"))]
+    files += sorted((PROJECT / "scripts").iterdir())
+    wrong = [
+        f"{path.relative_to(PROJECT)}: {line.strip()}"
+        for path in files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if re.search(r"(?<![\w-])\.venv/bin/mkdocs\b", line)
+    ]
+    assert wrong == [], "write .venv-docs/bin/mkdocs:\n" + "\n".join(wrong)
