@@ -727,5 +727,7 @@ def test_refusal_of_a_root_stamped_by_another_profile(tmp_path: Path) -> None:
     assert unconfirmed.endswith("$ echo $?\n77\n"), unconfirmed
     done = _run_app(project, *restamp, "--yes-i-mean-it", show=shown, APP_DATA_ROOT=str(root))
     assert "now stamped 'development'" in done, done
-    text = "".join(_example_holder(out, root) for out in (refused, unconfirmed, done))
+    # The page says "do not re-stamp" here: it shows the refusals, not the re-stamp done (it
+    # showed production's root re-stamped to development, the mistake it warns against).
+    text = "".join(_example_holder(out, root) for out in (refused, unconfirmed))
     check_generated("refusal-stamp.txt", text)
