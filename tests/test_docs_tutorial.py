@@ -5,6 +5,8 @@ either run or named below as deliberately not run, so the page cannot show a ste
 test has tried. ``curl`` lines are parsed and sent with httpx (same method, headers, body and
 URL, with the server's address and token put in): ``curl`` itself is not a dependency of the
 test suite. ``app`` lines run the real command in a subprocess on the server's data root.
+Section 1's ``app serve`` runs on its own, on a fresh copy of the settings, and what the page
+quotes of its start is compared with what it prints.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ PAGE_URL = "http://127.0.0.1:8000"
 STOP_MARKER = "<!-- tutorial-test: stop the server"
 #: Lines the test does not run, and why: the fixture stands for them, or another test runs them.
 NOT_RUN = {
-    "python3 -m venv": "installs and starts the server: the live_server fixture does that",
+    "python3 -m venv": "installs and starts the server: the live_server fixture does that "
+    "(test_step_1_serves_a_fresh_clone_as_the_page_says runs its serve)",
     ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
     "held root and checks the header this step shows",
 }
@@ -252,3 +255,45 @@ def test_the_tutorial_works_against_a_real_server(
     operations = [(r["operation"], r["target"]) for r in audit if r["operation"] != "clear-tmp"]
     assert ("trash-session", session_id) in operations, operations
     assert ("restore-session", session_id) in operations, operations
+
+
+def test_step_1_serves_a_fresh_clone_as_the_page_says(tmp_path: Path) -> None:
+    """Section 1 was run by no test (the live_server fixture stands for it): on a fresh clone
+    its `app serve` first warns that it created the data root, which the page did not say.
+    Its serve command runs here on a copy of the committed settings with no data root, on a
+    free port instead of 8000, and what the page quotes of its start is compared."""
+    from engines import free_ports
+    from test_docs_howtos import served, shell_env
+    from test_docs_readme import run_block
+
+    text = PAGE.read_text(encoding="utf-8")
+    section = text[text.index("## 1.") : text.index("## 2.")]
+    [install] = [line for line in re.findall(r"^\$ (.+(?:\n {4}.+)*)", section, re.M)]
+    serve = re.sub(r"\s*\\\n\s*", " ", install).split(" && ")[-1]
+    assert serve == ".venv/bin/app serve", install
+    clone = tmp_path / "clone"
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    root = Path(__file__).resolve().parent.parent
+    for name in ("settings.toml", ".secrets.toml"):
+        shutil.copy(root / name, clone / name)
+    app = clone / ".venv" / "bin" / "app"
+    app.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m app "$@"\n')
+    app.chmod(0o755)
+    [port] = free_ports(1)
+    log = tmp_path / "serve.log"
+    env = shell_env(clone, tmp_path, "development")
+    result, _ = run_block(
+        [served(f"APP_PORT={PAGE_URL[-4:]} {serve}", PAGE_URL[-4:], port, log)], clone, env
+    )
+    said = log.read_text()
+    assert result.returncode == 0, result.stdout + result.stderr + said
+    assert f"serving profile development from {clone / 'data' / 'development'}" in said, said
+    assert f"on http://127.0.0.1:{port}" in said, said
+    prose = re.sub(r"```.*?```", "", section, flags=re.S)
+    quoted = [q for q in re.findall(r"`([^`\n]+)`", prose) if "..." in q]
+    assert quoted, "the page quotes what the server says at its first start"
+    for pattern in quoted:
+        regex = ".+?".join(re.escape(part.strip()) for part in pattern.split("...") if part)
+        assert re.search(regex, said), (
+            f"docs/tutorial.md quotes `{pattern}`; the server said:\n{said}"
+        )
