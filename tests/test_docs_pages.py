@@ -397,3 +397,48 @@ def test_the_site_s_tools_are_named_in_their_own_environment() -> None:
         if re.search(r"(?<![\w-])\.venv/bin/mkdocs\b", line)
     ]
     assert wrong == [], "write .venv-docs/bin/mkdocs:\n" + "\n".join(wrong)
+
+
+def _message_literals() -> list[str]:
+    """Every string literal of the app and its pytest guard, f-string fields as `{}`."""
+    import ast
+
+    sources = [*sorted((PROJECT / "app").rglob("*.py")), PROJECT / "_app_pytest_guard.py"]
+    found: list[str] = []
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr):
+                found.append(
+                    "".join(
+                        part.value if isinstance(part, ast.Constant) else "{}"
+                        for part in node.values
+                    )
+                )
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append(node.value)
+    return found
+
+
+def test_messages_quoted_in_the_prose_are_ones_the_code_prints() -> None:
+    """resolve-refusals.md's table was checked, but not the messages its prose quotes (`app:
+    the testing data root is held by a live process: ...`), nor those of other pages. Every
+    code span that starts as the app's messages do (`app: `, `Exit: app: `, `error: `) must
+    match a message the code produces, or a literal of its source (`...` and `<...>` stand for
+    what it names). explanation/attacks.md records messages as each round saw them: left out."""
+    messages = _error_messages() + _message_literals()
+    checked = 0
+    for page in sorted(DOCS.rglob("*.md")):
+        if page.name == "attacks.md":
+            continue
+        prose = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for quote in re.findall(r"`([^`\n]+)`", prose):
+            if not re.match(r"(Exit: )?app: |error: ", quote):
+                continue
+            checked += 1
+            parts = re.split(r"\.\.\.|<[\w-]+>", quote.removeprefix("Exit: "))
+            regex = re.compile(".+?".join(re.escape(p) for p in parts if p.strip()))
+            assert any(regex.search(message) for message in messages), (
+                f"docs/{page.relative_to(DOCS)} quotes `{quote}`, which no message of the code "
+                "matches"
+            )
+    assert checked >= 3, checked
