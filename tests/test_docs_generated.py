@@ -360,7 +360,7 @@ def test_pytest_header_next_to_a_live_production_server(
     text = re.sub(r"pid \d+", "pid 4242", text)
     text = text.replace(f"host {socket.gethostname()}", "host review-1")
     text = _example_times("since", text)
-    command = "$ ENV_FOR_DYNACONF=production APP_DATA_ROOT=/srv/app/data pytest"
+    command = "$ ENV_FOR_DYNACONF=production APP_DATA_ROOT=/srv/app/data .venv/bin/pytest"
     check_generated("pytest-header.txt", f"{command}\n{text}\n")
 
 

@@ -239,9 +239,13 @@ def test_commands_name_the_app_by_its_path_as_the_readme_does() -> None:
         words = shlex.split(line, comments=True)
         for index, word in enumerate(words):
             starts_command = index == 0 or words[index - 1] in {"&&", "||", "|", ";"}
-            if word == "app" and (starts_command or "=" in words[index - 1]):
+            # pytest too: the tutorial's header showed `$ ... pytest`, the page `.venv/bin/pytest`.
+            if word in {"app", "pytest", "mkdocs"} and (starts_command or "=" in words[index - 1]):
                 bare.append(f"{where}: {line}")
-    assert bare == [], "write .venv/bin/app (or /opt/app/.venv/bin/app):\n" + "\n".join(bare)
+    assert bare == [], (
+        "write .venv/bin/app, .venv/bin/pytest or .venv-docs/bin/mkdocs (or /opt/app/.venv/...):\n"
+        + "\n".join(bare)
+    )
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     assert ". .venv/bin/activate" in readme
     assert ". .venv/bin/activate" in (DOCS / "how-to" / "index.md").read_text(encoding="utf-8")
