@@ -446,3 +446,57 @@ def test_messages_quoted_in_the_prose_are_ones_the_code_prints() -> None:
                 "matches"
             )
     assert checked >= 3, checked
+
+
+def _output_of(argv: list[str]) -> str:
+    import subprocess
+
+    result = subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_the_pages_pytest_and_bench_commands_name_options_and_files_that_exist(
+    pytestconfig: pytest.Config,
+) -> None:
+    """`app` lines are parsed against the click commands (docs/conftest.py), but run-tests.md's
+    `.venv/bin/pytest --app-strict`, `-n auto`, `-m "not browser"` and `bench/fuzz.py
+    --max-examples 500` were checked by nothing: a renamed option or test file would have
+    stayed on the reading path. Each option must be in the program's --help, each file named
+    must exist, and each `-m` marker must be registered."""
+    import shlex
+    import sys
+
+    helps: dict[str, set[str]] = {}
+    checked = 0
+    for where, line in _command_lines():
+        words = shlex.split(line, comments=True)
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+            words = words[1:]
+        if words[:1] == [".venv/bin/pytest"]:
+            program, args = "pytest", words[1:]
+            argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+        elif words[:1] == [".venv/bin/python"] and words[1:2] and words[1].startswith("bench/"):
+            program, args = words[1], words[2:]
+            assert (PROJECT / program).is_file(), f"{where}: {line}"
+            argv = [sys.executable, str(PROJECT / program)]
+        else:
+            continue
+        if program not in helps:
+            found = _output_of([*argv, "--help"])
+            helps[program] = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", found))
+        for index, word in enumerate(args):
+            if word.startswith("-"):
+                name = word.split("=", 1)[0]
+                assert name in helps[program], f"{where}: `{line}`: {program} has no {name}"
+            elif word.startswith("tests/"):
+                assert (PROJECT / word.split("::")[0]).is_file(), f"{where}: `{line}`"
+            if word == "-m":
+                if "markers" not in helps:  # this run's are the project's (tests/conftest.py)
+                    listed = pytestconfig.getini("markers")
+                    helps["markers"] = {re.split(r"[:(]", m, maxsplit=1)[0] for m in listed}
+                words_of = re.findall(r"\b\w+\b", args[index + 1])
+                markers = {m for m in words_of if m not in {"not", "and", "or"}}
+                assert markers <= helps["markers"], f"{where}: `{line}`: no marker {markers}"
+        checked += 1
+    assert checked >= 8, checked
