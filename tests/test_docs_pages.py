@@ -328,7 +328,8 @@ def test_the_routes_said_to_need_no_token_are_the_ones_that_answer_without_it(
 
 
 def test_the_incident_page_names_the_exit_codes_the_unit_does_not_restart_on() -> None:
-    """incident.md said 69 and 75 are not retried; the unit retries 75 after a pause."""
+    """incident.md said 69 and 75 are not retried; the unit retries 75 after a pause. So did
+    isolation.md's layer 4 ("a process manager can stop retrying" on a held root)."""
     unit = (DOCS / "how-to" / "deploy-production.md").read_text(encoding="utf-8")
     prevented = re.search(r"^RestartPreventExitStatus=(.+)$", unit, re.M)
     assert prevented
@@ -338,6 +339,14 @@ def test_the_incident_page_names_the_exit_codes_the_unit_does_not_restart_on() -
     assert set(re.findall(r"\b\d\d\b", not_retried)) == set(prevented.group(1).split()), row
     assert re.findall(r"\b\d\d\b", retried) == ["75"], row
     assert "RestartSec=" in unit
+    # isolation.md said a held root's code lets "a process manager stop retrying": the unit
+    # retries 75; what it does not retry is the port conflict of the incident.
+    isolation = (DOCS / "explanation" / "isolation.md").read_text(encoding="utf-8")
+    said = re.search(r"A held root has its own\s+exit code, (\d+), (.+?)\.\n", isolation, re.S)
+    assert said, "isolation.md's layer 4 names the held root's exit code"
+    assert said.group(1) == "75" and "retries after" in said.group(2), said.group(0)
+    not_retried = said.group(2).partition("does not retry")[2]
+    assert set(re.findall(r"\b\d\d\b", not_retried)) <= set(prevented.group(1).split())
 
 
 def _imported_at_import_time(module: str) -> set[str]:
