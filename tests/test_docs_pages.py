@@ -509,3 +509,19 @@ def test_the_pages_pytest_and_bench_commands_name_options_and_files_that_exist(
                 assert markers <= helps["markers"], f"{where}: `{line}`: no marker {markers}"
         checked += 1
     assert checked >= 8, checked
+
+
+def test_layer_6_names_every_way_to_remove_bytes() -> None:
+    """isolation.md's layer 6 said "Only `app data empty-trash` removes bytes" and that every
+    command that removes data needs --yes-i-mean-it; `POST /trash/empty` removes bytes too,
+    while the server runs, with `?confirm=yes-i-mean-it` on production. Every route that the
+    route table says deletes for good is named there, with its confirmation."""
+    table = (DOCS / "generated" / "http-routes.md").read_text(encoding="utf-8")
+    removing = re.findall(r"^\| `(\w+)` \| `([^`]+)` \|[^\n]*\bfor good\b", table, re.M)
+    assert removing, "the route table names the route that empties the trash"
+    page = (DOCS / "explanation" / "isolation.md").read_text(encoding="utf-8")
+    layer = page[page.index("## Layer 6:") : page.index("## Layer 7:")]
+    for method, path in removing:
+        assert f"`{method} {path}`" in layer, (method, path)
+    assert "`app data empty-trash`" in layer.replace("\n", " ")
+    assert "?confirm=yes-i-mean-it" in layer and "--yes-i-mean-it" in layer
