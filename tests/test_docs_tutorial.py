@@ -5,8 +5,7 @@ either run or named below as deliberately not run, so the page cannot show a ste
 test has tried. ``curl`` lines are parsed and sent with httpx (same method, headers, body and
 URL, with the server's address and token put in): ``curl`` itself is not a dependency of the
 test suite. ``app`` lines run the real command in a subprocess on the server's data root.
-Section 1's ``app serve`` runs on its own, on a fresh copy of the settings, and what the page
-quotes of its start is compared with what it prints.
+What section 1 quotes of the server's first start is compared with the server's log.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ STOP_MARKER = "<!-- tutorial-test: stop the server"
 #: Lines the test does not run, and why: the fixture stands for them, or another test runs them.
 NOT_RUN = {
     "python3 -m venv": "installs and starts the server: the live_server fixture does that "
-    "(test_step_1_serves_a_fresh_clone_as_the_page_says runs its serve)",
+    "(on a fresh root, and its log is compared with what section 1 quotes)",
     ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
     "held root and checks the header this step shows",
 }
@@ -216,6 +215,7 @@ def test_the_tutorial_works_against_a_real_server(
     clone, scratch = tmp_path / "clone", tmp_path / "tmp"
     clone.mkdir()
     scratch.mkdir()
+    check_step_1(app_live_server)
     reader = Tutorial(app_live_server, clone, scratch)
     for line in tutorial_steps():
         reader.run(line)
@@ -257,43 +257,23 @@ def test_the_tutorial_works_against_a_real_server(
     assert ("restore-session", session_id) in operations, operations
 
 
-def test_step_1_serves_a_fresh_clone_as_the_page_says(tmp_path: Path) -> None:
-    """Section 1 was run by no test (the live_server fixture stands for it): on a fresh clone
-    its `app serve` first warns that it created the data root, which the page did not say.
-    Its serve command runs here on a copy of the committed settings with no data root, on a
-    free port instead of 8000, and what the page quotes of its start is compared."""
-    from engines import free_ports
-    from test_docs_howtos import served, shell_env
-    from test_docs_readme import run_block
-
+def step_1_quotes() -> list[str]:
+    """What section 1 quotes of the server's start (code spans with `...`), fences left out."""
     text = PAGE.read_text(encoding="utf-8")
-    section = text[text.index("## 1.") : text.index("## 2.")]
-    [install] = [line for line in re.findall(r"^\$ (.+(?:\n {4}.+)*)", section, re.M)]
-    serve = re.sub(r"\s*\\\n\s*", " ", install).split(" && ")[-1]
-    assert serve == ".venv/bin/app serve", install
-    clone = tmp_path / "clone"
-    (clone / ".venv" / "bin").mkdir(parents=True)
-    root = Path(__file__).resolve().parent.parent
-    for name in ("settings.toml", ".secrets.toml"):
-        shutil.copy(root / name, clone / name)
-    app = clone / ".venv" / "bin" / "app"
-    app.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m app "$@"\n')
-    app.chmod(0o755)
-    [port] = free_ports(1)
-    log = tmp_path / "serve.log"
-    env = shell_env(clone, tmp_path, "development")
-    result, _ = run_block(
-        [served(f"APP_PORT={PAGE_URL[-4:]} {serve}", PAGE_URL[-4:], port, log)], clone, env
-    )
-    said = log.read_text()
-    assert result.returncode == 0, result.stdout + result.stderr + said
-    assert f"serving profile development from {clone / 'data' / 'development'}" in said, said
-    assert f"on http://127.0.0.1:{port}" in said, said
-    prose = re.sub(r"```.*?```", "", section, flags=re.S)
-    quoted = [q for q in re.findall(r"`([^`\n]+)`", prose) if "..." in q]
-    assert quoted, "the page quotes what the server says at its first start"
-    for pattern in quoted:
-        regex = ".+?".join(re.escape(part.strip()) for part in pattern.split("...") if part)
+    prose = re.sub(r"```.*?```", "", text[text.index("## 1.") : text.index("## 2.")], flags=re.S)
+    return [quote for quote in re.findall(r"`([^`\n]+)`", prose) if "..." in quote]
+
+
+def check_step_1(server: LiveServer) -> None:
+    """Section 1 was run by no test and did not say that a fresh clone's first start warns
+    that it created the data root. The fixture's server starts on a fresh root too, on the
+    testing profile: each quote must match what it printed, with its profile for the page's."""
+    said = server.log.read_text()
+    quotes = step_1_quotes()
+    assert quotes, "section 1 quotes what the server says at its first start"
+    for quote in quotes:
+        parts = quote.replace("profile development", "profile testing").split("...")
+        regex = ".+?".join(re.escape(part.strip()) for part in parts if part.strip())
         assert re.search(regex, said), (
-            f"docs/tutorial.md quotes `{pattern}`; the server said:\n{said}"
+            f"docs/tutorial.md quotes `{quote}`; the server said:\n{said}"
         )
