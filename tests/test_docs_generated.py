@@ -359,8 +359,8 @@ def test_pytest_header_next_to_a_live_production_server(
     text = text.replace(str(project), EXAMPLE_PROJECT)
     text = re.sub(r"pid \d+", "pid 4242", text)
     text = text.replace(f"host {socket.gethostname()}", "host review-1")
-    text = re.sub(r"since [0-9T:.+-]+", "since 2025-12-04T09:12:03.512113+00:00", text)
-    command = "$ ENV_FOR_DYNACONF=production APP_DATA_ROOT=/srv/app/data pytest"
+    text = _example_times("since", text)
+    command = "$ ENV_FOR_DYNACONF=production APP_DATA_ROOT=/srv/app/data .venv/bin/pytest"
     check_generated("pytest-header.txt", f"{command}\n{text}\n")
 
 
@@ -399,6 +399,27 @@ def test_http_route_table_matches_the_server(app_store, app_config) -> None:  # 
 # --- the files inside a data root -----------------------------------------------------------
 
 
+#: The example time that stands for a real one in the outputs shown, to the real one's precision.
+EXAMPLE_TIME = "2025-12-04T09:12:03.512113+00:00"
+_ANY_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
+
+
+def example_time(real: str) -> str:
+    """EXAMPLE_TIME in the shape of `real`: lock holders publish whole seconds
+    (`since 2026-...:49+00:00`), stamps and records microseconds. The pages showed every
+    holder's `since` with microseconds, which no holder prints."""
+    found = _ANY_TIME.fullmatch(real)
+    assert found, f"not a UTC ISO time: {real!r}"
+    return EXAMPLE_TIME if found.group(1) else EXAMPLE_TIME.partition(".")[0] + "+00:00"
+
+
+def _example_times(prefix: str, text: str) -> str:
+    """Every time after `prefix` (a regex) in `text`, replaced by example_time()."""
+    return re.sub(
+        rf"({prefix}) ({_ANY_TIME.pattern})", lambda m: f"{m[1]} {example_time(m[2])}", text
+    )
+
+
 def _normalise_record(record: dict, ids: dict[str, str]) -> dict:  # type: ignore[type-arg]
     """Replace what changes from run to run (times, pids, paths, ids) with fixed examples."""
     fixed: dict[str, object] = {}
@@ -406,7 +427,7 @@ def _normalise_record(record: dict, ids: dict[str, str]) -> dict:  # type: ignor
         if isinstance(value, dict):
             fixed[key] = _normalise_record(value, ids)
         elif key in {"time", "started_at", "created_at", "uploaded_at", "deleted_at"}:
-            fixed[key] = "2025-12-04T09:12:03.512113+00:00"
+            fixed[key] = example_time(value)
         elif key == "pid":
             fixed[key] = 4242
         elif key == "host":
@@ -463,7 +484,6 @@ EXAMPLE_IDS = [
     "0193a5f0c2d97c41b7e25f0a9d3c6e18",
     "0193a5f0c2da7a0e8f3b1c64e2d9a750",
 ]
-EXAMPLE_TIME = "2025-12-04T09:12:03.512113+00:00"
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 _TRASH_TIME = re.compile(r"\d{8}T\d{12}Z")
 
@@ -661,7 +681,7 @@ def _example_holder(text: str, root: Path) -> str:
     text = re.sub(r"pid \d+", "pid 4242", text)
     text = re.sub(r"kill \d+", "kill 4242", text)
     text = text.replace(f"host {socket.gethostname()}", "host review-1")
-    text = re.sub(r"(since|created) [0-9T:.+-]+", r"\1 2025-12-04T09:12:03.512113+00:00", text)
+    text = _example_times("since|created", text)
     return text
 
 
@@ -707,5 +727,7 @@ def test_refusal_of_a_root_stamped_by_another_profile(tmp_path: Path) -> None:
     assert unconfirmed.endswith("$ echo $?\n77\n"), unconfirmed
     done = _run_app(project, *restamp, "--yes-i-mean-it", show=shown, APP_DATA_ROOT=str(root))
     assert "now stamped 'development'" in done, done
-    text = "".join(_example_holder(out, root) for out in (refused, unconfirmed, done))
+    # The page says "do not re-stamp" here: it shows the refusals, not the re-stamp done (it
+    # showed production's root re-stamped to development, the mistake it warns against).
+    text = "".join(_example_holder(out, root) for out in (refused, unconfirmed))
     check_generated("refusal-stamp.txt", text)

@@ -173,6 +173,9 @@ def test_the_readme_http_commands_run_as_written(
     assert (replaced["name"], replaced["size"]) == ("notes.txt", len("second version\n"))
     assert output_of('curl -s "$URL/sessions/$ID/files/notes.txt"') == "second version"
     listed = json.loads(output_of("sessions?limit"))
+    # The line's comment names the answer's keys; it had left out "left_out".
+    [comment] = [line.split("#", 1)[1] for line in lines if "sessions?limit" in line]
+    assert re.findall(r'"(\w+)"', comment) == list(listed), (comment, list(listed))
     assert [s["title"] for s in listed["items"]] == ["first review"], listed
     session_id = listed["items"][0]["id"]
     assert json.loads(output_of("-X DELETE"))["trash"].endswith(session_id)

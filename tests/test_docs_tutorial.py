@@ -5,6 +5,7 @@ either run or named below as deliberately not run, so the page cannot show a ste
 test has tried. ``curl`` lines are parsed and sent with httpx (same method, headers, body and
 URL, with the server's address and token put in): ``curl`` itself is not a dependency of the
 test suite. ``app`` lines run the real command in a subprocess on the server's data root.
+What section 1 quotes of the server's first start is compared with the server's log.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ PAGE_URL = "http://127.0.0.1:8000"
 STOP_MARKER = "<!-- tutorial-test: stop the server"
 #: Lines the test does not run, and why: the fixture stands for them, or another test runs them.
 NOT_RUN = {
-    "python3 -m venv": "installs and starts the server: the live_server fixture does that",
+    "python3 -m venv": "installs and starts the server: the live_server fixture does that "
+    "(on a fresh root, and its log is compared with what section 1 quotes)",
     ".venv/bin/pytest": "a whole test run: tests/test_docs_generated.py runs pytest next to a "
     "held root and checks the header this step shows",
 }
@@ -213,6 +215,7 @@ def test_the_tutorial_works_against_a_real_server(
     clone, scratch = tmp_path / "clone", tmp_path / "tmp"
     clone.mkdir()
     scratch.mkdir()
+    check_step_1(app_live_server)
     reader = Tutorial(app_live_server, clone, scratch)
     for line in tutorial_steps():
         reader.run(line)
@@ -252,3 +255,25 @@ def test_the_tutorial_works_against_a_real_server(
     operations = [(r["operation"], r["target"]) for r in audit if r["operation"] != "clear-tmp"]
     assert ("trash-session", session_id) in operations, operations
     assert ("restore-session", session_id) in operations, operations
+
+
+def step_1_quotes() -> list[str]:
+    """What section 1 quotes of the server's start (code spans with `...`), fences left out."""
+    text = PAGE.read_text(encoding="utf-8")
+    prose = re.sub(r"```.*?```", "", text[text.index("## 1.") : text.index("## 2.")], flags=re.S)
+    return [quote for quote in re.findall(r"`([^`\n]+)`", prose) if "..." in quote]
+
+
+def check_step_1(server: LiveServer) -> None:
+    """Section 1 was run by no test and did not say that a fresh clone's first start warns
+    that it created the data root. The fixture's server starts on a fresh root too, on the
+    testing profile: each quote must match what it printed, with its profile for the page's."""
+    said = server.log.read_text()
+    quotes = step_1_quotes()
+    assert quotes, "section 1 quotes what the server says at its first start"
+    for quote in quotes:
+        parts = quote.replace("profile development", "profile testing").split("...")
+        regex = ".+?".join(re.escape(part.strip()) for part in parts if part.strip())
+        assert re.search(regex, said), (
+            f"docs/tutorial.md quotes `{quote}`; the server said:\n{said}"
+        )
