@@ -941,18 +941,37 @@ class ProfileStampMismatchError(ConfigError):
     @property
     def message(self) -> str:
         root, stamped, requested = self.root, self.stamped, self.requested
-        # The command it names must be one that runs: re-stamping to or from a protected
-        # profile (production always is) needs the confirmation option.
-        confirm = " --yes-i-mean-it" if self.protected else ""
-        import shlex  # here: only a refusal pays for it
-
         return (
             f"data root {root} belongs to profile {stamped!r} (see {root}/.app-profile.json) "
-            f"but profile {requested!r} tried to open it. If that root really should now serve "
-            f"{requested!r}, re-stamp it explicitly: "
-            f"app data restamp --profile {requested} --from {shlex.quote(stamped)}{confirm}"
-            f"{stamp_name_note(stamped, requested)}"
+            f"but profile {requested!r} tried to open it; nothing was changed. "
+            f"{restamp_advice(stamped, requested, 'data_root', protected=self.protected)}"
         )
+
+
+def restamp_advice(stamped: str, requested: str, setting: str, *, protected: bool) -> str:
+    """What a stamp mismatch tells the operator: the setting to correct (almost always a
+    mistake: a variable exported in the wrong shell, a copied unit file), then the re-stamp
+    that hands the root over, for the rare case that is meant.
+
+    The re-stamp of a protected profile's root (or to one) is named without
+    ``--yes-i-mean-it``, and said to ask for it: pasted as the refusal gave it, it handed
+    production's data to the development shell that had mistyped its root (the docs' own
+    example; a newcomer's review, session 55). The confirmation is the operator's to type.
+    """
+    import shlex  # here: only a refusal pays for it
+
+    command = f"app data restamp --profile {requested} --from {shlex.quote(stamped)}"
+    confirm = (
+        " (add --yes-i-mean-it, which it asks for where a protected profile may be involved, "
+        "only once you are sure)"
+        if protected
+        else ""
+    )
+    return (
+        f"Most often {setting} is wrong here (`app config` shows where it came from): correct "
+        f"it there. Only if this really should now serve {requested!r}, re-stamp it "
+        f"explicitly: {command}{confirm}{stamp_name_note(stamped, requested)}"
+    )
 
 
 class DataRootTooNewError(ConfigError):

@@ -293,8 +293,9 @@ def test_restamp_of_a_root_already_stamped_for_the_profile_changes_nothing(
 def test_the_restamp_command_a_stamp_mismatch_names_is_one_that_runs(
     app_config: Config,
 ) -> None:
-    # The root was production's: handing it over needs the confirmation option, so the
-    # command the refusal suggests must carry it, or following the advice exits 77.
+    # The root was production's: handing it over needs the confirmation option. The refusal
+    # names the command without it, and says so: pasted whole, the command it once gave
+    # handed production's data to the shell that had mistyped its root.
     import dataclasses
     import shlex
 
@@ -302,11 +303,15 @@ def test_the_restamp_command_a_stamp_mismatch_names_is_one_that_runs(
     open_root(production, kind="tests").close()
     code, _, err = invoke("sessions", "list")
     assert code == 78
-    suggested = err.split("re-stamp it explicitly: ", 1)[1].strip()
-    assert suggested.endswith("--yes-i-mean-it")
+    assert "Most often data_root is wrong here (`app config` shows where it came from)" in err
+    suggested, note = err.split("re-stamp it explicitly: ", 1)[1].strip().split(" (add ", 1)
+    assert note.startswith("--yes-i-mean-it, which it asks for where a protected"), note
     program, *args = shlex.split(suggested)
     assert program == "app"
-    code, out, err = invoke(*args)
+    code, _, err = invoke(*args)
+    assert code == 77, err
+    assert "Re-run with --yes-i-mean-it if you mean it" in " ".join(err.split())
+    code, out, err = invoke(*args, "--yes-i-mean-it")
     assert code == 0, err
     assert "is now stamped 'testing' (was 'production')" in out
     assert invoke("sessions", "list")[0] == 0
@@ -326,7 +331,8 @@ def test_a_root_stamped_by_a_profile_these_settings_do_not_know_is_taken_only_wi
     code, _, err = invoke("sessions", "list")
     assert code == 78
     suggested = err.split("re-stamp it explicitly: ", 1)[1].strip()
-    assert suggested.endswith("--from prod-eu --yes-i-mean-it")
+    assert suggested.startswith("app data restamp --profile testing --from prod-eu (add ")
+    assert "--yes-i-mean-it, which it asks for where a protected" in suggested, suggested
     code, _, err = invoke("data", "restamp", "--from", "prod-eu")
     assert code == 77
     # Not called protected: these settings have no such profile (red team 45 read it so).
@@ -338,6 +344,7 @@ def test_a_root_stamped_by_a_profile_these_settings_do_not_know_is_taken_only_wi
     assert json.loads((app_config.data_root / ".app-profile.json").read_text())["profile"] == (
         "prod-eu"
     )
-    code, out, err = invoke(*shlex.split(suggested)[1:])
+    command = suggested.split(" (add ", 1)[0]
+    code, out, err = invoke(*shlex.split(command)[1:], "--yes-i-mean-it")
     assert code == 0, err
     assert "is now stamped 'testing' (was 'prod-eu')" in out

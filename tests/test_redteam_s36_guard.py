@@ -279,13 +279,15 @@ def test_a_stamp_whose_name_is_not_plain_is_named_and_the_restamp_given_runs(
     assert done.returncode == 78, done.stderr
     quoted = f"'{stamped}'"
     assert (
-        f"re-stamp it explicitly: app data restamp --profile testing --from {quoted} "
-        "--yes-i-mean-it. The "
+        f"re-stamp it explicitly: app data restamp --profile testing --from {quoted} (add "
+        "--yes-i-mean-it, which it asks for where a protected profile may be involved, only "
+        "once you are sure). The "
         f"stamp's {stamped!r} is not a plain profile name: it holds {held}, and only looks "
         "like 'testing'; the app stamps only plain names, so it was written by hand or by "
         "another tool"
     ) in done.stderr, done.stderr
-    command = done.stderr.split("re-stamp it explicitly: ", 1)[1].split(". The stamp's")[0]
+    command = done.stderr.split("re-stamp it explicitly: ", 1)[1].split(" (add ")[0]
+    command += " --yes-i-mean-it"  # the operator's to add, once sure
     bindir = str(Path(sys.executable).parent)
     shell_env = {**env, "PATH": f"{bindir}{os.pathsep}{env['PATH']}"}
     restamped = subprocess.run(

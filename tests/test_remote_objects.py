@@ -92,7 +92,7 @@ def test_the_prefix_is_stamped_and_another_profile_is_refused(store: ObjectStore
     assert store.open("production")["profile"] == "production"
     with pytest.raises(RemoteStampMismatchError) as caught:
         store.open("testing", protected=lambda stamped: stamped == "production")
-    assert "app data restamp --profile testing --from production --yes-i-mean-it" in str(
+    assert "app data restamp --profile testing --from production (add --yes-i-mean-it" in str(
         caught.value
     )
     assert store.restamp("production", "staging")["restamped_from"] == "production"

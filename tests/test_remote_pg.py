@@ -99,7 +99,7 @@ def test_another_profile_is_refused_with_the_restamp_command(stamped: str) -> No
         pg.open_database(stamped, "testing", protected=lambda stamped: stamped == "production")
     message = str(caught.value)
     assert "belongs to profile 'production'" in message
-    assert "app data restamp --profile testing --from production --yes-i-mean-it" in message
+    assert "app data restamp --profile testing --from production (add --yes-i-mean-it" in message
     assert caught.value.exit_code == 78
 
 

@@ -336,7 +336,7 @@ def test_storage_stamped_for_another_profile_is_refused_until_restamped(
     refused = production.start(ready=False)
     assert refused.process.wait(timeout=60) == 78
     assert "belongs to profile 'development'" in refused.output
-    command = "app data restamp --profile production --from development --yes-i-mean-it"
+    command = "app data restamp --profile production --from development (add --yes-i-mean-it"
     assert command in refused.output
     assert "NOT 'production': refused" in production.run("status").stdout
 

@@ -18,7 +18,7 @@ from app.errors import (
     AppError,
     ConfigError,
     StorageError,
-    stamp_name_note,
+    restamp_advice,
 )
 
 _CONFIRM = " --yes-i-mean-it"
@@ -85,15 +85,11 @@ class RemoteStampMismatchError(ConfigError):
 
     @property
     def message(self) -> str:
-        import shlex  # here: only a refusal pays for it
-
-        confirm = _CONFIRM if self.protected else ""
+        setting = "database_url" if self.what.startswith("database") else "blob_url"
         return (
             f"{self.what} belongs to profile {self.stamped!r} (see {self.where}) but profile "
-            f"{self.requested!r} tried to open it. If it really should now serve "
-            f"{self.requested!r}, re-stamp it explicitly: app data restamp --profile "
-            f"{self.requested} --from {shlex.quote(self.stamped)}{confirm}"
-            f"{stamp_name_note(self.stamped, self.requested)}"
+            f"{self.requested!r} tried to open it; nothing was changed. "
+            f"{restamp_advice(self.stamped, self.requested, setting, protected=self.protected)}"
         )
 
 
