@@ -457,6 +457,8 @@ def test_data_root_files_match_what_the_app_writes(app_config) -> None:  # type:
 
     with open_root(app_config, kind="server", port=8080, wanted="document the layout") as root:
         store = Store(root)
+        # What `app serve` publishes once it has bound its socket (`app.server.run._run`).
+        store.publish(port=8080, url="http://127.0.0.1:8080", address="127.0.0.1")
         session = store.create_session("site visit")
         entry = store.delete_session(session["id"])
         holder = json.loads((app_config.data_root / ".server.lock").read_text())
