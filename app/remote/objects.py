@@ -962,11 +962,15 @@ class ObjectStore:
             if info.name not in referenced and self.is_blob_name(info.name)
         ]
 
-    def unfinished_uploads(self) -> list[UnfinishedUpload]:
+    def unfinished_uploads(self, *, every_name: bool = False) -> list[UnfinishedUpload]:
         """Multipart uploads under ``blobs/``, of any age, never completed nor aborted: what a
         process killed mid-upload (or whose abort failed) leaves, or one still going (the
         caller judges by age). No listing of objects shows them, and the object store keeps
-        their parts until they are aborted. ``[]`` where the server does not list them."""
+        their parts until they are aborted. ``[]`` where the server does not list them.
+
+        `every_name`: every one under the whole prefix, whatever its key (a test run's own
+        scratch prefix, emptied at the run's end: red team 56), not only the app's names
+        under ``blobs/``, which alone a profile's prefix may call its own."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         base = self.location.key("")
@@ -974,10 +978,10 @@ class ObjectStore:
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
             for page in paginator.paginate(
-                Bucket=self.location.bucket, Prefix=self.location.key(BLOBS)
+                Bucket=self.location.bucket, Prefix=self.location.key("" if every_name else BLOBS)
             ):
                 for item in page.get("Uploads", ()):
-                    if self.is_blob_name(item["Key"][len(base) :]):
+                    if every_name or self.is_blob_name(item["Key"][len(base) :]):
                         found.append(
                             UnfinishedUpload(
                                 item["Key"][len(base) :], item["UploadId"], item["Initiated"]
