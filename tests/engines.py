@@ -654,11 +654,13 @@ def remote_testing_run(
     tests: str,
     *,
     secret_access_key: str | None = None,
+    bucket: str | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """A project whose testing profile is remote, for an inner pytest run: testing's database
     and prefix on these engines (`names`: the database's name and the prefix, each made
     scratch by the inner run's plugin), `tests` as its ``test_inner.py``. Returns the
-    project's directory and the environment to run it in (`side_by_side.inner_environ`)."""
+    project's directory and the environment to run it in (`side_by_side.inner_environ`).
+    `bucket`: one the test made on the engine, instead of the engine's."""
     from side_by_side import inner_environ
 
     settings, project, tmproot = tmp_path / "settings", tmp_path / "project", tmp_path / "tmp"
@@ -668,7 +670,7 @@ def remote_testing_run(
     (settings / "settings.toml").write_text(
         f'[development]\ndata_root = "{tmp_path}/development"\n'
         f'[testing]\ndatabase_url = "{postgres_engine.url(database)}"\n'
-        f'blob_url = "s3://{s3_engine.bucket}/{prefix}"\n'
+        f'blob_url = "s3://{bucket or s3_engine.bucket}/{prefix}"\n'
         f's3_endpoint_url = "{s3_engine.endpoint_url}"\n'
     )
     (settings / ".secrets.toml").write_text(

@@ -14,6 +14,15 @@ What broke:
   same one line as an object it could not delete; docs/explanation/remote.md's commands to
   clear a killed run's prefix by hand now abort its uploads too (``aws s3 rm`` does not).
 
+- A run's end left every version of the objects it wrote, in a bucket that keeps versions
+  (as docs/how-to/run-on-postgresql.md sets up ``app-data``, where the plugin's reference shows
+  testing's prefix). Deleting an object there only puts a delete marker over it: the run's
+  prefix looked empty to every listing of objects, and every byte each run wrote stayed,
+  billed, for ever. The end of a run now also deletes every version and delete marker under
+  its own scratch prefix (none of another's, nor of any profile's: those are its backups),
+  unless the bucket has Object Lock, whose retention decides; what it could not delete is
+  said in the same one line.
+
 What held, in the same run: it drops and empties its own scratch database and prefix alone; a
 killed run's leftovers beside them (a database and a prefix named like a run's, an unfinished
 upload in it) and production's prefix beside testing's (its objects and its unfinished upload)
@@ -70,29 +79,45 @@ def _uploads(client: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(upload["Key"] for upload in listed.get("Uploads", ()))
 
 
+def _versions(client: Any, bucket: str, prefix: str) -> list[tuple[str, str]]:
+    """Every version and delete marker under `prefix`: (key, version id)."""
+    listed = client.list_object_versions(Bucket=bucket, Prefix=prefix)
+    found = [*listed.get("Versions", ()), *listed.get("DeleteMarkers", ())]
+    return sorted((item["Key"], item["VersionId"]) for item in found)
+
+
 def _objects(client: Any, bucket: str, prefix: str) -> list[str]:
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
     return sorted(item["Key"] for item in listed.get("Contents", ()))
 
 
-def test_a_run_s_end_aborts_the_uploads_left_under_its_scratch_prefix_and_nothing_else(
+def test_a_run_s_end_leaves_no_upload_nor_version_under_its_scratch_prefix_and_nothing_else(
     postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path
 ) -> None:
     testing, prefix = f"rt56t_{os.getpid()}", f"rt56-{os.getpid()}"
+    # A bucket that keeps versions, as docs/how-to/run-on-postgresql.md sets one up.
+    client, bucket = s3_engine.client(), f"rt56v-{os.getpid()}"
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     project, env = remote_testing_run(
-        tmp_path, postgres_engine, s3_engine, (testing, prefix), _INNER
+        tmp_path, postgres_engine, s3_engine, (testing, prefix), _INNER, bucket=bucket
     )
-    client, bucket = s3_engine.client(), s3_engine.bucket
-    # Beside the runs: a killed run's database and prefix (named as a run's), and
-    # production's prefix next to testing's, each with an object and an unfinished upload.
+    # Beside the run: a killed run's database and prefix (named as a run's), and
+    # production's prefix next to testing's, each with an object, an earlier version of it
+    # and a deleted one (a marker over its version), and an unfinished upload.
     killed = f"{prefix}/pytest_1_dead"
     beside = [f"{killed}/blobs/{'a' * 32}", f"{prefix}-production/blobs/{'b' * 32}"]
     kept = []
     for key in beside:
+        client.put_object(Bucket=bucket, Key=key, Body=b"earlier")
         client.put_object(Bucket=bucket, Key=key, Body=b"kept")
+        client.put_object(Bucket=bucket, Key=key[:-1] + "d", Body=b"deleted")
+        client.delete_object(Bucket=bucket, Key=key[:-1] + "d")
         upload = key[:-1] + "c"
         client.create_multipart_upload(Bucket=bucket, Key=upload)
         kept.append(upload)
+    versions = {where: _versions(client, bucket, where) for where in (killed, beside[1][:-39])}
+    assert [len(found) for found in versions.values()] == [4, 4]
     with postgres_engine.connect() as conn:
         conn.execute(f'CREATE DATABASE "{testing}_pytest_1_dead"')
     try:
@@ -103,8 +128,12 @@ def test_a_run_s_end_aborts_the_uploads_left_under_its_scratch_prefix_and_nothin
         ((blob, database),) = set(re.findall(r"SCRATCH (\S+) (\S+)", output))
         assert blob.startswith(f"s3://{bucket}/{prefix}/pytest_"), blob
         assert database.startswith(f"{testing}_pytest_"), database
-        # Before: the two uploads the tests began were left under the run's prefix,
-        # invisible to every listing of objects, and nothing would ever abort them.
+        # Before: the two uploads the tests began were left under the run's prefix, and
+        # the versions of its objects (each hidden behind a marker), invisible to every
+        # listing of objects, and nothing would ever abort or delete them.
+        assert _versions(client, bucket, blob.removeprefix(f"s3://{bucket}/") + "/") == []
+        assert _versions(client, bucket, f"{prefix}/") == versions[killed]
+        assert {where: _versions(client, bucket, where) for where in versions} == versions
         assert _uploads(client, bucket, f"{prefix}/") == [kept[0]]
         assert _objects(client, bucket, f"{prefix}/") == [beside[0]]
         assert _uploads(client, bucket, f"{prefix}-production/") == [kept[1]]
