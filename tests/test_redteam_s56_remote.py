@@ -23,6 +23,13 @@ What broke:
   unless the bucket has Object Lock, whose retention decides; what it could not delete is
   said in the same one line.
 
+- An xdist worker that crashed (a test that killed it, the OOM killer): xdist started another
+  in its place and the run went on, but the crashed worker's session end never ran, so its
+  scratch database, objects and uploads were left with nothing said, though its controller
+  had seen it die. The controller now drops and empties them once the worker's process has
+  exited (the proof a killed run's leftovers lack), and says so in one line; the sandbox's
+  check of a scratch name lets a run's process (not a worker) reach its workers' names.
+
 What held, in the same run: it drops and empties its own scratch database and prefix alone; a
 killed run's leftovers beside them (a database and a prefix named like a run's, an unfinished
 upload in it) and production's prefix beside testing's (its objects and its unfinished upload)
@@ -46,17 +53,19 @@ from engines import PostgresEngine, S3Engine, remote_testing_run
 from side_by_side import pytest_side_by_side
 
 _INNER = '''
+import os
+import signal
 import uuid
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from app.remote.objects import ObjectStore
 
 
-@pytest.mark.parametrize("key", ["blobs/", "elsewhere/"])
+@pytest.mark.parametrize("key", ["blobs/", "elsewhere/", "crash/"])
 def test_leaves_an_unfinished_upload(app_config, key):
-    """What a replica killed mid-upload leaves: a multipart upload with a part, no object."""
+    """What a replica killed mid-upload leaves: a multipart upload with a part, no object;
+    then, for "crash/", the worker killed as the kernel's OOM killer would."""
     store = ObjectStore(
         app_config.blob_url,
         app_config.s3_endpoint_url,
@@ -68,9 +77,10 @@ def test_leaves_an_unfinished_upload(app_config, key):
     upload = client.create_multipart_upload(Bucket=bucket, Key=name)["UploadId"]
     client.upload_part(Bucket=bucket, Key=name, UploadId=upload, PartNumber=1, Body=b"x" * 64)
     store.put("blobs/" + uuid.uuid4().hex, b"an object")
-    print("SCRATCH", app_config.blob_url, conninfo_to_dict(app_config.database_url)["dbname"])
     listed = client.list_multipart_uploads(Bucket=bucket, Prefix=store.location.key(""))
     assert name in [u["Key"] for u in listed.get("Uploads", ())]
+    if key == "crash/":
+        os.kill(os.getpid(), signal.SIGKILL)
 '''
 
 
@@ -121,17 +131,23 @@ def test_a_run_s_end_leaves_no_upload_nor_version_under_its_scratch_prefix_and_n
     with postgres_engine.connect() as conn:
         conn.execute(f'CREATE DATABASE "{testing}_pytest_1_dead"')
     try:
-        (result,) = pytest_side_by_side(project, env, ["-p", "no:randomly", "-s"])
+        (result,) = pytest_side_by_side(project, env, ["-p", "no:randomly", "-n", "1"])
         output = "\n".join(result.outlines + result.errlines)
-        assert result.ret == 0 and "2 passed" in result.outlines[-1], output
-        # The run's own scratch database and prefix, where the tests left their uploads.
-        ((blob, database),) = set(re.findall(r"SCRATCH (\S+) (\S+)", output))
-        assert blob.startswith(f"s3://{bucket}/{prefix}/pytest_"), blob
-        assert database.startswith(f"{testing}_pytest_"), database
-        # Before: the two uploads the tests began were left under the run's prefix, and
-        # the versions of its objects (each hidden behind a marker), invisible to every
-        # listing of objects, and nothing would ever abort or delete them.
-        assert _versions(client, bucket, blob.removeprefix(f"s3://{bucket}/") + "/") == []
+        assert "1 failed, 2 passed" in result.outlines[-1], output
+        # The run's scratch names, and its crashed worker's (xdist replaced it).
+        (run,) = re.findall(rf"prefix=s3://{bucket}/{prefix}/(pytest_\w+) \(\+ _gw<N>", output)
+        (worker,) = re.findall(r"app: worker (gw\d) crashed; its scratch database", output)
+        # Before: nothing said, and the crashed worker's database, objects and upload left.
+        assert (
+            f"app: worker {worker} crashed; its scratch database "
+            f"postgresql://app@{postgres_engine.host}:{postgres_engine.port}/"
+            f"{testing}_{run}_{worker} and prefix s3://{bucket}/{prefix}/{run}_{worker} "
+            "are removed"
+        ) in output
+        # Before: the uploads the tests began were left under the workers' prefixes, and
+        # the versions of their objects (each hidden behind a marker), invisible to every
+        # listing of objects, and nothing would ever abort or delete them. Only the killed
+        # run's are left under testing's prefix.
         assert _versions(client, bucket, f"{prefix}/") == versions[killed]
         assert {where: _versions(client, bucket, where) for where in versions} == versions
         assert _uploads(client, bucket, f"{prefix}/") == [kept[0]]
