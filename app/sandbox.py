@@ -3524,12 +3524,18 @@ _REMOTE_KEYS: Final = {"database_url": "database", "blob_url": "object prefix"}
 
 
 def _is_scratch(key: str, value: str, suffix: str) -> bool:
+    # A run's suffix covers its xdist workers' (its own and ``_gw<N>``): the controller
+    # clears a worker's that crashed (red team 56). A worker's covers its own alone.
+    workers = "" if re.search(r"_gw\d+$", suffix) else r"(_gw\d+)?"
     if key == "database_url":
         from app.remote.pg import database_addresses
 
-        return all(a.dbname.endswith(suffix) for a in database_addresses(value))
+        ends = re.compile(re.escape(suffix) + workers + r"\Z")
+        return all(ends.search(a.dbname) for a in database_addresses(value))
     last = value.rstrip("/").rpartition("/")[2]
-    return last == suffix.lstrip("_") or (last.endswith(suffix) and last != suffix)
+    if re.fullmatch(re.escape(suffix.lstrip("_")) + workers, last):
+        return True
+    return bool(re.search(re.escape(suffix) + workers + r"\Z", last)) and last != suffix
 
 
 def confine_remote(

@@ -644,3 +644,39 @@ def new_blob_url(s3_engine: S3Engine, environ: Mapping[str, str] | None = None) 
     """`blob_url`'s prefix, for a head start (tests/head_start.py) too: the run is the one
     `environ` (this process's by default) names."""
     return f"s3://{s3_engine.bucket}/t{os.getpid()}-{next(_prefixes)}{scratch(environ)}"
+
+
+def remote_testing_run(
+    tmp_path: Path,
+    postgres_engine: PostgresEngine,
+    s3_engine: S3Engine,
+    names: tuple[str, str],
+    tests: str,
+    *,
+    secret_access_key: str | None = None,
+    bucket: str | None = None,
+) -> tuple[Path, dict[str, str]]:
+    """A project whose testing profile is remote, for an inner pytest run: testing's database
+    and prefix on these engines (`names`: the database's name and the prefix, each made
+    scratch by the inner run's plugin), `tests` as its ``test_inner.py``. Returns the
+    project's directory and the environment to run it in (`side_by_side.inner_environ`).
+    `bucket`: one the test made on the engine, instead of the engine's."""
+    from side_by_side import inner_environ
+
+    settings, project, tmproot = tmp_path / "settings", tmp_path / "project", tmp_path / "tmp"
+    for directory in (settings, project, tmproot):
+        directory.mkdir()
+    database, prefix = names
+    (settings / "settings.toml").write_text(
+        f'[development]\ndata_root = "{tmp_path}/development"\n'
+        f'[testing]\ndatabase_url = "{postgres_engine.url(database)}"\n'
+        f'blob_url = "s3://{bucket or s3_engine.bucket}/{prefix}"\n'
+        f's3_endpoint_url = "{s3_engine.endpoint_url}"\n'
+    )
+    (settings / ".secrets.toml").write_text(
+        f'[testing]\ns3_access_key_id = "{s3_engine.access_key_id}"\n'
+        f's3_secret_access_key = "{secret_access_key or s3_engine.secret_access_key}"\n'
+    )
+    (project / "test_inner.py").write_text(tests)
+    env = inner_environ(os.environ, project, tmproot) | {"APP_SETTINGS_DIR": str(settings)}
+    return project, env

@@ -58,9 +58,9 @@ from pathlib import Path
 import forked_app
 import psycopg
 import pytest
-from engines import PostgresEngine, S3Engine, scratch
+from engines import PostgresEngine, S3Engine, remote_testing_run, scratch
 from psycopg.conninfo import conninfo_to_dict
-from side_by_side import inner_environ, pytest_side_by_side
+from side_by_side import pytest_side_by_side
 
 from app.config import mask_database_url
 from app.testing import fixtures
@@ -212,23 +212,16 @@ def test_a_password_file_line_for_testing_s_database_alone_is_named_as_what_the_
 def test_a_scratch_prefix_the_store_refuses_to_empty_at_the_end_is_said_in_one_line(
     postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path
 ) -> None:
-    settings, project, tmproot = tmp_path / "settings", tmp_path / "project", tmp_path / "tmp"
-    for directory in (settings, project, tmproot):
-        directory.mkdir()
     testing = f"rt55t_{os.getpid()}"
-    (settings / "settings.toml").write_text(
-        f'[development]\ndata_root = "{tmp_path}/development"\n'
-        f'[testing]\ndatabase_url = "{postgres_engine.url(testing)}"\n'
-        f'blob_url = "s3://{s3_engine.bucket}/rt55-{os.getpid()}"\n'
-        f's3_endpoint_url = "{s3_engine.endpoint_url}"\n'
-    )
     # Keys the store refuses (rotated while the run ran): answered at once, no retries.
-    (settings / ".secrets.toml").write_text(
-        f'[testing]\ns3_access_key_id = "{s3_engine.access_key_id}"\n'
-        's3_secret_access_key = "rotated-away"\n'
+    project, env = remote_testing_run(
+        tmp_path,
+        postgres_engine,
+        s3_engine,
+        (testing, f"rt55-{os.getpid()}"),
+        "def test_nothing_stored():\n    pass\n",
+        secret_access_key="rotated-away",
     )
-    (project / "test_inner.py").write_text("def test_nothing_stored():\n    pass\n")
-    env = inner_environ(os.environ, project, tmproot) | {"APP_SETTINGS_DIR": str(settings)}
     (result,) = pytest_side_by_side(project, env, ["-p", "no:randomly"])
     output = "\n".join(result.outlines + result.errlines)
     said = " ".join(output.split())

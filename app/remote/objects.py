@@ -571,6 +571,13 @@ NO_ANSWER = (
 )
 
 
+def _not_implemented(error: Exception) -> bool:
+    """Whether the server said it does not implement a request (what some S3-compatible
+    servers answer to a listing of uploads or a bucket's versioning)."""
+    response = getattr(error, "response", None) or {}
+    return bool(response.get("Error", {}).get("Code") == "NotImplemented")
+
+
 def _timed_out(error: Exception) -> bool:
     """Whether botocore's "Connection was closed before we received a valid response" is a
     timeout while the request's body was sent: urllib3 reports a socket timeout in a send
@@ -918,12 +925,17 @@ class ObjectStore:
             raise failed from error
         return True
 
-    def delete(self, *names: str) -> None:
-        """Delete objects (a missing one is no error: deletes are retried after crashes)."""
+    def delete(self, *names: str, versions: Iterable[tuple[str, str]] = ()) -> None:
+        """Delete objects (a missing one is no error: deletes are retried after crashes).
+
+        `versions`: (name, version id) pairs, each version (or delete marker) deleted for
+        good, what :meth:`every_version` lists."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        for start in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
-            batch = [{"Key": self.location.key(name)} for name in names[start : start + 1000]]
+        batches = [{"Key": self.location.key(name)} for name in names]
+        batches += [{"Key": self.location.key(n), "VersionId": v} for n, v in versions]
+        for start in range(0, len(batches), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = batches[start : start + 1000]
             try:
                 answer = self._client.delete_objects(
                     Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
@@ -953,6 +965,40 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as error:
             raise self._fail(error) from error
 
+    def every_version(self) -> list[tuple[str, str]]:
+        """(name, version id) of every version and delete marker under the prefix, where the
+        bucket keeps versions (``[]`` where it never did): what deleting an object in a
+        versioned bucket leaves, shown by no listing of objects (red team 56). For a test
+        run's own scratch prefix alone: a profile's versions are its backups."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket = self.location.bucket
+        try:
+            if not self._client.get_bucket_versioning(Bucket=bucket).get("Status"):
+                return []
+        except (BotoCoreError, ClientError) as error:
+            if _not_implemented(error):
+                return []
+            raise self._fail(error) from error
+        try:  # Object Lock: its retention, not the app, says when a version may go.
+            lock = self._client.get_object_lock_configuration(Bucket=bucket)
+        except ClientError:
+            lock = {}  # no configuration (each server names that its own way)
+        except BotoCoreError as error:
+            raise self._fail(error) from error
+        if lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled":
+            return []
+        base = self.location.key("")
+        found = []
+        paginator = self._client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base):
+                for item in (*page.get("Versions", ()), *page.get("DeleteMarkers", ())):
+                    found.append((item["Key"][len(base) :], item["VersionId"]))
+        except (BotoCoreError, ClientError) as error:
+            raise self._fail(error) from error
+        return found
+
     def orphans(self, referenced: set[str]) -> list[ObjectInfo]:
         """Blobs that no row names, of any age: a young one may belong to an upload whose
         transaction has not committed yet, which the caller judges (`app.remote.check`)."""
@@ -962,11 +1008,15 @@ class ObjectStore:
             if info.name not in referenced and self.is_blob_name(info.name)
         ]
 
-    def unfinished_uploads(self) -> list[UnfinishedUpload]:
+    def unfinished_uploads(self, *, every_name: bool = False) -> list[UnfinishedUpload]:
         """Multipart uploads under ``blobs/``, of any age, never completed nor aborted: what a
         process killed mid-upload (or whose abort failed) leaves, or one still going (the
         caller judges by age). No listing of objects shows them, and the object store keeps
-        their parts until they are aborted. ``[]`` where the server does not list them."""
+        their parts until they are aborted. ``[]`` where the server does not list them.
+
+        `every_name`: every one under the whole prefix, whatever its key (a test run's own
+        scratch prefix, emptied at the run's end: red team 56), not only the app's names
+        under ``blobs/``, which alone a profile's prefix may call its own."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         base = self.location.key("")
@@ -974,20 +1024,18 @@ class ObjectStore:
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
             for page in paginator.paginate(
-                Bucket=self.location.bucket, Prefix=self.location.key(BLOBS)
+                Bucket=self.location.bucket, Prefix=self.location.key("" if every_name else BLOBS)
             ):
                 for item in page.get("Uploads", ()):
-                    if self.is_blob_name(item["Key"][len(base) :]):
+                    if every_name or self.is_blob_name(item["Key"][len(base) :]):
                         found.append(
                             UnfinishedUpload(
                                 item["Key"][len(base) :], item["UploadId"], item["Initiated"]
                             )
                         )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "NotImplemented":
+        except (BotoCoreError, ClientError) as error:
+            if _not_implemented(error):
                 return []
-            raise self._fail(error) from error
-        except BotoCoreError as error:
             raise self._fail(error) from error
         return found
 

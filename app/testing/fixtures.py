@@ -15,7 +15,15 @@ import pytest
 
 from app import config as appconfig
 from app.errors import AppError, printable
-from app.testing.guard import INACTIVE, STATE, local_address, port_served, scratch_names
+from app.sandbox import scratch_blob_url
+from app.testing.guard import (
+    INACTIVE,
+    STATE,
+    RemoteTesting,
+    local_address,
+    port_served,
+    scratch_names,
+)
 
 if TYPE_CHECKING:
     from app.storage import Storage
@@ -32,10 +40,8 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
     if state is None or state.remote is None or state.run is None:
         yield
         return
-    from app.remote.pg import drop_scratch_database
-
     suffix = state.run.scratch
-    database, prefix = scratch_names(state.remote, suffix)
+    database, _ = scratch_names(state.remote, suffix)
     refused = _create_scratch(state.remote.database_url, suffix, database)
     if refused:  # not in an except block: pytest would print the exception handled too
         pytest.fail(refused, pytrace=False)
@@ -43,16 +49,7 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
     finally:
         if not request.config.getoption("app_keep_remote"):
-            left = []
-            try:
-                # Only names that end with the run's suffix: never a configured database.
-                drop_scratch_database(state.remote.database_url, suffix)
-            except Exception as error:  # the app's refusals, and psycopg's
-                left.append(f"its scratch database {database} ({_reason(error)})")
-            try:
-                _empty_scratch_prefix(prefix, suffix)
-            except Exception as error:  # the app's refusals, and the S3 client's
-                left.append(f"the objects under its scratch prefix {prefix} ({_reason(error)})")
+            left = _remove_scratch(state.remote, suffix)
             if left:  # not in an except block: pytest would print each exception handled
                 pytest.fail(
                     "app: the run's tests are done, but it could not remove "
@@ -115,15 +112,74 @@ def _reason(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _empty_scratch_prefix(prefix: str, suffix: str) -> None:
+def clear_crashed_worker(config: pytest.Config, worker: str, exited: bool | None) -> str:
+    """In an xdist controller, once worker `worker` crashed (xdist replaces it with another
+    of another id): drop its scratch database and empty its prefix, which its own end never
+    did (red team 56), and what to say of it. `exited`: whether its process is gone (None:
+    not known); a worker still running keeps them."""
+    state = config.stash.get(STATE, None)
+    if state is None or state.remote is None or state.run is None or state.worker:
+        return ""
+    suffix = f"{state.run.scratch}_{worker}"
+    database, prefix = scratch_names(state.remote, suffix)
+    what = f"its scratch database {database} and prefix {prefix}"
+    if config.getoption("app_keep_remote"):
+        return f"app: worker {worker} crashed; {what} are kept (--app-keep-remote)"
+    if not exited:
+        how = "not known to have ended" if exited is None else "still running"
+        return (
+            f"app: worker {worker} crashed, and its process is {how}: {what} are left on "
+            "testing's server, as a killed run leaves them. Clear them by "
+            "hand once it has ended (docs/explanation/remote.md, what a killed run leaves)"
+        )
+    left = _remove_scratch(state.remote, suffix, crashed=True)
+    if left:
+        return (
+            f"app: worker {worker} crashed, and the run could not remove "
+            + "; nor ".join(left)
+            + ". They are left on testing's server, as a killed run leaves them; nothing else "
+            "was changed. Clear them by hand once the server answers "
+            "(docs/explanation/remote.md, what a killed run leaves)"
+        )
+    return f"app: worker {worker} crashed; {what} are removed"
+
+
+def _remove_scratch(remote: RemoteTesting, suffix: str, *, crashed: bool = False) -> list[str]:
+    """Drop the scratch database and empty the prefix of `suffix` (this process's, or, in a
+    controller, a `crashed` worker's); what could not be removed, and why."""
+    from app.remote.pg import drop_scratch_database
+
+    database, prefix = scratch_names(remote, suffix)
+    left = []
+    try:
+        # Only names that end with the run's suffix: never a configured database.
+        drop_scratch_database(remote.database_url, suffix)
+    except Exception as error:  # the app's refusals, and psycopg's
+        left.append(f"its scratch database {database} ({_reason(error)})")
+    try:
+        _empty_scratch_prefix(prefix, suffix, remote.blob_url if crashed else None)
+    except _Left as error:
+        left.append(f"{error.what} under its scratch prefix {prefix} ({error.reason})")
+    except Exception as error:  # the app's refusals, and the S3 client's
+        left.append(f"the objects under its scratch prefix {prefix} ({_reason(error)})")
+    return left
+
+
+def _empty_scratch_prefix(prefix: str, suffix: str, configured: str | None = None) -> None:
     """Delete every object under the run's scratch prefix (the scratch one alone: its last
-    segment is the run's suffix, checked again here)."""
+    segment is the run's suffix, checked again here; in a controller, a crashed worker's:
+    `configured`), every earlier version of them where
+    the bucket keeps versions, and abort every multipart upload left unfinished there (a
+    replica a test killed mid-upload): no listing of objects shows either, the store keeps
+    them, and nothing else ever looks under a run's prefix for them (red team 56)."""
     from app.remote.objects import ObjectStore
 
     if prefix.rstrip("/").rpartition("/")[2] != suffix.lstrip("_"):
         raise ValueError(f"refusing to empty {prefix}: not a scratch prefix of {suffix!r}")
     config = appconfig.load("testing", serving=False)
-    if config.blob_url != prefix:
+    # A crashed worker's (`configured`: testing's configured prefix), in its controller.
+    expected = config.blob_url if configured is None else scratch_blob_url(configured, suffix)
+    if expected != prefix:
         raise ValueError(f"refusing to empty {prefix}: the run's testing profile uses another")
     store = ObjectStore(
         prefix, config.s3_endpoint_url, config.s3_access_key_id, config.s3_secret_access_key
@@ -131,6 +187,26 @@ def _empty_scratch_prefix(prefix: str, suffix: str) -> None:
     names = [info.name for info in store.objects()]
     if names:
         store.delete(*names)
+    # In a versioned bucket (as docs/how-to/run-on-postgresql.md sets one up) a delete
+    # only hides an object behind a marker: every version the run wrote stayed, shown by no
+    # listing of objects (red team 56). Object Lock's retention is left to decide.
+    what = "the earlier versions of the objects"
+    try:
+        versions = store.every_version()
+        if versions:
+            store.delete(versions=versions)
+        what = "the unfinished multipart uploads"
+        store.abort_uploads(*store.unfinished_uploads(every_name=True))
+    except Exception as error:  # the app's refusals, and the S3 client's
+        raise _Left(what, _reason(error)) from error
+
+
+class _Left(Exception):
+    """The objects of a scratch prefix are deleted, and `what` else was there is not."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(what, reason)
+        self.what, self.reason = what, reason
 
 
 def _refuse_tmp_path_outside(request: pytest.FixtureRequest, tmp_path: Path, fixture: str) -> None:

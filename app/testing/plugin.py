@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 import iniconfig
 import pytest
@@ -300,6 +301,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "_tmpdirhandler"):
         config._tmpdirhandler = pytest.TempdirFactory(state.factory, _ispytest=True)
     state.session_lock = guard.hold_session_root(state.data_root, state.sandbox)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's: a worker is down; with `error`, it crashed (a test killed it, or the kernel's
+    OOM killer did), and its session's end, which drops its scratch database and empties
+    its prefix, never ran (red team 56). Its controller clears them once its process has
+    exited (what proves that no test of it still uses them)."""
+    if error is None:
+        return
+    from app.testing.fixtures import clear_crashed_worker
+
+    popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
+    exited = None if popen is None else popen.poll() is not None
+    said = clear_crashed_worker(node.config, str(node.gateway.id), exited)
+    if said:
+        watch.say(node.config, said)
 
 
 @pytest.hookimpl(tryfirst=True)
