@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -41,6 +42,7 @@ from app.dataroot import (
     tmp_in_flight,
     unmount_keeping,
     user_name,
+    walk_tree,
 )
 from app.errors import (
     FsyncFailed,
@@ -134,28 +136,28 @@ class Checker:
         if os.geteuid() == owner:
             return
         owner_words = user_name(owner)
+
+        def visit(directory: Path, relative: str, found: os.stat_result) -> bool:
+            if found.st_uid == owner:
+                return True
+            self.unrepaired(  # a directory: reported once, with what it holds
+                "wrong-owner",
+                directory / relative,
+                f"owned by {user_name(found.st_uid)}, not by {owner_words}, who owns the data "
+                "root and runs the app (a command run as another user made it): the "
+                "server cannot change it, and cannot read it if its mode keeps others "
+                "out, so its session's changes are refused",
+                "nothing: left for a human (with the server stopped, give it back as "
+                f"root: `{chown_back(owner, root)}`)",
+            )
+            return False
+
         for top in (SESSIONS_DIR, TRASH_DIR):
-            for directory, subdirectories, files in os.walk(root / top):
-                for name in [*subdirectories, *files]:
-                    path = Path(directory) / name
-                    try:
-                        uid = path.lstat().st_uid
-                    except OSError:
-                        continue
-                    if uid == owner:
-                        continue
-                    if name in subdirectories:
-                        subdirectories.remove(name)  # reported once, with what it holds
-                    self.unrepaired(
-                        "wrong-owner",
-                        path,
-                        f"owned by {user_name(uid)}, not by {owner_words}, who owns the data "
-                        "root and runs the app (a command run as another user made it): the "
-                        "server cannot change it, and cannot read it if its mode keeps others "
-                        "out, so its session's changes are refused",
-                        "nothing: left for a human (with the server stopped, give it back as "
-                        f"root: `{chown_back(owner, root)}`)",
-                    )
+            # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
+            # RecursionError traceback 1,000 levels down, and passed over in silence what lay
+            # past PATH_MAX.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, OSError):
+                walk_tree(root / top, functools.partial(visit, root / top))
 
     def check_layout(self) -> None:
         """The root's own directories made symbolic links: read through here, said "clean",

@@ -448,6 +448,101 @@ def _remove_files(fd: int) -> list[str]:
     return subdirectories
 
 
+def walk_tree(path: Path | str, visit: Callable[[str, os.stat_result], bool]) -> None:
+    """Call ``visit(relative, found)`` for everything under the directory ``path``, at any
+    depth and any length of path: ``relative`` is its path below ``path``, ``found`` its
+    ``lstat``; a directory is gone into when ``visit`` returns true. Links are never
+    followed; what vanishes or cannot be read meanwhile is passed over, as ``os.walk`` does.
+
+    ``os.walk`` recurses once per level and opens each directory by its whole path: a tree
+    1,000 levels deep in a session made ``app data check`` run as another user than the
+    owner (``sudo``, red team 55's ``wrong-owner``) a ``RecursionError`` traceback, and one
+    whose path was longer than ``PATH_MAX`` (``ENAMETOOLONG``, 20 levels of long names) was
+    passed over in silence, so a file of another user below it was said "clean" (red team
+    56). This keeps a list of its own and one directory open at a time besides ``path``'s,
+    opening each relative to its parent's descriptor, as `remove_tree` does; it goes back up
+    by ``..``, and where that is not the directory it came down from (moved meanwhile),
+    down again from ``path`` by name, leaving out the part that moved away.
+    """
+    top = os.open(path, _TREE_DIR_FLAGS)
+    fd = os.dup(top)
+    # Each level: its name in its parent, its identity, the subdirectories left in it.
+    levels: list[tuple[str, tuple[int, int], list[str]]] = []
+    try:
+        here = os.fstat(fd)
+        levels.append(("", (here.st_dev, here.st_ino), _visit_entries(fd, "", visit)))
+        while levels:
+            left = levels[-1][2]
+            if left:
+                below = left.pop()
+                try:
+                    child = os.open(below, _TREE_DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # gone, made a link or a file, or unreadable since it was listed
+                os.close(fd)
+                fd = child
+                here = os.fstat(fd)
+                relative = "/".join([*(level[0] for level in levels[1:]), below])
+                levels.append((below, (here.st_dev, here.st_ino), []))
+                levels[-1][2].extend(_visit_entries(fd, relative, visit))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = os.open("..", _TREE_DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            above = os.fstat(fd)
+            if (above.st_dev, above.st_ino) != levels[-1][1]:
+                os.close(fd)
+                fd = _walk_down_again(top, levels)
+    finally:
+        os.close(fd)
+        os.close(top)
+
+
+def _walk_down_again(top: int, levels: list[tuple[str, tuple[int, int], list[str]]]) -> int:
+    """`walk_tree`'s way back to its deepest level from ``top`` by name, where going up by
+    ``..`` led elsewhere; levels that moved away or were replaced are dropped (their
+    descriptor: the deepest that is still where it was)."""
+    fd = os.dup(top)
+    for depth, (name, identity, _left) in enumerate(levels[1:], start=1):
+        try:
+            child = os.open(name, _TREE_DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            del levels[depth:]
+            return fd
+        found = os.fstat(child)
+        if (found.st_dev, found.st_ino) != identity:
+            os.close(child)
+            del levels[depth:]
+            return fd
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _visit_entries(
+    fd: int, relative: str, visit: Callable[[str, os.stat_result], bool]
+) -> list[str]:
+    """`walk_tree`'s visit of each entry of the directory ``fd``; those to go into."""
+    into = []
+    try:
+        with os.scandir(fd) as entries:
+            names = sorted(entry.name for entry in entries)
+    except OSError:
+        return []
+    for name in names:
+        try:
+            found = os.lstat(name, dir_fd=fd)
+        except OSError:
+            continue
+        if visit(f"{relative}/{name}" if relative else name, found) and stat.S_ISDIR(found.st_mode):
+            into.append(name)
+    into.reverse()  # popped from the end: gone into in the order listed
+    return into
+
+
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until all of ``data`` is written (a short write is followed by the next)."""
     # A regular file takes part of a write where the file size limit or a full disk cuts
