@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
+    ROOT_ENTRIES,
     SESSIONS_DIR,
     TMP_DIR,
     TRASH_DIR,
@@ -127,15 +128,21 @@ class Checker:
 
     def check_owners(self) -> None:
         """Run as another user than the root's owner (root's `sudo app data check`, which
-        reads all): what is not the owner's in `sessions/` and `.trash/`, which the server
-        running as the owner cannot write, nor read at mode 0600. Said "clean" of a record a
-        restore run as root had left root's while the server refused its session (red team
-        55). The owner's own check finds what it may not read as ``permission-denied``."""
+        reads all): what is not the owner's among the root's own entries and in `sessions/`
+        and `.trash/`, which the server running as the owner cannot write, nor read at mode
+        0600. Said "clean" of a record a restore run as root had left root's while the
+        server refused its session (red team 55), and of `sessions/` or `.trash/` themselves
+        left root's, for which every writer refuses the root (red team 56). The owner's own
+        check finds what it may not read as ``permission-denied``."""
         root = self.root.path
         owner = root.stat().st_uid
         if os.geteuid() == owner:
             return
         owner_words = user_name(owner)
+        fix = (
+            "nothing: left for a human (with the server stopped, give it back as root: "
+            f"`{chown_back(owner, root)}`)"
+        )
 
         def visit(directory: Path, relative: str, found: os.stat_result) -> bool:
             if found.st_uid == owner:
@@ -147,17 +154,31 @@ class Checker:
                 "root and runs the app (a command run as another user made it): the "
                 "server cannot change it, and cannot read it if its mode keeps others "
                 "out, so its session's changes are refused",
-                "nothing: left for a human (with the server stopped, give it back as "
-                f"root: `{chown_back(owner, root)}`)",
+                fix,
             )
             return False
 
-        for top in (SESSIONS_DIR, TRASH_DIR):
-            # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
-            # RecursionError traceback 1,000 levels down, and passed over in silence what lay
-            # past PATH_MAX.
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError, OSError):
-                walk_tree(root / top, functools.partial(visit, root / top))
+        for name in ROOT_ENTRIES:
+            try:
+                found = (root / name).lstat()
+            except OSError:
+                continue
+            if found.st_uid != owner:
+                self.unrepaired(
+                    "wrong-owner",
+                    root / name,
+                    f"owned by {user_name(found.st_uid)}, not by {owner_words}, who owns the "
+                    "data root and runs the app (a command run as another user made it): "
+                    "every writer (a server's start-up, a restore, a purge, `check --repair`) "
+                    "refuses the root while it is",
+                    fix,
+                )
+            elif name in (SESSIONS_DIR, TRASH_DIR) and stat.S_ISDIR(found.st_mode):
+                # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
+                # RecursionError traceback 1,000 levels down, and passed over in silence what
+                # lay past PATH_MAX.
+                with contextlib.suppress(OSError):
+                    walk_tree(root / name, functools.partial(visit, root / name))
 
     def check_layout(self) -> None:
         """The root's own directories made symbolic links: read through here, said "clean",

@@ -1598,6 +1598,11 @@ def chown_back(uid: int, root: Path) -> str:
     return f"chown -R {login(uid) or uid}: {shell_word(str(root))}"
 
 
+#: The root's own files and directories, which every writer needs to be the owner's
+#: (`refuse_foreign_entries`), and `app data check` run as another user names (red team 56).
+ROOT_ENTRIES: Final = (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR)
+
+
 def refuse_foreign_entries(root: Path) -> None:
     """Refuse a root whose own files and directories are not all its owner's.
 
@@ -1613,7 +1618,7 @@ def refuse_foreign_entries(root: Path) -> None:
     except OSError:
         return
     foreign = []
-    for name in (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR):
+    for name in ROOT_ENTRIES:
         try:
             found = (root / name).lstat()
         except OSError:

@@ -12,7 +12,12 @@ What broke:
   ignores), so a directory of root's below it, which the server cannot empty, was said
   "clean". The walk now keeps a list of its own and opens each directory relative to its
   parent's descriptor (`app.dataroot.walk_tree`), so neither the depth nor the path's length
-  bounds it.
+  bounds it;
+- the same check looked only below ``sessions/`` and ``.trash/``: the root's own entries (the
+  two directories themselves, ``.tmp/``, the stamp, the lock file, the audit log) left root's
+  by a command run as root, for which every writer refuses the root, were said "clean" (exit
+  0) by ``sudo app data check``, which the operator runs to find them. It now names each, as
+  ``wrong-owner`` with the ``chown -R`` that gives them back.
 """
 
 from __future__ import annotations
@@ -81,6 +86,10 @@ def test_a_check_as_root_walks_a_tree_of_any_depth_and_length_of_path(
         entry = f"20260101T000000Z-{trashed}"
         (root / "sessions" / trashed).rename(root / ".trash" / entry)
         _roots_directory(_descend(root / ".trash" / entry, LONG, LONG_LEVELS))
+        # And the root's own entries left root's (every writer refuses the root then): the
+        # check looked only below `sessions/` and `.trash/`, and said "clean" of these.
+        for name in (".tmp", ".app-profile.json"):
+            os.chown(root / name, 0, 0)
 
         done = subprocess.run(
             [sys.executable, "-m", "app", "data", "check", "--quick"],
@@ -100,7 +109,14 @@ def test_a_check_as_root_walks_a_tree_of_any_depth_and_length_of_path(
         long = "/".join([LONG] * LONG_LEVELS)
         assert f"wrong-owner .trash/{entry}/{long}/cache: owned by user 'root' (uid 0)" in said
         assert f"`chown -R nobody: {root}`" in said
-        assert said.count("wrong-owner") == 2, said  # each directory once, not what it holds
+        for name in (".tmp", ".app-profile.json"):
+            assert (
+                f"wrong-owner {name}: owned by user 'root' (uid 0), not by user 'nobody' (uid "
+                f"{NOBODY}), who owns the data root and runs the app (a command run as another "
+                "user made it): every writer (a server's start-up, a restore, a purge, `check "
+                "--repair`) refuses the root while it is"
+            ) in said, said
+        assert said.count("wrong-owner") == 4, said  # each directory once, not what it holds
     finally:
         # pytest's clean-up of old temporary directories recurses once per level (red team
         # 51): a tree this deep left behind would make a later run's end a traceback.
