@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from app.dataroot import (
     AUDIT_FILE,
-    ROOT_ENTRIES,
     SESSIONS_DIR,
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
     chown_back,
+    foreign_root_entries,
     lexists,
     link_remedy,
     read_regular,
@@ -158,27 +158,25 @@ class Checker:
             )
             return False
 
-        for name in ROOT_ENTRIES:
-            try:
-                found = (root / name).lstat()
-            except OSError:
-                continue
-            if found.st_uid != owner:
-                self.unrepaired(
-                    "wrong-owner",
-                    root / name,
-                    f"owned by {user_name(found.st_uid)}, not by {owner_words}, who owns the "
-                    "data root and runs the app (a command run as another user made it): "
-                    "every writer (a server's start-up, a restore, a purge, `check --repair`) "
-                    "refuses the root while it is",
-                    fix,
-                )
-            elif name in (SESSIONS_DIR, TRASH_DIR) and stat.S_ISDIR(found.st_mode):
-                # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
-                # RecursionError traceback 1,000 levels down, and passed over in silence what
-                # lay past PATH_MAX.
-                with contextlib.suppress(OSError):
-                    walk_tree(root / name, functools.partial(visit, root / name))
+        foreign = dict(foreign_root_entries(root, owner))
+        for name, uid in foreign.items():
+            self.unrepaired(
+                "wrong-owner",
+                root / name,
+                f"owned by {user_name(uid)}, not by {owner_words}, who owns the data root and "
+                "runs the app (a command run as another user made it): every writer (a "
+                "server's start-up, a restore, a purge, `check --repair`) refuses the root "
+                "while it is",
+                fix,
+            )
+        for name in (SESSIONS_DIR, TRASH_DIR):
+            if name in foreign:
+                continue  # reported above, with what it holds
+            # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
+            # RecursionError traceback 1,000 levels down, and passed over in silence what
+            # lay past PATH_MAX. (A link or a file in its place: check_layout names it.)
+            with contextlib.suppress(OSError):
+                walk_tree(root / name, functools.partial(visit, root / name))
 
     def check_layout(self) -> None:
         """The root's own directories made symbolic links: read through here, said "clean",

@@ -1603,6 +1603,19 @@ def chown_back(uid: int, root: Path) -> str:
 ROOT_ENTRIES: Final = (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR)
 
 
+def foreign_root_entries(root: Path, owner: int) -> list[tuple[str, int]]:
+    """The root's own entries (`ROOT_ENTRIES`) that are not ``owner``'s, with their owner."""
+    foreign = []
+    for name in ROOT_ENTRIES:
+        try:
+            found = (root / name).lstat()
+        except OSError:
+            continue
+        if found.st_uid != owner:
+            foreign.append((name, found.st_uid))
+    return foreign
+
+
 def refuse_foreign_entries(root: Path) -> None:
     """Refuse a root whose own files and directories are not all its owner's.
 
@@ -1617,14 +1630,9 @@ def refuse_foreign_entries(root: Path) -> None:
         owner = root.stat().st_uid
     except OSError:
         return
-    foreign = []
-    for name in ROOT_ENTRIES:
-        try:
-            found = (root / name).lstat()
-        except OSError:
-            continue
-        if found.st_uid != owner:
-            foreign.append(f"{name} (owned by {user_name(found.st_uid)})")
+    foreign = [
+        f"{name} (owned by {user_name(uid)})" for name, uid in foreign_root_entries(root, owner)
+    ]
     if foreign:
         raise DataRootStateError(
             root,
