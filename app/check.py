@@ -38,6 +38,7 @@ from app.dataroot import (
     lexists,
     link_remedy,
     read_regular,
+    refusal_words,
     remove_tree,
     root_mounts,
     tmp_in_flight,
@@ -289,8 +290,8 @@ class Checker:
             self.findings[tried[-1]] = dataclasses.replace(
                 finding,
                 repaired=False,
-                repair=f"{finding.repair} (not done: {error.strerror or error}; resolve "
-                "that, then run `app data check --repair` again)",
+                repair=f"{finding.repair} (not done: {refusal_words(error, self.root.path)}; "
+                "resolve that, then run `app data check --repair` again)",
             )
 
     def check_tmp(self) -> None:

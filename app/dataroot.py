@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -408,7 +409,7 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                     continue
                 except OSError as error:
                     if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise OSError(error.errno, error.strerror, f"{top}/.../{below}") from error
+                        raise _named(error, top, levels, below) from error
                     # Made a link or a file since it was listed: removed as one.
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(below, dir_fd=fd)
@@ -416,7 +417,8 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                 os.close(fd)
                 fd = child
                 here = os.fstat(fd)
-                levels.append((below, (here.st_dev, here.st_ino), _remove_files(fd)))
+                levels.append((below, (here.st_dev, here.st_ino), []))
+                levels[-1][2].extend(_named_on_failure(_remove_files, fd, top, levels))
                 continue
             levels.pop()
             if not levels:
@@ -428,11 +430,36 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                 raise OSError(errno.ESTALE, "moved while being removed", f"{top}/.../{name}")
             os.close(fd)
             fd = parent
-            os.rmdir(name, dir_fd=fd)
+            _named_on_failure(functools.partial(os.rmdir, name), fd, top, levels, name)
     finally:
         os.close(fd)
     if not contents_only:
         Path(top).rmdir()
+
+
+def _named_on_failure(
+    call: Callable[..., Any],
+    fd: int,
+    top: str,
+    levels: list[tuple[str, tuple[int, int], list[str]]],
+    name: str | None = None,
+) -> Any:
+    """``call(dir_fd=fd)`` (``call(fd)`` without ``name``), its error `_named`."""
+    try:
+        return call(dir_fd=fd) if name is not None else call(fd)
+    except OSError as error:
+        raise _named(error, top, levels, name if name is not None else error.filename) from error
+
+
+def _named(
+    error: OSError, top: str, levels: list[tuple[str, tuple[int, int], list[str]]], name: object
+) -> OSError:
+    """``error`` of a call relative to a descriptor of `_remove_tree`, naming the whole path
+    of what it failed on: ``name`` below the directory its ``levels`` lead to (the name
+    alone, or ``top/.../name``, told an operator nothing of where to look)."""
+    below = [name] if isinstance(name, str) else []  # a listing's error names its descriptor
+    path = "/".join([top, *(level[0] for level in levels[1:]), *below])
+    return OSError(error.errno, error.strerror, path)
 
 
 def _remove_files(fd: int) -> list[str]:
@@ -1591,6 +1618,37 @@ def user_name(uid: int) -> str:
     """``user 'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
     name = login(uid)
     return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
+
+
+def refusal_words(error: OSError, root: Path) -> str:
+    """What ``error``, met by a change of the data root ``root``, tells an operator: its
+    reason, the path it names, and, where a permission was refused, which of that path and
+    its directory is another user's than the root's owner, with the ``chown -R`` that gives
+    it back. "Permission denied; resolve that" alone (a directory of root's in a trash
+    entry, which the owner's `check --repair` cannot remove) named nothing (red team 56)."""
+    words = error.strerror or str(error)
+    if not error.filename or not isinstance(error, PermissionError):
+        return words  # a full disk, a failing one: the path is not where the fix lies
+    path = Path(os.fsdecode(error.filename))
+    words = f"{words}: {path}"
+    try:
+        owner = root.stat().st_uid
+    except OSError:
+        return words
+    for candidate in (path, path.parent):
+        try:
+            uid = candidate.lstat().st_uid
+        except OSError:
+            continue
+        if uid != owner:
+            whose = "it is" if candidate == path else "its directory is"
+            return (
+                f"{words}; {whose} owned by {user_name(uid)}, not by "
+                f"{user_name(owner)}, who owns the data root and runs the app (a command run "
+                "as another user made it): with the server stopped, give it back as root "
+                f"(`{chown_back(owner, root)}`)"
+            )
+    return words
 
 
 def chown_back(uid: int, root: Path) -> str:

@@ -17,7 +17,12 @@ What broke:
   two directories themselves, ``.tmp/``, the stamp, the lock file, the audit log) left root's
   by a command run as root, for which every writer refuses the root, were said "clean" (exit
   0) by ``sudo app data check``, which the operator runs to find them. It now names each, as
-  ``wrong-owner`` with the ``chown -R`` that gives them back.
+  ``wrong-owner`` with the ``chown -R`` that gives them back;
+- a removal the owner may not make (a directory of root's in a deleted session):
+  ``empty-trash`` said "Permission denied: '<entry>/.../r'; `check` will" and ``check
+  --repair`` "not done: Permission denied; resolve that", naming neither the file nor its
+  owner. Both now name the whole path, whose it is, and the ``chown -R``
+  (`app.dataroot.refusal_words`).
 """
 
 from __future__ import annotations
@@ -139,3 +144,53 @@ def test_a_walk_goes_on_past_a_directory_moved_while_it_is_below_it(tmp_path: Pa
 
     walk_tree(tmp_path / "top", visit)
     assert seen == ["x", "y", "x/a", "x/e", "x/a/b", "x/a/b/c", "x/a/b/d", "x/e/f", "y/z"]
+
+
+#: A command run as the service's user, as the server runs (its Python lives where only root
+#: may look, so the user is given the capability to read and search, and no other).
+AS_OWNER = [
+    "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+    "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+]  # fmt: skip
+
+
+def test_a_removal_the_owner_may_not_make_names_the_path_and_its_owner(
+    app_config: Any, tmp_path: Path
+) -> None:
+    # A session holding a directory of root's (a command run as root made it), deleted:
+    # `empty-trash` said "could not finish removing .emptying-... yet (Permission denied:
+    # '.../.../r'); `check` will", and `check --repair` "not done: Permission denied; resolve
+    # that", naming neither the file nor its owner, where no repair by the owner can finish.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv: the root is given to another user, who runs it")
+    with open_storage(app_config, writer=True) as store:
+        sid = store.create_session("kept")["id"]
+        os.mkdir(app_config.data_root / "sessions" / sid / "r")  # root's, mode 0755
+        (app_config.data_root / "sessions" / sid / "r" / "f").write_bytes(b"x")
+        entry = store.delete_session(sid).name
+    root = tmp_path / "root"
+    shutil.copytree(app_config.data_root, root, symlinks=True)
+    (root / ".server.lock").unlink()
+    for path in [root, *root.rglob("*")]:
+        if path.name != "r":
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    said = []
+    for command in (("data", "empty-trash"), ("data", "check", "--repair")):
+        done = subprocess.run(
+            [*AS_OWNER, sys.executable, "-m", "app", *command],
+            env={**os.environ, "APP_DATA_ROOT": str(root)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        said.append(" ".join((done.stdout + done.stderr).split()))
+        assert "Traceback" not in said[-1], said[-1]
+    where = root / ".trash" / f".emptying-{entry}" / "session" / "r" / "f"
+    owned = (
+        f"Permission denied: {where}; its directory is owned by user 'root' (uid 0), not by user "
+        f"'nobody' (uid {NOBODY}), who owns the data root and runs the app (a command run as "
+        "another user made it): with the server stopped, give it back as root "
+        f"(`chown -R nobody: {root}`)"
+    )
+    assert f"(not done: {owned}; resolve that" in said[1], said[1]
+    assert f"yet ({owned}); `app data check --repair` finishes it once" in said[0], said[0]
