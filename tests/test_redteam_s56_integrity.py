@@ -47,6 +47,22 @@ NOBODY = 65534
 DEPTH, LONG_LEVELS, LONG = 1100, 21, "n" * 200
 
 
+def _app(root: Path, *command: str, user: tuple[str, ...] = ()) -> tuple[int, str]:
+    """``python -m app *command`` on ``root`` (as ``user``'s prefix runs it), in a child of
+    its own (the run's zygote starts slower than this file's tests take): its exit code and
+    output on one line; never a traceback."""
+    done = subprocess.run(
+        [*user, sys.executable, "-m", "app", *command],
+        env={**os.environ, "APP_DATA_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "Traceback" not in said, said
+    return done.returncode, said
+
+
 def _descend(top: Path, name: str, levels: int) -> int:
     """``top/name/name/...`` made `levels` deep, relative to each descriptor (its path may be
     longer than PATH_MAX), owned by the service's user; the deepest's descriptor."""
@@ -96,16 +112,8 @@ def test_a_check_as_root_walks_a_tree_of_any_depth_and_length_of_path(
         for name in (".tmp", ".app-profile.json"):
             os.chown(root / name, 0, 0)
 
-        done = subprocess.run(
-            [sys.executable, "-m", "app", "data", "check", "--quick"],
-            env={**os.environ, "APP_DATA_ROOT": str(root)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        said = " ".join((done.stdout + done.stderr).split())
-        assert "Traceback" not in said, said
-        assert done.returncode == 65, said
+        code, said = _app(root, "data", "check", "--quick")
+        assert code == 65, said
         deep = "/".join(["a"] * DEPTH)
         assert (
             f"wrong-owner sessions/{sid}/{deep}/cache: owned by user 'root' (uid 0), not by user "
@@ -148,10 +156,11 @@ def test_a_walk_goes_on_past_a_directory_moved_while_it_is_below_it(tmp_path: Pa
 
 #: A command run as the service's user, as the server runs (its Python lives where only root
 #: may look, so the user is given the capability to read and search, and no other).
-AS_OWNER = [
+AS_OWNER = (
     "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
     "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
-]  # fmt: skip
+)  # fmt: skip
+EMPTY, REPAIR = ("data", "empty-trash"), ("data", "check", "--repair")
 
 
 def test_a_removal_the_owner_may_not_make_names_the_path_and_its_owner(
@@ -174,17 +183,7 @@ def test_a_removal_the_owner_may_not_make_names_the_path_and_its_owner(
     for path in [root, *root.rglob("*")]:
         if path.name != "r":
             os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
-    said = []
-    for command in (("data", "empty-trash"), ("data", "check", "--repair")):
-        done = subprocess.run(
-            [*AS_OWNER, sys.executable, "-m", "app", *command],
-            env={**os.environ, "APP_DATA_ROOT": str(root)},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        said.append(" ".join((done.stdout + done.stderr).split()))
-        assert "Traceback" not in said[-1], said[-1]
+    said = [_app(root, *command, user=AS_OWNER)[1] for command in (EMPTY, REPAIR)]
     where = root / ".trash" / f".emptying-{entry}" / "session" / "r" / "f"
     owned = (
         f"Permission denied: {where}; its directory is owned by user 'root' (uid 0), not by user "
