@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gzip
 import hashlib
 import os
@@ -33,14 +34,17 @@ from app.dataroot import (
     TRASH_DIR,
     NotRegularFileError,
     chown_back,
+    foreign_root_entries,
     lexists,
     link_remedy,
     read_regular,
+    refusal_words,
     remove_tree,
     root_mounts,
     tmp_in_flight,
     unmount_keeping,
     user_name,
+    walk_tree,
 )
 from app.errors import (
     FsyncFailed,
@@ -125,37 +129,55 @@ class Checker:
 
     def check_owners(self) -> None:
         """Run as another user than the root's owner (root's `sudo app data check`, which
-        reads all): what is not the owner's in `sessions/` and `.trash/`, which the server
-        running as the owner cannot write, nor read at mode 0600. Said "clean" of a record a
-        restore run as root had left root's while the server refused its session (red team
-        55). The owner's own check finds what it may not read as ``permission-denied``."""
+        reads all): what is not the owner's among the root's own entries and in `sessions/`
+        and `.trash/`, which the server running as the owner cannot write, nor read at mode
+        0600. Said "clean" of a record a restore run as root had left root's while the
+        server refused its session (red team 55), and of `sessions/` or `.trash/` themselves
+        left root's, for which every writer refuses the root (red team 56). The owner's own
+        check finds what it may not read as ``permission-denied``."""
         root = self.root.path
         owner = root.stat().st_uid
         if os.geteuid() == owner:
             return
         owner_words = user_name(owner)
-        for top in (SESSIONS_DIR, TRASH_DIR):
-            for directory, subdirectories, files in os.walk(root / top):
-                for name in [*subdirectories, *files]:
-                    path = Path(directory) / name
-                    try:
-                        uid = path.lstat().st_uid
-                    except OSError:
-                        continue
-                    if uid == owner:
-                        continue
-                    if name in subdirectories:
-                        subdirectories.remove(name)  # reported once, with what it holds
-                    self.unrepaired(
-                        "wrong-owner",
-                        path,
-                        f"owned by {user_name(uid)}, not by {owner_words}, who owns the data "
-                        "root and runs the app (a command run as another user made it): the "
-                        "server cannot change it, and cannot read it if its mode keeps others "
-                        "out, so its session's changes are refused",
-                        "nothing: left for a human (with the server stopped, give it back as "
-                        f"root: `{chown_back(owner, root)}`)",
-                    )
+        fix = (
+            "nothing: left for a human (with the server stopped, give it back as root: "
+            f"`{chown_back(owner, root)}`)"
+        )
+
+        def visit(directory: Path, relative: str, found: os.stat_result) -> bool:
+            if found.st_uid == owner:
+                return True
+            self.unrepaired(  # a directory: reported once, with what it holds
+                "wrong-owner",
+                directory / relative,
+                f"owned by {user_name(found.st_uid)}, not by {owner_words}, who owns the data "
+                "root and runs the app (a command run as another user made it): the "
+                "server cannot change it, and cannot read it if its mode keeps others "
+                "out, so its session's changes are refused",
+                fix,
+            )
+            return False
+
+        foreign = dict(foreign_root_entries(root, owner))
+        for name, uid in foreign.items():
+            self.unrepaired(
+                "wrong-owner",
+                root / name,
+                f"owned by {user_name(uid)}, not by {owner_words}, who owns the data root and "
+                "runs the app (a command run as another user made it): every writer (a "
+                "server's start-up, a restore, a purge, `check --repair`) refuses the root "
+                "while it is",
+                fix,
+            )
+        for name in (SESSIONS_DIR, TRASH_DIR):
+            if name in foreign:
+                continue  # reported above, with what it holds
+            # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
+            # RecursionError traceback 1,000 levels down, and passed over in silence what
+            # lay past PATH_MAX. (A link or a file in its place: check_layout names it.)
+            with contextlib.suppress(OSError):
+                walk_tree(root / name, functools.partial(visit, root / name))
 
     def check_layout(self) -> None:
         """The root's own directories made symbolic links: read through here, said "clean",
@@ -268,8 +290,8 @@ class Checker:
             self.findings[tried[-1]] = dataclasses.replace(
                 finding,
                 repaired=False,
-                repair=f"{finding.repair} (not done: {error.strerror or error}; resolve "
-                "that, then run `app data check --repair` again)",
+                repair=f"{finding.repair} (not done: {refusal_words(error, self.root.path)}; "
+                "resolve that, then run `app data check --repair` again)",
             )
 
     def check_tmp(self) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -459,7 +460,7 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                     continue
                 except OSError as error:
                     if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise OSError(error.errno, error.strerror, f"{top}/.../{below}") from error
+                        raise _named(error, top, levels, below) from error
                     # Made a link or a file since it was listed: removed as one.
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(below, dir_fd=fd)
@@ -467,7 +468,8 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                 os.close(fd)
                 fd = child
                 here = os.fstat(fd)
-                levels.append((below, (here.st_dev, here.st_ino), _remove_files(fd)))
+                levels.append((below, (here.st_dev, here.st_ino), []))
+                levels[-1][2].extend(_named_on_failure(_remove_files, fd, top, levels))
                 continue
             levels.pop()
             if not levels:
@@ -479,11 +481,36 @@ def _remove_tree(top: str, *, contents_only: bool) -> None:
                 raise OSError(errno.ESTALE, "moved while being removed", f"{top}/.../{name}")
             os.close(fd)
             fd = parent
-            os.rmdir(name, dir_fd=fd)
+            _named_on_failure(functools.partial(os.rmdir, name), fd, top, levels, name)
     finally:
         os.close(fd)
     if not contents_only:
         Path(top).rmdir()
+
+
+def _named_on_failure(
+    call: Callable[..., Any],
+    fd: int,
+    top: str,
+    levels: list[tuple[str, tuple[int, int], list[str]]],
+    name: str | None = None,
+) -> Any:
+    """``call(dir_fd=fd)`` (``call(fd)`` without ``name``), its error `_named`."""
+    try:
+        return call(dir_fd=fd) if name is not None else call(fd)
+    except OSError as error:
+        raise _named(error, top, levels, name if name is not None else error.filename) from error
+
+
+def _named(
+    error: OSError, top: str, levels: list[tuple[str, tuple[int, int], list[str]]], name: object
+) -> OSError:
+    """``error`` of a call relative to a descriptor of `_remove_tree`, naming the whole path
+    of what it failed on: ``name`` below the directory its ``levels`` lead to (the name
+    alone, or ``top/.../name``, told an operator nothing of where to look)."""
+    below = [name] if isinstance(name, str) else []  # a listing's error names its descriptor
+    path = "/".join([top, *(level[0] for level in levels[1:]), *below])
+    return OSError(error.errno, error.strerror, path)
 
 
 def _remove_files(fd: int) -> list[str]:
@@ -497,6 +524,101 @@ def _remove_files(fd: int) -> list[str]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.name, dir_fd=fd)
     return subdirectories
+
+
+def walk_tree(path: Path | str, visit: Callable[[str, os.stat_result], bool]) -> None:
+    """Call ``visit(relative, found)`` for everything under the directory ``path``, at any
+    depth and any length of path: ``relative`` is its path below ``path``, ``found`` its
+    ``lstat``; a directory is gone into when ``visit`` returns true. Links are never
+    followed; what vanishes or cannot be read meanwhile is passed over, as ``os.walk`` does.
+
+    ``os.walk`` recurses once per level and opens each directory by its whole path: a tree
+    1,000 levels deep in a session made ``app data check`` run as another user than the
+    owner (``sudo``, red team 55's ``wrong-owner``) a ``RecursionError`` traceback, and one
+    whose path was longer than ``PATH_MAX`` (``ENAMETOOLONG``, 20 levels of long names) was
+    passed over in silence, so a file of another user below it was said "clean" (red team
+    56). This keeps a list of its own and one directory open at a time besides ``path``'s,
+    opening each relative to its parent's descriptor, as `remove_tree` does; it goes back up
+    by ``..``, and where that is not the directory it came down from (moved meanwhile),
+    down again from ``path`` by name, leaving out the part that moved away.
+    """
+    top = os.open(path, _TREE_DIR_FLAGS)
+    fd = os.dup(top)
+    # Each level: its name in its parent, its identity, the subdirectories left in it.
+    levels: list[tuple[str, tuple[int, int], list[str]]] = []
+    try:
+        here = os.fstat(fd)
+        levels.append(("", (here.st_dev, here.st_ino), _visit_entries(fd, "", visit)))
+        while levels:
+            left = levels[-1][2]
+            if left:
+                below = left.pop()
+                try:
+                    child = os.open(below, _TREE_DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # gone, made a link or a file, or unreadable since it was listed
+                os.close(fd)
+                fd = child
+                here = os.fstat(fd)
+                relative = "/".join([*(level[0] for level in levels[1:]), below])
+                levels.append((below, (here.st_dev, here.st_ino), []))
+                levels[-1][2].extend(_visit_entries(fd, relative, visit))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            parent = os.open("..", _TREE_DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            above = os.fstat(fd)
+            if (above.st_dev, above.st_ino) != levels[-1][1]:
+                os.close(fd)
+                fd = _walk_down_again(top, levels)
+    finally:
+        os.close(fd)
+        os.close(top)
+
+
+def _walk_down_again(top: int, levels: list[tuple[str, tuple[int, int], list[str]]]) -> int:
+    """`walk_tree`'s way back to its deepest level from ``top`` by name, where going up by
+    ``..`` led elsewhere; levels that moved away or were replaced are dropped (their
+    descriptor: the deepest that is still where it was)."""
+    fd = os.dup(top)
+    for depth, (name, identity, _left) in enumerate(levels[1:], start=1):
+        try:
+            child = os.open(name, _TREE_DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            del levels[depth:]
+            return fd
+        found = os.fstat(child)
+        if (found.st_dev, found.st_ino) != identity:
+            os.close(child)
+            del levels[depth:]
+            return fd
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _visit_entries(
+    fd: int, relative: str, visit: Callable[[str, os.stat_result], bool]
+) -> list[str]:
+    """`walk_tree`'s visit of each entry of the directory ``fd``; those to go into."""
+    into = []
+    try:
+        with os.scandir(fd) as entries:
+            names = sorted(entry.name for entry in entries)
+    except OSError:
+        return []
+    for name in names:
+        try:
+            found = os.lstat(name, dir_fd=fd)
+        except OSError:
+            continue
+        if visit(f"{relative}/{name}" if relative else name, found) and stat.S_ISDIR(found.st_mode):
+            into.append(name)
+    into.reverse()  # popped from the end: gone into in the order listed
+    return into
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -1549,9 +1671,58 @@ def user_name(uid: int) -> str:
     return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
 
 
+def refusal_words(error: OSError, root: Path) -> str:
+    """What ``error``, met by a change of the data root ``root``, tells an operator: its
+    reason, the path it names, and, where a permission was refused, which of that path and
+    its directory is another user's than the root's owner, with the ``chown -R`` that gives
+    it back. "Permission denied; resolve that" alone (a directory of root's in a trash
+    entry, which the owner's `check --repair` cannot remove) named nothing (red team 56)."""
+    words = error.strerror or str(error)
+    if not error.filename or not isinstance(error, PermissionError):
+        return words  # a full disk, a failing one: the path is not where the fix lies
+    path = Path(os.fsdecode(error.filename))
+    words = f"{words}: {path}"
+    try:
+        owner = root.stat().st_uid
+    except OSError:
+        return words
+    for candidate in (path, path.parent):
+        try:
+            uid = candidate.lstat().st_uid
+        except OSError:
+            continue
+        if uid != owner:
+            whose = "it is" if candidate == path else "its directory is"
+            return (
+                f"{words}; {whose} owned by {user_name(uid)}, not by "
+                f"{user_name(owner)}, who owns the data root and runs the app (a command run "
+                "as another user made it): with the server stopped, give it back as root "
+                f"(`{chown_back(owner, root)}`)"
+            )
+    return words
+
+
 def chown_back(uid: int, root: Path) -> str:
     """The command that gives every file of ``root`` back to ``uid``."""
     return f"chown -R {login(uid) or uid}: {shell_word(str(root))}"
+
+
+#: The root's own files and directories, which every writer needs to be the owner's
+#: (`refuse_foreign_entries`), and `app data check` run as another user names (red team 56).
+ROOT_ENTRIES: Final = (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR)
+
+
+def foreign_root_entries(root: Path, owner: int) -> list[tuple[str, int]]:
+    """The root's own entries (`ROOT_ENTRIES`) that are not ``owner``'s, with their owner."""
+    foreign = []
+    for name in ROOT_ENTRIES:
+        try:
+            found = (root / name).lstat()
+        except OSError:
+            continue
+        if found.st_uid != owner:
+            foreign.append((name, found.st_uid))
+    return foreign
 
 
 def refuse_foreign_entries(root: Path) -> None:
@@ -1568,14 +1739,9 @@ def refuse_foreign_entries(root: Path) -> None:
         owner = root.stat().st_uid
     except OSError:
         return
-    foreign = []
-    for name in (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR):
-        try:
-            found = (root / name).lstat()
-        except OSError:
-            continue
-        if found.st_uid != owner:
-            foreign.append(f"{name} (owned by {user_name(found.st_uid)})")
+    foreign = [
+        f"{name} (owned by {user_name(uid)})" for name, uid in foreign_root_entries(root, owner)
+    ]
     if foreign:
         raise DataRootStateError(
             root,

@@ -321,7 +321,11 @@ def test_a_session_restored_by_another_user_is_served_and_refuses_changes_naming
     finally:
         process.terminate()
         process.wait()
-    assert "not done: Permission denied; resolve that" in log.read_text()
+    # The repair it could not make names the file, its owner and the `chown` (red team 56).
+    said = log.read_text()
+    assert "(not done: Permission denied: " in said, said
+    assert "it is owned by user 'nobody' (uid 65534), not by user 'root' (uid 0)" in said, said
+    assert f"(`chown -R root: {root}`); resolve that" in said, said
 
 
 def test_a_session_directory_moved_away_and_linked_back_is_named_so_with_the_mv(

@@ -28,6 +28,7 @@ from app.dataroot import (
     lexists,
     link_remedy,
     read_regular,
+    refusal_words,
     remove_tree,
     write_new_file,
 )
@@ -640,7 +641,12 @@ class Trash:
                 _remove_contents(self.path / name)
             except OSError as error:
                 # Out of the trash already (the rename before): `check` finishes it.
-                log.warning("could not finish removing %s yet (%s); `check` will", name, error)
+                log.warning(
+                    "could not finish removing %s yet (%s); `app data check --repair` finishes "
+                    "it once that is resolved (a server's start-up runs it)",
+                    name,
+                    refusal_words(error, self.root.path),
+                )
         if taken:
             prepared.sync(self.path)
         finished = {"finished": [n.removeprefix(EMPTYING_PREFIX) for n in left]} if left else {}
