@@ -44,7 +44,7 @@ from app.dataroot import (
     tmp_in_flight,
     unmount_keeping,
     user_name,
-    walk_tree,
+    visit_tree,
 )
 from app.errors import (
     FsyncFailed,
@@ -173,11 +173,11 @@ class Checker:
         for name in (SESSIONS_DIR, TRASH_DIR):
             if name in foreign:
                 continue  # reported above, with what it holds
-            # At any depth and length of path (`walk_tree`; red team 56): `os.walk` was a
+            # At any depth and length of path (`visit_tree`; red team 56): `os.walk` was a
             # RecursionError traceback 1,000 levels down, and passed over in silence what
             # lay past PATH_MAX. (A link or a file in its place: check_layout names it.)
             with contextlib.suppress(OSError):
-                walk_tree(root / name, functools.partial(visit, root / name))
+                visit_tree(root / name, functools.partial(visit, root / name))
 
     def check_layout(self) -> None:
         """The root's own directories made symbolic links: read through here, said "clean",

@@ -526,7 +526,7 @@ def _remove_files(fd: int) -> list[str]:
     return subdirectories
 
 
-def walk_tree(path: Path | str, visit: Callable[[str, os.stat_result], bool]) -> None:
+def visit_tree(path: Path | str, visit: Callable[[str, os.stat_result], bool]) -> None:
     """Call ``visit(relative, found)`` for everything under the directory ``path``, at any
     depth and any length of path: ``relative`` is its path below ``path``, ``found`` its
     ``lstat``; a directory is gone into when ``visit`` returns true. Links are never
@@ -541,6 +541,10 @@ def walk_tree(path: Path | str, visit: Callable[[str, os.stat_result], bool]) ->
     opening each relative to its parent's descriptor, as `remove_tree` does; it goes back up
     by ``..``, and where that is not the directory it came down from (moved meanwhile),
     down again from ``path`` by name, leaving out the part that moved away.
+
+    `walk_tree` is the pytest guard's walk, by whole paths (its callers read files by path
+    and must hear of a directory they cannot list, which this passes over); this one is for
+    a data root's entries, which only their descriptors reach at any length of path.
     """
     top = os.open(path, _TREE_DIR_FLAGS)
     fd = os.dup(top)
@@ -580,7 +584,7 @@ def walk_tree(path: Path | str, visit: Callable[[str, os.stat_result], bool]) ->
 
 
 def _walk_down_again(top: int, levels: list[tuple[str, tuple[int, int], list[str]]]) -> int:
-    """`walk_tree`'s way back to its deepest level from ``top`` by name, where going up by
+    """`visit_tree`'s way back to its deepest level from ``top`` by name, where going up by
     ``..`` led elsewhere; levels that moved away or were replaced are dropped (their
     descriptor: the deepest that is still where it was)."""
     fd = os.dup(top)
@@ -603,7 +607,7 @@ def _walk_down_again(top: int, levels: list[tuple[str, tuple[int, int], list[str
 def _visit_entries(
     fd: int, relative: str, visit: Callable[[str, os.stat_result], bool]
 ) -> list[str]:
-    """`walk_tree`'s visit of each entry of the directory ``fd``; those to go into."""
+    """`visit_tree`'s visit of each entry of the directory ``fd``; those to go into."""
     into = []
     try:
         with os.scandir(fd) as entries:

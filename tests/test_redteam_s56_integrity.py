@@ -11,7 +11,7 @@ What broke:
   levels of long names) was passed over in silence (``ENAMETOOLONG``, which ``os.walk``
   ignores), so a directory of root's below it, which the server cannot empty, was said
   "clean". The walk now keeps a list of its own and opens each directory relative to its
-  parent's descriptor (`app.dataroot.walk_tree`), so neither the depth nor the path's length
+  parent's descriptor (`app.dataroot.visit_tree`), so neither the depth nor the path's length
   bounds it;
 - the same check looked only below ``sessions/`` and ``.trash/``: the root's own entries (the
   two directories themselves, ``.tmp/``, the stamp, the lock file, the audit log) left root's
@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from app.dataroot import remove_tree, walk_tree
+from app.dataroot import remove_tree, visit_tree
 from app.storage import open_storage
 
 NOBODY = 65534
@@ -150,7 +150,7 @@ def test_a_walk_goes_on_past_a_directory_moved_while_it_is_below_it(tmp_path: Pa
             (tmp_path / "top" / "x" / "a").rename(tmp_path / "moved")
         return True
 
-    walk_tree(tmp_path / "top", visit)
+    visit_tree(tmp_path / "top", visit)
     assert seen == ["x", "y", "x/a", "x/e", "x/a/b", "x/a/b/c", "x/a/b/d", "x/e/f", "y/z"]
 
 
