@@ -32,12 +32,14 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
+    app_user,
     chown_back,
     lexists,
     link_remedy,
     read_regular,
     remove_tree,
     root_mounts,
+    runs_the_app,
     tmp_in_flight,
     unmount_keeping,
     user_name,
@@ -130,8 +132,8 @@ class Checker:
         restore run as root had left root's while the server refused its session (red team
         55). The owner's own check finds what it may not read as ``permission-denied``."""
         root = self.root.path
-        owner = root.stat().st_uid
-        if os.geteuid() == owner:
+        owner = app_user(root)
+        if owner is None or os.geteuid() == owner:
             return
         owner_words = user_name(owner)
         for top in (SESSIONS_DIR, TRASH_DIR):
@@ -149,8 +151,9 @@ class Checker:
                     self.unrepaired(
                         "wrong-owner",
                         path,
-                        f"owned by {user_name(uid)}, not by {owner_words}, who owns the data "
-                        "root and runs the app (a command run as another user made it): the "
+                        f"owned by {user_name(uid)}, not by {owner_words}, "
+                        f"{runs_the_app(root, owner, 'the data root')} (a command run as "
+                        "another user made it): the "
                         "server cannot change it, and cannot read it if its mode keeps others "
                         "out, so its session's changes are refused",
                         "nothing: left for a human (with the server stopped, give it back as "

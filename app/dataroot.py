@@ -1512,7 +1512,9 @@ def _command_line() -> str:
 
 
 def refuse_other_owner(root: Path, wanted: str) -> None:
-    """Refuse a writer whose effective user is not the data root's owner.
+    """Refuse a writer whose effective user is not the one the app runs as on this root
+    (`app_user`: the root's owner, or, for a root owned by root, the owner of what the app
+    made in it).
 
     Everything a writer makes in a root (the audit log, ``.tmp/``, a record, a trash entry,
     the lock file) is its own, mode 0600 or 0700: made by root in the service user's root,
@@ -1526,11 +1528,55 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
     except OSError:
         return
     uid = os.geteuid()
-    if found.st_uid == uid:
+    user = app_user(root, found)
+    if user is None:
+        # Root's, group-writable, and nothing of the app's in it yet: a volume's mount point
+        # (Kubernetes' fsGroup, a shared directory) whose first writer is the service.
+        if os.access(root, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+            return
+        user = found.st_uid
+    if user == uid:
         return
     raise DataRootOwnerError(
-        root, found.st_uid, login(found.st_uid), uid, login(uid), wanted, _command_line()
+        root,
+        user,
+        login(user),
+        uid,
+        login(uid),
+        wanted,
+        _command_line(),
+        owner_group=found.st_gid,
+        user_group=os.getegid(),
+        by_entries=user != found.st_uid,
     )
+
+
+#: The root's own entries, in the order they tell who runs the app (`app_user`): the stamp
+#: and the lock file its first writer made, then the rest.
+_OWN_ENTRIES: Final = (STAMP_FILE, LOCK_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR)
+
+
+def app_user(root: Path, found: os.stat_result | None = None) -> int | None:
+    """The uid the app runs as on `root` (whose ``stat`` is `found`, if read already).
+
+    The root's owner; but a root owned by root whose service runs as another user is the
+    rule where the root is a volume's mount point (Kubernetes' ``fsGroup`` makes it
+    ``root:<group>``, mode 2775; a Docker volume's top directory is root's): there the owner
+    of the app's own entries, which the first writer made, says who runs it. Taken for
+    the owner alone, every command of such a service (``app serve`` included) was refused
+    as "another user than root, the user the app runs as" (red team 56). None for such a
+    root with nothing of the app's in it yet (its first writer decides).
+    """
+    if found is None:
+        found = root.stat()
+    if found.st_uid != 0:
+        return found.st_uid
+    for name in _OWN_ENTRIES:
+        try:
+            return (root / name).lstat().st_uid
+        except OSError:
+            continue
+    return None
 
 
 def login(uid: int) -> str:
@@ -1549,9 +1595,21 @@ def user_name(uid: int) -> str:
     return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
 
 
+def chown_spec(uid: int, gid: int) -> str:
+    """``chown``'s owner for `uid`: ``name:`` (its login group), or ``uid:gid`` for an id the
+    password database does not know, where GNU chown refuses ``uid:`` ("invalid spec")."""
+    name = login(uid)
+    return f"{name}:" if name else f"{uid}:{gid}"
+
+
 def chown_back(uid: int, root: Path) -> str:
-    """The command that gives every file of ``root`` back to ``uid``."""
-    return f"chown -R {login(uid) or uid}: {shell_word(str(root))}"
+    """The command that gives every file of ``root`` back to ``uid`` (with the root's group
+    where ``uid`` has no name here)."""
+    try:
+        gid = root.stat().st_gid
+    except OSError:
+        gid = uid
+    return f"chown -R {chown_spec(uid, gid)} {shell_word(str(root))}"
 
 
 def refuse_foreign_entries(root: Path) -> None:
@@ -1565,9 +1623,11 @@ def refuse_foreign_entries(root: Path) -> None:
     run as the server's user.
     """
     try:
-        owner = root.stat().st_uid
+        owner = app_user(root)
     except OSError:
         return
+    if owner is None:
+        return  # root's, with nothing of the app's in it
     foreign = []
     for name in (LOCK_FILE, STAMP_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         try:
@@ -1580,12 +1640,21 @@ def refuse_foreign_entries(root: Path) -> None:
         raise DataRootStateError(
             root,
             f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not owned by "
-            f"{user_name(owner)}, who owns the root and runs the app: a command run as "
+            f"{user_name(owner)}, {runs_the_app(root, owner)}: a command run as "
             "another user (`sudo app ...`) made them, and the server could not write them, "
             "refusing every upload and delete while /health says ok. Nothing was changed",
             f"with the server stopped, give them back as root (`{chown_back(owner, root)}`), "
             "then start it again",
         )
+
+
+def runs_the_app(root: Path, owner: int, named: str = "the root") -> str:
+    """How a refusal names `owner` (`app_user`): the root's owner, or the owner of the app's
+    files in a root owned by root (a volume's mount point)."""
+    with contextlib.suppress(OSError):
+        if root.stat().st_uid != owner:
+            return f"who runs the app ({named} itself is root's, as a volume's mount point is)"
+    return f"who owns {named} and runs the app"
 
 
 def _local_root(config: Config, wanted: str) -> Path:

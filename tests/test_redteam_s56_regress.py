@@ -1,0 +1,108 @@
+"""Red team 56 on red team 55's own checks (branch rt-regress1): false refusals and the
+commands refusals name.
+
+What broke:
+
+- a data root that is a volume's mount point, owned by root and writable by the service's
+  group (Kubernetes' ``fsGroup`` makes it ``root:<group>``, mode 2775; a Docker volume's top
+  directory is root's), with the service running as its own user: red team 55's writers-only-
+  as-the-root's-owner check refused every writer of the service (``app serve``, ``app data
+  check --repair``) with 78, saying root was "the user the app runs as" and telling the
+  operator to run the service as root (``sudo -u root ...``);
+- a root whose owner has no name here (Kubernetes' ``runAsUser``, OpenShift's random uids):
+  the ``chown -R 1234: <root>`` that ``app data check`` (run as root), ``app doctor`` and a
+  writer's refusal named is refused by GNU chown ("invalid spec: '1234:'"), and the
+  ``sudo -u '#1234'`` sudo refuses unless its sudoers allow unknown ids.
+
+What changed: the user the app runs as on a root (`app.dataroot.app_user`) is the root's
+owner, but for a root owned by root, the owner of what the app made in it (its stamp first);
+root's root with nothing of the app's in it yet is left to a first writer that may write it.
+A uid with no name is handed a root with ``chown -R uid:gid`` and run with ``setpriv
+--reuid= --regid= --clear-groups``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_server_e2e import app_env, run_app
+
+SERVICE = 1234  # a uid with no name here, as Kubernetes' runAsUser and OpenShift's are
+GROUP = 4321  # the volume's group (fsGroup)
+
+#: The service's user, given only the capability to read and search, to reach the run's
+#: sandbox and Python; it writes the volume by its group alone.
+AS_SERVICE = (
+    "setpriv", f"--reuid={SERVICE}", f"--regid={GROUP}", "--clear-groups",
+    "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+)  # fmt: skip
+
+
+def test_a_service_on_a_root_owned_volume_runs_and_what_refusals_name_runs(
+    tmp_path: Path,
+) -> None:
+    # A volume's mount point: root's, group-writable for the service's group, setgid.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux): the service runs as another user")
+    volume = tmp_path / "data"
+    volume.mkdir()
+    os.chown(volume, 0, GROUP)
+    volume.chmod(0o2775)
+    first = _as_service(volume, "data", "check", "--repair")
+    if "Operation not permitted" in first.stderr and "setpriv" in first.stderr:
+        pytest.skip(f"setpriv cannot give the capability here: {first.stderr}")
+    # Before the fix: 78, "data root ... belongs to user 'root' (uid 0), the user the app
+    # runs as, and this process runs as uid 1234 ... `sudo -u root ...`".
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    assert (volume / ".app-profile.json").stat().st_uid == SERVICE
+
+    # Root, on the service's volume, is still "another user" (red team 55's case), named
+    # with a command that runs for an id with no name.
+    before = sorted((p.name, p.lstat().st_uid) for p in volume.iterdir())
+    refused = run_app("data", "check", "--repair", env=app_env(volume))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 78, (refused.stdout, refused.stderr)
+    assert (
+        f"data root {volume} is root's (as a volume's mount point is), and what the app made "
+        f"in it belongs to uid {SERVICE} (no user of that id here), the user the app runs as, "
+        "and this process runs as user 'root' (uid 0)"
+    ) in said, said
+    assert (
+        f"`setpriv --reuid={SERVICE} --regid={GROUP} --clear-groups {sys.executable} -m app "
+        "data check --repair` as root"
+    ) in said, said
+    assert "sudo -u" not in said
+    assert sorted((p.name, p.lstat().st_uid) for p in volume.iterdir()) == before
+
+    # Root's leftover in the service's root (an earlier release's `sudo app ...`): named by
+    # `app doctor` (and `app data check` run as root) with a chown that runs as written.
+    leftover = volume / "audit.jsonl"
+    leftover.touch()
+    os.chown(leftover, 0, 0)
+    refused = run_app("doctor", env=app_env(volume))
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 78, (refused.stdout, refused.stderr)
+    assert (
+        f"audit.jsonl (owned by user 'root' (uid 0)) is not owned by uid {SERVICE}, who runs "
+        "the app (the root itself is root's, as a volume's mount point is)"
+    ) in said, said
+    command = f"chown -R {SERVICE}:{GROUP} {volume}"
+    assert f"(`{command}`)" in said, said
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+    # Before the fix: `chown -R 1234: <root>`, "chown: invalid spec: '1234:'".
+    assert done.returncode == 0, done.stderr
+    assert leftover.stat().st_uid == SERVICE
+    looked = _as_service(volume, "doctor")
+    assert "not owned by" not in looked.stderr, looked.stderr
+
+
+def _as_service(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AS_SERVICE, sys.executable, "-m", "app", *command],
+        env=app_env(root), capture_output=True, text=True, check=False, cwd="/",
+    )  # fmt: skip
