@@ -106,3 +106,31 @@ def _as_service(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
         [*AS_SERVICE, sys.executable, "-m", "app", *command],
         env=app_env(root), capture_output=True, text=True, check=False, cwd="/",
     )  # fmt: skip
+
+
+def test_a_directory_really_named_with_an_escape_or_a_backslash_is_a_root(tmp_path: Path) -> None:
+    # Red team 55 refused '%XX' and '\' in a path setting (a spelling of '/' or of a
+    # character), but a directory really named so could then not be given at all, and the
+    # refusal told the operator to write a path that does not exist.
+    for name in ("50%41off", "blue\\green"):
+        (tmp_path / name).mkdir()
+        root = tmp_path / name / "data"
+        done = run_app("config", env=app_env(root))
+        # Before the fix: 78, "holds '%41', a URL's escape of 'A' ... write the path with
+        # the character itself: '.../50Aoff/data'".
+        assert done.returncode == 0, (name, done.stdout, done.stderr)
+        assert str(root) in done.stdout
+    # A mark in a name the first start would make is still refused (red team 55's case), and
+    # so is one whose directory exists beside the one it would mean: said how to mean it.
+    (tmp_path / "50Aoff").mkdir()
+    for root in (tmp_path / "new%2Fdata", tmp_path / "50%41off" / "data"):
+        refused = run_app("config", env=app_env(root))
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 78, (refused.stdout, refused.stderr)
+        assert "a URL's escape of" in said, said
+        assert (
+            "(if a directory really has '%" in said
+            and "in its name, make it first: a path whose directories exist as written is "
+            "taken, where the path it would otherwise mean does not exist)"
+            in said
+        ), said
