@@ -851,8 +851,10 @@ class DataRootOwnerError(AppError):
             as_owner = f"setpriv --reuid={self.owner} --regid={group} --clear-groups"
             run = f"`{as_owner} {self.command}` as root"
             env = f"`{as_owner} env $(grep -v '^[[:space:]]*#' /etc/app.env | xargs) ...`"
+        # `chown uid:` is an "invalid spec" to GNU chown, for every number (0: too): the
+        # hand-over this refusal named never ran (red team 56).
         hand_over = (
-            f"{self.uid}:"
+            f"{shell_word(self.user_name)}:"
             if self.user_name
             else f"{self.uid}:{self.user_group if self.user_group >= 0 else self.uid}"
         )

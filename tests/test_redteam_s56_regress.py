@@ -77,6 +77,8 @@ def test_a_service_on_a_root_owned_volume_runs_and_what_refusals_name_runs(
         "data check --repair` as root"
     ) in said, said
     assert "sudo -u" not in said
+    hand_over = f"chown -R root: {volume}"  # before the fix: `chown -R 0: ...`, invalid
+    assert f"give it the root first (`{hand_over}`)" in said, said
     assert sorted((p.name, p.lstat().st_uid) for p in volume.iterdir()) == before
 
     # Root's leftover in the service's root (an earlier release's `sudo app ...`): named by
@@ -99,6 +101,12 @@ def test_a_service_on_a_root_owned_volume_runs_and_what_refusals_name_runs(
     assert leftover.stat().st_uid == SERVICE
     looked = _as_service(volume, "doctor")
     assert "not owned by" not in looked.stderr, looked.stderr
+
+    # Root meant to run the app from now on: the hand-over the writer's refusal named runs.
+    done = subprocess.run(hand_over, shell=True, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr  # before: "chown: invalid spec: '0:'"
+    repaired = run_app("data", "check", "--repair", env=app_env(volume))
+    assert repaired.returncode == 0, (repaired.stdout, repaired.stderr)
 
 
 def _as_service(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
