@@ -84,6 +84,7 @@ from app.sandbox import (
     just_checked,
     process_link,
     seen_from_outside,
+    unmapped_here,
 )
 
 if TYPE_CHECKING:
@@ -1548,6 +1549,7 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
         owner_group=found.st_gid,
         user_group=os.getegid(),
         by_entries=user != found.st_uid,
+        unmapped=unmapped_here(user),
     )
 
 

@@ -821,6 +821,7 @@ class DataRootOwnerError(AppError):
     owner_group: int = -1  # the root's group, for a command that runs as an id with no name
     user_group: int = -1  # this process's group, for the chown that hands the root over
     by_entries: bool = False  # the root is root's (a mount point), its files `owner`'s
+    unmapped: bool = False  # `owner` is the overflow id of this process's user namespace
 
     @property
     def message(self) -> str:
@@ -836,6 +837,19 @@ class DataRootOwnerError(AppError):
             else (f"uid {self.owner} (no user of that id here)")
         )
         user = f"user {self.user_name!r} (uid {self.uid})" if self.user_name else f"uid {self.uid}"
+        if self.unmapped:
+            # `unshare -r`, a rootless container: "sudo -u nobody" was named, which can never
+            # write a root whose real owner the namespace's map leaves out (red team 56).
+            return (
+                f"refusing to {self.wanted}: data root {self.path} shows as owned by uid "
+                f"{self.owner}, the overflow id of this process's user namespace (`unshare -r`, "
+                "a rootless container): its real owner, the user the app runs as, is not "
+                f"mapped into it, and what this process (as {user}) would create there would "
+                "not be that user's, so the server could then not write it. Nothing was "
+                "changed. Run the command outside the user namespace as the root's owner, or "
+                "map the owner's id into it (podman's `--userns=keep-id`, or a uid_map line "
+                "for it)"
+            )
         belongs = (
             f"data root {self.path} is root's (as a volume's mount point is), and what the app "
             f"made in it belongs to {owner}, the user the app runs as"

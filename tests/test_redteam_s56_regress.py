@@ -142,3 +142,32 @@ def test_a_directory_really_named_with_an_escape_or_a_backslash_is_a_root(tmp_pa
             "taken, where the path it would otherwise mean does not exist)"
             in said
         ), said
+
+
+def test_a_root_whose_owner_a_user_namespace_leaves_out_is_not_sent_to_nobody(
+    tmp_path: Path,
+) -> None:
+    # `unshare -r` (a rootless container): the root's real owner is not in the namespace's
+    # map and shows as 65534, the overflow id. The refusal named `sudo -u nobody ...`, which
+    # can never write it.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare, to give the root to a user the map leaves out")
+    root = tmp_path / "data"
+    root.mkdir()
+    os.chown(root, SERVICE, SERVICE)
+    refused = subprocess.run(
+        ["unshare", "-r", sys.executable, "-m", "app", "data", "check", "--repair"],
+        env=app_env(root), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    said = " ".join(refused.stderr.split())
+    if refused.returncode != 78 and "unshare" in said:
+        pytest.skip(f"no user namespace here: {said}")
+    assert refused.returncode == 78, (refused.stdout, refused.stderr)
+    assert (
+        f"data root {root} shows as owned by uid 65534, the overflow id of this process's user "
+        "namespace (`unshare -r`, a rootless container): its real owner, the user the app "
+        "runs as, is not mapped into it"
+    ) in said, said
+    assert "Run the command outside the user namespace as the root's owner" in said
+    assert "sudo -u nobody" not in said  # before the fix
+    assert list(root.iterdir()) == []
