@@ -12,13 +12,23 @@ What broke:
 - a root whose owner has no name here (Kubernetes' ``runAsUser``, OpenShift's random uids):
   the ``chown -R 1234: <root>`` that ``app data check`` (run as root), ``app doctor`` and a
   writer's refusal named is refused by GNU chown ("invalid spec: '1234:'"), and the
-  ``sudo -u '#1234'`` sudo refuses unless its sudoers allow unknown ids.
+  ``sudo -u '#1234'`` sudo refuses unless its sudoers allow unknown ids;
+- the hand-over every writer's refusal named for the user that ran it, ``chown -R 0:
+  <root>``: GNU chown refuses a number followed by a colon, whatever the number;
+- a writer in a user namespace whose map leaves the root's owner out (``unshare -r``, a
+  rootless container): the owner showed as 65534, and the refusal named ``sudo -u nobody``;
+- a data root in a directory really named with a ``%XX`` or a ``\\`` (``50%41off``): red team
+  55's refusal of URL escapes left no way to give it, and named a decoded path that does
+  not exist.
 
 What changed: the user the app runs as on a root (`app.dataroot.app_user`) is the root's
 owner, but for a root owned by root, the owner of what the app made in it (its stamp first);
 root's root with nothing of the app's in it yet is left to a first writer that may write it.
 A uid with no name is handed a root with ``chown -R uid:gid`` and run with ``setpriv
---reuid= --regid= --clear-groups``.
+--reuid= --regid= --clear-groups``; a named one with ``chown -R name:``. An owner that shows
+as the overflow id of this process's own user namespace is said to be unmapped. Marks in a
+path setting that all lie in directories that exist as written, where what they would
+otherwise mean does not, are taken as written.
 """
 
 from __future__ import annotations
