@@ -362,7 +362,10 @@ _TREE_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLO
 
 
 def walk_tree(
-    top: Path | str, onerror: Callable[[str, OSError], None] | None = None
+    top: Path | str,
+    onerror: Callable[[str, OSError], None] | None = None,
+    *,
+    open_own: bool = False,
 ) -> Iterator[tuple[str, list[str], list[str], int]]:
     """``os.walk(top)`` (top-down, links not followed, a directory it cannot list left out),
     with each directory's depth below `top` (0 for `top`): (directory, dirs, files, depth).
@@ -375,15 +378,66 @@ def walk_tree(
     neither Python's stack nor the depth bounds it. As with ``os.walk``, a caller may prune
     ``dirs`` in place; a link to a directory is named in ``dirs`` and not walked into; a
     directory that cannot be listed is given to `onerror` (with its error) and left out.
+
+    With `open_own`, for a walk of what pytest is about to delete (which makes such a
+    directory removable first), a directory of this process's own user that its mode keeps
+    it from listing (a test's ``chmod 000``) is given its owner's read and search bits for
+    the walk, and its mode back after: left out, every later run with the same --basetemp
+    was refused, and the ``rm -rf`` the refusal named failed on it too (red team 56).
     """
-    pending: list[tuple[str, int]] = [(os.fspath(top), 0)]
+    opened: list[tuple[int, int]] = []
+    try:
+        yield from _walk_tree(os.fspath(top), onerror, opened if open_own else None)
+    finally:
+        for fd, mode in reversed(opened):  # the deepest first: its parent still open
+            with contextlib.suppress(OSError):
+                Path(f"/proc/self/fd/{fd}").chmod(mode)
+            os.close(fd)
+
+
+def _opened_for_the_walk(directory: str, opened: list[tuple[int, int]] | None) -> bool:
+    """Give `directory` its owner's read and search bits, where it is a directory of this
+    process's user (`walk_tree`'s `open_own`); whether it was. Held by a descriptor, and
+    changed through it (``/proc/self/fd``): a link swapped in meanwhile is not followed."""
+    if opened is None:
+        return False
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        found = os.fstat(fd)
+        if found.st_uid != os.geteuid():
+            os.close(fd)
+            return False
+        mode = stat.S_IMODE(found.st_mode)
+        Path(f"/proc/self/fd/{fd}").chmod(mode | stat.S_IRUSR | stat.S_IXUSR)
+    except OSError:
+        os.close(fd)
+        return False
+    opened.append((fd, mode))
+    return True
+
+
+def _walk_tree(
+    top: str,
+    onerror: Callable[[str, OSError], None] | None,
+    opened: list[tuple[int, int]] | None,
+) -> Iterator[tuple[str, list[str], list[str], int]]:
+    pending: list[tuple[str, int]] = [(top, 0)]
     while pending:
         directory, depth = pending.pop()
         dirs: list[str] = []
         files: list[str] = []
         walk_into: list[str] = []
         try:
-            with os.scandir(directory) as entries:
+            try:
+                entries = os.scandir(directory)
+            except PermissionError:
+                if not _opened_for_the_walk(directory, opened):
+                    raise
+                entries = os.scandir(directory)
+            with entries:
                 for entry in entries:
                     try:
                         is_dir = entry.is_dir()

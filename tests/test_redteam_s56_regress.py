@@ -20,6 +20,9 @@ What broke:
 - a data root in a directory really named with a ``%XX`` or a ``\\`` (``50%41off``): red team
   55's refusal of URL escapes left no way to give it, and named a decoded path that does
   not exist.
+- a fixed ``--basetemp`` in which a test had left a directory of mode 000: red team 55's
+  refusal of a directory the walk cannot list refused every later run of any project (the
+  plugin inactive too), and the ``rm -rf`` it named failed on it.
 
 What changed: the user the app runs as on a root (`app.dataroot.app_user`) is the root's
 owner, but for a root owned by root, the owner of what the app made in it (its stamp first);
@@ -28,19 +31,28 @@ A uid with no name is handed a root with ``chown -R uid:gid`` and run with ``set
 --reuid= --regid= --clear-groups``; a named one with ``chown -R name:``. An owner that shows
 as the overflow id of this process's own user namespace is said to be unmapped. Marks in a
 path setting that all lie in directories that exist as written, where what they would
-otherwise mean does not, are taken as written.
+otherwise mean does not, are taken as written. The walks of what pytest deletes look through a
+directory of this user's that its mode keeps closed, and give it its mode back.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
+from project_copy import PROJECT
+from test_redteam_s39_guard import NOBODY as NOBODY_SETPRIV
+from test_redteam_s39_guard import _python_for_nobody
 from test_server_e2e import app_env, run_app
+
+NOBODY = 65534
 
 SERVICE = 1234  # a uid with no name here, as Kubernetes' runAsUser and OpenShift's are
 GROUP = 4321  # the volume's group (fsGroup)
@@ -181,3 +193,52 @@ def test_a_root_whose_owner_a_user_namespace_leaves_out_is_not_sent_to_nobody(
     assert "Run the command outside the user namespace as the root's owner" in said
     assert "sudo -u nobody" not in said  # before the fix
     assert list(root.iterdir()) == []
+
+
+def test_a_basetemp_a_test_left_a_mode_000_directory_in_is_looked_through() -> None:
+    # Another project's suite as a user (not root, whom modes do not bind), with a fixed
+    # --basetemp, whose test left a directory of mode 000 (a test of a permission error).
+    # Red team 55 refused every later run ("cannot be looked through for a data root
+    # (Permission denied)"), even with the app's plugin inactive, and the `rm -rf` it named
+    # failed on that directory too. pytest makes it removable itself, and so does the look.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv, to run pytest as a user whom modes bind")
+    path = os.pathsep.join([str(PROJECT), sysconfig.get_paths()["purelib"]])
+    python = _python_for_nobody(path)
+    if python is None:
+        pytest.skip("no interpreter here that user 65534 can run with the app")
+    # Where user 65534 can reach it (this run's tmp_path is root's, mode 0700).
+    work = Path(tempfile.mkdtemp(prefix="app-s56-basetemp-", dir="/tmp"))
+    try:
+        locked = work / "bt" / "test_locked0" / "locked"
+        locked.mkdir(parents=True)
+        (locked / "kept.txt").write_text("x")
+        hidden = work / "hidden"  # beside: a stopped production root behind such a directory
+        (hidden / "root").mkdir(parents=True)
+        (hidden / "root" / ".app-profile.json").write_text('{"profile": "production"}')
+        (work / "test_other.py").write_text("def test_other(tmp_path):\n    pass\n")
+        for found in [work, *work.rglob("*")]:
+            os.chown(found, NOBODY, NOBODY)
+        locked.chmod(0)
+        hidden.chmod(0)
+
+        def inner(basetemp: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*NOBODY_SETPRIV, "env", "-i", "PATH=/usr/bin:/bin", f"HOME={work}",
+                 f"PYTHONPATH={path}", python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                 f"--basetemp={basetemp}", str(work / "test_other.py")],
+                capture_output=True, text=True, check=False, cwd="/",
+            )  # fmt: skip
+
+        done = inner(work / "bt")
+        # Before the fix: 4, "refusing --basetemp .../bt: it holds .../locked, which cannot be
+        # looked through for a data root (Permission denied)".
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert not (work / "bt" / "test_locked0").exists()  # emptied by pytest, as asked
+        refused = inner(work)
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 4, said
+        assert f"it holds the data root {hidden / 'root'} (it has a profile stamp" in said, said
+        assert stat.S_IMODE(hidden.stat().st_mode) == 0  # its mode given back
+    finally:
+        shutil.rmtree(work)
