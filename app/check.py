@@ -33,6 +33,7 @@ from app.dataroot import (
     TMP_DIR,
     TRASH_DIR,
     NotRegularFileError,
+    app_user,
     chown_back,
     foreign_root_entries,
     lexists,
@@ -41,6 +42,7 @@ from app.dataroot import (
     refusal_words,
     remove_tree,
     root_mounts,
+    runs_the_app,
     tmp_in_flight,
     unmount_keeping,
     user_name,
@@ -136,8 +138,8 @@ class Checker:
         left root's, for which every writer refuses the root (red team 56). The owner's own
         check finds what it may not read as ``permission-denied``."""
         root = self.root.path
-        owner = root.stat().st_uid
-        if os.geteuid() == owner:
+        owner = app_user(root)
+        if owner is None or os.geteuid() == owner:
             return
         owner_words = user_name(owner)
         fix = (
@@ -145,14 +147,16 @@ class Checker:
             f"`{chown_back(owner, root)}`)"
         )
 
+        runs = runs_the_app(root, owner, "the data root")
+
         def visit(directory: Path, relative: str, found: os.stat_result) -> bool:
             if found.st_uid == owner:
                 return True
             self.unrepaired(  # a directory: reported once, with what it holds
                 "wrong-owner",
                 directory / relative,
-                f"owned by {user_name(found.st_uid)}, not by {owner_words}, who owns the data "
-                "root and runs the app (a command run as another user made it): the "
+                f"owned by {user_name(found.st_uid)}, not by {owner_words}, {runs} (a "
+                "command run as another user made it): the "
                 "server cannot change it, and cannot read it if its mode keeps others "
                 "out, so its session's changes are refused",
                 fix,
@@ -164,8 +168,8 @@ class Checker:
             self.unrepaired(
                 "wrong-owner",
                 root / name,
-                f"owned by {user_name(uid)}, not by {owner_words}, who owns the data root and "
-                "runs the app (a command run as another user made it): every writer (a "
+                f"owned by {user_name(uid)}, not by {owner_words}, {runs} (a command run as "
+                "another user made it): every writer (a "
                 "server's start-up, a restore, a purge, `check --repair`) refuses the root "
                 "while it is",
                 fix,

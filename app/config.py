@@ -1315,17 +1315,49 @@ def _escaped(key: Key, value: Any, directory: Path) -> str | None:
     where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
     if "\\" in value:
         slashed = value.replace("\\", "/")
+        slash = "\\".__contains__
+        if _really_named(value, directory, lambda path: path.replace("\\", "/"), slash):
+            return None
         return (
             "holds '\\', the separator of Windows' paths, which is a character of a name "
             f"here: this root would be {where}; write '/' instead: {slashed!r}"
+            f"{_MEANT_AS_WRITTEN.format(what=chr(92))}"
         )
     if (escape := _URL_ESCAPE.search(value)) is not None:
+        if _really_named(value, directory, unquote, _URL_ESCAPE.search):
+            return None
         return (
             f"holds {escape.group()!r}, a URL's escape of {unquote(escape.group())!r}, which "
             f"the app does not decode: it takes a path as written, so this root would be "
             f"{where}; write the path with the character itself: {unquote(value)!r}"
+            f"{_MEANT_AS_WRITTEN.format(what=escape.group())}"
         )
     return None
+
+
+#: How an `_escaped` refusal says what to do where the name is meant as written.
+_MEANT_AS_WRITTEN: Final = (
+    " (if a directory really has {what!r} in its name, make it first: a path whose "
+    "directories exist as written is taken, where the path it would otherwise mean does not "
+    "exist)"
+)
+
+
+def _really_named(
+    value: str, directory: Path, meant: Callable[[str], str], marked: Callable[[str], Any]
+) -> bool:
+    """Whether `value`'s marks (a ``\\``, a ``%XX``; `marked` finds them) all lie in names of
+    directories that exist as written, while what they would otherwise mean (`meant` of
+    those directories' path) does not exist: a directory really named so (``50%41off``,
+    made by hand), not a spelling. Refused, such a root could not be given at all, and the
+    refusal's advice named a path that does not exist (red team 56). Where both exist, or
+    the marks are in names still to be made (the first start would make a directory of that
+    very text beside the one meant: red team 55), it is refused."""
+    spelled = _spelled_root(value, directory)
+    existing = next(p for p in (spelled, *spelled.parents) if os.path.lexists(p))
+    if marked(str(spelled)[len(str(existing)) :]):
+        return False
+    return not os.path.lexists(meant(str(existing)))
 
 
 def _home_problem(home: str) -> str | None:

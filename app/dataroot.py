@@ -86,6 +86,7 @@ from app.sandbox import (
     path_as_text,
     process_link,
     seen_from_outside,
+    unmapped_here,
 )
 
 if TYPE_CHECKING:
@@ -363,7 +364,10 @@ _TREE_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLO
 
 
 def walk_tree(
-    top: Path | str, onerror: Callable[[str, OSError], None] | None = None
+    top: Path | str,
+    onerror: Callable[[str, OSError], None] | None = None,
+    *,
+    open_own: bool = False,
 ) -> Iterator[tuple[str, list[str], list[str], int]]:
     """``os.walk(top)`` (top-down, links not followed, a directory it cannot list left out),
     with each directory's depth below `top` (0 for `top`): (directory, dirs, files, depth).
@@ -376,15 +380,66 @@ def walk_tree(
     neither Python's stack nor the depth bounds it. As with ``os.walk``, a caller may prune
     ``dirs`` in place; a link to a directory is named in ``dirs`` and not walked into; a
     directory that cannot be listed is given to `onerror` (with its error) and left out.
+
+    With `open_own`, for a walk of what pytest is about to delete (which makes such a
+    directory removable first), a directory of this process's own user that its mode keeps
+    it from listing (a test's ``chmod 000``) is given its owner's read and search bits for
+    the walk, and its mode back after: left out, every later run with the same --basetemp
+    was refused, and the ``rm -rf`` the refusal named failed on it too (red team 56).
     """
-    pending: list[tuple[str, int]] = [(os.fspath(top), 0)]
+    opened: list[tuple[int, int]] = []
+    try:
+        yield from _walk_tree(os.fspath(top), onerror, opened if open_own else None)
+    finally:
+        for fd, mode in reversed(opened):  # the deepest first: its parent still open
+            with contextlib.suppress(OSError):
+                Path(f"/proc/self/fd/{fd}").chmod(mode)
+            os.close(fd)
+
+
+def _opened_for_the_walk(directory: str, opened: list[tuple[int, int]] | None) -> bool:
+    """Give `directory` its owner's read and search bits, where it is a directory of this
+    process's user (`walk_tree`'s `open_own`); whether it was. Held by a descriptor, and
+    changed through it (``/proc/self/fd``): a link swapped in meanwhile is not followed."""
+    if opened is None:
+        return False
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        found = os.fstat(fd)
+        if found.st_uid != os.geteuid():
+            os.close(fd)
+            return False
+        mode = stat.S_IMODE(found.st_mode)
+        Path(f"/proc/self/fd/{fd}").chmod(mode | stat.S_IRUSR | stat.S_IXUSR)
+    except OSError:
+        os.close(fd)
+        return False
+    opened.append((fd, mode))
+    return True
+
+
+def _walk_tree(
+    top: str,
+    onerror: Callable[[str, OSError], None] | None,
+    opened: list[tuple[int, int]] | None,
+) -> Iterator[tuple[str, list[str], list[str], int]]:
+    pending: list[tuple[str, int]] = [(top, 0)]
     while pending:
         directory, depth = pending.pop()
         dirs: list[str] = []
         files: list[str] = []
         walk_into: list[str] = []
         try:
-            with os.scandir(directory) as entries:
+            try:
+                entries = os.scandir(directory)
+            except PermissionError:
+                if not _opened_for_the_walk(directory, opened):
+                    raise
+                entries = os.scandir(directory)
+            with entries:
                 for entry in entries:
                     try:
                         is_dir = entry.is_dir()
@@ -1639,7 +1694,9 @@ def _command_line() -> str:
 
 
 def refuse_other_owner(root: Path, wanted: str) -> None:
-    """Refuse a writer whose effective user is not the data root's owner.
+    """Refuse a writer whose effective user is not the one the app runs as on this root
+    (`app_user`: the root's owner, or, for a root owned by root, the owner of what the app
+    made in it).
 
     Everything a writer makes in a root (the audit log, ``.tmp/``, a record, a trash entry,
     the lock file) is its own, mode 0600 or 0700: made by root in the service user's root,
@@ -1653,11 +1710,56 @@ def refuse_other_owner(root: Path, wanted: str) -> None:
     except OSError:
         return
     uid = os.geteuid()
-    if found.st_uid == uid:
+    user = app_user(root, found)
+    if user is None:
+        # Root's, group-writable, and nothing of the app's in it yet: a volume's mount point
+        # (Kubernetes' fsGroup, a shared directory) whose first writer is the service.
+        if os.access(root, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+            return
+        user = found.st_uid
+    if user == uid:
         return
     raise DataRootOwnerError(
-        root, found.st_uid, login(found.st_uid), uid, login(uid), wanted, _command_line()
+        root,
+        user,
+        login(user),
+        uid,
+        login(uid),
+        wanted,
+        _command_line(),
+        owner_group=found.st_gid,
+        user_group=os.getegid(),
+        by_entries=user != found.st_uid,
+        unmapped=unmapped_here(user),
     )
+
+
+#: The root's own entries, in the order they tell who runs the app (`app_user`): the stamp
+#: and the lock file its first writer made, then the rest.
+_OWN_ENTRIES: Final = (STAMP_FILE, LOCK_FILE, AUDIT_FILE, SESSIONS_DIR, TRASH_DIR, TMP_DIR)
+
+
+def app_user(root: Path, found: os.stat_result | None = None) -> int | None:
+    """The uid the app runs as on `root` (whose ``stat`` is `found`, if read already).
+
+    The root's owner; but a root owned by root whose service runs as another user is the
+    rule where the root is a volume's mount point (Kubernetes' ``fsGroup`` makes it
+    ``root:<group>``, mode 2775; a Docker volume's top directory is root's): there the owner
+    of the app's own entries, which the first writer made, says who runs it. Taken for
+    the owner alone, every command of such a service (``app serve`` included) was refused
+    as "another user than root, the user the app runs as" (red team 56). None for such a
+    root with nothing of the app's in it yet (its first writer decides).
+    """
+    if found is None:
+        found = root.stat()
+    if found.st_uid != 0:
+        return found.st_uid
+    for name in _OWN_ENTRIES:
+        try:
+            return (root / name).lstat().st_uid
+        except OSError:
+            continue
+    return None
 
 
 def login(uid: int) -> str:
@@ -1688,8 +1790,10 @@ def refusal_words(error: OSError, root: Path) -> str:
     path = Path(os.fsdecode(error.filename))
     words = f"{words}: {path}"
     try:
-        owner = root.stat().st_uid
+        owner = app_user(root)
     except OSError:
+        return words
+    if owner is None:
         return words
     for candidate in (path, path.parent):
         try:
@@ -1700,16 +1804,28 @@ def refusal_words(error: OSError, root: Path) -> str:
             whose = "it is" if candidate == path else "its directory is"
             return (
                 f"{words}; {whose} owned by {user_name(uid)}, not by "
-                f"{user_name(owner)}, who owns the data root and runs the app (a command run "
-                "as another user made it): with the server stopped, give it back as root "
+                f"{user_name(owner)}, {runs_the_app(root, owner, 'the data root')} (a command "
+                "run as another user made it): with the server stopped, give it back as root "
                 f"(`{chown_back(owner, root)}`)"
             )
     return words
 
 
+def chown_spec(uid: int, gid: int) -> str:
+    """``chown``'s owner for `uid`: ``name:`` (its login group), or ``uid:gid`` for an id the
+    password database does not know, where GNU chown refuses ``uid:`` ("invalid spec")."""
+    name = login(uid)
+    return f"{name}:" if name else f"{uid}:{gid}"
+
+
 def chown_back(uid: int, root: Path) -> str:
-    """The command that gives every file of ``root`` back to ``uid``."""
-    return f"chown -R {login(uid) or uid}: {shell_word(str(root))}"
+    """The command that gives every file of ``root`` back to ``uid`` (with the root's group
+    where ``uid`` has no name here)."""
+    try:
+        gid = root.stat().st_gid
+    except OSError:
+        gid = uid
+    return f"chown -R {chown_spec(uid, gid)} {shell_word(str(root))}"
 
 
 #: The root's own files and directories, which every writer needs to be the owner's
@@ -1741,9 +1857,11 @@ def refuse_foreign_entries(root: Path) -> None:
     run as the server's user.
     """
     try:
-        owner = root.stat().st_uid
+        owner = app_user(root)
     except OSError:
         return
+    if owner is None:
+        return  # root's, with nothing of the app's in it
     foreign = [
         f"{name} (owned by {user_name(uid)})" for name, uid in foreign_root_entries(root, owner)
     ]
@@ -1751,12 +1869,21 @@ def refuse_foreign_entries(root: Path) -> None:
         raise DataRootStateError(
             root,
             f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not owned by "
-            f"{user_name(owner)}, who owns the root and runs the app: a command run as "
+            f"{user_name(owner)}, {runs_the_app(root, owner)}: a command run as "
             "another user (`sudo app ...`) made them, and the server could not write them, "
             "refusing every upload and delete while /health says ok. Nothing was changed",
             f"with the server stopped, give them back as root (`{chown_back(owner, root)}`), "
             "then start it again",
         )
+
+
+def runs_the_app(root: Path, owner: int, named: str = "the root") -> str:
+    """How a refusal names `owner` (`app_user`): the root's owner, or the owner of the app's
+    files in a root owned by root (a volume's mount point)."""
+    with contextlib.suppress(OSError):
+        if root.stat().st_uid != owner:
+            return f"who runs the app ({named} itself is root's, as a volume's mount point is)"
+    return f"who owns {named} and runs the app"
 
 
 def _local_root(config: Config, wanted: str) -> Path:

@@ -818,28 +818,69 @@ class DataRootOwnerError(AppError):
     user_name: str
     wanted: str
     command: str  # the command as it was run, for the `sudo -u` that runs it again
+    owner_group: int = -1  # the root's group, for a command that runs as an id with no name
+    user_group: int = -1  # this process's group, for the chown that hands the root over
+    by_entries: bool = False  # the root is root's (a mount point), its files `owner`'s
+    unmapped: bool = False  # `owner` is the overflow id of this process's user namespace
 
     @property
     def message(self) -> str:
-        """Who owns the root, who runs, why it is refused, and the command that resolves it."""
+        """Who owns the root, who runs, why it is refused, and the command that resolves it.
+
+        An id the password database does not know (Kubernetes' ``runAsUser``, OpenShift's
+        random uids) is named where no name works: ``sudo -u '#1234'`` is refused unless
+        sudoers allows unknown ids, and GNU ``chown 1234:`` is an "invalid spec" (red team
+        56), so such a refusal names ``setpriv`` and ``chown uid:gid``."""
         owner = (
             f"user {self.owner_name!r} (uid {self.owner})"
             if self.owner_name
             else (f"uid {self.owner} (no user of that id here)")
         )
         user = f"user {self.user_name!r} (uid {self.uid})" if self.user_name else f"uid {self.uid}"
-        sudo_user = shell_word(self.owner_name) if self.owner_name else shell_word(f"#{self.owner}")
+        if self.unmapped:
+            # `unshare -r`, a rootless container: "sudo -u nobody" was named, which can never
+            # write a root whose real owner the namespace's map leaves out (red team 56).
+            return (
+                f"refusing to {self.wanted}: data root {self.path} shows as owned by uid "
+                f"{self.owner}, the overflow id of this process's user namespace (`unshare -r`, "
+                "a rootless container): its real owner, the user the app runs as, is not "
+                f"mapped into it, and what this process (as {user}) would create there would "
+                "not be that user's, so the server could then not write it. Nothing was "
+                "changed. Run the command outside the user namespace as the root's owner, or "
+                "map the owner's id into it (podman's `--userns=keep-id`, or a uid_map line "
+                "for it)"
+            )
+        belongs = (
+            f"data root {self.path} is root's (as a volume's mount point is), and what the app "
+            f"made in it belongs to {owner}, the user the app runs as"
+            if self.by_entries
+            else f"data root {self.path} belongs to {owner}, the user the app runs as"
+        )
+        if self.owner_name:
+            as_owner = f"sudo -u {shell_word(self.owner_name)}"
+            run = f"`{as_owner} {self.command}`"
+            env = f"`{as_owner} env $(sudo grep -v '^[[:space:]]*#' /etc/app.env | xargs) ...`"
+        else:
+            group = self.owner_group if self.owner_group >= 0 else self.owner
+            as_owner = f"setpriv --reuid={self.owner} --regid={group} --clear-groups"
+            run = f"`{as_owner} {self.command}` as root"
+            env = f"`{as_owner} env $(grep -v '^[[:space:]]*#' /etc/app.env | xargs) ...`"
+        # `chown uid:` is an "invalid spec" to GNU chown, for every number (0: too): the
+        # hand-over this refusal named never ran (red team 56).
+        hand_over = (
+            f"{shell_word(self.user_name)}:"
+            if self.user_name
+            else f"{self.uid}:{self.user_group if self.user_group >= 0 else self.uid}"
+        )
         return (
-            f"refusing to {self.wanted}: data root {self.path} belongs to {owner}, the user "
-            f"the app runs as, and this process runs as {user}. What it would create there "
-            "(the audit log, .tmp/, a restored file's record, a trash entry, the lock file) "
-            f"would be owned by {user}, mode 0600, and the server running as its owner could "
-            "then not write them: every upload and delete refused while /health says ok. Nothing "
-            f"was changed. Run it as the owner: `sudo -u {sudo_user} {self.command}`, with the "
-            "service's environment as the guides pass it (`sudo -u "
-            f"{sudo_user} env $(sudo grep -v '^[[:space:]]*#' /etc/app.env | xargs) ...`). "
-            f"If {user} is meant to run the app from now on, stop the server and give it the "
-            f"root first (`chown -R {self.uid}: {shell_word(str(self.path))}`)"
+            f"refusing to {self.wanted}: {belongs}, and this process runs as {user}. What it "
+            "would create there (the audit log, .tmp/, a restored file's record, a trash entry, "
+            f"the lock file) would be owned by {user}, mode 0600, and the server running as "
+            "its owner could then not write them: every upload and delete refused while "
+            f"/health says ok. Nothing was changed. Run it as the owner: {run}, with the "
+            f"service's environment as the guides pass it ({env}). If {user} is meant to run "
+            "the app from now on, stop the server and give it the root first (`chown -R "
+            f"{hand_over} {shell_word(str(self.path))}`)"
         )
 
 

@@ -867,6 +867,19 @@ def _in_own_user_namespace() -> bool:
     return _OWN_USER_NAMESPACE[0]
 
 
+def unmapped_here(uid: int) -> bool:
+    """Whether `uid`, as this process sees a file's owner, is the kernel's overflow id of a
+    user namespace of its own (``unshare -r``, a rootless container): an owner that its map
+    leaves out, whom no process here can become."""
+    if not _in_own_user_namespace():
+        return False
+    try:
+        overflow = int(Path("/proc/sys/kernel/overflowuid").read_text())
+    except (OSError, ValueError):
+        overflow = 65534
+    return uid == overflow
+
+
 def _registries(uid: int) -> list[Path]:
     """Where the entry of a process that this process sees owned by `uid` may be.
 

@@ -17,16 +17,12 @@ of ``/proc``, so only another user sees what a service sees). Needs root, ``unsh
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sysconfig
 import tempfile
 from pathlib import Path
 
-import pytest
-from project_copy import PROJECT, copy_project_settings
-from test_redteam_s22_guard import _own_proc_allowed
-from test_redteam_s39_guard import NOBODY, _python_for_nobody
+from project_copy import copy_project_settings
+from test_redteam_s39_guard import NOBODY, nobody_in_a_pid_namespace
 
 #: In a PID namespace of its own (its children outside this suite's run, as a service is),
 #: /proc hiding other users' processes, the settings mounted where user 65534 can read them.
@@ -41,14 +37,7 @@ shift 2
 def test_a_service_under_hidepid_noaccess_is_not_refused_as_if_under_pytest(
     tmp_path: Path,
 ) -> None:
-    if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "unshare"))):
-        pytest.skip("needs root, setpriv and unshare, to run as a user /proc hides others from")
-    if not _own_proc_allowed():
-        pytest.skip("needs unshare --pid --mount-proc")
-    path = os.pathsep.join([str(PROJECT), sysconfig.get_paths()["purelib"]])
-    python = _python_for_nobody(path)
-    if python is None:
-        pytest.skip("no interpreter here that user 65534 can run with the app")
+    python, path = nobody_in_a_pid_namespace()
     work = tmp_path / "work"
     copy_project_settings(work)
     subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)

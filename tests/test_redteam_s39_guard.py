@@ -241,14 +241,10 @@ def _python_for_nobody(path: str) -> str | None:
     return None
 
 
-def _outside_as_nobody(
-    tmp_path: Path, tests: str, script: str, *, inner_user: tuple[str, ...] = NOBODY
-) -> tuple[str, Path, dict[str, str]]:
-    """Run `tests` (a module ``test_case.py``) with a runner script (`RUNNER`: no command
-    line shows pytest), in a PID namespace of its own (outside this suite's run), by `script`
-    (given the work directory, an empty mount point where user 65534 can reach it, and
-    the registry's path, then the command): its output, production's root and its snapshot
-    before. Skipped where user 65534 cannot run the app here."""
+def nobody_in_a_pid_namespace() -> tuple[str, str]:
+    """An interpreter user 65534 can run with the app, and the ``PYTHONPATH`` it needs, for a
+    run as that user in a PID namespace of its own; the test is skipped where there is none
+    (not root, no ``setpriv``, ``setsid`` or ``unshare``, no ``--mount-proc``)."""
     if os.geteuid() != 0 or not all(map(shutil.which, ("setpriv", "setsid", "unshare"))):
         pytest.skip("needs root, setpriv and unshare, to run as a user whom file modes bind")
     if not _own_proc_allowed():
@@ -257,6 +253,18 @@ def _outside_as_nobody(
     python = _python_for_nobody(path)
     if python is None:
         pytest.skip("no interpreter here that user 65534 can run with the app")
+    return python, path
+
+
+def _outside_as_nobody(
+    tmp_path: Path, tests: str, script: str, *, inner_user: tuple[str, ...] = NOBODY
+) -> tuple[str, Path, dict[str, str]]:
+    """Run `tests` (a module ``test_case.py``) with a runner script (`RUNNER`: no command
+    line shows pytest), in a PID namespace of its own (outside this suite's run), by `script`
+    (given the work directory, an empty mount point where user 65534 can reach it, and
+    the registry's path, then the command): its output, production's root and its snapshot
+    before. Skipped where user 65534 cannot run the app here."""
+    python, path = nobody_in_a_pid_namespace()
     work = tmp_path / "work"
     settings = copy_project_settings(work / "settings")
     production = settings / "data" / "production"

@@ -59,7 +59,9 @@ def test_doctor_names_what_every_command_refuses_in_the_selected_root(
     assert refused.returncode == 78, refused.stdout
     assert "ok " not in refused.stdout
     assert "belongs to profile 'production'" in refused.stderr
-    assert "app data restamp --profile testing --from production --yes-i-mean-it" in refused.stderr
+    assert "app data restamp --profile testing --from production (add --yes-i-mean-it" in (
+        refused.stderr
+    )
     assert run_app("sessions", "list", env=env).returncode == 78  # what doctor foretold
     stamp.write_text("{not json")
     refused = run_app("doctor", env=env)

@@ -287,9 +287,13 @@ def test_a_deep_tree_in_the_cache_is_walked_and_a_conftest_s_factory_refused_in_
 
 #: In a mount namespace of its own, with a /tmp of its own (the shared registry of runs left
 #: alone): a file planted in the registry as a dead run's entry, holding JSON nested deeper
-#: than Python's stack, then a run.
+#: than Python's stack, then a run. A checkout or environment under /tmp (CI's clone in
+#: `mktemp -d`) is mounted again inside the new /tmp (`$KEEP`), as red team 47's runs do.
 REGISTRY_SCRIPT = """
+old=$(mktemp -d /run/app-s55-tmp.XXXXXX) && mount --bind /tmp "$old" || exit 9
 mount -t tmpfs tmpfs /tmp || exit 9
+for keep in $KEEP; do mkdir -p "$keep" && mount --bind "$old${keep#/tmp}" "$keep" || exit 9; done
+umount "$old" && rmdir "$old" || exit 9
 mkdir -p /tmp/w/s /tmp/w/p && cp "$1/settings.toml" "$1/.secrets.toml" /tmp/w/s/ || exit 9
 cd /tmp/w/p && printf 'def test_scratch(tmp_path):\\n    pass\\n' > test_scratch.py
 "$2" -c 'from app.sandbox import RUNS_DIR; RUNS_DIR.mkdir(mode=0o755)
@@ -298,6 +302,12 @@ cd /tmp/w/p && printf 'def test_scratch(tmp_path):\\n    pass\\n' > test_scratch
 echo "=== $?"
 ls /tmp/app-pytest-runs-*/
 """
+
+
+def _under_tmp(*paths: Path) -> str:
+    """Those of `paths` that a tmpfs on /tmp would hide (resolved), for `$KEEP`."""
+    kept = (str(path.resolve()) for path in paths)
+    return " ".join(dict.fromkeys(path for path in kept if path.startswith("/tmp/")))
 
 
 def test_an_entry_nested_deeper_than_python_s_stack_in_the_registry_is_damage() -> None:
@@ -311,7 +321,7 @@ def test_an_entry_nested_deeper_than_python_s_stack_in_the_registry_is_damage() 
             "unshare", "-m", "--propagation", "private", "sh", "-c", REGISTRY_SCRIPT, "sh",
             str(PROJECT), sys.executable,
         ],
-        env=_inner_env(APP_SETTINGS_DIR="/tmp/w/s"),
+        env=_inner_env(APP_SETTINGS_DIR="/tmp/w/s", KEEP=_under_tmp(PROJECT, Path(sys.prefix))),
         capture_output=True,
         text=True,
         check=False,

@@ -888,7 +888,10 @@ def _refuse_data_roots_inside(given: Path, target: Path, *, stamped: bool = True
     earlier_sandbox = (target / SANDBOX_MARK).is_file()
     deepest = (0, os.fspath(target))
     unseen: list[tuple[str, OSError]] = []
-    for directory, _dirs, files, depth in walk_tree(target, lambda *found: unseen.append(found)):
+    # A directory of this user's that a test left unlistable (`chmod 000`) is looked through
+    # as pytest's emptying makes it removable (`walk_tree`'s `open_own`).
+    walk = walk_tree(target, lambda *found: unseen.append(found), open_own=True)
+    for directory, _dirs, files, depth in walk:
         deepest = max(deepest, (depth, directory))
         here = Path(directory)
         what = "it is" if here == target else "it holds"

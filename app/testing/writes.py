@@ -867,7 +867,8 @@ def _data_root_inside(path: Path) -> tuple[Path, str] | None:
     from app.lock import LOCK_FILE, probe
 
     unseen: list[tuple[str, OSError]] = []
-    for directory, _dirs, files, _depth in walk_tree(path, lambda *found: unseen.append(found)):
+    walk = walk_tree(path, lambda *found: unseen.append(found), open_own=True)
+    for directory, _dirs, files, _depth in walk:
         here = Path(directory)
         if LOCK_FILE in files and (held := probe(here)).held:
             return here, f"held by {describe_holder(held.holder)}"
