@@ -911,7 +911,7 @@ def _resolve_profile(
     environ: Mapping[str, str] | None,
 ) -> Resolved:
     """One profile's typed values and sources; `environ` given means APP_* variables apply."""
-    given = {name: value for name, (value, _) in from_files.items()}
+    given = {name: _from_file(name, value) for name, (value, _) in from_files.items()}
     sources = {name: source for name, (_, source) in from_files.items()}
     problems: list[ConfigError] = []
     if environ is not None:
@@ -945,7 +945,7 @@ def _resolve_profile(
         sources.setdefault(name, "built-in default")
         # The API token keeps its own rule (`_weak_token`), which says what whitespace costs.
         problem = (
-            (None if name == "api_token" else _unseen(value))
+            (None if name == "api_token" else _unseen(_as_utf8(key, value)))
             or key.check(value)
             or _spelled_as_url(key, value, files.directory)
             or _escaped(key, value, files.directory)
@@ -1150,6 +1150,29 @@ def _has_password(database_url: str) -> bool:
 
     params = conninfo_to_dict(database_url)
     return any(params.get(name) for name in DATABASE_SECRETS)
+
+
+def _from_file(name: str, value: Any) -> Any:
+    """A path setting's text from a settings file (UTF-8, as TOML is) as this process names
+    the same bytes, whatever its locale: under ``LC_ALL=C PYTHONUTF8=0`` (names in ASCII) a
+    ``data_root`` with an ``é`` made every command a ``UnicodeEncodeError`` traceback, and a
+    locale of another encoding would name other bytes than the server's (red team 56). Text
+    no bytes make is left as it is, for the checks to refuse."""
+    if name not in KEYS or not KEYS[name].type.startswith("Path") or not isinstance(value, str):
+        return value
+    try:
+        return sandboxing.path_from_text(value)
+    except ValueError:
+        return value
+
+
+def _as_utf8(key: Key, value: Any) -> Any:
+    """A path setting's value as the UTF-8 text of its bytes, for the checks of its
+    characters: under an ASCII locale (``LC_ALL=C PYTHONUTF8=0``) every byte beyond ASCII is
+    an escape, and ``/srv/données`` was refused as "a byte that is not UTF-8" (red team 56)."""
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return value
+    return sandboxing.path_as_text(value)
 
 
 def _absolute_root(value: str, directory: Path) -> Path:
@@ -1766,7 +1789,7 @@ def configured_roots(
     absolute = _absolute_root if resolved else _spelled_root
     directory = files.directory if resolved else _spelled_settings_dir(env, files.directory)
     roots = {
-        name: (absolute(value, directory), source)
+        name: (absolute(_from_file("data_root", value), directory), source)
         for name, (value, source) in plain.items()
         if isinstance(value, str) and value.strip()
     }

@@ -83,6 +83,7 @@ from app.sandbox import (
     checked,
     current_run,
     just_checked,
+    path_as_text,
     process_link,
     seen_from_outside,
     unmapped_here,
@@ -1237,7 +1238,7 @@ def _check_stamp(
     # (see app.testing.guard._refuse_data_roots_inside).
     made_in = {}
     if sandbox is not None and root.is_relative_to(sandbox):
-        made_in["sandbox"] = str(sandbox)
+        made_in["sandbox"] = path_as_text(sandbox)
     if legacy:
         # An unstamped root with data predates stamps; adopting it is worth a trace.
         record = _audit_record(config.profile, kind, "stamp", root / STAMP_FILE, {"legacy": True})

@@ -89,6 +89,8 @@ __all__ = [
     "note_inactive",
     "note_without_plugin",
     "parent_pid",
+    "path_as_text",
+    "path_from_text",
     "proc_hides_processes",
     "process_link",
     "record_load",
@@ -209,6 +211,30 @@ _PYTEST_COMMAND: Final = LazyPattern(r"(?:pytest|py\.test)(?:-3)?", starts=("pyt
 _PYTHON: Final = LazyPattern(
     r"(?:python|pypy|graalpy)[\w.-]*", starts=("python", "pypy", "graalpy")
 )
+
+
+def path_as_text(path: str | os.PathLike[str]) -> str:
+    """`path` as text that every process reads back as the same bytes, whatever its locale:
+    its bytes as UTF-8, a byte that is not UTF-8 as Python's surrogate escape.
+
+    What a run writes for its children (the registry's sandbox and protected roots, a
+    stamp's sandbox) went as the writer's ``str``, which each reader took through its own
+    locale's encoding. A run in a UTF-8 locale whose sandbox lies under ``données/`` gave a
+    child run with ``LC_ALL=C PYTHONUTF8=0`` (ASCII names, every other byte an escape) a
+    ``é`` no name of its own can hold: every load of the child was a ``UnicodeEncodeError``
+    traceback (red team 56). Read back with `path_from_text`.
+    """
+    try:
+        return os.fsencode(path).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a name this process cannot hold either: as it is
+        return os.fspath(path)
+
+
+def path_from_text(text: str) -> str:
+    """A path written as UTF-8 text (by `path_as_text`, or in a settings file, which TOML
+    makes UTF-8), as this process names the same bytes; a ``ValueError`` for text no bytes
+    make (a surrogate that is no escape of a byte)."""
+    return os.fsdecode(text.encode("utf-8", "surrogateescape"))
 
 
 def identity(path: Path | str) -> tuple[int, int] | None:
@@ -333,12 +359,12 @@ class Protected(NamedTuple):
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "profile": self.profile,
-            "path": str(self.path),
+            "path": path_as_text(self.path),
             "identities": sorted(self.identities),
             "ancestors": sorted(self.ancestors),
         }
         if self.spelled is not None:
-            data["spelled"] = str(self.spelled)
+            data["spelled"] = path_as_text(self.spelled)
         return data
 
     @classmethod
@@ -346,10 +372,10 @@ class Protected(NamedTuple):
         spelled = data.get("spelled")
         return cls(
             str(data["profile"]),
-            Path(data["path"]),
+            Path(path_from_text(data["path"])),
             frozenset((int(a), int(b)) for a, b in data.get("identities", ())),
             frozenset((int(a), int(b)) for a, b in data.get("ancestors", ())),
-            Path(spelled) if isinstance(spelled, str) else None,
+            Path(path_from_text(spelled)) if isinstance(spelled, str) else None,
         )
 
 
@@ -675,7 +701,10 @@ def _read_entry(
     data = _entry_data(path) if data is None else data
     if data is None or data.get("starting") or "sandbox" not in data:
         return None
-    sandbox = Path(str(data["sandbox"]))
+    try:
+        sandbox = Path(path_from_text(str(data["sandbox"])))
+    except ValueError:
+        return None  # no run writes a surrogate that escapes no byte: a test wrote it
     if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
         return None  # no run makes such a sandbox (a test wrote it): not a run's entry
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
@@ -2457,7 +2486,7 @@ def _entry_dict(run: Run | None, pid: int) -> dict[str, Any]:
     if run is None:
         data["starting"] = True
     else:
-        data["sandbox"] = str(run.sandbox)
+        data["sandbox"] = path_as_text(run.sandbox)
         data["protected"] = [item.to_dict() for item in run.protected]
         data["scratch"] = run.scratch
         if run.sandbox_identity is not None:

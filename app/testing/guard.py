@@ -989,7 +989,10 @@ def _made_by_a_run(root: Path, sandbox: Path) -> str | None:
     if not isinstance(made_in, str):
         profile = (stamp or {}).get("profile")
         return f"its stamp, for profile {profile!r}, names no sandbox"
-    made = Path(made_in)
+    try:
+        made = Path(sandboxing.path_from_text(made_in))
+    except ValueError:
+        return f"its stamp names no sandbox a path can be: {made_in!r}"
     if made.is_relative_to(sandbox.resolve()) and root.resolve().is_relative_to(made):
         return None
     return f"its stamp names the sandbox {made_in}"
