@@ -1,0 +1,94 @@
+"""Red team 56 on operations (branch rt-ops28): `app doctor` and `app status` in the broken
+states an operator can leave a data root's path in, each beside what `app serve` does there.
+
+What broke:
+
+- ``app doctor`` said "ok" (exit 0) of a protected profile's data root that is not there
+  (``APP_DATA_ROOT`` mistyped in ``/etc/app.env``, or a link to a disk not mounted), which
+  ``app serve`` refuses (78: a protected profile's server does not create its root). The
+  deploy guide runs doctor "before starting anything"; it now lists serve's refusal, with
+  the ``install -d`` of a first deploy and the setting to correct, and exits 78;
+- a data root's path that names a file or a FIFO (a backup archive or a log restored to the
+  root's name): ``app serve``, every writer and ``app doctor`` said the filesystem "failed a
+  call with ENOTDIR" and sent the operator to ``dmesg`` and ``findmnt`` (exit 74), ``app data
+  restamp`` said the directory "does not exist", and ``app status`` that it "does not exist
+  yet". Every open and ``restamp`` now refuse it as what it is (``data_root_state``, 78),
+  naming the setting and the ``mv`` that moves it aside, and ``status`` says "(not a
+  directory)" with the same reason as its stamp line;
+- ``app doctor`` run by another user than the root's owner (the first step of the deploy
+  guide made without ``-o app``, then doctor run as ``app``; or doctor run with ``sudo``
+  alone) said "ok" of a root that ``app serve`` and every writer run by that user refuse
+  (red team 55's ``data_root_owner``). It now lists that refusal, with the ``sudo -u``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from test_server_e2e import app_env, run_app
+
+NOBODY = 65534
+
+
+def _production(root: Path) -> dict[str, str]:
+    return app_env(root, profile="production", APP_API_TOKEN=secrets.token_urlsafe(32))
+
+
+def test_doctor_refuses_a_protected_profile_s_missing_root_as_serve_does(tmp_path: Path) -> None:
+    mistyped = tmp_path / "srv" / "dta"
+    for root in (mistyped, tmp_path / "link"):
+        if root.name == "link":
+            root.symlink_to(tmp_path / "unmounted" / "data")  # a disk not mounted
+        env = _production(root)
+        doctor = run_app("doctor", env=env)
+        assert doctor.returncode == 78, doctor.stdout
+        assert "ok" not in doctor.stdout.split("\n")[-2]
+        assert "the directory does not exist, so there is nothing to serve" in doctor.stderr
+        assert "correct data_root of profile 'production'" in doctor.stderr
+        assert "install -d -m 0700 -o app -g app" in doctor.stderr
+        serve = run_app("serve", "--port", "0", env=env)
+        assert serve.returncode == 78  # what doctor foretold
+    assert not mistyped.parent.exists()  # doctor made nothing
+
+
+def test_a_root_that_is_a_file_is_named_not_blamed_on_the_filesystem(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.write_bytes(b"a backup archive restored to the root's name")
+    env = app_env(root)
+    for args in (("doctor",), ("sessions", "list"), ("serve", "--port", "0"), ("data", "check")):
+        refused = run_app(*args, env=env)
+        assert refused.returncode == 78, (args, refused.stderr)
+        assert "it is a regular file of 44 bytes, not a directory" in refused.stderr, args
+        assert f"mv {root} {root}.moved" in refused.stderr
+        assert "ENOTDIR" not in refused.stderr
+        assert "Traceback" not in refused.stderr
+    restamp = run_app("data", "restamp", "--from", "development", env=env)
+    assert restamp.returncode == 78
+    assert "it is a regular file" in restamp.stderr
+    status = run_app("status", env=env)
+    assert status.returncode == 0
+    assert f"data root: {root} (not a directory)" in status.stdout
+    assert "is a regular file, not a directory" in status.stdout
+    root.unlink()
+    os.mkfifo(root)  # never opened: a read of it would wait for a writer
+    refused = run_app("doctor", env=env)
+    assert refused.returncode == 78
+    assert "it is a FIFO, not a directory" in refused.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a root to another user needs root")
+def test_doctor_run_as_another_user_than_the_root_s_owner_is_not_ok(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    os.chown(root, NOBODY, NOBODY)
+    env = app_env(root)
+    doctor = run_app("doctor", env=env)
+    assert doctor.returncode == 78, doctor.stdout
+    assert "belongs to user 'nobody' (uid 65534)" in doctor.stderr
+    assert "and this process runs as user 'root' (uid 0)" in doctor.stderr
+    assert "sudo -u nobody " in doctor.stderr
+    assert run_app("serve", "--port", "0", env=env).returncode == 78  # what doctor foretold
+    assert os.listdir(root) == []
