@@ -92,3 +92,25 @@ def test_doctor_run_as_another_user_than_the_root_s_owner_is_not_ok(tmp_path: Pa
     assert "sudo -u nobody " in doctor.stderr
     assert run_app("serve", "--port", "0", env=env).returncode == 78  # what doctor foretold
     assert os.listdir(root) == []
+
+
+def test_a_root_other_users_may_write_is_said_by_every_command(tmp_path: Path) -> None:
+    parent = tmp_path / "srv"
+    root = parent / "data"
+    root.mkdir(parents=True)
+    root.chmod(0o777)  # made by hand, "so that the service can write it"
+    env = app_env(root)
+    doctor = run_app("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stderr  # a warning: the server runs as before
+    assert f"({root}) is writable by its group and others (mode 0777)" in doctor.stderr
+    assert f"`chmod 700 {root}`" in doctor.stderr
+    assert "is writable by" in run_app("status", env=env).stderr
+    root.chmod(0o700)
+    parent.chmod(0o777)  # no sticky bit: anyone may rename the root away
+    doctor = run_app("doctor", env=env)
+    assert (
+        f"lies under {parent}, which others may write (mode 0777, no sticky bit)" in doctor.stderr
+    )
+    assert f"`chmod go-w {parent}`" in doctor.stderr
+    parent.chmod(0o1777)  # as /tmp is
+    assert "writable" not in run_app("doctor", env=env).stderr
