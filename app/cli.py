@@ -557,6 +557,13 @@ def _check_local_root(selected: str, failing: list[_Problem]) -> None:
         refuse_other_owner(
             config.data_root, "run `app serve`, or any command that changes the root, as this user"
         )
+        # Serve's first write (the lock file's holder) meets a read-only mount (74), which
+        # doctor said "ok" of (red team 56): a remount after errors, a container's `:ro`.
+        if os.statvfs(config.data_root).f_flag & os.ST_RDONLY:
+            from app.errors import ReadOnlyStorageError
+
+            doing = f"serve or change data root {config.data_root}"
+            raise ReadOnlyStorageError(doing=doing)
     except AppError as error:
         failing.append(_Problem(error.message, error.exit_code))
 
@@ -763,6 +770,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
         missing = "" if seen.exists else " (does not exist yet)"
         if not seen.exists and os.path.lexists(seen.location):
             missing = " (not a directory)"  # red team 56: it said "does not exist yet"
+        elif not seen.exists and config.protected:
+            # "yet" promised a first start that a protected profile's server never makes
+            # (red team 56): most often a mistyped data_root.
+            missing = (
+                " (does not exist, and a server of a protected profile does not create it; "
+                "`app doctor` says what to do)"
+            )
         click.echo(f"data root: {seen.location}{missing}")
     _echo_stamp(seen, config.profile, remote)
     holder = seen.holder

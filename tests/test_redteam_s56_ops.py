@@ -7,7 +7,8 @@ What broke:
   (``APP_DATA_ROOT`` mistyped in ``/etc/app.env``, or a link to a disk not mounted), which
   ``app serve`` refuses (78: a protected profile's server does not create its root). The
   deploy guide runs doctor "before starting anything"; it now lists serve's refusal, with
-  the ``install -d`` of a first deploy and the setting to correct, and exits 78;
+  the ``install -d`` of a first deploy and the setting to correct, and exits 78; ``app
+  status`` no longer says the root "does not exist yet", which promised a first start;
 - a data root's path that names a file or a FIFO (a backup archive or a log restored to the
   root's name): ``app serve``, every writer and ``app doctor`` said the filesystem "failed a
   call with ENOTDIR" and sent the operator to ``dmesg`` and ``findmnt`` (exit 74), ``app data
@@ -19,6 +20,7 @@ What broke:
   guide made without ``-o app``, then doctor run as ``app``; or doctor run with ``sudo``
   alone) said "ok" of a root that ``app serve`` and every writer run by that user refuse
   (red team 55's ``data_root_owner``). It now lists that refusal, with the ``sudo -u``;
+  so of a root on a read-only mount, which ``app serve`` refuses (74);
 - a root made writable by others by hand (``chmod 777``), or kept under a directory others
   may write with no sticky bit: the barrier the docs name for code that bypasses the app was
   gone, and nothing said so. Every command now warns, with the ``chmod`` that restores it;
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_integrity import mount, small_fs, umount  # noqa: F401 - the fixture
 from test_server_e2e import app_env, run_app
 
 from app.storage import open_storage
@@ -66,6 +69,10 @@ def test_doctor_refuses_a_protected_profile_s_missing_root_as_serve_does(tmp_pat
         if root == mistyped:
             serve = run_app("serve", "--port", "0", env=env)
             assert serve.returncode == 78  # what doctor foretold
+            status = run_app("status", env=env).stdout
+            assert (
+                "(does not exist, and a server of a protected profile does not create it;" in status
+            )
     assert not mistyped.parent.exists()  # doctor made nothing
 
 
@@ -107,6 +114,26 @@ def test_doctor_run_as_another_user_than_the_root_s_owner_is_not_ok(tmp_path: Pa
     assert "sudo -u nobody " in doctor.stderr
     assert run_app("serve", "--port", "0", env=env).returncode == 78  # what doctor foretold
     assert os.listdir(root) == []
+
+
+def test_doctor_names_a_read_only_mount_that_serve_refuses(
+    small_fs: Path,  # noqa: F811 - the fixture
+) -> None:
+    root = small_fs / "root"
+    root.mkdir(mode=0o700)
+    env = app_env(root)
+    mount("--bind", str(root), str(root))  # over itself, in the test's own tmpfs
+    try:
+        mount("-o", "remount,bind,ro", str(root))
+        doctor = run_app("doctor", env=env)
+    finally:
+        umount(root)
+    assert doctor.returncode == 74, doctor.stdout
+    assert (
+        f"cannot serve or change data root {root}: the data root's filesystem is read-only"
+        in doctor.stderr
+    )
+    assert "Remount it read-write" in doctor.stderr
 
 
 def test_a_root_other_users_may_write_is_said_by_every_command(tmp_path: Path) -> None:
