@@ -56,6 +56,7 @@ from app.errors import (
     DataRootStateError,
     DataRootTooNewError,
     FsyncFailed,
+    LockFileAliasedError,
     LockFileKindError,
     LockLostError,
     LockUncheckedError,
@@ -69,6 +70,8 @@ from app.lock import (
     Probe,
     RootLock,
     describe_holder,
+    hard_links_fix,
+    hard_links_said,
     probe,
     shared_with,
     special_kind,
@@ -2074,13 +2077,24 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         # A link too, which a reader leaves to `app data check` but every writer refuses.
         _refuse_layout_kind(root, name)
+    # What a writer's open refuses further on, each found by a look (red team 56: doctor
+    # said "ok" of a lock file with a second name, the backups guide's `cp -al` copy, of one
+    # made a symbolic link, and of a filesystem mounted inside the root, all of which every
+    # start refused).
+    _refuse_mounts_inside(config, root)
     lock_file = root / LOCK_FILE
     try:
-        mode = lock_file.lstat().st_mode
+        found = lock_file.lstat()
     except FileNotFoundError:
         return stamp
-    if (kind := special_kind(mode)) is not None:
+    if stat.S_ISLNK(found.st_mode):
+        raise LockFileAliasedError(lock_file, "is a symbolic link")
+    if (kind := special_kind(found.st_mode)) is not None:
         raise LockFileKindError(lock_file, kind)
+    if found.st_nlink > 1:
+        raise LockFileAliasedError(
+            lock_file, hard_links_said(lock_file, found.st_nlink), hard_links_fix(lock_file)
+        )
     return stamp
 
 

@@ -190,3 +190,33 @@ def test_a_replace_made_by_a_build_before_records_survives_the_upgrade_back(
     assert [p.read_bytes() for p in kept] == [b"version 1, this layout"]
     assert not (directory / "files").exists()
     assert run_app("data", "check", env=env).returncode == 0
+
+
+def test_doctor_names_a_lock_file_every_start_refuses(app_config: Any, tmp_path: Path) -> None:
+    with open_storage(app_config, writer=True):
+        pass  # laid out and stamped
+    root = app_config.data_root
+    env = app_env(root)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    os.link(root / ".server.lock", copy / ".server.lock")  # the backups guide's `cp -al`
+    doctor = run_app("doctor", env=env)
+    assert doctor.returncode == 69, doctor.stdout
+    assert ".server.lock: it has 2 hard links" in doctor.stderr
+    assert "find " in doctor.stderr and "-samefile" in doctor.stderr
+    (copy / ".server.lock").unlink()
+    (root / ".server.lock").unlink()
+    (root / ".server.lock").symlink_to(copy / "elsewhere.lock")
+    doctor = run_app("doctor", env=env)
+    assert doctor.returncode == 69
+    assert ".server.lock: it is a symbolic link" in doctor.stderr
+    (root / ".server.lock").unlink()
+    if os.geteuid() != 0:
+        return  # mounting a tmpfs needs root
+    mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "app-tests-s56", str(root / "sessions"))
+    try:
+        doctor = run_app("doctor", env=env)
+    finally:
+        umount(root / "sessions")
+    assert doctor.returncode == 78
+    assert f"a filesystem is mounted inside it ({root / 'sessions'})" in doctor.stderr
