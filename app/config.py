@@ -1694,7 +1694,7 @@ def _roots_writable_by_others(resolved: Mapping[str, Resolved]) -> tuple[str, ..
 
     The docs name the operating system as the barrier for whatever bypasses the app (a
     test's literal ``rm -rf``, a script): run tests as a user who cannot write production's
-    data. A root made by hand ``chmod 777`` (or 0770 for a shared group), or kept under a
+    data. A root made by hand ``chmod 777``, or kept under a
     directory others may write that has no sticky bit, takes that barrier away, and every
     command said nothing. Only a root that is there is looked at; creating nothing.
     """
@@ -1709,16 +1709,15 @@ def _roots_writable_by_others(resolved: Mapping[str, Resolved]) -> tuple[str, ..
             continue  # not there yet (the first start makes it 0700), or refused elsewhere
         if root is None or mode is None or not stat.S_ISDIR(mode):
             continue
-        who = [
-            w for bit, w in ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others")) if mode & bit
-        ]
-        if who:
+        if mode & stat.S_IWOTH:
+            # Others only: a group's write bit is how a volume is shared with its service
+            # (Kubernetes' fsGroup makes it root:<group>, mode 2775; red team 56 on regress).
             out.append(
-                f"data_root of profile {name!r} ({root}) is writable by {' and '.join(who)} "
-                f"(mode {stat.S_IMODE(mode):04o}): any such user, and a test suite run by one, "
+                f"data_root of profile {name!r} ({root}) is writable by others "
+                f"(mode {stat.S_IMODE(mode):04o}): any local user, and a test suite run by one, "
                 "can delete or move what is in it without the app (`rm -rf`, a script), where "
                 "no check of the app's can see it, and the permission is the barrier; "
-                f"`chmod 700 {_shell_word(str(root))}`, owned by the user the app runs as"
+                f"`chmod o-w {_shell_word(str(root))}` (the app makes its roots 0700)"
             )
             continue
         for parent in root.parents:

@@ -144,9 +144,11 @@ def test_a_root_other_users_may_write_is_said_by_every_command(tmp_path: Path) -
     env = app_env(root)
     doctor = run_app("doctor", env=env)
     assert doctor.returncode == 0, doctor.stderr  # a warning: the server runs as before
-    assert f"({root}) is writable by its group and others (mode 0777)" in doctor.stderr
-    assert f"`chmod 700 {root}`" in doctor.stderr
+    assert f"({root}) is writable by others (mode 0777)" in doctor.stderr
+    assert f"`chmod o-w {root}`" in doctor.stderr
     assert "is writable by" in run_app("status", env=env).stderr
+    root.chmod(0o2770)  # a volume shared with its service's group (fsGroup): no warning
+    assert "writable" not in run_app("doctor", env=env).stderr
     root.chmod(0o700)
     parent.chmod(0o777)  # no sticky bit: anyone may rename the root away
     doctor = run_app("doctor", env=env)
