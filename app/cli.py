@@ -499,10 +499,15 @@ def _reach_selected(report: appconfig.Report, failing: list[_Problem]) -> str:
     selected = report.selected
     if not _is_remote(report.profiles[selected]):
         root = report.profiles[selected].data_root
-        # Only a root that is there (the first start makes it): a fresh checkout's doctor
-        # imports neither the lock nor the storage.
-        if not failing and root is not None and os.path.lexists(root):
-            _check_local_root(selected, failing)
+        # Only a root that is there (the first start of an unprotected profile makes it): a
+        # fresh checkout's doctor imports neither the lock nor the storage. A protected
+        # profile's server does not make its root, and doctor said "ok" of one that every
+        # start refused (red team 56).
+        if not failing and root is not None:
+            if os.path.lexists(root):
+                _check_local_root(selected, failing)
+            elif report.profiles[selected].values.get("protected"):
+                _check_missing_root(selected, failing)
         return ""
     if report.problems:
         click.echo(f"profile {selected}: database and bucket not checked until the settings' "
@@ -535,11 +540,42 @@ def _check_local_root(selected: str, failing: list[_Problem]) -> None:
         return
     from app.storage import probe
 
-    failing.extend(
+    found = [
         _Problem(found.problem, found.exit_code)
         for found in probe(config)
         if found.problem is not None
-    )
+    ]
+    failing.extend(found)
+    if found or config.data_root is None:
+        return
+    # `app serve` and every writer refuse a root another user owns (red team 55), and
+    # doctor, run by that user, said "ok" of it (red team 56): the deploy guide's first step
+    # made by hand without `-o app`, or doctor run with `sudo` alone.
+    from app.dataroot import refuse_other_owner
+
+    try:
+        refuse_other_owner(
+            config.data_root, "run `app serve`, or any command that changes the root, as this user"
+        )
+        # Serve's first write (the lock file's holder) meets a read-only mount (74), which
+        # doctor said "ok" of (red team 56): a remount after errors, a container's `:ro`.
+        if os.statvfs(config.data_root).f_flag & os.ST_RDONLY:
+            from app.errors import ReadOnlyStorageError
+
+            doing = f"serve or change data root {config.data_root}"
+            raise ReadOnlyStorageError(doing=doing)
+    except AppError as error:
+        failing.append(_Problem(error.message, error.exit_code))
+
+
+def _check_missing_root(selected: str, failing: list[_Problem]) -> None:
+    """Add to ``failing`` the refusal `app serve` gives a protected profile's missing root."""
+    try:
+        config = appconfig.load(selected, profile_source="--profile", serving=False)
+        if config.protected:
+            _refuse_missing_root(config, "serve", _NOT_MADE)
+    except AppError as error:
+        failing.append(_Problem(error.message, error.exit_code))
 
 
 def _storage_line(resolved: appconfig.Resolved) -> str:
@@ -698,12 +734,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int) 
 
         raise click.UsageError(WORKERS_NEED_REMOTE.format(profile=config.profile), ctx)
     if config.protected:
-        _refuse_missing_root(
-            config,
-            "serve",
-            "a server of a protected profile does not create its data root, so that a "
-            "mistyped data_root is not served empty beside the real one",
-        )
+        _refuse_missing_root(config, "serve", _NOT_MADE)
     from app import server
 
     server.serve(config, host=host, port=port, workers=workers)
@@ -737,6 +768,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"storage: {seen.location}{missing}")
     else:
         missing = "" if seen.exists else " (does not exist yet)"
+        if not seen.exists and os.path.lexists(seen.location):
+            missing = " (not a directory)"  # red team 56: it said "does not exist yet"
+        elif not seen.exists and config.protected:
+            # "yet" promised a first start that a protected profile's server never makes
+            # (red team 56): most often a mistyped data_root.
+            missing = (
+                " (does not exist, and a server of a protected profile does not create it; "
+                "`app doctor` says what to do)"
+            )
         click.echo(f"data root: {seen.location}{missing}")
     _echo_stamp(seen, config.profile, remote)
     holder = seen.holder
@@ -803,6 +843,10 @@ def _reader_store(config: appconfig.Config, doing: str) -> Storage:
 
 
 # How a protected profile's root comes to be: made empty by hand, once (deploy-production.md).
+_NOT_MADE = (
+    "a server of a protected profile does not create its data root, so that a mistyped "
+    "data_root is not served empty beside the real one"
+)
 _FIRST_DEPLOY = (
     "for a first deploy, create the empty directory, owned by the service's user "
     "(`install -d -m 0700 -o app -g app {root}`): a server's first start lays it out "

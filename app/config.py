@@ -1689,6 +1689,59 @@ def _roots_at_home(resolved: Mapping[str, Resolved]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _roots_writable_by_others(resolved: Mapping[str, Resolved]) -> tuple[str, ...]:
+    """A data root that other users may change without the app (red team 56).
+
+    The docs name the operating system as the barrier for whatever bypasses the app (a
+    test's literal ``rm -rf``, a script): run tests as a user who cannot write production's
+    data. A root made by hand ``chmod 777``, or kept under a
+    directory others may write that has no sticky bit, takes that barrier away, and every
+    command said nothing. Only a root that is there is looked at; creating nothing.
+    """
+    import stat
+
+    out = []
+    for name, profile in resolved.items():
+        root = profile.data_root
+        try:
+            mode = None if root is None else root.stat().st_mode
+        except OSError:
+            continue  # not there yet (the first start makes it 0700), or refused elsewhere
+        if root is None or mode is None or not stat.S_ISDIR(mode):
+            continue
+        if mode & stat.S_IWOTH:
+            # Others only: a group's write bit is how a volume is shared with its service
+            # (Kubernetes' fsGroup makes it root:<group>, mode 2775; red team 56 on regress).
+            out.append(
+                f"data_root of profile {name!r} ({root}) is writable by others "
+                f"(mode {stat.S_IMODE(mode):04o}): any local user, and a test suite run by one, "
+                "can delete or move what is in it without the app (`rm -rf`, a script), where "
+                "no check of the app's can see it, and the permission is the barrier; "
+                f"`chmod o-w {_shell_word(str(root))}` (the app makes its roots 0700)"
+            )
+            continue
+        for parent in root.parents:
+            try:
+                found = parent.stat().st_mode
+            except OSError:
+                break
+            if found & stat.S_IWOTH and not found & stat.S_ISVTX:
+                out.append(
+                    f"data_root of profile {name!r} ({root}) lies under {parent}, which others "
+                    f"may write (mode {stat.S_IMODE(found):04o}, no sticky bit): any local user "
+                    "can move the whole root aside (`mv`) and put another directory in its "
+                    f"place; `chmod go-w {_shell_word(str(parent))}`"
+                )
+                break
+    return tuple(out)
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
 def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -> tuple[str, ...]:
     """A protected profile's secret kept in a settings file other users may read (red team
     37: a ``.secrets.local.toml`` of mode 0644 with production's token, said nowhere)."""
@@ -2001,7 +2054,10 @@ def inspect_profiles(
         files.skipped,
         MappingProxyType(resolved),
         tuple(problems),
-        _env_warnings(env) + _readable_secrets(resolved, files.paths) + _roots_at_home(resolved),
+        _env_warnings(env)
+        + _readable_secrets(resolved, files.paths)
+        + _roots_at_home(resolved)
+        + _roots_writable_by_others(resolved),
         run.sandbox if run is not None else None,
         serving,
         where,

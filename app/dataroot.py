@@ -56,6 +56,7 @@ from app.errors import (
     DataRootStateError,
     DataRootTooNewError,
     FsyncFailed,
+    LockFileAliasedError,
     LockFileKindError,
     LockLostError,
     LockUncheckedError,
@@ -69,6 +70,8 @@ from app.lock import (
     Probe,
     RootLock,
     describe_holder,
+    hard_links_fix,
+    hard_links_said,
     probe,
     shared_with,
     special_kind,
@@ -1170,6 +1173,35 @@ def _has_data(root: Path) -> bool:
     return False
 
 
+def refuse_not_directory(config: Config, root: Path) -> None:
+    """Refuse a data root that is there but is no directory (a file, a FIFO, a link to one).
+
+    A backup's archive or a log restored to the root's path, or `cp` of a file onto the
+    directory's name: `app serve` and every writer said the filesystem "failed a call with
+    ENOTDIR" and sent the operator to `dmesg` and `findmnt` (exit 74), `app doctor` named
+    `sessions/` the same way, and `app status` said the root "does not exist yet" (red team
+    56). Nothing is wrong with the filesystem: the path names something else.
+    """
+    try:
+        found = root.stat()  # through a link: what the root's path leads to
+    except OSError:
+        return  # not there (each command says so in its own words), or refused below
+    if stat.S_ISDIR(found.st_mode):
+        return
+    kind = special_kind(found.st_mode) or f"a regular file of {found.st_size} bytes"
+    raise DataRootStateError(
+        root,
+        f"it is {kind}, not a directory, so it holds no data root (no profile stamp, no "
+        "sessions) and nothing can be read or written there; nothing was changed",
+        f"if the path is mistyped, correct data_root of profile {config.profile!r} (from "
+        f"{config.sources.get('data_root', 'the settings')}; `app config --all` shows every "
+        f"profile's root); otherwise see what put it there (`file {shell_word(str(root))}`), "
+        f"move it aside (`mv {shell_word(str(root))} {shell_word(str(root) + '.moved')}`), "
+        "and put the data root's directory back from its backup, or create an empty one "
+        "owned by the service's user for a first start",
+    )
+
+
 def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = False) -> None:
     foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in _LAYOUT)
     if not foreign:
@@ -1949,6 +1981,7 @@ def _open_checked(
     # its own locks), it published this process in that root's lock file, and cleared it
     # again as the stamp was refused, under its live server (red team 49).
     _check_mounted(root, "open data root", run)
+    refuse_not_directory(config, root)
     # A power loss ends the test run with it: nothing will open its sandbox again. Only a
     # run found in the process tree counts; the variable alone could be set by anyone.
     durable = run is None or run.pid is None
@@ -2044,13 +2077,24 @@ def check_opens(config: Config) -> dict[str, Any] | None:
     for name in (SESSIONS_DIR, TRASH_DIR, TMP_DIR):
         # A link too, which a reader leaves to `app data check` but every writer refuses.
         _refuse_layout_kind(root, name)
+    # What a writer's open refuses further on, each found by a look (red team 56: doctor
+    # said "ok" of a lock file with a second name, the backups guide's `cp -al` copy, of one
+    # made a symbolic link, and of a filesystem mounted inside the root, all of which every
+    # start refused).
+    _refuse_mounts_inside(config, root)
     lock_file = root / LOCK_FILE
     try:
-        mode = lock_file.lstat().st_mode
+        found = lock_file.lstat()
     except FileNotFoundError:
         return stamp
-    if (kind := special_kind(mode)) is not None:
+    if stat.S_ISLNK(found.st_mode):
+        raise LockFileAliasedError(lock_file, "is a symbolic link")
+    if (kind := special_kind(found.st_mode)) is not None:
         raise LockFileKindError(lock_file, kind)
+    if found.st_nlink > 1:
+        raise LockFileAliasedError(
+            lock_file, hard_links_said(lock_file, found.st_nlink), hard_links_fix(lock_file)
+        )
     return stamp
 
 
@@ -2074,6 +2118,7 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     _check_mounted(root, "re-stamp data root")
     _refuse_unfixed_path(config, root)
     from_profile = from_profile.lower()
+    refuse_not_directory(config, root)
     if not root.is_dir():
         raise DataRootStateError(
             root,
@@ -2681,6 +2726,20 @@ def describe(root: Path) -> RootStatus:
     """
     stamp: dict[str, Any] | None = None
     stamp_error: str | None = None
+    try:
+        found = root.stat()
+    except OSError:
+        found = None
+    if found is not None and not stat.S_ISDIR(found.st_mode):
+        # It said "does not exist yet" and "stamp: none" of a root's path that names a file
+        # (red team 56): a first start would not lay it out, and every command refuses it.
+        kind = special_kind(found.st_mode) or "a regular file"
+        stamp_error = (
+            f"{root} is {kind}, not a directory: every command that opens the data root is "
+            "refused until the path names the root's directory (`app doctor` says what to do)"
+        )
+        return RootStatus(path=root, exists=False, probe=probe(root), stamp=None,
+                          stamp_error=stamp_error)  # fmt: skip
     try:
         stamp = read_stamp(root)
         if stamp is not None:

@@ -429,10 +429,29 @@ class Sessions:
             name = check_stored_name(str(old.get("name")))  # the rule of the build that wrote it
             record_path = directory / RECORDS_DIR / name
             record = load_record(record_path)
+            source = legacy / name
+            if (
+                record is not None
+                and record.get("sha256") != old.get("sha256")
+                and source.is_file()
+                and not source.is_symlink()
+            ):
+                # Not this migration's own record (that one carries the list's SHA-256): a
+                # build from before records/ (a downgrade) replaced the file after this
+                # layout was laid out, blind to the record. Its version was the last one
+                # acknowledged; it was dropped from the listing, its bytes left in files/,
+                # and `check` said "clean" (red team 56). It becomes the file's version; the
+                # record's blob, which no record names then, goes to the trash as an orphan.
+                log.warning(
+                    "session %s: file %r was replaced by a build from before records/ and "
+                    "blobs/; its version (sha256 %s) is kept as the file's, the earlier one "
+                    "(sha256 %s) goes to the trash",
+                    directory.name, name, old.get("sha256"), record.get("sha256"),
+                )  # fmt: skip
+                record = None
             if record is None:
                 record = {**public(old), "name": name, "blob": new_session_id()}
                 self.root.atomic_write_json(record_path, record)
-            source = legacy / name
             if not (blobs / record["blob"]).exists() and source.is_file():
                 source.rename(blobs / record["blob"])
                 fsync_dir(blobs)
