@@ -546,26 +546,6 @@ def _check_local_root(selected: str, failing: list[_Problem]) -> None:
         if found.problem is not None
     ]
     failing.extend(found)
-    if found or config.data_root is None:
-        return
-    # `app serve` and every writer refuse a root another user owns (red team 55), and
-    # doctor, run by that user, said "ok" of it (red team 56): the deploy guide's first step
-    # made by hand without `-o app`, or doctor run with `sudo` alone.
-    from app.dataroot import refuse_other_owner
-
-    try:
-        refuse_other_owner(
-            config.data_root, "run `app serve`, or any command that changes the root, as this user"
-        )
-        # Serve's first write (the lock file's holder) meets a read-only mount (74), which
-        # doctor said "ok" of (red team 56): a remount after errors, a container's `:ro`.
-        if os.statvfs(config.data_root).f_flag & os.ST_RDONLY:
-            from app.errors import ReadOnlyStorageError
-
-            doing = f"serve or change data root {config.data_root}"
-            raise ReadOnlyStorageError(doing=doing)
-    except AppError as error:
-        failing.append(_Problem(error.message, error.exit_code))
 
 
 def _check_missing_root(selected: str, failing: list[_Problem]) -> None:

@@ -791,9 +791,33 @@ def probe(config: Config) -> list[Probe]:
 
     try:
         dataroot.check_opens(config)
+        if config.data_root is not None:
+            _check_serves_here(config.data_root)
     except AppError as error:
         return [Probe("data root", str(config.data_root), error.message, error.exit_code)]
     return []
+
+
+def _check_serves_here(root: Path) -> None:
+    """Refuse, as `app serve` would, a root this user does not own or a read-only mount.
+
+    `app serve` and every writer refuse a root another user owns (red team 55), and doctor,
+    run by that user, said "ok" of it (red team 56): the deploy guide's first step made by
+    hand without ``-o app``, or doctor run with ``sudo`` alone. Serve's first write (the lock
+    file's holder) meets a read-only mount (74), which doctor said "ok" of too (a remount
+    after errors, a container's ``:ro``)."""
+    import os
+
+    from app import dataroot
+    from app.errors import ReadOnlyStorageError
+
+    if not root.exists():
+        return
+    dataroot.refuse_other_owner(
+        root, "run `app serve`, or any command that changes the root, as this user"
+    )
+    if os.statvfs(root).f_flag & os.ST_RDONLY:
+        raise ReadOnlyStorageError(doing=f"serve or change data root {root}")
 
 
 def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
