@@ -539,7 +539,7 @@ class Database:
         """
         with self.write(what) as conn:
             row = conn.execute(
-                "SELECT id FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
+                "SELECT id, updated_at FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
                 " FOR NO KEY UPDATE",
                 (session_id,),
             ).fetchone()
@@ -551,6 +551,15 @@ class Database:
             # restore brought back the older one (red team 33, the randomized history). Two
             # replicas' clocks may differ too; the newest trashed version bounds it.
             moment = now()
+            # After the session's last change too (its updated_at is that change's moment):
+            # with a replica's clock behind another's, or stepped back, a delete was dated
+            # before the upload it deleted, a name put again before the version deleted, a
+            # new file before older ones, and the session's updated_at went back; a client
+            # that fetches what changed since the newest time it saw never saw them (red
+            # team 56, second round; the local store alike, `app.store.files.change_floor`).
+            if row["updated_at"] is not None:
+                last = row["updated_at"].astimezone(UTC) + timedelta(microseconds=1)
+                moment = max(moment, last)
             if file is not None:
                 newest = conn.execute(
                     "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
