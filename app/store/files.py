@@ -563,10 +563,19 @@ def change_floor(records: Iterable[FileRecord]) -> datetime | None:
     listed after, and the delete's entry before the upload it deleted; a client that
     fetches what changed since the newest `uploaded_at` it saw never saw either (red team
     56, second round). Red team 50 bounded a replace by the version it replaces alone."""
-    newest: datetime | None = None
+    # The app writes every time as UTC to the microsecond, one length: those sort as text,
+    # and only the newest is parsed (10,000 records parsed took 12 ms on each upload).
+    own, other = "", []
     for record in records:
+        text = record.get("uploaded_at")
+        if isinstance(text, str) and len(text) == 32 and text.endswith("+00:00"):
+            own = max(own, text)
+        else:
+            other.append(text)
+    newest: datetime | None = None
+    for text in [own, *other] if own else other:
         with contextlib.suppress(TypeError, ValueError):
-            moment = datetime.fromisoformat(str(record.get("uploaded_at")))
+            moment = datetime.fromisoformat(str(text))
             if moment.tzinfo is not None and (newest is None or moment > newest):
                 newest = moment
     return newest
