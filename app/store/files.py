@@ -217,8 +217,9 @@ class Files:
         # And records/'s time, which a delete sets to its moment (`_dated`) and the session's
         # updated_at counts: a delete right after an upload's rename read as no change.
         with contextlib.suppress(OSError):
-            ns = os.lstat(directory / RECORDS_DIR).st_mtime_ns  # exact: no float
-            changed = _EPOCH + timedelta(microseconds=ns // 1000)
+            # Rounded up: `updated_at` reads this time through a float, to the nearest.
+            ns = os.lstat(directory / RECORDS_DIR).st_mtime_ns
+            changed = _EPOCH + timedelta(microseconds=-(-ns // 1000))
             newest = changed if newest is None else max(newest, changed)
         return newest
 
@@ -587,7 +588,10 @@ def _dated(records: Path, moment: datetime) -> None:
     records' times and this one, and with the kernel's alone a delete left it where it was,
     or moved it back, so a client that looks for sessions changed since never saw it."""
     with contextlib.suppress(OSError):  # after the commit point: the delete stands
-        wanted = int(moment.timestamp() * 1_000_000) * 1000
+        # Half a microsecond on: read back through a float (`updated_at`), it is not moment's
+        # microsecond less one.
+        since = moment - _EPOCH
+        wanted = (since // timedelta(microseconds=1)) * 1000 + 500
         if os.lstat(records).st_mtime_ns < wanted:
             os.utime(records, ns=(wanted, wanted), follow_symlinks=False)
 
