@@ -21,15 +21,21 @@ with time-machine: ``tests/test_redteam_s18_clock.py``'s ``run``):
   PostgreSQL a change is dated after the session's ``updated_at`` too (a replica whose clock
   is behind another's did the same there): tested in ``tests/test_remote_store.py``
   (``test_a_change_is_never_dated_before_the_sessions_last_change``), which has the engines.
+* a record edited by hand to the last microsecond Python holds: "just after" it overflowed,
+  and every replace of the file (every change of its session, with the fix above) was an
+  ``OverflowError``, a 500. A time from the year 9999 on is now damage no change is dated
+  after (``app.store.records.LATEST_FLOOR``).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from test_redteam_s18_clock import run
 
 from app.config import Config
+from app.storage import Storage
 
 
 def test_a_name_put_again_after_its_delete_is_never_dated_before_the_version_deleted(
@@ -59,3 +65,25 @@ def test_a_name_put_again_after_its_delete_is_never_dated_before_the_version_del
     assert changed == ["a.txt", "c.txt"]
     assert [f["name"] for f in after["files"]] == ["b.txt", "a.txt", "c.txt"]
     assert after["updated_at"] > seen
+
+
+def test_a_time_no_clock_gives_in_a_record_does_not_stop_the_sessions_changes(
+    app_store: Storage, app_config: Config
+) -> None:
+    # A record edited by hand to the last microsecond Python holds: a replace of the file
+    # (red team 50's "just after the version it replaces") and, with the fix above, a delete
+    # of it or of another file were an OverflowError, a 500 on each, for good.
+    store = app_store
+    session_id = store.create_session("edited")["id"]
+    store.put_file(session_id, "a.txt", b"a")
+    record = app_config.data_root / "sessions" / session_id / "records" / "a.txt"
+    last = datetime.max.replace(tzinfo=UTC).isoformat()
+    edited = record.with_name(".edited")
+    edited.write_text(json.dumps({**json.loads(record.read_text()), "uploaded_at": last}))
+    edited.replace(record)  # renamed in, as an editor saves it: records/ changes
+    store.put_file(session_id, "b.txt", b"b")
+    replaced = store.put_file(session_id, "a.txt", b"a2", replace=True)
+    store.delete_file(session_id, "b.txt")
+    store.delete_file(session_id, "a.txt")
+    assert replaced["uploaded_at"] < "9999"
+    assert [e.file for e in store.list_trash()] == ["a.txt", "b.txt", "a.txt"]

@@ -40,6 +40,7 @@ from app.store.concurrency import identity_after_change
 from app.store.ids import ID_RE, new_session_id
 from app.store.records import (
     BLOBS_DIR,
+    LATEST_FLOOR,
     MISSING_ERRNOS,
     RECORDS_DIR,
     FileRecord,
@@ -220,7 +221,8 @@ class Files:
             # Rounded up: `updated_at` reads this time through a float, to the nearest.
             ns = os.lstat(directory / RECORDS_DIR).st_mtime_ns
             changed = _EPOCH + timedelta(microseconds=-(-ns // 1000))
-            newest = changed if newest is None else max(newest, changed)
+            if changed < LATEST_FLOOR:
+                newest = changed if newest is None else max(newest, changed)
         return newest
 
     def _moment(self, directory: Path, session_id: str, old: FileRecord | None) -> str:
@@ -577,7 +579,9 @@ def change_floor(records: Iterable[FileRecord]) -> datetime | None:
     for text in [own, *other] if own else other:
         with contextlib.suppress(TypeError, ValueError):
             moment = datetime.fromisoformat(str(text))
-            if moment.tzinfo is not None and (newest is None or moment > newest):
+            if moment.tzinfo is None or moment >= LATEST_FLOOR:
+                continue  # a time no clock gives (edited by hand): "just after" overflowed
+            if newest is None or moment > newest:
                 newest = moment
     return newest
 

@@ -43,7 +43,13 @@ from app.errors import (
 )
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
-from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
+from app.store.records import (
+    LATEST_FLOOR,
+    TRASH_MANIFEST,
+    TRASHED_SESSION,
+    TrashManifest,
+    bytes_in_entry,
+)
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -221,9 +227,12 @@ class Trash:
         with state.trash_moment_lock:
             newest = state.trash_moment
             if newest is None:
-                newest = max((moment for moment, _ in self._names()), default=_NEVER)
+                # An entry named later than any clock gives (by hand) is not followed: just
+                # after the last microsecond Python holds was an OverflowError on each delete.
+                names = (moment for moment, _ in self._names() if moment < LATEST_FLOOR)
+                newest = max(names, default=_NEVER)
             moment = max(datetime.now(UTC), newest + timedelta(microseconds=1))
-            if after is not None:
+            if after is not None and after < LATEST_FLOOR:
                 moment = max(moment, after + timedelta(microseconds=1))
             state.trash_moment = moment
             return moment
