@@ -30,12 +30,20 @@ with open_storage(load(), writer=True, kind="tests", wanted="run a step") as sto
 
     with time_machine.travel(datetime.now(UTC) + timedelta(hours=hours), tick=True):
         for op, *args in steps:
+            args = [out[0] if a == "$" else a for a in args]  # "$": what the first step gave
             if op == "create":
                 out.append(store.create_session(*args)["id"])
-            elif op == "put":
-                store.put_file(args[0], args[1], args[2].encode(), replace=True)
-            elif op == "delete-file":
-                store.delete_file(*args)
+            elif op in ("put", "put-entry"):
+                entry = store.put_file(args[0], args[1], args[2].encode(), replace=True)
+                if op == "put-entry":
+                    out.append(entry)
+            elif op in ("delete-file", "delete-entry"):
+                trashed = store.delete_file(*args)
+                if op == "delete-entry":
+                    moment = trashed.deleted_at.isoformat(timespec="microseconds")
+                    out.append([trashed.name, moment])
+            elif op == "session":
+                out.append(store.get_session(args[0]))
             elif op == "restore-file":
                 store.restore(args[0], file=args[1])
             elif op == "read":

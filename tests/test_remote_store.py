@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,33 @@ def test_files_upload_read_replace_and_delete(store: RemoteStore) -> None:
         store.begin_upload(session_id, "../x")
     assert new["name"] == "a.bin"
     assert [op for op, _ in _audit(store.database_url)][-2:] == ["replace-file", "trash-file"]
+
+
+def test_a_change_is_never_dated_before_the_sessions_last_change(
+    store: RemoteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Red team 56 (second round): a replica whose clock is behind another's, or stepped
+    # back, dated a delete before the upload it deleted, a name put again before the
+    # version deleted, a new file before older ones, and moved the session's updated_at
+    # back: a client fetching what changed since the newest time it saw missed them. The
+    # clock of the database's changes alone is set a day back (the object store refuses a
+    # request signed a day off, RequestTimeTooSkewed, as it should).
+    from app.remote import db
+
+    session_id = store.create_session("history")["id"]
+    one = store.put_file(session_id, "a.txt", b"one")
+    store.put_file(session_id, "b.txt", b"b")
+    seen = store.get_session(session_id)["updated_at"]
+    monkeypatch.setattr(db, "now", lambda: datetime.now(UTC) - timedelta(days=1))
+    deleted = store.delete_file(session_id, "a.txt")
+    two = store.put_file(session_id, "a.txt", b"two")
+    new = store.put_file(session_id, "c.txt", b"c")
+    after = store.get_session(session_id)
+    at = datetime.fromisoformat
+    assert at(one["uploaded_at"]) < deleted.deleted_at < at(two["uploaded_at"])
+    assert at(two["uploaded_at"]) < at(new["uploaded_at"])
+    assert [f["name"] for f in after["files"] if f["uploaded_at"] > seen] == ["a.txt", "c.txt"]
+    assert after["updated_at"] > seen
 
 
 def test_open_file_seeks_with_ranged_reads(store: RemoteStore) -> None:

@@ -92,6 +92,15 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _just_after(moment: datetime) -> datetime:
+    """A microsecond after ``moment`` (a row's time), or ``moment`` itself where that is past
+    the last one Python holds (a row edited by hand: the change was an `OverflowError`)."""
+    try:
+        return moment.astimezone(UTC) + timedelta(microseconds=1)
+    except OverflowError:
+        return moment.astimezone(UTC)
+
+
 def trash_name(moment: datetime, session_id: str, *, file: bool) -> str:
     """The name of a trash entry made at ``moment``."""
     # The local backend's names, so that `app sessions list --trash` reads the same; a file
@@ -539,7 +548,7 @@ class Database:
         """
         with self.write(what) as conn:
             row = conn.execute(
-                "SELECT id FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
+                "SELECT id, updated_at FROM app_sessions WHERE id = %s AND deleted_at IS NULL"
                 " FOR NO KEY UPDATE",
                 (session_id,),
             ).fetchone()
@@ -551,6 +560,14 @@ class Database:
             # restore brought back the older one (red team 33, the randomized history). Two
             # replicas' clocks may differ too; the newest trashed version bounds it.
             moment = now()
+            # After the session's last change too (its updated_at is that change's moment):
+            # with a replica's clock behind another's, or stepped back, a delete was dated
+            # before the upload it deleted, a name put again before the version deleted, a
+            # new file before older ones, and the session's updated_at went back; a client
+            # that fetches what changed since the newest time it saw never saw them (red
+            # team 56, second round; the local store alike, `app.store.files.change_floor`).
+            if row["updated_at"] is not None:
+                moment = max(moment, _just_after(row["updated_at"]))
             if file is not None:
                 newest = conn.execute(
                     "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
@@ -558,7 +575,7 @@ class Database:
                     (session_id, file),
                 ).fetchone()
                 if newest is not None and newest["at"] is not None:
-                    moment = max(moment, newest["at"].astimezone(UTC) + timedelta(microseconds=1))
+                    moment = max(moment, _just_after(newest["at"]))
             yield conn, moment
             conn.execute(
                 "UPDATE app_sessions SET updated_at = %s WHERE id = %s",

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
@@ -38,6 +39,7 @@ from app.store.ids import ID_RE
 
 __all__ = [
     "BLOBS_DIR",
+    "LATEST_FLOOR",
     "LEGACY_FILES_DIR",
     "LEGACY_FILES_KEY",
     "MISSING_ERRNOS",
@@ -76,6 +78,10 @@ TRASH_MANIFEST: Final = "trash.json"
 TRASHED_SESSION: Final = "session"
 NEW_PREFIX: Final = ".new-"
 
+LATEST_FLOOR: Final = datetime(9999, 1, 1, tzinfo=UTC)
+"""A change is dated after no time this late: one is damage (a record or an entry's name
+edited by hand), and "just after" the last microsecond Python holds was an `OverflowError`,
+a 500 on every replace and delete in the session."""
 MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
 _MAX_RECORD_BYTES: Final = 64 * 1024
 _META_CACHE_BYTES: Final = 64 * 1024 * 1024

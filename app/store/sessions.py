@@ -395,6 +395,10 @@ class Sessions:
             watch.checked(directory, count, validator)
         return encoded
 
+    def records_of(self, directory: Path, session_id: str) -> list[FileRecord]:
+        """The records of the session in ``directory`` (under its lock: its files now)."""
+        return self._records(os.fspath(directory), session_id)
+
     def _records(
         self, directory: str, session_id: str, max_age: float | None = None
     ) -> list[FileRecord]:

@@ -43,7 +43,13 @@ from app.errors import (
 )
 from app.lock import BOOT_ID_FILE, special_kind
 from app.storage import LINKED, FileEntry, TrashEntry, entry_holds_other
-from app.store.records import TRASH_MANIFEST, TRASHED_SESSION, TrashManifest, bytes_in_entry
+from app.store.records import (
+    LATEST_FLOOR,
+    TRASH_MANIFEST,
+    TRASHED_SESSION,
+    TrashManifest,
+    bytes_in_entry,
+)
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -158,9 +164,11 @@ class Trash:
         title: str | None = None,
         previous: FileEntry | None = None,
         blob: str | None = None,
+        after: datetime | None = None,
     ) -> TrashEntry:
-        """Make an empty entry with its manifest, durably, for data about to move in."""
-        moment = self.moment()
+        """Make an empty entry with its manifest, durably, for data about to move in
+        (named no earlier than just ``after``: see :meth:`moment`)."""
+        moment = self.moment(after)
         # File names can be 255 bytes on their own, so a file entry is named by a random
         # suffix; the file keeps its name inside the entry, and trash.json says what it was.
         suffix = f"-file-{secrets.token_hex(4)}" if kind == "file" else ""
@@ -202,7 +210,7 @@ class Trash:
             raise
         return TrashEntry(name, path, kind, session_id, file, moment, reason, title, since_boot)
 
-    def moment(self) -> datetime:
+    def moment(self, after: datetime | None = None) -> datetime:
         """The time a new entry is named by: now, or just after the newest entry if later.
 
         Entries sort by the time in their name, and that order is what :meth:`latest`
@@ -210,13 +218,22 @@ class Trash:
         newest entry was made (a restored VM snapshot, a board that boots before NTP) would
         otherwise name a later deletion before an earlier one, and a restore would bring
         back an older version. Erring later only keeps an entry longer.
+
+        ``after``: no earlier than just after it too (the newest change of the session a
+        file's delete changes, `app.store.files.change_floor`), so that a delete never
+        reads as made before the version it deleted (red team 56, second round).
         """
         state = self.root.store_state
         with state.trash_moment_lock:
             newest = state.trash_moment
             if newest is None:
-                newest = max((moment for moment, _ in self._names()), default=_NEVER)
+                # An entry named later than any clock gives (by hand) is not followed: just
+                # after the last microsecond Python holds was an OverflowError on each delete.
+                names = (moment for moment, _ in self._names() if moment < LATEST_FLOOR)
+                newest = max(names, default=_NEVER)
             moment = max(datetime.now(UTC), newest + timedelta(microseconds=1))
+            if after is not None and after < LATEST_FLOOR:
+                moment = max(moment, after + timedelta(microseconds=1))
             state.trash_moment = moment
             return moment
 

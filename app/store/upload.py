@@ -97,7 +97,7 @@ class Upload(storage.Upload):
                 "name": self.name,
                 "size": self.received,
                 "sha256": sha256,
-                # Stamped by the commit, under the session's lock (`_upload_moment`).
+                # Stamped by the commit, under the session's lock (`Files._moment`).
                 "uploaded_at": "",
             }
             self.files.commit_upload(self, entry)
