@@ -26,90 +26,78 @@ What broke:
   (``pg_backend_pid()``, read in the transaction that took the lock).
 
 All real: the suite's cluster, a pooler speaking PostgreSQL's protocol (tests/txpooler.py,
-LIFO as PgBouncer's default), a real ``app serve``; the holds are the app's own code.
+LIFO as PgBouncer's default), the holds ``app serve`` and the maintenance commands take (the
+app's own code, in the test's process: a real ``app serve`` through the pooler, refused the
+same way, took 4 s more, tried by hand).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
+import psycopg
 import pytest
-from engines import PostgresEngine, S3Engine, new_blob_url
-from replicas import Production, production_on, wait_for
-from txpooler import TransactionPooler, transaction_pooler
+from engines import PostgresEngine
+from replicas import wait_for
+from txpooler import transaction_pooler
 
 from app.errors import AppError
+from app.remote import pg
 
 
-@dataclasses.dataclass
-class _ViaPooler:
-    """The suite's cluster, as production's settings name it: through the pooler."""
+@dataclasses.dataclass(frozen=True)
+class Pooled:
+    """A database of the run's, stamped for production, and a transaction pooler to it."""
 
-    engine: PostgresEngine
-    pooler: TransactionPooler
-
-    def url(self, dbname: str = "postgres") -> str:
-        return self.pooler.url(dbname, self.engine.user)
-
-    def connect(self, dbname: str = "postgres", **kwargs: Any) -> Any:
-        return self.engine.connect(dbname, **kwargs)
-
-    def drop_database(self, name: str) -> None:
-        self.engine.drop_database(name)
+    direct_url: str
+    pooled_url: str
+    name: str
 
 
 @pytest.fixture(scope="module")
-def pooled(
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres_engine: PostgresEngine,
-    s3_engine: S3Engine,
-) -> Iterator[tuple[Production, str]]:
-    """Production, whose settings name the database through a transaction pooler; the
-    Production's own polls go to PostgreSQL itself. Yields it and the pooled URL."""
-    from app.remote import pg
-
-    with transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler:
-        via: Any = _ViaPooler(postgres_engine, pooler)
-        base: Path = tmp_path_factory.mktemp("pooled")
-        with production_on(base, via, s3_engine, new_blob_url(s3_engine)) as prod:
-            name = prod.database_url.rsplit("/", 1)[1]
-            pooled_url, prod.database_url = prod.database_url, postgres_engine.url(name)
-            pg.open_database(prod.database_url, "production")
-            yield prod, pooled_url
+def pooled(postgres_engine: PostgresEngine) -> Iterator[Pooled]:
+    name = postgres_engine.create_database("pooled")
+    direct = postgres_engine.url(name)
+    pg.open_database(direct, "production")
+    try:
+        with transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler:
+            yield Pooled(direct, pooler.url(name, postgres_engine.user), name)
+    finally:
+        postgres_engine.drop_database(name)
 
 
 def test_a_replica_behind_a_transaction_pooler_is_refused_while_maintenance_holds_the_database(
-    pooled: tuple[Production, str],
+    pooled: Pooled,
 ) -> None:
     """Maintenance's exclusive lock stays on the server connection the pooler gave it; a
     replica whose transaction the pooler ran there took its shared lock in that same
-    session, which PostgreSQL grants at once: it served during maintenance."""
-    from app.remote import pg
-
-    prod, pooled_url = pooled
-    with pg.maintenance(pooled_url, "production", "purge every session"):
-        replica = prod.start(ready=False)
-        wait_for(lambda: replica.process.poll() is not None or prod.holders(), "its end")
-        assert replica.process.poll() == 78, f"it serves during maintenance:\n{replica.output}"
-    assert "is reached through a connection pooler in transaction mode" in replica.output
-    assert "already holds 1 of the app's advisory locks" in replica.output
-    assert "refusing serving, nothing was changed" in replica.output
-    assert "pool_mode = session" in replica.output
-    assert prod.holders() == []
+    session, which PostgreSQL grants at once: it served during maintenance. (By hand, a
+    real ``app serve`` through this pooler did: it served, and its row was listed live,
+    while the purge held the database.)"""
+    with (
+        pg.maintenance(pooled.pooled_url, "production", "purge every session"),
+        pytest.raises(AppError) as refused,
+    ):
+        pg.Holder(pooled.pooled_url, "production", ping_seconds=3600).start().close()
+    assert refused.value.code == "transaction_pooler"
+    assert refused.value.exit_code == 78
+    message = str(refused.value)
+    assert "is reached through a connection pooler in transaction mode" in message
+    assert "already holds 1 of the app's advisory locks" in message
+    assert "refusing serving, nothing was changed" in message
+    assert "pool_mode = session" in message
+    with psycopg.connect(pooled.direct_url, autocommit=True) as conn:
+        assert pg.live_holders(conn) == []
 
 
 def test_maintenance_behind_a_transaction_pooler_is_refused_while_a_replica_holds_it(
-    pooled: tuple[Production, str],
+    pooled: Pooled,
 ) -> None:
     """The other way round: a replica's locks stay on its server connection, and a
     maintenance command given it took the lock exclusively in that same session (then
     stopped at its first write, blaming a lost connection)."""
-    from app.remote import pg
-
-    _, pooled_url = pooled
+    pooled_url = pooled.pooled_url
     with pg.Holder(pooled_url, "production", ping_seconds=3600) as holder:
         with (
             pytest.raises(AppError) as refused,
@@ -125,18 +113,13 @@ def test_maintenance_behind_a_transaction_pooler_is_refused_while_a_replica_hold
 
 
 def test_a_hold_whose_next_statement_runs_in_another_server_session_is_lost(
-    postgres_engine: PostgresEngine, pooled: tuple[Production, str]
+    postgres_engine: PostgresEngine, pooled: Pooled
 ) -> None:
     """A pooler that gives a transaction another server connection than the one holding
     the locks (another client has that one): the replica's heartbeat and maintenance's
     check say so and stop, naming the pooler, rather than hold nothing. (Each on a pooler
     of its own: the locks stay on the pooler's server connection until it is closed.)"""
-    import psycopg
-
-    from app.remote import pg
-
-    prod, _ = pooled
-    name, user = prod.database_url.rsplit("/", 1)[1], postgres_engine.user
+    name, user = pooled.name, postgres_engine.user
     with transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler:
         url = pooler.url(name, user)
         # The server connection the holder just gave back, kept by another in a transaction.
@@ -161,23 +144,18 @@ def test_a_hold_whose_next_statement_runs_in_another_server_session_is_lost(
 
 
 def test_maintenance_behind_a_pooler_in_session_mode_finds_its_own_lock(
-    postgres_engine: PostgresEngine, pooled: tuple[Production, str]
+    postgres_engine: PostgresEngine, pooled: Pooled
 ) -> None:
     """A pooler answers each client with a process id of its own (``BackendKeyData``): a
     maintenance command looked for its exclusive lock under that id at each write's commit,
     found none, and stopped as if its connection were lost, behind the pooler mode the docs
     recommend."""
-    import psycopg
-
-    from app.remote import pg
-
-    prod, pooled_url = pooled
-    name = pooled_url.rsplit("/", 1)[1]
+    name = pooled.name
     host, port, user = postgres_engine.host, postgres_engine.port, postgres_engine.user
     with (
         transaction_pooler(host, port, session_mode=True) as pooler,
         pg.maintenance(pooler.url(name, user), "production", "purge") as held,
-        psycopg.connect(prod.database_url) as direct,
+        psycopg.connect(pooled.direct_url) as direct,
     ):
         assert held.conn.info.backend_pid == 4242  # the pooler's
         held.check()
