@@ -361,6 +361,37 @@ class DatabaseEncodingError(ConfigError):
         )
 
 
+#: What resolves a transaction pooler (:class:`TransactionPoolerError`, and a replica's loss).
+POOLER_REMEDY = (
+    "Point database_url at PostgreSQL itself, or at a pooler in session mode (PgBouncer: "
+    "pool_mode = session for this database)"
+)
+
+
+class TransactionPoolerError(ConfigError):
+    """``database_url`` reaches PostgreSQL through a pooler in transaction mode: a server
+    session outlives the client's, so the app's session-level advisory locks (a replica's
+    hold, maintenance's) are handed to whichever client gets that server connection next."""
+
+    code = "transaction_pooler"
+
+    where: str
+    wanted: str
+    """What was refused ("serving", "the hold to empty the trash")."""
+    detail: str
+    """What gave the pooler away."""
+
+    @property
+    def message(self) -> str:
+        return (
+            f"database {self.where} is reached through a connection pooler in transaction "
+            f"mode: {self.detail}. The app holds the database with session-level advisory "
+            "locks, which such a pooler leaves on the server connection for the next client "
+            "(a replica would start during maintenance, or maintenance during a replica); "
+            f"refusing {self.wanted}, nothing was changed. {POOLER_REMEDY}"
+        )
+
+
 class SchemaTooNewError(ConfigError):
     """The database was stamped by a newer release of the app."""
 

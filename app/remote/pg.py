@@ -50,6 +50,7 @@ from psycopg.types.json import Jsonb
 from app import sandbox
 from app.errors import AppError
 from app.remote.errors import (
+    POOLER_REMEDY,
     CommitUnknownError,
     DatabaseEncodingError,
     DatabaseRefusedError,
@@ -67,6 +68,7 @@ from app.remote.errors import (
     StorageMismatchError,
     TablesOffSearchPathError,
     TablesShadowedError,
+    TransactionPoolerError,
     UnstampedNotEmptyError,
     from_pgoptions,
     needs_confirmation,
@@ -1166,6 +1168,54 @@ def standby_note(where: str) -> str:
     )
 
 
+# The app's own locks a server session holds: none, on a session PostgreSQL has just begun
+# for this connection. (Formatted from integer constants only.)
+_SESSION_HOLDS = f"""
+SELECT pg_backend_pid(), count(*) FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.pid = pg_backend_pid()
+  AND ((l.classid = {HOLDERS_LOCK[0]} AND l.objid = {HOLDERS_LOCK[1]})
+       OR l.classid = {ROW_LOCK_CLASS})
+"""  # noqa: S608
+
+
+def fresh_session(conn: psycopg.Connection[Any], where: str, wanted: str) -> int:
+    """The backend pid of ``conn``'s server session, which must hold none of the app's
+    locks yet; call in the transaction that takes the hold, so that the check and the lock
+    run on one server session even behind a pooler.
+
+    A connection to PostgreSQL itself begins a session of its own. Behind a pooler in
+    transaction mode, a transaction runs on whichever server connection is idle, with the
+    locks an earlier client (a replica, a maintenance command) took there: taking the hold
+    again in that session would be granted at once, whatever the other holds.
+
+    Raises:
+        TransactionPoolerError: the server session already holds one of the app's locks.
+    """
+    pid, holds = conn.execute(_SESSION_HOLDS).fetchone() or (0, 0)
+    if holds:
+        raise TransactionPoolerError(
+            where,
+            wanted,
+            f"the server session this connection was given (backend pid {pid}) already "
+            f"holds {holds} of the app's advisory locks, taken by another client",
+        )
+    return int(pid)
+
+
+def same_session(conn: psycopg.Connection[Any], backend_pid: int) -> str | None:
+    """Why ``conn``'s next statement ran on another server session than ``backend_pid``
+    (the one that holds the locks), or None; raises :class:`psycopg.Error` as a statement."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    now = int(row[0]) if row else 0
+    if now == backend_pid:
+        return None
+    return (
+        f"this connection's statements now run in server session (backend pid) {now}, "
+        f"while its locks are held by backend {backend_pid}: database_url goes through a "
+        "connection pooler in transaction mode"
+    )
+
+
 def live_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Every live replica's row: id, host, pid, profile, since, url, backend_pid."""
     with conn.cursor(row_factory=dict_row) as cursor:
@@ -1248,14 +1298,19 @@ class Holder:
                 # The session's settings, not the wait bound: closing this connection on a
                 # slow answer would give up the hold.
                 configure_session(conn, self.lock_wait_seconds)
-                taken = conn.execute(
-                    "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
-                ).fetchone()
-                if taken != (True,):
-                    raise MaintenanceRunningError(self.where, _lock_holders(conn, "ExclusiveLock"))
                 with conn.transaction():
-                    # The row and its lock commit together, so that no cleaner sees the row
-                    # before its lock exists.
+                    # One transaction, so one server session even behind a pooler: the
+                    # check that the session holds none of the app's locks, the shared lock,
+                    # the row and its lock (committed together, so that no cleaner sees the
+                    # row before its lock exists).
+                    fresh_session(conn, self.where, "serving")
+                    taken = conn.execute(
+                        "SELECT pg_try_advisory_lock_shared(%s, %s)", HOLDERS_LOCK
+                    ).fetchone()
+                    if taken != (True,):
+                        raise MaintenanceRunningError(
+                            self.where, _lock_holders(conn, "ExclusiveLock")
+                        )
                     with conn.cursor(row_factory=dict_row) as cursor:
                         row = cursor.execute(
                             "INSERT INTO app_holders (host, pid, profile, url)"
@@ -1286,11 +1341,14 @@ class Holder:
                 return
             self.asked = time.monotonic()
             try:
-                conn.execute("SELECT 1")
+                moved = same_session(conn, self.row["backend_pid"])
             except psycopg.Error as error:
                 self._lose(_reason(error))
                 return
             self.answered = time.monotonic()
+            if moved is not None:
+                self.lose(moved, POOLER_REMEDY)
+                return
 
     def silent_for(self) -> float:
         """For how long a ping of the heartbeat has gone unanswered (0 when none waits)."""
@@ -1353,13 +1411,20 @@ class Maintenance:
     """
 
     def __init__(
-        self, conn: psycopg.Connection[Any], profile: str, where: str, wanted: str = "maintain"
+        self,
+        conn: psycopg.Connection[Any],
+        profile: str,
+        where: str,
+        wanted: str = "maintain",
+        backend_pid: int = 0,
     ) -> None:
         self.conn = conn
         self.profile = profile
         self.where = where
         self.wanted = wanted
-        self.backend_pid: int = conn.info.backend_pid
+        # The server session's, from the transaction that took the hold: a pooler (even in
+        # session mode) answers the client's connection with a process id of its own.
+        self.backend_pid: int = backend_pid or conn.info.backend_pid
 
     def lost(self, reason: str) -> MaintenanceLostError:
         """The error this command stops with once its hold is gone (exit 70)."""
@@ -1371,9 +1436,11 @@ class Maintenance:
         A live connection still holds its session-level lock: only it can release it.
         """
         try:
-            self.conn.execute("SELECT 1")
+            moved = same_session(self.conn, self.backend_pid)
         except psycopg.Error as error:
             raise self.lost(_reason(error)) from None
+        if moved is not None:
+            raise self.lost(f"{moved}. {POOLER_REMEDY}")
 
     def still_held(self, conn: psycopg.Connection[Any]) -> None:
         """Raise :class:`MaintenanceLostError` unless this command's backend still holds the
@@ -1491,7 +1558,9 @@ def maintenance(
     with connect(
         database_url, purpose=f"app maintenance: {wanted}", autocommit=True, bounds=bounds
     ) as conn:
-        with refusals(where, f"the hold to {wanted}"):
+        with refusals(where, f"the hold to {wanted}"), conn.transaction():
+            # In one transaction: one server session, even behind a pooler.
+            backend_pid = fresh_session(conn, where, f"the hold to {wanted}")
             taken = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", HOLDERS_LOCK).fetchone()
         if taken != (True,):
             others = writing = ""
@@ -1507,7 +1576,7 @@ def maintenance(
         try:
             with refusals(where, f"the hold to {wanted}"):
                 clean_stale_holders(conn)
-            yield Maintenance(conn, profile, where, wanted)
+            yield Maintenance(conn, profile, where, wanted, backend_pid)
         finally:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", HOLDERS_LOCK)

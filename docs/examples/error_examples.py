@@ -334,6 +334,12 @@ EXAMPLES: list[errors.AppError] = [
     remote.DatabaseStampMissingError("production", DATABASE, 1),
     remote.DatabaseEncodingError(DATABASE, "LATIN1", "UTF8"),
     remote.DatabaseEncodingError(DATABASE, "UTF8", "LATIN1"),
+    remote.TransactionPoolerError(
+        DATABASE,
+        "serving",
+        "the server session this connection was given (backend pid 4711) already holds 1 "
+        "of the app's advisory locks, taken by another client",
+    ),
     remote.DatabaseUnavailableError(
         DATABASE, "connection refused: is the server running on that host and port?"
     ),
