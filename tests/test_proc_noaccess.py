@@ -17,10 +17,13 @@ of ``/proc``, so only another user sees what a service sees). Needs root, ``unsh
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from project_copy import copy_project_settings
 from test_redteam_s39_guard import NOBODY, nobody_in_a_pid_namespace
 
@@ -62,3 +65,25 @@ def test_a_service_under_hidepid_noaccess_is_not_refused_as_if_under_pytest(
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("profile: development"), done.stdout
     assert "refused" not in done.stderr, done.stderr
+
+
+def test_a_mount_over_a_process_s_entry_of_proc_is_found_past_the_first_look() -> None:
+    # `_proc_entry_mounted` (red team 55) runs in every process outside a test run, so it
+    # first looks at the mount table's bytes and parses it only where such a mount may be:
+    # that first look must not pass over a real one.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare, to bind a mount over an entry of /proc")
+    with subprocess.Popen(["sleep", "60"]) as other:
+        try:
+            done = subprocess.run(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                 f'mount --bind /proc/1 /proc/{other.pid} && exec "$0" -c "$1"',
+                 sys.executable,
+                 "from app import sandbox; print(sandbox._proc_entry_mounted())"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        finally:
+            other.kill()
+    assert done.returncode == 0, done.stderr
+    assert f"while something is mounted over /proc/{other.pid} " in done.stdout, done.stdout
+    assert f"umount /proc/{other.pid}" in done.stdout, done.stdout
