@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import iniconfig
 import pytest
@@ -314,10 +314,29 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     from app.testing.fixtures import clear_crashed_worker
 
     popen = getattr(getattr(getattr(node, "gateway", None), "_io", None), "popen", None)
-    exited = None if popen is None else popen.poll() is not None
+    exited = None if popen is None else _exits(popen)
     said = clear_crashed_worker(node.config, str(node.gateway.id), exited)
     if said:
         watch.say(node.config, said)
+
+
+#: How long a controller waits for a crashed worker's process to be gone before it clears
+#: its scratch names (a worker ended by `os._exit` closes its channel first, then exits).
+_CRASHED_WORKER_EXIT: Final = 10.0
+
+
+def _exits(popen: Any) -> bool:
+    """Whether a crashed worker's process has exited, waiting for it a bounded time: its
+    channel is seen closed a moment before the kernel has ended the process, and a look at
+    once (``poll``) found it "still running" under load, leaving its scratch names behind
+    with nothing removed (a run of the whole suite on a busy machine)."""
+    import subprocess
+
+    try:
+        popen.wait(timeout=_CRASHED_WORKER_EXIT)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 @pytest.hookimpl(tryfirst=True)
