@@ -997,8 +997,8 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     # packages during a long run) is shown with this suffix: its process was passed over,
     # and with the registry removed meanwhile, a child purged a stopped root (red team 48).
     program = program.removesuffix(" (deleted)")
-    if not _PYTHON.fullmatch(program):
-        return None
+    if not _PYTHON.fullmatch(program) and not _LOADER.fullmatch(program):
+        return None  # a Python run through the loader shows the loader (`_program_words`)
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
@@ -1177,7 +1177,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
                 "app's plugin"
             )
             bare_argv = argv
-        elif depth and bare is None and _looks_like_unittest(argv):
+        elif depth and bare is None and _looks_like_unittest(argv, pid):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     led = _led_by_a_run(walked, seen)
@@ -1767,6 +1767,49 @@ def _script_runs_pytest(argv: list[str], pid: int | str) -> bool:
     return _PYTEST_CODE.search(text) is not None
 
 
+#: The dynamic loader's name (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`, `ld64.so.2`,
+#: `ld.so.1`, `ld-musl-x86_64.so.1`): run as a program, it loads and runs the program its
+#: first word that is no option of its own names, in its own process.
+_LOADER: Final = LazyPattern(r"ld[\w-]*\.so(?:\.\d+)*", starts=("ld",))
+#: The loader's options that take their value as the next word (glibc's and musl's).
+_LOADER_VALUE_OPTIONS: Final = frozenset(
+    {"--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0",
+     "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask"}
+)  # fmt: skip
+
+
+def _program_words(argv: list[str], pid: int | str | None = None) -> list[str]:
+    """`argv` from the program that runs: past the dynamic loader and its options where
+    process `pid` runs it (``/lib64/ld-linux-x86-64.so.2 python -m unittest``).
+
+    The kernel shows such a process's command line as the loader's, and its program
+    (``/proc/<pid>/exe``) as the loader too: Python run that way was no Python to the
+    walk, and a child of ``ld.so python -m unittest`` given production's settings alone
+    purged a stopped production root (red team 56 on the children of tests). The loader
+    is known by its name in the command line, or, run through a link or a copy of another
+    name (``/tmp/run python -m unittest``), by its program's, read where a word after the
+    first names a Python (`_PYTHON`): a shell or an init, read at every walk, costs no
+    more."""
+    if not argv:
+        return argv
+    if _LOADER.fullmatch(Path(argv[0]).name) is None:
+        if pid is None or not any(_PYTHON.fullmatch(Path(word).name) for word in argv[1:]):
+            return argv
+        try:
+            program = (_PROC / str(pid) / "exe").readlink().name.removesuffix(" (deleted)")
+        except OSError:
+            return argv
+        if _LOADER.fullmatch(program) is None:
+            return argv
+    words = iter(enumerate(argv[1:], 1))
+    for index, word in words:
+        if word in _LOADER_VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("--"):
+            return argv[index:]
+    return argv
+
+
 def _looks_like_pytest(argv: list[str], pid: int | str | None = None) -> bool:
     # Anywhere in the command line, not at a fixed place: interpreter options come first
     # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
@@ -1777,6 +1820,7 @@ def _looks_like_pytest(argv: list[str], pid: int | str | None = None) -> bool:
     # Python's `-m`/`-c`. A word that only names pytest (`make pytest`, `git commit -m
     # pytest`, `conda run -n pytest`, `screen -S pytest`) runs none, and the app processes
     # started under such a command were refused other profiles, told that pytest ran.
+    argv = _program_words(argv, pid)
     if not argv:
         return False
     said, python = _words_run_pytest(tuple(argv))
@@ -1830,11 +1874,12 @@ _UNITTEST_HERE: Final = (
 )
 
 
-def _looks_like_unittest(argv: list[str]) -> bool:
+def _looks_like_unittest(argv: list[str], pid: int | str | None = None) -> bool:
     # unittest's own runner has no plugins: a TestCase run by `python -m unittest` in a shell
     # that exported production loaded it, and its maintenance command purged it. Python's
     # `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents), and
     # another runner's script as the program or run by Python (its `#!` line shows it so).
+    argv = _program_words(argv, pid)
     if not argv:
         return False
     if _UNITTEST_SCRIPT.fullmatch(Path(argv[0]).name):
@@ -1858,7 +1903,7 @@ def _looks_like_unittest(argv: list[str]) -> bool:
 def _runs_unittest() -> bool:
     """Whether unittest runs a test in this process: its command line is unittest's, or a
     TestCase's run is on this thread's stack (``unittest.main()`` in a script)."""
-    if _looks_like_unittest(_cmdline("self")):
+    if _looks_like_unittest(_cmdline("self"), "self"):
         return True
     frame = sys._getframe(1)
     while frame is not None:
