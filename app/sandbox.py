@@ -1779,28 +1779,46 @@ _LOADER_VALUE_OPTIONS: Final = frozenset(
 
 
 def _program_words(argv: list[str], pid: int | str | None = None) -> list[str]:
-    """`argv` from the program that runs: past the dynamic loader and its options where
-    process `pid` runs it (``/lib64/ld-linux-x86-64.so.2 python -m unittest``).
+    """`argv` from the program that runs, as process `pid` runs it: past the dynamic loader
+    and its options (``/lib64/ld-linux-x86-64.so.2 python -m unittest``), and with Python's
+    own path for a first word that a test renamed (``exec -a runner python -m unittest``).
 
-    The kernel shows such a process's command line as the loader's, and its program
-    (``/proc/<pid>/exe``) as the loader too: Python run that way was no Python to the
-    walk, and a child of ``ld.so python -m unittest`` given production's settings alone
-    purged a stopped production root (red team 56 on the children of tests). The loader
-    is known by its name in the command line, or, run through a link or a copy of another
-    name (``/tmp/run python -m unittest``), by its program's, read where a word after the
-    first names a Python (`_PYTHON`): a shell or an init, read at every walk, costs no
-    more."""
-    if not argv:
+    The kernel shows a process run by the loader with the loader's command line, and its
+    program (``/proc/<pid>/exe``) as the loader too; ``exec -a`` writes any first word over
+    Python's. Either way Python was no Python to the walk, and a child of such a unittest
+    run given production's settings alone purged a stopped production root (red team 56 on
+    the children of tests). The loader is known by its name in the command line, or by its
+    program (run through a link of another name, ``/tmp/run python -m unittest``); the
+    program is read only where the first word is neither Python's nor the loader's and a
+    later one names a Python or is Python's ``-m``/``-c`` (a shell's ``sh -c`` is read, a
+    shell or an init without them costs no more)."""
+    if not argv or _PYTHON.fullmatch(Path(argv[0]).name) is not None:
         return argv
     if _LOADER.fullmatch(Path(argv[0]).name) is None:
-        if pid is None or not any(_PYTHON.fullmatch(Path(word).name) for word in argv[1:]):
+        program = _program_of(argv, pid)
+        if program is not None and _PYTHON.fullmatch(program.name) is not None:
+            return [str(program), *argv[1:]]  # renamed (`exec -a`)
+        if program is None or _LOADER.fullmatch(program.name) is None:
             return argv
-        try:
-            program = (_PROC / str(pid) / "exe").readlink().name.removesuffix(" (deleted)")
-        except OSError:
-            return argv
-        if _LOADER.fullmatch(program) is None:
-            return argv
+    return _past_loader(argv)
+
+
+def _program_of(argv: list[str], pid: int | str | None) -> Path | None:
+    """Process `pid`'s program (`_program_words`), where its command line (`argv`) may hide
+    a Python: a later word names one, or is Python's ``-m``/``-c``; else None."""
+    if pid is None or not any(
+        _PYTHON.fullmatch(Path(word).name) or _MODULE_OR_CODE.fullmatch(word) for word in argv[1:]
+    ):
+        return None
+    try:
+        program = (_PROC / str(pid) / "exe").readlink()
+    except OSError:
+        return None
+    return program.with_name(program.name.removesuffix(" (deleted)"))
+
+
+def _past_loader(argv: list[str]) -> list[str]:
+    """The loader's command line (`argv`) from the program it runs, past its options."""
     words = iter(enumerate(argv[1:], 1))
     for index, word in words:
         if word in _LOADER_VALUE_OPTIONS:

@@ -1,21 +1,25 @@
-"""Red team 56 on the children of tests, second round (branch rt-children2): a test runner
-started through the dynamic loader.
+"""Red team 56 on the children of tests, second round (branch rt-children2): a unittest run
+whose program the walk up the process tree did not know for Python.
 
 What broke (next to a stopped production root of the test's own settings, a test's child
-given production's settings alone): a TestCase run by ``/lib64/ld-linux-x86-64.so.2
-python -m unittest`` (Python run by its loader, as a tool that picks a glibc or a library
-path does), whose child ran ``python -m app data purge --profile production
---yes-i-mean-it``. The kernel shows such a process's command line as the loader's, and its
-program (``/proc/<pid>/exe``) as the loader (run through a link of another name, its
-command line shows the link): the walk up the process tree took it for no
-Python, so not for unittest, found no run above the child, and the purge moved every
-production session to the trash. ``python -m unittest`` itself was refused.
+given production's settings alone ran ``python -m app data purge --profile production
+--yes-i-mean-it``):
 
-What changed: the command line of a process that runs the dynamic loader (by its name, or
-by its program where a later word names a Python) is read from the program the loader runs,
-past the loader's own options (``_program_words``), wherever the walk asks whether a process
-runs pytest or unittest; and a process whose program is the loader is
-looked at for a run's registry descriptor as a Python's is.
+- a TestCase run by ``/lib64/ld-linux-x86-64.so.2 python -m unittest`` (Python run by its
+  loader, as a tool that picks a glibc or a library path does), or through a link to the
+  loader under another name: the kernel shows such a process's command line as the
+  loader's (or the link's), and its program (``/proc/<pid>/exe``) as the loader. The walk
+  took it for no Python, so not for unittest, found no run above the child, and the purge
+  moved every production session to the trash (``python -m unittest`` was refused);
+- the same with ``bash -c 'exec -a <the environment's bin>/runner python -m unittest'``:
+  Python's first word renamed, it was no Python to the walk.
+
+What changed: a command line is read from the program that runs (``_program_words``)
+wherever the walk asks whether a process runs pytest or unittest: past the loader and its
+own options where it starts with the loader (by its name, or by its program where a later
+word names a Python or is Python's ``-m``/``-c``), and with Python's path for a renamed
+first word; a process whose program is the loader is looked at for a run's registry
+descriptor as a Python's is.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ ENV = {
 class Purge(unittest.TestCase):
     def test_purge(self):
         done = subprocess.run(
-            [sys.executable, "-m", "app", "data", "purge", "--profile", "production",
+            [os.environ["RT56_PYTHON"], "-m", "app", "data", "purge", "--profile", "production",
              "--yes-i-mean-it"],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
         )
@@ -66,34 +70,42 @@ LOADERS = sorted(
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None or not LOADERS,
+    os.geteuid() != 0 or shutil.which("unshare") is None or not LOADERS or not shutil.which("bash"),
     reason="the unittest run is kept out of this run's tree in a PID namespace of its own "
-    "(unshare --pid needs root here), and run through glibc's loader (ld-linux*.so.*)",
+    "(unshare --pid needs root here), run through glibc's loader (ld-linux*.so.*) and "
+    "renamed by bash's `exec -a`",
 )
-def test_a_child_of_unittest_run_through_the_dynamic_loader_is_refused(tmp_path: Path) -> None:
+def test_a_child_of_unittest_run_by_the_loader_or_renamed_is_refused(tmp_path: Path) -> None:
     settings, production, token, sessions = stopped_production(tmp_path)
     project = inner_project(tmp_path, "test_purge.py", INNER)
-    out = tmp_path / "out"
-    env = _inner_env(RT56_SETTINGS=str(settings), RT56_TOKEN=token, RT56_OUT=str(out))
-    # In a PID namespace with its own /proc, so that this run is not above the unittest run
-    # (a child there finds no run of ours); the loader runs Python with its options first.
-    # Through a link of another name: the loader is then known by its program (`exe`).
+    env = _inner_env(RT56_SETTINGS=str(settings), RT56_TOKEN=token, RT56_PYTHON=sys.executable)
+    # In a PID namespace with its own /proc, so that this run is not above the unittest runs
+    # (a child there finds no run of ours). The loader runs Python with an option of its own
+    # first, through a link of another name (known then by its program, `exe`); `exec -a`
+    # renames Python, in its environment's bin (elsewhere it loses that environment).
     loader = tmp_path / "run"
     loader.symlink_to(LOADERS[0])
+    renamed = Path(sys.executable).with_name("runner")
+    script = (
+        'RT56_OUT="$0/loader" "$1" --inhibit-cache "$2" -m unittest test_purge '
+        '&& RT56_OUT="$0/renamed" exec -a "$3" "$2" -m unittest test_purge'
+    )
     run_inner(
         [
-            *("unshare", "--pid", "--fork", "--mount-proc"),
-            *(str(loader), "--inhibit-cache", sys.executable, "-m", "unittest", "test_purge"),
+            *("unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script),
+            *(str(tmp_path), str(loader), sys.executable, str(renamed)),
         ],
         env,
         project,
     )
-    code, _, said = out.read_text().partition("\n")
-    assert_untouched(production, sessions, said)
-    assert code == "78", said
-    assert "refused under unittest: loading profile 'production' while unittest runs " in said
-    assert f"an ancestor process runs tests with unittest (pid 1: {loader} " in said, said
-    assert "Run the tests with pytest instead" in said, said
+    for name, shown in (("loader", f"{loader} --inhibit-cache "), ("renamed", f"{renamed} ")):
+        code, _, said = (tmp_path / name).read_text().partition("\n")
+        assert_untouched(production, sessions, said)
+        assert code == "78", said
+        assert "refused under unittest: loading profile 'production' while unittest " in said
+        assert "an ancestor process runs tests with unittest (pid " in said, said
+        assert f": {shown}{sys.executable if name == 'loader' else ''}" in said, said
+        assert "Run the tests with pytest instead" in said, said
 
 
 @pytest.mark.parametrize(
