@@ -997,8 +997,8 @@ def _entry_held_open(pid: int, uid: int, name: str) -> Path | None:
     # packages during a long run) is shown with this suffix: its process was passed over,
     # and with the registry removed meanwhile, a child purged a stopped root (red team 48).
     program = program.removesuffix(" (deleted)")
-    if not _PYTHON.fullmatch(program):
-        return None
+    if not _PYTHON.fullmatch(program) and not _LOADER.fullmatch(program):
+        return None  # a Python run through the loader shows the loader (`_program_words`)
     try:
         with os.scandir(f"{_PROC}/{pid}/fd") as descriptors:
             for descriptor in descriptors:
@@ -1177,7 +1177,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
                 "app's plugin"
             )
             bare_argv = argv
-        elif depth and bare is None and _looks_like_unittest(argv):
+        elif depth and bare is None and _looks_like_unittest(argv, pid):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     led = _led_by_a_run(walked, seen)
@@ -1767,6 +1767,67 @@ def _script_runs_pytest(argv: list[str], pid: int | str) -> bool:
     return _PYTEST_CODE.search(text) is not None
 
 
+#: The dynamic loader's name (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`, `ld64.so.2`,
+#: `ld.so.1`, `ld-musl-x86_64.so.1`): run as a program, it loads and runs the program its
+#: first word that is no option of its own names, in its own process.
+_LOADER: Final = LazyPattern(r"ld[\w-]*\.so(?:\.\d+)*", starts=("ld",))
+#: The loader's options that take their value as the next word (glibc's and musl's).
+_LOADER_VALUE_OPTIONS: Final = frozenset(
+    {"--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0",
+     "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask"}
+)  # fmt: skip
+
+
+def _program_words(argv: list[str], pid: int | str | None = None) -> list[str]:
+    """`argv` from the program that runs, as process `pid` runs it: past the dynamic loader
+    and its options (``/lib64/ld-linux-x86-64.so.2 python -m unittest``), and with Python's
+    own path for a first word that a test renamed (``exec -a runner python -m unittest``).
+
+    The kernel shows a process run by the loader with the loader's command line, and its
+    program (``/proc/<pid>/exe``) as the loader too; ``exec -a`` writes any first word over
+    Python's. Either way Python was no Python to the walk, and a child of such a unittest
+    run given production's settings alone purged a stopped production root (red team 56 on
+    the children of tests). The loader is known by its name in the command line, or by its
+    program (run through a link of another name, ``/tmp/run python -m unittest``); the
+    program is read only where the first word is neither Python's nor the loader's and a
+    later one names a Python or is Python's ``-m``/``-c`` (a shell's ``sh -c`` is read, a
+    shell or an init without them costs no more)."""
+    if not argv or _PYTHON.fullmatch(Path(argv[0]).name) is not None:
+        return argv
+    if _LOADER.fullmatch(Path(argv[0]).name) is None:
+        program = _program_of(argv, pid)
+        if program is not None and _PYTHON.fullmatch(program.name) is not None:
+            return [str(program), *argv[1:]]  # renamed (`exec -a`)
+        if program is None or _LOADER.fullmatch(program.name) is None:
+            return argv
+    return _past_loader(argv)
+
+
+def _program_of(argv: list[str], pid: int | str | None) -> Path | None:
+    """Process `pid`'s program (`_program_words`), where its command line (`argv`) may hide
+    a Python: a later word names one, or is Python's ``-m``/``-c``; else None."""
+    if pid is None or not any(
+        _PYTHON.fullmatch(Path(word).name) or _MODULE_OR_CODE.fullmatch(word) for word in argv[1:]
+    ):
+        return None
+    try:
+        program = (_PROC / str(pid) / "exe").readlink()
+    except OSError:
+        return None
+    return program.with_name(program.name.removesuffix(" (deleted)"))
+
+
+def _past_loader(argv: list[str]) -> list[str]:
+    """The loader's command line (`argv`) from the program it runs, past its options."""
+    words = iter(enumerate(argv[1:], 1))
+    for index, word in words:
+        if word in _LOADER_VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("--"):
+            return argv[index:]
+    return argv
+
+
 def _looks_like_pytest(argv: list[str], pid: int | str | None = None) -> bool:
     # Anywhere in the command line, not at a fixed place: interpreter options come first
     # (`python -X dev -W default -m pytest`), and so do runners that run pytest in their own
@@ -1777,6 +1838,7 @@ def _looks_like_pytest(argv: list[str], pid: int | str | None = None) -> bool:
     # Python's `-m`/`-c`. A word that only names pytest (`make pytest`, `git commit -m
     # pytest`, `conda run -n pytest`, `screen -S pytest`) runs none, and the app processes
     # started under such a command were refused other profiles, told that pytest ran.
+    argv = _program_words(argv, pid)
     if not argv:
         return False
     said, python = _words_run_pytest(tuple(argv))
@@ -1830,11 +1892,12 @@ _UNITTEST_HERE: Final = (
 )
 
 
-def _looks_like_unittest(argv: list[str]) -> bool:
+def _looks_like_unittest(argv: list[str], pid: int | str | None = None) -> bool:
     # unittest's own runner has no plugins: a TestCase run by `python -m unittest` in a shell
     # that exported production loaded it, and its maintenance command purged it. Python's
     # `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents), and
     # another runner's script as the program or run by Python (its `#!` line shows it so).
+    argv = _program_words(argv, pid)
     if not argv:
         return False
     if _UNITTEST_SCRIPT.fullmatch(Path(argv[0]).name):
@@ -1858,7 +1921,7 @@ def _looks_like_unittest(argv: list[str]) -> bool:
 def _runs_unittest() -> bool:
     """Whether unittest runs a test in this process: its command line is unittest's, or a
     TestCase's run is on this thread's stack (``unittest.main()`` in a script)."""
-    if _looks_like_unittest(_cmdline("self")):
+    if _looks_like_unittest(_cmdline("self"), "self"):
         return True
     frame = sys._getframe(1)
     while frame is not None:

@@ -35,23 +35,13 @@ is gone from its child's ``stat`` before its own entry goes), naming ``strace -P
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from project_copy import copy_project_settings
+from project_copy import assert_untouched, inner_project, run_inner, stopped_production
 from test_redteam_s24_guard import _inner_env
-from test_server_e2e import app_env
-
-CREATE = (
-    "from app.config import load\n"
-    "from app.storage import open_storage\n"
-    "with open_storage(load(serving=False), writer=True) as store:\n"
-    "    store.create_session('a review', {})\n"
-)
 
 #: The inner run's one test: three children at once, each given production's settings alone,
 #: each faking its walk another way in a mount namespace of its own; their exit codes and
@@ -111,19 +101,8 @@ def test_children_that_fake_their_walk():
     "the fault is injected with strace",
 )
 def test_a_child_that_mounts_over_an_entry_of_proc_is_refused(tmp_path: Path) -> None:
-    settings = copy_project_settings(tmp_path / "settings")
-    production = settings / "data" / "production"
-    token = secrets.token_urlsafe(32)
-    subprocess.run(
-        [sys.executable, "-c", CREATE],
-        env=app_env(production, profile="production", APP_API_TOKEN=token),
-        check=True,
-    )
-    sessions = sorted(p.name for p in (production / "sessions").iterdir())
-    assert sessions
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_children.py").write_text(INNER)
+    settings, production, token, sessions = stopped_production(tmp_path)
+    project = inner_project(tmp_path, "test_children.py", INNER)
     out = tmp_path / "out"
     out.mkdir()
     env = _inner_env(
@@ -132,21 +111,16 @@ def test_a_child_that_mounts_over_an_entry_of_proc_is_refused(tmp_path: Path) ->
         RT55_TOKEN=token,
         RT55_OUT=str(out),
     )
-    done = subprocess.run(
+    stdout = run_inner(
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider"),
             *(f"--basetemp={tmp_path / 'inner'}", "test_children.py"),
         ],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=False,
+        env,
+        project,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "app: profile=testing (forced)" in done.stdout, done.stdout
-    assert sorted(p.name for p in (production / "sessions").iterdir()) == sessions
-    assert not (production / ".trash").exists() or not any((production / ".trash").iterdir())
+    assert "app: profile=testing (forced)" in stdout, stdout
+    assert_untouched(production, sessions)
     names = ("own-entry", "parent-entry", "fake-stat", "injected", "injected-self")
     said = {name: (out / name).read_text() for name in names}
     for name, text in said.items():
