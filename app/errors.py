@@ -2064,6 +2064,25 @@ class HeaderTooLargeError(StoreError):
     limit: int
 
 
+class BodyLineTooLargeError(HeaderTooLargeError):
+    """A chunked body's trailer fields, or one chunk's size line, larger than the server reads.
+
+    Refused after the request's head, while its body streamed: the answer of a head too
+    large ("Send shorter headers") misnamed it to a client whose head was short (red team 56,
+    third round)."""
+
+    code = "body_line_too_large"
+    template = (
+        "{request} refused: the trailer fields or a chunk's size line (with its extensions) "
+        "of its chunked body are larger than {limit} bytes; nothing of it was kept and the "
+        "connection is closed. Send the body again with shorter trailer fields and chunk "
+        "extensions (or the fields in the head); the server's max_header_bytes setting "
+        "(APP_MAX_HEADER_BYTES) sets the bound"
+    )
+
+    request: str
+
+
 class TooManyFilesError(StoreError):
     """A new file name for a session that holds as many files as one session may."""
 

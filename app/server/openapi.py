@@ -64,7 +64,10 @@ _ERRORS: Final = {
         "The request's head or body stopped arriving for `request_idle_seconds`, or took "
         "longer than `request_seconds` (`request_timeout`); the connection is closed."
     ),
-    431: "The request line and headers exceed `max_header_bytes` (`header_too_large`).",
+    431: (
+        "The request line and headers exceed `max_header_bytes` (`header_too_large`), or a "
+        "chunked body's trailer fields or chunk size line do (`body_line_too_large`)."
+    ),
     507: "The data root's filesystem is full (`storage_full`); nothing was changed.",
 }
 # What any write may answer besides its own errors: the storage said no.

@@ -64,7 +64,13 @@ import types
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
-from app.errors import AppError, BadRequestError, HeaderTooLargeError, RequestTimeoutError
+from app.errors import (
+    AppError,
+    BadRequestError,
+    BodyLineTooLargeError,
+    HeaderTooLargeError,
+    RequestTimeoutError,
+)
 from app.server.problems import PROBLEM_MEDIA_TYPE, problem_of, title
 
 if TYPE_CHECKING:
@@ -738,10 +744,36 @@ def bounded_h11(
             # h11 refuses a head over its bound as a protocol error; uvicorn answers every one
             # with the same plain-text 400. Say which, in the problem shape of every error.
             received = len(self.conn.trailing_data[0])
+            cycle = self.cycle
+            if cycle is not None and (not cycle.response_complete or self._refused is cycle):
+                # After its head, in a chunked body (its trailer, a chunk's size line, the
+                # framing): the answers for a head misnamed it (red team 56, third round).
+                self.transport.write(self._body_refused(cycle, received))
+                self.transport.close()
+                return
             if received > max_header_bytes:
                 log.warning("refused a request head over %d bytes (max_header_bytes)", received)
             self.transport.write(too_large if received > max_header_bytes else malformed)
             self.transport.close()
+
+        def _body_refused(self, cycle: RequestResponseCycle, received: int) -> bytes:
+            """The answer to a request whose chunked body h11 refused after its head."""
+            request = f"{cycle.scope['method']} {cycle.scope['path']}"
+            error: AppError
+            if received > max_header_bytes:
+                log.warning(
+                    "refused %s: a line of its chunked body over %d bytes", request, received
+                )
+                error = BodyLineTooLargeError(max_header_bytes, request)
+            else:
+                error = BadRequestError(
+                    f"{request} refused: its chunked body is malformed (chunk framing, a size "
+                    "that is not hexadecimal, a trailer field's syntax, RFC 9112 7.1); nothing "
+                    "of it was kept and the connection is closed. Check the client"
+                )
+            if cycle.response_started:
+                return b""  # answered already (a refusal whose rest was being read past)
+            return _raw_problem(error)
 
         def _between_requests(self) -> bool:
             return self.cycle is None or self.cycle.response_complete

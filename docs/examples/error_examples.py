@@ -243,6 +243,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.DigestUnsupportedError("Repr-Digest", "md5", "sha-256"),
     errors.RequestTimeoutError("the client sent no byte of its body", 30, "request_idle_seconds"),
     errors.HeaderTooLargeError(32768),
+    errors.BodyLineTooLargeError(32768, "PUT /sessions/3f2a9c/files/report.pdf"),
     errors.TooManyUploadsError(32, 5),
     errors.ThreadLimitError("POST /sessions", "can't start new thread"),
     errors.TooManyFilesError("3f2a9c", 10000),
