@@ -30,16 +30,19 @@ from test_redteam_s39_guard import NOBODY, nobody_in_a_pid_namespace
 #: In a PID namespace of its own (its children outside this suite's run, as a service is),
 #: /proc hiding other users' processes, the settings mounted where user 65534 can read them.
 AS_A_CONFINED_SERVICE = """
-mount -o remount,hidepid=noaccess /proc || exit 9
+mount -o remount,hidepid="$3" /proc || exit 9
 mount --bind "$1" "$2" || exit 9
-shift 2
+shift 3
 "$@"  # a child of this shell (root's, as a service's parent is), not pid 1 itself
 """
 
 
+@pytest.mark.parametrize("hidepid", ["noaccess", "invisible"])
 def test_a_service_under_hidepid_noaccess_is_not_refused_as_if_under_pytest(
-    tmp_path: Path,
+    tmp_path: Path, hidepid: str
 ) -> None:
+    # `invisible` (ProtectProc=invisible): the parent is not shown at all, which red team 55's
+    # own mend let through; tried by hand then, held here since.
     python, path = nobody_in_a_pid_namespace()
     work = tmp_path / "work"
     copy_project_settings(work)
@@ -53,7 +56,7 @@ def test_a_service_under_hidepid_noaccess_is_not_refused_as_if_under_pytest(
     try:
         done = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-             "--mount-proc", "sh", "-c", AS_A_CONFINED_SERVICE, "sh", str(work), str(seen),
+             "--mount-proc", "sh", "-c", AS_A_CONFINED_SERVICE, "sh", str(work), str(seen), hidepid,
              *NOBODY, "env", "-i", *(f"{k}={v}" for k, v in env.items()),
              python, "-m", "app", "config"],
             capture_output=True, text=True, check=False, cwd="/",
