@@ -58,6 +58,7 @@ from app.errors import (
     folded,
     not_utf8_byte,
     noting_odd,
+    shell_word,
 )
 
 if TYPE_CHECKING:
@@ -1263,6 +1264,12 @@ _URL_SCHEME = sandboxing.LazyPattern(r"^[A-Za-z][A-Za-z0-9+.-]*:(?=/)", needs=("
 _URL_ESCAPE = sandboxing.LazyPattern(r"%[0-9A-Fa-f]{2}", needs=("%",))
 
 
+def _beside(value: str, directory: Path) -> str:
+    """The directory a path setting's `value` would be taken for, as a refusal names it:
+    worked out only for a refusal (it resolves links, on every load of every profile)."""
+    return f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
+
+
 def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
     """Why a path setting's `value` is written as a URL (or with a URL's escapes), or None.
 
@@ -1277,8 +1284,8 @@ def _spelled_as_url(key: Key, value: Any, directory: Path) -> str | None:
 
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
     if (scheme := _URL_SCHEME.search(value)) is not None:
+        where = _beside(value, directory)
         if scheme.group().lower() != "file:":
             spelled = (
                 f"is written as a URL ({scheme.group()}//...)"
@@ -1312,7 +1319,6 @@ def _escaped(key: Key, value: Any, directory: Path) -> str | None:
 
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    where = f"{_shortened(str(_absolute_root(value, directory)))}, beside the one meant"
     if "\\" in value:
         slashed = value.replace("\\", "/")
         slash = "\\".__contains__
@@ -1320,7 +1326,8 @@ def _escaped(key: Key, value: Any, directory: Path) -> str | None:
             return None
         return (
             "holds '\\', the separator of Windows' paths, which is a character of a name "
-            f"here: this root would be {where}; write '/' instead: {slashed!r}"
+            f"here: this root would be {_beside(value, directory)}; write '/' instead: "
+            f"{slashed!r}"
             f"{_MEANT_AS_WRITTEN.format(what=chr(92))}"
         )
     if (escape := _URL_ESCAPE.search(value)) is not None:
@@ -1329,7 +1336,8 @@ def _escaped(key: Key, value: Any, directory: Path) -> str | None:
         return (
             f"holds {escape.group()!r}, a URL's escape of {unquote(escape.group())!r}, which "
             f"the app does not decode: it takes a path as written, so this root would be "
-            f"{where}; write the path with the character itself: {unquote(value)!r}"
+            f"{_beside(value, directory)}; write the path with the character itself: "
+            f"{unquote(value)!r}"
             f"{_MEANT_AS_WRITTEN.format(what=escape.group())}"
         )
     return None
@@ -1717,7 +1725,7 @@ def _roots_writable_by_others(resolved: Mapping[str, Resolved]) -> tuple[str, ..
                 f"(mode {stat.S_IMODE(mode):04o}): any local user, and a test suite run by one, "
                 "can delete or move what is in it without the app (`rm -rf`, a script), where "
                 "no check of the app's can see it, and the permission is the barrier; "
-                f"`chmod o-w {_shell_word(str(root))}` (the app makes its roots 0700)"
+                f"`chmod o-w {shell_word(root)}` (the app makes its roots 0700)"
             )
             continue
         for parent in root.parents:
@@ -1730,16 +1738,10 @@ def _roots_writable_by_others(resolved: Mapping[str, Resolved]) -> tuple[str, ..
                     f"data_root of profile {name!r} ({root}) lies under {parent}, which others "
                     f"may write (mode {stat.S_IMODE(found):04o}, no sticky bit): any local user "
                     "can move the whole root aside (`mv`) and put another directory in its "
-                    f"place; `chmod go-w {_shell_word(str(parent))}`"
+                    f"place; `chmod go-w {shell_word(parent)}`"
                 )
                 break
     return tuple(out)
-
-
-def _shell_word(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def _readable_secrets(resolved: Mapping[str, Resolved], paths: Iterable[Path]) -> tuple[str, ...]:
