@@ -64,6 +64,7 @@ from app.errors import (
     SpecialFileFound,
     json_loads,
     shell_word,
+    user_words,
 )
 from app.lock import (
     LOCK_FILE,
@@ -1806,8 +1807,7 @@ def login(uid: int) -> str:
 
 def user_name(uid: int) -> str:
     """``user 'name' (uid N)``, or ``uid N`` for an id the password database does not know."""
-    name = login(uid)
-    return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
+    return user_words(login(uid), uid)
 
 
 def refusal_words(error: OSError, root: Path) -> str:

@@ -274,6 +274,12 @@ class SettingsNameError(ConfigError):
         )
 
 
+def user_words(name: str, uid: int) -> str:
+    """How a message names a user: ``user 'name' (uid N)``, or ``uid N`` for an id with no
+    name in the password database (``name`` empty; `app.dataroot.user_name` looks it up)."""
+    return f"user {name!r} (uid {uid})" if name else f"uid {uid}"
+
+
 def shell_word(value: str | os.PathLike[str]) -> str:
     """``value`` as one word of a POSIX shell command a message tells a human to run.
 
@@ -836,7 +842,7 @@ class DataRootOwnerError(AppError):
             if self.owner_name
             else (f"uid {self.owner} (no user of that id here)")
         )
-        user = f"user {self.user_name!r} (uid {self.uid})" if self.user_name else f"uid {self.uid}"
+        user = user_words(self.user_name, self.uid)
         if self.unmapped:
             # `unshare -r`, a rootless container: "sudo -u nobody" was named, which can never
             # write a root whose real owner the namespace's map leaves out (red team 56).
