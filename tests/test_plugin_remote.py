@@ -233,7 +233,7 @@ from app.config import load
 def _record(server):
     out = os.path.join(os.environ["PROBE_OUT"], f"live-{server.pid}.json")
     with open(out, "w") as f:
-        json.dump({"pid": server.pid, "url": server.url,
+        json.dump({"pid": server.pid, "url": server.url, "location": server.location,
                    "worker": os.environ.get("PYTEST_XDIST_WORKER")}, f)
 
 def test_a_session_created_over_http_reads_back(app_live_server):
@@ -426,7 +426,12 @@ def test_live_servers_of_two_xdist_workers_do_not_collide(
     remote, before, result = _taken(runs, "xdist")
     result.assert_outcomes(passed=8)
     live = [json.loads(path.read_text()) for path in remote.probes.glob("live-*.json")]
-    assert len({server["url"] for server in live}) == 4, live
+    # Four servers, each its own process; a worker's two run one after the other, so the
+    # kernel may hand a freed port out again (a URL is no identity). What must not be shared
+    # is the scratch store: each worker's servers serve that worker's own.
+    assert len({server["pid"] for server in live}) == 4, live
     assert {server["worker"] for server in live} == {"gw0", "gw1"}, live
+    where = {w: {s["location"] for s in live if s["worker"] == w} for w in ("gw0", "gw1")}
+    assert len(where["gw0"]) == len(where["gw1"]) == 1 and where["gw0"] != where["gw1"], live
     assert remote.scratch_databases() == []
     assert remote.production_state() == before
