@@ -15,12 +15,13 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from app.dataroot import fsync
+from app.store.records import record_time
 
 if TYPE_CHECKING:
     from app.store.records import FileRecord
@@ -198,6 +199,9 @@ class RecordCache:
         self._read_at: dict[str, float] = {}  # when each copy was read (monotonic)
         self._linked: set[str] = set()  # copies with a record linked elsewhere
         self._generations: dict[str, int] = {}
+        # The newest change among each copy's records (`newest`): kept as writes change the
+        # copy, so a change need not read the whole session again to be dated after it.
+        self._newest: dict[str, datetime | None] = {}
         self._epoch = 0
         self._held = 0
 
@@ -226,6 +230,34 @@ class RecordCache:
                 return None, token
             self._sessions.move_to_end(session_id)
             return list(records.values()), token
+
+    def newest(
+        self,
+        session_id: str,
+        identity: object,
+        max_age: float,
+        fold: Callable[[Iterable[FileRecord]], datetime | None],
+    ) -> tuple[bool, datetime | None]:
+        """``(True, fold(records))`` for the copy kept of ``session_id``'s records, if
+        :meth:`get` would give it; ``(False, None)`` if it must be read again.
+
+        ``fold`` (`app.store.files.change_floor`) runs over the whole copy once; each write
+        through :meth:`changed` then keeps the result, which is a maximum: a record added
+        later than it becomes it, and only the removal of the record it came from makes the
+        whole copy be folded again. At 9,000 files, folding a session on every upload and
+        delete took a third of the change's time.
+        """
+        with self._lock:
+            records = self._sessions.get(session_id)
+            if (
+                records is None
+                or self._identities.get(session_id) != identity
+                or self._due(session_id, max_age)
+            ):
+                return False, None
+            if session_id not in self._newest:
+                self._newest[session_id] = fold(records.values())
+            return True, self._newest[session_id]
 
     def due(self, session_id: str, max_age: float) -> bool:
         """Whether ``session_id``'s records must be read again: none kept, kept more than
@@ -285,6 +317,7 @@ class RecordCache:
             while self._held > self.limit:
                 evicted_id, evicted = self._sessions.popitem(last=False)
                 self._identities.pop(evicted_id, None)
+                self._newest.pop(evicted_id, None)
                 self._read_at.pop(evicted_id, None)
                 self._linked.discard(evicted_id)
                 self._held -= len(evicted)
@@ -310,17 +343,29 @@ class RecordCache:
                 self._forget(session_id)
                 return
             self._identities[session_id] = identity
+            if session_id in self._newest:
+                self._keep_newest(session_id, records.get(name), record)
             if record is None:
                 self._held -= records.pop(name, None) is not None
             else:
                 self._held += name not in records
                 records[name] = record
 
+    def _keep_newest(self, session_id: str, old: FileRecord | None, new: FileRecord | None) -> None:
+        """The fold kept for ``session_id`` once ``old`` gives way to ``new`` (`newest`)."""
+        newest = self._newest[session_id]
+        added = record_time(new)
+        if added is not None and (newest is None or added >= newest):
+            self._newest[session_id] = added
+        elif newest is not None and (gone := record_time(old)) is not None and gone >= newest:
+            del self._newest[session_id]  # the newest may have gone with it: fold again
+
     def clear(self) -> None:
         with self._lock:
             self._epoch += 1
             self._sessions.clear()
             self._identities.clear()
+            self._newest.clear()
             self._read_at.clear()
             self._linked.clear()
             self._held = 0
@@ -328,6 +373,7 @@ class RecordCache:
     def _forget(self, session_id: str) -> None:
         records = self._sessions.pop(session_id, None)
         self._identities.pop(session_id, None)
+        self._newest.pop(session_id, None)
         self._read_at.pop(session_id, None)
         self._linked.discard(session_id)
         if records is not None:

@@ -58,6 +58,7 @@ __all__ = [
     "public",
     "read_meta",
     "record_blob",
+    "record_time",
     "record_to_change",
     "refuse_linked_dirs",
     "scan_records",
@@ -82,6 +83,19 @@ LATEST_FLOOR: Final = datetime(9999, 1, 1, tzinfo=UTC)
 """A change is dated after no time this late: one is damage (a record or an entry's name
 edited by hand), and "just after" the last microsecond Python holds was an `OverflowError`,
 a 500 on every replace and delete in the session."""
+
+
+def record_time(record: Mapping[str, Any] | None) -> datetime | None:
+    """A record's ``uploaded_at`` as a time a change can be dated after, ``None`` where it
+    is none (missing, not a time, without a zone, or at or past `LATEST_FLOOR`)."""
+    text = record.get("uploaded_at") if record is not None else None
+    try:
+        moment = datetime.fromisoformat(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if moment.tzinfo is None or moment >= LATEST_FLOOR else moment
+
+
 MISSING_ERRNOS: Final = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
 _MAX_RECORD_BYTES: Final = 64 * 1024
 _META_CACHE_BYTES: Final = 64 * 1024 * 1024

@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
@@ -398,6 +398,24 @@ class Sessions:
     def records_of(self, directory: Path, session_id: str) -> list[FileRecord]:
         """The records of the session in ``directory`` (under its lock: its files now)."""
         return self._records(os.fspath(directory), session_id)
+
+    def newest_change(
+        self,
+        directory: Path,
+        session_id: str,
+        fold: Callable[[Iterable[FileRecord]], datetime | None],
+    ) -> datetime | None:
+        """``fold`` (`app.store.files.change_floor`) of the records of the session in
+        ``directory`` (under its lock), kept by the record cache as writes change them
+        (`RecordCache.newest`) rather than worked out again over every file."""
+        if self.root.writable:
+            identity = records_identity(f"{directory}/{RECORDS_DIR}")
+            found, newest = self.state.records.newest(
+                session_id, identity, self.records_max_age, fold
+            )
+            if found:
+                return newest
+        return fold(self._records(os.fspath(directory), session_id))
 
     def _records(
         self, directory: str, session_id: str, max_age: float | None = None

@@ -1,0 +1,102 @@
+"""A change of a session is dated after its newest change, kept as the session changes.
+
+Each upload, replace and delete is dated no earlier than just after the newest
+``uploaded_at`` among the session's records (`app.store.files.change_floor`, red team 56's
+second round), so that a clock stepped back cannot list a change before the one it follows.
+That read every record of the session on every change: at 9,000 files, a third of an
+upload's time (bench/session_size.py). The record cache now keeps the newest time as writes
+change the session (`RecordCache.newest`), folding the whole session again only when the
+record it came from goes; these tests hold that what it keeps is always the fold of what
+the session holds.
+
+The fold is a true maximum now: before, a record whose time sorted last but was damage (the
+year 9999, or a month 13) hid every real time in the session, and a change after a clock
+stepped back was dated before the real newest one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from app.config import Config
+from app.storage import Storage
+from app.store.concurrency import RecordCache
+from app.store.files import change_floor
+
+
+def _edit(path: Path, uploaded_at: str) -> None:
+    """Rewrite a record's ``uploaded_at`` by hand, renamed in as an editor saves it."""
+    edited = path.with_name(".edited")
+    edited.write_text(json.dumps({**json.loads(path.read_text()), "uploaded_at": uploaded_at}))
+    edited.replace(path)
+
+
+def test_a_damaged_time_does_not_hide_the_newest_real_one(
+    app_store: Storage, app_config: Config
+) -> None:
+    store = app_store
+    session_id = store.create_session("damaged")["id"]
+    store.put_file(session_id, "a.txt", b"a")
+    store.put_file(session_id, "b.txt", b"b")
+    records = app_config.data_root / "sessions" / session_id / "records"
+    # b.txt was put a day from now's clock, which has since been stepped back; a.txt's time
+    # is damage, and sorts after every real one.
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
+    _edit(records / "b.txt", ahead)
+    _edit(records / "a.txt", "9999-12-31T23:59:59.999999+00:00")
+    new = store.put_file(session_id, "c.txt", b"c")
+    assert new["uploaded_at"] > ahead, new
+    # And again once the cache keeps the fold: the next change is dated after both.
+    newer = store.put_file(session_id, "d.txt", b"d")
+    assert newer["uploaded_at"] > new["uploaded_at"]
+    store.delete_file(session_id, "c.txt")
+    entry = store.list_trash()[-1]
+    assert entry.file == "c.txt"
+    assert entry.deleted_at.isoformat(timespec="microseconds") > newer["uploaded_at"]
+
+
+def _time(rng: random.Random, base: datetime) -> str | int | None:
+    moment = base + timedelta(seconds=rng.randrange(-1000, 1000))
+    kind = rng.random()
+    if kind < 0.75:
+        return moment.isoformat(timespec="microseconds")
+    if kind < 0.8:
+        return moment.replace(tzinfo=None).isoformat()  # no zone: damage
+    if kind < 0.85:
+        return "9999-12-31T23:59:59.999999+00:00"  # past `LATEST_FLOOR`: damage
+    if kind < 0.9:
+        return "2026-13-01T00:00:00.000000+00:00"  # sorts as the app's own, never parses
+    if kind < 0.95:
+        return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "+03:00"
+    return rng.choice([None, 5])
+
+
+def test_the_kept_newest_change_is_always_the_fold_of_the_session() -> None:
+    rng = random.Random(57)
+    base = datetime(2026, 12, 5, tzinfo=UTC)
+    for _ in range(40):
+        cache = RecordCache()
+        names = [f"f{i}" for i in range(rng.randrange(1, 8))]
+        copy: dict[str, Any] = {}
+        for name in rng.sample(names, rng.randrange(len(names) + 1)):
+            copy[name] = {"name": name, "uploaded_at": _time(rng, base)}
+        token = cache.token("s")
+        cache.store("s", list(copy.values()), token, identity=1)
+        for _ in range(30):
+            found, kept = cache.newest("s", 1, float("inf"), change_floor)
+            assert found and kept == change_floor(list(copy.values())), (copy, kept)
+            name = rng.choice(names)
+            if rng.random() < 0.35:
+                copy.pop(name, None)
+                cache.changed("s", name, None, identity=1)
+            else:
+                record = {"name": name, "uploaded_at": _time(rng, base)}
+                copy[name] = record
+                cache.changed("s", name, record, identity=1)
+        # A write whose identity could not be read drops the copy: nothing is kept.
+        cache.changed("s", names[0], None, identity=None)
+        assert cache.newest("s", 1, float("inf"), change_floor) == (False, None)
