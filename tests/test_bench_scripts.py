@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 _RUN_EACH = """
@@ -65,3 +67,22 @@ def test_the_plugin_s_breakdown_finds_and_times_the_steps_it_names(tmp_path: Pat
     always = ["import", "start", "start: what pytest writes", "start: registry", "configure"]
     always += ["end: what pytest writes", "unconfigure", "whole process"]
     assert all(isinstance(steps[step], float) and steps[step] > 0 for step in always), steps
+
+
+@pytest.mark.app_profile("development")  # the profile the benchmarks run on, as they do by hand
+def test_the_session_size_benchmark_times_each_change(tmp_path: Path) -> None:
+    # bench/session_size.py times the store's own whole-session steps by name (`_floor`,
+    # `_refuse_one_file_too_many`): one renamed would stop it where no one looks.
+    argv = [str(BENCH / "session_size.py"), "--sizes", "0,3", "--calls", "2", "--rounds", "1"]
+    done = subprocess.run(
+        [sys.executable, *argv, "--json", "--work-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=BENCH.parent,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    assert [row["files"] for row in rows] == [0, 3]
+    kinds = ("upload", "replace", "delete", "whole session")
+    assert all(row[kind] > 0 for row in rows for kind in kinds), rows
