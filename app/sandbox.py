@@ -1892,10 +1892,16 @@ _UNITTEST_SCRIPT: Final = LazyPattern(
     r"nose2(?:-3)?|green3?|zope-testrunner", starts=("nose2", "green", "zope-testrunner")
 )
 _UNITTEST_CODE: Final = LazyPattern(
-    r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b"
+    # unittest's `main` (its class `TestProgram`) however Python spells it, as for pytest's
+    # (`_PYTEST_CODE`): `import unittest as ut; ut.main()` and `__import__("unittest").main()`
+    # were no unittest run to a child (red team 57 on the children of tests)
+    r"\bunittest(?:['\"]\))?\.(?:main|TestProgram)\b"
+    r"|\bfrom\s+unittest\s+import\s[^;\n]*\b(?:main|TestProgram)\b"
+    r"|\bimport\s+unittest\s+as\s+(\w+)\b.*\b\1\.(?:main|TestProgram)\b"
     # `runpy.run_module("unittest", run_name="__main__")`, or another runner's module
     r"|\brun_module\(\s*['\"](?:unittest|nose2|green|xmlrunner|twisted\.trial|testtools\.run"
     r"|subunit\.run)(?:\.__main__)?['\"]",
+    re.S,
     needs=("unittest", "run_module"),
 )
 #: Python's modules that run another module or script, named after their own options, in

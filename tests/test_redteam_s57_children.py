@@ -28,10 +28,12 @@ own process (``coverage``, ``cProfile``, ``profile``, ``pdb``, ``trace``, ``runp
 ``debugpy``, ``memray``, ``pyinstrument``, ``viztracer``, ``scalene``, and their console
 scripts) for unittest's modules and its runners' scripts (behind any other module, for a
 ``-m`` that names unittest's), and takes ``-c`` code that runs unittest's module through
-``runpy.run_module`` for unittest's too. The child is refused under unittest, naming the
-run's command line. The walk no longer guesses a pytest or a unittest run from a command
-line at or above an ancestor whose entry it may not read, so the refusal says what it could
-not read and how to let it (red team 48's words).
+``runpy.run_module``, or names its ``main`` another way (``import unittest as ut;
+ut.main()``, ``__import__("unittest").main()``, ``TestProgram``), for unittest's too. The
+child is refused under unittest, naming the run's command line. The walk no longer guesses
+a pytest or a unittest run from a command line at or above an ancestor whose entry it may
+not read, so the refusal says what it could not read and how to let it (red team 48's
+words).
 """
 
 from __future__ import annotations
@@ -184,6 +186,9 @@ def test_a_child_of_unittest_behind_an_option_or_a_runner_or_denied_its_registry
         ["-m", "trace", "--count", "--module", "unittest"],
         ["-m", "runpy", "unittest", "discover"],
         ["-c", "import runpy; runpy.run_module('unittest', run_name='__main__')"],
+        ["-c", "import sys\nimport unittest as ut\nut.main(module=None)"],
+        ["-c", "__import__('unittest').main(module=None)"],
+        ["-c", "from unittest import TestProgram; TestProgram(module=None)"],
         ["-m", "coverage", "run", "-m", "nose2"],
         ["/venv/bin/coverage-3.12", "run", "-munittest"],
         ["/venv/bin/coverage", "run", "/venv/bin/nose2"],
@@ -204,6 +209,7 @@ def test_unittest_behind_an_option_or_a_runner_is_taken_for_a_test_run(argv: lis
         ["/venv/bin/coverage", "run", "-m", "app", "data", "purge"],
         ["-m", "pdb", "script.py"],
         ["-m", "a_wrapper", "unittest"],
+        ["-c", "import unittest as ut; ut.mock.patch"],
     ],
 )
 def test_a_runner_of_another_program_is_not_taken_for_a_test_run(argv: list[str]) -> None:
