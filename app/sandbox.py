@@ -1888,8 +1888,11 @@ _UNITTEST_MODULES: Final = frozenset(
     {"unittest", "unittest.__main__", "nose2", "nose2.__main__", "green", "xmlrunner",
      "twisted.trial", "testtools.run", "subunit.run"}
 )  # fmt: skip
+#: Their scripts: Twisted's `trial` too, the script of `twisted.trial` (red team 57 on the
+#: children of tests: `python -m twisted.trial` counted, `trial tests` did not).
 _UNITTEST_SCRIPT: Final = LazyPattern(
-    r"nose2(?:-3)?|green3?|zope-testrunner", starts=("nose2", "green", "zope-testrunner")
+    r"nose2(?:-3)?|green3?|zope-testrunner|trial",
+    starts=("nose2", "green", "zope-testrunner", "trial"),
 )
 _UNITTEST_CODE: Final = LazyPattern(
     # unittest's `main` (its class `TestProgram`) however Python spells it, as for pytest's

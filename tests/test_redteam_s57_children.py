@@ -29,11 +29,11 @@ own process (``coverage``, ``cProfile``, ``profile``, ``pdb``, ``trace``, ``runp
 scripts) for unittest's modules and its runners' scripts (behind any other module, for a
 ``-m`` that names unittest's), and takes ``-c`` code that runs unittest's module through
 ``runpy.run_module``, or names its ``main`` another way (``import unittest as ut;
-ut.main()``, ``__import__("unittest").main()``, ``TestProgram``), for unittest's too. The
-child is refused under unittest, naming the run's command line. The walk no longer guesses
-a pytest or a unittest run from a command line at or above an ancestor whose entry it may
-not read, so the refusal says what it could not read and how to let it (red team 48's
-words).
+ut.main()``, ``__import__("unittest").main()``, ``TestProgram``), and Twisted's ``trial``
+script, for unittest's too. The child is refused under unittest, naming the run's command
+line. The walk no longer guesses a pytest or a unittest run from a command line at or above
+an ancestor whose entry it may not read, so the refusal says what it could not read and how
+to let it (red team 48's words).
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ def test_a_child_of_unittest_behind_an_option_or_a_runner_or_denied_its_registry
         ["/venv/bin/coverage-3.12", "run", "-munittest"],
         ["/venv/bin/coverage", "run", "/venv/bin/nose2"],
         ["/venv/bin/memray", "run", "-m", "unittest"],
+        ["/venv/bin/trial", "tests"],
         ["-m", "debugpy", "--listen", "5678", "-m", "unittest", "discover"],
         ["-m", "a_wrapper", "--its-option", "-m", "unittest"],
     ],
