@@ -54,11 +54,12 @@ from app import sandbox
 #: coverage's console script beside this Python, where the environment has one.
 COVERAGE = Path(sys.executable).with_name("coverage")
 
-#: The unittest runs, started at once in a PID namespace of their own: name, then the
-#: command line after this Python (``$1``; ``$2`` is coverage's script).
+#: The unittest run, in a PID namespace of its own: coverage's (how coverage measures a
+#: unittest suite), else one with a value of Python's own options; its command line after
+#: this Python (``$1``; ``$2`` is coverage's script).
 RUNS = {
-    "value-option": '"$1" -W default -m unittest test_purge',
     "coverage": 'COVERAGE_FILE="$0/.coverage" "$1" "$2" run -m unittest test_purge',
+    "value-option": '"$1" -W default -m unittest test_purge',
 }
 
 #: A test's child given production's settings alone, run as ``python -c CONFINED <the
@@ -110,7 +111,7 @@ UNSHARE = os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.w
 def test_a_child_of_unittest_behind_an_option_or_a_runner_or_denied_its_registry_is_refused(
     tmp_path: Path,
 ) -> None:
-    # The unittest runs and the confined child run at once, next to one stopped production root.
+    # The unittest run and the confined child run at once, next to one stopped production root.
     settings, production, token, sessions = stopped_production(tmp_path)
     project = inner_project(tmp_path, "test_purge.py", INNER)
     env = _inner_env(
@@ -119,8 +120,9 @@ def test_a_child_of_unittest_behind_an_option_or_a_runner_or_denied_its_registry
         RT56_TOKEN=token,
         RT56_PYTHON=sys.executable,
     )
-    runs = {name: line for name, line in RUNS.items() if name != "coverage" or COVERAGE.exists()}
-    runs = runs if UNSHARE else {}
+    # One run (samples: the other forms are read below by `_looks_like_unittest` alone).
+    name = "coverage" if COVERAGE.exists() else "value-option"
+    runs = {name: RUNS[name]} if UNSHARE else {}
     script = "".join(f'RT56_OUT="$0/{name}" {line} &\n' for name, line in runs.items()) + "wait\n"
     started = (
         [
@@ -179,6 +181,7 @@ def test_a_child_of_unittest_behind_an_option_or_a_runner_or_denied_its_registry
 @pytest.mark.parametrize(
     "argv",
     [
+        ["-W", "default", "-m", "unittest"],
         ["-X", "frozen_modules=off", "-m", "unittest"],
         ["--check-hash-based-pycs", "always", "-m", "unittest", "discover"],
         ["-m", "cProfile", "-o", "out", "-m", "unittest"],
