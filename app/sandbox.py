@@ -1171,13 +1171,23 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
                 if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
                 return _within_enclosing(run, entry, ancestry, seen), bare, ""
-        if depth and bare is None and _looks_like_pytest(argv := _cmdline(pid), pid):
+        # Not where an entry at or below this ancestor may not be read (`seen.hidden`): that
+        # one may be the run's, with its plugin. A child confined by a Landlock ruleset that
+        # leaves the registry out, of a run of `python -m pytest`, was refused as under "a
+        # pytest without the app's plugin" and told to run without `-p no:app`: its plugin
+        # was on (red team 57 on the children of tests). `_hidden_run` says why it was.
+        if (
+            depth
+            and bare is None
+            and not seen.hidden
+            and _looks_like_pytest(argv := _cmdline(pid), pid)
+        ):
             bare = (
                 f"an ancestor process (pid {pid}: {_shown(argv)}) runs pytest without the "
                 "app's plugin"
             )
             bare_argv = argv
-        elif depth and bare is None and _looks_like_unittest(argv, pid):
+        elif depth and bare is None and not seen.hidden and _looks_like_unittest(argv, pid):
             bare = f"{_UNITTEST_ANCESTOR} (pid {pid}: {_shown(argv)})"
             bare_argv = argv
     led = _led_by_a_run(walked, seen)
@@ -1878,11 +1888,40 @@ _UNITTEST_MODULES: Final = frozenset(
     {"unittest", "unittest.__main__", "nose2", "nose2.__main__", "green", "xmlrunner",
      "twisted.trial", "testtools.run", "subunit.run"}
 )  # fmt: skip
+#: Their scripts: Twisted's `trial` too, the script of `twisted.trial` (red team 57 on the
+#: children of tests: `python -m twisted.trial` counted, `trial tests` did not).
 _UNITTEST_SCRIPT: Final = LazyPattern(
-    r"nose2(?:-3)?|green3?|zope-testrunner", starts=("nose2", "green", "zope-testrunner")
+    r"nose2(?:-3)?|green3?|zope-testrunner|trial",
+    starts=("nose2", "green", "zope-testrunner", "trial"),
 )
 _UNITTEST_CODE: Final = LazyPattern(
-    r"\bunittest\.main\b|\bfrom\s+unittest\s+import\s[^;\n]*\bmain\b", needs=("unittest",)
+    # unittest's `main` (its class `TestProgram`) however Python spells it, as for pytest's
+    # (`_PYTEST_CODE`): `import unittest as ut; ut.main()` and `__import__("unittest").main()`
+    # were no unittest run to a child (red team 57 on the children of tests)
+    r"\bunittest(?:['\"]\))?\.(?:main|TestProgram)\b"
+    r"|\bfrom\s+unittest\s+import\s[^;\n]*\b(?:main|TestProgram)\b"
+    r"|\bimport\s+unittest\s+as\s+(\w+)\b.*\b\1\.(?:main|TestProgram)\b"
+    # `runpy.run_module("unittest", run_name="__main__")`, or another runner's module
+    r"|\brun_module\(\s*['\"](?:unittest|nose2|green|xmlrunner|twisted\.trial|testtools\.run"
+    r"|subunit\.run)(?:\.__main__)?['\"]",
+    re.S,
+    needs=("unittest", "run_module"),
+)
+#: Python's modules that run another module or script, named after their own options, in
+#: their own process: profilers, debuggers, a tracer, coverage and runpy itself (`python -m
+#: cProfile -m unittest`, `python -m pdb -c continue -m unittest`, `python -m trace --count
+#: --module unittest`, `python -m runpy unittest`, `python -m coverage run -m unittest`).
+#: Behind any other module, unittest's is read where ``-m`` names it.
+_RUNNER_MODULES: Final = frozenset(
+    {"coverage", "cProfile", "profile", "pdb", "trace", "runpy", "debugpy", "memray",
+     "pyinstrument", "viztracer", "scalene"}
+)  # fmt: skip
+#: The console scripts of such programs (`coverage`, `coverage3`, `coverage-3.12`,
+#: `memray`, ...), which run their program in their own process too (``coverage run -m
+#: unittest discover``).
+_RUNNER_SCRIPT: Final = LazyPattern(
+    r"(?:coverage|memray|pyinstrument|viztracer|scalene)(?:3|-[\d.]+)?",
+    starts=("coverage", "memray", "pyinstrument", "viztracer", "scalene"),
 )
 #: How a refusal names a unittest run, which has no plugin of the app's to run under.
 _UNITTEST_ANCESTOR: Final = "an ancestor process runs tests with unittest"
@@ -1896,25 +1935,71 @@ def _looks_like_unittest(argv: list[str], pid: int | str | None = None) -> bool:
     # unittest's own runner has no plugins: a TestCase run by `python -m unittest` in a shell
     # that exported production loaded it, and its maintenance command purged it. Python's
     # `-m` and `-c`, as for pytest (`python -m unittest` is the runner it documents), and
-    # another runner's script as the program or run by Python (its `#!` line shows it so).
+    # another runner's script as the program or run by Python (its `#!` line shows it so),
+    # also behind a module or a script that runs its program in its own process
+    # (`_RUNNER_MODULES`, `_RUNNER_SCRIPT`).
     argv = _program_words(argv, pid)
     if not argv:
         return False
     if _UNITTEST_SCRIPT.fullmatch(Path(argv[0]).name):
         return True
-    if _PYTHON.fullmatch(Path(argv[0]).name) is None:
-        return False
-    for index, arg in enumerate(argv[1:], 1):
+    return _PYTHON.fullmatch(Path(argv[0]).name) is not None and _python_runs_unittest(argv[1:])
+
+
+def _python_runs_unittest(arguments: list[str]) -> bool:
+    """Whether a Python's `arguments` (its command line but its first word) run unittest's
+    runner or another runner of its TestCases (`_looks_like_unittest`)."""
+    words = iter(arguments)
+    for arg in words:
+        if arg in _PYTHON_VALUE_OPTIONS:
+            # Its value is the next word (`-W default`, `-X dev`): read as a script, it
+            # ended the look, and a TestCase run by `python -W error -m unittest` (or `-X
+            # importtime`) was no test run to its child, which given production's settings
+            # alone purged a stopped production root (red team 57 on the children of tests).
+            next(words, None)
+            continue
         option = _MODULE_OR_CODE.fullmatch(arg)
         if option is None:
-            if not arg.startswith("-"):
-                # A script: what follows is its own arguments.
-                return "/" in arg and _UNITTEST_SCRIPT.fullmatch(Path(arg).name) is not None
-            continue
-        value = option[2] or (argv[index + 1] if index + 1 < len(argv) else "")
-        return (
-            (value in _UNITTEST_MODULES) if option[1] == "m" else bool(_UNITTEST_CODE.search(value))
+            if arg.startswith("-"):
+                continue
+            # A script: what follows is its own arguments.
+            name = Path(arg).name
+            if _RUNNER_SCRIPT.fullmatch(name):
+                return _runs_unittest_next(list(words))
+            return "/" in arg and _UNITTEST_SCRIPT.fullmatch(name) is not None
+        value = option[2] or next(words, "")
+        if option[1] == "c":
+            return bool(_UNITTEST_CODE.search(value))
+        return value in _UNITTEST_MODULES or _runs_unittest_next(
+            list(words), any_word=value in _RUNNER_MODULES
         )
+    return False
+
+
+def _runs_unittest_next(words: list[str], *, any_word: bool = True) -> bool:
+    """Whether what a module or a script that runs another program in its own process
+    (`_RUNNER_MODULES`, `_RUNNER_SCRIPT`) is given, `words`, names unittest's runner or
+    another runner of its TestCases: a module's name (after ``-m``, ``--module``, or alone
+    as runpy takes it), or a runner's script by its path; without `any_word` (another
+    module, whose options are not known), only a module ``-m`` names.
+
+    Each such command reads its options its own way (``pdb -c continue``, ``cProfile -o
+    out``, ``trace --count --module``), so any word counts. Read up to the first ``-m``
+    only, a TestCase run by ``coverage run -m unittest`` (the way coverage measures a
+    unittest suite), ``python -m cProfile -m unittest`` or ``python -m runpy unittest`` was
+    no test run to its child, which given production's settings alone purged a stopped
+    production root (red team 57 on the children of tests)."""
+    modules = iter(words)
+    for word in modules:
+        option = _MODULE_OR_CODE.fullmatch(word)
+        if option is not None and option[1] == "m":
+            if (option[2] or next(modules, "")) in _UNITTEST_MODULES:
+                return True
+        elif any_word and (
+            word in _UNITTEST_MODULES
+            or ("/" in word and _UNITTEST_SCRIPT.fullmatch(Path(word).name))
+        ):
+            return True
     return False
 
 
