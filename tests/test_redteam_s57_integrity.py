@@ -1,5 +1,5 @@
 """Red team 57 on integrity (branch rt-integrity41): the audit log rotated, or given a private
-copy, between a change and its line.
+copy, between a change and its line; a held root aged by systemd-tmpfiles.
 
 What broke (a real ``app data empty-trash`` stopped by the kernel, ``strace --inject
 signal=STOP``, just after its change, then continued):
@@ -22,6 +22,12 @@ What changed: a line is written through the descriptor opened before the change 
 at that name (made again where the rotation left none, copied to an inode of its own where
 shared), and the private copy is made under the same lock as the appends
 (`app.dataroot._write_audit_line`).
+
+And an age-based clean-up that never asks for the lock: ``systemd-tmpfiles --clean`` over a
+directory holding a data root (``/tmp`` and ``/var/tmp`` are aged on Fedora and Debian 13)
+removed every file older than its age under a live holder, the whole root with an age of 0.
+Every holder now also holds a shared ``flock`` on the root's directory, which
+systemd-tmpfiles leaves alone (`app.lock._keep_aged`).
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from faults import attach, detach, needs_strace, strace_prefix
 
 from app.config import Config
@@ -132,3 +140,30 @@ def test_a_line_written_after_another_change_copied_a_linked_log_goes_to_the_cop
     # Before the fix: the first delete's line was in the backup's file only.
     assert sorted(line["target"] for line in lines) == sorted([first, second])
     assert backup.read_text() == ""
+
+
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="needs systemd-tmpfiles")
+def test_a_held_root_is_left_alone_by_an_age_based_clean_up(
+    app_config: Config, tmp_path: Path
+) -> None:
+    root = app_config.data_root
+    aged = tmp_path / "aged.conf"
+    # As Fedora's and Debian 13's /tmp and /var/tmp are aged (10 and 30 days), with an age of
+    # 0: every file and directory below is old enough, the root's and the test's own.
+    aged.write_text(f"d {root.parent} - - - 0\n", encoding="utf-8")
+    bystander = root.parent / "bystander"
+    bystander.write_bytes(b"cleaned")
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session = store.create_session("t")["id"]
+        store.put_file(session, "kept.txt", b"acknowledged")
+        store.put_file(session, "old.txt", b"deleted")
+        entry = store.delete_file(session, "old.txt")
+        cleaned = subprocess.run(
+            ["systemd-tmpfiles", "--clean", str(aged)], capture_output=True, text=True, check=False
+        )
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert not bystander.exists()  # the clean-up ran
+        # Before the fix: the whole root was removed, its lock file and stamp with it.
+        assert store.file_path(session, "kept.txt")[0].read_bytes() == b"acknowledged"
+        assert (entry.path / "old.txt").read_bytes() == b"deleted"
+        assert store.check().findings == []
