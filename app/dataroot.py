@@ -785,9 +785,12 @@ def _open_for_append(path: Path) -> int:
         os.close(fd)
         if not stat.S_ISREG(found.st_mode):
             raise NotRegularFileError(path, found.st_mode)
-    content = read_regular(path)
-    _replace(_write_temp_file(path.parent / TMP_DIR, content), path)
-    return os.open(path, flags, FILE_MODE)
+    # Copied and renamed under the append lock: a line this process appended between the
+    # copy and the rename went to the shared file only, lost to this root's log.
+    with _AUDIT_APPEND_LOCK:
+        content = read_regular(path)
+        _replace(_write_temp_file(path.parent / TMP_DIR, content), path)
+        return os.open(path, flags, FILE_MODE)
 
 
 def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
@@ -797,24 +800,56 @@ def _append_audit(root: Path, record: Mapping[str, Any]) -> None:
     # lock is held, but a reader's tooling may tail it) never interleave inside a line.
     fd = _open_for_append(path)
     try:
-        _write_audit_line(fd, record)
+        _write_audit_line(fd, record, path)
     finally:
         os.close(fd)
     if not existed:
         fsync_dir(root)
 
 
-_AUDIT_APPEND_LOCK: Final = threading.Lock()
-"""Held from an append's look at the log's size to its fsync. Two changes of the server at
-once each took the size, and the one whose line did not fit (the file size limit, a full
-disk, a failed fsync) cut the log back to it, past the other's line, acknowledged, without
-a word (red team 49)."""
+_AUDIT_APPEND_LOCK: Final = threading.RLock()
+"""Held from an append's look at the log's size to its fsync, and over the private copy of a
+log that shares its inode (`_open_for_append`). Two changes of the server at once each took
+the size, and the one whose line did not fit (the file size limit, a full disk, a failed
+fsync) cut the log back to it, past the other's line, acknowledged, without a word (red
+team 49)."""
 
 
-def _write_audit_line(fd: int, record: Mapping[str, Any]) -> None:
+def _names_alone(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open at ``fd``, and nothing else does."""
+    opened = os.fstat(fd)
+    try:
+        there = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino) and opened.st_nlink == 1
+
+
+def _write_audit_line(fd: int, record: Mapping[str, Any], path: Path) -> None:
+    """Append ``record``'s line to the log at ``path``, through ``fd`` (opened on it before
+    the change) while ``path`` still names that file alone.
+
+    The log is opened before a change and its line written after (`Prepared`), and a log
+    rotated meanwhile (logrotate's default: a rename, then ``compress`` reads the renamed
+    copy and removes it), or hard-linked by a snapshot (`cp -al`) and given a private copy
+    by another of the server's changes, took the line through the old descriptor into a
+    file the root's log no longer is: an `empty-trash` was made and audited nowhere, and
+    `check` said "clean" (red team 57). Such a line goes to the file at ``path`` now (made
+    again if the rotation left none, given an inode of its own if shared).
+    """
     line = (json.dumps(dict(record), sort_keys=True, default=str) + "\n").encode()
     with _AUDIT_APPEND_LOCK:
-        _append_line(fd, line)
+        if _names_alone(fd, path):
+            _append_line(fd, line)
+            return
+        existed = lexists(path)
+        now = _open_for_append(path)
+        try:
+            _append_line(now, line)
+        finally:
+            os.close(now)
+        if not existed:
+            fsync_dir(path.parent)
 
 
 def _append_line(fd: int, line: bytes) -> None:
@@ -963,7 +998,7 @@ class Prepared:
         assert self._audit is not None, "prepared without the audit log"
         record = _audit_record(root.config.profile, root.kind, operation, target, details)
         try:
-            _write_audit_line(self._audit, record)
+            _write_audit_line(self._audit, record, root.audit_path)
             if self._audit_new:
                 fsync(self._dirs[root.path])
                 self._audit_new = False
@@ -1144,7 +1179,7 @@ def _write_stamp_audited(
         _refuse_audit_at_limit(fd, path)
         stamp = _write_stamp(root, profile, durable=durable, **extra)
         try:
-            _write_audit_line(fd, record)
+            _write_audit_line(fd, record, path)
             if not existed:
                 fsync_dir(root)
         except OSError as error:

@@ -847,6 +847,38 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
+def _keep_aged(root: Path) -> int | None:
+    """The root's directory, opened and flocked shared for as long as the root is held; None
+    where that cannot be had (the holder goes on without it, with a warning).
+
+    A root under a directory that ``systemd-tmpfiles --clean`` ages (``/tmp`` after 10 days
+    and ``/var/tmp`` after 30 on Fedora and Debian 13, a ``d`` line with an age in a
+    ``tmpfiles.d`` file) lost every file not changed for that long, under a live server:
+    acknowledged uploads, the trash's entries, the lock file, the stamp (red team 57).
+    systemd-tmpfiles leaves alone a directory another process holds a BSD ``flock`` on
+    (tried with systemd 252), so a live holder now holds one on its root. Shared: it never
+    stands in the way of another holder's look, nor of the root's own exclusive lock on
+    ``.server.lock``. A stopped root is not protected: keep data roots out of such
+    directories.
+    """
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        log.warning("could not open %s to keep it from age-based clean-ups: %s", root, error)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        log.warning(
+            "could not flock %s to keep it from age-based clean-ups (systemd-tmpfiles): %s",
+            root,
+            error.strerror or error,
+        )
+        return None
+    return fd
+
+
 class RootLock:
     """The exclusive lock on one data root, held by one holder.
 
@@ -908,6 +940,7 @@ class RootLock:
         self._wanted = ""
         self._lock: UnixFileLock | None = None
         self._sandbox_flock: _SandboxFlock | None = None
+        self._root_fd: int | None = None  # the root's directory, flocked shared (`_keep_aged`)
         if own_sandbox:
             self._sandbox_flock = _SandboxFlock(self.path, self._publish)
             return
@@ -1034,6 +1067,8 @@ class RootLock:
         self._identity = (found.st_dev, found.st_ino)
         self._holder = holder
         self._written = written
+        if self._root_fd is None:
+            self._root_fd = _keep_aged(self.root)
 
     def release(self) -> None:
         """Empty the lock file while still holding it, then unlock. Idempotent.
@@ -1063,12 +1098,19 @@ class RootLock:
                 self._holder = None
                 _LIVE_LOCKS.discard(self)
                 os.close(fd)
+                root_fd, self._root_fd = self._root_fd, None
+                if root_fd is not None:
+                    os.close(root_fd)
 
     def _forget_after_fork(self) -> None:  # pragma: no cover - runs in a forked child
         # The child must neither keep the parent's lock alive nor truncate its file.
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
+        if self._root_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._root_fd)
+        self._root_fd = None
         if self._sandbox_flock is not None:
             self._sandbox_flock.forget()
         self._fd = None
