@@ -823,7 +823,7 @@ class DataRootOwnerError(AppError):
     uid: int
     user_name: str
     wanted: str
-    command: str  # the command as it was run, for the `sudo -u` that runs it again
+    command: str  # the command as it was run, with what chose the root, for the `sudo -u`
     owner_group: int = -1  # the root's group, for a command that runs as an id with no name
     user_group: int = -1  # this process's group, for the chown that hands the root over
     by_entries: bool = False  # the root is root's (a mount point), its files `owner`'s

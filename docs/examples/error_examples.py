@@ -137,7 +137,8 @@ EXAMPLES: list[errors.AppError] = [
         0,
         "root",
         "restore session 0190a1b2c3d4 file 'plan.pdf'",
-        "/opt/app/.venv/bin/app sessions restore 0190a1b2c3d4 --file plan.pdf",
+        "env ENV_FOR_DYNACONF=production /opt/app/.venv/bin/app sessions restore "
+        "0190a1b2c3d4 --file plan.pdf",
     ),
     errors.LockUncheckedError(
         ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"

@@ -1,0 +1,90 @@
+"""Red team 57 on operations (branch rt-ops29): the commands a refusal prints, copied from the
+message and run as written, in the situation the message is about.
+
+What broke:
+
+- the ``sudo -u <owner> <the command as it was run>`` that red team 55's ``data_root_owner``
+  names (a maintenance command, or ``app doctor``, run as root or a third user on the service
+  user's root). It named the command's words alone. sudo resets the environment (its
+  ``env_reset``, on by default), so the ``ENV_FOR_DYNACONF``, ``APP_SETTINGS_DIR`` and
+  ``APP_DATA_ROOT`` that had chosen the refused root were gone when it ran: ``sudo -u app
+  app data check --repair``, copied from a refusal about production's root, selected
+  development from the default settings directory and repaired (or was refused on) another
+  profile's root. The command now carries, through ``env``, each variable of the refused
+  process that chose what it opens (the profile, the settings directory, every
+  ``APP_<KEY>`` that is not a secret); a secret is left to the environment file the refusal
+  names next.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_server_e2e import app_env, run_app
+
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def service_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty testing root given to user 65534 (the service's user here)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the root is given to another user with chown")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux), which runs the printed command as its user")
+    root = tmp_path_factory.mktemp("s57ops") / "root"
+    root.mkdir(mode=0o700)  # a first deploy's empty root, made for the service's user
+    os.chown(root, NOBODY, NOBODY)
+    return root
+
+
+def _as_sudo_runs_it(command: str) -> list[str]:
+    """`command` (``sudo -u nobody ...``) as sudo runs it: as that user, the environment
+    reset to sudo's few kept variables (here: none of the app's). The capability to read
+    and search lets user 65534 reach the run's sandbox and this checkout's Python."""
+    words = shlex.split(command)
+    assert words[:3] == ["sudo", "-u", "nobody"], command
+    return [
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search",
+        "env", "-i", f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}", "HOME=/nonexistent",
+        *words[3:],
+    ]  # fmt: skip
+
+
+def test_the_sudo_a_wrong_user_refusal_names_runs_on_the_refused_root(
+    service_root: Path, app_config: Any
+) -> None:
+    root = service_root
+    env = app_env(root)
+    for command in (("data", "check", "--repair"), ("doctor",)):
+        refused = run_app(*command, env=env)
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 78, (command, refused.stdout, refused.stderr)
+        found = re.search(r"Run it as the owner: `(sudo -u nobody [^`]+)`", said)
+        assert found, said
+        printed = found.group(1)
+        # What chose the root is in it, and no secret.
+        assert f"ENV_FOR_DYNACONF=testing APP_DATA_ROOT={root}" in printed, printed
+        assert "APP_API_TOKEN" not in printed
+        assert f"{sys.executable} -m app {' '.join(command)}" in printed
+        done = subprocess.run(
+            _as_sudo_runs_it(printed), capture_output=True, text=True, check=False, cwd="/"
+        )
+        if "Operation not permitted" in done.stderr and "setpriv" in done.stderr:
+            pytest.skip(f"setpriv cannot give the capability here: {done.stderr}")
+        assert done.returncode == 0, (printed, done.stdout, done.stderr)
+        if command[0] == "data":
+            assert f"clean: data root {root} is consistent" in done.stdout
+        else:
+            assert "profile testing (selected)" in done.stdout, done.stdout
+            assert f"data_root = {root}" in done.stdout
+    assert app_config.data_root != root
