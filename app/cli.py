@@ -1294,8 +1294,34 @@ def _encode_all(stream: IO[Any]) -> None:
             reconfigure(errors=_OUTPUT_ERRORS)
 
 
+def _standard_descriptors() -> None:
+    """Give a standard descriptor the process was started without (``app serve >&-``, an
+    init script's ``<&- >&- 2>&-``) ``/dev/null``, and its stream too.
+
+    Python leaves such a stream ``None``: ``app serve >&-`` was a traceback from uvicorn's
+    log formatter, exit 1, which ``Restart=on-failure`` restarts in a loop, and with every
+    one closed it exited 1 without a word (red team 57). And the lowest free descriptor is
+    the next one opened: the lock file, an upload's temporary file or the audit log became
+    descriptor 1 or 2, where a child's output, or anything written to "standard error" below
+    Python, would land in the data root. Whatever was to be written there is discarded, as
+    ``> /dev/null`` does; the command runs as it would with it.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # a lower one was closed too, and is done in its turn
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            # Not the descriptor itself: one an import may have opened since is not a stream.
+            setattr(sys, name, Path(os.devnull).open(mode))  # noqa: SIM115 - the process's
+
+
 def main() -> None:
     """Console-script entry point."""
+    _standard_descriptors()
     if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
         _encode_all(sys.stdout)
         sys.stdout = _StandardStream(sys.stdout, _refused_as_output)

@@ -13,7 +13,14 @@ What broke:
   profile's root. The command now carries, through ``env``, each variable of the refused
   process that chose what it opens (the profile, the settings directory, every
   ``APP_<KEY>`` that is not a secret); a secret is left to the environment file the refusal
-  names next.
+  names next;
+- ``app serve >&-`` (an init script, a supervisor that closes the descriptors it does not
+  pass on): uvicorn's log formatter asked ``sys.stdout``, which Python leaves ``None``, if it
+  is a terminal: a traceback, exit 1, which ``Restart=on-failure`` restarts in a loop; with
+  all three closed (``<&- >&- 2>&-``) it exited 1 without a word. The entry point now gives
+  each closed standard descriptor ``/dev/null`` (and its stream), so it serves, and no file
+  of the data root opened later takes descriptor 0, 1 or 2, where a child's output or a
+  write to "standard error" below Python would have landed.
 
 Kept (it held): every ``app ...`` quoted in the docs' prose, in each ``--help`` and in the
 code's messages names commands and options that exist (only the console blocks were checked).
@@ -30,10 +37,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from test_server_e2e import app_env, run_app
 
 NOBODY = 65534
+TOKEN = {"Authorization": "Bearer testing-token-not-secret"}  # testing's, committed
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +77,7 @@ def test_the_sudo_a_wrong_user_refusal_names_runs_on_the_refused_root(
 ) -> None:
     root = service_root
     env = app_env(root)
-    for command in (("data", "check", "--repair"), ("doctor",)):
+    for command in (("doctor",), ("data", "check", "--repair")):
         refused = run_app(*command, env=env)
         said = " ".join(refused.stderr.split())
         assert refused.returncode == 78, (command, refused.stdout, refused.stderr)
@@ -79,17 +88,15 @@ def test_the_sudo_a_wrong_user_refusal_names_runs_on_the_refused_root(
         assert f"ENV_FOR_DYNACONF=testing APP_DATA_ROOT={root}" in printed, printed
         assert "APP_API_TOKEN" not in printed
         assert f"{sys.executable} -m app {' '.join(command)}" in printed
+        if command == ("doctor",):
+            continue  # the same words as the repair's, which is run below (for time)
         done = subprocess.run(
             _as_sudo_runs_it(printed), capture_output=True, text=True, check=False, cwd="/"
         )
         if "Operation not permitted" in done.stderr and "setpriv" in done.stderr:
             pytest.skip(f"setpriv cannot give the capability here: {done.stderr}")
         assert done.returncode == 0, (printed, done.stdout, done.stderr)
-        if command[0] == "data":
-            assert f"clean: data root {root} is consistent" in done.stdout
-        else:
-            assert "profile testing (selected)" in done.stdout, done.stdout
-            assert f"data_root = {root}" in done.stdout
+        assert f"clean: data root {root} is consistent" in done.stdout
     assert app_config.data_root != root
 
 
@@ -152,3 +159,37 @@ def test_every_app_command_quoted_in_prose_help_and_messages_exists() -> None:
                     wrong.append(f"{where}: `{span}`: {error}")
     assert wrong == [], "\n".join(wrong)
     assert checked > 300, checked
+
+
+def test_serve_started_without_standard_descriptors_serves_and_keeps_them_out_of_the_root(
+    tmp_path: Path,
+) -> None:
+    """``app serve >&-`` (an init script, a supervisor that closes what it does not pass on)
+    was uvicorn's traceback, exit 1, which ``Restart=on-failure`` restarts in a loop; with
+    all three closed it exited 1 without a word. Each closed one is now ``/dev/null``, so no
+    file of the data root opened later takes its number either."""
+    from app.testing.live_server import published_port
+
+    (tmp_path / "nothing.log").write_text("(its output is closed: see its exit code)\n")
+    started = {}
+    for closed in ("<&- >&- 2>&-", ">&-"):
+        root = tmp_path / f"root-{len(started)}"
+        process = subprocess.Popen(
+            ["sh", "-c", f'exec "$0" -m app serve --port 0 {closed}', sys.executable],
+            env=app_env(root),
+        )
+        started[closed] = (root, process)
+    try:
+        for closed, (root, process) in started.items():
+            port = published_port(root, process, tmp_path / "nothing.log")
+            created = httpx.post(
+                f"http://127.0.0.1:{port}/sessions", json={"title": closed}, headers=TOKEN
+            )
+            assert created.status_code == 201, (closed, created.text)
+            for fd in (0, 1, 2) if closed.startswith("<") else (1,):
+                assert os.readlink(f"/proc/{process.pid}/fd/{fd}") == os.devnull, (closed, fd)
+    finally:
+        for _root, process in started.values():
+            process.terminate()
+        codes = {closed: process.wait(timeout=60) for closed, (_r, process) in started.items()}
+    assert codes == {closed: 0 for closed in started}, codes
