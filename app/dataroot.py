@@ -1735,7 +1735,10 @@ def _command_line() -> str:
         argv[:1] = [sys.executable, "-m", "app"]
     names = [PROFILE_ENV, SETTINGS_DIR_ENV]
     names += [key.env for key in KEYS.values() if not key.secret and key.name != "database_url"]
-    chosen = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    found = {name: os.environ[name] for name in names if name in os.environ}
+    if found.get(SETTINGS_DIR_ENV, "").strip():  # relative: to the cwd, which may change
+        found[SETTINGS_DIR_ENV] = str(Path(found[SETTINGS_DIR_ENV]).absolute())
+    chosen = [f"{name}={value}" for name, value in found.items()]
     words = ["env", *chosen, *argv] if chosen else argv
     return " ".join(shell_word(word) for word in words)
 
