@@ -39,6 +39,7 @@ from app.errors import (
     OutputClosedError,
     OutputFailedError,
     SessionNotFoundError,
+    shell_word,
     storage_error,
 )
 from app.errors import printable as _printable
@@ -1080,14 +1081,30 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
             seconds = f"?{'&'.join(query)}" if query else ""
             click.echo(
                 "hint: to free space without stopping the server, ask it: curl -X POST "
-                f'-H "Authorization: Bearer $APP_API_TOKEN" '
-                f'"{server}/trash/empty{seconds}"',
+                f'{_token_header(config)}"{server}/trash/empty{seconds}"',
                 err=True,
             )
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+def _token_header(config: appconfig.Config) -> str:
+    """The ``-H`` of a ``curl`` a hint prints, sending the profile's token as the command
+    read it, never showing it.
+
+    ``$APP_API_TOKEN`` alone was empty where the token comes from a settings file (a
+    deploy-time secrets file, development's ``.secrets.toml``): the ``curl`` the hint printed
+    was refused 401 "missing bearer token" (red team 57). Such a token is read by the app's
+    own loading of the profile, in the command; none configured, no header is sent."""
+    if config.api_token is None:
+        return ""
+    key = appconfig.KEYS["api_token"]
+    if config.sources.get("api_token") == f"environment {key.env}":
+        return f'-H "Authorization: Bearer ${key.env}" '
+    read = f'from app.config import load; print(load("{config.profile}").api_token)'
+    return f'-H "Authorization: Bearer $({shell_word(sys.executable)} -c {shell_word(read)})" '
 
 
 def _seconds_text(age: timedelta) -> str:

@@ -20,7 +20,11 @@ What broke:
   all three closed (``<&- >&- 2>&-``) it exited 1 without a word. The entry point now gives
   each closed standard descriptor ``/dev/null`` (and its stream), so it serves, and no file
   of the data root opened later takes descriptor 0, 1 or 2, where a child's output or a
-  write to "standard error" below Python would have landed.
+  write to "standard error" below Python would have landed;
+- the ``curl`` that ``app data empty-trash`` prints on a root a server holds sent
+  ``Authorization: Bearer $APP_API_TOKEN``, empty where the token comes from a settings file:
+  run as printed, it was refused 401. It now reads the token through the app's own loading
+  of the profile, never showing it (``$APP_API_TOKEN`` where the environment gave it).
 
 Kept (it held): every ``app ...`` quoted in the docs' prose, in each ``--help`` and in the
 code's messages names commands and options that exist (only the console blocks were checked).
@@ -28,6 +32,7 @@ code's messages names commands and options that exist (only the console blocks w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -188,8 +193,35 @@ def test_serve_started_without_standard_descriptors_serves_and_keeps_them_out_of
             assert created.status_code == 201, (closed, created.text)
             for fd in (0, 1, 2) if closed.startswith("<") else (1,):
                 assert os.readlink(f"/proc/{process.pid}/fd/{fd}") == os.devnull, (closed, fd)
+        # One server serves the next test too, for time: the hint of a held root's empty-trash.
+        _the_trash_hint_s_curl_runs_as_printed(started[">&-"][0])
     finally:
         for _root, process in started.values():
             process.terminate()
         codes = {closed: process.wait(timeout=60) for closed, (_r, process) in started.items()}
     assert codes == {closed: 0 for closed in started}, codes
+
+
+def _the_trash_hint_s_curl_runs_as_printed(root: Path) -> None:
+    """``app data empty-trash`` on a root a server holds prints the ``curl`` that asks the
+    server to empty it. Its ``Authorization: Bearer $APP_API_TOKEN`` was empty where the
+    token comes from a settings file (a deploy-time secrets file; here testing's
+    ``.secrets.toml``): run as printed, it was refused 401 "missing bearer token". The header
+    now reads the token by the app's own loading of the profile, never showing it."""
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl, which the hint names")
+    env = app_env(root)
+    assert "APP_API_TOKEN" not in env  # testing's token is .secrets.toml's
+    held = run_app("data", "empty-trash", "--older-than", "1d", env=env)
+    assert held.returncode == 75, held.stderr
+    hint = re.search(
+        r"hint: to free space without stopping the server, ask it: (curl .+)", held.stderr
+    )
+    assert hint, held.stderr
+    assert "testing-token-not-secret" not in held.stderr
+    asked = subprocess.run(
+        ["sh", "-c", hint.group(1) + " --silent --show-error"],
+        env=env, capture_output=True, text=True, check=False, cwd="/",
+    )  # fmt: skip
+    assert asked.returncode == 0, (hint.group(1), asked.stderr)
+    assert json.loads(asked.stdout) == {"removed": 0, "entries": []}, asked.stdout
