@@ -24,7 +24,11 @@ What broke:
 - the ``curl`` that ``app data empty-trash`` prints on a root a server holds sent
   ``Authorization: Bearer $APP_API_TOKEN``, empty where the token comes from a settings file:
   run as printed, it was refused 401. It now reads the token through the app's own loading
-  of the profile, never showing it (``$APP_API_TOKEN`` where the environment gave it).
+  of the profile, never showing it (``$APP_API_TOKEN`` where the environment gave it);
+- ``max_files_per_session`` lowered below what a session holds: its files stayed served, and
+  a new name was refused, but the refusal said the session held as many files as the limit
+  (2 of a session of 3) and to "delete a file", which left it full; it now names the count,
+  that the limit was lowered since, and how many to delete.
 
 Kept (it held): every ``app ...`` quoted in the docs' prose, in each ``--help`` and in the
 code's messages names commands and options that exist (only the console blocks were checked).
@@ -214,3 +218,36 @@ def _the_trash_hint_s_curl_runs_as_printed(root: Path) -> None:
     )  # fmt: skip
     assert asked.returncode == 0, (hint.group(1), asked.stderr)
     assert json.loads(asked.stdout) == {"removed": 0, "entries": []}, asked.stdout
+
+
+def test_a_limit_lowered_below_a_session_s_files_keeps_them_and_says_how_many_it_holds(
+    app_config: Any,
+) -> None:
+    """``max_files_per_session`` lowered below what a session holds (an upgrade's settings, an
+    operator's tightening): its files stay served and replaceable, and a new name is
+    refused, rightly, but the refusal said "it holds 2 files" of a session of 3 under a
+    limit of 2, and to "delete a file", which left it full. It now says how many it holds,
+    that the limit was lowered since, and how many to delete."""
+    import dataclasses
+
+    from app.errors import TooManyFilesError
+    from app.storage import open_storage
+
+    with open_storage(app_config, writer=True) as store:
+        sid = store.create_session("three")["id"]
+        for name in ("a", "b", "c"):
+            store.put_file(sid, name, b"kept")
+    lowered = dataclasses.replace(app_config, max_files_per_session=2)
+    with open_storage(lowered, writer=True) as store:
+        stream, _entry = store.open_file(sid, "c")
+        with stream:
+            assert stream.read() == b"kept"
+        store.put_file(sid, "a", b"replaced", replace=True)  # a replace is no new name
+        with pytest.raises(TooManyFilesError) as refused:
+            store.put_file(sid, "d", b"new")
+        assert sorted(f["name"] for f in store.list_files(sid)) == ["a", "b", "c"]
+    said = refused.value.message
+    assert "it holds 3 files, more than the 2 one session may hold now" in said, said
+    assert "max_files_per_session was lowered since they came" in said
+    assert "delete 2 of its files" in said
+    assert "(APP_MAX_FILES_PER_SESSION)" in said

@@ -209,7 +209,7 @@ class Files:
         except FileNotFoundError:
             return
         if count >= self.max_files:
-            raise TooManyFilesError(session_id, self.max_files)
+            raise TooManyFilesError(session_id, self.max_files, count)
 
     def _floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
         """`change_floor` of the session in ``directory`` (read under its lock) and ``old``."""
