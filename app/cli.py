@@ -39,6 +39,7 @@ from app.errors import (
     OutputClosedError,
     OutputFailedError,
     SessionNotFoundError,
+    shell_word,
     storage_error,
 )
 from app.errors import printable as _printable
@@ -1080,14 +1081,30 @@ def data_empty_trash(ctx: click.Context, older_than: timedelta | None, confirmed
             seconds = f"?{'&'.join(query)}" if query else ""
             click.echo(
                 "hint: to free space without stopping the server, ask it: curl -X POST "
-                f'-H "Authorization: Bearer $APP_API_TOKEN" '
-                f'"{server}/trash/empty{seconds}"',
+                f'{_token_header(config)}"{server}/trash/empty{seconds}"',
                 err=True,
             )
         raise
     with store:
         removed = store.empty_trash(older_than=older_than)
     click.echo(f"removed {len(removed)} trash entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+def _token_header(config: appconfig.Config) -> str:
+    """The ``-H`` of a ``curl`` a hint prints, sending the profile's token as the command
+    read it, never showing it.
+
+    ``$APP_API_TOKEN`` alone was empty where the token comes from a settings file (a
+    deploy-time secrets file, development's ``.secrets.toml``): the ``curl`` the hint printed
+    was refused 401 "missing bearer token" (red team 57). Such a token is read by the app's
+    own loading of the profile, in the command; none configured, no header is sent."""
+    if config.api_token is None:
+        return ""
+    key = appconfig.KEYS["api_token"]
+    if config.sources.get("api_token") == f"environment {key.env}":
+        return f'-H "Authorization: Bearer ${key.env}" '
+    read = f'from app.config import load; print(load("{config.profile}").api_token)'
+    return f'-H "Authorization: Bearer $({shell_word(sys.executable)} -c {shell_word(read)})" '
 
 
 def _seconds_text(age: timedelta) -> str:
@@ -1294,8 +1311,34 @@ def _encode_all(stream: IO[Any]) -> None:
             reconfigure(errors=_OUTPUT_ERRORS)
 
 
+def _standard_descriptors() -> None:
+    """Give a standard descriptor the process was started without (``app serve >&-``, an
+    init script's ``<&- >&- 2>&-``) ``/dev/null``, and its stream too.
+
+    Python leaves such a stream ``None``: ``app serve >&-`` was a traceback from uvicorn's
+    log formatter, exit 1, which ``Restart=on-failure`` restarts in a loop, and with every
+    one closed it exited 1 without a word (red team 57). And the lowest free descriptor is
+    the next one opened: the lock file, an upload's temporary file or the audit log became
+    descriptor 1 or 2, where a child's output, or anything written to "standard error" below
+    Python, would land in the data root. Whatever was to be written there is discarded, as
+    ``> /dev/null`` does; the command runs as it would with it.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # a lower one was closed too, and is done in its turn
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            # Not the descriptor itself: one an import may have opened since is not a stream.
+            setattr(sys, name, Path(os.devnull).open(mode))  # noqa: SIM115 - the process's
+
+
 def main() -> None:
     """Console-script entry point."""
+    _standard_descriptors()
     if sys.stdout is not None:  # None when started with it closed (`>&-`): click prints nothing
         _encode_all(sys.stdout)
         sys.stdout = _StandardStream(sys.stdout, _refused_as_output)

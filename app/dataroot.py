@@ -1754,11 +1754,28 @@ def _refuse_unfixed_path(config: Config, root: Path) -> None:
 
 def _command_line() -> str:
     """This process's command as a shell would run it again (``python -m app`` for a
-    ``__main__``), for the ``sudo -u`` a refusal names."""
+    ``__main__``), for the ``sudo -u`` a refusal names.
+
+    With the variables of this process that chose what it opens (the profile, the settings
+    directory, an ``APP_<KEY>`` such as ``APP_DATA_ROOT``) before it, through ``env``: sudo
+    resets the environment, so ``sudo -u app app data check --repair``, run as the refusal
+    wrote it, selected development from the default settings directory and opened another
+    profile's root than the one refused (red team 57). A secret is left out (it would be
+    shown, and put on a command line every user may read); the guides' environment file,
+    which the refusal names next, passes it."""
+    from app.config import KEYS, PROFILE_ENV, SETTINGS_DIR_ENV
+
     argv = list(sys.argv) or ["app"]
     if argv[0].endswith("__main__.py"):
         argv[:1] = [sys.executable, "-m", "app"]
-    return " ".join(shell_word(word) for word in argv)
+    names = [PROFILE_ENV, SETTINGS_DIR_ENV]
+    names += [key.env for key in KEYS.values() if not key.secret and key.name != "database_url"]
+    found = {name: os.environ[name] for name in names if name in os.environ}
+    if found.get(SETTINGS_DIR_ENV, "").strip():  # relative: to the cwd, which may change
+        found[SETTINGS_DIR_ENV] = str(Path(found[SETTINGS_DIR_ENV]).absolute())
+    chosen = [f"{name}={value}" for name, value in found.items()]
+    words = ["env", *chosen, *argv] if chosen else argv
+    return " ".join(shell_word(word) for word in words)
 
 
 def refuse_other_owner(root: Path, wanted: str) -> None:

@@ -823,7 +823,7 @@ class DataRootOwnerError(AppError):
     uid: int
     user_name: str
     wanted: str
-    command: str  # the command as it was run, for the `sudo -u` that runs it again
+    command: str  # the command as it was run, with what chose the root, for the `sudo -u`
     owner_group: int = -1  # the root's group, for a command that runs as an id with no name
     user_group: int = -1  # this process's group, for the chown that hands the root over
     by_entries: bool = False  # the root is root's (a mount point), its files `owner`'s
@@ -2094,16 +2094,36 @@ class TooManyFilesError(StoreError):
 
     code = "too_many_files"
     http_status = 409
-    template = (
-        "refusing a new file in session {session_id}: it holds {limit} files, "
-        "the most one session may hold (max_files_per_session), and every read of the "
-        "session lists them all; nothing was kept. Replace or delete a file, start another "
-        "session, or have an operator raise max_files_per_session "
-        "(APP_MAX_FILES_PER_SESSION)"
-    )
 
     session_id: str
     limit: int
+    count: int = -1  # the files it holds; -1: as many as the limit (an earlier caller's)
+
+    @property
+    def message(self) -> str:
+        """How many files the session holds, the limit, and what makes room.
+
+        It said "it holds {limit} files" whatever it held: after ``max_files_per_session`` was
+        lowered below a session's count (its files are kept, and served), a session of 3
+        files under a limit of 2 was said to hold 2, and "delete a file" left it full
+        (red team 57)."""
+        count = self.limit if self.count < 0 else self.count
+        if count > self.limit:
+            held = (
+                f"it holds {count} files, more than the {self.limit} one session may hold now "
+                "(max_files_per_session was lowered since they came: they are kept and "
+                "served, but no new name is taken until it holds fewer)"
+            )
+            room = f"delete {count - self.limit + 1} of its files"
+        else:
+            held = f"it holds {count} files, the most one session may hold (max_files_per_session)"
+            room = "delete a file"
+        return (
+            f"refusing a new file in session {self.session_id}: {held}, and every read of the "
+            f"session lists them all; nothing was kept. Replace one of its files, {room}, start "
+            "another session, or have an operator raise max_files_per_session "
+            "(APP_MAX_FILES_PER_SESSION)"
+        )
 
 
 class TooManyUploadsError(StoreError):

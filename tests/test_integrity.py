@@ -210,10 +210,15 @@ def test_a_full_disk_is_507_changes_nothing_and_the_trash_can_be_emptied_while_s
         command = run_app("data", "empty-trash", "--older-than", "1s", env=env)
         assert command.returncode == 75, command.stderr
         assert (
-            f"hint: to free space without stopping the server, ask it: curl -X POST "
-            f'-H "Authorization: Bearer $APP_API_TOKEN" '
-            f'"http://127.0.0.1:{server.port}/trash/empty?older_than=1"'
+            "hint: to free space without stopping the server, ask it: curl -X POST "
+            '-H "Authorization: Bearer '
         ) in command.stderr
+        # The token as the command read it (red team 57: `$APP_API_TOKEN` was empty when a
+        # settings file gave it).
+        assert (
+            f'print(load("testing").api_token)\')" '
+            f'"http://127.0.0.1:{server.port}/trash/empty?older_than=1"'
+        ) in command.stderr, command.stderr
         assert client.post("/trash/empty", headers={"Authorization": ""}).status_code == 401
         emptied = client.post("/trash/empty")
         assert emptied.status_code == 200, emptied.text

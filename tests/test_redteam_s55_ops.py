@@ -109,7 +109,9 @@ def test_a_maintenance_command_run_as_root_on_the_service_user_s_root_is_refused
         assert f"data root {root} belongs to user 'nobody' (uid {NOBODY})" in said, said
         assert "this process runs as user 'root' (uid 0)" in said
         assert "Nothing was changed" in said
-        assert f"`sudo -u nobody {sys.executable} -m app {' '.join(command)}`" in said, said
+        # With what chose the root, which sudo's reset environment drops (red team 57).
+        assert "`sudo -u nobody env ENV_FOR_DYNACONF=testing " in said, said
+        assert f" {sys.executable} -m app {' '.join(command)}`" in said, said
         assert _owned_files(root) == before, command  # nothing made, nothing moved
     # Readers make nothing: root may still look.
     for command in (("status",), ("data", "check")):
@@ -147,7 +149,8 @@ def test_a_third_user_is_told_to_run_as_the_owner_not_to_chown_the_lock_file(
     assert done.returncode == 78, (done.stdout, done.stderr)
     assert f"belongs to user 'nobody' (uid {NOBODY})" in said, said
     assert "this process runs as uid 1234" in said
-    assert f"`sudo -u nobody {sys.executable} -m app data check --repair`" in said
+    assert "`sudo -u nobody env ENV_FOR_DYNACONF=testing " in said, said
+    assert f" {sys.executable} -m app data check --repair`" in said
     assert "chmod 600" not in said
     assert _owned_files(root) == before
 

@@ -156,7 +156,7 @@ class RemoteFiles:
         if row["taken"] and not replace:
             raise FileExistsInSessionError(session_id, name)
         if not row["taken"] and row["live"] >= self.max_files:
-            raise TooManyFilesError(session_id, self.max_files)
+            raise TooManyFilesError(session_id, self.max_files, row["live"])
         return RemoteUpload(
             self.objects,
             self._record_upload,
@@ -202,7 +202,7 @@ class RemoteFiles:
                     (session_id,),
                 ).fetchone()
                 if live is not None and live["n"] >= self.max_files:
-                    raise TooManyFilesError(session_id, self.max_files)
+                    raise TooManyFilesError(session_id, self.max_files, live["n"])
             else:
                 trash = trash_name(moment, session_id, file=True)
                 conn.execute(

@@ -211,7 +211,7 @@ class Files:
             return
         count = len(names) - sum(1 for name in names if name.startswith("."))
         if count >= self.max_files:
-            raise TooManyFilesError(session_id, self.max_files)
+            raise TooManyFilesError(session_id, self.max_files, count)
 
     def _floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
         """`change_floor` of the session in ``directory`` (read under its lock) and ``old``."""

@@ -193,7 +193,7 @@ class Trash:
         try:
             # Written in place, not through .tmp/ and a rename: the entry is new, ours, and
             # empty, so a partial manifest is what a missing one already was to a reader and
-            # to `app check` (an entry without a readable trash.json and no data: removed).
+            # to `app data check` (an entry without a readable trash.json and no data: removed).
             # That saves, on every delete, a cross-directory rename (a filesystem-wide lock),
             # a flock, and the resolve() of the destination's every parent.
             write_new_file(path / TRASH_MANIFEST, data)

@@ -137,7 +137,8 @@ EXAMPLES: list[errors.AppError] = [
         0,
         "root",
         "restore session 0190a1b2c3d4 file 'plan.pdf'",
-        "/opt/app/.venv/bin/app sessions restore 0190a1b2c3d4 --file plan.pdf",
+        "env ENV_FOR_DYNACONF=production /opt/app/.venv/bin/app sessions restore "
+        "0190a1b2c3d4 --file plan.pdf",
     ),
     errors.LockUncheckedError(
         ROOT / ".server.lock", "could not be checked (Stale file handle; 4 looks in 2.6 s)"
@@ -246,7 +247,8 @@ EXAMPLES: list[errors.AppError] = [
     errors.BodyLineTooLargeError(32768, "PUT /sessions/3f2a9c/files/report.pdf"),
     errors.TooManyUploadsError(32, 5),
     errors.ThreadLimitError("POST /sessions", "can't start new thread"),
-    errors.TooManyFilesError("3f2a9c", 10000),
+    errors.TooManyFilesError("3f2a9c", 10000, 10000),
+    errors.TooManyFilesError("3f2a9c", 2, 3),
     errors.StorageFullError("PUT /sessions/3f2a9c/files/report.pdf"),
     errors.ReadOnlyStorageError("DELETE /sessions/3f2a9c"),
     errors.TooManyOpenFilesError("PUT /sessions/3f2a9c/files/report.pdf"),
