@@ -1525,7 +1525,7 @@ def remote_overlaps(
     if not databases and not blobs:
         return  # a local-only configuration never imports psycopg (every pytest start)
     from app.remote.errors import ResourceOverlapError
-    from app.remote.objects import parse_blob_url, prefixes_overlap
+    from app.remote.objects import overlap_note, parse_blob_url
     from app.remote.pg import same_database
 
     names = list(databases)
@@ -1544,10 +1544,11 @@ def remote_overlaps(
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             (here, here_source), (there, there_source) = located[first], located[second]
-            if prefixes_overlap(here, there):
+            note = overlap_note(here, there)
+            if note is not None:
                 yield ResourceOverlapError(
                     "object prefix", first, str(here), here_source,
-                    second, str(there), there_source,
+                    second, str(there), there_source, note=note,
                 )  # fmt: skip
 
 

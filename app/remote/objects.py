@@ -260,11 +260,17 @@ class BlobLocation:
     bucket: str
     prefix: str
     under: str = ""
+    #: The endpoint URL's host as written (lower case, no trailing dot), for the readings of
+    #: it that name a bucket (:func:`_host_readings`); ``""`` for the client's default.
+    host: str = ""
 
     def __str__(self) -> str:
         at = f" at {self.endpoint}" if self.endpoint else ""
         under = f"/{self.under}" if self.under else ""
-        return f"s3://{self.bucket}/{self.prefix}{at}{under}"
+        # The host as written where the endpoint hides it (AWS's, a name of this machine's)
+        # and it names a bucket (red team 57).
+        through = f" through {self.host}" if _host_readings(self.host, "") else ""
+        return f"s3://{self.bucket}/{self.prefix}{at}{under}{through}"
 
     def key(self, name: str) -> str:
         """The object key of ``name`` under the prefix."""
@@ -363,7 +369,8 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
     under = "/".join(s for s in urlsplit(endpoint_url or "").path.split("/") if s)
-    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under)
+    host = (urlsplit(endpoint_url or "").hostname or "").lower().rstrip(".")
+    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under, host)
 
 
 def _timeline(stamp: dict[str, Any]) -> int | None:
@@ -437,11 +444,43 @@ def same_instance(first: str, second: str) -> bool:
     return a_oid == b_oid and (a_system == b_system or "unknown" in (a_system, b_system))
 
 
-def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
-    """Whether one location's objects could lie under the other's (equal, or nested whole
-    path segments, in one bucket on one endpoint)."""
-    if first.endpoint != second.endpoint:
-        return False
+def _host_readings(host: str, other: str) -> list[tuple[str, str]]:
+    """The other readings of an endpoint's host, each (the host it is a name under, the
+    bucket its first labels name), for a store that takes virtual-hosted requests
+    (``<bucket>.<its domain>``: AWS, MinIO with ``MINIO_DOMAIN``, SeaweedFS with
+    ``-s3.domainName``). The app sends path-style requests to an endpoint it is given, but
+    such a store reads the bucket from the host first: ``http://app-data.store`` with
+    ``s3://sub/x`` is bucket ``app-data``, keys ``sub/x/...`` (red team 57).
+
+    A host is read so where its labels before AWS's ``s3`` label are a bucket, where it
+    is a name under ``.localhost`` or under this machine's name, and where it is a name
+    under `other`, the other endpoint's host (erring towards "same": a false one costs a
+    setting). An address is never read so.
+    """
+    if not host or ":" in host or set(host) <= set("0123456789.x"):
+        return []
+    labels = host.split(".")
+    found: list[tuple[str, str]] = []
+    for domain, _ in _AWS_PARTITIONS:
+        if host.endswith(f".{domain}"):
+            for i, label in enumerate(labels):
+                if label == "s3" or label.startswith("s3-"):
+                    if i:
+                        found.append((".".join(labels[i:]), ".".join(labels[:i])))
+                    break
+            return found
+    for i in range(1, len(labels)):
+        under = ".".join(labels[i:])
+        if under == other or is_this_machine(under):
+            found.append((under, ".".join(labels[:i])))
+    return found
+
+
+def overlap_note(first: BlobLocation, second: BlobLocation) -> str | None:
+    """How one location's objects could lie under the other's (:func:`prefixes_overlap`):
+    ``""`` as written (equal, or nested whole path segments, in one bucket on one
+    endpoint), a sentence where it is through a host that names a bucket
+    (:func:`_host_readings`), ``None`` where they cannot."""
 
     # The path each request names: an endpoint URL's own path goes before the bucket
     # (boto3 keeps it; `http://h/app-tests` with bucket `sub` is bucket `app-tests`, keys
@@ -454,9 +493,45 @@ def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
         )
         return [s.lower() for s in before] + (location.prefix.split("/") if location.prefix else [])
 
-    a, b = path(first), path(second)
-    shortest = min(len(a), len(b))
-    return a[:shortest] == b[:shortest]
+    def readings(location: BlobLocation, other: BlobLocation) -> list[tuple[str, list[str]]]:
+        found = [(location.endpoint, path(location))]  # as the app sends it: path-style
+        scheme, at, rest = location.endpoint.partition("://")
+        for under, bucket in _host_readings(location.host, other.host):
+            # AWS's names are one endpoint whatever the host (`_normal_endpoint`).
+            endpoint = (
+                _normal_endpoint(f"{scheme}://{under}:{rest.rpartition(':')[2]}")
+                if at
+                else location.endpoint
+            )
+            found.append((endpoint, [bucket.lower(), *path(location)]))
+        return found
+
+    for i, (endpoint_a, a) in enumerate(readings(first, second)):
+        for j, (endpoint_b, b) in enumerate(readings(second, first)):
+            shortest = min(len(a), len(b))
+            if endpoint_a == endpoint_b and a[:shortest] == b[:shortest]:
+                if not (i or j):
+                    return ""
+                return _through_host(first, a) if i else _through_host(second, b)
+    return None
+
+
+def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
+    """Whether one location's objects could lie under the other's (equal, or nested whole
+    path segments, in one bucket on one endpoint), also where either endpoint's host names
+    a bucket (:func:`_host_readings`)."""
+    return overlap_note(first, second) is not None
+
+
+def _through_host(location: BlobLocation, path: list[str]) -> str:
+    bucket, rest = path[0], "/".join(path[1:])
+    domain = location.host.removeprefix(f"{bucket}.")
+    return (
+        f"s3_endpoint_url's host {location.host} names bucket {bucket!r} to a store that takes "
+        f"virtual-hosted requests (<bucket>.{domain}), so s3://{location.bucket}/"
+        f"{location.prefix} is read there as bucket {bucket!r}, prefix {rest}: written with "
+        f"the store's own host ({domain}) as s3_endpoint_url, it is s3://{bucket}/{rest}"
+    )
 
 
 # --- objects -----------------------------------------------------------------------------
