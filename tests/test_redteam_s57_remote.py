@@ -20,14 +20,34 @@ What broke:
   host names which bucket and what the prefix is when written with the store's own host.
   Tested on the overlap check the configuration loads with (as red team 41's endpoint
   path): the suite's ``weed`` takes path-style requests only.
+
+- A testing ``blob_url`` whose prefix the run's suffix takes past S3's limits (959 bytes,
+  which ``app doctor`` takes: the app's names need 65 more of a key's 1,024; or a last
+  segment near 255 bytes, for a profile a test opts into, whose scratch prefix lengthens
+  it). Every test of the run failed with a traceback of the app's refusal of a prefix of
+  977 bytes that no one had written, told to "choose a shorter one", and the run's end
+  said that it could not remove "the objects under its scratch prefix" and left them,
+  where nothing had been made. The run now refuses before it creates anything, in one
+  line naming the scratch prefix, that the run's suffix adds its bytes, and how long the
+  configured prefix may be; so does every load of such a profile under a run
+  (``invalid_setting``). Red team 21 had closed the same for the scratch database's name.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
+from engines import PostgresEngine, S3Engine, remote_testing_run
+from side_by_side import pytest_side_by_side
 from test_redteam_s39_ops import _overlaps, _settings
+
+from app import config as appconfig
+from app import sandbox
+from app.errors import InvalidSettingError
+from app.sandbox import ALLOW_PROFILES_ENV
 
 _DB = "postgresql://app@db.internal"
 
@@ -104,3 +124,71 @@ def test_an_endpoint_whose_host_names_another_bucket_or_prefix_is_apart(
                  "s3_endpoint_url": staging[1]},
     )  # fmt: skip
     assert _overlaps() == []
+
+
+def _long_prefix(head: str, length: int) -> str:
+    """A prefix of `length` bytes under `head`, in segments of 250 bytes at most."""
+    prefix = head
+    while len(prefix) < length:
+        prefix += "/" + "p" * min(250, length - len(prefix) - 1)
+    assert len(prefix) == length
+    return prefix
+
+
+def test_a_testing_prefix_the_run_s_suffix_takes_past_s3_s_limits_is_refused_in_one_line(
+    postgres_engine: PostgresEngine, s3_engine: S3Engine, tmp_path: Path
+) -> None:
+    testing = f"rt57t_{os.getpid()}"
+    prefix = _long_prefix(f"rt57-{os.getpid()}", 959)  # the most `app doctor` takes
+    project, env = remote_testing_run(
+        tmp_path,
+        postgres_engine,
+        s3_engine,
+        (testing, prefix),
+        "def test_store(app_store):\n    app_store.create_session(title='t')\n",
+    )
+    (result,) = pytest_side_by_side(project, env, ["-p", "no:randomly"])
+    output = "\n".join(result.outlines + result.errlines)
+    said = " ".join(output.split())
+    # Before: InvalidSettingError's traceback from app_config, then "could not remove the
+    # objects under its scratch prefix ... They are left on testing's server".
+    assert "1 error" in said and "passed" not in said, output
+    assert "Traceback" not in output and "InvalidSettingError" not in output, output
+    assert "could not remove" not in said, output
+    assert "app: testing's blob_url cannot be used by a test run: under pytest it names" in said
+    assert f"the run's scratch prefix s3://{s3_engine.bucket}/{prefix}/pytest_" in said, said
+    added = re.search(r"a test run adds its suffix \((\d+) bytes here\)", said)
+    assert added is not None, said
+    room = 959 - int(added[1])
+    assert f"so its prefix may be {room} bytes at most (it is 959): choose a shorter one" in said
+    assert said.count("Nothing was created") == 1, output
+    with postgres_engine.connect() as conn:  # nothing made on testing's server
+        made = conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (testing,)
+        ).fetchall()
+    assert made == []
+
+
+def test_a_profile_whose_scratch_prefix_s_last_segment_is_too_long_is_refused_at_its_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A profile a test opts into: its scratch prefix is a sibling of its prefix (red team
+    # 42), the run's suffix added to the last segment, here one of 250 bytes.
+    last = "s" * 250
+    _settings(
+        tmp_path,
+        monkeypatch,
+        staging={"database_url": f"{_DB}/s", "blob_url": f"s3://b/x/{last}",
+                 "s3_endpoint_url": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    monkeypatch.setenv(ALLOW_PROFILES_ENV, "staging")
+    # Before: the load went on, and every request of the store was refused by the store.
+    with pytest.raises(InvalidSettingError) as refused:
+        appconfig.load("staging", serving=False)
+    said = " ".join(refused.value.message.split())
+    assert f"profile 'staging': blob_url = 's3://b/x/{last}'" in said, said
+    assert f"the run's scratch prefix s3://b/x/{last}_pytest_" in said, said
+    assert "past the 255 an object store on a filesystem takes in one" in said, said
+    added = len(sandbox.current_run().scratch)
+    assert f"adds its suffix ({added} bytes here)" in said, said
+    assert f"may be {255 - added} bytes at most (it is 250): choose a shorter one" in said

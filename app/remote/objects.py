@@ -373,6 +373,39 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
     return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under, host)
 
 
+def scratch_prefix_problem(configured: str, scratch: str) -> str | None:
+    """Why `scratch`, a test run's scratch prefix made from the prefix `configured` (which
+    :func:`parse_blob_url` takes) with the run's suffix (`app.sandbox.scratch_blob_url`),
+    is no prefix the app can use, or ``None``: the suffix took it past S3's limits.
+
+    A testing prefix of 959 bytes, which ``app doctor`` takes, made every test of a run
+    fail with a traceback of the app's refusal of a prefix of 977 bytes no one had written,
+    and the run's end said that it left objects under it (red team 57).
+    """
+    before = [s for s in urlsplit(configured).path.split("/") if s]
+    after = [s for s in urlsplit(scratch).path.split("/") if s]
+    length, total = len("/".join(before).encode()), len("/".join(after).encode())
+    added = total - length
+    cause = f"a test run adds its suffix ({added} bytes here) to it"
+    long = [segment for segment in after if len(segment.encode()) > _MAX_SEGMENT_BYTES]
+    if long:
+        room = _MAX_SEGMENT_BYTES - added
+        return (
+            f"under pytest it names the run's scratch prefix {scratch}, whose last segment is "
+            f"{len(long[-1].encode())} bytes, past the {_MAX_SEGMENT_BYTES} an object store "
+            f"on a filesystem takes in one: {cause}, so the last segment of its prefix may be "
+            f"{room} bytes at most (it is {len(before[-1].encode())}): choose a shorter one"
+        )
+    if total > _MAX_PREFIX_BYTES:
+        return (
+            f"under pytest it names the run's scratch prefix {scratch}, of {total} bytes, past "
+            f"the {_MAX_PREFIX_BYTES} that leave room for the app's object names within S3's "
+            f"{_MAX_KEY_BYTES} bytes of a key: {cause}, so its prefix may be "
+            f"{_MAX_PREFIX_BYTES - added} bytes at most (it is {length}): choose a shorter one"
+        )
+    return None
+
+
 def _timeline(stamp: dict[str, Any]) -> int | None:
     value = stamp.get("timeline")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
