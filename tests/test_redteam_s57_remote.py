@@ -31,23 +31,46 @@ What broke:
   line naming the scratch prefix, that the run's suffix adds its bytes, and how long the
   configured prefix may be; so does every load of such a profile under a run
   (``invalid_setting``). Red team 21 had closed the same for the scratch database's name.
+
+- An object whose bytes, as the store serves them, do not match the store's own checksum of
+  it (``x-amz-checksum-crc32``, which SeaweedFS and AWS keep and the S3 client checks after
+  the last byte): bytes damaged on the store's disks, or changed on the way by a proxy or a
+  cache (a proxy of the test's that flips the last byte of a ``GET``'s body). ``app data
+  check``, the command meant to list such a file, ended in botocore's bare
+  ``FlexibleChecksumError`` traceback, and so did every open whose stamp read met it. Every
+  read of an object now turns it into the app's ``object_store_unavailable`` naming the
+  object, that its bytes do not match the store's checksum and why that may be, and ``app
+  data check`` lists the file (``record-object-changed``), saying so; a trashed version's
+  check of its bytes says the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import re
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from engines import PostgresEngine, S3Engine, remote_testing_run
 from side_by_side import pytest_side_by_side
+from test_redteam_s20_remote_identity import _config
 from test_redteam_s39_ops import _overlaps, _settings
 
 from app import config as appconfig
 from app import sandbox
+from app.config import Config
 from app.errors import InvalidSettingError
+from app.remote.errors import ObjectStoreUnavailableError
+from app.remote.store import RemoteStore
 from app.sandbox import ALLOW_PROFILES_ENV
+from app.storage import open_storage
 
 _DB = "postgresql://app@db.internal"
 
@@ -192,3 +215,82 @@ def test_a_profile_whose_scratch_prefix_s_last_segment_is_too_long_is_refused_at
     added = len(sandbox.current_run().scratch)
     assert f"adds its suffix ({added} bytes here)" in said, said
     assert f"may be {255 - added} bytes at most (it is 250): choose a shorter one" in said
+
+
+class _Flipping(ThreadingHTTPServer):
+    """A proxy in front of the store that flips the last byte of each `GET`'s body whose
+    path holds `flip` (headers, the store's checksum among them, passed on as they are)."""
+
+    flip = "/blobs/"
+
+
+@contextlib.contextmanager
+def _flipping_proxy(target: str) -> Iterator[_Flipping]:
+    store = urlsplit(target)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(store.hostname or "", store.port, timeout=10)
+            conn.request(self.command, self.path, body, dict(self.headers.items()))
+            answer = conn.getresponse()
+            data = answer.read()
+            conn.close()
+            assert isinstance(self.server, _Flipping)
+            if self.command == "GET" and self.server.flip in self.path and data:
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in {"content-length", "transfer-encoding", "connection"}:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+    server = _Flipping(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_object_served_unlike_the_store_s_own_checksum_is_listed_by_check(
+    database_url: str, s3_engine: S3Engine, blob_url: str, app_config: Config
+) -> None:
+    production = _config(app_config, s3_engine, database_url, blob_url)
+    with open_storage(production, writer=True) as replica:
+        session = replica.create_session("acknowledged")["id"]
+        replica.put_file(session, "a.txt", b"acknowledged bytes")
+    with _flipping_proxy(s3_engine.endpoint_url) as proxy:
+        through = replace(production, s3_endpoint_url=f"http://127.0.0.1:{proxy.server_port}")
+        store = open_storage(through, writer=True, wanted="check and repair")
+        assert isinstance(store, RemoteStore)
+        with store:
+            # Before: botocore's FlexibleChecksumError, a traceback from `app data check`.
+            report = store.check(repair=False)
+        [finding] = report.findings
+        assert finding.problem == "record-object-changed"
+        assert finding.target == f"{session}/a.txt"
+        said = " ".join(finding.detail.split())
+        assert "the store's own checksum of the object does not match the bytes it served" in said
+        assert "damaged on its disks, or are changed on the way (a proxy, a cache)" in said
+        # The stamp's read alike: every open was the same traceback.
+        proxy.flip = ".app-profile.json"
+        with pytest.raises(ObjectStoreUnavailableError) as refused:
+            open_storage(through, writer=False)
+        said = " ".join(refused.value.message.split())
+        assert "do not match its own checksum of that object" in said, said
+        assert ".app-profile.json" in said and "`app data check` lists the files" in said

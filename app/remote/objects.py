@@ -34,7 +34,7 @@ import secrets
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
@@ -610,13 +610,31 @@ class ObjectStream:
     """An object (or a range of it) being read: ``size`` is the whole object's, ``length``
     the bytes this stream yields. Iterate it, then close it (or use ``with``)."""
 
-    def __init__(self, body: Any, size: int, length: int) -> None:
+    def __init__(
+        self, body: Any, size: int, length: int, refusal: Callable[[str], AppError] | None = None
+    ) -> None:
         self._body = body
         self.size = size
         self.length = length
+        self._refusal = refusal
+        #: What the store's own checksum said of the bytes it served, once they were all
+        #: read and it did not match them (``None``: it matched, or there was none).
+        self.checksum_mismatch: str | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._body.iter_chunks(_CHUNK)
+        from botocore.exceptions import FlexibleChecksumError
+
+        try:
+            yield from self._body.iter_chunks(_CHUNK)
+        except FlexibleChecksumError as error:
+            # The S3 client checks the bytes against the checksum the store keeps of the
+            # object (x-amz-checksum-*, SeaweedFS's and AWS's), after the last byte: a bare
+            # FlexibleChecksumError traceback ended `app data check`, the one command meant
+            # to report such an object (red team 57).
+            self.checksum_mismatch = str(error)
+            if self._refusal is None:
+                raise
+            raise self._refusal(str(error)) from None
 
     def read(self) -> bytes:
         """The whole stream at once (small objects: stamps, tests)."""
@@ -1018,7 +1036,19 @@ class ObjectStore:
             raise self._fail(error, name) from error
         length = int(answer["ContentLength"])
         total = answer.get("ContentRange", "").rpartition("/")[2]
-        return ObjectStream(answer["Body"], int(total) if total.isdigit() else length, length)
+
+        def refusal(said: str) -> AppError:
+            return self._unavailable(
+                f"the bytes it served of object {self.location.key(name)} do not match its "
+                f"own checksum of that object ({said}): they were damaged on the store's "
+                "disks, or changed on the way (a proxy, a cache, a gateway)",
+                "`app data check` lists the files whose bytes are not those acknowledged; "
+                "bring a damaged object back from the bucket's versioning or a backup, and "
+                "check the store's health and what stands between it and the app",
+            )
+
+        size = int(total) if total.isdigit() else length
+        return ObjectStream(answer["Body"], size, length, refusal)
 
     def exists(self, name: str) -> bool:
         """Whether the object is there (a HEAD: no byte of it read)."""

@@ -21,7 +21,7 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry
-from app.remote.errors import ObjectMissingError
+from app.remote.errors import ObjectMissingError, ObjectStoreUnavailableError
 from app.remote.objects import ObjectStore
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
@@ -260,8 +260,17 @@ class RemoteTrash:
         with stream:
             if stream.size != size:
                 return f"holds {stream.size} bytes, where {size} were acknowledged"
-            for chunk in stream:
-                digest.update(chunk)
+            try:
+                for chunk in stream:
+                    digest.update(chunk)
+            except ObjectStoreUnavailableError:
+                if stream.checksum_mismatch is None:
+                    raise
+                # The store's own checksum of them does not match either (red team 57).
+                return (
+                    f"holds bytes that the store's own checksum of them does not match "
+                    f"({stream.checksum_mismatch}): damaged on its disks, or changed on the way"
+                )
         found = digest.hexdigest()
         if found != sha256:
             return f"holds bytes whose SHA-256 is {found}, where {sha256} was acknowledged"
