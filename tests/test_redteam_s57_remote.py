@@ -42,6 +42,15 @@ What broke:
   object, that its bytes do not match the store's checksum and why that may be, and ``app
   data check`` lists the file (``record-object-changed``), saying so; a trashed version's
   check of its bytes says the same.
+
+- A ``database_url`` (or its service's section, or ``PGTARGETSESSIONATTRS``) with
+  ``target_session_attrs`` of ``read-only`` or ``standby``: every command and ``app serve``
+  were refused as "cannot connect to database ...: session is not read-only. Check that the
+  server runs", which it did; with ``prefer-standby``, libpq connects to a standby whenever
+  one answers, where every change is refused and told to point ``database_url`` at the
+  primary, which it names. The app writes (its stamp, a replica's hold, every change), so
+  such a value is now refused as a setting (``invalid_setting``, 78) before any connection,
+  naming it, where it is set, and to remove it or set ``read-write``.
 """
 
 from __future__ import annotations
@@ -75,6 +84,23 @@ from app.storage import open_storage
 _DB = "postgresql://app@db.internal"
 
 
+def _two_profiles(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    staging: tuple[str, str],
+    production: tuple[str, str],
+) -> None:
+    """Settings of production and staging, each (blob_url, s3_endpoint_url)."""
+    _settings(
+        tmp_path,
+        monkeypatch,
+        production={"database_url": f"{_DB}/a", "blob_url": production[0],
+                    "s3_endpoint_url": production[1]},
+        staging={"database_url": f"{_DB}/b", "blob_url": staging[0],
+                 "s3_endpoint_url": staging[1]},
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("staging", "production", "host", "bucket"),
     [
@@ -98,14 +124,7 @@ def test_an_endpoint_whose_host_names_a_bucket_is_that_bucket_s_prefix(
     host: str,
     bucket: str,
 ) -> None:
-    _settings(
-        tmp_path,
-        monkeypatch,
-        production={"database_url": f"{_DB}/a", "blob_url": production[0],
-                    "s3_endpoint_url": production[1]},
-        staging={"database_url": f"{_DB}/b", "blob_url": staging[0],
-                 "s3_endpoint_url": staging[1]},
-    )  # fmt: skip
+    _two_profiles(tmp_path, monkeypatch, staging, production)
     # Before: two prefixes to the check (another host, or another bucket), with nothing said.
     [overlap] = _overlaps()
     said = " ".join(overlap.message.split())
@@ -138,14 +157,7 @@ def test_an_endpoint_whose_host_names_another_bucket_or_prefix_is_apart(
     staging: tuple[str, str],
     production: tuple[str, str],
 ) -> None:
-    _settings(
-        tmp_path,
-        monkeypatch,
-        production={"database_url": f"{_DB}/a", "blob_url": production[0],
-                    "s3_endpoint_url": production[1]},
-        staging={"database_url": f"{_DB}/b", "blob_url": staging[0],
-                 "s3_endpoint_url": staging[1]},
-    )  # fmt: skip
+    _two_profiles(tmp_path, monkeypatch, staging, production)
     assert _overlaps() == []
 
 
@@ -192,23 +204,30 @@ def test_a_testing_prefix_the_run_s_suffix_takes_past_s3_s_limits_is_refused_in_
     assert made == []
 
 
+def _staging_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str, blob_url: str
+) -> str:
+    """The refusal of a load of profile staging, opted into by the test, as one line."""
+    _settings(
+        tmp_path,
+        monkeypatch,
+        staging={"database_url": database_url, "blob_url": blob_url,
+                 "s3_endpoint_url": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    monkeypatch.setenv(ALLOW_PROFILES_ENV, "staging")
+    with pytest.raises(InvalidSettingError) as refused:
+        appconfig.load("staging", serving=False)
+    return " ".join(refused.value.message.split())
+
+
 def test_a_profile_whose_scratch_prefix_s_last_segment_is_too_long_is_refused_at_its_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A profile a test opts into: its scratch prefix is a sibling of its prefix (red team
     # 42), the run's suffix added to the last segment, here one of 250 bytes.
     last = "s" * 250
-    _settings(
-        tmp_path,
-        monkeypatch,
-        staging={"database_url": f"{_DB}/s", "blob_url": f"s3://b/x/{last}",
-                 "s3_endpoint_url": "http://127.0.0.1:9"},
-    )  # fmt: skip
-    monkeypatch.setenv(ALLOW_PROFILES_ENV, "staging")
     # Before: the load went on, and every request of the store was refused by the store.
-    with pytest.raises(InvalidSettingError) as refused:
-        appconfig.load("staging", serving=False)
-    said = " ".join(refused.value.message.split())
+    said = _staging_refused(tmp_path, monkeypatch, f"{_DB}/s", f"s3://b/x/{last}")
     assert f"profile 'staging': blob_url = 's3://b/x/{last}'" in said, said
     assert f"the run's scratch prefix s3://b/x/{last}_pytest_" in said, said
     assert "past the 255 an object store on a filesystem takes in one" in said, said
@@ -294,3 +313,23 @@ def test_an_object_served_unlike_the_store_s_own_checksum_is_listed_by_check(
         said = " ".join(refused.value.message.split())
         assert "do not match its own checksum of that object" in said, said
         assert ".app-profile.json" in said and "`app data check` lists the files" in said
+
+
+@pytest.mark.parametrize(
+    ("attrs", "where"),
+    [("read-only", "url"), ("prefer-standby", "url"), ("standby", "PGTARGETSESSIONATTRS")],
+)
+def test_a_database_url_that_asks_libpq_for_a_standby_is_refused_as_a_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attrs: str, where: str
+) -> None:
+    url = f"{_DB}/s" + (f"?target_session_attrs={attrs}" if where == "url" else "")
+    if where != "url":
+        monkeypatch.setenv(where, attrs)
+    # Before: loaded, then every connection refused as a server that may not run
+    # ("session is not read-only"), or, with a standby up, every change refused there.
+    said = _staging_refused(tmp_path, monkeypatch, url, "s3://b/staging")
+    assert "profile 'staging': database_url" in said, said
+    source = "database_url" if where == "url" else "the environment's PGTARGETSESSIONATTRS"
+    assert f"(target_session_attrs={attrs}, from {source})" in said, said
+    assert "has libpq connect to a standby or a read-only server" in said, said
+    assert "Remove target_session_attrs there, or set it to read-write" in said, said

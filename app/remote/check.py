@@ -16,7 +16,7 @@ from typing import Any
 from app.errors import AppError
 from app.remote import pg
 from app.remote.db import Database
-from app.remote.errors import ObjectMissingError, ObjectStoreUnavailableError
+from app.remote.errors import ObjectMissingError
 from app.remote.objects import BLOBS, ObjectInfo, ObjectStore, UnfinishedUpload
 from app.storage import CheckReport, Finding
 
@@ -364,16 +364,10 @@ def _sha256(objects: ObjectStore, name: str) -> tuple[str | None, str | None]:
     digest = hashlib.sha256()
     try:
         with objects.get(name) as stream:
-            try:
-                for chunk in stream:
-                    digest.update(chunk)
-            except ObjectStoreUnavailableError:
-                if stream.checksum_mismatch is None:
-                    raise
-                return digest.hexdigest(), stream.checksum_mismatch  # every byte was read
+            mismatch = stream.hash_into(digest)
     except ObjectMissingError:
         return None, None
-    return digest.hexdigest(), None
+    return digest.hexdigest(), mismatch
 
 
 def _unnamed(

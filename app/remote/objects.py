@@ -636,6 +636,18 @@ class ObjectStream:
                 raise
             raise self._refusal(str(error)) from None
 
+    def hash_into(self, digest: Any) -> str | None:
+        """Feed every byte of the stream to `digest` (a :mod:`hashlib` object); what the
+        store's own checksum said of them where it did not match (every byte was read by
+        then), else ``None``: for the checks that report such an object, not refuse it."""
+        try:
+            for chunk in self:
+                digest.update(chunk)
+        except ObjectStoreUnavailableError:
+            if self.checksum_mismatch is None:
+                raise
+        return self.checksum_mismatch
+
     def read(self) -> bytes:
         """The whole stream at once (small objects: stamps, tests)."""
         return b"".join(self)

@@ -21,7 +21,7 @@ from app.errors import (
 )
 from app.names import check_file_name
 from app.remote.db import Database, now, trash_entry
-from app.remote.errors import ObjectMissingError, ObjectStoreUnavailableError
+from app.remote.errors import ObjectMissingError
 from app.remote.objects import ObjectStore
 from app.storage import TrashEntry, entry_holds_other
 from app.store.ids import check_session_id
@@ -260,16 +260,11 @@ class RemoteTrash:
         with stream:
             if stream.size != size:
                 return f"holds {stream.size} bytes, where {size} were acknowledged"
-            try:
-                for chunk in stream:
-                    digest.update(chunk)
-            except ObjectStoreUnavailableError:
-                if stream.checksum_mismatch is None:
-                    raise
-                # The store's own checksum of them does not match either (red team 57).
+            mismatch = stream.hash_into(digest)
+            if mismatch is not None:  # red team 57
                 return (
                     f"holds bytes that the store's own checksum of them does not match "
-                    f"({stream.checksum_mismatch}): damaged on its disks, or changed on the way"
+                    f"({mismatch}): damaged on its disks, or changed on the way"
                 )
         found = digest.hexdigest()
         if found != sha256:
