@@ -177,19 +177,29 @@ def _database_url(value: Any) -> str | None:
         return problem
     # Imported only when a profile names a database: psycopg's import is not free, and a
     # local profile never pays it.
-    from app.remote.pg import database_addresses
+    from app.remote.pg import database_addresses, read_only_target
 
     problem = _url_userinfo_problem(value)
     if problem is not None:
         return problem
     try:
         database_addresses(value)
+        target = read_only_target(value)
     except (AppError, ValueError):  # ValueError: a port that is not a number
         # Not psycopg's own words: they may quote the part of the string that holds the
         # password.
         return (
             "is neither a PostgreSQL URL (postgresql://user@host:port/dbname) nor a "
             "key=value connection string"
+        )
+    if target is not None:
+        attrs, where = target
+        first = " first, where one answers" if attrs == "prefer-standby" else ""
+        return (
+            f"has libpq connect to a standby or a read-only server{first} "
+            f"(target_session_attrs={attrs}, from {where}), where the app is refused: it "
+            "writes (its stamp, a replica's hold, every change). Remove target_session_attrs "
+            "there, or set it to read-write (with several hosts: the primary among them)"
         )
     return None
 
@@ -1525,7 +1535,7 @@ def remote_overlaps(
     if not databases and not blobs:
         return  # a local-only configuration never imports psycopg (every pytest start)
     from app.remote.errors import ResourceOverlapError
-    from app.remote.objects import parse_blob_url, prefixes_overlap
+    from app.remote.objects import overlap_note, parse_blob_url
     from app.remote.pg import same_database
 
     names = list(databases)
@@ -1544,10 +1554,11 @@ def remote_overlaps(
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             (here, here_source), (there, there_source) = located[first], located[second]
-            if prefixes_overlap(here, there):
+            note = overlap_note(here, there)
+            if note is not None:
                 yield ResourceOverlapError(
                     "object prefix", first, str(here), here_source,
-                    second, str(there), there_source,
+                    second, str(there), there_source, note=note,
                 )  # fmt: skip
 
 

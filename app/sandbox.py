@@ -99,6 +99,7 @@ __all__ = [
     "sandbox_root",
     "scratch_blob_url",
     "scratch_database_url",
+    "scratch_prefix_refusal",
     "scratch_suffix",
     "seen_from_outside",
     "served_by",
@@ -3781,7 +3782,25 @@ def confine_remote(
         scratch = scratch_database_url(value, run.scratch)
     else:
         scratch = scratch_blob_url(value, run.scratch, profile)
+        problem = scratch_prefix_refusal(value, scratch)
+        if problem:
+            from app.errors import InvalidSettingError
+
+            raise InvalidSettingError(profile, key, shown, problem, source)
     return scratch, f"pytest scratch {what} (configured: {shown}, {source})"
+
+
+def scratch_prefix_refusal(configured: str, scratch: str) -> str | None:
+    """`app.remote.objects.scratch_prefix_problem`, where `configured` is a prefix at all
+    (its own refusal is the configuration's)."""
+    from app.errors import InvalidSettingError
+    from app.remote.objects import parse_blob_url, scratch_prefix_problem
+
+    try:
+        parse_blob_url(configured)
+    except InvalidSettingError:
+        return None
+    return scratch_prefix_problem(configured, scratch)
 
 
 def check_remote(database_url: str, blob_url: str, what: str, run: Run | None = None) -> None:

@@ -336,31 +336,38 @@ def _compare(
     # the check, which read no object's bytes, called the bucket consistent (red team 35).
     if not hash_bytes:
         return None
-    got = _sha256(objects, row["blob"])
-    if got is None or got == row["sha256"]:
+    got, mismatch = _sha256(objects, row["blob"])
+    if got is None or (got == row["sha256"] and mismatch is None):
         return None
+    how = (
+        "it was overwritten outside the app"
+        if mismatch is None
+        else "the store's own checksum of the object does not match the bytes it served "
+        f"either ({mismatch}): they were damaged on its disks, or are changed on the way "
+        "(a proxy, a cache)"
+    )
     return Finding(
         "record-object-changed",
         target,
         f"file {row['name']!r} of session {row['session_id']} was saved with the SHA-256 "
-        f"{row['sha256']}, but its object {row['blob']} has {got}: it was overwritten "
-        "outside the app, and downloads of it are cut before their last byte",
+        f"{row['sha256']}, but its object {row['blob']} has {got}: {how}, and downloads of "
+        "it are cut before their last byte",
         "nothing: bring back the object's version with that SHA-256 from the bucket's "
         "versioning or a backup, or delete the file",
     )
 
 
-def _sha256(objects: ObjectStore, name: str) -> str | None:
-    """The SHA-256 of an object's bytes, read whole; None if it is gone meanwhile (a
-    replica's empty-trash)."""
+def _sha256(objects: ObjectStore, name: str) -> tuple[str | None, str | None]:
+    """The SHA-256 of an object's bytes, read whole (None if it is gone meanwhile: a
+    replica's empty-trash), and what the store's own checksum said of them where it did not
+    match (red team 57: a traceback of the S3 client's, from this check)."""
     digest = hashlib.sha256()
     try:
         with objects.get(name) as stream:
-            for chunk in stream:
-                digest.update(chunk)
+            mismatch = stream.hash_into(digest)
     except ObjectMissingError:
-        return None
-    return digest.hexdigest()
+        return None, None
+    return digest.hexdigest(), mismatch
 
 
 def _unnamed(

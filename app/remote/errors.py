@@ -59,15 +59,19 @@ class ResourceOverlapError(ConfigError):
     second: str
     second_value: str
     second_source: str
+    #: How they overlap, where the values do not show it (red team 57: an endpoint's host
+    #: that names a bucket).
+    note: str = field(default="", kw_only=True)
 
     @property
     def message(self) -> str:
         key = "database_url" if self.kind == "database" else "blob_url"
         relation = "the same database" if self.kind == "database" else "overlapping object prefixes"
+        note = f" ({self.note})" if self.note else ""
         return (
             f"profiles {self.first!r} and {self.second!r} name {relation}: "
             f"{self.first} -> {self.first_value} (from {self.first_source}), "
-            f"{self.second} -> {self.second_value} (from {self.second_source}). "
+            f"{self.second} -> {self.second_value} (from {self.second_source}){note}. "
             f"Every profile needs its own {self.kind}; change {key} for one of them"
         )
 

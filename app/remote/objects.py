@@ -34,7 +34,7 @@ import secrets
 import signal
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
@@ -260,11 +260,17 @@ class BlobLocation:
     bucket: str
     prefix: str
     under: str = ""
+    #: The endpoint URL's host as written (lower case, no trailing dot), for the readings of
+    #: it that name a bucket (:func:`_host_readings`); ``""`` for the client's default.
+    host: str = ""
 
     def __str__(self) -> str:
         at = f" at {self.endpoint}" if self.endpoint else ""
         under = f"/{self.under}" if self.under else ""
-        return f"s3://{self.bucket}/{self.prefix}{at}{under}"
+        # The host as written where the endpoint hides it (AWS's, a name of this machine's)
+        # and it names a bucket (red team 57).
+        through = f" through {self.host}" if _host_readings(self.host, "") else ""
+        return f"s3://{self.bucket}/{self.prefix}{at}{under}{through}"
 
     def key(self, name: str) -> str:
         """The object key of ``name`` under the prefix."""
@@ -363,7 +369,41 @@ def parse_blob_url(blob_url: str, endpoint_url: str | None = None) -> BlobLocati
             f"{_MAX_SEGMENT_BYTES}: choose a shorter one", "blob_url",
         )  # fmt: skip
     under = "/".join(s for s in urlsplit(endpoint_url or "").path.split("/") if s)
-    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under)
+    host = (urlsplit(endpoint_url or "").hostname or "").lower().rstrip(".")
+    return BlobLocation(_normal_endpoint(endpoint_url), parts.netloc, prefix, under, host)
+
+
+def scratch_prefix_problem(configured: str, scratch: str) -> str | None:
+    """Why `scratch`, a test run's scratch prefix made from the prefix `configured` (which
+    :func:`parse_blob_url` takes) with the run's suffix (`app.sandbox.scratch_blob_url`),
+    is no prefix the app can use, or ``None``: the suffix took it past S3's limits.
+
+    A testing prefix of 959 bytes, which ``app doctor`` takes, made every test of a run
+    fail with a traceback of the app's refusal of a prefix of 977 bytes no one had written,
+    and the run's end said that it left objects under it (red team 57).
+    """
+    before = [s for s in urlsplit(configured).path.split("/") if s]
+    after = [s for s in urlsplit(scratch).path.split("/") if s]
+    length, total = len("/".join(before).encode()), len("/".join(after).encode())
+    added = total - length
+    cause = f"a test run adds its suffix ({added} bytes here) to it"
+    long = [segment for segment in after if len(segment.encode()) > _MAX_SEGMENT_BYTES]
+    if long:
+        room = _MAX_SEGMENT_BYTES - added
+        return (
+            f"under pytest it names the run's scratch prefix {scratch}, whose last segment is "
+            f"{len(long[-1].encode())} bytes, past the {_MAX_SEGMENT_BYTES} an object store "
+            f"on a filesystem takes in one: {cause}, so the last segment of its prefix may be "
+            f"{room} bytes at most (it is {len(before[-1].encode())}): choose a shorter one"
+        )
+    if total > _MAX_PREFIX_BYTES:
+        return (
+            f"under pytest it names the run's scratch prefix {scratch}, of {total} bytes, past "
+            f"the {_MAX_PREFIX_BYTES} that leave room for the app's object names within S3's "
+            f"{_MAX_KEY_BYTES} bytes of a key: {cause}, so its prefix may be "
+            f"{_MAX_PREFIX_BYTES - added} bytes at most (it is {length}): choose a shorter one"
+        )
+    return None
 
 
 def _timeline(stamp: dict[str, Any]) -> int | None:
@@ -437,11 +477,43 @@ def same_instance(first: str, second: str) -> bool:
     return a_oid == b_oid and (a_system == b_system or "unknown" in (a_system, b_system))
 
 
-def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
-    """Whether one location's objects could lie under the other's (equal, or nested whole
-    path segments, in one bucket on one endpoint)."""
-    if first.endpoint != second.endpoint:
-        return False
+def _host_readings(host: str, other: str) -> list[tuple[str, str]]:
+    """The other readings of an endpoint's host, each (the host it is a name under, the
+    bucket its first labels name), for a store that takes virtual-hosted requests
+    (``<bucket>.<its domain>``: AWS, MinIO with ``MINIO_DOMAIN``, SeaweedFS with
+    ``-s3.domainName``). The app sends path-style requests to an endpoint it is given, but
+    such a store reads the bucket from the host first: ``http://app-data.store`` with
+    ``s3://sub/x`` is bucket ``app-data``, keys ``sub/x/...`` (red team 57).
+
+    A host is read so where its labels before AWS's ``s3`` label are a bucket, where it
+    is a name under ``.localhost`` or under this machine's name, and where it is a name
+    under `other`, the other endpoint's host (erring towards "same": a false one costs a
+    setting). An address is never read so.
+    """
+    if not host or ":" in host or set(host) <= set("0123456789.x"):
+        return []
+    labels = host.split(".")
+    found: list[tuple[str, str]] = []
+    for domain, _ in _AWS_PARTITIONS:
+        if host.endswith(f".{domain}"):
+            for i, label in enumerate(labels):
+                if label == "s3" or label.startswith("s3-"):
+                    if i:
+                        found.append((".".join(labels[i:]), ".".join(labels[:i])))
+                    break
+            return found
+    for i in range(1, len(labels)):
+        under = ".".join(labels[i:])
+        if under == other or is_this_machine(under):
+            found.append((under, ".".join(labels[:i])))
+    return found
+
+
+def overlap_note(first: BlobLocation, second: BlobLocation) -> str | None:
+    """How one location's objects could lie under the other's (:func:`prefixes_overlap`):
+    ``""`` as written (equal, or nested whole path segments, in one bucket on one
+    endpoint), a sentence where it is through a host that names a bucket
+    (:func:`_host_readings`), ``None`` where they cannot."""
 
     # The path each request names: an endpoint URL's own path goes before the bucket
     # (boto3 keeps it; `http://h/app-tests` with bucket `sub` is bucket `app-tests`, keys
@@ -454,9 +526,45 @@ def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
         )
         return [s.lower() for s in before] + (location.prefix.split("/") if location.prefix else [])
 
-    a, b = path(first), path(second)
-    shortest = min(len(a), len(b))
-    return a[:shortest] == b[:shortest]
+    def readings(location: BlobLocation, other: BlobLocation) -> list[tuple[str, list[str]]]:
+        found = [(location.endpoint, path(location))]  # as the app sends it: path-style
+        scheme, at, rest = location.endpoint.partition("://")
+        for under, bucket in _host_readings(location.host, other.host):
+            # AWS's names are one endpoint whatever the host (`_normal_endpoint`).
+            endpoint = (
+                _normal_endpoint(f"{scheme}://{under}:{rest.rpartition(':')[2]}")
+                if at
+                else location.endpoint
+            )
+            found.append((endpoint, [bucket.lower(), *path(location)]))
+        return found
+
+    for i, (endpoint_a, a) in enumerate(readings(first, second)):
+        for j, (endpoint_b, b) in enumerate(readings(second, first)):
+            shortest = min(len(a), len(b))
+            if endpoint_a == endpoint_b and a[:shortest] == b[:shortest]:
+                if not (i or j):
+                    return ""
+                return _through_host(first, a) if i else _through_host(second, b)
+    return None
+
+
+def prefixes_overlap(first: BlobLocation, second: BlobLocation) -> bool:
+    """Whether one location's objects could lie under the other's (equal, or nested whole
+    path segments, in one bucket on one endpoint), also where either endpoint's host names
+    a bucket (:func:`_host_readings`)."""
+    return overlap_note(first, second) is not None
+
+
+def _through_host(location: BlobLocation, path: list[str]) -> str:
+    bucket, rest = path[0], "/".join(path[1:])
+    domain = location.host.removeprefix(f"{bucket}.")
+    return (
+        f"s3_endpoint_url's host {location.host} names bucket {bucket!r} to a store that takes "
+        f"virtual-hosted requests (<bucket>.{domain}), so s3://{location.bucket}/"
+        f"{location.prefix} is read there as bucket {bucket!r}, prefix {rest}: written with "
+        f"the store's own host ({domain}) as s3_endpoint_url, it is s3://{bucket}/{rest}"
+    )
 
 
 # --- objects -----------------------------------------------------------------------------
@@ -502,13 +610,43 @@ class ObjectStream:
     """An object (or a range of it) being read: ``size`` is the whole object's, ``length``
     the bytes this stream yields. Iterate it, then close it (or use ``with``)."""
 
-    def __init__(self, body: Any, size: int, length: int) -> None:
+    def __init__(
+        self, body: Any, size: int, length: int, refusal: Callable[[str], AppError] | None = None
+    ) -> None:
         self._body = body
         self.size = size
         self.length = length
+        self._refusal = refusal
+        #: What the store's own checksum said of the bytes it served, once they were all
+        #: read and it did not match them (``None``: it matched, or there was none).
+        self.checksum_mismatch: str | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._body.iter_chunks(_CHUNK)
+        from botocore.exceptions import FlexibleChecksumError
+
+        try:
+            yield from self._body.iter_chunks(_CHUNK)
+        except FlexibleChecksumError as error:
+            # The S3 client checks the bytes against the checksum the store keeps of the
+            # object (x-amz-checksum-*, SeaweedFS's and AWS's), after the last byte: a bare
+            # FlexibleChecksumError traceback ended `app data check`, the one command meant
+            # to report such an object (red team 57).
+            self.checksum_mismatch = str(error)
+            if self._refusal is None:
+                raise
+            raise self._refusal(str(error)) from None
+
+    def hash_into(self, digest: Any) -> str | None:
+        """Feed every byte of the stream to `digest` (a :mod:`hashlib` object); what the
+        store's own checksum said of them where it did not match (every byte was read by
+        then), else ``None``: for the checks that report such an object, not refuse it."""
+        try:
+            for chunk in self:
+                digest.update(chunk)
+        except ObjectStoreUnavailableError:
+            if self.checksum_mismatch is None:
+                raise
+        return self.checksum_mismatch
 
     def read(self) -> bytes:
         """The whole stream at once (small objects: stamps, tests)."""
@@ -910,7 +1048,19 @@ class ObjectStore:
             raise self._fail(error, name) from error
         length = int(answer["ContentLength"])
         total = answer.get("ContentRange", "").rpartition("/")[2]
-        return ObjectStream(answer["Body"], int(total) if total.isdigit() else length, length)
+
+        def refusal(said: str) -> AppError:
+            return self._unavailable(
+                f"the bytes it served of object {self.location.key(name)} do not match its "
+                f"own checksum of that object ({said}): they were damaged on the store's "
+                "disks, or changed on the way (a proxy, a cache, a gateway)",
+                "`app data check` lists the files whose bytes are not those acknowledged; "
+                "bring a damaged object back from the bucket's versioning or a backup, and "
+                "check the store's health and what stands between it and the app",
+            )
+
+        size = int(total) if total.isdigit() else length
+        return ObjectStream(answer["Body"], size, length, refusal)
 
     def exists(self, name: str) -> bool:
         """Whether the object is there (a HEAD: no byte of it read)."""

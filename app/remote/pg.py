@@ -356,6 +356,35 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     return tuple(sorted(addresses))
 
 
+#: `target_session_attrs` values that send libpq to a server the app cannot write to.
+_READ_ONLY_TARGETS = frozenset({"read-only", "standby", "prefer-standby"})
+
+
+def read_only_target(database_url: str) -> tuple[str, str] | None:
+    """The ``target_session_attrs`` that has libpq connect only (or first) to a standby or
+    a read-only server, and where it is set (``database_url``, the service's section, or
+    ``PGTARGETSESSIONATTRS``, in libpq's order), or ``None``.
+
+    The app writes (its stamp, a replica's hold, every change): `read-only` and `standby`
+    were refused as "cannot connect ... Check that the server runs", which it did, and
+    `prefer-standby` reached a standby whenever one answered, every change refused and told
+    to point database_url at the primary, which it named (red team 57).
+    """
+    explicit = _params(database_url)
+    service = _service(explicit)
+    for value, where in (
+        (explicit.get("target_session_attrs"), "database_url"),
+        (
+            service.get("target_session_attrs"),
+            f"the service {explicit.get('service') or os.environ.get('PGSERVICE')!r}",
+        ),
+        (os.environ.get("PGTARGETSESSIONATTRS"), "the environment's PGTARGETSESSIONATTRS"),
+    ):
+        if value:
+            return (str(value), where) if str(value) in _READ_ONLY_TARGETS else None
+    return None
+
+
 def same_database(first_url: str, second_url: str) -> bool:
     """Whether two URLs may name one database (any normalised address in common)."""
     return bool(set(database_addresses(first_url)) & set(database_addresses(second_url)))

@@ -118,6 +118,10 @@ class ObjectFile(io.RawIOBase):
         assert self._chunks is not None
         try:
             return next(self._chunks, None)
+        except ObjectStoreUnavailableError:
+            # Bytes unlike the store's own checksum of them (red team 57), said as such.
+            self._drop()
+            raise
         except BotoCoreError as error:
             self._drop()
             raise ObjectStoreUnavailableError(

@@ -260,8 +260,12 @@ class RemoteTrash:
         with stream:
             if stream.size != size:
                 return f"holds {stream.size} bytes, where {size} were acknowledged"
-            for chunk in stream:
-                digest.update(chunk)
+            mismatch = stream.hash_into(digest)
+            if mismatch is not None:  # red team 57
+                return (
+                    f"holds bytes that the store's own checksum of them does not match "
+                    f"({mismatch}): damaged on its disks, or changed on the way"
+                )
         found = digest.hexdigest()
         if found != sha256:
             return f"holds bytes whose SHA-256 is {found}, where {sha256} was acknowledged"

@@ -15,7 +15,7 @@ import pytest
 
 from app import config as appconfig
 from app.errors import AppError, printable
-from app.sandbox import scratch_blob_url
+from app.sandbox import scratch_blob_url, scratch_prefix_refusal
 from app.testing.guard import (
     INACTIVE,
     STATE,
@@ -41,8 +41,15 @@ def _app_remote_scratch(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     suffix = state.run.scratch
-    database, _ = scratch_names(state.remote, suffix)
-    refused = _create_scratch(state.remote.database_url, suffix, database)
+    database, prefix = scratch_names(state.remote, suffix)
+    # Before anything is made: a prefix the run's suffix took past S3's limits refused every
+    # test with a traceback, and the run's end said it left objects there (red team 57).
+    problem = scratch_prefix_refusal(state.remote.blob_url, prefix)
+    refused = (
+        f"app: testing's blob_url cannot be used by a test run: {problem}. Nothing was created"
+        if problem
+        else _create_scratch(state.remote.database_url, suffix, database)
+    )
     if refused:  # not in an except block: pytest would print the exception handled too
         pytest.fail(refused, pytrace=False)
     try:
