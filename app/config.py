@@ -618,7 +618,7 @@ def _select(
     elif PROFILE_ENV in environ:
         name, source = environ[PROFILE_ENV], PROFILE_ENV
     else:
-        _refuse_misspelt_selector(environ, known)
+        _refuse_misspelt_selector(environ, known, RUN_PROFILE if in_run else DEFAULT_PROFILE)
         # A process of a test run whose environment lost the plugin's ENV_FOR_DYNACONF (a
         # test's `os.environ.clear()`, a child given a hand-built environment) is still on
         # the profile the run forces (red team 57): development's default was refused
@@ -692,8 +692,10 @@ def _misspelt_resource_variables(
         )
 
 
-def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
-    """Refuse a variable meant to select the profile, before falling back to the default.
+def _refuse_misspelt_selector(
+    environ: Mapping[str, str], known: tuple[str, ...], default: str = DEFAULT_PROFILE
+) -> None:
+    """Refuse a variable meant to select the profile, before falling back to `default`.
 
     Layer 1 refuses ``ENV_FOR_DYNACONF=prod`` rather than falling back; a typo in the
     variable's *name* (``ENV_FOR_DYNACOF``, ``env_for_dynaconf``) fell back silently, and so
@@ -703,7 +705,7 @@ def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]
 
     def names_another_profile(value: str) -> bool:
         meant = value.strip().lower()
-        return meant in known and meant != DEFAULT_PROFILE
+        return meant in known and meant != default
 
     name = config_files.misspelt(environ, PROFILE_ENV, _PROFILE_HABITS, names_another_profile)
     if name is not None:
@@ -718,7 +720,7 @@ def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]
             environ[name],
             PROFILE_ENV,
             "(or --profile) selects the profile",
-            f"the default profile {DEFAULT_PROFILE!r}",
+            f"the default profile {default!r}",
             fix,
         )
 

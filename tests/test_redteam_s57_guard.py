@@ -42,6 +42,11 @@ def test_a_wiped_environment():
     try:
         config = load()
         print("OWN", config.profile, config.data_root, "|", config.profile_source)
+        os.environ["APP_ENV"] = "production"  # another tool's habit, meant as the profile
+        try:
+            load()
+        except Exception as error:
+            print("HABIT", type(error).__name__, str(error).replace(chr(10), " "))
     finally:
         os.environ.update(kept)
     alone = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": os.environ["APP_SETTINGS_DIR"]}
@@ -73,6 +78,9 @@ def test_a_test_that_wipes_its_environment_stays_on_testing(tmp_path: Path) -> N
     # process and in its child alike.
     assert lines["OWN"].startswith(f"OWN testing {basetemp / 'data' / 'testing'} | "), out
     assert "the test run's default: ENV_FOR_DYNACONF is not set" in lines["OWN"], out
+    # What the app would use instead of a misspelt selector is the run's default too.
+    assert lines["HABIT"].startswith("HABIT VariableMisspeltError "), out
+    assert "the app would use the default profile 'testing'" in lines["HABIT"], out
     # The purge goes to the run's own testing root, in its sandbox, which the run holds:
     # refused as held, exit 75 (before the fix: exit 78, the same advice to opt into
     # development).
