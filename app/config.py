@@ -2035,8 +2035,13 @@ def inspect_profiles(
     where = sandboxing.context()
     run = where.run
     files = config_files.read_files(env, sandboxed=run is not None)
-    # The default a test may not load (it did not opt into it) is the run's profile instead.
-    in_run = run is not None and DEFAULT_PROFILE not in sandboxing.allowed_profiles(run)
+    # The default a test may not load (it did not opt into it) is the run's profile instead;
+    # not under a pytest without the app's plugin (`bare`), where nothing forced testing.
+    in_run = (
+        run is not None
+        and where.bare is None
+        and DEFAULT_PROFILE not in sandboxing.allowed_profiles(run)
+    )
     selected, source = _select(profile, profile_source, env, files.profiles, in_run=in_run)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
