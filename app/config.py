@@ -78,6 +78,14 @@ loaded = sandboxing.loaded
 sandbox_root = sandboxing.sandbox_root
 ENV_PREFIX = "APP"
 DEFAULT_PROFILE = "development"
+#: The profile a process of a pytest run loads where nothing names one (`_select`).
+RUN_PROFILE = "testing"
+#: Where that selection comes from, as `Config.profile_source` and messages say it.
+RUN_DEFAULT = (
+    f"the test run's default: {PROFILE_ENV} is not set in this process's environment, and a "
+    f"process of a test run loads {RUN_PROFILE!r} unless a profile is named or the test "
+    f"opted into {DEFAULT_PROFILE!r}"
+)
 ALWAYS_PROTECTED = config_files.ALWAYS_PROTECTED
 _META_ENV = frozenset({SETTINGS_DIR_ENV})  # APP_ variables that are not settings
 
@@ -608,15 +616,25 @@ def _file_problems(files: Files) -> Iterator[ConfigError]:
 
 
 def _select(
-    profile: str | None, source: str, environ: Mapping[str, str], known: tuple[str, ...]
+    profile: str | None,
+    source: str,
+    environ: Mapping[str, str],
+    known: tuple[str, ...],
+    *,
+    in_run: bool = False,
 ) -> tuple[str, str]:
     if profile is not None:
         name = profile
     elif PROFILE_ENV in environ:
         name, source = environ[PROFILE_ENV], PROFILE_ENV
     else:
-        _refuse_misspelt_selector(environ, known)
-        name, source = DEFAULT_PROFILE, "default"
+        _refuse_misspelt_selector(environ, known, RUN_PROFILE if in_run else DEFAULT_PROFILE)
+        # A process of a test run whose environment lost the plugin's ENV_FOR_DYNACONF (a
+        # test's `os.environ.clear()`, a child given a hand-built environment) is still on
+        # the profile the run forces (red team 57): development's default was refused
+        # there, with the advice to opt into development, which no test had asked for. A
+        # test that opted into development keeps it as its default (`inspect_profiles`).
+        name, source = (RUN_PROFILE, RUN_DEFAULT) if in_run else (DEFAULT_PROFILE, "default")
     # ASCII only, as a section's name is (red team 54): ``str.lower`` makes U+212A KELVIN
     # SIGN a plain ``k``, so ``ENV_FOR_DYNACONF=\u212aiosk`` selected ``kiosk`` while every
     # other non-ASCII look-alike of a name is refused as not plain ASCII.
@@ -684,8 +702,10 @@ def _misspelt_resource_variables(
         )
 
 
-def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]) -> None:
-    """Refuse a variable meant to select the profile, before falling back to the default.
+def _refuse_misspelt_selector(
+    environ: Mapping[str, str], known: tuple[str, ...], default: str = DEFAULT_PROFILE
+) -> None:
+    """Refuse a variable meant to select the profile, before falling back to `default`.
 
     Layer 1 refuses ``ENV_FOR_DYNACONF=prod`` rather than falling back; a typo in the
     variable's *name* (``ENV_FOR_DYNACOF``, ``env_for_dynaconf``) fell back silently, and so
@@ -695,7 +715,7 @@ def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]
 
     def names_another_profile(value: str) -> bool:
         meant = value.strip().lower()
-        return meant in known and meant != DEFAULT_PROFILE
+        return meant in known and meant != default
 
     name = config_files.misspelt(environ, PROFILE_ENV, _PROFILE_HABITS, names_another_profile)
     if name is not None:
@@ -710,7 +730,7 @@ def _refuse_misspelt_selector(environ: Mapping[str, str], known: tuple[str, ...]
             environ[name],
             PROFILE_ENV,
             "(or --profile) selects the profile",
-            f"the default profile {DEFAULT_PROFILE!r}",
+            f"the default profile {default!r}",
             fix,
         )
 
@@ -2026,7 +2046,14 @@ def inspect_profiles(
     where = sandboxing.context()
     run = where.run
     files = config_files.read_files(env, sandboxed=run is not None)
-    selected, source = _select(profile, profile_source, env, files.profiles)
+    # The default a test may not load (it did not opt into it) is the run's profile instead;
+    # not under a pytest without the app's plugin (`bare`), where nothing forced testing.
+    in_run = (
+        run is not None
+        and where.bare is None
+        and DEFAULT_PROFILE not in sandboxing.allowed_profiles(run)
+    )
+    selected, source = _select(profile, profile_source, env, files.profiles, in_run=in_run)
     problems: list[ConfigError] = [*_dynaconf_key_problems(env), *_file_problems(files)]
     if run is None:  # under a run every root is the sandbox's, whatever a variable says
         problems.extend(_misspelt_resource_variables(env, selected))
