@@ -50,9 +50,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from app.errors import SandboxViolationError, json_loads
+from app.records import Record
 
 __all__ = [
     "ALLOW_PROFILES_ENV",
@@ -313,9 +314,9 @@ def process_link(path: Path | str, *, streams: bool = False) -> str | None:
     return None
 
 
-# NamedTuples, not dataclasses: immutable all the same, and this module is imported on every
-# pytest start, where a dataclass costs about half a millisecond to create.
-class Protected(NamedTuple):
+# NamedTuples (`Record`), not dataclasses: immutable all the same, and this module is imported
+# on every pytest start, where a dataclass costs about half a millisecond to create.
+class Protected(Record):
     """A data root that a test run must never open: another profile's, or a live holder's."""
 
     profile: str
@@ -379,7 +380,7 @@ class Protected(NamedTuple):
         )
 
 
-class Run(NamedTuple):
+class Run(Record):
     """A pytest run with the app's plugin, as one process sees it.
 
     Attributes:
@@ -904,7 +905,7 @@ def _mount_namespace(pid: int | str) -> int | None:
         return None
 
 
-class _View(NamedTuple):
+class _View(Record):
     """What a process sees as its files: its mount namespace, and the directory it sees at
     ``/tmp``, where the registry lies (None where it has none)."""
 
@@ -1944,7 +1945,7 @@ def marked() -> bool:
     return _in_process() is not None
 
 
-class Context(NamedTuple):
+class Context(Record):
     """What this process knows about the tests it may be part of.
 
     Attributes:
@@ -3816,7 +3817,7 @@ def check_scratch_apart(
             )
 
 
-class LoadRecord(NamedTuple):
+class LoadRecord(Record):
     """A profile loaded in this process outside any sandbox: who asked, and what they got."""
 
     profile: str

@@ -31,12 +31,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
 
 from app.lock import describe_holder
+from app.records import Record
 from app.sandbox import RUNS_DIR, process_link
 from app.testing.guard import pytest_ini, usage_error
 
@@ -91,7 +92,7 @@ _MOVE_IT = (
 )
 
 
-class Target(NamedTuple):
+class Target(Record):
     """A path this run's pytest will write in (or delete), and what tells it to."""
 
     path: Path
