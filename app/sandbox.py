@@ -2363,9 +2363,9 @@ def _registry_in_a_data_root() -> str | None:
     # What it shows may be hidden here by that very mount (production's sessions/, under
     # /tmp, bound over /tmp): it is looked for as the first process's namespace sees it.
     mounts = mountinfo.read()
-    source = mountinfo.shown_from(parent, mounts)
+    source, hidden = mountinfo.shown_and_hidden_from(parent, mounts)
     starts = [parent] if source is None else [parent, source]
-    if source is None and (hidden := mountinfo.shown_from(parent, mounts, hidden=True)):
+    if source is None and hidden:
         source = hidden
         if (outside := seen_from_outside(hidden)) is not None:
             starts.append(outside)
