@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 
 import click
 
@@ -43,6 +43,7 @@ from app.errors import (
     storage_error,
 )
 from app.errors import printable as _printable
+from app.records import Record
 from app.sandbox import LazyPattern
 
 if TYPE_CHECKING:
@@ -467,7 +468,7 @@ def doctor(ctx: click.Context) -> None:
         sys.exit(failing[0].exit_code)
 
 
-class _Problem(NamedTuple):
+class _Problem(Record):
     """A problem doctor lists: the settings' (a `ConfigError`) or what reaching the storage
     found (an `app.storage.Probe`); the first one's code is doctor's exit code."""
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from app import config_files
@@ -60,6 +60,7 @@ from app.errors import (
     noting_odd,
     shell_word,
 )
+from app.records import Record
 
 if TYPE_CHECKING:
     # Imported where used: the remote backend's modules come after this one (and
@@ -310,9 +311,9 @@ def mask_database_url(value: Any) -> Any:
 _SETTING = "app.setting"
 
 
-# NamedTuples, not dataclasses: as immutable, and cheaper to create at import (this module
-# is imported on every pytest start and `app` command; bench/plugin_startup.py).
-class _Setting(NamedTuple):
+# NamedTuples (`Record`), not dataclasses: as immutable, and cheaper to create at import (this
+# module is imported on every pytest start and `app` command; bench/plugin_startup.py).
+class _Setting(Record):
     check: Callable[[Any], str | None]
     default: Any
     doc: str
@@ -529,7 +530,7 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-class Key(NamedTuple):
+class Key(Record):
     """One configuration key, as `Config` declares it."""
 
     name: str
@@ -829,7 +830,7 @@ def _dynaconf_key_problems(environ: Mapping[str, str]) -> Iterator[ConfigError]:
 # --- one profile's values ---------------------------------------------------------------
 
 
-class Resolved(NamedTuple):
+class Resolved(Record):
     """One profile as the files (and, if selected, the environment) configure it."""
 
     profile: str
@@ -1917,7 +1918,7 @@ def configured_remote(
     }
 
 
-class Report(NamedTuple):
+class Report(Record):
     """Everything known about every profile: what `app config --all` and `app doctor` show.
 
     Under pytest every root is already mapped into the sandbox; the overlap checks ran on the

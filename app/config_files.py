@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from app.errors import (
     SettingsAmbiguousError,
@@ -35,6 +35,7 @@ from app.errors import (
     folded,
     plain_name,
 )
+from app.records import Record
 
 SETTINGS_DIR_ENV = "APP_SETTINGS_DIR"
 SETTINGS_FILE = "settings.toml"
@@ -287,7 +288,7 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     return raw, copy.deepcopy(parsed)  # callers get tables of their own
 
 
-class Files(NamedTuple):
+class Files(Record):
     """The settings files one load reads, parsed, in the order they are layered."""
 
     directory: Path
@@ -368,7 +369,7 @@ def display(path: Path, directory: Path) -> str:
     return path.name if path.parent == directory else str(path)
 
 
-class Layer(NamedTuple):
+class Layer(Record):
     """One section of one file, as it applies to a profile."""
 
     path: Path
@@ -390,7 +391,7 @@ def layers(files: Files, profile: str) -> Iterator[Layer]:
                 yield Layer(path, section, body, f"{where} [{section}]")
 
 
-class Unresolved(NamedTuple):
+class Unresolved(Record):
     """A value from the files that dynaconf could not resolve (its error kept for the message)."""
 
     raw: Any

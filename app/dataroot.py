@@ -77,7 +77,7 @@ from app.lock import (
     shared_with,
     special_kind,
 )
-from app.mountinfo import shown_and_upper, shown_from, unescape, upper_in_fact
+from app.mountinfo import shown_and_hidden_from, shown_and_upper, unescape, upper_in_fact
 from app.names import MAX_NAME_BYTES
 from app.sandbox import (
     check_root,
@@ -1481,6 +1481,10 @@ class _MountTable:
         self._poll: Any = None
         self._mounts: list[tuple[bytes, bytes, bytes | None]] = []
         self._fsroots: list[tuple[bytes, bytes]] = []
+        # What `with_roots` and `with_uppers` return, made once per reading of the table:
+        # every check of what pytest writes asks both at each of about a hundred paths.
+        self._with_roots: tuple[tuple[bytes, bytes, bytes, bytes], ...] = ()
+        self._with_uppers: tuple[tuple[bytes, bytes | None, bytes], ...] = ()
         self._generation = 0
 
     @staticmethod
@@ -1509,20 +1513,20 @@ class _MountTable:
             self._read_locked(key)
             return self._mounts
 
-    def with_roots(self) -> list[tuple[bytes, bytes, bytes, bytes]]:
+    def with_roots(self) -> tuple[tuple[bytes, bytes, bytes, bytes], ...]:
         """Each mount's device, mount point, the directory of its filesystem it shows
         (mountinfo's fourth field: not ``/`` for a bind mount of a directory), and the
         directory that takes its writes where that is another (an overlay's ``upperdir``)."""
-        mounts = self.mounts()
+        self.mounts()
         with self._lock:
-            return [(m[0], m[1], *more) for m, more in zip(mounts, self._fsroots, strict=False)]
+            return self._with_roots
 
-    def with_uppers(self) -> list[tuple[bytes, bytes | None, bytes]]:
+    def with_uppers(self) -> tuple[tuple[bytes, bytes | None, bytes], ...]:
         """Each mount's mount point, filesystem type and an overlay's upper directory
         (``b""`` for any other mount), from one reading of the table."""
         self.mounts()
         with self._lock:
-            return [(m[1], m[2], f[1]) for m, f in zip(self._mounts, self._fsroots, strict=False)]
+            return self._with_uppers
 
     def generation(self) -> int:
         """A number that changes whenever the table does: one poll while it has not.
@@ -1549,6 +1553,9 @@ class _MountTable:
         lines = b"".join(chunks).splitlines()
         self._mounts = [_parse_mount(line) for line in lines]
         self._fsroots = [shown_and_upper(line) for line in lines]
+        pairs = list(zip(self._mounts, self._fsroots, strict=True))
+        self._with_roots = tuple((m[0], m[1], *more) for m, more in pairs)
+        self._with_uppers = tuple((m[1], m[2], more[1]) for m, more in pairs)
         self._key = key
         self._generation += 1
 
@@ -1589,9 +1596,9 @@ def bound_from(path: Path) -> Path | None:
         mounts = _MOUNTS.with_roots()
     except OSError:
         return None
-    if (source := shown_from(path, mounts)) is not None:
+    source, hidden = shown_and_hidden_from(path, mounts)
+    if source is not None:
         return source
-    hidden = shown_from(path, mounts, hidden=True)
     return seen_from_outside(hidden) if hidden is not None else None
 
 

@@ -12,7 +12,15 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Mount", "read", "shown_and_upper", "shown_from", "unescape", "upper_in_fact"]
+__all__ = [
+    "Mount",
+    "read",
+    "shown_and_hidden_from",
+    "shown_and_upper",
+    "shown_from",
+    "unescape",
+    "upper_in_fact",
+]
 
 #: A mount: its device (``major:minor``), mount point, directory shown, upper directory.
 Mount = tuple[bytes, bytes, bytes, bytes]
@@ -74,6 +82,15 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
             mount over ``/tmp`` hides what it shows): the path as a namespace without
             that mount names it.
     """
+    visible, hidden_too = shown_and_hidden_from(path, mounts)
+    return hidden_too if hidden else visible
+
+
+def shown_and_hidden_from(path: Path, mounts: Sequence[Mount]) -> tuple[Path | None, Path | None]:
+    """`shown_from` without and with ``hidden``, from one look at the table: a caller that
+    wants where ``path`` is hidden only where it is shown from nowhere (`bound_from`, at
+    each of the hundred paths every check of what pytest writes looks at) read the table
+    twice for it."""
     wanted = os.fsencode(path)
     found = None
     for mount in mounts:  # in mount order: a later mount at the same point hides an earlier
@@ -82,28 +99,33 @@ def shown_from(path: Path, mounts: Sequence[Mount], *, hidden: bool = False) -> 
         if on_it and (found is None or len(point) >= len(found[1].rstrip(b"/"))):
             found = mount
     if found is None:
-        return None
+        return None, None
     device, point, shown, upper = found
     if upper and (real := upper_in_fact(point, upper)) is not None:
         # An overlay writes into its upper directory, wherever that lies: what pytest
         # writes through `<tmp_path>/o`, mounted with `upperdir=<root>/sessions`, lands there.
-        return Path(os.fsdecode(real.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
+        lands = Path(os.fsdecode(real.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]))
+        return lands, lands
     # A mount of a filesystem's root (``/`` shown) is where it lies in fact, unless that
     # filesystem is mounted elsewhere too: a whole volume mounted at a data root after the
     # run took the root's identity (a disk attached, a restore, a tmpfs made anew), then
     # bound into the sandbox, was opened and purged as the sandbox's (red team 48).
     inside = (shown.rstrip(b"/") + wanted[len(point.rstrip(b"/")) :]) or b"/"
+    first = None
     for other_device, other_point, other_shown, _ in mounts:
         top = other_shown.rstrip(b"/")
         if other_device == device and (inside == other_shown or inside.startswith(top + b"/")):
             there = (other_point.rstrip(b"/") + inside[len(top) :]).rstrip(b"/") or b"/"
             # That path may be hidden in turn (another mount over it, in this namespace):
-            # only one that leads to the same file counts.
+            # only one that leads to the same file counts, unless where it is hidden is
+            # asked for (the first such path).
             if there == wanted:
                 continue  # the mount itself (a directory bound over the path it comes from)
-            if hidden or _same_file_or_place(wanted, there):
-                return Path(os.fsdecode(there))
-    return None
+            if first is None:
+                first = Path(os.fsdecode(there))
+            if _same_file_or_place(wanted, there):
+                return Path(os.fsdecode(there)), first
+    return None, first
 
 
 def upper_in_fact(point: bytes, upper: bytes) -> bytes | None:

@@ -50,9 +50,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from app.errors import SandboxViolationError, json_loads
+from app.records import Record
 
 __all__ = [
     "ALLOW_PROFILES_ENV",
@@ -314,9 +315,9 @@ def process_link(path: Path | str, *, streams: bool = False) -> str | None:
     return None
 
 
-# NamedTuples, not dataclasses: immutable all the same, and this module is imported on every
-# pytest start, where a dataclass costs about half a millisecond to create.
-class Protected(NamedTuple):
+# NamedTuples (`Record`), not dataclasses: immutable all the same, and this module is imported
+# on every pytest start, where a dataclass costs about half a millisecond to create.
+class Protected(Record):
     """A data root that a test run must never open: another profile's, or a live holder's."""
 
     profile: str
@@ -380,7 +381,7 @@ class Protected(NamedTuple):
         )
 
 
-class Run(NamedTuple):
+class Run(Record):
     """A pytest run with the app's plugin, as one process sees it.
 
     Attributes:
@@ -905,7 +906,7 @@ def _mount_namespace(pid: int | str) -> int | None:
         return None
 
 
-class _View(NamedTuple):
+class _View(Record):
     """What a process sees as its files: its mount namespace, and the directory it sees at
     ``/tmp``, where the registry lies (None where it has none)."""
 
@@ -2030,7 +2031,7 @@ def marked() -> bool:
     return _in_process() is not None
 
 
-class Context(NamedTuple):
+class Context(Record):
     """What this process knows about the tests it may be part of.
 
     Attributes:
@@ -2448,9 +2449,9 @@ def _registry_in_a_data_root() -> str | None:
     # What it shows may be hidden here by that very mount (production's sessions/, under
     # /tmp, bound over /tmp): it is looked for as the first process's namespace sees it.
     mounts = mountinfo.read()
-    source = mountinfo.shown_from(parent, mounts)
+    source, hidden = mountinfo.shown_and_hidden_from(parent, mounts)
     starts = [parent] if source is None else [parent, source]
-    if source is None and (hidden := mountinfo.shown_from(parent, mounts, hidden=True)):
+    if source is None and hidden:
         source = hidden
         if (outside := seen_from_outside(hidden)) is not None:
             starts.append(outside)
@@ -3920,7 +3921,7 @@ def check_scratch_apart(
             )
 
 
-class LoadRecord(NamedTuple):
+class LoadRecord(Record):
     """A profile loaded in this process outside any sandbox: who asked, and what they got."""
 
     profile: str

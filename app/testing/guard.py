@@ -15,7 +15,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pytest
 
@@ -29,6 +29,7 @@ from app.errors import (
     printable,
 )
 from app.lock import describe_holder
+from app.records import Record
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -55,7 +56,7 @@ def usage_error(message: str) -> pytest.UsageError:
     return pytest.UsageError(printable(message))
 
 
-class RemoteTesting(NamedTuple):
+class RemoteTesting(Record):
     """The testing profile's database and object prefix as the files configure them: what
     the run's scratch ones are named from (the configured ones are never opened)."""
 
@@ -65,7 +66,7 @@ class RemoteTesting(NamedTuple):
     source: str
 
 
-class LiveHolder(NamedTuple):
+class LiveHolder(Record):
     """A live process seen holding a data root when the run started."""
 
     profile: str
@@ -73,7 +74,7 @@ class LiveHolder(NamedTuple):
     holder: dict[str, Any] | None
 
 
-class UnseenRoot(NamedTuple):
+class UnseenRoot(Record):
     """A data root the run could not look into when it started (another user's)."""
 
     profile: str

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
+import errno
 import glob
 import importlib.util
 import os
@@ -31,12 +32,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
 
 from app.lock import describe_holder
+from app.records import Record
 from app.sandbox import RUNS_DIR, process_link
 from app.testing.guard import pytest_ini, usage_error
 
@@ -91,7 +93,7 @@ _MOVE_IT = (
 )
 
 
-class Target(NamedTuple):
+class Target(Record):
     """A path this run's pytest will write in (or delete), and what tells it to."""
 
     path: Path
@@ -836,15 +838,17 @@ def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
     directory = os.fspath(path)
     while True:
         if directory not in seen:
-            found, here = None, Path(directory)
+            found = None
+            lock = os.path.join(directory, LOCK_FILE)  # noqa: PTH118 - as text, see above
+            stamp = os.path.join(directory, STAMP_FILE)  # noqa: PTH118
             # A name past the filesystem's limit (an ini value of text, a long log format,
             # read as a path) is no directory: it ended the run in a bare OSError traceback
             # (red team 38). Nothing can be written there either.
             with contextlib.suppress(OSError):
-                if (here / LOCK_FILE).is_file() and (held := probe(here)).held:
-                    found = (here, f"held by {describe_holder(held.holder)}")
-                elif (here / STAMP_FILE).is_file():
-                    found = (here, f"it has a profile stamp, {STAMP_FILE}")
+                if _is_file(lock) and (held := probe(Path(directory))).held:
+                    found = (Path(directory), f"held by {describe_holder(held.holder)}")
+                elif _is_file(stamp):
+                    found = (Path(directory), f"it has a profile stamp, {STAMP_FILE}")
             seen[directory] = found
         if seen[directory] is not None:
             return seen[directory]
@@ -852,6 +856,23 @@ def _data_root_at_or_above(path: Path, seen: _Seen) -> tuple[Path, str] | None:
         if parent == directory:
             return None
         directory = parent
+
+
+#: The errors `Path.is_file` answers False for (pathlib's own list); any other is raised.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _is_file(path: str) -> bool:
+    """`Path(path).is_file()` for a path held as text, as `_data_root_at_or_above` walks:
+    without making two paths (the directory's and the file's) to stat one name."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # noqa: PTH116
+    except OSError as error:
+        if error.errno not in _NOT_THERE:
+            raise
+        return False
+    except ValueError:  # a NUL in the name
+        return False
 
 
 def _within(path: Path, root: Path) -> bool:
