@@ -221,12 +221,8 @@ class RecordCache:
         they were read at most ``max_age`` seconds ago (not :meth:`due`)."""
         with self._lock:
             token = (self._epoch, self._generations.get(session_id, 0))
-            records = self._sessions.get(session_id)
-            if (
-                records is None
-                or self._identities.get(session_id) != identity
-                or self._due(session_id, max_age)
-            ):
+            records = self._kept(session_id, identity, max_age)
+            if records is None:
                 return None, token
             self._sessions.move_to_end(session_id)
             return list(records.values()), token
@@ -248,16 +244,26 @@ class RecordCache:
         delete took a third of the change's time.
         """
         with self._lock:
-            records = self._sessions.get(session_id)
-            if (
-                records is None
-                or self._identities.get(session_id) != identity
-                or self._due(session_id, max_age)
-            ):
+            records = self._kept(session_id, identity, max_age)
+            if records is None:
                 return False, None
             if session_id not in self._newest:
                 self._newest[session_id] = fold(records.values())
             return True, self._newest[session_id]
+
+    def _kept(
+        self, session_id: str, identity: object, max_age: float
+    ) -> dict[str, FileRecord] | None:
+        """The copy of ``session_id``'s records, if still ``identity`` and not :meth:`due`
+        (under the lock)."""
+        records = self._sessions.get(session_id)
+        if (
+            records is None
+            or self._identities.get(session_id) != identity
+            or self._due(session_id, max_age)
+        ):
+            return None
+        return records
 
     def due(self, session_id: str, max_age: float) -> bool:
         """Whether ``session_id``'s records must be read again: none kept, kept more than
