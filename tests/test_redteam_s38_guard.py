@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -32,7 +33,7 @@ def uploaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     test: nothing in a stopped root names where it lies."""
     settings = copy_project_settings(tmp_path_factory.mktemp("uploaded") / "project")
     env = app_env(settings / "data" / "production", profile="production")
-    subprocess.run([sys.executable, "-c", UPLOADS_TEST_FILES], env=env, check=True)
+    forked_app.run_c(UPLOADS_TEST_FILES, env)
     return settings
 
 
