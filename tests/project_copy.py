@@ -29,19 +29,14 @@ def stopped_production(directory: Path) -> tuple[Path, Path, str, list[str]]:
     root there that holds one session: the settings, that root, production's token (a new
     one), and the root's sessions as they are."""
     import secrets
-    import subprocess
-    import sys
 
+    import forked_app
     from test_server_e2e import app_env
 
     settings = copy_project_settings(directory / "settings")
     production = settings / "data" / "production"
     token = secrets.token_urlsafe(32)
-    subprocess.run(
-        [sys.executable, "-c", CREATE_SESSION],
-        env=app_env(production, profile="production", APP_API_TOKEN=token),
-        check=True,
-    )
+    forked_app.run_c(CREATE_SESSION, app_env(production, profile="production", APP_API_TOKEN=token))
     sessions = sorted(p.name for p in (production / "sessions").iterdir())
     assert sessions
     return settings, production, token, sessions

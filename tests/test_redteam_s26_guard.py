@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s21_guard import LOAD_PRODUCTION
@@ -149,9 +150,7 @@ def tox_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     settings = copy_project_settings(where / "project")
     production = settings / "data" / "production"
     # In a child: the opt-in of a module's fixture is the environment's (app_env's).
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    forked_app.run_c(CREATE, app_env(production, profile="production"))
     tests = where / "tests"
     tests.mkdir()
     (tests / "test_tox.py").write_text(TESTS)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
@@ -126,9 +127,7 @@ def _stopped_production(tmp_path: Path) -> tuple[Path, Path]:
     with no server: only the settings name the root."""
     settings = copy_project_settings(tmp_path / "settings")
     production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    forked_app.run_c(CREATE, app_env(production, profile="production"))
     return settings, production
 
 

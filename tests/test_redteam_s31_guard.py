@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import A_TEST, _inner_env, serving_one_session
@@ -60,7 +61,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     settings = copy_project_settings(tmp_path_factory.mktemp("s31-stopped") / "settings")
     production = settings / "data" / "production"
     env = app_env(production, profile="production")
-    subprocess.run([sys.executable, "-c", CREATE], env=env, check=True)
+    forked_app.run_c(CREATE, env)
     return settings, production
 
 

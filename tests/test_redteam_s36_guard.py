@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s22_guard import OWN_PROC, _own_proc_allowed
@@ -582,7 +583,7 @@ def test_pytest_s_collection_in_the_project_never_enters_a_data_root(tmp_path: P
     settings = copy_project_settings(tmp_path / "project")
     production = settings / "data" / "production"
     env = app_env(production, profile="production")
-    subprocess.run([sys.executable, "-c", UPLOADS_TEST_FILES], env=env, check=True)
+    forked_app.run_c(UPLOADS_TEST_FILES, env)
     assert sorted(p.name for p in production.glob("sessions/*/records/*")) == [
         "conftest.py",
         "test_notes.py",

@@ -13,10 +13,12 @@ held, and are kept here too.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -25,15 +27,23 @@ from test_redteam_s36_guard import UPLOADS_TEST_FILES
 from test_server_e2e import app_env, snapshot
 
 
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`uploads`' project, made once (one child that imports the app) and copied for each
+    test: nothing in a stopped root names where it lies."""
+    settings = copy_project_settings(tmp_path_factory.mktemp("uploaded") / "project")
+    env = app_env(settings / "data" / "production", profile="production")
+    forked_app.run_c(UPLOADS_TEST_FILES, env)
+    return settings
+
+
 @pytest.fixture
-def uploads(tmp_path: Path) -> tuple[Path, Path]:
+def uploads(uploaded: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A project whose settings keep production's root in it (``data/production``, stopped),
-    with a session holding files uploaded as ``test_notes.py`` and ``conftest.py``."""
-    settings = copy_project_settings(tmp_path / "project")
-    production = settings / "data" / "production"
-    env = app_env(production, profile="production")
-    subprocess.run([sys.executable, "-c", UPLOADS_TEST_FILES], env=env, check=True)
-    return settings, production
+    with a session holding files uploaded as ``test_notes.py`` and ``conftest.py``: a copy
+    of `uploaded` of its own, modes included."""
+    settings = Path(shutil.copytree(uploaded, tmp_path / "project", symlinks=True))
+    return settings, settings / "data" / "production"
 
 
 def _run_with_bytecode(

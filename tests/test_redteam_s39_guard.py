@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import PROJECT, copy_project_settings
 from side_by_side import INNER_PLUGINS_OFF
@@ -268,9 +269,7 @@ def _outside_as_nobody(
     work = tmp_path / "work"
     settings = copy_project_settings(work / "settings")
     production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    forked_app.run_c(CREATE, app_env(production, profile="production"))
     project = work / "project"
     project.mkdir()
     for name, text in (("ci.py", RUNNER), ("helper.py", HELPER), ("test_case.py", tests)):

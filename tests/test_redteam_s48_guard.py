@@ -48,6 +48,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -172,7 +173,7 @@ def blue_green(tmp_path: Path) -> tuple[Path, Path]:
     blue.parent.mkdir()
     (settings / "current").symlink_to("blue")
     env = app_env(blue, profile="production")
-    subprocess.run([sys.executable, "-c", CREATE], env=env, check=True)
+    forked_app.run_c(CREATE, env)
     for color in ("green", "purple"):
         shutil.copytree(blue, settings / color / "production", symlinks=True)
     return settings, blue

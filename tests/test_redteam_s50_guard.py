@@ -30,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from test_redteam_s24_guard import _inner_env
@@ -220,7 +221,7 @@ def test_a_root_on_its_filesystem_mounted_again_through_another_device_is_refuse
             text.replace('data_root = "data/production"', f'data_root = "{production}"')
         )
         env = app_env(production, profile="production", APP_SETTINGS_DIR=str(settings))
-        subprocess.run([sys.executable, "-c", CREATE], env=env, check=True)
+        forked_app.run_c(CREATE, env)
         os.sync()  # on the disk, as a server's data is after a while
         before = snapshot(production)
         project = tmp_path / "project"

@@ -64,6 +64,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
 from project_copy import copy_project_settings
 from side_by_side import WITH_COVERAGE
@@ -88,9 +89,7 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
     base = tmp_path_factory.mktemp("s51")
     settings = copy_project_settings(base / "settings")
     production = settings / "data" / "production"
-    subprocess.run(
-        [sys.executable, "-c", CREATE], env=app_env(production, profile="production"), check=True
-    )
+    forked_app.run_c(CREATE, app_env(production, profile="production"))
     (base / "tmp" / "pytest-of-x").mkdir(parents=True)
     return settings, production, base / "tmp"
 
