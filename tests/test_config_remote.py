@@ -300,7 +300,8 @@ def test_config_all_and_doctor_show_the_remote_keys_and_no_secret(settings) -> N
     assert "postgresql://app@db.internal:5432/app_production" in outputs[0]
     assert "****** (set, 27 characters)" in outputs[0]
     doctor = outputs[2]
-    assert "profile testing: database_url = postgresql://app@db.internal:5432/" in doctor
+    # A process of the run that names no profile is on the run's own (red team 57).
+    assert "profile testing (selected): database_url = postgresql://app@db.internal:5432/" in doctor
     assert "blob_url = s3://app-data/testing" in doctor
     # JSON on standard output alone: warnings (a secrets file others may read) go to stderr.
     single = json.loads(stdouts[4])
