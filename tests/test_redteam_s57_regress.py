@@ -13,10 +13,20 @@ What broke (real processes, the app's plugin active):
 What changed: ``app.sandbox._runs_unittest_next`` stops at the program a runner's ``-m``
 names (a runner behind a runner is read on), and after a script it names (a ``.py``, an
 absolute path to an executable) reads only a later ``-m``.
+
+- an ``s3_endpoint_url`` whose host the S3 client (botocore) refuses, a name in Unicode
+  (``http://bücket.store:9000``) or with ``_`` (``http://minio_1:9000``, a Docker Compose
+  service's), passed every check: ``app doctor`` said "ok", ``app config`` and ``app
+  status`` showed it, and ``app doctor`` on that profile and every command that opened its
+  bucket stopped with botocore's bare ``ValueError: Invalid endpoint`` traceback. Red team
+  57's overlap check (rt-remote31) compared such a host's Unicode and IDNA spellings as two
+  stores. The setting is now refused as botocore would refuse it, naming the host's ASCII
+  (IDNA) form where it has one (``app.config._endpoint_host_problem``).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +56,51 @@ def test_a_profiled_programs_own_arguments_are_not_a_unittest_run(tmp_path: Path
         # Before the fix: "1 error: refused under pytest: loading profile 'development' an
         # ancestor process runs tests with unittest (...) Run the tests with pytest instead".
         assert done.returncode == 0 and said.startswith("0 profile: development"), said
+
+
+#: Two remote profiles' settings (nothing listens: the refusal comes first).
+REMOTE = """\
+[development]
+database_url = "postgresql://app@127.0.0.1:1/app"
+blob_url = "s3://app-data/development"
+s3_endpoint_url = "{endpoint}"
+
+[production]
+database_url = "postgresql://app@127.0.0.1:1/production"
+blob_url = "s3://{bucket}/app-data/development"
+
+[testing]
+data_root = "data/testing"
+"""
+#: An interface VPC endpoint of S3 whose host names bucket `prod`.
+VPCE = "https://prod.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com"
+
+
+def test_an_endpoint_host_the_s3_client_refuses_or_that_names_a_bucket_is_refused(
+    tmp_path: Path,
+) -> None:
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings)}
+    refused = "that the S3 client refuses"
+    for endpoint, bucket, said_too in (
+        ("http://BÜCKET.store.:9000", "other",
+         (refused, "write its ASCII (IDNA) form, http://xn--bcket-kva.store:9000")),
+        ("http://minio_1:9000", "other",
+         (refused, "a Docker Compose service whose name has '_' needs an alias without it")),
+        (VPCE, "prod", (f"s3_endpoint_url's host {VPCE[8:]} names bucket 'prod'",
+                        "prefix app-data/development")),
+    ):  # fmt: skip
+        (settings / "settings.toml").write_text(REMOTE.format(endpoint=endpoint, bucket=bucket))
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "doctor"],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        said = done.stdout + done.stderr
+        # Before the fix: "ok: every profile is valid" here, and where the profile runs
+        # (`ENV_FOR_DYNACONF=development app doctor`, `app sessions list`) botocore's bare
+        # "ValueError: Invalid endpoint" traceback, exit 1; the VPC endpoint's bucket was
+        # read as `prod.vpce-1a2b3c4d-5e6f`, no overlap.
+        assert done.returncode == 78 and "Traceback" not in said, said
+        assert f"'{endpoint}'" in said or endpoint in said, said
+        assert all(part in said for part in said_too), said
