@@ -21,7 +21,17 @@ absolute path to an executable) reads only a later ``-m``.
   bucket stopped with botocore's bare ``ValueError: Invalid endpoint`` traceback. Red team
   57's overlap check (rt-remote31) compared such a host's Unicode and IDNA spellings as two
   stores. The setting is now refused as botocore would refuse it, naming the host's ASCII
-  (IDNA) form where it has one (``app.config._endpoint_host_problem``).
+  (IDNA) form where it has one (``app.config._endpoint_host_problem``). A host of an S3
+  interface VPC endpoint (``<bucket>.vpce-<id>.s3.<region>.vpce.amazonaws.com``) was read as
+  naming bucket ``<bucket>.vpce-<id>``: its overlap with that bucket's prefix on AWS went
+  unseen; the endpoint's id is no part of the bucket now (``_host_readings``).
+
+- since rt-guard40 a test's child given a hand-built environment (the README's ``app serve``,
+  ``app data check --repair``) loads ``testing``, whose root the run holds for its whole
+  length: refused as held (right), but told "wait for that test run to finish and retry, or
+  stop it (kill <pid>)", the child's own run. Where the holder is a test run that is an
+  ancestor of the refused process, the refusal now says so and names what gives a test's
+  child a root (``APP_DATA_ROOT`` under its ``tmp_path``, the ``app_live_server`` fixture).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from project_copy import PROJECT
 
 #: A program run under a profiler, which starts the app as a child with its own arguments.
 TOOL = """
@@ -104,3 +115,20 @@ def test_an_endpoint_host_the_s3_client_refuses_or_that_names_a_bucket_is_refuse
         assert done.returncode == 78 and "Traceback" not in said, said
         assert f"'{endpoint}'" in said or endpoint in said, said
         assert all(part in said for part in said_too), said
+
+
+def test_a_child_refused_its_runs_testing_root_is_not_told_to_kill_its_run() -> None:
+    # A test's child given a hand-built environment loads the run's default profile,
+    # testing (rt-guard40), whose root the run holds for its whole length.
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "data", "check", "--repair"],
+        env={"PATH": os.environ["PATH"]}, cwd=PROJECT, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    said = done.stderr
+    assert done.returncode == 75 and "is held by pid" in said and "kind tests" in said, said
+    # Before the fix: "wait for that test run to finish and retry, or stop it (kill <the
+    # run's pid>)": the child's own run.
+    assert "that is the test run this process belongs to (pid " in said, said
+    assert "APP_DATA_ROOT in its environment" in said and "app_live_server" in said, said
+    assert "kill" not in said, said
