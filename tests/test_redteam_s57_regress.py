@@ -56,35 +56,47 @@ print(done.returncode, done.stdout[:200] + done.stderr[-1500:])
 @pytest.mark.app_profile("development")
 def test_a_profiled_programs_own_arguments_are_not_a_unittest_run(tmp_path: Path) -> None:
     (tmp_path / "tool.py").write_text(TOOL)
-    (tmp_path / "trial").mkdir()
     # The program's own arguments: a word that names a runner, a path that ends in one.
-    for program in (["-m", "tool", "green"], [str(tmp_path / "tool.py"), str(tmp_path / "trial")]):
-        done = subprocess.run(
-            [sys.executable, "-m", "cProfile", "-o", str(tmp_path / "prof.out"), *program],
-            capture_output=True, text=True, check=False, cwd=tmp_path,
-        )  # fmt: skip
-        said = done.stdout + done.stderr
-        # Before the fix: "1 error: refused under pytest: loading profile 'development' an
-        # ancestor process runs tests with unittest (...) Run the tests with pytest instead".
-        assert done.returncode == 0 and said.startswith("0 profile: development"), said
+    # The program's own arguments: a word that names a runner (`green`), after the program
+    # `-m` names (a script's, `tool.py /srv/trial`, was read so too: by hand).
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(tmp_path / "prof.out"), "-m", "tool", "green"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    # Before the fix: "78 error: refused under unittest: loading profile 'development' while
+    # unittest runs without the app's sandbox (an ancestor process runs tests with unittest
+    # (pid N: python -m cProfile -o prof.out -m tool green)). Run the tests with pytest
+    # instead".
+    assert done.returncode == 0 and said.startswith("0 profile: development"), said
 
 
-#: Two remote profiles' settings (nothing listens: the refusal comes first).
-REMOTE = """\
+#: Remote profiles' settings (nothing listens: the refusals come first): two hosts the S3
+#: client refuses, and an interface VPC endpoint of S3 whose host names bucket `prod`.
+VPCE = "https://prod.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com"
+REMOTE = f"""\
 [development]
-database_url = "postgresql://app@127.0.0.1:1/app"
+database_url = "postgresql://app@127.0.0.1:1/development"
 blob_url = "s3://app-data/development"
-s3_endpoint_url = "{endpoint}"
+s3_endpoint_url = "http://BÜCKET.store.:9000"
+
+[staging]
+database_url = "postgresql://app@127.0.0.1:1/staging"
+blob_url = "s3://app-data/staging"
+s3_endpoint_url = "http://minio_1:9000"
+
+[demo]
+database_url = "postgresql://app@127.0.0.1:1/demo"
+blob_url = "s3://app-data/demo"
+s3_endpoint_url = "{VPCE}"
 
 [production]
 database_url = "postgresql://app@127.0.0.1:1/production"
-blob_url = "s3://{bucket}/app-data/development"
+blob_url = "s3://prod/app-data/demo"
 
 [testing]
 data_root = "data/testing"
 """
-#: An interface VPC endpoint of S3 whose host names bucket `prod`.
-VPCE = "https://prod.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com"
 
 
 def test_an_endpoint_host_the_s3_client_refuses_or_that_names_a_bucket_is_refused(
@@ -92,29 +104,29 @@ def test_an_endpoint_host_the_s3_client_refuses_or_that_names_a_bucket_is_refuse
 ) -> None:
     settings = tmp_path / "settings"
     settings.mkdir()
-    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings)}
+    (settings / "settings.toml").write_text(REMOTE)
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "doctor"],
+        env={"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    # Before the fix: "ok: every profile is valid" here, and where such a profile runs
+    # (`ENV_FOR_DYNACONF=development app doctor`, `app sessions list`) botocore's bare
+    # "ValueError: Invalid endpoint" traceback, exit 1; the VPC endpoint's bucket was read
+    # as `prod.vpce-1a2b3c4d-5e6f`, no overlap.
+    assert done.returncode == 78 and "Traceback" not in said, said
     refused = "that the S3 client refuses"
-    for endpoint, bucket, said_too in (
-        ("http://BÜCKET.store.:9000", "other",
-         (refused, "write its ASCII (IDNA) form, http://xn--bcket-kva.store:9000")),
-        ("http://minio_1:9000", "other",
-         (refused, "a Docker Compose service whose name has '_' needs an alias without it")),
-        (VPCE, "prod", (f"s3_endpoint_url's host {VPCE[8:]} names bucket 'prod'",
-                        "prefix app-data/development")),
+    for profile, endpoint, fix in (
+        ("development", "http://BÜCKET.store.:9000",
+         "write its ASCII (IDNA) form, http://xn--bcket-kva.store:9000"),
+        ("staging", "http://minio_1:9000",
+         "a Docker Compose service whose name has '_' needs an alias without it"),
     ):  # fmt: skip
-        (settings / "settings.toml").write_text(REMOTE.format(endpoint=endpoint, bucket=bucket))
-        done = subprocess.run(
-            [sys.executable, "-m", "app", "doctor"],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        said = done.stdout + done.stderr
-        # Before the fix: "ok: every profile is valid" here, and where the profile runs
-        # (`ENV_FOR_DYNACONF=development app doctor`, `app sessions list`) botocore's bare
-        # "ValueError: Invalid endpoint" traceback, exit 1; the VPC endpoint's bucket was
-        # read as `prod.vpce-1a2b3c4d-5e6f`, no overlap.
-        assert done.returncode == 78 and "Traceback" not in said, said
-        assert f"'{endpoint}'" in said or endpoint in said, said
-        assert all(part in said for part in said_too), said
+        assert f"s3_endpoint_url = '{endpoint}' (from settings.toml [{profile}])" in said, said
+        assert refused in said and fix in said, said
+    assert f"s3_endpoint_url's host {VPCE[8:]} names bucket 'prod'" in said, said
+    assert "prefix app-data/demo" in said, said
 
 
 def test_a_child_refused_its_runs_testing_root_is_not_told_to_kill_its_run() -> None:
