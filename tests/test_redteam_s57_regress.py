@@ -32,17 +32,29 @@ absolute path to an executable) reads only a later ``-m``.
   stop it (kill <pid>)", the child's own run. Where the holder is a test run that is an
   ancestor of the refused process, the refusal now says so and names what gives a test's
   child a root (``APP_DATA_ROOT`` under its ``tmp_path``, the ``app_live_server`` fixture).
+
+- the ``curl`` a held root's ``app data empty-trash`` prints (rt-ops29) read a settings
+  file's token with ``$(python -c 'from app.config import load; ...')`` in the shell it is
+  pasted into: with ``APP_SETTINGS_DIR`` set for the command alone, that read loaded the
+  project's settings and sent their token (401). It now carries the settings directory the
+  command read; a token set for the command alone (``APP_API_TOKEN=...``) is written
+  ``${APP_API_TOKEN:?...}``, which the shell refuses instead of sending an empty bearer.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import forked_app
 import pytest
-from project_copy import PROJECT
+from project_copy import PROJECT, copy_project_settings
+from test_server_e2e import app_env, run_app
 
 #: A program run under a profiler, which starts the app as a child with its own arguments.
 TOOL = """
@@ -144,3 +156,44 @@ def test_a_child_refused_its_runs_testing_root_is_not_told_to_kill_its_run() -> 
     assert "that is the test run this process belongs to (pid " in said, said
     assert "APP_DATA_ROOT in its environment" in said and "app_live_server" in said, said
     assert "kill" not in said, said
+
+
+#: The testing token of the test's own settings, not the project's.
+OWN_TOKEN = "own-testing-token-0123456789abcdef"
+
+
+def test_the_trash_hint_s_curl_reads_the_token_as_the_command_did(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl, which the hint names")
+    from app.testing import stop_server
+
+    settings = copy_project_settings(tmp_path / "settings")
+    secrets = settings / ".secrets.toml"
+    secrets.write_text(secrets.read_text().replace("testing-token-not-secret", OWN_TOKEN))
+    root, log = tmp_path / "root", tmp_path / "serve.log"
+    env = app_env(root, APP_SETTINGS_DIR=str(settings))
+    server, _url = forked_app.start_server(env, root, log)
+    try:
+        # The command had the settings directory, then the token, set for itself alone
+        # (`APP_SETTINGS_DIR=... app data empty-trash`): the shell the curl is pasted into
+        # has neither.
+        shell = {k: v for k, v in env.items() if k != "APP_SETTINGS_DIR"}
+        for extra, asked_ok in (({}, True), ({"APP_API_TOKEN": OWN_TOKEN}, False)):
+            held = run_app("data", "empty-trash", env={**env, **extra})
+            assert held.returncode == 75 and OWN_TOKEN not in held.stderr, held.stderr
+            hint = re.search(r"ask it: (curl .+)", held.stderr)
+            assert hint, held.stderr
+            asked = subprocess.run(
+                ["sh", "-c", hint.group(1) + " --silent --show-error"],
+                env=shell, capture_output=True, text=True, check=False, cwd="/",
+            )  # fmt: skip
+            if asked_ok:
+                # Before the fix: the project's testing token, read from its settings: 401.
+                assert asked.returncode == 0, (hint.group(1), asked.stdout, asked.stderr)
+                assert json.loads(asked.stdout) == {"removed": 0, "entries": []}, asked.stdout
+            else:
+                # Before the fix: an empty bearer sent, 401 "missing bearer token".
+                assert asked.returncode != 0 and asked.stdout == "", asked.stdout
+                assert "APP_API_TOKEN: is not set in this shell: export it" in asked.stderr
+    finally:
+        stop_server(server)
