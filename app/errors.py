@@ -707,7 +707,7 @@ class DataRootInUseError(AppError):
             stop = (
                 f"that is the test run this process belongs to (pid {pid}, an ancestor of "
                 "it), which holds that root for the whole run: give what the test starts a "
-                "data root of its own under the test's tmp_path (APP_DATA_ROOT in its "
+                "data root of its own under the tmp_path of the test (APP_DATA_ROOT in its "
                 "environment, as the app_config fixture publishes it), or start the server "
                 "with the app_live_server fixture"
             )

@@ -3700,8 +3700,24 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"belongs to the test run through {run.recognised_by})",
             run.sandbox,
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
-            f"its data root is then mapped into the sandbox{_left_over(run)}",
+            f"its data root is then mapped into the sandbox{_opt_in_lost()}"
+            f"{_left_over(run)}",
         )
+
+
+def _opt_in_lost() -> str:
+    # A child a marked test gave a hand-built environment (`env={"PATH": ...}`) lost the
+    # opt-in with it, and was told to mark a test that was marked (red team 57 on the
+    # session's fixes). One that inherited the run's environment (its sandbox's variable)
+    # has the opt-in there if the test made one.
+    if marked() or ALLOW_PROFILES_ENV in os.environ or SANDBOX_ENV in os.environ:
+        return ""
+    return (
+        f". If the test is marked already: its opt-in reaches the processes it starts in "
+        f"{ALLOW_PROFILES_ENV}, which the environment of this process lacks (one built by "
+        f"hand); pass it on (env={{**os.environ, ...}}, or {ALLOW_PROFILES_ENV} from "
+        "os.environ)"
+    )
 
 
 #: What running unittest's tests with pytest gives them.

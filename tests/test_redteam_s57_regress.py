@@ -39,6 +39,10 @@ absolute path to an executable) reads only a later ``-m``.
   project's settings and sent their token (401). It now carries the settings directory the
   command read; a token set for the command alone (``APP_API_TOKEN=...``) is written
   ``${APP_API_TOKEN:?...}``, which the shell refuses instead of sending an empty bearer.
+
+- a child that a test marked ``@pytest.mark.app_profile("development")`` gave a hand-built
+  environment lost the opt-in (``PYTEST_APP_ALLOW_PROFILES``) and was refused, rightly, but
+  told to mark the test, which it was. The refusal now says where the opt-in travels.
 """
 
 from __future__ import annotations
@@ -197,3 +201,20 @@ def test_the_trash_hint_s_curl_reads_the_token_as_the_command_did(tmp_path: Path
                 assert "APP_API_TOKEN: is not set in this shell: export it" in asked.stderr
     finally:
         stop_server(server)
+
+
+@pytest.mark.app_profile("development")
+def test_a_marked_test_s_child_without_its_opt_in_is_told_where_it_went() -> None:
+    # The README's development command, from a test marked for development, given a
+    # hand-built environment: the opt-in travels in the run's environment, which it lacks.
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "--profile", "development", "config"],
+        env={"PATH": os.environ["PATH"]}, cwd=PROJECT, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    said = done.stderr
+    assert done.returncode == 78 and "loading profile 'development'" in said, said
+    # Before the fix: only "mark the test @pytest.mark.app_profile('development')", which
+    # it is.
+    assert "If the test is marked already: its opt-in reaches the processes it starts" in said
+    assert "PYTEST_APP_ALLOW_PROFILES, which the environment of this process lacks" in said, said
