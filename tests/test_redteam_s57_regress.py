@@ -145,14 +145,20 @@ def test_an_endpoint_host_the_s3_client_refuses_or_that_names_a_bucket_is_refuse
     assert "prefix app-data/demo" in said, said
 
 
-def test_a_child_refused_its_runs_testing_root_is_not_told_to_kill_its_run() -> None:
-    # A test's child given a hand-built environment loads the run's default profile,
-    # testing (rt-guard40), whose root the run holds for its whole length.
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "data", "check", "--repair"],
+def _alone(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m app *args`` in the project, given a hand-built environment (PATH alone),
+    as a test's child may be."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
         env={"PATH": os.environ["PATH"]}, cwd=PROJECT, capture_output=True, text=True,
         check=False,
     )  # fmt: skip
+
+
+def test_a_child_refused_its_runs_testing_root_is_not_told_to_kill_its_run() -> None:
+    # A test's child given a hand-built environment loads the run's default profile,
+    # testing (rt-guard40), whose root the run holds for its whole length.
+    done = _alone("data", "check", "--repair")
     said = done.stderr
     assert done.returncode == 75 and "is held by pid" in said and "kind tests" in said, said
     # Before the fix: "wait for that test run to finish and retry, or stop it (kill <the
@@ -207,11 +213,7 @@ def test_the_trash_hint_s_curl_reads_the_token_as_the_command_did(tmp_path: Path
 def test_a_marked_test_s_child_without_its_opt_in_is_told_where_it_went() -> None:
     # The README's development command, from a test marked for development, given a
     # hand-built environment: the opt-in travels in the run's environment, which it lacks.
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "--profile", "development", "config"],
-        env={"PATH": os.environ["PATH"]}, cwd=PROJECT, capture_output=True, text=True,
-        check=False,
-    )  # fmt: skip
+    done = _alone("--profile", "development", "config")
     said = done.stderr
     assert done.returncode == 78 and "loading profile 'development'" in said, said
     # Before the fix: only "mark the test @pytest.mark.app_profile('development')", which
