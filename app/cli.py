@@ -1103,9 +1103,21 @@ def _token_header(config: appconfig.Config) -> str:
         return ""
     key = appconfig.KEYS["api_token"]
     if config.sources.get("api_token") == f"environment {key.env}":
-        return f'-H "Authorization: Bearer ${key.env}" '
+        # Set for the command alone (`APP_API_TOKEN=... app data empty-trash`), it is not in
+        # the shell the curl is pasted into: the shell stops it, naming the variable, rather
+        # than sending an empty bearer (red team 57 on the session's fixes).
+        unset = "is not set in this shell: export it, as the command had it"
+        return f'-H "Authorization: Bearer ${{{key.env}:?{unset}}}" '
+    # The settings directory the command read, written out: set for the command alone
+    # (`APP_SETTINGS_DIR=/srv/app/settings app data empty-trash`), the read in the pasted
+    # curl loaded another directory's token (the project's), refused 401 (red team 57 on
+    # the session's fixes).
+    name = appconfig.SETTINGS_DIR_ENV
+    chosen = os.environ.get(name, "").strip() and config.settings_dir.absolute()
+    where = f"env {shell_word(f'{name}={chosen}')} " if chosen else ""
     read = f'from app.config import load; print(load("{config.profile}").api_token)'
-    return f'-H "Authorization: Bearer $({shell_word(sys.executable)} -c {shell_word(read)})" '
+    python = f"{where}{shell_word(sys.executable)} -c {shell_word(read)}"
+    return f'-H "Authorization: Bearer $({python})" '
 
 
 def _seconds_text(age: timedelta) -> str:

@@ -249,7 +249,45 @@ def _endpoint_url(value: Any) -> str | None:
             "must not carry credentials; set s3_access_key_id and s3_secret_access_key in "
             ".secrets.toml or APP_S3_ACCESS_KEY_ID / APP_S3_SECRET_ACCESS_KEY instead"
         )
-    return None
+    return _endpoint_host_problem(parts.hostname, value)
+
+
+#: A label of a host name as the S3 client (botocore) takes it.
+_HOST_LABEL = r"(?!-)[A-Za-z\d-]{1,63}(?<!-)"
+
+
+def _endpoint_host_problem(host: str, value: str) -> str | None:
+    """Why botocore would refuse `host`, an ``s3_endpoint_url``'s, or None.
+
+    The S3 client takes a host of ASCII letters, digits and ``-`` only (or an IPv6
+    address): ``http://bücket.store:9000`` (a name in Unicode, which DNS and every browser
+    take) or ``http://minio_1:9000`` (a Docker Compose service's name) passed every check,
+    ``app config`` and ``app status`` showed it, and ``app doctor`` and every command that
+    opened the bucket stopped with botocore's bare ``ValueError: Invalid endpoint``
+    traceback (red team 57 on the session's fixes).
+    """
+    if ":" in host:
+        return None  # an IPv6 address, which urlsplit has read between its brackets
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) <= 255 and re.fullmatch(rf"(?:{_HOST_LABEL}\.)*{_HOST_LABEL}", name):
+        return None
+    fix = "the store's DNS name or its address"
+    if "_" in name:
+        fix += " (a Docker Compose service whose name has '_' needs an alias without it)"
+    elif not name.isascii():
+        try:
+            ascii_form = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_form = None
+        if ascii_form is not None:
+            written = value.replace(urlsplit(value).netloc.rpartition("@")[2].split(":")[0],
+                                    ascii_form, 1)  # fmt: skip
+            fix = f"its ASCII (IDNA) form, {written}"
+    return (
+        f'has a host ({host!r}) that the S3 client refuses ("Invalid endpoint"): it takes '
+        "only letters, digits and '-' in each label (up to 63, not starting or ending with "
+        f"'-'), or an IP address; write {fix}"
+    )
 
 
 # A pattern, not a compiled one: `re` compiles it on first use (a URL psycopg cannot parse),

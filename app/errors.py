@@ -597,6 +597,26 @@ class SandboxViolationError(ConfigError):
 # --- data roots ----------------------------------------------------------------------
 
 
+def _is_ancestor(pid: object) -> bool:
+    """Whether `pid` is an ancestor of this process, as Linux's ``/proc`` says (False where
+    it cannot be read)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return False
+    here = os.getppid()
+    for _ in range(256):  # a chain, not a loop: init ends it
+        if here == pid:
+            return True
+        if here <= 1:
+            return False
+        try:
+            with open(f"/proc/{here}/stat", "rb") as stat:  # noqa: PTH123 - a hot path's form
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                here = int(stat.read().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 class DataRootInUseError(AppError):
     """Another live process holds the data root's lock."""
 
@@ -680,6 +700,16 @@ class DataRootInUseError(AppError):
             stop = (
                 f"a server holds its data root until it is stopped: stop it (kill {pid}, or "
                 "its service's stop, such as `systemctl stop`), retry, and start it again"
+            )
+        elif pid and kind == "tests" and _is_ancestor(pid):
+            # A process a test started (`app serve` with a hand-built environment, which
+            # loads the run's default profile, red team 57) was told to kill its own run.
+            stop = (
+                f"that is the test run this process belongs to (pid {pid}, an ancestor of "
+                "it), which holds that root for the whole run: give what the test starts a "
+                "data root of its own under the tmp_path of the test (APP_DATA_ROOT in its "
+                "environment, as the app_config fixture publishes it), or start the server "
+                "with the app_live_server fixture"
             )
         elif pid and kind == "tests":
             stop = f"wait for that test run to finish and retry, or stop it (kill {pid})"

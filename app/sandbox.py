@@ -1995,14 +1995,42 @@ def _runs_unittest_next(words: list[str], *, any_word: bool = True) -> bool:
     for word in modules:
         option = _MODULE_OR_CODE.fullmatch(word)
         if option is not None and option[1] == "m":
-            if (option[2] or next(modules, "")) in _UNITTEST_MODULES:
+            module = option[2] or next(modules, "")
+            if module in _UNITTEST_MODULES:
                 return True
+            # The program is named: what follows is its own arguments, not the runner's
+            # (red team 57 on the session's fixes: `python -m coverage run -m app sessions
+            # create green`, or a script's `/srv/trial` after it, read as a unittest run,
+            # refused a profile the test had opted into). A runner behind a runner
+            # (`python -m cProfile -m coverage run -m unittest`) is read on.
+            if module not in _RUNNER_MODULES:
+                return False
+            any_word = True
         elif any_word and (
             word in _UNITTEST_MODULES
             or ("/" in word and _UNITTEST_SCRIPT.fullmatch(Path(word).name))
         ):
             return True
+        elif _names_script(word):
+            # A script named, likely: the words after it are its own. Not certainly (an
+            # option's value may be a script's path), so a ``-m`` that names unittest's
+            # runner still counts.
+            any_word = False
     return False
+
+
+def _names_script(word: str) -> bool:
+    """Whether `word`, in a runner's command line (`_runs_unittest_next`), names the script
+    it runs: a ``.py`` file, or an absolute path to an executable file that is not another
+    runner's (`_RUNNER_SCRIPT`, read on). An option's value (``-o /tmp/profile.out``) is
+    neither, and every word after it is still read."""
+    if word.startswith("-"):
+        return False
+    if word.endswith(".py"):
+        return True
+    if not word.startswith("/") or _RUNNER_SCRIPT.fullmatch(Path(word).name):
+        return False
+    return Path(word).is_file() and os.access(word, os.X_OK)
 
 
 def _runs_unittest() -> bool:
@@ -3673,8 +3701,24 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"belongs to the test run through {run.recognised_by})",
             run.sandbox,
             f"To test another profile, mark the test @pytest.mark.app_profile({profile!r}); "
-            f"its data root is then mapped into the sandbox{_left_over(run)}",
+            f"its data root is then mapped into the sandbox{_opt_in_lost()}"
+            f"{_left_over(run)}",
         )
+
+
+def _opt_in_lost() -> str:
+    # A child a marked test gave a hand-built environment (`env={"PATH": ...}`) lost the
+    # opt-in with it, and was told to mark a test that was marked (red team 57 on the
+    # session's fixes). One that inherited the run's environment (its sandbox's variable)
+    # has the opt-in there if the test made one.
+    if marked() or ALLOW_PROFILES_ENV in os.environ or SANDBOX_ENV in os.environ:
+        return ""
+    return (
+        f". If the test is marked already: its opt-in reaches the processes it starts in "
+        f"{ALLOW_PROFILES_ENV}, which the environment of this process lacks (one built by "
+        f"hand); pass it on (env={{**os.environ, ...}}, or {ALLOW_PROFILES_ENV} from "
+        "os.environ)"
+    )
 
 
 #: What running unittest's tests with pytest gives them.

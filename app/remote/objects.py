@@ -498,8 +498,12 @@ def _host_readings(host: str, other: str) -> list[tuple[str, str]]:
         if host.endswith(f".{domain}"):
             for i, label in enumerate(labels):
                 if label == "s3" or label.startswith("s3-"):
-                    if i:
-                        found.append((".".join(labels[i:]), ".".join(labels[:i])))
+                    # An interface VPC endpoint's id comes between (`<bucket>.vpce-<id>.s3.
+                    # <region>.vpce.amazonaws.com`): it is no part of the bucket's name.
+                    vpce = [k for k in range(i) if labels[k].startswith("vpce-")]
+                    end = vpce[0] if vpce else i
+                    if end:
+                        found.append((".".join(labels[i:]), ".".join(labels[:end])))
                     break
             return found
     for i in range(1, len(labels)):
