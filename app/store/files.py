@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -558,6 +559,13 @@ def _refuse_new_name(name: str) -> None:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The one form the app writes a time in (UTC, to the microsecond): only text of this form
+# sorts as its time does. fromisoformat reads others of the same length as well (a space or
+# any other character between date and time, as `str(datetime)` writes it; a week date,
+# `2026-W49-7`), and taken by the text, the newest of those was missed (red team 58).
+_OWN_TIME: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00", re.ASCII
+)
 
 
 def change_floor(records: Iterable[FileRecord]) -> datetime | None:
@@ -571,14 +579,16 @@ def change_floor(records: Iterable[FileRecord]) -> datetime | None:
     56, second round). Red team 50 bounded a replace by the version it replaces alone."""
     # A maximum of `record_time` over the records, so that the record cache can keep it as
     # writes change the session (`RecordCache.newest`). The app writes every time as UTC to
-    # the microsecond, one length: those sort as text, and only the newest is parsed (10,000
-    # records parsed took 12 ms on each upload); others are parsed one by one, and all of
-    # them where the newest does not parse (damage).
+    # the microsecond, one form (`_OWN_TIME`): those sort as text, and only the newest is
+    # parsed (10,000 records parsed took 12 ms on each upload); others (another form of the
+    # same length too: red team 58) are parsed one by one, and all of them where the newest
+    # does not parse (damage).
     records = list(records)
     own, other = "", []
+    match = _OWN_TIME.fullmatch
     for record in records:
         text = record.get("uploaded_at")
-        if isinstance(text, str) and len(text) == 32 and text.endswith("+00:00"):
+        if isinstance(text, str) and match(text):
             own = max(own, text)
         else:
             other.append(record)

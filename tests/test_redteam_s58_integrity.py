@@ -1,0 +1,56 @@
+"""Red team 58 on integrity (branch rt-integrity42): see docs/explanation/attacks.md.
+
+What broke: a change of a session is dated after the session's newest change
+(`app.store.files.change_floor`, red team 56), which took the app's own times by their text
+(UTC to the microsecond, 32 characters ending in ``+00:00``) and parsed only the greatest.
+fromisoformat reads other forms of that length as well: a space (or any character) between
+date and time, as ``str(datetime)`` and ``isoformat(sep=" ")`` write it, or an ISO week date
+(``2020-W01-1T...``). Such a record, written by a migration or a tool and read by the app as
+a time, sorted against the app's own by a character that is not the time's: a week date
+sorted after every real time and hid them all, and a space-separated time sorted before the
+app's own of the same day. After a clock stepped back, an upload was dated before a file it
+followed. What changed: only text of the app's own form (`_OWN_TIME`) is taken by its text;
+every other is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from app.config import Config
+from app.storage import Storage
+
+
+def _edit(path: Path, uploaded_at: str) -> None:
+    """Rewrite a record's ``uploaded_at`` as a tool would, renamed in."""
+    edited = path.with_name(".edited")
+    edited.write_text(json.dumps({**json.loads(path.read_text()), "uploaded_at": uploaded_at}))
+    edited.replace(path)
+
+
+def test_a_time_of_another_form_of_the_same_length_is_not_missed_as_the_newest(
+    app_store: Storage, app_config: Config
+) -> None:
+    store = app_store
+    records = app_config.data_root / "sessions"
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0)
+    latest = tomorrow.replace(hour=23, minute=59)
+    for forms in (
+        # The app's own form, and a later one of the same day as `str(datetime)` writes it.
+        {"a.txt": tomorrow.isoformat(timespec="microseconds"), "b.txt": str(latest)},
+        # A week date (the first of 2020's) that sorts after every real time.
+        {
+            "a.txt": latest.isoformat(timespec="microseconds"),
+            "b.txt": "2020-W01-1T00:00:00.000000+00:00",
+        },
+    ):
+        session_id = store.create_session("forms")["id"]
+        for name, uploaded_at in forms.items():
+            store.put_file(session_id, name, b"x")
+            _edit(records / session_id / "records" / name, uploaded_at)
+        assert all(len(text) == 32 for text in forms.values())
+        new = store.put_file(session_id, "c.txt", b"c")
+        # Before: dated tomorrow at 00:00 (after a.txt only), and now (after neither).
+        assert datetime.fromisoformat(new["uploaded_at"]) > latest, (new, forms)
