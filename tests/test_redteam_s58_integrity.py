@@ -54,3 +54,27 @@ def test_a_time_of_another_form_of_the_same_length_is_not_missed_as_the_newest(
         new = store.put_file(session_id, "c.txt", b"c")
         # Before: dated tomorrow at 00:00 (after a.txt only), and now (after neither).
         assert datetime.fromisoformat(new["uploaded_at"]) > latest, (new, forms)
+
+
+def test_a_record_time_of_any_kind_leaves_the_session_readable_and_its_updated_at_true(
+    app_store: Storage, app_config: Config
+) -> None:
+    store = app_store
+    later = (datetime.now(UTC) + timedelta(days=1)).replace(hour=23, minute=59)
+    for uploaded_at, newest in (
+        (5, None),  # before: TypeError for the session and the whole listing (a 500)
+        ("9999-12-31T23:59:59.999999+00:00", None),  # before: its updated_at for good
+        ("2030-W01-1T00:00:00.000000+00:00", "2029-12-31T00:00:00.000000+00:00"),
+        (str(later), later.isoformat(timespec="microseconds")),
+    ):
+        session_id = store.create_session("times")["id"]
+        store.put_file(session_id, "a.txt", b"a")
+        _edit(app_config.data_root / "sessions" / session_id / "records" / "a.txt", uploaded_at)
+        before = store.get_session(session_id)["updated_at"]
+        assert newest is None or before == newest, (uploaded_at, before)
+        new = store.put_file(session_id, "b.txt", b"b")
+        session = store.get_session(session_id)
+        # At least its newest file's time (the rename after it moves records/'s time on).
+        assert session["updated_at"] >= new["uploaded_at"] > before, (uploaded_at, session)
+        listed = [s for s in store.list_sessions(limit=1000).items if s["id"] == session_id]
+        assert listed[0]["updated_at"] == session["updated_at"]

@@ -54,6 +54,7 @@ from app.storage import (
     page_body,
 )
 from app.store.concurrency import records_identity
+from app.store.files import change_floor
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -322,7 +323,14 @@ class Sessions:
         session["files"] = [public(r) for r in records]
         # Uploads and deletes never rewrite session.json: the session changed last when its
         # newest record did, or when a record was removed (the directory's mtime says when).
-        times = [session.get("updated_at") or "", *(r.get("uploaded_at") or "" for r in records)]
+        # The records' newest as a time (`change_floor`), not as the greatest text: a record
+        # whose `uploaded_at` was a number failed the session's every read and the whole
+        # listing (TypeError, a 500), one of another form (a week date, `str(datetime)`'s)
+        # or past `LATEST_FLOOR` (damage: the year 9999) was the session's `updated_at` for
+        # good, and no later change moved it (red team 58).
+        times = [session.get("updated_at") or ""]
+        if (newest := change_floor(records)) is not None:
+            times.append(_iso(newest.astimezone(UTC)))
         with contextlib.suppress(OSError):
             mtime = os.lstat(f"{directory}/{RECORDS_DIR}").st_mtime_ns
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
