@@ -1,7 +1,7 @@
 """A change of a session is dated after its newest change, kept as the session changes.
 
 Each upload, replace and delete is dated no earlier than just after the newest
-``uploaded_at`` among the session's records (`app.store.files.change_floor`, red team 56's
+``uploaded_at`` among the session's records (`app.store.records.change_floor`, red team 56's
 second round), so that a clock stepped back cannot list a change before the one it follows.
 That read every record of the session on every change: at 9,000 files, a third of an
 upload's time (bench/session_size.py). The record cache now keeps the newest time as writes
@@ -27,7 +27,7 @@ import pytest
 from app.config import Config
 from app.storage import Storage
 from app.store.concurrency import RecordCache
-from app.store.files import change_floor
+from app.store.records import change_floor
 
 
 def _edit(path: Path, uploaded_at: str) -> None:

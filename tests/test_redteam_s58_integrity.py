@@ -1,7 +1,7 @@
 """Red team 58 on integrity (branch rt-integrity42): see docs/explanation/attacks.md.
 
 What broke: a change of a session is dated after the session's newest change
-(`app.store.files.change_floor`, red team 56), which took the app's own times by their text
+(`app.store.records.change_floor`, red team 56), which took the app's own times by their text
 (UTC to the microsecond, 32 characters ending in ``+00:00``) and parsed only the greatest.
 fromisoformat reads other forms of that length as well: a space (or any character) between
 date and time, as ``str(datetime)`` and ``isoformat(sep=" ")`` write it, or an ISO week date

@@ -54,7 +54,6 @@ from app.storage import (
     page_body,
 )
 from app.store.concurrency import records_identity
-from app.store.files import change_floor
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
@@ -67,6 +66,7 @@ from app.store.records import (
     FileRecord,
     MetaCache,
     ValidatedCache,
+    change_floor,
     ensure_dir,
     load_record,
     public,
@@ -413,7 +413,7 @@ class Sessions:
         session_id: str,
         fold: Callable[[Iterable[FileRecord]], datetime | None],
     ) -> datetime | None:
-        """``fold`` (`app.store.files.change_floor`) of the records of the session in
+        """``fold`` (`app.store.records.change_floor`) of the records of the session in
         ``directory`` (under its lock), kept by the record cache as writes change them
         (`RecordCache.newest`) rather than worked out again over every file.
 
