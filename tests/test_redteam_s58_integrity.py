@@ -10,17 +10,33 @@ a time, sorted against the app's own by a character that is not the time's: a we
 sorted after every real time and hid them all, and a space-separated time sorted before the
 app's own of the same day. After a clock stepped back, an upload was dated before a file it
 followed. What changed: only text of the app's own form (`_OWN_TIME`) is taken by its text;
-every other is parsed.
+every other is parsed. A session's ``updated_at`` was the greatest text too: a record whose
+``uploaded_at`` was a number failed every read of the listing (500), and one past
+``LATEST_FLOOR`` or a week date of a later year was its ``updated_at`` for good; it now takes
+the records' newest as a time.
+
+And a live server's change trusted its copy of the session's records a minute for that
+floor (red team 57's speed-up) on no word of the kernel's events: a record rewritten in place
+by hand (``cp`` of one record from a backup onto it) and an upload with no read between was
+dated before it. A change now takes the watch's events first, and trusts the copy a minute
+only where the watch covers the session (a second elsewhere, as a read); the app's own
+additions and removals in ``records/`` no longer expire the copy (its identity tells them).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.config import Config
+import forked_app
+import httpx
+from test_server_e2e import app_env
+
+from app.config import Config, load
 from app.storage import Storage
+from app.testing.live_server import stop_server
 
 
 def _edit(path: Path, uploaded_at: str) -> None:
@@ -78,3 +94,37 @@ def test_a_record_time_of_any_kind_leaves_the_session_readable_and_its_updated_a
         assert session["updated_at"] >= new["uploaded_at"] > before, (uploaded_at, session)
         listed = [s for s in store.list_sessions(limit=1000).items if s["id"] == session_id]
         assert listed[0]["updated_at"] == session["updated_at"]
+
+
+def test_a_record_rewritten_in_place_is_seen_by_the_next_change_with_no_read_between(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    env = app_env(root)
+    token = load("testing", environ=env).api_token
+    process, url = forked_app.start_server(env, root, tmp_path / "serve.log")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            for read_first in (True, False):  # a session read (watched) and one never read
+                session_id = http.post("/sessions", json={"title": "in place"}).json()["id"]
+                files = f"/sessions/{session_id}/files"
+                assert http.put(f"{files}/a.txt", content=b"a").status_code == 201
+                if read_first:
+                    assert http.get(f"/sessions/{session_id}").status_code == 200
+                assert http.put(f"{files}/b.txt", content=b"b").status_code == 201
+                # a.txt's record put back from a backup taken a day from now's clock, which
+                # has since been stepped back: `cp` writes onto the record in place.
+                record = root / "sessions" / session_id / "records" / "a.txt"
+                ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
+                data = json.dumps({**json.loads(record.read_text()), "uploaded_at": ahead})
+                fd = os.open(record, os.O_WRONLY | os.O_TRUNC)
+                try:
+                    os.write(fd, data.encode())
+                finally:
+                    os.close(fd)
+                new = http.put(f"{files}/c.txt", content=b"c").json()
+                # Before: dated now, a day before a.txt, which it is listed after.
+                assert new["uploaded_at"] > ahead, (read_first, new, ahead)
+    finally:
+        stop_server(process)

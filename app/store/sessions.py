@@ -417,22 +417,45 @@ class Sessions:
         ``directory`` (under its lock), kept by the record cache as writes change them
         (`RecordCache.newest`) rather than worked out again over every file.
 
-        Trusted for a minute (`WATCHED_RECORDS_MAX_AGE_SECONDS`), not the second a read of
-        an unwatched session is: each change of a session a second after the one before
-        read all its records again, 490 ms for an upload to a session of 9,000 files on a
-        busy machine (bench/session_size.py). What the copy can miss meanwhile is a record
-        rewritten in place by hand (every file added, removed or renamed in ``records/``
-        changes its identity, and the app's own writes update the copy): the change is
-        then dated after the session's other files only, as before red team 56, for that
-        minute.
+        Trusted for a minute (`WATCHED_RECORDS_MAX_AGE_SECONDS`) where the watch covers the
+        session (`_records_trust`), not the second a read of an unwatched session is: each
+        change of a session a second after the one before read all its records again, 490 ms
+        for an upload to a session of 9,000 files on a busy machine (bench/session_size.py).
+        Every file added, removed or renamed in ``records/`` changes its identity, the app's
+        own writes update the copy, and a record rewritten in place by hand raises an event
+        that expires it (red team 58); what is left is a write through a shared mapping,
+        which raises none.
         """
+        where = os.fspath(directory)
         max_age = self.watched_records_max_age
         if self.root.writable:
-            identity = records_identity(f"{directory}/{RECORDS_DIR}")
+            max_age = self._records_trust(where, session_id)
+            identity = records_identity(f"{where}/{RECORDS_DIR}")
             found, newest = self.state.records.newest(session_id, identity, max_age, fold)
             if found:
                 return newest
-        return fold(self._records(os.fspath(directory), session_id, max_age))
+        return fold(self._records(where, session_id, max_age))
+
+    def _records_trust(self, directory: str, session_id: str) -> float:
+        """How old a copy of the records of the session in ``directory`` may be for a
+        change's floor: a minute where the watch has seen every change there since (its
+        events taken first), a second, as a read's, where nothing watches it.
+
+        Trusted a minute on no word of the watch's, a record rewritten in place by hand (a
+        `cp` of one record from a backup onto it) was missed by every change made within
+        the minute with no read between: an upload right after it was dated before it
+        (red team 58). A session the watch begins to cover here is read again: its copy
+        may be older than its watches."""
+        watch = self.watch
+        if watch is None:
+            return self.records_max_age
+        watch.drain()
+        if watch.watched(directory):
+            return self.watched_records_max_age
+        if watch.begin(directory) is None:
+            return self.records_max_age
+        self.state.records.expire(session_id)
+        return self.watched_records_max_age
 
     def _records(
         self, directory: str, session_id: str, max_age: float | None = None
