@@ -32,18 +32,12 @@ from pathlib import Path
 
 import forked_app
 import httpx
+from test_change_floor import _edit
 from test_server_e2e import app_env
 
 from app.config import Config, load
 from app.storage import Storage
 from app.testing.live_server import stop_server
-
-
-def _edit(path: Path, uploaded_at: str) -> None:
-    """Rewrite a record's ``uploaded_at`` as a tool would, renamed in."""
-    edited = path.with_name(".edited")
-    edited.write_text(json.dumps({**json.loads(path.read_text()), "uploaded_at": uploaded_at}))
-    edited.replace(path)
 
 
 def test_a_time_of_another_form_of_the_same_length_is_not_missed_as_the_newest(
