@@ -2,7 +2,7 @@
 
 Each upload, replace and delete of a file works out, under the session's lock, when the
 change happened: no earlier than just after the session's newest change
-(`app.store.files.change_floor`, which keeps a stepped-back clock from dating a change
+(`app.store.records.change_floor`, which keeps a stepped-back clock from dating a change
 before the one it follows), and a new name counts the session's files against
 ``max_files_per_session``. Both read the whole session, so their cost grows with its files,
 which ``max_files_per_session`` (10,000 by default) bounds. This measures how much.

@@ -1,7 +1,7 @@
 """A change of a session is dated after its newest change, kept as the session changes.
 
 Each upload, replace and delete is dated no earlier than just after the newest
-``uploaded_at`` among the session's records (`app.store.files.change_floor`, red team 56's
+``uploaded_at`` among the session's records (`app.store.records.change_floor`, red team 56's
 second round), so that a clock stepped back cannot list a change before the one it follows.
 That read every record of the session on every change: at 9,000 files, a third of an
 upload's time (bench/session_size.py). The record cache now keeps the newest time as writes
@@ -27,7 +27,7 @@ import pytest
 from app.config import Config
 from app.storage import Storage
 from app.store.concurrency import RecordCache
-from app.store.files import change_floor
+from app.store.records import change_floor
 
 
 def _edit(path: Path, uploaded_at: str) -> None:
@@ -109,13 +109,17 @@ def test_a_change_a_second_after_the_last_does_not_read_the_whole_session_again(
 ) -> None:
     # A write trusted the copy of the records a second, as a read of an unwatched session
     # does: every change a second after the one before read every record again (490 ms at
-    # 9,000 files on a busy machine). The floor trusts it a minute; a record added or
-    # removed by hand still shows at once (records/ changes identity).
+    # 9,000 files on a busy machine). The floor trusts it a minute where the watch covers the
+    # session, as a server's does (red team 58: on no word of the watch's, a record rewritten
+    # in place by hand was missed); a record added or removed by hand still shows at once
+    # (records/ changes identity).
     import app.store.sessions as sessions
 
     store = app_store
+    if not store.watch_sessions():
+        pytest.skip("inotify cannot be had here (no instance left): nothing is watched")
     session_id = store.create_session("a second on")["id"]
-    for name in ("a.txt", "b.txt"):
+    for name in ("a.txt", "b.txt"):  # the first: the watch begins, and the copy is read again
         store.put_file(session_id, name, b"x")
     scans = []
     scan = sessions.scan_records_linked

@@ -13,7 +13,7 @@ with time-machine: ``tests/test_redteam_s18_clock.py``'s ``run``):
   deleted: a client that fetches what changed since the newest ``uploaded_at`` it saw
   never fetched either file. Every change of a session's files (an upload's switch, a
   delete's entry) is now stamped after the session's newest change (its records'
-  ``uploaded_at`` and the time of its ``records/``, `app.store.files.change_floor`); a
+  ``uploaded_at`` and the time of its ``records/``, `app.store.records.change_floor`); a
   delete is named through the trash's clock, which keeps after the newest entry too; a
   delete (and a file's restore) sets the time of ``records/`` to its own where the kernel's
   is earlier, so the session's ``updated_at`` moves (by reading: the kernel's clock of a

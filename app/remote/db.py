@@ -565,7 +565,7 @@ class Database:
             # before the upload it deleted, a name put again before the version deleted, a
             # new file before older ones, and the session's updated_at went back; a client
             # that fetches what changed since the newest time it saw never saw them (red
-            # team 56, second round; the local store alike, `app.store.files.change_floor`).
+            # team 56, second round; the local store alike, `app.store.records.change_floor`).
             if row["updated_at"] is not None:
                 moment = max(moment, _just_after(row["updated_at"]))
             if file is not None:

@@ -237,7 +237,7 @@ class RecordCache:
         """``(True, fold(records))`` for the copy kept of ``session_id``'s records, if
         :meth:`get` would give it; ``(False, None)`` if it must be read again.
 
-        ``fold`` (`app.store.files.change_floor`) runs over the whole copy once; each write
+        ``fold`` (`app.store.records.change_floor`) runs over the whole copy once; each write
         through :meth:`changed` then keeps the result, which is a maximum: a record added
         later than it becomes it, and only the removal of the record it came from makes the
         whole copy be folded again. At 9,000 files, folding a session on every upload and

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -45,6 +45,7 @@ from app.store.records import (
     RECORDS_DIR,
     FileRecord,
     bytes_in_entry,
+    change_floor,
     ensure_dir,
     open_regular,
     public,
@@ -558,35 +559,6 @@ def _refuse_new_name(name: str) -> None:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def change_floor(records: Iterable[FileRecord]) -> datetime | None:
-    """The newest ``uploaded_at`` among a session's records: a change of the session (an
-    upload's switch, a delete's trash entry) is stamped after it and after the time of
-    the session's ``records/``, which a delete sets to its own (`_dated`). With the clock stepped
-    back (a VM snapshot, a board that boots before NTP), a file deleted and put again was
-    stamped a day before the version it followed, a new file before the older ones it is
-    listed after, and the delete's entry before the upload it deleted; a client that
-    fetches what changed since the newest `uploaded_at` it saw never saw either (red team
-    56, second round). Red team 50 bounded a replace by the version it replaces alone."""
-    # A maximum of `record_time` over the records, so that the record cache can keep it as
-    # writes change the session (`RecordCache.newest`). The app writes every time as UTC to
-    # the microsecond, one length: those sort as text, and only the newest is parsed (10,000
-    # records parsed took 12 ms on each upload); others are parsed one by one, and all of
-    # them where the newest does not parse (damage).
-    records = list(records)
-    own, other = "", []
-    for record in records:
-        text = record.get("uploaded_at")
-        if isinstance(text, str) and len(text) == 32 and text.endswith("+00:00"):
-            own = max(own, text)
-        else:
-            other.append(record)
-    newest = record_time({"uploaded_at": own}) if own else None
-    if own and newest is None:
-        other = records
-    times = [t for t in map(record_time, other) if t is not None]
-    return max([*times, newest] if newest is not None else times, default=None)
 
 
 def _dated(records: Path, moment: datetime) -> None:

@@ -66,6 +66,7 @@ from app.store.records import (
     FileRecord,
     MetaCache,
     ValidatedCache,
+    change_floor,
     ensure_dir,
     load_record,
     public,
@@ -322,7 +323,14 @@ class Sessions:
         session["files"] = [public(r) for r in records]
         # Uploads and deletes never rewrite session.json: the session changed last when its
         # newest record did, or when a record was removed (the directory's mtime says when).
-        times = [session.get("updated_at") or "", *(r.get("uploaded_at") or "" for r in records)]
+        # The records' newest as a time (`change_floor`), not as the greatest text: a record
+        # whose `uploaded_at` was a number failed the session's every read and the whole
+        # listing (TypeError, a 500), one of another form (a week date, `str(datetime)`'s)
+        # or past `LATEST_FLOOR` (damage: the year 9999) was the session's `updated_at` for
+        # good, and no later change moved it (red team 58).
+        times = [session.get("updated_at") or ""]
+        if (newest := change_floor(records)) is not None:
+            times.append(_iso(newest.astimezone(UTC)))
         with contextlib.suppress(OSError):
             mtime = os.lstat(f"{directory}/{RECORDS_DIR}").st_mtime_ns
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
@@ -405,26 +413,49 @@ class Sessions:
         session_id: str,
         fold: Callable[[Iterable[FileRecord]], datetime | None],
     ) -> datetime | None:
-        """``fold`` (`app.store.files.change_floor`) of the records of the session in
+        """``fold`` (`app.store.records.change_floor`) of the records of the session in
         ``directory`` (under its lock), kept by the record cache as writes change them
         (`RecordCache.newest`) rather than worked out again over every file.
 
-        Trusted for a minute (`WATCHED_RECORDS_MAX_AGE_SECONDS`), not the second a read of
-        an unwatched session is: each change of a session a second after the one before
-        read all its records again, 490 ms for an upload to a session of 9,000 files on a
-        busy machine (bench/session_size.py). What the copy can miss meanwhile is a record
-        rewritten in place by hand (every file added, removed or renamed in ``records/``
-        changes its identity, and the app's own writes update the copy): the change is
-        then dated after the session's other files only, as before red team 56, for that
-        minute.
+        Trusted for a minute (`WATCHED_RECORDS_MAX_AGE_SECONDS`) where the watch covers the
+        session (`_records_trust`), not the second a read of an unwatched session is: each
+        change of a session a second after the one before read all its records again, 490 ms
+        for an upload to a session of 9,000 files on a busy machine (bench/session_size.py).
+        Every file added, removed or renamed in ``records/`` changes its identity, the app's
+        own writes update the copy, and a record rewritten in place by hand raises an event
+        that expires it (red team 58); what is left is a write through a shared mapping,
+        which raises none.
         """
+        where = os.fspath(directory)
         max_age = self.watched_records_max_age
         if self.root.writable:
-            identity = records_identity(f"{directory}/{RECORDS_DIR}")
+            max_age = self._records_trust(where, session_id)
+            identity = records_identity(f"{where}/{RECORDS_DIR}")
             found, newest = self.state.records.newest(session_id, identity, max_age, fold)
             if found:
                 return newest
-        return fold(self._records(os.fspath(directory), session_id, max_age))
+        return fold(self._records(where, session_id, max_age))
+
+    def _records_trust(self, directory: str, session_id: str) -> float:
+        """How old a copy of the records of the session in ``directory`` may be for a
+        change's floor: a minute where the watch has seen every change there since (its
+        events taken first), a second, as a read's, where nothing watches it.
+
+        Trusted a minute on no word of the watch's, a record rewritten in place by hand (a
+        `cp` of one record from a backup onto it) was missed by every change made within
+        the minute with no read between: an upload right after it was dated before it
+        (red team 58). A session the watch begins to cover here is read again: its copy
+        may be older than its watches."""
+        watch = self.watch
+        if watch is None:
+            return self.records_max_age
+        watch.drain()
+        if watch.watched(directory):
+            return self.watched_records_max_age
+        if watch.begin(directory) is None:
+            return self.records_max_age
+        self.state.records.expire(session_id)
+        return self.watched_records_max_age
 
     def _records(
         self, directory: str, session_id: str, max_age: float | None = None

@@ -220,7 +220,7 @@ class Trash:
         back an older version. Erring later only keeps an entry longer.
 
         ``after``: no earlier than just after it too (the newest change of the session a
-        file's delete changes, `app.store.files.change_floor`), so that a delete never
+        file's delete changes, `app.store.records.change_floor`), so that a delete never
         reads as made before the version it deleted (red team 56, second round).
         """
         state = self.root.store_state

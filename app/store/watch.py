@@ -37,10 +37,14 @@ read checks as before.
 
 What the watch says of a session's records (records/<name>, written in place by hand, through
 a descriptor, `copy_file_range`, `fallocate`, `truncate`) is handed to the record cache
-(:attr:`SessionWatch.stale`): any event for a session makes its records read again, and an
-overflow makes every session's. A write through a shared mapping (``mmap``) raises no event at
-all: the records of a watched session are read again at least once a minute
-(`app.store.sessions.WATCHED_RECORDS_MAX_AGE_SECONDS`), its session.json once a second.
+(:attr:`SessionWatch.stale`): any event for a session makes its records read again, but for a
+record added, removed or renamed in records/ (which moves records/'s identity, compared by the
+record cache on every use: the app's own uploads and deletes do, and expired the copy each
+time), and an overflow makes every session's. A change of a session takes the events first
+too (`app.store.sessions.Sessions.newest_change`, red team 58). A write through a shared
+mapping (``mmap``) raises no event at all: the records of a watched session are read again at
+least once a minute (`app.store.sessions.WATCHED_RECORDS_MAX_AGE_SECONDS`), its session.json
+once a second.
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ _CHANGES: Final = (
     | _DELETE_SELF
     | _MOVE_SELF
 )
+# A record's bytes or inode changed (not its name). Not IN_CLOSE_WRITE: the app's own write
+# closes its record after the rename, and a write by hand raises IN_MODIFY in any case.
+_IN_PLACE: Final = _MODIFY | _ATTRIB
 _EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 #: At most this many watches per server, and at most a quarter of the user's allowance
 #: (`/proc/sys/fs/inotify/max_user_watches`, shared by all the user's processes): three a
@@ -137,6 +144,7 @@ class SessionWatch:
         self._events = 0  # events taken so far
         self._changed: dict[str, int] = {}  # a watched directory: the count at its last event
         self._intact: set[str] = set()  # watched, and no event for it since: nothing to add
+        self._entries: set[int] = set()  # the watches of records/ directories
         self._queued = array.array("i", [0])  # FIONREAD's answer
         #: Told of each session directory an event came for (None: events were lost, every
         #: one), under the watch's lock: what it keeps of them must be read again.
@@ -237,12 +245,21 @@ class SessionWatch:
                     if needed or ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR):
                         return None
                     continue
+                if not needed:
+                    self._entries.add(wd)
                 wds.append(wd)
             for wd in wds:
                 self._wds.setdefault(wd, set()).add(directory)
                 self._dirs.setdefault(directory, set()).add(wd)
             self._intact.add(directory)
             return count
+
+    def watched(self, directory: str) -> bool:
+        """Whether every change of ``directory`` since its watches were added raises an
+        event (call :meth:`drain` first): watched, and no event since that needs them added
+        again."""
+        with self._lock:
+            return self._on and directory in self._intact
 
     def checked(self, directory: str, count: int, validator: object) -> None:
         """``directory``'s answer is kept under ``validator``, checked after :meth:`begin`
@@ -283,9 +300,22 @@ class SessionWatch:
                     if mask & (_MOVED_FROM | _DELETE):  # it left sessions/ (a delete): unwatch
                         self._forget(directory)
                 continue
+            if wd in self._entries and name and not mask & _IN_PLACE:
+                # A record added, removed or renamed: records/'s identity (its ctime) moved,
+                # which the record cache compares on every use, and records/ is still the
+                # directory watched. So the session stays watched and its copy of records kept:
+                # the app's own upload expired it, and the next change of the session then
+                # read every record again, or (trusting the copy for its floor without a look
+                # at the events, as it did) missed a record rewritten in place by hand (red
+                # team 58).
+                for directory in self._wds.get(wd, ()):
+                    self._clean.pop(directory, None)
+                    self._changed[directory] = self._events
+                continue
             for directory in list(self._wds.get(wd, ())):
                 self._touch(directory)
             if mask & _IGNORED:  # the watched file or directory is gone
+                self._entries.discard(wd)
                 for directory in self._wds.pop(wd, ()):
                     self._dirs.get(directory, set()).discard(wd)
 
@@ -304,6 +334,7 @@ class SessionWatch:
             users.discard(directory)
             if not users:
                 del self._wds[wd]
+                self._entries.discard(wd)
                 with contextlib.suppress(OSError):
                     self._libc.inotify_rm_watch(self._fd, wd)
         self._changed.pop(directory, None)
