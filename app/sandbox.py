@@ -407,6 +407,9 @@ class Run(Record):
     #: The sandbox's device and inode as the run made it, where its entry says: a
     #: filesystem mounted above it later may show another directory at its path.
     sandbox_identity: tuple[int, int] | None = None
+    #: Whether this is the run's own pytest process, found by its own registry entry (its
+    #: pid, start time and `sys.argv` as registered) rather than by the mark on `sys`.
+    itself: bool = False
 
 
 # --- the process tree (Linux /proc) -------------------------------------------------------
@@ -710,7 +713,9 @@ def _read_entry(
     if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
         return None  # no run makes such a sandbox (a test wrote it): not a run's entry
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
+    itself = depth == 0 and not leads and "outlived" not in data
     if depth == 0 and data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
+        itself = False
         # Unmarked, with a run's entry of its own: the run's process after an exec, or a
         # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec).
         how = (
@@ -754,6 +759,7 @@ def _read_entry(
             if isinstance(made, list) and len(made) == 2 and all(type(n) is int for n in made)
             else None
         ),
+        itself=itself and not _in_subinterpreter(),
     )
 
 
@@ -2248,6 +2254,22 @@ def _imported_only() -> Context:
     )
 
 
+def _own_run() -> tuple[Run | None, tuple[Run | None, str | None, str]]:
+    """The run this process is, by its mark, else by its own registry entry (`Run.itself`),
+    and otherwise what the walk of the process tree found (`_walk_tree`).
+
+    Its own entry counts as the mark does: a test that deleted the mark (the attribute on
+    `sys`, the plugin's modules) and wiped its environment was read as "a pytest without the
+    app's plugin", its refusals told it to run without `-p no:app`, and its default profile
+    was development, not the run's testing (red team 58 on the guard).
+    """
+    run = _in_process()
+    if run is not None:
+        return run, (None, None, "")
+    walked = _walk_tree()
+    return (walked[0] if walked[0] is not None and walked[0].itself else None), walked
+
+
 def context(environ: Mapping[str, str] | None = None) -> Context:
     """Where this process stands: in a run, under a pytest without the plugin, or neither.
 
@@ -2260,10 +2282,9 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
             or is the filesystem's root.
     """
     env = os.environ if environ is None else environ
-    run = _in_process()
-    if run is not None:
-        return Context(_narrowed(run, env), None)
-    run, ancestor, hidden_fix = _walk_tree()
+    own, (run, ancestor, hidden_fix) = _own_run()
+    if own is not None:
+        return Context(_narrowed(own, env), None)
     runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
     bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
     fix = ""
