@@ -17,7 +17,8 @@ of the test's own settings):
 
 What changed: a run found by this process's own registry entry (its pid, start time and
 ``sys.argv`` as the plugin registered them; not a subinterpreter, not an exec, not a
-handed-on daemon) is the run's own pytest process, its mark gone (``Run.itself``):
+handed-on daemon), or the entry of the run a process is a fork of (the run's command line
+and ``sys.argv``), is the run's own pytest, its mark gone (``Run.itself``):
 ``app.sandbox.context`` applies the run's rules alone, as under the mark. The default purge
 now reaches the run's own testing root (refused as held by this process, exit 75), and
 ``--profile production`` is refused as a profile the test did not opt into.
@@ -70,6 +71,23 @@ def test_a_wiped_environment_and_mark():
         sys.modules.update(plugin)
         os.environ.clear()
         os.environ.update(kept)
+
+
+def test_a_fork_that_wipes_both():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            token = os.environ["RT_TOKEN"]
+            settings = os.environ["APP_SETTINGS_DIR"]
+            os.environ.clear()
+            os.environ.update(APP_SETTINGS_DIR=settings, APP_API_TOKEN=token)
+            del sys._app_pytest_runs
+            run("FORKPROD", ["--profile", "production", "data", "purge", "--yes-i-mean-it"])
+            run("FORKDEFAULT", ["data", "purge", "--yes-i-mean-it"])
+            sys.stdout.flush()
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
 """
 
 
@@ -87,7 +105,9 @@ def test_a_test_that_drops_its_mark_keeps_its_runs_rules(tmp_path: Path) -> None
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    lines = {line.split(" ", 1)[0]: line for line in done.stdout.splitlines()}
+    # pytest's progress dot may lead a line (-q).
+    said = [line.lstrip(".") for line in done.stdout.splitlines()]
+    lines = {line.split(" ", 1)[0]: line for line in said}
     assert "Traceback" not in out, out
     assert_untouched(production, sessions, out)
     # Before the fix: "loading profile 'production' while pytest runs without the app's
@@ -104,3 +124,9 @@ def test_a_test_that_drops_its_mark_keeps_its_runs_rules(tmp_path: Path) -> None
         assert lines[tag].startswith(f"{tag} 75 error: "), out
         assert f"data root {testing} is held by pid " in lines[tag], out
         assert "that is this process" in lines[tag], out
+    # The same in a fork of the run's process (a test's os.fork) that drops the mark it
+    # inherited: the run's rules, and its testing root, held by the run (its parent).
+    assert lines["FORKPROD"].startswith("FORKPROD 78 error: refused under pytest (sandbox: "), out
+    assert "(an ancestor process, pytest pid " in lines["FORKPROD"], out
+    assert lines["FORKDEFAULT"].startswith("FORKDEFAULT 75 error: "), out
+    assert "that is the test run this process belongs to" in lines["FORKDEFAULT"], out
