@@ -13,7 +13,12 @@ of the test's own settings):
   in this process, and the app's plugin did not start in it)" and told the test to run
   without ``-p no:app``, and, with nothing naming a profile, the process chose
   ``development``'s default rather than the run's ``testing`` (red team 57's fix did not
-  reach it). Nothing was opened, but both refusals named a cause that was not there.
+  reach it). Nothing was opened, but both refusals named a cause that was not there. The
+  same in a fork of the run's process (a test's ``os.fork``) that deleted the mark it
+  inherited.
+- the same commands in a subinterpreter (``_xxsubinterpreters.run_string``; its ``sys`` has
+  no mark) stopped with a bare ``ValueError: signal only works in main thread of the main
+  interpreter``, from the SIGTERM handler the command line sets, before any check.
 
 What changed: a run found by this process's own registry entry (its pid, start time and
 ``sys.argv`` as the plugin registered them; not a subinterpreter, not an exec, not a
@@ -21,7 +26,9 @@ handed-on daemon), or the entry of the run a process is a fork of (the run's com
 and ``sys.argv``), is the run's own pytest, its mark gone (``Run.itself``):
 ``app.sandbox.context`` applies the run's rules alone, as under the mark. The default purge
 now reaches the run's own testing root (refused as held by this process, exit 75), and
-``--profile production`` is refused as a profile the test did not opt into.
+``--profile production`` is refused as a profile the test did not opt into. ``app.cli``
+runs a command without its SIGTERM handler where Python refuses to set one (a
+subinterpreter), as it does in a thread.
 """
 
 from __future__ import annotations
@@ -88,6 +95,44 @@ def test_a_fork_that_wipes_both():
         finally:
             os._exit(0)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+#: The same commands in a subinterpreter, whose sys has no mark of its own.
+IN_SUBINTERPRETER = '''
+import contextlib, io
+from app.cli import cli
+for tag, args in [("SUBPROD", ["--profile", "production", "data", "purge", "--yes-i-mean-it"]),
+                  ("SUBDEFAULT", ["data", "purge", "--yes-i-mean-it"])]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(err):
+        try:
+            cli.main(args, prog_name="app"); code = 0
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:
+            code = repr(e)
+    print(tag, code, err.getvalue().replace(chr(10), " "), flush=True)
+'''
+
+
+def test_a_subinterpreter_that_wipes_its_environment():
+    try:
+        import _xxsubinterpreters as interpreters
+    except ImportError:
+        try:
+            import _interpreters as interpreters
+        except ImportError:
+            print("SUBPROD none", flush=True)
+            return
+    kept = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(APP_SETTINGS_DIR=kept["APP_SETTINGS_DIR"], APP_API_TOKEN=kept["RT_TOKEN"])
+    try:
+        code = f"import sys; sys.path[:] = {sys.path!r}" + chr(10) + IN_SUBINTERPRETER
+        interpreters.run_string(interpreters.create(), code)
+    finally:
+        os.environ.clear()
+        os.environ.update(kept)
 """
 
 
@@ -130,3 +175,10 @@ def test_a_test_that_drops_its_mark_keeps_its_runs_rules(tmp_path: Path) -> None
     assert "(an ancestor process, pytest pid " in lines["FORKPROD"], out
     assert lines["FORKDEFAULT"].startswith("FORKDEFAULT 75 error: "), out
     assert "that is the test run this process belongs to" in lines["FORKDEFAULT"], out
+    # In a subinterpreter (a sys of its own, no mark): every command stopped with a bare
+    # ValueError "signal only works in main thread of the main interpreter" before the fix.
+    if lines["SUBPROD"] != "SUBPROD none":
+        assert lines["SUBPROD"].startswith("SUBPROD 78 error: refused under pytest (sandbox: "), out
+        assert "in a subinterpreter" in lines["SUBPROD"], out
+        assert lines["SUBDEFAULT"].startswith("SUBDEFAULT 75 error: "), out
+        assert f"data root {testing} is held by pid " in lines["SUBDEFAULT"], out
