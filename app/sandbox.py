@@ -407,6 +407,10 @@ class Run(Record):
     #: The sandbox's device and inode as the run made it, where its entry says: a
     #: filesystem mounted above it later may show another directory at its path.
     sandbox_identity: tuple[int, int] | None = None
+    #: Whether this is the run's own pytest process (or a fork of it, `_forked_from`), found
+    #: by the run's registry entry (its pid, start time and `sys.argv` as registered) rather
+    #: than by the mark on `sys`.
+    itself: bool = False
 
 
 # --- the process tree (Linux /proc) -------------------------------------------------------
@@ -710,7 +714,9 @@ def _read_entry(
     if not sandbox.is_absolute() or sandbox == Path(sandbox.anchor):
         return None  # no run makes such a sandbox (a test wrote it): not a run's entry
     how = "this process" if depth == 0 else f"an ancestor process, pytest pid {pid}"
+    itself = not leads and "outlived" not in data and (depth == 0 or _forked_from(pid, data))
     if depth == 0 and data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
+        itself = False
         # Unmarked, with a run's entry of its own: the run's process after an exec, or a
         # subinterpreter of it, whose `sys` is its own (the refusal once blamed an exec).
         how = (
@@ -754,7 +760,17 @@ def _read_entry(
             if isinstance(made, list) and len(made) == 2 and all(type(n) is int for n in made)
             else None
         ),
+        itself=itself and not _in_subinterpreter(),
     )
+
+
+def _forked_from(pid: int, data: dict[str, Any]) -> bool:
+    """Whether this process is a fork of the run's process `pid` (a test's ``os.fork``):
+    the same command line, and the `sys.argv` its entry registered, the run's own pytest
+    rather than a pytest of its own (red team 58 on the guard)."""
+    if data.get("argv") not in (sys.argv, _recorded_argv(sys.argv)):
+        return False
+    return _cmdline("self") == _cmdline(pid)
 
 
 def _registered_in(entry: Path) -> str:
@@ -1142,7 +1158,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
     seen = _Seen()
     bare = None
     bare_argv: list[str] = []
-    starting = False
+    starting = registered_below = False
     walked: set[int] = set()
     chain = list(_ancestry())
     ancestry = enumerate(chain)
@@ -1164,6 +1180,7 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
                 if data.get("without_plugin"):  # and never will (`note_without_plugin`)
                     bare = f"{who} (pid {pid}: {shown}) runs pytest without the app's plugin"
                 bare_argv, starting = argv, not data.get("without_plugin")
+            registered_below = True
             continue
         if entry is not None:
             run = _read_entry(entry, pid, depth, data=data)
@@ -1172,6 +1189,8 @@ def _walk_tree() -> tuple[Run | None, str | None, str]:
                 # has the run's command line: it is the run, not a pytest without the plugin.
                 if bare is not None and not starting and bare_argv == _cmdline(pid):
                     bare = None
+                # Not where a pytest of its own registered below it (`note_without_plugin`).
+                run = run._replace(itself=run.itself and bare is None and not registered_below)
                 return _within_enclosing(run, entry, ancestry, seen), bare, ""
         # Not where an entry at or below this ancestor may not be read (`seen.hidden`): that
         # one may be the run's, with its plugin. A child confined by a Landlock ruleset that
@@ -2248,6 +2267,24 @@ def _imported_only() -> Context:
     )
 
 
+def _own_run() -> tuple[Run | None, tuple[Run | None, str | None, str]]:
+    """The run this process is, by its mark, else by the run's registry entry of this
+    process or of the run it is a fork of (`Run.itself`), and otherwise what the walk of the
+    process tree found (`_walk_tree`).
+
+    That entry counts as the mark does: a test that deleted the mark (the attribute on `sys`,
+    the plugin's modules) and wiped its environment, in the run's process or in a fork of it,
+    was read as "a pytest without the app's plugin", its refusals told it to run without
+    `-p no:app`, and its default profile was development, not the run's testing (red team 58
+    on the guard).
+    """
+    run = _in_process()
+    if run is not None:
+        return run, (None, None, "")
+    walked = _walk_tree()
+    return (walked[0] if walked[0] is not None and walked[0].itself else None), walked
+
+
 def context(environ: Mapping[str, str] | None = None) -> Context:
     """Where this process stands: in a run, under a pytest without the plugin, or neither.
 
@@ -2260,10 +2297,9 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
             or is the filesystem's root.
     """
     env = os.environ if environ is None else environ
-    run = _in_process()
-    if run is not None:
-        return Context(_narrowed(run, env), None)
-    run, ancestor, hidden_fix = _walk_tree()
+    own, (run, ancestor, hidden_fix) = _own_run()
+    if own is not None:
+        return Context(_narrowed(own, env), None)
     runner = "unittest" if ancestor and ancestor.startswith(_UNITTEST_ANCESTOR) else "pytest"
     bare = f"while {runner} runs without the app's sandbox ({ancestor})" if ancestor else None
     fix = ""
