@@ -41,8 +41,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
 
 #: What the child reads when it runs (the app's settings and the plugin's markers; the
 #: terminal width that click and ``shutil.get_terminal_size`` read when they print): set per
@@ -430,3 +435,25 @@ def python_c(code: str, args: list[str], log: Path) -> subprocess.Popen[bytes] |
         return zygote.fork(dict(os.environ), args, log, log, code)
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=out)
+
+
+@contextmanager
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes] | Forked, httpx.Client, Path]]:
+    """A `start_server` server on the testing root ``tmp_path/data``: its process, a client
+    of it (with the profile's token, if any) and the root; stopped at the block's end."""
+    import httpx
+    from test_server_e2e import app_env
+
+    from app.config import load
+    from app.testing.live_server import stop_server
+
+    root = tmp_path / "data"
+    env = app_env(root)
+    token = load("testing", environ=env).api_token
+    process, url = start_server(env, root, tmp_path / "serve.log")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            yield process, http, root
+    finally:
+        stop_server(process)

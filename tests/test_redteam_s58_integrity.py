@@ -31,13 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import forked_app
-import httpx
 from test_change_floor import _edit
-from test_server_e2e import app_env
 
-from app.config import Config, load
+from app.config import Config
 from app.storage import Storage
-from app.testing.live_server import stop_server
 
 
 def test_a_time_of_another_form_of_the_same_length_is_not_missed_as_the_newest(
@@ -93,32 +90,24 @@ def test_a_record_time_of_any_kind_leaves_the_session_readable_and_its_updated_a
 def test_a_record_rewritten_in_place_is_seen_by_the_next_change_with_no_read_between(
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "data"
-    env = app_env(root)
-    token = load("testing", environ=env).api_token
-    process, url = forked_app.start_server(env, root, tmp_path / "serve.log")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-            for read_first in (True, False):  # a session read (watched) and one never read
-                session_id = http.post("/sessions", json={"title": "in place"}).json()["id"]
-                files = f"/sessions/{session_id}/files"
-                assert http.put(f"{files}/a.txt", content=b"a").status_code == 201
-                if read_first:
-                    assert http.get(f"/sessions/{session_id}").status_code == 200
-                assert http.put(f"{files}/b.txt", content=b"b").status_code == 201
-                # a.txt's record put back from a backup taken a day from now's clock, which
-                # has since been stepped back: `cp` writes onto the record in place.
-                record = root / "sessions" / session_id / "records" / "a.txt"
-                ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
-                data = json.dumps({**json.loads(record.read_text()), "uploaded_at": ahead})
-                fd = os.open(record, os.O_WRONLY | os.O_TRUNC)
-                try:
-                    os.write(fd, data.encode())
-                finally:
-                    os.close(fd)
-                new = http.put(f"{files}/c.txt", content=b"c").json()
-                # Before: dated now, a day before a.txt, which it is listed after.
-                assert new["uploaded_at"] > ahead, (read_first, new, ahead)
-    finally:
-        stop_server(process)
+    with forked_app.served(tmp_path) as (_process, http, root):
+        for read_first in (True, False):  # a session read (watched) and one never read
+            session_id = http.post("/sessions", json={"title": "in place"}).json()["id"]
+            files = f"/sessions/{session_id}/files"
+            assert http.put(f"{files}/a.txt", content=b"a").status_code == 201
+            if read_first:
+                assert http.get(f"/sessions/{session_id}").status_code == 200
+            assert http.put(f"{files}/b.txt", content=b"b").status_code == 201
+            # a.txt's record put back from a backup taken a day from now's clock, which
+            # has since been stepped back: `cp` writes onto the record in place.
+            record = root / "sessions" / session_id / "records" / "a.txt"
+            ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
+            data = json.dumps({**json.loads(record.read_text()), "uploaded_at": ahead})
+            fd = os.open(record, os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, data.encode())
+            finally:
+                os.close(fd)
+            new = http.put(f"{files}/c.txt", content=b"c").json()
+            # Before: dated now, a day before a.txt, which it is listed after.
+            assert new["uploaded_at"] > ahead, (read_first, new, ahead)

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +202,9 @@ class RecordCache:
         # The newest change among each copy's records (`newest`): kept as writes change the
         # copy, so a change need not read the whole session again to be dated after it.
         self._newest: dict[str, datetime | None] = {}
+        # Each copy's names the app itself changed since it was read, whose event (a name
+        # event in records/, `SessionWatch`) has not come yet: one event each (`entry`).
+        self._own: dict[str, Counter[str]] = {}
         self._epoch = 0
         self._held = 0
 
@@ -279,8 +282,27 @@ class RecordCache:
         with self._lock:
             if session_id is None:
                 self._read_at.clear()
+                self._own.clear()
             else:
                 self._read_at.pop(session_id, None)
+                self._own.pop(session_id, None)
+
+    def entry(self, session_id: str, name: str) -> None:
+        """The watch saw ``name`` added, removed or renamed in ``session_id``'s records/.
+
+        The app's own change of ``name`` (`changed`) is one such event, and its copy stays:
+        records/'s identity, taken after the write, tells every later change of names there.
+        Any other expires the copy. An identity taken after the write does not tell a change
+        by hand made between the app's rename and its look (the directory's ``fsync``): the
+        copy was kept under the identity that change left, for a minute for a change's floor
+        and a second for reads (red team 58 on the merges)."""
+        with self._lock:
+            own = self._own.get(session_id)
+            if own is not None and own[name] > 0:
+                own[name] -= 1
+                return
+            self._read_at.pop(session_id, None)
+            self._own.pop(session_id, None)
 
     def _due(self, session_id: str, max_age: float) -> bool:
         read_at = self._read_at.get(session_id)
@@ -325,6 +347,7 @@ class RecordCache:
                 self._identities.pop(evicted_id, None)
                 self._newest.pop(evicted_id, None)
                 self._read_at.pop(evicted_id, None)
+                self._own.pop(evicted_id, None)
                 self._linked.discard(evicted_id)
                 self._held -= len(evicted)
 
@@ -349,6 +372,7 @@ class RecordCache:
                 self._forget(session_id)
                 return
             self._identities[session_id] = identity
+            self._own.setdefault(session_id, Counter())[name] += 1
             if session_id in self._newest:
                 self._keep_newest(session_id, records.get(name), record)
             if record is None:
@@ -373,6 +397,7 @@ class RecordCache:
             self._identities.clear()
             self._newest.clear()
             self._read_at.clear()
+            self._own.clear()
             self._linked.clear()
             self._held = 0
 
@@ -381,6 +406,7 @@ class RecordCache:
         self._identities.pop(session_id, None)
         self._newest.pop(session_id, None)
         self._read_at.pop(session_id, None)
+        self._own.pop(session_id, None)
         self._linked.discard(session_id)
         if records is not None:
             self._held -= len(records)

@@ -342,6 +342,11 @@ class Sessions:
         session's): the copy kept of them is read again before it answers."""
         self.state.records.expire(None if directory is None else directory.rpartition("/")[2])
 
+    def records_entry(self, directory: str, name: str) -> None:
+        """The watch's word that ``name`` was added, removed or renamed in ``directory``'s
+        records/: the copy kept of them stays only if the app made that change itself."""
+        self.state.records.entry(directory.rpartition("/")[2], name)
+
     def _checked_reader(self) -> Callable[[str, str], tuple[bytes, int]]:
         """:meth:`_encoded`, once the watch (if any) has taken the events queued so far."""
         if self.watch is not None:

@@ -204,6 +204,7 @@ class Store(Storage):
             watch = SessionWatch.start(self.sessions.where)
             if watch is not None:
                 watch.stale = self.sessions.records_stale
+                watch.entry = self.sessions.records_entry
             self.sessions.watch = watch
         return self.sessions.watch is not None
 

@@ -41,10 +41,12 @@ a descriptor, `copy_file_range`, `fallocate`, `truncate`) is handed to the recor
 record added, removed or renamed in records/ (which moves records/'s identity, compared by the
 record cache on every use: the app's own uploads and deletes do, and expired the copy each
 time), and an overflow makes every session's. A change of a session takes the events first
-too (`app.store.sessions.Sessions.newest_change`, red team 58). A write through a shared
-mapping (``mmap``) raises no event at all: the records of a watched session are read again at
-least once a minute (`app.store.sessions.WATCHED_RECORDS_MAX_AGE_SECONDS`), its session.json
-once a second.
+too (`app.store.sessions.Sessions.newest_change`, red team 58). Only the app's own such
+changes keep the copy (`app.store.concurrency.RecordCache.entry` counts them): one by hand
+between the app's rename and its look at records/ moved the identity the copy was then kept
+under (red team 58 on the merges). A write through a shared mapping (``mmap``) raises no
+event at all: the records of a watched session are read again at least once a minute
+(`app.store.sessions.WATCHED_RECORDS_MAX_AGE_SECONDS`), its session.json once a second.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ _CHANGES: Final = (
 # A record's bytes or inode changed (not its name). Not IN_CLOSE_WRITE: the app's own write
 # closes its record after the rename, and a write by hand raises IN_MODIFY in any case.
 _IN_PLACE: Final = _MODIFY | _ATTRIB
+# A name added, removed or renamed in a directory (one each for the app's own write of a
+# record, `RecordCache.entry`).
+_NAMED: Final = _MOVED_FROM | _MOVED_TO | _CREATE | _DELETE
 _EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 #: At most this many watches per server, and at most a quarter of the user's allowance
 #: (`/proc/sys/fs/inotify/max_user_watches`, shared by all the user's processes): three a
@@ -149,6 +154,9 @@ class SessionWatch:
         #: Told of each session directory an event came for (None: events were lost, every
         #: one), under the watch's lock: what it keeps of them must be read again.
         self.stale: Callable[[str | None], object] = lambda directory: None
+        #: Told of each name added, removed or renamed in a session's records/: the app's
+        #: own such change keeps the copy of its records, any other expires it.
+        self.entry: Callable[[str, str], object] = lambda directory, name: None
         wd = self._add(sessions_dir, _CHANGES | _ONLYDIR | _DONT_FOLLOW)
         if wd < 0:
             raise OSError(ctypes.get_errno(), f"cannot watch {sessions_dir}")
@@ -301,16 +309,7 @@ class SessionWatch:
                         self._forget(directory)
                 continue
             if wd in self._entries and name and not mask & _IN_PLACE:
-                # A record added, removed or renamed: records/'s identity (its ctime) moved,
-                # which the record cache compares on every use, and records/ is still the
-                # directory watched. So the session stays watched and its copy of records kept:
-                # the app's own upload expired it, and the next change of the session then
-                # read every record again, or (trusting the copy for its floor without a look
-                # at the events, as it did) missed a record rewritten in place by hand (red
-                # team 58).
-                for directory in self._wds.get(wd, ()):
-                    self._clean.pop(directory, None)
-                    self._changed[directory] = self._events
+                self._named(wd, mask, name)
                 continue
             for directory in list(self._wds.get(wd, ())):
                 self._touch(directory)
@@ -318,6 +317,24 @@ class SessionWatch:
                 self._entries.discard(wd)
                 for directory in self._wds.pop(wd, ()):
                     self._dirs.get(directory, set()).discard(wd)
+
+    def _named(self, wd: int, mask: int, name: bytes) -> None:
+        """A name event (``name``, ``mask``) in a watched records/ (``wd``)."""
+        # A record added, removed or renamed: records/'s identity (its ctime) moved,
+        # which the record cache compares on every use, and records/ is still the
+        # directory watched. So the session stays watched and its copy of records kept:
+        # the app's own upload expired it, and the next change of the session then
+        # read every record again, or (trusting the copy for its floor without a look
+        # at the events, as it did) missed a record rewritten in place by hand (red
+        # team 58).
+        # But only the app's own: another (a record renamed onto, linked or removed by
+        # hand between the app's rename and its look at records/) expires it too
+        # (`entry`, red team 58 on the merges).
+        for directory in self._wds.get(wd, ()):
+            self._clean.pop(directory, None)
+            self._changed[directory] = self._events
+            if mask & _NAMED:  # not the close after the app's rename: no change
+                self.entry(directory, os.fsdecode(name))
 
     def _touch(self, directory: str) -> None:
         self.stale(directory)  # a record written in place: only an event tells it
