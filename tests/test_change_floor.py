@@ -17,6 +17,7 @@ stepped back was dated before the real newest one.
 from __future__ import annotations
 
 import json
+import os
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -136,3 +137,38 @@ def test_a_change_a_second_after_the_last_does_not_read_the_whole_session_again(
     )
     later = store.put_file(session_id, "e.txt", b"e")
     assert len(scans) == 1 and later["uploaded_at"] > "2999", later
+
+
+def test_a_delete_that_sets_the_records_time_keeps_them_for_the_next_change(
+    app_store: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A delete sets records/' times to its moment where the kernel's are earlier (a clock
+    # stepped back, or the kernel's coarse clock a tick behind, which is often): the watch's
+    # event for it, twice (records/' own watch and its session directory's), expired the kept
+    # records like any other, and the session's next change read every record again. The
+    # moment is put a day ahead here, so that the delete sets the times every time.
+    import time_machine
+
+    import app.store.sessions as sessions
+
+    store = app_store
+    if not store.watch_sessions():
+        pytest.skip("inotify cannot be had here (no instance left): nothing is watched")
+    session_id = store.create_session("dated")["id"]
+    for name in ("a.txt", "b.txt", "c.txt"):
+        store.put_file(session_id, name, b"x")
+    records = Path(store.location) / "sessions" / session_id / "records"
+    scans = []
+    scan = sessions.scan_records_linked
+    monkeypatch.setattr(sessions, "scan_records_linked", lambda d: scans.append(d) or scan(d))
+    before = records.stat().st_mtime_ns
+    with time_machine.travel(datetime.now(UTC) + timedelta(days=1), tick=True):
+        store.delete_file(session_id, "a.txt")
+    assert records.stat().st_mtime_ns > before + 86_000 * 10**9  # the delete set it
+    store.put_file(session_id, "d.txt", b"d")
+    store.delete_file(session_id, "b.txt")
+    assert scans == []
+    # records/' times set by hand are not the app's: the next change reads them again.
+    os.utime(records)
+    store.put_file(session_id, "e.txt", b"e")
+    assert len(scans) == 1

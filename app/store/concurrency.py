@@ -288,7 +288,8 @@ class RecordCache:
                 self._own.pop(session_id, None)
 
     def entry(self, session_id: str, name: str) -> None:
-        """The watch saw ``name`` added, removed or renamed in ``session_id``'s records/.
+        """The watch saw ``name`` added, removed or renamed in ``session_id``'s records/ (no
+        name: records/' own times set; the app's own is a delete's, `changed`'s ``dated``).
 
         The app's own change of ``name`` (`changed`) is one such event, and its copy stays:
         records/'s identity, taken after the write, tells every later change of names there.
@@ -357,11 +358,15 @@ class RecordCache:
         name: str | None = None,
         record: FileRecord | None = None,
         identity: object = None,
+        *,
+        dated: bool = False,
     ) -> None:
         """A write changed ``name`` (now ``record``, ``None`` if gone); no name: drop all.
 
         ``identity``: with a name, ``records/``'s identity once the write was made (the
         writer holds the session's lock, so no other write of the app came between).
+        ``dated``: the write also set records/' own time (a delete's, `app.store.files._dated`),
+        an event of the watch's that is the app's own too (`entry` with no name).
         """
         with self._lock:
             self._generations[session_id] = self._generations.get(session_id, 0) + 1
@@ -372,7 +377,10 @@ class RecordCache:
                 self._forget(session_id)
                 return
             self._identities[session_id] = identity
-            self._own.setdefault(session_id, Counter())[name] += 1
+            own = self._own.setdefault(session_id, Counter())
+            own[name] += 1
+            if dated:
+                own[""] += 1
             if session_id in self._newest:
                 self._keep_newest(session_id, records.get(name), record)
             if record is None:

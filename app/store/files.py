@@ -409,9 +409,13 @@ class Files:
                     else:
                         self.trash.remove_empty(entry)
                     raise
-                _dated(record_path.parent, entry.deleted_at)
+                dated = _dated(record_path.parent, entry.deleted_at)
                 self.records.changed(
-                    session_id, name, None, identity_after_change(str(record_path.parent))
+                    session_id,
+                    name,
+                    None,
+                    identity_after_change(str(record_path.parent)),
+                    dated=dated,
                 )
                 prepared.sync(record_path.parent)
                 self._retire_blob(directory, old["blob"], entry, name, prepared)
@@ -561,11 +565,12 @@ def _refuse_new_name(name: str) -> None:
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _dated(records: Path, moment: datetime) -> None:
+def _dated(records: Path, moment: datetime) -> bool:
     """Set ``records``' modification time to a delete's ``moment`` where the kernel's is
     earlier (the clock stepped back): the session's `updated_at` is the newest of its
     records' times and this one, and with the kernel's alone a delete left it where it was,
-    or moved it back, so a client that looks for sessions changed since never saw it."""
+    or moved it back, so a client that looks for sessions changed since never saw it.
+    Whether it set it (the kernel's coarse clock often lags ``moment`` by a tick)."""
     with contextlib.suppress(OSError):  # after the commit point: the delete stands
         # Half a microsecond on: read back through a float (`updated_at`), it is not moment's
         # microsecond less one.
@@ -573,6 +578,8 @@ def _dated(records: Path, moment: datetime) -> None:
         wanted = (since // timedelta(microseconds=1)) * 1000 + 500
         if os.lstat(records).st_mtime_ns < wanted:
             os.utime(records, ns=(wanted, wanted), follow_symlinks=False)
+            return True
+    return False
 
 
 def _version(record: FileRecord | None) -> str | None:

@@ -101,6 +101,7 @@ _IN_PLACE: Final = _MODIFY | _ATTRIB
 # A name added, removed or renamed in a directory (one each for the app's own write of a
 # record, `RecordCache.entry`).
 _NAMED: Final = _MOVED_FROM | _MOVED_TO | _CREATE | _DELETE
+_EVENT_KINDS: Final = 0xFFF  # the mask's event bits, without IN_ISDIR and the like
 _EVENT: Final = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 #: At most this many watches per server, and at most a quarter of the user's allowance
 #: (`/proc/sys/fs/inotify/max_user_watches`, shared by all the user's processes): three a
@@ -311,12 +312,43 @@ class SessionWatch:
             if wd in self._entries and name and not mask & _IN_PLACE:
                 self._named(wd, mask, name)
                 continue
+            if mask & _EVENT_KINDS == _ATTRIB and self._records_times(wd, name):
+                continue
             for directory in list(self._wds.get(wd, ())):
                 self._touch(directory)
             if mask & _IGNORED:  # the watched file or directory is gone
                 self._entries.discard(wd)
                 for directory in self._wds.pop(wd, ()):
                     self._dirs.get(directory, set()).discard(wd)
+
+    def _records_times(self, wd: int, name: bytes) -> bool:
+        """An attribute event (``wd``, ``name``) that is records/' own times being set,
+        taken here: True. Raised twice, by records/' watch (no name) and by its session
+        directory's (``records``); the first tells the record cache (`RecordCache.entry`,
+        no name), the second only that the session changed.
+
+        A delete sets them (`app.store.files._dated`) after a clock's step back, and
+        whenever the kernel's coarse clock lagged the delete's moment, which is often: as
+        any other event, it expired the kept records, and the session's next change read
+        every record again (about 150 ms at 9,000 files). The app's own keeps them; one by
+        hand expires them (`RecordCache.entry`).
+        """
+        if name and name != _RECORDS_DIR.encode():
+            return False
+        told = not name
+        directories = self._wds.get(wd, ())
+        if told and wd not in self._entries:
+            return False
+        if not told and not all(
+            any(w in self._entries for w in self._dirs.get(d, ())) for d in directories
+        ):
+            return False  # records/ is not watched: its session is read again
+        for directory in directories:
+            self._clean.pop(directory, None)
+            self._changed[directory] = self._events
+            if told:
+                self.entry(directory, "")
+        return True
 
     def _named(self, wd: int, mask: int, name: bytes) -> None:
         """A name event (``name``, ``mask``) in a watched records/ (``wd``)."""
