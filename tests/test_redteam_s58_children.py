@@ -2,7 +2,7 @@
 environment that are not Python at first, that a test starts from odd places, that change
 identity, or that reach the app as a library.
 
-Nothing broke. A real inner pytest with the app's plugin active, next to a stopped production
+A real inner pytest with the app's plugin active, next to a stopped production
 root of the test's own settings, started its children at once, each given production's
 settings alone (``APP_SETTINGS_DIR``, production's token, ``PATH``), each running a writing
 command (``data purge`` or ``data empty-trash`` with ``--profile production``) or opening
@@ -21,6 +21,20 @@ production's root through the app's classes:
 
 Each was refused, naming the run's pid (the nested run: as a pytest without the app's
 plugin), and production's sessions were left as they were. The test keeps them so.
+
+What broke:
+
+- under a pytest whose plugin is inactive (a second inner run, its rootdir another project),
+  a child that changed a loaded configuration in code (``dataclasses.replace(load("testing"),
+  data_root=<production>, profile="production")``) and gave it to ``open_storage``: the
+  purge moved production's sessions to the trash (``load("production")`` was refused there,
+  but the open had no sandbox to check against). ``open_root``, ``DataRoot``,
+  ``RootLock.acquire`` and the remote open now apply load's profile rule to the
+  configuration they are given (``app.sandbox.check_given_profile``);
+- a child switched to user 65534 with no capability, whose settings lie under pytest's
+  directories (mode 0700), was told "the data root's filesystem refused it" (exit 74) for a
+  settings directory it could not read: now ``settings_unreadable`` (exit 78), naming the
+  path and the user.
 """
 
 from __future__ import annotations
@@ -88,6 +102,9 @@ WRAPPED = ("x=1; exec timeout 60 nice -n 5 ionice -c3 taskset -c 0 stdbuf -oL ch
 CASES = {
     "wrapped": (["sh", "-c", WRAPPED], ENV, None),
     "library": ([PY, "-c", LIBRARY], ENV, None),
+    # Another user without the capability: the settings, under pytest's directories of mode
+    # 0700, are not its to read.
+    "nocap": ([*RUNUSER[:6], "--inh-caps", "-all", *PURGE], ENV, None),
     # Its atexit hook starts the grandchild as another user, non-dumpable, PR_SET_PDEATHSIG.
     "atexit": ([PY, "-c", ATEXIT], ENV, None),
     "nested": ([PY, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:app",
@@ -189,6 +206,11 @@ def test_children_behind_wrappers_threads_other_users_and_a_changed_config_are_r
         assert refused in said[tag], everything
         assert "loading profile 'production'" in said[tag], everything
         assert UNDER_THE_RUN in said[tag], everything
+    # Before the fix: "cannot run `app data purge` (<settings>): the data root's filesystem
+    # refused it (permission denied ...)", for the settings directory it could not read.
+    assert said["nocap"].startswith("78\nerror: cannot read the settings at "), everything
+    assert "permission denied for this process (user nobody)" in said["nocap"], everything
+    assert "data root" not in said["nocap"], everything
     # The nested run has no plugin: refused as under it, naming it.
     assert (
         "NESTED 78 error: refused under pytest: loading profile 'production' while pytest"
