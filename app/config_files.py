@@ -31,6 +31,7 @@ from app.errors import (
     SettingsNameError,
     SettingsNotFoundError,
     SettingsSyntaxError,
+    SettingsUnreadableError,
     VariableMisspeltError,
     folded,
     plain_name,
@@ -139,9 +140,24 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"export {SETTINGS_DIR_ENV}={shlex.quote(env[name])}; unset {name}",
             )
     where = where.resolve()
-    if not (where / SETTINGS_FILE).is_file():
+    try:
+        found = (where / SETTINGS_FILE).is_file()
+    except PermissionError:
+        raise SettingsUnreadableError(where, _this_user()) from None
+    if not found:
         raise SettingsNotFoundError(where, reason)
     return where
+
+
+def _this_user() -> str:
+    """This process's user, by name where the system knows it, for a refusal."""
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _toml_line(error: tomllib.TOMLDecodeError) -> tuple[int | None, str]:
@@ -259,7 +275,10 @@ def _too_deep(parsed: dict[str, Any]) -> str | None:
 
 
 def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except PermissionError:
+        raise SettingsUnreadableError(path, _this_user()) from None
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
         if (not_utf8 := _not_utf8(path, raw)) is not None:

@@ -80,6 +80,7 @@ from app.lock import (
 from app.mountinfo import shown_and_hidden_from, shown_and_upper, unescape, upper_in_fact
 from app.names import MAX_NAME_BYTES
 from app.sandbox import (
+    check_given_profile,
     check_root,
     check_same_filesystem,
     check_served,
@@ -2018,6 +2019,7 @@ def open_root(
     or in one that only the environment (``PYTEST_APP_SANDBOX``) names, is always synced.
     """
     root = _local_root(config, wanted or f"open a data root as a {kind} process")
+    check_given_profile(config.profile, f"data root {root}", "open")
     run = current_run()
     # Before anything touches the filesystem, so that even mkdir never happens outside.
     with checked(root, "open data root", run):
@@ -2291,6 +2293,8 @@ class DataRoot:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
         self._path = _local_root(config, "use a data root")
         check_root(self._path, "use data root")
+        if not just_checked(self._path):
+            check_given_profile(config.profile, f"data root {self._path}", "use")
         if not just_checked(self._path):  # open_root's own check, a moment ago
             _refuse_unfixed_path(config, self._path)
             _check_mounted(self._path, "use data root")

@@ -191,6 +191,23 @@ class SettingsDirEmptyError(SettingsNotFoundError):
         super().__post_init__()
 
 
+class SettingsUnreadableError(ConfigError):
+    """A settings file, or its directory, that this process may not read (``EACCES``): a
+    command run as another user than the settings' (``setpriv``, ``runuser``, a test's child
+    switched to ``nobody``) was told the data root's filesystem refused it (red team 58)."""
+
+    code = "settings_unreadable"
+    template = (
+        "cannot read the settings at {path}: permission denied for this process (user "
+        "{user}); nothing was opened or changed. Run the command as a user who may read the "
+        "settings directory and its files (the service's own, or the developer's), or give "
+        "that user read access (`ls -ld {path}`, then `chmod` or `setfacl -m u:{user}:rX`)"
+    )
+
+    path: Path
+    user: str
+
+
 class SettingsSyntaxError(ConfigError):
     """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
     reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion), or nests a

@@ -69,6 +69,7 @@ __all__ = [
     "allowed_profiles",
     "allowing",
     "announce_start",
+    "check_given_profile",
     "check_profile",
     "check_remote",
     "check_root",
@@ -3740,6 +3741,39 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
             f"its data root is then mapped into the sandbox{_opt_in_lost()}"
             f"{_left_over(run)}",
         )
+
+
+def check_given_profile(profile: str, storage: str, what: str) -> None:
+    """Refuse to `what` (``open data root``) the `storage` of `profile` other than
+    ``testing`` under a pytest without the app's plugin (or under unittest), whatever made the
+    configuration: `load` refuses such a profile there, but a ``Config`` changed in code
+    (``dataclasses.replace(load("testing"), data_root=..., profile="production")``) reached
+    ``open_storage``, ``DataRoot`` and ``RootLock`` unchecked, and a test's child given a
+    hand-built environment purged production's root so (red team 58). Inside a run of the
+    plugin `check_root` refuses what lies outside its sandbox; outside any run nothing is
+    refused (one walk of the process tree, only for a profile other than testing).
+
+    Raises:
+        SandboxViolationError: naming what was refused, the pytest (or unittest) without the
+            plugin, and the fix.
+    """
+    if profile == "testing":
+        return
+    where = context()
+    if where.bare is None:
+        return
+    try:
+        check_profile(profile, storage, "a configuration made in code", where)
+    except SandboxViolationError as refused:
+        raise SandboxViolationError(
+            f"{what} {storage} of profile {profile!r}, from a configuration made or changed "
+            f"in code rather than loaded, {where.bare}",
+            refused.sandbox,
+            f"{refused.fix}. A test reaches another profile's root by marking the test "
+            f"@pytest.mark.app_profile({profile!r}) under the app's plugin, never by a "
+            "changed configuration",
+            runner=refused.runner,
+        ) from None
 
 
 def _opt_in_lost() -> str:

@@ -147,6 +147,7 @@ def open_remote(
 
     database_url, blob_url = _urls(config)
     sandbox.check_remote(database_url, blob_url, "open")
+    sandbox.check_given_profile(config.profile, "the remote storage", "open")
     protection = config.taking_needs_confirmation
     objects = _objects(config)
     location = objects.location

@@ -57,6 +57,7 @@ EXAMPLES: list[errors.AppError] = [
     errors.SettingsNotFoundError(Path("/opt/app"), "from APP_SETTINGS_DIR"),
     errors.SettingsDirEmptyError("APP_SETTINGS_DIR", Path("/opt/app/src")),
     errors.SettingsSyntaxError(Path("/opt/app/settings.toml"), 12, "Expected '=' after a key"),
+    errors.SettingsUnreadableError(Path("/opt/app/settings.toml"), "nobody"),
     errors.SettingsAmbiguousError(
         Path("/opt/app/settings.toml"), ["production", "Production"], None
     ),
