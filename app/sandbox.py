@@ -528,6 +528,17 @@ def _proc_bytes(pid: int | str, name: str, *, misshown: bool = False) -> bytes:
         os.close(fd)
 
 
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has exited: gone, or a zombie its parent has not reaped yet. A daemon
+    that waited on a pidfd of its run (readable at the exit, before the reaping) was told
+    its ended run was "left running" (a whole run under load failed on it)."""
+    try:
+        raw = _proc_bytes(pid, "stat", misshown=True)
+    except OSError:
+        return True
+    return raw.rpartition(b")")[2].split()[:1] in ([b"Z"], [b"X"])
+
+
 def _stat_fields(pid: int) -> tuple[int, int] | None:
     """``(ppid, start time)`` of ``pid``; the start time tells a reused pid apart.
 
@@ -739,7 +750,7 @@ def _read_entry(
         # Handed on at the end of a test (`hand_on`): the run may still be running.
         run_started = data.get("run_started")
         fields = _stat_fields(ended) if isinstance(run_started, int) else None
-        if fields is not None and fields[1] == run_started:
+        if fields is not None and fields[1] == run_started and not _exited(ended):
             how = f"{who}, left running by a test of the run of pytest pid {ended}"
             ended = None
     try:

@@ -446,3 +446,20 @@ def test_a_daemon_a_test_left_stays_in_the_run_once_the_run_has_ended(
         r"test run of pytest pid \d+, which has ended, registered in /tmp/app-pytest-runs-0\)",
         said,
     ), said
+
+
+def test_a_run_that_has_exited_but_is_not_reaped_has_ended() -> None:
+    # A daemon that waits on a pidfd of its run wakes at the run's exit, before its parent
+    # reaps it: the zombie's /proc entry still has the run's start time, and the refusal
+    # said the run had "left" the daemon "running" (a whole run under load failed on it).
+    from app import sandbox
+
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        assert Path(f"/proc/{child.pid}/stat").exists()
+        assert sandbox._exited(child.pid)
+        assert not sandbox._exited(os.getpid())
+    finally:
+        child.wait()
+    assert sandbox._exited(child.pid)
