@@ -105,6 +105,24 @@ def test_the_kept_newest_change_is_always_the_fold_of_the_session() -> None:
         assert cache.newest("s", 1, float("inf"), change_floor) == (False, None)
 
 
+def _watched_session(
+    store: Storage, title: str, names: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[object]]:
+    """A session of ``names`` in ``store``, watched as a server's are, and the list each
+    later read of its whole records/ is added to."""
+    import app.store.sessions as sessions
+
+    if not store.watch_sessions():
+        pytest.skip("inotify cannot be had here (no instance left): nothing is watched")
+    session_id = store.create_session(title)["id"]
+    for name in names:  # the first: the watch begins, and the copy is read again
+        store.put_file(session_id, name, b"x")
+    scans: list[object] = []
+    scan = sessions.scan_records_linked
+    monkeypatch.setattr(sessions, "scan_records_linked", lambda d: scans.append(d) or scan(d))
+    return session_id, scans
+
+
 def test_a_change_a_second_after_the_last_does_not_read_the_whole_session_again(
     app_store: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,17 +132,8 @@ def test_a_change_a_second_after_the_last_does_not_read_the_whole_session_again(
     # session, as a server's does (red team 58: on no word of the watch's, a record rewritten
     # in place by hand was missed); a record added or removed by hand still shows at once
     # (records/ changes identity).
-    import app.store.sessions as sessions
-
     store = app_store
-    if not store.watch_sessions():
-        pytest.skip("inotify cannot be had here (no instance left): nothing is watched")
-    session_id = store.create_session("a second on")["id"]
-    for name in ("a.txt", "b.txt"):  # the first: the watch begins, and the copy is read again
-        store.put_file(session_id, name, b"x")
-    scans = []
-    scan = sessions.scan_records_linked
-    monkeypatch.setattr(sessions, "scan_records_linked", lambda d: scans.append(d) or scan(d))
+    session_id, scans = _watched_session(store, "a second on", ("a.txt", "b.txt"), monkeypatch)
     store.sessions.records_max_age = 0.0  # every copy a second old, or older
     store.put_file(session_id, "c.txt", b"c")
     store.delete_file(session_id, "a.txt")
@@ -149,18 +158,10 @@ def test_a_delete_that_sets_the_records_time_keeps_them_for_the_next_change(
     # moment is put a day ahead here, so that the delete sets the times every time.
     import time_machine
 
-    import app.store.sessions as sessions
-
     store = app_store
-    if not store.watch_sessions():
-        pytest.skip("inotify cannot be had here (no instance left): nothing is watched")
-    session_id = store.create_session("dated")["id"]
-    for name in ("a.txt", "b.txt", "c.txt"):
-        store.put_file(session_id, name, b"x")
+    names = ("a.txt", "b.txt", "c.txt")
+    session_id, scans = _watched_session(store, "dated", names, monkeypatch)
     records = Path(store.location) / "sessions" / session_id / "records"
-    scans = []
-    scan = sessions.scan_records_linked
-    monkeypatch.setattr(sessions, "scan_records_linked", lambda d: scans.append(d) or scan(d))
     before = records.stat().st_mtime_ns
     with time_machine.travel(datetime.now(UTC) + timedelta(days=1), tick=True):
         store.delete_file(session_id, "a.txt")
