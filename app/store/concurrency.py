@@ -301,6 +301,8 @@ class RecordCache:
             own = self._own.get(session_id)
             if own is not None and own[name] > 0:
                 own[name] -= 1
+                if not own[name]:
+                    del own[name]  # each name's count goes as its event comes
                 return
             self._read_at.pop(session_id, None)
             self._own.pop(session_id, None)
@@ -344,13 +346,7 @@ class RecordCache:
                 self._linked.add(session_id)
             self._held += len(records)
             while self._held > self.limit:
-                evicted_id, evicted = self._sessions.popitem(last=False)
-                self._identities.pop(evicted_id, None)
-                self._newest.pop(evicted_id, None)
-                self._read_at.pop(evicted_id, None)
-                self._own.pop(evicted_id, None)
-                self._linked.discard(evicted_id)
-                self._held -= len(evicted)
+                self._forget(next(iter(self._sessions)))  # the least recently used
 
     def changed(
         self,
@@ -410,6 +406,7 @@ class RecordCache:
             self._held = 0
 
     def _forget(self, session_id: str) -> None:
+        """Drop everything kept of ``session_id`` (the one place that knows all of it)."""
         records = self._sessions.pop(session_id, None)
         self._identities.pop(session_id, None)
         self._newest.pop(session_id, None)
