@@ -1,5 +1,5 @@
 """Red team 59 on the guard (branch rt-guard42): the data root behind a name, reached through
-a second superblock of its own filesystem.
+a second superblock of its own filesystem, or through another mount namespace's /proc link.
 
 What broke (as root, in a mount namespace of the test's own, outside any test run in a PID
 namespace with its own ``/proc``, and in a test's child inside the run):
@@ -15,10 +15,20 @@ namespace with its own ``/proc``, and in a test's child inside the run):
   ``f_fsid``, in the sandbox); outside a run, and for a root a test's own live holder keeps
   in its sandbox, only the lock stood, and it saw nothing.
 
-What changed: taking a root's lock (outside a run's sandbox, and in it where the root lies on
-another filesystem than the sandbox's) and a probe of a free lock now read ``/proc/locks``
-for a lock on the lock file's inode number on another device, and count it as this file's
-holder where the holder's open file has this filesystem's id (``statfs``'s ``f_fsid``). The
+- a data root named through ``/proc/<pid>/root`` of a process in another mount namespace (a
+  container's), meant for the container's own data at that path:
+  ``APP_DATA_ROOT=/proc/<pid>/root<production's path> app --profile production data purge
+  --yes-i-mean-it``. The link's text is ``/``, so the path resolved to this host's production
+  root, and the purge emptied it; ``--profile development`` was refused as sharing a root
+  the operator never named.
+
+What changed: a path setting whose deepest existing directory is another directory (device
+and inode) than its resolved path names is refused (``invalid_setting``, exit 78), naming
+both and the link of ``/proc`` into another mount namespace. Taking a root's lock (outside
+a run's sandbox, and in it where the root lies on another filesystem than the sandbox's) and
+a probe of a free lock now read ``/proc/locks`` for a lock on the lock file's inode number
+on another device, and count it as this file's holder where the holder's open file has this
+filesystem's id (``statfs``'s ``f_fsid``) and, for two loop devices, the same backing file. The
 refusal (``data_root_in_use``, exit 75) names the holder, its lock file's path, both devices,
 and to unmount the second mount rather than stop the holder; ``app status`` names the holder.
 """
@@ -33,7 +43,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from project_copy import copy_project_settings
+from project_copy import assert_untouched, copy_project_settings, stopped_production
 
 #: What both drivers share: the app's command line run in this process, its output kept.
 COMMON = r'''
@@ -166,6 +176,32 @@ print("RESULTS", json.dumps({"PURGE": said, "sessions": sessions}))
 )
 
 
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
+#: run): a "container" (a mount namespace of its own) shows its own data, a copy, at the
+#: path of this host's stopped production root; each command names the root through the
+#: container's /proc/<pid>/root. argv: production root, the container's copy.
+CONTAINER = (
+    COMMON
+    + r"""
+production, copy = sys.argv[1:3]
+container = subprocess.Popen(
+    ["unshare", "-m", "--propagation", "private", "sh", "-c",
+     'mount --bind "$1" "$2" && echo ready && exec cat', "sh", copy, production],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert container.stdout.readline() == "ready\n"
+inside = f"/proc/{container.pid}/root{production}"
+results = {}
+for tag, profile in [("PRODUCTION", "production"), ("DEVELOPMENT", "development")]:
+    results[tag] = run(["--profile", profile, "data", "purge", "--yes-i-mean-it"],
+                       APP_DATA_ROOT=inside)
+container.stdin.close()
+container.wait()
+results["inside"] = inside
+print("RESULTS", json.dumps(results))
+"""
+)
+
+
 def _needs_loop_devices() -> None:
     needed = ("unshare", "losetup", "mkfs.ext4", "mount")
     if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in needed):
@@ -269,3 +305,36 @@ def test_a_test_s_held_root_through_a_second_loop_device_is_refused(tmp_path: Pa
     ), seen
     assert "on the same filesystem mounted again through another device" in seen["PURGE"], seen
     assert _refusal(second) in seen["PURGE"], seen
+
+
+def test_a_root_named_through_a_container_s_proc_root_is_refused(tmp_path: Path) -> None:
+    # Meant for the container's own data (a copy, mounted there at production's path), the
+    # path resolved to this host's production root: `/proc/<pid>/root` reads as `/`. The
+    # purge emptied the host's production root (exit 0), the container's copy untouched.
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for mount namespaces")
+    settings, production, token, sessions = stopped_production(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(production, copy, symlinks=True)
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings), "APP_API_TOKEN": token}
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
+         sys.executable, "-c", CONTAINER, str(production), str(copy)],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    seen = _results(done)
+    said = json.dumps(seen, indent=1)
+    assert_untouched(production, sessions, said)
+    assert_untouched(copy, sessions, said)
+    inside = seen["inside"]
+    for tag, profile in [("PRODUCTION", "production"), ("DEVELOPMENT", "development")]:
+        code, out = seen[tag]
+        assert code == 78, said
+        assert out.startswith(f"error: profile {profile!r}: data_root = '/proc/"), said
+        assert (
+            f"(from environment APP_DATA_ROOT): leads through {inside} to another directory "
+            f"than the one it resolves to in this process, {production}: a link of /proc "
+            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names the "
+            "directory as that namespace does, which is another directory here; name the "
+            "directory as this machine sees it"
+        ) in out, said
