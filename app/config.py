@@ -1514,35 +1514,19 @@ def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
 
 def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
     """Why a path setting's `value` leads to another directory than the one it resolves to
-    in this process, or None.
+    in this process, or None (`config_files.resolved_elsewhere`).
 
-    A link of ``/proc`` into another mount namespace (``/proc/<pid>/root`` or ``cwd`` of a
-    process in a container) is followed by the kernel into that namespace, but its text,
-    which resolving reads, names the directory as that namespace does: another directory
-    here. ``APP_DATA_ROOT=/proc/<container's pid>/root/srv/app/data/production`` meant for
-    the container's own data resolved to this host's ``/srv/app/data/production``, and
+    ``APP_DATA_ROOT=/proc/<container's pid>/root/srv/app/data/production``, meant for the
+    container's own data, resolved to this host's ``/srv/app/data/production``, and
     ``app --profile production data purge --yes-i-mean-it`` purged the host's production
-    root (red team 59). Compared on the deepest directory of the path that exists.
+    root (red team 59).
     """
     if not key.type.startswith("Path") or not isinstance(value, str):
         return None
-    here = str(_spelled_root(value, directory))
-    while True:
-        try:
-            found = os.stat(here)  # noqa: PTH116 - str in, the kernel's own walk
-            break
-        except OSError:
-            parent = os.path.dirname(here)  # noqa: PTH120 - as above
-            if parent == here:
-                return None
-            here = parent
-    resolved = os.path.realpath(here)  # what `_absolute_root` reads
-    try:
-        seen = os.stat(resolved)  # noqa: PTH116 - as above
-    except OSError:
-        seen = None
-    if seen is not None and os.path.samestat(seen, found):
+    found = config_files.resolved_elsewhere(str(_spelled_root(value, directory)))
+    if found is None:
         return None
+    here, resolved = found
     return (
         f"leads through {_shortened(here, 400)} to another directory than the one it resolves "
         f"to in this process, {_shortened(resolved, 400)}: a link of /proc (/proc/<pid>/root "

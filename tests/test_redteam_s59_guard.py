@@ -20,11 +20,13 @@ namespace with its own ``/proc``, and in a test's child inside the run):
   ``APP_DATA_ROOT=/proc/<pid>/root<production's path> app --profile production data purge
   --yes-i-mean-it``. The link's text is ``/``, so the path resolved to this host's production
   root, and the purge emptied it; ``--profile development`` was refused as sharing a root
-  the operator never named.
+  the operator never named. The same through ``APP_SETTINGS_DIR=/proc/<pid>/root<settings>``:
+  the host's settings were read, and the purge emptied the host's production root.
 
 What changed: a path setting whose deepest existing directory is another directory (device
 and inode) than its resolved path names is refused (``invalid_setting``, exit 78), naming
-both and the link of ``/proc`` into another mount namespace. Taking a root's lock (outside
+both and the link of ``/proc`` into another mount namespace; such a settings directory is
+``settings_not_found`` (78), saying so. Taking a root's lock (outside
 a run's sandbox, and in it where the root lies on another filesystem than the sandbox's) and
 a probe of a free lock now read ``/proc/locks`` for a lock on the lock file's inode number
 on another device, and count it as this file's holder where the holder's open file has this
@@ -177,26 +179,28 @@ print("RESULTS", json.dumps({"PURGE": said, "sessions": sessions}))
 
 
 #: PID 1 of a PID namespace with its own /proc, in a private mount namespace (outside any
-#: run): a "container" (a mount namespace of its own) shows its own data, a copy, at the
-#: path of this host's stopped production root; each command names the root through the
-#: container's /proc/<pid>/root. argv: production root, the container's copy.
+#: run): a "container" (a mount namespace of its own) shows its own settings and data, a
+#: copy, at the path of this host's settings directory, which holds a stopped production
+#: root; each command names the root, or the settings, through the container's
+#: /proc/<pid>/root. argv: the settings directory, the container's copy.
 CONTAINER = (
     COMMON
     + r"""
-production, copy = sys.argv[1:3]
+settings, copy = sys.argv[1:3]
 container = subprocess.Popen(
     ["unshare", "-m", "--propagation", "private", "sh", "-c",
-     'mount --bind "$1" "$2" && echo ready && exec cat', "sh", copy, production],
+     'mount --bind "$1" "$2" && echo ready && exec cat', "sh", copy, settings],
     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 assert container.stdout.readline() == "ready\n"
-inside = f"/proc/{container.pid}/root{production}"
-results = {}
+inside = f"/proc/{container.pid}/root{settings}"
+purge = ["data", "purge", "--yes-i-mean-it"]
+results = {"inside": inside}
 for tag, profile in [("PRODUCTION", "production"), ("DEVELOPMENT", "development")]:
-    results[tag] = run(["--profile", profile, "data", "purge", "--yes-i-mean-it"],
-                       APP_DATA_ROOT=inside)
+    results[tag] = run(["--profile", profile, *purge],
+                       APP_DATA_ROOT=f"{inside}/data/production")
+results["SETTINGS"] = run(["--profile", "production", *purge], APP_SETTINGS_DIR=inside)
 container.stdin.close()
 container.wait()
-results["inside"] = inside
 print("RESULTS", json.dumps(results))
 """
 )
@@ -308,33 +312,41 @@ def test_a_test_s_held_root_through_a_second_loop_device_is_refused(tmp_path: Pa
 
 
 def test_a_root_named_through_a_container_s_proc_root_is_refused(tmp_path: Path) -> None:
-    # Meant for the container's own data (a copy, mounted there at production's path), the
-    # path resolved to this host's production root: `/proc/<pid>/root` reads as `/`. The
-    # purge emptied the host's production root (exit 0), the container's copy untouched.
+    # Meant for the container's own data (a copy, mounted there at the host's path), each
+    # path resolved to this host's directory: `/proc/<pid>/root` reads as `/`. Before the fix
+    # the production purges emptied the host's production root (exit 0), through
+    # APP_DATA_ROOT and through APP_SETTINGS_DIR alike; the container's copy was untouched.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for mount namespaces")
     settings, production, token, sessions = stopped_production(tmp_path)
-    copy = tmp_path / "copy"
-    shutil.copytree(production, copy, symlinks=True)
+    copy = tmp_path / "container"
+    shutil.copytree(settings, copy, symlinks=True)
     env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings), "APP_API_TOKEN": token}
     done = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
-         sys.executable, "-c", CONTAINER, str(production), str(copy)],
+         sys.executable, "-c", CONTAINER, str(settings), str(copy)],
         env=env, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     seen = _results(done)
     said = json.dumps(seen, indent=1)
     assert_untouched(production, sessions, said)
-    assert_untouched(copy, sessions, said)
+    assert_untouched(copy / "data" / "production", sessions, said)
     inside = seen["inside"]
     for tag, profile in [("PRODUCTION", "production"), ("DEVELOPMENT", "development")]:
         code, out = seen[tag]
         assert code == 78, said
         assert out.startswith(f"error: profile {profile!r}: data_root = '/proc/"), said
         assert (
-            f"(from environment APP_DATA_ROOT): leads through {inside} to another directory "
-            f"than the one it resolves to in this process, {production}: a link of /proc "
-            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names the "
-            "directory as that namespace does, which is another directory here; name the "
-            "directory as this machine sees it"
+            f"(from environment APP_DATA_ROOT): leads through {inside}/data/production to "
+            f"another directory than the one it resolves to in this process, {production}: a "
+            "link of /proc (/proc/<pid>/root or cwd) into another mount namespace, a "
+            "container's, names the directory as that namespace does, which is another "
+            "directory here; name the directory as this machine sees it"
         ) in out, said
+    code, out = seen["SETTINGS"]
+    assert code == 78, said
+    assert (
+        f"error: no settings.toml found: looked in {inside} (from APP_SETTINGS_DIR; it leads "
+        f"through {inside} to another directory than the one it resolves to in this process, "
+        f"{settings}: a link of /proc (/proc/<pid>/root or cwd) into another mount namespace"
+    ) in out, said
