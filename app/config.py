@@ -1021,6 +1021,7 @@ def _resolve_profile(
             or _escaped(key, value, files.directory)
             or _unexpanded(key, value, files.directory)
             or _unnameable(key, value, files.directory)
+            or _misresolved(key, value, files.directory)
         )
         if problem is not None:
             shown = _shortened(key.show(value)) if isinstance(value, str) else value
@@ -1509,6 +1510,31 @@ def _unnameable(key: Key, value: Any, directory: Path) -> str | None:
                 "it; shorten that name"
             )
     return None
+
+
+def _misresolved(key: Key, value: Any, directory: Path) -> str | None:
+    """Why a path setting's `value` leads to another directory than the one it resolves to
+    in this process, or None (`config_files.resolved_elsewhere`).
+
+    ``APP_DATA_ROOT=/proc/<container's pid>/root/srv/app/data/production``, meant for the
+    container's own data, resolved to this host's ``/srv/app/data/production``, and
+    ``app --profile production data purge --yes-i-mean-it`` purged the host's production
+    root (red team 59).
+    """
+    if not key.type.startswith("Path") or not isinstance(value, str):
+        return None
+    found = config_files.resolved_elsewhere(str(_spelled_root(value, directory)))
+    if found is None:
+        return None
+    here, resolved = found
+    return (
+        f"leads through {_shortened(here, 400)} to another directory than the one it resolves "
+        f"to in this process, {_shortened(resolved, 400)}: a link of /proc (/proc/<pid>/root "
+        "or cwd) into another mount namespace, a container's, names the directory as that "
+        "namespace does, which is another directory here; name the directory as this "
+        "machine sees it (where the container's volume is mounted, `findmnt` or `docker "
+        "inspect` shows it)"
+    )
 
 
 def _shortened(text: str, keep: int = 100) -> str:

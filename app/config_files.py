@@ -139,6 +139,17 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
                 f"the settings in {where}",
                 f"export {SETTINGS_DIR_ENV}={shlex.quote(env[name])}; unset {name}",
             )
+    if (elsewhere := resolved_elsewhere(str(where))) is not None:
+        # A container's /proc/<pid>/root reads as `/`: its settings directory resolved to
+        # this host's, whose production root a purge then emptied (red team 59).
+        raise SettingsNotFoundError(
+            where,
+            f"{reason}; it leads through {elsewhere[0]} to another directory than the one "
+            f"it resolves to in this process, {elsewhere[1]}: a link of /proc "
+            "(/proc/<pid>/root or cwd) into another mount namespace, a container's, names "
+            "the directory as that namespace does; name the directory as this machine sees "
+            "it, where the container's volume is mounted",
+        )
     where = where.resolve()
     try:
         found = (where / SETTINGS_FILE).is_file()
@@ -147,6 +158,34 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     if not found:
         raise SettingsNotFoundError(where, reason)
     return where
+
+
+def resolved_elsewhere(path: str) -> tuple[str, str] | None:
+    """The deepest existing directory of `path` and what it resolves to, where the two are
+    different directories (by device and inode); None where they are one, or nothing exists.
+
+    A link of ``/proc`` into another mount namespace (``/proc/<pid>/root`` or ``cwd`` of a
+    process in a container) is followed by the kernel into that namespace, but its text,
+    which resolving reads, names the directory as that namespace does: another directory
+    here (red team 59).
+    """
+    here = path
+    while True:
+        try:
+            found = os.stat(here)  # noqa: PTH116 - str in, the kernel's own walk
+            break
+        except OSError:
+            parent = os.path.dirname(here)  # noqa: PTH120 - as above
+            if parent == here:
+                return None
+            here = parent
+    resolved = os.path.realpath(here)  # what Path.resolve reads
+    try:
+        if os.path.samestat(os.stat(resolved), found):  # noqa: PTH116 - as above
+            return None
+    except OSError:
+        pass
+    return here, resolved
 
 
 def _this_user() -> str:

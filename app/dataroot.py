@@ -76,6 +76,7 @@ from app.lock import (
     probe,
     shared_with,
     special_kind,
+    through_another_device,
 )
 from app.mountinfo import shown_and_hidden_from, shown_and_upper, unescape, upper_in_fact
 from app.names import MAX_NAME_BYTES
@@ -1321,6 +1322,16 @@ def _check_stamp(
 PARENT_MODE: Final = 0o755
 
 
+def _on_another_device(root: Path, sandbox: Path) -> bool:
+    """Whether `root` lies on another filesystem than the `sandbox` it is in: one a test
+    mounted there, whose holders the lock looks for through another device too (a second
+    loop device of a live root's disk image, red team 59)."""
+    try:
+        return os.stat(root).st_dev != os.stat(sandbox).st_dev  # noqa: PTH116 - st_dev
+    except OSError:
+        return True
+
+
 def _make_parents(path: Path) -> None:
     """``mkdir -p path``, each directory made with `PARENT_MODE` (which the umask can only
     narrow): never writable by the group or others."""
@@ -2065,7 +2076,13 @@ def _open_checked(
     # A root of a run found in the process tree lies in the run's sandbox, which pytest made
     # for the run alone (mode 0700): its flock is taken as the run's own root's is.
     lock = RootLock(
-        root, kind=kind, profile=config.profile, port=port, durable=durable, own_sandbox=not durable
+        root,
+        kind=kind,
+        profile=config.profile,
+        port=port,
+        durable=durable,
+        own_sandbox=not durable,
+        on_a_mount=not durable and run is not None and _on_another_device(root, run.sandbox),
     )
     lock.acquire(wanted or f"open the data root as a {kind} process", timeout=timeout)
     try:
@@ -2751,6 +2768,8 @@ class RootStatus:
     def held_by(self) -> str:
         """The holder in words (pid, host, since, for what), for a person to act on."""
         said = describe_holder(self.probe.holder)
+        if self.probe.holder and "through_device" in self.probe.holder:
+            return said + through_another_device(self.probe.path, self.probe.holder)
         if (other := shared_with(self.path, self.probe.path, self.probe.holder)) is not None:
             # A hard-link copy of a live root: its holder is the other root's (red team 41).
             said += (

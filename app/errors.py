@@ -665,7 +665,16 @@ class DataRootInUseError(AppError):
             and not {"took_lock", "unpublished", "pid_written_over"} & self.holder.keys()
             else None
         )
-        if pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
+        if self.holder and "through_device" in self.holder:
+            # Stopping the holder frees nothing here: two mounts of one filesystem overwrite
+            # each other's writes whoever holds what (red team 59).
+            stop = (
+                "do not use this mount, and do not stop that process for it: the filesystem "
+                "is mounted twice, and its two mounts overwrite each other's writes. Unmount "
+                f"this one (`umount $(findmnt -n -o TARGET -T {self.root})`, then `losetup -d` "
+                "its device if it is a loop device) and work through the holder's path"
+            )
+        elif pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
             # `kill` would stop the very process that asks: the first writer is its own.
             stop = (
                 "that is this process: close the storage it opened first (`.close()`, or "

@@ -673,6 +673,103 @@ def _flocks_on(device: int) -> dict[int, set[int]]:
     return locked
 
 
+def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, Any] | None:
+    """The live process that holds the lock file `fd` opens (`found` its stat) through
+    another device of the same filesystem, as its published JSON; None if there is none.
+
+    A disk image attached through a second loop device (``losetup -f --show <image>``, then
+    ``mount``), or a device-mapper copy of a disk, is a second superblock of one filesystem:
+    the kernel keeps a flock per superblock, so a live server's lock was not seen through
+    the second mount, and `app data purge` emptied its root there (red team 59; red team 50
+    closed it for a test run's protected roots only). ``/proc/locks`` lists each lock by
+    device and inode: a lock on this inode number on another device whose file has this
+    filesystem's id (``statfs``'s ``f_fsid``, from an ext4 or XFS volume's UUID) is this
+    file. The holder gets ``through_device`` (its device), ``device_here`` and
+    ``lock_file_there`` (the file as the holder opened it). Another user's holder is not
+    visible (its descriptors are not ours to read).
+    """
+    try:
+        lines = _PROC_LOCKS.read_text().splitlines()
+    except OSError:
+        return None
+    here = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:"
+    inode = f":{found.st_ino}"
+    pids = [
+        int(parts[4])
+        for parts in map(str.split, lines)
+        if len(parts) > 5
+        and parts[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+        and parts[4].isdigit()
+        and parts[5].endswith(inode)
+        and not parts[5].startswith(here)
+    ]
+    if not pids:
+        return None
+    try:
+        fsid = os.fstatvfs(fd).f_fsid
+    except OSError:
+        return None
+    if not fsid:
+        return None  # a filesystem that gives no id: two of them are not told apart
+    for pid in dict.fromkeys(pids):
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
+            for descriptor in descriptors:
+                with contextlib.suppress(OSError):
+                    if _fd_inode(pid, descriptor.name) not in (None, found.st_ino):
+                        continue  # not this inode: never stat'ed (it may hang, on NFS)
+                    there = os.stat(descriptor.path)  # noqa: PTH116 - the open file itself
+                    if (
+                        there.st_ino != found.st_ino
+                        or there.st_dev == found.st_dev
+                        or not stat.S_ISREG(there.st_mode)
+                        or os.statvfs(descriptor.path).f_fsid != fsid
+                        or _another_image(there.st_dev, found.st_dev)
+                    ):
+                        continue
+                    opened = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        published = _read_holder_fd(opened)
+                    finally:
+                        os.close(opened)
+                    return {
+                        **(_seen_here(published, pid) or {"pid": pid}),
+                        "through_device": f"{os.major(there.st_dev)}:{os.minor(there.st_dev)}",
+                        "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
+                        "lock_file_there": os.readlink(descriptor.path),  # noqa: PTH115 - str in, str out
+                    }
+    return None
+
+
+def _loop_backing(device: int) -> tuple[int, int, int] | None:
+    """The file (device, inode) and offset a loop device reads, None for another device."""
+    here = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/loop")
+    try:
+        backing = (here / "backing_file").read_text().rstrip("\n")
+        offset = int((here / "offset").read_text())
+        found = os.stat(backing.removesuffix(" (deleted)"))  # noqa: PTH116 - st_dev, st_ino
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino, offset
+
+
+def _another_image(one: int, other: int) -> bool:
+    """Whether two loop devices read two files (a byte copy of a disk image, with its
+    filesystem's id and inodes): another filesystem, whose lock is another lock."""
+    first, second = _loop_backing(one), _loop_backing(other)
+    return first is not None and second is not None and first != second
+
+
+def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
+    """Appended to the description of a holder `_held_through_another_device` found: why a
+    root whose lock file is free here is held."""
+    return (
+        f", through its lock file {holder['lock_file_there']}, which is {path} on the same "
+        f"filesystem mounted again through another device (device {holder['through_device']}"
+        f" there, {holder['device_here']} here; one filesystem id and inode: a disk image "
+        "attached through a second loop device, say)"
+    )
+
+
 def _moved_lock_file(
     opened: Path, path: Path
 ) -> tuple[dict[str, Any] | None, dict[str, Any]] | None:
@@ -809,6 +906,10 @@ def probe(root: Path) -> Probe:
             raise
         # Free: whatever the file still contains was left by a holder that crashed.
         fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            # Free here, held through a second mount of the same filesystem (red team 59).
+            if (holder := _held_through_another_device(os.fstat(fd), fd)) is not None:
+                return Probe(path=path, held=True, holder=holder)
         return _deleted_or_free(path)
     finally:
         os.close(fd)
@@ -908,6 +1009,7 @@ class RootLock:
         port: int | None = None,
         durable: bool = True,
         own_sandbox: bool = False,
+        on_a_mount: bool = False,
     ) -> None:
         """Prepare a lock on ``root``; nothing is opened or created until :meth:`acquire`.
 
@@ -922,6 +1024,9 @@ class RootLock:
             own_sandbox: the root lies in the sandbox pytest created for a run found in
                 the process tree (the session's root, a test's): take the flock without
                 filelock (see `_SandboxFlock`).
+            on_a_mount: a root of the sandbox on another filesystem than the sandbox's (a
+                test mounted one there): its holders are looked for through another device
+                of that filesystem too, as a root's outside the sandbox always are.
         """
         if kind not in KINDS:
             msg = f"holder kind must be one of {', '.join(KINDS)}, not {kind!r}"
@@ -932,6 +1037,7 @@ class RootLock:
         self.profile = profile
         self._port = port
         self._durable = durable
+        self._on_a_mount = on_a_mount
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
         self._holder: dict[str, Any] | None = None
@@ -1059,6 +1165,11 @@ class RootLock:
             # through /proc there would cost every test's root for nothing.
             if self._durable and (holder := _deleted_lock_holder(self.path)) is not None:
                 described = describe_holder(holder) + _through_deleted(self.path, holder)
+                raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
+            if (self._durable or self._on_a_mount) and (
+                holder := _held_through_another_device(found, own)
+            ) is not None:
+                described = describe_holder(holder) + through_another_device(self.path, holder)
                 raise DataRootInUseError(self.root, holder, self._wanted, held_by=described)
             holder = holder_info(self.kind, self.profile, port=self._port, root=self.root)
             written = _write_in_place(own, holder, durable=self._durable)
