@@ -27,6 +27,14 @@ What broke:
   primary, whose refusal says to point it at the primary) showed the list with one port, the
   first address's after sorting, for every host. Each host is now shown with its own port,
   in the URL's order.
+
+- ``app data check --repair`` whose connections reached two servers (``load_balance_hosts``
+  over a primary and its standby, a balancer): maintenance held the primary, the store's
+  pool read the rows on the standby, whose replay lagged (paused, or delayed by
+  ``recovery_min_apply_delay``) past the orphan grace. The object of a file the primary
+  acknowledged since was "named by no row" and deleted. The check now counts an object's
+  age from the last commit the rows' server replayed, not from now. Its test needs a
+  standby of the suite's cluster (about 3 s), so it runs with ``RT_STANDBY=1``.
 """
 
 from __future__ import annotations
@@ -34,12 +42,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 from engines import PostgresEngine, S3Engine
-from test_redteam_s39_ops import _overlaps, _settings
+from test_redteam_s39_ops import _overlaps, _settings, standby_of
 from test_remote_store import _objects
 
 from app import sandbox
@@ -198,3 +207,42 @@ def test_a_refusal_of_a_list_of_hosts_names_each_with_its_own_port(
     # first one's port.
     assert f"database postgresql://app@127.0.0.1:1,localhost:{port}/{dbname}" in message
     assert f'database "{dbname}" does not exist' in message, message
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RT_STANDBY"),
+    reason="a standby of the suite's cluster (RT_STANDBY=1): about 3 s, past the file's share",
+)
+def test_a_check_on_a_lagging_standby_keeps_what_the_primary_acknowledged_since(
+    postgres_engine: PostgresEngine, database_url: str, beside: Beside
+) -> None:
+    scratch = beside.scratch
+    pg.open_database(database_url, "testing")
+    with RemoteStore(database_url, beside.objects, "testing", kind="tests") as store:
+        sid = store.create_session("t")["id"]
+        store.files.put(sid, "old.txt", b"before the standby", replace=False)
+        with standby_of(postgres_engine, promote=False) as standby:
+            with standby.connect(scratch) as conn:
+                conn.execute("SELECT pg_wal_replay_pause()")  # as recovery_min_apply_delay
+            acknowledged = store.files.put(sid, "new.txt", b"acknowledged", replace=False)
+            # A URL that reaches the standby (load_balance_hosts over both, a balancer):
+            # the rows are its, the objects the store's; no grace, as past a long lag.
+            behind = standby.url(scratch)
+            lagging = RemoteStore(behind, beside.objects, "testing", orphan_grace=timedelta(0))
+            with lagging:
+                # Before: its object "named by no row: an upload whose transaction never
+                # committed", to delete.
+                assert lagging.check(repair=False).findings == []
+            with (
+                pg.maintenance(database_url, "testing", "check") as held,
+                RemoteStore(
+                    behind, beside.objects, "testing", kind="maintenance", maintenance=held,
+                    orphan_grace=timedelta(0),
+                ) as repairing,
+            ):  # fmt: skip
+                # Before: deleted, "repaired": an acknowledged file's bytes gone.
+                assert repairing.check(repair=True).findings == []
+        stream, entry = store.open_file(sid, "new.txt")
+        with stream:
+            assert stream.read() == b"acknowledged"
+        assert entry == acknowledged
