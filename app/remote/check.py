@@ -64,9 +64,12 @@ def check(
             "SELECT (SELECT coalesce(sum(live), 0) FROM app_session_counts) AS kept,"
             " (SELECT count(*) FROM app_sessions WHERE deleted_at IS NULL) AS live"
         ).fetchone()
+        # Of the server that gave the rows: behind a URL that reaches several servers, the
+        # next connection may be another's (red team 59).
+        known_to = _rows_known_to(conn)
     referenced = {row["blob"] for row in rows}
     findings: list[Finding] = []
-    orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace)
+    orphans, unfinished = _unnamed(db, objects, referenced, orphan_grace, known_to=known_to)
     for info in orphans:
         findings.append(
             Finding(
@@ -370,8 +373,25 @@ def _sha256(objects: ObjectStore, name: str) -> tuple[str | None, str | None]:
     return digest.hexdigest(), mismatch
 
 
+def _rows_known_to(conn: Any) -> datetime | None:
+    """Up to when ``conn``'s server has the primary's commits: ``None`` on a primary (all
+    of them), on a standby the last commit it replayed (the oldest time there is, where it
+    replayed none since it started: then every object is young)."""
+    row = conn.execute(
+        "SELECT pg_is_in_recovery() AS standby, pg_last_xact_replay_timestamp() AS replayed"
+    ).fetchone()
+    if row is None or not row["standby"]:
+        return None
+    return row["replayed"] or datetime.min.replace(tzinfo=UTC)
+
+
 def _unnamed(
-    db: Database, objects: ObjectStore, referenced: set[str], orphan_grace: timedelta
+    db: Database,
+    objects: ObjectStore,
+    referenced: set[str],
+    orphan_grace: timedelta,
+    *,
+    known_to: datetime | None,
 ) -> tuple[list[ObjectInfo], list[UnfinishedUpload]]:
     """The objects and unfinished uploads under ``blobs/`` that no row names.
 
@@ -387,10 +407,16 @@ def _unnamed(
     if orphans or unfinished:
         with db.conn() as conn:
             # On a standby no replica is seen, live or not: the grace stays (red team 39:
-            # an upload in flight on the primary was "never committed" there).
-            live = pg.live_holders(conn) or pg.in_recovery(conn)
+            # an upload in flight on the primary was "never committed" there); so where the
+            # rows were read on one (``known_to``), whichever server answers now.
+            live = known_to is not None or pg.live_holders(conn) or pg.in_recovery(conn)
         if live:
-            young = datetime.now(UTC) - orphan_grace
+            # A standby's rows are those of the last commit it replayed: an object written
+            # since may have its row on the primary, however old (a paused replay, or one
+            # delayed by recovery_min_apply_delay; red team 59).
+            now = datetime.now(UTC)
+            base = now if known_to is None else min(known_to, now)
+            young = base - min(orphan_grace, base - datetime.min.replace(tzinfo=UTC))
             orphans = [info for info in orphans if info.last_modified < young]
             unfinished = [upload for upload in unfinished if upload.initiated < young]
     return orphans, unfinished

@@ -38,7 +38,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from app import sandbox
-from app.errors import SessionNotFoundError
+from app.errors import SandboxViolationError, SessionNotFoundError
 from app.remote import pg
 from app.remote.errors import (
     CommitUnknownError,
@@ -205,9 +205,12 @@ class Database:
         self.lock_wait_seconds = lock_wait_seconds
         self._lent = 0  # connections lent to callers now
         self._lending = threading.Lock()
+        #: The sandbox's refusal of a database the pool reached, raised to its waiters.
+        self._violation: SandboxViolationError | None = None
 
         # lock_timeout and synchronous_commit, as on every connection of the app's own code.
         def configure(conn: Connection) -> None:
+            self._check_reached(conn)
             try:
                 pg.configure_session(conn, lock_wait_seconds)
                 if self._schema is not None:
@@ -260,11 +263,23 @@ class Database:
                         pg.pin_schema(conn, self._schema)
         except PoolTimeout as error:
             self._pool.close()
+            if self._violation is not None:
+                raise self._violation from None
             raise DatabaseUnavailableError(
                 self.where, _reason(error), environment=pg.libpq_environment(self.database_url)
             ) from None
         except BaseException:
             self._pool.close()
+            raise
+
+    def _check_reached(self, conn: Connection) -> None:
+        """Refuse, under a test run, a connection the pool opened to a database outside it,
+        as :func:`pg.connect` refuses its own: libpq reads the ``PG*`` variables as it
+        connects, after the check of the URL (red team 59)."""
+        try:
+            pg.check_reached(conn, f"connecting (app {self.kind}) to")
+        except SandboxViolationError as violation:
+            self._violation = violation
             raise
 
     def close(self) -> None:
@@ -302,6 +317,8 @@ class Database:
                     with self._lending:
                         self._lent -= 1
         except PoolTimeout as error:
+            if self._violation is not None:
+                raise self._violation from None
             failed = self._failing()
             if failed is not None and self._lent < self.pool_size:
                 refused = pg.refusal(self.where, failed, "the settings of a new connection")
@@ -356,6 +373,8 @@ class Database:
                 conn = self._pool.getconn(timeout=step)
                 break
             except PoolTimeout:
+                if self._violation is not None:
+                    raise
                 if self._failing() is not None or time.monotonic() >= deadline:
                     raise
         try:

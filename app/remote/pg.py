@@ -336,15 +336,28 @@ def database_addresses(database_url: str) -> tuple[DatabaseAddress, ...]:
     """
     explicit = _params(database_url)
     params = {**_service(explicit), **explicit}
+
+    def given(key: str, variable: str) -> str:
+        # A parameter given empty (`dbname=`, `?port=`, `host=''`, a service's `dbname=`) is
+        # given, to libpq: it takes its built-in default then (the user's name, 5432, the
+        # socket directory), never the PG* variable, which fills only a parameter not given
+        # at all. Read as unset, staging's `dbname=` beside a shell's PGDATABASE was that
+        # database to the check, and the user's (production's) to libpq (red team 59).
+        value = params[key] if key in params else os.environ.get(variable)
+        return str(value or "")
+
     # libpq fills hostaddr from PGHOSTADDR as it fills host from PGHOST, and connects to it,
     # the host name only naming it (red team 39: a name of staging's reached production).
-    hostaddr = params.get("hostaddr") or os.environ.get("PGHOSTADDR")
-    hosts = str(hostaddr or params.get("host") or os.environ.get("PGHOST") or "")
-    ports = str(params.get("port") or os.environ.get("PGPORT") or "5432")
-    user = params.get("user") or os.environ.get("PGUSER") or _os_user()
-    dbname = _server_name(str(params.get("dbname") or os.environ.get("PGDATABASE") or user))
-    host_list = hosts.split(",") if hosts else [""]
-    port_list = ports.split(",")
+    hostaddr_list = given("hostaddr", "PGHOSTADDR").split(",")
+    host_list = given("host", "PGHOST").split(",")
+    if hostaddr_list != [""]:
+        # One address per host, and where an address is empty libpq connects to the host
+        # named at the same place (a list's lengths differ: libpq refuses it).
+        host_list += [""] * (len(hostaddr_list) - len(host_list))
+        host_list = [a or h for a, h in zip(hostaddr_list, host_list, strict=False)]
+    user = given("user", "PGUSER") or _os_user()
+    dbname = _server_name(given("dbname", "PGDATABASE") or user)
+    port_list = (given("port", "PGPORT") or "5432").split(",")
     if len(port_list) == 1:
         port_list *= len(host_list)
     addresses = set()
@@ -395,6 +408,19 @@ def mask_url(database_url: str) -> str:
     params = _params(database_url)
     user = f"{params['user']}@" if params.get("user") else ""
     address = database_addresses(database_url)[0]
+    hosts = str(params.get("host") or "").split(",")
+    if len(hosts) > 1:
+        # Each host with its own port, in the URL's order, as libpq tries them: a refusal
+        # of a list (a standby listed before the primary) named the first address after
+        # sorting with the port of another (red team 59).
+        ports = str(params.get("port") or "").split(",")
+        ports = ports * len(hosts) if len(ports) == 1 else ports
+        default = str(os.environ.get("PGPORT") or 5432) if "port" not in params else "5432"
+        shown = ",".join(
+            f"{host.strip() or 'localhost'}:{(port.strip() or default)}"
+            for host, port in zip(hosts, ports, strict=False)
+        )
+        return f"postgresql://{user}{shown}/{address.dbname}"
     host = params.get("host") or address.host
     return f"postgresql://{user}{host}:{address.port}/{address.dbname}"
 
@@ -577,12 +603,8 @@ def connect(
     sandbox.check_scratch("database_url", database_url, f"connecting ({purpose}) to")
     wait_seconds = None if bounds is None else bounds.wait_seconds
     conn = _connect(database_url, purpose, autocommit, connect_timeout, wait_seconds)
-    # Again with what libpq connected to, after its service file and the environment, which
-    # may differ from what the URL seemed to name.
-    info = conn.info
-    reached = make_conninfo("", host=info.host, port=str(info.port), dbname=info.dbname)
     try:
-        sandbox.check_scratch("database_url", reached, f"connecting ({purpose}) to")
+        check_reached(conn, f"connecting ({purpose}) to")
         where = mask_url(database_url)
         check_encoding(conn, where)
         with refusals(where, f"the settings of a connection ({purpose})"):
@@ -595,6 +617,21 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+def check_reached(conn: psycopg.Connection[Any], what: str) -> None:
+    """Under a test run, refuse the database libpq connected to (after its service file and
+    the ``PG*`` variables, as they were when it connected) unless it is a scratch one: what
+    a URL seemed to name may differ. :func:`connect` checks every connection so, and a
+    store's pool each one it opens (red team 59: the pool's were not, and a URL the check
+    misread reached a database outside the run).
+
+    Raises:
+        SandboxViolationError: under pytest, a database that is not the run's scratch one.
+    """
+    info = conn.info
+    reached = make_conninfo("", host=info.host, port=str(info.port), dbname=info.dbname)
+    sandbox.check_scratch("database_url", reached, what)
 
 
 def check_encoding(conn: psycopg.Connection[Any], where: str) -> None:
