@@ -40,12 +40,14 @@ from app.store.concurrency import identity_after_change
 from app.store.ids import ID_RE, new_session_id
 from app.store.records import (
     BLOBS_DIR,
+    EPOCH,
     LATEST_FLOOR,
     MISSING_ERRNOS,
     RECORDS_DIR,
     FileRecord,
     bytes_in_entry,
     change_floor,
+    date_records,
     ensure_dir,
     open_regular,
     public,
@@ -219,12 +221,13 @@ class Files:
         newest = self.sessions.newest_change(directory, session_id, change_floor)
         if (replaced := record_time(old)) is not None and (newest is None or replaced > newest):
             newest = replaced
-        # And records/'s time, which a delete sets to its moment (`_dated`) and the session's
+        # And records/'s time, which a delete sets to its moment (`date_records`) and the
+        # session's
         # updated_at counts: a delete right after an upload's rename read as no change.
         with contextlib.suppress(OSError):
             # Rounded up: `updated_at` reads this time through a float, to the nearest.
             ns = os.lstat(directory / RECORDS_DIR).st_mtime_ns
-            changed = _EPOCH + timedelta(microseconds=-(-ns // 1000))
+            changed = EPOCH + timedelta(microseconds=-(-ns // 1000))
             if changed < LATEST_FLOOR:
                 newest = changed if newest is None else max(newest, changed)
         return newest
@@ -409,7 +412,7 @@ class Files:
                     else:
                         self.trash.remove_empty(entry)
                     raise
-                dated = _dated(record_path.parent, entry.deleted_at)
+                dated = date_records(record_path.parent, entry.deleted_at)
                 self.records.changed(
                     session_id,
                     name,
@@ -524,7 +527,7 @@ class Files:
             # The file keeps the time it was uploaded; the session's updated_at moves on by
             # records/'s time, which with the clock stepped back stayed where it was.
             if floor is not None:
-                _dated(record_path.parent, floor + timedelta(microseconds=1))
+                date_records(record_path.parent, floor + timedelta(microseconds=1))
             # The line before the entry goes: killed between them, `check` finds the entry,
             # which the line names, and removes it; in the other order a kill left the
             # restore logged nowhere (red team 52).
@@ -560,26 +563,6 @@ def _refuse_new_name(name: str) -> None:
     """Refuse a new file whose name only an earlier build's rule took (`Files.record_path`):
     such a name stays reachable while a file has it, and is given to no new one."""
     check_file_name(name)
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _dated(records: Path, moment: datetime) -> bool:
-    """Set ``records``' modification time to a delete's ``moment`` where the kernel's is
-    earlier (the clock stepped back): the session's `updated_at` is the newest of its
-    records' times and this one, and with the kernel's alone a delete left it where it was,
-    or moved it back, so a client that looks for sessions changed since never saw it.
-    Whether it set it (the kernel's coarse clock often lags ``moment`` by a tick)."""
-    with contextlib.suppress(OSError):  # after the commit point: the delete stands
-        # Half a microsecond on: read back through a float (`updated_at`), it is not moment's
-        # microsecond less one.
-        since = moment - _EPOCH
-        wanted = (since // timedelta(microseconds=1)) * 1000 + 500
-        if os.lstat(records).st_mtime_ns < wanted:
-            os.utime(records, ns=(wanted, wanted), follow_symlinks=False)
-            return True
-    return False
 
 
 def _version(record: FileRecord | None) -> str | None:
