@@ -11,10 +11,21 @@ empty, for a session that never had a file), which its ``updated_at`` counts, to
 after its every change and its delete, before the move (`Sessions._date_restore`); the remote
 one sets the row's ``updated_at`` so in the restore's transaction
 (`tests/test_remote_store.py`, `test_a_change_is_never_dated_before_the_sessions_last_change`).
+
+And a change of a session's files was dated after its records and its ``records/``'s time
+(red team 56, second round), not after the session's own time (session.json's
+``updated_at``: its creation), which its ``updated_at`` counts. A session created with the
+clock a day ahead, then stepped back, had its first upload dated a day before it was created,
+and its ``updated_at`` did not move for that upload. The floor of a change now counts
+session.json's time too (`Files._session_time`); PostgreSQL's already counted the row's.
 """
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+
+from app.config import Config
 from app.storage import Storage
 
 
@@ -40,3 +51,22 @@ def test_a_restored_session_is_dated_after_its_delete(app_store: Storage) -> Non
     assert entries[purged].deleted_at.isoformat(timespec="microseconds") < back["updated_at"]
     assert [f["name"] for f in back["files"]] == ["p.txt"]
     assert store.check().unresolved == []
+
+
+def test_an_upload_to_a_session_created_before_the_clock_stepped_back_is_dated_after_it(
+    app_store: Storage, app_config: Config
+) -> None:
+    store = app_store
+    session_id = store.create_session("created a day ahead")["id"]
+    # As the app wrote it with its clock a day ahead, since stepped back.
+    meta = app_config.data_root / "sessions" / session_id / "session.json"
+    ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat(timespec="microseconds")
+    created = {**json.loads(meta.read_text()), "created_at": ahead, "updated_at": ahead}
+    meta.write_text(json.dumps(created))
+    assert store.get_session(session_id)["updated_at"] == ahead
+    first = store.put_file(session_id, "a.txt", b"a")
+    # Before: dated now, a day before the session was created; its updated_at unmoved.
+    assert first["uploaded_at"] > ahead, (first, ahead)
+    assert store.get_session(session_id)["updated_at"] == first["uploaded_at"]
+    gone = store.delete_file(session_id, "a.txt")
+    assert gone.deleted_at > datetime.fromisoformat(first["uploaded_at"])

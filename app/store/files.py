@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from app.dataroot import lexists
 from app.errors import (
+    AppError,
     DamagedFileError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
@@ -216,11 +217,26 @@ class Files:
         if count >= self.max_files:
             raise TooManyFilesError(session_id, self.max_files, count)
 
+    def _session_time(self, directory: Path, session_id: str) -> dict[str, Any] | None:
+        """session.json's `updated_at`, as a record's time (`record_time` reads it); None
+        where it cannot be read (the change's own read of the session refuses that)."""
+        try:
+            meta = self.sessions.meta.read(os.fspath(directory), session_id)
+        except (AppError, OSError):
+            return None
+        return {"uploaded_at": meta.get("updated_at")}
+
     def _floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
         """`change_floor` of the session in ``directory`` (read under its lock) and ``old``."""
         newest = self.sessions.newest_change(directory, session_id, change_floor)
-        if (replaced := record_time(old)) is not None and (newest is None or replaced > newest):
-            newest = replaced
+        # And the session's own time (session.json's `updated_at`: its creation), which its
+        # updated_at counts too: a session created with the clock ahead, then stepped back,
+        # had its first upload dated before it was created, and its updated_at did not move
+        # for it, so a client that looks for sessions changed since never saw it (red team 59).
+        # session.json is read through its cache (one `stat` for a session read before).
+        for earlier in (old, self._session_time(directory, session_id)):
+            if (moment := record_time(earlier)) is not None and (newest is None or moment > newest):
+                newest = moment
         # And records/'s time, which a delete sets to its moment (`date_records`) and the
         # session's
         # updated_at counts: a delete right after an upload's rename read as no change.
