@@ -18,6 +18,12 @@ And a change of a session's files was dated after its records and its ``records/
 clock a day ahead, then stepped back, had its first upload dated a day before it was created,
 and its ``updated_at`` did not move for that upload. The floor of a change now counts
 session.json's time too (`Files._session_time`); PostgreSQL's already counted the row's.
+
+And `app data check --repair` (every server's start-up) moves the record of a file whose
+bytes were lost from outside the app into the trash (red team 48): a change of the session's
+files, dated by nothing. With the clock behind the session's newest record, its entry was named
+before the version it holds and the session's ``updated_at`` went back as the file went. It
+is now dated as a delete is (after `Files.floor`, and ``records/``'s time set to it).
 """
 
 from __future__ import annotations
@@ -70,3 +76,14 @@ def test_an_upload_to_a_session_created_before_the_clock_stepped_back_is_dated_a
     assert store.get_session(session_id)["updated_at"] == first["uploaded_at"]
     gone = store.delete_file(session_id, "a.txt")
     assert gone.deleted_at > datetime.fromisoformat(first["uploaded_at"])
+    # The repair of a file whose bytes were lost from outside the app: a change too.
+    newest = store.put_file(session_id, "b.txt", b"b")
+    records = meta.parent / "records"
+    blob = json.loads((records / "b.txt").read_text())["blob"]
+    (meta.parent / "blobs" / blob).unlink()
+    seen = store.get_session(session_id)["updated_at"]
+    assert [f.problem for f in store.check(repair=True).findings] == ["record-without-file"]
+    (lost,) = [e for e in store.list_trash() if e.reason == "lost"]
+    # Before: named by the trash alone, before b.txt was uploaded; updated_at went back.
+    assert lost.deleted_at > datetime.fromisoformat(newest["uploaded_at"]), (lost, newest)
+    assert store.get_session(session_id)["updated_at"] > seen

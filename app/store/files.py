@@ -226,7 +226,7 @@ class Files:
             return None
         return {"uploaded_at": meta.get("updated_at")}
 
-    def _floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
+    def floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
         """`change_floor` of the session in ``directory`` (read under its lock) and ``old``."""
         newest = self.sessions.newest_change(directory, session_id, change_floor)
         # And the session's own time (session.json's `updated_at`: its creation), which its
@@ -253,7 +253,7 @@ class Files:
         (the version it replaces among them, and a delete, by the time of ``records/``),
         if that reads later (a clock stepped back)."""
         moment = datetime.now(UTC)
-        floor = self._floor(directory, session_id, old)
+        floor = self.floor(directory, session_id, old)
         if floor is not None:
             moment = max(moment, floor + timedelta(microseconds=1))
         return moment.isoformat(timespec="microseconds")
@@ -400,7 +400,7 @@ class Files:
                 "delete",
                 previous=public(old),
                 blob=old["blob"],
-                after=self._floor(directory, session_id, old),
+                after=self.floor(directory, session_id, old),
             )
             try:
                 # What the delete needs after its commit point, opened before it.
@@ -538,7 +538,7 @@ class Files:
                 "uploaded_at": previous.get("uploaded_at"),
                 "blob": blob,
             }
-            floor = self._floor(directory, session_id, None)
+            floor = self.floor(directory, session_id, None)
             self._switch_record(session_id, record_path, record, undo)
             # The file keeps the time it was uploaded; the session's updated_at moves on by
             # records/'s time, which with the clock stepped back stayed where it was.
