@@ -835,8 +835,9 @@ class Sessions:
             for earlier in (newest, entry.deleted_at):
                 if earlier.tzinfo is not None and earlier < LATEST_FLOOR:
                     moment = max(moment, earlier + timedelta(microseconds=1))
-        with contextlib.suppress(OSError):  # undated, the restore still stands
-            date_records(ensure_dir(source, RECORDS_DIR), moment)
+        # Before the move: a records/ that cannot be made (a full disk) refuses the restore
+        # with nothing changed, rather than bring the session back undated.
+        date_records(ensure_dir(source, RECORDS_DIR), moment)
 
     def with_file(
         self, before: SessionRecord, directory: Path, record: FileRecord
