@@ -70,6 +70,7 @@ from app.store.records import (
     TRASHED_SESSION,
     FileRecord,
     bytes_in_entry,
+    date_records,
     load_record,
     open_regular,
     public,
@@ -1084,10 +1085,22 @@ class Checker:
         entry they wait for a human, as a file whose trash copy lost its bytes does
         (`_lost`): put back, a restore checks them against the SHA-256.
         """
+        # Dated as a delete is (`Files.delete`): after the session's newest change, and the
+        # session's updated_at moved on to it. With the clock behind the session's newest
+        # record (stepped back), the entry was named before the version it holds, and the
+        # session's updated_at went back as the file went, so a client that looks for
+        # sessions changed since never saw it go (red team 59).
         entry = self.store.trash.new_entry(
-            session_id, "file", path.name, "lost", previous=public(record), blob=record["blob"]
+            session_id,
+            "file",
+            path.name,
+            "lost",
+            previous=public(record),
+            blob=record["blob"],
+            after=self.store.files.floor(path.parent.parent, session_id, record),
         )
         self._into_entry(entry, path, path.unlink, moved_in=False)
+        date_records(path.parent, entry.deleted_at)
 
     def _into_entry(
         self, entry: TrashEntry, path: Path, move: Callable[[], object], *, moved_in: bool

@@ -74,7 +74,7 @@ def measure(store: Store, session_id: str, calls: int, rnd: int) -> dict[str, li
     with files.sessions.locked(session_id) as directory:
 
         def whole_session(_: int) -> None:
-            files._floor(directory, session_id, None)
+            files.floor(directory, session_id, None)
             files._refuse_one_file_too_many(session_id, directory / "records")
 
         in_lock = _timed(whole_session, calls)

@@ -71,7 +71,7 @@ def test_the_plugin_s_breakdown_finds_and_times_the_steps_it_names(tmp_path: Pat
 
 @pytest.mark.app_profile("development")  # the profile the benchmarks run on, as they do by hand
 def test_the_session_size_benchmark_times_each_change(tmp_path: Path) -> None:
-    # bench/session_size.py times the store's own whole-session steps by name (`_floor`,
+    # bench/session_size.py times the store's own whole-session steps by name (`floor`,
     # `_refuse_one_file_too_many`): one renamed would stop it where no one looks.
     argv = [str(BENCH / "session_size.py"), "--sizes", "0,3", "--calls", "2", "--rounds", "1"]
     done = subprocess.run(

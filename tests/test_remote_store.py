@@ -208,6 +208,11 @@ def test_a_change_is_never_dated_before_the_sessions_last_change(
     assert at(two["uploaded_at"]) < at(new["uploaded_at"])
     assert [f["name"] for f in after["files"] if f["uploaded_at"] > seen] == ["a.txt", "c.txt"]
     assert after["updated_at"] > seen
+    # Red team 59: a session's restore is dated too, after its delete and its last change.
+    gone = store.delete_session(session_id)
+    back = store.restore(session_id)
+    assert gone.deleted_at < at(back["updated_at"]), (gone, back)
+    assert after["updated_at"] < back["updated_at"] == store.get_session(session_id)["updated_at"]
 
 
 def test_open_file_seeks_with_ranged_reads(store: RemoteStore) -> None:

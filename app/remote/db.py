@@ -92,7 +92,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _just_after(moment: datetime) -> datetime:
+def just_after(moment: datetime) -> datetime:
     """A microsecond after ``moment`` (a row's time), or ``moment`` itself where that is past
     the last one Python holds (a row edited by hand: the change was an `OverflowError`)."""
     try:
@@ -586,7 +586,7 @@ class Database:
             # that fetches what changed since the newest time it saw never saw them (red
             # team 56, second round; the local store alike, `app.store.records.change_floor`).
             if row["updated_at"] is not None:
-                moment = max(moment, _just_after(row["updated_at"]))
+                moment = max(moment, just_after(row["updated_at"]))
             if file is not None:
                 newest = conn.execute(
                     "SELECT max(deleted_at) AS at FROM app_files WHERE session_id = %s"
@@ -594,7 +594,7 @@ class Database:
                     (session_id, file),
                 ).fetchone()
                 if newest is not None and newest["at"] is not None:
-                    moment = max(moment, _just_after(newest["at"]))
+                    moment = max(moment, just_after(newest["at"]))
             yield conn, moment
             conn.execute(
                 "UPDATE app_sessions SET updated_at = %s WHERE id = %s",

@@ -20,7 +20,7 @@ from app.errors import (
     TrashCopyLostError,
 )
 from app.names import check_file_name
-from app.remote.db import Database, now, trash_entry
+from app.remote.db import Database, just_after, now, trash_entry
 from app.remote.errors import ObjectMissingError
 from app.remote.objects import ObjectStore
 from app.storage import TrashEntry, entry_holds_other
@@ -132,18 +132,27 @@ class RemoteTrash:
         self._refuse_unnamed(entry, session_id, None)
         with self.db.write(f"the restore of session {session_id}") as conn:
             row = conn.execute(
-                "SELECT trash_name FROM app_sessions WHERE id = %s AND deleted_at IS NOT NULL"
-                " AND (%s::text IS NULL OR trash_name = %s) FOR NO KEY UPDATE",
+                "SELECT trash_name, updated_at, deleted_at FROM app_sessions WHERE id = %s"
+                " AND deleted_at IS NOT NULL AND (%s::text IS NULL OR trash_name = %s)"
+                " FOR NO KEY UPDATE",
                 (session_id, entry, entry),
             ).fetchone()
             if row is None and entry is not None:
                 raise self._not_there(conn, entry, session_id, None)
             if row is None:
                 raise SessionNotFoundError(session_id, where="the trash")
+            # Dated after its every change and its delete, as a change of its files is
+            # (`Database.change`): left as it was, a restored session read as last changed
+            # before its delete, and a client that looks for the sessions changed since the
+            # newest `updated_at` it saw never saw it come back (red team 59).
+            moment = now()
+            for earlier in (row["updated_at"], row["deleted_at"]):
+                if earlier is not None:
+                    moment = max(moment, just_after(earlier))
             conn.execute(
                 "UPDATE app_sessions SET deleted_at = NULL, deleted_reason = NULL,"
-                " trash_name = NULL WHERE id = %s",
-                (session_id,),
+                " trash_name = NULL, updated_at = %s WHERE id = %s",
+                (moment, session_id),
             )
             self.db.audit(conn, "restore-session", session_id, trash=row["trash_name"])
 

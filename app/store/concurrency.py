@@ -361,8 +361,9 @@ class RecordCache:
 
         ``identity``: with a name, ``records/``'s identity once the write was made (the
         writer holds the session's lock, so no other write of the app came between).
-        ``dated``: the write also set records/' own time (a delete's, `app.store.files._dated`),
-        an event of the watch's that is the app's own too (`entry` with no name).
+        ``dated``: the write also set records/' own time (a delete's,
+        `app.store.records.date_records`), an event of the watch's that is the app's own too
+        (`entry` with no name).
         """
         with self._lock:
             self._generations[session_id] = self._generations.get(session_id, 0) + 1

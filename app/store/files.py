@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from app.dataroot import lexists
 from app.errors import (
+    AppError,
     DamagedFileError,
     FileExistsInSessionError,
     FileNotFoundInSessionError,
@@ -40,12 +41,14 @@ from app.store.concurrency import identity_after_change
 from app.store.ids import ID_RE, new_session_id
 from app.store.records import (
     BLOBS_DIR,
+    EPOCH,
     LATEST_FLOOR,
     MISSING_ERRNOS,
     RECORDS_DIR,
     FileRecord,
     bytes_in_entry,
     change_floor,
+    date_records,
     ensure_dir,
     open_regular,
     public,
@@ -214,17 +217,33 @@ class Files:
         if count >= self.max_files:
             raise TooManyFilesError(session_id, self.max_files, count)
 
-    def _floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
+    def _session_time(self, directory: Path, session_id: str) -> dict[str, Any] | None:
+        """session.json's `updated_at`, as a record's time (`record_time` reads it); None
+        where it cannot be read (the change's own read of the session refuses that)."""
+        try:
+            meta = self.sessions.meta.read(os.fspath(directory), session_id)
+        except (AppError, OSError):
+            return None
+        return {"uploaded_at": meta.get("updated_at")}
+
+    def floor(self, directory: Path, session_id: str, old: FileRecord | None) -> datetime | None:
         """`change_floor` of the session in ``directory`` (read under its lock) and ``old``."""
         newest = self.sessions.newest_change(directory, session_id, change_floor)
-        if (replaced := record_time(old)) is not None and (newest is None or replaced > newest):
-            newest = replaced
-        # And records/'s time, which a delete sets to its moment (`_dated`) and the session's
+        # And the session's own time (session.json's `updated_at`: its creation), which its
+        # updated_at counts too: a session created with the clock ahead, then stepped back,
+        # had its first upload dated before it was created, and its updated_at did not move
+        # for it, so a client that looks for sessions changed since never saw it (red team 59).
+        # session.json is read through its cache (one `stat` for a session read before).
+        for earlier in (old, self._session_time(directory, session_id)):
+            if (moment := record_time(earlier)) is not None and (newest is None or moment > newest):
+                newest = moment
+        # And records/'s time, which a delete sets to its moment (`date_records`) and the
+        # session's
         # updated_at counts: a delete right after an upload's rename read as no change.
         with contextlib.suppress(OSError):
             # Rounded up: `updated_at` reads this time through a float, to the nearest.
             ns = os.lstat(directory / RECORDS_DIR).st_mtime_ns
-            changed = _EPOCH + timedelta(microseconds=-(-ns // 1000))
+            changed = EPOCH + timedelta(microseconds=-(-ns // 1000))
             if changed < LATEST_FLOOR:
                 newest = changed if newest is None else max(newest, changed)
         return newest
@@ -234,7 +253,7 @@ class Files:
         (the version it replaces among them, and a delete, by the time of ``records/``),
         if that reads later (a clock stepped back)."""
         moment = datetime.now(UTC)
-        floor = self._floor(directory, session_id, old)
+        floor = self.floor(directory, session_id, old)
         if floor is not None:
             moment = max(moment, floor + timedelta(microseconds=1))
         return moment.isoformat(timespec="microseconds")
@@ -381,7 +400,7 @@ class Files:
                 "delete",
                 previous=public(old),
                 blob=old["blob"],
-                after=self._floor(directory, session_id, old),
+                after=self.floor(directory, session_id, old),
             )
             try:
                 # What the delete needs after its commit point, opened before it.
@@ -409,7 +428,7 @@ class Files:
                     else:
                         self.trash.remove_empty(entry)
                     raise
-                dated = _dated(record_path.parent, entry.deleted_at)
+                dated = date_records(record_path.parent, entry.deleted_at)
                 self.records.changed(
                     session_id,
                     name,
@@ -519,12 +538,12 @@ class Files:
                 "uploaded_at": previous.get("uploaded_at"),
                 "blob": blob,
             }
-            floor = self._floor(directory, session_id, None)
+            floor = self.floor(directory, session_id, None)
             self._switch_record(session_id, record_path, record, undo)
             # The file keeps the time it was uploaded; the session's updated_at moves on by
             # records/'s time, which with the clock stepped back stayed where it was.
             if floor is not None:
-                _dated(record_path.parent, floor + timedelta(microseconds=1))
+                date_records(record_path.parent, floor + timedelta(microseconds=1))
             # The line before the entry goes: killed between them, `check` finds the entry,
             # which the line names, and removes it; in the other order a kill left the
             # restore logged nowhere (red team 52).
@@ -560,26 +579,6 @@ def _refuse_new_name(name: str) -> None:
     """Refuse a new file whose name only an earlier build's rule took (`Files.record_path`):
     such a name stays reachable while a file has it, and is given to no new one."""
     check_file_name(name)
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _dated(records: Path, moment: datetime) -> bool:
-    """Set ``records``' modification time to a delete's ``moment`` where the kernel's is
-    earlier (the clock stepped back): the session's `updated_at` is the newest of its
-    records' times and this one, and with the kernel's alone a delete left it where it was,
-    or moved it back, so a client that looks for sessions changed since never saw it.
-    Whether it set it (the kernel's coarse clock often lags ``moment`` by a tick)."""
-    with contextlib.suppress(OSError):  # after the commit point: the delete stands
-        # Half a microsecond on: read back through a float (`updated_at`), it is not moment's
-        # microsecond less one.
-        since = moment - _EPOCH
-        wanted = (since // timedelta(microseconds=1)) * 1000 + 500
-        if os.lstat(records).st_mtime_ns < wanted:
-            os.utime(records, ns=(wanted, wanted), follow_symlinks=False)
-            return True
-    return False
 
 
 def _version(record: FileRecord | None) -> str | None:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
@@ -40,6 +40,7 @@ from app.store.ids import ID_RE
 
 __all__ = [
     "BLOBS_DIR",
+    "EPOCH",
     "LATEST_FLOOR",
     "LEGACY_FILES_DIR",
     "LEGACY_FILES_KEY",
@@ -54,6 +55,7 @@ __all__ = [
     "TrashManifest",
     "ValidatedCache",
     "change_floor",
+    "date_records",
     "ensure_dir",
     "load_record",
     "open_regular",
@@ -96,6 +98,26 @@ def record_time(record: Mapping[str, Any] | None) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return None if moment.tzinfo is None or moment >= LATEST_FLOOR else moment
+
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def date_records(records: Path, moment: datetime) -> bool:
+    """Set ``records``' modification time to a delete's ``moment`` where the kernel's is
+    earlier (the clock stepped back): the session's `updated_at` is the newest of its
+    records' times and this one, and with the kernel's alone a delete left it where it was,
+    or moved it back, so a client that looks for sessions changed since never saw it.
+    Whether it set it (the kernel's coarse clock often lags ``moment`` by a tick)."""
+    with contextlib.suppress(OSError):  # after the commit point: the delete stands
+        # Half a microsecond on: read back through a float (`updated_at`), it is not moment's
+        # microsecond less one.
+        since = moment - EPOCH
+        wanted = (since // timedelta(microseconds=1)) * 1000 + 500
+        if os.lstat(records).st_mtime_ns < wanted:
+            os.utime(records, ns=(wanted, wanted), follow_symlinks=False)
+            return True
+    return False
 
 
 # The one form the app writes a time in (UTC, to the microsecond): only text of this form

@@ -15,7 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -57,6 +57,7 @@ from app.store.concurrency import records_identity
 from app.store.ids import ID_RE, check_session_id, new_session_id
 from app.store.records import (
     BLOBS_DIR,
+    LATEST_FLOOR,
     LEGACY_FILES_DIR,
     LEGACY_FILES_KEY,
     NEW_PREFIX,
@@ -67,6 +68,7 @@ from app.store.records import (
     MetaCache,
     ValidatedCache,
     change_floor,
+    date_records,
     ensure_dir,
     load_record,
     public,
@@ -790,6 +792,7 @@ class Sessions:
                     session_id, None, str(entry.path / TRASHED_SESSION), entry=entry.name
                 )
             source = entry.path / TRASHED_SESSION
+            self._date_restore(source, entry)
             # The answer is read before the move (the directory moves whole, its times
             # too): read after it, a failure (EMFILE) would report a restore that happened
             # as one that did not.
@@ -808,6 +811,33 @@ class Sessions:
             audit(entry)  # before the entry goes, as a file's restore (red team 52)
             self.trash.remove_restored(entry, prepared)
             return session, unreadable, entry
+
+    def _date_restore(self, source: Path, entry: TrashEntry) -> None:
+        """Date the restore of the trashed session at ``source`` after its every change and
+        its delete (``entry``'s time), by its ``records/``'s time, which its ``updated_at``
+        counts (made, empty, for a session that never had a file); before the move, so the
+        session comes back dated. Its directory moves whole, its times too: a restored
+        session read as last changed before its delete, and a client that looks for the
+        sessions changed since the newest ``updated_at`` it saw never saw it come back
+        (red team 59). A session the app cannot read (damaged, or of the layout before
+        ``records/``) moves back as it is."""
+        try:
+            if isinstance(
+                self.meta.read(os.fspath(source), entry.session_id).get(LEGACY_FILES_KEY), list
+            ):
+                return
+            session = self._read(os.fspath(source), entry.session_id)
+        except (SessionNotFoundError, UnreadableSessionError):
+            return
+        moment = datetime.now(UTC)
+        with contextlib.suppress(TypeError, ValueError):
+            newest = datetime.fromisoformat(session["updated_at"])
+            for earlier in (newest, entry.deleted_at):
+                if earlier.tzinfo is not None and earlier < LATEST_FLOOR:
+                    moment = max(moment, earlier + timedelta(microseconds=1))
+        # Before the move: a records/ that cannot be made (a full disk) refuses the restore
+        # with nothing changed, rather than bring the session back undated.
+        date_records(ensure_dir(source, RECORDS_DIR), moment)
 
     def with_file(
         self, before: SessionRecord, directory: Path, record: FileRecord

@@ -327,7 +327,7 @@ class SessionWatch:
         directory's (``records``); the first tells the record cache (`RecordCache.entry`,
         no name), the second only that the session changed.
 
-        A delete sets them (`app.store.files._dated`) after a clock's step back, and
+        A delete sets them (`app.store.records.date_records`) after a clock's step back, and
         whenever the kernel's coarse clock lagged the delete's moment, which is often: as
         any other event, it expired the kept records, and the session's next change read
         every record again (about 150 ms at 9,000 files). The app's own keeps them; one by
