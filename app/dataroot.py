@@ -1278,6 +1278,16 @@ def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = Fal
     )
 
 
+def _refuse_other_stamp(config: Config, root: Path) -> None:
+    """Refuse `root` if its stamp names another profile than `config`'s (as `_check_stamp`
+    does), writing nothing: for a root that did not come through `open_root`."""
+    stamp = read_stamp(root)
+    if stamp is not None and (stamped := str(stamp["profile"]).lower()) != config.profile:
+        raise ProfileStampMismatchError(
+            root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
+        )
+
+
 def _check_stamp(
     config: Config,
     root: Path,
@@ -2176,6 +2186,15 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
+    # A root handed away from another profile than testing, under unittest or a pytest
+    # without the app's plugin: there a configuration changed in code to name testing and
+    # production's root re-stamped it for testing, and purged it (red team 59).
+    check_given_profile(
+        from_profile.lower(),
+        f"data root {root}",
+        "re-stamp",
+        made=f"to hand it to profile {config.profile!r}",
+    )
     _check_mounted(root, "re-stamp data root")
     _refuse_unfixed_path(config, root)
     from_profile = from_profile.lower()
@@ -2293,11 +2312,19 @@ class DataRoot:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
         self._path = _local_root(config, "use a data root")
         check_root(self._path, "use data root")
-        if not just_checked(self._path):
-            check_given_profile(config.profile, f"data root {self._path}", "use")
+        # Even inside a `checked` block (public): code that opened one on production's root
+        # by hand made this DataRoot, and its lock, unchecked (red team 59). Free for testing.
+        check_given_profile(config.profile, f"data root {self._path}", "use")
         if not just_checked(self._path):  # open_root's own check, a moment ago
             _refuse_unfixed_path(config, self._path)
             _check_mounted(self._path, "use data root")
+        if stamp is None or not just_checked(self._path):
+            # The stamp, as open_root compares it (and hands it here): a DataRoot made by
+            # hand with a lock of its own compared none, and a configuration changed in code
+            # to name testing and another profile's root (which the profile's rule lets
+            # through) purged that root under unittest or a pytest without the app's plugin
+            # (red team 59).
+            _refuse_other_stamp(config, self._path)
         self.config = config
         self.kind = kind
         self.lock = lock
