@@ -29,6 +29,15 @@ What broke:
   skipped the profile's rule too, so the purge moved every production session to the trash.
   Both now apply the rule inside such a block as well.
 
+- ``open_storage`` on the same configuration with its root moved to production's
+  ``.trash`` (or ``.tmp``, empty directories of production's root; ``load`` refuses a root
+  nested in another profile's, a configuration changed in code skipped that): the testing
+  root was made there, its stamp, lock, sessions and a test's session written into
+  production's root, which ``app data check`` then reported as five entries of its trash
+  that need a human. A writer's open (and a ``DataRoot`` made by hand with a lock) now
+  refuses a root inside another data root (a directory above it with a stamp or a lock
+  file), naming that root and its profile.
+
 ``open_storage`` on the unchanged stamp held (the stamp, layer 5). Production's sessions and
 stamp are left as they were; the test keeps them so.
 """
@@ -76,7 +85,11 @@ def in_a_checked_block():
             lock.release()
 for what, how in [("dataroot", by_hand), ("restamp", lambda: restamp(c, "production")),
                   ("storage", lambda: open_storage(c, writer=True).purge()),
-                  ("checked", in_a_checked_block)]:
+                  ("checked", in_a_checked_block),
+                  # A root inside production's: its empty trash (load refuses one nested).
+                  ("nested", lambda: open_storage(
+                      dataclasses.replace(c, data_root=PROD / ".trash"), writer=True
+                  ).create_session("a test's", {}))]:
     try:
         how()
         print(what, "CHANGED")
@@ -136,6 +149,13 @@ def test_a_testing_config_on_another_profiles_root_through_the_internals_is_refu
         "of profile 'production', from a configuration made or changed in code rather than "
         "loaded, while unittest runs without the app's sandbox (an ancestor process runs tests "
         "with unittest (pid "
+    ), said
+    assert lines["nested"] == (
+        f"REFUSED DataRootStateError data root {production}/.trash: it lies inside data root "
+        f"{production} (stamped for profile 'production' in {production}/.app-profile.json), "
+        "and no data root may hold another; nothing was opened or changed; point data_root of "
+        f"profile 'testing' at a directory outside {production} (`app config` shows where it "
+        "is set)"
     ), said
     assert (
         "A test reaches another profile's root by marking the test "
