@@ -1279,6 +1279,43 @@ def _refuse_foreign_directory(config: Config, root: Path, *, reading: bool = Fal
     )
 
 
+def _refuse_inside_another_root(config: Config, root: Path) -> None:
+    """Refuse to write a data root at `root` inside another one (a directory above it with
+    a profile stamp or a lock file): `load` refuses one profile's root nested in another's,
+    but a configuration changed in code skipped that, and under unittest a testing root at
+    production's ``.trash`` or ``.tmp`` wrote its stamp, lock and sessions into
+    production's root (red team 59)."""
+    outer = data_root_of(root.parent)
+    if outer is None:
+        return
+    try:
+        stamp = read_stamp(outer)
+    except DataRootStateError:
+        stamp = None
+    whose = (
+        f"stamped for profile {stamp['profile']!r} in {outer / STAMP_FILE}"
+        if stamp is not None
+        else f"it holds {outer / LOCK_FILE}"
+    )
+    raise DataRootStateError(
+        root,
+        f"it lies inside data root {outer} ({whose}), and no data root may hold another; "
+        "nothing was opened or changed",
+        f"point data_root of profile {config.profile!r} at a directory outside {outer} "
+        "(`app config` shows where it is set)",
+    )
+
+
+def _refuse_other_stamp(config: Config, root: Path) -> None:
+    """Refuse `root` if its stamp names another profile than `config`'s (as `_check_stamp`
+    does), writing nothing: for a root that did not come through `open_root`."""
+    stamp = read_stamp(root)
+    if stamp is not None and (stamped := str(stamp["profile"]).lower()) != config.profile:
+        raise ProfileStampMismatchError(
+            root, stamped, config.profile, protected=config.taking_needs_confirmation(stamped)
+        )
+
+
 def _check_stamp(
     config: Config,
     root: Path,
@@ -2066,6 +2103,7 @@ def _open_checked(
 
     # Before anything is made in it: a root-run command left root's files in the service
     # user's root, which the server then could not write (red team 55).
+    _refuse_inside_another_root(config, root)
     refuse_other_owner(root, wanted or f"open the data root as a {kind} process")
     refuse_foreign_entries(root)
     if root.is_dir() and not (root / STAMP_FILE).exists():
@@ -2193,6 +2231,15 @@ def restamp(config: Config, from_profile: str, *, timeout: float = 1.0) -> dict[
     """
     root = _local_root(config, "re-stamp a data root")
     check_root(root, "re-stamp data root")
+    # A root handed away from another profile than testing, under unittest or a pytest
+    # without the app's plugin: there a configuration changed in code to name testing and
+    # production's root re-stamped it for testing, and purged it (red team 59).
+    check_given_profile(
+        from_profile.lower(),
+        f"data root {root}",
+        "re-stamp",
+        made=f"to hand it to profile {config.profile!r}",
+    )
     _check_mounted(root, "re-stamp data root")
     _refuse_unfixed_path(config, root)
     from_profile = from_profile.lower()
@@ -2310,11 +2357,21 @@ class DataRoot:
         # Here too, not only in open_root: a DataRoot made by hand is refused the same way.
         self._path = _local_root(config, "use a data root")
         check_root(self._path, "use data root")
-        if not just_checked(self._path):
-            check_given_profile(config.profile, f"data root {self._path}", "use")
+        # Even inside a `checked` block (public): code that opened one on production's root
+        # by hand made this DataRoot, and its lock, unchecked (red team 59). Free for testing.
+        check_given_profile(config.profile, f"data root {self._path}", "use")
         if not just_checked(self._path):  # open_root's own check, a moment ago
             _refuse_unfixed_path(config, self._path)
             _check_mounted(self._path, "use data root")
+            if lock is not None:
+                _refuse_inside_another_root(config, self._path)
+        if stamp is None or not just_checked(self._path):
+            # The stamp, as open_root compares it (and hands it here): a DataRoot made by
+            # hand with a lock of its own compared none, and a configuration changed in code
+            # to name testing and another profile's root (which the profile's rule lets
+            # through) purged that root under unittest or a pytest without the app's plugin
+            # (red team 59).
+            _refuse_other_stamp(config, self._path)
         self.config = config
         self.kind = kind
         self.lock = lock

@@ -61,7 +61,7 @@ from app.errors import (
     shell_word,
 )
 from app.mountinfo import unescape
-from app.sandbox import check_given_profile, check_root, command_line, identity, just_checked
+from app.sandbox import check_given_profile, check_root, command_line, identity
 
 if TYPE_CHECKING:
     from filelock import UnixFileLock
@@ -1097,8 +1097,9 @@ class RootLock:
             # A lock taken by hand is refused outside a test run's sandbox like an open_root:
             # even with no server to refuse it, it would write into that root's lock file.
             check_root(self.root, "lock data root")
-            if not just_checked(self.root):
-                check_given_profile(self.profile, f"data root {self.root}", "lock")
+            # Even inside a `checked` block, which code can open by hand (red team 59); it
+            # costs nothing for testing.
+            check_given_profile(self.profile, f"data root {self.root}", "lock")
             if not self.root.is_dir():
                 # filelock would create missing parent directories; a data root is only
                 # ever created by app.dataroot, with mode 0700 and a profile stamp.

@@ -3754,7 +3754,13 @@ def check_profile(profile: str, storage: str, source: str, where: Context) -> No
         )
 
 
-def check_given_profile(profile: str, storage: str, what: str) -> None:
+def check_given_profile(
+    profile: str,
+    storage: str,
+    what: str,
+    *,
+    made: str = "from a configuration made or changed in code rather than loaded",
+) -> None:
     """Refuse to `what` (``open data root``) the `storage` of `profile` other than
     ``testing`` under a pytest without the app's plugin (or under unittest), whatever made the
     configuration: `load` refuses such a profile there, but a ``Config`` changed in code
@@ -3777,8 +3783,7 @@ def check_given_profile(profile: str, storage: str, what: str) -> None:
         check_profile(profile, storage, "a configuration made in code", where)
     except SandboxViolationError as refused:
         raise SandboxViolationError(
-            f"{what} {storage} of profile {profile!r}, from a configuration made or changed "
-            f"in code rather than loaded, {where.bare}",
+            f"{what} {storage} of profile {profile!r}, {made}, {where.bare}",
             refused.sandbox,
             f"{refused.fix}. A test reaches another profile's root by marking the test "
             f"@pytest.mark.app_profile({profile!r}) under the app's plugin, never by a "

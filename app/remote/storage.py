@@ -229,6 +229,14 @@ def restamp(config: Config, from_profile: str) -> Mapping[str, Any]:
     database_url, blob_url = _urls(config)
     sandbox.check_remote(database_url, blob_url, "re-stamp")
     source = from_profile.lower()
+    # Handed away from another profile than testing, under unittest or a pytest without
+    # the app's plugin, as the local root's re-stamp refuses (red team 59).
+    sandbox.check_given_profile(
+        source,
+        "the remote storage",
+        "re-stamp",
+        made=f"to hand it to profile {config.profile!r}",
+    )
     protection = config.taking_needs_confirmation
     bounds = _bounds(config)
     objects = _objects(config)
