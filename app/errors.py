@@ -208,6 +208,24 @@ class SettingsUnreadableError(ConfigError):
     user: str
 
 
+class SettingsNotAFileError(ConfigError):
+    """A settings file's name that is there but names no regular file: a symbolic link whose
+    target is missing (a secrets volume not mounted), a directory, a FIFO. Each was left out
+    as if it were absent, and every value it sets with it: development served without its
+    token, production was told to set the api_token its secrets file sets (red team 59)."""
+
+    code = "settings_not_a_file"
+    template = (
+        "cannot read the settings file {path}: it is {what}, where a regular file belongs; "
+        "left out, the values it sets (a token, a data_root) would silently be missing, so "
+        "nothing was opened or changed. {remedy}"
+    )
+
+    path: Path
+    what: str
+    remedy: str
+
+
 class SettingsSyntaxError(ConfigError):
     """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
     reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion), or nests a
