@@ -14,7 +14,13 @@ What broke:
   settings file's name is now refused as what it is (``settings_not_a_file``, 78), naming
   the link's missing target (or the directory, the FIFO, the device), why, and the ``rm``
   (``rmdir``) that resolves it; a FIFO is never opened. A sandboxed run still reads no local
-  file, whatever is at its name.
+  file, whatever is at its name;
+- ``app serve`` stopped with Ctrl-C twice (uvicorn's force quit) while an upload streamed:
+  the client's 503 ``server_stopped`` said the request "ran past the 30 s it gives requests
+  in flight (shutdown_grace_seconds, APP_SHUTDOWN_GRACE_SECONDS)", a fraction of a second
+  after the first signal, which sends the operator to raise a grace that never ran out. The
+  server now tells the middleware that answers a cancelled request whether a second SIGINT
+  forced the stop, and the answer says so, with the one signal that lets requests finish.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
-from test_server_e2e import app_env, run_app
+from test_server_e2e import Server, app_env, run_app
 
 from app.config_files import read_files
 from app.errors import SettingsNotAFileError
@@ -106,3 +115,52 @@ def test_a_settings_file_that_is_no_regular_file_is_refused_not_left_out(
     finally:
         secrets.unlink(missing_ok=True)
         secrets.write_bytes(kept)
+
+
+def test_a_request_a_second_ctrl_c_cuts_is_told_so_not_blamed_on_the_grace(
+    tmp_path: Path,
+) -> None:
+    """``app serve`` stopped with Ctrl-C twice (uvicorn's force quit) while an upload streams:
+    the 503 said the request "ran past the 30 s it gives requests in flight
+    (shutdown_grace_seconds ...)", a fraction of a second after the first signal, and sent
+    the operator to raise a grace that never ran out."""
+    root = tmp_path / "root"
+    # The stalled body is cut by the signals, never by the idle bound (408) of a slow run.
+    env = app_env(root, APP_REQUEST_IDLE_SECONDS="120")
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    try:
+        with server.client() as client:
+            session = client.post("/sessions", json={"title": "upload"}).json()["id"]
+        token = server.token
+        head = (
+            f"PUT /sessions/{session}/files/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as upload:
+            upload.sendall(head.encode() + b"x" * 65536)  # then the body stalls
+            staging = root / ".tmp"
+            while not any(staging.iterdir()):  # the server is streaming it to disk
+                assert server.process.poll() is None, server.output
+                time.sleep(0.01)
+            os.kill(server.pid, signal.SIGINT)
+            # Two signals sent at once are one (a pending signal is not queued twice): the
+            # second goes once the server says, in its lock file, that it is stopping.
+            lock = root / ".server.lock"
+            while "stopping_since" not in lock.read_text():
+                assert server.process.poll() is None, server.output
+                time.sleep(0.01)
+            os.kill(server.pid, signal.SIGINT)  # Ctrl-C again: stop at once
+            answer = b""
+            while chunk := upload.recv(65536):
+                answer += chunk
+        assert server.wait_exit() == 0, server.output
+    finally:
+        server.stop()
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 503"), answer
+    message = json.loads(body)["message"]
+    assert "was cut short: the server was told to stop at once (a second Ctrl-C or SIGINT" in (
+        message
+    )
+    assert "ran past" not in message
+    assert "stop it with one signal (`kill <pid>`, `systemctl stop`)" in message
