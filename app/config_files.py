@@ -149,6 +149,13 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
         raise SettingsUnreadableError(where, _this_user()) from None
     if not found:
         _refuse_not_a_file(where / SETTINGS_FILE)
+        if where.is_file():  # APP_SETTINGS_DIR=/opt/app/settings.toml: the file, not its directory
+            reason += (
+                "; that is a file, not a directory: "
+                f"`export {SETTINGS_DIR_ENV}={shlex.quote(str(where.parent))}` names its directory"
+                if where.name == SETTINGS_FILE
+                else "; that is a file, not a directory"
+            )
         raise SettingsNotFoundError(where, reason)
     return where
 

@@ -14,7 +14,9 @@ What broke:
   settings file's name is now refused as what it is (``settings_not_a_file``, 78), naming
   the link's missing target (or the directory, the FIFO, the device), why, and the ``rm``
   (``rmdir``) that resolves it; a FIFO is never opened. A sandboxed run still reads no local
-  file, whatever is at its name;
+  file, whatever is at its name. ``APP_SETTINGS_DIR`` naming ``settings.toml`` itself (not
+  its directory) was "no settings.toml found: looked in .../settings.toml"; it now says that
+  is a file and gives the ``export`` that names its directory;
 - ``app serve`` stopped with Ctrl-C twice (uvicorn's force quit) while an upload streamed:
   the client's 503 ``server_stopped`` said the request "ran past the 30 s it gives requests
   in flight (shutdown_grace_seconds, APP_SHUTDOWN_GRACE_SECONDS)", a fraction of a second
@@ -37,7 +39,7 @@ import pytest
 from test_server_e2e import Server, app_env, run_app
 
 from app.config_files import read_files
-from app.errors import SettingsNotAFileError
+from app.errors import SettingsNotAFileError, SettingsNotFoundError
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +98,13 @@ def test_a_settings_file_that_is_no_regular_file_is_refused_not_left_out(
         finally:
             main.unlink()
             (settings / "settings.toml.real").rename(main)
+        # APP_SETTINGS_DIR naming the file rather than its directory: said so, with the
+        # export that names the directory, which then loads.
+        with pytest.raises(SettingsNotFoundError) as refused:
+            read_files({"APP_SETTINGS_DIR": str(settings / "settings.toml")}, sandboxed=True)
+        export = f"`export APP_SETTINGS_DIR={settings}` names its directory"
+        assert f"that is a file, not a directory: {export}" in refused.value.message
+        assert read_files({"APP_SETTINGS_DIR": str(settings)}, sandboxed=True).profiles
         local = settings / "settings.local.toml"
         local.mkdir()
         try:
