@@ -22,19 +22,29 @@ What broke:
   in flight (shutdown_grace_seconds, APP_SHUTDOWN_GRACE_SECONDS)", a fraction of a second
   after the first signal, which sends the operator to raise a grace that never ran out. The
   server now tells the middleware that answers a cancelled request whether a second SIGINT
-  forced the stop, and the answer says so, with the one signal that lets requests finish.
+  forced the stop, and the answer says so, with the one signal that lets requests finish;
+- the data root's filesystem made read-only under a live server (ext4's
+  ``errors=remount-ro``; here a read-only bind in a mount namespace): every change was
+  refused 503 ``storage_read_only``, but ``GET /health`` and ``/ready`` said ok, so no
+  monitor saw it. Both now answer 503 with the reason while it is read-only (one
+  ``statvfs``), ok again once it is remounted read-write.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from test_server_e2e import Server, app_env, run_app
 
@@ -112,15 +122,20 @@ def test_a_settings_file_that_is_no_regular_file_is_refused_not_left_out(
             assert read_files({"APP_SETTINGS_DIR": str(settings)}, sandboxed=True).profiles
         finally:
             local.rmdir()
-        # The remedy as written: a dangling link removed, the command runs (here the file
-        # is put back, as mounting the volume would).
+        # The remedies as written: the volume mounted (the file at the link's target), then
+        # the link removed with the message's own `rm`; each time the settings load.
         secrets.unlink()
         secrets.symlink_to(missing)
         missing.parent.mkdir()
         missing.write_bytes(kept)
-        done = run_app("config", "--json", env=env)
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["values"]["api_token"].startswith("****** (set")
+        loaded = read_files({"APP_SETTINGS_DIR": str(settings)}, sandboxed=True)
+        assert "api_token" in loaded.data[secrets]["testing"]
+        missing.unlink()
+        remove = re.search(r"\(`(rm [^`]+)`\)", message)
+        assert remove is not None, message
+        subprocess.run(shlex.split(remove.group(1)), check=True)
+        assert not secrets.is_symlink()
+        assert read_files({"APP_SETTINGS_DIR": str(settings)}, sandboxed=True).profiles
     finally:
         secrets.unlink(missing_ok=True)
         secrets.write_bytes(kept)
@@ -173,3 +188,67 @@ def test_a_request_a_second_ctrl_c_cuts_is_told_so_not_blamed_on_the_grace(
     )
     assert "ran past" not in message
     assert "stop it with one signal (`kill <pid>`, `systemctl stop`)" in message
+
+
+_REMOUNT_UNDER_A_SERVER = """
+"$PYTHON" -m app serve --port 0 > "$LOG" 2>&1 &
+server=$!
+while [ ! -e "$GO" ]; do
+    kill -0 "$server" 2>/dev/null || exit 3
+    sleep 0.01
+done
+mount --bind "$ROOT" "$ROOT" && mount -o remount,bind,ro "$ROOT" && touch "$DONE"
+wait "$server"
+"""
+
+
+def test_health_and_ready_say_a_root_remounted_read_only_under_the_server(
+    tmp_path: Path,
+) -> None:
+    """The data root's filesystem made read-only under a live server (ext4's
+    ``errors=remount-ro`` after a disk error; here a read-only bind of the root over itself, in
+    a mount namespace of the test's own): every change was refused 503 ``storage_read_only``
+    while ``GET /health`` and ``/ready`` answered ok, so no monitor saw it."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (util-linux) for a mount namespace of its own")
+    root, go, done = tmp_path / "root", tmp_path / "go", tmp_path / "mounted"
+    env = app_env(root, PYTHON=sys.executable, LOG=str(tmp_path / "server.log"))
+    env |= {"ROOT": str(root), "GO": str(go), "DONE": str(done)}
+    shell = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", _REMOUNT_UNDER_A_SERVER],
+        env=env,
+    )
+    holder: dict[str, object] = {}
+    try:
+        lock = root / ".server.lock"
+        while "url" not in (holder := _holder(lock)):  # serving, with its address published
+            assert shell.poll() is None, (tmp_path / "server.log").read_text()
+            time.sleep(0.01)
+        url = str(holder["url"])
+        assert httpx.get(f"{url}/health").status_code == 200
+        go.touch()
+        while not done.exists():
+            assert shell.poll() is None, (tmp_path / "server.log").read_text()
+            time.sleep(0.01)
+        health, ready = httpx.get(f"{url}/health"), httpx.get(f"{url}/ready")
+        os.kill(int(str(holder["pid"])), signal.SIGTERM)
+        assert shell.wait(60) == 0, (tmp_path / "server.log").read_text()
+    finally:
+        if shell.poll() is None:
+            if "pid" in holder:
+                os.kill(int(str(holder["pid"])), signal.SIGKILL)
+            shell.wait(60)
+    assert health.status_code == 503, health.text
+    assert health.json()["status"] == "writes_stopped"
+    assert "the data root's filesystem is read-only" in health.json()["reason"]
+    assert "until it is remounted read-write; reads are served" in health.json()["reason"]
+    assert ready.status_code == 503, ready.text
+    assert "read-only" in ready.json()["checks"]["data root"]
+
+
+def _holder(lock: Path) -> dict[str, object]:
+    try:
+        found = json.loads(lock.read_text() or "{}")
+    except (FileNotFoundError, json.JSONDecodeError):  # not made, or being rewritten
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -165,6 +166,15 @@ class Store(Storage):
                 return (
                     f"{changed} while the server ran: every change is refused until it is "
                     "put back as it was"
+                )
+            if self.root.writable and _read_only(self.root.path):
+                # Remounted read-only under the server (ext4's errors=remount-ro after a disk
+                # error, a read-only bind): every change was refused 503 while /health and
+                # /ready said ok (red team 59). Said until it is read-write again.
+                return (
+                    "the data root's filesystem is read-only (remounted so after a disk error, "
+                    "or mounted read-only over it): every change is refused until it is "
+                    "remounted read-write; reads are served"
                 )
             return None
         return (
@@ -669,3 +679,12 @@ class Store(Storage):
                 for f in findings
             ]
         return CheckReport(findings, repair)
+
+
+def _read_only(path: Path) -> bool:
+    """Whether `path`'s filesystem, as mounted there, takes no writes now (one ``statvfs``,
+    asked at every ``GET /health`` with the layout's lstats); ``False`` if it cannot say."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
