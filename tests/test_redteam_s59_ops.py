@@ -27,7 +27,10 @@ What broke:
   ``errors=remount-ro``; here a read-only bind in a mount namespace): every change was
   refused 503 ``storage_read_only``, but ``GET /health`` and ``/ready`` said ok, so no
   monitor saw it. Both now answer 503 with the reason while it is read-only (one
-  ``statvfs``), ok again once it is remounted read-write.
+  ``statvfs``), ok again once it is remounted read-write;
+- ``app data purge`` stopped by SIGTERM or Ctrl-C wrote no audit line (its one line comes at
+  the end), so every session it had moved was ``trash-unaudited``, where its message said
+  at most the last one may lack its line; the stop now writes the line for those moved.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from forked_app import python_c
 from test_server_e2e import Server, app_env, run_app
 
 from app.config_files import read_files
@@ -252,3 +256,52 @@ def _holder(lock: Path) -> dict[str, object]:
     except (FileNotFoundError, json.JSONDecodeError):  # not made, or being rewritten
         return {}
     return found if isinstance(found, dict) else {}
+
+
+# Sessions made, then `app data purge` run in the same process, which sends itself SIGTERM
+# (a job's `timeout`, `systemctl stop` of a maintenance unit) at its fifth move to the trash.
+_PURGE_STOPPED = """
+import os, signal, sys
+from app.config import load
+from app.storage import open_storage
+with open_storage(load(), writer=True) as storage:
+    for n in range(12):
+        storage.create_session(f"s{n}", None)
+moves = []
+def stop_at_the_fifth(event, args):
+    if event == "os.rename" and "/.trash/" in os.fsdecode(args[1]):
+        moves.append(args[1])
+        if len(moves) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(stop_at_the_fifth)
+sys.argv = ["app", "data", "purge"]
+from app.cli import main
+main()
+"""
+
+
+def test_a_purge_stopped_by_sigterm_audits_the_sessions_it_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``app data purge`` stopped by SIGTERM: it wrote its one audit line at the end, so every
+    session moved so far was left without one (``app data check`` named 100 of 101 as
+    ``trash-unaudited`` by hand), where its message promised that at most the last one may
+    lack its line."""
+    root = tmp_path / "root"
+    env = app_env(root)
+    for name in ("APP_DATA_ROOT", "ENV_FOR_DYNACONF", "APP_HOST"):
+        monkeypatch.setenv(name, env[name])
+    log = tmp_path / "purge.log"
+    assert python_c(_PURGE_STOPPED, [], log).wait(120) == 143, log.read_text()
+    done = log.read_text()
+    assert "the last one may lack its trash entry's final move or its audit line" in (
+        " ".join(done.split())
+    )
+    (line,) = [json.loads(text) for text in (root / "audit.jsonl").read_text().splitlines()]
+    assert line["operation"] == "purge"
+    assert line["details"]["stopped"] == "interrupted (SIGINT or SIGTERM)"
+    moved = {p.name for p in (root / ".trash").iterdir()}
+    assert set(line["details"]["entries"]) <= moved
+    assert len(moved - set(line["details"]["entries"])) <= 1  # the one the stop came in
+    check = run_app("data", "check", env=env)
+    assert check.stdout.count("trash-unaudited") <= 1, check.stdout

@@ -342,6 +342,21 @@ class Store(Storage):
                     except SessionNotFoundError:  # deleted meanwhile, or not followed
                         if (linked := self.sessions_dir / session_id).is_symlink():
                             left.append(linked)
+            except KeyboardInterrupt:
+                # Ctrl-C, or SIGTERM (which the command line raises so): the one line came at
+                # the end, so every session moved so far was left without one, which `app
+                # data check` then named (`trash-unaudited`, 100 of them) where the stop's
+                # message promised at most the last (red team 59). Said for those moved.
+                if entries:
+                    prepared.audit(
+                        "purge",
+                        self.sessions_dir,
+                        count=len(entries),
+                        sessions=[e.session_id for e in entries],
+                        entries=[e.name for e in entries],
+                        stopped="interrupted (SIGINT or SIGTERM)",
+                    )
+                raise
             except OSError as error:
                 if not entries:
                     raise  # nothing moved: the storage error says so
