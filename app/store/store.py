@@ -38,7 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
-from app.dataroot import LOCAL_FILESYSTEMS, filesystem_type, lexists, link_remedy
+from app.dataroot import LOCAL_FILESYSTEMS, Prepared, filesystem_type, lexists, link_remedy
 from app.errors import (
     AppError,
     FsyncFailed,
@@ -348,26 +348,14 @@ class Store(Storage):
                 # data check` then named (`trash-unaudited`, 100 of them) where the stop's
                 # message promised at most the last (red team 59). Said for those moved.
                 if entries:
-                    prepared.audit(
-                        "purge",
-                        self.sessions_dir,
-                        count=len(entries),
-                        sessions=[e.session_id for e in entries],
-                        entries=[e.name for e in entries],
-                        stopped="interrupted (SIGINT or SIGTERM)",
+                    _audit_purge(
+                        prepared, self.sessions_dir, entries, "interrupted (SIGINT or SIGTERM)"
                     )
                 raise
             except OSError as error:
                 if not entries:
                     raise  # nothing moved: the storage error says so
-                prepared.audit(
-                    "purge",
-                    self.sessions_dir,
-                    count=len(entries),
-                    sessions=[e.session_id for e in entries],
-                    entries=[e.name for e in entries],
-                    stopped=str(error),
-                )
+                _audit_purge(prepared, self.sessions_dir, entries, str(error))
                 if isinstance(error, FsyncFailed):
                     # The session it failed on may have moved as well: "the rest are
                     # unchanged" would be untrue, and "run it again" is refused until restart.
@@ -694,6 +682,20 @@ class Store(Storage):
                 for f in findings
             ]
         return CheckReport(findings, repair)
+
+
+def _audit_purge(
+    prepared: Prepared, sessions_dir: Path, entries: list[TrashEntry], why: str
+) -> None:
+    """The line of a purge stopped partway, for the sessions it moved (`stopped`: why)."""
+    prepared.audit(
+        "purge",
+        sessions_dir,
+        count=len(entries),
+        sessions=[e.session_id for e in entries],
+        entries=[e.name for e in entries],
+        stopped=why,
+    )
 
 
 def _read_only(path: Path) -> bool:
