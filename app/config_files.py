@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import codecs
 import copy
+import errno
 import os
 import re
 import shlex
+import stat
 import threading
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -29,6 +31,7 @@ from app.errors import (
     SettingsCastError,
     SettingsDirEmptyError,
     SettingsNameError,
+    SettingsNotAFileError,
     SettingsNotFoundError,
     SettingsSyntaxError,
     SettingsUnreadableError,
@@ -156,6 +159,14 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     except PermissionError:
         raise SettingsUnreadableError(where, _this_user()) from None
     if not found:
+        _refuse_not_a_file(where / SETTINGS_FILE)
+        if where.is_file():  # APP_SETTINGS_DIR=/opt/app/settings.toml: the file, not its directory
+            reason += (
+                "; that is a file, not a directory: "
+                f"`export {SETTINGS_DIR_ENV}={shlex.quote(str(where.parent))}` names its directory"
+                if where.name == SETTINGS_FILE
+                else "; that is a file, not a directory"
+            )
         raise SettingsNotFoundError(where, reason)
     return where
 
@@ -186,6 +197,59 @@ def resolved_elsewhere(path: str) -> tuple[str, str] | None:
     except OSError:
         pass
     return here, resolved
+
+
+def _refuse_not_a_file(path: Path) -> None:
+    """Refuse a settings file's name that is there but is no regular file (red team 59).
+
+    ``is_file()`` is false for a link whose target is missing (``.secrets.toml`` linked to a
+    secrets volume not mounted), a directory and a FIFO alike, and each was read as absent:
+    what it sets was silently left out. Only ``lstat``ed and ``stat``ed, never opened (a
+    FIFO's open waits for a writer).
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # not there for this process; the reader's own error says so
+    quoted = shlex.quote(str(path))
+    if stat.S_ISLNK(mode):
+        target = path.readlink()
+        try:
+            mode = path.stat().st_mode
+        except OSError as error:
+            reason = "which does not exist" if error.errno == errno.ENOENT else error.strerror
+            raise SettingsNotAFileError(
+                path,
+                f"a symbolic link to {target}, {reason}",
+                "Put the file at the link's target (mount the volume or restore the secrets "
+                f"file it names), or remove the link if nothing should be read there "
+                f"(`rm {quoted}`), then run `app doctor`",
+            ) from None
+        if stat.S_ISREG(mode):
+            return
+        what = f"a symbolic link to {target}, which is {_kind(mode)}"
+        remedy = f"Point the link at the settings file, or remove it (`rm {quoted}`)"
+    else:
+        what = _kind(mode)
+        remove = f"rmdir {quoted}" if stat.S_ISDIR(mode) else f"rm {quoted}"
+        remedy = f"Put the settings file there, or remove it (`{remove}`) if none belongs"
+    raise SettingsNotAFileError(path, what, f"{remedy}, then run `app doctor`")
+
+
+def _kind(mode: int) -> str:
+    """What a file's mode says it is, as a refusal names it."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _this_user() -> str:
@@ -406,7 +470,12 @@ def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
     directory = settings_dir(environ)
     settings = directory / SETTINGS_FILE
     candidates = (settings, directory / LOCAL_FILES[0], directory / SECRETS_FILE)
-    present = [path for path in (*candidates, directory / LOCAL_FILES[1]) if path.is_file()]
+    present = []
+    for path in (*candidates, directory / LOCAL_FILES[1]):
+        if path.is_file():
+            present.append(path)
+        elif not (sandboxed and path.name in LOCAL_FILES):  # a sandbox reads no local file
+            _refuse_not_a_file(path)
     skipped = tuple(p for p in present if p.name in LOCAL_FILES) if sandboxed else ()
     paths = tuple(p for p in present if p not in skipped)
     raw: dict[Path, bytes] = {}

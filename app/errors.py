@@ -208,6 +208,24 @@ class SettingsUnreadableError(ConfigError):
     user: str
 
 
+class SettingsNotAFileError(ConfigError):
+    """A settings file's name that is there but names no regular file: a symbolic link whose
+    target is missing (a secrets volume not mounted), a directory, a FIFO. Each was left out
+    as if it were absent, and every value it sets with it: development served without its
+    token, production was told to set the api_token its secrets file sets (red team 59)."""
+
+    code = "settings_not_a_file"
+    template = (
+        "cannot read the settings file {path}: it is {what}, where a regular file belongs; "
+        "left out, the values it sets (a token, a data_root) would silently be missing, so "
+        "nothing was opened or changed. {remedy}"
+    )
+
+    path: Path
+    what: str
+    remedy: str
+
+
 class SettingsSyntaxError(ConfigError):
     """A settings file is not valid TOML, or not UTF-8 without a byte order mark, which TOML
     reads (a Latin-1 byte, UTF-16, a mark: each named, with the conversion), or nests a
@@ -1218,24 +1236,39 @@ class ListenAddressUnresolvedError(ListenAddressError):
 
 
 class RequestCutShortError(AppError):
-    """The server was told to stop, and a request ran past its shutdown grace."""
+    """The server was told to stop, and a request ran past its shutdown grace, or a second
+    Ctrl-C (SIGINT) told it to stop at once, before the grace had passed: said as that, not
+    as the grace's, which the operator would raise to no end (red team 59)."""
 
     exit_code = EX_TEMPFAIL
     code = "server_stopped"
     http_status = 503
-    # Said to the client instead of uvicorn's bare "Internal Server Error". The write is not
-    # undone: the server waits for it before it gives up its data root.
-    template = (
-        "{method} {path} was cut short: the server was told to stop, and this request ran "
-        "past the {grace} s it gives requests in flight (shutdown_grace_seconds, "
-        "APP_SHUTDOWN_GRACE_SECONDS). A write it began still ends before the server gives up "
-        "its data root, so it may have taken effect: read the resource (GET) before you "
-        "retry, once a server runs again"
-    )
 
     method: str
     path: str
     grace: int
+    #: A second SIGINT (uvicorn's force quit) cut it, not the end of the grace.
+    forced: bool = False
+
+    @property
+    def message(self) -> str:
+        # Said to the client instead of uvicorn's bare "Internal Server Error". The write is
+        # not undone: the server waits for it before it gives up its data root.
+        why = (
+            "the server was told to stop at once (a second Ctrl-C or SIGINT, its force "
+            f"quit), before the {self.grace} s it gives requests in flight "
+            "(shutdown_grace_seconds) had passed; stop it with one signal (`kill <pid>`, "
+            "`systemctl stop`) to let requests finish"
+            if self.forced
+            else "the server was told to stop, and this request ran past the "
+            f"{self.grace} s it gives requests in flight (shutdown_grace_seconds, "
+            "APP_SHUTDOWN_GRACE_SECONDS)"
+        )
+        return (
+            f"{self.method} {self.path} was cut short: {why}. A write it began still ends "
+            "before the server gives up its data root, so it may have taken effect: read the "
+            "resource (GET) before you retry, once a server runs again"
+        )
 
 
 EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped

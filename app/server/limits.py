@@ -290,7 +290,13 @@ class RequestGuard:
             # uvicorn closes the connection.
             if scope["type"] != "http":
                 raise
-            cut = RequestCutShortError(scope["method"], scope["path"], self.shutdown_grace)
+            # A second SIGINT (uvicorn's force quit) cancels before the grace has passed:
+            # the server says so through the application's state (`app.server.run`).
+            state = getattr(scope.get("app"), "state", None)
+            forced = getattr(state, "stop_forced", None)
+            cut = RequestCutShortError(
+                scope["method"], scope["path"], self.shutdown_grace, bool(forced and forced())
+            )
             try:
                 await problem_of(cut, {"Connection": "close"})(scope, receive, send)
             except Exception:

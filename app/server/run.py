@@ -283,6 +283,8 @@ def _run(
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # Whether a second SIGINT forced the stop: a request it cuts is told so.
+            application.state.stop_forced = lambda: self.force_exit
             _publish_stopping(store, config)
             await super().shutdown(sockets)
 

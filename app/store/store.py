@@ -32,12 +32,13 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
 
-from app.dataroot import LOCAL_FILESYSTEMS, filesystem_type, lexists, link_remedy
+from app.dataroot import LOCAL_FILESYSTEMS, Prepared, filesystem_type, lexists, link_remedy
 from app.errors import (
     AppError,
     FsyncFailed,
@@ -165,6 +166,15 @@ class Store(Storage):
                 return (
                     f"{changed} while the server ran: every change is refused until it is "
                     "put back as it was"
+                )
+            if self.root.writable and _read_only(self.root.path):
+                # Remounted read-only under the server (ext4's errors=remount-ro after a disk
+                # error, a read-only bind): every change was refused 503 while /health and
+                # /ready said ok (red team 59). Said until it is read-write again.
+                return (
+                    "the data root's filesystem is read-only (remounted so after a disk error, "
+                    "or mounted read-only over it): every change is refused until it is "
+                    "remounted read-write; reads are served"
                 )
             return None
         return (
@@ -332,17 +342,20 @@ class Store(Storage):
                     except SessionNotFoundError:  # deleted meanwhile, or not followed
                         if (linked := self.sessions_dir / session_id).is_symlink():
                             left.append(linked)
+            except KeyboardInterrupt:
+                # Ctrl-C, or SIGTERM (which the command line raises so): the one line came at
+                # the end, so every session moved so far was left without one, which `app
+                # data check` then named (`trash-unaudited`, 100 of them) where the stop's
+                # message promised at most the last (red team 59). Said for those moved.
+                if entries:
+                    _audit_purge(
+                        prepared, self.sessions_dir, entries, "interrupted (SIGINT or SIGTERM)"
+                    )
+                raise
             except OSError as error:
                 if not entries:
                     raise  # nothing moved: the storage error says so
-                prepared.audit(
-                    "purge",
-                    self.sessions_dir,
-                    count=len(entries),
-                    sessions=[e.session_id for e in entries],
-                    entries=[e.name for e in entries],
-                    stopped=str(error),
-                )
+                _audit_purge(prepared, self.sessions_dir, entries, str(error))
                 if isinstance(error, FsyncFailed):
                     # The session it failed on may have moved as well: "the rest are
                     # unchanged" would be untrue, and "run it again" is refused until restart.
@@ -669,3 +682,26 @@ class Store(Storage):
                 for f in findings
             ]
         return CheckReport(findings, repair)
+
+
+def _audit_purge(
+    prepared: Prepared, sessions_dir: Path, entries: list[TrashEntry], why: str
+) -> None:
+    """The line of a purge stopped partway, for the sessions it moved (`stopped`: why)."""
+    prepared.audit(
+        "purge",
+        sessions_dir,
+        count=len(entries),
+        sessions=[e.session_id for e in entries],
+        entries=[e.name for e in entries],
+        stopped=why,
+    )
+
+
+def _read_only(path: Path) -> bool:
+    """Whether `path`'s filesystem, as mounted there, takes no writes now (one ``statvfs``,
+    asked at every ``GET /health`` with the layout's lstats); ``False`` if it cannot say."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -58,6 +58,13 @@ EXAMPLES: list[errors.AppError] = [
     errors.SettingsDirEmptyError("APP_SETTINGS_DIR", Path("/opt/app/src")),
     errors.SettingsSyntaxError(Path("/opt/app/settings.toml"), 12, "Expected '=' after a key"),
     errors.SettingsUnreadableError(Path("/opt/app/settings.toml"), "nobody"),
+    errors.SettingsNotAFileError(
+        Path("/opt/app/.secrets.toml"),
+        "a symbolic link to /run/secrets/app.toml, which does not exist",
+        "Put the file at the link's target (mount the volume or restore the secrets file it "
+        "names), or remove the link if nothing should be read there "
+        "(`rm /opt/app/.secrets.toml`), then run `app doctor`",
+    ),
     errors.SettingsAmbiguousError(
         Path("/opt/app/settings.toml"), ["production", "Production"], None
     ),
