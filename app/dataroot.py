@@ -700,6 +700,25 @@ def json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
+def _resolved(path: str) -> str:
+    """``str(Path(path).resolve())``: :func:`os.path.realpath`, and a loop of symbolic links
+    refused as pathlib refuses it (``RuntimeError``), without pathlib's objects."""
+    resolved = os.path.realpath(path)
+    try:
+        os.stat(resolved)  # noqa: PTH116 - a string, as realpath gives it
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RuntimeError(f"Symlink loop from {error.filename!r}") from None
+    return resolved
+
+
+def _within(path: str, directory: str) -> bool:
+    """``Path(path).is_relative_to(directory)`` for two absolute, normalised paths."""
+    if path == directory:
+        return True
+    return path.startswith(directory if directory.endswith("/") else directory + "/")
+
+
 def write_new_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Create ``path`` (it must not exist) holding ``data``, fsynced; on failure it is removed.
 
@@ -2586,27 +2605,33 @@ class DataRoot:
         # Only the directory is resolved: the last component is replaced by the rename, so a
         # symlink planted there is replaced too, never written through (it could point at
         # another session's file, or out of the root).
-        root = self.path.resolve()  # Config resolves it already; cheap insurance
-        parent = dest.parent.resolve()
-        if not parent.is_relative_to(root) or dest.name in {"", ".", ".."}:
+        #
+        # In strings: the same resolutions and comparisons as pathlib's `resolve`,
+        # `is_relative_to` and `relative_to`, without building a path object for each step
+        # (every durable write of a session's file passes here: perf-server59).
+        root = _resolved(os.fspath(self.path))  # Config resolves it already; cheap insurance
+        parent = _resolved(os.fspath(dest.parent))
+        name = dest.name
+        if not _within(parent, root) or name in {"", ".", ".."}:
             msg = f"refusing to write {dest}: it is not inside data root {self.path}"
             raise ValueError(msg)
-        final = parent / dest.name
-        if final.is_relative_to(root / TMP_DIR):
+        final = os.path.join(parent, name)  # noqa: PTH118 - strings, see above
+        if _within(final, os.path.join(root, TMP_DIR)):  # noqa: PTH118
             msg = f"refusing to write {dest}: {self.tmp_dir} holds only in-flight temporary files"
             raise ValueError(msg)
         # A symlinked directory that stays inside the root still leads a write somewhere
         # else than the path says, e.g. from one session into another.
-        lexical = Path(os.path.abspath(dest.parent))  # noqa: PTH100 - resolve() follows links
-        if lexical.is_relative_to(self.path):
-            lexical = root / lexical.relative_to(self.path)
+        lexical = os.path.abspath(dest.parent)  # noqa: PTH100 - resolve() follows links
+        given = os.fspath(self.path)
+        if _within(lexical, given):
+            lexical = root + lexical[len(given) :] if lexical != given else root
         if lexical != parent:
             msg = (
                 f"refusing to write {dest}: its directory passes through a symbolic link "
                 f"(it resolves to {parent}); the data root holds no symbolic links"
             )
             raise ValueError(msg)
-        return final
+        return Path(final)
 
     def new_temp_file(self) -> tuple[IO[bytes], Path]:
         """A new temporary file in ``.tmp/`` (mode 0600) for streaming a write into.
