@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from app.dataroot import (
     STAMP_FILE,
     DataRoot,
     describe,
+    json_bytes,
     open_root,
     read_stamp,
     restamp,
@@ -511,6 +513,43 @@ def test_the_destination_check_in_strings_answers_as_pathlib_did(
             except (ValueError, RuntimeError) as error:
                 got = (type(error), str(error))
             assert got == expected, dest
+
+
+def test_json_bytes_are_json_dumps_bytes_whatever_the_value() -> None:
+    """The app's files hold ``json.dumps(indent=2, sort_keys=True, ensure_ascii=False)``
+    plus a newline; `json_bytes` builds it without the standard library's pure-Python
+    indenting encoder (perf-server59) and must give the same bytes, or the same error."""
+    deep: list[object] = []
+    for _ in range(40):
+        deep = [{"k": deep}]  # 80 deep: json.dumps writes it
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    values: list[object] = [
+        {"id": "s_1", "title": "t", "metadata": {}, "files": [], "created_at": "2026"},
+        {"b": [1, 2.5, -0.0, True, False, None, "x"], "a": {"z": {}, "y": [[]], "é": "ü"}},
+        {"ctl": "\x00\x1f\n\t\"\\/\u2028\x7f", "": "", " ": 1e300, "n": 10**40},
+        [float("nan"), float("inf"), float("-inf"), 1e-7, 123456789.125],
+        {"tuple": (1, 2)}, {1: "int key"}, {"nested": {True: 1, False: 2, 3.5: 3}}, deep,
+        "plain", 7, None, [], {}, {"s": "a" * 1000},
+    ]  # fmt: skip
+
+    def with_json_dumps(value: object) -> bytes:
+        return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    for value in values:
+        assert json_bytes(value) == with_json_dumps(value), value
+    unwritable_values = (
+        cycle,
+        {"a": object()},
+        {"x": 1, 2: "mixed"},
+        {"s": "\ud800"},
+        {None: 1, True: 2},
+    )
+    for unwritable in unwritable_values:
+        with pytest.raises((ValueError, TypeError)) as expected:
+            with_json_dumps(unwritable)
+        with pytest.raises(expected.type, match=re.escape(str(expected.value))):
+            json_bytes(unwritable)
 
 
 def _counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
