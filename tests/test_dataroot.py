@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from app.config import Config
 from app.dataroot import (
     AUDIT_FILE,
     STAMP_FILE,
+    DataRoot,
     describe,
+    json_bytes,
     open_root,
     read_stamp,
     restamp,
@@ -451,6 +454,102 @@ def test_a_write_through_a_symlinked_directory_inside_the_root_is_refused(
             root.atomic_write_bytes(root.sessions_dir / "b" / "x", b"{}")
         assert list((root.sessions_dir / "a").iterdir()) == []
         assert list(root.tmp_dir.iterdir()) == []
+
+
+def _check_dest_with_pathlib(root: DataRoot, dest: Path) -> Path:
+    """`DataRoot._check_dest` as it was written with pathlib (before perf-server59)."""
+    resolved_root = root.path.resolve()
+    parent = dest.parent.resolve()
+    if not parent.is_relative_to(resolved_root) or dest.name in {"", ".", ".."}:
+        raise ValueError(f"refusing to write {dest}: it is not inside data root {root.path}")
+    final = parent / dest.name
+    if final.is_relative_to(resolved_root / ".tmp"):
+        raise ValueError(
+            f"refusing to write {dest}: {root.tmp_dir} holds only in-flight temporary files"
+        )
+    lexical = Path(os.path.abspath(dest.parent))
+    if lexical.is_relative_to(root.path):
+        lexical = resolved_root / lexical.relative_to(root.path)
+    if lexical != parent:
+        raise ValueError(
+            f"refusing to write {dest}: its directory passes through a symbolic link "
+            f"(it resolves to {parent}); the data root holds no symbolic links"
+        )
+    return final
+
+
+def test_the_destination_check_in_strings_answers_as_pathlib_did(
+    config: StubConfig, tmp_path: Path
+) -> None:
+    """Every write's destination check (`DataRoot._check_dest`) works on strings since
+    perf-server59: each destination is accepted as the same path, or refused with the same
+    error and message, as the pathlib version that came before."""
+    with open_root(config) as root:
+        sessions = root.sessions_dir
+        (sessions / "a").mkdir()
+        (sessions / "b").symlink_to(sessions / "a")
+        (sessions / "out").symlink_to(tmp_path)
+        (sessions / "loop-1").symlink_to(sessions / "loop-2")
+        (sessions / "loop-2").symlink_to(sessions / "loop-1")
+        (sessions / "dangling").symlink_to(sessions / "nowhere")
+        dests = [
+            sessions / "x.json", sessions / "a" / "x", sessions / "b" / "x",
+            sessions / "out" / "x", sessions / "loop-1" / "x", sessions / "dangling" / "x",
+            sessions / "missing" / "deeper" / "x", sessions / ".." / ".." / "escape",
+            sessions / ".." / "sessions" / "x", sessions / "a" / ".." / "x",
+            root.tmp_dir / "x", root.tmp_dir, root.path / ".tmpfoo", root.path / "x",
+            root.path, root.path / "..", sessions / "a" / ".", tmp_path / "elsewhere",
+            Path("/"), Path("/x"), Path("relative") / "x",
+        ]  # fmt: skip
+        for dest in dests:
+            try:
+                expected: Path | tuple[type[BaseException], str] = _check_dest_with_pathlib(
+                    root, dest
+                )
+            except (ValueError, RuntimeError) as error:
+                expected = (type(error), str(error))
+            try:
+                got: Path | tuple[type[BaseException], str] = root._check_dest(dest)
+            except (ValueError, RuntimeError) as error:
+                got = (type(error), str(error))
+            assert got == expected, dest
+
+
+def test_json_bytes_are_json_dumps_bytes_whatever_the_value() -> None:
+    """The app's files hold ``json.dumps(indent=2, sort_keys=True, ensure_ascii=False)``
+    plus a newline; `json_bytes` builds it without the standard library's pure-Python
+    indenting encoder (perf-server59) and must give the same bytes, or the same error."""
+    deep: list[object] = []
+    for _ in range(40):
+        deep = [{"k": deep}]  # 80 deep: json.dumps writes it
+    cycle: dict[str, object] = {}
+    cycle["self"] = cycle
+    values: list[object] = [
+        {"id": "s_1", "title": "t", "metadata": {}, "files": [], "created_at": "2026"},
+        {"b": [1, 2.5, -0.0, True, False, None, "x"], "a": {"z": {}, "y": [[]], "é": "ü"}},
+        {"ctl": "\x00\x1f\n\t\"\\/\u2028\x7f", "": "", " ": 1e300, "n": 10**40},
+        [float("nan"), float("inf"), float("-inf"), 1e-7, 123456789.125],
+        {"tuple": (1, 2)}, {1: "int key"}, {"nested": {True: 1, False: 2, 3.5: 3}}, deep,
+        "plain", 7, None, [], {}, {"s": "a" * 1000},
+    ]  # fmt: skip
+
+    def with_json_dumps(value: object) -> bytes:
+        return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    for value in values:
+        assert json_bytes(value) == with_json_dumps(value), value
+    unwritable_values = (
+        cycle,
+        {"a": object()},
+        {"x": 1, 2: "mixed"},
+        {"s": "\ud800"},
+        {None: 1, True: 2},
+    )
+    for unwritable in unwritable_values:
+        with pytest.raises((ValueError, TypeError)) as expected:
+            with_json_dumps(unwritable)
+        with pytest.raises(expected.type, match=re.escape(str(expected.value))):
+            json_bytes(unwritable)
 
 
 def _counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
