@@ -34,7 +34,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
@@ -60,7 +60,7 @@ from app.errors import (
     noting_odd,
     shell_word,
 )
-from app.records import Record
+from app.records import Record, dataclass
 
 if TYPE_CHECKING:
     # Imported where used: the remote backend's modules come after this one (and

@@ -42,7 +42,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -80,6 +79,7 @@ from app.lock import (
 )
 from app.mountinfo import shown_and_hidden_from, shown_and_upper, unescape, upper_in_fact
 from app.names import MAX_NAME_BYTES
+from app.records import dataclass
 from app.sandbox import (
     check_given_profile,
     check_root,

@@ -44,7 +44,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +60,7 @@ from app.errors import (
     shell_word,
 )
 from app.mountinfo import unescape
+from app.records import dataclass
 from app.sandbox import check_given_profile, check_root, command_line, identity
 
 if TYPE_CHECKING:

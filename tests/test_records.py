@@ -1,17 +1,23 @@
 """`app.records.Record` makes the class `typing.NamedTuple` makes, without compiling each
 field's annotation at import (bench/README.md, "Records without their annotations
-compiled")."""
+compiled"); `app.records.dataclass` the class `dataclasses.dataclass` makes, its methods
+written when first used (bench/README.md, "perf-startup59")."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
 import pickle
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from app import cli, config, config_files, sandbox
+from app import cli, config, config_files, records, sandbox
 from app.records import Record
 from app.testing import guard, writes
 
@@ -93,3 +99,84 @@ def test_every_record_of_the_app_resolves_its_annotations() -> None:
     for record in records:
         assert issubclass(record, tuple) and record._fields, record
         assert set(typing.get_type_hints(record)) == set(record._fields), record
+
+
+def _twins(**params: bool) -> tuple[type, type]:
+    """The same class made by `dataclasses.dataclass` and by `app.records.dataclass`."""
+    made = []
+    for decorator in (dataclasses.dataclass, records.dataclass):
+
+        class Point:
+            x: int
+            label: str = "p"
+            seen: list[int] = dataclasses.field(
+                default_factory=list, compare=False, repr=False, hash=False
+            )
+            weight: int = dataclasses.field(default=1, kw_only=True)
+
+        made.append(decorator(**params)(Point))
+    return made[0], made[1]
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"frozen": True}, {"frozen": True, "slots": True}, {"slots": True}]
+)
+def test_a_dataclass_is_the_one_dataclasses_makes(params: dict[str, bool]) -> None:
+    standard, later = _twins(**params)
+    frozen = params.get("frozen", False)
+    # Looked at before any method is used: a refusal to set a field of an instance made
+    # without its constructor, the signature, the fields and the parameters.
+    if frozen:
+        with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'x'"):
+            object.__new__(later).x = 1
+    assert str(inspect.signature(later)) == str(inspect.signature(standard))
+    assert [f.name for f in dataclasses.fields(later)] == ["x", "label", "seen", "weight"]
+    for name in ("init", "repr", "eq", "order", "unsafe_hash", "frozen"):
+        assert getattr(later.__dataclass_params__, name) == getattr(
+            standard.__dataclass_params__, name
+        )
+    one, two = later(1), later(1, "p", [3], weight=1)
+    assert one.seen is not two.seen  # each its own default
+    assert repr(one) == repr(standard(1)) == "_twins.<locals>.Point(x=1, label='p', weight=1)"
+    assert one == two and one != later(2) and one != standard(1)
+    assert one.__eq__(object()) is NotImplemented
+    if frozen:
+        assert hash(one) == hash(two) == hash(standard(1))
+        for change in (lambda: setattr(one, "x", 2), lambda: delattr(one, "x")):
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                change()
+    else:
+        assert later.__hash__ is None
+        one.x = 2
+        assert one != two
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'x'"):
+        later()
+    assert copy.copy(two) == two  # through __reduce_ex__, as pickle: __setstate__ with slots
+    assert copy.deepcopy(two) == two == dataclasses.replace(two)
+
+
+def test_a_dataclass_refuses_what_it_cannot_defer() -> None:
+    for params in ({"order": True}, {"unsafe_hash": True}, {"init": False}):
+        with pytest.raises(TypeError, match="takes no"):
+            records.dataclass(**params)
+
+    class Later:
+        x: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="__post_init__"):
+        records.dataclass(Later)
+
+
+def test_the_app_s_dataclasses_write_their_methods_when_used() -> None:
+    # What `app config` and a test run's start-up import without using, in a process of
+    # their own (this one's tests may have used them).
+    code = (
+        "import app.config as c, app.testing.guard as g, app.lock as l, app.dataroot as d\n"
+        "print(sorted(n for k in (c.Config, g.GuardState, l.Probe, d.RootStatus)"
+        " for n in ('__init__', '__repr__', '__eq__') if callable(vars(k)[n])))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

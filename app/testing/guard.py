@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -29,7 +29,7 @@ from app.errors import (
     printable,
 )
 from app.lock import describe_holder
-from app.records import Record
+from app.records import Record, dataclass
 
 if TYPE_CHECKING:
     from types import FrameType

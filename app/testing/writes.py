@@ -111,6 +111,10 @@ class Target(Record):
 _RESOLVED: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "_RESOLVED", default=None
 )
+#: Within one `targets` call: each value's spellings against each base (`_spellings`).
+_SPELLED: contextvars.ContextVar[dict[tuple[str, Path], list[Path]] | None] = (
+    contextvars.ContextVar("_SPELLED", default=None)
+)
 
 
 @contextlib.contextmanager
@@ -121,11 +125,17 @@ def _directories_resolved_once() -> Iterator[None]:
     (the current one), and resolved each whole, a ``lstat`` of every component, twice: most
     of a check's cost, four to six checks a run (`bench/plugin_phases.py`). Not kept beyond
     the call: a test may plant a link between two checks.
+
+    Each value is spelled once a check too: most option and ini values are words (``auto``
+    under some twenty options, ``no``, ``all``), each read as a path in the current
+    directory, the same paths for every option that holds them.
     """
     token = _RESOLVED.set({})
+    spelled = _SPELLED.set({})
     try:
         yield
     finally:
+        _SPELLED.reset(spelled)
         _RESOLVED.reset(token)
 
 
@@ -156,6 +166,15 @@ def _system_path(text: str) -> Path:
 
 def _spellings(value: str, base: Path) -> list[Path]:
     """The path as pytest opens it (relative to `base`, `~` and `$VAR` as it reads them)."""
+    if (spelled := _SPELLED.get()) is None:
+        return _spelled(value, base)
+    if (found := spelled.get((value, base))) is None:
+        found = spelled[value, base] = _spelled(value, base)
+    return list(found)
+
+
+def _spelled(value: str, base: Path) -> list[Path]:
+    """`_spellings`, worked out."""
     found = []
     if "\0" in value:
         return []  # no path the system can open: pytest fails on it itself
