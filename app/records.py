@@ -25,7 +25,8 @@ the standard decorator's own, written at first use for a class of the same name,
 and parameters, so it behaves alike; ``dataclasses.fields``, ``replace`` and the class's
 ``__dataclass_params__`` are as the standard decorator leaves them. A frozen class's
 ``__setattr__`` and ``__delattr__`` are the standard decorator's, written with the class:
-they name the class itself (red team 59).
+they name the class itself; a class with a base other than ``object`` is the standard
+decorator's at once, whose constructor calls a base's ``__post_init__`` (red team 59).
 """
 
 from __future__ import annotations
@@ -130,6 +131,12 @@ else:
             raise TypeError("app.records.dataclass takes no init, unsafe_hash or order")
 
         def wrap(cls: type) -> type:
+            if cls.__bases__ != (object,):
+                # What a base gives (a __post_init__ the constructor calls, its InitVars, a
+                # frozen or not base's checks) is not in the class written at first use,
+                # of this class's own namespace: a constructor written so skipped a base's
+                # __post_init__ (red team 59). The standard decorator, at once.
+                return dataclasses.dataclass(cls, **params)
             own = vars(cls)
             if "__post_init__" in own or any(
                 "InitVar" in str(a) for a in own.get("__annotations__", {}).values()

@@ -28,6 +28,9 @@ frozen subclass decorated by it was refused ("cannot inherit non-frozen dataclas
 frozen one"), a frozen one over a class that is not frozen was allowed, and a frozen class
 with its own ``__eq__`` was left unhashable. `app.records.dataclass` now hands ``frozen``
 to the standard decorator as given: those two short methods are written with the class.
+And the constructor, written at first use for a class of the class's own namespace without
+its bases, skipped a base's ``__post_init__`` (a validation of the values): a class with a
+base is now made by the standard decorator at once.
 """
 
 from __future__ import annotations
@@ -137,6 +140,30 @@ def test_a_subclass_of_a_frozen_record_is_decorated_as_by_the_standard_decorator
             return isinstance(other, OwnEq) and self.a == other.a
 
     assert hash(OwnEq(1)) == hash(OwnEq(1))  # the standard decorator hashes the fields
+
+
+class _Checked:
+    """A base whose ``__post_init__`` refuses a value, as a record's validation may."""
+
+    a: int
+
+    def __post_init__(self) -> None:
+        if self.a < 0:
+            raise ValueError(f"a must be 0 or more, not {self.a}")
+
+
+@pytest.mark.parametrize("decorator", [records.dataclass, dataclasses.dataclass])
+def test_a_bases_post_init_runs_as_the_standard_decorator_runs_it(decorator: Any) -> None:
+    """Broke: the constructor, written at first use for a class without the bases, skipped
+    a base's ``__post_init__`` (its validation) and let the value through."""
+
+    @decorator(frozen=True)
+    class Record(_Checked):
+        a: int
+
+    with pytest.raises(ValueError, match="a must be 0 or more, not -1"):
+        Record(-1)
+    assert Record(1) == Record(1)
 
 
 def test_app_config_refuses_a_change_as_frozen_and_travels_between_processes(
