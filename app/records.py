@@ -32,6 +32,7 @@ decorator's at once, whose constructor calls a base's ``__post_init__`` (red tea
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import typing
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,15 @@ else:
     }
     _TOGETHER["__hash__"] = _TOGETHER["__eq__"]
     _WRITING = threading.Lock()  # records are made on several threads (a server's)
+
+    def _writing_anew() -> None:
+        """In a fork's child, a lock of its own: the fork of a process where another thread
+        was writing a method copied the lock held, and the child's first use of a record
+        waited for it for ever (red team 59)."""
+        global _WRITING  # noqa: PLW0603 - the one lock, made anew in a child
+        _WRITING = threading.Lock()
+
+    os.register_at_fork(after_in_child=_writing_anew)
 
     class _WrittenWhenUsed:
         """In a class's namespace in place of a method the decorator would write: the first
