@@ -463,7 +463,8 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     try:
         raw = path.read_bytes()
     except PermissionError:
-        raise SettingsUnreadableError(path, _this_user()) from None
+        # A link's target, named: `ls -ld` of the link shows a link's mode (red team 59).
+        raise _unreadable(path, path) from None
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
         if (not_utf8 := _not_utf8(path, raw)) is not None:

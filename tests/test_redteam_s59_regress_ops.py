@@ -12,8 +12,10 @@ What broke:
   directory failed so before any settings were looked at. Every settings name is now
   ``stat``ed by one function: a name this process may not ``stat`` is
   ``settings_unreadable`` (78), naming where its link leads; a local file under pytest is
-  left alone whatever its target; and a link whose target is only unreadable is never told
-  to be removed (its ``rm`` would have removed the service's own secrets link);
+  left alone whatever its target; a link whose target is only unreadable is never told
+  to be removed (its ``rm`` would have removed the service's own secrets link); a link to a
+  file this user may not read names that file, not the link (whose ``ls -ld`` shows a
+  link's mode);
 - a directory at a settings file's name that is not empty or is a mount point (a Kubernetes
   secret volume mounted at ``.secrets.toml`` without ``subPath``: a directory of ``..data``
   links holding ``.secrets.toml`` itself; a Docker bind mount whose missing source Docker made
@@ -72,9 +74,22 @@ def test_a_settings_name_linked_where_this_user_may_not_look_is_said_so(
     prefix = _as_a_user_kept_out(private)
     env = app_env(tmp_path / "root", APP_SETTINGS_DIR=str(settings), APP_SETTINGS=str(private))
     script = (
-        "import sys; from app.config_files import read_files; "
-        "print(read_files({'APP_SETTINGS_DIR': sys.argv[1]}, sandboxed=True).paths)"
+        "import sys; from app.config_files import read_files; from app.errors import AppError\n"
+        "print(read_files({'APP_SETTINGS_DIR': sys.argv[1]}, sandboxed=True).paths)\n"
+        "try: read_files({'APP_SETTINGS_DIR': sys.argv[2]}, sandboxed=True)\n"
+        "except AppError as error: print(error.code, error.message)"
     )
+    # Beside it, a settings directory whose secrets link leads to a file it may not read, in a
+    # directory it may search: named as the file, since `ls -ld` of the link shows a link.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(settings / "settings.toml", other / "settings.toml")
+    unreadable = tmp_path / "app.toml"
+    unreadable.write_bytes(kept)
+    unreadable.chmod(0)
+    if os.geteuid() == 0:
+        os.chown(unreadable, NOBODY, NOBODY)
+    (other / ".secrets.toml").symlink_to(unreadable)
     try:
         done = subprocess.run(
             [*prefix, sys.executable, "-m", "app", "config"],
@@ -95,12 +110,14 @@ def test_a_settings_name_linked_where_this_user_may_not_look_is_said_so(
         secrets.unlink()
         secrets.write_bytes(kept)
         done = subprocess.run(
-            [*prefix, sys.executable, "-c", script, str(settings)],
+            [*prefix, sys.executable, "-c", script, str(settings), str(other)],
             env=env, capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert str(secrets) in done.stdout
-        assert str(local) not in done.stdout
+        loaded, said = done.stdout.splitlines()
+        assert str(secrets) in loaded
+        assert str(local) not in loaded
+        assert said.startswith(f"settings_unreadable cannot read the settings at {unreadable}:")
     finally:
         private.chmod(0o700)
         local.unlink()
