@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import copy
 import errno
+import itertools
 import os
 import re
 import shlex
@@ -307,9 +308,15 @@ def _directory_remedy(path: Path) -> str:
         held = []
     if not held:
         return f"Put the settings file there, or remove it (`rmdir {quoted}`) if none belongs"
-    aside = shlex.quote(f"{path}.dir")
+    # A name nothing holds: `mv` into an existing directory would move it inside that one.
+    free = next(
+        f"{path.name}.dir{n or ''}"
+        for n in itertools.count()
+        if not os.path.lexists(path.with_name(f"{path.name}.dir{n or ''}"))
+    )
+    aside = shlex.quote(str(path.with_name(free)))
     if path.name in held:  # a volume's copy, `.secrets.toml/.secrets.toml`
-        inner = shlex.quote(f"{path.name}.dir/{path.name}")
+        inner = shlex.quote(f"{free}/{path.name}")
         return (
             f"It holds {path.name} itself: move the directory aside and link the file in it "
             f"(`mv {quoted} {aside} && ln -s {inner} {quoted}`), nothing deleted"

@@ -156,20 +156,21 @@ def test_a_directory_at_a_settings_name_is_told_what_resolves_it_as_written(
         subprocess.run(["sh", "-c", command], check=True)  # as written
         loaded = read_files({"APP_SETTINGS_DIR": str(settings)}, sandboxed=True)
         assert "api_token" in loaded.data[secrets]["testing"]  # through the volume's links
-        # A directory holding other files: set aside, nothing deleted.
+        # A directory holding other files: set aside, nothing deleted, under a name nothing
+        # holds (`mv` to the first one's name would move it inside it).
         secrets.unlink()
         secrets.mkdir()
         (secrets / "notes.txt").write_text("kept")
-        shutil.rmtree(aside)
         command = _remedy(settings)
-        assert command == f"mv {secrets} {aside}", command
+        assert command == f"mv {secrets} {aside}1", command
         subprocess.run(["sh", "-c", command], check=True)
-        assert (aside / "notes.txt").read_text() == "kept"
+        assert (settings / ".secrets.toml.dir1" / "notes.txt").read_text() == "kept"
         assert read_files({"APP_SETTINGS_DIR": str(settings)}, sandboxed=True).profiles
     finally:
         if secrets.is_symlink() or secrets.is_file():
             secrets.unlink()
         elif secrets.is_dir():
             shutil.rmtree(secrets)
-        shutil.rmtree(aside, ignore_errors=True)
+        for name in (aside, settings / ".secrets.toml.dir1"):
+            shutil.rmtree(name, ignore_errors=True)
         secrets.write_bytes(kept)
