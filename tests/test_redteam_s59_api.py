@@ -22,6 +22,9 @@ What broke, and what changed:
   id; one without ``created_at`` is refused as damage (``session_unreadable``, and the listing
   names it in ``left_out``); a list of files not yet migrated is shown entry by entry as a
   record is;
+- ``app data check`` said of such a record only "cannot be read ... put the record back from a
+  backup"; it now names what is not the app's (the size, the SHA-256, the name's form) and,
+  for a name in NFD, the name to rename it to;
 - every route may answer 500 with a documented code (``session_unreadable``,
   ``file_record_unreadable``, ``file_damaged``, ``internal_error``): the document listed no 500
   anywhere; it now does, in the problem shape.
@@ -40,6 +43,8 @@ import httpx
 import pytest
 from redteam_s19_http import one_server
 
+from app.config import Config
+from app.storage import open_storage
 from app.testing import LiveServer
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs", reason="jsonschema-rs (the dev extras)")
@@ -224,3 +229,34 @@ def test_every_operation_documents_its_500_in_the_problem_shape(
             assert fault["content"]["application/problem+json"]["schema"] == {
                 "$ref": "#/components/schemas/Problem"
             }
+
+
+def test_app_data_check_names_what_is_not_the_apps_and_keeps_the_bytes(
+    app_config: Config,
+) -> None:
+    with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
+        session_id = store.create_session("check")["id"]
+        store.put_file(session_id, "a.txt", b"aaa")
+        store.put_file(session_id, "b.txt", b"bbb")
+    records = app_config.data_root / "sessions" / session_id / "records"
+    record = json.loads((records / "a.txt").read_text())
+    (records / "a.txt").write_text(json.dumps({**record, "size": "3"}))
+    nfd = unicodedata.normalize("NFD", "café.txt")
+    record = json.loads((records / "b.txt").read_text())
+    (records / "b.txt").rename(records / nfd)
+    (records / nfd).write_text(json.dumps({**record, "name": nfd}))
+    blobs = sorted((records.parent / "blobs").iterdir())
+    with open_storage(app_config, writer=True, kind="tests", wanted="repair it") as store:
+        assert store.list_files(session_id) == []
+        report = store.check(repair=True)
+    found = {
+        Path(f.target).name: (f.problem, f.detail, f.repair)
+        for f in report.findings
+        if f.problem == "unknown-entry"
+    }
+    # Before: both listed, and `check` clean (a size as text was never compared).
+    assert "its size is '3', not a whole number of bytes" in found["a.txt"][1]
+    assert "put the record back from a backup" in found["a.txt"][2]
+    assert "its name is not in NFC" in found[nfd][1]
+    assert "rename the record to 'café.txt'" in found[nfd][2]
+    assert sorted((records.parent / "blobs").iterdir()) == blobs  # kept, for a human

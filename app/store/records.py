@@ -69,6 +69,7 @@ __all__ = [
     "refuse_linked_dirs",
     "scan_records",
     "scan_records_linked",
+    "shape_damage",
     "upload_order",
 ]
 
@@ -219,6 +220,45 @@ def public(record: Mapping[str, Any]) -> FileEntry:
         "sha256": record.get("sha256"),
         "uploaded_at": uploaded_at if isinstance(uploaded_at, str) else None,
     }
+
+
+def shape_damage(path: Path) -> tuple[str, str] | None:
+    """Why the record at ``path``, a JSON object naming its file and a blob, is not of the
+    app's shape (`_of_our_shape`), and what resolves it; ``None`` where it is torn, is no
+    record at all, or is the app's (`app data check` says "cannot be read" of those)."""
+    try:
+        fd = open_regular(str(path), os.O_RDONLY)  # never through a link, as a read of it
+        try:
+            raw = os.read(fd, _MAX_RECORD_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+        record = json_loads(raw)
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("name") != path.name
+        or not isinstance(record.get("blob"), str)
+        or not ID_RE.fullmatch(record["blob"])
+        or _of_our_shape(record)
+    ):
+        return None
+    backup = "put the record back from a backup (a tool or an edit wrote it)"
+    size, sha256, name = record.get("size"), record.get("sha256"), path.name
+    if isinstance(size, bool) or not isinstance(size, int | float) or size < 0 or size % 1:
+        return f"its size is {size!r}, not a whole number of bytes", backup
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256)):
+        return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
+    if _CONTROL.search(name):
+        return "its name holds a control character, which no request can name", backup
+    nfc = unicodedata.normalize("NFC", name)
+    return (
+        f"its name is not in NFC, the form every request's name is taken in ({nfc!r})",
+        (
+            f"with no server on the root, rename the record to {nfc!r} and set its name so, if "
+            "no file has that name"
+        ),
+    )
 
 
 def listed_entries(listed: list[Any]) -> list[FileEntry]:
