@@ -234,14 +234,14 @@ def test_every_operation_documents_its_500_in_the_problem_shape(
 def test_app_data_check_names_what_is_not_the_apps_and_keeps_the_bytes(
     app_config: Config,
 ) -> None:
+    nfd = unicodedata.normalize("NFD", "café.txt")
     with open_storage(app_config, writer=True, kind="tests", wanted="fill it") as store:
         session_id = store.create_session("check")["id"]
-        store.put_file(session_id, "a.txt", b"aaa")
-        store.put_file(session_id, "b.txt", b"bbb")
+        for name in ("a.txt", "b.txt"):
+            store.put_file(session_id, name, name.encode())
     records = app_config.data_root / "sessions" / session_id / "records"
     record = json.loads((records / "a.txt").read_text())
-    (records / "a.txt").write_text(json.dumps({**record, "size": "3"}))
-    nfd = unicodedata.normalize("NFD", "café.txt")
+    (records / "a.txt").write_text(json.dumps({**record, "size": "5"}))
     record = json.loads((records / "b.txt").read_text())
     (records / "b.txt").rename(records / nfd)
     (records / nfd).write_text(json.dumps({**record, "name": nfd}))
@@ -255,7 +255,7 @@ def test_app_data_check_names_what_is_not_the_apps_and_keeps_the_bytes(
         if f.problem == "unknown-entry"
     }
     # Before: both listed, and `check` clean (a size as text was never compared).
-    assert "its size is '3', not a whole number of bytes" in found["a.txt"][1]
+    assert "its size is '5', not a whole number of bytes" in found["a.txt"][1]
     assert "put the record back from a backup" in found["a.txt"][2]
     assert "its name is not in NFC" in found[nfd][1]
     assert "rename the record to 'café.txt'" in found[nfd][2]
