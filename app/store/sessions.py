@@ -70,6 +70,7 @@ from app.store.records import (
     change_floor,
     date_records,
     ensure_dir,
+    listed_entries,
     load_record,
     public,
     read_meta,
@@ -314,8 +315,9 @@ class Sessions:
         # String paths, not pathlib: a page of 100 sessions built 300 Path objects, a third
         # of its cost.
         session = self.meta.read(directory, session_id)
-        if isinstance(session.get(LEGACY_FILES_KEY), list):
-            return cast(SessionRecord, session)  # not migrated yet (a writer's check does)
+        if isinstance(listed := session.get(LEGACY_FILES_KEY), list):
+            # Not migrated yet (a writer's check does).
+            return cast(SessionRecord, {**session, LEGACY_FILES_KEY: listed_entries(listed)})
         records = self._records(directory, session_id)
         # A delete moves the whole directory in one rename: one that came between session.json
         # and records/ made the records read as none, and the session was answered (listed,
@@ -330,7 +332,7 @@ class Sessions:
         # listing (TypeError, a 500), one of another form (a week date, `str(datetime)`'s)
         # or past `LATEST_FLOOR` (damage: the year 9999) was the session's `updated_at` for
         # good, and no later change moved it (red team 58).
-        times = [session.get("updated_at") or ""]
+        times = [session.get("updated_at") or session["created_at"]]
         if (newest := change_floor(records)) is not None:
             times.append(_iso(newest.astimezone(UTC)))
         with contextlib.suppress(OSError):
@@ -519,7 +521,10 @@ class Sessions:
                 )  # fmt: skip
                 record = None
             if record is None:
-                record = {**public(old), "name": name, "blob": new_session_id()}
+                # The list's own fields as written (`public` would show a number of
+                # seconds in `uploaded_at` as null, and the migration would lose it).
+                fields = {k: old.get(k) for k in ("size", "sha256", "uploaded_at")}
+                record = cast(FileRecord, {**fields, "name": name, "blob": new_session_id()})
                 self.root.atomic_write_json(record_path, record)
             if not (blobs / record["blob"]).exists() and source.is_file():
                 source.rename(blobs / record["blob"])
