@@ -76,6 +76,7 @@ from app.store.records import (
     public,
     read_meta,
     record_blob,
+    shape_damage,
 )
 from app.store.trash import EMPTYING_PREFIX, MISSING_MANIFEST, TRASH_NAME_RE
 
@@ -957,12 +958,18 @@ class Checker:
             record = load_record(path)
             if record is None:
                 unreadable.append(path.name)
+                shape = shape_damage(path)
                 self.unrepaired(
                     "unknown-entry",
                     path,
                     "a file record that cannot be read (not a record of the app's shape: "
-                    "damage from outside the app); the file is not listed",
-                    "nothing: left for a human (put the record back from a backup)",
+                    "damage from outside the app); the file is not listed"
+                    if shape is None
+                    else f"a file record of another shape than the app writes ({shape[0]}: "
+                    "damage from outside the app); the file is not listed, and requests for "
+                    "its name are refused",
+                    "nothing: left for a human "
+                    f"({'put the record back from a backup' if shape is None else shape[1]})",
                 )
                 continue
             blob = blobs_dir / record["blob"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import copy
 import errno
+import itertools
 import os
 import re
 import shlex
@@ -64,6 +65,8 @@ def _holds_settings(value: str) -> bool:
     try:
         return bool(value.strip()) and (Path(value).expanduser() / SETTINGS_FILE).is_file()
     except RuntimeError:  # `~user` of a user this system lacks
+        return False
+    except OSError:  # a directory this user may not search: not known to hold them (red team 59)
         return False
 
 
@@ -157,7 +160,7 @@ def settings_dir(environ: Mapping[str, str] | None = None) -> Path:
     try:
         found = (where / SETTINGS_FILE).is_file()
     except PermissionError:
-        raise SettingsUnreadableError(where, _this_user()) from None
+        raise _unreadable(where / SETTINGS_FILE, where) from None
     if not found:
         _refuse_not_a_file(where / SETTINGS_FILE)
         if where.is_file():  # APP_SETTINGS_DIR=/opt/app/settings.toml: the file, not its directory
@@ -199,6 +202,44 @@ def resolved_elsewhere(path: str) -> tuple[str, str] | None:
     return here, resolved
 
 
+def _settings_file(path: Path, *, read: bool = True) -> bool:
+    """Whether a settings file's name is a regular file (its links followed), refusing one
+    that is there but is none (:func:`_refuse_not_a_file`) or that this process may not
+    ``stat`` (``settings_unreadable``, naming where the link leads). With ``read=False`` (a
+    local file under pytest, never read) nothing is refused: only whether it is one.
+
+    ``Path.is_file()`` raised ``PermissionError`` for a name linked into a directory this
+    user may not search (``.secrets.toml -> /run/secrets/app.toml``, ``/run/secrets`` 0700
+    root): every command said "the data root's filesystem refused it ... `lsattr -R` on the
+    data root", of a data root never opened, and a run under pytest failed on a local file
+    it never reads (red team 59).
+    """
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except PermissionError:
+        if not read:
+            return False
+        raise _unreadable(path, path) from None
+    except OSError:  # missing, a dangling link, a loop: said by the refusal below
+        regular = False
+    if not regular and read:
+        _refuse_not_a_file(path)
+    return regular
+
+
+def _unreadable(path: Path, default: Path) -> SettingsUnreadableError:
+    """`path` this process may not ``stat``: named where its link leads, the file it may not
+    reach (its own name reads fine), else as `default`."""
+    try:
+        linked = stat.S_ISLNK(path.lstat().st_mode)
+    except OSError:
+        linked = False
+    return SettingsUnreadableError(
+        Path(os.path.realpath(path)) if linked else default,
+        _this_user(),
+    )
+
+
 def _refuse_not_a_file(path: Path) -> None:
     """Refuse a settings file's name that is there but is no regular file (red team 59).
 
@@ -218,6 +259,10 @@ def _refuse_not_a_file(path: Path) -> None:
         target = path.readlink()
         try:
             mode = path.stat().st_mode
+        except PermissionError:
+            # Its target may be there for another user: "remove the link" would remove
+            # the secrets file's own link of the service that may read it.
+            raise _unreadable(path, path) from None
         except OSError as error:
             reason = "which does not exist" if error.errno == errno.ENOENT else error.strerror
             raise SettingsNotAFileError(
@@ -231,11 +276,55 @@ def _refuse_not_a_file(path: Path) -> None:
             return
         what = f"a symbolic link to {target}, which is {_kind(mode)}"
         remedy = f"Point the link at the settings file, or remove it (`rm {quoted}`)"
+    elif stat.S_ISDIR(mode):
+        what, remedy = "a directory", _directory_remedy(path)
     else:
         what = _kind(mode)
-        remove = f"rmdir {quoted}" if stat.S_ISDIR(mode) else f"rm {quoted}"
-        remedy = f"Put the settings file there, or remove it (`{remove}`) if none belongs"
+        remedy = f"Put the settings file there, or remove it (`rm {quoted}`) if none belongs"
     raise SettingsNotAFileError(path, what, f"{remedy}, then run `app doctor`")
+
+
+def _directory_remedy(path: Path) -> str:
+    """What resolves a directory at a settings file's name, as written: ``rmdir`` only where
+    it is empty and no mount point (red team 59).
+
+    A volume mounted at the file's own name (a Kubernetes secret volume without ``subPath``,
+    whose files are ``..data`` links; a Docker bind mount whose missing source Docker made
+    an empty directory) or a directory holding files was told ``rmdir``, which refuses both
+    ("Device or resource busy", "Directory not empty").
+    """
+    quoted = shlex.quote(str(path))
+    if os.path.ismount(path):
+        return (
+            "It is a mount point: a volume mounted at the file's own name (a Kubernetes "
+            "secret or ConfigMap volume mounted there without `subPath`; a Docker bind mount "
+            "whose source was missing, which Docker makes an empty directory). Mount the file "
+            f"itself there (Kubernetes: `subPath: {path.name}`; Docker: a source that is a "
+            "file), or mount the volume on another directory and link the file from it"
+        )
+    try:
+        held = sorted(os.listdir(path))  # noqa: PTH208 - names only
+    except OSError:
+        held = []
+    if not held:
+        return f"Put the settings file there, or remove it (`rmdir {quoted}`) if none belongs"
+    # A name nothing holds: `mv` into an existing directory would move it inside that one.
+    free = next(
+        f"{path.name}.dir{n or ''}"
+        for n in itertools.count()
+        if not os.path.lexists(path.with_name(f"{path.name}.dir{n or ''}"))
+    )
+    aside = shlex.quote(str(path.with_name(free)))
+    if path.name in held:  # a volume's copy, `.secrets.toml/.secrets.toml`
+        inner = shlex.quote(f"{free}/{path.name}")
+        return (
+            f"It holds {path.name} itself: move the directory aside and link the file in it "
+            f"(`mv {quoted} {aside} && ln -s {inner} {quoted}`), nothing deleted"
+        )
+    return (
+        f"It holds {len(held)} entries, which `rmdir` refuses: move it aside (`mv {quoted} "
+        f"{aside}`), nothing deleted, and put the settings file there if one belongs"
+    )
 
 
 def _kind(mode: int) -> str:
@@ -381,7 +470,8 @@ def _read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
     try:
         raw = path.read_bytes()
     except PermissionError:
-        raise SettingsUnreadableError(path, _this_user()) from None
+        # A link's target, named: `ls -ld` of the link shows a link's mode (red team 59).
+        raise _unreadable(path, path) from None
     parsed = _TOML_MEMO.get(raw)
     if parsed is None:
         if (not_utf8 := _not_utf8(path, raw)) is not None:
@@ -470,12 +560,12 @@ def read_files(environ: Mapping[str, str], sandboxed: bool) -> Files:
     directory = settings_dir(environ)
     settings = directory / SETTINGS_FILE
     candidates = (settings, directory / LOCAL_FILES[0], directory / SECRETS_FILE)
-    present = []
-    for path in (*candidates, directory / LOCAL_FILES[1]):
-        if path.is_file():
-            present.append(path)
-        elif not (sandboxed and path.name in LOCAL_FILES):  # a sandbox reads no local file
-            _refuse_not_a_file(path)
+    present = [
+        path
+        for path in (*candidates, directory / LOCAL_FILES[1])
+        # A sandbox reads no local file, whatever is at its name.
+        if _settings_file(path, read=not (sandboxed and path.name in LOCAL_FILES))
+    ]
     skipped = tuple(p for p in present if p.name in LOCAL_FILES) if sandboxed else ()
     paths = tuple(p for p in present if p not in skipped)
     raw: dict[Path, bytes] = {}

@@ -367,7 +367,7 @@ def crash_leftovers(config: Any) -> dict[str, Any]:
     staging.mkdir()
     (staging / "session.json").write_text("{}")
     (root / "sessions" / sid / "blobs" / new_session_id()).write_bytes(b"never acknowledged")
-    ghost = {"name": "ghost", "size": 1, "sha256": "", "uploaded_at": "", "blob": "0" * 32}
+    ghost = {"name": "ghost", "size": 1, "sha256": "0" * 64, "uploaded_at": "", "blob": "0" * 32}
     (root / "sessions" / sid / "records" / "ghost").write_text(json.dumps(ghost))
     return {"sid": sid, "gone": gone, "replaced": replaced.name, "deleted": deleted.name}
 

@@ -612,7 +612,7 @@ def test_a_record_switched_in_as_a_change_looks_is_never_taken_for_a_damaged_one
     path = tmp_path / "a.txt"
     source = tmp_path / ".record"
     blob = "01a246e1e42a7358aa3397434a0cb84f"
-    source.write_text(json.dumps({"name": "a.txt", "blob": blob, "size": 1, "sha256": "0"}))
+    source.write_text(json.dumps({"name": "a.txt", "blob": blob, "size": 1, "sha256": "0" * 64}))
     stop = threading.Event()
 
     def switch_in_and_delete() -> None:  # as commits and deletes do it: a rename, an unlink

@@ -104,7 +104,9 @@ class FileEntry(BaseModel):
     name: str
     size: int = Field(ge=0)
     sha256: str | None = Field(description="Hex SHA-256 of the bytes (null if unknown).")
-    uploaded_at: str | None
+    uploaded_at: str | None = Field(
+        description="When this version was switched in (UTC, ISO 8601); null if unknown."
+    )
 
 
 class Session(BaseModel):

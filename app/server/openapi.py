@@ -75,6 +75,19 @@ STORAGE: Final = (503, 507)
 # What the server answers on any route, before routing: the request's head was too slow or
 # too large (app.server.protocol).
 _EVERY_REQUEST: Final = (408, 431)
+# What any route may answer where the data root holds what the app did not write, or the
+# server fails: listed in the HTTP reference's table, and missing from this document, so that
+# a 500 of a documented code was an undocumented status to a client generated from it (red
+# team 59 on the HTTP contract).
+_SERVER_FAULT: Final = (
+    "The data root holds what the app did not write, or the server failed: a session whose "
+    "`session.json` or `records/` was damaged outside the app (`session_unreadable`), a file "
+    "whose record cannot be read (`file_record_unreadable`) or whose bytes are not the ones "
+    "acknowledged (`file_damaged`), a `POST /trash/empty` stopped partway "
+    "(`stopped_partway`); each names what resolves it, and nothing was changed but what it "
+    "says. Any other fault is `internal_error`, with the details in the server's log, and "
+    "the connection is closed."
+)
 _RETRY_AFTER: Final = {
     "Retry-After": {
         "description": "Seconds to wait before retrying (`too_many_uploads`, "
@@ -177,6 +190,7 @@ def openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 responses = operation.setdefault("responses", {})
                 for status in _EVERY_REQUEST:
                     responses.setdefault(str(status), {"description": _ERRORS[status]})
+                responses.setdefault("500", {"description": _SERVER_FAULT})
                 busy = responses.setdefault("503", {"description": ""})
                 busy["description"] = f"{busy['description']} {_OUT_OF_FILES}".strip()
                 busy.setdefault("headers", {}).update(_RETRY_AFTER)

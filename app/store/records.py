@@ -21,6 +21,7 @@ import re
 import stat
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,7 @@ __all__ = [
     "change_floor",
     "date_records",
     "ensure_dir",
+    "listed_entries",
     "load_record",
     "open_regular",
     "public",
@@ -67,6 +69,7 @@ __all__ = [
     "refuse_linked_dirs",
     "scan_records",
     "scan_records_linked",
+    "shape_damage",
     "upload_order",
 ]
 
@@ -202,8 +205,72 @@ class TrashManifest(TypedDict):
 
 
 def public(record: Mapping[str, Any]) -> FileEntry:
-    """A file's entry as the API shows it: the record without its blob name."""
-    return cast(FileEntry, {k: record.get(k) for k in ("name", "size", "sha256", "uploaded_at")})
+    """A file's entry as the API shows it: the record without its blob name, each field of
+    the type the document states (`app.server.models.FileEntry`).
+
+    A record is of the app's shape (`_of_our_shape`) but for its ``uploaded_at``, which no
+    check of the bytes reads: one that is not text (a number of seconds, written by a tool
+    or a migration) is shown as null, "not known", where it was sent as it was against the
+    document's ``string | null`` (red team 59 on the HTTP contract).
+    """
+    size, uploaded_at = record.get("size"), record.get("uploaded_at")
+    return {
+        "name": record.get("name"),  # type: ignore[typeddict-item]
+        "size": int(size) if isinstance(size, float) and size.is_integer() else size,  # type: ignore[typeddict-item]
+        "sha256": record.get("sha256"),
+        "uploaded_at": uploaded_at if isinstance(uploaded_at, str) else None,
+    }
+
+
+def shape_damage(path: Path) -> tuple[str, str] | None:
+    """Why the record at ``path``, a JSON object naming its file and a blob, is not of the
+    app's shape (`_of_our_shape`), and what resolves it; ``None`` where it is torn, is no
+    record at all, or is the app's (`app data check` says "cannot be read" of those)."""
+    try:
+        fd = open_regular(str(path), os.O_RDONLY)  # never through a link, as a read of it
+        try:
+            raw = os.read(fd, _MAX_RECORD_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+        record = json_loads(raw)
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("name") != path.name
+        or not isinstance(record.get("blob"), str)
+        or not ID_RE.fullmatch(record["blob"])
+        or _of_our_shape(record)
+    ):
+        return None
+    backup = "put the record back from a backup (a tool or an edit wrote it)"
+    size, sha256, name = record.get("size"), record.get("sha256"), path.name
+    if isinstance(size, bool) or not isinstance(size, int | float) or size < 0 or size % 1:
+        return f"its size is {size!r}, not a whole number of bytes", backup
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256)):
+        return f"its sha256 is {str(sha256)[:80]!r}, not 64 lower-case hex digits", backup
+    if _CONTROL.search(name):
+        return "its name holds a control character, which no request can name", backup
+    nfc = unicodedata.normalize("NFC", name)
+    return (
+        f"its name is not in NFC, the form every request's name is taken in ({nfc!r})",
+        (
+            f"with no server on the root, rename the record to {nfc!r} and set its name so, if "
+            "no file has that name"
+        ),
+    )
+
+
+def listed_entries(listed: list[Any]) -> list[FileEntry]:
+    """A not yet migrated session's list of files (``session.json``'s ``files``, written
+    before records/ and blobs/) as the API shows it: each entry of the app's shape
+    (`_of_our_shape`), through `public`. Sent as it was, an entry a tool wrote (a size as
+    text, no ``sha256``) broke the document's schema (red team 59 on the HTTP contract)."""
+    return [
+        public(entry)
+        for entry in listed
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and _of_our_shape(entry)
+    ]
 
 
 def open_regular(path: str, flags: int) -> int:
@@ -290,9 +357,41 @@ def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
         or record.get("name") != name
         or not isinstance(record.get("blob"), str)
         or not ID_RE.fullmatch(record["blob"])
+        or not _of_our_shape(record)
     ):
         return None
-    return cast(FileRecord, record)  # what the code relies on, name and blob, is checked
+    return cast(FileRecord, record)  # what the code relies on, name, blob and types, checked
+
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}", re.ASCII)
+# A control character (Unicode's Cc), which no request can name (the server refuses it in
+# any path), nor any build of the app stored (`check_stored_name`).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _of_our_shape(record: Mapping[str, Any]) -> bool:
+    """Whether a record's fields are of the kinds the app writes, the ones a download checks
+    and the API shows: a size (a whole number, not negative), a SHA-256 (64 lower-case hex
+    digits, or null where a build before hashes had none), and a name a request can name.
+
+    A record written by a tool (``"size": "11"``, ``-1``, ``true``, ``"sha256": 7``), or a
+    name stored in another Unicode form than NFC (copied through macOS) or holding a control
+    character, was listed as it was: a page against the document's own schema (a string
+    where it says integer), a download a 500 ``internal_error`` (the ETag's digest of a
+    SHA-256 that is no hex) or a "damaged" refusal, and a listed name every request for
+    answered "no such file" or "invalid path" (red team 59 on the HTTP contract). Such a
+    record is none of the app's: left out of its session's files with a warning, refused by
+    name (`record_to_change`), reported by `app data check` (``unknown-entry``), with the
+    bytes it names kept.
+    """
+    size, sha256, name = record.get("size"), record.get("sha256"), record["name"]
+    if isinstance(size, bool) or not isinstance(size, int | float):
+        return False
+    if size < 0 or (isinstance(size, float) and not size.is_integer()):
+        return False
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256_HEX.fullmatch(sha256)):
+        return False
+    return _CONTROL.search(name) is None and unicodedata.is_normalized("NFC", name)
 
 
 def record_blob(path: Path) -> str | None:
@@ -406,6 +505,18 @@ def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
         # one's place, listed twice, and this one's own was hidden (red team 44).
         damage = f"names session {session['id']}, not this one (another session's file)"
         raise UnreadableSessionError(session_id=session_id, damage=damage)
+    # The fields the document says every session has: a session.json written by a tool or
+    # an earlier build without one (or with a null title) was answered without it, against
+    # the schema (red team 59 on the HTTP contract). The id is its directory's; no title and
+    # no metadata are what `POST /sessions` gives a session created without them. No time
+    # of its creation is known: that is damage, refused as the others are.
+    if not isinstance(session.get("created_at"), str):
+        damage = "has no 'created_at', which the app always writes"
+        raise UnreadableSessionError(session_id=session_id, damage=damage)
+    session["id"] = session_id
+    if session.get("title") is None:
+        session["title"] = ""
+    session.setdefault("metadata", {})
     return session
 
 

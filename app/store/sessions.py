@@ -70,6 +70,7 @@ from app.store.records import (
     change_floor,
     date_records,
     ensure_dir,
+    listed_entries,
     load_record,
     public,
     read_meta,
@@ -314,8 +315,9 @@ class Sessions:
         # String paths, not pathlib: a page of 100 sessions built 300 Path objects, a third
         # of its cost.
         session = self.meta.read(directory, session_id)
-        if isinstance(session.get(LEGACY_FILES_KEY), list):
-            return cast(SessionRecord, session)  # not migrated yet (a writer's check does)
+        if isinstance(listed := session.get(LEGACY_FILES_KEY), list):
+            # Not migrated yet (a writer's check does).
+            return cast(SessionRecord, {**session, LEGACY_FILES_KEY: listed_entries(listed)})
         records = self._records(directory, session_id)
         # A delete moves the whole directory in one rename: one that came between session.json
         # and records/ made the records read as none, and the session was answered (listed,
@@ -330,7 +332,7 @@ class Sessions:
         # listing (TypeError, a 500), one of another form (a week date, `str(datetime)`'s)
         # or past `LATEST_FLOOR` (damage: the year 9999) was the session's `updated_at` for
         # good, and no later change moved it (red team 58).
-        times = [session.get("updated_at") or ""]
+        times = [session.get("updated_at") or session["created_at"]]
         if (newest := change_floor(records)) is not None:
             times.append(_iso(newest.astimezone(UTC)))
         with contextlib.suppress(OSError):
@@ -519,7 +521,10 @@ class Sessions:
                 )  # fmt: skip
                 record = None
             if record is None:
-                record = {**public(old), "name": name, "blob": new_session_id()}
+                # The list's own fields as written (`public` would show a number of
+                # seconds in `uploaded_at` as null, and the migration would lose it).
+                fields = {k: old.get(k) for k in ("size", "sha256", "uploaded_at")}
+                record = cast(FileRecord, {**fields, "name": name, "blob": new_session_id()})
                 self.root.atomic_write_json(record_path, record)
             if not (blobs / record["blob"]).exists() and source.is_file():
                 source.rename(blobs / record["blob"])
@@ -792,7 +797,7 @@ class Sessions:
                     session_id, None, str(entry.path / TRASHED_SESSION), entry=entry.name
                 )
             source = entry.path / TRASHED_SESSION
-            self._date_restore(source, entry)
+            undo = self._date_restore(source, entry)
             # The answer is read before the move (the directory moves whole, its times
             # too): read after it, a failure (EMFILE) would report a restore that happened
             # as one that did not.
@@ -804,7 +809,11 @@ class Sessions:
                 unreadable = error
             prepared.open(self.path)
             prepared.open(self.trash.path)
-            source.rename(dest)
+            try:
+                source.rename(dest)
+            except OSError:
+                undo()  # the refusal says nothing was changed: the entry keeps its times
+                raise
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
@@ -812,7 +821,7 @@ class Sessions:
             self.trash.remove_restored(entry, prepared)
             return session, unreadable, entry
 
-    def _date_restore(self, source: Path, entry: TrashEntry) -> None:
+    def _date_restore(self, source: Path, entry: TrashEntry) -> Callable[[], None]:
         """Date the restore of the trashed session at ``source`` after its every change and
         its delete (``entry``'s time), by its ``records/``'s time, which its ``updated_at``
         counts (made, empty, for a session that never had a file); before the move, so the
@@ -820,15 +829,19 @@ class Sessions:
         session read as last changed before its delete, and a client that looks for the
         sessions changed since the newest ``updated_at`` it saw never saw it come back
         (red team 59). A session the app cannot read (damaged, or of the layout before
-        ``records/``) moves back as it is."""
+        ``records/``) moves back as it is.
+
+        Returns what puts the entry back as it was, for a move that then fails (EXDEV from
+        an overlay's lower layer, a full disk): the refusal says nothing was changed, and a
+        trashed session left dated later than its delete would read as changed after it."""
         try:
             if isinstance(
                 self.meta.read(os.fspath(source), entry.session_id).get(LEGACY_FILES_KEY), list
             ):
-                return
+                return _nothing
             session = self._read(os.fspath(source), entry.session_id)
         except (SessionNotFoundError, UnreadableSessionError):
-            return
+            return _nothing
         moment = datetime.now(UTC)
         with contextlib.suppress(TypeError, ValueError):
             newest = datetime.fromisoformat(session["updated_at"])
@@ -837,7 +850,22 @@ class Sessions:
                     moment = max(moment, earlier + timedelta(microseconds=1))
         # Before the move: a records/ that cannot be made (a full disk) refuses the restore
         # with nothing changed, rather than bring the session back undated.
+        records = source / RECORDS_DIR
+        try:
+            before = os.lstat(records)
+        except FileNotFoundError:
+            before = None
         date_records(ensure_dir(source, RECORDS_DIR), moment)
+
+        def undo() -> None:
+            with contextlib.suppress(OSError):  # best effort: the move's own error is raised
+                if before is None:
+                    records.rmdir()
+                else:
+                    times = (before.st_atime_ns, before.st_mtime_ns)
+                    os.utime(records, ns=times, follow_symlinks=False)
+
+        return undo
 
     def with_file(
         self, before: SessionRecord, directory: Path, record: FileRecord
@@ -909,6 +937,10 @@ def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
         "updated_at": now,
         "files": [],
     }
+
+
+def _nothing() -> None:
+    """What undoes a change not made."""
 
 
 def _raise(error: Exception) -> Callable[[_Staging], None]:
