@@ -15,22 +15,24 @@ field's annotation as ``object`` to check; the class then keeps the annotations 
 the strings ``from __future__ import annotations`` made, which `typing.get_type_hints`
 resolves as it does any other class's. A type checker reads `Record` as `typing.NamedTuple`.
 
-`dataclass`: `dataclasses.dataclass` that writes each method (``__init__``, with a frozen
-class's ``__setattr__`` and ``__delattr__``; ``__repr__``; ``__eq__`` with ``__hash__``) when
+`dataclass`: `dataclasses.dataclass` that writes each method (``__init__``; ``__repr__``;
+``__eq__`` with ``__hash__``) when
 it is first looked up. The standard decorator writes and compiles every method's source as
 the class is made: `app.config.Config`'s 37 fields cost some 11 K characters of source at
 the import of every `app` command and pytest run, though `app config` uses its constructor
 alone and a test run's start none of it (bench/README.md, "perf-startup59"). Each method is
 the standard decorator's own, written at first use for a class of the same name, fields
 and parameters, so it behaves alike; ``dataclasses.fields``, ``replace`` and the class's
-``__dataclass_params__`` are as the standard decorator leaves them. A frozen class with
-slots writes its ``__setattr__`` and ``__delattr__`` at once (its pickling goes through the
-``__setstate__`` written with them).
+``__dataclass_params__`` are as the standard decorator leaves them. A frozen class's
+``__setattr__`` and ``__delattr__`` are the standard decorator's, written with the class:
+they name the class itself; a class with a base other than ``object`` is the standard
+decorator's at once, whose constructor calls a base's ``__post_init__`` (red team 59).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import typing
 from typing import TYPE_CHECKING, Any
@@ -66,13 +68,21 @@ else:
     #: The methods `dataclass` writes when first used, each with those written with it, and
     #: the standard decorator's parameters (beside ``frozen``) that write them alone.
     _TOGETHER: dict[str, tuple[tuple[str, ...], dict[str, bool]]] = {
-        "__init__": (("__init__", "__setattr__", "__delattr__"), {"repr": False, "eq": False}),
+        "__init__": (("__init__",), {"repr": False, "eq": False}),
         "__repr__": (("__repr__",), {"init": False, "eq": False}),
         "__eq__": (("__eq__", "__hash__"), {"init": False, "repr": False}),
     }
-    _TOGETHER["__setattr__"] = _TOGETHER["__delattr__"] = _TOGETHER["__init__"]
     _TOGETHER["__hash__"] = _TOGETHER["__eq__"]
     _WRITING = threading.Lock()  # records are made on several threads (a server's)
+
+    def _writing_anew() -> None:
+        """In a fork's child, a lock of its own: the fork of a process where another thread
+        was writing a method copied the lock held, and the child's first use of a record
+        waited for it for ever (red team 59)."""
+        global _WRITING  # noqa: PLW0603 - the one lock, made anew in a child
+        _WRITING = threading.Lock()
+
+    os.register_at_fork(after_in_child=_writing_anew)
 
     class _WrittenWhenUsed:
         """In a class's namespace in place of a method the decorator would write: the first
@@ -131,6 +141,12 @@ else:
             raise TypeError("app.records.dataclass takes no init, unsafe_hash or order")
 
         def wrap(cls: type) -> type:
+            if cls.__bases__ != (object,):
+                # What a base gives (a __post_init__ the constructor calls, its InitVars, a
+                # frozen or not base's checks) is not in the class written at first use,
+                # of this class's own namespace: a constructor written so skipped a base's
+                # __post_init__ (red team 59). The standard decorator, at once.
+                return dataclasses.dataclass(cls, **params)
             own = vars(cls)
             if "__post_init__" in own or any(
                 "InitVar" in str(a) for a in own.get("__annotations__", {}).values()
@@ -142,27 +158,21 @@ else:
                 for name in ("__init__", "__repr__", "__eq__")
                 if params.get(name.strip("_"), True) and name not in own
             ]
-            # A frozen class with slots pickles through the __setstate__ the decorator
-            # writes with its frozen methods: written at once there.
-            setattr_later = frozen and not params.get("slots") and "__init__" in later
-            if setattr_later and ("__setattr__" in own or "__delattr__" in own):
-                raise TypeError("a frozen dataclass cannot define __setattr__ or __delattr__")
+            # `frozen` goes to the standard decorator as given, which writes a frozen class's
+            # __setattr__ and __delattr__ at once (two short methods): written later for
+            # another class, they refused an attribute that is no field with a TypeError of
+            # `super()` instead of FrozenInstanceError (on a subclass too, which may set
+            # one), and the decorator's own checks saw another class than the one declared
+            # (a frozen subclass of it refused, a frozen one of a class that is not allowed,
+            # a frozen class's own __eq__ left it unhashable) (red team 59).
             made = dataclasses.dataclass(
-                cls,
-                **{
-                    **params,
-                    **{name.strip("_"): False for name in later},
-                    "frozen": frozen and not setattr_later,
-                },
+                cls, **{**params, **{name.strip("_"): False for name in later}}
             )
             # What the class is, to dataclasses.fields, replace and a subclass's decorator.
             declared = made.__dataclass_params__  # type: ignore[attr-defined]
             declared.init = True
             declared.repr = params.get("repr", True)
             declared.eq = params.get("eq", True)
-            declared.frozen = frozen
-            if setattr_later:
-                later += ["__setattr__", "__delattr__"]
             if "__eq__" in later and "__hash__" not in own:
                 # As the standard decorator: a frozen class hashes its fields, another
                 # comparing them cannot be hashed.
