@@ -723,7 +723,7 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         or there.st_dev == found.st_dev
                         or not stat.S_ISREG(there.st_mode)
                         or os.statvfs(descriptor.path).f_fsid != fsid
-                        or _another_image(there.st_dev, found.st_dev)
+                        or _another_image(there.st_dev, found.st_dev, pid)
                     ):
                         continue
                     opened = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -752,11 +752,47 @@ def _loop_backing(device: int) -> tuple[int, int, int] | None:
     return found.st_dev, found.st_ino, offset
 
 
-def _another_image(one: int, other: int) -> bool:
-    """Whether two loop devices read two files (a byte copy of a disk image, with its
-    filesystem's id and inodes): another filesystem, whose lock is another lock."""
+def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
+    """The upper directory (device, inode) of the overlay mounted from `device` in the mount
+    namespace of process `pid` (``"self"``), None for another filesystem or where not seen."""
+    number = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields, _, after = line.partition(b" - ")
+        parts, described = fields.split(), after.split()
+        if len(parts) < 3 or parts[2].decode() != number or len(described) < 3:
+            continue
+        if described[0] != b"overlay":
+            return None
+        for option in described[2].split(b","):
+            if option.startswith(b"upperdir="):
+                upper = os.fsdecode(unescape(option.removeprefix(b"upperdir=")))
+                # As that process sees the path: through its root (`/` in this namespace).
+                seen = upper if pid == "self" else f"/proc/{pid}/root{upper}"
+                try:
+                    found = os.stat(seen)  # noqa: PTH116 - st_dev, st_ino
+                except OSError:
+                    return None
+                return found.st_dev, found.st_ino
+        return None
+    return None
+
+
+def _another_image(one: int, other: int, pid: int) -> bool:
+    """Whether the holder's device `one` (process `pid`'s) and this device `other` hold two
+    filesystems that share an id and inode numbers, whose locks are other locks: two loop
+    devices reading two files (a byte copy of a disk image), or two overlays with two upper
+    directories over one lower layer (two containers of one image, on a kernel before 6.6
+    or with ``uuid=off``: the overlay reports its upper filesystem's id and a copied-up
+    file's lower inode number), whose writes never meet (red team 59)."""
     first, second = _loop_backing(one), _loop_backing(other)
-    return first is not None and second is not None and first != second
+    if first is not None and second is not None:
+        return first != second
+    upper, upper_here = _overlay_upper(one, pid), _overlay_upper(other, "self")
+    return upper is not None and upper_here is not None and upper != upper_here
 
 
 def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
@@ -768,6 +804,30 @@ def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
         f" there, {holder['device_here']} here; one filesystem id and inode: a disk image "
         "attached through a second loop device, say)"
     )
+
+
+def a_root_s_lock_file(path: Path) -> bool:
+    """Whether the file at `path`, named as a data root's lock file, is one: locked by a
+    process (``/proc/locks``, nothing taken or opened for writing) or holding a holder's
+    JSON (one that crashed). An empty or other file of that name left by anything else (a
+    pid file, another program's lock) is not: a root beneath it was refused as inside a
+    data root, and ``app serve`` of a root under ``~`` with an unrelated ``~/.server.lock``
+    could never start (red team 59)."""
+    try:
+        found = os.lstat(path)
+        if not stat.S_ISREG(found.st_mode):
+            return False
+        if any(found.st_ino in inodes for inodes in _flocks_on(found.st_dev).values()):
+            return True
+        with path.open("rb") as opened:
+            text = opened.read(1 << 16)
+    except OSError:
+        return True  # not read: counted as a root's, as before
+    try:
+        published = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(published, dict) and published.get("kind") in KINDS
 
 
 def _moved_lock_file(
