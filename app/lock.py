@@ -706,11 +706,9 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
     if not pids:
         return None
     try:
-        fsid = os.fstatvfs(fd).f_fsid
+        fsid = os.fstatvfs(fd).f_fsid  # 0: a filesystem that gives no id is not told apart
     except OSError:
         return None
-    if not fsid:
-        return None  # a filesystem that gives no id: two of them are not told apart
     for pid in dict.fromkeys(pids):
         with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
             for descriptor in descriptors:
@@ -722,6 +720,12 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         there.st_ino != found.st_ino
                         or there.st_dev == found.st_dev
                         or not stat.S_ISREG(there.st_mode)
+                    ):
+                        continue
+                    there_path = os.readlink(descriptor.path)  # noqa: PTH115 - str in, str out
+                    through_upper = _through_upper(there, there_path, pid, found, fd)
+                    if not through_upper and (
+                        not fsid
                         or os.statvfs(descriptor.path).f_fsid != fsid
                         or _another_image(there.st_dev, found.st_dev, pid)
                     ):
@@ -735,7 +739,8 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         **(_seen_here(published, pid) or {"pid": pid}),
                         "through_device": f"{os.major(there.st_dev)}:{os.minor(there.st_dev)}",
                         "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
-                        "lock_file_there": os.readlink(descriptor.path),  # noqa: PTH115 - str in, str out
+                        "lock_file_there": there_path,
+                        **({"through_upper": True} if through_upper else {}),
                     }
     return None
 
@@ -752,33 +757,83 @@ def _loop_backing(device: int) -> tuple[int, int, int] | None:
     return found.st_dev, found.st_ino, offset
 
 
-def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
-    """The upper directory (device, inode) of the overlay mounted from `device` in the mount
-    namespace of process `pid` (``"self"``), None for another filesystem or where not seen."""
+def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, str]]:
+    """Each mount of the overlay `device` in the mount namespace of process `pid` (``"self"``):
+    its mount point, the directory of the overlay it shows and its upper directory, as that
+    process names them (none where `device` is no overlay with an upper directory)."""
     number = f"{os.major(device)}:{os.minor(device)}"
     try:
         lines = Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines()
     except OSError:
-        return None
+        return []
+    found = []
     for line in lines:
         fields, _, after = line.partition(b" - ")
         parts, described = fields.split(), after.split()
-        if len(parts) < 3 or parts[2].decode() != number or len(described) < 3:
+        if len(parts) < 5 or parts[2].decode() != number or len(described) < 3:
             continue
         if described[0] != b"overlay":
-            return None
+            return []
         for option in described[2].split(b","):
             if option.startswith(b"upperdir="):
-                upper = os.fsdecode(unescape(option.removeprefix(b"upperdir=")))
-                # As that process sees the path: through its root (`/` in this namespace).
-                seen = upper if pid == "self" else f"/proc/{pid}/root{upper}"
-                try:
-                    found = os.stat(seen)  # noqa: PTH116 - st_dev, st_ino
-                except OSError:
-                    return None
-                return found.st_dev, found.st_ino
+                upper = unescape(option.removeprefix(b"upperdir="))
+                found.append(
+                    (
+                        os.fsdecode(unescape(parts[4])),
+                        os.fsdecode(unescape(parts[3])),
+                        os.fsdecode(upper),
+                    )
+                )
+    return found
+
+
+def _seen_by(pid: int | str, path: str) -> tuple[int, int] | None:
+    """The (device, inode) of `path` as process `pid` names it (through its root)."""
+    try:
+        found = os.stat(path if pid == "self" else f"/proc/{pid}/root{path}")  # noqa: PTH116
+    except OSError:
         return None
-    return None
+    return found.st_dev, found.st_ino
+
+
+def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
+    """The upper directory (device, inode) of the overlay mounted from `device` in the mount
+    namespace of process `pid` (``"self"``), None for another filesystem or where not seen."""
+    mounts = _overlay_mounts(device, pid)
+    return _seen_by(pid, mounts[0][2]) if mounts else None
+
+
+def _upper_file(device: int, path: str, pid: int | str) -> tuple[int, int] | None:
+    """The (device, inode) of the file in the overlay's upper directory that the file at
+    `path` (as process `pid` names it) on overlay `device` is, None where it is none."""
+    best: tuple[str, str, str] | None = None
+    for point, shown, upper in _overlay_mounts(device, pid):
+        inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, shown, upper)
+    if best is None:
+        return None
+    point, shown, upper = best
+    below = path[len(point.rstrip("/")) :].lstrip("/")
+    return _seen_by(pid, os.path.join(upper, shown.lstrip("/"), below))  # noqa: PTH118
+
+
+def _through_upper(
+    there: os.stat_result, there_path: str, pid: int, found: os.stat_result, fd: int
+) -> bool:
+    """Whether the holder's open file (`there`, `there_path` as it names it) and this one
+    (`found`, open as `fd`) are one file, one of them reached through an overlay and the
+    other through that overlay's upper directory: a container's root on the host's disk
+    (``/var/lib/docker/overlay2/<id>/diff/...``). Each is a lock of its own to the kernel,
+    and an overlay reports an id of its own (Linux 6.6 and later), whatever its upper
+    filesystem's is (red team 59)."""
+    if _upper_file(there.st_dev, there_path, pid) == (found.st_dev, found.st_ino):
+        return True
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return False
+    return _upper_file(found.st_dev, here_path, "self") == (there.st_dev, there.st_ino)
 
 
 def _another_image(one: int, other: int, pid: int) -> bool:
@@ -798,6 +853,13 @@ def _another_image(one: int, other: int, pid: int) -> bool:
 def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
     """Appended to the description of a holder `_held_through_another_device` found: why a
     root whose lock file is free here is held."""
+    if holder.get("through_upper"):
+        return (
+            f", through its lock file {holder['lock_file_there']}, which is {path}: one of "
+            "the two is the file seen through an overlay (a container's root), the other the "
+            f"same file in that overlay's upper directory (device {holder['through_device']} "
+            f"there, {holder['device_here']} here)"
+        )
     return (
         f", through its lock file {holder['lock_file_there']}, which is {path} on the same "
         f"filesystem mounted again through another device (device {holder['through_device']}"

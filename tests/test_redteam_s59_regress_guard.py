@@ -1,11 +1,12 @@
 """Red team 59 on regress, the guard (branch rt-regress4): false refusals of red team 59's
 new checks (rt-guard42's holder through another device, rt-children5's root inside another).
 
-A test's child (inside the run, in a mount namespace of its own where it mounts), its roots
-in the test's ``tmp_path``, opening a writer on each (``open_storage(..., writer=True)``, as
-``app serve`` and every writing command do):
+Outside any run (PID 1 of a PID namespace with its own ``/proc``, in a mount namespace of
+its own where it mounts), roots of profile development in the test's directory, a writer
+opened on each (``open_storage(..., writer=True)``, as ``app serve`` and every writing
+command do, their locks durable):
 
-What broke (each refused, though nothing was shared):
+What broke, refused though nothing was shared:
 
 - two overlays over one lower layer that holds a data root (two containers of one image, or
   two working copies of one template root), each with its own upper directory, on a kernel
@@ -23,6 +24,20 @@ What broke (each refused, though nothing was shared):
   new root there could never start. A directory above counts as a data root now where it
   has a stamp, or its ``.server.lock`` is locked by a process or holds a holder's JSON (a
   crashed root whose stamp was lost stays refused, and this test keeps it so).
+
+What broke, let through beside a live holder:
+
+- a root on an overlay (a container's root filesystem), held by a writer, named through the
+  overlay's upper directory (``/var/lib/docker/overlay2/<id>/diff/...`` on a host): a
+  second writer opened it, and the other way round (held through the upper directory,
+  opened through the overlay). The flock is the overlay's inode's, another inode to the
+  kernel than its upper file's, and the overlay reports a filesystem id of its own (Linux
+  6.6 and later), so red team 59's holder through another device saw nothing. A holder's
+  open file that is this one, one seen through an overlay and the other in its upper
+  directory (by the overlay's mount, its upper directory and the path below it, device and
+  inode), now holds it: ``data_root_in_use`` names both paths and says not to unmount
+  anything (``findmnt`` there would name the host's own filesystem) but to work through
+  the holder's path.
 """
 
 from __future__ import annotations
@@ -35,8 +50,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project_settings
 
-#: A test's child, in a private mount namespace. argv: work. Prints RESULTS {json}.
+#: PID 1 of a PID namespace with its own /proc, in a private mount namespace: outside any
+#: test run (every lock durable), each root in the test's directory. argv: work.
 CHILD = r'''
 import json, os, subprocess, sys
 from pathlib import Path
@@ -104,6 +121,20 @@ results["UNRELATED"] = opened(work / "home" / "project" / "data" / "root")
 (work / "crashed").mkdir()
 (work / "crashed" / ".server.lock").write_text(json.dumps({"kind": "server", "pid": 1}))
 results["CRASHED"] = opened(work / "crashed" / "inner")
+# 3. A root on an overlay (a container's), held, named through the overlay's upper directory.
+for part in ("lower3", "upper3", "work3", "merged3"):
+    (work / part).mkdir()
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={work}/lower3,"
+                f"upperdir={work}/upper3,workdir={work}/work3", str(work / "merged3")], check=True)
+os.environ["APP_DATA_ROOT"] = str(work / "merged3" / "root")
+with open_storage(load(serving=False), writer=True) as store:
+    store.create_session("the container's", {})
+    results["HOLDER"] = os.getpid()
+    results["UPPER"] = forked(lambda: opened(work / "upper3" / "root"))
+os.environ["APP_DATA_ROOT"] = str(work / "upper3" / "root")
+with open_storage(load(serving=False), writer=True):  # the other way round
+    results["MERGED"] = forked(lambda: opened(work / "merged3" / "root"))
+subprocess.run(["umount", str(work / "merged3")], check=True)
 print("RESULTS", json.dumps(results))
 '''
 
@@ -113,9 +144,12 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict:
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
         pytest.skip("needs root, unshare and mount for overlays in a mount namespace")
     work = tmp_path_factory.mktemp("regress_guard")
+    settings = copy_project_settings(work / "settings")
+    env = {"PATH": os.environ["PATH"], "APP_SETTINGS_DIR": str(settings)}
     done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", CHILD, str(work)],
-        capture_output=True, text=True, check=False, timeout=120,
+        ["unshare", "-m", "--propagation", "private", "-p", "-f", "--mount-proc",
+         sys.executable, "-c", CHILD, str(work)],
+        env=env, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     found = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
     assert found, done.stdout + done.stderr
@@ -142,3 +176,33 @@ def test_an_unrelated_lock_file_above_a_root_is_no_data_root(seen: dict) -> None
         f"(it holds {crashed}/.server.lock), and no data root may hold another; nothing was "
         "opened or changed"
     ), said
+
+
+def test_a_container_s_held_root_through_its_overlay_s_upper_directory_is_refused(
+    seen: dict,
+) -> None:
+    said = json.dumps(seen, indent=1)
+    work = Path(seen["work"])
+    upper, merged = work / "upper3" / "root", work / "merged3" / "root"
+    # Before the fix: "opened", a second writer beside the live one: the flock is the
+    # overlay's inode's, and the overlay reports an id of its own (Linux 6.6 and later).
+    held = (
+        f"DataRootInUseError: cannot open the data root as a maintenance process: data root "
+        "{} is held by pid 1, kind maintenance, profile development, host "
+        f"{os.uname().nodename}, since "
+    )
+    why = (
+        "which is {}/.server.lock: one of the two is the file seen through an overlay (a "
+        "container's root), the other the same file in that overlay's upper directory (device "
+    )
+    stop = (
+        "do not use this path, and do not stop that process for it: the overlay's upper "
+        "directory and the overlay show one file, and what is written through the upper "
+        "directory while the overlay is mounted is undefined. Work through the holder's path "
+        "(inside its container: `docker exec`, `nsenter`), or stop it first. `app status` "
+        "shows the holder"
+    )
+    for tag, here, there in [("UPPER", upper, merged), ("MERGED", merged, upper)]:
+        assert seen[tag].startswith(held.format(here)), said
+        assert f"through its lock file {there}/.server.lock, {why.format(here)}" in seen[tag]
+        assert seen[tag].endswith(stop), said
