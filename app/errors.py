@@ -640,10 +640,10 @@ def _another_device_stop(holder: Mapping[str, Any], root: Path) -> str:
     if holder.get("through_upper"):
         # Unmounting would unmount the host's own filesystem here (`/`, say).
         return (
-            "do not use this path, and do not stop that process for it: the overlay's upper "
-            "directory and the overlay show one file, and what is written through the upper "
-            "directory while the overlay is mounted is undefined. Work through the holder's "
-            "path (inside its container: `docker exec`, `nsenter`), or stop it first"
+            "do not use this path, and do not stop that process for it: the overlay and its "
+            "layer directory show one file, and what is written through a layer directory "
+            "while the overlay is mounted is undefined. Work through the holder's path "
+            "(inside its container: `docker exec`, `nsenter`), or stop it first"
         )
     # Two mounts of one filesystem overwrite each other's writes whoever holds what.
     return (

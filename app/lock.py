@@ -36,6 +36,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import stat
@@ -757,10 +758,11 @@ def _loop_backing(device: int) -> tuple[int, int, int] | None:
     return found.st_dev, found.st_ino, offset
 
 
-def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, str]]:
+def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[str]]]:
     """Each mount of the overlay `device` in the mount namespace of process `pid` (``"self"``):
-    its mount point, the directory of the overlay it shows and its upper directory, as that
-    process names them (none where `device` is no overlay with an upper directory)."""
+    its mount point, the directory of the overlay it shows, and its layers' directories, the
+    upper one first, as that process names them (none where `device` is no overlay with an
+    upper directory)."""
     number = f"{os.major(device)}:{os.minor(device)}"
     try:
         lines = Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines()
@@ -774,16 +776,18 @@ def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, str]]:
             continue
         if described[0] != b"overlay":
             return []
+        upper, lowers = None, []
         for option in described[2].split(b","):
-            if option.startswith(b"upperdir="):
-                upper = unescape(option.removeprefix(b"upperdir="))
-                found.append(
-                    (
-                        os.fsdecode(unescape(parts[4])),
-                        os.fsdecode(unescape(parts[3])),
-                        os.fsdecode(upper),
-                    )
-                )
+            name, _, value = option.partition(b"=")
+            if name == b"upperdir":
+                upper = unescape(value)
+            elif name == b"lowerdir":  # "a:b", a colon of a path escaped as "\:"
+                lowers += re.split(rb"(?<!\\):", unescape(value))
+            elif name == b"lowerdir+":
+                lowers.append(unescape(value))
+        if upper is not None:
+            layers = [os.fsdecode(layer.replace(b"\\:", b":")) for layer in (upper, *lowers)]
+            found.append((os.fsdecode(unescape(parts[4])), os.fsdecode(unescape(parts[3])), layers))
     return found
 
 
@@ -800,22 +804,23 @@ def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
     """The upper directory (device, inode) of the overlay mounted from `device` in the mount
     namespace of process `pid` (``"self"``), None for another filesystem or where not seen."""
     mounts = _overlay_mounts(device, pid)
-    return _seen_by(pid, mounts[0][2]) if mounts else None
+    return _seen_by(pid, mounts[0][2][0]) if mounts else None
 
 
-def _upper_file(device: int, path: str, pid: int | str) -> tuple[int, int] | None:
-    """The (device, inode) of the file in the overlay's upper directory that the file at
-    `path` (as process `pid` names it) on overlay `device` is, None where it is none."""
-    best: tuple[str, str, str] | None = None
-    for point, shown, upper in _overlay_mounts(device, pid):
+def _layer_files(device: int, path: str, pid: int | str) -> set[tuple[int, int]]:
+    """The (device, inode) of each file in the overlay's layer directories (upper and lower)
+    at the place of the file at `path` (as process `pid` names it) on overlay `device`."""
+    best: tuple[str, str, list[str]] | None = None
+    for point, shown, layers in _overlay_mounts(device, pid):
         inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
         if inside and (best is None or len(point) > len(best[0])):
-            best = (point, shown, upper)
+            best = (point, shown, layers)
     if best is None:
-        return None
-    point, shown, upper = best
+        return set()
+    point, shown, layers = best
     below = path[len(point.rstrip("/")) :].lstrip("/")
-    return _seen_by(pid, os.path.join(upper, shown.lstrip("/"), below))  # noqa: PTH118
+    seen = (_seen_by(pid, os.path.join(layer, shown.lstrip("/"), below)) for layer in layers)  # noqa: PTH118
+    return {found for found in seen if found is not None}
 
 
 def _through_upper(
@@ -823,17 +828,18 @@ def _through_upper(
 ) -> bool:
     """Whether the holder's open file (`there`, `there_path` as it names it) and this one
     (`found`, open as `fd`) are one file, one of them reached through an overlay and the
-    other through that overlay's upper directory: a container's root on the host's disk
+    other through that overlay's upper directory (or a lower one, where it was not copied
+    up): a container's root on the host's disk
     (``/var/lib/docker/overlay2/<id>/diff/...``). Each is a lock of its own to the kernel,
     and an overlay reports an id of its own (Linux 6.6 and later), whatever its upper
     filesystem's is (red team 59)."""
-    if _upper_file(there.st_dev, there_path, pid) == (found.st_dev, found.st_ino):
+    if (found.st_dev, found.st_ino) in _layer_files(there.st_dev, there_path, pid):
         return True
     try:
         here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
     except OSError:
         return False
-    return _upper_file(found.st_dev, here_path, "self") == (there.st_dev, there.st_ino)
+    return (there.st_dev, there.st_ino) in _layer_files(found.st_dev, here_path, "self")
 
 
 def _another_image(one: int, other: int, pid: int) -> bool:
@@ -857,8 +863,8 @@ def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
         return (
             f", through its lock file {holder['lock_file_there']}, which is {path}: one of "
             "the two is the file seen through an overlay (a container's root), the other the "
-            f"same file in that overlay's upper directory (device {holder['through_device']} "
-            f"there, {holder['device_here']} here)"
+            "same file in a layer directory of that overlay, its upper or a lower one (device "
+            f"{holder['through_device']} there, {holder['device_here']} here)"
         )
     return (
         f", through its lock file {holder['lock_file_there']}, which is {path} on the same "

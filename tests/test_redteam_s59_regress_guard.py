@@ -30,12 +30,13 @@ What broke, let through beside a live holder:
 - a root on an overlay (a container's root filesystem), held by a writer, named through the
   overlay's upper directory (``/var/lib/docker/overlay2/<id>/diff/...`` on a host): a
   second writer opened it, and the other way round (held through the upper directory,
-  opened through the overlay). The flock is the overlay's inode's, another inode to the
+  opened through the overlay), and a root of the image's layer held through the overlay and
+  opened through the lower directory. The flock is the overlay's inode's, another inode to the
   kernel than its upper file's, and the overlay reports a filesystem id of its own (Linux
   6.6 and later), so red team 59's holder through another device saw nothing. A holder's
-  open file that is this one, one seen through an overlay and the other in its upper
-  directory (by the overlay's mount, its upper directory and the path below it, device and
-  inode), now holds it: ``data_root_in_use`` names both paths and says not to unmount
+  open file that is this one, one seen through an overlay and the other in one of its layer
+  directories (by the overlay's mount, its upper and lower directories and the path below
+  it, device and inode), now holds it: ``data_root_in_use`` names both paths and says not to unmount
   anything (``findmnt`` there would name the host's own filesystem) but to work through
   the holder's path.
 """
@@ -124,6 +125,9 @@ results["CRASHED"] = opened(work / "crashed" / "inner")
 # 3. A root on an overlay (a container's), held, named through the overlay's upper directory.
 for part in ("lower3", "upper3", "work3", "merged3"):
     (work / part).mkdir()
+os.environ["APP_DATA_ROOT"] = str(work / "lower3" / "image")  # a root of the image's layer
+with open_storage(load(serving=False), writer=True) as store:
+    store.create_session("the image's", {})
 subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={work}/lower3,"
                 f"upperdir={work}/upper3,workdir={work}/work3", str(work / "merged3")], check=True)
 os.environ["APP_DATA_ROOT"] = str(work / "merged3" / "root")
@@ -134,6 +138,9 @@ with open_storage(load(serving=False), writer=True) as store:
 os.environ["APP_DATA_ROOT"] = str(work / "upper3" / "root")
 with open_storage(load(serving=False), writer=True):  # the other way round
     results["MERGED"] = forked(lambda: opened(work / "merged3" / "root"))
+os.environ["APP_DATA_ROOT"] = str(work / "merged3" / "image")
+with open_storage(load(serving=False), writer=True):  # its lock file copied up, not the rest
+    results["LOWER"] = forked(lambda: opened(work / "lower3" / "image"))
 subprocess.run(["umount", str(work / "merged3")], check=True)
 print("RESULTS", json.dumps(results))
 '''
@@ -193,16 +200,21 @@ def test_a_container_s_held_root_through_its_overlay_s_upper_directory_is_refuse
     )
     why = (
         "which is {}/.server.lock: one of the two is the file seen through an overlay (a "
-        "container's root), the other the same file in that overlay's upper directory (device "
+        "container's root), the other the same file in a layer directory of that overlay, its "
+        "upper or a lower one (device "
     )
     stop = (
-        "do not use this path, and do not stop that process for it: the overlay's upper "
-        "directory and the overlay show one file, and what is written through the upper "
-        "directory while the overlay is mounted is undefined. Work through the holder's path "
-        "(inside its container: `docker exec`, `nsenter`), or stop it first. `app status` "
-        "shows the holder"
+        "do not use this path, and do not stop that process for it: the overlay and its "
+        "layer directory show one file, and what is written through a layer directory while "
+        "the overlay is mounted is undefined. Work through the holder's path (inside its "
+        "container: `docker exec`, `nsenter`), or stop it first. `app status` shows the holder"
     )
-    for tag, here, there in [("UPPER", upper, merged), ("MERGED", merged, upper)]:
+    image = [work / "lower3" / "image", work / "merged3" / "image"]
+    for tag, here, there in [
+        ("UPPER", upper, merged),
+        ("MERGED", merged, upper),
+        ("LOWER", *image),
+    ]:
         assert seen[tag].startswith(held.format(here)), said
         assert f"through its lock file {there}/.server.lock, {why.format(here)}" in seen[tag]
         assert seen[tag].endswith(stop), said
