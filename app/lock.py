@@ -725,7 +725,8 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         continue
                     there_path = os.readlink(descriptor.path)  # noqa: PTH115 - str in, str out
                     through_upper = _through_upper(there, there_path, pid, found, fd)
-                    if not through_upper and (
+                    one_image = _one_image(there.st_dev, there_path, pid, found.st_dev, fd)
+                    if not (through_upper or one_image) and (
                         not fsid
                         or os.statvfs(descriptor.path).f_fsid != fsid
                         or _another_image(there.st_dev, found.st_dev, pid)
@@ -840,6 +841,53 @@ def _through_upper(
     except OSError:
         return False
     return (there.st_dev, there.st_ino) in _layer_files(found.st_dev, here_path, "self")
+
+
+def _block_device(device: int, path: str, pid: int | str) -> int:
+    """The block device the filesystem of the file at `path` (on `device`) reads, as process
+    `pid` (``"self"``) names and mounts it: btrfs gives each subvolume an anonymous device
+    number, and only the mount table names its block device; `device` itself where it is a
+    block device, or no other is found."""
+    if Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").exists():
+        return device
+    best: tuple[str, str] | None = None
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
+            fields, _, after = line.partition(b" - ")
+            parts, described = fields.split(), after.split()
+            if len(parts) < 5 or len(described) < 2:
+                continue
+            point = os.fsdecode(unescape(parts[4]))
+            inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
+            if inside and (best is None or len(point) >= len(best[0])):
+                best = (point, os.fsdecode(unescape(described[1])))  # the last one on top
+    if best is None or not best[1].startswith("/"):
+        return device
+    try:
+        found = os.stat(best[1] if pid == "self" else f"/proc/{pid}/root{best[1]}")  # noqa: PTH116
+    except OSError:
+        return device
+    return found.st_rdev if stat.S_ISBLK(found.st_mode) else device
+
+
+def _one_image(one: int, there_path: str, pid: int, other: int, fd: int) -> bool:
+    """Whether the holder's file (on device `one`, `there_path` as process `pid` names it)
+    and this one (on `other`, open as `fd`) lie on two loop devices that read one file at
+    one offset: one filesystem, whatever id each mount reports. XFS takes its id from the device
+    (a second mount needs ``-o nouuid``), and btrfs gives a second device of a mounted
+    filesystem a temporary id of its own (Linux 6.7 and later): the second mount of a live
+    root's image was not seen (red team 59)."""
+    holders = _block_device(one, there_path, pid)
+    first = _loop_backing(holders)
+    if first is None:
+        return False
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return False
+    # One device: one superblock, whose subvolumes (btrfs snapshots) are other files.
+    ours = _block_device(other, here_path, "self")
+    return ours != holders and first == _loop_backing(ours)
 
 
 def _another_image(one: int, other: int, pid: int) -> bool:

@@ -39,6 +39,13 @@ What broke, let through beside a live holder:
   it, device and inode), now holds it: ``data_root_in_use`` names both paths and says not to unmount
   anything (``findmnt`` there would name the host's own filesystem) but to work through
   the holder's path.
+- red team 59's own case, a live root's disk image attached again through a second loop
+  device, on XFS (mounted with ``-o nouuid``, its id taken from the device) and btrfs (a
+  temporary id for the second device, Linux 6.7 and later): each mount reported another
+  filesystem id, and a second writer opened the root. Two loop devices that read one file
+  at one offset now count as one filesystem whatever ids they report (btrfs's anonymous
+  device resolved to its block device through the mount table); a btrfs snapshot of the
+  live root (the same inode numbers, another subvolume on the same device) still opens.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 
 from app.config import load
+from app.dataroot import syncfs
 from app.storage import open_storage
 
 work = Path(sys.argv[1])
@@ -142,6 +150,37 @@ os.environ["APP_DATA_ROOT"] = str(work / "merged3" / "image")
 with open_storage(load(serving=False), writer=True):  # its lock file copied up, not the rest
     results["LOWER"] = forked(lambda: opened(work / "lower3" / "image"))
 subprocess.run(["umount", str(work / "merged3")], check=True)
+# 4. A live root's disk image attached through a second loop device: XFS (`-o nouuid`) and
+# btrfs (a temporary id, Linux 6.7+) report another id there; a btrfs snapshot beside it.
+for fs in ("xfs", "btrfs"):
+    image, first, second = work / f"{fs}.img", work / f"{fs}_a", work / f"{fs}_b"
+    with image.open("wb") as made:
+        made.truncate(300 << 20)
+    if subprocess.run([f"mkfs.{fs}", "-q", str(image)], capture_output=True).returncode:
+        results[fs] = None  # no mkfs for it here
+        continue
+    first.mkdir(); second.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(first)], check=True)
+    top = first
+    if fs == "btrfs":
+        subprocess.run(["btrfs", "-q", "subvolume", "create", str(first / "vol")], check=True)
+        top = first / "vol"
+    os.environ["APP_DATA_ROOT"] = str(top / "root")
+    with open_storage(load(serving=False), writer=True) as store:
+        store.create_session("the disk's", {})
+        syncfs(first)
+        device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        nouuid = ["-o", "nouuid"] if fs == "xfs" else []
+        subprocess.run(["mount", *nouuid, device, str(second)], check=True)
+        results[fs] = forked(lambda: opened(second / top.relative_to(first) / "root"))
+        if fs == "btrfs":
+            subprocess.run(["btrfs", "-q", "subvolume", "snapshot", str(top), str(first / "snap")],
+                           check=True)
+            results["SNAPSHOT"] = forked(lambda: opened(first / "snap" / "root"))
+    subprocess.run(["umount", str(second)], check=True)
+    subprocess.run(["losetup", "-d", device], check=True)
+    subprocess.run(["umount", str(first)], check=True)
 print("RESULTS", json.dumps(results))
 '''
 
@@ -218,3 +257,28 @@ def test_a_container_s_held_root_through_its_overlay_s_upper_directory_is_refuse
         assert seen[tag].startswith(held.format(here)), said
         assert f"through its lock file {there}/.server.lock, {why.format(here)}" in seen[tag]
         assert seen[tag].endswith(stop), said
+
+
+@pytest.mark.parametrize("fs", ["xfs", "btrfs"])
+def test_a_live_root_through_a_second_loop_device_is_refused_whatever_id_it_reports(
+    seen: dict, fs: str
+) -> None:
+    if seen[fs] is None:
+        pytest.skip(f"no mkfs.{fs} here")
+    said = json.dumps(seen, indent=1)
+    work = Path(seen["work"])
+    below = "vol/root" if fs == "btrfs" else "root"
+    # Before the fix: "opened", a second writer on the same bytes through a second superblock.
+    assert seen[fs].startswith(
+        "DataRootInUseError: cannot open the data root as a maintenance process: data root "
+        f"{work}/{fs}_b/{below} is held by pid 1, kind maintenance, profile development"
+    ), said
+    assert (
+        f"through its lock file {work}/{fs}_a/{below}/.server.lock, which is "
+        f"{work}/{fs}_b/{below}/.server.lock on the same filesystem mounted again through "
+        "another device"
+    ) in seen[fs], said
+    assert "its two mounts overwrite each other's writes" in seen[fs], said
+    if fs == "btrfs":
+        # A snapshot of the live root: its inode numbers, another subvolume, its own writes.
+        assert seen["SNAPSHOT"] == "opened", said
