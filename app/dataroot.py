@@ -69,6 +69,7 @@ from app.lock import (
     LOCK_FILE,
     Probe,
     RootLock,
+    a_root_s_lock_file,
     describe_holder,
     hard_links_fix,
     hard_links_said,
@@ -1365,6 +1366,12 @@ def _refuse_inside_another_root(config: Config, root: Path) -> None:
     production's ``.trash`` or ``.tmp`` wrote its stamp, lock and sessions into
     production's root (red team 59)."""
     outer = data_root_of(root.parent)
+    while outer is not None and not (
+        lexists(outer / STAMP_FILE) or a_root_s_lock_file(outer / LOCK_FILE)
+    ):
+        # An unrelated file named as a lock file, no stamp beside it: not a data root; look
+        # further up (red team 59).
+        outer = None if outer.parent == outer else data_root_of(outer.parent)
     if outer is None:
         return
     try:

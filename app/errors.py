@@ -652,6 +652,26 @@ def _is_ancestor(pid: object) -> bool:
     return False
 
 
+def _another_device_stop(holder: Mapping[str, Any], root: Path) -> str:
+    """What to do about a root held through another device (`app.lock`): stopping the holder
+    frees nothing there (red team 59)."""
+    if holder.get("through_upper"):
+        # Unmounting would unmount the host's own filesystem here (`/`, say).
+        return (
+            "do not use this path, and do not stop that process for it: the overlay and its "
+            "layer directory show one file, and what is written through a layer directory "
+            "while the overlay is mounted is undefined. Work through the holder's path "
+            "(inside its container: `docker exec`, `nsenter`), or stop it first"
+        )
+    # Two mounts of one filesystem overwrite each other's writes whoever holds what.
+    return (
+        "do not use this mount, and do not stop that process for it: the filesystem is "
+        "mounted twice, and its two mounts overwrite each other's writes. Unmount this one "
+        f"(`umount $(findmnt -n -o TARGET -T {root})`, then `losetup -d` its device if it "
+        "is a loop device) and work through the holder's path"
+    )
+
+
 class DataRootInUseError(AppError):
     """Another live process holds the data root's lock."""
 
@@ -684,14 +704,7 @@ class DataRootInUseError(AppError):
             else None
         )
         if self.holder and "through_device" in self.holder:
-            # Stopping the holder frees nothing here: two mounts of one filesystem overwrite
-            # each other's writes whoever holds what (red team 59).
-            stop = (
-                "do not use this mount, and do not stop that process for it: the filesystem "
-                "is mounted twice, and its two mounts overwrite each other's writes. Unmount "
-                f"this one (`umount $(findmnt -n -o TARGET -T {self.root})`, then `losetup -d` "
-                "its device if it is a loop device) and work through the holder's path"
-            )
+            stop = _another_device_stop(self.holder, self.root)
         elif pid == os.getpid() and self.holder and self.holder.get("host") == socket.gethostname():
             # `kill` would stop the very process that asks: the first writer is its own.
             stop = (

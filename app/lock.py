@@ -36,6 +36,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import stat
@@ -706,11 +707,9 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
     if not pids:
         return None
     try:
-        fsid = os.fstatvfs(fd).f_fsid
+        fsid = os.fstatvfs(fd).f_fsid  # 0: a filesystem that gives no id is not told apart
     except OSError:
         return None
-    if not fsid:
-        return None  # a filesystem that gives no id: two of them are not told apart
     for pid in dict.fromkeys(pids):
         with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as descriptors:
             for descriptor in descriptors:
@@ -722,8 +721,15 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         there.st_ino != found.st_ino
                         or there.st_dev == found.st_dev
                         or not stat.S_ISREG(there.st_mode)
+                    ):
+                        continue
+                    there_path = os.readlink(descriptor.path)  # noqa: PTH115 - str in, str out
+                    through_upper = _through_upper(there, there_path, pid, found, fd)
+                    one_image = _one_image(there.st_dev, there_path, pid, found.st_dev, fd)
+                    if not (through_upper or one_image) and (
+                        not fsid
                         or os.statvfs(descriptor.path).f_fsid != fsid
-                        or _another_image(there.st_dev, found.st_dev)
+                        or _another_image(there.st_dev, found.st_dev, pid)
                     ):
                         continue
                     opened = os.open(descriptor.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -735,7 +741,8 @@ def _held_through_another_device(found: os.stat_result, fd: int) -> dict[str, An
                         **(_seen_here(published, pid) or {"pid": pid}),
                         "through_device": f"{os.major(there.st_dev)}:{os.minor(there.st_dev)}",
                         "device_here": f"{os.major(found.st_dev)}:{os.minor(found.st_dev)}",
-                        "lock_file_there": os.readlink(descriptor.path),  # noqa: PTH115 - str in, str out
+                        "lock_file_there": there_path,
+                        **({"through_upper": True} if through_upper else {}),
                     }
     return None
 
@@ -752,22 +759,191 @@ def _loop_backing(device: int) -> tuple[int, int, int] | None:
     return found.st_dev, found.st_ino, offset
 
 
-def _another_image(one: int, other: int) -> bool:
-    """Whether two loop devices read two files (a byte copy of a disk image, with its
-    filesystem's id and inodes): another filesystem, whose lock is another lock."""
+def _overlay_mounts(device: int, pid: int | str) -> list[tuple[str, str, list[str]]]:
+    """Each mount of the overlay `device` in the mount namespace of process `pid` (``"self"``):
+    its mount point, the directory of the overlay it shows, and its layers' directories, the
+    upper one first, as that process names them (none where `device` is no overlay with an
+    upper directory)."""
+    number = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields, _, after = line.partition(b" - ")
+        parts, described = fields.split(), after.split()
+        if len(parts) < 5 or parts[2].decode() != number or len(described) < 3:
+            continue
+        if described[0] != b"overlay":
+            return []
+        upper, lowers = None, []
+        for option in described[2].split(b","):
+            name, _, value = option.partition(b"=")
+            if name == b"upperdir":
+                upper = unescape(value)
+            elif name == b"lowerdir":  # "a:b", a colon of a path escaped as "\:"
+                lowers += re.split(rb"(?<!\\):", unescape(value))
+            elif name == b"lowerdir+":
+                lowers.append(unescape(value))
+        if upper is not None:
+            layers = [os.fsdecode(layer.replace(b"\\:", b":")) for layer in (upper, *lowers)]
+            found.append((os.fsdecode(unescape(parts[4])), os.fsdecode(unescape(parts[3])), layers))
+    return found
+
+
+def _seen_by(pid: int | str, path: str) -> tuple[int, int] | None:
+    """The (device, inode) of `path` as process `pid` names it (through its root)."""
+    try:
+        found = os.stat(path if pid == "self" else f"/proc/{pid}/root{path}")  # noqa: PTH116
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _overlay_upper(device: int, pid: int | str) -> tuple[int, int] | None:
+    """The upper directory (device, inode) of the overlay mounted from `device` in the mount
+    namespace of process `pid` (``"self"``), None for another filesystem or where not seen."""
+    mounts = _overlay_mounts(device, pid)
+    return _seen_by(pid, mounts[0][2][0]) if mounts else None
+
+
+def _layer_files(device: int, path: str, pid: int | str) -> set[tuple[int, int]]:
+    """The (device, inode) of each file in the overlay's layer directories (upper and lower)
+    at the place of the file at `path` (as process `pid` names it) on overlay `device`."""
+    best: tuple[str, str, list[str]] | None = None
+    for point, shown, layers in _overlay_mounts(device, pid):
+        inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, shown, layers)
+    if best is None:
+        return set()
+    point, shown, layers = best
+    below = path[len(point.rstrip("/")) :].lstrip("/")
+    seen = (_seen_by(pid, os.path.join(layer, shown.lstrip("/"), below)) for layer in layers)  # noqa: PTH118
+    return {found for found in seen if found is not None}
+
+
+def _through_upper(
+    there: os.stat_result, there_path: str, pid: int, found: os.stat_result, fd: int
+) -> bool:
+    """Whether the holder's open file (`there`, `there_path` as it names it) and this one
+    (`found`, open as `fd`) are one file, one of them reached through an overlay and the
+    other through that overlay's upper directory (or a lower one, where it was not copied
+    up): a container's root on the host's disk
+    (``/var/lib/docker/overlay2/<id>/diff/...``). Each is a lock of its own to the kernel,
+    and an overlay reports an id of its own (Linux 6.6 and later), whatever its upper
+    filesystem's is (red team 59)."""
+    if (found.st_dev, found.st_ino) in _layer_files(there.st_dev, there_path, pid):
+        return True
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) in _layer_files(found.st_dev, here_path, "self")
+
+
+def _block_device(device: int, path: str, pid: int | str) -> int:
+    """The block device the filesystem of the file at `path` (on `device`) reads, as process
+    `pid` (``"self"``) names and mounts it: btrfs gives each subvolume an anonymous device
+    number, and only the mount table names its block device; `device` itself where it is a
+    block device, or no other is found."""
+    if Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}").exists():
+        return device
+    best: tuple[str, str] | None = None
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/mountinfo").read_bytes().splitlines():
+            fields, _, after = line.partition(b" - ")
+            parts, described = fields.split(), after.split()
+            if len(parts) < 5 or len(described) < 2:
+                continue
+            point = os.fsdecode(unescape(parts[4]))
+            inside = point in ("/", path) or path.startswith(point.rstrip("/") + "/")
+            if inside and (best is None or len(point) >= len(best[0])):
+                best = (point, os.fsdecode(unescape(described[1])))  # the last one on top
+    if best is None or not best[1].startswith("/"):
+        return device
+    try:
+        found = os.stat(best[1] if pid == "self" else f"/proc/{pid}/root{best[1]}")  # noqa: PTH116
+    except OSError:
+        return device
+    return found.st_rdev if stat.S_ISBLK(found.st_mode) else device
+
+
+def _one_image(one: int, there_path: str, pid: int, other: int, fd: int) -> bool:
+    """Whether the holder's file (on device `one`, `there_path` as process `pid` names it)
+    and this one (on `other`, open as `fd`) lie on two loop devices that read one file at
+    one offset: one filesystem, whatever id each mount reports. XFS takes its id from the device
+    (a second mount needs ``-o nouuid``), and btrfs gives a second device of a mounted
+    filesystem a temporary id of its own (Linux 6.7 and later): the second mount of a live
+    root's image was not seen (red team 59)."""
+    holders = _block_device(one, there_path, pid)
+    first = _loop_backing(holders)
+    if first is None:
+        return False
+    try:
+        here_path = os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - str in, str out
+    except OSError:
+        return False
+    # One device: one superblock, whose subvolumes (btrfs snapshots) are other files.
+    ours = _block_device(other, here_path, "self")
+    return ours != holders and first == _loop_backing(ours)
+
+
+def _another_image(one: int, other: int, pid: int) -> bool:
+    """Whether the holder's device `one` (process `pid`'s) and this device `other` hold two
+    filesystems that share an id and inode numbers, whose locks are other locks: two loop
+    devices reading two files (a byte copy of a disk image), or two overlays with two upper
+    directories over one lower layer (two containers of one image, on a kernel before 6.6
+    or with ``uuid=off``: the overlay reports its upper filesystem's id and a copied-up
+    file's lower inode number), whose writes never meet (red team 59)."""
     first, second = _loop_backing(one), _loop_backing(other)
-    return first is not None and second is not None and first != second
+    if first is not None and second is not None:
+        return first != second
+    upper, upper_here = _overlay_upper(one, pid), _overlay_upper(other, "self")
+    return upper is not None and upper_here is not None and upper != upper_here
 
 
 def through_another_device(path: Path, holder: Mapping[str, Any]) -> str:
     """Appended to the description of a holder `_held_through_another_device` found: why a
     root whose lock file is free here is held."""
+    if holder.get("through_upper"):
+        return (
+            f", through its lock file {holder['lock_file_there']}, which is {path}: one of "
+            "the two is the file seen through an overlay (a container's root), the other the "
+            "same file in a layer directory of that overlay, its upper or a lower one (device "
+            f"{holder['through_device']} there, {holder['device_here']} here)"
+        )
     return (
         f", through its lock file {holder['lock_file_there']}, which is {path} on the same "
         f"filesystem mounted again through another device (device {holder['through_device']}"
         f" there, {holder['device_here']} here; one filesystem id and inode: a disk image "
         "attached through a second loop device, say)"
     )
+
+
+def a_root_s_lock_file(path: Path) -> bool:
+    """Whether the file at `path`, named as a data root's lock file, is one: locked by a
+    process (``/proc/locks``, nothing taken or opened for writing) or holding a holder's
+    JSON (one that crashed). An empty or other file of that name left by anything else (a
+    pid file, another program's lock) is not: a root beneath it was refused as inside a
+    data root, and ``app serve`` of a root under ``~`` with an unrelated ``~/.server.lock``
+    could never start (red team 59)."""
+    try:
+        found = os.lstat(path)
+        if not stat.S_ISREG(found.st_mode):
+            return False
+        if any(found.st_ino in inodes for inodes in _flocks_on(found.st_dev).values()):
+            return True
+        with path.open("rb") as opened:
+            text = opened.read(1 << 16)
+    except OSError:
+        return True  # not read: counted as a root's, as before
+    try:
+        published = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(published, dict) and published.get("kind") in KINDS
 
 
 def _moved_lock_file(
