@@ -202,8 +202,22 @@ class TrashManifest(TypedDict):
 
 
 def public(record: Mapping[str, Any]) -> FileEntry:
-    """A file's entry as the API shows it: the record without its blob name."""
-    return cast(FileEntry, {k: record.get(k) for k in ("name", "size", "sha256", "uploaded_at")})
+    """A file's entry as the API shows it: the record without its blob name, each field of
+    the type the API's schema gives it (`app.server.models.FileEntry`).
+
+    A record edited by a tool (``uploaded_at`` in epoch seconds, a number for ``sha256``)
+    is still the file's: its time and its hash are unknown then, ``null`` as the schema
+    says, rather than a value of another type that a client generated from the OpenAPI
+    document fails to read, for the whole session and the whole page (red team 59). Its
+    size is checked where the record is read (`_parsed_record`)."""
+    sha256, uploaded_at = record.get("sha256"), record.get("uploaded_at")
+    shown = {
+        "name": record.get("name"),
+        "size": record.get("size"),
+        "sha256": sha256 if isinstance(sha256, str) else None,
+        "uploaded_at": uploaded_at if isinstance(uploaded_at, str) else None,
+    }
+    return cast(FileEntry, shown)
 
 
 def open_regular(path: str, flags: int) -> int:
@@ -290,9 +304,15 @@ def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
         or record.get("name") != name
         or not isinstance(record.get("blob"), str)
         or not ID_RE.fullmatch(record["blob"])
+        # The app writes the bytes it received: a size of another kind (text, a fraction,
+        # true, a negative number, none) is no record of ours. Shown as it was, it broke
+        # the API's schema for the session's every listing, and a download's check of the
+        # bytes' size passed it by (red team 59).
+        or type(record.get("size")) is not int
+        or record["size"] < 0
     ):
         return None
-    return cast(FileRecord, record)  # what the code relies on, name and blob, is checked
+    return cast(FileRecord, record)  # what the code relies on, name, blob and size, is checked
 
 
 def record_blob(path: Path) -> str | None:
@@ -406,7 +426,24 @@ def session_object(raw: bytes, session_id: str) -> dict[str, Any]:
         # one's place, listed twice, and this one's own was hidden (red team 44).
         damage = f"names session {session['id']}, not this one (another session's file)"
         raise UnreadableSessionError(session_id=session_id, damage=damage)
+    for key in _SESSION_TIMES:
+        if key not in session:
+            damage = f"has no {key!r}, which the app always writes"
+            raise UnreadableSessionError(session_id=session_id, damage=damage)
+    # Each field the API's schema requires (`app.server.models.Session`), where one the app
+    # always writes was left out, or the title is null: the session was answered without
+    # them (no id, no title), or with a null title, which a client generated from the
+    # OpenAPI document fails to read, for the session and the whole page (red team 59).
+    # Its id is its directory's; a title and metadata left out are none.
+    session["id"] = session_id
+    if session.get("title") is None:
+        session["title"] = ""
+    session.setdefault("metadata", {})
     return session
+
+
+#: The times the app always writes in ``session.json``: none is known without them.
+_SESSION_TIMES: Final = ("created_at", "updated_at")
 
 
 class ValidatedCache(Generic[V]):
