@@ -38,9 +38,11 @@ from typing import Any
 
 import pytest
 from faults import app_with_fault, killed_app, needs_strace
+from psycopg.conninfo import conninfo_to_dict
 
 from app.config import Config
 from app.errors import FileRecordUnreadableError, UnreadableSessionError
+from app.remote import pg
 from app.server.models import FileEntry, Session
 from app.storage import Storage, open_storage
 
@@ -171,3 +173,20 @@ def test_a_restore_whose_records_cannot_be_made_after_its_move_changes_nothing(
         # Before: the session back, dated before its delete, for good.
         assert store.get_session(never)["updated_at"] > again
         assert store.check().findings == []
+
+
+def test_a_database_url_is_shown_as_a_url_libpq_reads_back_to_the_same_servers() -> None:
+    for url, shown in (
+        ("postgresql://app@[::1]:5433/db", "postgresql://app@[::1]:5433/db"),
+        (
+            "host=::1,127.0.0.1 port=5432,5433 user=app dbname=db",
+            "postgresql://app@[::1]:5432,127.0.0.1:5433/db",
+        ),
+        ("host=/run/pg port=5433 user=app dbname=db", "postgresql://app@%2Frun%2Fpg:5433/db"),
+    ):
+        # Before: "postgresql://app@::1:5433/db" (where does the address end?) and
+        # "postgresql://app@/run/pg:5433/db", a database named "run/pg:5433/db" to libpq.
+        assert pg.mask_url(url) == shown, url
+        read_back = conninfo_to_dict(shown)  # libpq's own parser, through psycopg
+        assert read_back["host"] == conninfo_to_dict(url)["host"], (url, read_back)
+        assert pg.database_addresses(shown) == pg.database_addresses(url), url
