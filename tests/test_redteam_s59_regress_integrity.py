@@ -17,6 +17,11 @@ its directory's id, an empty title and metadata where they are null or left out,
 without a time the app always writes is unreadable (`session_object`), as one with a time of
 another type already was.
 
+And a ``session.json`` whose ``updated_at`` was written by hand in the year 9999 or as a week
+date (greater as text than any time the app writes) was the session's ``updated_at`` for good,
+through every upload and restore: red team 58 read the records' times as times, not
+session.json's own. It is read as a time now, and damage counts for nothing.
+
 And red team 59's dating of a session's restore (`records/` made and dated in its trash entry,
 before the move) changed the entry of a restore whose move was then refused, which said
 "nothing was changed": on overlayfs (a session of the image's lower layer, EXDEV) the entry was
@@ -190,3 +195,22 @@ def test_a_database_url_is_shown_as_a_url_libpq_reads_back_to_the_same_servers()
         read_back = conninfo_to_dict(shown)  # libpq's own parser, through psycopg
         assert read_back["host"] == conninfo_to_dict(url)["host"], (url, read_back)
         assert pg.database_addresses(shown) == pg.database_addresses(url), url
+
+
+def test_a_session_json_time_of_another_kind_leaves_its_updated_at_true(
+    app_store: Storage, app_config: Config
+) -> None:
+    store, sessions = app_store, app_config.data_root / "sessions"
+    for written in ("9999-12-31T23:59:59.999999+00:00", "2030-W01-1T00:00:00.000000+00:00"):
+        session_id = store.create_session("a time by hand")["id"]
+        _edited(sessions / session_id / "session.json", "updated_at", written)
+        first = store.put_file(session_id, "a.txt", b"a")
+        # Before: the text written there, for good: greater than every time the app writes.
+        now = store.get_session(session_id)["updated_at"]
+        # At least the upload's time (the rename after it moves records/'s time on), which
+        # is after the week date's (2029-12-31: session.json's time is its floor).
+        assert first["uploaded_at"] <= now < "9999" and now != written, (written, now)
+        deleted = store.delete_session(session_id).deleted_at.isoformat(timespec="microseconds")
+        back = store.restore(session_id)
+        assert back["updated_at"] > deleted, (written, back)
+        assert store.get_session(session_id)["updated_at"] == back["updated_at"]

@@ -73,6 +73,7 @@ from app.store.records import (
     load_record,
     public,
     read_meta,
+    record_time,
     refuse_linked_dirs,
     scan_records_linked,
     upload_order,
@@ -330,13 +331,20 @@ class Sessions:
         # listing (TypeError, a 500), one of another form (a week date, `str(datetime)`'s)
         # or past `LATEST_FLOOR` (damage: the year 9999) was the session's `updated_at` for
         # good, and no later change moved it (red team 58).
-        times = [session.get("updated_at") or ""]
+        # And session.json's own as a time too: one of the year 9999 or a week date written
+        # there by hand was the session's `updated_at` for good, past every upload and
+        # restore (red team 59); as damage is, it counts for nothing then, shown only where
+        # nothing else dates the session.
+        own = session.get("updated_at") or ""
+        times = []
+        if (own_time := record_time({"uploaded_at": own})) is not None:
+            times.append(_iso(own_time.astimezone(UTC)))
         if (newest := change_floor(records)) is not None:
             times.append(_iso(newest.astimezone(UTC)))
         with contextlib.suppress(OSError):
             mtime = os.lstat(f"{directory}/{RECORDS_DIR}").st_mtime_ns
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
-        session["updated_at"] = max(times)
+        session["updated_at"] = max(times, default=own)
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
 
     def records_stale(self, directory: str | None) -> None:
