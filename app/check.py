@@ -705,6 +705,10 @@ class Checker:
             operation = "restore-session" if file is None else "restore-file"
             target = entry.session_id + ("" if file is None else f"/{file}")
             self.root.append_audit_line(operation, target, {"trash": entry.name, "recovered": True})
+        if file is None and not logged:
+            # Dated as the restore would have been (it dates before its line), before its
+            # entry goes (red team 59).
+            self.store.sessions.date_recovered(entry)
         self.store.trash.remove_empty(entry)
 
     def _lost(self, entry: TrashEntry, file: str, blob: object) -> bool:

@@ -8,7 +8,7 @@ changed before it went, and a client that looks for the sessions changed since t
 files) never saw it come back. PostgreSQL's restore left the row's ``updated_at`` as it was
 too. What changed: the local restore sets the trashed session's ``records/`` time (made,
 empty, for a session that never had a file), which its ``updated_at`` counts, to a moment
-after its every change and its delete, before the move (`Sessions._date_restore`); the remote
+after its every change and its delete (`Sessions._date_restored`, since after the move); the remote
 one sets the row's ``updated_at`` so in the restore's transaction
 (`tests/test_remote_store.py`, `test_a_change_is_never_dated_before_the_sessions_last_change`).
 

@@ -417,12 +417,24 @@ def mask_url(database_url: str) -> str:
         ports = ports * len(hosts) if len(ports) == 1 else ports
         default = str(os.environ.get("PGPORT") or 5432) if "port" not in params else "5432"
         shown = ",".join(
-            f"{host.strip() or 'localhost'}:{(port.strip() or default)}"
+            f"{_url_host(host.strip() or 'localhost')}:{(port.strip() or default)}"
             for host, port in zip(hosts, ports, strict=False)
         )
         return f"postgresql://{user}{shown}/{address.dbname}"
-    host = params.get("host") or address.host
+    host = _url_host(str(params.get("host") or address.host))
     return f"postgresql://{user}{host}:{address.port}/{address.dbname}"
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it, for libpq to read back: an IPv6 address in brackets, a
+    socket directory with its slashes escaped. Shown bare, ``postgresql://app@::1:5433/db``
+    told no one where the address ended and the port began, and ``postgresql:///tmp:5432/db``
+    read as a database named ``tmp:5432/db`` (red team 59)."""
+    if host.startswith("/"):
+        return host.replace("%", "%25").replace("/", "%2F")
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
 
 
 # --- connections -------------------------------------------------------------------------

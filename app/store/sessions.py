@@ -74,6 +74,7 @@ from app.store.records import (
     load_record,
     public,
     read_meta,
+    record_time,
     refuse_linked_dirs,
     scan_records_linked,
     upload_order,
@@ -332,13 +333,20 @@ class Sessions:
         # listing (TypeError, a 500), one of another form (a week date, `str(datetime)`'s)
         # or past `LATEST_FLOOR` (damage: the year 9999) was the session's `updated_at` for
         # good, and no later change moved it (red team 58).
-        times = [session.get("updated_at") or session["created_at"]]
+        # And session.json's own as a time too: one of the year 9999 or a week date written
+        # there by hand was the session's `updated_at` for good, past every upload and
+        # restore (red team 59); as damage is, it counts for nothing then, shown only where
+        # nothing else dates the session.
+        own = session.get("updated_at") or session["created_at"]  # (`session_object`)
+        times = []
+        if (own_time := record_time({"uploaded_at": own})) is not None:
+            times.append(_iso(own_time.astimezone(UTC)))
         if (newest := change_floor(records)) is not None:
             times.append(_iso(newest.astimezone(UTC)))
         with contextlib.suppress(OSError):
             mtime = os.lstat(f"{directory}/{RECORDS_DIR}").st_mtime_ns
             times.append(_iso(datetime.fromtimestamp(mtime / 1e9, UTC)))
-        session["updated_at"] = max(times)
+        session["updated_at"] = max(times, default=own)
         return cast(SessionRecord, dict(sorted(session.items())))  # session.json's key order
 
     def records_stale(self, directory: str | None) -> None:
@@ -797,7 +805,7 @@ class Sessions:
                     session_id, None, str(entry.path / TRASHED_SESSION), entry=entry.name
                 )
             source = entry.path / TRASHED_SESSION
-            undo = self._date_restore(source, entry)
+            moment = self._restore_moment(source, entry)
             # The answer is read before the move (the directory moves whole, its times
             # too): read after it, a failure (EMFILE) would report a restore that happened
             # as one that did not.
@@ -809,11 +817,12 @@ class Sessions:
                 unreadable = error
             prepared.open(self.path)
             prepared.open(self.trash.path)
-            try:
-                source.rename(dest)
-            except OSError:
-                undo()  # the refusal says nothing was changed: the entry keeps its times
-                raise
+            source.rename(dest)
+            if moment is not None:
+                self._date_restored(dest, source, moment)
+                if session is not None:
+                    # The answer, read before the move, with the time just given.
+                    session = self.dated(session, dest)
             self.state.records.changed(entry.session_id)
             self.state.index_update(add=entry.session_id)
             prepared.sync(self.path)
@@ -821,51 +830,76 @@ class Sessions:
             self.trash.remove_restored(entry, prepared)
             return session, unreadable, entry
 
-    def _date_restore(self, source: Path, entry: TrashEntry) -> Callable[[], None]:
-        """Date the restore of the trashed session at ``source`` after its every change and
-        its delete (``entry``'s time), by its ``records/``'s time, which its ``updated_at``
-        counts (made, empty, for a session that never had a file); before the move, so the
-        session comes back dated. Its directory moves whole, its times too: a restored
-        session read as last changed before its delete, and a client that looks for the
-        sessions changed since the newest ``updated_at`` it saw never saw it come back
-        (red team 59). A session the app cannot read (damaged, or of the layout before
-        ``records/``) moves back as it is.
-
-        Returns what puts the entry back as it was, for a move that then fails (EXDEV from
-        an overlay's lower layer, a full disk): the refusal says nothing was changed, and a
-        trashed session left dated later than its delete would read as changed after it."""
+    def _restore_moment(self, source: Path, entry: TrashEntry) -> datetime | None:
+        """When the restore of the trashed session at ``source`` is dated: after its every
+        change and its delete (``entry``'s time), by its ``records/``'s time, which its
+        ``updated_at`` counts (`_date_restored`). Its directory moves whole, its times too:
+        a restored session read as last changed before its delete, and a client that looks
+        for the sessions changed since the newest ``updated_at`` it saw never saw it come
+        back (red team 59). ``None`` for a session the app cannot read (damaged, or of the
+        layout before ``records/``): it moves back as it is."""
         try:
             if isinstance(
                 self.meta.read(os.fspath(source), entry.session_id).get(LEGACY_FILES_KEY), list
             ):
-                return _nothing
+                return None
             session = self._read(os.fspath(source), entry.session_id)
         except (SessionNotFoundError, UnreadableSessionError):
-            return _nothing
+            return None
         moment = datetime.now(UTC)
         with contextlib.suppress(TypeError, ValueError):
             newest = datetime.fromisoformat(session["updated_at"])
             for earlier in (newest, entry.deleted_at):
                 if earlier.tzinfo is not None and earlier < LATEST_FLOOR:
                     moment = max(moment, earlier + timedelta(microseconds=1))
-        # Before the move: a records/ that cannot be made (a full disk) refuses the restore
-        # with nothing changed, rather than bring the session back undated.
-        records = source / RECORDS_DIR
+        return moment
+
+    def date_recovered(self, entry: TrashEntry) -> None:
+        """Date the session a restore from ``entry`` moved back before it was killed (`app
+        data check --repair` finishing it, `_restore_moment`): killed between its move and
+        its dating, it came back dated before its delete, and the repair that removed its
+        entry left it so (red team 59). Undated where its ``records/`` cannot be made. The
+        caller holds the session's lock (the repair's, `Checker`)."""
+        directory = self.path / entry.session_id
+        moment = self._restore_moment(directory, entry)
+        if moment is None:
+            return
         try:
-            before = os.lstat(records)
-        except FileNotFoundError:
-            before = None
-        date_records(ensure_dir(source, RECORDS_DIR), moment)
+            date_records(ensure_dir(directory, RECORDS_DIR), moment)
+        except OSError as error:
+            log.warning("session %s restored, but not dated: %s", entry.session_id, error)
+            return
+        self.state.records.changed(entry.session_id)
 
-        def undo() -> None:
-            with contextlib.suppress(OSError):  # best effort: the move's own error is raised
-                if before is None:
-                    records.rmdir()
-                else:
-                    times = (before.st_atime_ns, before.st_mtime_ns)
-                    os.utime(records, ns=times, follow_symlinks=False)
+    def _date_restored(self, dest: Path, source: Path, moment: datetime) -> None:
+        """Date the session just moved back to ``dest`` at ``moment`` (`_restore_moment`),
+        its ``records/`` made, empty, for a session that never had a file.
 
-        return undo
+        After the move, never before it: dated in its entry, a restore whose move was then
+        refused (EXDEV: a session of an image's lower layer on overlayfs, a mount inside
+        the root) had changed the entry it said was unchanged, and copied it up into the
+        container's layer (red team 59, on red team 38's test). A ``records/`` that cannot
+        be made (a full disk) moves the session back into its entry and refuses the
+        restore with nothing changed, rather than bring it back undated."""
+        try:
+            date_records(ensure_dir(dest, RECORDS_DIR), moment)
+        except OSError:
+            try:
+                dest.rename(source)
+            except OSError:
+                # Back, undated: the restore stands (its line and the entry's removal follow).
+                log.warning("session %s restored, but its records/ could not be dated", dest.name)
+                return
+            raise
+
+    def dated(self, before: SessionRecord, directory: Path) -> SessionRecord:
+        """``before`` with the time of ``directory``'s ``records/`` counted in its
+        ``updated_at``, as a read now gives it (one ``lstat``)."""
+        with contextlib.suppress(OSError):  # lstat: no descriptor needed
+            mtime = os.lstat(directory / RECORDS_DIR).st_mtime_ns
+            moved = _iso(datetime.fromtimestamp(mtime / 1e9, UTC))
+            return cast(SessionRecord, {**before, "updated_at": max(before["updated_at"], moved)})
+        return before
 
     def with_file(
         self, before: SessionRecord, directory: Path, record: FileRecord
@@ -937,10 +971,6 @@ def _new_session(title: str, metadata: dict[str, Any]) -> SessionRecord:
         "updated_at": now,
         "files": [],
     }
-
-
-def _nothing() -> None:
-    """What undoes a change not made."""
 
 
 def _raise(error: Exception) -> Callable[[_Staging], None]:
