@@ -24,7 +24,11 @@ still leave it out and refuse it.
 
 - an entry of a session's list of files not migrated yet (session.json's ``files``) of
   another shape was left out of the listing without a word in the log, where a record left
-  out is said there (red team 46): it is now said, naming the session and the file.
+  out is said there (red team 46): it is now said, naming the session and the file;
+- a record of another shape left out was said in the log to be one that "cannot be read
+  (damaged or replaced outside the app)", of a record that reads: the warning now says what
+  is not the app's (its size, its SHA-256, its name's form) and what resolves it, as
+  ``app data check`` does.
 
 Held: records as earlier builds wrote them (no hash, no time, a time in seconds, no bytes, a
 size of ``7.0``) and stored names in NFC that a normalisation check could misjudge (Hangul,
@@ -154,3 +158,22 @@ def test_an_entry_of_a_legacy_list_left_out_is_said_in_the_log(
     # Before: left out without a word.
     said = [r.getMessage() for r in caplog.records if "'tool.txt' is left out" in r.getMessage()]
     assert said and session_id in said[0] and "session.json's list" in said[0], caplog.text
+
+
+def test_a_record_of_another_shape_left_out_is_named_so_in_the_log(
+    app_store: Storage, app_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = app_store
+    session_id, directory = _session(store, app_config, "a size as text")
+    store.put_file(session_id, "a.txt", b"hi")
+    path = directory / "records" / "a.txt"
+    # As a tool rewrites it (a new file renamed over it: one written in place is seen once
+    # the record cache's entry expires, `records_max_age`).
+    path.with_name(".new").write_text(json.dumps({**json.loads(path.read_text()), "size": "2"}))
+    path.with_name(".new").replace(path)
+    with caplog.at_level(logging.WARNING, logger="app.store"):
+        assert store.get_session(session_id)["files"] == []
+    said = [r.getMessage() for r in caplog.records if "'a.txt' is left out" in r.getMessage()]
+    # Before: "cannot be read (damaged or replaced outside the app)", of a record that reads.
+    assert said and "its size is '2', not a whole number of bytes" in said[0], caplog.text
+    assert "put the record back from a backup" in said[0]

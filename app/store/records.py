@@ -465,16 +465,24 @@ def _say_left_out(path: Path, session_id: str) -> None:
     # A record that cannot be read is left out of the session's files; a read or a change
     # of its name is refused (`record_to_change`). Left out without a word, a client saw the
     # file gone, and so did the operator (red team 46).
+    # One of another shape (`shape_damage`) is named so, with what resolves it: "cannot be
+    # read" sent the operator after a torn file in a record that reads well (red team 59 on
+    # regress, the HTTP contract).
     with contextlib.suppress(OSError):
         mode = os.lstat(path).st_mode
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            shape = shape_damage(path) if stat.S_ISREG(mode) else None
             log.warning(
-                "session %s: file %r is left out of its files: its record %s cannot be read "
-                "(damaged or replaced outside the app); reads and changes of it are refused "
-                "(file_record_unreadable), and `app data check` names the bytes beside it",
+                "session %s: file %r is left out of its files: its record %s %s; reads and "
+                "changes of it are refused (file_record_unreadable), and `app data check` "
+                "names the bytes beside it%s",
                 session_id,
                 path.name,
                 path,
+                "cannot be read (damaged or replaced outside the app)"
+                if shape is None
+                else f"is of another shape than the app writes ({shape[0]})",
+                "" if shape is None else f"; to resolve it, {shape[1]}",
             )
 
 
