@@ -261,16 +261,30 @@ def shape_damage(path: Path) -> tuple[str, str] | None:
     )
 
 
-def listed_entries(listed: list[Any]) -> list[FileEntry]:
+def listed_entries(listed: list[Any], session_id: str) -> list[FileEntry]:
     """A not yet migrated session's list of files (``session.json``'s ``files``, written
     before records/ and blobs/) as the API shows it: each entry of the app's shape
     (`_of_our_shape`), through `public`. Sent as it was, an entry a tool wrote (a size as
-    text, no ``sha256``) broke the document's schema (red team 59 on the HTTP contract)."""
-    return [
-        public(entry)
-        for entry in listed
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and _of_our_shape(entry)
-    ]
+    text, no ``sha256``) broke the document's schema (red team 59 on the HTTP contract).
+
+    One left out is said in the log, as a record is (`_say_left_out`): left out without a
+    word, the file was gone from the listing, and the operator was told nothing (red team 59
+    on regress, the HTTP contract)."""
+    shown = []
+    for entry in listed:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and _of_our_shape(entry):
+            shown.append(public(entry))
+            continue
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        log.warning(
+            "session %s: file %r is left out of its files: its entry in session.json's list "
+            "(a session written before records/ and blobs/) is not of the app's shape "
+            "(damaged or written outside the app); `app data check` names the session, and "
+            "its bytes stay in files/",
+            session_id,
+            name,
+        )
+    return shown
 
 
 def open_regular(path: str, flags: int) -> int:
@@ -280,9 +294,17 @@ def open_regular(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
-def load_record(path: Path) -> FileRecord | None:
-    """The record at ``path``, or ``None`` if there is none (or it is not a record of ours)."""
-    return _load_record(path)[0]
+def load_record(path: Path, *, shaped: bool = True) -> FileRecord | None:
+    """The record at ``path``, or ``None`` if there is none (or it is not a record of ours).
+
+    ``shaped=False``: one that names its file and a blob, whatever its other fields (a size
+    as text, a SHA-256 in capitals), for the app's own bookkeeping of which bytes a record
+    names (`record_blob`, a migration's step). Read as "no record", a record of another
+    shape (`_of_our_shape`) was taken by `check --repair` for a delete or a replace that
+    had committed, and the bytes it names moved to the trash, where `empty-trash` removes
+    them; a migration's repeated step wrote a record over it naming bytes not there (red team
+    59 on regress, the HTTP contract)."""
+    return _load_record(path, shaped=shaped)[0]
 
 
 def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | None:
@@ -309,13 +331,15 @@ def record_to_change(path: Path, session_id: str, action: str) -> FileRecord | N
     return record
 
 
-def _load_record(path: Path) -> tuple[FileRecord | None, bool]:
+def _load_record(path: Path, *, shaped: bool = True) -> tuple[FileRecord | None, bool]:
     """:func:`load_record`, and whether the file is linked elsewhere too (``st_nlink`` > 1)."""
-    record, opened = _opened_record(path)
+    record, opened = _opened_record(path, shaped=shaped)
     return record, opened is not None and opened.st_nlink > 1
 
 
-def _opened_record(path: Path) -> tuple[FileRecord | None, os.stat_result | None]:
+def _opened_record(
+    path: Path, *, shaped: bool = True
+) -> tuple[FileRecord | None, os.stat_result | None]:
     """The record at ``path`` (None where what is there is none of ours), and what the open
     that read it found there (None where it opened nothing: no name, a link, a socket)."""
     try:
@@ -344,10 +368,10 @@ def _opened_record(path: Path) -> tuple[FileRecord | None, os.stat_result | None
         raise
     finally:
         os.close(fd)
-    return _parsed_record(raw, path.name), info
+    return _parsed_record(raw, path.name, shaped=shaped), info
 
 
-def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
+def _parsed_record(raw: bytes, name: str, *, shaped: bool = True) -> FileRecord | None:
     try:
         record = json_loads(raw)
     except ValueError:
@@ -357,7 +381,7 @@ def _parsed_record(raw: bytes, name: str) -> FileRecord | None:
         or record.get("name") != name
         or not isinstance(record.get("blob"), str)
         or not ID_RE.fullmatch(record["blob"])
-        or not _of_our_shape(record)
+        or (shaped and not _of_our_shape(record))
     ):
         return None
     return cast(FileRecord, record)  # what the code relies on, name, blob and types, checked
@@ -395,12 +419,13 @@ def _of_our_shape(record: Mapping[str, Any]) -> bool:
 
 
 def record_blob(path: Path) -> str | None:
-    """The blob a record names now, ``None`` if there is no record (of ours) there.
+    """The blob a record names now, ``None`` if there is no record (of ours) there: one of
+    another shape than the app writes (`_of_our_shape`) names its blob all the same.
 
     A read that fails for another reason (EMFILE, EIO) raises: "no record" would tell
     `check` that a switch happened, and it would move the file's own bytes to the trash.
     """
-    record = load_record(path)
+    record = load_record(path, shaped=False)
     return None if record is None else str(record["blob"])
 
 
@@ -440,16 +465,24 @@ def _say_left_out(path: Path, session_id: str) -> None:
     # A record that cannot be read is left out of the session's files; a read or a change
     # of its name is refused (`record_to_change`). Left out without a word, a client saw the
     # file gone, and so did the operator (red team 46).
+    # One of another shape (`shape_damage`) is named so, with what resolves it: "cannot be
+    # read" sent the operator after a torn file in a record that reads well (red team 59 on
+    # regress, the HTTP contract).
     with contextlib.suppress(OSError):
         mode = os.lstat(path).st_mode
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            shape = shape_damage(path) if stat.S_ISREG(mode) else None
             log.warning(
-                "session %s: file %r is left out of its files: its record %s cannot be read "
-                "(damaged or replaced outside the app); reads and changes of it are refused "
-                "(file_record_unreadable), and `app data check` names the bytes beside it",
+                "session %s: file %r is left out of its files: its record %s %s; reads and "
+                "changes of it are refused (file_record_unreadable), and `app data check` "
+                "names the bytes beside it%s",
                 session_id,
                 path.name,
                 path,
+                "cannot be read (damaged or replaced outside the app)"
+                if shape is None
+                else f"is of another shape than the app writes ({shape[0]})",
+                "" if shape is None else f"; to resolve it, {shape[1]}",
             )
 
 
