@@ -48,10 +48,10 @@ from app.remote import pg
 
 @dataclasses.dataclass(frozen=True)
 class Pooled:
-    """A database of the run's, stamped for production, and a transaction pooler to it."""
+    """A database of the run's, stamped for production (each test reaches it through a
+    pooler of its own: locks a pooler's server connection keeps outlive the test)."""
 
     direct_url: str
-    pooled_url: str
     name: str
 
 
@@ -61,25 +61,32 @@ def pooled(postgres_engine: PostgresEngine) -> Iterator[Pooled]:
     direct = postgres_engine.url(name)
     pg.open_database(direct, "production")
     try:
-        with transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler:
-            yield Pooled(direct, pooler.url(name, postgres_engine.user), name)
+        yield Pooled(direct, name)
     finally:
         postgres_engine.drop_database(name)
 
 
 def test_a_replica_behind_a_transaction_pooler_is_refused_while_maintenance_holds_the_database(
-    pooled: Pooled,
+    postgres_engine: PostgresEngine, pooled: Pooled
 ) -> None:
     """Maintenance's exclusive lock stays on the server connection the pooler gave it; a
     replica whose transaction the pooler ran there took its shared lock in that same
     session, which PostgreSQL grants at once: it served during maintenance. (By hand, a
     real ``app serve`` through this pooler did: it served, and its row was listed live,
     while the purge held the database.)"""
+    # A pooler of its own: maintenance's unlock, run by this pooler on whichever server
+    # connection it picks, may leave the lock on the one that took it until the pooler
+    # closes, and a later test's maintenance was then refused as beside a live holder.
     with (
-        pg.maintenance(pooled.pooled_url, "production", "purge every session"),
+        transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler,
+        pg.maintenance(
+            url := pooler.url(pooled.name, postgres_engine.user),
+            "production",
+            "purge every session",
+        ),
         pytest.raises(AppError) as refused,
     ):
-        pg.Holder(pooled.pooled_url, "production", ping_seconds=3600).start().close()
+        pg.Holder(url, "production", ping_seconds=3600).start().close()
     assert refused.value.code == "transaction_pooler"
     assert refused.value.exit_code == 78
     message = str(refused.value)
@@ -92,13 +99,19 @@ def test_a_replica_behind_a_transaction_pooler_is_refused_while_maintenance_hold
 
 
 def test_maintenance_behind_a_transaction_pooler_is_refused_while_a_replica_holds_it(
-    pooled: Pooled,
+    postgres_engine: PostgresEngine, pooled: Pooled
 ) -> None:
     """The other way round: a replica's locks stay on its server connection, and a
     maintenance command given it took the lock exclusively in that same session (then
     stopped at its first write, blaming a lost connection)."""
-    pooled_url = pooled.pooled_url
-    with pg.Holder(pooled_url, "production", ping_seconds=3600) as holder:
+    with (
+        transaction_pooler(postgres_engine.host, postgres_engine.port) as pooler,
+        pg.Holder(
+            pooled_url := pooler.url(pooled.name, postgres_engine.user),
+            "production",
+            ping_seconds=3600,
+        ) as holder,
+    ):
         with (
             pytest.raises(AppError) as refused,
             pg.maintenance(pooled_url, "production", "empty the trash"),
